@@ -1,0 +1,131 @@
+/*
+ * base.h: the bottom layer every other layer may include.
+ *
+ * It owns four small things: allocation (where running out of memory is
+ * fatal, in exactly one place), status codes with a one-line message that
+ * names what was wrong and what was expected, logging to stderr, and a few
+ * helpers for time, overflow-checked arithmetic and UTF-8.
+ *
+ * Status convention: a function that can fail on input returns an int status
+ * (KVS_OK == 0) and, when it fails, fills a caller-provided struct err.
+ * assert() is kept for invariants of our own code, never for input.
+ */
+#ifndef KVS_BASE_H
+#define KVS_BASE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- status codes (err.c) ---- */
+
+enum kvs_status {
+	KVS_OK = 0,
+	KVS_EFORMAT,      /* input data is malformed (file, text, command) */
+	KVS_EUNSUPPORTED, /* well-formed but not something we handle */
+	KVS_EIO,          /* the operating system refused (open, read, mmap) */
+	KVS_EARG,         /* a caller or user argument is out of range */
+	KVS_ERANGE,       /* a computed size or count overflows a limit */
+	KVS_ESTATE,       /* the operation is not valid in the current state */
+	KVS_ENOTFOUND,    /* a named thing (key, tensor, file) does not exist */
+	KVS_ECHECKSUM,    /* content does not match its pinned digest */
+};
+
+#define ERR_MSG_MAX 512
+
+/* A failed operation's status and its one-line message. */
+struct err {
+	int code;
+	char msg[ERR_MSG_MAX];
+};
+
+/* Fill e (may be NULL) with code and a printf-style message; return code. */
+int err_set(struct err *e, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prepend "prefix: " to e's message (used to add a file name on the way up). */
+void err_prefix(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Reset e to KVS_OK with an empty message. */
+void err_clear(struct err *e);
+/* A short name for a status code, e.g. "format error". */
+const char *err_name(int code);
+
+/* ---- allocation (xmalloc.c): out of memory is fatal here and only here ---- */
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+/* Allocate count * size bytes, fatal on overflow as on exhaustion. */
+void *xmallocarray(size_t count, size_t size);
+void *xreallocarray(void *p, size_t count, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+/* printf into a freshly allocated string. */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* 64-byte aligned allocation for SIMD buffers; release with xfree_aligned. */
+void *xmalloc_aligned(size_t n);
+void xfree_aligned(void *p);
+
+/* ---- logging (log.c) ---- */
+
+enum log_level { LOG_QUIET = 0, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* ---- time (clock.c) ---- */
+
+/* Monotonic time in seconds / milliseconds since an arbitrary origin. */
+double clock_now_s(void);
+double clock_now_ms(void);
+
+/* ---- checked arithmetic: return false on overflow ---- */
+
+static inline bool ck_mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+	return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool ck_add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+	return !__builtin_add_overflow(a, b, out);
+}
+/* Round n up to a multiple of align (a power of two); false on overflow. */
+static inline bool ck_align_u64(uint64_t n, uint64_t align, uint64_t *out)
+{
+	uint64_t t;
+	if (!ck_add_u64(n, align - 1, &t))
+		return false;
+	*out = t & ~(align - 1);
+	return true;
+}
+
+/* ---- UTF-8 (utf8.c) ---- */
+
+/*
+ * Decode one code point from s[0..n). Returns the sequence length (1..4) and
+ * stores the code point in *cp; on an invalid or truncated sequence returns 0
+ * and leaves *cp untouched. Overlong forms and surrogates are invalid.
+ */
+size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
+/* Encode cp into out (>= 4 bytes); return the number of bytes (0 if invalid). */
+size_t utf8_encode(uint32_t cp, char *out);
+/* Length of the longest prefix of s[0..n) that is complete, valid UTF-8 up to
+ * an incomplete (but so far valid) trailing sequence. */
+size_t utf8_complete_prefix(const uint8_t *s, size_t n);
+/* True if s[0..n) is entirely valid UTF-8. */
+bool utf8_valid(const uint8_t *s, size_t n);
+
+/* ---- files (file.c) ---- */
+
+/* Read a whole file into a NUL-terminated buffer; *len excludes the NUL. */
+int file_read_all(const char *path, char **out, size_t *len, struct err *e);
+
+#define KVS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define KVS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define KVS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

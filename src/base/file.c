@@ -1,0 +1,41 @@
+/* file.c: whole-file reads with errors that name the path. */
+#include "base.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int file_read_all(const char *path, char **out, size_t *len, struct err *e)
+{
+	FILE *fp;
+	char *buf = NULL;
+	size_t cap = 0, n = 0, got;
+
+	fp = fopen(path, "rb");
+	if (fp == NULL)
+		return err_set(e, KVS_EIO, "%s: cannot open: %s", path, strerror(errno));
+	for (;;) {
+		if (cap - n < 65536) {
+			cap = cap ? cap * 2 : 65536;
+			buf = xrealloc(buf, cap + 1);
+		}
+		got = fread(buf + n, 1, cap - n, fp);
+		n += got;
+		if (got == 0)
+			break;
+	}
+	if (ferror(fp)) {
+		int saved = errno;
+		fclose(fp);
+		free(buf);
+		return err_set(e, KVS_EIO, "%s: read failed: %s", path, strerror(saved));
+	}
+	fclose(fp);
+	if (buf == NULL)
+		buf = xmalloc(1);
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return KVS_OK;
+}

@@ -1,0 +1,40 @@
+/*
+ * cli.h: the command-line front end. One file per command (cmd-NAME.c), each
+ * exporting one constant struct cli_cmd; main.c lists them in a table that
+ * also feeds `kvscope help` and usage errors.
+ *
+ * Exit codes: 0 success, 1 runtime failure, 2 bad input (usage, file,
+ * text). stdout carries only a command's result; everything else is stderr.
+ */
+#ifndef KVS_CLI_H
+#define KVS_CLI_H
+
+#include "base/base.h"
+
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_BADINPUT = 2 };
+
+struct cli_cmd {
+	const char *name;   /* "tokenize", or "model info" for a two-word command */
+	const char *usage;  /* argument synopsis */
+	const char *help;   /* one line */
+	int (*exec)(int argc, char **argv); /* argv[0] is the command name */
+};
+
+/* The default model's file name and where it lives. */
+#define CLI_DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+/* The model path to use: explicit (--model), else $KVSCOPE_MODEL, else the
+ * default model in $XDG_DATA_HOME/kvscope/models/. Returns an allocated
+ * string; never NULL. */
+char *cli_model_path(const char *explicit_path);
+/* Print "kvscope: MSG" for a failed status; return the matching exit code. */
+int cli_fail(const struct err *e);
+/* Print a usage error for cmd with a one-line reason; return CLI_BADINPUT. */
+int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Map a status code to an exit code (input problems are 2). */
+int cli_exit_code(int status);
+
+extern const struct cli_cmd cmd_model_info;
+extern const struct cli_cmd cmd_tokenize;
+
+#endif

@@ -1,0 +1,10 @@
+/* cmd-tokenize.c: placeholder until the owning module lands (replaced, not kept). */
+#include "cli/cli.h"
+#include <stdio.h>
+static int cmd_tokenize_exec(int argc, char **argv)
+{
+	(void)argc; (void)argv;
+	fprintf(stderr, "kvscope: not built yet\n");
+	return CLI_FAIL;
+}
+const struct cli_cmd cmd_tokenize = { "tokenize", "", "", cmd_tokenize_exec };

@@ -1,0 +1,141 @@
+/*
+ * main.c: kvscope's entry point and command table.
+ *
+ * `kvscope COMMAND [ARGS]` runs one command from the table below; the table
+ * is also the help text. Two-word commands ("model info") match on both
+ * words. Without a command kvscope starts the interactive front end.
+ */
+#include "cli/cli.h"
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const struct cli_cmd *const cli_cmds[] = {
+	&cmd_model_info,
+	&cmd_tokenize,
+};
+
+char *cli_model_path(const char *explicit_path)
+{
+	const char *env, *home;
+
+	if (explicit_path != NULL && explicit_path[0] != '\0')
+		return xstrdup(explicit_path);
+	env = getenv("KVSCOPE_MODEL");
+	if (env != NULL && env[0] != '\0')
+		return xstrdup(env);
+	env = getenv("XDG_DATA_HOME");
+	if (env != NULL && env[0] == '/')
+		return xasprintf("%s/kvscope/models/%s", env, CLI_DEFAULT_MODEL_FILE);
+	home = getenv("HOME");
+	return xasprintf("%s/.local/share/kvscope/models/%s", home ? home : ".",
+	                 CLI_DEFAULT_MODEL_FILE);
+}
+
+int cli_exit_code(int status)
+{
+	switch (status) {
+	case KVS_OK:
+		return CLI_OK;
+	case KVS_EFORMAT:
+	case KVS_EUNSUPPORTED:
+	case KVS_EARG:
+	case KVS_ERANGE:
+	case KVS_ENOTFOUND:
+	case KVS_ECHECKSUM:
+		return CLI_BADINPUT;
+	default:
+		return CLI_FAIL;
+	}
+}
+
+int cli_fail(const struct err *e)
+{
+	fprintf(stderr, "kvscope: %s\n", e->msg[0] ? e->msg : err_name(e->code));
+	return cli_exit_code(e->code);
+}
+
+int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "kvscope %s: ", cmd->name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: kvscope %s %s\n", cmd->name, cmd->usage);
+	return CLI_BADINPUT;
+}
+
+static void main_help(FILE *fp)
+{
+	size_t i;
+
+	fprintf(fp, "usage: kvscope [COMMAND] [ARGS]\n\ncommands:\n");
+	for (i = 0; i < KVS_ARRAY_LEN(cli_cmds); i++)
+		fprintf(fp, "  %-12s %s\n      %s\n", cli_cmds[i]->name, cli_cmds[i]->usage,
+		        cli_cmds[i]->help);
+	fprintf(fp, "\nenvironment: KVSCOPE_MODEL (model file), XDG_DATA_HOME, XDG_STATE_HOME\n");
+}
+
+/* Find the command named by argv[1] (and argv[2] for two-word names);
+ * *words says how many argv entries the name used. */
+static const struct cli_cmd *main_find(int argc, char **argv, int *words)
+{
+	size_t i, n1;
+	const char *name;
+
+	for (i = 0; i < KVS_ARRAY_LEN(cli_cmds); i++) {
+		name = cli_cmds[i]->name;
+		n1 = strcspn(name, " ");
+		if (strncmp(argv[1], name, n1) != 0 || argv[1][n1] != '\0')
+			continue;
+		if (name[n1] == '\0') {
+			*words = 1;
+			return cli_cmds[i];
+		}
+		if (argc > 2 && strcmp(argv[2], name + n1 + 1) == 0) {
+			*words = 2;
+			return cli_cmds[i];
+		}
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	const struct cli_cmd *cmd;
+	int words = 1;
+	const char *lvl = getenv("KVSCOPE_LOG");
+
+	if (lvl != NULL && strcmp(lvl, "debug") == 0)
+		log_set_level(LOG_DEBUG);
+	else if (lvl != NULL && strcmp(lvl, "info") == 0)
+		log_set_level(LOG_INFO);
+	if (argc < 2) {
+		main_help(stdout);
+		return CLI_OK;
+	}
+	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0) {
+		main_help(stdout);
+		return CLI_OK;
+	}
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+		printf("kvscope %s\n", PACKAGE_VERSION);
+		return CLI_OK;
+	}
+	cmd = main_find(argc, argv, &words);
+	if (cmd == NULL) {
+		fprintf(stderr, "kvscope: unknown command '%s'; expected one of:", argv[1]);
+		for (size_t i = 0; i < KVS_ARRAY_LEN(cli_cmds); i++)
+			fprintf(stderr, "%s '%s'", i ? "," : "", cli_cmds[i]->name);
+		fprintf(stderr, " (see kvscope help)\n");
+		return CLI_BADINPUT;
+	}
+	return cmd->exec(argc - words, argv + words);
+}

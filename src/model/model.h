@@ -1,0 +1,302 @@
+/*
+ * model.h: the model layer's one public header.
+ *
+ * The model layer turns a GGUF file into things the engine can run:
+ *   gguf.c       a validated, read-only view of a GGUF file (mmap'ed)
+ *   dtype.c      tensor element types: block geometry and dequantisation
+ *   arch.c       architectures: hyper-parameters and the tensors each needs,
+ *                checked against each other (model_load)
+ *   vocab.c      the tokenizer (byte-level BPE and SentencePiece), special
+ *                tokens, streaming detokenisation
+ *   chat.c       chat templates (ChatML and friends, no Jinja evaluation)
+ *
+ * Nothing above this layer reads file bytes directly: every count, length,
+ * shape and offset has been checked here before anyone else sees it.
+ */
+#ifndef KVS_MODEL_H
+#define KVS_MODEL_H
+
+#include "base/base.h"
+
+/* =====================================================================
+ * dtype.c: ggml tensor types
+ * ===================================================================== */
+
+enum dtype {
+	DT_F32 = 0,
+	DT_F16 = 1,
+	DT_Q4_0 = 2,
+	DT_Q4_1 = 3,
+	DT_Q5_0 = 6,
+	DT_Q5_1 = 7,
+	DT_Q8_0 = 8,
+	DT_Q8_1 = 9,
+	DT_Q2_K = 10,
+	DT_Q3_K = 11,
+	DT_Q4_K = 12,
+	DT_Q5_K = 13,
+	DT_Q6_K = 14,
+	DT_Q8_K = 15,
+	DT_I8 = 24,
+	DT_I16 = 25,
+	DT_I32 = 26,
+	DT_I64 = 27,
+	DT_F64 = 28,
+	DT_BF16 = 30,
+	DT_COUNT_ = 40 /* ids >= this are unknown */
+};
+
+/* Geometry and name of one type; NULL from dtype_info for unknown ids. */
+struct dtype_info {
+	const char *name;      /* "Q4_1" */
+	uint32_t block_elems;  /* elements per block: 1, 32 or 256 */
+	uint32_t block_bytes;  /* bytes per block */
+	bool weight_ok;        /* we can dequantise it as a weight */
+};
+
+const struct dtype_info *dtype_info(uint32_t type);
+/* Name of a type id, "type#N" style text for unknown ids (static buffer). */
+const char *dtype_name(uint32_t type);
+/* Bytes of a row of n elements; false if n is not a whole number of blocks
+ * or the size overflows. */
+bool dtype_row_bytes(uint32_t type, uint64_t n, uint64_t *bytes);
+/* Dequantise n elements (a multiple of the block size) from src into dst. */
+void dtype_dequant(uint32_t type, const void *src, float *dst, int64_t n);
+
+/* Half and bfloat conversions (round to nearest even on the way down). */
+float dtype_f16_to_f32(uint16_t h);
+uint16_t dtype_f32_to_f16(float f);
+float dtype_bf16_to_f32(uint16_t h);
+uint16_t dtype_f32_to_bf16(float f);
+
+/* Reference quantisers (the formulas llama-quantize uses without an imatrix);
+ * n must be a multiple of 32. Used to build test models. */
+void dtype_quant_q8_0(const float *src, void *dst, int64_t n);
+void dtype_quant_q4_0(const float *src, void *dst, int64_t n);
+void dtype_quant_q4_1(const float *src, void *dst, int64_t n);
+
+/* =====================================================================
+ * gguf.c: validated GGUF reader
+ * ===================================================================== */
+
+enum gguf_vtype {
+	GGUF_U8 = 0, GGUF_I8 = 1, GGUF_U16 = 2, GGUF_I16 = 3, GGUF_U32 = 4, GGUF_I32 = 5,
+	GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_U64 = 10,
+	GGUF_I64 = 11, GGUF_F64 = 12,
+	GGUF_VTYPE_COUNT_
+};
+
+#define GGUF_MAX_DIMS 4
+#define GGUF_NAME_MAX 64 /* tensor names are shorter than this (ggml's limit) */
+
+/* A string inside the mapped file: not NUL-terminated. */
+struct gguf_str {
+	const char *p;
+	uint64_t n;
+};
+
+/* One metadata record. Scalars are decoded; arrays point into the map. */
+struct gguf_kv {
+	char *key;              /* NUL-terminated copy */
+	uint32_t type;          /* enum gguf_vtype */
+	union {
+		uint64_t u;     /* unsigned integers and bool */
+		int64_t i;      /* signed integers */
+		double f;       /* F32 and F64 */
+		struct gguf_str s;
+	} v;
+	/* ARRAY only: */
+	uint32_t arr_type;      /* element type, never GGUF_ARRAY */
+	uint64_t arr_n;         /* element count */
+	const uint8_t *arr_data; /* first element's bytes in the map */
+	uint64_t *arr_str_off;  /* STRING arrays: offset of element i's length
+	                         * field from arr_data (n entries) */
+};
+
+struct gguf_tensor {
+	char name[GGUF_NAME_MAX];
+	uint32_t n_dims;
+	int64_t ne[GGUF_MAX_DIMS]; /* ggml order: ne[0] innermost; unused dims 1 */
+	uint32_t type;             /* enum dtype */
+	uint64_t offset;           /* relative to the data section */
+	uint64_t nbytes;
+	const void *data;          /* inside the map */
+};
+
+struct gguf_file {
+	char *path;                /* NULL for in-memory files */
+	const uint8_t *map;
+	uint64_t size;
+	bool owns_map;             /* munmap on close */
+	uint32_t version;          /* 2 or 3 */
+	uint32_t alignment;
+	uint64_t data_offset;      /* start of the tensor data section */
+	uint64_t n_kv;
+	struct gguf_kv *kv;
+	uint64_t n_tensors;
+	struct gguf_tensor *tensors;
+	void *index_;              /* private lookup tables */
+};
+
+/* Map and validate path. On failure *out is NULL and e names the problem. */
+int gguf_open(struct gguf_file **out, const char *path, struct err *e);
+/* Validate a GGUF image held in memory (not copied; must outlive the file). */
+int gguf_open_memory(struct gguf_file **out, const void *buf, uint64_t size, struct err *e);
+void gguf_close(struct gguf_file *f);
+
+const struct gguf_kv *gguf_find_kv(const struct gguf_file *f, const char *key);
+const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char *name);
+const char *gguf_vtype_name(uint32_t type);
+
+/* Typed getters: KVS_ENOTFOUND if absent, KVS_EFORMAT (naming the key, the
+ * type found and the type expected) if present with another type. The
+ * integer getters accept any integer type whose value fits. */
+int gguf_get_u32(const struct gguf_file *f, const char *key, uint32_t *out, struct err *e);
+int gguf_get_u64(const struct gguf_file *f, const char *key, uint64_t *out, struct err *e);
+int gguf_get_i32(const struct gguf_file *f, const char *key, int32_t *out, struct err *e);
+int gguf_get_f32(const struct gguf_file *f, const char *key, float *out, struct err *e);
+int gguf_get_bool(const struct gguf_file *f, const char *key, bool *out, struct err *e);
+int gguf_get_str(const struct gguf_file *f, const char *key, struct gguf_str *out, struct err *e);
+/* Array getter: checks the element type (GGUF_VTYPE_COUNT_ accepts any). */
+int gguf_get_arr(const struct gguf_file *f, const char *key, uint32_t elem_type,
+                 const struct gguf_kv **out, struct err *e);
+/* Element i of a STRING array (i < arr_n; checked by the caller). */
+struct gguf_str gguf_arr_str(const struct gguf_kv *kv, uint64_t i);
+/* Element i of a numeric array, converted. */
+double gguf_arr_f64(const struct gguf_kv *kv, uint64_t i);
+int64_t gguf_arr_i64(const struct gguf_kv *kv, uint64_t i);
+
+/* =====================================================================
+ * arch.c: architectures, hyper-parameters, the loaded model
+ * ===================================================================== */
+
+enum rope_kind { ROPE_NORM = 0 /* adjacent pairs (llama) */, ROPE_NEOX = 1 /* rotate-half */ };
+
+struct hparams {
+	char arch[32];          /* "llama", "qwen2" */
+	uint32_t n_layer;
+	uint32_t n_ctx_train;
+	uint32_t n_embd;
+	uint32_t n_ff;
+	uint32_t n_head;
+	uint32_t n_head_kv;
+	uint32_t head_dim;      /* key/value length per head */
+	uint32_t n_rot;         /* rotary dims per head (<= head_dim) */
+	uint32_t n_vocab;
+	float rms_eps;
+	float rope_base;
+	float rope_freq_scale; /* 1 / linear scaling factor; 1 when none */
+	enum rope_kind rope;
+	float attn_scale;      /* 1/sqrt(head_dim) unless the file says otherwise */
+	bool has_qkv_bias;
+	bool tied_output;      /* no output.weight: reuse token_embd */
+};
+
+/* A weight as the engine sees it: type, shape and bytes in the map. */
+struct tensor {
+	const char *name;
+	uint32_t type;          /* enum dtype */
+	int64_t ne[GGUF_MAX_DIMS];
+	const void *data;
+	uint64_t nbytes;
+};
+
+struct layer_weights {
+	struct tensor attn_norm;  /* [n_embd] F32 */
+	struct tensor wq;         /* [n_embd, n_head*head_dim] */
+	struct tensor wk;         /* [n_embd, n_head_kv*head_dim] */
+	struct tensor wv;         /* [n_embd, n_head_kv*head_dim] */
+	struct tensor bq, bk, bv; /* qwen2 biases (F32) or data == NULL */
+	struct tensor wo;         /* [n_head*head_dim, n_embd] */
+	struct tensor ffn_norm;   /* [n_embd] F32 */
+	struct tensor w_gate;     /* [n_embd, n_ff] */
+	struct tensor w_up;       /* [n_embd, n_ff] */
+	struct tensor w_down;     /* [n_ff, n_embd] */
+};
+
+struct vocab;
+
+struct model {
+	struct gguf_file *gguf;
+	struct hparams hp;
+	struct tensor tok_embd;   /* [n_embd, n_vocab] */
+	struct tensor out_norm;   /* [n_embd] F32 */
+	struct tensor output;     /* [n_embd, n_vocab]; == tok_embd when tied */
+	struct layer_weights *layers; /* n_layer entries */
+	struct vocab *vocab;
+	char *chat_template;      /* tokenizer.chat_template or NULL */
+	char *name;               /* general.name or the file name */
+};
+
+/* Open path, validate it as a model we can run (architecture, every
+ * hyper-parameter, every tensor's presence, shape and type, the vocabulary).
+ * On failure e names the file, the field, the value and what was expected. */
+int model_load(struct model **out, const char *path, struct err *e);
+/* Same from an already-opened file (takes ownership of f, even on failure). */
+int model_load_gguf(struct model **out, struct gguf_file *f, struct err *e);
+void model_free(struct model *m);
+
+/* =====================================================================
+ * vocab.c: tokenizer
+ * ===================================================================== */
+
+enum vocab_kind { VOCAB_BPE = 0 /* gpt2 byte-level */, VOCAB_SPM = 1 /* llama */ };
+
+enum token_attr {
+	TOKEN_NORMAL = 1,
+	TOKEN_UNKNOWN = 2,
+	TOKEN_CONTROL = 3,
+	TOKEN_USER_DEFINED = 4,
+	TOKEN_UNUSED = 5,
+	TOKEN_BYTE = 6,
+};
+
+/* Build the tokenizer from the file's tokenizer.ggml.* keys (validated). */
+int vocab_load(struct vocab **out, const struct gguf_file *f, struct err *e);
+void vocab_free(struct vocab *v);
+
+uint32_t vocab_n_tokens(const struct vocab *v);
+enum vocab_kind vocab_kind(const struct vocab *v);
+const char *vocab_pre_name(const struct vocab *v);   /* "smollm", "llama3", ... */
+int32_t vocab_bos(const struct vocab *v);            /* -1 if none */
+int32_t vocab_eos(const struct vocab *v);
+int32_t vocab_eot(const struct vocab *v);
+bool vocab_add_bos(const struct vocab *v);
+/* True for every end-of-generation token (eos, eot, and friends). */
+bool vocab_is_eog(const struct vocab *v, int32_t id);
+int vocab_token_attr(const struct vocab *v, int32_t id); /* enum token_attr */
+/* Token text as stored in the vocab (mapped alphabet), not NUL-terminated. */
+struct gguf_str vocab_token_text(const struct vocab *v, int32_t id);
+/* Id of an exact token text, or -1. */
+int32_t vocab_lookup(const struct vocab *v, const char *text, size_t len);
+
+/*
+ * Tokenize text[0..len) (any bytes). add_special adds BOS/EOS as the vocab
+ * says; parse_special splits out control-token text (never for user text).
+ * The ids are appended to *ids (realloc'ed; *n and *cap updated).
+ */
+int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add_special,
+                   bool parse_special, int32_t **ids, size_t *n, size_t *cap,
+                   struct err *e);
+
+/* Raw bytes of one token (mapped back from the byte-level alphabet); control
+ * tokens give their text only when render_special. Returns the byte count,
+ * writing at most cap bytes (call again with a bigger buffer if larger). */
+size_t vocab_piece(const struct vocab *v, int32_t id, bool render_special, char *buf,
+                   size_t cap);
+
+/* Streaming detokeniser: never emits a broken UTF-8 sequence. */
+struct detok {
+	const struct vocab *v;
+	bool render_special;
+	bool first;            /* SPM: strip the leading space of the first piece */
+	char pending[8];       /* an incomplete UTF-8 sequence held back */
+	size_t n_pending;
+};
+void detok_init(struct detok *d, const struct vocab *v, bool render_special);
+/* Append the text of id to out (grown with xrealloc); returns bytes added. */
+size_t detok_push(struct detok *d, int32_t id, char **out, size_t *n, size_t *cap);
+/* Flush what is held back (invalid bytes become U+FFFD). */
+size_t detok_flush(struct detok *d, char **out, size_t *n, size_t *cap);
+
+#endif
