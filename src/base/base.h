@@ -18,6 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- status codes (err.c) ---- */
 
 enum kvs_status {
@@ -124,8 +128,36 @@ bool utf8_valid(const uint8_t *s, size_t n);
 /* Read a whole file into a NUL-terminated buffer; *len excludes the NUL. */
 int file_read_all(const char *path, char **out, size_t *len, struct err *e);
 
+/* ---- thread pool (pool.c) ---- */
+
+/*
+ * A fork-join pool for the compute kernels: pool_run calls fn(arg, ith, nth)
+ * on all nth threads at once (the caller is thread 0) and returns when every
+ * call has returned. Inside fn, pool_barrier waits for all nth threads, so
+ * one pool_run can hold a whole forward pass with barriers between steps.
+ * Idle workers spin briefly, then sleep. One pool_run at a time per pool.
+ */
+struct pool;
+typedef void (*pool_fn)(void *arg, int ith, int nth);
+
+/* Start a pool of n_threads (0 = number of online cores; capped at 256). */
+struct pool *pool_create(int n_threads);
+void pool_free(struct pool *p);
+int pool_size(const struct pool *p);
+void pool_run(struct pool *p, pool_fn fn, void *arg);
+/* Wait until all threads of the running pool_run reach this barrier. */
+void pool_barrier(struct pool *p);
+/* Number of online CPU cores (>= 1). */
+int pool_n_cores(void);
+/* Split n items into nth nearly equal ranges; range ith is [*lo, *hi). */
+void pool_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi);
+
 #define KVS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define KVS_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define KVS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -34,7 +34,12 @@ int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...) __attribute__((fo
 /* Map a status code to an exit code (input problems are 2). */
 int cli_exit_code(int status);
 
+extern const struct cli_cmd cmd_bench;
+extern const struct cli_cmd cmd_chat;
+extern const struct cli_cmd cmd_generate;
+extern const struct cli_cmd cmd_logits;
 extern const struct cli_cmd cmd_model_info;
+extern const struct cli_cmd cmd_perplexity;
 extern const struct cli_cmd cmd_tokenize;
 
 #endif

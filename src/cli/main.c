@@ -15,8 +15,13 @@
 #include <sys/stat.h>
 
 static const struct cli_cmd *const cli_cmds[] = {
+	&cmd_chat,
+	&cmd_generate,
 	&cmd_model_info,
 	&cmd_tokenize,
+	&cmd_logits,
+	&cmd_perplexity,
+	&cmd_bench,
 };
 
 char *cli_model_path(const char *explicit_path)

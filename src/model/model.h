@@ -60,8 +60,9 @@ const char *dtype_name(uint32_t type);
 /* Bytes of a row of n elements; false if n is not a whole number of blocks
  * or the size overflows. */
 bool dtype_row_bytes(uint32_t type, uint64_t n, uint64_t *bytes);
-/* Dequantise n elements (a multiple of the block size) from src into dst. */
-void dtype_dequant(uint32_t type, const void *src, float *dst, int64_t n);
+/* Dequantise n elements from src into dst (n floats). False, with dst
+ * untouched, unless the type is weight_ok and n a whole number of blocks. */
+bool dtype_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 
 /* Half and bfloat conversions (round to nearest even on the way down). */
 float dtype_f16_to_f32(uint16_t h);
@@ -69,8 +70,9 @@ uint16_t dtype_f32_to_f16(float f);
 float dtype_bf16_to_f32(uint16_t h);
 uint16_t dtype_f32_to_bf16(float f);
 
-/* Reference quantisers (the formulas llama-quantize uses without an imatrix);
- * n must be a multiple of 32. Used to build test models. */
+/* Reference quantisers (the formulas llama-quantize uses without an imatrix),
+ * byte-exact; n must be a multiple of 32 and src finite. dst gets n/32 blocks
+ * (34, 18, 20 B each). Used to build test models. */
 void dtype_quant_q8_0(const float *src, void *dst, int64_t n);
 void dtype_quant_q4_0(const float *src, void *dst, int64_t n);
 void dtype_quant_q4_1(const float *src, void *dst, int64_t n);
@@ -298,5 +300,64 @@ void detok_init(struct detok *d, const struct vocab *v, bool render_special);
 size_t detok_push(struct detok *d, int32_t id, char **out, size_t *n, size_t *cap);
 /* Flush what is held back (invalid bytes become U+FFFD). */
 size_t detok_flush(struct detok *d, char **out, size_t *n, size_t *cap);
+
+/* =====================================================================
+ * chat.c: chat templates
+ * ===================================================================== */
+
+/*
+ * Templates are recognised, not evaluated: the Jinja source in the file only
+ * selects one of a few known layouts (and lends its default system prompt).
+ * A rendered prompt is a list of segments: special markers, which must be
+ * single tokens of the vocab, and raw text, which is tokenized with special
+ * parsing off, so user text can never inject a marker.
+ */
+enum chat_style { CHAT_CHATML = 0, CHAT_LLAMA3, CHAT_GEMMA };
+
+struct chat_template {
+	enum chat_style style;
+	const char *name;     /* "chatml" */
+	char *default_system; /* from the template, or NULL */
+};
+
+struct chat_seg {
+	char *text;
+	size_t len;
+	bool special;
+};
+
+struct chat_prompt {
+	struct chat_seg *seg;
+	size_t n, cap;
+};
+
+/* Recognise src (tokenizer.chat_template; NULL when absent) and check that
+ * the vocab has the markers the layout needs. */
+int chat_template_init(struct chat_template *t, const char *src, const struct vocab *v,
+                       struct err *e);
+void chat_template_free(struct chat_template *t);
+/* Names of the supported layouts, NULL-terminated (for help text). */
+const char *const *chat_style_names(void);
+
+/* The system turn: system == NULL uses the template's default (if any),
+ * "" means no system turn at all. */
+void chat_system(const struct chat_template *t, const char *system, struct chat_prompt *p);
+/* One complete message of role ("user", "assistant", "system"). */
+void chat_message(const struct chat_template *t, const char *role, const char *content,
+                  struct chat_prompt *p);
+/* The header that asks the model to answer. */
+void chat_generation_prompt(const struct chat_template *t, struct chat_prompt *p);
+/* Close a reply that ended without its end-of-turn token (max tokens, user
+ * stop): the closing marker and what follows it. */
+void chat_close(const struct chat_template *t, struct chat_prompt *p);
+/* What follows the model's end-of-turn token to close its turn (may be empty). */
+void chat_reply_end(const struct chat_template *t, struct chat_prompt *p);
+/* The whole prompt as one string (for display and logs). */
+char *chat_prompt_text(const struct chat_prompt *p);
+/* Tokenize the segments (markers as exact tokens, text without special parsing),
+ * appending to *ids. */
+int chat_tokenize(const struct vocab *v, const struct chat_prompt *p, int32_t **ids, size_t *n,
+                  size_t *cap, struct err *e);
+void chat_prompt_free(struct chat_prompt *p);
 
 #endif

@@ -1,0 +1,183 @@
+/*
+ * pool.c: the fork-join thread pool the compute kernels run on.
+ *
+ * A decode step of a small model is hundreds of short parallel steps, each a
+ * few microseconds of work, so waking threads through the kernel for every
+ * step would cost more than the work. Instead one pool_run hands the whole
+ * forward pass to all threads, and the steps inside are separated by
+ * pool_barrier, a spinning sense-counter barrier (a few hundred nanoseconds
+ * when every thread is on a core). Between runs, workers spin for a short
+ * while (the next token usually follows at once), then sleep on a condition
+ * variable so an idle program burns no CPU.
+ *
+ * Invariants: run_gen only grows, and is written under mu so a worker that
+ * decided to sleep cannot miss it; n_done counts workers finished with the
+ * current run; the barrier's phase only grows.
+ */
+#include "base.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define POOL_MAX_THREADS 256
+#define POOL_SPIN_IDLE 200000 /* pause loops before a worker sleeps (~ms) */
+#define POOL_SPIN_YIELD 4096  /* pause loops before a waiter starts yielding */
+
+struct pool_worker {
+	struct pool *p;
+	int ith;
+	pthread_t tid;
+};
+
+struct pool {
+	int n;                        /* threads including the caller */
+	struct pool_worker *workers;  /* (n - 1) */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	_Atomic unsigned run_gen;     /* bumped by each pool_run (and by free) */
+	_Atomic int n_done;           /* workers done with the current run */
+	_Atomic int stop;
+	pool_fn fn;
+	void *arg;
+	/* barrier */
+	_Alignas(64) _Atomic int bar_count;
+	_Alignas(64) _Atomic unsigned bar_phase;
+};
+
+/* Relax the core while spinning; after a while also give the core away (the
+ * machine may have fewer free cores than threads). */
+static void pool_relax(unsigned *spins)
+{
+	if (++*spins < POOL_SPIN_YIELD)
+		_mm_pause();
+	else
+		sched_yield();
+}
+
+/* Worker main loop: wait for a new generation, run, report done. */
+static void *pool_worker_main(void *argp)
+{
+	struct pool_worker *w = argp;
+	struct pool *p = w->p;
+	unsigned seen = 0;
+	for (;;) {
+		unsigned gen;
+		int spins = 0;
+		while ((gen = atomic_load_explicit(&p->run_gen, memory_order_acquire)) == seen &&
+		       spins < POOL_SPIN_IDLE) {
+			_mm_pause();
+			spins++;
+		}
+		if (gen == seen) {
+			pthread_mutex_lock(&p->mu);
+			while ((gen = atomic_load_explicit(&p->run_gen, memory_order_acquire)) == seen)
+				pthread_cond_wait(&p->cv, &p->mu);
+			pthread_mutex_unlock(&p->mu);
+		}
+		seen = gen;
+		if (atomic_load_explicit(&p->stop, memory_order_acquire))
+			return NULL;
+		p->fn(p->arg, w->ith, p->n);
+		atomic_fetch_add_explicit(&p->n_done, 1, memory_order_release);
+	}
+}
+
+int pool_n_cores(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : (int)KVS_MIN(n, POOL_MAX_THREADS);
+}
+
+struct pool *pool_create(int n_threads)
+{
+	struct pool *p = xcalloc(1, sizeof(*p));
+	if (n_threads <= 0)
+		n_threads = pool_n_cores();
+	p->n = KVS_MIN(n_threads, POOL_MAX_THREADS);
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	p->workers = xcalloc((size_t)p->n, sizeof(*p->workers));
+	for (int i = 1; i < p->n; i++) {
+		struct pool_worker *w = &p->workers[i - 1];
+		w->p = p;
+		w->ith = i;
+		if (pthread_create(&w->tid, NULL, pool_worker_main, w) != 0) {
+			/* Run with the threads we got. */
+			log_warn("thread pool: could only start %d of %d threads", i, p->n);
+			p->n = i;
+			break;
+		}
+	}
+	return p;
+}
+
+/* Publish a new generation and wake sleepers. */
+static void pool_publish(struct pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	atomic_fetch_add_explicit(&p->run_gen, 1, memory_order_acq_rel);
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+void pool_free(struct pool *p)
+{
+	if (p == NULL)
+		return;
+	atomic_store_explicit(&p->stop, 1, memory_order_release);
+	pool_publish(p);
+	for (int i = 1; i < p->n; i++)
+		pthread_join(p->workers[i - 1].tid, NULL);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	free(p->workers);
+	free(p);
+}
+
+int pool_size(const struct pool *p)
+{
+	return p->n;
+}
+
+void pool_run(struct pool *p, pool_fn fn, void *arg)
+{
+	if (p->n == 1) {
+		fn(arg, 0, 1);
+		return;
+	}
+	p->fn = fn;
+	p->arg = arg;
+	atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
+	atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
+	pool_publish(p);
+	fn(arg, 0, p->n);
+	unsigned spins = 0;
+	while (atomic_load_explicit(&p->n_done, memory_order_acquire) != p->n - 1)
+		pool_relax(&spins);
+}
+
+void pool_barrier(struct pool *p)
+{
+	if (p->n == 1)
+		return;
+	unsigned phase = atomic_load_explicit(&p->bar_phase, memory_order_acquire);
+	if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == p->n - 1) {
+		atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
+		atomic_fetch_add_explicit(&p->bar_phase, 1, memory_order_release);
+		return;
+	}
+	unsigned spins = 0;
+	while (atomic_load_explicit(&p->bar_phase, memory_order_acquire) == phase)
+		pool_relax(&spins);
+}
+
+void pool_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi)
+{
+	int64_t per = n / nth, rem = n % nth;
+	*lo = per * ith + KVS_MIN(ith, rem);
+	*hi = *lo + per + (ith < rem ? 1 : 0);
+}

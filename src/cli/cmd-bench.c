@@ -1,0 +1,177 @@
+/*
+ * cmd-bench.c: `kvscope bench`, prefill and decode speed the way llama-bench
+ * measures them, so the two can be run side by side: "pp N" feeds N random
+ * tokens as one batch into an empty cache; "tg N" decodes N random tokens one
+ * at a time from an empty cache. Each test runs --reps times after one warm-up
+ * and reports the median (and the spread) in tokens per second, plus the
+ * model load time and the peak resident memory of the process.
+ */
+#include "cli/opts.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static int cmd_bench_exec(int argc, char **argv);
+
+const struct cli_cmd cmd_bench = {
+	"bench",
+	"[--model PATH] [-p 512] [-n 128] [-r 5] [-t N] [--json]",
+	"prefill (pp) and decode (tg) tokens per second, median of repetitions, as llama-bench",
+	cmd_bench_exec,
+};
+
+static int bench_cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* One timed run: feed n tokens in batches of batch (1 = decode), in seconds. */
+static int bench_run(struct gen *g, const int32_t *toks, uint32_t n, uint32_t batch, double *secs,
+                     struct err *e)
+{
+	int32_t *pos = xmallocarray(batch, sizeof *pos);
+	uint32_t *slot = xmallocarray(batch, sizeof *slot);
+	double t0;
+	int rc = KVS_OK;
+
+	engine_kv_clear(g->engine);
+	t0 = clock_now_s();
+	for (uint32_t done = 0; done < n && rc == KVS_OK;) {
+		uint32_t m = KVS_MIN(batch, n - done);
+		struct engine_batch b = { 0 };
+		struct engine_out out;
+		for (uint32_t i = 0; i < m; i++) {
+			pos[i] = (int32_t)(done + i);
+			slot[i] = done + i;
+		}
+		b.n_tokens = m;
+		b.tokens = toks + done;
+		b.pos = pos;
+		b.slot = slot;
+		b.n_visible = done + m;
+		b.logits = ENGINE_LOGITS_LAST;
+		rc = engine_forward(g->engine, &b, &out, e);
+		done += m;
+	}
+	*secs = clock_now_s() - t0;
+	free(pos);
+	free(slot);
+	return rc;
+}
+
+struct bench_result {
+	const char *test;
+	uint32_t n;
+	double median_tps, min_tps, max_tps;
+};
+
+/* Run one test reps times (after a warm-up) and summarise it. */
+static int bench_test(struct gen *g, const char *name, const int32_t *toks, uint32_t n,
+                      uint32_t batch, uint32_t reps, struct bench_result *r, struct err *e)
+{
+	double *tps = xmallocarray(reps, sizeof *tps), secs;
+	int rc = bench_run(g, toks, n, batch, &secs, e);
+
+	for (uint32_t i = 0; i < reps && rc == KVS_OK; i++) {
+		rc = bench_run(g, toks, n, batch, &secs, e);
+		tps[i] = n / secs;
+	}
+	if (rc == KVS_OK) {
+		qsort(tps, reps, sizeof *tps, bench_cmp);
+		r->test = name;
+		r->n = n;
+		r->median_tps = reps % 2 ? tps[reps / 2] : 0.5 * (tps[reps / 2 - 1] + tps[reps / 2]);
+		r->min_tps = tps[0];
+		r->max_tps = tps[reps - 1];
+	}
+	free(tps);
+	return rc;
+}
+
+static int cmd_bench_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct gen *g = NULL;
+	struct err e;
+	struct bench_result res[2];
+	int n_res = 0, rc;
+	int32_t *toks = NULL;
+	struct rusage ru;
+
+	cli_opts_default(&o);
+	rc = cli_opts_parse(&cmd_bench, OPTG_MODEL | OPTG_ENGINE | OPTG_BENCH, argc, argv, &o);
+	if (rc != CLI_OK)
+		goto out;
+	if (o.n_args > 0) {
+		rc = cli_usage(&cmd_bench, "unexpected argument '%s'", o.args[0]);
+		goto out;
+	}
+	uint32_t need = KVS_MAX(o.n_prompt, o.n_gen);
+	if (!o.ctx_given)
+		o.gen.engine.n_ctx = KVS_MAX(need, 16u);
+	if (o.gen.n_batch < o.n_prompt && o.gen.n_batch == 512)
+		o.gen.n_batch = o.n_prompt; /* pp N is one batch, as in llama-bench */
+	rc = cli_gen_open(&o, &g);
+	if (rc != CLI_OK)
+		goto out;
+	if (need > gen_n_ctx(g)) {
+		err_set(&e, KVS_ERANGE, "-p/-n of %u tokens exceed --ctx %u", need, gen_n_ctx(g));
+		rc = cli_fail(&e);
+		goto out;
+	}
+	/* Random token ids (fixed seed), as llama-bench uses. */
+	{
+		struct mt19937 r;
+		mt19937_seed(&r, 42);
+		toks = xmallocarray(need ? need : 1, sizeof *toks);
+		for (uint32_t i = 0; i < need; i++)
+			toks[i] = (int32_t)(mt19937_next(&r) % gen_n_vocab(g));
+	}
+	if (o.n_prompt > 0) {
+		if (bench_test(g, "pp", toks, o.n_prompt, o.gen.n_batch, o.reps, &res[n_res], &e) != KVS_OK) {
+			rc = cli_fail(&e);
+			goto out;
+		}
+		n_res++;
+	}
+	if (o.n_gen > 0) {
+		if (bench_test(g, "tg", toks, o.n_gen, 1, o.reps, &res[n_res], &e) != KVS_OK) {
+			rc = cli_fail(&e);
+			goto out;
+		}
+		n_res++;
+	}
+	getrusage(RUSAGE_SELF, &ru);
+	const struct model *m = g->model;
+	double size_mib = (double)m->gguf->size / (1024.0 * 1024.0);
+	if (o.json) {
+		printf("{\"model\":\"%s\",\"file_mib\":%.2f,\"backend\":\"%s\",\"isa\":\"%s\","
+		       "\"threads\":%d,\"load_ms\":%.1f,\"peak_rss_mib\":%.1f,\"reps\":%u,\"tests\":[",
+		       m->name, size_mib, engine_backend_name(g->engine), engine_isa_name(g->engine),
+		       engine_n_threads(g->engine), g->load_ms, ru.ru_maxrss / 1024.0, o.reps);
+		for (int i = 0; i < n_res; i++)
+			printf("%s{\"test\":\"%s%u\",\"tps_median\":%.2f,\"tps_min\":%.2f,\"tps_max\":%.2f}",
+			       i ? "," : "", res[i].test, res[i].n, res[i].median_tps, res[i].min_tps,
+			       res[i].max_tps);
+		printf("]}\n");
+	} else {
+		printf("| model | size | backend | threads | test | t/s (median of %u) | min | max |\n",
+		       o.reps);
+		printf("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: |\n");
+		for (int i = 0; i < n_res; i++)
+			printf("| %s | %.2f MiB | %s/%s | %d | %s%u | %.2f | %.2f | %.2f |\n", m->name, size_mib,
+			       engine_backend_name(g->engine), engine_isa_name(g->engine),
+			       engine_n_threads(g->engine), res[i].test, res[i].n, res[i].median_tps,
+			       res[i].min_tps, res[i].max_tps);
+		printf("\nload %.1f ms, peak RSS %.1f MiB\n", g->load_ms, ru.ru_maxrss / 1024.0);
+	}
+	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
+out:
+	free(toks);
+	gen_close(g);
+	cli_opts_free(&o);
+	return rc;
+}

@@ -1,0 +1,178 @@
+/*
+ * cmd-chat.c: `kvscope chat`, a plain line-mode chat. Each input line is one
+ * user turn; the reply streams to stdout and ends with a newline. The
+ * conversation stays in the KV cache between turns, so only the new turn is
+ * fed. On a terminal there is a prompt and libedit line editing; from a pipe
+ * there is no prompt, one reply per line, for scripting. Lines starting with
+ * '/' are commands: /reset, /quit (see /help).
+ */
+#include "cli/lineedit.h"
+#include "cli/opts.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int cmd_chat_exec(int argc, char **argv);
+
+const struct cli_cmd cmd_chat = {
+	"chat",
+	"[--model PATH] [--system TEXT] [--max-tokens N] [options]",
+	"plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
+	cmd_chat_exec,
+};
+
+static void chat_write(const char *text, size_t len, void *ud)
+{
+	(void)ud;
+	fwrite(text, 1, len, stdout);
+	fflush(stdout);
+}
+
+/* Feed a rendered prompt; KVS_ERANGE if it does not fit. */
+static int chat_feed(struct gen *g, const struct chat_prompt *p, struct err *e)
+{
+	int32_t *ids = NULL;
+	size_t n = 0;
+	int rc = gen_tokenize_prompt(g, p, &ids, &n, e);
+
+	if (rc == KVS_OK)
+		rc = gen_feed(g, ids, n, e);
+	free(ids);
+	return rc;
+}
+
+/* Render one user turn (with the system turn first in a new conversation). */
+static void chat_render(struct gen *g, const char *system, bool first, const char *line,
+                        struct chat_prompt *p)
+{
+	if (first)
+		chat_system(&g->chat, system, p);
+	chat_message(&g->chat, "user", line, p);
+	chat_generation_prompt(&g->chat, p);
+}
+
+static int cmd_chat_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct gen *g = NULL;
+	struct lineedit *le = NULL;
+	struct err e;
+	bool interactive = isatty(0) && isatty(1), first = true;
+	char *line;
+	int rc;
+
+	cli_opts_default(&o);
+	o.max_tokens = 512;
+	rc = cli_opts_parse(&cmd_chat, OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN |
+	                                   OPTG_PROMPT, argc, argv, &o);
+	if (rc != CLI_OK)
+		goto out;
+	if (o.n_args > 0 || o.prompt != NULL || o.prompt_file != NULL || o.raw) {
+		rc = cli_usage(&cmd_chat, "chat reads its turns from standard input; --prompt, "
+		                          "--prompt-file, --raw and arguments do not apply");
+		goto out;
+	}
+	rc = cli_gen_open(&o, &g);
+	if (rc != CLI_OK)
+		goto out;
+	if (!g->has_chat) {
+		rc = cli_fail(&g->chat_err);
+		goto out;
+	}
+	if (vocab_add_bos(g->model->vocab) && vocab_bos(g->model->vocab) >= 0) {
+		int32_t bos = vocab_bos(g->model->vocab);
+		if (gen_feed(g, &bos, 1, &e) != KVS_OK) {
+			rc = cli_fail(&e);
+			goto out;
+		}
+	}
+	le = lineedit_open(interactive);
+	if (interactive)
+		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
+		        g->model->name, engine_backend_name(g->engine), engine_isa_name(g->engine),
+		        gen_n_ctx(g));
+	while ((line = lineedit_read(le, "> ")) != NULL) {
+		struct chat_prompt p = { 0 };
+		enum gen_stop stop;
+		uint32_t n_out;
+
+		if (line[0] == '\0') {
+			free(line);
+			continue;
+		}
+		lineedit_remember(le, line);
+		if (line[0] == '/') {
+			bool quit = strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0;
+			if (strcmp(line, "/reset") == 0) {
+				gen_reset(g);
+				first = true;
+				fprintf(stderr, "kvscope: new conversation\n");
+			} else if (strcmp(line, "/help") == 0) {
+				fprintf(stderr, "commands: /reset (new conversation), /quit\n");
+			} else if (!quit) {
+				fprintf(stderr, "kvscope: unknown command '%s'; expected /reset, /quit or /help\n",
+				        line);
+			}
+			free(line);
+			if (quit)
+				break;
+			continue;
+		}
+		if (!utf8_valid((const uint8_t *)line, strlen(line))) {
+			fprintf(stderr, "kvscope: input is not valid UTF-8; line ignored\n");
+			free(line);
+			continue;
+		}
+		chat_render(g, o.system, first, line, &p);
+		rc = chat_feed(g, &p, &e);
+		if (rc == KVS_ERANGE && !first) {
+			/* The context is full: start over with this turn. */
+			fprintf(stderr, "kvscope: context full (%u tokens): starting a new conversation\n",
+			        gen_n_ctx(g));
+			chat_prompt_free(&p);
+			gen_reset(g);
+			chat_render(g, o.system, true, line, &p);
+			rc = chat_feed(g, &p, &e);
+		}
+		chat_prompt_free(&p);
+		free(line);
+		if (rc != KVS_OK) {
+			fprintf(stderr, "kvscope: %s\n", e.msg);
+			gen_reset(g);
+			first = true;
+			continue;
+		}
+		first = false;
+		rc = gen_reply(g, o.max_tokens, chat_write, NULL, &stop, &n_out, &e);
+		fputc('\n', stdout);
+		fflush(stdout);
+		if (rc != KVS_OK) {
+			fprintf(stderr, "kvscope: %s\n", e.msg);
+			gen_reset(g);
+			first = true;
+			continue;
+		}
+		if (stop == GEN_STOP_EOS)
+			chat_reply_end(&g->chat, &p);
+		else
+			chat_close(&g->chat, &p);
+		if (chat_feed(g, &p, &e) != KVS_OK) {
+			gen_reset(g);
+			first = true;
+		}
+		chat_prompt_free(&p);
+		if (interactive)
+			fprintf(stderr, "[%u tokens, %s, %.1f tok/s, context %u/%u]\n", n_out,
+			        gen_stop_name(stop),
+			        g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0, g->n_past,
+			        gen_n_ctx(g));
+	}
+	rc = CLI_OK;
+out:
+	lineedit_close(le);
+	gen_close(g);
+	cli_opts_free(&o);
+	return rc;
+}

@@ -1,0 +1,275 @@
+/*
+ * opts.c: one table of command-line options shared by the tools.
+ *
+ * Each row names an option, its group, its argument and a setter that
+ * parses the argument strictly (the whole string must be a number in range)
+ * and says in one line what was expected. "--name value", "--name=value" and
+ * short forms "-t 2" are accepted; "--" ends the options.
+ */
+#include "cli/opts.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cli_opt {
+	const char *name;   /* long name without "--" */
+	char short_name;    /* 0 if none */
+	const char *arg;    /* argument name, NULL for a flag */
+	unsigned group;
+	int (*set)(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e);
+	size_t off;         /* field offset for the generic setters */
+	double lo, hi;      /* range for the numeric setters */
+	const char *help;
+};
+
+/* Parse an unsigned integer in [lo, hi] into the uint32_t at off. */
+static int opt_u32(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (arg[0] == '\0' || arg[0] == '-' || *end != '\0' || errno != 0 || v < opt->lo ||
+	    v > opt->hi)
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number in %.0f..%.0f", opt->name,
+		               arg, opt->lo, opt->hi);
+	*(uint32_t *)((char *)o + opt->off) = (uint32_t)v;
+	return KVS_OK;
+}
+
+/* Parse a signed integer in [lo, hi] into the int32_t at off. */
+static int opt_i32(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(arg, &end, 10);
+	if (arg[0] == '\0' || *end != '\0' || errno != 0 || v < opt->lo || v > opt->hi)
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number in %.0f..%.0f", opt->name,
+		               arg, opt->lo, opt->hi);
+	*(int32_t *)((char *)o + opt->off) = (int32_t)v;
+	return KVS_OK;
+}
+
+/* Parse a finite number in [lo, hi] into the float at off. */
+static int opt_f32(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(arg, &end);
+	if (arg[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(v) || v < opt->lo ||
+	    v > opt->hi)
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a number in %g..%g", opt->name, arg,
+		               opt->lo, opt->hi);
+	*(float *)((char *)o + opt->off) = (float)v;
+	return KVS_OK;
+}
+
+static int opt_str(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	(void)e;
+	*(const char **)((char *)o + opt->off) = arg;
+	return KVS_OK;
+}
+
+static int opt_flag(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	(void)arg;
+	(void)e;
+	*(bool *)((char *)o + opt->off) = true;
+	return KVS_OK;
+}
+
+static int opt_threads(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                       struct err *e)
+{
+	return opt_i32(o, arg, opt, e);
+}
+
+static int opt_ctx(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	o->ctx_given = true;
+	return opt_u32(o, arg, opt, e);
+}
+
+static int opt_backend(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                       struct err *e)
+{
+	(void)opt;
+	return engine_backend_parse(arg, &o->gen.engine.backend, e);
+}
+
+static int opt_kv_type(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                       struct err *e)
+{
+	(void)opt;
+	return engine_kv_type_parse(arg, &o->gen.engine.kv_type, e);
+}
+
+/* --seed accepts 0..4294967294; -1 means random (as in llama.cpp). */
+static int opt_seed(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(arg, &end, 10);
+	if (arg[0] == '\0' || *end != '\0' || errno != 0 || v < -1 || v >= (long long)UINT32_MAX)
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a seed (0..4294967294, or -1 for random)",
+		               opt->name, arg);
+	o->gen.sampler.seed = v < 0 ? SAMPLER_SEED_RANDOM : (uint32_t)v;
+	return KVS_OK;
+}
+
+#define O(f) offsetof(struct cli_opts, f)
+#define OG(f) offsetof(struct cli_opts, gen.f)
+
+static const struct cli_opt cli_opt_table[] = {
+	{ "model", 'm', "PATH", OPTG_MODEL, opt_str, OG(model_path), 0, 0,
+	  "GGUF model file (default: $KVSCOPE_MODEL, else the installed default model)" },
+	{ "threads", 't', "N", OPTG_ENGINE, opt_threads, OG(engine.n_threads), 0, 1024,
+	  "CPU threads (default: all cores)" },
+	{ "ctx", 'c', "N", OPTG_ENGINE | OPTG_PPL, opt_ctx, OG(engine.n_ctx), 16, 1 << 20,
+	  "context size in tokens (default: min(training context, 4096); perplexity: 512)" },
+	{ "batch", 'b', "N", OPTG_ENGINE, opt_u32, OG(n_batch), 1, 8192,
+	  "prefill chunk in tokens (default 512)" },
+	{ "backend", 0, "auto|cpu|cuda", OPTG_ENGINE, opt_backend, 0, 0, 0,
+	  "compute backend (default auto: CUDA when a GPU is usable)" },
+	{ "kv-type", 0, "f16|f32", OPTG_ENGINE, opt_kv_type, 0, 0, 0,
+	  "KV cache element type (default f16)" },
+	{ "temp", 0, "T", OPTG_SAMPLER, opt_f32, OG(sampler.temp), 0, 100,
+	  "temperature (default 0.8; 0 = greedy)" },
+	{ "top-k", 0, "K", OPTG_SAMPLER, opt_i32, OG(sampler.top_k), 0, 1 << 30,
+	  "keep the K most likely tokens (default 40; 0 = all)" },
+	{ "top-p", 0, "P", OPTG_SAMPLER, opt_f32, OG(sampler.top_p), 0, 1,
+	  "nucleus sampling mass (default 0.95; 1 = off)" },
+	{ "min-p", 0, "P", OPTG_SAMPLER, opt_f32, OG(sampler.min_p), 0, 1,
+	  "drop tokens below P times the best one's probability (default 0.05)" },
+	{ "repeat-penalty", 0, "R", OPTG_SAMPLER, opt_f32, OG(sampler.repeat_penalty), 0.01, 100,
+	  "repetition penalty (default 1.0 = off)" },
+	{ "repeat-last-n", 0, "N", OPTG_SAMPLER, opt_i32, OG(sampler.repeat_last_n), 0, 65535,
+	  "penalty window in tokens (default 64)" },
+	{ "presence-penalty", 0, "X", OPTG_SAMPLER, opt_f32, OG(sampler.presence_penalty), -100, 100,
+	  "presence penalty (default 0)" },
+	{ "frequency-penalty", 0, "X", OPTG_SAMPLER, opt_f32, OG(sampler.freq_penalty), -100, 100,
+	  "frequency penalty (default 0)" },
+	{ "seed", 's', "S", OPTG_SAMPLER, opt_seed, 0, 0, 0, "RNG seed (default: random)" },
+	{ "prompt", 'p', "TEXT", OPTG_PROMPT, opt_str, O(prompt), 0, 0, "the prompt text" },
+	{ "prompt-file", 'f', "FILE", OPTG_PROMPT, opt_str, O(prompt_file), 0, 0,
+	  "read the prompt from FILE (bytes as they are)" },
+	{ "raw", 0, NULL, OPTG_PROMPT, opt_flag, O(raw), 0, 0,
+	  "feed the prompt as is, without the chat template" },
+	{ "system", 0, "TEXT", OPTG_PROMPT, opt_str, O(system), 0, 0,
+	  "system prompt (default: the template's; \"\" for none)" },
+	{ "max-tokens", 'n', "N", OPTG_GEN, opt_u32, O(max_tokens), 0, 1 << 24,
+	  "stop after N tokens (default 256)" },
+	{ "top", 'k', "K", OPTG_LOGITS, opt_u32, O(top), 1, 1 << 20,
+	  "logits per position to print (default 10)" },
+	{ "file", 'f', "FILE", OPTG_PPL, opt_str, O(file), 0, 0, "text file to score" },
+	{ "chunks", 0, "N", OPTG_PPL, opt_u32, O(chunks), 0, 1 << 24,
+	  "score only the first N chunks (default: all)" },
+	{ "n-prompt", 'p', "N", OPTG_BENCH, opt_u32, O(n_prompt), 0, 1 << 20,
+	  "prefill test length in tokens (default 512; 0 skips)" },
+	{ "n-gen", 'n', "N", OPTG_BENCH, opt_u32, O(n_gen), 0, 1 << 20,
+	  "decode test length in tokens (default 128; 0 skips)" },
+	{ "reps", 'r', "N", OPTG_BENCH, opt_u32, O(reps), 1, 1000, "repetitions (default 5)" },
+	{ "json", 0, NULL, OPTG_BENCH, opt_flag, O(json), 0, 0, "print one JSON object" },
+};
+
+void cli_opts_default(struct cli_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	gen_config_default(&o->gen);
+	o->max_tokens = 256;
+	o->top = 10;
+	o->n_prompt = 512;
+	o->n_gen = 128;
+	o->reps = 5;
+}
+
+void cli_opts_free(struct cli_opts *o)
+{
+	free(o->args);
+	o->args = NULL;
+}
+
+/* Find the option for "--name" or "-c" among those in mask. */
+static const struct cli_opt *opts_find(unsigned mask, const char *name, size_t len, char short_name)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(cli_opt_table); i++) {
+		const struct cli_opt *opt = &cli_opt_table[i];
+		if (!(opt->group & mask))
+			continue;
+		if (short_name != 0 ? opt->short_name == short_name
+		                    : strlen(opt->name) == len && strncmp(opt->name, name, len) == 0)
+			return opt;
+	}
+	return NULL;
+}
+
+int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **argv,
+                   struct cli_opts *o)
+{
+	struct err e;
+	bool opts_done = false;
+
+	o->args = xcalloc((size_t)argc + 1, sizeof *o->args);
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *val = NULL, *eq;
+		const struct cli_opt *opt;
+
+		if (opts_done || a[0] != '-' || a[1] == '\0') {
+			o->args[o->n_args++] = argv[i];
+			continue;
+		}
+		if (strcmp(a, "--") == 0) {
+			opts_done = true;
+			continue;
+		}
+		if (a[1] == '-') {
+			eq = strchr(a + 2, '=');
+			opt = opts_find(mask, a + 2, eq ? (size_t)(eq - a - 2) : strlen(a + 2), 0);
+			if (eq != NULL)
+				val = eq + 1;
+		} else {
+			opt = a[2] == '\0' ? opts_find(mask, NULL, 0, a[1]) : NULL;
+		}
+		if (opt == NULL)
+			return cli_usage(cmd, "unknown option '%s'", a);
+		if (opt->arg != NULL && val == NULL) {
+			if (i + 1 >= argc)
+				return cli_usage(cmd, "option '%s' needs an argument (%s)", a, opt->arg);
+			val = argv[++i];
+		} else if (opt->arg == NULL && val != NULL) {
+			return cli_usage(cmd, "option '--%s' takes no argument", opt->name);
+		}
+		if (opt->set(o, val, opt, &e) != KVS_OK)
+			return cli_usage(cmd, "%s", e.msg);
+	}
+	return CLI_OK;
+}
+
+void cli_opts_help(unsigned mask, FILE *fp)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(cli_opt_table); i++) {
+		const struct cli_opt *opt = &cli_opt_table[i];
+		char head[64];
+		if (!(opt->group & mask))
+			continue;
+		if (opt->short_name)
+			snprintf(head, sizeof head, "-%c, --%s%s%s", opt->short_name, opt->name,
+			         opt->arg ? " " : "", opt->arg ? opt->arg : "");
+		else
+			snprintf(head, sizeof head, "    --%s%s%s", opt->name, opt->arg ? " " : "",
+			         opt->arg ? opt->arg : "");
+		fprintf(fp, "  %-30s %s\n", head, opt->help);
+	}
+}

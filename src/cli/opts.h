@@ -1,0 +1,64 @@
+/*
+ * opts.h: the options every command-line tool shares, in one table
+ * (opts.c). A command names the groups it accepts; the table gives the
+ * parsing, the help text and the error messages.
+ */
+#ifndef KVS_CLI_OPTS_H
+#define KVS_CLI_OPTS_H
+
+#include "app/app.h"
+#include "cli/cli.h"
+
+#include <stdio.h>
+
+enum opt_group {
+	OPTG_MODEL = 1u << 0,   /* --model */
+	OPTG_ENGINE = 1u << 1,  /* -t, --ctx, --backend, --kv-type, --batch */
+	OPTG_SAMPLER = 1u << 2, /* --temp, --top-k, --top-p, --min-p, penalties, --seed */
+	OPTG_PROMPT = 1u << 3,  /* --prompt, --prompt-file, --raw, --system */
+	OPTG_GEN = 1u << 4,     /* --max-tokens */
+	OPTG_LOGITS = 1u << 5,  /* --top */
+	OPTG_PPL = 1u << 6,     /* --file, --chunks (with --ctx) */
+	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, --json */
+	OPTG_TOKENIZE = 1u << 8,
+};
+
+struct cli_opts {
+	struct gen_config gen;
+	const char *prompt;
+	const char *prompt_file;
+	const char *system;
+	bool raw;
+	uint32_t max_tokens;
+	uint32_t top;
+	const char *file;
+	uint32_t chunks;       /* 0 = all */
+	uint32_t n_prompt;     /* bench -p */
+	uint32_t n_gen;        /* bench -n */
+	uint32_t reps;         /* bench -r */
+	bool json;
+	bool ctx_given;
+	char **args;           /* positional arguments */
+	int n_args;
+};
+
+/* Defaults for every option. */
+void cli_opts_default(struct cli_opts *o);
+/* Parse argv[1..] for cmd accepting the option groups in mask. Returns
+ * CLI_OK, or prints a usage error and returns CLI_BADINPUT. */
+int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **argv,
+                   struct cli_opts *o);
+/* Print the options of mask, one per line (for help). */
+void cli_opts_help(unsigned mask, FILE *fp);
+void cli_opts_free(struct cli_opts *o);
+
+/* prompt.c: read --prompt / --prompt-file (non-empty, valid UTF-8). */
+int cli_prompt_read(const struct cli_opts *o, char **text, size_t *len, struct err *e);
+/* prompt.c: token ids for text as one user turn (or raw with --raw). */
+int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, const char *system,
+                      int32_t **ids, size_t *n, struct err *e);
+/* Resolve the model path in o (explicit, $KVSCOPE_MODEL or the default) and
+ * open a generation context; prints the error and returns the exit code. */
+int cli_gen_open(struct cli_opts *o, struct gen **g);
+
+#endif

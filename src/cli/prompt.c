@@ -1,0 +1,95 @@
+/*
+ * prompt.c: reading a prompt from the command line or a file and turning it
+ * into token ids, with or without the chat template. Shared by generate,
+ * logits and chat so all three treat text the same way.
+ */
+#include "cli/opts.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Read the prompt from --prompt or --prompt-file into an allocated buffer. */
+int cli_prompt_read(const struct cli_opts *o, char **text, size_t *len, struct err *e)
+{
+	int rc;
+
+	*text = NULL;
+	*len = 0;
+	if ((o->prompt != NULL) == (o->prompt_file != NULL))
+		return err_set(e, KVS_EARG, "give exactly one of --prompt TEXT or --prompt-file FILE");
+	if (o->prompt != NULL) {
+		*len = strlen(o->prompt);
+		*text = xstrndup(o->prompt, *len);
+	} else {
+		rc = file_read_all(o->prompt_file, text, len, e);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	if (*len == 0) {
+		free(*text);
+		*text = NULL;
+		return err_set(e, KVS_EARG, "the prompt is empty: expected at least one character");
+	}
+	if (!utf8_valid((const uint8_t *)*text, *len)) {
+		size_t off = 0;
+		uint32_t cp;
+		while (off < *len) {
+			size_t k = utf8_decode((const uint8_t *)*text + off, *len - off, &cp);
+			if (k == 0)
+				break;
+			off += k;
+		}
+		free(*text);
+		*text = NULL;
+		return err_set(e, KVS_EFORMAT, "the prompt is not valid UTF-8 (bad byte at offset %zu)",
+		               off);
+	}
+	return KVS_OK;
+}
+
+/* Tokenize text as one user turn in the chat template (raw: as it is, with
+ * BOS as the vocabulary says and special-token text parsed). */
+int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, const char *system,
+                      int32_t **ids, size_t *n, struct err *e)
+{
+	const struct vocab *v = g->model->vocab;
+	struct chat_prompt p = { 0 };
+	size_t cap = 0;
+	int rc;
+
+	*ids = NULL;
+	*n = 0;
+	if (raw)
+		return vocab_tokenize(v, text, len, true, true, ids, n, &cap, e);
+	if (!g->has_chat)
+		return err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+	if (vocab_add_bos(v) && vocab_bos(v) >= 0) {
+		cap = 16;
+		*ids = xmallocarray(cap, sizeof **ids);
+		(*ids)[(*n)++] = vocab_bos(v);
+	}
+	chat_system(&g->chat, system, &p);
+	{
+		char *content = xstrndup(text, len);
+		chat_message(&g->chat, "user", content, &p);
+		free(content);
+	}
+	chat_generation_prompt(&g->chat, &p);
+	rc = chat_tokenize(v, &p, ids, n, &cap, e);
+	chat_prompt_free(&p);
+	return rc;
+}
+
+int cli_gen_open(struct cli_opts *o, struct gen **g)
+{
+	struct err e;
+	char *path = cli_model_path(o->gen.model_path);
+	const char *saved = o->gen.model_path;
+	int rc;
+
+	o->gen.model_path = path;
+	rc = gen_open(g, &o->gen, &e);
+	o->gen.model_path = saved;
+	free(path);
+	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
+}

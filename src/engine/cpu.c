@@ -1,0 +1,794 @@
+/*
+ * cpu.c: the CPU backend: weights, KV cache and the forward pass.
+ *
+ * The forward pass reads top to bottom in cpu_fwd_layer. A batch is cut into
+ * ubatches of at most CPU_UBATCH tokens; one ubatch is one pool_run in which
+ * every thread walks the same steps and takes its share of each (tokens for
+ * norms and quantisation, 16-row groups for matrix products, (token, head)
+ * pairs for attention), with a pool_barrier between dependent steps.
+ *
+ * Weights: Q4_0, Q4_1 and Q8_0 matrices are repacked (kern.h) into buffers
+ * of the same size; afterwards the file pages they came from are dropped
+ * from memory (madvise), so the process holds each weight once. Other types
+ * are read in place from the map. In reference mode nothing is repacked and
+ * every product dequantises a weight row and takes plain f32 dot products.
+ *
+ * KV cache: per layer K and V as (n_ctx, n_head_kv, head_dim), F16 or F32.
+ * Keys are stored before RoPE. Each forward first brings the per-slot
+ * cos/sin table up to date for the visible slots (a slot's entry is
+ * recomputed only when its position changed), then per layer rotates the
+ * visible keys into a transposed f32 scratch (n_head_kv, head_dim, n_vis)
+ * and converts the visible values to f32 (n_head_kv, n_vis, head_dim), so
+ * the scores of one query against 16 keys are 16-wide FMAs.
+ *
+ * Attention rule: query i at position p sees visible slot s when
+ * 0 <= pos(s) <= p. A query that sees nothing gets a zero output.
+ */
+#include "engine/engine.h"
+#include "engine/kern.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define CPU_UBATCH 512   /* tokens per pool_run */
+#define CPU_LM_CHUNK 32  /* rows per LM-head chunk when only statistics are kept */
+
+struct cpu_layer {
+	const float *attn_norm, *ffn_norm;     /* (n_embd) */
+	const float *bq, *bk, *bv;             /* biases or NULL */
+	struct kern_weight wq, wk, wv, wo, gate, up, down;
+};
+
+struct cpu {
+	const struct model *m;
+	struct hparams hp;
+	struct engine_config cfg;
+	const int32_t *slot_pos;      /* (n_ctx), the engine's */
+	const struct kern_ops *ops;
+	bool ref;
+	struct pool *pool;
+	struct cpu_layer *L;          /* (n_layer) */
+	struct kern_weight out;       /* LM head */
+	struct kern_weight embd;      /* token embeddings, never packed */
+
+	/* KV cache */
+	size_t kv_es;                 /* bytes per element: 2 or 4 */
+	uint64_t kv_row;              /* elements per slot per layer: n_head_kv * head_dim */
+	uint8_t **kc, **vc;           /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
+	float *slot_cs;               /* (n_ctx, n_rot): cos then sin of each slot's angles */
+	int32_t *slot_cs_pos;         /* (n_ctx) position slot_cs was made for, or -1 */
+
+	/* scratch for one ubatch */
+	uint32_t cap;                 /* tokens */
+	float *x;                     /* (cap, n_embd) residual stream */
+	float *xb;                    /* (cap, n_embd) normed input of a block */
+	float *q;                     /* (cap, n_head * head_dim) */
+	float *k, *v;                 /* (cap, n_head_kv * head_dim) */
+	float *ao;                    /* (cap, n_head * head_dim) attention output */
+	float *g, *u;                 /* (cap, n_ff) gate and up, then silu(g) * u in g */
+	float *tok_cs;                /* (cap, n_rot) the ubatch's own angles */
+	struct kern_act act;          /* (cap, max K) quantised activations */
+	uint32_t vis_cap;
+	float *krot;                  /* (n_head_kv, head_dim, vis_cap) rotated keys */
+	float *vf;                    /* (n_head_kv, vis_cap, head_dim) values */
+	int32_t *vpos;                /* (vis_cap) positions of the visible slots */
+	float *scores;                /* (n_threads, vis_cap) */
+	float *tmp;                   /* (n_threads, kmax) generic-path rows */
+	uint64_t kmax;                /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
+	float *lm;                    /* (CPU_LM_CHUNK, n_vocab) statistics-only logits */
+};
+
+/* What one pool_run works on. */
+struct cpu_job {
+	struct cpu *c;
+	const struct engine_batch *b;
+	struct backend_out *bo;
+	uint32_t t0, n;               /* this ubatch: batch tokens [t0, t0 + n) */
+	bool last;                    /* the batch's last ubatch */
+	int rc;
+};
+
+/* ---------------------------------------------------------------- setup */
+
+/* Describe a model tensor as a kernel weight (not packed yet). */
+static int cpu_weight(struct kern_weight *w, const struct tensor *t, struct err *e)
+{
+	memset(w, 0, sizeof(*w));
+	const struct dtype_info *di = dtype_info(t->type);
+	if (di == NULL || !di->weight_ok)
+		return err_set(e, KVS_EUNSUPPORTED, "tensor %s: type %s cannot be used as a weight",
+		               t->name ? t->name : "?", dtype_name(t->type));
+	if (t->ne[0] % KERN_QK != 0)
+		return err_set(e, KVS_EUNSUPPORTED, "tensor %s: row length %lld is not a multiple of %d",
+		               t->name ? t->name : "?", (long long)t->ne[0], KERN_QK);
+	w->type = t->type;
+	w->cols = t->ne[0];
+	w->rows = t->ne[1];
+	w->data = t->data;
+	if (!dtype_row_bytes(t->type, (uint64_t)t->ne[0], &w->row_bytes))
+		return err_set(e, KVS_EFORMAT, "tensor %s: bad row length %lld for %s",
+		               t->name ? t->name : "?", (long long)t->ne[0], dtype_name(t->type));
+	return KVS_OK;
+}
+
+/* Every weight matrix of the model, for loops over all of them. */
+static size_t cpu_all_weights(struct cpu *c, struct kern_weight **ws, size_t cap)
+{
+	size_t n = 0;
+	for (uint32_t l = 0; l < c->hp.n_layer; l++) {
+		struct cpu_layer *L = &c->L[l];
+		struct kern_weight *list[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
+		for (size_t i = 0; i < KVS_ARRAY_LEN(list) && n < cap; i++)
+			ws[n++] = list[i];
+	}
+	if (n < cap)
+		ws[n++] = &c->out;
+	return n;
+}
+
+struct cpu_pack_job {
+	struct kern_weight **ws;
+	size_t n;
+	const uint8_t **src;   /* (n) original data of each */
+};
+
+/* Pack every weight, each thread taking a share of each weight's groups. */
+static void cpu_pack_thread(void *arg, int ith, int nth)
+{
+	struct cpu_pack_job *pj = arg;
+	for (size_t i = 0; i < pj->n; i++) {
+		struct kern_weight *w = pj->ws[i];
+		if (!w->packed)
+			continue;
+		int64_t groups = (w->rows + KERN_GROUP - 1) / KERN_GROUP, g0, g1;
+		pool_split(groups, ith, nth, &g0, &g1);
+		kern_pack(w->type, pj->src[i], w->rows, w->cols, w->owned, g0, g1);
+	}
+}
+
+/* Drop the file pages under [p, p + n) from this process (whole pages only);
+ * they stay in the page cache and fault back in if read again. */
+static void cpu_drop_pages(const void *p, uint64_t n)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+	uintptr_t hi = ((uintptr_t)p + n) & ~(page - 1);
+	if (hi > lo)
+		(void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* Repack the weights that have packed kernels (not in reference mode). */
+static void cpu_pack_weights(struct cpu *c)
+{
+	struct kern_weight *ws[8 * 1024];
+	size_t n = cpu_all_weights(c, ws, KVS_ARRAY_LEN(ws));
+	const uint8_t **src = xcalloc(n, sizeof(*src));
+	for (size_t i = 0; i < n; i++) {
+		struct kern_weight *w = ws[i];
+		if (c->ref || !kern_type_packed(w->type))
+			continue;
+		src[i] = w->data;
+		uint64_t nb = kern_packed_bytes(w->type, w->rows, w->cols);
+		w->owned = xmalloc_aligned(nb);
+		w->group_bytes = nb / (uint64_t)((w->rows + KERN_GROUP - 1) / KERN_GROUP);
+		w->packed = true;
+	}
+	struct cpu_pack_job pj = { ws, n, src };
+	pool_run(c->pool, cpu_pack_thread, &pj);
+	bool drop = c->m->gguf != NULL && c->m->gguf->owns_map;
+	for (size_t i = 0; i < n; i++) {
+		struct kern_weight *w = ws[i];
+		if (!w->packed)
+			continue;
+		/* A tied embedding's rows are still read in place (a few per step):
+		 * dropped pages fault back in one by one as tokens need them. */
+		if (drop)
+			cpu_drop_pages(src[i], (uint64_t)w->rows * w->row_bytes);
+		w->data = w->owned;
+	}
+	free(src);
+}
+
+/* Grow the per-ubatch scratch to n tokens. */
+static void cpu_reserve(struct cpu *c, uint32_t n)
+{
+	if (n <= c->cap)
+		return;
+	const struct hparams *hp = &c->hp;
+	uint64_t nq = (uint64_t)hp->n_head * hp->head_dim, nkv = (uint64_t)hp->n_head_kv * hp->head_dim;
+	uint64_t kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff), nq);
+	xfree_aligned(c->x);
+	xfree_aligned(c->xb);
+	xfree_aligned(c->q);
+	xfree_aligned(c->k);
+	xfree_aligned(c->v);
+	xfree_aligned(c->ao);
+	xfree_aligned(c->g);
+	xfree_aligned(c->u);
+	xfree_aligned(c->tok_cs);
+	xfree_aligned(c->act.q);
+	xfree_aligned(c->act.d);
+	xfree_aligned(c->act.s);
+	c->cap = n;
+	c->x = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
+	c->xb = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
+	c->q = xmalloc_aligned((size_t)n * nq * sizeof(float));
+	c->k = xmalloc_aligned((size_t)n * nkv * sizeof(float));
+	c->v = xmalloc_aligned((size_t)n * nkv * sizeof(float));
+	c->ao = xmalloc_aligned((size_t)n * nq * sizeof(float));
+	c->g = xmalloc_aligned((size_t)n * hp->n_ff * sizeof(float));
+	c->u = xmalloc_aligned((size_t)n * hp->n_ff * sizeof(float));
+	c->tok_cs = xmalloc_aligned((size_t)n * hp->n_rot * sizeof(float));
+	c->act.q = xmalloc_aligned((size_t)n * kmax);
+	c->act.d = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
+	c->act.s = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
+}
+
+/* Grow the visible-set scratch to n slots. */
+static void cpu_reserve_vis(struct cpu *c, uint32_t n)
+{
+	if (n <= c->vis_cap)
+		return;
+	const struct hparams *hp = &c->hp;
+	n = KVS_MAX(n, 64u);
+	n = (n + 15) & ~15u;
+	xfree_aligned(c->krot);
+	xfree_aligned(c->vf);
+	xfree_aligned(c->vpos);
+	xfree_aligned(c->scores);
+	c->vis_cap = n;
+	size_t kv = (size_t)hp->n_head_kv * hp->head_dim * n;
+	c->krot = xmalloc_aligned(kv * sizeof(float));
+	c->vf = xmalloc_aligned(kv * sizeof(float));
+	c->vpos = xmalloc_aligned((size_t)n * sizeof(int32_t));
+	c->scores = xmalloc_aligned((size_t)pool_size(c->pool) * n * sizeof(float));
+}
+
+static void cpu_free(void *state);
+
+static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e)
+{
+	const struct model *m = ctx->m;
+	const struct hparams *hp = &m->hp;
+	if (hp->head_dim % 16 != 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0 ||
+	    hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "head_dim %u / n_rot %u / heads %u:%u: expected head_dim a multiple of 16, even n_rot <= head_dim, n_head a multiple of n_head_kv",
+		               hp->head_dim, hp->n_rot, hp->n_head, hp->n_head_kv);
+	struct cpu *c = xcalloc(1, sizeof(*c));
+	c->m = m;
+	c->hp = *hp;
+	c->cfg = ctx->cfg;
+	c->slot_pos = ctx->slot_pos;
+	c->ref = ctx->cfg.reference;
+	enum kern_level want = KERN_AVX512;
+	if (c->ref || ctx->cfg.isa == ENGINE_ISA_SCALAR)
+		want = KERN_SCALAR;
+	else if (ctx->cfg.isa == ENGINE_ISA_AVX2)
+		want = KERN_AVX2;
+	c->ops = kern_select(want);
+	c->pool = pool_create(ctx->cfg.n_threads);
+	c->L = xcalloc(hp->n_layer, sizeof(*c->L));
+
+	int rc = KVS_OK;
+	for (uint32_t l = 0; l < hp->n_layer && rc == KVS_OK; l++) {
+		const struct layer_weights *lw = &m->layers[l];
+		struct cpu_layer *L = &c->L[l];
+		L->attn_norm = lw->attn_norm.data;
+		L->ffn_norm = lw->ffn_norm.data;
+		L->bq = lw->bq.data;
+		L->bk = lw->bk.data;
+		L->bv = lw->bv.data;
+		if ((rc = cpu_weight(&L->wq, &lw->wq, e)) || (rc = cpu_weight(&L->wk, &lw->wk, e)) ||
+		    (rc = cpu_weight(&L->wv, &lw->wv, e)) || (rc = cpu_weight(&L->wo, &lw->wo, e)) ||
+		    (rc = cpu_weight(&L->gate, &lw->w_gate, e)) || (rc = cpu_weight(&L->up, &lw->w_up, e)) ||
+		    (rc = cpu_weight(&L->down, &lw->w_down, e)))
+			break;
+	}
+	if (rc == KVS_OK)
+		rc = cpu_weight(&c->embd, &m->tok_embd, e);
+	if (rc == KVS_OK)
+		rc = cpu_weight(&c->out, m->output.data ? &m->output : &m->tok_embd, e);
+	if (rc != KVS_OK) {
+		cpu_free(c);
+		return rc;
+	}
+	cpu_pack_weights(c);
+
+	c->kv_es = ctx->cfg.kv_type == ENGINE_KV_F32 ? 4 : 2;
+	c->kv_row = (uint64_t)hp->n_head_kv * hp->head_dim;
+	c->kc = xcalloc(hp->n_layer, sizeof(*c->kc));
+	c->vc = xcalloc(hp->n_layer, sizeof(*c->vc));
+	for (uint32_t l = 0; l < hp->n_layer; l++) {
+		/* calloc: untouched slots cost no memory */
+		c->kc[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+		c->vc[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+	}
+	c->slot_cs = xmallocarray((size_t)ctx->cfg.n_ctx * KVS_MAX(hp->n_rot, 1u), sizeof(float));
+	c->slot_cs_pos = xmallocarray(ctx->cfg.n_ctx, sizeof(int32_t));
+	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
+		c->slot_cs_pos[s] = -1;
+	c->kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff),
+	                  (uint64_t)hp->n_head * hp->head_dim);
+	c->tmp = xmalloc_aligned((size_t)pool_size(c->pool) * c->kmax * sizeof(float));
+	cpu_reserve(c, 1);
+	cpu_reserve_vis(c, 64);
+	*state = c;
+	return KVS_OK;
+}
+
+static void cpu_free(void *state)
+{
+	struct cpu *c = state;
+	if (c == NULL)
+		return;
+	if (c->L) {
+		struct kern_weight *ws[8 * 1024];
+		size_t n = cpu_all_weights(c, ws, KVS_ARRAY_LEN(ws));
+		for (size_t i = 0; i < n; i++)
+			xfree_aligned(ws[i]->owned);
+	}
+	for (uint32_t l = 0; c->kc && l < c->hp.n_layer; l++) {
+		free(c->kc[l]);
+		free(c->vc[l]);
+	}
+	free(c->kc);
+	free(c->vc);
+	free(c->L);
+	free(c->slot_cs);
+	free(c->slot_cs_pos);
+	xfree_aligned(c->x);
+	xfree_aligned(c->xb);
+	xfree_aligned(c->q);
+	xfree_aligned(c->k);
+	xfree_aligned(c->v);
+	xfree_aligned(c->ao);
+	xfree_aligned(c->g);
+	xfree_aligned(c->u);
+	xfree_aligned(c->tok_cs);
+	xfree_aligned(c->act.q);
+	xfree_aligned(c->act.d);
+	xfree_aligned(c->act.s);
+	xfree_aligned(c->krot);
+	xfree_aligned(c->vf);
+	xfree_aligned(c->vpos);
+	xfree_aligned(c->scores);
+	xfree_aligned(c->tmp);
+	xfree_aligned(c->lm);
+	pool_free(c->pool);
+	free(c);
+}
+
+/* ---------------------------------------------------------- small steps */
+
+/* out = x / sqrt(mean(x^2) + eps) * w; the sum of squares in double. */
+static void cpu_rmsnorm(const float *x, const float *w, float *out, uint32_t n, float eps)
+{
+	double ss = 0;
+	for (uint32_t i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+	for (uint32_t i = 0; i < n; i++)
+		out[i] = x[i] * scale * w[i];
+}
+
+/* A product y (n, rows) = x W^T over units of 16 rows. */
+struct cpu_mm {
+	const struct kern_weight *w;
+	float *y;
+	int64_t ldy;
+	bool acc;
+};
+
+/* A view of the quantised activations as rows of K, from row r0. */
+static struct kern_act cpu_act(const struct cpu *c, int64_t K, int64_t r0)
+{
+	struct kern_act a = { K, c->act.q + r0 * K, c->act.d + r0 * (K / KERN_QK),
+	                      c->act.s + r0 * (K / KERN_QK) };
+	return a;
+}
+
+/* Number of 16-row units of a weight. */
+static int64_t cpu_units(const struct kern_weight *w)
+{
+	return (w->rows + KERN_GROUP - 1) / KERN_GROUP;
+}
+
+/* Units [u0, u1) of one product for n tokens: packed weights take the
+ * quantised activations (rows r0.., row length K), others the f32 rows x
+ * (already at r0, stride K). */
+static void cpu_mm_units(struct cpu *c, const struct cpu_mm *mm, int64_t u0, int64_t u1,
+                         const float *x, int64_t K, int64_t r0, int64_t n, int ith)
+{
+	if (u1 <= u0)
+		return;
+	const struct kern_weight *w = mm->w;
+	if (w->packed) {
+		struct kern_act a = cpu_act(c, K, r0);
+		c->ops->gemm_packed(w, u0, u1, &a, n, mm->y, mm->ldy, mm->acc);
+	} else {
+		kern_gemm_generic(c->ops, w, u0 * KERN_GROUP, KVS_MIN(u1 * KERN_GROUP, w->rows), x, K,
+		                  n, mm->y, mm->ldy, mm->acc, c->tmp + (size_t)ith * c->kmax);
+	}
+}
+
+/* Several products sharing one input (n rows from r0), their units split
+ * across threads. */
+static void cpu_mm_multi(struct cpu *c, const struct cpu_mm *mms, int n_mm, const float *x,
+                         int64_t K, int64_t r0, int64_t n, int ith, int nth)
+{
+	int64_t total = 0;
+	for (int i = 0; i < n_mm; i++)
+		total += cpu_units(mms[i].w);
+	int64_t lo, hi, base = 0;
+	pool_split(total, ith, nth, &lo, &hi);
+	for (int i = 0; i < n_mm; i++) {
+		int64_t nu = cpu_units(mms[i].w);
+		int64_t a = KVS_MAX(lo - base, (int64_t)0), b = KVS_MIN(hi - base, nu);
+		cpu_mm_units(c, &mms[i], a, b, x + r0 * K, K, r0, n, ith);
+		base += nu;
+	}
+}
+
+/* Quantise rows [i0, i1) of src (row length K) into the activations. */
+static void cpu_quant_rows(struct cpu *c, const float *src, uint32_t K, uint32_t i0, uint32_t i1)
+{
+	if (c->ref)
+		return;
+	struct kern_act a = cpu_act(c, K, 0);
+	for (uint32_t i = i0; i < i1; i++)
+		c->ops->quant_row(src + (size_t)i * K, &a, i);
+}
+
+/* Normalise rows [i0, i1) of x with weight w into xb and quantise them. */
+static void cpu_norm_rows(struct cpu *c, const float *w, uint32_t i0, uint32_t i1)
+{
+	uint32_t ne = c->hp.n_embd;
+	for (uint32_t i = i0; i < i1; i++)
+		cpu_rmsnorm(c->x + (size_t)i * ne, w, c->xb + (size_t)i * ne, ne, c->hp.rms_eps);
+	cpu_quant_rows(c, c->xb, ne, i0, i1);
+}
+
+/* This thread's share [lo, hi) of n items. */
+static void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi)
+{
+	int64_t a, b;
+	pool_split(n, ith, nth, &a, &b);
+	*lo = (uint32_t)a;
+	*hi = (uint32_t)b;
+}
+
+/* -------------------------------------------------------------- attention */
+
+/* Refresh the cos/sin table of the visible slots whose position moved. */
+static void cpu_slot_angles(struct cpu *c, const struct engine_batch *b, int ith, int nth)
+{
+	uint32_t lo, hi, nr = c->hp.n_rot;
+	cpu_share(b->n_visible, ith, nth, &lo, &hi);
+	for (uint32_t j = lo; j < hi; j++) {
+		uint32_t s = b->visible[j];
+		int32_t p = c->slot_pos[s];
+		if (p >= 0 && c->slot_cs_pos[s] != p) {
+			float *cs = c->slot_cs + (size_t)s * nr;
+			engine_rope_cos_sin(&c->hp, p, cs, cs + nr / 2);
+			c->slot_cs_pos[s] = p;
+		}
+	}
+}
+
+/* Rotate one head vector with the (cos, sin) table cs (n_rot floats). */
+static void cpu_rope(const struct hparams *hp, float *x, const float *cs)
+{
+	engine_rope_apply(hp, x, cs, cs + hp->n_rot / 2);
+}
+
+/* Gather the visible keys (rotated, transposed) and values of layer l. */
+static void cpu_gather_kv(struct cpu *c, const struct engine_batch *b, uint32_t l, int ith,
+                          int nth)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, nkv = hp->n_head_kv, nv = b->n_visible, vc = c->vis_cap;
+	uint32_t lo, hi;
+	cpu_share(nv, ith, nth, &lo, &hi);
+	float kbuf[1024];
+	for (uint32_t j = lo; j < hi; j++) {
+		uint32_t s = b->visible[j];
+		int32_t p = c->slot_pos[s];
+		c->vpos[j] = p;
+		for (uint32_t h = 0; h < nkv; h++) {
+			const uint8_t *kp = c->kc[l] + ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+			const uint8_t *vp = c->vc[l] + ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+			float *vdst = c->vf + ((size_t)h * vc + j) * hd;
+			if (p < 0) {
+				memset(vdst, 0, hd * sizeof(float));
+				for (uint32_t d = 0; d < hd; d++)
+					c->krot[((size_t)h * hd + d) * vc + j] = 0;
+				continue;
+			}
+			if (c->kv_es == 2) {
+				c->ops->f16_to_f32((const uint16_t *)kp, kbuf, hd);
+				c->ops->f16_to_f32((const uint16_t *)vp, vdst, hd);
+			} else {
+				memcpy(kbuf, kp, hd * sizeof(float));
+				memcpy(vdst, vp, hd * sizeof(float));
+			}
+			cpu_rope(hp, kbuf, c->slot_cs + (size_t)s * hp->n_rot);
+			for (uint32_t d = 0; d < hd; d++)
+				c->krot[((size_t)h * hd + d) * vc + j] = kbuf[d];
+		}
+	}
+}
+
+/* Attention of ubatch token i, query head h, layer l, into c->ao. */
+static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h, int ith)
+{
+	struct cpu *c = jb->c;
+	const struct engine_batch *b = jb->b;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, nv = b->n_visible, vc = c->vis_cap;
+	uint32_t kvh = h / (hp->n_head / hp->n_head_kv);
+	int32_t p = b->pos[jb->t0 + i];
+	const float *q = c->q + ((size_t)i * hp->n_head + h) * hd;
+	float *sc = c->scores + (size_t)ith * vc;
+	float *out = c->ao + ((size_t)i * hp->n_head + h) * hd;
+	const float *kt = c->krot + (size_t)kvh * hd * vc;
+
+	memset(sc, 0, nv * sizeof(float));
+	for (uint32_t d = 0; d < hd; d++)
+		c->ops->axpy_f32(sc, kt + (size_t)d * vc, q[d], nv);
+	float mx = -INFINITY;
+	for (uint32_t j = 0; j < nv; j++) {
+		int32_t kp = c->vpos[j];
+		if (kp < 0 || kp > p) {
+			sc[j] = -INFINITY;
+			continue;
+		}
+		sc[j] *= hp->attn_scale;
+		mx = sc[j] > mx ? sc[j] : mx;
+	}
+	memset(out, 0, hd * sizeof(float));
+	float *attn = NULL;
+	if (b->want_attn && jb->last && i == jb->n - 1)
+		attn = jb->bo->attn + ((size_t)l * hp->n_head + h) * nv;
+	if (mx == -INFINITY) {
+		if (attn)
+			memset(attn, 0, nv * sizeof(float));
+		return;
+	}
+	float sum = 0;
+	for (uint32_t j = 0; j < nv; j++) {
+		float e = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
+		sc[j] = e;
+		sum += e;
+	}
+	float inv = 1.0f / sum;
+	const float *vt = c->vf + (size_t)kvh * vc * hd;
+	for (uint32_t j = 0; j < nv; j++) {
+		float pj = sc[j] * inv;
+		if (attn)
+			attn[j] = pj;
+		if (pj != 0.0f)
+			c->ops->axpy_f32(out, vt + (size_t)j * hd, pj, hd);
+	}
+}
+
+/* ---------------------------------------------------------- forward pass */
+
+/* One transformer block for the ubatch, run by every thread. */
+static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	const struct engine_batch *b = jb->b;
+	const struct hparams *hp = &c->hp;
+	const struct cpu_layer *L = &c->L[l];
+	uint32_t n = jb->n, ne = hp->n_embd, hd = hp->head_dim;
+	uint32_t nq = hp->n_head * hd, nkv = hp->n_head_kv * hd, nff = hp->n_ff;
+	uint32_t lo, hi;
+	cpu_share(n, ith, nth, &lo, &hi);
+
+	/* attention block: xb = norm(x); q, k, v = xb W^T (+ b) */
+	cpu_norm_rows(c, L->attn_norm, lo, hi);
+	pool_barrier(c->pool);
+	struct cpu_mm qkv[3] = {
+		{ &L->wq, c->q, nq, false }, { &L->wk, c->k, nkv, false }, { &L->wv, c->v, nkv, false },
+	};
+	cpu_mm_multi(c, qkv, 3, c->xb, ne, 0, n, ith, nth);
+	pool_barrier(c->pool);
+
+	/* biases, cache the pre-RoPE k and the v, rotate q */
+	for (uint32_t i = lo; i < hi; i++) {
+		float *q = c->q + (size_t)i * nq, *k = c->k + (size_t)i * nkv, *v = c->v + (size_t)i * nkv;
+		if (L->bq)
+			for (uint32_t r = 0; r < nq; r++)
+				q[r] += L->bq[r];
+		if (L->bk)
+			for (uint32_t r = 0; r < nkv; r++)
+				k[r] += L->bk[r];
+		if (L->bv)
+			for (uint32_t r = 0; r < nkv; r++)
+				v[r] += L->bv[r];
+		uint32_t s = b->slot[jb->t0 + i];
+		uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
+		uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;
+		if (c->kv_es == 2) {
+			c->ops->f32_to_f16(k, (uint16_t *)kd, nkv);
+			c->ops->f32_to_f16(v, (uint16_t *)vd, nkv);
+		} else {
+			memcpy(kd, k, nkv * sizeof(float));
+			memcpy(vd, v, nkv * sizeof(float));
+		}
+		for (uint32_t h = 0; h < hp->n_head; h++)
+			cpu_rope(hp, q + (size_t)h * hd, c->tok_cs + (size_t)i * hp->n_rot);
+	}
+	pool_barrier(c->pool);
+	cpu_gather_kv(c, b, l, ith, nth);
+	pool_barrier(c->pool);
+	uint32_t plo, phi;
+	cpu_share(n * hp->n_head, ith, nth, &plo, &phi);
+	for (uint32_t ph = plo; ph < phi; ph++)
+		cpu_attend(jb, l, ph / hp->n_head, ph % hp->n_head, ith);
+	pool_barrier(c->pool);
+	cpu_quant_rows(c, c->ao, nq, lo, hi);
+	pool_barrier(c->pool);
+
+	/* x += attn W_o^T */
+	struct cpu_mm o = { &L->wo, c->x, ne, true };
+	cpu_mm_multi(c, &o, 1, c->ao, nq, 0, n, ith, nth);
+	pool_barrier(c->pool);
+
+	/* feed-forward: x += (silu(xb W_gate^T) * xb W_up^T) W_down^T */
+	cpu_norm_rows(c, L->ffn_norm, lo, hi);
+	pool_barrier(c->pool);
+	struct cpu_mm gu[2] = { { &L->gate, c->g, nff, false }, { &L->up, c->u, nff, false } };
+	cpu_mm_multi(c, gu, 2, c->xb, ne, 0, n, ith, nth);
+	pool_barrier(c->pool);
+	for (uint32_t i = lo; i < hi; i++) {
+		float *g = c->g + (size_t)i * nff, *u = c->u + (size_t)i * nff;
+		for (uint32_t r = 0; r < nff; r++)
+			g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+	}
+	cpu_quant_rows(c, c->g, nff, lo, hi);
+	pool_barrier(c->pool);
+	struct cpu_mm down = { &L->down, c->x, ne, true };
+	cpu_mm_multi(c, &down, 1, c->g, nff, 0, n, ith, nth);
+	pool_barrier(c->pool);
+}
+
+/* The output stage of a ubatch: logits and statistics as asked. */
+static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	const struct engine_batch *b = jb->b;
+	uint32_t n = jb->n, nvoc = c->hp.n_vocab, ne = c->hp.n_embd;
+	const float *onorm = c->m->out_norm.data;
+	bool all = b->logits == ENGINE_LOGITS_ALL;
+	if (!all && !b->want_surprisal) {
+		if (!jb->last || b->logits == ENGINE_LOGITS_NONE)
+			return;
+		/* only the last row: norm it into xb row 0 */
+		if (ith == 0) {
+			cpu_rmsnorm(c->x + (size_t)(n - 1) * ne, onorm, c->xb, ne, c->hp.rms_eps);
+			cpu_quant_rows(c, c->xb, ne, 0, 1);
+		}
+		pool_barrier(c->pool);
+		struct cpu_mm mm = { &c->out, jb->bo->logits, nvoc, false };
+		cpu_mm_multi(c, &mm, 1, c->xb, ne, 0, 1, ith, nth);
+		return;
+	}
+	/* every row: norm them all, then the LM head in chunks */
+	uint32_t lo, hi;
+	cpu_share(n, ith, nth, &lo, &hi);
+	for (uint32_t i = lo; i < hi; i++)
+		cpu_rmsnorm(c->x + (size_t)i * ne, onorm, c->xb + (size_t)i * ne, ne, c->hp.rms_eps);
+	cpu_quant_rows(c, c->xb, ne, lo, hi);
+	pool_barrier(c->pool);
+	uint32_t chunk = all ? n : CPU_LM_CHUNK;
+	for (uint32_t r0 = 0; r0 < n; r0 += chunk) {
+		uint32_t nr = KVS_MIN(chunk, n - r0);
+		float *y = all ? jb->bo->logits + (size_t)(jb->t0 + r0) * nvoc : c->lm;
+		struct cpu_mm mm = { &c->out, y, nvoc, false };
+		cpu_mm_multi(c, &mm, 1, c->xb, ne, r0, nr, ith, nth);
+		pool_barrier(c->pool);
+		if (b->want_surprisal) {
+			uint32_t slo, shi;
+			cpu_share(nr, ith, nth, &slo, &shi);
+			for (uint32_t r = slo; r < shi; r++) {
+				uint32_t t = jb->t0 + r0 + r;
+				int32_t next = t + 1 < b->n_tokens ? b->tokens[t + 1] : -1;
+				engine_row_stats(y + (size_t)r * nvoc, nvoc, next, &jb->bo->surprisal[t],
+				                 &jb->bo->entropy[t]);
+			}
+		}
+		/* LAST with statistics: keep the last row of the last chunk */
+		if (!all && b->logits == ENGINE_LOGITS_LAST && jb->last && r0 + nr == n && ith == 0)
+			memcpy(jb->bo->logits, y + (size_t)(nr - 1) * nvoc, nvoc * sizeof(float));
+		pool_barrier(c->pool);
+	}
+}
+
+/* The whole ubatch on one thread's share. */
+static void cpu_fwd_thread(void *arg, int ith, int nth)
+{
+	struct cpu_job *jb = arg;
+	struct cpu *c = jb->c;
+	const struct engine_batch *b = jb->b;
+	const struct hparams *hp = &c->hp;
+	uint32_t n = jb->n, ne = hp->n_embd;
+	uint32_t lo, hi;
+	cpu_share(n, ith, nth, &lo, &hi);
+	for (uint32_t i = lo; i < hi; i++) {
+		kern_weight_row(&c->embd, b->tokens[jb->t0 + i], c->x + (size_t)i * ne);
+		float *cs = c->tok_cs + (size_t)i * hp->n_rot;
+		engine_rope_cos_sin(hp, b->pos[jb->t0 + i], cs, cs + hp->n_rot / 2);
+	}
+	cpu_slot_angles(c, b, ith, nth);
+	pool_barrier(c->pool);
+	for (uint32_t l = 0; l < hp->n_layer; l++)
+		cpu_fwd_layer(jb, l, ith, nth);
+	cpu_fwd_output(jb, ith, nth);
+}
+
+static int cpu_forward(void *state, const struct engine_batch *b, struct backend_out *out,
+                       struct err *e)
+{
+	struct cpu *c = state;
+	(void)e;
+	cpu_reserve(c, KVS_MIN(b->n_tokens, (uint32_t)CPU_UBATCH));
+	cpu_reserve_vis(c, b->n_visible);
+	if (b->want_surprisal && b->logits != ENGINE_LOGITS_ALL && c->lm == NULL)
+		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
+	for (uint32_t t0 = 0; t0 < b->n_tokens; t0 += CPU_UBATCH) {
+		struct cpu_job jb = { .c = c, .b = b, .bo = out, .t0 = t0 };
+		jb.n = KVS_MIN((uint32_t)CPU_UBATCH, b->n_tokens - t0);
+		jb.last = t0 + jb.n == b->n_tokens;
+		pool_run(c->pool, cpu_fwd_thread, &jb);
+	}
+	return KVS_OK;
+}
+
+static void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n)
+{
+	struct cpu *c = state;
+	size_t row = c->kv_row * c->kv_es;
+	for (uint32_t i = 0; i < n; i++) {
+		if (dst[i] == src[i])
+			continue;
+		for (uint32_t l = 0; l < c->hp.n_layer; l++) {
+			memcpy(c->kc[l] + dst[i] * row, c->kc[l] + src[i] * row, row);
+			memcpy(c->vc[l] + dst[i] * row, c->vc[l] + src[i] * row, row);
+		}
+		c->slot_cs_pos[dst[i]] = -1;
+	}
+}
+
+static void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
+                        float *out)
+{
+	struct cpu *c = state;
+	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
+	const uint8_t *p = base + ((uint64_t)slot * c->kv_row + (uint64_t)kv_head * c->hp.head_dim) * c->kv_es;
+	if (c->kv_es == 2)
+		for (uint32_t d = 0; d < c->hp.head_dim; d++)
+			out[d] = dtype_f16_to_f32(((const uint16_t *)p)[d]);
+	else
+		memcpy(out, p, c->hp.head_dim * sizeof(float));
+}
+
+static const char *cpu_isa_name(void *state)
+{
+	struct cpu *c = state;
+	return c->ref ? "reference" : c->ops->name;
+}
+
+const struct backend_ops backend_cpu = {
+	.name = "cpu",
+	.create = cpu_create,
+	.forward = cpu_forward,
+	.kv_copy = cpu_kv_copy,
+	.kv_read = cpu_kv_read,
+	.isa_name = cpu_isa_name,
+	.free = cpu_free,
+};

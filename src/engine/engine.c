@@ -1,0 +1,445 @@
+/*
+ * engine.c: the backend-independent half of the engine.
+ *
+ * It owns what every backend shares: the configuration, the slot positions of
+ * the KV cache, the checks on a batch (so a backend only ever sees a valid
+ * one), the output buffers handed back to the caller, and small numeric
+ * helpers (RoPE angles, surprisal/entropy of a logits row). The backend owns
+ * the weights, the cache contents and the arithmetic.
+ *
+ * Invariants: slot_pos[s] is the position of the token in slot s or -1; a
+ * forward that fails leaves slot_pos as it was; output buffers only grow.
+ */
+#include "engine/engine.h"
+
+#include "gpu/gpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENGINE_N_CTX_DEFAULT 4096
+#define ENGINE_N_CTX_MAX (1u << 24)
+#define ENGINE_POS_MAX (1 << 30) /* keeps pos + n arithmetic far from overflow */
+
+struct engine {
+	const struct model *m;
+	struct engine_config cfg;      /* resolved: n_threads, n_ctx set */
+	const struct backend_ops *ops;
+	void *state;                   /* the backend's */
+	int32_t *slot_pos;             /* (n_ctx) position per slot, -1 empty */
+	uint32_t *all_slots;           /* (n_ctx) 0, 1, ... for visible == NULL */
+	uint32_t *mark;                /* (n_ctx) stamp per slot for duplicate checks */
+	uint32_t stamp;
+	int32_t *saved_pos;            /* (batch cap) positions before the batch */
+	float *logits;                 /* (rows cap, n_vocab) */
+	size_t logits_cap;             /* floats */
+	float *attn;                   /* (n_layer, n_head, visible cap) */
+	size_t attn_cap;               /* floats */
+	float *surprisal, *entropy;    /* (batch cap) */
+	size_t tok_cap;                /* tokens */
+};
+
+/* Names of the configuration enums, indexed by value. */
+static const char *const engine_backend_names[] = { "auto", "cpu", "cuda" };
+static const char *const engine_kv_names[] = { "f16", "f32" };
+
+void engine_config_default(struct engine_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->backend = ENGINE_BACKEND_AUTO;
+	cfg->kv_type = ENGINE_KV_F16;
+	cfg->isa = ENGINE_ISA_AUTO;
+}
+
+/* Index of s in names[0..n), or -1. */
+static int engine_name_index(const char *const *names, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(names[i], s) == 0)
+			return (int)i;
+	return -1;
+}
+
+int engine_backend_parse(const char *s, enum engine_backend *out, struct err *e)
+{
+	int i = engine_name_index(engine_backend_names, KVS_ARRAY_LEN(engine_backend_names), s);
+	if (i < 0)
+		return err_set(e, KVS_EARG, "backend '%s': expected auto, cpu or cuda", s);
+	*out = (enum engine_backend)i;
+	return KVS_OK;
+}
+
+int engine_kv_type_parse(const char *s, enum engine_kv_type *out, struct err *e)
+{
+	int i = engine_name_index(engine_kv_names, KVS_ARRAY_LEN(engine_kv_names), s);
+	if (i < 0)
+		return err_set(e, KVS_EARG, "KV cache type '%s': expected f16 or f32", s);
+	*out = (enum engine_kv_type)i;
+	return KVS_OK;
+}
+
+/* Pick the backend the configuration asks for, or say in one line why not. */
+static int engine_pick_backend(const struct engine_config *cfg, const struct backend_ops **ops,
+                               struct err *e)
+{
+	struct gpu_info gi;
+	struct err ge;
+	switch (cfg->backend) {
+	case ENGINE_BACKEND_AUTO:
+	case ENGINE_BACKEND_CPU:
+		/* No CUDA backend exists yet: auto always means the CPU. */
+		*ops = &backend_cpu;
+		return KVS_OK;
+	case ENGINE_BACKEND_CUDA:
+		err_clear(&ge);
+		if (gpu_probe(&gi, &ge) != KVS_OK)
+			return err_set(e, KVS_EUNSUPPORTED, "backend cuda: %s", ge.msg);
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "backend cuda: GPU %s found, but this build has no CUDA engine yet; use --backend cpu",
+		               gi.name);
+	}
+	return err_set(e, KVS_EARG, "backend %d: expected auto, cpu or cuda", (int)cfg->backend);
+}
+
+int engine_create(struct engine **out, const struct model *m, const struct engine_config *cfg,
+                  struct err *e)
+{
+	*out = NULL;
+	const struct hparams *hp = &m->hp;
+	struct engine_config c = *cfg;
+	if (c.n_threads < 0 || c.n_threads > 256)
+		return err_set(e, KVS_EARG, "threads %d: expected 0 (all cores) to 256", c.n_threads);
+	if (c.n_threads == 0)
+		c.n_threads = pool_n_cores();
+	if (c.n_ctx == 0)
+		c.n_ctx = KVS_MIN(hp->n_ctx_train ? hp->n_ctx_train : ENGINE_N_CTX_DEFAULT,
+		                  (uint32_t)ENGINE_N_CTX_DEFAULT);
+	if (c.n_ctx > ENGINE_N_CTX_MAX)
+		return err_set(e, KVS_EARG, "context %u slots: expected at most %u", c.n_ctx,
+		               ENGINE_N_CTX_MAX);
+	if ((unsigned)c.kv_type > ENGINE_KV_F32)
+		return err_set(e, KVS_EARG, "KV cache type %d: expected f16 or f32", (int)c.kv_type);
+	if ((unsigned)c.isa > ENGINE_ISA_AVX512)
+		return err_set(e, KVS_EARG, "kernel level %d: expected auto, scalar, avx2 or avx512",
+		               (int)c.isa);
+	const struct backend_ops *ops;
+	int rc = engine_pick_backend(&c, &ops, e);
+	if (rc != KVS_OK)
+		return rc;
+
+	struct engine *eng = xcalloc(1, sizeof(*eng));
+	eng->m = m;
+	eng->cfg = c;
+	eng->ops = ops;
+	eng->slot_pos = xmallocarray(c.n_ctx, sizeof(int32_t));
+	eng->all_slots = xmallocarray(c.n_ctx, sizeof(uint32_t));
+	eng->mark = xcalloc(c.n_ctx, sizeof(uint32_t));
+	for (uint32_t s = 0; s < c.n_ctx; s++) {
+		eng->slot_pos[s] = -1;
+		eng->all_slots[s] = s;
+	}
+	struct backend_ctx ctx = { .m = m, .cfg = c, .slot_pos = eng->slot_pos };
+	rc = ops->create(&ctx, &eng->state, e);
+	if (rc != KVS_OK) {
+		err_prefix(e, "backend %s", ops->name);
+		eng->ops = NULL;
+		engine_free(eng);
+		return rc;
+	}
+	*out = eng;
+	return KVS_OK;
+}
+
+void engine_free(struct engine *eng)
+{
+	if (eng == NULL)
+		return;
+	if (eng->ops && eng->state)
+		eng->ops->free(eng->state);
+	free(eng->slot_pos);
+	free(eng->all_slots);
+	free(eng->mark);
+	free(eng->saved_pos);
+	free(eng->logits);
+	free(eng->attn);
+	free(eng->surprisal);
+	free(eng->entropy);
+	free(eng);
+}
+
+/* A fresh stamp for duplicate detection over slots (wraps by clearing). */
+static uint32_t engine_new_stamp(struct engine *eng)
+{
+	if (++eng->stamp == 0) {
+		memset(eng->mark, 0, eng->cfg.n_ctx * sizeof(uint32_t));
+		eng->stamp = 1;
+	}
+	return eng->stamp;
+}
+
+/* Check every field of a batch against the model and the cache. */
+static int engine_check_batch(struct engine *eng, const struct engine_batch *b, struct err *e)
+{
+	const struct hparams *hp = &eng->m->hp;
+	uint32_t n_ctx = eng->cfg.n_ctx;
+	if (b->n_tokens == 0)
+		return err_set(e, KVS_EARG, "batch: n_tokens is 0, expected at least one token");
+	if (b->n_tokens > n_ctx)
+		return err_set(e, KVS_EARG, "batch: n_tokens %u exceeds the cache's %u slots",
+		               b->n_tokens, n_ctx);
+	if (b->tokens == NULL || b->pos == NULL || b->slot == NULL)
+		return err_set(e, KVS_EARG, "batch: tokens, pos and slot must all be given");
+	if ((unsigned)b->logits > ENGINE_LOGITS_NONE)
+		return err_set(e, KVS_EARG, "batch: logits mode %d: expected last, all or none",
+		               (int)b->logits);
+	uint32_t stamp = engine_new_stamp(eng);
+	for (uint32_t i = 0; i < b->n_tokens; i++) {
+		if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= hp->n_vocab)
+			return err_set(e, KVS_EARG, "batch: token %u is id %d, expected 0..%u", i,
+			               b->tokens[i], hp->n_vocab - 1);
+		if (b->pos[i] < 0 || b->pos[i] > ENGINE_POS_MAX)
+			return err_set(e, KVS_EARG, "batch: token %u has position %d, expected 0..%d",
+			               i, b->pos[i], ENGINE_POS_MAX);
+		if (i > 0 && b->pos[i] <= b->pos[i - 1])
+			return err_set(e, KVS_EARG,
+			               "batch: token %u has position %d after %d, expected increasing positions",
+			               i, b->pos[i], b->pos[i - 1]);
+		if (b->slot[i] >= n_ctx)
+			return err_set(e, KVS_EARG, "batch: token %u writes slot %u, expected 0..%u", i,
+			               b->slot[i], n_ctx - 1);
+		if (eng->mark[b->slot[i]] == stamp)
+			return err_set(e, KVS_EARG, "batch: token %u writes slot %u, already written by an earlier token",
+			               i, b->slot[i]);
+		eng->mark[b->slot[i]] = stamp;
+	}
+	if (b->n_visible > n_ctx)
+		return err_set(e, KVS_EARG, "batch: n_visible %u exceeds the cache's %u slots",
+		               b->n_visible, n_ctx);
+	if (b->visible != NULL) {
+		stamp = engine_new_stamp(eng);
+		for (uint32_t i = 0; i < b->n_visible; i++) {
+			uint32_t s = b->visible[i];
+			if (s >= n_ctx)
+				return err_set(e, KVS_EARG, "batch: visible[%u] is slot %u, expected 0..%u",
+				               i, s, n_ctx - 1);
+			if (eng->mark[s] == stamp)
+				return err_set(e, KVS_EARG, "batch: visible[%u] repeats slot %u", i, s);
+			eng->mark[s] = stamp;
+		}
+	}
+	return KVS_OK;
+}
+
+/* Grow a float buffer to hold n floats. */
+static float *engine_grow(float *p, size_t *cap, size_t n)
+{
+	if (n <= *cap)
+		return p;
+	free(p);
+	*cap = n;
+	return xmallocarray(n, sizeof(float));
+}
+
+int engine_forward(struct engine *eng, const struct engine_batch *b, struct engine_out *out,
+                   struct err *e)
+{
+	memset(out, 0, sizeof(*out));
+	int rc = engine_check_batch(eng, b, e);
+	if (rc != KVS_OK)
+		return rc;
+	const struct hparams *hp = &eng->m->hp;
+	struct engine_batch cb = *b;
+	if (cb.visible == NULL)
+		cb.visible = eng->all_slots;
+
+	uint32_t n_rows = b->logits == ENGINE_LOGITS_ALL ? b->n_tokens
+	                  : b->logits == ENGINE_LOGITS_LAST ? 1 : 0;
+	struct backend_out bo = { 0 };
+	if (n_rows) {
+		eng->logits = engine_grow(eng->logits, &eng->logits_cap, (size_t)n_rows * hp->n_vocab);
+		bo.logits = eng->logits;
+	}
+	if (b->want_attn) {
+		size_t n = (size_t)hp->n_layer * hp->n_head * KVS_MAX(cb.n_visible, 1u);
+		eng->attn = engine_grow(eng->attn, &eng->attn_cap, n);
+		bo.attn = eng->attn;
+	}
+	if (b->n_tokens > eng->tok_cap) {
+		free(eng->saved_pos);
+		free(eng->surprisal);
+		free(eng->entropy);
+		eng->tok_cap = b->n_tokens;
+		eng->saved_pos = xmallocarray(b->n_tokens, sizeof(int32_t));
+		eng->surprisal = xmallocarray(b->n_tokens, sizeof(float));
+		eng->entropy = xmallocarray(b->n_tokens, sizeof(float));
+	}
+	if (b->want_surprisal) {
+		bo.surprisal = eng->surprisal;
+		bo.entropy = eng->entropy;
+	}
+
+	for (uint32_t i = 0; i < b->n_tokens; i++) {
+		eng->saved_pos[i] = eng->slot_pos[b->slot[i]];
+		eng->slot_pos[b->slot[i]] = b->pos[i];
+	}
+	rc = eng->ops->forward(eng->state, &cb, &bo, e);
+	if (rc != KVS_OK) {
+		for (uint32_t i = b->n_tokens; i-- > 0;)
+			eng->slot_pos[b->slot[i]] = eng->saved_pos[i];
+		return rc;
+	}
+	out->logits = bo.logits;
+	out->n_rows = n_rows;
+	out->attn = bo.attn;
+	out->n_visible = b->want_attn ? cb.n_visible : 0;
+	out->surprisal = bo.surprisal;
+	out->entropy = bo.entropy;
+	return KVS_OK;
+}
+
+uint32_t engine_n_ctx(const struct engine *eng)
+{
+	return eng->cfg.n_ctx;
+}
+
+int32_t engine_kv_pos(const struct engine *eng, uint32_t slot)
+{
+	return slot < eng->cfg.n_ctx ? eng->slot_pos[slot] : -1;
+}
+
+const int32_t *engine_kv_positions(const struct engine *eng)
+{
+	return eng->slot_pos;
+}
+
+int engine_kv_set_pos(struct engine *eng, uint32_t slot, int32_t pos, struct err *e)
+{
+	if (slot >= eng->cfg.n_ctx)
+		return err_set(e, KVS_EARG, "KV slot %u: expected 0..%u", slot, eng->cfg.n_ctx - 1);
+	if (pos < -1 || pos > ENGINE_POS_MAX)
+		return err_set(e, KVS_EARG, "KV slot %u position %d: expected -1 (empty) or 0..%d",
+		               slot, pos, ENGINE_POS_MAX);
+	eng->slot_pos[slot] = pos;
+	return KVS_OK;
+}
+
+int engine_kv_copy(struct engine *eng, const uint32_t *dst, const uint32_t *src, uint32_t n,
+                   struct err *e)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (dst[i] >= eng->cfg.n_ctx || src[i] >= eng->cfg.n_ctx)
+			return err_set(e, KVS_EARG, "KV copy %u: slot %u -> %u, expected slots 0..%u",
+			               i, src[i], dst[i], eng->cfg.n_ctx - 1);
+	eng->ops->kv_copy(eng->state, dst, src, n);
+	for (uint32_t i = 0; i < n; i++)
+		eng->slot_pos[dst[i]] = eng->slot_pos[src[i]];
+	return KVS_OK;
+}
+
+void engine_kv_clear(struct engine *eng)
+{
+	for (uint32_t s = 0; s < eng->cfg.n_ctx; s++)
+		eng->slot_pos[s] = -1;
+}
+
+int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint32_t kv_head,
+                   bool value, bool rotated, float *out, struct err *e)
+{
+	const struct hparams *hp = &eng->m->hp;
+	if (layer >= hp->n_layer || slot >= eng->cfg.n_ctx || kv_head >= hp->n_head_kv)
+		return err_set(e, KVS_EARG,
+		               "KV read layer %u slot %u head %u: expected layer < %u, slot < %u, head < %u",
+		               layer, slot, kv_head, hp->n_layer, eng->cfg.n_ctx, hp->n_head_kv);
+	eng->ops->kv_read(eng->state, layer, slot, kv_head, value, out);
+	if (!value && rotated) {
+		if (eng->slot_pos[slot] < 0)
+			return err_set(e, KVS_ESTATE, "KV read slot %u: empty, it has no position to rotate to",
+			               slot);
+		float *cs = xmallocarray(hp->n_rot, sizeof(float));
+		engine_rope_cos_sin(hp, eng->slot_pos[slot], cs, cs + hp->n_rot / 2);
+		engine_rope_apply(hp, out, cs, cs + hp->n_rot / 2);
+		free(cs);
+	}
+	return KVS_OK;
+}
+
+uint64_t engine_kv_bytes_per_slot(const struct engine *eng)
+{
+	const struct hparams *hp = &eng->m->hp;
+	uint64_t elem = eng->cfg.kv_type == ENGINE_KV_F32 ? 4 : 2;
+	return 2ull * hp->n_layer * hp->n_head_kv * hp->head_dim * elem;
+}
+
+const struct model *engine_model(const struct engine *eng)
+{
+	return eng->m;
+}
+
+const char *engine_backend_name(const struct engine *eng)
+{
+	return eng->ops->name;
+}
+
+int engine_n_threads(const struct engine *eng)
+{
+	return eng->cfg.n_threads;
+}
+
+const char *engine_isa_name(const struct engine *eng)
+{
+	return eng->ops->isa_name(eng->state);
+}
+
+void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, float *surprisal,
+                      float *entropy)
+{
+	float mx = logits[0];
+	for (uint32_t i = 1; i < n_vocab; i++)
+		mx = logits[i] > mx ? logits[i] : mx;
+	/* With z = sum exp(l - mx): log p_i = l_i - mx - log z, and
+	 * H = -sum p_i log p_i = log z - sum p_i (l_i - mx). */
+	double z = 0, zl = 0;
+	for (uint32_t i = 0; i < n_vocab; i++) {
+		double d = (double)logits[i] - mx;
+		double p = exp(d);
+		z += p;
+		zl += p * d;
+	}
+	double lz = log(z);
+	*entropy = (float)(lz - zl / z);
+	if (target >= 0 && (uint32_t)target < n_vocab)
+		*surprisal = (float)(lz - ((double)logits[target] - mx));
+	else
+		*surprisal = NAN;
+}
+
+void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out)
+{
+	/* Float arithmetic throughout, frequency by repeated multiplication: the
+	 * angles then match llama.cpp's to the last bit at ordinary positions. */
+	uint32_t n_pairs = hp->n_rot / 2;
+	float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
+	float theta = (float)pos;
+	for (uint32_t i = 0; i < n_pairs; i++) {
+		float t = hp->rope_freq_scale * theta;
+		cos_out[i] = cosf(t);
+		sin_out[i] = sinf(t);
+		theta *= theta_scale;
+	}
+}
+
+void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
+                       const float *sin_v)
+{
+	uint32_t n_pairs = hp->n_rot / 2;
+	/* NORM pairs (x[2i], x[2i+1]); NEOX pairs (x[i], x[i + n_rot/2]). */
+	uint32_t stride = hp->rope == ROPE_NEOX ? 1 : 2;
+	uint32_t other = hp->rope == ROPE_NEOX ? n_pairs : 1;
+	for (uint32_t i = 0; i < n_pairs; i++) {
+		float *a = &x[i * stride], *b = a + other;
+		float a0 = *a, b0 = *b;
+		*a = a0 * cos_v[i] - b0 * sin_v[i];
+		*b = a0 * sin_v[i] + b0 * cos_v[i];
+	}
+}

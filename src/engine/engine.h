@@ -1,0 +1,201 @@
+/*
+ * engine.h: the engine layer's one public header.
+ *
+ * An engine runs one loaded model (struct model, weights still in the GGUF
+ * map) on one backend (the CPU here, CUDA in gpu/) and owns its KV cache.
+ *
+ * The KV cache is a fixed array of n_ctx slots. Each slot holds, per layer,
+ * one key and one value vector per KV head, and the position the slot's
+ * token sits at (or -1 when the slot is empty). Keys are stored BEFORE RoPE:
+ * the backend rotates every visible key to its slot's position when it
+ * attends. So re-positioning a token (compaction, retention) is just an
+ * update of the slot's position, moving a token is a plain slot copy, and a
+ * moved key equals the original pre-RoPE key rotated directly to its new
+ * position, exactly.
+ *
+ * One call, engine_forward, runs a batch of tokens: token i goes to
+ * position pos[i], writes its K/V into slot slot[i], and its query attends
+ * to every slot in the batch's visible set whose position is <= pos[i]
+ * (causal by position; the batch's own slots count once written, so a
+ * prefill batch lists its own slots as visible). The engine checks the batch,
+ * records the slots' positions and calls the backend; results land in
+ * engine-owned buffers that stay valid until the next forward or free.
+ *
+ * Retention policies live above this header (kv cache metadata, policies);
+ * they drive the engine through the visible set and the slot operations.
+ */
+#ifndef KVS_ENGINE_H
+#define KVS_ENGINE_H
+
+#include "base/base.h"
+#include "model/model.h"
+
+/* ---- configuration ---- */
+
+enum engine_backend {
+	ENGINE_BACKEND_AUTO = 0, /* CUDA when a usable GPU and the backend exist, else CPU */
+	ENGINE_BACKEND_CPU,
+	ENGINE_BACKEND_CUDA,     /* an error (one line saying why) when unavailable */
+};
+
+enum engine_kv_type { ENGINE_KV_F16 = 0, ENGINE_KV_F32 = 1 };
+
+/* Kernel level for the CPU backend (AUTO: the best this CPU supports). */
+enum engine_isa {
+	ENGINE_ISA_AUTO = 0,
+	ENGINE_ISA_SCALAR,
+	ENGINE_ISA_AVX2,
+	ENGINE_ISA_AVX512, /* AVX-512 F/BW/VL, VNNI where present */
+};
+
+struct engine_config {
+	enum engine_backend backend;
+	int n_threads;             /* CPU threads; 0 = number of cores */
+	uint32_t n_ctx;            /* KV cache slots; 0 = min(n_ctx_train, 4096) */
+	enum engine_kv_type kv_type;
+	enum engine_isa isa;       /* CPU kernels; AUTO unless testing */
+	bool reference;            /* CPU: plain scalar f32 path (tests, debugging) */
+};
+
+/* Defaults: auto backend, all cores, n_ctx 0 (see above), F16 cache. */
+void engine_config_default(struct engine_config *cfg);
+/* Parse "auto"/"cpu"/"cuda" and "f16"/"f32"; KVS_EARG naming the value. */
+int engine_backend_parse(const char *s, enum engine_backend *out, struct err *e);
+int engine_kv_type_parse(const char *s, enum engine_kv_type *out, struct err *e);
+
+/* ---- one forward step ---- */
+
+enum engine_logits {
+	ENGINE_LOGITS_LAST = 0, /* one row: the batch's last token */
+	ENGINE_LOGITS_ALL,      /* n_tokens rows */
+	ENGINE_LOGITS_NONE,     /* fill the cache only */
+};
+
+struct engine_batch {
+	uint32_t n_tokens;
+	const int32_t *tokens;     /* (n_tokens) token ids < n_vocab */
+	const int32_t *pos;        /* (n_tokens) positions >= 0 */
+	const uint32_t *slot;      /* (n_tokens) KV slot each token writes; distinct */
+	/* The slots queries may attend to (each still filtered by position <=
+	 * the query's). visible == NULL means slots 0 .. n_visible-1. The list
+	 * must include the batch's own slots for a token to see itself. */
+	uint32_t n_visible;
+	const uint32_t *visible;   /* (n_visible) distinct slots, or NULL */
+	enum engine_logits logits;
+	bool want_attn;            /* last token's attention probabilities */
+	bool want_surprisal;       /* per-token surprisal and entropy */
+};
+
+struct engine_out {
+	/* (n_rows, n_vocab): row i is token i (ALL) or the last token (LAST). */
+	const float *logits;
+	uint32_t n_rows;
+	/* want_attn: (n_layer, n_head, n_visible) softmax weights of the last
+	 * token's query over the visible list, in its order; 0 for masked slots. */
+	const float *attn;
+	uint32_t n_visible;
+	/* want_surprisal: (n_tokens) in nats. surprisal[i] = -log p(tokens[i+1])
+	 * from row i (NaN for the last token, whose successor is not in the
+	 * batch); entropy[i] = predictive entropy of row i. Computed from full
+	 * logits rows without keeping them. */
+	const float *surprisal;
+	const float *entropy;
+};
+
+struct engine;
+
+/* Create an engine for m (which must outlive it): choose the backend, bring
+ * the weights up, allocate the KV cache (all slots empty). */
+int engine_create(struct engine **out, const struct model *m, const struct engine_config *cfg,
+                  struct err *e);
+void engine_free(struct engine *eng);
+
+/* Run one batch. KVS_EARG (naming the field, the index and the value) for a
+ * bad batch; the cache is unchanged then. */
+int engine_forward(struct engine *eng, const struct engine_batch *b, struct engine_out *out,
+                   struct err *e);
+
+/* ---- KV cache slots ---- */
+
+uint32_t engine_n_ctx(const struct engine *eng);
+/* Position of a slot's token, -1 when empty. */
+int32_t engine_kv_pos(const struct engine *eng, uint32_t slot);
+/* All slot positions: (n_ctx), read-only view. */
+const int32_t *engine_kv_positions(const struct engine *eng);
+/* Re-position a slot's token (pos >= 0) or empty it (pos = -1). Keys are
+ * pre-RoPE, so this is exact and costs nothing. */
+int engine_kv_set_pos(struct engine *eng, uint32_t slot, int32_t pos, struct err *e);
+/* Copy n slots src[i] -> dst[i] (K, V in every layer, and the position), in
+ * order i = 0, 1, ...; so compaction towards lower slots may overlap. */
+int engine_kv_copy(struct engine *eng, const uint32_t *dst, const uint32_t *src, uint32_t n,
+                   struct err *e);
+/* Empty every slot. */
+void engine_kv_clear(struct engine *eng);
+/* Read one cached key (pre-RoPE, or rotated to the slot's position when
+ * rotated) or value as floats: out has head_dim entries. For tests and views. */
+int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint32_t kv_head,
+                   bool value, bool rotated, float *out, struct err *e);
+/* Bytes of KV cache per slot (all layers, K and V). */
+uint64_t engine_kv_bytes_per_slot(const struct engine *eng);
+
+/* ---- facts ---- */
+
+const struct model *engine_model(const struct engine *eng);
+const char *engine_backend_name(const struct engine *eng); /* "cpu", "cuda" */
+int engine_n_threads(const struct engine *eng);
+/* Kernel level actually used: "scalar", "avx2", "avx512", "avx512-vnni", "reference". */
+const char *engine_isa_name(const struct engine *eng);
+
+/* Surprisal and entropy of one logits row (n_vocab floats), in nats;
+ * target < 0 gives NaN surprisal. Shared by backends; double accumulation. */
+void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, float *surprisal,
+                      float *entropy);
+
+/* =====================================================================
+ * For backends only (cpu.c, gpu/cuda_*.cu): the interface each implements.
+ * ===================================================================== */
+
+/* What a backend is given: the model, the settled configuration, and the
+ * engine's slot positions (updated for the batch before forward runs). */
+struct backend_ctx {
+	const struct model *m;
+	struct engine_config cfg;  /* n_threads and n_ctx resolved */
+	const int32_t *slot_pos;   /* (n_ctx) */
+};
+
+/* Outputs a backend fills: buffers sized by the engine for the batch. */
+struct backend_out {
+	float *logits;             /* (n_rows, n_vocab) or NULL when NONE */
+	float *attn;               /* (n_layer, n_head, n_visible) or NULL */
+	float *surprisal;          /* (n_tokens) or NULL */
+	float *entropy;            /* (n_tokens) or NULL */
+};
+
+struct backend_ops {
+	const char *name;
+	/* Bring up weights and an empty cache; *state is the backend's. */
+	int (*create)(const struct backend_ctx *ctx, void **state, struct err *e);
+	/* Run a checked batch (visible is never NULL here). */
+	int (*forward)(void *state, const struct engine_batch *b, struct backend_out *out,
+	               struct err *e);
+	/* Copy K/V of n slots src[i] -> dst[i] in order (positions are the engine's). */
+	void (*kv_copy)(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n);
+	/* One cached vector, pre-RoPE for keys, as floats (head_dim). */
+	void (*kv_read)(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
+	                float *out);
+	/* "avx512-vnni", "sm_90", ... */
+	const char *(*isa_name)(void *state);
+	void (*free)(void *state);
+};
+
+extern const struct backend_ops backend_cpu;
+
+/* RoPE helpers shared by backends: the rotation angles of position pos for
+ * the n_rot/2 pairs (theta_i = pos * freq_scale * base^(-2i/n_rot), the
+ * frequency built by repeated multiplication as llama.cpp does), and the
+ * rotation of one head vector in place. */
+void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out);
+void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
+                       const float *sin_v);
+
+#endif

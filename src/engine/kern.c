@@ -1,0 +1,651 @@
+/*
+ * kern.c: the CPU backend's kernels, scalar, AVX2 and AVX-512 VNNI.
+ *
+ * The packed layout (see kern.h) of a 16-row group, for each 32-block b:
+ *
+ *   Q4_0  d[16] f16 | qs[4][16][4]            288 B  (= 16 x 18)
+ *   Q4_1  d[16] f16 | m[16] f16 | qs[4][16][4] 320 B (= 16 x 20)
+ *   Q8_0  d[16] f16 | qs[8][16][4]            544 B  (= 16 x 34)
+ *
+ * where qs[j][r][0..3] are row r's stored bytes 4j..4j+3 of the block. For
+ * the 4-bit types a stored byte i holds element i (low nibble) and element
+ * i + 16 (high nibble), so chunk j < 4 gives elements 4j..4j+3 through its
+ * low nibbles and elements 16+4j.. through its high nibbles. Q8_0 bytes are
+ * stored as q + 128 (unsigned), so every type multiplies an unsigned weight
+ * byte by a signed activation byte, and the constant offset comes back out
+ * through the activation block sums:
+ *
+ *   block value = d_w d_a sum(w' a) + o_w s_a,   s_a = d_a sum(a)
+ *   o_w = m (Q4_1), -8 d_w (Q4_0), -128 d_w (Q8_0).
+ *
+ * Sums of int8 products are exact in int32, so the levels differ only in the
+ * order of float additions.
+ */
+#include "engine/kern.h"
+
+#include "model/model.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* Geometry of the packed types. */
+struct kern_ptype {
+	uint32_t type;
+	uint32_t src_bytes;   /* original block bytes */
+	uint32_t src_qs;      /* offset of the quants in the original block */
+	uint32_t hdr;         /* packed header bytes (scales, mins) */
+	uint32_t pk_bytes;    /* packed bytes per block of 16 rows */
+	bool bits8;
+	float off;            /* offset factor on d (0 for Q4_1, which stores m) */
+};
+
+static const struct kern_ptype kern_ptypes[] = {
+	{ DT_Q4_0, 18, 2, 32, 288, false, -8.0f },
+	{ DT_Q4_1, 20, 4, 64, 320, false, 0.0f },
+	{ DT_Q8_0, 34, 2, 32, 544, true, -128.0f },
+};
+
+/* The packed geometry of a type, or NULL. */
+static const struct kern_ptype *kern_ptype(uint32_t type)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(kern_ptypes); i++)
+		if (kern_ptypes[i].type == type)
+			return &kern_ptypes[i];
+	return NULL;
+}
+
+bool kern_type_packed(uint32_t type)
+{
+	return kern_ptype(type) != NULL;
+}
+
+uint64_t kern_packed_bytes(uint32_t type, int64_t rows, int64_t K)
+{
+	const struct kern_ptype *pt = kern_ptype(type);
+	if (pt == NULL)
+		return 0;
+	uint64_t groups = (uint64_t)(rows + KERN_GROUP - 1) / KERN_GROUP;
+	return groups * (uint64_t)(K / KERN_QK) * pt->pk_bytes;
+}
+
+void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst,
+               int64_t g0, int64_t g1)
+{
+	const struct kern_ptype *pt = kern_ptype(type);
+	int64_t nb = K / KERN_QK;
+	uint64_t row_bytes = (uint64_t)nb * pt->src_bytes;
+	uint32_t n_chunks = pt->bits8 ? 8 : 4;
+	for (int64_t g = g0; g < g1; g++) {
+		uint8_t *gd = dst + (uint64_t)g * nb * pt->pk_bytes;
+		for (int64_t b = 0; b < nb; b++) {
+			uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+			memset(pb, 0, pt->pk_bytes);
+			for (int r = 0; r < KERN_GROUP; r++) {
+				int64_t row = g * KERN_GROUP + r;
+				if (row >= rows)
+					break; /* zero scales: the padding rows compute 0 */
+				const uint8_t *sb = src + (uint64_t)row * row_bytes + (uint64_t)b * pt->src_bytes;
+				memcpy(pb + 2 * r, sb, 2); /* d */
+				if (pt->type == DT_Q4_1)
+					memcpy(pb + 32 + 2 * r, sb + 2, 2); /* m */
+				for (uint32_t j = 0; j < n_chunks; j++)
+					for (int k = 0; k < 4; k++) {
+						uint8_t v = sb[pt->src_qs + 4 * j + k];
+						pb[pt->hdr + 64 * j + 4 * r + k] = pt->bits8 ? (uint8_t)(v ^ 0x80) : v;
+					}
+			}
+		}
+	}
+}
+
+/* Read a little-endian f16 as float. */
+static inline float kern_rdh(const uint8_t *p)
+{
+	return dtype_f16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
+}
+
+/* Element i (0..31) of row r's block as an unsigned stored quant. */
+static inline int kern_wq(const struct kern_ptype *pt, const uint8_t *qs, int r, int i)
+{
+	if (pt->bits8)
+		return qs[64 * (i / 4) + 4 * r + (i % 4)];
+	int lo = i < 16, e = lo ? i : i - 16;
+	uint8_t v = qs[64 * (e / 4) + 4 * r + (e % 4)];
+	return lo ? (v & 15) : (v >> 4);
+}
+
+void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
+{
+	if (!w->packed) {
+		dtype_dequant(w->type, w->data + (uint64_t)r * w->row_bytes, out, w->cols);
+		return;
+	}
+	const struct kern_ptype *pt = kern_ptype(w->type);
+	int64_t nb = w->cols / KERN_QK, g = r / KERN_GROUP;
+	int rr = (int)(r % KERN_GROUP);
+	const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
+	for (int64_t b = 0; b < nb; b++) {
+		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+		float d = kern_rdh(pb + 2 * rr);
+		float o = pt->type == DT_Q4_1 ? kern_rdh(pb + 32 + 2 * rr) : d * pt->off;
+		for (int i = 0; i < KERN_QK; i++)
+			out[b * KERN_QK + i] = d * (float)kern_wq(pt, pb + pt->hdr, rr, i) + o;
+	}
+}
+
+/* ====================================================================
+ * scalar
+ * ==================================================================== */
+
+static void sc_quant_row(const float *x, const struct kern_act *a, int64_t i)
+{
+	int64_t nb = a->K / KERN_QK;
+	int8_t *q = a->q + i * a->K;
+	for (int64_t b = 0; b < nb; b++) {
+		const float *xb = x + b * KERN_QK;
+		float amax = 0;
+		for (int k = 0; k < KERN_QK; k++)
+			amax = fmaxf(amax, fabsf(xb[k]));
+		float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+		int sum = 0;
+		for (int k = 0; k < KERN_QK; k++) {
+			int v = (int)nearbyintf(xb[k] * id);
+			q[b * KERN_QK + k] = (int8_t)v;
+			sum += v;
+		}
+		a->d[i * nb + b] = d;
+		a->s[i * nb + b] = d * (float)sum;
+	}
+}
+
+static void sc_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
+                           const struct kern_act *a, int64_t n, float *y, int64_t ldy, bool acc)
+{
+	const struct kern_ptype *pt = kern_ptype(w->type);
+	int64_t nb = w->cols / KERN_QK;
+	for (int64_t g = g0; g < g1; g++) {
+		const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
+		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, w->rows - g * KERN_GROUP);
+		for (int64_t t = 0; t < n; t++) {
+			float sum[KERN_GROUP] = { 0 };
+			const int8_t *aq = a->q + t * a->K;
+			for (int64_t b = 0; b < nb; b++) {
+				const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+				float da = a->d[t * nb + b], sa = a->s[t * nb + b];
+				for (int r = 0; r < nr; r++) {
+					int32_t dot = 0;
+					for (int i = 0; i < KERN_QK; i++)
+						dot += kern_wq(pt, pb + pt->hdr, r, i) * aq[b * KERN_QK + i];
+					float d = kern_rdh(pb + 2 * r);
+					float o = pt->type == DT_Q4_1 ? kern_rdh(pb + 32 + 2 * r) : d * pt->off;
+					sum[r] += (float)dot * (d * da) + o * sa;
+				}
+			}
+			float *yt = y + t * ldy + g * KERN_GROUP;
+			for (int r = 0; r < nr; r++)
+				yt[r] = acc ? yt[r] + sum[r] : sum[r];
+		}
+	}
+}
+
+static float sc_dot_f32(const float *a, const float *b, int64_t n)
+{
+	float s[4] = { 0 };
+	int64_t i = 0;
+	for (; i + 4 <= n; i += 4)
+		for (int k = 0; k < 4; k++)
+			s[k] += a[i + k] * b[i + k];
+	for (; i < n; i++)
+		s[0] += a[i] * b[i];
+	return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static void sc_axpy_f32(float *y, const float *x, float alpha, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] += alpha * x[i];
+}
+
+static void sc_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		dst[i] = dtype_f16_to_f32(src[i]);
+}
+
+static void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		dst[i] = dtype_f32_to_f16(src[i]);
+}
+
+/* ====================================================================
+ * AVX2 (8 rows per register: a 16-row group is two halves)
+ * ==================================================================== */
+
+T_AVX2 static inline float av2_hsum(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+T_AVX2 static void av2_quant_row(const float *x, const struct kern_act *a, int64_t i)
+{
+	int64_t nb = a->K / KERN_QK;
+	int8_t *q = a->q + i * a->K;
+	const __m256 sign = _mm256_set1_ps(-0.0f);
+	for (int64_t b = 0; b < nb; b++) {
+		const float *xb = x + b * KERN_QK;
+		__m256 v[4], m = _mm256_setzero_ps();
+		for (int k = 0; k < 4; k++) {
+			v[k] = _mm256_loadu_ps(xb + 8 * k);
+			m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+		}
+		__m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+		h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+		h = _mm_max_ss(h, _mm_movehdup_ps(h));
+		float d = _mm_cvtss_f32(h) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+		__m256 vid = _mm256_set1_ps(id);
+		__m256i qi[4], sum = _mm256_setzero_si256();
+		for (int k = 0; k < 4; k++) {
+			qi[k] = _mm256_cvtps_epi32(
+			    _mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+			sum = _mm256_add_epi32(sum, qi[k]);
+		}
+		/* pack 32 int32 -> 32 int8 in order */
+		__m256i p01 = _mm256_packs_epi32(qi[0], qi[1]);
+		__m256i p23 = _mm256_packs_epi32(qi[2], qi[3]);
+		__m256i p = _mm256_packs_epi16(p01, p23);
+		p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+		_mm256_storeu_si256((__m256i *)(q + b * KERN_QK), p);
+		__m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+		s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+		s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+		a->d[i * nb + b] = d;
+		a->s[i * nb + b] = d * (float)_mm_cvtsi128_si32(s4);
+	}
+}
+
+/* One half (8 rows) of a group for T tokens from t0. */
+INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int64_t nb, int h,
+                            const struct kern_act *a, int64_t t0, int T, float *y, int64_t ldy,
+                            int nr, bool acc)
+{
+	__m256 accf[4];
+	for (int t = 0; t < T; t++)
+		accf[t] = _mm256_setzero_ps();
+	const __m256i m4 = _mm256_set1_epi8(0x0F);
+	const __m256i ones = _mm256_set1_epi16(1);
+	const __m256i x80 = _mm256_set1_epi8((char)0x80);
+	for (int64_t b = 0; b < nb; b++) {
+		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+		__m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 16 * h)));
+		__m256 mo = pt->type == DT_Q4_1
+		                ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 32 + 16 * h)))
+		                : _mm256_setzero_ps();
+		const uint8_t *qs = pb + pt->hdr + 32 * h;
+		__m256i W[8];
+		if (pt->bits8) {
+			/* back to signed; |w| against sign-adjusted a avoids saturation */
+			for (int j = 0; j < 8; j++)
+				W[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qs + 64 * j)), x80);
+		} else {
+			for (int j = 0; j < 4; j++) {
+				__m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 64 * j));
+				W[j] = _mm256_and_si256(raw, m4);
+				W[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+			}
+			if (pt->type == DT_Q4_0)
+				mo = _mm256_mul_ps(dw, _mm256_set1_ps(pt->off));
+		}
+		for (int t = 0; t < T; t++) {
+			const int8_t *aq = a->q + (t0 + t) * a->K + b * KERN_QK;
+			__m256i it;
+			if (pt->bits8) {
+				it = _mm256_setzero_si256();
+				for (int j = 0; j < 8; j++) {
+					int32_t a4;
+					memcpy(&a4, aq + 4 * j, 4);
+					__m256i av = _mm256_sign_epi8(_mm256_set1_epi32(a4), W[j]);
+					__m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(W[j], W[j]), av);
+					it = _mm256_add_epi32(it, _mm256_madd_epi16(p, ones));
+				}
+			} else {
+				/* 8 x 2 x 15 x 127 < 32768: the int16 sums cannot overflow */
+				__m256i s16 = _mm256_setzero_si256();
+				for (int j = 0; j < 8; j++) {
+					int32_t a4;
+					memcpy(&a4, aq + 4 * j, 4);
+					s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(W[j], _mm256_set1_epi32(a4)));
+				}
+				it = _mm256_madd_epi16(s16, ones);
+			}
+			float da = a->d[(t0 + t) * nb + b], sa = a->s[(t0 + t) * nb + b];
+			accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it), _mm256_mul_ps(dw, _mm256_set1_ps(da)),
+			                          accf[t]);
+			if (!pt->bits8)
+				accf[t] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sa), accf[t]);
+		}
+	}
+	int nh = nr - 8 * h;
+	for (int t = 0; t < T; t++) {
+		float *yt = y + (t0 + t) * ldy + 8 * h;
+		if (nh >= 8) {
+			__m256 v = acc ? _mm256_add_ps(_mm256_loadu_ps(yt), accf[t]) : accf[t];
+			_mm256_storeu_ps(yt, v);
+		} else {
+			float tmp[8];
+			_mm256_storeu_ps(tmp, accf[t]);
+			for (int r = 0; r < nh; r++)
+				yt[r] = acc ? yt[r] + tmp[r] : tmp[r];
+		}
+	}
+}
+
+/* Specialise the tile on the type and the token count. */
+#define AV2_TILES(NAME, IDX)                                                                      \
+	T_AVX2 static void NAME(const uint8_t *gd, int64_t nb, int h, const struct kern_act *a,  \
+	                        int64_t t0, int T, float *y, int64_t ldy, int nr, bool acc)     \
+	{                                                                                         \
+		const struct kern_ptype *pt = &kern_ptypes[IDX];                                  \
+		switch (T) {                                                                      \
+		case 1: av2_tile(pt, gd, nb, h, a, t0, 1, y, ldy, nr, acc); break;               \
+		case 2: av2_tile(pt, gd, nb, h, a, t0, 2, y, ldy, nr, acc); break;               \
+		case 3: av2_tile(pt, gd, nb, h, a, t0, 3, y, ldy, nr, acc); break;               \
+		default: av2_tile(pt, gd, nb, h, a, t0, 4, y, ldy, nr, acc); break;              \
+		}                                                                                 \
+	}
+AV2_TILES(av2_tiles_q4_0, 0)
+AV2_TILES(av2_tiles_q4_1, 1)
+AV2_TILES(av2_tiles_q8_0, 2)
+
+typedef void (*av2_tiles_fn)(const uint8_t *, int64_t, int, const struct kern_act *, int64_t, int,
+                             float *, int64_t, int, bool);
+
+T_AVX2 static void av2_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
+                                   const struct kern_act *a, int64_t n, float *y, int64_t ldy,
+                                   bool acc)
+{
+	av2_tiles_fn fn = w->type == DT_Q4_0 ? av2_tiles_q4_0
+	                  : w->type == DT_Q4_1 ? av2_tiles_q4_1 : av2_tiles_q8_0;
+	int64_t nb = w->cols / KERN_QK;
+	for (int64_t g = g0; g < g1; g++) {
+		const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
+		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, w->rows - g * KERN_GROUP);
+		float *yg = y + g * KERN_GROUP;
+		for (int h = 0; h < 2 && 8 * h < nr; h++)
+			for (int64_t t0 = 0; t0 < n; t0 += 4)
+				fn(gd, nb, h, a, t0, (int)KVS_MIN((int64_t)4, n - t0), yg, ldy, nr, acc);
+	}
+}
+
+T_AVX2 static float av2_dot_f32(const float *a, const float *b, int64_t n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+	}
+	float s = av2_hsum(_mm256_add_ps(s0, s1));
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+T_AVX2 static void av2_axpy_f32(float *y, const float *x, float alpha, int64_t n)
+{
+	__m256 va = _mm256_set1_ps(alpha);
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+	for (; i < n; i++)
+		y[i] += alpha * x[i];
+}
+
+T_AVX2 static void av2_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+	for (; i < n; i++)
+		dst[i] = dtype_f16_to_f32(src[i]);
+}
+
+T_AVX2 static void av2_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm_storeu_si128((__m128i *)(dst + i),
+		                 _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+	for (; i < n; i++)
+		dst[i] = dtype_f32_to_f16(src[i]);
+}
+
+/* ====================================================================
+ * AVX-512 with VNNI (16 rows per register)
+ * ==================================================================== */
+
+T_AVX512 static void a512_quant_row(const float *x, const struct kern_act *a, int64_t i)
+{
+	int64_t nb = a->K / KERN_QK;
+	int8_t *q = a->q + i * a->K;
+	for (int64_t b = 0; b < nb; b++) {
+		const float *xb = x + b * KERN_QK;
+		__m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+		__m512 m = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
+		float d = _mm512_reduce_max_ps(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+		__m512 vid = _mm512_set1_ps(id);
+		__m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vid),
+		                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+		__m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vid),
+		                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+		_mm_storeu_si128((__m128i *)(q + b * KERN_QK), _mm512_cvtsepi32_epi8(q0));
+		_mm_storeu_si128((__m128i *)(q + b * KERN_QK + 16), _mm512_cvtsepi32_epi8(q1));
+		int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+		a->d[i * nb + b] = d;
+		a->s[i * nb + b] = d * (float)sum;
+	}
+}
+
+/* A 16-row group for T tokens from t0. */
+INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, int64_t nb,
+                               const struct kern_act *a, int64_t t0, int T, float *y,
+                               int64_t ldy, int nr, bool acc)
+{
+	__m512 accf[8];
+	for (int t = 0; t < T; t++)
+		accf[t] = _mm512_setzero_ps();
+	const __m512i m4 = _mm512_set1_epi8(0x0F);
+	const int8_t *aq0 = a->q + t0 * a->K;
+	const float *ad = a->d + t0 * nb, *as = a->s + t0 * nb;
+	for (int64_t b = 0; b < nb; b++) {
+		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+		__m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
+		__m512 mo = pt->type == DT_Q4_1
+		                ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + 32)))
+		                : _mm512_mul_ps(dw, _mm512_set1_ps(pt->off));
+		const uint8_t *qs = pb + pt->hdr;
+		__m512i W[8];
+		if (pt->bits8) {
+			for (int j = 0; j < 8; j++)
+				W[j] = _mm512_loadu_si512(qs + 64 * j);
+		} else {
+			for (int j = 0; j < 4; j++) {
+				__m512i raw = _mm512_loadu_si512(qs + 64 * j);
+				W[j] = _mm512_and_si512(raw, m4);
+				W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+			}
+		}
+		for (int t = 0; t < T; t++) {
+			const int8_t *aq = aq0 + t * a->K + b * KERN_QK;
+			__m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+			for (int j = 0; j < 8; j += 2) {
+				int32_t a0, a1;
+				memcpy(&a0, aq + 4 * j, 4);
+				memcpy(&a1, aq + 4 * j + 4, 4);
+				i0 = _mm512_dpbusd_epi32(i0, W[j], _mm512_set1_epi32(a0));
+				i1 = _mm512_dpbusd_epi32(i1, W[j + 1], _mm512_set1_epi32(a1));
+			}
+			__m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1));
+			accf[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(ad[t * nb + b])),
+			                          accf[t]);
+			accf[t] = _mm512_fmadd_ps(mo, _mm512_set1_ps(as[t * nb + b]), accf[t]);
+		}
+	}
+	__mmask16 mask = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+	for (int t = 0; t < T; t++) {
+		float *yt = y + (t0 + t) * ldy;
+		__m512 v = accf[t];
+		if (acc)
+			v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, yt), v);
+		_mm512_mask_storeu_ps(yt, mask, v);
+	}
+}
+
+#define A512_TILES(NAME, IDX)                                                                   \
+	T_AVX512 static void NAME(const uint8_t *gd, int64_t nb, const struct kern_act *a,     \
+	                          int64_t t0, int T, float *y, int64_t ldy, int nr, bool acc)  \
+	{                                                                                       \
+		const struct kern_ptype *pt = &kern_ptypes[IDX];                                \
+		switch (T) {                                                                    \
+		case 1: a512_tile(pt, gd, nb, a, t0, 1, y, ldy, nr, acc); break;               \
+		case 2: a512_tile(pt, gd, nb, a, t0, 2, y, ldy, nr, acc); break;               \
+		case 3: a512_tile(pt, gd, nb, a, t0, 3, y, ldy, nr, acc); break;               \
+		case 4: a512_tile(pt, gd, nb, a, t0, 4, y, ldy, nr, acc); break;               \
+		case 5: a512_tile(pt, gd, nb, a, t0, 5, y, ldy, nr, acc); break;               \
+		case 6: a512_tile(pt, gd, nb, a, t0, 6, y, ldy, nr, acc); break;               \
+		case 7: a512_tile(pt, gd, nb, a, t0, 7, y, ldy, nr, acc); break;               \
+		default: a512_tile(pt, gd, nb, a, t0, 8, y, ldy, nr, acc); break;              \
+		}                                                                               \
+	}
+A512_TILES(a512_tiles_q4_0, 0)
+A512_TILES(a512_tiles_q4_1, 1)
+A512_TILES(a512_tiles_q8_0, 2)
+
+typedef void (*a512_tiles_fn)(const uint8_t *, int64_t, const struct kern_act *, int64_t, int,
+                              float *, int64_t, int, bool);
+
+T_AVX512 static void a512_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
+                                      const struct kern_act *a, int64_t n, float *y,
+                                      int64_t ldy, bool acc)
+{
+	a512_tiles_fn fn = w->type == DT_Q4_0 ? a512_tiles_q4_0
+	                   : w->type == DT_Q4_1 ? a512_tiles_q4_1 : a512_tiles_q8_0;
+	int64_t nb = w->cols / KERN_QK;
+	for (int64_t g = g0; g < g1; g++) {
+		const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
+		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, w->rows - g * KERN_GROUP);
+		for (int64_t t0 = 0; t0 < n; t0 += 8)
+			fn(gd, nb, a, t0, (int)KVS_MIN((int64_t)8, n - t0), y + g * KERN_GROUP, ldy, nr,
+			   acc);
+	}
+}
+
+T_AVX512 static float a512_dot_f32(const float *a, const float *b, int64_t n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	int64_t i = 0;
+	for (; i + 32 <= n; i += 32) {
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+	}
+	if (i + 16 <= n) {
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+		i += 16;
+	}
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+		s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+T_AVX512 static void a512_axpy_f32(float *y, const float *x, float alpha, int64_t n)
+{
+	__m512 va = _mm512_set1_ps(alpha);
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+		_mm512_mask_storeu_ps(y + i, m,
+		                      _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i),
+		                                      _mm512_maskz_loadu_ps(m, y + i)));
+	}
+}
+
+T_AVX512 static void a512_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+	for (; i < n; i++)
+		dst[i] = dtype_f16_to_f32(src[i]);
+}
+
+T_AVX512 static void a512_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm256_storeu_si256((__m256i *)(dst + i),
+		                    _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+	for (; i < n; i++)
+		dst[i] = dtype_f32_to_f16(src[i]);
+}
+
+/* ====================================================================
+ * selection
+ * ==================================================================== */
+
+static const struct kern_ops kern_levels[] = {
+	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_axpy_f32,
+	  sc_f16_to_f32, sc_f32_to_f16 },
+	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_axpy_f32,
+	  av2_f16_to_f32, av2_f32_to_f16 },
+	{ KERN_AVX512, "avx512-vnni", a512_quant_row, a512_gemm_packed, a512_dot_f32,
+	  a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16 },
+};
+
+enum kern_level kern_cpu_level(void)
+{
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+	    __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
+	    __builtin_cpu_supports("f16c"))
+		return KERN_AVX512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	    __builtin_cpu_supports("f16c"))
+		return KERN_AVX2;
+	return KERN_SCALAR;
+}
+
+const struct kern_ops *kern_select(enum kern_level want)
+{
+	enum kern_level have = kern_cpu_level();
+	return &kern_levels[KVS_MIN(want, have)];
+}
+
+void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
+                       int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
+                       int64_t ldy, bool acc, float *tmp)
+{
+	for (int64_t r = r0; r < r1; r++) {
+		const float *row = tmp;
+		if (w->type == DT_F32)
+			row = (const float *)(w->data + (uint64_t)r * w->row_bytes);
+		else
+			dtype_dequant(w->type, w->data + (uint64_t)r * w->row_bytes, tmp, w->cols);
+		for (int64_t t = 0; t < n; t++) {
+			float v = ops->dot_f32(row, x + t * ldx, w->cols);
+			y[t * ldy + r] = acc ? y[t * ldy + r] + v : v;
+		}
+	}
+}

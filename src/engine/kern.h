@@ -1,0 +1,99 @@
+/*
+ * kern.h: the CPU backend's compute kernels (internal to the engine layer).
+ *
+ * Matrix products y = x W^T, W (rows, K) a weight, x (n, K) activations:
+ *
+ *  - Q4_0, Q4_1 and Q8_0 weights are repacked once into groups of 16 rows:
+ *    for each 32-element block, the 16 rows' scales, then their quants laid
+ *    out so that one 64-byte load holds 4 consecutive quants of each of the
+ *    16 rows. One int8 multiply-accumulate instruction (VNNI vpdpbusd) then
+ *    advances 16 rows' dot products by 4 elements with no horizontal sums,
+ *    and activations enter as 4-byte broadcasts. The repacked group takes
+ *    exactly the bytes of its 16 original rows.
+ *  - Activations are quantised per 32-block to int8 (the Q8 scheme: scale
+ *    d = max|x|/127), keeping d and s = d * sum(q) per block. All three types
+ *    reduce to one integer form: sum(u8 w' * s8 a) per block, where w' is the
+ *    stored quant (4-bit types) or the int8 quant + 128 (Q8_0), and a per-block
+ *    "offset" term (Q4_1 min m, Q4_0 -8 d, Q8_0 -128 d) times s.
+ *  - Every other weight type goes through a generic path: dequantise a row to
+ *    f32 and dot it with the f32 activations.
+ *
+ * Each kernel has a scalar, an AVX2 and an AVX-512 VNNI version; the backend
+ * takes one table (struct kern_ops) at run time, the best the CPU supports or
+ * the level a test forces.
+ */
+#ifndef KVS_KERN_H
+#define KVS_KERN_H
+
+#include "base/base.h"
+
+#define KERN_QK 32          /* elements per quant block */
+#define KERN_GROUP 16       /* rows per repacked group */
+
+enum kern_level { KERN_SCALAR = 0, KERN_AVX2, KERN_AVX512 };
+
+/* A weight matrix ready for the kernels. */
+struct kern_weight {
+	uint32_t type;          /* enum dtype of the original tensor */
+	bool packed;            /* repacked groups (Q4_0, Q4_1, Q8_0) */
+	int64_t rows;           /* output rows */
+	int64_t cols;           /* K, a multiple of the type's block size */
+	const uint8_t *data;    /* original rows, or packed groups */
+	uint64_t row_bytes;     /* original bytes per row */
+	uint64_t group_bytes;   /* packed: bytes per 16-row group */
+	void *owned;            /* packed buffer (aligned) we free */
+};
+
+/* Quantised activations: n rows of K. */
+struct kern_act {
+	int64_t K;
+	int8_t *q;              /* (n, K) */
+	float *d;               /* (n, K/32) block scales */
+	float *s;               /* (n, K/32) d * sum(q) */
+};
+
+/* One level's kernels. */
+struct kern_ops {
+	enum kern_level level;
+	const char *name;      /* "scalar", "avx2", "avx512-vnni" */
+	/* Quantise one row x (K floats, K % 32 == 0) into act row i. */
+	void (*quant_row)(const float *x, const struct kern_act *a, int64_t i);
+	/* y[t, r] (+)= sum_k x[t, k] W[r, k] for tokens t in [0, n) and the rows
+	 * of the packed groups [g0, g1) (rows past w->rows are not written); y
+	 * has row stride ldy floats; acc adds into y instead of storing. */
+	void (*gemm_packed)(const struct kern_weight *w, int64_t g0, int64_t g1,
+	                    const struct kern_act *a, int64_t n, float *y, int64_t ldy, bool acc);
+	/* f32 dot product of length n. */
+	float (*dot_f32)(const float *a, const float *b, int64_t n);
+	/* y[i] += alpha * x[i]. */
+	void (*axpy_f32)(float *y, const float *x, float alpha, int64_t n);
+	/* f16 <-> f32 of n values (round to nearest even on the way down). */
+	void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+	void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n);
+};
+
+/* The kernels of a level, clamped to what this CPU supports (AVX-512 needs
+ * F, BW, VL and VNNI; AVX2 needs FMA and F16C too). */
+const struct kern_ops *kern_select(enum kern_level want);
+/* Best level this CPU supports. */
+enum kern_level kern_cpu_level(void);
+
+/* True if weights of this type are repacked for the int8 kernels. */
+bool kern_type_packed(uint32_t type);
+/* Bytes of the packed form of a (rows, K) weight, rows padded to 16; 0 when
+ * the type is not packed. */
+uint64_t kern_packed_bytes(uint32_t type, int64_t rows, int64_t K);
+/* Repack groups [g0, g1) of a (rows, K) tensor from src (original rows) into
+ * dst (kern_packed_bytes long). Rows past the end are zero. */
+void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst,
+               int64_t g0, int64_t g1);
+/* Dequantise row r of a weight (packed or not) into out (K floats). */
+void kern_weight_row(const struct kern_weight *w, int64_t r, float *out);
+
+/* Rows [r0, r1) of an unpacked weight times f32 activations x (n, K) with
+ * row stride ldx; same output convention as gemm_packed; tmp holds K floats. */
+void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
+                       int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
+                       int64_t ldy, bool acc, float *tmp);
+
+#endif

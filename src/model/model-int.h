@@ -1,0 +1,113 @@
+/*
+ * model-int.h: the model layer's internal header (not for other layers).
+ *
+ * The tokenizer is split over three files that share what is declared here:
+ *   unicode.c       code point classes (from the generated unicode-data.c)
+ *                   and the lenient UTF-8 decoding llama.cpp's tokenizer uses
+ *   pretok.c        pre-tokenizers: hand-written matchers that split text
+ *                   into words the way each tokenizer family's regex does
+ *   vocab.c         the vocabulary, BPE and SentencePiece, detokenisation
+ */
+#ifndef KVS_MODEL_INT_H
+#define KVS_MODEL_INT_H
+
+#include "model/model.h"
+
+/* ---- unicode.c: code point classes ---- */
+
+enum ucp_flag {
+	UCP_UNDEF = 0x001,   /* unassigned (Cn) */
+	UCP_NUMBER = 0x002,  /* \p{N} */
+	UCP_LETTER = 0x004,  /* \p{L} */
+	UCP_SEP = 0x008,     /* \p{Z} */
+	UCP_MARK = 0x010,    /* \p{M} */
+	UCP_PUNCT = 0x020,   /* \p{P} */
+	UCP_SYMBOL = 0x040,  /* \p{S} */
+	UCP_CONTROL = 0x080, /* \p{C} other than Cn */
+	UCP_SPACE = 0x100,   /* \s (Unicode White_Space) */
+};
+
+/* One run of code points sharing their flags, up to the next run's first. */
+struct ucp_range {
+	uint32_t first;
+	uint16_t flags;
+};
+
+extern const struct ucp_range ucp_ranges[]; /* generated: unicode-data.c */
+extern const size_t ucp_n_ranges;
+extern const uint16_t ucp_block[]; /* (0x1100) range index of cp = b << 8 */
+
+/* UCP_* flags of cp; UCP_UNDEF beyond U+10FFFF. */
+uint16_t ucp_flags(uint32_t cp);
+
+/*
+ * Decode one code point from s[0..n) (n >= 1) the way llama.cpp does: the
+ * lead byte's high bits give the length and the continuation bytes are
+ * checked, but overlong forms and surrogates are accepted. A byte that does
+ * not start such a sequence decodes to U+FFFD and consumes 1 byte. Returns
+ * the bytes consumed.
+ */
+size_t ucp_decode_lax(const uint8_t *s, size_t n, uint32_t *cp);
+/* Encode cp (<= U+10FFFF, surrogates allowed) as UTF-8; returns 1..4. */
+size_t ucp_encode(uint32_t cp, char *out);
+
+/* ---- pretok.c: pre-tokenizers ---- */
+
+/* One splitting pass of a pre-tokenizer (each refines the previous words). */
+enum pretok_pass {
+	PRETOK_END = 0,
+	PRETOK_GPT2,        /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+	PRETOK_LLAMA3,      /* llama-3 pattern, numbers in groups of up to 3 */
+	PRETOK_QWEN2,       /* llama-3 pattern, numbers one by one */
+	PRETOK_NUM_EACH,    /* \p{N}: every number its own word */
+	PRETOK_NUM_RUNS,    /* \p{N}+ */
+	PRETOK_DIGITS3,     /* [0-9][0-9][0-9] */
+	PRETOK_PUNCT_RUNS,  /* [\p{P}\$\+<=>\^~\|]+ */
+	PRETOK_PUNCT_RUNS_BT, /* [\p{P}\$\+<=>\^~\|`]+ (falcon) */
+};
+
+#define PRETOK_MAX_PASSES 4
+
+/* A name tokenizer.ggml.pre may hold: its passes and the vocabulary
+ * defaults llama.cpp attaches to it. */
+struct pretok_info {
+	const char *name;          /* "smollm", "llama-bpe", ... */
+	enum pretok_pass passes[PRETOK_MAX_PASSES + 1]; /* PRETOK_END-terminated */
+	bool ignore_merges;        /* a word that is a whole token skips merging */
+	bool add_bos;              /* default for tokenizer.ggml.add_bos_token */
+	bool no_bos;               /* no default BOS id (chatglm) */
+};
+
+/* The family named pre (any alias), or NULL. */
+const struct pretok_info *pretok_find(const char *pre, size_t len);
+/* Write the names we accept, comma-separated, into buf (for messages). */
+void pretok_names(char *buf, size_t cap);
+
+/* Scratch space for pretok_split, reused across calls (no per-call mallocs
+ * once grown). */
+struct pretok_buf {
+	uint32_t *ends_a, *ends_b; /* word end offsets (code points) */
+	uint16_t *flags;           /* UCP_* flags of each code point */
+	size_t cap;                /* entries in each array */
+};
+
+/*
+ * Split the code points cps[0..n) into words with the passes of info.
+ * Returns the number of words; (*ends)[i] is the end (exclusive, in code
+ * points) of word i, and words are contiguous from 0. The array lives in buf.
+ */
+size_t pretok_split(const struct pretok_info *info, const uint32_t *cps, size_t n,
+                    struct pretok_buf *buf, const uint32_t **ends);
+void pretok_buf_free(struct pretok_buf *buf);
+
+/* ---- vocab.c: internals exposed to tests and tools ---- */
+
+struct vocab_opts {
+	const char *pre; /* override tokenizer.ggml.pre (tests), or NULL */
+};
+
+/* vocab_load with options (opts may be NULL). */
+int vocab_load_opts(struct vocab **out, const struct gguf_file *f, const struct vocab_opts *opts,
+                    struct err *e);
+
+#endif

@@ -1,0 +1,813 @@
+/*
+ * test-engine.c: the engine's forward pass against an independent float64
+ * reference written here.
+ *
+ * Random-weight models (2 layers, small vocab) are built in memory, llama
+ * (adjacent-pair RoPE, GQA 3) and qwen2 (rotate-half RoPE, q/k/v biases, no
+ * GQA), with F32 weights or weights quantised by the model layer's
+ * reference quantisers. The reference keeps its own KV cache as a list of
+ * (pre-RoPE key, value, position) entries per layer and does every step in
+ * double with angles from pow(); compaction is modelled by editing that list.
+ * Each check prints the max |difference| it saw when it fails.
+ */
+#include "engine/engine.h"
+
+#include "test.h"
+
+#include <stdint.h>
+
+/* ------------------------------------------------------------ random model */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+/* Uniform in [-1, 1). */
+static double rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (double)(rng_state >> 11) / (double)(1ull << 52) - 1.0;
+}
+
+struct tmodel {
+	struct model m;
+	void *blobs[64];
+	int n_blobs;
+};
+
+/* A tensor of (rows, cols) random values times scale (plus bias), in type. */
+static struct tensor tm_tensor(struct tmodel *tm, uint32_t type, int64_t cols, int64_t rows,
+                               double scale, double bias)
+{
+	float *f = malloc((size_t)(cols * rows) * sizeof(float));
+	for (int64_t i = 0; i < cols * rows; i++)
+		f[i] = (float)(bias + scale * rnd());
+	struct tensor t = { 0 };
+	t.type = type;
+	t.ne[0] = cols;
+	t.ne[1] = rows;
+	t.ne[2] = t.ne[3] = 1;
+	t.name = "test";
+	uint64_t rb = 0;
+	dtype_row_bytes(type, (uint64_t)cols, &rb);
+	t.nbytes = rb * (uint64_t)rows;
+	uint8_t *data = malloc(t.nbytes);
+	for (int64_t r = 0; r < rows; r++) {
+		const float *src = f + r * cols;
+		uint8_t *dst = data + (uint64_t)r * rb;
+		switch (type) {
+		case DT_F32: memcpy(dst, src, (size_t)cols * 4); break;
+		case DT_Q8_0: dtype_quant_q8_0(src, dst, cols); break;
+		case DT_Q4_0: dtype_quant_q4_0(src, dst, cols); break;
+		case DT_Q4_1: dtype_quant_q4_1(src, dst, cols); break;
+		default: abort();
+		}
+	}
+	free(f);
+	t.data = data;
+	tm->blobs[tm->n_blobs++] = data;
+	return t;
+}
+
+struct tspec {
+	const char *arch;
+	uint32_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab;
+	float rope_base;
+	enum rope_kind rope;
+	bool bias;
+	uint32_t wtype;   /* matrices */
+	uint32_t etype;   /* embedding (tied output) */
+};
+
+static struct tmodel *tm_build(const struct tspec *sp, uint64_t seed)
+{
+	rng_state = seed;
+	struct tmodel *tm = calloc(1, sizeof(*tm));
+	struct hparams *hp = &tm->m.hp;
+	snprintf(hp->arch, sizeof(hp->arch), "%s", sp->arch);
+	hp->n_layer = 2;
+	hp->n_ctx_train = 2048;
+	hp->n_embd = sp->n_embd;
+	hp->n_ff = sp->n_ff;
+	hp->n_head = sp->n_head;
+	hp->n_head_kv = sp->n_head_kv;
+	hp->head_dim = sp->head_dim;
+	hp->n_rot = sp->head_dim;
+	hp->n_vocab = sp->n_vocab;
+	hp->rms_eps = 1e-5f;
+	hp->rope_base = sp->rope_base;
+	hp->rope_freq_scale = 1.0f;
+	hp->rope = sp->rope;
+	hp->attn_scale = 1.0f / sqrtf((float)sp->head_dim);
+	hp->has_qkv_bias = sp->bias;
+	hp->tied_output = true;
+	uint32_t E = sp->n_embd, nq = sp->n_head * sp->head_dim, nkv = sp->n_head_kv * sp->head_dim;
+	double se = 1.0 / sqrt(E), sq = 1.0 / sqrt(nq), sf = 1.0 / sqrt(sp->n_ff);
+	tm->m.layers = calloc(2, sizeof(struct layer_weights));
+	tm->m.tok_embd = tm_tensor(tm, sp->etype, E, sp->n_vocab, 1.0, 0);
+	tm->m.out_norm = tm_tensor(tm, DT_F32, E, 1, 0.2, 1.0);
+	tm->m.output = tm->m.tok_embd;
+	for (int l = 0; l < 2; l++) {
+		struct layer_weights *L = &tm->m.layers[l];
+		L->attn_norm = tm_tensor(tm, DT_F32, E, 1, 0.2, 1.0);
+		L->wq = tm_tensor(tm, sp->wtype, E, nq, 2.0 * se, 0);
+		L->wk = tm_tensor(tm, sp->wtype, E, nkv, 2.0 * se, 0);
+		L->wv = tm_tensor(tm, sp->wtype, E, nkv, 1.5 * se, 0);
+		if (sp->bias) {
+			L->bq = tm_tensor(tm, DT_F32, nq, 1, 0.3, 0);
+			L->bk = tm_tensor(tm, DT_F32, nkv, 1, 0.3, 0);
+			L->bv = tm_tensor(tm, DT_F32, nkv, 1, 0.3, 0);
+		}
+		L->wo = tm_tensor(tm, sp->wtype, nq, E, 1.5 * sq, 0);
+		L->ffn_norm = tm_tensor(tm, DT_F32, E, 1, 0.2, 1.0);
+		L->w_gate = tm_tensor(tm, sp->wtype, E, sp->n_ff, 2.0 * se, 0);
+		L->w_up = tm_tensor(tm, sp->wtype, E, sp->n_ff, 2.0 * se, 0);
+		L->w_down = tm_tensor(tm, sp->wtype, sp->n_ff, E, 1.5 * sf, 0);
+	}
+	return tm;
+}
+
+static void tm_free(struct tmodel *tm)
+{
+	for (int i = 0; i < tm->n_blobs; i++)
+		free(tm->blobs[i]);
+	free(tm->m.layers);
+	free(tm);
+}
+
+/* -------------------------------------------------------- f64 reference */
+
+/* A tensor as doubles (rows, cols). */
+static double *ref_mat(const struct tensor *t)
+{
+	int64_t n = t->ne[0] * t->ne[1];
+	float *f = malloc((size_t)n * sizeof(float));
+	T_CHECK(dtype_dequant(t->type, t->data, f, n), "dequant of type %u", t->type);
+	double *d = malloc((size_t)n * sizeof(double));
+	for (int64_t i = 0; i < n; i++)
+		d[i] = f[i];
+	free(f);
+	return d;
+}
+
+struct rlayer {
+	double *an, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *fn, *wg, *wu, *wd;
+};
+
+struct rmodel {
+	struct hparams hp;
+	double *embd, *onorm;
+	struct rlayer L[2];
+};
+
+#define RMAX 1024 /* reference cache entries */
+
+/* The reference's KV cache: entries with pre-RoPE keys and positions. */
+struct rcache {
+	int n;
+	int pos[RMAX];
+	double *k[2][RMAX];  /* (n_head_kv * head_dim) pre-RoPE */
+	double *v[2][RMAX];
+};
+
+static struct rmodel *ref_build(const struct model *m)
+{
+	struct rmodel *r = calloc(1, sizeof(*r));
+	r->hp = m->hp;
+	r->embd = ref_mat(&m->tok_embd);
+	r->onorm = ref_mat(&m->out_norm);
+	for (int l = 0; l < 2; l++) {
+		const struct layer_weights *L = &m->layers[l];
+		struct rlayer *R = &r->L[l];
+		R->an = ref_mat(&L->attn_norm);
+		R->wq = ref_mat(&L->wq);
+		R->wk = ref_mat(&L->wk);
+		R->wv = ref_mat(&L->wv);
+		R->bq = L->bq.data ? ref_mat(&L->bq) : NULL;
+		R->bk = L->bk.data ? ref_mat(&L->bk) : NULL;
+		R->bv = L->bv.data ? ref_mat(&L->bv) : NULL;
+		R->wo = ref_mat(&L->wo);
+		R->fn = ref_mat(&L->ffn_norm);
+		R->wg = ref_mat(&L->w_gate);
+		R->wu = ref_mat(&L->w_up);
+		R->wd = ref_mat(&L->w_down);
+	}
+	return r;
+}
+
+static void ref_free(struct rmodel *r)
+{
+	free(r->embd);
+	free(r->onorm);
+	for (int l = 0; l < 2; l++) {
+		struct rlayer *R = &r->L[l];
+		double *all[] = { R->an, R->wq, R->wk, R->wv, R->bq, R->bk, R->bv, R->wo, R->fn, R->wg, R->wu, R->wd };
+		for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+			free(all[i]);
+	}
+	free(r);
+}
+
+static void rc_clear(struct rcache *c)
+{
+	for (int i = 0; i < c->n; i++)
+		for (int l = 0; l < 2; l++) {
+			free(c->k[l][i]);
+			free(c->v[l][i]);
+		}
+	c->n = 0;
+}
+
+/* Drop entry i, shifting the later ones down. */
+static void rc_drop(struct rcache *c, int i)
+{
+	for (int l = 0; l < 2; l++) {
+		free(c->k[l][i]);
+		free(c->v[l][i]);
+	}
+	for (int j = i; j + 1 < c->n; j++) {
+		c->pos[j] = c->pos[j + 1];
+		for (int l = 0; l < 2; l++) {
+			c->k[l][j] = c->k[l][j + 1];
+			c->v[l][j] = c->v[l][j + 1];
+		}
+	}
+	c->n--;
+}
+
+static void ref_rmsnorm(const double *x, const double *w, double *out, int n, double eps)
+{
+	double ss = 0;
+	for (int i = 0; i < n; i++)
+		ss += x[i] * x[i];
+	double s = 1.0 / sqrt(ss / n + eps);
+	for (int i = 0; i < n; i++)
+		out[i] = x[i] * s * w[i];
+}
+
+/* y (rows) = W (rows, cols) x (+ b) */
+static void ref_matvec(const double *W, const double *b, const double *x, double *y, int rows,
+                       int cols)
+{
+	for (int r = 0; r < rows; r++) {
+		double s = b ? b[r] : 0;
+		for (int k = 0; k < cols; k++)
+			s += W[(size_t)r * cols + k] * x[k];
+		y[r] = s;
+	}
+}
+
+/* Rotate one head vector to position pos (pow()-based angles). */
+static void ref_rope(const struct hparams *hp, double *x, int pos)
+{
+	int half = (int)hp->n_rot / 2;
+	for (int i = 0; i < half; i++) {
+		double th = pos * pow((double)hp->rope_base, -2.0 * i / hp->n_rot);
+		double c = cos(th), s = sin(th);
+		int a = hp->rope == ROPE_NEOX ? i : 2 * i;
+		int b = hp->rope == ROPE_NEOX ? i + half : 2 * i + 1;
+		double x0 = x[a], x1 = x[b];
+		x[a] = x0 * c - x1 * s;
+		x[b] = x0 * s + x1 * c;
+	}
+}
+
+/*
+ * One token at pos: append its (pre-RoPE k, v, pos) to the cache, attend over
+ * every entry with position <= pos, write the logits (n_vocab) and, when
+ * attn is given, the probabilities (n_layer, n_head, cache entries).
+ */
+static void ref_step(const struct rmodel *r, struct rcache *c, int token, int pos, double *logits,
+                     double *attn)
+{
+	const struct hparams *hp = &r->hp;
+	int E = hp->n_embd, hd = hp->head_dim, H = hp->n_head, KV = hp->n_head_kv, F = hp->n_ff;
+	int nq = H * hd, nkv = KV * hd;
+	double *x = malloc(E * sizeof(double)), *xb = malloc(E * sizeof(double));
+	double *q = malloc(nq * sizeof(double)), *o = malloc(nq * sizeof(double));
+	double *t = malloc((size_t)KVS_MAX(E, F) * sizeof(double));
+	double *g = malloc(F * sizeof(double)), *u = malloc(F * sizeof(double));
+	double *sc = malloc(RMAX * sizeof(double)), *kr = malloc(hd * sizeof(double));
+	memcpy(x, r->embd + (size_t)token * E, E * sizeof(double));
+	int me = c->n++;
+	c->pos[me] = pos;
+	for (int l = 0; l < 2; l++) {
+		const struct rlayer *R = &r->L[l];
+		ref_rmsnorm(x, R->an, xb, E, hp->rms_eps);
+		ref_matvec(R->wq, R->bq, xb, q, nq, E);
+		c->k[l][me] = malloc(nkv * sizeof(double));
+		c->v[l][me] = malloc(nkv * sizeof(double));
+		ref_matvec(R->wk, R->bk, xb, c->k[l][me], nkv, E);
+		ref_matvec(R->wv, R->bv, xb, c->v[l][me], nkv, E);
+		for (int h = 0; h < H; h++) {
+			double *qh = q + h * hd;
+			int kvh = h / (H / KV);
+			ref_rope(hp, qh, pos);
+			double mx = -INFINITY;
+			for (int j = 0; j < c->n; j++) {
+				sc[j] = -INFINITY;
+				if (c->pos[j] > pos)
+					continue;
+				memcpy(kr, c->k[l][j] + kvh * hd, hd * sizeof(double));
+				ref_rope(hp, kr, c->pos[j]);
+				double s = 0;
+				for (int d = 0; d < hd; d++)
+					s += qh[d] * kr[d];
+				sc[j] = s / sqrt((double)hd);
+				mx = fmax(mx, sc[j]);
+			}
+			double z = 0;
+			for (int j = 0; j < c->n; j++) {
+				sc[j] = sc[j] == -INFINITY ? 0 : exp(sc[j] - mx);
+				z += sc[j];
+			}
+			for (int d = 0; d < hd; d++)
+				o[h * hd + d] = 0;
+			for (int j = 0; j < c->n; j++) {
+				double p = sc[j] / z;
+				if (attn)
+					attn[((size_t)l * H + h) * c->n + j] = p;
+				for (int d = 0; d < hd; d++)
+					o[h * hd + d] += p * c->v[l][j][kvh * hd + d];
+			}
+		}
+		ref_matvec(R->wo, NULL, o, t, E, nq);
+		for (int i = 0; i < E; i++)
+			x[i] += t[i];
+		ref_rmsnorm(x, R->fn, xb, E, hp->rms_eps);
+		ref_matvec(R->wg, NULL, xb, g, F, E);
+		ref_matvec(R->wu, NULL, xb, u, F, E);
+		for (int i = 0; i < F; i++)
+			g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+		ref_matvec(R->wd, NULL, g, t, E, F);
+		for (int i = 0; i < E; i++)
+			x[i] += t[i];
+	}
+	ref_rmsnorm(x, r->onorm, xb, E, hp->rms_eps);
+	ref_matvec(r->embd, NULL, xb, logits, hp->n_vocab, E);
+	free(x); free(xb); free(q); free(o); free(t); free(g); free(u); free(sc); free(kr);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static struct engine *mk_engine(const struct model *m, bool ref, enum engine_isa isa,
+                                enum engine_kv_type kv, int threads, uint32_t n_ctx)
+{
+	struct engine_config cfg;
+	engine_config_default(&cfg);
+	cfg.backend = ENGINE_BACKEND_CPU;
+	cfg.reference = ref;
+	cfg.isa = isa;
+	cfg.kv_type = kv;
+	cfg.n_threads = threads;
+	cfg.n_ctx = n_ctx;
+	struct engine *eng = NULL;
+	struct err e;
+	err_clear(&e);
+	int rc = engine_create(&eng, m, &cfg, &e);
+	T_CHECK(rc == KVS_OK, "engine_create: %s", e.msg);
+	return eng;
+}
+
+/* max |a - b| over n, and the largest |b| (for relative tolerances). */
+static double maxdiff(const float *a, const double *b, size_t n, double *bmax)
+{
+	double md = 0, bm = 0;
+	for (size_t i = 0; i < n; i++) {
+		md = fmax(md, fabs((double)a[i] - b[i]));
+		bm = fmax(bm, fabs(b[i]));
+	}
+	if (bmax)
+		*bmax = bm;
+	return md;
+}
+
+#define SEQ 13
+
+static const int32_t seq_tokens[SEQ] = { 5, 17, 3, 60, 41, 41, 9, 0, 77, 23, 50, 2, 88 };
+
+/* Reference logits (SEQ, n_vocab) for seq_tokens at positions p0 + i. */
+static double *ref_run(const struct rmodel *r, int p0)
+{
+	struct rcache *c = calloc(1, sizeof(*c));
+	double *lg = malloc((size_t)SEQ * r->hp.n_vocab * sizeof(double));
+	for (int i = 0; i < SEQ; i++)
+		ref_step(r, c, seq_tokens[i], p0 + i, lg + (size_t)i * r->hp.n_vocab, NULL);
+	rc_clear(c);
+	free(c);
+	return lg;
+}
+
+/* Prefill seq_tokens in one batch (slots = positions = i) with all logits. */
+static int run_prefill(struct engine *eng, struct engine_out *out, bool attn, bool surprisal)
+{
+	int32_t pos[SEQ];
+	uint32_t slot[SEQ];
+	for (int i = 0; i < SEQ; i++) {
+		pos[i] = i;
+		slot[i] = (uint32_t)i;
+	}
+	struct engine_batch b = { .n_tokens = SEQ, .tokens = seq_tokens, .pos = pos, .slot = slot,
+	                          .n_visible = SEQ, .visible = NULL, .logits = ENGINE_LOGITS_ALL,
+	                          .want_attn = attn, .want_surprisal = surprisal };
+	struct err e;
+	err_clear(&e);
+	int rc = engine_forward(eng, &b, out, &e);
+	T_CHECK(rc == KVS_OK, "engine_forward: %s", e.msg);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static const struct tspec spec_llama_f32 = { "llama", 96, 6, 2, 16, 160, 128, 10000.0f,
+	                                      ROPE_NORM, false, DT_F32, DT_F32 };
+static const struct tspec spec_qwen_f32 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
+	                                     ROPE_NEOX, true, DT_F32, DT_F32 };
+static const struct tspec spec_llama_q41 = { "llama", 96, 6, 2, 16, 160, 128, 10000.0f,
+	                                      ROPE_NORM, false, DT_Q4_1, DT_Q8_0 };
+static const struct tspec spec_llama_q40 = { "llama", 128, 6, 2, 16, 192, 100, 10000.0f,
+	                                      ROPE_NORM, false, DT_Q4_0, DT_Q8_0 };
+static const struct tspec spec_qwen_q80 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
+	                                     ROPE_NEOX, true, DT_Q8_0, DT_Q4_1 };
+
+/* Logits of a prefill against the reference, for one engine setting. */
+static void check_logits(const char *what, const struct tspec *sp, bool ref, enum engine_isa isa,
+                         enum engine_kv_type kv, int threads, double tol_rel)
+{
+	struct tmodel *tm = tm_build(sp, 42);
+	struct rmodel *rm = ref_build(&tm->m);
+	double *want = ref_run(rm, 0);
+	struct engine *eng = mk_engine(&tm->m, ref, isa, kv, threads, 64);
+	if (eng) {
+		struct engine_out out;
+		if (run_prefill(eng, &out, false, false) == KVS_OK) {
+			double bmax;
+			double md = maxdiff(out.logits, want, (size_t)SEQ * sp->n_vocab, &bmax);
+			printf("  %-44s %-11s max|d| %.3g (max|logit| %.3g)\n", what, engine_isa_name(eng),
+			       md, bmax);
+			T_CHECK(md <= tol_rel * bmax, "%s: max |logit diff| %.3g > %.3g", what, md,
+			        tol_rel * bmax);
+		}
+		engine_free(eng);
+	}
+	free(want);
+	ref_free(rm);
+	tm_free(tm);
+}
+
+static void test_logits(void)
+{
+	/* f32 weights, f32 cache, reference path: only float rounding differs */
+	check_logits("llama f32 ref f32-kv", &spec_llama_f32, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 1, 2e-5);
+	check_logits("qwen2 f32 ref f32-kv", &spec_qwen_f32, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	/* fast path on f32 weights (generic kernels) */
+	check_logits("llama f32 fast f32-kv", &spec_llama_f32, false, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	check_logits("qwen2 f32 fast f16-kv", &spec_qwen_f32, false, ENGINE_ISA_AUTO, ENGINE_KV_F16, 3, 3e-3);
+	/* quantised weights, reference path: the same dequantised weights */
+	check_logits("llama q4_1/q8_0 ref f32-kv", &spec_llama_q41, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	check_logits("qwen2 q8_0/q4_1 ref f32-kv", &spec_qwen_q80, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	check_logits("llama q4_0/q8_0 ref f32-kv", &spec_llama_q40, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	/* int8 activations at every kernel level */
+	static const enum engine_isa isas[] = { ENGINE_ISA_SCALAR, ENGINE_ISA_AVX2, ENGINE_ISA_AVX512 };
+	for (size_t i = 0; i < sizeof(isas) / sizeof(isas[0]); i++) {
+		check_logits("llama q4_1/q8_0 int8 f16-kv", &spec_llama_q41, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
+		check_logits("llama q4_0/q8_0 int8 f16-kv", &spec_llama_q40, false, isas[i], ENGINE_KV_F16, 3, 2e-2);
+		check_logits("qwen2 q8_0/q4_1 int8 f32-kv", &spec_qwen_q80, false, isas[i], ENGINE_KV_F32, 1, 2e-2);
+	}
+}
+
+/* Token-by-token decode equals the one-batch prefill. */
+static void test_decode_vs_prefill(const struct tspec *sp, bool ref)
+{
+	struct tmodel *tm = tm_build(sp, 7);
+	struct engine *a = mk_engine(&tm->m, ref, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 64);
+	struct engine *b = mk_engine(&tm->m, ref, ENGINE_ISA_AUTO, ENGINE_KV_F32, 1, 64);
+	struct engine_out pa, pb;
+	struct err e;
+	if (a && b && run_prefill(a, &pa, false, false) == KVS_OK) {
+		double md = 0;
+		for (int i = 0; i < SEQ; i++) {
+			int32_t pos = i;
+			uint32_t slot = (uint32_t)i;
+			struct engine_batch bt = { .n_tokens = 1, .tokens = &seq_tokens[i], .pos = &pos,
+			                           .slot = &slot, .n_visible = (uint32_t)i + 1 };
+			err_clear(&e);
+			if (engine_forward(b, &bt, &pb, &e) != KVS_OK) {
+				T_CHECK(0, "decode step %d: %s", i, e.msg);
+				break;
+			}
+			for (uint32_t v = 0; v < sp->n_vocab; v++)
+				md = fmax(md, fabs(pb.logits[v] - pa.logits[(size_t)i * sp->n_vocab + v]));
+		}
+		printf("  decode vs prefill (%s, %s): max|d| %.3g\n", sp->arch, ref ? "ref" : "fast", md);
+		T_CHECK(md <= 1e-4, "decode vs prefill max |d| %.3g", md);
+	}
+	engine_free(a);
+	engine_free(b);
+	tm_free(tm);
+}
+
+/* Attention probabilities of the last token sum to 1 and match the reference;
+ * surprisal and entropy match the reference logits. */
+static void test_attn_and_stats(void)
+{
+	const struct tspec *sp = &spec_llama_f32;
+	struct tmodel *tm = tm_build(sp, 11);
+	struct rmodel *rm = ref_build(&tm->m);
+	struct rcache *rc = calloc(1, sizeof(*rc));
+	uint32_t H = sp->n_head, V = sp->n_vocab;
+	double *lg = malloc((size_t)SEQ * V * sizeof(double));
+	double *attn = malloc((size_t)2 * H * SEQ * sizeof(double));
+	for (int i = 0; i < SEQ; i++)
+		ref_step(rm, rc, seq_tokens[i], i, lg + (size_t)i * V, i == SEQ - 1 ? attn : NULL);
+	struct engine *eng = mk_engine(&tm->m, false, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 64);
+	struct engine_out out;
+	if (eng && run_prefill(eng, &out, true, true) == KVS_OK) {
+		T_EQ_INT(out.n_visible, SEQ);
+		double md = maxdiff(out.attn, attn, (size_t)2 * H * SEQ, NULL);
+		double worst_sum = 0;
+		for (uint32_t lh = 0; lh < 2 * H; lh++) {
+			double s = 0;
+			for (int j = 0; j < SEQ; j++)
+				s += out.attn[lh * SEQ + j];
+			worst_sum = fmax(worst_sum, fabs(s - 1));
+		}
+		printf("  attention: max|d| %.3g, worst |sum-1| %.3g\n", md, worst_sum);
+		T_CHECK(md <= 1e-5, "attention probabilities max |d| %.3g", md);
+		T_CHECK(worst_sum <= 1e-5, "attention sums off by %.3g", worst_sum);
+		double ms = 0, mh = 0;
+		for (int i = 0; i < SEQ; i++) {
+			const double *row = lg + (size_t)i * V;
+			double mx = row[0];
+			for (uint32_t v = 1; v < V; v++)
+				mx = fmax(mx, row[v]);
+			double z = 0, h = 0;
+			for (uint32_t v = 0; v < V; v++)
+				z += exp(row[v] - mx);
+			for (uint32_t v = 0; v < V; v++) {
+				double p = exp(row[v] - mx) / z;
+				h -= p > 0 ? p * log(p) : 0;
+			}
+			mh = fmax(mh, fabs(out.entropy[i] - h));
+			if (i + 1 < SEQ) {
+				double s = -(row[seq_tokens[i + 1]] - mx - log(z));
+				ms = fmax(ms, fabs(out.surprisal[i] - s));
+			} else {
+				T_CHECK(isnan(out.surprisal[i]), "last surprisal %g, expected NaN", out.surprisal[i]);
+			}
+		}
+		printf("  surprisal max|d| %.3g, entropy max|d| %.3g\n", ms, mh);
+		T_CHECK(ms <= 1e-4 && mh <= 1e-4, "surprisal %.3g / entropy %.3g off", ms, mh);
+	}
+	/* statistics with only the last row's logits kept */
+	engine_free(eng);
+	eng = mk_engine(&tm->m, false, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 64);
+	if (eng) {
+		int32_t pos[SEQ];
+		uint32_t slot[SEQ];
+		for (int i = 0; i < SEQ; i++) {
+			pos[i] = i;
+			slot[i] = (uint32_t)i;
+		}
+		struct engine_batch b = { .n_tokens = SEQ, .tokens = seq_tokens, .pos = pos, .slot = slot,
+		                          .n_visible = SEQ, .logits = ENGINE_LOGITS_LAST,
+		                          .want_surprisal = true };
+		struct err e;
+		err_clear(&e);
+		T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(out.n_rows, 1);
+		double md = maxdiff(out.logits, lg + (size_t)(SEQ - 1) * V, V, NULL);
+		T_CHECK(md <= 1e-4, "LAST logits with statistics: max |d| %.3g", md);
+		T_CHECK(out.surprisal && isfinite(out.surprisal[0]), "surprisal missing");
+	}
+	engine_free(eng);
+	rc_clear(rc);
+	free(rc);
+	free(lg);
+	free(attn);
+	ref_free(rm);
+	tm_free(tm);
+}
+
+/*
+ * Compaction: prefill 8 tokens, evict two (slots 2 and 5), move the later
+ * ones down and renumber positions 0..5, then decode one more token at
+ * position 6. The reference drops the same entries from its list and
+ * renumbers. Keys read back rotated must equal the pre-RoPE key rotated
+ * directly to the new position.
+ */
+static void test_compaction(const struct tspec *sp)
+{
+	struct tmodel *tm = tm_build(sp, 99);
+	struct rmodel *rm = ref_build(&tm->m);
+	struct rcache *rc = calloc(1, sizeof(*rc));
+	uint32_t V = sp->n_vocab, hd = sp->head_dim;
+	double *lg = malloc(V * sizeof(double));
+	struct engine *eng = mk_engine(&tm->m, false, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 32);
+	struct err e;
+	struct engine_out out;
+	if (eng == NULL)
+		goto done;
+	int32_t pos[8];
+	uint32_t slot[8];
+	for (int i = 0; i < 8; i++) {
+		pos[i] = i;
+		slot[i] = (uint32_t)i;
+		ref_step(rm, rc, seq_tokens[i], i, lg, NULL);
+	}
+	struct engine_batch b = { .n_tokens = 8, .tokens = seq_tokens, .pos = pos, .slot = slot,
+	                          .n_visible = 8, .logits = ENGINE_LOGITS_NONE };
+	err_clear(&e);
+	T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
+
+	/* pre-RoPE key of slot 7, layer 1, head 0, before the move */
+	float before[256], after[256];
+	engine_kv_read(eng, 1, 7, 0, false, false, before, &e);
+	/* keep 0 1 3 4 6 7 -> slots 0..5, positions 0..5 */
+	uint32_t src[] = { 3, 4, 6, 7 }, dst[] = { 2, 3, 4, 5 };
+	T_CHECK(engine_kv_copy(eng, dst, src, 4, &e) == KVS_OK, "%s", e.msg);
+	for (uint32_t s = 0; s < 6; s++)
+		engine_kv_set_pos(eng, s, (int32_t)s, &e);
+	engine_kv_set_pos(eng, 6, -1, &e);
+	engine_kv_set_pos(eng, 7, -1, &e);
+	rc_drop(rc, 5);
+	rc_drop(rc, 2);
+	for (int j = 0; j < rc->n; j++)
+		rc->pos[j] = j;
+
+	T_CHECK(engine_kv_read(eng, 1, 5, 0, false, true, after, &e) == KVS_OK, "%s", e.msg);
+	double want[256], worst = 0, norm = 0;
+	for (uint32_t d = 0; d < hd; d++)
+		want[d] = before[d];
+	ref_rope(&tm->m.hp, want, 5);
+	for (uint32_t d = 0; d < hd; d++) {
+		worst = fmax(worst, fabs(after[d] - want[d]));
+		norm = fmax(norm, fabs(want[d]));
+	}
+	printf("  compaction (%s): rotated key rel err %.3g\n", sp->arch, worst / norm);
+	T_CHECK(worst <= 1e-5 * norm, "moved key vs direct rotation: %.3g", worst / norm);
+
+	/* decode token 8 at position 6 into slot 6, seeing slots 0..6 */
+	int32_t p6 = 6;
+	uint32_t s6 = 6;
+	struct engine_batch d = { .n_tokens = 1, .tokens = &seq_tokens[8], .pos = &p6, .slot = &s6,
+	                          .n_visible = 7 };
+	err_clear(&e);
+	T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
+	ref_step(rm, rc, seq_tokens[8], 6, lg, NULL);
+	double bmax, md = maxdiff(out.logits, lg, V, &bmax);
+	printf("  compaction (%s): logits after compaction max|d| %.3g\n", sp->arch, md);
+	T_CHECK(md <= 1e-4 * KVS_MAX(bmax, 1.0), "compacted decode max |d| %.3g", md);
+
+	/* a visible subset: the same query seeing slots {0, 2, 4, 6} only */
+	uint32_t vis[] = { 0, 2, 4, 6 };
+	p6 = 6;
+	struct engine_batch d2 = { .n_tokens = 1, .tokens = &seq_tokens[8], .pos = &p6, .slot = &s6,
+	                           .n_visible = 4, .visible = vis, .want_attn = true };
+	err_clear(&e);
+	T_CHECK(engine_forward(eng, &d2, &out, &e) == KVS_OK, "%s", e.msg);
+	rc_drop(rc, rc->n - 1);
+	rc_drop(rc, 5);
+	rc_drop(rc, 3);
+	rc_drop(rc, 1);
+	double *attn = malloc((size_t)2 * sp->n_head * 4 * sizeof(double));
+	ref_step(rm, rc, seq_tokens[8], 6, lg, attn);
+	md = maxdiff(out.logits, lg, V, &bmax);
+	double ma = maxdiff(out.attn, attn, (size_t)2 * sp->n_head * 4, NULL);
+	printf("  visible subset (%s): logits max|d| %.3g, attention max|d| %.3g\n", sp->arch, md, ma);
+	T_CHECK(md <= 1e-4 * KVS_MAX(bmax, 1.0) && ma <= 1e-5, "subset: logits %.3g attention %.3g", md, ma);
+	free(attn);
+done:
+	engine_free(eng);
+	rc_clear(rc);
+	free(rc);
+	free(lg);
+	ref_free(rm);
+	tm_free(tm);
+}
+
+/* F16 and F32 caches give close logits; ubatch splitting (> 512 tokens)
+ * matches the reference. */
+static void test_long_and_kv_types(void)
+{
+	const struct tspec *sp = &spec_llama_q41;
+	struct tmodel *tm = tm_build(sp, 5);
+	struct rmodel *rm = ref_build(&tm->m);
+	enum { N = 600 };
+	int32_t *tok = malloc(N * sizeof(int32_t)), *pos = malloc(N * sizeof(int32_t));
+	uint32_t *slot = malloc(N * sizeof(uint32_t));
+	for (int i = 0; i < N; i++) {
+		tok[i] = (int32_t)((i * 37 + 11) % sp->n_vocab);
+		pos[i] = i;
+		slot[i] = (uint32_t)i;
+	}
+	struct rcache *rc = calloc(1, sizeof(*rc));
+	double *lg = malloc(sp->n_vocab * sizeof(double));
+	for (int i = 0; i < N; i++)
+		ref_step(rm, rc, tok[i], i, lg, NULL);
+	float *l32 = malloc(sp->n_vocab * sizeof(float));
+	for (int kv = 0; kv < 2; kv++) {
+		struct engine *eng = mk_engine(&tm->m, kv == 1, ENGINE_ISA_AUTO,
+		                               kv == 0 ? ENGINE_KV_F16 : ENGINE_KV_F32, 2, 1024);
+		if (eng == NULL)
+			continue;
+		struct engine_batch b = { .n_tokens = N, .tokens = tok, .pos = pos, .slot = slot,
+		                          .n_visible = N };
+		struct engine_out out;
+		struct err e;
+		err_clear(&e);
+		T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
+		double bmax, md = maxdiff(out.logits, lg, sp->n_vocab, &bmax);
+		printf("  600-token prefill, %s: max|d| %.3g (max|logit| %.3g)\n",
+		       kv == 0 ? "int8, f16 cache" : "reference, f32 cache", md, bmax);
+		T_CHECK(md <= (kv == 0 ? 3e-2 : 1e-4) * bmax, "600-token prefill max |d| %.3g", md);
+		if (kv == 0)
+			memcpy(l32, out.logits, sp->n_vocab * sizeof(float));
+		engine_free(eng);
+	}
+	free(l32);
+	rc_clear(rc);
+	free(rc);
+	free(lg);
+	free(tok);
+	free(pos);
+	free(slot);
+	ref_free(rm);
+	tm_free(tm);
+}
+
+/* Bad batches are refused with a message naming the field; the cache is
+ * unchanged. */
+static void test_bad_batches(void)
+{
+	struct tmodel *tm = tm_build(&spec_llama_f32, 3);
+	struct engine *eng = mk_engine(&tm->m, false, ENGINE_ISA_AUTO, ENGINE_KV_F16, 1, 16);
+	if (eng == NULL) {
+		tm_free(tm);
+		return;
+	}
+	struct engine_out out;
+	struct err e;
+	int32_t tok[3] = { 1, 2, 3 }, pos[3] = { 0, 1, 2 };
+	uint32_t slot[3] = { 0, 1, 2 };
+	struct engine_batch b = { .n_tokens = 3, .tokens = tok, .pos = pos, .slot = slot, .n_visible = 3 };
+	struct {
+		const char *what;
+		int32_t tok2, pos2;
+		uint32_t slot2, n_visible;
+		const char *needle;
+	} cases[] = {
+		{ "token out of range", 128, 2, 2, 3, "token 2 is id 128" },
+		{ "negative token", -1, 2, 2, 3, "token 2 is id -1" },
+		{ "position not increasing", 3, 1, 2, 3, "increasing" },
+		{ "slot out of range", 3, 2, 16, 3, "slot 16" },
+		{ "slot repeated", 3, 2, 1, 3, "already written" },
+		{ "too many visible", 3, 2, 2, 17, "n_visible 17" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		tok[2] = cases[i].tok2;
+		pos[2] = cases[i].pos2;
+		slot[2] = cases[i].slot2;
+		b.n_visible = cases[i].n_visible;
+		err_clear(&e);
+		int rc = engine_forward(eng, &b, &out, &e);
+		T_CHECK(rc == KVS_EARG && strstr(e.msg, cases[i].needle) != NULL,
+		        "%s: rc %d msg '%s', expected '%s'", cases[i].what, rc, e.msg, cases[i].needle);
+		T_EQ_INT(engine_kv_pos(eng, 0), -1);
+	}
+	b.n_tokens = 0;
+	T_EQ_INT(engine_forward(eng, &b, &out, &e), KVS_EARG);
+	uint32_t dup[2] = { 1, 1 };
+	tok[2] = 3;
+	pos[2] = 2;
+	slot[2] = 2;
+	b.n_tokens = 3;
+	b.visible = dup;
+	b.n_visible = 2;
+	T_EQ_INT(engine_forward(eng, &b, &out, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "repeats slot 1") != NULL, "msg '%s'", e.msg);
+	/* config parsing */
+	enum engine_backend be;
+	enum engine_kv_type kt;
+	T_EQ_INT(engine_backend_parse("cpu", &be, &e), KVS_OK);
+	T_EQ_INT(be, ENGINE_BACKEND_CPU);
+	T_EQ_INT(engine_backend_parse("tpu", &be, &e), KVS_EARG);
+	T_EQ_INT(engine_kv_type_parse("f32", &kt, &e), KVS_OK);
+	T_EQ_INT(kt, ENGINE_KV_F32);
+	T_EQ_INT(engine_kv_type_parse("q8", &kt, &e), KVS_EARG);
+	engine_free(eng);
+	tm_free(tm);
+}
+
+int main(void)
+{
+	test_logits();
+	test_decode_vs_prefill(&spec_llama_f32, true);
+	test_decode_vs_prefill(&spec_qwen_q80, false);
+	test_attn_and_stats();
+	test_compaction(&spec_llama_f32);
+	test_compaction(&spec_qwen_f32);
+	test_long_and_kv_types();
+	test_bad_batches();
+	return t_done("test-engine");
+}

@@ -1,0 +1,55 @@
+/*
+ * tinymodel.h: tiny, valid llama / qwen2 models for tests (libtestutil.a).
+ *
+ *   struct tinymodel_spec s;
+ *   tinymodel_defaults(&s, "llama");      // 2 layers, n_embd 32, vocab ~270
+ *   s.wtype = DT_Q4_1;                    // matrices; norms stay F32
+ *   struct ggufw *w = ggufw_new();
+ *   tinymodel_add(w, &s);                 // every key, the vocab, every tensor
+ *   ggufw_write_file(w, path);
+ *
+ * Weights are uniform in [-s.scale, s.scale] from a fixed-seed generator
+ * (tinymodel_rand), quantised with the reference quantisers in dtype.c, so
+ * the same spec always gives the same bytes. Norm weights are 1 + small
+ * noise. skip_key / skip_tensor leave one key or tensor out, for tests of
+ * what the loader says about missing pieces.
+ */
+#ifndef KVS_TINYMODEL_H
+#define KVS_TINYMODEL_H
+
+#include "tests/util/ggufw.h"
+
+#include <stdbool.h>
+
+enum tinymodel_vocab {
+	TINY_VOCAB_GPT2 = 0, /* byte-level BPE: 3 specials, 256 byte symbols, merges */
+	TINY_VOCAB_SPM = 1,  /* SentencePiece: <unk> <s> </s>, 256 <0xNN>, pieces */
+};
+
+struct tinymodel_spec {
+	const char *arch;       /* "llama" or "qwen2" */
+	const char *name;       /* general.name */
+	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx;
+	uint32_t head_dim;      /* 0: n_embd / n_head (no key_length key written) */
+	uint32_t wtype;         /* type of the layer matrices (enum dtype) */
+	uint32_t embd_type;     /* type of token_embd (and output when untied) */
+	bool tied;              /* no output.weight */
+	bool qkv_bias;          /* write attn_{q,k,v}.bias (forced for qwen2) */
+	enum tinymodel_vocab vocab;
+	float rope_base, rms_eps, scale;
+	uint64_t seed;
+	const char *skip_key;   /* leave this key out (NULL: none) */
+	const char *skip_tensor; /* leave this tensor out (NULL: none) */
+	bool chat_template;     /* write a ChatML tokenizer.chat_template */
+};
+
+/* Fill s with a small valid model of arch ("llama" or "qwen2"). */
+void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
+/* Add the model's keys and tensors to w. */
+void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);
+/* Number of tokens the spec's vocabulary has. */
+uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s);
+/* Deterministic uniform float in [-1, 1) from *state (xorshift64*). */
+float tinymodel_rand(uint64_t *state);
+
+#endif
