@@ -86,6 +86,13 @@ def main():
     out("const uint16_t ucp_block[] = {\n")
     for i in range(0, len(block), 12):
         out("\t" + " ".join("%d," % x for x in block[i:i + 12]) + "\n")
+    out("};\n\n")
+
+    # The first 256 code points directly: most text is mostly these.
+    out("/* (256) flags of U+0000..U+00FF */\n")
+    out("const uint16_t ucp_latin1[] = {\n")
+    for i in range(0, 256, 12):
+        out("\t" + " ".join("0x%03X," % flags[c] for c in range(i, min(i + 12, 256))) + "\n")
     out("};\n")
 
 

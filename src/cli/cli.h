@@ -13,11 +13,26 @@
 
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_BADINPUT = 2 };
 
+/* Option groups a command accepts (the table is in opts.c). */
+enum opt_group {
+	OPTG_MODEL = 1u << 0,   /* --model */
+	OPTG_ENGINE = 1u << 1,  /* -t, --ctx, --backend, --kv-type, --batch */
+	OPTG_SAMPLER = 1u << 2, /* --temp, --top-k, --top-p, --min-p, penalties, --seed */
+	OPTG_PROMPT = 1u << 3,  /* --prompt, --prompt-file, --raw, --system */
+	OPTG_GEN = 1u << 4,     /* --max-tokens */
+	OPTG_LOGITS = 1u << 5,  /* --top */
+	OPTG_PPL = 1u << 6,     /* --file, --chunks (with --ctx) */
+	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, --json */
+	OPTG_TOKENIZE = 1u << 8,
+};
+
+
 struct cli_cmd {
 	const char *name;   /* "tokenize", or "model info" for a two-word command */
 	const char *usage;  /* argument synopsis */
 	const char *help;   /* one line */
 	int (*exec)(int argc, char **argv); /* argv[0] is the command name */
+	unsigned options;   /* option groups it accepts (opts.h), for help */
 };
 
 /* The default model's file name and where it lives. */

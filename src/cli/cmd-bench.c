@@ -20,6 +20,7 @@ const struct cli_cmd cmd_bench = {
 	"[--model PATH] [-p 512] [-n 128] [-r 5] [-t N] [--json]",
 	"prefill (pp) and decode (tg) tokens per second, median of repetitions, as llama-bench",
 	cmd_bench_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_BENCH,
 };
 
 static int bench_cmp(const void *a, const void *b)
@@ -102,7 +103,7 @@ static int cmd_bench_exec(int argc, char **argv)
 	struct rusage ru;
 
 	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_bench, OPTG_MODEL | OPTG_ENGINE | OPTG_BENCH, argc, argv, &o);
+	rc = cli_opts_parse(&cmd_bench, cmd_bench.options, argc, argv, &o);
 	if (rc != CLI_OK)
 		goto out;
 	if (o.n_args > 0) {

@@ -21,6 +21,7 @@ const struct cli_cmd cmd_chat = {
 	"[--model PATH] [--system TEXT] [--max-tokens N] [options]",
 	"plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
 	cmd_chat_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT,
 };
 
 static void chat_write(const char *text, size_t len, void *ud)
@@ -65,8 +66,7 @@ static int cmd_chat_exec(int argc, char **argv)
 
 	cli_opts_default(&o);
 	o.max_tokens = 512;
-	rc = cli_opts_parse(&cmd_chat, OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN |
-	                                   OPTG_PROMPT, argc, argv, &o);
+	rc = cli_opts_parse(&cmd_chat, cmd_chat.options, argc, argv, &o);
 	if (rc != CLI_OK)
 		goto out;
 	if (o.n_args > 0 || o.prompt != NULL || o.prompt_file != NULL || o.raw) {

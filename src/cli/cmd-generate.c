@@ -15,6 +15,7 @@ const struct cli_cmd cmd_generate = {
 	"[--raw] [options]",
 	"print the model's continuation of a prompt (one user turn in the chat template unless --raw)",
 	cmd_generate_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN,
 };
 
 /* Stream generated text to stdout as it arrives. */
@@ -38,8 +39,7 @@ static int cmd_generate_exec(int argc, char **argv)
 	int rc;
 
 	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_generate, OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT |
-	                                       OPTG_GEN, argc, argv, &o);
+	rc = cli_opts_parse(&cmd_generate, cmd_generate.options, argc, argv, &o);
 	if (rc != CLI_OK)
 		goto out;
 	if (o.n_args > 0) {

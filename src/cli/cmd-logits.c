@@ -16,6 +16,7 @@ const struct cli_cmd cmd_logits = {
 	"[--model PATH] --prompt-file F [--raw] [--top K] [options]",
 	"print the top-K logits at every position of a prompt as JSON lines",
 	cmd_logits_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_PROMPT | OPTG_LOGITS,
 };
 
 /* Indices of the k largest values of row (n), best first, into idx. */
@@ -49,7 +50,7 @@ static int cmd_logits_exec(int argc, char **argv)
 	int rc;
 
 	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_logits, OPTG_MODEL | OPTG_ENGINE | OPTG_PROMPT | OPTG_LOGITS, argc,
+	rc = cli_opts_parse(&cmd_logits, cmd_logits.options, argc,
 	                    argv, &o);
 	if (rc != CLI_OK)
 		goto out;

@@ -231,4 +231,5 @@ const struct cli_cmd cmd_model_info = {
 	"[--model PATH]",
 	"validate a GGUF model and show its architecture, tokenizer, template and tensors",
 	cmd_model_info_exec,
+	OPTG_MODEL,
 };

@@ -22,6 +22,7 @@ const struct cli_cmd cmd_perplexity = {
 	"[--model PATH] --file F [--ctx N] [--chunks N] [options]",
 	"perplexity of a text file over non-overlapping chunks (as llama.cpp's perplexity tool)",
 	cmd_perplexity_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_PPL,
 };
 
 static int cmd_perplexity_exec(int argc, char **argv)
@@ -38,7 +39,7 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	int rc;
 
 	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_perplexity, OPTG_MODEL | OPTG_ENGINE | OPTG_PPL, argc, argv, &o);
+	rc = cli_opts_parse(&cmd_perplexity, cmd_perplexity.options, argc, argv, &o);
 	if (rc != CLI_OK)
 		goto out;
 	if (o.file == NULL && o.n_args == 1)

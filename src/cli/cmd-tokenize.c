@@ -27,6 +27,7 @@ const struct cli_cmd cmd_tokenize = {
 	"[--model PATH] [--pieces] [--no-special] (--file F | TEXT)",
 	"print the token ids of a text (--file - reads standard input)",
 	cmd_tokenize_exec,
+	OPTG_MODEL | OPTG_TOKENIZE,
 };
 
 struct tokenize_args {
@@ -112,6 +113,31 @@ static void tokenize_print_piece(const char *p, size_t n)
 	}
 }
 
+/* Print ids space-separated on one line (formatted by hand: a megabyte of
+ * text gives half a million ids, and printf per id would double the time). */
+static void tokenize_print_ids(const int32_t *ids, size_t n)
+{
+	char *buf = xmalloc(n * 12 + 2), *o = buf, tmp[12];
+	size_t i, k;
+
+	for (i = 0; i < n; i++) {
+		uint32_t x = (uint32_t)ids[i]; /* ids are >= 0 */
+		if (i > 0)
+			*o++ = ' ';
+		k = 0;
+		do {
+			tmp[k++] = (char)('0' + x % 10);
+			x /= 10;
+		} while (x != 0);
+		while (k > 0)
+			*o++ = tmp[--k];
+	}
+	*o++ = '\n';
+	fwrite(buf, 1, (size_t)(o - buf), stdout);
+	free(buf);
+}
+
+/* Load the vocabulary, tokenize the text, print the ids or pieces. */
 static int cmd_tokenize_exec(int argc, char **argv)
 {
 	struct tokenize_args a;
@@ -147,9 +173,7 @@ static int cmd_tokenize_exec(int argc, char **argv)
 		goto out;
 	}
 	if (!a.pieces) {
-		for (i = 0; i < n; i++)
-			printf(i ? " %d" : "%d", ids[i]);
-		putchar('\n');
+		tokenize_print_ids(ids, n);
 	} else {
 		piece = xmalloc(piece_cap);
 		for (i = 0; i < n; i++) {

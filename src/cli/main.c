@@ -3,9 +3,11 @@
  *
  * `kvscope COMMAND [ARGS]` runs one command from the table below; the table
  * is also the help text. Two-word commands ("model info") match on both
- * words. Without a command kvscope starts the interactive front end.
+ * words. Without a command (options alone are fine: `kvscope --model X`)
+ * kvscope starts the interactive front end, for now the plain chat.
  */
 #include "cli/cli.h"
+#include "cli/opts.h"
 #include "config.h"
 
 #include <errno.h>
@@ -72,7 +74,7 @@ int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nusage: kvscope %s %s\n", cmd->name, cmd->usage);
+	fprintf(stderr, " (see 'kvscope help %s')\n", cmd->name);
 	return CLI_BADINPUT;
 }
 
@@ -80,7 +82,8 @@ static void main_help(FILE *fp)
 {
 	size_t i;
 
-	fprintf(fp, "usage: kvscope [COMMAND] [ARGS]\n\ncommands:\n");
+	fprintf(fp, "usage: kvscope [COMMAND] [ARGS]\n"
+	            "       kvscope [OPTIONS]      (no command: interactive chat)\n\ncommands:\n");
 	for (i = 0; i < KVS_ARRAY_LEN(cli_cmds); i++)
 		fprintf(fp, "  %-12s %s\n      %s\n", cli_cmds[i]->name, cli_cmds[i]->usage,
 		        cli_cmds[i]->help);
@@ -121,12 +124,23 @@ int main(int argc, char **argv)
 		log_set_level(LOG_DEBUG);
 	else if (lvl != NULL && strcmp(lvl, "info") == 0)
 		log_set_level(LOG_INFO);
-	if (argc < 2) {
-		main_help(stdout);
-		return CLI_OK;
+	if (argc < 2 || (argv[1][0] == '-' && argv[1][1] != '-' && argv[1][1] != 'h') ||
+	    (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0 &&
+	     strcmp(argv[1], "--version") != 0)) {
+		/* No command (or only options): the interactive front end. Until the
+		 * workbench lands that is the plain chat. */
+		return cmd_chat.exec(argc, argv);
 	}
 	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
 	    strcmp(argv[1], "-h") == 0) {
+		if (argc > 2 && (cmd = main_find(argc - 1, argv + 1, &words)) != NULL) {
+			printf("usage: kvscope %s %s\n%s\n", cmd->name, cmd->usage, cmd->help);
+			if (cmd->options != 0) {
+				printf("\noptions:\n");
+				cli_opts_help(cmd->options, stdout);
+			}
+			return CLI_OK;
+		}
 		main_help(stdout);
 		return CLI_OK;
 	}

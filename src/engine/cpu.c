@@ -212,6 +212,7 @@ static void cpu_reserve(struct cpu *c, uint32_t n)
 	xfree_aligned(c->act.q);
 	xfree_aligned(c->act.d);
 	xfree_aligned(c->act.s);
+	xfree_aligned(c->act.isum);
 	c->cap = n;
 	c->x = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
 	c->xb = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
@@ -225,6 +226,7 @@ static void cpu_reserve(struct cpu *c, uint32_t n)
 	c->act.q = xmalloc_aligned((size_t)n * kmax);
 	c->act.d = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
 	c->act.s = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
+	c->act.isum = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(int32_t));
 }
 
 /* Grow the visible-set scratch to n slots. */
@@ -352,6 +354,7 @@ static void cpu_free(void *state)
 	xfree_aligned(c->act.q);
 	xfree_aligned(c->act.d);
 	xfree_aligned(c->act.s);
+	xfree_aligned(c->act.isum);
 	xfree_aligned(c->krot);
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);
@@ -387,7 +390,7 @@ struct cpu_mm {
 static struct kern_act cpu_act(const struct cpu *c, int64_t K, int64_t r0)
 {
 	struct kern_act a = { K, c->act.q + r0 * K, c->act.d + r0 * (K / KERN_QK),
-	                      c->act.s + r0 * (K / KERN_QK) };
+	                      c->act.s + r0 * (K / KERN_QK), c->act.isum + r0 * (K / KERN_QK) };
 	return a;
 }
 

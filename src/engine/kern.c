@@ -15,8 +15,8 @@
  * byte by a signed activation byte, and the constant offset comes back out
  * through the activation block sums:
  *
- *   block value = d_w d_a sum(w' a) + o_w s_a,   s_a = d_a sum(a)
- *   o_w = m (Q4_1), -8 d_w (Q4_0), -128 d_w (Q8_0).
+ *   Q4_1:        d_w d_a sum(w' a) + m_w s_a
+ *   Q4_0, Q8_0:  d_w d_a (sum(w' a) - k sum(a)),   k = 8 or 128
  *
  * Sums of int8 products are exact in int32, so the levels differ only in the
  * order of float additions.
@@ -41,13 +41,13 @@ struct kern_ptype {
 	uint32_t hdr;         /* packed header bytes (scales, mins) */
 	uint32_t pk_bytes;    /* packed bytes per block of 16 rows */
 	bool bits8;
-	float off;            /* offset factor on d (0 for Q4_1, which stores m) */
+	int32_t off;          /* integer offset k of the stored quants (0: Q4_1 has m) */
 };
 
 static const struct kern_ptype kern_ptypes[] = {
-	{ DT_Q4_0, 18, 2, 32, 288, false, -8.0f },
-	{ DT_Q4_1, 20, 4, 64, 320, false, 0.0f },
-	{ DT_Q8_0, 34, 2, 32, 544, true, -128.0f },
+	{ DT_Q4_0, 18, 2, 32, 288, false, 8 },
+	{ DT_Q4_1, 20, 4, 64, 320, false, 0 },
+	{ DT_Q8_0, 34, 2, 32, 544, true, 128 },
 };
 
 /* The packed geometry of a type, or NULL. */
@@ -132,9 +132,9 @@ void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
 	for (int64_t b = 0; b < nb; b++) {
 		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
 		float d = kern_rdh(pb + 2 * rr);
-		float o = pt->type == DT_Q4_1 ? kern_rdh(pb + 32 + 2 * rr) : d * pt->off;
+		float m = pt->type == DT_Q4_1 ? kern_rdh(pb + 32 + 2 * rr) : 0.0f;
 		for (int i = 0; i < KERN_QK; i++)
-			out[b * KERN_QK + i] = d * (float)kern_wq(pt, pb + pt->hdr, rr, i) + o;
+			out[b * KERN_QK + i] = d * (float)(kern_wq(pt, pb + pt->hdr, rr, i) - pt->off) + m;
 	}
 }
 
@@ -151,15 +151,16 @@ static void sc_quant_row(const float *x, const struct kern_act *a, int64_t i)
 		float amax = 0;
 		for (int k = 0; k < KERN_QK; k++)
 			amax = fmaxf(amax, fabsf(xb[k]));
-		float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+		float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
 		int sum = 0;
 		for (int k = 0; k < KERN_QK; k++) {
 			int v = (int)nearbyintf(xb[k] * id);
 			q[b * KERN_QK + k] = (int8_t)v;
 			sum += v;
 		}
-		a->d[i * nb + b] = d;
-		a->s[i * nb + b] = d * (float)sum;
+		a->d[i * nb + b] = dtype_f16_to_f32(dtype_f32_to_f16(d));
+		a->s[i * nb + b] = dtype_f16_to_f32(dtype_f32_to_f16(d * (float)sum));
+		a->isum[i * nb + b] = sum;
 	}
 }
 
@@ -177,13 +178,15 @@ static void sc_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
 			for (int64_t b = 0; b < nb; b++) {
 				const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
 				float da = a->d[t * nb + b], sa = a->s[t * nb + b];
+				int32_t corr = pt->off * a->isum[t * nb + b];
 				for (int r = 0; r < nr; r++) {
 					int32_t dot = 0;
 					for (int i = 0; i < KERN_QK; i++)
 						dot += kern_wq(pt, pb + pt->hdr, r, i) * aq[b * KERN_QK + i];
 					float d = kern_rdh(pb + 2 * r);
-					float o = pt->type == DT_Q4_1 ? kern_rdh(pb + 32 + 2 * r) : d * pt->off;
-					sum[r] += (float)dot * (d * da) + o * sa;
+					sum[r] += (float)(dot - corr) * (d * da);
+					if (pt->type == DT_Q4_1)
+						sum[r] += kern_rdh(pb + 32 + 2 * r) * sa;
 				}
 			}
 			float *yt = y + t * ldy + g * KERN_GROUP;
@@ -250,13 +253,14 @@ T_AVX2 static void av2_quant_row(const float *x, const struct kern_act *a, int64
 		__m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
 		h = _mm_max_ps(h, _mm_movehl_ps(h, h));
 		h = _mm_max_ss(h, _mm_movehdup_ps(h));
-		float d = _mm_cvtss_f32(h) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+		float amax = _mm_cvtss_f32(h);
+		float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
 		__m256 vid = _mm256_set1_ps(id);
-		__m256i qi[4], sum = _mm256_setzero_si256();
+		__m256i qi[4], vsum = _mm256_setzero_si256();
 		for (int k = 0; k < 4; k++) {
 			qi[k] = _mm256_cvtps_epi32(
 			    _mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-			sum = _mm256_add_epi32(sum, qi[k]);
+			vsum = _mm256_add_epi32(vsum, qi[k]);
 		}
 		/* pack 32 int32 -> 32 int8 in order */
 		__m256i p01 = _mm256_packs_epi32(qi[0], qi[1]);
@@ -264,11 +268,13 @@ T_AVX2 static void av2_quant_row(const float *x, const struct kern_act *a, int64
 		__m256i p = _mm256_packs_epi16(p01, p23);
 		p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 		_mm256_storeu_si256((__m256i *)(q + b * KERN_QK), p);
-		__m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+		__m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(vsum), _mm256_extracti128_si256(vsum, 1));
 		s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
 		s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-		a->d[i * nb + b] = d;
-		a->s[i * nb + b] = d * (float)_mm_cvtsi128_si32(s4);
+		int sum = _mm_cvtsi128_si32(s4);
+		a->d[i * nb + b] = _cvtsh_ss(_cvtss_sh(d, 0));
+		a->s[i * nb + b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+		a->isum[i * nb + b] = sum;
 	}
 }
 
@@ -278,6 +284,7 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
                             int nr, bool acc)
 {
 	__m256 accf[4];
+	#pragma GCC unroll 8
 	for (int t = 0; t < T; t++)
 		accf[t] = _mm256_setzero_ps();
 	const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -289,26 +296,29 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 		__m256 mo = pt->type == DT_Q4_1
 		                ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 32 + 16 * h)))
 		                : _mm256_setzero_ps();
+		const int32_t *isum = a->isum + t0 * nb + b;
 		const uint8_t *qs = pb + pt->hdr + 32 * h;
 		__m256i W[8];
 		if (pt->bits8) {
 			/* back to signed; |w| against sign-adjusted a avoids saturation */
+			#pragma GCC unroll 8
 			for (int j = 0; j < 8; j++)
 				W[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qs + 64 * j)), x80);
 		} else {
+			#pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
 				__m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 64 * j));
 				W[j] = _mm256_and_si256(raw, m4);
 				W[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
 			}
-			if (pt->type == DT_Q4_0)
-				mo = _mm256_mul_ps(dw, _mm256_set1_ps(pt->off));
 		}
+		#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = a->q + (t0 + t) * a->K + b * KERN_QK;
 			__m256i it;
 			if (pt->bits8) {
 				it = _mm256_setzero_si256();
+				#pragma GCC unroll 8
 				for (int j = 0; j < 8; j++) {
 					int32_t a4;
 					memcpy(&a4, aq + 4 * j, 4);
@@ -319,21 +329,25 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 			} else {
 				/* 8 x 2 x 15 x 127 < 32768: the int16 sums cannot overflow */
 				__m256i s16 = _mm256_setzero_si256();
+				#pragma GCC unroll 8
 				for (int j = 0; j < 8; j++) {
 					int32_t a4;
 					memcpy(&a4, aq + 4 * j, 4);
 					s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(W[j], _mm256_set1_epi32(a4)));
 				}
 				it = _mm256_madd_epi16(s16, ones);
+				if (pt->type == DT_Q4_0)
+					it = _mm256_sub_epi32(it, _mm256_set1_epi32(pt->off * isum[t * nb]));
 			}
 			float da = a->d[(t0 + t) * nb + b], sa = a->s[(t0 + t) * nb + b];
 			accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it), _mm256_mul_ps(dw, _mm256_set1_ps(da)),
 			                          accf[t]);
-			if (!pt->bits8)
+			if (pt->type == DT_Q4_1)
 				accf[t] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sa), accf[t]);
 		}
 	}
 	int nh = nr - 8 * h;
+	#pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		float *yt = y + (t0 + t) * ldy + 8 * h;
 		if (nh >= 8) {
@@ -440,7 +454,8 @@ T_AVX512 static void a512_quant_row(const float *x, const struct kern_act *a, in
 		const float *xb = x + b * KERN_QK;
 		__m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
 		__m512 m = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
-		float d = _mm512_reduce_max_ps(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+		float amax = _mm512_reduce_max_ps(m);
+		float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
 		__m512 vid = _mm512_set1_ps(id);
 		__m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vid),
 		                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -449,8 +464,9 @@ T_AVX512 static void a512_quant_row(const float *x, const struct kern_act *a, in
 		_mm_storeu_si128((__m128i *)(q + b * KERN_QK), _mm512_cvtsepi32_epi8(q0));
 		_mm_storeu_si128((__m128i *)(q + b * KERN_QK + 16), _mm512_cvtsepi32_epi8(q1));
 		int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-		a->d[i * nb + b] = d;
-		a->s[i * nb + b] = d * (float)sum;
+		a->d[i * nb + b] = _cvtsh_ss(_cvtss_sh(d, 0));
+		a->s[i * nb + b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+		a->isum[i * nb + b] = sum;
 	}
 }
 
@@ -460,32 +476,38 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
                                int64_t ldy, int nr, bool acc)
 {
 	__m512 accf[8];
+	#pragma GCC unroll 8
 	for (int t = 0; t < T; t++)
 		accf[t] = _mm512_setzero_ps();
 	const __m512i m4 = _mm512_set1_epi8(0x0F);
 	const int8_t *aq0 = a->q + t0 * a->K;
 	const float *ad = a->d + t0 * nb, *as = a->s + t0 * nb;
+	const int32_t *ai = a->isum + t0 * nb;
 	for (int64_t b = 0; b < nb; b++) {
 		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
 		__m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
 		__m512 mo = pt->type == DT_Q4_1
 		                ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + 32)))
-		                : _mm512_mul_ps(dw, _mm512_set1_ps(pt->off));
+		                : _mm512_setzero_ps();
 		const uint8_t *qs = pb + pt->hdr;
 		__m512i W[8];
 		if (pt->bits8) {
+			#pragma GCC unroll 8
 			for (int j = 0; j < 8; j++)
 				W[j] = _mm512_loadu_si512(qs + 64 * j);
 		} else {
+			#pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
 				__m512i raw = _mm512_loadu_si512(qs + 64 * j);
 				W[j] = _mm512_and_si512(raw, m4);
 				W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
 			}
 		}
+		#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = aq0 + t * a->K + b * KERN_QK;
 			__m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+			#pragma GCC unroll 8
 			for (int j = 0; j < 8; j += 2) {
 				int32_t a0, a1;
 				memcpy(&a0, aq + 4 * j, 4);
@@ -493,13 +515,18 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 				i0 = _mm512_dpbusd_epi32(i0, W[j], _mm512_set1_epi32(a0));
 				i1 = _mm512_dpbusd_epi32(i1, W[j + 1], _mm512_set1_epi32(a1));
 			}
-			__m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1));
+			__m512i it = _mm512_add_epi32(i0, i1);
+			if (pt->type != DT_Q4_1)
+				it = _mm512_sub_epi32(it, _mm512_set1_epi32(pt->off * ai[t * nb + b]));
+			__m512 dot = _mm512_cvtepi32_ps(it);
 			accf[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(ad[t * nb + b])),
 			                          accf[t]);
-			accf[t] = _mm512_fmadd_ps(mo, _mm512_set1_ps(as[t * nb + b]), accf[t]);
+			if (pt->type == DT_Q4_1)
+				accf[t] = _mm512_fmadd_ps(mo, _mm512_set1_ps(as[t * nb + b]), accf[t]);
 		}
 	}
 	__mmask16 mask = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+	#pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		float *yt = y + (t0 + t) * ldy;
 		__m512 v = accf[t];

@@ -11,10 +11,11 @@
  *    and activations enter as 4-byte broadcasts. The repacked group takes
  *    exactly the bytes of its 16 original rows.
  *  - Activations are quantised per 32-block to int8 (the Q8 scheme: scale
- *    d = max|x|/127), keeping d and s = d * sum(q) per block. All three types
- *    reduce to one integer form: sum(u8 w' * s8 a) per block, where w' is the
- *    stored quant (4-bit types) or the int8 quant + 128 (Q8_0), and a per-block
- *    "offset" term (Q4_1 min m, Q4_0 -8 d, Q8_0 -128 d) times s.
+ *    d = max|x|/127), keeping d, sum(q) and s = d * sum(q) per block. All
+ *    three types reduce to one integer form: sum(u8 w' * s8 a) per block,
+ *    where w' is the stored quant (4-bit types) or the int8 quant + 128
+ *    (Q8_0); Q4_0 and Q8_0 subtract 8 or 128 times sum(a) in integers, Q4_1
+ *    adds its min m times s.
  *  - Every other weight type goes through a generic path: dequantise a row to
  *    f32 and dot it with the f32 activations.
  *
@@ -44,12 +45,15 @@ struct kern_weight {
 	void *owned;            /* packed buffer (aligned) we free */
 };
 
-/* Quantised activations: n rows of K. */
+/* Quantised activations: n rows of K, quantised as llama.cpp's CPU backend
+ * does (so the two round alike): d = max|x| / 127 kept as f16, q =
+ * round(x * 127 / max|x|), s = f16(d * sum(q)) with the unrounded d. */
 struct kern_act {
 	int64_t K;
 	int8_t *q;              /* (n, K) */
-	float *d;               /* (n, K/32) block scales */
-	float *s;               /* (n, K/32) d * sum(q) */
+	float *d;               /* (n, K/32) block scales (f16 values) */
+	float *s;               /* (n, K/32) f16(d * sum(q)), for Q4_1's min */
+	int32_t *isum;          /* (n, K/32) sum(q), for the integer offsets */
 };
 
 /* One level's kernels. */

@@ -36,6 +36,7 @@ struct ucp_range {
 extern const struct ucp_range ucp_ranges[]; /* generated: unicode-data.c */
 extern const size_t ucp_n_ranges;
 extern const uint16_t ucp_block[]; /* (0x1100) range index of cp = b << 8 */
+extern const uint16_t ucp_latin1[]; /* (256) flags of U+0000..U+00FF */
 
 /* UCP_* flags of cp; UCP_UNDEF beyond U+10FFFF. */
 uint16_t ucp_flags(uint32_t cp);

@@ -62,6 +62,7 @@ static const struct pretok_info pretok_table[] = {
 	{ "megrez",       PASSES(PRETOK_QWEN2), false, false, false },
 };
 
+/* The table row named pre[0, len), or NULL. */
 const struct pretok_info *pretok_find(const char *pre, size_t len)
 {
 	size_t i;
@@ -72,6 +73,7 @@ const struct pretok_info *pretok_find(const char *pre, size_t len)
 	return NULL;
 }
 
+/* Every accepted name, comma-separated, truncated to cap. */
 void pretok_names(char *buf, size_t cap)
 {
 	size_t i, n = 0, k;
@@ -109,6 +111,7 @@ static inline uint16_t span_fl(const struct span *s, size_t i)
 	return i < s->end ? s->fl[i] : 0;
 }
 
+/* Code point at i, NOT_CP outside the word. */
 static inline uint32_t span_cp(const struct span *s, size_t i)
 {
 	return i < s->end ? s->cp[i] : NOT_CP;
@@ -335,6 +338,7 @@ static void pretok_reserve(struct pretok_buf *b, size_t n)
 	b->cap = cap;
 }
 
+/* Run the passes of info over cps; word ends go to *ends. */
 size_t pretok_split(const struct pretok_info *info, const uint32_t *cps, size_t n,
                     struct pretok_buf *buf, const uint32_t **ends)
 {
@@ -390,6 +394,7 @@ size_t pretok_split(const struct pretok_info *info, const uint32_t *cps, size_t 
 	return n_in;
 }
 
+/* Release the scratch arrays. */
 void pretok_buf_free(struct pretok_buf *buf)
 {
 	free(buf->ends_a);

@@ -5,7 +5,7 @@
  * Classes come from the generated table in unicode-data.c: sorted runs of
  * code points with equal flags, plus an index by 256-code-point block so a
  * lookup binary-searches only the runs inside one block (usually one or
- * two).
+ * two). The first 256 code points have a table of their own.
  *
  * Decoding is deliberately not strict: to split text exactly as llama.cpp
  * does we accept what its decoder accepts (overlong forms and surrogates
@@ -33,13 +33,17 @@ static size_t ucp_range_of(uint32_t cp)
 	return lo;
 }
 
+/* Class flags of one code point. */
 uint16_t ucp_flags(uint32_t cp)
 {
+	if (cp < 0x100)
+		return ucp_latin1[cp];
 	if (cp >= 0x110000)
 		return UCP_UNDEF;
 	return ucp_ranges[ucp_range_of(cp)].flags;
 }
 
+/* Decode one code point leniently (see the top of the file). */
 size_t ucp_decode_lax(const uint8_t *s, size_t n, uint32_t *cp)
 {
 	uint8_t c = s[0];
@@ -78,6 +82,7 @@ bad:
 	return 1;
 }
 
+/* UTF-8 bytes of cp, surrogates included. */
 size_t ucp_encode(uint32_t cp, char *out)
 {
 	if (cp < 0x80) {

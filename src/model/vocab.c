@@ -141,6 +141,7 @@ static uint64_t vocab_hash(const char *p, size_t n)
 	return h ^ (h >> 32);
 }
 
+/* Hash of a merge key (two ids). */
 static uint64_t vocab_hash_pair(uint64_t key)
 {
 	key *= 0x9E3779B97F4A7C15ull;
@@ -157,6 +158,7 @@ static uint32_t vocab_table_size(uint64_t n)
 	return s;
 }
 
+/* Id of the token whose text is text[0, len), or -1. */
 int32_t vocab_lookup(const struct vocab *v, const char *text, size_t len)
 {
 	uint64_t h = vocab_hash(text, len);
@@ -266,6 +268,7 @@ static int vocab_get_table(const struct gguf_file *f, const char *key, uint32_t 
 	return KVS_OK;
 }
 
+/* Value of a hex digit, -1 if c is none. */
 static int hexval(char c)
 {
 	if (c >= '0' && c <= '9')
@@ -651,6 +654,7 @@ static int vocab_spm_bytes(struct vocab *v, struct err *e)
 	return KVS_OK;
 }
 
+/* Load and check the vocabulary of f; opts may override the pre-tokenizer. */
 int vocab_load_opts(struct vocab **out, const struct gguf_file *f, const struct vocab_opts *opts,
                     struct err *e)
 {
@@ -739,11 +743,13 @@ fail:
 	return rc;
 }
 
+/* Load the vocabulary of f as its metadata says. */
 int vocab_load(struct vocab **out, const struct gguf_file *f, struct err *e)
 {
 	return vocab_load_opts(out, f, NULL, e);
 }
 
+/* Release v and everything it owns (the map stays with the file). */
 void vocab_free(struct vocab *v)
 {
 	if (v == NULL)
@@ -761,6 +767,7 @@ void vocab_free(struct vocab *v)
 
 /* ------------------------------------------------------------- accessors */
 
+/* Accessors: see model.h. */
 uint32_t vocab_n_tokens(const struct vocab *v)
 {
 	return v->n_tokens;
@@ -796,11 +803,13 @@ bool vocab_add_bos(const struct vocab *v)
 	return v->add_bos;
 }
 
+/* True if id ends generation (eos, eot, eom, and the texts llama.cpp lists). */
 bool vocab_is_eog(const struct vocab *v, int32_t id)
 {
 	return id >= 0 && (uint32_t)id < v->n_tokens && (v->attr[id] & A_EOG);
 }
 
+/* The token type of id as enum token_attr (0 if none or out of range). */
 int vocab_token_attr(const struct vocab *v, int32_t id)
 {
 	size_t j;
@@ -817,6 +826,7 @@ int vocab_token_attr(const struct vocab *v, int32_t id)
 	return 0;
 }
 
+/* Stored text of id (empty for ids out of range). */
 struct gguf_str vocab_token_text(const struct vocab *v, int32_t id)
 {
 	struct gguf_str none = { "", 0 };
@@ -849,9 +859,21 @@ struct bigram {
 	int32_t id;     /* token of the concatenation, -1 if none */
 };
 
+/* A word already tokenized in this call: its byte-alphabet text and ids. */
+struct wc_slot {
+	uint32_t hash;             /* high half of the text's hash */
+	uint32_t key_off, key_len; /* in wc_keys; key_len 0: empty slot */
+	uint32_t ids_off, n_ids;   /* in wc_ids */
+};
+
+#define WC_MAX_WORD 64    /* longer words are not cached */
+#define WC_MIN_SLOTS 256
+#define WC_MAX_SLOTS 65536
+
 /* Everything one vocab_tokenize call grows and reuses (freed at the end). */
 struct tok_ctx {
 	const struct vocab *v;
+	size_t text_len;
 	int32_t **ids;
 	size_t *n_ids, *cap_ids;
 	struct frag *frags, *frags2; /* current list, next list */
@@ -865,8 +887,17 @@ struct tok_ctx {
 	size_t cap_syms;
 	struct bigram *heap;
 	size_t n_heap, cap_heap;
+	/* word cache (BPE): natural text repeats its words a lot */
+	struct wc_slot *wc;
+	uint32_t wc_mask;
+	size_t wc_count;
+	char *wc_keys;
+	size_t n_wc_keys, cap_wc_keys;
+	int32_t *wc_ids;
+	size_t n_wc_ids, cap_wc_ids;
 };
 
+/* Append one id to the caller's array. */
 static void ctx_emit(struct tok_ctx *c, int32_t id)
 {
 	if (*c->n_ids == *c->cap_ids) {
@@ -885,11 +916,13 @@ static void grow(void **p, size_t *cap, size_t n, size_t elem)
 	*p = xreallocarray(*p, *cap, elem);
 }
 
+/* Heap order: lower priority value first, then the leftmost pair. */
 static inline bool bigram_before(const struct bigram *a, const struct bigram *b)
 {
 	return a->prio < b->prio || (a->prio == b->prio && a->left < b->left);
 }
 
+/* Add a candidate merge to the heap. */
 static void heap_push(struct tok_ctx *c, const struct bigram *g)
 {
 	size_t i;
@@ -903,6 +936,7 @@ static void heap_push(struct tok_ctx *c, const struct bigram *g)
 	c->heap[i] = *g;
 }
 
+/* Remove and return the best candidate merge. */
 static struct bigram heap_pop(struct tok_ctx *c)
 {
 	struct bigram top = c->heap[0], last = c->heap[--c->n_heap];
@@ -1101,6 +1135,43 @@ static void bpe_word(struct tok_ctx *c, size_t n, size_t n_sym)
 	}
 }
 
+/* The cache slot of word[0, n) with hash h: its entry, or the empty slot
+ * where it would go. */
+static struct wc_slot *wc_find(struct tok_ctx *c, uint64_t h, const char *word, size_t n)
+{
+	uint32_t i = (uint32_t)h & c->wc_mask;
+
+	for (;; i = (i + 1) & c->wc_mask) {
+		struct wc_slot *s = &c->wc[i];
+		if (s->key_len == 0 ||
+		    (s->hash == (uint32_t)(h >> 32) && s->key_len == n &&
+		     memcmp(c->wc_keys + s->key_off, word, n) == 0))
+			return s;
+	}
+}
+
+/* Remember that word[0, n) gave ids[first, *n_ids) in slot s. */
+static void wc_store(struct tok_ctx *c, struct wc_slot *s, uint64_t h, const char *word, size_t n,
+                     size_t first)
+{
+	size_t k = *c->n_ids - first;
+
+	if (c->wc_count >= (c->wc_mask + 1) / 2)
+		return; /* full enough: stop caching */
+	grow((void **)&c->wc_keys, &c->cap_wc_keys, c->n_wc_keys + n, 1);
+	grow((void **)&c->wc_ids, &c->cap_wc_ids, c->n_wc_ids + k, sizeof(*c->wc_ids));
+	memcpy(c->wc_keys + c->n_wc_keys, word, n);
+	memcpy(c->wc_ids + c->n_wc_ids, *c->ids + first, k * sizeof(*c->wc_ids));
+	s->hash = (uint32_t)(h >> 32);
+	s->key_off = (uint32_t)c->n_wc_keys;
+	s->key_len = (uint32_t)n;
+	s->ids_off = (uint32_t)c->n_wc_ids;
+	s->n_ids = (uint32_t)k;
+	c->n_wc_keys += n;
+	c->n_wc_ids += k;
+	c->wc_count++;
+}
+
 /* Tokenize one raw fragment with byte-level BPE. */
 static void bpe_fragment(struct tok_ctx *c, const uint8_t *s, size_t len)
 {
@@ -1118,6 +1189,13 @@ static void bpe_fragment(struct tok_ctx *c, const uint8_t *s, size_t len)
 	/* a code point is at most 4 bytes, each spelled in at most 2 */
 	grow((void **)&c->word, &c->cap_word, 8 * max_word, 1);
 	grow((void **)&c->syms, &c->cap_syms, 4 * max_word, sizeof(*c->syms));
+	if (c->wc == NULL) {
+		size_t slots = WC_MIN_SLOTS;
+		while (slots < WC_MAX_SLOTS && slots < c->text_len / 2)
+			slots <<= 1;
+		c->wc = xcalloc(slots, sizeof(*c->wc));
+		c->wc_mask = (uint32_t)slots - 1;
+	}
 
 	for (w = 0, start = 0; w < n_words; start = ends[w++]) {
 		n = 0;
@@ -1138,6 +1216,20 @@ static void bpe_fragment(struct tok_ctx *c, const uint8_t *s, size_t len)
 			}
 		}
 		c->syms[n_sym - 1].next = -1;
+		if (n <= WC_MAX_WORD) {
+			uint64_t h = vocab_hash(c->word, n);
+			struct wc_slot *slot = wc_find(c, h, c->word, n);
+			size_t first = *c->n_ids;
+
+			if (slot->key_len != 0) {
+				for (k = 0; k < slot->n_ids; k++)
+					ctx_emit(c, c->wc_ids[slot->ids_off + k]);
+				continue;
+			}
+			bpe_word(c, n, n_sym);
+			wc_store(c, slot, h, c->word, n, first);
+			continue;
+		}
 		bpe_word(c, n, n_sym);
 	}
 }
@@ -1258,6 +1350,7 @@ static void spm_fragment(struct tok_ctx *c, const char *s, size_t len, bool spac
 	}
 }
 
+/* Tokenize text: partition, then each fragment by the model, BOS/EOS around. */
 int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add_special,
                    bool parse_special, int32_t **ids, size_t *n, size_t *cap, struct err *e)
 {
@@ -1270,6 +1363,7 @@ int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add
 		               "expected at most %d", len, INT32_MAX / 8);
 	memset(&c, 0, sizeof(c));
 	c.v = v;
+	c.text_len = len;
 	c.ids = ids;
 	c.n_ids = n;
 	c.cap_ids = cap;
@@ -1297,6 +1391,9 @@ int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add
 	free(c.word);
 	free(c.syms);
 	free(c.heap);
+	free(c.wc);
+	free(c.wc_keys);
+	free(c.wc_ids);
 	return KVS_OK;
 }
 
@@ -1358,6 +1455,7 @@ static size_t piece_spm(struct gguf_str t, char *buf, size_t cap)
 	return n;
 }
 
+/* Bytes of one token as llama.cpp renders it; returns the full length. */
 size_t vocab_piece(const struct vocab *v, int32_t id, bool render_special, char *buf, size_t cap)
 {
 	struct gguf_str t;
@@ -1381,6 +1479,7 @@ size_t vocab_piece(const struct vocab *v, int32_t id, bool render_special, char 
 	return 0; /* unused / undefined: nothing, as llama.cpp */
 }
 
+/* Start a stream; SPM vocabularies drop the first text token's space. */
 void detok_init(struct detok *d, const struct vocab *v, bool render_special)
 {
 	memset(d, 0, sizeof(*d));
@@ -1392,6 +1491,8 @@ void detok_init(struct detok *d, const struct vocab *v, bool render_special)
 /* Append n bytes to the output buffer. */
 static void detok_out(char **out, size_t *n, size_t *cap, const char *p, size_t k)
 {
+	if (k == 0)
+		return;
 	if (*n + k > *cap) {
 		*cap = KVS_MAX(*n + k, *cap * 2 + 64);
 		*out = xrealloc(*out, *cap);
@@ -1471,6 +1572,7 @@ static void detok_feed(struct detok *d, const char *p, size_t k, char **out, siz
 	detok_out(out, n, cap, p + k - run, run);
 }
 
+/* Append the whole characters that id completes to out. */
 size_t detok_push(struct detok *d, int32_t id, char **out, size_t *n, size_t *cap)
 {
 	char small[256], *buf = small;
@@ -1494,6 +1596,7 @@ size_t detok_push(struct detok *d, int32_t id, char **out, size_t *n, size_t *ca
 	return *n - before;
 }
 
+/* End the stream: a held incomplete sequence becomes U+FFFD. */
 size_t detok_flush(struct detok *d, char **out, size_t *n, size_t *cap)
 {
 	size_t before = *n;

@@ -1,0 +1,88 @@
+#!/bin/sh
+# cli.sh: the command-line tools end to end on the default model: results on
+# stdout only, one-line errors with exit code 2 for bad input, perplexity
+# within 0.5 % of llama.cpp's on the same text, and a piped chat.
+set -u
+bin=${KVSCOPE_BIN:?}
+src=${KVSCOPE_SRCDIR:?}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+# expect_bad CODE PATTERN CMD...: exit code CODE, exactly one stderr line
+# matching PATTERN, nothing on stdout.
+expect_bad() {
+	code=$1 pat=$2
+	shift 2
+	"$@" >"$tmp/out" 2>"$tmp/err"
+	rc=$?
+	[ "$rc" -eq "$code" ] || fail "$*: exit $rc, expected $code ($(cat "$tmp/err"))"
+	n=$(grep -c . "$tmp/err")
+	[ "$n" -eq 1 ] || fail "$*: $n stderr lines, expected 1: $(cat "$tmp/err")"
+	grep -q -- "$pat" "$tmp/err" || fail "$*: stderr '$(cat "$tmp/err")' lacks '$pat'"
+	[ ! -s "$tmp/out" ] || fail "$*: wrote to stdout: $(head -c 200 "$tmp/out")"
+}
+
+if [ -z "${KVSCOPE_MODEL:-}" ]; then
+	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
+else
+	model=$KVSCOPE_MODEL
+fi
+if [ ! -f "$model" ]; then
+	echo "cli.sh: the default model is not at $model (run make model)" >&2
+	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
+	exit 1
+fi
+
+# generate: greedy is deterministic and prints only the continuation
+"$bin" generate --prompt "Name a colour." --temp 0 -n 12 >"$tmp/g1" 2>"$tmp/g1.err" || fail "generate: $(cat "$tmp/g1.err")"
+"$bin" generate --prompt "Name a colour." --temp 0 -n 12 >"$tmp/g2" 2>/dev/null
+[ -s "$tmp/g1" ] || fail "generate printed nothing"
+cmp -s "$tmp/g1" "$tmp/g2" || fail "greedy generate is not deterministic"
+grep -q "tok/s" "$tmp/g1.err" || fail "generate stats missing on stderr"
+grep -q "tok/s" "$tmp/g1" && fail "generate stats leaked to stdout"
+# same seed, same sampled text
+"$bin" generate --prompt "Tell me a story." --seed 7 -n 16 >"$tmp/s1" 2>/dev/null
+"$bin" generate --prompt "Tell me a story." --seed 7 -n 16 >"$tmp/s2" 2>/dev/null
+cmp -s "$tmp/s1" "$tmp/s2" || fail "sampling with one seed is not reproducible"
+
+# bad input: one line, exit 2, nothing on stdout
+expect_bad 2 "empty" "$bin" generate --prompt ""
+printf 'abc\377def' >"$tmp/bad-utf8"
+expect_bad 2 "UTF-8" "$bin" generate --prompt-file "$tmp/bad-utf8"
+expect_bad 2 "unknown option" "$bin" generate --prompt hi --frobnicate
+expect_bad 2 "temp" "$bin" generate --prompt hi --temp abc
+expect_bad 2 "exactly one" "$bin" generate
+expect_bad 2 "context" "$bin" generate --ctx 16 --prompt "This prompt is far longer than sixteen tokens once the chat template and its system prompt are added."
+expect_bad 1 "cannot open" "$bin" generate --prompt-file "$tmp/missing"
+expect_bad 2 "unknown command" "$bin" frobnicate
+printf 'not a gguf file at all, just text\n' >"$tmp/bad.gguf"
+expect_bad 2 "bad.gguf" "$bin" generate --model "$tmp/bad.gguf" --prompt hi
+expect_bad 2 "CUDA\|cuda" "$bin" generate --backend cuda --prompt hi
+
+# logits: one JSON line per position, top K entries each
+printf 'Hello world' >"$tmp/p.txt"
+"$bin" logits --raw --prompt-file "$tmp/p.txt" --top 3 >"$tmp/l" 2>"$tmp/l.err" || fail "logits: $(cat "$tmp/l.err")"
+nl=$("$bin" tokenize --file "$tmp/p.txt" | wc -w)
+[ "$(wc -l <"$tmp/l")" -eq "$nl" ] || fail "logits: $(wc -l <"$tmp/l") lines for $nl tokens"
+head -n 1 "$tmp/l" | grep -Eq '^\{"pos":0,"token":[0-9]+,"top":\[\[[0-9]+,-?[0-9.]+\],\[[0-9]+,-?[0-9.]+\],\[[0-9]+,-?[0-9.]+\]\]\}$' ||
+	fail "logits line format: $(head -n 1 "$tmp/l")"
+
+# perplexity: llama.cpp c392e50 gives 4.6586 on the first 4 chunks of 512
+# (tests/fixtures/engine/perplexity.txt); we must be within 0.5 %.
+"$bin" perplexity --file "$src/tests/fixtures/text/genesis-1-11.txt" --ctx 512 --chunks 4 >"$tmp/ppl" 2>"$tmp/ppl.err" ||
+	fail "perplexity: $(cat "$tmp/ppl.err")"
+ppl=$(sed -n 's/^ppl //p' "$tmp/ppl")
+awk -v p="${ppl:-0}" 'BEGIN { r = 4.6586; d = (p - r) / r; if (d < 0) d = -d; exit !(d <= 0.005) }' ||
+	fail "perplexity $ppl is not within 0.5 % of llama.cpp's 4.6586"
+echo "perplexity: ours $ppl, llama.cpp 4.6586"
+
+# chat from a pipe: one reply line per input line, no prompt echo
+printf 'Hi!\nWhat is two plus two?\n' | "$bin" chat --temp 0 -n 24 >"$tmp/c" 2>"$tmp/c.err" || fail "chat: $(cat "$tmp/c.err")"
+[ "$(wc -l <"$tmp/c")" -ge 2 ] || fail "chat: expected 2 replies, got: $(cat "$tmp/c")"
+grep -q '^> ' "$tmp/c" && fail "chat echoed a prompt on a pipe"
+
+[ "$fails" -eq 0 ] || exit 1
+echo "cli.sh: all checks passed"
