@@ -5,27 +5,33 @@
  * few microseconds of work, so waking threads through the kernel for every
  * step would cost more than the work. Instead one pool_run hands the whole
  * forward pass to all threads, and the steps inside are separated by
- * pool_barrier, a spinning sense-counter barrier (a few hundred nanoseconds
- * when every thread is on a core). Between runs, workers spin for a short
+ * pool_barrier: a counter barrier that spins for a few tens of microseconds
+ * (a few hundred nanoseconds when every thread is on a core), then sleeps on
+ * a futex, so a machine with more runnable threads than cores does not
+ * waste its time slices spinning for a thread that is not running. The end
+ * of a run is one more barrier. Between runs, workers spin for a short
  * while (the next token usually follows at once), then sleep on a condition
  * variable so an idle program burns no CPU.
  *
  * Invariants: run_gen only grows, and is written under mu so a worker that
- * decided to sleep cannot miss it; n_done counts workers finished with the
- * current run; the barrier's phase only grows.
+ * decided to sleep cannot miss it; the barrier's phase only grows, and the
+ * thread that advances it wakes sleepers after the increment (both sides use
+ * sequentially consistent atomics, so no wake-up is lost).
  */
 #include "base.h"
 
 #include <immintrin.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define POOL_MAX_THREADS 256
-#define POOL_SPIN_IDLE 200000 /* pause loops before a worker sleeps (~ms) */
-#define POOL_SPIN_YIELD 4096  /* pause loops before a waiter starts yielding */
+#define POOL_SPIN_IDLE 50000  /* pause loops before an idle worker sleeps (~1 ms) */
+#define POOL_SPIN_BARRIER 2000 /* pause loops before a barrier waiter sleeps */
 
 struct pool_worker {
 	struct pool *p;
@@ -39,23 +45,24 @@ struct pool {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	_Atomic unsigned run_gen;     /* bumped by each pool_run (and by free) */
-	_Atomic int n_done;           /* workers done with the current run */
 	_Atomic int stop;
 	pool_fn fn;
 	void *arg;
 	/* barrier */
 	_Alignas(64) _Atomic int bar_count;
-	_Alignas(64) _Atomic unsigned bar_phase;
+	_Alignas(64) _Atomic uint32_t bar_phase; /* a futex word */
+	_Atomic int bar_sleepers;
 };
 
-/* Relax the core while spinning; after a while also give the core away (the
- * machine may have fewer free cores than threads). */
-static void pool_relax(unsigned *spins)
+/* Sleep while *word == val (or until woken). */
+static void pool_futex_wait(_Atomic uint32_t *word, uint32_t val)
 {
-	if (++*spins < POOL_SPIN_YIELD)
-		_mm_pause();
-	else
-		sched_yield();
+	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void pool_futex_wake_all(_Atomic uint32_t *word)
+{
+	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
 /* Worker main loop: wait for a new generation, run, report done. */
@@ -82,7 +89,7 @@ static void *pool_worker_main(void *argp)
 		if (atomic_load_explicit(&p->stop, memory_order_acquire))
 			return NULL;
 		p->fn(p->arg, w->ith, p->n);
-		atomic_fetch_add_explicit(&p->n_done, 1, memory_order_release);
+		pool_barrier(p);
 	}
 }
 
@@ -151,28 +158,32 @@ void pool_run(struct pool *p, pool_fn fn, void *arg)
 	}
 	p->fn = fn;
 	p->arg = arg;
-	atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
-	atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
 	pool_publish(p);
 	fn(arg, 0, p->n);
-	unsigned spins = 0;
-	while (atomic_load_explicit(&p->n_done, memory_order_acquire) != p->n - 1)
-		pool_relax(&spins);
+	pool_barrier(p);
 }
 
 void pool_barrier(struct pool *p)
 {
 	if (p->n == 1)
 		return;
-	unsigned phase = atomic_load_explicit(&p->bar_phase, memory_order_acquire);
+	uint32_t phase = atomic_load_explicit(&p->bar_phase, memory_order_acquire);
 	if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == p->n - 1) {
 		atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
-		atomic_fetch_add_explicit(&p->bar_phase, 1, memory_order_release);
+		atomic_fetch_add(&p->bar_phase, 1);
+		if (atomic_load(&p->bar_sleepers) > 0)
+			pool_futex_wake_all(&p->bar_phase);
 		return;
 	}
-	unsigned spins = 0;
-	while (atomic_load_explicit(&p->bar_phase, memory_order_acquire) == phase)
-		pool_relax(&spins);
+	for (int spins = 0; spins < POOL_SPIN_BARRIER; spins++) {
+		if (atomic_load_explicit(&p->bar_phase, memory_order_acquire) != phase)
+			return;
+		_mm_pause();
+	}
+	atomic_fetch_add(&p->bar_sleepers, 1);
+	while (atomic_load(&p->bar_phase) == phase)
+		pool_futex_wait(&p->bar_phase, phase);
+	atomic_fetch_sub(&p->bar_sleepers, 1);
 }
 
 void pool_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi)

@@ -28,6 +28,7 @@
 #include "engine/kern.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -53,6 +54,8 @@ struct cpu {
 	struct cpu_layer *L;          /* (n_layer) */
 	struct kern_weight out;       /* LM head */
 	struct kern_weight embd;      /* token embeddings, never packed */
+	void *arena;                  /* all packed weights (mmap'ed) */
+	uint64_t arena_bytes;
 
 	/* KV cache */
 	size_t kv_es;                 /* bytes per element: 2 or 4 */
@@ -133,21 +136,8 @@ struct cpu_pack_job {
 	struct kern_weight **ws;
 	size_t n;
 	const uint8_t **src;   /* (n) original data of each */
+	bool drop;             /* drop the source pages once packed */
 };
-
-/* Pack every weight, each thread taking a share of each weight's groups. */
-static void cpu_pack_thread(void *arg, int ith, int nth)
-{
-	struct cpu_pack_job *pj = arg;
-	for (size_t i = 0; i < pj->n; i++) {
-		struct kern_weight *w = pj->ws[i];
-		if (!w->packed)
-			continue;
-		int64_t groups = (w->rows + KERN_GROUP - 1) / KERN_GROUP, g0, g1;
-		pool_split(groups, ith, nth, &g0, &g1);
-		kern_pack(w->type, pj->src[i], w->rows, w->cols, w->owned, g0, g1);
-	}
-}
 
 /* Drop the file pages under [p, p + n) from this process (whole pages only);
  * they stay in the page cache and fault back in if read again. */
@@ -160,34 +150,62 @@ static void cpu_drop_pages(const void *p, uint64_t n)
 		(void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
-/* Repack the weights that have packed kernels (not in reference mode). */
+/* Pack every weight, each thread taking a share of each weight's groups and
+ * letting go of the source pages of its share at once, so that the process
+ * never holds a weight twice. */
+static void cpu_pack_thread(void *arg, int ith, int nth)
+{
+	struct cpu_pack_job *pj = arg;
+	for (size_t i = 0; i < pj->n; i++) {
+		struct kern_weight *w = pj->ws[i];
+		if (!w->packed)
+			continue;
+		int64_t groups = (w->rows + KERN_GROUP - 1) / KERN_GROUP, g0, g1;
+		pool_split(groups, ith, nth, &g0, &g1);
+		kern_pack(w->type, pj->src[i], w->rows, w->cols, (uint8_t *)w->data, g0, g1);
+		if (pj->drop && g1 > g0) {
+			uint64_t r0 = (uint64_t)g0 * KERN_GROUP;
+			uint64_t r1 = KVS_MIN((uint64_t)g1 * KERN_GROUP, (uint64_t)w->rows);
+			cpu_drop_pages(pj->src[i] + r0 * w->row_bytes, (r1 - r0) * w->row_bytes);
+		}
+	}
+}
+
+/* Repack the weights that have packed kernels (not in reference mode) into
+ * one arena (huge pages where the kernel gives them). */
 static void cpu_pack_weights(struct cpu *c)
 {
 	struct kern_weight *ws[8 * 1024];
 	size_t n = cpu_all_weights(c, ws, KVS_ARRAY_LEN(ws));
 	const uint8_t **src = xcalloc(n, sizeof(*src));
+	uint64_t total = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct kern_weight *w = ws[i];
-		if (c->ref || !kern_type_packed(w->type))
+		if (c->ref || !kern_type_packed(w->type) || (i > 0 && w == ws[i - 1]))
 			continue;
-		src[i] = w->data;
 		uint64_t nb = kern_packed_bytes(w->type, w->rows, w->cols);
-		w->owned = xmalloc_aligned(nb);
 		w->group_bytes = nb / (uint64_t)((w->rows + KERN_GROUP - 1) / KERN_GROUP);
 		w->packed = true;
+		src[i] = w->data;
+		w->data = (const uint8_t *)(uintptr_t)total; /* offset until the arena exists */
+		total += (nb + 63) & ~(uint64_t)63;
 	}
-	struct cpu_pack_job pj = { ws, n, src };
-	pool_run(c->pool, cpu_pack_thread, &pj);
-	bool drop = c->m->gguf != NULL && c->m->gguf->owns_map;
-	for (size_t i = 0; i < n; i++) {
-		struct kern_weight *w = ws[i];
-		if (!w->packed)
-			continue;
-		/* A tied embedding's rows are still read in place (a few per step):
-		 * dropped pages fault back in one by one as tokens need them. */
-		if (drop)
-			cpu_drop_pages(src[i], (uint64_t)w->rows * w->row_bytes);
-		w->data = w->owned;
+	if (total > 0) {
+		uint64_t huge = 2u << 20;
+		c->arena_bytes = (total + huge - 1) & ~(huge - 1);
+		c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		                -1, 0);
+		if (c->arena == MAP_FAILED) {
+			fprintf(stderr, "kvscope: out of memory mapping %llu bytes of weights\n",
+			        (unsigned long long)c->arena_bytes);
+			abort();
+		}
+		(void)madvise(c->arena, c->arena_bytes, MADV_HUGEPAGE);
+		for (size_t i = 0; i < n; i++)
+			if (ws[i]->packed && src[i] != NULL)
+				ws[i]->data = (uint8_t *)c->arena + (uintptr_t)ws[i]->data;
+		struct cpu_pack_job pj = { ws, n, src, c->m->gguf != NULL && c->m->gguf->owns_map };
+		pool_run(c->pool, cpu_pack_thread, &pj);
 	}
 	free(src);
 }
@@ -327,12 +345,8 @@ static void cpu_free(void *state)
 	struct cpu *c = state;
 	if (c == NULL)
 		return;
-	if (c->L) {
-		struct kern_weight *ws[8 * 1024];
-		size_t n = cpu_all_weights(c, ws, KVS_ARRAY_LEN(ws));
-		for (size_t i = 0; i < n; i++)
-			xfree_aligned(ws[i]->owned);
-	}
+	if (c->arena)
+		munmap(c->arena, c->arena_bytes);
 	for (uint32_t l = 0; c->kc && l < c->hp.n_layer; l++) {
 		free(c->kc[l]);
 		free(c->vc[l]);

@@ -80,24 +80,25 @@ void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8
 	int64_t nb = K / KERN_QK;
 	uint64_t row_bytes = (uint64_t)nb * pt->src_bytes;
 	uint32_t n_chunks = pt->bits8 ? 8 : 4;
+	uint32_t flip = pt->bits8 ? 0x80808080u : 0;
 	for (int64_t g = g0; g < g1; g++) {
 		uint8_t *gd = dst + (uint64_t)g * nb * pt->pk_bytes;
-		for (int64_t b = 0; b < nb; b++) {
-			uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
-			memset(pb, 0, pt->pk_bytes);
-			for (int r = 0; r < KERN_GROUP; r++) {
-				int64_t row = g * KERN_GROUP + r;
-				if (row >= rows)
-					break; /* zero scales: the padding rows compute 0 */
-				const uint8_t *sb = src + (uint64_t)row * row_bytes + (uint64_t)b * pt->src_bytes;
-				memcpy(pb + 2 * r, sb, 2); /* d */
+		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, rows - g * KERN_GROUP);
+		if (nr < KERN_GROUP)
+			memset(gd, 0, (uint64_t)nb * pt->pk_bytes); /* zero scales: padding rows give 0 */
+		for (int r = 0; r < nr; r++) {
+			const uint8_t *sr = src + (uint64_t)(g * KERN_GROUP + r) * row_bytes;
+			uint8_t *pr = gd;
+			for (int64_t b = 0; b < nb; b++, sr += pt->src_bytes, pr += pt->pk_bytes) {
+				memcpy(pr + 2 * r, sr, 2); /* d */
 				if (pt->type == DT_Q4_1)
-					memcpy(pb + 32 + 2 * r, sb + 2, 2); /* m */
-				for (uint32_t j = 0; j < n_chunks; j++)
-					for (int k = 0; k < 4; k++) {
-						uint8_t v = sb[pt->src_qs + 4 * j + k];
-						pb[pt->hdr + 64 * j + 4 * r + k] = pt->bits8 ? (uint8_t)(v ^ 0x80) : v;
-					}
+					memcpy(pr + 32 + 2 * r, sr + 2, 2); /* m */
+				for (uint32_t j = 0; j < n_chunks; j++) {
+					uint32_t v;
+					memcpy(&v, sr + pt->src_qs + 4 * j, 4);
+					v ^= flip;
+					memcpy(pr + pt->hdr + 64 * j + 4 * r, &v, 4);
+				}
 			}
 		}
 	}

@@ -316,21 +316,22 @@ static int gguf_read_array(struct gguf_cur *c, struct gguf_kv *kv)
 	if (et != GGUF_STRING) {
 		if (!ck_mul_u64(n, gguf_vtypes[et].size, &bytes) || bytes > gguf_left(c))
 			return gguf_fail(c, KVS_EFORMAT,
-			                 "truncated: array of %llu %s needs %llu bytes at byte %llu, "
+			                 "truncated: array of %llu %s at byte %llu needs %llu bytes, "
 			                 "the file has %llu left",
 			                 (unsigned long long)n, gguf_vtypes[et].name,
+			                 (unsigned long long)c->pos,
 			                 (unsigned long long)n * gguf_vtypes[et].size,
-			                 (unsigned long long)c->pos, (unsigned long long)gguf_left(c));
+			                 (unsigned long long)gguf_left(c));
 		c->pos += bytes;
 		return KVS_OK;
 	}
 	/* Each string needs at least its 8-byte length: bound n before allocating. */
 	if (n > gguf_left(c) / 8)
 		return gguf_fail(c, KVS_EFORMAT,
-		                 "truncated: array of %llu strings needs at least %llu bytes at offset "
-		                 "%llu, the file has %llu left",
-		                 (unsigned long long)n, (unsigned long long)n * 8,
-		                 (unsigned long long)c->pos, (unsigned long long)gguf_left(c));
+		                 "truncated: array of %llu strings at byte %llu needs at least %llu "
+		                 "bytes, the file has %llu left",
+		                 (unsigned long long)n, (unsigned long long)c->pos,
+		                 (unsigned long long)n * 8, (unsigned long long)gguf_left(c));
 	kv->arr_str_off = xmallocarray(n ? n : 1, sizeof *kv->arr_str_off);
 	for (uint64_t i = 0; i < n; i++) {
 		struct gguf_str s;
