@@ -48,6 +48,8 @@ struct pool {
 	_Atomic int stop;
 	pool_fn fn;
 	void *arg;
+	int nrun;                     /* threads in the current run: 1 or n */
+	_Atomic uint64_t n_sleeps;    /* barrier waits that went to sleep, ever */
 	/* barrier */
 	_Alignas(64) _Atomic int bar_count;
 	_Alignas(64) _Atomic uint32_t bar_phase; /* a futex word */
@@ -105,6 +107,7 @@ struct pool *pool_create(int n_threads)
 	if (n_threads <= 0)
 		n_threads = pool_n_cores();
 	p->n = KVS_MIN(n_threads, POOL_MAX_THREADS);
+	p->nrun = p->n;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	p->workers = xcalloc((size_t)p->n, sizeof(*p->workers));
@@ -152,10 +155,18 @@ int pool_size(const struct pool *p)
 
 void pool_run(struct pool *p, pool_fn fn, void *arg)
 {
-	if (p->n == 1) {
+	pool_run_n(p, p->n, fn, arg);
+}
+
+void pool_run_n(struct pool *p, int nth, pool_fn fn, void *arg)
+{
+	if (p->n == 1 || nth == 1) {
+		/* the workers are idle between runs, so nothing else reads nrun */
+		p->nrun = 1;
 		fn(arg, 0, 1);
 		return;
 	}
+	p->nrun = p->n;
 	p->fn = fn;
 	p->arg = arg;
 	pool_publish(p);
@@ -163,9 +174,14 @@ void pool_run(struct pool *p, pool_fn fn, void *arg)
 	pool_barrier(p);
 }
 
+uint64_t pool_sleeps(const struct pool *p)
+{
+	return atomic_load_explicit(&p->n_sleeps, memory_order_relaxed);
+}
+
 void pool_barrier(struct pool *p)
 {
-	if (p->n == 1)
+	if (p->nrun == 1)
 		return;
 	uint32_t phase = atomic_load_explicit(&p->bar_phase, memory_order_acquire);
 	if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == p->n - 1) {
@@ -181,6 +197,7 @@ void pool_barrier(struct pool *p)
 		_mm_pause();
 	}
 	atomic_fetch_add(&p->bar_sleepers, 1);
+	atomic_fetch_add_explicit(&p->n_sleeps, 1, memory_order_relaxed);
 	while (atomic_load(&p->bar_phase) == phase)
 		pool_futex_wait(&p->bar_phase, phase);
 	atomic_fetch_sub(&p->bar_sleepers, 1);

@@ -24,8 +24,9 @@ static int cmd_tokenize_exec(int argc, char **argv);
 
 const struct cli_cmd cmd_tokenize = {
 	"tokenize",
-	"[--model PATH] [--pieces] [--no-special] (--file F | TEXT)",
-	"print the token ids of a text (--file - reads standard input)",
+	"[-m PATH] [--pieces] [--no-special] (-f FILE | TEXT)",
+	"print the token ids of a text (-f - reads standard input; --pieces: id and text per "
+	"line; --no-special: <|...|> stays text)",
 	cmd_tokenize_exec,
 	OPTG_MODEL | OPTG_TOKENIZE,
 };
@@ -41,13 +42,14 @@ struct tokenize_args {
 /* The options, one row each: flags set a bool, the others take a value. */
 static const struct {
 	const char *name;
+	const char *short_name; /* or NULL */
 	size_t off;   /* field in struct tokenize_args */
 	bool value;   /* takes an argument */
 } tokenize_opts[] = {
-	{ "--model", offsetof(struct tokenize_args, model), true },
-	{ "--file", offsetof(struct tokenize_args, file), true },
-	{ "--pieces", offsetof(struct tokenize_args, pieces), false },
-	{ "--no-special", offsetof(struct tokenize_args, no_special), false },
+	{ "--model", "-m", offsetof(struct tokenize_args, model), true },
+	{ "--file", "-f", offsetof(struct tokenize_args, file), true },
+	{ "--pieces", NULL, offsetof(struct tokenize_args, pieces), false },
+	{ "--no-special", NULL, offsetof(struct tokenize_args, no_special), false },
 };
 
 /* Parse argv into a; prints the usage error itself. */
@@ -67,7 +69,9 @@ static int tokenize_parse(int argc, char **argv, struct tokenize_args *a)
 		}
 		if (!ends && arg[0] == '-' && arg[1] != '\0') {
 			for (k = 0; k < KVS_ARRAY_LEN(tokenize_opts); k++)
-				if (strcmp(arg, tokenize_opts[k].name) == 0)
+				if (strcmp(arg, tokenize_opts[k].name) == 0 ||
+				    (tokenize_opts[k].short_name != NULL &&
+				     strcmp(arg, tokenize_opts[k].short_name) == 0))
 					break;
 			if (k == KVS_ARRAY_LEN(tokenize_opts))
 				return cli_usage(&cmd_tokenize, "unknown option '%s'", arg);

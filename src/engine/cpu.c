@@ -4,22 +4,28 @@
  * The forward pass reads top to bottom in cpu_fwd_layer. A batch is cut into
  * ubatches of at most CPU_UBATCH tokens; one ubatch is one pool_run in which
  * every thread walks the same steps and takes its share of each (tokens for
- * norms and quantisation, 16-row groups for matrix products, (token, head)
- * pairs for attention), with a pool_barrier between dependent steps.
+ * norms and quantisation, 16-row groups for matrix products, a token and the
+ * query heads of one KV head for attention), with a pool_barrier between
+ * dependent steps. One-token batches (decode) avoid four of those barriers
+ * per layer (see cpu_fwd_layer).
  *
- * Weights: Q4_0, Q4_1 and Q8_0 matrices are repacked (kern.h) into buffers
- * of the same size; afterwards the file pages they came from are dropped
- * from memory (madvise), so the process holds each weight once. Other types
- * are read in place from the map. In reference mode nothing is repacked and
- * every product dequantises a weight row and takes plain f32 dot products.
+ * Weights: Q4_0, Q4_1 and Q8_0 matrices are repacked (kern.h) into one arena
+ * of the same size (huge pages where the kernel gives them); each thread
+ * drops the file pages of its share as soon as it has packed it, so the
+ * process never holds a weight twice. A tied embedding is read back from the
+ * packed LM head. Other types are read in place from the map. In reference
+ * mode nothing is repacked and every product dequantises a weight row and
+ * takes plain f32 dot products.
  *
  * KV cache: per layer K and V as (n_ctx, n_head_kv, head_dim), F16 or F32.
- * Keys are stored before RoPE. Each forward first brings the per-slot
- * cos/sin table up to date for the visible slots (a slot's entry is
- * recomputed only when its position changed), then per layer rotates the
- * visible keys into a transposed f32 scratch (n_head_kv, head_dim, n_vis)
- * and converts the visible values to f32 (n_head_kv, n_vis, head_dim), so
- * the scores of one query against 16 keys are 16-wide FMAs.
+ * Keys are stored before RoPE. Each forward sorts the visible slots by
+ * position (empty slots last) and brings the per-slot cos/sin table up to
+ * date (a slot's entry is recomputed only when its position changed); per
+ * layer it then rotates the visible keys into a transposed f32 scratch
+ * (n_head_kv, head_dim, n_vis) and converts the values to f32 (n_head_kv,
+ * n_vis, head_dim), both in position order. A query at position p attends
+ * to the prefix of that order with positions <= p, and its scores against
+ * 16 keys are 16-wide FMAs.
  *
  * Attention rule: query i at position p sees visible slot s when
  * 0 <= pos(s) <= p. A query that sees nothing gets a zero output.
@@ -36,6 +42,8 @@
 
 #define CPU_UBATCH 512   /* tokens per pool_run */
 #define CPU_LM_CHUNK 32  /* rows per LM-head chunk when only statistics are kept */
+#define CPU_SLEEPS_MAX 8     /* barrier sleeps in one decode step that mean "no free core" */
+#define CPU_ALONE_STEPS 64   /* decode steps then run on one thread before trying all again */
 
 struct cpu_layer {
 	const float *attn_norm, *ffn_norm;     /* (n_embd) */
@@ -54,6 +62,8 @@ struct cpu {
 	struct cpu_layer *L;          /* (n_layer) */
 	struct kern_weight out;       /* LM head */
 	struct kern_weight embd;      /* token embeddings, never packed */
+	const struct kern_weight *lookup; /* rows for the embedding lookup: embd, or the
+	                               * packed LM head when it is the same tensor */
 	void *arena;                  /* all packed weights (mmap'ed) */
 	uint64_t arena_bytes;
 
@@ -77,11 +87,16 @@ struct cpu {
 	uint32_t vis_cap;
 	float *krot;                  /* (n_head_kv, head_dim, vis_cap) rotated keys */
 	float *vf;                    /* (n_head_kv, vis_cap, head_dim) values */
-	int32_t *vpos;                /* (vis_cap) positions of the visible slots */
-	float *scores;                /* (n_threads, vis_cap) */
+	int32_t *vpos;                /* (vis_cap) positions of the visible slots, sorted */
+	uint32_t *vorder;             /* (vis_cap) index into the batch's visible list, by position */
+	uint32_t n_valid;             /* visible slots that hold a token (a prefix of vorder) */
+	float *scores;                /* (n_threads, KERN_ATT_Q, vis_cap) */
 	float *tmp;                   /* (n_threads, kmax) generic-path rows */
+	float *txb;                   /* (n_threads, kmax) a thread's own normed row (one-token batches) */
+	struct kern_act *tact;        /* (n_threads) a thread's own quantised row */
 	uint64_t kmax;                /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
 	float *lm;                    /* (CPU_LM_CHUNK, n_vocab) statistics-only logits */
+	uint32_t alone_left;          /* one-token batches still to run on one thread */
 };
 
 /* What one pool_run works on. */
@@ -258,13 +273,15 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 	xfree_aligned(c->krot);
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);
+	xfree_aligned(c->vorder);
 	xfree_aligned(c->scores);
 	c->vis_cap = n;
 	size_t kv = (size_t)hp->n_head_kv * hp->head_dim * n;
 	c->krot = xmalloc_aligned(kv * sizeof(float));
 	c->vf = xmalloc_aligned(kv * sizeof(float));
 	c->vpos = xmalloc_aligned((size_t)n * sizeof(int32_t));
-	c->scores = xmalloc_aligned((size_t)pool_size(c->pool) * n * sizeof(float));
+	c->vorder = xmalloc_aligned((size_t)n * sizeof(uint32_t));
+	c->scores = xmalloc_aligned((size_t)pool_size(c->pool) * KERN_ATT_Q * n * sizeof(float));
 }
 
 static void cpu_free(void *state);
@@ -317,6 +334,10 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		return rc;
 	}
 	cpu_pack_weights(c);
+	/* A tied embedding is read from the packed copy: the file pages it came
+	 * from stay dropped (random tokens would otherwise fault in much of it). */
+	c->lookup = c->out.packed && m->tok_embd.data == (m->output.data ? m->output.data : m->tok_embd.data)
+	                ? &c->out : &c->embd;
 
 	c->kv_es = ctx->cfg.kv_type == ENGINE_KV_F32 ? 4 : 2;
 	c->kv_row = (uint64_t)hp->n_head_kv * hp->head_dim;
@@ -333,7 +354,16 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		c->slot_cs_pos[s] = -1;
 	c->kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff),
 	                  (uint64_t)hp->n_head * hp->head_dim);
-	c->tmp = xmalloc_aligned((size_t)pool_size(c->pool) * c->kmax * sizeof(float));
+	int nth = pool_size(c->pool);
+	c->tmp = xmalloc_aligned((size_t)nth * c->kmax * sizeof(float));
+	c->txb = xmalloc_aligned((size_t)nth * c->kmax * sizeof(float));
+	c->tact = xcalloc((size_t)nth, sizeof(*c->tact));
+	for (int t = 0; t < nth; t++) {
+		c->tact[t].q = xmalloc_aligned(c->kmax);
+		c->tact[t].d = xmalloc_aligned(c->kmax / KERN_QK * sizeof(float));
+		c->tact[t].s = xmalloc_aligned(c->kmax / KERN_QK * sizeof(float));
+		c->tact[t].isum = xmalloc_aligned(c->kmax / KERN_QK * sizeof(int32_t));
+	}
 	cpu_reserve(c, 1);
 	cpu_reserve_vis(c, 64);
 	*state = c;
@@ -372,8 +402,17 @@ static void cpu_free(void *state)
 	xfree_aligned(c->krot);
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);
+	xfree_aligned(c->vorder);
 	xfree_aligned(c->scores);
 	xfree_aligned(c->tmp);
+	xfree_aligned(c->txb);
+	for (int t = 0; c->tact && t < pool_size(c->pool); t++) {
+		xfree_aligned(c->tact[t].q);
+		xfree_aligned(c->tact[t].d);
+		xfree_aligned(c->tact[t].s);
+		xfree_aligned(c->tact[t].isum);
+	}
+	free(c->tact);
 	xfree_aligned(c->lm);
 	pool_free(c->pool);
 	free(c);
@@ -381,15 +420,10 @@ static void cpu_free(void *state)
 
 /* ---------------------------------------------------------- small steps */
 
-/* out = x / sqrt(mean(x^2) + eps) * w; the sum of squares in double. */
-static void cpu_rmsnorm(const float *x, const float *w, float *out, uint32_t n, float eps)
+/* out = x / sqrt(mean(x^2) + eps) * w (n_embd). */
+static void cpu_rmsnorm(const struct cpu *c, const float *x, const float *w, float *out)
 {
-	double ss = 0;
-	for (uint32_t i = 0; i < n; i++)
-		ss += (double)x[i] * x[i];
-	float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-	for (uint32_t i = 0; i < n; i++)
-		out[i] = x[i] * scale * w[i];
+	c->ops->rmsnorm(x, w, out, c->hp.n_embd, c->hp.rms_eps);
 }
 
 /* A product y (n, rows) = x W^T over units of 16 rows. */
@@ -415,27 +449,24 @@ static int64_t cpu_units(const struct kern_weight *w)
 }
 
 /* Units [u0, u1) of one product for n tokens: packed weights take the
- * quantised activations (rows r0.., row length K), others the f32 rows x
- * (already at r0, stride K). */
+ * quantised activations a, others the f32 rows x (stride K). */
 static void cpu_mm_units(struct cpu *c, const struct cpu_mm *mm, int64_t u0, int64_t u1,
-                         const float *x, int64_t K, int64_t r0, int64_t n, int ith)
+                         const float *x, int64_t K, const struct kern_act *a, int64_t n, int ith)
 {
 	if (u1 <= u0)
 		return;
 	const struct kern_weight *w = mm->w;
-	if (w->packed) {
-		struct kern_act a = cpu_act(c, K, r0);
-		c->ops->gemm_packed(w, u0, u1, &a, n, mm->y, mm->ldy, mm->acc);
-	} else {
+	if (w->packed)
+		c->ops->gemm_packed(w, u0, u1, a, n, mm->y, mm->ldy, mm->acc);
+	else
 		kern_gemm_generic(c->ops, w, u0 * KERN_GROUP, KVS_MIN(u1 * KERN_GROUP, w->rows), x, K,
 		                  n, mm->y, mm->ldy, mm->acc, c->tmp + (size_t)ith * c->kmax);
-	}
 }
 
-/* Several products sharing one input (n rows from r0), their units split
- * across threads. */
+/* Several products sharing one input (n rows: f32 x and quantised a), their
+ * units split across threads. */
 static void cpu_mm_multi(struct cpu *c, const struct cpu_mm *mms, int n_mm, const float *x,
-                         int64_t K, int64_t r0, int64_t n, int ith, int nth)
+                         int64_t K, const struct kern_act *a, int64_t n, int ith, int nth)
 {
 	int64_t total = 0;
 	for (int i = 0; i < n_mm; i++)
@@ -444,10 +475,26 @@ static void cpu_mm_multi(struct cpu *c, const struct cpu_mm *mms, int n_mm, cons
 	pool_split(total, ith, nth, &lo, &hi);
 	for (int i = 0; i < n_mm; i++) {
 		int64_t nu = cpu_units(mms[i].w);
-		int64_t a = KVS_MAX(lo - base, (int64_t)0), b = KVS_MIN(hi - base, nu);
-		cpu_mm_units(c, &mms[i], a, b, x + r0 * K, K, r0, n, ith);
+		int64_t u0 = KVS_MAX(lo - base, (int64_t)0), u1 = KVS_MIN(hi - base, nu);
+		cpu_mm_units(c, &mms[i], u0, u1, x, K, a, n, ith);
 		base += nu;
 	}
+}
+
+/* The feed-forward's first half: each thread takes the same 16-row units of
+ * gate and up, so it can finish its rows with silu(gate) * up into g. */
+static void cpu_gate_up(struct cpu *c, const struct cpu_layer *L, const float *x,
+                        const struct kern_act *a, int64_t n, int ith, int nth)
+{
+	uint32_t ne = c->hp.n_embd, nff = c->hp.n_ff;
+	int64_t u0, u1;
+	pool_split(cpu_units(&L->gate), ith, nth, &u0, &u1);
+	struct cpu_mm g = { &L->gate, c->g, nff, false }, u = { &L->up, c->u, nff, false };
+	cpu_mm_units(c, &g, u0, u1, x, ne, a, n, ith);
+	cpu_mm_units(c, &u, u0, u1, x, ne, a, n, ith);
+	int64_t r0 = u0 * KERN_GROUP, r1 = KVS_MIN(u1 * KERN_GROUP, (int64_t)nff);
+	for (int64_t t = 0; r1 > r0 && t < n; t++)
+		c->ops->swiglu(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
 }
 
 /* Quantise rows [i0, i1) of src (row length K) into the activations. */
@@ -465,7 +512,7 @@ static void cpu_norm_rows(struct cpu *c, const float *w, uint32_t i0, uint32_t i
 {
 	uint32_t ne = c->hp.n_embd;
 	for (uint32_t i = i0; i < i1; i++)
-		cpu_rmsnorm(c->x + (size_t)i * ne, w, c->xb + (size_t)i * ne, ne, c->hp.rms_eps);
+		cpu_rmsnorm(c, c->x + (size_t)i * ne, w, c->xb + (size_t)i * ne);
 	cpu_quant_rows(c, c->xb, ne, i0, i1);
 }
 
@@ -497,104 +544,199 @@ static void cpu_slot_angles(struct cpu *c, const struct engine_batch *b, int ith
 }
 
 /* Rotate one head vector with the (cos, sin) table cs (n_rot floats). */
-static void cpu_rope(const struct hparams *hp, float *x, const float *cs)
+static void cpu_rope(const struct cpu *c, float *x, const float *cs)
 {
-	engine_rope_apply(hp, x, cs, cs + hp->n_rot / 2);
+	c->ops->rope(x, cs, (int)c->hp.n_rot, c->hp.rope == ROPE_NEOX);
 }
 
-/* Gather the visible keys (rotated, transposed) and values of layer l. */
-static void cpu_gather_kv(struct cpu *c, const struct engine_batch *b, uint32_t l, int ith,
-                          int nth)
+/* Order the visible slots by position, empty slots last, so that the keys a
+ * query at position p may see are a prefix of the order. */
+static void cpu_sort_visible(struct cpu *c, const struct engine_batch *b)
+{
+	uint32_t nv = b->n_visible, n_valid = 0;
+	bool sorted = true;
+	int32_t last = -1;
+	for (uint32_t j = 0; j < nv; j++) {
+		int32_t p = c->slot_pos[b->visible[j]];
+		if (p < 0) {
+			sorted = false;
+			continue;
+		}
+		sorted = sorted && p >= last;
+		last = p;
+		n_valid++;
+	}
+	c->n_valid = n_valid;
+	if (sorted) {
+		for (uint32_t j = 0; j < nv; j++) {
+			c->vorder[j] = j;
+			c->vpos[j] = c->slot_pos[b->visible[j]];
+		}
+		return;
+	}
+	/* insertion of the valid ones by position (a merge of runs would do; the
+	 * visible set is mostly sorted already), then the empty ones */
+	uint32_t k = 0;
+	for (uint32_t j = 0; j < nv; j++) {
+		int32_t p = c->slot_pos[b->visible[j]];
+		if (p < 0)
+			continue;
+		uint32_t at = k++;
+		while (at > 0 && c->vpos[at - 1] > p) {
+			c->vpos[at] = c->vpos[at - 1];
+			c->vorder[at] = c->vorder[at - 1];
+			at--;
+		}
+		c->vpos[at] = p;
+		c->vorder[at] = j;
+	}
+	for (uint32_t j = 0; j < nv; j++)
+		if (c->slot_pos[b->visible[j]] < 0) {
+			c->vpos[k] = -1;
+			c->vorder[k++] = j;
+		}
+}
+
+/* Gather the visible keys (rotated, transposed) and values of layer l, KV
+ * heads [h0, h1), in position order. */
+static void cpu_gather_kv(struct cpu *c, const struct engine_batch *b, uint32_t l, uint32_t h0,
+                          uint32_t h1, int ith, int nth)
 {
 	const struct hparams *hp = &c->hp;
-	uint32_t hd = hp->head_dim, nkv = hp->n_head_kv, nv = b->n_visible, vc = c->vis_cap;
+	uint32_t hd = hp->head_dim, vc = c->vis_cap;
 	uint32_t lo, hi;
-	cpu_share(nv, ith, nth, &lo, &hi);
+	cpu_share(c->n_valid, ith, nth, &lo, &hi);
 	float kbuf[1024];
-	for (uint32_t j = lo; j < hi; j++) {
-		uint32_t s = b->visible[j];
-		int32_t p = c->slot_pos[s];
-		c->vpos[j] = p;
-		for (uint32_t h = 0; h < nkv; h++) {
-			const uint8_t *kp = c->kc[l] + ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
-			const uint8_t *vp = c->vc[l] + ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
-			float *vdst = c->vf + ((size_t)h * vc + j) * hd;
-			if (p < 0) {
-				memset(vdst, 0, hd * sizeof(float));
-				for (uint32_t d = 0; d < hd; d++)
-					c->krot[((size_t)h * hd + d) * vc + j] = 0;
-				continue;
-			}
+	for (uint32_t k = lo; k < hi; k++) {
+		uint32_t s = b->visible[c->vorder[k]];
+		const float *cs = c->slot_cs + (size_t)s * hp->n_rot;
+		for (uint32_t h = h0; h < h1; h++) {
+			uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+			float *vdst = c->vf + ((size_t)h * vc + k) * hd;
 			if (c->kv_es == 2) {
-				c->ops->f16_to_f32((const uint16_t *)kp, kbuf, hd);
-				c->ops->f16_to_f32((const uint16_t *)vp, vdst, hd);
+				c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kbuf, hd);
+				c->ops->f16_to_f32((const uint16_t *)(c->vc[l] + off), vdst, hd);
 			} else {
-				memcpy(kbuf, kp, hd * sizeof(float));
-				memcpy(vdst, vp, hd * sizeof(float));
+				memcpy(kbuf, c->kc[l] + off, hd * sizeof(float));
+				memcpy(vdst, c->vc[l] + off, hd * sizeof(float));
 			}
-			cpu_rope(hp, kbuf, c->slot_cs + (size_t)s * hp->n_rot);
+			cpu_rope(c, kbuf, cs);
+			float *kt = c->krot + (size_t)h * hd * vc + k;
 			for (uint32_t d = 0; d < hd; d++)
-				c->krot[((size_t)h * hd + d) * vc + j] = kbuf[d];
+				kt[(size_t)d * vc] = kbuf[d];
 		}
 	}
 }
 
-/* Attention of ubatch token i, query head h, layer l, into c->ao. */
-static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h, int ith)
+/* Attention of ubatch token i for query heads [h0, h0 + nq) (one KV head),
+ * layer l, into c->ao. */
+static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, uint32_t nq,
+                       int ith)
 {
 	struct cpu *c = jb->c;
 	const struct engine_batch *b = jb->b;
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, nv = b->n_visible, vc = c->vis_cap;
-	uint32_t kvh = h / (hp->n_head / hp->n_head_kv);
+	uint32_t kvh = h0 / (hp->n_head / hp->n_head_kv);
 	int32_t p = b->pos[jb->t0 + i];
-	const float *q = c->q + ((size_t)i * hp->n_head + h) * hd;
-	float *sc = c->scores + (size_t)ith * vc;
-	float *out = c->ao + ((size_t)i * hp->n_head + h) * hd;
-	const float *kt = c->krot + (size_t)kvh * hd * vc;
-
-	memset(sc, 0, nv * sizeof(float));
-	for (uint32_t d = 0; d < hd; d++)
-		c->ops->axpy_f32(sc, kt + (size_t)d * vc, q[d], nv);
-	float mx = -INFINITY;
-	for (uint32_t j = 0; j < nv; j++) {
-		int32_t kp = c->vpos[j];
-		if (kp < 0 || kp > p) {
-			sc[j] = -INFINITY;
-			continue;
-		}
-		sc[j] *= hp->attn_scale;
-		mx = sc[j] > mx ? sc[j] : mx;
+	/* keys with position <= p: a prefix of the sorted visible set */
+	uint32_t lo = 0, hi = c->n_valid;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->vpos[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	memset(out, 0, hd * sizeof(float));
+	uint32_t m = lo;
+	const float *q = c->q + ((size_t)i * hp->n_head + h0) * hd;
+	float *out = c->ao + ((size_t)i * hp->n_head + h0) * hd;
+	float *sc = c->scores + (size_t)ith * KERN_ATT_Q * vc;
 	float *attn = NULL;
-	if (b->want_attn && jb->last && i == jb->n - 1)
-		attn = jb->bo->attn + ((size_t)l * hp->n_head + h) * nv;
-	if (mx == -INFINITY) {
-		if (attn)
-			memset(attn, 0, nv * sizeof(float));
+	if (b->want_attn && jb->last && i == jb->n - 1) {
+		attn = jb->bo->attn + ((size_t)l * hp->n_head + h0) * nv;
+		memset(attn, 0, (size_t)nq * nv * sizeof(float));
+	}
+	if (m == 0) {
+		memset(out, 0, (size_t)nq * hd * sizeof(float));
 		return;
 	}
-	float sum = 0;
-	for (uint32_t j = 0; j < nv; j++) {
-		float e = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
-		sc[j] = e;
-		sum += e;
+	c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
+	                   hp->attn_scale, sc, vc);
+	float inv[KERN_ATT_Q];
+	for (uint32_t r = 0; r < nq; r++) {
+		float *sr = sc + (size_t)r * vc, mx = sr[0];
+		for (uint32_t k = 1; k < m; k++)
+			mx = sr[k] > mx ? sr[k] : mx;
+		inv[r] = 1.0f / c->ops->exp_sum(sr, m, mx);
 	}
-	float inv = 1.0f / sum;
-	const float *vt = c->vf + (size_t)kvh * vc * hd;
-	for (uint32_t j = 0; j < nv; j++) {
-		float pj = sc[j] * inv;
+	c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
+	for (uint32_t r = 0; r < nq; r++) {
+		for (uint32_t d = 0; d < hd; d++)
+			out[(size_t)r * hd + d] *= inv[r];
 		if (attn)
-			attn[j] = pj;
-		if (pj != 0.0f)
-			c->ops->axpy_f32(out, vt + (size_t)j * hd, pj, hd);
+			for (uint32_t k = 0; k < m; k++)
+				attn[(size_t)r * nv + c->vorder[k]] = sc[(size_t)r * vc + k] * inv[r];
 	}
 }
 
 /* ---------------------------------------------------------- forward pass */
 
-/* One transformer block for the ubatch, run by every thread. */
+/* Bias, cache the pre-RoPE k and the v, rotate q: ubatch token i. */
+static void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
+{
+	struct cpu *c = jb->c;
+	const struct hparams *hp = &c->hp;
+	const struct cpu_layer *L = &c->L[l];
+	uint32_t hd = hp->head_dim, nq = hp->n_head * hd, nkv = hp->n_head_kv * hd;
+	float *q = c->q + (size_t)i * nq, *k = c->k + (size_t)i * nkv, *v = c->v + (size_t)i * nkv;
+	if (L->bq)
+		for (uint32_t r = 0; r < nq; r++)
+			q[r] += L->bq[r];
+	if (L->bk)
+		for (uint32_t r = 0; r < nkv; r++)
+			k[r] += L->bk[r];
+	if (L->bv)
+		for (uint32_t r = 0; r < nkv; r++)
+			v[r] += L->bv[r];
+	uint32_t s = jb->b->slot[jb->t0 + i];
+	uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
+	uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;
+	if (c->kv_es == 2) {
+		c->ops->f32_to_f16(k, (uint16_t *)kd, nkv);
+		c->ops->f32_to_f16(v, (uint16_t *)vd, nkv);
+	} else {
+		memcpy(kd, k, nkv * sizeof(float));
+		memcpy(vd, v, nkv * sizeof(float));
+	}
+	for (uint32_t h = 0; h < hp->n_head; h++)
+		cpu_rope(c, q + (size_t)h * hd, c->tok_cs + (size_t)i * hp->n_rot);
+}
+
+/* Attention items [i0, i1) of the ubatch; an item is a token and up to
+ * KERN_ATT_Q query heads sharing one KV head. */
+static void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, int ith)
+{
+	const struct hparams *hp = &jb->c->hp;
+	uint32_t grp = hp->n_head / hp->n_head_kv, per_kv = (grp + KERN_ATT_Q - 1) / KERN_ATT_Q;
+	for (uint32_t it = i0; it < i1; it++) {
+		uint32_t i = it / (hp->n_head_kv * per_kv), rest = it % (hp->n_head_kv * per_kv);
+		uint32_t g = rest / per_kv, part = rest % per_kv;
+		uint32_t h0 = g * grp + part * KERN_ATT_Q;
+		cpu_attend(jb, l, i, h0, KVS_MIN((uint32_t)KERN_ATT_Q, grp - part * KERN_ATT_Q), ith);
+	}
+}
+
+/*
+ * One transformer block for the ubatch, run by every thread.
+ *
+ * A one-token batch (decode) on several threads spends much of its time in
+ * barriers, and a barrier costs a whole time slice when another process has
+ * taken the core of a thread it waits for. So there each thread normalises
+ * and quantises the (single) row itself into its own buffers instead of
+ * sharing one, and gathers only the KV heads it attends with: 6 barriers per
+ * layer instead of 10.
+ */
 static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
@@ -602,75 +744,94 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	const struct hparams *hp = &c->hp;
 	const struct cpu_layer *L = &c->L[l];
 	uint32_t n = jb->n, ne = hp->n_embd, hd = hp->head_dim;
-	uint32_t nq = hp->n_head * hd, nkv = hp->n_head_kv * hd, nff = hp->n_ff;
+	uint32_t nq = hp->n_head * hd, nff = hp->n_ff, nkv = hp->n_head_kv * hd;
+	bool solo = n == 1 && nth > 1;
 	uint32_t lo, hi;
 	cpu_share(n, ith, nth, &lo, &hi);
+	/* the input rows of the products: shared, or this thread's own */
+	float *xb = solo ? c->txb + (size_t)ith * c->kmax : c->xb;
+	struct kern_act mine = c->tact[ith];
 
 	/* attention block: xb = norm(x); q, k, v = xb W^T (+ b) */
-	cpu_norm_rows(c, L->attn_norm, lo, hi);
-	pool_barrier(c->pool);
+	struct kern_act a = cpu_act(c, ne, 0);
+	if (solo) {
+		cpu_rmsnorm(c, c->x, L->attn_norm, xb);
+		mine.K = ne;
+		a = mine;
+		if (!c->ref)
+			c->ops->quant_row(xb, &a, 0);
+	} else {
+		cpu_norm_rows(c, L->attn_norm, lo, hi);
+		pool_barrier(c->pool);
+	}
 	struct cpu_mm qkv[3] = {
 		{ &L->wq, c->q, nq, false }, { &L->wk, c->k, nkv, false }, { &L->wv, c->v, nkv, false },
 	};
-	cpu_mm_multi(c, qkv, 3, c->xb, ne, 0, n, ith, nth);
+	cpu_mm_multi(c, qkv, 3, xb, ne, &a, n, ith, nth);
+	pool_barrier(c->pool);
+	for (uint32_t i = lo; i < hi; i++)
+		cpu_qkv_finish(jb, l, i);
 	pool_barrier(c->pool);
 
-	/* biases, cache the pre-RoPE k and the v, rotate q */
-	for (uint32_t i = lo; i < hi; i++) {
-		float *q = c->q + (size_t)i * nq, *k = c->k + (size_t)i * nkv, *v = c->v + (size_t)i * nkv;
-		if (L->bq)
-			for (uint32_t r = 0; r < nq; r++)
-				q[r] += L->bq[r];
-		if (L->bk)
-			for (uint32_t r = 0; r < nkv; r++)
-				k[r] += L->bk[r];
-		if (L->bv)
-			for (uint32_t r = 0; r < nkv; r++)
-				v[r] += L->bv[r];
-		uint32_t s = b->slot[jb->t0 + i];
-		uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
-		uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;
-		if (c->kv_es == 2) {
-			c->ops->f32_to_f16(k, (uint16_t *)kd, nkv);
-			c->ops->f32_to_f16(v, (uint16_t *)vd, nkv);
-		} else {
-			memcpy(kd, k, nkv * sizeof(float));
-			memcpy(vd, v, nkv * sizeof(float));
-		}
-		for (uint32_t h = 0; h < hp->n_head; h++)
-			cpu_rope(hp, q + (size_t)h * hd, c->tok_cs + (size_t)i * hp->n_rot);
+	uint32_t grp = hp->n_head / hp->n_head_kv, per_kv = (grp + KERN_ATT_Q - 1) / KERN_ATT_Q;
+	uint32_t ilo, ihi;
+	cpu_share(n * hp->n_head_kv * per_kv, ith, nth, &ilo, &ihi);
+	if (solo) {
+		/* whole KV heads per thread: gather just those heads */
+		uint32_t g0, g1;
+		cpu_share(hp->n_head_kv, ith, nth, &g0, &g1);
+		ilo = g0 * per_kv;
+		ihi = g1 * per_kv;
+		if (g1 > g0)
+			cpu_gather_kv(c, b, l, g0, g1, 0, 1);
+	} else {
+		cpu_gather_kv(c, b, l, 0, hp->n_head_kv, ith, nth);
+		pool_barrier(c->pool);
 	}
-	pool_barrier(c->pool);
-	cpu_gather_kv(c, b, l, ith, nth);
-	pool_barrier(c->pool);
-	uint32_t plo, phi;
-	cpu_share(n * hp->n_head, ith, nth, &plo, &phi);
-	for (uint32_t ph = plo; ph < phi; ph++)
-		cpu_attend(jb, l, ph / hp->n_head, ph % hp->n_head, ith);
-	pool_barrier(c->pool);
-	cpu_quant_rows(c, c->ao, nq, lo, hi);
+	cpu_attend_items(jb, l, ilo, ihi, ith);
 	pool_barrier(c->pool);
 
 	/* x += attn W_o^T */
+	a = cpu_act(c, nq, 0);
+	if (solo) {
+		mine.K = nq;
+		a = mine;
+		if (!c->ref)
+			c->ops->quant_row(c->ao, &a, 0);
+	} else {
+		cpu_quant_rows(c, c->ao, nq, lo, hi);
+		pool_barrier(c->pool);
+	}
 	struct cpu_mm o = { &L->wo, c->x, ne, true };
-	cpu_mm_multi(c, &o, 1, c->ao, nq, 0, n, ith, nth);
+	cpu_mm_multi(c, &o, 1, c->ao, nq, &a, n, ith, nth);
 	pool_barrier(c->pool);
 
 	/* feed-forward: x += (silu(xb W_gate^T) * xb W_up^T) W_down^T */
-	cpu_norm_rows(c, L->ffn_norm, lo, hi);
-	pool_barrier(c->pool);
-	struct cpu_mm gu[2] = { { &L->gate, c->g, nff, false }, { &L->up, c->u, nff, false } };
-	cpu_mm_multi(c, gu, 2, c->xb, ne, 0, n, ith, nth);
-	pool_barrier(c->pool);
-	for (uint32_t i = lo; i < hi; i++) {
-		float *g = c->g + (size_t)i * nff, *u = c->u + (size_t)i * nff;
-		for (uint32_t r = 0; r < nff; r++)
-			g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+	a = cpu_act(c, ne, 0);
+	if (solo) {
+		cpu_rmsnorm(c, c->x, L->ffn_norm, xb);
+		mine.K = ne;
+		a = mine;
+		if (!c->ref)
+			c->ops->quant_row(xb, &a, 0);
+	} else {
+		cpu_norm_rows(c, L->ffn_norm, lo, hi);
+		pool_barrier(c->pool);
 	}
-	cpu_quant_rows(c, c->g, nff, lo, hi);
+	cpu_gate_up(c, L, xb, &a, n, ith, nth);
 	pool_barrier(c->pool);
+	a = cpu_act(c, nff, 0);
+	if (solo) {
+		mine.K = nff;
+		a = mine;
+		if (!c->ref)
+			c->ops->quant_row(c->g, &a, 0);
+	} else {
+		cpu_quant_rows(c, c->g, nff, lo, hi);
+		pool_barrier(c->pool);
+	}
 	struct cpu_mm down = { &L->down, c->x, ne, true };
-	cpu_mm_multi(c, &down, 1, c->g, nff, 0, n, ith, nth);
+	cpu_mm_multi(c, &down, 1, c->g, nff, &a, n, ith, nth);
 	pool_barrier(c->pool);
 }
 
@@ -687,19 +848,20 @@ static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
 			return;
 		/* only the last row: norm it into xb row 0 */
 		if (ith == 0) {
-			cpu_rmsnorm(c->x + (size_t)(n - 1) * ne, onorm, c->xb, ne, c->hp.rms_eps);
+			cpu_rmsnorm(c, c->x + (size_t)(n - 1) * ne, onorm, c->xb);
 			cpu_quant_rows(c, c->xb, ne, 0, 1);
 		}
 		pool_barrier(c->pool);
 		struct cpu_mm mm = { &c->out, jb->bo->logits, nvoc, false };
-		cpu_mm_multi(c, &mm, 1, c->xb, ne, 0, 1, ith, nth);
+		struct kern_act a = cpu_act(c, ne, 0);
+		cpu_mm_multi(c, &mm, 1, c->xb, ne, &a, 1, ith, nth);
 		return;
 	}
 	/* every row: norm them all, then the LM head in chunks */
 	uint32_t lo, hi;
 	cpu_share(n, ith, nth, &lo, &hi);
 	for (uint32_t i = lo; i < hi; i++)
-		cpu_rmsnorm(c->x + (size_t)i * ne, onorm, c->xb + (size_t)i * ne, ne, c->hp.rms_eps);
+		cpu_rmsnorm(c, c->x + (size_t)i * ne, onorm, c->xb + (size_t)i * ne);
 	cpu_quant_rows(c, c->xb, ne, lo, hi);
 	pool_barrier(c->pool);
 	uint32_t chunk = all ? n : CPU_LM_CHUNK;
@@ -707,7 +869,8 @@ static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
 		uint32_t nr = KVS_MIN(chunk, n - r0);
 		float *y = all ? jb->bo->logits + (size_t)(jb->t0 + r0) * nvoc : c->lm;
 		struct cpu_mm mm = { &c->out, y, nvoc, false };
-		cpu_mm_multi(c, &mm, 1, c->xb, ne, r0, nr, ith, nth);
+		struct kern_act a = cpu_act(c, ne, r0);
+		cpu_mm_multi(c, &mm, 1, c->xb + (size_t)r0 * ne, ne, &a, nr, ith, nth);
 		pool_barrier(c->pool);
 		if (b->want_surprisal) {
 			uint32_t slo, shi;
@@ -737,7 +900,7 @@ static void cpu_fwd_thread(void *arg, int ith, int nth)
 	uint32_t lo, hi;
 	cpu_share(n, ith, nth, &lo, &hi);
 	for (uint32_t i = lo; i < hi; i++) {
-		kern_weight_row(&c->embd, b->tokens[jb->t0 + i], c->x + (size_t)i * ne);
+		kern_weight_row(c->lookup, b->tokens[jb->t0 + i], c->x + (size_t)i * ne);
 		float *cs = c->tok_cs + (size_t)i * hp->n_rot;
 		engine_rope_cos_sin(hp, b->pos[jb->t0 + i], cs, cs + hp->n_rot / 2);
 	}
@@ -757,11 +920,28 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	cpu_reserve_vis(c, b->n_visible);
 	if (b->want_surprisal && b->logits != ENGINE_LOGITS_ALL && c->lm == NULL)
 		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
+	cpu_sort_visible(c, b);
+	/* A decode step is ~200 barriers; when the machine has no free core for
+	 * every thread, waiting on descheduled peers costs more than the second
+	 * thread gains, so such steps fall back to one thread for a while (the
+	 * results do not depend on the thread count). */
+	int nth = pool_size(c->pool);
+	bool one = b->n_tokens == 1 && nth > 1;
+	if (one && c->alone_left > 0) {
+		nth = 1;
+		c->alone_left--;
+	}
+	uint64_t sleeps = pool_sleeps(c->pool);
 	for (uint32_t t0 = 0; t0 < b->n_tokens; t0 += CPU_UBATCH) {
 		struct cpu_job jb = { .c = c, .b = b, .bo = out, .t0 = t0 };
 		jb.n = KVS_MIN((uint32_t)CPU_UBATCH, b->n_tokens - t0);
 		jb.last = t0 + jb.n == b->n_tokens;
-		pool_run(c->pool, cpu_fwd_thread, &jb);
+		pool_run_n(c->pool, nth, cpu_fwd_thread, &jb);
+	}
+	if (one && nth > 1 && pool_sleeps(c->pool) - sleeps > CPU_SLEEPS_MAX) {
+		log_debug("engine: decode threads are waiting on busy cores; one thread for %d steps",
+		          CPU_ALONE_STEPS);
+		c->alone_left = CPU_ALONE_STEPS;
 	}
 	return KVS_OK;
 }

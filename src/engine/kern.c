@@ -227,6 +227,77 @@ static void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
 		dst[i] = dtype_f32_to_f16(src[i]);
 }
 
+static void sc_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk, int64_t m,
+                          float scale, float *s, int64_t lds)
+{
+	for (int r = 0; r < nq; r++) {
+		float *sr = s + r * lds;
+		for (int64_t k = 0; k < m; k++)
+			sr[k] = 0;
+		for (int d = 0; d < hd; d++) {
+			float qd = q[r * hd + d];
+			const float *kd = kt + d * ldk;
+			for (int64_t k = 0; k < m; k++)
+				sr[k] += qd * kd[k];
+		}
+		for (int64_t k = 0; k < m; k++)
+			sr[k] *= scale;
+	}
+}
+
+static void sc_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
+                      float *out)
+{
+	for (int r = 0; r < nq; r++) {
+		float *o = out + r * hd;
+		for (int d = 0; d < hd; d++)
+			o[d] = 0;
+		for (int64_t k = 0; k < m; k++) {
+			float pk = p[r * lds + k];
+			for (int d = 0; d < hd; d++)
+				o[d] += pk * v[k * hd + d];
+		}
+	}
+}
+
+static float sc_exp_sum(float *x, int64_t n, float mx)
+{
+	float sum = 0;
+	for (int64_t i = 0; i < n; i++) {
+		x[i] = expf(x[i] - mx);
+		sum += x[i];
+	}
+	return sum;
+}
+
+static void sc_swiglu(float *g, const float *u, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void sc_rope(float *x, const float *cs, int n_rot, bool neox)
+{
+	int half = n_rot / 2;
+	const float *cv = cs, *sv = cs + half;
+	for (int i = 0; i < half; i++) {
+		float *a = neox ? &x[i] : &x[2 * i], *b = neox ? &x[i + half] : &x[2 * i + 1];
+		float a0 = *a, b0 = *b;
+		*a = a0 * cv[i] - b0 * sv[i];
+		*b = a0 * sv[i] + b0 * cv[i];
+	}
+}
+
+static void sc_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps)
+{
+	double ss = 0;
+	for (int64_t i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+	for (int64_t i = 0; i < n; i++)
+		out[i] = x[i] * scale * w[i];
+}
+
 /* ====================================================================
  * AVX2 (8 rows per register: a 16-row group is two halves)
  * ==================================================================== */
@@ -628,17 +699,215 @@ T_AVX512 static void a512_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
 		dst[i] = dtype_f32_to_f16(src[i]);
 }
 
+/* exp(x) for 16 lanes: 2^(x log2 e) split into 2^n (scalef) and 2^f, |f| <=
+ * 1/2, with 2^f = e^(f ln 2) by its Taylor series to degree 7 (relative
+ * error below 1e-8 before rounding); inputs below -87.3 give 0. */
+INLINE T_AVX512 __m512 a512_exp(__m512 x)
+{
+	x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+	__m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+	__m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m512 y = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
+	__m512 p = _mm512_set1_ps(1.0f / 5040);
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 720));
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 120));
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 24));
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 6));
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+	p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+	return _mm512_scalef_ps(p, n);
+}
+
+/* Scores of NQ queries against 16-key blocks, keys transposed. */
+INLINE T_AVX512 void a512_scores_nq(const float *q, const int NQ, int hd, const float *kt,
+                                    int64_t ldk, int64_t m, float scale, float *s, int64_t lds)
+{
+	__m512 vs = _mm512_set1_ps(scale);
+	for (int64_t k0 = 0; k0 < m; k0 += 16) {
+		__mmask16 mk = m - k0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - k0)) - 1);
+		__m512 acc[KERN_ATT_Q];
+#pragma GCC unroll 8
+		for (int r = 0; r < NQ; r++)
+			acc[r] = _mm512_setzero_ps();
+		for (int d = 0; d < hd; d++) {
+			__m512 kv = _mm512_maskz_loadu_ps(mk, kt + d * ldk + k0);
+#pragma GCC unroll 8
+			for (int r = 0; r < NQ; r++)
+				acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * hd + d]), kv, acc[r]);
+		}
+#pragma GCC unroll 8
+		for (int r = 0; r < NQ; r++)
+			_mm512_mask_storeu_ps(s + r * lds + k0, mk, _mm512_mul_ps(acc[r], vs));
+	}
+}
+
+T_AVX512 static void a512_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk,
+                                     int64_t m, float scale, float *s, int64_t lds)
+{
+	switch (nq) {
+	case 1: a512_scores_nq(q, 1, hd, kt, ldk, m, scale, s, lds); break;
+	case 2: a512_scores_nq(q, 2, hd, kt, ldk, m, scale, s, lds); break;
+	case 3: a512_scores_nq(q, 3, hd, kt, ldk, m, scale, s, lds); break;
+	case 4: a512_scores_nq(q, 4, hd, kt, ldk, m, scale, s, lds); break;
+	case 5: a512_scores_nq(q, 5, hd, kt, ldk, m, scale, s, lds); break;
+	case 6: a512_scores_nq(q, 6, hd, kt, ldk, m, scale, s, lds); break;
+	case 7: a512_scores_nq(q, 7, hd, kt, ldk, m, scale, s, lds); break;
+	default: a512_scores_nq(q, 8, hd, kt, ldk, m, scale, s, lds); break;
+	}
+}
+
+/* out rows r < NQ, columns [d0, d0 + 16 C) of p v. */
+INLINE T_AVX512 void a512_pv_nq(const float *p, const int NQ, int64_t lds, const float *v,
+                                int64_t m, int hd, int d0, const int C, float *out)
+{
+	__m512 acc[4][4];
+#pragma GCC unroll 4
+	for (int r = 0; r < NQ; r++)
+#pragma GCC unroll 4
+		for (int c = 0; c < C; c++)
+			acc[r][c] = _mm512_setzero_ps();
+	for (int64_t k = 0; k < m; k++) {
+		__m512 vv[4];
+#pragma GCC unroll 4
+		for (int c = 0; c < C; c++)
+			vv[c] = _mm512_loadu_ps(v + k * hd + d0 + 16 * c);
+#pragma GCC unroll 4
+		for (int r = 0; r < NQ; r++) {
+			__m512 pk = _mm512_set1_ps(p[r * lds + k]);
+#pragma GCC unroll 4
+			for (int c = 0; c < C; c++)
+				acc[r][c] = _mm512_fmadd_ps(pk, vv[c], acc[r][c]);
+		}
+	}
+#pragma GCC unroll 4
+	for (int r = 0; r < NQ; r++)
+#pragma GCC unroll 4
+		for (int c = 0; c < C; c++)
+			_mm512_storeu_ps(out + r * hd + d0 + 16 * c, acc[r][c]);
+}
+
+T_AVX512 static void a512_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m,
+                                 int hd, float *out)
+{
+	for (int r0 = 0; r0 < nq; r0 += 4) {
+		int nr = KVS_MIN(4, nq - r0);
+		for (int d0 = 0; d0 < hd; d0 += 64) {
+			int c = KVS_MIN(4, (hd - d0) / 16);
+			const float *pr = p + r0 * lds;
+			float *o = out + r0 * hd;
+#define A512_PV(NR)                                                                    \
+	do {                                                                           \
+		if (c == 4)                                                            \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 4, o);                   \
+		else if (c == 3)                                                       \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 3, o);                   \
+		else if (c == 2)                                                       \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 2, o);                   \
+		else                                                                   \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 1, o);                   \
+	} while (0)
+			switch (nr) {
+			case 1: A512_PV(1); break;
+			case 2: A512_PV(2); break;
+			case 3: A512_PV(3); break;
+			default: A512_PV(4); break;
+			}
+#undef A512_PV
+		}
+	}
+}
+
+T_AVX512 static float a512_exp_sum(float *x, int64_t n, float mx)
+{
+	__m512 vm = _mm512_set1_ps(mx), sum = _mm512_setzero_ps();
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 mk = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+		__m512 e = a512_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vm));
+		e = _mm512_maskz_mov_ps(mk, e);
+		_mm512_mask_storeu_ps(x + i, mk, e);
+		sum = _mm512_add_ps(sum, e);
+	}
+	return _mm512_reduce_add_ps(sum);
+}
+
+T_AVX512 static void a512_swiglu(float *g, const float *u, int64_t n)
+{
+	const __m512 one = _mm512_set1_ps(1.0f);
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 mk = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+		__m512 x = _mm512_maskz_loadu_ps(mk, g + i);
+		__m512 e = a512_exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+		__m512 y = _mm512_div_ps(x, _mm512_add_ps(one, e));
+		_mm512_mask_storeu_ps(g + i, mk, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(mk, u + i)));
+	}
+}
+
+T_AVX512 static void a512_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps)
+{
+	__m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		__m512 v = _mm512_loadu_ps(x + i);
+		__m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+		__m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+		s0 = _mm512_fmadd_pd(lo, lo, s0);
+		s1 = _mm512_fmadd_pd(hi, hi, s1);
+	}
+	double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+	for (; i < n; i++)
+		ss += (double)x[i] * x[i];
+	__m512 sc = _mm512_set1_ps(1.0f / sqrtf((float)(ss / (double)n) + eps));
+	for (i = 0; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sc),
+		                                        _mm512_loadu_ps(w + i)));
+	float scale = _mm512_cvtss_f32(sc);
+	for (; i < n; i++)
+		out[i] = x[i] * scale * w[i];
+}
+
+T_AVX512 static void a512_rope(float *x, const float *cs, int n_rot, bool neox)
+{
+	int half = n_rot / 2;
+	const float *cv = cs, *sv = cs + half;
+	if (neox ? half % 16 != 0 : n_rot % 16 != 0) {
+		sc_rope(x, cs, n_rot, neox);
+		return;
+	}
+	if (neox) {
+		for (int i = 0; i < half; i += 16) {
+			__m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + half + i);
+			__m512 c = _mm512_loadu_ps(cv + i), s = _mm512_loadu_ps(sv + i);
+			_mm512_storeu_ps(x + i, _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, s)));
+			_mm512_storeu_ps(x + half + i, _mm512_fmadd_ps(a, s, _mm512_mul_ps(b, c)));
+		}
+		return;
+	}
+	/* adjacent pairs: even lanes a c - b s, odd lanes b c + a s */
+	const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+	for (int i = 0; i < n_rot; i += 16) {
+		__m512 v = _mm512_loadu_ps(x + i);
+		__m512 c = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(cv + i / 2)));
+		__m512 s = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(sv + i / 2)));
+		__m512 sw = _mm512_permute_ps(v, 0xB1); /* (b, a) in each pair */
+		_mm512_storeu_ps(x + i, _mm512_fmaddsub_ps(v, c, _mm512_mul_ps(sw, s)));
+	}
+}
+
 /* ====================================================================
  * selection
  * ==================================================================== */
 
 static const struct kern_ops kern_levels[] = {
 	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_axpy_f32,
-	  sc_f16_to_f32, sc_f32_to_f16 },
+	  sc_f16_to_f32, sc_f32_to_f16, sc_att_scores, sc_att_pv, sc_exp_sum, sc_swiglu,
+	  sc_rmsnorm, sc_rope },
 	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_axpy_f32,
-	  av2_f16_to_f32, av2_f32_to_f16 },
+	  av2_f16_to_f32, av2_f32_to_f16, sc_att_scores, sc_att_pv, sc_exp_sum, sc_swiglu,
+	  sc_rmsnorm, sc_rope },
 	{ KERN_AVX512, "avx512-vnni", a512_quant_row, a512_gemm_packed, a512_dot_f32,
-	  a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16 },
+	  a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
+	  a512_exp_sum, a512_swiglu, a512_rmsnorm, a512_rope },
 };
 
 enum kern_level kern_cpu_level(void)

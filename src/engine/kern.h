@@ -74,7 +74,27 @@ struct kern_ops {
 	/* f16 <-> f32 of n values (round to nearest even on the way down). */
 	void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
 	void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n);
+	/* Attention scores of nq (<= KERN_ATT_Q) queries q (nq, hd) against m
+	 * keys stored transposed, kt (hd, ldk): s[r * lds + k] = scale * q_r . k_k. */
+	void (*att_scores)(const float *q, int nq, int hd, const float *kt, int64_t ldk, int64_t m,
+	                   float scale, float *s, int64_t lds);
+	/* out (nq, hd) = p (nq, m; row stride lds) times v (m, hd). */
+	void (*att_pv)(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
+	               float *out);
+	/* x[i] = exp(x[i] - mx) for i < n; returns their sum. */
+	float (*exp_sum)(float *x, int64_t n, float mx);
+	/* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]. */
+	void (*swiglu)(float *g, const float *u, int64_t n);
+	/* out[i] = x[i] * scale * w[i], scale = 1 / sqrt(mean(x^2) + eps), the
+	 * sum of squares accumulated in double (as llama.cpp does). */
+	void (*rmsnorm)(const float *x, const float *w, float *out, int64_t n, float eps);
+	/* Rotate one head vector x by the angles cs (n_rot/2 cosines, then
+	 * n_rot/2 sines): pairs (x[2i], x[2i+1]) or, neox, (x[i], x[i + n_rot/2]);
+	 * x[n_rot..] is left alone. */
+	void (*rope)(float *x, const float *cs, int n_rot, bool neox);
 };
+
+#define KERN_ATT_Q 8 /* queries per att_scores / att_pv call */
 
 /* The kernels of a level, clamped to what this CPU supports (AVX-512 needs
  * F, BW, VL and VNNI; AVX2 needs FMA and F16C too). */

@@ -57,7 +57,8 @@ size_t ucp_encode(uint32_t cp, char *out);
 /* One splitting pass of a pre-tokenizer (each refines the previous words). */
 enum pretok_pass {
 	PRETOK_END = 0,
-	PRETOK_GPT2,        /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+	PRETOK_GPT2,        /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
+	                     *  ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
 	PRETOK_LLAMA3,      /* llama-3 pattern, numbers in groups of up to 3 */
 	PRETOK_QWEN2,       /* llama-3 pattern, numbers one by one */
 	PRETOK_NUM_EACH,    /* \p{N}: every number its own word */

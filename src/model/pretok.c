@@ -27,7 +27,8 @@
  * split exactly; the defaults follow its vocabulary loader. */
 static const struct pretok_info pretok_table[] = {
 	/* name            passes                                              ign    bos    nobos */
-	{ "default",      PASSES(PRETOK_PUNCT_RUNS, PRETOK_GPT2, PRETOK_NUM_RUNS, PRETOK_DIGITS3), false, false, false },
+	{ "default",      PASSES(PRETOK_PUNCT_RUNS, PRETOK_GPT2, PRETOK_NUM_RUNS, PRETOK_DIGITS3),
+	                  false, false, false },
 	{ "llama3",       PASSES(PRETOK_LLAMA3), true, true, false },
 	{ "llama-v3",     PASSES(PRETOK_LLAMA3), true, true, false },
 	{ "llama-bpe",    PASSES(PRETOK_LLAMA3), true, true, false },

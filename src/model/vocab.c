@@ -54,6 +54,10 @@ enum {
 
 #define A_SPECIAL (A_UNKNOWN | A_CONTROL) /* hidden unless render_special */
 
+/* Most tokens or merges we accept (real vocabularies hold < 300,000); keeps
+ * every hash table size a 32-bit power of two. */
+#define VOCAB_MAX_ENTRIES (1u << 24)
+
 /* tokenizer.ggml.token_type values and the attribute each gives. */
 static const struct {
 	int32_t type;
@@ -323,9 +327,9 @@ static int vocab_load_merges(struct vocab *v, const struct gguf_file *f, struct 
 		               "list of a gpt2 (byte-level BPE) tokenizer");
 	if (rc != KVS_OK)
 		return rc;
-	if (kv->arr_n > INT32_MAX)
-		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.merges: %llu entries, expected at most %d",
-		               (unsigned long long)kv->arr_n, INT32_MAX);
+	if (kv->arr_n > VOCAB_MAX_ENTRIES)
+		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.merges: %llu entries, expected at most %u",
+		               (unsigned long long)kv->arr_n, VOCAB_MAX_ENTRIES);
 	v->merge_mask = vocab_table_size(kv->arr_n) - 1;
 	v->merge_slots = xmallocarray((size_t)v->merge_mask + 1, sizeof(*v->merge_slots));
 	memset(v->merge_slots, 0xFF, ((size_t)v->merge_mask + 1) * sizeof(*v->merge_slots));
@@ -576,9 +580,9 @@ static int vocab_load_tokens(struct vocab *v, const struct gguf_file *f, struct 
 		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.tokens: missing, expected the token list");
 	if (rc != KVS_OK)
 		return rc;
-	if (toks->arr_n == 0 || toks->arr_n > (1u << 30))
+	if (toks->arr_n == 0 || toks->arr_n > VOCAB_MAX_ENTRIES)
 		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.tokens: %llu entries, expected 1..%u",
-		               (unsigned long long)toks->arr_n, 1u << 30);
+		               (unsigned long long)toks->arr_n, VOCAB_MAX_ENTRIES);
 	v->n_tokens = (uint32_t)toks->arr_n;
 	if ((rc = vocab_get_table(f, "tokenizer.ggml.token_type", GGUF_I32, v->n_tokens, &types, e)) ||
 	    (rc = vocab_get_table(f, "tokenizer.ggml.scores", GGUF_F32, v->n_tokens, &scores, e)))

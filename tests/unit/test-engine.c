@@ -11,6 +11,7 @@
  * Each check prints the max |difference| it saw when it fails.
  */
 #include "engine/engine.h"
+#include "engine/kern.h"
 
 #include "test.h"
 
@@ -480,8 +481,9 @@ static void test_logits(void)
 static void test_decode_vs_prefill(const struct tspec *sp, bool ref)
 {
 	struct tmodel *tm = tm_build(sp, 7);
-	struct engine *a = mk_engine(&tm->m, ref, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 64);
-	struct engine *b = mk_engine(&tm->m, ref, ENGINE_ISA_AUTO, ENGINE_KV_F32, 1, 64);
+	/* the decoder runs one-token batches on 3 threads (its own code path) */
+	struct engine *a = mk_engine(&tm->m, ref, ENGINE_ISA_AUTO, ENGINE_KV_F32, 1, 64);
+	struct engine *b = mk_engine(&tm->m, ref, ENGINE_ISA_AUTO, ENGINE_KV_F32, 3, 64);
 	struct engine_out pa, pb;
 	struct err e;
 	if (a && b && run_prefill(a, &pa, false, false) == KVS_OK) {
@@ -676,6 +678,26 @@ static void test_compaction(const struct tspec *sp)
 	double ma = maxdiff(out.attn, attn, (size_t)2 * sp->n_head * 4, NULL);
 	printf("  visible subset (%s): logits max|d| %.3g, attention max|d| %.3g\n", sp->arch, md, ma);
 	T_CHECK(md <= 1e-4 * KVS_MAX(bmax, 1.0) && ma <= 1e-5, "subset: logits %.3g attention %.3g", md, ma);
+
+	/* the same set listed out of order, with an empty slot among them: the
+	 * attention comes back in the list's order, 0 for the empty slot */
+	uint32_t vis2[] = { 4, 11, 0, 6, 2 };
+	static const int back[] = { 2, -1, 0, 3, 1 }; /* vis2[i] is vis[back[i]] */
+	struct engine_batch d3 = d2;
+	d3.visible = vis2;
+	d3.n_visible = 5;
+	err_clear(&e);
+	T_CHECK(engine_forward(eng, &d3, &out, &e) == KVS_OK, "%s", e.msg);
+	double md3 = maxdiff(out.logits, lg, V, NULL), ma3 = 0;
+	for (uint32_t lh = 0; lh < 2 * sp->n_head; lh++)
+		for (int i = 0; i < 5; i++) {
+			double want_p = back[i] < 0 ? 0.0 : attn[lh * 4 + (uint32_t)back[i]];
+			ma3 = fmax(ma3, fabs(out.attn[lh * 5 + (uint32_t)i] - want_p));
+		}
+	printf("  unordered visible list (%s): logits max|d| %.3g, attention max|d| %.3g\n", sp->arch,
+	       md3, ma3);
+	T_CHECK(md3 <= 1e-4 * KVS_MAX(bmax, 1.0) && ma3 <= 1e-5, "unordered: logits %.3g attention %.3g",
+	        md3, ma3);
 	free(attn);
 done:
 	engine_free(eng);
@@ -799,8 +821,180 @@ static void test_bad_batches(void)
 	tm_free(tm);
 }
 
+/*
+ * The packed products at every kernel level against the same arithmetic
+ * done here in double: the dequantised weight times the dequantised int8
+ * activation (q * d for each block, exactly what the kernels multiply), for
+ * row counts that leave a partial 16-row group and 1..11 tokens.
+ */
+static void test_kernels(void)
+{
+	static const uint32_t types[] = { DT_Q4_0, DT_Q4_1, DT_Q8_0 };
+	const int64_t rows = 37, K = 96;
+	float *f = malloc(rows * K * sizeof(float)), *x = malloc(11 * K * sizeof(float));
+	for (int64_t i = 0; i < rows * K; i++)
+		f[i] = (float)rnd();
+	for (int64_t i = 0; i < 11 * K; i++)
+		x[i] = (float)(rnd() * (i % 7 == 0 ? 20 : 1));
+	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+		uint64_t rb = 0;
+		dtype_row_bytes(types[ti], K, &rb);
+		uint8_t *orig = malloc(rb * rows);
+		for (int64_t r = 0; r < rows; r++) {
+			if (types[ti] == DT_Q4_0)
+				dtype_quant_q4_0(f + r * K, orig + r * rb, K);
+			else if (types[ti] == DT_Q4_1)
+				dtype_quant_q4_1(f + r * K, orig + r * rb, K);
+			else
+				dtype_quant_q8_0(f + r * K, orig + r * rb, K);
+		}
+		float *wd = malloc(rows * K * sizeof(float));
+		T_CHECK(dtype_dequant(types[ti], orig, wd, rows * K), "dequant");
+		uint64_t pb = kern_packed_bytes(types[ti], rows, K);
+		struct kern_weight w = { .type = types[ti], .packed = true, .rows = rows, .cols = K,
+		                         .row_bytes = rb, .group_bytes = pb / 3 };
+		uint8_t *packed = xmalloc_aligned(pb);
+		kern_pack(types[ti], orig, rows, K, packed, 0, 3);
+		w.data = packed;
+		/* the packed rows read back exactly */
+		float row[96];
+		double rd = 0;
+		for (int64_t r = 0; r < rows; r++) {
+			kern_weight_row(&w, r, row);
+			for (int64_t k = 0; k < K; k++)
+				rd = fmax(rd, fabs(row[k] - wd[r * K + k]));
+		}
+		T_CHECK(rd == 0, "%s packed row read-back differs by %g", dtype_name(types[ti]), rd);
+		for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
+			const struct kern_ops *ops = kern_select((enum kern_level)lv);
+			for (int64_t n = 1; n <= 11; n += 5) {
+				struct kern_act a = { K, xmalloc_aligned(n * K), xmalloc_aligned(n * 3 * 4),
+				                      xmalloc_aligned(n * 3 * 4), xmalloc_aligned(n * 3 * 4) };
+				for (int64_t t = 0; t < n; t++)
+					ops->quant_row(x + t * K, &a, t);
+				float *y = malloc(n * 40 * sizeof(float));
+				for (int64_t i = 0; i < n * 40; i++)
+					y[i] = 1.0f; /* rows past 37 must stay untouched */
+				ops->gemm_packed(&w, 0, 3, &a, n, y, 40, false);
+				double md = 0, mx = 0;
+				bool pad_ok = true;
+				for (int64_t t = 0; t < n; t++) {
+					for (int64_t r = 0; r < rows; r++) {
+						/* Q4_1's min enters through the block sum s = f16(d * sum q),
+						 * rounded as llama.cpp rounds it */
+						double want = 0;
+						for (int64_t k = 0; k < K; k++) {
+							double m = 0;
+							if (types[ti] == DT_Q4_1) {
+								const uint8_t *blk = orig + r * rb + (k / 32) * 20;
+								m = dtype_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
+								if (k % 32 == 0)
+									want += m * a.s[t * 3 + k / 32];
+							}
+							want += ((double)wd[r * K + k] - m) * a.q[t * K + k] * a.d[t * 3 + k / 32];
+						}
+						md = fmax(md, fabs(y[t * 40 + r] - want));
+						mx = fmax(mx, fabs(want));
+					}
+					for (int64_t r = rows; r < 40; r++)
+						pad_ok = pad_ok && y[t * 40 + r] == 1.0f;
+				}
+				T_CHECK(md <= 2e-5 * mx, "%s %s n=%lld: max |d| %.3g (max %.3g)", ops->name,
+				        dtype_name(types[ti]), (long long)n, md, mx);
+				T_CHECK(pad_ok, "%s %s: wrote past the last row", ops->name, dtype_name(types[ti]));
+				/* quantisation as specified: d = f16(max|x| / 127), |q| <= 127 */
+				for (int64_t t = 0; t < n; t++)
+					for (int b = 0; b < 3; b++) {
+						float amax = 0;
+						int sum = 0;
+						for (int k = 0; k < 32; k++) {
+							amax = fmaxf(amax, fabsf(x[t * K + b * 32 + k]));
+							sum += a.q[t * K + b * 32 + k];
+						}
+						float d = dtype_f16_to_f32(dtype_f32_to_f16(amax / 127.0f));
+						float sd = dtype_f16_to_f32(dtype_f32_to_f16(amax / 127.0f * (float)sum));
+						T_CHECK(a.s[t * 3 + b] == sd, "%s block sum %g, want %g", ops->name,
+						        a.s[t * 3 + b], sd);
+						T_CHECK(a.d[t * 3 + b] == d && a.isum[t * 3 + b] == sum,
+						        "%s activation block %lld/%d: d %g (want %g), sum %d (want %d)",
+						        ops->name, (long long)t, b, a.d[t * 3 + b], d, a.isum[t * 3 + b], sum);
+					}
+				free(y);
+				xfree_aligned(a.q);
+				xfree_aligned(a.d);
+				xfree_aligned(a.s);
+				xfree_aligned(a.isum);
+			}
+		}
+		xfree_aligned(packed);
+		free(wd);
+		free(orig);
+	}
+	free(f);
+	free(x);
+}
+
+/* An F16 cache changes the logits only by the rounding of K and V (on the
+ * f32 path: int8 activations would turn the tiny differences into flips of
+ * rounding, as they do between any two implementations). */
+static void test_kv_f16_vs_f32(void)
+{
+	struct tmodel *tm = tm_build(&spec_llama_q41, 21);
+	struct engine *a = mk_engine(&tm->m, true, ENGINE_ISA_AUTO, ENGINE_KV_F16, 2, 64);
+	struct engine *b = mk_engine(&tm->m, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 64);
+	struct engine_out oa, ob;
+	if (a && b && run_prefill(a, &oa, false, false) == KVS_OK) {
+		float *keep = malloc((size_t)SEQ * spec_llama_q41.n_vocab * sizeof(float));
+		memcpy(keep, oa.logits, (size_t)SEQ * spec_llama_q41.n_vocab * sizeof(float));
+		if (run_prefill(b, &ob, false, false) == KVS_OK) {
+			double md = 0, mx = 0;
+			for (size_t i = 0; i < (size_t)SEQ * spec_llama_q41.n_vocab; i++) {
+				md = fmax(md, fabs(keep[i] - ob.logits[i]));
+				mx = fmax(mx, fabs(ob.logits[i]));
+			}
+			printf("  f16 vs f32 cache: max|d| %.3g (max|logit| %.3g)\n", md, mx);
+			T_CHECK(md > 0 && md <= 5e-3 * mx, "f16 vs f32 cache max |d| %.3g", md);
+		}
+		free(keep);
+	}
+	engine_free(a);
+	engine_free(b);
+	tm_free(tm);
+}
+
+/* Asking for CUDA where there is none is one clear error, not a crash. */
+static void test_backend_choice(void)
+{
+	struct tmodel *tm = tm_build(&spec_llama_f32, 4);
+	struct engine_config cfg;
+	engine_config_default(&cfg);
+	cfg.backend = ENGINE_BACKEND_CUDA;
+	cfg.n_ctx = 16;
+	struct engine *eng = NULL;
+	struct err e;
+	err_clear(&e);
+	int rc = engine_create(&eng, &tm->m, &cfg, &e);
+	T_CHECK(rc != KVS_OK && eng == NULL && strstr(e.msg, "backend cuda") != NULL &&
+	        strchr(e.msg, '\n') == NULL, "cuda without a CUDA engine: rc %d, '%s'", rc, e.msg);
+	cfg.backend = ENGINE_BACKEND_AUTO;
+	err_clear(&e);
+	T_CHECK(engine_create(&eng, &tm->m, &cfg, &e) == KVS_OK, "auto: %s", e.msg);
+	if (eng) {
+		T_EQ_STR(engine_backend_name(eng), "cpu");
+		T_CHECK(engine_n_threads(eng) >= 1, "threads %d", engine_n_threads(eng));
+		T_EQ_INT(engine_kv_bytes_per_slot(eng), 2 * 2 * 2 * 16 * 2);
+	}
+	engine_free(eng);
+	cfg.n_threads = -1;
+	T_EQ_INT(engine_create(&eng, &tm->m, &cfg, &e), KVS_EARG);
+	tm_free(tm);
+}
+
 int main(void)
 {
+	test_kernels();
+	test_kv_f16_vs_f32();
+	test_backend_choice();
 	test_logits();
 	test_decode_vs_prefill(&spec_llama_f32, true);
 	test_decode_vs_prefill(&spec_qwen_q80, false);
