@@ -40,7 +40,7 @@ static struct kern_weight bench_weight(uint32_t type, int64_t rows, int64_t K)
 	float *f = xmallocarray((size_t)(rows * K), sizeof(float));
 	srand(1);
 	for (int64_t i = 0; i < rows * K; i++)
-		f[i] = (float)rand() / RAND_MAX - 0.5f;
+		f[i] = (float)((double)rand() / RAND_MAX - 0.5);
 	uint64_t rb = 0;
 	dtype_row_bytes(type, (uint64_t)K, &rb);
 	uint8_t *orig = xmalloc(rb * (uint64_t)rows);
@@ -93,7 +93,7 @@ int main(int argc, char **argv)
 					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
 					                      xmalloc_aligned((size_t)(n * K / 32) * 4) };
 					for (int64_t i = 0; i < n * K; i++)
-						x[i] = (float)rand() / RAND_MAX - 0.5f;
+						x[i] = (float)((double)rand() / RAND_MAX - 0.5);
 					for (int64_t i = 0; i < n; i++)
 						ops->quant_row(x + i * K, &a, i);
 					int64_t groups = (rows + KERN_GROUP - 1) / KERN_GROUP;

@@ -1,12 +1,14 @@
 /*
  * gen.c: a generation context over one engine.
  *
- * The cache is used linearly here: the token at position p lives in slot p,
- * and every query sees slots 0..p (visible = the prefix). Prompts go in
- * chunks of n_batch tokens; only the last chunk asks for logits. A reply
- * samples from the last logits, feeds the token back, and streams text
- * through a detokeniser that never splits a UTF-8 sequence. The end-of-turn
- * token is fed too, so the cache holds the closed turn, ready for the next.
+ * Every token goes through the KV cache (engine/kv_cache.h), which chunks
+ * prompts, keeps per-token memory and evicts as its retention policy says;
+ * with nothing evicted it places token p in slot p at position p, as a
+ * linear context would. A turn begins with gen_begin_turn (eviction between
+ * turns, memory decay). A reply samples from the last logits, feeds the
+ * token back, and streams text through a detokeniser that never splits a
+ * UTF-8 sequence. The end-of-turn token is fed too, so the cache holds the
+ * closed turn, ready for the next.
  */
 #include "app/app.h"
 
@@ -18,6 +20,7 @@ void gen_config_default(struct gen_config *c)
 	memset(c, 0, sizeof *c);
 	engine_config_default(&c->engine);
 	sampler_params_default(&c->sampler);
+	kv_config_default(&c->kv);
 	c->n_batch = 512;
 }
 
@@ -37,8 +40,20 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 		free(g);
 		return rc;
 	}
-	rc = engine_create(&g->engine, g->model, &c->engine, e);
+	struct engine_config ec = c->engine;
+	if (ec.n_ctx == 0 && c->kv.budget > 0)
+		ec.n_ctx = c->kv.budget; /* the cache never holds more */
+	rc = engine_create(&g->engine, g->model, &ec, e);
 	if (rc != KVS_OK) {
+		model_free(g->model);
+		free(g);
+		return rc;
+	}
+	struct kv_config kc = c->kv;
+	kc.n_batch = c->n_batch ? c->n_batch : 512;
+	rc = kv_cache_create(&g->kv, g->engine, &kc, e);
+	if (rc != KVS_OK) {
+		engine_free(g->engine);
 		model_free(g->model);
 		free(g);
 		return rc;
@@ -48,8 +63,6 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 	g->has_chat = chat_template_init(&g->chat, g->model->chat_template, g->model->vocab,
 	                                 &g->chat_err) == KVS_OK;
 	g->n_batch = c->n_batch ? c->n_batch : 512;
-	g->hist = xmallocarray(engine_n_ctx(g->engine), sizeof *g->hist);
-	g->last_logits = xmallocarray(g->model->hp.n_vocab, sizeof *g->last_logits);
 	*out = g;
 	return KVS_OK;
 }
@@ -60,10 +73,9 @@ void gen_close(struct gen *g)
 		return;
 	chat_template_free(&g->chat);
 	sampler_free(g->sampler);
+	kv_cache_free(g->kv);
 	engine_free(g->engine);
 	model_free(g->model);
-	free(g->hist);
-	free(g->last_logits);
 	free(g);
 }
 
@@ -79,71 +91,61 @@ uint32_t gen_n_vocab(const struct gen *g)
 
 void gen_reset(struct gen *g)
 {
-	engine_kv_clear(g->engine);
+	kv_cache_clear(g->kv);
 	sampler_reset(g->sampler);
 	g->n_past = 0;
+	g->last_logits = NULL;
 	g->have_logits = false;
 }
 
 int gen_feed(struct gen *g, const int32_t *ids, size_t n, struct err *e)
 {
-	uint32_t n_ctx = engine_n_ctx(g->engine);
-	int32_t *pos;
-	uint32_t *slot;
-	size_t done = 0;
-	int rc = KVS_OK;
+	double t0 = clock_now_ms();
+	int rc;
 
 	if (n == 0)
 		return KVS_OK;
-	if (n > n_ctx - g->n_past)
-		return err_set(e, KVS_ERANGE,
-		               "context overflow: %u tokens cached + %zu new exceeds the context of %u "
-		               "tokens (raise --ctx)",
-		               g->n_past, n, n_ctx);
-	for (size_t i = 0; i < n; i++) {
-		if (ids[i] < 0 || (uint32_t)ids[i] >= g->model->hp.n_vocab)
-			return err_set(e, KVS_EARG, "token id %d at index %zu is outside the vocabulary (0..%u)",
-			               ids[i], i, g->model->hp.n_vocab - 1);
+	if (n > UINT32_MAX / 2)
+		return err_set(e, KVS_ERANGE, "%zu tokens in one feed: expected fewer than %u", n,
+		               UINT32_MAX / 2);
+	rc = kv_cache_feed(g->kv, ids, (uint32_t)n, e);
+	g->n_past = kv_cache_n(g->kv);
+	g->last_logits = kv_cache_logits(g->kv);
+	g->have_logits = g->last_logits != NULL;
+	if (rc != KVS_OK)
+		return rc;
+	if (n > 1) {
+		g->prefill_ms += clock_now_ms() - t0;
+		g->n_prefilled += n;
+	} else {
+		g->decode_ms += clock_now_ms() - t0;
+		g->n_decoded += n;
 	}
-	pos = xmallocarray(g->n_batch, sizeof *pos);
-	slot = xmallocarray(g->n_batch, sizeof *slot);
-	while (done < n) {
-		uint32_t m = (uint32_t)KVS_MIN((size_t)g->n_batch, n - done);
-		struct engine_batch b = { 0 };
-		struct engine_out o;
-		double t0 = clock_now_ms();
+	return KVS_OK;
+}
 
-		for (uint32_t i = 0; i < m; i++) {
-			pos[i] = (int32_t)(g->n_past + i);
-			slot[i] = g->n_past + i;
-		}
-		b.n_tokens = m;
-		b.tokens = ids + done;
-		b.pos = pos;
-		b.slot = slot;
-		b.n_visible = g->n_past + m;
-		b.visible = NULL;
-		b.logits = done + m == n ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE;
-		rc = engine_forward(g->engine, &b, &o, e);
-		if (rc != KVS_OK)
-			break;
-		memcpy(g->hist + g->n_past, ids + done, m * sizeof *ids);
-		g->n_past += m;
-		done += m;
-		if (b.logits == ENGINE_LOGITS_LAST) {
-			memcpy(g->last_logits, o.logits, g->model->hp.n_vocab * sizeof(float));
-			g->have_logits = true;
-		}
-		if (m > 1) {
-			g->prefill_ms += clock_now_ms() - t0;
-			g->n_prefilled += m;
-		} else {
-			g->decode_ms += clock_now_ms() - t0;
-			g->n_decoded += m;
-		}
-	}
-	free(pos);
-	free(slot);
+int gen_begin_turn(struct gen *g, enum kv_role role, size_t m, struct err *e)
+{
+	int rc = kv_cache_begin_turn(g->kv, role, (uint32_t)KVS_MIN(m, (size_t)UINT32_MAX), e);
+	g->n_past = kv_cache_n(g->kv);
+	return rc;
+}
+
+void gen_set_role(struct gen *g, enum kv_role role)
+{
+	kv_cache_set_role(g->kv, role);
+}
+
+int gen_feed_prompt(struct gen *g, const struct chat_prompt *p, enum kv_role role, struct err *e)
+{
+	int32_t *ids = NULL;
+	size_t n = 0;
+	int rc = gen_tokenize_prompt(g, p, &ids, &n, e);
+
+	kv_cache_set_role(g->kv, role);
+	if (rc == KVS_OK)
+		rc = gen_feed(g, ids, n, e);
+	free(ids);
 	return rc;
 }
 
@@ -181,13 +183,14 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 	if (!g->have_logits)
 		return err_set(e, KVS_ESTATE, "nothing to continue: feed a prompt first");
 	detok_init(&d, g->model->vocab, false);
+	kv_cache_set_role(g->kv, KV_ROLE_ASSISTANT);
 	while (*n_out < max_tokens) {
 		int32_t id = gen_sample(g);
 		bool eog = vocab_is_eog(g->model->vocab, id);
 
 		sampler_accept(g->sampler, id);
 		(*n_out)++;
-		if (g->n_past >= gen_n_ctx(g)) {
+		if (!kv_policy_evicts(kv_cache_policy(g->kv)) && g->n_past >= kv_cache_budget(g->kv)) {
 			*stop = GEN_STOP_CONTEXT;
 			break;
 		}

@@ -148,9 +148,6 @@ void pool_run(struct pool *p, pool_fn fn, void *arg);
 /* Same with nth threads: 1 runs fn(arg, 0, 1) on the caller alone (the
  * workers stay idle), anything else uses every thread. */
 void pool_run_n(struct pool *p, int nth, pool_fn fn, void *arg);
-/* How many times, ever, a barrier waiter gave up spinning and slept: a sign
- * that the pool's threads do not all get a core. */
-uint64_t pool_sleeps(const struct pool *p);
 /* Wait until all threads of the running pool_run reach this barrier. */
 void pool_barrier(struct pool *p);
 /* Number of online CPU cores (>= 1). */

@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #define POOL_MAX_THREADS 256
-#define POOL_SPIN_IDLE 50000  /* pause loops before an idle worker sleeps (~1 ms) */
+#define POOL_SPIN_IDLE 4000   /* pause loops before an idle worker sleeps (~0.1 ms) */
 #define POOL_SPIN_BARRIER 2000 /* pause loops before a barrier waiter sleeps */
 
 struct pool_worker {
@@ -49,7 +49,6 @@ struct pool {
 	pool_fn fn;
 	void *arg;
 	int nrun;                     /* threads in the current run: 1 or n */
-	_Atomic uint64_t n_sleeps;    /* barrier waits that went to sleep, ever */
 	/* barrier */
 	_Alignas(64) _Atomic int bar_count;
 	_Alignas(64) _Atomic uint32_t bar_phase; /* a futex word */
@@ -174,10 +173,6 @@ void pool_run_n(struct pool *p, int nth, pool_fn fn, void *arg)
 	pool_barrier(p);
 }
 
-uint64_t pool_sleeps(const struct pool *p)
-{
-	return atomic_load_explicit(&p->n_sleeps, memory_order_relaxed);
-}
 
 void pool_barrier(struct pool *p)
 {
@@ -197,7 +192,6 @@ void pool_barrier(struct pool *p)
 		_mm_pause();
 	}
 	atomic_fetch_add(&p->bar_sleepers, 1);
-	atomic_fetch_add_explicit(&p->n_sleeps, 1, memory_order_relaxed);
 	while (atomic_load(&p->bar_phase) == phase)
 		pool_futex_wait(&p->bar_phase, phase);
 	atomic_fetch_sub(&p->bar_sleepers, 1);

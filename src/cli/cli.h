@@ -24,6 +24,10 @@ enum opt_group {
 	OPTG_PPL = 1u << 6,     /* --file, --chunks (with --ctx) */
 	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, --json */
 	OPTG_TOKENIZE = 1u << 8,
+	OPTG_KV = 1u << 9,      /* --policy, --kv-budget, --token-stats */
+	OPTG_TRACE = 1u << 10,  /* --trace, --trace-attn */
+	OPTG_EVAL = 1u << 11,   /* --lengths, --depths, --samples, --rounds, --dominant, --format,
+	                         * --seed, --json */
 };
 
 
@@ -51,6 +55,8 @@ int cli_exit_code(int status);
 
 extern const struct cli_cmd cmd_bench;
 extern const struct cli_cmd cmd_chat;
+extern const struct cli_cmd cmd_eval_passkey;
+extern const struct cli_cmd cmd_eval_rps;
 extern const struct cli_cmd cmd_generate;
 extern const struct cli_cmd cmd_logits;
 extern const struct cli_cmd cmd_model_info;

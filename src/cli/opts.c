@@ -129,6 +129,28 @@ static int opt_seed(struct cli_opts *o, const char *arg, const struct cli_opt *o
 	return KVS_OK;
 }
 
+/* --policy NAME[:k=v,...] */
+static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                      struct err *e)
+{
+	(void)opt;
+	o->policy_given = true;
+	return kv_policy_parse(arg, &o->gen.kv.policy, e);
+}
+
+/* --token-stats auto|on|off */
+static int opt_token_stats(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                           struct err *e)
+{
+	static const char *const names[] = { "auto", "on", "off" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(names); i++)
+		if (strcmp(arg, names[i]) == 0) {
+			o->gen.kv.token_stats = (enum kv_stats_mode)i;
+			return KVS_OK;
+		}
+	return err_set(e, KVS_EARG, "--%s: '%s', expected auto, on or off", opt->name, arg);
+}
+
 #define O(f) offsetof(struct cli_opts, f)
 #define OG(f) offsetof(struct cli_opts, gen.f)
 
@@ -181,7 +203,33 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "n-gen", 'n', "N", OPTG_BENCH, opt_u32, O(n_gen), 0, 1 << 20,
 	  "decode test length in tokens (default 128; 0 skips)" },
 	{ "reps", 'r', "N", OPTG_BENCH, opt_u32, O(reps), 1, 1000, "repetitions (default 5)" },
-	{ "json", 0, NULL, OPTG_BENCH, opt_flag, O(json), 0, 0, "print one JSON object" },
+	{ "json", 0, NULL, OPTG_BENCH | OPTG_EVAL, opt_flag, O(json), 0, 0,
+	  "print one JSON object (evals: last on stdout)" },
+	{ "policy", 0, "NAME[:k=v,...]", OPTG_KV, opt_policy, 0, 0, 0,
+	  "KV retention policy: full, window, streaming (default), sirllm, lminfinite, h2o; "
+	  "parameters as k=v (see 'kvscope help policies')" },
+	{ "kv-budget", 0, "N", OPTG_KV, opt_u32, OG(kv.budget), 8, 1 << 24,
+	  "KV cache budget in tokens (default: the context size)" },
+	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
+	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
+	{ "trace", 0, "FILE", OPTG_TRACE, opt_str, O(trace), 0, 0,
+	  "write KV-cache events (one JSON line per step, eviction, turn) to FILE" },
+	{ "trace-attn", 0, NULL, OPTG_TRACE, opt_flag, O(trace_attn), 0, 0,
+	  "include every step's attention rows (layer x head x cached tokens) in the trace" },
+	{ "lengths", 0, "LIST", OPTG_EVAL, opt_str, O(lengths), 0, 0,
+	  "passkey prompt lengths in tokens, e.g. 2k,4k,8k (default 2k,4k,8k,16k,32k)" },
+	{ "depths", 0, "LIST", OPTG_EVAL, opt_str, O(depths), 0, 0,
+	  "passkey needle depths in percent (default 10,30,50,70,90)" },
+	{ "samples", 0, "N", OPTG_EVAL, opt_u32, O(samples), 1, 100000,
+	  "passkey samples per (length, depth) (default 1)" },
+	{ "rounds", 0, "N", OPTG_EVAL, opt_u32, O(rounds), 1, 1000000,
+	  "rock-paper-scissors rounds (default 300)" },
+	{ "dominant", 0, "MOVE", OPTG_EVAL, opt_str, O(dominant), 0, 0,
+	  "the user's dominant move: rock (default), paper or scissors" },
+	{ "format", 0, "chat|raw", OPTG_EVAL, opt_str, O(format), 0, 0,
+	  "prompt format: chat template (default) or raw text" },
+	{ "seed", 's', "S", OPTG_EVAL, opt_u32, O(eval_seed), 0, 4294967295.0,
+	  "seed of the eval's generator (default 1)" },
 };
 
 void cli_opts_default(struct cli_opts *o)
@@ -193,6 +241,9 @@ void cli_opts_default(struct cli_opts *o)
 	o->n_prompt = 512;
 	o->n_gen = 128;
 	o->reps = 5;
+	o->samples = 1;
+	o->rounds = 300;
+	o->eval_seed = 1;
 }
 
 void cli_opts_free(struct cli_opts *o)

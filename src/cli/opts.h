@@ -27,6 +27,16 @@ struct cli_opts {
 	uint32_t reps;         /* bench -r */
 	bool json;
 	bool ctx_given;
+	bool policy_given;
+	const char *trace;     /* generate --trace FILE */
+	bool trace_attn;       /* and the attention rows */
+	const char *lengths;   /* eval passkey: "2k,4k,..." */
+	const char *depths;    /* eval passkey: "10,30,50,70,90" (percent) */
+	uint32_t samples;      /* eval passkey: per (length, depth) */
+	uint32_t rounds;       /* eval rps */
+	const char *dominant;  /* eval rps: rock, paper or scissors */
+	const char *format;    /* eval: chat or raw */
+	uint32_t eval_seed;
 	char **args;           /* positional arguments */
 	int n_args;
 };

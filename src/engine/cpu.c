@@ -42,8 +42,7 @@
 
 #define CPU_UBATCH 512   /* tokens per pool_run */
 #define CPU_LM_CHUNK 32  /* rows per LM-head chunk when only statistics are kept */
-#define CPU_SLEEPS_MAX 8     /* barrier sleeps in one decode step that mean "no free core" */
-#define CPU_ALONE_STEPS 64   /* decode steps then run on one thread before trying all again */
+#define CPU_PROBE_EVERY 32   /* decode steps between tries of the other thread count */
 
 struct cpu_layer {
 	const float *attn_norm, *ffn_norm;     /* (n_embd) */
@@ -96,7 +95,9 @@ struct cpu {
 	struct kern_act *tact;        /* (n_threads) a thread's own quantised row */
 	uint64_t kmax;                /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
 	float *lm;                    /* (CPU_LM_CHUNK, n_vocab) statistics-only logits */
-	uint32_t alone_left;          /* one-token batches still to run on one thread */
+	double step_ms[2];            /* decode step time, moving average: [0] one thread,
+	                               * [1] all threads; 0 = not measured yet */
+	uint64_t n_steps;             /* decode steps so far */
 };
 
 /* What one pool_run works on. */
@@ -922,26 +923,30 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
 	cpu_sort_visible(c, b);
 	/* A decode step is ~200 barriers; when the machine has no free core for
-	 * every thread, waiting on descheduled peers costs more than the second
-	 * thread gains, so such steps fall back to one thread for a while (the
-	 * results do not depend on the thread count). */
-	int nth = pool_size(c->pool);
+	 * every thread, waiting on descheduled peers costs more than the other
+	 * threads gain. So decode steps time themselves on one thread and on
+	 * all, keep a moving average of each, run the faster, and now and then
+	 * try the other again (the results do not depend on the thread count). */
+	int nth = pool_size(c->pool), mode = 1;
 	bool one = b->n_tokens == 1 && nth > 1;
-	if (one && c->alone_left > 0) {
-		nth = 1;
-		c->alone_left--;
+	if (one) {
+		bool faster_alone = c->step_ms[0] > 0 && c->step_ms[0] < c->step_ms[1];
+		bool probe = c->step_ms[0] == 0 || c->step_ms[1] == 0 ||
+		             c->n_steps % CPU_PROBE_EVERY == CPU_PROBE_EVERY - 1;
+		mode = c->step_ms[1] == 0 ? 1 : c->step_ms[0] == 0 ? 0 : faster_alone != probe ? 0 : 1;
+		nth = mode ? nth : 1;
+		c->n_steps++;
 	}
-	uint64_t sleeps = pool_sleeps(c->pool);
+	double t_start = clock_now_ms();
 	for (uint32_t t0 = 0; t0 < b->n_tokens; t0 += CPU_UBATCH) {
 		struct cpu_job jb = { .c = c, .b = b, .bo = out, .t0 = t0 };
 		jb.n = KVS_MIN((uint32_t)CPU_UBATCH, b->n_tokens - t0);
 		jb.last = t0 + jb.n == b->n_tokens;
 		pool_run_n(c->pool, nth, cpu_fwd_thread, &jb);
 	}
-	if (one && nth > 1 && pool_sleeps(c->pool) - sleeps > CPU_SLEEPS_MAX) {
-		log_debug("engine: decode threads are waiting on busy cores; one thread for %d steps",
-		          CPU_ALONE_STEPS);
-		c->alone_left = CPU_ALONE_STEPS;
+	if (one) {
+		double ms = clock_now_ms() - t_start;
+		c->step_ms[mode] = c->step_ms[mode] == 0 ? ms : 0.75 * c->step_ms[mode] + 0.25 * ms;
 	}
 	return KVS_OK;
 }

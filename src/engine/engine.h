@@ -14,15 +14,25 @@
  * position, exactly.
  *
  * One call, engine_forward, runs a batch of tokens: token i goes to
- * position pos[i], writes its K/V into slot slot[i], and its query attends
- * to every slot in the batch's visible set whose position is <= pos[i]
- * (causal by position; the batch's own slots count once written, so a
- * prefill batch lists its own slots as visible). The engine checks the batch,
- * records the slots' positions and calls the backend; results land in
- * engine-owned buffers that stay valid until the next forward or free.
+ * position pos[i] (strictly increasing within a batch), writes its K/V into
+ * slot slot[i], and its query attends to every slot in the batch's visible
+ * set whose position is <= pos[i] (causal by position; the batch's own slots
+ * count once written, so a prefill batch lists its own slots as visible;
+ * empty slots in the set are ignored). The engine checks the batch, records
+ * the slots' positions and calls the backend; results land in engine-owned
+ * buffers that stay valid until the next forward or free. Results do not
+ * depend on the thread count or on how a batch is cut internally.
  *
  * Retention policies live above this header (kv cache metadata, policies);
  * they drive the engine through the visible set and the slot operations.
+ * (A backend sorts the visible set by position and attends to the prefix at
+ * or before each query; Λ-shaped masks and distance caps fit there as
+ * ranges of that order.)
+ *
+ * Numerics of the CPU backend: Q4_0/Q4_1/Q8_0 products quantise activations
+ * to int8 per 32-block exactly as llama.cpp's CPU backend does; other types
+ * and the reference path compute in f32 from dequantised rows. RMSNorm sums
+ * squares in double; RoPE angles are built as llama.cpp builds them.
  */
 #ifndef KVS_ENGINE_H
 #define KVS_ENGINE_H
@@ -50,7 +60,9 @@ enum engine_isa {
 
 struct engine_config {
 	enum engine_backend backend;
-	int n_threads;             /* CPU threads; 0 = number of cores */
+	int n_threads;             /* CPU threads; 0 = number of cores (one-token
+	                            * batches may run on fewer when that is faster,
+	                            * e.g. on a busy machine) */
 	uint32_t n_ctx;            /* KV cache slots; 0 = min(n_ctx_train, 4096) */
 	enum engine_kv_type kv_type;
 	enum engine_isa isa;       /* CPU kernels; AUTO unless testing */

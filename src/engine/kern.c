@@ -18,6 +18,8 @@
  *   Q4_1:        d_w d_a sum(w' a) + m_w s_a
  *   Q4_0, Q8_0:  d_w d_a (sum(w' a) - k sum(a)),   k = 8 or 128
  *
+ * (AVX2 has no VNNI: its pair-wise u8 x s8 multiply saturates on q + 128, so
+ * its Q8_0 path multiplies |w| by the sign-adjusted activation instead.)
  * Sums of int8 products are exact in int32, so the levels differ only in the
  * order of float additions.
  */
@@ -915,11 +917,10 @@ enum kern_level kern_cpu_level(void)
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 	    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-	    __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
-	    __builtin_cpu_supports("f16c"))
+	    __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma"))
 		return KERN_AVX512;
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	    __builtin_cpu_supports("f16c"))
+	/* F16C predates AVX2 in every x86 line (and some compilers cannot ask) */
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 		return KERN_AVX2;
 	return KERN_SCALAR;
 }

@@ -19,9 +19,14 @@
  *  - Every other weight type goes through a generic path: dequantise a row to
  *    f32 and dot it with the f32 activations.
  *
- * Each kernel has a scalar, an AVX2 and an AVX-512 VNNI version; the backend
- * takes one table (struct kern_ops) at run time, the best the CPU supports or
- * the level a test forces.
+ * Attention, SwiGLU, RMSNorm and RoPE have kernels here too: scores of up to
+ * KERN_ATT_Q queries against 16 keys at a time (keys stored transposed),
+ * probabilities times values, and a vectorised exp.
+ *
+ * Each kernel has a scalar, an AVX2 and an AVX-512 VNNI version (AVX2 uses
+ * the scalar code for the attention-side kernels); the backend takes one
+ * table (struct kern_ops) at run time, the best the CPU supports or the
+ * level a test forces. The scalar table is also the reference path's.
  */
 #ifndef KVS_KERN_H
 #define KVS_KERN_H
@@ -42,7 +47,8 @@ struct kern_weight {
 	const uint8_t *data;    /* original rows, or packed groups */
 	uint64_t row_bytes;     /* original bytes per row */
 	uint64_t group_bytes;   /* packed: bytes per 16-row group */
-	void *owned;            /* packed buffer (aligned) we free */
+	void *owned;            /* a packed buffer its maker frees (the CPU backend
+	                         * packs into one arena instead and leaves it NULL) */
 };
 
 /* Quantised activations: n rows of K, quantised as llama.cpp's CPU backend

@@ -725,16 +725,26 @@ static void test_long_and_kv_types(void)
 	}
 	struct rcache *rc = calloc(1, sizeof(*rc));
 	double *lg = malloc(sp->n_vocab * sizeof(double));
-	for (int i = 0; i < N; i++)
+	double *want_s = malloc(N * sizeof(double));
+	for (int i = 0; i < N; i++) {
 		ref_step(rm, rc, tok[i], i, lg, NULL);
+		double mx = lg[0], z = 0;
+		for (uint32_t v = 1; v < sp->n_vocab; v++)
+			mx = fmax(mx, lg[v]);
+		for (uint32_t v = 0; v < sp->n_vocab; v++)
+			z += exp(lg[v] - mx);
+		want_s[i] = i + 1 < N ? log(z) - (lg[tok[i + 1]] - mx) : NAN;
+	}
 	float *l32 = malloc(sp->n_vocab * sizeof(float));
 	for (int kv = 0; kv < 2; kv++) {
 		struct engine *eng = mk_engine(&tm->m, kv == 1, ENGINE_ISA_AUTO,
 		                               kv == 0 ? ENGINE_KV_F16 : ENGINE_KV_F32, 2, 1024);
 		if (eng == NULL)
 			continue;
+		/* the reference run also asks for surprisal: rows on both sides of
+		 * the 512-token cut inside the engine */
 		struct engine_batch b = { .n_tokens = N, .tokens = tok, .pos = pos, .slot = slot,
-		                          .n_visible = N };
+		                          .n_visible = N, .want_surprisal = kv == 1 };
 		struct engine_out out;
 		struct err e;
 		err_clear(&e);
@@ -745,9 +755,18 @@ static void test_long_and_kv_types(void)
 		T_CHECK(md <= (kv == 0 ? 3e-2 : 1e-4) * bmax, "600-token prefill max |d| %.3g", md);
 		if (kv == 0)
 			memcpy(l32, out.logits, sp->n_vocab * sizeof(float));
+		if (kv == 1 && out.surprisal) {
+			double ms = 0;
+			for (int i = 0; i + 1 < N; i++)
+				ms = fmax(ms, fabs(out.surprisal[i] - want_s[i]));
+			printf("  600-token surprisal (reference path): max|d| %.3g\n", ms);
+			T_CHECK(ms <= 1e-3, "600-token surprisal max |d| %.3g", ms);
+			T_CHECK(isnan(out.surprisal[N - 1]), "last surprisal %g", out.surprisal[N - 1]);
+		}
 		engine_free(eng);
 	}
 	free(l32);
+	free(want_s);
 	rc_clear(rc);
 	free(rc);
 	free(lg);

@@ -11,14 +11,19 @@
  *  - logits/NAME.jsonl: llama.cpp's tokens and top-10 logits at every
  *    position of tests/fixtures/engine/texts/NAME.txt (2,916 positions in
  *    all). We require top-1 agreement on at least 99.5 % of positions and
- *    report the largest |Δlogit| over the reference's top-10 entries (a
- *    regression guard bounds it too). Our tokenizer must also give
+ *    report the largest |Δlogit| over the reference's top-10 entries, which
+ *    must stay under 0.5 (see main). Our tokenizer must also give
  *    llama.cpp's ids for each text (parse_special on, no BOS).
  *  - greedy-64.jsonl: 64 greedy steps for the 10 chat prompts of
  *    tests/fixtures/engine/prompts.txt rendered in ChatML. The prompt ids
  *    must match our tokenizer on the same rendering; at least 9 of 10
  *    continuations must be identical, and any divergence must happen where
  *    llama.cpp's own top-2 gap is under 0.1 (a near tie).
+ * For scale (the README has the numbers): llama.cpp itself, fed one token at
+ * a time instead of one batch, agrees with these fixtures on 99.86 % of
+ * positions (max |Δlogit| 0.22); a model of llama.cpp's roundings that sums
+ * in its own order reaches about 99.0 %. So the bar asks for llama.cpp's
+ * 8-bit and f16 roundings and nearly its float order too.
  * KVSCOPE_TEST_REFERENCE=1 checks the scalar reference path instead.
  */
 #include "engine/engine.h"
@@ -352,10 +357,12 @@ int main(void)
 	       (unsigned long long)t.n_pos, agree, t.max_diff);
 	T_CHECK(t.n_pos >= 2000, "only %llu positions in the fixtures", (unsigned long long)t.n_pos);
 	T_CHECK(agree >= 99.5, "top-1 agreement %.2f %% < 99.5 %%", agree);
-	/* Logits here span about -15..20; llama.cpp's own 8-bit activations move
-	 * them by up to MAX_DIFF_NOTE from exact arithmetic, so a difference
-	 * above 1.0 means a defect, not rounding. */
-	T_CHECK(t.max_diff < 1.0, "max |dlogit| %.4f >= 1.0", t.max_diff);
+	/* Top logits here are about 10-20. Exact arithmetic (no activation
+	 * rounding) differs from llama.cpp by at most 0.33 on these texts, and
+	 * llama.cpp from itself (one batch vs one token at a time) by 0.22;
+	 * leaving out the small V bias gives 3.1, a wrong RoPE base 20. So 0.5
+	 * separates rounding from a defect. */
+	T_CHECK(t.max_diff < 0.5, "max |dlogit| %.4f >= 0.5", t.max_diff);
 	check_greedy(eng, m);
 	engine_free(eng);
 	model_free(m);

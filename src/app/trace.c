@@ -1,0 +1,167 @@
+/*
+ * trace.c: KV-cache events as JSON lines, one object per line, for
+ * scripting (`kvscope generate --trace FILE`).
+ *
+ * Every line has "event" (step, evict, turn, policy), "turn", "policy" and
+ * "kv" (the cache's statistics after the event). A step line adds the
+ * query token (id, text, positions, role, surprisal, entropy), the entropy
+ * of the next-token distribution, the per-head summaries as arrays indexed
+ * [layer][head], and, when attention rows were captured, "attn"
+ * [layer][head][cache index]. An evict line lists the evicted tokens with
+ * their final scores. NaN is written as null.
+ */
+#include "app/app.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* A float, or null for NaN / infinity. */
+static void trace_num(FILE *fp, double v)
+{
+	if (isfinite(v))
+		fprintf(fp, "%.6g", v);
+	else
+		fputs("null", fp);
+}
+
+/* A JSON string of bytes s[0..n) (control bytes escaped, UTF-8 as is). */
+static void trace_str(FILE *fp, const char *s, size_t n)
+{
+	fputc('"', fp);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch == '"' || ch == '\\')
+			fprintf(fp, "\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", fp);
+		else if (ch == '\t')
+			fputs("\\t", fp);
+		else if (ch < 0x20 || ch == 0x7f)
+			fprintf(fp, "\\u%04x", ch);
+		else
+			fputc(ch, fp);
+	}
+	fputc('"', fp);
+}
+
+/* A token's text, rendered (invalid UTF-8 pieces become U+FFFD). */
+static void trace_token_text(FILE *fp, const struct vocab *v, int32_t id)
+{
+	char buf[256];
+	size_t n = vocab_piece(v, id, true, buf, sizeof buf);
+	if (n > sizeof buf)
+		n = sizeof buf;
+	if (!utf8_valid((const uint8_t *)buf, n)) {
+		trace_str(fp, "\xEF\xBF\xBD", 3);
+		return;
+	}
+	trace_str(fp, buf, n);
+}
+
+static void trace_stats(FILE *fp, const struct kv_stats *s)
+{
+	fprintf(fp,
+	        "\"kv\":{\"cached\":%u,\"budget\":%u,\"sink\":%u,\"key\":%u,\"recent\":%u,"
+	        "\"pinned\":%u,\"seen\":%llu,\"evicted\":%llu,\"evictions\":%u,\"fallbacks\":%u,"
+	        "\"bytes\":%llu,\"bytes_per_layer\":%llu,\"bytes_peak\":%llu,\"bytes_allocated\":%llu}",
+	        s->n_cached, s->budget, s->n_sink, s->n_key, s->n_recent, s->n_pinned,
+	        (unsigned long long)s->n_seen, (unsigned long long)s->n_evicted, s->n_evictions,
+	        s->n_fallbacks, (unsigned long long)s->bytes, (unsigned long long)s->bytes_per_layer,
+	        (unsigned long long)s->bytes_peak, (unsigned long long)s->bytes_allocated);
+}
+
+/* One summary field of every head as [[layer 0 heads], [layer 1 heads], ...]. */
+static void trace_heads(FILE *fp, const char *name, const struct kv_event *ev, int field)
+{
+	fprintf(fp, ",\"%s\":[", name);
+	for (uint32_t l = 0; l < ev->n_layer; l++) {
+		fputs(l ? ",[" : "[", fp);
+		for (uint32_t h = 0; h < ev->n_head; h++) {
+			const struct kv_head_summary *s = &ev->heads[(size_t)l * ev->n_head + h];
+			if (h)
+				fputc(',', fp);
+			switch (field) {
+			case 0: trace_num(fp, s->entropy); break;
+			case 1: trace_num(fp, s->sink_mass); break;
+			case 2: trace_num(fp, s->topk_mass); break;
+			default: fprintf(fp, "%u", s->k90); break;
+			}
+		}
+		fputc(']', fp);
+	}
+	fputc(']', fp);
+}
+
+static void trace_step(FILE *fp, const struct kv_event *ev, const struct vocab *v)
+{
+	const struct kv_tok *t = ev->tok;
+	fprintf(fp, ",\"step\":%llu,\"token\":%d,\"text\":", (unsigned long long)ev->step, t->token);
+	trace_token_text(fp, v, t->token);
+	fprintf(fp, ",\"orig_pos\":%d,\"pos\":%d,\"role\":\"%s\",\"surprisal\":", t->orig_pos, t->pos,
+	        kv_role_name((enum kv_role)t->role));
+	trace_num(fp, t->surprisal);
+	fputs(",\"entropy\":", fp);
+	trace_num(fp, t->entropy);
+	fputs(",\"next_entropy\":", fp);
+	trace_num(fp, ev->next_entropy);
+	fprintf(fp, ",\"n_layer\":%u,\"n_head\":%u,\"n_cached\":%u", ev->n_layer, ev->n_head,
+	        ev->n_cached);
+	if (ev->heads != NULL) {
+		trace_heads(fp, "head_entropy", ev, 0);
+		trace_heads(fp, "head_sink_mass", ev, 1);
+		trace_heads(fp, "head_topk_mass", ev, 2);
+		trace_heads(fp, "head_k90", ev, 3);
+	}
+	if (ev->attn != NULL) {
+		fputs(",\"attn\":[", fp);
+		for (uint32_t l = 0; l < ev->n_layer; l++) {
+			fputs(l ? ",[" : "[", fp);
+			for (uint32_t h = 0; h < ev->n_head; h++) {
+				const float *row = ev->attn + ((size_t)l * ev->n_head + h) * ev->n_cached;
+				fputs(h ? ",[" : "[", fp);
+				for (uint32_t j = 0; j < ev->n_cached; j++)
+					fprintf(fp, j ? ",%.4g" : "%.4g", (double)row[j]);
+				fputc(']', fp);
+			}
+			fputc(']', fp);
+		}
+		fputc(']', fp);
+	}
+}
+
+static void trace_evict(FILE *fp, const struct kv_event *ev)
+{
+	fprintf(fp, ",\"cause\":\"%s\",\"incoming\":%u,\"fallback\":%s", kv_evict_cause_name(ev->cause),
+	        ev->n_incoming, ev->fallback ? "true" : "false");
+	if (ev->fallback_why) {
+		fputs(",\"fallback_why\":", fp);
+		trace_str(fp, ev->fallback_why, strlen(ev->fallback_why));
+	}
+	fputs(",\"evicted\":[", fp);
+	for (uint32_t i = 0; i < ev->n_evicted; i++) {
+		const struct kv_tok *t = &ev->evicted[i];
+		fprintf(fp, "%s{\"orig_pos\":%d,\"token\":%d,\"turn\":%u,\"score\":", i ? "," : "",
+		        t->orig_pos, t->token, t->turn);
+		trace_num(fp, t->score);
+		fputc('}', fp);
+	}
+	fputc(']', fp);
+}
+
+void trace_write_event(FILE *fp, const struct kv_event *ev, const struct vocab *v)
+{
+	static const char *const kinds[] = { "step", "evict", "turn", "policy" };
+	fprintf(fp, "{\"event\":\"%s\",\"turn\":%u,\"policy\":",
+	        (unsigned)ev->kind < KVS_ARRAY_LEN(kinds) ? kinds[ev->kind] : "?", ev->turn);
+	trace_str(fp, ev->policy ? ev->policy : "", ev->policy ? strlen(ev->policy) : 0);
+	if (ev->kind == KV_EVENT_STEP)
+		trace_step(fp, ev, v);
+	else if (ev->kind == KV_EVENT_EVICT)
+		trace_evict(fp, ev);
+	else if (ev->kind == KV_EVENT_TURN)
+		fprintf(fp, ",\"incoming\":%u", ev->n_incoming);
+	fputc(',', fp);
+	trace_stats(fp, &ev->stats);
+	fputs("}\n", fp);
+}

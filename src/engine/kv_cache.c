@@ -1,0 +1,930 @@
+/*
+ * kv_cache.c: the KV cache's per-token memory, eviction and introspection.
+ *
+ * The cache owns an array of kv_tok in cache order (original position
+ * ascending) and, when the policy scores by attention, a parallel array of
+ * accumulated attention per (layer, KV head). Engine slots never move: a new
+ * token takes the lowest free slot, an evicted one gives its slot back
+ * (engine position -1). So with nothing evicted, token i sits in slot i at
+ * position i, exactly as a linear context would put it, and a policy that
+ * keeps everything computes bit for bit what no policy computes.
+ *
+ * Every forward goes through kv_feed_chunk: make room (kv_evict) when the
+ * chunk would not fit the budget, give the chunk slots and positions, list
+ * the visible slots (the cached tokens in cache order, then the chunk), run
+ * the engine, then record the chunk's metadata: surprisal and entropy of
+ * each token from the row before it (the first token of a chunk uses the
+ * previous chunk's last logits, kept here), the policy's score, the
+ * attention accumulated, and the capture event.
+ *
+ * Positions: COMPACT gives cache index i position i (after every eviction
+ * they are re-assigned 0..n-1); ORIGINAL keeps orig_pos; CAPPED keeps
+ * orig_pos but, before each forward, moves every sink to max(orig_pos,
+ * q_last - cap), so the batch's last query sees it at distance at most cap
+ * (exactly cap once it is farther), as LM-Infinite's global branch does.
+ * Keys are pre-RoPE in the engine, so all of this is exact.
+ *
+ * SirLLM's token entropy: paper mode scores token i with its surprisal
+ * -log p(x_i | x_<i). Compat mode reproduces the released code: within a
+ * turn (its chunk), s_j = -log softmax(row_j)[x_j] (the row's own token),
+ * e_i = s_{i-1}, and the turn's first token gets the maximum of the s_j;
+ * that needs every row's logits, so compat feeds ask for all rows.
+ */
+#include "engine/kv-int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KV_COMPAT_CHUNK 64 /* rows of logits per forward in compat mode */
+
+struct kv_cache {
+	struct engine *eng;
+	const struct hparams *hp;
+	struct kv_config cfg;
+	uint32_t n_ctx, n_vocab;
+	uint32_t n;                   /* cached tokens */
+	struct kv_tok *toks;          /* (n_ctx) cache order */
+	float *acc;                   /* (n_ctx, acc_stride) or NULL */
+	uint32_t acc_stride;          /* n_layer * n_head_kv */
+	uint32_t *free_slots;         /* (n_ctx) stack, the lowest slot on top */
+	uint32_t n_free;
+	int32_t next_pos;             /* original position of the next token */
+	uint32_t turn;
+	enum kv_role role;
+	float *logits;                /* (n_vocab) next-token logits */
+	bool have_logits;
+	/* compat scoring within the current turn */
+	int32_t turn_first;           /* orig_pos of the turn's first token, -1 before it */
+	float turn_max;               /* max of s_j in the turn */
+	float prev_self;              /* s of the previous token in the turn, NaN if none */
+	/* scratch, (n_ctx) each */
+	uint32_t *visible, *bslot, *cand, *order;
+	int32_t *bpos;
+	uint8_t *keep;
+	float *fscratch;
+	struct kv_tok *evicted;
+	struct kv_head_summary *heads; /* (n_layer, n_head) */
+	/* events and providers */
+	kv_event_fn ev_fn;
+	void *ev_ud;
+	struct kv_scorer scorer;
+	bool has_scorer;
+	/* statistics since the last clear */
+	uint64_t n_seen, n_evicted, step, bytes_peak;
+	uint32_t n_evictions, n_fallbacks;
+	uint64_t bytes_per_token;
+};
+
+static const char *const kv_role_names[] = { "none", "system", "user", "assistant" };
+static const char *const kv_cause_names[] = { "turn", "prefill", "decode", "budget" };
+
+const char *kv_role_name(enum kv_role r)
+{
+	return (unsigned)r < KVS_ARRAY_LEN(kv_role_names) ? kv_role_names[r] : "?";
+}
+
+const char *kv_evict_cause_name(enum kv_evict_cause c)
+{
+	return (unsigned)c < KVS_ARRAY_LEN(kv_cause_names) ? kv_cause_names[c] : "?";
+}
+
+void kv_config_default(struct kv_config *c)
+{
+	memset(c, 0, sizeof *c);
+	kv_policy_default(&c->policy);
+	c->n_batch = 512;
+	c->summary_topk = 10;
+}
+
+/* ------------------------------------------------------------- helpers */
+
+static const struct kv_policy_def *kv_def(const struct kv_cache *c)
+{
+	return c->cfg.policy.def;
+}
+
+static bool kv_compat(const struct kv_cache *c)
+{
+	const struct kv_policy_def *d = kv_def(c);
+	return d->compat_param >= 0 && c->cfg.policy.p[d->compat_param] >= 0.5f && !c->has_scorer;
+}
+
+/* Whether per-token surprisal and entropy are computed. */
+static bool kv_need_stats(const struct kv_cache *c)
+{
+	if (kv_def(c)->score == KV_SCORE_SURPRISAL)
+		return true;
+	if (c->cfg.token_stats == KV_TOKSTATS_ON)
+		return true;
+	return c->cfg.token_stats == KV_TOKSTATS_AUTO && c->cfg.capture != KV_CAPTURE_OFF;
+}
+
+static enum kv_pos_mode kv_pos_mode(const struct kv_cache *c)
+{
+	return kv_def(c)->pos_mode(c->cfg.policy.p);
+}
+
+/* The distance cap of a CAPPED policy, in positions. */
+static int32_t kv_cap(const struct kv_cache *c)
+{
+	int32_t cap = kv_def(c)->cap(c->cfg.policy.p);
+	if (cap <= 0)
+		cap = (int32_t)(c->hp->n_ctx_train ? c->hp->n_ctx_train : 2048);
+	return cap;
+}
+
+/* Surprisal of targets t1 (the row's next token) and t0 (the row's own
+ * token, for SirLLM's compat scoring) and the entropy of one logits row, in
+ * nats; a negative target gives NaN. */
+static void kv_row_stats(const float *row, uint32_t nv, int32_t t1, int32_t t0, float *s1,
+                         float *s0, float *ent)
+{
+	float mx = row[0];
+	for (uint32_t i = 1; i < nv; i++)
+		mx = row[i] > mx ? row[i] : mx;
+	double z = 0, zl = 0;
+	for (uint32_t i = 0; i < nv; i++) {
+		double d = (double)row[i] - mx;
+		double p = exp(d);
+		z += p;
+		zl += p * d;
+	}
+	double lz = log(z);
+	if (ent)
+		*ent = (float)(lz - zl / z);
+	if (s1)
+		*s1 = t1 >= 0 && (uint32_t)t1 < nv ? (float)(lz - ((double)row[t1] - mx)) : NAN;
+	if (s0)
+		*s0 = t0 >= 0 && (uint32_t)t0 < nv ? (float)(lz - ((double)row[t0] - mx)) : NAN;
+}
+
+static void kv_emit(struct kv_cache *c, struct kv_event *ev)
+{
+	if (c->ev_fn == NULL)
+		return;
+	ev->turn = c->turn;
+	ev->policy = c->has_scorer ? c->scorer.name : kv_policy_name(&c->cfg.policy);
+	kv_cache_stats(c, &ev->stats);
+	c->ev_fn(ev, c->ev_ud);
+}
+
+/* Re-assign the positions of the cached tokens as the policy says. */
+static int kv_reposition(struct kv_cache *c, struct err *e)
+{
+	enum kv_pos_mode mode = kv_pos_mode(c);
+	for (uint32_t i = 0; i < c->n; i++) {
+		struct kv_tok *t = &c->toks[i];
+		int32_t p = mode == KV_POS_COMPACT ? (int32_t)i : t->orig_pos;
+		if (p != t->pos) {
+			int rc = engine_kv_set_pos(c->eng, t->slot, p, e);
+			if (rc != KVS_OK)
+				return rc;
+			t->pos = p;
+		}
+	}
+	return KVS_OK;
+}
+
+/* -------------------------------------------------------- create, free */
+
+int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_config *cfg,
+                    struct err *e)
+{
+	*out = NULL;
+	uint32_t n_ctx = engine_n_ctx(eng);
+	if (cfg->policy.def == NULL)
+		return err_set(e, KVS_EARG, "KV cache: no retention policy given");
+	if (cfg->budget > n_ctx)
+		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at most the context's %u slots",
+		               cfg->budget, n_ctx);
+	if (cfg->budget != 0 && cfg->budget < 8 && kv_policy_evicts(&cfg->policy))
+		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at least 8", cfg->budget);
+	struct kv_cache *c = xcalloc(1, sizeof *c);
+	const struct model *m = engine_model(eng);
+	c->eng = eng;
+	c->hp = &m->hp;
+	c->cfg = *cfg;
+	if (c->cfg.budget == 0)
+		c->cfg.budget = n_ctx;
+	if (c->cfg.n_batch == 0)
+		c->cfg.n_batch = 512;
+	if (c->cfg.summary_topk == 0)
+		c->cfg.summary_topk = 10;
+	c->n_ctx = n_ctx;
+	c->n_vocab = c->hp->n_vocab;
+	c->acc_stride = c->hp->n_layer * c->hp->n_head_kv;
+	c->toks = xmallocarray(n_ctx, sizeof *c->toks);
+	c->free_slots = xmallocarray(n_ctx, sizeof *c->free_slots);
+	c->visible = xmallocarray(n_ctx, sizeof *c->visible);
+	c->bslot = xmallocarray(n_ctx, sizeof *c->bslot);
+	c->cand = xmallocarray(n_ctx, sizeof *c->cand);
+	c->order = xmallocarray(n_ctx, sizeof *c->order);
+	c->bpos = xmallocarray(n_ctx, sizeof *c->bpos);
+	c->keep = xmallocarray(n_ctx, sizeof *c->keep);
+	c->fscratch = xmallocarray(n_ctx, sizeof *c->fscratch);
+	c->evicted = xmallocarray(n_ctx, sizeof *c->evicted);
+	c->heads = xmallocarray((size_t)c->hp->n_layer * c->hp->n_head, sizeof *c->heads);
+	c->logits = xmallocarray(c->n_vocab, sizeof *c->logits);
+	c->bytes_per_token = engine_kv_bytes_per_slot(eng);
+	if (kv_def(c)->score == KV_SCORE_ATTN)
+		c->acc = xcalloc((size_t)n_ctx * c->acc_stride, sizeof *c->acc);
+	kv_cache_clear(c);
+	*out = c;
+	return KVS_OK;
+}
+
+void kv_cache_free(struct kv_cache *c)
+{
+	if (c == NULL)
+		return;
+	free(c->toks);
+	free(c->acc);
+	free(c->free_slots);
+	free(c->visible);
+	free(c->bslot);
+	free(c->cand);
+	free(c->order);
+	free(c->bpos);
+	free(c->keep);
+	free(c->fscratch);
+	free(c->evicted);
+	free(c->heads);
+	free(c->logits);
+	free(c);
+}
+
+void kv_cache_clear(struct kv_cache *c)
+{
+	engine_kv_clear(c->eng);
+	c->n = 0;
+	c->n_free = c->n_ctx;
+	for (uint32_t i = 0; i < c->n_ctx; i++)
+		c->free_slots[i] = c->n_ctx - 1 - i;
+	c->next_pos = 0;
+	c->turn = 0;
+	c->role = KV_ROLE_NONE;
+	c->have_logits = false;
+	c->turn_first = -1;
+	c->turn_max = -INFINITY;
+	c->prev_self = NAN;
+	c->n_seen = c->n_evicted = c->step = c->bytes_peak = 0;
+	c->n_evictions = c->n_fallbacks = 0;
+}
+
+void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud)
+{
+	c->ev_fn = fn;
+	c->ev_ud = ud;
+}
+
+void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap)
+{
+	c->cfg.capture = cap;
+}
+
+void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s)
+{
+	c->has_scorer = s != NULL && s->fn != NULL;
+	if (c->has_scorer)
+		c->scorer = *s;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+uint32_t kv_cache_n(const struct kv_cache *c)
+{
+	return c->n;
+}
+
+uint32_t kv_cache_budget(const struct kv_cache *c)
+{
+	return c->cfg.budget;
+}
+
+const struct kv_tok *kv_cache_toks(const struct kv_cache *c)
+{
+	return c->toks;
+}
+
+const float *kv_cache_acc(const struct kv_cache *c)
+{
+	return c->acc;
+}
+
+const struct kv_policy *kv_cache_policy(const struct kv_cache *c)
+{
+	return &c->cfg.policy;
+}
+
+struct engine *kv_cache_engine(const struct kv_cache *c)
+{
+	return c->eng;
+}
+
+int32_t kv_cache_next_pos(const struct kv_cache *c)
+{
+	return c->next_pos;
+}
+
+const float *kv_cache_logits(const struct kv_cache *c)
+{
+	return c->have_logits ? c->logits : NULL;
+}
+
+int32_t kv_cache_find(const struct kv_cache *c, int32_t orig_pos)
+{
+	uint32_t lo = 0, hi = c->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->toks[mid].orig_pos < orig_pos)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < c->n && c->toks[lo].orig_pos == orig_pos ? (int32_t)lo : -1;
+}
+
+void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
+{
+	memset(s, 0, sizeof *s);
+	s->n_cached = c->n;
+	s->budget = c->cfg.budget;
+	s->n_ctx = c->n_ctx;
+	for (uint32_t i = 0; i < c->n; i++) {
+		uint8_t f = c->toks[i].flags;
+		if (f & KV_FLAG_SINK)
+			s->n_sink++;
+		else if (f & KV_FLAG_KEY)
+			s->n_key++;
+		else
+			s->n_recent++;
+		if (f & KV_FLAG_PINNED)
+			s->n_pinned++;
+	}
+	s->n_seen = c->n_seen;
+	s->n_evicted = c->n_evicted;
+	s->n_evictions = c->n_evictions;
+	s->n_fallbacks = c->n_fallbacks;
+	s->bytes_per_token = c->bytes_per_token;
+	s->bytes = (uint64_t)c->n * c->bytes_per_token;
+	s->bytes_per_layer = s->bytes / (c->hp->n_layer ? c->hp->n_layer : 1);
+	s->bytes_peak = c->bytes_peak;
+	s->bytes_allocated = (uint64_t)c->n_ctx * c->bytes_per_token;
+}
+
+/* --------------------------------------------------------------- eviction */
+
+/* Call the score provider; false (with why) when it fails, overruns or
+ * gives a NaN, true with keep[] filled otherwise. */
+static bool kv_provider_select(struct kv_cache *c, struct kv_select *s, const char **why)
+{
+	struct err pe;
+	err_clear(&pe);
+	float *all = xmallocarray(c->n ? c->n : 1, sizeof *all);
+	double t0 = clock_now_ms();
+	int rc = c->scorer.fn(c->scorer.ud, c->toks, c->n, s->target, all, t0 + c->scorer.budget_ms,
+	                      &pe);
+	double dt = clock_now_ms() - t0;
+	bool ok = false;
+	if (rc != KVS_OK) {
+		*why = "the score provider failed";
+		log_warn("score provider %s failed: %s", c->scorer.name, pe.msg);
+	} else if (dt > c->scorer.budget_ms) {
+		*why = "the score provider overran its time budget";
+		log_warn("score provider %s took %.1f ms, over its %.1f ms budget", c->scorer.name, dt,
+		         c->scorer.budget_ms);
+	} else {
+		ok = true;
+		for (uint32_t i = 0; i < s->n; i++) {
+			s->score[i] = all[s->cand[i]];
+			if (isnan(s->score[i])) {
+				*why = "the score provider returned NaN";
+				ok = false;
+				break;
+			}
+		}
+	}
+	free(all);
+	if (ok) {
+		memset(s->keep, 0, s->n);
+		kv_select_top(s, s->target, KV_FLAG_KEY);
+	}
+	return ok;
+}
+
+/* Make room for m incoming tokens: keep at most budget - m cached tokens
+ * (pinned first), as the policy or the score provider chooses. */
+static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, struct err *e)
+{
+	uint32_t budget = c->cfg.budget;
+	if (m > budget)
+		return err_set(e, KVS_EARG, "KV cache: %u incoming tokens exceed the budget of %u", m,
+		               budget);
+	uint32_t target = budget - m;
+	if (c->n <= target)
+		return KVS_OK;
+	if (!kv_policy_evicts(&c->cfg.policy) && !c->has_scorer)
+		return err_set(e, KVS_ERANGE,
+		               "KV cache full: %u tokens cached + %u new exceed the budget of %u "
+		               "(policy full never evicts; raise --kv-budget or choose another --policy)",
+		               c->n, m, budget);
+	/* Pinned tokens stay (the newest ones when they alone exceed the target). */
+	uint32_t n_pinned = 0, n_cand = 0;
+	for (uint32_t i = 0; i < c->n; i++)
+		n_pinned += (c->toks[i].flags & KV_FLAG_PINNED) != 0;
+	uint32_t pin_skip = n_pinned > target ? n_pinned - target : 0;
+	for (uint32_t i = 0; i < c->n; i++) {
+		if ((c->toks[i].flags & KV_FLAG_PINNED) && pin_skip == 0)
+			continue;
+		if (c->toks[i].flags & KV_FLAG_PINNED)
+			pin_skip--;
+		c->cand[n_cand++] = i;
+	}
+	uint32_t kept_pinned = c->n - n_cand;
+	uint8_t *ckeep = c->keep; /* indexed by candidate */
+	memset(ckeep, 0, n_cand);
+	struct kv_select s = {
+		.toks = c->toks, .cand = c->cand, .n = n_cand, .acc = c->acc,
+		.acc_stride = c->acc_stride, .m = m, .budget = budget,
+		.target = target - kept_pinned, .p = c->cfg.policy.p,
+		.keep = ckeep, .score = c->fscratch, .order = c->order,
+	};
+	bool fallback = false;
+	const char *why = NULL;
+	if (c->has_scorer && !kv_provider_select(c, &s, &why)) {
+		fallback = true;
+		c->n_fallbacks++;
+		memset(ckeep, 0, n_cand);
+	}
+	/* (full never gets here without a provider; as a fallback its
+	 * selection keeps the most recent) */
+	if (!c->has_scorer || fallback)
+		kv_def(c)->select(&s);
+	/* Gather: kept tokens move down in cache order, evicted ones free their slot. */
+	uint32_t w = 0, ne = 0, ci = 0;
+	for (uint32_t i = 0; i < c->n; i++) {
+		struct kv_tok t = c->toks[i];
+		bool is_cand = ci < n_cand && c->cand[ci] == i;
+		uint8_t k = is_cand ? ckeep[ci++] : (uint8_t)(KV_KEEP | t.flags);
+		if (k & KV_KEEP) {
+			t.flags = (uint8_t)((t.flags & KV_FLAG_PINNED) | (k & (KV_FLAG_SINK | KV_FLAG_KEY)));
+			if (c->acc && w != i)
+				memmove(c->acc + (size_t)w * c->acc_stride, c->acc + (size_t)i * c->acc_stride,
+				        c->acc_stride * sizeof *c->acc);
+			c->toks[w++] = t;
+		} else {
+			c->evicted[ne++] = t;
+			c->free_slots[c->n_free++] = t.slot;
+			engine_kv_set_pos(c->eng, t.slot, -1, NULL);
+		}
+	}
+	c->n = w;
+	c->n_evicted += ne;
+	c->n_evictions++;
+	int rc = kv_reposition(c, e);
+	if (rc != KVS_OK)
+		return rc;
+	struct kv_event ev = { .kind = KV_EVENT_EVICT };
+	ev.cause = cause;
+	ev.n_incoming = m;
+	ev.n_evicted = ne;
+	ev.evicted = c->evicted;
+	ev.fallback = fallback;
+	ev.fallback_why = why;
+	kv_emit(c, &ev);
+	return KVS_OK;
+}
+
+/* --------------------------------------------------------- turns, policy */
+
+/* Multiply every score by the policy's decay factor (SirLLM, per turn). */
+static void kv_decay(struct kv_cache *c)
+{
+	const struct kv_policy_def *d = kv_def(c);
+	if (d->decay_param < 0)
+		return;
+	float lambda = c->cfg.policy.p[d->decay_param];
+	if (lambda == 1.0f)
+		return;
+	for (uint32_t i = 0; i < c->n; i++)
+		c->toks[i].score *= lambda;
+}
+
+int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struct err *e)
+{
+	c->turn++;
+	c->role = role;
+	c->turn_first = -1;
+	c->turn_max = -INFINITY;
+	c->prev_self = NAN;
+	uint32_t room = KVS_MIN(m, c->cfg.budget);
+	if (c->n + room > c->cfg.budget && (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
+		int rc = kv_evict(c, room, KV_EVICT_TURN, e);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	kv_decay(c);
+	struct kv_event ev = { .kind = KV_EVENT_TURN };
+	ev.n_incoming = m;
+	kv_emit(c, &ev);
+	return KVS_OK;
+}
+
+void kv_cache_set_role(struct kv_cache *c, enum kv_role role)
+{
+	c->role = role;
+}
+
+/* Give the cached tokens the scores and sink flags the policy starts from. */
+static void kv_rescore(struct kv_cache *c)
+{
+	const struct kv_policy_def *d = kv_def(c);
+	uint32_t sinks = d->n_sinks(c->cfg.policy.p);
+	for (uint32_t i = 0; i < c->n; i++) {
+		struct kv_tok *t = &c->toks[i];
+		t->flags = (uint8_t)((t->flags & KV_FLAG_PINNED) | (i < sinks ? KV_FLAG_SINK : 0));
+		if (d->score == KV_SCORE_NONE)
+			t->score = NAN;
+		else if (d->score == KV_SCORE_SURPRISAL)
+			t->score = isnan(t->surprisal) ? 0.0f : t->surprisal;
+		else
+			t->score = 0;
+	}
+	if (d->score == KV_SCORE_ATTN && c->acc == NULL)
+		c->acc = xcalloc((size_t)c->n_ctx * c->acc_stride, sizeof *c->acc);
+	else if (d->score == KV_SCORE_ATTN)
+		memset(c->acc, 0, (size_t)c->n_ctx * c->acc_stride * sizeof *c->acc);
+}
+
+int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct err *e)
+{
+	if (p->def == NULL)
+		return err_set(e, KVS_EARG, "KV cache: no retention policy given");
+	bool same = p->def == c->cfg.policy.def;
+	c->cfg.policy = *p;
+	if (!same)
+		kv_rescore(c);
+	int rc = kv_reposition(c, e);
+	if (rc == KVS_OK && c->n > c->cfg.budget)
+		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
+	struct kv_event ev = { .kind = KV_EVENT_POLICY };
+	kv_emit(c, &ev);
+	return rc;
+}
+
+int kv_cache_set_budget(struct kv_cache *c, uint32_t budget, struct err *e)
+{
+	if (budget == 0 || budget > c->n_ctx)
+		return err_set(e, KVS_EARG, "KV budget %u tokens: expected 1..%u (the context's slots)",
+		               budget, c->n_ctx);
+	if (budget < 8 && kv_policy_evicts(&c->cfg.policy))
+		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at least 8", budget);
+	if (c->n > budget && !kv_policy_evicts(&c->cfg.policy) && !c->has_scorer)
+		return err_set(e, KVS_ESTATE,
+		               "KV budget %u tokens: %u are cached and policy full never evicts", budget,
+		               c->n);
+	c->cfg.budget = budget;
+	int rc = KVS_OK;
+	if (c->n > budget)
+		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
+	struct kv_event ev = { .kind = KV_EVENT_POLICY };
+	kv_emit(c, &ev);
+	return rc;
+}
+
+int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *e)
+{
+	int32_t i = kv_cache_find(c, orig_pos);
+	if (i < 0)
+		return err_set(e, KVS_ENOTFOUND, "token at position %d is not in the KV cache", orig_pos);
+	if (pinned)
+		c->toks[i].flags |= KV_FLAG_PINNED;
+	else
+		c->toks[i].flags &= (uint8_t)~KV_FLAG_PINNED;
+	return KVS_OK;
+}
+
+/* ------------------------------------------------------------ introspection */
+
+/* Sum of the k largest of x[0..n) (x is reordered). Quickselect. */
+static float kv_top_sum(float *x, uint32_t n, uint32_t k)
+{
+	if (k >= n) {
+		double s = 0;
+		for (uint32_t i = 0; i < n; i++)
+			s += x[i];
+		return (float)s;
+	}
+	uint32_t lo = 0, hi = n; /* the answer's boundary lies in [lo, hi) */
+	double acc = 0;           /* sum of x[0..lo), all among the top */
+	while (hi - lo > 1 && lo < k) {
+		float pivot = x[lo + (hi - lo) / 2];
+		/* three-way partition of [lo, hi): > pivot, == pivot, < pivot */
+		uint32_t a = lo, i = lo, b = hi;
+		while (i < b) {
+			if (x[i] > pivot) {
+				float t = x[a]; x[a] = x[i]; x[i] = t;
+				a++, i++;
+			} else if (x[i] < pivot) {
+				b--;
+				float t = x[b]; x[b] = x[i]; x[i] = t;
+			} else {
+				i++;
+			}
+		}
+		if (k <= a) {
+			hi = a;
+		} else if (k <= b) {
+			for (uint32_t j = lo; j < a; j++)
+				acc += x[j];
+			acc += (double)pivot * (k - a);
+			return (float)acc;
+		} else {
+			for (uint32_t j = lo; j < b; j++)
+				acc += x[j];
+			lo = b;
+		}
+	}
+	for (uint32_t j = lo; j < k; j++)
+		acc += x[j];
+	return (float)acc;
+}
+
+/* Fewest of x[0..n) whose sum reaches target (x is reordered). */
+static uint32_t kv_count_mass(float *x, uint32_t n, double target)
+{
+	uint32_t lo = 0, hi = n, count = 0;
+	double acc = 0;
+	while (lo < hi) {
+		float pivot = x[lo + (hi - lo) / 2];
+		uint32_t a = lo, i = lo, b = hi;
+		while (i < b) {
+			if (x[i] > pivot) {
+				float t = x[a]; x[a] = x[i]; x[i] = t;
+				a++, i++;
+			} else if (x[i] < pivot) {
+				b--;
+				float t = x[b]; x[b] = x[i]; x[i] = t;
+			} else {
+				i++;
+			}
+		}
+		double s_hi = 0;
+		for (uint32_t j = lo; j < a; j++)
+			s_hi += x[j];
+		if (acc + s_hi >= target) {
+			hi = a; /* the answer is inside the larger part */
+			continue;
+		}
+		acc += s_hi;
+		count += a - lo;
+		/* the pivots, one at a time */
+		for (uint32_t j = a; j < b; j++) {
+			acc += pivot;
+			count++;
+			if (acc >= target)
+				return count;
+		}
+		lo = b;
+	}
+	return count ? count : (n ? 1 : 0);
+}
+
+void kv_head_summarize(const float *w, uint32_t n, uint32_t topk, float *scratch,
+                       struct kv_head_summary *out)
+{
+	double h = 0, sink = 0, total = 0;
+	for (uint32_t j = 0; j < n; j++) {
+		float p = w[j];
+		if (p > 0)
+			h -= (double)p * log((double)p);
+		if (j < KV_SINK_PROBE)
+			sink += p;
+		total += p;
+		scratch[j] = p;
+	}
+	out->entropy = (float)h;
+	out->sink_mass = (float)sink;
+	out->topk_mass = kv_top_sum(scratch, n, topk);
+	out->k90 = kv_count_mass(scratch, n, 0.9 * total);
+}
+
+/* Emit the step event of the forward just done (its last token). */
+static void kv_capture_step(struct kv_cache *c, const struct engine_out *o)
+{
+	const struct hparams *hp = c->hp;
+	uint32_t nh = hp->n_layer * hp->n_head, nv = o->n_visible;
+	if (o->attn != NULL)
+		for (uint32_t h = 0; h < nh; h++)
+			kv_head_summarize(o->attn + (size_t)h * nv, nv, c->cfg.summary_topk, c->fscratch,
+			                  &c->heads[h]);
+	struct kv_event ev = { .kind = KV_EVENT_STEP };
+	ev.step = c->step;
+	ev.tok = &c->toks[c->n - 1];
+	ev.next_entropy = NAN;
+	if (c->have_logits)
+		kv_row_stats(c->logits, c->n_vocab, -1, -1, NULL, NULL, &ev.next_entropy);
+	ev.n_layer = hp->n_layer;
+	ev.n_head = hp->n_head;
+	ev.n_cached = nv;
+	ev.attn = c->cfg.capture == KV_CAPTURE_FULL ? o->attn : NULL;
+	ev.heads = o->attn ? c->heads : NULL;
+	kv_emit(c, &ev);
+}
+
+/* ------------------------------------------------------------------ feeding */
+
+/* Add the attention of this forward's last query to the new and cached
+ * tokens' accumulators, each KV head summing its query heads (H2O). */
+static void kv_accumulate(struct kv_cache *c, const struct engine_out *o)
+{
+	const struct hparams *hp = c->hp;
+	uint32_t nv = o->n_visible, grp = hp->n_head / hp->n_head_kv;
+	for (uint32_t l = 0; l < hp->n_layer; l++)
+		for (uint32_t g = 0; g < hp->n_head_kv; g++) {
+			const float *a = o->attn + ((size_t)l * hp->n_head + (size_t)g * grp) * nv;
+			for (uint32_t j = 0; j < nv; j++) {
+				float s = 0;
+				for (uint32_t h = 0; h < grp; h++)
+					s += a[(size_t)h * nv + j];
+				c->acc[(size_t)j * c->acc_stride + l * hp->n_head_kv + g] += s;
+			}
+		}
+	for (uint32_t j = 0; j < nv; j++) {
+		const float *r = c->acc + (size_t)j * c->acc_stride;
+		double s = 0;
+		for (uint32_t k = 0; k < c->acc_stride; k++)
+			s += r[k];
+		c->toks[j].score = (float)s;
+	}
+}
+
+/* Record the compat-mode token entropy of the token at cache index i,
+ * whose own row gives self-surprisal s. */
+static void kv_compat_score(struct kv_cache *c, uint32_t i, float s)
+{
+	struct kv_tok *t = &c->toks[i];
+	float sv = isnan(s) ? 0.0f : s;
+	if (c->turn_first < 0) {
+		c->turn_first = t->orig_pos;
+		c->turn_max = sv;
+		t->score = sv;
+	} else {
+		t->score = isnan(c->prev_self) ? 0.0f : c->prev_self;
+		if (sv > c->turn_max) {
+			c->turn_max = sv;
+			int32_t f = kv_cache_find(c, c->turn_first);
+			if (f >= 0)
+				c->toks[f].score = sv;
+		}
+	}
+	c->prev_self = sv;
+}
+
+/* One forward of ids[0..m) (m fits the budget after eviction). */
+static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, bool last,
+                         struct err *e)
+{
+	const struct kv_policy_def *d = kv_def(c);
+	enum kv_pos_mode mode = kv_pos_mode(c);
+	bool stats = kv_need_stats(c), compat = kv_compat(c);
+	bool attn_policy = d->score == KV_SCORE_ATTN && !c->has_scorer;
+	bool capture = c->cfg.capture != KV_CAPTURE_OFF && last;
+	uint32_t n = c->n;
+	for (uint32_t i = 0; i < m; i++) {
+		c->bslot[i] = c->free_slots[c->n_free - 1 - i];
+		c->bpos[i] = mode == KV_POS_COMPACT ? (int32_t)(n + i) : c->next_pos + (int32_t)i;
+	}
+	if (mode == KV_POS_CAPPED) {
+		/* Globals sit at most cap before the batch's last query. */
+		int32_t lim = c->bpos[m - 1] - kv_cap(c);
+		for (uint32_t i = 0; i < n; i++) {
+			struct kv_tok *t = &c->toks[i];
+			int32_t p = (t->flags & KV_FLAG_SINK) && lim > t->orig_pos ? lim : t->orig_pos;
+			if (p != t->pos) {
+				int rc = engine_kv_set_pos(c->eng, t->slot, p, e);
+				if (rc != KVS_OK)
+					return rc;
+				t->pos = p;
+			}
+		}
+	}
+	for (uint32_t i = 0; i < n; i++)
+		c->visible[i] = c->toks[i].slot;
+	memcpy(c->visible + n, c->bslot, m * sizeof *c->bslot);
+
+	struct engine_batch b = { 0 };
+	b.n_tokens = m;
+	b.tokens = ids;
+	b.pos = c->bpos;
+	b.slot = c->bslot;
+	b.n_visible = n + m;
+	b.visible = c->visible;
+	b.logits = compat ? ENGINE_LOGITS_ALL
+	           : (last || stats) ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE;
+	b.want_surprisal = stats && !compat;
+	b.want_attn = capture || attn_policy;
+	struct engine_out o;
+	int rc = engine_forward(c->eng, &b, &o, e);
+	if (rc != KVS_OK)
+		return rc;
+
+	/* the chunk's metadata */
+	uint32_t sinks = d->n_sinks(c->cfg.policy.p);
+	for (uint32_t i = 0; i < m; i++) {
+		struct kv_tok *t = &c->toks[n + i];
+		memset(t, 0, sizeof *t);
+		t->token = ids[i];
+		t->orig_pos = c->next_pos + (int32_t)i;
+		t->pos = c->bpos[i];
+		t->slot = c->bslot[i];
+		t->turn = c->turn;
+		t->role = (uint8_t)c->role;
+		t->flags = n + i < sinks ? KV_FLAG_SINK : 0;
+		t->surprisal = t->entropy = NAN;
+		t->score = d->score == KV_SCORE_NONE || c->has_scorer ? NAN : 0.0f;
+		if (!stats && !compat)
+			continue;
+		if (i == 0 && c->have_logits)
+			kv_row_stats(c->logits, c->n_vocab, ids[0], -1, &t->surprisal, NULL, &t->entropy);
+		else if (i > 0 && !compat) {
+			t->surprisal = o.surprisal[i - 1];
+			t->entropy = o.entropy[i - 1];
+		}
+	}
+	c->n_free -= m;
+	c->n = n + m;
+	if (compat) {
+		/* one pass per row: the next token's surprisal and entropy, and
+		 * the row's own token for the compat score */
+		for (uint32_t i = 0; i < m; i++) {
+			struct kv_tok *nx = i + 1 < m ? &c->toks[n + i + 1] : NULL;
+			float s0;
+			kv_row_stats(o.logits + (size_t)i * c->n_vocab, c->n_vocab, nx ? ids[i + 1] : -1,
+			             ids[i], nx ? &nx->surprisal : NULL, &s0, nx ? &nx->entropy : NULL);
+			kv_compat_score(c, n + i, s0);
+		}
+	} else if (d->score == KV_SCORE_SURPRISAL && !c->has_scorer) {
+		for (uint32_t i = 0; i < m; i++) {
+			struct kv_tok *t = &c->toks[n + i];
+			t->score = isnan(t->surprisal) ? 0.0f : t->surprisal;
+		}
+	}
+	if (o.logits != NULL) {
+		uint32_t row = o.n_rows - 1;
+		memcpy(c->logits, o.logits + (size_t)row * c->n_vocab, c->n_vocab * sizeof(float));
+		c->have_logits = true;
+	} else {
+		c->have_logits = false;
+	}
+	if (attn_policy) {
+		memset(c->acc + (size_t)n * c->acc_stride, 0, (size_t)m * c->acc_stride * sizeof *c->acc);
+		kv_accumulate(c, &o);
+	}
+	c->next_pos += (int32_t)m;
+	c->n_seen += m;
+	c->step++;
+	uint64_t bytes = (uint64_t)c->n * c->bytes_per_token;
+	if (bytes > c->bytes_peak)
+		c->bytes_peak = bytes;
+	if (capture)
+		kv_capture_step(c, &o);
+	return KVS_OK;
+}
+
+int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err *e)
+{
+	if (n == 0)
+		return KVS_OK;
+	for (uint32_t i = 0; i < n; i++)
+		if (ids[i] < 0 || (uint32_t)ids[i] >= c->n_vocab)
+			return err_set(e, KVS_EARG, "token id %d at index %u is outside the vocabulary (0..%u)",
+			               ids[i], i, c->n_vocab - 1);
+	bool evicts = kv_policy_evicts(&c->cfg.policy) || c->has_scorer;
+	uint32_t chunk = c->cfg.n_batch;
+	if (evicts)
+		chunk = KVS_MIN(chunk, KVS_MAX(1u, c->cfg.budget / 4));
+	if (kv_compat(c))
+		chunk = KVS_MIN(chunk, (uint32_t)KV_COMPAT_CHUNK);
+	chunk = KVS_MIN(chunk, c->cfg.budget);
+	if (!evicts && c->n + n > c->cfg.budget)
+		return err_set(e, KVS_ERANGE,
+		               "context overflow: %u tokens cached + %u new exceed the KV budget of %u "
+		               "tokens (policy full never evicts; raise --kv-budget or --ctx, or choose "
+		               "another --policy)",
+		               c->n, n, c->cfg.budget);
+	for (uint32_t done = 0; done < n;) {
+		uint32_t m = KVS_MIN(chunk, n - done);
+		if (c->n + m > c->cfg.budget) {
+			int rc = kv_evict(c, m, n == 1 ? KV_EVICT_DECODE : KV_EVICT_PREFILL, e);
+			if (rc != KVS_OK)
+				return rc;
+		}
+		int rc = kv_feed_chunk(c, ids + done, m, done + m == n, e);
+		if (rc != KVS_OK)
+			return rc;
+		done += m;
+	}
+	return KVS_OK;
+}

@@ -1,0 +1,280 @@
+/*
+ * kv_cache.h: the KV cache with per-token memory, the retention policies and
+ * the introspection events (part of the engine layer's interface; it is to
+ * be folded into engine.h once the engine's header is open for edits).
+ *
+ * A kv_cache sits on one engine and owns the meaning of its slots: which
+ * token each cached slot holds, where that token came from (original
+ * position, turn, role), what the model thought of it (surprisal, predictive
+ * entropy), its retention score and the attention it has accumulated per
+ * (layer, KV head), and flags (sink, key token, pinned). Cached tokens are
+ * kept in stream order ("cache order", original position ascending); cache
+ * index i is the i-th cached token, and its key lives in engine slot
+ * toks[i].slot (slots are never moved: eviction frees slots, new tokens take
+ * free ones).
+ *
+ * The budget (tokens) is never exceeded. Before every forward of m tokens,
+ * when n + m > budget, the active retention policy chooses which cached
+ * tokens stay (at most budget - m of them) and the cache re-assigns their
+ * RoPE positions as the policy says: re-compacted to cache indices
+ * (StreamingLLM, SirLLM), original positions (H2O as in its paper code), or
+ * original positions with a distance cap for the global tokens
+ * (LM-Infinite). Keys are cached before RoPE, so re-positioning is exact.
+ * Turns: kv_cache_begin_turn(m) evicts once for the whole turn's incoming m
+ * tokens (SirLLM's semantics) and applies the memory decay; a turn or a
+ * reply longer than expected evicts again per prefill chunk or decode step.
+ *
+ * Policies are one table (policy.c), each with named parameters whose
+ * defaults come from the papers' released code. A score provider (a
+ * function, user data and a time budget) can replace the built-in scoring,
+ * e.g. a Lua policy; when it fails or overruns, the cache falls back to the
+ * built-in policy for that eviction and says so in the eviction event.
+ *
+ * Introspection: with capture on, every forward's last query produces a
+ * step event (attention per layer and head over the cached tokens, per-head
+ * summaries, the token's surprisal and entropy, KV statistics by region);
+ * evictions, turns and policy changes produce their own events. With
+ * capture off nothing extra is computed. Events are delivered synchronously
+ * on the calling (worker) thread; their pointers are valid only during the
+ * call, so a consumer copies what it keeps.
+ */
+#ifndef KVS_KV_CACHE_H
+#define KVS_KV_CACHE_H
+
+#include "engine/engine.h"
+
+#include <stdio.h>
+
+/* ---- per-token metadata ---- */
+
+enum kv_role { KV_ROLE_NONE = 0, KV_ROLE_SYSTEM, KV_ROLE_USER, KV_ROLE_ASSISTANT };
+const char *kv_role_name(enum kv_role r);
+
+enum kv_flag {
+	KV_FLAG_SINK = 1u << 0,   /* kept as a sink / global token */
+	KV_FLAG_KEY = 1u << 1,    /* kept for its score (key token, heavy hitter) */
+	KV_FLAG_PINNED = 1u << 2, /* pinned by the user: never evicted */
+};
+
+struct kv_tok {
+	int32_t token;     /* token id */
+	int32_t orig_pos;  /* position in the stream since the last clear */
+	int32_t pos;       /* RoPE position its key is rotated to now */
+	uint32_t slot;     /* engine KV slot */
+	uint32_t turn;     /* turn id (kv_cache_begin_turn counts them) */
+	uint8_t role;      /* enum kv_role */
+	uint8_t flags;     /* enum kv_flag */
+	uint16_t pad_;
+	float surprisal;   /* nats, -log p(token | what preceded it); NaN unknown */
+	float entropy;     /* nats, entropy of the distribution it was drawn from; NaN unknown */
+	float score;       /* the active policy's retention score; NaN when it has none */
+};
+
+/* ---- retention policies (policy.c) ---- */
+
+#define KV_POLICY_MAX_PARAMS 8
+
+/* How positions are assigned to kept and new tokens. */
+enum kv_pos_mode {
+	KV_POS_COMPACT = 0, /* cache index: 0 .. n-1 (StreamingLLM, SirLLM) */
+	KV_POS_ORIGINAL,    /* the original position (H2O paper code) */
+	KV_POS_CAPPED,      /* original, sinks at most cap away from the query (LM-Infinite) */
+};
+
+struct kv_param_def {
+	const char *name;
+	float def, lo, hi;
+	const char *const *choices; /* an enumeration: NULL-terminated names, value = index */
+	bool integer;
+	const char *help;
+};
+
+struct kv_policy_def; /* a row of the policy table */
+
+/* A policy with its parameter values (p[i] belongs to the i-th parameter). */
+struct kv_policy {
+	const struct kv_policy_def *def;
+	float p[KV_POLICY_MAX_PARAMS];
+};
+
+/* Number of policies in the table and the name of the i-th. */
+size_t kv_policy_count(void);
+const char *kv_policy_name_at(size_t i);
+/* The default policy ("streaming" with its defaults). */
+void kv_policy_default(struct kv_policy *p);
+/* Parse "NAME", "NAME:k=v,k=v" or "NAME k=v k=v" (values: numbers or an
+ * enumeration's names). KVS_EARG naming the policy, parameter or value. */
+int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e);
+/* Set one parameter of p by name. */
+int kv_policy_set(struct kv_policy *p, const char *key, const char *val, struct err *e);
+/* Value of parameter key, NaN when the policy has no such parameter. */
+float kv_policy_get(const struct kv_policy *p, const char *key);
+const char *kv_policy_name(const struct kv_policy *p);
+/* "sirllm mode=paper sinks=4 recent=0 lambda=0.9" into buf; returns buf. */
+char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap);
+/* Help text: every policy, one line each, then its parameters. */
+void kv_policy_help(FILE *fp);
+/* Whether the policy ever evicts (full does not). */
+bool kv_policy_evicts(const struct kv_policy *p);
+
+/* ---- score providers (custom policies from outside the engine) ---- */
+
+/*
+ * Fill scores[i] for the n cached tokens toks[i] (cache order); the cache
+ * keeps the pinned tokens and then the n_keep highest scores (ties: the more
+ * recent). deadline_ms is on clock_now_ms(): a provider that returns later,
+ * returns an error or a NaN score is ignored for this eviction and the
+ * built-in policy decides instead.
+ */
+typedef int (*kv_score_fn)(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep,
+                           float *scores, double deadline_ms, struct err *e);
+
+struct kv_scorer {
+	const char *name;
+	kv_score_fn fn;
+	void *ud;
+	double budget_ms;  /* time allowed per call */
+};
+
+/* ---- events ---- */
+
+enum kv_capture {
+	KV_CAPTURE_OFF = 0, /* no step events, nothing extra computed */
+	KV_CAPTURE_SUMMARY, /* step events with per-head summaries and stats */
+	KV_CAPTURE_FULL,    /* and the attention rows themselves */
+};
+
+/* Per (layer, head) summary of the last query's attention over the cache. */
+struct kv_head_summary {
+	float entropy;     /* nats */
+	float sink_mass;   /* mass on the first KV_SINK_PROBE cached tokens */
+	float topk_mass;   /* mass on the kv_config.summary_topk largest weights */
+	uint32_t k90;      /* fewest keys holding >= 90 % of the mass */
+};
+
+#define KV_SINK_PROBE 4
+
+/* The cache's composition (regions by flag) and memory. */
+struct kv_stats {
+	uint32_t n_cached, budget, n_ctx;
+	uint32_t n_sink, n_key, n_recent, n_pinned; /* n_recent: neither sink nor key */
+	uint64_t n_seen;        /* tokens fed since the last clear */
+	uint64_t n_evicted;     /* tokens evicted since the last clear */
+	uint32_t n_evictions;   /* eviction rounds since the last clear */
+	uint32_t n_fallbacks;   /* score-provider failures since the last clear */
+	uint64_t bytes_per_token;   /* K and V, all layers */
+	uint64_t bytes_per_layer;   /* cached tokens' K and V in one layer */
+	uint64_t bytes;             /* cached tokens' K and V, all layers */
+	uint64_t bytes_peak;        /* the most bytes held since the last clear */
+	uint64_t bytes_allocated;   /* n_ctx slots */
+};
+
+enum kv_event_kind {
+	KV_EVENT_STEP = 0, /* a forward's last query (capture on) */
+	KV_EVENT_EVICT,    /* tokens left the cache */
+	KV_EVENT_TURN,     /* a turn began */
+	KV_EVENT_POLICY,   /* the policy or the budget changed */
+};
+
+enum kv_evict_cause { KV_EVICT_TURN = 0, KV_EVICT_PREFILL, KV_EVICT_DECODE, KV_EVICT_BUDGET };
+const char *kv_evict_cause_name(enum kv_evict_cause c);
+
+struct kv_event {
+	enum kv_event_kind kind;
+	uint32_t turn;
+	const char *policy;          /* policy name (or the score provider's) */
+	struct kv_stats stats;       /* after the event */
+	/* KV_EVENT_STEP */
+	uint64_t step;               /* forwards since the last clear */
+	const struct kv_tok *tok;    /* the query token (cached) */
+	float next_entropy;          /* entropy of the next-token distribution; NaN unknown */
+	uint32_t n_layer, n_head;
+	uint32_t n_cached;           /* columns of attn: cache order */
+	const float *attn;           /* FULL: (n_layer, n_head, n_cached), else NULL */
+	const struct kv_head_summary *heads; /* (n_layer, n_head) */
+	/* KV_EVENT_EVICT */
+	enum kv_evict_cause cause;
+	uint32_t n_incoming;         /* the m tokens room was made for */
+	uint32_t n_evicted;
+	const struct kv_tok *evicted; /* (n_evicted) with their final scores */
+	bool fallback;               /* the score provider failed; built-in policy used */
+	const char *fallback_why;
+};
+
+typedef void (*kv_event_fn)(const struct kv_event *ev, void *ud);
+
+/* ---- the cache ---- */
+
+enum kv_stats_mode {
+	KV_TOKSTATS_AUTO = 0, /* when the policy or capture needs them */
+	KV_TOKSTATS_ON,
+	KV_TOKSTATS_OFF,      /* unless the policy needs them */
+};
+
+struct kv_config {
+	struct kv_policy policy;
+	uint32_t budget;          /* tokens; 0 = every engine slot */
+	uint32_t n_batch;         /* prefill chunk (default 512; capped at budget/4 when evicting) */
+	enum kv_capture capture;
+	enum kv_stats_mode token_stats; /* per-token surprisal and entropy */
+	uint32_t summary_topk;    /* k of kv_head_summary.topk_mass (default 10) */
+};
+
+void kv_config_default(struct kv_config *c);
+
+struct kv_cache;
+
+/* A cache over eng's slots (all of them must be empty); KVS_EARG when the
+ * budget exceeds the engine's slots. */
+int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_config *cfg,
+                    struct err *e);
+void kv_cache_free(struct kv_cache *c);
+/* Forget everything: empty cache, turn 0, statistics reset. */
+void kv_cache_clear(struct kv_cache *c);
+
+/* Events go to fn(ev, ud) (NULL: none). */
+void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud);
+void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap);
+/* Switch policy or budget (between turns); evicts at once when the cache
+ * holds more than the new budget. */
+int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct err *e);
+int kv_cache_set_budget(struct kv_cache *c, uint32_t budget, struct err *e);
+/* Install (s != NULL) or remove a score provider (copied). */
+void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s);
+
+/* Begin a turn of role whose incoming length is about m tokens: evict once
+ * to make room for them (when needed) and apply the policy's memory decay. */
+int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struct err *e);
+/* Set the role of the tokens fed next (within a turn). */
+void kv_cache_set_role(struct kv_cache *c, enum kv_role role);
+/* Append tokens: chunks of at most n_batch, evicting before a chunk when it
+ * would not fit. Afterwards kv_cache_logits() holds the next-token logits.
+ * KVS_ERANGE when a policy that never evicts is full. */
+int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err *e);
+/* Next-token logits (n_vocab) after the last feed, or NULL. */
+const float *kv_cache_logits(const struct kv_cache *c);
+/* Pin or unpin the cached token at original position orig_pos. */
+int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *e);
+
+/* ---- reading ---- */
+
+uint32_t kv_cache_n(const struct kv_cache *c);
+uint32_t kv_cache_budget(const struct kv_cache *c);
+const struct kv_tok *kv_cache_toks(const struct kv_cache *c);  /* (n) cache order */
+/* Accumulated attention (n, n_layer * n_head_kv) when the policy tracks it, else NULL. */
+const float *kv_cache_acc(const struct kv_cache *c);
+/* Cache index of the token at original position orig_pos, or -1 (evicted / never). */
+int32_t kv_cache_find(const struct kv_cache *c, int32_t orig_pos);
+const struct kv_policy *kv_cache_policy(const struct kv_cache *c);
+void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s);
+struct engine *kv_cache_engine(const struct kv_cache *c);
+/* Next original position (tokens fed since the last clear). */
+int32_t kv_cache_next_pos(const struct kv_cache *c);
+
+/* Summaries of one attention row w over n keys (probabilities summing to 1):
+ * the pure function behind kv_head_summary, for tests and views. scratch
+ * holds n floats. */
+void kv_head_summarize(const float *w, uint32_t n, uint32_t topk, float *scratch,
+                       struct kv_head_summary *out);
+
+#endif

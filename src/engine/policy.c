@@ -1,0 +1,448 @@
+/*
+ * policy.c: the retention-policy table and the policies' selections.
+ *
+ * One row per policy: its name, one line of help, its parameters (with the
+ * defaults of the papers' released code), where its score comes from, how
+ * it assigns positions, and a selection function. A selection sees the
+ * unpinned cached tokens in cache order and marks which stay (kv-int.h);
+ * the cache does the rest. The budget arithmetic follows the papers' code:
+ *
+ *   streaming  keep [0, S) and the most recent target - S
+ *              (StreamingLLM evict_for_space: [0,S) + [n-W+m, n), W = B-S)
+ *   window     the most recent target
+ *   sirllm     K = E - m with E = B - S - W; keep {first S} u TopK(e, K)
+ *              over all candidates (sinks included, ties: the older), then
+ *              back-fill from the newest (down to index 1) up to target
+ *              (SirLLM evict_for_space_token_entropy)
+ *   lminfinite keep the first G (global branch) and the most recent
+ *              target - G (local branch); positions stay original and the
+ *              globals sit at most `cap` positions from the query
+ *   h2o        keep the most recent target - H, then the H heaviest hitters
+ *              among the rest by attention accumulated over layers and KV
+ *              heads (each KV head's score sums its query heads)
+ *
+ * where B is the budget, m the incoming tokens and target = B - m (less the
+ * pinned tokens).
+ */
+#include "engine/kv-int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------- parameters */
+
+static const char *const policy_sirllm_modes[] = { "paper", "compat", NULL };
+static const char *const policy_pos_modes[] = { "original", "compact", NULL };
+
+enum { STREAM_SINKS = 0 };
+static const struct kv_param_def policy_streaming_params[] = {
+	{ "sinks", 4, 0, 1 << 20, NULL, true, "attention-sink tokens kept at the start (paper: 4)" },
+};
+
+enum { SIR_MODE = 0, SIR_SINKS, SIR_RECENT, SIR_LAMBDA };
+static const struct kv_param_def policy_sirllm_params[] = {
+	{ "mode", 0, 0, 1, policy_sirllm_modes, true,
+	  "token entropy: paper (-log p(x_i|x_<i)) or compat (the released code's scoring)" },
+	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept (code: start_size 4)" },
+	{ "recent", 0, 0, 1 << 20, NULL, true,
+	  "recent window W; key tokens E = budget - sinks - W (README commands: 0)" },
+	{ "lambda", 1.0f, 0, 1, NULL, false,
+	  "memory decay per turn (code default 1.0; README: RPS 0.9, DailyDialog 0.7, Grocery 1.0)" },
+};
+
+enum { LMI_GLOBAL = 0, LMI_CAP };
+static const struct kv_param_def policy_lmi_params[] = {
+	{ "global", 10, 0, 1 << 20, NULL, true,
+	  "global branch n_global (passkey/extreme-length commands: 10; code default 100)" },
+	{ "cap", 0, 0, 1 << 30, NULL, true,
+	  "distance cap d for the global tokens (0: the model's training context L)" },
+};
+
+enum { H2O_HEAVY = 0, H2O_POS };
+static const struct kv_param_def policy_h2o_params[] = {
+	{ "heavy", 0.5f, 0, 1, NULL, false,
+	  "heavy-hitter share of the budget (rest: recent window; 0.5 = B/2 + B/2)" },
+	{ "pos", 0, 0, 1, policy_pos_modes, true,
+	  "positions: original (paper real-drop code) or compact (its streaming variant)" },
+};
+
+/* ------------------------------------------------------------ helpers */
+
+struct kv_rank {
+	float score;
+	uint32_t i;
+};
+
+/* Descending score; ties: the older (lower index) first. */
+static int policy_cmp_older(const void *a, const void *b)
+{
+	const struct kv_rank *x = a, *y = b;
+	if (x->score != y->score)
+		return x->score > y->score ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Descending score; ties: the more recent first. */
+static int policy_cmp_newer(const void *a, const void *b)
+{
+	const struct kv_rank *x = a, *y = b;
+	if (x->score != y->score)
+		return x->score > y->score ? -1 : 1;
+	return x->i > y->i ? -1 : x->i < y->i;
+}
+
+/* Mark the top k of the candidates not yet kept by s->score; older_first
+ * breaks ties towards the older token (SirLLM's stable sort). */
+static uint32_t policy_top(struct kv_select *s, uint32_t k, uint8_t flag, bool older_first)
+{
+	if (k == 0)
+		return 0;
+	struct kv_rank *r = xmallocarray(s->n ? s->n : 1, sizeof *r);
+	uint32_t nr = 0, got = 0;
+	for (uint32_t i = 0; i < s->n; i++)
+		if (!s->keep[i])
+			r[nr++] = (struct kv_rank){ isnan(s->score[i]) ? -INFINITY : s->score[i], i };
+	qsort(r, nr, sizeof *r, older_first ? policy_cmp_older : policy_cmp_newer);
+	for (uint32_t j = 0; j < nr && got < k; j++, got++)
+		s->keep[r[j].i] = (uint8_t)(KV_KEEP | flag);
+	free(r);
+	return got;
+}
+
+uint32_t kv_select_top(struct kv_select *s, uint32_t k, uint8_t flag)
+{
+	return policy_top(s, k, flag, false);
+}
+
+/* Mark the first k candidates (sinks). */
+static uint32_t policy_first(struct kv_select *s, uint32_t k, uint8_t flag)
+{
+	uint32_t got = 0;
+	for (uint32_t i = 0; i < s->n && got < k; i++)
+		if (!s->keep[i]) {
+			s->keep[i] = (uint8_t)(KV_KEEP | flag);
+			got++;
+		}
+	return got;
+}
+
+/* Mark up to k of the newest candidates not yet kept, stopping at index
+ * lowest; returns how many were marked. */
+static uint32_t policy_recent(struct kv_select *s, uint32_t k, uint32_t lowest)
+{
+	uint32_t got = 0;
+	for (uint32_t i = s->n; i-- > lowest && got < k;)
+		if (!s->keep[i]) {
+			s->keep[i] = KV_KEEP;
+			got++;
+		}
+	return got;
+}
+
+/* -------------------------------------------------------------- policies */
+
+static enum kv_pos_mode policy_pos_compact(const float *p)
+{
+	(void)p;
+	return KV_POS_COMPACT;
+}
+
+static enum kv_pos_mode policy_pos_capped(const float *p)
+{
+	(void)p;
+	return KV_POS_CAPPED;
+}
+
+static enum kv_pos_mode policy_pos_h2o(const float *p)
+{
+	return p[H2O_POS] >= 0.5f ? KV_POS_COMPACT : KV_POS_ORIGINAL;
+}
+
+static uint32_t policy_no_sinks(const float *p)
+{
+	(void)p;
+	return 0;
+}
+
+static uint32_t policy_streaming_sinks(const float *p)
+{
+	return (uint32_t)p[STREAM_SINKS];
+}
+
+static uint32_t policy_sirllm_sinks(const float *p)
+{
+	return (uint32_t)p[SIR_SINKS];
+}
+
+static uint32_t policy_lmi_sinks(const float *p)
+{
+	return (uint32_t)p[LMI_GLOBAL];
+}
+
+static int32_t policy_no_cap(const float *p)
+{
+	(void)p;
+	return 0;
+}
+
+static int32_t policy_lmi_cap(const float *p)
+{
+	return (int32_t)p[LMI_CAP];
+}
+
+/* full never evicts: the cache refuses a chunk that does not fit. */
+static void policy_full_select(struct kv_select *s)
+{
+	policy_recent(s, s->target, 0);
+}
+
+static void policy_window_select(struct kv_select *s)
+{
+	policy_recent(s, s->target, 0);
+}
+
+static void policy_streaming_select(struct kv_select *s)
+{
+	uint32_t got = policy_first(s, KVS_MIN(s->target, (uint32_t)s->p[STREAM_SINKS]), KV_FLAG_SINK);
+	policy_recent(s, s->target - got, 0);
+}
+
+static void policy_sirllm_select(struct kv_select *s)
+{
+	uint32_t S = (uint32_t)s->p[SIR_SINKS], W = (uint32_t)s->p[SIR_RECENT];
+	int64_t E = (int64_t)s->budget - S - W;
+	int64_t K = E - (int64_t)s->m;
+	for (uint32_t i = 0; i < s->n; i++)
+		s->score[i] = s->toks[s->cand[i]].score;
+	/* TopK over every candidate, sinks included; the sinks join after, so
+	 * an overlap leaves room for the back-fill. */
+	uint32_t got = 0;
+	if (K > 0)
+		got = policy_top(s, (uint32_t)KVS_MIN(K, (int64_t)s->target), KV_FLAG_KEY, true);
+	for (uint32_t i = 0; i < s->n && i < S; i++) {
+		if (s->keep[i]) {
+			s->keep[i] = KV_KEEP | KV_FLAG_SINK;
+		} else if (got < s->target) {
+			s->keep[i] = KV_KEEP | KV_FLAG_SINK;
+			got++;
+		}
+	}
+	if (got < s->target)
+		policy_recent(s, s->target - got, 1);
+}
+
+static void policy_lmi_select(struct kv_select *s)
+{
+	uint32_t got = policy_first(s, KVS_MIN(s->target, (uint32_t)s->p[LMI_GLOBAL]), KV_FLAG_SINK);
+	policy_recent(s, s->target - got, 0);
+}
+
+static void policy_h2o_select(struct kv_select *s)
+{
+	uint32_t heavy = (uint32_t)lroundf(s->p[H2O_HEAVY] * (float)s->budget);
+	heavy = KVS_MIN(heavy, s->target);
+	policy_recent(s, s->target - heavy, 0);
+	for (uint32_t i = 0; i < s->n; i++) {
+		const float *a = s->acc ? s->acc + (size_t)s->cand[i] * s->acc_stride : NULL;
+		double sum = 0;
+		for (uint32_t j = 0; a && j < s->acc_stride; j++)
+			sum += a[j];
+		s->score[i] = (float)sum;
+	}
+	policy_top(s, heavy, KV_FLAG_KEY, false);
+}
+
+#define P(a) a, (uint32_t)KVS_ARRAY_LEN(a)
+
+static const struct kv_policy_def policy_table[] = {
+	{ "full", "no eviction: the cache refuses what does not fit the budget", NULL, 0, false,
+	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
+	  policy_full_select },
+	{ "window", "the most recent tokens only (sliding window, positions re-compacted)", NULL, 0,
+	  true, KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
+	  policy_window_select },
+	{ "streaming", "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
+	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
+	  policy_streaming_sinks, policy_no_cap, policy_streaming_select },
+	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
+	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE,
+	  policy_pos_compact, policy_sirllm_sinks, policy_no_cap, policy_sirllm_select },
+	{ "lminfinite", "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
+	  P(policy_lmi_params), true, KV_SCORE_NONE, -1, -1, policy_pos_capped, policy_lmi_sinks,
+	  policy_lmi_cap, policy_lmi_select },
+	{ "h2o", "H2O: heavy hitters by accumulated attention (GQA-summed) + a recent window",
+	  P(policy_h2o_params), true, KV_SCORE_ATTN, -1, -1, policy_pos_h2o, policy_no_sinks,
+	  policy_no_cap, policy_h2o_select },
+};
+
+/* ------------------------------------------------------------ the table */
+
+size_t kv_policy_count(void)
+{
+	return KVS_ARRAY_LEN(policy_table);
+}
+
+const char *kv_policy_name_at(size_t i)
+{
+	return i < KVS_ARRAY_LEN(policy_table) ? policy_table[i].name : NULL;
+}
+
+/* Give p the definition def and its defaults. */
+static void policy_init(struct kv_policy *p, const struct kv_policy_def *def)
+{
+	memset(p, 0, sizeof *p);
+	p->def = def;
+	for (uint32_t i = 0; i < def->n_params; i++)
+		p->p[i] = def->params[i].def;
+}
+
+void kv_policy_default(struct kv_policy *p)
+{
+	policy_init(p, &policy_table[2]);
+}
+
+const char *kv_policy_name(const struct kv_policy *p)
+{
+	return p->def ? p->def->name : "?";
+}
+
+bool kv_policy_evicts(const struct kv_policy *p)
+{
+	return p->def && p->def->evicts;
+}
+
+/* The parameter named key[0..len) of def, or -1. */
+static int policy_param_index(const struct kv_policy_def *def, const char *key, size_t len)
+{
+	for (uint32_t i = 0; i < def->n_params; i++)
+		if (strlen(def->params[i].name) == len && strncmp(def->params[i].name, key, len) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* Parameter names of def as "a, b, c" (or "none") into buf. */
+static const char *policy_param_names(const struct kv_policy_def *def, char *buf, size_t cap)
+{
+	size_t o = 0;
+	buf[0] = '\0';
+	for (uint32_t i = 0; i < def->n_params && o < cap; i++)
+		o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "", def->params[i].name);
+	return def->n_params ? buf : "none";
+}
+
+/* Set parameter key[0..klen) from val[0..vlen). */
+static int policy_set_n(struct kv_policy *p, const char *key, size_t klen, const char *val,
+                        size_t vlen, struct err *e)
+{
+	char names[256], vbuf[64];
+	int i = policy_param_index(p->def, key, klen);
+	if (i < 0)
+		return err_set(e, KVS_EARG, "policy %s has no parameter '%.*s' (parameters: %s)",
+		               p->def->name, (int)klen, key, policy_param_names(p->def, names, sizeof names));
+	const struct kv_param_def *pd = &p->def->params[i];
+	if (vlen == 0 || vlen >= sizeof vbuf)
+		return err_set(e, KVS_EARG, "policy %s parameter %s: '%.*s' is not a value", p->def->name,
+		               pd->name, (int)vlen, val);
+	memcpy(vbuf, val, vlen);
+	vbuf[vlen] = '\0';
+	if (pd->choices != NULL) {
+		for (int c = 0; pd->choices[c] != NULL; c++)
+			if (strcmp(pd->choices[c], vbuf) == 0) {
+				p->p[i] = (float)c;
+				return KVS_OK;
+			}
+		size_t o = 0;
+		names[0] = '\0';
+		for (int c = 0; pd->choices[c] != NULL && o < sizeof names; c++)
+			o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", c ? " or " : "",
+			                      pd->choices[c]);
+		return err_set(e, KVS_EARG, "policy %s parameter %s: '%s', expected %s", p->def->name,
+		               pd->name, vbuf, names);
+	}
+	char *end;
+	double v = strtod(vbuf, &end);
+	if (*end != '\0' || !isfinite(v) || v < pd->lo || v > pd->hi ||
+	    (pd->integer && v != floor(v)))
+		return err_set(e, KVS_EARG, "policy %s parameter %s: '%s', expected %s in %g..%g",
+		               p->def->name, pd->name, vbuf, pd->integer ? "a whole number" : "a number",
+		               (double)pd->lo, (double)pd->hi);
+	p->p[i] = (float)v;
+	return KVS_OK;
+}
+
+int kv_policy_set(struct kv_policy *p, const char *key, const char *val, struct err *e)
+{
+	return policy_set_n(p, key, strlen(key), val, strlen(val), e);
+}
+
+float kv_policy_get(const struct kv_policy *p, const char *key)
+{
+	int i = p->def ? policy_param_index(p->def, key, strlen(key)) : -1;
+	return i < 0 ? NAN : p->p[i];
+}
+
+int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
+{
+	size_t nlen = strcspn(spec, ": \t,");
+	const struct kv_policy_def *def = NULL;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(policy_table); i++)
+		if (strlen(policy_table[i].name) == nlen && strncmp(policy_table[i].name, spec, nlen) == 0)
+			def = &policy_table[i];
+	if (def == NULL) {
+		char names[256];
+		size_t o = 0;
+		for (size_t i = 0; i < KVS_ARRAY_LEN(policy_table) && o < sizeof names; i++)
+			o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "",
+			                      policy_table[i].name);
+		return err_set(e, KVS_EARG, "policy '%.*s': expected one of %s", (int)nlen, spec, names);
+	}
+	struct kv_policy p;
+	policy_init(&p, def);
+	const char *s = spec + nlen;
+	while (*s != '\0') {
+		s += strspn(s, ": \t,");
+		if (*s == '\0')
+			break;
+		size_t len = strcspn(s, " \t,");
+		const char *eq = memchr(s, '=', len);
+		if (eq == NULL)
+			return err_set(e, KVS_EARG, "policy %s: '%.*s' is not key=value", def->name, (int)len,
+			               s);
+		int rc = policy_set_n(&p, s, (size_t)(eq - s), eq + 1, len - (size_t)(eq - s) - 1, e);
+		if (rc != KVS_OK)
+			return rc;
+		s += len;
+	}
+	*out = p;
+	return KVS_OK;
+}
+
+char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)
+{
+	size_t o = (size_t)snprintf(buf, cap, "%s", kv_policy_name(p));
+	for (uint32_t i = 0; p->def && i < p->def->n_params && o < cap; i++) {
+		const struct kv_param_def *pd = &p->def->params[i];
+		if (pd->choices)
+			o += (size_t)snprintf(buf + o, cap - o, " %s=%s", pd->name,
+			                      pd->choices[(int)p->p[i]]);
+		else
+			o += (size_t)snprintf(buf + o, cap - o, " %s=%g", pd->name, (double)p->p[i]);
+	}
+	return buf;
+}
+
+void kv_policy_help(FILE *fp)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(policy_table); i++) {
+		const struct kv_policy_def *d = &policy_table[i];
+		fprintf(fp, "  %-11s %s\n", d->name, d->help);
+		for (uint32_t j = 0; j < d->n_params; j++) {
+			const struct kv_param_def *pd = &d->params[j];
+			if (pd->choices)
+				fprintf(fp, "      %s=%s  %s\n", pd->name, pd->choices[(int)pd->def], pd->help);
+			else
+				fprintf(fp, "      %s=%g  %s\n", pd->name, (double)pd->def, pd->help);
+		}
+	}
+}
