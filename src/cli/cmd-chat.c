@@ -21,7 +21,7 @@ const struct cli_cmd cmd_chat = {
 	"[--model PATH] [--system TEXT] [--max-tokens N] [options]",
 	"plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
 	cmd_chat_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV,
 };
 
 static void chat_write(const char *text, size_t len, void *ud)
@@ -31,27 +31,47 @@ static void chat_write(const char *text, size_t len, void *ud)
 	fflush(stdout);
 }
 
-/* Feed a rendered prompt; KVS_ERANGE if it does not fit. */
-static int chat_feed(struct gen *g, const struct chat_prompt *p, struct err *e)
+/* Feed a rendered prompt as role; KVS_ERANGE if it does not fit. */
+static int chat_feed(struct gen *g, const struct chat_prompt *p, enum kv_role role, struct err *e)
 {
-	int32_t *ids = NULL;
-	size_t n = 0;
-	int rc = gen_tokenize_prompt(g, p, &ids, &n, e);
-
-	if (rc == KVS_OK)
-		rc = gen_feed(g, ids, n, e);
-	free(ids);
-	return rc;
+	return gen_feed_prompt(g, p, role, e);
 }
 
-/* Render one user turn (with the system turn first in a new conversation). */
-static void chat_render(struct gen *g, const char *system, bool first, const char *line,
-                        struct chat_prompt *p)
+/* Begin a turn and feed it: the system turn first in a new conversation,
+ * then the user's line and the header of the reply. */
+static int chat_turn(struct gen *g, const char *system, bool first, const char *line,
+                     struct err *e)
 {
+	struct chat_prompt ps = { 0 }, pu = { 0 }, pa = { 0 };
+	int32_t *ids = NULL;
+	size_t n = 0;
+	int rc;
+
 	if (first)
-		chat_system(&g->chat, system, p);
-	chat_message(&g->chat, "user", line, p);
-	chat_generation_prompt(&g->chat, p);
+		chat_system(&g->chat, system, &ps);
+	chat_message(&g->chat, "user", line, &pu);
+	chat_generation_prompt(&g->chat, &pa);
+	/* the turn's size, for eviction between turns */
+	rc = gen_tokenize_prompt(g, &ps, &ids, &n, e);
+	if (rc == KVS_OK) {
+		size_t cap = n;
+		rc = chat_tokenize(g->model->vocab, &pu, &ids, &n, &cap, e);
+		if (rc == KVS_OK)
+			rc = chat_tokenize(g->model->vocab, &pa, &ids, &n, &cap, e);
+	}
+	if (rc == KVS_OK)
+		rc = gen_begin_turn(g, KV_ROLE_USER, n, e);
+	if (rc == KVS_OK && first)
+		rc = chat_feed(g, &ps, KV_ROLE_SYSTEM, e);
+	if (rc == KVS_OK)
+		rc = chat_feed(g, &pu, KV_ROLE_USER, e);
+	if (rc == KVS_OK)
+		rc = chat_feed(g, &pa, KV_ROLE_ASSISTANT, e);
+	free(ids);
+	chat_prompt_free(&ps);
+	chat_prompt_free(&pu);
+	chat_prompt_free(&pa);
+	return rc;
 }
 
 static int cmd_chat_exec(int argc, char **argv)
@@ -83,6 +103,7 @@ static int cmd_chat_exec(int argc, char **argv)
 	}
 	if (vocab_add_bos(g->model->vocab) && vocab_bos(g->model->vocab) >= 0) {
 		int32_t bos = vocab_bos(g->model->vocab);
+		gen_set_role(g, KV_ROLE_SYSTEM);
 		if (gen_feed(g, &bos, 1, &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
@@ -125,18 +146,14 @@ static int cmd_chat_exec(int argc, char **argv)
 			free(line);
 			continue;
 		}
-		chat_render(g, o.system, first, line, &p);
-		rc = chat_feed(g, &p, &e);
+		rc = chat_turn(g, o.system, first, line, &e);
 		if (rc == KVS_ERANGE && !first) {
-			/* The context is full: start over with this turn. */
+			/* The context is full (policy full): start over with this turn. */
 			fprintf(stderr, "kvscope: context full (%u tokens): starting a new conversation\n",
-			        gen_n_ctx(g));
-			chat_prompt_free(&p);
+			        kv_cache_budget(g->kv));
 			gen_reset(g);
-			chat_render(g, o.system, true, line, &p);
-			rc = chat_feed(g, &p, &e);
+			rc = chat_turn(g, o.system, true, line, &e);
 		}
-		chat_prompt_free(&p);
 		free(line);
 		if (rc != KVS_OK) {
 			fprintf(stderr, "kvscope: %s\n", e.msg);
@@ -158,16 +175,16 @@ static int cmd_chat_exec(int argc, char **argv)
 			chat_reply_end(&g->chat, &p);
 		else
 			chat_close(&g->chat, &p);
-		if (chat_feed(g, &p, &e) != KVS_OK) {
+		if (chat_feed(g, &p, KV_ROLE_ASSISTANT, &e) != KVS_OK) {
 			gen_reset(g);
 			first = true;
 		}
 		chat_prompt_free(&p);
 		if (interactive)
-			fprintf(stderr, "[%u tokens, %s, %.1f tok/s, context %u/%u]\n", n_out,
+			fprintf(stderr, "[%u tokens, %s, %.1f tok/s, KV %u/%u, %s]\n", n_out,
 			        gen_stop_name(stop),
 			        g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0, g->n_past,
-			        gen_n_ctx(g));
+			        kv_cache_budget(g->kv), kv_policy_name(kv_cache_policy(g->kv)));
 	}
 	rc = CLI_OK;
 out:

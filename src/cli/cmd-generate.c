@@ -1,22 +1,38 @@
 /*
  * cmd-generate.c: `kvscope generate`: one prompt in, the continuation out.
- * stdout carries only the generated text; timings go to stderr.
+ * stdout carries only the generated text; timings go to stderr. With
+ * --trace FILE every KV-cache event (a step per forward's last token,
+ * evictions, the turn) is written to FILE as one JSON line (app/trace.c).
  */
 #include "cli/opts.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int cmd_generate_exec(int argc, char **argv);
 
 const struct cli_cmd cmd_generate = {
 	"generate",
 	"[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] [--seed S] "
-	"[--raw] [options]",
+	"[--raw] [--policy P] [--kv-budget N] [--trace FILE [--trace-attn]] [options]",
 	"print the model's continuation of a prompt (one user turn in the chat template unless --raw)",
 	cmd_generate_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV | OPTG_TRACE,
 };
+
+struct generate_trace {
+	FILE *fp;
+	const struct vocab *v;
+};
+
+/* Write each KV-cache event as a JSON line. */
+static void generate_trace_event(const struct kv_event *ev, void *ud)
+{
+	struct generate_trace *t = ud;
+	trace_write_event(t->fp, ev, t->v);
+}
 
 /* Stream generated text to stdout as it arrives. */
 static void generate_write(const char *text, size_t len, void *ud)
@@ -36,6 +52,9 @@ static int cmd_generate_exec(int argc, char **argv)
 	int32_t *ids = NULL;
 	enum gen_stop stop;
 	uint32_t n_out = 0;
+	struct generate_trace tr = { 0 };
+	struct kv_stats ks;
+	char pol[256];
 	int rc;
 
 	cli_opts_default(&o);
@@ -50,10 +69,28 @@ static int cmd_generate_exec(int argc, char **argv)
 		rc = cli_fail(&e);
 		goto out;
 	}
+	if (o.trace_attn && o.trace == NULL) {
+		rc = cli_usage(&cmd_generate, "--trace-attn needs --trace FILE");
+		goto out;
+	}
+	if (o.trace != NULL) {
+		tr.fp = fopen(o.trace, "w");
+		if (tr.fp == NULL) {
+			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o.trace, strerror(errno));
+			rc = cli_fail(&e);
+			goto out;
+		}
+		o.gen.kv.capture = o.trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
+	}
 	rc = cli_gen_open(&o, &g);
 	if (rc != CLI_OK)
 		goto out;
+	if (tr.fp != NULL) {
+		tr.v = g->model->vocab;
+		kv_cache_set_events(g->kv, generate_trace_event, &tr);
+	}
 	if (cli_prompt_tokens(g, text, len, o.raw, o.system, &ids, &n_ids, &e) != KVS_OK ||
+	    gen_begin_turn(g, KV_ROLE_USER, n_ids, &e) != KVS_OK ||
 	    gen_feed(g, ids, n_ids, &e) != KVS_OK ||
 	    gen_reply(g, o.max_tokens, generate_write, NULL, &stop, &n_out, &e) != KVS_OK) {
 		rc = cli_fail(&e);
@@ -70,8 +107,21 @@ static int cmd_generate_exec(int argc, char **argv)
 	        g->decode_ms, g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0,
 	        gen_stop_name(stop), engine_backend_name(g->engine), engine_isa_name(g->engine),
 	        engine_n_threads(g->engine), sampler_seed(g->sampler));
+	kv_cache_stats(g->kv, &ks);
+	fprintf(stderr,
+	        "kvscope: KV %s, budget %u: %u tokens cached (%.1f MiB), %llu evicted in %u rounds, "
+	        "peak %.1f MiB\n",
+	        kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol), ks.budget, ks.n_cached,
+	        (double)ks.bytes / 1048576.0, (unsigned long long)ks.n_evicted, ks.n_evictions,
+	        (double)ks.bytes_peak / 1048576.0);
 	rc = CLI_OK;
+	if (tr.fp != NULL && (fflush(tr.fp) != 0 || ferror(tr.fp))) {
+		err_set(&e, KVS_EIO, "writing the trace file %s failed", o.trace);
+		rc = cli_fail(&e);
+	}
 out:
+	if (tr.fp != NULL)
+		fclose(tr.fp);
 	free(ids);
 	free(text);
 	gen_close(g);

@@ -8,6 +8,7 @@
  */
 #include "cli/cli.h"
 #include "cli/opts.h"
+#include "engine/kv_cache.h"
 #include "config.h"
 
 #include <errno.h>
@@ -19,6 +20,8 @@
 static const struct cli_cmd *const cli_cmds[] = {
 	&cmd_chat,
 	&cmd_generate,
+	&cmd_eval_passkey,
+	&cmd_eval_rps,
 	&cmd_model_info,
 	&cmd_tokenize,
 	&cmd_logits,
@@ -87,6 +90,8 @@ static void main_help(FILE *fp)
 	for (i = 0; i < KVS_ARRAY_LEN(cli_cmds); i++)
 		fprintf(fp, "  %-12s %s\n      %s\n", cli_cmds[i]->name, cli_cmds[i]->usage,
 		        cli_cmds[i]->help);
+	fprintf(fp, "\n'kvscope help COMMAND' lists a command's options; 'kvscope help policies' the "
+	            "KV retention policies.\n");
 	fprintf(fp, "\nenvironment: KVSCOPE_MODEL (model file), XDG_DATA_HOME, XDG_STATE_HOME\n");
 }
 
@@ -133,6 +138,11 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
 	    strcmp(argv[1], "-h") == 0) {
+		if (argc > 2 && strcmp(argv[2], "policies") == 0) {
+			printf("KV retention policies (--policy NAME[:k=v,...]; defaults shown):\n");
+			kv_policy_help(stdout);
+			return CLI_OK;
+		}
 		if (argc > 2 && (cmd = main_find(argc - 1, argv + 1, &words)) != NULL) {
 			printf("usage: kvscope %s %s\n%s\n", cmd->name, cmd->usage, cmd->help);
 			if (cmd->options != 0) {

@@ -1,0 +1,118 @@
+/*
+ * eval.c: helpers shared by the evaluation commands: the seeded generator
+ * (splitmix64, so a run is reproducible from --seed alone), the progress
+ * bar on stderr, list parsing and JSON strings.
+ */
+#include "cli/eval.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void eval_rng_seed(struct eval_rng *r, uint64_t seed)
+{
+	r->s = seed;
+}
+
+uint64_t eval_rng_next(struct eval_rng *r)
+{
+	uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+double eval_rng_unit(struct eval_rng *r)
+{
+	return (double)(eval_rng_next(r) >> 11) / (double)(1ull << 53);
+}
+
+void eval_progress_start(struct eval_progress *p, const char *what, uint64_t total)
+{
+	p->what = what;
+	p->total = total ? total : 1;
+	p->t0_ms = clock_now_ms();
+	p->tty = isatty(2);
+	p->last_tenth = -1;
+}
+
+void eval_progress(struct eval_progress *p, uint64_t done, const char *fmt, ...)
+{
+	char status[160];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(status, sizeof status, fmt, ap);
+	va_end(ap);
+	int tenth = (int)(done * 10 / p->total);
+	if (!p->tty && tenth == p->last_tenth && done != p->total)
+		return;
+	p->last_tenth = tenth;
+	double el = (clock_now_ms() - p->t0_ms) / 1e3;
+	double eta = done ? el * (double)(p->total - done) / (double)done : 0;
+	char bar[31];
+	int fill = (int)(done * 30 / p->total);
+	for (int i = 0; i < 30; i++)
+		bar[i] = i < fill ? '#' : '.';
+	bar[30] = '\0';
+	fprintf(stderr, "%s%s [%s] %llu/%llu %s  %.0fs (eta %.0fs)%s", p->tty ? "\r" : "", p->what,
+	        bar, (unsigned long long)done, (unsigned long long)p->total, status, el, eta,
+	        p->tty ? "\033[K" : "\n");
+	fflush(stderr);
+}
+
+void eval_progress_end(struct eval_progress *p)
+{
+	if (p->tty)
+		fputc('\n', stderr);
+}
+
+int eval_parse_list(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out,
+                    uint32_t cap, uint32_t *n, struct err *e)
+{
+	*n = 0;
+	while (*s != '\0') {
+		size_t len = strcspn(s, ",");
+		char item[32];
+		if (len == 0 || len >= sizeof item)
+			return err_set(e, KVS_EARG, "--%s: '%.*s' is not a number", opt, (int)len, s);
+		memcpy(item, s, len);
+		item[len] = '\0';
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(item, &end, 10);
+		if (end != item && (*end == 'k' || *end == 'K') && end[1] == '\0') {
+			v *= 1024;
+			end++;
+		}
+		if (end == item || *end != '\0' || errno != 0 || item[0] == '-' || v < lo || v > hi)
+			return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number in %u..%u", opt, item,
+			               lo, hi);
+		if (*n >= cap)
+			return err_set(e, KVS_EARG, "--%s: more than %u values", opt, cap);
+		out[(*n)++] = (uint32_t)v;
+		s += len;
+		if (*s == ',')
+			s++;
+	}
+	if (*n == 0)
+		return err_set(e, KVS_EARG, "--%s: empty list, expected at least one value", opt);
+	return KVS_OK;
+}
+
+void eval_json_str(FILE *fp, const char *s)
+{
+	fputc('"', fp);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(fp, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(fp, "\\u%04x", ch);
+		else
+			fputc(ch, fp);
+	}
+	fputc('"', fp);
+}

@@ -1,0 +1,43 @@
+/*
+ * eval.h: what the evaluation commands (cmd-eval-*.c) share: a seeded
+ * generator, a progress bar on stderr, the parsing of number lists, and
+ * opening a greedy generation context with the KV options.
+ */
+#ifndef KVS_CLI_EVAL_H
+#define KVS_CLI_EVAL_H
+
+#include "cli/opts.h"
+
+/* splitmix64: a small seeded generator; the same seed gives the same run. */
+struct eval_rng {
+	uint64_t s;
+};
+void eval_rng_seed(struct eval_rng *r, uint64_t seed);
+uint64_t eval_rng_next(struct eval_rng *r);
+/* Uniform in [0, 1). */
+double eval_rng_unit(struct eval_rng *r);
+
+/* A progress bar on stderr: redrawn in place on a terminal, one line per
+ * tenth otherwise. */
+struct eval_progress {
+	const char *what;
+	uint64_t total;
+	double t0_ms;
+	bool tty;
+	int last_tenth;
+};
+void eval_progress_start(struct eval_progress *p, const char *what, uint64_t total);
+/* Show done/total and a short status (printf-style). */
+void eval_progress(struct eval_progress *p, uint64_t done, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void eval_progress_end(struct eval_progress *p);
+
+/* Parse "2k,4k,8192" (k = 1024) or "10,30,50" into out (at most cap
+ * values in [lo, hi]); KVS_EARG naming the option and the bad item. */
+int eval_parse_list(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out,
+                    uint32_t cap, uint32_t *n, struct err *e);
+
+/* Write s as a JSON string. */
+void eval_json_str(FILE *fp, const char *s);
+
+#endif
