@@ -21,9 +21,7 @@
  * even offset, so 16-bit loads are always aligned (32-bit words are read as
  * two halves).
  */
-extern "C" {
-#include "model/model.h"
-}
+#include "gpu/cuda_dq.h"
 #include "gpu/cuda_kern.h"
 #include "gpu/gpuplan.h"
 
@@ -36,34 +34,6 @@ using namespace nvcuda;
 #define ATT_T GPUPLAN_ATT_TILE
 
 /* ------------------------------------------------------------ helpers */
-
-static __device__ __forceinline__ float ck_h2f(uint16_t h)
-{
-	return __half2float(__ushort_as_half(h));
-}
-
-/* Little-endian u16 / u32 at a 2-byte aligned address. */
-static __device__ __forceinline__ uint16_t ck_ld16(const uint8_t *p)
-{
-	return *(const uint16_t *)p;
-}
-
-static __device__ __forceinline__ uint32_t ck_ld32(const uint8_t *p)
-{
-	const uint16_t *q = (const uint16_t *)p;
-	return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
-}
-
-static __device__ __forceinline__ float ck_ldh(const uint8_t *p)
-{
-	return ck_h2f(ck_ld16(p));
-}
-
-/* x rounded to f16 and back (round to nearest even, as dtype_f32_to_f16). */
-static __device__ __forceinline__ float ck_f16_round(float x)
-{
-	return __half2float(__float2half_rn(x));
-}
 
 static __device__ __forceinline__ float ck_warp_sum(float v)
 {
@@ -135,136 +105,6 @@ static __device__ void ck_quant_block(float v, int lane, const ck_q8out &q, uint
 	}
 }
 
-/* ------------------------------------------------------ dequantisation */
-
-/* The 6-bit scale and min of sub-block j of a k-quant's scales[12]. */
-static __device__ __forceinline__ void ck_kq_scale(const uint8_t *s, int j, int *sc, int *mn)
-{
-	if (j < 4) {
-		*sc = s[j] & 63;
-		*mn = s[j + 4] & 63;
-	} else {
-		*sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-		*mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-	}
-}
-
-/* Elements k0 .. k0+7 (k0 a multiple of 8) of a weight row, as floats. */
-static __device__ void ck_dq8(uint32_t type, const uint8_t *row, uint32_t k0, float *o)
-{
-	switch (type) {
-	case DT_F32: {
-		const float *f = (const float *)row + k0;
-		for (int j = 0; j < 8; j++)
-			o[j] = f[j];
-		break;
-	}
-	case DT_F16: {
-		const uint16_t *h = (const uint16_t *)row + k0;
-		for (int j = 0; j < 8; j++)
-			o[j] = ck_h2f(h[j]);
-		break;
-	}
-	case DT_BF16: {
-		const uint16_t *h = (const uint16_t *)row + k0;
-		for (int j = 0; j < 8; j++)
-			o[j] = __uint_as_float((uint32_t)h[j] << 16);
-		break;
-	}
-	case DT_Q4_0: {
-		const uint8_t *b = row + (k0 >> 5) * 18, *qs = b + 2;
-		float d = ck_ldh(b);
-		int i0 = k0 & 31;
-		for (int j = 0; j < 8; j++) {
-			int i = i0 + j, q = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
-			o[j] = __fmul_rn(d, (float)(q - 8));
-		}
-		break;
-	}
-	case DT_Q4_1: {
-		const uint8_t *b = row + (k0 >> 5) * 20, *qs = b + 4;
-		float d = ck_ldh(b), m = ck_ldh(b + 2);
-		int i0 = k0 & 31;
-		for (int j = 0; j < 8; j++) {
-			int i = i0 + j, q = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
-			o[j] = __fmul_rn(d, (float)q) + m;
-		}
-		break;
-	}
-	case DT_Q5_0: {
-		const uint8_t *b = row + (k0 >> 5) * 22, *qs = b + 6;
-		float d = ck_ldh(b);
-		uint32_t qh = ck_ld32(b + 2);
-		int i0 = k0 & 31;
-		for (int j = 0; j < 8; j++) {
-			int i = i0 + j, q = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
-			q |= (int)((qh >> i) & 1) << 4;
-			o[j] = __fmul_rn(d, (float)(q - 16));
-		}
-		break;
-	}
-	case DT_Q5_1: {
-		const uint8_t *b = row + (k0 >> 5) * 24, *qs = b + 8;
-		float d = ck_ldh(b), m = ck_ldh(b + 2);
-		uint32_t qh = ck_ld32(b + 4);
-		int i0 = k0 & 31;
-		for (int j = 0; j < 8; j++) {
-			int i = i0 + j, q = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
-			q |= (int)((qh >> i) & 1) << 4;
-			o[j] = __fmul_rn(d, (float)q) + m;
-		}
-		break;
-	}
-	case DT_Q8_0: {
-		const uint8_t *b = row + (k0 >> 5) * 34;
-		const int8_t *qs = (const int8_t *)(b + 2);
-		float d = ck_ldh(b);
-		int i0 = k0 & 31;
-		for (int j = 0; j < 8; j++)
-			o[j] = __fmul_rn(d, (float)qs[i0 + j]);
-		break;
-	}
-	case DT_Q4_K:
-	case DT_Q5_K: {
-		bool five = type == DT_Q5_K;
-		const uint8_t *b = row + (k0 >> 8) * (five ? 176 : 144);
-		const uint8_t *qh = b + 16, *qs = b + (five ? 48 : 16);
-		int e = k0 & 255, c = e >> 6, l = e & 63, hi = l >= 32, l0 = l & 31;
-		int sc, mn;
-		ck_kq_scale(b + 4, 2 * c + hi, &sc, &mn);
-		float d1 = __fmul_rn(ck_ldh(b), (float)sc), m1 = __fmul_rn(ck_ldh(b + 2), (float)mn);
-		for (int j = 0; j < 8; j++) {
-			int byte = qs[32 * c + l0 + j];
-			int q = hi ? byte >> 4 : byte & 15;
-			if (five)
-				q |= ((qh[l0 + j] >> (2 * c + hi)) & 1) << 4;
-			o[j] = __fmul_rn(d1, (float)q) - m1;
-		}
-		break;
-	}
-	case DT_Q6_K: {
-		const uint8_t *b = row + (k0 >> 8) * 210;
-		const uint8_t *ql = b, *qh = b + 128;
-		const int8_t *scales = (const int8_t *)(b + 192);
-		float d = ck_ldh(b + 208);
-		int e = k0 & 255, h = e >> 7, r = e & 127, k = r >> 5, l0 = r & 31;
-		float ds = __fmul_rn(d, (float)scales[8 * h + l0 / 16 + 2 * k]);
-		for (int j = 0; j < 8; j++) {
-			int l = l0 + j;
-			int lo4 = ql[64 * h + l + 32 * (k & 1)];
-			lo4 = k < 2 ? lo4 & 15 : lo4 >> 4;
-			int q = lo4 | (((qh[32 * h + l] >> (2 * k)) & 3) << 4);
-			o[j] = __fmul_rn(ds, (float)(q - 32));
-		}
-		break;
-	}
-	default:
-		for (int j = 0; j < 8; j++)
-			o[j] = 0.0f;
-		break;
-	}
-}
-
 /* ---------------------------------------------------------- row dots */
 
 /* True for the types that take q8 activations. */
@@ -274,46 +114,27 @@ static __device__ __forceinline__ bool ck_q8_type(uint32_t type)
 }
 
 /* Row r of w dotted with the q8 activations; every lane of the warp gets
- * the sum. A lane takes one 32-bit word of a block's quants at a time; the
- * lanes of a block add their integer parts exactly before the float step. */
+ * the sum. A lane takes one quant word of a block at a time (ck_q8_unit);
+ * the lanes of a block add their integer parts exactly before the block's
+ * float step. */
 static __device__ float ck_dot_q8(const ck_mat &w, uint32_t r, const ck_act &a, int lane)
 {
 	const uint8_t *row = w.d + (size_t)r * w.row_bytes;
-	uint32_t nb = w.cols / 32;
-	bool q8 = w.type == DT_Q8_0;
-	uint32_t wpb = q8 ? 8 : 4; /* quant words per block */
-	uint32_t bb = w.type == DT_Q4_0 ? 18 : w.type == DT_Q4_1 ? 20 : 34;
-	uint32_t qoff = w.type == DT_Q4_1 ? 4 : 2;
-	uint32_t units = nb * wpb;
+	uint32_t wpb, bb, qoff;
+	ck_q8_geom(w.type, &wpb, &bb, &qoff);
+	uint32_t units = w.cols / 32 * wpb;
 	const int *aq = (const int *)a.q;
 	float acc = 0.0f;
 	for (uint32_t base = 0; base < units; base += 32) {
-		uint32_t u = base + (uint32_t)lane, b = u / wpb, wd = u % wpb;
-		int part = 0;
-		if (u < units) {
-			uint32_t v = ck_ld32(row + (size_t)b * bb + qoff + 4 * wd);
-			if (q8) {
-				part = __dp4a((int)v, aq[b * 8 + wd], 0);
-			} else {
-				part = __dp4a((int)(v & 0x0F0F0F0Fu), aq[b * 8 + wd], 0);
-				part = __dp4a((int)((v >> 4) & 0x0F0F0F0Fu), aq[b * 8 + 4 + wd], part);
-			}
-		}
+		uint32_t u = base + (uint32_t)lane;
+		int part = u < units ? ck_q8_unit(w.type, row, aq, u) : 0;
 		part += __shfl_xor_sync(CK_FULL, part, 1);
 		part += __shfl_xor_sync(CK_FULL, part, 2);
-		if (q8)
+		if (wpb == 8)
 			part += __shfl_xor_sync(CK_FULL, part, 4);
-		if (u < units && wd == 0) {
-			const uint8_t *blk = row + (size_t)b * bb;
-			float dd = ck_ldh(blk) * a.d[b];
-			if (w.type == DT_Q4_0) {
-				acc += (float)(part - 8 * a.isum[b]) * dd;
-			} else if (w.type == DT_Q4_1) {
-				acc += (float)part * dd;
-				acc += ck_ldh(blk + 2) * a.s[b];
-			} else {
-				acc += (float)part * dd;
-			}
+		if (u < units && u % wpb == 0) {
+			uint32_t b = u / wpb;
+			acc = ck_q8_block(w.type, row, b, part, a.d[b], a.s[b], a.isum[b], acc);
 		}
 	}
 	return ck_warp_sum(acc);
@@ -471,19 +292,6 @@ static __global__ void k_angles(const uint32_t *vis, const int32_t *vpos, const 
 	cs_pos[s] = p;
 }
 
-/* The dims of rotation pair p: NEOX pairs (p, p + n_rot/2), NORM pairs
- * (2p, 2p+1); pairs past n_rot/2 are the unrotated dims, two at a time. */
-static __device__ __forceinline__ void ck_pair(int p, int n_rot, int neox, int *da, int *db)
-{
-	if (neox && p < n_rot / 2) {
-		*da = p;
-		*db = p + n_rot / 2;
-	} else {
-		*da = 2 * p;
-		*db = 2 * p + 1;
-	}
-}
-
 /*
  * Attention of one query (blockIdx.z) with the query heads of one KV head
  * (blockIdx.x) over one range of the visible list (blockIdx.y), in tiles of
@@ -516,13 +324,9 @@ static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int split
 		ck_pair(p, A.n_rot, A.neox, &da, &db);
 		float a = qg[h * hd + da], b = qg[h * hd + db];
 		if (p < half) {
-			float theta = (float)pos, sn, cn;
-			for (int k = 0; k < p; k++)
-				theta *= A.theta_scale;
-			sincosf(A.freq_scale * theta, &sn, &cn);
-			float ra = a * cn - b * sn, rb = a * sn + b * cn;
-			a = ra;
-			b = rb;
+			float sn, cn;
+			sincosf(ck_theta(pos, p, A.theta_scale, A.freq_scale), &sn, &cn);
+			ck_rot(&a, &b, cn, sn);
 		}
 		s_q[h * hd + da] = a;
 		s_q[h * hd + db] = b;
@@ -557,12 +361,8 @@ static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int split
 					int da, db;
 					ck_pair(pp, A.n_rot, A.neox, &da, &db);
 					float ka = __half2float(kp[da]), kb = __half2float(kp[db]);
-					if (pp < half) {
-						float cn = cs[pp], sn = cs[half + pp];
-						float ra = ka * cn - kb * sn, rb = ka * sn + kb * cn;
-						ka = ra;
-						kb = rb;
-					}
+					if (pp < half)
+						ck_rot(&ka, &kb, cs[pp], cs[half + pp]);
 #pragma unroll
 					for (int h = 0; h < G; h++)
 						if (h < grp)

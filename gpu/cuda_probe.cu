@@ -7,6 +7,7 @@
 #include "gpu/gpu.h"
 
 #include <cuda_runtime.h>
+#include <stdio.h>
 #include <string.h>
 
 extern "C" bool gpu_compiled(void)
@@ -39,7 +40,7 @@ extern "C" int gpu_probe(struct gpu_info *info, struct err *e)
 	st = cudaGetDeviceProperties(&prop, 0);
 	if (st != cudaSuccess)
 		return err_set(e, KVS_EUNSUPPORTED, "cannot query CUDA device 0: %s", cudaGetErrorString(st));
-	strncpy(info->name, prop.name, sizeof info->name - 1);
+	snprintf(info->name, sizeof info->name, "%s", prop.name);
 	info->mem_bytes = prop.totalGlobalMem;
 	info->cc_major = prop.major;
 	info->cc_minor = prop.minor;

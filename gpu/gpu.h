@@ -31,6 +31,19 @@ bool gpu_compiled(void);
  * why not (built without CUDA, no driver, no device, driver too old). */
 int gpu_probe(struct gpu_info *info, struct err *e);
 
+struct backend_ops; /* engine/engine.h */
+
+/* The CUDA backend (engine.h's interface), or NULL in a build without CUDA.
+ * Its create fails with one line when there is no usable device. */
+const struct backend_ops *gpu_backend_ops(void);
+
+/* Benchmarks: when on, each CUDA forward is timed with events on the GPU;
+ * gpu_last_ms is the last one in milliseconds (-1: none, or no CUDA). */
+void gpu_timing(bool on);
+double gpu_last_ms(void);
+/* Decode graphs captured and replayed so far in this process (0 without CUDA). */
+void gpu_graph_counts(uint64_t *captures, uint64_t *hits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -74,6 +74,48 @@ static int chat_turn(struct gen *g, const char *system, bool first, const char *
 	return rc;
 }
 
+/* /policy NAME [k=v ...], /budget N and /kv: change or show the KV cache. */
+static void chat_kv_command(struct gen *g, const char *line)
+{
+	struct err e;
+	char buf[256];
+	struct kv_stats st;
+	int rc = KVS_OK;
+
+	if (strncmp(line, "/policy", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
+		struct kv_policy p;
+		const char *spec = line + 7 + strspn(line + 7, " ");
+		if (*spec == '\0') {
+			fprintf(stderr, "policy: %s\n",
+			        kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf));
+			return;
+		}
+		rc = kv_policy_parse(spec, &p, &e);
+		if (rc == KVS_OK)
+			rc = kv_cache_set_policy(g->kv, &p, &e);
+	} else if (strncmp(line, "/budget", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
+		char *end;
+		unsigned long v = strtoul(line + 7, &end, 10);
+		if (end == line + 7 || *end != '\0' || v > UINT32_MAX)
+			rc = err_set(&e, KVS_EARG, "/budget: expected a number of tokens, e.g. /budget 512");
+		else
+			rc = kv_cache_set_budget(g->kv, (uint32_t)v, &e);
+	}
+	g->n_past = kv_cache_n(g->kv);
+	if (rc != KVS_OK) {
+		fprintf(stderr, "kvscope: %s\n", e.msg);
+		return;
+	}
+	kv_cache_stats(g->kv, &st);
+	fprintf(stderr,
+	        "KV %s, budget %u: %u cached (sink %u, key %u, recent %u, pinned %u), %llu evicted "
+	        "in %u rounds; %.1f MiB (%.1f KiB per layer), peak %.1f MiB\n",
+	        kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf), st.budget, st.n_cached,
+	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
+	        st.n_evictions, (double)st.bytes / 1048576.0, (double)st.bytes_per_layer / 1024.0,
+	        (double)st.bytes_peak / 1048576.0);
+}
+
 static int cmd_chat_exec(int argc, char **argv)
 {
 	struct cli_opts o;
@@ -86,6 +128,8 @@ static int cmd_chat_exec(int argc, char **argv)
 
 	cli_opts_default(&o);
 	o.max_tokens = 512;
+	/* a conversation outlives any budget: sinks + recent by default */
+	kv_policy_parse("streaming", &o.gen.kv.policy, NULL);
 	rc = cli_opts_parse(&cmd_chat, cmd_chat.options, argc, argv, &o);
 	if (rc != CLI_OK)
 		goto out;
@@ -131,9 +175,15 @@ static int cmd_chat_exec(int argc, char **argv)
 				first = true;
 				fprintf(stderr, "kvscope: new conversation\n");
 			} else if (strcmp(line, "/help") == 0) {
-				fprintf(stderr, "commands: /reset (new conversation), /quit\n");
+				fprintf(stderr, "commands: /reset (new conversation), /policy NAME [k=v ...], "
+				                "/budget N, /kv (cache statistics), /quit\n");
+			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
+			           strcmp(line, "/kv") == 0) {
+				chat_kv_command(g, line);
 			} else if (!quit) {
-				fprintf(stderr, "kvscope: unknown command '%s'; expected /reset, /quit or /help\n",
+				fprintf(stderr,
+				        "kvscope: unknown command '%s'; expected /reset, /policy, /budget, /kv, "
+				        "/quit or /help\n",
 				        line);
 			}
 			free(line);

@@ -27,6 +27,7 @@
  */
 #include "cli/eval.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,7 @@ struct rps_result {
 	double held_mean;             /* mean over rounds of (moves held / moves revealed) */
 	uint32_t held_end, revealed_end;
 	uint32_t age_hist[5];         /* held moves at the end by age: 1-5, 6-20, 21-50, 51-100, >100 */
+	double p_mean[3];             /* mean probability of A, B, C renormalised among the three */
 	float *curve;                 /* (rounds) win rate over the last RPS_WINDOW rounds */
 	double ms;
 	uint64_t tokens;
@@ -208,12 +210,14 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
 	        "\"win\":%u,\"tie\":%u,\"lose\":%u,\"win_rate\":%.4f,\"tie_rate\":%.4f,"
 	        "\"lose_rate\":%.4f,\"model_moves\":{\"rock\":%u,\"paper\":%u,\"scissors\":%u},"
 	        "\"user_moves\":{\"rock\":%u,\"paper\":%u,\"scissors\":%u},"
+	        "\"p_mean\":{\"A\":%.4f,\"B\":%.4f,\"C\":%.4f},"
 	        "\"moves_held_end\":%u,\"moves_revealed_end\":%u,\"moves_held_mean_share\":%.4f,"
 	        "\"held_age_hist\":{\"1-5\":%u,\"6-20\":%u,\"21-50\":%u,\"51-100\":%u,\">100\":%u},"
 	        "\"tokens\":%llu,\"seconds\":%.1f,\"win_curve\":[",
 	        budget, raw ? "raw" : "chat", seed, rps_moves[dom], r->rounds, r->win, r->tie, r->lose,
 	        r->win / n, r->tie / n, r->lose / n, r->hist[0], r->hist[1], r->hist[2],
-	        r->user_hist[0], r->user_hist[1], r->user_hist[2], r->held_end, r->revealed_end,
+	        r->user_hist[0], r->user_hist[1], r->user_hist[2], r->p_mean[0], r->p_mean[1],
+	        r->p_mean[2], r->held_end, r->revealed_end,
 	        r->held_mean, r->age_hist[0], r->age_hist[1], r->age_hist[2], r->age_hist[3],
 	        r->age_hist[4], (unsigned long long)r->tokens, r->ms / 1e3);
 	for (uint32_t i = 0; i < r->rounds; i++)
@@ -342,6 +346,13 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 			for (int c = 1; c < 3; c++)
 				if (g->last_logits[cand[c][0]] > g->last_logits[cand[pick][0]])
 					pick = c;
+			/* the three candidates' probabilities, renormalised among them */
+			double z = 0, pr3[3];
+			for (int c = 0; c < 3; c++)
+				z += pr3[c] = exp((double)g->last_logits[cand[c][0]] -
+				                  g->last_logits[cand[pick][0]]);
+			for (int c = 0; c < 3; c++)
+				res.p_mean[c] += pr3[c] / z / o.rounds;
 			gen_set_role(g, KV_ROLE_ASSISTANT);
 			rc = gen_feed(g, cand[pick], cn[pick], &e);
 		}
@@ -399,6 +410,8 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 	       "%u\n",
 	       res.hist[0], res.hist[1], res.hist[2], res.user_hist[0], res.user_hist[1],
 	       res.user_hist[2]);
+	printf("mean probability among the three letters: A %.3f, B %.3f, C %.3f\n", res.p_mean[0],
+	       res.p_mean[1], res.p_mean[2]);
 	printf("bracketed moves held: %u of %u at the end (ages 1-5: %u, 6-20: %u, 21-50: %u, "
 	       "51-100: %u, >100: %u); %.1f %% on average over the rounds\n",
 	       res.held_end, res.revealed_end, res.age_hist[0], res.age_hist[1], res.age_hist[2],

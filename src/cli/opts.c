@@ -206,8 +206,8 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "json", 0, NULL, OPTG_BENCH | OPTG_EVAL, opt_flag, O(json), 0, 0,
 	  "print one JSON object (evals: last on stdout)" },
 	{ "policy", 0, "NAME[:k=v,...]", OPTG_KV, opt_policy, 0, 0, 0,
-	  "KV retention policy: full, window, streaming (default), sirllm, lminfinite, h2o; "
-	  "parameters as k=v (see 'kvscope help policies')" },
+	  "KV retention policy: full (default; chat: streaming), window, streaming, sirllm, "
+	  "lminfinite, h2o; parameters as k=v (see 'kvscope help policies')" },
 	{ "kv-budget", 0, "N", OPTG_KV, opt_u32, OG(kv.budget), 8, 1 << 24,
 	  "KV cache budget in tokens (default: the context size)" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,

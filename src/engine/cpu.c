@@ -98,6 +98,13 @@ struct cpu {
 	double step_ms[2];            /* decode step time, moving average: [0] one thread,
 	                               * [1] all threads; 0 = not measured yet */
 	uint64_t n_steps;             /* decode steps so far */
+	/* want_attn_kv: per-thread sums, reduced after the batch */
+	float *akv;                   /* (n_threads, n_layer, n_head_kv, akv_cap) */
+	uint32_t akv_cap;             /* visible slots akv holds */
+	/* dist_cap: per thread, the angles of the last capped position */
+	float *cap_cs;                /* (n_threads, n_rot) */
+	int32_t *cap_pos;             /* (n_threads) position cap_cs is for, or -1 */
+	float *cap_k;                 /* (n_threads, head_dim) a global key, rotated */
 };
 
 /* What one pool_run works on. */
@@ -405,6 +412,10 @@ static void cpu_free(void *state)
 	xfree_aligned(c->vpos);
 	xfree_aligned(c->vorder);
 	xfree_aligned(c->scores);
+	free(c->akv);
+	free(c->cap_cs);
+	free(c->cap_pos);
+	free(c->cap_k);
 	xfree_aligned(c->tmp);
 	xfree_aligned(c->txb);
 	for (int t = 0; c->tact && t < pool_size(c->pool); t++) {
@@ -629,6 +640,52 @@ static void cpu_gather_kv(struct cpu *c, const struct engine_batch *b, uint32_t 
 	}
 }
 
+/* Whether the oldest visible key is farther than cap from position p (so
+ * some global may need its distance capped). */
+static bool vpos_min_capped(const struct cpu *c, int32_t p, int32_t cap)
+{
+	return (int64_t)p - c->vpos[0] > cap;
+}
+
+/*
+ * LM-Infinite's distance cap: re-score the global keys (the first n_global
+ * entries of the visible list) that sit more than cap before the query at
+ * p, with the pre-RoPE key rotated to p - cap instead of its own position.
+ * sc holds nq rows of scores over the sorted prefix [0, m).
+ */
+static void cpu_cap_globals(struct cpu_job *jb, uint32_t l, int32_t p, uint32_t kvh,
+                            const float *q, uint32_t nq, uint32_t m, float *sc, int ith)
+{
+	struct cpu *c = jb->c;
+	const struct engine_batch *b = jb->b;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, vc = c->vis_cap;
+	int32_t at = p - b->dist_cap;
+	float *cs = c->cap_cs + (size_t)ith * hp->n_rot, *kb = c->cap_k + (size_t)ith * hd;
+	if (c->cap_pos[ith] != at) {
+		engine_rope_cos_sin(hp, at, cs, cs + hp->n_rot / 2);
+		c->cap_pos[ith] = at;
+	}
+	for (uint32_t k = 0; k < m && c->vpos[k] < at; k++) {
+		if (c->vorder[k] >= b->n_global)
+			continue;
+		uint32_t s = b->visible[c->vorder[k]];
+		uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
+		if (c->kv_es == 2)
+			c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
+		else
+			memcpy(kb, c->kc[l] + off, hd * sizeof(float));
+		cpu_rope(c, kb, cs);
+		for (uint32_t r = 0; r < nq; r++) {
+			const float *qr = q + (size_t)r * hd;
+			float d = 0;
+			for (uint32_t j = 0; j < hd; j++)
+				d += qr[j] * kb[j];
+			sc[(size_t)r * vc + k] = d * hp->attn_scale;
+		}
+	}
+}
+
 /* Attention of ubatch token i for query heads [h0, h0 + nq) (one KV head),
  * layer l, into c->ao. */
 static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, uint32_t nq,
@@ -664,6 +721,8 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	}
 	c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
 	                   hp->attn_scale, sc, vc);
+	if (b->dist_cap > 0 && b->n_global > 0 && c->n_valid > 0 && vpos_min_capped(c, p, b->dist_cap))
+		cpu_cap_globals(jb, l, p, kvh, q, nq, m, sc, ith);
 	float inv[KERN_ATT_Q];
 	for (uint32_t r = 0; r < nq; r++) {
 		float *sr = sc + (size_t)r * vc, mx = sr[0];
@@ -678,6 +737,12 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		if (attn)
 			for (uint32_t k = 0; k < m; k++)
 				attn[(size_t)r * nv + c->vorder[k]] = sc[(size_t)r * vc + k] * inv[r];
+	}
+	if (jb->bo->attn_kv != NULL) {
+		float *acc = c->akv + (((size_t)ith * hp->n_layer + l) * hp->n_head_kv + kvh) * c->akv_cap;
+		for (uint32_t r = 0; r < nq; r++)
+			for (uint32_t k = 0; k < m; k++)
+				acc[c->vorder[k]] += sc[(size_t)r * vc + k] * inv[r];
 	}
 }
 
@@ -922,6 +987,23 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	if (b->want_surprisal && b->logits != ENGINE_LOGITS_ALL && c->lm == NULL)
 		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
 	cpu_sort_visible(c, b);
+	int nthreads = pool_size(c->pool);
+	size_t akv_per = (size_t)c->hp.n_layer * c->hp.n_head_kv;
+	if (out->attn_kv != NULL) {
+		if (c->akv_cap < b->n_visible) {
+			free(c->akv);
+			c->akv_cap = c->vis_cap;
+			c->akv = xmallocarray((size_t)nthreads * akv_per * c->akv_cap, sizeof(float));
+		}
+		memset(c->akv, 0, (size_t)nthreads * akv_per * c->akv_cap * sizeof(float));
+	}
+	if (b->dist_cap > 0 && c->cap_cs == NULL) {
+		c->cap_cs = xmallocarray((size_t)nthreads * c->hp.n_rot, sizeof(float));
+		c->cap_k = xmallocarray((size_t)nthreads * c->hp.head_dim, sizeof(float));
+		c->cap_pos = xmallocarray((size_t)nthreads, sizeof(int32_t));
+	}
+	for (int t = 0; b->dist_cap > 0 && t < nthreads; t++)
+		c->cap_pos[t] = -1;
 	/* A decode step is ~200 barriers; when the machine has no free core for
 	 * every thread, waiting on descheduled peers costs more than the other
 	 * threads gain. So decode steps time themselves on one thread and on
@@ -947,6 +1029,17 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	if (one) {
 		double ms = clock_now_ms() - t_start;
 		c->step_ms[mode] = c->step_ms[mode] == 0 ? ms : 0.75 * c->step_ms[mode] + 0.25 * ms;
+	}
+	if (out->attn_kv != NULL) {
+		/* the threads' sums, in visible-list order */
+		uint32_t nv = b->n_visible;
+		for (size_t h = 0; h < akv_per; h++)
+			for (uint32_t j = 0; j < nv; j++) {
+				float sum = 0;
+				for (int t = 0; t < nthreads; t++)
+					sum += c->akv[((size_t)t * akv_per + h) * c->akv_cap + j];
+				out->attn_kv[h * nv + j] = sum;
+			}
 	}
 	return KVS_OK;
 }
@@ -993,4 +1086,5 @@ const struct backend_ops backend_cpu = {
 	.kv_read = cpu_kv_read,
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
+	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
 };

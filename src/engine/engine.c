@@ -36,6 +36,8 @@ struct engine {
 	size_t logits_cap;             /* floats */
 	float *attn;                   /* (n_layer, n_head, visible cap) */
 	size_t attn_cap;               /* floats */
+	float *attn_kv;                /* (n_layer, n_head_kv, visible cap) */
+	size_t attn_kv_cap;            /* floats */
 	float *surprisal, *entropy;    /* (batch cap) */
 	size_t tok_cap;                /* tokens */
 };
@@ -79,25 +81,28 @@ int engine_kv_type_parse(const char *s, enum engine_kv_type *out, struct err *e)
 	return KVS_OK;
 }
 
-/* Pick the backend the configuration asks for, or say in one line why not. */
+/* Pick the backend the configuration asks for, or say in one line why not:
+ * auto takes CUDA when this build has it and the probe finds a device. */
 static int engine_pick_backend(const struct engine_config *cfg, const struct backend_ops **ops,
                                struct err *e)
 {
 	struct gpu_info gi;
 	struct err ge;
+	err_clear(&ge);
 	switch (cfg->backend) {
 	case ENGINE_BACKEND_AUTO:
+		*ops = gpu_backend_ops() != NULL && gpu_probe(&gi, &ge) == KVS_OK ? gpu_backend_ops()
+		                                                                  : &backend_cpu;
+		return KVS_OK;
 	case ENGINE_BACKEND_CPU:
-		/* No CUDA backend exists yet: auto always means the CPU. */
 		*ops = &backend_cpu;
 		return KVS_OK;
 	case ENGINE_BACKEND_CUDA:
-		err_clear(&ge);
 		if (gpu_probe(&gi, &ge) != KVS_OK)
 			return err_set(e, KVS_EUNSUPPORTED, "backend cuda: %s", ge.msg);
-		return err_set(e, KVS_EUNSUPPORTED,
-		               "backend cuda: GPU %s found, but this build has no CUDA engine yet; use --backend cpu",
-		               gi.name);
+		if ((*ops = gpu_backend_ops()) == NULL)
+			return err_set(e, KVS_EUNSUPPORTED, "backend cuda: this build has no CUDA backend");
+		return KVS_OK;
 	}
 	return err_set(e, KVS_EARG, "backend %d: expected auto, cpu or cuda", (int)cfg->backend);
 }
@@ -141,6 +146,14 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 	}
 	struct backend_ctx ctx = { .m = m, .cfg = c, .slot_pos = eng->slot_pos };
 	rc = ops->create(&ctx, &eng->state, e);
+	if (rc != KVS_OK && c.backend == ENGINE_BACKEND_AUTO && ops != &backend_cpu) {
+		/* auto: a GPU that cannot take this model (memory, a shape, a
+		 * type) leaves the model to the CPU */
+		log_warn("backend %s: %s; running on the CPU", ops->name, e ? e->msg : "failed");
+		err_clear(e);
+		eng->ops = ops = &backend_cpu;
+		rc = ops->create(&ctx, &eng->state, e);
+	}
 	if (rc != KVS_OK) {
 		err_prefix(e, "backend %s", ops->name);
 		eng->ops = NULL;
@@ -163,6 +176,7 @@ void engine_free(struct engine *eng)
 	free(eng->saved_pos);
 	free(eng->logits);
 	free(eng->attn);
+	free(eng->attn_kv);
 	free(eng->surprisal);
 	free(eng->entropy);
 	free(eng);
@@ -228,6 +242,19 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 			eng->mark[s] = stamp;
 		}
 	}
+	if (b->dist_cap < 0)
+		return err_set(e, KVS_EARG, "batch: dist_cap %d, expected 0 (off) or a positive distance",
+		               b->dist_cap);
+	if (b->n_global > b->n_visible)
+		return err_set(e, KVS_EARG, "batch: n_global %u exceeds n_visible %u", b->n_global,
+		               b->n_visible);
+	if (b->dist_cap > 0 && !engine_supports(eng, ENGINE_CAP_DIST_CAP))
+		return err_set(e, KVS_EUNSUPPORTED, "batch: backend %s has no distance cap (dist_cap)",
+		               eng->ops->name);
+	if (b->want_attn_kv && !engine_supports(eng, ENGINE_CAP_ATTN_KV))
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "batch: backend %s cannot sum attention per KV head (want_attn_kv)",
+		               eng->ops->name);
 	return KVS_OK;
 }
 
@@ -259,6 +286,11 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	if (n_rows) {
 		eng->logits = engine_grow(eng->logits, &eng->logits_cap, (size_t)n_rows * hp->n_vocab);
 		bo.logits = eng->logits;
+	}
+	if (b->want_attn_kv) {
+		size_t n = (size_t)hp->n_layer * hp->n_head_kv * KVS_MAX(cb.n_visible, 1u);
+		eng->attn_kv = engine_grow(eng->attn_kv, &eng->attn_kv_cap, n);
+		bo.attn_kv = eng->attn_kv;
 	}
 	if (b->want_attn) {
 		size_t n = (size_t)hp->n_layer * hp->n_head * KVS_MAX(cb.n_visible, 1u);
@@ -292,10 +324,16 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	out->logits = bo.logits;
 	out->n_rows = n_rows;
 	out->attn = bo.attn;
-	out->n_visible = b->want_attn ? cb.n_visible : 0;
+	out->attn_kv = bo.attn_kv;
+	out->n_visible = b->want_attn || b->want_attn_kv ? cb.n_visible : 0;
 	out->surprisal = bo.surprisal;
 	out->entropy = bo.entropy;
 	return KVS_OK;
+}
+
+bool engine_supports(const struct engine *eng, unsigned caps)
+{
+	return (eng->ops->caps & caps) == caps;
 }
 
 uint32_t engine_n_ctx(const struct engine *eng)

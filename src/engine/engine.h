@@ -96,6 +96,16 @@ struct engine_batch {
 	enum engine_logits logits;
 	bool want_attn;            /* last token's attention probabilities */
 	bool want_surprisal;       /* per-token surprisal and entropy */
+	/* Attention of every query, summed over each KV head's query heads
+	 * (ENGINE_CAP_ATTN_KV; H2O's accumulators, GQA-aware). */
+	bool want_attn_kv;
+	/* LM-Infinite's distance cap (ENGINE_CAP_DIST_CAP; off when dist_cap
+	 * is 0): the first n_global entries of the visible list are global, and
+	 * a query at position p scores a global key at position s < p - dist_cap
+	 * as if it sat at p - dist_cap (its logit uses the pre-RoPE key rotated
+	 * to p - dist_cap). Visibility is unchanged (still position <= p). */
+	uint32_t n_global;
+	int32_t dist_cap;
 };
 
 struct engine_out {
@@ -112,6 +122,16 @@ struct engine_out {
 	 * logits rows without keeping them. */
 	const float *surprisal;
 	const float *entropy;
+	/* want_attn_kv: (n_layer, n_head_kv, n_visible): for each KV head, the
+	 * attention weights its query heads gave each visible slot, summed over
+	 * those heads and over every query of the batch. */
+	const float *attn_kv;
+};
+
+/* Optional features a backend may lack (engine_supports). */
+enum engine_cap {
+	ENGINE_CAP_ATTN_KV = 1u << 0,  /* want_attn_kv */
+	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
 };
 
 struct engine;
@@ -126,6 +146,9 @@ void engine_free(struct engine *eng);
  * bad batch; the cache is unchanged then. */
 int engine_forward(struct engine *eng, const struct engine_batch *b, struct engine_out *out,
                    struct err *e);
+
+/* Whether the backend offers every feature in caps (enum engine_cap). */
+bool engine_supports(const struct engine *eng, unsigned caps);
 
 /* ---- KV cache slots ---- */
 
@@ -181,6 +204,7 @@ struct backend_out {
 	float *attn;               /* (n_layer, n_head, n_visible) or NULL */
 	float *surprisal;          /* (n_tokens) or NULL */
 	float *entropy;            /* (n_tokens) or NULL */
+	float *attn_kv;            /* (n_layer, n_head_kv, n_visible) or NULL */
 };
 
 struct backend_ops {
@@ -198,6 +222,9 @@ struct backend_ops {
 	/* "avx512-vnni", "sm_90", ... */
 	const char *(*isa_name)(void *state);
 	void (*free)(void *state);
+	/* enum engine_cap bits this backend implements (the engine refuses a
+	 * batch asking for another) */
+	unsigned caps;
 };
 
 extern const struct backend_ops backend_cpu;
@@ -211,3 +238,8 @@ void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
                        const float *sin_v);
 
 #endif
+
+/* The rest of the layer's interface: the KV cache with per-token memory,
+ * the retention policies and the introspection events (kv_cache.c,
+ * policy.c). Outside the guard so either header may be included first. */
+#include "engine/kv_cache.h"

@@ -19,10 +19,15 @@
  *
  * Positions: COMPACT gives cache index i position i (after every eviction
  * they are re-assigned 0..n-1); ORIGINAL keeps orig_pos; CAPPED keeps
- * orig_pos but, before each forward, moves every sink to max(orig_pos,
- * q_last - cap), so the batch's last query sees it at distance at most cap
- * (exactly cap once it is farther), as LM-Infinite's global branch does.
- * Keys are pre-RoPE in the engine, so all of this is exact.
+ * orig_pos and has the engine score the leading sinks (LM-Infinite's global
+ * branch) of each query at distance at most cap (ENGINE_CAP_DIST_CAP); on a
+ * backend without that, it moves every sink to max(orig_pos, q_last - cap)
+ * before each forward instead, exact for the batch's last query. Keys are
+ * pre-RoPE in the engine, so all of this is exact.
+ *
+ * H2O's accumulators take every query's attention, summed per KV head by
+ * the engine (ENGINE_CAP_ATTN_KV), or the last query's where the backend
+ * cannot.
  *
  * SirLLM's token entropy: paper mode scores token i with its surprisal
  * -log p(x_i | x_<i). Compat mode reproduces the released code: within a
@@ -735,20 +740,29 @@ static void kv_capture_step(struct kv_cache *c, const struct engine_out *o)
 
 /* ------------------------------------------------------------------ feeding */
 
-/* Add the attention of this forward's last query to the new and cached
- * tokens' accumulators, each KV head summing its query heads (H2O). */
+/* Add the attention this forward's queries gave to the new and cached
+ * tokens' accumulators, each KV head summing its query heads (H2O): every
+ * query's from the engine's per-KV-head sums, or, on a backend without
+ * them, the last query's. */
 static void kv_accumulate(struct kv_cache *c, const struct engine_out *o)
 {
 	const struct hparams *hp = c->hp;
 	uint32_t nv = o->n_visible, grp = hp->n_head / hp->n_head_kv;
 	for (uint32_t l = 0; l < hp->n_layer; l++)
 		for (uint32_t g = 0; g < hp->n_head_kv; g++) {
+			float *dst = c->acc + l * hp->n_head_kv + g;
+			if (o->attn_kv != NULL) {
+				const float *a = o->attn_kv + ((size_t)l * hp->n_head_kv + g) * nv;
+				for (uint32_t j = 0; j < nv; j++)
+					dst[(size_t)j * c->acc_stride] += a[j];
+				continue;
+			}
 			const float *a = o->attn + ((size_t)l * hp->n_head + (size_t)g * grp) * nv;
 			for (uint32_t j = 0; j < nv; j++) {
 				float s = 0;
 				for (uint32_t h = 0; h < grp; h++)
 					s += a[(size_t)h * nv + j];
-				c->acc[(size_t)j * c->acc_stride + l * hp->n_head_kv + g] += s;
+				dst[(size_t)j * c->acc_stride] += s;
 			}
 		}
 	for (uint32_t j = 0; j < nv; j++) {
@@ -796,8 +810,15 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		c->bslot[i] = c->free_slots[c->n_free - 1 - i];
 		c->bpos[i] = mode == KV_POS_COMPACT ? (int32_t)(n + i) : c->next_pos + (int32_t)i;
 	}
-	if (mode == KV_POS_CAPPED) {
-		/* Globals sit at most cap before the batch's last query. */
+	uint32_t n_global = 0;
+	bool engine_cap = mode == KV_POS_CAPPED && engine_supports(c->eng, ENGINE_CAP_DIST_CAP);
+	if (engine_cap) {
+		/* The engine caps each query's distance to the leading sinks. */
+		while (n_global < n && (c->toks[n_global].flags & KV_FLAG_SINK))
+			n_global++;
+	} else if (mode == KV_POS_CAPPED) {
+		/* Without the engine's cap: the sinks sit at most cap before the
+		 * batch's last query (exact for a decode step). */
 		int32_t lim = c->bpos[m - 1] - kv_cap(c);
 		for (uint32_t i = 0; i < n; i++) {
 			struct kv_tok *t = &c->toks[i];
@@ -824,7 +845,13 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	b.logits = compat ? ENGINE_LOGITS_ALL
 	           : (last || stats) ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE;
 	b.want_surprisal = stats && !compat;
-	b.want_attn = capture || attn_policy;
+	bool attn_kv = attn_policy && engine_supports(c->eng, ENGINE_CAP_ATTN_KV);
+	b.want_attn_kv = attn_kv;
+	b.want_attn = capture || (attn_policy && !attn_kv);
+	if (n_global > 0) {
+		b.n_global = n_global;
+		b.dist_cap = kv_cap(c);
+	}
 	struct engine_out o;
 	int rc = engine_forward(c->eng, &b, &o, e);
 	if (rc != KVS_OK)

@@ -1,7 +1,7 @@
 /*
  * kv_cache.h: the KV cache with per-token memory, the retention policies and
- * the introspection events (part of the engine layer's interface; it is to
- * be folded into engine.h once the engine's header is open for edits).
+ * the introspection events (part of the engine layer's interface: engine.h
+ * includes it, so other layers include engine.h alone).
  *
  * A kv_cache sits on one engine and owns the meaning of its slots: which
  * token each cached slot holds, where that token came from (original
@@ -100,7 +100,7 @@ struct kv_policy {
 /* Number of policies in the table and the name of the i-th. */
 size_t kv_policy_count(void);
 const char *kv_policy_name_at(size_t i);
-/* The default policy ("streaming" with its defaults). */
+/* The default policy: "full" (exact; the cache refuses what does not fit). */
 void kv_policy_default(struct kv_policy *p);
 /* Parse "NAME", "NAME:k=v,k=v" or "NAME k=v k=v" (values: numbers or an
  * enumeration's names). KVS_EARG naming the policy, parameter or value. */

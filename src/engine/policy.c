@@ -299,7 +299,7 @@ static void policy_init(struct kv_policy *p, const struct kv_policy_def *def)
 
 void kv_policy_default(struct kv_policy *p)
 {
-	policy_init(p, &policy_table[2]);
+	policy_init(p, &policy_table[0]);
 }
 
 const char *kv_policy_name(const struct kv_policy *p)

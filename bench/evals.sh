@@ -1,0 +1,57 @@
+#!/bin/sh
+# bench/evals.sh: run the KV-policy evaluations behind doc/EVALS.md.
+#
+#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|all]
+#
+# Every run appends its --json line to OUTDIR/rps.jsonl or
+# OUTDIR/passkey.jsonl (its text table goes to OUTDIR/*.txt); then
+# `python3 bench/evals-table.py OUTDIR` prints the markdown tables.
+# Sizes come from the environment (defaults = the runs in doc/EVALS.md):
+#   RPS_ROUNDS (300), RPS_BUDGETS ("256 512"), RPS_DOMINANT ("rock paper scissors")
+#   PK_LENGTHS (2k,4k,8k,16k), PK_FULL_LENGTHS (2k,4k,8k), PK_DEPTHS (10,30,50,70,90),
+#   PK_SAMPLES (2), PK_BUDGETS ("1024 2048"), SEED (1)
+set -eu
+bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|all]}
+out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|all]}
+what=${3:-all}
+mkdir -p "$out"
+seed=${SEED:-1}
+
+# One run: NAME then the command's arguments; appends the JSON line.
+run() {
+	name=$1
+	shift
+	echo "== kvscope $*" >&2
+	"$bin" "$@" --seed "$seed" --json >"$out/run.txt" 2>"$out/run.err" || {
+		echo "failed: kvscope $*" >&2
+		cat "$out/run.err" >&2
+		return 1
+	}
+	tail -n 1 "$out/run.txt" >>"$out/$name.jsonl"
+	sed '$d' "$out/run.txt" >>"$out/$name.txt"
+}
+
+if [ "$what" = rps ] || [ "$what" = all ]; then
+	rounds=${RPS_ROUNDS:-300}
+	for dom in ${RPS_DOMINANT:-rock paper scissors}; do
+		run rps eval rps --rounds "$rounds" --dominant "$dom" --policy full
+		for b in ${RPS_BUDGETS:-256 512}; do
+			for p in streaming sirllm sirllm:mode=compat lminfinite h2o; do
+				run rps eval rps --rounds "$rounds" --dominant "$dom" --policy "$p" --kv-budget "$b"
+			done
+		done
+	done
+fi
+
+if [ "$what" = passkey ] || [ "$what" = all ]; then
+	depths=${PK_DEPTHS:-10,30,50,70,90}
+	samples=${PK_SAMPLES:-2}
+	run passkey eval passkey --policy full --lengths "${PK_FULL_LENGTHS:-2k,4k,8k}" \
+		--depths "$depths" --samples "$samples"
+	for b in ${PK_BUDGETS:-1024 2048}; do
+		for p in streaming sirllm lminfinite h2o; do
+			run passkey eval passkey --policy "$p" --kv-budget "$b" \
+				--lengths "${PK_LENGTHS:-2k,4k,8k,16k}" --depths "$depths" --samples "$samples"
+		done
+	done
+fi

@@ -1,0 +1,908 @@
+/*
+ * cuda_backend.cu: the engine's CUDA backend (the struct backend_ops that
+ * gpu_backend_ops returns).
+ *
+ * Same contract as the CPU backend (engine.h): a KV cache of n_ctx slots
+ * holding F16 keys before RoPE and values, slot positions owned by the
+ * engine, a visible-slot list per batch, attention causal by position.
+ * Everything stays on the device: weights in their GGUF block layout (types
+ * without a kernel are dequantised to F32 once, gpuplan.h), the caches, a
+ * per-slot RoPE table refreshed for slots whose position moved, and every
+ * activation. The host sends a few integers per token and reads back the
+ * logits (sampling stays on the host), and only when asked the attention
+ * probabilities and per-token statistics.
+ *
+ * Two paths share the kernels (cuda_kern.h):
+ *   - decode (one token): mat-vec kernels with q8 or f32 activations, split
+ *     attention, fused norm+quantise, QKV+cache write, gate/up+SwiGLU+quantise;
+ *     about 8 launches per layer, captured once per shape into a CUDA graph
+ *     and replayed (the token, position, slot and visible count live in
+ *     device memory, the "step" array);
+ *   - prefill (more tokens): steps of GPUPLAN_UBATCH tokens, products as
+ *     tensor-core GEMMs on F16 weights (resident copies, or dequantised into
+ *     a scratch per use when memory is short), attention over the same split
+ *     kernel with one block per query.
+ *
+ * The visible list and its positions are mirrored on the device; each
+ * forward uploads only the range that changed since the last one (usually
+ * one new slot). Slot copies run on the device as simultaneous moves
+ * resolved on the host (gpuplan_kv_moves), staged per layer when a move
+ * reads a slot another one writes.
+ *
+ * Errors: a CUDA failure during a forward returns KVS_EIO naming the call;
+ * one in kv_copy (which cannot report) is kept and returned by the next
+ * forward.
+ */
+extern "C" {
+#include "engine/engine.h"
+}
+#include "gpu/cuda_kern.h"
+#include "gpu/gpu.h"
+#include "gpu/gpuplan.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CU_MAX_ALLOCS 64
+
+struct cu_layer {
+	const float *attn_norm, *ffn_norm;  /* (n_embd) */
+	const float *bq, *bk, *bv;          /* biases or NULL */
+	ck_mat wq, wk, wv, wo, gate, up, down;
+	__half *hq, *hk, *hv, *ho, *hgate, *hup, *hdown; /* resident F16 copies or NULL */
+};
+
+struct cu {
+	const struct model *m;
+	struct hparams hp;
+	struct engine_config cfg;
+	const int32_t *slot_pos;            /* (n_ctx), the engine's */
+	struct gpuplan plan;
+	struct gpu_info gi;
+	int n_sm;
+	char isa[300];
+	cudaStream_t st;
+	cudaEvent_t ev0, ev1;
+	bool use_graphs;
+	struct gpugraph_cache graphs;
+	char failed[200];                   /* a kv_copy error for the next forward */
+
+	void *allocs[CU_MAX_ALLOCS];
+	int n_allocs;
+	uint8_t *warena;                    /* every weight, norm and bias */
+	uint64_t warena_used;
+	uint8_t *harena;                    /* resident F16 copies */
+	uint64_t harena_used;
+
+	struct cu_layer *L;                 /* (n_layer) */
+	ck_mat embd, out;
+	__half *hout;                       /* resident F16 LM head or NULL */
+	const float *out_norm;
+
+	/* device state */
+	__half *kc, *vc;                    /* (n_layer, n_ctx, n_kv * hd) */
+	float *slot_cs;                     /* (n_ctx, n_rot) */
+	int32_t *cs_pos;                    /* (n_ctx) position slot_cs was made for */
+	uint32_t *vis;                      /* (n_ctx) visible list */
+	int32_t *vpos;                      /* (n_ctx) its positions */
+	uint32_t *mv_dst, *mv_src;          /* (n_ctx) slot moves */
+	__half *kv_tmp;                     /* (2, n_ctx, n_kv * hd) */
+	int32_t *step;                      /* CK_STEP_INTS(ubatch) */
+	int32_t *targets;                   /* (ubatch) next token per row, -1 none */
+	float *x, *xb, *q, *ao, *g;         /* (ubatch, n_embd / nq / nq / n_ff) */
+	__half *xh, *aoh, *gh;              /* (ubatch, kmax / nq / n_ff) */
+	int8_t *aq;                         /* (kmax) one quantised row */
+	float *ad, *as;                     /* (kmax / 32) */
+	int32_t *ai;                        /* (kmax / 32) */
+	float *part;                        /* (part_rows, n_head, hd + 2) */
+	float *raw;                         /* (n_layer, n_head, n_ctx) */
+	float *ml;                          /* (n_layer, n_head, 2) */
+	float *logits;                      /* (ubatch, n_vocab) */
+	float *sur, *ent;                   /* (ubatch) */
+	__half *wscr;                       /* (largest matrix) F16 scratch, when not resident */
+
+	/* host state (pinned where the device reads or writes it) */
+	int32_t *h_step;                    /* (n_chunks, CK_STEP_INTS(ubatch)) pinned */
+	int32_t *h_targets;                 /* (n_ctx) pinned */
+	uint32_t *h_vis;                    /* (n_ctx) pinned staging of the visible list */
+	int32_t *h_vpos;                    /* (n_ctx) pinned */
+	uint32_t *h_mv;                     /* (2, n_ctx) pinned moves */
+	float *h_logits;                    /* (n_vocab) pinned */
+	uint32_t *sh_vis;                   /* (n_ctx) what the device's vis holds */
+	int32_t *sh_vpos;                   /* (n_ctx) what the device's vpos holds */
+	int32_t *nv_pos;                    /* (n_ctx) positions of this batch's visible list */
+	int64_t *origin;                    /* (n_ctx) gpuplan_kv_moves scratch, all -1 */
+};
+
+/* Process-wide measurements (gpu.h). */
+static bool cu_timing_on;
+static double cu_last_ms = -1.0;
+static uint64_t cu_captures, cu_hits;
+
+/* ------------------------------------------------------------- helpers */
+
+/* KVS_EIO naming the failed call, or KVS_OK. */
+static int cu_check(cudaError_t st, const char *what, struct err *e)
+{
+	if (st == cudaSuccess)
+		return KVS_OK;
+	return err_set(e, KVS_EIO, "CUDA %s: %s", what, cudaGetErrorString(st));
+}
+
+#define CU_TRY(call, what)                                                                      \
+	do {                                                                                    \
+		int rc_ = cu_check((call), (what), e);                                          \
+		if (rc_ != KVS_OK)                                                              \
+			return rc_;                                                             \
+	} while (0)
+
+/* A device buffer of n bytes (at least 1), zeroed, freed with the backend. */
+static int cu_alloc(struct cu *c, void **p, uint64_t n, struct err *e)
+{
+	*p = NULL;
+	if (c->n_allocs == CU_MAX_ALLOCS)
+		return err_set(e, KVS_ESTATE, "CUDA backend: more than %d device buffers", CU_MAX_ALLOCS);
+	CU_TRY(cudaMalloc(p, n ? n : 1), "cudaMalloc");
+	c->allocs[c->n_allocs++] = *p;
+	CU_TRY(cudaMemset(*p, 0, n ? n : 1), "cudaMemset");
+	return KVS_OK;
+}
+
+/* Pinned host memory of n bytes. */
+static int cu_pinned(void **p, uint64_t n, struct err *e)
+{
+	*p = NULL;
+	CU_TRY(cudaMallocHost(p, n ? n : 1), "cudaMallocHost");
+	memset(*p, 0, n ? n : 1);
+	return KVS_OK;
+}
+
+/* Take n bytes (256-aligned) from an arena of cap bytes. */
+static uint8_t *cu_take(uint8_t *arena, uint64_t *used, uint64_t cap, uint64_t n)
+{
+	uint64_t at = *used;
+	uint64_t nn = (n + 255) & ~(uint64_t)255;
+	if (arena == NULL || at + nn > cap)
+		return NULL;
+	*used = at + nn;
+	return arena + at;
+}
+
+/* Upload an F32 vector (norm, bias) into the weight arena; NULL data stays NULL. */
+static int cu_upload_vec(struct cu *c, const struct tensor *t, const float **out, struct err *e)
+{
+	*out = NULL;
+	if (t->data == NULL)
+		return KVS_OK;
+	uint64_t n = (uint64_t)t->ne[0] * 4;
+	uint8_t *d = cu_take(c->warena, &c->warena_used, c->plan.weights, n);
+	if (d == NULL)
+		return err_set(e, KVS_ESTATE, "CUDA backend: weight arena too small at %s", t->name);
+	CU_TRY(cudaMemcpy(d, t->data, n, cudaMemcpyHostToDevice), "upload of a vector");
+	*out = (const float *)d;
+	return KVS_OK;
+}
+
+/* Upload a matrix into the weight arena: as stored, or dequantised to F32
+ * for types without a kernel. A matrix already uploaded (tied) is shared. */
+static int cu_upload_mat(struct cu *c, const struct tensor *t, ck_mat *w, struct err *e)
+{
+	memset(w, 0, sizeof(*w));
+	uint32_t dtype = gpuplan_device_type(t->type);
+	uint64_t rows = (uint64_t)t->ne[1], cols = (uint64_t)t->ne[0];
+	uint64_t nb = gpuplan_weight_bytes(t->type, rows, cols), row_bytes = 0;
+	if (nb == 0 || !dtype_row_bytes(dtype, cols, &row_bytes) || cols % 32 != 0)
+		return err_set(e, KVS_EUNSUPPORTED, "tensor %s: type %s, %llu columns: no CUDA kernel",
+		               t->name ? t->name : "?", dtype_name(t->type), (unsigned long long)cols);
+	uint8_t *d = cu_take(c->warena, &c->warena_used, c->plan.weights, nb);
+	if (d == NULL)
+		return err_set(e, KVS_ESTATE, "CUDA backend: weight arena too small at %s", t->name);
+	if (dtype == t->type) {
+		CU_TRY(cudaMemcpy(d, t->data, nb, cudaMemcpyHostToDevice), "upload of a weight");
+	} else {
+		float *f = (float *)xmallocarray(rows * cols, sizeof(float));
+		dtype_dequant(t->type, t->data, f, (int64_t)(rows * cols));
+		int rc = cu_check(cudaMemcpy(d, f, nb, cudaMemcpyHostToDevice), "upload of a weight", e);
+		free(f);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	w->d = d;
+	w->type = dtype;
+	w->rows = (uint32_t)rows;
+	w->cols = (uint32_t)cols;
+	w->row_bytes = (uint32_t)row_bytes;
+	return KVS_OK;
+}
+
+/* A resident F16 copy of w, made now (or NULL when not resident). */
+static int cu_make_f16(struct cu *c, const ck_mat *w, __half **out, struct err *e)
+{
+	*out = NULL;
+	if (!c->plan.f16_resident)
+		return KVS_OK;
+	uint64_t n = (uint64_t)w->rows * w->cols * 2;
+	uint8_t *d = cu_take(c->harena, &c->harena_used, c->plan.f16, n);
+	if (d == NULL)
+		return err_set(e, KVS_ESTATE, "CUDA backend: F16 arena too small");
+	ck_dequant_f16(c->st, w, (__half *)d);
+	CU_TRY(cudaGetLastError(), "F16 copy of a weight");
+	*out = (__half *)d;
+	return KVS_OK;
+}
+
+/* F16 rows of w for a GEMM: the resident copy, or w dequantised into the
+ * scratch (stream order keeps the previous user of the scratch safe). */
+static const __half *cu_f16(struct cu *c, const ck_mat *w, const __half *resident)
+{
+	if (resident != NULL)
+		return resident;
+	ck_dequant_f16(c->st, w, c->wscr);
+	return c->wscr;
+}
+
+/* -------------------------------------------------------------- create */
+
+static void cu_free(void *state);
+
+/* Bring up the weights. */
+static int cu_weights(struct cu *c, struct err *e)
+{
+	const struct model *m = c->m;
+	int rc;
+	if ((rc = cu_alloc(c, (void **)&c->warena, c->plan.weights, e)))
+		return rc;
+	if (c->plan.f16_resident && (rc = cu_alloc(c, (void **)&c->harena, c->plan.f16, e)))
+		return rc;
+	c->L = (struct cu_layer *)xcalloc(c->hp.n_layer, sizeof(*c->L));
+	for (uint32_t l = 0; l < c->hp.n_layer; l++) {
+		const struct layer_weights *lw = &m->layers[l];
+		struct cu_layer *L = &c->L[l];
+		if ((rc = cu_upload_vec(c, &lw->attn_norm, &L->attn_norm, e)) ||
+		    (rc = cu_upload_vec(c, &lw->ffn_norm, &L->ffn_norm, e)) ||
+		    (rc = cu_upload_vec(c, &lw->bq, &L->bq, e)) ||
+		    (rc = cu_upload_vec(c, &lw->bk, &L->bk, e)) ||
+		    (rc = cu_upload_vec(c, &lw->bv, &L->bv, e)) ||
+		    (rc = cu_upload_mat(c, &lw->wq, &L->wq, e)) ||
+		    (rc = cu_upload_mat(c, &lw->wk, &L->wk, e)) ||
+		    (rc = cu_upload_mat(c, &lw->wv, &L->wv, e)) ||
+		    (rc = cu_upload_mat(c, &lw->wo, &L->wo, e)) ||
+		    (rc = cu_upload_mat(c, &lw->w_gate, &L->gate, e)) ||
+		    (rc = cu_upload_mat(c, &lw->w_up, &L->up, e)) ||
+		    (rc = cu_upload_mat(c, &lw->w_down, &L->down, e)))
+			return rc;
+		if ((rc = cu_make_f16(c, &L->wq, &L->hq, e)) || (rc = cu_make_f16(c, &L->wk, &L->hk, e)) ||
+		    (rc = cu_make_f16(c, &L->wv, &L->hv, e)) || (rc = cu_make_f16(c, &L->wo, &L->ho, e)) ||
+		    (rc = cu_make_f16(c, &L->gate, &L->hgate, e)) ||
+		    (rc = cu_make_f16(c, &L->up, &L->hup, e)) ||
+		    (rc = cu_make_f16(c, &L->down, &L->hdown, e)))
+			return rc;
+	}
+	const struct tensor *out = m->output.data ? &m->output : &m->tok_embd;
+	if ((rc = cu_upload_mat(c, out, &c->out, e)) || (rc = cu_make_f16(c, &c->out, &c->hout, e)))
+		return rc;
+	if (m->tok_embd.data == out->data)
+		c->embd = c->out;
+	else if ((rc = cu_upload_mat(c, &m->tok_embd, &c->embd, e)))
+		return rc;
+	return cu_upload_vec(c, &m->out_norm, &c->out_norm, e);
+}
+
+/* Allocate the caches and the work buffers. */
+static int cu_buffers(struct cu *c, struct err *e)
+{
+	const struct hparams *hp = &c->hp;
+	const struct gpuplan *p = &c->plan;
+	uint64_t ctx = p->n_ctx, u = p->ubatch, hd = hp->head_dim;
+	uint64_t nq = (uint64_t)hp->n_head * hd;
+	uint64_t ne = hp->n_embd, nff = hp->n_ff, km = p->kmax;
+	uint64_t n_chunks = (ctx + u - 1) / u;
+	int rc;
+	struct {
+		void **p;
+		uint64_t n;
+	} dev[] = {
+		{ (void **)&c->kc, p->kv / 2 },
+		{ (void **)&c->vc, p->kv / 2 },
+		{ (void **)&c->slot_cs, ctx * KVS_MAX(hp->n_rot, 2u) * 4 },
+		{ (void **)&c->cs_pos, ctx * 4 },
+		{ (void **)&c->vis, ctx * 4 },
+		{ (void **)&c->vpos, ctx * 4 },
+		{ (void **)&c->mv_dst, ctx * 4 },
+		{ (void **)&c->mv_src, ctx * 4 },
+		{ (void **)&c->kv_tmp, p->kv_tmp },
+		{ (void **)&c->step, CK_STEP_INTS(u) * 4 },
+		{ (void **)&c->targets, u * 4 },
+		{ (void **)&c->x, u * ne * 4 },
+		{ (void **)&c->xb, u * ne * 4 },
+		{ (void **)&c->q, u * nq * 4 },
+		{ (void **)&c->ao, u * nq * 4 },
+		{ (void **)&c->g, u * nff * 4 },
+		{ (void **)&c->xh, u * km * 2 },
+		{ (void **)&c->aoh, u * nq * 2 },
+		{ (void **)&c->gh, u * nff * 2 },
+		{ (void **)&c->aq, km },
+		{ (void **)&c->ad, km / 32 * 4 },
+		{ (void **)&c->as, km / 32 * 4 },
+		{ (void **)&c->ai, km / 32 * 4 },
+		{ (void **)&c->part, (uint64_t)p->part_rows * hp->n_head * (hd + 2) * 4 },
+		{ (void **)&c->raw, (uint64_t)hp->n_layer * hp->n_head * ctx * 4 },
+		{ (void **)&c->ml, (uint64_t)hp->n_layer * hp->n_head * 2 * 4 },
+		{ (void **)&c->logits, p->logits },
+		{ (void **)&c->sur, u * 4 },
+		{ (void **)&c->ent, u * 4 },
+	};
+	for (size_t i = 0; i < KVS_ARRAY_LEN(dev); i++)
+		if ((rc = cu_alloc(c, dev[i].p, dev[i].n, e)))
+			return rc;
+	if (!p->f16_resident && (rc = cu_alloc(c, (void **)&c->wscr, p->f16_max, e)))
+		return rc;
+	/* empty markers: positions -1 */
+	CU_TRY(cudaMemset(c->cs_pos, 0xff, ctx * 4), "cudaMemset");
+	CU_TRY(cudaMemset(c->vpos, 0xff, ctx * 4), "cudaMemset");
+
+	struct {
+		void **p;
+		uint64_t n;
+	} host[] = {
+		{ (void **)&c->h_step, n_chunks * CK_STEP_INTS(u) * 4 },
+		{ (void **)&c->h_targets, ctx * 4 },
+		{ (void **)&c->h_vis, ctx * 4 },
+		{ (void **)&c->h_vpos, ctx * 4 },
+		{ (void **)&c->h_mv, 2 * ctx * 4 },
+		{ (void **)&c->h_logits, (uint64_t)hp->n_vocab * 4 },
+	};
+	for (size_t i = 0; i < KVS_ARRAY_LEN(host); i++)
+		if ((rc = cu_pinned(host[i].p, host[i].n, e)))
+			return rc;
+	c->sh_vis = (uint32_t *)xcalloc(ctx, sizeof(uint32_t));
+	c->sh_vpos = (int32_t *)xmallocarray(ctx, sizeof(int32_t));
+	c->nv_pos = (int32_t *)xmallocarray(ctx, sizeof(int32_t));
+	c->origin = (int64_t *)xmallocarray(ctx, sizeof(int64_t));
+	for (uint64_t s = 0; s < ctx; s++) {
+		c->sh_vpos[s] = -1;
+		c->origin[s] = -1;
+	}
+	return KVS_OK;
+}
+
+static int cu_create(const struct backend_ctx *ctx, void **state, struct err *e)
+{
+	const struct model *m = ctx->m;
+	int rc = gpuplan_check_model(&m->hp, e);
+	if (rc != KVS_OK)
+		return rc;
+	if (ctx->cfg.kv_type != ENGINE_KV_F16)
+		return err_set(e, KVS_EUNSUPPORTED, "KV cache type f32: the CUDA backend keeps an F16 cache; use f16");
+	struct gpu_info gi;
+	if ((rc = gpu_probe(&gi, e)) != KVS_OK)
+		return rc;
+	if (gi.cc_major < 8)
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "%s has compute capability %d.%d; this build has kernels for 8.0 and newer",
+		               gi.name, gi.cc_major, gi.cc_minor);
+
+	struct cu *c = (struct cu *)xcalloc(1, sizeof(*c));
+	c->m = m;
+	c->hp = m->hp;
+	c->cfg = ctx->cfg;
+	c->slot_pos = ctx->slot_pos;
+	c->gi = gi;
+	gpugraph_init(&c->graphs);
+	const char *env = getenv("KVSCOPE_CUDA_GRAPHS");
+	c->use_graphs = env == NULL || strcmp(env, "0") != 0;
+	*state = c;
+
+	size_t mem_free = 0, mem_total = 0;
+	cudaDeviceProp prop;
+	if ((rc = cu_check(cudaSetDevice(gi.device), "cudaSetDevice", e)) ||
+	    (rc = cu_check(cudaGetDeviceProperties(&prop, gi.device), "cudaGetDeviceProperties", e)) ||
+	    (rc = cu_check(cudaMemGetInfo(&mem_free, &mem_total), "cudaMemGetInfo", e)))
+		goto fail;
+	c->n_sm = prop.multiProcessorCount;
+	snprintf(c->isa, sizeof(c->isa), "sm_%d%d %s", gi.cc_major, gi.cc_minor, gi.name);
+	if ((rc = gpuplan_make(&c->plan, m, ctx->cfg.n_ctx, mem_free, e)) != KVS_OK) {
+		err_prefix(e, "%s", gi.name);
+		goto fail;
+	}
+	if ((rc = cu_check(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking), "cudaStreamCreate", e)) ||
+	    (rc = cu_check(cudaEventCreate(&c->ev0), "cudaEventCreate", e)) ||
+	    (rc = cu_check(cudaEventCreate(&c->ev1), "cudaEventCreate", e)))
+		goto fail;
+	if ((rc = cu_weights(c, e)) || (rc = cu_buffers(c, e)))
+		goto fail;
+	if ((rc = cu_check(cudaStreamSynchronize(c->st), "weight upload", e)) ||
+	    (rc = cu_check(cudaDeviceSynchronize(), "setup", e)))
+		goto fail;
+	return KVS_OK;
+fail:
+	cu_free(c);
+	*state = NULL;
+	return rc;
+}
+
+/* ------------------------------------------------------------- forward */
+
+/* The q8 activation row (input of the q8 kernels) as an output. */
+static ck_q8out cu_q8(struct cu *c)
+{
+	ck_q8out q = { c->aq, c->ad, c->as, c->ai };
+	return q;
+}
+
+/* An activation row: f32 xf plus the shared q8 row. */
+static ck_act cu_act(struct cu *c, const float *xf)
+{
+	ck_act a = { xf, c->aq, c->ad, c->as, c->ai };
+	return a;
+}
+
+/* Attention arguments of layer l; raw scores of query raw_q when raw. */
+static ck_attn_args cu_attn_args(struct cu *c, uint32_t l, bool raw, int raw_q)
+{
+	const struct hparams *hp = &c->hp;
+	uint64_t layer = (uint64_t)c->plan.n_ctx * hp->n_head_kv * hp->head_dim;
+	ck_attn_args a;
+	memset(&a, 0, sizeof(a));
+	a.q = c->q;
+	a.kc = c->kc + l * layer;
+	a.vc = c->vc + l * layer;
+	a.slot_cs = c->slot_cs;
+	a.vis = c->vis;
+	a.vpos = c->vpos;
+	a.step = c->step;
+	a.part = c->part;
+	a.raw = raw ? c->raw + (uint64_t)l * hp->n_head * c->plan.n_ctx : NULL;
+	a.raw_q = raw_q;
+	a.n_ctx = c->plan.n_ctx;
+	a.n_head = (int)hp->n_head;
+	a.n_kv = (int)hp->n_head_kv;
+	a.hd = (int)hp->head_dim;
+	a.n_rot = (int)hp->n_rot;
+	a.neox = hp->rope == ROPE_NEOX;
+	a.scale = hp->attn_scale;
+	a.theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
+	a.freq_scale = hp->rope_freq_scale;
+	return a;
+}
+
+/* The RoPE table refresh that starts every forward. */
+static void cu_enqueue_angles(struct cu *c)
+{
+	const struct hparams *hp = &c->hp;
+	ck_angles(c->st, c->vis, c->vpos, c->step, c->plan.n_ctx, c->slot_cs, c->cs_pos,
+	          (int)hp->n_rot, powf(hp->rope_base, -2.0f / (float)hp->n_rot), hp->rope_freq_scale);
+}
+
+/* One decode step (the graph's body): token in step, logits into
+ * c->logits row 0 when lm, raw attention probabilities when attn. */
+static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t ne = hp->n_embd, nh = hp->n_head;
+	uint64_t layer = (uint64_t)c->plan.n_ctx * hp->n_head_kv * hp->head_dim;
+	ck_q8out q8 = cu_q8(c);
+	cu_enqueue_angles(c);
+	ck_embed(c->st, &c->embd, c->step, 1, c->x);
+	for (uint32_t l = 0; l < hp->n_layer; l++) {
+		const struct cu_layer *L = &c->L[l];
+		ck_rmsnorm(c->st, c->x, L->attn_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
+		ck_act a = cu_act(c, c->xb);
+		ck_mv_qkv(c->st, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, &a, c->q, c->kc + l * layer,
+		          c->vc + l * layer, c->step);
+		ck_attn_args aa = cu_attn_args(c, l, attn, 0);
+		ck_attention(c->st, &aa, 1, splits);
+		ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits, c->ao, NULL, q8,
+		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, 0);
+		ck_act ao = cu_act(c, c->ao);
+		ck_mv(c->st, &L->wo, &ao, c->x, NULL, true);
+		ck_rmsnorm(c->st, c->x, L->ffn_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
+		ck_mv_swiglu(c->st, &L->gate, &L->up, &a, c->g, q8);
+		ck_act ga = cu_act(c, c->g);
+		ck_mv(c->st, &L->down, &ga, c->x, NULL, true);
+	}
+	if (lm) {
+		ck_rmsnorm(c->st, c->x, c->out_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
+		ck_act a = cu_act(c, c->xb);
+		ck_mv(c->st, &c->out, &a, c->logits, NULL, false);
+	}
+	if (attn)
+		ck_attn_norm(c->st, c->raw, c->ml, hp->n_layer * nh, c->plan.n_ctx, c->step);
+}
+
+/* Destroy a graph held by the cache. */
+static void cu_graph_destroy(void *arg, void *exec)
+{
+	(void)arg;
+	cudaGraphExecDestroy((cudaGraphExec_t)exec);
+}
+
+/* Run the decode step: replay its graph (capturing it on first use), or
+ * launch the kernels directly when graphs are off or capture fails. */
+static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, struct err *e)
+{
+	if (c->use_graphs) {
+		uint64_t key = gpugraph_key(splits, lm ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE, attn);
+		cudaGraphExec_t exec = (cudaGraphExec_t)gpugraph_find(&c->graphs, key);
+		if (exec == NULL) {
+			cudaGraph_t graph = NULL;
+			cudaError_t st = cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal);
+			if (st == cudaSuccess) {
+				cu_enqueue_decode(c, splits, lm, attn);
+				st = cudaStreamEndCapture(c->st, &graph);
+			}
+			if (st == cudaSuccess)
+				st = cudaGraphInstantiate(&exec, graph, 0);
+			if (graph != NULL)
+				cudaGraphDestroy(graph);
+			if (st != cudaSuccess) {
+				/* fall back to plain launches for the rest of this engine */
+				(void)cudaGetLastError();
+				log_warn("CUDA graph capture failed (%s); launching kernels directly",
+				         cudaGetErrorString(st));
+				c->use_graphs = false;
+				exec = NULL;
+			} else {
+				void *old = gpugraph_insert(&c->graphs, key, (void *)exec);
+				if (old != NULL)
+					cu_graph_destroy(NULL, old);
+				cu_captures++;
+			}
+		} else {
+			cu_hits++;
+		}
+		if (exec != NULL) {
+			CU_TRY(cudaGraphLaunch(exec, c->st), "cudaGraphLaunch");
+			return KVS_OK;
+		}
+	}
+	cu_enqueue_decode(c, splits, lm, attn);
+	CU_TRY(cudaGetLastError(), "decode launch");
+	return KVS_OK;
+}
+
+/* One prefill step of nu tokens (batch tokens t0 ..), last: the batch's
+ * final step. Logits rows go to bo as the batch asks. */
+static int cu_run_prefill(struct cu *c, const struct engine_batch *b, struct backend_out *bo,
+                          uint32_t t0, uint32_t nu, bool last, struct err *e)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t ne = hp->n_embd, nh = hp->n_head, hd = hp->head_dim, nff = hp->n_ff;
+	uint32_t nq = nh * hd, nkv = hp->n_head_kv * hd, nvoc = hp->n_vocab;
+	uint64_t layer = (uint64_t)c->plan.n_ctx * nkv;
+	ck_q8out q8 = cu_q8(c), none = { NULL, NULL, NULL, NULL };
+	bool attn = b->want_attn && last;
+	int raw_q = attn ? (int)nu - 1 : -1;
+	uint32_t splits = gpuplan_attn_splits(b->n_visible, hp->n_head_kv, nu, (uint32_t)c->n_sm,
+	                                      c->plan.part_rows);
+
+	ck_embed(c->st, &c->embd, c->step, nu, c->x);
+	for (uint32_t l = 0; l < hp->n_layer; l++) {
+		const struct cu_layer *L = &c->L[l];
+		ck_gemm_out o;
+		memset(&o, 0, sizeof(o));
+		ck_rmsnorm(c->st, c->x, L->attn_norm, nu, ne, hp->rms_eps, NULL, c->xh, none);
+		o.epi = CK_EPI_STORE;
+		o.y = c->q;
+		o.bias = L->bq;
+		o.ldy = nq;
+		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &L->wq, L->hq), nq, &o);
+		o.epi = CK_EPI_KV;
+		o.step = c->step;
+		o.ldy = nkv;
+		o.kv = c->kc + l * layer;
+		o.bias = L->bk;
+		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &L->wk, L->hk), nkv, &o);
+		o.kv = c->vc + l * layer;
+		o.bias = L->bv;
+		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &L->wv, L->hv), nkv, &o);
+
+		ck_attn_args aa = cu_attn_args(c, l, attn, raw_q);
+		ck_attention(c->st, &aa, nu, splits);
+		ck_combine(c->st, c->part, nu, (int)nh, (int)hd, splits, c->ao, c->aoh, none,
+		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, raw_q);
+
+		memset(&o, 0, sizeof(o));
+		o.epi = CK_EPI_ADD;
+		o.y = c->x;
+		o.ldy = ne;
+		ck_gemm(c->st, c->aoh, nu, nq, cu_f16(c, &L->wo, L->ho), ne, &o);
+		ck_rmsnorm(c->st, c->x, L->ffn_norm, nu, ne, hp->rms_eps, NULL, c->xh, none);
+		o.epi = CK_EPI_STORE;
+		o.y = c->g;
+		o.ldy = nff;
+		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &L->gate, L->hgate), nff, &o);
+		o.epi = CK_EPI_SWIGLU;
+		o.gate = c->g;
+		o.yh = c->gh;
+		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &L->up, L->hup), nff, &o);
+		memset(&o, 0, sizeof(o));
+		o.epi = CK_EPI_ADD;
+		o.y = c->x;
+		o.ldy = ne;
+		ck_gemm(c->st, c->gh, nu, nff, cu_f16(c, &L->down, L->hdown), ne, &o);
+	}
+	if (attn)
+		ck_attn_norm(c->st, c->raw, c->ml, hp->n_layer * nh, c->plan.n_ctx, c->step);
+
+	bool all_rows = b->logits == ENGINE_LOGITS_ALL || b->want_surprisal;
+	bool last_row = last && b->logits == ENGINE_LOGITS_LAST;
+	if (all_rows) {
+		ck_gemm_out o;
+		memset(&o, 0, sizeof(o));
+		ck_rmsnorm(c->st, c->x, c->out_norm, nu, ne, hp->rms_eps, NULL, c->xh, none);
+		o.epi = CK_EPI_STORE;
+		o.y = c->logits;
+		o.ldy = nvoc;
+		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &c->out, c->hout), nvoc, &o);
+		if (b->want_surprisal) {
+			ck_row_stats(c->st, c->logits, nu, nvoc, c->targets, c->sur, c->ent);
+			CU_TRY(cudaMemcpyAsync(bo->surprisal + t0, c->sur, nu * 4, cudaMemcpyDeviceToHost, c->st),
+			       "copy of surprisal");
+			CU_TRY(cudaMemcpyAsync(bo->entropy + t0, c->ent, nu * 4, cudaMemcpyDeviceToHost, c->st),
+			       "copy of entropy");
+		}
+		if (b->logits == ENGINE_LOGITS_ALL)
+			CU_TRY(cudaMemcpyAsync(bo->logits + (uint64_t)t0 * nvoc, c->logits,
+			                       (uint64_t)nu * nvoc * 4, cudaMemcpyDeviceToHost, c->st),
+			       "copy of logits");
+		else if (last_row)
+			CU_TRY(cudaMemcpyAsync(bo->logits, c->logits + (uint64_t)(nu - 1) * nvoc,
+			                       (uint64_t)nvoc * 4, cudaMemcpyDeviceToHost, c->st),
+			       "copy of logits");
+	} else if (last_row) {
+		/* the last row alone, on the decode path's kernels (as the CPU does) */
+		ck_rmsnorm(c->st, c->x + (uint64_t)(nu - 1) * ne, c->out_norm, 1, ne, hp->rms_eps, c->xb,
+		           NULL, q8);
+		ck_act a = cu_act(c, c->xb);
+		ck_mv(c->st, &c->out, &a, c->logits, NULL, false);
+		CU_TRY(cudaMemcpyAsync(bo->logits, c->logits, (uint64_t)nvoc * 4, cudaMemcpyDeviceToHost,
+		                       c->st),
+		       "copy of logits");
+	}
+	CU_TRY(cudaGetLastError(), "prefill launch");
+	return KVS_OK;
+}
+
+/* Upload the part of the visible list (and its positions) that changed. */
+static int cu_upload_visible(struct cu *c, const struct engine_batch *b, struct err *e)
+{
+	uint32_t nv = b->n_visible, lo, hi, plo, phi;
+	for (uint32_t j = 0; j < nv; j++)
+		c->nv_pos[j] = c->slot_pos[b->visible[j]];
+	gpuplan_diff_range(c->sh_vis, b->visible, nv, &lo, &hi);
+	gpuplan_diff_range((const uint32_t *)c->sh_vpos, (const uint32_t *)c->nv_pos, nv, &plo, &phi);
+	if (plo < phi) {
+		lo = lo < hi ? KVS_MIN(lo, plo) : plo;
+		hi = KVS_MAX(hi, phi);
+	}
+	if (lo >= hi)
+		return KVS_OK;
+	uint32_t n = hi - lo;
+	memcpy(c->h_vis + lo, b->visible + lo, n * sizeof(uint32_t));
+	memcpy(c->h_vpos + lo, c->nv_pos + lo, n * sizeof(int32_t));
+	memcpy(c->sh_vis + lo, b->visible + lo, n * sizeof(uint32_t));
+	memcpy(c->sh_vpos + lo, c->nv_pos + lo, n * sizeof(int32_t));
+	CU_TRY(cudaMemcpyAsync(c->vis + lo, c->h_vis + lo, n * 4, cudaMemcpyHostToDevice, c->st),
+	       "upload of the visible list");
+	CU_TRY(cudaMemcpyAsync(c->vpos + lo, c->h_vpos + lo, n * 4, cudaMemcpyHostToDevice, c->st),
+	       "upload of the visible list");
+	return KVS_OK;
+}
+
+/* Upload the step array of batch tokens [t0, t0 + nu) from pinned region k. */
+static int cu_upload_step(struct cu *c, const struct engine_batch *b, uint32_t t0, uint32_t nu,
+                          uint32_t k, struct err *e)
+{
+	int32_t *h = c->h_step + (uint64_t)k * CK_STEP_INTS(c->plan.ubatch);
+	h[CK_STEP_NVIS] = (int32_t)b->n_visible;
+	h[CK_STEP_NTOK] = (int32_t)nu;
+	for (uint32_t i = 0; i < nu; i++) {
+		h[CK_STEP_TOK(i)] = b->tokens[t0 + i];
+		h[CK_STEP_POS(i)] = b->pos[t0 + i];
+		h[CK_STEP_SLOT(i)] = (int32_t)b->slot[t0 + i];
+	}
+	CU_TRY(cudaMemcpyAsync(c->step, h, CK_STEP_INTS(nu) * 4, cudaMemcpyHostToDevice, c->st),
+	       "upload of the step");
+	if (b->want_surprisal) {
+		for (uint32_t i = 0; i < nu; i++) {
+			uint32_t t = t0 + i;
+			c->h_targets[t] = t + 1 < b->n_tokens ? b->tokens[t + 1] : -1;
+		}
+		CU_TRY(cudaMemcpyAsync(c->targets, c->h_targets + t0, nu * 4, cudaMemcpyHostToDevice, c->st),
+		       "upload of the targets");
+	}
+	return KVS_OK;
+}
+
+static int cu_forward(void *state, const struct engine_batch *b, struct backend_out *out,
+                      struct err *e)
+{
+	struct cu *c = (struct cu *)state;
+	const struct hparams *hp = &c->hp;
+	int rc;
+	if (c->failed[0] != '\0') {
+		err_set(e, KVS_EIO, "%s", c->failed);
+		c->failed[0] = '\0';
+		return KVS_EIO;
+	}
+	if (cu_timing_on)
+		CU_TRY(cudaEventRecord(c->ev0, c->st), "cudaEventRecord");
+	if ((rc = cu_upload_visible(c, b, e)))
+		return rc;
+	uint32_t u = c->plan.ubatch;
+	if (b->n_tokens == 1) {
+		bool lm = b->logits != ENGINE_LOGITS_NONE || b->want_surprisal;
+		uint32_t splits = gpuplan_attn_splits(b->n_visible, hp->n_head_kv, 1, (uint32_t)c->n_sm,
+		                                      c->plan.part_rows);
+		if ((rc = cu_upload_step(c, b, 0, 1, 0, e)) || (rc = cu_run_decode(c, splits, lm, b->want_attn, e)))
+			return rc;
+		if (b->want_surprisal) {
+			ck_row_stats(c->st, c->logits, 1, hp->n_vocab, c->targets, c->sur, c->ent);
+			CU_TRY(cudaMemcpyAsync(out->surprisal, c->sur, 4, cudaMemcpyDeviceToHost, c->st),
+			       "copy of surprisal");
+			CU_TRY(cudaMemcpyAsync(out->entropy, c->ent, 4, cudaMemcpyDeviceToHost, c->st),
+			       "copy of entropy");
+		}
+		if (out->logits != NULL)
+			CU_TRY(cudaMemcpyAsync(c->h_logits, c->logits, (uint64_t)hp->n_vocab * 4,
+			                       cudaMemcpyDeviceToHost, c->st),
+			       "copy of logits");
+	} else {
+		/* steps of u tokens, each with its own pinned step region (the
+		 * host fills the next while the device runs this one) */
+		for (uint32_t t0 = 0, k = 0; t0 < b->n_tokens; t0 += u, k++) {
+			uint32_t nu = KVS_MIN(u, b->n_tokens - t0);
+			bool last = t0 + nu == b->n_tokens;
+			if ((rc = cu_upload_step(c, b, t0, nu, k, e)))
+				return rc;
+			if (k == 0)
+				cu_enqueue_angles(c); /* reads step[0], the visible count */
+			if ((rc = cu_run_prefill(c, b, out, t0, nu, last, e)))
+				return rc;
+		}
+	}
+	if (b->want_attn) {
+		uint32_t nv = b->n_visible, rows = hp->n_layer * hp->n_head;
+		if (nv > 0)
+			CU_TRY(cudaMemcpy2DAsync(out->attn, (size_t)nv * 4, c->raw, (size_t)c->plan.n_ctx * 4,
+			                         (size_t)nv * 4, rows, cudaMemcpyDeviceToHost, c->st),
+			       "copy of attention");
+	}
+	if (cu_timing_on)
+		CU_TRY(cudaEventRecord(c->ev1, c->st), "cudaEventRecord");
+	CU_TRY(cudaStreamSynchronize(c->st), "forward");
+	CU_TRY(cudaGetLastError(), "forward");
+	if (b->n_tokens == 1 && out->logits != NULL)
+		memcpy(out->logits, c->h_logits, (size_t)hp->n_vocab * 4);
+	if (cu_timing_on) {
+		float ms = 0;
+		if (cudaEventElapsedTime(&ms, c->ev0, c->ev1) == cudaSuccess)
+			cu_last_ms = ms;
+	}
+	return KVS_OK;
+}
+
+/* ------------------------------------------------------------ KV slots */
+
+static void cu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n)
+{
+	struct cu *c = (struct cu *)state;
+	const struct hparams *hp = &c->hp;
+	uint32_t ctx = c->plan.n_ctx;
+	bool overlap = false;
+	uint32_t *md = c->h_mv, *ms = c->h_mv + ctx;
+	uint32_t nm = gpuplan_kv_moves(dst, src, n, c->origin, md, ms, &overlap);
+	if (nm == 0)
+		return;
+	uint32_t row = hp->n_head_kv * hp->head_dim;
+	uint64_t layer = (uint64_t)ctx * row;
+	cudaError_t st = cudaMemcpyAsync(c->mv_dst, md, nm * 4, cudaMemcpyHostToDevice, c->st);
+	if (st == cudaSuccess)
+		st = cudaMemcpyAsync(c->mv_src, ms, nm * 4, cudaMemcpyHostToDevice, c->st);
+	if (st == cudaSuccess) {
+		if (!overlap) {
+			ck_kv_move(c->st, CK_MOVE_DIRECT, c->kc, c->vc, layer, row, 0, hp->n_layer, c->mv_dst,
+			           c->mv_src, nm, NULL);
+		} else {
+			for (uint32_t l = 0; l < hp->n_layer; l++) {
+				ck_kv_move(c->st, CK_MOVE_GATHER, c->kc, c->vc, layer, row, l, l + 1, c->mv_dst,
+				           c->mv_src, nm, c->kv_tmp);
+				ck_kv_move(c->st, CK_MOVE_SCATTER, c->kc, c->vc, layer, row, l, l + 1, c->mv_dst,
+				           c->mv_src, nm, c->kv_tmp);
+			}
+		}
+		st = cudaGetLastError();
+	}
+	if (st == cudaSuccess)
+		st = cudaStreamSynchronize(c->st);
+	if (st != cudaSuccess && c->failed[0] == '\0')
+		snprintf(c->failed, sizeof(c->failed), "CUDA KV slot copy: %s", cudaGetErrorString(st));
+}
+
+static void cu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
+                       float *out)
+{
+	struct cu *c = (struct cu *)state;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim;
+	uint64_t at = ((uint64_t)layer * c->plan.n_ctx + slot) * hp->n_head_kv * hd + (uint64_t)kv_head * hd;
+	uint16_t buf[256];
+	cudaError_t st = cudaMemcpyAsync(buf, (value ? c->vc : c->kc) + at, hd * 2,
+	                                 cudaMemcpyDeviceToHost, c->st);
+	if (st == cudaSuccess)
+		st = cudaStreamSynchronize(c->st);
+	if (st != cudaSuccess) {
+		for (uint32_t d = 0; d < hd; d++)
+			out[d] = NAN;
+		if (c->failed[0] == '\0')
+			snprintf(c->failed, sizeof(c->failed), "CUDA KV read: %s", cudaGetErrorString(st));
+		return;
+	}
+	for (uint32_t d = 0; d < hd; d++)
+		out[d] = dtype_f16_to_f32(buf[d]);
+}
+
+static const char *cu_isa_name(void *state)
+{
+	return ((struct cu *)state)->isa;
+}
+
+static void cu_free(void *state)
+{
+	struct cu *c = (struct cu *)state;
+	if (c == NULL)
+		return;
+	gpugraph_clear(&c->graphs, cu_graph_destroy, NULL);
+	for (int i = 0; i < c->n_allocs; i++)
+		cudaFree(c->allocs[i]);
+	void *pinned[] = { c->h_step, c->h_targets, c->h_vis, c->h_vpos, c->h_mv, c->h_logits };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(pinned); i++)
+		if (pinned[i] != NULL)
+			cudaFreeHost(pinned[i]);
+	if (c->st)
+		cudaStreamDestroy(c->st);
+	if (c->ev0)
+		cudaEventDestroy(c->ev0);
+	if (c->ev1)
+		cudaEventDestroy(c->ev1);
+	free(c->L);
+	free(c->sh_vis);
+	free(c->sh_vpos);
+	free(c->nv_pos);
+	free(c->origin);
+	free(c);
+}
+
+/* No optional features yet (engine_cap): the engine refuses batches that
+ * ask for per-KV-head attention sums or a distance cap on this backend. */
+static const struct backend_ops cu_ops = {
+	"cuda", cu_create, cu_forward, cu_kv_copy, cu_kv_read, cu_isa_name, cu_free, 0,
+};
+
+/* ------------------------------------------------------------- gpu.h */
+
+extern "C" const struct backend_ops *gpu_backend_ops(void)
+{
+	return &cu_ops;
+}
+
+extern "C" void gpu_timing(bool on)
+{
+	cu_timing_on = on;
+	cu_last_ms = -1.0;
+}
+
+extern "C" double gpu_last_ms(void)
+{
+	return cu_last_ms;
+}
+
+extern "C" void gpu_graph_counts(uint64_t *captures, uint64_t *hits)
+{
+	*captures = cu_captures;
+	*hits = cu_hits;
+}

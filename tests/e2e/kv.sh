@@ -1,0 +1,110 @@
+#!/bin/sh
+# kv.sh: the KV-cache features end to end on the default model: a bounded
+# budget is kept under eviction, --trace writes one JSON object per line
+# (steps with per-head summaries, evictions, the turn), the evals run and
+# end with a JSON line, and bad KV options fail with one line and exit 2.
+set -u
+bin=${KVSCOPE_BIN:?}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+# expect_bad CODE PATTERN CMD...: exit code CODE, one stderr line matching
+# PATTERN, nothing on stdout.
+expect_bad() {
+	code=$1 pat=$2
+	shift 2
+	"$@" >"$tmp/out" 2>"$tmp/err"
+	rc=$?
+	[ "$rc" -eq "$code" ] || fail "$*: exit $rc, expected $code ($(cat "$tmp/err"))"
+	n=$(grep -c . "$tmp/err")
+	[ "$n" -eq 1 ] || fail "$*: $n stderr lines, expected 1: $(cat "$tmp/err")"
+	grep -q -- "$pat" "$tmp/err" || fail "$*: stderr '$(cat "$tmp/err")' lacks '$pat'"
+	[ ! -s "$tmp/out" ] || fail "$*: wrote to stdout: $(head -c 200 "$tmp/out")"
+}
+
+if [ -z "${KVSCOPE_MODEL:-}" ]; then
+	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
+else
+	model=$KVSCOPE_MODEL
+fi
+if [ ! -f "$model" ]; then
+	echo "kv.sh: the default model is not at $model (run make model)" >&2
+	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
+	exit 1
+fi
+
+# generate under a 64-token budget with a trace
+"$bin" generate --prompt "Tell me a long story about a dragon and a knight." --temp 0 -n 80 \
+	--policy sirllm --kv-budget 64 --trace "$tmp/t.jsonl" >"$tmp/g" 2>"$tmp/g.err" ||
+	fail "generate with a trace: $(cat "$tmp/g.err")"
+grep -q "budget 64: 64 tokens cached" "$tmp/g.err" || fail "KV summary: $(tail -n 1 "$tmp/g.err")"
+[ -s "$tmp/t.jsonl" ] || fail "the trace is empty"
+bad=$(grep -vc '^{"event":"[a-z]*",.*}$' "$tmp/t.jsonl")
+[ "$bad" -eq 0 ] || fail "$bad trace lines are not one JSON object"
+grep -q '"event":"evict"' "$tmp/t.jsonl" || fail "no eviction in the trace"
+grep -q '"event":"turn"' "$tmp/t.jsonl" || fail "no turn in the trace"
+steps=$(grep -c '"event":"step"' "$tmp/t.jsonl")
+[ "$steps" -ge 79 ] || fail "$steps step events, expected one per decode step"
+over=$(sed -n 's/.*"cached":\([0-9]*\).*/\1/p' "$tmp/t.jsonl" | awk '$1 > 64' | wc -l)
+[ "$over" -eq 0 ] || fail "$over events with more than 64 tokens cached"
+grep '"event":"step"' "$tmp/t.jsonl" | head -n 1 | grep -q '"head_entropy":\[\[' ||
+	fail "step events lack the per-head summaries"
+if command -v python3 >/dev/null 2>&1; then
+	python3 -c '
+import json, sys
+for n, line in enumerate(open(sys.argv[1]), 1):
+    ev = json.loads(line)
+    if ev["event"] == "step":
+        assert len(ev["head_k90"]) == ev["n_layer"] == 30, n
+        assert all(len(r) == ev["n_head"] for r in ev["head_k90"]), n
+        assert all(1 <= k <= ev["n_cached"] for r in ev["head_k90"] for k in r), n
+' "$tmp/t.jsonl" || fail "the trace does not parse as JSON lines with consistent summaries"
+else
+	echo "kv.sh: python3 absent: trace lines checked by pattern only" >&2
+fi
+# attention rows: layer x head x cached tokens, each row summing to 1
+"$bin" generate --prompt "Hi" --temp 0 -n 3 --trace "$tmp/a.jsonl" --trace-attn >/dev/null 2>&1 ||
+	fail "generate --trace-attn"
+grep -q '"attn":\[\[\[' "$tmp/a.jsonl" || fail "no attention rows with --trace-attn"
+if command -v python3 >/dev/null 2>&1; then
+	python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    ev = json.loads(line)
+    if ev["event"] == "step":
+        for layer in ev["attn"]:
+            for row in layer:
+                assert len(row) == ev["n_cached"] and abs(sum(row) - 1) < 1e-3, sum(row)
+' "$tmp/a.jsonl" || fail "attention rows do not sum to 1"
+fi
+expect_bad 2 "needs --trace" "$bin" generate --prompt hi --trace-attn
+
+# the evals: deterministic, JSON last
+for i in 1 2; do
+	"$bin" eval rps --rounds 6 --policy streaming --kv-budget 64 --json >"$tmp/r$i" 2>"$tmp/r.err" ||
+		fail "eval rps: $(tail -n 2 "$tmp/r.err")"
+done
+tail -n 1 "$tmp/r1" | grep -q '^{"eval":"rps",.*"rounds":6,' || fail "rps JSON: $(tail -n 1 "$tmp/r1")"
+s1=$(tail -n 1 "$tmp/r1" | sed 's/"seconds":[0-9.]*//')
+s2=$(tail -n 1 "$tmp/r2" | sed 's/"seconds":[0-9.]*//')
+[ "$s1" = "$s2" ] || fail "eval rps is not deterministic"
+grep -q "rps \[" "$tmp/r.err" || fail "no progress on stderr"
+"$bin" eval passkey --lengths 300 --depths 50 --policy streaming --kv-budget 128 --json >"$tmp/p" 2>"$tmp/p.err" ||
+	fail "eval passkey: $(tail -n 2 "$tmp/p.err")"
+tail -n 1 "$tmp/p" | grep -q '^{"eval":"passkey",.*"length":300,"depth":50,' ||
+	fail "passkey JSON: $(tail -n 1 "$tmp/p")"
+
+# bad KV options
+expect_bad 2 "expected one of full" "$bin" generate --prompt hi --policy bogus
+expect_bad 2 "lambda" "$bin" generate --prompt hi --policy sirllm:lambda=3
+expect_bad 2 "kv-budget" "$bin" generate --prompt hi --kv-budget 4
+expect_bad 2 "budget 128" "$bin" generate --prompt hi --ctx 64 --kv-budget 128
+expect_bad 2 "lengths" "$bin" eval passkey --lengths 2x
+expect_bad 2 "dominant" "$bin" eval rps --dominant lizard
+expect_bad 2 "parameters: none" "$bin" eval rps --policy full:sinks=2
+
+[ "$fails" -eq 0 ] || exit 1
+echo "kv.sh: all checks passed"
