@@ -13,11 +13,14 @@
  * probabilities and per-token statistics.
  *
  * Two paths share the kernels (cuda_kern.h):
- *   - decode (one token): mat-vec kernels with q8 or f32 activations, split
- *     attention, fused norm+quantise, QKV+cache write, gate/up+SwiGLU+quantise;
- *     about 8 launches per layer, captured once per shape into a CUDA graph
- *     and replayed (the token, position, slot and visible count live in
- *     device memory, the "step" array);
+ *   - decode (one token): mat-vec kernels with q8 or f32 activations;
+ *     per layer QKV (+ cache write), split attention, the merge of the
+ *     splits (+ quantise), the output product (+ residual + RMSNorm +
+ *     quantise: the last block to finish normalises), gate/up (+ SwiGLU +
+ *     quantise), down (+ residual + the next RMSNorm): 6 launches
+ *     (KVSCOPE_CUDA_FUSE=0: separate norms, 8), the whole step captured
+ *     once per shape into a CUDA graph and replayed (the token, position,
+ *     slot and visible count live in device memory, the "step" array);
  *   - prefill (more tokens): steps of GPUPLAN_UBATCH tokens, products as
  *     tensor-core GEMMs on F16 weights (resident copies, or dequantised into
  *     a scratch per use when memory is short), attention over the same split
@@ -67,6 +70,7 @@ struct cu {
 	cudaStream_t st;
 	cudaEvent_t ev0, ev1;
 	bool use_graphs;
+	bool fuse;                          /* residual add + next norm in one launch */
 	struct gpugraph_cache graphs;
 	char failed[200];                   /* a kv_copy error for the next forward */
 
@@ -99,10 +103,13 @@ struct cu {
 	int32_t *ai;                        /* (kmax / 32) */
 	float *part;                        /* (part_rows, n_head, hd + 2) */
 	float *raw;                         /* (n_layer, n_head, n_ctx) */
-	float *ml;                          /* (n_layer, n_head, 2) */
+	float *ml;                          /* (n_layer, n_head, 2) the raw query's max, sum */
+	float *mlq;                         /* (ubatch, n_head, 2) every query's max, sum */
+	float *akv;                         /* (n_layer, n_kv, n_ctx) attention per KV head */
 	float *logits;                      /* (ubatch, n_vocab) */
 	float *sur, *ent;                   /* (ubatch) */
 	__half *wscr;                       /* (largest matrix) F16 scratch, when not resident */
+	unsigned *counter;                  /* last-block counter of the fused kernels, 0 between */
 
 	/* host state (pinned where the device reads or writes it) */
 	int32_t *h_step;                    /* (n_chunks, CK_STEP_INTS(ubatch)) pinned */
@@ -187,7 +194,7 @@ static int cu_upload_vec(struct cu *c, const struct tensor *t, const float **out
 }
 
 /* Upload a matrix into the weight arena: as stored, or dequantised to F32
- * for types without a kernel. A matrix already uploaded (tied) is shared. */
+ * for types without a kernel. */
 static int cu_upload_mat(struct cu *c, const struct tensor *t, ck_mat *w, struct err *e)
 {
 	memset(w, 0, sizeof(*w));
@@ -331,9 +338,12 @@ static int cu_buffers(struct cu *c, struct err *e)
 		{ (void **)&c->part, (uint64_t)p->part_rows * hp->n_head * (hd + 2) * 4 },
 		{ (void **)&c->raw, (uint64_t)hp->n_layer * hp->n_head * ctx * 4 },
 		{ (void **)&c->ml, (uint64_t)hp->n_layer * hp->n_head * 2 * 4 },
+		{ (void **)&c->mlq, u * hp->n_head * 2 * 4 },
+		{ (void **)&c->akv, (uint64_t)hp->n_layer * hp->n_head_kv * ctx * 4 },
 		{ (void **)&c->logits, p->logits },
 		{ (void **)&c->sur, u * 4 },
 		{ (void **)&c->ent, u * 4 },
+		{ (void **)&c->counter, 4 },
 	};
 	for (size_t i = 0; i < KVS_ARRAY_LEN(dev); i++)
 		if ((rc = cu_alloc(c, dev[i].p, dev[i].n, e)))
@@ -394,6 +404,8 @@ static int cu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 	gpugraph_init(&c->graphs);
 	const char *env = getenv("KVSCOPE_CUDA_GRAPHS");
 	c->use_graphs = env == NULL || strcmp(env, "0") != 0;
+	env = getenv("KVSCOPE_CUDA_FUSE");
+	c->fuse = env == NULL || strcmp(env, "0") != 0;
 	*state = c;
 
 	size_t mem_free = 0, mem_total = 0;
@@ -469,6 +481,12 @@ static ck_attn_args cu_attn_args(struct cu *c, uint32_t l, bool raw, int raw_q)
 	return a;
 }
 
+/* Layer l's per-KV-head attention sums (n_kv, n_ctx). */
+static float *cu_akv(struct cu *c, uint32_t l)
+{
+	return c->akv + (uint64_t)l * c->hp.n_head_kv * c->plan.n_ctx;
+}
+
 /* The RoPE table refresh that starts every forward. */
 static void cu_enqueue_angles(struct cu *c)
 {
@@ -478,37 +496,51 @@ static void cu_enqueue_angles(struct cu *c)
 }
 
 /* One decode step (the graph's body): token in step, logits into
- * c->logits row 0 when lm, raw attention probabilities when attn. */
-static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn)
+ * c->logits row 0 when lm, raw attention probabilities when attn. Each
+ * layer ends with the next norm (the next layer's, or the output norm),
+ * fused into the residual-adding product when c->fuse. */
+static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool akv)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t ne = hp->n_embd, nh = hp->n_head;
 	uint64_t layer = (uint64_t)c->plan.n_ctx * hp->n_head_kv * hp->head_dim;
 	ck_q8out q8 = cu_q8(c);
+	ck_act a = cu_act(c, c->xb), ao = cu_act(c, c->ao), ga = cu_act(c, c->g);
 	cu_enqueue_angles(c);
+	if (akv)
+		cudaMemsetAsync(c->akv, 0, (size_t)hp->n_layer * hp->n_head_kv * c->plan.n_ctx * 4, c->st);
 	ck_embed(c->st, &c->embd, c->step, 1, c->x);
+	ck_rmsnorm(c->st, c->x, c->L[0].attn_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
 	for (uint32_t l = 0; l < hp->n_layer; l++) {
 		const struct cu_layer *L = &c->L[l];
-		ck_rmsnorm(c->st, c->x, L->attn_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
-		ck_act a = cu_act(c, c->xb);
 		ck_mv_qkv(c->st, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, &a, c->q, c->kc + l * layer,
 		          c->vc + l * layer, c->step);
 		ck_attn_args aa = cu_attn_args(c, l, attn, 0);
 		ck_attention(c->st, &aa, 1, splits);
 		ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits, c->ao, NULL, q8,
-		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, 0);
-		ck_act ao = cu_act(c, c->ao);
-		ck_mv(c->st, &L->wo, &ao, c->x, NULL, true);
-		ck_rmsnorm(c->st, c->x, L->ffn_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
+		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, 0, akv ? c->mlq : NULL);
+		if (akv)
+			ck_attn_acc(c->st, &aa, 1, (c->plan.n_ctx + GPUPLAN_ATT_TILE - 1) / GPUPLAN_ATT_TILE,
+			            c->mlq, cu_akv(c, l));
+		if (c->fuse) {
+			ck_mv_add_norm(c->st, &L->wo, &ao, c->x, L->ffn_norm, hp->rms_eps, c->xb, q8,
+			               c->counter);
+		} else {
+			ck_mv(c->st, &L->wo, &ao, c->x, NULL, true);
+			ck_rmsnorm(c->st, c->x, L->ffn_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
+		}
 		ck_mv_swiglu(c->st, &L->gate, &L->up, &a, c->g, q8);
-		ck_act ga = cu_act(c, c->g);
-		ck_mv(c->st, &L->down, &ga, c->x, NULL, true);
+		const float *next = l + 1 < hp->n_layer ? c->L[l + 1].attn_norm : lm ? c->out_norm : NULL;
+		if (c->fuse && next != NULL) {
+			ck_mv_add_norm(c->st, &L->down, &ga, c->x, next, hp->rms_eps, c->xb, q8, c->counter);
+		} else {
+			ck_mv(c->st, &L->down, &ga, c->x, NULL, true);
+			if (next != NULL)
+				ck_rmsnorm(c->st, c->x, next, 1, ne, hp->rms_eps, c->xb, NULL, q8);
+		}
 	}
-	if (lm) {
-		ck_rmsnorm(c->st, c->x, c->out_norm, 1, ne, hp->rms_eps, c->xb, NULL, q8);
-		ck_act a = cu_act(c, c->xb);
+	if (lm)
 		ck_mv(c->st, &c->out, &a, c->logits, NULL, false);
-	}
 	if (attn)
 		ck_attn_norm(c->st, c->raw, c->ml, hp->n_layer * nh, c->plan.n_ctx, c->step);
 }
@@ -522,16 +554,18 @@ static void cu_graph_destroy(void *arg, void *exec)
 
 /* Run the decode step: replay its graph (capturing it on first use), or
  * launch the kernels directly when graphs are off or capture fails. */
-static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, struct err *e)
+static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool akv,
+                         struct err *e)
 {
 	if (c->use_graphs) {
-		uint64_t key = gpugraph_key(splits, lm ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE, attn);
+		uint64_t key = gpugraph_key(splits, lm ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE,
+		                            (attn ? GPUGRAPH_ATTN : 0u) | (akv ? GPUGRAPH_ATTN_KV : 0u));
 		cudaGraphExec_t exec = (cudaGraphExec_t)gpugraph_find(&c->graphs, key);
 		if (exec == NULL) {
 			cudaGraph_t graph = NULL;
 			cudaError_t st = cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal);
 			if (st == cudaSuccess) {
-				cu_enqueue_decode(c, splits, lm, attn);
+				cu_enqueue_decode(c, splits, lm, attn, akv);
 				st = cudaStreamEndCapture(c->st, &graph);
 			}
 			if (st == cudaSuccess)
@@ -559,7 +593,7 @@ static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, stru
 			return KVS_OK;
 		}
 	}
-	cu_enqueue_decode(c, splits, lm, attn);
+	cu_enqueue_decode(c, splits, lm, attn, akv);
 	CU_TRY(cudaGetLastError(), "decode launch");
 	return KVS_OK;
 }
@@ -603,7 +637,11 @@ static int cu_run_prefill(struct cu *c, const struct engine_batch *b, struct bac
 		ck_attn_args aa = cu_attn_args(c, l, attn, raw_q);
 		ck_attention(c->st, &aa, nu, splits);
 		ck_combine(c->st, c->part, nu, (int)nh, (int)hd, splits, c->ao, c->aoh, none,
-		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, raw_q);
+		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, raw_q,
+		           b->want_attn_kv ? c->mlq : NULL);
+		if (b->want_attn_kv)
+			ck_attn_acc(c->st, &aa, nu, (b->n_visible + GPUPLAN_ATT_TILE - 1) / GPUPLAN_ATT_TILE,
+			            c->mlq, cu_akv(c, l));
 
 		memset(&o, 0, sizeof(o));
 		o.epi = CK_EPI_ADD;
@@ -700,6 +738,8 @@ static int cu_upload_step(struct cu *c, const struct engine_batch *b, uint32_t t
 	int32_t *h = c->h_step + (uint64_t)k * CK_STEP_INTS(c->plan.ubatch);
 	h[CK_STEP_NVIS] = (int32_t)b->n_visible;
 	h[CK_STEP_NTOK] = (int32_t)nu;
+	h[CK_STEP_NGLOB] = (int32_t)b->n_global;
+	h[CK_STEP_DCAP] = b->dist_cap;
 	for (uint32_t i = 0; i < nu; i++) {
 		h[CK_STEP_TOK(i)] = b->tokens[t0 + i];
 		h[CK_STEP_POS(i)] = b->pos[t0 + i];
@@ -738,7 +778,8 @@ static int cu_forward(void *state, const struct engine_batch *b, struct backend_
 		bool lm = b->logits != ENGINE_LOGITS_NONE || b->want_surprisal;
 		uint32_t splits = gpuplan_attn_splits(b->n_visible, hp->n_head_kv, 1, (uint32_t)c->n_sm,
 		                                      c->plan.part_rows);
-		if ((rc = cu_upload_step(c, b, 0, 1, 0, e)) || (rc = cu_run_decode(c, splits, lm, b->want_attn, e)))
+		if ((rc = cu_upload_step(c, b, 0, 1, 0, e)) ||
+		    (rc = cu_run_decode(c, splits, lm, b->want_attn, b->want_attn_kv, e)))
 			return rc;
 		if (b->want_surprisal) {
 			ck_row_stats(c->st, c->logits, 1, hp->n_vocab, c->targets, c->sur, c->ent);
@@ -759,8 +800,14 @@ static int cu_forward(void *state, const struct engine_batch *b, struct backend_
 			bool last = t0 + nu == b->n_tokens;
 			if ((rc = cu_upload_step(c, b, t0, nu, k, e)))
 				return rc;
-			if (k == 0)
+			if (k == 0) {
 				cu_enqueue_angles(c); /* reads step[0], the visible count */
+				if (b->want_attn_kv)
+					CU_TRY(cudaMemsetAsync(c->akv, 0,
+					                       (size_t)hp->n_layer * hp->n_head_kv * c->plan.n_ctx * 4,
+					                       c->st),
+					       "cudaMemsetAsync");
+			}
 			if ((rc = cu_run_prefill(c, b, out, t0, nu, last, e)))
 				return rc;
 		}
@@ -772,6 +819,11 @@ static int cu_forward(void *state, const struct engine_batch *b, struct backend_
 			                         (size_t)nv * 4, rows, cudaMemcpyDeviceToHost, c->st),
 			       "copy of attention");
 	}
+	if (b->want_attn_kv && b->n_visible > 0)
+		CU_TRY(cudaMemcpy2DAsync(out->attn_kv, (size_t)b->n_visible * 4, c->akv,
+		                         (size_t)c->plan.n_ctx * 4, (size_t)b->n_visible * 4,
+		                         hp->n_layer * hp->n_head_kv, cudaMemcpyDeviceToHost, c->st),
+		       "copy of attention per KV head");
 	if (cu_timing_on)
 		CU_TRY(cudaEventRecord(c->ev1, c->st), "cudaEventRecord");
 	CU_TRY(cudaStreamSynchronize(c->st), "forward");
@@ -877,10 +929,9 @@ static void cu_free(void *state)
 	free(c);
 }
 
-/* No optional features yet (engine_cap): the engine refuses batches that
- * ask for per-KV-head attention sums or a distance cap on this backend. */
 static const struct backend_ops cu_ops = {
-	"cuda", cu_create, cu_forward, cu_kv_copy, cu_kv_read, cu_isa_name, cu_free, 0,
+	"cuda",      cu_create,   cu_forward, cu_kv_copy, cu_kv_read,
+	cu_isa_name, cu_free,     ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
 };
 
 /* ------------------------------------------------------------- gpu.h */

@@ -221,6 +221,50 @@ static __global__ void k_mv(ck_mat w, ck_act a, float *y, const float *bias, int
 	}
 }
 
+/*
+ * y (rows) += W a, then the block that finishes last normalises the whole of
+ * y (RMSNorm with weight nw into xb, quantised into q8): the residual add and
+ * the next norm in one launch. The last block is found with a counter
+ * (threadfence, atomicAdd, as in CUDA's threadFenceReduction sample) that it
+ * resets for the next launch; it reads y through L2 (__ldcg), where the
+ * other blocks' writes are.
+ */
+static __global__ void k_mv_add_norm(ck_mat w, ck_act a, float *y, const float *nw, float eps,
+                                     float *xb, ck_q8out q8, unsigned *counter)
+{
+	__shared__ double sh[32];
+	__shared__ bool last;
+	int lane = threadIdx.x & 31;
+	uint32_t r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+	if (r < w.rows) {
+		float v = ck_row_dot(w, r, a, lane);
+		if (lane == 0)
+			y[r] += v;
+	}
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(counter, 1u) == gridDim.x - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	uint32_t n = w.rows;
+	double ss = 0.0;
+	for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+		float x = __ldcg(&y[i]);
+		ss += (double)x * x;
+	}
+	ss = ck_block_sum_d(ss, sh);
+	float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+	for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+		xb[i] = __fmul_rn(__ldcg(&y[i]), scale) * nw[i];
+	__syncthreads();
+	for (uint32_t b = threadIdx.x >> 5; b < n / 32; b += blockDim.x >> 5)
+		ck_quant_block(xb[b * 32 + lane], lane, q8, b);
+	if (threadIdx.x == 0)
+		*counter = 0;
+}
+
 static __global__ void k_mv_qkv(ck_mat wq, ck_mat wk, ck_mat wv, const float *bq, const float *bk,
                                 const float *bv, ck_act a, float *q, __half *kc, __half *vc,
                                 const int32_t *step)
@@ -293,33 +337,19 @@ static __global__ void k_angles(const uint32_t *vis, const int32_t *vpos, const 
 }
 
 /*
- * Attention of one query (blockIdx.z) with the query heads of one KV head
- * (blockIdx.x) over one range of the visible list (blockIdx.y), in tiles of
- * ATT_T keys. Phase A: a thread per key rotates it to its slot's position
- * and scores it against every query head of the group. Phase B: a warp per
- * head updates the running max and sum (online softmax). Phase C: a thread
- * per (head, dim) output accumulates p * v. G bounds the group size.
+ * The attention kernels' common steps. ck_attn_setup: the group's queries
+ * rotated to the query's position (s_q), and for LM-Infinite's distance cap
+ * the angles of position pos - dist_cap (s_cap); returns that position (keys
+ * before it among the globals are capped), INT32_MIN when there is no cap.
+ * ck_key_scores: visible entry j scored against every query head of KV head
+ * g (sc[h], scaled); false when the key is not visible to this query.
  */
-template <int G>
-static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int splits)
+static __device__ int32_t ck_attn_setup(const ck_attn_args &A, int g, int i, int32_t pos,
+                                        float *s_q, float *s_cap)
 {
-	const int ACC = G * 256 / ATT_T < GPUPLAN_ATT_MAXQ / ATT_T ? G * 256 / ATT_T
-	                                                           : GPUPLAN_ATT_MAXQ / ATT_T;
-	__shared__ float s_q[G * 256 < GPUPLAN_ATT_MAXQ ? G * 256 : GPUPLAN_ATT_MAXQ];
-	__shared__ float s_p[G][ATT_T];
-	__shared__ int s_slot[ATT_T];
-	__shared__ float s_m[G], s_l[G], s_c[G];
-	int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	int g = blockIdx.x, c = blockIdx.y, i = blockIdx.z;
-	int grp = A.n_head / A.n_kv, hd = A.hd, half = A.n_rot / 2, np = hd / 2, nout = grp * hd;
-	int32_t pos = A.step[CK_STEP_POS(i)];
-	uint32_t n_vis = (uint32_t)A.step[CK_STEP_NVIS];
-	uint32_t chunk = (n_vis + (uint32_t)splits - 1) / (uint32_t)splits;
-	uint32_t j0 = min(n_vis, (uint32_t)c * chunk), j1 = min(n_vis, j0 + chunk);
-
-	/* the group's queries, rotated to the query's position */
+	int grp = A.n_head / A.n_kv, hd = A.hd, half = A.n_rot / 2, np = hd / 2;
 	const float *qg = A.q + ((size_t)i * A.n_head + (size_t)g * grp) * hd;
-	for (int t = tid; t < grp * np; t += ATT_T) {
+	for (int t = threadIdx.x; t < grp * np; t += blockDim.x) {
 		int h = t / np, p = t % np, da, db;
 		ck_pair(p, A.n_rot, A.neox, &da, &db);
 		float a = qg[h * hd + da], b = qg[h * hd + db];
@@ -331,6 +361,82 @@ static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int split
 		s_q[h * hd + da] = a;
 		s_q[h * hd + db] = b;
 	}
+	int32_t cap = A.step[CK_STEP_DCAP];
+	if (cap <= 0 || pos - cap <= 0)
+		return INT32_MIN;
+	int32_t at = pos - cap;
+	for (int t = threadIdx.x; t < half; t += blockDim.x) {
+		float sn, cn;
+		sincosf(ck_theta(at, t, A.theta_scale, A.freq_scale), &sn, &cn);
+		s_cap[t] = cn;
+		s_cap[half + t] = sn;
+	}
+	return at;
+}
+
+template <int G>
+static __device__ bool ck_key_scores(const ck_attn_args &A, int g, uint32_t j, int32_t pos,
+                                     int32_t cap_at, const float *s_q, const float *s_cap,
+                                     int *slot, float *sc)
+{
+	int32_t p = A.vpos[j];
+	uint32_t s = A.vis[j];
+	if (p < 0 || p > pos)
+		return false;
+	int grp = A.n_head / A.n_kv, hd = A.hd, half = A.n_rot / 2, np = hd / 2;
+	bool capped = p < cap_at && j < (uint32_t)A.step[CK_STEP_NGLOB];
+	const __half *kp = A.kc + ((size_t)s * A.n_kv + g) * hd;
+	const float *cs = capped ? s_cap : A.slot_cs + (size_t)s * A.n_rot;
+#pragma unroll
+	for (int h = 0; h < G; h++)
+		sc[h] = 0.0f;
+	for (int pp = 0; pp < np; pp++) {
+		int da, db;
+		ck_pair(pp, A.n_rot, A.neox, &da, &db);
+		float ka = __half2float(kp[da]), kb = __half2float(kp[db]);
+		if (pp < half)
+			ck_rot(&ka, &kb, cs[pp], cs[half + pp]);
+#pragma unroll
+		for (int h = 0; h < G; h++)
+			if (h < grp)
+				sc[h] += s_q[h * hd + da] * ka + s_q[h * hd + db] * kb;
+	}
+#pragma unroll
+	for (int h = 0; h < G; h++)
+		sc[h] *= A.scale;
+	*slot = (int)s;
+	return true;
+}
+
+/* Shared-memory floats of a group's rotated queries for G. */
+#define ATT_SQ(G) ((G) * 256 < GPUPLAN_ATT_MAXQ ? (G) * 256 : GPUPLAN_ATT_MAXQ)
+
+/*
+ * Attention of one query (blockIdx.z) with the query heads of one KV head
+ * (blockIdx.x) over one range of the visible list (blockIdx.y), in tiles of
+ * ATT_T keys. Phase A: a thread per key rotates it to its slot's position
+ * and scores it against every query head of the group. Phase B: a warp per
+ * head updates the running max and sum (online softmax). Phase C: a thread
+ * per (head, dim) output accumulates p * v. G bounds the group size.
+ */
+template <int G>
+static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int splits)
+{
+	const int ACC = ATT_SQ(G) / ATT_T;
+	__shared__ float s_q[ATT_SQ(G)];
+	__shared__ float s_cap[256];
+	__shared__ float s_p[G][ATT_T];
+	__shared__ int s_slot[ATT_T];
+	__shared__ float s_m[G], s_l[G], s_c[G];
+	int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	int g = blockIdx.x, c = blockIdx.y, i = blockIdx.z;
+	int grp = A.n_head / A.n_kv, hd = A.hd, nout = grp * hd;
+	int32_t pos = A.step[CK_STEP_POS(i)];
+	uint32_t n_vis = (uint32_t)A.step[CK_STEP_NVIS];
+	uint32_t chunk = (n_vis + (uint32_t)splits - 1) / (uint32_t)splits;
+	uint32_t j0 = min(n_vis, (uint32_t)c * chunk), j1 = min(n_vis, j0 + chunk);
+
+	int32_t cap_at = ck_attn_setup(A, g, i, pos, s_q, s_cap);
 	if (tid < grp) {
 		s_m[tid] = -INFINITY;
 		s_l[tid] = 0.0f;
@@ -347,34 +453,12 @@ static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int split
 		uint32_t j = t0 + (uint32_t)tid;
 		int slot = -1;
 		float sc[G];
-#pragma unroll
-		for (int h = 0; h < G; h++)
-			sc[h] = 0.0f;
-		if (j < j1) {
-			int32_t p = A.vpos[j];
-			uint32_t s = A.vis[j];
-			if (p >= 0 && p <= pos) {
-				slot = (int)s;
-				const __half *kp = A.kc + ((size_t)s * A.n_kv + g) * hd;
-				const float *cs = A.slot_cs + (size_t)s * A.n_rot;
-				for (int pp = 0; pp < np; pp++) {
-					int da, db;
-					ck_pair(pp, A.n_rot, A.neox, &da, &db);
-					float ka = __half2float(kp[da]), kb = __half2float(kp[db]);
-					if (pp < half)
-						ck_rot(&ka, &kb, cs[pp], cs[half + pp]);
-#pragma unroll
-					for (int h = 0; h < G; h++)
-						if (h < grp)
-							sc[h] += s_q[h * hd + da] * ka + s_q[h * hd + db] * kb;
-				}
-			}
-		}
-		s_slot[tid] = slot;
+		bool vis = j < j1 && ck_key_scores<G>(A, g, j, pos, cap_at, s_q, s_cap, &slot, sc);
+		s_slot[tid] = vis ? slot : -1;
 #pragma unroll
 		for (int h = 0; h < G; h++) {
 			if (h < grp) {
-				float v = slot >= 0 ? sc[h] * A.scale : -INFINITY;
+				float v = vis ? sc[h] : -INFINITY;
 				s_p[h][tid] = v;
 				if (want_raw && j < j1)
 					A.raw[(size_t)(g * grp + h) * A.n_ctx + j] = v;
@@ -449,9 +533,40 @@ static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int split
 	}
 }
 
+/* The probabilities of one query (blockIdx.z) for one tile of the visible
+ * list (blockIdx.y), summed over the query heads of KV head blockIdx.x, added
+ * to akv: the keys scored again, normalised with the merged max and sum. */
+template <int G>
+static __global__ void __launch_bounds__(ATT_T) k_attn_acc(ck_attn_args A, const float *mlq,
+                                                          float *akv)
+{
+	__shared__ float s_q[ATT_SQ(G)];
+	__shared__ float s_cap[256];
+	int g = blockIdx.x, i = blockIdx.z;
+	int grp = A.n_head / A.n_kv;
+	int32_t pos = A.step[CK_STEP_POS(i)];
+	uint32_t n_vis = (uint32_t)A.step[CK_STEP_NVIS];
+	uint32_t j = blockIdx.y * ATT_T + threadIdx.x;
+	if (blockIdx.y * ATT_T >= n_vis)
+		return;
+	int32_t cap_at = ck_attn_setup(A, g, i, pos, s_q, s_cap);
+	__syncthreads();
+	float sc[G];
+	int slot;
+	if (j >= n_vis || !ck_key_scores<G>(A, g, j, pos, cap_at, s_q, s_cap, &slot, sc))
+		return;
+	float sum = 0.0f;
+	const float *ml = mlq + ((size_t)i * A.n_head + (size_t)g * grp) * 2;
+#pragma unroll
+	for (int h = 0; h < G; h++)
+		if (h < grp && ml[2 * h + 1] > 0.0f)
+			sum += expf(sc[h] - ml[2 * h]) * (1.0f / ml[2 * h + 1]);
+	atomicAdd(&akv[(size_t)g * A.n_ctx + j], sum);
+}
+
 /* A block per (query, head), a thread per dim. */
 static __global__ void k_combine(const float *part, int n_head, int hd, int splits, float *ao,
-                                 __half *aoh, ck_q8out q8, float *ml, int raw_q)
+                                 __half *aoh, ck_q8out q8, float *ml, int raw_q, float *mlq)
 {
 	int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x, lane = d & 31;
 	size_t stride = (size_t)hd + 2;
@@ -480,6 +595,10 @@ static __global__ void k_combine(const float *part, int n_head, int hd, int spli
 	if (ml != NULL && i == raw_q && d == 0) {
 		ml[2 * h] = M;
 		ml[2 * h + 1] = L;
+	}
+	if (mlq != NULL && d == 0) {
+		mlq[((size_t)i * n_head + h) * 2] = M;
+		mlq[((size_t)i * n_head + h) * 2 + 1] = L;
 	}
 }
 
@@ -664,6 +783,13 @@ void ck_mv(cudaStream_t st, const ck_mat *w, const ck_act *a, float *y, const fl
 	k_mv<<<ck_blocks(w->rows, MV_WARPS), MV_WARPS * 32, 0, st>>>(*w, *a, y, bias, acc ? 1 : 0);
 }
 
+void ck_mv_add_norm(cudaStream_t st, const ck_mat *w, const ck_act *a, float *y, const float *nw,
+                    float eps, float *xb, ck_q8out q8, unsigned *counter)
+{
+	k_mv_add_norm<<<ck_blocks(w->rows, MV_WARPS), MV_WARPS * 32, 0, st>>>(*w, *a, y, nw, eps, xb,
+	                                                                      q8, counter);
+}
+
 void ck_mv_qkv(cudaStream_t st, const ck_mat *wq, const ck_mat *wk, const ck_mat *wv,
                const float *bq, const float *bk, const float *bv, const ck_act *a, float *q,
                __half *kc, __half *vc, const int32_t *step)
@@ -700,10 +826,27 @@ void ck_attention(cudaStream_t st, const ck_attn_args *a, uint32_t n_q, uint32_t
 }
 
 void ck_combine(cudaStream_t st, const float *part, uint32_t n_q, int n_head, int hd,
-                uint32_t splits, float *ao, __half *aoh, ck_q8out q8, float *ml, int raw_q)
+                uint32_t splits, float *ao, __half *aoh, ck_q8out q8, float *ml, int raw_q,
+                float *mlq)
 {
 	dim3 grid(n_q, (unsigned)n_head);
-	k_combine<<<grid, (unsigned)hd, 0, st>>>(part, n_head, hd, (int)splits, ao, aoh, q8, ml, raw_q);
+	k_combine<<<grid, (unsigned)hd, 0, st>>>(part, n_head, hd, (int)splits, ao, aoh, q8, ml, raw_q,
+	                                         mlq);
+}
+
+void ck_attn_acc(cudaStream_t st, const ck_attn_args *a, uint32_t n_q, uint32_t n_tiles,
+                 const float *mlq, float *akv)
+{
+	if (n_tiles == 0)
+		return;
+	dim3 grid((unsigned)a->n_kv, n_tiles, n_q);
+	int grp = a->n_head / a->n_kv;
+	if (grp <= 4)
+		k_attn_acc<4><<<grid, ATT_T, 0, st>>>(*a, mlq, akv);
+	else if (grp <= 8)
+		k_attn_acc<8><<<grid, ATT_T, 0, st>>>(*a, mlq, akv);
+	else
+		k_attn_acc<16><<<grid, ATT_T, 0, st>>>(*a, mlq, akv);
 }
 
 void ck_attn_norm(cudaStream_t st, float *raw, const float *ml, uint32_t rows, uint32_t n_ctx,

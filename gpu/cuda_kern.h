@@ -11,7 +11,8 @@
  * that a captured decode graph replays with new tokens, positions and
  * visible counts without being captured again:
  *   step[0] = number of visible slots, step[1] = number of tokens,
- *   step[2 + 3i], step[3 + 3i], step[4 + 3i] = token i's id, position, slot.
+ *   step[2] = n_global, step[3] = dist_cap (engine_batch; 0: no cap),
+ *   step[4 + 3i], step[5 + 3i], step[6 + 3i] = token i's id, position, slot.
  */
 #ifndef KVS_CUDA_KERN_H
 #define KVS_CUDA_KERN_H
@@ -22,10 +23,12 @@
 
 #define CK_STEP_NVIS 0
 #define CK_STEP_NTOK 1
-#define CK_STEP_TOK(i) (2 + 3 * (i))
-#define CK_STEP_POS(i) (3 + 3 * (i))
-#define CK_STEP_SLOT(i) (4 + 3 * (i))
-#define CK_STEP_INTS(n) (2 + 3 * (n))
+#define CK_STEP_NGLOB 2
+#define CK_STEP_DCAP 3
+#define CK_STEP_TOK(i) (4 + 3 * (i))
+#define CK_STEP_POS(i) (5 + 3 * (i))
+#define CK_STEP_SLOT(i) (6 + 3 * (i))
+#define CK_STEP_INTS(n) (4 + 3 * (n))
 
 /* A weight matrix on the device. */
 struct ck_mat {
@@ -63,6 +66,12 @@ void ck_rmsnorm(cudaStream_t st, const float *x, const float *w, uint32_t n_rows
 void ck_mv(cudaStream_t st, const struct ck_mat *w, const struct ck_act *a, float *y,
            const float *bias, bool acc);
 
+/* y (rows) += W a, then xb = RMSNorm(y) * nw and its q8 row, in one launch
+ * (the last block to finish normalises; counter is a device word that is 0
+ * between launches). */
+void ck_mv_add_norm(cudaStream_t st, const struct ck_mat *w, const struct ck_act *a, float *y,
+                    const float *nw, float eps, float *xb, struct ck_q8out q8, unsigned *counter);
+
 /* q = Wq a + bq (n_head*hd f32); K and V rows (+ biases) go to the caches of
  * this layer (n_ctx, n_kv*hd) as F16 at step.slot(0). Biases may be NULL. */
 void ck_mv_qkv(cudaStream_t st, const struct ck_mat *wq, const struct ck_mat *wk,
@@ -94,15 +103,25 @@ struct ck_attn_args {
 	float scale, theta_scale, freq_scale;
 };
 
-/* Attention partials of n_q queries, keys split into `splits` ranges. */
+/* Attention partials of n_q queries, keys split into `splits` ranges.
+ * Global keys (the first step.n_global visible entries) more than
+ * step.dist_cap before a query are scored rotated to query - dist_cap. */
 void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t splits);
 
 /* Merge the splits: ao (n_q, n_head*hd) f32, aoh the same in f16 (or NULL),
  * q8 quantises query 0 (or .q NULL); ml (n_head, 2) gets query raw_q's
- * softmax max and sum (or NULL). */
+ * softmax max and sum (or NULL); mlq (n_q, n_head, 2) every query's (or
+ * NULL). */
 void ck_combine(cudaStream_t st, const float *part, uint32_t n_q, int n_head, int hd,
                 uint32_t splits, float *ao, __half *aoh, struct ck_q8out q8, float *ml,
-                int raw_q);
+                int raw_q, float *mlq);
+
+/* akv (n_kv, n_ctx) += for each visible entry j < step.n_vis, the attention
+ * probabilities of n_q queries (softmax max and sum in mlq, from
+ * ck_combine) summed over the query heads of each KV head; n_tiles tiles of
+ * GPUPLAN_ATT_TILE entries cover the visible list. */
+void ck_attn_acc(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t n_tiles,
+                 const float *mlq, float *akv);
 
 /* raw (rows, n_ctx) scaled scores -> probabilities with ml (rows, 2), for
  * the first step.n_vis entries of each row. */

@@ -146,9 +146,12 @@ int gpuplan_make(struct gpuplan *p, const struct model *m, uint32_t n_ctx, uint6
 	/* x, xb, q, ao, g (f32); xh, aoh, gh (f16); one q8 row; step, targets,
 	 * surprisal and entropy */
 	p->act = u * (2 * ne + 2 * nq + nff) * 4 + u * (p->kmax + nq + nff) * 2 +
-	         (p->kmax + 3 * (p->kmax / 32) * 4) + (2 + 3 * u) * 4 + u * 12;
+	         (p->kmax + 3 * (p->kmax / 32) * 4) + (4 + 3 * u) * 4 + u * 12;
+	/* partials; raw scores and the last query's max and sum per layer;
+	 * every query's max and sum; sums per KV head */
 	p->attn = (uint64_t)p->part_rows * hp->n_head * (hd + 2) * 4 +
-	          nl * hp->n_head * ctx * 4 + nl * hp->n_head * 2 * 4;
+	          nl * hp->n_head * ctx * 4 + nl * hp->n_head * 2 * 4 + u * hp->n_head * 2 * 4 +
+	          nl * hp->n_head_kv * ctx * 4;
 	p->logits = u * hp->n_vocab * 4;
 
 	uint64_t base = p->weights + p->kv + p->kv_tmp + p->rope + p->vis + p->act + p->attn +
@@ -197,9 +200,9 @@ uint32_t gpuplan_attn_splits(uint32_t n_vis, uint32_t n_kv, uint32_t n_query, ui
 
 /* ---------------------------------------------------------------- graphs */
 
-uint64_t gpugraph_key(uint32_t splits, int logits_mode, bool want_attn)
+uint64_t gpugraph_key(uint32_t splits, int logits_mode, unsigned flags)
 {
-	return (uint64_t)splits << 8 | (uint64_t)(logits_mode & 0xf) << 1 | (want_attn ? 1u : 0u);
+	return (uint64_t)splits << 8 | (uint64_t)(logits_mode & 0xf) << 4 | (flags & 0xf);
 }
 
 void gpugraph_init(struct gpugraph_cache *gc)

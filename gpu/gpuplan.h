@@ -76,7 +76,8 @@ struct gpuplan {
 	uint64_t rope;              /* per-slot cos/sin table and its positions */
 	uint64_t vis;               /* visible list and positions */
 	uint64_t act;               /* activations of one prefill step */
-	uint64_t attn;              /* attention partials, raw scores, their max and sum */
+	uint64_t attn;              /* attention partials, raw scores, their max and sum,
+	                             * per-KV-head sums */
 	uint64_t logits;            /* (ubatch, n_vocab) logits */
 	uint64_t total;
 };
@@ -96,8 +97,11 @@ uint32_t gpuplan_attn_splits(uint32_t n_vis, uint32_t n_kv, uint32_t n_query, ui
 
 /* ---- captured decode graphs ---- */
 
-/* What changes a decode step's graph: the attention splits and the outputs. */
-uint64_t gpugraph_key(uint32_t splits, int logits_mode, bool want_attn);
+/* What changes a decode step's graph: the attention splits and the outputs
+ * (GPUGRAPH_ATTN, GPUGRAPH_ATTN_KV bits). */
+#define GPUGRAPH_ATTN 1u
+#define GPUGRAPH_ATTN_KV 2u
+uint64_t gpugraph_key(uint32_t splits, int logits_mode, unsigned flags);
 
 #define GPUGRAPH_SLOTS 8
 

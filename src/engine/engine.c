@@ -82,7 +82,8 @@ int engine_kv_type_parse(const char *s, enum engine_kv_type *out, struct err *e)
 }
 
 /* Pick the backend the configuration asks for, or say in one line why not:
- * auto takes CUDA when this build has it and the probe finds a device. */
+ * auto takes CUDA when this build has it and the probe finds a device, unless
+ * the configuration asks for CPU-only things (reference mode, a kernel level). */
 static int engine_pick_backend(const struct engine_config *cfg, const struct backend_ops **ops,
                                struct err *e)
 {
@@ -91,8 +92,10 @@ static int engine_pick_backend(const struct engine_config *cfg, const struct bac
 	err_clear(&ge);
 	switch (cfg->backend) {
 	case ENGINE_BACKEND_AUTO:
-		*ops = gpu_backend_ops() != NULL && gpu_probe(&gi, &ge) == KVS_OK ? gpu_backend_ops()
-		                                                                  : &backend_cpu;
+		*ops = &backend_cpu;
+		if (!cfg->reference && cfg->isa == ENGINE_ISA_AUTO && gpu_backend_ops() != NULL &&
+		    gpu_probe(&gi, &ge) == KVS_OK)
+			*ops = gpu_backend_ops();
 		return KVS_OK;
 	case ENGINE_BACKEND_CPU:
 		*ops = &backend_cpu;

@@ -3,7 +3,7 @@
  * (tests/gpu/check.sh runs it; built on request: make tests/gpu/gpu-check).
  *
  *   gpu-check info                      the device, or why there is none
- *   gpu-check parity [--model PATH]     SmolLM2-shaped model (or PATH)
+ *   gpu-check parity [--model PATH]     SmolLM2-shaped model (and PATH)
  *   gpu-check types                     one small model per weight type
  *   gpu-check bench [--model PATH]      decode / prefill rates, graphs on/off
  *   gpu-check all [--model PATH]        all of the above, then one table
@@ -285,6 +285,11 @@ static struct engine *mk_engine(const struct model *m, enum engine_backend be, b
 	return eng;
 }
 
+/* Retention features of the next forwards (engine_batch). */
+static bool g_attn_kv;
+static uint32_t g_n_global;
+static int32_t g_dist_cap;
+
 /* Forward n tokens at positions pos0.. into slots slot0..; visible: the
  * list, or NULL for slots 0 .. n_vis-1. Exits on failure. */
 static void fwd(struct engine *eng, const int32_t *toks, uint32_t n, int32_t pos0, uint32_t slot0,
@@ -308,6 +313,9 @@ static void fwd(struct engine *eng, const int32_t *toks, uint32_t n, int32_t pos
 	b.logits = lm;
 	b.want_attn = attn;
 	b.want_surprisal = sur;
+	b.want_attn_kv = g_attn_kv;
+	b.n_global = KVS_MIN(g_n_global, n_vis);
+	b.dist_cap = g_dist_cap;
 	struct err e;
 	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
 		fprintf(stderr, "gpu-check: forward of %u tokens on %s: %s\n", n, engine_backend_name(eng),
@@ -329,9 +337,12 @@ static float *dup_f(const float *p, size_t n)
 static uint32_t argmax(const float *x, uint32_t n)
 {
 	uint32_t best = 0;
+	float bv = x[0];
 	for (uint32_t i = 1; i < n; i++)
-		if (x[i] > x[best])
+		if (x[i] > bv) {
+			bv = x[i];
 			best = i;
+		}
 	return best;
 }
 
@@ -440,12 +451,12 @@ static void decode_run(struct engine *eng, const int32_t *toks, uint32_t n, floa
  * decode steps from an empty cache (the decode kernels alone, last step
  * with attention probabilities), on the CPU, the CPU's float path and the
  * backend under test. */
-static struct noise parity_basic(const struct model *m, const char *tag, struct engine *cpu,
-                                 struct engine *dut, bool calibrate)
+static void parity_basic(const struct model *m, const char *tag, struct engine *cpu,
+                         struct engine *dut, struct noise *nzp, bool calibrate)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t nv = hp->n_vocab, P = 96, D = 24;
-	struct noise nz = { 0, 0, 0 };
+	struct noise nz = *nzp;
 	int32_t *toks = rand_tokens(P, nv);
 	struct engine_out o;
 	char name[96];
@@ -507,7 +518,7 @@ static struct noise parity_basic(const struct model *m, const char *tag, struct 
 	free(dd);
 	free(ac);
 	free(ad);
-	return nz;
+	*nzp = nz;
 }
 
 /* A long prompt (several prefill steps) with all rows and statistics. */
@@ -630,6 +641,64 @@ static void parity_subset(const struct model *m, struct engine *cpu, struct engi
 	free(ac);
 }
 
+/* Retention features: LM-Infinite's distance cap (4 globals, cap 64) and
+ * attention summed per KV head, over a prefill (many queries) and a decode
+ * step over a shuffled visible list. */
+static void parity_retention(const struct model *m, struct engine *cpu, struct engine *dut,
+                             const struct noise *nz)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t nv = hp->n_vocab, P = 300;
+	int32_t *toks = rand_tokens(P + 1, nv);
+	size_t nk = (size_t)hp->n_layer * hp->n_head_kv;
+	struct engine_out o;
+	g_attn_kv = true;
+	g_n_global = 4;
+	g_dist_cap = 64;
+	engine_kv_clear(cpu);
+	engine_kv_clear(dut);
+	fwd(cpu, toks, P, 0, 0, NULL, P, ENGINE_LOGITS_ALL, false, false, &o);
+	float *lc = dup_f(o.logits, (size_t)P * nv), *kc = dup_f(o.attn_kv, nk * P);
+	fwd(dut, toks, P, 0, 0, NULL, P, ENGINE_LOGITS_ALL, false, false, &o);
+	struct cmp c = { 0 };
+	cmp_rows(&c, lc, o.logits, P, nv);
+	cmp_check("distance cap: prefill logits", &c, fmax(2e-2, 3 * nz->prefill));
+	struct cmp ck = { 0 };
+	cmp_rows(&ck, kc, o.attn_kv, (uint32_t)nk, P);
+	check(cmp_rel(&ck) <= fmax(1e-2, 3 * nz->attn), "attention per KV head: prefill",
+	      "sums over %u queries: max|d| %.3g (rel %.2e)", P, ck.max_abs, cmp_rel(&ck));
+	/* one decode step over a shuffled list whose first 4 entries are the globals */
+	uint32_t *vis = xmallocarray(P + 1, sizeof(uint32_t)), n = 0;
+	for (uint32_t s = 0; s <= P; s++)
+		vis[n++] = s;
+	for (uint32_t i = n - 1; i > 4; i--) {
+		uint32_t j = 4 + rnd_u32(i - 3), t = vis[i];
+		vis[i] = vis[j];
+		vis[j] = t;
+	}
+	fwd(cpu, toks + P, 1, P, P, vis, n, ENGINE_LOGITS_LAST, true, false, &o);
+	float *dc = dup_f(o.logits, nv), *ac = dup_f(o.attn, (size_t)hp->n_layer * hp->n_head * n);
+	float *kd = dup_f(o.attn_kv, nk * n);
+	fwd(dut, toks + P, 1, P, P, vis, n, ENGINE_LOGITS_LAST, true, false, &o);
+	memset(&c, 0, sizeof(c));
+	cmp_rows(&c, dc, o.logits, 1, nv);
+	cmp_check("distance cap: decode logits", &c, fmax(2e-2, 3 * nz->prefill));
+	double da = max_abs_diff(ac, o.attn, (size_t)hp->n_layer * hp->n_head * n);
+	double dk = max_abs_diff(kd, o.attn_kv, nk * n);
+	check(da <= fmax(1e-2, 3 * nz->attn) && dk <= 16 * fmax(1e-2, 3 * nz->attn),
+	      "distance cap: decode attention", "probabilities max|d| %.3g, per KV head %.3g", da, dk);
+	g_attn_kv = false;
+	g_n_global = 0;
+	g_dist_cap = 0;
+	free(toks);
+	free(lc);
+	free(kc);
+	free(vis);
+	free(dc);
+	free(ac);
+	free(kd);
+}
+
 /* Compaction: copy every slot but those with s % 3 == 1 (s >= 4) down,
  * renumber positions, then decode; cached vectors must move bit for bit. */
 static void parity_compact(const struct model *m, struct engine *cpu, struct engine *dut,
@@ -706,12 +775,26 @@ static void parity_model(const struct model *m, const char *tag, bool full)
 	struct engine *dut = mk_engine(m, g_b, false, 1024);
 	printf("     CPU %s; under test %s %s\n", engine_isa_name(cpu), engine_backend_name(dut),
 	       engine_isa_name(dut));
-	struct noise nz = parity_basic(m, tag, cpu, dut, true);
+	struct noise nz = { 0, 0, 0 };
+	parity_basic(m, tag, cpu, dut, &nz, true);
 	if (full) {
 		parity_long(m, cpu, dut, &nz);
 		parity_subset(m, cpu, dut, &nz);
+		parity_retention(m, cpu, dut, &nz);
 		parity_compact(m, cpu, dut, &nz);
 		parity_greedy(m, cpu, dut, &nz, g_prompts, g_gen);
+		if (g_b == ENGINE_BACKEND_CUDA) {
+			/* the plain decode path: separate norms, direct launches */
+			setenv("KVSCOPE_CUDA_FUSE", "0", 1);
+			setenv("KVSCOPE_CUDA_GRAPHS", "0", 1);
+			struct engine *plain = mk_engine(m, g_b, false, 1024);
+			char t2[96];
+			snprintf(t2, sizeof(t2), "%s unfused, no graphs", tag);
+			parity_basic(m, t2, cpu, plain, &nz, false);
+			engine_free(plain);
+			unsetenv("KVSCOPE_CUDA_FUSE");
+			unsetenv("KVSCOPE_CUDA_GRAPHS");
+		}
 	} else {
 		parity_compact(m, cpu, dut, &nz);
 		parity_greedy(m, cpu, dut, &nz, 2, 16);
@@ -865,6 +948,17 @@ static int cmd_bench(const char *model_path)
 		m = &rm->m;
 	}
 	printf("== bench: %s, batch 1\n", m->name ? m->name : "?");
+	if (g_b == ENGINE_BACKEND_CUDA) {
+		/* the unfused kernels (separate norms), graphs on */
+		double w, g, s;
+		setenv("KVSCOPE_CUDA_FUSE", "0", 1);
+		bench_decode(m, g_depths[0], true, &w, &g, &s);
+		unsetenv("KVSCOPE_CUDA_FUSE");
+		printf("     decode @%-6u unfused, graphs on %8.1f tok/s wall (%.3f ms), %8.1f tok/s GPU (%.3f ms)\n",
+		       g_depths[0], 1000.0 / w, w, g > 0 ? 1000.0 / g : 0.0, g);
+		table_row("| decode, %5u, unfused | %-6s | %10.1f | %18.1f |", g_depths[0], "on", 1000.0 / w,
+		          g > 0 ? 1000.0 / g : 0.0);
+	}
 	for (int i = 0; i < g_n_depths; i++) {
 		for (int gr = 1; gr >= 0; gr--) {
 			double w, g, s;
@@ -995,8 +1089,13 @@ int main(int argc, char **argv)
 		for (int i = 0; i < g_rows; i++)
 			if (g_table[i][0] != '|')
 				printf("%s\n", g_table[i]);
-		printf("| test                 | graphs | tok/s wall | tok/s GPU (events) |\n");
-		printf("|----------------------|--------|------------|--------------------|\n");
+		bool timings = false;
+		for (int i = 0; i < g_rows; i++)
+			timings = timings || g_table[i][0] == '|';
+		if (timings) {
+			printf("| test                 | graphs | tok/s wall | tok/s GPU (events) |\n");
+			printf("|----------------------|--------|------------|--------------------|\n");
+		}
 		for (int i = 0; i < g_rows; i++)
 			if (g_table[i][0] == '|')
 				printf("%s\n", g_table[i]);

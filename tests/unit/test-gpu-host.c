@@ -230,9 +230,15 @@ static void test_graph_cache(void)
 	struct gpugraph_cache gc;
 	gpugraph_init(&gc);
 	/* keys differ in each component */
-	T_CHECK(gpugraph_key(16, 0, false) != gpugraph_key(32, 0, false), "splits");
-	T_CHECK(gpugraph_key(16, 0, false) != gpugraph_key(16, 2, false), "logits mode");
-	T_CHECK(gpugraph_key(16, 0, false) != gpugraph_key(16, 0, true), "attention");
+	uint64_t keys[] = {
+		gpugraph_key(16, 0, 0), gpugraph_key(32, 0, 0), gpugraph_key(16, 2, 0),
+		gpugraph_key(16, 0, GPUGRAPH_ATTN), gpugraph_key(16, 0, GPUGRAPH_ATTN_KV),
+		gpugraph_key(16, 0, GPUGRAPH_ATTN | GPUGRAPH_ATTN_KV), gpugraph_key(1, 2, 3),
+		gpugraph_key(128, 1, GPUGRAPH_ATTN),
+	};
+	for (size_t i = 0; i < KVS_ARRAY_LEN(keys); i++)
+		for (size_t j = 0; j < i; j++)
+			T_CHECK(keys[i] != keys[j], "graph keys %zu and %zu collide", i, j);
 	T_CHECK(gpugraph_find(&gc, 1) == NULL, "empty cache");
 	/* fill: graphs are the integers 1..8 */
 	for (int i = 1; i <= GPUGRAPH_SLOTS; i++)
