@@ -33,6 +33,7 @@ char *lineedit_history_path(void)
 	return xasprintf("%s/.local/state/kvscope/history", home ? home : ".");
 }
 
+#ifdef HAVE_LIBEDIT
 /* mkdir -p for the directory part of path. */
 static void lineedit_mkdirs(const char *path)
 {
@@ -48,6 +49,7 @@ static void lineedit_mkdirs(const char *path)
 	}
 	free(dir);
 }
+#endif
 
 struct lineedit *lineedit_open(bool interactive)
 {
