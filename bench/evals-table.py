@@ -26,7 +26,8 @@ def short(policy):
     if name == "sirllm":
         return "sirllm (%s, λ %s)" % (kv.get("mode"), kv.get("lambda"))
     if name == "lminfinite":
-        return "lminfinite (global %s, cap %s)" % (kv.get("global"), kv.get("cap"))
+        cap = kv.get("cap")
+        return "lminfinite (global %s, cap %s)" % (kv.get("global"), "L" if cap == "0" else cap)
     if name == "h2o":
         return "h2o (heavy %s, %s pos.)" % (kv.get("heavy"), kv.get("pos"))
     if name == "streaming":

@@ -105,6 +105,14 @@ struct cpu {
 	float *cap_cs;                /* (n_threads, n_rot) */
 	int32_t *cap_pos;             /* (n_threads) position cap_cs is for, or -1 */
 	float *cap_k;                 /* (n_threads, head_dim) a global key, rotated */
+	/* Λ-mask (n_local): per thread, which scores of a row group are masked,
+	 * and the middle keys' scores at the insert distance */
+	uint32_t lam_cap;             /* visible slots the buffers below hold */
+	uint8_t *lam_mk;              /* (n_threads, KERN_ATT_Q, lam_cap) 1 = masked */
+	float *lam_sc;                /* (n_threads, KERN_ATT_Q, lam_cap) middle scores */
+	uint32_t *lam_idx;            /* (n_threads, lam_cap) sorted indices of middle keys */
+	float *ins_cs;                /* (n_threads, n_rot) angles of p - middle_insert_at */
+	int32_t *ins_pos;             /* (n_threads) position ins_cs is for, or -1 */
 };
 
 /* What one pool_run works on. */
@@ -416,6 +424,11 @@ static void cpu_free(void *state)
 	free(c->cap_cs);
 	free(c->cap_pos);
 	free(c->cap_k);
+	free(c->lam_mk);
+	free(c->lam_sc);
+	free(c->lam_idx);
+	free(c->ins_cs);
+	free(c->ins_pos);
 	xfree_aligned(c->tmp);
 	xfree_aligned(c->txb);
 	for (int t = 0; c->tact && t < pool_size(c->pool); t++) {
@@ -640,50 +653,121 @@ static void cpu_gather_kv(struct cpu *c, const struct engine_batch *b, uint32_t 
 	}
 }
 
-/* Whether the oldest visible key is farther than cap from position p (so
- * some global may need its distance capped). */
-static bool vpos_min_capped(const struct cpu *c, int32_t p, int32_t cap)
+/* Load the pre-RoPE key of visible slot s, KV head kvh, layer l into kb and
+ * rotate it with the angles cs. */
+static void cpu_raw_key(const struct cpu *c, uint32_t l, uint32_t s, uint32_t kvh,
+                        const float *cs, float *kb)
 {
-	return (int64_t)p - c->vpos[0] > cap;
+	uint32_t hd = c->hp.head_dim;
+	uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
+	if (c->kv_es == 2)
+		c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
+	else
+		memcpy(kb, c->kc[l] + off, hd * sizeof(float));
+	cpu_rope(c, kb, cs);
+}
+
+/* The angles of position at in the per-thread cache (cs, *cached). */
+static const float *cpu_angles_at(const struct cpu *c, float *cs, int32_t *cached, int32_t at)
+{
+	if (*cached != at) {
+		engine_rope_cos_sin(&c->hp, at, cs, cs + c->hp.n_rot / 2);
+		*cached = at;
+	}
+	return cs;
 }
 
 /*
- * LM-Infinite's distance cap: re-score the global keys (the first n_global
- * entries of the visible list) that sit more than cap before the query at
- * p, with the pre-RoPE key rotated to p - cap instead of its own position.
- * sc holds nq rows of scores over the sorted prefix [0, m).
+ * LM-Infinite's Λ-attention on one row group (nq query heads of KV head kvh,
+ * query at p, scores sc over the sorted prefix [0, m)). Global keys (the
+ * first n_global of the visible list) farther than dist_cap are re-scored
+ * with the pre-RoPE key rotated to p - dist_cap. With n_local, the other
+ * keys n_local or more before p are middle: masked (mk = 1), except, for the
+ * batch's last query in layers >= middle_from_layer, each head's
+ * middle_topk best by their score at distance middle_insert_at, which keep
+ * that score. Returns whether anything was masked.
  */
-static void cpu_cap_globals(struct cpu_job *jb, uint32_t l, int32_t p, uint32_t kvh,
-                            const float *q, uint32_t nq, uint32_t m, float *sc, int ith)
+static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, uint32_t kvh,
+                       const float *q, uint32_t nq, uint32_t m, float *sc, uint8_t *mk, int ith)
 {
 	struct cpu *c = jb->c;
 	const struct engine_batch *b = jb->b;
 	const struct hparams *hp = &c->hp;
-	uint32_t hd = hp->head_dim, vc = c->vis_cap;
-	int32_t at = p - b->dist_cap;
-	float *cs = c->cap_cs + (size_t)ith * hp->n_rot, *kb = c->cap_k + (size_t)ith * hd;
-	if (c->cap_pos[ith] != at) {
-		engine_rope_cos_sin(hp, at, cs, cs + hp->n_rot / 2);
-		c->cap_pos[ith] = at;
+	uint32_t hd = hp->head_dim, vc = c->vis_cap, lc = c->lam_cap;
+	float *kb = c->cap_k + (size_t)ith * hd;
+	/* the local band: positions > p - n_local, a suffix of [0, m) */
+	uint32_t loc = 0;
+	if (b->n_local > 0) {
+		uint32_t lo = 0, hi = m;
+		while (lo < hi) {
+			uint32_t mid = lo + (hi - lo) / 2;
+			if ((int64_t)p - c->vpos[mid] >= b->n_local)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		loc = lo;
 	}
-	for (uint32_t k = 0; k < m && c->vpos[k] < at; k++) {
-		if (c->vorder[k] >= b->n_global)
+	bool topk = b->n_local > 0 && b->middle_topk > 0 && jb->last && i == jb->n - 1 &&
+	            l >= b->middle_from_layer;
+	uint32_t *mid_idx = c->lam_idx ? c->lam_idx + (size_t)ith * lc : NULL;
+	float *msc = c->lam_sc ? c->lam_sc + (size_t)ith * KERN_ATT_Q * lc : NULL;
+	uint32_t n_mid = 0;
+	bool masked = false;
+	for (uint32_t k = 0; k < m; k++) {
+		bool global = c->vorder[k] < b->n_global;
+		if (global) {
+			if (b->dist_cap > 0 && (int64_t)p - c->vpos[k] > b->dist_cap) {
+				const float *cs = cpu_angles_at(c, c->cap_cs + (size_t)ith * hp->n_rot,
+				                                &c->cap_pos[ith], p - b->dist_cap);
+				cpu_raw_key(c, l, b->visible[c->vorder[k]], kvh, cs, kb);
+				for (uint32_t r = 0; r < nq; r++)
+					sc[(size_t)r * vc + k] = c->ops->dot_f32(q + (size_t)r * hd, kb, hd) *
+					                         hp->attn_scale;
+			}
 			continue;
-		uint32_t s = b->visible[c->vorder[k]];
-		uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
-		if (c->kv_es == 2)
-			c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
-		else
-			memcpy(kb, c->kc[l] + off, hd * sizeof(float));
-		cpu_rope(c, kb, cs);
-		for (uint32_t r = 0; r < nq; r++) {
-			const float *qr = q + (size_t)r * hd;
-			float d = 0;
-			for (uint32_t j = 0; j < hd; j++)
-				d += qr[j] * kb[j];
-			sc[(size_t)r * vc + k] = d * hp->attn_scale;
+		}
+		if (k >= loc) {
+			/* the local band (true distances), or, without a Λ-mask, no
+			 * global left far enough to need the cap */
+			if (b->n_local > 0 || (int64_t)p - c->vpos[k] <= b->dist_cap)
+				break;
+			continue;
+		}
+		masked = true;
+		for (uint32_t r = 0; r < nq; r++)
+			mk[(size_t)r * lc + k] = 1;
+		if (topk) {
+			const float *cs = cpu_angles_at(c, c->ins_cs + (size_t)ith * hp->n_rot,
+			                                &c->ins_pos[ith], p - b->middle_insert_at);
+			cpu_raw_key(c, l, b->visible[c->vorder[k]], kvh, cs, kb);
+			for (uint32_t r = 0; r < nq; r++)
+				msc[(size_t)r * lc + n_mid] = c->ops->dot_f32(q + (size_t)r * hd, kb, hd) *
+				                              hp->attn_scale;
+			mid_idx[n_mid++] = k;
 		}
 	}
+	/* each head un-masks its best middle_topk (ties: the older) */
+	for (uint32_t r = 0; topk && r < nq; r++) {
+		float *row = msc + (size_t)r * lc;
+		for (uint32_t t = 0; t < b->middle_topk && t < n_mid; t++) {
+			uint32_t best = UINT32_MAX;
+			for (uint32_t j = 0; j < n_mid; j++)
+				if (!isnan(row[j]) && (best == UINT32_MAX || row[j] > row[best]))
+					best = j;
+			if (best == UINT32_MAX)
+				break;
+			uint32_t k = mid_idx[best];
+			mk[(size_t)r * lc + k] = 0;
+			sc[(size_t)r * vc + k] = row[best];
+			row[best] = NAN;
+		}
+	}
+	for (uint32_t r = 0; masked && r < nq; r++)
+		for (uint32_t k = 0; k < loc; k++)
+			if (mk[(size_t)r * lc + k])
+				sc[(size_t)r * vc + k] = -INFINITY;
+	return masked;
 }
 
 /* Attention of ubatch token i for query heads [h0, h0 + nq) (one KV head),
@@ -721,14 +805,33 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	}
 	c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
 	                   hp->attn_scale, sc, vc);
-	if (b->dist_cap > 0 && b->n_global > 0 && c->n_valid > 0 && vpos_min_capped(c, p, b->dist_cap))
-		cpu_cap_globals(jb, l, p, kvh, q, nq, m, sc, ith);
+	uint8_t *mk = NULL;
+	bool masked = false;
+	if ((b->dist_cap > 0 && b->n_global > 0) || b->n_local > 0) {
+		mk = c->lam_mk + (size_t)ith * KERN_ATT_Q * c->lam_cap;
+		for (uint32_t r = 0; b->n_local > 0 && r < nq; r++)
+			memset(mk + (size_t)r * c->lam_cap, 0, m);
+		masked = cpu_lambda(jb, l, i, p, kvh, q, nq, m, sc, mk, ith);
+	}
 	float inv[KERN_ATT_Q];
 	for (uint32_t r = 0; r < nq; r++) {
 		float *sr = sc + (size_t)r * vc, mx = sr[0];
 		for (uint32_t k = 1; k < m; k++)
 			mx = sr[k] > mx ? sr[k] : mx;
-		inv[r] = 1.0f / c->ops->exp_sum(sr, m, mx);
+		if (masked) {
+			/* masked keys carry exactly no weight (the vector exp only
+			 * flushes them to ~1e-38) */
+			c->ops->exp_sum(sr, m, mx);
+			float sum = 0;
+			for (uint32_t k = 0; k < m; k++) {
+				if (k < c->lam_cap && mk[(size_t)r * c->lam_cap + k])
+					sr[k] = 0;
+				sum += sr[k];
+			}
+			inv[r] = 1.0f / sum;
+		} else {
+			inv[r] = 1.0f / c->ops->exp_sum(sr, m, mx);
+		}
 	}
 	c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
 	for (uint32_t r = 0; r < nq; r++) {
@@ -997,13 +1100,25 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 		}
 		memset(c->akv, 0, (size_t)nthreads * akv_per * c->akv_cap * sizeof(float));
 	}
-	if (b->dist_cap > 0 && c->cap_cs == NULL) {
+	bool lambda = (b->dist_cap > 0 && b->n_global > 0) || b->n_local > 0;
+	if (lambda && c->cap_cs == NULL) {
 		c->cap_cs = xmallocarray((size_t)nthreads * c->hp.n_rot, sizeof(float));
+		c->ins_cs = xmallocarray((size_t)nthreads * c->hp.n_rot, sizeof(float));
 		c->cap_k = xmallocarray((size_t)nthreads * c->hp.head_dim, sizeof(float));
 		c->cap_pos = xmallocarray((size_t)nthreads, sizeof(int32_t));
+		c->ins_pos = xmallocarray((size_t)nthreads, sizeof(int32_t));
 	}
-	for (int t = 0; b->dist_cap > 0 && t < nthreads; t++)
-		c->cap_pos[t] = -1;
+	if (lambda && c->lam_cap < c->vis_cap) {
+		free(c->lam_mk);
+		free(c->lam_sc);
+		free(c->lam_idx);
+		c->lam_cap = c->vis_cap;
+		c->lam_mk = xcalloc((size_t)nthreads * KERN_ATT_Q * c->lam_cap, 1);
+		c->lam_sc = xmallocarray((size_t)nthreads * KERN_ATT_Q * c->lam_cap, sizeof(float));
+		c->lam_idx = xmallocarray((size_t)nthreads * c->lam_cap, sizeof(uint32_t));
+	}
+	for (int t = 0; lambda && t < nthreads; t++)
+		c->cap_pos[t] = c->ins_pos[t] = -1;
 	/* A decode step is ~200 barriers; when the machine has no free core for
 	 * every thread, waiting on descheduled peers costs more than the other
 	 * threads gain. So decode steps time themselves on one thread and on
@@ -1086,5 +1201,5 @@ const struct backend_ops backend_cpu = {
 	.kv_read = cpu_kv_read,
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
-	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
+	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA,
 };

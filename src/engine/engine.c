@@ -254,6 +254,13 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 	if (b->dist_cap > 0 && !engine_supports(eng, ENGINE_CAP_DIST_CAP))
 		return err_set(e, KVS_EUNSUPPORTED, "batch: backend %s has no distance cap (dist_cap)",
 		               eng->ops->name);
+	if (b->n_local < 0 || b->middle_insert_at < 0)
+		return err_set(e, KVS_EARG,
+		               "batch: n_local %d, middle_insert_at %d: expected 0 (off) or positive",
+		               b->n_local, b->middle_insert_at);
+	if (b->n_local > 0 && !engine_supports(eng, ENGINE_CAP_LAMBDA))
+		return err_set(e, KVS_EUNSUPPORTED, "batch: backend %s has no Lambda mask (n_local)",
+		               eng->ops->name);
 	if (b->want_attn_kv && !engine_supports(eng, ENGINE_CAP_ATTN_KV))
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "batch: backend %s cannot sum attention per KV head (want_attn_kv)",

@@ -106,6 +106,16 @@ struct engine_batch {
 	 * to p - dist_cap). Visibility is unchanged (still position <= p). */
 	uint32_t n_global;
 	int32_t dist_cap;
+	/* LM-Infinite's Λ-mask (ENGINE_CAP_LAMBDA; off when n_local is 0): a
+	 * key that is not global and sits n_local or more positions before its
+	 * query is "middle" and masked, except that the batch's last query, in
+	 * layers >= middle_from_layer, attends to the middle_topk middle keys
+	 * each of its query heads scores highest when the keys are placed
+	 * middle_insert_at positions before it (and attends them there). */
+	int32_t n_local;
+	uint32_t middle_topk;
+	uint32_t middle_from_layer;
+	int32_t middle_insert_at;
 };
 
 struct engine_out {
@@ -132,6 +142,7 @@ struct engine_out {
 enum engine_cap {
 	ENGINE_CAP_ATTN_KV = 1u << 0,  /* want_attn_kv */
 	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
+	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
 };
 
 struct engine;

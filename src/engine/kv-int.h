@@ -51,6 +51,10 @@ struct kv_policy_def {
 	uint32_t (*n_sinks)(const float *p); /* tokens flagged sink as they arrive */
 	/* LM-Infinite's distance cap in positions (0: the model's training context) */
 	int32_t (*cap)(const float *p);
+	/* LM-Infinite's Λ-mask: n_local, middle top-k, its first layer and
+	 * distance (all 0 when the policy has none) */
+	void (*lambda)(const float *p, int32_t *n_local, uint32_t *topk, uint32_t *from_layer,
+	               int32_t *insert_at);
 	void (*select)(struct kv_select *s);
 };
 

@@ -25,6 +25,11 @@
  * before each forward instead, exact for the batch's last query. Keys are
  * pre-RoPE in the engine, so all of this is exact.
  *
+ * With a local window smaller than the cache (lminfinite local=N), the
+ * engine also applies the Λ-mask: cached tokens beyond the local window are
+ * the "middle", masked except for the top-k each head of the last query
+ * picks in layers >= topk_layer (ENGINE_CAP_LAMBDA).
+ *
  * H2O's accumulators take every query's attention, summed per KV head by
  * the engine (ENGINE_CAP_ATTN_KV), or the last query's where the backend
  * cannot.
@@ -59,6 +64,9 @@ struct kv_cache {
 	enum kv_role role;
 	float *logits;                /* (n_vocab) next-token logits */
 	bool have_logits;
+	bool have_lse;                /* logits_lse / logits_ent are for logits */
+	double logits_lse;            /* log-sum-exp of logits */
+	float logits_ent;             /* entropy of softmax(logits), nats */
 	/* compat scoring within the current turn */
 	int32_t turn_first;           /* orig_pos of the turn's first token, -1 before it */
 	float turn_max;               /* max of s_j in the turn */
@@ -79,6 +87,7 @@ struct kv_cache {
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;
 	uint64_t bytes_per_token;
+	bool warned_lambda;           /* said once that the backend lacks the Λ-mask */
 };
 
 static const char *const kv_role_names[] = { "none", "system", "user", "assistant" };
@@ -148,12 +157,13 @@ static void kv_row_stats(const float *row, uint32_t nv, int32_t t1, int32_t t0, 
 	float mx = row[0];
 	for (uint32_t i = 1; i < nv; i++)
 		mx = row[i] > mx ? row[i] : mx;
+	/* float exponentials (the largest term is 1), double sums */
 	double z = 0, zl = 0;
 	for (uint32_t i = 0; i < nv; i++) {
-		double d = (double)row[i] - mx;
-		double p = exp(d);
+		float d = row[i] - mx;
+		float p = expf(d);
 		z += p;
-		zl += p * d;
+		zl += (double)p * d;
 	}
 	double lz = log(z);
 	if (ent)
@@ -162,6 +172,24 @@ static void kv_row_stats(const float *row, uint32_t nv, int32_t t1, int32_t t0, 
 		*s1 = t1 >= 0 && (uint32_t)t1 < nv ? (float)(lz - ((double)row[t1] - mx)) : NAN;
 	if (s0)
 		*s0 = t0 >= 0 && (uint32_t)t0 < nv ? (float)(lz - ((double)row[t0] - mx)) : NAN;
+}
+
+/* log-sum-exp of one logits row, and its entropy in nats. */
+static double kv_row_lse(const float *row, uint32_t nv, float *ent)
+{
+	float mx = row[0];
+	for (uint32_t i = 1; i < nv; i++)
+		mx = row[i] > mx ? row[i] : mx;
+	double z = 0, zl = 0;
+	for (uint32_t i = 0; i < nv; i++) {
+		float d = row[i] - mx;
+		float p = expf(d);
+		z += p;
+		zl += (double)p * d;
+	}
+	double lz = log(z);
+	*ent = (float)(lz - zl / z);
+	return lz + mx;
 }
 
 static void kv_emit(struct kv_cache *c, struct kv_event *ev)
@@ -270,6 +298,7 @@ void kv_cache_clear(struct kv_cache *c)
 	c->turn = 0;
 	c->role = KV_ROLE_NONE;
 	c->have_logits = false;
+	c->have_lse = false;
 	c->turn_first = -1;
 	c->turn_max = -INFINITY;
 	c->prev_self = NAN;
@@ -696,23 +725,64 @@ static uint32_t kv_count_mass(float *x, uint32_t n, double target)
 	return count ? count : (n ? 1 : 0);
 }
 
+#define KV_TOPK_FAST 32 /* top-k kept in a small sorted buffer up to this k */
+
 void kv_head_summarize(const float *w, uint32_t n, uint32_t topk, float *scratch,
                        struct kv_head_summary *out)
 {
 	double h = 0, sink = 0, total = 0;
+	/* The largest k weights, ascending, in a small buffer: attention rows
+	 * are peaked, so after the first few keys almost nothing gets in. */
+	float top[KV_TOPK_FAST];
+	uint32_t k = KVS_MIN(topk, n), nt = 0;
+	bool fast = k <= KV_TOPK_FAST;
 	for (uint32_t j = 0; j < n; j++) {
 		float p = w[j];
 		if (p > 0)
-			h -= (double)p * log((double)p);
+			h -= (double)(p * logf(p));
 		if (j < KV_SINK_PROBE)
 			sink += p;
 		total += p;
-		scratch[j] = p;
+		if (fast && nt < k) {
+			/* grow: sift p down into place */
+			uint32_t at = nt++;
+			for (; at > 0 && top[at - 1] > p; at--)
+				top[at] = top[at - 1];
+			top[at] = p;
+		} else if (fast && p > top[0]) {
+			/* full: drop the smallest, sift p up into place */
+			uint32_t at = 0;
+			for (; at + 1 < nt && top[at + 1] < p; at++)
+				top[at] = top[at + 1];
+			top[at] = p;
+		}
 	}
 	out->entropy = (float)h;
 	out->sink_mass = (float)sink;
-	out->topk_mass = kv_top_sum(scratch, n, topk);
-	out->k90 = kv_count_mass(scratch, n, 0.9 * total);
+	double target = 0.9 * total;
+	if (fast) {
+		double tk = 0;
+		for (uint32_t i = 0; i < nt; i++)
+			tk += top[i];
+		out->topk_mass = (float)tk;
+		if (tk >= target) {
+			/* the 90 % are inside the top k: count them from the largest */
+			double acc = 0;
+			uint32_t c = 0;
+			for (uint32_t i = nt; i-- > 0;) {
+				acc += top[i];
+				c++;
+				if (acc >= target)
+					break;
+			}
+			out->k90 = c;
+			return;
+		}
+	}
+	memcpy(scratch, w, n * sizeof *w);
+	if (!fast)
+		out->topk_mass = kv_top_sum(scratch, n, topk);
+	out->k90 = kv_count_mass(scratch, n, target);
 }
 
 /* Emit the step event of the forward just done (its last token). */
@@ -728,8 +798,8 @@ static void kv_capture_step(struct kv_cache *c, const struct engine_out *o)
 	ev.step = c->step;
 	ev.tok = &c->toks[c->n - 1];
 	ev.next_entropy = NAN;
-	if (c->have_logits)
-		kv_row_stats(c->logits, c->n_vocab, -1, -1, NULL, NULL, &ev.next_entropy);
+	if (c->have_lse)
+		ev.next_entropy = c->logits_ent;
 	ev.n_layer = hp->n_layer;
 	ev.n_head = hp->n_head;
 	ev.n_cached = nv;
@@ -852,6 +922,22 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		b.n_global = n_global;
 		b.dist_cap = kv_cap(c);
 	}
+	if (engine_cap) {
+		int32_t n_local;
+		uint32_t topk, from;
+		int32_t at;
+		d->lambda(c->cfg.policy.p, &n_local, &topk, &from, &at);
+		if (n_local > 0 && engine_supports(c->eng, ENGINE_CAP_LAMBDA)) {
+			b.n_local = n_local;
+			b.middle_topk = topk;
+			b.middle_from_layer = from;
+			b.middle_insert_at = at;
+		} else if (n_local > 0 && !c->warned_lambda) {
+			log_warn("backend %s has no Lambda mask: policy %s's local and topk are ignored",
+			         engine_backend_name(c->eng), d->name);
+			c->warned_lambda = true;
+		}
+	}
 	struct engine_out o;
 	int rc = engine_forward(c->eng, &b, &o, e);
 	if (rc != KVS_OK)
@@ -873,8 +959,11 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		t->score = d->score == KV_SCORE_NONE || c->has_scorer ? NAN : 0.0f;
 		if (!stats && !compat)
 			continue;
-		if (i == 0 && c->have_logits)
-			kv_row_stats(c->logits, c->n_vocab, ids[0], -1, &t->surprisal, NULL, &t->entropy);
+		if (i == 0 && c->have_lse) {
+			/* the previous row's statistics were taken when it arrived */
+			t->surprisal = (float)(c->logits_lse - c->logits[ids[0]]);
+			t->entropy = c->logits_ent;
+		}
 		else if (i > 0 && !compat) {
 			t->surprisal = o.surprisal[i - 1];
 			t->entropy = o.entropy[i - 1];
@@ -898,10 +987,17 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 			t->score = isnan(t->surprisal) ? 0.0f : t->surprisal;
 		}
 	}
+	c->have_lse = false;
 	if (o.logits != NULL) {
 		uint32_t row = o.n_rows - 1;
 		memcpy(c->logits, o.logits + (size_t)row * c->n_vocab, c->n_vocab * sizeof(float));
 		c->have_logits = true;
+		if (stats || capture) {
+			/* one pass: the next token's surprisal and entropy, and the
+			 * step event's next_entropy, come from these */
+			c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
+			c->have_lse = true;
+		}
 	} else {
 		c->have_logits = false;
 	}

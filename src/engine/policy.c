@@ -51,12 +51,19 @@ static const struct kv_param_def policy_sirllm_params[] = {
 	  "memory decay per turn (code default 1.0; README: RPS 0.9, DailyDialog 0.7, Grocery 1.0)" },
 };
 
-enum { LMI_GLOBAL = 0, LMI_CAP };
+enum { LMI_GLOBAL = 0, LMI_CAP, LMI_LOCAL, LMI_TOPK, LMI_TOPK_LAYER, LMI_TOPK_AT };
 static const struct kv_param_def policy_lmi_params[] = {
 	{ "global", 10, 0, 1 << 20, NULL, true,
 	  "global branch n_global (passkey/extreme-length commands: 10; code default 100)" },
 	{ "cap", 0, 0, 1 << 30, NULL, true,
 	  "distance cap d for the global tokens (0: the model's training context L)" },
+	{ "local", 0, 0, 1 << 30, NULL, true,
+	  "local branch n_local (0: all the budget after the globals; smaller keeps a middle)" },
+	{ "topk", 0, 0, 1 << 20, NULL, true,
+	  "middle tokens each head may attend from the last query (passkey commands: 5)" },
+	{ "topk_layer", 4, 0, 1 << 20, NULL, true, "first layer of the top-k middle (code: 4)" },
+	{ "topk_at", 2048, 1, 1 << 30, NULL, true,
+	  "distance the middle tokens are scored and attended at (code: 2048)" },
 };
 
 enum { H2O_HEAVY = 0, H2O_POS };
@@ -191,6 +198,24 @@ static int32_t policy_lmi_cap(const float *p)
 	return (int32_t)p[LMI_CAP];
 }
 
+static void policy_no_lambda(const float *p, int32_t *n_local, uint32_t *topk,
+                             uint32_t *from_layer, int32_t *insert_at)
+{
+	(void)p;
+	*n_local = 0;
+	*topk = *from_layer = 0;
+	*insert_at = 0;
+}
+
+static void policy_lmi_lambda(const float *p, int32_t *n_local, uint32_t *topk,
+                              uint32_t *from_layer, int32_t *insert_at)
+{
+	*n_local = (int32_t)p[LMI_LOCAL];
+	*topk = (uint32_t)p[LMI_TOPK];
+	*from_layer = (uint32_t)p[LMI_TOPK_LAYER];
+	*insert_at = (int32_t)p[LMI_TOPK_AT];
+}
+
 /* full never evicts: the cache refuses a chunk that does not fit. */
 static void policy_full_select(struct kv_select *s)
 {
@@ -258,22 +283,23 @@ static void policy_h2o_select(struct kv_select *s)
 static const struct kv_policy_def policy_table[] = {
 	{ "full", "no eviction: the cache refuses what does not fit the budget", NULL, 0, false,
 	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
-	  policy_full_select },
+	  policy_no_lambda, policy_full_select },
 	{ "window", "the most recent tokens only (sliding window, positions re-compacted)", NULL, 0,
 	  true, KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
-	  policy_window_select },
+	  policy_no_lambda, policy_window_select },
 	{ "streaming", "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
 	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
-	  policy_streaming_sinks, policy_no_cap, policy_streaming_select },
+	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select },
 	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
 	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE,
-	  policy_pos_compact, policy_sirllm_sinks, policy_no_cap, policy_sirllm_select },
+	  policy_pos_compact, policy_sirllm_sinks, policy_no_cap, policy_no_lambda,
+	  policy_sirllm_select },
 	{ "lminfinite", "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
 	  P(policy_lmi_params), true, KV_SCORE_NONE, -1, -1, policy_pos_capped, policy_lmi_sinks,
-	  policy_lmi_cap, policy_lmi_select },
+	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select },
 	{ "h2o", "H2O: heavy hitters by accumulated attention (GQA-summed) + a recent window",
 	  P(policy_h2o_params), true, KV_SCORE_ATTN, -1, -1, policy_pos_h2o, policy_no_sinks,
-	  policy_no_cap, policy_h2o_select },
+	  policy_no_cap, policy_no_lambda, policy_h2o_select },
 };
 
 /* ------------------------------------------------------------ the table */

@@ -246,12 +246,14 @@ static void test_summary(void)
 	T_EQ_INT(s.k90, 4);                /* 0.4+0.3+0.15+0.1 = 0.95 */
 	/* random rows against sorting */
 	for (int t = 0; t < 200; t++) {
-		uint32_t n = 1 + rnd_u32(300), k = 1 + rnd_u32(20);
+		uint32_t n = 1 + rnd_u32(300), k = 1 + rnd_u32(48);
 		float *x = malloc(n * sizeof *x), *scr = malloc(n * sizeof *scr);
 		double sum = 0;
 		for (uint32_t i = 0; i < n; i++) {
-			/* some exact ties */
+			/* some exact ties; every 3rd row peaked like most heads */
 			x[i] = (float)(rnd_u32(4) == 0 ? 1 : 1 + rnd_u32(1000));
+			if (t % 3 == 0 && i < 3)
+				x[i] *= 1000;
 			sum += x[i];
 		}
 		for (uint32_t i = 0; i < n; i++)
@@ -586,6 +588,88 @@ static void test_engine_cap(const struct model *m)
 	engine_free(b);
 }
 
+/*
+ * The Λ-mask: a decode step with n_local must equal one whose visible list
+ * holds only the globals and the local keys; with every middle key picked
+ * (top-k >= the middle) it must equal one with the middle keys moved to
+ * p - insert_at; and the attention rows must show exactly top-k middle keys
+ * per head from middle_from_layer on, none before.
+ */
+static void test_engine_lambda(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t n0 = 30, G = 2, L = 8, n_mid = n0 - G - (L - 1);
+	int32_t ids[32], pos[32], p = (int32_t)n0, at = 12;
+	uint32_t slot[32], vis[32], vis_b[32], nb = 0;
+	struct err e;
+	struct engine_out oa, ob;
+	rnd_tokens(ids, n0 + 1, hp->n_vocab);
+	for (uint32_t i = 0; i < 32; i++) {
+		pos[i] = (int32_t)i;
+		slot[i] = i;
+		vis[i] = i;
+	}
+	/* B sees the globals and the keys within L of the query (and itself) */
+	for (uint32_t i = 0; i <= n0; i++)
+		if (i < G || (int32_t)i > p - (int32_t)L)
+			vis_b[nb++] = i;
+	float *la = malloc(hp->n_vocab * sizeof(float));
+	for (int variant = 0; variant < 3; variant++) {
+		struct engine *a = mk_engine(m, 32), *b = mk_engine(m, 32);
+		struct engine_batch p0 = { .n_tokens = n0, .tokens = ids, .pos = pos, .slot = slot,
+			                   .n_visible = n0, .logits = ENGINE_LOGITS_NONE };
+		T_CHECK(engine_forward(a, &p0, &oa, &e) == KVS_OK, "%s", e.msg);
+		T_CHECK(engine_forward(b, &p0, &ob, &e) == KVS_OK, "%s", e.msg);
+		struct engine_batch da = { .n_tokens = 1, .tokens = ids + n0, .pos = &pos[n0],
+			                   .slot = &slot[n0], .n_visible = n0 + 1, .visible = vis,
+			                   .logits = ENGINE_LOGITS_LAST, .want_attn = true,
+			                   .n_global = G, .dist_cap = 1000, .n_local = (int32_t)L,
+			                   .middle_insert_at = at };
+		struct engine_batch db = { .n_tokens = 1, .tokens = ids + n0, .pos = &pos[n0],
+			                   .slot = &slot[n0], .n_visible = nb, .visible = vis_b,
+			                   .logits = ENGINE_LOGITS_LAST };
+		if (variant == 1) {
+			/* every middle key picked: the same as moving them to p - at */
+			da.middle_topk = n_mid;
+			db.n_visible = n0 + 1;
+			db.visible = vis;
+			for (uint32_t k = G; k < n0; k++)
+				if ((int32_t)k <= p - (int32_t)L)
+					engine_kv_set_pos(b, k, p - at, &e);
+		}
+		if (variant == 2) {
+			da.middle_topk = 1;
+			da.middle_from_layer = 1;
+		}
+		T_CHECK(engine_forward(a, &da, &oa, &e) == KVS_OK, "%s", e.msg);
+		memcpy(la, oa.logits, hp->n_vocab * sizeof(float));
+		if (variant < 2) {
+			T_CHECK(engine_forward(b, &db, &ob, &e) == KVS_OK, "%s", e.msg);
+			double d = 0;
+			for (uint32_t v = 0; v < hp->n_vocab; v++)
+				d = fmax(d, fabs(la[v] - ob.logits[v]));
+			T_CHECK(d < 1e-4, "Lambda variant %d: logits differ by %g", variant, d);
+		} else {
+			for (uint32_t l = 0; l < hp->n_layer; l++)
+				for (uint32_t h = 0; h < hp->n_head; h++) {
+					const float *row = oa.attn + ((size_t)l * hp->n_head + h) * (n0 + 1);
+					uint32_t nz = 0;
+					double sum = 0;
+					for (uint32_t k = G; k < n0 + 1; k++)
+						if ((int32_t)k <= p - (int32_t)L)
+							nz += row[k] != 0;
+					for (uint32_t k = 0; k < n0 + 1; k++)
+						sum += row[k];
+					T_EQ_INT(nz, l >= 1 ? 1 : 0);
+					T_NEAR(sum, 1.0, 1e-5);
+				}
+		}
+		engine_free(a);
+		engine_free(b);
+	}
+	free(la);
+}
+
 /* ------------------------------------------------------------------- H2O */
 
 static void test_h2o(const struct model *m)
@@ -847,6 +931,7 @@ int main(void)
 	test_sirllm_scores(t.m);
 	test_lminfinite(t.m);
 	test_engine_cap(t.m);
+	test_engine_lambda(t.m);
 	test_h2o(t.m);
 	log_set_level(LOG_ERROR); /* the fallbacks warn by design */
 	test_provider(t.m);
@@ -856,6 +941,7 @@ int main(void)
 		test_long_dialogue(t.m, kv_policy_name_at(i), 10000);
 	test_long_dialogue(t.m, "sirllm:mode=compat,lambda=0.9", 10000);
 	test_long_dialogue(t.m, "h2o:pos=compact", 10000);
+	test_long_dialogue(t.m, "lminfinite:global=4,local=16,topk=2,topk_layer=1", 2000);
 	tiny_close(&t);
 	fprintf(stderr, "test-kv-cache: %.1f s\n", (clock_now_ms() - t0) / 1e3);
 	return t_done("test-kv-cache");
