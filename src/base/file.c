@@ -6,6 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+char *file_xdg_path(const char *var, const char *fallback, const char *rel)
+{
+	const char *dir = getenv(var), *home = getenv("HOME");
+
+	if (dir != NULL && dir[0] == '/')
+		return xasprintf("%s/%s", dir, rel);
+	return xasprintf("%s/%s/%s", home != NULL && home[0] != '\0' ? home : ".", fallback, rel);
+}
+
 int file_read_all(const char *path, char **out, size_t *len, struct err *e)
 {
 	FILE *fp;

@@ -26,8 +26,9 @@ enum opt_group {
 	OPTG_TOKENIZE = 1u << 8,
 	OPTG_KV = 1u << 9,      /* --policy, --kv-budget, --token-stats */
 	OPTG_TRACE = 1u << 10,  /* --trace, --trace-attn */
-	OPTG_EVAL = 1u << 11,   /* --lengths, --depths, --samples, --rounds, --dominant, --format,
-	                         * --seed, --json */
+	OPTG_EVAL = 1u << 11,   /* --format, --seed, --json */
+	OPTG_PASSKEY = 1u << 12, /* --lengths, --depths, --samples */
+	OPTG_RPS = 1u << 13,    /* --rounds, --dominant */
 };
 
 
@@ -38,9 +39,6 @@ struct cli_cmd {
 	int (*exec)(int argc, char **argv); /* argv[0] is the command name */
 	unsigned options;   /* option groups it accepts (opts.h), for help */
 };
-
-/* The default model's file name and where it lives. */
-#define CLI_DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 /* The model path to use: explicit (--model), else $KVSCOPE_MODEL, else the
  * default model in $XDG_DATA_HOME/kvscope/models/. Returns an allocated

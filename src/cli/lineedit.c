@@ -25,12 +25,7 @@ struct lineedit {
 
 char *lineedit_history_path(void)
 {
-	const char *state = getenv("XDG_STATE_HOME");
-	const char *home = getenv("HOME");
-
-	if (state != NULL && state[0] == '/')
-		return xasprintf("%s/kvscope/history", state);
-	return xasprintf("%s/.local/state/kvscope/history", home ? home : ".");
+	return file_xdg_path("XDG_STATE_HOME", ".local/state", "kvscope/history");
 }
 
 #ifdef HAVE_LIBEDIT

