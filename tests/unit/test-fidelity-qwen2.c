@@ -32,21 +32,15 @@
  */
 #include "engine/engine.h"
 #include "test.h"
+#include "tests/util/refdata.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define TOPK 10
+#define TOPK REFDATA_TOPK
 #define MAX_PROMPT 512
 #define N_GREEDY 64
 #define GAP_MIN 0.5f /* "not a near tie" for llama.cpp */
-
-/* One position of a logits fixture. */
-struct ref_pos {
-	int32_t token;
-	int32_t top_id[TOPK];
-	float top_logit[TOPK];
-};
 
 /* Running totals over the logits fixtures. */
 struct tally {
@@ -68,25 +62,6 @@ static char *fixture(const char *rel)
 	return xasprintf("%s/tests/fixtures/%s", src ? src : ".", rel);
 }
 
-/* Parse one fixture line {"pos":i,"token":t,"top":[[id,l],...]}. */
-static bool parse_line(const char *s, struct ref_pos *r)
-{
-	const char *p = strstr(s, "\"token\":");
-	if (p == NULL || sscanf(p + 8, "%d", &r->token) != 1)
-		return false;
-	p = strstr(s, "\"top\":[");
-	if (p == NULL)
-		return false;
-	p += 7;
-	for (int k = 0; k < TOPK; k++) {
-		p = strchr(p, '[');
-		if (p == NULL || sscanf(p + 1, "%d,%f", &r->top_id[k], &r->top_logit[k]) != 2)
-			return false;
-		p++;
-	}
-	return true;
-}
-
 /* Read a logits fixture into *ref; returns the number of positions (0 on error). */
 static size_t read_logits(const char *name, struct ref_pos **ref)
 {
@@ -106,7 +81,7 @@ static size_t read_logits(const char *name, struct ref_pos **ref)
 			cap = cap ? cap * 2 : 1024;
 			*ref = xreallocarray(*ref, cap, sizeof **ref);
 		}
-		if (!parse_line(line, &(*ref)[n])) {
+		if (!refdata_parse_pos(line, &(*ref)[n])) {
 			T_CHECK(0, "%s: bad fixture line %zu", path, n + 1);
 			continue;
 		}
@@ -205,62 +180,6 @@ out:
 	free(path);
 }
 
-/* Parse the int array after key in s, e.g. "prompt":[1,2,3]; returns the count. */
-static size_t parse_ints(const char *s, const char *key, int32_t *out, size_t cap)
-{
-	const char *p = strstr(s, key);
-	size_t n = 0;
-
-	if (p == NULL || (p = strchr(p, '[')) == NULL)
-		return 0;
-	p++;
-	while (*p && *p != ']' && n < cap) {
-		out[n++] = (int32_t)strtol(p, (char **)&p, 10);
-		if (*p == ',')
-			p++;
-	}
-	return n;
-}
-
-/* Parse the float array after key in s; returns the count. */
-static size_t parse_floats(const char *s, const char *key, float *out, size_t cap)
-{
-	const char *p = strstr(s, key);
-	size_t n = 0;
-
-	if (p == NULL || (p = strchr(p, '[')) == NULL)
-		return 0;
-	p++;
-	while (*p && *p != ']' && n < cap) {
-		out[n++] = strtof(p, (char **)&p);
-		if (*p == ',')
-			p++;
-	}
-	return n;
-}
-
-/* Index of the largest of n logits (the lowest id on ties, as llama.cpp). */
-static int32_t argmax(const float *l, uint32_t n)
-{
-	int32_t best = 0;
-
-	for (uint32_t j = 1; j < n; j++)
-		if (l[j] > l[best])
-			best = (int32_t)j;
-	return best;
-}
-
-/* Feed one token at position p (slot p); the new logits or NULL. */
-static const float *decode_one(struct engine *eng, int32_t tok, int32_t p, struct err *e)
-{
-	uint32_t sl = (uint32_t)p;
-	struct engine_batch d = { .n_tokens = 1, .tokens = &tok, .pos = &p, .slot = &sl,
-		                  .n_visible = sl + 1, .logits = ENGINE_LOGITS_LAST };
-	struct engine_out o;
-
-	return engine_forward(eng, &d, &o, e) == KVS_OK ? o.logits : NULL;
-}
-
 /* Greedy counts over all prompts. */
 struct greedy_tally {
 	int n_prompts, n_same, n_steps, n_steps_clear, n_agree_clear;
@@ -293,7 +212,7 @@ static void greedy_prompt(struct engine *eng, uint32_t n_vocab, const int32_t *p
 		engine_kv_clear(eng);
 		row = engine_forward(eng, &b, &o, &e) == KVS_OK ? o.logits : NULL;
 		for (int s = 0; row != NULL && s < N_GREEDY; s++) {
-			int32_t best = argmax(row, n_vocab);
+			int32_t best = refdata_argmax(row, n_vocab);
 			if (pass == 0) {
 				g->n_steps++;
 				if (gap[s] >= GAP_MIN) {
@@ -305,7 +224,7 @@ static void greedy_prompt(struct engine *eng, uint32_t n_vocab, const int32_t *p
 				diverged = s;
 				break;
 			}
-			row = decode_one(eng, best, (int32_t)np + s, &e);
+			row = refdata_decode_one(eng, best, (int32_t)np + s, &e);
 		}
 		T_CHECK(row != NULL, "greedy forward failed: %s", e.msg);
 		if (pass == 0 || row == NULL)
@@ -341,9 +260,9 @@ static void check_greedy(struct engine *eng, const struct model *m)
 	for (; line; line = strtok_r(NULL, "\n", &save_l), user = strtok_r(NULL, "\n", &save_p)) {
 		int32_t prompt[MAX_PROMPT], want[N_GREEDY];
 		float gap[N_GREEDY];
-		size_t np = parse_ints(line, "\"prompt\"", prompt, MAX_PROMPT);
-		size_t ng = parse_ints(line, "\"greedy\"", want, N_GREEDY);
-		size_t nq = parse_floats(line, "\"gap\"", gap, N_GREEDY);
+		size_t np = refdata_ints(line, "\"prompt\"", prompt, MAX_PROMPT);
+		size_t ng = refdata_ints(line, "\"greedy\"", want, N_GREEDY);
+		size_t nq = refdata_floats(line, "\"gap\"", gap, N_GREEDY);
 		g.n_prompts++;
 		T_CHECK(np > 0 && np < MAX_PROMPT && ng == N_GREEDY && nq == N_GREEDY,
 		        "greedy-64.jsonl line %d: expected a prompt and 64 ids and gaps", g.n_prompts);

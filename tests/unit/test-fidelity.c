@@ -27,18 +27,13 @@
  */
 #include "engine/engine.h"
 #include "test.h"
+#include "tests/util/refdata.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define TOPK 10
-
-struct ref_pos {
-	int32_t token;
-	int32_t top_id[TOPK];
-	float top_logit[TOPK];
-};
+#define TOPK REFDATA_TOPK
 
 /* Path of a fixture under the source tree. */
 static char *fixture(const char *rel)
@@ -50,25 +45,6 @@ static char *fixture(const char *rel)
 static char *model_path(void)
 {
 	return model_default_path(NULL);
-}
-
-/* Parse one fixture line {"pos":i,"token":t,"top":[[id,l],...]}. */
-static bool parse_line(const char *s, struct ref_pos *r)
-{
-	const char *p = strstr(s, "\"token\":");
-	if (p == NULL || sscanf(p + 8, "%d", &r->token) != 1)
-		return false;
-	p = strstr(s, "\"top\":[");
-	if (p == NULL)
-		return false;
-	p += 7;
-	for (int k = 0; k < TOPK; k++) {
-		p = strchr(p, '[');
-		if (p == NULL || sscanf(p + 1, "%d,%f", &r->top_id[k], &r->top_logit[k]) != 2)
-			return false;
-		p++;
-	}
-	return true;
 }
 
 /* Run the engine over every position of one fixture file. */
@@ -95,7 +71,7 @@ static void check_logits_file(struct engine *eng, const char *name, uint64_t *n_
 			cap = cap ? cap * 2 : 512;
 			ref = xreallocarray(ref, cap, sizeof *ref);
 		}
-		T_CHECK(parse_line(line, &ref[n]), "%s: bad fixture line %zu", name, n);
+		T_CHECK(refdata_parse_pos(line, &ref[n]), "%s: bad fixture line %zu", name, n);
 		n++;
 	}
 	int32_t *toks = xmallocarray(n, sizeof *toks), *pos = xmallocarray(n, sizeof *pos);
@@ -144,57 +120,6 @@ static void check_logits_file(struct engine *eng, const char *name, uint64_t *n_
 	free(path);
 }
 
-/* Parse an int array that follows key in s, e.g. "prompt":[1,2,3]. */
-static size_t parse_ints(const char *s, const char *key, int32_t *out, size_t cap)
-{
-	const char *p = strstr(s, key);
-	size_t n = 0;
-	if (p == NULL)
-		return 0;
-	p = strchr(p, '[') + 1;
-	while (*p && *p != ']' && n < cap) {
-		out[n++] = (int32_t)strtol(p, (char **)&p, 10);
-		if (*p == ',')
-			p++;
-	}
-	return n;
-}
-
-static size_t parse_floats(const char *s, const char *key, float *out, size_t cap)
-{
-	const char *p = strstr(s, key);
-	size_t n = 0;
-	if (p == NULL)
-		return 0;
-	p = strchr(p, '[') + 1;
-	while (*p && *p != ']' && n < cap) {
-		out[n++] = strtof(p, (char **)&p);
-		if (*p == ',')
-			p++;
-	}
-	return n;
-}
-
-/* Argmax of a logits row. */
-static int32_t argmax(const float *row, uint32_t n)
-{
-	int32_t best = 0;
-	for (uint32_t j = 1; j < n; j++)
-		if (row[j] > row[best])
-			best = (int32_t)j;
-	return best;
-}
-
-/* Feed one token at position p (slot p) and return the new logits. */
-static const float *decode_one(struct engine *eng, int32_t tok, int32_t p, struct err *e)
-{
-	uint32_t sl = (uint32_t)p;
-	struct engine_batch d = { .n_tokens = 1, .tokens = &tok, .pos = &p, .slot = &sl,
-		                  .n_visible = sl + 1, .logits = ENGINE_LOGITS_LAST };
-	struct engine_out out;
-	return engine_forward(eng, &d, &out, e) == KVS_OK ? out.logits : NULL;
-}
-
 /* Greedy steps, teacher-forced on llama.cpp's tokens and free-running. */
 static void check_greedy(struct engine *eng)
 {
@@ -213,9 +138,9 @@ static void check_greedy(struct engine *eng)
 		int32_t prompt[512], want[64], pos[512];
 		uint32_t slot[512];
 		float gap[64];
-		size_t np = parse_ints(line, "\"prompt\"", prompt, 512);
-		size_t ng = parse_ints(line, "\"greedy\"", want, 64);
-		size_t nq = parse_floats(line, "\"gap\"", gap, 64);
+		size_t np = refdata_ints(line, "\"prompt\"", prompt, 512);
+		size_t ng = refdata_ints(line, "\"greedy\"", want, 64);
+		size_t nq = refdata_floats(line, "\"gap\"", gap, 64);
 		T_CHECK(np > 0 && ng == 64 && nq == 64, "bad greedy fixture line");
 		for (size_t i = 0; i < np; i++) {
 			pos[i] = (int32_t)i;
@@ -234,7 +159,7 @@ static void check_greedy(struct engine *eng)
 			engine_kv_clear(eng);
 			row = engine_forward(eng, &b, &out, &e) == KVS_OK ? out.logits : NULL;
 			for (size_t s = 0; row != NULL && s < ng; s++) {
-				int32_t best = argmax(row, n_vocab);
+				int32_t best = refdata_argmax(row, n_vocab);
 				if (pass == 0) {
 					n_steps++;
 					if (gap[s] >= GAP_MIN) {
@@ -246,7 +171,7 @@ static void check_greedy(struct engine *eng)
 					diverged = (int)s;
 					break;
 				}
-				row = decode_one(eng, best, (int32_t)(np + s), &e);
+				row = refdata_decode_one(eng, best, (int32_t)(np + s), &e);
 			}
 			T_CHECK(row != NULL, "greedy forward failed: %s", e.msg);
 			if (pass == 1 && diverged < 0)

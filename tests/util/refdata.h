@@ -1,0 +1,32 @@
+/*
+ * refdata.h: reading the llama.cpp reference fixtures (tests/fixtures/engine
+ * and tests/fixtures/qwen2: JSON lines made by llama.cpp, see their READMEs)
+ * and the small engine steps the fidelity tests share.
+ */
+#ifndef KVS_TEST_REFDATA_H
+#define KVS_TEST_REFDATA_H
+
+#include "engine/engine.h"
+
+#define REFDATA_TOPK 10
+
+/* One position of a logits fixture. */
+struct ref_pos {
+	int32_t token;
+	int32_t top_id[REFDATA_TOPK];
+	float top_logit[REFDATA_TOPK];
+};
+
+/* Parse {"pos":i,"token":t,"top":[[id,logit],...]} (REFDATA_TOPK entries). */
+bool refdata_parse_pos(const char *line, struct ref_pos *r);
+/* Parse the int / float array after key in line, e.g. "prompt":[1,2,3];
+ * returns the count (at most cap). */
+size_t refdata_ints(const char *line, const char *key, int32_t *out, size_t cap);
+size_t refdata_floats(const char *line, const char *key, float *out, size_t cap);
+/* Index of the largest of n logits (the lowest id on ties, as llama.cpp). */
+int32_t refdata_argmax(const float *logits, uint32_t n);
+/* Feed one token at position p into slot p (slots 0..p visible); the new
+ * logits, or NULL with e set. */
+const float *refdata_decode_one(struct engine *eng, int32_t tok, int32_t p, struct err *e);
+
+#endif
