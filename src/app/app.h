@@ -46,6 +46,12 @@ struct gen {
 	uint64_t n_prefilled, n_decoded;
 };
 
+/* Run toks[0..m) at positions and slots start .. start+m-1 with slots
+ * 0 .. start+m-1 visible: the plain linear cache that the measuring tools
+ * (logits, perplexity, bench) use, bypassing retention. */
+int gen_run_linear(struct engine *eng, const int32_t *toks, uint32_t start, uint32_t m,
+                   enum engine_logits logits, struct engine_out *out, struct err *e);
+
 /* Load the model, create the engine and the sampler. */
 int gen_open(struct gen **out, const struct gen_config *c, struct err *e);
 void gen_close(struct gen *g);

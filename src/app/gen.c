@@ -15,6 +15,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+int gen_run_linear(struct engine *eng, const int32_t *toks, uint32_t start, uint32_t m,
+                   enum engine_logits logits, struct engine_out *out, struct err *e)
+{
+	int32_t *pos = xmallocarray(m ? m : 1, sizeof *pos);
+	uint32_t *slot = xmallocarray(m ? m : 1, sizeof *slot);
+	struct engine_batch b = { 0 };
+	int rc;
+
+	for (uint32_t i = 0; i < m; i++) {
+		pos[i] = (int32_t)(start + i);
+		slot[i] = start + i;
+	}
+	b.n_tokens = m;
+	b.tokens = toks;
+	b.pos = pos;
+	b.slot = slot;
+	b.n_visible = start + m;
+	b.logits = logits;
+	rc = engine_forward(eng, &b, out, e);
+	free(pos);
+	free(slot);
+	return rc;
+}
+
 void gen_config_default(struct gen_config *c)
 {
 	memset(c, 0, sizeof *c);

@@ -33,8 +33,6 @@ static int bench_cmp(const void *a, const void *b)
 static int bench_run(struct gen *g, const int32_t *toks, uint32_t n, uint32_t batch, double *secs,
                      struct err *e)
 {
-	int32_t *pos = xmallocarray(batch, sizeof *pos);
-	uint32_t *slot = xmallocarray(batch, sizeof *slot);
 	double t0;
 	int rc = KVS_OK;
 
@@ -42,24 +40,11 @@ static int bench_run(struct gen *g, const int32_t *toks, uint32_t n, uint32_t ba
 	t0 = clock_now_s();
 	for (uint32_t done = 0; done < n && rc == KVS_OK;) {
 		uint32_t m = KVS_MIN(batch, n - done);
-		struct engine_batch b = { 0 };
 		struct engine_out out;
-		for (uint32_t i = 0; i < m; i++) {
-			pos[i] = (int32_t)(done + i);
-			slot[i] = done + i;
-		}
-		b.n_tokens = m;
-		b.tokens = toks + done;
-		b.pos = pos;
-		b.slot = slot;
-		b.n_visible = done + m;
-		b.logits = ENGINE_LOGITS_LAST;
-		rc = engine_forward(g->engine, &b, &out, e);
+		rc = gen_run_linear(g->engine, toks + done, done, m, ENGINE_LOGITS_LAST, &out, e);
 		done += m;
 	}
 	*secs = clock_now_s() - t0;
-	free(pos);
-	free(slot);
 	return rc;
 }
 

@@ -45,8 +45,7 @@ static int cmd_logits_exec(int argc, char **argv)
 	struct err e;
 	char *text = NULL;
 	size_t len, n_ids = 0;
-	int32_t *ids = NULL, *top = NULL, *pos = NULL;
-	uint32_t *slot = NULL;
+	int32_t *ids = NULL, *top = NULL;
 	int rc;
 
 	cli_opts_default(&o);
@@ -77,24 +76,12 @@ static int cmd_logits_exec(int argc, char **argv)
 	}
 	uint32_t n_vocab = gen_n_vocab(g), k = KVS_MIN(o.top, n_vocab);
 	top = xmallocarray(k, sizeof *top);
-	pos = xmallocarray(g->n_batch, sizeof *pos);
-	slot = xmallocarray(g->n_batch, sizeof *slot);
 	for (size_t done = 0; done < n_ids;) {
 		uint32_t m = (uint32_t)KVS_MIN((size_t)g->n_batch, n_ids - done);
-		struct engine_batch b = { 0 };
 		struct engine_out out;
 
-		for (uint32_t i = 0; i < m; i++) {
-			pos[i] = (int32_t)(done + i);
-			slot[i] = (uint32_t)(done + i);
-		}
-		b.n_tokens = m;
-		b.tokens = ids + done;
-		b.pos = pos;
-		b.slot = slot;
-		b.n_visible = (uint32_t)(done + m);
-		b.logits = ENGINE_LOGITS_ALL;
-		if (engine_forward(g->engine, &b, &out, &e) != KVS_OK) {
+		if (gen_run_linear(g->engine, ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL, &out,
+		                   &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
@@ -112,8 +99,6 @@ static int cmd_logits_exec(int argc, char **argv)
 out:
 	free(ids);
 	free(top);
-	free(pos);
-	free(slot);
 	free(text);
 	gen_close(g);
 	cli_opts_free(&o);

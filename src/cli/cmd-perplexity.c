@@ -32,8 +32,7 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	struct err e;
 	char *text = NULL;
 	size_t len, n_ids = 0, cap = 0;
-	int32_t *ids = NULL, *pos = NULL;
-	uint32_t *slot = NULL;
+	int32_t *ids = NULL;
 	double nll = 0.0, nll2 = 0.0;
 	uint64_t count = 0;
 	int rc;
@@ -79,8 +78,6 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	fprintf(stderr, "kvscope: %zu tokens, %zu chunks of %u, scoring positions %u..%u of each\n",
 	        n_ids, n_chunks, n_ctx, n_ctx / 2, n_ctx - 2);
 	uint32_t n_vocab = gen_n_vocab(g), first = n_ctx / 2, nb = g->n_batch;
-	pos = xmallocarray(nb, sizeof *pos);
-	slot = xmallocarray(nb, sizeof *slot);
 	int32_t *chunk = xmallocarray(n_ctx, sizeof *chunk);
 	double t0 = clock_now_s();
 	for (size_t c = 0; c < n_chunks; c++) {
@@ -90,24 +87,14 @@ static int cmd_perplexity_exec(int argc, char **argv)
 		engine_kv_clear(g->engine);
 		for (uint32_t done = 0; done < n_ctx;) {
 			uint32_t m = KVS_MIN(nb, n_ctx - done);
-			struct engine_batch b = { 0 };
+			enum engine_logits lg = done + m > first ? ENGINE_LOGITS_ALL : ENGINE_LOGITS_NONE;
 			struct engine_out out;
-			for (uint32_t i = 0; i < m; i++) {
-				pos[i] = (int32_t)(done + i);
-				slot[i] = done + i;
-			}
-			b.n_tokens = m;
-			b.tokens = chunk + done;
-			b.pos = pos;
-			b.slot = slot;
-			b.n_visible = done + m;
-			b.logits = done + m > first ? ENGINE_LOGITS_ALL : ENGINE_LOGITS_NONE;
-			if (engine_forward(g->engine, &b, &out, &e) != KVS_OK) {
+			if (gen_run_linear(g->engine, chunk + done, done, m, lg, &out, &e) != KVS_OK) {
 				free(chunk);
 				rc = cli_fail(&e);
 				goto out;
 			}
-			for (uint32_t i = 0; b.logits == ENGINE_LOGITS_ALL && i < m; i++) {
+			for (uint32_t i = 0; lg == ENGINE_LOGITS_ALL && i < m; i++) {
 				uint32_t p = done + i;
 				float s, h;
 				if (p < first || p > n_ctx - 2)
@@ -137,8 +124,6 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
 out:
 	free(ids);
-	free(pos);
-	free(slot);
 	free(text);
 	gen_close(g);
 	cli_opts_free(&o);
