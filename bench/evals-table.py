@@ -113,6 +113,12 @@ def main():
               % (pk[0]["seed"], pk[0]["samples"]))
         passkey_table(pk)
         print()
+    pkl = load(os.path.join(out, "passkey-long.jsonl"))
+    if pkl:
+        print("### Passkey retrieval at 32k (seed %d, %d sample(s) per depth)\n"
+              % (pkl[0]["seed"], pkl[0]["samples"]))
+        passkey_table(pkl)
+        print()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/evals.sh: run the KV-policy evaluations behind doc/EVALS.md.
 #
-#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|all]
+#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|all]
 #
 # Every run appends its --json line to OUTDIR/rps.jsonl or
 # OUTDIR/passkey.jsonl (its text table goes to OUTDIR/*.txt); then
@@ -10,9 +10,11 @@
 #   RPS_ROUNDS (300), RPS_BUDGETS ("256 512"), RPS_DOMINANT ("rock paper scissors")
 #   PK_LENGTHS (2k,4k,8k,16k), PK_FULL_LENGTHS (2k,4k,8k), PK_DEPTHS (10,30,50,70,90),
 #   PK_SAMPLES (2), PK_BUDGETS ("1024 2048"), SEED (1)
+# "passkey-long" runs 32k prompts (depths 10,50,90, one sample, budget 1024)
+# for the bounded policies into OUTDIR/passkey-long.jsonl.
 set -eu
-bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|all]}
-out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|all]}
+bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|all]}
+out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|all]}
 what=${3:-all}
 mkdir -p "$out"
 seed=${SEED:-1}
@@ -53,5 +55,12 @@ if [ "$what" = passkey ] || [ "$what" = all ]; then
 			run passkey eval passkey --policy "$p" --kv-budget "$b" \
 				--lengths "${PK_LENGTHS:-2k,4k,8k,16k}" --depths "$depths" --samples "$samples"
 		done
+	done
+fi
+
+if [ "$what" = passkey-long ] || [ "$what" = all ]; then
+	for p in streaming sirllm lminfinite h2o; do
+		run passkey-long eval passkey --policy "$p" --kv-budget 1024 --lengths 32k \
+			--depths 10,50,90 --samples 1
 	done
 fi

@@ -31,10 +31,10 @@ static int cmd_eval_passkey_exec(int argc, char **argv);
 const struct cli_cmd cmd_eval_passkey = {
 	"eval passkey",
 	"[--policy P] [--kv-budget N] [--lengths 2k,4k,...] [--depths 10,30,...] [--samples N] "
-	"[--format chat|raw] [--seed S] [--json] [options]",
+	"[--format chat|raw] [--max-tokens N (default 10)] [--seed S] [--json] [options]",
 	"passkey retrieval (LM-Infinite's protocol) under a KV retention policy and budget",
 	cmd_eval_passkey_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_GEN,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_PASSKEY | OPTG_GEN,
 };
 
 #define PK_MAX_LIST 32

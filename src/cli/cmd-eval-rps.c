@@ -40,7 +40,7 @@ const struct cli_cmd cmd_eval_rps = {
 	"[--format chat|raw] [--seed S] [--json] [options]",
 	"SirLLM's Rock-Paper-Scissors memory test under a KV retention policy and budget",
 	cmd_eval_rps_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_RPS,
 };
 
 #define RPS_DEFAULT_BUDGET 256

@@ -4,8 +4,9 @@
  * The cache owns an array of kv_tok in cache order (original position
  * ascending) and, when the policy scores by attention, a parallel array of
  * accumulated attention per (layer, KV head). Engine slots never move: a new
- * token takes the lowest free slot, an evicted one gives its slot back
- * (engine position -1). So with nothing evicted, token i sits in slot i at
+ * token takes a free slot (from a stack that starts as 0, 1, 2, ...), an
+ * evicted one gives its slot back (engine position -1). So with nothing
+ * evicted, token i sits in slot i at
  * position i, exactly as a linear context would put it, and a policy that
  * keeps everything computes bit for bit what no policy computes.
  *
@@ -57,7 +58,7 @@ struct kv_cache {
 	struct kv_tok *toks;          /* (n_ctx) cache order */
 	float *acc;                   /* (n_ctx, acc_stride) or NULL */
 	uint32_t acc_stride;          /* n_layer * n_head_kv */
-	uint32_t *free_slots;         /* (n_ctx) stack, the lowest slot on top */
+	uint32_t *free_slots;         /* (n_ctx) stack of free slots (0 on top when empty) */
 	uint32_t n_free;
 	int32_t next_pos;             /* original position of the next token */
 	uint32_t turn;
@@ -88,6 +89,7 @@ struct kv_cache {
 	uint32_t n_evictions, n_fallbacks;
 	uint64_t bytes_per_token;
 	bool warned_lambda;           /* said once that the backend lacks the Λ-mask */
+	double last_capture_ms;       /* when the last step event was captured */
 };
 
 static const char *const kv_role_names[] = { "none", "system", "user", "assistant" };
@@ -113,11 +115,13 @@ void kv_config_default(struct kv_config *c)
 
 /* ------------------------------------------------------------- helpers */
 
+/* The active policy's table row. */
 static const struct kv_policy_def *kv_def(const struct kv_cache *c)
 {
 	return c->cfg.policy.def;
 }
 
+/* Whether scores follow SirLLM's released code (compat mode). */
 static bool kv_compat(const struct kv_cache *c)
 {
 	const struct kv_policy_def *d = kv_def(c);
@@ -134,6 +138,7 @@ static bool kv_need_stats(const struct kv_cache *c)
 	return c->cfg.token_stats == KV_TOKSTATS_AUTO && c->cfg.capture != KV_CAPTURE_OFF;
 }
 
+/* How the active policy assigns positions. */
 static enum kv_pos_mode kv_pos_mode(const struct kv_cache *c)
 {
 	return kv_def(c)->pos_mode(c->cfg.policy.p);
@@ -192,6 +197,7 @@ static double kv_row_lse(const float *row, uint32_t nv, float *ent)
 	return lz + mx;
 }
 
+/* Complete ev (turn, policy, statistics) and hand it to the listener. */
 static void kv_emit(struct kv_cache *c, struct kv_event *ev)
 {
 	if (c->ev_fn == NULL)
@@ -299,6 +305,7 @@ void kv_cache_clear(struct kv_cache *c)
 	c->role = KV_ROLE_NONE;
 	c->have_logits = false;
 	c->have_lse = false;
+	c->last_capture_ms = -1e300;
 	c->turn_first = -1;
 	c->turn_max = -INFINITY;
 	c->prev_self = NAN;
@@ -312,9 +319,10 @@ void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud)
 	c->ev_ud = ud;
 }
 
-void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap)
+void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap, double interval_ms)
 {
 	c->cfg.capture = cap;
+	c->cfg.capture_interval_ms = interval_ms > 0 ? interval_ms : 0;
 }
 
 void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s)
@@ -875,6 +883,12 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	bool stats = kv_need_stats(c), compat = kv_compat(c);
 	bool attn_policy = d->score == KV_SCORE_ATTN && !c->has_scorer;
 	bool capture = c->cfg.capture != KV_CAPTURE_OFF && last;
+	if (capture && c->cfg.capture_interval_ms > 0) {
+		double now = clock_now_ms();
+		capture = now - c->last_capture_ms >= c->cfg.capture_interval_ms;
+		if (capture)
+			c->last_capture_ms = now;
+	}
 	uint32_t n = c->n;
 	for (uint32_t i = 0; i < m; i++) {
 		c->bslot[i] = c->free_slots[c->n_free - 1 - i];

@@ -216,6 +216,9 @@ struct kv_config {
 	uint32_t budget;          /* tokens; 0 = every engine slot */
 	uint32_t n_batch;         /* prefill chunk (default 512; capped at budget/4 when evicting) */
 	enum kv_capture capture;
+	/* Cost budget of capture: at most one step event per this many ms (0:
+	 * every forward); a front end redrawing 30 times a second sets 33. */
+	double capture_interval_ms;
 	enum kv_stats_mode token_stats; /* per-token surprisal and entropy */
 	uint32_t summary_topk;    /* k of kv_head_summary.topk_mass (default 10) */
 };
@@ -234,7 +237,7 @@ void kv_cache_clear(struct kv_cache *c);
 
 /* Events go to fn(ev, ud) (NULL: none). */
 void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud);
-void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap);
+void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap, double interval_ms);
 /* Switch policy or budget (between turns); evicts at once when the cache
  * holds more than the new budget. */
 int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct err *e);

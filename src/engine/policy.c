@@ -149,6 +149,9 @@ static uint32_t policy_recent(struct kv_select *s, uint32_t k, uint32_t lowest)
 
 /* -------------------------------------------------------------- policies */
 
+/* The table's per-policy columns: positions, sinks flagged on arrival, the
+ * distance cap and the Λ-mask, each from the policy's parameters. */
+
 static enum kv_pos_mode policy_pos_compact(const float *p)
 {
 	(void)p;

@@ -843,6 +843,66 @@ static void test_pin_switch(const struct model *m)
 	engine_free(eng);
 }
 
+/* ------------------------------------------------------------- capture */
+
+struct cap_state {
+	uint32_t steps, bad_rows, bad_heads, n_cached_bad;
+	const struct kv_cache *kv;
+};
+
+static void cap_event(const struct kv_event *ev, void *ud)
+{
+	struct cap_state *cs = ud;
+	if (ev->kind != KV_EVENT_STEP)
+		return;
+	cs->steps++;
+	if (ev->n_cached != kv_cache_n(cs->kv) || ev->tok != &kv_cache_toks(cs->kv)[ev->n_cached - 1])
+		cs->n_cached_bad++;
+	if (ev->attn == NULL || ev->heads == NULL)
+		return;
+	float scratch[64];
+	for (uint32_t h = 0; h < ev->n_layer * ev->n_head; h++) {
+		const float *row = ev->attn + (size_t)h * ev->n_cached;
+		double sum = 0;
+		for (uint32_t j = 0; j < ev->n_cached; j++)
+			sum += row[j];
+		cs->bad_rows += fabs(sum - 1) > 1e-4;
+		struct kv_head_summary want;
+		kv_head_summarize(row, ev->n_cached, 10, scratch, &want);
+		const struct kv_head_summary *got = &ev->heads[h];
+		cs->bad_heads += got->k90 != want.k90 || fabs(got->entropy - want.entropy) > 1e-6 ||
+		                 fabs(got->sink_mass - want.sink_mass) > 1e-6;
+	}
+}
+
+/* Capture off: no step events; on: one per feed (its last token) with
+ * rows that sum to 1 and summaries that match them; an interval limits them. */
+static void test_capture(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	for (int mode = 0; mode < 3; mode++) {
+		struct engine *eng = mk_engine(m, 32);
+		struct kv_cache *kv = mk_cache(eng, "streaming", 32, 8);
+		struct cap_state cs = { 0 };
+		struct err e;
+		cs.kv = kv;
+		kv_cache_set_events(kv, cap_event, &cs);
+		if (mode > 0)
+			kv_cache_set_capture(kv, KV_CAPTURE_FULL, mode == 2 ? 1e9 : 0);
+		int32_t ids[20];
+		rnd_tokens(ids, 20, hp->n_vocab);
+		T_CHECK(kv_cache_feed(kv, ids, 20, &e) == KVS_OK, "%s", e.msg); /* 3 chunks */
+		for (int i = 0; i < 30; i++)
+			T_CHECK(kv_cache_feed(kv, ids + i % 20, 1, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(cs.steps, mode == 0 ? 0 : mode == 1 ? 31 : 1);
+		T_EQ_INT(cs.bad_rows, 0);
+		T_EQ_INT(cs.bad_heads, 0);
+		T_EQ_INT(cs.n_cached_bad, 0);
+		kv_cache_free(kv);
+		engine_free(eng);
+	}
+}
+
 /* --------------------------------------------- the 10,000-turn dialogue */
 
 static void test_long_dialogue(const struct model *m, const char *policy, uint32_t turns)
@@ -937,6 +997,7 @@ int main(void)
 	test_provider(t.m);
 	log_set_level(LOG_WARN);
 	test_pin_switch(t.m);
+	test_capture(t.m);
 	for (size_t i = 0; i < kv_policy_count(); i++)
 		test_long_dialogue(t.m, kv_policy_name_at(i), 10000);
 	test_long_dialogue(t.m, "sirllm:mode=compat,lambda=0.9", 10000);
