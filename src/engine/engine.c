@@ -274,8 +274,10 @@ static float *engine_grow(float *p, size_t *cap, size_t n)
 	if (n <= *cap)
 		return p;
 	free(p);
-	*cap = n;
-	return xmallocarray(n, sizeof(float));
+	/* at least doubling: the attention buffers grow by one column per
+	 * decode step, and a fresh large allocation each step costs page faults */
+	*cap = KVS_MAX(n, *cap * 2);
+	return xmallocarray(*cap, sizeof(float));
 }
 
 int engine_forward(struct engine *eng, const struct engine_batch *b, struct engine_out *out,
