@@ -6,6 +6,12 @@
  *         samples, and streams text. The command-line tools (generate, chat,
  *         logits, perplexity, bench, eval) and, later, the chat session sit
  *         on it.
+ * session.c a chat session over one gen: the system prompt, the turns (user
+ *         text in, reply out, stop reason, timings) and their history, with
+ *         hooks for each turn, reply token and KV-cache event. Synchronous:
+ *         the front ends run it on a worker thread (TUI) or directly (the
+ *         line-mode chat, Lua scripts); the only thread-safe entry is
+ *         session_cancel.
  * trace.c KV-cache events as JSON lines (kvscope generate --trace).
  */
 #ifndef KVS_APP_H
@@ -17,6 +23,7 @@
 #include "engine/sampler.h"
 #include "model/model.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 
 struct gen_config {
@@ -28,6 +35,18 @@ struct gen_config {
 };
 
 void gen_config_default(struct gen_config *c);
+
+/* A reply token as gen_reply produces it (after it was fed to the cache). */
+struct gen_token {
+	int32_t id;
+	const struct kv_tok *meta; /* its cache entry (surprisal, entropy when token stats are on) */
+	const char *text;          /* text this token completed (may be empty; whole UTF-8) */
+	size_t len;
+	bool eog;                  /* the end-of-generation token (fed, no text) */
+};
+
+/* Observes every reply token; set on struct gen (NULL: none). */
+typedef void (*gen_token_fn)(const struct gen_token *t, void *ud);
 
 struct gen {
 	struct model *model;
@@ -44,6 +63,11 @@ struct gen {
 	double load_ms;          /* model_load + engine_create */
 	double prefill_ms, decode_ms; /* accumulated */
 	uint64_t n_prefilled, n_decoded;
+	gen_token_fn on_token;   /* reply-token observer, or NULL */
+	void *on_token_ud;
+	/* Set from any thread to stop the reply in progress (GEN_STOP_USER);
+	 * gen_reply clears it when it returns. NULL: no cancellation. */
+	atomic_bool *cancel;
 };
 
 /* Run toks[0..m) at positions and slots start .. start+m-1 with slots
@@ -88,6 +112,65 @@ typedef void (*gen_text_fn)(const char *text, size_t len, void *ud);
  * Returns the status; *stop says why it ended; *n_out counts sampled tokens. */
 int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum gen_stop *stop,
               uint32_t *n_out, struct err *e);
+
+/* ---- session.c ---- */
+
+struct session_config {
+	struct gen_config gen;
+	const char *system;      /* system prompt (NULL or "": none); copied */
+	uint32_t max_tokens;     /* per reply (default 512) */
+};
+
+void session_config_default(struct session_config *c);
+
+/* One finished exchange: the user's text and the reply. */
+struct session_turn {
+	uint32_t index;          /* 0-based, in this conversation */
+	uint32_t kv_turn;        /* the KV cache's turn id of the user part (kv_tok.turn) */
+	char *user;              /* the user's text */
+	char *reply;             /* the reply as streamed */
+	enum gen_stop stop;
+	int32_t first_pos;       /* original position of the turn's first token */
+	uint32_t n_prompt;       /* tokens fed for the user part (system, markers included) */
+	uint32_t n_reply;        /* tokens sampled */
+	double prefill_ms, decode_ms;
+	double started_unix;     /* wall-clock seconds since the epoch */
+	bool restarted;          /* the cache was full: this turn started in an empty cache */
+};
+
+struct session_hooks {
+	void (*turn_start)(void *ud, uint32_t index, const char *user);
+	void (*token)(void *ud, const struct gen_token *t);
+	void (*turn_end)(void *ud, const struct session_turn *t);
+	void (*kv)(void *ud, const struct kv_event *ev);
+	void *ud;
+};
+
+struct session;
+
+/* Load the model and start an empty conversation. */
+int session_open(struct session **out, const struct session_config *c, struct err *e);
+void session_close(struct session *s);
+/* Hooks are called on the session's thread during session_chat (copied). */
+void session_set_hooks(struct session *s, const struct session_hooks *h);
+/* One exchange: feed text as a user turn (the system prompt first in a new
+ * conversation), stream the reply and close the turn in the cache. On
+ * success the turn is session_turn_at(s, session_n_turns(s) - 1). On a
+ * failure the conversation starts over (the cache is cleared). */
+int session_chat(struct session *s, const char *text, struct err *e);
+/* Stop the reply in progress (any thread; the turn ends with stop "user"). */
+void session_cancel(struct session *s);
+/* Forget the conversation: empty cache, no turns. */
+void session_reset(struct session *s);
+/* Replace the system prompt (takes effect in the next new conversation). */
+void session_set_system(struct session *s, const char *system);
+const char *session_system(const struct session *s);
+void session_set_max_tokens(struct session *s, uint32_t n);
+uint32_t session_n_turns(const struct session *s);
+const struct session_turn *session_turn_at(const struct session *s, uint32_t i);
+/* The generation context (model, engine, KV cache) for reading and for
+ * policy or budget changes between turns. */
+struct gen *session_gen(const struct session *s);
 
 /* trace.c: write one KV-cache event as a JSON line to fp (attention rows
  * only when the event carries them); v renders token text. */

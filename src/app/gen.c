@@ -209,6 +209,10 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 	detok_init(&d, g->model->vocab, false);
 	kv_cache_set_role(g->kv, KV_ROLE_ASSISTANT);
 	while (*n_out < max_tokens) {
+		if (g->cancel != NULL && atomic_exchange(g->cancel, false)) {
+			*stop = GEN_STOP_USER;
+			break;
+		}
 		int32_t id = gen_sample(g);
 		bool eog = vocab_is_eog(g->model->vocab, id);
 
@@ -221,15 +225,24 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 		rc = gen_feed(g, &id, 1, e);
 		if (rc != KVS_OK)
 			break;
+		n = 0;
+		if (!eog)
+			detok_push(&d, id, &buf, &n, &cap);
+		if (g->on_token != NULL) {
+			uint32_t nc = kv_cache_n(g->kv);
+			struct gen_token t = { id, nc ? &kv_cache_toks(g->kv)[nc - 1] : NULL,
+				               buf ? buf : "", n, eog };
+			g->on_token(&t, g->on_token_ud);
+		}
 		if (eog) {
 			*stop = GEN_STOP_EOS;
 			break;
 		}
-		n = 0;
-		detok_push(&d, id, &buf, &n, &cap);
 		if (n > 0 && fn != NULL)
 			fn(buf, n, ud);
 	}
+	if (g->cancel != NULL)
+		atomic_store(g->cancel, false);
 	n = 0;
 	detok_flush(&d, &buf, &n, &cap);
 	if (n > 0 && fn != NULL)

@@ -24,54 +24,14 @@ const struct cli_cmd cmd_chat = {
 	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV,
 };
 
-static void chat_write(const char *text, size_t len, void *ud)
+/* Stream each reply token's text as it completes. */
+static void chat_token(void *ud, const struct gen_token *t)
 {
 	(void)ud;
-	fwrite(text, 1, len, stdout);
-	fflush(stdout);
-}
-
-/* Feed a rendered prompt as role; KVS_ERANGE if it does not fit. */
-static int chat_feed(struct gen *g, const struct chat_prompt *p, enum kv_role role, struct err *e)
-{
-	return gen_feed_prompt(g, p, role, e);
-}
-
-/* Begin a turn and feed it: the system turn first in a new conversation,
- * then the user's line and the header of the reply. */
-static int chat_turn(struct gen *g, const char *system, bool first, const char *line,
-                     struct err *e)
-{
-	struct chat_prompt ps = { 0 }, pu = { 0 }, pa = { 0 };
-	int32_t *ids = NULL;
-	size_t n = 0;
-	int rc;
-
-	if (first)
-		chat_system(&g->chat, system, &ps);
-	chat_message(&g->chat, "user", line, &pu);
-	chat_generation_prompt(&g->chat, &pa);
-	/* the turn's size, for eviction between turns */
-	rc = gen_tokenize_prompt(g, &ps, &ids, &n, e);
-	if (rc == KVS_OK) {
-		size_t cap = n;
-		rc = chat_tokenize(g->model->vocab, &pu, &ids, &n, &cap, e);
-		if (rc == KVS_OK)
-			rc = chat_tokenize(g->model->vocab, &pa, &ids, &n, &cap, e);
+	if (t->len > 0) {
+		fwrite(t->text, 1, t->len, stdout);
+		fflush(stdout);
 	}
-	if (rc == KVS_OK)
-		rc = gen_begin_turn(g, KV_ROLE_USER, n, e);
-	if (rc == KVS_OK && first)
-		rc = chat_feed(g, &ps, KV_ROLE_SYSTEM, e);
-	if (rc == KVS_OK)
-		rc = chat_feed(g, &pu, KV_ROLE_USER, e);
-	if (rc == KVS_OK)
-		rc = chat_feed(g, &pa, KV_ROLE_ASSISTANT, e);
-	free(ids);
-	chat_prompt_free(&ps);
-	chat_prompt_free(&pu);
-	chat_prompt_free(&pa);
-	return rc;
 }
 
 /* /policy NAME [k=v ...], /budget N and /kv: change or show the KV cache. */
@@ -119,10 +79,11 @@ static void chat_kv_command(struct gen *g, const char *line)
 static int cmd_chat_exec(int argc, char **argv)
 {
 	struct cli_opts o;
-	struct gen *g = NULL;
+	struct session *s = NULL;
+	struct gen *g;
 	struct lineedit *le = NULL;
 	struct err e;
-	bool interactive = isatty(0) && isatty(1), first = true;
+	bool interactive = isatty(0) && isatty(1);
 	char *line;
 	int rc;
 
@@ -138,31 +99,16 @@ static int cmd_chat_exec(int argc, char **argv)
 		                          "--prompt-file, --raw and arguments do not apply");
 		goto out;
 	}
-	rc = cli_gen_open(&o, &g);
+	rc = cli_session_open(&o, &s);
 	if (rc != CLI_OK)
 		goto out;
-	if (!g->has_chat) {
-		rc = cli_fail(&g->chat_err);
-		goto out;
-	}
-	if (vocab_add_bos(g->model->vocab) && vocab_bos(g->model->vocab) >= 0) {
-		int32_t bos = vocab_bos(g->model->vocab);
-		gen_set_role(g, KV_ROLE_SYSTEM);
-		if (gen_feed(g, &bos, 1, &e) != KVS_OK) {
-			rc = cli_fail(&e);
-			goto out;
-		}
-	}
+	g = session_gen(s);
 	le = lineedit_open(interactive);
 	if (interactive)
 		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
 		        g->model->name, engine_backend_name(g->engine), engine_isa_name(g->engine),
 		        gen_n_ctx(g));
 	while ((line = lineedit_read(le, "> ")) != NULL) {
-		struct chat_prompt p = { 0 };
-		enum gen_stop stop;
-		uint32_t n_out;
-
 		if (line[0] == '\0') {
 			free(line);
 			continue;
@@ -171,8 +117,7 @@ static int cmd_chat_exec(int argc, char **argv)
 		if (line[0] == '/') {
 			bool quit = strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0;
 			if (strcmp(line, "/reset") == 0) {
-				gen_reset(g);
-				first = true;
+				session_reset(s);
 				fprintf(stderr, "kvscope: new conversation\n");
 			} else if (strcmp(line, "/help") == 0) {
 				fprintf(stderr, "commands: /reset (new conversation), /policy NAME [k=v ...], "
@@ -191,55 +136,30 @@ static int cmd_chat_exec(int argc, char **argv)
 				break;
 			continue;
 		}
-		if (!utf8_valid((const uint8_t *)line, strlen(line))) {
-			fprintf(stderr, "kvscope: input is not valid UTF-8; line ignored\n");
-			free(line);
-			continue;
-		}
-		rc = chat_turn(g, o.system, first, line, &e);
-		if (rc == KVS_ERANGE && !first) {
-			/* The context is full (policy full): start over with this turn. */
-			fprintf(stderr, "kvscope: context full (%u tokens): starting a new conversation\n",
-			        kv_cache_budget(g->kv));
-			gen_reset(g);
-			rc = chat_turn(g, o.system, true, line, &e);
-		}
+		session_set_hooks(s, &(struct session_hooks){ .token = chat_token });
+		rc = session_chat(s, line, &e);
 		free(line);
-		if (rc != KVS_OK) {
-			fprintf(stderr, "kvscope: %s\n", e.msg);
-			gen_reset(g);
-			first = true;
-			continue;
-		}
-		first = false;
-		rc = gen_reply(g, o.max_tokens, chat_write, NULL, &stop, &n_out, &e);
 		fputc('\n', stdout);
 		fflush(stdout);
 		if (rc != KVS_OK) {
 			fprintf(stderr, "kvscope: %s\n", e.msg);
-			gen_reset(g);
-			first = true;
 			continue;
 		}
-		if (stop == GEN_STOP_EOS)
-			chat_reply_end(&g->chat, &p);
-		else
-			chat_close(&g->chat, &p);
-		if (chat_feed(g, &p, KV_ROLE_ASSISTANT, &e) != KVS_OK) {
-			gen_reset(g);
-			first = true;
-		}
-		chat_prompt_free(&p);
+		const struct session_turn *t = session_turn_at(s, session_n_turns(s) - 1);
+		if (t->restarted)
+			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
+			        kv_cache_budget(g->kv));
 		if (interactive)
-			fprintf(stderr, "[%u tokens, %s, %.1f tok/s, KV %u/%u, %s]\n", n_out,
-			        gen_stop_name(stop),
-			        g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0, g->n_past,
-			        kv_cache_budget(g->kv), kv_policy_name(kv_cache_policy(g->kv)));
+			fprintf(stderr, "[%u tokens, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
+			        gen_stop_name(t->stop),
+			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
+			        kv_cache_n(g->kv), kv_cache_budget(g->kv),
+			        kv_policy_name(kv_cache_policy(g->kv)));
 	}
 	rc = CLI_OK;
 out:
 	lineedit_close(le);
-	gen_close(g);
+	session_close(s);
 	cli_opts_free(&o);
 	return rc;
 }

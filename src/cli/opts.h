@@ -59,5 +59,8 @@ int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, con
 /* Resolve the model path in o (explicit, $KVSCOPE_MODEL or the default) and
  * open a generation context; prints the error and returns the exit code. */
 int cli_gen_open(struct cli_opts *o, struct gen **g);
+/* Open a chat session with o's model, engine, sampler, KV, system prompt
+ * and max tokens; CLI_OK or the exit status after printing the error. */
+int cli_session_open(struct cli_opts *o, struct session **s);
 
 #endif

@@ -93,3 +93,20 @@ int cli_gen_open(struct cli_opts *o, struct gen **g)
 	free(path);
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }
+
+int cli_session_open(struct cli_opts *o, struct session **s)
+{
+	struct session_config c;
+	struct err e;
+	char *path = cli_model_path(o->gen.model_path);
+	int rc;
+
+	session_config_default(&c);
+	c.gen = o->gen;
+	c.gen.model_path = path;
+	c.system = o->system;
+	c.max_tokens = o->max_tokens;
+	rc = session_open(s, &c, &e);
+	free(path);
+	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
+}

@@ -1,0 +1,321 @@
+/*
+ * session.c: a chat session over one generation context.
+ *
+ * A session is a conversation: an optional system prompt, then exchanges of
+ * a user turn and a reply. The KV cache holds the conversation as the
+ * retention policy leaves it, so each exchange feeds only its own tokens:
+ * the system turn (first exchange of a conversation only), the user's
+ * message and the reply header, then the sampled reply, then the turn's
+ * closing markers. Eviction between turns happens once per exchange, sized
+ * for the whole user part (SirLLM's semantics, kv_cache_begin_turn).
+ *
+ * The history keeps every exchange's text, stop reason, positions and
+ * timings; the KV cache keeps what the model still remembers of them. When
+ * a cache that never evicts is full, the exchange starts over in an empty
+ * cache and says so (session_turn.restarted; the history keeps the earlier
+ * turns, the model no longer sees them); any other failure clears the cache
+ * so the next exchange starts clean instead of continuing from a
+ * half-fed turn.
+ *
+ * Everything runs on the caller's thread, hooks included. Only
+ * session_cancel may be called from elsewhere: it sets the flag gen_reply
+ * polls between tokens (a cancel that arrives between exchanges stops the
+ * next reply before its first token, so a front end cancels only while an
+ * exchange runs).
+ */
+#include "app/app.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct session {
+	struct gen *gen;
+	char *system;
+	uint32_t max_tokens;
+	struct session_hooks hooks;
+	bool fresh;                   /* no exchange in the cache yet */
+	bool restart_next;            /* the cache is full: start the next exchange over */
+	atomic_bool cancel;
+	struct session_turn *turns;   /* (n_turns) */
+	uint32_t n_turns, cap_turns;
+	char *reply;                  /* the reply being streamed */
+	size_t reply_len, reply_cap;
+};
+
+void session_config_default(struct session_config *c)
+{
+	memset(c, 0, sizeof *c);
+	gen_config_default(&c->gen);
+	c->max_tokens = 512;
+}
+
+static void session_kv_event(const struct kv_event *ev, void *ud)
+{
+	struct session *s = ud;
+	if (s->hooks.kv != NULL)
+		s->hooks.kv(s->hooks.ud, ev);
+}
+
+static void session_on_token(const struct gen_token *t, void *ud)
+{
+	struct session *s = ud;
+	if (s->hooks.token != NULL)
+		s->hooks.token(s->hooks.ud, t);
+}
+
+static void session_on_text(const char *text, size_t len, void *ud)
+{
+	struct session *s = ud;
+	if (s->reply_len + len + 1 > s->reply_cap) {
+		s->reply_cap = KVS_MAX(s->reply_cap * 2, s->reply_len + len + 1);
+		s->reply = xrealloc(s->reply, s->reply_cap);
+	}
+	memcpy(s->reply + s->reply_len, text, len);
+	s->reply_len += len;
+	s->reply[s->reply_len] = '\0';
+}
+
+int session_open(struct session **out, const struct session_config *c, struct err *e)
+{
+	struct session *s;
+	int rc;
+
+	*out = NULL;
+	s = xcalloc(1, sizeof *s);
+	rc = gen_open(&s->gen, &c->gen, e);
+	if (rc != KVS_OK) {
+		free(s);
+		return rc;
+	}
+	if (!s->gen->has_chat) {
+		rc = err_set(e, s->gen->chat_err.code, "%s", s->gen->chat_err.msg);
+		gen_close(s->gen);
+		free(s);
+		return rc;
+	}
+	s->system = xstrdup(c->system ? c->system : "");
+	s->max_tokens = c->max_tokens ? c->max_tokens : 512;
+	s->fresh = true;
+	s->restart_next = false;
+	atomic_init(&s->cancel, false);
+	s->gen->cancel = &s->cancel;
+	s->gen->on_token = session_on_token;
+	s->gen->on_token_ud = s;
+	kv_cache_set_events(s->gen->kv, session_kv_event, s);
+	*out = s;
+	return KVS_OK;
+}
+
+static void session_forget_turns(struct session *s)
+{
+	for (uint32_t i = 0; i < s->n_turns; i++) {
+		free(s->turns[i].user);
+		free(s->turns[i].reply);
+	}
+	s->n_turns = 0;
+}
+
+void session_close(struct session *s)
+{
+	if (s == NULL)
+		return;
+	session_forget_turns(s);
+	free(s->turns);
+	free(s->reply);
+	free(s->system);
+	gen_close(s->gen);
+	free(s);
+}
+
+void session_set_hooks(struct session *s, const struct session_hooks *h)
+{
+	if (h != NULL)
+		s->hooks = *h;
+	else
+		memset(&s->hooks, 0, sizeof s->hooks);
+}
+
+void session_cancel(struct session *s)
+{
+	atomic_store(&s->cancel, true);
+}
+
+void session_reset(struct session *s)
+{
+	gen_reset(s->gen);
+	session_forget_turns(s);
+	s->fresh = true;
+	s->restart_next = false;
+}
+
+void session_set_system(struct session *s, const char *system)
+{
+	free(s->system);
+	s->system = xstrdup(system ? system : "");
+}
+
+const char *session_system(const struct session *s)
+{
+	return s->system;
+}
+
+void session_set_max_tokens(struct session *s, uint32_t n)
+{
+	s->max_tokens = n ? n : 512;
+}
+
+uint32_t session_n_turns(const struct session *s)
+{
+	return s->n_turns;
+}
+
+const struct session_turn *session_turn_at(const struct session *s, uint32_t i)
+{
+	return i < s->n_turns ? &s->turns[i] : NULL;
+}
+
+struct gen *session_gen(const struct session *s)
+{
+	return s->gen;
+}
+
+/* Feed the user part of an exchange: BOS and the system turn when the
+ * conversation is new, the message, the reply header. *n_fed counts them. */
+static int session_feed_user(struct session *s, const char *text, uint32_t *n_fed,
+                             struct err *e)
+{
+	struct gen *g = s->gen;
+	const struct vocab *v = g->model->vocab;
+	struct chat_prompt ps = { 0 }, pu = { 0 }, pa = { 0 };
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	int rc = KVS_OK;
+	uint32_t before = kv_cache_next_pos(g->kv);
+
+	if (s->fresh && s->system[0] != '\0')
+		chat_system(&g->chat, s->system, &ps);
+	chat_message(&g->chat, "user", text, &pu);
+	chat_generation_prompt(&g->chat, &pa);
+	bool bos = s->fresh && vocab_add_bos(v) && vocab_bos(v) >= 0;
+	/* the exchange's size, for eviction between turns */
+	rc = chat_tokenize(v, &ps, &ids, &n, &cap, e);
+	if (rc == KVS_OK)
+		rc = chat_tokenize(v, &pu, &ids, &n, &cap, e);
+	if (rc == KVS_OK)
+		rc = chat_tokenize(v, &pa, &ids, &n, &cap, e);
+	if (rc == KVS_OK)
+		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER, n + bos, e);
+	if (rc == KVS_OK && bos) {
+		int32_t b = vocab_bos(v);
+		gen_set_role(g, KV_ROLE_SYSTEM);
+		rc = gen_feed(g, &b, 1, e);
+	}
+	if (rc == KVS_OK && ps.n > 0)
+		rc = gen_feed_prompt(g, &ps, KV_ROLE_SYSTEM, e);
+	if (rc == KVS_OK)
+		rc = gen_feed_prompt(g, &pu, KV_ROLE_USER, e);
+	if (rc == KVS_OK)
+		rc = gen_feed_prompt(g, &pa, KV_ROLE_ASSISTANT, e);
+	free(ids);
+	chat_prompt_free(&ps);
+	chat_prompt_free(&pu);
+	chat_prompt_free(&pa);
+	*n_fed = (uint32_t)(kv_cache_next_pos(g->kv) - (int32_t)before);
+	return rc;
+}
+
+/* Sample the reply, then close the turn in the cache. */
+static int session_reply(struct session *s, struct session_turn *t, struct err *e)
+{
+	struct gen *g = s->gen;
+	struct chat_prompt p = { 0 };
+	int rc;
+
+	s->reply_len = 0;
+	session_on_text("", 0, s);
+	rc = gen_reply(g, s->max_tokens, session_on_text, s, &t->stop, &t->n_reply, e);
+	if (rc != KVS_OK)
+		return rc;
+	if (t->stop == GEN_STOP_CONTEXT) {
+		/* a cache that never evicts is full: the next exchange starts over */
+		s->restart_next = true;
+		return KVS_OK;
+	}
+	/* an end-of-turn token was fed already; otherwise close the turn */
+	if (t->stop == GEN_STOP_EOS)
+		chat_reply_end(&g->chat, &p);
+	else
+		chat_close(&g->chat, &p);
+	rc = gen_feed_prompt(g, &p, KV_ROLE_ASSISTANT, e);
+	chat_prompt_free(&p);
+	if (rc == KVS_ERANGE) {
+		/* the reply fitted, its closing markers do not */
+		s->restart_next = true;
+		rc = KVS_OK;
+	}
+	return rc;
+}
+
+int session_chat(struct session *s, const char *text, struct err *e)
+{
+	struct gen *g = s->gen;
+	struct session_turn t = { 0 };
+	struct timespec now;
+	double pre0 = g->prefill_ms + g->decode_ms, dec0;
+	int rc;
+
+	if (text == NULL || text[0] == '\0')
+		return err_set(e, KVS_EARG, "empty message: expected some text");
+	if (!utf8_valid((const uint8_t *)text, strlen(text)))
+		return err_set(e, KVS_EARG, "message is not valid UTF-8: expected UTF-8 text");
+	clock_gettime(CLOCK_REALTIME, &now);
+	t.started_unix = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+	t.index = s->n_turns;
+	if (s->hooks.turn_start != NULL)
+		s->hooks.turn_start(s->hooks.ud, t.index, text);
+
+	if (s->restart_next) {
+		gen_reset(g);
+		s->fresh = true;
+		s->restart_next = false;
+		t.restarted = true;
+	}
+	t.first_pos = kv_cache_next_pos(g->kv);
+	rc = session_feed_user(s, text, &t.n_prompt, e);
+	if (rc == KVS_ERANGE && !s->fresh) {
+		/* a cache that never evicts is full: start over with this exchange */
+		gen_reset(g);
+		s->fresh = true;
+		t.restarted = true;
+		t.first_pos = kv_cache_next_pos(g->kv);
+		pre0 = g->prefill_ms + g->decode_ms;
+		rc = session_feed_user(s, text, &t.n_prompt, e);
+	}
+	t.kv_turn = kv_cache_n(g->kv) ? kv_cache_toks(g->kv)[kv_cache_n(g->kv) - 1].turn : 0;
+	dec0 = g->prefill_ms + g->decode_ms;
+	t.prefill_ms = dec0 - pre0;
+	if (rc == KVS_OK) {
+		s->fresh = false;
+		rc = session_reply(s, &t, e);
+	}
+	t.decode_ms = g->prefill_ms + g->decode_ms - dec0;
+	if (rc != KVS_OK) {
+		/* never continue from a half-fed exchange */
+		gen_reset(g);
+		s->fresh = true;
+		s->restart_next = false;
+		return rc;
+	}
+	t.user = xstrdup(text);
+	t.reply = xstrdup(s->reply ? s->reply : "");
+	if (s->n_turns == s->cap_turns) {
+		s->cap_turns = s->cap_turns ? s->cap_turns * 2 : 16;
+		s->turns = xreallocarray(s->turns, s->cap_turns, sizeof *s->turns);
+	}
+	s->turns[s->n_turns++] = t;
+	if (s->hooks.turn_end != NULL)
+		s->hooks.turn_end(s->hooks.ud, &s->turns[s->n_turns - 1]);
+	return KVS_OK;
+}
