@@ -3,12 +3,14 @@
 #
 #   sh bench/kv-capture.sh KVSCOPE [RUNS] [TOKENS]
 #
-# Generates TOKENS tokens greedily (ignoring end of text) from the same
-# prompt RUNS times in each of four modes, alternating the modes run by run,
-# and prints the median decode tokens/s of each: policy full without capture
-# (the plain engine path through the KV cache), the same with a trace of
-# per-head summaries (--trace), with full attention rows (--trace-attn), and
-# SirLLM (per-token surprisal and entropy for its scores) without capture.
+# Generates TOKENS tokens greedily from the same prompt RUNS times in each
+# mode, alternating the modes run by run, and prints the median decode
+# tokens/s of each and its ratio to "off": policy full without capture (the
+# plain engine path through the KV cache), the same with a trace of per-head
+# summaries at every step (--trace) and at most every 33 ms (the workbench's
+# capture budget), with full attention rows at every step (--trace-attn) and
+# every 33 ms, and SirLLM (per-token surprisal and entropy for its scores)
+# without capture. One thread: the ratios are what matter on a noisy machine.
 set -eu
 bin=${1:?usage: kv-capture.sh KVSCOPE [RUNS] [TOKENS]}
 runs=${2:-5}
@@ -25,19 +27,23 @@ one() {
 	case $1 in
 	off) set -- ;;
 	summary) set -- --trace "$tmp/t.jsonl" ;;
+	summary33) set -- --trace "$tmp/t.jsonl" --trace-every 33 ;;
 	attn) set -- --trace "$tmp/t.jsonl" --trace-attn ;;
+	attn33) set -- --trace "$tmp/t.jsonl" --trace-attn --trace-every 33 ;;
 	sirllm) set -- --policy sirllm ;;
 	esac
-	"$bin" generate --temp 0 -n "$n" --ctx 1024 -p "$prompt" "$@" 2>&1 >/dev/null |
+	"$bin" generate --temp 0 -n "$n" --ctx 1024 -t 1 -p "$prompt" "$@" 2>&1 >/dev/null |
 		sed -n 's/.*generated [0-9]* tokens in [0-9]* ms (\([0-9.]*\) tok\/s).*/\1/p'
 }
 
 for r in $(seq "$runs"); do
-	for m in off summary attn sirllm; do
+	for m in off summary summary33 attn attn33 sirllm; do
 		one $m >>"$tmp/$m"
 	done
 done
-for m in off summary attn sirllm; do
+base=$(sort -n "$tmp/off" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+for m in off summary summary33 attn attn33 sirllm; do
 	med=$(sort -n "$tmp/$m" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-	printf '%-8s decode %6.1f tok/s (median of %s: %s)\n' "$m" "$med" "$runs" "$(tr '\n' ' ' <"$tmp/$m")"
+	printf '%-9s decode %6.1f tok/s, %.3f of off (median of %s: %s)\n' "$m" "$med" \
+		"$(echo "$med $base" | awk '{print $1 / $2}')" "$runs" "$(tr '\n' ' ' <"$tmp/$m")"
 done

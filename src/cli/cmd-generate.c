@@ -16,7 +16,7 @@ static int cmd_generate_exec(int argc, char **argv);
 const struct cli_cmd cmd_generate = {
 	"generate",
 	"[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] [--seed S] "
-	"[--raw] [--policy P] [--kv-budget N] [--trace FILE [--trace-attn]] [options]",
+	"[--raw] [--policy P] [--kv-budget N] [--trace FILE [--trace-attn] [--trace-every MS]] [options]",
 	"print the model's continuation of a prompt (one user turn in the chat template unless --raw)",
 	cmd_generate_exec,
 	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV | OPTG_TRACE,
@@ -69,8 +69,8 @@ static int cmd_generate_exec(int argc, char **argv)
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if (o.trace_attn && o.trace == NULL) {
-		rc = cli_usage(&cmd_generate, "--trace-attn needs --trace FILE");
+	if ((o.trace_attn || o.trace_every_ms) && o.trace == NULL) {
+		rc = cli_usage(&cmd_generate, "--trace-attn and --trace-every need --trace FILE");
 		goto out;
 	}
 	if (o.trace != NULL) {
@@ -81,6 +81,7 @@ static int cmd_generate_exec(int argc, char **argv)
 			goto out;
 		}
 		o.gen.kv.capture = o.trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
+		o.gen.kv.capture_interval_ms = o.trace_every_ms;
 	}
 	rc = cli_gen_open(&o, &g);
 	if (rc != CLI_OK)

@@ -216,6 +216,9 @@ static const struct cli_opt cli_opt_table[] = {
 	  "write KV-cache events (one JSON line per step, eviction, turn) to FILE" },
 	{ "trace-attn", 0, NULL, OPTG_TRACE, opt_flag, O(trace_attn), 0, 0,
 	  "include every step's attention rows (layer x head x cached tokens) in the trace" },
+	{ "trace-every", 0, "MS", OPTG_TRACE, opt_u32, O(trace_every_ms), 0, 60000,
+	  "at most one step event per MS milliseconds (default 0: every step; the workbench "
+	  "uses 33)" },
 	{ "lengths", 0, "LIST", OPTG_PASSKEY, opt_str, O(lengths), 0, 0,
 	  "passkey prompt lengths in tokens, e.g. 2k,4k,8k (default 2k,4k,8k,16k,32k)" },
 	{ "depths", 0, "LIST", OPTG_PASSKEY, opt_str, O(depths), 0, 0,

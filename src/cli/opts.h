@@ -30,6 +30,7 @@ struct cli_opts {
 	bool policy_given;
 	const char *trace;     /* generate --trace FILE */
 	bool trace_attn;       /* and the attention rows */
+	uint32_t trace_every_ms; /* at most one step event per this many ms (0: every step) */
 	const char *lengths;   /* eval passkey: "2k,4k,..." */
 	const char *depths;    /* eval passkey: "10,30,50,70,90" (percent) */
 	uint32_t samples;      /* eval passkey: per (length, depth) */

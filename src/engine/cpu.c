@@ -18,14 +18,18 @@
  * takes plain f32 dot products.
  *
  * KV cache: per layer K and V as (n_ctx, n_head_kv, head_dim), F16 or F32.
- * Keys are stored before RoPE. Each forward sorts the visible slots by
- * position (empty slots last) and brings the per-slot cos/sin table up to
- * date (a slot's entry is recomputed only when its position changed); per
- * layer it then rotates the visible keys into a transposed f32 scratch
- * (n_head_kv, head_dim, n_vis) and converts the values to f32 (n_head_kv,
- * n_vis, head_dim), both in position order. A query at position p attends
- * to the prefix of that order with positions <= p, and its scores against
- * 16 keys are 16-wide FMAs.
+ * Keys are stored twice: before RoPE (the exact source, for re-positioning
+ * and engine_kv_read) and rotated to the slot's current position (what
+ * attention reads, rounded to the cache type as llama.cpp's cache is). A
+ * forward first re-rotates, from the pre-RoPE keys, the visible slots whose
+ * position moved since their rotated keys were made (compaction), so a
+ * rotated key is always the pre-RoPE key rotated directly to its position.
+ * Each forward sorts the visible slots by position (empty slots last); a
+ * query at position p attends to the prefix of that order with positions
+ * <= p. A one-token batch (decode) reads keys and values in place, row by
+ * row; a larger batch first gathers them per layer into f32 scratch
+ * (transposed keys (n_head_kv, head_dim, n_vis), values (n_head_kv, n_vis,
+ * head_dim)) so its scores against 16 keys are 16-wide FMAs.
  *
  * Attention rule: query i at position p sees visible slot s when
  * 0 <= pos(s) <= p. A query that sees nothing gets a zero output.
@@ -70,8 +74,9 @@ struct cpu {
 	size_t kv_es;                 /* bytes per element: 2 or 4 */
 	uint64_t kv_row;              /* elements per slot per layer: n_head_kv * head_dim */
 	uint8_t **kc, **vc;           /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
-	float *slot_cs;               /* (n_ctx, n_rot): cos then sin of each slot's angles */
-	int32_t *slot_cs_pos;         /* (n_ctx) position slot_cs was made for, or -1 */
+	uint8_t **kr;                 /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
+	int32_t *kr_pos;              /* (n_ctx) position kr holds each slot rotated to, or -1 */
+	float *rcs;                   /* (n_threads, n_rot) angles for re-rotation */
 
 	/* scratch for one ubatch */
 	uint32_t cap;                 /* tokens */
@@ -88,6 +93,7 @@ struct cpu {
 	float *vf;                    /* (n_head_kv, vis_cap, head_dim) values */
 	int32_t *vpos;                /* (vis_cap) positions of the visible slots, sorted */
 	uint32_t *vorder;             /* (vis_cap) index into the batch's visible list, by position */
+	uint32_t *vslot;              /* (vis_cap) slot of each, by position */
 	uint32_t n_valid;             /* visible slots that hold a token (a prefix of vorder) */
 	float *scores;                /* (n_threads, KERN_ATT_Q, vis_cap) */
 	float *tmp;                   /* (n_threads, kmax) generic-path rows */
@@ -290,6 +296,7 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);
 	xfree_aligned(c->vorder);
+	xfree_aligned(c->vslot);
 	xfree_aligned(c->scores);
 	c->vis_cap = n;
 	size_t kv = (size_t)hp->n_head_kv * hp->head_dim * n;
@@ -297,6 +304,7 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 	c->vf = xmalloc_aligned(kv * sizeof(float));
 	c->vpos = xmalloc_aligned((size_t)n * sizeof(int32_t));
 	c->vorder = xmalloc_aligned((size_t)n * sizeof(uint32_t));
+	c->vslot = xmalloc_aligned((size_t)n * sizeof(uint32_t));
 	c->scores = xmalloc_aligned((size_t)pool_size(c->pool) * KERN_ATT_Q * n * sizeof(float));
 }
 
@@ -306,10 +314,10 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 {
 	const struct model *m = ctx->m;
 	const struct hparams *hp = &m->hp;
-	if (hp->head_dim % 16 != 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0 ||
-	    hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
+	if (hp->head_dim % 16 != 0 || hp->head_dim > KERN_ROW_MAX || hp->n_rot > hp->head_dim ||
+	    hp->n_rot % 2 != 0 || hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
 		return err_set(e, KVS_EUNSUPPORTED,
-		               "head_dim %u / n_rot %u / heads %u:%u: expected head_dim a multiple of 16, even n_rot <= head_dim, n_head a multiple of n_head_kv",
+		               "head_dim %u / n_rot %u / heads %u:%u: expected head_dim a multiple of 16 up to 256, even n_rot <= head_dim, n_head a multiple of n_head_kv",
 		               hp->head_dim, hp->n_rot, hp->n_head, hp->n_head_kv);
 	struct cpu *c = xcalloc(1, sizeof(*c));
 	c->m = m;
@@ -359,15 +367,17 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	c->kv_row = (uint64_t)hp->n_head_kv * hp->head_dim;
 	c->kc = xcalloc(hp->n_layer, sizeof(*c->kc));
 	c->vc = xcalloc(hp->n_layer, sizeof(*c->vc));
+	c->kr = xcalloc(hp->n_layer, sizeof(*c->kr));
 	for (uint32_t l = 0; l < hp->n_layer; l++) {
 		/* calloc: untouched slots cost no memory */
 		c->kc[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
 		c->vc[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+		c->kr[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
 	}
-	c->slot_cs = xmallocarray((size_t)ctx->cfg.n_ctx * KVS_MAX(hp->n_rot, 1u), sizeof(float));
-	c->slot_cs_pos = xmallocarray(ctx->cfg.n_ctx, sizeof(int32_t));
+	c->kr_pos = xmallocarray(ctx->cfg.n_ctx, sizeof(int32_t));
 	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
-		c->slot_cs_pos[s] = -1;
+		c->kr_pos[s] = -1;
+	c->rcs = xmallocarray((size_t)pool_size(c->pool) * KVS_MAX(hp->n_rot, 1u), sizeof(float));
 	c->kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff),
 	                  (uint64_t)hp->n_head * hp->head_dim);
 	int nth = pool_size(c->pool);
@@ -396,12 +406,14 @@ static void cpu_free(void *state)
 	for (uint32_t l = 0; c->kc && l < c->hp.n_layer; l++) {
 		free(c->kc[l]);
 		free(c->vc[l]);
+		free(c->kr[l]);
 	}
 	free(c->kc);
 	free(c->vc);
+	free(c->kr);
 	free(c->L);
-	free(c->slot_cs);
-	free(c->slot_cs_pos);
+	free(c->kr_pos);
+	free(c->rcs);
 	xfree_aligned(c->x);
 	xfree_aligned(c->xb);
 	xfree_aligned(c->q);
@@ -419,6 +431,7 @@ static void cpu_free(void *state)
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);
 	xfree_aligned(c->vorder);
+	xfree_aligned(c->vslot);
 	xfree_aligned(c->scores);
 	free(c->akv);
 	free(c->cap_cs);
@@ -552,26 +565,47 @@ static void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi)
 
 /* -------------------------------------------------------------- attention */
 
-/* Refresh the cos/sin table of the visible slots whose position moved. */
-static void cpu_slot_angles(struct cpu *c, const struct engine_batch *b, int ith, int nth)
-{
-	uint32_t lo, hi, nr = c->hp.n_rot;
-	cpu_share(b->n_visible, ith, nth, &lo, &hi);
-	for (uint32_t j = lo; j < hi; j++) {
-		uint32_t s = b->visible[j];
-		int32_t p = c->slot_pos[s];
-		if (p >= 0 && c->slot_cs_pos[s] != p) {
-			float *cs = c->slot_cs + (size_t)s * nr;
-			engine_rope_cos_sin(&c->hp, p, cs, cs + nr / 2);
-			c->slot_cs_pos[s] = p;
-		}
-	}
-}
-
 /* Rotate one head vector with the (cos, sin) table cs (n_rot floats). */
 static void cpu_rope(const struct cpu *c, float *x, const float *cs)
 {
 	c->ops->rope(x, cs, (int)c->hp.n_rot, c->hp.rope == ROPE_NEOX);
+}
+
+/* Store the f32 head vector x (head_dim) at dst, an element of the cache type. */
+static void cpu_kv_put(const struct cpu *c, const float *x, uint8_t *dst)
+{
+	if (c->kv_es == 2)
+		c->ops->f32_to_f16(x, (uint16_t *)dst, c->hp.head_dim);
+	else
+		memcpy(dst, x, c->hp.head_dim * sizeof(float));
+}
+
+/* Re-rotate, every layer, the keys of the visible slots whose position
+ * moved since their rotated keys were made, from the pre-RoPE keys. */
+static void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int nth)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t lo, hi, nr = hp->n_rot, hd = hp->head_dim;
+	float *cs = c->rcs + (size_t)ith * nr, kb[KERN_ROW_MAX];
+	cpu_share(b->n_visible, ith, nth, &lo, &hi);
+	for (uint32_t j = lo; j < hi; j++) {
+		uint32_t s = b->visible[j];
+		int32_t p = c->slot_pos[s];
+		if (p < 0 || c->kr_pos[s] == p)
+			continue;
+		engine_rope_cos_sin(hp, p, cs, cs + nr / 2);
+		for (uint32_t l = 0; l < hp->n_layer; l++)
+			for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+				uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+				if (c->kv_es == 2)
+					c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
+				else
+					memcpy(kb, c->kc[l] + off, hd * sizeof(float));
+				c->ops->rope(kb, cs, (int)nr, hp->rope == ROPE_NEOX);
+				cpu_kv_put(c, kb, c->kr[l] + off);
+			}
+		c->kr_pos[s] = p;
+	}
 }
 
 /* Order the visible slots by position, empty slots last, so that the keys a
@@ -596,6 +630,7 @@ static void cpu_sort_visible(struct cpu *c, const struct engine_batch *b)
 		for (uint32_t j = 0; j < nv; j++) {
 			c->vorder[j] = j;
 			c->vpos[j] = c->slot_pos[b->visible[j]];
+			c->vslot[j] = b->visible[j];
 		}
 		return;
 	}
@@ -620,32 +655,31 @@ static void cpu_sort_visible(struct cpu *c, const struct engine_batch *b)
 			c->vpos[k] = -1;
 			c->vorder[k++] = j;
 		}
+	for (uint32_t j = 0; j < nv; j++)
+		c->vslot[j] = b->visible[c->vorder[j]];
 }
 
-/* Gather the visible keys (rotated, transposed) and values of layer l, KV
- * heads [h0, h1), in position order. */
-static void cpu_gather_kv(struct cpu *c, const struct engine_batch *b, uint32_t l, uint32_t h0,
-                          uint32_t h1, int ith, int nth)
+/* Gather the visible rotated keys (transposed) and values of layer l, KV
+ * heads [h0, h1), in position order, as f32. */
+static void cpu_gather_kv(struct cpu *c, uint32_t l, uint32_t h0, uint32_t h1, int ith, int nth)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, vc = c->vis_cap;
 	uint32_t lo, hi;
 	cpu_share(c->n_valid, ith, nth, &lo, &hi);
-	float kbuf[1024];
+	float kbuf[KERN_ROW_MAX];
 	for (uint32_t k = lo; k < hi; k++) {
-		uint32_t s = b->visible[c->vorder[k]];
-		const float *cs = c->slot_cs + (size_t)s * hp->n_rot;
+		uint32_t s = c->vslot[k];
 		for (uint32_t h = h0; h < h1; h++) {
 			uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
 			float *vdst = c->vf + ((size_t)h * vc + k) * hd;
 			if (c->kv_es == 2) {
-				c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kbuf, hd);
+				c->ops->f16_to_f32((const uint16_t *)(c->kr[l] + off), kbuf, hd);
 				c->ops->f16_to_f32((const uint16_t *)(c->vc[l] + off), vdst, hd);
 			} else {
-				memcpy(kbuf, c->kc[l] + off, hd * sizeof(float));
+				memcpy(kbuf, c->kr[l] + off, hd * sizeof(float));
 				memcpy(vdst, c->vc[l] + off, hd * sizeof(float));
 			}
-			cpu_rope(c, kbuf, cs);
 			float *kt = c->krot + (size_t)h * hd * vc + k;
 			for (uint32_t d = 0; d < hd; d++)
 				kt[(size_t)d * vc] = kbuf[d];
@@ -803,8 +837,14 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		memset(out, 0, (size_t)nq * hd * sizeof(float));
 		return;
 	}
-	c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
-	                   hp->attn_scale, sc, vc);
+	bool direct = jb->n == 1; /* decode: keys and values in place */
+	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+	if (direct)
+		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, (int64_t)c->kv_row,
+		                        c->kv_es == 2, c->vslot, m, hp->attn_scale, sc, vc);
+	else
+		c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
+		                   hp->attn_scale, sc, vc);
 	uint8_t *mk = NULL;
 	bool masked = false;
 	if ((b->dist_cap > 0 && b->n_global > 0) || b->n_local > 0) {
@@ -833,7 +873,11 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 			inv[r] = 1.0f / c->ops->exp_sum(sr, m, mx);
 		}
 	}
-	c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
+	if (direct)
+		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row,
+		                    c->kv_es == 2, c->vslot, m, (int)hd, out);
+	else
+		c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
 	for (uint32_t r = 0; r < nq; r++) {
 		for (uint32_t d = 0; d < hd; d++)
 			out[(size_t)r * hd + d] *= inv[r];
@@ -878,8 +922,15 @@ static void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 		memcpy(kd, k, nkv * sizeof(float));
 		memcpy(vd, v, nkv * sizeof(float));
 	}
+	const float *cs = c->tok_cs + (size_t)i * hp->n_rot;
+	uint8_t *kr = c->kr[l] + (uint64_t)s * c->kv_row * c->kv_es;
+	for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+		/* k is scratch now: rotate it in place into the rotated cache */
+		cpu_rope(c, k + (size_t)h * hd, cs);
+		cpu_kv_put(c, k + (size_t)h * hd, kr + (uint64_t)h * hd * c->kv_es);
+	}
 	for (uint32_t h = 0; h < hp->n_head; h++)
-		cpu_rope(c, q + (size_t)h * hd, c->tok_cs + (size_t)i * hp->n_rot);
+		cpu_rope(c, q + (size_t)h * hd, cs);
 }
 
 /* Attention items [i0, i1) of the ubatch; an item is a token and up to
@@ -903,13 +954,12 @@ static void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32
  * barriers, and a barrier costs a whole time slice when another process has
  * taken the core of a thread it waits for. So there each thread normalises
  * and quantises the (single) row itself into its own buffers instead of
- * sharing one, and gathers only the KV heads it attends with: 6 barriers per
- * layer instead of 10.
+ * sharing one, and reads in place only the KV heads it attends with: 6
+ * barriers per layer instead of 10.
  */
 static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
-	const struct engine_batch *b = jb->b;
 	const struct hparams *hp = &c->hp;
 	const struct cpu_layer *L = &c->L[l];
 	uint32_t n = jb->n, ne = hp->n_embd, hd = hp->head_dim;
@@ -946,15 +996,13 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	uint32_t ilo, ihi;
 	cpu_share(n * hp->n_head_kv * per_kv, ith, nth, &ilo, &ihi);
 	if (solo) {
-		/* whole KV heads per thread: gather just those heads */
+		/* whole KV heads per thread, read in place (cpu_attend) */
 		uint32_t g0, g1;
 		cpu_share(hp->n_head_kv, ith, nth, &g0, &g1);
 		ilo = g0 * per_kv;
 		ihi = g1 * per_kv;
-		if (g1 > g0)
-			cpu_gather_kv(c, b, l, g0, g1, 0, 1);
-	} else {
-		cpu_gather_kv(c, b, l, 0, hp->n_head_kv, ith, nth);
+	} else if (n > 1) {
+		cpu_gather_kv(c, l, 0, hp->n_head_kv, ith, nth);
 		pool_barrier(c->pool);
 	}
 	cpu_attend_items(jb, l, ilo, ihi, ith);
@@ -1073,7 +1121,7 @@ static void cpu_fwd_thread(void *arg, int ith, int nth)
 		float *cs = c->tok_cs + (size_t)i * hp->n_rot;
 		engine_rope_cos_sin(hp, b->pos[jb->t0 + i], cs, cs + hp->n_rot / 2);
 	}
-	cpu_slot_angles(c, b, ith, nth);
+	cpu_refresh_keys(c, b, ith, nth);
 	pool_barrier(c->pool);
 	for (uint32_t l = 0; l < hp->n_layer; l++)
 		cpu_fwd_layer(jb, l, ith, nth);
@@ -1090,6 +1138,9 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	if (b->want_surprisal && b->logits != ENGINE_LOGITS_ALL && c->lm == NULL)
 		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
 	cpu_sort_visible(c, b);
+	/* the batch's own rotated keys are written as its layers run */
+	for (uint32_t i = 0; i < b->n_tokens; i++)
+		c->kr_pos[b->slot[i]] = b->pos[i];
 	int nthreads = pool_size(c->pool);
 	size_t akv_per = (size_t)c->hp.n_layer * c->hp.n_head_kv;
 	if (out->attn_kv != NULL) {
@@ -1169,8 +1220,9 @@ static void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, u
 		for (uint32_t l = 0; l < c->hp.n_layer; l++) {
 			memcpy(c->kc[l] + dst[i] * row, c->kc[l] + src[i] * row, row);
 			memcpy(c->vc[l] + dst[i] * row, c->vc[l] + src[i] * row, row);
+			memcpy(c->kr[l] + dst[i] * row, c->kr[l] + src[i] * row, row);
 		}
-		c->slot_cs_pos[dst[i]] = -1;
+		c->kr_pos[dst[i]] = c->kr_pos[src[i]];
 	}
 }
 

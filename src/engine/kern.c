@@ -300,6 +300,48 @@ static void sc_rmsnorm(const float *x, const float *w, float *out, int64_t n, fl
 		out[i] = x[i] * scale * w[i];
 }
 
+/* Row k of a KV table as f32 (into buf when it must be converted). */
+static const float *sc_kv_row(const void *base, int64_t stride, bool half, uint32_t row, int hd,
+                              float *buf)
+{
+	if (!half)
+		return (const float *)base + (int64_t)row * stride;
+	sc_f16_to_f32((const uint16_t *)base + (int64_t)row * stride, buf, hd);
+	return buf;
+}
+
+static void sc_att_scores_rows(const float *q, int nq, int hd, const void *base, int64_t stride,
+                               bool half, const uint32_t *rows, int64_t m, float scale, float *s,
+                               int64_t lds)
+{
+	float buf[KERN_ROW_MAX];
+	for (int64_t k = 0; k < m; k++) {
+		const float *kr = sc_kv_row(base, stride, half, rows[k], hd, buf);
+		for (int r = 0; r < nq; r++) {
+			float acc = 0;
+			for (int d = 0; d < hd; d++)
+				acc += q[r * hd + d] * kr[d];
+			s[r * lds + k] = scale * acc;
+		}
+	}
+}
+
+static void sc_att_pv_rows(const float *p, int nq, int64_t lds, const void *base, int64_t stride,
+                           bool half, const uint32_t *rows, int64_t m, int hd, float *out)
+{
+	float buf[KERN_ROW_MAX];
+	for (int i = 0; i < nq * hd; i++)
+		out[i] = 0;
+	for (int64_t k = 0; k < m; k++) {
+		const float *vr = sc_kv_row(base, stride, half, rows[k], hd, buf);
+		for (int r = 0; r < nq; r++) {
+			float pk = p[r * lds + k];
+			for (int d = 0; d < hd; d++)
+				out[r * hd + d] += pk * vr[d];
+		}
+	}
+}
+
 /* ====================================================================
  * AVX2 (8 rows per register: a 16-row group is two halves)
  * ==================================================================== */
@@ -504,6 +546,55 @@ T_AVX2 static void av2_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
 		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
 	for (; i < n; i++)
 		dst[i] = dtype_f16_to_f32(src[i]);
+}
+
+/* 8 values of a KV row from element d. */
+INLINE T_AVX2 __m256 av2_kv8(const void *row, bool half, int d)
+{
+	if (half)
+		return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d)));
+	return _mm256_loadu_ps((const float *)row + d);
+}
+
+T_AVX2 static void av2_att_scores_rows(const float *q, int nq, int hd, const void *base,
+                                       int64_t stride, bool half, const uint32_t *rows, int64_t m,
+                                       float scale, float *s, int64_t lds)
+{
+	size_t es = half ? 2 : 4;
+	for (int64_t k = 0; k < m; k++) {
+		const uint8_t *row = (const uint8_t *)base + (size_t)rows[k] * stride * es;
+		if (k + 1 < m)
+			_mm_prefetch((const char *)base + (size_t)rows[k + 1] * stride * es, _MM_HINT_T0);
+		__m256 acc[KERN_ATT_Q];
+		for (int r = 0; r < nq; r++)
+			acc[r] = _mm256_setzero_ps();
+		for (int d = 0; d < hd; d += 8) {
+			__m256 kv = av2_kv8(row, half, d);
+			for (int r = 0; r < nq; r++)
+				acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * hd + d), kv, acc[r]);
+		}
+		for (int r = 0; r < nq; r++)
+			s[r * lds + k] = scale * av2_hsum(acc[r]);
+	}
+}
+
+T_AVX2 static void av2_att_pv_rows(const float *p, int nq, int64_t lds, const void *base,
+                                   int64_t stride, bool half, const uint32_t *rows, int64_t m,
+                                   int hd, float *out)
+{
+	size_t es = half ? 2 : 4;
+	for (int d = 0; d < hd; d += 8) {
+		__m256 acc[KERN_ATT_Q];
+		for (int r = 0; r < nq; r++)
+			acc[r] = _mm256_setzero_ps();
+		for (int64_t k = 0; k < m; k++) {
+			__m256 v = av2_kv8((const uint8_t *)base + (size_t)rows[k] * stride * es, half, d);
+			for (int r = 0; r < nq; r++)
+				acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[r * lds + k]), v, acc[r]);
+		}
+		for (int r = 0; r < nq; r++)
+			_mm256_storeu_ps(out + r * hd + d, acc[r]);
+	}
 }
 
 T_AVX2 static void av2_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
@@ -820,6 +911,119 @@ T_AVX512 static void a512_att_pv(const float *p, int nq, int64_t lds, const floa
 	}
 }
 
+/* 16 values of a KV row from element d. */
+INLINE T_AVX512 __m512 a512_kv16(const void *row, bool half, int d)
+{
+	if (half)
+		return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + d)));
+	return _mm512_loadu_ps((const float *)row + d);
+}
+
+/*
+ * Decode attention straight from the KV table. Rows are visited once each
+ * (a second pass over a long context would miss the caches again), in
+ * blocks of 64 head elements with up to 4 query heads at a time, so that
+ * the queries or the accumulators of a block stay in registers: NR is a
+ * compile-time count after the switch in the callers.
+ */
+#define A512_PF 8 /* rows to prefetch ahead */
+
+INLINE T_AVX512 void a512_scores_blk(const float *q, int hd, int d0, const uint8_t *base,
+                                     size_t row_bytes, bool half, const uint32_t *rows, int64_t m,
+                                     float scale, float *s, int64_t lds, int NR, bool first)
+{
+	__m512 qv[4][4];
+	for (int r = 0; r < NR; r++)
+		for (int c = 0; c < 4; c++)
+			qv[r][c] = _mm512_loadu_ps(q + r * hd + d0 + 16 * c);
+	for (int64_t k = 0; k < m; k++) {
+		const uint8_t *row = base + (size_t)rows[k] * row_bytes;
+		if (k + A512_PF < m)
+			_mm_prefetch((const char *)base + (size_t)rows[k + A512_PF] * row_bytes, _MM_HINT_T0);
+		__m512 kv[4];
+		for (int c = 0; c < 4; c++)
+			kv[c] = a512_kv16(row, half, d0 + 16 * c);
+		for (int r = 0; r < NR; r++) {
+			__m512 acc = _mm512_mul_ps(qv[r][0], kv[0]);
+			for (int c = 1; c < 4; c++)
+				acc = _mm512_fmadd_ps(qv[r][c], kv[c], acc);
+			float v = scale * _mm512_reduce_add_ps(acc);
+			s[r * lds + k] = first ? v : s[r * lds + k] + v;
+		}
+	}
+}
+
+INLINE T_AVX512 void a512_pv_blk(const float *p, int64_t lds, const uint8_t *base,
+                                 size_t row_bytes, bool half, const uint32_t *rows, int64_t m,
+                                 int d0, int hd, float *out, int NR)
+{
+	__m512 acc[4][4];
+	for (int r = 0; r < NR; r++)
+		for (int c = 0; c < 4; c++)
+			acc[r][c] = _mm512_setzero_ps();
+	for (int64_t k = 0; k < m; k++) {
+		const uint8_t *row = base + (size_t)rows[k] * row_bytes;
+		if (k + A512_PF < m)
+			_mm_prefetch((const char *)base + (size_t)rows[k + A512_PF] * row_bytes, _MM_HINT_T0);
+		__m512 v[4];
+		for (int c = 0; c < 4; c++)
+			v[c] = a512_kv16(row, half, d0 + 16 * c);
+		for (int r = 0; r < NR; r++) {
+			__m512 pk = _mm512_set1_ps(p[r * lds + k]);
+			for (int c = 0; c < 4; c++)
+				acc[r][c] = _mm512_fmadd_ps(pk, v[c], acc[r][c]);
+		}
+	}
+	for (int r = 0; r < NR; r++)
+		for (int c = 0; c < 4; c++)
+			_mm512_storeu_ps(out + r * hd + d0 + 16 * c, acc[r][c]);
+}
+
+T_AVX512 static void a512_att_scores_rows(const float *q, int nq, int hd, const void *base,
+                                          int64_t stride, bool half, const uint32_t *rows,
+                                          int64_t m, float scale, float *s, int64_t lds)
+{
+	size_t rb = (size_t)stride * (half ? 2 : 4);
+	if (hd % 64 != 0) {
+		sc_att_scores_rows(q, nq, hd, base, stride, half, rows, m, scale, s, lds);
+		return;
+	}
+	for (int r0 = 0; r0 < nq; r0 += 4)
+		for (int d0 = 0; d0 < hd; d0 += 64) {
+			const float *qr = q + r0 * hd;
+			float *sr = s + r0 * lds;
+			bool first = d0 == 0;
+			switch (KVS_MIN(4, nq - r0)) {
+			case 1: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 1, first); break;
+			case 2: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 2, first); break;
+			case 3: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 3, first); break;
+			default: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 4, first); break;
+			}
+		}
+}
+
+T_AVX512 static void a512_att_pv_rows(const float *p, int nq, int64_t lds, const void *base,
+                                      int64_t stride, bool half, const uint32_t *rows, int64_t m,
+                                      int hd, float *out)
+{
+	size_t rb = (size_t)stride * (half ? 2 : 4);
+	if (hd % 64 != 0) {
+		sc_att_pv_rows(p, nq, lds, base, stride, half, rows, m, hd, out);
+		return;
+	}
+	for (int r0 = 0; r0 < nq; r0 += 4)
+		for (int d0 = 0; d0 < hd; d0 += 64) {
+			const float *pr = p + r0 * lds;
+			float *o = out + r0 * hd;
+			switch (KVS_MIN(4, nq - r0)) {
+			case 1: a512_pv_blk(pr, lds, base, rb, half, rows, m, d0, hd, o, 1); break;
+			case 2: a512_pv_blk(pr, lds, base, rb, half, rows, m, d0, hd, o, 2); break;
+			case 3: a512_pv_blk(pr, lds, base, rb, half, rows, m, d0, hd, o, 3); break;
+			default: a512_pv_blk(pr, lds, base, rb, half, rows, m, d0, hd, o, 4); break;
+			}
+		}
+}
+
 T_AVX512 static float a512_exp_sum(float *x, int64_t n, float mx)
 {
 	__m512 vm = _mm512_set1_ps(mx), sum = _mm512_setzero_ps();
@@ -902,14 +1106,15 @@ T_AVX512 static void a512_rope(float *x, const float *cs, int n_rot, bool neox)
 
 static const struct kern_ops kern_levels[] = {
 	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_axpy_f32,
-	  sc_f16_to_f32, sc_f32_to_f16, sc_att_scores, sc_att_pv, sc_exp_sum, sc_swiglu,
-	  sc_rmsnorm, sc_rope },
+	  sc_f16_to_f32, sc_f32_to_f16, sc_att_scores, sc_att_pv, sc_att_scores_rows,
+	  sc_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
 	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_axpy_f32,
-	  av2_f16_to_f32, av2_f32_to_f16, sc_att_scores, sc_att_pv, sc_exp_sum, sc_swiglu,
-	  sc_rmsnorm, sc_rope },
+	  av2_f16_to_f32, av2_f32_to_f16, sc_att_scores, sc_att_pv, av2_att_scores_rows,
+	  av2_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
 	{ KERN_AVX512, "avx512-vnni", a512_quant_row, a512_gemm_packed, a512_dot_f32,
 	  a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
-	  a512_exp_sum, a512_swiglu, a512_rmsnorm, a512_rope },
+	  a512_att_scores_rows, a512_att_pv_rows, a512_exp_sum, a512_swiglu, a512_rmsnorm,
+	  a512_rope },
 };
 
 enum kern_level kern_cpu_level(void)

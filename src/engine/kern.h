@@ -87,6 +87,14 @@ struct kern_ops {
 	/* out (nq, hd) = p (nq, m; row stride lds) times v (m, hd). */
 	void (*att_pv)(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
 	               float *out);
+	/* The same two steps reading keys and values in place from a KV table:
+	 * key or value k is the row rows[k], at base + rows[k] * stride
+	 * elements (f16 when half, else f32; hd % 16 == 0, hd <= KERN_ROW_MAX). */
+	void (*att_scores_rows)(const float *q, int nq, int hd, const void *base, int64_t stride,
+	                        bool half, const uint32_t *rows, int64_t m, float scale, float *s,
+	                        int64_t lds);
+	void (*att_pv_rows)(const float *p, int nq, int64_t lds, const void *base, int64_t stride,
+	                    bool half, const uint32_t *rows, int64_t m, int hd, float *out);
 	/* x[i] = exp(x[i] - mx) for i < n; returns their sum. */
 	float (*exp_sum)(float *x, int64_t n, float mx);
 	/* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]. */
@@ -101,6 +109,7 @@ struct kern_ops {
 };
 
 #define KERN_ATT_Q 8 /* queries per att_scores / att_pv call */
+#define KERN_ROW_MAX 256 /* longest head for the *_rows kernels */
 
 /* The kernels of a level, clamped to what this CPU supports (AVX-512 needs
  * F, BW, VL and VNNI; AVX2 needs FMA and F16C too). */

@@ -80,7 +80,8 @@ for line in open(sys.argv[1]):
                 assert len(row) == ev["n_cached"] and abs(sum(row) - 1) < 1e-3, sum(row)
 ' "$tmp/a.jsonl" || fail "attention rows do not sum to 1"
 fi
-expect_bad 2 "needs --trace" "$bin" generate --prompt hi --trace-attn
+expect_bad 2 "need --trace FILE" "$bin" generate --prompt hi --trace-attn
+expect_bad 2 "need --trace FILE" "$bin" generate --prompt hi --trace-every 33
 
 # the evals: deterministic, JSON last
 for i in 1 2; do
