@@ -158,6 +158,16 @@ void session_set_hooks(struct session *s, const struct session_hooks *h);
  * success the turn is session_turn_at(s, session_n_turns(s) - 1). On a
  * failure the conversation starts over (the cache is cleared). */
 int session_chat(struct session *s, const char *text, struct err *e);
+/* Feed the user part of an exchange (the system turn first in a new
+ * conversation, the message, the reply header) without replying; extra
+ * counts the tokens the caller feeds after it in the same turn, so that
+ * eviction makes room once. Not recorded in the history. */
+int session_prompt(struct session *s, const char *text, uint32_t extra, struct err *e);
+/* Feed text (plain tokenization, no control tokens) as role. */
+int session_feed_text(struct session *s, const char *text, enum kv_role role, struct err *e);
+/* Close a reply fed by hand: what follows the end-of-turn token when it was
+ * fed (eot_fed), else the closing marker and what follows it. */
+int session_end_reply(struct session *s, bool eot_fed, struct err *e);
 /* Stop the reply in progress (any thread; the turn ends with stop "user"). */
 void session_cancel(struct session *s);
 /* Forget the conversation: empty cache, no turns. */

@@ -183,8 +183,8 @@ struct gen *session_gen(const struct session *s)
 
 /* Feed the user part of an exchange: BOS and the system turn when the
  * conversation is new, the message, the reply header. *n_fed counts them. */
-static int session_feed_user(struct session *s, const char *text, uint32_t *n_fed,
-                             struct err *e)
+static int session_feed_user(struct session *s, const char *text, uint32_t extra,
+                             uint32_t *n_fed, struct err *e)
 {
 	struct gen *g = s->gen;
 	const struct vocab *v = g->model->vocab;
@@ -206,7 +206,7 @@ static int session_feed_user(struct session *s, const char *text, uint32_t *n_fe
 	if (rc == KVS_OK)
 		rc = chat_tokenize(v, &pa, &ids, &n, &cap, e);
 	if (rc == KVS_OK)
-		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER, n + bos, e);
+		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER, n + bos + extra, e);
 	if (rc == KVS_OK && bos) {
 		int32_t b = vocab_bos(v);
 		gen_set_role(g, KV_ROLE_SYSTEM);
@@ -283,7 +283,7 @@ int session_chat(struct session *s, const char *text, struct err *e)
 		t.restarted = true;
 	}
 	t.first_pos = kv_cache_next_pos(g->kv);
-	rc = session_feed_user(s, text, &t.n_prompt, e);
+	rc = session_feed_user(s, text, 0, &t.n_prompt, e);
 	if (rc == KVS_ERANGE && !s->fresh) {
 		/* a cache that never evicts is full: start over with this exchange */
 		gen_reset(g);
@@ -291,7 +291,7 @@ int session_chat(struct session *s, const char *text, struct err *e)
 		t.restarted = true;
 		t.first_pos = kv_cache_next_pos(g->kv);
 		pre0 = g->prefill_ms + g->decode_ms;
-		rc = session_feed_user(s, text, &t.n_prompt, e);
+		rc = session_feed_user(s, text, 0, &t.n_prompt, e);
 	}
 	t.kv_turn = kv_cache_n(g->kv) ? kv_cache_toks(g->kv)[kv_cache_n(g->kv) - 1].turn : 0;
 	dec0 = g->prefill_ms + g->decode_ms;
@@ -318,4 +318,61 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	if (s->hooks.turn_end != NULL)
 		s->hooks.turn_end(s->hooks.ud, &s->turns[s->n_turns - 1]);
 	return KVS_OK;
+}
+
+int session_prompt(struct session *s, const char *text, uint32_t extra, struct err *e)
+{
+	uint32_t n_fed;
+	int rc;
+
+	if (text == NULL || !utf8_valid((const uint8_t *)text, strlen(text)))
+		return err_set(e, KVS_EARG, "message is not valid UTF-8: expected UTF-8 text");
+	if (s->restart_next) {
+		gen_reset(s->gen);
+		s->fresh = true;
+		s->restart_next = false;
+	}
+	rc = session_feed_user(s, text, extra, &n_fed, e);
+	if (rc != KVS_OK) {
+		gen_reset(s->gen);
+		s->fresh = true;
+		return rc;
+	}
+	s->fresh = false;
+	return KVS_OK;
+}
+
+int session_feed_text(struct session *s, const char *text, enum kv_role role, struct err *e)
+{
+	struct gen *g = s->gen;
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	int rc;
+
+	if (text == NULL || !utf8_valid((const uint8_t *)text, strlen(text)))
+		return err_set(e, KVS_EARG, "text is not valid UTF-8: expected UTF-8 text");
+	rc = vocab_tokenize(g->model->vocab, text, strlen(text), false, false, &ids, &n, &cap, e);
+	if (rc == KVS_OK && n > 0) {
+		gen_set_role(g, role);
+		rc = gen_feed(g, ids, n, e);
+	}
+	free(ids);
+	if (rc == KVS_OK)
+		s->fresh = false;
+	return rc;
+}
+
+int session_end_reply(struct session *s, bool eot_fed, struct err *e)
+{
+	struct gen *g = s->gen;
+	struct chat_prompt p = { 0 };
+	int rc;
+
+	if (eot_fed)
+		chat_reply_end(&g->chat, &p);
+	else
+		chat_close(&g->chat, &p);
+	rc = gen_feed_prompt(g, &p, KV_ROLE_ASSISTANT, e);
+	chat_prompt_free(&p);
+	return rc;
 }

@@ -29,6 +29,7 @@ enum opt_group {
 	OPTG_EVAL = 1u << 11,   /* --format, --seed, --json */
 	OPTG_PASSKEY = 1u << 12, /* --lengths, --depths, --samples */
 	OPTG_RPS = 1u << 13,    /* --rounds, --dominant */
+	OPTG_RUN = 1u << 14,    /* --plugin, --timeout, --hook-ms, --mem-cap, --results, --api-doc */
 };
 
 
@@ -59,6 +60,7 @@ extern const struct cli_cmd cmd_generate;
 extern const struct cli_cmd cmd_logits;
 extern const struct cli_cmd cmd_model_info;
 extern const struct cli_cmd cmd_perplexity;
+extern const struct cli_cmd cmd_run;
 extern const struct cli_cmd cmd_tokenize;
 
 #endif

@@ -151,6 +151,31 @@ static int opt_token_stats(struct cli_opts *o, const char *arg, const struct cli
 	return err_set(e, KVS_EARG, "--%s: '%s', expected auto, on or off", opt->name, arg);
 }
 
+/* --plugin FILE, repeatable. */
+static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	if (o->n_plugins == (int)KVS_ARRAY_LEN(o->plugins))
+		return err_set(e, KVS_EARG, "--%s: at most %zu plugins", opt->name,
+		               KVS_ARRAY_LEN(o->plugins));
+	o->plugins[o->n_plugins++] = arg;
+	return KVS_OK;
+}
+
+/* A finite number in [lo, hi] into the double at off. */
+static int opt_f64(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(arg, &end);
+	if (arg[0] == '\0' || *end != '\0' || errno != 0 || !(v >= opt->lo && v <= opt->hi))
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a number in %g..%g", opt->name, arg,
+		               opt->lo, opt->hi);
+	*(double *)((char *)o + opt->off) = v;
+	return KVS_OK;
+}
+
 #define O(f) offsetof(struct cli_opts, f)
 #define OG(f) offsetof(struct cli_opts, gen.f)
 
@@ -233,6 +258,18 @@ static const struct cli_opt cli_opt_table[] = {
 	  "prompt format: chat template (default) or raw text" },
 	{ "seed", 's', "S", OPTG_EVAL, opt_u32, O(eval_seed), 0, 4294967295.0,
 	  "seed of the eval's generator (default 1)" },
+	{ "plugin", 0, "FILE", OPTG_RUN, opt_plugin, 0, 0, 0,
+	  "load a Lua plugin before the script (repeatable)" },
+	{ "timeout", 0, "SEC", OPTG_RUN, opt_f64, O(timeout_s), 0, 1e7,
+	  "stop the script after SEC seconds of wall time (default 0: no limit)" },
+	{ "hook-ms", 0, "MS", OPTG_RUN, opt_f64, O(hook_ms), 1, 60000,
+	  "deadline of one hook, command, timer or policy call (default 50)" },
+	{ "mem-cap", 0, "MIB", OPTG_RUN, opt_u32, O(mem_cap_mib), 1, 65536,
+	  "memory cap of each Lua state in MiB (default 64)" },
+	{ "results", 0, "DIR", OPTG_RUN, opt_str, O(results), 0, 0,
+	  "directory kvscope.write writes under (default results)" },
+	{ "api-doc", 0, NULL, OPTG_RUN, opt_flag, O(api_doc), 0, 0,
+	  "print the Lua API reference (doc/lua-api.md) and exit" },
 };
 
 void cli_opts_default(struct cli_opts *o)
@@ -282,6 +319,7 @@ int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **ar
 
 		if (opts_done || a[0] != '-' || a[1] == '\0') {
 			o->args[o->n_args++] = argv[i];
+			opts_done |= o->stop_at_arg;
 			continue;
 		}
 		if (strcmp(a, "--") == 0) {

@@ -38,6 +38,14 @@ struct cli_opts {
 	const char *dominant;  /* eval rps: rock, paper or scissors */
 	const char *format;    /* eval: chat or raw */
 	uint32_t eval_seed;
+	const char *plugins[16]; /* run --plugin FILE (repeatable) */
+	int n_plugins;
+	double timeout_s;      /* run: the script's deadline (0: none) */
+	double hook_ms;        /* run: a hook's deadline */
+	uint32_t mem_cap_mib;  /* run: per plugin */
+	const char *results;   /* run: kvscope.write's directory */
+	bool api_doc;          /* run --api-doc */
+	bool stop_at_arg;      /* options end at the first positional argument (run) */
 	char **args;           /* positional arguments */
 	int n_args;
 };

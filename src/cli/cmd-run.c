@@ -1,0 +1,114 @@
+/*
+ * cmd-run.c: `kvscope run SCRIPT.lua [ARGS...]`, a Lua experiment script
+ * without the TUI (doc/lua.md). The options before the script set the
+ * defaults of the sessions it opens (model, engine, sampler, KV) and the
+ * runtime's budgets; everything after the script is its kvscope.args.
+ * print goes to stdout, kvscope.log, plugin errors and notices to stderr.
+ * A script name without a '/' that is not a file here is looked up in the
+ * bundled sessions/ folder.
+ */
+#include "cli/opts.h"
+#include "script/script.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int cmd_run_exec(int argc, char **argv);
+
+const struct cli_cmd cmd_run = {
+	"run",
+	"[--plugin FILE]... [--timeout SEC] [--model PATH] [options] SCRIPT.lua [ARGS...] | --api-doc",
+	"run a Lua experiment script headless (sessions/ holds the bundled ones)",
+	cmd_run_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN,
+};
+
+/* Plugin messages go to stderr, one line per message line. */
+static void run_notify(void *ud, const char *plugin, const char *msg)
+{
+	(void)ud;
+	fprintf(stderr, "kvscope: %s%s%s\n", plugin ? "plugin " : "", plugin ? plugin : "",
+	        plugin ? ": " : "");
+	fprintf(stderr, "%s\n", msg);
+}
+
+/* The script's path: as given, else sessions/NAME[.lua] in the data folder. */
+static char *run_script_path(const char *arg)
+{
+	struct stat st;
+	if (stat(arg, &st) == 0 || strchr(arg, '/') != NULL)
+		return xstrdup(arg);
+	char *dir = script_data_dir();
+	size_t n = strlen(arg);
+	char *p = xasprintf("%s/sessions/%s%s", dir, arg,
+	                    n > 4 && strcmp(arg + n - 4, ".lua") == 0 ? "" : ".lua");
+	free(dir);
+	if (stat(p, &st) == 0)
+		return p;
+	free(p);
+	return xstrdup(arg);
+}
+
+static int cmd_run_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct script_config c;
+	struct script_rt *rt = NULL;
+	struct err e;
+	char *model = NULL, *path = NULL;
+	int rc;
+
+	cli_opts_default(&o);
+	o.stop_at_arg = true;
+	o.hook_ms = 50;
+	o.mem_cap_mib = 64;
+	rc = cli_opts_parse(&cmd_run, cmd_run.options, argc, argv, &o);
+	if (rc != CLI_OK)
+		goto out;
+	if (o.api_doc) {
+		rc = script_api_doc(stdout, &e) == KVS_OK ? CLI_OK : cli_fail(&e);
+		goto out;
+	}
+	if (o.n_args < 1) {
+		rc = cli_usage(&cmd_run, "expected a script: kvscope run SCRIPT.lua [ARGS...]");
+		goto out;
+	}
+	script_config_default(&c);
+	c.gen = o.gen;
+	model = cli_model_path(o.gen.model_path);
+	c.gen.model_path = model;
+	c.system = o.system;
+	c.max_tokens = o.max_tokens;
+	c.mem_cap = (size_t)o.mem_cap_mib << 20;
+	c.hook_ms = o.hook_ms;
+	c.script_ms = o.timeout_s * 1000.0;
+	if (o.results != NULL)
+		c.results_dir = o.results;
+	c.headless = true;
+	c.notify = run_notify;
+	if (script_rt_new(&rt, &c, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
+	}
+	for (int i = 0; i < o.n_plugins; i++)
+		if (script_load(rt, o.plugins[i], &e) != KVS_OK) {
+			rc = cli_fail(&e);
+			goto out;
+		}
+	path = run_script_path(o.args[0]);
+	if (script_run(rt, path, o.n_args - 1, o.args + 1, &e) != KVS_OK) {
+		fflush(stdout);
+		rc = cli_fail(&e);
+		goto out;
+	}
+	rc = CLI_OK;
+out:
+	fflush(stdout);
+	script_rt_free(rt);
+	free(model);
+	free(path);
+	cli_opts_free(&o);
+	return rc;
+}

@@ -1,0 +1,1220 @@
+/*
+ * script.c: the Lua runtime: plugin states, the sandbox, budgets, dispatch,
+ * timers, commands, views and logs.
+ *
+ * One lua_State per plugin (a "script" is a plugin that kvscope run loads
+ * with its own deadline). Its allocator counts the bytes the state holds and
+ * returns NULL past the cap, which Lua turns into a memory error; its
+ * instruction-count hook checks the current call's wall-clock deadline every
+ * SCRIPT_HOOK_COUNT instructions and raises an error past it, and from then
+ * on checks every instruction, so that code catching the error with pcall
+ * cannot keep running. The count hook does not see time spent inside C
+ * functions: string.rep is capped by size, the rest by the memory cap.
+ *
+ * The environment is built from a whitelist and installed as the state's
+ * globals, so that load's default environment is the sandbox too: base
+ * functions without dofile/loadfile, load for text chunks only and without a
+ * caller-chosen environment, require for "kvscope" only, string without
+ * dump (removed from the library table itself, which is also the strings'
+ * metatable's __index), table, math, utf8, coroutine, and os.clock, time,
+ * date and difftime. io, debug, package and the rest of os are not
+ * reachable: nothing left in the environment holds them.
+ *
+ * Every call into a state goes through script_pcall: a message handler
+ * appends a traceback, the error goes to the plugin's log, and after
+ * max_errors consecutive errors or overruns the plugin is disabled and the
+ * user told. Hooks are kept in one array sorted by priority; a hook added
+ * during a dispatch is appended and not seen by that dispatch (its sequence
+ * number is newer), a hook removed during one is flagged dead, and the array
+ * is compacted and re-sorted when the outermost dispatch ends.
+ */
+#include "script/script-int.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <dirent.h>
+#include <unistd.h>
+
+const char *const script_event_names[SEV_COUNT] = {
+	"token", "turn_start", "turn_end", "evict", "attention", "model_loaded", "key", "unload",
+};
+
+const bool script_event_fast[SEV_COUNT] = {
+	[SEV_TOKEN] = true, [SEV_TURN_START] = true, [SEV_EVICT] = true, [SEV_ATTENTION] = true,
+};
+
+bool script_available(void)
+{
+	return true;
+}
+
+void script_config_default(struct script_config *c)
+{
+	memset(c, 0, sizeof *c);
+	gen_config_default(&c->gen);
+	c->max_tokens = 256;
+	c->mem_cap = (size_t)64 << 20;
+	c->hook_ms = 50;
+	c->load_ms = 1000;
+	c->script_ms = 0;
+	c->max_errors = 3;
+	c->results_dir = "results";
+}
+
+/* ------------------------------------------------------------- budgets */
+
+struct script_plugin *script_plugin_of(lua_State *L)
+{
+	return *(struct script_plugin **)lua_getextraspace(L);
+}
+
+/* The allocator: counts the state's bytes and refuses growth past the cap. */
+static void *script_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct script_plugin *P = ud;
+	size_t old = ptr != NULL ? osize : 0;
+
+	if (nsize == 0) {
+		free(ptr);
+		P->mem -= old;
+		return NULL;
+	}
+	if (nsize > old && P->mem + (nsize - old) > P->mem_cap)
+		return NULL;
+	void *q = realloc(ptr, nsize);
+	if (q == NULL)
+		return NULL;
+	P->mem = P->mem - old + nsize;
+	return q;
+}
+
+/* The count hook: past the deadline, raise an error (and keep raising). */
+static void script_count_hook(lua_State *L, lua_Debug *ar)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	(void)ar;
+	if (P->deadline > 0 && clock_now_ms() > P->deadline) {
+		P->overrun = true;
+		lua_sethook(L, script_count_hook, LUA_MASKCOUNT, 1);
+		luaL_error(L, "stopped: over its %.0f ms time budget", P->budget_ms);
+	}
+}
+
+/* An unprotected error: nothing to save, say what happened. */
+static int script_panic(lua_State *L)
+{
+	const char *msg = lua_tostring(L, -1);
+	fprintf(stderr, "kvscope: unprotected Lua error: %s\n", msg ? msg : "(not a string)");
+	return 0;
+}
+
+/* The message handler: the error with a traceback. */
+static int script_msgh(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+	if (msg == NULL) {
+		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+			msg = lua_tostring(L, -1);
+		else
+			msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	}
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+/* ----------------------------------------------------------- messages */
+
+/* Append one line to P's log ring. */
+static void script_log_add(struct script_plugin *P, const char *line, size_t len)
+{
+	size_t slot = (P->log_head + P->log_n) % SCRIPT_LOG_LINES;
+	if (P->log_n == SCRIPT_LOG_LINES) {
+		free(P->log[P->log_head]);
+		P->log_head = (P->log_head + 1) % SCRIPT_LOG_LINES;
+		slot = (P->log_head + P->log_n - 1) % SCRIPT_LOG_LINES;
+	} else {
+		P->log_n++;
+	}
+	P->log[slot] = xstrndup(line, len);
+}
+
+void script_log(struct script_plugin *P, const char *fmt, ...)
+{
+	va_list ap;
+	char buf[2048];
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	for (const char *s = buf; *s != '\0';) {
+		size_t n = strcspn(s, "\n");
+		script_log_add(P, s, n);
+		s += n + (s[n] == '\n');
+	}
+}
+
+void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fmt, ...)
+{
+	va_list ap;
+	char buf[2048];
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (rt->cfg.notify != NULL)
+		rt->cfg.notify(rt->cfg.notify_ud, P ? P->name : NULL, buf);
+	else
+		log_warn("plugin %s: %s", P ? P->name : "-", buf);
+}
+
+/* Disable P: its hooks, timers and commands stop being called. */
+static void script_disable(struct script_plugin *P, const char *why)
+{
+	P->disabled = true;
+	free(P->disabled_why);
+	P->disabled_why = xstrdup(why);
+	script_log(P, "disabled: %s", why);
+	script_notify(P->rt, P, "plugin %s disabled: %s (:plugin reload %s to try again)", P->name,
+	              why, P->name);
+}
+
+/* -------------------------------------------------------------- calls */
+
+lua_State *script_thread(struct script_plugin *P)
+{
+	return P->depth > 0 && P->active != NULL ? P->active : P->L;
+}
+
+bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
+                  const char *what, double budget_ms, struct err *e)
+{
+	struct script_rt *rt = P->rt;
+	double saved_deadline = P->deadline, saved_budget = P->budget_ms;
+	lua_State *saved_active = P->active;
+	const char *saved_what = P->fast_what;
+	double dl = budget_ms > 0 ? clock_now_ms() + budget_ms : 0;
+
+	if (P->disabled) {
+		lua_pop(L, nargs + 1);
+		err_set(e, KVS_ESTATE, "plugin %s is disabled: %s", P->name,
+		        P->disabled_why ? P->disabled_why : "");
+		return false;
+	}
+	if (saved_deadline > 0 && (dl == 0 || saved_deadline < dl)) {
+		dl = saved_deadline; /* the enclosing call's deadline is tighter */
+		budget_ms = saved_budget;
+	}
+	P->deadline = dl;
+	P->budget_ms = budget_ms;
+	if (fast && P->fast++ == 0)
+		P->fast_what = what;
+	P->depth++;
+	int base = lua_gettop(L) - nargs;
+	lua_pushcfunction(L, script_msgh);
+	lua_insert(L, base);
+	int rc = lua_pcall(L, nargs, nres, base);
+	lua_remove(L, base);
+	P->depth--;
+	if (fast)
+		P->fast--;
+	P->fast_what = saved_what;
+	bool overrun = P->overrun;
+	P->overrun = false;
+	if (overrun) {
+		lua_sethook(L, script_count_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
+		lua_sethook(P->L, script_count_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
+	}
+	P->deadline = saved_deadline;
+	P->budget_ms = saved_budget;
+	P->active = saved_active;
+	if (rc == LUA_OK) {
+		if (!P->is_script || P->depth > 0)
+			P->consecutive = 0;
+		return true;
+	}
+	char msg[1536];
+	if (rc == LUA_ERRMEM)
+		snprintf(msg, sizeof msg, "stopped: memory cap of %zu KiB reached", P->mem_cap >> 10);
+	else
+		snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+	lua_pop(L, 1);
+	if (rc == LUA_ERRMEM)
+		lua_gc(L, LUA_GCCOLLECT);
+	P->n_errors++;
+	P->consecutive++;
+	script_log(P, "error in %s: %s", what, msg);
+	if (rt->cfg.headless)
+		script_notify(rt, P, "%s: %s", what, msg);
+	size_t first = strcspn(msg, "\n");
+	err_set(e, KVS_EFORMAT, "plugin %s: %s: %.*s", P->name, what, (int)KVS_MIN(first, 400), msg);
+	if (P->consecutive >= rt->cfg.max_errors && !P->disabled && !(P->is_script && P->depth == 0)) {
+		char why[512];
+		snprintf(why, sizeof why, "%u consecutive errors or overruns (last in %s: %.*s)",
+		         P->consecutive, what, (int)KVS_MIN(first, 300), msg);
+		script_disable(P, why);
+	}
+	return false;
+}
+
+/* ------------------------------------------------------------ sandbox */
+
+/* print: the script's stdout under kvscope run, else the plugin's log. */
+static int sb_print(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	luaL_Buffer b;
+	int n = lua_gettop(L);
+
+	luaL_buffinit(L, &b);
+	for (int i = 1; i <= n; i++) {
+		size_t len;
+		const char *s = luaL_tolstring(L, i, &len);
+		if (i > 1)
+			luaL_addchar(&b, '\t');
+		lua_pop(L, 1);
+		luaL_addlstring(&b, s, len); /* s stays alive: it is on the stack */
+	}
+	luaL_pushresult(&b);
+	size_t len;
+	const char *s = lua_tolstring(L, -1, &len);
+	if (P->is_script && P->rt->cfg.headless) {
+		fwrite(s, 1, len, stdout);
+		fputc('\n', stdout);
+	} else {
+		script_log(P, "%s", s);
+	}
+	return 0;
+}
+
+/* load(chunk [, name [, mode]]): text chunks only, in the plugin's environment. */
+static int sb_load(lua_State *L)
+{
+	size_t len;
+	const char *s = lua_tolstring(L, 1, &len);
+	const char *name = luaL_optstring(L, 2, "=(load)");
+	const char *mode = luaL_optstring(L, 3, "t");
+
+	if (s == NULL)
+		return luaL_error(L, "load: expected a string chunk, got %s", luaL_typename(L, 1));
+	if (strcmp(mode, "t") != 0)
+		return luaL_error(L, "load: mode '%s' refused: plugins load text chunks only (mode \"t\")",
+		                  mode);
+	if (!lua_isnoneornil(L, 4))
+		return luaL_error(L, "load: an environment argument is refused: chunks run in the "
+		                     "plugin's own environment");
+	if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
+		lua_pushnil(L);
+		lua_insert(L, -2);
+		return 2;
+	}
+	return 1;
+}
+
+/* require(name): only "kvscope". */
+static int sb_require(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	if (strcmp(name, "kvscope") != 0)
+		return luaL_error(L, "require: module '%s' is not available to plugins (only \"kvscope\")",
+		                  name);
+	lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.module");
+	return 1;
+}
+
+/* collectgarbage: "collect", "count" and "step" only. */
+static int sb_collectgarbage(lua_State *L)
+{
+	const char *opt = luaL_optstring(L, 1, "collect");
+	if (strcmp(opt, "count") == 0) {
+		lua_pushnumber(L, (double)lua_gc(L, LUA_GCCOUNT) + lua_gc(L, LUA_GCCOUNTB) / 1024.0);
+		return 1;
+	}
+	if (strcmp(opt, "collect") == 0 || strcmp(opt, "step") == 0) {
+		lua_gc(L, strcmp(opt, "collect") == 0 ? LUA_GCCOLLECT : LUA_GCSTEP, 0);
+		lua_pushinteger(L, 0);
+		return 1;
+	}
+	return luaL_error(L, "collectgarbage: option '%s' refused (collect, count or step)", opt);
+}
+
+/* string.rep with the result's size checked against the memory left. */
+static int sb_string_rep(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	size_t l, lsep;
+	luaL_checklstring(L, 1, &l);
+	lua_Integer n = luaL_checkinteger(L, 2);
+	luaL_optlstring(L, 3, "", &lsep);
+	if (n > 0) {
+		double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
+		double left = (double)(P->mem_cap - KVS_MIN(P->mem, P->mem_cap));
+		if (total > left)
+			return luaL_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
+			                     "left (%.0f of its %zu KiB cap)",
+			                  total, left, P->mem_cap >> 10);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+static const char *const sb_base_names[] = {
+	"assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
+	"rawlen", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "xpcall",
+	"_VERSION",
+};
+
+static const char *const sb_lib_names[] = { "table", "math", "utf8", "coroutine", "string" };
+static const char *const sb_os_names[] = { "clock", "time", "date", "difftime" };
+
+/* Build the whitelist environment and make it the state's globals. */
+static void script_sandbox(lua_State *L)
+{
+	luaL_openlibs(L);
+	lua_pushglobaltable(L); /* G: every library */
+	int G = lua_gettop(L);
+	/* string: no dump, a checked rep; strings' metatable hidden */
+	lua_getfield(L, G, "string");
+	lua_pushnil(L);
+	lua_setfield(L, -2, "dump");
+	lua_getfield(L, -1, "rep");
+	lua_pushcclosure(L, sb_string_rep, 1);
+	lua_setfield(L, -2, "rep");
+	lua_pop(L, 1);
+	lua_pushliteral(L, "");
+	if (lua_getmetatable(L, -1)) {
+		lua_pushboolean(L, 0);
+		lua_setfield(L, -2, "__metatable");
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+
+	lua_newtable(L); /* E */
+	int E = lua_gettop(L);
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sb_base_names); i++) {
+		lua_getfield(L, G, sb_base_names[i]);
+		lua_setfield(L, E, sb_base_names[i]);
+	}
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sb_lib_names); i++) {
+		lua_getfield(L, G, sb_lib_names[i]);
+		lua_setfield(L, E, sb_lib_names[i]);
+	}
+	lua_newtable(L);
+	lua_getfield(L, G, "os");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sb_os_names); i++) {
+		lua_getfield(L, -1, sb_os_names[i]);
+		lua_setfield(L, -3, sb_os_names[i]);
+	}
+	lua_pop(L, 1);
+	lua_setfield(L, E, "os");
+	static const luaL_Reg own[] = {
+		{ "print", sb_print }, { "load", sb_load }, { "require", sb_require },
+		{ "collectgarbage", sb_collectgarbage }, { NULL, NULL },
+	};
+	lua_pushvalue(L, E);
+	luaL_setfuncs(L, own, 0);
+	lua_pop(L, 1);
+	lua_pushvalue(L, E);
+	lua_setfield(L, E, "_G");
+	lua_pushvalue(L, E);
+	lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+	lua_settop(L, G - 1);
+}
+
+/* Protected set-up of a new state: sandbox, the kvscope module (C part,
+ * then lua/kvscope.lua over it). Arguments: the Lua side's source text. */
+static int script_setup(lua_State *L)
+{
+	size_t len;
+	const char *lua_side = lua_tolstring(L, 1, &len);
+
+	script_sandbox(L);
+	api_open(L); /* the module table */
+	int M = lua_gettop(L);
+	if (luaL_loadbufferx(L, lua_side, len, "@lua/kvscope.lua", "t") != LUA_OK)
+		return lua_error(L);
+	lua_pushvalue(L, M);
+	lua_call(L, 1, 1);
+	if (!lua_istable(L, -1))
+		return luaL_error(L, "lua/kvscope.lua did not return the module table");
+	lua_setfield(L, LUA_REGISTRYINDEX, "kvscope.module");
+	return 0;
+}
+
+/* ----------------------------------------------------------- plugins */
+
+char *script_data_dir(void)
+{
+	const char *env = getenv("KVSCOPE_DATADIR");
+	struct stat st;
+
+	if (env != NULL && env[0] != '\0')
+		return xstrdup(env);
+#ifdef KVS_PKGDATADIR
+	if (stat(KVS_PKGDATADIR "/lua/kvscope.lua", &st) == 0)
+		return xstrdup(KVS_PKGDATADIR);
+#endif
+#ifdef KVS_SRCDIR
+	if (stat(KVS_SRCDIR "/lua/kvscope.lua", &st) == 0)
+		return xstrdup(KVS_SRCDIR);
+#endif
+	(void)st;
+	return xstrdup(".");
+}
+
+static struct script_plugin *script_find(const struct script_rt *rt, const char *name)
+{
+	for (size_t i = 0; i < rt->n_plugins; i++)
+		if (strcmp(rt->plugins[i]->name, name) == 0)
+			return rt->plugins[i];
+	return NULL;
+}
+
+/* The plugin name of a path: the file name without ".lua". */
+static char *script_name_of(const char *path, struct err *e)
+{
+	const char *b = strrchr(path, '/');
+	b = b ? b + 1 : path;
+	size_t n = strlen(b);
+	if (n > 4 && strcmp(b + n - 4, ".lua") == 0)
+		n -= 4;
+	if (n == 0 || n > 64) {
+		err_set(e, KVS_EARG, "%s: expected a file name like NAME.lua", path);
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char c = b[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || c == '.')) {
+			err_set(e, KVS_EARG, "%s: plugin names use letters, digits, '-', '_' and '.'", path);
+			return NULL;
+		}
+	}
+	return xstrndup(b, n);
+}
+
+/* Remove everything P owns from the runtime and close its state. */
+static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
+{
+	for (size_t i = 0; i < rt->n_hooks; i++)
+		if (rt->hooks[i].p == P)
+			rt->hooks[i].dead = true;
+	for (size_t i = 0; i < rt->n_timers; i++)
+		if (rt->timers[i].p == P)
+			rt->timers[i].dead = true;
+	size_t w = 0;
+	for (size_t i = 0; i < rt->n_sched; i++)
+		if (rt->sched[i].p != P)
+			rt->sched[w++] = rt->sched[i];
+	rt->n_sched = w;
+	w = 0;
+	for (size_t i = 0; i < rt->n_cmds; i++) {
+		if (rt->cmds[i].p == P) {
+			free(rt->cmds[i].name);
+			free(rt->cmds[i].help);
+		} else {
+			rt->cmds[w++] = rt->cmds[i];
+		}
+	}
+	rt->n_cmds = w;
+	w = 0;
+	for (size_t i = 0; i < rt->n_views; i++) {
+		struct script_viewrec *v = rt->views[i];
+		if (v->p == P) {
+			for (size_t k = 0; k < v->v.n_items; k++) {
+				free(v->v.items[k].text);
+				free(v->v.items[k].cells);
+			}
+			free(v->v.items);
+			free(v->v.name);
+			free(v);
+		} else {
+			rt->views[w++] = v;
+		}
+	}
+	rt->n_views = w;
+	for (size_t i = 0; i < rt->n_policies; i++)
+		if (rt->policies[i]->p == P) {
+			api_policy_gone(rt, rt->policies[i]);
+			rt->policies[i]->p = NULL;
+		}
+	if (P->L != NULL) {
+		api_sessions_close(rt, P);
+		lua_close(P->L);
+	}
+	for (size_t i = 0; i < rt->n_plugins; i++)
+		if (rt->plugins[i] == P) {
+			memmove(rt->plugins + i, rt->plugins + i + 1,
+			        (rt->n_plugins - i - 1) * sizeof *rt->plugins);
+			rt->n_plugins--;
+			break;
+		}
+	for (size_t i = 0; i < P->log_n; i++)
+		free(P->log[(P->log_head + i) % SCRIPT_LOG_LINES]);
+	pthread_mutex_destroy(&P->lock);
+	free(P->status);
+	free(P->disabled_why);
+	free(P->name);
+	free(P->path);
+	free(P);
+	rt->epoch++;
+}
+
+/* Create P's state and run its main chunk (script: with argv as kvscope.args). */
+static int script_plugin_new(struct script_rt *rt, const char *path, bool is_script, int argc,
+                             char **argv, struct script_plugin **out, struct err *e)
+{
+	char *src = NULL, *side = NULL, *sidepath;
+	size_t len, side_len;
+	int rc;
+	char *name = script_name_of(path, e);
+
+	*out = NULL;
+	if (name == NULL)
+		return KVS_EARG;
+	if (script_find(rt, name) != NULL) {
+		rc = err_set(e, KVS_EARG, "a plugin named %s is loaded already (unload it first)", name);
+		free(name);
+		return rc;
+	}
+	rc = file_read_all(path, &src, &len, e);
+	if (rc != KVS_OK) {
+		free(name);
+		return rc;
+	}
+	sidepath = xasprintf("%s/lua/kvscope.lua", rt->datadir);
+	rc = file_read_all(sidepath, &side, &side_len, e);
+	if (rc != KVS_OK) {
+		err_prefix(e, "the Lua side of the API (set KVSCOPE_DATADIR to the folder holding lua/)");
+		free(sidepath);
+		free(src);
+		free(name);
+		return rc;
+	}
+	free(sidepath);
+
+	struct script_plugin *P = xcalloc(1, sizeof *P);
+	pthread_mutexattr_t ma;
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&P->lock, &ma);
+	pthread_mutexattr_destroy(&ma);
+	P->rt = rt;
+	P->name = name;
+	P->path = xstrdup(path);
+	P->is_script = is_script;
+	P->mem_cap = rt->cfg.mem_cap;
+	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
+	rt->plugins[rt->n_plugins++] = P;
+	P->L = lua_newstate(script_alloc, P);
+	if (P->L == NULL) {
+		rc = err_set(e, KVS_ERANGE, "%s: cannot create a Lua state within %zu KiB", path,
+		             P->mem_cap >> 10);
+		goto fail;
+	}
+	lua_State *L = P->L;
+	*(struct script_plugin **)lua_getextraspace(L) = P;
+	lua_atpanic(L, script_panic);
+	lua_sethook(L, script_count_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
+	pthread_mutex_lock(&P->lock);
+	lua_pushcfunction(L, script_setup);
+	lua_pushlstring(L, side, side_len);
+	bool ok = script_pcall(P, L, 1, 0, false, "set-up", rt->cfg.load_ms, e);
+	if (ok) {
+		char *chunk = xasprintf("@%s", path);
+		rc = luaL_loadbufferx(L, src, len, chunk, "t");
+		free(chunk);
+		if (rc != LUA_OK) {
+			rc = err_set(e, KVS_EFORMAT, "%s", lua_tostring(L, -1));
+			lua_pop(L, 1);
+			pthread_mutex_unlock(&P->lock);
+			goto fail;
+		}
+		if (is_script) {
+			lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.module");
+			lua_createtable(L, argc, 1);
+			for (int i = 0; i < argc; i++) {
+				lua_pushstring(L, argv[i]);
+				lua_rawseti(L, -2, i + 1);
+			}
+			lua_pushstring(L, path);
+			lua_rawseti(L, -2, 0);
+			lua_setfield(L, -2, "args");
+			lua_pop(L, 1);
+		}
+		ok = script_pcall(P, L, 0, 0, false, "main chunk",
+		                  is_script ? rt->cfg.script_ms : rt->cfg.load_ms, e);
+	}
+	pthread_mutex_unlock(&P->lock);
+	if (!ok) {
+		rc = e ? e->code : KVS_EFORMAT;
+		if (is_script) {
+			*out = P; /* the caller reports and unloads */
+			free(src);
+			free(side);
+			return rc;
+		}
+		goto fail;
+	}
+	free(src);
+	free(side);
+	*out = P;
+	return KVS_OK;
+fail:
+	free(src);
+	free(side);
+	script_plugin_free(rt, P);
+	return rc;
+}
+
+int script_load(struct script_rt *rt, const char *path, struct err *e)
+{
+	struct script_plugin *P;
+	return script_plugin_new(rt, path, false, 0, NULL, &P, e);
+}
+
+/* Load every *.lua in dir (sorted). */
+static void script_load_dir(struct script_rt *rt, const char *dir)
+{
+	struct dirent **names = NULL;
+	int n = scandir(dir, &names, NULL, alphasort);
+	for (int i = 0; i < n; i++) {
+		size_t l = strlen(names[i]->d_name);
+		if (l > 4 && strcmp(names[i]->d_name + l - 4, ".lua") == 0) {
+			char *path = xasprintf("%s/%s", dir, names[i]->d_name);
+			struct err e;
+			if (script_load(rt, path, &e) != KVS_OK)
+				script_notify(rt, NULL, "%s", e.msg);
+			free(path);
+		}
+		free(names[i]);
+	}
+	free(names);
+}
+
+void script_autoload(struct script_rt *rt)
+{
+	char *bundled = xasprintf("%s/plugins", rt->datadir);
+	char *user = file_xdg_path("XDG_CONFIG_HOME", ".config", "kvscope/plugins");
+	script_load_dir(rt, bundled);
+	script_load_dir(rt, user);
+	free(bundled);
+	free(user);
+}
+
+/* Run P's unload hooks, then free it. */
+static void script_unload_plugin(struct script_rt *rt, struct script_plugin *P)
+{
+	for (size_t i = 0; i < rt->n_hooks; i++) {
+		struct script_hook h = rt->hooks[i];
+		if (h.p != P || h.dead || h.ev != SEV_UNLOAD || P->disabled)
+			continue;
+		pthread_mutex_lock(&P->lock);
+		lua_rawgeti(P->L, LUA_REGISTRYINDEX, h.ref);
+		script_pcall(P, P->L, 0, 0, false, "unload", rt->cfg.hook_ms, NULL);
+		pthread_mutex_unlock(&P->lock);
+	}
+	script_plugin_free(rt, P);
+}
+
+int script_unload(struct script_rt *rt, const char *name, struct err *e)
+{
+	struct script_plugin *P = script_find(rt, name);
+	if (P == NULL)
+		return err_set(e, KVS_ENOTFOUND, "no plugin named %s is loaded", name);
+	if (P->depth > 0)
+		return err_set(e, KVS_ESTATE, "plugin %s is running; unload it from the main loop", name);
+	script_unload_plugin(rt, P);
+	return KVS_OK;
+}
+
+int script_reload(struct script_rt *rt, const char *name, struct err *e)
+{
+	struct script_plugin *P = script_find(rt, name);
+	if (P == NULL)
+		return err_set(e, KVS_ENOTFOUND, "no plugin named %s is loaded", name);
+	char *path = xstrdup(P->path);
+	int rc = script_unload(rt, name, e);
+	if (rc == KVS_OK)
+		rc = script_load(rt, path, e);
+	free(path);
+	return rc;
+}
+
+size_t script_plugin_count(const struct script_rt *rt)
+{
+	return rt->n_plugins;
+}
+
+void script_plugin_at(const struct script_rt *rt, size_t i, struct script_plugin_info *out)
+{
+	const struct script_plugin *P = rt->plugins[i];
+	out->name = P->name;
+	out->path = P->path;
+	out->enabled = !P->disabled;
+	out->disabled_why = P->disabled_why;
+	out->n_errors = P->n_errors;
+	out->mem_bytes = P->mem;
+	out->is_script = P->is_script;
+}
+
+size_t script_log_count(const struct script_rt *rt, const char *plugin)
+{
+	const struct script_plugin *P = script_find(rt, plugin);
+	return P ? P->log_n : 0;
+}
+
+const char *script_log_line(const struct script_rt *rt, const char *plugin, size_t i)
+{
+	const struct script_plugin *P = script_find(rt, plugin);
+	if (P == NULL || i >= P->log_n)
+		return NULL;
+	return P->log[(P->log_head + i) % SCRIPT_LOG_LINES];
+}
+
+/* ---------------------------------------------------------- runtime */
+
+int script_rt_new(struct script_rt **out, const struct script_config *c, struct err *e)
+{
+	struct script_rt *rt = xcalloc(1, sizeof *rt);
+	(void)e;
+	rt->cfg = *c;
+	if (rt->cfg.mem_cap < ((size_t)1 << 20))
+		rt->cfg.mem_cap = (size_t)1 << 20;
+	if (rt->cfg.max_errors == 0)
+		rt->cfg.max_errors = 1;
+	rt->results_dir = xstrdup(c->results_dir ? c->results_dir : "results");
+	rt->cfg.results_dir = rt->results_dir;
+	rt->system = c->system ? xstrdup(c->system) : NULL;
+	rt->cfg.system = rt->system;
+	rt->datadir = script_data_dir();
+	rt->next_id = 1;
+	*out = rt;
+	return KVS_OK;
+}
+
+void script_rt_free(struct script_rt *rt)
+{
+	if (rt == NULL)
+		return;
+	while (rt->n_plugins > 0)
+		script_unload_plugin(rt, rt->plugins[rt->n_plugins - 1]);
+	for (size_t i = 0; i < rt->n_policies; i++) {
+		free(rt->policies[i]->name);
+		free(rt->policies[i]);
+	}
+	free(rt->policies);
+	free(rt->views);
+	free(rt->hooks);
+	free(rt->timers);
+	free(rt->sched);
+	free(rt->cmds);
+	free(rt->plugins);
+	free(rt->results_dir);
+	free(rt->system);
+	free(rt->datadir);
+	free(rt);
+}
+
+void script_attach_session(struct script_rt *rt, struct session *s)
+{
+	rt->current = s;
+	if (s != NULL)
+		rt->vocab = session_gen(s)->model->vocab;
+	rt->epoch++;
+}
+
+/* ---------------------------------------------------------- dispatch */
+
+/* Order hooks by priority (higher first), then by registration. */
+static int script_hook_cmp(const void *a, const void *b)
+{
+	const struct script_hook *x = a, *y = b;
+	if (x->priority != y->priority)
+		return x->priority > y->priority ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Drop dead hooks (their references first) and restore the order. */
+static void script_hooks_settle(struct script_rt *rt)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < rt->n_hooks; i++) {
+		struct script_hook *h = &rt->hooks[i];
+		if (!h->dead) {
+			rt->hooks[w++] = *h;
+			continue;
+		}
+		for (size_t k = 0; k < rt->n_plugins; k++)
+			if (rt->plugins[k] == h->p)
+				luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->ref);
+	}
+	rt->n_hooks = w;
+	qsort(rt->hooks, rt->n_hooks, sizeof *rt->hooks, script_hook_cmp);
+}
+
+bool script_dispatch(struct script_rt *rt, enum script_event ev,
+                     int (*push)(lua_State *L, void *ud), void *ud)
+{
+	uint64_t seq = rt->seq;
+	bool consumed = false;
+
+	rt->dispatching++;
+	for (size_t i = 0; i < rt->n_hooks && !consumed; i++) {
+		struct script_hook h = rt->hooks[i];
+		if (h.dead || h.ev != ev || h.seq > seq || h.p->disabled)
+			continue;
+		struct script_plugin *P = h.p;
+		pthread_mutex_lock(&P->lock);
+		lua_State *L = script_thread(P);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, h.ref);
+		int n = push ? push(L, ud) : 0;
+		if (script_pcall(P, L, n, 1, script_event_fast[ev], script_event_names[ev],
+		                 rt->cfg.hook_ms, NULL)) {
+			consumed = ev == SEV_KEY && lua_toboolean(L, -1);
+			lua_pop(L, 1);
+		}
+		pthread_mutex_unlock(&P->lock);
+	}
+	if (--rt->dispatching == 0)
+		script_hooks_settle(rt);
+	rt->epoch++;
+	return consumed;
+}
+
+static int push_model(lua_State *L, void *ud)
+{
+	return api_push_model(L, ud);
+}
+
+void script_on_model_loaded(struct script_rt *rt, const struct gen *g)
+{
+	rt->vocab = g->model->vocab;
+	script_dispatch(rt, SEV_MODEL_LOADED, push_model, (void *)g);
+}
+
+struct turn_start_args {
+	uint32_t index;
+	const char *user;
+};
+
+static int push_turn_start(lua_State *L, void *ud)
+{
+	const struct turn_start_args *a = ud;
+	lua_pushinteger(L, (lua_Integer)a->index + 1);
+	lua_pushstring(L, a->user);
+	return 2;
+}
+
+void script_on_turn_start(struct script_rt *rt, uint32_t index, const char *user)
+{
+	struct turn_start_args a = { index, user };
+	script_dispatch(rt, SEV_TURN_START, push_turn_start, &a);
+}
+
+static int push_token(lua_State *L, void *ud)
+{
+	api_push_token(L, ud);
+	return 1;
+}
+
+void script_on_token(struct script_rt *rt, const struct gen_token *t)
+{
+	script_dispatch(rt, SEV_TOKEN, push_token, (void *)t);
+}
+
+static int push_turn(lua_State *L, void *ud)
+{
+	api_push_turn(L, ud);
+	return 1;
+}
+
+void script_on_turn_end(struct script_rt *rt, const struct session_turn *t)
+{
+	script_dispatch(rt, SEV_TURN_END, push_turn, (void *)t);
+}
+
+struct evict_args {
+	struct script_rt *rt;
+	const struct kv_event *ev;
+};
+
+static int push_evict(lua_State *L, void *ud)
+{
+	const struct evict_args *a = ud;
+	const struct kv_event *ev = a->ev;
+	lua_createtable(L, 0, 8);
+	api_push_toks(L, ev->evicted, ev->n_evicted, a->rt->vocab);
+	lua_setfield(L, -2, "tokens");
+	lua_pushinteger(L, ev->n_evicted);
+	lua_setfield(L, -2, "n");
+	lua_pushstring(L, ev->policy ? ev->policy : "");
+	lua_setfield(L, -2, "policy");
+	lua_pushstring(L, kv_evict_cause_name(ev->cause));
+	lua_setfield(L, -2, "cause");
+	lua_pushinteger(L, ev->n_incoming);
+	lua_setfield(L, -2, "incoming");
+	lua_pushboolean(L, ev->fallback);
+	lua_setfield(L, -2, "fallback");
+	if (ev->fallback_why != NULL) {
+		lua_pushstring(L, ev->fallback_why);
+		lua_setfield(L, -2, "why");
+	}
+	lua_pushinteger(L, ev->stats.n_cached);
+	lua_setfield(L, -2, "kept");
+	return 1;
+}
+
+static int push_attention(lua_State *L, void *ud)
+{
+	const struct evict_args *a = ud;
+	api_push_attention(L, a->ev);
+	return 1;
+}
+
+void script_on_kv_event(struct script_rt *rt, const struct kv_event *ev)
+{
+	struct evict_args a = { rt, ev };
+	if (ev->kind == KV_EVENT_EVICT) {
+		if (ev->fallback)
+			script_notify(rt, NULL, "retention policy %s fell back to the built-in policy: %s",
+			              ev->policy ? ev->policy : "?", ev->fallback_why ? ev->fallback_why : "");
+		script_dispatch(rt, SEV_EVICT, push_evict, &a);
+	} else if (ev->kind == KV_EVENT_STEP && ev->heads != NULL) {
+		script_dispatch(rt, SEV_ATTENTION, push_attention, &a);
+	}
+}
+
+static int push_key(lua_State *L, void *ud)
+{
+	lua_pushstring(L, ud);
+	return 1;
+}
+
+bool script_on_key(struct script_rt *rt, const char *key)
+{
+	return script_dispatch(rt, SEV_KEY, push_key, (void *)key);
+}
+
+/* ------------------------------------------------------------ timers */
+
+double script_tick(struct script_rt *rt)
+{
+	/* scheduled functions: those queued so far; new ones wait for the next tick */
+	size_t n = rt->n_sched;
+	struct script_sched *q = rt->sched;
+	rt->sched = NULL;
+	rt->n_sched = rt->cap_sched = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct script_plugin *P = q[i].p;
+		bool alive = false;
+		for (size_t k = 0; k < rt->n_plugins; k++)
+			alive |= rt->plugins[k] == P;
+		if (!alive)
+			continue;
+		pthread_mutex_lock(&P->lock);
+		lua_State *L = script_thread(P);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, q[i].ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, q[i].ref);
+		script_pcall(P, L, 0, 0, false, "scheduled function", rt->cfg.hook_ms, NULL);
+		pthread_mutex_unlock(&P->lock);
+	}
+	free(q);
+	double now = clock_now_ms(), next = -1;
+	size_t nt = rt->n_timers;
+	for (size_t i = 0; i < nt; i++) {
+		struct script_timer t = rt->timers[i];
+		if (t.dead || t.p->disabled || t.due > now)
+			continue;
+		if (t.interval_ms > 0)
+			rt->timers[i].due = now + t.interval_ms;
+		else
+			rt->timers[i].dead = true;
+		pthread_mutex_lock(&t.p->lock);
+		lua_State *L = script_thread(t.p);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, t.ref);
+		script_pcall(t.p, L, 0, 0, false, "timer", rt->cfg.hook_ms, NULL);
+		pthread_mutex_unlock(&t.p->lock);
+	}
+	size_t w = 0;
+	for (size_t i = 0; i < rt->n_timers; i++) {
+		struct script_timer *t = &rt->timers[i];
+		if (t->dead) {
+			for (size_t k = 0; k < rt->n_plugins; k++)
+				if (rt->plugins[k] == t->p)
+					luaL_unref(t->p->L, LUA_REGISTRYINDEX, t->ref);
+			continue;
+		}
+		rt->timers[w++] = *t;
+		double left = t->due - clock_now_ms();
+		if (!t->p->disabled && (next < 0 || left < next))
+			next = left < 0 ? 0 : left;
+	}
+	rt->n_timers = w;
+	if (rt->n_sched > 0)
+		next = 0;
+	return next;
+}
+
+/* ---------------------------------------------------------- commands */
+
+size_t script_command_count(const struct script_rt *rt)
+{
+	return rt->n_cmds;
+}
+
+void script_command_at(const struct script_rt *rt, size_t i, struct script_command_info *out)
+{
+	out->name = rt->cmds[i].name;
+	out->help = rt->cmds[i].help;
+	out->plugin = rt->cmds[i].p->name;
+}
+
+static struct script_cmd *script_cmd_find(struct script_rt *rt, const char *name)
+{
+	for (size_t i = 0; i < rt->n_cmds; i++)
+		if (strcmp(rt->cmds[i].name, name) == 0)
+			return &rt->cmds[i];
+	return NULL;
+}
+
+int script_command_run(struct script_rt *rt, const char *name, const char *args, struct err *e)
+{
+	struct script_cmd *c = script_cmd_find(rt, name);
+	if (c == NULL)
+		return err_set(e, KVS_ENOTFOUND, "unknown command :%s", name);
+	struct script_plugin *P = c->p;
+	char what[96];
+	snprintf(what, sizeof what, "command :%s", name);
+	pthread_mutex_lock(&P->lock);
+	lua_State *L = script_thread(P);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+	lua_pushstring(L, args ? args : "");
+	bool ok = script_pcall(P, L, 1, 0, false, what, rt->cfg.hook_ms, e);
+	pthread_mutex_unlock(&P->lock);
+	return ok ? KVS_OK : e->code;
+}
+
+size_t script_command_complete(struct script_rt *rt, const char *name, const char *prefix,
+                               char **out, size_t cap)
+{
+	struct script_cmd *c = script_cmd_find(rt, name);
+	size_t n = 0;
+	if (c == NULL || c->complete_ref == LUA_NOREF)
+		return 0;
+	struct script_plugin *P = c->p;
+	pthread_mutex_lock(&P->lock);
+	lua_State *L = script_thread(P);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, c->complete_ref);
+	lua_pushstring(L, prefix ? prefix : "");
+	if (script_pcall(P, L, 1, 1, false, "completion", rt->cfg.hook_ms, NULL)) {
+		if (lua_istable(L, -1))
+			for (lua_Integer i = 1; n < cap; i++) {
+				if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
+					lua_pop(L, 1);
+					break;
+				}
+				out[n++] = xstrdup(lua_tostring(L, -1));
+				lua_pop(L, 1);
+			}
+		lua_pop(L, 1);
+	}
+	pthread_mutex_unlock(&P->lock);
+	return n;
+}
+
+/* ------------------------------------------------------------- views */
+
+size_t script_view_count(const struct script_rt *rt)
+{
+	return rt->n_views;
+}
+
+const struct script_view *script_view_at(const struct script_rt *rt, size_t i)
+{
+	return i < rt->n_views ? &rt->views[i]->v : NULL;
+}
+
+size_t script_status_count(const struct script_rt *rt)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < rt->n_plugins; i++)
+		n += rt->plugins[i]->status != NULL && !rt->plugins[i]->disabled;
+	return n;
+}
+
+const char *script_status_at(const struct script_rt *rt, size_t i, const char **plugin)
+{
+	for (size_t k = 0; k < rt->n_plugins; k++) {
+		const struct script_plugin *P = rt->plugins[k];
+		if (P->status == NULL || P->disabled)
+			continue;
+		if (i-- == 0) {
+			if (plugin)
+				*plugin = P->name;
+			return P->status;
+		}
+	}
+	return NULL;
+}
+
+/* ---------------------------------------------------------- policies */
+
+size_t script_policy_count(const struct script_rt *rt)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < rt->n_policies; i++)
+		n += rt->policies[i]->p != NULL;
+	return n;
+}
+
+const char *script_policy_name_at(const struct script_rt *rt, size_t i)
+{
+	for (size_t k = 0; k < rt->n_policies; k++)
+		if (rt->policies[k]->p != NULL && i-- == 0)
+			return rt->policies[k]->name;
+	return NULL;
+}
+
+int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_scorer *out,
+                         struct kv_policy *base, struct err *e)
+{
+	for (size_t i = 0; i < rt->n_policies; i++) {
+		struct script_policy *pol = rt->policies[i];
+		if (pol->p == NULL || strcmp(pol->name, name) != 0)
+			continue;
+		out->name = pol->name;
+		out->fn = api_score;
+		out->ud = pol;
+		out->budget_ms = pol->budget_ms;
+		if (base != NULL)
+			*base = pol->base;
+		return KVS_OK;
+	}
+	return err_set(e, KVS_ENOTFOUND, "no Lua retention policy named %s is registered", name);
+}
+
+/* ------------------------------------------------------------ scripts */
+
+int script_run(struct script_rt *rt, const char *path, int argc, char **argv, struct err *e)
+{
+	struct script_plugin *P;
+	int rc = script_plugin_new(rt, path, true, argc, argv, &P, e);
+	if (P == NULL)
+		return rc;
+	/* what the script scheduled last, and what that scheduled (bounded) */
+	for (int round = 0; round < 100 && rt->n_sched > 0; round++)
+		script_tick(rt);
+	script_unload_plugin(rt, P);
+	return rc;
+}
+
+int script_api_doc(FILE *fp, struct err *e)
+{
+	return api_doc(fp, e);
+}
