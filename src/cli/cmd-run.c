@@ -29,9 +29,8 @@ const struct cli_cmd cmd_run = {
 static void run_notify(void *ud, const char *plugin, const char *msg)
 {
 	(void)ud;
-	fprintf(stderr, "kvscope: %s%s%s\n", plugin ? "plugin " : "", plugin ? plugin : "",
-	        plugin ? ": " : "");
-	fprintf(stderr, "%s\n", msg);
+	fprintf(stderr, "kvscope: %s%s%s%s\n", plugin ? "plugin " : "", plugin ? plugin : "",
+	        plugin ? ": " : "", msg);
 }
 
 /* The script's path: as given, else sessions/NAME[.lua] in the data folder. */

@@ -66,7 +66,7 @@ static int api_call(lua_State *L)
 	const struct api_fn *f = lua_touserdata(L, lua_upvalueindex(1));
 	struct script_plugin *P = script_plugin_of(L);
 	if (f->tier == API_DEFERRED && P->fast > 0)
-		return luaL_error(L, "kvscope.%s is deferred: it cannot run inside a fast hook (%s); "
+		return script_error(L, "kvscope.%s is deferred: it cannot run inside a fast hook (%s); "
 		                     "call it through kvscope.schedule(fn)",
 		                  f->name, P->fast_what ? P->fast_what : "?");
 	P->active = L;
@@ -95,7 +95,7 @@ static void api_setstr(lua_State *L, const char *k, const char *v)
 static void api_check_epoch(lua_State *L, uint64_t epoch, const char *what)
 {
 	if (epoch != api_rt(L)->epoch)
-		luaL_error(L, "%s is no longer valid: event data is lent for the duration of the call "
+		script_error(L, "%s is no longer valid: event data is lent for the duration of the call "
 		              "(copy what you keep)",
 		           what);
 }
@@ -174,7 +174,7 @@ static int api_tok_field(lua_State *L, const struct api_tokref *r, const char *k
 
 static int api_readonly(lua_State *L)
 {
-	return luaL_error(L, "%s is read-only", luaL_typename(L, 1));
+	return script_error(L, "%s is read-only", luaL_typename(L, 1));
 }
 
 static int api_token_index(lua_State *L)
@@ -241,7 +241,7 @@ static int api_toks_index(lua_State *L)
 	struct api_toks *a = luaL_checkudata(L, 1, API_TOKS);
 	api_check_epoch(L, a->epoch, "the token list");
 	if (!lua_isinteger(L, 2))
-		return luaL_error(L, "token lists are indexed by integers 1..#list");
+		return script_error(L, "token lists are indexed by integers 1..#list");
 	lua_Integer i = lua_tointeger(L, 2);
 	if (i < 1 || i > (lua_Integer)a->n) {
 		lua_pushnil(L);
@@ -299,9 +299,9 @@ void api_push_attention(lua_State *L, const struct kv_event *ev)
 static const float *api_attn_row(lua_State *L, struct api_attn *a, lua_Integer l, lua_Integer h)
 {
 	if (a->w == NULL)
-		luaL_error(L, "attention rows were not captured (open the session with capture = \"full\")");
+		script_error(L, "attention rows were not captured (open the session with capture = \"full\")");
 	if (l < 1 || l > (lua_Integer)a->n_layer || h < 1 || h > (lua_Integer)a->n_head)
-		luaL_error(L, "attention: layer %d, head %d out of range (1..%d, 1..%d)", (int)l, (int)h,
+		script_error(L, "attention: layer %d, head %d out of range (1..%d, 1..%d)", (int)l, (int)h,
 		           (int)a->n_layer, (int)a->n_head);
 	return a->w + ((size_t)(l - 1) * a->n_head + (size_t)(h - 1)) * a->n_cached;
 }
@@ -322,7 +322,7 @@ static int api_attn_get(lua_State *L)
 	lua_Integer i = luaL_checkinteger(L, 4);
 	const float *row = api_attn_row(L, a, l, h);
 	if (i < 1 || i > (lua_Integer)a->n_cached)
-		return luaL_error(L, "attention: column %d out of range (1..%d)", (int)i, (int)a->n_cached);
+		return script_error(L, "attention: column %d out of range (1..%d)", (int)i, (int)a->n_cached);
 	lua_pushnumber(L, row[i - 1]);
 	return 1;
 }
@@ -335,7 +335,7 @@ static int api_attn_summary(lua_State *L)
 	lua_Integer l = luaL_checkinteger(L, 2), h = luaL_checkinteger(L, 3);
 	if (a->heads == NULL || l < 1 || l > (lua_Integer)a->n_layer || h < 1 ||
 	    h > (lua_Integer)a->n_head)
-		return luaL_error(L, "attention summary: layer %d, head %d out of range (1..%d, 1..%d)",
+		return script_error(L, "attention summary: layer %d, head %d out of range (1..%d, 1..%d)",
 		                  (int)l, (int)h, (int)a->n_layer, (int)a->n_head);
 	const struct kv_head_summary *s = &a->heads[(size_t)(l - 1) * a->n_head + (size_t)(h - 1)];
 	lua_pushnumber(L, s->entropy);
@@ -467,7 +467,7 @@ static int api_on(lua_State *L)
 			luaL_addstring(&b, script_event_names[i]);
 		}
 		luaL_pushresult(&b);
-		return luaL_error(L, "kvscope.on: unknown event '%s' (expected one of %s)", ev,
+		return script_error(L, "kvscope.on: unknown event '%s' (expected one of %s)", ev,
 		                  lua_tostring(L, -1));
 	}
 	if (rt->n_hooks == rt->cap_hooks) {
@@ -589,13 +589,13 @@ static int api_command(lua_State *L)
 		ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
 		     name[i] == '-' || name[i] == '_';
 	if (!ok)
-		return luaL_error(L, "kvscope.command: bad name '%s' (expected lower-case letters, "
+		return script_error(L, "kvscope.command: bad name '%s' (expected lower-case letters, "
 		                     "digits, '-' and '_', starting with a letter)",
 		                  name);
 	for (size_t i = 0; i < rt->n_cmds; i++)
 		if (strcmp(rt->cmds[i].name, name) == 0) {
 			if (rt->cmds[i].p != P)
-				return luaL_error(L, "kvscope.command: :%s belongs to plugin %s", name,
+				return script_error(L, "kvscope.command: :%s belongs to plugin %s", name,
 				                  rt->cmds[i].p->name);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].ref);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].complete_ref);
@@ -661,7 +661,7 @@ static int api_timer(lua_State *L)
 	luaL_checktype(L, 2, LUA_TFUNCTION);
 	bool periodic = lua_toboolean(L, 3);
 	if (!(ms >= 0) || (periodic && ms < 1))
-		return luaL_error(L, "kvscope.timer: %f ms (expected >= 0, >= 1 when periodic)", ms);
+		return script_error(L, "kvscope.timer: %f ms (expected >= 0, >= 1 when periodic)", ms);
 	if (rt->n_timers == rt->cap_timers) {
 		rt->cap_timers = rt->cap_timers ? rt->cap_timers * 2 : 8;
 		rt->timers = xreallocarray(rt->timers, rt->cap_timers, sizeof *rt->timers);
@@ -697,7 +697,7 @@ static int api_sleep(lua_State *L)
 	struct script_plugin *P = script_plugin_of(L);
 	double ms = luaL_checknumber(L, 1);
 	if (!P->is_script || P->depth != 1)
-		return luaL_error(L, "kvscope.sleep is for a script's main chunk (kvscope run)");
+		return script_error(L, "kvscope.sleep is for a script's main chunk (kvscope run)");
 	double end = clock_now_ms() + ms;
 	for (;;) {
 		double next = script_tick(P->rt);
@@ -727,7 +727,7 @@ static int api_view(lua_State *L)
 	for (size_t i = 0; i < rt->n_views; i++)
 		if (strcmp(rt->views[i]->v.name, name) == 0) {
 			if (rt->views[i]->p != P)
-				return luaL_error(L, "kvscope.view: view %s belongs to plugin %s", name,
+				return script_error(L, "kvscope.view: view %s belongs to plugin %s", name,
 				                  rt->views[i]->p->name);
 			rec = rt->views[i];
 		}
@@ -750,7 +750,7 @@ static struct script_item *api_view_add(lua_State *L, enum script_item_kind kind
 	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
 	struct script_view *v = &u->rec->v;
 	if (v->n_items >= 10000)
-		luaL_error(L, "view %s: more than 10000 items (clear it first)", v->name);
+		script_error(L, "view %s: more than 10000 items (clear it first)", v->name);
 	if (v->n_items == v->cap_items) {
 		v->cap_items = v->cap_items ? v->cap_items * 2 : 16;
 		v->items = xreallocarray(v->items, v->cap_items, sizeof *v->items);
@@ -788,7 +788,7 @@ static int api_view_bar(lua_State *L)
 	const char *label = luaL_checkstring(L, 2);
 	double value = luaL_checknumber(L, 3), max = luaL_optnumber(L, 4, 1.0);
 	if (!(max > 0))
-		return luaL_error(L, "view:bar: max %f (expected > 0)", max);
+		return script_error(L, "view:bar: max %f (expected > 0)", max);
 	struct script_item *it = api_view_add(L, SCRIPT_ITEM_BAR);
 	it->text = xstrdup(label);
 	it->value = value < 0 ? 0 : value > max ? max : value;
@@ -803,22 +803,22 @@ static int api_view_heatmap(lua_State *L)
 	luaL_checktype(L, 3, LUA_TTABLE);
 	lua_Integer rows = (lua_Integer)lua_rawlen(L, 3), cols = -1;
 	if (rows < 1 || rows > 4096)
-		return luaL_error(L, "view:heatmap: %d rows (expected 1..4096)", (int)rows);
+		return script_error(L, "view:heatmap: %d rows (expected 1..4096)", (int)rows);
 	float *cells = NULL;
 	for (lua_Integer r = 1; r <= rows; r++) {
 		if (lua_rawgeti(L, 3, r) != LUA_TTABLE) {
 			free(cells);
-			return luaL_error(L, "view:heatmap: row %d is not a table of numbers", (int)r);
+			return script_error(L, "view:heatmap: row %d is not a table of numbers", (int)r);
 		}
 		lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
 		if (cols < 0) {
 			cols = n;
 			if (cols < 1 || cols > 4096)
-				return luaL_error(L, "view:heatmap: %d columns (expected 1..4096)", (int)cols);
+				return script_error(L, "view:heatmap: %d columns (expected 1..4096)", (int)cols);
 			cells = xmallocarray((size_t)(rows * cols), sizeof *cells);
 		} else if (n != cols) {
 			free(cells);
-			return luaL_error(L, "view:heatmap: row %d has %d values, row 1 has %d", (int)r,
+			return script_error(L, "view:heatmap: row %d has %d values, row 1 has %d", (int)r,
 			                  (int)n, (int)cols);
 		}
 		for (lua_Integer c = 1; c <= cols; c++) {
@@ -828,7 +828,7 @@ static int api_view_heatmap(lua_State *L)
 			lua_pop(L, 1);
 			if (!isnum) {
 				free(cells);
-				return luaL_error(L, "view:heatmap: row %d, column %d is not a number", (int)r,
+				return script_error(L, "view:heatmap: row %d, column %d is not a number", (int)r,
 				                  (int)c);
 			}
 			cells[(r - 1) * cols + (c - 1)] = (float)x;
@@ -978,11 +978,11 @@ static int api_write(lua_State *L)
 	const char *text = luaL_checklstring(L, 2, &len);
 	const char *mode = luaL_optstring(L, 3, "w");
 	if (!api_path_ok(rel))
-		return luaL_error(L, "kvscope.write: '%s' refused (expected a relative path of letters, "
+		return script_error(L, "kvscope.write: '%s' refused (expected a relative path of letters, "
 		                     "digits, '.', '-', '_' under the results directory, no '..')",
 		                  rel);
 	if (strcmp(mode, "w") != 0 && strcmp(mode, "a") != 0)
-		return luaL_error(L, "kvscope.write: mode '%s' (expected \"w\" or \"a\")", mode);
+		return script_error(L, "kvscope.write: mode '%s' (expected \"w\" or \"a\")", mode);
 	char *path = xasprintf("%s/%s", rt->results_dir, rel);
 	/* create the directories on the way */
 	for (char *s = path + 1; *s; s++)
@@ -1060,21 +1060,21 @@ static int api_policy_register(lua_State *L)
 		lua_pop(L, 1);
 	}
 	if (!(budget > 0) || budget > 10000)
-		return luaL_error(L, "policy.register: budget_ms %f (expected 0 < ms <= 10000)", budget);
+		return script_error(L, "policy.register: budget_ms %f (expected 0 < ms <= 10000)", budget);
 	struct kv_policy probe;
 	if (kv_policy_parse(name, &probe, NULL) == KVS_OK)
-		return luaL_error(L, "policy.register: '%s' is a built-in policy's name", name);
+		return script_error(L, "policy.register: '%s' is a built-in policy's name", name);
 	if (kv_policy_parse(bspec, &base, &e) != KVS_OK)
-		return luaL_error(L, "policy.register: base: %s", e.msg);
+		return script_error(L, "policy.register: base: %s", e.msg);
 	if (!kv_policy_evicts(&base))
-		return luaL_error(L, "policy.register: base '%s' never evicts (expected window, "
+		return script_error(L, "policy.register: base '%s' never evicts (expected window, "
 		                     "streaming, sirllm, lminfinite or h2o)",
 		                  bspec);
 	struct script_policy *pol = NULL;
 	for (size_t i = 0; i < rt->n_policies; i++)
 		if (strcmp(rt->policies[i]->name, name) == 0) {
 			if (rt->policies[i]->p != NULL && rt->policies[i]->p != P)
-				return luaL_error(L, "policy.register: %s belongs to plugin %s", name,
+				return script_error(L, "policy.register: %s belongs to plugin %s", name,
 				                  rt->policies[i]->p->name);
 			pol = rt->policies[i];
 		}
@@ -1151,7 +1151,7 @@ static struct api_session *api_checksession(lua_State *L, int i)
 {
 	struct api_session **u = luaL_checkudata(L, i, API_SESSION);
 	if (*u == NULL || (*u)->s == NULL)
-		luaL_error(L, "the session is closed");
+		script_error(L, "the session is closed");
 	return *u;
 }
 
@@ -1205,7 +1205,7 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 			int isnum;
 			double x = lua_tonumberx(L, -1, &isnum);
 			if (!isnum || !(x >= nums[i].lo && x <= nums[i].hi))
-				luaL_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])",
+				script_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])",
 				           nums[i].k, luaL_tolstring(L, -1, NULL), nums[i].lo, nums[i].hi);
 			switch (i) {
 			case 0: c->gen.kv.budget = (uint32_t)x; break;
@@ -1230,7 +1230,7 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 			if (strcmp(s, caps[i]) == 0)
 				k = i;
 		if (k < 0)
-			luaL_error(L, "kvscope.session: capture = '%s' (expected off, summary or full)", s);
+			script_error(L, "kvscope.session: capture = '%s' (expected off, summary or full)", s);
 		c->gen.kv.capture = (enum kv_capture)k;
 	}
 	lua_pop(L, 1);
@@ -1292,7 +1292,7 @@ static int api_session_open(lua_State *L)
 		for (size_t i = 0; i < rt->n_policies; i++)
 			lua_policy |= rt->policies[i]->p != NULL && strcmp(rt->policies[i]->name, policy) == 0;
 		if (!lua_policy && kv_policy_parse(policy, &c.gen.kv.policy, &e) != KVS_OK)
-			return luaL_error(L, "kvscope.session: policy: %s", e.msg);
+			return script_error(L, "kvscope.session: policy: %s", e.msg);
 		if (lua_policy) {
 			struct kv_scorer sc;
 			script_policy_scorer(rt, policy, &sc, &c.gen.kv.policy, NULL);
@@ -1302,7 +1302,7 @@ static int api_session_open(lua_State *L)
 		}
 	}
 	if (c.gen.model_path == NULL)
-		return luaL_error(L, "kvscope.session: no model (give model = PATH)");
+		return script_error(L, "kvscope.session: no model (give model = PATH)");
 	struct api_session **u = lua_newuserdatauv(L, sizeof *u, 0);
 	*u = NULL;
 	luaL_setmetatable(L, API_SESSION);
@@ -1311,7 +1311,7 @@ static int api_session_open(lua_State *L)
 	as->owned = true;
 	if (session_open(&as->s, &c, &e) != KVS_OK) {
 		free(as);
-		return luaL_error(L, "kvscope.session: %s", e.msg);
+		return script_error(L, "kvscope.session: %s", e.msg);
 	}
 	*u = as;
 	as->next = rt->sessions;
@@ -1321,7 +1321,7 @@ static int api_session_open(lua_State *L)
 	};
 	session_set_hooks(as->s, &h);
 	if (lua_policy && api_session_policy(rt, as, policy, &e) != KVS_OK)
-		return luaL_error(L, "kvscope.session: %s", e.msg);
+		return script_error(L, "kvscope.session: %s", e.msg);
 	script_on_model_loaded(rt, session_gen(as->s));
 	rt->vocab = session_gen(as->s)->model->vocab;
 	return 1;
@@ -1404,7 +1404,7 @@ static int api_current(lua_State *L)
 static void api_session_enter(lua_State *L, struct api_session *as)
 {
 	if (as->busy)
-		luaL_error(L, "the session is busy (an exchange is running)");
+		script_error(L, "the session is busy (an exchange is running)");
 	as->busy = true;
 }
 
@@ -1447,7 +1447,7 @@ static int api_s_chat(lua_State *L)
 		if (lua_getfield(L, 3, "max_tokens") != LUA_TNIL) {
 			lua_Integer m = luaL_checkinteger(L, -1);
 			if (m < 1 || m > (1 << 24))
-				return luaL_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)m);
+				return script_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)m);
 			old_max = 1;
 			session_set_max_tokens(as->s, (uint32_t)m);
 		}
@@ -1459,7 +1459,7 @@ static int api_s_chat(lua_State *L)
 	if (old_max)
 		session_set_max_tokens(as->s, as->p->rt->cfg.max_tokens);
 	if (rc != KVS_OK)
-		return luaL_error(L, "chat: %s", e.msg);
+		return script_error(L, "chat: %s", e.msg);
 	const struct session_turn *t = session_turn_at(as->s, session_n_turns(as->s) - 1);
 	/* turn_end hooks run now, on the main loop, after the exchange */
 	script_on_turn_end(as->p->rt, t);
@@ -1480,7 +1480,7 @@ static enum kv_role api_role(lua_State *L, int i, enum kv_role def)
 	for (int k = 1; k < 4; k++)
 		if (strcmp(r, api_role_names[k]) == 0)
 			return (enum kv_role)k;
-	luaL_error(L, "role '%s' (expected system, user or assistant)", r);
+	script_error(L, "role '%s' (expected system, user or assistant)", r);
 	return def;
 }
 
@@ -1491,13 +1491,13 @@ static int api_s_prompt(lua_State *L)
 	lua_Integer extra = luaL_optinteger(L, 3, 0);
 	struct err e;
 	if (extra < 0 || extra > (1 << 24))
-		return luaL_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
+		return script_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
 	int32_t before = kv_cache_next_pos(session_gen(as->s)->kv);
 	api_session_enter(L, as);
 	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
-		return luaL_error(L, "prompt: %s", e.msg);
+		return script_error(L, "prompt: %s", e.msg);
 	lua_pushinteger(L, before);
 	lua_pushinteger(L, kv_cache_next_pos(session_gen(as->s)->kv) - before);
 	return 2;
@@ -1514,7 +1514,7 @@ static int api_s_feed(lua_State *L)
 	int rc = session_feed_text(as->s, text, role, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
-		return luaL_error(L, "feed: %s", e.msg);
+		return script_error(L, "feed: %s", e.msg);
 	lua_pushinteger(L, before);
 	lua_pushinteger(L, kv_cache_next_pos(session_gen(as->s)->kv) - before);
 	return 2;
@@ -1529,7 +1529,7 @@ static int api_s_end_reply(lua_State *L)
 	int rc = session_end_reply(as->s, eot, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
-		return luaL_error(L, "end_reply: %s", e.msg);
+		return script_error(L, "end_reply: %s", e.msg);
 	return 0;
 }
 
@@ -1548,15 +1548,15 @@ static int api_s_generate(lua_State *L)
 	uint32_t n_out;
 	luaL_Buffer b;
 	if (n < 1 || n > (1 << 24))
-		return luaL_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
+		return script_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
 	if (!g->have_logits)
-		return luaL_error(L, "generate: nothing fed yet (feed or prompt first)");
+		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
 	luaL_buffinit(L, &b);
 	api_session_enter(L, as);
 	int rc = gen_reply(g, (uint32_t)n, api_gen_text, &b, &stop, &n_out, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
-		return luaL_error(L, "generate: %s", e.msg);
+		return script_error(L, "generate: %s", e.msg);
 	luaL_pushresult(&b);
 	lua_pushstring(L, gen_stop_name(stop));
 	lua_pushinteger(L, n_out);
@@ -1569,20 +1569,20 @@ static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
 	if (lua_isinteger(L, idx)) {
 		lua_Integer id = lua_tointeger(L, idx);
 		if (id < 0 || id >= (lua_Integer)gen_n_vocab(g))
-			luaL_error(L, "token id %d out of range (0..%d)", (int)id, (int)gen_n_vocab(g) - 1);
+			script_error(L, "token id %d out of range (0..%d)", (int)id, (int)gen_n_vocab(g) - 1);
 		return (int32_t)id;
 	}
 	size_t len;
 	const char *s = lua_tolstring(L, idx, &len);
 	if (s == NULL || len == 0)
-		luaL_error(L, "expected a token id or a non-empty string");
+		script_error(L, "expected a token id or a non-empty string");
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
 	struct err e;
 	if (vocab_tokenize(g->model->vocab, s, len, false, false, &ids, &n, &cap, &e) != KVS_OK ||
 	    n == 0) {
 		free(ids);
-		luaL_error(L, "cannot tokenize '%s'", s);
+		script_error(L, "cannot tokenize '%s'", s);
 	}
 	int32_t id = ids[0];
 	free(ids);
@@ -1606,7 +1606,7 @@ static int api_s_logprobs(lua_State *L)
 	struct gen *g = session_gen(as->s);
 	luaL_checktype(L, 2, LUA_TTABLE);
 	if (!g->have_logits || g->last_logits == NULL)
-		return luaL_error(L, "logprobs: nothing fed yet (feed or prompt first)");
+		return script_error(L, "logprobs: nothing fed yet (feed or prompt first)");
 	double lz = api_logz(g->last_logits, gen_n_vocab(g));
 	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
 	lua_createtable(L, (int)n, 0);
@@ -1627,9 +1627,9 @@ static int api_s_top(lua_State *L)
 	lua_Integer k = luaL_optinteger(L, 2, 10);
 	uint32_t nv = gen_n_vocab(g);
 	if (!g->have_logits || g->last_logits == NULL)
-		return luaL_error(L, "top: nothing fed yet (feed or prompt first)");
+		return script_error(L, "top: nothing fed yet (feed or prompt first)");
 	if (k < 1 || k > 1000)
-		return luaL_error(L, "top: k = %d (expected 1..1000)", (int)k);
+		return script_error(L, "top: k = %d (expected 1..1000)", (int)k);
 	if ((uint32_t)k > nv)
 		k = nv;
 	double lz = api_logz(g->last_logits, nv);
@@ -1673,7 +1673,7 @@ static int api_s_tokenize(lua_State *L)
 	if (vocab_tokenize(session_gen(as->s)->model->vocab, s, len, false, special, &ids, &n, &cap,
 	                   &e) != KVS_OK) {
 		free(ids);
-		return luaL_error(L, "tokenize: %s", e.msg);
+		return script_error(L, "tokenize: %s", e.msg);
 	}
 	lua_createtable(L, (int)n, 0);
 	for (size_t i = 0; i < n; i++) {
@@ -1697,7 +1697,7 @@ static int api_s_detokenize(lua_State *L)
 		lua_Integer id = lua_tointeger(L, -1);
 		lua_pop(L, 1);
 		if (id < 0 || id >= (lua_Integer)vocab_n_tokens(v))
-			return luaL_error(L, "detokenize: id %d out of range", (int)id);
+			return script_error(L, "detokenize: id %d out of range", (int)id);
 		char buf[256];
 		size_t k = vocab_piece(v, (int32_t)id, true, buf, sizeof buf);
 		luaL_addlstring(&b, buf, KVS_MIN(k, sizeof buf));
@@ -1712,9 +1712,9 @@ static int api_s_set_policy(lua_State *L)
 	const char *spec = luaL_checkstring(L, 2);
 	struct err e;
 	if (as->busy)
-		return luaL_error(L, "set_policy: the session is busy");
+		return script_error(L, "set_policy: the session is busy");
 	if (api_session_policy(as->p->rt, as, spec, &e) != KVS_OK)
-		return luaL_error(L, "set_policy: %s", e.msg);
+		return script_error(L, "set_policy: %s", e.msg);
 	as->p->rt->epoch++;
 	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
 	return 0;
@@ -1726,11 +1726,11 @@ static int api_s_set_budget(lua_State *L)
 	lua_Integer n = luaL_checkinteger(L, 2);
 	struct err e;
 	if (as->busy)
-		return luaL_error(L, "set_budget: the session is busy");
+		return script_error(L, "set_budget: the session is busy");
 	if (n < 8 || n > (1 << 24))
-		return luaL_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
+		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
 	if (kv_cache_set_budget(session_gen(as->s)->kv, (uint32_t)n, &e) != KVS_OK)
-		return luaL_error(L, "set_budget: %s", e.msg);
+		return script_error(L, "set_budget: %s", e.msg);
 	as->p->rt->epoch++;
 	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
 	return 0;
@@ -1782,7 +1782,7 @@ static int api_s_pin(lua_State *L)
 	bool on = lua_isnone(L, 3) ? true : lua_toboolean(L, 3);
 	struct err e;
 	if (kv_cache_pin(session_gen(as->s)->kv, (int32_t)pos, on, &e) != KVS_OK)
-		return luaL_error(L, "pin: %s", e.msg);
+		return script_error(L, "pin: %s", e.msg);
 	return 0;
 }
 
@@ -1811,7 +1811,7 @@ static int api_s_reset(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	if (as->busy)
-		return luaL_error(L, "reset: the session is busy");
+		return script_error(L, "reset: the session is busy");
 	session_reset(as->s);
 	as->p->rt->epoch++;
 	return 0;
@@ -1821,9 +1821,9 @@ static int api_s_close(lua_State *L)
 {
 	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
 	if (*u != NULL && (*u)->busy)
-		return luaL_error(L, "close: the session is busy");
+		return script_error(L, "close: the session is busy");
 	if (*u != NULL && !(*u)->owned)
-		return luaL_error(L, "close: the front end's session is not the plugin's to close");
+		return script_error(L, "close: the front end's session is not the plugin's to close");
 	return api_session_gc(L);
 }
 

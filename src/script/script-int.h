@@ -150,6 +150,8 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
                   const char *what, double budget_ms, struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
+/* luaL_error with printf formats (luaL_error's own take only %d, %s, %f). */
+int script_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void script_log(struct script_plugin *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -100,8 +100,22 @@ static void script_count_hook(lua_State *L, lua_Debug *ar)
 	if (P->deadline > 0 && clock_now_ms() > P->deadline) {
 		P->overrun = true;
 		lua_sethook(L, script_count_hook, LUA_MASKCOUNT, 1);
-		luaL_error(L, "stopped: over its %.0f ms time budget", P->budget_ms);
+		script_error(L, "stopped: over its %.0f ms time budget", P->budget_ms);
 	}
+}
+
+int script_error(lua_State *L, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	luaL_where(L, 1);
+	lua_pushstring(L, buf);
+	lua_concat(L, 2);
+	return lua_error(L);
 }
 
 /* An unprotected error: nothing to save, say what happened. */
@@ -299,12 +313,12 @@ static int sb_load(lua_State *L)
 	const char *mode = luaL_optstring(L, 3, "t");
 
 	if (s == NULL)
-		return luaL_error(L, "load: expected a string chunk, got %s", luaL_typename(L, 1));
+		return script_error(L, "load: expected a string chunk, got %s", luaL_typename(L, 1));
 	if (strcmp(mode, "t") != 0)
-		return luaL_error(L, "load: mode '%s' refused: plugins load text chunks only (mode \"t\")",
+		return script_error(L, "load: mode '%s' refused: plugins load text chunks only (mode \"t\")",
 		                  mode);
 	if (!lua_isnoneornil(L, 4))
-		return luaL_error(L, "load: an environment argument is refused: chunks run in the "
+		return script_error(L, "load: an environment argument is refused: chunks run in the "
 		                     "plugin's own environment");
 	if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
 		lua_pushnil(L);
@@ -319,7 +333,7 @@ static int sb_require(lua_State *L)
 {
 	const char *name = luaL_checkstring(L, 1);
 	if (strcmp(name, "kvscope") != 0)
-		return luaL_error(L, "require: module '%s' is not available to plugins (only \"kvscope\")",
+		return script_error(L, "require: module '%s' is not available to plugins (only \"kvscope\")",
 		                  name);
 	lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.module");
 	return 1;
@@ -338,7 +352,7 @@ static int sb_collectgarbage(lua_State *L)
 		lua_pushinteger(L, 0);
 		return 1;
 	}
-	return luaL_error(L, "collectgarbage: option '%s' refused (collect, count or step)", opt);
+	return script_error(L, "collectgarbage: option '%s' refused (collect, count or step)", opt);
 }
 
 /* string.rep with the result's size checked against the memory left. */
@@ -353,7 +367,7 @@ static int sb_string_rep(lua_State *L)
 		double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
 		double left = (double)(P->mem_cap - KVS_MIN(P->mem, P->mem_cap));
 		if (total > left)
-			return luaL_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
+			return script_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
 			                     "left (%.0f of its %zu KiB cap)",
 			                  total, left, P->mem_cap >> 10);
 	}
@@ -441,7 +455,7 @@ static int script_setup(lua_State *L)
 	lua_pushvalue(L, M);
 	lua_call(L, 1, 1);
 	if (!lua_istable(L, -1))
-		return luaL_error(L, "lua/kvscope.lua did not return the module table");
+		return script_error(L, "lua/kvscope.lua did not return the module table");
 	lua_setfield(L, LUA_REGISTRYINDEX, "kvscope.module");
 	return 0;
 }
@@ -1210,6 +1224,8 @@ int script_run(struct script_rt *rt, const char *path, int argc, char **argv, st
 	/* what the script scheduled last, and what that scheduled (bounded) */
 	for (int round = 0; round < 100 && rt->n_sched > 0; round++)
 		script_tick(rt);
+	if (rc != KVS_OK)
+		err_set(e, rc, "%s failed (the error is above)", path);
 	script_unload_plugin(rt, P);
 	return rc;
 }
