@@ -220,7 +220,8 @@ struct api_toks {
 
 void api_push_toks(lua_State *L, const struct kv_tok *toks, uint32_t n, const struct vocab *v)
 {
-	struct api_toks *a = lua_newuserdatauv(L, sizeof *a, 0);
+	/* user value 1: the session whose cache it lends (kept alive with it) */
+	struct api_toks *a = lua_newuserdatauv(L, sizeof *a, 1);
 	a->t = toks;
 	a->n = n;
 	a->epoch = api_rt(L)->epoch;
@@ -268,6 +269,7 @@ struct api_attn {
 	uint32_t layer, head;
 	uint64_t step;
 	float next_entropy;
+	int32_t query_pos;                    /* original position of the query token, -1 unknown */
 	uint64_t epoch;
 };
 
@@ -292,6 +294,7 @@ void api_push_attention(lua_State *L, const struct kv_event *ev)
 	a->layer = a->head = 0;
 	a->step = ev->step;
 	a->next_entropy = ev->next_entropy;
+	a->query_pos = ev->tok ? ev->tok->orig_pos : -1;
 	a->epoch = rt->epoch;
 }
 
@@ -385,6 +388,8 @@ static int api_attn_index(lua_State *L)
 			api_pushf(L, a->next_entropy);
 		else if (strcmp(k, "rows") == 0)
 			lua_pushboolean(L, a->w != NULL);
+		else if (strcmp(k, "query") == 0 && a->query_pos >= 0)
+			lua_pushinteger(L, a->query_pos);
 		else
 			lua_pushnil(L);
 		return 1;
@@ -427,6 +432,8 @@ int api_push_model(lua_State *L, const struct gen *g)
 	api_setint(L, "n_ctx", gen_n_ctx(g));
 	api_setint(L, "n_vocab", gen_n_vocab(g));
 	api_setstr(L, "backend", engine_backend_name(g->engine));
+	if (g->chat.default_system != NULL)
+		api_setstr(L, "default_system", g->chat.default_system);
 	return 1;
 }
 
@@ -1328,7 +1335,7 @@ static int api_session_open(lua_State *L)
 }
 
 /* Unlink as from the runtime's list and close its session when owned. */
-static void api_session_drop(struct script_rt *rt, struct api_session *as)
+static void api_session_drop(struct script_rt *rt, struct api_session *as, bool bump)
 {
 	for (struct api_session **pp = &rt->sessions; *pp; pp = &(*pp)->next)
 		if (*pp == as) {
@@ -1338,14 +1345,17 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as)
 	if (as->owned)
 		session_close(as->s);
 	as->s = NULL;
-	rt->epoch++;
+	if (bump)
+		rt->epoch++;
 }
 
 static int api_session_gc(lua_State *L)
 {
 	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
 	if (*u != NULL) {
-		api_session_drop(script_plugin_of(L)->rt, *u);
+		/* nothing lent from it is reachable (token lists keep their session
+		 * alive), so the epoch stays: other handles remain valid */
+		api_session_drop(script_plugin_of(L)->rt, *u, false);
 		free(*u);
 		*u = NULL;
 	}
@@ -1760,6 +1770,8 @@ static int api_s_tokens(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	struct gen *g = session_gen(as->s);
 	api_push_toks(L, kv_cache_toks(g->kv), kv_cache_n(g->kv), g->model->vocab);
+	lua_pushvalue(L, 1);
+	lua_setiuservalue(L, -2, 1);
 	return 1;
 }
 
@@ -1824,7 +1836,12 @@ static int api_s_close(lua_State *L)
 		return script_error(L, "close: the session is busy");
 	if (*u != NULL && !(*u)->owned)
 		return script_error(L, "close: the front end's session is not the plugin's to close");
-	return api_session_gc(L);
+	if (*u != NULL) {
+		api_session_drop(script_plugin_of(L)->rt, *u, true);
+		free(*u);
+		*u = NULL;
+	}
+	return 0;
 }
 
 static int api_s_set_system(lua_State *L)
@@ -1968,7 +1985,9 @@ static const struct api_fn api_table[] = {
 	{ "session:set_system", API_DEFERRED, API_C, "(text)",
 	  "the system prompt of the next conversation", api_s_set_system },
 	{ "session:info", API_FAST, API_C, "() -> table",
-	  "name, n_layer, n_head, n_head_kv, n_ctx, n_vocab, backend", api_s_info },
+	  "name, n_layer, n_head, n_head_kv, n_ctx, n_vocab, backend, default_system (the "
+	  "template's, when it has one)",
+	  api_s_info },
 	{ "session:close", API_DEFERRED, API_C, "()", "close a session the plugin opened",
 	  api_s_close },
 };
@@ -1989,7 +2008,8 @@ static const struct {
 	                "fallback, why, kept" },
 	[SEV_ATTENTION] = { "attention", "(attn)",
 	                    "fast: a forward's last query (capture on); #attn layers, attn[l][h][i], "
-	                    "attn:get(l, h, i), attn:summary(l, h), attn:position(i), n_cached, step" },
+	                    "attn:get(l, h, i), attn:summary(l, h), attn:position(i), n_cached, step, "
+	                    "query (its position), rows (whether rows were captured)" },
 	[SEV_MODEL_LOADED] = { "model_loaded", "(info)",
 	                       "main loop: a model was loaded; info as session:info()" },
 	[SEV_KEY] = { "key", "(name)", "main loop: a key the front end did not use; return true to "
