@@ -857,11 +857,9 @@ static int api_view_heatmap(lua_State *L)
 
 static const char *const api_item_kinds[] = { "text", "bar", "heatmap" };
 
-/* view:items(): the view's items as tables (what a renderer gets). */
-static int api_view_items(lua_State *L)
+/* Push v's items as a list of tables. */
+static void api_push_items(lua_State *L, const struct script_view *v)
 {
-	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
-	struct script_view *v = &u->rec->v;
 	lua_createtable(L, (int)v->n_items, 0);
 	for (size_t i = 0; i < v->n_items; i++) {
 		struct script_item *it = &v->items[i];
@@ -877,6 +875,30 @@ static int api_view_items(lua_State *L)
 			api_setnum(L, "lo", it->lo);
 			api_setnum(L, "hi", it->hi);
 		}
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+}
+
+/* view:items(): the view's items as tables (what a renderer gets). */
+static int api_view_items(lua_State *L)
+{
+	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
+	api_push_items(L, &u->rec->v);
+	return 1;
+}
+
+/* kvscope.views(): every plugin's views, read-only. */
+static int api_views(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	lua_createtable(L, (int)rt->n_views, 0);
+	for (size_t i = 0; i < rt->n_views; i++) {
+		const struct script_view *v = &rt->views[i]->v;
+		lua_createtable(L, 0, 3);
+		api_setstr(L, "name", v->name);
+		api_setstr(L, "plugin", v->plugin);
+		api_push_items(L, v);
+		lua_setfield(L, -2, "items");
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
 	return 1;
@@ -1762,6 +1784,12 @@ static int api_s_stats(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	api_push_stats(L, session_gen(as->s)->kv);
+	if (as->policy != NULL) {
+		/* the Lua policy; its base gives positions and the fallback */
+		lua_getfield(L, -1, "policy");
+		lua_setfield(L, -2, "base");
+		api_setstr(L, "policy", as->policy->name);
+	}
 	return 1;
 }
 
@@ -1906,6 +1934,8 @@ static const struct api_fn api_table[] = {
 	  "append a heatmap of a table of equal-length rows of numbers", api_view_heatmap },
 	{ "view:items", API_FAST, API_C, "() -> list",
 	  "the items as tables {kind, text, value, max, rows, cols, lo, hi}", api_view_items },
+	{ "views", API_FAST, API_C, "() -> list",
+	  "every plugin's views: {name, plugin, items} (read-only)", api_views },
 	/* plugins */
 	{ "plugins", API_FAST, API_C, "() -> list",
 	  "loaded plugins: {name, path, enabled, why, errors, mem}", api_plugins },
@@ -1969,7 +1999,7 @@ static const struct api_fn api_table[] = {
 	{ "session:policy", API_FAST, API_C, "() -> string", "the policy in use", api_s_policy },
 	{ "session:stats", API_DEFERRED, API_C, "() -> table",
 	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_evicted, "
-	  "n_evictions, n_fallbacks, bytes, policy, ...",
+	  "n_evictions, n_fallbacks, bytes, policy (and base, for a Lua policy), ...",
 	  api_s_stats },
 	{ "session:tokens", API_DEFERRED, API_C, "() -> tokens",
 	  "the cached tokens (read-only, valid until the session changes)", api_s_tokens },

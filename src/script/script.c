@@ -599,7 +599,8 @@ static int script_plugin_new(struct script_rt *rt, const char *path, bool is_scr
 	rc = file_read_all(path, &src, &len, e);
 	if (rc != KVS_OK) {
 		free(name);
-		return rc;
+		e->code = KVS_EARG; /* a path the user gave */
+		return KVS_EARG;
 	}
 	sidepath = xasprintf("%s/lua/kvscope.lua", rt->datadir);
 	rc = file_read_all(sidepath, &side, &side_len, e);
@@ -1224,8 +1225,10 @@ int script_run(struct script_rt *rt, const char *path, int argc, char **argv, st
 	/* what the script scheduled last, and what that scheduled (bounded) */
 	for (int round = 0; round < 100 && rt->n_sched > 0; round++)
 		script_tick(rt);
-	if (rc != KVS_OK)
-		err_set(e, rc, "%s failed (the error is above)", path);
+	if (rc != KVS_OK && P->depth == 0 && P->L != NULL) {
+		/* it loaded and ran, then raised: a runtime failure, not bad input */
+		rc = err_set(e, KVS_ESTATE, "%s failed (the error is above)", path);
+	}
 	script_unload_plugin(rt, P);
 	return rc;
 }

@@ -1,0 +1,76 @@
+-- attention-dump.lua: write the attention rows of chosen layers and heads
+-- as CSV, one line per (step, layer, head, cached token).
+--
+--   kvscope run attention-dump.lua [--prompt TEXT] [--layers 1,2] [--heads 1,3]
+--                                  [--max-tokens N] [--out FILE.csv | --out -]
+--
+-- The session captures every forward's attention (capture = "full"); the
+-- attention hook (fast tier) copies the chosen rows into a Lua table while
+-- the data is lent, and the file is written after the exchange, under the
+-- results directory (kvscope run --results DIR; default results/), or to
+-- stdout with --out -. Layers and heads count from 1; columns are the cached
+-- tokens in cache order with their original positions. Each step is one
+-- forward: the prompt's last token, then each generated token.
+local kvscope = require "kvscope"
+
+local opt = { prompt = "The quick brown fox jumps over the lazy dog.", layers = { 1 }, heads = { 1 },
+              max_tokens = 8, out = "attention.csv" }
+local function list(s, what)
+  local out = {}
+  for item in s:gmatch("[^,]+") do
+    local n = math.tointeger(tonumber(item))
+    if not n or n < 1 then error("attention-dump.lua: " .. what .. ": '" .. item .. "' is not a number >= 1") end
+    out[#out + 1] = n
+  end
+  return out
+end
+local args = kvscope.args
+local i = 1
+while i <= #args do
+  local a = args[i]
+  local function val()
+    i = i + 1
+    if args[i] == nil then error("attention-dump.lua: " .. a .. " needs a value") end
+    return args[i]
+  end
+  if a == "--prompt" then opt.prompt = val()
+  elseif a == "--layers" then opt.layers = list(val(), "--layers")
+  elseif a == "--heads" then opt.heads = list(val(), "--heads")
+  elseif a == "--max-tokens" then opt.max_tokens = math.tointeger(tonumber(val()))
+  elseif a == "--out" then opt.out = val()
+  else error("attention-dump.lua: unknown argument '" .. a .. "' (expected --prompt, --layers, --heads, --max-tokens, --out)") end
+  i = i + 1
+end
+
+local s = kvscope.session{ temp = 0, max_tokens = opt.max_tokens, capture = "full" }
+local info = s:info()
+for _, l in ipairs(opt.layers) do
+  if l > info.n_layer then error(string.format("attention-dump.lua: layer %d, the model has %d", l, info.n_layer)) end
+end
+for _, h in ipairs(opt.heads) do
+  if h > info.n_head then error(string.format("attention-dump.lua: head %d, the model has %d", h, info.n_head)) end
+end
+
+local lines = { kvscope.csv{ "step", "query_position", "layer", "head", "column", "position", "weight" } }
+local steps = 0
+kvscope.on("attention", function(a)
+  if not a.rows then return end
+  steps = steps + 1
+  local q = a.query or ""
+  for _, l in ipairs(opt.layers) do
+    for _, h in ipairs(opt.heads) do
+      for c = 1, a.n_cached do
+        lines[#lines + 1] = string.format("%d,%s,%d,%d,%d,%d,%.6g", a.step, q, l, h, c, a:position(c) or -1, a:get(l, h, c))
+      end
+    end
+  end
+end)
+s:chat(opt.prompt)
+local csv = table.concat(lines, "\n") .. "\n"
+if opt.out == "-" then
+  print((csv:gsub("\n$", "")))
+else
+  local path = kvscope.write(opt.out, csv)
+  print(string.format("%s: %d rows (%d steps x %d layers x %d heads x cached tokens)", path, #lines - 1,
+    steps, #opt.layers, #opt.heads))
+end

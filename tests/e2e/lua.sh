@@ -1,0 +1,102 @@
+#!/bin/sh
+# lua.sh: the Lua runtime end to end on a tiny generated model
+# (tests/util/mktiny): the Lua test suite (tests/lua/*.lua: API, sandbox,
+# policies, bundled plugins), the bundled session scripts (rps.lua gives
+# the same counts as `kvscope eval rps` for the same seed and policy),
+# doc/lua-api.md equal to `kvscope run --api-doc`, and bad input to
+# `kvscope run` failing with one line and the right exit code.
+set -u
+bin=${KVSCOPE_BIN:?}
+src=${KVSCOPE_SRCDIR:?}
+build=${KVSCOPE_BUILDDIR:?}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+model=$tmp/tiny.gguf
+"$build/tests/util/mktiny" "$model" || { echo "lua.sh: cannot write the tiny model" >&2; exit 1; }
+run() { "$bin" run --model "$model" -t 1 --results "$tmp/results" "$@"; }
+
+# the Lua test suite: each file ends with "NAME: all checks passed"
+plugins="--plugin $src/plugins/entropy-alarm.lua --plugin $src/plugins/recency-entropy.lua --plugin $src/plugins/token-stats.lua"
+for t in api sandbox policy plugins; do
+	extra=
+	[ "$t" = plugins ] && extra=$plugins
+	# shellcheck disable=SC2086
+	run $extra "$src/tests/lua/$t.lua" >"$tmp/$t.out" 2>"$tmp/$t.err"
+	rc=$?
+	if [ "$rc" -ne 0 ] || ! grep -q "^$t: all checks passed" "$tmp/$t.out"; then
+		fail "tests/lua/$t.lua: exit $rc"
+		grep -v '^ok' "$tmp/$t.out" >&2
+		tail -20 "$tmp/$t.err" >&2
+	fi
+done
+
+# the API reference is generated from the C table
+"$bin" run --api-doc >"$tmp/api.md" || fail "run --api-doc: exit $?"
+cmp -s "$tmp/api.md" "$src/doc/lua-api.md" ||
+	fail "doc/lua-api.md differs from 'kvscope run --api-doc' (regenerate it): $(diff "$src/doc/lua-api.md" "$tmp/api.md" | head -5)"
+
+# rps.lua and kvscope eval rps: same user moves, same model moves, same outcome
+for pol in streaming h2o; do
+	run "$src/sessions/rps.lua" --rounds 30 --policy $pol --budget 1024 --seed 5 --json >"$tmp/rps-lua" 2>"$tmp/rps-lua.err" ||
+		fail "rps.lua $pol: exit $? ($(tail -3 "$tmp/rps-lua.err"))"
+	"$bin" eval rps --model "$model" -t 1 --rounds 30 --policy $pol --kv-budget 1024 --seed 5 --json \
+		>"$tmp/rps-c" 2>/dev/null || fail "eval rps $pol: exit $?"
+	for key in win tie lose moves_held_end; do
+		a=$(tail -1 "$tmp/rps-lua" | grep -o "\"$key\":[0-9]*")
+		b=$(tail -1 "$tmp/rps-c" | grep -o "\"$key\":[0-9]*")
+		[ -n "$a" ] && [ "$a" = "$b" ] || fail "rps $pol: lua $a, C $b"
+	done
+	for key in model_moves user_moves; do
+		a=$(tail -1 "$tmp/rps-lua" | grep -o "\"$key\":{[^}]*}" | tr -d '"' | tr ',' '\n' | sed 's/.*{//; s/}//' | sort | tr '\n' ' ')
+		b=$(tail -1 "$tmp/rps-c" | grep -o "\"$key\":{[^}]*}" | tr -d '"' | tr ',' '\n' | sed 's/.*{//; s/}//' | sort | tr '\n' ' ')
+		[ -n "$a" ] && [ "$a" = "$b" ] || fail "rps $pol $key: lua '$a', C '$b'"
+	done
+done
+
+# compare-policies.lua: one row per (policy, budget) in CSV
+run "$src/sessions/compare-policies.lua" --policies window,streaming,h2o --budgets 96,160 --max-tokens 4 --csv \
+	>"$tmp/cmp.csv" 2>"$tmp/cmp.err" || fail "compare-policies.lua: exit $? ($(tail -3 "$tmp/cmp.err"))"
+[ "$(head -1 "$tmp/cmp.csv")" = "policy,budget,kept,evicted,evictions,restarts,facts_cached,recalled,answers,fallbacks" ] ||
+	fail "compare-policies.lua: header $(head -1 "$tmp/cmp.csv")"
+[ "$(grep -c '^window,96,96,\|^streaming,96,96,\|^h2o,96,96,\|^window,160,160,\|^streaming,160,160,\|^h2o,160,160,' "$tmp/cmp.csv")" -eq 6 ] ||
+	fail "compare-policies.lua: expected 6 rows keeping exactly the budget: $(cat "$tmp/cmp.csv")"
+
+# attention-dump.lua: every step's row of one head sums to 1
+run "$src/sessions/attention-dump.lua" --layers 1,2 --heads 2 --max-tokens 3 --out att/a.csv >"$tmp/att.out" 2>&1 ||
+	fail "attention-dump.lua: exit $? ($(cat "$tmp/att.out"))"
+[ -f "$tmp/results/att/a.csv" ] || fail "attention-dump.lua wrote no $tmp/results/att/a.csv"
+bad=$(awk -F, 'NR > 1 { s[$1 "," $3 "," $4] += $7 } END { for (k in s) if (s[k] < 0.999 || s[k] > 1.001) print k, s[k] }' \
+	"$tmp/results/att/a.csv")
+[ -z "$bad" ] || fail "attention-dump.lua: rows not summing to 1: $bad"
+steps=$(awk -F, 'NR > 1 { print $1 }' "$tmp/results/att/a.csv" | sort -u | wc -l)
+[ "$steps" -ge 4 ] || fail "attention-dump.lua: $steps steps, expected the prompt and 3 tokens at least"
+
+# bad input: one line, exit 2 (usage, files) or 1 (the script failed)
+"$bin" run >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q 'expected a script' "$tmp/e" || fail "run without a script: $(cat "$tmp/e")"
+"$bin" run "$tmp/none.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && grep -q 'none.lua' "$tmp/e" || fail "run of a missing file: $(cat "$tmp/e")"
+printf 'local x = = 1\n' >"$tmp/syntax.lua"
+"$bin" run "$tmp/syntax.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -ne 0 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q "syntax.lua:1:" "$tmp/e" || fail "syntax error: $(cat "$tmp/e")"
+printf 'error("boom")\n' >"$tmp/boom.lua"
+"$bin" run "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 1 ] && grep -q 'boom' "$tmp/e" || fail "failing script: $(cat "$tmp/e")"
+"$bin" run --plugin "$tmp/none.lua" "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] || fail "missing plugin: $(cat "$tmp/e")"
+printf 'print(1)\n' >"$tmp/bad name.lua"
+"$bin" run "$tmp/bad name.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && grep -q 'letters, digits' "$tmp/e" || fail "bad script name: $(cat "$tmp/e")"
+"$bin" run --hook-ms 0 "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] || fail "--hook-ms 0: $(cat "$tmp/e")"
+# a script that loops forever stops at --timeout
+printf 'while true do end\n' >"$tmp/loop.lua"
+"$bin" run --timeout 0.2 "$tmp/loop.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 1 ] && grep -q 'time budget' "$tmp/e" || fail "--timeout: $(cat "$tmp/e")"
+
+[ "$fails" -eq 0 ] || exit 1
+echo "lua.sh: all checks passed"
