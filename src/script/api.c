@@ -12,7 +12,7 @@
  *
  * Event data is lent, not copied: token, cached-token lists and attention
  * are read-only userdata over the engine's own memory, stamped with the
- * runtime's epoch; the runtime bumps the epoch when the data may change (the
+ * state's epoch; the runtime bumps the epoch when the data may change (the
  * event is over, the session fed more tokens), and a stale handle raises an
  * error instead of reading freed memory. The token event reuses one
  * userdata per plugin, so a token hook allocates nothing.
@@ -94,7 +94,7 @@ static void api_setstr(lua_State *L, const char *k, const char *v)
 /* A handle's data is still valid (the event or the cache state it lent). */
 static void api_check_epoch(lua_State *L, uint64_t epoch, const char *what)
 {
-	if (epoch != api_rt(L)->epoch)
+	if (epoch != script_plugin_of(L)->epoch)
 		script_error(L, "%s is no longer valid: event data is lent for the duration of the call "
 		              "(copy what you keep)",
 		           what);
@@ -208,7 +208,7 @@ void api_push_token(lua_State *L, const struct gen_token *t)
 	r->id = t->id;
 	r->eog = t->eog;
 	r->v = NULL;
-	r->epoch = api_rt(L)->epoch;
+	r->epoch = script_plugin_of(L)->epoch;
 }
 
 struct api_toks {
@@ -224,7 +224,7 @@ void api_push_toks(lua_State *L, const struct kv_tok *toks, uint32_t n, const st
 	struct api_toks *a = lua_newuserdatauv(L, sizeof *a, 1);
 	a->t = toks;
 	a->n = n;
-	a->epoch = api_rt(L)->epoch;
+	a->epoch = script_plugin_of(L)->epoch;
 	a->v = v;
 	luaL_setmetatable(L, API_TOKS);
 }
@@ -295,7 +295,7 @@ void api_push_attention(lua_State *L, const struct kv_event *ev)
 	a->step = ev->step;
 	a->next_entropy = ev->next_entropy;
 	a->query_pos = ev->tok ? ev->tok->orig_pos : -1;
-	a->epoch = rt->epoch;
+	a->epoch = script_plugin_of(L)->epoch;
 }
 
 /* Check (layer, head, column) 1-based against a's shape. */
@@ -1169,7 +1169,7 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 			P->n_errors++;
 		}
 	}
-	pol->rt->epoch++;
+	P->epoch++; /* the token list it was lent */
 	pthread_mutex_unlock(&P->lock);
 	return rc;
 }
@@ -1368,7 +1368,7 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as, bool 
 		session_close(as->s);
 	as->s = NULL;
 	if (bump)
-		rt->epoch++;
+		script_stale(rt);
 }
 
 static int api_session_gc(lua_State *L)
@@ -1443,7 +1443,7 @@ static void api_session_enter(lua_State *L, struct api_session *as)
 static void api_session_leave(struct api_session *as)
 {
 	as->busy = false;
-	as->p->rt->epoch++;
+	script_stale(as->p->rt);
 }
 
 static void api_push_stats(lua_State *L, const struct kv_cache *kv)
@@ -1747,7 +1747,7 @@ static int api_s_set_policy(lua_State *L)
 		return script_error(L, "set_policy: the session is busy");
 	if (api_session_policy(as->p->rt, as, spec, &e) != KVS_OK)
 		return script_error(L, "set_policy: %s", e.msg);
-	as->p->rt->epoch++;
+	script_stale(as->p->rt);
 	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
 	return 0;
 }
@@ -1763,7 +1763,7 @@ static int api_s_set_budget(lua_State *L)
 		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
 	if (kv_cache_set_budget(session_gen(as->s)->kv, (uint32_t)n, &e) != KVS_OK)
 		return script_error(L, "set_budget: %s", e.msg);
-	as->p->rt->epoch++;
+	script_stale(as->p->rt);
 	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
 	return 0;
 }
@@ -1853,7 +1853,7 @@ static int api_s_reset(lua_State *L)
 	if (as->busy)
 		return script_error(L, "reset: the session is busy");
 	session_reset(as->s);
-	as->p->rt->epoch++;
+	script_stale(as->p->rt);
 	return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
@@ -54,12 +55,15 @@ struct script_plugin {
 	size_t log_n, log_head;
 	char *status;
 	pthread_mutex_t lock;     /* recursive: the KV cache may call a policy from a worker */
+	/* Bumped when data lent to this state (an event's, a cache's) stops
+	 * being valid; atomic: a policy may run on the session's worker thread. */
+	_Atomic uint64_t epoch;
 };
 
 struct script_hook {
 	enum script_event ev;
 	int priority;             /* higher first */
-	struct script_plugin *p;
+	struct script_plugin *p;  /* NULL once its plugin is gone (then dead) */
 	int ref;
 	uint64_t id, seq;
 	bool dead;
@@ -136,7 +140,6 @@ struct script_rt {
 	const struct kv_tok *step_toks; /* the cache's tokens during a step event (api sessions) */
 	uint32_t step_n;
 	const struct vocab *vocab;    /* of the last session seen, to render token text */
-	uint64_t epoch;           /* bumped when borrowed data (event, cache) stops being valid */
 	char *datadir;
 };
 
@@ -152,6 +155,8 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 lua_State *script_thread(struct script_plugin *P);
 /* luaL_error with printf formats (luaL_error's own take only %d, %s, %f). */
 int script_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Every state's lent data is stale now (an event ended, a cache changed). */
+void script_stale(struct script_rt *rt);
 void script_log(struct script_plugin *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -198,6 +198,12 @@ static void script_disable(struct script_plugin *P, const char *why)
 
 /* -------------------------------------------------------------- calls */
 
+void script_stale(struct script_rt *rt)
+{
+	for (size_t i = 0; i < rt->n_plugins; i++)
+		rt->plugins[i]->epoch++;
+}
+
 lua_State *script_thread(struct script_plugin *P)
 {
 	return P->depth > 0 && P->active != NULL ? P->active : P->L;
@@ -512,15 +518,22 @@ static char *script_name_of(const char *path, struct err *e)
 	return xstrndup(b, n);
 }
 
+static void script_hooks_settle(struct script_rt *rt);
+
 /* Remove everything P owns from the runtime and close its state. */
 static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 {
+	/* its hooks and timers die with it; p NULL: their references went with the state */
 	for (size_t i = 0; i < rt->n_hooks; i++)
-		if (rt->hooks[i].p == P)
+		if (rt->hooks[i].p == P) {
 			rt->hooks[i].dead = true;
+			rt->hooks[i].p = NULL;
+		}
 	for (size_t i = 0; i < rt->n_timers; i++)
-		if (rt->timers[i].p == P)
+		if (rt->timers[i].p == P) {
 			rt->timers[i].dead = true;
+			rt->timers[i].p = NULL;
+		}
 	size_t w = 0;
 	for (size_t i = 0; i < rt->n_sched; i++)
 		if (rt->sched[i].p != P)
@@ -570,13 +583,15 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 		}
 	for (size_t i = 0; i < P->log_n; i++)
 		free(P->log[(P->log_head + i) % SCRIPT_LOG_LINES]);
+	if (rt->dispatching == 0)
+		script_hooks_settle(rt);
 	pthread_mutex_destroy(&P->lock);
 	free(P->status);
 	free(P->disabled_why);
 	free(P->name);
 	free(P->path);
 	free(P);
-	rt->epoch++;
+	script_stale(rt);
 }
 
 /* Create P's state and run its main chunk (script: with argv as kvscope.args). */
@@ -780,16 +795,26 @@ void script_plugin_at(const struct script_rt *rt, size_t i, struct script_plugin
 
 size_t script_log_count(const struct script_rt *rt, const char *plugin)
 {
-	const struct script_plugin *P = script_find(rt, plugin);
-	return P ? P->log_n : 0;
+	struct script_plugin *P = script_find(rt, plugin);
+	if (P == NULL)
+		return 0;
+	pthread_mutex_lock(&P->lock);
+	size_t n = P->log_n;
+	pthread_mutex_unlock(&P->lock);
+	return n;
 }
 
 const char *script_log_line(const struct script_rt *rt, const char *plugin, size_t i)
 {
-	const struct script_plugin *P = script_find(rt, plugin);
-	if (P == NULL || i >= P->log_n)
+	struct script_plugin *P = script_find(rt, plugin);
+	const char *line = NULL;
+	if (P == NULL)
 		return NULL;
-	return P->log[(P->log_head + i) % SCRIPT_LOG_LINES];
+	pthread_mutex_lock(&P->lock);
+	if (i < P->log_n)
+		line = P->log[(P->log_head + i) % SCRIPT_LOG_LINES];
+	pthread_mutex_unlock(&P->lock);
+	return line;
 }
 
 /* ---------------------------------------------------------- runtime */
@@ -841,7 +866,7 @@ void script_attach_session(struct script_rt *rt, struct session *s)
 	rt->current = s;
 	if (s != NULL)
 		rt->vocab = session_gen(s)->model->vocab;
-	rt->epoch++;
+	script_stale(rt);
 }
 
 /* ---------------------------------------------------------- dispatch */
@@ -865,9 +890,8 @@ static void script_hooks_settle(struct script_rt *rt)
 			rt->hooks[w++] = *h;
 			continue;
 		}
-		for (size_t k = 0; k < rt->n_plugins; k++)
-			if (rt->plugins[k] == h->p)
-				luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->ref);
+		if (h->p != NULL)
+			luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->ref);
 	}
 	rt->n_hooks = w;
 	qsort(rt->hooks, rt->n_hooks, sizeof *rt->hooks, script_hook_cmp);
@@ -898,7 +922,7 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev,
 	}
 	if (--rt->dispatching == 0)
 		script_hooks_settle(rt);
-	rt->epoch++;
+	script_stale(rt);
 	return consumed;
 }
 
@@ -1060,9 +1084,8 @@ double script_tick(struct script_rt *rt)
 	for (size_t i = 0; i < rt->n_timers; i++) {
 		struct script_timer *t = &rt->timers[i];
 		if (t->dead) {
-			for (size_t k = 0; k < rt->n_plugins; k++)
-				if (rt->plugins[k] == t->p)
-					luaL_unref(t->p->L, LUA_REGISTRYINDEX, t->ref);
+			if (t->p != NULL)
+				luaL_unref(t->p->L, LUA_REGISTRYINDEX, t->ref);
 			continue;
 		}
 		rt->timers[w++] = *t;

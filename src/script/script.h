@@ -45,7 +45,8 @@ struct script_config {
 	const char *results_dir;  /* where kvscope.write puts files (default "results") */
 	bool headless;            /* kvscope run: print goes to stdout, progress to stderr */
 	/* Messages for the user (a plugin disabled, a policy fell back): the
-	 * front end shows them (TUI status line, stderr for kvscope run). */
+	 * front end shows them (TUI status line, stderr for kvscope run). A Lua
+	 * policy running on a worker thread may call it from there. */
 	void (*notify)(void *ud, const char *plugin, const char *msg);
 	void *notify_ud;
 };
