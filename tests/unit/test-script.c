@@ -1,0 +1,220 @@
+/*
+ * test-script.c: the scripting layer's C interface, as a front end (the
+ * TUI) uses it, with events built here by hand:
+ *
+ *   - token, eviction and attention events reach a plugin's hooks with the
+ *     values given here (read back through its status item);
+ *   - a key hook consumes the keys it returns true for;
+ *   - commands run and complete; views and status items are plain data
+ *     (a heatmap's range is the min and max of its cells);
+ *   - a Lua policy, through the score provider, returns the scores its Lua
+ *     function computes (2 * position + 1 here);
+ *   - a failing hook logs a traceback and, after 3 failures, the plugin is
+ *     disabled and the front end told once; unloading removes its command,
+ *     view, status item and policy;
+ *   - built without Lua, the runtime cannot be created and says why.
+ */
+#include "script/script.h"
+#include "tests/unit/test.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int n_notified;
+static char notified[512];
+
+static void on_notify(void *ud, const char *plugin, const char *msg)
+{
+	(void)ud;
+	(void)plugin;
+	n_notified++;
+	snprintf(notified, sizeof notified, "%s", msg);
+}
+
+static const char plugin_src[] =
+	"local kvscope = require 'kvscope'\n"
+	"kvscope.on('token', function(t)\n"
+	"  kvscope.status(string.format('tok %d %s %.2f %d', t.id, t.text, t.surprisal, t.position))\n"
+	"end)\n"
+	"kvscope.on('evict', function(ev)\n"
+	"  kvscope.status(string.format('evict %d %s %d %d %s', ev.n, ev.policy, ev.tokens[1].position,\n"
+	"    ev.tokens[2].position, tostring(ev.fallback)))\n"
+	"end)\n"
+	"kvscope.on('attention', function(a)\n"
+	"  kvscope.status(string.format('attn %d %d %d %.3f %.3f', #a, #a[1], #a[1][1], a[2][1][3], a:get(1, 2, 1)))\n"
+	"end)\n"
+	"kvscope.on('key', function(k) return k == 'C-x' end)\n"
+	"kvscope.command('pick', function(args) kvscope.status('picked ' .. args) end, 'pick one',\n"
+	"  function(p) local out = {} for _, w in ipairs{'reset', 'rerun', 'show'} do\n"
+	"    if w:sub(1, #p) == p then out[#out + 1] = w end end return out end)\n"
+	"kvscope.command('boom', function() error('boom on purpose') end, 'fail')\n"
+	"local v = kvscope.view('pane')\n"
+	"v:text('hello')\n"
+	"v:bar('kept', 3, 4)\n"
+	"v:heatmap('m', {{1, -2, 3}, {0.5, 7, 0}})\n"
+	"kvscope.policy.register('double', function(toks, n_keep)\n"
+	"  local s = {} for i = 1, #toks do s[i] = 2 * toks[i].position + 1 end return s end,\n"
+	"  {base = 'streaming'})\n"
+	"kvscope.timer(10000, function() end, true)\n";
+
+int main(void)
+{
+	struct script_config c;
+	struct script_rt *rt = NULL;
+	struct err e;
+
+	script_config_default(&c);
+	c.notify = on_notify;
+	if (!script_available()) {
+		T_EQ_INT(script_rt_new(&rt, &c, &e), KVS_EUNSUPPORTED);
+		T_CHECK(strstr(e.msg, "not built") != NULL, "message: %s", e.msg);
+		return t_done("test-script (without Lua)");
+	}
+	char dir[] = "/tmp/kvs-script-XXXXXX";
+	if (mkdtemp(dir) == NULL) {
+		perror("mkdtemp");
+		return 99;
+	}
+	char path[64];
+	snprintf(path, sizeof path, "%s/probe.lua", dir);
+	FILE *fp = fopen(path, "w");
+	if (fp == NULL || fwrite(plugin_src, 1, sizeof plugin_src - 1, fp) != sizeof plugin_src - 1 ||
+	    fclose(fp) != 0) {
+		perror(path);
+		return 99;
+	}
+	T_EQ_INT(script_rt_new(&rt, &c, &e), KVS_OK);
+	int rc = script_load(rt, path, &e);
+	T_CHECK(rc == KVS_OK, "load: %s", e.msg);
+	T_EQ_INT(script_plugin_count(rt), 1);
+	T_EQ_INT(script_load(rt, path, &e), KVS_EARG); /* the same name twice */
+
+	/* a token event */
+	struct kv_tok meta = { .token = 42, .orig_pos = 17, .surprisal = 1.5f, .entropy = 2.0f };
+	struct gen_token tok = { .id = 42, .meta = &meta, .text = "ab", .len = 2 };
+	script_on_token(rt, &tok);
+	const char *plugin = NULL;
+	T_EQ_INT(script_status_count(rt), 1);
+	T_EQ_STR(script_status_at(rt, 0, &plugin), "tok 42 ab 1.50 17");
+	T_EQ_STR(plugin, "probe");
+
+	/* an eviction event */
+	struct kv_tok ev_toks[2] = { { .token = 1, .orig_pos = 5 }, { .token = 2, .orig_pos = 9 } };
+	struct kv_event ev = { .kind = KV_EVENT_EVICT, .policy = "streaming", .n_evicted = 2,
+	                       .evicted = ev_toks };
+	script_on_kv_event(rt, &ev);
+	T_EQ_STR(script_status_at(rt, 0, NULL), "evict 2 streaming 5 9 false");
+
+	/* an attention step: 2 layers x 2 heads x 3 columns, w[l][h][i] = l*100 + h*10 + i (0-based) / 1000 */
+	float attn[2 * 2 * 3];
+	struct kv_head_summary heads[4] = { { 0 } };
+	for (int l = 0; l < 2; l++)
+		for (int h = 0; h < 2; h++)
+			for (int i = 0; i < 3; i++)
+				attn[(l * 2 + h) * 3 + i] = (float)(l * 100 + h * 10 + i) / 1000.0f;
+	struct kv_event st = { .kind = KV_EVENT_STEP, .n_layer = 2, .n_head = 2, .n_cached = 3,
+	                       .attn = attn, .heads = heads };
+	script_on_kv_event(rt, &st);
+	/* a[2][1][3] = layer 1, head 0, column 2 = 102/1000; a:get(1,2,1) = layer 0, head 1, col 0 = 10/1000 */
+	T_EQ_STR(script_status_at(rt, 0, NULL), "attn 2 2 3 0.102 0.010");
+
+	/* keys */
+	T_CHECK(script_on_key(rt, "C-x"), "C-x consumed");
+	T_CHECK(!script_on_key(rt, "C-y"), "C-y not consumed");
+
+	/* commands */
+	T_EQ_INT(script_command_count(rt), 2);
+	struct script_command_info ci;
+	script_command_at(rt, 0, &ci);
+	T_EQ_STR(ci.name, "pick");
+	T_EQ_STR(ci.help, "pick one");
+	T_EQ_INT(script_command_run(rt, "pick", "two", &e), KVS_OK);
+	T_EQ_STR(script_status_at(rt, 0, NULL), "picked two");
+	T_EQ_INT(script_command_run(rt, "nope", "", &e), KVS_ENOTFOUND);
+	char *comp[8];
+	size_t nc = script_command_complete(rt, "pick", "re", comp, 8);
+	T_EQ_INT(nc, 2);
+	if (nc == 2) {
+		T_EQ_STR(comp[0], "reset");
+		T_EQ_STR(comp[1], "rerun");
+	}
+	for (size_t i = 0; i < nc; i++)
+		free(comp[i]);
+
+	/* views */
+	T_EQ_INT(script_view_count(rt), 1);
+	const struct script_view *v = script_view_at(rt, 0);
+	T_EQ_STR(v->name, "pane");
+	T_EQ_INT(v->n_items, 3);
+	T_EQ_INT(v->items[0].kind, SCRIPT_ITEM_TEXT);
+	T_EQ_STR(v->items[0].text, "hello");
+	T_EQ_INT(v->items[1].kind, SCRIPT_ITEM_BAR);
+	T_NEAR(v->items[1].value, 3, 0);
+	T_NEAR(v->items[1].max, 4, 0);
+	T_EQ_INT(v->items[2].kind, SCRIPT_ITEM_HEATMAP);
+	T_EQ_INT(v->items[2].rows, 2);
+	T_EQ_INT(v->items[2].cols, 3);
+	T_NEAR(v->items[2].cells[4], 7, 0);
+	T_NEAR(v->items[2].lo, -2, 0);
+	T_NEAR(v->items[2].hi, 7, 0);
+
+	/* the Lua policy through the score provider */
+	struct kv_scorer sc;
+	struct kv_policy base;
+	T_EQ_INT(script_policy_scorer(rt, "double", &sc, &base, &e), KVS_OK);
+	T_EQ_STR(kv_policy_name(&base), "streaming");
+	struct kv_tok toks[4];
+	float scores[4];
+	for (int i = 0; i < 4; i++)
+		toks[i] = (struct kv_tok){ .token = i, .orig_pos = 10 * i + 3 };
+	rc = sc.fn(sc.ud, toks, 4, 2, scores, clock_now_ms() + 1000, &e);
+	T_CHECK(rc == KVS_OK, "scorer: %s", e.msg);
+	for (int i = 0; i < 4; i++)
+		T_NEAR(scores[i], 2.0 * (10 * i + 3) + 1, 0);
+	T_EQ_INT(script_policy_scorer(rt, "nope", &sc, &base, &e), KVS_ENOTFOUND);
+
+	/* a periodic timer is pending */
+	double next = script_tick(rt);
+	T_CHECK(next > 0 && next <= 10000, "next timer in %g ms", next);
+
+	/* failures: logged with a traceback; the third disables and notifies once */
+	for (int i = 0; i < 3; i++)
+		T_EQ_INT(script_command_run(rt, "boom", "", &e), KVS_EFORMAT);
+	T_CHECK(strstr(e.msg, "boom on purpose") != NULL, "error: %s", e.msg);
+	bool tb = false;
+	for (size_t i = 0; i < script_log_count(rt, "probe"); i++)
+		tb |= strstr(script_log_line(rt, "probe", i), "stack traceback") != NULL;
+	T_CHECK(tb, "the log has a traceback");
+	struct script_plugin_info pi;
+	script_plugin_at(rt, 0, &pi);
+	T_CHECK(!pi.enabled && pi.n_errors == 3, "enabled %d, errors %u", pi.enabled, pi.n_errors);
+	T_EQ_INT(n_notified, 1);
+	T_CHECK(strstr(notified, "disabled") != NULL, "notified: %s", notified);
+	T_EQ_INT(script_status_count(rt), 0); /* a disabled plugin's status is hidden */
+	T_CHECK(!script_on_key(rt, "C-x"), "a disabled plugin consumes nothing");
+
+	/* unloading removes what it owned */
+	T_EQ_INT(script_unload(rt, "probe", &e), KVS_OK);
+	T_EQ_INT(script_plugin_count(rt), 0);
+	T_EQ_INT(script_command_count(rt), 0);
+	T_EQ_INT(script_view_count(rt), 0);
+	T_EQ_INT(script_policy_count(rt), 0);
+	T_EQ_INT(script_unload(rt, "probe", &e), KVS_ENOTFOUND);
+	/* the provider handed out earlier now fails (the engine falls back) */
+	T_CHECK(sc.fn(sc.ud, toks, 4, 2, scores, clock_now_ms() + 1000, &e) != KVS_OK,
+	        "an unloaded policy's provider fails");
+
+	/* a plugin that does not compile */
+	fp = fopen(path, "w");
+	fputs("local x = = 1\n", fp);
+	fclose(fp);
+	T_EQ_INT(script_load(rt, path, &e), KVS_EFORMAT);
+	T_CHECK(strstr(e.msg, "probe.lua:1:") != NULL, "message: %s", e.msg);
+	T_EQ_INT(script_plugin_count(rt), 0);
+
+	script_rt_free(rt);
+	unlink(path);
+	rmdir(dir);
+	return t_done("test-script");
+}
