@@ -575,9 +575,11 @@ static int api_clock(lua_State *L)
 static int api_status(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
-	const char *s = luaL_optstring(L, 1, NULL);
+	size_t len = 0;
+	const char *s = luaL_optlstring(L, 1, NULL, &len);
 	free(P->status);
-	P->status = s ? xstrndup(s, 200) : NULL;
+	/* at most 200 bytes, cut at a character boundary */
+	P->status = s ? xstrndup(s, utf8_complete_prefix((const uint8_t *)s, KVS_MIN(len, 200))) : NULL;
 	return 0;
 }
 

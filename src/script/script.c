@@ -894,7 +894,8 @@ static void script_hooks_settle(struct script_rt *rt)
 			luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->ref);
 	}
 	rt->n_hooks = w;
-	qsort(rt->hooks, rt->n_hooks, sizeof *rt->hooks, script_hook_cmp);
+	if (w > 1)
+		qsort(rt->hooks, rt->n_hooks, sizeof *rt->hooks, script_hook_cmp);
 }
 
 bool script_dispatch(struct script_rt *rt, enum script_event ev,
