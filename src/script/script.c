@@ -282,7 +282,8 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 
 /* ------------------------------------------------------------ sandbox */
 
-/* print: the script's stdout under kvscope run, else the plugin's log. */
+/* print: the script's stdout under kvscope run; a plugin's log (and stderr
+ * under kvscope run). */
 static int sb_print(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
@@ -306,6 +307,8 @@ static int sb_print(lua_State *L)
 		fputc('\n', stdout);
 	} else {
 		script_log(P, "%s", s);
+		if (P->rt->cfg.headless)
+			script_notify(P->rt, P, "%s", s);
 	}
 	return 0;
 }

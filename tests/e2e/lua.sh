@@ -15,6 +15,16 @@ fails=0
 
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
+# built without Lua (configure --without-lua): kvscope run must say so, exit 2
+if "$bin" run --api-doc 2>&1 | grep -q 'Lua support was not built'; then
+	"$bin" run "$src/sessions/rps.lua" >"$tmp/o" 2>"$tmp/e"
+	rc=$?
+	[ "$rc" -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q 'Lua support was not built' "$tmp/e" ||
+		{ echo "FAIL: without Lua, kvscope run: exit $rc, $(cat "$tmp/e")" >&2; exit 1; }
+	echo "lua.sh: built without Lua; kvscope run says so (the Lua suite needs Lua)"
+	exit 0
+fi
+
 model=$tmp/tiny.gguf
 "$build/tests/util/mktiny" "$model" || { echo "lua.sh: cannot write the tiny model" >&2; exit 1; }
 run() { "$bin" run --model "$model" -t 1 --results "$tmp/results" "$@"; }
