@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1210,10 +1211,50 @@ static void api_hook_kv(void *ud, const struct kv_event *ev)
 	rt->step_n = 0;
 }
 
+enum api_opt_type { API_OPT_U32 = 0, API_OPT_I32, API_OPT_INT, API_OPT_F32 };
+
+/* The numeric session options: name, range, type and field. */
+struct api_num_opt {
+	const char *key;
+	double lo, hi;
+	enum api_opt_type type;
+	size_t off;
+};
+
+#define SC(f) offsetof(struct session_config, f)
+static const struct api_num_opt api_num_opts[] = {
+	{ "budget", 8, 1 << 24, API_OPT_U32, SC(gen.kv.budget) },
+	{ "ctx", 16, 1 << 20, API_OPT_U32, SC(gen.engine.n_ctx) },
+	{ "max_tokens", 1, 1 << 24, API_OPT_U32, SC(max_tokens) },
+	{ "temp", 0, 100, API_OPT_F32, SC(gen.sampler.temp) },
+	{ "top_k", 0, 1 << 30, API_OPT_I32, SC(gen.sampler.top_k) },
+	{ "top_p", 0, 1, API_OPT_F32, SC(gen.sampler.top_p) },
+	{ "min_p", 0, 1, API_OPT_F32, SC(gen.sampler.min_p) },
+	{ "seed", 0, 4294967294.0, API_OPT_U32, SC(gen.sampler.seed) },
+	{ "threads", 0, 1024, API_OPT_INT, SC(gen.engine.n_threads) },
+	{ "repeat_penalty", 0.01, 100, API_OPT_F32, SC(gen.sampler.repeat_penalty) },
+};
+#undef SC
+
 /* Read opts' session settings into c; a Lua error for a bad one. */
 static void api_session_opts(lua_State *L, int t, struct session_config *c, const char **policy)
 {
-	struct err e;
+	static const char *const words[] = { "model", "system", "policy", "capture", "token_stats" };
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		bool known = false;
+		const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+		for (size_t i = 0; k && i < KVS_ARRAY_LEN(words); i++)
+			known |= strcmp(k, words[i]) == 0;
+		for (size_t i = 0; k && i < KVS_ARRAY_LEN(api_num_opts); i++)
+			known |= strcmp(k, api_num_opts[i].key) == 0;
+		if (!known)
+			script_error(L, "kvscope.session: unknown option '%s' (expected model, policy, budget, "
+			                "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
+			                "repeat_penalty, capture, token_stats)",
+			             k ? k : luaL_typename(L, -2));
+		lua_pop(L, 1);
+	}
 	if (lua_getfield(L, t, "model") == LUA_TSTRING)
 		c->gen.model_path = lua_tostring(L, -1);
 	lua_pop(L, 1);
@@ -1223,33 +1264,23 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 	if (lua_getfield(L, t, "policy") == LUA_TSTRING)
 		*policy = lua_tostring(L, -1);
 	lua_pop(L, 1);
-	struct {
-		const char *k;
-		double lo, hi;
-	} nums[] = {
-		{ "budget", 8, 1 << 24 }, { "ctx", 16, 1 << 20 }, { "max_tokens", 1, 1 << 24 },
-		{ "temp", 0, 100 }, { "top_k", 0, 1 << 30 }, { "top_p", 0, 1 }, { "min_p", 0, 1 },
-		{ "seed", 0, 4294967294.0 }, { "threads", 0, 1024 }, { "repeat_penalty", 0.01, 100 },
-	};
-	for (size_t i = 0; i < KVS_ARRAY_LEN(nums); i++) {
-		if (lua_getfield(L, t, nums[i].k) != LUA_TNIL) {
+	for (size_t i = 0; i < KVS_ARRAY_LEN(api_num_opts); i++) {
+		const struct api_num_opt *o = &api_num_opts[i];
+		if (lua_getfield(L, t, o->key) != LUA_TNIL) {
 			int isnum;
 			double x = lua_tonumberx(L, -1, &isnum);
-			if (!isnum || !(x >= nums[i].lo && x <= nums[i].hi))
-				script_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])",
-				           nums[i].k, luaL_tolstring(L, -1, NULL), nums[i].lo, nums[i].hi);
-			switch (i) {
-			case 0: c->gen.kv.budget = (uint32_t)x; break;
-			case 1: c->gen.engine.n_ctx = (uint32_t)x; break;
-			case 2: c->max_tokens = (uint32_t)x; break;
-			case 3: c->gen.sampler.temp = (float)x; break;
-			case 4: c->gen.sampler.top_k = (int32_t)x; break;
-			case 5: c->gen.sampler.top_p = (float)x; break;
-			case 6: c->gen.sampler.min_p = (float)x; break;
-			case 7: c->gen.sampler.seed = (uint32_t)x; break;
-			case 8: c->gen.engine.n_threads = (int)x; break;
-			case 9: c->gen.sampler.repeat_penalty = (float)x; break;
-			}
+			if (!isnum || !(x >= o->lo && x <= o->hi))
+				script_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])", o->key,
+				             luaL_tolstring(L, -1, NULL), o->lo, o->hi);
+			void *f = (char *)c + o->off;
+			if (o->type == API_OPT_U32)
+				*(uint32_t *)f = (uint32_t)x;
+			else if (o->type == API_OPT_I32)
+				*(int32_t *)f = (int32_t)x;
+			else if (o->type == API_OPT_INT)
+				*(int *)f = (int)x;
+			else
+				*(float *)f = (float)x;
 		}
 		lua_pop(L, 1);
 	}
@@ -1268,7 +1299,6 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 	if (lua_getfield(L, t, "token_stats") != LUA_TNIL)
 		c->gen.kv.token_stats = lua_toboolean(L, -1) ? KV_TOKSTATS_ON : KV_TOKSTATS_OFF;
 	lua_pop(L, 1);
-	(void)e;
 }
 
 /* Install spec on as: a Lua policy name (scorer over its base) or a built-in spec. */

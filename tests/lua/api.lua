@@ -140,6 +140,12 @@ check(path:find("sub/out.csv$") ~= nil, "write under the results directory: " ..
 check(not pcall(kvscope.write, "../escape.txt", "x"), "write refuses ..")
 check(not pcall(kvscope.write, "/tmp/abs.txt", "x"), "write refuses absolute paths")
 
+-- session options are checked
+local okt, errt = pcall(kvscope.session, { budgt = 64 })
+check(not okt and tostring(errt):find("unknown option 'budgt'") ~= nil, "unknown session option refused: " .. tostring(errt))
+okt, errt = pcall(kvscope.session, { temp = 200 })
+check(not okt and tostring(errt):find("temp = 200") ~= nil, "out-of-range option refused: " .. tostring(errt))
+
 -- attention userdata on a capture-full session
 local sa = kvscope.session{ temp = 0, max_tokens = 3, capture = "full", ctx = 512 }
 local info = sa:info()
