@@ -1465,6 +1465,29 @@ static int api_current(lua_State *L)
 	return 1;
 }
 
+static int api_send(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	const char *cmd = luaL_checkstring(L, 1);
+	const char *arg = luaL_optstring(L, 2, "");
+	static const char *const cmds[] = { "chat", "policy", "budget", "reset", "pin", "unpin",
+		                            "max_tokens" };
+	bool known = false;
+	struct err e;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(cmds); i++)
+		known |= strcmp(cmd, cmds[i]) == 0;
+	if (!known)
+		return script_error(L, "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
+		                       "unpin or max_tokens)",
+		                    cmd);
+	if (rt->cfg.send == NULL)
+		return script_error(L, "kvscope.send: no front-end session here (kvscope run: open one "
+		                       "with kvscope.session)");
+	if (rt->cfg.send(rt->cfg.send_ud, cmd, arg, &e) != KVS_OK)
+		return script_error(L, "kvscope.send %s: %s", cmd, e.msg);
+	return 0;
+}
+
 static void api_session_enter(lua_State *L, struct api_session *as)
 {
 	if (as->busy)
@@ -2002,7 +2025,13 @@ static const struct api_fn api_table[] = {
 	  "min_p, seed, threads, capture (off|summary|full), token_stats",
 	  api_session_open },
 	{ "current", API_FAST, API_C, "() -> session | nil",
-	  "the front end's session (TUI), borrowed; nil under kvscope run", api_current },
+	  "the front end's session when it runs on the main thread, borrowed; nil under kvscope "
+	  "run and in the workbench (use kvscope.send)",
+	  api_current },
+	{ "send", API_DEFERRED, API_C, "(cmd [, arg])",
+	  "ask the workbench to queue cmd on its own session: chat TEXT, policy SPEC, budget N, "
+	  "reset, pin POS, unpin POS, max_tokens N",
+	  api_send },
 	{ "session:chat", API_DEFERRED, API_C, "(text [, {max_tokens=}]) -> reply, stats",
 	  "one exchange; stats: index, stop, n_prompt, n_reply, prefill_ms, decode_ms, kept, evicted",
 	  api_s_chat },

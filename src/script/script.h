@@ -49,6 +49,12 @@ struct script_config {
 	 * policy running on a worker thread may call it from there. */
 	void (*notify)(void *ud, const char *plugin, const char *msg);
 	void *notify_ud;
+	/* The front end's own session, when it runs on a worker thread: a
+	 * plugin's kvscope.send(cmd, arg) asks the front end to queue cmd
+	 * ("chat", "policy", "budget", "reset", "pin", "unpin", "max_tokens")
+	 * with its argument; NULL: kvscope.send says there is no front end. */
+	int (*send)(void *ud, const char *cmd, const char *arg, struct err *e);
+	void *send_ud;
 };
 
 void script_config_default(struct script_config *c);
@@ -105,7 +111,10 @@ bool script_on_key(struct script_rt *rt, const char *key);
 /* Run due timers and scheduled functions; returns ms until the next timer
  * is due (-1: none). */
 double script_tick(struct script_rt *rt);
-/* The session plugins see as kvscope.current() (NULL: none); not owned. */
+/* The session plugins see as kvscope.current() (NULL: none); not owned.
+ * Only for a session that runs on the main thread (plugins call into it
+ * directly); a front end whose session runs on a worker offers it through
+ * config.send instead. */
 void script_attach_session(struct script_rt *rt, struct session *s);
 
 /* ---- commands ---- */

@@ -140,6 +140,11 @@ check(path:find("sub/out.csv$") ~= nil, "write under the results directory: " ..
 check(not pcall(kvscope.write, "../escape.txt", "x"), "write refuses ..")
 check(not pcall(kvscope.write, "/tmp/abs.txt", "x"), "write refuses absolute paths")
 
+-- no front-end session under kvscope run
+local oks, errs = pcall(kvscope.send, "policy", "h2o")
+check(not oks and tostring(errs):find("no front%-end session") ~= nil, "kvscope.send without a front end: " .. tostring(errs))
+check(kvscope.current() == nil, "no current session under kvscope run")
+
 -- session options are checked
 local okt, errt = pcall(kvscope.session, { budgt = 64 })
 check(not okt and tostring(errt):find("unknown option 'budgt'") ~= nil, "unknown session option refused: " .. tostring(errt))

@@ -7,6 +7,8 @@
  *   - a key hook consumes the keys it returns true for;
  *   - commands run and complete; views and status items are plain data
  *     (a heatmap's range is the min and max of its cells);
+ *   - kvscope.send reaches the front end's send callback, its refusal
+ *     comes back as the command's error;
  *   - a Lua policy, through the score provider, returns the scores its Lua
  *     function computes (2 * position + 1 here);
  *   - a failing hook logs a traceback and, after 3 failures, the plugin is
@@ -32,6 +34,17 @@ static void on_notify(void *ud, const char *plugin, const char *msg)
 	snprintf(notified, sizeof notified, "%s", msg);
 }
 
+static char sent[128];
+
+static int on_send(void *ud, const char *cmd, const char *arg, struct err *e)
+{
+	(void)ud;
+	if (strcmp(cmd, "budget") == 0 && strcmp(arg, "0") == 0)
+		return err_set(e, KVS_EARG, "budget 0 refused here");
+	snprintf(sent, sizeof sent, "%s:%s", cmd, arg);
+	return KVS_OK;
+}
+
 static const char plugin_src[] =
 	"local kvscope = require 'kvscope'\n"
 	"kvscope.on('token', function(t)\n"
@@ -49,6 +62,7 @@ static const char plugin_src[] =
 	"  function(p) local out = {} for _, w in ipairs{'reset', 'rerun', 'show'} do\n"
 	"    if w:sub(1, #p) == p then out[#out + 1] = w end end return out end)\n"
 	"kvscope.command('boom', function() error('boom on purpose') end, 'fail')\n"
+	"kvscope.command('send', function(a) local c, v = a:match('(%S+) ?(.*)') kvscope.send(c, v) end)\n"
 	"local v = kvscope.view('pane')\n"
 	"v:text('hello')\n"
 	"v:bar('kept', 3, 4)\n"
@@ -66,6 +80,7 @@ int main(void)
 
 	script_config_default(&c);
 	c.notify = on_notify;
+	c.send = on_send;
 	if (!script_available()) {
 		T_EQ_INT(script_rt_new(&rt, &c, &e), KVS_EUNSUPPORTED);
 		T_CHECK(strstr(e.msg, "not built") != NULL, "message: %s", e.msg);
@@ -124,7 +139,7 @@ int main(void)
 	T_CHECK(!script_on_key(rt, "C-y"), "C-y not consumed");
 
 	/* commands */
-	T_EQ_INT(script_command_count(rt), 2);
+	T_EQ_INT(script_command_count(rt), 3);
 	struct script_command_info ci;
 	script_command_at(rt, 0, &ci);
 	T_EQ_STR(ci.name, "pick");
@@ -141,6 +156,14 @@ int main(void)
 	}
 	for (size_t i = 0; i < nc; i++)
 		free(comp[i]);
+
+	/* requests to the front end's session */
+	T_EQ_INT(script_command_run(rt, "send", "policy h2o heavy=0.3", &e), KVS_OK);
+	T_EQ_STR(sent, "policy:h2o heavy=0.3");
+	T_EQ_INT(script_command_run(rt, "send", "budget 0", &e), KVS_EFORMAT);
+	T_CHECK(strstr(e.msg, "budget 0 refused here") != NULL, "message: %s", e.msg);
+	T_EQ_INT(script_command_run(rt, "send", "explode now", &e), KVS_EFORMAT);
+	T_CHECK(strstr(e.msg, "expected chat, policy") != NULL, "message: %s", e.msg);
 
 	/* views */
 	T_EQ_INT(script_view_count(rt), 1);
@@ -179,6 +202,7 @@ int main(void)
 	T_CHECK(next > 0 && next <= 10000, "next timer in %g ms", next);
 
 	/* failures: logged with a traceback; the third disables and notifies once */
+	T_EQ_INT(script_command_run(rt, "pick", "x", &e), KVS_OK); /* a success resets the count */
 	for (int i = 0; i < 3; i++)
 		T_EQ_INT(script_command_run(rt, "boom", "", &e), KVS_EFORMAT);
 	T_CHECK(strstr(e.msg, "boom on purpose") != NULL, "error: %s", e.msg);
@@ -188,7 +212,7 @@ int main(void)
 	T_CHECK(tb, "the log has a traceback");
 	struct script_plugin_info pi;
 	script_plugin_at(rt, 0, &pi);
-	T_CHECK(!pi.enabled && pi.n_errors == 3, "enabled %d, errors %u", pi.enabled, pi.n_errors);
+	T_CHECK(!pi.enabled && pi.n_errors == 5, "enabled %d, errors %u (2 refused sends + 3 booms)", pi.enabled, pi.n_errors);
 	T_EQ_INT(n_notified, 1);
 	T_CHECK(strstr(notified, "disabled") != NULL, "notified: %s", notified);
 	T_EQ_INT(script_status_count(rt), 0); /* a disabled plugin's status is hidden */
