@@ -1204,6 +1204,7 @@ static void api_hook_kv(void *ud, const struct kv_event *ev)
 	struct api_session *as = ud;
 	struct script_rt *rt = as->p->rt;
 	struct kv_cache *kv = session_gen(as->s)->kv;
+	rt->vocab = session_gen(as->s)->model->vocab; /* renders the event's token text */
 	rt->step_toks = kv_cache_toks(kv);
 	rt->step_n = kv_cache_n(kv);
 	script_on_kv_event(rt, ev);
@@ -1396,6 +1397,8 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as, bool 
 			*pp = as->next;
 			break;
 		}
+	if (as->s != NULL && rt->vocab == session_gen(as->s)->model->vocab)
+		rt->vocab = rt->current ? session_gen(rt->current)->model->vocab : NULL;
 	if (as->owned)
 		session_close(as->s);
 	as->s = NULL;
