@@ -2192,6 +2192,16 @@ int api_open(lua_State *L)
 	return 1;
 }
 
+/* Write s into a Markdown table cell ('|' escaped). */
+static void api_doc_cell(FILE *fp, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '|')
+			fputc('\\', fp);
+		fputc(*s, fp);
+	}
+}
+
 int api_doc(FILE *fp, struct err *e)
 {
 	(void)e;
@@ -2203,16 +2213,22 @@ int api_doc(FILE *fp, struct err *e)
 	            "wrap the call in `kvscope.schedule(fn)`).\n\n");
 	fprintf(fp, "## Events (`kvscope.on(event, fn [, priority])`)\n\n");
 	fprintf(fp, "| event | arguments | when |\n|---|---|---|\n");
-	for (int i = 0; i < SEV_COUNT; i++)
-		fprintf(fp, "| `%s` | `%s` | %s |\n", api_events[i].name, api_events[i].args,
-		        api_events[i].doc);
+	for (int i = 0; i < SEV_COUNT; i++) {
+		fprintf(fp, "| `%s` | `", api_events[i].name);
+		api_doc_cell(fp, api_events[i].args);
+		fprintf(fp, "` | ");
+		api_doc_cell(fp, api_events[i].doc);
+		fprintf(fp, " |\n");
+	}
 	fprintf(fp, "\n## Functions (`local kvscope = require \"kvscope\"`)\n\n");
 	fprintf(fp, "| function | tier | description |\n|---|---|---|\n");
 	for (size_t i = 0; i < api_table_len; i++) {
 		const struct api_fn *f = &api_table[i];
-		fprintf(fp, "| `%s%s%s` | %s | %s%s |\n", strchr(f->name, ':') ? "" : "kvscope.",
-		        f->name, f->args, f->tier == API_FAST ? "fast" : "deferred", f->doc,
-		        f->kind == API_LUA ? " (lua/kvscope.lua)" : "");
+		fprintf(fp, "| `%s%s", strchr(f->name, ':') ? "" : "kvscope.", f->name);
+		api_doc_cell(fp, f->args);
+		fprintf(fp, "` | %s | ", f->tier == API_FAST ? "fast" : "deferred");
+		api_doc_cell(fp, f->doc);
+		fprintf(fp, "%s |\n", f->kind == API_LUA ? " (lua/kvscope.lua)" : "");
 	}
 	fprintf(fp, "\nFields: `kvscope.args` (a script's arguments; `args[0]` is its path).\n");
 	return KVS_OK;
