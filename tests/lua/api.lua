@@ -69,6 +69,33 @@ s:feed(" more text")
 local ok_stale, err_stale = pcall(function() return list[1].id end)
 check(not ok_stale and tostring(err_stale):find("no longer valid") ~= nil, "a stale token list raises: " .. tostring(err_stale))
 
+-- the token event allocates nothing: in a plugin of its own, a hook reading
+-- numeric fields sees the Lua heap unchanged from one token to the next
+-- (after the first two, which may grow the stack)
+local probe = kvscope.write("allocprobe.lua", [[
+local kvscope = require "kvscope"
+local heap = {}
+for k = 1, 64 do heap[k] = 0 end
+for k = 64, 1, -1 do heap[k] = nil end -- the array part stays sized
+kvscope.on("token", function(t)
+  local c = collectgarbage("count")
+  local x = t.id + t.position + (t.surprisal or 0) + (t.entropy or 0) + t.turn
+  if #heap < 64 then heap[#heap + 1] = c end
+end)
+kvscope.command("allocprobe", function()
+  local grew = 0
+  for k = 3, #heap do if heap[k] ~= heap[k - 1] then grew = grew + 1 end end
+  kvscope.status(#heap .. " " .. grew)
+end)
+]])
+assert(kvscope.load_plugin(probe))
+s:chat("count the allocations", { max_tokens = 20 })
+kvscope.run_command("allocprobe")
+local nev, grew = (kvscope.status_items()["allocprobe"] or ""):match("(%d+) (%d+)")
+check(tonumber(nev) and tonumber(nev) >= 5 and tonumber(grew) == 0,
+      "no allocation per token event (" .. tostring(nev) .. " events, " .. tostring(grew) .. " grew the heap)")
+kvscope.unload_plugin("allocprobe")
+
 -- tokenize / detokenize round trip; logprobs agree with top
 local tk = s:tokenize("round trip text")
 check(s:detokenize(tk) == "round trip text", "tokenize/detokenize round trip")
