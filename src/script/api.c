@@ -17,6 +17,9 @@
  * error instead of reading freed memory. The token event reuses one
  * userdata per plugin, so a token hook allocates nothing.
  *
+ * The binding of row "NAME" is api_NAME (api_s_NAME for "session:NAME",
+ * api_view_NAME for "view:NAME"); the row's doc line says what it does.
+ *
  * Sessions opened by a plugin are synchronous and run on the main thread;
  * their events go to every plugin through the runtime's dispatch.
  */

@@ -69,7 +69,12 @@ kvscope.command("spin", function() while true do end end, "loop forever")
 kvscope.command("spin-pcall", function()
   while true do pcall(function() while true do end end) end
 end, "loop forever, catching the deadline error")
-for _, name in ipairs{ "spin", "spin-pcall" } do
+kvscope.command("spin-co", function()
+  while true do
+    coroutine.resume(coroutine.create(function() while true do pcall(function() while true do end end) end end))
+  end
+end, "loop forever inside coroutines, catching errors")
+for _, name in ipairs{ "spin", "spin-pcall", "spin-co" } do
   local best = math.huge
   local msg
   for _ = 1, 3 do
