@@ -1130,16 +1130,41 @@ static int api_policy_register(lua_State *L)
 	return 0;
 }
 
+static int api_score_call(struct script_plugin *P, struct script_policy *pol,
+                          const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
+                          double deadline_ms, struct err *e);
+
 int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
               double deadline_ms, struct err *e)
 {
 	struct script_policy *pol = ud;
+	struct script_rt *rt = pol->rt;
+	int rc;
+
+	/* pin the plugin: an unload on another thread waits for this call */
+	pthread_mutex_lock(&rt->life);
 	struct script_plugin *P = pol->p;
+	if (P != NULL)
+		P->pins++;
+	pthread_mutex_unlock(&rt->life);
+	if (P == NULL)
+		return err_set(e, KVS_ENOTFOUND, "Lua policy %s was unloaded", pol->name);
+	rc = api_score_call(P, pol, toks, n, n_keep, scores, deadline_ms, e);
+	pthread_mutex_lock(&rt->life);
+	if (--P->pins == 0)
+		pthread_cond_broadcast(&rt->unpinned);
+	pthread_mutex_unlock(&rt->life);
+	return rc;
+}
+
+/* The policy call itself, P pinned. */
+static int api_score_call(struct script_plugin *P, struct script_policy *pol,
+                          const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
+                          double deadline_ms, struct err *e)
+{
 	char what[96];
 	int rc = KVS_OK;
 
-	if (P == NULL)
-		return err_set(e, KVS_ENOTFOUND, "Lua policy %s was unloaded", pol->name);
 	if (P->disabled)
 		return err_set(e, KVS_ESTATE, "plugin %s is disabled", P->name);
 	snprintf(what, sizeof what, "policy %s", pol->name);

@@ -58,6 +58,7 @@ struct script_plugin {
 	/* Bumped when data lent to this state (an event's, a cache's) stops
 	 * being valid; atomic: a policy may run on the session's worker thread. */
 	_Atomic uint64_t epoch;
+	uint32_t pins;            /* policy calls from other threads in progress (rt->life) */
 };
 
 struct script_hook {
@@ -118,6 +119,11 @@ struct api_session {
 
 struct script_rt {
 	struct script_config cfg;
+	/* A plugin's lifetime against score providers called from a worker
+	 * thread: api_score pins the plugin under this lock, unloading waits
+	 * until no pin is left. */
+	pthread_mutex_t life;
+	pthread_cond_t unpinned;
 	char *results_dir, *system;
 	struct script_plugin **plugins;
 	size_t n_plugins;

@@ -569,10 +569,16 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 	}
 	rt->n_views = w;
 	for (size_t i = 0; i < rt->n_policies; i++)
-		if (rt->policies[i]->p == P) {
+		if (rt->policies[i]->p == P)
 			api_policy_gone(rt, rt->policies[i]);
+	/* no score provider may enter P from now on; wait for those inside */
+	pthread_mutex_lock(&rt->life);
+	for (size_t i = 0; i < rt->n_policies; i++)
+		if (rt->policies[i]->p == P)
 			rt->policies[i]->p = NULL;
-		}
+	while (P->pins > 0)
+		pthread_cond_wait(&rt->unpinned, &rt->life);
+	pthread_mutex_unlock(&rt->life);
 	if (P->L != NULL) {
 		api_sessions_close(rt, P);
 		lua_close(P->L);
@@ -826,6 +832,8 @@ int script_rt_new(struct script_rt **out, const struct script_config *c, struct 
 {
 	struct script_rt *rt = xcalloc(1, sizeof *rt);
 	(void)e;
+	pthread_mutex_init(&rt->life, NULL);
+	pthread_cond_init(&rt->unpinned, NULL);
 	rt->cfg = *c;
 	if (rt->cfg.mem_cap < ((size_t)1 << 20))
 		rt->cfg.mem_cap = (size_t)1 << 20;
@@ -861,6 +869,8 @@ void script_rt_free(struct script_rt *rt)
 	free(rt->results_dir);
 	free(rt->system);
 	free(rt->datadir);
+	pthread_cond_destroy(&rt->unpinned);
+	pthread_mutex_destroy(&rt->life);
 	free(rt);
 }
 
