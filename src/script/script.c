@@ -766,7 +766,12 @@ int script_unload(struct script_rt *rt, const char *name, struct err *e)
 	struct script_plugin *P = script_find(rt, name);
 	if (P == NULL)
 		return err_set(e, KVS_ENOTFOUND, "no plugin named %s is loaded", name);
-	if (P->depth > 0)
+	/* running on this thread (its own command): refuse; on another (a policy
+	 * call on the session's worker): the lock waits for it to end */
+	pthread_mutex_lock(&P->lock);
+	bool running = P->depth > 0;
+	pthread_mutex_unlock(&P->lock);
+	if (running)
 		return err_set(e, KVS_ESTATE, "plugin %s is running; unload it from the main loop", name);
 	script_unload_plugin(rt, P);
 	return KVS_OK;

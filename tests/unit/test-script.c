@@ -14,11 +14,14 @@
  *   - a failing hook logs a traceback and, after 3 failures, the plugin is
  *     disabled and the front end told once; unloading removes its command,
  *     view, status item and policy;
+ *   - a policy called from another thread while the main thread unloads its
+ *     plugin finishes first (the unload waits; ASan watches the memory);
  *   - built without Lua, the runtime cannot be created and says why.
  */
 #include "script/script.h"
 #include "tests/unit/test.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,6 +75,29 @@ static const char plugin_src[] =
 	"  {base = 'streaming'})\n"
 	"kvscope.timer(10000, function() end, true)\n";
 
+static const char slow_src[] =
+	"local kvscope = require 'kvscope'\n"
+	"kvscope.policy.register('slow', function(toks)\n"
+	"  local t0 = kvscope.clock() while kvscope.clock() < t0 + 150 do end\n"
+	"  local s = {} for i = 1, #toks do s[i] = 7 end return s end, {budget_ms = 1000})\n";
+
+struct scorer_run {
+	struct script_rt *rt;
+	struct kv_scorer sc;
+	float scores[4];
+	int rc;
+};
+
+/* Call the score provider as a worker thread would. */
+static void *scorer_thread(void *arg)
+{
+	struct scorer_run *r = arg;
+	struct kv_tok toks[4] = { { .orig_pos = 0 }, { .orig_pos = 1 }, { .orig_pos = 2 }, { .orig_pos = 3 } };
+	struct err e;
+	r->rc = r->sc.fn(r->sc.ud, toks, 4, 2, r->scores, clock_now_ms() + 5000, &e);
+	return NULL;
+}
+
 int main(void)
 {
 	struct script_config c;
@@ -97,6 +123,14 @@ int main(void)
 	if (fp == NULL || fwrite(plugin_src, 1, sizeof plugin_src - 1, fp) != sizeof plugin_src - 1 ||
 	    fclose(fp) != 0) {
 		perror(path);
+		return 99;
+	}
+	char slow_path[64];
+	snprintf(slow_path, sizeof slow_path, "%s/slow.lua", dir);
+	fp = fopen(slow_path, "w");
+	if (fp == NULL || fwrite(slow_src, 1, sizeof slow_src - 1, fp) != sizeof slow_src - 1 ||
+	    fclose(fp) != 0) {
+		perror(slow_path);
 		return 99;
 	}
 	T_EQ_INT(script_rt_new(&rt, &c, &e), KVS_OK);
@@ -229,6 +263,25 @@ int main(void)
 	T_CHECK(sc.fn(sc.ud, toks, 4, 2, scores, clock_now_ms() + 1000, &e) != KVS_OK,
 	        "an unloaded policy's provider fails");
 
+	/* a policy running on another thread (as the TUI's worker runs it) while
+	 * the main thread unloads its plugin: the unload waits for the call */
+	T_EQ_INT(script_load(rt, slow_path, &e), KVS_OK);
+	struct scorer_run run = { .rt = rt };
+	T_EQ_INT(script_policy_scorer(rt, "slow", &run.sc, &base, &e), KVS_OK);
+	pthread_t th;
+	pthread_create(&th, NULL, scorer_thread, &run);
+	usleep(30000); /* let it enter the 150 ms policy call (if it has not, it fails cleanly) */
+	T_EQ_INT(script_unload(rt, "slow", &e), KVS_OK);
+	pthread_join(th, NULL);
+	if (run.rc == KVS_OK) {
+		/* the state lived through the whole call (ASan would see it freed) */
+		T_NEAR(run.scores[2], 7, 0);
+	} else {
+		T_EQ_INT(run.rc, KVS_ENOTFOUND); /* the thread came after the unload */
+	}
+	printf("test-script: cross-thread policy call %s the unload\n",
+	       run.rc == KVS_OK ? "finished before" : "came after");
+
 	/* a plugin that does not compile */
 	fp = fopen(path, "w");
 	fputs("local x = = 1\n", fp);
@@ -239,6 +292,7 @@ int main(void)
 
 	script_rt_free(rt);
 	unlink(path);
+	unlink(slow_path);
 	rmdir(dir);
 	return t_done("test-script");
 }
