@@ -1196,8 +1196,9 @@ static int api_score_call(struct script_plugin *P, struct script_policy *pol,
 		}
 		lua_pop(L, 1);
 		if (rc != KVS_OK) {
-			script_log(P, "%s", e->msg);
-			P->n_errors++;
+			char msg[ERR_MSG_MAX];
+			snprintf(msg, sizeof msg, "%s", e->msg);
+			script_failed(P, what, msg, e);
 		}
 	}
 	P->epoch++; /* the token list it was lent */

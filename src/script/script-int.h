@@ -159,6 +159,8 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
                   const char *what, double budget_ms, struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
+/* Count a failure of P in what (logged, towards disabling); fills e. */
+void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e);
 /* luaL_error with printf formats (luaL_error's own take only %d, %s, %f). */
 int script_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Every state's lent data is stale now (an event ended, a cache changed). */

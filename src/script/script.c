@@ -212,7 +212,6 @@ lua_State *script_thread(struct script_plugin *P)
 bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
                   const char *what, double budget_ms, struct err *e)
 {
-	struct script_rt *rt = P->rt;
 	double saved_deadline = P->deadline, saved_budget = P->budget_ms;
 	lua_State *saved_active = P->active;
 	const char *saved_what = P->fast_what;
@@ -252,8 +251,7 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 	P->budget_ms = saved_budget;
 	P->active = saved_active;
 	if (rc == LUA_OK) {
-		if (!P->is_script || P->depth > 0)
-			P->consecutive = 0;
+		P->consecutive = 0;
 		return true;
 	}
 	char msg[1536];
@@ -264,6 +262,13 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 	lua_pop(L, 1);
 	if (rc == LUA_ERRMEM)
 		lua_gc(L, LUA_GCCOLLECT);
+	script_failed(P, what, msg, e);
+	return false;
+}
+
+void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e)
+{
+	struct script_rt *rt = P->rt;
 	P->n_errors++;
 	P->consecutive++;
 	script_log(P, "error in %s: %s", what, msg);
@@ -271,13 +276,13 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 		script_notify(rt, P, "%s: %s", what, msg);
 	size_t first = strcspn(msg, "\n");
 	err_set(e, KVS_EFORMAT, "plugin %s: %s: %.*s", P->name, what, (int)KVS_MIN(first, 400), msg);
-	if (P->consecutive >= rt->cfg.max_errors && !P->disabled && !(P->is_script && P->depth == 0)) {
+	/* plugins only: a script's errors end up in its own results or its exit */
+	if (P->consecutive >= rt->cfg.max_errors && !P->disabled && !P->is_script) {
 		char why[512];
 		snprintf(why, sizeof why, "%u consecutive errors or overruns (last in %s: %.*s)",
 		         P->consecutive, what, (int)KVS_MIN(first, 300), msg);
 		script_disable(P, why);
 	}
-	return false;
 }
 
 /* ------------------------------------------------------------ sandbox */
