@@ -5,7 +5,7 @@
  * runtime's budgets; everything after the script is its kvscope.args.
  * print goes to stdout, kvscope.log, plugin errors and notices to stderr.
  * A script name without a '/' that is not a file here is looked up in the
- * bundled sessions/ folder.
+ * bundled sessions/ folder, a plugin's in plugins/ (--plugin token-stats).
  */
 #include "cli/opts.h"
 #include "script/script.h"
@@ -33,15 +33,16 @@ static void run_notify(void *ud, const char *plugin, const char *msg)
 	        plugin ? ": " : "", msg);
 }
 
-/* The script's path: as given, else sessions/NAME[.lua] in the data folder. */
-static char *run_script_path(const char *arg)
+/* A script's or plugin's path: as given, else SUB/NAME[.lua] in the data
+ * folder (sessions/ or plugins/). */
+static char *run_find(const char *arg, const char *sub)
 {
 	struct stat st;
 	if (stat(arg, &st) == 0 || strchr(arg, '/') != NULL)
 		return xstrdup(arg);
 	char *dir = script_data_dir();
 	size_t n = strlen(arg);
-	char *p = xasprintf("%s/sessions/%s%s", dir, arg,
+	char *p = xasprintf("%s/%s/%s%s", dir, sub, arg,
 	                    n > 4 && strcmp(arg + n - 4, ".lua") == 0 ? "" : ".lua");
 	free(dir);
 	if (stat(p, &st) == 0)
@@ -91,12 +92,16 @@ static int cmd_run_exec(int argc, char **argv)
 		rc = cli_fail(&e);
 		goto out;
 	}
-	for (int i = 0; i < o.n_plugins; i++)
-		if (script_load(rt, o.plugins[i], &e) != KVS_OK) {
+	for (int i = 0; i < o.n_plugins; i++) {
+		char *pp = run_find(o.plugins[i], "plugins");
+		int lrc = script_load(rt, pp, &e);
+		free(pp);
+		if (lrc != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
-	path = run_script_path(o.args[0]);
+	}
+	path = run_find(o.args[0], "sessions");
 	if (script_run(rt, path, o.n_args - 1, o.args + 1, &e) != KVS_OK) {
 		fflush(stdout);
 		rc = cli_fail(&e);
