@@ -30,7 +30,8 @@ model=$tmp/tiny.gguf
 run() { "$bin" run --model "$model" -t 1 --results "$tmp/results" "$@"; }
 
 # the Lua test suite: each file ends with "NAME: all checks passed"
-plugins="--plugin $src/plugins/entropy-alarm.lua --plugin $src/plugins/recency-entropy.lua --plugin $src/plugins/token-stats.lua"
+# (bare names: the bundled plugins, found through the data folder)
+plugins="--plugin entropy-alarm --plugin recency-entropy.lua --plugin $src/plugins/token-stats.lua"
 for t in api sandbox policy plugins; do
 	extra=
 	[ "$t" = plugins ] && extra=$plugins
