@@ -1448,13 +1448,6 @@ static int api_session_gc(lua_State *L)
 	return 0;
 }
 
-void api_sessions_close(struct script_rt *rt, struct script_plugin *P)
-{
-	/* the userdata's __gc does it when the state closes; nothing else holds them */
-	(void)rt;
-	(void)P;
-}
-
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol)
 {
 	for (struct api_session *as = rt->sessions; as; as = as->next)

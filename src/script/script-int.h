@@ -178,7 +178,6 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev, int (*push)(lua
 int api_open(lua_State *L);
 /* Drop the policy from every session using it (it was unregistered). */
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
-void api_sessions_close(struct script_rt *rt, struct script_plugin *P);
 int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
               double deadline_ms, struct err *e);
 /* Push event data as read-only userdata (api.c). */

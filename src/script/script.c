@@ -584,10 +584,8 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 	while (P->pins > 0)
 		pthread_cond_wait(&rt->unpinned, &rt->life);
 	pthread_mutex_unlock(&rt->life);
-	if (P->L != NULL) {
-		api_sessions_close(rt, P);
-		lua_close(P->L);
-	}
+	if (P->L != NULL)
+		lua_close(P->L); /* its sessions' __gc closes them */
 	for (size_t i = 0; i < rt->n_plugins; i++)
 		if (rt->plugins[i] == P) {
 			memmove(rt->plugins + i, rt->plugins + i + 1,
