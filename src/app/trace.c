@@ -151,7 +151,7 @@ static void trace_evict(FILE *fp, const struct kv_event *ev)
 
 void trace_write_event(FILE *fp, const struct kv_event *ev, const struct vocab *v)
 {
-	static const char *const kinds[] = { "step", "evict", "turn", "policy" };
+	static const char *const kinds[] = { "step", "evict", "turn", "policy", "pin" };
 	fprintf(fp, "{\"event\":\"%s\",\"turn\":%u,\"policy\":",
 	        (unsigned)ev->kind < KVS_ARRAY_LEN(kinds) ? kinds[ev->kind] : "?", ev->turn);
 	trace_str(fp, ev->policy ? ev->policy : "", ev->policy ? strlen(ev->policy) : 0);

@@ -1239,6 +1239,27 @@ static void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_
 		memcpy(out, p, c->hp.head_dim * sizeof(float));
 }
 
+static int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e)
+{
+	struct cpu *c = state;
+	size_t row = c->kv_row * c->kv_es;
+	uint8_t *b = buf;
+	(void)e;
+	for (uint32_t l = 0; l < c->hp.n_layer; l++, b += 2 * row) {
+		uint8_t *k = c->kc[l] + (size_t)slot * row, *v = c->vc[l] + (size_t)slot * row;
+		if (load) {
+			memcpy(k, b, row);
+			memcpy(v, b + row, row);
+		} else {
+			memcpy(b, k, row);
+			memcpy(b + row, v, row);
+		}
+	}
+	if (load)
+		c->slot_cs_pos[slot] = -1; /* the rotation cache no longer matches */
+	return KVS_OK;
+}
+
 static const char *cpu_isa_name(void *state)
 {
 	struct cpu *c = state;
@@ -1254,4 +1275,5 @@ const struct backend_ops backend_cpu = {
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
 	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA,
+	.kv_raw = cpu_kv_raw,
 };

@@ -421,6 +421,38 @@ uint64_t engine_kv_bytes_per_slot(const struct engine *eng)
 	return 2ull * hp->n_layer * hp->n_head_kv * hp->head_dim * elem;
 }
 
+int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct err *e)
+{
+	if (slot >= eng->cfg.n_ctx)
+		return err_set(e, KVS_EARG, "KV save slot %u: expected 0..%u", slot, eng->cfg.n_ctx - 1);
+	if (eng->ops->kv_raw == NULL)
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot read raw KV slots",
+		               eng->ops->name);
+	return eng->ops->kv_raw(eng->state, slot, buf, false, e);
+}
+
+int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf,
+                   struct err *e)
+{
+	if (slot >= eng->cfg.n_ctx)
+		return err_set(e, KVS_EARG, "KV load slot %u: expected 0..%u", slot, eng->cfg.n_ctx - 1);
+	if (pos < 0 || pos > ENGINE_POS_MAX)
+		return err_set(e, KVS_EARG, "KV load slot %u position %d: expected 0..%d", slot, pos,
+		               ENGINE_POS_MAX);
+	if (eng->ops->kv_raw == NULL)
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot write raw KV slots",
+		               eng->ops->name);
+	int rc = eng->ops->kv_raw(eng->state, slot, (void *)buf, true, e);
+	if (rc == KVS_OK)
+		eng->slot_pos[slot] = pos;
+	return rc;
+}
+
+enum engine_kv_type engine_kv_type(const struct engine *eng)
+{
+	return eng->cfg.kv_type;
+}
+
 const struct model *engine_model(const struct engine *eng)
 {
 	return eng->m;

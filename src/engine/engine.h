@@ -183,6 +183,16 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
                    bool value, bool rotated, float *out, struct err *e);
 /* Bytes of KV cache per slot (all layers, K and V). */
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng);
+/* Raw K/V of one slot, engine_kv_bytes_per_slot bytes in the cache's own
+ * type (enum engine_kv_type), layer by layer, K then V: what a snapshot
+ * saves. Load writes them back into slot and gives it position pos. Both
+ * KVS_EUNSUPPORTED on a backend without raw slot access (resume then
+ * recomputes the cache). */
+int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct err *e);
+int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf,
+                   struct err *e);
+/* The KV cache's element type. */
+enum engine_kv_type engine_kv_type(const struct engine *eng);
 
 /* ---- facts ---- */
 
@@ -236,6 +246,9 @@ struct backend_ops {
 	/* enum engine_cap bits this backend implements (the engine refuses a
 	 * batch asking for another) */
 	unsigned caps;
+	/* Raw K/V bytes of one slot (layer by layer, K then V) out of
+	 * (save) or into (load) buf; NULL when the backend has no such access. */
+	int (*kv_raw)(void *state, uint32_t slot, void *buf, bool load, struct err *e);
 };
 
 extern const struct backend_ops backend_cpu;

@@ -174,6 +174,7 @@ enum kv_event_kind {
 	KV_EVENT_EVICT,    /* tokens left the cache */
 	KV_EVENT_TURN,     /* a turn began */
 	KV_EVENT_POLICY,   /* the policy or the budget changed */
+	KV_EVENT_PIN,      /* a token was pinned or unpinned (tok, its new flags) */
 };
 
 enum kv_evict_cause { KV_EVICT_TURN = 0, KV_EVICT_PREFILL, KV_EVICT_DECODE, KV_EVICT_BUDGET };
@@ -258,6 +259,40 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 const float *kv_cache_logits(const struct kv_cache *c);
 /* Pin or unpin the cached token at original position orig_pos. */
 int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *e);
+
+/* ---- restoring (resume a saved session) ---- */
+
+/* The cache's state between two turns, as a saved session holds it. */
+struct kv_restore {
+	const struct kv_tok *toks;  /* (n) cache order: orig_pos ascending, distinct */
+	uint32_t n;
+	int32_t next_pos;           /* original position of the next token (> every orig_pos) */
+	uint32_t turn;              /* turns begun so far */
+	const float *logits;        /* (n_vocab) next-token logits, or NULL */
+	const float *acc;           /* (n, n_layer * n_head_kv) attention accumulators, or NULL */
+	uint64_t n_seen, n_evicted; /* statistics carried over */
+	uint32_t n_evictions;
+};
+
+/*
+ * Install r's tokens (metadata and positions) without computing anything:
+ * the cache is cleared, token i takes engine slot i at position toks[i].pos
+ * (toks[i].slot is ignored and overwritten), the turn counter and next
+ * position are r's. The slots' K/V are then the caller's to fill: raw rows
+ * from a snapshot (engine_kv_load, same slots) or kv_cache_recompute. With
+ * r->acc NULL and a policy scoring by attention, each token's accumulators
+ * start as its stored score spread evenly (the total the policy ranks by).
+ * KVS_EARG naming the first bad token (order, position, id) or a count over
+ * the budget; the cache is empty then.
+ */
+int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err *e);
+/* Compute the K/V of the installed tokens by running them at their stored
+ * positions (n_batch chunks; a new chunk wherever positions stop rising);
+ * afterwards kv_cache_logits() holds the last token's next-token logits.
+ * The tokens' metadata is left as restored. */
+int kv_cache_recompute(struct kv_cache *c, struct err *e);
+/* Statistics carried by kv_restore (tokens fed, evicted, eviction rounds). */
+uint32_t kv_cache_turn(const struct kv_cache *c);
 
 /* ---- reading ---- */
 

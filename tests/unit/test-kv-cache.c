@@ -17,6 +17,12 @@
  *   - H2O's accumulators hold exactly the attention the queries gave;
  *   - a score provider that mimics StreamingLLM keeps the same sets, and one
  *     that fails, overruns or returns NaN falls back to the built-in policy;
+ *   - a restored cache (kv_cache_restore) continues exactly: with the raw
+ *     K/V rows loaded into its fresh slots it gives the original cache's
+ *     logits bit for bit on the next tokens, also after evictions scattered
+ *     the original's slots; recomputed (kv_cache_recompute) from the token
+ *     ids at their positions it matches within 1e-4 when nothing was
+ *     evicted; bad restores are refused and leave the cache empty;
  *   - a 10,000-turn scripted dialogue with short turns under every policy
  *     never exceeds the budget, and the KV bytes stay flat once it is full.
  */
@@ -969,6 +975,100 @@ static void test_long_dialogue(const struct model *m, const char *policy, uint32
 	engine_free(eng);
 }
 
+/* Feed probe tokens to both caches; the max |logit difference| after each. */
+static double probe_diff(struct kv_cache *a, struct kv_cache *b, const int32_t *probe, uint32_t n,
+                         uint32_t n_vocab)
+{
+	struct err e;
+	double mx = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		T_EQ_INT(kv_cache_feed(a, probe + i, 1, &e), KVS_OK);
+		T_EQ_INT(kv_cache_feed(b, probe + i, 1, &e), KVS_OK);
+		const float *la = kv_cache_logits(a), *lb = kv_cache_logits(b);
+		for (uint32_t v = 0; v < n_vocab; v++)
+			mx = fmax(mx, fabs((double)la[v] - lb[v]));
+	}
+	return mx;
+}
+
+static void test_restore(const struct model *m, const char *policy, uint32_t n_feed,
+                         bool recompute)
+{
+	uint32_t nv = m->hp.n_vocab;
+	struct engine *ea = mk_engine(m, 64), *eb = mk_engine(m, 64);
+	struct kv_cache *a = mk_cache(ea, policy, 48, 8), *b = mk_cache(eb, policy, 48, 8);
+	struct err e;
+	int32_t ids[128], probe[4];
+	rnd_tokens(ids, n_feed, nv);
+	rnd_tokens(probe, 4, nv);
+	/* two turns, as a chat would feed them */
+	T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, n_feed / 2, &e), KVS_OK);
+	T_EQ_INT(kv_cache_feed(a, ids, n_feed / 2, &e), KVS_OK);
+	T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_ASSISTANT, n_feed - n_feed / 2, &e), KVS_OK);
+	T_EQ_INT(kv_cache_feed(a, ids + n_feed / 2, n_feed - n_feed / 2, &e), KVS_OK);
+
+	uint32_t n = kv_cache_n(a);
+	struct kv_tok toks[64];
+	memcpy(toks, kv_cache_toks(a), n * sizeof *toks);
+	uint64_t row = engine_kv_bytes_per_slot(ea);
+	uint8_t *raw = xmalloc(n * row);
+	for (uint32_t i = 0; i < n; i++)
+		T_EQ_INT(engine_kv_save(ea, toks[i].slot, raw + i * row, &e), KVS_OK);
+	float *logits = xmallocarray(nv, sizeof *logits);
+	memcpy(logits, kv_cache_logits(a), nv * sizeof *logits);
+	struct kv_stats st;
+	kv_cache_stats(a, &st);
+
+	struct kv_restore r = { .toks = toks, .n = n, .next_pos = kv_cache_next_pos(a),
+	                        .turn = kv_cache_turn(a), .logits = recompute ? NULL : logits,
+	                        .n_seen = st.n_seen, .n_evicted = st.n_evicted,
+	                        .n_evictions = st.n_evictions };
+	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_OK);
+	T_EQ_INT(kv_cache_n(b), n);
+	T_EQ_INT(kv_cache_next_pos(b), kv_cache_next_pos(a));
+	T_EQ_INT(kv_cache_turn(b), kv_cache_turn(a));
+	for (uint32_t i = 0; i < n; i++) {
+		const struct kv_tok *t = &kv_cache_toks(b)[i];
+		T_EQ_INT(t->token, toks[i].token);
+		T_EQ_INT(t->orig_pos, toks[i].orig_pos);
+		T_EQ_INT(t->pos, toks[i].pos);
+		T_EQ_INT(t->slot, i);
+		T_EQ_INT(engine_kv_pos(eb, i), toks[i].pos);
+	}
+	double d;
+	if (recompute) {
+		T_CHECK(kv_cache_logits(b) == NULL, "logits before the recompute");
+		T_EQ_INT(kv_cache_recompute(b, &e), KVS_OK);
+		d = 0;
+		for (uint32_t v = 0; v < nv; v++)
+			d = fmax(d, fabs((double)kv_cache_logits(b)[v] - logits[v]));
+		T_CHECK(d <= 1e-4, "%s: recomputed logits differ by %g", policy, d);
+		d = probe_diff(a, b, probe, 4, nv);
+		T_CHECK(d <= 1e-4, "%s: after a recompute the next logits differ by %g", policy, d);
+	} else {
+		for (uint32_t i = 0; i < n; i++)
+			T_EQ_INT(engine_kv_load(eb, i, toks[i].pos, raw + i * row, &e), KVS_OK);
+		T_CHECK(memcmp(kv_cache_logits(b), logits, nv * sizeof *logits) == 0,
+		        "%s: restored logits differ", policy);
+		d = probe_diff(a, b, probe, 4, nv);
+		T_CHECK(d == 0, "%s: after a snapshot restore the next logits differ by %g", policy, d);
+	}
+	/* refused restores: the cache is left empty */
+	toks[1].orig_pos = toks[0].orig_pos;
+	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
+	T_EQ_INT(kv_cache_n(b), 0);
+	toks[1].orig_pos = toks[0].orig_pos + 1;
+	toks[0].token = (int32_t)nv;
+	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "token 0") != NULL, "message: %s", e.msg);
+	free(raw);
+	free(logits);
+	kv_cache_free(a);
+	kv_cache_free(b);
+	engine_free(ea);
+	engine_free(eb);
+}
+
 int main(void)
 {
 	struct tiny t;
@@ -998,6 +1098,10 @@ int main(void)
 	log_set_level(LOG_WARN);
 	test_pin_switch(t.m);
 	test_capture(t.m);
+	test_restore(t.m, "full", 30, false);
+	test_restore(t.m, "streaming", 100, false);
+	test_restore(t.m, "h2o", 100, false);
+	test_restore(t.m, "full", 30, true);
 	for (size_t i = 0; i < kv_policy_count(); i++)
 		test_long_dialogue(t.m, kv_policy_name_at(i), 10000);
 	test_long_dialogue(t.m, "sirllm:mode=compat,lambda=0.9", 10000);
