@@ -131,6 +131,24 @@ char *file_xdg_path(const char *var, const char *fallback, const char *rel);
 /* Read a whole file into a NUL-terminated buffer; *len excludes the NUL. */
 int file_read_all(const char *path, char **out, size_t *len, struct err *e);
 
+/* Hex SHA-256 of a whole file into out (65 bytes with the NUL). */
+int file_sha256(const char *path, char out[65], struct err *e);
+
+/* ---- SHA-256 (sha256.c) ---- */
+
+struct sha256 {
+	uint32_t h[8];
+	uint8_t buf[64];
+	size_t n;      /* bytes in buf */
+	uint64_t len;  /* bytes hashed so far */
+};
+
+void sha256_init(struct sha256 *s);
+void sha256_update(struct sha256 *s, const void *data, size_t len);
+void sha256_final(struct sha256 *s, uint8_t out[32]);
+/* 64 lowercase hex digits and a NUL. */
+void sha256_hex(const uint8_t d[32], char out[65]);
+
 /* ---- thread pool (pool.c) ---- */
 
 /*

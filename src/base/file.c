@@ -48,3 +48,26 @@ int file_read_all(const char *path, char **out, size_t *len, struct err *e)
 	*len = n;
 	return KVS_OK;
 }
+
+int file_sha256(const char *path, char out[65], struct err *e)
+{
+	FILE *fp = fopen(path, "rb");
+	struct sha256 s;
+	uint8_t d[32];
+	size_t got;
+
+	if (fp == NULL)
+		return err_set(e, KVS_EIO, "%s: cannot open: %s", path, strerror(errno));
+	uint8_t *buf = xmalloc(1 << 20);
+	sha256_init(&s);
+	while ((got = fread(buf, 1, 1 << 20, fp)) > 0)
+		sha256_update(&s, buf, got);
+	int bad = ferror(fp), saved = errno;
+	fclose(fp);
+	free(buf);
+	if (bad)
+		return err_set(e, KVS_EIO, "%s: read failed: %s", path, strerror(saved));
+	sha256_final(&s, d);
+	sha256_hex(d, out);
+	return KVS_OK;
+}

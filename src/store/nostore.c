@@ -1,0 +1,134 @@
+/*
+ * nostore.c: the store when kvscope is built without SQLite (configure
+ * --without-sqlite): every call that would touch a database fails with one
+ * line saying so, so callers need no #ifdef.
+ */
+#include "store/store.h"
+
+#include <stdlib.h>
+
+#define NOSTORE(e) err_set(e, KVS_EUNSUPPORTED, \
+	"sessions are not available: kvscope was built without SQLite (configure --with-sqlite)")
+
+bool store_available(void)
+{
+	return false;
+}
+
+char *store_default_path(void)
+{
+	return file_xdg_path("XDG_DATA_HOME", ".local/share", "kvscope/memory.db");
+}
+
+int store_open(struct store **out, const char *path, enum store_mode mode, struct err *e)
+{
+	(void)path, (void)mode;
+	*out = NULL;
+	return NOSTORE(e);
+}
+
+/* Nothing below is reachable without a store from store_open. */
+void store_close(struct store *s) { (void)s; }
+const char *store_path(const struct store *s) { (void)s; return ""; }
+void store_set_busy_timeout(struct store *s, int ms) { (void)s, (void)ms; }
+int store_schema_version(const struct store *s) { (void)s; return 0; }
+int store_schema_latest(void) { return 0; }
+void store_session_free(struct store_session *s) { (void)s; }
+
+int store_session_create(struct store *s, const struct store_session *in, int64_t *id,
+                         struct err *e)
+{
+	(void)s, (void)in, (void)id;
+	return NOSTORE(e);
+}
+
+int store_session_find(struct store *s, const char *key, int64_t *id, struct err *e)
+{
+	(void)s, (void)key, (void)id;
+	return NOSTORE(e);
+}
+
+int store_session_get(struct store *s, int64_t id, struct store_session *out, struct err *e)
+{
+	(void)s, (void)id, (void)out;
+	return NOSTORE(e);
+}
+
+int store_session_list(struct store *s, struct store_session **out, size_t *n, struct err *e)
+{
+	(void)s;
+	*out = NULL;
+	*n = 0;
+	return NOSTORE(e);
+}
+
+int store_session_set_title(struct store *s, int64_t id, const char *title, struct err *e)
+{
+	(void)s, (void)id, (void)title;
+	return NOSTORE(e);
+}
+
+int store_session_delete(struct store *s, int64_t id, struct err *e)
+{
+	(void)s, (void)id;
+	return NOSTORE(e);
+}
+
+int store_vacuum(struct store *s, struct err *e)
+{
+	(void)s;
+	return NOSTORE(e);
+}
+
+int store_model_sha256(struct store *s, const char *path, char out[65], struct err *e)
+{
+	(void)s, (void)path, (void)out;
+	return NOSTORE(e);
+}
+
+int store_format_parse(const char *name, enum store_format *out, struct err *e)
+{
+	(void)name, (void)out;
+	return NOSTORE(e);
+}
+
+int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, struct err *e)
+{
+	(void)s, (void)id, (void)fmt, (void)fp;
+	return NOSTORE(e);
+}
+
+int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct kv_cache *kv,
+                   bool snapshots, struct err *e)
+{
+	(void)s, (void)id, (void)kv, (void)snapshots;
+	*out = NULL;
+	return NOSTORE(e);
+}
+
+void store_rec_free(struct store_rec *r) { (void)r; }
+void store_rec_event(struct store_rec *r, const struct kv_event *ev) { (void)r, (void)ev; }
+void store_rec_turn(struct store_rec *r, const struct store_turn *t) { (void)r, (void)t; }
+uint32_t store_rec_pending(const struct store_rec *r) { (void)r; return 0; }
+uint32_t store_rec_n_turns(const struct store_rec *r) { (void)r; return 0; }
+
+int store_rec_commit(struct store_rec *r, struct err *e)
+{
+	(void)r;
+	return NOSTORE(e);
+}
+
+int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *model_sha256,
+                 struct store_resume_info *info, struct err *e)
+{
+	(void)s, (void)id, (void)kv, (void)model_sha256, (void)info;
+	return NOSTORE(e);
+}
+
+int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char **reply,
+                    struct err *e)
+{
+	(void)s, (void)id, (void)i;
+	*user = *reply = NULL;
+	return NOSTORE(e);
+}

@@ -1,0 +1,145 @@
+/*
+ * store.h: the store layer's one public header: dialogue memory in SQLite.
+ *
+ * One database file (default $XDG_DATA_HOME/kvscope/memory.db) holds the
+ * sessions, their turns, every token that entered the KV cache with what
+ * the cache knew of it (surprisal, final score, kept or evicted and when,
+ * pinned), an audit row per memory event (eviction batch, pin, unpin,
+ * policy change) and a reference to the newest KV snapshot. Snapshots are
+ * files beside the database (PATH-kv/HASH.kvs), named by the SHA-256 of
+ * their bytes; a missing or damaged one only costs a recompute on resume.
+ * doc/store.md describes the schema and the durability design.
+ *
+ * Writing goes through a recorder: it copies the KV cache's memory events
+ * as they happen (store_rec_event, from the cache's event listener) and
+ * queues finished turns (store_rec_turn); store_rec_commit writes every
+ * queued turn, its token rows, its events and a snapshot reference in one
+ * transaction. When a commit fails (disk full, I/O error, a second writer
+ * holding the lock) the queue stays in memory and the next commit writes
+ * it; nothing committed is ever lost or half-written.
+ *
+ * Built without SQLite (configure --without-sqlite), every call fails with
+ * a message saying so (nostore.c); callers need no #ifdef.
+ */
+#ifndef KVS_STORE_H
+#define KVS_STORE_H
+
+#include "base/base.h"
+#include "engine/engine.h"
+#include "engine/kv_cache.h"
+
+#include <stdio.h>
+
+struct store;
+
+enum store_mode {
+	STORE_RW = 0,  /* create the file when missing, migrate forward */
+	STORE_RO,      /* readers: list, show, export (never creates or alters) */
+};
+
+/* Whether this build has the store (false: built without SQLite). */
+bool store_available(void);
+/* $XDG_DATA_HOME/kvscope/memory.db (allocated). */
+char *store_default_path(void);
+/* Open (or, read-write, create) the database at path. Refuses, without
+ * touching the file, one that is not SQLite, a SQLite database that is not
+ * kvscope's, one written by a newer kvscope, or a damaged one. */
+int store_open(struct store **out, const char *path, enum store_mode mode, struct err *e);
+void store_close(struct store *s);
+const char *store_path(const struct store *s);
+/* How long a writer waits for another writer's lock (default 5000 ms). */
+void store_set_busy_timeout(struct store *s, int ms);
+/* Schema version of the open database and the newest this build knows. */
+int store_schema_version(const struct store *s);
+int store_schema_latest(void);
+
+/* ---- sessions ---- */
+
+struct store_session {
+	int64_t id;
+	char *title;
+	char *model_path, *model_sha256, *arch;
+	char *policy;            /* kv_policy_format */
+	uint32_t budget, n_ctx;
+	char *sampler;           /* "temp=0.8 top-k=40 ..." */
+	char *system;            /* system prompt or NULL */
+	double created, updated; /* seconds since the epoch */
+	uint32_t n_turns, n_incomplete, n_tokens, n_kept;
+};
+
+void store_session_free(struct store_session *s);
+/* Create a session from in's descriptive fields; *id is the new id. */
+int store_session_create(struct store *s, const struct store_session *in, int64_t *id,
+                         struct err *e);
+/* A session by decimal id or by title (the newest with it); NULL or "":
+ * the most recently updated. KVS_ENOTFOUND naming what was looked for. */
+int store_session_find(struct store *s, const char *id_or_title, int64_t *id, struct err *e);
+int store_session_get(struct store *s, int64_t id, struct store_session *out, struct err *e);
+/* Every session, most recently updated first. */
+int store_session_list(struct store *s, struct store_session **out, size_t *n, struct err *e);
+int store_session_set_title(struct store *s, int64_t id, const char *title, struct err *e);
+/* Delete a session with its turns, tokens, events and snapshots. */
+int store_session_delete(struct store *s, int64_t id, struct err *e);
+/* Compact the database and remove snapshot files no session refers to. */
+int store_vacuum(struct store *s, struct err *e);
+/* The SHA-256 of a model file (cached by path, size and mtime). */
+int store_model_sha256(struct store *s, const char *path, char out[65], struct err *e);
+
+enum store_format { STORE_FMT_MD = 0, STORE_FMT_JSON };
+int store_format_parse(const char *name, enum store_format *out, struct err *e);
+/* The session as Markdown or JSON: turns, and what was evicted and why. */
+int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, struct err *e);
+
+/* ---- recording turns ---- */
+
+/* A finished (or interrupted) turn, as the chat saw it. */
+struct store_turn {
+	const char *user, *reply;
+	const char *stop;        /* gen_stop_name */
+	bool complete;           /* false: the reply was interrupted or failed */
+	bool restarted;          /* the cache was cleared before this turn */
+	uint32_t n_prompt, n_reply;
+	double prefill_ms, decode_ms;
+	double started;          /* seconds since the epoch */
+};
+
+struct store_rec;
+
+/* A recorder for session id over kv (both must outlive it). snapshots:
+ * write a KV snapshot with each commit. It continues after the session's
+ * last committed turn. */
+int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct kv_cache *kv,
+                   bool snapshots, struct err *e);
+void store_rec_free(struct store_rec *r);
+/* Copy a KV-cache event that the database keeps (evictions, pins, policy
+ * changes); others are ignored. Call from the cache's event listener. */
+void store_rec_event(struct store_rec *r, const struct kv_event *ev);
+/* Queue a turn; the cache must be between turns (the turn closed). */
+void store_rec_turn(struct store_rec *r, const struct store_turn *t);
+/* Write every queued turn in one transaction. On failure the queue stays
+ * for the next commit and e says why (one line). */
+int store_rec_commit(struct store_rec *r, struct err *e);
+/* Turns queued but not yet committed. */
+uint32_t store_rec_pending(const struct store_rec *r);
+/* Turns committed for this session (its next turn index). */
+uint32_t store_rec_n_turns(const struct store_rec *r);
+
+/* ---- resuming ---- */
+
+struct store_resume_info {
+	uint32_t n_tokens;       /* tokens restored */
+	bool from_snapshot;      /* false: recomputed from the token ids */
+	char why[200];           /* why no snapshot was used, when not */
+};
+
+/* Restore session id's retained cache into kv (on an engine of the same
+ * model): load its snapshot when it matches (model sha256, token ids and
+ * positions, KV type), else recompute the tokens at their stored positions. */
+int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *model_sha256,
+                 struct store_resume_info *info, struct err *e);
+
+/* Turn i's user text and reply (allocated; for replaying a transcript). */
+int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char **reply,
+                    struct err *e);
+
+#endif
