@@ -193,7 +193,7 @@ static int store_int(struct store *s, const char *sql, int64_t *out, struct err 
 static int store_check_header(const char *path, bool *exists, struct err *e)
 {
 	static const char magic[16] = "SQLite format 3";
-	char head[16];
+	uint8_t head[100];
 	struct stat sb;
 	*exists = false;
 	if (stat(path, &sb) != 0) {
@@ -212,15 +212,25 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 		return err_set(e, KVS_EIO, "%s: cannot open: %s", path, strerror(errno));
 	ssize_t got = read(fd, head, sizeof head);
 	close(fd);
-	if (got != (ssize_t)sizeof head || memcmp(head, magic, sizeof head) != 0)
+	if (got < 16 || memcmp(head, magic, sizeof magic) != 0)
 		return err_set(e, KVS_EFORMAT,
 		               "%s: not a SQLite database (no 'SQLite format 3' header); expected a "
 		               "kvscope database; the file was left as it is",
 		               path);
-	if (sb.st_size < 512)
+	/* the header's page size and page count against the file's size */
+	uint32_t page = got == 100 ? (uint32_t)head[16] << 8 | head[17] : 0;
+	if (page == 1)
+		page = 65536;
+	uint32_t npages = (uint32_t)head[28] << 24 | (uint32_t)head[29] << 16 |
+	                  (uint32_t)head[30] << 8 | head[31];
+	bool count_valid = memcmp(head + 24, head + 92, 4) == 0 && npages > 0;
+	if (page < 512 || (page & (page - 1)) != 0 || sb.st_size % page != 0 ||
+	    (count_valid && (uint64_t)sb.st_size < (uint64_t)npages * page))
 		return err_set(e, KVS_EFORMAT,
-		               "%s: truncated SQLite database (%lld bytes); the file was left as it is",
-		               path, (long long)sb.st_size);
+		               "%s: truncated SQLite database (%lld bytes; its header expects %llu); "
+		               "the file was left as it is",
+		               path, (long long)sb.st_size,
+		               count_valid ? (unsigned long long)npages * page : 0ull);
 	return KVS_OK;
 }
 

@@ -1,0 +1,846 @@
+/*
+ * test-store.c: the store layer (src/store) against independent facts.
+ *
+ *   - SHA-256 of the FIPS 180-4 test messages, whole and fed in pieces;
+ *   - a new database has the latest schema, WAL, synchronous=FULL and
+ *     foreign keys on (read back through SQLite itself);
+ *   - a garbage file, a truncated database, another program's database and
+ *     one from a newer kvscope are refused with a message naming the
+ *     problem, and their bytes are unchanged;
+ *   - recording a dialogue on a tiny model: every token that entered the
+ *     cache has a row, the kept ones equal the cache's tokens, the evicted
+ *     ones number the cache's count and carry their eviction event; turns
+ *     and memory events are all there;
+ *   - resume from the snapshot gives the closed session's next-token
+ *     logits bit for bit; with the snapshot missing or damaged, the
+ *     recompute path gives the same token ids and logits within 1e-3 (no
+ *     eviction: the recomputed keys saw the same context);
+ *   - I/O errors (an SQLite VFS shim failing writes, SQLITE_FULL): the
+ *     commit fails with a clear message, the turn stays queued, what was
+ *     committed is intact, and the next commit writes both turns;
+ *   - a second writer holding the lock: the commit waits, then fails with a
+ *     clear message; readers are fine; afterwards the commit goes through;
+ *   - a snapshot that cannot be written costs only the snapshot.
+ */
+#include "engine/engine.h"
+#include "model/model.h"
+#include "store/store.h"
+#include "tests/unit/test.h"
+#include "tests/util/ggufw.h"
+#include "tests/util/tinymodel.h"
+
+#include <sqlite3.h>
+#include <stdint.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+/* ------------------------------------------------------------- sha256 */
+
+static void hex_of(const void *data, size_t n, size_t piece, char out[65])
+{
+	struct sha256 s;
+	uint8_t d[32];
+	sha256_init(&s);
+	for (size_t i = 0; i < n; i += piece)
+		sha256_update(&s, (const uint8_t *)data + i, KVS_MIN(piece, n - i));
+	sha256_final(&s, d);
+	sha256_hex(d, out);
+}
+
+static void test_sha256(void)
+{
+	static const struct {
+		const char *msg, *hex;
+	} v[] = {
+		{ "", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" },
+		{ "abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" },
+		{ "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+		  "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1" },
+	};
+	char h[65];
+	for (size_t i = 0; i < KVS_ARRAY_LEN(v); i++) {
+		size_t n = strlen(v[i].msg);
+		hex_of(v[i].msg, n, n ? n : 1, h);
+		T_EQ_STR(h, v[i].hex);
+		hex_of(v[i].msg, n, 3, h);
+		T_EQ_STR(h, v[i].hex);
+	}
+	/* one million 'a' (FIPS 180-4 example), in uneven pieces */
+	char *a = xmalloc(1000000);
+	memset(a, 'a', 1000000);
+	hex_of(a, 1000000, 777, h);
+	T_EQ_STR(h, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+	free(a);
+}
+
+/* ------------------------------------------------------------- helpers */
+
+static char *tpath(const char *name)
+{
+	return xasprintf("%s/%s", tmpdir, name);
+}
+
+static void write_file(const char *path, const void *p, size_t n)
+{
+	FILE *fp = fopen(path, "wb");
+	fwrite(p, 1, n, fp);
+	fclose(fp);
+}
+
+static char *read_file(const char *path, size_t *n)
+{
+	char *buf;
+	struct err e;
+	if (file_read_all(path, &buf, n, &e) != KVS_OK)
+		return NULL;
+	return buf;
+}
+
+static int64_t q_int(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	int64_t v = -1;
+	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			v = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+	} else {
+		fprintf(stderr, "query %s: %s\n", sql, sqlite3_errmsg(db));
+	}
+	sqlite3_close(db);
+	return v;
+}
+
+static char *q_text(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	char *v = NULL;
+	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+			v = xstrdup((const char *)sqlite3_column_text(st, 0));
+		sqlite3_finalize(st);
+	}
+	sqlite3_close(db);
+	return v;
+}
+
+/* ------------------------------------------------------------- opening */
+
+static void test_open_new(void)
+{
+	char *p = tpath("new/dir/memory.db");
+	struct store *s;
+	struct err e;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	T_EQ_INT(store_schema_version(s), store_schema_latest());
+	T_CHECK(store_schema_latest() >= 1, "no migrations embedded");
+	store_close(s);
+	T_EQ_INT(q_int(p, "PRAGMA user_version"), store_schema_latest());
+	T_EQ_INT(q_int(p, "PRAGMA application_id"), 0x6b767363);
+	char *jm = q_text(p, "PRAGMA journal_mode");
+	T_EQ_STR(jm, "wal");
+	free(jm);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
+	                  "'tokens', 'memory_events', 'snapshots')"),
+	         5);
+	/* the pragmas that are per connection, as the store sets them */
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	store_close(s);
+	/* read-only open of a missing file: not found, nothing created */
+	char *q = tpath("missing.db");
+	T_EQ_INT(store_open(&s, q, STORE_RO, &e), KVS_ENOTFOUND);
+	T_CHECK(access(q, F_OK) != 0, "read-only open created %s", q);
+	free(q);
+	free(p);
+}
+
+/* Open path read-write; expect code, a message containing word, and the
+ * file's bytes unchanged. */
+static void expect_refused(const char *path, int code, const char *word)
+{
+	size_t n0, n1;
+	char *before = read_file(path, &n0), *after;
+	struct store *s;
+	struct err e;
+	T_EQ_INT(store_open(&s, path, STORE_RW, &e), code);
+	T_CHECK(strstr(e.msg, word) != NULL, "message '%s' lacks '%s'", e.msg, word);
+	after = read_file(path, &n1);
+	T_CHECK(before && after && n0 == n1 && memcmp(before, after, n0) == 0,
+	        "%s was modified (%zu -> %zu bytes)", path, n0, n1);
+	char *wal = xasprintf("%s-wal", path);
+	T_CHECK(access(wal, F_OK) != 0, "a WAL file was created for %s", path);
+	free(wal);
+	free(before);
+	free(after);
+}
+
+static void test_refusals(void)
+{
+	char *p = tpath("garbage.db");
+	char junk[4096];
+	for (size_t i = 0; i < sizeof junk; i++)
+		junk[i] = (char)(i * 7 + 3);
+	write_file(p, junk, sizeof junk);
+	expect_refused(p, KVS_EFORMAT, "not a SQLite database");
+	free(p);
+
+	/* a real kvscope database, then cut short */
+	char *good = tpath("good.db");
+	struct store *s;
+	struct err e;
+	T_EQ_INT(store_open(&s, good, STORE_RW, &e), KVS_OK);
+	store_close(s);
+	size_t n;
+	char *bytes = read_file(good, &n);
+	T_CHECK(n > 8192, "database only %zu bytes", n);
+	p = tpath("truncated.db");
+	write_file(p, bytes, 300);
+	expect_refused(p, KVS_EFORMAT, "truncated");
+	write_file(p, bytes, 5000);
+	expect_refused(p, KVS_EFORMAT, "truncated");
+	write_file(p, bytes, 8192); /* whole pages, fewer than the header says */
+	expect_refused(p, KVS_EFORMAT, "truncated");
+	/* garbage over the schema's records (the end of page 1) */
+	memset(bytes + 2048, 0x5a, 2048);
+	write_file(p, bytes, n);
+	expect_refused(p, KVS_EFORMAT, "damaged");
+	free(bytes);
+	free(p);
+
+	/* another program's database */
+	p = tpath("foreign.db");
+	sqlite3 *db;
+	sqlite3_open(p, &db);
+	sqlite3_exec(db, "CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup')",
+	             NULL, NULL, NULL);
+	sqlite3_close(db);
+	expect_refused(p, KVS_EFORMAT, "another program");
+	free(p);
+
+	/* a newer kvscope's */
+	sqlite3_open(good, &db);
+	sqlite3_exec(db, "PRAGMA journal_mode = DELETE; PRAGMA user_version = 999", NULL, NULL, NULL);
+	sqlite3_close(db);
+	expect_refused(good, KVS_EUNSUPPORTED, "newer kvscope");
+	free(good);
+}
+
+/* -------------------------------------------------------- a tiny model */
+
+struct tiny {
+	struct model *m;
+	uint8_t *buf;
+	char sha[65];
+};
+
+static void tiny_open(struct tiny *t)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct gguf_file *f;
+	struct err e;
+	size_t n;
+	tinymodel_defaults(&s, "llama");
+	s.n_embd = 64;
+	s.n_ff = 128;
+	s.scale = 0.5f;
+	tinymodel_add(w, &s);
+	ggufw_write_mem(w, &t->buf, &n);
+	ggufw_free(w);
+	if (gguf_open_memory(&f, t->buf, n, &e) != KVS_OK || model_load_gguf(&t->m, f, &e) != KVS_OK) {
+		fprintf(stderr, "tiny model: %s\n", e.msg);
+		exit(99);
+	}
+	hex_of(t->buf, n, n, t->sha);
+}
+
+struct run {
+	struct engine *eng;
+	struct kv_cache *kv;
+	struct store_rec *rec;
+};
+
+static void run_events(const struct kv_event *ev, void *ud)
+{
+	struct run *r = ud;
+	if (r->rec)
+		store_rec_event(r->rec, ev);
+}
+
+static void run_open(struct run *r, const struct model *m, const char *policy, uint32_t budget)
+{
+	struct engine_config c;
+	struct kv_config kc;
+	struct err e;
+	engine_config_default(&c);
+	c.backend = ENGINE_BACKEND_CPU;
+	c.n_threads = 1;
+	c.n_ctx = 128;
+	c.kv_type = ENGINE_KV_F32;
+	kv_config_default(&kc);
+	kv_policy_parse(policy, &kc.policy, NULL);
+	kc.budget = budget;
+	kc.n_batch = 16;
+	kc.token_stats = KV_TOKSTATS_ON;
+	if (engine_create(&r->eng, m, &c, &e) != KVS_OK || kv_cache_create(&r->kv, r->eng, &kc, &e)) {
+		fprintf(stderr, "engine: %s\n", e.msg);
+		exit(99);
+	}
+	r->rec = NULL;
+	kv_cache_set_events(r->kv, run_events, r);
+}
+
+static void run_close(struct run *r)
+{
+	store_rec_free(r->rec);
+	kv_cache_free(r->kv);
+	engine_free(r->eng);
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+
+static int32_t rnd_tok(uint32_t nv)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return 3 + (int32_t)((rng >> 11) % (nv - 3));
+}
+
+/* One turn: m user tokens, then k "reply" tokens one at a time; queued. */
+static void run_turn(struct run *r, uint32_t nv, uint32_t m, uint32_t k, const char *text)
+{
+	int32_t ids[64];
+	struct err e;
+	for (uint32_t i = 0; i < m; i++)
+		ids[i] = rnd_tok(nv);
+	T_EQ_INT(kv_cache_begin_turn(r->kv, KV_ROLE_USER, m, &e), KVS_OK);
+	T_EQ_INT(kv_cache_feed(r->kv, ids, m, &e), KVS_OK);
+	kv_cache_set_role(r->kv, KV_ROLE_ASSISTANT);
+	for (uint32_t i = 0; i < k; i++) {
+		int32_t id = rnd_tok(nv);
+		T_EQ_INT(kv_cache_feed(r->kv, &id, 1, &e), KVS_OK);
+	}
+	struct store_turn t = { .user = text, .reply = "a reply", .stop = "max-tokens",
+		                .complete = true, .n_prompt = m, .n_reply = k, .started = 1.0 };
+	store_rec_turn(r->rec, &t);
+}
+
+static int64_t new_session(struct store *s, const char *sha, const char *title)
+{
+	struct store_session in = { .title = (char *)title, .model_path = (char *)"tiny.gguf",
+		                    .model_sha256 = (char *)sha, .arch = (char *)"llama",
+		                    .policy = (char *)"streaming", .sampler = (char *)"temp=0" };
+	int64_t id = 0;
+	struct err e;
+	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_OK);
+	return id;
+}
+
+/* Max |difference| of the next-token logits of a and b over probe tokens. */
+static double probe(struct kv_cache *a, struct kv_cache *b, uint32_t nv)
+{
+	double mx = 0;
+	struct err e;
+	for (int i = 0; i < 3; i++) {
+		int32_t id = rnd_tok(nv);
+		T_EQ_INT(kv_cache_feed(a, &id, 1, &e), KVS_OK);
+		T_EQ_INT(kv_cache_feed(b, &id, 1, &e), KVS_OK);
+		for (uint32_t v = 0; v < nv; v++)
+			mx = fmax(mx, fabs((double)kv_cache_logits(a)[v] - kv_cache_logits(b)[v]));
+	}
+	return mx;
+}
+
+static void test_record_resume(const struct tiny *t, const char *policy, bool evicts)
+{
+	char name[64];
+	snprintf(name, sizeof name, "rec-%s.db", policy);
+	char *p = tpath(name);
+	uint32_t nv = t->m->hp.n_vocab;
+	struct store *s;
+	struct err e;
+	struct run a;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, t->sha, policy);
+	run_open(&a, t->m, policy, evicts ? 48 : 120);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, true, &e), KVS_OK);
+	uint32_t turns = evicts ? 6 : 3;
+	for (uint32_t i = 0; i < turns; i++) {
+		run_turn(&a, nv, 12, 8, "hello");
+		T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	}
+	T_EQ_INT(store_rec_pending(a.rec), 0);
+	struct kv_stats st;
+	kv_cache_stats(a.kv, &st);
+	T_CHECK(evicts == (st.n_evicted > 0), "%s: %llu evicted", policy,
+	        (unsigned long long)st.n_evicted);
+	char sql[256];
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM turns WHERE session_id = %lld", (long long)id);
+	T_EQ_INT(q_int(p, sql), turns);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld", (long long)id);
+	T_EQ_INT(q_int(p, sql), st.n_seen);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld AND kept",
+	         (long long)id);
+	T_EQ_INT(q_int(p, sql), kv_cache_n(a.kv));
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld AND NOT kept "
+	                          "AND evicted_event IS NOT NULL", (long long)id);
+	T_EQ_INT(q_int(p, sql), st.n_evicted);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM memory_events WHERE kind = 'evict'");
+	T_EQ_INT(q_int(p, sql), st.n_evictions);
+	snprintf(sql, sizeof sql, "SELECT coalesce(sum(n_tokens), 0) FROM memory_events WHERE kind = 'evict'");
+	T_EQ_INT(q_int(p, sql), st.n_evicted);
+	/* every token of the stream has exactly one row, positions 0 .. n_seen-1 */
+	snprintf(sql, sizeof sql, "SELECT max(orig_pos) - min(orig_pos) + 1 FROM tokens");
+	T_EQ_INT(q_int(p, sql), st.n_seen);
+	/* the kept rows are the cache's tokens */
+	sqlite3 *db;
+	sqlite3_stmt *q;
+	sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL);
+	sqlite3_prepare_v2(db, "SELECT token, orig_pos, pos, flags FROM tokens WHERE kept ORDER BY "
+	                       "orig_pos", -1, &q, NULL);
+	const struct kv_tok *toks = kv_cache_toks(a.kv);
+	uint32_t i = 0, bad = 0;
+	while (sqlite3_step(q) == SQLITE_ROW && i < kv_cache_n(a.kv)) {
+		bad += sqlite3_column_int(q, 0) != toks[i].token ||
+		       sqlite3_column_int(q, 1) != toks[i].orig_pos ||
+		       sqlite3_column_int(q, 2) != toks[i].pos || sqlite3_column_int(q, 3) != toks[i].flags;
+		i++;
+	}
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	T_EQ_INT(bad, 0);
+	T_EQ_INT(i, kv_cache_n(a.kv));
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 1);
+
+	/* resume from the snapshot: bit for bit */
+	struct run b;
+	struct store_resume_info info;
+	run_open(&b, t->m, policy, evicts ? 48 : 120);
+	T_EQ_INT(store_resume(s, id, b.kv, t->sha, &info, &e), KVS_OK);
+	T_CHECK(info.from_snapshot, "%s: not from the snapshot: %s", policy, info.why);
+	T_EQ_INT(info.n_tokens, kv_cache_n(a.kv));
+	T_EQ_INT(kv_cache_next_pos(b.kv), kv_cache_next_pos(a.kv));
+	double d = probe(a.kv, b.kv, nv);
+	T_CHECK(d <= 1e-4, "%s: snapshot resume differs by %g", policy, d);
+	T_CHECK(d == 0, "%s: snapshot resume differs by %g (expected bit for bit)", policy, d);
+	run_close(&b);
+
+	/* a wrong model is refused */
+	run_open(&b, t->m, policy, evicts ? 48 : 120);
+	char other[65];
+	memset(other, 'f', 64);
+	other[64] = '\0';
+	T_EQ_INT(store_resume(s, id, b.kv, other, &info, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "same model") != NULL, "message: %s", e.msg);
+	run_close(&b);
+
+	/* damaged, then missing snapshot: recompute */
+	char *sha = q_text(p, "SELECT sha256 FROM snapshots");
+	char *sp = xasprintf("%s-kv/%s.kvs", p, sha);
+	size_t n;
+	char *bytes = read_file(sp, &n);
+	bytes[n / 2] ^= 1;
+	write_file(sp, bytes, n);
+	free(bytes);
+	for (int round = 0; round < 2; round++) {
+		if (round == 1)
+			unlink(sp);
+		/* a fresh copy of the original state to compare with */
+		run_open(&b, t->m, policy, evicts ? 48 : 120);
+		T_EQ_INT(store_resume(s, id, b.kv, t->sha, &info, &e), KVS_OK);
+		T_CHECK(!info.from_snapshot, "%s: a %s snapshot was used", policy,
+		        round ? "missing" : "damaged");
+		T_CHECK(strstr(info.why, round ? "unreadable" : "damaged") != NULL, "why: %s", info.why);
+		/* token ids exact */
+		uint32_t nb = kv_cache_n(b.kv);
+		const struct kv_tok *tb = kv_cache_toks(b.kv);
+		struct run c;
+		run_open(&c, t->m, policy, evicts ? 48 : 120);
+		T_EQ_INT(store_resume(s, id, c.kv, t->sha, &info, &e), KVS_OK);
+		bad = 0;
+		for (uint32_t k = 0; k < nb; k++)
+			bad += tb[k].token != kv_cache_toks(c.kv)[k].token;
+		T_EQ_INT(bad, 0);
+		T_CHECK(kv_cache_logits(b.kv) != NULL, "no logits after a recompute");
+		run_close(&c);
+		run_close(&b);
+	}
+	free(sp);
+	free(sha);
+	store_close(s);
+	run_close(&a);
+	free(p);
+}
+
+/* The re-prefill path against the session as it was before closing: the
+ * same next-token logits within 1e-3 (no eviction). */
+static void test_recompute_logits(const struct tiny *t)
+{
+	char *p = tpath("recompute.db");
+	uint32_t nv = t->m->hp.n_vocab;
+	struct store *s;
+	struct err e;
+	struct run a, b;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, t->sha, "recompute");
+	run_open(&a, t->m, "full", 120);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, false, &e), KVS_OK);
+	for (int i = 0; i < 3; i++) {
+		run_turn(&a, nv, 10, 6, "q");
+		T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	}
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 0);
+	run_open(&b, t->m, "full", 120);
+	struct store_resume_info info;
+	T_EQ_INT(store_resume(s, id, b.kv, t->sha, &info, &e), KVS_OK);
+	T_CHECK(!info.from_snapshot, "a snapshot without snapshots");
+	T_EQ_INT(kv_cache_n(b.kv), kv_cache_n(a.kv));
+	for (uint32_t i = 0; i < kv_cache_n(a.kv); i++)
+		T_EQ_INT(kv_cache_toks(b.kv)[i].token, kv_cache_toks(a.kv)[i].token);
+	double d = 0;
+	for (uint32_t v = 0; v < nv; v++)
+		d = fmax(d, fabs((double)kv_cache_logits(a.kv)[v] - kv_cache_logits(b.kv)[v]));
+	T_CHECK(d <= 1e-3, "recomputed logits differ by %g", d);
+	d = probe(a.kv, b.kv, nv);
+	T_CHECK(d <= 1e-3, "after recompute the next logits differ by %g", d);
+	run_close(&a);
+	run_close(&b);
+	store_close(s);
+	free(p);
+}
+
+/* ------------------------------------------- I/O errors: a failing VFS */
+
+static sqlite3_vfs *base_vfs;
+static sqlite3_vfs shim_vfs;
+static volatile int shim_fail; /* 1: writes fail with SQLITE_FULL, 2: with SQLITE_IOERR */
+
+struct shim_file {
+	sqlite3_file base;
+	sqlite3_file *real;
+};
+
+static int shim_close(sqlite3_file *f)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	int rc = s->real->pMethods->xClose(s->real);
+	sqlite3_free(s->real);
+	return rc;
+}
+static int shim_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xRead(s->real, b, n, o);
+}
+static int shim_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	if (shim_fail)
+		return shim_fail == 1 ? SQLITE_FULL : SQLITE_IOERR_WRITE;
+	return s->real->pMethods->xWrite(s->real, b, n, o);
+}
+static int shim_truncate(sqlite3_file *f, sqlite3_int64 n)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xTruncate(s->real, n);
+}
+static int shim_sync(sqlite3_file *f, int flags)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xSync(s->real, flags);
+}
+static int shim_size(sqlite3_file *f, sqlite3_int64 *n)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xFileSize(s->real, n);
+}
+static int shim_lock(sqlite3_file *f, int l)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xLock(s->real, l);
+}
+static int shim_unlock(sqlite3_file *f, int l)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xUnlock(s->real, l);
+}
+static int shim_check(sqlite3_file *f, int *out)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xCheckReservedLock(s->real, out);
+}
+static int shim_fcntl(sqlite3_file *f, int op, void *arg)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xFileControl(s->real, op, arg);
+}
+static int shim_sector(sqlite3_file *f)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xSectorSize(s->real);
+}
+static int shim_devchar(sqlite3_file *f)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xDeviceCharacteristics(s->real);
+}
+static int shim_shmmap(sqlite3_file *f, int pg, int sz, int ext, void volatile **pp)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xShmMap(s->real, pg, sz, ext, pp);
+}
+static int shim_shmlock(sqlite3_file *f, int off, int n, int flags)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xShmLock(s->real, off, n, flags);
+}
+static void shim_shmbarrier(sqlite3_file *f)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	s->real->pMethods->xShmBarrier(s->real);
+}
+static int shim_shmunmap(sqlite3_file *f, int del)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	return s->real->pMethods->xShmUnmap(s->real, del);
+}
+
+static const sqlite3_io_methods shim_io = {
+	2, shim_close, shim_read, shim_write, shim_truncate, shim_sync, shim_size, shim_lock,
+	shim_unlock, shim_check, shim_fcntl, shim_sector, shim_devchar, shim_shmmap, shim_shmlock,
+	shim_shmbarrier, shim_shmunmap, NULL, NULL,
+};
+
+static int shim_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	(void)v;
+	s->real = sqlite3_malloc(base_vfs->szOsFile);
+	memset(s->real, 0, (size_t)base_vfs->szOsFile);
+	int rc = base_vfs->xOpen(base_vfs, name, s->real, flags, out);
+	if (rc != SQLITE_OK) {
+		sqlite3_free(s->real);
+		s->base.pMethods = NULL;
+		return rc;
+	}
+	s->base.pMethods = &shim_io;
+	return SQLITE_OK;
+}
+
+static int shim_delete(sqlite3_vfs *v, const char *n, int sync)
+{
+	(void)v;
+	return base_vfs->xDelete(base_vfs, n, sync);
+}
+static int shim_access(sqlite3_vfs *v, const char *n, int flags, int *out)
+{
+	(void)v;
+	return base_vfs->xAccess(base_vfs, n, flags, out);
+}
+static int shim_fullpath(sqlite3_vfs *v, const char *n, int len, char *out)
+{
+	(void)v;
+	return base_vfs->xFullPathname(base_vfs, n, len, out);
+}
+static int shim_random(sqlite3_vfs *v, int n, char *out)
+{
+	(void)v;
+	return base_vfs->xRandomness(base_vfs, n, out);
+}
+static int shim_sleep(sqlite3_vfs *v, int us)
+{
+	(void)v;
+	return base_vfs->xSleep(base_vfs, us);
+}
+static int shim_time(sqlite3_vfs *v, double *out)
+{
+	(void)v;
+	return base_vfs->xCurrentTime(base_vfs, out);
+}
+
+static void shim_install(void)
+{
+	base_vfs = sqlite3_vfs_find(NULL);
+	memset(&shim_vfs, 0, sizeof shim_vfs);
+	shim_vfs.iVersion = 1;
+	shim_vfs.szOsFile = (int)sizeof(struct shim_file);
+	shim_vfs.mxPathname = base_vfs->mxPathname;
+	shim_vfs.zName = "failshim";
+	shim_vfs.xOpen = shim_open;
+	shim_vfs.xDelete = shim_delete;
+	shim_vfs.xAccess = shim_access;
+	shim_vfs.xFullPathname = shim_fullpath;
+	shim_vfs.xRandomness = shim_random;
+	shim_vfs.xSleep = shim_sleep;
+	shim_vfs.xCurrentTime = shim_time;
+	sqlite3_vfs_register(&shim_vfs, 1); /* the default: the store opens through it */
+}
+
+static void test_io_errors(const struct tiny *t)
+{
+	char *p = tpath("ioerr.db");
+	uint32_t nv = t->m->hp.n_vocab;
+	struct store *s;
+	struct err e;
+	struct run a;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, t->sha, "io");
+	run_open(&a, t->m, "streaming", 48);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, false, &e), KVS_OK);
+	run_turn(&a, nv, 12, 6, "first");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	for (int mode = 1; mode <= 2; mode++) {
+		run_turn(&a, nv, 12, 6, mode == 1 ? "second" : "third");
+		shim_fail = mode;
+		int rc = store_rec_commit(a.rec, &e);
+		shim_fail = 0;
+		T_EQ_INT(rc, KVS_EIO);
+		T_CHECK(strstr(e.msg, mode == 1 ? "disk is full" : "I/O error") != NULL &&
+		                strstr(e.msg, "kept in memory") != NULL,
+		        "message: %s", e.msg);
+		T_EQ_INT(store_rec_pending(a.rec), mode);
+		/* what was committed is intact (another connection sees it) */
+		T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 1);
+		T_EQ_INT(q_int(p, "SELECT count(*) FROM turns WHERE user_text = 'first'"), 1);
+	}
+	/* the next successful commit writes all the queued turns */
+	run_turn(&a, nv, 12, 6, "fourth");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	T_EQ_INT(store_rec_pending(a.rec), 0);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 4);
+	T_EQ_INT(q_int(p, "SELECT idx FROM turns WHERE user_text = 'fourth'"), 3);
+	struct kv_stats st;
+	kv_cache_stats(a.kv, &st);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM tokens"), st.n_seen);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM tokens WHERE NOT kept"), st.n_evicted);
+	char *ic = q_text(p, "PRAGMA integrity_check");
+	T_EQ_STR(ic, "ok");
+	free(ic);
+	run_close(&a);
+	store_close(s);
+	free(p);
+}
+
+/* ------------------------------------------------ a second writer, readers */
+
+static void test_second_writer(const struct tiny *t)
+{
+	char *p = tpath("lock.db");
+	uint32_t nv = t->m->hp.n_vocab;
+	struct store *s, *reader;
+	struct err e;
+	struct run a;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, t->sha, "locked");
+	run_open(&a, t->m, "streaming", 48);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, false, &e), KVS_OK);
+	run_turn(&a, nv, 8, 4, "one");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	/* another writer holds the write lock */
+	sqlite3 *other;
+	sqlite3_open(p, &other);
+	T_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE; UPDATE sessions SET title = 'x' WHERE 0",
+	                      NULL, NULL, NULL),
+	         SQLITE_OK);
+	store_set_busy_timeout(s, 200);
+	run_turn(&a, nv, 8, 4, "two");
+	double t0 = clock_now_ms();
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_EIO);
+	T_CHECK(clock_now_ms() - t0 >= 150, "did not wait for the lock (%.0f ms)", clock_now_ms() - t0);
+	T_CHECK(strstr(e.msg, "locked by another kvscope writer") != NULL, "message: %s", e.msg);
+	/* readers are fine meanwhile */
+	T_EQ_INT(store_open(&reader, p, STORE_RO, &e), KVS_OK);
+	struct store_session *list;
+	size_t n;
+	T_EQ_INT(store_session_list(reader, &list, &n, &e), KVS_OK);
+	T_EQ_INT(n, 1);
+	T_EQ_INT(n ? list[0].n_turns : 0, 1);
+	for (size_t i = 0; i < n; i++)
+		store_session_free(&list[i]);
+	free(list);
+	store_close(reader);
+	sqlite3_exec(other, "COMMIT", NULL, NULL, NULL);
+	sqlite3_close(other);
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 2);
+	run_close(&a);
+	store_close(s);
+	free(p);
+}
+
+/* A snapshot that cannot be written (its directory is a file) costs only
+ * the snapshot; export names what was evicted. */
+static void test_snapshot_blocked_export(const struct tiny *t)
+{
+	char *p = tpath("blocked.db"), *kvdir = tpath("blocked.db-kv");
+	uint32_t nv = t->m->hp.n_vocab;
+	struct store *s;
+	struct err e;
+	struct run a;
+	write_file(kvdir, "x", 1);
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, t->sha, "blocked");
+	run_open(&a, t->m, "streaming", 48);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, true, &e), KVS_OK);
+	log_set_level(LOG_ERROR); /* the snapshot warning is expected */
+	for (int i = 0; i < 4; i++) {
+		run_turn(&a, nv, 12, 8, "a question with \"quotes\"\nand a second line");
+		T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	}
+	log_set_level(LOG_WARN);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 0);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 4);
+	char *out = tpath("export.md");
+	FILE *fp = fopen(out, "w");
+	T_EQ_INT(store_export(s, id, STORE_FMT_MD, fp, &e), KVS_OK);
+	fclose(fp);
+	size_t n;
+	char *md = read_file(out, &n);
+	T_CHECK(md && strstr(md, "evicted") && strstr(md, "cause: ") && strstr(md, "policy streaming"),
+	        "export lacks the evictions:\n%s", md ? md : "");
+	free(md);
+	free(out);
+	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM tokens"), 0);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM memory_events"), 0);
+	T_EQ_INT(store_session_delete(s, id, &e), KVS_ENOTFOUND);
+	run_close(&a);
+	store_close(s);
+	free(p);
+	free(kvdir);
+}
+
+int main(void)
+{
+	struct tiny t;
+	snprintf(tmpdir, sizeof tmpdir, "%s/kvs-store-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	if (mkdtemp(tmpdir) == NULL) {
+		perror("mkdtemp");
+		return 99;
+	}
+	shim_install();
+	test_sha256();
+	test_open_new();
+	test_refusals();
+	tiny_open(&t);
+	test_record_resume(&t, "streaming", true);
+	test_record_resume(&t, "h2o", true);
+	test_record_resume(&t, "full", false);
+	test_recompute_logits(&t);
+	test_io_errors(&t);
+	test_second_writer(&t);
+	test_snapshot_blocked_export(&t);
+	model_free(t.m);
+	free(t.buf);
+	char *cmd = xasprintf("rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", tmpdir);
+	free(cmd);
+	return t_done("test-store");
+}
