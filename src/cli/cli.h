@@ -30,6 +30,9 @@ enum opt_group {
 	OPTG_PASSKEY = 1u << 12, /* --lengths, --depths, --samples */
 	OPTG_RPS = 1u << 13,    /* --rounds, --dominant */
 	OPTG_RUN = 1u << 14,    /* --plugin, --timeout, --hook-ms, --mem-cap, --results, --api-doc */
+	OPTG_DB = 1u << 15,     /* --db */
+	OPTG_SAVE = 1u << 16,   /* --resume, --title, --save (chat) */
+	OPTG_EXPORT = 1u << 17, /* --format md|json (sessions export) */
 };
 
 
@@ -62,5 +65,10 @@ extern const struct cli_cmd cmd_model_info;
 extern const struct cli_cmd cmd_perplexity;
 extern const struct cli_cmd cmd_run;
 extern const struct cli_cmd cmd_tokenize;
+extern const struct cli_cmd cmd_sessions_list;
+extern const struct cli_cmd cmd_sessions_show;
+extern const struct cli_cmd cmd_sessions_export;
+extern const struct cli_cmd cmd_sessions_delete;
+extern const struct cli_cmd cmd_sessions_vacuum;
 
 #endif

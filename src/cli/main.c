@@ -29,6 +29,11 @@ static const struct cli_cmd *const cli_cmds[] = {
 	&cmd_logits,
 	&cmd_perplexity,
 	&cmd_bench,
+	&cmd_sessions_list,
+	&cmd_sessions_show,
+	&cmd_sessions_export,
+	&cmd_sessions_delete,
+	&cmd_sessions_vacuum,
 };
 
 char *cli_model_path(const char *explicit_path)

@@ -176,6 +176,16 @@ static int opt_f64(struct cli_opts *o, const char *arg, const struct cli_opt *op
 	return KVS_OK;
 }
 
+/* --resume [ID|TITLE]: the value may be left out (the latest session). */
+static int opt_resume(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                      struct err *e)
+{
+	(void)opt;
+	(void)e;
+	o->resume = arg ? arg : "";
+	return KVS_OK;
+}
+
 #define O(f) offsetof(struct cli_opts, f)
 #define OG(f) offsetof(struct cli_opts, gen.f)
 
@@ -270,6 +280,16 @@ static const struct cli_opt cli_opt_table[] = {
 	  "directory kvscope.write writes under (default results)" },
 	{ "api-doc", 0, NULL, OPTG_RUN, opt_flag, O(api_doc), 0, 0,
 	  "print the Lua API reference (doc/lua-api.md) and exit" },
+	{ "db", 0, "PATH", OPTG_DB, opt_str, O(db), 0, 0,
+	  "session database (default $XDG_DATA_HOME/kvscope/memory.db)" },
+	{ "resume", 0, "[ID|TITLE]", OPTG_SAVE, opt_resume, 0, 0, 0,
+	  "continue a saved session (default: the latest) from its retained KV cache" },
+	{ "title", 0, "TEXT", OPTG_SAVE, opt_str, O(title), 0, 0,
+	  "save the conversation as a session with this title" },
+	{ "save", 0, NULL, OPTG_SAVE, opt_flag, O(save), 0, 0,
+	  "save the conversation (implied by --db, --resume and --title)" },
+	{ "format", 0, "md|json", OPTG_EXPORT, opt_str, O(format), 0, 0,
+	  "export format: Markdown (default) or JSON" },
 };
 
 void cli_opts_default(struct cli_opts *o)
@@ -336,7 +356,10 @@ int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **ar
 		}
 		if (opt == NULL)
 			return cli_usage(cmd, "unknown option '%s'", a);
-		if (opt->arg != NULL && val == NULL) {
+		if (opt->set == opt_resume && val == NULL &&
+		    (i + 1 >= argc || argv[i + 1][0] == '-')) {
+			/* --resume alone: the latest session */
+		} else if (opt->arg != NULL && val == NULL) {
 			if (i + 1 >= argc)
 				return cli_usage(cmd, "option '%s' needs an argument (%s)", a, opt->arg);
 			val = argv[++i];

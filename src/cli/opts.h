@@ -46,6 +46,10 @@ struct cli_opts {
 	const char *results;   /* run: kvscope.write's directory */
 	bool api_doc;          /* run --api-doc */
 	bool stop_at_arg;      /* options end at the first positional argument (run) */
+	const char *db;        /* --db PATH (NULL: the default database) */
+	const char *resume;    /* --resume [ID|TITLE] ("" : the latest session) */
+	const char *title;     /* chat: the new session's title */
+	bool save;             /* chat: save the conversation */
 	char **args;           /* positional arguments */
 	int n_args;
 };

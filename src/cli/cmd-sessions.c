@@ -1,0 +1,177 @@
+/*
+ * cmd-sessions.c: `kvscope sessions list|show|export|delete|vacuum`, the
+ * saved sessions in the database (--db PATH, default
+ * $XDG_DATA_HOME/kvscope/memory.db). Readers open it read-only, so they
+ * work beside a running chat; delete and vacuum write.
+ */
+#include "cli/opts.h"
+#include "store/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int sessions_list_exec(int argc, char **argv);
+static int sessions_show_exec(int argc, char **argv);
+static int sessions_export_exec(int argc, char **argv);
+static int sessions_delete_exec(int argc, char **argv);
+static int sessions_vacuum_exec(int argc, char **argv);
+
+const struct cli_cmd cmd_sessions_list = {
+	"sessions list", "[--db PATH]", "list the saved sessions, the most recent first",
+	sessions_list_exec, OPTG_DB,
+};
+const struct cli_cmd cmd_sessions_show = {
+	"sessions show", "ID|TITLE [--db PATH]", "one session: model, policy, turns, memory",
+	sessions_show_exec, OPTG_DB,
+};
+const struct cli_cmd cmd_sessions_export = {
+	"sessions export", "ID|TITLE [--format md|json] [--db PATH]",
+	"a session's transcript with what was evicted from the KV cache and why",
+	sessions_export_exec, OPTG_DB | OPTG_EXPORT,
+};
+const struct cli_cmd cmd_sessions_delete = {
+	"sessions delete", "ID|TITLE [--db PATH]", "delete a session and its snapshots",
+	sessions_delete_exec, OPTG_DB,
+};
+const struct cli_cmd cmd_sessions_vacuum = {
+	"sessions vacuum", "[--db PATH]", "compact the database and drop unused snapshot files",
+	sessions_vacuum_exec, OPTG_DB,
+};
+
+/* Parse options, check the argument count, open the database. */
+static int sessions_open(const struct cli_cmd *cmd, int argc, char **argv, int n_args,
+                         enum store_mode mode, struct cli_opts *o, struct store **st)
+{
+	struct err e;
+	*st = NULL;
+	cli_opts_default(o);
+	int rc = cli_opts_parse(cmd, cmd->options, argc, argv, o);
+	if (rc != CLI_OK)
+		return rc;
+	if (o->n_args != n_args)
+		return cli_usage(cmd, n_args ? "expected a session id or title" : "expected no arguments");
+	char *path = o->db ? xstrdup(o->db) : store_default_path();
+	rc = store_open(st, path, mode, &e);
+	free(path);
+	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
+}
+
+/* "2026-11-27 01:43" in local time. */
+static const char *sessions_time(double t, char *buf, size_t cap)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	localtime_r(&tt, &tm);
+	strftime(buf, cap, "%Y-%m-%d %H:%M", &tm);
+	return buf;
+}
+
+static int sessions_list_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct store *st;
+	struct store_session *l = NULL;
+	size_t n = 0;
+	struct err e;
+	char t[32];
+	int rc = sessions_open(&cmd_sessions_list, argc, argv, 0, STORE_RO, &o, &st);
+	if (rc == CLI_OK && store_session_list(st, &l, &n, &e) != KVS_OK)
+		rc = cli_fail(&e);
+	if (rc == CLI_OK) {
+		printf("%-5s %-16s %6s %8s %8s  %-24s %s\n", "ID", "UPDATED", "TURNS", "TOKENS", "KEPT",
+		       "POLICY", "TITLE");
+		for (size_t i = 0; i < n; i++) {
+			char pol[25];
+			snprintf(pol, sizeof pol, "%s", l[i].policy ? l[i].policy : "");
+			printf("%-5lld %-16s %6u %8u %8u  %-24s %s%s\n", (long long)l[i].id,
+			       sessions_time(l[i].updated, t, sizeof t), l[i].n_turns, l[i].n_tokens,
+			       l[i].n_kept, pol, l[i].title, l[i].n_incomplete ? " (incomplete turns)" : "");
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		store_session_free(&l[i]);
+	free(l);
+	store_close(st);
+	cli_opts_free(&o);
+	return rc;
+}
+
+static int sessions_show_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct store *st;
+	struct store_session s;
+	struct err e;
+	int64_t id;
+	char t[32];
+	int rc = sessions_open(&cmd_sessions_show, argc, argv, 1, STORE_RO, &o, &st);
+	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
+	                     store_session_get(st, id, &s, &e) != KVS_OK))
+		rc = cli_fail(&e);
+	if (rc == CLI_OK) {
+		printf("session  %lld: %s\n", (long long)s.id, s.title);
+		printf("model    %s (%s)\nsha256   %s\n", s.model_path, s.arch, s.model_sha256);
+		printf("policy   %s, budget %u tokens, context %u\n", s.policy, s.budget, s.n_ctx);
+		printf("sampler  %s\n", s.sampler);
+		printf("system   %s\n", s.system ? s.system : "(none)");
+		printf("created  %s\n", sessions_time(s.created, t, sizeof t));
+		printf("updated  %s\n", sessions_time(s.updated, t, sizeof t));
+		printf("turns    %u (%u incomplete)\n", s.n_turns, s.n_incomplete);
+		printf("tokens   %u entered the cache, %u kept, %u evicted\n", s.n_tokens, s.n_kept,
+		       s.n_tokens - s.n_kept);
+		store_session_free(&s);
+	}
+	store_close(st);
+	cli_opts_free(&o);
+	return rc;
+}
+
+static int sessions_export_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct store *st;
+	struct err e;
+	int64_t id;
+	enum store_format fmt = STORE_FMT_MD;
+	int rc = sessions_open(&cmd_sessions_export, argc, argv, 1, STORE_RO, &o, &st);
+	if (rc == CLI_OK && o.format != NULL && store_format_parse(o.format, &fmt, &e) != KVS_OK)
+		rc = cli_usage(&cmd_sessions_export, "%s", e.msg);
+	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
+	                     store_export(st, id, fmt, stdout, &e) != KVS_OK))
+		rc = cli_fail(&e);
+	store_close(st);
+	cli_opts_free(&o);
+	return rc;
+}
+
+static int sessions_delete_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct store *st;
+	struct err e;
+	int64_t id;
+	int rc = sessions_open(&cmd_sessions_delete, argc, argv, 1, STORE_RW, &o, &st);
+	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
+	                     store_session_delete(st, id, &e) != KVS_OK))
+		rc = cli_fail(&e);
+	if (rc == CLI_OK)
+		fprintf(stderr, "kvscope: session %lld deleted\n", (long long)id);
+	store_close(st);
+	cli_opts_free(&o);
+	return rc;
+}
+
+static int sessions_vacuum_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct store *st;
+	struct err e;
+	int rc = sessions_open(&cmd_sessions_vacuum, argc, argv, 0, STORE_RW, &o, &st);
+	if (rc == CLI_OK && store_vacuum(st, &e) != KVS_OK)
+		rc = cli_fail(&e);
+	store_close(st);
+	cli_opts_free(&o);
+	return rc;
+}
