@@ -70,5 +70,6 @@ extern const struct cli_cmd cmd_sessions_show;
 extern const struct cli_cmd cmd_sessions_export;
 extern const struct cli_cmd cmd_sessions_delete;
 extern const struct cli_cmd cmd_sessions_vacuum;
+extern const struct cli_cmd cmd_sessions_check;
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * cmd-sessions.c: `kvscope sessions list|show|export|delete|vacuum`, the
+ * cmd-sessions.c: `kvscope sessions list|show|export|delete|vacuum|check`, the
  * saved sessions in the database (--db PATH, default
  * $XDG_DATA_HOME/kvscope/memory.db). Readers open it read-only, so they
  * work beside a running chat; delete and vacuum write.
@@ -17,6 +17,7 @@ static int sessions_show_exec(int argc, char **argv);
 static int sessions_export_exec(int argc, char **argv);
 static int sessions_delete_exec(int argc, char **argv);
 static int sessions_vacuum_exec(int argc, char **argv);
+static int sessions_check_exec(int argc, char **argv);
 
 const struct cli_cmd cmd_sessions_list = {
 	"sessions list", "[--db PATH]", "list the saved sessions, the most recent first",
@@ -38,6 +39,10 @@ const struct cli_cmd cmd_sessions_delete = {
 const struct cli_cmd cmd_sessions_vacuum = {
 	"sessions vacuum", "[--db PATH]", "compact the database and drop unused snapshot files",
 	sessions_vacuum_exec, OPTG_DB,
+};
+const struct cli_cmd cmd_sessions_check = {
+	"sessions check", "[--db PATH]", "SQLite's integrity check of the database ('ok' when sound)",
+	sessions_check_exec, OPTG_DB,
 };
 
 /* Parse options, check the argument count, open the database. */
@@ -171,6 +176,21 @@ static int sessions_vacuum_exec(int argc, char **argv)
 	int rc = sessions_open(&cmd_sessions_vacuum, argc, argv, 0, STORE_RW, &o, &st);
 	if (rc == CLI_OK && store_vacuum(st, &e) != KVS_OK)
 		rc = cli_fail(&e);
+	store_close(st);
+	cli_opts_free(&o);
+	return rc;
+}
+
+static int sessions_check_exec(int argc, char **argv)
+{
+	struct cli_opts o;
+	struct store *st;
+	struct err e;
+	int rc = sessions_open(&cmd_sessions_check, argc, argv, 0, STORE_RO, &o, &st);
+	if (rc == CLI_OK && store_check(st, &e) != KVS_OK)
+		rc = cli_fail(&e);
+	if (rc == CLI_OK)
+		printf("ok\n");
 	store_close(st);
 	cli_opts_free(&o);
 	return rc;

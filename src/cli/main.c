@@ -34,6 +34,7 @@ static const struct cli_cmd *const cli_cmds[] = {
 	&cmd_sessions_export,
 	&cmd_sessions_delete,
 	&cmd_sessions_vacuum,
+	&cmd_sessions_check,
 };
 
 char *cli_model_path(const char *explicit_path)

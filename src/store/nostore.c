@@ -74,6 +74,12 @@ int store_session_delete(struct store *s, int64_t id, struct err *e)
 	return NOSTORE(e);
 }
 
+int store_check(struct store *s, struct err *e)
+{
+	(void)s;
+	return NOSTORE(e);
+}
+
 int store_vacuum(struct store *s, struct err *e)
 {
 	(void)s;

@@ -604,6 +604,23 @@ int store_session_delete(struct store *s, int64_t id, struct err *e)
 	return rc;
 }
 
+int store_check(struct store *s, struct err *e)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, "PRAGMA integrity_check", &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	int r = sqlite3_step(st);
+	const unsigned char *t = r == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+	if (r != SQLITE_ROW)
+		rc = store_fail(s, r, "checking integrity", e);
+	else if (t == NULL || strcmp((const char *)t, "ok") != 0)
+		rc = err_set(e, KVS_EFORMAT, "%s: integrity check failed: %s", s->path,
+		             t ? (const char *)t : "?");
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int store_vacuum(struct store *s, struct err *e)
 {
 	int rc = store_exec(s, "VACUUM", "vacuuming", e);
@@ -1151,7 +1168,18 @@ static int rec_write(struct store_rec *r, sqlite3_stmt **q, const char *snap_sha
 {
 	struct store *s = r->s;
 	double now = store_now();
-	int rc = KVS_OK;
+	char sql[160];
+	int64_t have = 0;
+	/* another kvscope may have resumed the same session and saved turns:
+	 * never interleave two conversations in one session */
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM turns WHERE session_id = %lld",
+	         (long long)r->id);
+	int rc = store_int(s, sql, &have, e);
+	if (rc == KVS_OK && have != (int64_t)r->n_turns)
+		rc = err_set(e, KVS_ESTATE,
+		             "%s: session %lld was saved meanwhile by another kvscope (%lld turns, "
+		             "this one expected %u); not mixing the two conversations",
+		             s->path, (long long)r->id, (long long)have, r->n_turns);
 	for (size_t i = 0; i < r->n_pending && rc == KVS_OK; i++) {
 		const struct store_turn *t = &r->turns[i].t;
 		sqlite3_stmt *st = q[SQ_TURN];
@@ -1244,7 +1272,6 @@ static int rec_write(struct store_rec *r, sqlite3_stmt **q, const char *snap_sha
 	}
 	if (rc == KVS_OK) {
 		/* one snapshot per session: the newest (or none when it failed) */
-		char sql[160];
 		snprintf(sql, sizeof sql, "DELETE FROM snapshots WHERE session_id = %lld AND turn <> %u",
 		         (long long)r->id, snap_sha ? last : UINT32_MAX);
 		rc = store_exec(s, sql, "dropping an old snapshot reference", e);

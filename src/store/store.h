@@ -80,6 +80,9 @@ int store_session_list(struct store *s, struct store_session **out, size_t *n, s
 int store_session_set_title(struct store *s, int64_t id, const char *title, struct err *e);
 /* Delete a session with its turns, tokens, events and snapshots. */
 int store_session_delete(struct store *s, int64_t id, struct err *e);
+/* PRAGMA integrity_check: KVS_OK when SQLite says "ok", else KVS_EFORMAT
+ * with its first complaint. */
+int store_check(struct store *s, struct err *e);
 /* Compact the database and remove snapshot files no session refers to. */
 int store_vacuum(struct store *s, struct err *e);
 /* The SHA-256 of a model file (cached by path, size and mtime). */

@@ -20,6 +20,8 @@
  *     committed is intact, and the next commit writes both turns;
  *   - a second writer holding the lock: the commit waits, then fails with a
  *     clear message; readers are fine; afterwards the commit goes through;
+ *     a second kvscope that saved turns to the same session first makes the
+ *     other's commit fail clearly instead of mixing the conversations;
  *   - a snapshot that cannot be written costs only the snapshot.
  */
 #include "engine/engine.h"
@@ -769,6 +771,22 @@ static void test_second_writer(const struct tiny *t)
 	sqlite3_close(other);
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
 	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 2);
+	/* a second kvscope resumed the same session and saved first: the
+	 * first one's next commit refuses to mix the conversations */
+	struct store *s2;
+	struct run b;
+	T_EQ_INT(store_open(&s2, p, STORE_RW, &e), KVS_OK);
+	run_open(&b, t->m, "streaming", 48);
+	T_EQ_INT(store_rec_open(&b.rec, s2, id, b.kv, false, &e), KVS_OK);
+	run_turn(&b, nv, 8, 4, "from the second");
+	T_EQ_INT(store_rec_commit(b.rec, &e), KVS_OK);
+	run_turn(&a, nv, 8, 4, "three");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_ESTATE);
+	T_CHECK(strstr(e.msg, "another kvscope") != NULL, "message: %s", e.msg);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 3);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns WHERE user_text = 'three'"), 0);
+	run_close(&b);
+	store_close(s2);
 	run_close(&a);
 	store_close(s);
 	free(p);

@@ -1,0 +1,109 @@
+#!/bin/sh
+# crash-loop.sh: kill -9 a saving chat at random moments, reopen, repeat.
+#
+# Each round pipes a scripted three-turn dialogue into `kvscope chat --db`
+# (resuming the session once it exists) with KVSCOPE_LOG=info, so stderr
+# says "turn N saved" for every turn whose transaction committed, and kills
+# it with SIGKILL after a random delay (during loading, prefill, decode,
+# the snapshot or the commit). After every round:
+#   - SQLite's integrity check says ok (kvscope sessions check);
+#   - every turn ever reported saved is in the database, with the text sent;
+#   - turn indices run 0..n-1 without gaps, and every turn marked complete
+#     has its token rows (a turn is never half-written).
+# CRASH_ROUNDS sets the number of rounds (default 50).
+set -u
+bin=${KVSCOPE_BIN:?}
+rounds=${CRASH_ROUNDS:-50}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+"$bin" sessions list --db "$tmp/probe.db" >/dev/null 2>"$tmp/e"
+if grep -q "built without SQLite" "$tmp/e"; then
+	echo "crash-loop.sh: built without SQLite; nothing to crash (sessions.sh checks the stub)"
+	exit 0
+fi
+if [ -z "${KVSCOPE_MODEL:-}" ]; then
+	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
+else
+	model=$KVSCOPE_MODEL
+fi
+if [ ! -f "$model" ]; then
+	echo "crash-loop.sh: the default model is not at $model (run make model)" >&2
+	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
+	exit 1
+fi
+command -v python3 >/dev/null || { echo "crash-loop.sh: python3 is needed to read the export" >&2; exit 1; }
+
+db=$tmp/crash.db
+: >"$tmp/saved"   # "N TEXT" per turn reported saved, over all rounds
+# (exec: the background job's pid is kvscope's own, so kill -9 hits it)
+chat() {
+	KVSCOPE_LOG=info exec "$bin" chat --db "$1" $2 --temp 0 -n 8 --policy streaming --kv-budget 128 \
+		<"$tmp/in" >"$tmp/out" 2>"$tmp/err"
+}
+# How long one uninterrupted round takes (on a scratch database), so the
+# kills spread over it: delays uniform in 0.3..1.1 times that (loading the
+# model is the first third or so; the rest is prefill, decode and commits).
+printf 'say hi\nname a fruit\ncount to three\n' >"$tmp/in"
+(chat "$tmp/timing.db" "--title timing") || { echo "crash-loop.sh: chat failed: $(cat "$tmp/err")" >&2; exit 1; }
+t0=$(date +%s%N)
+(chat "$tmp/timing.db" "--resume timing") || { echo "crash-loop.sh: chat failed: $(cat "$tmp/err")" >&2; exit 1; }
+t1=$(date +%s%N)
+span_ms=$(( (t1 - t0) / 1000000 * 11 / 10 + 1 ))
+delays=$(od -An -N$((rounds * 2)) -tu2 /dev/urandom | tr -s ' ' '\n' | grep . |
+	awk -v span="$span_ms" '{ printf "%.3f\n", (span * 0.3 + ($1 % (span * 0.8))) / 1000 }')
+r=0
+killed_mid=0
+for d in $delays; do
+	r=$((r + 1))
+	if "$bin" sessions show crash --db "$db" >/dev/null 2>&1; then
+		how="--resume crash"
+	else
+		how="--title crash"
+	fi
+	printf 'round %d turn one: say hi\nround %d turn two: name a fruit\nround %d turn three: count to three\n' \
+		"$r" "$r" "$r" >"$tmp/in"
+	chat "$db" "$how" &
+	pid=$!
+	sleep "$d"
+	kill -9 "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	# the turns this round reported saved: match them to their input lines in order
+	n_saved=$(grep -c "turn [0-9]* saved" "$tmp/err")
+	grep -o "turn [0-9]* saved" "$tmp/err" | awk '{ print $2 }' >"$tmp/idx"
+	head -n "$n_saved" "$tmp/in" | paste -d ' ' "$tmp/idx" - >>"$tmp/saved"
+	[ "$n_saved" -lt 3 ] && killed_mid=$((killed_mid + 1))
+
+	check=$("$bin" sessions check --db "$db" 2>&1)
+	if [ -s "$db" ] || [ "$n_saved" -gt 0 ]; then
+		[ "$check" = ok ] || fail "round $r: integrity: $check"
+	fi
+	[ -s "$tmp/saved" ] || continue
+	"$bin" sessions export crash --format json --db "$db" >"$tmp/x.json" 2>"$tmp/x.err" ||
+		{ fail "round $r: export: $(cat "$tmp/x.err")"; continue; }
+	python3 - "$tmp/x.json" "$tmp/saved" "$r" <<'PY' || fail "round $r: database check failed"
+import json, sys
+d = json.load(open(sys.argv[1]))
+turns = {t["index"]: t for t in d["turns"]}
+ok = True
+if sorted(turns) != list(range(len(turns))):
+    print("turn indices have gaps: %s" % sorted(turns)); ok = False
+for line in open(sys.argv[2]):
+    idx, text = line.rstrip("\n").split(" ", 1)
+    t = turns.get(int(idx))
+    if t is None or t["user"] != text:
+        print("reported saved turn %s (%r) is %s" % (idx, text, "missing" if t is None else "different: %r" % t["user"])); ok = False
+for t in d["turns"]:
+    if t["complete"] and t["tokens"] == 0:
+        print("turn %d is complete but has no token rows" % t["index"]); ok = False
+sys.exit(0 if ok else 1)
+PY
+done
+n_turns=$(wc -l <"$tmp/saved")
+echo "crash-loop.sh: $r rounds (kills within ${span_ms} ms), $killed_mid killed before their last turn was saved, $n_turns turns reported saved and all present"
+[ "$r" -ge "$rounds" ] || fail "only $r rounds ran"
+[ "$killed_mid" -ge $((rounds / 2)) ] || fail "only $killed_mid of $r rounds were killed mid-run (delays too long?)"
+[ "$n_turns" -gt 0 ] || fail "no turn was ever saved (delays too short?)"
+[ "$fails" -eq 0 ]
