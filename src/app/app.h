@@ -22,6 +22,7 @@
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
 #include "model/model.h"
+#include "store/store.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -143,7 +144,22 @@ struct session_hooks {
 	void (*token)(void *ud, const struct gen_token *t);
 	void (*turn_end)(void *ud, const struct session_turn *t);
 	void (*kv)(void *ud, const struct kv_event *ev);
+	/* after an exchange was committed to the store (status KVS_OK) as turn
+	 * index of saved session id, or not (status and msg say why; the
+	 * exchange stays queued for the next commit) */
+	void (*saved)(void *ud, int64_t id, uint32_t index, int status, const char *msg);
 	void *ud;
+};
+
+/* Where a session saves its exchanges (store.h). */
+struct session_store {
+	struct store *st;        /* open read-write; outlives the session */
+	int64_t id;              /* the saved session; 0: created at the first exchange */
+	const char *title;       /* for a new one (NULL: "session N") */
+	const char *model_path;  /* the model file and its sha256, recorded with it */
+	const char *model_sha256;
+	const char *sampler;     /* the sampler settings, as text */
+	bool snapshots;          /* write a KV snapshot with each commit */
 };
 
 struct session;
@@ -181,6 +197,16 @@ const struct session_turn *session_turn_at(const struct session *s, uint32_t i);
 /* The generation context (model, engine, KV cache) for reading and for
  * policy or budget changes between turns. */
 struct gen *session_gen(const struct session *s);
+/* Save every finished exchange to a store (NULL: stop saving): each
+ * commits in one transaction with its tokens, memory events and a KV
+ * snapshot; an interrupted reply (stop "user") is saved as incomplete. */
+int session_set_store(struct session *s, const struct session_store *ss, struct err *e);
+/* Continue saved session ss->id: restore its retained KV cache (snapshot,
+ * else recompute; info says which) and save the next exchanges to it. */
+int session_resume(struct session *s, const struct session_store *ss,
+                   struct store_resume_info *info, struct err *e);
+/* The saved session's id (0: none yet). */
+int64_t session_store_id(const struct session *s);
 
 /* trace.c: write one KV-cache event as a JSON line to fp (attention rows
  * only when the event carries them); v renders token text. */

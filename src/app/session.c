@@ -17,6 +17,12 @@
  * so the next exchange starts clean instead of continuing from a
  * half-fed turn.
  *
+ * Saving (session_set_store): the KV events go to a store recorder as they
+ * happen and every finished exchange is queued and committed in one
+ * transaction (store.h); a commit that fails leaves the exchange queued for
+ * the next and says why through the saved hook. session_resume restores a
+ * saved conversation's retained cache and continues it.
+ *
  * Everything runs on the caller's thread, hooks included. Only
  * session_cancel may be called from elsewhere: it sets the flag gen_reply
  * polls between tokens (a cancel that arrives between exchanges stops the
@@ -42,6 +48,8 @@ struct session {
 	uint32_t n_turns, cap_turns;
 	char *reply;                  /* the reply being streamed */
 	size_t reply_len, reply_cap;
+	struct session_store store;   /* st == NULL: not saving (strings owned) */
+	struct store_rec *rec;
 };
 
 void session_config_default(struct session_config *c)
@@ -54,6 +62,8 @@ void session_config_default(struct session_config *c)
 static void session_kv_event(const struct kv_event *ev, void *ud)
 {
 	struct session *s = ud;
+	if (s->rec != NULL)
+		store_rec_event(s->rec, ev);
 	if (s->hooks.kv != NULL)
 		s->hooks.kv(s->hooks.ud, ev);
 }
@@ -122,6 +132,7 @@ void session_close(struct session *s)
 	if (s == NULL)
 		return;
 	session_forget_turns(s);
+	session_set_store(s, NULL, NULL);
 	free(s->turns);
 	free(s->reply);
 	free(s->system);
@@ -258,6 +269,102 @@ static int session_reply(struct session *s, struct session_turn *t, struct err *
 	return rc;
 }
 
+/* ------------------------------------------------------------- saving */
+
+static void session_store_free(struct session_store *ss)
+{
+	free((char *)ss->title);
+	free((char *)ss->model_path);
+	free((char *)ss->model_sha256);
+	free((char *)ss->sampler);
+	memset(ss, 0, sizeof *ss);
+}
+
+int session_set_store(struct session *s, const struct session_store *ss, struct err *e)
+{
+	store_rec_free(s->rec);
+	s->rec = NULL;
+	session_store_free(&s->store);
+	if (ss == NULL || ss->st == NULL)
+		return KVS_OK;
+	s->store = *ss;
+	s->store.title = ss->title ? xstrdup(ss->title) : NULL;
+	s->store.model_path = xstrdup(ss->model_path ? ss->model_path : "");
+	s->store.model_sha256 = xstrdup(ss->model_sha256 ? ss->model_sha256 : "");
+	s->store.sampler = xstrdup(ss->sampler ? ss->sampler : "");
+	if (ss->id == 0)
+		return KVS_OK; /* created at the first exchange */
+	int rc = store_rec_open(&s->rec, ss->st, ss->id, s->gen->kv, ss->snapshots, e);
+	if (rc != KVS_OK)
+		session_store_free(&s->store);
+	return rc;
+}
+
+int64_t session_store_id(const struct session *s)
+{
+	return s->store.st ? s->store.id : 0;
+}
+
+int session_resume(struct session *s, const struct session_store *ss,
+                   struct store_resume_info *info, struct err *e)
+{
+	struct gen *g = s->gen;
+	int rc = store_resume(ss->st, ss->id, g->kv, ss->model_sha256, info, e);
+	if (rc != KVS_OK) {
+		gen_reset(g);
+		return rc;
+	}
+	g->n_past = kv_cache_n(g->kv);
+	g->last_logits = kv_cache_logits(g->kv);
+	g->have_logits = g->last_logits != NULL;
+	session_forget_turns(s);
+	s->fresh = kv_cache_n(g->kv) == 0;
+	s->restart_next = false;
+	return session_set_store(s, ss, e);
+}
+
+/* Queue exchange t for the store and commit; the saved hook hears how it went. */
+static void session_save(struct session *s, const struct session_turn *t)
+{
+	struct session_store *ss = &s->store;
+	struct err e;
+	int rc = KVS_OK;
+	if (ss->st == NULL)
+		return;
+	if (s->rec == NULL) {
+		struct gen *g = s->gen;
+		char pol[256];
+		struct store_session in = {
+			.title = (char *)ss->title, .model_path = (char *)ss->model_path,
+			.model_sha256 = (char *)ss->model_sha256, .arch = g->model->hp.arch,
+			.policy = kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol),
+			.budget = kv_cache_budget(g->kv), .n_ctx = gen_n_ctx(g),
+			.sampler = (char *)ss->sampler, .system = s->system[0] ? s->system : NULL,
+		};
+		rc = store_session_create(ss->st, &in, &ss->id, &e);
+		if (rc == KVS_OK)
+			rc = store_rec_open(&s->rec, ss->st, ss->id, g->kv, ss->snapshots, &e);
+		if (rc != KVS_OK) {
+			store_rec_free(s->rec);
+			s->rec = NULL;
+			ss->id = 0;
+		}
+	}
+	if (rc == KVS_OK) {
+		struct store_turn st = {
+			.user = t->user, .reply = t->reply, .stop = gen_stop_name(t->stop),
+			.complete = t->stop != GEN_STOP_USER, .restarted = t->restarted,
+			.n_prompt = t->n_prompt, .n_reply = t->n_reply, .prefill_ms = t->prefill_ms,
+			.decode_ms = t->decode_ms, .started = t->started_unix,
+		};
+		store_rec_turn(s->rec, &st);
+		rc = store_rec_commit(s->rec, &e);
+	}
+	if (s->hooks.saved != NULL)
+		s->hooks.saved(s->hooks.ud, ss->id, s->rec ? store_rec_n_turns(s->rec) - 1 : 0, rc,
+		               rc == KVS_OK ? "" : e.msg);
+}
+
 int session_chat(struct session *s, const char *text, struct err *e)
 {
 	struct gen *g = s->gen;
@@ -315,6 +422,7 @@ int session_chat(struct session *s, const char *text, struct err *e)
 		s->turns = xreallocarray(s->turns, s->cap_turns, sizeof *s->turns);
 	}
 	s->turns[s->n_turns++] = t;
+	session_save(s, &s->turns[s->n_turns - 1]);
 	if (s->hooks.turn_end != NULL)
 		s->hooks.turn_end(s->hooks.ud, &s->turns[s->n_turns - 1]);
 	return KVS_OK;

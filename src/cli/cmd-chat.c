@@ -5,9 +5,17 @@
  * fed. On a terminal there is a prompt and libedit line editing; from a pipe
  * there is no prompt, one reply per line, for scripting. Lines starting with
  * '/' are commands: /reset, /quit (see /help).
+ *
+ * With --db, --save, --title or --resume the conversation is saved (store.h,
+ * through the session): each finished exchange commits with its token rows,
+ * memory events and a KV snapshot; a failed commit says why on stderr, the
+ * chat goes on in memory and the next exchange's commit retries. --resume
+ * restores a saved session's retained cache (snapshot, else recompute) with
+ * its model, policy, budget and system prompt, and the dialogue continues.
  */
 #include "cli/lineedit.h"
 #include "cli/opts.h"
+#include "store/store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +29,102 @@ const struct cli_cmd cmd_chat = {
 	"[--model PATH] [--system TEXT] [--max-tokens N] [options]",
 	"plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
 	cmd_chat_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_DB |
+	        OPTG_SAVE,
 };
+
+/* The database behind a saving chat (st NULL when not saving). */
+struct chat_db {
+	struct store *st;
+	int64_t id;               /* resumed session, or 0 */
+	char *model_path;         /* the resumed session's model, or NULL */
+	char *system;             /* the resumed session's system prompt, or NULL */
+};
+
+/* Open the database when saving was asked for; when resuming, take the
+ * session's model, policy, budget, context and system prompt unless given. */
+static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
+{
+	struct store_session ss;
+	if (o->db == NULL && o->resume == NULL && o->title == NULL && !o->save)
+		return KVS_OK;
+	char *path = o->db ? xstrdup(o->db) : store_default_path();
+	int rc = store_open(&db->st, path, STORE_RW, e);
+	free(path);
+	if (rc != KVS_OK || o->resume == NULL)
+		return rc;
+	rc = store_session_find(db->st, o->resume, &db->id, e);
+	if (rc == KVS_OK)
+		rc = store_session_get(db->st, db->id, &ss, e);
+	if (rc != KVS_OK)
+		return rc;
+	if (o->gen.model_path == NULL && ss.model_path != NULL && ss.model_path[0] != '\0') {
+		db->model_path = xstrdup(ss.model_path);
+		o->gen.model_path = db->model_path;
+	}
+	if (!o->policy_given)
+		rc = kv_policy_parse(ss.policy, &o->gen.kv.policy, e);
+	if (o->gen.kv.budget == 0)
+		o->gen.kv.budget = ss.budget;
+	if (!o->ctx_given)
+		o->gen.engine.n_ctx = ss.n_ctx;
+	if (o->system == NULL && ss.system != NULL) {
+		db->system = xstrdup(ss.system);
+		o->system = db->system;
+	}
+	store_session_free(&ss);
+	return rc;
+}
+
+/* With the model loaded: its hash, then resume or start saving. */
+static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session *s,
+                         struct err *e)
+{
+	char sha[65], smp[256];
+	struct store_resume_info info;
+	const struct sampler_params *sp = &o->gen.sampler;
+	if (db->st == NULL)
+		return KVS_OK;
+	char *mp = cli_model_path(o->gen.model_path);
+	int rc = store_model_sha256(db->st, mp, sha, e);
+	snprintf(smp, sizeof smp, "temp=%g top-k=%d top-p=%g min-p=%g repeat-penalty=%g seed=%u",
+	         (double)sp->temp, sp->top_k, (double)sp->top_p, (double)sp->min_p,
+	         (double)sp->repeat_penalty, sp->seed);
+	struct session_store ss = { .st = db->st, .id = db->id, .title = o->title,
+		                    .model_path = mp, .model_sha256 = sha, .sampler = smp,
+		                    .snapshots = true };
+	if (rc == KVS_OK && db->id != 0) {
+		rc = session_resume(s, &ss, &info, e);
+		if (rc == KVS_OK && info.from_snapshot)
+			fprintf(stderr, "kvscope: resumed session %lld: %u tokens from the KV snapshot\n",
+			        (long long)db->id, info.n_tokens);
+		else if (rc == KVS_OK)
+			fprintf(stderr, "kvscope: resumed session %lld: %u tokens recomputed (%s)\n",
+			        (long long)db->id, info.n_tokens, info.why);
+	} else if (rc == KVS_OK) {
+		rc = session_set_store(s, &ss, e);
+	}
+	free(mp);
+	return rc;
+}
+
+static void chat_db_close(struct chat_db *db)
+{
+	store_close(db->st);
+	free(db->model_path);
+	free(db->system);
+}
+
+/* A commit's outcome: failures on stderr (the chat goes on), successes in
+ * the info log (KVSCOPE_LOG=info; the crash-loop test reads them). */
+static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const char *msg)
+{
+	(void)ud;
+	if (status != KVS_OK)
+		fprintf(stderr, "kvscope: %s\n", msg);
+	else
+		log_info("session %lld: turn %u saved", (long long)id, index);
+}
 
 /* Stream each reply token's text as it completes. */
 static void chat_token(void *ud, const struct gen_token *t)
@@ -79,6 +181,7 @@ static void chat_kv_command(struct gen *g, const char *line)
 static int cmd_chat_exec(int argc, char **argv)
 {
 	struct cli_opts o;
+	struct chat_db db = { 0 };
 	struct session *s = NULL;
 	struct gen *g;
 	struct lineedit *le = NULL;
@@ -99,9 +202,17 @@ static int cmd_chat_exec(int argc, char **argv)
 		                          "--prompt-file, --raw and arguments do not apply");
 		goto out;
 	}
+	if (chat_db_open(&db, &o, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
+	}
 	rc = cli_session_open(&o, &s);
 	if (rc != CLI_OK)
 		goto out;
+	if (chat_db_start(&db, &o, s, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
+	}
 	g = session_gen(s);
 	le = lineedit_open(interactive);
 	if (interactive)
@@ -136,7 +247,7 @@ static int cmd_chat_exec(int argc, char **argv)
 				break;
 			continue;
 		}
-		session_set_hooks(s, &(struct session_hooks){ .token = chat_token });
+		session_set_hooks(s, &(struct session_hooks){ .token = chat_token, .saved = chat_saved });
 		rc = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);
@@ -160,6 +271,7 @@ static int cmd_chat_exec(int argc, char **argv)
 out:
 	lineedit_close(le);
 	session_close(s);
+	chat_db_close(&db);
 	cli_opts_free(&o);
 	return rc;
 }

@@ -40,9 +40,9 @@ fi
 
 db=$tmp/m.db
 opts="--temp 0 -n 20 --policy streaming --kv-budget 256"
-t1='My name is Zorblax and my favourite colour is teal.'
+t1='Remember the code word: Zorblax.'
 t2='Tell me a short fact about the moon.'
-t3='What is my name?'
+t3='What is the code word?'
 
 # one process, three turns
 printf '%s\n%s\n%s\n' "$t1" "$t2" "$t3" | "$bin" chat $opts >"$tmp/whole" 2>"$tmp/whole.err" ||
@@ -55,14 +55,14 @@ printf '%s\n' "$t3" | "$bin" chat --temp 0 -n 20 --db "$db" --resume recall >"$t
 grep -q "from the KV snapshot" "$tmp/b.err" || fail "resume did not use the snapshot: $(cat "$tmp/b.err")"
 [ "$(sed -n 3p "$tmp/whole")" = "$(cat "$tmp/b")" ] ||
 	fail "resumed reply '$(cat "$tmp/b")' differs from the uninterrupted '$(sed -n 3p "$tmp/whole")'"
-grep -q Zorblax "$tmp/b" || fail "resumed dialogue does not recall the name: $(cat "$tmp/b")"
+grep -q Zorblax "$tmp/b" || fail "resumed dialogue does not recall the code word: $(cat "$tmp/b")"
 
 # the recompute path: no snapshot files
 rm -rf "$db-kv"
 printf '%s\n' "$t3" | "$bin" chat --temp 0 -n 20 --db "$db" --resume 1 >"$tmp/c" 2>"$tmp/c.err" ||
 	fail "chat --resume (recompute): $(cat "$tmp/c.err")"
 grep -q "recomputed" "$tmp/c.err" || fail "resume without a snapshot: $(cat "$tmp/c.err")"
-grep -q Zorblax "$tmp/c" || fail "recomputed dialogue does not recall the name: $(cat "$tmp/c")"
+grep -q Zorblax "$tmp/c" || fail "recomputed dialogue does not recall the code word: $(cat "$tmp/c")"
 
 # sessions commands
 "$bin" sessions list --db "$db" >"$tmp/l" 2>"$tmp/l.err" || fail "sessions list: $(cat "$tmp/l.err")"
@@ -78,8 +78,8 @@ if command -v python3 >/dev/null; then
 		fail "export json does not parse or lacks turns"
 fi
 # a small budget evicts: the export says what and why
-printf 'one two three four five six seven\nAnd now count backwards.\n' |
-	"$bin" chat --temp 0 -n 24 --policy sirllm --kv-budget 48 --db "$db" --title small >/dev/null 2>&1
+printf 'one two three four five six seven\nAnd now count backwards.\nAnd forwards again.\n' |
+	"$bin" chat --temp 0 -n 24 --policy sirllm --kv-budget 32 --db "$db" --title small >/dev/null 2>&1
 "$bin" sessions export small --db "$db" >"$tmp/small.md" || fail "export small"
 grep -q "evicted .* tokens (cause: " "$tmp/small.md" || fail "export lacks evictions: $(cat "$tmp/small.md")"
 grep -q "policy sirllm" "$tmp/small.md" || fail "export lacks the policy of its evictions"
