@@ -143,9 +143,29 @@ static int sessions_export_exec(int argc, char **argv)
 	int rc = sessions_open(&cmd_sessions_export, argc, argv, 1, STORE_RO, &o, &st);
 	if (rc == CLI_OK && o.format != NULL && store_format_parse(o.format, &fmt, &e) != KVS_OK)
 		rc = cli_usage(&cmd_sessions_export, "%s", e.msg);
+	struct store_session ss = { 0 };
+	struct model *m = NULL;
 	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
-	                     store_export(st, id, fmt, stdout, &e) != KVS_OK))
+	                     store_session_get(st, id, &ss, &e) != KVS_OK))
 		rc = cli_fail(&e);
+	if (rc == CLI_OK) {
+		/* the session's model, for the evicted tokens' text (ids only without it) */
+		char sha[65];
+		struct err me;
+		if (model_load(&m, ss.model_path, &me) != KVS_OK)
+			fprintf(stderr, "kvscope: evicted tokens shown as ids: %s\n", me.msg);
+		else if (store_model_sha256(st, ss.model_path, sha, &me) != KVS_OK ||
+		         strcmp(sha, ss.model_sha256) != 0) {
+			fprintf(stderr, "kvscope: evicted tokens shown as ids: %s is no longer the session's "
+			                "model file\n", ss.model_path);
+			model_free(m);
+			m = NULL;
+		}
+		if (store_export(st, id, fmt, m ? m->vocab : NULL, stdout, &e) != KVS_OK)
+			rc = cli_fail(&e);
+	}
+	model_free(m);
+	store_session_free(&ss);
 	store_close(st);
 	cli_opts_free(&o);
 	return rc;

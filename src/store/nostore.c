@@ -98,9 +98,10 @@ int store_format_parse(const char *name, enum store_format *out, struct err *e)
 	return NOSTORE(e);
 }
 
-int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, struct err *e)
+int store_export(struct store *s, int64_t id, enum store_format fmt, const struct vocab *v,
+                 FILE *fp, struct err *e)
 {
-	(void)s, (void)id, (void)fmt, (void)fp;
+	(void)s, (void)id, (void)fmt, (void)v, (void)fp;
 	return NOSTORE(e);
 }
 

@@ -1547,9 +1547,48 @@ static void json_col(FILE *fp, sqlite3_stmt *st, int i)
 	}
 }
 
+/* The text of the tokens in an event's detail ("[[pos, id, score], ...]"),
+ * as one JSON string or a Markdown code span. */
+static void export_token_text(FILE *fp, const char *detail, const struct vocab *v, bool json)
+{
+	char piece[256], *buf = NULL;
+	size_t n = 0, cap = 0;
+	const char *p = detail;
+	int pos, id;
+	while ((p = strstr(p, "[")) != NULL) {
+		if (sscanf(p, "[%d,%d,", &pos, &id) == 2) {
+			size_t k = vocab_piece(v, id, true, piece, sizeof piece);
+			k = KVS_MIN(k, sizeof piece);
+			if (n + k + 1 > cap) {
+				cap = KVS_MAX(2 * cap, n + k + 1);
+				buf = xrealloc(buf, cap);
+			}
+			memcpy(buf + n, piece, k);
+			n += k;
+		}
+		p++;
+	}
+	if (buf == NULL)
+		buf = xstrdup("");
+	buf[n] = '\0';
+	/* a cut UTF-8 sequence or a control byte must not break the output */
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)buf[i] < 0x20 || buf[i] == '`')
+			buf[i] = ' ';
+	if (!utf8_valid((const uint8_t *)buf, n))
+		for (size_t i = 0; i < n; i++)
+			if ((unsigned char)buf[i] >= 0x80)
+				buf[i] = '?';
+	if (json)
+		json_str(fp, buf);
+	else
+		fprintf(fp, "`%s`", buf);
+	free(buf);
+}
+
 /* A turn's memory events: Markdown list lines or a JSON array. */
 static int export_events(struct store *s, int64_t id, int64_t turn, enum store_format fmt,
-                         FILE *fp, struct err *e)
+                         const struct vocab *v, FILE *fp, struct err *e)
 {
 	sqlite3_stmt *st;
 	int rc = store_prepare(s,
@@ -1576,6 +1615,10 @@ static int export_events(struct store *s, int64_t id, int64_t turn, enum store_f
 				else
 					json_col(fp, st, c);
 			}
+			if (v != NULL && strcmp(kind, "policy") != 0) {
+				fputs(",\"text\":", fp);
+				export_token_text(fp, (const char *)sqlite3_column_text(st, 6), v, true);
+			}
 			fputc('}', fp);
 			continue;
 		}
@@ -1585,17 +1628,26 @@ static int export_events(struct store *s, int64_t id, int64_t turn, enum store_f
 		if (strcmp(kind, "evict") == 0) {
 			const char *fb = (const char *)sqlite3_column_text(st, 5);
 			fprintf(fp,
-			        "- evicted %lld tokens (cause: %s, making room for %lld; policy %s%s%s); "
-			        "[position, token id, final score]: %s\n",
+			        "- evicted %lld tokens (cause: %s, making room for %lld; policy %s%s%s)",
 			        (long long)sqlite3_column_int64(st, 3), sqlite3_column_text(st, 1),
 			        (long long)sqlite3_column_int64(st, 4), policy ? policy : "?",
-			        fb ? "; fallback: " : "", fb ? fb : "", sqlite3_column_text(st, 6));
+			        fb ? "; fallback: " : "", fb ? fb : "");
+			if (v != NULL) {
+				fputs(": ", fp);
+				export_token_text(fp, (const char *)sqlite3_column_text(st, 6), v, false);
+			}
+			fprintf(fp, "; [position, token id, final score]: %s\n", sqlite3_column_text(st, 6));
 		} else if (strcmp(kind, "policy") == 0) {
 			fprintf(fp, "- policy changed: %s\n", sqlite3_column_text(st, 6));
 		} else if (strcmp(kind, "reset") == 0) {
 			fprintf(fp, "- the cache was cleared (a new conversation began)\n");
 		} else {
-			fprintf(fp, "- %s: [position, token id, score] %s\n", kind, sqlite3_column_text(st, 6));
+			fprintf(fp, "- %s", kind);
+			if (v != NULL) {
+				fputs(" ", fp);
+				export_token_text(fp, (const char *)sqlite3_column_text(st, 6), v, false);
+			}
+			fprintf(fp, ": [position, token id, score] %s\n", sqlite3_column_text(st, 6));
 		}
 	}
 	if (fmt == STORE_FMT_JSON)
@@ -1605,7 +1657,8 @@ static int export_events(struct store *s, int64_t id, int64_t turn, enum store_f
 	return rc;
 }
 
-int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, struct err *e)
+int store_export(struct store *s, int64_t id, enum store_format fmt, const struct vocab *v,
+                 FILE *fp, struct err *e)
 {
 	struct store_session ss;
 	sqlite3_stmt *st;
@@ -1668,7 +1721,7 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, s
 						json_col(fp, st, c);
 				}
 				fputs(",\"memory_events\":", fp);
-				rc = export_events(s, id, idx, fmt, fp, e);
+				rc = export_events(s, id, idx, fmt, v, fp, e);
 				fputc('}', fp);
 				continue;
 			}
@@ -1683,7 +1736,7 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, s
 			        (long long)sqlite3_column_int64(st, 3), sqlite3_column_double(st, 5),
 			        (long long)sqlite3_column_int64(st, 4), sqlite3_column_double(st, 6),
 			        sqlite3_column_text(st, 7), (long long)sqlite3_column_int64(st, 11));
-			rc = export_events(s, id, idx, fmt, fp, e);
+			rc = export_events(s, id, idx, fmt, v, fp, e);
 		}
 		if (rc == KVS_OK && r != SQLITE_DONE)
 			rc = store_fail(s, r, "reading turns", e);

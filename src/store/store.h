@@ -90,8 +90,10 @@ int store_model_sha256(struct store *s, const char *path, char out[65], struct e
 
 enum store_format { STORE_FMT_MD = 0, STORE_FMT_JSON };
 int store_format_parse(const char *name, enum store_format *out, struct err *e);
-/* The session as Markdown or JSON: turns, and what was evicted and why. */
-int store_export(struct store *s, int64_t id, enum store_format fmt, FILE *fp, struct err *e);
+/* The session as Markdown or JSON: turns, and what was evicted and why;
+ * with v (the session's vocabulary, or NULL) the evicted tokens' text too. */
+int store_export(struct store *s, int64_t id, enum store_format fmt, const struct vocab *v,
+                 FILE *fp, struct err *e);
 
 /* ---- recording turns ---- */
 

@@ -816,7 +816,7 @@ static void test_snapshot_blocked_export(const struct tiny *t)
 	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 4);
 	char *out = tpath("export.md");
 	FILE *fp = fopen(out, "w");
-	T_EQ_INT(store_export(s, id, STORE_FMT_MD, fp, &e), KVS_OK);
+	T_EQ_INT(store_export(s, id, STORE_FMT_MD, NULL, fp, &e), KVS_OK);
 	fclose(fp);
 	size_t n;
 	char *md = read_file(out, &n);
