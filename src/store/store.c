@@ -92,6 +92,8 @@ struct store_rec {
 	struct rec_turn *turns;
 	size_t n_pending, cap_turns;
 	char snap_sha[65];       /* the snapshot the database refers to ("" none) */
+	struct kv_tok *last;     /* (n_last) the cache as of the last commit: rows that */
+	uint32_t n_last;         /* still match it need no update */
 };
 
 bool store_available(void)
@@ -962,6 +964,7 @@ void store_rec_free(struct store_rec *r)
 		rec_turn_free(&r->turns[i]);
 	free(r->ev);
 	free(r->turns);
+	free(r->last);
 	free(r);
 }
 
@@ -1252,11 +1255,22 @@ static int rec_write(struct store_rec *r, sqlite3_stmt **q, const char *snap_sha
 			rc = rec_step(s, st, "saving a pin", e);
 		}
 	}
-	/* the cache as it is now */
-	uint32_t n = kv_cache_n(r->kv);
+	/* the cache as it is now: new tokens, and committed ones that changed */
+	uint32_t n = kv_cache_n(r->kv), j = 0;
 	const struct kv_tok *toks = kv_cache_toks(r->kv);
+	bool same_epoch = r->epoch == r->committed_epoch;
 	for (uint32_t i = 0; i < n && rc == KVS_OK; i++) {
-		rec_bind_tok(q[SQ_TOK], r, r->epoch, &toks[i]);
+		const struct kv_tok *t = &toks[i];
+		if (same_epoch && t->orig_pos < r->committed_pos) {
+			while (j < r->n_last && r->last[j].orig_pos < t->orig_pos)
+				j++;
+			const struct kv_tok *o = j < r->n_last ? &r->last[j] : NULL;
+			if (o && o->orig_pos == t->orig_pos && o->pos == t->pos && o->flags == t->flags &&
+			    (memcmp(&o->score, &t->score, sizeof t->score) == 0 ||
+			     (isnan(o->score) && isnan(t->score))))
+				continue;
+		}
+		rec_bind_tok(q[SQ_TOK], r, r->epoch, t);
 		rc = rec_step(s, q[SQ_TOK], "saving a token", e);
 	}
 	uint32_t last = r->n_turns + (uint32_t)r->n_pending - 1;
@@ -1356,6 +1370,9 @@ int store_rec_commit(struct store_rec *r, struct err *e)
 	r->n_ev = 0;
 	r->committed_epoch = r->epoch;
 	r->committed_pos = kv_cache_next_pos(r->kv);
+	r->n_last = kv_cache_n(r->kv);
+	r->last = xreallocarray(r->last, r->n_last ? r->n_last : 1, sizeof *r->last);
+	memcpy(r->last, kv_cache_toks(r->kv), r->n_last * sizeof *r->last);
 	return KVS_OK;
 }
 
