@@ -419,6 +419,9 @@ static void test_record_resume(const struct tiny *t, const char *policy, bool ev
 	T_EQ_INT(bad, 0);
 	T_EQ_INT(i, kv_cache_n(a.kv));
 	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 1);
+	char *pol = q_text(p, "SELECT policy FROM sessions");
+	T_CHECK(pol && strncmp(pol, policy, strlen(policy)) == 0, "session policy %s", pol);
+	free(pol);
 
 	/* resume from the snapshot: bit for bit */
 	struct run b;
