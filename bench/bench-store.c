@@ -9,9 +9,12 @@
  * their eviction events) and times store_rec_commit alone, wall clock:
  * first with token rows only, then with the KV snapshot file as well
  * (written, fsynced and renamed before the transaction). It prints the
- * median and the range of each, and the database and snapshot sizes. The
- * database lives in dir (default: a fresh directory under /tmp), so the
- * numbers are those of that file system's fsync.
+ * median and the range of each, the median CPU time of the committing
+ * thread, and the snapshot size. The database lives
+ * in dir (default: a fresh directory under /tmp), so the numbers are those
+ * of that file system's fsync; the floor it sets (write 4 KiB, fsync, the
+ * same count of repetitions) is printed too, and the load average, since a
+ * shared machine moves both.
  */
 #include "app/app.h"
 #include "store/store.h"
@@ -19,12 +22,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static int bench_cmp(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
 	return x < y ? -1 : x > y;
+}
+
+/* This thread's CPU time in ms (the work, without waiting for the disk or
+ * for a core on a busy machine). */
+static double bench_cpu_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
 static void bench_events(const struct kv_event *ev, void *ud)
@@ -34,7 +48,7 @@ static void bench_events(const struct kv_event *ev, void *ud)
 
 /* Median and range of reps timed commits; snapshots on or off. */
 static int bench_run(struct gen *g, struct store *st, const char *sha, bool snapshots, int reps,
-                     double *ms)
+                     double *ms, double *cpu)
 {
 	struct err e;
 	int64_t id;
@@ -64,18 +78,42 @@ static int bench_run(struct gen *g, struct store *st, const char *sha, bool snap
 		struct store_turn t = { .user = "a 500-token turn", .reply = "", .stop = "eos",
 			                .complete = true, .n_prompt = 500 };
 		store_rec_turn(rec, &t);
-		double t0 = clock_now_ms();
+		double t0 = clock_now_ms(), c0 = bench_cpu_ms();
 		if (store_rec_commit(rec, &e) != KVS_OK) {
 			fprintf(stderr, "bench-store: %s\n", e.msg);
 			return 1;
 		}
-		if (r >= 2) /* the first two fill the cache */
+		if (r >= 2) { /* the first two fill the cache */
 			ms[r - 2] = clock_now_ms() - t0;
+			cpu[r - 2] = bench_cpu_ms() - c0;
+		}
 	}
 	kv_cache_set_events(g->kv, NULL, NULL);
 	store_rec_free(rec);
 	qsort(ms, (size_t)reps, sizeof *ms, bench_cmp);
+	qsort(cpu, (size_t)reps, sizeof *cpu, bench_cmp);
 	return 0;
+}
+
+/* Median ms of writing 4 KiB to a file in dir and fsyncing it. */
+static double bench_fsync_floor(const char *dir, int reps, double *ms)
+{
+	char *p = xasprintf("%s/fsync-probe", dir);
+	char buf[4096];
+	memset(buf, 'x', sizeof buf);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	for (int r = 0; r < reps && fd >= 0; r++) {
+		double t0 = clock_now_ms();
+		if (pwrite(fd, buf, sizeof buf, (off_t)r * 4096) < 0 || fsync(fd) != 0)
+			break;
+		ms[r] = clock_now_ms() - t0;
+	}
+	if (fd >= 0)
+		close(fd);
+	unlink(p);
+	free(p);
+	qsort(ms, (size_t)reps, sizeof *ms, bench_cmp);
+	return ms[reps / 2];
 }
 
 int main(int argc, char **argv)
@@ -115,17 +153,35 @@ int main(int argc, char **argv)
 	}
 	double *rows = xmallocarray((size_t)reps, sizeof *rows);
 	double *snap = xmallocarray((size_t)reps, sizeof *snap);
-	if (bench_run(g, st, sha, false, reps, rows) || bench_run(g, st, sha, true, reps, snap))
+	double *rows_cpu = xmallocarray((size_t)reps, sizeof *rows_cpu);
+	double *snap_cpu = xmallocarray((size_t)reps, sizeof *snap_cpu);
+	if (bench_run(g, st, sha, false, reps, rows, rows_cpu) ||
+	    bench_run(g, st, sha, true, reps, snap, snap_cpu))
 		return 1;
 	char host[64] = "?";
 	gethostname(host, sizeof host);
+	double *fs = xcalloc((size_t)reps, sizeof *fs);
+	double floor_ms = bench_fsync_floor(dir, reps, fs);
+	double load[3] = { 0 };
+	if (getloadavg(load, 3) < 0)
+		load[0] = -1;
 	printf("bench-store: %d commits of a 500-token turn (cache 1024, streaming), %s, db in %s\n",
 	       reps, host, dir);
-	printf("  token rows only:        median %7.2f ms  (min %.2f, max %.2f)\n", rows[reps / 2],
-	       rows[0], rows[reps - 1]);
-	printf("  with the KV snapshot:   median %7.2f ms  (min %.2f, max %.2f; %.1f MiB per file)\n",
-	       snap[reps / 2], snap[0], snap[reps - 1],
+	printf("  token rows only:        median %7.2f ms  (min %.2f, max %.2f); CPU median %.2f ms\n",
+	       rows[reps / 2], rows[0], rows[reps - 1], rows_cpu[reps / 2]);
+	printf("  with the KV snapshot:   median %7.2f ms  (min %.2f, max %.2f); CPU median %.2f ms; "
+	       "%.1f MiB per file\n",
+	       snap[reps / 2], snap[0], snap[reps - 1], snap_cpu[reps / 2],
 	       (double)kv_cache_n(g->kv) * (double)engine_kv_bytes_per_slot(g->engine) / 1048576.0);
+	printf("  fsync floor (4 KiB):    median %7.2f ms  (min %.2f, max %.2f); load average %.2f\n",
+	       floor_ms, fs[0], fs[reps - 1], load[0]);
+	free(fs);
+	free(rows);
+	free(snap);
+	free(rows_cpu);
+	free(snap_cpu);
+	free(db);
+	free(mp);
 	store_close(st);
 	gen_close(g);
 	if (argc <= 2) {
