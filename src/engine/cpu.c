@@ -1256,7 +1256,7 @@ static int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct e
 		}
 	}
 	if (load)
-		c->slot_cs_pos[slot] = -1; /* the rotation cache no longer matches */
+		c->kr_pos[slot] = -1; /* its rotated keys are remade from these */
 	return KVS_OK;
 }
 

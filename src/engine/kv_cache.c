@@ -722,7 +722,7 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 		memcpy(c->logits, r->logits, c->n_vocab * sizeof *c->logits);
 		c->have_logits = true;
 		if (kv_need_stats(c)) {
-			c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
+			c->logits_lse = kv_row_lse(c, c->logits, c->n_vocab, &c->logits_ent);
 			c->have_lse = true;
 		}
 	}
@@ -757,7 +757,7 @@ int kv_cache_recompute(struct kv_cache *c, struct err *e)
 			memcpy(c->logits, o.logits, c->n_vocab * sizeof(float));
 			c->have_logits = true;
 			if (kv_need_stats(c)) {
-				c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
+				c->logits_lse = kv_row_lse(c, c->logits, c->n_vocab, &c->logits_ent);
 				c->have_lse = true;
 			}
 		}
