@@ -929,9 +929,11 @@ static void cu_free(void *state)
 	free(c);
 }
 
+/* No raw slot access (kv_raw NULL) yet: a saved session resumes on this
+ * backend by recomputing its retained tokens (engine_kv_load says so). */
 static const struct backend_ops cu_ops = {
 	"cuda",      cu_create,   cu_forward, cu_kv_copy, cu_kv_read,
-	cu_isa_name, cu_free,     ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
+	cu_isa_name, cu_free,     ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP, NULL,
 };
 
 /* ------------------------------------------------------------- gpu.h */
