@@ -13,6 +13,11 @@
  *         line-mode chat, Lua scripts); the only thread-safe entry is
  *         session_cancel.
  * trace.c KV-cache events as JSON lines (kvscope generate --trace).
+ * lenctl.c length control at decoding time: Ruler's target levels and
+ *         windows, the \w+ word counter, and the turn controller that biases
+ *         logits toward ending inside a target window and decides why a
+ *         reply stops (end token, length target, forced, max tokens, stop
+ *         string, user).
  */
 #ifndef KVS_APP_H
 #define KVS_APP_H
@@ -26,6 +31,158 @@
 
 #include <stdatomic.h>
 #include <stdio.h>
+
+/* ---- lenctl.c: length control (methods.md section 9) ---- */
+
+/* The unit a length target counts. */
+enum len_unit { LEN_NONE = 0, LEN_WORDS, LEN_TOKENS };
+
+#define LEN_OPEN UINT32_MAX /* a window without upper bound (Ruler's ">800") */
+
+/* A window (lo, hi], left-open and right-closed as Ruler scores it. */
+struct len_window {
+	uint32_t lo, hi;
+};
+bool len_window_hit(struct len_window w, uint32_t n);
+
+/* One row of Ruler's TLG table (methods.md 9.1, 9.2): the target, its
+ * precise (PM) and flexible (FM) windows, and the level 0-2 it belongs to. */
+struct len_level {
+	const char *name;      /* "10" .. "700", ">800" */
+	uint32_t target;       /* 800 for ">800" */
+	struct len_window pm, fm;
+	int group;             /* Ruler's Level 0, 1 or 2 */
+};
+extern const struct len_level len_levels[];
+extern const size_t len_n_levels;
+/* The level named name ("150", ">800", "800+"), or NULL. */
+const struct len_level *len_level_find(const char *name);
+
+/* What a turn should measure: unit LEN_NONE leaves generation untouched. */
+struct len_target {
+	enum len_unit unit;
+	uint32_t n;              /* the target */
+	struct len_window win;   /* where to land: a level's PM window, else n +- max(10, n/10) */
+	int level;               /* index in len_levels, or -1 */
+	bool instruct;           /* also ask in the prompt (len_instruction); default true */
+};
+/* Words target n (a Ruler level's window when n is one of its targets). */
+void len_target_words(struct len_target *t, uint32_t n);
+/* Parse "120", "120w", "200t", a level name (">800", "800+") or "off"
+ * (unit LEN_NONE). KVS_EARG naming what was expected. */
+int len_target_parse(const char *s, struct len_target *t, struct err *e);
+/* "150 words (130, 170]" and the like, for status lines. */
+const char *len_target_format(const struct len_target *t, char *buf, size_t cap);
+/* The prompt-side sentence ("The response should have a word count of N
+ * words.", Ruler's wording, methods.md 9.1), allocated; NULL when there is
+ * no target or t->instruct is off. */
+char *len_instruction(const struct len_target *t);
+/* text + "\n" + the sentence (or a copy of text when there is none). */
+char *len_instruct_text(const char *text, const struct len_target *t);
+
+/* Ruler's word count: the number of \w+ matches (methods.md 9.2), fed in
+ * pieces of UTF-8 (a sequence may be split between pieces). */
+struct wordcount {
+	uint32_t words;
+	bool in_word;
+	uint8_t pend[4];
+	uint8_t n_pend;
+};
+void wordcount_init(struct wordcount *w);
+void wordcount_feed(struct wordcount *w, const char *s, size_t n);
+uint32_t wordcount_text(const char *s, size_t n);
+/* Whether text ends a sentence: . ! ? or an ellipsis, then maybe closing
+ * quotes or brackets and white space; not a list number ("2.") nor "e.g.". */
+bool text_ends_sentence(const char *s, size_t n);
+
+/* Token classes the controller needs, one byte per vocabulary entry. */
+enum {
+	LTOK_END = 1,    /* ends the turn (vocab_is_eog) */
+	LTOK_SENT = 2,   /* ends with sentence-final punctuation */
+	LTOK_BLANK = 4,  /* white space only, with a newline */
+	LTOK_WSTART = 8, /* begins with a word character */
+};
+struct len_vocab {
+	uint32_t n;
+	uint8_t *cls;    /* (n) LTOK_* */
+	uint8_t *runs;   /* (n) \w runs in the piece (capped at 255) */
+};
+/* Classify every token of v (the pieces as raw bytes). */
+void len_vocab_build(struct len_vocab *lv, const struct vocab *v);
+/* Classify from given pieces (tests); end marks the end tokens. */
+void len_vocab_from_pieces(struct len_vocab *lv, const char *const *pieces, uint32_t n,
+                           const bool *end);
+void len_vocab_free(struct len_vocab *lv);
+
+/* The controller's knobs (lenctl.c says what each does). */
+struct lenctl_params {
+	float beta;       /* end bias at sentence ends, per unit of (w - target) / (hi - target): 8 */
+	float gamma;      /* end bias at sentence ends at w = target: 4 */
+	float delta;      /* sentence-end punctuation bias near the ceiling: 6 */
+	uint32_t grace;   /* tokens allowed at the ceiling before a forced end: 8 */
+	uint32_t no_repeat; /* ban a token that would repeat an earlier n-gram of this many tokens
+	                     * of the reply (0: off; default 4); only under a length target */
+};
+void lenctl_params_default(struct lenctl_params *p);
+
+/* One turn under control: the length controller plus the other stop rules.
+ * Drive it per token: turnctl_bias (only when turnctl_active), sample,
+ * turnctl_token. gen_reply does this; tests do it with scripted logits. */
+struct gen_turn_opts {
+	struct len_target len;      /* unit LEN_NONE: no length control */
+	struct lenctl_params ctl;
+	const char *const *stops;   /* stop strings (not copied), or NULL */
+	size_t n_stops;
+};
+void gen_turn_opts_default(struct gen_turn_opts *o);
+
+struct turnctl {
+	struct gen_turn_opts o;
+	atomic_bool *cancel;        /* stop (user) when set; consumed (gen_reply passes g->cancel) */
+	const struct len_vocab *lv;
+	uint32_t max_tokens, n_tokens;
+	struct wordcount wc;
+	char tail[96];              /* the last bytes of the text, for sentence ends */
+	size_t n_tail;
+	uint32_t at_ceiling;        /* tokens sampled with no room for another unit */
+	bool forcing;               /* the last bias left only end tokens */
+	char *held;                 /* text not yet emitted (a stop string may begin there) */
+	size_t n_held, cap_held;
+	int32_t *hist;              /* the reply's tokens (for no_repeat) */
+	size_t n_hist, cap_hist;
+	struct { int32_t id; float logit; } *ban; /* what the guard banned this step */
+	size_t cap_ban;
+	char *out;                  /* what turnctl_token emits (valid until the next call) */
+	size_t cap_out;
+};
+void turnctl_begin(struct turnctl *t, const struct gen_turn_opts *o, const struct len_vocab *lv,
+                   uint32_t max_tokens);
+void turnctl_end(struct turnctl *t);
+/* Whether the logits need biasing (a length target is set). */
+bool turnctl_active(const struct turnctl *t);
+/* Units (words or tokens) counted so far; words always in *words. */
+uint32_t turnctl_count(const struct turnctl *t);
+/* Before a step: a stop that needs no token (user, max-tokens), or -1.
+ * The cancel flag is cleared when it is seen. */
+int turnctl_precheck(struct turnctl *t);
+/* Bias logits (n_vocab) for the next token. */
+void turnctl_bias(struct turnctl *t, float *logits);
+/* After sampling id (is_end: an end token) whose text is text[0..n): the
+ * stop reason, or -1 to go on. *emit / *n_emit: text now safe to show. */
+int turnctl_token(struct turnctl *t, int32_t id, bool is_end, const char *text, size_t n,
+                  const char **emit, size_t *n_emit);
+/* What is still held back (call at the end unless the stop was a stop string). */
+void turnctl_flush(struct turnctl *t, const char **emit, size_t *n_emit);
+
+/* What the last reply produced. */
+struct gen_reply_info {
+	int stop;                  /* enum gen_stop */
+	uint32_t n_tokens, n_words;
+	double surprisal_sum;      /* -ln p(token) under the model's own (unbiased) logits */
+	int32_t *ids;              /* (n_tokens) the sampled tokens */
+	float *surprisal;          /* (n_tokens) */
+	size_t cap;
+};
 
 struct gen_config {
 	const char *model_path;
@@ -69,6 +226,10 @@ struct gen {
 	/* Set from any thread to stop the reply in progress (GEN_STOP_USER);
 	 * gen_reply clears it when it returns. NULL: no cancellation. */
 	atomic_bool *cancel;
+	struct gen_turn_opts turn; /* length target, controller knobs, stop strings (gen_set_*) */
+	struct gen_reply_info reply; /* what the last gen_reply produced */
+	float *biased;           /* (n_vocab) scratch for the controller's logits */
+	struct len_vocab lv;     /* token classes, built on the first controlled reply */
 };
 
 /* Run toks[0..m) at positions and slots start .. start+m-1 with slots
@@ -101,16 +262,40 @@ void gen_reset(struct gen *g);
 int gen_tokenize_prompt(struct gen *g, const struct chat_prompt *p, int32_t **ids, size_t *n,
                         struct err *e);
 
-/* Why a reply stopped. */
-enum gen_stop { GEN_STOP_EOS = 0, GEN_STOP_MAX_TOKENS, GEN_STOP_CONTEXT, GEN_STOP_USER };
+/* Why a reply stopped. eos: the model ended the turn (no length target);
+ * length-target: it ended inside the target window under the controller;
+ * forced: the controller had to end it (last resort, see lenctl.c);
+ * max-tokens; stop-string: a stop string appeared (it is not emitted);
+ * user: the cancel flag was raised; context: the cache was full. */
+enum gen_stop {
+	GEN_STOP_EOS = 0,
+	GEN_STOP_LENGTH,
+	GEN_STOP_FORCED,
+	GEN_STOP_MAX_TOKENS,
+	GEN_STOP_STRING,
+	GEN_STOP_USER,
+	GEN_STOP_CONTEXT,
+};
 const char *gen_stop_name(enum gen_stop s);
+/* True when the reply ended with the model's end-of-turn token (fed to the
+ * cache): eos, length-target and forced. Otherwise the caller closes the turn. */
+bool gen_stop_ended(enum gen_stop s);
+
+/* Options for the next replies (copied; the stop strings are not):
+ * NULL restores the defaults (no target, no stop strings). */
+void gen_set_turn(struct gen *g, const struct gen_turn_opts *o);
+/* Set just the length target (NULL: none). */
+void gen_set_length_target(struct gen *g, const struct len_target *t);
 
 /* Called with each piece of complete UTF-8 text as it is produced. */
 typedef void (*gen_text_fn)(const char *text, size_t len, void *ud);
 
 /* Sample and feed (as the assistant) up to max_tokens tokens (stopping at end-of-generation,
  * which is fed too so the turn is closed in the cache), streaming text to fn.
- * Returns the status; *stop says why it ended; *n_out counts sampled tokens. */
+ * Returns the status; *stop says why it ended; *n_out counts sampled tokens.
+ * The turn options (gen_set_turn) apply; without a length target, stop
+ * strings or cancel flag the tokens are exactly those of plain sampling.
+ * g->reply describes the reply afterwards. */
 int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum gen_stop *stop,
               uint32_t *n_out, struct err *e);
 
@@ -134,6 +319,7 @@ struct session_turn {
 	int32_t first_pos;       /* original position of the turn's first token */
 	uint32_t n_prompt;       /* tokens fed for the user part (system, markers included) */
 	uint32_t n_reply;        /* tokens sampled */
+	uint32_t n_words;        /* \w+ words of the reply (Ruler's count, lenctl.c) */
 	double prefill_ms, decode_ms;
 	double started_unix;     /* wall-clock seconds since the epoch */
 	bool restarted;          /* the cache was full: this turn started in an empty cache */

@@ -9,9 +9,16 @@
  * token back, and streams text through a detokeniser that never splits a
  * UTF-8 sequence. The end-of-turn token is fed too, so the cache holds the
  * closed turn, ready for the next.
+ *
+ * The turn options (lenctl.c) add a length target, stop strings and a
+ * cancel flag (g->cancel). With a target the controller biases a copy of the logits;
+ * without one the sampler reads the model's logits untouched, so a reply
+ * is the same token for token as with no controller at all. Either way the
+ * reply's surprisal is taken from the model's own logits.
  */
 #include "app/app.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +94,7 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 	g->has_chat = chat_template_init(&g->chat, g->model->chat_template, g->model->vocab,
 	                                 &g->chat_err) == KVS_OK;
 	g->n_batch = c->n_batch ? c->n_batch : 512;
+	gen_turn_opts_default(&g->turn);
 	*out = g;
 	return KVS_OK;
 }
@@ -96,6 +104,10 @@ void gen_close(struct gen *g)
 	if (g == NULL)
 		return;
 	chat_template_free(&g->chat);
+	len_vocab_free(&g->lv);
+	free(g->biased);
+	free(g->reply.ids);
+	free(g->reply.surprisal);
 	sampler_free(g->sampler);
 	kv_cache_free(g->kv);
 	engine_free(g->engine);
@@ -190,36 +202,103 @@ int gen_tokenize_prompt(struct gen *g, const struct chat_prompt *p, int32_t **id
 
 const char *gen_stop_name(enum gen_stop s)
 {
-	static const char *const names[] = { "eos", "max-tokens", "context", "user" };
+	static const char *const names[] = { "eos",        "length-target", "forced", "max-tokens",
+		                             "stop-string", "user",          "context" };
 	return (unsigned)s < KVS_ARRAY_LEN(names) ? names[s] : "?";
+}
+
+bool gen_stop_ended(enum gen_stop s)
+{
+	return s == GEN_STOP_EOS || s == GEN_STOP_LENGTH || s == GEN_STOP_FORCED;
+}
+
+void gen_set_turn(struct gen *g, const struct gen_turn_opts *o)
+{
+	if (o == NULL)
+		gen_turn_opts_default(&g->turn);
+	else
+		g->turn = *o;
+}
+
+void gen_set_length_target(struct gen *g, const struct len_target *t)
+{
+	if (t == NULL) {
+		memset(&g->turn.len, 0, sizeof g->turn.len);
+		g->turn.len.level = -1;
+		g->turn.len.instruct = true;
+	} else {
+		g->turn.len = *t;
+	}
+}
+
+/* -ln softmax(logits)[id]: the model's surprisal at its own token. */
+static double gen_surprisal(const float *logits, uint32_t n, int32_t id)
+{
+	float mx = -INFINITY;
+	double sum = 0;
+	for (uint32_t i = 0; i < n; i++)
+		mx = logits[i] > mx ? logits[i] : mx;
+	for (uint32_t i = 0; i < n; i++)
+		sum += exp((double)(logits[i] - mx));
+	return log(sum) - (double)(logits[id] - mx);
+}
+
+/* Record one sampled token in g->reply. */
+static void gen_record(struct gen *g, int32_t id, double s)
+{
+	struct gen_reply_info *r = &g->reply;
+	if (r->n_tokens >= r->cap) {
+		r->cap = r->cap ? r->cap * 2 : 256;
+		r->ids = xreallocarray(r->ids, r->cap, sizeof *r->ids);
+		r->surprisal = xreallocarray(r->surprisal, r->cap, sizeof *r->surprisal);
+	}
+	r->ids[r->n_tokens] = id;
+	r->surprisal[r->n_tokens] = (float)s;
+	r->n_tokens++;
+	r->surprisal_sum += s;
 }
 
 int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum gen_stop *stop,
               uint32_t *n_out, struct err *e)
 {
 	struct detok d;
+	struct turnctl tc;
 	char *buf = NULL;
-	size_t n = 0, cap = 0;
-	int rc = KVS_OK;
+	const char *emit;
+	size_t n = 0, cap = 0, n_emit;
+	uint32_t nv = gen_n_vocab(g);
+	int rc = KVS_OK, why = -1;
 
 	*stop = GEN_STOP_MAX_TOKENS;
 	*n_out = 0;
+	g->reply.n_tokens = g->reply.n_words = 0;
+	g->reply.surprisal_sum = 0;
+	g->reply.stop = GEN_STOP_MAX_TOKENS;
 	if (!g->have_logits)
 		return err_set(e, KVS_ESTATE, "nothing to continue: feed a prompt first");
+	if (g->turn.len.unit != LEN_NONE && g->lv.cls == NULL) {
+		len_vocab_build(&g->lv, g->model->vocab);
+		g->biased = xmallocarray(nv, sizeof *g->biased);
+	}
+	turnctl_begin(&tc, &g->turn, &g->lv, max_tokens);
 	detok_init(&d, g->model->vocab, false);
 	kv_cache_set_role(g->kv, KV_ROLE_ASSISTANT);
-	while (*n_out < max_tokens) {
-		if (g->cancel != NULL && atomic_exchange(g->cancel, false)) {
-			*stop = GEN_STOP_USER;
-			break;
+	tc.cancel = g->cancel;
+	while ((why = turnctl_precheck(&tc)) < 0) {
+		const float *lg = g->last_logits;
+		if (turnctl_active(&tc)) {
+			memcpy(g->biased, lg, nv * sizeof *lg);
+			turnctl_bias(&tc, g->biased);
+			lg = g->biased;
 		}
-		int32_t id = gen_sample(g);
+		int32_t id = sampler_sample(g->sampler, lg);
 		bool eog = vocab_is_eog(g->model->vocab, id);
 
+		gen_record(g, id, gen_surprisal(g->last_logits, nv, id));
 		sampler_accept(g->sampler, id);
 		(*n_out)++;
 		if (!kv_policy_evicts(kv_cache_policy(g->kv)) && g->n_past >= kv_cache_budget(g->kv)) {
-			*stop = GEN_STOP_CONTEXT;
+			why = GEN_STOP_CONTEXT;
 			break;
 		}
 		rc = gen_feed(g, &id, 1, e);
@@ -234,19 +313,30 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 				               buf ? buf : "", n, eog };
 			g->on_token(&t, g->on_token_ud);
 		}
-		if (eog) {
-			*stop = GEN_STOP_EOS;
+		why = turnctl_token(&tc, id, eog, buf, n, &emit, &n_emit);
+		if (n_emit > 0 && fn != NULL)
+			fn(emit, n_emit, ud);
+		if (why >= 0)
 			break;
-		}
+	}
+	if (why != GEN_STOP_STRING) {
+		n = 0;
+		detok_flush(&d, &buf, &n, &cap);
+		if (n > 0)
+			wordcount_feed(&tc.wc, buf, n);
+		turnctl_flush(&tc, &emit, &n_emit);
+		if (n_emit > 0 && fn != NULL)
+			fn(emit, n_emit, ud);
 		if (n > 0 && fn != NULL)
 			fn(buf, n, ud);
 	}
 	if (g->cancel != NULL)
 		atomic_store(g->cancel, false);
-	n = 0;
-	detok_flush(&d, &buf, &n, &cap);
-	if (n > 0 && fn != NULL)
-		fn(buf, n, ud);
+	if (why >= 0)
+		*stop = (enum gen_stop)why;
+	g->reply.stop = (int)*stop;
+	g->reply.n_words = tc.wc.words;
+	turnctl_end(&tc);
 	free(buf);
 	return rc;
 }

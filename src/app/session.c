@@ -207,7 +207,12 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 
 	if (s->fresh && s->system[0] != '\0')
 		chat_system(&g->chat, s->system, &ps);
-	chat_message(&g->chat, "user", text, &pu);
+	{
+		/* with a length target the message asks for the length too (lenctl.c) */
+		char *asked = len_instruct_text(text, &g->turn.len);
+		chat_message(&g->chat, "user", asked, &pu);
+		free(asked);
+	}
 	chat_generation_prompt(&g->chat, &pa);
 	bool bos = s->fresh && vocab_add_bos(v) && vocab_bos(v) >= 0;
 	/* the exchange's size, for eviction between turns */
@@ -255,7 +260,8 @@ static int session_reply(struct session *s, struct session_turn *t, struct err *
 		return KVS_OK;
 	}
 	/* an end-of-turn token was fed already; otherwise close the turn */
-	if (t->stop == GEN_STOP_EOS)
+	t->n_words = g->reply.n_words;
+	if (gen_stop_ended(t->stop))
 		chat_reply_end(&g->chat, &p);
 	else
 		chat_close(&g->chat, &p);

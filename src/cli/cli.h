@@ -33,6 +33,8 @@ enum opt_group {
 	OPTG_DB = 1u << 15,     /* --db */
 	OPTG_SAVE = 1u << 16,   /* --resume, --title, --save (chat) */
 	OPTG_EXPORT = 1u << 17, /* --format md|json (sessions export) */
+	OPTG_LEN = 1u << 18,    /* --target-words, --length, --no-length-prompt, --no-repeat */
+	OPTG_TLG = 1u << 19,    /* --levels, --prompts (eval tlg) */
 };
 
 
@@ -59,6 +61,7 @@ extern const struct cli_cmd cmd_bench;
 extern const struct cli_cmd cmd_chat;
 extern const struct cli_cmd cmd_eval_passkey;
 extern const struct cli_cmd cmd_eval_rps;
+extern const struct cli_cmd cmd_eval_tlg;
 extern const struct cli_cmd cmd_generate;
 extern const struct cli_cmd cmd_logits;
 extern const struct cli_cmd cmd_model_info;

@@ -4,7 +4,11 @@
  * conversation stays in the KV cache between turns, so only the new turn is
  * fed. On a terminal there is a prompt and libedit line editing; from a pipe
  * there is no prompt, one reply per line, for scripting. Lines starting with
- * '/' are commands: /reset, /quit (see /help).
+ * '/' are commands: /reset, /quit, /len (see /help). With a length target
+ * (--target-words N, or /len 120w, /len 200t, /len 150, /len off) every
+ * reply is steered into the target window (app/lenctl.c) and each user line
+ * gets Ruler's sentence asking for the length, unless --no-length-prompt;
+ * a status line on stderr then gives the words and the stop reason.
  *
  * With --db, --save, --title or --resume the conversation is saved (store.h,
  * through the session): each finished exchange commits with its token rows,
@@ -26,11 +30,12 @@ static int cmd_chat_exec(int argc, char **argv);
 
 const struct cli_cmd cmd_chat = {
 	"chat",
-	"[--model PATH] [--system TEXT] [--max-tokens N] [options]",
+	"[--model PATH] [--system TEXT] [--max-tokens N] [--target-words N | --length SPEC] "
+	"[--no-length-prompt] [--stop TEXT] [options]",
 	"plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
 	cmd_chat_exec,
 	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_DB |
-	        OPTG_SAVE,
+	        OPTG_SAVE | OPTG_LEN,
 };
 
 /* The database behind a saving chat (st NULL when not saving). */
@@ -136,6 +141,23 @@ static void chat_token(void *ud, const struct gen_token *t)
 	}
 }
 
+/* /len [SPEC]: show or set the length target of the next replies. */
+static void chat_len_command(struct gen *g, const char *line, bool instruct)
+{
+	const char *spec = line + 4 + strspn(line + 4, " ");
+	struct len_target t = g->turn.len;
+	struct err e;
+	char buf[96];
+
+	if (*spec != '\0' && len_target_parse(spec, &t, &e) != KVS_OK) {
+		fprintf(stderr, "kvscope: /len: %s\n", e.msg);
+		return;
+	}
+	t.instruct = instruct;
+	gen_set_length_target(g, &t);
+	fprintf(stderr, "length target: %s\n", len_target_format(&t, buf, sizeof buf));
+}
+
 /* /policy NAME [k=v ...], /budget N and /kv: change or show the KV cache. */
 static void chat_kv_command(struct gen *g, const char *line)
 {
@@ -214,6 +236,7 @@ static int cmd_chat_exec(int argc, char **argv)
 		goto out;
 	}
 	g = session_gen(s);
+	cli_len_apply(&o, g);
 	le = lineedit_open(interactive);
 	if (interactive)
 		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
@@ -232,14 +255,17 @@ static int cmd_chat_exec(int argc, char **argv)
 				fprintf(stderr, "kvscope: new conversation\n");
 			} else if (strcmp(line, "/help") == 0) {
 				fprintf(stderr, "commands: /reset (new conversation), /policy NAME [k=v ...], "
-				                "/budget N, /kv (cache statistics), /quit\n");
+				                "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
+				                "(length target), /quit\n");
+			} else if (strncmp(line, "/len", 4) == 0 && (line[4] == ' ' || line[4] == '\0')) {
+				chat_len_command(g, line, !o.no_len_prompt);
 			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
 			           strcmp(line, "/kv") == 0) {
 				chat_kv_command(g, line);
 			} else if (!quit) {
 				fprintf(stderr,
 				        "kvscope: unknown command '%s'; expected /reset, /policy, /budget, /kv, "
-				        "/quit or /help\n",
+				        "/len, /quit or /help\n",
 				        line);
 			}
 			free(line);
@@ -260,9 +286,9 @@ static int cmd_chat_exec(int argc, char **argv)
 		if (t->restarted)
 			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
 			        kv_cache_budget(g->kv));
-		if (interactive)
-			fprintf(stderr, "[%u tokens, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
-			        gen_stop_name(t->stop),
+		if (interactive || g->turn.len.unit != LEN_NONE)
+			fprintf(stderr, "[%u tokens, %u words, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
+			        t->n_words, gen_stop_name(t->stop),
 			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
 			        kv_cache_n(g->kv), kv_cache_budget(g->kv),
 			        kv_policy_name(kv_cache_policy(g->kv)));

@@ -1,6 +1,9 @@
 /*
  * cmd-generate.c: `kvscope generate`: one prompt in, the continuation out.
  * stdout carries only the generated text; timings go to stderr. With
+ * --target-words N (or --length) the length controller (app/lenctl.c)
+ * steers the reply into the target window and the prompt gets Ruler's
+ * sentence asking for N words (unless --no-length-prompt). With
  * --trace FILE every KV-cache event (a step per forward's last token,
  * evictions, the turn) is written to FILE as one JSON line (app/trace.c).
  */
@@ -16,10 +19,12 @@ static int cmd_generate_exec(int argc, char **argv);
 const struct cli_cmd cmd_generate = {
 	"generate",
 	"[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] [--seed S] "
-	"[--raw] [--policy P] [--kv-budget N] [--trace FILE [--trace-attn] [--trace-every MS]] [options]",
+	"[--raw] [--target-words N | --length SPEC] [--no-length-prompt] [--stop TEXT] [--policy P] "
+	"[--kv-budget N] [--trace FILE [--trace-attn] [--trace-every MS]] [options]",
 	"print the model's continuation of a prompt (one user turn in the chat template unless --raw)",
 	cmd_generate_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV | OPTG_TRACE,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV | OPTG_TRACE |
+	    OPTG_LEN,
 };
 
 struct generate_trace {
@@ -54,7 +59,8 @@ static int cmd_generate_exec(int argc, char **argv)
 	uint32_t n_out = 0;
 	struct generate_trace tr = { 0 };
 	struct kv_stats ks;
-	char pol[256];
+	struct len_target lt;
+	char pol[256], lbuf[96];
 	int rc;
 
 	cli_opts_default(&o);
@@ -83,9 +89,17 @@ static int cmd_generate_exec(int argc, char **argv)
 		o.gen.kv.capture = o.trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
 		o.gen.kv.capture_interval_ms = o.trace_every_ms;
 	}
+	cli_len_target(&o, &lt);
+	if (lt.unit != LEN_NONE && lt.instruct) {
+		char *t = len_instruct_text(text, &lt);
+		free(text);
+		text = t;
+		len = strlen(t);
+	}
 	rc = cli_gen_open(&o, &g);
 	if (rc != CLI_OK)
 		goto out;
+	cli_len_apply(&o, g);
 	if (tr.fp != NULL) {
 		tr.v = g->model->vocab;
 		kv_cache_set_events(g->kv, generate_trace_event, &tr);
@@ -108,6 +122,10 @@ static int cmd_generate_exec(int argc, char **argv)
 	        g->decode_ms, g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0,
 	        gen_stop_name(stop), engine_backend_name(g->engine), engine_isa_name(g->engine),
 	        engine_n_threads(g->engine), sampler_seed(g->sampler));
+	if (lt.unit != LEN_NONE)
+		fprintf(stderr, "kvscope: length target %s: %u words, %u tokens; stop: %s\n",
+		        len_target_format(&lt, lbuf, sizeof lbuf), g->reply.n_words, n_out,
+		        gen_stop_name(stop));
 	kv_cache_stats(g->kv, &ks);
 	fprintf(stderr,
 	        "kvscope: KV %s, budget %u: %u tokens cached (%.1f MiB), %llu evicted in %u rounds, "

@@ -186,6 +186,51 @@ static int opt_resume(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return KVS_OK;
 }
 
+/* --target-words N: a word target (Ruler's window when N is a level). */
+static int opt_target_words(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                            struct err *e)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (arg[0] < '0' || arg[0] > '9' || *end != '\0' || errno != 0 || v < opt->lo || v > opt->hi)
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number of words in %.0f..%.0f",
+		               opt->name, arg, opt->lo, opt->hi);
+	len_target_words(&o->len, (uint32_t)v);
+	return KVS_OK;
+}
+
+/* --length SPEC: 120w, 200t, a level name or off. */
+static int opt_length(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                      struct err *e)
+{
+	char msg[sizeof e->msg];
+
+	if (len_target_parse(arg, &o->len, e) != KVS_OK) {
+		snprintf(msg, sizeof msg, "%s", e->msg);
+		return err_set(e, KVS_EARG, "--%s: %s", opt->name, msg);
+	}
+	return KVS_OK;
+}
+
+void cli_len_target(const struct cli_opts *o, struct len_target *t)
+{
+	*t = o->len;
+	t->instruct = !o->no_len_prompt;
+}
+
+void cli_len_apply(const struct cli_opts *o, struct gen *g)
+{
+	struct len_target t;
+	cli_len_target(o, &t);
+	g->turn.ctl = o->lenp;
+	gen_set_length_target(g, &t);
+	g->turn.stops = o->stop != NULL && o->stop[0] != '\0' ? &o->stop : NULL;
+	g->turn.n_stops = g->turn.stops != NULL;
+}
+
 #define O(f) offsetof(struct cli_opts, f)
 #define OG(f) offsetof(struct cli_opts, gen.f)
 
@@ -228,6 +273,8 @@ static const struct cli_opt cli_opt_table[] = {
 	  "system prompt (default: the template's; \"\" for none)" },
 	{ "max-tokens", 'n', "N", OPTG_GEN, opt_u32, O(max_tokens), 0, 1 << 24,
 	  "stop after N tokens (default 256)" },
+	{ "stop", 0, "TEXT", OPTG_GEN, opt_str, O(stop), 0, 0,
+	  "end the reply where TEXT appears (TEXT is not printed; stop reason stop-string)" },
 	{ "top", 'k', "K", OPTG_LOGITS, opt_u32, O(top), 1, 1 << 20,
 	  "logits per position to print (default 10)" },
 	{ "file", 'f', "FILE", OPTG_PPL, opt_str, O(file), 0, 0, "text file to score" },
@@ -258,12 +305,26 @@ static const struct cli_opt cli_opt_table[] = {
 	  "passkey prompt lengths in tokens, e.g. 2k,4k,8k (default 2k,4k,8k,16k,32k)" },
 	{ "depths", 0, "LIST", OPTG_PASSKEY, opt_str, O(depths), 0, 0,
 	  "passkey needle depths in percent (default 10,30,50,70,90)" },
-	{ "samples", 0, "N", OPTG_PASSKEY, opt_u32, O(samples), 1, 100000,
-	  "passkey samples per (length, depth) (default 1)" },
+	{ "samples", 0, "N", OPTG_PASSKEY | OPTG_TLG, opt_u32, O(samples), 1, 100000,
+	  "samples per case: passkey per (length, depth) (default 1); tlg per level (default 30)" },
 	{ "rounds", 0, "N", OPTG_RPS, opt_u32, O(rounds), 1, 1000000,
 	  "rock-paper-scissors rounds (default 300)" },
 	{ "dominant", 0, "MOVE", OPTG_RPS, opt_str, O(dominant), 0, 0,
 	  "the user's dominant move: rock (default), paper or scissors" },
+	{ "target-words", 0, "N", OPTG_LEN, opt_target_words, 0, 1, 100000,
+	  "aim the reply at N words (Ruler's window when N is 10, 30, 50, 80, 150, 300, 500 or "
+	  "700; else N +- max(10, N/10))" },
+	{ "length", 0, "SPEC", OPTG_LEN, opt_length, 0, 0, 0,
+	  "length target: 120w (words), 200t (tokens), a level (10 .. 700, >800) or off" },
+	{ "no-length-prompt", 0, NULL, OPTG_LEN, opt_flag, O(no_len_prompt), 0, 0,
+	  "do not add \"The response should have a word count of N words.\" to the prompt" },
+	{ "no-repeat", 0, "N", OPTG_LEN, opt_u32, O(lenp.no_repeat), 0, 64,
+	  "under a length target, ban tokens repeating an earlier N-gram of the reply (default 4; "
+	  "0 = off)" },
+	{ "levels", 0, "LIST", OPTG_TLG, opt_str, O(levels), 0, 0,
+	  "eval tlg: target levels, e.g. 10,150,>800 (default: all nine)" },
+	{ "prompts", 0, "FILE", OPTG_TLG, opt_str, O(prompts), 0, 0,
+	  "eval tlg: prompt set as TSV lines LEVEL<TAB>FORM<TAB>INSTRUCTION (default: built in)" },
 	{ "format", 0, "chat|raw", OPTG_EVAL, opt_str, O(format), 0, 0,
 	  "prompt format: chat template (default) or raw text" },
 	{ "seed", 's', "S", OPTG_EVAL, opt_u32, O(eval_seed), 0, 4294967295.0,
@@ -304,6 +365,9 @@ void cli_opts_default(struct cli_opts *o)
 	o->samples = 1;
 	o->rounds = 300;
 	o->eval_seed = 1;
+	o->len.level = -1;
+	o->len.instruct = true;
+	lenctl_params_default(&o->lenp);
 }
 
 void cli_opts_free(struct cli_opts *o)

@@ -50,6 +50,12 @@ struct cli_opts {
 	const char *resume;    /* --resume [ID|TITLE] ("" : the latest session) */
 	const char *title;     /* chat: the new session's title */
 	bool save;             /* chat: save the conversation */
+	struct len_target len; /* --target-words / --length (unit LEN_NONE: none) */
+	bool no_len_prompt;    /* --no-length-prompt */
+	struct lenctl_params lenp; /* --no-repeat */
+	const char *stop;      /* --stop TEXT */
+	const char *levels;    /* eval tlg: "10,150,>800" */
+	const char *prompts;   /* eval tlg: a TSV prompt set instead of the built-in one */
 	char **args;           /* positional arguments */
 	int n_args;
 };
@@ -69,6 +75,13 @@ int cli_prompt_read(const struct cli_opts *o, char **text, size_t *len, struct e
 /* prompt.c: token ids for text as one user turn (or raw with --raw). */
 int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, const char *system,
                       int32_t **ids, size_t *n, struct err *e);
+/* The length target of o as the turn should use it (--no-length-prompt
+ * applied). */
+void cli_len_target(const struct cli_opts *o, struct len_target *t);
+/* Give g the length target, the controller's knobs and the stop string of o
+ * (which must outlive g's replies). */
+void cli_len_apply(const struct cli_opts *o, struct gen *g);
+
 /* Resolve the model path in o (explicit, $KVSCOPE_MODEL or the default) and
  * open a generation context; prints the error and returns the exit code. */
 int cli_gen_open(struct cli_opts *o, struct gen **g);

@@ -295,6 +295,11 @@ int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add
 size_t vocab_piece(const struct vocab *v, int32_t id, bool render_special, char *buf,
                    size_t cap);
 
+/* unicode.c: whether cp is a "word" character as Python's re \w sees it
+ * (letters \p{L}, numbers \p{N} and '_'); the length controller counts
+ * words with it (app.h). */
+bool unicode_is_word(uint32_t cp);
+
 /* Streaming detokeniser: never emits a broken UTF-8 sequence. */
 struct detok {
 	const struct vocab *v;

@@ -43,6 +43,12 @@ uint16_t ucp_flags(uint32_t cp)
 	return ucp_ranges[ucp_range_of(cp)].flags;
 }
 
+/* \w of Python's re: letters, numbers and the underscore. */
+bool unicode_is_word(uint32_t cp)
+{
+	return cp == '_' || (ucp_flags(cp) & (UCP_LETTER | UCP_NUMBER)) != 0;
+}
+
 /* Decode one code point leniently (see the top of the file). */
 size_t ucp_decode_lax(const uint8_t *s, size_t n, uint32_t *cp)
 {
