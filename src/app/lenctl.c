@@ -512,6 +512,8 @@ void turnctl_bias(struct turnctl *t, float *logits)
 static void turnctl_tail(struct turnctl *t, const char *s, size_t n)
 {
 	size_t cap = sizeof t->tail;
+	if (n == 0)
+		return;
 	if (n >= cap) {
 		memcpy(t->tail, s + n - cap, cap);
 		t->n_tail = cap;
@@ -577,7 +579,8 @@ int turnctl_token(struct turnctl *t, int32_t id, bool is_end, const char *text, 
 		t->cap_held = (t->n_held + n + 1) * 2;
 		t->held = xrealloc(t->held, t->cap_held);
 	}
-	memcpy(t->held + t->n_held, text, n);
+	if (n > 0)
+		memcpy(t->held + t->n_held, text, n);
 	t->n_held += n;
 	t->held[t->n_held] = '\0';
 	size_t first = SIZE_MAX;
@@ -601,7 +604,8 @@ int turnctl_token(struct turnctl *t, int32_t id, bool is_end, const char *text, 
 		t->cap_out = (m + 1) * 2;
 		t->out = xrealloc(t->out, t->cap_out);
 	}
-	memcpy(t->out, t->held, m);
+	if (m > 0)
+		memcpy(t->out, t->held, m);
 	memmove(t->held, t->held + m, keep);
 	t->n_held = keep;
 	*emit = t->out;

@@ -209,8 +209,8 @@ typedef void (*script_fn)(uint32_t step, const char *text, float *logits);
 struct run {
 	int stop;
 	uint32_t tokens, words;
-	char text[4096];      /* all the text the tokens made */
-	char shown[4096];     /* what turnctl emitted */
+	char text[16384];     /* all the text the tokens made */
+	char shown[16384];    /* what turnctl emitted */
 	int32_t ids[1024];
 };
 
@@ -247,7 +247,8 @@ static void drive(const struct gen_turn_opts *o, const struct len_vocab *lv, uin
 		tl += strlen(p);
 		r->text[tl] = '\0';
 		why = turnctl_token(&t, id, t_end[id], p, strlen(p), &emit, &n_emit);
-		memcpy(r->shown + sl, emit, n_emit);
+		if (n_emit > 0)
+			memcpy(r->shown + sl, emit, n_emit);
 		sl += n_emit;
 		r->shown[sl] = '\0';
 		if (why >= 0) {
@@ -259,7 +260,8 @@ static void drive(const struct gen_turn_opts *o, const struct len_vocab *lv, uin
 	}
 	if (r->stop != GEN_STOP_STRING) {
 		turnctl_flush(&t, &emit, &n_emit);
-		memcpy(r->shown + sl, emit, n_emit);
+		if (n_emit > 0)
+			memcpy(r->shown + sl, emit, n_emit);
 		r->shown[sl + n_emit] = '\0';
 	}
 	r->words = t.wc.words;
@@ -515,6 +517,8 @@ static uint32_t plain_loop(struct gen *g, uint32_t max, int32_t *out)
 	return n;
 }
 
+static void test_session(const char *path);
+
 static void test_identical(void)
 {
 	const char *dir = getenv("TMPDIR");
@@ -582,8 +586,47 @@ static void test_identical(void)
 		gen_close(a);
 		gen_close(b);
 	}
+	test_session(p);
 	unlink(p);
 	free(p);
+}
+
+/* A chat session passes the target through: the instruction is fed with
+ * the user's text, the turn reports its words (as the counter recounts the
+ * stored reply) and ends inside the window or at the cap. */
+static void test_session(const char *path)
+{
+	struct session_config c;
+	struct session *s;
+	struct err e;
+	struct len_target t;
+
+	session_config_default(&c);
+	c.gen.model_path = path;
+	c.gen.engine.n_threads = 1;
+	c.gen.engine.n_ctx = 512;
+	c.gen.sampler.temp = 0;
+	c.max_tokens = 200;
+	if (session_open(&s, &c, &e) != KVS_OK) {
+		fprintf(stderr, "session_open: %s\n", e.msg);
+		exit(99);
+	}
+	T_EQ_INT(session_chat(s, "hello there", &e), KVS_OK);
+	uint32_t plain = session_turn_at(s, 0)->n_prompt;
+	session_reset(s);
+	len_target_words(&t, 30);
+	gen_set_length_target(session_gen(s), &t);
+	T_EQ_INT(session_chat(s, "hello there", &e), KVS_OK);
+	const struct session_turn *tu = session_turn_at(s, 0);
+	T_CHECK(tu->n_prompt > plain + 8, "the instruction was not fed: %u vs %u tokens",
+	        tu->n_prompt, plain);
+	T_EQ_STR(tu->user, "hello there");
+	T_EQ_INT(tu->n_words, wordcount_text(tu->reply, strlen(tu->reply)));
+	T_CHECK(tu->stop == GEN_STOP_MAX_TOKENS ||
+	            ((tu->stop == GEN_STOP_LENGTH || tu->stop == GEN_STOP_FORCED) &&
+	             tu->n_words > 20 && tu->n_words <= 40),
+	        "%s with %u words", gen_stop_name(tu->stop), tu->n_words);
+	session_close(s);
 }
 
 int main(void)
