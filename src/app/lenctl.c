@@ -106,7 +106,7 @@ int len_target_parse(const char *s, struct len_target *t, struct err *e)
 	const struct len_level *lv;
 	char *end;
 	unsigned long v;
-	bool instruct = t->unit != LEN_NONE ? t->instruct : true;
+	bool instruct = true; /* the caller may switch it off afterwards */
 
 	if (strcmp(s, "off") == 0 || strcmp(s, "none") == 0) {
 		memset(t, 0, sizeof *t);
