@@ -443,7 +443,7 @@ int api_push_model(lua_State *L, const struct gen *g)
 
 void api_push_turn(lua_State *L, const struct session_turn *t)
 {
-	lua_createtable(L, 0, 10);
+	lua_createtable(L, 0, 11);
 	api_setint(L, "index", (lua_Integer)t->index + 1);
 	api_setstr(L, "user", t->user ? t->user : "");
 	api_setstr(L, "reply", t->reply ? t->reply : "");
@@ -451,6 +451,7 @@ void api_push_turn(lua_State *L, const struct session_turn *t)
 	api_setint(L, "first_pos", t->first_pos);
 	api_setint(L, "n_prompt", t->n_prompt);
 	api_setint(L, "n_reply", t->n_reply);
+	api_setint(L, "n_words", t->n_words);
 	api_setnum(L, "prefill_ms", t->prefill_ms);
 	api_setnum(L, "decode_ms", t->decode_ms);
 	lua_pushboolean(L, t->restarted);
