@@ -2118,8 +2118,9 @@ static const struct {
 	                "turn, eog (read-only, valid during the call)" },
 	[SEV_TURN_START] = { "turn_start", "(index, text)", "fast: an exchange begins" },
 	[SEV_TURN_END] = { "turn_end", "(turn)",
-	                   "main loop: an exchange ended; turn.user, reply, stop, n_prompt, n_reply, "
-	                   "prefill_ms, decode_ms" },
+	                   "main loop: an exchange ended; turn.user, reply, stop (eos, length-target, "
+	                   "forced, max-tokens, stop-string, user, context), n_prompt, n_reply, "
+	                   "n_words (Ruler's word count), prefill_ms, decode_ms" },
 	[SEV_EVICT] = { "evict", "(ev)",
 	                "fast: tokens left the cache; ev.tokens (list), n, policy, cause, incoming, "
 	                "fallback, why, kept" },
