@@ -234,13 +234,9 @@ void gen_set_length_target(struct gen *g, const struct len_target *t)
 /* -ln softmax(logits)[id]: the model's surprisal at its own token. */
 static double gen_surprisal(const float *logits, uint32_t n, int32_t id)
 {
-	float mx = -INFINITY;
-	double sum = 0;
-	for (uint32_t i = 0; i < n; i++)
-		mx = logits[i] > mx ? logits[i] : mx;
-	for (uint32_t i = 0; i < n; i++)
-		sum += exp((double)(logits[i] - mx));
-	return log(sum) - (double)(logits[id] - mx);
+	float s;
+	engine_row_stats(logits, n, id, &s, NULL);
+	return s;
 }
 
 /* Record one sampled token in g->reply. */

@@ -11,6 +11,7 @@
  * forward that fails leaves slot_pos as it was; output buffers only grow.
  */
 #include "engine/engine.h"
+#include "engine/kern.h"
 
 #include "gpu/gpu.h"
 
@@ -476,24 +477,30 @@ const char *engine_isa_name(const struct engine *eng)
 void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, float *surprisal,
                       float *entropy)
 {
+	/* With z = sum exp(l - mx): log p_i = l_i - mx - log z, and
+	 * H = -sum p_i log p_i = log z - sum p_i (l_i - mx). The exponentials
+	 * are the kernels' vector exp in chunks (float terms <= 1, double sums
+	 * across chunks: ~1e-6 relative). */
+	const struct kern_ops *ops = kern_select(kern_cpu_level());
+	float buf[2048];
 	float mx = logits[0];
 	for (uint32_t i = 1; i < n_vocab; i++)
 		mx = logits[i] > mx ? logits[i] : mx;
-	/* With z = sum exp(l - mx): log p_i = l_i - mx - log z, and
-	 * H = -sum p_i log p_i = log z - sum p_i (l_i - mx). */
 	double z = 0, zl = 0;
-	for (uint32_t i = 0; i < n_vocab; i++) {
-		double d = (double)logits[i] - mx;
-		double p = exp(d);
-		z += p;
-		zl += p * d;
+	for (uint32_t i0 = 0; i0 < n_vocab; i0 += 2048) {
+		uint32_t m = KVS_MIN(2048u, n_vocab - i0);
+		memcpy(buf, logits + i0, m * sizeof(float));
+		double zc = ops->exp_sum(buf, m, mx);
+		z += zc;
+		zl += (double)ops->dot_f32(buf, logits + i0, m) - (double)mx * zc;
 	}
 	double lz = log(z);
-	*entropy = (float)(lz - zl / z);
-	if (target >= 0 && (uint32_t)target < n_vocab)
-		*surprisal = (float)(lz - ((double)logits[target] - mx));
-	else
-		*surprisal = NAN;
+	if (entropy)
+		*entropy = (float)(lz - zl / z);
+	if (surprisal)
+		*surprisal = target >= 0 && (uint32_t)target < n_vocab
+		                     ? (float)(lz - ((double)logits[target] - mx))
+		                     : NAN;
 }
 
 void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out)

@@ -203,7 +203,8 @@ int engine_n_threads(const struct engine *eng);
 const char *engine_isa_name(const struct engine *eng);
 
 /* Surprisal and entropy of one logits row (n_vocab floats), in nats;
- * target < 0 gives NaN surprisal. Shared by backends; double accumulation. */
+ * target < 0 gives NaN surprisal; either output may be NULL. Vector
+ * exponentials, double sums across chunks. */
 void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, float *surprisal,
                       float *entropy);
 

@@ -41,7 +41,6 @@
  * e_i = s_{i-1}, and the turn's first token gets the maximum of the s_j;
  * that needs every row's logits, so compat feeds ask for all rows.
  */
-#include "engine/kern.h"
 #include "engine/kv-int.h"
 
 #include <math.h>
@@ -78,8 +77,6 @@ struct kv_cache {
 	int32_t *bpos;
 	uint8_t *keep;
 	float *fscratch;
-	float *vscratch;              /* (n_vocab) row statistics */
-	const struct kern_ops *kops;  /* the vector exp and dot of row statistics */
 	struct kv_tok *evicted;
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
 	/* events and providers */
@@ -156,50 +153,28 @@ static int32_t kv_cap(const struct kv_cache *c)
 	return cap;
 }
 
-/* The log-partition lz = log sum exp(l - mx) of one logits row and the
- * mean of l - mx under its softmax, with the vector exp of the CPU kernels
- * (float exponentials and lanes, sums of terms <= 1: ~1e-6 relative). */
-static void kv_row_moments(struct kv_cache *c, const float *row, uint32_t nv, float *mx_out,
-                           double *lz, double *mean_d)
-{
-	const struct kern_ops *ops = c->kops;
-	float mx = row[0];
-	for (uint32_t i = 1; i < nv; i++)
-		mx = row[i] > mx ? row[i] : mx;
-	memcpy(c->vscratch, row, nv * sizeof(float));
-	double z = ops->exp_sum(c->vscratch, nv, mx);
-	/* sum p (l - mx) = sum p l - mx z */
-	double zl = (double)ops->dot_f32(c->vscratch, row, nv) - (double)mx * z;
-	*mx_out = mx;
-	*lz = log(z);
-	*mean_d = zl / z;
-}
-
 /* Surprisal of targets t1 (the row's next token) and t0 (the row's own
  * token, for SirLLM's compat scoring) and the entropy of one logits row, in
  * nats; a negative target gives NaN. */
-static void kv_row_stats(struct kv_cache *c, const float *row, uint32_t nv, int32_t t1,
-                         int32_t t0, float *s1, float *s0, float *ent)
+static void kv_row_stats(const float *row, uint32_t nv, int32_t t1, int32_t t0, float *s1,
+                         float *s0, float *ent)
 {
-	float mx;
-	double lz, md;
-	kv_row_moments(c, row, nv, &mx, &lz, &md);
-	if (ent)
-		*ent = (float)(lz - md);
+	bool v1 = t1 >= 0 && (uint32_t)t1 < nv, v0 = t0 >= 0 && (uint32_t)t0 < nv;
+	float sv;
+	engine_row_stats(row, nv, v1 ? t1 : v0 ? t0 : -1, &sv, ent);
+	/* one log-partition serves both targets: s(a) - s(b) = l(b) - l(a) */
 	if (s1)
-		*s1 = t1 >= 0 && (uint32_t)t1 < nv ? (float)(lz - ((double)row[t1] - mx)) : NAN;
+		*s1 = v1 ? sv : NAN;
 	if (s0)
-		*s0 = t0 >= 0 && (uint32_t)t0 < nv ? (float)(lz - ((double)row[t0] - mx)) : NAN;
+		*s0 = !v0 ? NAN : v1 ? sv + row[t1] - row[t0] : sv;
 }
 
 /* log-sum-exp of one logits row, and its entropy in nats. */
-static double kv_row_lse(struct kv_cache *c, const float *row, uint32_t nv, float *ent)
+static double kv_row_lse(const float *row, uint32_t nv, float *ent)
 {
-	float mx;
-	double lz, md;
-	kv_row_moments(c, row, nv, &mx, &lz, &md);
-	*ent = (float)(lz - md);
-	return lz + mx;
+	float s;
+	engine_row_stats(row, nv, 0, &s, ent); /* s = lse - row[0] */
+	return (double)s + row[0];
 }
 
 /* Complete ev (turn, policy, statistics) and hand it to the listener. */
@@ -267,8 +242,6 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	c->bpos = xmallocarray(n_ctx, sizeof *c->bpos);
 	c->keep = xmallocarray(n_ctx, sizeof *c->keep);
 	c->fscratch = xmallocarray(n_ctx, sizeof *c->fscratch);
-	c->vscratch = xmalloc_aligned((size_t)c->n_vocab * sizeof(float));
-	c->kops = kern_select(kern_cpu_level());
 	c->evicted = xmallocarray(n_ctx, sizeof *c->evicted);
 	c->heads = xmallocarray((size_t)c->hp->n_layer * c->hp->n_head, sizeof *c->heads);
 	c->logits = xmallocarray(c->n_vocab, sizeof *c->logits);
@@ -294,7 +267,6 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->bpos);
 	free(c->keep);
 	free(c->fscratch);
-	xfree_aligned(c->vscratch);
 	free(c->evicted);
 	free(c->heads);
 	free(c->logits);
@@ -722,7 +694,7 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 		memcpy(c->logits, r->logits, c->n_vocab * sizeof *c->logits);
 		c->have_logits = true;
 		if (kv_need_stats(c)) {
-			c->logits_lse = kv_row_lse(c, c->logits, c->n_vocab, &c->logits_ent);
+			c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
 			c->have_lse = true;
 		}
 	}
@@ -757,7 +729,7 @@ int kv_cache_recompute(struct kv_cache *c, struct err *e)
 			memcpy(c->logits, o.logits, c->n_vocab * sizeof(float));
 			c->have_logits = true;
 			if (kv_need_stats(c)) {
-				c->logits_lse = kv_row_lse(c, c->logits, c->n_vocab, &c->logits_ent);
+				c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
 				c->have_lse = true;
 			}
 		}
@@ -1111,7 +1083,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		for (uint32_t i = 0; i < m; i++) {
 			struct kv_tok *nx = i + 1 < m ? &c->toks[n + i + 1] : NULL;
 			float s0;
-			kv_row_stats(c, o.logits + (size_t)i * c->n_vocab, c->n_vocab, nx ? ids[i + 1] : -1,
+			kv_row_stats(o.logits + (size_t)i * c->n_vocab, c->n_vocab, nx ? ids[i + 1] : -1,
 			             ids[i], nx ? &nx->surprisal : NULL, &s0, nx ? &nx->entropy : NULL);
 			kv_compat_score(c, n + i, s0);
 		}
@@ -1129,7 +1101,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		if (stats || capture) {
 			/* one pass: the next token's surprisal and entropy, and the
 			 * step event's next_entropy, come from these */
-			c->logits_lse = kv_row_lse(c, c->logits, c->n_vocab, &c->logits_ent);
+			c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
 			c->have_lse = true;
 		}
 	} else {
