@@ -3,38 +3,11 @@
 # stdout only, one-line errors with exit code 2 for bad input, perplexity
 # within 0.5 % of llama.cpp's on the same text, and a piped chat.
 set -u
-bin=${KVSCOPE_BIN:?}
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 src=${KVSCOPE_SRCDIR:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
 
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
-# expect_bad CODE PATTERN CMD...: exit code CODE, exactly one stderr line
-# matching PATTERN, nothing on stdout.
-expect_bad() {
-	code=$1 pat=$2
-	shift 2
-	"$@" >"$tmp/out" 2>"$tmp/err"
-	rc=$?
-	[ "$rc" -eq "$code" ] || fail "$*: exit $rc, expected $code ($(cat "$tmp/err"))"
-	n=$(grep -c . "$tmp/err")
-	[ "$n" -eq 1 ] || fail "$*: $n stderr lines, expected 1: $(cat "$tmp/err")"
-	grep -q -- "$pat" "$tmp/err" || fail "$*: stderr '$(cat "$tmp/err")' lacks '$pat'"
-	[ ! -s "$tmp/out" ] || fail "$*: wrote to stdout: $(head -c 200 "$tmp/out")"
-}
-
-if [ -z "${KVSCOPE_MODEL:-}" ]; then
-	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
-else
-	model=$KVSCOPE_MODEL
-fi
-if [ ! -f "$model" ]; then
-	echo "cli.sh: the default model is not at $model (run make model)" >&2
-	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
-	exit 1
-fi
+need_model
 
 # generate: greedy is deterministic and prints only the continuation
 "$bin" generate --prompt "Name a colour." --temp 0 -n 12 >"$tmp/g1" 2>"$tmp/g1.err" || fail "generate: $(cat "$tmp/g1.err")"

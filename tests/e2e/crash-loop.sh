@@ -12,28 +12,15 @@
 #     has its token rows (a turn is never half-written).
 # CRASH_ROUNDS sets the number of rounds (default 50).
 set -u
-bin=${KVSCOPE_BIN:?}
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 rounds=${CRASH_ROUNDS:-50}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
 "$bin" sessions list --db "$tmp/probe.db" >/dev/null 2>"$tmp/e"
 if grep -q "built without SQLite" "$tmp/e"; then
 	echo "crash-loop.sh: built without SQLite; nothing to crash (sessions.sh checks the stub)"
 	exit 0
 fi
-if [ -z "${KVSCOPE_MODEL:-}" ]; then
-	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
-else
-	model=$KVSCOPE_MODEL
-fi
-if [ ! -f "$model" ]; then
-	echo "crash-loop.sh: the default model is not at $model (run make model)" >&2
-	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
-	exit 1
-fi
+need_model
 command -v python3 >/dev/null || { echo "crash-loop.sh: python3 is needed to read the export" >&2; exit 1; }
 
 db=$tmp/crash.db

@@ -4,37 +4,9 @@
 # (steps with per-head summaries, evictions, the turn), the evals run and
 # end with a JSON line, and bad KV options fail with one line and exit 2.
 set -u
-bin=${KVSCOPE_BIN:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-
-# expect_bad CODE PATTERN CMD...: exit code CODE, one stderr line matching
-# PATTERN, nothing on stdout.
-expect_bad() {
-	code=$1 pat=$2
-	shift 2
-	"$@" >"$tmp/out" 2>"$tmp/err"
-	rc=$?
-	[ "$rc" -eq "$code" ] || fail "$*: exit $rc, expected $code ($(cat "$tmp/err"))"
-	n=$(grep -c . "$tmp/err")
-	[ "$n" -eq 1 ] || fail "$*: $n stderr lines, expected 1: $(cat "$tmp/err")"
-	grep -q -- "$pat" "$tmp/err" || fail "$*: stderr '$(cat "$tmp/err")' lacks '$pat'"
-	[ ! -s "$tmp/out" ] || fail "$*: wrote to stdout: $(head -c 200 "$tmp/out")"
-}
-
-if [ -z "${KVSCOPE_MODEL:-}" ]; then
-	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
-else
-	model=$KVSCOPE_MODEL
-fi
-if [ ! -f "$model" ]; then
-	echo "kv.sh: the default model is not at $model (run make model)" >&2
-	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
-	exit 1
-fi
+need_model
 
 # generate under a 64-token budget with a trace
 "$bin" generate --prompt "Tell me a long story about a dragon and a knight." --temp 0 -n 80 \

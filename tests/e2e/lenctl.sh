@@ -7,26 +7,8 @@
 # line, and bad input (unknown level, bad --target-words, a broken prompt
 # file) fails with one line and exit 2.
 set -u
-bin=${KVSCOPE_BIN:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-
-# expect_bad CODE PATTERN CMD...: exit code CODE, one stderr line matching
-# PATTERN, nothing on stdout.
-expect_bad() {
-	code=$1 pat=$2
-	shift 2
-	"$@" >"$tmp/out" 2>"$tmp/err"
-	rc=$?
-	[ "$rc" -eq "$code" ] || fail "$*: exit $rc, expected $code ($(cat "$tmp/err"))"
-	n=$(grep -c . "$tmp/err")
-	[ "$n" -eq 1 ] || fail "$*: $n stderr lines, expected 1: $(cat "$tmp/err")"
-	grep -q -- "$pat" "$tmp/err" || fail "$*: stderr '$(cat "$tmp/err")' lacks '$pat'"
-	[ ! -s "$tmp/out" ] || fail "$*: wrote to stdout: $(head -c 200 "$tmp/out")"
-}
 
 # bad input first: it needs no model
 expect_bad 2 "unknown level '90'" "$bin" eval tlg --levels 10,90 --samples 1
@@ -39,16 +21,7 @@ printf '10\texplain\n' >"$tmp/q.tsv"
 expect_bad 2 "q.tsv:1: expected LEVEL<TAB>FORM<TAB>INSTRUCTION" "$bin" eval tlg \
 	--prompts "$tmp/q.tsv" --samples 1
 
-if [ -z "${KVSCOPE_MODEL:-}" ]; then
-	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
-else
-	model=$KVSCOPE_MODEL
-fi
-if [ ! -f "$model" ]; then
-	echo "lenctl.sh: the default model is not at $model (run make model)" >&2
-	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
-	exit 1
-fi
+need_model
 
 # \w+ words the way Ruler counts them, for ASCII text (the replies here are)
 words() { LC_ALL=C awk '{ n += gsub(/[A-Za-z0-9_]+/, "") } END { print n + 0 }' "$1"; }

@@ -6,14 +6,9 @@
 # doc/lua-api.md equal to `kvscope run --api-doc`, and bad input to
 # `kvscope run` failing with one line and the right exit code.
 set -u
-bin=${KVSCOPE_BIN:?}
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 src=${KVSCOPE_SRCDIR:?}
 build=${KVSCOPE_BUILDDIR:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
 # built without Lua (configure --without-lua): kvscope run must say so, exit 2
 if "$bin" run --api-doc 2>&1 | grep -q 'Lua support was not built'; then

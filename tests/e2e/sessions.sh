@@ -11,11 +11,7 @@
 #     refused;
 #   - built without SQLite, every sessions command says so in one line.
 set -u
-bin=${KVSCOPE_BIN:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 
 # Built without SQLite: the one-line message, nothing else to test.
 "$bin" sessions list --db "$tmp/x.db" >"$tmp/o" 2>"$tmp/e"
@@ -27,16 +23,7 @@ if grep -q "built without SQLite" "$tmp/e"; then
 	exit 1
 fi
 
-if [ -z "${KVSCOPE_MODEL:-}" ]; then
-	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
-else
-	model=$KVSCOPE_MODEL
-fi
-if [ ! -f "$model" ]; then
-	echo "sessions.sh: the default model is not at $model (run make model)" >&2
-	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
-	exit 1
-fi
+need_model
 
 db=$tmp/m.db
 opts="--temp 0 -n 20 --policy streaming --kv-budget 256"
