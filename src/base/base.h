@@ -128,6 +128,8 @@ bool utf8_valid(const uint8_t *s, size_t n);
 /* $VAR/rel when the XDG variable VAR holds an absolute path, else
  * $HOME/fallback/rel (allocated). E.g. ("XDG_DATA_HOME", ".local/share", "kvscope"). */
 char *file_xdg_path(const char *var, const char *fallback, const char *rel);
+/* mkdir -p: create dir and its missing parents with mode; 0 or -1 (errno). */
+int file_mkdirs(const char *dir, unsigned mode);
 /* Read a whole file into a NUL-terminated buffer; *len excludes the NUL. */
 int file_read_all(const char *path, char **out, size_t *len, struct err *e);
 

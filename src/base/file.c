@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 char *file_xdg_path(const char *var, const char *fallback, const char *rel)
 {
@@ -13,6 +14,26 @@ char *file_xdg_path(const char *var, const char *fallback, const char *rel)
 	if (dir != NULL && dir[0] == '/')
 		return xasprintf("%s/%s", dir, rel);
 	return xasprintf("%s/%s/%s", home != NULL && home[0] != '\0' ? home : ".", fallback, rel);
+}
+
+int file_mkdirs(const char *dir, unsigned mode)
+{
+	char *d = xstrdup(dir);
+	int rc = 0;
+
+	for (char *p = d + 1; rc == 0; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char c = *p;
+		*p = '\0';
+		if (mkdir(d, (mode_t)mode) != 0 && errno != EEXIST)
+			rc = -1;
+		*p = c;
+		if (c == '\0')
+			break;
+	}
+	free(d);
+	return rc;
 }
 
 int file_read_all(const char *path, char **out, size_t *len, struct err *e)

@@ -41,7 +41,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CPU_UBATCH 512   /* tokens per pool_run */
@@ -208,8 +211,110 @@ static void cpu_pack_thread(void *arg, int ith, int nth)
 	}
 }
 
+/*
+ * The packed-weights cache. Packing is most of a model load: the arena's
+ * fresh pages must be zeroed by the kernel, then every weight rewritten, and
+ * the result depends only on the model file and the packed layout. So the
+ * arena is also written to $XDG_CACHE_HOME/kvscope/packed/, and a later
+ * load of the same file maps that instead (read-only, from the page cache).
+ * A cache file is named after the model file's identity (device, inode,
+ * size, modification time) and starts with a page-sized header repeating
+ * it with the layout version and the arena's size; a header or a file size
+ * that does not match exactly is ignored, and the file rewritten. Files are
+ * written whole under a temporary name, then renamed. Files under
+ * CPU_PACK_CACHE_MIN (test models) are never cached; KVSCOPE_PACK_CACHE=0
+ * turns the cache off.
+ */
+#define CPU_PACK_VERSION 1          /* bump when kern_pack or the arena order changes */
+#define CPU_PACK_HEADER 4096        /* the arena starts page-aligned after it */
+#define CPU_PACK_CACHE_MIN (16u << 20)
+
+struct cpu_pack_header {
+	char magic[8];                  /* "KVSPACK" */
+	uint64_t version, dev, ino, size, mtime_ns, arena_bytes, total;
+};
+
+/* The cache file's header for this model and arena, and its path; NULL
+ * when the model is not cached. */
+static char *cpu_pack_cache_path(const struct cpu *c, uint64_t total, struct cpu_pack_header *h)
+{
+	const struct gguf_file *f = c->m->gguf;
+	const char *env = getenv("KVSCOPE_PACK_CACHE");
+	struct stat st;
+	if (f == NULL || f->path == NULL || f->size < CPU_PACK_CACHE_MIN ||
+	    (env != NULL && strcmp(env, "0") == 0) || stat(f->path, &st) != 0 ||
+	    (uint64_t)st.st_size != f->size)
+		return NULL;
+	memset(h, 0, sizeof *h);
+	memcpy(h->magic, "KVSPACK", 8);
+	h->version = CPU_PACK_VERSION;
+	h->dev = (uint64_t)st.st_dev;
+	h->ino = (uint64_t)st.st_ino;
+	h->size = (uint64_t)st.st_size;
+	h->mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+	h->arena_bytes = c->arena_bytes;
+	h->total = total;
+	char *dir = file_xdg_path("XDG_CACHE_HOME", ".cache", "kvscope/packed");
+	char *path = xasprintf("%s/%016llx-%016llx-%016llx.bin", dir, (unsigned long long)h->ino,
+	                       (unsigned long long)h->size, (unsigned long long)h->mtime_ns);
+	free(dir);
+	return path;
+}
+
+/* Map the cached arena at path when its header is h; true on success. */
+static bool cpu_pack_cache_load(struct cpu *c, const char *path, const struct cpu_pack_header *h)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct cpu_pack_header got;
+	struct stat st;
+	bool ok = fd >= 0 && fstat(fd, &st) == 0 &&
+	          (uint64_t)st.st_size == CPU_PACK_HEADER + h->arena_bytes &&
+	          pread(fd, &got, sizeof got, 0) == (ssize_t)sizeof got &&
+	          memcmp(&got, h, sizeof got) == 0;
+	if (ok) {
+		void *map = mmap(NULL, h->arena_bytes, PROT_READ, MAP_PRIVATE, fd, CPU_PACK_HEADER);
+		ok = map != MAP_FAILED;
+		if (ok)
+			c->arena = map;
+	}
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* Write the packed arena to path (whole, under a temporary name, then
+ * renamed); a failure only costs the next load a repack. */
+static void cpu_pack_cache_store(const struct cpu *c, const char *path,
+                                 const struct cpu_pack_header *h)
+{
+	char *dir = xstrdup(path), *tmp = xasprintf("%s.tmp%ld", path, (long)getpid());
+	*strrchr(dir, '/') = '\0';
+	uint8_t head[CPU_PACK_HEADER] = { 0 };
+	memcpy(head, h, sizeof *h);
+	int fd = file_mkdirs(dir, 0700) == 0 ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)
+	                                      : -1;
+	bool ok = fd >= 0 && write(fd, head, sizeof head) == (ssize_t)sizeof head;
+	for (uint64_t off = 0; ok && off < h->arena_bytes;) {
+		ssize_t w = write(fd, (const uint8_t *)c->arena + off,
+		                  (size_t)KVS_MIN(h->arena_bytes - off, (uint64_t)(64u << 20)));
+		ok = w > 0;
+		off += ok ? (uint64_t)w : 0;
+	}
+	if (fd >= 0 && close(fd) != 0)
+		ok = false;
+	if (ok && rename(tmp, path) != 0)
+		ok = false;
+	if (!ok) {
+		log_debug("packed-weights cache %s not written: %s", path, strerror(errno));
+		unlink(tmp);
+	}
+	free(tmp);
+	free(dir);
+}
+
 /* Repack the weights that have packed kernels (not in reference mode) into
- * one arena (huge pages where the kernel gives them). */
+ * one arena (huge pages where the kernel gives them), or map the arena
+ * packed by an earlier load from the cache. */
 static void cpu_pack_weights(struct cpu *c)
 {
 	struct kern_weight *ws[8 * 1024];
@@ -229,20 +334,34 @@ static void cpu_pack_weights(struct cpu *c)
 	}
 	if (total > 0) {
 		uint64_t huge = 2u << 20;
+		struct cpu_pack_header h;
 		c->arena_bytes = (total + huge - 1) & ~(huge - 1);
-		c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		                -1, 0);
-		if (c->arena == MAP_FAILED) {
-			fprintf(stderr, "kvscope: out of memory mapping %llu bytes of weights\n",
-			        (unsigned long long)c->arena_bytes);
-			abort();
+		char *cache = cpu_pack_cache_path(c, total, &h);
+		bool cached = cache != NULL && cpu_pack_cache_load(c, cache, &h);
+		if (!cached) {
+			c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE,
+			                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (c->arena == MAP_FAILED) {
+				fprintf(stderr, "kvscope: out of memory mapping %llu bytes of weights\n",
+				        (unsigned long long)c->arena_bytes);
+				abort();
+			}
+			(void)madvise(c->arena, c->arena_bytes, MADV_HUGEPAGE);
 		}
-		(void)madvise(c->arena, c->arena_bytes, MADV_HUGEPAGE);
 		for (size_t i = 0; i < n; i++)
 			if (ws[i]->packed && src[i] != NULL)
 				ws[i]->data = (uint8_t *)c->arena + (uintptr_t)ws[i]->data;
-		struct cpu_pack_job pj = { ws, n, src, c->m->gguf != NULL && c->m->gguf->owns_map };
-		pool_run(c->pool, cpu_pack_thread, &pj);
+		if (!cached) {
+			struct cpu_pack_job pj = { ws, n, src, c->m->gguf != NULL && c->m->gguf->owns_map };
+			pool_run(c->pool, cpu_pack_thread, &pj);
+			if (cache != NULL)
+				cpu_pack_cache_store(c, cache, &h);
+		}
+		if (cached)
+			log_info("packed weights mapped from the cache %s", cache);
+		else if (cache != NULL)
+			log_info("packed weights written to the cache %s", cache);
+		free(cache);
 	}
 	free(src);
 }

@@ -57,5 +57,20 @@ printf 'Hi!\nWhat is two plus two?\n' | "$bin" chat --temp 0 -n 24 >"$tmp/c" 2>"
 [ "$(wc -l <"$tmp/c")" -ge 2 ] || fail "chat: expected 2 replies, got: $(cat "$tmp/c")"
 grep -q '^> ' "$tmp/c" && fail "chat echoed a prompt on a pipe"
 
+# the packed-weights cache: written by the first load, mapped by the next,
+# ignored (and rewritten) when damaged; the output never changes
+gen() { "$bin" generate --prompt "Count to five." --temp 0 -n 16 "$@"; }
+KVSCOPE_PACK_CACHE=0 gen >"$tmp/p0" 2>/dev/null || fail "generate without the pack cache"
+XDG_CACHE_HOME=$tmp/cache KVSCOPE_LOG=info gen >"$tmp/p1" 2>"$tmp/p1.err"
+grep -q "packed weights written to the cache" "$tmp/p1.err" || fail "first load wrote no cache: $(cat "$tmp/p1.err")"
+XDG_CACHE_HOME=$tmp/cache KVSCOPE_LOG=info gen >"$tmp/p2" 2>"$tmp/p2.err"
+grep -q "packed weights mapped from the cache" "$tmp/p2.err" || fail "second load did not map the cache"
+cf=$(ls "$tmp"/cache/kvscope/packed/*.bin 2>/dev/null | head -n 1)
+[ -n "$cf" ] && printf 'garbage!' | dd of="$cf" bs=1 seek=0 conv=notrunc 2>/dev/null
+XDG_CACHE_HOME=$tmp/cache KVSCOPE_LOG=info gen >"$tmp/p3" 2>"$tmp/p3.err"
+grep -q "packed weights written to the cache" "$tmp/p3.err" || fail "a damaged cache was not replaced"
+cmp -s "$tmp/p0" "$tmp/p1" && cmp -s "$tmp/p0" "$tmp/p2" && cmp -s "$tmp/p0" "$tmp/p3" ||
+	fail "output differs with the pack cache"
+
 [ "$fails" -eq 0 ] || exit 1
 echo "cli.sh: all checks passed"
