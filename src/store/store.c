@@ -892,6 +892,21 @@ out:
 
 /* ---------------------------------------------------------------- recording */
 
+/* Bind session id to ?1 of st and step to its row: KVS_OK on the row, else
+ * the error (no such session, or SQLite's), with st finalized. */
+static int store_step_session(struct store *s, sqlite3_stmt *st, int64_t id, struct err *e)
+{
+	sqlite3_bind_int64(st, 1, id);
+	int r = sqlite3_step(st);
+	if (r == SQLITE_ROW)
+		return KVS_OK;
+	int rc = r == SQLITE_DONE ? err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path,
+	                                    (long long)id)
+	                          : store_fail(s, r, "reading a session", e);
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct kv_cache *kv,
                    bool snapshots, struct err *e)
 {
@@ -906,15 +921,9 @@ int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct k
 	                       &st, e);
 	if (rc != KVS_OK)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	int r = sqlite3_step(st);
-	if (r != SQLITE_ROW) {
-		rc = r == SQLITE_DONE ? err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld",
-		                                s->path, (long long)id)
-		                      : store_fail(s, r, "reading a session", e);
-		sqlite3_finalize(st);
+	rc = store_step_session(s, st, id, e);
+	if (rc != KVS_OK)
 		return rc;
-	}
 	struct store_rec *rec = xcalloc(1, sizeof *rec);
 	rec->s = s;
 	rec->id = id;
@@ -1395,15 +1404,9 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 	                       &st, e);
 	if (rc != KVS_OK)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	int r = sqlite3_step(st);
-	if (r != SQLITE_ROW) {
-		rc = r == SQLITE_DONE ? err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld",
-		                                s->path, (long long)id)
-		                      : store_fail(s, r, "reading a session", e);
-		sqlite3_finalize(st);
+	rc = store_step_session(s, st, id, e);
+	if (rc != KVS_OK)
 		return rc;
-	}
 	int64_t epoch = sqlite3_column_int64(st, 0);
 	struct kv_restore kr = { 0 };
 	kr.next_pos = (int32_t)sqlite3_column_int64(st, 1);
@@ -1434,6 +1437,7 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 	if (rc == KVS_OK) {
 		sqlite3_bind_int64(st, 1, id);
 		sqlite3_bind_int64(st, 2, epoch);
+		int r;
 		while ((r = sqlite3_step(st)) == SQLITE_ROW) {
 			if (n == cap) {
 				cap = cap ? 2 * cap : 256;
