@@ -290,6 +290,14 @@ void gen_set_length_target(struct gen *g, const struct len_target *t);
 /* Called with each piece of complete UTF-8 text as it is produced. */
 typedef void (*gen_text_fn)(const char *text, size_t len, void *ud);
 
+/* A growing NUL-terminated text; gen_text_collect (a gen_text_fn whose ud is
+ * a struct gen_text) appends each piece. */
+struct gen_text {
+	char *s;   /* NULL until something (even "") was appended */
+	size_t n, cap;
+};
+void gen_text_collect(const char *text, size_t len, void *ud);
+
 /* Sample and feed (as the assistant) up to max_tokens tokens (stopping at end-of-generation,
  * which is fed too so the turn is closed in the cache), streaming text to fn.
  * Returns the status; *stop says why it ended; *n_out counts sampled tokens.

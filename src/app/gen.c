@@ -231,6 +231,18 @@ void gen_set_length_target(struct gen *g, const struct len_target *t)
 	}
 }
 
+void gen_text_collect(const char *text, size_t len, void *ud)
+{
+	struct gen_text *b = ud;
+	if (b->n + len + 1 > b->cap) {
+		b->cap = KVS_MAX(b->cap * 2, b->n + len + 1);
+		b->s = xrealloc(b->s, b->cap);
+	}
+	memcpy(b->s + b->n, text, len);
+	b->n += len;
+	b->s[b->n] = '\0';
+}
+
 /* -ln softmax(logits)[id]: the model's surprisal at its own token. */
 static double gen_surprisal(const float *logits, uint32_t n, int32_t id)
 {

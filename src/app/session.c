@@ -46,8 +46,7 @@ struct session {
 	atomic_bool cancel;
 	struct session_turn *turns;   /* (n_turns) */
 	uint32_t n_turns, cap_turns;
-	char *reply;                  /* the reply being streamed */
-	size_t reply_len, reply_cap;
+	struct gen_text reply;        /* the reply being streamed */
 	struct session_store store;   /* st == NULL: not saving (strings owned) */
 	struct store_rec *rec;
 };
@@ -73,18 +72,6 @@ static void session_on_token(const struct gen_token *t, void *ud)
 	struct session *s = ud;
 	if (s->hooks.token != NULL)
 		s->hooks.token(s->hooks.ud, t);
-}
-
-static void session_on_text(const char *text, size_t len, void *ud)
-{
-	struct session *s = ud;
-	if (s->reply_len + len + 1 > s->reply_cap) {
-		s->reply_cap = KVS_MAX(s->reply_cap * 2, s->reply_len + len + 1);
-		s->reply = xrealloc(s->reply, s->reply_cap);
-	}
-	memcpy(s->reply + s->reply_len, text, len);
-	s->reply_len += len;
-	s->reply[s->reply_len] = '\0';
 }
 
 int session_open(struct session **out, const struct session_config *c, struct err *e)
@@ -134,7 +121,7 @@ void session_close(struct session *s)
 	session_forget_turns(s);
 	session_set_store(s, NULL, NULL);
 	free(s->turns);
-	free(s->reply);
+	free(s->reply.s);
 	free(s->system);
 	gen_close(s->gen);
 	free(s);
@@ -249,9 +236,9 @@ static int session_reply(struct session *s, struct session_turn *t, struct err *
 	struct chat_prompt p = { 0 };
 	int rc;
 
-	s->reply_len = 0;
-	session_on_text("", 0, s);
-	rc = gen_reply(g, s->max_tokens, session_on_text, s, &t->stop, &t->n_reply, e);
+	s->reply.n = 0;
+	gen_text_collect("", 0, &s->reply);
+	rc = gen_reply(g, s->max_tokens, gen_text_collect, &s->reply, &t->stop, &t->n_reply, e);
 	if (rc != KVS_OK)
 		return rc;
 	if (t->stop == GEN_STOP_CONTEXT) {
@@ -422,7 +409,7 @@ int session_chat(struct session *s, const char *text, struct err *e)
 		return rc;
 	}
 	t.user = xstrdup(text);
-	t.reply = xstrdup(s->reply ? s->reply : "");
+	t.reply = xstrdup(s->reply.s ? s->reply.s : "");
 	if (s->n_turns == s->cap_turns) {
 		s->cap_turns = s->cap_turns ? s->cap_turns * 2 : 16;
 		s->turns = xreallocarray(s->turns, s->cap_turns, sizeof *s->turns);

@@ -147,23 +147,6 @@ static long long pk_first_int(const char *s)
 	return v;
 }
 
-struct pk_text_buf {
-	char *s;
-	size_t n, cap;
-};
-
-static void pk_collect(const char *text, size_t len, void *ud)
-{
-	struct pk_text_buf *b = ud;
-	if (b->n + len + 1 > b->cap) {
-		b->cap = (b->n + len + 1) * 2;
-		b->s = xrealloc(b->s, b->cap);
-	}
-	memcpy(b->s + b->n, text, len);
-	b->n += len;
-	b->s[b->n] = '\0';
-}
-
 /* Run one sample; fills *right, *kept (share of needle digit tokens cached
  * after the prompt) and *n_tok. */
 static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t n_blocks,
@@ -202,10 +185,10 @@ static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t
 	}
 	free(ids);
 	*kept = nd ? (double)nk / nd : 0;
-	struct pk_text_buf b = { 0 };
+	struct gen_text b = { 0 };
 	enum gen_stop stop;
 	uint32_t n_out;
-	rc = gen_reply(g, o->max_tokens, pk_collect, &b, &stop, &n_out, e);
+	rc = gen_reply(g, o->max_tokens, gen_text_collect, &b, &stop, &n_out, e);
 	if (rc != KVS_OK) {
 		free(b.s);
 		return rc;

@@ -227,26 +227,9 @@ static void tlg_score(const char *s, size_t n, struct tlg_out *o)
 	o->rep = tlg_repetition(s, n);
 }
 
-struct tlg_buf {
-	char *s;
-	size_t n, cap;
-};
-
-static void tlg_collect(const char *text, size_t len, void *ud)
-{
-	struct tlg_buf *b = ud;
-	if (b->n + len + 1 > b->cap) {
-		b->cap = (b->n + len + 1) * 2;
-		b->s = xrealloc(b->s, b->cap);
-	}
-	memcpy(b->s + b->n, text, len);
-	b->n += len;
-	b->s[b->n] = '\0';
-}
-
 /* Run one reply for item it; fills b with the text. */
 static int tlg_generate(struct gen *g, const struct tlg_item *it, const struct len_target *ask,
-                        const struct len_target *ctl, uint32_t cap, struct tlg_buf *b,
+                        const struct len_target *ctl, uint32_t cap, struct gen_text *b,
                         enum gen_stop *stop, struct err *e)
 {
 	char *text = len_instruct_text(it->text, ask);
@@ -264,9 +247,9 @@ static int tlg_generate(struct gen *g, const struct tlg_item *it, const struct l
 	if (rc == KVS_OK)
 		rc = gen_feed(g, ids, n, e);
 	if (rc == KVS_OK)
-		rc = gen_reply(g, cap, tlg_collect, b, stop, &n_out, e);
+		rc = gen_reply(g, cap, gen_text_collect, b, stop, &n_out, e);
 	if (b->s == NULL)
-		tlg_collect("", 0, b);
+		gen_text_collect("", 0, b);
 	free(ids);
 	free(text);
 	return rc;
@@ -347,7 +330,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 	struct err e;
 	struct tlg_item *items = NULL;
 	size_t n_items = 0;
-	struct tlg_buf buf = { 0 };
+	struct gen_text buf = { 0 };
 	bool on[16];
 	struct tlg_acc acc[N_ARMS][16 + 3 + 1];
 	char *file = NULL;
