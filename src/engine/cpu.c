@@ -114,6 +114,7 @@ struct cpu {
 	float *cap_cs;                /* (n_threads, n_rot) */
 	int32_t *cap_pos;             /* (n_threads) position cap_cs is for, or -1 */
 	float *cap_k;                 /* (n_threads, head_dim) a global key, rotated */
+	float *qh;                    /* (n_threads, KERN_ATT_Q * head_dim) queries rounded to f16 */
 	/* Λ-mask (n_local): per thread, which scores of a row group are masked,
 	 * and the middle keys' scores at the insert distance */
 	uint32_t lam_cap;             /* visible slots the buffers below hold */
@@ -497,6 +498,7 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
 		c->kr_pos[s] = -1;
 	c->rcs = xmallocarray((size_t)pool_size(c->pool) * KVS_MAX(hp->n_rot, 1u), sizeof(float));
+	c->qh = xmalloc_aligned((size_t)pool_size(c->pool) * KERN_ATT_Q * hp->head_dim * sizeof(float));
 	c->kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff),
 	                  (uint64_t)hp->n_head * hp->head_dim);
 	int nth = pool_size(c->pool);
@@ -533,6 +535,7 @@ static void cpu_free(void *state)
 	free(c->L);
 	free(c->kr_pos);
 	free(c->rcs);
+	xfree_aligned(c->qh);
 	xfree_aligned(c->x);
 	xfree_aligned(c->xb);
 	xfree_aligned(c->q);
@@ -923,6 +926,17 @@ static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, ui
 	return masked;
 }
 
+/* Round x[0..n) to the nearest f16 values, in place. */
+static void cpu_round16(const struct cpu *c, float *x, uint32_t n)
+{
+	uint16_t h[1024];
+	for (uint32_t i = 0; i < n; i += 1024) {
+		uint32_t m = KVS_MIN(1024u, n - i);
+		c->ops->f32_to_f16(x + i, h, m);
+		c->ops->f16_to_f32(h, x + i, m);
+	}
+}
+
 /* Attention of ubatch token i for query heads [h0, h0 + nq) (one KV head),
  * layer l, into c->ao. */
 static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, uint32_t nq,
@@ -957,6 +971,15 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		return;
 	}
 	bool direct = jb->n == 1; /* decode: keys and values in place */
+	bool half = c->kv_es == 2;
+	if (half) {
+		/* an f16 cache multiplies f16 by f16: the query is rounded too, as
+		 * llama.cpp's product with an f16 cache rounds its f32 operand */
+		float *qr = c->qh + (size_t)ith * KERN_ATT_Q * hd;
+		memcpy(qr, q, (size_t)nq * hd * sizeof(float));
+		cpu_round16(c, qr, nq * hd);
+		q = qr;
+	}
 	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
 	if (direct)
 		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, (int64_t)c->kv_row,

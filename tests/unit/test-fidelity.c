@@ -243,11 +243,11 @@ int main(void)
 	T_CHECK(clear >= 99.5, "top-1 agreement %.2f %% < 99.5 %% where llama.cpp's gap >= %.1f",
 	        clear, GAP_MIN);
 	T_CHECK(agree >= 95.0, "overall top-1 agreement %.2f %% < 95 %%", agree);
-	/* On these logits (|l| ~ 10-30) a difference of 2.5 would mean a
-	 * defect. Observed: 1.42 with keys rounded to f16 before RoPE, 2.13
-	 * with them rounded after it (as llama.cpp's cache does); with an f32
-	 * cache both orders give identical logits. */
-	T_CHECK(max_diff < 2.5, "max |dlogit| %.4f >= 2.5", max_diff);
+	/* On these logits (|l| ~ 10-30) a difference of 2 would mean a defect.
+	 * Observed: 1.42 with keys rounded to f16 before RoPE; 2.13 with them
+	 * rounded after it (as llama.cpp's cache does); 1.49 with the query
+	 * rounded to f16 as well (as llama.cpp's f16 product does). */
+	T_CHECK(max_diff < 2.0, "max |dlogit| %.4f >= 2.0", max_diff);
 	check_greedy(eng);
 	engine_free(eng);
 	model_free(m);
