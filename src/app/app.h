@@ -421,6 +421,9 @@ enum worker_cmd_kind {
 	WORKER_SNAPSHOT,    /* send the cache's tokens now */
 	WORKER_SCORER,      /* policy + scorer: a score provider on a built-in policy
 	                     * (e.g. a Lua policy); the provider is called on the worker */
+	WORKER_SAVE,        /* text: a title or NULL: save the conversation from the next
+	                     * exchange on (worker_set_store gives the database) */
+	WORKER_LOAD,        /* text: a saved session's id or title: resume it */
 };
 
 struct worker_cmd {
@@ -476,6 +479,9 @@ int worker_start(struct worker **out, struct session *s, struct err *e);
 void worker_stop(struct worker *w);
 /* Queue a command; returns its id (events carry it). */
 uint64_t worker_send(struct worker *w, const struct worker_cmd *c);
+/* The database :save and :load use (NULL: the default) and the model file
+ * recorded with saved sessions; call before sending WORKER_SAVE/LOAD. */
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path);
 /* Stop the exchange in progress, or the next queued one (any thread);
  * false when there is none (a cancel never reaches a later exchange). */
 bool worker_cancel(struct worker *w);

@@ -23,6 +23,7 @@
  * sleep in poll() on the terminal and the worker at once.
  */
 #include "app/app.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +54,8 @@ struct worker {
 	bool sent_snapshot;      /* this exchange's prompt tokens were sent */
 	uint32_t steps_queued;   /* step events not yet polled */
 	int pipe_rd, pipe_wr;
+	char *db_path, *model_path; /* worker_set_store */
+	struct store *st;           /* opened by the first :save or :load */
 };
 
 /* Queue ev for the main thread and make the pipe readable. */
@@ -226,6 +229,28 @@ static void worker_hook_kv(void *ud, const struct kv_event *kev)
 	worker_push(w, ev);
 }
 
+/* The saved-session settings of this worker's session (st opened on demand). */
+static int worker_store(struct worker *w, struct session_store *ss, char sha[65], struct err *e)
+{
+	int rc = KVS_OK;
+
+	if (w->st == NULL) {
+		char *path = w->db_path ? xstrdup(w->db_path) : store_default_path();
+		rc = store_open(&w->st, path, STORE_RW, e);
+		free(path);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	rc = store_model_sha256(w->st, w->model_path ? w->model_path : "", sha, e);
+	memset(ss, 0, sizeof *ss);
+	ss->st = w->st;
+	ss->model_path = w->model_path;
+	ss->model_sha256 = sha;
+	ss->sampler = "";
+	ss->snapshots = true;
+	return rc;
+}
+
 /* Run one command on the worker thread; fills the result event. */
 static void worker_run(struct worker *w, const struct worker_cmd *c, struct worker_event *res)
 {
@@ -282,6 +307,36 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		break;
 	case WORKER_SNAPSHOT:
 		break;
+	case WORKER_SAVE: {
+		struct session_store ss;
+		char sha[65];
+		rc = worker_store(w, &ss, sha, &e);
+		if (rc == KVS_OK) {
+			ss.title = c->text;
+			rc = session_set_store(w->s, &ss, &e);
+		}
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg,
+			         "saving to %s from the next exchange on (with what the cache retains)",
+			         store_path(w->st));
+		break;
+	}
+	case WORKER_LOAD: {
+		struct session_store ss;
+		struct store_resume_info info;
+		char sha[65];
+		rc = worker_store(w, &ss, sha, &e);
+		if (rc == KVS_OK)
+			rc = store_session_find(w->st, c->text, &ss.id, &e);
+		if (rc == KVS_OK)
+			rc = session_resume(w->s, &ss, &info, &e);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s",
+			         (long long)ss.id, info.n_tokens,
+			         info.from_snapshot ? "from its KV snapshot" : "recomputed",
+			         info.from_snapshot ? "" : ": ", info.from_snapshot ? "" : info.why);
+		break;
+	}
 	case WORKER_SCORER:
 		rc = kv_cache_set_policy(g->kv, &c->policy, &e);
 		if (rc == KVS_OK) {
@@ -411,6 +466,10 @@ void worker_stop(struct worker *w)
 	}
 	close(w->pipe_rd);
 	close(w->pipe_wr);
+	session_set_store(w->s, NULL, NULL); /* the recorder refers to our store */
+	store_close(w->st);
+	free(w->db_path);
+	free(w->model_path);
 	pthread_mutex_destroy(&w->mu);
 	pthread_cond_destroy(&w->cv);
 	free(w);
@@ -433,6 +492,14 @@ uint64_t worker_send(struct worker *w, const struct worker_cmd *c)
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
 	return id;
+}
+
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path)
+{
+	free(w->db_path);
+	free(w->model_path);
+	w->db_path = db_path ? xstrdup(db_path) : NULL;
+	w->model_path = model_path ? xstrdup(model_path) : NULL;
 }
 
 bool worker_cancel(struct worker *w)

@@ -21,7 +21,7 @@ const struct cli_cmd cmd_tui = {
 	"[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] [options]",
 	"the workbench: chat, attention, KV memory and retention views (the default command)",
 	cmd_tui_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB,
 };
 
 static int cmd_tui_exec(int argc, char **argv)
@@ -80,6 +80,7 @@ static int cmd_tui_exec(int argc, char **argv)
 	to.prompt = o.prompt;
 	to.bench_exit = o.bench_exit;
 	to.no_plugins = o.no_plugins;
+	to.db_path = o.db;
 	model_path = cli_model_path(o.gen.model_path);
 	to.model_path = model_path;
 	o.gen.kv.capture = KV_CAPTURE_FULL;

@@ -9,6 +9,7 @@
  * the status line. A bad command or argument sets one status line naming
  * what was wrong and what was expected, and changes nothing else.
  */
+#include "store/store.h"
 #include "tui/tui-int.h"
 
 #include <errno.h>
@@ -36,6 +37,10 @@ static int cmd_fail(struct tui_ctx *c, const char *fmt, ...)
 static void cmd_send(struct tui_ctx *c, const struct worker_cmd *wc)
 {
 	c->last = *wc;
+	if (wc->text != NULL) {
+		snprintf(c->last_text, sizeof c->last_text, "%s", wc->text);
+		c->last.text = c->last_text;
+	}
 	c->have_last = true;
 	if (c->w != NULL)
 		worker_send(c->w, wc);
@@ -277,12 +282,129 @@ static int x_new(struct tui_ctx *c, int argc, char **argv)
 	return KVS_OK;
 }
 
-static int x_store(struct tui_ctx *c, int argc, char **argv)
+/* A read-only connection to the session database for listing and export
+ * (the worker's own connection records; SQLite handles the two). */
+static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
 {
-	(void)argc;
-	return cmd_fail(c, ":%s: the session store (SQLite dialogue memory) is not available in this "
-	                   "build yet",
-	                argv[0]);
+	struct store *st;
+	struct err e;
+	char *path;
+
+	if (!store_available()) {
+		cmd_fail(c, ":%s: the session store was not built (configure found no SQLite)", cmd);
+		return NULL;
+	}
+	path = c->t->db_path[0] ? xstrdup(c->t->db_path) : store_default_path();
+	if (store_open(&st, path, STORE_RO, &e) != KVS_OK) {
+		cmd_fail(c, ":%s: %s", cmd, e.msg);
+		st = NULL;
+	}
+	free(path);
+	return st;
+}
+
+static int x_sessions(struct tui_ctx *c, int argc, char **argv)
+{
+	struct store *st;
+	struct store_session *ss = NULL;
+	size_t n = 0;
+	struct err e;
+	char buf[256] = "";
+
+	(void)argv;
+	if (argc != 1)
+		return cmd_fail(c, ":sessions takes no arguments");
+	if ((st = cmd_store_ro(c, "sessions")) == NULL)
+		return KVS_EIO;
+	if (store_session_list(st, &ss, &n, &e) != KVS_OK) {
+		store_close(st);
+		return cmd_fail(c, ":sessions: %s", e.msg);
+	}
+	for (size_t i = 0; i < n; i++) {
+		char one[96];
+		snprintf(one, sizeof one, "%s%lld '%s' (%u turns)", i ? ", " : "", (long long)ss[i].id,
+		         ss[i].title ? ss[i].title : "", ss[i].n_turns);
+		if (strlen(buf) + strlen(one) + 1 < sizeof buf)
+			strcat(buf, one);
+		store_session_free(&ss[i]);
+	}
+	free(ss);
+	store_close(st);
+	tui_status(c->t, false, "%zu saved sessions%s%s", n, n ? ": " : "", buf);
+	return KVS_OK;
+}
+
+static int x_save(struct tui_ctx *c, int argc, char **argv)
+{
+	char title[200] = "";
+
+	if (!store_available())
+		return cmd_fail(c, ":save: the session store was not built (configure found no SQLite)");
+	for (int i = 1; i < argc; i++) {
+		if (strlen(title) + strlen(argv[i]) + 2 >= sizeof title)
+			return cmd_fail(c, ":save: the title is too long (at most %zu characters)",
+			                sizeof title - 1);
+		if (i > 1)
+			strcat(title, " ");
+		strcat(title, argv[i]);
+	}
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = title[0] ? title : NULL });
+	return KVS_OK;
+}
+
+static int x_load(struct tui_ctx *c, int argc, char **argv)
+{
+	if (!store_available())
+		return cmd_fail(c, ":load: the session store was not built (configure found no SQLite)");
+	char what[200] = "";
+
+	if (argc < 2)
+		return cmd_fail(c, ":load: expected a saved session's id or title (:sessions lists them)");
+	for (int i = 1; i < argc; i++) {
+		/* a title may have spaces */
+		if (strlen(what) + strlen(argv[i]) + 2 >= sizeof what)
+			return cmd_fail(c, ":load: the title is too long (at most %zu characters)",
+			                sizeof what - 1);
+		if (i > 1)
+			strcat(what, " ");
+		strcat(what, argv[i]);
+	}
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = what });
+	tui_msg_add(c->t, MSG_INFO, "loading a saved session ...");
+	return KVS_OK;
+}
+
+static int x_export(struct tui_ctx *c, int argc, char **argv)
+{
+	struct store *st;
+	enum store_format fmt = STORE_FMT_MD;
+	int64_t id;
+	struct err e;
+	FILE *fp;
+	int rc;
+
+	if (argc < 3 || argc > 4)
+		return cmd_fail(c, ":export: expected ID|TITLE FILE [md|json]");
+	if (argc == 4 && store_format_parse(argv[3], &fmt, &e) != KVS_OK)
+		return cmd_fail(c, ":export: %s", e.msg);
+	if ((st = cmd_store_ro(c, "export")) == NULL)
+		return KVS_EIO;
+	rc = store_session_find(st, argv[1], &id, &e);
+	if (rc == KVS_OK) {
+		fp = fopen(argv[2], "w");
+		if (fp == NULL) {
+			rc = err_set(&e, KVS_EIO, "cannot write %s: %s", argv[2], strerror(errno));
+		} else {
+			rc = store_export(st, id, fmt, c->t->vocab, fp, &e);
+			if (fclose(fp) != 0 && rc == KVS_OK)
+				rc = err_set(&e, KVS_EIO, "cannot write %s: %s", argv[2], strerror(errno));
+		}
+	}
+	store_close(st);
+	if (rc != KVS_OK)
+		return cmd_fail(c, ":export: %s", e.msg);
+	tui_status(c->t, false, "session %lld exported to %s", (long long)id, argv[2]);
+	return KVS_OK;
 }
 
 /* The runtime, or a failure saying why there is none. */
@@ -493,10 +615,10 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "pin", "[POS]", "pin the selected token (or POS): never evicted", NULL, x_pin },
 	{ "unpin", "[POS]", "unpin the selected token (or POS)", NULL, x_unpin },
 	{ "new", "", "start a new conversation", NULL, x_new },
-	{ "sessions", "", "list stored sessions", NULL, x_store },
-	{ "load", "NAME", "load a stored session", NULL, x_store },
-	{ "save", "[NAME]", "save this session", NULL, x_store },
-	{ "export", "FILE", "export this session", NULL, x_store },
+	{ "sessions", "", "list the saved sessions", NULL, x_sessions },
+	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache)", NULL, x_load },
+	{ "save", "[TITLE]", "save this conversation from the next exchange on", NULL, x_save },
+	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },

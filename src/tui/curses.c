@@ -610,6 +610,8 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 		return rc;
 	}
 	tt->ctx.w = tt->w;
+	worker_set_store(tt->w, o->db_path, o->model_path);
+	snprintf(tt->t.db_path, sizeof tt->t.db_path, "%s", o->db_path ? o->db_path : "");
 	tt->in = tui_input_open();
 	tt->bench_exit = o->bench_exit;
 

@@ -268,8 +268,9 @@ static void tui_apply_kv(struct tui *t, struct kv_event *ev, double now_ms)
 			tui_evict_banner(t, ev);
 		break;
 	case KV_EVENT_POLICY:
-		break;
 	case KV_EVENT_TURN:
+	case KV_EVENT_PIN:
+		/* the snapshot that follows every command carries their effect */
 		break;
 	}
 	(void)now_ms;

@@ -183,6 +183,7 @@ struct tui {
 	struct script_rt *rt;
 	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */
 	char lua_base[160];             /* its base policy, restored when plugins change */
+	char db_path[256];              /* the session database ("" : the default) */
 	/* status */
 	char status[256];
 	bool status_err;
@@ -270,7 +271,8 @@ struct tui_ctx {
 	struct tui *t;
 	struct worker *w;           /* NULL in tests: commands that need it say so */
 	const struct worker_cmd *sent; /* tests: the last command sent */
-	struct worker_cmd last;
+	struct worker_cmd last;       /* its text copied into last_text */
+	char last_text[256];
 	bool have_last;
 };
 

@@ -25,6 +25,7 @@ struct tui_options {
 	bool bench_exit;          /* quit after the first reply; print its decode tok/s */
 	const char *model_path;   /* for the sessions plugins open */
 	bool no_plugins;          /* do not autoload plugins */
+	const char *db_path;      /* session database for :save, :load ... (NULL: the default) */
 };
 
 /* Whether this build has the workbench. */

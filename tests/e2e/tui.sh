@@ -84,7 +84,7 @@ save() {
 mkdir -p "$tmp/state"
 cat >"$tmp/run.sh" <<EOS
 stty -a >"$tmp/stty.before"
-XDG_STATE_HOME="$tmp/state" TERM=xterm-256color "$bin" --temp 0 --seed 1 -n 48 \
+XDG_STATE_HOME="$tmp/state" TERM=xterm-256color "$bin" --temp 0 --seed 1 -n 48 --db "$tmp/mem.db" \
 	--system "You are a helpful assistant." 2>"$tmp/stderr"
 echo "\$?" >"$tmp/rc"
 stty -a >"$tmp/stty.after"
@@ -112,6 +112,11 @@ wait_for "query #[0-9]+"
 wait_for "decode [1-9][0-9]* tok/s"
 save tui-200x50-reply
 
+# 2a. save the conversation (the next exchange creates the session)
+T send-keys -t kv -l ":save e2e chat"
+T send-keys -t kv Enter
+wait_for "saving to .*mem.db from the next exchange on"
+
 # 2b. Ctrl-C stops a long reply (stop reason "user"); the program goes on
 T send-keys -t kv -l ":len 4000t"
 T send-keys -t kv Enter
@@ -129,6 +134,21 @@ wait_for "Retention"
 T send-keys -t kv C-c
 wait_for "\\[user\\]" 30
 wait_for "stop: user"
+
+# 2b'. the saved session: listed, exported, resumed
+T send-keys -t kv -l ":sessions"
+T send-keys -t kv Enter
+wait_for "1 saved sessions: 1 'e2e chat' \\(1 turns\\)"
+T send-keys -t kv -l ":export 1 $tmp/export.md"
+T send-keys -t kv Enter
+wait_for "session 1 exported to"
+grep -q "dragon" "$tmp/export.md" 2>/dev/null || fail ":export: $tmp/export.md lacks the saved turn"
+T send-keys -t kv -l ":load e2e chat"
+T send-keys -t kv Enter
+wait_for "resumed session 1: [0-9]+ tokens"
+T send-keys -t kv -l ":load nosuch"
+T send-keys -t kv Enter
+wait_for "nosuch"
 
 # 2c. select tokens in the retention strip: the details line explains one
 T send-keys -t kv S-Right

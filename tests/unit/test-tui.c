@@ -8,6 +8,7 @@
  * deep copy of KV events. Expected values are computed by hand or by a
  * second, simpler implementation in the test.
  */
+#include "store/store.h"
 #include "tui/tui-int.h"
 #include "tests/unit/test.h"
 
@@ -342,8 +343,21 @@ static void test_commands(void)
 	t.sel_tok = 7;
 	T_EQ_INT(tui_cmd_run(&c, "pin"), KVS_OK);
 	T_CHECK(c.last.kind == WORKER_PIN && c.last.n == 7, "pin the selection");
-	T_CHECK(tui_cmd_run(&c, "sessions") != KVS_OK && strstr(t.status, "not available") != NULL,
+	/* the store: bad arguments say what was expected, nothing is sent */
+	c.have_last = false;
+	T_CHECK(tui_cmd_run(&c, "sessions now") != KVS_OK && strstr(t.status, "no arguments") != NULL,
 	        "%s", t.status);
+	T_CHECK(tui_cmd_run(&c, "load") != KVS_OK && strstr(t.status, "id or title") != NULL, "%s",
+	        t.status);
+	T_CHECK(tui_cmd_run(&c, "export 1") != KVS_OK && strstr(t.status, "FILE") != NULL, "%s",
+	        t.status);
+	T_CHECK(!c.have_last, "nothing sent");
+	if (store_available()) {
+		T_EQ_INT(tui_cmd_run(&c, "load 3"), KVS_OK);
+		T_CHECK(c.last.kind == WORKER_LOAD && strcmp(c.last.text, "3") == 0, "load sent");
+		T_EQ_INT(tui_cmd_run(&c, "save my chat"), KVS_OK);
+		T_CHECK(c.last.kind == WORKER_SAVE && strcmp(c.last.text, "my chat") == 0, "save sent");
+	}
 	T_CHECK(tui_cmd_run(&c, "theme purple") != KVS_OK, "unknown theme");
 	T_EQ_INT(tui_cmd_run(&c, "theme light"), KVS_OK);
 	T_EQ_STR(t.theme->name, "light");
