@@ -291,9 +291,10 @@ static void attn_top_keys(const struct tui *t, struct tui_grid *g, struct tui_re
 	uint32_t top[6];
 	int nt = 0;
 	for (uint32_t k = 0; k < n && m == n; k++) {
-		int p = nt < 6 ? nt++ : 5;
-		if (nt == 6 && p == 5 && row[k] <= row[top[5]])
-			continue;
+		bool full = nt == 6;
+		int p = full ? 5 : nt++;
+		if (full && row[k] <= row[top[5]])
+			continue; /* not among the 6 largest so far */
 		top[p] = k;
 		while (p > 0 && row[top[p]] > row[top[p - 1]]) {
 			uint32_t tmp = top[p];

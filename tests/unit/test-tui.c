@@ -198,7 +198,15 @@ static bool dump_has(struct tui *t, int w, int h, bool ascii, const char *needle
 	return has;
 }
 
+static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t n, bool ramp);
+
 static void add_step(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t n)
+{
+	add_step_w(t, n_layer, n_head, n, false);
+}
+
+/* A step event: uniform weights, or with ramp w[k] = (k + 1) / sum. */
+static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t n, bool ramp)
 {
 	struct worker_event ev = { 0 };
 	struct kv_tok q = mk_tok((int32_t)n - 1, 2, KV_ROLE_ASSISTANT, 0);
@@ -207,7 +215,7 @@ static void add_step(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t 
 
 	for (size_t i = 0; i < (size_t)n_layer * n_head; i++)
 		for (uint32_t k = 0; k < n; k++)
-			attn[i * n + k] = 1.0f / (float)n;
+			attn[i * n + k] = ramp ? (float)(k + 1) / (float)(n * (n + 1) / 2) : 1.0f / (float)n;
 	ev.kind = WORKER_EV_KV;
 	ev.kv.kind = KV_EVENT_STEP;
 	ev.kv.tok = &q;
@@ -269,6 +277,12 @@ static void test_layout_and_draw(void)
 	 * is computed by kv_head_summarize for mean aggregation */
 	t.agg = AGG_MEAN;
 	T_CHECK(dump_has(&t, 200, 50, false, "entropy 2.48 nats"), "ln 12 = 2.4849");
+	/* weights (k + 1) / 78: the top keys, largest first (12/78 = 0.154, 11/78 = 0.141 ...) */
+	add_step_w(&t, 4, 3, 12, true);
+	t.agg = AGG_HEAD;
+	T_CHECK(dump_has(&t, 200, 50, false,
+	                 "top keys:  #11 '#111' 0.15  #10 '#110' 0.14  #9 '#109' 0.13  #8 '#108' 0.12"),
+	        "top keys in order");
 	tui_free(&t);
 }
 
