@@ -424,6 +424,7 @@ enum worker_cmd_kind {
 	WORKER_SAVE,        /* text: a title or NULL: save the conversation from the next
 	                     * exchange on (worker_set_store gives the database) */
 	WORKER_LOAD,        /* text: a saved session's id or title: resume it */
+	WORKER_LEN,         /* text: a length target ("120w", "200t", "150", "off") */
 };
 
 struct worker_cmd {

@@ -307,6 +307,16 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		break;
 	case WORKER_SNAPSHOT:
 		break;
+	case WORKER_LEN: {
+		struct len_target lt = g->turn.len;
+		rc = len_target_parse(c->text ? c->text : "", &lt, &e);
+		if (rc == KVS_OK) {
+			gen_set_length_target(g, &lt);
+			snprintf(res->msg, sizeof res->msg, "length target: %s",
+			         len_target_format(&lt, buf, sizeof buf));
+		}
+		break;
+	}
 	case WORKER_SAVE: {
 		struct session_store ss;
 		char sha[65];

@@ -170,27 +170,28 @@ static int x_budget(struct tui_ctx *c, int argc, char **argv)
 
 static int x_len(struct tui_ctx *c, int argc, char **argv)
 {
-	long long v;
-	size_t n;
-	char num[32];
+	struct len_target lt = c->t->len;
+	struct err e;
+	char buf[96];
 
-	if (argc != 2 || (n = strlen(argv[1])) < 2 || n >= sizeof num ||
-	    (argv[1][n - 1] != 'w' && argv[1][n - 1] != 't'))
-		return cmd_fail(c, ":len: expected N followed by w (words) or t (tokens), e.g. :len 120w");
-	memcpy(num, argv[1], n - 1);
-	num[n - 1] = '\0';
-	if (!cmd_uint(num, 1000000, &v) || v == 0)
-		return cmd_fail(c, ":len: '%s' is not a length: expected 1 .. 1000000 then w or t", argv[1]);
-	if (argv[1][n - 1] == 't') {
-		/* a hard cap on the reply's tokens (stop reason max-tokens) */
-		cmd_send(c, &(struct worker_cmd){ .kind = WORKER_MAX_TOKENS, .n = v });
+	if (argc == 1) {
+		tui_status(c->t, false, "length target: %s", len_target_format(&lt, buf, sizeof buf));
 		return KVS_OK;
 	}
-	if (!c->t->len_available)
-		return cmd_fail(c, ":len: length control is not available in this build (word targets); "
-		                   ":len Nt caps the reply's tokens");
-	c->t->len_target = (uint32_t)v;
-	tui_status(c->t, false, "length target %lld words", v);
+	if (argc != 2 || len_target_parse(argv[1], &lt, &e) != KVS_OK)
+		return cmd_fail(c, ":len: %s", argc != 2 ? "expected one target, e.g. :len 120w" : e.msg);
+	c->t->len = lt;
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LEN, .text = argv[1] });
+	return KVS_OK;
+}
+
+static int x_max(struct tui_ctx *c, int argc, char **argv)
+{
+	long long v;
+
+	if (argc != 2 || !cmd_uint(argv[1], 1000000, &v) || v == 0)
+		return cmd_fail(c, ":max: expected the most tokens a reply may have, 1 .. 1000000");
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_MAX_TOKENS, .n = v });
 	return KVS_OK;
 }
 
@@ -607,7 +608,8 @@ static int x_quit(struct tui_ctx *c, int argc, char **argv)
 static const struct tui_cmd tui_cmds[] = {
 	{ "policy", "[NAME [k=v ...]]", "switch the KV retention policy (none: show it)", comp_policy, x_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", NULL, x_budget },
-	{ "len", "N[w|t]", "length target in words, or a hard cap in tokens", NULL, x_len },
+	{ "len", "[N[w|t]|LEVEL|off]", "length target of the next replies (words, tokens, a Ruler level)", NULL, x_len },
+	{ "max", "N", "the most tokens a reply may have (a hard cap)", NULL, x_max },
 	{ "layer", "N", "attention pane: layer", NULL, x_layer },
 	{ "head", "N", "attention pane: head", NULL, x_head },
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },

@@ -177,8 +177,7 @@ struct tui {
 	uint32_t turn_words;
 	char last_stop[24];
 	double prefill_tps, decode_tps; /* the last turn's, or the live decode rate */
-	uint32_t len_target;            /* words; 0 none */
-	bool len_available;             /* a length controller is built in */
+	struct len_target len;          /* the length target of the next replies (unit LEN_NONE: none) */
 	/* Lua plugins (NULL: none, or a build without Lua) */
 	struct script_rt *rt;
 	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */

@@ -703,11 +703,19 @@ static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
 
 	tui_grid_fill(g, r, g->ascii ? '-' : 0x2500, R_BORDER);
 	x = r.x + 1;
-	if (t->len_available && t->len_target > 0)
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u/%u words ", t->turn_words,
-		                     t->len_target);
-	else
+	if (t->len.unit != LEN_NONE) {
+		char tb[96];
+		uint32_t have = t->len.unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
+		bool hit = len_window_hit(t->len.win, have);
+		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u %s of target %s ", have,
+		                     t->len.unit == LEN_WORDS ? "words" : "tokens",
+		                     len_target_format(&t->len, tb, sizeof tb));
+		if (!t->busy && t->last_stop[0])
+			x += tui_grid_printf(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, " %s ",
+			                     hit ? "in the window" : "outside the window");
+	} else {
 		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u words (no target) ", t->turn_words);
+	}
 	if (t->last_stop[0] && !t->busy)
 		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " stop: %s ", t->last_stop);
 	else if (t->busy)

@@ -118,7 +118,7 @@ T send-keys -t kv Enter
 wait_for "saving to .*mem.db from the next exchange on"
 
 # 2b. Ctrl-C stops a long reply (stop reason "user"); the program goes on
-T send-keys -t kv -l ":len 4000t"
+T send-keys -t kv -l ":max 4000"
 T send-keys -t kv Enter
 wait_for "at most 4000 tokens per reply"
 T send-keys -t kv -l "Write a very long story about a dragon."
@@ -149,6 +149,15 @@ wait_for "resumed session 1: [0-9]+ tokens"
 T send-keys -t kv -l ":load nosuch"
 T send-keys -t kv Enter
 wait_for "nosuch"
+
+# 2b''. a length target: the worker takes it, the gauge shows it
+T send-keys -t kv -l ":len 20w"
+T send-keys -t kv Enter
+wait_for "length target: 20 words"
+wait_for "of target 20 words"
+T send-keys -t kv -l ":len off"
+T send-keys -t kv Enter
+wait_for "length target: (off|none)"
 
 # 2c. select tokens in the retention strip: the details line explains one
 T send-keys -t kv S-Right

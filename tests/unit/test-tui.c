@@ -347,12 +347,19 @@ static void test_commands(void)
 	T_CHECK(tui_cmd_run(&c, "budget -5") != KVS_OK && !c.have_last, "negative budget");
 	T_EQ_INT(tui_cmd_run(&c, "budget 512"), KVS_OK);
 	T_CHECK(c.last.kind == WORKER_BUDGET && c.last.n == 512, "budget sent");
-	T_CHECK(tui_cmd_run(&c, "len 100w") != KVS_OK, "no length control");
-	T_CHECK(strstr(t.status, "length control is not available in this build") != NULL, "%s",
-	        t.status);
-	T_EQ_INT(tui_cmd_run(&c, "len 50t"), KVS_OK);
+	/* length control: the target goes to the worker and to the gauge */
+	T_EQ_INT(tui_cmd_run(&c, "len 100w"), KVS_OK);
+	T_CHECK(c.last.kind == WORKER_LEN && strcmp(c.last.text, "100w") == 0, "len sent");
+	T_CHECK(t.len.unit == LEN_WORDS && t.len.n == 100, "target kept for the gauge");
+	T_CHECK(dump_has(&t, 200, 50, false, "length 0 words of target 100 words"), "gauge");
+	c.have_last = false;
+	T_CHECK(tui_cmd_run(&c, "len lots") != KVS_OK && !c.have_last, "bad target");
+	T_CHECK(t.len.unit == LEN_WORDS && t.len.n == 100, "a bad target changes nothing");
+	T_EQ_INT(tui_cmd_run(&c, "len off"), KVS_OK);
+	T_EQ_INT(t.len.unit, LEN_NONE);
+	T_EQ_INT(tui_cmd_run(&c, "max 50"), KVS_OK);
 	T_CHECK(c.last.kind == WORKER_MAX_TOKENS && c.last.n == 50, "token cap sent");
-	T_CHECK(tui_cmd_run(&c, "len 50") != KVS_OK, "unit required");
+	T_CHECK(tui_cmd_run(&c, "max 0") != KVS_OK, "a zero cap");
 	T_CHECK(tui_cmd_run(&c, "pin") != KVS_OK, "nothing selected");
 	t.sel_tok = 7;
 	T_EQ_INT(tui_cmd_run(&c, "pin"), KVS_OK);
