@@ -27,7 +27,7 @@ esac
 
 # ---- Debian packages
 pkgs="build-essential autoconf automake pkg-config libncurses-dev liblua5.4-dev
-libsqlite3-dev libedit-dev python3 python3-pip tmux"
+libsqlite3-dev libedit-dev python3 python3-pip tmux ncurses-term"
 missing=""
 for p in $pkgs; do
 	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

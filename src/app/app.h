@@ -12,6 +12,10 @@
  *         the front ends run it on a worker thread (TUI) or directly (the
  *         line-mode chat, Lua scripts); the only thread-safe entry is
  *         session_cancel.
+ * worker.c a session on a worker thread: commands in (chat text, cancel,
+ *         policy, budget, pin, reset), events out (deep copies of what the
+ *         session hooks deliver), for front ends whose main thread owns
+ *         the screen and the Lua states.
  * trace.c KV-cache events as JSON lines (kvscope generate --trace).
  * lenctl.c length control at decoding time: Ruler's target levels and
  *         windows, the \w+ word counter, and the turn controller that biases
@@ -380,6 +384,8 @@ int session_feed_text(struct session *s, const char *text, enum kv_role role, st
 int session_end_reply(struct session *s, bool eot_fed, struct err *e);
 /* Stop the reply in progress (any thread; the turn ends with stop "user"). */
 void session_cancel(struct session *s);
+/* Withdraw a cancel that has not stopped a reply yet (any thread). */
+void session_cancel_clear(struct session *s);
 /* Forget the conversation: empty cache, no turns. */
 void session_reset(struct session *s);
 /* Replace the system prompt (takes effect in the next new conversation). */
@@ -401,6 +407,95 @@ int session_resume(struct session *s, const struct session_store *ss,
                    struct store_resume_info *info, struct err *e);
 /* The saved session's id (0: none yet). */
 int64_t session_store_id(const struct session *s);
+
+/* ---- worker.c ---- */
+
+enum worker_cmd_kind {
+	WORKER_CHAT = 0,    /* text: one exchange */
+	WORKER_POLICY,      /* text: a policy spec, "NAME k=v ..." */
+	WORKER_BUDGET,      /* n: tokens (0: every slot) */
+	WORKER_PIN,         /* n: original position (as int32) */
+	WORKER_UNPIN,
+	WORKER_RESET,       /* a new conversation */
+	WORKER_MAX_TOKENS,  /* n: per reply */
+	WORKER_SNAPSHOT,    /* send the cache's tokens now */
+	WORKER_SCORER,      /* policy + scorer: a score provider on a built-in policy
+	                     * (e.g. a Lua policy); the provider is called on the worker */
+	WORKER_SAVE,        /* text: a title or NULL: save the conversation from the next
+	                     * exchange on (worker_set_store gives the database) */
+	WORKER_LOAD,        /* text: a saved session's id or title: resume it */
+	WORKER_LEN,         /* text: a length target ("120w", "200t", "150", "off") */
+};
+
+struct worker_cmd {
+	enum worker_cmd_kind kind;
+	const char *text;   /* copied */
+	int64_t n;
+	struct kv_policy policy; /* WORKER_SCORER: the base policy */
+	struct kv_scorer scorer; /* WORKER_SCORER (name is not copied: keep it alive) */
+};
+
+enum worker_event_kind {
+	WORKER_EV_TURN_START = 0, /* index, user */
+	WORKER_EV_TOKEN,          /* token (token.meta -> meta, token.text -> owned) */
+	WORKER_EV_TURN_END,       /* turn (strings owned) */
+	WORKER_EV_KV,             /* kv (arrays and strings owned) */
+	WORKER_EV_SNAPSHOT,       /* toks: the cached tokens in cache order; stats; next_pos */
+	WORKER_EV_RESULT,         /* a command finished: cmd, status, msg */
+};
+
+/* One event from the worker: deep copies of the session hooks' arguments,
+ * owned by the event (worker_event_free releases them). */
+struct worker_event {
+	enum worker_event_kind kind;
+	uint64_t cmd_id;              /* the command it belongs to */
+	/* TURN_START */
+	uint32_t index;
+	char *user;
+	/* TOKEN */
+	struct gen_token token;
+	struct kv_tok meta;
+	/* TURN_END */
+	struct session_turn turn;
+	/* KV */
+	struct kv_event kv;
+	/* SNAPSHOT */
+	struct kv_tok *toks;          /* (n_toks) */
+	uint32_t n_toks;
+	int32_t next_pos;
+	struct kv_stats stats;
+	char policy[160];             /* kv_policy_format of the active policy */
+	/* RESULT */
+	enum worker_cmd_kind cmd;
+	int status;                   /* KVS_OK or the failure */
+	char msg[256];                /* what happened, or what was wrong */
+	struct worker_event *next;    /* queue link */
+};
+
+struct worker;
+
+/* Run s on a new thread (s belongs to the worker until worker_stop). */
+int worker_start(struct worker **out, struct session *s, struct err *e);
+/* Cancel what runs, finish the thread, free the queued events (not s). */
+void worker_stop(struct worker *w);
+/* Queue a command; returns its id (events carry it). */
+uint64_t worker_send(struct worker *w, const struct worker_cmd *c);
+/* The database :save and :load use (NULL: the default) and the model file
+ * recorded with saved sessions; call before sending WORKER_SAVE/LOAD. */
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path);
+/* Stop the exchange in progress, or the next queued one (any thread);
+ * false when there is none (a cancel never reaches a later exchange). */
+bool worker_cancel(struct worker *w);
+/* Whether a command is running or queued. */
+bool worker_busy(struct worker *w);
+/* The oldest event, or NULL; the caller frees it with worker_event_free. */
+struct worker_event *worker_poll(struct worker *w);
+void worker_event_free(struct worker_event *ev);
+/* A descriptor that is readable while events are queued (for poll). */
+int worker_fd(const struct worker *w);
+/* Deep copy of a KV event (what worker events hold); free with worker_kv_free. */
+void worker_kv_copy(struct kv_event *dst, const struct kv_event *src);
+void worker_kv_free(struct kv_event *ev);
 
 /* trace.c: write one KV-cache event as a JSON line to fp (attention rows
  * only when the event carries them); v renders token text. */

@@ -140,6 +140,11 @@ void session_cancel(struct session *s)
 	atomic_store(&s->cancel, true);
 }
 
+void session_cancel_clear(struct session *s)
+{
+	atomic_store(&s->cancel, false);
+}
+
 void session_reset(struct session *s)
 {
 	gen_reset(s->gen);

@@ -35,6 +35,7 @@ enum opt_group {
 	OPTG_EXPORT = 1u << 17, /* --format md|json (sessions export) */
 	OPTG_LEN = 1u << 18,    /* --target-words, --length, --no-length-prompt, --no-repeat */
 	OPTG_TLG = 1u << 19,    /* --levels, --prompts (eval tlg) */
+	OPTG_TUI = 1u << 20,    /* --theme, --color, --ascii, --bench-exit */
 };
 
 
@@ -74,5 +75,6 @@ extern const struct cli_cmd cmd_sessions_export;
 extern const struct cli_cmd cmd_sessions_delete;
 extern const struct cli_cmd cmd_sessions_vacuum;
 extern const struct cli_cmd cmd_sessions_check;
+extern const struct cli_cmd cmd_tui;
 
 #endif

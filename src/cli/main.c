@@ -16,9 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 static const struct cli_cmd *const cli_cmds[] = {
+	&cmd_tui,
 	&cmd_chat,
 	&cmd_generate,
 	&cmd_eval_passkey,
@@ -129,8 +131,10 @@ int main(int argc, char **argv)
 	if (argc < 2 || (argv[1][0] == '-' && argv[1][1] != '-' && argv[1][1] != 'h') ||
 	    (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0 &&
 	     strcmp(argv[1], "--version") != 0)) {
-		/* No command (or only options): the interactive front end. Until the
-		 * workbench lands that is the plain chat. */
+		/* No command (or only options): the workbench on a terminal; from
+		 * a pipe, the plain chat (one reply per line, for scripts). */
+		if (isatty(0) && isatty(1))
+			return cmd_tui.exec(argc, argv);
 		return cmd_chat.exec(argc, argv);
 	}
 	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||

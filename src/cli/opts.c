@@ -351,6 +351,16 @@ static const struct cli_opt cli_opt_table[] = {
 	  "save the conversation (implied by --db, --resume and --title)" },
 	{ "format", 0, "md|json", OPTG_EXPORT, opt_str, O(format), 0, 0,
 	  "export format: Markdown (default) or JSON" },
+	{ "theme", 0, "dark|light", OPTG_TUI, opt_str, O(theme), 0, 0, "colour theme (default dark)" },
+	{ "color", 0, "auto|256|truecolor|none", OPTG_TUI, opt_str, O(color), 0, 0,
+	  "colours: auto (256 where the terminal has them), truecolor (direct-colour terminals), "
+	  "none (also NO_COLOR)" },
+	{ "ascii", 0, NULL, OPTG_TUI, opt_flag, O(ascii), 0, 0,
+	  "ASCII glyphs instead of blocks and braille" },
+	{ "no-plugins", 0, NULL, OPTG_TUI, opt_flag, O(no_plugins), 0, 0,
+	  "load no plugins at start (the bundled ones and $XDG_CONFIG_HOME/kvscope/plugins)" },
+	{ "bench-exit", 0, NULL, OPTG_TUI, opt_flag, O(bench_exit), 0, 0,
+	  "with --prompt: quit after the reply and print its decode tok/s (benchmarks)" },
 };
 
 void cli_opts_default(struct cli_opts *o)

@@ -56,6 +56,11 @@ struct cli_opts {
 	const char *stop;      /* --stop TEXT */
 	const char *levels;    /* eval tlg: "10,150,>800" */
 	const char *prompts;   /* eval tlg: a TSV prompt set instead of the built-in one */
+	const char *theme;     /* tui: dark or light */
+	const char *color;     /* tui: auto, 256, truecolor or none */
+	bool ascii;            /* tui: ASCII glyphs */
+	bool bench_exit;       /* tui: quit after the first reply, print its decode rate */
+	bool no_plugins;       /* tui: load no plugins at start */
 	char **args;           /* positional arguments */
 	int n_args;
 };

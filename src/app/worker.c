@@ -1,0 +1,572 @@
+/*
+ * worker.c: a chat session on its own thread.
+ *
+ * The front end's main thread owns the screen and every Lua state; the
+ * session (model, engine, KV cache) belongs to the worker thread from
+ * worker_start to worker_stop. They talk through two queues under one
+ * mutex: commands go in (worker_send), events come out (worker_poll).
+ * Commands run one after another in the order sent, so a policy change
+ * sent during a reply applies between turns; only worker_cancel reaches
+ * into a running exchange (session_cancel is the session's one thread-safe
+ * entry).
+ *
+ * Events are deep copies of what the session hooks deliver (struct
+ * gen_token with its kv_tok and text, struct kv_event with its arrays,
+ * struct session_turn with its strings), so consumers on the main thread
+ * read the same types the hooks do, after the worker has moved on. The
+ * event rate is bounded where it matters: attention rows only come with
+ * step events, which the cache emits at most once per capture_interval_ms,
+ * and a step event is dropped while the previous one still waits in the
+ * queue, so a busy main thread never makes the worker copy rows it would
+ * not show.
+ * A pipe is readable while events are queued, so the main thread can
+ * sleep in poll() on the terminal and the worker at once.
+ */
+#include "app/app.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct worker_cmd_node {
+	struct worker_cmd cmd;
+	uint64_t id;
+	bool cancelled;          /* worker_cancel came before it started */
+	struct worker_cmd_node *next;
+};
+
+struct worker {
+	struct session *s;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct worker_cmd_node *cmd_head, *cmd_tail;
+	struct worker_event *ev_head, *ev_tail;
+	uint64_t next_id;
+	uint64_t running;        /* id of the command running, 0 none */
+	bool chatting;           /* that command is an exchange */
+	bool quit;
+	bool sent_snapshot;      /* this exchange's prompt tokens were sent */
+	uint32_t steps_queued;   /* step events not yet polled */
+	int pipe_rd, pipe_wr;
+	char *db_path, *model_path; /* worker_set_store */
+	struct store *st;           /* opened by the first :save or :load */
+};
+
+/* Queue ev for the main thread and make the pipe readable. */
+static void worker_push(struct worker *w, struct worker_event *ev)
+{
+	char b = 1;
+	ssize_t r;
+
+	pthread_mutex_lock(&w->mu);
+	ev->cmd_id = w->running;
+	ev->next = NULL;
+	if (w->ev_tail != NULL)
+		w->ev_tail->next = ev;
+	else
+		w->ev_head = ev;
+	w->ev_tail = ev;
+	r = write(w->pipe_wr, &b, 1); /* EAGAIN: already readable */
+	(void)r;
+	pthread_mutex_unlock(&w->mu);
+}
+
+static char *worker_strdup(const char *s)
+{
+	return s != NULL ? xstrdup(s) : NULL;
+}
+
+void worker_kv_copy(struct kv_event *dst, const struct kv_event *src)
+{
+	*dst = *src;
+	dst->policy = worker_strdup(src->policy);
+	dst->fallback_why = worker_strdup(src->fallback_why);
+	if (src->tok != NULL) {
+		struct kv_tok *t = xmalloc(sizeof *t);
+		*t = *src->tok;
+		dst->tok = t;
+	}
+	if (src->attn != NULL) {
+		size_t n = (size_t)src->n_layer * src->n_head * src->n_cached;
+		float *a = xmallocarray(n ? n : 1, sizeof *a);
+		memcpy(a, src->attn, n * sizeof *a);
+		dst->attn = a;
+	}
+	if (src->heads != NULL) {
+		size_t n = (size_t)src->n_layer * src->n_head;
+		struct kv_head_summary *h = xmallocarray(n ? n : 1, sizeof *h);
+		memcpy(h, src->heads, n * sizeof *h);
+		dst->heads = h;
+	}
+	if (src->evicted != NULL) {
+		struct kv_tok *t = xmallocarray(src->n_evicted ? src->n_evicted : 1, sizeof *t);
+		memcpy(t, src->evicted, src->n_evicted * sizeof *t);
+		dst->evicted = t;
+	}
+}
+
+void worker_kv_free(struct kv_event *ev)
+{
+	free((void *)ev->policy);
+	free((void *)ev->fallback_why);
+	free((void *)ev->tok);
+	free((void *)ev->attn);
+	free((void *)ev->heads);
+	free((void *)ev->evicted);
+	memset(ev, 0, sizeof *ev);
+}
+
+void worker_event_free(struct worker_event *ev)
+{
+	if (ev == NULL)
+		return;
+	free(ev->user);
+	free((void *)ev->token.text);
+	free(ev->turn.user);
+	free(ev->turn.reply);
+	worker_kv_free(&ev->kv);
+	free(ev->toks);
+	free(ev);
+}
+
+static struct worker_event *worker_event_new(enum worker_event_kind kind)
+{
+	struct worker_event *ev = xcalloc(1, sizeof *ev);
+	ev->kind = kind;
+	return ev;
+}
+
+/* The cache's tokens, statistics and policy as an event. */
+static void worker_snapshot(struct worker *w)
+{
+	struct gen *g = session_gen(w->s);
+	struct worker_event *ev = worker_event_new(WORKER_EV_SNAPSHOT);
+	uint32_t n = kv_cache_n(g->kv);
+
+	ev->n_toks = n;
+	ev->toks = xmallocarray(n ? n : 1, sizeof *ev->toks);
+	memcpy(ev->toks, kv_cache_toks(g->kv), n * sizeof *ev->toks);
+	ev->next_pos = kv_cache_next_pos(g->kv);
+	kv_cache_stats(g->kv, &ev->stats);
+	kv_policy_format(kv_cache_policy(g->kv), ev->policy, sizeof ev->policy);
+	worker_push(w, ev);
+}
+
+static void worker_hook_turn_start(void *ud, uint32_t index, const char *user)
+{
+	struct worker *w = ud;
+	struct worker_event *ev = worker_event_new(WORKER_EV_TURN_START);
+
+	ev->index = index;
+	ev->user = worker_strdup(user);
+	w->sent_snapshot = false;
+	worker_push(w, ev);
+}
+
+static void worker_hook_token(void *ud, const struct gen_token *t)
+{
+	struct worker *w = ud;
+	struct worker_event *ev;
+	char *text;
+
+	if (!w->sent_snapshot) {
+		/* the prompt is in the cache now: its tokens, before the reply's */
+		w->sent_snapshot = true;
+		worker_snapshot(w);
+	}
+	ev = worker_event_new(WORKER_EV_TOKEN);
+	ev->token = *t;
+	if (t->meta != NULL)
+		ev->meta = *t->meta;
+	else
+		ev->meta.surprisal = ev->meta.entropy = ev->meta.score = NAN;
+	ev->token.meta = &ev->meta;
+	text = xmalloc(t->len + 1);
+	memcpy(text, t->text, t->len);
+	text[t->len] = '\0';
+	ev->token.text = text;
+	worker_push(w, ev);
+}
+
+static void worker_hook_turn_end(void *ud, const struct session_turn *t)
+{
+	struct worker *w = ud;
+	struct worker_event *ev = worker_event_new(WORKER_EV_TURN_END);
+
+	ev->turn = *t;
+	ev->turn.user = worker_strdup(t->user);
+	ev->turn.reply = worker_strdup(t->reply);
+	worker_push(w, ev);
+}
+
+static void worker_hook_kv(void *ud, const struct kv_event *kev)
+{
+	struct worker *w = ud;
+	struct worker_event *ev;
+
+	if (kev->kind == KV_EVENT_STEP) {
+		/* back-pressure: while the main thread has not taken the last step
+		 * event, a newer one is dropped rather than copied (attention rows
+		 * are big at long contexts and the copy costs the decoder) */
+		bool skip;
+		pthread_mutex_lock(&w->mu);
+		skip = w->steps_queued > 0;
+		if (!skip)
+			w->steps_queued++;
+		pthread_mutex_unlock(&w->mu);
+		if (skip)
+			return;
+	}
+	ev = worker_event_new(WORKER_EV_KV);
+
+	worker_kv_copy(&ev->kv, kev);
+	worker_push(w, ev);
+}
+
+/* The saved-session settings of this worker's session (st opened on demand). */
+static int worker_store(struct worker *w, struct session_store *ss, char sha[65], struct err *e)
+{
+	int rc = KVS_OK;
+
+	if (w->st == NULL) {
+		char *path = w->db_path ? xstrdup(w->db_path) : store_default_path();
+		rc = store_open(&w->st, path, STORE_RW, e);
+		free(path);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	rc = store_model_sha256(w->st, w->model_path ? w->model_path : "", sha, e);
+	memset(ss, 0, sizeof *ss);
+	ss->st = w->st;
+	ss->model_path = w->model_path;
+	ss->model_sha256 = sha;
+	ss->sampler = "";
+	ss->snapshots = true;
+	return rc;
+}
+
+/* Run one command on the worker thread; fills the result event. */
+static void worker_run(struct worker *w, const struct worker_cmd *c, struct worker_event *res)
+{
+	struct gen *g = session_gen(w->s);
+	struct err e = { 0 };
+	char buf[160];
+	int rc = KVS_OK;
+
+	switch (c->kind) {
+	case WORKER_CHAT:
+		rc = session_chat(w->s, c->text ? c->text : "", &e);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "turn done");
+		break;
+	case WORKER_POLICY: {
+		struct kv_policy p;
+		rc = kv_policy_parse(c->text ? c->text : "", &p, &e);
+		if (rc == KVS_OK)
+			rc = kv_cache_set_policy(g->kv, &p, &e);
+		if (rc == KVS_OK)
+			kv_cache_set_scorer(g->kv, NULL); /* a built-in policy scores itself */
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "policy %s",
+			         kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf));
+		break;
+	}
+	case WORKER_BUDGET:
+		if (c->n < 0 || c->n > (int64_t)UINT32_MAX)
+			rc = err_set(&e, KVS_EARG, "budget %lld: expected 0 .. %u tokens", (long long)c->n,
+			             UINT32_MAX);
+		else
+			rc = kv_cache_set_budget(g->kv, (uint32_t)c->n, &e);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "budget %u tokens", kv_cache_budget(g->kv));
+		break;
+	case WORKER_PIN:
+	case WORKER_UNPIN:
+		rc = kv_cache_pin(g->kv, (int32_t)c->n, c->kind == WORKER_PIN, &e);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "%s token at position %lld",
+			         c->kind == WORKER_PIN ? "pinned" : "unpinned", (long long)c->n);
+		break;
+	case WORKER_RESET:
+		session_reset(w->s);
+		snprintf(res->msg, sizeof res->msg, "new conversation");
+		break;
+	case WORKER_MAX_TOKENS:
+		if (c->n <= 0 || c->n > 1000000)
+			rc = err_set(&e, KVS_EARG, "max tokens %lld: expected 1 .. 1000000", (long long)c->n);
+		else
+			session_set_max_tokens(w->s, (uint32_t)c->n);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "at most %lld tokens per reply", (long long)c->n);
+		break;
+	case WORKER_SNAPSHOT:
+		break;
+	case WORKER_LEN: {
+		struct len_target lt = g->turn.len;
+		rc = len_target_parse(c->text ? c->text : "", &lt, &e);
+		if (rc == KVS_OK) {
+			gen_set_length_target(g, &lt);
+			snprintf(res->msg, sizeof res->msg, "length target: %s",
+			         len_target_format(&lt, buf, sizeof buf));
+		}
+		break;
+	}
+	case WORKER_SAVE: {
+		struct session_store ss;
+		char sha[65];
+		rc = worker_store(w, &ss, sha, &e);
+		if (rc == KVS_OK) {
+			ss.title = c->text;
+			rc = session_set_store(w->s, &ss, &e);
+		}
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg,
+			         "saving to %s from the next exchange on (with what the cache retains)",
+			         store_path(w->st));
+		break;
+	}
+	case WORKER_LOAD: {
+		struct session_store ss;
+		struct store_resume_info info;
+		char sha[65];
+		rc = worker_store(w, &ss, sha, &e);
+		if (rc == KVS_OK)
+			rc = store_session_find(w->st, c->text, &ss.id, &e);
+		if (rc == KVS_OK)
+			rc = session_resume(w->s, &ss, &info, &e);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s",
+			         (long long)ss.id, info.n_tokens,
+			         info.from_snapshot ? "from its KV snapshot" : "recomputed",
+			         info.from_snapshot ? "" : ": ", info.from_snapshot ? "" : info.why);
+		break;
+	}
+	case WORKER_SCORER:
+		rc = kv_cache_set_policy(g->kv, &c->policy, &e);
+		if (rc == KVS_OK) {
+			kv_cache_set_scorer(g->kv, &c->scorer);
+			snprintf(res->msg, sizeof res->msg, "policy %s on %s",
+			         c->scorer.name ? c->scorer.name : "?",
+			         kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf));
+		}
+		break;
+	}
+	g->n_past = kv_cache_n(g->kv);
+	res->cmd = c->kind;
+	res->status = rc;
+	if (rc != KVS_OK)
+		snprintf(res->msg, sizeof res->msg, "%.*s", (int)sizeof res->msg - 1, e.msg);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+
+	for (;;) {
+		struct worker_cmd_node *node;
+		struct worker_event *res;
+
+		pthread_mutex_lock(&w->mu);
+		while (w->cmd_head == NULL && !w->quit)
+			pthread_cond_wait(&w->cv, &w->mu);
+		if (w->quit) {
+			pthread_mutex_unlock(&w->mu);
+			break;
+		}
+		node = w->cmd_head;
+		w->cmd_head = node->next;
+		if (w->cmd_head == NULL)
+			w->cmd_tail = NULL;
+		w->running = node->id;
+		w->chatting = node->cmd.kind == WORKER_CHAT;
+		if (w->chatting) {
+			/* a cancel that came after the previous exchange had ended
+			 * must not stop this one; one meant for this one must */
+			if (node->cancelled)
+				session_cancel(w->s);
+			else
+				session_cancel_clear(w->s);
+		}
+		pthread_mutex_unlock(&w->mu);
+
+		res = worker_event_new(WORKER_EV_RESULT);
+		worker_run(w, &node->cmd, res);
+		/* the cache after every command: tokens, regions, policy */
+		worker_snapshot(w);
+		worker_push(w, res);
+		free((void *)node->cmd.text);
+		free(node);
+		pthread_mutex_lock(&w->mu);
+		w->running = 0;
+		w->chatting = false;
+		pthread_mutex_unlock(&w->mu);
+	}
+	return NULL;
+}
+
+int worker_start(struct worker **out, struct session *s, struct err *e)
+{
+	struct worker *w = xcalloc(1, sizeof *w);
+	int fds[2];
+
+	*out = NULL;
+	if (pipe(fds) != 0) {
+		free(w);
+		return err_set(e, KVS_EIO, "worker: pipe: %s", strerror(errno));
+	}
+	fcntl(fds[0], F_SETFL, O_NONBLOCK);
+	fcntl(fds[1], F_SETFL, O_NONBLOCK);
+	fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+	fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+	w->pipe_rd = fds[0];
+	w->pipe_wr = fds[1];
+	w->s = s;
+	w->next_id = 1;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	session_set_hooks(s, &(struct session_hooks){
+	                         .turn_start = worker_hook_turn_start,
+	                         .token = worker_hook_token,
+	                         .turn_end = worker_hook_turn_end,
+	                         .kv = worker_hook_kv,
+	                         .ud = w,
+	                     });
+	if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+		session_set_hooks(s, NULL);
+		close(fds[0]);
+		close(fds[1]);
+		pthread_mutex_destroy(&w->mu);
+		pthread_cond_destroy(&w->cv);
+		free(w);
+		return err_set(e, KVS_EIO, "worker: cannot start a thread");
+	}
+	*out = w;
+	return KVS_OK;
+}
+
+void worker_stop(struct worker *w)
+{
+	struct worker_event *ev;
+
+	if (w == NULL)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->quit = true;
+	while (w->cmd_head != NULL) {
+		struct worker_cmd_node *n = w->cmd_head;
+		w->cmd_head = n->next;
+		free((void *)n->cmd.text);
+		free(n);
+	}
+	w->cmd_tail = NULL;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	session_cancel(w->s);
+	pthread_join(w->thread, NULL);
+	session_set_hooks(w->s, NULL);
+	while ((ev = w->ev_head) != NULL) {
+		w->ev_head = ev->next;
+		worker_event_free(ev);
+	}
+	close(w->pipe_rd);
+	close(w->pipe_wr);
+	session_set_store(w->s, NULL, NULL); /* the recorder refers to our store */
+	store_close(w->st);
+	free(w->db_path);
+	free(w->model_path);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	free(w);
+}
+
+uint64_t worker_send(struct worker *w, const struct worker_cmd *c)
+{
+	struct worker_cmd_node *n = xcalloc(1, sizeof *n);
+	uint64_t id;
+
+	n->cmd = *c;
+	n->cmd.text = worker_strdup(c->text);
+	pthread_mutex_lock(&w->mu);
+	id = n->id = w->next_id++;
+	if (w->cmd_tail != NULL)
+		w->cmd_tail->next = n;
+	else
+		w->cmd_head = n;
+	w->cmd_tail = n;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	return id;
+}
+
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path)
+{
+	free(w->db_path);
+	free(w->model_path);
+	w->db_path = db_path ? xstrdup(db_path) : NULL;
+	w->model_path = model_path ? xstrdup(model_path) : NULL;
+}
+
+bool worker_cancel(struct worker *w)
+{
+	bool hit = false;
+
+	pthread_mutex_lock(&w->mu);
+	if (w->chatting) {
+		session_cancel(w->s);
+		hit = true;
+	} else {
+		/* not started yet: the first queued exchange starts cancelled */
+		for (struct worker_cmd_node *n = w->cmd_head; n != NULL; n = n->next)
+			if (n->cmd.kind == WORKER_CHAT) {
+				n->cancelled = true;
+				hit = true;
+				break;
+			}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return hit;
+}
+
+bool worker_busy(struct worker *w)
+{
+	bool busy;
+
+	pthread_mutex_lock(&w->mu);
+	busy = w->running != 0 || w->cmd_head != NULL;
+	pthread_mutex_unlock(&w->mu);
+	return busy;
+}
+
+struct worker_event *worker_poll(struct worker *w)
+{
+	struct worker_event *ev;
+
+	pthread_mutex_lock(&w->mu);
+	ev = w->ev_head;
+	if (ev != NULL) {
+		if (ev->kind == WORKER_EV_KV && ev->kv.kind == KV_EVENT_STEP && w->steps_queued > 0)
+			w->steps_queued--;
+		w->ev_head = ev->next;
+		if (w->ev_head == NULL)
+			w->ev_tail = NULL;
+		ev->next = NULL;
+	}
+	if (w->ev_head == NULL) {
+		char buf[64];
+		while (read(w->pipe_rd, buf, sizeof buf) > 0)
+			;
+	}
+	pthread_mutex_unlock(&w->mu);
+	return ev;
+}
+
+int worker_fd(const struct worker *w)
+{
+	return w->pipe_rd;
+}

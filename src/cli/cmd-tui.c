@@ -1,0 +1,100 @@
+/*
+ * cmd-tui.c: `kvscope tui`, also what `kvscope` with no command starts:
+ * the ncurses workbench (src/tui/). The session is opened here like the
+ * plain chat's, with attention capture on (full rows, at most one step
+ * event per 33 ms, the UI's frame time) and per-token statistics, then
+ * handed to tui_run. In a build without the workbench it says so in one
+ * line and points to `kvscope chat`.
+ */
+#include "cli/opts.h"
+#include "tui/tui.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int cmd_tui_exec(int argc, char **argv);
+
+const struct cli_cmd cmd_tui = {
+	"tui",
+	"[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] [options]",
+	"the workbench: chat, attention, KV memory and retention views (the default command)",
+	cmd_tui_exec,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB,
+};
+
+static int cmd_tui_exec(int argc, char **argv)
+{
+	static const struct {
+		const char *name;
+		enum tui_color_mode mode;
+	} colors[] = { { "auto", TUI_COLOR_AUTO }, { "256", TUI_COLOR_256 },
+		       { "truecolor", TUI_COLOR_TRUE }, { "none", TUI_COLOR_NONE } };
+	struct cli_opts o;
+	struct tui_options to = { 0 };
+	struct session *s = NULL;
+	char *model_path = NULL;
+	struct err e;
+	int rc;
+
+	if (!tui_available()) {
+		fprintf(stderr, "kvscope: the workbench was not built (no ncursesw at configure time); "
+		                "try 'kvscope chat'\n");
+		return CLI_FAIL;
+	}
+	cli_opts_default(&o);
+	o.max_tokens = 512;
+	/* a conversation outlives any budget: sinks + recent by default */
+	kv_policy_parse("streaming", &o.gen.kv.policy, NULL);
+	rc = cli_opts_parse(&cmd_tui, cmd_tui.options, argc, argv, &o);
+	if (rc != CLI_OK)
+		goto out;
+	if (o.n_args > 0 || o.prompt_file != NULL || o.raw) {
+		rc = cli_usage(&cmd_tui, "the workbench takes no arguments, --prompt-file or --raw");
+		goto out;
+	}
+	if (o.bench_exit && o.prompt == NULL) {
+		rc = cli_usage(&cmd_tui, "--bench-exit needs --prompt TEXT");
+		goto out;
+	}
+	if (!isatty(0)) {
+		rc = cli_usage(&cmd_tui, "the workbench needs a terminal on standard input; from a pipe "
+		                         "use 'kvscope chat'");
+		goto out;
+	}
+	to.color = TUI_COLOR_AUTO;
+	if (o.color != NULL) {
+		size_t i;
+		for (i = 0; i < KVS_ARRAY_LEN(colors); i++)
+			if (strcmp(o.color, colors[i].name) == 0)
+				break;
+		if (i == KVS_ARRAY_LEN(colors)) {
+			rc = cli_usage(&cmd_tui, "--color %s: expected auto, 256, truecolor or none", o.color);
+			goto out;
+		}
+		to.color = colors[i].mode;
+	}
+	to.theme = o.theme;
+	to.ascii = o.ascii;
+	to.prompt = o.prompt;
+	to.bench_exit = o.bench_exit;
+	to.no_plugins = o.no_plugins;
+	to.db_path = o.db;
+	model_path = cli_model_path(o.gen.model_path);
+	to.model_path = model_path;
+	o.gen.kv.capture = KV_CAPTURE_FULL;
+	o.gen.kv.capture_interval_ms = 33;
+	if (o.gen.kv.token_stats == KV_TOKSTATS_AUTO)
+		o.gen.kv.token_stats = KV_TOKSTATS_ON;
+	rc = cli_session_open(&o, &s);
+	if (rc != CLI_OK)
+		goto out;
+	rc = tui_run(s, &to, &e);
+	rc = rc == KVS_OK ? CLI_OK : cli_fail(&e);
+out:
+	session_close(s);
+	free(model_path);
+	cli_opts_free(&o);
+	return rc;
+}

@@ -1,0 +1,815 @@
+/*
+ * cmd.c: the ':' commands of the workbench.
+ *
+ * One constant table gives each command its name, argument synopsis, help
+ * line, argument completion and exec function; :help, the F1 overlay and
+ * Tab completion all read it. A command either changes the view model
+ * (layer, head, theme), or sends a command to the worker (policy, budget,
+ * pin, new conversation), whose result comes back as an event and lands on
+ * the status line. A bad command or argument sets one status line naming
+ * what was wrong and what was expected, and changes nothing else.
+ */
+#include "store/store.h"
+#include "tui/tui-int.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmd_fail(struct tui_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int cmd_fail(struct tui_ctx *c, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	tui_status(c->t, true, "%s", buf);
+	return KVS_EARG;
+}
+
+/* Send a command to the worker (tests without one record it instead). */
+static void cmd_send(struct tui_ctx *c, const struct worker_cmd *wc)
+{
+	c->last = *wc;
+	if (wc->text != NULL) {
+		snprintf(c->last_text, sizeof c->last_text, "%s", wc->text);
+		c->last.text = c->last_text;
+	}
+	c->have_last = true;
+	if (c->w != NULL)
+		worker_send(c->w, wc);
+}
+
+/* Parse a whole non-negative integer; false when s is anything else. */
+static bool cmd_uint(const char *s, long long max, long long *out)
+{
+	char *end;
+	long long v;
+
+	if (s == NULL || *s == '\0' || *s == '-' || *s == '+')
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* ---- completion sources ---- */
+
+static int comp_policy(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	if (i >= kv_policy_count())
+		return 0;
+	*out = kv_policy_name_at(i);
+	return 1;
+}
+
+static int comp_theme(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	if (i >= tui_theme_count())
+		return 0;
+	*out = tui_theme_at(i)->name;
+	return 1;
+}
+
+static int comp_list(const char *const *names, size_t i, const char **out)
+{
+	for (size_t k = 0; names[k]; k++)
+		if (k == i) {
+			*out = names[k];
+			return 1;
+		}
+	return 0;
+}
+
+static int comp_plugin(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "list", "load", "unload", "reload", "log", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
+static int comp_agg(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "head", "mean", "max", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
+static int comp_overview(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "entropy", "sink", "k90", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
+static int comp_cmd(const char *word, size_t i, const char **out);
+
+/* ---- commands ---- */
+
+static int x_policy(struct tui_ctx *c, int argc, char **argv)
+{
+	char spec[256] = "";
+	struct kv_policy p;
+	struct err e;
+
+	if (argc < 2) {
+		tui_status(c->t, false, "policy %s", c->t->policy[0] ? c->t->policy : "?");
+		return KVS_OK;
+	}
+	for (int i = 1; i < argc; i++) {
+		if (strlen(spec) + strlen(argv[i]) + 2 > sizeof spec)
+			return cmd_fail(c, ":policy: the specification is too long (at most %zu characters)",
+			                sizeof spec - 1);
+		if (i > 1)
+			strcat(spec, " ");
+		strcat(spec, argv[i]);
+	}
+	/* check here so that a bad spec changes nothing and says why at once */
+	if (kv_policy_parse(spec, &p, &e) != KVS_OK) {
+		/* a retention policy a Lua plugin registered */
+		struct worker_cmd wc = { .kind = WORKER_SCORER };
+		struct err e2;
+		if (argc == 2 && c->t->rt != NULL &&
+		    script_policy_scorer(c->t->rt, argv[1], &wc.scorer, &wc.policy, &e2) == KVS_OK) {
+			/* the cache keeps the name: ours lives as long as the worker */
+			snprintf(c->t->lua_policy, sizeof c->t->lua_policy, "%s", argv[1]);
+			kv_policy_format(&wc.policy, c->t->lua_base, sizeof c->t->lua_base);
+			wc.scorer.name = c->t->lua_policy;
+			cmd_send(c, &wc);
+			tui_status(c->t, false, "switching to the Lua policy %s ...", argv[1]);
+			return KVS_OK;
+		}
+		return cmd_fail(c, ":policy: %s", e.msg);
+	}
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_POLICY, .text = spec });
+	c->t->lua_policy[0] = '\0';
+	tui_status(c->t, false, "switching to policy %s ...", spec);
+	return KVS_OK;
+}
+
+static int x_budget(struct tui_ctx *c, int argc, char **argv)
+{
+	long long v;
+
+	if (argc != 2 || !cmd_uint(argv[1], UINT32_MAX, &v))
+		return cmd_fail(c, ":budget: expected a number of tokens (0: every slot), e.g. :budget 512");
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = v });
+	return KVS_OK;
+}
+
+static int x_len(struct tui_ctx *c, int argc, char **argv)
+{
+	struct len_target lt = c->t->len;
+	struct err e;
+	char buf[96];
+
+	if (argc == 1) {
+		tui_status(c->t, false, "length target: %s", len_target_format(&lt, buf, sizeof buf));
+		return KVS_OK;
+	}
+	if (argc != 2 || len_target_parse(argv[1], &lt, &e) != KVS_OK)
+		return cmd_fail(c, ":len: %s", argc != 2 ? "expected one target, e.g. :len 120w" : e.msg);
+	c->t->len = lt;
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LEN, .text = argv[1] });
+	return KVS_OK;
+}
+
+static int x_max(struct tui_ctx *c, int argc, char **argv)
+{
+	long long v;
+
+	if (argc != 2 || !cmd_uint(argv[1], 1000000, &v) || v == 0)
+		return cmd_fail(c, ":max: expected the most tokens a reply may have, 1 .. 1000000");
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_MAX_TOKENS, .n = v });
+	return KVS_OK;
+}
+
+static int x_layer(struct tui_ctx *c, int argc, char **argv)
+{
+	long long v;
+	uint32_t n = c->t->n_layer;
+
+	if (argc != 2 || !cmd_uint(argv[1], 1 << 20, &v) || (n > 0 && v >= n))
+		return cmd_fail(c, ":layer: expected a layer number 0 .. %u", n ? n - 1 : 0);
+	c->t->layer = (uint32_t)v;
+	tui_status(c->t, false, "layer %lld", v);
+	return KVS_OK;
+}
+
+static int x_head(struct tui_ctx *c, int argc, char **argv)
+{
+	long long v;
+	uint32_t n = c->t->n_head;
+
+	if (argc != 2 || !cmd_uint(argv[1], 1 << 20, &v) || (n > 0 && v >= n))
+		return cmd_fail(c, ":head: expected a head number 0 .. %u", n ? n - 1 : 0);
+	c->t->head = (uint32_t)v;
+	c->t->agg = AGG_HEAD;
+	tui_status(c->t, false, "head %lld", v);
+	return KVS_OK;
+}
+
+static int x_agg(struct tui_ctx *c, int argc, char **argv)
+{
+	static const char *const n[] = { "head", "mean", "max" };
+	for (int i = 0; argc == 2 && i < AGG_COUNT; i++)
+		if (strcmp(argv[1], n[i]) == 0) {
+			c->t->agg = (enum tui_agg)i;
+			tui_status(c->t, false, "heads: %s", n[i]);
+			return KVS_OK;
+		}
+	return cmd_fail(c, ":agg: expected head, mean or max");
+}
+
+static int x_overview(struct tui_ctx *c, int argc, char **argv)
+{
+	static const char *const n[] = { "entropy", "sink", "k90" };
+	for (int i = 0; argc == 2 && i < OV_COUNT; i++)
+		if (strcmp(argv[1], n[i]) == 0) {
+			c->t->overview = (enum tui_overview)i;
+			tui_status(c->t, false, "overview: %s", n[i]);
+			return KVS_OK;
+		}
+	return cmd_fail(c, ":overview: expected entropy, sink or k90");
+}
+
+/* The token :pin and :unpin act on: the argument or the selection. */
+static int x_pin_common(struct tui_ctx *c, int argc, char **argv, bool pin)
+{
+	long long v;
+
+	if (argc == 1) {
+		if (c->t->sel_tok < 0)
+			return cmd_fail(c, ":%s: select a token in the retention strip first, or give its "
+			                   "position (:%s POS)",
+			                pin ? "pin" : "unpin", pin ? "pin" : "unpin");
+		v = c->t->sel_tok;
+	} else if (argc != 2 || !cmd_uint(argv[1], INT32_MAX, &v)) {
+		return cmd_fail(c, ":%s: expected a token position, e.g. :%s 12", pin ? "pin" : "unpin",
+		                pin ? "pin" : "unpin");
+	}
+	cmd_send(c, &(struct worker_cmd){ .kind = pin ? WORKER_PIN : WORKER_UNPIN, .n = v });
+	return KVS_OK;
+}
+
+static int x_pin(struct tui_ctx *c, int argc, char **argv)
+{
+	return x_pin_common(c, argc, argv, true);
+}
+
+static int x_unpin(struct tui_ctx *c, int argc, char **argv)
+{
+	return x_pin_common(c, argc, argv, false);
+}
+
+static int x_new(struct tui_ctx *c, int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 1)
+		return cmd_fail(c, ":new takes no arguments");
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_RESET });
+	tui_msg_add(c->t, MSG_INFO, "new conversation");
+	return KVS_OK;
+}
+
+/* A read-only connection to the session database for listing and export
+ * (the worker's own connection records; SQLite handles the two). */
+static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
+{
+	struct store *st;
+	struct err e;
+	char *path;
+
+	if (!store_available()) {
+		cmd_fail(c, ":%s: the session store was not built (configure found no SQLite)", cmd);
+		return NULL;
+	}
+	path = c->t->db_path[0] ? xstrdup(c->t->db_path) : store_default_path();
+	if (store_open(&st, path, STORE_RO, &e) != KVS_OK) {
+		cmd_fail(c, ":%s: %s", cmd, e.msg);
+		st = NULL;
+	}
+	free(path);
+	return st;
+}
+
+static int x_sessions(struct tui_ctx *c, int argc, char **argv)
+{
+	struct store *st;
+	struct store_session *ss = NULL;
+	size_t n = 0;
+	struct err e;
+	char buf[256] = "";
+
+	(void)argv;
+	if (argc != 1)
+		return cmd_fail(c, ":sessions takes no arguments");
+	if ((st = cmd_store_ro(c, "sessions")) == NULL)
+		return KVS_EIO;
+	if (store_session_list(st, &ss, &n, &e) != KVS_OK) {
+		store_close(st);
+		return cmd_fail(c, ":sessions: %s", e.msg);
+	}
+	for (size_t i = 0; i < n; i++) {
+		char one[96];
+		snprintf(one, sizeof one, "%s%lld '%s' (%u turns)", i ? ", " : "", (long long)ss[i].id,
+		         ss[i].title ? ss[i].title : "", ss[i].n_turns);
+		if (strlen(buf) + strlen(one) + 1 < sizeof buf)
+			strcat(buf, one);
+		store_session_free(&ss[i]);
+	}
+	free(ss);
+	store_close(st);
+	tui_status(c->t, false, "%zu saved sessions%s%s", n, n ? ": " : "", buf);
+	return KVS_OK;
+}
+
+static int x_save(struct tui_ctx *c, int argc, char **argv)
+{
+	char title[200] = "";
+
+	if (!store_available())
+		return cmd_fail(c, ":save: the session store was not built (configure found no SQLite)");
+	for (int i = 1; i < argc; i++) {
+		if (strlen(title) + strlen(argv[i]) + 2 >= sizeof title)
+			return cmd_fail(c, ":save: the title is too long (at most %zu characters)",
+			                sizeof title - 1);
+		if (i > 1)
+			strcat(title, " ");
+		strcat(title, argv[i]);
+	}
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = title[0] ? title : NULL });
+	return KVS_OK;
+}
+
+static int x_load(struct tui_ctx *c, int argc, char **argv)
+{
+	if (!store_available())
+		return cmd_fail(c, ":load: the session store was not built (configure found no SQLite)");
+	char what[200] = "";
+
+	if (argc < 2)
+		return cmd_fail(c, ":load: expected a saved session's id or title (:sessions lists them)");
+	for (int i = 1; i < argc; i++) {
+		/* a title may have spaces */
+		if (strlen(what) + strlen(argv[i]) + 2 >= sizeof what)
+			return cmd_fail(c, ":load: the title is too long (at most %zu characters)",
+			                sizeof what - 1);
+		if (i > 1)
+			strcat(what, " ");
+		strcat(what, argv[i]);
+	}
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = what });
+	tui_msg_add(c->t, MSG_INFO, "loading a saved session ...");
+	return KVS_OK;
+}
+
+static int x_export(struct tui_ctx *c, int argc, char **argv)
+{
+	struct store *st;
+	enum store_format fmt = STORE_FMT_MD;
+	int64_t id;
+	struct err e;
+	FILE *fp;
+	int rc;
+
+	if (argc < 3 || argc > 4)
+		return cmd_fail(c, ":export: expected ID|TITLE FILE [md|json]");
+	if (argc == 4 && store_format_parse(argv[3], &fmt, &e) != KVS_OK)
+		return cmd_fail(c, ":export: %s", e.msg);
+	if ((st = cmd_store_ro(c, "export")) == NULL)
+		return KVS_EIO;
+	rc = store_session_find(st, argv[1], &id, &e);
+	if (rc == KVS_OK) {
+		fp = fopen(argv[2], "w");
+		if (fp == NULL) {
+			rc = err_set(&e, KVS_EIO, "cannot write %s: %s", argv[2], strerror(errno));
+		} else {
+			rc = store_export(st, id, fmt, c->t->vocab, fp, &e);
+			if (fclose(fp) != 0 && rc == KVS_OK)
+				rc = err_set(&e, KVS_EIO, "cannot write %s: %s", argv[2], strerror(errno));
+		}
+	}
+	store_close(st);
+	if (rc != KVS_OK)
+		return cmd_fail(c, ":export: %s", e.msg);
+	tui_status(c->t, false, "session %lld exported to %s", (long long)id, argv[2]);
+	return KVS_OK;
+}
+
+/* The runtime, or a failure saying why there is none. */
+static struct script_rt *cmd_rt(struct tui_ctx *c, const char *cmd)
+{
+	if (c->t->rt == NULL)
+		cmd_fail(c, ":%s: Lua plugins are not available (%s)", cmd,
+		         script_available() ? "the runtime did not start" : "built without Lua");
+	return c->t->rt;
+}
+
+/* Plugins are about to change: a Lua policy in use goes back to its base
+ * policy first (its provider may be unloaded). */
+static void cmd_drop_lua_policy(struct tui_ctx *c)
+{
+	if (c->t->lua_policy[0] == '\0')
+		return;
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_POLICY, .text = c->t->lua_base });
+	c->t->lua_policy[0] = '\0';
+}
+
+/* The last line of a plugin's log, or "". */
+static const char *cmd_last_log(struct script_rt *rt, const char *plugin)
+{
+	size_t n = script_log_count(rt, plugin);
+	return n ? script_log_line(rt, plugin, n - 1) : "";
+}
+
+/* :lua CODE: the code becomes the plugin "lua" (replacing the previous
+ * one), so what it registers (hooks, commands, views) stays until the next
+ * :lua or :plugin unload lua; print() goes to its log, whose last line is
+ * shown. */
+static int x_lua(struct tui_ctx *c, int argc, char **argv)
+{
+	struct script_rt *rt = cmd_rt(c, "lua");
+	char dir[] = "/tmp/kvscope-lua-XXXXXX", path[64];
+	struct err e;
+	FILE *fp;
+	int rc;
+
+	if (rt == NULL)
+		return KVS_EUNSUPPORTED;
+	if (argc < 2)
+		return cmd_fail(c, ":lua: expected Lua code, e.g. :lua print(1 + 1)");
+	if (mkdtemp(dir) == NULL)
+		return cmd_fail(c, ":lua: cannot make a temporary directory: %s", strerror(errno));
+	snprintf(path, sizeof path, "%s/lua.lua", dir);
+	fp = fopen(path, "w");
+	if (fp == NULL) {
+		rmdir(dir);
+		return cmd_fail(c, ":lua: cannot write %s: %s", path, strerror(errno));
+	}
+	fprintf(fp, "%s\n", argv[1]);
+	fclose(fp);
+	cmd_drop_lua_policy(c);
+	script_unload(rt, "lua", &e); /* the previous chunk, if any */
+	rc = script_load(rt, path, &e);
+	unlink(path);
+	rmdir(dir);
+	if (rc != KVS_OK)
+		return cmd_fail(c, ":lua: %s", e.msg);
+	tui_status(c->t, false, "lua: %s", cmd_last_log(rt, "lua")[0] ? cmd_last_log(rt, "lua") : "ok");
+	return KVS_OK;
+}
+
+/* A plugin's path: as given, else plugins/NAME.lua in the data folder. */
+static char *cmd_plugin_path(const char *arg)
+{
+	struct stat st;
+	char *dir, *p;
+	size_t n = strlen(arg);
+
+	if (stat(arg, &st) == 0 || strchr(arg, '/') != NULL)
+		return xstrdup(arg);
+	dir = script_data_dir();
+	p = xasprintf("%s/plugins/%s%s", dir, arg,
+	              n > 4 && strcmp(arg + n - 4, ".lua") == 0 ? "" : ".lua");
+	free(dir);
+	return p;
+}
+
+static int x_plugin(struct tui_ctx *c, int argc, char **argv)
+{
+	struct script_rt *rt;
+	struct err e;
+	const char *sub = argc > 1 ? argv[1] : "";
+	int rc = KVS_OK;
+
+	if (strcmp(sub, "list") != 0 && strcmp(sub, "load") != 0 && strcmp(sub, "unload") != 0 &&
+	    strcmp(sub, "reload") != 0 && strcmp(sub, "log") != 0)
+		return cmd_fail(c, ":plugin: expected list, load NAME|FILE, unload NAME, reload NAME or "
+		                   "log NAME");
+	if ((rt = cmd_rt(c, "plugin")) == NULL)
+		return KVS_EUNSUPPORTED;
+	if (strcmp(sub, "list") == 0) {
+		char buf[256] = "";
+		size_t n = script_plugin_count(rt);
+		for (size_t i = 0; i < n; i++) {
+			struct script_plugin_info pi;
+			char one[80];
+			script_plugin_at(rt, i, &pi);
+			snprintf(one, sizeof one, "%s%s%s", i ? ", " : "", pi.name,
+			         pi.enabled ? "" : " (disabled)");
+			if (strlen(buf) + strlen(one) + 1 < sizeof buf)
+				strcat(buf, one);
+		}
+		tui_status(c->t, false, "%zu plugins%s%s", n, n ? ": " : "", buf);
+		return KVS_OK;
+	}
+	if (argc != 3)
+		return cmd_fail(c, ":plugin %s: expected a plugin name", sub);
+	if (strcmp(sub, "load") == 0) {
+		char *path = cmd_plugin_path(argv[2]);
+		rc = script_load(rt, path, &e);
+		free(path);
+	} else if (strcmp(sub, "unload") == 0) {
+		cmd_drop_lua_policy(c);
+		rc = script_unload(rt, argv[2], &e);
+	} else if (strcmp(sub, "reload") == 0) {
+		cmd_drop_lua_policy(c);
+		rc = script_reload(rt, argv[2], &e);
+	} else {
+		const char *l = cmd_last_log(rt, argv[2]);
+		tui_status(c->t, false, "%s: %s", argv[2], l[0] ? l : "(empty log)");
+		return KVS_OK;
+	}
+	if (rc != KVS_OK)
+		return cmd_fail(c, ":plugin %s: %s", sub, e.msg);
+	tui_status(c->t, false, "plugin %s: %s done", argv[2], sub);
+	return KVS_OK;
+}
+
+static int x_theme(struct tui_ctx *c, int argc, char **argv)
+{
+	const struct tui_theme *th;
+
+	if (argc == 1) {
+		tui_status(c->t, false, "theme %s (dark, light)", c->t->theme->name);
+		return KVS_OK;
+	}
+	if (argc != 2 || (th = tui_theme_find(argv[1])) == NULL)
+		return cmd_fail(c, ":theme: unknown theme '%s': expected dark or light",
+		                argc > 1 ? argv[1] : "");
+	c->t->theme = th;
+	tui_status(c->t, false, "theme %s", th->name);
+	return KVS_OK;
+}
+
+static int x_help(struct tui_ctx *c, int argc, char **argv)
+{
+	if (argc == 1) {
+		c->t->help = true;
+		return KVS_OK;
+	}
+	for (size_t i = 0; i < tui_cmd_count(); i++) {
+		const struct tui_cmd *k = tui_cmd_at(i);
+		if (strcmp(k->name, argv[1]) == 0) {
+			tui_status(c->t, false, ":%s %s  %s", k->name, k->args, k->help);
+			return KVS_OK;
+		}
+	}
+	return cmd_fail(c, ":help: no command '%s' (:help lists them)", argv[1]);
+}
+
+static int comp_pane(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	if (i >= tui_pane_count())
+		return 0;
+	*out = tui_pane_at(i)->name;
+	return 1;
+}
+
+static int x_pane(struct tui_ctx *c, int argc, char **argv)
+{
+	int i = argc == 2 ? tui_pane_find(argv[1]) : -1;
+
+	if (i < 0) {
+		char names[256] = "";
+		for (size_t k = 0; k < tui_pane_count(); k++) {
+			if (strlen(names) + strlen(tui_pane_at(k)->name) + 3 >= sizeof names)
+				break;
+			strcat(names, k ? ", " : "");
+			strcat(names, tui_pane_at(k)->name);
+		}
+		return cmd_fail(c, ":pane: expected one of %s", names);
+	}
+	c->t->tab = i;
+	return KVS_OK;
+}
+
+static int x_quit(struct tui_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	c->t->quit = true;
+	return KVS_OK;
+}
+
+static const struct tui_cmd tui_cmds[] = {
+	{ "policy", "[NAME [k=v ...]]", "switch the KV retention policy (none: show it)", comp_policy, x_policy },
+	{ "budget", "N", "KV budget in tokens (0: every slot)", NULL, x_budget },
+	{ "len", "[N[w|t]|LEVEL|off]", "length target of the next replies (words, tokens, a Ruler level)", NULL, x_len },
+	{ "max", "N", "the most tokens a reply may have (a hard cap)", NULL, x_max },
+	{ "layer", "N", "attention pane: layer", NULL, x_layer },
+	{ "head", "N", "attention pane: head", NULL, x_head },
+	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
+	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows", comp_overview, x_overview },
+	{ "pin", "[POS]", "pin the selected token (or POS): never evicted", NULL, x_pin },
+	{ "unpin", "[POS]", "unpin the selected token (or POS)", NULL, x_unpin },
+	{ "new", "", "start a new conversation", NULL, x_new },
+	{ "sessions", "", "list the saved sessions", NULL, x_sessions },
+	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache)", NULL, x_load },
+	{ "save", "[TITLE]", "save this conversation from the next exchange on", NULL, x_save },
+	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
+	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },
+	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
+	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
+	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },
+	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
+	{ "quit", "", "leave (the terminal is restored)", NULL, x_quit },
+};
+
+size_t tui_cmd_count(void)
+{
+	return KVS_ARRAY_LEN(tui_cmds);
+}
+
+const struct tui_cmd *tui_cmd_at(size_t i)
+{
+	return i < KVS_ARRAY_LEN(tui_cmds) ? &tui_cmds[i] : NULL;
+}
+
+static int comp_cmd(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	if (i >= KVS_ARRAY_LEN(tui_cmds))
+		return 0;
+	*out = tui_cmds[i].name;
+	return 1;
+}
+
+int tui_cmd_run(struct tui_ctx *c, const char *line)
+{
+	char buf[1024], *argv[32], *p;
+	int argc = 0;
+
+	while (*line == ':' || *line == ' ')
+		line++;
+	if (strlen(line) >= sizeof buf)
+		return cmd_fail(c, "command too long: at most %zu characters", sizeof buf - 1);
+	strcpy(buf, line);
+	p = buf;
+	while (*p && argc < (int)KVS_ARRAY_LEN(argv)) {
+		while (*p == ' ' || *p == '\t' || *p == '\n')
+			*p++ = '\0';
+		if (*p == '\0')
+			break;
+		argv[argc++] = p;
+		/* :lua takes the rest of the line as one argument */
+		if (argc == 2 && strcmp(argv[0], "lua") == 0)
+			break;
+		while (*p && *p != ' ' && *p != '\t' && *p != '\n')
+			p++;
+	}
+	if (argc == 0)
+		return cmd_fail(c, "empty command: expected one of :help");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++)
+		if (strcmp(tui_cmds[i].name, argv[0]) == 0)
+			return tui_cmds[i].exec(c, argc, argv);
+	if (c->t->rt != NULL) {
+		/* a plugin's command gets the rest of the line */
+		const char *args = line + strlen(argv[0]);
+		struct err e;
+		int rc;
+		args += strspn(args, " \t");
+		rc = script_command_run(c->t->rt, argv[0], args, &e);
+		if (rc == KVS_OK)
+			return KVS_OK;
+		if (rc != KVS_ENOTFOUND)
+			return cmd_fail(c, ":%s: %s", argv[0], e.msg);
+	}
+	return cmd_fail(c, "unknown command ':%s' (:help lists the commands)", argv[0]);
+}
+
+/* Fold one candidate into the completion: the common prefix and the list. */
+static void comp_add(const char *cand, const char *word, const char **first, size_t *common,
+                     char *names, size_t names_cap, int *n)
+{
+	size_t wlen = strlen(word);
+
+	if (strncmp(cand, word, wlen) != 0)
+		return;
+	if (*first == NULL) {
+		*first = cand;
+		*common = strlen(cand);
+	} else {
+		size_t k = 0;
+		while (k < *common && cand[k] == (*first)[k])
+			k++;
+		*common = k;
+	}
+	if (strlen(names) + strlen(cand) + 2 < names_cap) {
+		if (names[0])
+			strcat(names, " ");
+		strcat(names, cand);
+	}
+	(*n)++;
+}
+
+int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
+                     size_t names_cap)
+{
+	const char *word, *sp, *cand, *first = NULL;
+	size_t common = 0, wlen;
+	int n = 0;
+	int (*src)(const char *, size_t, const char **) = comp_cmd;
+	char *plug[32];
+	size_t n_plug = 0;
+	bool first_word;
+
+	out[0] = '\0';
+	names[0] = '\0';
+	if (line[0] != ':')
+		return 0;
+	line++;
+	sp = strrchr(line, ' ');
+	first_word = sp == NULL;
+	if (!first_word) {
+		/* an argument: the command's own completion (a plugin's when it is theirs) */
+		size_t cl = strcspn(line, " ");
+		bool builtin = false;
+		src = NULL;
+		for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++)
+			if (strlen(tui_cmds[i].name) == cl && strncmp(tui_cmds[i].name, line, cl) == 0) {
+				src = tui_cmds[i].complete;
+				builtin = true;
+			}
+		word = sp + 1;
+		if (!builtin && rt != NULL && cl < 64) {
+			char name[64];
+			memcpy(name, line, cl);
+			name[cl] = '\0';
+			n_plug = script_command_complete(rt, name, word, plug, KVS_ARRAY_LEN(plug));
+		}
+		if (src == NULL && n_plug == 0)
+			return 0;
+	} else {
+		word = line;
+	}
+	wlen = strlen(word);
+	for (size_t i = 0; src != NULL && src(word, i, &cand); i++)
+		comp_add(cand, word, &first, &common, names, names_cap, &n);
+	for (size_t i = 0; i < n_plug; i++)
+		comp_add(plug[i], word, &first, &common, names, names_cap, &n);
+	if (first_word && rt != NULL) {
+		for (size_t i = 0; i < script_command_count(rt); i++) {
+			struct script_command_info ci;
+			script_command_at(rt, i, &ci);
+			comp_add(ci.name, word, &first, &common, names, names_cap, &n);
+		}
+	}
+	if (first != NULL && common > wlen && common - wlen < cap) {
+		memcpy(out, first + wlen, common - wlen);
+		out[common - wlen] = '\0';
+	}
+	if (n == 1 && strlen(out) + 2 < cap)
+		strcat(out, " ");
+	for (size_t i = 0; i < n_plug; i++)
+		free(plug[i]);
+	return n;
+}
+
+size_t tui_help_lines(const char ***lines)
+{
+	static const char *keys[] = {
+		"Keys",
+		"  Enter        send the message (or run a :command)",
+		"  Ctrl-J, Alt-Enter  new line in the message",
+		"  Ctrl-C       stop the reply; again (or on an empty line) quit",
+		"  Tab          complete :commands and their arguments",
+		"  Ctrl-R       search the history; Up/Down walk it; emacs keys edit",
+		"  F1           this help      F2-F5  show a pane (tabs on small terminals)",
+		"  F6/F7        layer -/+      F8/F9  head -/+    F10  head aggregation",
+		"  F11          overview metric (entropy / sink mass / k90)",
+		"  Shift-Up/Down   earlier / later query token in the attention pane",
+		"  Shift-Left/Right select a token in the retention strip (or click it)",
+		"  PgUp/PgDn    scroll the chat",
+		"",
+		"Commands",
+		NULL,
+	};
+	static const char *all[64];
+	static char cmdlines[KVS_ARRAY_LEN(tui_cmds)][128];
+	size_t n = 0;
+
+	for (size_t i = 0; keys[i] != NULL; i++)
+		all[n++] = keys[i];
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds) && n < KVS_ARRAY_LEN(all); i++) {
+		char syn[64];
+		snprintf(syn, sizeof syn, ":%s %s", tui_cmds[i].name, tui_cmds[i].args);
+		snprintf(cmdlines[i], sizeof cmdlines[i], "  %-36s %s", syn, tui_cmds[i].help);
+		all[n++] = cmdlines[i];
+	}
+	*lines = all;
+	return n;
+}

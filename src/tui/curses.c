@@ -1,0 +1,682 @@
+/*
+ * curses.c: the terminal side of the workbench: ncurses set-up, colours,
+ * the main loop, keys and mouse, and restoring the terminal.
+ *
+ * The main thread sleeps in poll() on the terminal and the worker's event
+ * pipe. Keys go to the input line (libedit, input.c) unless they are
+ * workbench keys (F-keys, Ctrl-C, Tab, scrolling); worker events update
+ * the view model (model.c). Redraws are coalesced: at most one every
+ * TUI_FRAME_MS, however fast tokens arrive, and fewer when frames are
+ * expensive (a big terminal, a slow one): the interval grows so that
+ * drawing takes at most TUI_DRAW_SHARE of the time, since on a machine
+ * whose cores all decode every millisecond drawn is a millisecond less
+ * decoding. A frame is drawn into the text
+ * grid (view.c) and only the cells that changed since the last frame are
+ * sent to curses, so the renderer stays a thin copy loop.
+ *
+ * The terminal is restored on every way out: normal quit, an error, a
+ * fatal signal (the handler calls endwin before re-raising) and exit().
+ */
+#include "tui/tui-int.h"
+
+#include <curses.h>
+#include <locale.h>
+#include <pthread.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TUI_FRAME_MS 33.0     /* the shortest interval between frames (30 a second) */
+#define TUI_FRAME_MAX_MS 250.0 /* the longest, whatever a frame costs */
+#define TUI_DRAW_SHARE 0.03    /* of the wall time drawing may take */
+
+static volatile sig_atomic_t tui_in_curses;
+static volatile sig_atomic_t tui_sigquit;
+
+bool tui_available(void)
+{
+	return true;
+}
+
+static void tui_restore(void)
+{
+	if (tui_in_curses) {
+		tui_in_curses = 0;
+		endwin();
+	}
+}
+
+static void tui_fatal_signal(int sig)
+{
+	/* put the terminal back, then die of the same signal */
+	tui_restore();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void tui_quit_signal(int sig)
+{
+	(void)sig;
+	tui_sigquit = 1;
+}
+
+struct tui_term {
+	struct tui t;
+	struct tui_ctx ctx;
+	struct tui_grid grid, prev;
+	struct tui_input *in;
+	struct worker *w;
+	enum tui_color_mode mode; /* resolved: 256, TRUE or NONE (8 colours count as 256) */
+	bool colors8;
+	attr_t attr[R_COUNT];
+	const struct tui_theme *applied;
+	bool full_redraw;
+	bool armed_quit;            /* Ctrl-C stopped a reply: another one quits */
+	double last_draw_ms;
+	bool dirty;
+	FILE *screen_out;           /* the terminal curses writes to */
+	/* plugin messages (script_config.notify may come from the worker) */
+	pthread_mutex_t note_mu;
+	char note[256];
+	bool have_note;
+	uint32_t n_frames;
+	double frame_ms;            /* spent drawing, all frames */
+	double apply_ms;            /* spent applying events */
+	double cost_ms;             /* a frame's cost, smoothed */
+	/* bench */
+	bool bench_exit, bench_sent, bench_done;
+	double bench_tps;
+	uint32_t bench_tokens;
+	double bench_ms;
+};
+
+/* Colour pairs and attributes for the theme. */
+static void tui_apply_theme(struct tui_term *tt)
+{
+	const struct tui_theme *th = tt->t.theme;
+
+	for (int r = 0; r < R_COUNT; r++) {
+		const struct tui_role_color *rc = &th->role[r];
+		attr_t a = 0;
+		bool mono = tt->mode == TUI_COLOR_NONE;
+		if (rc->attr & TUI_A_BOLD)
+			a |= A_BOLD;
+		if (rc->attr & TUI_A_UNDERLINE)
+			a |= A_UNDERLINE;
+		if (mono && (rc->attr & TUI_A_REVERSE))
+			a |= A_REVERSE;
+		if (mono && (rc->attr & TUI_A_DIM))
+			a |= A_DIM;
+		if (!mono) {
+			int fg = tt->colors8 ? rc->fg8 : rc->fg, bg = tt->colors8 ? rc->bg8 : rc->bg;
+			if (tt->mode == TUI_COLOR_TRUE) {
+				/* direct colour: colour numbers are 0xRRGGBB */
+				fg = fg < 0 ? -1 : (int)tui_color_rgb(fg);
+				bg = bg < 0 ? -1 : (int)tui_color_rgb(bg);
+			}
+			init_extended_pair(r + 1, fg, bg);
+		}
+		tt->attr[r] = a;
+	}
+	tt->applied = th;
+	tt->full_redraw = true;
+}
+
+static void tui_setup_colors(struct tui_term *tt, enum tui_color_mode want)
+{
+	const char *nc = getenv("NO_COLOR");
+
+	if (want == TUI_COLOR_NONE || (nc != NULL && nc[0] != '\0') || !has_colors()) {
+		tt->mode = TUI_COLOR_NONE;
+		return;
+	}
+	start_color();
+	use_default_colors();
+	if (want == TUI_COLOR_TRUE && COLORS >= 0x1000000)
+		tt->mode = TUI_COLOR_TRUE;
+	else if (COLORS >= 256)
+		tt->mode = TUI_COLOR_256;
+	else if (COLORS >= 8) {
+		tt->mode = TUI_COLOR_256;
+		tt->colors8 = true;
+	} else
+		tt->mode = TUI_COLOR_NONE;
+	if (want == TUI_COLOR_TRUE && tt->mode != TUI_COLOR_TRUE)
+		tui_status(&tt->t, false,
+		           "truecolour needs a direct-colour terminal (e.g. TERM=xterm-direct); using %d "
+		           "colours",
+		           COLORS);
+}
+
+/* Write the run of cells [x0, x1) of row y (one role) to curses. */
+static void tui_put_run(struct tui_term *tt, int y, int x0, int x1)
+{
+	const struct tui_cell *c = &tt->grid.c[y * tt->grid.w];
+	wchar_t buf[512];
+	int n = 0, role = c[x0].role;
+	int pair = tt->mode == TUI_COLOR_NONE ? 0 : role + 1;
+
+	for (int x = x0; x < x1 && n < (int)KVS_ARRAY_LEN(buf) - 1; x++)
+		if (c[x].cp != 0) /* 0: the right half of a wide character */
+			buf[n++] = (wchar_t)c[x].cp;
+	buf[n] = 0;
+	wattr_set(stdscr, tt->attr[role], (short)pair, NULL);
+	mvaddnwstr(y, x0, buf, n);
+}
+
+/* Copy the grid's changed cells to the screen, in runs of one role. */
+static void tui_blit(struct tui_term *tt, int cx, int cy)
+{
+	struct tui_grid *g = &tt->grid, *p = &tt->prev;
+	bool full = tt->full_redraw || p->w != g->w || p->h != g->h;
+
+	if (full) {
+		tui_grid_resize(p, g->w, g->h);
+		clearok(stdscr, TRUE);
+	}
+	for (int y = 0; y < g->h; y++) {
+		/* the bottom-right cell is written apart: adding there could scroll */
+		int w = y == g->h - 1 ? g->w - 1 : g->w;
+		int run = -1;
+		for (int x = 0; x < w; x++) {
+			const struct tui_cell *c = &g->c[y * g->w + x];
+			struct tui_cell *o = &p->c[y * g->w + x];
+			bool changed = full || c->cp != o->cp || c->role != o->role;
+			*o = *c;
+			if (run >= 0 && (!changed || c->role != g->c[y * g->w + run].role || x - run >= 500)) {
+				tui_put_run(tt, y, run, x);
+				run = -1;
+			}
+			if (changed && run < 0) {
+				/* a run never starts on the right half of a wide character */
+				run = c->cp == 0 && x > 0 ? x - 1 : x;
+			}
+		}
+		if (run >= 0)
+			tui_put_run(tt, y, run, w);
+		if (y == g->h - 1 && g->w > 0) {
+			const struct tui_cell *c = &g->c[y * g->w + g->w - 1];
+			struct tui_cell *o = &p->c[y * g->w + g->w - 1];
+			if ((full || c->cp != o->cp || c->role != o->role) && c->cp != 0) {
+				cchar_t cc;
+				wchar_t wc[2] = { (wchar_t)c->cp, 0 };
+				int pair = tt->mode == TUI_COLOR_NONE ? 0 : c->role + 1;
+				setcchar(&cc, wc, tt->attr[c->role], 0, &pair);
+				mvins_wch(y, g->w - 1, &cc);
+			}
+			*o = *c;
+		}
+	}
+	tt->full_redraw = false;
+	move(cy, cx);
+	refresh();
+}
+
+static void tui_frame(struct tui_term *tt)
+{
+	size_t cur;
+	const char *text = tui_input_text(tt->in, &cur);
+	int cx, cy;
+	double t0 = clock_now_ms();
+
+	if (tt->t.theme != tt->applied)
+		tui_apply_theme(tt);
+	tui_grid_resize(&tt->grid, COLS, LINES);
+	tt->grid.ascii = tt->prev.ascii;
+	tui_draw(&tt->t, &tt->grid, text, cur, &cx, &cy);
+	tui_blit(tt, cx, cy);
+	tt->last_draw_ms = clock_now_ms();
+	tt->n_frames++;
+	tt->frame_ms += tt->last_draw_ms - t0;
+	tt->cost_ms = tt->n_frames == 1 ? tt->last_draw_ms - t0
+	                                 : 0.8 * tt->cost_ms + 0.2 * (tt->last_draw_ms - t0);
+	tt->dirty = false;
+}
+
+/* Move the retention selection by one known token. */
+static void tui_select_step(struct tui *t, int dir)
+{
+	int32_t p = t->sel_tok < 0 ? (dir > 0 ? -1 : (int32_t)t->n_toks) : t->sel_tok;
+
+	for (p += dir; p >= 0 && (uint32_t)p < t->n_toks; p += dir)
+		if (t->toks[p].known) {
+			t->sel_tok = p;
+			return;
+		}
+}
+
+static void tui_complete(struct tui_term *tt)
+{
+	size_t cur;
+	const char *text = tui_input_text(tt->in, &cur);
+	char ext[128], names[512];
+	int n;
+
+	if (cur != strlen(text) || text[0] != ':') {
+		tui_status(&tt->t, false, "Tab completes :commands (type ':' first)");
+		return;
+	}
+	n = tui_cmd_complete(tt->t.rt, text, ext, sizeof ext, names, sizeof names);
+	if (ext[0] != '\0')
+		tui_input_insert(tt->in, ext);
+	if (n == 0)
+		tui_status(&tt->t, true, "no completion for '%s'", text);
+	else if (n > 1)
+		tui_status(&tt->t, false, "%s", names);
+}
+
+/* A line from the input: a ':' command or a message. */
+static void tui_line(struct tui_term *tt, char *line)
+{
+	if (line[0] == ':') {
+		tui_cmd_run(&tt->ctx, line + 1);
+	} else if (line[strspn(line, " \n\t")] == '\0') {
+		/* blank: nothing to send */
+	} else if (tt->t.busy || worker_busy(tt->w)) {
+		tui_status(&tt->t, true, "a reply is in progress: wait for it, or Ctrl-C to stop it");
+	} else {
+		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = line });
+		tt->t.busy = true;
+		tt->armed_quit = false;
+		tui_status(&tt->t, false, "%s", "");
+	}
+	free(line);
+}
+
+/* Keys the workbench handles itself; false: give it to the input line. */
+static bool tui_key(struct tui_term *tt, int key, bool fkey)
+{
+	struct tui *t = &tt->t;
+	uint32_t nl = t->n_layer ? t->n_layer : 1, nh = t->n_head ? t->n_head : 1;
+
+	if (!fkey) {
+		switch (key) {
+		case 3: /* Ctrl-C */
+		{
+			size_t cur;
+			const char *text = tui_input_text(tt->in, &cur);
+			if (t->busy) {
+				worker_cancel(tt->w);
+				tt->armed_quit = true;
+				tui_status(t, false, "stopping the reply (Ctrl-C again quits)");
+			} else if (tt->armed_quit || text[0] == '\0') {
+				t->quit = true;
+			} else {
+				tui_input_clear(tt->in);
+				tt->armed_quit = true;
+			}
+			return true;
+		}
+		case '\t':
+			tui_complete(tt);
+			return true;
+		case 12: /* Ctrl-L */
+			tt->full_redraw = true;
+			return true;
+		case 0x1b:
+			if (t->help) {
+				t->help = false;
+				return true;
+			}
+			return false;
+		default:
+			return false;
+		}
+	}
+	if (key >= KEY_F(2) && key <= KEY_F(5)) {
+		t->tab = key - KEY_F(2);
+		return true;
+	}
+	if (key == KEY_F(12)) {
+		t->tab = tui_pane_find("plugins");
+		return true;
+	}
+	switch (key) {
+	case KEY_F(1):
+		t->help = !t->help;
+		return true;
+	case KEY_F(6):
+		t->layer = (t->layer + nl - 1) % nl;
+		return true;
+	case KEY_F(7):
+		t->layer = (t->layer + 1) % nl;
+		return true;
+	case KEY_F(8):
+		t->head = (t->head + nh - 1) % nh;
+		t->agg = AGG_HEAD;
+		return true;
+	case KEY_F(9):
+		t->head = (t->head + 1) % nh;
+		t->agg = AGG_HEAD;
+		return true;
+	case KEY_F(10):
+		t->agg = (enum tui_agg)((t->agg + 1) % AGG_COUNT);
+		return true;
+	case KEY_F(11):
+		t->overview = (enum tui_overview)((t->overview + 1) % OV_COUNT);
+		return true;
+	case KEY_SR:
+		if (t->step_back + 1 < KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY))
+			t->step_back++;
+		return true;
+	case KEY_SF:
+		if (t->step_back > 0)
+			t->step_back--;
+		return true;
+	case KEY_SLEFT:
+		tui_select_step(t, -1);
+		return true;
+	case KEY_SRIGHT:
+		tui_select_step(t, +1);
+		return true;
+	case KEY_PPAGE:
+		t->chat_scroll += 10;
+		return true;
+	case KEY_NPAGE:
+		t->chat_scroll = t->chat_scroll > 10 ? t->chat_scroll - 10 : 0;
+		return true;
+	case KEY_RESIZE:
+		tt->full_redraw = true;
+		return true;
+	case KEY_MOUSE: {
+		MEVENT me;
+		if (getmouse(&me) == OK) {
+			int32_t p = tui_hit_token(t, &tt->grid, me.x, me.y);
+			if (p >= 0)
+				t->sel_tok = p;
+		}
+		return true;
+	}
+	default:
+		return false;
+	}
+}
+
+static void tui_events(struct tui_term *tt)
+{
+	struct worker_event *ev;
+
+	while ((ev = worker_poll(tt->w)) != NULL) {
+		double t0 = clock_now_ms();
+		tui_apply(&tt->t, ev, t0);
+		tt->apply_ms += clock_now_ms() - t0;
+		if (tt->t.rt != NULL) {
+			/* the plugins see the session's own types (deep copies) */
+			switch (ev->kind) {
+			case WORKER_EV_TURN_START:
+				script_on_turn_start(tt->t.rt, ev->index, ev->user ? ev->user : "");
+				break;
+			case WORKER_EV_TOKEN:
+				script_on_token(tt->t.rt, &ev->token);
+				break;
+			case WORKER_EV_TURN_END:
+				script_on_turn_end(tt->t.rt, &ev->turn);
+				break;
+			case WORKER_EV_KV:
+				script_on_kv_event(tt->t.rt, &ev->kv);
+				break;
+			default:
+				break;
+			}
+		}
+		if (tt->bench_exit && ev->kind == WORKER_EV_TURN_END) {
+			tt->bench_tokens = ev->turn.n_reply;
+			tt->bench_ms = ev->turn.decode_ms;
+			tt->bench_tps = ev->turn.decode_ms > 0 ? ev->turn.n_reply * 1e3 / ev->turn.decode_ms : 0;
+		}
+		if (tt->bench_exit && ev->kind == WORKER_EV_RESULT && ev->cmd == WORKER_CHAT) {
+			tt->bench_done = true;
+			tt->t.quit = true;
+		}
+		worker_event_free(ev);
+		tt->dirty = true;
+	}
+}
+
+/* The interval between frames: TUI_FRAME_MS, longer when frames cost more
+ * than TUI_DRAW_SHARE of it. */
+static double tui_frame_interval(const struct tui_term *tt)
+{
+	double iv = tt->cost_ms / TUI_DRAW_SHARE;
+	return iv < TUI_FRAME_MS ? TUI_FRAME_MS : iv > TUI_FRAME_MAX_MS ? TUI_FRAME_MAX_MS : iv;
+}
+
+static void tui_loop(struct tui_term *tt)
+{
+	while (!tt->t.quit && !tui_sigquit) {
+		struct pollfd pf[2] = { { 0, POLLIN, 0 }, { worker_fd(tt->w), POLLIN, 0 } };
+		double now = clock_now_ms(), wait;
+		wint_t wk;
+		int r;
+
+		if (tt->dirty)
+			wait = tt->last_draw_ms + tui_frame_interval(tt) - now;
+		else
+			wait = 500; /* a tick, so the live rates settle */
+		if (wait < 0)
+			wait = 0;
+		if (tt->t.rt != NULL) {
+			double next = script_tick(tt->t.rt);
+			if (next >= 0 && next < wait)
+				wait = next;
+			tt->dirty = true; /* views may have changed (cheap: frames are rate-limited) */
+		}
+		if (wait < 0)
+			wait = 0;
+		poll(pf, 2, (int)wait);
+		pthread_mutex_lock(&tt->note_mu);
+		if (tt->have_note) {
+			tui_status(&tt->t, true, "%s", tt->note);
+			tt->have_note = false;
+			tt->dirty = true;
+		}
+		pthread_mutex_unlock(&tt->note_mu);
+		while ((r = get_wch(&wk)) != ERR) {
+			char *line;
+			bool fkey = r == KEY_CODE_YES;
+			tt->dirty = true;
+			if (fkey || wk != 3)
+				tt->armed_quit = false; /* "Ctrl-C again" means the very next key */
+			if (tui_key(tt, (int)wk, fkey))
+				continue;
+			if (fkey && tt->t.rt != NULL && wk >= KEY_F(1) && wk <= KEY_F(63)) {
+				/* function keys the workbench leaves alone go to plugins */
+				char name[8];
+				snprintf(name, sizeof name, "F%d", (int)(wk - KEY_F(0)));
+				if (script_on_key(tt->t.rt, name))
+					continue;
+			}
+			if (tui_input_key(tt->in, (int)wk, fkey, &line))
+				tui_line(tt, line);
+		}
+		tui_events(tt);
+		if (tt->dirty && clock_now_ms() - tt->last_draw_ms >= tui_frame_interval(tt))
+			tui_frame(tt);
+		else if (!tt->dirty && clock_now_ms() - tt->last_draw_ms >= 500)
+			tui_frame(tt);
+	}
+}
+
+/* A plugin's message (any thread): kept for the status line. */
+static void tui_notify(void *ud, const char *plugin, const char *msg)
+{
+	struct tui_term *tt = ud;
+
+	pthread_mutex_lock(&tt->note_mu);
+	snprintf(tt->note, sizeof tt->note, "%s%s%s", plugin ? plugin : "", plugin ? ": " : "", msg);
+	tt->have_note = true;
+	pthread_mutex_unlock(&tt->note_mu);
+}
+
+/* kvscope.send(cmd, arg): a plugin queues a command on the session. */
+static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
+{
+	static const struct {
+		const char *name;
+		enum worker_cmd_kind kind;
+		bool number, text;
+	} map[] = {
+		{ "chat", WORKER_CHAT, false, true },      { "policy", WORKER_POLICY, false, true },
+		{ "budget", WORKER_BUDGET, true, false },  { "reset", WORKER_RESET, false, false },
+		{ "pin", WORKER_PIN, true, false },        { "unpin", WORKER_UNPIN, true, false },
+		{ "max_tokens", WORKER_MAX_TOKENS, true, false },
+	};
+	struct tui_term *tt = ud;
+
+	for (size_t i = 0; i < KVS_ARRAY_LEN(map); i++) {
+		struct worker_cmd c = { .kind = map[i].kind };
+		if (strcmp(map[i].name, cmd) != 0)
+			continue;
+		if (map[i].text)
+			c.text = arg ? arg : "";
+		if (map[i].number) {
+			char *end;
+			long long v = arg ? strtoll(arg, &end, 10) : 0;
+			if (arg == NULL || *arg == '\0' || *end != '\0')
+				return err_set(e, KVS_EARG, "send %s: expected a number, got '%s'", cmd,
+				               arg ? arg : "");
+			c.n = v;
+		}
+		worker_send(tt->w, &c);
+		if (map[i].kind == WORKER_CHAT)
+			tt->t.busy = true;
+		return KVS_OK;
+	}
+	return err_set(e, KVS_EARG, "send '%s': expected chat, policy, budget, reset, pin, unpin or max_tokens",
+	               cmd);
+}
+
+/* Start the Lua runtime and load the plugins (none without Lua). */
+static void tui_plugins_start(struct tui_term *tt, struct session *s, const struct tui_options *o)
+{
+	struct script_config sc;
+	struct err e;
+
+	script_config_default(&sc);
+	sc.gen.model_path = o->model_path;
+	sc.notify = tui_notify;
+	sc.notify_ud = tt;
+	sc.send = tui_send;
+	sc.send_ud = tt;
+	if (script_rt_new(&tt->t.rt, &sc, &e) != KVS_OK) {
+		tt->t.rt = NULL;
+		snprintf(tt->t.plugins, sizeof tt->t.plugins, "plugins: not built");
+		return;
+	}
+	script_on_model_loaded(tt->t.rt, session_gen(s));
+	if (!o->no_plugins)
+		script_autoload(tt->t.rt);
+}
+
+int tui_run(struct session *s, const struct tui_options *o, struct err *e)
+{
+	struct tui_term *tt = xcalloc(1, sizeof *tt);
+	struct gen *g = session_gen(s);
+	const struct model *m = g->model;
+	static const int fatal[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT };
+	static const int quits[] = { SIGTERM, SIGHUP, SIGINT, SIGQUIT };
+	int rc;
+
+	tui_init(&tt->t);
+	snprintf(tt->t.model, sizeof tt->t.model, "%s", m->name ? m->name : "model");
+	snprintf(tt->t.backend, sizeof tt->t.backend, "%s %s",
+	         strcmp(engine_backend_name(g->engine), "cpu") == 0 ? "CPU" : "CUDA",
+	         engine_isa_name(g->engine));
+	tt->t.n_layer = m->hp.n_layer;
+	tt->t.n_head = m->hp.n_head;
+	tt->t.n_ctx = gen_n_ctx(g);
+	tt->t.vocab = m->vocab;
+	if (o->theme != NULL && (tt->t.theme = tui_theme_find(o->theme)) == NULL) {
+		tui_free(&tt->t);
+		free(tt);
+		return err_set(e, KVS_EARG, "--theme %s: expected dark or light", o->theme);
+	}
+	if (tt->t.theme == NULL)
+		tt->t.theme = tui_theme_at(0);
+	if (session_system(s)[0] != '\0')
+		tui_msg_add(&tt->t, MSG_SYSTEM, session_system(s));
+	pthread_mutex_init(&tt->note_mu, NULL);
+	tt->ctx.t = &tt->t;
+	tui_plugins_start(tt, s, o);
+	rc = worker_start(&tt->w, s, e);
+	if (rc != KVS_OK) {
+		script_rt_free(tt->t.rt);
+		tui_free(&tt->t);
+		free(tt);
+		return rc;
+	}
+	tt->ctx.w = tt->w;
+	worker_set_store(tt->w, o->db_path, o->model_path);
+	snprintf(tt->t.db_path, sizeof tt->t.db_path, "%s", o->db_path ? o->db_path : "");
+	tt->in = tui_input_open();
+	tt->bench_exit = o->bench_exit;
+
+	setlocale(LC_ALL, "");
+	setlocale(LC_NUMERIC, "C");
+	atexit(tui_restore);
+	for (size_t i = 0; i < KVS_ARRAY_LEN(fatal); i++)
+		signal(fatal[i], tui_fatal_signal);
+	for (size_t i = 0; i < KVS_ARRAY_LEN(quits); i++)
+		signal(quits[i], tui_quit_signal);
+	/* the screen is the terminal even when standard output is redirected
+	 * (--bench-exit prints its result there); newterm, unlike initscr,
+	 * returns instead of exiting on failure */
+	tt->screen_out = isatty(1) ? stdout : fopen("/dev/tty", "w");
+	if (tt->screen_out == NULL || newterm(NULL, tt->screen_out, stdin) == NULL) {
+		if (tt->screen_out != NULL && tt->screen_out != stdout)
+			fclose(tt->screen_out);
+		worker_stop(tt->w);
+		script_rt_free(tt->t.rt);
+		tui_input_close(tt->in);
+		tui_free(&tt->t);
+		free(tt);
+		return err_set(e, KVS_EIO, "cannot start the terminal (TERM=%s)",
+		               getenv("TERM") ? getenv("TERM") : "unset");
+	}
+	tui_in_curses = 1;
+	raw();
+	noecho();
+	nonl();
+	keypad(stdscr, TRUE);
+	nodelay(stdscr, TRUE);
+	set_escdelay(25);
+	mousemask(BUTTON1_CLICKED | BUTTON1_PRESSED, NULL);
+	mouseinterval(0);
+	tui_setup_colors(tt, o->color);
+	tt->prev.ascii = o->ascii;
+	tui_apply_theme(tt);
+
+	worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SNAPSHOT });
+	if (o->prompt != NULL) {
+		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = o->prompt });
+		tt->t.busy = true;
+	}
+	tui_frame(tt);
+	tui_loop(tt);
+
+	tui_restore();
+	if (tt->screen_out != stdout)
+		fclose(tt->screen_out);
+	worker_stop(tt->w);
+	script_rt_free(tt->t.rt); /* plugins' unload hooks run; no worker any more */
+	tui_input_close(tt->in);
+	pthread_mutex_destroy(&tt->note_mu);
+	if (tt->bench_exit) {
+		if (tt->bench_done)
+			printf("decode %.2f tok/s (%u tokens in %.1f ms)\n"
+			       "ui: %u frames, %.1f ms drawing (%.2f ms a frame), %.1f ms applying events\n",
+			       tt->bench_tps, tt->bench_tokens, tt->bench_ms, tt->n_frames, tt->frame_ms,
+			       tt->n_frames ? tt->frame_ms / tt->n_frames : 0.0, tt->apply_ms);
+		else
+			rc = err_set(e, KVS_ESTATE, "--bench-exit: the reply did not finish");
+	}
+	tui_grid_free(&tt->grid);
+	tui_grid_free(&tt->prev);
+	tui_free(&tt->t);
+	free(tt);
+	return rc;
+}

@@ -1,0 +1,504 @@
+/*
+ * model.c: the workbench's view model, a plain struct that the worker's
+ * events update and the panes read.
+ *
+ * The chat is a list of messages; a reply is a list of spans, one per
+ * token, each with its surprisal so the pane can tint it. The dialogue's
+ * tokens are indexed by original position (kv_tok.orig_pos): snapshots of
+ * the cache (sent by the worker after the prompt is fed and after every
+ * command) say which are cached and with what flags and scores, reply
+ * tokens arrive one by one, eviction events mark the ones that left with
+ * their final score and the cause. A cache clear (new conversation)
+ * shows up as a snapshot whose next position went backwards, and starts
+ * the token list over. Step events keep the last TUI_STEP_HISTORY
+ * attention snapshots in a ring, so a past query token can be selected.
+ * Nothing here knows about curses or the worker thread.
+ */
+#include "tui/tui-int.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tui_init(struct tui *t)
+{
+	memset(t, 0, sizeof *t);
+	t->sel_tok = -1;
+	t->theme = tui_theme_at(0);
+	snprintf(t->plugins, sizeof t->plugins, "plugins: none");
+}
+
+static void tui_step_free(struct tui_step *s)
+{
+	free(s->attn);
+	free(s->heads);
+	memset(s, 0, sizeof *s);
+}
+
+void tui_free(struct tui *t)
+{
+	for (uint32_t i = 0; i < t->n_msgs; i++) {
+		for (uint32_t j = 0; j < t->msgs[i].n_spans; j++)
+			free(t->msgs[i].spans[j].text);
+		free(t->msgs[i].spans);
+	}
+	free(t->msgs);
+	free(t->toks);
+	free(t->hits);
+	for (int i = 0; i < TUI_STEP_HISTORY; i++)
+		tui_step_free(&t->steps[i]);
+	memset(t, 0, sizeof *t);
+}
+
+void tui_status(struct tui *t, bool err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(t->status, sizeof t->status, fmt, ap);
+	va_end(ap);
+	/* one line: a message never spills into the panes */
+	for (char *p = t->status; *p; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+	t->status_err = err;
+}
+
+static void tui_span_add(struct tui_msg *m, const char *text, size_t len, float surprisal)
+{
+	if (m->n_spans == m->cap_spans) {
+		m->cap_spans = m->cap_spans ? m->cap_spans * 2 : 16;
+		m->spans = xreallocarray(m->spans, m->cap_spans, sizeof *m->spans);
+	}
+	m->spans[m->n_spans].text = xmalloc(len + 1);
+	memcpy(m->spans[m->n_spans].text, text, len);
+	m->spans[m->n_spans].text[len] = '\0';
+	m->spans[m->n_spans].surprisal = surprisal;
+	m->n_spans++;
+}
+
+struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *text)
+{
+	struct tui_msg *m;
+
+	if (t->n_msgs == t->cap_msgs) {
+		t->cap_msgs = t->cap_msgs ? t->cap_msgs * 2 : 32;
+		t->msgs = xreallocarray(t->msgs, t->cap_msgs, sizeof *t->msgs);
+	}
+	m = &t->msgs[t->n_msgs++];
+	memset(m, 0, sizeof *m);
+	m->kind = kind;
+	if (text != NULL)
+		tui_span_add(m, text, strlen(text), NAN);
+	return m;
+}
+
+/* The token at original position pos (grown as needed). */
+static struct tui_tok *tui_tok_at(struct tui *t, int32_t pos)
+{
+	if (pos < 0 || pos > (1 << 26))
+		return NULL;
+	if ((uint32_t)pos >= t->cap_toks) {
+		uint32_t cap = t->cap_toks ? t->cap_toks : 256;
+		while (cap <= (uint32_t)pos)
+			cap *= 2;
+		t->toks = xreallocarray(t->toks, cap, sizeof *t->toks);
+		memset(t->toks + t->cap_toks, 0, (cap - t->cap_toks) * sizeof *t->toks);
+		t->cap_toks = cap;
+	}
+	if ((uint32_t)pos >= t->n_toks)
+		t->n_toks = (uint32_t)pos + 1;
+	return &t->toks[pos];
+}
+
+/* Record what the cache says of one token (its piece from the vocab). */
+static struct tui_tok *tui_tok_update(struct tui *t, const struct kv_tok *k)
+{
+	struct tui_tok *x = tui_tok_at(t, k->orig_pos);
+
+	if (x == NULL)
+		return NULL;
+	if (!x->known || x->t.token != k->token) {
+		char buf[64];
+		size_t n = 0;
+		if (t->vocab != NULL)
+			n = vocab_piece(t->vocab, k->token, true, buf, sizeof buf - 1);
+		else
+			n = (size_t)snprintf(buf, sizeof buf, "#%d", k->token);
+		if (n > sizeof buf - 1)
+			n = sizeof buf - 1;
+		n = utf8_complete_prefix((const uint8_t *)buf, KVS_MIN(n, sizeof x->text - 1));
+		memcpy(x->text, buf, n);
+		x->text[n] = '\0';
+	}
+	x->t = *k;
+	x->known = true;
+	return x;
+}
+
+/* Forget the dialogue's tokens (the cache was cleared). */
+static void tui_toks_reset(struct tui *t)
+{
+	if (t->toks != NULL)
+		memset(t->toks, 0, t->cap_toks * sizeof *t->toks);
+	t->n_toks = 0;
+	t->sel_tok = -1;
+}
+
+static void tui_spark_push(struct tui *t, float cache, float tps)
+{
+	if (t->n_spark == TUI_SPARK_N) {
+		memmove(t->spark_cache, t->spark_cache + 1, (TUI_SPARK_N - 1) * sizeof(float));
+		memmove(t->spark_tps, t->spark_tps + 1, (TUI_SPARK_N - 1) * sizeof(float));
+		t->n_spark--;
+	}
+	t->spark_cache[t->n_spark] = cache;
+	t->spark_tps[t->n_spark] = tps;
+	t->n_spark++;
+}
+
+/* "evicted 212 tokens from turns 3-5 (sirllm, budget 512); system prompt kept" */
+static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
+{
+	uint32_t lo = UINT32_MAX, hi = 0, n_sys = 0;
+	char buf[256];
+
+	for (uint32_t i = 0; i < ev->n_evicted; i++) {
+		lo = KVS_MIN(lo, ev->evicted[i].turn);
+		hi = KVS_MAX(hi, ev->evicted[i].turn);
+		n_sys += ev->evicted[i].role == KV_ROLE_SYSTEM;
+	}
+	if (lo == hi)
+		snprintf(buf, sizeof buf, "evicted %u tokens from turn %u (%s, budget %u)%s%s",
+		         ev->n_evicted, lo, ev->policy ? ev->policy : "?", ev->stats.budget,
+		         n_sys ? "; system prompt partly evicted" : "; system prompt kept",
+		         ev->fallback ? "; score provider failed, built-in policy used" : "");
+	else
+		snprintf(buf, sizeof buf, "evicted %u tokens from turns %u-%u (%s, budget %u)%s%s",
+		         ev->n_evicted, lo, hi, ev->policy ? ev->policy : "?", ev->stats.budget,
+		         n_sys ? "; system prompt partly evicted" : "; system prompt kept",
+		         ev->fallback ? "; score provider failed, built-in policy used" : "");
+	tui_msg_add(t, MSG_BANNER, buf);
+}
+
+/* The reply being streamed (the last assistant message), or NULL. */
+static struct tui_msg *tui_reply(struct tui *t)
+{
+	if (t->n_msgs > 0 && t->msgs[t->n_msgs - 1].kind == MSG_ASSISTANT)
+		return &t->msgs[t->n_msgs - 1];
+	for (uint32_t i = t->n_msgs; i-- > 0;) {
+		if (t->msgs[i].kind == MSG_ASSISTANT)
+			return t->msgs[i].stop[0] == '\0' ? &t->msgs[i] : NULL;
+		if (t->msgs[i].kind == MSG_USER)
+			return NULL;
+	}
+	return NULL;
+}
+
+/* Keep the ring's attention rows under TUI_STEP_BYTES: older steps keep
+ * their head summaries and lose their rows (long contexts make rows big). */
+static void tui_steps_trim(struct tui *t)
+{
+	uint32_t have = KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY);
+	size_t bytes = 0;
+
+	for (uint32_t back = 0; back < have; back++) {
+		struct tui_step *s = &t->steps[(t->n_steps - 1 - back) % TUI_STEP_HISTORY];
+		size_t b = (size_t)s->n_layer * s->n_head * s->n_cached * sizeof(float);
+		if (s->attn == NULL)
+			continue;
+		if (back > 0 && bytes + b > TUI_STEP_BYTES) {
+			free(s->attn);
+			s->attn = NULL;
+			continue;
+		}
+		bytes += b;
+	}
+}
+
+static void tui_apply_kv(struct tui *t, struct kv_event *ev, double now_ms)
+{
+	t->stats = ev->stats;
+	switch (ev->kind) {
+	case KV_EVENT_STEP: {
+		struct tui_step *s = &t->steps[t->n_steps % TUI_STEP_HISTORY];
+		tui_step_free(s);
+		s->step = ev->step;
+		if (ev->tok != NULL) {
+			s->query = *ev->tok;
+			tui_tok_update(t, ev->tok);
+			if (t->toks != NULL && ev->tok->orig_pos >= 0 &&
+			    (uint32_t)ev->tok->orig_pos < t->n_toks)
+				t->toks[ev->tok->orig_pos].cached = true;
+		}
+		s->n_layer = ev->n_layer;
+		s->n_head = ev->n_head;
+		s->n_cached = ev->n_cached;
+		/* the event's arrays move into the ring */
+		s->attn = (float *)ev->attn;
+		s->heads = (struct kv_head_summary *)ev->heads;
+		ev->attn = NULL;
+		ev->heads = NULL;
+		t->n_steps++;
+		/* a past step on show stays on show */
+		if (t->step_back > 0 && t->step_back + 1 < TUI_STEP_HISTORY)
+			t->step_back++;
+		tui_steps_trim(t);
+		if (t->n_layer == 0) {
+			t->n_layer = ev->n_layer;
+			t->n_head = ev->n_head;
+		}
+		tui_spark_push(t, (float)ev->stats.n_cached, t->busy ? (float)t->decode_tps : 0.0f);
+		break;
+	}
+	case KV_EVENT_EVICT:
+		for (uint32_t i = 0; i < ev->n_evicted; i++) {
+			struct tui_tok *x = tui_tok_update(t, &ev->evicted[i]);
+			if (x == NULL)
+				continue;
+			x->cached = false;
+			x->evicted = true;
+			x->evict_cause = (uint8_t)ev->cause;
+			snprintf(x->evict_policy, sizeof x->evict_policy, "%s", ev->policy ? ev->policy : "");
+		}
+		t->n_evicted_total += ev->n_evicted;
+		if (ev->n_evicted > 0)
+			tui_evict_banner(t, ev);
+		break;
+	case KV_EVENT_POLICY:
+	case KV_EVENT_TURN:
+	case KV_EVENT_PIN:
+		/* the snapshot that follows every command carries their effect */
+		break;
+	}
+	(void)now_ms;
+}
+
+static void tui_apply_snapshot(struct tui *t, const struct worker_event *ev)
+{
+	if ((uint32_t)ev->next_pos < t->n_toks || ev->n_toks == 0)
+		tui_toks_reset(t);
+	for (uint32_t i = 0; i < t->n_toks; i++)
+		t->toks[i].cached = false;
+	for (uint32_t i = 0; i < ev->n_toks; i++) {
+		struct tui_tok *x = tui_tok_update(t, &ev->toks[i]);
+		if (x != NULL) {
+			x->cached = true;
+			x->evicted = false;
+		}
+	}
+	for (uint32_t i = 0; i < t->n_toks; i++)
+		if (t->toks[i].known && !t->toks[i].cached)
+			t->toks[i].evicted = true;
+	t->stats = ev->stats;
+	snprintf(t->policy, sizeof t->policy, "%s", ev->policy);
+}
+
+void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
+{
+	struct worker_event *ev = (struct worker_event *)cev;
+	struct tui_msg *m;
+
+	switch (ev->kind) {
+	case WORKER_EV_TURN_START:
+		tui_msg_add(t, MSG_USER, ev->user ? ev->user : "");
+		tui_msg_add(t, MSG_ASSISTANT, NULL);
+		t->busy = true;
+		t->turn_t0_ms = now_ms;
+		t->first_tok_ms = 0;
+		t->turn_tokens = 0;
+		t->turn_words = 0;
+		t->last_stop[0] = '\0';
+		t->chat_scroll = 0;
+		break;
+	case WORKER_EV_TOKEN:
+		m = tui_reply(t);
+		if (t->turn_tokens == 0)
+			t->first_tok_ms = now_ms;
+		t->turn_tokens++;
+		if (t->turn_tokens > 1 && now_ms > t->first_tok_ms)
+			t->decode_tps = (t->turn_tokens - 1) * 1e3 / (now_ms - t->first_tok_ms);
+		if (ev->token.meta != NULL && ev->token.meta->orig_pos >= 0) {
+			struct tui_tok *x = tui_tok_update(t, ev->token.meta);
+			if (x != NULL)
+				x->cached = true;
+		}
+		if (m != NULL && !ev->token.eog && ev->token.len > 0) {
+			tui_span_add(m, ev->token.text, ev->token.len,
+			             ev->token.meta ? ev->token.meta->surprisal : NAN);
+			/* words so far: count on the whole reply (spans split words) */
+			size_t len = 0;
+			for (uint32_t i = 0; i < m->n_spans; i++)
+				len += strlen(m->spans[i].text);
+			char *all = xmalloc(len + 1);
+			len = 0;
+			for (uint32_t i = 0; i < m->n_spans; i++) {
+				size_t k = strlen(m->spans[i].text);
+				memcpy(all + len, m->spans[i].text, k);
+				len += k;
+			}
+			all[len] = '\0';
+			t->turn_words = tui_count_words(all);
+			free(all);
+		}
+		break;
+	case WORKER_EV_TURN_END:
+		m = tui_reply(t);
+		if (m != NULL) {
+			/* the detokeniser's final flush reaches the reply, not a token */
+			size_t have = 0, all = ev->turn.reply ? strlen(ev->turn.reply) : 0;
+			for (uint32_t i = 0; i < m->n_spans; i++)
+				have += strlen(m->spans[i].text);
+			if (all > have)
+				tui_span_add(m, ev->turn.reply + have, all - have, NAN);
+			snprintf(m->stop, sizeof m->stop, "%s", gen_stop_name(ev->turn.stop));
+		}
+		snprintf(t->last_stop, sizeof t->last_stop, "%s", gen_stop_name(ev->turn.stop));
+		t->turn_words = tui_count_words(ev->turn.reply ? ev->turn.reply : "");
+		if (ev->turn.prefill_ms > 0)
+			t->prefill_tps = ev->turn.n_prompt * 1e3 / ev->turn.prefill_ms;
+		if (ev->turn.decode_ms > 0)
+			t->decode_tps = ev->turn.n_reply * 1e3 / ev->turn.decode_ms;
+		if (ev->turn.restarted)
+			tui_msg_add(t, MSG_BANNER,
+			            "context full: this turn started a new conversation (the model no "
+			            "longer sees earlier turns)");
+		t->busy = false;
+		break;
+	case WORKER_EV_KV:
+		tui_apply_kv(t, &ev->kv, now_ms);
+		break;
+	case WORKER_EV_SNAPSHOT:
+		tui_apply_snapshot(t, ev);
+		break;
+	case WORKER_EV_RESULT:
+		if (ev->status != KVS_OK) {
+			tui_status(t, true, "%s", ev->msg);
+			if (ev->cmd == WORKER_CHAT) {
+				m = tui_reply(t);
+				if (m != NULL)
+					snprintf(m->stop, sizeof m->stop, "error");
+				tui_msg_add(t, MSG_INFO, ev->msg);
+			}
+		} else if (ev->cmd != WORKER_CHAT && ev->cmd != WORKER_SNAPSHOT) {
+			tui_status(t, false, "%s", ev->msg);
+		}
+		if (ev->cmd == WORKER_CHAT)
+			t->busy = false;
+		break;
+	}
+}
+
+const struct tui_step *tui_step_shown(const struct tui *t)
+{
+	uint32_t have = KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY);
+	uint32_t back = t->step_back;
+
+	if (have == 0)
+		return NULL;
+	if (back >= have)
+		back = have - 1;
+	return &t->steps[(t->n_steps - 1 - back) % TUI_STEP_HISTORY];
+}
+
+uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap)
+{
+	const struct tui_step *s = tui_step_shown(t);
+	uint32_t n, layer;
+
+	if (s == NULL || s->attn == NULL || s->n_layer == 0 || s->n_head == 0)
+		return 0;
+	n = KVS_MIN(s->n_cached, cap);
+	layer = KVS_MIN(t->layer, s->n_layer - 1);
+	for (uint32_t k = 0; k < n; k++) {
+		const float *base = s->attn + (size_t)layer * s->n_head * s->n_cached + k;
+		float v;
+		if (t->agg == AGG_HEAD) {
+			v = base[(size_t)KVS_MIN(t->head, s->n_head - 1) * s->n_cached];
+		} else {
+			float sum = 0, mx = 0;
+			for (uint32_t h = 0; h < s->n_head; h++) {
+				float x = base[(size_t)h * s->n_cached];
+				sum += x;
+				mx = x > mx ? x : mx;
+			}
+			v = t->agg == AGG_MEAN ? sum / (float)s->n_head : mx;
+		}
+		out[k] = v;
+	}
+	return n;
+}
+
+void tui_heat_bin(const float *w, uint32_t n, uint32_t n_bins, float floor, uint8_t *level)
+{
+	float lf = logf(floor);
+
+	if (n_bins == 0)
+		return;
+	for (uint32_t b = 0; b < n_bins; b++)
+		level[b] = 0;
+	for (uint32_t b = 0; b < n_bins && n > 0; b++) {
+		/* keys [lo, hi) fall in bin b; the bin shows their largest weight */
+		uint64_t lo = (uint64_t)b * n / n_bins, hi = (uint64_t)(b + 1) * n / n_bins;
+		float mx = 0;
+		if (hi == lo)
+			hi = lo + 1;
+		for (uint64_t k = lo; k < hi && k < n; k++)
+			mx = w[k] > mx ? w[k] : mx;
+		if (mx <= floor) {
+			level[b] = 0;
+			continue;
+		}
+		float f = (logf(mx) - lf) / -lf; /* 0 at floor, 1 at weight 1 */
+		int l = 1 + (int)(f * (TUI_HEAT_LEVELS - 1));
+		level[b] = (uint8_t)(l >= TUI_HEAT_LEVELS ? TUI_HEAT_LEVELS - 1 : l);
+	}
+}
+
+int tui_surp_level(float s)
+{
+	static const float edge[TUI_SURP_LEVELS - 1] = { 1.0f, 2.5f, 4.0f, 6.0f };
+	int l = 0;
+
+	if (isnan(s))
+		return 0;
+	while (l < TUI_SURP_LEVELS - 1 && s >= edge[l])
+		l++;
+	return l;
+}
+
+void tui_regions(const struct tui *t, struct tui_regions *r)
+{
+	memset(r, 0, sizeof *r);
+	for (uint32_t i = 0; i < t->n_toks; i++) {
+		const struct tui_tok *x = &t->toks[i];
+		if (!x->known)
+			continue;
+		if (x->evicted && !x->cached)
+			r->evicted++;
+		else if (x->t.flags & KV_FLAG_PINNED)
+			r->pinned++;
+		else if (x->t.flags & KV_FLAG_SINK)
+			r->sink++;
+		else if (x->t.flags & KV_FLAG_KEY)
+			r->key++;
+		else
+			r->recent++;
+	}
+}
+
+uint32_t tui_count_words(const char *s)
+{
+	uint32_t n = 0;
+	bool in = false;
+
+	for (; *s; s++) {
+		bool sp = *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r';
+		if (!sp && !in)
+			n++;
+		in = !sp;
+	}
+	return n;
+}

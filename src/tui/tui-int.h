@@ -1,0 +1,313 @@
+/*
+ * tui-int.h: the workbench's insides, shared by the src/tui files and the tests.
+ *
+ * Three parts that know nothing of curses:
+ *   grid.c   a text grid of cells (code point, colour role): every pane
+ *            draws into it; the fake renderer is the grid itself (dumped
+ *            as text by the tests), the ncurses renderer copies it to the
+ *            screen (curses.c). Glyph sets: UTF-8 blocks/braille or ASCII.
+ *   theme.c  semantic colour roles and the themes mapping them to colours.
+ *   model.c  the view model (struct tui): chat, attention, KV memory,
+ *            retention and status, updated from the worker's events.
+ *   view.c   layout and the pane registry; each pane draws the model into
+ *            a rectangle of the grid.
+ *   cmd.c    the ':' commands (one table: exec, help, completion).
+ *   input.c  the input line (libedit as the editing engine).
+ * curses.c owns the terminal and the main loop.
+ */
+#ifndef KVS_TUI_INT_H
+#define KVS_TUI_INT_H
+
+#include "script/script.h"
+#include "tui/tui.h"
+
+/* ---- colour roles (theme.c) ---- */
+
+enum tui_role {
+	R_NORMAL = 0, R_DIM, R_TITLE, R_BORDER, R_TAB, R_TAB_ACTIVE, R_STATUS, R_STATUS_ERR,
+	R_SYSTEM, R_USER, R_ASSISTANT, R_BANNER, R_INFO, R_INPUT, R_CURSOR,
+	R_KEPT, R_EVICTED, R_SINK, R_KEY, R_PINNED, R_SELECTED,
+	R_BAR_FILL, R_BAR_EMPTY, R_SPARK,
+	R_HEAT0, R_HEAT1, R_HEAT2, R_HEAT3, R_HEAT4, R_HEAT5, R_HEAT6, R_HEAT7,
+	R_SURP0, R_SURP1, R_SURP2, R_SURP3, R_SURP4,
+	R_COUNT
+};
+#define TUI_HEAT_LEVELS 8
+#define TUI_SURP_LEVELS 5
+
+struct tui_role_color {
+	int16_t fg, bg;   /* 256-colour indices, -1 default */
+	int16_t fg8, bg8; /* the 8-colour fallback */
+	uint8_t attr;     /* TUI_A_* (also the monochrome rendering) */
+};
+enum { TUI_A_BOLD = 1, TUI_A_REVERSE = 2, TUI_A_DIM = 4, TUI_A_UNDERLINE = 8 };
+
+struct tui_theme {
+	const char *name;
+	struct tui_role_color role[R_COUNT];
+};
+
+size_t tui_theme_count(void);
+const struct tui_theme *tui_theme_at(size_t i);
+const struct tui_theme *tui_theme_find(const char *name);
+const char *tui_role_name(enum tui_role r);
+/* RGB of a 256-colour index (for truecolour output). */
+uint32_t tui_color_rgb(int idx);
+
+/* ---- the grid (grid.c) ---- */
+
+struct tui_cell {
+	uint32_t cp;   /* code point; 0: the right half of a wide character */
+	uint8_t role;  /* enum tui_role */
+};
+
+struct tui_grid {
+	int w, h;
+	struct tui_cell *c;  /* (h, w) */
+	bool ascii;          /* ASCII glyphs only */
+};
+
+struct tui_rect {
+	int x, y, w, h;
+};
+
+void tui_grid_resize(struct tui_grid *g, int w, int h);
+void tui_grid_free(struct tui_grid *g);
+void tui_grid_clear(struct tui_grid *g);
+/* Write UTF-8 text at (x, y) clipped to the rectangle r; returns the
+ * columns used. Control characters show as '?', wide ones take two. */
+int tui_grid_text(struct tui_grid *g, struct tui_rect r, int x, int y, enum tui_role role,
+                  const char *s, size_t len);
+int tui_grid_printf(struct tui_grid *g, struct tui_rect r, int x, int y, enum tui_role role,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void tui_grid_put(struct tui_grid *g, int x, int y, uint32_t cp, enum tui_role role);
+void tui_grid_fill(struct tui_grid *g, struct tui_rect r, uint32_t cp, enum tui_role role);
+/* A box with a title on its top edge; returns the inner rectangle. */
+struct tui_rect tui_grid_box(struct tui_grid *g, struct tui_rect r, const char *title,
+                             bool focus);
+/* Row y as UTF-8 text, trailing blanks removed (the fake renderer's output). */
+char *tui_grid_row(const struct tui_grid *g, int y);
+/* The whole grid as text, one line per row. */
+char *tui_grid_dump(const struct tui_grid *g);
+/* Display width of UTF-8 text (wide characters count two). */
+int tui_text_width(const char *s, size_t len);
+
+/* Glyphs: the level-th of n block heights (sparklines), the heat glyph. */
+uint32_t tui_glyph_spark(const struct tui_grid *g, int level /* 0..7 */);
+uint32_t tui_glyph_heat(const struct tui_grid *g, int level /* 0..TUI_HEAT_LEVELS-1 */);
+uint32_t tui_glyph_bar(const struct tui_grid *g, bool full);
+/* Braille cell with two samples (left, right), each 0..4 dots high. */
+uint32_t tui_glyph_braille(int left, int right);
+
+/* ---- the view model (model.c) ---- */
+
+enum tui_msg_kind { MSG_SYSTEM = 0, MSG_USER, MSG_ASSISTANT, MSG_BANNER, MSG_INFO };
+
+struct tui_span {
+	char *text;
+	float surprisal;   /* nats; NaN: not a model token */
+};
+
+struct tui_msg {
+	enum tui_msg_kind kind;
+	struct tui_span *spans;
+	uint32_t n_spans, cap_spans;
+	char stop[24];     /* assistant: why it ended ("" while streaming) */
+};
+
+/* One token of the dialogue, by original position. */
+struct tui_tok {
+	struct kv_tok t;
+	char text[16];     /* its piece, shortened for display */
+	bool known, cached, evicted;
+	uint8_t evict_cause;
+	char evict_policy[24];
+};
+
+#define TUI_STEP_HISTORY 32
+#define TUI_STEP_BYTES ((size_t)48 << 20) /* attention rows kept in the ring */
+
+/* A step event's attention, owned. */
+struct tui_step {
+	uint64_t step;
+	struct kv_tok query;
+	uint32_t n_layer, n_head, n_cached;
+	float *attn;                   /* (n_layer, n_head, n_cached) or NULL */
+	struct kv_head_summary *heads; /* (n_layer, n_head) */
+};
+
+enum tui_agg { AGG_HEAD = 0, AGG_MEAN, AGG_MAX, AGG_COUNT };
+enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
+
+#define TUI_SPARK_N 120
+
+struct tui_pane;
+
+struct tui {
+	/* facts */
+	char model[64];
+	char backend[64];
+	uint32_t n_layer, n_head, n_ctx;
+	const struct vocab *vocab;     /* read-only (token pieces) */
+	/* chat */
+	struct tui_msg *msgs;
+	uint32_t n_msgs, cap_msgs;
+	int chat_scroll;               /* rows up from the bottom */
+	/* dialogue tokens, index = original position */
+	struct tui_tok *toks;
+	uint32_t n_toks, cap_toks;
+	int32_t sel_tok;               /* selected original position, -1 none */
+	/* attention */
+	struct tui_step steps[TUI_STEP_HISTORY]; /* ring */
+	uint32_t n_steps;              /* total received */
+	uint32_t step_back;            /* 0: the latest; k: k steps back */
+	uint32_t layer, head;
+	enum tui_agg agg;
+	enum tui_overview overview;
+	/* KV memory */
+	struct kv_stats stats;
+	char policy[160];
+	float spark_cache[TUI_SPARK_N]; /* cached tokens, one sample per step event */
+	float spark_tps[TUI_SPARK_N];   /* decode tokens/s */
+	uint32_t n_spark;
+	/* the turn in progress */
+	bool busy;
+	double turn_t0_ms, first_tok_ms;
+	uint32_t turn_tokens;
+	uint32_t turn_words;
+	char last_stop[24];
+	double prefill_tps, decode_tps; /* the last turn's, or the live decode rate */
+	struct len_target len;          /* the length target of the next replies (unit LEN_NONE: none) */
+	/* Lua plugins (NULL: none, or a build without Lua) */
+	struct script_rt *rt;
+	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */
+	char lua_base[160];             /* its base policy, restored when plugins change */
+	char db_path[256];              /* the session database ("" : the default) */
+	/* status */
+	char status[256];
+	bool status_err;
+	char plugins[64];
+	/* view */
+	const struct tui_theme *theme;
+	int tab;                        /* the pane shown in tab mode */
+	bool help;                      /* F1 overlay */
+	bool quit;
+	uint32_t n_evicted_total;
+	/* where the retention strip drew each token (for mouse selection) */
+	struct tui_hit {
+		int16_t x, y, w;
+		int32_t pos;
+	} *hits;
+	uint32_t n_hits, cap_hits;
+};
+
+void tui_init(struct tui *t);
+void tui_free(struct tui *t);
+/* Apply one worker event to the model (now_ms: clock_now_ms()). */
+void tui_apply(struct tui *t, const struct worker_event *ev, double now_ms);
+/* Set the one-line status (errors in the error colour). */
+void tui_status(struct tui *t, bool err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Add a message (text copied); returns it. */
+struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *text);
+/* The step shown (latest minus step_back), or NULL. */
+const struct tui_step *tui_step_shown(const struct tui *t);
+/* Attention row of the shown step for the selected layer and head with the
+ * head aggregation applied; out has n_cached floats. Returns n_cached. */
+uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap);
+/* Bin n weights into n_bins cells (max per bin) and map each to a heat
+ * level 0..TUI_HEAT_LEVELS-1 on a log scale from floor to 1. */
+void tui_heat_bin(const float *w, uint32_t n, uint32_t n_bins, float floor, uint8_t *level);
+/* Surprisal (nats) to a tint level 0..TUI_SURP_LEVELS-1. */
+int tui_surp_level(float surprisal);
+/* Counts of the dialogue's tokens by region. */
+struct tui_regions {
+	uint32_t sink, key, recent, pinned, evicted;
+};
+void tui_regions(const struct tui *t, struct tui_regions *r);
+/* Words in text (runs of non-space). */
+uint32_t tui_count_words(const char *s);
+
+/* ---- layout and panes (view.c) ---- */
+
+struct tui_pane {
+	const char *name;     /* "chat", "attention", ... */
+	const char *title;
+	void (*draw)(struct tui *t, struct tui_grid *g, struct tui_rect r);
+};
+
+/* The pane registry (built-ins first; plugins may add more). */
+size_t tui_pane_count(void);
+const struct tui_pane *tui_pane_at(size_t i);
+int tui_pane_register(const struct tui_pane *p);
+int tui_pane_find(const char *name);
+
+/* Status line items, left to right (built-ins first; plugins may add more):
+ * fn writes the item's text ("" hides it). */
+struct tui_status_item {
+	const char *name;
+	void (*fn)(const struct tui *t, char *buf, size_t cap);
+};
+int tui_status_register(const struct tui_status_item *it);
+
+/* Where each pane goes: rect[i] for pane i (w == 0: hidden). */
+struct tui_layout {
+	bool tabs;            /* too small for all panes: one at a time */
+	struct tui_rect tabbar, input, gauge, status;
+	struct tui_rect pane[16];
+};
+#define TUI_WIDE_W 160
+#define TUI_WIDE_H 40
+void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_layout *l);
+/* Draw everything; the input line's text and cursor come from the editor. */
+void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t input_cursor,
+              int *cursor_x, int *cursor_y);
+/* The token under grid cell (x, y) in the retention strip, or -1. */
+int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y);
+
+/* ---- commands (cmd.c) ---- */
+
+struct tui_ctx {
+	struct tui *t;
+	struct worker *w;           /* NULL in tests: commands that need it say so */
+	const struct worker_cmd *sent; /* tests: the last command sent */
+	struct worker_cmd last;       /* its text copied into last_text */
+	char last_text[256];
+	bool have_last;
+};
+
+struct tui_cmd {
+	const char *name;
+	const char *args;           /* synopsis */
+	const char *help;
+	int (*complete)(const char *word, size_t i, const char **out); /* i-th candidate */
+	int (*exec)(struct tui_ctx *c, int argc, char **argv);
+};
+
+size_t tui_cmd_count(void);
+const struct tui_cmd *tui_cmd_at(size_t i);
+/* Run one ':' line (without the colon); errors go to the status line. */
+int tui_cmd_run(struct tui_ctx *c, const char *line);
+/* Completion of line at its end (built-in commands, and rt's plugin
+ * commands when rt is not NULL): the common extension of the last word
+ * (appended to out) and the number of candidates; names lists up to a few. */
+int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
+                     size_t names_cap);
+/* The help overlay's lines: keys then commands. */
+size_t tui_help_lines(const char ***lines);
+
+/* ---- the input line (input.c) ---- */
+
+struct tui_input;
+struct tui_input *tui_input_open(void);
+void tui_input_close(struct tui_input *in);
+/* Feed one key: a character (code point) or, with fkey, a curses KEY_*
+ * code; returns true and sets *line (allocated) when a line was entered. */
+bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line);
+/* Save the history (also done by close). */
+void tui_input_save(struct tui_input *in);
+/* The buffer and the cursor (byte offset). */
+const char *tui_input_text(struct tui_input *in, size_t *cursor);
+void tui_input_clear(struct tui_input *in);
+void tui_input_insert(struct tui_input *in, const char *s);
+
+#endif

@@ -1,0 +1,927 @@
+/*
+ * view.c: the layout and the panes.
+ *
+ * The pane registry is a table the built-in panes start and plugins may
+ * extend (tui_pane_register); nothing switches on pane names. At
+ * TUI_WIDE_W x TUI_WIDE_H or more every built-in pane is visible: chat on
+ * the left, attention and KV memory on the right, the retention strip
+ * across the bottom. Smaller terminals get a tab bar and one pane at a
+ * time. Under the panes sit the length gauge, the input line (one row per
+ * line of a multi-line input, at most five) and the status line. Every
+ * drawing call is clipped to its rectangle, and every size down to 1x1 has
+ * a layout, so a resize at any moment cannot write out of bounds.
+ */
+#include "tui/tui-int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect r);
+static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect r);
+static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect r);
+static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect r);
+static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect r);
+static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap);
+
+#define TUI_MAX_PANES 16
+static struct tui_pane tui_panes[TUI_MAX_PANES] = {
+	{ "chat", "Chat", pane_chat },
+	{ "attention", "Attention", pane_attention },
+	{ "memory", "KV memory", pane_memory },
+	{ "retention", "Retention", pane_retention },
+	{ "plugins", "Plugins", pane_plugins },
+};
+static size_t tui_n_panes = 5;
+
+size_t tui_pane_count(void)
+{
+	return tui_n_panes;
+}
+
+const struct tui_pane *tui_pane_at(size_t i)
+{
+	return i < tui_n_panes ? &tui_panes[i] : NULL;
+}
+
+int tui_pane_register(const struct tui_pane *p)
+{
+	if (tui_n_panes == TUI_MAX_PANES || tui_pane_find(p->name) >= 0)
+		return KVS_ERANGE;
+	tui_panes[tui_n_panes++] = *p;
+	return KVS_OK;
+}
+
+int tui_pane_find(const char *name)
+{
+	for (size_t i = 0; i < tui_n_panes; i++)
+		if (strcmp(tui_panes[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_layout *l)
+{
+	int body;
+
+	memset(l, 0, sizeof *l);
+	if (input_rows < 1)
+		input_rows = 1;
+	if (input_rows > 5)
+		input_rows = 5;
+	if (w < 1 || h < 1)
+		return;
+	l->status = (struct tui_rect){ 0, h - 1, w, 1 };
+	if (h < 2 + input_rows) {
+		/* too small for anything but the status line and maybe the input */
+		if (h >= 2)
+			l->input = (struct tui_rect){ 0, h - 2, w, 1 };
+		l->tabs = true;
+		return;
+	}
+	l->input = (struct tui_rect){ 0, h - 1 - input_rows, w, input_rows };
+	l->gauge = (struct tui_rect){ 0, l->input.y - 1, w, 1 };
+	body = l->gauge.y; /* rows 0 .. body-1 */
+	l->tabs = !(w >= TUI_WIDE_W && h >= TUI_WIDE_H);
+	if (l->tabs) {
+		int tab = t->tab >= 0 && (size_t)t->tab < tui_n_panes ? t->tab : 0;
+		l->tabbar = (struct tui_rect){ 0, 0, w, body > 0 ? 1 : 0 };
+		if (body > 1)
+			l->pane[tab] = (struct tui_rect){ 0, 1, w, body - 1 };
+		return;
+	}
+	int strip_h = 7;
+	int top = body - strip_h;
+	int chat_w = w * 11 / 20;
+	int att_h = top * 3 / 5;
+	l->pane[0] = (struct tui_rect){ 0, 0, chat_w, top };
+	l->pane[1] = (struct tui_rect){ chat_w, 0, w - chat_w, att_h };
+	l->pane[2] = (struct tui_rect){ chat_w, att_h, w - chat_w, top - att_h };
+	l->pane[3] = (struct tui_rect){ 0, top, w, strip_h };
+	/* panes beyond the built-ins (plugins) show in tab mode only */
+}
+
+/* ------------------------------------------------------------- chat */
+
+/* Rows of the chat laid out at one width, bottom-aligned by the caller. */
+struct rows {
+	struct tui_cell *c; /* (n, w) */
+	int n, cap, w;
+	int x;              /* column in the last row */
+};
+
+static void rows_newline(struct rows *rw)
+{
+	if (rw->n == rw->cap) {
+		rw->cap = rw->cap ? rw->cap * 2 : 64;
+		rw->c = xreallocarray(rw->c, (size_t)rw->cap * (size_t)rw->w, sizeof *rw->c);
+	}
+	for (int x = 0; x < rw->w; x++)
+		rw->c[(size_t)rw->n * rw->w + x] = (struct tui_cell){ ' ', R_NORMAL };
+	rw->n++;
+	rw->x = 0;
+}
+
+/* Append text to the rows, wrapping at the width (newlines start a row). */
+static void rows_text(struct rows *rw, const char *s, enum tui_role role, int indent)
+{
+	size_t len = strlen(s), i = 0;
+
+	if (rw->n == 0)
+		rows_newline(rw);
+	while (i < len) {
+		uint32_t cp;
+		size_t k = utf8_decode((const uint8_t *)s + i, len - i, &cp);
+		if (k == 0) {
+			k = 1;
+			cp = '?';
+		}
+		i += k;
+		if (cp == '\n') {
+			rows_newline(rw);
+			rw->x = indent;
+			continue;
+		}
+		if (cp == '\r')
+			continue;
+		if (cp == '\t')
+			cp = ' ';
+		int cw = tui_text_width(s + i - k, k);
+		if (cw == 0)
+			continue;
+		if (cp < 0x20 || cw < 0)
+			cp = '?';
+		if (rw->x + cw > rw->w) {
+			rows_newline(rw);
+			rw->x = indent;
+			if (cp == ' ')
+				continue;
+		}
+		if (rw->x + cw > rw->w)
+			continue; /* wider than the pane */
+		rw->c[(size_t)(rw->n - 1) * rw->w + rw->x] = (struct tui_cell){ cp, (uint8_t)role };
+		if (cw == 2)
+			rw->c[(size_t)(rw->n - 1) * rw->w + rw->x + 1] = (struct tui_cell){ 0, (uint8_t)role };
+		rw->x += cw;
+	}
+}
+
+static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
+{
+	struct tui_rect r = tui_grid_box(g, box, "Chat", false);
+	struct rows rw = { 0 };
+	int x;
+
+	if (r.w < 4 || r.h < 2)
+		return;
+	/* legend */
+	x = r.x + tui_grid_text(g, r, r.x, r.y, R_DIM, "surprisal: low ", strlen("surprisal: low "));
+	for (int l = 0; l < TUI_SURP_LEVELS; l++) {
+		tui_grid_put(g, x++, r.y, g->ascii ? (uint32_t)('1' + l) : 0x25a0, R_SURP0 + l);
+		x++;
+	}
+	tui_grid_text(g, r, x, r.y, R_DIM, "high", strlen("high"));
+	rw.w = r.w;
+	if (t->n_msgs == 0) {
+		rows_text(&rw, "Type a message and press Enter; ':help' lists the commands, F1 the keys.",
+		          R_INFO, 0);
+	}
+	for (uint32_t i = 0; i < t->n_msgs; i++) {
+		const struct tui_msg *m = &t->msgs[i];
+		if (rw.n > 0 || i > 0)
+			rows_newline(&rw);
+		switch (m->kind) {
+		case MSG_SYSTEM:
+			rows_text(&rw, "system> ", R_SYSTEM, 2);
+			break;
+		case MSG_USER:
+			rows_text(&rw, "you> ", R_USER, 2);
+			break;
+		case MSG_ASSISTANT:
+			rows_text(&rw, "model> ", R_TITLE, 2);
+			break;
+		case MSG_BANNER:
+			rows_text(&rw, g->ascii ? "!! " : "\xe2\x96\xb2 ", R_BANNER, 2);
+			break;
+		case MSG_INFO:
+			rows_text(&rw, "-- ", R_INFO, 2);
+			break;
+		}
+		for (uint32_t j = 0; j < m->n_spans; j++) {
+			enum tui_role role = m->kind == MSG_SYSTEM   ? R_SYSTEM
+			                     : m->kind == MSG_USER   ? R_USER
+			                     : m->kind == MSG_BANNER ? R_BANNER
+			                     : m->kind == MSG_INFO   ? R_INFO
+			                                             : R_SURP0 + tui_surp_level(m->spans[j].surprisal);
+			rows_text(&rw, m->spans[j].text, role, 2);
+		}
+		if (m->kind == MSG_ASSISTANT && m->stop[0] != '\0') {
+			char buf[40];
+			snprintf(buf, sizeof buf, " [%s]", m->stop);
+			rows_text(&rw, buf, R_DIM, 2);
+		} else if (m->kind == MSG_ASSISTANT && t->busy && i == t->n_msgs - 1) {
+			rows_text(&rw, g->ascii ? "_" : "\xe2\x96\x8f", R_DIM, 2);
+		}
+	}
+	int view_h = r.h - 1;
+	int max_scroll = rw.n > view_h ? rw.n - view_h : 0;
+	if (t->chat_scroll > max_scroll)
+		t->chat_scroll = max_scroll;
+	if (t->chat_scroll < 0)
+		t->chat_scroll = 0;
+	int first = rw.n - view_h - t->chat_scroll;
+	for (int y = 0; y < view_h; y++) {
+		int row = first + y;
+		if (row < 0 || row >= rw.n)
+			continue;
+		for (int cx = 0; cx < r.w; cx++) {
+			struct tui_cell c = rw.c[(size_t)row * rw.w + cx];
+			g->c[(r.y + 1 + y) * g->w + r.x + cx] = c;
+		}
+	}
+	if (t->chat_scroll > 0)
+		tui_grid_printf(g, box, box.x + box.w - 22, box.y + box.h - 1, R_TITLE, " scrolled %d up ",
+		                t->chat_scroll);
+	free(rw.c);
+}
+
+/* -------------------------------------------------------- attention */
+
+static const char *const tui_agg_names[AGG_COUNT] = { "head", "mean", "max" };
+static const char *const tui_ov_names[OV_COUNT] = { "entropy", "sink mass", "k90" };
+
+/* The sparsity line of the row shown: its summary (the head's own, or
+ * one computed on the aggregated row, renormalised: a max row does not
+ * sum to 1). */
+static void attn_summary(const struct tui *t, const struct tui_step *s, const float *row, uint32_t n,
+                         uint32_t layer, uint32_t head, struct kv_head_summary *sum)
+{
+	float tot = 0, *norm, *scratch;
+
+	if (t->agg == AGG_HEAD && s->heads != NULL) {
+		*sum = s->heads[(size_t)layer * s->n_head + head];
+		return;
+	}
+	norm = xmallocarray(n, sizeof *norm);
+	scratch = xmallocarray(n, sizeof *scratch);
+	for (uint32_t k = 0; k < n; k++)
+		tot += row[k];
+	for (uint32_t k = 0; k < n; k++)
+		norm[k] = tot > 0 ? row[k] / tot : 0;
+	kv_head_summarize(norm, n, 10, scratch, sum);
+	free(norm);
+	free(scratch);
+}
+
+/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ..." for the latest
+ * step, whose key k is the k-th cached token (cache order). */
+static void attn_top_keys(const struct tui *t, struct tui_grid *g, struct tui_rect r, int y,
+                          const float *row, uint32_t n)
+{
+	int32_t *order = xmallocarray(n + 1, sizeof *order);
+	uint32_t m = 0;
+	int x;
+
+	for (uint32_t i = 0; i < t->n_toks && m < n; i++)
+		if (t->toks[i].known && t->toks[i].cached)
+			order[m++] = (int32_t)i;
+	x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
+	/* the 6 largest weights, by insertion */
+	uint32_t top[6];
+	int nt = 0;
+	for (uint32_t k = 0; k < n && m == n; k++) {
+		bool full = nt == 6;
+		int p = full ? 5 : nt++;
+		if (full && row[k] <= row[top[5]])
+			continue; /* not among the 6 largest so far */
+		top[p] = k;
+		while (p > 0 && row[top[p]] > row[top[p - 1]]) {
+			uint32_t tmp = top[p];
+			top[p] = top[p - 1];
+			top[p - 1] = tmp;
+			p--;
+		}
+	}
+	for (int i = 0; i < nt; i++) {
+		char lab[64];
+		const struct tui_tok *tk = &t->toks[order[top[i]]];
+		tok_label(g, tk, lab, sizeof lab);
+		x += tui_grid_printf(g, r, x, y, i == 0 ? R_HEAT7 : R_NORMAL, "  #%d '%s' %.2f",
+		                     tk->t.orig_pos, lab, (double)row[top[i]]);
+	}
+	if (m != n)
+		tui_grid_printf(g, r, x, y, R_DIM, " (the cache changed since this step)");
+	free(order);
+}
+
+static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect box)
+{
+	struct tui_rect r = tui_grid_box(g, box, "Attention", false);
+	const struct tui_step *s = tui_step_shown(t);
+	struct kv_head_summary sum;
+	float *row;
+	uint32_t n, layer, head;
+	int y, ov_rows, hm_rows;
+	char qlab[64];
+
+	if (r.w < 8 || r.h < 2)
+		return;
+	if (s == NULL) {
+		tui_grid_printf(g, r, r.x, r.y, R_INFO, "no attention yet: send a message");
+		return;
+	}
+	layer = KVS_MIN(t->layer, s->n_layer ? s->n_layer - 1 : 0);
+	head = KVS_MIN(t->head, s->n_head ? s->n_head - 1 : 0);
+	snprintf(qlab, sizeof qlab, "?");
+	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
+		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
+	tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  head %u/%u  [%s]  query #%d '%s'%s",
+	                layer, s->n_layer, head, s->n_head, tui_agg_names[t->agg], s->query.orig_pos,
+	                qlab, t->step_back ? "  (past step)" : "");
+	y = r.y + 1;
+	row = xmallocarray(s->n_cached + 1, sizeof *row);
+	n = tui_attn_row(t, row, s->n_cached);
+	ov_rows = s->heads ? (int)s->n_head + 1 : 0;
+	if (n > 0) {
+		attn_summary(t, s, row, n, layer, head, &sum);
+		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
+		                "%u keys  entropy %.2f nats  90%% of mass in %u keys (%.1f%%)  sink %.2f  "
+		                "top-10 %.2f",
+		                n, (double)sum.entropy, sum.k90, 100.0 * sum.k90 / n,
+		                (double)sum.sink_mass, (double)sum.topk_mass);
+		if (t->step_back == 0)
+			attn_top_keys(t, g, r, y++, row, n);
+		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
+		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
+		if (hm_rows < 1) {
+			ov_rows = 0;
+			hm_rows = r.h - (y - r.y) - 1;
+		}
+		if (hm_rows > 0) {
+			uint32_t cols = (uint32_t)r.w, bins = cols * (uint32_t)hm_rows;
+			uint8_t *lv;
+			int x;
+			if (bins > n)
+				bins = n;
+			lv = xmalloc(bins ? bins : 1);
+			tui_heat_bin(row, n, bins, 1e-4f, lv);
+			for (uint32_t b = 0; b < bins; b++)
+				tui_grid_put(g, r.x + (int)(b % cols), y + (int)(b / cols),
+				             tui_glyph_heat(g, lv[b]), R_HEAT0 + lv[b]);
+			free(lv);
+			y += (int)((bins + cols - 1) / cols);
+			x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "keys 0..%u, %.1f per cell, log scale 1e-4 ",
+			                          n - 1, (double)n / bins);
+			for (int l = 0; l < TUI_HEAT_LEVELS; l++)
+				tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
+			tui_grid_printf(g, r, x, y, R_DIM, " 1");
+			y++;
+		}
+	} else {
+		const char *why = s->heads != NULL && t->step_back > 0
+		                      ? "rows of this past step were dropped (memory budget); summaries below"
+		                      : "attention rows are not captured (capture summary)";
+		tui_grid_text(g, r, r.x, y++, R_INFO, why, strlen(why));
+	}
+	/* the layer x head overview: one cell per head (rows) and layer (columns) */
+	if (ov_rows > 0 && s->heads != NULL && y + 1 < r.y + r.h) {
+		uint32_t nn = KVS_MAX(s->n_cached, 2u);
+		tui_grid_printf(g, r, r.x, y++, R_DIM, "overview: %s per head (rows) and layer (columns)",
+		                tui_ov_names[t->overview]);
+		for (uint32_t h = 0; h < s->n_head && y < r.y + r.h; h++, y++) {
+			tui_grid_printf(g, r, r.x, y, h == head ? R_TITLE : R_DIM, "h%-2u", h);
+			for (uint32_t l = 0; l < s->n_layer && (int)(4 + l) < r.w; l++) {
+				const struct kv_head_summary *hs = &s->heads[(size_t)l * s->n_head + h];
+				float v = t->overview == OV_ENTROPY ? hs->entropy / logf((float)nn)
+				          : t->overview == OV_SINK  ? hs->sink_mass
+				                                    : (float)hs->k90 / (float)nn;
+				int lvl = (int)(v * (TUI_HEAT_LEVELS - 1) + 0.5f);
+				bool sel = l == layer && h == head;
+				lvl = lvl < 0 ? 0 : lvl >= TUI_HEAT_LEVELS ? TUI_HEAT_LEVELS - 1 : lvl;
+				tui_grid_put(g, r.x + 4 + (int)l, y,
+				             sel ? (g->ascii ? 'X' : 0x25c9) : tui_glyph_heat(g, KVS_MAX(lvl, 1)),
+				             sel ? R_SELECTED : R_HEAT0 + lvl);
+			}
+		}
+	}
+	free(row);
+}
+
+/* ----------------------------------------------------------- memory */
+
+static void spark(struct tui_grid *g, struct tui_rect r, int x, int y, const float *v, uint32_t n)
+{
+	float mx = 0;
+	int w = r.x + r.w - x;
+	uint32_t from;
+
+	if (w <= 0 || n == 0)
+		return;
+	from = n > (uint32_t)w ? n - (uint32_t)w : 0;
+	for (uint32_t i = from; i < n; i++)
+		mx = v[i] > mx ? v[i] : mx;
+	for (uint32_t i = from; i < n; i++) {
+		int l = mx > 0 ? (int)(v[i] / mx * 7.0f + 0.5f) : 0;
+		tui_grid_put(g, x + (int)(i - from), y, tui_glyph_spark(g, l), R_SPARK);
+	}
+}
+
+static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
+{
+	struct tui_rect r = tui_grid_box(g, box, "KV memory", false);
+	const struct kv_stats *st = &t->stats;
+	struct tui_regions rg;
+	int y = r.y, x, bar_w;
+
+	if (r.w < 8 || r.h < 1)
+		return;
+	tui_grid_printf(g, r, r.x, y++, R_TITLE, "policy %s", t->policy[0] ? t->policy : "?");
+	x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "budget ");
+	bar_w = r.w - 34;
+	if (bar_w > 60)
+		bar_w = 60;
+	if (bar_w > 4) {
+		uint32_t budget = st->budget ? st->budget : st->n_ctx;
+		int fill = budget ? (int)((uint64_t)st->n_cached * (uint64_t)bar_w / budget) : 0;
+		for (int i = 0; i < bar_w; i++)
+			tui_grid_put(g, x + i, y, tui_glyph_bar(g, i < fill), i < fill ? R_BAR_FILL : R_BAR_EMPTY);
+		x += bar_w + 1;
+	}
+	tui_grid_printf(g, r, x, y++, R_NORMAL, "%u/%u tokens (ctx %u)", st->n_cached, st->budget,
+	                st->n_ctx);
+	tui_regions(t, &rg);
+	x = r.x + tui_grid_text(g, r, r.x, y, R_NORMAL, "regions ", strlen("regions "));
+	x += tui_grid_printf(g, r, x, y, R_SINK, "sink %u", st->n_sink);
+	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	x += tui_grid_printf(g, r, x, y, R_KEY, "key %u", st->n_key);
+	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	x += tui_grid_printf(g, r, x, y, R_KEPT, "recent %u", st->n_recent);
+	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	x += tui_grid_printf(g, r, x, y, R_PINNED, "pinned %u", st->n_pinned);
+	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u rounds",
+	                (unsigned long long)st->n_evicted, st->n_evictions);
+	tui_grid_printf(g, r, r.x, y++, R_NORMAL,
+	                "bytes %.2f MiB (peak %.2f of %.1f MiB), %.1f KiB per layer x %u, %.1f KiB/token",
+	                (double)st->bytes / 1048576.0, (double)st->bytes_peak / 1048576.0,
+	                (double)st->bytes_allocated / 1048576.0, (double)st->bytes_per_layer / 1024.0,
+	                t->n_layer, (double)st->bytes_per_token / 1024.0);
+	if (y < r.y + r.h) {
+		x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "cache  %5u ", st->n_cached);
+		spark(g, r, x, y++, t->spark_cache, t->n_spark);
+	}
+	if (y < r.y + r.h) {
+		x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "tok/s  %5.0f ", t->decode_tps);
+		spark(g, r, x, y++, t->spark_tps, t->n_spark);
+	}
+	if (y < r.y + r.h && st->n_fallbacks > 0)
+		tui_grid_printf(g, r, r.x, y++, R_STATUS_ERR, "score provider fell back %u times",
+		                st->n_fallbacks);
+}
+
+/* -------------------------------------------------------- retention */
+
+static void hit_add(struct tui *t, int x, int y, int w, int32_t pos)
+{
+	if (t->n_hits == t->cap_hits) {
+		t->cap_hits = t->cap_hits ? t->cap_hits * 2 : 256;
+		t->hits = xreallocarray(t->hits, t->cap_hits, sizeof *t->hits);
+	}
+	t->hits[t->n_hits++] = (struct tui_hit){ (int16_t)x, (int16_t)y, (int16_t)w, pos };
+}
+
+static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int32_t pos)
+{
+	if (pos == t->sel_tok)
+		return R_SELECTED;
+	if (x->evicted && !x->cached)
+		return R_EVICTED;
+	if (x->t.flags & KV_FLAG_PINNED)
+		return R_PINNED;
+	if (x->t.flags & KV_FLAG_SINK)
+		return R_SINK;
+	if (x->t.flags & KV_FLAG_KEY)
+		return R_KEY;
+	return R_KEPT;
+}
+
+/* A token's text for the strip: newlines and tabs as visible marks. */
+static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap)
+{
+	size_t n = 0;
+	for (const char *p = x->text; *p && n + 4 < cap; p++) {
+		if (*p == '\n') {
+			const char *m = g->ascii ? "~" : "\xe2\x8f\x8e";
+			memcpy(out + n, m, strlen(m));
+			n += strlen(m);
+		} else if ((unsigned char)*p < 0x20) {
+			out[n++] = '?';
+		} else {
+			out[n++] = *p;
+		}
+	}
+	if (n == 0)
+		out[n++] = g->ascii ? '_' : ' ';
+	out[n] = '\0';
+}
+
+/* v as text, "-" when unknown (NaN: no score under this policy, no stats). */
+static const char *num(char *buf, size_t cap, float v)
+{
+	if (isnan(v))
+		snprintf(buf, cap, "-");
+	else
+		snprintf(buf, cap, "%.3g", (double)v);
+	return buf;
+}
+
+static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect box)
+{
+	struct tui_rect r = tui_grid_box(g, box, "Retention", false);
+	int strip_h = r.h - 1, first, n_rows = 0;
+	char lab[64];
+
+	t->n_hits = 0;
+	if (r.w < 8 || r.h < 2)
+		return;
+	/* lay out every token in rows, then show the rows that hold the
+	 * selection (or the most recent ones) */
+	int *row_of = xmallocarray(t->n_toks + 1, sizeof *row_of);
+	int *col_of = xmallocarray(t->n_toks + 1, sizeof *col_of);
+	int x = 0, row = 0;
+	for (uint32_t i = 0; i < t->n_toks; i++) {
+		row_of[i] = -1;
+		if (!t->toks[i].known)
+			continue;
+		tok_label(g, &t->toks[i], lab, sizeof lab);
+		int w = tui_text_width(lab, strlen(lab));
+		if (w > r.w)
+			w = r.w;
+		if (x + w > r.w) {
+			row++;
+			x = 0;
+		}
+		row_of[i] = row;
+		col_of[i] = x;
+		x += w;
+	}
+	n_rows = t->n_toks ? row + 1 : 0;
+	first = n_rows > strip_h ? n_rows - strip_h : 0;
+	if (t->sel_tok >= 0 && (uint32_t)t->sel_tok < t->n_toks && row_of[t->sel_tok] >= 0) {
+		int sr = row_of[t->sel_tok];
+		if (sr < first)
+			first = sr;
+		if (sr >= first + strip_h)
+			first = sr - strip_h + 1;
+	}
+	for (uint32_t i = 0; i < t->n_toks; i++) {
+		if (row_of[i] < first || row_of[i] >= first + strip_h)
+			continue;
+		const struct tui_tok *tk = &t->toks[i];
+		tok_label(g, tk, lab, sizeof lab);
+		int y = r.y + row_of[i] - first;
+		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab, strlen(lab));
+		hit_add(t, r.x + col_of[i], y, w, (int32_t)i);
+	}
+	free(row_of);
+	free(col_of);
+	/* the details line */
+	int y = r.y + r.h - 1;
+	if (t->sel_tok >= 0 && (uint32_t)t->sel_tok < t->n_toks && t->toks[t->sel_tok].known) {
+		const struct tui_tok *tk = &t->toks[t->sel_tok];
+		char why[96], sc[24], su[24];
+		num(sc, sizeof sc, tk->t.score);
+		num(su, sizeof su, tk->t.surprisal);
+		if (tk->evicted && !tk->cached)
+			snprintf(why, sizeof why, "evicted by %s (%s), final score %s",
+			         tk->evict_policy[0] ? tk->evict_policy : "?",
+			         kv_evict_cause_name((enum kv_evict_cause)tk->evict_cause), sc);
+		else if (tk->t.flags & KV_FLAG_PINNED)
+			snprintf(why, sizeof why, "kept: pinned by you");
+		else if (tk->t.flags & KV_FLAG_SINK)
+			snprintf(why, sizeof why, "kept: attention sink");
+		else if (tk->t.flags & KV_FLAG_KEY)
+			snprintf(why, sizeof why, "kept: key token (score %s)", sc);
+		else
+			snprintf(why, sizeof why, "kept: in the recent window");
+		char where[48];
+		if (tk->cached) {
+			/* cache index: cached tokens before it (cache order is stream order) */
+			uint32_t ci = 0;
+			for (int32_t i = 0; i < t->sel_tok; i++)
+				ci += t->toks[i].known && t->toks[i].cached;
+			snprintf(where, sizeof where, "cache index %u, rope pos %d", ci, tk->t.pos);
+		} else {
+			snprintf(where, sizeof where, "not cached");
+		}
+		tok_label(g, tk, lab, sizeof lab);
+		tui_grid_printf(g, r, r.x, y, R_TITLE,
+		                "#%d id %d '%s' turn %u %s  original pos %d, %s  surprisal %s  score %s  %s",
+		                tk->t.orig_pos, tk->t.token, lab, tk->t.turn,
+		                kv_role_name((enum kv_role)tk->t.role), tk->t.orig_pos, where, su, sc, why);
+	} else {
+		int x2 = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "%u tokens: ", t->n_toks);
+		x2 += tui_grid_text(g, r, x2, y, R_KEPT, "kept ", strlen("kept "));
+		x2 += tui_grid_text(g, r, x2, y, R_EVICTED, "evicted ", strlen("evicted "));
+		x2 += tui_grid_text(g, r, x2, y, R_SINK, "sink", strlen("sink"));
+		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
+		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
+		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
+		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
+		tui_grid_text(g, r, x2, y, R_DIM, "   Shift-Left/Right or a click selects a token", strlen("   Shift-Left/Right or a click selects a token"));
+	}
+}
+
+int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y)
+{
+	(void)g;
+	for (uint32_t i = 0; i < t->n_hits; i++)
+		if (t->hits[i].y == y && x >= t->hits[i].x && x < t->hits[i].x + t->hits[i].w)
+			return t->hits[i].pos;
+	return -1;
+}
+
+/* ---------------------------------------------------------- plugins */
+
+/* The plugins' views (plain data from the script layer): text lines, bars
+ * and heatmaps, one view after the other. */
+static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
+{
+	struct tui_rect r = tui_grid_box(g, box, "Plugins", false);
+	int y = r.y;
+	size_t nv;
+
+	if (r.w < 8 || r.h < 1)
+		return;
+	if (t->rt == NULL) {
+		tui_grid_printf(g, r, r.x, y, R_INFO, "Lua plugins are not available (%s)",
+		                script_available() ? "the runtime did not start" : "built without Lua");
+		return;
+	}
+	nv = script_view_count(t->rt);
+	if (nv == 0)
+		tui_grid_printf(g, r, r.x, y++, R_INFO,
+		                "no plugin views: :plugin load NAME, or a plugin's kvscope.view(...)");
+	for (size_t v = 0; v < nv && y < r.y + r.h; v++) {
+		const struct script_view *sv = script_view_at(t->rt, v);
+		tui_grid_printf(g, r, r.x, y++, R_TITLE, "%s (%s)", sv->name, sv->plugin ? sv->plugin : "?");
+		for (size_t i = 0; i < sv->n_items && y < r.y + r.h; i++) {
+			const struct script_item *it = &sv->items[i];
+			int x = r.x + 2;
+			if (it->kind == SCRIPT_ITEM_TEXT) {
+				tui_grid_printf(g, r, x, y++, R_NORMAL, "%s", it->text ? it->text : "");
+			} else if (it->kind == SCRIPT_ITEM_BAR) {
+				int bw = r.w - 30, fill;
+				x += tui_grid_printf(g, r, x, y, R_NORMAL, "%-12.12s ", it->text ? it->text : "");
+				if (bw > 40)
+					bw = 40;
+				fill = it->max > 0 && bw > 0 ? (int)(it->value / it->max * bw + 0.5) : 0;
+				for (int k = 0; k < bw; k++)
+					tui_grid_put(g, x + k, y, tui_glyph_bar(g, k < fill), k < fill ? R_BAR_FILL : R_BAR_EMPTY);
+				tui_grid_printf(g, r, x + KVS_MAX(bw, 0) + 1, y++, R_NORMAL, "%g/%g", it->value, it->max);
+			} else {
+				tui_grid_printf(g, r, x, y++, R_DIM, "%s", it->text ? it->text : "");
+				for (uint32_t row = 0; row < it->rows && y < r.y + r.h; row++, y++)
+					for (uint32_t col = 0; col < it->cols && (int)col < r.w - 2; col++) {
+						float cv = it->cells[(size_t)row * it->cols + col];
+						float f = it->hi > it->lo ? (cv - it->lo) / (it->hi - it->lo) : 0;
+						int l = (int)(f * (TUI_HEAT_LEVELS - 1) + 0.5f);
+						l = l < 0 ? 0 : l >= TUI_HEAT_LEVELS ? TUI_HEAT_LEVELS - 1 : l;
+						tui_grid_put(g, x + (int)col, y, tui_glyph_heat(g, KVS_MAX(l, 1)), R_HEAT0 + l);
+					}
+			}
+		}
+	}
+}
+
+/* ------------------------------------------------ gauge, status, help */
+
+static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
+{
+	int x;
+
+	tui_grid_fill(g, r, g->ascii ? '-' : 0x2500, R_BORDER);
+	x = r.x + 1;
+	if (t->len.unit != LEN_NONE) {
+		char tb[96];
+		uint32_t have = t->len.unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
+		bool hit = len_window_hit(t->len.win, have);
+		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u %s of target %s ", have,
+		                     t->len.unit == LEN_WORDS ? "words" : "tokens",
+		                     len_target_format(&t->len, tb, sizeof tb));
+		if (!t->busy && t->last_stop[0])
+			x += tui_grid_printf(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, " %s ",
+			                     hit ? "in the window" : "outside the window");
+	} else {
+		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u words (no target) ", t->turn_words);
+	}
+	if (t->last_stop[0] && !t->busy)
+		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " stop: %s ", t->last_stop);
+	else if (t->busy)
+		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " generating (Ctrl-C stops) ");
+	(void)x;
+}
+
+/* ---- status items: a registry like the panes' ---- */
+
+static void st_model(const struct tui *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s", t->model);
+}
+
+static void st_backend(const struct tui *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s", t->backend);
+}
+
+static void st_speed(const struct tui *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "prefill %.0f tok/s | decode %.0f tok/s", t->prefill_tps, t->decode_tps);
+}
+
+static void st_ctx(const struct tui *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "ctx %u/%u", t->stats.n_cached, t->stats.budget);
+}
+
+static void st_policy(const struct tui *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s", t->policy[0] ? t->policy : "?");
+}
+
+static void st_plugins(const struct tui *t, char *buf, size_t cap)
+{
+	size_t n, off;
+	uint32_t disabled = 0, errors = 0;
+
+	if (t->rt == NULL) {
+		snprintf(buf, cap, "%s", t->plugins);
+		return;
+	}
+	n = script_plugin_count(t->rt);
+	for (size_t i = 0; i < n; i++) {
+		struct script_plugin_info pi;
+		script_plugin_at(t->rt, i, &pi);
+		disabled += !pi.enabled;
+		errors += pi.n_errors;
+	}
+	off = (size_t)snprintf(buf, cap, "plugins %zu", n);
+	if (disabled && off < cap)
+		off += (size_t)snprintf(buf + off, cap - off, ", %u disabled", disabled);
+	if (errors && off < cap)
+		off += (size_t)snprintf(buf + off, cap - off, ", %u errors", errors);
+	/* the plugins' own status items */
+	for (size_t i = 0; i < script_status_count(t->rt) && off < cap; i++) {
+		const char *plugin;
+		const char *txt = script_status_at(t->rt, i, &plugin);
+		off += (size_t)snprintf(buf + off, cap - off, " | %s", txt);
+	}
+}
+
+#define TUI_MAX_STATUS 16
+static struct tui_status_item tui_status_items[TUI_MAX_STATUS] = {
+	{ "model", st_model },   { "backend", st_backend }, { "speed", st_speed },
+	{ "context", st_ctx },   { "policy", st_policy },   { "plugins", st_plugins },
+};
+static size_t tui_n_status = 6;
+
+int tui_status_register(const struct tui_status_item *it)
+{
+	if (tui_n_status == TUI_MAX_STATUS)
+		return KVS_ERANGE;
+	tui_status_items[tui_n_status++] = *it;
+	return KVS_OK;
+}
+
+static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
+{
+	char buf[1024], item[256];
+	size_t n = 0;
+	int x = r.x;
+
+	tui_grid_fill(g, r, ' ', R_STATUS);
+	buf[0] = '\0';
+	for (size_t i = 0; i < tui_n_status; i++) {
+		tui_status_items[i].fn(t, item, sizeof item);
+		if (item[0] == '\0')
+			continue;
+		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " | " : " ", item);
+		if (n >= sizeof buf)
+			break;
+	}
+	/* a message wins the left side; the items follow where there is room */
+	if (t->status[0] != '\0')
+		x += tui_grid_printf(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, " %s ", t->status);
+	tui_grid_text(g, r, x, r.y, R_STATUS, buf, strlen(buf));
+}
+
+static void draw_help(struct tui *t, struct tui_grid *g)
+{
+	const char **lines;
+	size_t n = tui_help_lines(&lines);
+	int w = g->w > 84 ? 80 : g->w - 2, h = g->h - 2;
+	struct tui_rect box = { (g->w - w) / 2, 1, w, h }, r;
+
+	(void)t;
+	if (w < 10 || h < 3)
+		return;
+	tui_grid_fill(g, box, ' ', R_NORMAL);
+	r = tui_grid_box(g, box, "Help (F1 or Esc closes)", true);
+	for (size_t i = 0; i < n && (int)i < r.h; i++)
+		tui_grid_text(g, r, r.x, r.y + (int)i, i == 0 ? R_TITLE : R_NORMAL, lines[i],
+		              strlen(lines[i]));
+}
+
+static void draw_input(struct tui_grid *g, struct tui_rect r, const char *in, size_t cur, int *cx,
+                       int *cy)
+{
+	size_t len = strlen(in);
+	int line = 0, col = 0, cur_line = 0, cur_col = 0, lines = 1;
+	const char *p;
+
+	tui_grid_fill(g, r, ' ', R_INPUT);
+	for (size_t i = 0; i < len; i++)
+		lines += in[i] == '\n';
+	/* the cursor's line and column */
+	for (size_t i = 0; i < len && i < cur; i++) {
+		if (in[i] == '\n') {
+			cur_line++;
+			cur_col = 0;
+		} else if (((unsigned char)in[i] & 0xc0) != 0x80) {
+			cur_col++;
+		}
+	}
+	int first_line = cur_line >= r.h ? cur_line - r.h + 1 : 0;
+	int prefix = 2;
+	int avail = r.w - prefix;
+	int hscroll = avail > 0 && cur_col >= avail ? cur_col - avail + 1 : 0;
+	p = in;
+	for (line = 0; line < lines; line++) {
+		const char *end = strchr(p, '\n');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		int y = r.y + line - first_line;
+		if (y >= r.y && y < r.y + r.h) {
+			tui_grid_text(g, r, r.x, y, R_TITLE, line == 0 ? (in[0] == ':' ? ": " : "> ") : ". ", 2);
+			/* skip hscroll columns on the cursor's line */
+			const char *q = p;
+			size_t qn = n;
+			if (line == cur_line) {
+				for (int k = 0; k < hscroll && qn > 0;) {
+					q++;
+					qn--;
+					if (qn == 0 || ((unsigned char)*q & 0xc0) != 0x80)
+						k++;
+				}
+			}
+			struct tui_rect rr = { r.x + prefix, r.y, r.w - prefix, r.h };
+			tui_grid_text(g, rr, r.x + prefix, y, R_INPUT, q, qn);
+		}
+		p = end ? end + 1 : p + n;
+		col = 0;
+	}
+	(void)col;
+	*cx = r.x + prefix + cur_col - hscroll;
+	*cy = r.y + cur_line - first_line;
+	if (*cx >= r.x + r.w)
+		*cx = r.x + r.w - 1;
+}
+
+void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t cursor, int *cx, int *cy)
+{
+	struct tui_layout l;
+	int rows = 1;
+
+	for (const char *p = input; *p; p++)
+		rows += *p == '\n';
+	tui_grid_clear(g);
+	tui_layout(t, g->w, g->h, rows, &l);
+	t->n_hits = 0;
+	if (l.tabs && l.tabbar.h > 0) {
+		int x = 0;
+		tui_grid_fill(g, l.tabbar, ' ', R_TAB);
+		for (size_t i = 0; i < tui_n_panes; i++) {
+			char lab[48];
+			if (i < 4)
+				snprintf(lab, sizeof lab, " F%zu %s ", i + 2, tui_panes[i].title);
+			else if (i == 4)
+				snprintf(lab, sizeof lab, " F12 %s ", tui_panes[i].title);
+			else
+				snprintf(lab, sizeof lab, " %s ", tui_panes[i].title); /* :pane NAME */
+			x += tui_grid_text(g, l.tabbar, x, 0, (int)i == t->tab ? R_TAB_ACTIVE : R_TAB, lab,
+			                   strlen(lab));
+			x++;
+		}
+	}
+	for (size_t i = 0; i < tui_n_panes && i < TUI_MAX_PANES; i++)
+		if (l.pane[i].w > 0 && l.pane[i].h > 0)
+			tui_panes[i].draw(t, g, l.pane[i]);
+	if (l.gauge.w > 0)
+		draw_gauge(t, g, l.gauge);
+	*cx = *cy = 0;
+	if (l.input.w > 0 && l.input.h > 0)
+		draw_input(g, l.input, input, cursor, cx, cy);
+	draw_status(t, g, l.status);
+	if (t->help)
+		draw_help(t, g);
+}

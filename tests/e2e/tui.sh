@@ -1,0 +1,340 @@
+#!/bin/sh
+# tui.sh: the workbench end to end, driven inside tmux on the default model:
+# start, ask a question and see the reply stream in, move the attention
+# view's layer and head, a bad command (one status line), a policy and a
+# budget change (eviction banner), token selection, completion and help,
+# resize to 80x24 (tabs) and back to 200x50 (all panes), quit with Ctrl-C
+# leaving the terminal as it was (stty settings compared before and after);
+# then monochrome with ASCII glyphs, SIGTERM and SIGABRT (the terminal is
+# restored on both) and truecolour on a direct-colour terminal. Synchronisation polls the
+# screen for the expected text (never a bare sleep). With
+# KVSCOPE_SAVE_SCREENS=DIR the main views are saved there as text
+# (doc/screens/ holds the committed copies).
+set -u
+bin=${KVSCOPE_BIN:?}
+tmp=$(mktemp -d)
+sock=kvscope-e2e-$$
+fails=0
+T() { tmux -L "$sock" -f /dev/null "$@"; }
+cleanup() { T kill-server 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+if ! command -v tmux >/dev/null 2>&1; then
+	echo "tui.sh: tmux is not installed (scripts/setup.sh installs it)" >&2
+	exit 1
+fi
+if [ -z "${KVSCOPE_MODEL:-}" ]; then
+	model=${XDG_DATA_HOME:-$HOME/.local/share}/kvscope/models/SmolLM2-135M-Instruct.Q4_1.gguf
+else
+	model=$KVSCOPE_MODEL
+fi
+if [ ! -f "$model" ]; then
+	echo "tui.sh: the default model is not at $model (run make model)" >&2
+	[ "${KVSCOPE_SKIP_MODEL_TESTS:-0}" = 1 ] && exit 77
+	exit 1
+fi
+if ! "$bin" help | grep -q "^  tui "; then
+	echo "tui.sh: this kvscope has no tui command" >&2
+	exit 1
+fi
+if "$bin" tui --help-probe-not-an-option 2>&1 | grep -q "workbench was not built"; then
+	echo "tui.sh: built --without-tui: nothing to drive (the one-line message was checked)" >&2
+	exit 0
+fi
+
+screen() { T capture-pane -p -t kv; }
+
+# wait_for PATTERN [SECONDS]: poll the screen until it matches (grep -E).
+wait_for() {
+	pat=$1 limit=${2:-60}
+	end=$(($(date +%s) + limit))
+	while [ "$(date +%s)" -le "$end" ]; do
+		if screen | grep -Eq -- "$pat"; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	fail "screen never showed '$pat' within ${limit}s; it shows:"
+	screen | sed 's/^/  | /' >&2
+	return 1
+}
+
+# wait_stable: poll until two captures a beat apart are equal.
+wait_stable() {
+	prev="" n=0
+	while [ $n -lt 100 ]; do
+		cur=$(screen)
+		[ "$cur" = "$prev" ] && return 0
+		prev=$cur
+		n=$((n + 1))
+		sleep 0.2
+	done
+	fail "the screen never settled"
+}
+
+save() {
+	if [ -n "${KVSCOPE_SAVE_SCREENS:-}" ]; then
+		wait_stable
+		screen >"$KVSCOPE_SAVE_SCREENS/$1.txt"
+	fi
+}
+
+mkdir -p "$tmp/state"
+cat >"$tmp/run.sh" <<EOS
+stty -a >"$tmp/stty.before"
+XDG_STATE_HOME="$tmp/state" TERM=xterm-256color "$bin" --temp 0 --seed 1 -n 48 --db "$tmp/mem.db" \
+	--system "You are a helpful assistant." 2>"$tmp/stderr"
+echo "\$?" >"$tmp/rc"
+stty -a >"$tmp/stty.after"
+echo "SHELL-BACK"
+sleep 600
+EOS
+# a second session keeps the server up while the test replaces "kv"
+T new-session -d -s keep "sleep 600"
+T new-session -d -s kv -x 200 -y 50 "sh $tmp/run.sh"
+
+# 1. all panes at 200x50, the system prompt shown
+wait_for "Retention" 60
+wait_for "KV memory"
+wait_for "system> You are a helpful assistant"
+wait_for "plugins [0-9]+"
+
+# 2. a question, the reply streams in and ends with its stop reason
+T send-keys -t kv -l "What is the capital of France?"
+T send-keys -t kv Enter
+wait_for "you> What is the capital of France\\?"
+wait_for "model> [A-Za-z]"
+wait_for "\\[(eos|max-tokens)\\]" 90
+wait_for "stop: (eos|max-tokens)"
+wait_for "query #[0-9]+"
+wait_for "decode [1-9][0-9]* tok/s"
+save tui-200x50-reply
+
+# 2a. save the conversation (the next exchange creates the session)
+T send-keys -t kv -l ":save e2e chat"
+T send-keys -t kv Enter
+wait_for "saving to .*mem.db from the next exchange on"
+
+# 2b. Ctrl-C stops a long reply (stop reason "user"); the program goes on
+T send-keys -t kv -l ":max 4000"
+T send-keys -t kv Enter
+wait_for "at most 4000 tokens per reply"
+T send-keys -t kv -l "Write a very long story about a dragon."
+T send-keys -t kv Enter
+wait_for "generating \\(Ctrl-C stops\\)" 30
+# resizing while tokens stream in: every size redraws whole
+T resize-window -t kv -x 80 -y 24
+wait_for "F2 Chat"
+T resize-window -t kv -x 120 -y 40
+T resize-window -t kv -x 30 -y 8
+T resize-window -t kv -x 200 -y 50
+wait_for "Retention"
+T send-keys -t kv C-c
+wait_for "\\[user\\]" 30
+wait_for "stop: user"
+
+# 2b'. the saved session: listed, exported, resumed
+T send-keys -t kv -l ":sessions"
+T send-keys -t kv Enter
+wait_for "1 saved sessions: 1 'e2e chat' \\(1 turns\\)"
+T send-keys -t kv -l ":export 1 $tmp/export.md"
+T send-keys -t kv Enter
+wait_for "session 1 exported to"
+grep -q "dragon" "$tmp/export.md" 2>/dev/null || fail ":export: $tmp/export.md lacks the saved turn"
+T send-keys -t kv -l ":load e2e chat"
+T send-keys -t kv Enter
+wait_for "resumed session 1: [0-9]+ tokens"
+T send-keys -t kv -l ":load nosuch"
+T send-keys -t kv Enter
+wait_for "nosuch"
+
+# 2b''. a length target: the worker takes it, the gauge shows it
+T send-keys -t kv -l ":len 20w"
+T send-keys -t kv Enter
+wait_for "length target: 20 words"
+wait_for "of target 20 words"
+T send-keys -t kv -l ":len off"
+T send-keys -t kv Enter
+wait_for "length target: (off|none)"
+
+# 2c. select tokens in the retention strip: the details line explains one
+T send-keys -t kv S-Right
+T send-keys -t kv S-Right
+wait_for "#1 id [0-9]+ .* original pos 1, cache index 1"
+wait_for "kept: (attention sink|in the recent window|key token)"
+save tui-200x50-selected
+
+# 3. layer and head: keys and commands
+T send-keys -t kv F7
+T send-keys -t kv F7
+wait_for "layer 2/30  head 0/9"
+T send-keys -t kv F9
+wait_for "layer 2/30  head 1/9"
+T send-keys -t kv -l ":layer 5"
+T send-keys -t kv Enter
+T send-keys -t kv -l ":head 3"
+T send-keys -t kv Enter
+wait_for "layer 5/30  head 3/9"
+T send-keys -t kv -l ":layer 99"
+T send-keys -t kv Enter
+wait_for "layer: expected a layer number 0 .. 29"
+wait_for "layer 5/30  head 3/9"
+
+# 3b. Lua: a chunk, the plugin list, the plugins' pane (F12)
+T send-keys -t kv -l ":lua print(6 * 7)"
+T send-keys -t kv Enter
+wait_for "lua: 42"
+T send-keys -t kv -l ":lua error('boom')"
+T send-keys -t kv Enter
+wait_for ":lua: .*boom"
+T send-keys -t kv -l ":plugin list"
+T send-keys -t kv Enter
+wait_for "[0-9]+ plugins"
+T send-keys -t kv -l ":plugin load no-such-plugin"
+T send-keys -t kv Enter
+wait_for ":plugin load: .*no-such-plugin"
+
+# 4. a bad command: one status line, nothing else changes
+T send-keys -t kv -l ":frobnicate now"
+T send-keys -t kv Enter
+wait_for "unknown command ':frobnicate'"
+
+# 5. policy and budget: the memory pane follows, eviction shows a banner
+T send-keys -t kv -l ":policy sirllm"
+T send-keys -t kv Enter
+wait_for "policy sirllm"
+T send-keys -t kv -l ":budget 24"
+T send-keys -t kv Enter
+wait_for "evicted [0-9]+ tokens from turn"
+wait_for "/24 tokens"
+T send-keys -t kv -l ":policy nosuch"
+T send-keys -t kv Enter
+wait_for "nosuch"
+save tui-200x50-evicted
+# a retention policy written in Lua (the bundled recency-entropy plugin)
+T send-keys -t kv -l ":policy recency-entropy"
+T send-keys -t kv Enter
+wait_for "policy recency-entropy on streaming"
+T send-keys -t kv -l ":plugin unload recency-entropy"
+T send-keys -t kv Enter
+wait_for "policy streaming"
+T send-keys -t kv -l ":plugin load recency-entropy"
+T send-keys -t kv Enter
+wait_for "plugin recency-entropy: load done"
+
+# 6. completion from the command table
+T send-keys -t kv -l ":pol"
+T send-keys -t kv Tab
+wait_for "^: :policy $|^:  ?:policy|: :policy"
+T send-keys -t kv C-u
+T send-keys -t kv F1
+wait_for "Help \\(F1 or Esc closes\\)"
+save tui-200x50-help
+T send-keys -t kv F1
+
+# 7. 80x24: tabs; each pane on its own; back to 200x50
+T resize-window -t kv -x 80 -y 24
+wait_for "F2 Chat"
+wait_for "F3 Attention"
+save tui-80x24-chat
+T send-keys -t kv F3
+wait_for "layer 5/30"
+save tui-80x24-attention
+T send-keys -t kv F4
+wait_for "budget"
+save tui-80x24-memory
+T send-keys -t kv F5
+wait_for "tokens: kept|#[0-9]+ id"
+T send-keys -t kv F2
+T resize-window -t kv -x 200 -y 50
+wait_for "KV memory"
+wait_for "Retention"
+wait_for "Attention"
+
+# 7b. the input line: argument completion, a multi-line message (Ctrl-J), Ctrl-C clears a non-empty line
+T send-keys -t kv -l ":theme l"
+T send-keys -t kv Tab
+wait_for "^: :theme light"
+T send-keys -t kv Enter
+wait_for "theme light"
+T send-keys -t kv -l "first line"
+T send-keys -t kv C-j
+T send-keys -t kv -l "second line"
+wait_for "^> first line"
+wait_for "^\\. second line"
+save tui-200x50-multiline
+T send-keys -t kv C-c
+wait_for "^>$"
+
+# 8. quit with Ctrl-C on an empty line: exit 0, the terminal as before
+T send-keys -t kv C-c
+wait_for "SHELL-BACK" 30
+rc=$(cat "$tmp/rc" 2>/dev/null)
+[ "$rc" = 0 ] || fail "kvscope exited with '$rc': $(cat "$tmp/stderr")"
+cmp -s "$tmp/stty.before" "$tmp/stty.after" || fail "terminal settings differ after quitting: $(diff "$tmp/stty.before" "$tmp/stty.after")"
+if grep -q "define HAVE_LIBEDIT 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	[ -s "$tmp/state/kvscope/history" ] || fail "no history file in \$XDG_STATE_HOME/kvscope/history"
+	# libedit writes history lines vis(3)-encoded (a space is \040)
+	grep -q "capital" "$tmp/state/kvscope/history" 2>/dev/null ||
+		fail "the history file lacks the question"
+else
+	echo "tui.sh: built without libedit: the input line keeps no history file (not checked)"
+fi
+
+# 9. monochrome (NO_COLOR) with ASCII glyphs, then SIGTERM: a clean exit;
+# then SIGABRT: the fatal-signal path still restores the terminal
+for sig in TERM ABRT; do
+	rm -f "$tmp/rc" "$tmp/pid"
+	cat >"$tmp/run2.sh" <<EOS
+stty -a >"$tmp/stty.before"
+NO_COLOR=1 XDG_STATE_HOME="$tmp/state" TERM=xterm-256color sh -c 'echo \$\$ >"$tmp/pid"; exec "$bin" --ascii -n 8' 2>"$tmp/stderr"
+echo "\$?" >"$tmp/rc"
+stty -a >"$tmp/stty.after"
+echo "SHELL-BACK"
+sleep 600
+EOS
+	T kill-session -t kv
+	T new-session -d -s kv -x 100 -y 30 "sh $tmp/run2.sh"
+	wait_for "\\+- Chat -" 60
+	wait_for "ctx [0-9]+/[0-9]+"
+	if T capture-pane -e -p -t kv | grep -q "$(printf '\033')\\[[0-9;]*38;5;"; then
+		fail "NO_COLOR: the screen still has 256-colour escapes"
+	fi
+	[ $sig = TERM ] && save tui-100x30-ascii-nocolor
+	kill -$sig "$(cat "$tmp/pid")"
+	wait_for "SHELL-BACK" 30
+	rc=$(cat "$tmp/rc" 2>/dev/null)
+	if [ $sig = TERM ]; then
+		[ "$rc" = 0 ] || fail "SIGTERM: exit '$rc', expected 0: $(cat "$tmp/stderr")"
+	else
+		[ "$rc" = 134 ] || fail "SIGABRT: exit '$rc', expected 134 (killed by SIGABRT)"
+	fi
+	cmp -s "$tmp/stty.before" "$tmp/stty.after" ||
+		fail "SIG$sig: terminal settings differ afterwards: $(diff "$tmp/stty.before" "$tmp/stty.after")"
+done
+
+# 10. truecolour on a direct-colour terminal: 24-bit escapes (the dark
+# theme's border, colour 240, is RGB 88,88,88)
+if ! infocmp xterm-direct >/dev/null 2>&1; then
+	fail "no xterm-direct terminfo entry (Debian package ncurses-term; scripts/setup.sh installs it)"
+else
+	T kill-session -t kv
+	T new-session -d -s kv -x 120 -y 30 "XDG_STATE_HOME='$tmp/state' TERM=xterm-direct '$bin' --color truecolor -n 8; sleep 600"
+	wait_for "ctx [0-9]+/[0-9]+" 60
+	T capture-pane -e -p -t kv | grep -q "38;2;88;88;88m" ||
+		fail "truecolor: no 24-bit colour escapes on the screen"
+fi
+
+# 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
+# screen still on the terminal; the reply's decode rate is printed at exit
+T kill-session -t kv
+T new-session -d -s kv -x 120 -y 30 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' tui --prompt 'Say hi.' --temp 0 -n 6 --bench-exit >'$tmp/bench.part' 2>&1; mv '$tmp/bench.part' '$tmp/bench.out'; sleep 600"
+end=$(($(date +%s) + 60))
+while [ ! -f "$tmp/bench.out" ] && [ "$(date +%s)" -le "$end" ]; do sleep 0.1; done
+grep -Eq "^decode [0-9.]+ tok/s \([1-9][0-9]* tokens in [0-9.]+ ms\)$" "$tmp/bench.out" 2>/dev/null ||
+	fail "--bench-exit printed '$(cat "$tmp/bench.out" 2>/dev/null)'"
+
+[ $fails -eq 0 ] || exit 1
+echo "tui.sh: ok"

@@ -1,0 +1,588 @@
+/*
+ * test-tui.c: the workbench's view models through the fake renderer (the
+ * text grid): heatmap binning on a log scale, surprisal tint levels,
+ * region counts after snapshots and evictions, the eviction banner, the
+ * layout at several sizes (and every size from 1x1 up without writing out
+ * of bounds), the ':' commands (bad input changes nothing and says so in
+ * one status line), completion from the command table, and the worker's
+ * deep copy of KV events. Expected values are computed by hand or by a
+ * second, simpler implementation in the test.
+ */
+#include "store/store.h"
+#include "tui/tui-int.h"
+#include "tests/unit/test.h"
+
+#include <locale.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void test_heat_bin(void)
+{
+	/* floor 1e-4: level = 1 + floor(f * 7), f = (ln w - ln 1e-4) / (-ln 1e-4) */
+	float w[4] = { 1.0f, 1e-2f, 1e-5f, 0.5f };
+	uint8_t lv[4];
+	tui_heat_bin(w, 4, 4, 1e-4f, lv);
+	T_EQ_INT(lv[0], 7); /* f = 1 -> 8, clipped */
+	T_EQ_INT(lv[1], 4); /* f = 0.5 -> 1 + 3 */
+	T_EQ_INT(lv[2], 0); /* below the floor */
+	T_EQ_INT(lv[3], 7); /* f = 0.9247 -> 1 + 6 */
+	/* 8 keys in 2 bins: each bin shows its largest weight */
+	float w8[8] = { 1e-3f, 1e-5f, 1e-5f, 1e-5f, 1e-5f, 1e-5f, 1e-5f, 1e-2f };
+	uint8_t l2[2];
+	tui_heat_bin(w8, 8, 2, 1e-4f, l2);
+	T_EQ_INT(l2[0], 1 + (int)(0.25f * 7)); /* 1e-3: f = 1/4 */
+	T_EQ_INT(l2[1], 4);
+	/* 3 keys in 2 bins: keys [0,1) and [1,3) */
+	float w3[3] = { 1e-5f, 1e-5f, 1.0f };
+	tui_heat_bin(w3, 3, 2, 1e-4f, l2);
+	T_EQ_INT(l2[0], 0);
+	T_EQ_INT(l2[1], 7);
+}
+
+static void test_levels(void)
+{
+	T_EQ_INT(tui_surp_level(NAN), 0);
+	T_EQ_INT(tui_surp_level(0.2f), 0);
+	T_EQ_INT(tui_surp_level(1.0f), 1);
+	T_EQ_INT(tui_surp_level(3.0f), 2);
+	T_EQ_INT(tui_surp_level(5.9f), 3);
+	T_EQ_INT(tui_surp_level(12.0f), 4);
+	T_EQ_INT(tui_count_words(""), 0);
+	T_EQ_INT(tui_count_words("  one two\nthree\t four "), 4);
+}
+
+static struct kv_tok mk_tok(int32_t pos, uint32_t turn, uint8_t role, uint8_t flags)
+{
+	struct kv_tok k = { 0 };
+	k.token = 100 + pos;
+	k.orig_pos = pos;
+	k.pos = pos;
+	k.turn = turn;
+	k.role = role;
+	k.flags = flags;
+	k.surprisal = k.entropy = k.score = NAN;
+	return k;
+}
+
+/* A tui with 12 tokens: 2 sinks, 3 key, 1 pinned, 6 recent; then tokens
+ * 2..4 evicted. */
+static void fill_model(struct tui *t)
+{
+	struct worker_event ev = { 0 };
+	struct kv_tok toks[12];
+	for (int i = 0; i < 12; i++) {
+		uint8_t f = i < 2 ? KV_FLAG_SINK : (i >= 5 && i < 8) ? KV_FLAG_KEY : i == 8 ? KV_FLAG_PINNED : 0;
+		toks[i] = mk_tok(i, i < 4 ? 0 : i < 8 ? 1 : 2, i < 3 ? KV_ROLE_SYSTEM : KV_ROLE_USER, f);
+	}
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.toks = toks;
+	ev.n_toks = 12;
+	ev.next_pos = 12;
+	ev.stats.n_cached = 12;
+	ev.stats.budget = 16;
+	ev.stats.n_ctx = 64;
+	snprintf(ev.policy, sizeof ev.policy, "sirllm");
+	tui_apply(t, &ev, 0);
+}
+
+static void test_regions_and_banner(void)
+{
+	struct tui t;
+	struct tui_regions r;
+	struct kv_tok ev_toks[3];
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	fill_model(&t);
+	tui_regions(&t, &r);
+	T_EQ_INT(r.sink, 2);
+	T_EQ_INT(r.key, 3);
+	T_EQ_INT(r.pinned, 1);
+	T_EQ_INT(r.recent, 6);
+	T_EQ_INT(r.evicted, 0);
+	/* evict 2, 3 (turn 0) and 4 (turn 1): not a system token among 3, 4 but 2 is */
+	for (int i = 0; i < 3; i++)
+		ev_toks[i] = mk_tok(2 + i, i < 2 ? 0 : 1, 2 + i < 3 ? KV_ROLE_SYSTEM : KV_ROLE_USER, 0);
+	ev.kind = WORKER_EV_KV;
+	ev.kv.kind = KV_EVENT_EVICT;
+	ev.kv.policy = "sirllm";
+	ev.kv.stats.budget = 8;
+	ev.kv.n_evicted = 3;
+	ev.kv.evicted = ev_toks;
+	tui_apply(&t, &ev, 0);
+	tui_regions(&t, &r);
+	T_EQ_INT(r.evicted, 3);
+	T_EQ_INT(r.recent, 3); /* 9, 10, 11 */
+	T_EQ_INT(r.sink, 2);
+	T_CHECK(t.n_msgs == 1 && t.msgs[0].kind == MSG_BANNER, "n_msgs %u", t.n_msgs);
+	T_EQ_STR(t.msgs[0].spans[0].text,
+	         "evicted 3 tokens from turns 0-1 (sirllm, budget 8); system prompt partly evicted");
+	/* a later snapshot that lacks token 9 marks it evicted too */
+	{
+		struct worker_event s2 = { 0 };
+		struct kv_tok keep[8];
+		int k = 0;
+		for (int i = 0; i < 12; i++)
+			if (i < 2 || (i >= 5 && i != 9))
+				keep[k++] = t.toks[i].t;
+		s2.kind = WORKER_EV_SNAPSHOT;
+		s2.toks = keep;
+		s2.n_toks = (uint32_t)k;
+		s2.next_pos = 12;
+		tui_apply(&t, &s2, 0);
+		tui_regions(&t, &r);
+		T_EQ_INT(r.evicted, 4);
+		T_EQ_INT(r.recent, 2);
+	}
+	/* a snapshot whose next position went back: a new conversation */
+	{
+		struct worker_event s3 = { 0 };
+		s3.kind = WORKER_EV_SNAPSHOT;
+		s3.next_pos = 0;
+		tui_apply(&t, &s3, 0);
+		tui_regions(&t, &r);
+		T_EQ_INT(r.evicted + r.recent + r.sink + r.key + r.pinned, 0);
+	}
+	tui_free(&t);
+}
+
+/* Rectangles inside the screen and not overlapping each other. */
+static void check_layout(const struct tui *t, int w, int h)
+{
+	struct tui_layout l;
+	struct tui_rect all[20];
+	int n = 0;
+
+	tui_layout(t, w, h, 1, &l);
+	for (size_t i = 0; i < 16; i++)
+		if (l.pane[i].w > 0 && l.pane[i].h > 0)
+			all[n++] = l.pane[i];
+	if (l.input.w > 0)
+		all[n++] = l.input;
+	if (l.gauge.w > 0)
+		all[n++] = l.gauge;
+	if (l.tabbar.w > 0 && l.tabbar.h > 0)
+		all[n++] = l.tabbar;
+	all[n++] = l.status;
+	for (int i = 0; i < n; i++) {
+		T_CHECK(all[i].x >= 0 && all[i].y >= 0 && all[i].x + all[i].w <= w &&
+		            all[i].y + all[i].h <= h,
+		        "%dx%d: rect %d (%d,%d %dx%d) outside", w, h, i, all[i].x, all[i].y, all[i].w, all[i].h);
+		for (int j = i + 1; j < n; j++) {
+			bool apart = all[i].x + all[i].w <= all[j].x || all[j].x + all[j].w <= all[i].x ||
+			             all[i].y + all[i].h <= all[j].y || all[j].y + all[j].h <= all[i].y;
+			T_CHECK(apart, "%dx%d: rects %d and %d overlap", w, h, i, j);
+		}
+	}
+}
+
+static bool dump_has(struct tui *t, int w, int h, bool ascii, const char *needle)
+{
+	struct tui_grid g = { 0 };
+	char *d;
+	int cx, cy;
+	bool has;
+
+	tui_grid_resize(&g, w, h);
+	g.ascii = ascii;
+	tui_draw(t, &g, "", 0, &cx, &cy);
+	d = tui_grid_dump(&g);
+	has = strstr(d, needle) != NULL;
+	if (!has && getenv("TEST_TUI_VERBOSE"))
+		fprintf(stderr, "%s\n", d);
+	free(d);
+	tui_grid_free(&g);
+	return has;
+}
+
+static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t n, bool ramp);
+
+static void add_step(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t n)
+{
+	add_step_w(t, n_layer, n_head, n, false);
+}
+
+/* A step event: uniform weights, or with ramp w[k] = (k + 1) / sum. */
+static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_t n, bool ramp)
+{
+	struct worker_event ev = { 0 };
+	struct kv_tok q = mk_tok((int32_t)n - 1, 2, KV_ROLE_ASSISTANT, 0);
+	float *attn = xmallocarray((size_t)n_layer * n_head * n, sizeof *attn);
+	struct kv_head_summary *hs = xcalloc((size_t)n_layer * n_head, sizeof *hs);
+
+	for (size_t i = 0; i < (size_t)n_layer * n_head; i++)
+		for (uint32_t k = 0; k < n; k++)
+			attn[i * n + k] = ramp ? (float)(k + 1) / (float)(n * (n + 1) / 2) : 1.0f / (float)n;
+	ev.kind = WORKER_EV_KV;
+	ev.kv.kind = KV_EVENT_STEP;
+	ev.kv.tok = &q;
+	ev.kv.n_layer = n_layer;
+	ev.kv.n_head = n_head;
+	ev.kv.n_cached = n;
+	ev.kv.attn = attn;   /* tui_apply takes ownership */
+	ev.kv.heads = hs;
+	tui_apply(t, &ev, 0);
+	T_CHECK(ev.kv.attn == NULL && ev.kv.heads == NULL, "the arrays moved into the ring");
+}
+
+static void test_layout_and_draw(void)
+{
+	struct tui t;
+	struct tui_layout l;
+
+	tui_init(&t);
+	t.n_layer = 4;
+	t.n_head = 3;
+	fill_model(&t);
+	add_step(&t, 4, 3, 12);
+	tui_msg_add(&t, MSG_USER, "hello there");
+	tui_layout(&t, 80, 24, 1, &l);
+	T_CHECK(l.tabs, "80x24 uses tabs");
+	T_CHECK(l.pane[0].w == 80 && l.pane[1].w == 0, "one pane at a time");
+	tui_layout(&t, 200, 50, 1, &l);
+	T_CHECK(!l.tabs, "200x50 shows every pane");
+	for (int i = 0; i < 4; i++)
+		T_CHECK(l.pane[i].w > 10 && l.pane[i].h > 4, "pane %d is %dx%d", i, l.pane[i].w, l.pane[i].h);
+	check_layout(&t, 80, 24);
+	check_layout(&t, 200, 50);
+	check_layout(&t, 160, 40);
+	check_layout(&t, 159, 40);
+	check_layout(&t, 20, 5);
+	check_layout(&t, 3, 2);
+	check_layout(&t, 1, 1);
+	/* drawing at every size: clipping keeps every write inside (ASan
+	 * checks the grid), nothing crashes */
+	for (int w = 1; w <= 210; w += 7)
+		for (int h = 1; h <= 55; h += 3) {
+			struct tui_grid g = { 0 };
+			int cx, cy;
+			tui_grid_resize(&g, w, h);
+			g.ascii = (w + h) % 2;
+			tui_draw(&t, &g, ":multi\nline input", 5, &cx, &cy);
+			T_CHECK(cx >= 0 && cx < w && cy >= 0 && cy < h, "%dx%d: cursor %d,%d", w, h, cx, cy);
+			tui_grid_free(&g);
+		}
+	T_CHECK(dump_has(&t, 200, 50, false, "Attention"), "200x50 shows attention");
+	T_CHECK(dump_has(&t, 200, 50, false, "KV memory"), "200x50 shows memory");
+	T_CHECK(dump_has(&t, 200, 50, false, "you> hello there"), "chat text");
+	T_CHECK(dump_has(&t, 200, 50, false, "regions sink 0 key 0"), "stats from the snapshot");
+	T_CHECK(dump_has(&t, 200, 50, false, "12 keys  entropy"), "sparsity line");
+	T_CHECK(dump_has(&t, 80, 24, false, "F2 Chat"), "80x24 tab bar");
+	T_CHECK(!dump_has(&t, 80, 24, false, "Retention ─"), "retention hidden at 80x24");
+	T_CHECK(dump_has(&t, 80, 24, true, "+- Chat"), "ASCII boxes");
+	/* uniform attention over 12 keys: entropy ln 12 in the summary line
+	 * is computed by kv_head_summarize for mean aggregation */
+	t.agg = AGG_MEAN;
+	T_CHECK(dump_has(&t, 200, 50, false, "entropy 2.48 nats"), "ln 12 = 2.4849");
+	/* weights (k + 1) / 78: the top keys, largest first (12/78 = 0.154, 11/78 = 0.141 ...) */
+	add_step_w(&t, 4, 3, 12, true);
+	t.agg = AGG_HEAD;
+	T_CHECK(dump_has(&t, 200, 50, false,
+	                 "top keys:  #11 '#111' 0.15  #10 '#110' 0.14  #9 '#109' 0.13  #8 '#108' 0.12"),
+	        "top keys in order");
+	tui_free(&t);
+}
+
+/* The retention strip maps screen cells back to tokens (mouse selection). */
+static void test_hit(void)
+{
+	struct tui t;
+	struct tui_grid g = { 0 };
+	int cx, cy, found = 0;
+
+	tui_init(&t);
+	fill_model(&t);
+	tui_grid_resize(&g, 200, 50);
+	g.ascii = true; /* one byte per cell, so byte offsets are columns */
+	tui_draw(&t, &g, "", 0, &cx, &cy);
+	/* every token's text ("#100", "#101", ...) is where the hit map says */
+	for (int32_t p = 0; p < 12; p++) {
+		char want[16];
+		snprintf(want, sizeof want, "#%d", 100 + p);
+		for (int y = 0; y < g.h; y++) {
+			char *row = tui_grid_row(&g, y);
+			char *at = strstr(row, want);
+			/* the grid is ASCII here: byte offset = column */
+			while (at != NULL && (at[strlen(want)] >= '0' && at[strlen(want)] <= '9'))
+				at = strstr(at + 1, want);
+			if (at != NULL && tui_hit_token(&t, &g, (int)(at - row), y) == p)
+				found++;
+			free(row);
+		}
+	}
+	T_EQ_INT(found, 12);
+	T_EQ_INT(tui_hit_token(&t, &g, 0, 0), -1);
+	tui_grid_free(&g);
+	tui_free(&t);
+}
+
+static void test_commands(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+
+	tui_init(&t);
+	t.n_layer = 30;
+	t.n_head = 9;
+	c.t = &t;
+	T_CHECK(tui_cmd_run(&c, "frobnicate") != KVS_OK, "unknown command fails");
+	T_CHECK(t.status_err && strstr(t.status, "unknown command ':frobnicate'") != NULL, "%s", t.status);
+	T_CHECK(!c.have_last && t.n_msgs == 0, "nothing else changed");
+	T_EQ_INT(tui_cmd_run(&c, "layer 3"), KVS_OK);
+	T_EQ_INT(t.layer, 3);
+	T_CHECK(tui_cmd_run(&c, "layer 30") != KVS_OK, "layer out of range");
+	T_CHECK(tui_cmd_run(&c, "layer 2x") != KVS_OK, "not a number");
+	T_EQ_INT(t.layer, 3);
+	T_CHECK(strstr(t.status, "0 .. 29") != NULL, "%s", t.status);
+	T_EQ_INT(tui_cmd_run(&c, "head 8"), KVS_OK);
+	T_EQ_INT(t.head, 8);
+	T_CHECK(tui_cmd_run(&c, "policy nosuch") != KVS_OK, "bad policy");
+	T_CHECK(!c.have_last, "a bad policy is not sent");
+	T_EQ_INT(tui_cmd_run(&c, "policy sirllm sinks=2"), KVS_OK);
+	T_CHECK(c.have_last && c.last.kind == WORKER_POLICY, "policy sent");
+	c.have_last = false;
+	T_CHECK(tui_cmd_run(&c, "budget -5") != KVS_OK && !c.have_last, "negative budget");
+	T_EQ_INT(tui_cmd_run(&c, "budget 512"), KVS_OK);
+	T_CHECK(c.last.kind == WORKER_BUDGET && c.last.n == 512, "budget sent");
+	/* length control: the target goes to the worker and to the gauge */
+	T_EQ_INT(tui_cmd_run(&c, "len 100w"), KVS_OK);
+	T_CHECK(c.last.kind == WORKER_LEN && strcmp(c.last.text, "100w") == 0, "len sent");
+	T_CHECK(t.len.unit == LEN_WORDS && t.len.n == 100, "target kept for the gauge");
+	T_CHECK(dump_has(&t, 200, 50, false, "length 0 words of target 100 words"), "gauge");
+	c.have_last = false;
+	T_CHECK(tui_cmd_run(&c, "len lots") != KVS_OK && !c.have_last, "bad target");
+	T_CHECK(t.len.unit == LEN_WORDS && t.len.n == 100, "a bad target changes nothing");
+	T_EQ_INT(tui_cmd_run(&c, "len off"), KVS_OK);
+	T_EQ_INT(t.len.unit, LEN_NONE);
+	T_EQ_INT(tui_cmd_run(&c, "max 50"), KVS_OK);
+	T_CHECK(c.last.kind == WORKER_MAX_TOKENS && c.last.n == 50, "token cap sent");
+	T_CHECK(tui_cmd_run(&c, "max 0") != KVS_OK, "a zero cap");
+	T_CHECK(tui_cmd_run(&c, "pin") != KVS_OK, "nothing selected");
+	t.sel_tok = 7;
+	T_EQ_INT(tui_cmd_run(&c, "pin"), KVS_OK);
+	T_CHECK(c.last.kind == WORKER_PIN && c.last.n == 7, "pin the selection");
+	/* the store: bad arguments say what was expected, nothing is sent */
+	c.have_last = false;
+	T_CHECK(tui_cmd_run(&c, "sessions now") != KVS_OK && strstr(t.status, "no arguments") != NULL,
+	        "%s", t.status);
+	T_CHECK(tui_cmd_run(&c, "load") != KVS_OK && strstr(t.status, "id or title") != NULL, "%s",
+	        t.status);
+	T_CHECK(tui_cmd_run(&c, "export 1") != KVS_OK && strstr(t.status, "FILE") != NULL, "%s",
+	        t.status);
+	T_CHECK(!c.have_last, "nothing sent");
+	if (store_available()) {
+		T_EQ_INT(tui_cmd_run(&c, "load 3"), KVS_OK);
+		T_CHECK(c.last.kind == WORKER_LOAD && strcmp(c.last.text, "3") == 0, "load sent");
+		T_EQ_INT(tui_cmd_run(&c, "save my chat"), KVS_OK);
+		T_CHECK(c.last.kind == WORKER_SAVE && strcmp(c.last.text, "my chat") == 0, "save sent");
+	}
+	T_CHECK(tui_cmd_run(&c, "theme purple") != KVS_OK, "unknown theme");
+	T_EQ_INT(tui_cmd_run(&c, "theme light"), KVS_OK);
+	T_EQ_STR(t.theme->name, "light");
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(t.quit, "quit");
+	tui_free(&t);
+}
+
+static void test_complete(void)
+{
+	char ext[64], names[512];
+	int n, want = 0;
+
+	n = tui_cmd_complete(NULL, ":pol", ext, sizeof ext, names, sizeof names);
+	T_EQ_INT(n, 1);
+	T_EQ_STR(ext, "icy ");
+	n = tui_cmd_complete(NULL, ":p", ext, sizeof ext, names, sizeof names);
+	/* a second count of the table: names starting with "p" */
+	want = 0;
+	for (size_t i = 0; i < tui_cmd_count(); i++)
+		want += tui_cmd_at(i)->name[0] == 'p';
+	T_EQ_INT(n, want);
+	/* policy arguments: the policy table */
+	want = 0;
+	for (size_t i = 0; i < kv_policy_count(); i++)
+		want += kv_policy_name_at(i)[0] == 's';
+	n = tui_cmd_complete(NULL, ":policy s", ext, sizeof ext, names, sizeof names);
+	T_EQ_INT(n, want);
+	n = tui_cmd_complete(NULL, ":theme l", ext, sizeof ext, names, sizeof names);
+	T_EQ_INT(n, 1);
+	T_EQ_STR(ext, "ight ");
+	T_EQ_INT(tui_cmd_complete(NULL, "hello", ext, sizeof ext, names, sizeof names), 0);
+	T_EQ_INT(tui_cmd_complete(NULL, ":zz", ext, sizeof ext, names, sizeof names), 0);
+}
+
+static void test_kv_copy(void)
+{
+	struct kv_tok q = mk_tok(5, 1, KV_ROLE_USER, 0), ev_t[2] = { mk_tok(1, 0, 1, 0), mk_tok(2, 0, 1, 0) };
+	float attn[2 * 3 * 4];
+	struct kv_head_summary hs[6] = { { 1, 0.5f, 0.25f, 3 } };
+	struct kv_event src = { 0 }, dst;
+
+	for (int i = 0; i < 24; i++)
+		attn[i] = (float)i;
+	src.kind = KV_EVENT_STEP;
+	src.policy = "h2o";
+	src.tok = &q;
+	src.n_layer = 2;
+	src.n_head = 3;
+	src.n_cached = 4;
+	src.attn = attn;
+	src.heads = hs;
+	src.n_evicted = 2;
+	src.evicted = ev_t;
+	worker_kv_copy(&dst, &src);
+	attn[23] = -1;
+	hs[0].k90 = 99;
+	ev_t[1].orig_pos = 77;
+	q.orig_pos = 66;
+	T_CHECK(dst.attn != attn && dst.attn[23] == 23.0f, "attn copied");
+	T_EQ_INT(dst.heads[0].k90, 3);
+	T_EQ_INT(dst.evicted[1].orig_pos, 2);
+	T_EQ_INT(dst.tok->orig_pos, 5);
+	T_EQ_STR(dst.policy, "h2o");
+	worker_kv_free(&dst);
+	T_CHECK(dst.attn == NULL, "freed");
+}
+
+static void test_grid(void)
+{
+	struct tui_grid g = { 0 };
+	struct tui_rect r = { 2, 1, 5, 1 };
+	char *row;
+
+	tui_grid_resize(&g, 10, 3);
+	/* clipped to 5 columns; a wide character takes two */
+	tui_grid_text(&g, r, 2, 1, R_NORMAL, "ab\xe4\xb8\xad" "cdef", 9);
+	row = tui_grid_row(&g, 1);
+	T_EQ_STR(row, "  ab\xe4\xb8\xad" "c");
+	free(row);
+	/* outside the rectangle's row: nothing */
+	T_EQ_INT(tui_grid_text(&g, r, 2, 2, R_NORMAL, "zz", 2), 0);
+	T_EQ_INT(tui_text_width("a\xe4\xb8\xad", 4), 3);
+	T_EQ_INT(tui_glyph_braille(0, 0), 0x2800);
+	T_EQ_INT(tui_glyph_braille(4, 4), 0x28ff);
+	tui_grid_free(&g);
+}
+
+static void extra_draw(struct tui *t, struct tui_grid *g, struct tui_rect r)
+{
+	(void)t;
+	tui_grid_printf(g, r, r.x, r.y, R_NORMAL, "EXTRA PANE BODY");
+}
+
+static void extra_status(const struct tui *t, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "extra item %u", t->n_layer);
+}
+
+/* A pane and a status item added at run time (as a plugin would). */
+static void test_registries(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	size_t n0 = tui_pane_count();
+
+	tui_init(&t);
+	t.n_layer = 7;
+	c.t = &t;
+	T_EQ_INT(tui_pane_register(&(struct tui_pane){ "extra", "Extra", extra_draw }), KVS_OK);
+	T_EQ_INT(tui_pane_count(), n0 + 1);
+	T_CHECK(tui_pane_register(&(struct tui_pane){ "extra", "Extra", extra_draw }) != KVS_OK,
+	        "a second pane of the same name");
+	T_EQ_INT(tui_status_register(&(struct tui_status_item){ "extra", extra_status }), KVS_OK);
+	T_CHECK(dump_has(&t, 80, 24, false, "Plugins   Extra"), "its tab");
+	T_CHECK(dump_has(&t, 200, 50, false, "extra item 7"), "its status item");
+	T_CHECK(!dump_has(&t, 80, 24, false, "EXTRA PANE BODY"), "not shown yet");
+	T_EQ_INT(tui_cmd_run(&c, "pane extra"), KVS_OK);
+	T_CHECK(dump_has(&t, 80, 24, false, "EXTRA PANE BODY"), "shown by :pane");
+	T_CHECK(tui_cmd_run(&c, "pane nosuch") != KVS_OK && strstr(t.status, "extra") != NULL, "%s",
+	        t.status);
+	tui_free(&t);
+}
+
+/* With a Lua runtime: :lua, :plugin, a plugin's command and its completion. */
+static void test_lua(void)
+{
+	struct script_config sc;
+	struct script_rt *rt;
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct err e;
+	char ext[64], names[256], path[] = "/tmp/kvs-tui-plugin-XXXXXX";
+	char file[64];
+	FILE *fp;
+	int fd;
+
+	tui_init(&t);
+	c.t = &t;
+	T_CHECK(tui_cmd_run(&c, "lua print(1)") != KVS_OK && strstr(t.status, "not available") != NULL,
+	        "no runtime: %s", t.status);
+	if (!script_available()) {
+		printf("test-tui: built without Lua: the :lua checks ran without a runtime\n");
+		tui_free(&t);
+		return;
+	}
+	script_config_default(&sc);
+	T_EQ_INT(script_rt_new(&rt, &sc, &e), KVS_OK);
+	t.rt = rt;
+	T_EQ_INT(tui_cmd_run(&c, "lua print(6 * 7)"), KVS_OK);
+	T_EQ_STR(t.status, "lua: 42");
+	T_CHECK(tui_cmd_run(&c, "lua error('boom')") != KVS_OK && strstr(t.status, "boom") != NULL,
+	        "%s", t.status);
+	/* a plugin file with a command */
+	fd = mkstemp(path);
+	T_CHECK(fd >= 0, "mkstemp");
+	close(fd);
+	unlink(path);
+	T_CHECK(mkdir(path, 0700) == 0, "mkdir");
+	snprintf(file, sizeof file, "%s/greet.lua", path);
+	fp = fopen(file, "w");
+	fprintf(fp, "local kvscope = require 'kvscope'\n"
+	            "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n");
+	fclose(fp);
+	{
+		char cmd[128];
+		snprintf(cmd, sizeof cmd, "plugin load %s", file);
+		T_EQ_INT(tui_cmd_run(&c, cmd), KVS_OK);
+	}
+	T_EQ_INT(tui_cmd_complete(rt, ":hel", ext, sizeof ext, names, sizeof names), 2); /* help, hello */
+	T_EQ_INT(tui_cmd_complete(rt, ":hell", ext, sizeof ext, names, sizeof names), 1);
+	T_EQ_STR(ext, "o ");
+	T_EQ_INT(tui_cmd_run(&c, "hello world"), KVS_OK);
+	T_CHECK(script_status_count(rt) == 1 && strcmp(script_status_at(rt, 0, NULL), "hi world") == 0,
+	        "the plugin's status item");
+	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | hi world"), "status line: plugins (lua failed, greet) and item");
+	T_EQ_INT(tui_cmd_run(&c, "plugin unload greet"), KVS_OK);
+	T_CHECK(tui_cmd_run(&c, "hello again") != KVS_OK && strstr(t.status, "unknown command") != NULL,
+	        "%s", t.status);
+	T_CHECK(tui_cmd_run(&c, "plugin frob") != KVS_OK, "bad subcommand");
+	unlink(file);
+	rmdir(path);
+	script_rt_free(rt);
+	t.rt = NULL;
+	tui_free(&t);
+}
+
+int main(void)
+{
+	/* character widths come from the locale, as in the program */
+	if (setlocale(LC_ALL, "C.UTF-8") == NULL) {
+		fprintf(stderr, "test-tui: the C.UTF-8 locale is missing\n");
+		return 99;
+	}
+	test_heat_bin();
+	test_levels();
+	test_regions_and_banner();
+	test_layout_and_draw();
+	test_commands();
+	test_hit();
+	test_complete();
+	test_kv_copy();
+	test_grid();
+	test_lua();
+	test_registries(); /* last: it adds to the tables */
+	return t_done("test-tui");
+}
