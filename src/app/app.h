@@ -315,7 +315,7 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 
 struct session_config {
 	struct gen_config gen;
-	const char *system;      /* system prompt (NULL or "": none); copied */
+	const char *system;      /* system prompt; NULL: the chat template's default, "": none */
 	uint32_t max_tokens;     /* per reply (default 512) */
 };
 
@@ -388,7 +388,8 @@ void session_cancel(struct session *s);
 void session_cancel_clear(struct session *s);
 /* Forget the conversation: empty cache, no turns. */
 void session_reset(struct session *s);
-/* Replace the system prompt (takes effect in the next new conversation). */
+/* Replace the system prompt (takes effect in the next new conversation);
+ * NULL: the chat template's default, "": none. */
 void session_set_system(struct session *s, const char *system);
 const char *session_system(const struct session *s);
 void session_set_max_tokens(struct session *s, uint32_t n);

@@ -92,10 +92,10 @@ int session_open(struct session **out, const struct session_config *c, struct er
 		free(s);
 		return rc;
 	}
-	s->system = xstrdup(c->system ? c->system : "");
 	s->max_tokens = c->max_tokens ? c->max_tokens : 512;
 	s->fresh = true;
 	s->restart_next = false;
+	session_set_system(s, c->system);
 	atomic_init(&s->cancel, false);
 	s->gen->cancel = &s->cancel;
 	s->gen->on_token = session_on_token;
@@ -155,8 +155,9 @@ void session_reset(struct session *s)
 
 void session_set_system(struct session *s, const char *system)
 {
+	const char *def = s->gen->chat.default_system;
 	free(s->system);
-	s->system = xstrdup(system ? system : "");
+	s->system = xstrdup(system ? system : def ? def : "");
 }
 
 const char *session_system(const struct session *s)

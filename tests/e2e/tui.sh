@@ -85,7 +85,7 @@ mkdir -p "$tmp/state"
 cat >"$tmp/run.sh" <<EOS
 stty -a >"$tmp/stty.before"
 XDG_STATE_HOME="$tmp/state" TERM=xterm-256color "$bin" --temp 0 --seed 1 -n 48 --db "$tmp/mem.db" \
-	--system "You are a helpful assistant." 2>"$tmp/stderr"
+	2>"$tmp/stderr"
 echo "\$?" >"$tmp/rc"
 stty -a >"$tmp/stty.after"
 echo "SHELL-BACK"
@@ -98,7 +98,7 @@ T new-session -d -s kv -x 200 -y 50 "sh $tmp/run.sh"
 # 1. all panes at 200x50, the system prompt shown
 wait_for "Retention" 60
 wait_for "KV memory"
-wait_for "system> You are a helpful assistant"
+wait_for "system> You are a helpful AI assistant named SmolLM"
 wait_for "plugins [0-9]+"
 
 # 2. a question, the reply streams in and ends with its stop reason
