@@ -340,6 +340,9 @@ struct session_turn {
 struct session_hooks {
 	void (*turn_start)(void *ud, uint32_t index, const char *user);
 	void (*token)(void *ud, const struct gen_token *t);
+	/* the reply's text as it streams: every piece, the final flush of an
+	 * incomplete UTF-8 tail included (token texts may miss that tail) */
+	void (*text)(void *ud, const char *text, size_t len);
 	void (*turn_end)(void *ud, const struct session_turn *t);
 	void (*kv)(void *ud, const struct kv_event *ev);
 	/* after an exchange was committed to the store (status KVS_OK) as turn

@@ -235,6 +235,15 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	return rc;
 }
 
+/* A piece of the reply's text: kept, and passed to the text hook. */
+static void session_on_text(const char *text, size_t len, void *ud)
+{
+	struct session *s = ud;
+	gen_text_collect(text, len, &s->reply);
+	if (s->hooks.text != NULL && len > 0)
+		s->hooks.text(s->hooks.ud, text, len);
+}
+
 /* Sample the reply, then close the turn in the cache. */
 static int session_reply(struct session *s, struct session_turn *t, struct err *e)
 {
@@ -244,7 +253,7 @@ static int session_reply(struct session *s, struct session_turn *t, struct err *
 
 	s->reply.n = 0;
 	gen_text_collect("", 0, &s->reply);
-	rc = gen_reply(g, s->max_tokens, gen_text_collect, &s->reply, &t->stop, &t->n_reply, e);
+	rc = gen_reply(g, s->max_tokens, session_on_text, s, &t->stop, &t->n_reply, e);
 	if (rc != KVS_OK)
 		return rc;
 	if (t->stop == GEN_STOP_CONTEXT) {

@@ -131,14 +131,12 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* Stream each reply token's text as it completes. */
-static void chat_token(void *ud, const struct gen_token *t)
+/* Stream the reply's text as it comes. */
+static void chat_text(void *ud, const char *text, size_t len)
 {
 	(void)ud;
-	if (t->len > 0) {
-		fwrite(t->text, 1, t->len, stdout);
-		fflush(stdout);
-	}
+	fwrite(text, 1, len, stdout);
+	fflush(stdout);
 }
 
 /* /len [SPEC]: show or set the length target of the next replies. */
@@ -273,7 +271,7 @@ static int cmd_chat_exec(int argc, char **argv)
 				break;
 			continue;
 		}
-		session_set_hooks(s, &(struct session_hooks){ .token = chat_token, .saved = chat_saved });
+		session_set_hooks(s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved });
 		rc = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);

@@ -22,7 +22,7 @@ const struct cli_cmd cmd_run = {
 	"[--plugin FILE]... [--timeout SEC] [--model PATH] [options] SCRIPT.lua [ARGS...] | --api-doc",
 	"run a Lua experiment script headless (sessions/ holds the bundled ones)",
 	cmd_run_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN | OPTG_DB,
 };
 
 /* Plugin messages go to stderr, one line per message line. */
@@ -86,6 +86,7 @@ static int cmd_run_exec(int argc, char **argv)
 	c.script_ms = o.timeout_s * 1000.0;
 	if (o.results != NULL)
 		c.results_dir = o.results;
+	c.db_path = o.db;
 	c.headless = true;
 	c.notify = run_notify;
 	if (script_rt_new(&rt, &c, &e) != KVS_OK) {

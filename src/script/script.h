@@ -43,6 +43,7 @@ struct script_config {
 	double script_ms;         /* deadline of a script's main chunk (0: none) */
 	uint32_t max_errors;      /* consecutive errors or overruns before disabling (default 3) */
 	const char *results_dir;  /* where kvscope.write puts files (default "results") */
+	const char *db_path;      /* the session database kvscope.store_* read (NULL: the default) */
 	bool headless;            /* kvscope run: print goes to stdout, progress to stderr */
 	/* Messages for the user (a plugin disabled, a policy fell back): the
 	 * front end shows them (TUI status line, stderr for kvscope run). A Lua

@@ -558,6 +558,7 @@ static void tui_plugins_start(struct tui_term *tt, struct session *s, const stru
 
 	script_config_default(&sc);
 	sc.gen.model_path = o->model_path;
+	sc.db_path = o->db_path;
 	sc.notify = tui_notify;
 	sc.notify_ud = tt;
 	sc.send = tui_send;

@@ -40,6 +40,23 @@ for t in api sandbox policy plugins; do
 	fi
 done
 
+# past turns from the store (a build with SQLite): what `chat --db` saved
+if "$bin" sessions list --db "$tmp/probe.db" 2>&1 | grep -q "built without SQLite"; then
+	:
+else
+	printf 'first line\nsecond line\n' | "$bin" chat --model "$model" -t 1 --temp 0 -n 8 \
+		--db "$tmp/mem.db" --title lua-store >"$tmp/chat.out" 2>"$tmp/chat.err" ||
+		fail "chat --db: $(cat "$tmp/chat.err")"
+	r1=$(sed -n 1p "$tmp/chat.out")
+	r2=$(sed -n 2p "$tmp/chat.out")
+	run --db "$tmp/mem.db" "$src/tests/lua/store.lua" "$r1" "$r2" >"$tmp/store.out" 2>"$tmp/store.err"
+	if [ $? -ne 0 ] || ! grep -q "^store: all checks passed" "$tmp/store.out"; then
+		fail "tests/lua/store.lua"
+		grep -v '^ok' "$tmp/store.out" >&2
+		tail -5 "$tmp/store.err" >&2
+	fi
+fi
+
 # the API reference is generated from the C table
 "$bin" run --api-doc >"$tmp/api.md" || fail "run --api-doc: exit $?"
 cmp -s "$tmp/api.md" "$src/doc/lua-api.md" ||

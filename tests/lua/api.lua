@@ -219,6 +219,18 @@ se:set_policy("window")
 se:set_budget(32)
 check(se:policy():find("^window") ~= nil and se:stats().n_cached <= 32, "set_policy and set_budget")
 check(not pcall(se.set_policy, se, "nonsense"), "unknown policy refused")
+-- length control: a target set from Lua governs the next reply
+check(se:length() == nil, "no length target by default")
+se:set_length("12w")
+check(se:length() ~= nil and se:length():find("^12 words") ~= nil, "set_length 12w: " .. tostring(se:length()))
+local lr, lst = se:chat("write about the sea")
+local lt = se:turn(se:turns())
+check(lt.stop ~= "eos" and lt.n_words ~= nil and lt.n_words <= 22,
+      "a 12-word target ends at most 22 words (window (2, 22]) and not by eos: " ..
+      tostring(lt.stop) .. ", " .. tostring(lt.n_words) .. " words")
+se:set_length("off")
+check(se:length() == nil, "set_length off")
+check(not pcall(se.set_length, se, "12q"), "a bad length spec is refused")
 se:close()
 check(not pcall(se.stats, se), "closed session refused")
 
