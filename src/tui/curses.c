@@ -445,6 +445,34 @@ static double tui_frame_interval(const struct tui_term *tt)
 	return iv < TUI_FRAME_MS ? TUI_FRAME_MS : iv > TUI_FRAME_MAX_MS ? TUI_FRAME_MAX_MS : iv;
 }
 
+/* The input line waits for a key while its editor reads on by itself
+ * (Ctrl-R's search): draw the screen as it stands, then block for the key.
+ * Worker events wait in their queue meanwhile; a resize redraws. */
+static bool tui_wait_key(void *ud, int *key, bool *fkey)
+{
+	struct tui_term *tt = ud;
+	tt->dirty = true;
+	tui_frame(tt);
+	while (!tui_sigquit) {
+		struct pollfd pf = { 0, POLLIN, 0 };
+		wint_t wk;
+		int r = get_wch(&wk);
+		if (r == ERR) {
+			poll(&pf, 1, 200);
+			continue;
+		}
+		if (r == KEY_CODE_YES && wk == KEY_RESIZE) {
+			tt->full_redraw = true;
+			tui_frame(tt);
+			continue;
+		}
+		*key = (int)wk;
+		*fkey = r == KEY_CODE_YES;
+		return true;
+	}
+	return false;
+}
+
 static void tui_loop(struct tui_term *tt)
 {
 	while (!tt->t.quit && !tui_sigquit) {
@@ -614,6 +642,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	worker_set_store(tt->w, o->db_path, o->model_path);
 	snprintf(tt->t.db_path, sizeof tt->t.db_path, "%s", o->db_path ? o->db_path : "");
 	tt->in = tui_input_open();
+	tui_input_set_wait(tt->in, tui_wait_key, tt);
 	tt->bench_exit = o->bench_exit;
 
 	setlocale(LC_ALL, "");

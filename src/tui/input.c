@@ -48,6 +48,10 @@ struct tui_input {
 	wchar_t queue[16];  /* keys for libedit's next reads */
 	int q_head, q_n;
 #endif
+	/* Waits for the user's next key when libedit reads on by itself (NULL:
+	 * it gets none); see in_getc. */
+	bool (*wait)(void *ud, int *key, bool *fkey);
+	void *wait_ud;
 };
 
 static void in_reserve(struct tui_input *in, size_t n)
@@ -59,13 +63,43 @@ static void in_reserve(struct tui_input *in, size_t n)
 }
 
 #ifdef HAVE_LIBEDIT
+static int in_map_fkey(int key);
+static void in_sync(struct tui_input *in);
+static void in_drain(struct tui_input *in);
+
+/*
+ * libedit's read function. We feed exactly the keys we have, one el_gets
+ * per key, so a read with an empty queue means libedit reads on by itself
+ * inside one command: Ctrl-R's incremental search reads its pattern key by
+ * key. Then the line as it stands (the search prompt) is shown and the
+ * user's next key awaited through in->wait; without a waiter the read
+ * ends the command.
+ */
 static int in_getc(EditLine *el, wchar_t *c)
 {
 	struct tui_input *in;
 
 	el_get(el, EL_CLIENTDATA, &in);
-	if (in == NULL || in->q_n == 0)
-		return 0; /* never blocks: we feed exactly the keys we have */
+	if (in == NULL)
+		return 0;
+	while (in->q_n == 0) {
+		int key;
+		bool fkey;
+		if (in->wait == NULL)
+			return 0;
+		in_drain(in);
+		in_sync(in);
+		if (!in->wait(in->wait_ud, &key, &fkey))
+			return 0;
+		if (fkey)
+			key = in_map_fkey(key);
+		if (key == 3)
+			key = CTRL('g'); /* Ctrl-C leaves the search */
+		if (key > 0) {
+			*c = (wchar_t)key;
+			return 1;
+		}
+	}
 	*c = in->queue[in->q_head];
 	in->q_head = (in->q_head + 1) % (int)KVS_ARRAY_LEN(in->queue);
 	in->q_n--;
@@ -113,20 +147,6 @@ static const char *in_feed(struct tui_input *in, wchar_t c, int *count)
 	return r;
 }
 
-/* mkdir -p for the directory part of path. */
-static void in_mkdirs(const char *path)
-{
-	char *dir = xstrdup(path);
-	for (char *p = dir + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-			break;
-		*p = '/';
-	}
-	free(dir);
-}
 
 static bool in_open_libedit(struct tui_input *in)
 {
@@ -198,7 +218,13 @@ void tui_input_save(struct tui_input *in)
 #ifdef HAVE_LIBEDIT
 	HistEvent ev;
 	if (in->el != NULL && in->hist_path != NULL) {
-		in_mkdirs(in->hist_path);
+		char *dir = xstrdup(in->hist_path);
+		char *slash = strrchr(dir, '/');
+		if (slash != NULL && slash != dir) {
+			*slash = '\0';
+			(void)file_mkdirs(dir, 0700);
+		}
+		free(dir);
 		history(in->hist, &ev, H_SAVE, in->hist_path);
 	}
 #else
@@ -223,6 +249,13 @@ void tui_input_close(struct tui_input *in)
 #endif
 	free(in->buf);
 	free(in);
+}
+
+void tui_input_set_wait(struct tui_input *in, bool (*wait)(void *ud, int *key, bool *fkey),
+                        void *ud)
+{
+	in->wait = wait;
+	in->wait_ud = ud;
 }
 
 const char *tui_input_text(struct tui_input *in, size_t *cursor)

@@ -303,6 +303,11 @@ void tui_input_close(struct tui_input *in);
 /* Feed one key: a character (code point) or, with fkey, a curses KEY_*
  * code; returns true and sets *line (allocated) when a line was entered. */
 bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line);
+/* How the input line waits for the user's next key when its editor reads
+ * on by itself (Ctrl-R's incremental search): wait draws the screen and
+ * blocks for a key (false: none; the search ends). */
+void tui_input_set_wait(struct tui_input *in, bool (*wait)(void *ud, int *key, bool *fkey),
+                        void *ud);
 /* Save the history (also done by close). */
 void tui_input_save(struct tui_input *in);
 /* The buffer and the cursor (byte offset). */

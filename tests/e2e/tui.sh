@@ -117,6 +117,18 @@ T send-keys -t kv -l ":save e2e chat"
 T send-keys -t kv Enter
 wait_for "saving to .*mem.db from the next exchange on"
 
+# 2a'. Ctrl-R searches the history (libedit's incremental search reads its
+# pattern key by key): the question comes back into the input line; Ctrl-G
+# leaves the search with the line as it was (empty)
+if grep -q "define HAVE_LIBEDIT 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	T send-keys -t kv C-r
+	T send-keys -t kv -l "capi"
+	wait_for "bck:capi"
+	wait_for "^> What is the capital of France\\?"
+	T send-keys -t kv C-g
+	wait_for "^> *$"
+fi
+
 # 2b. Ctrl-C stops a long reply (stop reason "user"); the program goes on
 T send-keys -t kv -l ":max 4000"
 T send-keys -t kv Enter
