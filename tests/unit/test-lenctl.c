@@ -521,24 +521,7 @@ static void test_session(const char *path);
 
 static void test_identical(void)
 {
-	const char *dir = getenv("TMPDIR");
-	char *p = xasprintf("%s/test-lenctl-XXXXXX", dir && dir[0] ? dir : "/tmp");
-	int fd = mkstemp(p);
-	struct tinymodel_spec s;
-	struct ggufw *w = ggufw_new();
-
-	if (fd < 0) {
-		fprintf(stderr, "mkstemp: %s\n", strerror(errno));
-		exit(99);
-	}
-	close(fd);
-	tinymodel_defaults(&s, "llama");
-	s.n_embd = 64; /* head_dim 16: the CPU backend's attention wants multiples of 16 */
-	s.n_ff = 128;
-	s.scale = 0.5f;
-	tinymodel_add(w, &s);
-	T_EQ_INT(ggufw_write_file(w, p), 0);
-	ggufw_free(w);
+	char *p = tinymodel_write_temp("lenctl");
 	for (int mode = 0; mode < 2; mode++) {
 		struct gen_config c;
 		struct gen *a = NULL, *b = NULL;

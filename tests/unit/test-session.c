@@ -22,33 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static char model_path[256];
-
-static void write_model(void)
-{
-	struct tinymodel_spec s;
-	struct ggufw *w = ggufw_new();
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(model_path, sizeof model_path, "%s/kvs-session-XXXXXX",
-	         tmp && *tmp ? tmp : "/tmp");
-	int fd = mkstemp(model_path);
-	if (fd < 0) {
-		perror("mkstemp");
-		exit(99);
-	}
-	close(fd);
-	tinymodel_defaults(&s, "llama");
-	s.n_embd = 64;
-	s.n_ff = 128;
-	s.scale = 0.5f;
-	tinymodel_add(w, &s);
-	if (ggufw_write_file(w, model_path) != 0) {
-		fprintf(stderr, "cannot write %s\n", model_path);
-		exit(99);
-	}
-	ggufw_free(w);
-}
+static char *model_path;
 
 static void config(struct session_config *c, uint32_t max_tokens)
 {
@@ -234,9 +208,10 @@ static void test_full_restarts(void)
 
 int main(void)
 {
-	write_model();
+	model_path = tinymodel_write_temp("session");
 	test_exchange();
 	test_full_restarts();
 	unlink(model_path);
+	free(model_path);
 	return t_done("test-session");
 }

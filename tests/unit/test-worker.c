@@ -17,33 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static char model_path[256];
-
-static void write_model(void)
-{
-	struct tinymodel_spec s;
-	struct ggufw *w = ggufw_new();
-	const char *tmp = getenv("TMPDIR");
-	int fd;
-
-	snprintf(model_path, sizeof model_path, "%s/kvs-worker-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	fd = mkstemp(model_path);
-	if (fd < 0) {
-		perror("mkstemp");
-		exit(99);
-	}
-	close(fd);
-	tinymodel_defaults(&s, "llama");
-	s.n_embd = 64;
-	s.n_ff = 128;
-	s.scale = 0.5f;
-	tinymodel_add(w, &s);
-	if (ggufw_write_file(w, model_path) != 0) {
-		fprintf(stderr, "cannot write %s\n", model_path);
-		exit(99);
-	}
-	ggufw_free(w);
-}
+static char *model_path;
 
 /* The next event, waiting for it (a hang fails after a minute, it is not
  * a timing assertion). */
@@ -255,7 +229,7 @@ int main(void)
 	struct worker *w;
 	struct err e;
 
-	write_model();
+	model_path = tinymodel_write_temp("worker");
 	session_config_default(&c);
 	c.gen.model_path = model_path;
 	c.gen.engine.backend = ENGINE_BACKEND_CPU;
@@ -282,5 +256,6 @@ int main(void)
 	worker_stop(w);
 	session_close(s);
 	unlink(model_path);
+	free(model_path);
 	return t_done("test-worker");
 }

@@ -12,9 +12,11 @@
 
 #include "model/model.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* GPT-2 merges (left, right); each result is also a token. */
 static const char *const tiny_merges[][2] = {
@@ -290,4 +292,31 @@ void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s)
 	tiny_tensor(w, s, &rng, "output_norm.weight", DT_F32, E, 1, true);
 	if (!s->tied)
 		tiny_tensor(w, s, &rng, "output.weight", s->embd_type, E, V, false);
+}
+
+char *tinymodel_write_temp(const char *tag)
+{
+	const char *dir = getenv("TMPDIR");
+	char *path = xasprintf("%s/kvs-%s-XXXXXX", dir && dir[0] ? dir : "/tmp", tag);
+	struct tinymodel_spec s;
+	struct ggufw *w;
+	int fd = mkstemp(path);
+
+	if (fd < 0) {
+		fprintf(stderr, "%s: cannot create a temporary model file: %s\n", path, strerror(errno));
+		exit(99);
+	}
+	close(fd);
+	tinymodel_defaults(&s, "llama");
+	s.n_embd = 64;
+	s.n_ff = 128;
+	s.scale = 0.5f;
+	w = ggufw_new();
+	tinymodel_add(w, &s);
+	if (ggufw_write_file(w, path) != 0) {
+		fprintf(stderr, "%s: cannot write the tiny model\n", path);
+		exit(99);
+	}
+	ggufw_free(w);
+	return path;
 }

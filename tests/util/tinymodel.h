@@ -49,6 +49,11 @@ void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
 void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);
 /* Number of tokens the spec's vocabulary has. */
 uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s);
+/* Write the llama-arch model the app-level tests share (n_embd 64, so
+ * head_dim 16 as the CPU attention wants; n_ff 128; weights scaled 0.5)
+ * to a fresh file under $TMPDIR named after tag; returns its path
+ * (allocated). Exits with 99, the harness's "hard error", when it cannot. */
+char *tinymodel_write_temp(const char *tag);
 /* Deterministic uniform float in [-1, 1) from *state (xorshift64*). */
 float tinymodel_rand(uint64_t *state);
 
