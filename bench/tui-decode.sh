@@ -12,11 +12,13 @@
 # and ratios are printed: tui / generate is the whole cost, tui /
 # generate+stats the part that is the UI itself (capture, events, drawing).
 #
-# usage: bench/tui-decode.sh [KVSCOPE_BIN] [REPS] [TOKENS]
+# usage: bench/tui-decode.sh [KVSCOPE_BIN] [REPS] [TOKENS] [THREADS]
+# (THREADS: -t for all three; default: kvscope's, all cores)
 set -u
 bin=${1:-${KVSCOPE_BIN:-./kvscope}}
 reps=${2:-7}
 ntok=${3:-128}
+thr=${4:+-t $4}
 prompt="Write a long story about a dragon who learns to read."
 tmp=$(mktemp -d)
 sock=kvscope-bench-$$
@@ -24,19 +26,21 @@ trap 'tmux -L "$sock" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "command: $0 $bin $reps $ntok"
+echo "command: $0 $bin $reps $ntok ${4:-}"
 echo "machine: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "commit:  $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
 i=0
 while [ $i -lt "$reps" ]; do
-	"$bin" generate --prompt "$prompt" --temp 0 -n "$ntok" --policy full 2>"$tmp/gen.err" >/dev/null
+	# shellcheck disable=SC2086
+	"$bin" generate --prompt "$prompt" --temp 0 -n "$ntok" --policy full $thr 2>"$tmp/gen.err" >/dev/null
 	sed -n 's/.*generated [0-9]* tokens in [0-9.]* ms (\([0-9.]*\) tok\/s).*/\1/p' "$tmp/gen.err" >>"$tmp/gen"
-	"$bin" generate --prompt "$prompt" --temp 0 -n "$ntok" --policy full --token-stats on \
+	# shellcheck disable=SC2086
+	"$bin" generate --prompt "$prompt" --temp 0 -n "$ntok" --policy full $thr --token-stats on \
 		2>"$tmp/gen.err" >/dev/null
 	sed -n 's/.*generated [0-9]* tokens in [0-9.]* ms (\([0-9.]*\) tok\/s).*/\1/p' "$tmp/gen.err" >>"$tmp/stats"
 	rm -f "$tmp/tui.out"
 	tmux -L "$sock" -f /dev/null new-session -d -x 200 -y 50 \
-		"TERM=xterm-256color '$bin' tui --prompt '$prompt' --temp 0 -n $ntok --policy full --bench-exit >'$tmp/tui.part' 2>&1; mv '$tmp/tui.part' '$tmp/tui.out'"
+		"TERM=xterm-256color '$bin' tui --prompt '$prompt' --temp 0 -n $ntok --policy full $thr --bench-exit >'$tmp/tui.part' 2>&1; mv '$tmp/tui.part' '$tmp/tui.out'"
 	t=0
 	while [ ! -f "$tmp/tui.out" ] && [ $t -lt 1200 ]; do
 		sleep 0.1
