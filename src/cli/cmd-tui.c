@@ -3,7 +3,8 @@
  * the ncurses workbench (src/tui/). The session is opened here like the
  * plain chat's, with attention capture on (full rows, at most one step
  * event per 33 ms, the UI's frame time) and per-token statistics, then
- * handed to tui_run. In a build without the workbench it says so in one
+ * handed to tui_run; --resume, --save and --title act as :load and :save
+ * at start. In a build without the workbench it says so in one
  * line and points to `kvscope chat`.
  */
 #include "cli/opts.h"
@@ -21,7 +22,8 @@ const struct cli_cmd cmd_tui = {
 	"[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] [options]",
 	"the workbench: chat, attention, KV memory and retention views (the default command)",
 	cmd_tui_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB,
+	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB |
+		OPTG_SAVE,
 };
 
 static int cmd_tui_exec(int argc, char **argv)
@@ -81,6 +83,9 @@ static int cmd_tui_exec(int argc, char **argv)
 	to.bench_exit = o.bench_exit;
 	to.no_plugins = o.no_plugins;
 	to.db_path = o.db;
+	to.resume = o.resume;
+	to.save = o.save || o.title != NULL;
+	to.save_title = o.title;
 	model_path = cli_model_path(o.gen.model_path);
 	to.model_path = model_path;
 	o.gen.kv.capture = KV_CAPTURE_FULL;

@@ -681,6 +681,13 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tui_apply_theme(tt);
 
 	worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SNAPSHOT });
+	if (o->resume != NULL) {
+		/* --resume: as :load, the latest session when none is named */
+		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = o->resume });
+		tui_msg_add(&tt->t, MSG_INFO, "loading a saved session ...");
+	} else if (o->save) {
+		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = o->save_title });
+	}
 	if (o->prompt != NULL) {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = o->prompt });
 		tt->t.busy = true;

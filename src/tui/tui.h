@@ -26,6 +26,9 @@ struct tui_options {
 	const char *model_path;   /* for the sessions plugins open */
 	bool no_plugins;          /* do not autoload plugins */
 	const char *db_path;      /* session database for :save, :load ... (NULL: the default) */
+	const char *resume;       /* at start, :load this saved session ("": the latest; NULL: none) */
+	bool save;                /* at start, :save (title: save_title, NULL: none) */
+	const char *save_title;
 };
 
 /* Whether this build has the workbench. */

@@ -339,6 +339,14 @@ else
 		fail "truecolor: no 24-bit colour escapes on the screen"
 fi
 
+# 10b. `kvscope --resume TITLE` on a terminal: the workbench resumes the
+# session saved above (as :load does)
+if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	T kill-session -t kv
+	T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/mem.db' --resume 'e2e chat' -n 8; sleep 600"
+	wait_for "resumed session 1: [0-9]+ tokens" 60
+fi
+
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit
 T kill-session -t kv
