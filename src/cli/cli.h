@@ -36,6 +36,7 @@ enum opt_group {
 	OPTG_LEN = 1u << 18,    /* --target-words, --length, --no-length-prompt, --no-repeat */
 	OPTG_TLG = 1u << 19,    /* --levels, --prompts (eval tlg) */
 	OPTG_TUI = 1u << 20,    /* --theme, --color, --ascii, --bench-exit */
+	OPTG_PLUGIN = 1u << 21, /* --plugin (run and the workbench) */
 };
 
 

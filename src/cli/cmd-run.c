@@ -33,23 +33,6 @@ static void run_notify(void *ud, const char *plugin, const char *msg)
 	        plugin ? ": " : "", msg);
 }
 
-/* A script's or plugin's path: as given, else SUB/NAME[.lua] in the data
- * folder (sessions/ or plugins/). */
-static char *run_find(const char *arg, const char *sub)
-{
-	struct stat st;
-	if (stat(arg, &st) == 0 || strchr(arg, '/') != NULL)
-		return xstrdup(arg);
-	char *dir = script_data_dir();
-	size_t n = strlen(arg);
-	char *p = xasprintf("%s/%s/%s%s", dir, sub, arg,
-	                    n > 4 && strcmp(arg + n - 4, ".lua") == 0 ? "" : ".lua");
-	free(dir);
-	if (stat(p, &st) == 0)
-		return p;
-	free(p);
-	return xstrdup(arg);
-}
 
 static int cmd_run_exec(int argc, char **argv)
 {
@@ -94,7 +77,7 @@ static int cmd_run_exec(int argc, char **argv)
 		goto out;
 	}
 	for (int i = 0; i < o.n_plugins; i++) {
-		char *pp = run_find(o.plugins[i], "plugins");
+		char *pp = cli_find_script(o.plugins[i], "plugins");
 		int lrc = script_load(rt, pp, &e);
 		free(pp);
 		if (lrc != KVS_OK) {
@@ -102,7 +85,7 @@ static int cmd_run_exec(int argc, char **argv)
 			goto out;
 		}
 	}
-	path = run_find(o.args[0], "sessions");
+	path = cli_find_script(o.args[0], "sessions");
 	if (script_run(rt, path, o.n_args - 1, o.args + 1, &e) != KVS_OK) {
 		fflush(stdout);
 		rc = cli_fail(&e);

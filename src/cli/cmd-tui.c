@@ -23,7 +23,7 @@ const struct cli_cmd cmd_tui = {
 	"the workbench: chat, attention, KV memory and retention views (the default command)",
 	cmd_tui_exec,
 	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB |
-		OPTG_SAVE,
+		OPTG_SAVE | OPTG_PLUGIN,
 };
 
 static int cmd_tui_exec(int argc, char **argv)
@@ -82,6 +82,11 @@ static int cmd_tui_exec(int argc, char **argv)
 	to.prompt = o.prompt;
 	to.bench_exit = o.bench_exit;
 	to.no_plugins = o.no_plugins;
+	char *plugins[KVS_ARRAY_LEN(o.plugins)];
+	for (int i = 0; i < o.n_plugins; i++)
+		plugins[i] = cli_find_script(o.plugins[i], "plugins");
+	to.plugins = (const char *const *)plugins;
+	to.n_plugins = o.n_plugins;
 	to.db_path = o.db;
 	to.resume = o.resume;
 	to.save = o.save || o.title != NULL;
@@ -99,6 +104,8 @@ static int cmd_tui_exec(int argc, char **argv)
 	rc = rc == KVS_OK ? CLI_OK : cli_fail(&e);
 out:
 	session_close(s);
+	for (int i = 0; i < to.n_plugins; i++)
+		free(plugins[i]);
 	free(model_path);
 	cli_opts_free(&o);
 	return rc;

@@ -329,7 +329,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "prompt format: chat template (default) or raw text" },
 	{ "seed", 's', "S", OPTG_EVAL, opt_u32, O(eval_seed), 0, 4294967295.0,
 	  "seed of the eval's generator (default 1)" },
-	{ "plugin", 0, "FILE", OPTG_RUN, opt_plugin, 0, 0, 0,
+	{ "plugin", 0, "FILE", OPTG_RUN | OPTG_PLUGIN, opt_plugin, 0, 0, 0,
 	  "load a Lua plugin before the script (repeatable; a bare NAME: the bundled one)" },
 	{ "timeout", 0, "SEC", OPTG_RUN, opt_f64, O(timeout_s), 0, 1e7,
 	  "stop the script after SEC seconds of wall time (default 0: no limit)" },

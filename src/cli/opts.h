@@ -93,5 +93,9 @@ int cli_gen_open(struct cli_opts *o, struct gen **g);
 /* Open a chat session with o's model, engine, sampler, KV, system prompt
  * and max tokens; CLI_OK or the exit status after printing the error. */
 int cli_session_open(struct cli_opts *o, struct session **s);
+/* The file a script or plugin argument names: arg itself when it exists or
+ * has a '/', else the bundled sub/arg[.lua] of the data folder when that
+ * exists, else arg (allocated). */
+char *cli_find_script(const char *arg, const char *sub);
 
 #endif

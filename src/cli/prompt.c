@@ -4,9 +4,11 @@
  * logits and chat so all three treat text the same way.
  */
 #include "cli/opts.h"
+#include "script/script.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Read the prompt from --prompt or --prompt-file into an allocated buffer. */
 int cli_prompt_read(const struct cli_opts *o, char **text, size_t *len, struct err *e)
@@ -109,4 +111,20 @@ int cli_session_open(struct cli_opts *o, struct session **s)
 	rc = session_open(s, &c, &e);
 	free(path);
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
+}
+
+char *cli_find_script(const char *arg, const char *sub)
+{
+	struct stat st;
+	if (stat(arg, &st) == 0 || strchr(arg, '/') != NULL)
+		return xstrdup(arg);
+	char *dir = script_data_dir();
+	size_t n = strlen(arg);
+	char *p = xasprintf("%s/%s/%s%s", dir, sub, arg,
+	                    n > 4 && strcmp(arg + n - 4, ".lua") == 0 ? "" : ".lua");
+	free(dir);
+	if (stat(p, &st) == 0)
+		return p;
+	free(p);
+	return xstrdup(arg);
 }

@@ -599,6 +599,9 @@ static void tui_plugins_start(struct tui_term *tt, struct session *s, const stru
 	script_on_model_loaded(tt->t.rt, session_gen(s));
 	if (!o->no_plugins)
 		script_autoload(tt->t.rt);
+	for (int i = 0; i < o->n_plugins; i++)
+		if (script_load(tt->t.rt, o->plugins[i], &e) != KVS_OK)
+			tui_status(&tt->t, true, "--plugin %s: %s", o->plugins[i], e.msg);
 }
 
 int tui_run(struct session *s, const struct tui_options *o, struct err *e)

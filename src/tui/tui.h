@@ -25,6 +25,8 @@ struct tui_options {
 	bool bench_exit;          /* quit after the first reply; print its decode tok/s */
 	const char *model_path;   /* for the sessions plugins open */
 	bool no_plugins;          /* do not autoload plugins */
+	const char *const *plugins; /* (n_plugins) plugin files to load at start (--plugin) */
+	int n_plugins;
 	const char *db_path;      /* session database for :save, :load ... (NULL: the default) */
 	const char *resume;       /* at start, :load this saved session ("": the latest; NULL: none) */
 	bool save;                /* at start, :save (title: save_title, NULL: none) */

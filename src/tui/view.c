@@ -123,7 +123,8 @@ static void rows_newline(struct rows *rw)
 	rw->x = 0;
 }
 
-/* Append text to the rows, wrapping at the width (newlines start a row). */
+/* Append text to the rows, wrapping at the width between words (newlines
+ * start a row). */
 static void rows_text(struct rows *rw, const char *s, enum tui_role role, int indent)
 {
 	size_t len = strlen(s), i = 0;
@@ -153,8 +154,28 @@ static void rows_text(struct rows *rw, const char *s, enum tui_role role, int in
 		if (cp < 0x20 || cw < 0)
 			cp = '?';
 		if (rw->x + cw > rw->w) {
+			/* word wrap: a word begun on this row moves to the next whole,
+			 * unless it fills the row (then it breaks where it must) */
+			int end = rw->x, sp = -1;
+			if (cp != ' ') {
+				const struct tui_cell *row = &rw->c[(size_t)(rw->n - 1) * rw->w];
+				for (int j = end - 1; j > indent; j--)
+					if (row[j].cp == ' ') {
+						sp = j;
+						break;
+					}
+			}
 			rows_newline(rw);
 			rw->x = indent;
+			if (sp > indent) {
+				struct tui_cell *prev = &rw->c[(size_t)(rw->n - 2) * rw->w];
+				struct tui_cell *cur = &rw->c[(size_t)(rw->n - 1) * rw->w];
+				int wl = end - sp - 1;
+				memcpy(cur + indent, prev + sp + 1, (size_t)wl * sizeof *cur);
+				for (int j = sp + 1; j < end; j++)
+					prev[j] = (struct tui_cell){ ' ', R_NORMAL };
+				rw->x = indent + wl;
+			}
 			if (cp == ' ')
 				continue;
 		}

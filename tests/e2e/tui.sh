@@ -347,6 +347,12 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	wait_for "resumed session 1: [0-9]+ tokens" 60
 fi
 
+# 10c. --plugin FILE loads a plugin into the workbench (its status item shows)
+printf 'local kvscope = require "kvscope"\nkvscope.status("hello-from-plugin")\n' >"$tmp/hello.lua"
+T kill-session -t kv
+T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' -n 8; sleep 600"
+wait_for "hello-from-plugin" 60
+
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit
 T kill-session -t kv

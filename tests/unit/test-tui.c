@@ -268,6 +268,18 @@ static void test_layout_and_draw(void)
 	T_CHECK(dump_has(&t, 200, 50, false, "Attention"), "200x50 shows attention");
 	T_CHECK(dump_has(&t, 200, 50, false, "KV memory"), "200x50 shows memory");
 	T_CHECK(dump_has(&t, 200, 50, false, "you> hello there"), "chat text");
+	/* the chat wraps between words: at 80 columns "you> " and ten 7-cell
+	 * words fill 75 cells, so a character wrap would cut word10 at 78 */
+	char words[400] = "", wd[16];
+	for (int i = 0; i < 30; i++) {
+		snprintf(wd, sizeof wd, "%sword%02d", i ? " " : "", i);
+		strcat(words, wd);
+	}
+	tui_msg_add(&t, MSG_USER, words);
+	for (int i = 0; i < 30; i++) {
+		snprintf(wd, sizeof wd, "word%02d", i);
+		T_CHECK(dump_has(&t, 80, 24, false, wd), "80x24: '%s' is cut by the wrap", wd);
+	}
 	T_CHECK(dump_has(&t, 200, 50, false, "regions sink 0 key 0"), "stats from the snapshot");
 	T_CHECK(dump_has(&t, 200, 50, false, "12 keys  entropy"), "sparsity line");
 	T_CHECK(dump_has(&t, 80, 24, false, "F2 Chat"), "80x24 tab bar");
