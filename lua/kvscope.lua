@@ -90,6 +90,35 @@ function M.table(header, rows)
   return table.concat(lines, "\n")
 end
 
+-- Parse a script's "--name [value]" arguments. options is a list of
+-- { "--name", fn } (fn gets the value) and { "--flag", fn, flag = true }
+-- (fn gets nothing); an unknown argument or a missing value is an error
+-- naming the script and what was expected.
+function M.getopt(script, args, options)
+  local by, names = {}, {}
+  for _, o in ipairs(options) do
+    by[o[1]] = o
+    names[#names + 1] = o[1]
+  end
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local o = by[a]
+    if o == nil then
+      error(script .. ": unknown argument '" .. tostring(a) .. "' (expected " ..
+            table.concat(names, ", ") .. ")", 2)
+    end
+    if o.flag then
+      o[2]()
+    else
+      i = i + 1
+      if args[i] == nil then error(script .. ": " .. a .. " needs a value", 2) end
+      o[2](args[i])
+    end
+    i = i + 1
+  end
+end
+
 for name in pairs(M._lua_side) do
   if type(M[name]) ~= "function" then error("lua/kvscope.lua does not define " .. name) end
 end

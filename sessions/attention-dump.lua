@@ -24,23 +24,13 @@ local function list(s, what)
   end
   return out
 end
-local args = kvscope.args
-local i = 1
-while i <= #args do
-  local a = args[i]
-  local function val()
-    i = i + 1
-    if args[i] == nil then error("attention-dump.lua: " .. a .. " needs a value") end
-    return args[i]
-  end
-  if a == "--prompt" then opt.prompt = val()
-  elseif a == "--layers" then opt.layers = list(val(), "--layers")
-  elseif a == "--heads" then opt.heads = list(val(), "--heads")
-  elseif a == "--max-tokens" then opt.max_tokens = math.tointeger(tonumber(val()))
-  elseif a == "--out" then opt.out = val()
-  else error("attention-dump.lua: unknown argument '" .. a .. "' (expected --prompt, --layers, --heads, --max-tokens, --out)") end
-  i = i + 1
-end
+kvscope.getopt("attention-dump.lua", kvscope.args, {
+  { "--prompt", function(v) opt.prompt = v end },
+  { "--layers", function(v) opt.layers = list(v, "--layers") end },
+  { "--heads", function(v) opt.heads = list(v, "--heads") end },
+  { "--max-tokens", function(v) opt.max_tokens = math.tointeger(tonumber(v)) end },
+  { "--out", function(v) opt.out = v end },
+})
 
 local s = kvscope.session{ temp = 0, max_tokens = opt.max_tokens, capture = "full" }
 local info = s:info()

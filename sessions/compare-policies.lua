@@ -23,29 +23,20 @@ local function split(s)
   for item in s:gmatch("[^,]+") do out[#out + 1] = item end
   return out
 end
-local args = kvscope.args
-local i = 1
-while i <= #args do
-  local a = args[i]
-  local function val()
-    i = i + 1
-    if args[i] == nil then error("compare-policies.lua: " .. a .. " needs a value") end
-    return args[i]
-  end
-  if a == "--policies" then opt.policies = split(val())
-  elseif a == "--budgets" then
+kvscope.getopt("compare-policies.lua", kvscope.args, {
+  { "--policies", function(v) opt.policies = split(v) end },
+  { "--budgets", function(v)
     opt.budgets = {}
-    for _, b in ipairs(split(val())) do
+    for _, b in ipairs(split(v)) do
       local n = math.tointeger(tonumber(b))
       if not n or n < 8 then error("compare-policies.lua: --budgets: '" .. b .. "' is not a whole number >= 8") end
       opt.budgets[#opt.budgets + 1] = n
     end
-  elseif a == "--max-tokens" then opt.max_tokens = math.tointeger(tonumber(val()))
-  elseif a == "--csv" then opt.format = "csv"
-  elseif a == "--json" then opt.format = "json"
-  else error("compare-policies.lua: unknown argument '" .. a .. "' (expected --policies, --budgets, --max-tokens, --csv, --json)") end
-  i = i + 1
-end
+  end },
+  { "--max-tokens", function(v) opt.max_tokens = math.tointeger(tonumber(v)) end },
+  { "--csv", function() opt.format = "csv" end, flag = true },
+  { "--json", function() opt.format = "json" end, flag = true },
+})
 if not opt.max_tokens or opt.max_tokens < 1 then error("compare-policies.lua: --max-tokens expects a positive whole number") end
 
 -- the dialogue: facts (with the word a correct answer contains), filler, questions

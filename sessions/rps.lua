@@ -14,24 +14,14 @@
 local kvscope = require "kvscope"
 
 local opt = { rounds = 300, policy = "streaming", budget = nil, dominant = "rock", seed = 1, json = false }
-local i = 1
-local args = kvscope.args
-while i <= #args do
-  local a = args[i]
-  local function val()
-    i = i + 1
-    if args[i] == nil then error("rps.lua: " .. a .. " needs a value") end
-    return args[i]
-  end
-  if a == "--rounds" then opt.rounds = math.tointeger(tonumber(val()))
-  elseif a == "--policy" then opt.policy = val()
-  elseif a == "--budget" then opt.budget = math.tointeger(tonumber(val()))
-  elseif a == "--dominant" then opt.dominant = val()
-  elseif a == "--seed" then opt.seed = math.tointeger(tonumber(val()))
-  elseif a == "--json" then opt.json = true
-  else error("rps.lua: unknown argument '" .. a .. "' (expected --rounds, --policy, --budget, --dominant, --seed, --json)") end
-  i = i + 1
-end
+kvscope.getopt("rps.lua", kvscope.args, {
+  { "--rounds", function(v) opt.rounds = math.tointeger(tonumber(v)) end },
+  { "--policy", function(v) opt.policy = v end },
+  { "--budget", function(v) opt.budget = math.tointeger(tonumber(v)) end },
+  { "--dominant", function(v) opt.dominant = v end },
+  { "--seed", function(v) opt.seed = math.tointeger(tonumber(v)) end },
+  { "--json", function() opt.json = true end, flag = true },
+})
 if not opt.rounds or opt.rounds < 1 then error("rps.lua: --rounds expects a positive whole number") end
 if not opt.seed or opt.seed < 0 then error("rps.lua: --seed expects a whole number >= 0") end
 

@@ -2162,6 +2162,10 @@ static const struct api_fn api_table[] = {
 	  "one CSV line (RFC 4180 quoting) from a list of values", NULL },
 	{ "table", API_FAST, API_LUA, "(header, rows) -> string",
 	  "an aligned plain-text table from a header list and a list of rows", NULL },
+	{ "getopt", API_FAST, API_LUA, "(script, args, options)",
+	  "parse \"--name value\" arguments: options lists {\"--name\", fn} and {\"--flag\", fn, "
+	  "flag = true}; unknown or incomplete arguments raise an error naming the script",
+	  NULL },
 	/* retention policies */
 	{ "policies", API_FAST, API_C, "() -> list", "built-in and Lua retention policy names",
 	  api_policies },
