@@ -554,18 +554,7 @@ static int api_in_fast(lua_State *L)
 static int api_log(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
-	luaL_Buffer b;
-	int n = lua_gettop(L);
-	luaL_buffinit(L, &b);
-	for (int i = 1; i <= n; i++) {
-		size_t len;
-		const char *s = luaL_tolstring(L, i, &len);
-		lua_pop(L, 1);
-		if (i > 1)
-			luaL_addchar(&b, ' ');
-		luaL_addlstring(&b, s, len);
-	}
-	luaL_pushresult(&b);
+	script_concat_args(L, ' ');
 	script_log(P, "%s", lua_tostring(L, -1));
 	if (P->rt->cfg.headless)
 		script_notify(P->rt, P, "%s", lua_tostring(L, -1));
@@ -1022,16 +1011,14 @@ static int api_write(lua_State *L)
 		return script_error(L, "kvscope.write: mode '%s' (expected \"w\" or \"a\")", mode);
 	char *path = xasprintf("%s/%s", rt->results_dir, rel);
 	/* create the directories on the way */
-	for (char *s = path + 1; *s; s++)
-		if (*s == '/') {
-			*s = '\0';
-			if (mkdir(path, 0777) != 0 && errno != EEXIST) {
-				lua_pushfstring(L, "kvscope.write: cannot create %s: %s", path, strerror(errno));
-				free(path);
-				return lua_error(L);
-			}
-			*s = '/';
-		}
+	char *slash = strrchr(path, '/');
+	*slash = '\0';
+	if (file_mkdirs(path, 0777) != 0) {
+		lua_pushfstring(L, "kvscope.write: cannot create %s: %s", path, strerror(errno));
+		free(path);
+		return lua_error(L);
+	}
+	*slash = '/';
 	FILE *fp = fopen(path, mode);
 	if (fp == NULL || fwrite(text, 1, len, fp) != len || fclose(fp) != 0) {
 		lua_pushfstring(L, "kvscope.write: cannot write %s: %s", path, strerror(errno));

@@ -38,6 +38,13 @@ int script_load(struct script_rt *rt, const char *path, struct err *e)
 	return err_set(e, KVS_EUNSUPPORTED, "%s: Lua support was not built", path);
 }
 
+int script_load_text(struct script_rt *rt, const char *name, const char *code, struct err *e)
+{
+	(void)rt;
+	(void)code;
+	return err_set(e, KVS_EUNSUPPORTED, "%s: Lua support was not built", name);
+}
+
 void script_autoload(struct script_rt *rt)
 {
 	(void)rt;

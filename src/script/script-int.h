@@ -166,6 +166,9 @@ int script_error(lua_State *L, const char *fmt, ...) __attribute__((format(print
 /* Every state's lent data is stale now (an event ended, a cache changed). */
 void script_stale(struct script_rt *rt);
 void script_log(struct script_plugin *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Push the running function's arguments as one string, through tostring,
+ * separated by sep (print and kvscope.log). */
+void script_concat_args(lua_State *L, char sep);
 void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Dispatch ev to the hooks: push(L, ud) pushes the arguments and returns

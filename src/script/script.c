@@ -287,25 +287,31 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 
 /* ------------------------------------------------------------ sandbox */
 
-/* print: the script's stdout under kvscope run; a plugin's log (and stderr
- * under kvscope run). */
-static int sb_print(lua_State *L)
+/* Push the arguments of the running function as one string, each through
+ * tostring, separated by sep (print's and kvscope.log's rule). */
+void script_concat_args(lua_State *L, char sep)
 {
-	struct script_plugin *P = script_plugin_of(L);
 	luaL_Buffer b;
 	int n = lua_gettop(L);
 
 	luaL_buffinit(L, &b);
 	for (int i = 1; i <= n; i++) {
-		size_t len;
-		const char *s = luaL_tolstring(L, i, &len);
 		if (i > 1)
-			luaL_addchar(&b, '\t');
-		lua_pop(L, 1);
-		luaL_addlstring(&b, s, len); /* s stays alive: it is on the stack */
+			luaL_addchar(&b, sep);
+		luaL_tolstring(L, i, NULL);
+		luaL_addvalue(&b); /* pops it: the buffer's stack use stays balanced */
 	}
 	luaL_pushresult(&b);
+}
+
+/* print: the script's stdout under kvscope run; a plugin's log (and stderr
+ * under kvscope run). */
+static int sb_print(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
 	size_t len;
+
+	script_concat_args(L, '\t');
 	const char *s = lua_tolstring(L, -1, &len);
 	if (P->is_script && P->rt->cfg.headless) {
 		fwrite(s, 1, len, stdout);
@@ -606,35 +612,29 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 	script_stale(rt);
 }
 
-/* Create P's state and run its main chunk (script: with argv as kvscope.args). */
-static int script_plugin_new(struct script_rt *rt, const char *path, bool is_script, int argc,
-                             char **argv, struct script_plugin **out, struct err *e)
+/* Create plugin name's state and run its main chunk src[0, len) (script:
+ * with argv as kvscope.args); path is the file it came from (NULL: text
+ * given directly, e.g. :lua), chunk the name Lua's messages give it. Takes
+ * name. */
+static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
+                             const char *chunk, const char *src, size_t len, bool is_script,
+                             int argc, char **argv, struct script_plugin **out, struct err *e)
 {
-	char *src = NULL, *side = NULL, *sidepath;
-	size_t len, side_len;
+	char *side = NULL, *sidepath;
+	size_t side_len;
 	int rc;
-	char *name = script_name_of(path, e);
 
 	*out = NULL;
-	if (name == NULL)
-		return KVS_EARG;
 	if (script_find(rt, name) != NULL) {
 		rc = err_set(e, KVS_EARG, "a plugin named %s is loaded already (unload it first)", name);
 		free(name);
 		return rc;
-	}
-	rc = file_read_all(path, &src, &len, e);
-	if (rc != KVS_OK) {
-		free(name);
-		e->code = KVS_EARG; /* a path the user gave */
-		return KVS_EARG;
 	}
 	sidepath = xasprintf("%s/lua/kvscope.lua", rt->datadir);
 	rc = file_read_all(sidepath, &side, &side_len, e);
 	if (rc != KVS_OK) {
 		err_prefix(e, "the Lua side of the API (set KVSCOPE_DATADIR to the folder holding lua/)");
 		free(sidepath);
-		free(src);
 		free(name);
 		return rc;
 	}
@@ -648,14 +648,14 @@ static int script_plugin_new(struct script_rt *rt, const char *path, bool is_scr
 	pthread_mutexattr_destroy(&ma);
 	P->rt = rt;
 	P->name = name;
-	P->path = xstrdup(path);
+	P->path = path ? xstrdup(path) : NULL;
 	P->is_script = is_script;
 	P->mem_cap = rt->cfg.mem_cap;
 	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
 	rt->plugins[rt->n_plugins++] = P;
 	P->L = lua_newstate(script_alloc, P);
 	if (P->L == NULL) {
-		rc = err_set(e, KVS_ERANGE, "%s: cannot create a Lua state within %zu KiB", path,
+		rc = err_set(e, KVS_ERANGE, "%s: cannot create a Lua state within %zu KiB", P->name,
 		             P->mem_cap >> 10);
 		goto fail;
 	}
@@ -668,9 +668,7 @@ static int script_plugin_new(struct script_rt *rt, const char *path, bool is_scr
 	lua_pushlstring(L, side, side_len);
 	bool ok = script_pcall(P, L, 1, 0, false, "set-up", rt->cfg.load_ms, e);
 	if (ok) {
-		char *chunk = xasprintf("@%s", path);
 		rc = luaL_loadbufferx(L, src, len, chunk, "t");
-		free(chunk);
 		if (rc != LUA_OK) {
 			rc = err_set(e, KVS_EFORMAT, "%s", lua_tostring(L, -1));
 			lua_pop(L, 1);
@@ -684,7 +682,7 @@ static int script_plugin_new(struct script_rt *rt, const char *path, bool is_scr
 				lua_pushstring(L, argv[i]);
 				lua_rawseti(L, -2, i + 1);
 			}
-			lua_pushstring(L, path);
+			lua_pushstring(L, path ? path : P->name);
 			lua_rawseti(L, -2, 0);
 			lua_setfield(L, -2, "args");
 			lua_pop(L, 1);
@@ -697,27 +695,56 @@ static int script_plugin_new(struct script_rt *rt, const char *path, bool is_scr
 		rc = e ? e->code : KVS_EFORMAT;
 		if (is_script) {
 			*out = P; /* the caller reports and unloads */
-			free(src);
 			free(side);
 			return rc;
 		}
 		goto fail;
 	}
-	free(src);
 	free(side);
 	*out = P;
 	return KVS_OK;
 fail:
-	free(src);
 	free(side);
 	script_plugin_free(rt, P);
+	return rc;
+}
+
+/* Read the plugin or script file at path and create it. */
+static int script_plugin_file(struct script_rt *rt, const char *path, bool is_script, int argc,
+                              char **argv, struct script_plugin **out, struct err *e)
+{
+	char *src = NULL, *name = script_name_of(path, e);
+	size_t len;
+
+	*out = NULL;
+	if (name == NULL)
+		return KVS_EARG;
+	if (file_read_all(path, &src, &len, e) != KVS_OK) {
+		free(name);
+		e->code = KVS_EARG; /* a path the user gave */
+		return KVS_EARG;
+	}
+	char *chunk = xasprintf("@%s", path);
+	int rc = script_plugin_new(rt, name, path, chunk, src, len, is_script, argc, argv, out, e);
+	free(chunk);
+	free(src);
 	return rc;
 }
 
 int script_load(struct script_rt *rt, const char *path, struct err *e)
 {
 	struct script_plugin *P;
-	return script_plugin_new(rt, path, false, 0, NULL, &P, e);
+	return script_plugin_file(rt, path, false, 0, NULL, &P, e);
+}
+
+int script_load_text(struct script_rt *rt, const char *name, const char *code, struct err *e)
+{
+	struct script_plugin *P;
+	char *chunk = xasprintf("=%s", name);
+	int rc = script_plugin_new(rt, xstrdup(name), NULL, chunk, code, strlen(code), false, 0, NULL,
+	                           &P, e);
+	free(chunk);
+	return rc;
 }
 
 /* Load every *.lua in dir (sorted). */
@@ -785,6 +812,9 @@ int script_reload(struct script_rt *rt, const char *name, struct err *e)
 	struct script_plugin *P = script_find(rt, name);
 	if (P == NULL)
 		return err_set(e, KVS_ENOTFOUND, "no plugin named %s is loaded", name);
+	if (P->path == NULL)
+		return err_set(e, KVS_EARG, "plugin %s was given as text, not a file: load it again",
+		               name);
 	char *path = xstrdup(P->path);
 	int rc = script_unload(rt, name, e);
 	if (rc == KVS_OK)
@@ -1264,7 +1294,7 @@ int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_score
 int script_run(struct script_rt *rt, const char *path, int argc, char **argv, struct err *e)
 {
 	struct script_plugin *P;
-	int rc = script_plugin_new(rt, path, true, argc, argv, &P, e);
+	int rc = script_plugin_file(rt, path, true, argc, argv, &P, e);
 	if (P == NULL)
 		return rc;
 	/* what the script scheduled last, and what that scheduled (bounded) */

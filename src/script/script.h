@@ -72,6 +72,9 @@ void script_rt_free(struct script_rt *rt);
 /* Load a plugin file; its name is the file name without ".lua". KVS_EARG
  * when a plugin of that name is loaded, the file's error otherwise. */
 int script_load(struct script_rt *rt, const char *path, struct err *e);
+/* Load Lua source code as plugin name (the workbench's :lua); it has no
+ * file, so it cannot be reloaded. */
+int script_load_text(struct script_rt *rt, const char *name, const char *code, struct err *e);
 /* Load every *.lua in the bundled plugin directory and in
  * $XDG_CONFIG_HOME/kvscope/plugins/ (errors go to the notify callback). */
 void script_autoload(struct script_rt *rt);
@@ -79,7 +82,7 @@ int script_unload(struct script_rt *rt, const char *name, struct err *e);
 int script_reload(struct script_rt *rt, const char *name, struct err *e);
 
 struct script_plugin_info {
-	const char *name, *path;
+	const char *name, *path;  /* path: NULL for a plugin given as text */
 	bool enabled;
 	const char *disabled_why; /* when disabled */
 	uint32_t n_errors;        /* errors and overruns since loading */

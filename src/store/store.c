@@ -280,13 +280,7 @@ int store_open(struct store **out, const char *path, enum store_mode mode, struc
 		char *dir = xstrdup(path), *slash = strrchr(dir, '/');
 		if (slash != NULL && slash != dir) {
 			*slash = '\0';
-			char *p = dir;
-			while ((p = strchr(p + 1, '/')) != NULL) {
-				*p = '\0';
-				mkdir(dir, 0777);
-				*p = '/';
-			}
-			mkdir(dir, 0777);
+			(void)file_mkdirs(dir, 0777); /* sqlite3_open says what failed */
 		}
 		free(dir);
 	}

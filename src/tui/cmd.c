@@ -441,31 +441,15 @@ static const char *cmd_last_log(struct script_rt *rt, const char *plugin)
 static int x_lua(struct tui_ctx *c, int argc, char **argv)
 {
 	struct script_rt *rt = cmd_rt(c, "lua");
-	char dir[] = "/tmp/kvscope-lua-XXXXXX", path[64];
 	struct err e;
-	FILE *fp;
-	int rc;
 
 	if (rt == NULL)
 		return KVS_EUNSUPPORTED;
 	if (argc < 2)
 		return cmd_fail(c, ":lua: expected Lua code, e.g. :lua print(1 + 1)");
-	if (mkdtemp(dir) == NULL)
-		return cmd_fail(c, ":lua: cannot make a temporary directory: %s", strerror(errno));
-	snprintf(path, sizeof path, "%s/lua.lua", dir);
-	fp = fopen(path, "w");
-	if (fp == NULL) {
-		rmdir(dir);
-		return cmd_fail(c, ":lua: cannot write %s: %s", path, strerror(errno));
-	}
-	fprintf(fp, "%s\n", argv[1]);
-	fclose(fp);
 	cmd_drop_lua_policy(c);
 	script_unload(rt, "lua", &e); /* the previous chunk, if any */
-	rc = script_load(rt, path, &e);
-	unlink(path);
-	rmdir(dir);
-	if (rc != KVS_OK)
+	if (script_load_text(rt, "lua", argv[1], &e) != KVS_OK)
 		return cmd_fail(c, ":lua: %s", e.msg);
 	tui_status(c->t, false, "lua: %s", cmd_last_log(rt, "lua")[0] ? cmd_last_log(rt, "lua") : "ok");
 	return KVS_OK;
