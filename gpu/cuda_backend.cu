@@ -898,6 +898,35 @@ static void cu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_h
 		out[d] = dtype_f16_to_f32(buf[d]);
 }
 
+/* Raw slot access for saved sessions: the slot's pre-RoPE keys and values,
+ * per layer the K row then the V row (f16), the CPU backend's layout. One
+ * strided copy per direction and tensor: the layers of a slot are n_ctx
+ * rows apart on the device. */
+static int cu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e)
+{
+	struct cu *c = (struct cu *)state;
+	const struct hparams *hp = &c->hp;
+	size_t row = (size_t)hp->n_head_kv * hp->head_dim * sizeof(__half);
+	size_t dev_pitch = (size_t)c->plan.n_ctx * row, host_pitch = 2 * row;
+	cudaError_t st = cudaSuccess;
+	for (int v = 0; v < 2 && st == cudaSuccess; v++) {
+		uint8_t *dev = (uint8_t *)(v ? c->vc : c->kc) + (size_t)slot * row;
+		uint8_t *host = (uint8_t *)buf + (size_t)v * row;
+		if (load)
+			st = cudaMemcpy2DAsync(dev, dev_pitch, host, host_pitch, row, hp->n_layer,
+			                       cudaMemcpyHostToDevice, c->st);
+		else
+			st = cudaMemcpy2DAsync(host, host_pitch, dev, dev_pitch, row, hp->n_layer,
+			                       cudaMemcpyDeviceToHost, c->st);
+	}
+	if (st == cudaSuccess)
+		st = cudaStreamSynchronize(c->st);
+	if (st != cudaSuccess)
+		return err_set(e, KVS_EIO, "CUDA KV slot %u %s: %s", slot, load ? "load" : "save",
+		               cudaGetErrorString(st));
+	return KVS_OK;
+}
+
 static const char *cu_isa_name(void *state)
 {
 	return ((struct cu *)state)->isa;
@@ -929,11 +958,9 @@ static void cu_free(void *state)
 	free(c);
 }
 
-/* No raw slot access (kv_raw NULL) yet: a saved session resumes on this
- * backend by recomputing its retained tokens (engine_kv_load says so). */
 static const struct backend_ops cu_ops = {
 	"cuda",      cu_create,   cu_forward, cu_kv_copy, cu_kv_read,
-	cu_isa_name, cu_free,     ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP, NULL,
+	cu_isa_name, cu_free,     ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP, cu_kv_raw,
 };
 
 /* ------------------------------------------------------------- gpu.h */

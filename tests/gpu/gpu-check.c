@@ -767,6 +767,63 @@ static void parity_compact(const struct model *m, struct engine *cpu, struct eng
 	free(lc);
 }
 
+/* Saved slots: the raw K/V of a prefilled cache moves from one backend to
+ * the other (engine_kv_save, engine_kv_load, as a session snapshot does),
+ * comes back out bit for bit, and decoding over it matches decoding over the
+ * cache it came from. Both directions. */
+static void parity_snapshot(const struct model *m, struct engine *cpu, struct engine *dut,
+                            const struct noise *nz)
+{
+	uint32_t nv = m->hp.n_vocab, P = 200, T = 6;
+	uint64_t bps = engine_kv_bytes_per_slot(cpu);
+	check(bps == engine_kv_bytes_per_slot(dut), "snapshot: slot sizes agree",
+	      "%llu bytes per slot on the CPU, %llu on the device", (unsigned long long)bps,
+	      (unsigned long long)engine_kv_bytes_per_slot(dut));
+	if (bps != engine_kv_bytes_per_slot(dut))
+		return;
+	int32_t *toks = rand_tokens(P + T, nv);
+	uint8_t *raw = xmalloc((size_t)P * bps), *back = xmalloc((size_t)P * bps);
+	float *ref = xmallocarray((size_t)T * nv, sizeof(float));
+	struct engine *from[2] = { cpu, dut }, *to[2] = { dut, cpu };
+	static const char *const names[2][2] = {
+		{ "snapshot: CPU slots round-trip through the device", "snapshot: CPU slots decoded on the device" },
+		{ "snapshot: device slots round-trip through the CPU", "snapshot: device slots decoded on the CPU" },
+	};
+	struct engine_out o;
+	struct err e = { 0 };
+	for (int w = 0; w < 2; w++) {
+		engine_kv_clear(from[w]);
+		engine_kv_clear(to[w]);
+		fwd(from[w], toks, P, 0, 0, NULL, P, ENGINE_LOGITS_NONE, false, false, &o);
+		bool ok = true;
+		for (uint32_t s = 0; ok && s < P; s++)
+			ok = engine_kv_save(from[w], s, raw + (size_t)s * bps, &e) == KVS_OK &&
+			     engine_kv_load(to[w], s, (int32_t)s, raw + (size_t)s * bps, &e) == KVS_OK &&
+			     engine_kv_save(to[w], s, back + (size_t)s * bps, &e) == KVS_OK;
+		bool same = ok && memcmp(raw, back, (size_t)P * bps) == 0;
+		check(same, names[w][0], "%s", !ok ? e.msg : same ? "every byte read back unchanged"
+		                                                  : "the bytes read back differ");
+		if (!ok)
+			continue;
+		struct cmp c = { 0 };
+		for (uint32_t t = 0; t < T; t++) {
+			fwd(from[w], toks + P + t, 1, (int32_t)(P + t), P + t, NULL, P + t + 1,
+			    ENGINE_LOGITS_LAST, false, false, &o);
+			memcpy(ref + (size_t)t * nv, o.logits, nv * sizeof(float));
+		}
+		for (uint32_t t = 0; t < T; t++) {
+			fwd(to[w], toks + P + t, 1, (int32_t)(P + t), P + t, NULL, P + t + 1,
+			    ENGINE_LOGITS_LAST, false, false, &o);
+			cmp_rows(&c, ref + (size_t)t * nv, o.logits, 1, nv);
+		}
+		cmp_check(names[w][1], &c, fmax(2e-2, 3 * nz->prefill));
+	}
+	free(toks);
+	free(raw);
+	free(back);
+	free(ref);
+}
+
 /* Every parity check on model m. */
 static void parity_model(const struct model *m, const char *tag, bool full)
 {
@@ -782,6 +839,7 @@ static void parity_model(const struct model *m, const char *tag, bool full)
 		parity_subset(m, cpu, dut, &nz);
 		parity_retention(m, cpu, dut, &nz);
 		parity_compact(m, cpu, dut, &nz);
+		parity_snapshot(m, cpu, dut, &nz);
 		parity_greedy(m, cpu, dut, &nz, g_prompts, g_gen);
 		if (g_b == ENGINE_BACKEND_CUDA) {
 			/* the plain decode path: separate norms, direct launches */
