@@ -309,6 +309,8 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 			why = GEN_STOP_CONTEXT;
 			break;
 		}
+		if (eog || *n_out >= max_tokens)
+			kv_cache_capture_next(g->kv); /* the reply's last step */
 		rc = gen_feed(g, &id, 1, e);
 		if (rc != KVS_OK)
 			break;

@@ -90,6 +90,7 @@ struct kv_cache {
 	uint64_t bytes_per_token;
 	bool warned_lambda;           /* said once that the backend lacks the Λ-mask */
 	double last_capture_ms;       /* when the last step event was captured */
+	bool capture_next;            /* capture the next forward regardless */
 };
 
 static const char *const kv_role_names[] = { "none", "system", "user", "assistant" };
@@ -286,6 +287,7 @@ void kv_cache_clear(struct kv_cache *c)
 	c->have_logits = false;
 	c->have_lse = false;
 	c->last_capture_ms = -1e300;
+	c->capture_next = false;
 	c->turn_first = -1;
 	c->turn_max = -INFINITY;
 	c->prev_self = NAN;
@@ -303,6 +305,11 @@ void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap, double interv
 {
 	c->cfg.capture = cap;
 	c->cfg.capture_interval_ms = interval_ms > 0 ? interval_ms : 0;
+}
+
+void kv_cache_capture_next(struct kv_cache *c)
+{
+	c->capture_next = true;
 }
 
 void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s)
@@ -977,10 +984,12 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	bool capture = c->cfg.capture != KV_CAPTURE_OFF && last;
 	if (capture && c->cfg.capture_interval_ms > 0) {
 		double now = clock_now_ms();
-		capture = now - c->last_capture_ms >= c->cfg.capture_interval_ms;
+		capture = c->capture_next || now - c->last_capture_ms >= c->cfg.capture_interval_ms;
 		if (capture)
 			c->last_capture_ms = now;
 	}
+	if (last)
+		c->capture_next = false;
 	uint32_t n = c->n;
 	for (uint32_t i = 0; i < m; i++) {
 		c->bslot[i] = c->free_slots[c->n_free - 1 - i];

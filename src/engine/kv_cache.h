@@ -239,6 +239,9 @@ void kv_cache_clear(struct kv_cache *c);
 /* Events go to fn(ev, ud) (NULL: none). */
 void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud);
 void kv_cache_set_capture(struct kv_cache *c, enum kv_capture cap, double interval_ms);
+/* Capture the next forward whatever the interval (capture on): the last
+ * step of a reply, so the views end on what the answer's last token saw. */
+void kv_cache_capture_next(struct kv_cache *c);
 /* Switch policy or budget (between turns); evicts at once when the cache
  * holds more than the new budget. */
 int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct err *e);

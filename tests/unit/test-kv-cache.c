@@ -882,7 +882,8 @@ static void cap_event(const struct kv_event *ev, void *ud)
 }
 
 /* Capture off: no step events; on: one per feed (its last token) with
- * rows that sum to 1 and summaries that match them; an interval limits them. */
+ * rows that sum to 1 and summaries that match them; an interval limits them,
+ * except for a forward asked for with kv_cache_capture_next. */
 static void test_capture(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
@@ -901,6 +902,11 @@ static void test_capture(const struct model *m)
 		for (int i = 0; i < 30; i++)
 			T_CHECK(kv_cache_feed(kv, ids + i % 20, 1, &e) == KVS_OK, "%s", e.msg);
 		T_EQ_INT(cs.steps, mode == 0 ? 0 : mode == 1 ? 31 : 1);
+		/* a forced capture takes the next forward only, whatever the interval */
+		kv_cache_capture_next(kv);
+		for (int i = 0; i < 2; i++)
+			T_CHECK(kv_cache_feed(kv, ids + i, 1, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(cs.steps, mode == 0 ? 0 : mode == 1 ? 33 : 2);
 		T_EQ_INT(cs.bad_rows, 0);
 		T_EQ_INT(cs.bad_heads, 0);
 		T_EQ_INT(cs.n_cached_bad, 0);
