@@ -92,27 +92,51 @@ end
 
 -- Parse a script's "--name [value]" arguments. options is a list of
 -- { "--name", fn } (fn gets the value) and { "--flag", fn, flag = true }
--- (fn gets nothing); an unknown argument or a missing value is an error
--- naming the script and what was expected.
-function M.getopt(script, args, options)
+-- (fn gets nothing), each with an optional value = "PLACEHOLDER" and
+-- help = "one line". --help (or -h) prints the usage, the options and the
+-- text about, then ends the script with status 0; an unknown argument or a
+-- missing value ends it with status 2 and one line naming the script and
+-- what was expected (in a plugin they raise that line as an error).
+function M.getopt(script, args, options, about)
   local by, names = {}, {}
   for _, o in ipairs(options) do
     by[o[1]] = o
     names[#names + 1] = o[1]
   end
+  local function usage()
+    local lines, rows, width = { "usage: kvscope run " .. script .. " [options]" }, {}, 0
+    if about then lines[#lines + 1] = "\n" .. about:gsub("%s+$", "") end
+    for _, o in ipairs(options) do
+      local left = o[1] .. (o.flag and "" or " " .. (o.value or "VALUE"))
+      rows[#rows + 1] = { left, o.help or "" }
+      width = math.max(width, #left)
+    end
+    rows[#rows + 1] = { "--help", "print this help and exit" }
+    lines[#lines + 1] = "\noptions:"
+    for _, r in ipairs(rows) do
+      lines[#lines + 1] = ("  %-" .. width .. "s  %s"):format(r[1], r[2]):gsub("%s+$", "")
+    end
+    return table.concat(lines, "\n")
+  end
   local i = 1
   while i <= #args do
     local a = args[i]
     local o = by[a]
+    if o == nil and (a == "--help" or a == "-h") then
+      print(usage())
+      M.exit(0)
+    end
     if o == nil then
-      error(script .. ": unknown argument '" .. tostring(a) .. "' (expected " ..
-            table.concat(names, ", ") .. ")", 2)
+      M.exit(2, script .. ": unknown argument '" .. tostring(a) .. "' (expected " ..
+             table.concat(names, ", ") .. "; --help describes them)")
     end
     if o.flag then
       o[2]()
     else
       i = i + 1
-      if args[i] == nil then error(script .. ": " .. a .. " needs a value", 2) end
+      if args[i] == nil then
+        M.exit(2, script .. ": " .. a .. " needs a value (" .. (o.value or "VALUE") .. ")")
+      end
       o[2](args[i])
     end
     i = i + 1

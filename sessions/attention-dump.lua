@@ -19,26 +19,32 @@ local function list(s, what)
   local out = {}
   for item in s:gmatch("[^,]+") do
     local n = math.tointeger(tonumber(item))
-    if not n or n < 1 then error("attention-dump.lua: " .. what .. ": '" .. item .. "' is not a number >= 1") end
+    if not n or n < 1 then kvscope.exit(2, "attention-dump.lua: " .. what .. ": '" .. item .. "' is not a number >= 1") end
     out[#out + 1] = n
   end
   return out
 end
 kvscope.getopt("attention-dump.lua", kvscope.args, {
-  { "--prompt", function(v) opt.prompt = v end },
-  { "--layers", function(v) opt.layers = list(v, "--layers") end },
-  { "--heads", function(v) opt.heads = list(v, "--heads") end },
-  { "--max-tokens", function(v) opt.max_tokens = math.tointeger(tonumber(v)) end },
-  { "--out", function(v) opt.out = v end },
-})
+  { "--prompt", function(v) opt.prompt = v end, value = "TEXT", help = "the user's message" },
+  { "--layers", function(v) opt.layers = list(v, "--layers") end, value = "L1,L2,...",
+    help = "layers to dump, from 1 (default 1)" },
+  { "--heads", function(v) opt.heads = list(v, "--heads") end, value = "H1,H2,...",
+    help = "query heads to dump, from 1 (default 1)" },
+  { "--max-tokens", function(v) opt.max_tokens = math.tointeger(tonumber(v)) end, value = "N",
+    help = "tokens to generate (default 8)" },
+  { "--out", function(v) opt.out = v end, value = "FILE.csv|-",
+    help = "output under the results directory, or - for stdout (default attention.csv)" },
+}, "Writes the attention rows of the chosen layers and heads as CSV, one line per\n" ..
+   "(step, layer, head, cached token).")
+if not opt.max_tokens or opt.max_tokens < 1 then kvscope.exit(2, "attention-dump.lua: --max-tokens expects a positive whole number") end
 
 local s = kvscope.session{ temp = 0, max_tokens = opt.max_tokens, capture = "full" }
 local info = s:info()
 for _, l in ipairs(opt.layers) do
-  if l > info.n_layer then error(string.format("attention-dump.lua: layer %d, the model has %d", l, info.n_layer)) end
+  if l > info.n_layer then kvscope.exit(2, string.format("attention-dump.lua: layer %d, the model has %d", l, info.n_layer)) end
 end
 for _, h in ipairs(opt.heads) do
-  if h > info.n_head then error(string.format("attention-dump.lua: head %d, the model has %d", h, info.n_head)) end
+  if h > info.n_head then kvscope.exit(2, string.format("attention-dump.lua: head %d, the model has %d", h, info.n_head)) end
 end
 
 local lines = { kvscope.csv{ "step", "query_position", "layer", "head", "column", "position", "weight" } }

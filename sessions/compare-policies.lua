@@ -24,20 +24,23 @@ local function split(s)
   return out
 end
 kvscope.getopt("compare-policies.lua", kvscope.args, {
-  { "--policies", function(v) opt.policies = split(v) end },
+  { "--policies", function(v) opt.policies = split(v) end, value = "P1,P2,...",
+    help = "retention policies to compare (default " .. table.concat(opt.policies, ",") .. ")" },
   { "--budgets", function(v)
     opt.budgets = {}
     for _, b in ipairs(split(v)) do
       local n = math.tointeger(tonumber(b))
-      if not n or n < 8 then error("compare-policies.lua: --budgets: '" .. b .. "' is not a whole number >= 8") end
+      if not n or n < 8 then kvscope.exit(2, "compare-policies.lua: --budgets: '" .. b .. "' is not a whole number >= 8") end
       opt.budgets[#opt.budgets + 1] = n
     end
-  end },
-  { "--max-tokens", function(v) opt.max_tokens = math.tointeger(tonumber(v)) end },
-  { "--csv", function() opt.format = "csv" end, flag = true },
-  { "--json", function() opt.format = "json" end, flag = true },
-})
-if not opt.max_tokens or opt.max_tokens < 1 then error("compare-policies.lua: --max-tokens expects a positive whole number") end
+  end, value = "N1,N2,...", help = "KV budgets in tokens (default 256)" },
+  { "--max-tokens", function(v) opt.max_tokens = math.tointeger(tonumber(v)) end, value = "N",
+    help = "tokens per reply at most (default 40)" },
+  { "--csv", function() opt.format = "csv" end, flag = true, help = "print CSV instead of a table" },
+  { "--json", function() opt.format = "json" end, flag = true, help = "print one JSON object" },
+}, "Replays one scripted dialogue (four facts, filler, then a question per fact) under each\n" ..
+   "policy and budget, and prints what each kept, evicted and answered.")
+if not opt.max_tokens or opt.max_tokens < 1 then kvscope.exit(2, "compare-policies.lua: --max-tokens expects a positive whole number") end
 
 -- the dialogue: facts (with the word a correct answer contains), filler, questions
 local facts = {

@@ -15,21 +15,25 @@ local kvscope = require "kvscope"
 
 local opt = { rounds = 300, policy = "streaming", budget = nil, dominant = "rock", seed = 1, json = false }
 kvscope.getopt("rps.lua", kvscope.args, {
-  { "--rounds", function(v) opt.rounds = math.tointeger(tonumber(v)) end },
-  { "--policy", function(v) opt.policy = v end },
-  { "--budget", function(v) opt.budget = math.tointeger(tonumber(v)) end },
-  { "--dominant", function(v) opt.dominant = v end },
-  { "--seed", function(v) opt.seed = math.tointeger(tonumber(v)) end },
-  { "--json", function() opt.json = true end, flag = true },
-})
-if not opt.rounds or opt.rounds < 1 then error("rps.lua: --rounds expects a positive whole number") end
-if not opt.seed or opt.seed < 0 then error("rps.lua: --seed expects a whole number >= 0") end
+  { "--rounds", function(v) opt.rounds = math.tointeger(tonumber(v)) end, value = "N",
+    help = "rounds to play (default 300)" },
+  { "--policy", function(v) opt.policy = v end, value = "P", help = "retention policy (default streaming)" },
+  { "--budget", function(v) opt.budget = math.tointeger(tonumber(v)) end, value = "N",
+    help = "KV budget in tokens (default: the whole context)" },
+  { "--dominant", function(v) opt.dominant = v end, value = "rock|paper|scissors",
+    help = "the user's favourite move (default rock)" },
+  { "--seed", function(v) opt.seed = math.tointeger(tonumber(v)) end, value = "S",
+    help = "seed of the user's moves (default 1)" },
+  { "--json", function() opt.json = true end, flag = true, help = "end with one JSON object" },
+}, "SirLLM's Rock-Paper-Scissors memory test; prints the same counts as `kvscope eval rps`.")
+if not opt.rounds or opt.rounds < 1 then kvscope.exit(2, "rps.lua: --rounds expects a positive whole number") end
+if not opt.seed or opt.seed < 0 then kvscope.exit(2, "rps.lua: --seed expects a whole number >= 0") end
 
 local moves = { "rock", "paper", "scissors" }
 local letters = { "A", "B", "C" }
 local dom
 for k, m in ipairs(moves) do if m == opt.dominant then dom = k end end
-if not dom then error("rps.lua: --dominant '" .. opt.dominant .. "', expected rock, paper or scissors") end
+if not dom then kvscope.exit(2, "rps.lua: --dominant '" .. opt.dominant .. "', expected rock, paper or scissors") end
 
 -- splitmix64, as src/cli/eval.c (Lua integers wrap modulo 2^64; >> is logical)
 local state = opt.seed

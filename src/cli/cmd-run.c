@@ -86,12 +86,13 @@ static int cmd_run_exec(int argc, char **argv)
 		}
 	}
 	path = cli_find_script(o.args[0], "sessions");
-	if (script_run(rt, path, o.n_args - 1, o.args + 1, &e) != KVS_OK) {
+	int status;
+	if (script_run(rt, path, o.n_args - 1, o.args + 1, &status, &e) != KVS_OK) {
 		fflush(stdout);
 		rc = cli_fail(&e);
 		goto out;
 	}
-	rc = CLI_OK;
+	rc = status; /* 0, or what the script passed to kvscope.exit */
 out:
 	fflush(stdout);
 	script_rt_free(rt);

@@ -65,7 +65,18 @@ static struct script_rt *api_rt(lua_State *L)
 	return script_plugin_of(L)->rt;
 }
 
-/* Every bound C function: check the tier, note the running thread, call. */
+/* Raise kvscope.exit's request for status, ending the script. */
+static int api_raise_exit(lua_State *L, int status)
+{
+	lua_createtable(L, 0, 1);
+	lua_pushinteger(L, status);
+	lua_setfield(L, -2, "kvscope_exit");
+	return lua_error(L);
+}
+
+/* Every bound C function: check the tier, note the running thread, call.
+ * When Lua the call ran (a timer in kvscope.sleep, a hook during
+ * session:chat) ended the script with kvscope.exit, the caller unwinds too. */
 static int api_call(lua_State *L)
 {
 	const struct api_fn *f = lua_touserdata(L, lua_upvalueindex(1));
@@ -75,7 +86,10 @@ static int api_call(lua_State *L)
 		                     "call it through kvscope.schedule(fn)",
 		                  f->name, P->fast_what ? P->fast_what : "?");
 	P->active = L;
-	return f->fn(L);
+	int n = f->fn(L);
+	if (P->exit_status >= 0)
+		return api_raise_exit(L, P->exit_status);
+	return n;
 }
 
 static void api_setnum(lua_State *L, const char *k, double v)
@@ -694,6 +708,24 @@ static int api_timer_stop(lua_State *L)
 		}
 	lua_pushboolean(L, found);
 	return 1;
+}
+
+static int api_exit(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	lua_Integer status = luaL_optinteger(L, 1, 0);
+	const char *msg = luaL_optstring(L, 2, NULL);
+	if (!P->is_script)
+		return msg ? script_error(L, "%s", msg)
+		           : script_error(L, "kvscope.exit ends a script (kvscope run); a plugin is "
+		                             "stopped with :plugin unload");
+	if (status < 0 || status > 125)
+		return script_error(L, "kvscope.exit: status %lld: expected 0..125", (long long)status);
+	if (msg != NULL) {
+		fflush(stdout);
+		fprintf(stderr, "%s\n", msg);
+	}
+	return api_raise_exit(L, (int)status);
 }
 
 static int api_sleep(lua_State *L)
@@ -2100,6 +2132,9 @@ static const struct api_fn api_table[] = {
 	  "call fn after ms (every ms when periodic) on the main loop; timer:stop() cancels",
 	  api_timer },
 	{ "timer:stop", API_FAST, API_C, "() -> bool", "cancel the timer", api_timer_stop },
+	{ "exit", API_FAST, API_C, "([status [, message]])",
+	  "scripts: end now with exit status 0..125 (default 0), printing message on stderr; in a "
+	  "plugin it raises message as an error", api_exit },
 	{ "sleep", API_DEFERRED, API_C, "(ms)",
 	  "scripts only: wait ms while running due timers and scheduled functions", api_sleep },
 	{ "clock", API_FAST, API_C, "() -> ms", "a monotonic clock in milliseconds", api_clock },
@@ -2149,9 +2184,11 @@ static const struct api_fn api_table[] = {
 	  "one CSV line (RFC 4180 quoting) from a list of values", NULL },
 	{ "table", API_FAST, API_LUA, "(header, rows) -> string",
 	  "an aligned plain-text table from a header list and a list of rows", NULL },
-	{ "getopt", API_FAST, API_LUA, "(script, args, options)",
+	{ "getopt", API_FAST, API_LUA, "(script, args, options [, about])",
 	  "parse \"--name value\" arguments: options lists {\"--name\", fn} and {\"--flag\", fn, "
-	  "flag = true}; unknown or incomplete arguments raise an error naming the script",
+	  "flag = true}, each with optional value = and help = strings; --help prints the usage, "
+	  "the options and about, then exits 0; an unknown or incomplete argument exits 2 with one "
+	  "line naming the script",
 	  NULL },
 	/* retention policies */
 	{ "policies", API_FAST, API_C, "() -> list", "built-in and Lua retention policy names",

@@ -89,11 +89,13 @@ const char *script_log_line(const struct script_rt *rt, const char *plugin, size
 	return NULL;
 }
 
-int script_run(struct script_rt *rt, const char *path, int argc, char **argv, struct err *e)
+int script_run(struct script_rt *rt, const char *path, int argc, char **argv, int *status,
+               struct err *e)
 {
 	(void)rt;
 	(void)argc;
 	(void)argv;
+	*status = 0;
 	return err_set(e, KVS_EUNSUPPORTED, "%s: Lua support was not built", path);
 }
 

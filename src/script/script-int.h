@@ -51,6 +51,7 @@ struct script_plugin {
 	uint32_t n_errors, consecutive;
 	bool disabled;
 	char *disabled_why;
+	int exit_status;          /* a script's kvscope.exit status; -1 until it exits */
 	char *log[SCRIPT_LOG_LINES]; /* ring */
 	size_t log_n, log_head;
 	char *status;

@@ -126,9 +126,26 @@ static int script_panic(lua_State *L)
 	return 0;
 }
 
-/* The message handler: the error with a traceback. */
+/* Whether the error value at idx is kvscope.exit's request; its status. */
+static bool script_is_exit(lua_State *L, int idx, int *status)
+{
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return false;
+	bool is = lua_getfield(L, idx, "kvscope_exit") == LUA_TNUMBER;
+	if (is && status != NULL)
+		*status = (int)lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	return is;
+}
+
+/* The message handler: the error with a traceback (kvscope.exit's request
+ * goes through as it is). */
 static int script_msgh(lua_State *L)
 {
+	if (script_is_exit(L, 1, NULL)) {
+		lua_settop(L, 1);
+		return 1;
+	}
 	const char *msg = lua_tostring(L, 1);
 	if (msg == NULL) {
 		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
@@ -253,6 +270,17 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 	if (rc == LUA_OK) {
 		P->consecutive = 0;
 		return true;
+	}
+	int status;
+	if (rc != LUA_ERRMEM && script_is_exit(L, -1, &status)) {
+		/* a script ends: nothing of it runs again (api_sleep unwinds) */
+		lua_pop(L, 1);
+		P->exit_status = status;
+		P->disabled = true;
+		free(P->disabled_why);
+		P->disabled_why = xstrdup("the script called kvscope.exit");
+		err_set(e, KVS_OK, "the script exited with status %d", status);
+		return false;
 	}
 	char msg[1536];
 	if (rc == LUA_ERRMEM)
@@ -650,6 +678,7 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	P->name = name;
 	P->path = path ? xstrdup(path) : NULL;
 	P->is_script = is_script;
+	P->exit_status = -1;
 	P->mem_cap = rt->cfg.mem_cap;
 	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
 	rt->plugins[rt->n_plugins++] = P;
@@ -1291,16 +1320,21 @@ int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_score
 
 /* ------------------------------------------------------------ scripts */
 
-int script_run(struct script_rt *rt, const char *path, int argc, char **argv, struct err *e)
+int script_run(struct script_rt *rt, const char *path, int argc, char **argv, int *status,
+               struct err *e)
 {
 	struct script_plugin *P;
+	*status = 0;
 	int rc = script_plugin_file(rt, path, true, argc, argv, &P, e);
 	if (P == NULL)
 		return rc;
 	/* what the script scheduled last, and what that scheduled (bounded) */
-	for (int round = 0; round < 100 && rt->n_sched > 0; round++)
+	for (int round = 0; round < 100 && rt->n_sched > 0 && P->exit_status < 0; round++)
 		script_tick(rt);
-	if (rc != KVS_OK && P->depth == 0 && P->L != NULL) {
+	if (P->exit_status >= 0) {
+		*status = P->exit_status;
+		rc = KVS_OK;
+	} else if (rc != KVS_OK && P->depth == 0 && P->L != NULL) {
 		/* it loaded and ran, then raised: a runtime failure, not bad input */
 		rc = err_set(e, KVS_ESTATE, "%s failed (the error is above)", path);
 	}

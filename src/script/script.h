@@ -99,8 +99,10 @@ const char *script_log_line(const struct script_rt *rt, const char *plugin, size
 /* Run a script (kvscope run): load it with the script deadline, pass argv
  * as kvscope.args, then run what it scheduled. KVS_EARG when the file
  * cannot be read, KVS_EFORMAT when it does not compile, KVS_ESTATE when it
- * ran and raised an error (shown through notify with its traceback). */
-int script_run(struct script_rt *rt, const char *path, int argc, char **argv, struct err *e);
+ * ran and raised an error (shown through notify with its traceback).
+ * *status is the exit status the script asked for with kvscope.exit, else 0. */
+int script_run(struct script_rt *rt, const char *path, int argc, char **argv, int *status,
+               struct err *e);
 
 /* ---- events (main thread; the pointers are valid during the call) ---- */
 

@@ -98,6 +98,40 @@ bad=$(awk -F, 'NR > 1 { s[$1 "," $3 "," $4] += $7 } END { for (k in s) if (s[k] 
 steps=$(awk -F, 'NR > 1 { print $1 }' "$tmp/results/att/a.csv" | sort -u | wc -l)
 [ "$steps" -ge 4 ] || fail "attention-dump.lua: $steps steps, expected the prompt and 3 tokens at least"
 
+# a script's own exit status and usage (kvscope.exit, kvscope.getopt)
+run "$src/sessions/compare-policies.lua" --help >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 0 ] && grep -q '^usage: kvscope run compare-policies.lua' "$tmp/o" && grep -q '^  --budgets N1,N2,\.\.\. ' "$tmp/o" &&
+	[ ! -s "$tmp/e" ] || fail "compare-policies.lua --help: $(cat "$tmp/o" "$tmp/e")"
+run "$src/sessions/rps.lua" --rounds 3 --bogus >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q "^rps.lua: unknown argument '--bogus'" "$tmp/e" ||
+	fail "rps.lua --bogus: $(cat "$tmp/e")"
+run "$src/sessions/attention-dump.lua" --layers 0 >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q "'0' is not a number >= 1" "$tmp/e" ||
+	fail "attention-dump.lua --layers 0: $(cat "$tmp/e")"
+cat >"$tmp/exit.lua" <<'LUA'
+local kvscope = require "kvscope"
+print("before")
+kvscope.timer(5, function() kvscope.exit(3, "stopped by a timer") end)
+kvscope.sleep(2000)
+print("after")
+LUA
+run "$tmp/exit.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 3 ] && [ "$(cat "$tmp/o")" = before ] && [ "$(cat "$tmp/e")" = "stopped by a timer" ] ||
+	fail "kvscope.exit from a timer: exit $?, stdout $(cat "$tmp/o"), stderr $(cat "$tmp/e")"
+printf 'print(1)\nrequire("kvscope").exit()\nprint(2)\n' >"$tmp/exit0.lua"
+run "$tmp/exit0.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 0 ] && [ "$(cat "$tmp/o")" = 1 ] && [ ! -s "$tmp/e" ] || fail "kvscope.exit(): $(cat "$tmp/o" "$tmp/e")"
+printf 'require("kvscope").exit(126)\n' >"$tmp/exit126.lua"
+run "$tmp/exit126.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 1 ] && grep -q 'status 126: expected 0..125' "$tmp/e" || fail "kvscope.exit(126): $(cat "$tmp/e")"
+# in a plugin kvscope.exit raises its message as an error: that plugin fails
+# to load, so the run refuses to start (exit 2) and the script never runs
+printf 'require("kvscope").exit(1, "plugin says no")\n' >"$tmp/pexit.lua"
+printf 'print("script ran")\n' >"$tmp/after.lua"
+run --plugin "$tmp/pexit.lua" "$tmp/after.lua" >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && grep -q 'plugin says no' "$tmp/e" && [ ! -s "$tmp/o" ] ||
+	fail "kvscope.exit in a plugin: $(cat "$tmp/o" "$tmp/e")"
+
 # bad input: one line, exit 2 (usage, files) or 1 (the script failed)
 "$bin" run >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q 'expected a script' "$tmp/e" || fail "run without a script: $(cat "$tmp/e")"
