@@ -91,7 +91,8 @@ int main(int argc, char **argv)
 					struct kern_act a = { K, xmalloc_aligned((size_t)(n * K)),
 					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
 					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
-					                      xmalloc_aligned((size_t)(n * K / 32) * 4) };
+					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
+					                      xmalloc_aligned((size_t)(n * K / 16) * 4) };
 					for (int64_t i = 0; i < n * K; i++)
 						x[i] = (float)((double)rand() / RAND_MAX - 0.5);
 					for (int64_t i = 0; i < n; i++)
@@ -122,6 +123,7 @@ int main(int argc, char **argv)
 					xfree_aligned(a.d);
 					xfree_aligned(a.s);
 					xfree_aligned(a.isum);
+					xfree_aligned(a.isum16);
 				}
 				xfree_aligned(w.owned);
 			}

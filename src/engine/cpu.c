@@ -226,7 +226,7 @@ static void cpu_pack_thread(void *arg, int ith, int nth)
  * CPU_PACK_CACHE_MIN (test models) are never cached; KVSCOPE_PACK_CACHE=0
  * turns the cache off.
  */
-#define CPU_PACK_VERSION 1          /* bump when kern_pack or the arena order changes */
+#define CPU_PACK_VERSION 2          /* bump when kern_pack or the arena order changes */
 #define CPU_PACK_HEADER 4096        /* the arena starts page-aligned after it */
 #define CPU_PACK_CACHE_MIN (16u << 20)
 
@@ -388,6 +388,7 @@ static void cpu_reserve(struct cpu *c, uint32_t n)
 	xfree_aligned(c->act.d);
 	xfree_aligned(c->act.s);
 	xfree_aligned(c->act.isum);
+	xfree_aligned(c->act.isum16);
 	c->cap = n;
 	c->x = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
 	c->xb = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
@@ -402,6 +403,7 @@ static void cpu_reserve(struct cpu *c, uint32_t n)
 	c->act.d = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
 	c->act.s = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
 	c->act.isum = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(int32_t));
+	c->act.isum16 = xmalloc_aligned((size_t)n * (kmax / (KERN_QK / 2)) * sizeof(int32_t));
 }
 
 /* Grow the visible-set scratch to n slots. */
@@ -510,6 +512,7 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		c->tact[t].d = xmalloc_aligned(c->kmax / KERN_QK * sizeof(float));
 		c->tact[t].s = xmalloc_aligned(c->kmax / KERN_QK * sizeof(float));
 		c->tact[t].isum = xmalloc_aligned(c->kmax / KERN_QK * sizeof(int32_t));
+		c->tact[t].isum16 = xmalloc_aligned(c->kmax / (KERN_QK / 2) * sizeof(int32_t));
 	}
 	cpu_reserve(c, 1);
 	cpu_reserve_vis(c, 64);
@@ -549,6 +552,7 @@ static void cpu_free(void *state)
 	xfree_aligned(c->act.d);
 	xfree_aligned(c->act.s);
 	xfree_aligned(c->act.isum);
+	xfree_aligned(c->act.isum16);
 	xfree_aligned(c->krot);
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);
@@ -571,6 +575,7 @@ static void cpu_free(void *state)
 		xfree_aligned(c->tact[t].d);
 		xfree_aligned(c->tact[t].s);
 		xfree_aligned(c->tact[t].isum);
+		xfree_aligned(c->tact[t].isum16);
 	}
 	free(c->tact);
 	xfree_aligned(c->lm);
@@ -598,7 +603,8 @@ struct cpu_mm {
 static struct kern_act cpu_act(const struct cpu *c, int64_t K, int64_t r0)
 {
 	struct kern_act a = { K, c->act.q + r0 * K, c->act.d + r0 * (K / KERN_QK),
-	                      c->act.s + r0 * (K / KERN_QK), c->act.isum + r0 * (K / KERN_QK) };
+	                      c->act.s + r0 * (K / KERN_QK), c->act.isum + r0 * (K / KERN_QK),
+	                      c->act.isum16 + r0 * (K / (KERN_QK / 2)) };
 	return a;
 }
 

@@ -3,23 +3,33 @@
  *
  * The packed layout (see kern.h) of a 16-row group, for each 32-block b:
  *
- *   Q4_0  d[16] f16 | qs[4][16][4]            288 B  (= 16 x 18)
- *   Q4_1  d[16] f16 | m[16] f16 | qs[4][16][4] 320 B (= 16 x 20)
- *   Q8_0  d[16] f16 | qs[8][16][4]            544 B  (= 16 x 34)
+ *   Q4_0  d[16] f16 | qs[4][16][4]             288 B  (= 16 x 18)
+ *   Q4_1  d[16] f16 | m[16] f16 | qs[4][16][4] 320 B  (= 16 x 20)
+ *   Q8_0  d[16] f16 | qs[8][16][4]             544 B  (= 16 x 34)
+ *   Q4_K  D[16] f32 | M[16] f32 | qs[4][16][4] 384 B
+ *   Q5_0  D[16] f32 | qs[8][16][4]             576 B
+ *   Q5_1, Q5_K  D[16] f32 | M[16] f32 | qs[8][16][4]  640 B
+ *   Q6_K  D[16] f32 | D1[16] f32 | qs[8][16][4]       640 B
  *
- * where qs[j][r][0..3] are row r's stored bytes 4j..4j+3 of the block. For
- * the 4-bit types a stored byte i holds element i (low nibble) and element
- * i + 16 (high nibble), so chunk j < 4 gives elements 4j..4j+3 through its
- * low nibbles and elements 16+4j.. through its high nibbles. Q8_0 bytes are
- * stored as q + 128 (unsigned), so every type multiplies an unsigned weight
- * byte by a signed activation byte, and the constant offset comes back out
- * through the activation block sums:
+ * where qs[j][r][0..3] are row r's bytes 4j..4j+3 of the block. In the
+ * 4-bit layouts a byte i holds element i (low nibble) and element i + 16
+ * (high nibble), so chunk j < 4 gives elements 4j..4j+3 through its low
+ * nibbles and elements 16+4j.. through its high nibbles; in the byte
+ * layouts chunk j holds elements 4j..4j+3. A weight is
  *
- *   Q4_1:        d_w d_a sum(w' a) + m_w s_a
- *   Q4_0, Q8_0:  d_w d_a (sum(w' a) - k sum(a)),   k = 8 or 128
+ *   w = D (q - k) + M      (Q6_K: D for elements 0..15, D1 for 16..31)
+ *
+ * with q the stored unsigned quant, k the type's integer offset (Q4_0 8,
+ * Q8_0 128 as its bytes are stored q + 128, Q5_0 16, Q6_K 32, else 0) and M
+ * the min (Q4_1, Q5_1, and -dmin*m for the k-quants). Every type multiplies
+ * an unsigned weight byte by a signed activation byte, and the offset comes
+ * back out through the activation block sums:
+ *
+ *   d_w d_a (sum(q a) - k sum(a)) + M s_a
  *
  * (AVX2 has no VNNI: its pair-wise u8 x s8 multiply saturates on q + 128, so
- * its Q8_0 path multiplies |w| by the sign-adjusted activation instead.)
+ * its Q8_0 path multiplies |w| by the sign-adjusted activation instead; the
+ * other byte types hold q < 64, where pairs of products fit in int16.)
  * Sums of int8 products are exact in int32, so the levels differ only in the
  * order of float additions.
  */
@@ -35,30 +45,144 @@
 #define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
+/* One 32-block of a row, unpacked: quants, the scale (D1: of elements
+ * 16..31 when the type has two) and the min. */
+struct kern_block {
+	uint8_t q[KERN_QK];
+	float D, D1, M;
+};
+
+/* Unpack 32-block b of a source row. */
+typedef void (*kern_decode_fn)(const uint8_t *row, int64_t b, struct kern_block *out);
+
 /* Geometry of the packed types. */
 struct kern_ptype {
 	uint32_t type;
-	uint32_t src_bytes;   /* original block bytes */
-	uint32_t src_qs;      /* offset of the quants in the original block */
+	uint32_t src_bytes;   /* original bytes per source block */
+	uint32_t src_elems;   /* elements per source block (32, or 256 for k-quants) */
+	uint32_t src_qs;      /* copied types: offset of the quants in the block */
 	uint32_t hdr;         /* packed header bytes (scales, mins) */
 	uint32_t pk_bytes;    /* packed bytes per block of 16 rows */
-	bool bits8;
-	int32_t off;          /* integer offset k of the stored quants (0: Q4_1 has m) */
+	bool bits8;           /* byte quants (else 4-bit) */
+	bool flip;            /* bytes stored as q + 128 (Q8_0) */
+	bool f32;             /* f32 header (else f16) */
+	bool min;             /* has M */
+	bool halves;          /* a second scale D1 for elements 16..31 (Q6_K) */
+	int32_t off;          /* the integer offset k */
+	kern_decode_fn decode; /* NULL: the source bytes are copied */
 };
 
+/* Read a little-endian f16 as float. */
+static inline float kern_rdh(const uint8_t *p)
+{
+	return dtype_f16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
+}
+
+/* Q4_K: 256-blocks of d, dmin, scales[12], qs[128]; sub-block j reads
+ * qs[32(j/2) ..] low nibbles (even j) or high (odd j); w = d sc q - dmin m. */
+static void kern_dec_q4_k(const uint8_t *row, int64_t b, struct kern_block *o)
+{
+	const uint8_t *sb = row + (b / 8) * 144, *qs = sb + 16 + 32 * ((b % 8) / 2);
+	int j = (int)(b % 8), shift = (j & 1) * 4;
+	uint8_t sc[8], mn[8];
+	dtype_kq_scales_mins(sb + 4, sc, mn);
+	for (int l = 0; l < KERN_QK; l++)
+		o->q[l] = (uint8_t)((qs[l] >> shift) & 15);
+	o->D = kern_rdh(sb) * (float)sc[j];
+	o->M = -(kern_rdh(sb + 2) * (float)mn[j]);
+	o->D1 = 0;
+}
+
+/* Q5_K: as Q4_K with a fifth bit, qh[l] bit j (qh[32] after the scales). */
+static void kern_dec_q5_k(const uint8_t *row, int64_t b, struct kern_block *o)
+{
+	const uint8_t *sb = row + (b / 8) * 176, *qh = sb + 16, *qs = sb + 48 + 32 * ((b % 8) / 2);
+	int j = (int)(b % 8), shift = (j & 1) * 4;
+	uint8_t sc[8], mn[8];
+	dtype_kq_scales_mins(sb + 4, sc, mn);
+	for (int l = 0; l < KERN_QK; l++)
+		o->q[l] = (uint8_t)(((qs[l] >> shift) & 15) | (((qh[l] >> j) & 1) << 4));
+	o->D = kern_rdh(sb) * (float)sc[j];
+	o->M = -(kern_rdh(sb + 2) * (float)mn[j]);
+	o->D1 = 0;
+}
+
+/* Q6_K: 256-blocks of ql[128], qh[64], scales[16] (int8), d. Half h = j/4
+ * of the block, group g = j%4: element l of the group is the low or high
+ * nibble of ql[64h + l (+32)] with two bits of qh[32h + l]; scale index
+ * 8h + 2g (+1 for l >= 16); w = d sc (q - 32). */
+static void kern_dec_q6_k(const uint8_t *row, int64_t b, struct kern_block *o)
+{
+	const uint8_t *sb = row + (b / 8) * 210;
+	int j = (int)(b % 8), h = j / 4, g = j % 4;
+	const uint8_t *ql = sb + 64 * h + (g & 1) * 32, *qh = sb + 128 + 32 * h;
+	const int8_t *sc = (const int8_t *)(sb + 192);
+	int lshift = (g / 2) * 4, hshift = 2 * g;
+	for (int l = 0; l < KERN_QK; l++)
+		o->q[l] = (uint8_t)(((ql[l] >> lshift) & 15) | (((qh[l] >> hshift) & 3) << 4));
+	float d = kern_rdh(sb + 208);
+	o->D = d * (float)sc[8 * h + 2 * g];
+	o->D1 = d * (float)sc[8 * h + 2 * g + 1];
+	o->M = 0;
+}
+
+/* Q5_0 (d, qh u32, qs[16]) and Q5_1 (d, m, qh, qs[16]): element l's fifth
+ * bit is qh bit l; w = d (q - 16), or d q + m. */
+static void kern_dec_q5(const uint8_t *blk, const uint8_t *qhp, struct kern_block *o)
+{
+	uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 | (uint32_t)qhp[2] << 16 |
+	              (uint32_t)qhp[3] << 24;
+	for (int l = 0; l < 16; l++) {
+		o->q[l] = (uint8_t)((blk[l] & 15) | ((qh >> l) & 1) << 4);
+		o->q[l + 16] = (uint8_t)((blk[l] >> 4) | ((qh >> (l + 16)) & 1) << 4);
+	}
+}
+
+static void kern_dec_q5_0(const uint8_t *row, int64_t b, struct kern_block *o)
+{
+	const uint8_t *blk = row + b * 22;
+	kern_dec_q5(blk + 6, blk + 2, o);
+	o->D = kern_rdh(blk);
+	o->D1 = o->M = 0;
+}
+
+static void kern_dec_q5_1(const uint8_t *row, int64_t b, struct kern_block *o)
+{
+	const uint8_t *blk = row + b * 24;
+	kern_dec_q5(blk + 8, blk + 4, o);
+	o->D = kern_rdh(blk);
+	o->M = kern_rdh(blk + 2);
+	o->D1 = 0;
+}
+
+/* type, src bytes, src elems, src qs, hdr, packed bytes, bits8, flip, f32,
+ * min, halves, offset, decoder */
 static const struct kern_ptype kern_ptypes[] = {
-	{ DT_Q4_0, 18, 2, 32, 288, false, 8 },
-	{ DT_Q4_1, 20, 4, 64, 320, false, 0 },
-	{ DT_Q8_0, 34, 2, 32, 544, true, 128 },
+	{ DT_Q4_0, 18, 32, 2, 32, 288, false, false, false, false, false, 8, NULL },
+	{ DT_Q4_1, 20, 32, 4, 64, 320, false, false, false, true, false, 0, NULL },
+	{ DT_Q8_0, 34, 32, 2, 32, 544, true, true, false, false, false, 128, NULL },
+	{ DT_Q4_K, 144, 256, 0, 128, 384, false, false, true, true, false, 0, kern_dec_q4_k },
+	{ DT_Q5_0, 22, 32, 0, 64, 576, true, false, true, false, false, 16, kern_dec_q5_0 },
+	{ DT_Q5_1, 24, 32, 0, 128, 640, true, false, true, true, false, 0, kern_dec_q5_1 },
+	{ DT_Q5_K, 176, 256, 0, 128, 640, true, false, true, true, false, 0, kern_dec_q5_k },
+	{ DT_Q6_K, 210, 256, 0, 128, 640, true, false, true, false, true, 32, kern_dec_q6_k },
 };
+#define KERN_N_PTYPES ((int)KVS_ARRAY_LEN(kern_ptypes))
+
+/* Index of a type's packed geometry, or -1. */
+static int kern_ptype_index(uint32_t type)
+{
+	for (int i = 0; i < KERN_N_PTYPES; i++)
+		if (kern_ptypes[i].type == type)
+			return i;
+	return -1;
+}
 
 /* The packed geometry of a type, or NULL. */
 static const struct kern_ptype *kern_ptype(uint32_t type)
 {
-	for (size_t i = 0; i < KVS_ARRAY_LEN(kern_ptypes); i++)
-		if (kern_ptypes[i].type == type)
-			return &kern_ptypes[i];
-	return NULL;
+	int i = kern_ptype_index(type);
+	return i < 0 ? NULL : &kern_ptypes[i];
 }
 
 bool kern_type_packed(uint32_t type)
@@ -75,14 +199,33 @@ uint64_t kern_packed_bytes(uint32_t type, int64_t rows, int64_t K)
 	return groups * (uint64_t)(K / KERN_QK) * pt->pk_bytes;
 }
 
+/* Write one unpacked block as row r of packed block pr. */
+static void kern_put_block(const struct kern_ptype *pt, const struct kern_block *kb, int r,
+                           uint8_t *pr)
+{
+	memcpy(pr + 4 * r, &kb->D, 4);
+	if (pt->min)
+		memcpy(pr + 64 + 4 * r, &kb->M, 4);
+	if (pt->halves)
+		memcpy(pr + 64 + 4 * r, &kb->D1, 4);
+	uint8_t *qd = pr + pt->hdr + 4 * r;
+	if (pt->bits8) {
+		for (int i = 0; i < KERN_QK; i++)
+			qd[64 * (i / 4) + i % 4] = kb->q[i];
+	} else {
+		for (int i = 0; i < KERN_QK / 2; i++)
+			qd[64 * (i / 4) + i % 4] = (uint8_t)(kb->q[i] | kb->q[i + 16] << 4);
+	}
+}
+
 void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst,
                int64_t g0, int64_t g1)
 {
 	const struct kern_ptype *pt = kern_ptype(type);
 	int64_t nb = K / KERN_QK;
-	uint64_t row_bytes = (uint64_t)nb * pt->src_bytes;
+	uint64_t row_bytes = (uint64_t)(K / pt->src_elems) * pt->src_bytes;
 	uint32_t n_chunks = pt->bits8 ? 8 : 4;
-	uint32_t flip = pt->bits8 ? 0x80808080u : 0;
+	uint32_t flip = pt->flip ? 0x80808080u : 0;
 	for (int64_t g = g0; g < g1; g++) {
 		uint8_t *gd = dst + (uint64_t)g * nb * pt->pk_bytes;
 		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, rows - g * KERN_GROUP);
@@ -91,9 +234,17 @@ void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8
 		for (int r = 0; r < nr; r++) {
 			const uint8_t *sr = src + (uint64_t)(g * KERN_GROUP + r) * row_bytes;
 			uint8_t *pr = gd;
+			if (pt->decode != NULL) {
+				struct kern_block kb;
+				for (int64_t b = 0; b < nb; b++, pr += pt->pk_bytes) {
+					pt->decode(sr, b, &kb);
+					kern_put_block(pt, &kb, r, pr);
+				}
+				continue;
+			}
 			for (int64_t b = 0; b < nb; b++, sr += pt->src_bytes, pr += pt->pk_bytes) {
 				memcpy(pr + 2 * r, sr, 2); /* d */
-				if (pt->type == DT_Q4_1)
+				if (pt->min)
 					memcpy(pr + 32 + 2 * r, sr + 2, 2); /* m */
 				for (uint32_t j = 0; j < n_chunks; j++) {
 					uint32_t v;
@@ -106,10 +257,15 @@ void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8
 	}
 }
 
-/* Read a little-endian f16 as float. */
-static inline float kern_rdh(const uint8_t *p)
+/* Header value i (0: D, 1: M or D1) of row r in packed block pb. */
+static inline float kern_hdr(const struct kern_ptype *pt, const uint8_t *pb, int i, int r)
 {
-	return dtype_f16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
+	if (pt->f32) {
+		float v;
+		memcpy(&v, pb + 64 * i + 4 * r, 4);
+		return v;
+	}
+	return kern_rdh(pb + 32 * i + 2 * r);
 }
 
 /* Element i (0..31) of row r's block as an unsigned stored quant. */
@@ -134,10 +290,13 @@ void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
 	const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
 	for (int64_t b = 0; b < nb; b++) {
 		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
-		float d = kern_rdh(pb + 2 * rr);
-		float m = pt->type == DT_Q4_1 ? kern_rdh(pb + 32 + 2 * rr) : 0.0f;
-		for (int i = 0; i < KERN_QK; i++)
-			out[b * KERN_QK + i] = d * (float)(kern_wq(pt, pb + pt->hdr, rr, i) - pt->off) + m;
+		float d = kern_hdr(pt, pb, 0, rr);
+		float d1 = pt->halves ? kern_hdr(pt, pb, 1, rr) : d;
+		float m = pt->min ? kern_hdr(pt, pb, 1, rr) : 0.0f;
+		for (int i = 0; i < KERN_QK; i++) {
+			float v = (i < 16 ? d : d1) * (float)(kern_wq(pt, pb + pt->hdr, rr, i) - pt->off);
+			out[b * KERN_QK + i] = pt->min ? v + m : v;
+		}
 	}
 }
 
@@ -155,15 +314,20 @@ static void sc_quant_row(const float *x, const struct kern_act *a, int64_t i)
 		for (int k = 0; k < KERN_QK; k++)
 			amax = fmaxf(amax, fabsf(xb[k]));
 		float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-		int sum = 0;
+		int half[2] = { 0, 0 };
 		for (int k = 0; k < KERN_QK; k++) {
 			int v = (int)nearbyintf(xb[k] * id);
 			q[b * KERN_QK + k] = (int8_t)v;
-			sum += v;
+			half[k / 16] += v;
 		}
+		int sum = half[0] + half[1];
 		a->d[i * nb + b] = dtype_f16_to_f32(dtype_f32_to_f16(d));
 		a->s[i * nb + b] = dtype_f16_to_f32(dtype_f32_to_f16(d * (float)sum));
 		a->isum[i * nb + b] = sum;
+		if (a->isum16 != NULL) {
+			a->isum16[2 * (i * nb + b)] = half[0];
+			a->isum16[2 * (i * nb + b) + 1] = half[1];
+		}
 	}
 }
 
@@ -181,15 +345,21 @@ static void sc_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
 			for (int64_t b = 0; b < nb; b++) {
 				const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
 				float da = a->d[t * nb + b], sa = a->s[t * nb + b];
+				const int32_t *h16 = pt->halves ? a->isum16 + 2 * (t * nb + b) : NULL;
 				int32_t corr = pt->off * a->isum[t * nb + b];
 				for (int r = 0; r < nr; r++) {
-					int32_t dot = 0;
+					int32_t dot[2] = { 0, 0 };
 					for (int i = 0; i < KERN_QK; i++)
-						dot += kern_wq(pt, pb + pt->hdr, r, i) * aq[b * KERN_QK + i];
-					float d = kern_rdh(pb + 2 * r);
-					sum[r] += (float)(dot - corr) * (d * da);
-					if (pt->type == DT_Q4_1)
-						sum[r] += kern_rdh(pb + 32 + 2 * r) * sa;
+						dot[i / 16] += kern_wq(pt, pb + pt->hdr, r, i) * aq[b * KERN_QK + i];
+					float d = kern_hdr(pt, pb, 0, r);
+					if (pt->halves) {
+						sum[r] += (float)(dot[0] - pt->off * h16[0]) * (d * da);
+						sum[r] += (float)(dot[1] - pt->off * h16[1]) * (kern_hdr(pt, pb, 1, r) * da);
+						continue;
+					}
+					sum[r] += (float)(dot[0] + dot[1] - corr) * (d * da);
+					if (pt->min)
+						sum[r] += kern_hdr(pt, pb, 1, r) * sa;
 				}
 			}
 			float *yt = y + t * ldy + g * KERN_GROUP;
@@ -208,6 +378,18 @@ static float sc_dot_f32(const float *a, const float *b, int64_t n)
 			s[k] += a[i + k] * b[i + k];
 	for (; i < n; i++)
 		s[0] += a[i] * b[i];
+	return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static float sc_dot_f16(const uint16_t *w, const float *x, int64_t n)
+{
+	float s[4] = { 0 };
+	int64_t i = 0;
+	for (; i + 4 <= n; i += 4)
+		for (int k = 0; k < 4; k++)
+			s[k] += dtype_f16_to_f32(w[i + k]) * x[i + k];
+	for (; i < n; i++)
+		s[0] += dtype_f16_to_f32(w[i]) * x[i];
 	return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
@@ -391,6 +573,15 @@ T_AVX2 static void av2_quant_row(const float *x, const struct kern_act *a, int64
 		a->d[i * nb + b] = _cvtsh_ss(_cvtss_sh(d, 0));
 		a->s[i * nb + b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
 		a->isum[i * nb + b] = sum;
+		if (a->isum16 != NULL) {
+			__m256i h0 = _mm256_add_epi32(qi[0], qi[1]);
+			__m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
+			t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+			t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+			int half0 = _mm_cvtsi128_si32(t4);
+			a->isum16[2 * (i * nb + b)] = half0;
+			a->isum16[2 * (i * nb + b) + 1] = sum - half0;
+		}
 	}
 }
 
@@ -408,18 +599,28 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 	const __m256i x80 = _mm256_set1_epi8((char)0x80);
 	for (int64_t b = 0; b < nb; b++) {
 		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
-		__m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 16 * h)));
-		__m256 mo = pt->type == DT_Q4_1
-		                ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 32 + 16 * h)))
-		                : _mm256_setzero_ps();
+		__m256 dw, mo = _mm256_setzero_ps(), dw1 = _mm256_setzero_ps();
+		if (pt->f32) {
+			dw = _mm256_loadu_ps((const float *)(pb + 32 * h));
+			if (pt->min)
+				mo = _mm256_loadu_ps((const float *)(pb + 64 + 32 * h));
+			if (pt->halves)
+				dw1 = _mm256_loadu_ps((const float *)(pb + 64 + 32 * h));
+		} else {
+			dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 16 * h)));
+			if (pt->min)
+				mo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pb + 32 + 16 * h)));
+		}
 		const int32_t *isum = a->isum + t0 * nb + b;
 		const uint8_t *qs = pb + pt->hdr + 32 * h;
 		__m256i W[8];
 		if (pt->bits8) {
-			/* back to signed; |w| against sign-adjusted a avoids saturation */
 			#pragma GCC unroll 8
-			for (int j = 0; j < 8; j++)
-				W[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qs + 64 * j)), x80);
+			for (int j = 0; j < 8; j++) {
+				W[j] = _mm256_loadu_si256((const __m256i *)(qs + 64 * j));
+				if (pt->flip) /* back to signed; |w| against sign-adjusted a avoids saturation */
+					W[j] = _mm256_xor_si256(W[j], x80);
+			}
 		} else {
 			#pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
@@ -431,8 +632,8 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 		#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = a->q + (t0 + t) * a->K + b * KERN_QK;
-			__m256i it;
-			if (pt->bits8) {
+			__m256i it, it1 = _mm256_setzero_si256();
+			if (pt->bits8 && pt->flip) {
 				it = _mm256_setzero_si256();
 				#pragma GCC unroll 8
 				for (int j = 0; j < 8; j++) {
@@ -441,6 +642,21 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 					__m256i av = _mm256_sign_epi8(_mm256_set1_epi32(a4), W[j]);
 					__m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(W[j], W[j]), av);
 					it = _mm256_add_epi32(it, _mm256_madd_epi16(p, ones));
+				}
+			} else if (pt->bits8) {
+				/* bytes < 64: two chunks' pair sums fit in int16 (2 x 2 x 63 x 127) */
+				it = _mm256_setzero_si256();
+				#pragma GCC unroll 8
+				for (int j = 0; j < 8; j += 2) {
+					int32_t a0, a1;
+					memcpy(&a0, aq + 4 * j, 4);
+					memcpy(&a1, aq + 4 * j + 4, 4);
+					__m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(W[j], _mm256_set1_epi32(a0)),
+					                               _mm256_maddubs_epi16(W[j + 1], _mm256_set1_epi32(a1)));
+					if (pt->halves && j >= 4)
+						it1 = _mm256_add_epi32(it1, _mm256_madd_epi16(s16, ones));
+					else
+						it = _mm256_add_epi32(it, _mm256_madd_epi16(s16, ones));
 				}
 			} else {
 				/* 8 x 2 x 15 x 127 < 32768: the int16 sums cannot overflow */
@@ -452,13 +668,20 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 					s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(W[j], _mm256_set1_epi32(a4)));
 				}
 				it = _mm256_madd_epi16(s16, ones);
-				if (pt->type == DT_Q4_0)
-					it = _mm256_sub_epi32(it, _mm256_set1_epi32(pt->off * isum[t * nb]));
+			}
+			if (pt->halves) {
+				const int32_t *h16 = a->isum16 + 2 * ((t0 + t) * nb + b);
+				it = _mm256_sub_epi32(it, _mm256_set1_epi32(pt->off * h16[0]));
+				it1 = _mm256_sub_epi32(it1, _mm256_set1_epi32(pt->off * h16[1]));
+			} else if (pt->off != 0 && !pt->flip) {
+				it = _mm256_sub_epi32(it, _mm256_set1_epi32(pt->off * isum[t * nb]));
 			}
 			float da = a->d[(t0 + t) * nb + b], sa = a->s[(t0 + t) * nb + b];
-			accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it), _mm256_mul_ps(dw, _mm256_set1_ps(da)),
-			                          accf[t]);
-			if (pt->type == DT_Q4_1)
+			__m256 vda = _mm256_set1_ps(da);
+			accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it), _mm256_mul_ps(dw, vda), accf[t]);
+			if (pt->halves)
+				accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it1), _mm256_mul_ps(dw1, vda), accf[t]);
+			if (pt->min)
 				accf[t] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sa), accf[t]);
 		}
 	}
@@ -491,19 +714,27 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 		default: av2_tile(pt, gd, nb, h, a, t0, 4, y, ldy, nr, acc); break;              \
 		}                                                                                 \
 	}
-AV2_TILES(av2_tiles_q4_0, 0)
-AV2_TILES(av2_tiles_q4_1, 1)
-AV2_TILES(av2_tiles_q8_0, 2)
+AV2_TILES(av2_tiles_0, 0)
+AV2_TILES(av2_tiles_1, 1)
+AV2_TILES(av2_tiles_2, 2)
+AV2_TILES(av2_tiles_3, 3)
+AV2_TILES(av2_tiles_4, 4)
+AV2_TILES(av2_tiles_5, 5)
+AV2_TILES(av2_tiles_6, 6)
+AV2_TILES(av2_tiles_7, 7)
 
 typedef void (*av2_tiles_fn)(const uint8_t *, int64_t, int, const struct kern_act *, int64_t, int,
                              float *, int64_t, int, bool);
+
+/* In the order of kern_ptypes. */
+static const av2_tiles_fn av2_tiles[] = { av2_tiles_0, av2_tiles_1, av2_tiles_2, av2_tiles_3,
+	                                  av2_tiles_4, av2_tiles_5, av2_tiles_6, av2_tiles_7 };
 
 T_AVX2 static void av2_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
                                    const struct kern_act *a, int64_t n, float *y, int64_t ldy,
                                    bool acc)
 {
-	av2_tiles_fn fn = w->type == DT_Q4_0 ? av2_tiles_q4_0
-	                  : w->type == DT_Q4_1 ? av2_tiles_q4_1 : av2_tiles_q8_0;
+	av2_tiles_fn fn = av2_tiles[kern_ptype_index(w->type)];
 	int64_t nb = w->cols / KERN_QK;
 	for (int64_t g = g0; g < g1; g++) {
 		const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
@@ -526,6 +757,22 @@ T_AVX2 static float av2_dot_f32(const float *a, const float *b, int64_t n)
 	float s = av2_hsum(_mm256_add_ps(s0, s1));
 	for (; i < n; i++)
 		s += a[i] * b[i];
+	return s;
+}
+
+T_AVX2 static float av2_dot_f16(const uint16_t *w, const float *x, int64_t n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))),
+		                     _mm256_loadu_ps(x + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8))),
+		                     _mm256_loadu_ps(x + i + 8), s1);
+	}
+	float s = av2_hsum(_mm256_add_ps(s0, s1));
+	for (; i < n; i++)
+		s += dtype_f16_to_f32(w[i]) * x[i];
 	return s;
 }
 
@@ -628,10 +875,14 @@ T_AVX512 static void a512_quant_row(const float *x, const struct kern_act *a, in
 		                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 		_mm_storeu_si128((__m128i *)(q + b * KERN_QK), _mm512_cvtsepi32_epi8(q0));
 		_mm_storeu_si128((__m128i *)(q + b * KERN_QK + 16), _mm512_cvtsepi32_epi8(q1));
-		int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+		int h0 = _mm512_reduce_add_epi32(q0), h1 = _mm512_reduce_add_epi32(q1), sum = h0 + h1;
 		a->d[i * nb + b] = _cvtsh_ss(_cvtss_sh(d, 0));
 		a->s[i * nb + b] = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
 		a->isum[i * nb + b] = sum;
+		if (a->isum16 != NULL) {
+			a->isum16[2 * (i * nb + b)] = h0;
+			a->isum16[2 * (i * nb + b) + 1] = h1;
+		}
 	}
 }
 
@@ -650,10 +901,18 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 	const int32_t *ai = a->isum + t0 * nb;
 	for (int64_t b = 0; b < nb; b++) {
 		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
-		__m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
-		__m512 mo = pt->type == DT_Q4_1
-		                ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + 32)))
-		                : _mm512_setzero_ps();
+		__m512 dw, mo = _mm512_setzero_ps(), dw1 = _mm512_setzero_ps();
+		if (pt->f32) {
+			dw = _mm512_loadu_ps(pb);
+			if (pt->min)
+				mo = _mm512_loadu_ps(pb + 64);
+			if (pt->halves)
+				dw1 = _mm512_loadu_ps(pb + 64);
+		} else {
+			dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
+			if (pt->min)
+				mo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + 32)));
+		}
 		const uint8_t *qs = pb + pt->hdr;
 		__m512i W[8];
 		if (pt->bits8) {
@@ -672,21 +931,30 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = aq0 + t * a->K + b * KERN_QK;
 			__m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+			/* two chains; with two scales, one per half block */
 			#pragma GCC unroll 8
 			for (int j = 0; j < 8; j += 2) {
 				int32_t a0, a1;
-				memcpy(&a0, aq + 4 * j, 4);
-				memcpy(&a1, aq + 4 * j + 4, 4);
-				i0 = _mm512_dpbusd_epi32(i0, W[j], _mm512_set1_epi32(a0));
-				i1 = _mm512_dpbusd_epi32(i1, W[j + 1], _mm512_set1_epi32(a1));
+				int k0 = pt->halves ? j / 2 : j, k1 = pt->halves ? 4 + j / 2 : j + 1;
+				memcpy(&a0, aq + 4 * k0, 4);
+				memcpy(&a1, aq + 4 * k1, 4);
+				i0 = _mm512_dpbusd_epi32(i0, W[k0], _mm512_set1_epi32(a0));
+				i1 = _mm512_dpbusd_epi32(i1, W[k1], _mm512_set1_epi32(a1));
+			}
+			__m512 vda = _mm512_set1_ps(ad[t * nb + b]);
+			if (pt->halves) {
+				const int32_t *h16 = a->isum16 + 2 * ((t0 + t) * nb + b);
+				i0 = _mm512_sub_epi32(i0, _mm512_set1_epi32(pt->off * h16[0]));
+				i1 = _mm512_sub_epi32(i1, _mm512_set1_epi32(pt->off * h16[1]));
+				accf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(dw, vda), accf[t]);
+				accf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(dw1, vda), accf[t]);
+				continue;
 			}
 			__m512i it = _mm512_add_epi32(i0, i1);
-			if (pt->type != DT_Q4_1)
+			if (pt->off != 0)
 				it = _mm512_sub_epi32(it, _mm512_set1_epi32(pt->off * ai[t * nb + b]));
-			__m512 dot = _mm512_cvtepi32_ps(it);
-			accf[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(ad[t * nb + b])),
-			                          accf[t]);
-			if (pt->type == DT_Q4_1)
+			accf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(it), _mm512_mul_ps(dw, vda), accf[t]);
+			if (pt->min)
 				accf[t] = _mm512_fmadd_ps(mo, _mm512_set1_ps(as[t * nb + b]), accf[t]);
 		}
 	}
@@ -717,19 +985,28 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 		default: a512_tile(pt, gd, nb, a, t0, 8, y, ldy, nr, acc); break;              \
 		}                                                                               \
 	}
-A512_TILES(a512_tiles_q4_0, 0)
-A512_TILES(a512_tiles_q4_1, 1)
-A512_TILES(a512_tiles_q8_0, 2)
+A512_TILES(a512_tiles_0, 0)
+A512_TILES(a512_tiles_1, 1)
+A512_TILES(a512_tiles_2, 2)
+A512_TILES(a512_tiles_3, 3)
+A512_TILES(a512_tiles_4, 4)
+A512_TILES(a512_tiles_5, 5)
+A512_TILES(a512_tiles_6, 6)
+A512_TILES(a512_tiles_7, 7)
 
 typedef void (*a512_tiles_fn)(const uint8_t *, int64_t, const struct kern_act *, int64_t, int,
                               float *, int64_t, int, bool);
+
+/* In the order of kern_ptypes. */
+static const a512_tiles_fn a512_tiles[] = { a512_tiles_0, a512_tiles_1, a512_tiles_2,
+	                                    a512_tiles_3, a512_tiles_4, a512_tiles_5,
+	                                    a512_tiles_6, a512_tiles_7 };
 
 T_AVX512 static void a512_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
                                       const struct kern_act *a, int64_t n, float *y,
                                       int64_t ldy, bool acc)
 {
-	a512_tiles_fn fn = w->type == DT_Q4_0 ? a512_tiles_q4_0
-	                   : w->type == DT_Q4_1 ? a512_tiles_q4_1 : a512_tiles_q8_0;
+	a512_tiles_fn fn = a512_tiles[kern_ptype_index(w->type)];
 	int64_t nb = w->cols / KERN_QK;
 	for (int64_t g = g0; g < g1; g++) {
 		const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
@@ -738,6 +1015,22 @@ T_AVX512 static void a512_gemm_packed(const struct kern_weight *w, int64_t g0, i
 			fn(gd, nb, a, t0, (int)KVS_MIN((int64_t)8, n - t0), y + g * KERN_GROUP, ldy, nr,
 			   acc);
 	}
+}
+
+T_AVX512 static float a512_dot_f16(const uint16_t *w, const float *x, int64_t n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	int64_t i = 0;
+	for (; i + 32 <= n; i += 32) {
+		s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i))),
+		                     _mm512_loadu_ps(x + i), s0);
+		s1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + 16))),
+		                     _mm512_loadu_ps(x + i + 16), s1);
+	}
+	float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+	for (; i < n; i++)
+		s += dtype_f16_to_f32(w[i]) * x[i];
+	return s;
 }
 
 T_AVX512 static float a512_dot_f32(const float *a, const float *b, int64_t n)
@@ -1105,14 +1398,14 @@ T_AVX512 static void a512_rope(float *x, const float *cs, int n_rot, bool neox)
  * ==================================================================== */
 
 static const struct kern_ops kern_levels[] = {
-	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_axpy_f32,
+	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_dot_f16, sc_axpy_f32,
 	  sc_f16_to_f32, sc_f32_to_f16, sc_att_scores, sc_att_pv, sc_att_scores_rows,
 	  sc_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
-	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_axpy_f32,
+	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_dot_f16, av2_axpy_f32,
 	  av2_f16_to_f32, av2_f32_to_f16, sc_att_scores, sc_att_pv, av2_att_scores_rows,
 	  av2_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
 	{ KERN_AVX512, "avx512-vnni", a512_quant_row, a512_gemm_packed, a512_dot_f32,
-	  a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
+	  a512_dot_f16, a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
 	  a512_att_scores_rows, a512_att_pv_rows, a512_exp_sum, a512_swiglu, a512_rmsnorm,
 	  a512_rope },
 };
@@ -1136,16 +1429,35 @@ const struct kern_ops *kern_select(enum kern_level want)
 	return &kern_levels[KVS_MIN(want, have)];
 }
 
+/* bf16 to f32: the top half of the float (a loop the compiler vectorises). */
+static void kern_bf16_row(const uint16_t *src, float *dst, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++) {
+		uint32_t bits = (uint32_t)src[i] << 16;
+		memcpy(dst + i, &bits, 4);
+	}
+}
+
 void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
                        int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
                        int64_t ldy, bool acc, float *tmp)
 {
 	for (int64_t r = r0; r < r1; r++) {
 		const float *row = tmp;
+		const uint8_t *src = w->data + (uint64_t)r * w->row_bytes;
+		if (w->type == DT_F16 && n == 1) { /* one pass over the row */
+			float v = ops->dot_f16((const uint16_t *)src, x, w->cols);
+			y[r] = acc ? y[r] + v : v;
+			continue;
+		}
 		if (w->type == DT_F32)
-			row = (const float *)(w->data + (uint64_t)r * w->row_bytes);
+			row = (const float *)src;
+		else if (w->type == DT_F16)
+			ops->f16_to_f32((const uint16_t *)src, tmp, w->cols); /* F16C where present */
+		else if (w->type == DT_BF16)
+			kern_bf16_row((const uint16_t *)src, tmp, w->cols);
 		else
-			dtype_dequant(w->type, w->data + (uint64_t)r * w->row_bytes, tmp, w->cols);
+			dtype_dequant(w->type, src, tmp, w->cols);
 		for (int64_t t = 0; t < n; t++) {
 			float v = ops->dot_f32(row, x + t * ldx, w->cols);
 			y[t * ldy + r] = acc ? y[t * ldy + r] + v : v;

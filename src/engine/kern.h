@@ -3,13 +3,18 @@
  *
  * Matrix products y = x W^T, W (rows, K) a weight, x (n, K) activations:
  *
- *  - Q4_0, Q4_1 and Q8_0 weights are repacked once into groups of 16 rows:
- *    for each 32-element block, the 16 rows' scales, then their quants laid
- *    out so that one 64-byte load holds 4 consecutive quants of each of the
- *    16 rows. One int8 multiply-accumulate instruction (VNNI vpdpbusd) then
+ *  - Quantised weights are repacked once into groups of 16 rows: for each
+ *    32-element block, the 16 rows' scales, then their quants laid out so
+ *    that one 64-byte load holds 4 consecutive quants of each of the 16
+ *    rows. One int8 multiply-accumulate instruction (VNNI vpdpbusd) then
  *    advances 16 rows' dot products by 4 elements with no horizontal sums,
- *    and activations enter as 4-byte broadcasts. The repacked group takes
- *    exactly the bytes of its 16 original rows.
+ *    and activations enter as 4-byte broadcasts. Q4_0, Q4_1 and Q8_0 keep
+ *    their own bytes (a group takes exactly its 16 rows' bytes). The
+ *    k-quants and the 5-bit types are unpacked to one 32-block at a time:
+ *    unsigned quants (4-bit for Q4_K, bytes for Q5_0, Q5_1, Q5_K, Q6_K) with
+ *    the block's effective scale d*sc and offset -dmin*m as f32, so that
+ *    every weight reads back exactly as the file's dequantiser computes it
+ *    (Q6_K's two 16-element scales per block are kept apart).
  *  - Activations are quantised per 32-block to int8 (the Q8 scheme: scale
  *    d = max|x|/127), keeping d, sum(q) and s = d * sum(q) per block. All
  *    three types reduce to one integer form: sum(u8 w' * s8 a) per block,
@@ -58,8 +63,9 @@ struct kern_act {
 	int64_t K;
 	int8_t *q;              /* (n, K) */
 	float *d;               /* (n, K/32) block scales (f16 values) */
-	float *s;               /* (n, K/32) f16(d * sum(q)), for Q4_1's min */
+	float *s;               /* (n, K/32) f16(d * sum(q)), for the mins */
 	int32_t *isum;          /* (n, K/32) sum(q), for the integer offsets */
+	int32_t *isum16;        /* (n, K/16) sums of each half block (Q6_K's offsets) */
 };
 
 /* One level's kernels. */
@@ -75,6 +81,8 @@ struct kern_ops {
 	                    const struct kern_act *a, int64_t n, float *y, int64_t ldy, bool acc);
 	/* f32 dot product of length n. */
 	float (*dot_f32)(const float *a, const float *b, int64_t n);
+	/* Dot product of n f16 values (a weight row) with n floats. */
+	float (*dot_f16)(const uint16_t *w, const float *x, int64_t n);
 	/* y[i] += alpha * x[i]. */
 	void (*axpy_f32)(float *y, const float *x, float alpha, int64_t n);
 	/* f16 <-> f32 of n values (round to nearest even on the way down). */

@@ -313,8 +313,7 @@ static void dq_q8_0(const uint8_t *src, float *dst, int64_t n_blocks)
 	}
 }
 
-/* The eight 6-bit scales and mins packed into a k-quant's scales[12]. */
-static void kq_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
+void dtype_kq_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
 {
 	for (int j = 0; j < 4; j++) {
 		sc[j] = s[j] & 63;
@@ -334,7 +333,7 @@ static void dq_q4_k(const uint8_t *src, float *dst, int64_t n_blocks)
 	for (int64_t b = 0; b < n_blocks; b++, src += 144, dst += QK_K) {
 		float d = rdh(src), dmin = rdh(src + 2);
 		uint8_t sc[8], mn[8];
-		kq_scales_mins(src + 4, sc, mn);
+		dtype_kq_scales_mins(src + 4, sc, mn);
 		const uint8_t *qs = src + 16;
 		for (int c = 0; c < 4; c++) {
 			float d1 = d * (float)sc[2 * c], m1 = dmin * (float)mn[2 * c];
@@ -355,7 +354,7 @@ static void dq_q5_k(const uint8_t *src, float *dst, int64_t n_blocks)
 	for (int64_t b = 0; b < n_blocks; b++, src += 176, dst += QK_K) {
 		float d = rdh(src), dmin = rdh(src + 2);
 		uint8_t sc[8], mn[8];
-		kq_scales_mins(src + 4, sc, mn);
+		dtype_kq_scales_mins(src + 4, sc, mn);
 		const uint8_t *qh = src + 16, *qs = src + 48;
 		for (int c = 0; c < 4; c++) {
 			float d1 = d * (float)sc[2 * c], m1 = dmin * (float)mn[2 * c];

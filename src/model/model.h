@@ -64,6 +64,9 @@ bool dtype_row_bytes(uint32_t type, uint64_t n, uint64_t *bytes);
  * untouched, unless the type is weight_ok and n a whole number of blocks. */
 bool dtype_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 
+/* The eight 6-bit scales and mins packed in a Q4_K / Q5_K block's scales[12]. */
+void dtype_kq_scales_mins(const uint8_t *scales12, uint8_t sc[8], uint8_t mn[8]);
+
 /* Half and bfloat conversions (round to nearest even on the way down). */
 float dtype_f16_to_f32(uint16_t h);
 uint16_t dtype_f32_to_f16(float f);

@@ -840,55 +840,127 @@ static void test_bad_batches(void)
 	tm_free(tm);
 }
 
+/* Little-endian f16 at p as a float. */
+static float rd16(const uint8_t *p)
+{
+	return dtype_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+}
+
+/* Write f16(x) at p. */
+static void wr16(uint8_t *p, double x)
+{
+	uint16_t h = dtype_f32_to_f16((float)x);
+	p[0] = (uint8_t)(h & 0xff);
+	p[1] = (uint8_t)(h >> 8);
+}
+
+/* Rows of K weights of a type in orig (rb bytes each): the reference
+ * quantisers where there are some, else random quants and scale fields that
+ * keep the weights within about +-1 (k-quant scales and mins, the 5-bit
+ * types' high bits and Q6_K's signed scales all random). */
+static void fill_rows(uint32_t type, const float *f, int64_t rows, int64_t K, uint8_t *orig,
+                      uint64_t rb)
+{
+	for (int64_t r = 0; r < rows; r++) {
+		uint8_t *o = orig + r * rb;
+		switch (type) {
+		case DT_Q4_0: dtype_quant_q4_0(f + r * K, o, K); continue;
+		case DT_Q4_1: dtype_quant_q4_1(f + r * K, o, K); continue;
+		case DT_Q8_0: dtype_quant_q8_0(f + r * K, o, K); continue;
+		default: break;
+		}
+		for (uint64_t i = 0; i < rb; i++)
+			o[i] = (uint8_t)(rnd() * 128 + 128);
+		const struct dtype_info *di = dtype_info(type);
+		for (uint8_t *blk = o; blk < o + rb; blk += di->block_bytes)
+			switch (type) {
+			case DT_Q5_0: wr16(blk, 1.0 / 16); break;
+			case DT_Q5_1: wr16(blk, 2.0 / 31); wr16(blk + 2, -1.0); break;
+			case DT_Q4_K: wr16(blk, 2.0 / (63 * 15)); wr16(blk + 2, 1.0 / 63); break;
+			case DT_Q5_K: wr16(blk, 2.0 / (63 * 31)); wr16(blk + 2, 1.0 / 63); break;
+			case DT_Q6_K: wr16(blk + 208, 1.0 / (128 * 32)); break;
+			default: break;
+			}
+	}
+}
+
+/* The min M of 32-block b of a source row (w = D (q - k) + M), read here
+ * from the formats' fields: Q4_1's and Q5_1's m, the k-quants' -dmin*m_j;
+ * 0 for the others. */
+static double block_min(uint32_t type, const uint8_t *row, int64_t b)
+{
+	uint8_t sc[8], mn[8];
+	switch (type) {
+	case DT_Q4_1: return rd16(row + b * 20 + 2);
+	case DT_Q5_1: return rd16(row + b * 24 + 2);
+	case DT_Q4_K:
+	case DT_Q5_K: {
+		const uint8_t *sb = row + (b / 8) * (type == DT_Q4_K ? 144 : 176);
+		/* the 6-bit min of sub-block j (scales[12] layout of the k-quants) */
+		int j = (int)(b % 8);
+		const uint8_t *s = sb + 4;
+		int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+		(void)sc;
+		(void)mn;
+		return -(double)(rd16(sb + 2) * (float)m);
+	}
+	default: return 0.0;
+	}
+}
+
 /*
  * The packed products at every kernel level against the same arithmetic
  * done here in double: the dequantised weight times the dequantised int8
- * activation (q * d for each block, exactly what the kernels multiply), for
- * row counts that leave a partial 16-row group and 1..11 tokens.
+ * activation (q * d for each block, exactly what the kernels multiply), with
+ * a block's min entering through the rounded activation sum s as the
+ * kernels (and llama.cpp) take it, for every packed type, row counts that
+ * leave a partial 16-row group and 1..11 tokens.
  */
 static void test_kernels(void)
 {
-	static const uint32_t types[] = { DT_Q4_0, DT_Q4_1, DT_Q8_0 };
-	const int64_t rows = 37, K = 96;
-	float *f = malloc(rows * K * sizeof(float)), *x = malloc(11 * K * sizeof(float));
-	for (int64_t i = 0; i < rows * K; i++)
+	static const uint32_t types[] = { DT_Q4_0, DT_Q4_1, DT_Q8_0, DT_Q4_K,
+	                                  DT_Q5_0, DT_Q5_1, DT_Q5_K, DT_Q6_K };
+	const int64_t rows = 37, KMAX = 512;
+	float *f = malloc(rows * KMAX * sizeof(float)), *x = malloc(11 * KMAX * sizeof(float));
+	for (int64_t i = 0; i < rows * KMAX; i++)
 		f[i] = (float)rnd();
-	for (int64_t i = 0; i < 11 * K; i++)
+	for (int64_t i = 0; i < 11 * KMAX; i++)
 		x[i] = (float)(rnd() * (i % 7 == 0 ? 20 : 1));
 	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+		uint32_t type = types[ti];
+		int64_t K = dtype_info(type)->block_elems == 256 ? KMAX : 96, nb = K / 32;
 		uint64_t rb = 0;
-		dtype_row_bytes(types[ti], K, &rb);
+		T_CHECK(kern_type_packed(type), "%s is not packed", dtype_name(type));
+		dtype_row_bytes(type, K, &rb);
 		uint8_t *orig = malloc(rb * rows);
-		for (int64_t r = 0; r < rows; r++) {
-			if (types[ti] == DT_Q4_0)
-				dtype_quant_q4_0(f + r * K, orig + r * rb, K);
-			else if (types[ti] == DT_Q4_1)
-				dtype_quant_q4_1(f + r * K, orig + r * rb, K);
-			else
-				dtype_quant_q8_0(f + r * K, orig + r * rb, K);
-		}
+		fill_rows(type, f, rows, K, orig, rb);
 		float *wd = malloc(rows * K * sizeof(float));
-		T_CHECK(dtype_dequant(types[ti], orig, wd, rows * K), "dequant");
-		uint64_t pb = kern_packed_bytes(types[ti], rows, K);
-		struct kern_weight w = { .type = types[ti], .packed = true, .rows = rows, .cols = K,
+		T_CHECK(dtype_dequant(type, orig, wd, rows * K), "dequant");
+		uint64_t pb = kern_packed_bytes(type, rows, K);
+		struct kern_weight w = { .type = type, .packed = true, .rows = rows, .cols = K,
 		                         .row_bytes = rb, .group_bytes = pb / 3 };
 		uint8_t *packed = xmalloc_aligned(pb);
-		kern_pack(types[ti], orig, rows, K, packed, 0, 3);
+		kern_pack(type, orig, rows, K, packed, 0, 3);
 		w.data = packed;
-		/* the packed rows read back exactly */
-		float row[96];
-		double rd = 0;
+		/* the packed rows read back exactly as the file's dequantiser gives them */
+		float row[512];
+		double rd = 0, wmax = 0;
 		for (int64_t r = 0; r < rows; r++) {
 			kern_weight_row(&w, r, row);
-			for (int64_t k = 0; k < K; k++)
+			for (int64_t k = 0; k < K; k++) {
 				rd = fmax(rd, fabs(row[k] - wd[r * K + k]));
+				wmax = fmax(wmax, fabs(wd[r * K + k]));
+			}
 		}
-		T_CHECK(rd == 0, "%s packed row read-back differs by %g", dtype_name(types[ti]), rd);
+		T_CHECK(rd == 0, "%s packed row read-back differs by %g", dtype_name(type), rd);
+		T_CHECK(wmax > 0.1 && wmax < 10, "%s test weights out of range: max %g", dtype_name(type),
+		        wmax);
 		for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
 			const struct kern_ops *ops = kern_select((enum kern_level)lv);
 			for (int64_t n = 1; n <= 11; n += 5) {
-				struct kern_act a = { K, xmalloc_aligned(n * K), xmalloc_aligned(n * 3 * 4),
-				                      xmalloc_aligned(n * 3 * 4), xmalloc_aligned(n * 3 * 4) };
+				struct kern_act a = { K, xmalloc_aligned(n * K), xmalloc_aligned(n * nb * 4),
+				                      xmalloc_aligned(n * nb * 4), xmalloc_aligned(n * nb * 4),
+				                      xmalloc_aligned(n * nb * 8) };
 				for (int64_t t = 0; t < n; t++)
 					ops->quant_row(x + t * K, &a, t);
 				float *y = malloc(n * 40 * sizeof(float));
@@ -899,18 +971,12 @@ static void test_kernels(void)
 				bool pad_ok = true;
 				for (int64_t t = 0; t < n; t++) {
 					for (int64_t r = 0; r < rows; r++) {
-						/* Q4_1's min enters through the block sum s = f16(d * sum q),
-						 * rounded as llama.cpp rounds it */
 						double want = 0;
 						for (int64_t k = 0; k < K; k++) {
-							double m = 0;
-							if (types[ti] == DT_Q4_1) {
-								const uint8_t *blk = orig + r * rb + (k / 32) * 20;
-								m = dtype_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
-								if (k % 32 == 0)
-									want += m * a.s[t * 3 + k / 32];
-							}
-							want += ((double)wd[r * K + k] - m) * a.q[t * K + k] * a.d[t * 3 + k / 32];
+							double m = block_min(type, orig + r * rb, k / 32);
+							if (k % 32 == 0)
+								want += m * a.s[t * nb + k / 32];
+							want += ((double)wd[r * K + k] - m) * a.q[t * K + k] * a.d[t * nb + k / 32];
 						}
 						md = fmax(md, fabs(y[t * 40 + r] - want));
 						mx = fmax(mx, fabs(want));
@@ -919,30 +985,37 @@ static void test_kernels(void)
 						pad_ok = pad_ok && y[t * 40 + r] == 1.0f;
 				}
 				T_CHECK(md <= 2e-5 * mx, "%s %s n=%lld: max |d| %.3g (max %.3g)", ops->name,
-				        dtype_name(types[ti]), (long long)n, md, mx);
-				T_CHECK(pad_ok, "%s %s: wrote past the last row", ops->name, dtype_name(types[ti]));
+				        dtype_name(type), (long long)n, md, mx);
+				T_CHECK(pad_ok, "%s %s: wrote past the last row", ops->name, dtype_name(type));
 				/* quantisation as specified: d = f16(max|x| / 127), |q| <= 127 */
 				for (int64_t t = 0; t < n; t++)
-					for (int b = 0; b < 3; b++) {
+					for (int b = 0; b < nb; b++) {
 						float amax = 0;
-						int sum = 0;
+						int sum = 0, half0 = 0;
 						for (int k = 0; k < 32; k++) {
 							amax = fmaxf(amax, fabsf(x[t * K + b * 32 + k]));
 							sum += a.q[t * K + b * 32 + k];
+							half0 += k < 16 ? a.q[t * K + b * 32 + k] : 0;
 						}
 						float d = dtype_f16_to_f32(dtype_f32_to_f16(amax / 127.0f));
 						float sd = dtype_f16_to_f32(dtype_f32_to_f16(amax / 127.0f * (float)sum));
-						T_CHECK(a.s[t * 3 + b] == sd, "%s block sum %g, want %g", ops->name,
-						        a.s[t * 3 + b], sd);
-						T_CHECK(a.d[t * 3 + b] == d && a.isum[t * 3 + b] == sum,
+						T_CHECK(a.s[t * nb + b] == sd, "%s block sum %g, want %g", ops->name,
+						        a.s[t * nb + b], sd);
+						T_CHECK(a.d[t * nb + b] == d && a.isum[t * nb + b] == sum,
 						        "%s activation block %lld/%d: d %g (want %g), sum %d (want %d)",
-						        ops->name, (long long)t, b, a.d[t * 3 + b], d, a.isum[t * 3 + b], sum);
+						        ops->name, (long long)t, b, a.d[t * nb + b], d, a.isum[t * nb + b], sum);
+						T_CHECK(a.isum16[2 * (t * nb + b)] == half0 &&
+						        a.isum16[2 * (t * nb + b) + 1] == sum - half0,
+						        "%s activation block %lld/%d: half sums %d, %d (want %d, %d)",
+						        ops->name, (long long)t, b, a.isum16[2 * (t * nb + b)],
+						        a.isum16[2 * (t * nb + b) + 1], half0, sum - half0);
 					}
 				free(y);
 				xfree_aligned(a.q);
 				xfree_aligned(a.d);
 				xfree_aligned(a.s);
 				xfree_aligned(a.isum);
+				xfree_aligned(a.isum16);
 			}
 		}
 		xfree_aligned(packed);
