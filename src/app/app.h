@@ -412,6 +412,30 @@ int session_resume(struct session *s, const struct session_store *ss,
 /* The saved session's id (0: none yet). */
 int64_t session_store_id(const struct session *s);
 
+/* A saved session's transcript as a front end replays it when resuming:
+ * the texts of its last turns, oldest first (the store's turn rows). */
+struct session_recap_turn {
+	char *user, *reply;
+};
+struct session_recap {
+	int64_t id;
+	char *title;
+	char *system;            /* the saved system prompt, or NULL */
+	uint32_t n_turns;        /* turns saved */
+	uint32_t first;          /* index of turns[0]: the turns before it were not read */
+	uint32_t n;              /* turns read */
+	struct session_recap_turn *turns; /* (n) */
+	uint32_t n_tokens;       /* tokens the resume restored (the caller sets it) */
+};
+/* Read saved session id's last max_turns turns (all when it has fewer;
+ * none when max_turns is 0) into r (free with session_recap_free). */
+int session_recap_read(struct store *st, int64_t id, uint32_t max_turns, struct session_recap *r,
+                       struct err *e);
+void session_recap_free(struct session_recap *r);
+/* "resumed 'TITLE' (N turns, K tokens retained)", the line front ends put
+ * between a replayed transcript and the new exchanges. */
+const char *session_recap_line(const struct session_recap *r, char *buf, size_t cap);
+
 /* ---- worker.c ---- */
 
 enum worker_cmd_kind {
@@ -427,7 +451,8 @@ enum worker_cmd_kind {
 	                     * (e.g. a Lua policy); the provider is called on the worker */
 	WORKER_SAVE,        /* text: a title or NULL: save the conversation from the next
 	                     * exchange on (worker_set_store gives the database) */
-	WORKER_LOAD,        /* text: a saved session's id or title: resume it */
+	WORKER_LOAD,        /* text: a saved session's id or title: resume it; n: at most
+	                     * this many of its last turns in the transcript event */
 	WORKER_LEN,         /* text: a length target ("120w", "200t", "150", "off") */
 };
 
@@ -446,6 +471,8 @@ enum worker_event_kind {
 	WORKER_EV_KV,             /* kv (arrays and strings owned) */
 	WORKER_EV_SNAPSHOT,       /* toks: the cached tokens in cache order; stats; next_pos */
 	WORKER_EV_RESULT,         /* a command finished: cmd, status, msg */
+	WORKER_EV_TRANSCRIPT,     /* a load resumed a session: recap (owned), before the result;
+	                           * status, msg: whether its texts could be read */
 };
 
 /* One event from the worker: deep copies of the session hooks' arguments,
@@ -469,6 +496,8 @@ struct worker_event {
 	int32_t next_pos;
 	struct kv_stats stats;
 	char policy[160];             /* kv_policy_format of the active policy */
+	/* TRANSCRIPT */
+	struct session_recap recap;
 	/* RESULT */
 	enum worker_cmd_kind cmd;
 	int status;                   /* KVS_OK or the failure */

@@ -21,7 +21,9 @@
  * happen and every finished exchange is queued and committed in one
  * transaction (store.h); a commit that fails leaves the exchange queued for
  * the next and says why through the saved hook. session_resume restores a
- * saved conversation's retained cache and continues it.
+ * saved conversation's retained cache and continues it; session_recap_read
+ * reads the texts of its last turns back for the front ends to replay (the
+ * cache holds what the model remembers, the store what was said).
  *
  * Everything runs on the caller's thread, hooks included. Only
  * session_cancel may be called from elsewhere: it sets the flag gen_reply
@@ -32,6 +34,7 @@
 #include "app/app.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -329,6 +332,54 @@ int session_resume(struct session *s, const struct session_store *ss,
 	s->fresh = kv_cache_n(g->kv) == 0;
 	s->restart_next = false;
 	return session_set_store(s, ss, e);
+}
+
+int session_recap_read(struct store *st, int64_t id, uint32_t max_turns, struct session_recap *r,
+                       struct err *e)
+{
+	struct store_session ss;
+	int rc;
+
+	memset(r, 0, sizeof *r);
+	r->id = id;
+	rc = store_session_get(st, id, &ss, e);
+	if (rc != KVS_OK)
+		return rc;
+	r->title = ss.title;
+	r->system = ss.system;
+	ss.title = ss.system = NULL;
+	r->n_turns = ss.n_turns;
+	store_session_free(&ss);
+	r->first = r->n_turns - KVS_MIN(r->n_turns, max_turns);
+	r->turns = xcalloc(r->n_turns - r->first + 1, sizeof *r->turns);
+	for (uint32_t i = r->first; i < r->n_turns; i++) {
+		struct session_recap_turn *t = &r->turns[r->n];
+		rc = store_turn_text(st, id, i, &t->user, &t->reply, e);
+		if (rc != KVS_OK)
+			return rc;
+		r->n++;
+	}
+	return KVS_OK;
+}
+
+void session_recap_free(struct session_recap *r)
+{
+	for (uint32_t i = 0; i < r->n; i++) {
+		free(r->turns[i].user);
+		free(r->turns[i].reply);
+	}
+	free(r->turns);
+	free(r->title);
+	free(r->system);
+	memset(r, 0, sizeof *r);
+}
+
+const char *session_recap_line(const struct session_recap *r, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "resumed '%s' (%u turn%s, %u token%s retained)",
+	         r->title ? r->title : "", r->n_turns, r->n_turns == 1 ? "" : "s", r->n_tokens,
+	         r->n_tokens == 1 ? "" : "s");
+	return buf;
 }
 
 /* Queue exchange t for the store and commit; the saved hook hears how it went. */

@@ -18,7 +18,8 @@
  * step events, which the cache emits at most once per capture_interval_ms,
  * and a step event is dropped while the previous one still waits in the
  * queue, so a busy main thread never makes the worker copy rows it would
- * not show.
+ * not show. A load that resumed a session sends its transcript (the
+ * texts of its last turns, as many as the command asks) before the result.
  * A pipe is readable while events are queued, so the main thread can
  * sleep in poll() on the terminal and the worker at once.
  */
@@ -132,6 +133,7 @@ void worker_event_free(struct worker_event *ev)
 	free(ev->turn.reply);
 	worker_kv_free(&ev->kv);
 	free(ev->toks);
+	session_recap_free(&ev->recap);
 	free(ev);
 }
 
@@ -251,6 +253,24 @@ static int worker_store(struct worker *w, struct session_store *ss, char sha[65]
 	return rc;
 }
 
+/* After a load: the resumed session's last max_turns turns as a
+ * transcript event (read here, off the main thread: a long session's
+ * texts take a while). A transcript that cannot be read costs only the
+ * replay: the event then says why, the session is resumed anyway. */
+static void worker_transcript(struct worker *w, int64_t id, int64_t max_turns,
+                              uint32_t n_tokens)
+{
+	struct worker_event *ev = worker_event_new(WORKER_EV_TRANSCRIPT);
+	struct err e;
+	uint32_t max = max_turns <= 0 ? 0 : max_turns > UINT32_MAX ? UINT32_MAX : (uint32_t)max_turns;
+
+	ev->status = session_recap_read(w->st, id, max, &ev->recap, &e);
+	if (ev->status != KVS_OK)
+		snprintf(ev->msg, sizeof ev->msg, "%.*s", (int)sizeof ev->msg - 1, e.msg);
+	ev->recap.n_tokens = n_tokens;
+	worker_push(w, ev);
+}
+
 /* Run one command on the worker thread; fills the result event. */
 static void worker_run(struct worker *w, const struct worker_cmd *c, struct worker_event *res)
 {
@@ -309,8 +329,10 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		break;
 	case WORKER_LEN: {
 		struct len_target lt = g->turn.len;
+		bool instruct = lt.instruct; /* --no-length-prompt outlives a new target */
 		rc = len_target_parse(c->text ? c->text : "", &lt, &e);
 		if (rc == KVS_OK) {
+			lt.instruct = instruct;
 			gen_set_length_target(g, &lt);
 			snprintf(res->msg, sizeof res->msg, "length target: %s",
 			         len_target_format(&lt, buf, sizeof buf));
@@ -340,6 +362,8 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 			rc = store_session_find(w->st, c->text, &ss.id, &e);
 		if (rc == KVS_OK)
 			rc = session_resume(w->s, &ss, &info, &e);
+		if (rc == KVS_OK)
+			worker_transcript(w, ss.id, c->n, info.n_tokens);
 		if (rc == KVS_OK)
 			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s",
 			         (long long)ss.id, info.n_tokens,

@@ -15,7 +15,10 @@
  * memory events and a KV snapshot; a failed commit says why on stderr, the
  * chat goes on in memory and the next exchange's commit retries. --resume
  * restores a saved session's retained cache (snapshot, else recompute) with
- * its model, policy, budget and system prompt, and the dialogue continues.
+ * its model, policy, budget and system prompt, recaps its last exchanges
+ * (one line each, then "-- resumed 'TITLE' (N turns, K tokens retained)
+ * --") on stderr, terminal or not, so that stdout keeps one reply per input
+ * line, and the dialogue continues.
  */
 #include "cli/lineedit.h"
 #include "cli/opts.h"
@@ -37,6 +40,9 @@ const struct cli_cmd cmd_chat = {
 	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_DB |
 	        OPTG_SAVE | OPTG_LEN,
 };
+
+#define CHAT_RECAP_TURNS 3  /* exchanges recapped after --resume */
+#define CHAT_RECAP_COLS 100 /* code points of each recapped message */
 
 /* The database behind a saving chat (st NULL when not saving). */
 struct chat_db {
@@ -81,6 +87,68 @@ static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
 	return rc;
 }
 
+/* One message of the recap on one line: runs of white space become one
+ * space, control characters go, and text beyond CHAT_RECAP_COLS code
+ * points becomes "...". */
+static void chat_recap_msg(const char *who, const char *text)
+{
+	const uint8_t *p = (const uint8_t *)(text ? text : "");
+	size_t n = strlen((const char *)p), i = 0;
+	uint32_t cols = 0, cp;
+	bool space = false;
+
+	fputs(who, stderr);
+	while (i < n) {
+		size_t k = utf8_decode(p + i, n - i, &cp);
+		if (k == 0) {
+			k = 1;
+			cp = '?';
+		}
+		if (cp == ' ' || cp == '\t' || cp == '\r' || cp == '\n') {
+			space = cols > 0;
+		} else if (cp >= 0x20 && cp != 0x7f) {
+			uint32_t need = space ? 2 : 1;
+			if (cols + need > CHAT_RECAP_COLS) {
+				fputs(" ...", stderr);
+				break;
+			}
+			if (space)
+				fputc(' ', stderr);
+			fwrite(cp == '?' ? (const uint8_t *)"?" : p + i, 1, cp == '?' ? 1 : k, stderr);
+			cols += need;
+			space = false;
+		}
+		i += k;
+	}
+	fputc('\n', stderr);
+}
+
+/* After a resume: the last CHAT_RECAP_TURNS exchanges, one line each side,
+ * then the separator, all on stderr (stdout carries replies only). A
+ * transcript that cannot be read costs only the recap. */
+static void chat_recap(const struct chat_db *db, uint32_t n_tokens)
+{
+	struct session_recap r;
+	struct err e;
+	char buf[320];
+
+	if (session_recap_read(db->st, db->id, CHAT_RECAP_TURNS, &r, &e) != KVS_OK) {
+		fprintf(stderr, "kvscope: no recap: %s\n", e.msg);
+		session_recap_free(&r);
+		return;
+	}
+	r.n_tokens = n_tokens;
+	if (r.first > 0)
+		fprintf(stderr, "(%u earlier turn%s: kvscope sessions export %lld)\n", r.first,
+		        r.first == 1 ? "" : "s", (long long)r.id);
+	for (uint32_t i = 0; i < r.n; i++) {
+		chat_recap_msg("you> ", r.turns[i].user);
+		chat_recap_msg("model> ", r.turns[i].reply);
+	}
+	fprintf(stderr, "-- %s --\n", session_recap_line(&r, buf, sizeof buf));
+	session_recap_free(&r);
+}
+
 /* With the model loaded: its hash, then resume or start saving. */
 static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session *s,
                          struct err *e)
@@ -106,6 +174,8 @@ static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session 
 		else if (rc == KVS_OK)
 			fprintf(stderr, "kvscope: resumed session %lld: %u tokens recomputed (%s)\n",
 			        (long long)db->id, info.n_tokens, info.why);
+		if (rc == KVS_OK)
+			chat_recap(db, info.n_tokens);
 	} else if (rc == KVS_OK) {
 		rc = session_set_store(s, &ss, e);
 	}

@@ -4,7 +4,8 @@
  * plain chat's, with attention capture on (full rows, at most one step
  * event per 33 ms, the UI's frame time) and per-token statistics, then
  * handed to tui_run; --resume, --save and --title act as :load and :save
- * at start. In a build without the workbench it says so in one
+ * at start, --target-words N and --length SPEC as :len (the same options,
+ * parsed by the same len_target_parse, as chat and generate). In a build without the workbench it says so in one
  * line and points to `kvscope chat`.
  */
 #include "cli/opts.h"
@@ -19,11 +20,12 @@ static int cmd_tui_exec(int argc, char **argv);
 
 const struct cli_cmd cmd_tui = {
 	"tui",
-	"[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] [options]",
+	"[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] "
+	"[--target-words N | --length SPEC] [options]",
 	"the workbench: chat, attention, KV memory and retention views (the default command)",
 	cmd_tui_exec,
 	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB |
-		OPTG_SAVE | OPTG_PLUGIN,
+		OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN,
 };
 
 static int cmd_tui_exec(int argc, char **argv)
@@ -100,6 +102,8 @@ static int cmd_tui_exec(int argc, char **argv)
 	rc = cli_session_open(&o, &s);
 	if (rc != CLI_OK)
 		goto out;
+	/* the length target the replies start with, as :len sets it later */
+	cli_len_apply(&o, session_gen(s));
 	rc = tui_run(s, &to, &e);
 	rc = rc == KVS_OK ? CLI_OK : cli_fail(&e);
 out:

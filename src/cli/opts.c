@@ -186,17 +186,25 @@ static int opt_resume(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return KVS_OK;
 }
 
-/* --target-words N: a word target (Ruler's window when N is a level). */
+static int opt_length(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                      struct err *e);
+
+/* --target-words N: a word target (Ruler's window when N is a level; a
+ * level's name, such as >800, is taken as --length and :len take it). */
 static int opt_target_words(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
                             struct err *e)
 {
 	char *end;
 	unsigned long long v;
 
+	if (len_level_find(arg) != NULL)
+		return opt_length(o, arg, opt, e);
 	errno = 0;
 	v = strtoull(arg, &end, 10);
 	if (arg[0] < '0' || arg[0] > '9' || *end != '\0' || errno != 0 || v < opt->lo || v > opt->hi)
-		return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number of words in %.0f..%.0f",
+		return err_set(e, KVS_EARG,
+		               "--%s: '%s' is not a whole number of words in %.0f..%.0f nor a level "
+		               "(>800)",
 		               opt->name, arg, opt->lo, opt->hi);
 	len_target_words(&o->len, (uint32_t)v);
 	return KVS_OK;
@@ -313,7 +321,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "the user's dominant move: rock (default), paper or scissors" },
 	{ "target-words", 0, "N", OPTG_LEN, opt_target_words, 0, 1, 100000,
 	  "aim the reply at N words (Ruler's window when N is 10, 30, 50, 80, 150, 300, 500 or "
-	  "700; else N +- max(10, N/10))" },
+	  "700; else N +- max(10, N/10)); or the level >800" },
 	{ "length", 0, "SPEC", OPTG_LEN, opt_length, 0, 0, 0,
 	  "length target: 120w (words), 200t (tokens), a level (10 .. 700, >800) or off" },
 	{ "no-length-prompt", 0, NULL, OPTG_LEN, opt_flag, O(no_len_prompt), 0, 0,

@@ -370,7 +370,7 @@ static int x_load(struct tui_ctx *c, int argc, char **argv)
 			strcat(what, " ");
 		strcat(what, argv[i]);
 	}
-	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = what });
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = what, .n = TUI_REPLAY_TURNS });
 	tui_msg_add(c->t, MSG_INFO, "loading a saved session ...");
 	return KVS_OK;
 }
@@ -602,7 +602,7 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "unpin", "[POS]", "unpin the selected token (or POS)", NULL, x_unpin },
 	{ "new", "", "start a new conversation", NULL, x_new },
 	{ "sessions", "", "list the saved sessions", NULL, x_sessions },
-	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache)", NULL, x_load },
+	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL, x_load },
 	{ "save", "[TITLE]", "save this conversation from the next exchange on", NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },

@@ -622,6 +622,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tt->t.n_head = m->hp.n_head;
 	tt->t.n_ctx = gen_n_ctx(g);
 	tt->t.vocab = m->vocab;
+	tt->t.len = g->turn.len; /* --target-words / --length (cmd-tui.c gave it to the session) */
 	if (o->theme != NULL && (tt->t.theme = tui_theme_find(o->theme)) == NULL) {
 		tui_free(&tt->t);
 		free(tt);
@@ -686,7 +687,8 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SNAPSHOT });
 	if (o->resume != NULL) {
 		/* --resume: as :load, the latest session when none is named */
-		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = o->resume });
+		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = o->resume,
+		                                         .n = TUI_REPLAY_TURNS });
 		tui_msg_add(&tt->t, MSG_INFO, "loading a saved session ...");
 	} else if (o->save) {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = o->save_title });

@@ -10,7 +10,10 @@
  * tokens arrive one by one, eviction events mark the ones that left with
  * their final score and the cause. A cache clear (new conversation)
  * shows up as a snapshot whose next position went backwards, and starts
- * the token list over. Step events keep the last TUI_STEP_HISTORY
+ * the token list over. Resuming a saved session replaces the chat with
+ * its transcript (tui_replay): the store's texts of its last turns, shown
+ * as the live exchanges were but marked replayed, so no token ever streams
+ * into them, and a separator line before the new exchanges. Step events keep the last TUI_STEP_HISTORY
  * attention snapshots in a ring, so a past query token can be selected.
  * Nothing here knows about curses or the worker thread.
  */
@@ -37,13 +40,21 @@ static void tui_step_free(struct tui_step *s)
 	memset(s, 0, sizeof *s);
 }
 
-void tui_free(struct tui *t)
+/* Forget every chat message. */
+static void tui_msgs_clear(struct tui *t)
 {
 	for (uint32_t i = 0; i < t->n_msgs; i++) {
 		for (uint32_t j = 0; j < t->msgs[i].n_spans; j++)
 			free(t->msgs[i].spans[j].text);
 		free(t->msgs[i].spans);
 	}
+	t->n_msgs = 0;
+	t->chat_scroll = 0;
+}
+
+void tui_free(struct tui *t)
+{
+	tui_msgs_clear(t);
 	free(t->msgs);
 	free(t->toks);
 	free(t->hits);
@@ -93,6 +104,30 @@ struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *t
 	if (text != NULL)
 		tui_span_add(m, text, strlen(text), NAN);
 	return m;
+}
+
+void tui_replay(struct tui *t, const struct session_recap *r, int status, const char *msg)
+{
+	char buf[320];
+
+	tui_msgs_clear(t);
+	if (r->system != NULL && r->system[0] != '\0')
+		tui_msg_add(t, MSG_SYSTEM, r->system);
+	if (r->first > 0) {
+		snprintf(buf, sizeof buf,
+		         "%u earlier turn%s not shown ('kvscope sessions export %lld' has them all)",
+		         r->first, r->first == 1 ? "" : "s", (long long)r->id);
+		tui_msg_add(t, MSG_INFO, buf);
+	}
+	for (uint32_t i = 0; i < r->n; i++) {
+		tui_msg_add(t, MSG_USER, r->turns[i].user ? r->turns[i].user : "")->replayed = true;
+		tui_msg_add(t, MSG_ASSISTANT, r->turns[i].reply ? r->turns[i].reply : "")->replayed = true;
+	}
+	if (status != KVS_OK) {
+		snprintf(buf, sizeof buf, "the transcript could not be read: %s", msg ? msg : "");
+		tui_msg_add(t, MSG_INFO, buf);
+	}
+	tui_msg_add(t, MSG_RULE, session_recap_line(r, buf, sizeof buf));
 }
 
 /* The token at original position pos (grown as needed). */
@@ -186,11 +221,12 @@ static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
 /* The reply being streamed (the last assistant message), or NULL. */
 static struct tui_msg *tui_reply(struct tui *t)
 {
-	if (t->n_msgs > 0 && t->msgs[t->n_msgs - 1].kind == MSG_ASSISTANT)
+	if (t->n_msgs > 0 && t->msgs[t->n_msgs - 1].kind == MSG_ASSISTANT &&
+	    !t->msgs[t->n_msgs - 1].replayed)
 		return &t->msgs[t->n_msgs - 1];
 	for (uint32_t i = t->n_msgs; i-- > 0;) {
 		if (t->msgs[i].kind == MSG_ASSISTANT)
-			return t->msgs[i].stop[0] == '\0' ? &t->msgs[i] : NULL;
+			return t->msgs[i].stop[0] == '\0' && !t->msgs[i].replayed ? &t->msgs[i] : NULL;
 		if (t->msgs[i].kind == MSG_USER)
 			return NULL;
 	}
@@ -372,6 +408,9 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		break;
 	case WORKER_EV_SNAPSHOT:
 		tui_apply_snapshot(t, ev);
+		break;
+	case WORKER_EV_TRANSCRIPT:
+		tui_replay(t, &ev->recap, ev->status, ev->msg);
 		break;
 	case WORKER_EV_RESULT:
 		if (ev->status != KVS_OK) {

@@ -101,7 +101,9 @@ uint32_t tui_glyph_braille(int left, int right);
 
 /* ---- the view model (model.c) ---- */
 
-enum tui_msg_kind { MSG_SYSTEM = 0, MSG_USER, MSG_ASSISTANT, MSG_BANNER, MSG_INFO };
+/* MSG_RULE: a one-line separator ("── resumed ... ──") between a replayed
+ * transcript and the new exchanges. */
+enum tui_msg_kind { MSG_SYSTEM = 0, MSG_USER, MSG_ASSISTANT, MSG_BANNER, MSG_INFO, MSG_RULE };
 
 struct tui_span {
 	char *text;
@@ -113,7 +115,11 @@ struct tui_msg {
 	struct tui_span *spans;
 	uint32_t n_spans, cap_spans;
 	char stop[24];     /* assistant: why it ended ("" while streaming) */
+	bool replayed;     /* from a saved session's transcript (never streaming) */
 };
+
+/* How many of a resumed session's last turns the chat replays. */
+#define TUI_REPLAY_TURNS 1000
 
 /* One token of the dialogue, by original position. */
 struct tui_tok {
@@ -209,6 +215,9 @@ void tui_apply(struct tui *t, const struct worker_event *ev, double now_ms);
 void tui_status(struct tui *t, bool err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Add a message (text copied); returns it. */
 struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *text);
+/* Replace the chat with a resumed session's transcript (status: whether
+ * its texts could be read, msg why not), then the separator line. */
+void tui_replay(struct tui *t, const struct session_recap *r, int status, const char *msg);
 /* The step shown (latest minus step_back), or NULL. */
 const struct tui_step *tui_step_shown(const struct tui *t);
 /* Attention row of the shown step for the selected layer and head with the

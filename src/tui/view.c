@@ -188,11 +188,64 @@ static void rows_text(struct rows *rw, const char *s, enum tui_role role, int in
 	}
 }
 
+/* Lay out message i on rows of its own (every message starts a row). */
+static void chat_msg_rows(const struct tui *t, const struct tui_grid *g, uint32_t i,
+                          struct rows *rw)
+{
+	const struct tui_msg *m = &t->msgs[i];
+
+	switch (m->kind) {
+	case MSG_SYSTEM:
+		rows_text(rw, "system> ", R_SYSTEM, 2);
+		break;
+	case MSG_USER:
+		rows_text(rw, "you> ", R_USER, 2);
+		break;
+	case MSG_ASSISTANT:
+		rows_text(rw, "model> ", R_TITLE, 2);
+		break;
+	case MSG_BANNER:
+		rows_text(rw, g->ascii ? "!! " : "\xe2\x96\xb2 ", R_BANNER, 2);
+		break;
+	case MSG_INFO:
+		rows_text(rw, "-- ", R_INFO, 2);
+		break;
+	case MSG_RULE:
+		rows_text(rw, g->ascii ? "-- " : "\xe2\x94\x80\xe2\x94\x80 ", R_DIM, 0);
+		break;
+	}
+	for (uint32_t j = 0; j < m->n_spans; j++) {
+		enum tui_role role = m->kind == MSG_SYSTEM   ? R_SYSTEM
+		                     : m->kind == MSG_USER   ? R_USER
+		                     : m->kind == MSG_BANNER ? R_BANNER
+		                     : m->kind == MSG_INFO   ? R_INFO
+		                     : m->kind == MSG_RULE   ? R_DIM
+		                                             : R_SURP0 + tui_surp_level(m->spans[j].surprisal);
+		rows_text(rw, m->spans[j].text, role, 2);
+	}
+	if (m->kind == MSG_RULE) {
+		rows_text(rw, g->ascii ? " --" : " \xe2\x94\x80\xe2\x94\x80", R_DIM, 0);
+	} else if (m->kind == MSG_ASSISTANT && m->stop[0] != '\0') {
+		char buf[40];
+		snprintf(buf, sizeof buf, " [%s]", m->stop);
+		rows_text(rw, buf, R_DIM, 2);
+	} else if (m->kind == MSG_ASSISTANT && t->busy && i == t->n_msgs - 1) {
+		rows_text(rw, g->ascii ? "_" : "\xe2\x96\x8f", R_DIM, 2);
+	}
+	if (rw->n == 0)
+		rows_newline(rw);
+}
+
+/* The chat is laid out from its newest message back, only as far as the
+ * rows shown and the scroll offset reach: a resumed session's transcript
+ * of a thousand turns costs a frame what its last screenful costs, and
+ * only scrolling to its top lays it all out. */
 static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 {
 	struct tui_rect r = tui_grid_box(g, box, "Chat", false);
-	struct rows rw = { 0 };
-	int x;
+	struct rows *blk = NULL; /* (n_blk) messages' rows, newest first */
+	uint32_t n_blk = 0;
+	int x, total = 0;
 
 	if (r.w < 4 || r.h < 2)
 		return;
@@ -203,68 +256,42 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		x++;
 	}
 	tui_grid_text(g, r, x, r.y, R_DIM, "high", strlen("high"));
-	rw.w = r.w;
-	if (t->n_msgs == 0) {
-		rows_text(&rw, "Type a message and press Enter; ':help' lists the commands, F1 the keys.",
-		          R_INFO, 0);
-	}
-	for (uint32_t i = 0; i < t->n_msgs; i++) {
-		const struct tui_msg *m = &t->msgs[i];
-		if (rw.n > 0 || i > 0)
-			rows_newline(&rw);
-		switch (m->kind) {
-		case MSG_SYSTEM:
-			rows_text(&rw, "system> ", R_SYSTEM, 2);
-			break;
-		case MSG_USER:
-			rows_text(&rw, "you> ", R_USER, 2);
-			break;
-		case MSG_ASSISTANT:
-			rows_text(&rw, "model> ", R_TITLE, 2);
-			break;
-		case MSG_BANNER:
-			rows_text(&rw, g->ascii ? "!! " : "\xe2\x96\xb2 ", R_BANNER, 2);
-			break;
-		case MSG_INFO:
-			rows_text(&rw, "-- ", R_INFO, 2);
-			break;
-		}
-		for (uint32_t j = 0; j < m->n_spans; j++) {
-			enum tui_role role = m->kind == MSG_SYSTEM   ? R_SYSTEM
-			                     : m->kind == MSG_USER   ? R_USER
-			                     : m->kind == MSG_BANNER ? R_BANNER
-			                     : m->kind == MSG_INFO   ? R_INFO
-			                                             : R_SURP0 + tui_surp_level(m->spans[j].surprisal);
-			rows_text(&rw, m->spans[j].text, role, 2);
-		}
-		if (m->kind == MSG_ASSISTANT && m->stop[0] != '\0') {
-			char buf[40];
-			snprintf(buf, sizeof buf, " [%s]", m->stop);
-			rows_text(&rw, buf, R_DIM, 2);
-		} else if (m->kind == MSG_ASSISTANT && t->busy && i == t->n_msgs - 1) {
-			rows_text(&rw, g->ascii ? "_" : "\xe2\x96\x8f", R_DIM, 2);
-		}
-	}
 	int view_h = r.h - 1;
-	int max_scroll = rw.n > view_h ? rw.n - view_h : 0;
-	if (t->chat_scroll > max_scroll)
-		t->chat_scroll = max_scroll;
 	if (t->chat_scroll < 0)
 		t->chat_scroll = 0;
-	int first = rw.n - view_h - t->chat_scroll;
-	for (int y = 0; y < view_h; y++) {
-		int row = first + y;
-		if (row < 0 || row >= rw.n)
-			continue;
-		for (int cx = 0; cx < r.w; cx++) {
-			struct tui_cell c = rw.c[(size_t)row * rw.w + cx];
-			g->c[(r.y + 1 + y) * g->w + r.x + cx] = c;
-		}
+	blk = xcalloc(t->n_msgs ? t->n_msgs : 1, sizeof *blk);
+	if (t->n_msgs == 0) {
+		blk[0].w = r.w;
+		rows_text(&blk[0], "Type a message and press Enter; ':help' lists the commands, F1 the keys.",
+		          R_INFO, 0);
+		total = blk[0].n;
+		n_blk = 1;
 	}
+	for (uint32_t i = t->n_msgs; i-- > 0 && total < view_h + t->chat_scroll;) {
+		blk[n_blk].w = r.w;
+		chat_msg_rows(t, g, i, &blk[n_blk]);
+		total += blk[n_blk++].n;
+	}
+	/* everything laid out and still short of the offset: clamp it */
+	int max_scroll = total > view_h ? total - view_h : 0;
+	if (t->chat_scroll > max_scroll)
+		t->chat_scroll = max_scroll;
+	/* row 0 is the oldest laid-out message's first row */
+	int first = total - view_h - t->chat_scroll, row = 0;
+	for (uint32_t b = n_blk; b-- > 0;) {
+		for (int k = 0; k < blk[b].n; k++, row++) {
+			int y = row - first;
+			if (y < 0 || y >= view_h)
+				continue;
+			memcpy(&g->c[(r.y + 1 + y) * g->w + r.x], &blk[b].c[(size_t)k * blk[b].w],
+			       (size_t)r.w * sizeof *g->c);
+		}
+		free(blk[b].c);
+	}
+	free(blk);
 	if (t->chat_scroll > 0)
 		tui_grid_printf(g, box, box.x + box.w - 22, box.y + box.h - 1, R_TITLE, " scrolled %d up ",
 		                t->chat_scroll);
-	free(rw.c);
 }
 
 /* -------------------------------------------------------- attention */
