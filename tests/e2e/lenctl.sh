@@ -3,7 +3,7 @@
 # --target-words lands in Ruler's window with a length-target stop and
 # counts words as the \w+ rule does (a count written here in awk), the same
 # command without a target is byte-identical to plain generate, the chat's
-# /len works from a pipe, `eval tlg` runs a small sample and ends with a JSON
+# /len works from a pipe and so does a chat started with --target-words, `eval tlg` runs a small sample and ends with a JSON
 # line, and bad input (unknown level, bad --target-words, a broken prompt
 # file) fails with one line and exit 2.
 set -u
@@ -15,6 +15,8 @@ expect_bad 2 "unknown level '90'" "$bin" eval tlg --levels 10,90 --samples 1
 expect_bad 2 "not a whole number of words" "$bin" generate --target-words 12x -p hi
 expect_bad 2 "not a whole number of words" "$bin" generate --target-words 0 -p hi
 expect_bad 2 "expected a number of words" "$bin" chat --length 5q
+expect_bad 2 "not a whole number of words in 1..100000 nor a level" "$bin" chat --target-words 0
+expect_bad 2 "not a whole number of words" "$bin" chat --target-words '>900'
 printf '10\texplain\tSay hi.\n90\tlist\tList things.\n' >"$tmp/p.tsv"
 expect_bad 2 "p.tsv:2: unknown level '90'" "$bin" eval tlg --prompts "$tmp/p.tsv" --samples 1
 printf '10\texplain\n' >"$tmp/q.tsv"
@@ -64,6 +66,19 @@ w=$(words "$tmp/c")
 [ "$w" -gt 20 ] && [ "$w" -le 40 ] || fail "chat /len 30 gave $w words"
 printf '/len 12x\n' | "$bin" chat >/dev/null 2>"$tmp/c.err"
 grep -q "/len: length '12x': expected" "$tmp/c.err" || fail "/len 12x: $(cat "$tmp/c.err")"
+# the chat started with a target (--target-words, as generate takes it)
+printf 'Name three colours.\n/len\n' |
+	"$bin" chat --temp 0 -n 200 --target-words 30 >"$tmp/c" 2>"$tmp/c.err" ||
+	fail "chat --target-words 30: $(cat "$tmp/c.err")"
+grep -q "words, length-target" "$tmp/c.err" || fail "chat --target-words: $(cat "$tmp/c.err")"
+grep -q "length target: 30 words (20, 40\]" "$tmp/c.err" || fail "/len after --target-words 30"
+w=$(words "$tmp/c")
+[ "$w" -gt 20 ] && [ "$w" -le 40 ] || fail "chat --target-words 30 gave $w words"
+# a level by name: --target-words takes it as --length and :len do
+"$bin" generate -p "Say hi." --temp 0 -n 2 --target-words '>800' >/dev/null 2>"$tmp/t.err" ||
+	fail "generate --target-words '>800': $(cat "$tmp/t.err")"
+grep -q "length target more than 800 words (800, inf)" "$tmp/t.err" ||
+	fail "--target-words '>800': $(cat "$tmp/t.err")"
 
 # a stop string ends the reply and is not printed
 "$bin" generate -p "Count from one to ten, one number per line." --temp 0 -n 80 --stop "5" \

@@ -1,5 +1,6 @@
 #!/bin/sh
 # sessions.sh: saved sessions end to end on the default model.
+#   - a resume recaps the last exchanges on stderr (stdout keeps replies only);
 #   - a resumed dialogue continues exactly: a chat saved after two turns and
 #     resumed from its KV snapshot gives, at temperature 0, the same third
 #     reply as the same three turns in one process; resumed by recompute
@@ -43,6 +44,15 @@ grep -q "from the KV snapshot" "$tmp/b.err" || fail "resume did not use the snap
 [ "$(sed -n 3p "$tmp/whole")" = "$(cat "$tmp/b")" ] ||
 	fail "resumed reply '$(cat "$tmp/b")' differs from the uninterrupted '$(sed -n 3p "$tmp/whole")'"
 grep -q Zorblax "$tmp/b" || fail "resumed dialogue does not recall the code word: $(cat "$tmp/b")"
+# the recap on stderr: both saved turns as said, each reply as printed
+# then, and the separator with the count the resume line gives
+grep -qxF "you> $t1" "$tmp/b.err" || fail "recap lacks the first turn: $(cat "$tmp/b.err")"
+grep -qxF "you> $t2" "$tmp/b.err" || fail "recap lacks the second turn: $(cat "$tmp/b.err")"
+grep -qxF "model> $(sed -n 2p "$tmp/a")" "$tmp/b.err" ||
+	fail "recap lacks the reply '$(sed -n 2p "$tmp/a")': $(cat "$tmp/b.err")"
+n=$(sed -n 's/^kvscope: resumed session 1: \([0-9]*\) tokens.*/\1/p' "$tmp/b.err")
+grep -qx -- "-- resumed 'recall' (2 turns, $n tokens retained) --" "$tmp/b.err" ||
+	fail "recap separator: $(cat "$tmp/b.err")"
 
 # the recompute path: no snapshot files
 rm -rf "$db-kv"
@@ -55,6 +65,17 @@ grep -q Zorblax "$tmp/c" || fail "recomputed dialogue does not recall the code w
 "$bin" sessions list --db "$db" >"$tmp/l" 2>"$tmp/l.err" || fail "sessions list: $(cat "$tmp/l.err")"
 grep -q "recall" "$tmp/l" || fail "sessions list lacks the session: $(cat "$tmp/l")"
 [ "$(awk 'NR == 2 { print $4 }' "$tmp/l")" = 4 ] || fail "sessions list: expected 4 turns: $(cat "$tmp/l")"
+# a resume with nothing to say: the recap of the last 3 of 4 turns, and
+# nothing on stdout
+"$bin" chat --db "$db" --resume recall </dev/null >"$tmp/d" 2>"$tmp/d.err" ||
+	fail "chat --resume, no input: $(cat "$tmp/d.err")"
+[ ! -s "$tmp/d" ] || fail "chat --resume wrote to stdout: $(cat "$tmp/d")"
+grep -qxF "(1 earlier turn: kvscope sessions export 1)" "$tmp/d.err" ||
+	fail "recap of 4 turns: $(cat "$tmp/d.err")"
+[ "$(grep -c '^you> ' "$tmp/d.err")" = 3 ] || fail "recap: expected 3 turns: $(cat "$tmp/d.err")"
+grep -qxF "you> $t1" "$tmp/d.err" && fail "recap shows the turn it says it left out"
+grep -q "^-- resumed 'recall' (4 turns, [0-9]* tokens retained) --$" "$tmp/d.err" ||
+	fail "recap separator (4 turns): $(cat "$tmp/d.err")"
 "$bin" sessions show recall --db "$db" >"$tmp/s" || fail "sessions show"
 grep -q "streaming" "$tmp/s" || fail "sessions show lacks the policy: $(cat "$tmp/s")"
 "$bin" sessions export recall --db "$db" >"$tmp/x.md" || fail "sessions export md"

@@ -6,7 +6,9 @@
 # resize to 80x24 (tabs) and back to 200x50 (all panes), quit with Ctrl-C
 # leaving the terminal as it was (stty settings compared before and after);
 # then monochrome with ASCII glyphs, SIGTERM and SIGABRT (the terminal is
-# restored on both) and truecolour on a direct-colour terminal. Synchronisation polls the
+# restored on both) and truecolour on a direct-colour terminal; a saved
+# session resumed (:load and --resume) shows its transcript; length targets
+# given at start show in the gauge. Synchronisation polls the
 # screen for the expected text (never a bare sleep). With
 # KVSCOPE_SAVE_SCREENS=DIR the main views are saved there as text
 # (doc/screens/ holds the committed copies).
@@ -158,6 +160,11 @@ grep -q "dragon" "$tmp/export.md" 2>/dev/null || fail ":export: $tmp/export.md l
 T send-keys -t kv -l ":load e2e chat"
 T send-keys -t kv Enter
 wait_for "resumed session 1: [0-9]+ tokens"
+# the chat now shows the saved transcript (its one turn) and the separator;
+# the first exchange, said before :save, is no longer in the pane
+wait_for "(──|--) resumed 'e2e chat' \\(1 turn, [0-9]+ tokens retained\\) (──|--)"
+wait_for "you> Write a very long story about a dragon\\."
+screen | grep -q "you> What is the capital" && fail ":load kept the chat from before it"
 T send-keys -t kv -l ":load nosuch"
 T send-keys -t kv Enter
 wait_for "nosuch"
@@ -340,18 +347,36 @@ else
 fi
 
 # 10b. `kvscope --resume TITLE` on a terminal: the workbench resumes the
-# session saved above (as :load does)
+# session saved above (as :load does) and shows its transcript; a length
+# target given at start shows in the gauge
 if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
 	T kill-session -t kv
-	T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/mem.db' --resume 'e2e chat' -n 8; sleep 600"
+	T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/mem.db' --resume 'e2e chat' --target-words 150 -n 8; sleep 600"
 	wait_for "resumed session 1: [0-9]+ tokens" 60
+	wait_for "you> Write a very long story about a dragon\\."
+	wait_for "(──|--) resumed 'e2e chat' \\(1 turn, [0-9]+ tokens retained\\) (──|--)"
+	wait_for "length 0 words of target 150 words \\(130, 170\\]"
 fi
 
-# 10c. --plugin FILE loads a plugin into the workbench (its status item shows)
+# 10c. --plugin FILE loads a plugin into the workbench (its status item
+# shows); --length takes a Ruler level by name, as :len does
 printf 'local kvscope = require "kvscope"\nkvscope.status("hello-from-plugin")\n' >"$tmp/hello.lua"
 T kill-session -t kv
-T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' -n 8; sleep 600"
+T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' --length '>800' -n 8; sleep 600"
 wait_for "hello-from-plugin" 60
+wait_for "of target more than 800 words \\(800, inf\\)"
+
+# 10d. a bad length target at start: one line, exit 2, before any terminal work
+for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do
+	# shellcheck disable=SC2086
+	"$bin" tui $bad >"$tmp/bad.out" 2>"$tmp/bad.err"
+	rc=$?
+	[ "$rc" = 2 ] || fail "tui $bad: exit $rc, expected 2"
+	[ "$(grep -c . "$tmp/bad.err")" = 1 ] || fail "tui $bad: expected one line: $(cat "$tmp/bad.err")"
+	grep -Eq "(not a whole number of words|expected a number of words)" "$tmp/bad.err" ||
+		fail "tui $bad: $(cat "$tmp/bad.err")"
+	[ ! -s "$tmp/bad.out" ] || fail "tui $bad wrote to stdout"
+done
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit

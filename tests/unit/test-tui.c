@@ -4,8 +4,9 @@
  * region counts after snapshots and evictions, the eviction banner, the
  * layout at several sizes (and every size from 1x1 up without writing out
  * of bounds), the ':' commands (bad input changes nothing and says so in
- * one status line), completion from the command table, and the worker's
- * deep copy of KV events. Expected values are computed by hand or by a
+ * one status line), completion from the command table, the worker's
+ * deep copy of KV events, a resumed session's transcript replacing the
+ * chat, and the chat's scrolling over many messages. Expected values are computed by hand or by a
  * second, simpler implementation in the test.
  */
 #include "store/store.h"
@@ -578,6 +579,137 @@ static void test_lua(void)
 	tui_free(&t);
 }
 
+/* A transcript event over the given turns (texts not owned). */
+static void replay(struct tui *t, const char *title, const char *system, uint32_t n_turns,
+                   uint32_t first, struct session_recap_turn *turns, uint32_t n, uint32_t n_tokens,
+                   int status, const char *msg)
+{
+	struct worker_event ev = { 0 };
+
+	ev.kind = WORKER_EV_TRANSCRIPT;
+	ev.recap.id = 7;
+	ev.recap.title = (char *)title;
+	ev.recap.system = (char *)system;
+	ev.recap.n_turns = n_turns;
+	ev.recap.first = first;
+	ev.recap.n = n;
+	ev.recap.turns = turns;
+	ev.recap.n_tokens = n_tokens;
+	ev.status = status;
+	snprintf(ev.msg, sizeof ev.msg, "%s", msg ? msg : "");
+	tui_apply(t, &ev, 0);
+}
+
+/* Resuming replaces the chat with the saved transcript and a separator;
+ * nothing streams into a replayed reply; a second load replaces it all. */
+static void test_replay(void)
+{
+	struct tui t;
+	struct session_recap_turn turns[2] = {
+		{ (char *)"first saved question", (char *)"first saved answer" },
+		{ (char *)"second saved question", (char *)"second saved answer" },
+	};
+	static const enum tui_msg_kind kinds[] = { MSG_SYSTEM, MSG_INFO, MSG_USER, MSG_ASSISTANT,
+		                                   MSG_USER, MSG_ASSISTANT, MSG_RULE };
+
+	tui_init(&t);
+	tui_msg_add(&t, MSG_USER, "a live question before the load");
+	tui_msg_add(&t, MSG_INFO, "loading a saved session ...");
+	replay(&t, "notes", "be brief", 5, 3, turns, 2, 42, KVS_OK, NULL);
+	T_EQ_INT(t.n_msgs, KVS_ARRAY_LEN(kinds));
+	for (uint32_t i = 0; i < t.n_msgs && i < KVS_ARRAY_LEN(kinds); i++)
+		T_CHECK(t.msgs[i].kind == kinds[i], "message %u is kind %d, expected %d", i,
+		        (int)t.msgs[i].kind, (int)kinds[i]);
+	T_CHECK(dump_has(&t, 200, 50, false, "system> be brief"), "the saved system prompt");
+	T_CHECK(dump_has(&t, 200, 50, false, "3 earlier turns not shown ('kvscope sessions export 7'"),
+	        "what was left out, and where to read it");
+	T_CHECK(dump_has(&t, 200, 50, false, "you> first saved question"), "user turn");
+	T_CHECK(dump_has(&t, 200, 50, false, "model> first saved answer"), "reply");
+	T_CHECK(dump_has(&t, 200, 50, false, "model> second saved answer"), "last reply");
+	T_CHECK(!dump_has(&t, 200, 50, false, "second saved answer ["), "no stop reason on replays");
+	T_CHECK(dump_has(&t, 200, 50, false,
+	                 "\xe2\x94\x80\xe2\x94\x80 resumed 'notes' (5 turns, 42 tokens retained) "
+	                 "\xe2\x94\x80\xe2\x94\x80"),
+	        "the separator");
+	T_CHECK(dump_has(&t, 200, 50, true, "-- resumed 'notes' (5 turns, 42 tokens retained) --"),
+	        "the separator in ASCII");
+	T_CHECK(!dump_has(&t, 200, 50, false, "a live question"), "the chat before the load is gone");
+	T_CHECK(!dump_has(&t, 200, 50, false, "loading a saved session"), "the loading note is gone");
+
+	/* a chat that fails before its turn starts marks no replayed reply */
+	struct worker_event ev = { 0 };
+	ev.kind = WORKER_EV_RESULT;
+	ev.cmd = WORKER_CHAT;
+	ev.status = KVS_EARG;
+	snprintf(ev.msg, sizeof ev.msg, "empty message");
+	tui_apply(&t, &ev, 0);
+	T_EQ_STR(t.msgs[5].stop, "");
+	/* a new exchange goes after the separator; its tokens into its reply */
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TURN_START;
+	ev.user = (char *)"a new question";
+	tui_apply(&t, &ev, 0);
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TOKEN;
+	ev.token.text = "Hi";
+	ev.token.len = 2;
+	tui_apply(&t, &ev, 0);
+	/* the failure's note, then the exchange */
+	T_EQ_INT(t.n_msgs, KVS_ARRAY_LEN(kinds) + 3);
+	T_EQ_INT(t.msgs[5].n_spans, 1);
+	T_CHECK(t.n_msgs == 10 && t.msgs[9].n_spans == 1 && strcmp(t.msgs[9].spans[0].text, "Hi") == 0,
+	        "the token went to the new reply");
+	t.busy = false;
+
+	/* a second load replaces everything; singular counts; no system prompt */
+	struct session_recap_turn other = { (char *)"other question", (char *)"other answer" };
+	replay(&t, "other", NULL, 1, 0, &other, 1, 1, KVS_OK, NULL);
+	T_EQ_INT(t.n_msgs, 3);
+	T_CHECK(dump_has(&t, 200, 50, false, "resumed 'other' (1 turn, 1 token retained)"), "counts");
+	T_CHECK(dump_has(&t, 200, 50, false, "you> other question"), "the second transcript");
+	T_CHECK(!dump_has(&t, 200, 50, false, "first saved question"), "the first transcript is gone");
+	T_CHECK(!dump_has(&t, 200, 50, false, "a new question"), "the exchange after it is gone");
+	T_CHECK(!dump_has(&t, 200, 50, false, "earlier turn"), "nothing left out");
+
+	/* texts that could not be read: the resume still shows its separator */
+	replay(&t, "broken", NULL, 4, 0, NULL, 0, 9, KVS_EIO, "disk on fire");
+	T_CHECK(dump_has(&t, 200, 50, false, "the transcript could not be read: disk on fire"), "why");
+	T_CHECK(dump_has(&t, 200, 50, false, "resumed 'broken' (4 turns, 9 tokens retained)"), "line");
+	tui_free(&t);
+}
+
+/* The chat pane lays out from the newest message back; scrolling reaches
+ * the oldest and stops there. 300 one-row messages: the pane shows rows
+ * (pane height - 2 borders - 1 legend) of them. */
+static void test_chat_scroll(void)
+{
+	struct tui t;
+	struct tui_layout l;
+	char line[32];
+
+	tui_init(&t);
+	for (int i = 0; i < 300; i++) {
+		snprintf(line, sizeof line, "line %03d", i);
+		tui_msg_add(&t, MSG_INFO, line);
+	}
+	tui_layout(&t, 200, 50, 1, &l);
+	int view_h = l.pane[0].h - 3;
+	T_CHECK(view_h > 10 && view_h < 300, "view %d rows", view_h);
+	T_CHECK(dump_has(&t, 200, 50, false, "-- line 299"), "the newest at the bottom");
+	snprintf(line, sizeof line, "-- line %03d", 300 - view_h);
+	T_CHECK(dump_has(&t, 200, 50, false, line), "the top row: %s", line);
+	snprintf(line, sizeof line, "-- line %03d", 299 - view_h);
+	T_CHECK(!dump_has(&t, 200, 50, false, line), "one row above the view: %s", line);
+	t.chat_scroll = 7;
+	snprintf(line, sizeof line, "-- line %03d", 299 - 7);
+	T_CHECK(dump_has(&t, 200, 50, false, line), "7 rows up: %s", line);
+	T_CHECK(!dump_has(&t, 200, 50, false, "-- line 299"), "7 rows up: the newest is below");
+	t.chat_scroll = 100000;
+	T_CHECK(dump_has(&t, 200, 50, false, "-- line 000"), "the oldest at the top");
+	T_EQ_INT(t.chat_scroll, 300 - view_h);
+	tui_free(&t);
+}
+
 int main(void)
 {
 	/* character widths come from the locale, as in the program */
@@ -589,6 +721,8 @@ int main(void)
 	test_levels();
 	test_regions_and_banner();
 	test_layout_and_draw();
+	test_replay();
+	test_chat_scroll();
 	test_commands();
 	test_hit();
 	test_complete();

@@ -7,9 +7,11 @@
  * rows copied from step events still sum to 1 long after the worker has
  * moved on. A bad command gives a failed result naming the bad value; a
  * budget change shows in the next snapshot; a cancel stops the reply with
- * stop reason "user".
+ * stop reason "user". A load of a saved session sends its transcript (the
+ * texts said, its last n turns) before the snapshot and the result.
  */
 #include "app/app.h"
+#include "store/store.h"
 #include "tests/unit/test.h"
 #include "tests/util/tinymodel.h"
 
@@ -92,6 +94,9 @@ static void test_chat(struct worker *w)
 			T_EQ_INT(ev->status, KVS_OK);
 			T_EQ_INT(ev->cmd, WORKER_CHAT);
 			done = true;
+			break;
+		case WORKER_EV_TRANSCRIPT:
+			T_CHECK(false, "an exchange sent a transcript");
 			break;
 		}
 		worker_event_free(ev);
@@ -222,6 +227,143 @@ static void test_cancel(struct worker *w)
 	T_CHECK(stop != GEN_STOP_USER, "a stale cancel stopped a later exchange");
 }
 
+/* One exchange; its reply from the turn-end event (allocated). */
+static char *chat_reply(struct worker *w, const char *text)
+{
+	uint64_t id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = text });
+	char *reply = NULL;
+
+	for (;;) {
+		struct worker_event *ev = next_event(w);
+		bool end = ev->kind == WORKER_EV_RESULT;
+		T_EQ_INT(ev->cmd_id, id);
+		if (ev->kind == WORKER_EV_TURN_END) {
+			free(reply);
+			reply = xstrdup(ev->turn.reply ? ev->turn.reply : "");
+		}
+		if (end)
+			T_EQ_INT(ev->status, KVS_OK);
+		worker_event_free(ev);
+		if (end)
+			break;
+	}
+	return reply ? reply : xstrdup("");
+}
+
+/* A load: the transcript event (NULL when none came), the last snapshot
+ * and the result, in the order the worker sent them. */
+static struct worker_event *load(struct worker *w, const char *what, int64_t n,
+                                 struct worker_event **snap, struct worker_event **res)
+{
+	uint64_t id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = what, .n = n });
+	struct worker_event *tr = NULL;
+
+	*snap = NULL;
+	for (;;) {
+		struct worker_event *ev = next_event(w);
+		T_EQ_INT(ev->cmd_id, id);
+		if (ev->kind == WORKER_EV_RESULT) {
+			*res = ev;
+			return tr;
+		}
+		if (ev->kind == WORKER_EV_TRANSCRIPT) {
+			T_CHECK(tr == NULL, "one transcript per load");
+			T_CHECK(*snap == NULL, "the transcript comes before the snapshot");
+			worker_event_free(tr);
+			tr = ev;
+		} else if (ev->kind == WORKER_EV_SNAPSHOT) {
+			worker_event_free(*snap);
+			*snap = ev;
+		} else {
+			worker_event_free(ev);
+		}
+	}
+}
+
+/* Save three exchanges, start over, load them back: the transcript event
+ * carries the last n turns' texts as they were said, oldest first, and
+ * the tokens the snapshot after it shows. */
+static void test_load(struct worker *w, const char *dir)
+{
+	static const char *const said[] = { "alpha one", "beta two", "gamma three" };
+	char *replies[3];
+	struct worker_event *tr, *snap, *res;
+	char *db = xasprintf("%s/mem.db", dir);
+	uint64_t id;
+
+	worker_set_store(w, db, model_path);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = "recap test" });
+	res = until_result(w, id, NULL);
+	if (!store_available()) {
+		/* built without SQLite: the command says so, nothing else to check */
+		T_CHECK(res->status != KVS_OK && strstr(res->msg, "SQLite") != NULL, "%s", res->msg);
+		worker_event_free(res);
+		free(db);
+		return;
+	}
+	T_EQ_INT(res->status, KVS_OK);
+	worker_event_free(res);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_RESET });
+	worker_event_free(until_result(w, id, NULL));
+	for (int i = 0; i < 3; i++)
+		replies[i] = chat_reply(w, said[i]);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_RESET });
+	worker_event_free(until_result(w, id, NULL));
+
+	tr = load(w, "recap test", 2, &snap, &res);
+	T_EQ_INT(res->status, KVS_OK);
+	T_CHECK(tr != NULL, "a load that resumed sends a transcript");
+	if (tr != NULL) {
+		T_EQ_INT(tr->status, KVS_OK);
+		T_EQ_STR(tr->recap.title, "recap test");
+		T_EQ_STR(tr->recap.system ? tr->recap.system : "(none)", "be brief");
+		T_EQ_INT(tr->recap.n_turns, 3);
+		T_EQ_INT(tr->recap.first, 1);
+		T_EQ_INT(tr->recap.n, 2);
+		for (uint32_t i = 0; i < tr->recap.n && i < 2; i++) {
+			T_EQ_STR(tr->recap.turns[i].user, said[i + 1]);
+			T_EQ_STR(tr->recap.turns[i].reply, replies[i + 1]);
+		}
+		T_CHECK(snap != NULL && tr->recap.n_tokens == snap->n_toks && snap->n_toks > 0,
+		        "recap says %u tokens, the snapshot holds %u", tr->recap.n_tokens,
+		        snap ? snap->n_toks : 0);
+		char line[200], want[200];
+		snprintf(want, sizeof want, "resumed 'recap test' (3 turns, %u tokens retained)",
+		         snap ? snap->n_toks : 0);
+		T_EQ_STR(session_recap_line(&tr->recap, line, sizeof line), want);
+	}
+	worker_event_free(tr);
+	worker_event_free(snap);
+	worker_event_free(res);
+
+	/* n = 0: the counts, no texts; more than there are: all of them */
+	tr = load(w, "recap test", 0, &snap, &res);
+	T_CHECK(tr != NULL && tr->recap.n == 0 && tr->recap.first == 3 && tr->recap.n_turns == 3,
+	        "n = 0: %u turns from %u", tr ? tr->recap.n : 0, tr ? tr->recap.first : 0);
+	worker_event_free(tr);
+	worker_event_free(snap);
+	worker_event_free(res);
+	tr = load(w, "recap test", 1000, &snap, &res);
+	T_CHECK(tr != NULL && tr->recap.n == 3 && tr->recap.first == 0, "n = 1000: %u turns",
+	        tr ? tr->recap.n : 0);
+	if (tr != NULL && tr->recap.n == 3)
+		T_EQ_STR(tr->recap.turns[0].user, said[0]);
+	worker_event_free(tr);
+	worker_event_free(snap);
+	worker_event_free(res);
+
+	/* a load that fails sends no transcript */
+	tr = load(w, "no such session", 10, &snap, &res);
+	T_CHECK(tr == NULL, "a failed load sent a transcript");
+	T_CHECK(res->status != KVS_OK && strstr(res->msg, "no such session") != NULL, "%s", res->msg);
+	worker_event_free(tr);
+	worker_event_free(snap);
+	worker_event_free(res);
+	for (int i = 0; i < 3; i++)
+		free(replies[i]);
+	free(db);
+}
+
 int main(void)
 {
 	struct session_config c;
@@ -253,7 +395,18 @@ int main(void)
 	test_chat(w);
 	test_commands(w);
 	test_cancel(w);
+	char dir[256];
+	snprintf(dir, sizeof dir, "%s/kvs-worker-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	if (mkdtemp(dir) == NULL) {
+		perror("mkdtemp");
+		return 99;
+	}
+	test_load(w, dir);
 	worker_stop(w);
+	char *cmd = xasprintf("rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", dir);
+	free(cmd);
 	session_close(s);
 	unlink(model_path);
 	free(model_path);
