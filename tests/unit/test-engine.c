@@ -36,6 +36,50 @@ struct tmodel {
 	int n_blobs;
 };
 
+/* Little-endian f16 at p as a float. */
+static float rd16(const uint8_t *p)
+{
+	return dtype_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+}
+
+/* Write f16(x) at p. */
+static void wr16(uint8_t *p, double x)
+{
+	uint16_t h = dtype_f32_to_f16((float)x);
+	p[0] = (uint8_t)(h & 0xff);
+	p[1] = (uint8_t)(h >> 8);
+}
+
+/* Rows of K weights of a type in orig (rb bytes each): the reference
+ * quantisers of f where there are some, else random quants and scale fields
+ * that keep the weights within about +-scale (k-quant scales and mins, the
+ * 5-bit types' high bits and Q6_K's signed scales all random). */
+static void fill_rows(uint32_t type, const float *f, int64_t rows, int64_t K, uint8_t *orig,
+                      uint64_t rb, double scale)
+{
+	for (int64_t r = 0; r < rows; r++) {
+		uint8_t *o = orig + r * rb;
+		switch (type) {
+		case DT_Q4_0: dtype_quant_q4_0(f + r * K, o, K); continue;
+		case DT_Q4_1: dtype_quant_q4_1(f + r * K, o, K); continue;
+		case DT_Q8_0: dtype_quant_q8_0(f + r * K, o, K); continue;
+		default: break;
+		}
+		for (uint64_t i = 0; i < rb; i++)
+			o[i] = (uint8_t)(rnd() * 128 + 128);
+		const struct dtype_info *di = dtype_info(type);
+		for (uint8_t *blk = o; blk < o + rb; blk += di->block_bytes)
+			switch (type) {
+			case DT_Q5_0: wr16(blk, scale / 16); break;
+			case DT_Q5_1: wr16(blk, 2 * scale / 31); wr16(blk + 2, -scale); break;
+			case DT_Q4_K: wr16(blk, 2 * scale / (63 * 15)); wr16(blk + 2, scale / 63); break;
+			case DT_Q5_K: wr16(blk, 2 * scale / (63 * 31)); wr16(blk + 2, scale / 63); break;
+			case DT_Q6_K: wr16(blk + 208, scale / (128 * 32)); break;
+			default: break;
+			}
+	}
+}
+
 /* A tensor of (rows, cols) random values times scale (plus bias), in type. */
 static struct tensor tm_tensor(struct tmodel *tm, uint32_t type, int64_t cols, int64_t rows,
                                double scale, double bias)
@@ -53,16 +97,20 @@ static struct tensor tm_tensor(struct tmodel *tm, uint32_t type, int64_t cols, i
 	dtype_row_bytes(type, (uint64_t)cols, &rb);
 	t.nbytes = rb * (uint64_t)rows;
 	uint8_t *data = malloc(t.nbytes);
-	for (int64_t r = 0; r < rows; r++) {
-		const float *src = f + r * cols;
-		uint8_t *dst = data + (uint64_t)r * rb;
-		switch (type) {
-		case DT_F32: memcpy(dst, src, (size_t)cols * 4); break;
-		case DT_Q8_0: dtype_quant_q8_0(src, dst, cols); break;
-		case DT_Q4_0: dtype_quant_q4_0(src, dst, cols); break;
-		case DT_Q4_1: dtype_quant_q4_1(src, dst, cols); break;
-		default: abort();
+	if (type == DT_F32 || type == DT_F16 || type == DT_BF16) {
+		for (int64_t i = 0; i < cols * rows; i++) {
+			if (type == DT_F32)
+				memcpy(data + 4 * i, &f[i], 4);
+			else {
+				uint16_t h = type == DT_F16 ? dtype_f32_to_f16(f[i]) : dtype_f32_to_bf16(f[i]);
+				memcpy(data + 2 * i, &h, 2);
+			}
 		}
+	} else {
+		/* random k-quant blocks center on 0: a bias needs a real quantiser */
+		if (bias != 0 && type != DT_Q8_0 && type != DT_Q4_0 && type != DT_Q4_1)
+			abort();
+		fill_rows(type, f, rows, cols, data, rb, scale);
 	}
 	free(f);
 	t.data = data;
@@ -431,6 +479,16 @@ static const struct tspec spec_llama_q40 = { "llama", 128, 6, 2, 16, 192, 100, 1
 static const struct tspec spec_qwen_q80 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
 	                                     ROPE_NEOX, true, DT_Q8_0, DT_Q4_1 };
 
+/* Every other packed type and the 16-bit floats (k-quants need rows of 256). */
+static const struct tspec spec_llama_q4k = { "llama", 256, 4, 2, 64, 512, 128, 10000.0f,
+	                                      ROPE_NORM, false, DT_Q4_K, DT_Q6_K };
+static const struct tspec spec_llama_q5k = { "llama", 256, 4, 2, 64, 512, 128, 10000.0f,
+	                                      ROPE_NORM, false, DT_Q5_K, DT_Q5_0 };
+static const struct tspec spec_qwen_q51 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
+	                                     ROPE_NEOX, true, DT_Q5_1, DT_F16 };
+static const struct tspec spec_llama_bf16 = { "llama", 96, 6, 2, 16, 160, 128, 10000.0f,
+	                                       ROPE_NORM, false, DT_BF16, DT_F16 };
+
 /* Logits of a prefill against the reference, for one engine setting. */
 static void check_logits(const char *what, const struct tspec *sp, bool ref, enum engine_isa isa,
                          enum engine_kv_type kv, int threads, double tol_rel)
@@ -474,7 +532,13 @@ static void test_logits(void)
 		check_logits("llama q4_1/q8_0 int8 f16-kv", &spec_llama_q41, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
 		check_logits("llama q4_0/q8_0 int8 f16-kv", &spec_llama_q40, false, isas[i], ENGINE_KV_F16, 3, 2e-2);
 		check_logits("qwen2 q8_0/q4_1 int8 f32-kv", &spec_qwen_q80, false, isas[i], ENGINE_KV_F32, 1, 2e-2);
+		check_logits("llama q4_k/q6_k int8 f16-kv", &spec_llama_q4k, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
+		check_logits("llama q5_k/q5_0 int8 f32-kv", &spec_llama_q5k, false, isas[i], ENGINE_KV_F32, 3, 2e-2);
+		check_logits("qwen2 q5_1/f16 int8 f16-kv", &spec_qwen_q51, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
+		check_logits("llama bf16/f16 fast f32-kv", &spec_llama_bf16, false, isas[i], ENGINE_KV_F32, 2, 2e-5);
 	}
+	/* the reference path reads the same weights */
+	check_logits("llama q4_k/q6_k ref f32-kv", &spec_llama_q4k, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
 }
 
 /* Token-by-token decode equals the one-batch prefill. */
@@ -840,50 +904,6 @@ static void test_bad_batches(void)
 	tm_free(tm);
 }
 
-/* Little-endian f16 at p as a float. */
-static float rd16(const uint8_t *p)
-{
-	return dtype_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
-}
-
-/* Write f16(x) at p. */
-static void wr16(uint8_t *p, double x)
-{
-	uint16_t h = dtype_f32_to_f16((float)x);
-	p[0] = (uint8_t)(h & 0xff);
-	p[1] = (uint8_t)(h >> 8);
-}
-
-/* Rows of K weights of a type in orig (rb bytes each): the reference
- * quantisers where there are some, else random quants and scale fields that
- * keep the weights within about +-1 (k-quant scales and mins, the 5-bit
- * types' high bits and Q6_K's signed scales all random). */
-static void fill_rows(uint32_t type, const float *f, int64_t rows, int64_t K, uint8_t *orig,
-                      uint64_t rb)
-{
-	for (int64_t r = 0; r < rows; r++) {
-		uint8_t *o = orig + r * rb;
-		switch (type) {
-		case DT_Q4_0: dtype_quant_q4_0(f + r * K, o, K); continue;
-		case DT_Q4_1: dtype_quant_q4_1(f + r * K, o, K); continue;
-		case DT_Q8_0: dtype_quant_q8_0(f + r * K, o, K); continue;
-		default: break;
-		}
-		for (uint64_t i = 0; i < rb; i++)
-			o[i] = (uint8_t)(rnd() * 128 + 128);
-		const struct dtype_info *di = dtype_info(type);
-		for (uint8_t *blk = o; blk < o + rb; blk += di->block_bytes)
-			switch (type) {
-			case DT_Q5_0: wr16(blk, 1.0 / 16); break;
-			case DT_Q5_1: wr16(blk, 2.0 / 31); wr16(blk + 2, -1.0); break;
-			case DT_Q4_K: wr16(blk, 2.0 / (63 * 15)); wr16(blk + 2, 1.0 / 63); break;
-			case DT_Q5_K: wr16(blk, 2.0 / (63 * 31)); wr16(blk + 2, 1.0 / 63); break;
-			case DT_Q6_K: wr16(blk + 208, 1.0 / (128 * 32)); break;
-			default: break;
-			}
-	}
-}
-
 /* The min M of 32-block b of a source row (w = D (q - k) + M), read here
  * from the formats' fields: Q4_1's and Q5_1's m, the k-quants' -dmin*m_j;
  * 0 for the others. */
@@ -933,7 +953,7 @@ static void test_kernels(void)
 		T_CHECK(kern_type_packed(type), "%s is not packed", dtype_name(type));
 		dtype_row_bytes(type, K, &rb);
 		uint8_t *orig = malloc(rb * rows);
-		fill_rows(type, f, rows, K, orig, rb);
+		fill_rows(type, f, rows, K, orig, rb, 1.0);
 		float *wd = malloc(rows * K * sizeof(float));
 		T_CHECK(dtype_dequant(type, orig, wd, rows * K), "dequant");
 		uint64_t pb = kern_packed_bytes(type, rows, K);
