@@ -35,6 +35,7 @@
  */
 #include "engine/engine.h"
 #include "gpu/gpu.h"
+#include "tests/util/tinymodel.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -114,33 +115,6 @@ struct rspec {
 	float rope_base;
 };
 
-/* Store an f16 value of x at p. */
-static void put_f16(uint8_t *p, double x)
-{
-	uint16_t h = dtype_f32_to_f16((float)x);
-	memcpy(p, &h, 2);
-}
-
-/* Random blocks of a type without a reference quantiser, weights within
- * about +-scale: random quants, scale fields set accordingly. */
-static void random_blocks(uint32_t type, uint8_t *dst, uint64_t n_blocks, double scale)
-{
-	const struct dtype_info *di = dtype_info(type);
-	for (uint64_t b = 0; b < n_blocks; b++) {
-		uint8_t *p = dst + b * di->block_bytes;
-		for (uint32_t i = 0; i < di->block_bytes; i++)
-			p[i] = (uint8_t)rnd_u32(256);
-		switch (type) {
-		case DT_Q5_0: put_f16(p, scale / 16); break;
-		case DT_Q5_1: put_f16(p, 2 * scale / 31); put_f16(p + 2, -scale); break;
-		case DT_Q4_K: put_f16(p, 2 * scale / (63.0 * 15)); put_f16(p + 2, scale / 63); break;
-		case DT_Q5_K: put_f16(p, 2 * scale / (63.0 * 31)); put_f16(p + 2, scale / 63); break;
-		case DT_Q6_K: put_f16(p + 208, scale / (128.0 * 32)); break;
-		default: abort();
-		}
-	}
-}
-
 /* A (rows, cols) tensor of random values times scale plus bias, in type. */
 static struct tensor rm_tensor(struct rmodel *rm, const char *name, uint32_t type, int64_t cols,
                                int64_t rows, double scale, double bias)
@@ -160,10 +134,11 @@ static struct tensor rm_tensor(struct rmodel *rm, const char *name, uint32_t typ
 	}
 	t.nbytes = rb * (uint64_t)rows;
 	uint8_t *data = xmalloc(t.nbytes);
-	const struct dtype_info *di = dtype_info(type);
 	if (type == DT_Q5_0 || type == DT_Q5_1 || type == DT_Q4_K || type == DT_Q5_K ||
 	    type == DT_Q6_K) {
-		random_blocks(type, data, t.nbytes / di->block_bytes, scale);
+		uint64_t state = g_rng | 1;
+		tinymodel_random_blocks(type, data, t.nbytes, (float)scale, &state);
+		g_rng = state;
 	} else {
 		float *f = xmallocarray((size_t)cols, sizeof(float));
 		for (int64_t r = 0; r < rows; r++) {

@@ -14,6 +14,7 @@
 #include "engine/kern.h"
 
 #include "test.h"
+#include "tests/util/tinymodel.h"
 
 #include <stdint.h>
 
@@ -42,14 +43,6 @@ static float rd16(const uint8_t *p)
 	return dtype_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
 }
 
-/* Write f16(x) at p. */
-static void wr16(uint8_t *p, double x)
-{
-	uint16_t h = dtype_f32_to_f16((float)x);
-	p[0] = (uint8_t)(h & 0xff);
-	p[1] = (uint8_t)(h >> 8);
-}
-
 /* Rows of K weights of a type in orig (rb bytes each): the reference
  * quantisers of f where there are some, else random quants and scale fields
  * that keep the weights within about +-scale (k-quant scales and mins, the
@@ -65,18 +58,8 @@ static void fill_rows(uint32_t type, const float *f, int64_t rows, int64_t K, ui
 		case DT_Q8_0: dtype_quant_q8_0(f + r * K, o, K); continue;
 		default: break;
 		}
-		for (uint64_t i = 0; i < rb; i++)
-			o[i] = (uint8_t)(rnd() * 128 + 128);
-		const struct dtype_info *di = dtype_info(type);
-		for (uint8_t *blk = o; blk < o + rb; blk += di->block_bytes)
-			switch (type) {
-			case DT_Q5_0: wr16(blk, scale / 16); break;
-			case DT_Q5_1: wr16(blk, 2 * scale / 31); wr16(blk + 2, -scale); break;
-			case DT_Q4_K: wr16(blk, 2 * scale / (63 * 15)); wr16(blk + 2, scale / 63); break;
-			case DT_Q5_K: wr16(blk, 2 * scale / (63 * 31)); wr16(blk + 2, scale / 63); break;
-			case DT_Q6_K: wr16(blk + 208, scale / (128 * 32)); break;
-			default: break;
-			}
+		uint64_t state = (uint64_t)(rnd() * 4e18) | 1;
+		tinymodel_random_blocks(type, o, rb, (float)scale, &state);
 	}
 }
 
@@ -909,7 +892,6 @@ static void test_bad_batches(void)
  * 0 for the others. */
 static double block_min(uint32_t type, const uint8_t *row, int64_t b)
 {
-	uint8_t sc[8], mn[8];
 	switch (type) {
 	case DT_Q4_1: return rd16(row + b * 20 + 2);
 	case DT_Q5_1: return rd16(row + b * 24 + 2);
@@ -920,8 +902,6 @@ static double block_min(uint32_t type, const uint8_t *row, int64_t b)
 		int j = (int)(b % 8);
 		const uint8_t *s = sb + 4;
 		int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-		(void)sc;
-		(void)mn;
 		return -(double)(rd16(sb + 2) * (float)m);
 	}
 	default: return 0.0;

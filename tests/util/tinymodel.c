@@ -195,6 +195,30 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 	free(score);
 }
 
+/* Store f16(x) at p. */
+static void tiny_put_f16(uint8_t *p, double x)
+{
+	uint16_t h = dtype_f32_to_f16((float)x);
+	p[0] = (uint8_t)(h & 0xff);
+	p[1] = (uint8_t)(h >> 8);
+}
+
+void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float scale,
+                             uint64_t *rng)
+{
+	const struct dtype_info *di = dtype_info(type);
+	for (size_t i = 0; i < nbytes; i++)
+		q[i] = (uint8_t)(128.0f + 127.99f * tinymodel_rand(rng));
+	for (uint8_t *b = q; b < q + nbytes; b += di->block_bytes)
+		switch (type) {
+		case DT_Q5_0: tiny_put_f16(b, scale / 16.0); break;
+		case DT_Q5_1: tiny_put_f16(b, 2.0 * scale / 31); tiny_put_f16(b + 2, -scale); break;
+		case DT_Q4_K: tiny_put_f16(b, 2.0 * scale / (63 * 15)); tiny_put_f16(b + 2, scale / 63.0); break;
+		case DT_Q5_K: tiny_put_f16(b, 2.0 * scale / (63 * 31)); tiny_put_f16(b + 2, scale / 63.0); break;
+		default: tiny_put_f16(b + 208, scale / (128.0 * 32)); break; /* Q6_K */
+		}
+}
+
 /* One tensor of ne0 x ne1 random values (around 1 for norms) in type. */
 static void tiny_tensor(struct ggufw *w, const struct tinymodel_spec *s, uint64_t *rng,
                         const char *name, uint32_t type, int64_t ne0, int64_t ne1, bool norm)
@@ -230,6 +254,11 @@ static void tiny_tensor(struct ggufw *w, const struct tinymodel_spec *s, uint64_
 	case DT_Q8_0: dtype_quant_q8_0(x, q, n); break;
 	case DT_Q4_0: dtype_quant_q4_0(x, q, n); break;
 	case DT_Q4_1: dtype_quant_q4_1(x, q, n); break;
+	case DT_Q5_0:
+	case DT_Q5_1:
+	case DT_Q4_K:
+	case DT_Q5_K:
+	case DT_Q6_K: tinymodel_random_blocks(type, q, nbytes, s->scale, rng); break;
 	default:
 		fprintf(stderr, "tinymodel: %s: no quantiser for %s\n", name, dtype_name(type));
 		abort();

@@ -9,8 +9,10 @@
  *   ggufw_write_file(w, path);
  *
  * Weights are uniform in [-s.scale, s.scale] from a fixed-seed generator
- * (tinymodel_rand), quantised with the reference quantisers in dtype.c, so
- * the same spec always gives the same bytes. Norm weights are 1 + small
+ * (tinymodel_rand), quantised with the reference quantisers in dtype.c;
+ * types without one (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) get random quants with
+ * scale fields keeping them within about +-s.scale. The same spec always
+ * gives the same bytes. Norm weights are 1 + small
  * noise. skip_key / skip_tensor leave one key or tensor out, for tests of
  * what the loader says about missing pieces.
  */
@@ -54,6 +56,12 @@ uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s);
  * to a fresh file under $TMPDIR named after tag; returns its path
  * (allocated). Exits with 99, the harness's "hard error", when it cannot. */
 char *tinymodel_write_temp(const char *tag);
+/* nbytes of blocks of a type without a reference quantiser (Q5_0, Q5_1,
+ * Q4_K, Q5_K, Q6_K): random quants (and k-quant sub-scales, fifth bits,
+ * Q6_K's signed scales) from *rng, the scale fields set so that the weights
+ * stay within about +-scale. */
+void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float scale,
+                             uint64_t *rng);
 /* Deterministic uniform float in [-1, 1) from *state (xorshift64*). */
 float tinymodel_rand(uint64_t *state);
 
