@@ -504,7 +504,7 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	c->kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff),
 	                  (uint64_t)hp->n_head * hp->head_dim);
 	int nth = pool_size(c->pool);
-	c->tmp = xmalloc_aligned((size_t)nth * c->kmax * sizeof(float));
+	c->tmp = xmalloc_aligned((size_t)nth * KERN_GENERIC_ROWS * c->kmax * sizeof(float));
 	c->txb = xmalloc_aligned((size_t)nth * c->kmax * sizeof(float));
 	c->tact = xcalloc((size_t)nth, sizeof(*c->tact));
 	for (int t = 0; t < nth; t++) {
@@ -626,7 +626,7 @@ static void cpu_mm_units(struct cpu *c, const struct cpu_mm *mm, int64_t u0, int
 		c->ops->gemm_packed(w, u0, u1, a, n, mm->y, mm->ldy, mm->acc);
 	else
 		kern_gemm_generic(c->ops, w, u0 * KERN_GROUP, KVS_MIN(u1 * KERN_GROUP, w->rows), x, K,
-		                  n, mm->y, mm->ldy, mm->acc, c->tmp + (size_t)ith * c->kmax);
+		                  n, mm->y, mm->ldy, mm->acc, c->tmp + (size_t)ith * KERN_GENERIC_ROWS * c->kmax);
 }
 
 /* Several products sharing one input (n rows: f32 x and quantised a), their

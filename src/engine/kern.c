@@ -393,6 +393,22 @@ static float sc_dot_f16(const uint16_t *w, const float *x, int64_t n)
 	return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+static void sc_gemm_rows_f32(const float *w, int64_t ldw, int nr, const float *x, int64_t ldx,
+                             int64_t n, int64_t K, float *y, int64_t ldy, bool acc)
+{
+	for (int64_t t = 0; t < n; t++)
+		for (int i = 0; i < nr; i++) {
+			float v = sc_dot_f32(w + i * ldw, x + t * ldx, K);
+			y[t * ldy + i] = acc ? y[t * ldy + i] + v : v;
+		}
+}
+
+static void sc_bf16_to_f32(const uint16_t *src, float *dst, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		dst[i] = dtype_bf16_to_f32(src[i]);
+}
+
 static void sc_axpy_f32(float *y, const float *x, float alpha, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
@@ -776,6 +792,77 @@ T_AVX2 static float av2_dot_f16(const uint16_t *w, const float *x, int64_t n)
 	return s;
 }
 
+/* NR rows by NT tokens (compile-time counts); K's tail in scalar. */
+INLINE T_AVX2 void av2_rows_tile(const float *w, int64_t ldw, const float *x, int64_t ldx,
+                                 int64_t K, float *y, int64_t ldy, bool acc, const int NR,
+                                 const int NT)
+{
+	int64_t K8 = K & ~(int64_t)7;
+	__m256 s[4][2];
+	#pragma GCC unroll 4
+	for (int i = 0; i < NR; i++)
+		#pragma GCC unroll 2
+		for (int t = 0; t < NT; t++)
+			s[i][t] = _mm256_setzero_ps();
+	for (int64_t k = 0; k < K8; k += 8) {
+		__m256 a[2];
+		#pragma GCC unroll 2
+		for (int t = 0; t < NT; t++)
+			a[t] = _mm256_loadu_ps(x + t * ldx + k);
+		#pragma GCC unroll 4
+		for (int i = 0; i < NR; i++) {
+			__m256 v = _mm256_loadu_ps(w + i * ldw + k);
+			#pragma GCC unroll 2
+			for (int t = 0; t < NT; t++)
+				s[i][t] = _mm256_fmadd_ps(v, a[t], s[i][t]);
+		}
+	}
+	#pragma GCC unroll 2
+	for (int t = 0; t < NT; t++)
+		#pragma GCC unroll 4
+		for (int i = 0; i < NR; i++) {
+			float v = av2_hsum(s[i][t]);
+			for (int64_t k = K8; k < K; k++)
+				v += w[i * ldw + k] * x[t * ldx + k];
+			float *o = y + t * ldy + i;
+			*o = acc ? *o + v : v;
+		}
+}
+
+#define AV2_ROWS(NR)                                                                             \
+	if (nt == 1)                                                                             \
+		av2_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 1);                          \
+	else                                                                                     \
+		av2_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 2);
+
+T_AVX2 static void av2_gemm_rows_f32(const float *w, int64_t ldw, int nr, const float *x,
+                                     int64_t ldx, int64_t n, int64_t K, float *y, int64_t ldy,
+                                     bool acc)
+{
+	for (int64_t t0 = 0; t0 < n; t0 += 2) {
+		int nt = (int)KVS_MIN((int64_t)2, n - t0);
+		const float *xt = x + t0 * ldx;
+		float *yt = y + t0 * ldy;
+		switch (nr) {
+		case 1: AV2_ROWS(1) break;
+		case 2: AV2_ROWS(2) break;
+		case 3: AV2_ROWS(3) break;
+		default: AV2_ROWS(4) break;
+		}
+	}
+}
+
+T_AVX2 static void av2_bf16_to_f32(const uint16_t *src, float *dst, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+		_mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+	}
+	for (; i < n; i++)
+		dst[i] = dtype_bf16_to_f32(src[i]);
+}
+
 T_AVX2 static void av2_axpy_f32(float *y, const float *x, float alpha, int64_t n)
 {
 	__m256 va = _mm256_set1_ps(alpha);
@@ -1015,6 +1102,89 @@ T_AVX512 static void a512_gemm_packed(const struct kern_weight *w, int64_t g0, i
 			fn(gd, nb, a, t0, (int)KVS_MIN((int64_t)8, n - t0), y + g * KERN_GROUP, ldy, nr,
 			   acc);
 	}
+}
+
+/* NR rows by NT tokens (compile-time counts: the accumulators stay in
+ * registers); K's tail through masked loads. */
+INLINE T_AVX512 void a512_rows_tile(const float *w, int64_t ldw, const float *x, int64_t ldx,
+                                    int64_t K, float *y, int64_t ldy, bool acc, const int NR,
+                                    const int NT)
+{
+	__m512 s[4][4];
+	#pragma GCC unroll 4
+	for (int i = 0; i < NR; i++)
+		#pragma GCC unroll 4
+		for (int t = 0; t < NT; t++)
+			s[i][t] = _mm512_setzero_ps();
+	int64_t k = 0;
+	for (; k + 16 <= K; k += 16) {
+		__m512 a[4];
+		#pragma GCC unroll 4
+		for (int t = 0; t < NT; t++)
+			a[t] = _mm512_loadu_ps(x + t * ldx + k);
+		#pragma GCC unroll 4
+		for (int i = 0; i < NR; i++) {
+			__m512 v = _mm512_loadu_ps(w + i * ldw + k);
+			#pragma GCC unroll 4
+			for (int t = 0; t < NT; t++)
+				s[i][t] = _mm512_fmadd_ps(v, a[t], s[i][t]);
+		}
+	}
+	if (k < K) {
+		__mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+		#pragma GCC unroll 4
+		for (int i = 0; i < NR; i++) {
+			__m512 v = _mm512_maskz_loadu_ps(m, w + i * ldw + k);
+			#pragma GCC unroll 4
+			for (int t = 0; t < NT; t++)
+				s[i][t] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x + t * ldx + k), s[i][t]);
+		}
+	}
+	#pragma GCC unroll 4
+	for (int t = 0; t < NT; t++)
+		#pragma GCC unroll 4
+		for (int i = 0; i < NR; i++) {
+			float v = _mm512_reduce_add_ps(s[i][t]);
+			float *o = y + t * ldy + i;
+			*o = acc ? *o + v : v;
+		}
+}
+
+/* The tile for nr rows and nt tokens (1..4 each). */
+#define A512_ROWS(NR)                                                                            \
+	switch (nt) {                                                                            \
+	case 1: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 1); break;                 \
+	case 2: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 2); break;                 \
+	case 3: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 3); break;                 \
+	default: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 4); break;                \
+	}
+
+T_AVX512 static void a512_gemm_rows_f32(const float *w, int64_t ldw, int nr, const float *x,
+                                        int64_t ldx, int64_t n, int64_t K, float *y,
+                                        int64_t ldy, bool acc)
+{
+	for (int64_t t0 = 0; t0 < n; t0 += 4) {
+		int nt = (int)KVS_MIN((int64_t)4, n - t0);
+		const float *xt = x + t0 * ldx;
+		float *yt = y + t0 * ldy;
+		switch (nr) {
+		case 1: A512_ROWS(1) break;
+		case 2: A512_ROWS(2) break;
+		case 3: A512_ROWS(3) break;
+		default: A512_ROWS(4) break;
+		}
+	}
+}
+
+T_AVX512 static void a512_bf16_to_f32(const uint16_t *src, float *dst, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		__m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+		_mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+	}
+	for (; i < n; i++)
+		dst[i] = dtype_bf16_to_f32(src[i]);
 }
 
 T_AVX512 static float a512_dot_f16(const uint16_t *w, const float *x, int64_t n)
@@ -1398,14 +1568,16 @@ T_AVX512 static void a512_rope(float *x, const float *cs, int n_rot, bool neox)
  * ==================================================================== */
 
 static const struct kern_ops kern_levels[] = {
-	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_dot_f16, sc_axpy_f32,
+	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_dot_f16,
+	  sc_gemm_rows_f32, sc_bf16_to_f32, sc_axpy_f32,
 	  sc_f16_to_f32, sc_f32_to_f16, sc_att_scores, sc_att_pv, sc_att_scores_rows,
 	  sc_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
-	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_dot_f16, av2_axpy_f32,
+	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_dot_f16,
+	  av2_gemm_rows_f32, av2_bf16_to_f32, av2_axpy_f32,
 	  av2_f16_to_f32, av2_f32_to_f16, sc_att_scores, sc_att_pv, av2_att_scores_rows,
 	  av2_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
 	{ KERN_AVX512, "avx512-vnni", a512_quant_row, a512_gemm_packed, a512_dot_f32,
-	  a512_dot_f16, a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
+	  a512_dot_f16, a512_gemm_rows_f32, a512_bf16_to_f32, a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
 	  a512_att_scores_rows, a512_att_pv_rows, a512_exp_sum, a512_swiglu, a512_rmsnorm,
 	  a512_rope },
 };
@@ -1429,38 +1601,35 @@ const struct kern_ops *kern_select(enum kern_level want)
 	return &kern_levels[KVS_MIN(want, have)];
 }
 
-/* bf16 to f32: the top half of the float (a loop the compiler vectorises). */
-static void kern_bf16_row(const uint16_t *src, float *dst, int64_t n)
-{
-	for (int64_t i = 0; i < n; i++) {
-		uint32_t bits = (uint32_t)src[i] << 16;
-		memcpy(dst + i, &bits, 4);
-	}
-}
-
 void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
                        int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
                        int64_t ldy, bool acc, float *tmp)
 {
-	for (int64_t r = r0; r < r1; r++) {
-		const float *row = tmp;
+	int64_t K = w->cols;
+	for (int64_t r = r0; r < r1; r += KERN_GENERIC_ROWS) {
+		int nr = (int)KVS_MIN((int64_t)KERN_GENERIC_ROWS, r1 - r);
 		const uint8_t *src = w->data + (uint64_t)r * w->row_bytes;
-		if (w->type == DT_F16 && n == 1) { /* one pass over the row */
-			float v = ops->dot_f16((const uint16_t *)src, x, w->cols);
-			y[r] = acc ? y[r] + v : v;
+		const float *rows = tmp;
+		if (w->type == DT_F16 && n == 1) { /* one pass over each row */
+			for (int i = 0; i < nr; i++) {
+				float v = ops->dot_f16((const uint16_t *)(src + i * w->row_bytes), x, K);
+				y[r + i] = acc ? y[r + i] + v : v;
+			}
 			continue;
 		}
-		if (w->type == DT_F32)
-			row = (const float *)src;
-		else if (w->type == DT_F16)
-			ops->f16_to_f32((const uint16_t *)src, tmp, w->cols); /* F16C where present */
-		else if (w->type == DT_BF16)
-			kern_bf16_row((const uint16_t *)src, tmp, w->cols);
-		else
-			dtype_dequant(w->type, src, tmp, w->cols);
-		for (int64_t t = 0; t < n; t++) {
-			float v = ops->dot_f32(row, x + t * ldx, w->cols);
-			y[t * ldy + r] = acc ? y[t * ldy + r] + v : v;
+		if (w->type == DT_F32) {
+			rows = (const float *)src;
+		} else {
+			for (int i = 0; i < nr; i++) {
+				const uint8_t *s = src + i * w->row_bytes;
+				if (w->type == DT_F16)
+					ops->f16_to_f32((const uint16_t *)s, tmp + i * K, K);
+				else if (w->type == DT_BF16)
+					ops->bf16_to_f32((const uint16_t *)s, tmp + i * K, K);
+				else
+					dtype_dequant(w->type, s, tmp + i * K, K);
+			}
 		}
+		ops->gemm_rows_f32(rows, K, nr, x, ldx, n, K, y + r, ldy, acc);
 	}
 }

@@ -83,6 +83,13 @@ struct kern_ops {
 	float (*dot_f32)(const float *a, const float *b, int64_t n);
 	/* Dot product of n f16 values (a weight row) with n floats. */
 	float (*dot_f16)(const uint16_t *w, const float *x, int64_t n);
+	/* y[t * ldy + i] (+)= w_i . x_t for nr <= 4 f32 rows w_i = w + i * ldw
+	 * and tokens t < n (x_t = x + t * ldx), rows of K: the unpacked weights'
+	 * product, register-blocked over rows and tokens. */
+	void (*gemm_rows_f32)(const float *w, int64_t ldw, int nr, const float *x, int64_t ldx,
+	                      int64_t n, int64_t K, float *y, int64_t ldy, bool acc);
+	/* bf16 <-> f32 of n values (the top half of the float). */
+	void (*bf16_to_f32)(const uint16_t *src, float *dst, int64_t n);
 	/* y[i] += alpha * x[i]. */
 	void (*axpy_f32)(float *y, const float *x, float alpha, int64_t n);
 	/* f16 <-> f32 of n values (round to nearest even on the way down). */
@@ -138,7 +145,9 @@ void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8
 void kern_weight_row(const struct kern_weight *w, int64_t r, float *out);
 
 /* Rows [r0, r1) of an unpacked weight times f32 activations x (n, K) with
- * row stride ldx; same output convention as gemm_packed; tmp holds K floats. */
+ * row stride ldx; same output convention as gemm_packed; tmp holds
+ * KERN_GENERIC_ROWS * K floats. */
+#define KERN_GENERIC_ROWS 4
 void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
                        int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
                        int64_t ldy, bool acc, float *tmp);
