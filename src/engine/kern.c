@@ -6,16 +6,21 @@
  *   Q4_0  d[16] f16 | qs[4][16][4]             288 B  (= 16 x 18)
  *   Q4_1  d[16] f16 | m[16] f16 | qs[4][16][4] 320 B  (= 16 x 20)
  *   Q8_0  d[16] f16 | qs[8][16][4]             544 B  (= 16 x 34)
- *   Q4_K  D[16] f32 | M[16] f32 | qs[4][16][4] 384 B
- *   Q5_0  D[16] f32 | qs[8][16][4]             576 B
- *   Q5_1, Q5_K  D[16] f32 | M[16] f32 | qs[8][16][4]  640 B
- *   Q6_K  D[16] f32 | D1[16] f32 | qs[8][16][4]       640 B
+ *   Q4_K  D[16] f32 | M[16] f32 | qs[4][16][4]                384 B
+ *   Q5_0  D[16] f32 | qs[4][16][4] | hp[16][4]                384 B
+ *   Q5_1, Q5_K  D[16] f32 | M[16] f32 | qs[4][16][4] | hp[16][4]   448 B
+ *   Q6_K  D[16] f32 | D1[16] f32 | qs[4][16][4] | hp[2][16][4]     512 B
  *
  * where qs[j][r][0..3] are row r's bytes 4j..4j+3 of the block. In the
  * 4-bit layouts a byte i holds element i (low nibble) and element i + 16
  * (high nibble), so chunk j < 4 gives elements 4j..4j+3 through its low
- * nibbles and elements 16+4j.. through its high nibbles; in the byte
- * layouts chunk j holds elements 4j..4j+3. A weight is
+ * nibbles and elements 16+4j.. through its high nibbles; call these the
+ * block's eight chunks c = 0..7 (c >= 4: the high nibbles). Q8_0 keeps
+ * bytes instead, chunk c holding elements 4c..4c+3. The 5- and 6-bit types
+ * keep their low four bits as nibbles and the rest in bit planes hp laid
+ * out like one chunk: for the 5-bit types bit c of byte (r, e) is the fifth
+ * bit of chunk c's element e; for Q6_K plane p's bits 2j, 2j+1 are the top
+ * two bits of chunk 4p + j's. A weight is
  *
  *   w = D (q - k) + M      (Q6_K: D for elements 0..15, D1 for 16..31)
  *
@@ -28,8 +33,8 @@
  *   d_w d_a (sum(q a) - k sum(a)) + M s_a
  *
  * (AVX2 has no VNNI: its pair-wise u8 x s8 multiply saturates on q + 128, so
- * its Q8_0 path multiplies |w| by the sign-adjusted activation instead; the
- * other byte types hold q < 64, where pairs of products fit in int16.)
+ * its Q8_0 path multiplies |w| by the sign-adjusted activation instead; for
+ * the 5- and 6-bit types, q < 64, two chunks' pair sums fit in int16.)
  * Sums of int8 products are exact in int32, so the levels differ only in the
  * order of float additions.
  */
@@ -63,7 +68,8 @@ struct kern_ptype {
 	uint32_t src_qs;      /* copied types: offset of the quants in the block */
 	uint32_t hdr;         /* packed header bytes (scales, mins) */
 	uint32_t pk_bytes;    /* packed bytes per block of 16 rows */
-	bool bits8;           /* byte quants (else 4-bit) */
+	bool bits8;           /* byte quants (else 4-bit nibbles) */
+	int hbits;            /* bits above the nibble, in planes (5-bit: 1, Q6_K: 2) */
 	bool flip;            /* bytes stored as q + 128 (Q8_0) */
 	bool f32;             /* f32 header (else f16) */
 	bool min;             /* has M */
@@ -155,17 +161,17 @@ static void kern_dec_q5_1(const uint8_t *row, int64_t b, struct kern_block *o)
 	o->D1 = 0;
 }
 
-/* type, src bytes, src elems, src qs, hdr, packed bytes, bits8, flip, f32,
- * min, halves, offset, decoder */
+/* type, src bytes, src elems, src qs, hdr, packed bytes, bits8, hbits, flip,
+ * f32, min, halves, offset, decoder */
 static const struct kern_ptype kern_ptypes[] = {
-	{ DT_Q4_0, 18, 32, 2, 32, 288, false, false, false, false, false, 8, NULL },
-	{ DT_Q4_1, 20, 32, 4, 64, 320, false, false, false, true, false, 0, NULL },
-	{ DT_Q8_0, 34, 32, 2, 32, 544, true, true, false, false, false, 128, NULL },
-	{ DT_Q4_K, 144, 256, 0, 128, 384, false, false, true, true, false, 0, kern_dec_q4_k },
-	{ DT_Q5_0, 22, 32, 0, 64, 576, true, false, true, false, false, 16, kern_dec_q5_0 },
-	{ DT_Q5_1, 24, 32, 0, 128, 640, true, false, true, true, false, 0, kern_dec_q5_1 },
-	{ DT_Q5_K, 176, 256, 0, 128, 640, true, false, true, true, false, 0, kern_dec_q5_k },
-	{ DT_Q6_K, 210, 256, 0, 128, 640, true, false, true, false, true, 32, kern_dec_q6_k },
+	{ DT_Q4_0, 18, 32, 2, 32, 288, false, 0, false, false, false, false, 8, NULL },
+	{ DT_Q4_1, 20, 32, 4, 64, 320, false, 0, false, false, true, false, 0, NULL },
+	{ DT_Q8_0, 34, 32, 2, 32, 544, true, 0, true, false, false, false, 128, NULL },
+	{ DT_Q4_K, 144, 256, 0, 128, 384, false, 0, false, true, true, false, 0, kern_dec_q4_k },
+	{ DT_Q5_0, 22, 32, 0, 64, 384, false, 1, false, true, false, false, 16, kern_dec_q5_0 },
+	{ DT_Q5_1, 24, 32, 0, 128, 448, false, 1, false, true, true, false, 0, kern_dec_q5_1 },
+	{ DT_Q5_K, 176, 256, 0, 128, 448, false, 1, false, true, true, false, 0, kern_dec_q5_k },
+	{ DT_Q6_K, 210, 256, 0, 128, 512, false, 2, false, true, false, true, 32, kern_dec_q6_k },
 };
 #define KERN_N_PTYPES ((int)KVS_ARRAY_LEN(kern_ptypes))
 
@@ -212,9 +218,22 @@ static void kern_put_block(const struct kern_ptype *pt, const struct kern_block 
 	if (pt->bits8) {
 		for (int i = 0; i < KERN_QK; i++)
 			qd[64 * (i / 4) + i % 4] = kb->q[i];
-	} else {
-		for (int i = 0; i < KERN_QK / 2; i++)
-			qd[64 * (i / 4) + i % 4] = (uint8_t)(kb->q[i] | kb->q[i + 16] << 4);
+		return;
+	}
+	for (int i = 0; i < KERN_QK / 2; i++)
+		qd[64 * (i / 4) + i % 4] = (uint8_t)((kb->q[i] & 15) | (kb->q[i + 16] & 15) << 4);
+	if (pt->hbits == 0)
+		return;
+	/* chunk c of element i: i / 4 for the low nibbles, 4 + (i - 16) / 4 above */
+	uint8_t *hp = qd + 256;
+	for (int e = 0; e < 4; e++)
+		hp[e] = hp[64 + e] = 0;
+	for (int i = 0; i < KERN_QK; i++) {
+		int c = i < 16 ? i / 4 : 4 + (i - 16) / 4, e = i % 4, hi = kb->q[i] >> 4;
+		if (pt->hbits == 1)
+			hp[e] |= (uint8_t)(hi << c);
+		else
+			hp[64 * (c / 4) + e] |= (uint8_t)(hi << (2 * (c % 4)));
 	}
 }
 
@@ -275,7 +294,13 @@ static inline int kern_wq(const struct kern_ptype *pt, const uint8_t *qs, int r,
 		return qs[64 * (i / 4) + 4 * r + (i % 4)];
 	int lo = i < 16, e = lo ? i : i - 16;
 	uint8_t v = qs[64 * (e / 4) + 4 * r + (e % 4)];
-	return lo ? (v & 15) : (v >> 4);
+	int q = lo ? (v & 15) : (v >> 4);
+	if (pt->hbits == 0)
+		return q;
+	int c = lo ? i / 4 : 4 + (i - 16) / 4;
+	const uint8_t *hp = qs + 256 + 4 * r + (i % 4);
+	int hi = pt->hbits == 1 ? (hp[0] >> c) & 1 : (hp[64 * (c / 4)] >> (2 * (c % 4))) & 3;
+	return q | hi << 4;
 }
 
 void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
@@ -601,6 +626,24 @@ T_AVX2 static void av2_quant_row(const float *x, const struct kern_act *a, int64
 	}
 }
 
+/* The bits above the nibbles of the eight chunks W (see the layout at the
+ * top) from the plane(s) at hp, into bit 4 (and 5). */
+INLINE T_AVX2 void av2_add_planes(__m256i W[8], const uint8_t *hp, int hbits)
+{
+	const __m256i mask = _mm256_set1_epi8(hbits == 1 ? 0x10 : 0x30);
+	__m256i P0 = _mm256_loadu_si256((const __m256i *)hp), P1 = P0;
+	if (hbits == 2)
+		P1 = _mm256_loadu_si256((const __m256i *)(hp + 64));
+	#pragma GCC unroll 8
+	for (int c = 0; c < 8; c++) {
+		int from = hbits == 1 ? c : 2 * (c % 4); /* the bit that goes to bit 4 */
+		__m256i P = c < 4 ? P0 : P1;
+		__m256i v = from <= 4 ? _mm256_sll_epi16(P, _mm_cvtsi32_si128(4 - from))
+		                      : _mm256_srl_epi16(P, _mm_cvtsi32_si128(from - 4));
+		W[c] = _mm256_or_si256(W[c], _mm256_and_si256(v, mask));
+	}
+}
+
 /* One half (8 rows) of a group for T tokens from t0. */
 INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int64_t nb, int h,
                             const struct kern_act *a, int64_t t0, int T, float *y, int64_t ldy,
@@ -644,12 +687,14 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 				W[j] = _mm256_and_si256(raw, m4);
 				W[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
 			}
+			if (pt->hbits > 0)
+				av2_add_planes(W, qs + 256, pt->hbits);
 		}
 		#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = a->q + (t0 + t) * a->K + b * KERN_QK;
 			__m256i it, it1 = _mm256_setzero_si256();
-			if (pt->bits8 && pt->flip) {
+			if (pt->flip) {
 				it = _mm256_setzero_si256();
 				#pragma GCC unroll 8
 				for (int j = 0; j < 8; j++) {
@@ -659,8 +704,8 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 					__m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(W[j], W[j]), av);
 					it = _mm256_add_epi32(it, _mm256_madd_epi16(p, ones));
 				}
-			} else if (pt->bits8) {
-				/* bytes < 64: two chunks' pair sums fit in int16 (2 x 2 x 63 x 127) */
+			} else if (pt->bits8 || pt->hbits > 0) {
+				/* quants < 64: two chunks' pair sums fit in int16 (2 x 2 x 63 x 127) */
 				it = _mm256_setzero_si256();
 				#pragma GCC unroll 8
 				for (int j = 0; j < 8; j += 2) {
@@ -973,6 +1018,24 @@ T_AVX512 static void a512_quant_row(const float *x, const struct kern_act *a, in
 	}
 }
 
+/* The bits above the nibbles of the eight chunks W from the plane(s) at hp
+ * (av2_add_planes for 16 rows). */
+INLINE T_AVX512 void a512_add_planes(__m512i W[8], const uint8_t *hp, int hbits)
+{
+	const __m512i mask = _mm512_set1_epi8(hbits == 1 ? 0x10 : 0x30);
+	__m512i P0 = _mm512_loadu_si512(hp), P1 = P0;
+	if (hbits == 2)
+		P1 = _mm512_loadu_si512(hp + 64);
+	#pragma GCC unroll 8
+	for (int c = 0; c < 8; c++) {
+		int from = hbits == 1 ? c : 2 * (c % 4);
+		__m512i P = c < 4 ? P0 : P1;
+		__m512i v = from <= 4 ? _mm512_sll_epi16(P, _mm_cvtsi32_si128(4 - from))
+		                      : _mm512_srl_epi16(P, _mm_cvtsi32_si128(from - 4));
+		W[c] = _mm512_or_si512(W[c], _mm512_and_si512(v, mask));
+	}
+}
+
 /* A 16-row group for T tokens from t0. */
 INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, int64_t nb,
                                const struct kern_act *a, int64_t t0, int T, float *y,
@@ -1013,6 +1076,8 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 				W[j] = _mm512_and_si512(raw, m4);
 				W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
 			}
+			if (pt->hbits > 0)
+				a512_add_planes(W, qs + 256, pt->hbits);
 		}
 		#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
