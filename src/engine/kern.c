@@ -226,8 +226,11 @@ static void kern_put_block(const struct kern_ptype *pt, const struct kern_block 
 		return;
 	/* chunk c of element i: i / 4 for the low nibbles, 4 + (i - 16) / 4 above */
 	uint8_t *hp = qd + 256;
-	for (int e = 0; e < 4; e++)
-		hp[e] = hp[64 + e] = 0;
+	for (int e = 0; e < 4; e++) {
+		hp[e] = 0;
+		if (pt->hbits == 2)
+			hp[64 + e] = 0;
+	}
 	for (int i = 0; i < KERN_QK; i++) {
 		int c = i < 16 ? i / 4 : 4 + (i - 16) / 4, e = i % 4, hi = kb->q[i] >> 4;
 		if (pt->hbits == 1)
@@ -415,6 +418,18 @@ static float sc_dot_f16(const uint16_t *w, const float *x, int64_t n)
 			s[k] += dtype_f16_to_f32(w[i + k]) * x[i + k];
 	for (; i < n; i++)
 		s[0] += dtype_f16_to_f32(w[i]) * x[i];
+	return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static float sc_dot_bf16(const uint16_t *w, const float *x, int64_t n)
+{
+	float s[4] = { 0 };
+	int64_t i = 0;
+	for (; i + 4 <= n; i += 4)
+		for (int k = 0; k < 4; k++)
+			s[k] += dtype_bf16_to_f32(w[i + k]) * x[i + k];
+	for (; i < n; i++)
+		s[0] += dtype_bf16_to_f32(w[i]) * x[i];
 	return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
@@ -897,6 +912,27 @@ T_AVX2 static void av2_gemm_rows_f32(const float *w, int64_t ldw, int nr, const 
 	}
 }
 
+/* 8 bf16 values at p as floats. */
+INLINE T_AVX2 __m256 av2_bf16x8(const uint16_t *p)
+{
+	__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+	return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+T_AVX2 static float av2_dot_bf16(const uint16_t *w, const float *x, int64_t n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		s0 = _mm256_fmadd_ps(av2_bf16x8(w + i), _mm256_loadu_ps(x + i), s0);
+		s1 = _mm256_fmadd_ps(av2_bf16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), s1);
+	}
+	float s = av2_hsum(_mm256_add_ps(s0, s1));
+	for (; i < n; i++)
+		s += dtype_bf16_to_f32(w[i]) * x[i];
+	return s;
+}
+
 T_AVX2 static void av2_bf16_to_f32(const uint16_t *src, float *dst, int64_t n)
 {
 	int64_t i = 0;
@@ -1239,6 +1275,27 @@ T_AVX512 static void a512_gemm_rows_f32(const float *w, int64_t ldw, int nr, con
 		default: A512_ROWS(4) break;
 		}
 	}
+}
+
+/* 16 bf16 values at p as floats. */
+INLINE T_AVX512 __m512 a512_bf16x16(const uint16_t *p)
+{
+	__m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+	return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+T_AVX512 static float a512_dot_bf16(const uint16_t *w, const float *x, int64_t n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	int64_t i = 0;
+	for (; i + 32 <= n; i += 32) {
+		s0 = _mm512_fmadd_ps(a512_bf16x16(w + i), _mm512_loadu_ps(x + i), s0);
+		s1 = _mm512_fmadd_ps(a512_bf16x16(w + i + 16), _mm512_loadu_ps(x + i + 16), s1);
+	}
+	float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+	for (; i < n; i++)
+		s += dtype_bf16_to_f32(w[i]) * x[i];
+	return s;
 }
 
 T_AVX512 static void a512_bf16_to_f32(const uint16_t *src, float *dst, int64_t n)
@@ -1633,16 +1690,16 @@ T_AVX512 static void a512_rope(float *x, const float *cs, int n_rot, bool neox)
  * ==================================================================== */
 
 static const struct kern_ops kern_levels[] = {
-	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_dot_f16,
+	{ KERN_SCALAR, "scalar", sc_quant_row, sc_gemm_packed, sc_dot_f32, sc_dot_f16, sc_dot_bf16,
 	  sc_gemm_rows_f32, sc_bf16_to_f32, sc_axpy_f32,
 	  sc_f16_to_f32, sc_f32_to_f16, sc_att_scores, sc_att_pv, sc_att_scores_rows,
 	  sc_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
-	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_dot_f16,
+	{ KERN_AVX2, "avx2", av2_quant_row, av2_gemm_packed, av2_dot_f32, av2_dot_f16, av2_dot_bf16,
 	  av2_gemm_rows_f32, av2_bf16_to_f32, av2_axpy_f32,
 	  av2_f16_to_f32, av2_f32_to_f16, sc_att_scores, sc_att_pv, av2_att_scores_rows,
 	  av2_att_pv_rows, sc_exp_sum, sc_swiglu, sc_rmsnorm, sc_rope },
 	{ KERN_AVX512, "avx512-vnni", a512_quant_row, a512_gemm_packed, a512_dot_f32,
-	  a512_dot_f16, a512_gemm_rows_f32, a512_bf16_to_f32, a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
+	  a512_dot_f16, a512_dot_bf16, a512_gemm_rows_f32, a512_bf16_to_f32, a512_axpy_f32, a512_f16_to_f32, a512_f32_to_f16, a512_att_scores, a512_att_pv,
 	  a512_att_scores_rows, a512_att_pv_rows, a512_exp_sum, a512_swiglu, a512_rmsnorm,
 	  a512_rope },
 };
@@ -1675,9 +1732,10 @@ void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, 
 		int nr = (int)KVS_MIN((int64_t)KERN_GENERIC_ROWS, r1 - r);
 		const uint8_t *src = w->data + (uint64_t)r * w->row_bytes;
 		const float *rows = tmp;
-		if (w->type == DT_F16 && n == 1) { /* one pass over each row */
+		if ((w->type == DT_F16 || w->type == DT_BF16) && n == 1) { /* one pass a row */
 			for (int i = 0; i < nr; i++) {
-				float v = ops->dot_f16((const uint16_t *)(src + i * w->row_bytes), x, K);
+				const uint16_t *h = (const uint16_t *)(src + i * w->row_bytes);
+				float v = w->type == DT_F16 ? ops->dot_f16(h, x, K) : ops->dot_bf16(h, x, K);
 				y[r + i] = acc ? y[r + i] + v : v;
 			}
 			continue;

@@ -81,8 +81,9 @@ struct kern_ops {
 	                    const struct kern_act *a, int64_t n, float *y, int64_t ldy, bool acc);
 	/* f32 dot product of length n. */
 	float (*dot_f32)(const float *a, const float *b, int64_t n);
-	/* Dot product of n f16 values (a weight row) with n floats. */
+	/* Dot product of n f16 (bf16) values, a weight row, with n floats. */
 	float (*dot_f16)(const uint16_t *w, const float *x, int64_t n);
+	float (*dot_bf16)(const uint16_t *w, const float *x, int64_t n);
 	/* y[t * ldy + i] (+)= w_i . x_t for nr <= 4 f32 rows w_i = w + i * ldw
 	 * and tokens t < n (x_t = x + t * ldx), rows of K: the unpacked weights'
 	 * product, register-blocked over rows and tokens. */

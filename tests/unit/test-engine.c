@@ -1146,6 +1146,9 @@ int main(void)
 	test_logits();
 	test_decode_vs_prefill(&spec_llama_f32, true);
 	test_decode_vs_prefill(&spec_qwen_q80, false);
+	/* one-token products of 16-bit float rows take their own fused path */
+	test_decode_vs_prefill(&spec_llama_bf16, false);
+	test_decode_vs_prefill(&spec_qwen_q51, false);
 	test_attn_and_stats();
 	test_compaction(&spec_llama_f32);
 	test_compaction(&spec_qwen_f32);
