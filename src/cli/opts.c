@@ -107,6 +107,12 @@ static int opt_backend(struct cli_opts *o, const char *arg, const struct cli_opt
 	return engine_backend_parse(arg, &o->gen.engine.backend, e);
 }
 
+static int opt_isa(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	(void)opt;
+	return engine_isa_parse(arg, &o->gen.engine.isa, e);
+}
+
 static int opt_kv_type(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
                        struct err *e)
 {
@@ -255,6 +261,8 @@ static const struct cli_opt cli_opt_table[] = {
 	  "compute backend (default auto: CUDA when a GPU is usable)" },
 	{ "kv-type", 0, "f16|f32", OPTG_ENGINE, opt_kv_type, 0, 0, 0,
 	  "KV cache element type (default f16)" },
+	{ "isa", 0, "auto|avx512|avx2|scalar", OPTG_ENGINE, opt_isa, 0, 0, 0,
+	  "CPU kernel level (default auto: the best this CPU has)" },
 	{ "temp", 0, "T", OPTG_SAMPLER, opt_f32, OG(sampler.temp), 0, 100,
 	  "temperature (default 0.8; 0 = greedy)" },
 	{ "top-k", 0, "K", OPTG_SAMPLER, opt_i32, OG(sampler.top_k), 0, 1 << 30,

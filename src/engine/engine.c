@@ -46,6 +46,7 @@ struct engine {
 /* Names of the configuration enums, indexed by value. */
 static const char *const engine_backend_names[] = { "auto", "cpu", "cuda" };
 static const char *const engine_kv_names[] = { "f16", "f32" };
+static const char *const engine_isa_names[] = { "auto", "scalar", "avx2", "avx512" };
 
 void engine_config_default(struct engine_config *cfg)
 {
@@ -70,6 +71,15 @@ int engine_backend_parse(const char *s, enum engine_backend *out, struct err *e)
 	if (i < 0)
 		return err_set(e, KVS_EARG, "backend '%s': expected auto, cpu or cuda", s);
 	*out = (enum engine_backend)i;
+	return KVS_OK;
+}
+
+int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e)
+{
+	int i = engine_name_index(engine_isa_names, KVS_ARRAY_LEN(engine_isa_names), s);
+	if (i < 0)
+		return err_set(e, KVS_EARG, "kernel level '%s': expected auto, avx512, avx2 or scalar", s);
+	*out = (enum engine_isa)i;
 	return KVS_OK;
 }
 

@@ -74,6 +74,9 @@ void engine_config_default(struct engine_config *cfg);
 /* Parse "auto"/"cpu"/"cuda" and "f16"/"f32"; KVS_EARG naming the value. */
 int engine_backend_parse(const char *s, enum engine_backend *out, struct err *e);
 int engine_kv_type_parse(const char *s, enum engine_kv_type *out, struct err *e);
+/* "auto", "avx512", "avx2" or "scalar" (a level above what the CPU has
+ * falls back to the best it has; engine_isa_name says which runs). */
+int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
 
 /* ---- one forward step ---- */
 

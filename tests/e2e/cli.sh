@@ -34,6 +34,21 @@ expect_bad 2 "unknown command" "$bin" frobnicate
 printf 'not a gguf file at all, just text\n' >"$tmp/bad.gguf"
 expect_bad 2 "bad.gguf" "$bin" generate --model "$tmp/bad.gguf" --prompt hi
 expect_bad 2 "CUDA\|cuda" "$bin" generate --backend cuda --prompt hi
+expect_bad 2 "kernel level 'avx9'" "$bin" generate --isa avx9 --prompt hi
+
+# --isa: the scalar kernels compute the same products as the best level here
+# (in another order of additions): the same top token at the last position of
+# a chat prompt whose top two are 1.6 apart, its logit within 2 (int8
+# activations turn float-order noise into differences of ~1, as against
+# llama.cpp: doc/EVALS.md; so compare numbers, not generated text)
+printf '<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n' >"$tmp/cap.txt"
+"$bin" logits --raw --prompt-file "$tmp/cap.txt" --top 1 --isa scalar >"$tmp/isa.s" 2>"$tmp/isa.err" ||
+	fail "--isa scalar: $(cat "$tmp/isa.err")"
+"$bin" logits --raw --prompt-file "$tmp/cap.txt" --top 1 >"$tmp/isa.a" 2>/dev/null || fail "logits"
+top1() { tail -n 1 "$1" | sed 's/.*"top":\[\[//; s/\]\]}//'; }
+printf '%s,%s\n' "$(top1 "$tmp/isa.s")" "$(top1 "$tmp/isa.a")" |
+	awk -F, '$1 != $3 || $2 - $4 > 2 || $4 - $2 > 2 { bad = 1 } END { exit bad }' ||
+	fail "--isa scalar: top token $(top1 "$tmp/isa.s") against $(top1 "$tmp/isa.a")"
 
 # logits: one JSON line per position, top K entries each
 printf 'Hello world' >"$tmp/p.txt"
