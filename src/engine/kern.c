@@ -222,21 +222,23 @@ static void kern_put_block(const struct kern_ptype *pt, const struct kern_block 
 	}
 	for (int i = 0; i < KERN_QK / 2; i++)
 		qd[64 * (i / 4) + i % 4] = (uint8_t)((kb->q[i] & 15) | (kb->q[i + 16] & 15) << 4);
-	if (pt->hbits == 0)
-		return;
-	/* chunk c of element i: i / 4 for the low nibbles, 4 + (i - 16) / 4 above */
+	/* element i is entry e = i % 4 of chunk c = i / 4 (both nibble halves) */
 	uint8_t *hp = qd + 256;
-	for (int e = 0; e < 4; e++) {
-		hp[e] = 0;
-		if (pt->hbits == 2)
-			hp[64 + e] = 0;
-	}
-	for (int i = 0; i < KERN_QK; i++) {
-		int c = i < 16 ? i / 4 : 4 + (i - 16) / 4, e = i % 4, hi = kb->q[i] >> 4;
-		if (pt->hbits == 1)
-			hp[e] |= (uint8_t)(hi << c);
-		else
-			hp[64 * (c / 4) + e] |= (uint8_t)(hi << (2 * (c % 4)));
+	if (pt->hbits == 1) {
+		for (int e = 0; e < 4; e++) {
+			unsigned v = 0;
+			for (int c = 0; c < 8; c++)
+				v |= (unsigned)(kb->q[4 * c + e] >> 4) << c;
+			hp[e] = (uint8_t)v;
+		}
+	} else if (pt->hbits == 2) {
+		for (int p = 0; p < 2; p++)
+			for (int e = 0; e < 4; e++) {
+				unsigned v = 0;
+				for (int j = 0; j < 4; j++)
+					v |= (unsigned)(kb->q[16 * p + 4 * j + e] >> 4) << (2 * j);
+				hp[64 * p + e] = (uint8_t)v;
+			}
 	}
 }
 
