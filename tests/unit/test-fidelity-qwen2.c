@@ -5,7 +5,10 @@
  * make-model.py there: qwen2 architecture (Q/K/V biases, NEOX RoPE with base
  * 1e6, 4 query heads per KV head, tied embeddings), Q8_0, Q4_0 and Q4_1
  * matrices, a 759-token byte-level BPE vocabulary with the qwen2
- * pre-tokenizer. It is committed, so this test always runs.
+ * pre-tokenizer. It is committed, so this test always runs. The same model
+ * requantised to Q4_K_M by llama.cpp (tests/fixtures/qwen2/q4km: Q4_K, Q5_0
+ * and a Q6_K embedding) runs through the same checks, with its own fixtures
+ * and regression bars (see sets[] below main's helpers).
  *
  * Fixtures (tests/fixtures/qwen2/README.md says how they were made):
  *  - logits/NAME.jsonl: llama.cpp's tokens and top-10 logits at every
@@ -63,9 +66,9 @@ static char *fixture(const char *rel)
 }
 
 /* Read a logits fixture into *ref; returns the number of positions (0 on error). */
-static size_t read_logits(const char *name, struct ref_pos **ref)
+static size_t read_logits(const char *dir, const char *name, struct ref_pos **ref)
 {
-	char *rel = xasprintf("qwen2/logits/%s.jsonl", name), *path = fixture(rel), *text;
+	char *rel = xasprintf("%s/logits/%s.jsonl", dir, name), *path = fixture(rel), *text;
 	size_t len, cap = 0, n = 0;
 	struct err e;
 
@@ -114,11 +117,11 @@ static void check_tokens(const struct model *m, const char *what, const char *te
 }
 
 /* Run the engine over every position of one text; compare with llama.cpp. */
-static void check_text(struct engine *eng, const struct model *m, const char *name,
-                       struct tally *t)
+static void check_text(struct engine *eng, const struct model *m, const char *dir,
+                       const char *name, struct tally *t)
 {
 	struct ref_pos *ref;
-	size_t n = read_logits(name, &ref), len;
+	size_t n = read_logits(dir, name, &ref), len;
 	char *rel = xasprintf("engine/texts/%s.txt", name), *path = fixture(rel), *text;
 	uint32_t n_vocab = m->hp.n_vocab;
 	struct err e;
@@ -243,9 +246,10 @@ static void greedy_prompt(struct engine *eng, uint32_t n_vocab, const int32_t *p
 }
 
 /* Greedy continuations of the ChatML prompts (see the top of the file). */
-static void check_greedy(struct engine *eng, const struct model *m)
+static void check_greedy(struct engine *eng, const struct model *m, const char *dir)
 {
-	char *path = fixture("qwen2/greedy-64.jsonl"), *ppath = fixture("engine/prompts.txt");
+	char *gl = xasprintf("%s/greedy-64.jsonl", dir);
+	char *path = fixture(gl), *ppath = fixture("engine/prompts.txt");
 	char *text = NULL, *prompts = NULL, *save_l = NULL, *save_p = NULL;
 	size_t len;
 	struct err e;
@@ -290,21 +294,49 @@ out:
 	free(prompts);
 	free(path);
 	free(ppath);
+	free(gl);
 }
 
-int main(void)
+/* A model and its fixtures, with the bars of the regression guards. */
+struct fixture_set {
+	const char *dir;       /* under tests/fixtures */
+	const char *model;     /* in dir */
+	double min_agree;      /* overall top-1 agreement, % */
+	double max_diff;       /* max |dlogit| over the reference's top 10 */
+	const char *why;
+};
+
+/*
+ * The committed model, and the same model requantised to Q4_K_M by llama.cpp
+ * (q4km/README.md): Q4_K matrices, Q5_0 where rows of 384 are not whole
+ * k-blocks, a Q6_K embedding and LM head. llama.cpp rounds the activations of
+ * k-quant products per 256 (Q8_K) where we round per 32, so the two differ
+ * by more there: measured at commit time 97.15 % and 0.49 at the top logit.
+ */
+static const struct fixture_set sets[] = {
+	{ "qwen2", "tiny-qwen2.gguf", 97.0, 0.5,
+	  "exact arithmetic agrees on 98.25 % and differs by at most 0.33 (top logits "
+	  "about 10-20); leaving out the small V bias gives 85 % and 3.1, a wrong RoPE base "
+	  "43 % and 20" },
+	{ "qwen2/q4km", "tiny-qwen2-q4km.gguf", 95.0, 1.0,
+	  "activations rounded per 32 against llama.cpp's per 256 for the k-quants" },
+};
+
+/* Every check on one model. */
+static void check_set(const struct fixture_set *fs)
 {
-	char *path = fixture("qwen2/tiny-qwen2.gguf");
+	char *rel = xasprintf("%s/%s", fs->dir, fs->model), *path = fixture(rel);
 	struct model *m = NULL;
 	struct engine *eng = NULL;
 	struct engine_config cfg;
 	struct tally t = { 0, 0, 0, 0, 0.0 };
 	struct err e;
 
+	free(rel);
 	T_CHECK(model_load(&m, path, &e) == KVS_OK, "model_load: %s", e.msg);
 	free(path);
 	if (m == NULL)
-		return t_done("test-fidelity-qwen2");
+		return;
 	engine_config_default(&cfg);
 	cfg.backend = ENGINE_BACKEND_CPU;
 	cfg.n_ctx = 2048;
@@ -313,12 +345,13 @@ int main(void)
 	T_CHECK(engine_create(&eng, m, &cfg, &e) == KVS_OK, "engine_create: %s", e.msg);
 	if (eng == NULL) {
 		model_free(m);
-		return t_done("test-fidelity-qwen2");
+		return;
 	}
-	printf("test-fidelity-qwen2: engine %s/%s%s, %d threads\n", engine_backend_name(eng),
-	       engine_isa_name(eng), cfg.reference ? " (reference)" : "", engine_n_threads(eng));
+	printf("test-fidelity-qwen2: %s, engine %s/%s%s, %d threads\n", fs->model,
+	       engine_backend_name(eng), engine_isa_name(eng), cfg.reference ? " (reference)" : "",
+	       engine_n_threads(eng));
 	for (size_t i = 0; i < KVS_ARRAY_LEN(texts); i++)
-		check_text(eng, m, texts[i], &t);
+		check_text(eng, m, fs->dir, texts[i], &t);
 	double agree = t.n_pos ? 100.0 * (double)t.n_agree / (double)t.n_pos : 0.0;
 	double clear = t.n_clear ? 100.0 * (double)t.n_clear_agree / (double)t.n_clear : 0.0;
 	printf("  all: %llu positions, top-1 agreement %.2f %%, max |dlogit| %.4f\n",
@@ -326,15 +359,21 @@ int main(void)
 	printf("  positions where llama.cpp's top-2 gap >= %.1f: %llu, top-1 agreement %.2f %%\n",
 	       GAP_MIN, (unsigned long long)t.n_clear, clear);
 	T_CHECK(t.n_pos >= 2000, "only %llu positions in the fixtures", (unsigned long long)t.n_pos);
-	T_CHECK(clear >= 99.5, "top-1 agreement %.2f %% < 99.5 %% where llama.cpp's gap >= %.1f",
-	        clear, GAP_MIN);
-	/* Regression guards. Exact arithmetic agrees on 98.25 % and differs by
-	 * at most 0.33 (top logits here are about 10-20); leaving out the small
-	 * V bias gives 85 % and 3.1, a wrong RoPE base 43 % and 20. */
-	T_CHECK(agree >= 97.0, "overall top-1 agreement %.2f %% < 97 %%", agree);
-	T_CHECK(t.max_diff < 0.5, "max |dlogit| %.4f >= 0.5", t.max_diff);
-	check_greedy(eng, m);
+	T_CHECK(clear >= 99.5, "%s: top-1 agreement %.2f %% < 99.5 %% where llama.cpp's gap >= %.1f",
+	        fs->model, clear, GAP_MIN);
+	/* regression guards (fs->why) */
+	T_CHECK(agree >= fs->min_agree, "%s: overall top-1 agreement %.2f %% < %.0f %%", fs->model,
+	        agree, fs->min_agree);
+	T_CHECK(t.max_diff < fs->max_diff, "%s: max |dlogit| %.4f >= %.1f", fs->model, t.max_diff,
+	        fs->max_diff);
+	check_greedy(eng, m, fs->dir);
 	engine_free(eng);
 	model_free(m);
+}
+
+int main(void)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sets); i++)
+		check_set(&sets[i]);
 	return t_done("test-fidelity-qwen2");
 }
