@@ -45,6 +45,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #define CPU_UBATCH 512   /* tokens per pool_run */
@@ -224,11 +226,17 @@ static void cpu_pack_thread(void *arg, int ith, int nth)
  * that does not match exactly is ignored, and the file rewritten. Files are
  * written whole under a temporary name, then renamed. Files under
  * CPU_PACK_CACHE_MIN (test models) are never cached; KVSCOPE_PACK_CACHE=0
- * turns the cache off.
+ * turns the cache off. The folder is kept under a size cap (default
+ * CPU_PACK_CACHE_CAP, KVSCOPE_PACK_CACHE_MAX in MiB): a load touches the file
+ * it maps, and a write removes the least recently used others until the
+ * folder fits; a file that would not fit, or would leave the disk with less
+ * than CPU_PACK_CACHE_SPARE free, is not written.
  */
 #define CPU_PACK_VERSION 2          /* bump when kern_pack or the arena order changes */
 #define CPU_PACK_HEADER 4096        /* the arena starts page-aligned after it */
 #define CPU_PACK_CACHE_MIN (16u << 20)
+#define CPU_PACK_CACHE_CAP (16ull << 30)
+#define CPU_PACK_CACHE_SPARE (1ull << 30)
 
 struct cpu_pack_header {
 	char magic[8];                  /* "KVSPACK" */
@@ -275,8 +283,10 @@ static bool cpu_pack_cache_load(struct cpu *c, const char *path, const struct cp
 	if (ok) {
 		void *map = mmap(NULL, h->arena_bytes, PROT_READ, MAP_PRIVATE, fd, CPU_PACK_HEADER);
 		ok = map != MAP_FAILED;
-		if (ok)
+		if (ok) {
 			c->arena = map;
+			(void)futimens(fd, NULL); /* recently used: the last to be evicted */
+		}
 	}
 	if (fd >= 0)
 		close(fd);
@@ -285,15 +295,96 @@ static bool cpu_pack_cache_load(struct cpu *c, const char *path, const struct cp
 
 /* Write the packed arena to path (whole, under a temporary name, then
  * renamed); a failure only costs the next load a repack. */
-static void cpu_pack_cache_store(const struct cpu *c, const char *path,
+/* The cache folder's size cap in bytes. */
+static uint64_t cpu_pack_cache_cap(void)
+{
+	const char *env = getenv("KVSCOPE_PACK_CACHE_MAX");
+	char *end;
+	unsigned long long mib = env != NULL ? strtoull(env, &end, 10) : 0;
+	if (env == NULL || *env == '\0' || *end != '\0' || mib == 0 || mib > (1ull << 40)) {
+		if (env != NULL)
+			log_warn("KVSCOPE_PACK_CACHE_MAX='%s': expected a size in MiB; using %llu MiB",
+			         env, (unsigned long long)(CPU_PACK_CACHE_CAP >> 20));
+		return CPU_PACK_CACHE_CAP;
+	}
+	return (uint64_t)mib << 20;
+}
+
+struct cpu_cache_file {
+	char *path;
+	uint64_t bytes;
+	int64_t mtime_ns;
+};
+
+static int cpu_cache_file_cmp(const void *a, const void *b)
+{
+	const struct cpu_cache_file *x = a, *y = b;
+	return (x->mtime_ns > y->mtime_ns) - (x->mtime_ns < y->mtime_ns);
+}
+
+/* Remove the least recently used cache files in dir but keep until the
+ * folder holds at most cap - incoming bytes; false when even that cannot make
+ * room (the files in use by other processes stay valid: unlink only drops
+ * the name). */
+static bool cpu_pack_cache_trim(const char *dir, const char *keep, uint64_t incoming,
+                                uint64_t cap)
+{
+	if (incoming > cap)
+		return false;
+	struct dirent **names = NULL;
+	int n = scandir(dir, &names, NULL, NULL);
+	struct cpu_cache_file *files = xcalloc((size_t)(n > 0 ? n : 1), sizeof *files);
+	size_t nf = 0;
+	uint64_t total = 0;
+	for (int i = 0; i < n; i++) {
+		size_t l = strlen(names[i]->d_name);
+		struct stat st;
+		char *p = xasprintf("%s/%s", dir, names[i]->d_name);
+		if (l > 4 && strcmp(names[i]->d_name + l - 4, ".bin") == 0 &&
+		    (keep == NULL || strcmp(p, keep) != 0) && stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
+			files[nf].path = p;
+			files[nf].bytes = (uint64_t)st.st_size;
+			files[nf].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+			total += files[nf++].bytes;
+		} else {
+			free(p);
+		}
+		free(names[i]);
+	}
+	free(names);
+	qsort(files, nf, sizeof *files, cpu_cache_file_cmp);
+	for (size_t i = 0; i < nf && total + incoming > cap; i++)
+		if (unlink(files[i].path) == 0) {
+			log_info("packed-weights cache: removed %s (least recently used)", files[i].path);
+			total -= files[i].bytes;
+		}
+	for (size_t i = 0; i < nf; i++)
+		free(files[i].path);
+	free(files);
+	return total + incoming <= cap;
+}
+
+/* Write the arena to the cache file path; whether it was written. */
+static bool cpu_pack_cache_store(const struct cpu *c, const char *path,
                                  const struct cpu_pack_header *h)
 {
 	char *dir = xstrdup(path), *tmp = xasprintf("%s.tmp%ld", path, (long)getpid());
 	*strrchr(dir, '/') = '\0';
 	uint8_t head[CPU_PACK_HEADER] = { 0 };
 	memcpy(head, h, sizeof *h);
-	int fd = file_mkdirs(dir, 0700) == 0 ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)
-	                                      : -1;
+	uint64_t bytes = CPU_PACK_HEADER + h->arena_bytes;
+	struct statvfs vfs;
+	if (file_mkdirs(dir, 0700) != 0 || !cpu_pack_cache_trim(dir, path, bytes, cpu_pack_cache_cap()) ||
+	    statvfs(dir, &vfs) != 0 ||
+	    (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + CPU_PACK_CACHE_SPARE) {
+		log_info("packed-weights cache: %s not written (%.0f MiB would not fit under the cap "
+		         "or would leave under %llu MiB free)",
+		         path, (double)bytes / (1 << 20), (unsigned long long)(CPU_PACK_CACHE_SPARE >> 20));
+		free(tmp);
+		free(dir);
+		return false;
+	}
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	bool ok = fd >= 0 && write(fd, head, sizeof head) == (ssize_t)sizeof head;
 	for (uint64_t off = 0; ok && off < h->arena_bytes;) {
 		ssize_t w = write(fd, (const uint8_t *)c->arena + off,
@@ -311,6 +402,7 @@ static void cpu_pack_cache_store(const struct cpu *c, const char *path,
 	}
 	free(tmp);
 	free(dir);
+	return ok;
 }
 
 /* Repack the weights that have packed kernels (not in reference mode) into
@@ -352,15 +444,16 @@ static void cpu_pack_weights(struct cpu *c)
 		for (size_t i = 0; i < n; i++)
 			if (ws[i]->packed && src[i] != NULL)
 				ws[i]->data = (uint8_t *)c->arena + (uintptr_t)ws[i]->data;
+		bool stored = false;
 		if (!cached) {
 			struct cpu_pack_job pj = { ws, n, src, c->m->gguf != NULL && c->m->gguf->owns_map };
 			pool_run(c->pool, cpu_pack_thread, &pj);
 			if (cache != NULL)
-				cpu_pack_cache_store(c, cache, &h);
+				stored = cpu_pack_cache_store(c, cache, &h);
 		}
 		if (cached)
 			log_info("packed weights mapped from the cache %s", cache);
-		else if (cache != NULL)
+		else if (stored)
 			log_info("packed weights written to the cache %s", cache);
 		free(cache);
 	}

@@ -86,6 +86,19 @@ XDG_CACHE_HOME=$tmp/cache KVSCOPE_LOG=info gen >"$tmp/p3" 2>"$tmp/p3.err"
 grep -q "packed weights written to the cache" "$tmp/p3.err" || fail "a damaged cache was not replaced"
 cmp -s "$tmp/p0" "$tmp/p1" && cmp -s "$tmp/p0" "$tmp/p2" && cmp -s "$tmp/p0" "$tmp/p3" ||
 	fail "output differs with the pack cache"
+# its size cap: the least recently used file goes to make room (a sparse
+# 200 MiB stand-in, a year old); a file that cannot fit is not written
+rm -f "$tmp"/cache/kvscope/packed/*.bin
+truncate -s 200M "$tmp/cache/kvscope/packed/old.bin" && touch -d '2025-01-01' "$tmp/cache/kvscope/packed/old.bin"
+XDG_CACHE_HOME=$tmp/cache KVSCOPE_PACK_CACHE_MAX=250 KVSCOPE_LOG=info gen >"$tmp/p4" 2>"$tmp/p4.err"
+grep -q "removed .*old.bin (least recently used)" "$tmp/p4.err" && [ ! -e "$tmp/cache/kvscope/packed/old.bin" ] &&
+	grep -q "packed weights written to the cache" "$tmp/p4.err" || fail "cache cap: $(cat "$tmp/p4.err")"
+rm -f "$tmp"/cache/kvscope/packed/*.bin
+XDG_CACHE_HOME=$tmp/cache KVSCOPE_PACK_CACHE_MAX=10 KVSCOPE_LOG=info gen >"$tmp/p5" 2>"$tmp/p5.err"
+grep -q "not written" "$tmp/p5.err" && ! grep -q "written to the cache" "$tmp/p5.err" &&
+	[ -z "$(ls "$tmp"/cache/kvscope/packed/)" ] ||
+	fail "a cache file over the cap was written: $(cat "$tmp/p5.err")"
+cmp -s "$tmp/p0" "$tmp/p4" && cmp -s "$tmp/p0" "$tmp/p5" || fail "output differs with the cache cap"
 
 [ "$fails" -eq 0 ] || exit 1
 echo "cli.sh: all checks passed"
