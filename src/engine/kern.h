@@ -10,19 +10,21 @@
  *    advances 16 rows' dot products by 4 elements with no horizontal sums,
  *    and activations enter as 4-byte broadcasts. Q4_0, Q4_1 and Q8_0 keep
  *    their own bytes (a group takes exactly its 16 rows' bytes). The
- *    k-quants and the 5-bit types are unpacked to one 32-block at a time:
- *    unsigned quants (4-bit for Q4_K, bytes for Q5_0, Q5_1, Q5_K, Q6_K) with
- *    the block's effective scale d*sc and offset -dmin*m as f32, so that
- *    every weight reads back exactly as the file's dequantiser computes it
- *    (Q6_K's two 16-element scales per block are kept apart).
+ *    k-quants and the 5-bit types are unpacked one 32-block at a time into
+ *    unsigned quants (4-bit nibbles, plus one or two bit planes for Q5_0,
+ *    Q5_1, Q5_K and Q6_K) with the block's effective scale d*sc and min
+ *    -dmin*m as f32, so that every weight reads back exactly as the file's
+ *    dequantiser computes it (Q6_K's two 16-element scales per block are
+ *    kept apart). kern.c's header has the byte layouts.
  *  - Activations are quantised per 32-block to int8 (the Q8 scheme: scale
  *    d = max|x|/127), keeping d, sum(q) and s = d * sum(q) per block. All
- *    three types reduce to one integer form: sum(u8 w' * s8 a) per block,
- *    where w' is the stored quant (4-bit types) or the int8 quant + 128
- *    (Q8_0); Q4_0 and Q8_0 subtract 8 or 128 times sum(a) in integers, Q4_1
- *    adds its min m times s.
- *  - Every other weight type goes through a generic path: dequantise a row to
- *    f32 and dot it with the f32 activations.
+ *    the packed types reduce to one integer form: sum(u8 w' * s8 a) per block,
+ *    where w' is the stored unsigned quant (the int8 quant + 128 for Q8_0);
+ *    an integer offset k comes back out as k times sum(a) (Q4_0 8, Q8_0 128,
+ *    Q5_0 16, Q6_K 32 per half block), a min M as M times s.
+ *  - F16, BF16 and F32 weights go through a generic path: rows widened to f32
+ *    (4 at a time) and multiplied by the f32 activations in a kernel blocked
+ *    over rows and tokens, or dotted in one pass for a single token.
  *
  * Attention, SwiGLU, RMSNorm and RoPE have kernels here too: scores of up to
  * KERN_ATT_Q queries against 16 keys at a time (keys stored transposed),
@@ -89,7 +91,7 @@ struct kern_ops {
 	 * product, register-blocked over rows and tokens. */
 	void (*gemm_rows_f32)(const float *w, int64_t ldw, int nr, const float *x, int64_t ldx,
 	                      int64_t n, int64_t K, float *y, int64_t ldy, bool acc);
-	/* bf16 <-> f32 of n values (the top half of the float). */
+	/* bf16 -> f32 of n values (the top half of the float). */
 	void (*bf16_to_f32)(const uint16_t *src, float *dst, int64_t n);
 	/* y[i] += alpha * x[i]. */
 	void (*axpy_f32)(float *y, const float *x, float alpha, int64_t n);
