@@ -232,7 +232,7 @@ static void cpu_pack_thread(void *arg, int ith, int nth)
  * folder fits; a file that would not fit, or would leave the disk with less
  * than CPU_PACK_CACHE_SPARE free, is not written.
  */
-#define CPU_PACK_VERSION 2          /* bump when kern_pack or the arena order changes */
+#define CPU_PACK_VERSION 3          /* bump when kern_pack or the arena order changes */
 #define CPU_PACK_HEADER 4096        /* the arena starts page-aligned after it */
 #define CPU_PACK_CACHE_MIN (16u << 20)
 #define CPU_PACK_CACHE_CAP (16ull << 30)

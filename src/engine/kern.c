@@ -55,6 +55,8 @@
 struct kern_block {
 	uint8_t q[KERN_QK];
 	float D, D1, M;
+	uint8_t s0, s1;       /* k-quants: the sub-block's scale and min (Q6_K: its two int8 scales) */
+	float sd, smin;       /* k-quants: the 256-block's d and dmin */
 };
 
 /* Unpack 32-block b of a source row. */
@@ -74,6 +76,8 @@ struct kern_ptype {
 	bool f32;             /* f32 header (else f16) */
 	bool min;             /* has M */
 	bool halves;          /* a second scale D1 for elements 16..31 (Q6_K) */
+	bool ks;              /* k-quant scales: bytes per block, d (dmin) per 256-block */
+	uint32_t sh;          /* ks: bytes of a 256-block's header (d, dmin for 16 rows) */
 	int32_t off;          /* the integer offset k */
 	kern_decode_fn decode; /* NULL: the source bytes are copied */
 };
@@ -94,8 +98,12 @@ static void kern_dec_q4_k(const uint8_t *row, int64_t b, struct kern_block *o)
 	dtype_kq_scales_mins(sb + 4, sc, mn);
 	for (int l = 0; l < KERN_QK; l++)
 		o->q[l] = (uint8_t)((qs[l] >> shift) & 15);
-	o->D = kern_rdh(sb) * (float)sc[j];
-	o->M = -(kern_rdh(sb + 2) * (float)mn[j]);
+	o->sd = kern_rdh(sb);
+	o->smin = kern_rdh(sb + 2);
+	o->s0 = sc[j];
+	o->s1 = mn[j];
+	o->D = o->sd * (float)sc[j];
+	o->M = -(o->smin * (float)mn[j]);
 	o->D1 = 0;
 }
 
@@ -108,8 +116,12 @@ static void kern_dec_q5_k(const uint8_t *row, int64_t b, struct kern_block *o)
 	dtype_kq_scales_mins(sb + 4, sc, mn);
 	for (int l = 0; l < KERN_QK; l++)
 		o->q[l] = (uint8_t)(((qs[l] >> shift) & 15) | (((qh[l] >> j) & 1) << 4));
-	o->D = kern_rdh(sb) * (float)sc[j];
-	o->M = -(kern_rdh(sb + 2) * (float)mn[j]);
+	o->sd = kern_rdh(sb);
+	o->smin = kern_rdh(sb + 2);
+	o->s0 = sc[j];
+	o->s1 = mn[j];
+	o->D = o->sd * (float)sc[j];
+	o->M = -(o->smin * (float)mn[j]);
 	o->D1 = 0;
 }
 
@@ -127,6 +139,10 @@ static void kern_dec_q6_k(const uint8_t *row, int64_t b, struct kern_block *o)
 	for (int l = 0; l < KERN_QK; l++)
 		o->q[l] = (uint8_t)(((ql[l] >> lshift) & 15) | (((qh[l] >> hshift) & 3) << 4));
 	float d = kern_rdh(sb + 208);
+	o->sd = d;
+	o->smin = 0;
+	o->s0 = (uint8_t)sc[8 * h + 2 * g];
+	o->s1 = (uint8_t)sc[8 * h + 2 * g + 1];
 	o->D = d * (float)sc[8 * h + 2 * g];
 	o->D1 = d * (float)sc[8 * h + 2 * g + 1];
 	o->M = 0;
@@ -161,17 +177,22 @@ static void kern_dec_q5_1(const uint8_t *row, int64_t b, struct kern_block *o)
 	o->D1 = 0;
 }
 
-/* type, src bytes, src elems, src qs, hdr, packed bytes, bits8, hbits, flip,
- * f32, min, halves, offset, decoder */
+/* type, src bytes, src elems, src qs, hdr, packed bytes (per block), bits8,
+ * hbits, flip, f32, min, halves, ks, sh, offset, decoder */
 static const struct kern_ptype kern_ptypes[] = {
-	{ DT_Q4_0, 18, 32, 2, 32, 288, false, 0, false, false, false, false, 8, NULL },
-	{ DT_Q4_1, 20, 32, 4, 64, 320, false, 0, false, false, true, false, 0, NULL },
-	{ DT_Q8_0, 34, 32, 2, 32, 544, true, 0, true, false, false, false, 128, NULL },
-	{ DT_Q4_K, 144, 256, 0, 128, 384, false, 0, false, true, true, false, 0, kern_dec_q4_k },
-	{ DT_Q5_0, 22, 32, 0, 64, 384, false, 1, false, true, false, false, 16, kern_dec_q5_0 },
-	{ DT_Q5_1, 24, 32, 0, 128, 448, false, 1, false, true, true, false, 0, kern_dec_q5_1 },
-	{ DT_Q5_K, 176, 256, 0, 128, 448, false, 1, false, true, true, false, 0, kern_dec_q5_k },
-	{ DT_Q6_K, 210, 256, 0, 128, 512, false, 2, false, true, false, true, 32, kern_dec_q6_k },
+	{ DT_Q4_0, 18, 32, 2, 32, 288, false, 0, false, false, false, false, false, 0, 8, NULL },
+	{ DT_Q4_1, 20, 32, 4, 64, 320, false, 0, false, false, true, false, false, 0, 0, NULL },
+	{ DT_Q8_0, 34, 32, 2, 32, 544, true, 0, true, false, false, false, false, 0, 128, NULL },
+	{ DT_Q4_K, 144, 256, 0, 32, 288, false, 0, false, false, true, false, true, 128, 0,
+	  kern_dec_q4_k },
+	{ DT_Q5_0, 22, 32, 0, 64, 384, false, 1, false, true, false, false, false, 0, 16,
+	  kern_dec_q5_0 },
+	{ DT_Q5_1, 24, 32, 0, 128, 448, false, 1, false, true, true, false, false, 0, 0,
+	  kern_dec_q5_1 },
+	{ DT_Q5_K, 176, 256, 0, 32, 352, false, 1, false, false, true, false, true, 128, 0,
+	  kern_dec_q5_k },
+	{ DT_Q6_K, 210, 256, 0, 32, 416, false, 2, false, false, false, true, true, 64, 32,
+	  kern_dec_q6_k },
 };
 #define KERN_N_PTYPES ((int)KVS_ARRAY_LEN(kern_ptypes))
 
@@ -196,24 +217,59 @@ bool kern_type_packed(uint32_t type)
 	return kern_ptype(type) != NULL;
 }
 
+/* Bytes of one 16-row group of nb blocks (k-quants: per 256-block, its
+ * header then its 8 blocks). */
+static uint64_t kern_group_span(const struct kern_ptype *pt, int64_t nb)
+{
+	if (pt->ks)
+		return (uint64_t)(nb / 8) * (pt->sh + 8ull * pt->pk_bytes);
+	return (uint64_t)nb * pt->pk_bytes;
+}
+
+/* Block b of the group at gd. */
+static inline const uint8_t *kern_block_at(const struct kern_ptype *pt, const uint8_t *gd,
+                                           int64_t b)
+{
+	if (pt->ks)
+		return gd + (uint64_t)(b / 8) * (pt->sh + 8ull * pt->pk_bytes) + pt->sh +
+		       (uint64_t)(b % 8) * pt->pk_bytes;
+	return gd + (uint64_t)b * pt->pk_bytes;
+}
+
+/* The header of block b's 256-block (k-quants). */
+static inline const uint8_t *kern_super_at(const struct kern_ptype *pt, const uint8_t *gd,
+                                           int64_t b)
+{
+	return gd + (uint64_t)(b / 8) * (pt->sh + 8ull * pt->pk_bytes);
+}
+
 uint64_t kern_packed_bytes(uint32_t type, int64_t rows, int64_t K)
 {
 	const struct kern_ptype *pt = kern_ptype(type);
 	if (pt == NULL)
 		return 0;
 	uint64_t groups = (uint64_t)(rows + KERN_GROUP - 1) / KERN_GROUP;
-	return groups * (uint64_t)(K / KERN_QK) * pt->pk_bytes;
+	return groups * kern_group_span(pt, K / KERN_QK);
 }
 
-/* Write one unpacked block as row r of packed block pr. */
+/* Write one unpacked block as row r of packed block pr (k-quants: and its
+ * 256-block's scales into the header sup). */
 static void kern_put_block(const struct kern_ptype *pt, const struct kern_block *kb, int r,
-                           uint8_t *pr)
+                           uint8_t *pr, uint8_t *sup)
 {
-	memcpy(pr + 4 * r, &kb->D, 4);
-	if (pt->min)
-		memcpy(pr + 64 + 4 * r, &kb->M, 4);
-	if (pt->halves)
-		memcpy(pr + 64 + 4 * r, &kb->D1, 4);
+	if (pt->ks) {
+		pr[r] = kb->s0;
+		pr[16 + r] = kb->s1;
+		memcpy(sup + 4 * r, &kb->sd, 4);
+		if (pt->min)
+			memcpy(sup + 64 + 4 * r, &kb->smin, 4);
+	} else {
+		memcpy(pr + 4 * r, &kb->D, 4);
+		if (pt->min)
+			memcpy(pr + 64 + 4 * r, &kb->M, 4);
+		if (pt->halves)
+			memcpy(pr + 64 + 4 * r, &kb->D1, 4);
+	}
 	uint8_t *qd = pr + pt->hdr + 4 * r;
 	if (pt->bits8) {
 		for (int i = 0; i < KERN_QK; i++)
@@ -250,19 +306,21 @@ void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8
 	uint64_t row_bytes = (uint64_t)(K / pt->src_elems) * pt->src_bytes;
 	uint32_t n_chunks = pt->bits8 ? 8 : 4;
 	uint32_t flip = pt->flip ? 0x80808080u : 0;
+	uint64_t span = kern_group_span(pt, nb);
 	for (int64_t g = g0; g < g1; g++) {
-		uint8_t *gd = dst + (uint64_t)g * nb * pt->pk_bytes;
+		uint8_t *gd = dst + (uint64_t)g * span;
 		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, rows - g * KERN_GROUP);
 		if (nr < KERN_GROUP)
-			memset(gd, 0, (uint64_t)nb * pt->pk_bytes); /* zero scales: padding rows give 0 */
+			memset(gd, 0, span); /* zero scales: padding rows give 0 */
 		for (int r = 0; r < nr; r++) {
 			const uint8_t *sr = src + (uint64_t)(g * KERN_GROUP + r) * row_bytes;
 			uint8_t *pr = gd;
 			if (pt->decode != NULL) {
 				struct kern_block kb;
-				for (int64_t b = 0; b < nb; b++, pr += pt->pk_bytes) {
+				for (int64_t b = 0; b < nb; b++) {
 					pt->decode(sr, b, &kb);
-					kern_put_block(pt, &kb, r, pr);
+					kern_put_block(pt, &kb, r, (uint8_t *)kern_block_at(pt, gd, b),
+					               (uint8_t *)kern_super_at(pt, gd, b));
 				}
 				continue;
 			}
@@ -281,9 +339,19 @@ void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8
 	}
 }
 
-/* Header value i (0: D, 1: M or D1) of row r in packed block pb. */
-static inline float kern_hdr(const struct kern_ptype *pt, const uint8_t *pb, int i, int r)
+/* Header value i (0: D, 1: M or D1) of row r in packed block pb, whose
+ * 256-block header is sup (k-quants: computed as the file's dequantiser
+ * does, d * sc and -(dmin * m)). */
+static inline float kern_hdr(const struct kern_ptype *pt, const uint8_t *sup, const uint8_t *pb,
+                             int i, int r)
 {
+	if (pt->ks) {
+		float d;
+		memcpy(&d, sup + (i == 1 && pt->min ? 64 : 0) + 4 * r, 4);
+		if (pt->halves)
+			return d * (float)(int8_t)pb[16 * i + r];
+		return i == 0 ? d * (float)pb[r] : -(d * (float)pb[16 + r]);
+	}
 	if (pt->f32) {
 		float v;
 		memcpy(&v, pb + 64 * i + 4 * r, 4);
@@ -319,10 +387,10 @@ void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
 	int rr = (int)(r % KERN_GROUP);
 	const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
 	for (int64_t b = 0; b < nb; b++) {
-		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
-		float d = kern_hdr(pt, pb, 0, rr);
-		float d1 = pt->halves ? kern_hdr(pt, pb, 1, rr) : d;
-		float m = pt->min ? kern_hdr(pt, pb, 1, rr) : 0.0f;
+		const uint8_t *pb = kern_block_at(pt, gd, b), *sup = kern_super_at(pt, gd, b);
+		float d = kern_hdr(pt, sup, pb, 0, rr);
+		float d1 = pt->halves ? kern_hdr(pt, sup, pb, 1, rr) : d;
+		float m = pt->min ? kern_hdr(pt, sup, pb, 1, rr) : 0.0f;
 		for (int i = 0; i < KERN_QK; i++) {
 			float v = (i < 16 ? d : d1) * (float)(kern_wq(pt, pb + pt->hdr, rr, i) - pt->off);
 			out[b * KERN_QK + i] = pt->min ? v + m : v;
@@ -373,7 +441,7 @@ static void sc_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
 			float sum[KERN_GROUP] = { 0 };
 			const int8_t *aq = a->q + t * a->K;
 			for (int64_t b = 0; b < nb; b++) {
-				const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+				const uint8_t *pb = kern_block_at(pt, gd, b), *sup = kern_super_at(pt, gd, b);
 				float da = a->d[t * nb + b], sa = a->s[t * nb + b];
 				const int32_t *h16 = pt->halves ? a->isum16 + 2 * (t * nb + b) : NULL;
 				int32_t corr = pt->off * a->isum[t * nb + b];
@@ -381,15 +449,16 @@ static void sc_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
 					int32_t dot[2] = { 0, 0 };
 					for (int i = 0; i < KERN_QK; i++)
 						dot[i / 16] += kern_wq(pt, pb + pt->hdr, r, i) * aq[b * KERN_QK + i];
-					float d = kern_hdr(pt, pb, 0, r);
+					float d = kern_hdr(pt, sup, pb, 0, r);
 					if (pt->halves) {
 						sum[r] += (float)(dot[0] - pt->off * h16[0]) * (d * da);
-						sum[r] += (float)(dot[1] - pt->off * h16[1]) * (kern_hdr(pt, pb, 1, r) * da);
+						sum[r] += (float)(dot[1] - pt->off * h16[1]) *
+						          (kern_hdr(pt, sup, pb, 1, r) * da);
 						continue;
 					}
 					sum[r] += (float)(dot[0] + dot[1] - corr) * (d * da);
 					if (pt->min)
-						sum[r] += kern_hdr(pt, pb, 1, r) * sa;
+						sum[r] += kern_hdr(pt, sup, pb, 1, r) * sa;
 				}
 			}
 			float *yt = y + t * ldy + g * KERN_GROUP;
@@ -674,9 +743,24 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 	const __m256i ones = _mm256_set1_epi16(1);
 	const __m256i x80 = _mm256_set1_epi8((char)0x80);
 	for (int64_t b = 0; b < nb; b++) {
-		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+		const uint8_t *pb = kern_block_at(pt, gd, b);
 		__m256 dw, mo = _mm256_setzero_ps(), dw1 = _mm256_setzero_ps();
-		if (pt->f32) {
+		if (pt->ks) {
+			/* d * sc and -(dmin * m) per row, as the file's dequantiser */
+			const uint8_t *sup = kern_super_at(pt, gd, b);
+			__m256 d = _mm256_loadu_ps((const float *)(sup + 32 * h));
+			__m128i s0 = _mm_loadl_epi64((const __m128i *)(pb + 8 * h));
+			__m128i s1 = _mm_loadl_epi64((const __m128i *)(pb + 16 + 8 * h));
+			if (pt->halves) {
+				dw = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s0)));
+				dw1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s1)));
+			} else {
+				dw = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s0)));
+				__m256 dmin = _mm256_loadu_ps((const float *)(sup + 64 + 32 * h));
+				mo = _mm256_sub_ps(_mm256_setzero_ps(),
+				                   _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s1))));
+			}
+		} else if (pt->f32) {
 			dw = _mm256_loadu_ps((const float *)(pb + 32 * h));
 			if (pt->min)
 				mo = _mm256_loadu_ps((const float *)(pb + 64 + 32 * h));
@@ -1088,9 +1172,24 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 	const float *ad = a->d + t0 * nb, *as = a->s + t0 * nb;
 	const int32_t *ai = a->isum + t0 * nb;
 	for (int64_t b = 0; b < nb; b++) {
-		const uint8_t *pb = gd + (uint64_t)b * pt->pk_bytes;
+		const uint8_t *pb = kern_block_at(pt, gd, b);
 		__m512 dw, mo = _mm512_setzero_ps(), dw1 = _mm512_setzero_ps();
-		if (pt->f32) {
+		if (pt->ks) {
+			/* d * sc and -(dmin * m) per row, as the file's dequantiser */
+			const uint8_t *sup = kern_super_at(pt, gd, b);
+			__m512 d = _mm512_loadu_ps(sup);
+			__m128i s0 = _mm_loadu_si128((const __m128i *)pb);
+			__m128i s1 = _mm_loadu_si128((const __m128i *)(pb + 16));
+			if (pt->halves) {
+				dw = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s0)));
+				dw1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s1)));
+			} else {
+				dw = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(s0)));
+				__m512 dmin = _mm512_loadu_ps(sup + 64);
+				mo = _mm512_sub_ps(_mm512_setzero_ps(),
+				                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(s1))));
+			}
+		} else if (pt->f32) {
 			dw = _mm512_loadu_ps(pb);
 			if (pt->min)
 				mo = _mm512_loadu_ps(pb + 64);
