@@ -6,10 +6,19 @@
  *   Q4_0  d[16] f16 | qs[4][16][4]             288 B  (= 16 x 18)
  *   Q4_1  d[16] f16 | m[16] f16 | qs[4][16][4] 320 B  (= 16 x 20)
  *   Q8_0  d[16] f16 | qs[8][16][4]             544 B  (= 16 x 34)
- *   Q4_K  D[16] f32 | M[16] f32 | qs[4][16][4]                384 B
  *   Q5_0  D[16] f32 | qs[4][16][4] | hp[16][4]                384 B
- *   Q5_1, Q5_K  D[16] f32 | M[16] f32 | qs[4][16][4] | hp[16][4]   448 B
- *   Q6_K  D[16] f32 | D1[16] f32 | qs[4][16][4] | hp[2][16][4]     512 B
+ *   Q5_1  D[16] f32 | M[16] f32 | qs[4][16][4] | hp[16][4]    448 B
+ *
+ * and the k-quants keep the file's factoring: for each 256-block the 16
+ * rows' d (and dmin) as f32, then its eight 32-blocks with their 6-bit
+ * sub-scales as bytes:
+ *
+ *   Q4_K  d[16] dmin[16] f32 | 8 x ( sc[16] m[16] u8 | qs[4][16][4] )              128 + 8 x 288 B
+ *   Q5_K  d[16] dmin[16] f32 | 8 x ( sc[16] m[16] u8 | qs[4][16][4] | hp[16][4] )  128 + 8 x 352 B
+ *   Q6_K  d[16] f32 | 8 x ( sc0[16] sc1[16] i8 | qs[4][16][4] | hp[2][16][4] )    64 + 8 x 416 B
+ *
+ * (D = d * sc and M = -(dmin * m) are formed in the kernels with the
+ * dequantiser's own float operations, so they are exact.)
  *
  * where qs[j][r][0..3] are row r's bytes 4j..4j+3 of the block. In the
  * 4-bit layouts a byte i holds element i (low nibble) and element i + 16

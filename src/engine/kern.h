@@ -12,10 +12,11 @@
  *    their own bytes (a group takes exactly its 16 rows' bytes). The
  *    k-quants and the 5-bit types are unpacked one 32-block at a time into
  *    unsigned quants (4-bit nibbles, plus one or two bit planes for Q5_0,
- *    Q5_1, Q5_K and Q6_K) with the block's effective scale d*sc and min
- *    -dmin*m as f32, so that every weight reads back exactly as the file's
- *    dequantiser computes it (Q6_K's two 16-element scales per block are
- *    kept apart). kern.c's header has the byte layouts.
+ *    Q5_1, Q5_K and Q6_K) with their scales: f32 for the 5-bit types, and
+ *    for the k-quants the file's own factoring (6-bit sub-scales as bytes,
+ *    d and dmin per 256-block), so that every weight reads back exactly as
+ *    the file's dequantiser computes it (Q6_K's two 16-element scales per
+ *    block are kept apart). kern.c's header has the byte layouts.
  *  - Activations are quantised per 32-block to int8 (the Q8 scheme: scale
  *    d = max|x|/127), keeping d, sum(q) and s = d * sum(q) per block. All
  *    the packed types reduce to one integer form: sum(u8 w' * s8 a) per block,
