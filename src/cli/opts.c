@@ -57,20 +57,38 @@ static int opt_i32(struct cli_opts *o, const char *arg, const struct cli_opt *op
 	return KVS_OK;
 }
 
-/* Parse a finite number in [lo, hi] into the float at off. */
-static int opt_f32(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+/* Parse a finite number in [lo, hi] of opt into *v. */
+static int opt_number(const char *arg, const struct cli_opt *opt, double *v, struct err *e)
 {
 	char *end;
-	double v;
 
 	errno = 0;
-	v = strtod(arg, &end);
-	if (arg[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(v) || v < opt->lo ||
-	    v > opt->hi)
+	*v = strtod(arg, &end);
+	if (arg[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(*v) || *v < opt->lo ||
+	    *v > opt->hi)
 		return err_set(e, KVS_EARG, "--%s: '%s' is not a number in %g..%g", opt->name, arg,
 		               opt->lo, opt->hi);
-	*(float *)((char *)o + opt->off) = (float)v;
 	return KVS_OK;
+}
+
+/* A finite number in [lo, hi] into the float at off. */
+static int opt_f32(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	double v;
+	int rc = opt_number(arg, opt, &v, e);
+	if (rc == KVS_OK)
+		*(float *)((char *)o + opt->off) = (float)v;
+	return rc;
+}
+
+/* A finite number in [lo, hi] into the double at off. */
+static int opt_f64(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	double v;
+	int rc = opt_number(arg, opt, &v, e);
+	if (rc == KVS_OK)
+		*(double *)((char *)o + opt->off) = v;
+	return rc;
 }
 
 static int opt_str(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
@@ -164,21 +182,6 @@ static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt 
 		return err_set(e, KVS_EARG, "--%s: at most %zu plugins", opt->name,
 		               KVS_ARRAY_LEN(o->plugins));
 	o->plugins[o->n_plugins++] = arg;
-	return KVS_OK;
-}
-
-/* A finite number in [lo, hi] into the double at off. */
-static int opt_f64(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
-{
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(arg, &end);
-	if (arg[0] == '\0' || *end != '\0' || errno != 0 || !(v >= opt->lo && v <= opt->hi))
-		return err_set(e, KVS_EARG, "--%s: '%s' is not a number in %g..%g", opt->name, arg,
-		               opt->lo, opt->hi);
-	*(double *)((char *)o + opt->off) = v;
 	return KVS_OK;
 }
 

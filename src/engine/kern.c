@@ -59,13 +59,13 @@
 #define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-/* One 32-block of a row, unpacked: quants, the scale (D1: of elements
- * 16..31 when the type has two) and the min. */
+/* One 32-block of a row, unpacked: quants and scales, as the packed layout
+ * keeps them. */
 struct kern_block {
 	uint8_t q[KERN_QK];
-	float D, D1, M;
+	float D, D1, M;       /* 5-bit types: the block's scale (and min) */
 	uint8_t s0, s1;       /* k-quants: the sub-block's scale and min (Q6_K: its two int8 scales) */
-	float sd, smin;       /* k-quants: the 256-block's d and dmin */
+	float sd, smin;       /* k-quants: the 256-block's d and dmin (the kernels form D, M) */
 };
 
 /* Unpack 32-block b of a source row. */
@@ -111,9 +111,6 @@ static void kern_dec_q4_k(const uint8_t *row, int64_t b, struct kern_block *o)
 	o->smin = kern_rdh(sb + 2);
 	o->s0 = sc[j];
 	o->s1 = mn[j];
-	o->D = o->sd * (float)sc[j];
-	o->M = -(o->smin * (float)mn[j]);
-	o->D1 = 0;
 }
 
 /* Q5_K: as Q4_K with a fifth bit, qh[l] bit j (qh[32] after the scales). */
@@ -129,9 +126,6 @@ static void kern_dec_q5_k(const uint8_t *row, int64_t b, struct kern_block *o)
 	o->smin = kern_rdh(sb + 2);
 	o->s0 = sc[j];
 	o->s1 = mn[j];
-	o->D = o->sd * (float)sc[j];
-	o->M = -(o->smin * (float)mn[j]);
-	o->D1 = 0;
 }
 
 /* Q6_K: 256-blocks of ql[128], qh[64], scales[16] (int8), d. Half h = j/4
@@ -147,14 +141,10 @@ static void kern_dec_q6_k(const uint8_t *row, int64_t b, struct kern_block *o)
 	int lshift = (g / 2) * 4, hshift = 2 * g;
 	for (int l = 0; l < KERN_QK; l++)
 		o->q[l] = (uint8_t)(((ql[l] >> lshift) & 15) | (((qh[l] >> hshift) & 3) << 4));
-	float d = kern_rdh(sb + 208);
-	o->sd = d;
+	o->sd = kern_rdh(sb + 208);
 	o->smin = 0;
 	o->s0 = (uint8_t)sc[8 * h + 2 * g];
 	o->s1 = (uint8_t)sc[8 * h + 2 * g + 1];
-	o->D = d * (float)sc[8 * h + 2 * g];
-	o->D1 = d * (float)sc[8 * h + 2 * g + 1];
-	o->M = 0;
 }
 
 /* Q5_0 (d, qh u32, qs[16]) and Q5_1 (d, m, qh, qs[16]): element l's fifth

@@ -65,32 +65,13 @@ static char *fixture(const char *rel)
 	return xasprintf("%s/tests/fixtures/%s", src ? src : ".", rel);
 }
 
-/* Read a logits fixture into *ref; returns the number of positions (0 on error). */
+/* Read dir/logits/NAME.jsonl into *ref; the number of positions (0 on error). */
 static size_t read_logits(const char *dir, const char *name, struct ref_pos **ref)
 {
-	char *rel = xasprintf("%s/logits/%s.jsonl", dir, name), *path = fixture(rel), *text;
-	size_t len, cap = 0, n = 0;
+	char *rel = xasprintf("%s/logits/%s.jsonl", dir, name), *path = fixture(rel);
 	struct err e;
-
-	*ref = NULL;
-	if (file_read_all(path, &text, &len, &e) != KVS_OK) {
-		T_CHECK(0, "%s", e.msg);
-		free(rel);
-		free(path);
-		return 0;
-	}
-	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-		if (n == cap) {
-			cap = cap ? cap * 2 : 1024;
-			*ref = xreallocarray(*ref, cap, sizeof **ref);
-		}
-		if (!refdata_parse_pos(line, &(*ref)[n])) {
-			T_CHECK(0, "%s: bad fixture line %zu", path, n + 1);
-			continue;
-		}
-		n++;
-	}
-	free(text);
+	size_t n = refdata_read_logits(path, ref, &e);
+	T_CHECK(n > 0, "%s", e.msg);
 	free(rel);
 	free(path);
 	return n;

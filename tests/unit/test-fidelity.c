@@ -59,31 +59,15 @@ static char *model_path(void)
 
 static uint64_t n_clear, n_clear_agree; /* positions with gap >= GAP_MIN */
 
-/* Read a logits fixture into *out; its position count, or 0 (test failed). */
+/* Read a logits fixture (under tests/fixtures/engine) into *out; its
+ * position count, or 0 (the test failed). */
 static size_t load_logits(const char *name, struct ref_pos **out)
 {
-	char *path = fixture(name), *text;
-	size_t len, cap = 0, n = 0;
-	struct ref_pos *ref = NULL;
+	char *path = fixture(name);
 	struct err e;
-
-	*out = NULL;
-	if (file_read_all(path, &text, &len, &e) != KVS_OK) {
-		T_CHECK(0, "%s", e.msg);
-		free(path);
-		return 0;
-	}
-	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-		if (n == cap) {
-			cap = cap ? cap * 2 : 512;
-			ref = xreallocarray(ref, cap, sizeof *ref);
-		}
-		T_CHECK(refdata_parse_pos(line, &ref[n]), "%s: bad fixture line %zu", name, n);
-		n++;
-	}
-	free(text);
+	size_t n = refdata_read_logits(path, out, &e);
+	T_CHECK(n > 0, "%s", e.msg);
 	free(path);
-	*out = ref;
 	return n;
 }
 

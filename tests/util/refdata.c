@@ -79,3 +79,33 @@ const float *refdata_decode_one(struct engine *eng, int32_t tok, int32_t p, stru
 
 	return engine_forward(eng, &d, &o, e) == KVS_OK ? o.logits : NULL;
 }
+
+size_t refdata_read_logits(const char *path, struct ref_pos **out, struct err *e)
+{
+	char *text, *save = NULL;
+	size_t len, cap = 0, n = 0;
+	struct ref_pos *ref = NULL;
+
+	*out = NULL;
+	if (file_read_all(path, &text, &len, e) != KVS_OK)
+		return 0;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 1024;
+			ref = xreallocarray(ref, cap, sizeof *ref);
+		}
+		if (!refdata_parse_pos(line, &ref[n])) {
+			err_set(e, KVS_EFORMAT, "%s: line %zu: expected {\"pos\":i,\"token\":id,\"top\":[...]}",
+			        path, n + 1);
+			free(ref);
+			free(text);
+			return 0;
+		}
+		n++;
+	}
+	free(text);
+	if (n == 0)
+		err_set(e, KVS_EFORMAT, "%s: no positions", path);
+	*out = ref;
+	return n;
+}
