@@ -130,7 +130,20 @@ bool utf8_valid(const uint8_t *s, size_t n);
 char *file_xdg_path(const char *var, const char *fallback, const char *rel);
 /* mkdir -p: create dir and its missing parents with mode; 0 or -1 (errno). */
 int file_mkdirs(const char *dir, unsigned mode);
-/* Read a whole file into a NUL-terminated buffer; *len excludes the NUL. */
+/* Open path read-only (close-on-exec), never blocking on a FIFO, and refuse
+ * anything but a regular file with a message naming what it is and what was
+ * expected (`what`, e.g. "a GGUF file"); a missing file is KVS_ENOTFOUND,
+ * another failed open KVS_EIO. On KVS_OK, *fd is the descriptor
+ * (the caller owns it) and *size (when not NULL) the file's size. */
+int file_open_regular(const char *path, const char *what, int *fd, uint64_t *size,
+                      struct err *e);
+/* The largest file read whole by file_read_all: 256 MiB. */
+#define FILE_READ_MAX ((size_t)256 << 20)
+/* Read a whole regular file ("-": standard input, whatever it is) of at most
+ * max bytes into a NUL-terminated buffer (the caller owns it); *len excludes
+ * the NUL. Any failure to open, a missing file included, is KVS_EIO. */
+int file_read_max(const char *path, size_t max, char **out, size_t *len, struct err *e);
+/* file_read_max with FILE_READ_MAX. */
 int file_read_all(const char *path, char **out, size_t *len, struct err *e);
 
 /* Hex SHA-256 of a whole file into out (65 bytes with the NUL). */

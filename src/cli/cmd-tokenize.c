@@ -158,8 +158,7 @@ static int cmd_tokenize_exec(int argc, char **argv)
 	if (rc != CLI_OK)
 		return rc;
 	if (a.file != NULL) {
-		const char *src = strcmp(a.file, "-") == 0 ? "/dev/stdin" : a.file;
-		if (file_read_all(src, &text, &len, &e) != KVS_OK)
+		if (file_read_all(a.file, &text, &len, &e) != KVS_OK)
 			return cli_fail(&e);
 	} else {
 		len = strlen(a.text);

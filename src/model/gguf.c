@@ -687,38 +687,28 @@ int gguf_open_memory(struct gguf_file **out, const void *buf, uint64_t size, str
 int gguf_open(struct gguf_file **out, const char *path, struct err *e)
 {
 	struct gguf_file *f;
-	struct stat st;
+	uint64_t size;
 	void *map;
 	int fd, rc;
 
 	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return err_set(e, errno == ENOENT ? KVS_ENOTFOUND : KVS_EIO, "%s: %s", path,
-		               strerror(errno));
-	if (fstat(fd, &st) != 0) {
-		rc = err_set(e, KVS_EIO, "%s: %s", path, strerror(errno));
-		close(fd);
+	rc = file_open_regular(path, "a GGUF file", &fd, &size, e);
+	if (rc != KVS_OK)
 		return rc;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return err_set(e, KVS_EARG, "%s: not a regular file, expected a GGUF file", path);
-	}
-	if ((uint64_t)st.st_size < GGUF_HEADER_BYTES) {
+	if (size < GGUF_HEADER_BYTES) {
 		close(fd);
 		return err_set(e, KVS_EFORMAT,
 		               "%s: file is %llu bytes, expected at least %d (a GGUF header)", path,
-		               (unsigned long long)st.st_size, GGUF_HEADER_BYTES);
+		               (unsigned long long)size, GGUF_HEADER_BYTES);
 	}
-	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
 	close(fd);
 	if (map == MAP_FAILED)
 		return err_set(e, KVS_EIO, "%s: mmap: %s", path, strerror(errno));
 	f = xcalloc(1, sizeof *f);
 	f->path = xstrdup(path);
 	f->map = map;
-	f->size = (uint64_t)st.st_size;
+	f->size = size;
 	f->owns_map = true;
 	rc = gguf_parse(f, e);
 	if (rc != KVS_OK) {
