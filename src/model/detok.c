@@ -118,18 +118,6 @@ static void detok_out(char **out, size_t *n, size_t *cap, const char *p, size_t 
 	*n += k;
 }
 
-/* Bytes a lead byte announces (0 if it cannot lead a valid sequence). */
-static size_t detok_need(uint8_t b)
-{
-	if (b >= 0xC2 && b <= 0xDF)
-		return 2;
-	if (b >= 0xE0 && b <= 0xEF)
-		return 3;
-	if (b >= 0xF0 && b <= 0xF4)
-		return 4;
-	return 0;
-}
-
 /* May byte b follow pending[0..k) in a valid sequence? */
 static bool detok_cont_ok(const char *pending, size_t k, uint8_t b)
 {
@@ -166,7 +154,7 @@ static void detok_feed(struct detok *d, const char *p, size_t k, char **out, siz
 			}
 			detok_out(out, n, cap, p + i - run, run);
 			run = 0;
-			if (detok_need(b) == 0) {
+			if (utf8_lead_len(b) == 0) { /* a continuation or a never-lead byte */
 				detok_out(out, n, cap, detok_fffd, 3);
 				continue;
 			}
@@ -175,7 +163,7 @@ static void detok_feed(struct detok *d, const char *p, size_t k, char **out, siz
 		}
 		if (detok_cont_ok(d->pending, d->n_pending, b)) {
 			d->pending[d->n_pending++] = (char)b;
-			if (d->n_pending == detok_need((uint8_t)d->pending[0])) {
+			if (d->n_pending == utf8_lead_len((uint8_t)d->pending[0])) {
 				detok_out(out, n, cap, d->pending, d->n_pending);
 				d->n_pending = 0;
 			}

@@ -462,7 +462,8 @@ static void spm_try_pair(struct tok_ctx *c, int32_t l, int32_t r)
 }
 
 /* Length of the UTF-8 sequence a lead byte announces, by its high nibble
- * (llama.cpp's rule: continuation bytes count as 1). */
+ * (llama.cpp's rule: continuation bytes count as 1). Deliberately not the
+ * strict utf8_lead_len: 0xC0, 0xC1 and 0xF5..0xFF lead here too. */
 static size_t spm_char_len(uint8_t b)
 {
 	static const uint8_t len[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4 };
