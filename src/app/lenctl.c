@@ -188,20 +188,13 @@ static void wordcount_cp(struct wordcount *w, bool word)
 	w->in_word = word;
 }
 
-/* Length a UTF-8 sequence starting with lead would have, 0 if none. */
-static size_t utf8_seq_len(uint8_t lead)
-{
-	return lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3
-	     : lead >= 0xF0 && lead <= 0xF4 ? 4 : 0;
-}
-
 /* Decode what is pending: whole sequences are counted, a broken one counts
  * its first byte as a non-word and the rest is looked at again. */
 static void wordcount_drain(struct wordcount *w)
 {
 	while (w->n_pend > 0) {
 		uint32_t cp;
-		size_t len = utf8_decode(w->pend, w->n_pend, &cp), want = utf8_seq_len(w->pend[0]);
+		size_t len = utf8_decode(w->pend, w->n_pend, &cp), want = utf8_lead_len(w->pend[0]);
 		if (len > 0) {
 			wordcount_cp(w, unicode_is_word(cp));
 		} else {

@@ -115,6 +115,10 @@ static inline bool ck_align_u64(uint64_t n, uint64_t align, uint64_t *out)
  * and leaves *cp untouched. Overlong forms and surrogates are invalid.
  */
 size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
+/* Length of the sequence lead byte c announces: 1 for ASCII, 2..4 for a byte
+ * that can start a valid sequence, 0 for a continuation byte and for bytes
+ * that never lead (0xC0, 0xC1, 0xF5..0xFF). The one lead-byte table. */
+size_t utf8_lead_len(uint8_t c);
 /* Encode cp into out (>= 4 bytes); return the number of bytes (0 if invalid). */
 size_t utf8_encode(uint32_t cp, char *out);
 /* Length of the longest prefix of s[0..n) that is complete, valid UTF-8 up to

@@ -2,8 +2,38 @@
  * utf8.c: strict UTF-8 decoding and encoding (RFC 3629): no overlong forms,
  * no surrogates, nothing above U+10FFFF. Streaming output uses
  * utf8_complete_prefix to hold back a sequence split across two tokens.
+ *
+ * utf8_lead holds what every lead byte announces; it is the tree's only
+ * such table (the detokenizer and the word counter ask utf8_lead_len). The
+ * tokenizer's lenient decoding (model/unicode.c) follows llama.cpp's rule
+ * instead, on purpose, and does not use it.
  */
 #include "base.h"
+
+/* Sequence length by lead byte: 1 ASCII; 0 continuation (0x80..0xBF), overlong
+ * leads (0xC0, 0xC1) and leads beyond U+10FFFF (0xF5..0xFF); else 2, 3, 4. */
+static const uint8_t utf8_lead[256] = {
+	/* 0x00..0x7F: ASCII */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	/* 0x80..0xBF: continuation bytes */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	/* 0xC0..0xDF: two bytes (0xC0, 0xC1 only overlong) */
+	0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+	/* 0xE0..0xEF: three bytes */
+	3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+	/* 0xF0..0xFF: four bytes up to 0xF4 (U+10FFFF) */
+	4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/* Length of the sequence a lead byte announces (0 if it cannot lead). */
+size_t utf8_lead_len(uint8_t c)
+{
+	return utf8_lead[c];
+}
 
 size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp)
 {
@@ -13,22 +43,14 @@ size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp)
 	if (n == 0)
 		return 0;
 	c = s[0];
-	if (c < 0x80) {
+	len = utf8_lead[c];
+	if (len == 1) {
 		*cp = c;
 		return 1;
 	}
-	if (c >= 0xC2 && c <= 0xDF) {
-		len = 2;
-		c &= 0x1F;
-	} else if (c >= 0xE0 && c <= 0xEF) {
-		len = 3;
-		c &= 0x0F;
-	} else if (c >= 0xF0 && c <= 0xF4) {
-		len = 4;
-		c &= 0x07;
-	} else {
+	if (len == 0)
 		return 0;
-	}
+	c &= 0x7Fu >> len; /* the lead's payload: 5, 4 or 3 bits */
 	if (n < len)
 		return 0;
 	for (i = 1; i < len; i++) {
@@ -69,20 +91,6 @@ size_t utf8_encode(uint32_t cp, char *out)
 		out[3] = (char)(0x80 | (cp & 0x3F));
 		return 4;
 	}
-	return 0;
-}
-
-/* Length of the sequence a lead byte announces (0 if it cannot lead). */
-static size_t utf8_lead_len(uint8_t c)
-{
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		return 2;
-	if (c >= 0xE0 && c <= 0xEF)
-		return 3;
-	if (c >= 0xF0 && c <= 0xF4)
-		return 4;
 	return 0;
 }
 

@@ -1,12 +1,14 @@
 /*
  * model-int.h: the model layer's internal header (not for other layers).
  *
- * The tokenizer is split over three files that share what is declared here:
- *   unicode.c       code point classes (from the generated unicode-data.c)
- *                   and the lenient UTF-8 decoding llama.cpp's tokenizer uses
- *   pretok.c        pre-tokenizers: hand-written matchers that split text
- *                   into words the way each tokenizer family's regex does
- *   vocab.c         the vocabulary, BPE and SentencePiece, detokenisation
+ * The tokenizer is split over five files that share what is declared here:
+ *   unicode.c        code point classes (from the generated unicode-data.c)
+ *                    and the lenient UTF-8 decoding llama.cpp's tokenizer uses
+ *   pretok.c         pre-tokenizers: hand-written matchers that split text
+ *                    into words the way each tokenizer family's regex does
+ *   vocab.c          the vocabulary: loading, lookups by text and by id
+ *   vocab-tokenize.c text to ids: BPE and SentencePiece
+ *   detok.c          ids to text: token pieces, streaming detokenisation
  */
 #ifndef KVS_MODEL_INT_H
 #define KVS_MODEL_INT_H
@@ -101,6 +103,81 @@ struct pretok_buf {
 size_t pretok_split(const struct pretok_info *info, const uint32_t *cps, size_t n,
                     struct pretok_buf *buf, const uint32_t **ends);
 void pretok_buf_free(struct pretok_buf *buf);
+
+/* ---- vocab.c: the vocabulary, shared with vocab-tokenize.c and detok.c ---- */
+
+/* Attribute bits (llama.cpp's token attributes, plus our EOG mark). */
+enum {
+	VOCAB_A_UNKNOWN = 1 << 0,
+	VOCAB_A_UNUSED = 1 << 1,
+	VOCAB_A_NORMAL = 1 << 2,
+	VOCAB_A_CONTROL = 1 << 3,
+	VOCAB_A_USER = 1 << 4,
+	VOCAB_A_BYTE = 1 << 5,
+	VOCAB_A_LSTRIP = 1 << 7,
+	VOCAB_A_RSTRIP = 1 << 8,
+	VOCAB_A_EOG = 1 << 10,
+};
+
+#define VOCAB_A_SPECIAL (VOCAB_A_UNKNOWN | VOCAB_A_CONTROL) /* hidden unless render_special */
+
+struct tok_slot {
+	uint32_t hash; /* low bits of the text's hash */
+	int32_t id;    /* -1: empty */
+};
+
+struct merge_slot {
+	uint64_t key;   /* (left id << 32) | right id */
+	int32_t rank;   /* -1: empty */
+	int32_t merged; /* id of the concatenation, -1 if no token */
+};
+
+/* A merge whose halves are not both tokens (never in sane vocabularies,
+ * but llama.cpp honours them, keyed by text). */
+struct text_merge {
+	struct gguf_str left, right;
+	int32_t rank;
+};
+
+struct vocab {
+	enum vocab_kind kind;
+	const struct pretok_info *pre; /* BPE */
+	uint32_t n_tokens;
+	struct gguf_str *text;  /* (n_tokens) token text (the map, or own_text) */
+	float *score;           /* (n_tokens) SPM scores, 0 without the key */
+	uint16_t *attr;         /* (n_tokens) VOCAB_A_* bits */
+	char *own_text;         /* "[EMPTY_i]" texts for empty tokens */
+
+	struct tok_slot *tok_slots; /* text -> id, open addressing */
+	uint32_t tok_mask;
+
+	struct merge_slot *merge_slots; /* BPE (id, id) -> rank */
+	uint32_t merge_mask;
+	struct text_merge *text_merges; /* BPE merges with non-token halves */
+	size_t n_text_merges;
+
+	/* BPE: GPT-2 byte alphabet. byte_utf8[b] spells byte b (1-2 bytes);
+	 * unbyte[cp] is the byte of an alphabet code point (< 0x144), or -1. */
+	char byte_utf8[256][2];
+	uint8_t byte_len[256];
+	int16_t unbyte[0x144];
+	/* token of each byte: BPE its alphabet letter, SPM <0xNN> or the byte */
+	int32_t byte_tok[256];
+
+	int32_t *special;       /* partitioning tokens, longest text first */
+	size_t n_special;
+
+	int32_t bos, eos, eot, eom, unk, sep, pad;
+	int32_t fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep;
+	bool add_bos, add_eos, add_space_prefix, ignore_merges;
+};
+
+/* A fast 64-bit hash of a short byte string (the text index, the word cache). */
+uint64_t vocab_hash(const char *p, size_t n);
+/* The merge slot of (left, right): a filled one or the empty one it would take. */
+struct merge_slot *vocab_merge_slot(const struct vocab *v, int32_t left, int32_t right);
+/* The byte of an SPM byte token "<0xNN>", or -1 if t is not one. */
+int vocab_byte_of(struct gguf_str t);
 
 /* ---- vocab.c: internals exposed to tests and tools ---- */
 

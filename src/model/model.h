@@ -6,8 +6,9 @@
  *   dtype.c      tensor element types: block geometry and dequantisation
  *   arch.c       architectures: hyper-parameters and the tensors each needs,
  *                checked against each other (model_load)
- *   vocab.c      the tokenizer (byte-level BPE and SentencePiece), special
- *                tokens, streaming detokenisation
+ *   vocab.c      the vocabulary and its special tokens; vocab-tokenize.c
+ *                text to ids (byte-level BPE and SentencePiece); detok.c ids
+ *                to text (token pieces, streaming detokenisation)
  *   chat.c       chat templates (ChatML and friends, no Jinja evaluation)
  *
  * Nothing above this layer reads file bytes directly: every count, length,
@@ -250,7 +251,7 @@ int model_load_gguf(struct model **out, struct gguf_file *f, struct err *e);
 void model_free(struct model *m);
 
 /* =====================================================================
- * vocab.c: tokenizer
+ * vocab.c, vocab-tokenize.c, detok.c: tokenizer
  * ===================================================================== */
 
 enum vocab_kind { VOCAB_BPE = 0 /* gpt2 byte-level */, VOCAB_SPM = 1 /* llama */ };

@@ -1,4 +1,5 @@
-/* test-utf8.c: the strict UTF-8 codec against hand-computed cases (RFC 3629). */
+/* test-utf8.c: the strict UTF-8 codec and its lead-byte table against
+ * hand-computed cases (RFC 3629). */
 #include "base/base.h"
 #include "test.h"
 
@@ -22,6 +23,26 @@ int main(void)
 	T_EQ_INT(utf8_decode((const uint8_t *)"\xF4\x90\x80\x80", 4, &cp), 0);
 	T_EQ_INT(utf8_decode((const uint8_t *)"\x80", 1, &cp), 0);
 	T_EQ_INT(utf8_decode((const uint8_t *)"\xE4\xB8", 2, &cp), 0);
+
+	/* the lead-byte table: spot checks, then every byte against RFC 3629's
+	 * well-formed first bytes (00..7F, C2..DF, E0..EF, F0..F4) */
+	T_EQ_INT(utf8_lead_len(0x41), 1);
+	T_EQ_INT(utf8_lead_len(0x80), 0);
+	T_EQ_INT(utf8_lead_len(0xC1), 0);
+	T_EQ_INT(utf8_lead_len(0xC2), 2);
+	T_EQ_INT(utf8_lead_len(0xEF), 3);
+	T_EQ_INT(utf8_lead_len(0xF4), 4);
+	T_EQ_INT(utf8_lead_len(0xF5), 0);
+	T_EQ_INT(utf8_lead_len(0xFF), 0);
+	for (int b = 0; b < 256; b++) {
+		size_t want = b <= 0x7F                ? 1
+		              : b >= 0xC2 && b <= 0xDF ? 2
+		              : b >= 0xE0 && b <= 0xEF ? 3
+		              : b >= 0xF0 && b <= 0xF4 ? 4
+		                                       : 0;
+		T_CHECK(utf8_lead_len((uint8_t)b) == want, "utf8_lead_len(0x%02X) = %zu, expected %zu",
+		        b, utf8_lead_len((uint8_t)b), want);
+	}
 
 	T_EQ_INT(utf8_encode(0x1F600, buf), 4);
 	T_CHECK(memcmp(buf, "\xF0\x9F\x98\x80", 4) == 0, "encode U+1F600");

@@ -1,0 +1,59 @@
+/*
+ * store-int.h: the store layer's internal header (not for other layers).
+ *
+ * The SQLite store is split by object over four files that share what is
+ * declared here:
+ *   store.c         the database handle: opening, migrations, sessions, and
+ *                   the SQLite machinery below (errors, statements)
+ *   store-snap.c    KV snapshot files, and resuming a session's cache
+ *   store-rec.c     the recorder: turns, token rows and memory events
+ *   store-export.c  a session as Markdown or JSON
+ * nostore.c (built without SQLite) answers store.h alone and needs none of it.
+ *
+ * Every function here that can fail returns a KVS_* status and fills e
+ * with a message naming the database and what was being done.
+ */
+#ifndef KVS_STORE_INT_H
+#define KVS_STORE_INT_H
+
+#include "store/store.h"
+
+#include <sqlite3.h>
+
+struct store {
+	sqlite3 *db;
+	char *path;
+	char *snapdir;  /* PATH-kv */
+	int version;    /* PRAGMA user_version of the open database */
+	bool ro;        /* opened STORE_RO */
+};
+
+/* ---- store.c: the machinery ---- */
+
+/* Wall-clock time in seconds since the epoch (the tables' timestamps). */
+double store_now(void);
+/* Fill e from SQLite's last error on the store, naming what was being done;
+ * returns the status (KVS_EIO, or KVS_EFORMAT for a damaged database). */
+int store_fail(struct store *s, int rc, const char *what, struct err *e);
+/* Run SQL without results. */
+int store_exec(struct store *s, const char *sql, const char *what, struct err *e);
+/* Prepare one statement. */
+int store_prepare(struct store *s, const char *sql, sqlite3_stmt **st, struct err *e);
+/* One integer from a query without parameters (pragmas, counts). */
+int store_int(struct store *s, const char *sql, int64_t *out, struct err *e);
+/* Column i of the current row as an allocated string (NULL for NULL). */
+char *store_col_str(sqlite3_stmt *st, int i);
+/* Bind session id to ?1 of st and step to its row: KVS_OK on the row, else
+ * the error (no such session, or SQLite's), with st finalized. */
+int store_step_session(struct store *s, sqlite3_stmt *st, int64_t id, struct err *e);
+
+/* ---- store-snap.c: snapshot files ---- */
+
+/* Write kv's snapshot into s's snapshot directory (model_sha identifies the
+ * model); sha gets its name, bytes its size. */
+int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha, char sha[65],
+                    uint64_t *bytes, struct err *e);
+/* Remove snapshot sha's file unless a row still refers to it. */
+void store_snap_unlink_unused(struct store *s, const char *sha);
+
+#endif
