@@ -23,8 +23,9 @@
  * buffers that stay valid until the next forward or free. Results do not
  * depend on the thread count or on how a batch is cut internally.
  *
- * Retention policies live above this header (kv cache metadata, policies);
- * they drive the engine through the visible set and the slot operations.
+ * Retention lives above this header, in the kv layer (src/kv/: per-token
+ * metadata, policies, eviction), which drives the engine through the
+ * visible set and the slot operations; the engine includes nothing of it.
  * (A backend sorts the visible set by position and attends to the prefix at
  * or before each query; Λ-shaped masks and distance caps fit there as
  * ranges of that order.)
@@ -266,8 +267,3 @@ void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
                        const float *sin_v);
 
 #endif
-
-/* The rest of the layer's interface: the KV cache with per-token memory,
- * the retention policies and the introspection events (kv_cache.c,
- * policy.c). Outside the guard so either header may be included first. */
-#include "engine/kv_cache.h"

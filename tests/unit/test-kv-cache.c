@@ -26,7 +26,7 @@
  *   - a 10,000-turn scripted dialogue with short turns under every policy
  *     never exceeds the budget, and the KV bytes stay flat once it is full.
  */
-#include "engine/kv-int.h"
+#include "kv/kv-int.h"
 #include "model/model.h"
 #include "tests/unit/test.h"
 #include "tests/util/ggufw.h"

@@ -1,7 +1,7 @@
 /*
- * kv_cache.h: the KV cache with per-token memory, the retention policies and
- * the introspection events (part of the engine layer's interface: engine.h
- * includes it, so other layers include engine.h alone).
+ * kv_cache.h: the kv layer's one public header: the KV cache with per-token
+ * memory, the retention policies and the introspection events. The layer
+ * sits above the engine: it includes engine.h, never the other way round.
  *
  * A kv_cache sits on one engine and owns the meaning of its slots: which
  * token each cached slot holds, where that token came from (original
@@ -24,7 +24,7 @@
  * tokens (SirLLM's semantics) and applies the memory decay; a turn or a
  * reply longer than expected evicts again per prefill chunk or decode step.
  *
- * Policies are one table (policy.c), each with named parameters whose
+ * Policies are one table (kv_policy.c), each with named parameters whose
  * defaults come from the papers' released code. A score provider (a
  * function, user data and a time budget) can replace the built-in scoring,
  * e.g. a Lua policy; when it fails or overruns, the cache falls back to the
@@ -70,7 +70,7 @@ struct kv_tok {
 	float score;       /* the active policy's retention score; NaN when it has none */
 };
 
-/* ---- retention policies (policy.c) ---- */
+/* ---- retention policies (kv_policy.c) ---- */
 
 #define KV_POLICY_MAX_PARAMS 8
 

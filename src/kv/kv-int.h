@@ -1,5 +1,5 @@
 /*
- * kv-int.h: the insides shared by kv_cache.c and policy.c (not for other
+ * kv-int.h: the insides shared by kv_cache.c and kv_policy.c (not for other
  * layers): the shape of a policy-table row and what a policy's selection
  * function is given.
  *
@@ -12,7 +12,7 @@
 #ifndef KVS_KV_INT_H
 #define KVS_KV_INT_H
 
-#include "engine/kv_cache.h"
+#include "kv/kv_cache.h"
 
 #define KV_KEEP 0x80u /* in kv_select.keep: the candidate stays */
 

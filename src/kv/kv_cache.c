@@ -41,7 +41,7 @@
  * e_i = s_{i-1}, and the turn's first token gets the maximum of the s_j;
  * that needs every row's logits, so compat feeds ask for all rows.
  */
-#include "engine/kv-int.h"
+#include "kv/kv-int.h"
 
 #include <math.h>
 #include <stdlib.h>
