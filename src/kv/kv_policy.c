@@ -117,7 +117,7 @@ static uint32_t policy_top(struct kv_select *s, uint32_t k, uint8_t flag, bool o
 	return got;
 }
 
-uint32_t kv_select_top(struct kv_select *s, uint32_t k, uint8_t flag)
+uint32_t kv_policy_top(struct kv_select *s, uint32_t k, uint8_t flag)
 {
 	return policy_top(s, k, flag, false);
 }
