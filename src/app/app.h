@@ -28,7 +28,7 @@
 
 #include "base/base.h"
 #include "engine/engine.h"
-#include "engine/kv_cache.h"
+#include "kv/kv_cache.h"
 #include "engine/sampler.h"
 #include "model/model.h"
 #include "store/store.h"

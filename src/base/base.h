@@ -8,7 +8,8 @@
  *
  * Status convention: a function that can fail on input returns an int status
  * (KVS_OK == 0) and, when it fails, fills a caller-provided struct err.
- * assert() is kept for invariants of our own code, never for input.
+ * Invariants of our own code, never input, are checked with ALWAYS/NEVER
+ * (or assert()).
  */
 #ifndef KVS_BASE_H
 #define KVS_BASE_H
@@ -53,6 +54,26 @@ void err_prefix(struct err *e, const char *fmt, ...) __attribute__((format(print
 void err_clear(struct err *e);
 /* A short name for a status code, e.g. "format error". */
 const char *err_name(int code);
+
+/* ---- invariants (err.c) ---- */
+
+/*
+ * ALWAYS(X) and NEVER(X) mark conditions our own code believes always true
+ * or never true, never conditions on input (SQLite's idiom). In a debug
+ * build (configure --enable-debug defines KVS_DEBUG) a violated one aborts,
+ * naming the condition, the file and the line, so the test suites find it;
+ * in a release build each is X itself, so guarded code stays harmless:
+ * `if (NEVER(n > budget)) return err_set(e, KVS_ESTATE, ...);`.
+ */
+#ifdef KVS_DEBUG
+#define ALWAYS(X) ((X) ? true : (err_invariant("ALWAYS(" #X ")", __FILE__, __LINE__), false))
+#define NEVER(X) ((X) ? (err_invariant("NEVER(" #X ")", __FILE__, __LINE__), true) : false)
+#else
+#define ALWAYS(X) (X)
+#define NEVER(X) (X)
+#endif
+/* Report a broken invariant (what failed, where) on stderr and abort. */
+void err_invariant(const char *what, const char *file, int line) __attribute__((noreturn));
 
 /* ---- allocation (xmalloc.c): out of memory is fatal here and only here ---- */
 

@@ -9,6 +9,7 @@
 #include "base.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int err_set(struct err *e, int code, const char *fmt, ...)
@@ -74,4 +75,11 @@ const char *err_name(int code)
 	if (code < 0 || (size_t)code >= KVS_ARRAY_LEN(err_names) || err_names[code] == NULL)
 		return "unknown error";
 	return err_names[code];
+}
+
+void err_invariant(const char *what, const char *file, int line)
+{
+	fprintf(stderr, "kvscope: invariant failed: %s (%s:%d)\n", what, file, line);
+	fflush(stderr);
+	abort();
 }

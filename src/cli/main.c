@@ -9,7 +9,7 @@
 #include "cli/cli.h"
 #include "cli/opts.h"
 #include "model/model.h"
-#include "engine/kv_cache.h"
+#include "kv/kv_cache.h"
 #include "config.h"
 
 #include <errno.h>

@@ -28,8 +28,8 @@
  * query at position p attends to the prefix of that order with positions
  * <= p. A one-token batch (decode) reads keys and values in place, row by
  * row; a larger batch first gathers them per layer into f32 scratch
- * (transposed keys (n_head_kv, head_dim, n_vis), values (n_head_kv, n_vis,
- * head_dim)) so its scores against 16 keys are 16-wide FMAs.
+ * (transposed keys (n_head_kv, head_dim, n_visible), values (n_head_kv,
+ * n_visible, head_dim)) so its scores against 16 keys are 16-wide FMAs.
  *
  * Attention rule: query i at position p sees visible slot s when
  * 0 <= pos(s) <= p. A query that sees nothing gets a zero output.
@@ -92,7 +92,7 @@ struct cpu {
 	float *ao;                    /* (cap, n_head * head_dim) attention output */
 	float *g, *u;                 /* (cap, n_ff) gate and up, then silu(g) * u in g */
 	float *tok_cs;                /* (cap, n_rot) the ubatch's own angles */
-	struct kern_act act;          /* (cap, max K) quantised activations */
+	struct kern_act act;          /* (cap, kmax) quantised activations */
 	uint32_t vis_cap;
 	float *krot;                  /* (n_head_kv, head_dim, vis_cap) rotated keys */
 	float *vf;                    /* (n_head_kv, vis_cap, head_dim) values */
@@ -786,7 +786,7 @@ static void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi)
 
 /* -------------------------------------------------------------- attention */
 
-/* Rotate one head vector with the (cos, sin) table cs (n_rot floats). */
+/* Rotate one head vector with the table cs, (2, n_rot / 2): cos, then sin. */
 static void cpu_rope(const struct cpu *c, float *x, const float *cs)
 {
 	c->ops->rope(x, cs, (int)c->hp.n_rot, c->hp.rope == ROPE_NEOX);
@@ -808,6 +808,8 @@ static void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int it
 	const struct hparams *hp = &c->hp;
 	uint32_t lo, hi, nr = hp->n_rot, hd = hp->head_dim;
 	float *cs = c->rcs + (size_t)ith * nr, kb[KERN_ROW_MAX];
+	if (NEVER(hd > KERN_ROW_MAX)) /* cpu_create refuses longer heads */
+		return;
 	cpu_share(b->n_visible, ith, nth, &lo, &hi);
 	for (uint32_t j = lo; j < hi; j++) {
 		uint32_t s = b->visible[j];
@@ -871,6 +873,8 @@ static void cpu_sort_visible(struct cpu *c, const struct engine_batch *b)
 		c->vpos[at] = p;
 		c->vorder[at] = j;
 	}
+	if (NEVER(k != n_valid)) /* both passes count the same slots */
+		c->n_valid = k;
 	for (uint32_t j = 0; j < nv; j++)
 		if (c->slot_pos[b->visible[j]] < 0) {
 			c->vpos[k] = -1;

@@ -23,8 +23,9 @@
  * buffers that stay valid until the next forward or free. Results do not
  * depend on the thread count or on how a batch is cut internally.
  *
- * Retention policies live above this header (kv cache metadata, policies);
- * they drive the engine through the visible set and the slot operations.
+ * Retention lives above this header, in the kv layer (src/kv/: per-token
+ * metadata, policies, eviction), which drives the engine through the
+ * visible set and the slot operations; the engine includes nothing of it.
  * (A backend sorts the visible set by position and attends to the prefix at
  * or before each query; Λ-shaped masks and distance caps fit there as
  * ranges of that order.)
@@ -169,7 +170,7 @@ bool engine_supports(const struct engine *eng, unsigned caps);
 uint32_t engine_n_ctx(const struct engine *eng);
 /* Position of a slot's token, -1 when empty. */
 int32_t engine_kv_pos(const struct engine *eng, uint32_t slot);
-/* All slot positions: (n_ctx), read-only view. */
+/* All slot positions, (n_ctx), a read-only view. */
 const int32_t *engine_kv_positions(const struct engine *eng);
 /* Re-position a slot's token (pos >= 0) or empty it (pos = -1). Keys are
  * pre-RoPE, so this is exact and costs nothing. */
@@ -181,14 +182,14 @@ int engine_kv_copy(struct engine *eng, const uint32_t *dst, const uint32_t *src,
 /* Empty every slot. */
 void engine_kv_clear(struct engine *eng);
 /* Read one cached key (pre-RoPE, or rotated to the slot's position when
- * rotated) or value as floats: out has head_dim entries. For tests and views. */
+ * rotated) or value as floats into out, (head_dim). For tests and views. */
 int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint32_t kv_head,
                    bool value, bool rotated, float *out, struct err *e);
 /* Bytes of KV cache per slot (all layers, K and V). */
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng);
-/* Raw K/V of one slot, engine_kv_bytes_per_slot bytes in the cache's own
- * type (enum engine_kv_type), layer by layer, K then V: what a snapshot
- * saves. Load writes them back into slot and gives it position pos. Both
+/* Raw K/V of one slot, buf (n_layer, 2, n_head_kv, head_dim) in the cache's
+ * own type (enum engine_kv_type; K then V in each layer, in all
+ * engine_kv_bytes_per_slot bytes): what a snapshot saves. Load writes them back into slot and gives it position pos. Both
  * KVS_EUNSUPPORTED on a backend without raw slot access (resume then
  * recomputes the cache). */
 int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct err *e);
@@ -205,7 +206,7 @@ int engine_n_threads(const struct engine *eng);
 /* Kernel level actually used: "scalar", "avx2", "avx512", "avx512-vnni", "reference". */
 const char *engine_isa_name(const struct engine *eng);
 
-/* Surprisal and entropy of one logits row (n_vocab floats), in nats;
+/* Surprisal and entropy of one logits row, (n_vocab), in nats;
  * target < 0 gives NaN surprisal; either output may be NULL. Vector
  * exponentials, double sums across chunks. */
 void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, float *surprisal,
@@ -241,7 +242,7 @@ struct backend_ops {
 	               struct err *e);
 	/* Copy K/V of n slots src[i] -> dst[i] in order (positions are the engine's). */
 	void (*kv_copy)(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n);
-	/* One cached vector, pre-RoPE for keys, as floats (head_dim). */
+	/* One cached vector, pre-RoPE for keys, as floats into out, (head_dim). */
 	void (*kv_read)(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
 	                float *out);
 	/* "avx512-vnni", "sm_90", ... */
@@ -250,24 +251,21 @@ struct backend_ops {
 	/* enum engine_cap bits this backend implements (the engine refuses a
 	 * batch asking for another) */
 	unsigned caps;
-	/* Raw K/V bytes of one slot (layer by layer, K then V) out of
-	 * (save) or into (load) buf; NULL when the backend has no such access. */
+	/* Raw K/V of one slot, buf (n_layer, 2, n_head_kv, head_dim) as for
+	 * engine_kv_save, out of (save) or into (load) buf; NULL when the
+	 * backend has no such access. */
 	int (*kv_raw)(void *state, uint32_t slot, void *buf, bool load, struct err *e);
 };
 
 extern const struct backend_ops backend_cpu;
 
-/* RoPE helpers shared by backends: the rotation angles of position pos for
- * the n_rot/2 pairs (theta_i = pos * freq_scale * base^(-2i/n_rot), the
- * frequency built by repeated multiplication as llama.cpp does), and the
- * rotation of one head vector in place. */
+/* RoPE helpers shared by backends: the rotation angles of position pos,
+ * cos_out and sin_out (n_rot / 2) for the pairs (theta_i = pos * freq_scale
+ * * base^(-2i/n_rot), the frequency built by repeated multiplication as
+ * llama.cpp does), and the rotation of one head vector x, (head_dim), in
+ * place (its first n_rot values). */
 void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out);
 void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
                        const float *sin_v);
 
 #endif
-
-/* The rest of the layer's interface: the KV cache with per-token memory,
- * the retention policies and the introspection events (kv_cache.c,
- * policy.c). Outside the guard so either header may be included first. */
-#include "engine/kv_cache.h"

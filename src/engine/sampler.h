@@ -1,6 +1,6 @@
 /*
  * sampler.h: turning logits into the next token.
- * (Part of the engine layer's interface; engine.h includes it.)
+ * (Part of the engine layer's interface, included beside engine.h.)
  */
 #ifndef KVS_SAMPLER_H
 #define KVS_SAMPLER_H
@@ -32,7 +32,7 @@ struct sampler *sampler_create(const struct sampler_params *p, uint32_t n_vocab)
 void sampler_free(struct sampler *s);
 /* The seed actually in use (resolved when the params asked for a random one). */
 uint32_t sampler_seed(const struct sampler *s);
-/* Choose a token from logits (n_vocab floats, left unchanged). */
+/* Choose a token from logits, (n_vocab), left unchanged. */
 int32_t sampler_sample(struct sampler *s, const float *logits);
 /* Record that id was emitted (feeds the repetition penalties). */
 void sampler_accept(struct sampler *s, int32_t id);

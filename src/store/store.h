@@ -26,7 +26,7 @@
 
 #include "base/base.h"
 #include "engine/engine.h"
-#include "engine/kv_cache.h"
+#include "kv/kv_cache.h"
 
 #include <stdio.h>
 

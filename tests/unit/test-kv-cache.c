@@ -24,9 +24,13 @@
  *     ids at their positions it matches within 1e-4 when nothing was
  *     evicted; bad restores are refused and leave the cache empty;
  *   - a 10,000-turn scripted dialogue with short turns under every policy
- *     never exceeds the budget, and the KV bytes stay flat once it is full.
+ *     never exceeds the budget, and the KV bytes stay flat once it is full;
+ *   - kv_cache_check reports each invariant broken on purpose (through the
+ *     layer's insides, kv-int.h) by name, and passes after every step of
+ *     random feeds, turns, pins, budget and policy changes under every
+ *     policy and a score provider (a debug build also checks inside).
  */
-#include "engine/kv-int.h"
+#include "kv/kv-int.h"
 #include "model/model.h"
 #include "tests/unit/test.h"
 #include "tests/util/ggufw.h"
@@ -1075,6 +1079,169 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	engine_free(eb);
 }
 
+/* ------------------------------------------------ the invariant checker */
+
+/* Whether kv_cache_check fails with a message containing want. */
+static bool check_fails(const struct kv_cache *kv, const char *want)
+{
+	struct err e;
+	err_clear(&e);
+	int rc = kv_cache_check(kv, &e);
+	T_CHECK(rc == KVS_ESTATE && strstr(e.msg, want) != NULL,
+	        "expected a check failure about \"%s\", got %d: %s", want, rc, e.msg);
+	return rc == KVS_ESTATE;
+}
+
+/* Break each invariant of a filled, evicted cache by hand and see the
+ * checker name it; mend it and see the checker pass again. */
+static void test_check_corrupt(const struct model *m)
+{
+	struct engine *eng = mk_engine(m, 32);
+	struct kv_cache *kv = mk_cache(eng, "h2o", 24, 4);
+	struct err e;
+	int32_t ids[40];
+	rnd_tokens(ids, 40, m->hp.n_vocab);
+	T_CHECK(kv_cache_feed(kv, ids, 40, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_check(kv, &e), KVS_OK);
+	T_CHECK(kv->n >= 20 && kv->n <= 24 && kv->n_free >= 8, "%u cached, %u free", kv->n,
+	        kv->n_free);
+	T_CHECK(kv->n_evictions > 0, "no eviction");
+	struct kv_tok *t = kv->toks;
+
+	/* cache order */
+	int32_t op = t[3].orig_pos;
+	t[3].orig_pos = t[2].orig_pos;
+	check_fails(kv, "cache order");
+	t[3].orig_pos = kv->next_pos;
+	check_fails(kv, "cache order");
+	t[3].orig_pos = op;
+	/* a slot held twice, a slot out of range */
+	uint32_t sl = t[5].slot;
+	t[5].slot = t[1].slot;
+	check_fails(kv, "already held by an earlier token");
+	t[5].slot = kv->n_ctx;
+	check_fails(kv, "expected 0..31");
+	t[5].slot = sl;
+	/* over the budget */
+	uint32_t budget = kv->cfg.budget;
+	kv->cfg.budget = kv->n - 1;
+	check_fails(kv, "cached <= budget");
+	kv->cfg.budget = kv->n_ctx + 1;
+	check_fails(kv, "cached <= budget");
+	kv->cfg.budget = budget;
+	/* the free-slot stack: miscounted, holding a cached token's slot,
+	 * repeating a slot, out of range */
+	kv->n_free--;
+	check_fails(kv, "add up to the 32 slots");
+	kv->n_free++;
+	uint32_t top = kv->free_slots[kv->n_free - 1];
+	kv->free_slots[kv->n_free - 1] = t[7].slot;
+	check_fails(kv, "held by a cached token");
+	kv->free_slots[kv->n_free - 1] = kv->free_slots[0];
+	check_fails(kv, "already on the stack");
+	kv->free_slots[kv->n_free - 1] = 1000;
+	check_fails(kv, "free-slot stack entry");
+	kv->free_slots[kv->n_free - 1] = top;
+	/* the engine's positions */
+	T_EQ_INT(engine_kv_set_pos(eng, top, 3, &e), KVS_OK);
+	check_fails(kv, "free slot");
+	T_EQ_INT(engine_kv_set_pos(eng, top, -1, &e), KVS_OK);
+	T_EQ_INT(engine_kv_set_pos(eng, t[4].slot, t[4].pos + 1, &e), KVS_OK);
+	check_fails(kv, "expected the same position");
+	T_EQ_INT(engine_kv_set_pos(eng, t[4].slot, t[4].pos, &e), KVS_OK);
+	/* the accumulators an attention policy scores by */
+	float *acc = kv->acc;
+	kv->acc = NULL;
+	check_fails(kv, "no accumulators");
+	kv->acc = acc;
+	/* an accumulator row out of step with its token (a gather that moved
+	 * the token but not its row) */
+	int32_t tag = kv->acc_tok[6];
+	kv->acc_tok[6] = kv->acc_tok[7];
+	check_fails(kv, "expected rows in step with the tokens");
+	kv->acc_tok[6] = tag;
+
+	T_CHECK(kv_cache_check(kv, &e) == KVS_OK, "mended: %s", e.msg);
+	T_CHECK(kv_cache_feed(kv, ids, 9, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_cache_check(kv, &e) == KVS_OK, "after more evictions: %s", e.msg);
+	kv_cache_free(kv);
+	engine_free(eng);
+}
+
+/* Many random steps (feeds of 1..12 tokens, turns, pins, budget and policy
+ * switches) on one cache that starts with policy spec; kv_cache_check after
+ * every step. Returns the evictions it saw. */
+static uint32_t check_random(const struct model *m, const char *spec, uint32_t steps,
+                             bool provider)
+{
+	static const char *const pols[] = { "streaming:sinks=2", "sirllm", "h2o:pos=compact",
+		                             "window", "lminfinite:global=3", "h2o", "full" };
+	struct engine *eng = mk_engine(m, 40);
+	struct kv_cache *kv = mk_cache(eng, spec, 32, 5);
+	struct ev_count cnt = { 0 };
+	int kind = PROV_STREAM;
+	struct kv_scorer sc = { "test", prov_fn, &kind, 1e3 };
+	struct err e;
+	int32_t ids[12];
+	uint32_t bad = 0;
+	kv_cache_set_events(kv, count_events, &cnt);
+	if (provider)
+		kv_cache_set_scorer(kv, &sc);
+	for (uint32_t step = 0; step < steps && bad < 3; step++) {
+		uint32_t what = rnd_u32(16), len = 1 + rnd_u32(12);
+		int rc = KVS_OK;
+		err_clear(&e);
+		if (what == 0) {
+			rc = kv_cache_begin_turn(kv, (enum kv_role)(1 + rnd_u32(3)), len, &e);
+		} else if (what == 1 && kv_cache_n(kv) > 0) {
+			int32_t op = kv_cache_toks(kv)[rnd_u32(kv_cache_n(kv))].orig_pos;
+			rc = kv_cache_pin(kv, op, rnd_u32(3) != 0, &e);
+		} else if (what == 2) {
+			rc = kv_cache_set_budget(kv, 8 + rnd_u32(33), &e);
+			if (rc == KVS_ESTATE) /* full cannot shrink below what it holds */
+				rc = KVS_OK;
+		} else if (what == 3) {
+			struct kv_policy p;
+			T_EQ_INT(kv_policy_parse(pols[rnd_u32(KVS_ARRAY_LEN(pols))], &p, &e), KVS_OK);
+			rc = kv_cache_set_policy(kv, &p, &e);
+		} else {
+			rnd_tokens(ids, len, m->hp.n_vocab);
+			rc = kv_cache_feed(kv, ids, len, &e);
+			if (rc == KVS_ERANGE) { /* full (without a provider) refuses; start over */
+				kv_cache_clear(kv);
+				rc = KVS_OK;
+			}
+		}
+		if (rc != KVS_OK) {
+			bad++;
+			T_CHECK(false, "%s step %u (%u): %s", spec, step, what, e.msg);
+		}
+		rc = kv_cache_check(kv, &e);
+		if (rc != KVS_OK) {
+			bad++;
+			T_CHECK(false, "%s step %u (%u): %s", spec, step, what, e.msg);
+		}
+	}
+	kv_cache_free(kv);
+	engine_free(eng);
+	return cnt.evict;
+}
+
+static void test_check_random(const struct model *m)
+{
+	for (size_t i = 0; i < kv_policy_count(); i++) {
+		const char *name = kv_policy_name_at(i);
+		uint32_t ev = check_random(m, name, 400, false);
+		T_CHECK(ev > 20, "%s: only %u evictions", name, ev);
+	}
+	static const char *const variants[] = { "sirllm:mode=compat,recent=4,lambda=0.8",
+		                                "lminfinite:global=4,local=8,topk=2,topk_layer=1" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(variants); i++)
+		T_CHECK(check_random(m, variants[i], 400, false) > 20, "%s: too few evictions",
+		        variants[i]);
+	T_CHECK(check_random(m, "full", 400, true) > 20, "provider: too few evictions");
+}
+
 int main(void)
 {
 	struct tiny t;
@@ -1108,6 +1275,8 @@ int main(void)
 	test_restore(t.m, "streaming", 100, false);
 	test_restore(t.m, "h2o", 100, false);
 	test_restore(t.m, "full", 30, true);
+	test_check_corrupt(t.m);
+	test_check_random(t.m);
 	for (size_t i = 0; i < kv_policy_count(); i++)
 		test_long_dialogue(t.m, kv_policy_name_at(i), 10000);
 	test_long_dialogue(t.m, "sirllm:mode=compat,lambda=0.9", 10000);

@@ -1,7 +1,30 @@
 /*
- * kv_cache.h: the KV cache with per-token memory, the retention policies and
- * the introspection events (part of the engine layer's interface: engine.h
- * includes it, so other layers include engine.h alone).
+ * kv_cache.h: the kv layer's one public header: the KV cache with per-token
+ * memory, the retention policies and the introspection events. The layer
+ * sits above the engine: it includes engine.h, never the other way round.
+ *
+ * Shape notation (every header of src/kv/ and src/engine/ uses it): a
+ * comment such as (n_layer, n_head, n_visible) on a buffer gives its
+ * dimensions outermost first, row-major, so the last one is contiguous and
+ * element [l][h][j] sits at (l * n_head + h) * n_visible + j. Each dimension
+ * is named by the hyper-parameter (struct hparams: n_layer, n_head,
+ * n_head_kv, head_dim, n_rot, n_vocab) or the count field (n_ctx, n_tokens,
+ * n_visible, n, ...) that sizes it, never by a bare number; a vector is (n).
+ * What follows the shape says what the elements are, their unit and order
+ * ("(n_tokens) in nats", "(n) cache order"), which prefix is live when the
+ * buffer has room for more ("(n_ctx) cache order, the first n live"), and
+ * "or NULL" when it may be absent.
+ *
+ * Where retention happens, all in this folder: kv_cache.c makes room
+ * (kv_evict: pinned tokens, the policy's or a score provider's selection,
+ * the gather that frees slots), re-assigns positions (kv_reposition, and
+ * LM-Infinite's sink moves in kv_feed_chunk) and checks the result
+ * (kv_cache_check); kv_policy.c holds the policy table and each policy's
+ * selection; kv-int.h the cache's state, its invariants and a selection's
+ * inputs. The engine offers only primitives: slot positions
+ * (engine_kv_set_pos), attention over a list of visible slots, and the
+ * masks the policies ask of a forward (engine_batch: dist_cap, the
+ * Λ-mask, per-KV-head attention sums).
  *
  * A kv_cache sits on one engine and owns the meaning of its slots: which
  * token each cached slot holds, where that token came from (original
@@ -24,7 +47,7 @@
  * tokens (SirLLM's semantics) and applies the memory decay; a turn or a
  * reply longer than expected evicts again per prefill chunk or decode step.
  *
- * Policies are one table (policy.c), each with named parameters whose
+ * Policies are one table (kv_policy.c), each with named parameters whose
  * defaults come from the papers' released code. A score provider (a
  * function, user data and a time budget) can replace the built-in scoring,
  * e.g. a Lua policy; when it fails or overruns, the cache falls back to the
@@ -70,7 +93,7 @@ struct kv_tok {
 	float score;       /* the active policy's retention score; NaN when it has none */
 };
 
-/* ---- retention policies (policy.c) ---- */
+/* ---- retention policies (kv_policy.c) ---- */
 
 #define KV_POLICY_MAX_PARAMS 8
 
@@ -120,7 +143,7 @@ bool kv_policy_evicts(const struct kv_policy *p);
 /* ---- score providers (custom policies from outside the engine) ---- */
 
 /*
- * Fill scores[i] for the n cached tokens toks[i] (cache order); the cache
+ * Fill scores, (n), for the cached tokens toks, (n) cache order; the cache
  * keeps the pinned tokens and then the n_keep highest scores (ties: the more
  * recent). deadline_ms is on clock_now_ms(): a provider that returns later,
  * returns an error or a NaN score is ignored for this eviction and the
@@ -272,7 +295,7 @@ struct kv_restore {
 	int32_t next_pos;           /* original position of the next token (> every orig_pos) */
 	uint32_t turn;              /* turns begun so far */
 	const float *logits;        /* (n_vocab) next-token logits, or NULL */
-	const float *acc;           /* (n, n_layer * n_head_kv) attention accumulators, or NULL */
+	const float *acc;           /* (n, n_layer, n_head_kv) attention accumulators, or NULL */
 	uint64_t n_seen, n_evicted; /* statistics carried over */
 	uint32_t n_evictions;
 };
@@ -302,7 +325,7 @@ uint32_t kv_cache_turn(const struct kv_cache *c);
 uint32_t kv_cache_n(const struct kv_cache *c);
 uint32_t kv_cache_budget(const struct kv_cache *c);
 const struct kv_tok *kv_cache_toks(const struct kv_cache *c);  /* (n) cache order */
-/* Accumulated attention (n, n_layer * n_head_kv) when the policy tracks it, else NULL. */
+/* Accumulated attention, (n, n_layer, n_head_kv), when the policy tracks it, else NULL. */
 const float *kv_cache_acc(const struct kv_cache *c);
 /* Cache index of the token at original position orig_pos, or -1 (evicted / never). */
 int32_t kv_cache_find(const struct kv_cache *c, int32_t orig_pos);
@@ -312,9 +335,16 @@ struct engine *kv_cache_engine(const struct kv_cache *c);
 /* Next original position (tokens fed since the last clear). */
 int32_t kv_cache_next_pos(const struct kv_cache *c);
 
-/* Summaries of one attention row w over n keys (probabilities summing to 1):
- * the pure function behind kv_head_summary, for tests and views. scratch
- * holds n floats. */
+/* Verify the cache's invariants (kv-int.h lists them: counts within the
+ * budget, cache order, each slot held once or free once, positions agreeing
+ * with the engine's, accumulator rows in step with the tokens): KVS_ESTATE
+ * with a message naming the first broken one. A debug build runs it after every eviction,
+ * repositioning, restore and forward, and aborts on a failure. */
+int kv_cache_check(const struct kv_cache *c, struct err *e);
+
+/* Summaries of one attention row w, (n) probabilities summing to 1: the
+ * pure function behind kv_head_summary, for tests and views. scratch is
+ * (n). */
 void kv_head_summarize(const float *w, uint32_t n, uint32_t topk, float *scratch,
                        struct kv_head_summary *out);
 

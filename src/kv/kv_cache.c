@@ -40,58 +40,18 @@
  * turn (its chunk), s_j = -log softmax(row_j)[x_j] (the row's own token),
  * e_i = s_{i-1}, and the turn's first token gets the maximum of the s_j;
  * that needs every row's logits, so compat feeds ask for all rows.
+ *
+ * kv_cache_check verifies the invariants kv-int.h lists; a debug build runs
+ * it after every eviction, repositioning, restore and forward and aborts on
+ * a failure, so the test suites exercise it at every step.
  */
-#include "engine/kv-int.h"
+#include "kv/kv-int.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define KV_COMPAT_CHUNK 64 /* rows of logits per forward in compat mode */
-
-struct kv_cache {
-	struct engine *eng;
-	const struct hparams *hp;
-	struct kv_config cfg;
-	uint32_t n_ctx, n_vocab;
-	uint32_t n;                   /* cached tokens */
-	struct kv_tok *toks;          /* (n_ctx) cache order */
-	float *acc;                   /* (n_ctx, acc_stride) or NULL */
-	uint32_t acc_stride;          /* n_layer * n_head_kv */
-	uint32_t *free_slots;         /* (n_ctx) stack of free slots (0 on top when empty) */
-	uint32_t n_free;
-	int32_t next_pos;             /* original position of the next token */
-	uint32_t turn;
-	enum kv_role role;
-	float *logits;                /* (n_vocab) next-token logits */
-	bool have_logits;
-	bool have_lse;                /* logits_lse / logits_ent are for logits */
-	double logits_lse;            /* log-sum-exp of logits */
-	float logits_ent;             /* entropy of softmax(logits), nats */
-	/* compat scoring within the current turn */
-	int32_t turn_first;           /* orig_pos of the turn's first token, -1 before it */
-	float turn_max;               /* max of s_j in the turn */
-	float prev_self;              /* s of the previous token in the turn, NaN if none */
-	/* scratch, (n_ctx) each */
-	uint32_t *visible, *bslot, *cand, *order;
-	int32_t *bpos;
-	uint8_t *keep;
-	float *fscratch;
-	struct kv_tok *evicted;
-	struct kv_head_summary *heads; /* (n_layer, n_head) */
-	/* events and providers */
-	kv_event_fn ev_fn;
-	void *ev_ud;
-	struct kv_scorer scorer;
-	bool has_scorer;
-	/* statistics since the last clear */
-	uint64_t n_seen, n_evicted, step, bytes_peak;
-	uint32_t n_evictions, n_fallbacks;
-	uint64_t bytes_per_token;
-	bool warned_lambda;           /* said once that the backend lacks the Λ-mask */
-	double last_capture_ms;       /* when the last step event was captured */
-	bool capture_next;            /* capture the next forward regardless */
-};
 
 static const char *const kv_role_names[] = { "none", "system", "user", "assistant" };
 static const char *const kv_cause_names[] = { "turn", "prefill", "decode", "budget" };
@@ -206,6 +166,16 @@ static int kv_reposition(struct kv_cache *c, struct err *e)
 	return KVS_OK;
 }
 
+/* Allocate the attention accumulators (zero), their rows tagged with the
+ * cached tokens they belong to. */
+static void kv_acc_alloc(struct kv_cache *c)
+{
+	c->acc = xcalloc((size_t)c->n_ctx * c->acc_stride, sizeof *c->acc);
+	c->acc_tok = xmallocarray(c->n_ctx, sizeof *c->acc_tok);
+	for (uint32_t i = 0; i < c->n; i++)
+		c->acc_tok[i] = c->toks[i].orig_pos;
+}
+
 /* -------------------------------------------------------- create, free */
 
 int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_config *cfg,
@@ -248,7 +218,7 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	c->logits = xmallocarray(c->n_vocab, sizeof *c->logits);
 	c->bytes_per_token = engine_kv_bytes_per_slot(eng);
 	if (kv_def(c)->score == KV_SCORE_ATTN)
-		c->acc = xcalloc((size_t)n_ctx * c->acc_stride, sizeof *c->acc);
+		kv_acc_alloc(c);
 	kv_cache_clear(c);
 	*out = c;
 	return KVS_OK;
@@ -260,6 +230,7 @@ void kv_cache_free(struct kv_cache *c)
 		return;
 	free(c->toks);
 	free(c->acc);
+	free(c->acc_tok);
 	free(c->free_slots);
 	free(c->visible);
 	free(c->bslot);
@@ -402,6 +373,92 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 	s->bytes_allocated = (uint64_t)c->n_ctx * c->bytes_per_token;
 }
 
+/* --------------------------------------------------------------- checking */
+
+int kv_cache_check(const struct kv_cache *c, struct err *e)
+{
+	uint32_t n_ctx = c->n_ctx;
+	if (c->cfg.budget > n_ctx || c->n > c->cfg.budget)
+		return err_set(e, KVS_ESTATE,
+		               "KV cache check: %u tokens cached, budget %u, %u slots: expected "
+		               "cached <= budget <= slots",
+		               c->n, c->cfg.budget, n_ctx);
+	if (c->n_free > n_ctx || c->n + c->n_free != n_ctx)
+		return err_set(e, KVS_ESTATE,
+		               "KV cache check: %u tokens cached and %u free slots: expected them to "
+		               "add up to the %u slots",
+		               c->n, c->n_free, n_ctx);
+	if (kv_def(c)->score == KV_SCORE_ATTN && c->acc == NULL)
+		return err_set(e, KVS_ESTATE,
+		               "KV cache check: policy %s scores by attention but the cache has no "
+		               "accumulators",
+		               kv_def(c)->name);
+	/* owner[s]: 0 unseen, 1 held by a cached token, 2 on the free stack */
+	uint8_t *owner = xcalloc(n_ctx ? n_ctx : 1, 1);
+	int rc = KVS_OK;
+	for (uint32_t i = 0; i < c->n && rc == KVS_OK; i++) {
+		const struct kv_tok *t = &c->toks[i];
+		int32_t prev = i > 0 ? c->toks[i - 1].orig_pos : -1;
+		if (t->orig_pos <= prev || t->orig_pos >= c->next_pos)
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: token %u at original position %d after %d: expected "
+			             "cache order (original positions rising, below the next %d)",
+			             i, t->orig_pos, prev, c->next_pos);
+		else if (t->slot >= n_ctx)
+			rc = err_set(e, KVS_ESTATE, "KV cache check: token %u holds slot %u, expected 0..%u",
+			             i, t->slot, n_ctx - 1);
+		else if (owner[t->slot] != 0)
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: token %u holds slot %u, already held by an earlier token",
+			             i, t->slot);
+		else if (t->pos < 0 || engine_kv_pos(c->eng, t->slot) != t->pos)
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: token %u at position %d, its slot %u at %d in the "
+			             "engine: expected the same position >= 0",
+			             i, t->pos, t->slot, engine_kv_pos(c->eng, t->slot));
+		else if (c->acc != NULL && c->acc_tok[i] != t->orig_pos)
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: accumulator row %u belongs to the token at original "
+			             "position %d, cache index %u holds %d: expected rows in step with the "
+			             "tokens",
+			             i, c->acc_tok[i], i, t->orig_pos);
+		else
+			owner[t->slot] = 1;
+	}
+	for (uint32_t k = 0; k < c->n_free && rc == KVS_OK; k++) {
+		uint32_t sl = c->free_slots[k];
+		if (sl >= n_ctx)
+			rc = err_set(e, KVS_ESTATE, "KV cache check: free-slot stack entry %u is slot %u, "
+			             "expected 0..%u", k, sl, n_ctx - 1);
+		else if (owner[sl] != 0)
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: free-slot stack entry %u is slot %u, which is %s", k,
+			             sl, owner[sl] == 1 ? "held by a cached token" : "already on the stack");
+		else if (engine_kv_pos(c->eng, sl) != -1)
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: free slot %u has position %d in the engine, expected "
+			             "-1 (empty)",
+			             sl, engine_kv_pos(c->eng, sl));
+		else
+			owner[sl] = 2;
+	}
+	free(owner);
+	return rc;
+}
+
+/* In a debug build, abort with kv_cache_check's message when the cache
+ * breaks an invariant (after evictions, repositioning, restores, feeds). */
+static void kv_debug_check(const struct kv_cache *c)
+{
+#ifdef KVS_DEBUG
+	struct err e;
+	if (kv_cache_check(c, &e) != KVS_OK)
+		err_invariant(e.msg, __FILE__, __LINE__);
+#else
+	(void)c;
+#endif
+}
+
 /* --------------------------------------------------------------- eviction */
 
 /* Call the score provider; false (with why) when it fails, overruns or
@@ -437,7 +494,7 @@ static bool kv_provider_select(struct kv_cache *c, struct kv_select *s, const ch
 	free(all);
 	if (ok) {
 		memset(s->keep, 0, s->n);
-		kv_select_top(s, s->target, KV_FLAG_KEY);
+		kv_policy_top(s, s->target, KV_FLAG_KEY);
 	}
 	return ok;
 }
@@ -498,22 +555,31 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		uint8_t k = is_cand ? ckeep[ci++] : (uint8_t)(KV_KEEP | t.flags);
 		if (k & KV_KEEP) {
 			t.flags = (uint8_t)((t.flags & KV_FLAG_PINNED) | (k & (KV_FLAG_SINK | KV_FLAG_KEY)));
-			if (c->acc && w != i)
+			if (c->acc && w != i) {
 				memmove(c->acc + (size_t)w * c->acc_stride, c->acc + (size_t)i * c->acc_stride,
 				        c->acc_stride * sizeof *c->acc);
+				c->acc_tok[w] = c->acc_tok[i];
+			}
 			c->toks[w++] = t;
 		} else {
 			c->evicted[ne++] = t;
 			c->free_slots[c->n_free++] = t.slot;
-			engine_kv_set_pos(c->eng, t.slot, -1, NULL);
+			/* a cached token's slot is a valid slot: emptying it cannot fail */
+			(void)ALWAYS(engine_kv_set_pos(c->eng, t.slot, -1, NULL) == KVS_OK);
 		}
 	}
 	c->n = w;
 	c->n_evicted += ne;
 	c->n_evictions++;
+	/* every selection marks at most its target, and the pinned tokens kept
+	 * are at most the rest */
+	if (NEVER(w > target))
+		return err_set(e, KVS_ESTATE, "KV cache: %u tokens kept, over the eviction's target of %u",
+		               w, target);
 	int rc = kv_reposition(c, e);
 	if (rc != KVS_OK)
 		return rc;
+	kv_debug_check(c);
 	struct kv_event ev = { .kind = KV_EVENT_EVICT };
 	ev.cause = cause;
 	ev.n_incoming = m;
@@ -581,7 +647,7 @@ static void kv_rescore(struct kv_cache *c)
 			t->score = 0;
 	}
 	if (d->score == KV_SCORE_ATTN && c->acc == NULL)
-		c->acc = xcalloc((size_t)c->n_ctx * c->acc_stride, sizeof *c->acc);
+		kv_acc_alloc(c);
 	else if (d->score == KV_SCORE_ATTN)
 		memset(c->acc, 0, (size_t)c->n_ctx * c->acc_stride * sizeof *c->acc);
 }
@@ -595,7 +661,10 @@ int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct er
 	if (!same)
 		kv_rescore(c);
 	int rc = kv_reposition(c, e);
-	if (rc == KVS_OK && c->n > c->cfg.budget)
+	if (rc == KVS_OK)
+		kv_debug_check(c);
+	/* the budget is unchanged and was kept */
+	if (rc == KVS_OK && NEVER(c->n > c->cfg.budget))
 		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
 	struct kv_event ev = { .kind = KV_EVENT_POLICY };
 	kv_emit(c, &ev);
@@ -687,6 +756,8 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 	c->n_evictions = r->n_evictions;
 	c->bytes_peak = (uint64_t)c->n * c->bytes_per_token;
 	if (c->acc != NULL) {
+		for (uint32_t i = 0; i < r->n; i++)
+			c->acc_tok[i] = r->toks[i].orig_pos;
 		if (r->acc != NULL) {
 			memcpy(c->acc, r->acc, (size_t)r->n * c->acc_stride * sizeof *c->acc);
 		} else {
@@ -705,6 +776,7 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 			c->have_lse = true;
 		}
 	}
+	kv_debug_check(c);
 	return KVS_OK;
 }
 
@@ -902,6 +974,8 @@ static void kv_capture_step(struct kv_cache *c, const struct engine_out *o)
 			kv_head_summarize(o->attn + (size_t)h * nv, nv, c->cfg.summary_topk, c->fscratch,
 			                  &c->heads[h]);
 	struct kv_event ev = { .kind = KV_EVENT_STEP };
+	if (NEVER(c->n == 0)) /* a forward just cached its tokens */
+		return;
 	ev.step = c->step;
 	ev.tok = &c->toks[c->n - 1];
 	ev.next_entropy = NAN;
@@ -977,6 +1051,12 @@ static void kv_compat_score(struct kv_cache *c, uint32_t i, float s)
 static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, bool last,
                          struct err *e)
 {
+	/* kv_cache_feed made room (or refused) before the chunk */
+	if (NEVER(c->n + m > c->cfg.budget || m > c->n_free))
+		return err_set(e, KVS_ESTATE,
+		               "KV cache: a chunk of %u tokens does not fit (%u cached, budget %u, "
+		               "%u free slots)",
+		               m, c->n, c->cfg.budget, c->n_free);
 	const struct kv_policy_def *d = kv_def(c);
 	enum kv_pos_mode mode = kv_pos_mode(c);
 	bool stats = kv_need_stats(c), compat = kv_compat(c);
@@ -1116,7 +1196,10 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	} else {
 		c->have_logits = false;
 	}
-	if (attn_policy) {
+	for (uint32_t i = 0; c->acc != NULL && i < m; i++)
+		c->acc_tok[n + i] = c->toks[n + i].orig_pos;
+	/* an attention policy got its accumulators when it was chosen */
+	if (attn_policy && ALWAYS(c->acc != NULL)) {
 		memset(c->acc + (size_t)n * c->acc_stride, 0, (size_t)m * c->acc_stride * sizeof *c->acc);
 		kv_accumulate(c, &o);
 	}
@@ -1126,6 +1209,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	uint64_t bytes = (uint64_t)c->n * c->bytes_per_token;
 	if (bytes > c->bytes_peak)
 		c->bytes_peak = bytes;
+	kv_debug_check(c);
 	if (capture)
 		kv_capture_step(c, &o);
 	return KVS_OK;

@@ -1,5 +1,5 @@
 /*
- * policy.c: the retention-policy table and the policies' selections.
+ * kv_policy.c: the retention-policy table and the policies' selections.
  *
  * One row per policy: its name, one line of help, its parameters (with the
  * defaults of the papers' released code), where its score comes from, how
@@ -24,7 +24,7 @@
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
  */
-#include "engine/kv-int.h"
+#include "kv/kv-int.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -117,7 +117,7 @@ static uint32_t policy_top(struct kv_select *s, uint32_t k, uint8_t flag, bool o
 	return got;
 }
 
-uint32_t kv_select_top(struct kv_select *s, uint32_t k, uint8_t flag)
+uint32_t kv_policy_top(struct kv_select *s, uint32_t k, uint8_t flag)
 {
 	return policy_top(s, k, flag, false);
 }
