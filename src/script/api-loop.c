@@ -18,6 +18,8 @@
 
 #define API_TIMER "kvscope.timer"
 
+/* ------------------------------------------------------------------ hooks */
+
 static int api_on(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
@@ -124,6 +126,8 @@ static int api_clock(lua_State *L)
 	return 1;
 }
 
+/* ----------------------------------------------------------------- timers */
+
 struct api_timer {
 	uint64_t id;
 };
@@ -166,6 +170,8 @@ static int api_timer_stop(lua_State *L)
 	lua_pushboolean(L, found);
 	return 1;
 }
+
+/* ---------------------------------------------------------------- scripts */
 
 static int api_exit(lua_State *L)
 {

@@ -24,6 +24,8 @@
 
 #define API_SESSION "kvscope.session"
 
+/* --------------------------------------------------------------- sessions */
+
 static struct api_session *api_checksession(lua_State *L, int i)
 {
 	struct api_session **u = luaL_checkudata(L, i, API_SESSION);
@@ -327,6 +329,8 @@ static int api_send(lua_State *L)
 		return script_error(L, "kvscope.send %s: %s", cmd, e.msg);
 	return 0;
 }
+
+/* -------------------------------------------------------------- session:* */
 
 static void api_session_enter(lua_State *L, struct api_session *as)
 {
@@ -770,6 +774,46 @@ static int api_s_length(lua_State *L)
 	return 1;
 }
 
+static int api_s_reset(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	if (as->busy)
+		return script_error(L, "reset: the session is busy");
+	session_reset(as->s);
+	script_stale(as->p->rt);
+	return 0;
+}
+
+static int api_s_close(lua_State *L)
+{
+	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
+	if (*u != NULL && (*u)->busy)
+		return script_error(L, "close: the session is busy");
+	if (*u != NULL && !(*u)->owned)
+		return script_error(L, "close: the front end's session is not the plugin's to close");
+	if (*u != NULL) {
+		api_session_drop(script_plugin_of(L)->rt, *u, true);
+		free(*u);
+		*u = NULL;
+	}
+	return 0;
+}
+
+static int api_s_set_system(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	session_set_system(as->s, luaL_checkstring(L, 2));
+	return 0;
+}
+
+static int api_s_info(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	return api_push_model(L, session_gen(as->s));
+}
+
+/* -------------------------------------------------------------- the store */
+
 /* Open the session database scripts may read (read-only): the front end's
  * --db, else the default; raises a Lua error when it cannot. */
 static struct store *api_store_open(lua_State *L)
@@ -864,44 +908,6 @@ static int api_store_turns(lua_State *L)
 	store_session_free(&ss);
 	store_close(st);
 	return 1;
-}
-
-static int api_s_reset(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	if (as->busy)
-		return script_error(L, "reset: the session is busy");
-	session_reset(as->s);
-	script_stale(as->p->rt);
-	return 0;
-}
-
-static int api_s_close(lua_State *L)
-{
-	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
-	if (*u != NULL && (*u)->busy)
-		return script_error(L, "close: the session is busy");
-	if (*u != NULL && !(*u)->owned)
-		return script_error(L, "close: the front end's session is not the plugin's to close");
-	if (*u != NULL) {
-		api_session_drop(script_plugin_of(L)->rt, *u, true);
-		free(*u);
-		*u = NULL;
-	}
-	return 0;
-}
-
-static int api_s_set_system(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	session_set_system(as->s, luaL_checkstring(L, 2));
-	return 0;
-}
-
-static int api_s_info(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	return api_push_model(L, session_gen(as->s));
 }
 
 static const struct api_fn api_session_fns[] = {

@@ -42,7 +42,7 @@ static void api_pushf(lua_State *L, float v)
 		lua_pushnumber(L, v);
 }
 
-/* --------------------------------------------------------- token data */
+/* ------------------------------------------------------------- token data */
 
 struct api_tokref {
 	const struct kv_tok *t;   /* may be NULL (no cache entry) */
@@ -184,7 +184,7 @@ static int api_toks_index(lua_State *L)
 	return 1;
 }
 
-/* ---------------------------------------------------------- attention */
+/* -------------------------------------------------------------- attention */
 
 struct api_attn {
 	const float *w;                       /* (n_layer, n_head, n_cached) or NULL */
@@ -346,7 +346,7 @@ static int api_attn_index(lua_State *L)
 	return 1;
 }
 
-/* -------------------------------------------------------------- turns */
+/* ------------------------------------------------------------------ turns */
 
 int api_push_model(lua_State *L, const struct gen *g)
 {

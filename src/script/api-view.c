@@ -20,7 +20,7 @@
 
 #define API_VIEW "kvscope.view"
 
-/* ---------------------------------------------------- commands, status */
+/* ------------------------------------------------------- commands, status */
 
 static int api_status(lua_State *L)
 {
@@ -108,7 +108,7 @@ static int api_commands(lua_State *L)
 	return 1;
 }
 
-/* ---------------------------------------------------------------- views */
+/* ------------------------------------------------------------------ views */
 
 struct api_view {
 	struct script_viewrec *rec;
@@ -293,7 +293,7 @@ static int api_views(lua_State *L)
 	return 1;
 }
 
-/* ------------------------------------------------------------- plugins */
+/* ---------------------------------------------------------------- plugins */
 
 static int api_plugins(lua_State *L)
 {
@@ -366,7 +366,7 @@ static int api_status_items(lua_State *L)
 	return 1;
 }
 
-/* ----------------------------------------------------------- files out */
+/* -------------------------------------------------------------- files out */
 
 /* A relative path of plain components under the results directory. */
 static bool api_path_ok(const char *p)

@@ -26,7 +26,7 @@ static const struct api_lib *const api_libs[] = {
 	&api_loop_lib, &api_view_lib, &api_policy_lib, &api_session_lib, &api_token_lib,
 };
 
-/* ------------------------------------------------------------ helpers */
+/* ---------------------------------------------------------------- helpers */
 
 struct script_rt *api_rt(lua_State *L)
 {
@@ -83,7 +83,7 @@ static int api_readonly(lua_State *L)
 	return script_error(L, "%s is read-only", luaL_typename(L, 1));
 }
 
-/* ------------------------------------------------------- the module */
+/* ------------------------------------------------------------- the module */
 
 /* The events kvscope.on takes, for the reference (names as script_event_names). */
 static const struct {
@@ -194,7 +194,7 @@ int api_open(lua_State *L)
 	return 1;
 }
 
-/* ---------------------------------------------------------- the doc */
+/* ---------------------------------------------------------------- the doc */
 
 /* Write s into a Markdown table cell ('|' escaped). */
 static void api_doc_cell(FILE *fp, const char *s)

@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---------------------------------------------------- the main thread */
+/* -------------------------------------------------------- the main thread */
 
 struct script_policy *policy_find(const struct script_rt *rt, const char *name)
 {
@@ -193,7 +193,7 @@ void policy_copies_free(struct script_rt *rt)
 	}
 }
 
-/* -------------------------------------------------- the copy's owner */
+/* ------------------------------------------------------- the copy's owner */
 
 /* The score provider of a copy: claim it, run what its plugin's commands
  * queued, then the policy, all in the copy's own states. */
