@@ -1,7 +1,29 @@
 /*
- * script-int.h: the scripting layer's insides, shared by script.c (the
- * runtime: plugin states, sandbox, budgets, dispatch) and api.c (the API
- * table and its bindings).
+ * script-int.h: the scripting layer's insides, shared by its files:
+ * script.c (the runtime: plugin states, budgets, dispatch), sandbox.c (the
+ * security boundary), policy.c (Lua policies on other threads), api.c (the
+ * API machinery) and api-*.c (the bindings, one file per object).
+ *
+ * Threads. A runtime (script_rt) and every lua_State in it belong to one
+ * thread; no lua_State is ever used by two threads, so no lock guards one:
+ *
+ *   - the front end's runtime, its plugins' states and the sessions they
+ *     open belong to the main thread (the one that made the runtime);
+ *   - a Lua policy that the KV cache calls on another thread (the TUI's
+ *     session worker) runs in a copy (struct script_copy): a runtime of its
+ *     own in which the plugin's source ran again. The main thread makes it
+ *     (script_policy_scorer) and touches its runtime no more; the first
+ *     thread that calls its score provider owns it from then on, and a
+ *     call from any other thread is refused. The plugin's commands reach
+ *     the copy as messages (copy->inbox) that its owner runs before its
+ *     next call; unloading or disabling the plugin retires the copy, and
+ *     its owner closes it at its next call (the main thread does, when no
+ *     thread claimed it, and at script_rt_free, when every caller is gone).
+ *
+ * Locks: script_copy.mu is the layer's only lock. It guards a copy's
+ * ownership, retirement and inbox, and is a leaf: nothing else is locked,
+ * and no Lua runs, while it is held. The front end's notify callback may
+ * be called from a copy's thread (it takes the front end's own lock).
  */
 #ifndef KVS_SCRIPT_INT_H
 #define KVS_SCRIPT_INT_H
@@ -12,7 +34,6 @@
 #include <lua.h>
 #include <lualib.h>
 #include <pthread.h>
-#include <stdatomic.h>
 
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
@@ -38,6 +59,8 @@ extern const bool script_event_fast[SEV_COUNT];
 struct script_plugin {
 	struct script_rt *rt;
 	char *name, *path;
+	char *src, *chunk;        /* the main chunk's text and name (copies run it again) */
+	size_t src_len;
 	lua_State *L;
 	lua_State *active;        /* the thread inside an API call now (nested calls use it) */
 	bool is_script;
@@ -55,11 +78,9 @@ struct script_plugin {
 	char *log[SCRIPT_LOG_LINES]; /* ring */
 	size_t log_n, log_head;
 	char *status;
-	pthread_mutex_t lock;     /* recursive: the KV cache may call a policy from a worker */
 	/* Bumped when data lent to this state (an event's, a cache's) stops
-	 * being valid; atomic: a policy may run on the session's worker thread. */
-	_Atomic uint64_t epoch;
-	uint32_t pins;            /* policy calls from other threads in progress (rt->life) */
+	 * being valid. */
+	uint64_t epoch;
 };
 
 struct script_hook {
@@ -101,14 +122,33 @@ struct script_policy {
 	double budget_ms;
 };
 
+/* A plugin copied for a policy called on another thread (policy.c). The
+ * shell lives until the main runtime is freed (a score provider points at
+ * it); its runtime goes earlier. */
+struct script_copy {
+	char *name;               /* the policy's (the provider's name points here) */
+	const struct script_plugin *of; /* main thread: the plugin copied; compared only */
+	struct script_copy *next; /* main thread: the runtime's list */
+	/* The owner's (the main thread's until claimed): */
+	struct script_rt *rt;     /* the copy's runtime; NULL once closed */
+	struct script_policy *pol; /* the policy's slot in rt */
+	/* Under mu: */
+	pthread_mutex_t mu;
+	bool claimed;
+	pthread_t owner;          /* when claimed */
+	bool retired;             /* its plugin was unloaded or disabled */
+	char **inbox;             /* (n_inbox) commands to run first: "name\0args" */
+	size_t n_inbox;
+};
+
 struct script_viewrec {
 	struct script_view v;
 	struct script_plugin *p;
 	bool dead;
 };
 
-/* A session a plugin opened (api.c); listed so that a policy going away can
- * be taken out of the sessions that use it. */
+/* A session a plugin opened (api-session.c); listed so that a policy going
+ * away can be taken out of the sessions that use it. */
 struct api_session {
 	struct script_plugin *p;
 	struct session *s;
@@ -120,11 +160,7 @@ struct api_session {
 
 struct script_rt {
 	struct script_config cfg;
-	/* A plugin's lifetime against score providers called from a worker
-	 * thread: api_score pins the plugin under this lock, unloading waits
-	 * until no pin is left. */
-	pthread_mutex_t life;
-	pthread_cond_t unpinned;
+	pthread_t thread;         /* the owner: its states run on no other thread */
 	char *results_dir, *system;
 	struct script_plugin **plugins;
 	size_t n_plugins;
@@ -140,6 +176,7 @@ struct script_rt {
 	size_t n_cmds, cap_cmds;
 	struct script_policy **policies;
 	size_t n_policies;
+	struct script_copy *copies; /* of this runtime's plugins, for other threads */
 	struct script_viewrec **views;
 	size_t n_views;
 	struct api_session *sessions;
@@ -150,7 +187,8 @@ struct script_rt {
 	char *datadir;
 };
 
-/* script.c */
+/* ---- script.c ---- */
+
 struct script_plugin *script_plugin_of(lua_State *L);
 /* Call the function below nargs arguments on L's stack as P under a
  * deadline of budget_ms, in the fast tier when fast; leaves nres results
@@ -176,20 +214,102 @@ void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fm
  * their count; a hook returning true stops the dispatch (returns true). */
 bool script_dispatch(struct script_rt *rt, enum script_event ev, int (*push)(lua_State *L, void *ud),
                      void *ud);
+/* Load P's source again as a plugin of runtime to (a copy); *out is the
+ * new plugin. */
+int script_plugin_copy(struct script_rt *to, const struct script_plugin *P,
+                       struct script_plugin **out, struct err *e);
 
-/* api.c */
+/* ---- sandbox.c ---- */
+
+/* A new state for P: its allocator counts P->mem against P->mem_cap, its
+ * count hook enforces P->deadline; NULL when even that does not fit. */
+lua_State *sandbox_new(struct script_plugin *P);
+/* Make the whitelist environment L's globals (inside a protected call). */
+void sandbox_open(lua_State *L);
+/* After an overrun (the hook fires at every instruction): back to every
+ * SCRIPT_HOOK_COUNT instructions. */
+void sandbox_rearm(lua_State *L);
+
+/* ---- policy.c ---- */
+
+/* The slot of the registered Lua policy name, or NULL. */
+struct script_policy *policy_find(const struct script_rt *rt, const char *name);
+/* P's commands ran "name args" on the main thread: queue it for P's copies. */
+void policy_copies_post(struct script_rt *rt, const struct script_plugin *P, const char *name,
+                        const char *args);
+/* P goes away or is disabled: its copies stop (their owners close them). */
+void policy_copies_retire(struct script_rt *rt, const struct script_plugin *P);
+/* Free every copy (script_rt_free: no thread calls a provider any more). */
+void policy_copies_free(struct script_rt *rt);
+
+/* ---- api.c: the machinery ---- */
+
+enum api_tier { API_FAST = 0, API_DEFERRED };
+enum api_kind { API_C = 0, API_LUA };
+
+/* One row of the API: a function, its tier and its doc line. The binding
+ * of row "NAME" is api_NAME (api_s_NAME for "session:NAME", api_view_NAME
+ * for "view:NAME"); API_LUA rows are defined by lua/kvscope.lua. */
+struct api_fn {
+	const char *name;   /* "on", "policy.register", "session:chat" */
+	enum api_tier tier;
+	enum api_kind kind;
+	const char *args;   /* synopsis after the name */
+	const char *doc;
+	lua_CFunction fn;
+};
+
+/* A userdata type: the metatable registered as tname; its methods are the
+ * "obj:NAME" rows of the same file, or index answers every field. */
+struct api_type {
+	const char *tname;  /* "kvscope.session" */
+	const char *obj;    /* "session", or NULL (index) */
+	lua_CFunction index, len, gc;
+};
+
+/* One file's share of the API: its rows, in the reference's order, and
+ * its userdata types. api.c lists the files' tables (api_libs). */
+struct api_lib {
+	const struct api_fn *fns;
+	size_t n_fns;
+	const struct api_type *types;
+	size_t n_types;
+};
+
+extern const struct api_lib api_loop_lib, api_view_lib, api_policy_lib, api_session_lib,
+    api_token_lib;
+
 /* Build the kvscope module in P's state and leave it on the stack. */
 int api_open(lua_State *L);
-/* Drop the policy from every session using it (it was unregistered). */
-void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
-int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
-              double deadline_ms, struct err *e);
-/* Push event data as read-only userdata (api.c). */
+/* Write doc/lua-api.md. */
+int api_doc(FILE *fp, struct err *e);
+struct script_rt *api_rt(lua_State *L);
+/* Raise kvscope.exit's request for status, ending the script. */
+int api_raise_exit(lua_State *L, int status);
+/* t[k] = v for the table on top of the stack. */
+void api_setnum(lua_State *L, const char *k, double v);
+void api_setint(lua_State *L, const char *k, lua_Integer v);
+void api_setstr(lua_State *L, const char *k, const char *v);
+
+/* ---- api-token.c: event data, lent as read-only userdata ---- */
+
+extern const char *const api_role_names[];
 void api_push_token(lua_State *L, const struct gen_token *t);
 void api_push_toks(lua_State *L, const struct kv_tok *toks, uint32_t n, const struct vocab *v);
 void api_push_attention(lua_State *L, const struct kv_event *ev);
 void api_push_turn(lua_State *L, const struct session_turn *t);
 int api_push_model(lua_State *L, const struct gen *g);
-int api_doc(FILE *fp, struct err *e);
+
+/* ---- api-policy.c ---- */
+
+/* The score provider of a Lua policy (ud: its slot), on its runtime's
+ * thread: calls the policy's function in its plugin's state. */
+int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
+              double deadline_ms, struct err *e);
+
+/* ---- api-session.c ---- */
+
+/* Drop the policy from every session using it (it was unregistered). */
+void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
 
 #endif

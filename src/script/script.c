@@ -1,24 +1,12 @@
 /*
- * script.c: the Lua runtime: plugin states, the sandbox, budgets, dispatch,
- * timers, commands, views and logs.
+ * script.c: the Lua runtime: plugin states, calls and their budgets,
+ * dispatch, timers, commands, views and logs.
  *
  * One lua_State per plugin (a "script" is a plugin that kvscope run loads
- * with its own deadline). Its allocator counts the bytes the state holds and
- * returns NULL past the cap, which Lua turns into a memory error; its
- * instruction-count hook checks the current call's wall-clock deadline every
- * SCRIPT_HOOK_COUNT instructions and raises an error past it, and from then
- * on checks every instruction, so that code catching the error with pcall
- * cannot keep running. The count hook does not see time spent inside C
- * functions: string.rep is capped by size, the rest by the memory cap.
- *
- * The environment is built from a whitelist and installed as the state's
- * globals, so that load's default environment is the sandbox too: base
- * functions without dofile/loadfile, load for text chunks only and without a
- * caller-chosen environment, require for "kvscope" only, string without
- * dump (removed from the library table itself, which is also the strings'
- * metatable's __index), table, math, utf8, coroutine, and os.clock, time,
- * date and difftime. io, debug, package and the rest of os are not
- * reachable: nothing left in the environment holds them.
+ * with its own deadline), made by sandbox.c, which enforces the whitelist,
+ * the memory cap and the deadline of the current call; this file sets the
+ * deadline of each call. Everything here runs on the runtime's own thread
+ * (script-int.h says which thread owns what).
  *
  * Every call into a state goes through script_pcall: a message handler
  * appends a traceback, the error goes to the plugin's log, and after
@@ -72,38 +60,6 @@ struct script_plugin *script_plugin_of(lua_State *L)
 	return *(struct script_plugin **)lua_getextraspace(L);
 }
 
-/* The allocator: counts the state's bytes and refuses growth past the cap. */
-static void *script_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-	struct script_plugin *P = ud;
-	size_t old = ptr != NULL ? osize : 0;
-
-	if (nsize == 0) {
-		free(ptr);
-		P->mem -= old;
-		return NULL;
-	}
-	if (nsize > old && P->mem + (nsize - old) > P->mem_cap)
-		return NULL;
-	void *q = realloc(ptr, nsize);
-	if (q == NULL)
-		return NULL;
-	P->mem = P->mem - old + nsize;
-	return q;
-}
-
-/* The count hook: past the deadline, raise an error (and keep raising). */
-static void script_count_hook(lua_State *L, lua_Debug *ar)
-{
-	struct script_plugin *P = script_plugin_of(L);
-	(void)ar;
-	if (P->deadline > 0 && clock_now_ms() > P->deadline) {
-		P->overrun = true;
-		lua_sethook(L, script_count_hook, LUA_MASKCOUNT, 1);
-		script_error(L, "stopped: over its %.0f ms time budget", P->budget_ms);
-	}
-}
-
 int script_error(lua_State *L, const char *fmt, ...)
 {
 	char buf[1024];
@@ -116,14 +72,6 @@ int script_error(lua_State *L, const char *fmt, ...)
 	lua_pushstring(L, buf);
 	lua_concat(L, 2);
 	return lua_error(L);
-}
-
-/* An unprotected error: nothing to save, say what happened. */
-static int script_panic(lua_State *L)
-{
-	const char *msg = lua_tostring(L, -1);
-	fprintf(stderr, "kvscope: unprotected Lua error: %s\n", msg ? msg : "(not a string)");
-	return 0;
 }
 
 /* Whether the error value at idx is kvscope.exit's request; its status. */
@@ -202,10 +150,28 @@ void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fm
 		log_warn("plugin %s: %s", P ? P->name : "-", buf);
 }
 
-/* Disable P: its hooks, timers and commands stop being called. */
+/* Push the arguments of the running function as one string, each through
+ * tostring, separated by sep (print's and kvscope.log's rule). */
+void script_concat_args(lua_State *L, char sep)
+{
+	luaL_Buffer b;
+	int n = lua_gettop(L);
+
+	luaL_buffinit(L, &b);
+	for (int i = 1; i <= n; i++) {
+		if (i > 1)
+			luaL_addchar(&b, sep);
+		luaL_tolstring(L, i, NULL);
+		luaL_addvalue(&b); /* pops it: the buffer's stack use stays balanced */
+	}
+	luaL_pushresult(&b);
+}
+
+/* Disable P: its hooks, timers, commands and policies stop being called. */
 static void script_disable(struct script_plugin *P, const char *why)
 {
 	P->disabled = true;
+	policy_copies_retire(P->rt, P);
 	free(P->disabled_why);
 	P->disabled_why = xstrdup(why);
 	script_log(P, "disabled: %s", why);
@@ -261,8 +227,8 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 	bool overrun = P->overrun;
 	P->overrun = false;
 	if (overrun) {
-		lua_sethook(L, script_count_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
-		lua_sethook(P->L, script_count_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
+		sandbox_rearm(L);
+		sandbox_rearm(P->L);
 	}
 	P->deadline = saved_deadline;
 	P->budget_ms = saved_budget;
@@ -313,181 +279,6 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 	}
 }
 
-/* ------------------------------------------------------------ sandbox */
-
-/* Push the arguments of the running function as one string, each through
- * tostring, separated by sep (print's and kvscope.log's rule). */
-void script_concat_args(lua_State *L, char sep)
-{
-	luaL_Buffer b;
-	int n = lua_gettop(L);
-
-	luaL_buffinit(L, &b);
-	for (int i = 1; i <= n; i++) {
-		if (i > 1)
-			luaL_addchar(&b, sep);
-		luaL_tolstring(L, i, NULL);
-		luaL_addvalue(&b); /* pops it: the buffer's stack use stays balanced */
-	}
-	luaL_pushresult(&b);
-}
-
-/* print: the script's stdout under kvscope run; a plugin's log (and stderr
- * under kvscope run). */
-static int sb_print(lua_State *L)
-{
-	struct script_plugin *P = script_plugin_of(L);
-	size_t len;
-
-	script_concat_args(L, '\t');
-	const char *s = lua_tolstring(L, -1, &len);
-	if (P->is_script && P->rt->cfg.headless) {
-		fwrite(s, 1, len, stdout);
-		fputc('\n', stdout);
-	} else {
-		script_log(P, "%s", s);
-		if (P->rt->cfg.headless)
-			script_notify(P->rt, P, "%s", s);
-	}
-	return 0;
-}
-
-/* load(chunk [, name [, mode]]): text chunks only, in the plugin's environment. */
-static int sb_load(lua_State *L)
-{
-	size_t len;
-	const char *s = lua_tolstring(L, 1, &len);
-	const char *name = luaL_optstring(L, 2, "=(load)");
-	const char *mode = luaL_optstring(L, 3, "t");
-
-	if (s == NULL)
-		return script_error(L, "load: expected a string chunk, got %s", luaL_typename(L, 1));
-	if (strcmp(mode, "t") != 0)
-		return script_error(L, "load: mode '%s' refused: plugins load text chunks only (mode \"t\")",
-		                  mode);
-	if (!lua_isnoneornil(L, 4))
-		return script_error(L, "load: an environment argument is refused: chunks run in the "
-		                     "plugin's own environment");
-	if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
-		lua_pushnil(L);
-		lua_insert(L, -2);
-		return 2;
-	}
-	return 1;
-}
-
-/* require(name): only "kvscope". */
-static int sb_require(lua_State *L)
-{
-	const char *name = luaL_checkstring(L, 1);
-	if (strcmp(name, "kvscope") != 0)
-		return script_error(L, "require: module '%s' is not available to plugins (only \"kvscope\")",
-		                  name);
-	lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.module");
-	return 1;
-}
-
-/* collectgarbage: "collect", "count" and "step" only. */
-static int sb_collectgarbage(lua_State *L)
-{
-	const char *opt = luaL_optstring(L, 1, "collect");
-	if (strcmp(opt, "count") == 0) {
-		lua_pushnumber(L, (double)lua_gc(L, LUA_GCCOUNT) + lua_gc(L, LUA_GCCOUNTB) / 1024.0);
-		return 1;
-	}
-	if (strcmp(opt, "collect") == 0 || strcmp(opt, "step") == 0) {
-		lua_gc(L, strcmp(opt, "collect") == 0 ? LUA_GCCOLLECT : LUA_GCSTEP, 0);
-		lua_pushinteger(L, 0);
-		return 1;
-	}
-	return script_error(L, "collectgarbage: option '%s' refused (collect, count or step)", opt);
-}
-
-/* string.rep with the result's size checked against the memory left. */
-static int sb_string_rep(lua_State *L)
-{
-	struct script_plugin *P = script_plugin_of(L);
-	size_t l, lsep;
-	luaL_checklstring(L, 1, &l);
-	lua_Integer n = luaL_checkinteger(L, 2);
-	luaL_optlstring(L, 3, "", &lsep);
-	if (n > 0) {
-		double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
-		double left = (double)(P->mem_cap - KVS_MIN(P->mem, P->mem_cap));
-		if (total > left)
-			return script_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
-			                     "left (%.0f of its %zu KiB cap)",
-			                  total, left, P->mem_cap >> 10);
-	}
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
-}
-
-static const char *const sb_base_names[] = {
-	"assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
-	"rawlen", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "xpcall",
-	"_VERSION",
-};
-
-static const char *const sb_lib_names[] = { "table", "math", "utf8", "coroutine", "string" };
-static const char *const sb_os_names[] = { "clock", "time", "date", "difftime" };
-
-/* Build the whitelist environment and make it the state's globals. */
-static void script_sandbox(lua_State *L)
-{
-	luaL_openlibs(L);
-	lua_pushglobaltable(L); /* G: every library */
-	int G = lua_gettop(L);
-	/* string: no dump, a checked rep; strings' metatable hidden */
-	lua_getfield(L, G, "string");
-	lua_pushnil(L);
-	lua_setfield(L, -2, "dump");
-	lua_getfield(L, -1, "rep");
-	lua_pushcclosure(L, sb_string_rep, 1);
-	lua_setfield(L, -2, "rep");
-	lua_pop(L, 1);
-	lua_pushliteral(L, "");
-	if (lua_getmetatable(L, -1)) {
-		lua_pushboolean(L, 0);
-		lua_setfield(L, -2, "__metatable");
-		lua_pop(L, 1);
-	}
-	lua_pop(L, 1);
-
-	lua_newtable(L); /* E */
-	int E = lua_gettop(L);
-	for (size_t i = 0; i < KVS_ARRAY_LEN(sb_base_names); i++) {
-		lua_getfield(L, G, sb_base_names[i]);
-		lua_setfield(L, E, sb_base_names[i]);
-	}
-	for (size_t i = 0; i < KVS_ARRAY_LEN(sb_lib_names); i++) {
-		lua_getfield(L, G, sb_lib_names[i]);
-		lua_setfield(L, E, sb_lib_names[i]);
-	}
-	lua_newtable(L);
-	lua_getfield(L, G, "os");
-	for (size_t i = 0; i < KVS_ARRAY_LEN(sb_os_names); i++) {
-		lua_getfield(L, -1, sb_os_names[i]);
-		lua_setfield(L, -3, sb_os_names[i]);
-	}
-	lua_pop(L, 1);
-	lua_setfield(L, E, "os");
-	static const luaL_Reg own[] = {
-		{ "print", sb_print }, { "load", sb_load }, { "require", sb_require },
-		{ "collectgarbage", sb_collectgarbage }, { NULL, NULL },
-	};
-	lua_pushvalue(L, E);
-	luaL_setfuncs(L, own, 0);
-	lua_pop(L, 1);
-	lua_pushvalue(L, E);
-	lua_setfield(L, E, "_G");
-	lua_pushvalue(L, E);
-	lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-	lua_settop(L, G - 1);
-}
-
 /* Protected set-up of a new state: sandbox, the kvscope module (C part,
  * then lua/kvscope.lua over it). Arguments: the Lua side's source text. */
 static int script_setup(lua_State *L)
@@ -495,7 +286,7 @@ static int script_setup(lua_State *L)
 	size_t len;
 	const char *lua_side = lua_tolstring(L, 1, &len);
 
-	script_sandbox(L);
+	sandbox_open(L);
 	api_open(L); /* the module table */
 	int M = lua_gettop(L);
 	if (luaL_loadbufferx(L, lua_side, len, "@lua/kvscope.lua", "t") != LUA_OK)
@@ -608,16 +399,12 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 	}
 	rt->n_views = w;
 	for (size_t i = 0; i < rt->n_policies; i++)
-		if (rt->policies[i]->p == P)
+		if (rt->policies[i]->p == P) {
 			api_policy_gone(rt, rt->policies[i]);
-	/* no score provider may enter P from now on; wait for those inside */
-	pthread_mutex_lock(&rt->life);
-	for (size_t i = 0; i < rt->n_policies; i++)
-		if (rt->policies[i]->p == P)
 			rt->policies[i]->p = NULL;
-	while (P->pins > 0)
-		pthread_cond_wait(&rt->unpinned, &rt->life);
-	pthread_mutex_unlock(&rt->life);
+		}
+	/* its copies on other threads stop at their next call */
+	policy_copies_retire(rt, P);
 	if (P->L != NULL)
 		lua_close(P->L); /* its sessions' __gc closes them */
 	for (size_t i = 0; i < rt->n_plugins; i++)
@@ -631,8 +418,9 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 		free(P->log[(P->log_head + i) % SCRIPT_LOG_LINES]);
 	if (rt->dispatching == 0)
 		script_hooks_settle(rt);
-	pthread_mutex_destroy(&P->lock);
 	free(P->status);
+	free(P->src);
+	free(P->chunk);
 	free(P->disabled_why);
 	free(P->name);
 	free(P->path);
@@ -669,30 +457,26 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	free(sidepath);
 
 	struct script_plugin *P = xcalloc(1, sizeof *P);
-	pthread_mutexattr_t ma;
-	pthread_mutexattr_init(&ma);
-	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
-	pthread_mutex_init(&P->lock, &ma);
-	pthread_mutexattr_destroy(&ma);
 	P->rt = rt;
 	P->name = name;
 	P->path = path ? xstrdup(path) : NULL;
+	P->src = xmalloc(len + 1);
+	memcpy(P->src, src, len);
+	P->src[len] = '\0';
+	P->src_len = len;
+	P->chunk = xstrdup(chunk);
 	P->is_script = is_script;
 	P->exit_status = -1;
 	P->mem_cap = rt->cfg.mem_cap;
 	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
 	rt->plugins[rt->n_plugins++] = P;
-	P->L = lua_newstate(script_alloc, P);
+	P->L = sandbox_new(P);
 	if (P->L == NULL) {
 		rc = err_set(e, KVS_ERANGE, "%s: cannot create a Lua state within %zu KiB", P->name,
 		             P->mem_cap >> 10);
 		goto fail;
 	}
 	lua_State *L = P->L;
-	*(struct script_plugin **)lua_getextraspace(L) = P;
-	lua_atpanic(L, script_panic);
-	lua_sethook(L, script_count_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
-	pthread_mutex_lock(&P->lock);
 	lua_pushcfunction(L, script_setup);
 	lua_pushlstring(L, side, side_len);
 	bool ok = script_pcall(P, L, 1, 0, false, "set-up", rt->cfg.load_ms, e);
@@ -701,7 +485,6 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 		if (rc != LUA_OK) {
 			rc = err_set(e, KVS_EFORMAT, "%s", lua_tostring(L, -1));
 			lua_pop(L, 1);
-			pthread_mutex_unlock(&P->lock);
 			goto fail;
 		}
 		if (is_script) {
@@ -719,7 +502,6 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 		ok = script_pcall(P, L, 0, 0, false, "main chunk",
 		                  is_script ? rt->cfg.script_ms : rt->cfg.load_ms, e);
 	}
-	pthread_mutex_unlock(&P->lock);
 	if (!ok) {
 		rc = e ? e->code : KVS_EFORMAT;
 		if (is_script) {
@@ -776,6 +558,13 @@ int script_load_text(struct script_rt *rt, const char *name, const char *code, s
 	return rc;
 }
 
+int script_plugin_copy(struct script_rt *to, const struct script_plugin *P,
+                       struct script_plugin **out, struct err *e)
+{
+	return script_plugin_new(to, xstrdup(P->name), P->path, P->chunk, P->src, P->src_len, false,
+	                         0, NULL, out, e);
+}
+
 /* Load every *.lua in dir (sorted). */
 static void script_load_dir(struct script_rt *rt, const char *dir)
 {
@@ -812,10 +601,8 @@ static void script_unload_plugin(struct script_rt *rt, struct script_plugin *P)
 		struct script_hook h = rt->hooks[i];
 		if (h.p != P || h.dead || h.ev != SEV_UNLOAD || P->disabled)
 			continue;
-		pthread_mutex_lock(&P->lock);
 		lua_rawgeti(P->L, LUA_REGISTRYINDEX, h.ref);
 		script_pcall(P, P->L, 0, 0, false, "unload", rt->cfg.hook_ms, NULL);
-		pthread_mutex_unlock(&P->lock);
 	}
 	script_plugin_free(rt, P);
 }
@@ -825,12 +612,8 @@ int script_unload(struct script_rt *rt, const char *name, struct err *e)
 	struct script_plugin *P = script_find(rt, name);
 	if (P == NULL)
 		return err_set(e, KVS_ENOTFOUND, "no plugin named %s is loaded", name);
-	/* running on this thread (its own command): refuse; on another (a policy
-	 * call on the session's worker): the lock waits for it to end */
-	pthread_mutex_lock(&P->lock);
-	bool running = P->depth > 0;
-	pthread_mutex_unlock(&P->lock);
-	if (running)
+	/* running (its own command unloads it): refuse */
+	if (P->depth > 0)
 		return err_set(e, KVS_ESTATE, "plugin %s is running; unload it from the main loop", name);
 	script_unload_plugin(rt, P);
 	return KVS_OK;
@@ -874,23 +657,15 @@ size_t script_log_count(const struct script_rt *rt, const char *plugin)
 	struct script_plugin *P = script_find(rt, plugin);
 	if (P == NULL)
 		return 0;
-	pthread_mutex_lock(&P->lock);
-	size_t n = P->log_n;
-	pthread_mutex_unlock(&P->lock);
-	return n;
+	return P->log_n;
 }
 
 const char *script_log_line(const struct script_rt *rt, const char *plugin, size_t i)
 {
 	struct script_plugin *P = script_find(rt, plugin);
-	const char *line = NULL;
-	if (P == NULL)
+	if (P == NULL || i >= P->log_n)
 		return NULL;
-	pthread_mutex_lock(&P->lock);
-	if (i < P->log_n)
-		line = P->log[(P->log_head + i) % SCRIPT_LOG_LINES];
-	pthread_mutex_unlock(&P->lock);
-	return line;
+	return P->log[(P->log_head + i) % SCRIPT_LOG_LINES];
 }
 
 /* ---------------------------------------------------------- runtime */
@@ -899,8 +674,7 @@ int script_rt_new(struct script_rt **out, const struct script_config *c, struct 
 {
 	struct script_rt *rt = xcalloc(1, sizeof *rt);
 	(void)e;
-	pthread_mutex_init(&rt->life, NULL);
-	pthread_cond_init(&rt->unpinned, NULL);
+	rt->thread = pthread_self();
 	rt->cfg = *c;
 	if (rt->cfg.mem_cap < ((size_t)1 << 20))
 		rt->cfg.mem_cap = (size_t)1 << 20;
@@ -922,6 +696,7 @@ void script_rt_free(struct script_rt *rt)
 		return;
 	while (rt->n_plugins > 0)
 		script_unload_plugin(rt, rt->plugins[rt->n_plugins - 1]);
+	policy_copies_free(rt);
 	for (size_t i = 0; i < rt->n_policies; i++) {
 		free(rt->policies[i]->name);
 		free(rt->policies[i]);
@@ -936,8 +711,6 @@ void script_rt_free(struct script_rt *rt)
 	free(rt->results_dir);
 	free(rt->system);
 	free(rt->datadir);
-	pthread_cond_destroy(&rt->unpinned);
-	pthread_mutex_destroy(&rt->life);
 	free(rt);
 }
 
@@ -990,7 +763,6 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev,
 		if (h.dead || h.ev != ev || h.seq > seq || h.p->disabled)
 			continue;
 		struct script_plugin *P = h.p;
-		pthread_mutex_lock(&P->lock);
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, h.ref);
 		int n = push ? push(L, ud) : 0;
@@ -999,7 +771,6 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev,
 			consumed = ev == SEV_KEY && lua_toboolean(L, -1);
 			lua_pop(L, 1);
 		}
-		pthread_mutex_unlock(&P->lock);
 	}
 	if (--rt->dispatching == 0)
 		script_hooks_settle(rt);
@@ -1137,12 +908,10 @@ double script_tick(struct script_rt *rt)
 			alive |= rt->plugins[k] == P;
 		if (!alive)
 			continue;
-		pthread_mutex_lock(&P->lock);
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, q[i].ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, q[i].ref);
 		script_pcall(P, L, 0, 0, false, "scheduled function", rt->cfg.hook_ms, NULL);
-		pthread_mutex_unlock(&P->lock);
 	}
 	free(q);
 	double now = clock_now_ms(), next = -1;
@@ -1155,11 +924,9 @@ double script_tick(struct script_rt *rt)
 			rt->timers[i].due = now + t.interval_ms;
 		else
 			rt->timers[i].dead = true;
-		pthread_mutex_lock(&t.p->lock);
 		lua_State *L = script_thread(t.p);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, t.ref);
 		script_pcall(t.p, L, 0, 0, false, "timer", rt->cfg.hook_ms, NULL);
-		pthread_mutex_unlock(&t.p->lock);
 	}
 	size_t w = 0;
 	for (size_t i = 0; i < rt->n_timers; i++) {
@@ -1210,12 +977,12 @@ int script_command_run(struct script_rt *rt, const char *name, const char *args,
 	struct script_plugin *P = c->p;
 	char what[96];
 	snprintf(what, sizeof what, "command :%s", name);
-	pthread_mutex_lock(&P->lock);
 	lua_State *L = script_thread(P);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
 	lua_pushstring(L, args ? args : "");
 	bool ok = script_pcall(P, L, 1, 0, false, what, rt->cfg.hook_ms, e);
-	pthread_mutex_unlock(&P->lock);
+	/* the plugin's copies run it too, so that what it sets reaches their policies */
+	policy_copies_post(rt, P, name, args ? args : "");
 	return ok ? KVS_OK : e->code;
 }
 
@@ -1227,7 +994,6 @@ size_t script_command_complete(struct script_rt *rt, const char *name, const cha
 	if (c == NULL || c->complete_ref == LUA_NOREF)
 		return 0;
 	struct script_plugin *P = c->p;
-	pthread_mutex_lock(&P->lock);
 	lua_State *L = script_thread(P);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, c->complete_ref);
 	lua_pushstring(L, prefix ? prefix : "");
@@ -1243,7 +1009,6 @@ size_t script_command_complete(struct script_rt *rt, const char *name, const cha
 			}
 		lua_pop(L, 1);
 	}
-	pthread_mutex_unlock(&P->lock);
 	return n;
 }
 
@@ -1280,42 +1045,6 @@ const char *script_status_at(const struct script_rt *rt, size_t i, const char **
 		}
 	}
 	return NULL;
-}
-
-/* ---------------------------------------------------------- policies */
-
-size_t script_policy_count(const struct script_rt *rt)
-{
-	size_t n = 0;
-	for (size_t i = 0; i < rt->n_policies; i++)
-		n += rt->policies[i]->p != NULL;
-	return n;
-}
-
-const char *script_policy_name_at(const struct script_rt *rt, size_t i)
-{
-	for (size_t k = 0; k < rt->n_policies; k++)
-		if (rt->policies[k]->p != NULL && i-- == 0)
-			return rt->policies[k]->name;
-	return NULL;
-}
-
-int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_scorer *out,
-                         struct kv_policy *base, struct err *e)
-{
-	for (size_t i = 0; i < rt->n_policies; i++) {
-		struct script_policy *pol = rt->policies[i];
-		if (pol->p == NULL || strcmp(pol->name, name) != 0)
-			continue;
-		out->name = pol->name;
-		out->fn = api_score;
-		out->ud = pol;
-		out->budget_ms = pol->budget_ms;
-		if (base != NULL)
-			*base = pol->base;
-		return KVS_OK;
-	}
-	return err_set(e, KVS_ENOTFOUND, "no Lua retention policy named %s is registered", name);
 }
 
 /* ------------------------------------------------------------ scripts */

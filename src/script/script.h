@@ -10,12 +10,15 @@
  * everything it owned (hooks, timers, commands, views, status item,
  * policies, sessions).
  *
- * Threads: every script_* function runs on the front end's main thread,
- * except the score provider that script_policy_scorer returns, which the KV
- * cache calls on whatever thread feeds it (a per-plugin lock serialises it
- * with the main thread). A front end whose session runs on a worker thread
- * copies the session's events to the main thread and hands them to the
- * script_on_* entry points there.
+ * Threads: every script_* function runs on the front end's main thread
+ * (the one that made the runtime), except the score provider that
+ * script_policy_scorer returns, which the KV cache calls on whatever thread
+ * feeds it. That provider runs the policy in a copy of its plugin (the
+ * plugin's source loaded again into states of its own) that belongs to the
+ * first thread calling it, so no Lua state is ever used by two threads; the
+ * plugin's commands reach the copy before its next call. A front end whose
+ * session runs on a worker thread copies the session's events to the main
+ * thread and hands them to the script_on_* entry points there.
  *
  * Views and status items are plain data (text lines, bars, heatmap
  * matrices) that any renderer draws; commands are names, help lines and a
@@ -171,8 +174,14 @@ const char *script_status_at(const struct script_rt *rt, size_t i, const char **
 
 size_t script_policy_count(const struct script_rt *rt);
 const char *script_policy_name_at(const struct script_rt *rt, size_t i);
-/* The score provider for policy name and the built-in policy it runs on
- * (positions, fallback); KVS_ENOTFOUND for an unknown name. */
+/* A score provider for policy name, to be called on one thread of the
+ * caller's choosing (the first to call it; others are refused), and the
+ * built-in policy it runs on (positions, fallback). Each call loads the
+ * policy's plugin again for the provider (its main chunk runs again).
+ * KVS_ENOTFOUND for an unknown name, KVS_EARG for a policy a script
+ * registered, KVS_ESTATE when the plugin does not register the policy as
+ * it loads. The provider fails once its plugin is unloaded or disabled;
+ * it must not be called after script_rt_free. */
 int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_scorer *out,
                          struct kv_policy *base, struct err *e);
 

@@ -15,13 +15,22 @@
  *     disabled and the front end told once; unloading removes its command,
  *     view, status item and policy;
  *   - a policy called from another thread while the main thread unloads its
- *     plugin finishes first (the unload waits; ASan watches the memory);
+ *     plugin: the call runs in the thread's own copy of the plugin, so it
+ *     finishes (or, coming after the unload, fails cleanly) whatever the
+ *     main thread does (ASan watches the memory);
+ *   - a policy running on another thread, 2000 calls and more, while the
+ *     main thread runs the same plugin's command and token hook: the
+ *     command's parameter reaches the policy in order (never backwards, the
+ *     last value after the last command), every score is the function of
+ *     that parameter, the main side counted every token, and a call from a
+ *     second thread is refused (TSan and ASan builds watch for races);
  *   - built without Lua, the runtime cannot be created and says why.
  */
 #include "script/script.h"
 #include "tests/unit/test.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -80,6 +89,102 @@ static const char slow_src[] =
 	"kvscope.policy.register('slow', function(toks)\n"
 	"  local t0 = kvscope.clock() while kvscope.clock() < t0 + 150 do end\n"
 	"  local s = {} for i = 1, #toks do s[i] = 7 end return s end, {budget_ms = 1000})\n";
+
+/* The policy scores k * 1000 + position, k set by the command; the token
+ * hook counts on the main side. */
+static const char tuned_src[] =
+	"local kvscope = require 'kvscope'\n"
+	"local k, seen = 0, 0\n"
+	"kvscope.on('token', function(t) seen = seen + 1 kvscope.status('seen ' .. seen) end)\n"
+	"kvscope.command('k', function(a) k = math.tointeger(tonumber(a)) end, 'set k')\n"
+	"kvscope.policy.register('tuned', function(toks, n_keep)\n"
+	"  local s = {} for i = 1, #toks do s[i] = k * 1000 + toks[i].position end return s end,\n"
+	"  {budget_ms = 1000})\n";
+
+#define TUNED_ROUNDS 2000
+
+struct tuned_run {
+	struct kv_scorer sc;
+	atomic_bool stop;          /* the main thread sent its last command */
+	atomic_bool gone;          /* the thread returned */
+	atomic_uint n_calls;
+	uint32_t n_bad, n_back;    /* wrong scores, k going backwards */
+	int last_k, rc;
+	char msg[ERR_MSG_MAX];
+};
+
+/* Call the policy until the main thread is done, then once more. */
+static void *tuned_thread(void *arg)
+{
+	struct tuned_run *r = arg;
+	struct kv_tok toks[4] = { { .orig_pos = 0 }, { .orig_pos = 1 }, { .orig_pos = 2 }, { .orig_pos = 3 } };
+	int prev = 0;
+	bool last;
+
+	do {
+		last = atomic_load(&r->stop); /* before the call: the last call sees every command */
+		float s[4];
+		struct err e;
+		r->rc = r->sc.fn(r->sc.ud, toks, 4, 2, s, clock_now_ms() + 5000, &e);
+		if (r->rc != KVS_OK) {
+			snprintf(r->msg, sizeof r->msg, "%s", e.msg);
+			break;
+		}
+		atomic_fetch_add(&r->n_calls, 1);
+		int k = (int)s[0] / 1000;
+		for (int i = 0; i < 4; i++)
+			r->n_bad += s[i] != (float)(k * 1000 + i);
+		r->n_back += k < prev;
+		prev = r->last_k = k;
+	} while (!last);
+	atomic_store(&r->gone, true);
+	return NULL;
+}
+
+/* The main thread drives the plugin at path while a thread runs its policy. */
+static void test_concurrent_policy(struct script_rt *rt, const char *path)
+{
+	struct tuned_run run = { .rc = KVS_OK };
+	struct kv_policy base;
+	struct err e;
+	pthread_t th;
+	char arg[32];
+
+	T_EQ_INT(script_load(rt, path, &e), KVS_OK);
+	T_EQ_INT(script_policy_scorer(rt, "tuned", &run.sc, &base, &e), KVS_OK);
+	T_EQ_STR(kv_policy_name(&base), "window");
+	atomic_init(&run.stop, false);
+	atomic_init(&run.gone, false);
+	atomic_init(&run.n_calls, 0);
+	pthread_create(&th, NULL, tuned_thread, &run);
+	struct kv_tok meta = { .token = 7, .orig_pos = 3 };
+	struct gen_token tok = { .id = 7, .meta = &meta, .text = "x", .len = 1 };
+	/* at least TUNED_ROUNDS rounds on each side, overlapping */
+	int n = 0, n_ok = 0;
+	while (n < TUNED_ROUNDS ||
+	       (atomic_load(&run.n_calls) < TUNED_ROUNDS && !atomic_load(&run.gone))) {
+		snprintf(arg, sizeof arg, "%d", ++n);
+		n_ok += script_command_run(rt, "k", arg, &e) == KVS_OK;
+		script_on_token(rt, &tok);
+	}
+	atomic_store(&run.stop, true);
+	pthread_join(th, NULL);
+	T_EQ_INT(n_ok, n);
+	T_CHECK(run.rc == KVS_OK, "policy call: %s", run.msg);
+	T_CHECK(atomic_load(&run.n_calls) > TUNED_ROUNDS, "%u calls", atomic_load(&run.n_calls));
+	T_EQ_INT(run.n_bad, 0);
+	T_EQ_INT(run.n_back, 0);
+	T_EQ_INT(run.last_k, n);
+	snprintf(arg, sizeof arg, "seen %d", n);
+	T_EQ_STR(script_status_at(rt, 0, NULL), arg);
+	printf("test-script: %u policy calls on a thread during %d commands and token events\n",
+	       atomic_load(&run.n_calls), n);
+	/* the copy is the first caller's: another thread (this one) is refused */
+	struct kv_tok one = { .orig_pos = 0 };
+	float s1;
+	T_EQ_INT(run.sc.fn(run.sc.ud, &one, 1, 1, &s1, clock_now_ms() + 1000, &e), KVS_ESTATE);
+	T_EQ_INT(script_unload(rt, "tuned", &e), KVS_OK);
+}
 
 struct scorer_run {
 	struct script_rt *rt;
@@ -264,7 +369,7 @@ int main(void)
 	        "an unloaded policy's provider fails");
 
 	/* a policy running on another thread (as the TUI's worker runs it) while
-	 * the main thread unloads its plugin: the unload waits for the call */
+	 * the main thread unloads its plugin: the thread's copy is its own */
 	T_EQ_INT(script_load(rt, slow_path, &e), KVS_OK);
 	struct scorer_run run = { .rt = rt };
 	T_EQ_INT(script_policy_scorer(rt, "slow", &run.sc, &base, &e), KVS_OK);
@@ -282,6 +387,17 @@ int main(void)
 	printf("test-script: cross-thread policy call %s the unload\n",
 	       run.rc == KVS_OK ? "finished before" : "came after");
 
+	/* many calls on another thread while the main side uses the plugin */
+	char tuned_path[64];
+	snprintf(tuned_path, sizeof tuned_path, "%s/tuned.lua", dir);
+	fp = fopen(tuned_path, "w");
+	if (fp == NULL || fwrite(tuned_src, 1, sizeof tuned_src - 1, fp) != sizeof tuned_src - 1 ||
+	    fclose(fp) != 0) {
+		perror(tuned_path);
+		return 99;
+	}
+	test_concurrent_policy(rt, tuned_path);
+
 	/* a plugin that does not compile */
 	fp = fopen(path, "w");
 	fputs("local x = = 1\n", fp);
@@ -293,6 +409,7 @@ int main(void)
 	script_rt_free(rt);
 	unlink(path);
 	unlink(slow_path);
+	unlink(tuned_path);
 	rmdir(dir);
 	return t_done("test-script");
 }

@@ -9,8 +9,14 @@
  * budget change shows in the next snapshot; a cancel stops the reply with
  * stop reason "user". A load of a saved session sends its transcript (the
  * texts said, its last n turns) before the snapshot and the result.
+ * A Lua retention policy runs on the worker (WORKER_SCORER, as the TUI's
+ * :policy sends it) while this thread keeps calling into the same plugin
+ * (its command and token hook): every eviction is the Lua policy's, none
+ * falls back, the kept tokens are the most recent (what its scores ask
+ * for), and the plugin's own state saw every call made here.
  */
 #include "app/app.h"
+#include "script/script.h"
 #include "store/store.h"
 #include "tests/unit/test.h"
 #include "tests/util/tinymodel.h"
@@ -364,6 +370,96 @@ static void test_load(struct worker *w, const char *dir)
 	free(db);
 }
 
+/* Keeps the most recent tokens: score = original position. */
+static const char recent_src[] =
+	"local kvscope = require 'kvscope'\n"
+	"local k, seen = 0, 0\n"
+	"kvscope.on('token', function() seen = seen + 1 kvscope.status(k .. ' ' .. seen) end)\n"
+	"kvscope.command('k', function(a) k = tonumber(a) end)\n"
+	"kvscope.policy.register('lua-recent', function(toks)\n"
+	"  local s = {} for i = 1, #toks do s[i] = toks[i].position + 0 * k end return s end,\n"
+	"  { base = 'window', budget_ms = 2000 })\n";
+
+static void test_lua_policy(struct worker *w)
+{
+	struct script_config sc;
+	struct script_rt *rt;
+	struct worker_cmd wc = { .kind = WORKER_SCORER };
+	struct worker_event *res, *snap = NULL;
+	struct err e;
+	char buf[64];
+
+	if (!script_available()) {
+		printf("test-worker: no Lua, no Lua policy on the worker\n");
+		return;
+	}
+	script_config_default(&sc);
+	T_EQ_INT(script_rt_new(&rt, &sc, &e), KVS_OK);
+	T_CHECK(script_load_text(rt, "recent", recent_src, &e) == KVS_OK, "load: %s", e.msg);
+	T_EQ_INT(script_policy_scorer(rt, "lua-recent", &wc.scorer, &wc.policy, &e), KVS_OK);
+	res = until_result(w, worker_send(w, &wc), NULL);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "lua-recent") != NULL, "%s", res->msg);
+	worker_event_free(res);
+	res = until_result(w, worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = 16 }),
+	                   NULL);
+	worker_event_free(res);
+
+	/* a reply under the Lua policy; this thread drives the plugin meanwhile */
+	uint64_t id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_CHAT,
+	                                                   .text = "tell me a long story" });
+	struct kv_tok meta = { .token = 1 };
+	struct gen_token tok = { .id = 1, .meta = &meta, .text = "a", .len = 1 };
+	uint32_t n_evict = 0, n_fallback = 0, n_other = 0;
+	int n = 0, n_ok = 0;
+	double end = clock_now_ms() + 60000;
+	res = NULL;
+	while (res == NULL && clock_now_ms() < end) {
+		snprintf(buf, sizeof buf, "%d", ++n);
+		n_ok += script_command_run(rt, "k", buf, &e) == KVS_OK;
+		script_on_token(rt, &tok);
+		struct worker_event *ev;
+		while (res == NULL && (ev = worker_poll(w)) != NULL) {
+			T_EQ_INT(ev->cmd_id, id);
+			if (ev->kind == WORKER_EV_KV && ev->kv.kind == KV_EVENT_EVICT) {
+				n_evict++;
+				n_fallback += ev->kv.fallback;
+				n_other += ev->kv.policy == NULL || strcmp(ev->kv.policy, "lua-recent") != 0;
+			}
+			if (ev->kind == WORKER_EV_SNAPSHOT) {
+				worker_event_free(snap);
+				snap = ev;
+			} else if (ev->kind == WORKER_EV_RESULT) {
+				res = ev;
+			} else {
+				worker_event_free(ev);
+			}
+		}
+	}
+	T_CHECK(res != NULL && res->status == KVS_OK, "chat: %s", res ? res->msg : "no result");
+	T_EQ_INT(n_ok, n);
+	T_CHECK(n_evict > 0, "%u evictions", n_evict);
+	T_EQ_INT(n_fallback, 0);
+	T_EQ_INT(n_other, 0);
+	snprintf(buf, sizeof buf, "%d %d", n, n);
+	T_EQ_STR(script_status_at(rt, 0, NULL), buf);
+	/* the cache holds the most recent tokens, one per position up to the last */
+	T_CHECK(snap != NULL && snap->n_toks > 0 && snap->n_toks <= 16, "snapshot");
+	for (uint32_t i = 0; snap != NULL && i < snap->n_toks; i++)
+		T_EQ_INT(snap->toks[i].orig_pos, snap->next_pos - (int32_t)snap->n_toks + (int32_t)i);
+	printf("test-worker: %u evictions by the Lua policy on the worker during %d plugin calls "
+	       "here\n",
+	       n_evict, n);
+	worker_event_free(res);
+	worker_event_free(snap);
+	/* the worker lets go of the policy before its runtime goes */
+	res = until_result(w, worker_send(w, &(struct worker_cmd){ .kind = WORKER_POLICY,
+	                                                          .text = "window" }),
+	                   NULL);
+	T_EQ_INT(res->status, KVS_OK);
+	worker_event_free(res);
+	script_rt_free(rt);
+}
+
 int main(void)
 {
 	struct session_config c;
@@ -402,6 +498,7 @@ int main(void)
 		return 99;
 	}
 	test_load(w, dir);
+	test_lua_policy(w);
 	worker_stop(w);
 	char *cmd = xasprintf("rm -rf '%s'", dir);
 	if (system(cmd) != 0)

@@ -1,0 +1,153 @@
+/*
+ * api-policy.c: retention policies written in Lua: kvscope.policies,
+ * kvscope.policy.register, and api_score, the score provider that calls a
+ * policy's function.
+ *
+ * A policy is a slot in its runtime (script_policy: name, plugin, function
+ * reference, base policy, budget); slots live until the runtime is freed,
+ * because score providers point at them, and a slot whose plugin went away
+ * has p NULL and fails every call (the cache then falls back to the base
+ * policy). api_score runs the function in its plugin's own state, so it is
+ * called only on the runtime's thread: by the sessions plugins open, and by
+ * a copy's owner on the copy's runtime (policy.c). The token list it lends
+ * is stale when the call returns (the epoch moves).
+ */
+#include "script/script-int.h"
+
+#include <string.h>
+
+static int api_policies(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	lua_newtable(L);
+	lua_Integer k = 1;
+	for (size_t i = 0; i < kv_policy_count(); i++) {
+		lua_pushstring(L, kv_policy_name_at(i));
+		lua_rawseti(L, -2, k++);
+	}
+	for (size_t i = 0; i < script_policy_count(rt); i++) {
+		lua_pushstring(L, script_policy_name_at(rt, i));
+		lua_rawseti(L, -2, k++);
+	}
+	return 1;
+}
+
+static int api_policy_register(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	struct script_rt *rt = P->rt;
+	const char *name = luaL_checkstring(L, 1);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	struct err e;
+	struct kv_policy base;
+	double budget = P->rt->cfg.hook_ms;
+	const char *bspec = "window";
+	if (!lua_isnoneornil(L, 3)) {
+		luaL_checktype(L, 3, LUA_TTABLE);
+		if (lua_getfield(L, 3, "base") == LUA_TSTRING)
+			bspec = lua_tostring(L, -1);
+		lua_pop(L, 1);
+		if (lua_getfield(L, 3, "budget_ms") != LUA_TNIL)
+			budget = luaL_checknumber(L, -1);
+		lua_pop(L, 1);
+	}
+	if (!(budget > 0) || budget > 10000)
+		return script_error(L, "policy.register: budget_ms %f (expected 0 < ms <= 10000)", budget);
+	struct kv_policy probe;
+	if (kv_policy_parse(name, &probe, NULL) == KVS_OK)
+		return script_error(L, "policy.register: '%s' is a built-in policy's name", name);
+	if (kv_policy_parse(bspec, &base, &e) != KVS_OK)
+		return script_error(L, "policy.register: base: %s", e.msg);
+	if (!kv_policy_evicts(&base))
+		return script_error(L, "policy.register: base '%s' never evicts (expected window, "
+		                     "streaming, sirllm, lminfinite or h2o)",
+		                  bspec);
+	struct script_policy *pol = NULL;
+	for (size_t i = 0; i < rt->n_policies; i++)
+		if (strcmp(rt->policies[i]->name, name) == 0) {
+			if (rt->policies[i]->p != NULL && rt->policies[i]->p != P)
+				return script_error(L, "policy.register: %s belongs to plugin %s", name,
+				                  rt->policies[i]->p->name);
+			pol = rt->policies[i];
+		}
+	if (pol == NULL) {
+		pol = xcalloc(1, sizeof *pol);
+		pol->rt = rt;
+		pol->name = xstrdup(name);
+		rt->policies = xreallocarray(rt->policies, rt->n_policies + 1, sizeof *rt->policies);
+		rt->policies[rt->n_policies++] = pol;
+	} else if (pol->p == P) {
+		luaL_unref(L, LUA_REGISTRYINDEX, pol->ref);
+	}
+	lua_pushvalue(L, 2);
+	pol->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	pol->p = P;
+	pol->base = base;
+	pol->budget_ms = budget;
+	return 0;
+}
+
+int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
+              double deadline_ms, struct err *e)
+{
+	struct script_policy *pol = ud;
+	struct script_plugin *P = pol->p;
+	char what[96];
+	int rc = KVS_OK;
+
+	if (P == NULL)
+		return err_set(e, KVS_ENOTFOUND, "Lua policy %s was unloaded", pol->name);
+	if (!pthread_equal(pthread_self(), pol->rt->thread))
+		return err_set(e, KVS_ESTATE, "Lua policy %s called on a thread that does not own its "
+		                              "plugin's state (script_policy_scorer gives one for that)",
+		               pol->name);
+	if (P->disabled)
+		return err_set(e, KVS_ESTATE, "plugin %s is disabled", P->name);
+	snprintf(what, sizeof what, "policy %s", pol->name);
+	lua_State *L = script_thread(P);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, pol->ref);
+	api_push_toks(L, toks, n, pol->rt->vocab);
+	lua_pushinteger(L, n_keep);
+	double budget = deadline_ms - clock_now_ms();
+	if (budget < 0.001)
+		budget = 0.001;
+	if (!script_pcall(P, L, 2, 1, true, what, budget, e)) {
+		rc = e->code;
+	} else {
+		if (!lua_istable(L, -1))
+			rc = err_set(e, KVS_EFORMAT, "policy %s returned %s (expected a table of %u scores)",
+			             pol->name, luaL_typename(L, -1), n);
+		for (uint32_t i = 0; rc == KVS_OK && i < n; i++) {
+			lua_rawgeti(L, -1, (lua_Integer)i + 1);
+			int isnum;
+			double x = lua_tonumberx(L, -1, &isnum);
+			lua_pop(L, 1);
+			if (!isnum)
+				rc = err_set(e, KVS_EFORMAT, "policy %s: score %u is not a number (expected a "
+				                             "table of %u numbers)",
+				             pol->name, i + 1, n);
+			else
+				scores[i] = (float)x;
+		}
+		lua_pop(L, 1);
+		if (rc != KVS_OK) {
+			char msg[ERR_MSG_MAX];
+			snprintf(msg, sizeof msg, "%s", e->msg);
+			script_failed(P, what, msg, e);
+		}
+	}
+	P->epoch++; /* the token list it was lent */
+	return rc;
+}
+
+static const struct api_fn api_policy_fns[] = {
+	{ "policies", API_FAST, API_C, "() -> list", "built-in and Lua retention policy names",
+	  api_policies },
+	{ "policy.register", API_DEFERRED, API_C, "(name, fn [, {base=, budget_ms=}])",
+	  "a retention policy: fn(tokens, n_keep) returns one score per cached token; the cache keeps "
+	  "pinned tokens and the n_keep highest; base (default window) gives positions and the "
+	  "fallback",
+	  api_policy_register },
+};
+
+const struct api_lib api_policy_lib = { api_policy_fns, KVS_ARRAY_LEN(api_policy_fns), NULL, 0 };

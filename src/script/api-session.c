@@ -1,0 +1,996 @@
+/*
+ * api-session.c: sessions a plugin opens or borrows (kvscope.session,
+ * kvscope.current, the session:* methods), kvscope.send to the front end's
+ * own session, and the saved sessions of the store (kvscope.store_*).
+ *
+ * Sessions opened by a plugin are synchronous and run on the main thread,
+ * inside the call that drives them (session:chat returns when the exchange
+ * ended); their events go to every plugin through the runtime's dispatch,
+ * and a Lua policy they use runs in its plugin's own state on that same
+ * thread (api_score). A session is busy while an exchange runs: what would
+ * change it under the exchange (set_policy, reset, close) is refused. Every
+ * session is listed in the runtime (api_session) so that a policy going
+ * away can be taken out of the sessions that use it; the plugin's session
+ * userdata closes an owned session when collected. The store is opened
+ * read-only for each call and closed before it returns.
+ */
+#include "script/script-int.h"
+#include "store/store.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_SESSION "kvscope.session"
+
+/* --------------------------------------------------------------- sessions */
+
+static struct api_session *api_checksession(lua_State *L, int i)
+{
+	struct api_session **u = luaL_checkudata(L, i, API_SESSION);
+	if (*u == NULL || (*u)->s == NULL)
+		script_error(L, "the session is closed");
+	return *u;
+}
+
+static void api_hook_turn_start(void *ud, uint32_t index, const char *user)
+{
+	struct api_session *as = ud;
+	script_on_turn_start(as->p->rt, index, user);
+}
+
+static void api_hook_token(void *ud, const struct gen_token *t)
+{
+	struct api_session *as = ud;
+	script_on_token(as->p->rt, t);
+}
+
+static void api_hook_kv(void *ud, const struct kv_event *ev)
+{
+	struct api_session *as = ud;
+	struct script_rt *rt = as->p->rt;
+	struct kv_cache *kv = session_gen(as->s)->kv;
+	rt->vocab = session_gen(as->s)->model->vocab; /* renders the event's token text */
+	rt->step_toks = kv_cache_toks(kv);
+	rt->step_n = kv_cache_n(kv);
+	script_on_kv_event(rt, ev);
+	rt->step_toks = NULL;
+	rt->step_n = 0;
+}
+
+enum api_opt_type { API_OPT_U32 = 0, API_OPT_I32, API_OPT_INT, API_OPT_F32 };
+
+/* The numeric session options: name, range, type and field. */
+struct api_num_opt {
+	const char *key;
+	double lo, hi;
+	enum api_opt_type type;
+	size_t off;
+};
+
+#define SC(f) offsetof(struct session_config, f)
+static const struct api_num_opt api_num_opts[] = {
+	{ "budget", 8, 1 << 24, API_OPT_U32, SC(gen.kv.budget) },
+	{ "ctx", 16, 1 << 20, API_OPT_U32, SC(gen.engine.n_ctx) },
+	{ "max_tokens", 1, 1 << 24, API_OPT_U32, SC(max_tokens) },
+	{ "temp", 0, 100, API_OPT_F32, SC(gen.sampler.temp) },
+	{ "top_k", 0, 1 << 30, API_OPT_I32, SC(gen.sampler.top_k) },
+	{ "top_p", 0, 1, API_OPT_F32, SC(gen.sampler.top_p) },
+	{ "min_p", 0, 1, API_OPT_F32, SC(gen.sampler.min_p) },
+	{ "seed", 0, 4294967294.0, API_OPT_U32, SC(gen.sampler.seed) },
+	{ "threads", 0, 1024, API_OPT_INT, SC(gen.engine.n_threads) },
+	{ "repeat_penalty", 0.01, 100, API_OPT_F32, SC(gen.sampler.repeat_penalty) },
+};
+#undef SC
+
+/* Read opts' session settings into c; a Lua error for a bad one. */
+static void api_session_opts(lua_State *L, int t, struct session_config *c, const char **policy)
+{
+	static const char *const words[] = { "model", "system", "policy", "capture", "token_stats" };
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		bool known = false;
+		const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+		for (size_t i = 0; k && i < KVS_ARRAY_LEN(words); i++)
+			known |= strcmp(k, words[i]) == 0;
+		for (size_t i = 0; k && i < KVS_ARRAY_LEN(api_num_opts); i++)
+			known |= strcmp(k, api_num_opts[i].key) == 0;
+		if (!known)
+			script_error(L, "kvscope.session: unknown option '%s' (expected model, policy, budget, "
+			                "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
+			                "repeat_penalty, capture, token_stats)",
+			             k ? k : luaL_typename(L, -2));
+		lua_pop(L, 1);
+	}
+	if (lua_getfield(L, t, "model") == LUA_TSTRING)
+		c->gen.model_path = lua_tostring(L, -1);
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "system") == LUA_TSTRING)
+		c->system = lua_tostring(L, -1);
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "policy") == LUA_TSTRING)
+		*policy = lua_tostring(L, -1);
+	lua_pop(L, 1);
+	for (size_t i = 0; i < KVS_ARRAY_LEN(api_num_opts); i++) {
+		const struct api_num_opt *o = &api_num_opts[i];
+		if (lua_getfield(L, t, o->key) != LUA_TNIL) {
+			int isnum;
+			double x = lua_tonumberx(L, -1, &isnum);
+			if (!isnum || !(x >= o->lo && x <= o->hi))
+				script_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])", o->key,
+				             luaL_tolstring(L, -1, NULL), o->lo, o->hi);
+			void *f = (char *)c + o->off;
+			if (o->type == API_OPT_U32)
+				*(uint32_t *)f = (uint32_t)x;
+			else if (o->type == API_OPT_I32)
+				*(int32_t *)f = (int32_t)x;
+			else if (o->type == API_OPT_INT)
+				*(int *)f = (int)x;
+			else
+				*(float *)f = (float)x;
+		}
+		lua_pop(L, 1);
+	}
+	if (lua_getfield(L, t, "capture") == LUA_TSTRING) {
+		const char *s = lua_tostring(L, -1);
+		static const char *const caps[] = { "off", "summary", "full" };
+		int k = -1;
+		for (int i = 0; i < 3; i++)
+			if (strcmp(s, caps[i]) == 0)
+				k = i;
+		if (k < 0)
+			script_error(L, "kvscope.session: capture = '%s' (expected off, summary or full)", s);
+		c->gen.kv.capture = (enum kv_capture)k;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "token_stats") != LUA_TNIL)
+		c->gen.kv.token_stats = lua_toboolean(L, -1) ? KV_TOKSTATS_ON : KV_TOKSTATS_OFF;
+	lua_pop(L, 1);
+}
+
+/* Install spec on as: a Lua policy name (scorer over its base) or a built-in
+ * spec. The session runs on this thread, so the policy runs in its plugin's
+ * own state (api_score), not in a copy. */
+static int api_session_policy(struct script_rt *rt, struct api_session *as, const char *spec,
+                              struct err *e)
+{
+	struct kv_cache *kv = session_gen(as->s)->kv;
+	struct script_policy *pol = policy_find(rt, spec);
+	struct kv_policy p;
+	int rc;
+	if (pol != NULL) {
+		struct kv_scorer sc = { .name = pol->name, .fn = api_score, .ud = pol,
+			                .budget_ms = pol->budget_ms };
+		rc = kv_cache_set_policy(kv, &pol->base, e);
+		if (rc != KVS_OK)
+			return rc;
+		kv_cache_set_scorer(kv, &sc);
+		as->policy = pol;
+		return KVS_OK;
+	}
+	rc = kv_policy_parse(spec, &p, e);
+	if (rc != KVS_OK) {
+		err_prefix(e, "not a Lua policy either");
+		return rc;
+	}
+	kv_cache_set_scorer(kv, NULL);
+	as->policy = NULL;
+	return kv_cache_set_policy(kv, &p, e);
+}
+
+static int api_session_open(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	struct script_rt *rt = P->rt;
+	struct session_config c;
+	const char *policy = NULL;
+	struct err e;
+
+	session_config_default(&c);
+	c.gen = rt->cfg.gen;
+	c.system = rt->cfg.system;
+	c.max_tokens = rt->cfg.max_tokens;
+	if (!lua_isnoneornil(L, 1)) {
+		luaL_checktype(L, 1, LUA_TTABLE);
+		api_session_opts(L, 1, &c, &policy);
+	}
+	/* a built-in policy given here goes in the config (budget checks at open) */
+	bool lua_policy = false;
+	if (policy != NULL) {
+		struct script_policy *pol = policy_find(rt, policy);
+		lua_policy = pol != NULL;
+		if (!lua_policy && kv_policy_parse(policy, &c.gen.kv.policy, &e) != KVS_OK)
+			return script_error(L, "kvscope.session: policy: %s", e.msg);
+		if (lua_policy) {
+			c.gen.kv.policy = pol->base;
+			/* Lua policies read surprisal and entropy: on unless said otherwise */
+			if (c.gen.kv.token_stats == KV_TOKSTATS_AUTO)
+				c.gen.kv.token_stats = KV_TOKSTATS_ON;
+		}
+	}
+	if (c.gen.model_path == NULL)
+		return script_error(L, "kvscope.session: no model (give model = PATH)");
+	struct api_session **u = lua_newuserdatauv(L, sizeof *u, 0);
+	*u = NULL;
+	luaL_setmetatable(L, API_SESSION);
+	struct api_session *as = xcalloc(1, sizeof *as);
+	as->p = P;
+	as->owned = true;
+	if (session_open(&as->s, &c, &e) != KVS_OK) {
+		free(as);
+		return script_error(L, "kvscope.session: %s", e.msg);
+	}
+	*u = as;
+	as->next = rt->sessions;
+	rt->sessions = as;
+	struct session_hooks h = {
+		.turn_start = api_hook_turn_start, .token = api_hook_token, .kv = api_hook_kv, .ud = as,
+	};
+	session_set_hooks(as->s, &h);
+	if (lua_policy && api_session_policy(rt, as, policy, &e) != KVS_OK)
+		return script_error(L, "kvscope.session: %s", e.msg);
+	script_on_model_loaded(rt, session_gen(as->s));
+	rt->vocab = session_gen(as->s)->model->vocab;
+	return 1;
+}
+
+/* Unlink as from the runtime's list and close its session when owned. */
+static void api_session_drop(struct script_rt *rt, struct api_session *as, bool bump)
+{
+	for (struct api_session **pp = &rt->sessions; *pp; pp = &(*pp)->next)
+		if (*pp == as) {
+			*pp = as->next;
+			break;
+		}
+	if (as->s != NULL && rt->vocab == session_gen(as->s)->model->vocab)
+		rt->vocab = rt->current ? session_gen(rt->current)->model->vocab : NULL;
+	if (as->owned)
+		session_close(as->s);
+	as->s = NULL;
+	if (bump)
+		script_stale(rt);
+}
+
+static int api_session_gc(lua_State *L)
+{
+	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
+	if (*u != NULL) {
+		/* nothing lent from it is reachable (token lists keep their session
+		 * alive), so the epoch stays: other handles remain valid */
+		api_session_drop(script_plugin_of(L)->rt, *u, false);
+		free(*u);
+		*u = NULL;
+	}
+	return 0;
+}
+
+void api_policy_gone(struct script_rt *rt, struct script_policy *pol)
+{
+	for (struct api_session *as = rt->sessions; as; as = as->next)
+		if (as->policy == pol && as->s != NULL) {
+			kv_cache_set_scorer(session_gen(as->s)->kv, NULL);
+			as->policy = NULL;
+			script_notify(rt, as->p, "Lua policy %s was unloaded: the session uses its base "
+			                         "policy %s now",
+			              pol->name, kv_policy_name(&pol->base));
+		}
+}
+
+static int api_current(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	struct script_rt *rt = P->rt;
+	if (rt->current == NULL) {
+		lua_pushnil(L);
+		return 1;
+	}
+	/* one borrowed handle per plugin and session */
+	if (lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.current") == LUA_TUSERDATA) {
+		struct api_session **u = lua_touserdata(L, -1);
+		if (*u != NULL && (*u)->s == rt->current)
+			return 1;
+	}
+	lua_pop(L, 1);
+	struct api_session **u = lua_newuserdatauv(L, sizeof *u, 0);
+	*u = NULL;
+	luaL_setmetatable(L, API_SESSION);
+	struct api_session *as = xcalloc(1, sizeof *as);
+	as->p = P;
+	as->s = rt->current;
+	as->owned = false;
+	as->next = rt->sessions;
+	rt->sessions = as;
+	*u = as;
+	lua_pushvalue(L, -1);
+	lua_setfield(L, LUA_REGISTRYINDEX, "kvscope.current");
+	return 1;
+}
+
+static int api_send(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	const char *cmd = luaL_checkstring(L, 1);
+	const char *arg = luaL_optstring(L, 2, "");
+	static const char *const cmds[] = { "chat", "policy", "budget", "reset", "pin", "unpin",
+		                            "max_tokens" };
+	bool known = false;
+	struct err e;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(cmds); i++)
+		known |= strcmp(cmd, cmds[i]) == 0;
+	if (!known)
+		return script_error(L, "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
+		                       "unpin or max_tokens)",
+		                    cmd);
+	if (rt->cfg.send == NULL)
+		return script_error(L, "kvscope.send: no front-end session here (kvscope run: open one "
+		                       "with kvscope.session)");
+	if (rt->cfg.send(rt->cfg.send_ud, cmd, arg, &e) != KVS_OK)
+		return script_error(L, "kvscope.send %s: %s", cmd, e.msg);
+	return 0;
+}
+
+/* -------------------------------------------------------------- session:* */
+
+static void api_session_enter(lua_State *L, struct api_session *as)
+{
+	if (as->busy)
+		script_error(L, "the session is busy (an exchange is running)");
+	as->busy = true;
+}
+
+static void api_session_leave(struct api_session *as)
+{
+	as->busy = false;
+	script_stale(as->p->rt);
+}
+
+static void api_push_stats(lua_State *L, const struct kv_cache *kv)
+{
+	struct kv_stats st;
+	char buf[256];
+	kv_cache_stats(kv, &st);
+	lua_createtable(L, 0, 16);
+	api_setint(L, "n_cached", st.n_cached);
+	api_setint(L, "budget", st.budget);
+	api_setint(L, "n_ctx", st.n_ctx);
+	api_setint(L, "n_sink", st.n_sink);
+	api_setint(L, "n_key", st.n_key);
+	api_setint(L, "n_recent", st.n_recent);
+	api_setint(L, "n_pinned", st.n_pinned);
+	api_setint(L, "n_seen", (lua_Integer)st.n_seen);
+	api_setint(L, "n_evicted", (lua_Integer)st.n_evicted);
+	api_setint(L, "n_evictions", st.n_evictions);
+	api_setint(L, "n_fallbacks", st.n_fallbacks);
+	api_setint(L, "bytes", (lua_Integer)st.bytes);
+	api_setint(L, "bytes_peak", (lua_Integer)st.bytes_peak);
+	api_setint(L, "bytes_per_token", (lua_Integer)st.bytes_per_token);
+	api_setstr(L, "policy", kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
+}
+
+static int api_s_chat(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const char *text = luaL_checkstring(L, 2);
+	struct err e;
+	uint32_t old_max = 0;
+	if (lua_istable(L, 3)) {
+		if (lua_getfield(L, 3, "max_tokens") != LUA_TNIL) {
+			lua_Integer m = luaL_checkinteger(L, -1);
+			if (m < 1 || m > (1 << 24))
+				return script_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)m);
+			old_max = 1;
+			session_set_max_tokens(as->s, (uint32_t)m);
+		}
+		lua_pop(L, 1);
+	}
+	api_session_enter(L, as);
+	int rc = session_chat(as->s, text, &e);
+	api_session_leave(as);
+	if (old_max)
+		session_set_max_tokens(as->s, as->p->rt->cfg.max_tokens);
+	if (rc != KVS_OK)
+		return script_error(L, "chat: %s", e.msg);
+	const struct session_turn *t = session_turn_at(as->s, session_n_turns(as->s) - 1);
+	/* turn_end hooks run now, on the main loop, after the exchange */
+	script_on_turn_end(as->p->rt, t);
+	lua_pushstring(L, t->reply);
+	api_push_turn(L, t);
+	struct kv_stats st;
+	kv_cache_stats(session_gen(as->s)->kv, &st);
+	api_setint(L, "kept", st.n_cached);
+	api_setint(L, "evicted", (lua_Integer)st.n_evicted);
+	return 2;
+}
+
+static enum kv_role api_role(lua_State *L, int i, enum kv_role def)
+{
+	const char *r = luaL_optstring(L, i, NULL);
+	if (r == NULL)
+		return def;
+	for (int k = 1; k < 4; k++)
+		if (strcmp(r, api_role_names[k]) == 0)
+			return (enum kv_role)k;
+	script_error(L, "role '%s' (expected system, user or assistant)", r);
+	return def;
+}
+
+static int api_s_prompt(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const char *text = luaL_checkstring(L, 2);
+	lua_Integer extra = luaL_optinteger(L, 3, 0);
+	struct err e;
+	if (extra < 0 || extra > (1 << 24))
+		return script_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
+	int32_t before = kv_cache_next_pos(session_gen(as->s)->kv);
+	api_session_enter(L, as);
+	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
+	api_session_leave(as);
+	if (rc != KVS_OK)
+		return script_error(L, "prompt: %s", e.msg);
+	lua_pushinteger(L, before);
+	lua_pushinteger(L, kv_cache_next_pos(session_gen(as->s)->kv) - before);
+	return 2;
+}
+
+static int api_s_feed(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const char *text = luaL_checkstring(L, 2);
+	enum kv_role role = api_role(L, 3, KV_ROLE_USER);
+	struct err e;
+	int32_t before = kv_cache_next_pos(session_gen(as->s)->kv);
+	api_session_enter(L, as);
+	int rc = session_feed_text(as->s, text, role, &e);
+	api_session_leave(as);
+	if (rc != KVS_OK)
+		return script_error(L, "feed: %s", e.msg);
+	lua_pushinteger(L, before);
+	lua_pushinteger(L, kv_cache_next_pos(session_gen(as->s)->kv) - before);
+	return 2;
+}
+
+static int api_s_end_reply(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	bool eot = lua_toboolean(L, 2);
+	struct err e;
+	api_session_enter(L, as);
+	int rc = session_end_reply(as->s, eot, &e);
+	api_session_leave(as);
+	if (rc != KVS_OK)
+		return script_error(L, "end_reply: %s", e.msg);
+	return 0;
+}
+
+static void api_gen_text(const char *text, size_t len, void *ud)
+{
+	luaL_addlstring(ud, text, len);
+}
+
+static int api_s_generate(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_Integer n = luaL_checkinteger(L, 2);
+	struct gen *g = session_gen(as->s);
+	struct err e;
+	enum gen_stop stop;
+	uint32_t n_out;
+	luaL_Buffer b;
+	if (n < 1 || n > (1 << 24))
+		return script_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
+	if (!g->have_logits)
+		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
+	luaL_buffinit(L, &b);
+	api_session_enter(L, as);
+	int rc = gen_reply(g, (uint32_t)n, api_gen_text, &b, &stop, &n_out, &e);
+	api_session_leave(as);
+	if (rc != KVS_OK)
+		return script_error(L, "generate: %s", e.msg);
+	luaL_pushresult(&b);
+	lua_pushstring(L, gen_stop_name(stop));
+	lua_pushinteger(L, n_out);
+	return 3;
+}
+
+/* The first token of a candidate: an id, or the first token of a string. */
+static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
+{
+	if (lua_isinteger(L, idx)) {
+		lua_Integer id = lua_tointeger(L, idx);
+		if (id < 0 || id >= (lua_Integer)gen_n_vocab(g))
+			script_error(L, "token id %d out of range (0..%d)", (int)id, (int)gen_n_vocab(g) - 1);
+		return (int32_t)id;
+	}
+	size_t len;
+	const char *s = lua_tolstring(L, idx, &len);
+	if (s == NULL || len == 0)
+		script_error(L, "expected a token id or a non-empty string");
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	struct err e;
+	if (vocab_tokenize(g->model->vocab, s, len, false, false, &ids, &n, &cap, &e) != KVS_OK ||
+	    n == 0) {
+		free(ids);
+		script_error(L, "cannot tokenize '%s'", s);
+	}
+	int32_t id = ids[0];
+	free(ids);
+	return id;
+}
+
+/* log-softmax normaliser of the last logits. */
+static double api_logz(const float *lg, uint32_t n)
+{
+	double mx = lg[0], z = 0;
+	for (uint32_t i = 1; i < n; i++)
+		mx = fmax(mx, lg[i]);
+	for (uint32_t i = 0; i < n; i++)
+		z += exp((double)lg[i] - mx);
+	return mx + log(z);
+}
+
+static int api_s_logprobs(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	struct gen *g = session_gen(as->s);
+	luaL_checktype(L, 2, LUA_TTABLE);
+	if (!g->have_logits || g->last_logits == NULL)
+		return script_error(L, "logprobs: nothing fed yet (feed or prompt first)");
+	double lz = api_logz(g->last_logits, gen_n_vocab(g));
+	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+	lua_createtable(L, (int)n, 0);
+	for (lua_Integer i = 1; i <= n; i++) {
+		lua_rawgeti(L, 2, i);
+		int32_t id = api_first_token(L, g, -1);
+		lua_pop(L, 1);
+		lua_pushnumber(L, (double)g->last_logits[id] - lz);
+		lua_rawseti(L, -2, i);
+	}
+	return 1;
+}
+
+static int api_s_top(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	struct gen *g = session_gen(as->s);
+	lua_Integer k = luaL_optinteger(L, 2, 10);
+	uint32_t nv = gen_n_vocab(g);
+	if (!g->have_logits || g->last_logits == NULL)
+		return script_error(L, "top: nothing fed yet (feed or prompt first)");
+	if (k < 1 || k > 1000)
+		return script_error(L, "top: k = %d (expected 1..1000)", (int)k);
+	if ((uint32_t)k > nv)
+		k = nv;
+	double lz = api_logz(g->last_logits, nv);
+	int32_t *best = xmallocarray((size_t)k, sizeof *best);
+	lua_Integer have = 0;
+	for (uint32_t i = 0; i < nv; i++) {
+		float x = g->last_logits[i];
+		if (have == k && x <= g->last_logits[best[k - 1]])
+			continue;
+		lua_Integer j = have < k ? have++ : k - 1;
+		while (j > 0 && g->last_logits[best[j - 1]] < x) {
+			best[j] = best[j - 1];
+			j--;
+		}
+		best[j] = (int32_t)i;
+	}
+	lua_createtable(L, (int)k, 0);
+	for (lua_Integer j = 0; j < have; j++) {
+		char buf[256];
+		size_t n = vocab_piece(g->model->vocab, best[j], true, buf, sizeof buf);
+		lua_createtable(L, 0, 3);
+		api_setint(L, "id", best[j]);
+		lua_pushlstring(L, buf, KVS_MIN(n, sizeof buf));
+		lua_setfield(L, -2, "text");
+		api_setnum(L, "logprob", (double)g->last_logits[best[j]] - lz);
+		lua_rawseti(L, -2, j + 1);
+	}
+	free(best);
+	return 1;
+}
+
+static int api_s_tokenize(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	size_t len;
+	const char *s = luaL_checklstring(L, 2, &len);
+	bool special = lua_toboolean(L, 3);
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	struct err e;
+	if (vocab_tokenize(session_gen(as->s)->model->vocab, s, len, false, special, &ids, &n, &cap,
+	                   &e) != KVS_OK) {
+		free(ids);
+		return script_error(L, "tokenize: %s", e.msg);
+	}
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		lua_pushinteger(L, ids[i]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	free(ids);
+	return 1;
+}
+
+static int api_s_detokenize(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const struct vocab *v = session_gen(as->s)->model->vocab;
+	luaL_checktype(L, 2, LUA_TTABLE);
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+	for (lua_Integer i = 1; i <= n; i++) {
+		lua_rawgeti(L, 2, i);
+		lua_Integer id = lua_tointeger(L, -1);
+		lua_pop(L, 1);
+		if (id < 0 || id >= (lua_Integer)vocab_n_tokens(v))
+			return script_error(L, "detokenize: id %d out of range", (int)id);
+		char buf[256];
+		size_t k = vocab_piece(v, (int32_t)id, true, buf, sizeof buf);
+		luaL_addlstring(&b, buf, KVS_MIN(k, sizeof buf));
+	}
+	luaL_pushresult(&b);
+	return 1;
+}
+
+static int api_s_set_policy(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const char *spec = luaL_checkstring(L, 2);
+	struct err e;
+	if (as->busy)
+		return script_error(L, "set_policy: the session is busy");
+	if (api_session_policy(as->p->rt, as, spec, &e) != KVS_OK)
+		return script_error(L, "set_policy: %s", e.msg);
+	script_stale(as->p->rt);
+	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
+	return 0;
+}
+
+static int api_s_set_budget(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_Integer n = luaL_checkinteger(L, 2);
+	struct err e;
+	if (as->busy)
+		return script_error(L, "set_budget: the session is busy");
+	if (n < 8 || n > (1 << 24))
+		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
+	if (kv_cache_set_budget(session_gen(as->s)->kv, (uint32_t)n, &e) != KVS_OK)
+		return script_error(L, "set_budget: %s", e.msg);
+	script_stale(as->p->rt);
+	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
+	return 0;
+}
+
+static int api_s_policy(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	char buf[256];
+	if (as->policy != NULL)
+		lua_pushstring(L, as->policy->name);
+	else
+		lua_pushstring(L, kv_policy_format(kv_cache_policy(session_gen(as->s)->kv), buf,
+		                                   sizeof buf));
+	return 1;
+}
+
+static int api_s_stats(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	api_push_stats(L, session_gen(as->s)->kv);
+	if (as->policy != NULL) {
+		/* the Lua policy; its base gives positions and the fallback */
+		lua_getfield(L, -1, "policy");
+		lua_setfield(L, -2, "base");
+		api_setstr(L, "policy", as->policy->name);
+	}
+	return 1;
+}
+
+static int api_s_tokens(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	struct gen *g = session_gen(as->s);
+	api_push_toks(L, kv_cache_toks(g->kv), kv_cache_n(g->kv), g->model->vocab);
+	lua_pushvalue(L, 1);
+	lua_setiuservalue(L, -2, 1);
+	return 1;
+}
+
+static int api_s_find(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_Integer pos = luaL_checkinteger(L, 2);
+	int32_t i = kv_cache_find(session_gen(as->s)->kv, (int32_t)pos);
+	if (i < 0)
+		lua_pushnil(L);
+	else
+		lua_pushinteger(L, i + 1);
+	return 1;
+}
+
+static int api_s_pin(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_Integer pos = luaL_checkinteger(L, 2);
+	bool on = lua_isnone(L, 3) ? true : lua_toboolean(L, 3);
+	struct err e;
+	if (kv_cache_pin(session_gen(as->s)->kv, (int32_t)pos, on, &e) != KVS_OK)
+		return script_error(L, "pin: %s", e.msg);
+	return 0;
+}
+
+static int api_s_turns(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_pushinteger(L, session_n_turns(as->s));
+	return 1;
+}
+
+static int api_s_turn(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_Integer i = luaL_checkinteger(L, 2);
+	const struct session_turn *t = NULL;
+	if (i >= 1 && i <= (lua_Integer)session_n_turns(as->s))
+		t = session_turn_at(as->s, (uint32_t)(i - 1));
+	if (t == NULL)
+		lua_pushnil(L);
+	else
+		api_push_turn(L, t);
+	return 1;
+}
+
+static int api_s_set_length(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const char *spec = luaL_checkstring(L, 2);
+	struct len_target t;
+	struct err e;
+	if (as->busy)
+		return script_error(L, "set_length: the session is busy");
+	if (len_target_parse(spec, &t, &e) != KVS_OK)
+		return script_error(L, "set_length: %s", e.msg);
+	if (lua_isboolean(L, 3))
+		t.instruct = lua_toboolean(L, 3);
+	gen_set_length_target(session_gen(as->s), t.unit == LEN_NONE ? NULL : &t);
+	return 0;
+}
+
+static int api_s_length(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	const struct len_target *t = &session_gen(as->s)->turn.len;
+	char buf[128];
+	if (t->unit == LEN_NONE)
+		lua_pushnil(L);
+	else
+		lua_pushstring(L, len_target_format(t, buf, sizeof buf));
+	return 1;
+}
+
+static int api_s_reset(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	if (as->busy)
+		return script_error(L, "reset: the session is busy");
+	session_reset(as->s);
+	script_stale(as->p->rt);
+	return 0;
+}
+
+static int api_s_close(lua_State *L)
+{
+	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
+	if (*u != NULL && (*u)->busy)
+		return script_error(L, "close: the session is busy");
+	if (*u != NULL && !(*u)->owned)
+		return script_error(L, "close: the front end's session is not the plugin's to close");
+	if (*u != NULL) {
+		api_session_drop(script_plugin_of(L)->rt, *u, true);
+		free(*u);
+		*u = NULL;
+	}
+	return 0;
+}
+
+static int api_s_set_system(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	session_set_system(as->s, luaL_checkstring(L, 2));
+	return 0;
+}
+
+static int api_s_info(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	return api_push_model(L, session_gen(as->s));
+}
+
+/* -------------------------------------------------------------- the store */
+
+/* Open the session database scripts may read (read-only): the front end's
+ * --db, else the default; raises a Lua error when it cannot. */
+static struct store *api_store_open(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	char *def = NULL;
+	const char *path = rt->cfg.db_path;
+	struct store *st;
+	struct err e;
+	if (path == NULL)
+		path = def = file_xdg_path("XDG_DATA_HOME", ".local/share", "kvscope/memory.db");
+	int rc = store_open(&st, path, STORE_RO, &e);
+	free(def);
+	if (rc != KVS_OK) {
+		script_error(L, "store: %s", e.msg);
+		return NULL;
+	}
+	return st;
+}
+
+static int api_store_sessions(lua_State *L)
+{
+	struct store *st = api_store_open(L);
+	struct store_session *list = NULL;
+	size_t n = 0;
+	struct err e;
+	if (store_session_list(st, &list, &n, &e) != KVS_OK) {
+		store_close(st);
+		return script_error(L, "store_sessions: %s", e.msg);
+	}
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		const struct store_session *ss = &list[i];
+		lua_createtable(L, 0, 10);
+		lua_pushinteger(L, (lua_Integer)ss->id);
+		lua_setfield(L, -2, "id");
+		lua_pushstring(L, ss->title ? ss->title : "");
+		lua_setfield(L, -2, "title");
+		lua_pushstring(L, ss->model_path ? ss->model_path : "");
+		lua_setfield(L, -2, "model");
+		lua_pushstring(L, ss->policy ? ss->policy : "");
+		lua_setfield(L, -2, "policy");
+		lua_pushinteger(L, ss->budget);
+		lua_setfield(L, -2, "budget");
+		lua_pushinteger(L, ss->n_turns);
+		lua_setfield(L, -2, "n_turns");
+		lua_pushinteger(L, ss->n_incomplete);
+		lua_setfield(L, -2, "n_incomplete");
+		lua_pushinteger(L, ss->n_kept);
+		lua_setfield(L, -2, "n_kept");
+		lua_pushnumber(L, ss->created);
+		lua_setfield(L, -2, "created");
+		lua_pushnumber(L, ss->updated);
+		lua_setfield(L, -2, "updated");
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+		store_session_free(&list[i]);
+	}
+	free(list);
+	store_close(st);
+	return 1;
+}
+
+static int api_store_turns(lua_State *L)
+{
+	const char *which = luaL_checkstring(L, 1);
+	struct store *st = api_store_open(L);
+	struct store_session ss;
+	int64_t id;
+	struct err e;
+	if (store_session_find(st, which, &id, &e) != KVS_OK ||
+	    store_session_get(st, id, &ss, &e) != KVS_OK) {
+		store_close(st);
+		return script_error(L, "store_turns: %s", e.msg);
+	}
+	lua_createtable(L, (int)ss.n_turns, 0);
+	for (uint32_t i = 0; i < ss.n_turns; i++) {
+		char *user = NULL, *reply = NULL;
+		if (store_turn_text(st, id, i, &user, &reply, &e) != KVS_OK) {
+			store_session_free(&ss);
+			store_close(st);
+			return script_error(L, "store_turns: %s", e.msg);
+		}
+		lua_createtable(L, 0, 2);
+		lua_pushstring(L, user ? user : "");
+		lua_setfield(L, -2, "user");
+		lua_pushstring(L, reply ? reply : "");
+		lua_setfield(L, -2, "reply");
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+		free(user);
+		free(reply);
+	}
+	store_session_free(&ss);
+	store_close(st);
+	return 1;
+}
+
+static const struct api_fn api_session_fns[] = {
+	{ "store_sessions", API_DEFERRED, API_C, "() -> list",
+	  "the saved sessions of the database (--db, else the default; read-only): {id, title, "
+	  "model, policy, budget, n_turns, n_incomplete, n_kept, created, updated}",
+	  api_store_sessions },
+	{ "store_turns", API_DEFERRED, API_C, "(id_or_title) -> list",
+	  "a saved session's exchanges, oldest first: {user, reply}", api_store_turns },
+	{ "session", API_DEFERRED, API_C, "([opts]) -> session",
+	  "open a session: opts model, policy, budget, ctx, system, max_tokens, temp, top_k, top_p, "
+	  "min_p, seed, threads, capture (off|summary|full), token_stats",
+	  api_session_open },
+	{ "current", API_FAST, API_C, "() -> session | nil",
+	  "the front end's session when it runs on the main thread, borrowed; nil under kvscope "
+	  "run and in the workbench (use kvscope.send)",
+	  api_current },
+	{ "send", API_DEFERRED, API_C, "(cmd [, arg])",
+	  "ask the workbench to queue cmd on its own session: chat TEXT, policy SPEC, budget N, "
+	  "reset, pin POS, unpin POS, max_tokens N",
+	  api_send },
+	{ "session:chat", API_DEFERRED, API_C, "(text [, {max_tokens=}]) -> reply, stats",
+	  "one exchange; stats: index, stop, n_prompt, n_reply, prefill_ms, decode_ms, kept, evicted",
+	  api_s_chat },
+	{ "session:prompt", API_DEFERRED, API_C, "(text [, extra]) -> first_pos, n",
+	  "feed a user turn and the reply header without replying (extra: tokens to follow)",
+	  api_s_prompt },
+	{ "session:feed", API_DEFERRED, API_C, "(text [, role]) -> first_pos, n",
+	  "feed plain text as role (user by default; system, user or assistant)", api_s_feed },
+	{ "session:end_reply", API_DEFERRED, API_C, "([eot_fed])",
+	  "close a reply fed by hand with the template's end markers", api_s_end_reply },
+	{ "session:generate", API_DEFERRED, API_C, "(n) -> text, stop, n_tokens",
+	  "sample and feed up to n tokens", api_s_generate },
+	{ "session:logprobs", API_DEFERRED, API_C, "(candidates) -> list",
+	  "log-probability of each candidate's first token (ids or strings) as the next token",
+	  api_s_logprobs },
+	{ "session:top", API_DEFERRED, API_C, "([k]) -> list",
+	  "the k most likely next tokens: {id, text, logprob}", api_s_top },
+	{ "session:tokenize", API_FAST, API_C, "(text [, special]) -> ids", "token ids of text",
+	  api_s_tokenize },
+	{ "session:detokenize", API_FAST, API_C, "(ids) -> text", "the text of token ids",
+	  api_s_detokenize },
+	{ "session:set_policy", API_DEFERRED, API_C, "(spec)",
+	  "a built-in policy spec (\"sirllm:lambda=0.9\") or a Lua policy's name", api_s_set_policy },
+	{ "session:set_budget", API_DEFERRED, API_C, "(n)", "the KV budget in tokens",
+	  api_s_set_budget },
+	{ "session:policy", API_FAST, API_C, "() -> string", "the policy in use", api_s_policy },
+	{ "session:set_length", API_DEFERRED, API_C, "(spec [, instruct])",
+	  "a length target for the next replies: \"120w\", \"200t\", a Ruler level (\"150\", "
+	  "\">800\") or \"off\"; instruct=false leaves the prompt-side sentence out",
+	  api_s_set_length },
+	{ "session:length", API_FAST, API_C, "() -> string | nil",
+	  "the length target in use (\"150 words (130, 170]\"), nil when none", api_s_length },
+	{ "session:stats", API_DEFERRED, API_C, "() -> table",
+	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_evicted, "
+	  "n_evictions, n_fallbacks, bytes, policy (and base, for a Lua policy), ...",
+	  api_s_stats },
+	{ "session:tokens", API_DEFERRED, API_C, "() -> tokens",
+	  "the cached tokens (read-only, valid until the session changes)", api_s_tokens },
+	{ "session:find", API_DEFERRED, API_C, "(position) -> index | nil",
+	  "cache index of the token at an original position, nil when evicted", api_s_find },
+	{ "session:pin", API_DEFERRED, API_C, "(position [, on])", "pin or unpin a cached token",
+	  api_s_pin },
+	{ "session:turns", API_DEFERRED, API_C, "() -> n", "number of exchanges", api_s_turns },
+	{ "session:turn", API_DEFERRED, API_C, "(i) -> table",
+	  "exchange i: index, user, reply, stop, first_pos, n_prompt, n_reply, prefill_ms, decode_ms",
+	  api_s_turn },
+	{ "session:reset", API_DEFERRED, API_C, "()", "forget the conversation", api_s_reset },
+	{ "session:set_system", API_DEFERRED, API_C, "(text)",
+	  "the system prompt of the next conversation", api_s_set_system },
+	{ "session:info", API_FAST, API_C, "() -> table",
+	  "name, n_layer, n_head, n_head_kv, n_ctx, n_vocab, backend, default_system (the "
+	  "template's, when it has one)",
+	  api_s_info },
+	{ "session:close", API_DEFERRED, API_C, "()", "close a session the plugin opened",
+	  api_s_close },
+};
+
+static const struct api_type api_session_types[] = {
+	{ API_SESSION, "session", NULL, NULL, api_session_gc },
+};
+
+const struct api_lib api_session_lib = {
+	api_session_fns, KVS_ARRAY_LEN(api_session_fns), api_session_types,
+	KVS_ARRAY_LEN(api_session_types),
+};
