@@ -5,11 +5,11 @@
 # Every `#include "..."` in src/ and gpu/ is resolved the way the compiler
 # does (the including file's folder, then src/, then the top) and must go
 # from a layer to itself, to a lower layer, or along one of the PEERS
-# edges. An internal header (NAME-int.h) may only be included from its own
-# folder (tests may include anything; they are not checked). An optional
-# library's headers (Lua, SQLite, curses, libedit, CUDA) may only be
-# included by the layers that wrap it (LIBRARIES), so that every other
-# layer builds without it. Each broken rule is one line naming the file,
+# edges; a file in no layer of the table is an error too. An internal
+# header (NAME-int.h) may only be included from its own folder (tests may
+# include anything; they are not checked). An optional library's headers
+# (Lua, SQLite, curses, libedit, CUDA) may only be included by the layers
+# that wrap it (LIBRARIES), so that every other layer builds without it. Each broken rule is one line naming the file,
 # the line and the edge; the exit status is 1 when there is one.
 #
 # Before the checked tree, the checker runs on a small tree of its own
@@ -90,9 +90,11 @@ check_tree() {
 		find src gpu -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.inc' \) \
 			2>/dev/null | LC_ALL=C sort >"$tmp/files"
 		[ -s "$tmp/files" ] || { echo "layers.sh: no sources under $1" >&2; exit 2; }
+		# (the tables go through the environment: -v would expand the
+		# backslashes in LIBRARIES' expressions)
 		# shellcheck disable=SC2046
-		awk -v layers="$LAYERS" -v peers="$PEERS" -v libs="$LIBRARIES" -v gen="$GENERATED" \
-			-v known="$KNOWN" -v list="$tmp/files" '
+		LAYERS=$LAYERS PEERS=$PEERS LIBRARIES=$LIBRARIES GENERATED=$GENERATED KNOWN=$KNOWN \
+			awk -v list="$tmp/files" '
 		function trim(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); return s }
 		# The layer of path p: its own line first, else the longest folder.
 		function layer_of(p,   best, n, d) {
@@ -124,6 +126,8 @@ check_tree() {
 			print where ": " msg
 		}
 		BEGIN {
+			layers = ENVIRON["LAYERS"]; peers = ENVIRON["PEERS"]; libs = ENVIRON["LIBRARIES"]
+			gen = ENVIRON["GENERATED"]; known = ENVIRON["KNOWN"]
 			n = split(layers, L, "\n")
 			for (i = 1; i <= n; i++) {
 				if (split(trim(L[i]), f, /[ \t]+/) < 3) continue
@@ -145,11 +149,14 @@ check_tree() {
 			for (i = 1; i <= n; i++) if (trim(L[i]) != "") generated[trim(L[i])] = 1
 			n = split(known, L, "\n")
 			for (i = 1; i <= n; i++)
-				if (split(trim(L[i]), f, /[ \t]+/) == 2) { known_edge[f[1] " " f[2]] = 1; nknown++ }
+				if (split(trim(L[i]), f, /[ \t]+/) == 2) known_edge[f[1] " " f[2]] = 1
 			while ((getline p < list) > 0) exists[p] = 1
 			close(list)
 		}
-		FNR == 1 { from = FILENAME; from_layer = layer_of(from); nfiles++ }
+		FNR == 1 {
+			from = FILENAME; from_layer = layer_of(from); nfiles++
+			if (from_layer == "") { report(from, "in no layer of the table (add its folder to LAYERS)"); bad++ }
+		}
 		/^[ \t]*#[ \t]*include[ \t]*"/ {
 			inc = $0; sub(/^[^"]*"/, "", inc); sub(/".*$/, "", inc)
 			where = from ":" FNR
@@ -208,6 +215,7 @@ mk gpu/gpu.h '#include "engine/engine.h"'
 mk gpu/gpuplan.h '#include "base/base.h"'
 mk src/app/app.h '#include "engine/engine.h"
 #include <lua.h>'
+mk src/misc/x.c '#include "base/base.h"'
 mk src/script/script.h '#include "app/app.h"
 #include <lua.h>
 #include "config.h"
@@ -219,6 +227,7 @@ src/app/app.h:2: #include <lua.h>
 src/base/up.c:1: base -> app
 src/engine/cpu.c:1: engine -> gpu
 src/engine/cpu.c:2: #include "model/model-int.h": src/model/model-int.h is internal
+src/misc/x.c: in no layer
 src/script/script.h:4: #include "nowhere.h" names no file
 EOF
 fails=0
