@@ -10,7 +10,16 @@
 -- (the same generator, so the same moves); every round is one turn; the
 -- model's move is the letter whose first token has the largest
 -- log-probability after the prompt; the chosen letter and the end of the
--- turn are fed back. With the same options both print the same counts.
+-- turn are fed back. With the same options both print the same counts
+-- under the policies that keep tokens by position (full, window,
+-- streaming, lminfinite; tests/e2e/lua.sh checks it). Under h2o and sirllm
+-- they may part where scores are close: this script feeds a round in the
+-- session's pieces (the system prompt with the first question; the
+-- question, the reply header, the letter and the end of the turn as
+-- separate forward calls), the C command in its own (the system prompt
+-- alone, the question with its header, the letter with the end of the
+-- turn), so the turns differ and the scores are not summed in the same
+-- steps.
 local kvscope = require "kvscope"
 
 local opt = { rounds = 300, policy = "streaming", budget = nil, dominant = "rock", seed = 1, json = false }
@@ -25,7 +34,8 @@ kvscope.getopt("rps.lua", kvscope.args, {
   { "--seed", function(v) opt.seed = math.tointeger(tonumber(v)) end, value = "S",
     help = "seed of the user's moves (default 1)" },
   { "--json", function() opt.json = true end, flag = true, help = "end with one JSON object" },
-}, "SirLLM's Rock-Paper-Scissors memory test; prints the same counts as `kvscope eval rps`.")
+}, "SirLLM's Rock-Paper-Scissors memory test; prints the same counts as `kvscope eval rps` under the "
+  .. "position-based policies.")
 if not opt.rounds or opt.rounds < 1 then kvscope.exit(2, "rps.lua: --rounds expects a positive whole number") end
 if not opt.seed or opt.seed < 0 then kvscope.exit(2, "rps.lua: --seed expects a whole number >= 0") end
 

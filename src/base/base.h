@@ -85,7 +85,7 @@ void *xmallocarray(size_t count, size_t size);
 void *xreallocarray(void *p, size_t count, size_t size);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
-/* printf into a freshly allocated string. */
+/* printf into a new string (caller owns). */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* 64-byte aligned allocation for SIMD buffers; release with xfree_aligned. */
 void *xmalloc_aligned(size_t n);
@@ -151,7 +151,7 @@ bool utf8_valid(const uint8_t *s, size_t n);
 /* ---- files (file.c) ---- */
 
 /* $VAR/rel when the XDG variable VAR holds an absolute path, else
- * $HOME/fallback/rel (allocated). E.g. ("XDG_DATA_HOME", ".local/share", "kvscope"). */
+ * $HOME/fallback/rel (caller owns). E.g. ("XDG_DATA_HOME", ".local/share", "kvscope"). */
 char *file_xdg_path(const char *var, const char *fallback, const char *rel);
 /* mkdir -p: create dir and its missing parents with mode; 0 or -1 (errno). */
 int file_mkdirs(const char *dir, unsigned mode);

@@ -49,8 +49,8 @@ struct cli_cmd {
 };
 
 /* The model path to use: explicit (--model), else $KVSCOPE_MODEL, else the
- * default model in $XDG_DATA_HOME/kvscope/models/. Returns an allocated
- * string; never NULL. */
+ * default model in $XDG_DATA_HOME/kvscope/models/. Returns a new string
+ * (caller owns); never NULL. */
 char *cli_model_path(const char *explicit_path);
 /* Print "kvscope: MSG" for a failed status; return the matching exit code. */
 int cli_fail(const struct err *e);

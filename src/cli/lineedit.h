@@ -12,13 +12,13 @@ struct lineedit;
 
 /* interactive: stdin is a terminal (prompts shown, history kept). */
 struct lineedit *lineedit_open(bool interactive);
-/* One line without its newline (allocated), or NULL at end of input. */
+/* One line without its newline (caller owns), or NULL at end of input. */
 char *lineedit_read(struct lineedit *le, const char *prompt);
 /* Remember line in the history (interactive only). */
 void lineedit_remember(struct lineedit *le, const char *line);
 /* Save the history and release everything. */
 void lineedit_close(struct lineedit *le);
-/* The history file path (allocated). */
+/* The history file path (caller owns). */
 char *lineedit_history_path(void);
 
 #endif

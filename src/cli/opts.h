@@ -84,7 +84,7 @@ int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, con
  * applied). */
 void cli_len_target(const struct cli_opts *o, struct len_target *t);
 /* Give g the length target, the controller's knobs and the stop string of o
- * (which must outlive g's replies). */
+ * (g borrows o's strings: o stays valid until g's last reply). */
 void cli_len_apply(const struct cli_opts *o, struct gen *g);
 
 /* Resolve the model path in o (explicit, $KVSCOPE_MODEL or the default) and
@@ -95,7 +95,7 @@ int cli_gen_open(struct cli_opts *o, struct gen **g);
 int cli_session_open(struct cli_opts *o, struct session **s);
 /* The file a script or plugin argument names: arg itself when it exists or
  * has a '/', else the bundled sub/arg[.lua] of the data folder when that
- * exists, else arg (allocated). */
+ * exists, else arg (caller owns). */
 char *cli_find_script(const char *arg, const char *sub);
 
 #endif

@@ -146,7 +146,7 @@ struct gguf_file {
 
 /* Map and validate path. On failure *out is NULL and e names the problem. */
 int gguf_open(struct gguf_file **out, const char *path, struct err *e);
-/* Validate a GGUF image held in memory (not copied; must outlive the file). */
+/* Validate a GGUF image held in memory (borrowed: buf stays valid until gguf_close). */
 int gguf_open_memory(struct gguf_file **out, const void *buf, uint64_t size, struct err *e);
 void gguf_close(struct gguf_file *f);
 
@@ -239,7 +239,7 @@ struct model {
 #define MODEL_DEFAULT_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 /* The model path to use: explicit_path when given, else $KVSCOPE_MODEL, else
- * the default model in $XDG_DATA_HOME/kvscope/models/ (allocated). */
+ * the default model in $XDG_DATA_HOME/kvscope/models/ (caller owns). */
 char *model_default_path(const char *explicit_path);
 
 /* Open path, validate it as a model we can run (architecture, every

@@ -120,7 +120,8 @@ bool script_on_key(struct script_rt *rt, const char *key);
 /* Run due timers and scheduled functions; returns ms until the next timer
  * is due (-1: none). */
 double script_tick(struct script_rt *rt);
-/* The session plugins see as kvscope.current() (NULL: none); not owned.
+/* The session plugins see as kvscope.current() (NULL: none); the runtime
+ * borrows s until the next call (NULL detaches) or script_rt_free.
  * Only for a session that runs on the main thread (plugins call into it
  * directly); a front end whose session runs on a worker offers it through
  * config.send instead. */
@@ -137,8 +138,8 @@ void script_command_at(const struct script_rt *rt, size_t i, struct script_comma
 /* Run :name args. KVS_ENOTFOUND for an unknown name, KVS_EFORMAT when the
  * command's function fails (the error is in e and the plugin's log). */
 int script_command_run(struct script_rt *rt, const char *name, const char *args, struct err *e);
-/* Completions of the argument prefix for :name: up to cap allocated strings
- * into out; returns how many. */
+/* Completions of the argument prefix for :name: up to cap new strings
+ * into out (caller owns them); returns how many. */
 size_t script_command_complete(struct script_rt *rt, const char *name, const char *prefix,
                                char **out, size_t cap);
 
@@ -190,7 +191,7 @@ int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_score
 /* Write doc/lua-api.md (generated from the API table). */
 int script_api_doc(FILE *fp, struct err *e);
 /* The directory holding lua/, plugins/ and sessions/ ($KVSCOPE_DATADIR, the
- * installed copy, else the source tree); allocated. */
+ * installed copy, else the source tree); caller owns. */
 char *script_data_dir(void);
 
 #endif

@@ -39,7 +39,7 @@ enum store_mode {
 
 /* Whether this build has the store (false: built without SQLite). */
 bool store_available(void);
-/* $XDG_DATA_HOME/kvscope/memory.db (allocated). */
+/* $XDG_DATA_HOME/kvscope/memory.db (caller owns). */
 char *store_default_path(void);
 /* Open (or, read-write, create) the database at path. Refuses, without
  * touching the file, one that is not SQLite, a SQLite database that is not
@@ -110,7 +110,8 @@ struct store_turn {
 
 struct store_rec;
 
-/* A recorder for session id over kv (both must outlive it). snapshots:
+/* A recorder for session id over kv (borrows both: they stay valid until
+ * store_rec_free). snapshots:
  * write a KV snapshot with each commit. It continues after the session's
  * last committed turn. */
 int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct kv_cache *kv,
@@ -143,7 +144,7 @@ struct store_resume_info {
 int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *model_sha256,
                  struct store_resume_info *info, struct err *e);
 
-/* Turn i's user text and reply (allocated; for replaying a transcript). */
+/* Turn i's user text and reply (caller owns both; for replaying a transcript). */
 int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char **reply,
                     struct err *e);
 

@@ -133,7 +133,7 @@ struct tui_tok {
 #define TUI_STEP_HISTORY 32
 #define TUI_STEP_BYTES ((size_t)48 << 20) /* attention rows kept in the ring */
 
-/* A step event's attention, owned. */
+/* A step event's attention (owns its rows). */
 struct tui_step {
 	uint64_t step;
 	struct kv_tok query;
@@ -213,7 +213,7 @@ void tui_free(struct tui *t);
 void tui_apply(struct tui *t, const struct worker_event *ev, double now_ms);
 /* Set the one-line status (errors in the error colour). */
 void tui_status(struct tui *t, bool err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* Add a message (text copied); returns it. */
+/* Add a message (copies text); returns it. */
 struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *text);
 /* Replace the chat with a resumed session's transcript (status: whether
  * its texts could be read, msg why not), then the separator line. */
@@ -310,7 +310,7 @@ struct tui_input;
 struct tui_input *tui_input_open(void);
 void tui_input_close(struct tui_input *in);
 /* Feed one key: a character (code point) or, with fkey, a curses KEY_*
- * code; returns true and sets *line (allocated) when a line was entered. */
+ * code; returns true and sets *line (caller owns) when a line was entered. */
 bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line);
 /* How the input line waits for the user's next key when its editor reads
  * on by itself (Ctrl-R's incremental search): wait draws the screen and

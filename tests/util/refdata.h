@@ -20,7 +20,7 @@ struct ref_pos {
 /* Parse {"pos":i,"token":t,"top":[[id,logit],...]} (REFDATA_TOPK entries). */
 bool refdata_parse_pos(const char *line, struct ref_pos *r);
 /* Read a logits fixture (one refdata_parse_pos line per position) into
- * *out (allocated); its position count, or 0 with e set when the file cannot
+ * *out (caller owns); its position count, or 0 with e set when the file cannot
  * be read or a line is malformed (then *out is NULL). */
 size_t refdata_read_logits(const char *path, struct ref_pos **out, struct err *e);
 /* Parse the int / float array after key in line, e.g. "prompt":[1,2,3];

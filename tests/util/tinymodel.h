@@ -54,7 +54,7 @@ uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s);
 /* Write the llama-arch model the app-level tests share (n_embd 64, so
  * head_dim 16 as the CPU attention wants; n_ff 128; weights scaled 0.5)
  * to a fresh file under $TMPDIR named after tag; returns its path
- * (allocated). Exits with 99, the harness's "hard error", when it cannot. */
+ * (caller owns). Exits with 99, the harness's "hard error", when it cannot. */
 char *tinymodel_write_temp(const char *tag);
 /* nbytes of blocks of a type without a reference quantiser (Q5_0, Q5_1,
  * Q4_K, Q5_K, Q6_K): random quants (and k-quant sub-scales, fifth bits,
