@@ -33,15 +33,16 @@ static int bench_cmp(const void *a, const void *b)
 static int bench_run(struct gen *g, const int32_t *toks, uint32_t n, uint32_t batch, double *secs,
                      struct err *e)
 {
+	struct engine *eng = gen_engine(g);
 	double t0;
 	int rc = KVS_OK;
 
-	engine_kv_clear(g->engine);
+	engine_kv_clear(eng);
 	t0 = clock_now_s();
 	for (uint32_t done = 0; done < n && rc == KVS_OK;) {
 		uint32_t m = KVS_MIN(batch, n - done);
 		struct engine_out out;
-		rc = gen_run_linear(g->engine, toks + done, done, m, ENGINE_LOGITS_LAST, &out, e);
+		rc = gen_run_linear(eng, toks + done, done, m, ENGINE_LOGITS_LAST, &out, e);
 		done += m;
 	}
 	*secs = clock_now_s() - t0;
@@ -131,13 +132,16 @@ static int cmd_bench_exec(int argc, char **argv)
 		n_res++;
 	}
 	getrusage(RUSAGE_SELF, &ru);
-	const struct model *m = g->model;
+	const struct model *m = gen_model(g);
+	struct engine *eng = gen_engine(g);
+	struct gen_timing tm;
+	gen_timings(g, &tm);
 	double size_mib = (double)m->gguf->size / (1024.0 * 1024.0);
 	if (o.json) {
 		printf("{\"model\":\"%s\",\"file_mib\":%.2f,\"backend\":\"%s\",\"isa\":\"%s\","
 		       "\"threads\":%d,\"load_ms\":%.1f,\"peak_rss_mib\":%.1f,\"reps\":%u,\"tests\":[",
-		       m->name, size_mib, engine_backend_name(g->engine), engine_isa_name(g->engine),
-		       engine_n_threads(g->engine), g->load_ms, ru.ru_maxrss / 1024.0, o.reps);
+		       m->name, size_mib, engine_backend_name(eng), engine_isa_name(eng),
+		       engine_n_threads(eng), tm.load_ms, ru.ru_maxrss / 1024.0, o.reps);
 		for (int i = 0; i < n_res; i++)
 			printf("%s{\"test\":\"%s%u\",\"tps_median\":%.2f,\"tps_min\":%.2f,\"tps_max\":%.2f}",
 			       i ? "," : "", res[i].test, res[i].n, res[i].median_tps, res[i].min_tps,
@@ -149,10 +153,10 @@ static int cmd_bench_exec(int argc, char **argv)
 		printf("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: |\n");
 		for (int i = 0; i < n_res; i++)
 			printf("| %s | %.2f MiB | %s/%s | %d | %s%u | %.2f | %.2f | %.2f |\n", m->name, size_mib,
-			       engine_backend_name(g->engine), engine_isa_name(g->engine),
-			       engine_n_threads(g->engine), res[i].test, res[i].n, res[i].median_tps,
+			       engine_backend_name(eng), engine_isa_name(eng),
+			       engine_n_threads(eng), res[i].test, res[i].n, res[i].median_tps,
 			       res[i].min_tps, res[i].max_tps);
-		printf("\nload %.1f ms, peak RSS %.1f MiB\n", g->load_ms, ru.ru_maxrss / 1024.0);
+		printf("\nload %.1f ms, peak RSS %.1f MiB\n", tm.load_ms, ru.ru_maxrss / 1024.0);
 	}
 	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
 out:

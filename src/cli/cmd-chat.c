@@ -213,7 +213,7 @@ static void chat_text(void *ud, const char *text, size_t len)
 static void chat_len_command(struct gen *g, const char *line, bool instruct)
 {
 	const char *spec = line + 4 + strspn(line + 4, " ");
-	struct len_target t = g->turn.len;
+	struct len_target t = gen_turn(g)->len;
 	struct err e;
 	char buf[96];
 
@@ -229,6 +229,7 @@ static void chat_len_command(struct gen *g, const char *line, bool instruct)
 /* /policy NAME [k=v ...], /budget N and /kv: change or show the KV cache. */
 static void chat_kv_command(struct gen *g, const char *line)
 {
+	struct kv_cache *kv = gen_kv(g);
 	struct err e;
 	char buf[256];
 	struct kv_stats st;
@@ -239,30 +240,30 @@ static void chat_kv_command(struct gen *g, const char *line)
 		const char *spec = line + 7 + strspn(line + 7, " ");
 		if (*spec == '\0') {
 			fprintf(stderr, "policy: %s\n",
-			        kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf));
+			        kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
 			return;
 		}
 		rc = kv_policy_parse(spec, &p, &e);
 		if (rc == KVS_OK)
-			rc = kv_cache_set_policy(g->kv, &p, &e);
+			rc = kv_cache_set_policy(kv, &p, &e);
 	} else if (strncmp(line, "/budget", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
 		char *end;
 		unsigned long v = strtoul(line + 7, &end, 10);
 		if (end == line + 7 || *end != '\0' || v > UINT32_MAX)
 			rc = err_set(&e, KVS_EARG, "/budget: expected a number of tokens, e.g. /budget 512");
 		else
-			rc = kv_cache_set_budget(g->kv, (uint32_t)v, &e);
+			rc = kv_cache_set_budget(kv, (uint32_t)v, &e);
 	}
-	g->n_past = kv_cache_n(g->kv);
+	gen_kv_changed(g);
 	if (rc != KVS_OK) {
 		fprintf(stderr, "kvscope: %s\n", e.msg);
 		return;
 	}
-	kv_cache_stats(g->kv, &st);
+	kv_cache_stats(kv, &st);
 	fprintf(stderr,
 	        "KV %s, budget %u: %u cached (sink %u, key %u, recent %u, pinned %u), %llu evicted "
 	        "in %u rounds; %.1f MiB (%.1f KiB per layer), peak %.1f MiB\n",
-	        kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf), st.budget, st.n_cached,
+	        kv_policy_format(kv_cache_policy(kv), buf, sizeof buf), st.budget, st.n_cached,
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, (double)st.bytes / 1048576.0, (double)st.bytes_per_layer / 1024.0,
 	        (double)st.bytes_peak / 1048576.0);
@@ -308,8 +309,8 @@ static int cmd_chat_exec(int argc, char **argv)
 	le = lineedit_open(interactive);
 	if (interactive)
 		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
-		        g->model->name, engine_backend_name(g->engine), engine_isa_name(g->engine),
-		        gen_n_ctx(g));
+		        gen_model(g)->name, engine_backend_name(gen_engine(g)),
+		        engine_isa_name(gen_engine(g)), gen_n_ctx(g));
 	while ((line = lineedit_read(le, "> ")) != NULL) {
 		if (line[0] == '\0') {
 			free(line);
@@ -353,13 +354,13 @@ static int cmd_chat_exec(int argc, char **argv)
 		const struct session_turn *t = session_turn_at(s, session_n_turns(s) - 1);
 		if (t->restarted)
 			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
-			        kv_cache_budget(g->kv));
-		if (interactive || g->turn.len.unit != LEN_NONE)
+			        kv_cache_budget(gen_kv(g)));
+		if (interactive || gen_turn(g)->len.unit != LEN_NONE)
 			fprintf(stderr, "[%u tokens, %u words, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
 			        t->n_words, gen_stop_name(t->stop),
 			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
-			        kv_cache_n(g->kv), kv_cache_budget(g->kv),
-			        kv_policy_name(kv_cache_policy(g->kv)));
+			        kv_cache_n(gen_kv(g)), kv_cache_budget(gen_kv(g)),
+			        kv_policy_name(kv_cache_policy(gen_kv(g))));
 	}
 	rc = CLI_OK;
 out:

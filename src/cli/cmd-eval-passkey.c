@@ -78,7 +78,7 @@ static char *pk_text(uint32_t n_blocks, uint32_t n_before, uint32_t key)
 static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, size_t *n,
                      struct err *e)
 {
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
 	size_t cap = 0;
 	*ids = NULL;
 	*n = 0;
@@ -88,8 +88,9 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 		free(full);
 		return rc;
 	}
-	if (!g->has_chat)
-		return err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+	const struct chat_template *ct = gen_chat(g, e);
+	if (ct == NULL)
+		return e->code;
 	struct chat_prompt p = { 0 };
 	char *user = xasprintf("%s %s", text, pk_question);
 	if (vocab_add_bos(v) && vocab_bos(v) >= 0) {
@@ -97,9 +98,9 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 		*ids = xmallocarray(cap, sizeof **ids);
 		(*ids)[(*n)++] = vocab_bos(v);
 	}
-	chat_system(&g->chat, NULL, &p);
-	chat_message(&g->chat, "user", user, &p);
-	chat_generation_prompt(&g->chat, &p);
+	chat_system(ct, NULL, &p);
+	chat_message(ct, "user", user, &p);
+	chat_generation_prompt(ct, &p);
 	int rc = chat_tokenize(v, &p, ids, n, &cap, e);
 	chat_prompt_free(&p);
 	free(user);
@@ -174,13 +175,13 @@ static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t
 	uint32_t nd = 0, nk = 0;
 	for (size_t i = 0; i < n; i++) {
 		char piece[64];
-		size_t pl = vocab_piece(g->model->vocab, ids[i], false, piece, sizeof piece);
+		size_t pl = vocab_piece(gen_vocab(g), ids[i], false, piece, sizeof piece);
 		bool digit = false;
 		for (size_t j = 0; j < pl && j < sizeof piece; j++)
 			digit = digit || isdigit((unsigned char)piece[j]);
 		if (digit) {
 			nd++;
-			nk += kv_cache_find(g->kv, (int32_t)i) >= 0;
+			nk += kv_cache_find(gen_kv(g), (int32_t)i) >= 0;
 		}
 	}
 	free(ids);
@@ -213,7 +214,7 @@ static void pk_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
 {
 	uint32_t n = 0, right = 0;
 	fprintf(fp, "{\"eval\":\"passkey\",\"model\":");
-	eval_json_str(fp, g->model->name);
+	eval_json_str(fp, gen_model(g)->name);
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, policy);
 	fprintf(fp, ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
@@ -285,8 +286,8 @@ static int cmd_eval_passkey_exec(int argc, char **argv)
 	rc = cli_gen_open(&o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol);
-	uint32_t budget = kv_cache_budget(g->kv);
+	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
+	uint32_t budget = kv_cache_budget(gen_kv(g));
 	cells = xcalloc((size_t)n_len * n_dep, sizeof *cells);
 	struct eval_progress pr;
 	eval_progress_start(&pr, "passkey", (uint64_t)n_len * n_dep * o.samples);
@@ -312,25 +313,26 @@ static int cmd_eval_passkey_exec(int argc, char **argv)
 				double kept;
 				size_t n_tok;
 				char *answer = NULL;
-				double p0 = g->prefill_ms, d0 = g->decode_ms;
-				uint64_t pt0 = g->n_prefilled, dt0 = g->n_decoded;
+				struct gen_timing t0, t1;
+				gen_timings(g, &t0);
 				if (pk_sample(g, &o, raw, n_blocks, depths[di], key, &ok, &kept, &n_tok, &answer,
 				              &e) != KVS_OK) {
 					rc = cli_fail(&e);
 					goto out;
 				}
 				struct kv_stats ks;
-				kv_cache_stats(g->kv, &ks);
+				kv_cache_stats(gen_kv(g), &ks);
+				gen_timings(g, &t1);
 				c->n++;
 				c->correct += ok;
 				c->tokens += (double)n_tok;
 				c->kept += kept;
 				c->all_kept += kept >= 1.0;
 				c->peak_bytes = KVS_MAX(c->peak_bytes, ks.bytes_peak);
-				c->prefill_ms += g->prefill_ms - p0;
-				c->decode_ms += g->decode_ms - d0;
-				c->prefill_tok += g->n_prefilled - pt0;
-				c->decode_tok += g->n_decoded - dt0;
+				c->prefill_ms += t1.prefill_ms - t0.prefill_ms;
+				c->decode_ms += t1.decode_ms - t0.decode_ms;
+				c->prefill_tok += t1.n_prefilled - t0.n_prefilled;
+				c->decode_tok += t1.n_decoded - t0.n_decoded;
 				right += ok;
 				done++;
 				log_info("passkey length %u depth %u sample %u: %zu tokens, key %u, answer '%s' "

@@ -81,7 +81,8 @@ struct rps_round {
 static int rps_tokens(struct gen *g, bool raw, const char *question, int32_t **ids, size_t *n,
                       int32_t *cand_ids[3], size_t cand_n[3], struct err *e)
 {
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
+	const struct chat_template *ct = gen_chat(g, NULL); /* chat format: the caller checked */
 	size_t cap = 0;
 	int rc;
 	/* trailing spaces move into the continuation, as SirLLM's _encode_pair does */
@@ -97,8 +98,8 @@ static int rps_tokens(struct gen *g, bool raw, const char *question, int32_t **i
 		free(t);
 	} else {
 		struct chat_prompt p = { 0 };
-		chat_message(&g->chat, "user", q, &p);
-		chat_generation_prompt(&g->chat, &p);
+		chat_message(ct, "user", q, &p);
+		chat_generation_prompt(ct, &p);
 		rc = chat_tokenize(v, &p, ids, n, &cap, e);
 		chat_prompt_free(&p);
 	}
@@ -113,7 +114,7 @@ static int rps_tokens(struct gen *g, bool raw, const char *question, int32_t **i
 		free(t);
 		if (rc == KVS_OK && !raw) {
 			struct chat_prompt p = { 0 };
-			chat_reply_end(&g->chat, &p);
+			chat_reply_end(ct, &p);
 			int32_t eot = vocab_eot(v) >= 0 ? vocab_eot(v) : vocab_eos(v);
 			if (eot >= 0) {
 				cand_ids[c] = xreallocarray(cand_ids[c], cand_n[c] + 1, sizeof(int32_t));
@@ -145,7 +146,7 @@ static struct rps_round rps_locate(struct gen *g, const int32_t *ids, size_t n, 
 	size_t *start = xmallocarray(n + 1, sizeof *start);
 	for (size_t i = 0; i < n; i++) {
 		char piece[128];
-		size_t pl = vocab_piece(g->model->vocab, ids[i], false, piece, sizeof piece);
+		size_t pl = vocab_piece(gen_vocab(g), ids[i], false, piece, sizeof piece);
 		pl = KVS_MIN(pl, sizeof piece);
 		start[i] = tl;
 		if (tl + pl + 1 > cap) {
@@ -202,7 +203,7 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
 {
 	double n = r->rounds ? r->rounds : 1;
 	fprintf(fp, "{\"eval\":\"rps\",\"model\":");
-	eval_json_str(fp, g->model->name);
+	eval_json_str(fp, gen_model(g)->name);
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, pol);
 	fprintf(fp,
@@ -284,12 +285,12 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 	rc = cli_gen_open(&o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	if (!raw && !g->has_chat) {
-		rc = cli_fail(&g->chat_err);
+	if (!raw && gen_chat(g, &e) == NULL) {
+		rc = cli_fail(&e);
 		goto out;
 	}
-	kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol);
-	uint32_t budget = kv_cache_budget(g->kv);
+	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
+	uint32_t budget = kv_cache_budget(gen_kv(g));
 	fprintf(stderr, "kvscope eval rps: %s, budget %u, %s format, dominant %s, seed %u\n", pol,
 	        budget, raw ? "raw" : "chat", rps_moves[dom], o.eval_seed);
 	moves = xcalloc(o.rounds, sizeof *moves);
@@ -303,9 +304,9 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 	/* the system turn (the template's default) opens the game */
 	if (!raw) {
 		struct chat_prompt p = { 0 };
-		chat_system(&g->chat, NULL, &p);
-		int32_t bos = vocab_bos(g->model->vocab);
-		if (vocab_add_bos(g->model->vocab) && bos >= 0)
+		chat_system(gen_chat(g, NULL), NULL, &p);
+		int32_t bos = vocab_bos(gen_vocab(g));
+		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
 			rc = gen_feed(g, &bos, 1, &e);
 		if (rc == KVS_OK && p.n > 0)
 			rc = gen_feed_prompt(g, &p, KV_ROLE_SYSTEM, &e);
@@ -331,7 +332,7 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 		size_t n = 0, cn[3] = { 0, 0, 0 };
 		rc = rps_tokens(g, raw, question, &ids, &n, cand, cn, &e);
 		free(question);
-		int32_t base = kv_cache_next_pos(g->kv);
+		int32_t base = kv_cache_next_pos(gen_kv(g));
 		if (rc == KVS_OK)
 			rc = gen_begin_turn(g, KV_ROLE_USER, n + cn[0], &e);
 		if (rc == KVS_OK) {
@@ -343,14 +344,14 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 			if (prev >= 0)
 				moves[r - 1] = rps_locate(g, ids, n, base, rps_moves[prev]);
 			/* first-token log-probability: the same softmax, so compare logits */
+			const float *lg = gen_logits(g);
 			for (int c = 1; c < 3; c++)
-				if (g->last_logits[cand[c][0]] > g->last_logits[cand[pick][0]])
+				if (lg[cand[c][0]] > lg[cand[pick][0]])
 					pick = c;
 			/* the three candidates' probabilities, renormalised among them */
 			double z = 0, pr3[3];
 			for (int c = 0; c < 3; c++)
-				z += pr3[c] = exp((double)g->last_logits[cand[c][0]] -
-				                  g->last_logits[cand[pick][0]]);
+				z += pr3[c] = exp((double)lg[cand[c][0]] - lg[cand[pick][0]]);
 			for (int c = 0; c < 3; c++)
 				res.p_mean[c] += pr3[c] / z / o.rounds;
 			gen_set_role(g, KV_ROLE_ASSISTANT);
@@ -379,21 +380,21 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 		if (r > 0) {
 			uint32_t held = 0;
 			for (uint32_t k = 0; k < r; k++)
-				held += rps_held(g->kv, &moves[k]);
+				held += rps_held(gen_kv(g), &moves[k]);
 			held_sum += (double)held / r;
 		}
 		prev = user;
 		eval_progress(&pr, r + 1, "win %.1f%% tie %.1f%%  KV %u/%u", 100.0 * res.win / (r + 1),
-		              100.0 * res.tie / (r + 1), g->n_past, budget);
+		              100.0 * res.tie / (r + 1), kv_cache_n(gen_kv(g)), budget);
 	}
 	eval_progress_end(&pr);
 	res.rounds = o.rounds;
 	res.ms = clock_now_ms() - t0;
-	res.tokens = (uint64_t)kv_cache_next_pos(g->kv);
+	res.tokens = (uint64_t)kv_cache_next_pos(gen_kv(g));
 	res.held_mean = o.rounds > 1 ? held_sum / (o.rounds - 1) : 0;
 	res.revealed_end = o.rounds > 0 ? o.rounds - 1 : 0;
 	for (uint32_t k = 0; k + 1 < o.rounds; k++)
-		if (rps_held(g->kv, &moves[k])) {
+		if (rps_held(gen_kv(g), &moves[k])) {
 			uint32_t age = o.rounds - 1 - k;
 			res.held_end++;
 			res.age_hist[age <= 5 ? 0 : age <= 20 ? 1 : age <= 50 ? 2 : age <= 100 ? 3 : 4]++;

@@ -259,7 +259,7 @@ static int tlg_generate(struct gen *g, const struct tlg_item *it, const struct l
  * when cut is SIZE_MAX); end tokens count as the model wrote them. */
 static double tlg_surprisal(const struct gen *g, size_t cut)
 {
-	const struct gen_reply_info *r = &g->reply;
+	const struct gen_reply_info *r = gen_last_reply(g);
 	double sum = 0;
 	size_t off = 0, k = 0;
 	char piece[256];
@@ -269,7 +269,7 @@ static double tlg_surprisal(const struct gen *g, size_t cut)
 			break;
 		sum += r->surprisal[i];
 		k++;
-		off += vocab_piece(g->model->vocab, r->ids[i], false, piece, sizeof piece);
+		off += vocab_piece(gen_vocab(g), r->ids[i], false, piece, sizeof piece);
 	}
 	return k ? sum / (double)k : 0;
 }
@@ -411,13 +411,15 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 		free(run);
 		goto out;
 	}
-	if (!g->has_chat) {
+	if (gen_chat(g, &e) == NULL) {
 		free(order);
 		free(run);
-		rc = cli_fail(&g->chat_err);
+		rc = cli_fail(&e);
 		goto out;
 	}
-	g->turn.ctl = o.lenp;
+	struct gen_turn_opts turn = *gen_turn(g);
+	turn.ctl = o.lenp;
+	gen_set_turn(g, &turn);
 	fprintf(stderr, "kvscope eval tlg: %zu instructions (up to %u per level), greedy, seed %u%s\n",
 	        n_run, o.samples, o.eval_seed,
 	        o.no_len_prompt ? ", controller arm without the prompt sentence" : "");
@@ -448,7 +450,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 			rc = cli_fail(&e);
 			break;
 		}
-		tokens += g->reply.n_tokens;
+		tokens += gen_last_reply(g)->n_tokens;
 		tlg_score(buf.s, buf.n, &out[ARM_PROMPT]);
 		out[ARM_PROMPT].capped = stop == GEN_STOP_MAX_TOKENS;
 		out[ARM_PROMPT].surp = tlg_surprisal(g, SIZE_MAX);
@@ -461,7 +463,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 			rc = cli_fail(&e);
 			break;
 		}
-		tokens += g->reply.n_tokens;
+		tokens += gen_last_reply(g)->n_tokens;
 		tlg_score(buf.s, buf.n, &out[ARM_CTL]);
 		out[ARM_CTL].forced = stop == GEN_STOP_FORCED;
 		out[ARM_CTL].capped = stop == GEN_STOP_MAX_TOKENS;
@@ -482,7 +484,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 	double secs = (clock_now_ms() - t0) / 1e3;
 	printf("TLG (Ruler's windows, methods.md 9.2), %s, greedy, %zu instructions, seed %u, "
 	       "%.0f s, %llu tokens\n",
-	       g->model->name, n_run, o.eval_seed, secs, (unsigned long long)tokens);
+	       gen_model(g)->name, n_run, o.eval_seed, secs, (unsigned long long)tokens);
 	for (int a = 0; a < N_ARMS; a++) {
 		printf("%s%s\n", tlg_arm_names[a],
 		       a == ARM_CTL && o.no_len_prompt ? " (no prompt sentence)" : "");
@@ -501,7 +503,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 	}
 	if (o.json) {
 		printf("{\"eval\":\"tlg\",\"model\":");
-		eval_json_str(stdout, g->model->name);
+		eval_json_str(stdout, gen_model(g)->name);
 		printf(",\"instructions\":%zu,\"samples_per_level\":%u,\"seed\":%u,\"length_prompt\":%s,"
 		       "\"seconds\":%.1f,\"tokens\":%llu,\"arms\":{",
 		       n_run, o.samples, o.eval_seed, o.no_len_prompt ? "false" : "true", secs,

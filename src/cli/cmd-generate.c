@@ -59,6 +59,7 @@ static int cmd_generate_exec(int argc, char **argv)
 	uint32_t n_out = 0;
 	struct generate_trace tr = { 0 };
 	struct kv_stats ks;
+	struct gen_timing tm;
 	struct len_target lt;
 	char pol[256], lbuf[96];
 	int rc;
@@ -101,8 +102,8 @@ static int cmd_generate_exec(int argc, char **argv)
 		goto out;
 	cli_len_apply(&o, g);
 	if (tr.fp != NULL) {
-		tr.v = g->model->vocab;
-		kv_cache_set_events(g->kv, generate_trace_event, &tr);
+		tr.v = gen_vocab(g);
+		kv_cache_set_events(gen_kv(g), generate_trace_event, &tr);
 	}
 	if (cli_prompt_tokens(g, text, len, o.raw, o.system, &ids, &n_ids, &e) != KVS_OK ||
 	    gen_begin_turn(g, KV_ROLE_USER, n_ids, &e) != KVS_OK ||
@@ -114,23 +115,26 @@ static int cmd_generate_exec(int argc, char **argv)
 	if (!o.raw)
 		putchar('\n');
 	fflush(stdout);
+	gen_timings(g, &tm);
+	struct engine *eng = gen_engine(g);
 	fprintf(stderr,
 	        "kvscope: prompt %zu tokens in %.0f ms (%.1f tok/s); generated %u tokens in %.0f ms "
 	        "(%.1f tok/s); stop: %s; backend %s/%s, %d threads; seed %u\n",
-	        n_ids, g->prefill_ms + (n_ids == 1 ? g->decode_ms : 0),
-	        g->prefill_ms > 0 ? (double)g->n_prefilled * 1e3 / g->prefill_ms : 0.0, n_out,
-	        g->decode_ms, g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0,
-	        gen_stop_name(stop), engine_backend_name(g->engine), engine_isa_name(g->engine),
-	        engine_n_threads(g->engine), sampler_seed(g->sampler));
+	        n_ids, tm.prefill_ms + (n_ids == 1 ? tm.decode_ms : 0),
+	        tm.prefill_ms > 0 ? (double)tm.n_prefilled * 1e3 / tm.prefill_ms : 0.0, n_out,
+	        tm.decode_ms, tm.decode_ms > 0 ? (double)tm.n_decoded * 1e3 / tm.decode_ms : 0.0,
+	        gen_stop_name(stop), engine_backend_name(eng), engine_isa_name(eng),
+	        engine_n_threads(eng), sampler_seed(gen_sampler(g)));
 	if (lt.unit != LEN_NONE)
 		fprintf(stderr, "kvscope: length target %s: %u words, %u tokens; stop: %s\n",
-		        len_target_format(&lt, lbuf, sizeof lbuf), g->reply.n_words, n_out,
-		        gen_stop_name(stop));
-	kv_cache_stats(g->kv, &ks);
+		        len_target_format(&lt, lbuf, sizeof lbuf), gen_last_reply(g)->n_words,
+		        n_out, gen_stop_name(stop));
+	kv_cache_stats(gen_kv(g), &ks);
 	fprintf(stderr,
 	        "kvscope: KV %s, budget %u: %u tokens cached (%.1f MiB), %llu evicted in %u rounds, "
 	        "peak %.1f MiB\n",
-	        kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol), ks.budget, ks.n_cached,
+	        kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol), ks.budget,
+	        ks.n_cached,
 	        (double)ks.bytes / 1048576.0, (unsigned long long)ks.n_evicted, ks.n_evictions,
 	        (double)ks.bytes_peak / 1048576.0);
 	rc = CLI_OK;

@@ -77,11 +77,11 @@ static int cmd_logits_exec(int argc, char **argv)
 	uint32_t n_vocab = gen_n_vocab(g), k = KVS_MIN(o.top, n_vocab);
 	top = xmallocarray(k, sizeof *top);
 	for (size_t done = 0; done < n_ids;) {
-		uint32_t m = (uint32_t)KVS_MIN((size_t)g->n_batch, n_ids - done);
+		uint32_t m = (uint32_t)KVS_MIN((size_t)gen_n_batch(g), n_ids - done);
 		struct engine_out out;
 
-		if (gen_run_linear(g->engine, ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL, &out,
-		                   &e) != KVS_OK) {
+		if (gen_run_linear(gen_engine(g), ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL,
+		                   &out, &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}

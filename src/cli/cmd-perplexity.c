@@ -60,7 +60,7 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	rc = cli_gen_open(&o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
 	bool add_bos = vocab_add_bos(v) && vocab_bos(v) >= 0;
 	if (vocab_tokenize(v, text, len, true, false, &ids, &n_ids, &cap, &e) != KVS_OK) {
 		rc = cli_fail(&e);
@@ -77,19 +77,20 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	}
 	fprintf(stderr, "kvscope: %zu tokens, %zu chunks of %u, scoring positions %u..%u of each\n",
 	        n_ids, n_chunks, n_ctx, n_ctx / 2, n_ctx - 2);
-	uint32_t n_vocab = gen_n_vocab(g), first = n_ctx / 2, nb = g->n_batch;
+	uint32_t n_vocab = gen_n_vocab(g), first = n_ctx / 2, nb = gen_n_batch(g);
 	int32_t *chunk = xmallocarray(n_ctx, sizeof *chunk);
 	double t0 = clock_now_s();
 	for (size_t c = 0; c < n_chunks; c++) {
 		memcpy(chunk, ids + c * n_ctx, n_ctx * sizeof *chunk);
 		if (add_bos)
 			chunk[0] = vocab_bos(v);
-		engine_kv_clear(g->engine);
+		engine_kv_clear(gen_engine(g));
 		for (uint32_t done = 0; done < n_ctx;) {
 			uint32_t m = KVS_MIN(nb, n_ctx - done);
 			enum engine_logits lg = done + m > first ? ENGINE_LOGITS_ALL : ENGINE_LOGITS_NONE;
 			struct engine_out out;
-			if (gen_run_linear(g->engine, chunk + done, done, m, lg, &out, &e) != KVS_OK) {
+			if (gen_run_linear(gen_engine(g), chunk + done, done, m, lg, &out, &e) !=
+			    KVS_OK) {
 				free(chunk);
 				rc = cli_fail(&e);
 				goto out;

@@ -240,12 +240,12 @@ void cli_len_target(const struct cli_opts *o, struct len_target *t)
 
 void cli_len_apply(const struct cli_opts *o, struct gen *g)
 {
-	struct len_target t;
-	cli_len_target(o, &t);
-	g->turn.ctl = o->lenp;
-	gen_set_length_target(g, &t);
-	g->turn.stops = o->stop != NULL && o->stop[0] != '\0' ? &o->stop : NULL;
-	g->turn.n_stops = g->turn.stops != NULL;
+	struct gen_turn_opts turn = *gen_turn(g);
+	cli_len_target(o, &turn.len);
+	turn.ctl = o->lenp;
+	turn.stops = o->stop != NULL && o->stop[0] != '\0' ? &o->stop : NULL;
+	turn.n_stops = turn.stops != NULL;
+	gen_set_turn(g, &turn);
 }
 
 #define O(f) offsetof(struct cli_opts, f)
