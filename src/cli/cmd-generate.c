@@ -14,17 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_generate_exec(int argc, char **argv);
+static enum cli_exit cmd_generate_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_generate = {
-	"generate",
-	"[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] [--seed S] "
-	"[--raw] [--target-words N | --length SPEC] [--no-length-prompt] [--stop TEXT] [--policy P] "
-	"[--kv-budget N] [--trace FILE [--trace-attn] [--trace-every MS]] [options]",
-	"print the model's continuation of a prompt (one user turn in the chat template unless --raw)",
-	cmd_generate_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV | OPTG_TRACE |
-	    OPTG_LEN,
+	.name = "generate",
+	.usage = "[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] "
+	         "[--seed S] [--raw] [--target-words N | --length SPEC] [--no-length-prompt] "
+	         "[--stop TEXT] [--policy P] [--kv-budget N] [--trace FILE [--trace-attn] "
+	         "[--trace-every MS]] [options]",
+	.help = "print the model's continuation of a prompt (one user turn in the chat template "
+	        "unless --raw)",
+	.exec = cmd_generate_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV |
+	           OPTG_TRACE | OPTG_LEN,
 };
 
 struct generate_trace {
@@ -47,9 +49,8 @@ static void generate_write(const char *text, size_t len, void *ud)
 	fflush(stdout);
 }
 
-static int cmd_generate_exec(int argc, char **argv)
+static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct gen *g = NULL;
 	struct err e;
 	char *text = NULL;
@@ -62,57 +63,50 @@ static int cmd_generate_exec(int argc, char **argv)
 	struct gen_timing tm;
 	struct len_target lt;
 	char pol[256], lbuf[96];
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_generate, cmd_generate.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_generate, "unexpected argument '%s'", o.args[0]);
-		goto out;
-	}
-	if (cli_prompt_read(&o, &text, &len, &e) != KVS_OK) {
+	if (cli_prompt_read(o, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if ((o.trace_attn || o.trace_every_ms) && o.trace == NULL) {
+	if ((o->trace_attn || o->trace_every_ms) && o->trace == NULL) {
 		rc = cli_usage(&cmd_generate, "--trace-attn and --trace-every need --trace FILE");
 		goto out;
 	}
-	if (o.trace != NULL) {
-		tr.fp = fopen(o.trace, "w");
+	if (o->trace != NULL) {
+		tr.fp = fopen(o->trace, "w");
 		if (tr.fp == NULL) {
-			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o.trace, strerror(errno));
+			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o->trace,
+			        strerror(errno));
 			rc = cli_fail(&e);
 			goto out;
 		}
-		o.gen.kv.capture = o.trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
-		o.gen.kv.capture_interval_ms = o.trace_every_ms;
+		o->gen.kv.capture = o->trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
+		o->gen.kv.capture_interval_ms = o->trace_every_ms;
 	}
-	cli_len_target(&o, &lt);
+	cli_len_target(o, &lt);
 	if (lt.unit != LEN_NONE && lt.instruct) {
 		char *t = len_instruct_text(text, &lt);
 		free(text);
 		text = t;
 		len = strlen(t);
 	}
-	rc = cli_gen_open(&o, &g);
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	cli_len_apply(&o, g);
+	cli_len_apply(o, g);
 	if (tr.fp != NULL) {
 		tr.v = gen_vocab(g);
 		kv_cache_set_events(gen_kv(g), generate_trace_event, &tr);
 	}
-	if (cli_prompt_tokens(g, text, len, o.raw, o.system, &ids, &n_ids, &e) != KVS_OK ||
+	if (cli_prompt_tokens(g, text, len, o->raw, o->system, &ids, &n_ids, &e) != KVS_OK ||
 	    gen_begin_turn(g, KV_ROLE_USER, n_ids, &e) != KVS_OK ||
 	    gen_feed(g, ids, n_ids, &e) != KVS_OK ||
-	    gen_reply(g, o.max_tokens, generate_write, NULL, &stop, &n_out, &e) != KVS_OK) {
+	    gen_reply(g, o->max_tokens, generate_write, NULL, &stop, &n_out, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if (!o.raw)
+	if (!o->raw)
 		putchar('\n');
 	fflush(stdout);
 	gen_timings(g, &tm);
@@ -139,7 +133,7 @@ static int cmd_generate_exec(int argc, char **argv)
 	        (double)ks.bytes_peak / 1048576.0);
 	rc = CLI_OK;
 	if (tr.fp != NULL && (fflush(tr.fp) != 0 || ferror(tr.fp))) {
-		err_set(&e, KVS_EIO, "writing the trace file %s failed", o.trace);
+		err_set(&e, KVS_EIO, "writing the trace file %s failed", o->trace);
 		rc = cli_fail(&e);
 	}
 out:
@@ -148,6 +142,5 @@ out:
 	free(ids);
 	free(text);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -83,7 +83,7 @@ int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, con
 	return rc;
 }
 
-int cli_gen_open(struct cli_opts *o, struct gen **g)
+enum cli_exit cli_gen_open(struct cli_opts *o, struct gen **g)
 {
 	struct err e;
 	char *path = cli_model_path(o->gen.model_path);
@@ -97,7 +97,7 @@ int cli_gen_open(struct cli_opts *o, struct gen **g)
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }
 
-int cli_session_open(struct cli_opts *o, struct session **s)
+enum cli_exit cli_session_open(struct cli_opts *o, struct session **s)
 {
 	struct session_config c;
 	struct err e;
