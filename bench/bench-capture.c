@@ -104,10 +104,10 @@ static double run(const char *model, const struct mode *md, uint32_t n_tok, uint
 	c.kv.token_stats = md->stats;
 	if (gen_open(&g, &c, &e) != KVS_OK)
 		goto fail;
-	kv_cache_set_events(g->kv, sink_event, &s);
+	kv_cache_set_events(gen_kv(g), sink_event, &s);
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
-	if (vocab_tokenize(g->model->vocab, prompt, strlen(prompt), false, false, &ids, &n, &cap,
+	if (vocab_tokenize(gen_vocab(g), prompt, strlen(prompt), false, false, &ids, &n, &cap,
 	                   &e) != KVS_OK ||
 	    gen_feed(g, ids, n, &e) != KVS_OK)
 		goto fail;

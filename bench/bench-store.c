@@ -58,11 +58,11 @@ static int bench_run(struct gen *g, struct store *st, const char *sha, bool snap
 		                    .policy = (char *)"streaming", .sampler = (char *)"" };
 	gen_reset(g);
 	if (store_session_create(st, &in, &id, &e) != KVS_OK ||
-	    store_rec_open(&rec, st, id, g->kv, snapshots, &e) != KVS_OK) {
+	    store_rec_open(&rec, st, id, gen_kv(g), snapshots, &e) != KVS_OK) {
 		fprintf(stderr, "bench-store: %s\n", e.msg);
 		return 1;
 	}
-	kv_cache_set_events(g->kv, bench_events, rec);
+	kv_cache_set_events(gen_kv(g), bench_events, rec);
 	int32_t ids[500];
 	uint64_t x = 12345;
 	for (int r = 0; r < reps + 2; r++) {
@@ -88,7 +88,7 @@ static int bench_run(struct gen *g, struct store *st, const char *sha, bool snap
 			cpu[r - 2] = bench_cpu_ms() - c0;
 		}
 	}
-	kv_cache_set_events(g->kv, NULL, NULL);
+	kv_cache_set_events(gen_kv(g), NULL, NULL);
 	store_rec_free(rec);
 	qsort(ms, (size_t)reps, sizeof *ms, bench_cmp);
 	qsort(cpu, (size_t)reps, sizeof *cpu, bench_cmp);
@@ -172,7 +172,8 @@ int main(int argc, char **argv)
 	printf("  with the KV snapshot:   median %7.2f ms  (min %.2f, max %.2f); CPU median %.2f ms; "
 	       "%.1f MiB per file\n",
 	       snap[reps / 2], snap[0], snap[reps - 1], snap_cpu[reps / 2],
-	       (double)kv_cache_n(g->kv) * (double)engine_kv_bytes_per_slot(g->engine) / 1048576.0);
+	       (double)kv_cache_n(gen_kv(g)) * (double)engine_kv_bytes_per_slot(gen_engine(g)) /
+	           1048576.0);
 	printf("  fsync floor (4 KiB):    median %7.2f ms  (min %.2f, max %.2f); load average %.2f\n",
 	       floor_ms, fs[0], fs[reps - 1], load[0]);
 	free(fs);

@@ -1,11 +1,14 @@
 /*
- * app.h: the application layer's one public header.
+ * app.h: the application layer's one public header: length targets, the
+ * generation context, the chat session and its worker thread, KV traces.
+ * The layer's insides (struct gen's fields, the length controller's token
+ * classes and per-turn state) are in app-int.h, for src/app/ and its tests.
  *
- * gen.c   a generation context: one model, one engine, one sampler and the
- *         KV cache with its retention policy (kv_cache.h). It feeds turns,
- *         samples, and streams text. The command-line tools (generate, chat,
- *         logits, perplexity, bench, eval) and, later, the chat session sit
- *         on it.
+ * gen.c   a generation context (struct gen, opaque): one model, one
+ *         engine, one sampler and the KV cache with its retention policy
+ *         (kv_cache.h). It feeds turns, samples, and streams text. The
+ *         command-line tools (generate, logits, perplexity, bench, eval)
+ *         and the chat session sit on it; accessors hand out its parts.
  * session.c a chat session over one gen: the system prompt, the turns (user
  *         text in, reply out, stop reason, timings) and their history, with
  *         hooks for each turn, reply token and KV-cache event. Synchronous:
@@ -36,7 +39,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
-/* ---- lenctl.c: length control (methods.md section 9) ---- */
+/* ---- lenctl.c: length targets (methods.md section 9) ---- */
 
 /* The unit a length target counts. */
 enum len_unit { LEN_NONE = 0, LEN_WORDS, LEN_TOKENS };
@@ -47,6 +50,7 @@ enum len_unit { LEN_NONE = 0, LEN_WORDS, LEN_TOKENS };
 struct len_window {
 	uint32_t lo, hi;
 };
+/* Whether n lies in w. */
 bool len_window_hit(struct len_window w, uint32_t n);
 
 /* One row of Ruler's TLG table (methods.md 9.1, 9.2): the target, its
@@ -92,31 +96,15 @@ struct wordcount {
 	uint8_t pend[4];
 	uint8_t n_pend;
 };
+/* Start a count at zero. */
 void wordcount_init(struct wordcount *w);
+/* Count the words of the next piece s[0..n). */
 void wordcount_feed(struct wordcount *w, const char *s, size_t n);
+/* The words of a whole text. */
 uint32_t wordcount_text(const char *s, size_t n);
 /* Whether text ends a sentence: . ! ? or an ellipsis, then maybe closing
  * quotes or brackets and white space; not a list number ("2.") nor "e.g.". */
 bool text_ends_sentence(const char *s, size_t n);
-
-/* Token classes the controller needs, one byte per vocabulary entry. */
-enum {
-	LTOK_END = 1,    /* ends the turn (vocab_is_eog) */
-	LTOK_SENT = 2,   /* ends with sentence-final punctuation */
-	LTOK_BLANK = 4,  /* white space only, with a newline */
-	LTOK_WSTART = 8, /* begins with a word character */
-};
-struct len_vocab {
-	uint32_t n;
-	uint8_t *cls;    /* (n) LTOK_* */
-	uint8_t *runs;   /* (n) \w runs in the piece (capped at 255) */
-};
-/* Classify every token of v (the pieces as raw bytes). */
-void len_vocab_build(struct len_vocab *lv, const struct vocab *v);
-/* Classify from given pieces (tests); end marks the end tokens. */
-void len_vocab_from_pieces(struct len_vocab *lv, const char *const *pieces, uint32_t n,
-                           const bool *end);
-void len_vocab_free(struct len_vocab *lv);
 
 /* The controller's knobs (lenctl.c says what each does). */
 struct lenctl_params {
@@ -127,56 +115,21 @@ struct lenctl_params {
 	uint32_t no_repeat; /* ban a token that would repeat an earlier n-gram of this many tokens
 	                     * of the reply (0: off; default 4); only under a length target */
 };
+/* The defaults named in the fields' comments. */
 void lenctl_params_default(struct lenctl_params *p);
 
-/* One turn under control: the length controller plus the other stop rules.
- * Drive it per token: turnctl_bias (only when turnctl_active), sample,
- * turnctl_token. gen_reply does this; tests do it with scripted logits. */
+/* What the next replies are steered by: the length target, the
+ * controller's knobs and the stop strings (gen_set_turn). */
 struct gen_turn_opts {
 	struct len_target len;      /* unit LEN_NONE: no length control */
 	struct lenctl_params ctl;
 	const char *const *stops;   /* stop strings (not copied), or NULL */
 	size_t n_stops;
 };
+/* No length target, the default knobs, no stop strings. */
 void gen_turn_opts_default(struct gen_turn_opts *o);
 
-struct turnctl {
-	struct gen_turn_opts o;
-	atomic_bool *cancel;        /* stop (user) when set; consumed (gen_reply passes g->cancel) */
-	const struct len_vocab *lv;
-	uint32_t max_tokens, n_tokens;
-	struct wordcount wc;
-	char tail[96];              /* the last bytes of the text, for sentence ends */
-	size_t n_tail;
-	uint32_t at_ceiling;        /* tokens sampled with no room for another unit */
-	bool forcing;               /* the last bias left only end tokens */
-	char *held;                 /* text not yet emitted (a stop string may begin there) */
-	size_t n_held, cap_held;
-	int32_t *hist;              /* the reply's tokens (for no_repeat) */
-	size_t n_hist, cap_hist;
-	struct { int32_t id; float logit; } *ban; /* what the guard banned this step */
-	size_t cap_ban;
-	char *out;                  /* what turnctl_token emits (valid until the next call) */
-	size_t cap_out;
-};
-void turnctl_begin(struct turnctl *t, const struct gen_turn_opts *o, const struct len_vocab *lv,
-                   uint32_t max_tokens);
-void turnctl_end(struct turnctl *t);
-/* Whether the logits need biasing (a length target is set). */
-bool turnctl_active(const struct turnctl *t);
-/* Units (words or tokens) counted so far; words always in *words. */
-uint32_t turnctl_count(const struct turnctl *t);
-/* Before a step: a stop that needs no token (user, max-tokens), or -1.
- * The cancel flag is cleared when it is seen. */
-int turnctl_precheck(struct turnctl *t);
-/* Bias logits (n_vocab) for the next token. */
-void turnctl_bias(struct turnctl *t, float *logits);
-/* After sampling id (is_end: an end token) whose text is text[0..n): the
- * stop reason, or -1 to go on. *emit / *n_emit: text now safe to show. */
-int turnctl_token(struct turnctl *t, int32_t id, bool is_end, const char *text, size_t n,
-                  const char **emit, size_t *n_emit);
-/* What is still held back (call at the end unless the stop was a stop string). */
-void turnctl_flush(struct turnctl *t, const char **emit, size_t *n_emit);
+/* ---- gen.c: the generation context ---- */
 
 /* What the last reply produced. */
 struct gen_reply_info {
@@ -195,7 +148,7 @@ struct gen_config {
 	uint32_t n_batch;        /* prefill chunk in tokens (default 512) */
 	struct kv_config kv;     /* retention policy, budget (0: every slot), capture */
 };
-
+/* The default model, engine, sampler and KV settings. */
 void gen_config_default(struct gen_config *c);
 
 /* A reply token as gen_reply produces it (after it was fed to the cache). */
@@ -207,34 +160,8 @@ struct gen_token {
 	bool eog;                  /* the end-of-generation token (fed, no text) */
 };
 
-/* Observes every reply token; set on struct gen (NULL: none). */
-typedef void (*gen_token_fn)(const struct gen_token *t, void *ud);
-
-struct gen {
-	struct model *model;
-	struct engine *engine;
-	struct sampler *sampler;
-	struct chat_template chat;
-	bool has_chat;           /* chat template recognised */
-	struct err chat_err;     /* why not, when !has_chat */
-	struct kv_cache *kv;     /* the KV cache and its retention policy */
-	uint32_t n_past;         /* tokens in the cache now (kv_cache_n) */
-	uint32_t n_batch;
-	const float *last_logits; /* (n_vocab) logits after the last fed token, or NULL */
-	bool have_logits;
-	double load_ms;          /* model_load + engine_create */
-	double prefill_ms, decode_ms; /* accumulated */
-	uint64_t n_prefilled, n_decoded;
-	gen_token_fn on_token;   /* reply-token observer, or NULL */
-	void *on_token_ud;
-	/* Set from any thread to stop the reply in progress (GEN_STOP_USER);
-	 * gen_reply clears it when it returns. NULL: no cancellation. */
-	atomic_bool *cancel;
-	struct gen_turn_opts turn; /* length target, controller knobs, stop strings (gen_set_*) */
-	struct gen_reply_info reply; /* what the last gen_reply produced */
-	float *biased;           /* (n_vocab) scratch for the controller's logits */
-	struct len_vocab lv;     /* token classes, built on the first controlled reply */
-};
+/* The generation context; its fields are in app-int.h. */
+struct gen;
 
 /* Run toks[0..m) at positions and slots start .. start+m-1 with slots
  * 0 .. start+m-1 visible: the plain linear cache that the measuring tools
@@ -244,9 +171,43 @@ int gen_run_linear(struct engine *eng, const int32_t *toks, uint32_t start, uint
 
 /* Load the model, create the engine and the sampler. */
 int gen_open(struct gen **out, const struct gen_config *c, struct err *e);
+/* Free the context, its engine, sampler and model (NULL is fine). */
 void gen_close(struct gen *g);
+/* The context size in tokens (engine slots). */
 uint32_t gen_n_ctx(const struct gen *g);
+/* The vocabulary size (the length of a logits row). */
 uint32_t gen_n_vocab(const struct gen *g);
+/* The prefill chunk in tokens (gen_config.n_batch, 512 when 0). */
+uint32_t gen_n_batch(const struct gen *g);
+/* The model (hyper-parameters, name, file) and its vocabulary. */
+const struct model *gen_model(const struct gen *g);
+/* The model's vocabulary (gen_model(g)->vocab). */
+const struct vocab *gen_vocab(const struct gen *g);
+/* The engine (backend, threads, the linear cache of gen_run_linear). */
+struct engine *gen_engine(const struct gen *g);
+/* The sampler (seed, parameters). */
+struct sampler *gen_sampler(const struct gen *g);
+/* The KV cache and its retention policy (policy, budget, events, stats). */
+struct kv_cache *gen_kv(const struct gen *g);
+/* Take up a change made through gen_kv that evicted tokens (a new policy
+ * or budget): the context counts what the cache holds now. */
+void gen_kv_changed(struct gen *g);
+/* The model's chat template, or NULL when it has none (e says why). */
+const struct chat_template *gen_chat(const struct gen *g, struct err *e);
+/* The next-token logits (n_vocab) after the last fed token, or NULL. */
+const float *gen_logits(const struct gen *g);
+/* What the last gen_reply produced. */
+const struct gen_reply_info *gen_last_reply(const struct gen *g);
+/* The turn options the next replies use (gen_set_turn). */
+const struct gen_turn_opts *gen_turn(const struct gen *g);
+
+/* Load time and the prefill and decode totals since gen_open. */
+struct gen_timing {
+	double load_ms;          /* model_load + engine_create */
+	double prefill_ms, decode_ms;
+	uint64_t n_prefilled, n_decoded; /* tokens */
+};
+void gen_timings(const struct gen *g, struct gen_timing *t);
 /* Append tokens to the cache in n_batch chunks, evicting as the policy says;
  * afterwards last_logits holds the next-token logits. KVS_ERANGE when they
  * would not fit (policy full). */
@@ -280,6 +241,7 @@ enum gen_stop {
 	GEN_STOP_USER,
 	GEN_STOP_CONTEXT,
 };
+/* "eos", "length-target", "forced", "max-tokens", "stop-string", "user", "context". */
 const char *gen_stop_name(enum gen_stop s);
 /* True when the reply ended with the model's end-of-turn token (fed to the
  * cache): eos, length-target and forced. Otherwise the caller closes the turn. */
@@ -307,7 +269,7 @@ void gen_text_collect(const char *text, size_t len, void *ud);
  * Returns the status; *stop says why it ended; *n_out counts sampled tokens.
  * The turn options (gen_set_turn) apply; without a length target, stop
  * strings or cancel flag the tokens are exactly those of plain sampling.
- * g->reply describes the reply afterwards. */
+ * gen_last_reply(g) describes the reply afterwards. */
 int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum gen_stop *stop,
               uint32_t *n_out, struct err *e);
 
@@ -318,7 +280,7 @@ struct session_config {
 	const char *system;      /* system prompt; NULL: the chat template's default, "": none */
 	uint32_t max_tokens;     /* per reply (default 512) */
 };
-
+/* gen_config_default, the template's system prompt, 512 tokens per reply. */
 void session_config_default(struct session_config *c);
 
 /* One finished exchange: the user's text and the reply. */
@@ -367,6 +329,7 @@ struct session;
 
 /* Load the model and start an empty conversation. */
 int session_open(struct session **out, const struct session_config *c, struct err *e);
+/* Free the session, its turns and its gen (NULL is fine). */
 void session_close(struct session *s);
 /* Hooks are called on the session's thread during session_chat (copied). */
 void session_set_hooks(struct session *s, const struct session_hooks *h);
@@ -394,9 +357,13 @@ void session_reset(struct session *s);
 /* Replace the system prompt (takes effect in the next new conversation);
  * NULL: the chat template's default, "": none. */
 void session_set_system(struct session *s, const char *system);
+/* The system prompt as set (NULL: the template's default). */
 const char *session_system(const struct session *s);
+/* Tokens per reply from the next exchange on. */
 void session_set_max_tokens(struct session *s, uint32_t n);
+/* Finished exchanges in this conversation. */
 uint32_t session_n_turns(const struct session *s);
+/* Exchange i (0-based), or NULL past the end. */
 const struct session_turn *session_turn_at(const struct session *s, uint32_t i);
 /* The generation context (model, engine, KV cache) for reading and for
  * policy or budget changes between turns. */
@@ -431,6 +398,7 @@ struct session_recap {
  * none when max_turns is 0) into r (free with session_recap_free). */
 int session_recap_read(struct store *st, int64_t id, uint32_t max_turns, struct session_recap *r,
                        struct err *e);
+/* Free what session_recap_read filled (also after a failed read). */
 void session_recap_free(struct session_recap *r);
 /* "resumed 'TITLE' (N turns, K tokens retained)", the line front ends put
  * between a replayed transcript and the new exchanges. */
@@ -523,6 +491,7 @@ bool worker_cancel(struct worker *w);
 bool worker_busy(struct worker *w);
 /* The oldest event, or NULL; the caller frees it with worker_event_free. */
 struct worker_event *worker_poll(struct worker *w);
+/* Free an event and what it owns (NULL is fine). */
 void worker_event_free(struct worker_event *ev);
 /* A descriptor that is readable while events are queued (for poll). */
 int worker_fd(const struct worker *w);

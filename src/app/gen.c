@@ -16,7 +16,7 @@
  * is the same token for token as with no controller at all. Either way the
  * reply's surprisal is taken from the model's own logits.
  */
-#include "app/app.h"
+#include "app/app-int.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -123,6 +123,74 @@ uint32_t gen_n_ctx(const struct gen *g)
 uint32_t gen_n_vocab(const struct gen *g)
 {
 	return g->model->hp.n_vocab;
+}
+
+uint32_t gen_n_batch(const struct gen *g)
+{
+	return g->n_batch;
+}
+
+const struct model *gen_model(const struct gen *g)
+{
+	return g->model;
+}
+
+const struct vocab *gen_vocab(const struct gen *g)
+{
+	return g->model->vocab;
+}
+
+struct engine *gen_engine(const struct gen *g)
+{
+	return g->engine;
+}
+
+struct sampler *gen_sampler(const struct gen *g)
+{
+	return g->sampler;
+}
+
+struct kv_cache *gen_kv(const struct gen *g)
+{
+	return g->kv;
+}
+
+void gen_kv_changed(struct gen *g)
+{
+	g->n_past = kv_cache_n(g->kv);
+}
+
+const struct chat_template *gen_chat(const struct gen *g, struct err *e)
+{
+	if (!g->has_chat) {
+		err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+		return NULL;
+	}
+	return &g->chat;
+}
+
+const float *gen_logits(const struct gen *g)
+{
+	return g->have_logits ? g->last_logits : NULL;
+}
+
+const struct gen_reply_info *gen_last_reply(const struct gen *g)
+{
+	return &g->reply;
+}
+
+const struct gen_turn_opts *gen_turn(const struct gen *g)
+{
+	return &g->turn;
+}
+
+void gen_timings(const struct gen *g, struct gen_timing *t)
+{
+	t->load_ms = g->load_ms;
+	t->prefill_ms = g->prefill_ms;
+	t->decode_ms = g->decode_ms;
+	t->n_prefilled = g->n_prefilled;
+	t->n_decoded = g->n_decoded;
 }
 
 void gen_reset(struct gen *g)

@@ -39,7 +39,7 @@
  * a test can drive it with scripted logits and no model. Without a target
  * nothing touches the logits (gen.c samples from them as they are).
  */
-#include "app/app.h"
+#include "app/app-int.h"
 
 #include <math.h>
 #include <stdio.h>

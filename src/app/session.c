@@ -31,7 +31,7 @@
  * next reply before its first token, so a front end cancels only while an
  * exchange runs).
  */
-#include "app/app.h"
+#include "app/app-int.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -23,7 +23,7 @@
  * A pipe is readable while events are queued, so the main thread can
  * sleep in poll() on the terminal and the worker at once.
  */
-#include "app/app.h"
+#include "app/app-int.h"
 #include "store/store.h"
 
 #include <errno.h>

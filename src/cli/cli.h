@@ -1,17 +1,28 @@
 /*
  * cli.h: the command-line front end. One file per command (cmd-NAME.c), each
  * exporting one constant struct cli_cmd; main.c lists them in a table that
- * also feeds `kvscope help` and usage errors.
+ * also feeds `kvscope help` and usage errors. An entry carries what every
+ * command shares: its option groups, how many positional arguments it
+ * takes, and a hook for its own defaults. The dispatcher (main.c) sets the
+ * defaults, parses the options (opts.c) and checks the argument count once
+ * for all commands; exec runs with options that passed.
  *
- * Exit codes: 0 success, 1 runtime failure, 2 bad input (usage, file,
- * text). stdout carries only a command's result; everything else is stderr.
+ * Exit codes are their own type, apart from the status codes of base.h
+ * (KVS_E*): cli_exit_code converts a status, in one place. stdout carries
+ * only a command's result; everything else is stderr.
  */
 #ifndef KVS_CLI_H
 #define KVS_CLI_H
 
 #include "base/base.h"
 
-enum { CLI_OK = 0, CLI_FAIL = 1, CLI_BADINPUT = 2 };
+/* What kvscope exits with (doc/kvscope.1, EXIT STATUS). kvscope run may
+ * also exit with a script's own status (kvscope.exit, 0..125). */
+enum cli_exit {
+	CLI_OK = 0,       /* success */
+	CLI_FAIL = 1,     /* something outside the input failed: I/O, a script's error */
+	CLI_BADINPUT = 2, /* bad input: usage, a malformed file or text, a value out of range */
+};
 
 /* Option groups a command accepts (the table is in opts.c). */
 enum opt_group {
@@ -23,10 +34,10 @@ enum opt_group {
 	OPTG_LOGITS = 1u << 5,  /* --top */
 	OPTG_PPL = 1u << 6,     /* --file, --chunks (with --ctx) */
 	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, --json */
-	OPTG_TOKENIZE = 1u << 8,
+	OPTG_TOKENIZE = 1u << 8, /* --file, --pieces, --no-special */
 	OPTG_KV = 1u << 9,      /* --policy, --kv-budget, --token-stats */
 	OPTG_TRACE = 1u << 10,  /* --trace, --trace-attn */
-	OPTG_EVAL = 1u << 11,   /* --format, --seed, --json */
+	OPTG_EVAL = 1u << 11,   /* --format chat|raw, --seed, --json */
 	OPTG_PASSKEY = 1u << 12, /* --lengths, --depths, --samples */
 	OPTG_RPS = 1u << 13,    /* --rounds, --dominant */
 	OPTG_RUN = 1u << 14,    /* --plugin, --timeout, --hook-ms, --mem-cap, --results, --api-doc */
@@ -37,15 +48,24 @@ enum opt_group {
 	OPTG_TLG = 1u << 19,    /* --levels, --prompts (eval tlg) */
 	OPTG_TUI = 1u << 20,    /* --theme, --color, --ascii, --bench-exit */
 	OPTG_PLUGIN = 1u << 21, /* --plugin (run and the workbench) */
+	OPTG_HELP = 1u << 22,   /* -h, --help: the command's usage (model info) */
 };
 
+struct cli_opts; /* opts.h */
 
 struct cli_cmd {
 	const char *name;   /* "tokenize", or "model info" for a two-word command */
 	const char *usage;  /* argument synopsis */
 	const char *help;   /* one line */
-	int (*exec)(int argc, char **argv); /* argv[0] is the command name */
-	unsigned options;   /* option groups it accepts (opts.h), for help */
+	/* Run with the parsed options (o->args holds args_min .. args_max
+	 * positional arguments). */
+	enum cli_exit (*exec)(struct cli_opts *o);
+	unsigned options;   /* option groups it accepts (opts.h), for parsing and help */
+	int args_min, args_max; /* positional arguments it takes (args_max -1: no limit) */
+	const char *args;   /* what they are, for the count errors ("a session id or title") */
+	/* Before parsing: the command's own defaults in o (NULL: the shared
+	 * ones); an exit code other than CLI_OK ends the command (it has said why). */
+	enum cli_exit (*defaults)(struct cli_opts *o);
 };
 
 /* The model path to use: explicit (--model), else $KVSCOPE_MODEL, else the
@@ -53,11 +73,13 @@ struct cli_cmd {
  * (caller owns); never NULL. */
 char *cli_model_path(const char *explicit_path);
 /* Print "kvscope: MSG" for a failed status; return the matching exit code. */
-int cli_fail(const struct err *e);
+enum cli_exit cli_fail(const struct err *e);
 /* Print a usage error for cmd with a one-line reason; return CLI_BADINPUT. */
-int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Map a status code to an exit code (input problems are 2). */
-int cli_exit_code(int status);
+enum cli_exit cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* The exit code for a status code (base.h): input problems are
+ * CLI_BADINPUT, the others CLI_FAIL. The one place statuses become exits. */
+enum cli_exit cli_exit_code(int status);
 
 extern const struct cli_cmd cmd_bench;
 extern const struct cli_cmd cmd_chat;

@@ -13,14 +13,15 @@
 #include <string.h>
 #include <sys/resource.h>
 
-static int cmd_bench_exec(int argc, char **argv);
+static enum cli_exit cmd_bench_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_bench = {
-	"bench",
-	"[--model PATH] [-p 512] [-n 128] [-r 5] [-t N] [--json]",
-	"prefill (pp) and decode (tg) tokens per second, median of repetitions, as llama-bench",
-	cmd_bench_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_BENCH,
+	.name = "bench",
+	.usage = "[--model PATH] [-p 512] [-n 128] [-r 5] [-t N] [--json]",
+	.help = "prefill (pp) and decode (tg) tokens per second, median of repetitions, as "
+	        "llama-bench",
+	.exec = cmd_bench_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_BENCH,
 };
 
 static int bench_cmp(const void *a, const void *b)
@@ -33,15 +34,16 @@ static int bench_cmp(const void *a, const void *b)
 static int bench_run(struct gen *g, const int32_t *toks, uint32_t n, uint32_t batch, double *secs,
                      struct err *e)
 {
+	struct engine *eng = gen_engine(g);
 	double t0;
 	int rc = KVS_OK;
 
-	engine_kv_clear(g->engine);
+	engine_kv_clear(eng);
 	t0 = clock_now_s();
 	for (uint32_t done = 0; done < n && rc == KVS_OK;) {
 		uint32_t m = KVS_MIN(batch, n - done);
 		struct engine_out out;
-		rc = gen_run_linear(g->engine, toks + done, done, m, ENGINE_LOGITS_LAST, &out, e);
+		rc = gen_run_linear(eng, toks + done, done, m, ENGINE_LOGITS_LAST, &out, e);
 		done += m;
 	}
 	*secs = clock_now_s() - t0;
@@ -77,30 +79,22 @@ static int bench_test(struct gen *g, const char *name, const int32_t *toks, uint
 	return rc;
 }
 
-static int cmd_bench_exec(int argc, char **argv)
+static enum cli_exit cmd_bench_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct gen *g = NULL;
 	struct err e;
 	struct bench_result res[2];
-	int n_res = 0, rc;
+	int n_res = 0;
+	enum cli_exit rc;
 	int32_t *toks = NULL;
 	struct rusage ru;
 
-	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_bench, cmd_bench.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_bench, "unexpected argument '%s'", o.args[0]);
-		goto out;
-	}
-	uint32_t need = KVS_MAX(o.n_prompt, o.n_gen);
-	if (!o.ctx_given)
-		o.gen.engine.n_ctx = KVS_MAX(need, 16u);
-	if (o.gen.n_batch < o.n_prompt && o.gen.n_batch == 512)
-		o.gen.n_batch = o.n_prompt; /* pp N is one batch, as in llama-bench */
-	rc = cli_gen_open(&o, &g);
+	uint32_t need = KVS_MAX(o->n_prompt, o->n_gen);
+	if (!cli_opts_given(o, "ctx"))
+		o->gen.engine.n_ctx = KVS_MAX(need, 16u);
+	if (o->gen.n_batch < o->n_prompt && o->gen.n_batch == 512)
+		o->gen.n_batch = o->n_prompt; /* pp N is one batch, as in llama-bench */
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
 	if (need > gen_n_ctx(g)) {
@@ -116,28 +110,32 @@ static int cmd_bench_exec(int argc, char **argv)
 		for (uint32_t i = 0; i < need; i++)
 			toks[i] = (int32_t)(mt19937_next(&r) % gen_n_vocab(g));
 	}
-	if (o.n_prompt > 0) {
-		if (bench_test(g, "pp", toks, o.n_prompt, o.gen.n_batch, o.reps, &res[n_res], &e) != KVS_OK) {
+	if (o->n_prompt > 0) {
+		if (bench_test(g, "pp", toks, o->n_prompt, o->gen.n_batch, o->reps, &res[n_res],
+		               &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
 		n_res++;
 	}
-	if (o.n_gen > 0) {
-		if (bench_test(g, "tg", toks, o.n_gen, 1, o.reps, &res[n_res], &e) != KVS_OK) {
+	if (o->n_gen > 0) {
+		if (bench_test(g, "tg", toks, o->n_gen, 1, o->reps, &res[n_res], &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
 		n_res++;
 	}
 	getrusage(RUSAGE_SELF, &ru);
-	const struct model *m = g->model;
+	const struct model *m = gen_model(g);
+	struct engine *eng = gen_engine(g);
+	struct gen_timing tm;
+	gen_timings(g, &tm);
 	double size_mib = (double)m->gguf->size / (1024.0 * 1024.0);
-	if (o.json) {
+	if (o->json) {
 		printf("{\"model\":\"%s\",\"file_mib\":%.2f,\"backend\":\"%s\",\"isa\":\"%s\","
 		       "\"threads\":%d,\"load_ms\":%.1f,\"peak_rss_mib\":%.1f,\"reps\":%u,\"tests\":[",
-		       m->name, size_mib, engine_backend_name(g->engine), engine_isa_name(g->engine),
-		       engine_n_threads(g->engine), g->load_ms, ru.ru_maxrss / 1024.0, o.reps);
+		       m->name, size_mib, engine_backend_name(eng), engine_isa_name(eng),
+		       engine_n_threads(eng), tm.load_ms, ru.ru_maxrss / 1024.0, o->reps);
 		for (int i = 0; i < n_res; i++)
 			printf("%s{\"test\":\"%s%u\",\"tps_median\":%.2f,\"tps_min\":%.2f,\"tps_max\":%.2f}",
 			       i ? "," : "", res[i].test, res[i].n, res[i].median_tps, res[i].min_tps,
@@ -145,19 +143,18 @@ static int cmd_bench_exec(int argc, char **argv)
 		printf("]}\n");
 	} else {
 		printf("| model | size | backend | threads | test | t/s (median of %u) | min | max |\n",
-		       o.reps);
+		       o->reps);
 		printf("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: |\n");
 		for (int i = 0; i < n_res; i++)
 			printf("| %s | %.2f MiB | %s/%s | %d | %s%u | %.2f | %.2f | %.2f |\n", m->name, size_mib,
-			       engine_backend_name(g->engine), engine_isa_name(g->engine),
-			       engine_n_threads(g->engine), res[i].test, res[i].n, res[i].median_tps,
+			       engine_backend_name(eng), engine_isa_name(eng),
+			       engine_n_threads(eng), res[i].test, res[i].n, res[i].median_tps,
 			       res[i].min_tps, res[i].max_tps);
-		printf("\nload %.1f ms, peak RSS %.1f MiB\n", g->load_ms, ru.ru_maxrss / 1024.0);
+		printf("\nload %.1f ms, peak RSS %.1f MiB\n", tm.load_ms, ru.ru_maxrss / 1024.0);
 	}
 	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
 out:
 	free(toks);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -29,16 +29,19 @@
 #include <string.h>
 #include <unistd.h>
 
-static int cmd_chat_exec(int argc, char **argv);
+static enum cli_exit cmd_chat_exec(struct cli_opts *o);
+static enum cli_exit cmd_chat_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_chat = {
-	"chat",
-	"[--model PATH] [--system TEXT] [--max-tokens N] [--target-words N | --length SPEC] "
-	"[--no-length-prompt] [--stop TEXT] [options]",
-	"plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
-	cmd_chat_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_DB |
-	        OPTG_SAVE | OPTG_LEN,
+	.name = "chat",
+	.usage = "[--model PATH] [--system TEXT] [--max-tokens N] "
+	         "[--target-words N | --length SPEC] [--no-length-prompt] [--stop TEXT] [options]",
+	.help = "plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
+	.exec = cmd_chat_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV |
+	           OPTG_DB | OPTG_SAVE | OPTG_LEN,
+	.args = "none: chat reads its turns from standard input",
+	.defaults = cmd_chat_defaults,
 };
 
 #define CHAT_RECAP_TURNS 3  /* exchanges recapped after --resume */
@@ -73,11 +76,11 @@ static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
 		db->model_path = xstrdup(ss.model_path);
 		o->gen.model_path = db->model_path;
 	}
-	if (!o->policy_given)
+	if (!cli_opts_given(o, "policy"))
 		rc = kv_policy_parse(ss.policy, &o->gen.kv.policy, e);
 	if (o->gen.kv.budget == 0)
 		o->gen.kv.budget = ss.budget;
-	if (!o->ctx_given)
+	if (!cli_opts_given(o, "ctx"))
 		o->gen.engine.n_ctx = ss.n_ctx;
 	if (o->system == NULL && ss.system != NULL) {
 		db->system = xstrdup(ss.system);
@@ -213,7 +216,7 @@ static void chat_text(void *ud, const char *text, size_t len)
 static void chat_len_command(struct gen *g, const char *line, bool instruct)
 {
 	const char *spec = line + 4 + strspn(line + 4, " ");
-	struct len_target t = g->turn.len;
+	struct len_target t = gen_turn(g)->len;
 	struct err e;
 	char buf[96];
 
@@ -229,6 +232,7 @@ static void chat_len_command(struct gen *g, const char *line, bool instruct)
 /* /policy NAME [k=v ...], /budget N and /kv: change or show the KV cache. */
 static void chat_kv_command(struct gen *g, const char *line)
 {
+	struct kv_cache *kv = gen_kv(g);
 	struct err e;
 	char buf[256];
 	struct kv_stats st;
@@ -239,38 +243,46 @@ static void chat_kv_command(struct gen *g, const char *line)
 		const char *spec = line + 7 + strspn(line + 7, " ");
 		if (*spec == '\0') {
 			fprintf(stderr, "policy: %s\n",
-			        kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf));
+			        kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
 			return;
 		}
 		rc = kv_policy_parse(spec, &p, &e);
 		if (rc == KVS_OK)
-			rc = kv_cache_set_policy(g->kv, &p, &e);
+			rc = kv_cache_set_policy(kv, &p, &e);
 	} else if (strncmp(line, "/budget", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
 		char *end;
 		unsigned long v = strtoul(line + 7, &end, 10);
 		if (end == line + 7 || *end != '\0' || v > UINT32_MAX)
 			rc = err_set(&e, KVS_EARG, "/budget: expected a number of tokens, e.g. /budget 512");
 		else
-			rc = kv_cache_set_budget(g->kv, (uint32_t)v, &e);
+			rc = kv_cache_set_budget(kv, (uint32_t)v, &e);
 	}
-	g->n_past = kv_cache_n(g->kv);
+	gen_kv_changed(g);
 	if (rc != KVS_OK) {
 		fprintf(stderr, "kvscope: %s\n", e.msg);
 		return;
 	}
-	kv_cache_stats(g->kv, &st);
+	kv_cache_stats(kv, &st);
 	fprintf(stderr,
 	        "KV %s, budget %u: %u cached (sink %u, key %u, recent %u, pinned %u), %llu evicted "
 	        "in %u rounds; %.1f MiB (%.1f KiB per layer), peak %.1f MiB\n",
-	        kv_policy_format(kv_cache_policy(g->kv), buf, sizeof buf), st.budget, st.n_cached,
+	        kv_policy_format(kv_cache_policy(kv), buf, sizeof buf), st.budget, st.n_cached,
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, (double)st.bytes / 1048576.0, (double)st.bytes_per_layer / 1024.0,
 	        (double)st.bytes_peak / 1048576.0);
 }
 
-static int cmd_chat_exec(int argc, char **argv)
+/* Replies of up to 512 tokens; a conversation outlives any budget, so
+ * the policy is streaming (sinks + recent) unless --policy says otherwise. */
+static enum cli_exit cmd_chat_defaults(struct cli_opts *o)
 {
-	struct cli_opts o;
+	o->max_tokens = 512;
+	kv_policy_parse("streaming", &o->gen.kv.policy, NULL);
+	return CLI_OK;
+}
+
+static enum cli_exit cmd_chat_exec(struct cli_opts *o)
+{
 	struct chat_db db = { 0 };
 	struct session *s = NULL;
 	struct gen *g;
@@ -278,38 +290,31 @@ static int cmd_chat_exec(int argc, char **argv)
 	struct err e;
 	bool interactive = isatty(0) && isatty(1);
 	char *line;
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	o.max_tokens = 512;
-	/* a conversation outlives any budget: sinks + recent by default */
-	kv_policy_parse("streaming", &o.gen.kv.policy, NULL);
-	rc = cli_opts_parse(&cmd_chat, cmd_chat.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0 || o.prompt != NULL || o.prompt_file != NULL || o.raw) {
+	if (o->prompt != NULL || o->prompt_file != NULL || o->raw) {
 		rc = cli_usage(&cmd_chat, "chat reads its turns from standard input; --prompt, "
-		                          "--prompt-file, --raw and arguments do not apply");
+		                          "--prompt-file and --raw do not apply");
 		goto out;
 	}
-	if (chat_db_open(&db, &o, &e) != KVS_OK) {
+	if (chat_db_open(&db, o, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	rc = cli_session_open(&o, &s);
+	rc = cli_session_open(o, &s);
 	if (rc != CLI_OK)
 		goto out;
-	if (chat_db_start(&db, &o, s, &e) != KVS_OK) {
+	if (chat_db_start(&db, o, s, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
 	g = session_gen(s);
-	cli_len_apply(&o, g);
+	cli_len_apply(o, g);
 	le = lineedit_open(interactive);
 	if (interactive)
 		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
-		        g->model->name, engine_backend_name(g->engine), engine_isa_name(g->engine),
-		        gen_n_ctx(g));
+		        gen_model(g)->name, engine_backend_name(gen_engine(g)),
+		        engine_isa_name(gen_engine(g)), gen_n_ctx(g));
 	while ((line = lineedit_read(le, "> ")) != NULL) {
 		if (line[0] == '\0') {
 			free(line);
@@ -326,7 +331,7 @@ static int cmd_chat_exec(int argc, char **argv)
 				                "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
 				                "(length target), /quit\n");
 			} else if (strncmp(line, "/len", 4) == 0 && (line[4] == ' ' || line[4] == '\0')) {
-				chat_len_command(g, line, !o.no_len_prompt);
+				chat_len_command(g, line, !o->no_len_prompt);
 			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
 			           strcmp(line, "/kv") == 0) {
 				chat_kv_command(g, line);
@@ -342,30 +347,29 @@ static int cmd_chat_exec(int argc, char **argv)
 			continue;
 		}
 		session_set_hooks(s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved });
-		rc = session_chat(s, line, &e);
+		int st = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);
 		fflush(stdout);
-		if (rc != KVS_OK) {
+		if (st != KVS_OK) {
 			fprintf(stderr, "kvscope: %s\n", e.msg);
 			continue;
 		}
 		const struct session_turn *t = session_turn_at(s, session_n_turns(s) - 1);
 		if (t->restarted)
 			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
-			        kv_cache_budget(g->kv));
-		if (interactive || g->turn.len.unit != LEN_NONE)
+			        kv_cache_budget(gen_kv(g)));
+		if (interactive || gen_turn(g)->len.unit != LEN_NONE)
 			fprintf(stderr, "[%u tokens, %u words, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
 			        t->n_words, gen_stop_name(t->stop),
 			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
-			        kv_cache_n(g->kv), kv_cache_budget(g->kv),
-			        kv_policy_name(kv_cache_policy(g->kv)));
+			        kv_cache_n(gen_kv(g)), kv_cache_budget(gen_kv(g)),
+			        kv_policy_name(kv_cache_policy(gen_kv(g))));
 	}
 	rc = CLI_OK;
 out:
 	lineedit_close(le);
 	session_close(s);
 	chat_db_close(&db);
-	cli_opts_free(&o);
 	return rc;
 }

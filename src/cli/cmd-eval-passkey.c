@@ -26,15 +26,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_eval_passkey_exec(int argc, char **argv);
+static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o);
+static enum cli_exit cmd_eval_passkey_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_eval_passkey = {
-	"eval passkey",
-	"[--policy P] [--kv-budget N] [--lengths 2k,4k,...] [--depths 10,30,...] [--samples N] "
-	"[--format chat|raw] [--max-tokens N (default 10)] [--seed S] [--json] [options]",
-	"passkey retrieval (LM-Infinite's protocol) under a KV retention policy and budget",
-	cmd_eval_passkey_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_PASSKEY | OPTG_GEN,
+	.name = "eval passkey",
+	.usage = "[--policy P] [--kv-budget N] [--lengths 2k,4k,...] [--depths 10,30,...] "
+	         "[--samples N] [--format chat|raw] [--max-tokens N (default 10)] [--seed S] "
+	         "[--json] [options]",
+	.help = "passkey retrieval (LM-Infinite's protocol) under a KV retention policy and budget",
+	.exec = cmd_eval_passkey_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_PASSKEY | OPTG_GEN,
+	.defaults = cmd_eval_passkey_defaults,
 };
 
 #define PK_MAX_LIST 32
@@ -78,7 +81,7 @@ static char *pk_text(uint32_t n_blocks, uint32_t n_before, uint32_t key)
 static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, size_t *n,
                      struct err *e)
 {
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
 	size_t cap = 0;
 	*ids = NULL;
 	*n = 0;
@@ -88,8 +91,9 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 		free(full);
 		return rc;
 	}
-	if (!g->has_chat)
-		return err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+	const struct chat_template *ct = gen_chat(g, e);
+	if (ct == NULL)
+		return e->code;
 	struct chat_prompt p = { 0 };
 	char *user = xasprintf("%s %s", text, pk_question);
 	if (vocab_add_bos(v) && vocab_bos(v) >= 0) {
@@ -97,9 +101,9 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 		*ids = xmallocarray(cap, sizeof **ids);
 		(*ids)[(*n)++] = vocab_bos(v);
 	}
-	chat_system(&g->chat, NULL, &p);
-	chat_message(&g->chat, "user", user, &p);
-	chat_generation_prompt(&g->chat, &p);
+	chat_system(ct, NULL, &p);
+	chat_message(ct, "user", user, &p);
+	chat_generation_prompt(ct, &p);
 	int rc = chat_tokenize(v, &p, ids, n, &cap, e);
 	chat_prompt_free(&p);
 	free(user);
@@ -174,13 +178,13 @@ static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t
 	uint32_t nd = 0, nk = 0;
 	for (size_t i = 0; i < n; i++) {
 		char piece[64];
-		size_t pl = vocab_piece(g->model->vocab, ids[i], false, piece, sizeof piece);
+		size_t pl = vocab_piece(gen_vocab(g), ids[i], false, piece, sizeof piece);
 		bool digit = false;
 		for (size_t j = 0; j < pl && j < sizeof piece; j++)
 			digit = digit || isdigit((unsigned char)piece[j]);
 		if (digit) {
 			nd++;
-			nk += kv_cache_find(g->kv, (int32_t)i) >= 0;
+			nk += kv_cache_find(gen_kv(g), (int32_t)i) >= 0;
 		}
 	}
 	free(ids);
@@ -213,7 +217,7 @@ static void pk_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
 {
 	uint32_t n = 0, right = 0;
 	fprintf(fp, "{\"eval\":\"passkey\",\"model\":");
-	eval_json_str(fp, g->model->name);
+	eval_json_str(fp, gen_model(g)->name);
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, policy);
 	fprintf(fp, ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
@@ -237,62 +241,53 @@ static void pk_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
 	        n ? (double)right / n : 0.0);
 }
 
-static int cmd_eval_passkey_exec(int argc, char **argv)
+/* The answer is a number: 10 tokens are enough. */
+static enum cli_exit cmd_eval_passkey_defaults(struct cli_opts *o)
 {
-	struct cli_opts o;
+	o->max_tokens = 10;
+	return CLI_OK;
+}
+
+static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
+{
 	struct gen *g = NULL;
 	struct err e;
 	uint32_t lengths[PK_MAX_LIST], depths[PK_MAX_LIST], n_len = 0, n_dep = 0;
 	struct pk_cell *cells = NULL;
 	char pol[256];
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	o.max_tokens = 10;
-	rc = cli_opts_parse(&cmd_eval_passkey, cmd_eval_passkey.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_eval_passkey, "unexpected argument '%s'", o.args[0]);
-		goto out;
-	}
-	if (eval_parse_list("lengths", o.lengths ? o.lengths : "2k,4k,8k,16k,32k", 64, 1u << 22,
+	if (eval_parse_list("lengths", o->lengths ? o->lengths : "2k,4k,8k,16k,32k", 64, 1u << 22,
 	                    lengths, PK_MAX_LIST, &n_len, &e) != KVS_OK ||
-	    eval_parse_list("depths", o.depths ? o.depths : "10,30,50,70,90", 0, 100, depths,
+	    eval_parse_list("depths", o->depths ? o->depths : "10,30,50,70,90", 0, 100, depths,
 	                    PK_MAX_LIST, &n_dep, &e) != KVS_OK) {
 		rc = cli_usage(&cmd_eval_passkey, "%s", e.msg);
 		goto out;
 	}
-	bool raw = false;
-	if (o.format != NULL && strcmp(o.format, "raw") == 0)
-		raw = true;
-	else if (o.format != NULL && strcmp(o.format, "chat") != 0) {
-		rc = cli_usage(&cmd_eval_passkey, "--format: '%s', expected chat or raw", o.format);
-		goto out;
-	}
+	bool raw = o->eval_raw;
 	uint32_t max_len = 0;
 	for (uint32_t i = 0; i < n_len; i++)
 		max_len = KVS_MAX(max_len, lengths[i]);
-	o.gen.sampler.temp = 0; /* greedy */
-	if (!kv_policy_evicts(&o.gen.kv.policy)) {
+	o->gen.sampler.temp = 0; /* greedy */
+	if (!kv_policy_evicts(&o->gen.kv.policy)) {
 		/* full: room for the longest prompt and its answer */
-		if (!o.ctx_given)
-			o.gen.engine.n_ctx = max_len + max_len / 16 + 256 + o.max_tokens;
-		o.gen.kv.budget = 0;
-	} else if (o.gen.kv.budget == 0) {
-		o.gen.kv.budget = PK_DEFAULT_BUDGET;
+		if (!cli_opts_given(o, "ctx"))
+			o->gen.engine.n_ctx = max_len + max_len / 16 + 256 + o->max_tokens;
+		o->gen.kv.budget = 0;
+	} else if (o->gen.kv.budget == 0) {
+		o->gen.kv.budget = PK_DEFAULT_BUDGET;
 	}
-	rc = cli_gen_open(&o, &g);
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol);
-	uint32_t budget = kv_cache_budget(g->kv);
+	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
+	uint32_t budget = kv_cache_budget(gen_kv(g));
 	cells = xcalloc((size_t)n_len * n_dep, sizeof *cells);
 	struct eval_progress pr;
-	eval_progress_start(&pr, "passkey", (uint64_t)n_len * n_dep * o.samples);
+	eval_progress_start(&pr, "passkey", (uint64_t)n_len * n_dep * o->samples);
 	uint64_t done = 0, right = 0;
 	fprintf(stderr, "kvscope eval passkey: %s, budget %u, %s format, seed %u\n", pol, budget,
-	        raw ? "raw" : "chat", o.eval_seed);
+	        raw ? "raw" : "chat", o->eval_seed);
 	for (uint32_t li = 0; li < n_len; li++) {
 		uint32_t n_blocks;
 		if (pk_calibrate(g, raw, lengths[li], &n_blocks, &e) != KVS_OK) {
@@ -303,34 +298,36 @@ static int cmd_eval_passkey_exec(int argc, char **argv)
 			struct pk_cell *c = &cells[li * n_dep + di];
 			c->length = lengths[li];
 			c->depth = depths[di];
-			for (uint32_t s = 0; s < o.samples; s++) {
+			for (uint32_t s = 0; s < o->samples; s++) {
 				struct eval_rng r;
-				eval_rng_seed(&r, ((uint64_t)o.eval_seed << 32) ^ ((uint64_t)lengths[li] << 12) ^
+				eval_rng_seed(&r, ((uint64_t)o->eval_seed << 32) ^
+				                      ((uint64_t)lengths[li] << 12) ^
 				                      ((uint64_t)depths[di] << 24) ^ s);
 				uint32_t key = 1 + (uint32_t)(eval_rng_next(&r) % 9999999u);
 				bool ok;
 				double kept;
 				size_t n_tok;
 				char *answer = NULL;
-				double p0 = g->prefill_ms, d0 = g->decode_ms;
-				uint64_t pt0 = g->n_prefilled, dt0 = g->n_decoded;
-				if (pk_sample(g, &o, raw, n_blocks, depths[di], key, &ok, &kept, &n_tok, &answer,
-				              &e) != KVS_OK) {
+				struct gen_timing t0, t1;
+				gen_timings(g, &t0);
+				if (pk_sample(g, o, raw, n_blocks, depths[di], key, &ok, &kept,
+				              &n_tok, &answer, &e) != KVS_OK) {
 					rc = cli_fail(&e);
 					goto out;
 				}
 				struct kv_stats ks;
-				kv_cache_stats(g->kv, &ks);
+				kv_cache_stats(gen_kv(g), &ks);
+				gen_timings(g, &t1);
 				c->n++;
 				c->correct += ok;
 				c->tokens += (double)n_tok;
 				c->kept += kept;
 				c->all_kept += kept >= 1.0;
 				c->peak_bytes = KVS_MAX(c->peak_bytes, ks.bytes_peak);
-				c->prefill_ms += g->prefill_ms - p0;
-				c->decode_ms += g->decode_ms - d0;
-				c->prefill_tok += g->n_prefilled - pt0;
-				c->decode_tok += g->n_decoded - dt0;
+				c->prefill_ms += t1.prefill_ms - t0.prefill_ms;
+				c->decode_ms += t1.decode_ms - t0.decode_ms;
+				c->prefill_tok += t1.n_prefilled - t0.n_prefilled;
+				c->decode_tok += t1.n_decoded - t0.n_decoded;
 				right += ok;
 				done++;
 				log_info("passkey length %u depth %u sample %u: %zu tokens, key %u, answer '%s' "
@@ -345,7 +342,7 @@ static int cmd_eval_passkey_exec(int argc, char **argv)
 	}
 	eval_progress_end(&pr);
 	printf("passkey: %s, budget %u tokens, %s format, seed %u, %u sample(s) per cell\n", pol,
-	       budget, raw ? "raw" : "chat", o.eval_seed, o.samples);
+	       budget, raw ? "raw" : "chat", o->eval_seed, o->samples);
 	printf("%7s %6s %7s %9s %6s %8s %9s %8s\n", "length", "depth", "tokens", "right", "kept",
 	       "peakMiB", "prefill/s", "decode/s");
 	for (uint32_t i = 0; i < n_len * n_dep; i++)
@@ -360,13 +357,12 @@ static int cmd_eval_passkey_exec(int argc, char **argv)
 	}
 	printf("overall: accuracy %llu/%llu (%.1f %%)\n", (unsigned long long)right,
 	       (unsigned long long)done, done ? 100.0 * (double)right / (double)done : 0.0);
-	if (o.json)
-		pk_json(stdout, &o, g, pol, budget, raw, cells, n_len * n_dep);
+	if (o->json)
+		pk_json(stdout, o, g, pol, budget, raw, cells, n_len * n_dep);
 	fflush(stdout);
 	rc = CLI_OK;
 out:
 	free(cells);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

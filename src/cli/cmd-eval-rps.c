@@ -32,15 +32,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_eval_rps_exec(int argc, char **argv);
+static enum cli_exit cmd_eval_rps_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_eval_rps = {
-	"eval rps",
-	"[--policy P] [--kv-budget N] [--rounds N] [--dominant rock|paper|scissors] "
-	"[--format chat|raw] [--seed S] [--json] [options]",
-	"SirLLM's Rock-Paper-Scissors memory test under a KV retention policy and budget",
-	cmd_eval_rps_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_RPS,
+	.name = "eval rps",
+	.usage = "[--policy P] [--kv-budget N] [--rounds N] [--dominant rock|paper|scissors] "
+	         "[--format chat|raw] [--seed S] [--json] [options]",
+	.help = "SirLLM's Rock-Paper-Scissors memory test under a KV retention policy and budget",
+	.exec = cmd_eval_rps_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_RPS,
 };
 
 #define RPS_DEFAULT_BUDGET 256
@@ -81,7 +81,8 @@ struct rps_round {
 static int rps_tokens(struct gen *g, bool raw, const char *question, int32_t **ids, size_t *n,
                       int32_t *cand_ids[3], size_t cand_n[3], struct err *e)
 {
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
+	const struct chat_template *ct = gen_chat(g, NULL); /* chat format: the caller checked */
 	size_t cap = 0;
 	int rc;
 	/* trailing spaces move into the continuation, as SirLLM's _encode_pair does */
@@ -97,8 +98,8 @@ static int rps_tokens(struct gen *g, bool raw, const char *question, int32_t **i
 		free(t);
 	} else {
 		struct chat_prompt p = { 0 };
-		chat_message(&g->chat, "user", q, &p);
-		chat_generation_prompt(&g->chat, &p);
+		chat_message(ct, "user", q, &p);
+		chat_generation_prompt(ct, &p);
 		rc = chat_tokenize(v, &p, ids, n, &cap, e);
 		chat_prompt_free(&p);
 	}
@@ -113,7 +114,7 @@ static int rps_tokens(struct gen *g, bool raw, const char *question, int32_t **i
 		free(t);
 		if (rc == KVS_OK && !raw) {
 			struct chat_prompt p = { 0 };
-			chat_reply_end(&g->chat, &p);
+			chat_reply_end(ct, &p);
 			int32_t eot = vocab_eot(v) >= 0 ? vocab_eot(v) : vocab_eos(v);
 			if (eot >= 0) {
 				cand_ids[c] = xreallocarray(cand_ids[c], cand_n[c] + 1, sizeof(int32_t));
@@ -145,7 +146,7 @@ static struct rps_round rps_locate(struct gen *g, const int32_t *ids, size_t n, 
 	size_t *start = xmallocarray(n + 1, sizeof *start);
 	for (size_t i = 0; i < n; i++) {
 		char piece[128];
-		size_t pl = vocab_piece(g->model->vocab, ids[i], false, piece, sizeof piece);
+		size_t pl = vocab_piece(gen_vocab(g), ids[i], false, piece, sizeof piece);
 		pl = KVS_MIN(pl, sizeof piece);
 		start[i] = tl;
 		if (tl + pl + 1 > cap) {
@@ -202,7 +203,7 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
 {
 	double n = r->rounds ? r->rounds : 1;
 	fprintf(fp, "{\"eval\":\"rps\",\"model\":");
-	eval_json_str(fp, g->model->name);
+	eval_json_str(fp, gen_model(g)->name);
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, pol);
 	fprintf(fp,
@@ -225,99 +226,82 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
 	fprintf(fp, "]}\n");
 }
 
-/* Whether the command line sets the policy's lambda itself. */
-static bool rps_lambda_given(int argc, char **argv)
+/* Whether --policy sets the policy's lambda itself. */
+static bool rps_lambda_given(const struct cli_opts *o)
 {
-	for (int i = 1; i < argc; i++)
-		if (strstr(argv[i], "lambda=") != NULL)
-			return true;
-	return false;
+	return o->policy_spec != NULL && strstr(o->policy_spec, "lambda=") != NULL;
 }
 
-static int cmd_eval_rps_exec(int argc, char **argv)
+static enum cli_exit cmd_eval_rps_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct gen *g = NULL;
 	struct err e;
 	struct rps_round *moves = NULL;
 	struct rps_result res = { 0 };
 	int8_t *outcome = NULL;
 	char pol[256];
-	int rc, dom = 0;
+	enum cli_exit rc;
+	int st = KVS_OK, dom = 0;
 
-	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_eval_rps, cmd_eval_rps.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_eval_rps, "unexpected argument '%s'", o.args[0]);
-		goto out;
-	}
-	if (o.dominant != NULL) {
+	if (o->dominant != NULL) {
 		dom = -1;
 		for (int m = 0; m < 3; m++)
-			if (strcmp(o.dominant, rps_moves[m]) == 0)
+			if (strcmp(o->dominant, rps_moves[m]) == 0)
 				dom = m;
 		if (dom < 0) {
 			rc = cli_usage(&cmd_eval_rps, "--dominant: '%s', expected rock, paper or scissors",
-			               o.dominant);
+			               o->dominant);
 			goto out;
 		}
 	}
-	bool raw = false;
-	if (o.format != NULL && strcmp(o.format, "raw") == 0)
-		raw = true;
-	else if (o.format != NULL && strcmp(o.format, "chat") != 0) {
-		rc = cli_usage(&cmd_eval_rps, "--format: '%s', expected chat or raw", o.format);
-		goto out;
-	}
+	bool raw = o->eval_raw;
 	/* SirLLM's README runs RPS with decay 0.9 */
-	if (strcmp(kv_policy_name(&o.gen.kv.policy), "sirllm") == 0 && !rps_lambda_given(argc, argv))
-		kv_policy_set(&o.gen.kv.policy, "lambda", "0.9", NULL);
-	if (!kv_policy_evicts(&o.gen.kv.policy)) {
-		if (!o.ctx_given)
-			o.gen.engine.n_ctx = 64 + o.rounds * 64;
-		o.gen.kv.budget = 0;
-	} else if (o.gen.kv.budget == 0) {
-		o.gen.kv.budget = RPS_DEFAULT_BUDGET;
+	if (strcmp(kv_policy_name(&o->gen.kv.policy), "sirllm") == 0 && !rps_lambda_given(o))
+		kv_policy_set(&o->gen.kv.policy, "lambda", "0.9", NULL);
+	if (!kv_policy_evicts(&o->gen.kv.policy)) {
+		if (!cli_opts_given(o, "ctx"))
+			o->gen.engine.n_ctx = 64 + o->rounds * 64;
+		o->gen.kv.budget = 0;
+	} else if (o->gen.kv.budget == 0) {
+		o->gen.kv.budget = RPS_DEFAULT_BUDGET;
 	}
-	rc = cli_gen_open(&o, &g);
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	if (!raw && !g->has_chat) {
-		rc = cli_fail(&g->chat_err);
+	if (!raw && gen_chat(g, &e) == NULL) {
+		rc = cli_fail(&e);
 		goto out;
 	}
-	kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol);
-	uint32_t budget = kv_cache_budget(g->kv);
+	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
+	uint32_t budget = kv_cache_budget(gen_kv(g));
 	fprintf(stderr, "kvscope eval rps: %s, budget %u, %s format, dominant %s, seed %u\n", pol,
-	        budget, raw ? "raw" : "chat", rps_moves[dom], o.eval_seed);
-	moves = xcalloc(o.rounds, sizeof *moves);
-	outcome = xcalloc(o.rounds, 1);
-	res.curve = xcalloc(o.rounds, sizeof *res.curve);
+	        budget, raw ? "raw" : "chat", rps_moves[dom], o->eval_seed);
+	moves = xcalloc(o->rounds, sizeof *moves);
+	outcome = xcalloc(o->rounds, 1);
+	res.curve = xcalloc(o->rounds, sizeof *res.curve);
 	struct eval_rng rng;
-	eval_rng_seed(&rng, o.eval_seed);
+	eval_rng_seed(&rng, o->eval_seed);
 	struct eval_progress pr;
-	eval_progress_start(&pr, "rps", o.rounds);
+	eval_progress_start(&pr, "rps", o->rounds);
 	double t0 = clock_now_ms();
 	/* the system turn (the template's default) opens the game */
 	if (!raw) {
 		struct chat_prompt p = { 0 };
-		chat_system(&g->chat, NULL, &p);
-		int32_t bos = vocab_bos(g->model->vocab);
-		if (vocab_add_bos(g->model->vocab) && bos >= 0)
-			rc = gen_feed(g, &bos, 1, &e);
-		if (rc == KVS_OK && p.n > 0)
-			rc = gen_feed_prompt(g, &p, KV_ROLE_SYSTEM, &e);
+		chat_system(gen_chat(g, NULL), NULL, &p);
+		int32_t bos = vocab_bos(gen_vocab(g));
+		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
+			st = gen_feed(g, &bos, 1, &e);
+		if (st == KVS_OK && p.n > 0)
+			st = gen_feed_prompt(g, &p, KV_ROLE_SYSTEM, &e);
 		chat_prompt_free(&p);
-		if (rc != KVS_OK) {
+		if (st != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
 	}
 	int prev = -1;
 	double held_sum = 0;
-	for (uint32_t r = 0; r < o.rounds; r++) {
+	for (uint32_t r = 0; r < o->rounds; r++) {
 		char *question;
 		if (prev < 0)
 			question = xstrdup("Let's play a game of Rock-Paper-Scissors. Choose one option "
@@ -329,37 +313,37 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 			                     rps_moves[prev]);
 		int32_t *ids = NULL, *cand[3] = { NULL, NULL, NULL };
 		size_t n = 0, cn[3] = { 0, 0, 0 };
-		rc = rps_tokens(g, raw, question, &ids, &n, cand, cn, &e);
+		st = rps_tokens(g, raw, question, &ids, &n, cand, cn, &e);
 		free(question);
-		int32_t base = kv_cache_next_pos(g->kv);
-		if (rc == KVS_OK)
-			rc = gen_begin_turn(g, KV_ROLE_USER, n + cn[0], &e);
-		if (rc == KVS_OK) {
+		int32_t base = kv_cache_next_pos(gen_kv(g));
+		if (st == KVS_OK)
+			st = gen_begin_turn(g, KV_ROLE_USER, n + cn[0], &e);
+		if (st == KVS_OK) {
 			gen_set_role(g, KV_ROLE_USER);
-			rc = gen_feed(g, ids, n, &e);
+			st = gen_feed(g, ids, n, &e);
 		}
 		int pick = 0;
-		if (rc == KVS_OK) {
+		if (st == KVS_OK) {
 			if (prev >= 0)
 				moves[r - 1] = rps_locate(g, ids, n, base, rps_moves[prev]);
 			/* first-token log-probability: the same softmax, so compare logits */
+			const float *lg = gen_logits(g);
 			for (int c = 1; c < 3; c++)
-				if (g->last_logits[cand[c][0]] > g->last_logits[cand[pick][0]])
+				if (lg[cand[c][0]] > lg[cand[pick][0]])
 					pick = c;
 			/* the three candidates' probabilities, renormalised among them */
 			double z = 0, pr3[3];
 			for (int c = 0; c < 3; c++)
-				z += pr3[c] = exp((double)g->last_logits[cand[c][0]] -
-				                  g->last_logits[cand[pick][0]]);
+				z += pr3[c] = exp((double)lg[cand[c][0]] - lg[cand[pick][0]]);
 			for (int c = 0; c < 3; c++)
-				res.p_mean[c] += pr3[c] / z / o.rounds;
+				res.p_mean[c] += pr3[c] / z / o->rounds;
 			gen_set_role(g, KV_ROLE_ASSISTANT);
-			rc = gen_feed(g, cand[pick], cn[pick], &e);
+			st = gen_feed(g, cand[pick], cn[pick], &e);
 		}
 		free(ids);
 		for (int c = 0; c < 3; c++)
 			free(cand[c]);
-		if (rc != KVS_OK) {
+		if (st != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
@@ -379,29 +363,29 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 		if (r > 0) {
 			uint32_t held = 0;
 			for (uint32_t k = 0; k < r; k++)
-				held += rps_held(g->kv, &moves[k]);
+				held += rps_held(gen_kv(g), &moves[k]);
 			held_sum += (double)held / r;
 		}
 		prev = user;
 		eval_progress(&pr, r + 1, "win %.1f%% tie %.1f%%  KV %u/%u", 100.0 * res.win / (r + 1),
-		              100.0 * res.tie / (r + 1), g->n_past, budget);
+		              100.0 * res.tie / (r + 1), kv_cache_n(gen_kv(g)), budget);
 	}
 	eval_progress_end(&pr);
-	res.rounds = o.rounds;
+	res.rounds = o->rounds;
 	res.ms = clock_now_ms() - t0;
-	res.tokens = (uint64_t)kv_cache_next_pos(g->kv);
-	res.held_mean = o.rounds > 1 ? held_sum / (o.rounds - 1) : 0;
-	res.revealed_end = o.rounds > 0 ? o.rounds - 1 : 0;
-	for (uint32_t k = 0; k + 1 < o.rounds; k++)
-		if (rps_held(g->kv, &moves[k])) {
-			uint32_t age = o.rounds - 1 - k;
+	res.tokens = (uint64_t)kv_cache_next_pos(gen_kv(g));
+	res.held_mean = o->rounds > 1 ? held_sum / (o->rounds - 1) : 0;
+	res.revealed_end = o->rounds > 0 ? o->rounds - 1 : 0;
+	for (uint32_t k = 0; k + 1 < o->rounds; k++)
+		if (rps_held(gen_kv(g), &moves[k])) {
+			uint32_t age = o->rounds - 1 - k;
 			res.held_end++;
 			res.age_hist[age <= 5 ? 0 : age <= 20 ? 1 : age <= 50 ? 2 : age <= 100 ? 3 : 4]++;
 		}
 	double n = res.rounds ? res.rounds : 1;
 	printf("rps: %s, budget %u tokens, %s format, dominant %s, seed %u, %u rounds (%llu tokens, "
 	       "%.0f s)\n",
-	       pol, budget, raw ? "raw" : "chat", rps_moves[dom], o.eval_seed, res.rounds,
+	       pol, budget, raw ? "raw" : "chat", rps_moves[dom], o->eval_seed, res.rounds,
 	       (unsigned long long)res.tokens, res.ms / 1e3);
 	printf("win %.1f %%  tie %.1f %%  lose %.1f %%  (random 33.3 %%; always countering the "
 	       "dominant move: about 50 %%)\n",
@@ -420,8 +404,8 @@ static int cmd_eval_rps_exec(int argc, char **argv)
 	for (uint32_t k = RPS_WINDOW; k <= res.rounds; k += RPS_WINDOW)
 		printf(" %u: %.0f %%", k, 100.0 * res.curve[k - 1]);
 	printf("\n");
-	if (o.json)
-		rps_json(stdout, g, pol, budget, raw, o.eval_seed, dom, &res);
+	if (o->json)
+		rps_json(stdout, g, pol, budget, raw, o->eval_seed, dom, &res);
 	fflush(stdout);
 	rc = CLI_OK;
 out:
@@ -429,6 +413,5 @@ out:
 	free(outcome);
 	free(res.curve);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -32,15 +32,18 @@
 extern const char tlg_prompts_tsv[];
 extern const size_t tlg_prompts_tsv_len;
 
-static int cmd_eval_tlg_exec(int argc, char **argv);
+static enum cli_exit cmd_eval_tlg_exec(struct cli_opts *o);
+static enum cli_exit cmd_eval_tlg_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_eval_tlg = {
-	"eval tlg",
-	"[--samples N] [--levels 10,150,>800] [--prompts FILE] [--no-length-prompt] [--seed S] "
-	"[--json] [options]",
-	"Ruler's target-length task: prompt-only, length controller and oracle truncation, PM/FM",
-	cmd_eval_tlg_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_EVAL | OPTG_TLG | OPTG_LEN,
+	.name = "eval tlg",
+	.usage = "[--samples N] [--levels 10,150,>800] [--prompts FILE] [--no-length-prompt] "
+	         "[--seed S] [--json] [options]",
+	.help = "Ruler's target-length task: prompt-only, length controller and oracle "
+	        "truncation, PM/FM",
+	.exec = cmd_eval_tlg_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_EVAL | OPTG_TLG | OPTG_LEN,
+	.defaults = cmd_eval_tlg_defaults,
 };
 
 enum { ARM_PROMPT, ARM_CTL, ARM_ORACLE, N_ARMS };
@@ -259,7 +262,7 @@ static int tlg_generate(struct gen *g, const struct tlg_item *it, const struct l
  * when cut is SIZE_MAX); end tokens count as the model wrote them. */
 static double tlg_surprisal(const struct gen *g, size_t cut)
 {
-	const struct gen_reply_info *r = &g->reply;
+	const struct gen_reply_info *r = gen_last_reply(g);
 	double sum = 0;
 	size_t off = 0, k = 0;
 	char piece[256];
@@ -269,7 +272,7 @@ static double tlg_surprisal(const struct gen *g, size_t cut)
 			break;
 		sum += r->surprisal[i];
 		k++;
-		off += vocab_piece(g->model->vocab, r->ids[i], false, piece, sizeof piece);
+		off += vocab_piece(gen_vocab(g), r->ids[i], false, piece, sizeof piece);
 	}
 	return k ? sum / (double)k : 0;
 }
@@ -323,9 +326,15 @@ static int tlg_levels(const char *s, bool *on, struct err *e)
 	return KVS_OK;
 }
 
-static int cmd_eval_tlg_exec(int argc, char **argv)
+/* Up to 30 instructions per level: all of the built-in set. */
+static enum cli_exit cmd_eval_tlg_defaults(struct cli_opts *o)
 {
-	struct cli_opts o;
+	o->samples = 30;
+	return CLI_OK;
+}
+
+static enum cli_exit cmd_eval_tlg_exec(struct cli_opts *o)
+{
 	struct gen *g = NULL;
 	struct err e;
 	struct tlg_item *items = NULL;
@@ -334,35 +343,26 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 	bool on[16];
 	struct tlg_acc acc[N_ARMS][16 + 3 + 1];
 	char *file = NULL;
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	o.samples = 30;
-	rc = cli_opts_parse(&cmd_eval_tlg, cmd_eval_tlg.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_eval_tlg, "unexpected argument '%s'", o.args[0]);
+	if (o->eval_raw) {
+		rc = cli_usage(&cmd_eval_tlg, "--format: 'raw', expected chat (the task is defined "
+		                              "on the chat template)");
 		goto out;
 	}
-	if (o.format != NULL && strcmp(o.format, "chat") != 0) {
-		rc = cli_usage(&cmd_eval_tlg, "--format: '%s', expected chat (the task is defined on "
-		                              "the chat template)", o.format);
-		goto out;
-	}
-	if (o.len.unit != LEN_NONE) {
+	if (o->len.unit != LEN_NONE) {
 		rc = cli_usage(&cmd_eval_tlg, "--target-words/--length do not apply: the targets are "
 		                              "the levels (--levels)");
 		goto out;
 	}
-	if (tlg_levels(o.levels, on, &e) != KVS_OK) {
+	if (tlg_levels(o->levels, on, &e) != KVS_OK) {
 		rc = cli_usage(&cmd_eval_tlg, "%s", e.msg);
 		goto out;
 	}
-	if (o.prompts != NULL) {
+	if (o->prompts != NULL) {
 		size_t len;
-		if (file_read_all(o.prompts, &file, &len, &e) != KVS_OK ||
-		    tlg_parse(o.prompts, file, len, &items, &n_items, &e) != KVS_OK) {
+		if (file_read_all(o->prompts, &file, &len, &e) != KVS_OK ||
+		    tlg_parse(o->prompts, file, len, &items, &n_items, &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
@@ -374,7 +374,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 	/* the chosen instructions: every one up to --samples per level, picked
 	 * by a seeded shuffle when there are more */
 	struct eval_rng rng;
-	eval_rng_seed(&rng, o.eval_seed);
+	eval_rng_seed(&rng, o->eval_seed);
 	size_t *order = xmallocarray(n_items, sizeof *order), n_run = 0;
 	for (size_t i = 0; i < n_items; i++)
 		order[i] = i;
@@ -389,7 +389,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 		if (!on[lv])
 			continue;
 		/* keep file order within a level for readability */
-		for (size_t i = 0; i < n_items && k < o.samples; i++)
+		for (size_t i = 0; i < n_items && k < o->samples; i++)
 			if (items[order[i]].level == (int)lv) {
 				run[n_run++] = order[i];
 				k++;
@@ -402,25 +402,27 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 		rc = cli_fail(&e);
 		goto out;
 	}
-	o.gen.sampler.temp = 0; /* greedy, as Ruler's temperature 0 */
-	if (!o.ctx_given)
-		o.gen.engine.n_ctx = 4096;
-	rc = cli_gen_open(&o, &g);
+	o->gen.sampler.temp = 0; /* greedy, as Ruler's temperature 0 */
+	if (!cli_opts_given(o, "ctx"))
+		o->gen.engine.n_ctx = 4096;
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK) {
 		free(order);
 		free(run);
 		goto out;
 	}
-	if (!g->has_chat) {
+	if (gen_chat(g, &e) == NULL) {
 		free(order);
 		free(run);
-		rc = cli_fail(&g->chat_err);
+		rc = cli_fail(&e);
 		goto out;
 	}
-	g->turn.ctl = o.lenp;
+	struct gen_turn_opts turn = *gen_turn(g);
+	turn.ctl = o->lenp;
+	gen_set_turn(g, &turn);
 	fprintf(stderr, "kvscope eval tlg: %zu instructions (up to %u per level), greedy, seed %u%s\n",
-	        n_run, o.samples, o.eval_seed,
-	        o.no_len_prompt ? ", controller arm without the prompt sentence" : "");
+	        n_run, o->samples, o->eval_seed,
+	        o->no_len_prompt ? ", controller arm without the prompt sentence" : "");
 	memset(acc, 0, sizeof acc);
 	struct eval_progress pr;
 	eval_progress_start(&pr, "tlg", n_run);
@@ -440,7 +442,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 		memset(out, 0, sizeof out);
 		len_target_parse(lv->name, &ask, NULL);
 		ctl = ask;
-		ctl.instruct = !o.no_len_prompt;
+		ctl.instruct = !o->no_len_prompt;
 		memset(&none, 0, sizeof none);
 		none.level = -1;
 		/* prompt-only and its oracle truncation */
@@ -448,7 +450,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 			rc = cli_fail(&e);
 			break;
 		}
-		tokens += g->reply.n_tokens;
+		tokens += gen_last_reply(g)->n_tokens;
 		tlg_score(buf.s, buf.n, &out[ARM_PROMPT]);
 		out[ARM_PROMPT].capped = stop == GEN_STOP_MAX_TOKENS;
 		out[ARM_PROMPT].surp = tlg_surprisal(g, SIZE_MAX);
@@ -461,7 +463,7 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 			rc = cli_fail(&e);
 			break;
 		}
-		tokens += g->reply.n_tokens;
+		tokens += gen_last_reply(g)->n_tokens;
 		tlg_score(buf.s, buf.n, &out[ARM_CTL]);
 		out[ARM_CTL].forced = stop == GEN_STOP_FORCED;
 		out[ARM_CTL].capped = stop == GEN_STOP_MAX_TOKENS;
@@ -482,10 +484,10 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 	double secs = (clock_now_ms() - t0) / 1e3;
 	printf("TLG (Ruler's windows, methods.md 9.2), %s, greedy, %zu instructions, seed %u, "
 	       "%.0f s, %llu tokens\n",
-	       g->model->name, n_run, o.eval_seed, secs, (unsigned long long)tokens);
+	       gen_model(g)->name, n_run, o->eval_seed, secs, (unsigned long long)tokens);
 	for (int a = 0; a < N_ARMS; a++) {
 		printf("%s%s\n", tlg_arm_names[a],
-		       a == ARM_CTL && o.no_len_prompt ? " (no prompt sentence)" : "");
+		       a == ARM_CTL && o->no_len_prompt ? " (no prompt sentence)" : "");
 		printf("  %-7s %4s %6s %6s %7s %7s %6s %6s %6s %6s %6s\n", "level", "n", "PM%", "FM%",
 		       "words", "|d|/T", "forc%", "mid%", "cap%", "rep%", "surp");
 		for (size_t lv = 0; lv < len_n_levels; lv++)
@@ -499,12 +501,12 @@ static int cmd_eval_tlg_exec(int argc, char **argv)
 			}
 		tlg_print_row(stdout, "All", &acc[a][19]);
 	}
-	if (o.json) {
+	if (o->json) {
 		printf("{\"eval\":\"tlg\",\"model\":");
-		eval_json_str(stdout, g->model->name);
+		eval_json_str(stdout, gen_model(g)->name);
 		printf(",\"instructions\":%zu,\"samples_per_level\":%u,\"seed\":%u,\"length_prompt\":%s,"
 		       "\"seconds\":%.1f,\"tokens\":%llu,\"arms\":{",
-		       n_run, o.samples, o.eval_seed, o.no_len_prompt ? "false" : "true", secs,
+		       n_run, o->samples, o->eval_seed, o->no_len_prompt ? "false" : "true", secs,
 		       (unsigned long long)tokens);
 		for (int a = 0; a < N_ARMS; a++) {
 			printf("%s\"%s\":[", a ? "," : "", tlg_arm_names[a]);
@@ -537,6 +539,5 @@ out:
 	free(file);
 	free(buf.s);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -14,17 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_generate_exec(int argc, char **argv);
+static enum cli_exit cmd_generate_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_generate = {
-	"generate",
-	"[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] [--seed S] "
-	"[--raw] [--target-words N | --length SPEC] [--no-length-prompt] [--stop TEXT] [--policy P] "
-	"[--kv-budget N] [--trace FILE [--trace-attn] [--trace-every MS]] [options]",
-	"print the model's continuation of a prompt (one user turn in the chat template unless --raw)",
-	cmd_generate_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV | OPTG_TRACE |
-	    OPTG_LEN,
+	.name = "generate",
+	.usage = "[--model PATH] (--prompt TEXT | --prompt-file F) [--max-tokens N] [--temp T] "
+	         "[--seed S] [--raw] [--target-words N | --length SPEC] [--no-length-prompt] "
+	         "[--stop TEXT] [--policy P] [--kv-budget N] [--trace FILE [--trace-attn] "
+	         "[--trace-every MS]] [options]",
+	.help = "print the model's continuation of a prompt (one user turn in the chat template "
+	        "unless --raw)",
+	.exec = cmd_generate_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV |
+	           OPTG_TRACE | OPTG_LEN,
 };
 
 struct generate_trace {
@@ -47,9 +49,8 @@ static void generate_write(const char *text, size_t len, void *ud)
 	fflush(stdout);
 }
 
-static int cmd_generate_exec(int argc, char **argv)
+static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct gen *g = NULL;
 	struct err e;
 	char *text = NULL;
@@ -59,83 +60,80 @@ static int cmd_generate_exec(int argc, char **argv)
 	uint32_t n_out = 0;
 	struct generate_trace tr = { 0 };
 	struct kv_stats ks;
+	struct gen_timing tm;
 	struct len_target lt;
 	char pol[256], lbuf[96];
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_generate, cmd_generate.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_generate, "unexpected argument '%s'", o.args[0]);
-		goto out;
-	}
-	if (cli_prompt_read(&o, &text, &len, &e) != KVS_OK) {
+	if (cli_prompt_read(o, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if ((o.trace_attn || o.trace_every_ms) && o.trace == NULL) {
+	if ((o->trace_attn || o->trace_every_ms) && o->trace == NULL) {
 		rc = cli_usage(&cmd_generate, "--trace-attn and --trace-every need --trace FILE");
 		goto out;
 	}
-	if (o.trace != NULL) {
-		tr.fp = fopen(o.trace, "w");
+	if (o->trace != NULL) {
+		tr.fp = fopen(o->trace, "w");
 		if (tr.fp == NULL) {
-			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o.trace, strerror(errno));
+			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o->trace,
+			        strerror(errno));
 			rc = cli_fail(&e);
 			goto out;
 		}
-		o.gen.kv.capture = o.trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
-		o.gen.kv.capture_interval_ms = o.trace_every_ms;
+		o->gen.kv.capture = o->trace_attn ? KV_CAPTURE_FULL : KV_CAPTURE_SUMMARY;
+		o->gen.kv.capture_interval_ms = o->trace_every_ms;
 	}
-	cli_len_target(&o, &lt);
+	cli_len_target(o, &lt);
 	if (lt.unit != LEN_NONE && lt.instruct) {
 		char *t = len_instruct_text(text, &lt);
 		free(text);
 		text = t;
 		len = strlen(t);
 	}
-	rc = cli_gen_open(&o, &g);
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	cli_len_apply(&o, g);
+	cli_len_apply(o, g);
 	if (tr.fp != NULL) {
-		tr.v = g->model->vocab;
-		kv_cache_set_events(g->kv, generate_trace_event, &tr);
+		tr.v = gen_vocab(g);
+		kv_cache_set_events(gen_kv(g), generate_trace_event, &tr);
 	}
-	if (cli_prompt_tokens(g, text, len, o.raw, o.system, &ids, &n_ids, &e) != KVS_OK ||
+	if (cli_prompt_tokens(g, text, len, o->raw, o->system, &ids, &n_ids, &e) != KVS_OK ||
 	    gen_begin_turn(g, KV_ROLE_USER, n_ids, &e) != KVS_OK ||
 	    gen_feed(g, ids, n_ids, &e) != KVS_OK ||
-	    gen_reply(g, o.max_tokens, generate_write, NULL, &stop, &n_out, &e) != KVS_OK) {
+	    gen_reply(g, o->max_tokens, generate_write, NULL, &stop, &n_out, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if (!o.raw)
+	if (!o->raw)
 		putchar('\n');
 	fflush(stdout);
+	gen_timings(g, &tm);
+	struct engine *eng = gen_engine(g);
 	fprintf(stderr,
 	        "kvscope: prompt %zu tokens in %.0f ms (%.1f tok/s); generated %u tokens in %.0f ms "
 	        "(%.1f tok/s); stop: %s; backend %s/%s, %d threads; seed %u\n",
-	        n_ids, g->prefill_ms + (n_ids == 1 ? g->decode_ms : 0),
-	        g->prefill_ms > 0 ? (double)g->n_prefilled * 1e3 / g->prefill_ms : 0.0, n_out,
-	        g->decode_ms, g->decode_ms > 0 ? (double)g->n_decoded * 1e3 / g->decode_ms : 0.0,
-	        gen_stop_name(stop), engine_backend_name(g->engine), engine_isa_name(g->engine),
-	        engine_n_threads(g->engine), sampler_seed(g->sampler));
+	        n_ids, tm.prefill_ms + (n_ids == 1 ? tm.decode_ms : 0),
+	        tm.prefill_ms > 0 ? (double)tm.n_prefilled * 1e3 / tm.prefill_ms : 0.0, n_out,
+	        tm.decode_ms, tm.decode_ms > 0 ? (double)tm.n_decoded * 1e3 / tm.decode_ms : 0.0,
+	        gen_stop_name(stop), engine_backend_name(eng), engine_isa_name(eng),
+	        engine_n_threads(eng), sampler_seed(gen_sampler(g)));
 	if (lt.unit != LEN_NONE)
 		fprintf(stderr, "kvscope: length target %s: %u words, %u tokens; stop: %s\n",
-		        len_target_format(&lt, lbuf, sizeof lbuf), g->reply.n_words, n_out,
-		        gen_stop_name(stop));
-	kv_cache_stats(g->kv, &ks);
+		        len_target_format(&lt, lbuf, sizeof lbuf), gen_last_reply(g)->n_words,
+		        n_out, gen_stop_name(stop));
+	kv_cache_stats(gen_kv(g), &ks);
 	fprintf(stderr,
 	        "kvscope: KV %s, budget %u: %u tokens cached (%.1f MiB), %llu evicted in %u rounds, "
 	        "peak %.1f MiB\n",
-	        kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol), ks.budget, ks.n_cached,
+	        kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol), ks.budget,
+	        ks.n_cached,
 	        (double)ks.bytes / 1048576.0, (unsigned long long)ks.n_evicted, ks.n_evictions,
 	        (double)ks.bytes_peak / 1048576.0);
 	rc = CLI_OK;
 	if (tr.fp != NULL && (fflush(tr.fp) != 0 || ferror(tr.fp))) {
-		err_set(&e, KVS_EIO, "writing the trace file %s failed", o.trace);
+		err_set(&e, KVS_EIO, "writing the trace file %s failed", o->trace);
 		rc = cli_fail(&e);
 	}
 out:
@@ -144,6 +142,5 @@ out:
 	free(ids);
 	free(text);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -9,14 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static int cmd_logits_exec(int argc, char **argv);
+static enum cli_exit cmd_logits_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_logits = {
-	"logits",
-	"[--model PATH] --prompt-file F [--raw] [--top K] [options]",
-	"print the top-K logits at every position of a prompt as JSON lines",
-	cmd_logits_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_PROMPT | OPTG_LOGITS,
+	.name = "logits",
+	.usage = "[--model PATH] --prompt-file F [--raw] [--top K] [options]",
+	.help = "print the top-K logits at every position of a prompt as JSON lines",
+	.exec = cmd_logits_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_PROMPT | OPTG_LOGITS,
 };
 
 /* Indices of the k largest values of row (n), best first, into idx. */
@@ -38,33 +38,23 @@ static void logits_top(const float *row, uint32_t n, uint32_t k, int32_t *idx)
 	}
 }
 
-static int cmd_logits_exec(int argc, char **argv)
+static enum cli_exit cmd_logits_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct gen *g = NULL;
 	struct err e;
 	char *text = NULL;
 	size_t len, n_ids = 0;
 	int32_t *ids = NULL, *top = NULL;
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_logits, cmd_logits.options, argc,
-	                    argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0) {
-		rc = cli_usage(&cmd_logits, "unexpected argument '%s'", o.args[0]);
-		goto out;
-	}
-	if (cli_prompt_read(&o, &text, &len, &e) != KVS_OK) {
+	if (cli_prompt_read(o, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	rc = cli_gen_open(&o, &g);
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	if (cli_prompt_tokens(g, text, len, o.raw, o.system, &ids, &n_ids, &e) != KVS_OK) {
+	if (cli_prompt_tokens(g, text, len, o->raw, o->system, &ids, &n_ids, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
@@ -74,14 +64,14 @@ static int cmd_logits_exec(int argc, char **argv)
 		rc = cli_fail(&e);
 		goto out;
 	}
-	uint32_t n_vocab = gen_n_vocab(g), k = KVS_MIN(o.top, n_vocab);
+	uint32_t n_vocab = gen_n_vocab(g), k = KVS_MIN(o->top, n_vocab);
 	top = xmallocarray(k, sizeof *top);
 	for (size_t done = 0; done < n_ids;) {
-		uint32_t m = (uint32_t)KVS_MIN((size_t)g->n_batch, n_ids - done);
+		uint32_t m = (uint32_t)KVS_MIN((size_t)gen_n_batch(g), n_ids - done);
 		struct engine_out out;
 
-		if (gen_run_linear(g->engine, ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL, &out,
-		                   &e) != KVS_OK) {
+		if (gen_run_linear(gen_engine(g), ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL,
+		                   &out, &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}
@@ -101,6 +91,5 @@ out:
 	free(top);
 	free(text);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -12,7 +12,7 @@
  * printed with control bytes escaped, so a hostile file cannot drive the
  * terminal.
  */
-#include "cli/cli.h"
+#include "cli/opts.h"
 #include "gpu/gpu.h"
 #include "model/model.h"
 
@@ -190,33 +190,18 @@ static void model_print_tensors(const struct model *m)
 	}
 }
 
-static int cmd_model_info_exec(int argc, char **argv)
+/* Load the model (every check model_load makes) and print what it holds. */
+static enum cli_exit cmd_model_info_exec(struct cli_opts *o)
 {
-	const char *explicit_path = NULL;
 	struct model *m;
 	struct err e = { 0 };
 	char *path;
-	int rc;
+	int st;
 
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--model") == 0 || strcmp(argv[i], "-m") == 0) {
-			if (i + 1 >= argc)
-				return cli_usage(&cmd_model_info, "%s needs a file name", argv[i]);
-			explicit_path = argv[++i];
-		} else if (strncmp(argv[i], "--model=", 8) == 0) {
-			explicit_path = argv[i] + 8;
-		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			printf("usage: kvscope %s %s\n%s\n", cmd_model_info.name, cmd_model_info.usage,
-			       cmd_model_info.help);
-			return CLI_OK;
-		} else {
-			return cli_usage(&cmd_model_info, "unknown argument '%s'", argv[i]);
-		}
-	}
-	path = cli_model_path(explicit_path);
-	rc = model_load(&m, path, &e);
+	path = cli_model_path(o->gen.model_path);
+	st = model_load(&m, path, &e);
 	free(path);
-	if (rc != KVS_OK)
+	if (st != KVS_OK)
 		return cli_fail(&e);
 	model_print_header(m);
 	model_print_vocab(m);
@@ -227,9 +212,9 @@ static int cmd_model_info_exec(int argc, char **argv)
 }
 
 const struct cli_cmd cmd_model_info = {
-	"model info",
-	"[--model PATH]",
-	"validate a GGUF model and show its architecture, tokenizer, template and tensors",
-	cmd_model_info_exec,
-	OPTG_MODEL,
+	.name = "model info",
+	.usage = "[--model PATH]",
+	.help = "validate a GGUF model and show its architecture, tokenizer, template and tensors",
+	.exec = cmd_model_info_exec,
+	.options = OPTG_MODEL | OPTG_HELP,
 };

@@ -15,19 +15,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_perplexity_exec(int argc, char **argv);
+static enum cli_exit cmd_perplexity_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_perplexity = {
-	"perplexity",
-	"[--model PATH] --file F [--ctx N] [--chunks N] [options]",
-	"perplexity of a text file over non-overlapping chunks (as llama.cpp's perplexity tool)",
-	cmd_perplexity_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_PPL,
+	.name = "perplexity",
+	.usage = "[--model PATH] --file F [--ctx N] [--chunks N] [options]",
+	.help = "perplexity of a text file over non-overlapping chunks (as llama.cpp's perplexity "
+	        "tool)",
+	.exec = cmd_perplexity_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_PPL,
+	.args_max = 1,
+	.args = "one text FILE (or --file FILE)",
 };
 
-static int cmd_perplexity_exec(int argc, char **argv)
+static enum cli_exit cmd_perplexity_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct gen *g = NULL;
 	struct err e;
 	char *text = NULL;
@@ -35,61 +37,59 @@ static int cmd_perplexity_exec(int argc, char **argv)
 	int32_t *ids = NULL;
 	double nll = 0.0, nll2 = 0.0;
 	uint64_t count = 0;
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	rc = cli_opts_parse(&cmd_perplexity, cmd_perplexity.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.file == NULL && o.n_args == 1)
-		o.file = o.args[0];
-	else if (o.n_args > 0) {
-		rc = cli_usage(&cmd_perplexity, "unexpected argument '%s'", o.args[0]);
+	if (o->n_args == 1 && o->file != NULL) {
+		rc = cli_usage(&cmd_perplexity, "give either --file F or FILE ('%s'), not both",
+		               o->args[0]);
 		goto out;
 	}
-	if (o.file == NULL) {
+	if (o->n_args == 1)
+		o->file = o->args[0];
+	if (o->file == NULL) {
 		rc = cli_usage(&cmd_perplexity, "missing --file F");
 		goto out;
 	}
-	if (file_read_all(o.file, &text, &len, &e) != KVS_OK) {
+	if (file_read_all(o->file, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	uint32_t n_ctx = o.ctx_given ? o.gen.engine.n_ctx : 512;
-	o.gen.engine.n_ctx = n_ctx;
-	rc = cli_gen_open(&o, &g);
+	uint32_t n_ctx = cli_opts_given(o, "ctx") ? o->gen.engine.n_ctx : 512;
+	o->gen.engine.n_ctx = n_ctx;
+	rc = cli_gen_open(o, &g);
 	if (rc != CLI_OK)
 		goto out;
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
 	bool add_bos = vocab_add_bos(v) && vocab_bos(v) >= 0;
 	if (vocab_tokenize(v, text, len, true, false, &ids, &n_ids, &cap, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
 	size_t n_chunks = n_ids / n_ctx;
-	if (o.chunks > 0 && o.chunks < n_chunks)
-		n_chunks = o.chunks;
+	if (o->chunks > 0 && o->chunks < n_chunks)
+		n_chunks = o->chunks;
 	if (n_chunks == 0) {
 		err_set(&e, KVS_EARG, "%s: %zu tokens is less than one chunk of --ctx %u tokens",
-		        o.file, n_ids, n_ctx);
+		        o->file, n_ids, n_ctx);
 		rc = cli_fail(&e);
 		goto out;
 	}
 	fprintf(stderr, "kvscope: %zu tokens, %zu chunks of %u, scoring positions %u..%u of each\n",
 	        n_ids, n_chunks, n_ctx, n_ctx / 2, n_ctx - 2);
-	uint32_t n_vocab = gen_n_vocab(g), first = n_ctx / 2, nb = g->n_batch;
+	uint32_t n_vocab = gen_n_vocab(g), first = n_ctx / 2, nb = gen_n_batch(g);
 	int32_t *chunk = xmallocarray(n_ctx, sizeof *chunk);
 	double t0 = clock_now_s();
 	for (size_t c = 0; c < n_chunks; c++) {
 		memcpy(chunk, ids + c * n_ctx, n_ctx * sizeof *chunk);
 		if (add_bos)
 			chunk[0] = vocab_bos(v);
-		engine_kv_clear(g->engine);
+		engine_kv_clear(gen_engine(g));
 		for (uint32_t done = 0; done < n_ctx;) {
 			uint32_t m = KVS_MIN(nb, n_ctx - done);
 			enum engine_logits lg = done + m > first ? ENGINE_LOGITS_ALL : ENGINE_LOGITS_NONE;
 			struct engine_out out;
-			if (gen_run_linear(g->engine, chunk + done, done, m, lg, &out, &e) != KVS_OK) {
+			if (gen_run_linear(gen_engine(g), chunk + done, done, m, lg, &out, &e) !=
+			    KVS_OK) {
 				free(chunk);
 				rc = cli_fail(&e);
 				goto out;
@@ -126,6 +126,5 @@ out:
 	free(ids);
 	free(text);
 	gen_close(g);
-	cli_opts_free(&o);
 	return rc;
 }

@@ -15,15 +15,31 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int cmd_run_exec(int argc, char **argv);
+static enum cli_exit cmd_run_exec(struct cli_opts *o);
+static enum cli_exit cmd_run_defaults(struct cli_opts *o);
 
+/* No minimum count: --api-doc needs no script (exec asks for one). */
 const struct cli_cmd cmd_run = {
-	"run",
-	"[--plugin FILE]... [--timeout SEC] [--model PATH] [options] SCRIPT.lua [ARGS...] | --api-doc",
-	"run a Lua experiment script headless (sessions/ holds the bundled ones)",
-	cmd_run_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN | OPTG_DB,
+	.name = "run",
+	.usage = "[--plugin FILE]... [--timeout SEC] [--model PATH] [options] SCRIPT.lua "
+	         "[ARGS...] | --api-doc",
+	.help = "run a Lua experiment script headless (sessions/ holds the bundled ones)",
+	.exec = cmd_run_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN |
+	           OPTG_DB,
+	.args_max = -1,
+	.defaults = cmd_run_defaults,
 };
+
+/* The options end at the script (what follows is its kvscope.args); a
+ * hook's deadline 50 ms, a plugin's memory 64 MiB. */
+static enum cli_exit cmd_run_defaults(struct cli_opts *o)
+{
+	o->stop_at_arg = true;
+	o->hook_ms = 50;
+	o->mem_cap_mib = 64;
+	return CLI_OK;
+}
 
 /* Plugin messages go to stderr, one line per message line. */
 static void run_notify(void *ud, const char *plugin, const char *msg)
@@ -34,50 +50,42 @@ static void run_notify(void *ud, const char *plugin, const char *msg)
 }
 
 
-static int cmd_run_exec(int argc, char **argv)
+static enum cli_exit cmd_run_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct script_config c;
 	struct script_rt *rt = NULL;
 	struct err e;
 	char *model = NULL, *path = NULL;
-	int rc;
+	enum cli_exit rc;
 
-	cli_opts_default(&o);
-	o.stop_at_arg = true;
-	o.hook_ms = 50;
-	o.mem_cap_mib = 64;
-	rc = cli_opts_parse(&cmd_run, cmd_run.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.api_doc) {
+	if (o->api_doc) {
 		rc = script_api_doc(stdout, &e) == KVS_OK ? CLI_OK : cli_fail(&e);
 		goto out;
 	}
-	if (o.n_args < 1) {
+	if (o->n_args < 1) {
 		rc = cli_usage(&cmd_run, "expected a script: kvscope run SCRIPT.lua [ARGS...]");
 		goto out;
 	}
 	script_config_default(&c);
-	c.gen = o.gen;
-	model = cli_model_path(o.gen.model_path);
+	c.gen = o->gen;
+	model = cli_model_path(o->gen.model_path);
 	c.gen.model_path = model;
-	c.system = o.system;
-	c.max_tokens = o.max_tokens;
-	c.mem_cap = (size_t)o.mem_cap_mib << 20;
-	c.hook_ms = o.hook_ms;
-	c.script_ms = o.timeout_s * 1000.0;
-	if (o.results != NULL)
-		c.results_dir = o.results;
-	c.db_path = o.db;
+	c.system = o->system;
+	c.max_tokens = o->max_tokens;
+	c.mem_cap = (size_t)o->mem_cap_mib << 20;
+	c.hook_ms = o->hook_ms;
+	c.script_ms = o->timeout_s * 1000.0;
+	if (o->results != NULL)
+		c.results_dir = o->results;
+	c.db_path = o->db;
 	c.headless = true;
 	c.notify = run_notify;
 	if (script_rt_new(&rt, &c, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	for (int i = 0; i < o.n_plugins; i++) {
-		char *pp = cli_find_script(o.plugins[i], "plugins");
+	for (int i = 0; i < o->n_plugins; i++) {
+		char *pp = cli_find_script(o->plugins[i], "plugins");
 		int lrc = script_load(rt, pp, &e);
 		free(pp);
 		if (lrc != KVS_OK) {
@@ -85,19 +93,18 @@ static int cmd_run_exec(int argc, char **argv)
 			goto out;
 		}
 	}
-	path = cli_find_script(o.args[0], "sessions");
+	path = cli_find_script(o->args[0], "sessions");
 	int status;
-	if (script_run(rt, path, o.n_args - 1, o.args + 1, &status, &e) != KVS_OK) {
+	if (script_run(rt, path, o->n_args - 1, o->args + 1, &status, &e) != KVS_OK) {
 		fflush(stdout);
 		rc = cli_fail(&e);
 		goto out;
 	}
-	rc = status; /* 0, or what the script passed to kvscope.exit */
+	rc = (enum cli_exit)status; /* 0, or what the script passed to kvscope.exit (0..125) */
 out:
 	fflush(stdout);
 	script_rt_free(rt);
 	free(model);
 	free(path);
-	cli_opts_free(&o);
 	return rc;
 }

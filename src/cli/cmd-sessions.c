@@ -12,53 +12,73 @@
 #include <string.h>
 #include <time.h>
 
-static int sessions_list_exec(int argc, char **argv);
-static int sessions_show_exec(int argc, char **argv);
-static int sessions_export_exec(int argc, char **argv);
-static int sessions_delete_exec(int argc, char **argv);
-static int sessions_vacuum_exec(int argc, char **argv);
-static int sessions_check_exec(int argc, char **argv);
+static enum cli_exit sessions_list_exec(struct cli_opts *o);
+static enum cli_exit sessions_show_exec(struct cli_opts *o);
+static enum cli_exit sessions_export_exec(struct cli_opts *o);
+static enum cli_exit sessions_delete_exec(struct cli_opts *o);
+static enum cli_exit sessions_vacuum_exec(struct cli_opts *o);
+static enum cli_exit sessions_check_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_sessions_list = {
-	"sessions list", "[--db PATH]", "list the saved sessions, the most recent first",
-	sessions_list_exec, OPTG_DB,
+	.name = "sessions list",
+	.usage = "[--db PATH]",
+	.help = "list the saved sessions, the most recent first",
+	.exec = sessions_list_exec,
+	.options = OPTG_DB,
 };
 const struct cli_cmd cmd_sessions_show = {
-	"sessions show", "ID|TITLE [--db PATH]", "one session: model, policy, turns, memory",
-	sessions_show_exec, OPTG_DB,
+	.name = "sessions show",
+	.usage = "ID|TITLE [--db PATH]",
+	.help = "one session: model, policy, turns, memory",
+	.exec = sessions_show_exec,
+	.options = OPTG_DB,
+	.args_min = 1,
+	.args_max = 1,
+	.args = "a session id or title",
 };
 const struct cli_cmd cmd_sessions_export = {
-	"sessions export", "ID|TITLE [--format md|json] [--db PATH]",
-	"a session's transcript with what was evicted from the KV cache and why",
-	sessions_export_exec, OPTG_DB | OPTG_EXPORT,
+	.name = "sessions export",
+	.usage = "ID|TITLE [--format md|json] [--db PATH]",
+	.help = "a session's transcript with what was evicted from the KV cache and why",
+	.exec = sessions_export_exec,
+	.options = OPTG_DB | OPTG_EXPORT,
+	.args_min = 1,
+	.args_max = 1,
+	.args = "a session id or title",
 };
 const struct cli_cmd cmd_sessions_delete = {
-	"sessions delete", "ID|TITLE [--db PATH]", "delete a session and its snapshots",
-	sessions_delete_exec, OPTG_DB,
+	.name = "sessions delete",
+	.usage = "ID|TITLE [--db PATH]",
+	.help = "delete a session and its snapshots",
+	.exec = sessions_delete_exec,
+	.options = OPTG_DB,
+	.args_min = 1,
+	.args_max = 1,
+	.args = "a session id or title",
 };
 const struct cli_cmd cmd_sessions_vacuum = {
-	"sessions vacuum", "[--db PATH]", "compact the database and drop unused snapshot files",
-	sessions_vacuum_exec, OPTG_DB,
+	.name = "sessions vacuum",
+	.usage = "[--db PATH]",
+	.help = "compact the database and drop unused snapshot files",
+	.exec = sessions_vacuum_exec,
+	.options = OPTG_DB,
 };
 const struct cli_cmd cmd_sessions_check = {
-	"sessions check", "[--db PATH]", "SQLite's integrity check of the database ('ok' when sound)",
-	sessions_check_exec, OPTG_DB,
+	.name = "sessions check",
+	.usage = "[--db PATH]",
+	.help = "SQLite's integrity check of the database ('ok' when sound)",
+	.exec = sessions_check_exec,
+	.options = OPTG_DB,
 };
 
-/* Parse options, check the argument count, open the database. */
-static int sessions_open(const struct cli_cmd *cmd, int argc, char **argv, int n_args,
-                         enum store_mode mode, struct cli_opts *o, struct store **st)
+/* Open the database (--db, else the default one). */
+static enum cli_exit sessions_open(const struct cli_opts *o, enum store_mode mode,
+                                   struct store **st)
 {
 	struct err e;
 	*st = NULL;
-	cli_opts_default(o);
-	int rc = cli_opts_parse(cmd, cmd->options, argc, argv, o);
-	if (rc != CLI_OK)
-		return rc;
-	if (o->n_args != n_args)
-		return cli_usage(cmd, n_args ? "expected a session id or title" : "expected no arguments");
 	char *path = o->db ? xstrdup(o->db) : store_default_path();
-	rc = store_open(st, path, mode, &e);
+	int rc = store_open(st, path, mode, &e);
 	free(path);
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }
@@ -73,15 +93,14 @@ static const char *sessions_time(double t, char *buf, size_t cap)
 	return buf;
 }
 
-static int sessions_list_exec(int argc, char **argv)
+static enum cli_exit sessions_list_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct store *st;
 	struct store_session *l = NULL;
 	size_t n = 0;
 	struct err e;
 	char t[32];
-	int rc = sessions_open(&cmd_sessions_list, argc, argv, 0, STORE_RO, &o, &st);
+	enum cli_exit rc = sessions_open(o, STORE_RO, &st);
 	if (rc == CLI_OK && store_session_list(st, &l, &n, &e) != KVS_OK)
 		rc = cli_fail(&e);
 	if (rc == CLI_OK) {
@@ -99,20 +118,19 @@ static int sessions_list_exec(int argc, char **argv)
 		store_session_free(&l[i]);
 	free(l);
 	store_close(st);
-	cli_opts_free(&o);
+	cli_opts_free(o);
 	return rc;
 }
 
-static int sessions_show_exec(int argc, char **argv)
+static enum cli_exit sessions_show_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct store *st;
 	struct store_session s;
 	struct err e;
 	int64_t id;
 	char t[32];
-	int rc = sessions_open(&cmd_sessions_show, argc, argv, 1, STORE_RO, &o, &st);
-	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
+	enum cli_exit rc = sessions_open(o, STORE_RO, &st);
+	if (rc == CLI_OK && (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
 	                     store_session_get(st, id, &s, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK) {
@@ -129,23 +147,22 @@ static int sessions_show_exec(int argc, char **argv)
 		store_session_free(&s);
 	}
 	store_close(st);
-	cli_opts_free(&o);
+	cli_opts_free(o);
 	return rc;
 }
 
-static int sessions_export_exec(int argc, char **argv)
+static enum cli_exit sessions_export_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct store *st;
 	struct err e;
 	int64_t id;
 	enum store_format fmt = STORE_FMT_MD;
-	int rc = sessions_open(&cmd_sessions_export, argc, argv, 1, STORE_RO, &o, &st);
-	if (rc == CLI_OK && o.format != NULL && store_format_parse(o.format, &fmt, &e) != KVS_OK)
+	enum cli_exit rc = sessions_open(o, STORE_RO, &st);
+	if (rc == CLI_OK && o->format != NULL && store_format_parse(o->format, &fmt, &e) != KVS_OK)
 		rc = cli_usage(&cmd_sessions_export, "%s", e.msg);
 	struct store_session ss = { 0 };
 	struct model *m = NULL;
-	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
+	if (rc == CLI_OK && (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
 	                     store_session_get(st, id, &ss, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK) {
@@ -167,51 +184,48 @@ static int sessions_export_exec(int argc, char **argv)
 	model_free(m);
 	store_session_free(&ss);
 	store_close(st);
-	cli_opts_free(&o);
+	cli_opts_free(o);
 	return rc;
 }
 
-static int sessions_delete_exec(int argc, char **argv)
+static enum cli_exit sessions_delete_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct store *st;
 	struct err e;
 	int64_t id;
-	int rc = sessions_open(&cmd_sessions_delete, argc, argv, 1, STORE_RW, &o, &st);
-	if (rc == CLI_OK && (store_session_find(st, o.args[0], &id, &e) != KVS_OK ||
+	enum cli_exit rc = sessions_open(o, STORE_RW, &st);
+	if (rc == CLI_OK && (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
 	                     store_session_delete(st, id, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK)
 		fprintf(stderr, "kvscope: session %lld deleted\n", (long long)id);
 	store_close(st);
-	cli_opts_free(&o);
+	cli_opts_free(o);
 	return rc;
 }
 
-static int sessions_vacuum_exec(int argc, char **argv)
+static enum cli_exit sessions_vacuum_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct store *st;
 	struct err e;
-	int rc = sessions_open(&cmd_sessions_vacuum, argc, argv, 0, STORE_RW, &o, &st);
+	enum cli_exit rc = sessions_open(o, STORE_RW, &st);
 	if (rc == CLI_OK && store_vacuum(st, &e) != KVS_OK)
 		rc = cli_fail(&e);
 	store_close(st);
-	cli_opts_free(&o);
+	cli_opts_free(o);
 	return rc;
 }
 
-static int sessions_check_exec(int argc, char **argv)
+static enum cli_exit sessions_check_exec(struct cli_opts *o)
 {
-	struct cli_opts o;
 	struct store *st;
 	struct err e;
-	int rc = sessions_open(&cmd_sessions_check, argc, argv, 0, STORE_RO, &o, &st);
+	enum cli_exit rc = sessions_open(o, STORE_RO, &st);
 	if (rc == CLI_OK && store_check(st, &e) != KVS_OK)
 		rc = cli_fail(&e);
 	if (rc == CLI_OK)
 		printf("ok\n");
 	store_close(st);
-	cli_opts_free(&o);
+	cli_opts_free(o);
 	return rc;
 }

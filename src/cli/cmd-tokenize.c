@@ -13,87 +13,25 @@
  * per token, "ID<TAB>PIECE", the piece with C escapes for bytes that are not
  * printable ASCII.
  */
-#include "cli/cli.h"
+#include "cli/opts.h"
 #include "model/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_tokenize_exec(int argc, char **argv);
+static enum cli_exit cmd_tokenize_exec(struct cli_opts *o);
 
 const struct cli_cmd cmd_tokenize = {
-	"tokenize",
-	"[-m PATH] [--pieces] [--no-special] (-f FILE | TEXT)",
-	"print the token ids of a text (-f - reads standard input; --pieces: id and text per "
-	"line; --no-special: <|...|> stays text)",
-	cmd_tokenize_exec,
-	OPTG_MODEL | OPTG_TOKENIZE,
+	.name = "tokenize",
+	.usage = "[-m PATH] [--pieces] [--no-special] (-f FILE | TEXT)",
+	.help = "print the token ids of a text (-f - reads standard input; --pieces: id and text "
+	        "per line; --no-special: <|...|> stays text)",
+	.exec = cmd_tokenize_exec,
+	.options = OPTG_MODEL | OPTG_TOKENIZE,
+	.args_max = 1,
+	.args = "one TEXT: quote the text as one argument",
 };
-
-struct tokenize_args {
-	const char *model;
-	const char *file;
-	const char *text;
-	bool pieces;
-	bool no_special;
-};
-
-/* The options, one row each: flags set a bool, the others take a value. */
-static const struct {
-	const char *name;
-	const char *short_name; /* or NULL */
-	size_t off;   /* field in struct tokenize_args */
-	bool value;   /* takes an argument */
-} tokenize_opts[] = {
-	{ "--model", "-m", offsetof(struct tokenize_args, model), true },
-	{ "--file", "-f", offsetof(struct tokenize_args, file), true },
-	{ "--pieces", NULL, offsetof(struct tokenize_args, pieces), false },
-	{ "--no-special", NULL, offsetof(struct tokenize_args, no_special), false },
-};
-
-/* Parse argv into a; prints the usage error itself. */
-static int tokenize_parse(int argc, char **argv, struct tokenize_args *a)
-{
-	int i;
-	size_t k;
-	bool ends = false;
-
-	memset(a, 0, sizeof(*a));
-	for (i = 1; i < argc; i++) {
-		const char *arg = argv[i];
-
-		if (!ends && strcmp(arg, "--") == 0) {
-			ends = true;
-			continue;
-		}
-		if (!ends && arg[0] == '-' && arg[1] != '\0') {
-			for (k = 0; k < KVS_ARRAY_LEN(tokenize_opts); k++)
-				if (strcmp(arg, tokenize_opts[k].name) == 0 ||
-				    (tokenize_opts[k].short_name != NULL &&
-				     strcmp(arg, tokenize_opts[k].short_name) == 0))
-					break;
-			if (k == KVS_ARRAY_LEN(tokenize_opts))
-				return cli_usage(&cmd_tokenize, "unknown option '%s'", arg);
-			if (!tokenize_opts[k].value) {
-				*(bool *)((char *)a + tokenize_opts[k].off) = true;
-				continue;
-			}
-			if (i + 1 >= argc)
-				return cli_usage(&cmd_tokenize, "%s needs a value", arg);
-			*(const char **)((char *)a + tokenize_opts[k].off) = argv[++i];
-			continue;
-		}
-		if (a->text != NULL)
-			return cli_usage(&cmd_tokenize, "unexpected argument '%s' (quote the text as one "
-			                 "argument)", arg);
-		a->text = arg;
-	}
-	if ((a->text == NULL) == (a->file == NULL))
-		return cli_usage(&cmd_tokenize, a->text ? "give either --file or TEXT, not both"
-		                                        : "expected --file F or TEXT");
-	return CLI_OK;
-}
 
 /* Print one piece with C escapes for anything but printable ASCII. */
 static void tokenize_print_piece(const char *p, size_t n)
@@ -142,40 +80,40 @@ static void tokenize_print_ids(const int32_t *ids, size_t n)
 }
 
 /* Load the vocabulary, tokenize the text, print the ids or pieces. */
-static int cmd_tokenize_exec(int argc, char **argv)
+static enum cli_exit cmd_tokenize_exec(struct cli_opts *o)
 {
-	struct tokenize_args a;
+	const char *arg = o->n_args > 0 ? o->args[0] : NULL;
 	struct gguf_file *f = NULL;
 	struct vocab *v = NULL;
 	struct err e;
 	char *path = NULL, *text = NULL, *piece = NULL;
 	size_t len = 0, n = 0, cap = 0, i, pn, piece_cap = 256;
 	int32_t *ids = NULL;
-	int rc;
+	enum cli_exit rc;
 
 	err_clear(&e);
-	rc = tokenize_parse(argc, argv, &a);
-	if (rc != CLI_OK)
-		return rc;
-	if (a.file != NULL) {
-		if (file_read_all(a.file, &text, &len, &e) != KVS_OK)
+	if ((arg == NULL) == (o->file == NULL))
+		return cli_usage(&cmd_tokenize, arg ? "give either --file or TEXT, not both"
+		                                    : "expected --file F or TEXT");
+	if (o->file != NULL) {
+		if (file_read_all(o->file, &text, &len, &e) != KVS_OK)
 			return cli_fail(&e);
 	} else {
-		len = strlen(a.text);
+		len = strlen(arg);
 	}
-	path = cli_model_path(a.model);
+	path = cli_model_path(o->gen.model_path);
 	if (gguf_open(&f, path, &e) != KVS_OK || vocab_load(&v, f, &e) != KVS_OK) {
 		if (f != NULL)
 			err_prefix(&e, "%s", path);
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if (vocab_tokenize(v, text ? text : a.text, len, true, !a.no_special, &ids, &n, &cap, &e) !=
+	if (vocab_tokenize(v, text ? text : arg, len, true, !o->no_special, &ids, &n, &cap, &e) !=
 	    KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if (!a.pieces) {
+	if (!o->pieces) {
 		tokenize_print_ids(ids, n);
 	} else {
 		piece = xmalloc(piece_cap);

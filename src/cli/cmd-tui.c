@@ -16,49 +16,55 @@
 #include <string.h>
 #include <unistd.h>
 
-static int cmd_tui_exec(int argc, char **argv);
+static enum cli_exit cmd_tui_exec(struct cli_opts *o);
+static enum cli_exit cmd_tui_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_tui = {
-	"tui",
-	"[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] "
-	"[--target-words N | --length SPEC] [options]",
-	"the workbench: chat, attention, KV memory and retention views (the default command)",
-	cmd_tui_exec,
-	OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV | OPTG_TUI | OPTG_DB |
-		OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN,
+	.name = "tui",
+	.usage = "[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] "
+	         "[--target-words N | --length SPEC] [options]",
+	.help = "the workbench: chat, attention, KV memory and retention views (the default "
+	        "command)",
+	.exec = cmd_tui_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV |
+	           OPTG_TUI | OPTG_DB | OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN,
+	.defaults = cmd_tui_defaults,
 };
 
-static int cmd_tui_exec(int argc, char **argv)
+/* Refuse at once in a build without the workbench (before the options:
+ * tests probe for it with an option that does not exist); else the chat's
+ * defaults: replies of up to 512 tokens, the streaming policy. */
+static enum cli_exit cmd_tui_defaults(struct cli_opts *o)
+{
+	if (!tui_available()) {
+		fprintf(stderr, "kvscope: the workbench was not built (no ncursesw at configure "
+		                "time); try 'kvscope chat'\n");
+		return CLI_FAIL;
+	}
+	o->max_tokens = 512;
+	/* a conversation outlives any budget: sinks + recent by default */
+	kv_policy_parse("streaming", &o->gen.kv.policy, NULL);
+	return CLI_OK;
+}
+
+static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 {
 	static const struct {
 		const char *name;
 		enum tui_color_mode mode;
 	} colors[] = { { "auto", TUI_COLOR_AUTO }, { "256", TUI_COLOR_256 },
 		       { "truecolor", TUI_COLOR_TRUE }, { "none", TUI_COLOR_NONE } };
-	struct cli_opts o;
 	struct tui_options to = { 0 };
 	struct session *s = NULL;
 	char *model_path = NULL;
 	struct err e;
-	int rc;
+	enum cli_exit rc;
 
-	if (!tui_available()) {
-		fprintf(stderr, "kvscope: the workbench was not built (no ncursesw at configure time); "
-		                "try 'kvscope chat'\n");
-		return CLI_FAIL;
-	}
-	cli_opts_default(&o);
-	o.max_tokens = 512;
-	/* a conversation outlives any budget: sinks + recent by default */
-	kv_policy_parse("streaming", &o.gen.kv.policy, NULL);
-	rc = cli_opts_parse(&cmd_tui, cmd_tui.options, argc, argv, &o);
-	if (rc != CLI_OK)
-		goto out;
-	if (o.n_args > 0 || o.prompt_file != NULL || o.raw) {
-		rc = cli_usage(&cmd_tui, "the workbench takes no arguments, --prompt-file or --raw");
+	if (o->prompt_file != NULL || o->raw) {
+		rc = cli_usage(&cmd_tui, "the workbench takes no --prompt-file or --raw");
 		goto out;
 	}
-	if (o.bench_exit && o.prompt == NULL) {
+	if (o->bench_exit && o->prompt == NULL) {
 		rc = cli_usage(&cmd_tui, "--bench-exit needs --prompt TEXT");
 		goto out;
 	}
@@ -68,49 +74,48 @@ static int cmd_tui_exec(int argc, char **argv)
 		goto out;
 	}
 	to.color = TUI_COLOR_AUTO;
-	if (o.color != NULL) {
+	if (o->color != NULL) {
 		size_t i;
 		for (i = 0; i < KVS_ARRAY_LEN(colors); i++)
-			if (strcmp(o.color, colors[i].name) == 0)
+			if (strcmp(o->color, colors[i].name) == 0)
 				break;
 		if (i == KVS_ARRAY_LEN(colors)) {
-			rc = cli_usage(&cmd_tui, "--color %s: expected auto, 256, truecolor or none", o.color);
+			rc = cli_usage(&cmd_tui, "--color %s: expected auto, 256, truecolor or "
+			                         "none", o->color);
 			goto out;
 		}
 		to.color = colors[i].mode;
 	}
-	to.theme = o.theme;
-	to.ascii = o.ascii;
-	to.prompt = o.prompt;
-	to.bench_exit = o.bench_exit;
-	to.no_plugins = o.no_plugins;
-	char *plugins[KVS_ARRAY_LEN(o.plugins)];
-	for (int i = 0; i < o.n_plugins; i++)
-		plugins[i] = cli_find_script(o.plugins[i], "plugins");
+	to.theme = o->theme;
+	to.ascii = o->ascii;
+	to.prompt = o->prompt;
+	to.bench_exit = o->bench_exit;
+	to.no_plugins = o->no_plugins;
+	char *plugins[KVS_ARRAY_LEN(o->plugins)];
+	for (int i = 0; i < o->n_plugins; i++)
+		plugins[i] = cli_find_script(o->plugins[i], "plugins");
 	to.plugins = (const char *const *)plugins;
-	to.n_plugins = o.n_plugins;
-	to.db_path = o.db;
-	to.resume = o.resume;
-	to.save = o.save || o.title != NULL;
-	to.save_title = o.title;
-	model_path = cli_model_path(o.gen.model_path);
+	to.n_plugins = o->n_plugins;
+	to.db_path = o->db;
+	to.resume = o->resume;
+	to.save = o->save || o->title != NULL;
+	to.save_title = o->title;
+	model_path = cli_model_path(o->gen.model_path);
 	to.model_path = model_path;
-	o.gen.kv.capture = KV_CAPTURE_FULL;
-	o.gen.kv.capture_interval_ms = 33;
-	if (o.gen.kv.token_stats == KV_TOKSTATS_AUTO)
-		o.gen.kv.token_stats = KV_TOKSTATS_ON;
-	rc = cli_session_open(&o, &s);
+	o->gen.kv.capture = KV_CAPTURE_FULL;
+	o->gen.kv.capture_interval_ms = 33;
+	if (o->gen.kv.token_stats == KV_TOKSTATS_AUTO)
+		o->gen.kv.token_stats = KV_TOKSTATS_ON;
+	rc = cli_session_open(o, &s);
 	if (rc != CLI_OK)
 		goto out;
 	/* the length target the replies start with, as :len sets it later */
-	cli_len_apply(&o, session_gen(s));
-	rc = tui_run(s, &to, &e);
-	rc = rc == KVS_OK ? CLI_OK : cli_fail(&e);
+	cli_len_apply(o, session_gen(s));
+	rc = tui_run(s, &to, &e) == KVS_OK ? CLI_OK : cli_fail(&e);
 out:
 	session_close(s);
 	for (int i = 0; i < to.n_plugins; i++)
 		free(plugins[i]);
 	free(model_path);
-	cli_opts_free(&o);
 	return rc;
 }

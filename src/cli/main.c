@@ -3,8 +3,11 @@
  *
  * `kvscope COMMAND [ARGS]` runs one command from the table below; the table
  * is also the help text. Two-word commands ("model info") match on both
- * words. Without a command (options alone are fine: `kvscope --model X`)
- * kvscope starts the interactive front end, for now the plain chat.
+ * words. Every command runs through main_run: its defaults hook, the
+ * option table (opts.c), the count of positional arguments its entry
+ * allows, then its exec. Without a command (options alone are fine:
+ * `kvscope --model X`) kvscope starts the workbench on a terminal, and the
+ * plain line-mode chat when standard input or output is not a terminal.
  */
 #include "cli/cli.h"
 #include "cli/opts.h"
@@ -45,30 +48,34 @@ char *cli_model_path(const char *explicit_path)
 	return model_default_path(explicit_path);
 }
 
-int cli_exit_code(int status)
+/* The exit code of each status code (base.h): what the input caused is
+ * CLI_BADINPUT. A status past the table (a new one) exits CLI_FAIL. */
+static const enum cli_exit main_exit_of[] = {
+	[KVS_OK] = CLI_OK,
+	[KVS_EFORMAT] = CLI_BADINPUT,
+	[KVS_EUNSUPPORTED] = CLI_BADINPUT,
+	[KVS_EIO] = CLI_FAIL,
+	[KVS_EARG] = CLI_BADINPUT,
+	[KVS_ERANGE] = CLI_BADINPUT,
+	[KVS_ESTATE] = CLI_FAIL,
+	[KVS_ENOTFOUND] = CLI_BADINPUT,
+	[KVS_ECHECKSUM] = CLI_BADINPUT,
+};
+
+enum cli_exit cli_exit_code(int status)
 {
-	switch (status) {
-	case KVS_OK:
-		return CLI_OK;
-	case KVS_EFORMAT:
-	case KVS_EUNSUPPORTED:
-	case KVS_EARG:
-	case KVS_ERANGE:
-	case KVS_ENOTFOUND:
-	case KVS_ECHECKSUM:
-		return CLI_BADINPUT;
-	default:
+	if (status < 0 || (size_t)status >= KVS_ARRAY_LEN(main_exit_of))
 		return CLI_FAIL;
-	}
+	return main_exit_of[status];
 }
 
-int cli_fail(const struct err *e)
+enum cli_exit cli_fail(const struct err *e)
 {
 	fprintf(stderr, "kvscope: %s\n", e->msg[0] ? e->msg : err_name(e->code));
 	return cli_exit_code(e->code);
 }
 
-int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
+enum cli_exit cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -80,6 +87,50 @@ int cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
 	return CLI_BADINPUT;
 }
 
+/* `kvscope help CMD` and CMD --help: the usage line, the help line, the options. */
+static void main_cmd_help(const struct cli_cmd *cmd, FILE *fp)
+{
+	fprintf(fp, "usage: kvscope %s %s\n%s\n", cmd->name, cmd->usage, cmd->help);
+	if (cmd->options != 0) {
+		fprintf(fp, "\noptions:\n");
+		cli_opts_help(cmd->options, fp);
+	}
+}
+
+/* The count of positional arguments against cmd's entry; prints the usage
+ * error naming the first argument too many, or what is missing. */
+static enum cli_exit main_check_args(const struct cli_cmd *cmd, const struct cli_opts *o)
+{
+	if (o->n_args < cmd->args_min)
+		return cli_usage(cmd, "expected %s", cmd->args);
+	if (cmd->args_max >= 0 && o->n_args > cmd->args_max) {
+		const char *extra = o->args[cmd->args_max];
+		if (cmd->args == NULL)
+			return cli_usage(cmd, "unexpected argument '%s'", extra);
+		return cli_usage(cmd, "unexpected argument '%s'; expected %s", extra, cmd->args);
+	}
+	return CLI_OK;
+}
+
+/* Run cmd on argv[1..]: its defaults, the options, the argument count, exec. */
+static enum cli_exit main_run(const struct cli_cmd *cmd, int argc, char **argv)
+{
+	struct cli_opts o;
+	enum cli_exit rc;
+
+	cli_opts_default(&o);
+	rc = cmd->defaults != NULL ? cmd->defaults(&o) : CLI_OK;
+	if (rc == CLI_OK)
+		rc = cli_opts_parse(cmd, argc, argv, &o);
+	if (rc == CLI_OK && o.help)
+		main_cmd_help(cmd, stdout);
+	else if (rc == CLI_OK && (rc = main_check_args(cmd, &o)) == CLI_OK)
+		rc = cmd->exec(&o);
+	cli_opts_free(&o);
+	return rc;
+}
+
+/* `kvscope help`: every command with its usage and help line. */
 static void main_help(FILE *fp)
 {
 	size_t i;
@@ -134,8 +185,8 @@ int main(int argc, char **argv)
 		/* No command (or only options): the workbench on a terminal; from
 		 * a pipe, the plain chat (one reply per line, for scripts). */
 		if (isatty(0) && isatty(1))
-			return cmd_tui.exec(argc, argv);
-		return cmd_chat.exec(argc, argv);
+			return main_run(&cmd_tui, argc, argv);
+		return main_run(&cmd_chat, argc, argv);
 	}
 	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
 	    strcmp(argv[1], "-h") == 0) {
@@ -145,11 +196,7 @@ int main(int argc, char **argv)
 			return CLI_OK;
 		}
 		if (argc > 2 && (cmd = main_find(argc - 1, argv + 1, &words)) != NULL) {
-			printf("usage: kvscope %s %s\n%s\n", cmd->name, cmd->usage, cmd->help);
-			if (cmd->options != 0) {
-				printf("\noptions:\n");
-				cli_opts_help(cmd->options, stdout);
-			}
+			main_cmd_help(cmd, stdout);
 			return CLI_OK;
 		}
 		main_help(stdout);
@@ -167,5 +214,5 @@ int main(int argc, char **argv)
 		fprintf(stderr, " (see kvscope help)\n");
 		return CLI_BADINPUT;
 	}
-	return cmd->exec(argc - words, argv + words);
+	return main_run(cmd, argc - words, argv + words);
 }

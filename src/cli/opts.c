@@ -4,10 +4,13 @@
  * Each row names an option, its group, its argument and a setter that
  * parses the argument strictly (the whole string must be a number in range)
  * and says in one line what was expected. "--name value", "--name=value" and
- * short forms "-t 2" are accepted; "--" ends the options.
+ * short forms "-t 2" are accepted; "--" ends the options. Parsing records
+ * which rows were given (a bit per row), so a command can tell an option
+ * left at its default from one given with the default's value.
  */
 #include "cli/opts.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -112,12 +115,6 @@ static int opt_threads(struct cli_opts *o, const char *arg, const struct cli_opt
 	return opt_i32(o, arg, opt, e);
 }
 
-static int opt_ctx(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
-{
-	o->ctx_given = true;
-	return opt_u32(o, arg, opt, e);
-}
-
 static int opt_backend(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
                        struct err *e)
 {
@@ -158,7 +155,7 @@ static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt 
                       struct err *e)
 {
 	(void)opt;
-	o->policy_given = true;
+	o->policy_spec = arg;
 	return kv_policy_parse(arg, &o->gen.kv.policy, e);
 }
 
@@ -173,6 +170,16 @@ static int opt_token_stats(struct cli_opts *o, const char *arg, const struct cli
 			return KVS_OK;
 		}
 	return err_set(e, KVS_EARG, "--%s: '%s', expected auto, on or off", opt->name, arg);
+}
+
+/* --format chat|raw (the evals): the chat template, or raw text. */
+static int opt_eval_format(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                           struct err *e)
+{
+	if (strcmp(arg, "chat") != 0 && strcmp(arg, "raw") != 0)
+		return err_set(e, KVS_EARG, "--%s: '%s', expected chat or raw", opt->name, arg);
+	o->eval_raw = strcmp(arg, "raw") == 0;
+	return KVS_OK;
 }
 
 /* --plugin FILE, repeatable. */
@@ -240,12 +247,12 @@ void cli_len_target(const struct cli_opts *o, struct len_target *t)
 
 void cli_len_apply(const struct cli_opts *o, struct gen *g)
 {
-	struct len_target t;
-	cli_len_target(o, &t);
-	g->turn.ctl = o->lenp;
-	gen_set_length_target(g, &t);
-	g->turn.stops = o->stop != NULL && o->stop[0] != '\0' ? &o->stop : NULL;
-	g->turn.n_stops = g->turn.stops != NULL;
+	struct gen_turn_opts turn = *gen_turn(g);
+	cli_len_target(o, &turn.len);
+	turn.ctl = o->lenp;
+	turn.stops = o->stop != NULL && o->stop[0] != '\0' ? &o->stop : NULL;
+	turn.n_stops = turn.stops != NULL;
+	gen_set_turn(g, &turn);
 }
 
 #define O(f) offsetof(struct cli_opts, f)
@@ -256,7 +263,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "GGUF model file (default: $KVSCOPE_MODEL, else the installed default model)" },
 	{ "threads", 't', "N", OPTG_ENGINE, opt_threads, OG(engine.n_threads), 0, 1024,
 	  "CPU threads (default: all cores)" },
-	{ "ctx", 'c', "N", OPTG_ENGINE | OPTG_PPL, opt_ctx, OG(engine.n_ctx), 16, 1 << 20,
+	{ "ctx", 'c', "N", OPTG_ENGINE | OPTG_PPL, opt_u32, OG(engine.n_ctx), 16, 1 << 20,
 	  "context size in tokens (default: min(training context, 4096); perplexity: 512)" },
 	{ "batch", 'b', "N", OPTG_ENGINE, opt_u32, OG(n_batch), 1, 8192,
 	  "prefill chunk in tokens (default 512)" },
@@ -297,6 +304,12 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "top", 'k', "K", OPTG_LOGITS, opt_u32, O(top), 1, 1 << 20,
 	  "logits per position to print (default 10)" },
 	{ "file", 'f', "FILE", OPTG_PPL, opt_str, O(file), 0, 0, "text file to score" },
+	{ "file", 'f', "FILE", OPTG_TOKENIZE, opt_str, O(file), 0, 0,
+	  "read the text from FILE (- : standard input; bytes as they are)" },
+	{ "pieces", 0, NULL, OPTG_TOKENIZE, opt_flag, O(pieces), 0, 0,
+	  "one line per token: the id, a tab and its text with C escapes" },
+	{ "no-special", 0, NULL, OPTG_TOKENIZE, opt_flag, O(no_special), 0, 0,
+	  "special-token text such as <|im_start|> stays text" },
 	{ "chunks", 0, "N", OPTG_PPL, opt_u32, O(chunks), 0, 1 << 24,
 	  "score only the first N chunks (default: all)" },
 	{ "n-prompt", 'p', "N", OPTG_BENCH, opt_u32, O(n_prompt), 0, 1 << 20,
@@ -344,7 +357,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "eval tlg: target levels, e.g. 10,150,>800 (default: all nine)" },
 	{ "prompts", 0, "FILE", OPTG_TLG, opt_str, O(prompts), 0, 0,
 	  "eval tlg: prompt set as TSV lines LEVEL<TAB>FORM<TAB>INSTRUCTION (default: built in)" },
-	{ "format", 0, "chat|raw", OPTG_EVAL, opt_str, O(format), 0, 0,
+	{ "format", 0, "chat|raw", OPTG_EVAL, opt_eval_format, 0, 0, 0,
 	  "prompt format: chat template (default) or raw text" },
 	{ "seed", 's', "S", OPTG_EVAL, opt_u32, O(eval_seed), 0, 4294967295.0,
 	  "seed of the eval's generator (default 1)" },
@@ -380,7 +393,12 @@ static const struct cli_opt cli_opt_table[] = {
 	  "load no plugins at start (the bundled ones and $XDG_CONFIG_HOME/kvscope/plugins)" },
 	{ "bench-exit", 0, NULL, OPTG_TUI, opt_flag, O(bench_exit), 0, 0,
 	  "with --prompt: quit after the reply and print its decode tok/s (benchmarks)" },
+	{ "help", 'h', NULL, OPTG_HELP, opt_flag, O(help), 0, 0, "print this command's usage" },
 };
+
+/* cli_opts.given has a bit per row. */
+_Static_assert(KVS_ARRAY_LEN(cli_opt_table) <= 64 * KVS_ARRAY_LEN(((struct cli_opts *)0)->given),
+               "more option rows than given bits");
 
 void cli_opts_default(struct cli_opts *o)
 {
@@ -419,9 +437,9 @@ static const struct cli_opt *opts_find(unsigned mask, const char *name, size_t l
 	return NULL;
 }
 
-int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **argv,
-                   struct cli_opts *o)
+enum cli_exit cli_opts_parse(const struct cli_cmd *cmd, int argc, char **argv, struct cli_opts *o)
 {
+	unsigned mask = cmd->options;
 	struct err e;
 	bool opts_done = false;
 
@@ -461,8 +479,25 @@ int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **ar
 		}
 		if (opt->set(o, val, opt, &e) != KVS_OK)
 			return cli_usage(cmd, "%s", e.msg);
+		size_t row = (size_t)(opt - cli_opt_table);
+		o->given[row / 64] |= UINT64_C(1) << (row % 64);
 	}
 	return CLI_OK;
+}
+
+bool cli_opts_given(const struct cli_opts *o, const char *name)
+{
+	bool known = false;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(cli_opt_table); i++) {
+		if (strcmp(cli_opt_table[i].name, name) != 0)
+			continue;
+		known = true;
+		if (o->given[i / 64] >> (i % 64) & 1)
+			return true;
+	}
+	assert(known); /* a name from the code, not from the user */
+	(void)known;
+	return false;
 }
 
 void cli_opts_help(unsigned mask, FILE *fp)

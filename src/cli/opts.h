@@ -1,7 +1,8 @@
 /*
  * opts.h: the options every command-line tool shares, in one table
  * (opts.c). A command names the groups it accepts; the table gives the
- * parsing, the help text and the error messages.
+ * parsing, the help text, the error messages and whether an option was
+ * given (cli_opts_given).
  */
 #ifndef KVS_CLI_OPTS_H
 #define KVS_CLI_OPTS_H
@@ -26,8 +27,7 @@ struct cli_opts {
 	uint32_t n_gen;        /* bench -n */
 	uint32_t reps;         /* bench -r */
 	bool json;
-	bool ctx_given;
-	bool policy_given;
+	const char *policy_spec; /* --policy as given (NULL: not given) */
 	const char *trace;     /* generate --trace FILE */
 	bool trace_attn;       /* and the attention rows */
 	uint32_t trace_every_ms; /* at most one step event per this many ms (0: every step) */
@@ -36,7 +36,8 @@ struct cli_opts {
 	uint32_t samples;      /* eval passkey: per (length, depth) */
 	uint32_t rounds;       /* eval rps */
 	const char *dominant;  /* eval rps: rock, paper or scissors */
-	const char *format;    /* eval: chat or raw */
+	bool eval_raw;         /* eval --format raw (default chat: the chat template) */
+	const char *format;    /* sessions export --format: md or json */
 	uint32_t eval_seed;
 	const char *plugins[16]; /* run --plugin FILE (repeatable) */
 	int n_plugins;
@@ -61,18 +62,24 @@ struct cli_opts {
 	bool ascii;            /* tui: ASCII glyphs */
 	bool bench_exit;       /* tui: quit after the first reply, print its decode rate */
 	bool no_plugins;       /* tui: load no plugins at start */
+	bool pieces;           /* tokenize: id and piece per line */
+	bool no_special;       /* tokenize: <|...|> stays text */
+	bool help;             /* -h, --help */
+	uint64_t given[2];     /* bit i: row i of the option table was on the command line */
 	char **args;           /* positional arguments */
 	int n_args;
 };
 
 /* Defaults for every option. */
 void cli_opts_default(struct cli_opts *o);
-/* Parse argv[1..] for cmd accepting the option groups in mask. Returns
+/* Parse argv[1..] for cmd (the option groups in cmd->options). Returns
  * CLI_OK, or prints a usage error and returns CLI_BADINPUT. */
-int cli_opts_parse(const struct cli_cmd *cmd, unsigned mask, int argc, char **argv,
-                   struct cli_opts *o);
+enum cli_exit cli_opts_parse(const struct cli_cmd *cmd, int argc, char **argv, struct cli_opts *o);
+/* Whether the option with long name name ("ctx", "policy") was given. */
+bool cli_opts_given(const struct cli_opts *o, const char *name);
 /* Print the options of mask, one per line (for help). */
 void cli_opts_help(unsigned mask, FILE *fp);
+/* Free what parsing allocated (the argument list). */
 void cli_opts_free(struct cli_opts *o);
 
 /* prompt.c: read --prompt / --prompt-file (non-empty, valid UTF-8). */
@@ -89,10 +96,10 @@ void cli_len_apply(const struct cli_opts *o, struct gen *g);
 
 /* Resolve the model path in o (explicit, $KVSCOPE_MODEL or the default) and
  * open a generation context; prints the error and returns the exit code. */
-int cli_gen_open(struct cli_opts *o, struct gen **g);
+enum cli_exit cli_gen_open(struct cli_opts *o, struct gen **g);
 /* Open a chat session with o's model, engine, sampler, KV, system prompt
  * and max tokens; CLI_OK or the exit status after printing the error. */
-int cli_session_open(struct cli_opts *o, struct session **s);
+enum cli_exit cli_session_open(struct cli_opts *o, struct session **s);
 /* The file a script or plugin argument names: arg itself when it exists or
  * has a '/', else the bundled sub/arg[.lua] of the data folder when that
  * exists, else arg (caller owns). */

@@ -54,7 +54,8 @@ int cli_prompt_read(const struct cli_opts *o, char **text, size_t *len, struct e
 int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, const char *system,
                       int32_t **ids, size_t *n, struct err *e)
 {
-	const struct vocab *v = g->model->vocab;
+	const struct vocab *v = gen_vocab(g);
+	const struct chat_template *ct;
 	struct chat_prompt p = { 0 };
 	size_t cap = 0;
 	int rc;
@@ -63,26 +64,26 @@ int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, con
 	*n = 0;
 	if (raw)
 		return vocab_tokenize(v, text, len, true, true, ids, n, &cap, e);
-	if (!g->has_chat)
-		return err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+	if ((ct = gen_chat(g, e)) == NULL)
+		return e->code;
 	if (vocab_add_bos(v) && vocab_bos(v) >= 0) {
 		cap = 16;
 		*ids = xmallocarray(cap, sizeof **ids);
 		(*ids)[(*n)++] = vocab_bos(v);
 	}
-	chat_system(&g->chat, system, &p);
+	chat_system(ct, system, &p);
 	{
 		char *content = xstrndup(text, len);
-		chat_message(&g->chat, "user", content, &p);
+		chat_message(ct, "user", content, &p);
 		free(content);
 	}
-	chat_generation_prompt(&g->chat, &p);
+	chat_generation_prompt(ct, &p);
 	rc = chat_tokenize(v, &p, ids, n, &cap, e);
 	chat_prompt_free(&p);
 	return rc;
 }
 
-int cli_gen_open(struct cli_opts *o, struct gen **g)
+enum cli_exit cli_gen_open(struct cli_opts *o, struct gen **g)
 {
 	struct err e;
 	char *path = cli_model_path(o->gen.model_path);
@@ -96,7 +97,7 @@ int cli_gen_open(struct cli_opts *o, struct gen **g)
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }
 
-int cli_session_open(struct cli_opts *o, struct session **s)
+enum cli_exit cli_session_open(struct cli_opts *o, struct session **s)
 {
 	struct session_config c;
 	struct err e;

@@ -718,7 +718,7 @@ void script_attach_session(struct script_rt *rt, struct session *s)
 {
 	rt->current = s;
 	if (s != NULL)
-		rt->vocab = session_gen(s)->model->vocab;
+		rt->vocab = gen_vocab(session_gen(s));
 	script_stale(rt);
 }
 
@@ -785,7 +785,7 @@ static int push_model(lua_State *L, void *ud)
 
 void script_on_model_loaded(struct script_rt *rt, const struct gen *g)
 {
-	rt->vocab = g->model->vocab;
+	rt->vocab = gen_vocab(g);
 	script_dispatch(rt, SEV_MODEL_LOADED, push_model, (void *)g);
 }
 

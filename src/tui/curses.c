@@ -608,7 +608,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 {
 	struct tui_term *tt = xcalloc(1, sizeof *tt);
 	struct gen *g = session_gen(s);
-	const struct model *m = g->model;
+	const struct model *m = gen_model(g);
 	static const int fatal[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT };
 	static const int quits[] = { SIGTERM, SIGHUP, SIGINT, SIGQUIT };
 	int rc;
@@ -616,13 +616,14 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tui_init(&tt->t);
 	snprintf(tt->t.model, sizeof tt->t.model, "%s", m->name ? m->name : "model");
 	snprintf(tt->t.backend, sizeof tt->t.backend, "%s %s",
-	         strcmp(engine_backend_name(g->engine), "cpu") == 0 ? "CPU" : "CUDA",
-	         engine_isa_name(g->engine));
+	         strcmp(engine_backend_name(gen_engine(g)), "cpu") == 0 ? "CPU" : "CUDA",
+	         engine_isa_name(gen_engine(g)));
 	tt->t.n_layer = m->hp.n_layer;
 	tt->t.n_head = m->hp.n_head;
 	tt->t.n_ctx = gen_n_ctx(g);
 	tt->t.vocab = m->vocab;
-	tt->t.len = g->turn.len; /* --target-words / --length (cmd-tui.c gave it to the session) */
+	/* --target-words / --length (cmd-tui.c gave it to the session) */
+	tt->t.len = gen_turn(g)->len;
 	if (o->theme != NULL && (tt->t.theme = tui_theme_find(o->theme)) == NULL) {
 		tui_free(&tt->t);
 		free(tt);

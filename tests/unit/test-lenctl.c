@@ -9,7 +9,7 @@
  * reply with no target is token for token the plain sampling loop
  * reimplemented here (greedy and seeded).
  */
-#include "app/app.h"
+#include "app/app-int.h"
 #include "tests/util/tinymodel.h"
 
 #include "test.h"

@@ -105,14 +105,14 @@ static void test_exchange(void)
 
 	/* what was fed: the ChatML text, tokenized independently */
 	int32_t *want;
-	size_t n_want = chatml_ids(g->model->vocab,
+	size_t n_want = chatml_ids(gen_vocab(g),
 	                           "<|im_start|>system\nbe brief<|im_end|>\n"
 	                           "<|im_start|>user\nhello there<|im_end|>\n"
 	                           "<|im_start|>assistant\n",
 	                           &want);
 	T_EQ_INT(t->n_prompt, n_want);
-	const struct kv_tok *toks = kv_cache_toks(g->kv);
-	bool same = kv_cache_n(g->kv) >= n_want;
+	const struct kv_tok *toks = kv_cache_toks(gen_kv(g));
+	bool same = kv_cache_n(gen_kv(g)) >= n_want;
 	for (size_t i = 0; same && i < n_want; i++)
 		same = toks[i].token == want[i] && toks[i].orig_pos == (int32_t)i;
 	T_CHECK(same, "the cache does not start with the ChatML tokens of the exchange");
@@ -132,7 +132,7 @@ static void test_exchange(void)
 	bool equal = true;
 	for (uint32_t i = 0; i < seen.n && equal; i++) {
 		int32_t id = gen_sample(g2);
-		sampler_accept(g2->sampler, id);
+		sampler_accept(gen_sampler(g2), id);
 		equal = id == seen.ids[i];
 		if (equal && gen_feed(g2, &id, 1, &e) != KVS_OK)
 			equal = false;
@@ -142,7 +142,7 @@ static void test_exchange(void)
 	free(want);
 
 	/* the next exchange starts after the closing markers */
-	int32_t end_pos = kv_cache_next_pos(g->kv);
+	int32_t end_pos = kv_cache_next_pos(gen_kv(g));
 	int32_t closing = t->stop == GEN_STOP_EOS ? 1 : 2; /* "\n" or "<|im_end|>\n" */
 	T_EQ_INT(end_pos, (int32_t)(t->n_prompt + t->n_reply) + closing);
 	memset(&seen, 0, sizeof seen);
@@ -152,7 +152,7 @@ static void test_exchange(void)
 		return;
 	T_EQ_INT(t->index, 1);
 	T_EQ_INT(t->first_pos, end_pos);
-	n_want = chatml_ids(g->model->vocab, "<|im_start|>user\nand then?<|im_end|>\n"
+	n_want = chatml_ids(gen_vocab(g), "<|im_start|>user\nand then?<|im_end|>\n"
 	                                     "<|im_start|>assistant\n", &want);
 	T_EQ_INT(t->n_prompt, n_want);
 	free(want);
@@ -177,7 +177,7 @@ static void test_exchange(void)
 	/* reset: an empty cache and no history */
 	session_reset(s);
 	T_EQ_INT(session_n_turns(s), 0);
-	T_EQ_INT(kv_cache_n(g->kv), 0);
+	T_EQ_INT(kv_cache_n(gen_kv(g)), 0);
 	session_close(s);
 }
 
@@ -199,7 +199,7 @@ static void test_full_restarts(void)
 		restarts += t->restarted;
 		if (t->restarted)
 			T_EQ_INT(t->first_pos, 0);
-		T_CHECK(kv_cache_n(session_gen(s)->kv) <= 80, "cache over budget");
+		T_CHECK(kv_cache_n(gen_kv(session_gen(s))) <= 80, "cache over budget");
 	}
 	T_EQ_INT(session_n_turns(s), 6);
 	T_CHECK(restarts > 0, "an 80-token cache held six exchanges");
