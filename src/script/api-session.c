@@ -50,8 +50,8 @@ static void api_hook_kv(void *ud, const struct kv_event *ev)
 {
 	struct api_session *as = ud;
 	struct script_rt *rt = as->p->rt;
-	struct kv_cache *kv = session_gen(as->s)->kv;
-	rt->vocab = session_gen(as->s)->model->vocab; /* renders the event's token text */
+	struct kv_cache *kv = gen_kv(session_gen(as->s));
+	rt->vocab = gen_vocab(session_gen(as->s)); /* renders the event's token text */
 	rt->step_toks = kv_cache_toks(kv);
 	rt->step_n = kv_cache_n(kv);
 	script_on_kv_event(rt, ev);
@@ -155,7 +155,7 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 static int api_session_policy(struct script_rt *rt, struct api_session *as, const char *spec,
                               struct err *e)
 {
-	struct kv_cache *kv = session_gen(as->s)->kv;
+	struct kv_cache *kv = gen_kv(session_gen(as->s));
 	struct script_policy *pol = policy_find(rt, spec);
 	struct kv_policy p;
 	int rc;
@@ -231,7 +231,7 @@ static int api_session_open(lua_State *L)
 	if (lua_policy && api_session_policy(rt, as, policy, &e) != KVS_OK)
 		return script_error(L, "kvscope.session: %s", e.msg);
 	script_on_model_loaded(rt, session_gen(as->s));
-	rt->vocab = session_gen(as->s)->model->vocab;
+	rt->vocab = gen_vocab(session_gen(as->s));
 	return 1;
 }
 
@@ -243,8 +243,8 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as, bool 
 			*pp = as->next;
 			break;
 		}
-	if (as->s != NULL && rt->vocab == session_gen(as->s)->model->vocab)
-		rt->vocab = rt->current ? session_gen(rt->current)->model->vocab : NULL;
+	if (as->s != NULL && rt->vocab == gen_vocab(session_gen(as->s)))
+		rt->vocab = rt->current ? gen_vocab(session_gen(rt->current)) : NULL;
 	if (as->owned)
 		session_close(as->s);
 	as->s = NULL;
@@ -269,7 +269,7 @@ void api_policy_gone(struct script_rt *rt, struct script_policy *pol)
 {
 	for (struct api_session *as = rt->sessions; as; as = as->next)
 		if (as->policy == pol && as->s != NULL) {
-			kv_cache_set_scorer(session_gen(as->s)->kv, NULL);
+			kv_cache_set_scorer(gen_kv(session_gen(as->s)), NULL);
 			as->policy = NULL;
 			script_notify(rt, as->p, "Lua policy %s was unloaded: the session uses its base "
 			                         "policy %s now",
@@ -397,7 +397,7 @@ static int api_s_chat(lua_State *L)
 	lua_pushstring(L, t->reply);
 	api_push_turn(L, t);
 	struct kv_stats st;
-	kv_cache_stats(session_gen(as->s)->kv, &st);
+	kv_cache_stats(gen_kv(session_gen(as->s)), &st);
 	api_setint(L, "kept", st.n_cached);
 	api_setint(L, "evicted", (lua_Integer)st.n_evicted);
 	return 2;
@@ -423,14 +423,14 @@ static int api_s_prompt(lua_State *L)
 	struct err e;
 	if (extra < 0 || extra > (1 << 24))
 		return script_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
-	int32_t before = kv_cache_next_pos(session_gen(as->s)->kv);
+	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
 	api_session_enter(L, as);
 	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
 		return script_error(L, "prompt: %s", e.msg);
 	lua_pushinteger(L, before);
-	lua_pushinteger(L, kv_cache_next_pos(session_gen(as->s)->kv) - before);
+	lua_pushinteger(L, kv_cache_next_pos(gen_kv(session_gen(as->s))) - before);
 	return 2;
 }
 
@@ -440,14 +440,14 @@ static int api_s_feed(lua_State *L)
 	const char *text = luaL_checkstring(L, 2);
 	enum kv_role role = api_role(L, 3, KV_ROLE_USER);
 	struct err e;
-	int32_t before = kv_cache_next_pos(session_gen(as->s)->kv);
+	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
 	api_session_enter(L, as);
 	int rc = session_feed_text(as->s, text, role, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
 		return script_error(L, "feed: %s", e.msg);
 	lua_pushinteger(L, before);
-	lua_pushinteger(L, kv_cache_next_pos(session_gen(as->s)->kv) - before);
+	lua_pushinteger(L, kv_cache_next_pos(gen_kv(session_gen(as->s))) - before);
 	return 2;
 }
 
@@ -480,7 +480,7 @@ static int api_s_generate(lua_State *L)
 	luaL_Buffer b;
 	if (n < 1 || n > (1 << 24))
 		return script_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
-	if (!g->have_logits)
+	if (gen_logits(g) == NULL)
 		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
 	luaL_buffinit(L, &b);
 	api_session_enter(L, as);
@@ -510,7 +510,7 @@ static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
 	struct err e;
-	if (vocab_tokenize(g->model->vocab, s, len, false, false, &ids, &n, &cap, &e) != KVS_OK ||
+	if (vocab_tokenize(gen_vocab(g), s, len, false, false, &ids, &n, &cap, &e) != KVS_OK ||
 	    n == 0) {
 		free(ids);
 		script_error(L, "cannot tokenize '%s'", s);
@@ -535,17 +535,18 @@ static int api_s_logprobs(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	struct gen *g = session_gen(as->s);
+	const float *lg = gen_logits(g);
 	luaL_checktype(L, 2, LUA_TTABLE);
-	if (!g->have_logits || g->last_logits == NULL)
+	if (lg == NULL)
 		return script_error(L, "logprobs: nothing fed yet (feed or prompt first)");
-	double lz = api_logz(g->last_logits, gen_n_vocab(g));
+	double lz = api_logz(lg, gen_n_vocab(g));
 	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
 	lua_createtable(L, (int)n, 0);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, 2, i);
 		int32_t id = api_first_token(L, g, -1);
 		lua_pop(L, 1);
-		lua_pushnumber(L, (double)g->last_logits[id] - lz);
+		lua_pushnumber(L, (double)lg[id] - lz);
 		lua_rawseti(L, -2, i);
 	}
 	return 1;
@@ -557,21 +558,22 @@ static int api_s_top(lua_State *L)
 	struct gen *g = session_gen(as->s);
 	lua_Integer k = luaL_optinteger(L, 2, 10);
 	uint32_t nv = gen_n_vocab(g);
-	if (!g->have_logits || g->last_logits == NULL)
+	const float *lg = gen_logits(g);
+	if (lg == NULL)
 		return script_error(L, "top: nothing fed yet (feed or prompt first)");
 	if (k < 1 || k > 1000)
 		return script_error(L, "top: k = %d (expected 1..1000)", (int)k);
 	if ((uint32_t)k > nv)
 		k = nv;
-	double lz = api_logz(g->last_logits, nv);
+	double lz = api_logz(lg, nv);
 	int32_t *best = xmallocarray((size_t)k, sizeof *best);
 	lua_Integer have = 0;
 	for (uint32_t i = 0; i < nv; i++) {
-		float x = g->last_logits[i];
-		if (have == k && x <= g->last_logits[best[k - 1]])
+		float x = lg[i];
+		if (have == k && x <= lg[best[k - 1]])
 			continue;
 		lua_Integer j = have < k ? have++ : k - 1;
-		while (j > 0 && g->last_logits[best[j - 1]] < x) {
+		while (j > 0 && lg[best[j - 1]] < x) {
 			best[j] = best[j - 1];
 			j--;
 		}
@@ -580,12 +582,12 @@ static int api_s_top(lua_State *L)
 	lua_createtable(L, (int)k, 0);
 	for (lua_Integer j = 0; j < have; j++) {
 		char buf[256];
-		size_t n = vocab_piece(g->model->vocab, best[j], true, buf, sizeof buf);
+		size_t n = vocab_piece(gen_vocab(g), best[j], true, buf, sizeof buf);
 		lua_createtable(L, 0, 3);
 		api_setint(L, "id", best[j]);
 		lua_pushlstring(L, buf, KVS_MIN(n, sizeof buf));
 		lua_setfield(L, -2, "text");
-		api_setnum(L, "logprob", (double)g->last_logits[best[j]] - lz);
+		api_setnum(L, "logprob", (double)lg[best[j]] - lz);
 		lua_rawseti(L, -2, j + 1);
 	}
 	free(best);
@@ -601,7 +603,7 @@ static int api_s_tokenize(lua_State *L)
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
 	struct err e;
-	if (vocab_tokenize(session_gen(as->s)->model->vocab, s, len, false, special, &ids, &n, &cap,
+	if (vocab_tokenize(gen_vocab(session_gen(as->s)), s, len, false, special, &ids, &n, &cap,
 	                   &e) != KVS_OK) {
 		free(ids);
 		return script_error(L, "tokenize: %s", e.msg);
@@ -618,7 +620,7 @@ static int api_s_tokenize(lua_State *L)
 static int api_s_detokenize(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const struct vocab *v = session_gen(as->s)->model->vocab;
+	const struct vocab *v = gen_vocab(session_gen(as->s));
 	luaL_checktype(L, 2, LUA_TTABLE);
 	luaL_Buffer b;
 	luaL_buffinit(L, &b);
@@ -647,7 +649,7 @@ static int api_s_set_policy(lua_State *L)
 	if (api_session_policy(as->p->rt, as, spec, &e) != KVS_OK)
 		return script_error(L, "set_policy: %s", e.msg);
 	script_stale(as->p->rt);
-	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
+	gen_kv_changed(session_gen(as->s));
 	return 0;
 }
 
@@ -660,10 +662,10 @@ static int api_s_set_budget(lua_State *L)
 		return script_error(L, "set_budget: the session is busy");
 	if (n < 8 || n > (1 << 24))
 		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
-	if (kv_cache_set_budget(session_gen(as->s)->kv, (uint32_t)n, &e) != KVS_OK)
+	if (kv_cache_set_budget(gen_kv(session_gen(as->s)), (uint32_t)n, &e) != KVS_OK)
 		return script_error(L, "set_budget: %s", e.msg);
 	script_stale(as->p->rt);
-	session_gen(as->s)->n_past = kv_cache_n(session_gen(as->s)->kv);
+	gen_kv_changed(session_gen(as->s));
 	return 0;
 }
 
@@ -674,7 +676,7 @@ static int api_s_policy(lua_State *L)
 	if (as->policy != NULL)
 		lua_pushstring(L, as->policy->name);
 	else
-		lua_pushstring(L, kv_policy_format(kv_cache_policy(session_gen(as->s)->kv), buf,
+		lua_pushstring(L, kv_policy_format(kv_cache_policy(gen_kv(session_gen(as->s))), buf,
 		                                   sizeof buf));
 	return 1;
 }
@@ -682,7 +684,7 @@ static int api_s_policy(lua_State *L)
 static int api_s_stats(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	api_push_stats(L, session_gen(as->s)->kv);
+	api_push_stats(L, gen_kv(session_gen(as->s)));
 	if (as->policy != NULL) {
 		/* the Lua policy; its base gives positions and the fallback */
 		lua_getfield(L, -1, "policy");
@@ -696,7 +698,7 @@ static int api_s_tokens(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	struct gen *g = session_gen(as->s);
-	api_push_toks(L, kv_cache_toks(g->kv), kv_cache_n(g->kv), g->model->vocab);
+	api_push_toks(L, kv_cache_toks(gen_kv(g)), kv_cache_n(gen_kv(g)), gen_vocab(g));
 	lua_pushvalue(L, 1);
 	lua_setiuservalue(L, -2, 1);
 	return 1;
@@ -706,7 +708,7 @@ static int api_s_find(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	lua_Integer pos = luaL_checkinteger(L, 2);
-	int32_t i = kv_cache_find(session_gen(as->s)->kv, (int32_t)pos);
+	int32_t i = kv_cache_find(gen_kv(session_gen(as->s)), (int32_t)pos);
 	if (i < 0)
 		lua_pushnil(L);
 	else
@@ -720,7 +722,7 @@ static int api_s_pin(lua_State *L)
 	lua_Integer pos = luaL_checkinteger(L, 2);
 	bool on = lua_isnone(L, 3) ? true : lua_toboolean(L, 3);
 	struct err e;
-	if (kv_cache_pin(session_gen(as->s)->kv, (int32_t)pos, on, &e) != KVS_OK)
+	if (kv_cache_pin(gen_kv(session_gen(as->s)), (int32_t)pos, on, &e) != KVS_OK)
 		return script_error(L, "pin: %s", e.msg);
 	return 0;
 }
@@ -765,7 +767,7 @@ static int api_s_set_length(lua_State *L)
 static int api_s_length(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const struct len_target *t = &session_gen(as->s)->turn.len;
+	const struct len_target *t = &gen_turn(session_gen(as->s))->len;
 	char buf[128];
 	if (t->unit == LEN_NONE)
 		lua_pushnil(L);

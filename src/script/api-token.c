@@ -350,16 +350,20 @@ static int api_attn_index(lua_State *L)
 
 int api_push_model(lua_State *L, const struct gen *g)
 {
+	const struct model *m = gen_model(g);
+	struct err e;
+	const struct chat_template *chat = gen_chat(g, &e);
+
 	lua_createtable(L, 0, 8);
-	api_setstr(L, "name", g->model->name);
-	api_setint(L, "n_layer", g->model->hp.n_layer);
-	api_setint(L, "n_head", g->model->hp.n_head);
-	api_setint(L, "n_head_kv", g->model->hp.n_head_kv);
+	api_setstr(L, "name", m->name);
+	api_setint(L, "n_layer", m->hp.n_layer);
+	api_setint(L, "n_head", m->hp.n_head);
+	api_setint(L, "n_head_kv", m->hp.n_head_kv);
 	api_setint(L, "n_ctx", gen_n_ctx(g));
 	api_setint(L, "n_vocab", gen_n_vocab(g));
-	api_setstr(L, "backend", engine_backend_name(g->engine));
-	if (g->chat.default_system != NULL)
-		api_setstr(L, "default_system", g->chat.default_system);
+	api_setstr(L, "backend", engine_backend_name(gen_engine(g)));
+	if (chat != NULL && chat->default_system != NULL)
+		api_setstr(L, "default_system", chat->default_system);
 	return 1;
 }
 

@@ -29,9 +29,7 @@
 #define KVS_SCRIPT_INT_H
 
 #include "script/script.h"
-/* api.c still reads struct gen's fields (g->model, g->last_logits, g->kv):
- * until it uses app.h's accessors it needs the app layer's insides. */
-#include "app/app-int.h"
+#include "app/app.h"
 
 #include <lauxlib.h>
 #include <lua.h>
