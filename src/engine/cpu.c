@@ -997,6 +997,35 @@ static void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32
 	}
 }
 
+/* Quantise the input of a layer's next product and return it as
+ * activations: rows of K from src, or (norm not NULL) src = x normalised
+ * with the weight norm into xb first (K = n_embd). Shared: this thread's rows
+ * [lo, hi) into the ubatch's activations, then a barrier. Solo (a one-token
+ * batch on several threads): every thread the whole row into its own
+ * buffers (xb, tact[ith]), with no barrier. */
+static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const float *src,
+                                     uint32_t K, float *xb, int ith, uint32_t lo, uint32_t hi,
+                                     bool solo)
+{
+	if (!solo) {
+		if (norm != NULL)
+			cpu_norm_rows(c, norm, lo, hi);
+		else
+			cpu_quant_rows(c, src, K, lo, hi);
+		pool_barrier(c->pool);
+		return cpu_act(c, K, 0);
+	}
+	if (norm != NULL) {
+		cpu_rmsnorm(c, src, norm, xb);
+		src = xb;
+	}
+	struct kern_act a = c->tact[ith];
+	a.K = K;
+	if (!c->ref)
+		c->ops->quant_row(src, &a, 0);
+	return a;
+}
+
 /*
  * One transformer block for the ubatch, run by every thread.
  *
@@ -1019,20 +1048,9 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	cpu_share(n, ith, nth, &lo, &hi);
 	/* the input rows of the products: shared, or this thread's own */
 	float *xb = solo ? c->txb + (size_t)ith * c->kmax : c->xb;
-	struct kern_act mine = c->tact[ith];
 
 	/* attention block: xb = norm(x); q, k, v = xb W^T (+ b) */
-	struct kern_act a = cpu_act(c, ne, 0);
-	if (solo) {
-		cpu_rmsnorm(c, c->x, L->attn_norm, xb);
-		mine.K = ne;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(xb, &a, 0);
-	} else {
-		cpu_norm_rows(c, L->attn_norm, lo, hi);
-		pool_barrier(c->pool);
-	}
+	struct kern_act a = cpu_fwd_input(c, L->attn_norm, c->x, ne, xb, ith, lo, hi, solo);
 	struct cpu_mm qkv[3] = {
 		{ &L->wq, c->q, nq, false }, { &L->wk, c->k, nkv, false }, { &L->wv, c->v, nkv, false },
 	};
@@ -1059,44 +1077,16 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	pool_barrier(c->pool);
 
 	/* x += attn W_o^T */
-	a = cpu_act(c, nq, 0);
-	if (solo) {
-		mine.K = nq;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(c->ao, &a, 0);
-	} else {
-		cpu_quant_rows(c, c->ao, nq, lo, hi);
-		pool_barrier(c->pool);
-	}
+	a = cpu_fwd_input(c, NULL, c->ao, nq, xb, ith, lo, hi, solo);
 	struct cpu_mm o = { &L->wo, c->x, ne, true };
 	cpu_mm_multi(c, &o, 1, c->ao, nq, &a, n, ith, nth);
 	pool_barrier(c->pool);
 
 	/* feed-forward: x += (silu(xb W_gate^T) * xb W_up^T) W_down^T */
-	a = cpu_act(c, ne, 0);
-	if (solo) {
-		cpu_rmsnorm(c, c->x, L->ffn_norm, xb);
-		mine.K = ne;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(xb, &a, 0);
-	} else {
-		cpu_norm_rows(c, L->ffn_norm, lo, hi);
-		pool_barrier(c->pool);
-	}
+	a = cpu_fwd_input(c, L->ffn_norm, c->x, ne, xb, ith, lo, hi, solo);
 	cpu_gate_up(c, L, xb, &a, n, ith, nth);
 	pool_barrier(c->pool);
-	a = cpu_act(c, nff, 0);
-	if (solo) {
-		mine.K = nff;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(c->g, &a, 0);
-	} else {
-		cpu_quant_rows(c, c->g, nff, lo, hi);
-		pool_barrier(c->pool);
-	}
+	a = cpu_fwd_input(c, NULL, c->g, nff, xb, ith, lo, hi, solo);
 	struct cpu_mm down = { &L->down, c->x, ne, true };
 	cpu_mm_multi(c, &down, 1, c->g, nff, &a, n, ith, nth);
 	pool_barrier(c->pool);
