@@ -12,10 +12,11 @@
  * Weights: Q4_0, Q4_1 and Q8_0 matrices are repacked (kern.h) into one arena
  * of the same size (huge pages where the kernel gives them); each thread
  * drops the file pages of its share as soon as it has packed it, so the
- * process never holds a weight twice. A tied embedding is read back from the
- * packed LM head. Other types are read in place from the map. In reference
- * mode nothing is repacked and every product dequantises a weight row and
- * takes plain f32 dot products.
+ * process never holds a weight twice; the packed arena is saved to, and
+ * later loads map it from, the packed-weights cache (packcache.c). A tied
+ * embedding is read back from the packed LM head. Other types are read in
+ * place from the map. In reference mode nothing is repacked and every
+ * product dequantises a weight row and takes plain f32 dot products.
  *
  * KV cache: per layer K and V as (n_ctx, n_head_kv, head_dim), F16 or F32.
  * Keys are stored twice: before RoPE (the exact source, for re-positioning
@@ -36,17 +37,13 @@
  */
 #include "engine/engine.h"
 #include "engine/kern.h"
+#include "engine/packcache.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #define CPU_UBATCH 512   /* tokens per pool_run */
@@ -214,197 +211,6 @@ static void cpu_pack_thread(void *arg, int ith, int nth)
 	}
 }
 
-/*
- * The packed-weights cache. Packing is most of a model load: the arena's
- * fresh pages must be zeroed by the kernel, then every weight rewritten, and
- * the result depends only on the model file and the packed layout. So the
- * arena is also written to $XDG_CACHE_HOME/kvscope/packed/, and a later
- * load of the same file maps that instead (read-only, from the page cache).
- * A cache file is named after the model file's identity (device, inode,
- * size, modification time) and starts with a page-sized header repeating
- * it with the layout version and the arena's size; a header or a file size
- * that does not match exactly is ignored, and the file rewritten. Files are
- * written whole under a temporary name, then renamed. Files under
- * CPU_PACK_CACHE_MIN (test models) are never cached; KVSCOPE_PACK_CACHE=0
- * turns the cache off. The folder is kept under a size cap (default
- * CPU_PACK_CACHE_CAP, KVSCOPE_PACK_CACHE_MAX in MiB): a load touches the file
- * it maps, and a write removes the least recently used others until the
- * folder fits; a file that would not fit, or would leave the disk with less
- * than CPU_PACK_CACHE_SPARE free, is not written.
- */
-#define CPU_PACK_VERSION 3          /* bump when kern_pack or the arena order changes */
-#define CPU_PACK_HEADER 4096        /* the arena starts page-aligned after it */
-#define CPU_PACK_CACHE_MIN (16u << 20)
-#define CPU_PACK_CACHE_CAP (16ull << 30)
-#define CPU_PACK_CACHE_SPARE (1ull << 30)
-
-struct cpu_pack_header {
-	char magic[8];                  /* "KVSPACK" */
-	uint64_t version, dev, ino, size, mtime_ns, arena_bytes, total;
-};
-
-/* The cache file's header for this model and arena, and its path; NULL
- * when the model is not cached. */
-static char *cpu_pack_cache_path(const struct cpu *c, uint64_t total, struct cpu_pack_header *h)
-{
-	const struct gguf_file *f = c->m->gguf;
-	const char *env = getenv("KVSCOPE_PACK_CACHE");
-	struct stat st;
-	if (f == NULL || f->path == NULL || f->size < CPU_PACK_CACHE_MIN ||
-	    (env != NULL && strcmp(env, "0") == 0) || stat(f->path, &st) != 0 ||
-	    (uint64_t)st.st_size != f->size)
-		return NULL;
-	memset(h, 0, sizeof *h);
-	memcpy(h->magic, "KVSPACK", 8);
-	h->version = CPU_PACK_VERSION;
-	h->dev = (uint64_t)st.st_dev;
-	h->ino = (uint64_t)st.st_ino;
-	h->size = (uint64_t)st.st_size;
-	h->mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
-	h->arena_bytes = c->arena_bytes;
-	h->total = total;
-	char *dir = file_xdg_path("XDG_CACHE_HOME", ".cache", "kvscope/packed");
-	char *path = xasprintf("%s/%016llx-%016llx-%016llx.bin", dir, (unsigned long long)h->ino,
-	                       (unsigned long long)h->size, (unsigned long long)h->mtime_ns);
-	free(dir);
-	return path;
-}
-
-/* Map the cached arena at path when its header is h; true on success. */
-static bool cpu_pack_cache_load(struct cpu *c, const char *path, const struct cpu_pack_header *h)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct cpu_pack_header got;
-	struct stat st;
-	bool ok = fd >= 0 && fstat(fd, &st) == 0 &&
-	          (uint64_t)st.st_size == CPU_PACK_HEADER + h->arena_bytes &&
-	          pread(fd, &got, sizeof got, 0) == (ssize_t)sizeof got &&
-	          memcmp(&got, h, sizeof got) == 0;
-	if (ok) {
-		void *map = mmap(NULL, h->arena_bytes, PROT_READ, MAP_PRIVATE, fd, CPU_PACK_HEADER);
-		ok = map != MAP_FAILED;
-		if (ok) {
-			c->arena = map;
-			(void)futimens(fd, NULL); /* recently used: the last to be evicted */
-		}
-	}
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
-
-/* Write the packed arena to path (whole, under a temporary name, then
- * renamed); a failure only costs the next load a repack. */
-/* The cache folder's size cap in bytes. */
-static uint64_t cpu_pack_cache_cap(void)
-{
-	const char *env = getenv("KVSCOPE_PACK_CACHE_MAX");
-	char *end;
-	unsigned long long mib = env != NULL ? strtoull(env, &end, 10) : 0;
-	if (env == NULL || *env == '\0' || *end != '\0' || mib == 0 || mib > (1ull << 40)) {
-		if (env != NULL)
-			log_warn("KVSCOPE_PACK_CACHE_MAX='%s': expected a size in MiB; using %llu MiB",
-			         env, (unsigned long long)(CPU_PACK_CACHE_CAP >> 20));
-		return CPU_PACK_CACHE_CAP;
-	}
-	return (uint64_t)mib << 20;
-}
-
-struct cpu_cache_file {
-	char *path;
-	uint64_t bytes;
-	int64_t mtime_ns;
-};
-
-static int cpu_cache_file_cmp(const void *a, const void *b)
-{
-	const struct cpu_cache_file *x = a, *y = b;
-	return (x->mtime_ns > y->mtime_ns) - (x->mtime_ns < y->mtime_ns);
-}
-
-/* Remove the least recently used cache files in dir but keep until the
- * folder holds at most cap - incoming bytes; false when even that cannot make
- * room (the files in use by other processes stay valid: unlink only drops
- * the name). */
-static bool cpu_pack_cache_trim(const char *dir, const char *keep, uint64_t incoming,
-                                uint64_t cap)
-{
-	if (incoming > cap)
-		return false;
-	struct dirent **names = NULL;
-	int n = scandir(dir, &names, NULL, NULL);
-	struct cpu_cache_file *files = xcalloc((size_t)(n > 0 ? n : 1), sizeof *files);
-	size_t nf = 0;
-	uint64_t total = 0;
-	for (int i = 0; i < n; i++) {
-		size_t l = strlen(names[i]->d_name);
-		struct stat st;
-		char *p = xasprintf("%s/%s", dir, names[i]->d_name);
-		if (l > 4 && strcmp(names[i]->d_name + l - 4, ".bin") == 0 &&
-		    (keep == NULL || strcmp(p, keep) != 0) && stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
-			files[nf].path = p;
-			files[nf].bytes = (uint64_t)st.st_size;
-			files[nf].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-			total += files[nf++].bytes;
-		} else {
-			free(p);
-		}
-		free(names[i]);
-	}
-	free(names);
-	qsort(files, nf, sizeof *files, cpu_cache_file_cmp);
-	for (size_t i = 0; i < nf && total + incoming > cap; i++)
-		if (unlink(files[i].path) == 0) {
-			log_info("packed-weights cache: removed %s (least recently used)", files[i].path);
-			total -= files[i].bytes;
-		}
-	for (size_t i = 0; i < nf; i++)
-		free(files[i].path);
-	free(files);
-	return total + incoming <= cap;
-}
-
-/* Write the arena to the cache file path; whether it was written. */
-static bool cpu_pack_cache_store(const struct cpu *c, const char *path,
-                                 const struct cpu_pack_header *h)
-{
-	char *dir = xstrdup(path), *tmp = xasprintf("%s.tmp%ld", path, (long)getpid());
-	*strrchr(dir, '/') = '\0';
-	uint8_t head[CPU_PACK_HEADER] = { 0 };
-	memcpy(head, h, sizeof *h);
-	uint64_t bytes = CPU_PACK_HEADER + h->arena_bytes;
-	struct statvfs vfs;
-	if (file_mkdirs(dir, 0700) != 0 || !cpu_pack_cache_trim(dir, path, bytes, cpu_pack_cache_cap()) ||
-	    statvfs(dir, &vfs) != 0 ||
-	    (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + CPU_PACK_CACHE_SPARE) {
-		log_info("packed-weights cache: %s not written (%.0f MiB would not fit under the cap "
-		         "or would leave under %llu MiB free)",
-		         path, (double)bytes / (1 << 20), (unsigned long long)(CPU_PACK_CACHE_SPARE >> 20));
-		free(tmp);
-		free(dir);
-		return false;
-	}
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	bool ok = fd >= 0 && write(fd, head, sizeof head) == (ssize_t)sizeof head;
-	for (uint64_t off = 0; ok && off < h->arena_bytes;) {
-		ssize_t w = write(fd, (const uint8_t *)c->arena + off,
-		                  (size_t)KVS_MIN(h->arena_bytes - off, (uint64_t)(64u << 20)));
-		ok = w > 0;
-		off += ok ? (uint64_t)w : 0;
-	}
-	if (fd >= 0 && close(fd) != 0)
-		ok = false;
-	if (ok && rename(tmp, path) != 0)
-		ok = false;
-	if (!ok) {
-		log_debug("packed-weights cache %s not written: %s", path, strerror(errno));
-		unlink(tmp);
-	}
-	free(tmp);
-	free(dir);
-	return ok;
-}
-
 /* Repack the weights that have packed kernels (not in reference mode) into
  * one arena (huge pages where the kernel gives them), or map the arena
  * packed by an earlier load from the cache. */
@@ -427,11 +233,14 @@ static void cpu_pack_weights(struct cpu *c)
 	}
 	if (total > 0) {
 		uint64_t huge = 2u << 20;
-		struct cpu_pack_header h;
+		struct packcache_header h;
 		c->arena_bytes = (total + huge - 1) & ~(huge - 1);
-		char *cache = cpu_pack_cache_path(c, total, &h);
-		bool cached = cache != NULL && cpu_pack_cache_load(c, cache, &h);
-		if (!cached) {
+		char *cache = packcache_path(c->m->gguf, c->arena_bytes, total, &h);
+		void *map = cache != NULL ? packcache_load(cache, &h) : NULL;
+		bool cached = map != NULL;
+		if (cached) {
+			c->arena = map;
+		} else {
 			c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE,
 			                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			if (c->arena == MAP_FAILED) {
@@ -449,7 +258,7 @@ static void cpu_pack_weights(struct cpu *c)
 			struct cpu_pack_job pj = { ws, n, src, c->m->gguf != NULL && c->m->gguf->owns_map };
 			pool_run(c->pool, cpu_pack_thread, &pj);
 			if (cache != NULL)
-				stored = cpu_pack_cache_store(c, cache, &h);
+				stored = packcache_store(cache, &h, c->arena);
 		}
 		if (cached)
 			log_info("packed weights mapped from the cache %s", cache);
@@ -1192,6 +1001,35 @@ static void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32
 	}
 }
 
+/* Quantise the input of a layer's next product and return it as
+ * activations: rows of K from src, or (norm not NULL) src = x normalised
+ * with the weight norm into xb first (K = n_embd). Shared: this thread's rows
+ * [lo, hi) into the ubatch's activations, then a barrier. Solo (a one-token
+ * batch on several threads): every thread the whole row into its own
+ * buffers (xb, tact[ith]), with no barrier. */
+static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const float *src,
+                                     uint32_t K, float *xb, int ith, uint32_t lo, uint32_t hi,
+                                     bool solo)
+{
+	if (!solo) {
+		if (norm != NULL)
+			cpu_norm_rows(c, norm, lo, hi);
+		else
+			cpu_quant_rows(c, src, K, lo, hi);
+		pool_barrier(c->pool);
+		return cpu_act(c, K, 0);
+	}
+	if (norm != NULL) {
+		cpu_rmsnorm(c, src, norm, xb);
+		src = xb;
+	}
+	struct kern_act a = c->tact[ith];
+	a.K = K;
+	if (!c->ref)
+		c->ops->quant_row(src, &a, 0);
+	return a;
+}
+
 /*
  * One transformer block for the ubatch, run by every thread.
  *
@@ -1214,20 +1052,9 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	cpu_share(n, ith, nth, &lo, &hi);
 	/* the input rows of the products: shared, or this thread's own */
 	float *xb = solo ? c->txb + (size_t)ith * c->kmax : c->xb;
-	struct kern_act mine = c->tact[ith];
 
 	/* attention block: xb = norm(x); q, k, v = xb W^T (+ b) */
-	struct kern_act a = cpu_act(c, ne, 0);
-	if (solo) {
-		cpu_rmsnorm(c, c->x, L->attn_norm, xb);
-		mine.K = ne;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(xb, &a, 0);
-	} else {
-		cpu_norm_rows(c, L->attn_norm, lo, hi);
-		pool_barrier(c->pool);
-	}
+	struct kern_act a = cpu_fwd_input(c, L->attn_norm, c->x, ne, xb, ith, lo, hi, solo);
 	struct cpu_mm qkv[3] = {
 		{ &L->wq, c->q, nq, false }, { &L->wk, c->k, nkv, false }, { &L->wv, c->v, nkv, false },
 	};
@@ -1254,44 +1081,16 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	pool_barrier(c->pool);
 
 	/* x += attn W_o^T */
-	a = cpu_act(c, nq, 0);
-	if (solo) {
-		mine.K = nq;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(c->ao, &a, 0);
-	} else {
-		cpu_quant_rows(c, c->ao, nq, lo, hi);
-		pool_barrier(c->pool);
-	}
+	a = cpu_fwd_input(c, NULL, c->ao, nq, xb, ith, lo, hi, solo);
 	struct cpu_mm o = { &L->wo, c->x, ne, true };
 	cpu_mm_multi(c, &o, 1, c->ao, nq, &a, n, ith, nth);
 	pool_barrier(c->pool);
 
 	/* feed-forward: x += (silu(xb W_gate^T) * xb W_up^T) W_down^T */
-	a = cpu_act(c, ne, 0);
-	if (solo) {
-		cpu_rmsnorm(c, c->x, L->ffn_norm, xb);
-		mine.K = ne;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(xb, &a, 0);
-	} else {
-		cpu_norm_rows(c, L->ffn_norm, lo, hi);
-		pool_barrier(c->pool);
-	}
+	a = cpu_fwd_input(c, L->ffn_norm, c->x, ne, xb, ith, lo, hi, solo);
 	cpu_gate_up(c, L, xb, &a, n, ith, nth);
 	pool_barrier(c->pool);
-	a = cpu_act(c, nff, 0);
-	if (solo) {
-		mine.K = nff;
-		a = mine;
-		if (!c->ref)
-			c->ops->quant_row(c->g, &a, 0);
-	} else {
-		cpu_quant_rows(c, c->g, nff, lo, hi);
-		pool_barrier(c->pool);
-	}
+	a = cpu_fwd_input(c, NULL, c->g, nff, xb, ith, lo, hi, solo);
 	struct cpu_mm down = { &L->down, c->x, ne, true };
 	cpu_mm_multi(c, &down, 1, c->g, nff, &a, n, ith, nth);
 	pool_barrier(c->pool);
