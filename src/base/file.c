@@ -51,7 +51,7 @@ int file_mkdirs(const char *dir, unsigned mode)
 static const char *file_kind(mode_t m)
 {
 	return S_ISFIFO(m) ? "a FIFO" : S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device"
-	     : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+	     : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "a special file";
 }
 
 int file_open_regular(const char *path, const char *what, int *fd_out, uint64_t *size,
@@ -74,7 +74,7 @@ int file_open_regular(const char *path, const char *what, int *fd_out, uint64_t 
 	}
 	if (!S_ISREG(st.st_mode)) {
 		close(fd);
-		return err_set(e, KVS_EARG, "%s: is %s, expected %s (a regular file)", path,
+		return err_set(e, KVS_EARG, "%s: is %s, not a regular file (expected %s)", path,
 		               file_kind(st.st_mode), what);
 	}
 	flags = fcntl(fd, F_GETFL);

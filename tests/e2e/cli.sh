@@ -103,14 +103,14 @@ cmp -s "$tmp/p0" "$tmp/p4" && cmp -s "$tmp/p0" "$tmp/p5" || fail "output differs
 # files that are not regular files get one line, never a hang or an unbounded
 # read (a FIFO would block open(); /dev/zero never ends)
 mkfifo "$tmp/fifo"
-expect_bad 2 "is a FIFO, expected a GGUF file" timeout 20 "$bin" model info --model "$tmp/fifo"
-expect_bad 2 "is a FIFO, expected a GGUF file" timeout 20 "$bin" generate --model "$tmp/fifo" --prompt hi
-expect_bad 2 "is a character device, expected a GGUF file" timeout 20 "$bin" tokenize --model /dev/zero hi
-expect_bad 2 "is a FIFO, expected a text file" timeout 20 "$bin" tokenize -f "$tmp/fifo"
-expect_bad 2 "is a character device, expected a text file" timeout 20 "$bin" tokenize -f /dev/zero
-expect_bad 2 "is a character device, expected a text file" timeout 20 "$bin" generate --prompt-file /dev/zero -n 1
-expect_bad 2 "is a directory, expected a text file" timeout 20 "$bin" perplexity --file "$tmp"
-expect_bad 2 "is a character device, expected a text file" timeout 20 "$bin" perplexity --file /dev/zero
+expect_bad 2 "is a FIFO, not a regular file (expected a GGUF file)" timeout 20 "$bin" model info --model "$tmp/fifo"
+expect_bad 2 "is a FIFO, not a regular file (expected a GGUF file)" timeout 20 "$bin" generate --model "$tmp/fifo" --prompt hi
+expect_bad 2 "is a character device, not a regular file (expected a GGUF file)" timeout 20 "$bin" tokenize --model /dev/zero hi
+expect_bad 2 "is a FIFO, not a regular file (expected a text file)" timeout 20 "$bin" tokenize -f "$tmp/fifo"
+expect_bad 2 "is a character device, not a regular file (expected a text file)" timeout 20 "$bin" tokenize -f /dev/zero
+expect_bad 2 "is a character device, not a regular file (expected a text file)" timeout 20 "$bin" generate --prompt-file /dev/zero -n 1
+expect_bad 2 "is a directory, not a regular file (expected a text file)" timeout 20 "$bin" perplexity --file "$tmp"
+expect_bad 2 "is a character device, not a regular file (expected a text file)" timeout 20 "$bin" perplexity --file /dev/zero
 printf 'two words' | "$bin" tokenize -f - >"$tmp/stdin.out" 2>&1 && grep -q . "$tmp/stdin.out" ||
 	fail "tokenize -f - (a pipe) no longer reads standard input: $(cat "$tmp/stdin.out")"
 
