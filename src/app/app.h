@@ -82,7 +82,7 @@ int len_target_parse(const char *s, struct len_target *t, struct err *e);
 /* "150 words (130, 170]" and the like, for status lines. */
 const char *len_target_format(const struct len_target *t, char *buf, size_t cap);
 /* The prompt-side sentence ("The response should have a word count of N
- * words.", Ruler's wording, methods.md 9.1), allocated; NULL when there is
+ * words.", Ruler's wording, methods.md 9.1), caller owns; NULL when there is
  * no target or t->instruct is off. */
 char *len_instruction(const struct len_target *t);
 /* text + "\n" + the sentence (or a copy of text when there is none). */
@@ -123,7 +123,7 @@ void lenctl_params_default(struct lenctl_params *p);
 struct gen_turn_opts {
 	struct len_target len;      /* unit LEN_NONE: no length control */
 	struct lenctl_params ctl;
-	const char *const *stops;   /* stop strings (not copied), or NULL */
+	const char *const *stops;   /* stop strings (borrows until the turn ends), or NULL */
 	size_t n_stops;
 };
 /* No length target, the default knobs, no stop strings. */
@@ -429,22 +429,22 @@ struct worker_cmd {
 	const char *text;   /* copied */
 	int64_t n;
 	struct kv_policy policy; /* WORKER_SCORER: the base policy */
-	struct kv_scorer scorer; /* WORKER_SCORER (name is not copied: keep it alive) */
+	struct kv_scorer scorer; /* WORKER_SCORER (borrows name until the scorer is replaced) */
 };
 
 enum worker_event_kind {
 	WORKER_EV_TURN_START = 0, /* index, user */
-	WORKER_EV_TOKEN,          /* token (token.meta -> meta, token.text -> owned) */
-	WORKER_EV_TURN_END,       /* turn (strings owned) */
-	WORKER_EV_KV,             /* kv (arrays and strings owned) */
+	WORKER_EV_TOKEN,          /* token (token.meta -> meta, token.text: the event owns them) */
+	WORKER_EV_TURN_END,       /* turn (the event owns its strings) */
+	WORKER_EV_KV,             /* kv (the event owns its arrays and strings) */
 	WORKER_EV_SNAPSHOT,       /* toks: the cached tokens in cache order; stats; next_pos */
 	WORKER_EV_RESULT,         /* a command finished: cmd, status, msg */
-	WORKER_EV_TRANSCRIPT,     /* a load resumed a session: recap (owned), before the result;
+	WORKER_EV_TRANSCRIPT,     /* a load resumed a session: recap (the event owns it), before the result;
 	                           * status, msg: whether its texts could be read */
 };
 
 /* One event from the worker: deep copies of the session hooks' arguments,
- * owned by the event (worker_event_free releases them). */
+ * that the event owns (worker_event_free releases them). */
 struct worker_event {
 	enum worker_event_kind kind;
 	uint64_t cmd_id;              /* the command it belongs to */

@@ -151,7 +151,7 @@ enum engine_cap {
 
 struct engine;
 
-/* Create an engine for m (which must outlive it): choose the backend, bring
+/* Create an engine for m (borrows m until engine_free): choose the backend, bring
  * the weights up, allocate the KV cache (all slots empty). */
 int engine_create(struct engine **out, const struct model *m, const struct engine_config *cfg,
                   struct err *e);
