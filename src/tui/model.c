@@ -29,6 +29,7 @@ void tui_init(struct tui *t)
 {
 	memset(t, 0, sizeof *t);
 	t->sel_tok = -1;
+	t->evsum.msg = -1;
 	t->theme = tui_theme_at(0);
 	snprintf(t->plugins, sizeof t->plugins, "plugins: none");
 }
@@ -50,6 +51,8 @@ static void tui_msgs_clear(struct tui *t)
 	}
 	t->n_msgs = 0;
 	t->chat_scroll = 0;
+	memset(&t->evsum, 0, sizeof t->evsum);
+	t->evsum.msg = -1;
 }
 
 void tui_free(struct tui *t)
@@ -194,30 +197,6 @@ static void tui_spark_push(struct tui *t, float cache, float tps)
 	t->n_spark++;
 }
 
-/* "evicted 212 tokens from turns 3-5 (sirllm, budget 512); system prompt kept" */
-static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
-{
-	uint32_t lo = UINT32_MAX, hi = 0, n_sys = 0;
-	char buf[256];
-
-	for (uint32_t i = 0; i < ev->n_evicted; i++) {
-		lo = KVS_MIN(lo, ev->evicted[i].turn);
-		hi = KVS_MAX(hi, ev->evicted[i].turn);
-		n_sys += ev->evicted[i].role == KV_ROLE_SYSTEM;
-	}
-	if (lo == hi)
-		snprintf(buf, sizeof buf, "evicted %u tokens from turn %u (%s, budget %u)%s%s",
-		         ev->n_evicted, lo, ev->policy ? ev->policy : "?", ev->stats.budget,
-		         n_sys ? "; system prompt partly evicted" : "; system prompt kept",
-		         ev->fallback ? "; score provider failed, built-in policy used" : "");
-	else
-		snprintf(buf, sizeof buf, "evicted %u tokens from turns %u-%u (%s, budget %u)%s%s",
-		         ev->n_evicted, lo, hi, ev->policy ? ev->policy : "?", ev->stats.budget,
-		         n_sys ? "; system prompt partly evicted" : "; system prompt kept",
-		         ev->fallback ? "; score provider failed, built-in policy used" : "");
-	tui_msg_add(t, MSG_BANNER, buf);
-}
-
 /* The reply being streamed (the last assistant message), or NULL. */
 static struct tui_msg *tui_reply(struct tui *t)
 {
@@ -231,6 +210,87 @@ static struct tui_msg *tui_reply(struct tui *t)
 			return NULL;
 	}
 	return NULL;
+}
+
+/* Insert a message of kind at index i (later ones move down); returns it. */
+static struct tui_msg *tui_msg_insert(struct tui *t, uint32_t i, enum tui_msg_kind kind)
+{
+	struct tui_msg m;
+
+	tui_msg_add(t, kind, NULL);
+	m = t->msgs[t->n_msgs - 1];
+	memmove(&t->msgs[i + 1], &t->msgs[i], (t->n_msgs - 1 - i) * sizeof *t->msgs);
+	t->msgs[i] = m;
+	return &t->msgs[i];
+}
+
+/* "s" unless n is 1. */
+static const char *tui_plural(uint32_t n)
+{
+	return n == 1 ? "" : "s";
+}
+
+/* Close the open eviction summary: the next round starts a new line. */
+static void tui_evict_close(struct tui *t)
+{
+	memset(&t->evsum, 0, sizeof t->evsum);
+	t->evsum.msg = -1;
+}
+
+/* Fold an eviction round into the chat's one summary line ("evicted 212
+ * tokens from turns 3-5 in 14 rounds (sirllm, budget 512); system prompt
+ * kept"): during an exchange it sits between the user's message and the
+ * reply, so that the reply stays the last thing in the pane however many
+ * decode steps evict; between exchanges it follows the last message and
+ * takes the later rounds while nothing else is said. The details of each
+ * token are in the retention strip and the KV pane. */
+static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
+{
+	struct tui_evict_sum *sm = &t->evsum;
+	struct tui_msg *reply = tui_reply(t), *m;
+	char buf[256];
+
+	if (reply != NULL && reply->stop[0] != '\0')
+		reply = NULL; /* ended: the rounds come after it */
+
+	if (sm->msg >= 0 && ((uint32_t)sm->msg >= t->n_msgs || t->msgs[sm->msg].kind != MSG_BANNER ||
+	                     (reply == NULL && (uint32_t)sm->msg != t->n_msgs - 1)))
+		tui_evict_close(t); /* what it counted is no longer where it was */
+	if (sm->msg < 0) {
+		tui_evict_close(t);
+		sm->lo = UINT32_MAX;
+		if (reply != NULL) {
+			uint32_t at = (uint32_t)(reply - t->msgs);
+			tui_msg_insert(t, at, MSG_BANNER);
+			sm->msg = (int32_t)at;
+		} else {
+			tui_msg_add(t, MSG_BANNER, NULL);
+			sm->msg = (int32_t)t->n_msgs - 1;
+		}
+	}
+	for (uint32_t i = 0; i < ev->n_evicted; i++) {
+		sm->lo = KVS_MIN(sm->lo, ev->evicted[i].turn);
+		sm->hi = KVS_MAX(sm->hi, ev->evicted[i].turn);
+		sm->n_sys += ev->evicted[i].role == KV_ROLE_SYSTEM;
+	}
+	sm->n += ev->n_evicted;
+	sm->rounds++;
+	sm->budget = ev->stats.budget;
+	sm->fallback |= ev->fallback;
+	snprintf(sm->policy, sizeof sm->policy, "%s", ev->policy ? ev->policy : "?");
+	int k = sm->lo == sm->hi ? snprintf(buf, sizeof buf, "evicted %u token%s from turn %u", sm->n,
+	                                    tui_plural(sm->n), sm->lo)
+	                         : snprintf(buf, sizeof buf, "evicted %u token%s from turns %u-%u",
+	                                    sm->n, tui_plural(sm->n), sm->lo, sm->hi);
+	snprintf(buf + k, sizeof buf - (size_t)k, " in %u round%s (%s, budget %u)%s%s", sm->rounds,
+	         tui_plural(sm->rounds), sm->policy, sm->budget,
+	         sm->n_sys ? "; system prompt partly evicted" : "; system prompt kept",
+	         sm->fallback ? "; score provider failed, built-in policy used" : "");
+	m = &t->msgs[sm->msg];
+	for (uint32_t j = 0; j < m->n_spans; j++)
+		free(m->spans[j].text);
+	m->n_spans = 0;
+	tui_span_add(m, buf, strlen(buf), NAN);
 }
 
 /* Keep the ring's attention rows under TUI_STEP_BYTES: older steps keep
@@ -339,6 +399,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 
 	switch (ev->kind) {
 	case WORKER_EV_TURN_START:
+		tui_evict_close(t);
 		tui_msg_add(t, MSG_USER, ev->user ? ev->user : "");
 		tui_msg_add(t, MSG_ASSISTANT, NULL);
 		t->busy = true;
@@ -402,6 +463,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 			            "context full: this turn started a new conversation (the model no "
 			            "longer sees earlier turns)");
 		t->busy = false;
+		tui_evict_close(t);
 		break;
 	case WORKER_EV_KV:
 		tui_apply_kv(t, &ev->kv, now_ms);

@@ -147,6 +147,18 @@ enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
 
 #define TUI_SPARK_N 120
 
+/* The evictions one summary line of the chat counts: those of one exchange
+ * (prefill and decode), or those between exchanges (a budget change). */
+struct tui_evict_sum {
+	int32_t msg;           /* its message, -1: none open */
+	uint32_t n, rounds;    /* tokens and eviction events */
+	uint32_t lo, hi;       /* the turns they came from */
+	uint32_t n_sys;        /* system-prompt tokens among them */
+	uint32_t budget;       /* the budget of the last round */
+	char policy[48];       /* the policy of the last round */
+	bool fallback;         /* a score provider failed in one of the rounds */
+};
+
 struct tui_pane;
 
 struct tui {
@@ -199,6 +211,7 @@ struct tui {
 	bool help;                      /* F1 overlay */
 	bool quit;
 	uint32_t n_evicted_total;
+	struct tui_evict_sum evsum;     /* the chat's open eviction summary line */
 	/* where the retention strip drew each token (for mouse selection) */
 	struct tui_hit {
 		int16_t x, y, w;

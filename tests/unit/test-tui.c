@@ -120,7 +120,8 @@ static void test_regions_and_banner(void)
 	T_EQ_INT(r.sink, 2);
 	T_CHECK(t.n_msgs == 1 && t.msgs[0].kind == MSG_BANNER, "n_msgs %u", t.n_msgs);
 	T_EQ_STR(t.msgs[0].spans[0].text,
-	         "evicted 3 tokens from turns 0-1 (sirllm, budget 8); system prompt partly evicted");
+	         "evicted 3 tokens from turns 0-1 in 1 round (sirllm, budget 8); system prompt partly "
+	         "evicted");
 	/* a later snapshot that lacks token 9 marks it evicted too */
 	{
 		struct worker_event s2 = { 0 };
@@ -147,6 +148,83 @@ static void test_regions_and_banner(void)
 		tui_regions(&t, &r);
 		T_EQ_INT(r.evicted + r.recent + r.sink + r.key + r.pinned, 0);
 	}
+	tui_free(&t);
+}
+
+static bool dump_has(struct tui *t, int w, int h, bool ascii, const char *needle);
+
+/* An eviction event of n tokens of turn (positions from pos on). */
+static void evict(struct tui *t, int32_t pos, uint32_t n, uint32_t turn)
+{
+	struct worker_event ev = { 0 };
+	struct kv_tok toks[8];
+
+	for (uint32_t i = 0; i < n && i < 8; i++)
+		toks[i] = mk_tok(pos + (int32_t)i, turn, KV_ROLE_USER, 0);
+	ev.kind = WORKER_EV_KV;
+	ev.kv.kind = KV_EVENT_EVICT;
+	ev.kv.policy = "sirllm";
+	ev.kv.stats.budget = 8;
+	ev.kv.n_evicted = n;
+	ev.kv.evicted = toks;
+	tui_apply(t, &ev, 0);
+}
+
+/* Evictions during an exchange make one summary line, updated in place and
+ * placed between the user's message and the reply (prefill and decode
+ * rounds alike); evictions between exchanges get one line of their own,
+ * after the reply, which later rounds update while nothing came after it. */
+static void test_evict_summary(void)
+{
+	struct tui t;
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	ev.kind = WORKER_EV_TURN_START;
+	ev.user = (char *)"a question";
+	tui_apply(&t, &ev, 0);
+	evict(&t, 2, 2, 0); /* prefill */
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TOKEN;
+	ev.token.text = "Hi";
+	ev.token.len = 2;
+	tui_apply(&t, &ev, 0);
+	evict(&t, 4, 1, 1); /* decode, one token a step */
+	evict(&t, 5, 1, 1);
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TOKEN;
+	ev.token.text = " there";
+	ev.token.len = 6;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(t.n_msgs, 3);
+	T_CHECK(t.msgs[0].kind == MSG_USER && t.msgs[1].kind == MSG_BANNER &&
+	            t.msgs[2].kind == MSG_ASSISTANT,
+	        "user, summary, reply: %d %d %d", t.msgs[0].kind, t.msgs[1].kind, t.msgs[2].kind);
+	T_EQ_STR(t.msgs[1].spans[0].text,
+	         "evicted 4 tokens from turns 0-1 in 3 rounds (sirllm, budget 8); system prompt kept");
+	T_CHECK(t.msgs[2].n_spans == 2, "the reply kept streaming into its message: %u spans",
+	        t.msgs[2].n_spans);
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TURN_END;
+	ev.turn.reply = (char *)"Hi there";
+	tui_apply(&t, &ev, 0);
+	/* the reply is the last row of the pane, the summary above it */
+	T_CHECK(dump_has(&t, 200, 50, false, "evicted 4 tokens from turns 0-1 in 3 rounds"), "drawn");
+	T_CHECK(dump_has(&t, 200, 50, false, "model> Hi there [eos]"), "the reply");
+	/* a budget change between exchanges: a line after the reply, one only */
+	evict(&t, 6, 1, 1);
+	T_EQ_INT(t.n_msgs, 4);
+	T_EQ_STR(t.msgs[3].spans[0].text,
+	         "evicted 1 token from turn 1 in 1 round (sirllm, budget 8); system prompt kept");
+	evict(&t, 7, 2, 1);
+	T_EQ_INT(t.n_msgs, 4);
+	T_EQ_STR(t.msgs[3].spans[0].text,
+	         "evicted 3 tokens from turn 1 in 2 rounds (sirllm, budget 8); system prompt kept");
+	/* once something else was said, the next round starts a new line */
+	tui_msg_add(&t, MSG_INFO, "new conversation");
+	evict(&t, 9, 1, 2);
+	T_EQ_INT(t.n_msgs, 6);
+	T_CHECK(t.msgs[5].kind == MSG_BANNER, "a new line");
 	tui_free(&t);
 }
 
@@ -720,6 +798,7 @@ int main(void)
 	test_heat_bin();
 	test_levels();
 	test_regions_and_banner();
+	test_evict_summary();
 	test_layout_and_draw();
 	test_replay();
 	test_chat_scroll();
