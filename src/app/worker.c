@@ -53,9 +53,11 @@ struct worker {
 	bool chatting;           /* that command is an exchange */
 	bool quit;
 	bool sent_snapshot;      /* this exchange's prompt tokens were sent */
+	bool saving;             /* a :save or :load gave the session a store */
 	uint32_t steps_queued;   /* step events not yet polled */
 	int pipe_rd, pipe_wr;
 	char *db_path, *model_path; /* worker_set_store */
+	char *sampler;              /* the sampler settings saved sessions record */
 	struct store *st;           /* opened by the first :save or :load */
 };
 
@@ -157,6 +159,8 @@ static void worker_snapshot(struct worker *w)
 	ev->next_pos = kv_cache_next_pos(g->kv);
 	kv_cache_stats(g->kv, &ev->stats);
 	kv_policy_format(kv_cache_policy(g->kv), ev->policy, sizeof ev->policy);
+	ev->n_unsaved = session_n_unsaved(w->s);
+	ev->saving = w->saving;
 	worker_push(w, ev);
 }
 
@@ -231,6 +235,18 @@ static void worker_hook_kv(void *ud, const struct kv_event *kev)
 	worker_push(w, ev);
 }
 
+static void worker_hook_saved(void *ud, int64_t id, uint32_t index, int status, const char *msg)
+{
+	struct worker *w = ud;
+	struct worker_event *ev = worker_event_new(WORKER_EV_SAVED);
+
+	ev->saved_id = id;
+	ev->index = index;
+	ev->status = status;
+	snprintf(ev->msg, sizeof ev->msg, "%.*s", (int)sizeof ev->msg - 1, msg ? msg : "");
+	worker_push(w, ev);
+}
+
 /* The saved-session settings of this worker's session (st opened on demand). */
 static int worker_store(struct worker *w, struct session_store *ss, char sha[65], struct err *e)
 {
@@ -248,7 +264,7 @@ static int worker_store(struct worker *w, struct session_store *ss, char sha[65]
 	ss->st = w->st;
 	ss->model_path = w->model_path;
 	ss->model_sha256 = sha;
-	ss->sampler = "";
+	ss->sampler = w->sampler ? w->sampler : "";
 	ss->snapshots = true;
 	return rc;
 }
@@ -342,14 +358,33 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 	case WORKER_SAVE: {
 		struct session_store ss;
 		char sha[65];
+		int64_t id = session_store_id(w->s);
+		if (id != 0) {
+			/* saving already: a title renames the saved session, never forks it */
+			if (c->text != NULL)
+				rc = store_session_set_title(w->st, id, c->text, &e);
+			if (rc == KVS_OK && c->text != NULL)
+				snprintf(res->msg, sizeof res->msg, "saving to %s as session %lld, now titled '%.120s'",
+				         store_path(w->st), (long long)id, c->text);
+			else if (rc == KVS_OK)
+				snprintf(res->msg, sizeof res->msg, "already saving to %s as session %lld",
+				         store_path(w->st), (long long)id);
+			break;
+		}
 		rc = worker_store(w, &ss, sha, &e);
+		uint32_t n = session_n_turns(w->s);
 		if (rc == KVS_OK) {
 			ss.title = c->text;
 			rc = session_set_store(w->s, &ss, &e);
+			w->saving = session_store_id(w->s) != 0 || rc == KVS_OK;
 		}
-		if (rc == KVS_OK)
+		if (rc == KVS_OK && n > 0)
 			snprintf(res->msg, sizeof res->msg,
-			         "saving to %s from the next exchange on (with what the cache retains)",
+			         "saved %u exchange%s to %s as session %lld; the next ones are added", n,
+			         n == 1 ? "" : "s", store_path(w->st), (long long)session_store_id(w->s));
+		else if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg,
+			         "saving to %s from the first exchange on (with what the cache retains)",
 			         store_path(w->st));
 		break;
 	}
@@ -362,6 +397,8 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 			rc = store_session_find(w->st, c->text, &ss.id, &e);
 		if (rc == KVS_OK)
 			rc = session_resume(w->s, &ss, &info, &e);
+		if (rc == KVS_OK)
+			w->saving = true;
 		if (rc == KVS_OK)
 			worker_transcript(w, ss.id, c->n, info.n_tokens);
 		if (rc == KVS_OK)
@@ -459,6 +496,7 @@ int worker_start(struct worker **out, struct session *s, struct err *e)
 	                         .token = worker_hook_token,
 	                         .turn_end = worker_hook_turn_end,
 	                         .kv = worker_hook_kv,
+	                         .saved = worker_hook_saved,
 	                         .ud = w,
 	                     });
 	if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
@@ -504,6 +542,7 @@ void worker_stop(struct worker *w)
 	store_close(w->st);
 	free(w->db_path);
 	free(w->model_path);
+	free(w->sampler);
 	pthread_mutex_destroy(&w->mu);
 	pthread_cond_destroy(&w->cv);
 	free(w);
@@ -528,12 +567,15 @@ uint64_t worker_send(struct worker *w, const struct worker_cmd *c)
 	return id;
 }
 
-void worker_set_store(struct worker *w, const char *db_path, const char *model_path)
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path,
+                      const char *sampler)
 {
 	free(w->db_path);
 	free(w->model_path);
+	free(w->sampler);
 	w->db_path = db_path ? xstrdup(db_path) : NULL;
 	w->model_path = model_path ? xstrdup(model_path) : NULL;
+	w->sampler = sampler ? xstrdup(sampler) : NULL;
 }
 
 bool worker_cancel(struct worker *w)

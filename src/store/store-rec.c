@@ -198,7 +198,7 @@ void store_rec_turn(struct store_rec *r, const struct store_turn *t)
 	q->t.reply = xstrdup(t->reply ? t->reply : "");
 	q->t.stop = xstrdup(t->stop ? t->stop : "");
 	q->epoch = r->epoch;
-	q->end_pos = kv_cache_next_pos(r->kv);
+	q->end_pos = t->end_pos != 0 ? t->end_pos : kv_cache_next_pos(r->kv);
 }
 
 uint32_t store_rec_pending(const struct store_rec *r)

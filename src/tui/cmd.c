@@ -46,6 +46,28 @@ static void cmd_send(struct tui_ctx *c, const struct worker_cmd *wc)
 		worker_send(c->w, wc);
 }
 
+/* Exchanges a quit, :new or :load would drop: those not saved, and the
+ * reply in progress when nothing is saved. */
+static uint32_t cmd_unsaved(const struct tui *t)
+{
+	return t->n_unsaved + (t->busy && !t->saving);
+}
+
+/* An unsaved conversation is never dropped without a word: the first time
+ * cmd asks (true: stop here), the same command next time goes ahead. */
+static bool cmd_confirm(struct tui_ctx *c, const char *cmd, const char *what)
+{
+	uint32_t n = cmd_unsaved(c->t);
+
+	if (n == 0 || strcmp(c->armed_prev, cmd) == 0)
+		return false;
+	snprintf(c->t->armed, sizeof c->t->armed, "%s", cmd);
+	tui_status(c->t, true,
+	           "%u exchange%s not saved: :save [TITLE] keeps %s; :%s again %s", n,
+	           n == 1 ? " is" : "s are", n == 1 ? "it" : "them", cmd, what);
+	return true;
+}
+
 /* Parse a whole non-negative integer; false when s is anything else. */
 static bool cmd_uint(const char *s, long long max, long long *out)
 {
@@ -278,6 +300,8 @@ static int x_new(struct tui_ctx *c, int argc, char **argv)
 	(void)argv;
 	if (argc != 1)
 		return cmd_fail(c, ":new takes no arguments");
+	if (cmd_confirm(c, "new", "starts a new conversation without them"))
+		return KVS_OK;
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_RESET });
 	tui_msg_add(c->t, MSG_INFO, "new conversation");
 	return KVS_OK;
@@ -290,16 +314,24 @@ static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
 	struct store *st;
 	struct err e;
 	char *path;
+	int rc;
 
 	if (!store_available()) {
 		cmd_fail(c, ":%s: the session store was not built (configure found no SQLite)", cmd);
 		return NULL;
 	}
 	path = c->t->db_path[0] ? xstrdup(c->t->db_path) : store_default_path();
-	if (store_open(&st, path, STORE_RO, &e) != KVS_OK) {
+	rc = store_open(&st, path, STORE_RO, &e);
+	if (rc == KVS_ENOTFOUND && strcmp(cmd, "sessions") == 0)
+		tui_status(c->t, false, "no saved sessions yet in %s: :save [TITLE] saves this "
+		                        "conversation there", path);
+	else if (rc == KVS_ENOTFOUND)
+		cmd_fail(c, ":%s: no saved sessions yet in %s (:save [TITLE] saves this conversation)",
+		         cmd, path);
+	else if (rc != KVS_OK)
 		cmd_fail(c, ":%s: %s", cmd, e.msg);
+	if (rc != KVS_OK)
 		st = NULL;
-	}
 	free(path);
 	return st;
 }
@@ -316,22 +348,27 @@ static int x_sessions(struct tui_ctx *c, int argc, char **argv)
 	if (argc != 1)
 		return cmd_fail(c, ":sessions takes no arguments");
 	if ((st = cmd_store_ro(c, "sessions")) == NULL)
-		return KVS_EIO;
+		return c->t->status_err ? KVS_EIO : KVS_OK;
 	if (store_session_list(st, &ss, &n, &e) != KVS_OK) {
 		store_close(st);
 		return cmd_fail(c, ":sessions: %s", e.msg);
 	}
 	for (size_t i = 0; i < n; i++) {
 		char one[96];
-		snprintf(one, sizeof one, "%s%lld '%s' (%u turns)", i ? ", " : "", (long long)ss[i].id,
-		         ss[i].title ? ss[i].title : "", ss[i].n_turns);
+		snprintf(one, sizeof one, "%s%lld '%s' (%u turn%s)", i ? ", " : "", (long long)ss[i].id,
+		         ss[i].title ? ss[i].title : "", ss[i].n_turns, ss[i].n_turns == 1 ? "" : "s");
 		if (strlen(buf) + strlen(one) + 1 < sizeof buf)
 			strcat(buf, one);
 		store_session_free(&ss[i]);
 	}
 	free(ss);
 	store_close(st);
-	tui_status(c->t, false, "%zu saved sessions%s%s", n, n ? ": " : "", buf);
+	if (n == 0)
+		tui_status(c->t, false, "no saved sessions yet%s", c->t->saving ?
+		           " (this conversation is saved from its first exchange)" :
+		           ": :save [TITLE] saves this conversation");
+	else
+		tui_status(c->t, false, "%zu saved session%s: %s", n, n == 1 ? "" : "s", buf);
 	return KVS_OK;
 }
 
@@ -361,6 +398,8 @@ static int x_load(struct tui_ctx *c, int argc, char **argv)
 
 	if (argc < 2)
 		return cmd_fail(c, ":load: expected a saved session's id or title (:sessions lists them)");
+	if (cmd_confirm(c, "load", "replaces them with the saved session"))
+		return KVS_OK;
 	for (int i = 1; i < argc; i++) {
 		/* a title may have spaces */
 		if (strlen(what) + strlen(argv[i]) + 2 >= sizeof what)
@@ -583,8 +622,10 @@ static int x_pane(struct tui_ctx *c, int argc, char **argv)
 
 static int x_quit(struct tui_ctx *c, int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
+	if (argc != 1)
+		return cmd_fail(c, ":%s takes no arguments", argv[0]);
+	if (strcmp(argv[0], "quit!") != 0 && cmd_confirm(c, "quit", "leaves without saving"))
+		return KVS_OK;
 	c->t->quit = true;
 	return KVS_OK;
 }
@@ -603,14 +644,15 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "new", "", "start a new conversation", NULL, x_new },
 	{ "sessions", "", "list the saved sessions", NULL, x_sessions },
 	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL, x_load },
-	{ "save", "[TITLE]", "save this conversation from the next exchange on", NULL, x_save },
+	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones); when saving, retitle it", NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
 	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },
 	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
-	{ "quit", "", "leave (the terminal is restored)", NULL, x_quit },
+	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
+	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
 };
 
 size_t tui_cmd_count(void)
@@ -637,6 +679,9 @@ int tui_cmd_run(struct tui_ctx *c, const char *line)
 	char buf[1024], *argv[32], *p;
 	int argc = 0;
 
+	/* a command asked to be sent again counts only as the very next line */
+	snprintf(c->armed_prev, sizeof c->armed_prev, "%s", c->t->armed);
+	c->t->armed[0] = '\0';
 	while (*line == ':' || *line == ' ')
 		line++;
 	if (strlen(line) >= sizeof buf)

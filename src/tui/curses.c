@@ -272,11 +272,14 @@ static void tui_complete(struct tui_term *tt)
 /* A line from the input: a ':' command or a message. */
 static void tui_line(struct tui_term *tt, char *line)
 {
+	if (line[0] != ':')
+		tt->t.armed[0] = '\0'; /* ":quit again" means the very next line */
 	if (line[0] == ':') {
 		tui_cmd_run(&tt->ctx, line + 1);
 	} else if (line[strspn(line, " \n\t")] == '\0') {
 		/* blank: nothing to send */
-	} else if (tt->t.busy || worker_busy(tt->w)) {
+	} else if (tt->t.busy) {
+		/* other commands (a :save's first commit) just queue before it */
 		tui_status(&tt->t, true, "a reply is in progress: wait for it, or Ctrl-C to stop it");
 	} else {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = line });
@@ -301,13 +304,22 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			const char *text = tui_input_text(tt->in, &cur);
 			if (t->busy) {
 				worker_cancel(tt->w);
-				tt->armed_quit = true;
-				tui_status(t, false, "stopping the reply (Ctrl-C again quits)");
-			} else if (tt->armed_quit || text[0] == '\0') {
+				tui_status(t, false, "stopping the reply");
+			} else if (text[0] != '\0') {
+				tui_input_clear(tt->in);
+			} else if (tt->armed_quit) {
 				t->quit = true;
 			} else {
-				tui_input_clear(tt->in);
+				/* on an empty line: a second Ctrl-C in a row quits */
+				uint32_t n = t->n_unsaved;
 				tt->armed_quit = true;
+				if (n > 0)
+					tui_status(t, true,
+					           "Ctrl-C again quits; %u exchange%s not saved (:save [TITLE] "
+					           "keeps %s)",
+					           n, n == 1 ? " is" : "s are", n == 1 ? "it" : "them");
+				else
+					tui_status(t, false, "Ctrl-C again quits (:quit does too)");
 			}
 			return true;
 		}
@@ -644,7 +656,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 		return rc;
 	}
 	tt->ctx.w = tt->w;
-	worker_set_store(tt->w, o->db_path, o->model_path);
+	worker_set_store(tt->w, o->db_path, o->model_path, o->sampler);
 	snprintf(tt->t.db_path, sizeof tt->t.db_path, "%s", o->db_path ? o->db_path : "");
 	tt->in = tui_input_open();
 	tui_input_set_wait(tt->in, tui_wait_key, tt);

@@ -390,6 +390,8 @@ static void tui_apply_snapshot(struct tui *t, const struct worker_event *ev)
 			t->toks[i].evicted = true;
 	t->stats = ev->stats;
 	snprintf(t->policy, sizeof t->policy, "%s", ev->policy);
+	t->n_unsaved = ev->n_unsaved;
+	t->saving = ev->saving;
 }
 
 void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
@@ -473,6 +475,11 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		break;
 	case WORKER_EV_TRANSCRIPT:
 		tui_replay(t, &ev->recap, ev->status, ev->msg);
+		break;
+	case WORKER_EV_SAVED:
+		/* a commit that failed keeps the exchange queued for the next */
+		if (ev->status != KVS_OK)
+			tui_status(t, true, "not saved yet (the next exchange retries): %s", ev->msg);
 		break;
 	case WORKER_EV_RESULT:
 		if (ev->status != KVS_OK) {

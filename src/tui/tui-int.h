@@ -201,6 +201,9 @@ struct tui {
 	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */
 	char lua_base[160];             /* its base policy, restored when plugins change */
 	char db_path[256];              /* the session database ("" : the default) */
+	bool saving;                    /* the conversation goes to the database */
+	uint32_t n_unsaved;             /* its exchanges not saved (all of them when not saving) */
+	char armed[16];                 /* the command that, sent again, drops them ("" none) */
 	/* status */
 	char status[256];
 	bool status_err;
@@ -295,6 +298,7 @@ struct tui_ctx {
 	struct worker_cmd last;       /* its text copied into last_text */
 	char last_text[256];
 	bool have_last;
+	char armed_prev[16];          /* tui.armed as the line being run found it */
 };
 
 struct tui_cmd {

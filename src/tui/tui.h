@@ -31,6 +31,7 @@ struct tui_options {
 	const char *resume;       /* at start, :load this saved session ("": the latest; NULL: none) */
 	bool save;                /* at start, :save (title: save_title, NULL: none) */
 	const char *save_title;
+	const char *sampler;      /* the sampler settings saved sessions record (text) */
 };
 
 /* Whether this build has the workbench. */

@@ -63,6 +63,19 @@ wait_for() {
 	return 1
 }
 
+# wait_count PATTERN N [SECONDS]: poll until N screen lines match.
+wait_count() {
+	pat=$1 want=$2 limit=${3:-60}
+	end=$(($(date +%s) + limit))
+	while [ "$(date +%s)" -le "$end" ]; do
+		[ "$(screen | grep -Ec -- "$pat")" -ge "$want" ] && return 0
+		sleep 0.2
+	done
+	fail "the screen never showed $want lines of '$pat' within ${limit}s; it shows:"
+	screen | sed 's/^/  | /' >&2
+	return 1
+}
+
 # wait_stable: poll until two captures a beat apart are equal.
 wait_stable() {
 	prev="" n=0
@@ -114,10 +127,11 @@ wait_for "query #[0-9]+"
 wait_for "decode [1-9][0-9]* tok/s"
 save tui-200x50-reply
 
-# 2a. save the conversation (the next exchange creates the session)
+# 2a. with --db the conversation is saved from its first exchange (as
+# session 1, untitled); :save TITLE names it rather than starting another
 T send-keys -t kv -l ":save e2e chat"
 T send-keys -t kv Enter
-wait_for "saving to .*mem.db from the next exchange on"
+wait_for "saving to .*mem.db as session 1, now titled 'e2e chat'"
 
 # 2a'. Ctrl-R searches the history (libedit's incremental search reads its
 # pattern key by key): the question comes back into the input line; Ctrl-G
@@ -152,7 +166,7 @@ wait_for "stop: user"
 # 2b'. the saved session: listed, exported, resumed
 T send-keys -t kv -l ":sessions"
 T send-keys -t kv Enter
-wait_for "1 saved sessions: 1 'e2e chat' \\(1 turns\\)"
+wait_for "1 saved session: 1 'e2e chat' \\(2 turns\\)"
 T send-keys -t kv -l ":export 1 $tmp/export.md"
 T send-keys -t kv Enter
 wait_for "session 1 exported to"
@@ -160,11 +174,11 @@ grep -q "dragon" "$tmp/export.md" 2>/dev/null || fail ":export: $tmp/export.md l
 T send-keys -t kv -l ":load e2e chat"
 T send-keys -t kv Enter
 wait_for "resumed session 1: [0-9]+ tokens"
-# the chat now shows the saved transcript (its one turn) and the separator;
-# the first exchange, said before :save, is no longer in the pane
-wait_for "(──|--) resumed 'e2e chat' \\(1 turn, [0-9]+ tokens retained\\) (──|--)"
+# the chat now shows the saved transcript (both turns, the first said
+# before :save too) and the separator
+wait_for "(──|--) resumed 'e2e chat' \\(2 turns, [0-9]+ tokens retained\\) (──|--)"
 wait_for "you> Write a very long story about a dragon\\."
-screen | grep -q "you> What is the capital" && fail ":load kept the chat from before it"
+wait_for "you> What is the capital of France\\?"
 T send-keys -t kv -l ":load nosuch"
 T send-keys -t kv Enter
 wait_for "nosuch"
@@ -287,7 +301,11 @@ save tui-200x50-multiline
 T send-keys -t kv C-c
 wait_for "^>$"
 
-# 8. quit with Ctrl-C on an empty line: exit 0, the terminal as before
+# 8. quit with Ctrl-C twice on an empty line (the first only asks): exit
+# 0, the terminal as before
+T send-keys -t kv C-c
+wait_for "Ctrl-C again quits"
+screen | grep -q "SHELL-BACK" && fail "one Ctrl-C on an empty line quit"
 T send-keys -t kv C-c
 wait_for "SHELL-BACK" 30
 rc=$(cat "$tmp/rc" 2>/dev/null)
@@ -354,7 +372,7 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/mem.db' --resume 'e2e chat' --target-words 150 -n 8; sleep 600"
 	wait_for "resumed session 1: [0-9]+ tokens" 60
 	wait_for "you> Write a very long story about a dragon\\."
-	wait_for "(──|--) resumed 'e2e chat' \\(1 turn, [0-9]+ tokens retained\\) (──|--)"
+	wait_for "(──|--) resumed 'e2e chat' \\(2 turns, [0-9]+ tokens retained\\) (──|--)"
 	wait_for "length 0 words of target 150 words \\(130, 170\\]"
 fi
 
@@ -377,6 +395,55 @@ for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do
 		fail "tui $bad: $(cat "$tmp/bad.err")"
 	[ ! -s "$tmp/bad.out" ] || fail "tui $bad wrote to stdout"
 done
+
+# 12. saving never loses a conversation (store built only)
+if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	# 12a. no --db: :sessions before any save says so (no other tool named);
+	# :quit and Ctrl-C with an unsaved exchange ask first; :save keeps the
+	# exchange said before it; then :quit leaves at once
+	mkdir -p "$tmp/data"
+	T kill-session -t kv
+	T new-session -d -s kv -x 160 -y 48 "XDG_DATA_HOME='$tmp/data' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --model '$model' --temp 0 -n 8; echo SHELL-BACK; sleep 600"
+	wait_for "ctx [0-9]+/[0-9]+" 60
+	T send-keys -t kv -l ":sessions"
+	T send-keys -t kv Enter
+	wait_for "no saved sessions yet in .*memory.db: :save \\[TITLE\\] saves this conversation there"
+	screen | grep -q "kvscope chat" && fail ":sessions sent the user to another tool"
+	T send-keys -t kv -l "Say hi."
+	T send-keys -t kv Enter
+	wait_for "\\[(eos|max-tokens)\\]" 90
+	T send-keys -t kv -l ":quit"
+	T send-keys -t kv Enter
+	wait_for "1 exchange is not saved: :save \\[TITLE\\] keeps it; :quit again leaves without saving"
+	T send-keys -t kv C-c
+	wait_for "Ctrl-C again quits; 1 exchange is not saved"
+	T send-keys -t kv -l ":save late title"
+	T send-keys -t kv Enter
+	wait_for "saved 1 exchange to .*memory.db as session 1; the next ones are added"
+	T send-keys -t kv -l ":quit"
+	T send-keys -t kv Enter
+	wait_for "SHELL-BACK" 30
+	XDG_DATA_HOME="$tmp/data" "$bin" sessions list >"$tmp/list" 2>&1 || fail "sessions list: $(cat "$tmp/list")"
+	grep -Eq "^1 .* 1 .*late title" "$tmp/list" || fail ":save after an exchange: $(cat "$tmp/list")"
+
+	# 12b. --db F saves every exchange from the first: :quit leaves at once
+	# and the database holds both turns
+	T kill-session -t kv
+	T new-session -d -s kv -x 160 -y 48 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/auto.db' --temp 0 -n 8; echo SHELL-BACK; sleep 600"
+	wait_for "ctx [0-9]+/[0-9]+" 60
+	k=0
+	for q in "Say hi." "Say bye."; do
+		k=$((k + 1))
+		T send-keys -t kv -l "$q"
+		T send-keys -t kv Enter
+		wait_count "\\[(eos|max-tokens)\\]" $k 90
+	done
+	T send-keys -t kv -l ":quit"
+	T send-keys -t kv Enter
+	wait_for "SHELL-BACK" 30
+	"$bin" sessions show 1 --db "$tmp/auto.db" >"$tmp/show" 2>&1 || fail "sessions show: $(cat "$tmp/show")"
+	grep -q "^turns    2 " "$tmp/show" || fail "--db: the workbench did not save both turns: $(cat "$tmp/show")"
+fi
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit

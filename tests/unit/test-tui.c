@@ -478,6 +478,53 @@ static void test_commands(void)
 	tui_free(&t);
 }
 
+/* An unsaved conversation is never dropped without a word: :quit, :new and
+ * :load ask first and go ahead when sent again as the very next command. */
+static void test_unsaved(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	c.t = &t;
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.n_unsaved = 2;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(!t.quit && t.status_err, "the first :quit asks");
+	T_EQ_STR(t.status, "2 exchanges are not saved: :save [TITLE] keeps them; :quit again leaves "
+	                   "without saving");
+	T_EQ_INT(tui_cmd_run(&c, "layer 0"), KVS_OK);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(!t.quit, "another command in between: it asks again");
+	c.have_last = false;
+	T_EQ_INT(tui_cmd_run(&c, "new"), KVS_OK);
+	T_CHECK(!c.have_last && strstr(t.status, ":new again starts a new conversation") != NULL,
+	        "%s", t.status);
+	T_EQ_INT(tui_cmd_run(&c, "new"), KVS_OK);
+	T_CHECK(c.have_last && c.last.kind == WORKER_RESET, ":new again: sent");
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(t.quit, "the second :quit in a row leaves");
+	t.quit = false;
+	T_EQ_INT(tui_cmd_run(&c, "quit!"), KVS_OK);
+	T_CHECK(t.quit, ":quit! leaves at once");
+	/* saved: nothing to ask (one exchange is singular) */
+	t.quit = false;
+	ev.n_unsaved = 1;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_EQ_STR(t.status, "1 exchange is not saved: :save [TITLE] keeps it; :quit again leaves "
+	                   "without saving");
+	ev.n_unsaved = 0;
+	ev.saving = true;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(t.quit && t.saving, "saved: :quit leaves at once");
+	tui_free(&t);
+}
+
 static void test_complete(void)
 {
 	char ext[64], names[512];
@@ -803,6 +850,7 @@ int main(void)
 	test_replay();
 	test_chat_scroll();
 	test_commands();
+	test_unsaved();
 	test_hit();
 	test_complete();
 	test_kv_copy();
