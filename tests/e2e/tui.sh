@@ -427,22 +427,57 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	grep -Eq "^1 .* 1 .*late title" "$tmp/list" || fail ":save after an exchange: $(cat "$tmp/list")"
 
 	# 12b. --db F saves every exchange from the first: :quit leaves at once
-	# and the database holds both turns
+	# and the database holds both turns. A policy change with a long
+	# specification (its event was cut at 31 bytes), a title and a message
+	# with quotes, backslashes and a newline: both exports parse as JSON,
+	# no field is cut, the sampler is recorded
 	T kill-session -t kv
 	T new-session -d -s kv -x 160 -y 48 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/auto.db' --temp 0 -n 8; echo SHELL-BACK; sleep 600"
 	wait_for "ctx [0-9]+/[0-9]+" 60
-	k=0
-	for q in "Say hi." "Say bye."; do
-		k=$((k + 1))
-		T send-keys -t kv -l "$q"
-		T send-keys -t kv Enter
-		wait_count "\\[(eos|max-tokens)\\]" $k 90
-	done
+	T send-keys -t kv -l "Say hi."
+	T send-keys -t kv Enter
+	wait_count "\\[(eos|max-tokens)\\]" 1 90
+	T send-keys -t kv -l ":policy h2o heavy=0.25 pos=compact"
+	T send-keys -t kv Enter
+	wait_for "policy h2o heavy=0.25 pos=compact"
+	T send-keys -t kv -l 'Say "bye" \o/'
+	T send-keys -t kv C-j
+	T send-keys -t kv -l 'twice.'
+	T send-keys -t kv Enter
+	wait_count "\\[(eos|max-tokens)\\]" 2 90
+	T send-keys -t kv -l ':save a "quoted" \ title'
+	T send-keys -t kv Enter
+	wait_for "now titled 'a \"quoted\" \\\\ title'"
+	T send-keys -t kv -l ":export 1 $tmp/tui-export.json json"
+	T send-keys -t kv Enter
+	wait_for "session 1 exported to"
 	T send-keys -t kv -l ":quit"
 	T send-keys -t kv Enter
 	wait_for "SHELL-BACK" 30
 	"$bin" sessions show 1 --db "$tmp/auto.db" >"$tmp/show" 2>&1 || fail "sessions show: $(cat "$tmp/show")"
 	grep -q "^turns    2 " "$tmp/show" || fail "--db: the workbench did not save both turns: $(cat "$tmp/show")"
+	"$bin" sessions export 1 --format json --db "$tmp/auto.db" >"$tmp/cli-export.json" 2>"$tmp/export.err" ||
+		fail "sessions export: $(cat "$tmp/export.err")"
+	"$bin" sessions export 1 --format md --db "$tmp/auto.db" >"$tmp/cli-export.md" 2>>"$tmp/export.err" ||
+		fail "sessions export md: $(cat "$tmp/export.err")"
+	grep -q 'policy changed: {"policy":"h2o heavy=0.25 pos=compact","budget":[0-9]*}' "$tmp/cli-export.md" ||
+		fail "the Markdown export's policy change is cut: $(grep "policy changed" "$tmp/cli-export.md")"
+	if command -v python3 >/dev/null 2>&1; then
+		for f in "$tmp/tui-export.json" "$tmp/cli-export.json"; do
+			python3 - "$f" <<'EOP' || fail "$f: not the JSON expected"
+import json, sys
+d = json.load(open(sys.argv[1], encoding="utf-8"))
+assert d["title"] == 'a "quoted" \\ title', d["title"]
+assert d["sampler"].startswith("temp=0 "), d["sampler"]
+users = [t["user"] for t in d["turns"]]
+assert users == ["Say hi.", 'Say "bye" \\o/\ntwice.'], users
+pol = [e for t in d["turns"] for e in t["memory_events"] if e["kind"] == "policy"]
+assert any(e["detail"]["policy"] == "h2o heavy=0.25 pos=compact" for e in pol), pol
+EOP
+		done
+	else
+		echo "tui.sh: no python3: the exports' JSON was not parsed (the Markdown was checked)"
+	fi
 fi
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
