@@ -467,6 +467,10 @@ struct worker_event {
 	struct session_turn turn;
 	/* KV */
 	struct kv_event kv;
+	/* KV step events: the cached keys the attention columns belong to, as
+	 * the cache held them at that step (NULL when not known) */
+	int32_t *key_pos;             /* (kv.n_cached) original positions */
+	int32_t *key_tok;             /* (kv.n_cached) token ids */
 	/* SNAPSHOT */
 	struct kv_tok *toks;          /* (n_toks) */
 	uint32_t n_toks;

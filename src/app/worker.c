@@ -135,6 +135,8 @@ void worker_event_free(struct worker_event *ev)
 	free(ev->turn.reply);
 	worker_kv_free(&ev->kv);
 	free(ev->toks);
+	free(ev->key_pos);
+	free(ev->key_tok);
 	session_recap_free(&ev->recap);
 	free(ev);
 }
@@ -232,6 +234,20 @@ static void worker_hook_kv(void *ud, const struct kv_event *kev)
 	ev = worker_event_new(WORKER_EV_KV);
 
 	worker_kv_copy(&ev->kv, kev);
+	if (kev->kind == KV_EVENT_STEP && kev->n_cached > 0) {
+		/* the columns' tokens now: the cache may change before the main
+		 * thread reads the rows, so their labels travel with them */
+		const struct kv_cache *kv = gen_kv(session_gen(w->s));
+		const struct kv_tok *toks = kv_cache_toks(kv);
+		if (kv_cache_n(kv) == kev->n_cached) {
+			ev->key_pos = xmallocarray(kev->n_cached, sizeof *ev->key_pos);
+			ev->key_tok = xmallocarray(kev->n_cached, sizeof *ev->key_tok);
+			for (uint32_t i = 0; i < kev->n_cached; i++) {
+				ev->key_pos[i] = toks[i].orig_pos;
+				ev->key_tok[i] = toks[i].token;
+			}
+		}
+	}
 	worker_push(w, ev);
 }
 

@@ -14,7 +14,9 @@
  * its transcript (tui_replay): the store's texts of its last turns, shown
  * as the live exchanges were but marked replayed, so no token ever streams
  * into them, and a separator line before the new exchanges. Step events keep the last TUI_STEP_HISTORY
- * attention snapshots in a ring, so a past query token can be selected.
+ * attention snapshots in a ring, so a past query token can be selected;
+ * each keeps the positions and tokens of its columns as the cache held
+ * them then, so its keys are named right after the cache has changed.
  * Nothing here knows about curses or the worker thread.
  */
 #include "tui/tui-int.h"
@@ -38,6 +40,8 @@ static void tui_step_free(struct tui_step *s)
 {
 	free(s->attn);
 	free(s->heads);
+	free(s->key_pos);
+	free(s->key_tok);
 	memset(s, 0, sizeof *s);
 }
 
@@ -133,6 +137,24 @@ void tui_replay(struct tui *t, const struct session_recap *r, int status, const 
 	tui_msg_add(t, MSG_RULE, session_recap_line(r, buf, sizeof buf));
 }
 
+void tui_piece(const struct tui *t, int32_t token, char *out, size_t cap)
+{
+	char buf[64];
+	size_t n = 0;
+
+	if (cap == 0)
+		return;
+	if (t->vocab != NULL)
+		n = vocab_piece(t->vocab, token, true, buf, sizeof buf - 1);
+	else
+		n = (size_t)snprintf(buf, sizeof buf, "#%d", token);
+	if (n > sizeof buf - 1)
+		n = sizeof buf - 1;
+	n = utf8_complete_prefix((const uint8_t *)buf, KVS_MIN(n, cap - 1));
+	memcpy(out, buf, n);
+	out[n] = '\0';
+}
+
 /* The token at original position pos (grown as needed). */
 static struct tui_tok *tui_tok_at(struct tui *t, int32_t pos)
 {
@@ -158,19 +180,8 @@ static struct tui_tok *tui_tok_update(struct tui *t, const struct kv_tok *k)
 
 	if (x == NULL)
 		return NULL;
-	if (!x->known || x->t.token != k->token) {
-		char buf[64];
-		size_t n = 0;
-		if (t->vocab != NULL)
-			n = vocab_piece(t->vocab, k->token, true, buf, sizeof buf - 1);
-		else
-			n = (size_t)snprintf(buf, sizeof buf, "#%d", k->token);
-		if (n > sizeof buf - 1)
-			n = sizeof buf - 1;
-		n = utf8_complete_prefix((const uint8_t *)buf, KVS_MIN(n, sizeof x->text - 1));
-		memcpy(x->text, buf, n);
-		x->text[n] = '\0';
-	}
+	if (!x->known || x->t.token != k->token)
+		tui_piece(t, k->token, x->text, sizeof x->text);
 	x->t = *k;
 	x->known = true;
 	return x;
@@ -314,7 +325,9 @@ static void tui_steps_trim(struct tui *t)
 	}
 }
 
-static void tui_apply_kv(struct tui *t, struct kv_event *ev, double now_ms)
+/* A KV event; a step's key labels (key_pos, key_tok) move into the ring. */
+static void tui_apply_kv(struct tui *t, struct kv_event *ev, int32_t *key_pos, int32_t *key_tok,
+                         double now_ms)
 {
 	t->stats = ev->stats;
 	switch (ev->kind) {
@@ -337,6 +350,8 @@ static void tui_apply_kv(struct tui *t, struct kv_event *ev, double now_ms)
 		s->heads = (struct kv_head_summary *)ev->heads;
 		ev->attn = NULL;
 		ev->heads = NULL;
+		s->key_pos = key_pos;
+		s->key_tok = key_tok;
 		t->n_steps++;
 		/* a past step on show stays on show */
 		if (t->step_back > 0 && t->step_back + 1 < TUI_STEP_HISTORY)
@@ -468,7 +483,12 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		tui_evict_close(t);
 		break;
 	case WORKER_EV_KV:
-		tui_apply_kv(t, &ev->kv, now_ms);
+		if (ev->kv.kind == KV_EVENT_STEP) {
+			tui_apply_kv(t, &ev->kv, ev->key_pos, ev->key_tok, now_ms);
+			ev->key_pos = ev->key_tok = NULL;
+		} else {
+			tui_apply_kv(t, &ev->kv, NULL, NULL, now_ms);
+		}
 		break;
 	case WORKER_EV_SNAPSHOT:
 		tui_apply_snapshot(t, ev);

@@ -140,6 +140,7 @@ struct tui_step {
 	uint32_t n_layer, n_head, n_cached;
 	float *attn;                   /* (n_layer, n_head, n_cached) or NULL */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
+	int32_t *key_pos, *key_tok;    /* (n_cached) the columns' tokens at this step, or NULL */
 };
 
 enum tui_agg { AGG_HEAD = 0, AGG_MEAN, AGG_MAX, AGG_COUNT };
@@ -242,6 +243,8 @@ uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap);
 /* Bin n weights into n_bins cells (max per bin) and map each to a heat
  * level 0..TUI_HEAT_LEVELS-1 on a log scale from floor to 1. */
 void tui_heat_bin(const float *w, uint32_t n, uint32_t n_bins, float floor, uint8_t *level);
+/* A token's piece as the view shows it (shortened, whole UTF-8). */
+void tui_piece(const struct tui *t, int32_t token, char *out, size_t cap);
 /* Surprisal (nats) to a tint level 0..TUI_SURP_LEVELS-1. */
 int tui_surp_level(float surprisal);
 /* Counts of the dialogue's tokens by region. */

@@ -322,23 +322,23 @@ static void attn_summary(const struct tui *t, const struct tui_step *s, const fl
 	free(scratch);
 }
 
-/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ..." for the latest
- * step, whose key k is the k-th cached token (cache order). */
-static void attn_top_keys(const struct tui *t, struct tui_grid *g, struct tui_rect r, int y,
-                          const float *row, uint32_t n)
+/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ...": the largest
+ * weights of the row shown, each key named as the cache held it at that
+ * step (the step's own labels: the cache may have changed since, and a
+ * key named from today's cache could be a token later than its query). */
+static void attn_top_keys(const struct tui *t, const struct tui_step *s, struct tui_grid *g,
+                          struct tui_rect r, int y, const float *row, uint32_t n)
 {
-	int32_t *order = xmallocarray(n + 1, sizeof *order);
-	uint32_t m = 0;
-	int x;
-
-	for (uint32_t i = 0; i < t->n_toks && m < n; i++)
-		if (t->toks[i].known && t->toks[i].cached)
-			order[m++] = (int32_t)i;
-	x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
-	/* the 6 largest weights, by insertion */
+	int x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
 	uint32_t top[6];
 	int nt = 0;
-	for (uint32_t k = 0; k < n && m == n; k++) {
+
+	if (s->key_pos == NULL || s->key_tok == NULL) {
+		tui_grid_printf(g, r, x, y, R_DIM, " (the keys of this step are not known)");
+		return;
+	}
+	/* the 6 largest weights, by insertion */
+	for (uint32_t k = 0; k < n; k++) {
 		bool full = nt == 6;
 		int p = full ? 5 : nt++;
 		if (full && row[k] <= row[top[5]])
@@ -353,14 +353,12 @@ static void attn_top_keys(const struct tui *t, struct tui_grid *g, struct tui_re
 	}
 	for (int i = 0; i < nt; i++) {
 		char lab[64];
-		const struct tui_tok *tk = &t->toks[order[top[i]]];
-		tok_label(g, tk, lab, sizeof lab);
+		struct tui_tok tk = { 0 };
+		tui_piece(t, s->key_tok[top[i]], tk.text, sizeof tk.text);
+		tok_label(g, &tk, lab, sizeof lab);
 		x += tui_grid_printf(g, r, x, y, i == 0 ? R_HEAT7 : R_NORMAL, "  #%d '%s' %.2f",
-		                     tk->t.orig_pos, lab, (double)row[top[i]]);
+		                     s->key_pos[top[i]], lab, (double)row[top[i]]);
 	}
-	if (m != n)
-		tui_grid_printf(g, r, x, y, R_DIM, " (the cache changed since this step)");
-	free(order);
 }
 
 static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect box)
@@ -398,8 +396,7 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		                "top-10 %.2f",
 		                n, (double)sum.entropy, sum.k90, 100.0 * sum.k90 / n,
 		                (double)sum.sink_mass, (double)sum.topk_mass);
-		if (t->step_back == 0)
-			attn_top_keys(t, g, r, y++, row, n);
+		attn_top_keys(t, s, g, r, y++, row, n);
 		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
 		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
 		if (hm_rows < 1) {

@@ -291,6 +291,7 @@ static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_
 	struct kv_tok q = mk_tok((int32_t)n - 1, 2, KV_ROLE_ASSISTANT, 0);
 	float *attn = xmallocarray((size_t)n_layer * n_head * n, sizeof *attn);
 	struct kv_head_summary *hs = xcalloc((size_t)n_layer * n_head, sizeof *hs);
+	int32_t *kp = xmallocarray(n, sizeof *kp), *kt = xmallocarray(n, sizeof *kt);
 
 	for (size_t i = 0; i < (size_t)n_layer * n_head; i++)
 		for (uint32_t k = 0; k < n; k++)
@@ -303,8 +304,17 @@ static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_
 	ev.kv.n_cached = n;
 	ev.kv.attn = attn;   /* tui_apply takes ownership */
 	ev.kv.heads = hs;
+	/* the keys as the worker names them: the cache at this step holds the
+	 * tokens at positions 0 .. n-1 (token ids 100 + position, as mk_tok) */
+	for (uint32_t k = 0; k < n; k++) {
+		kp[k] = (int32_t)k;
+		kt[k] = 100 + (int32_t)k;
+	}
+	ev.key_pos = kp;
+	ev.key_tok = kt;
 	tui_apply(t, &ev, 0);
-	T_CHECK(ev.kv.attn == NULL && ev.kv.heads == NULL, "the arrays moved into the ring");
+	T_CHECK(ev.kv.attn == NULL && ev.kv.heads == NULL && ev.key_pos == NULL,
+	        "the arrays moved into the ring");
 }
 
 static void test_layout_and_draw(void)
@@ -374,6 +384,29 @@ static void test_layout_and_draw(void)
 	T_CHECK(dump_has(&t, 200, 50, false,
 	                 "top keys:  #11 '#111' 0.15  #10 '#110' 0.14  #9 '#109' 0.13  #8 '#108' 0.12"),
 	        "top keys in order");
+	/* the cache changes after the step but keeps its size (11 evicted, 12
+	 * came): the step's keys are still named as they were at that step,
+	 * never a token later than the step's query (#11) */
+	{
+		struct worker_event s2 = { 0 };
+		struct kv_tok keep[12];
+		for (int i = 0; i < 11; i++)
+			keep[i] = t.toks[i].t;
+		keep[11] = mk_tok(12, 2, KV_ROLE_ASSISTANT, 0);
+		s2.kind = WORKER_EV_SNAPSHOT;
+		s2.toks = keep;
+		s2.n_toks = 12;
+		s2.next_pos = 13;
+		tui_apply(&t, &s2, 0);
+	}
+	T_CHECK(dump_has(&t, 200, 50, false, "top keys:  #11 '#111' 0.15  #10 '#110' 0.14"),
+	        "the step's own labels after the cache changed");
+	T_CHECK(!dump_has(&t, 200, 50, false, "#12 '#112'"), "a key later than its query");
+	/* a past step (Shift-Up) names its keys too */
+	add_step(&t, 4, 3, 12);
+	t.step_back = 1;
+	T_CHECK(dump_has(&t, 200, 50, false, "top keys:  #11 '#111' 0.15"), "past step's keys");
+	t.step_back = 0;
 	tui_free(&t);
 }
 

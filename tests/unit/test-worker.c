@@ -113,6 +113,16 @@ static void test_chat(struct worker *w)
 	T_CHECK(n_steps > 0, "step events with attention rows");
 	for (uint32_t i = 0; i < n_steps; i++) {
 		const struct kv_event *k = &steps[i]->kv;
+		/* the columns' tokens came along: cache order (rising positions),
+		 * the query itself the last */
+		const int32_t *kp = steps[i]->key_pos;
+		T_CHECK(kp != NULL && steps[i]->key_tok != NULL, "step %u: no key labels", i);
+		for (uint32_t c = 1; kp != NULL && c < k->n_cached; c++)
+			T_CHECK(kp[c] > kp[c - 1], "step %u: keys %d then %d", i, kp[c - 1], kp[c]);
+		if (kp != NULL && k->n_cached > 0) {
+			T_EQ_INT(kp[k->n_cached - 1], k->tok->orig_pos);
+			T_EQ_INT(steps[i]->key_tok[k->n_cached - 1], k->tok->token);
+		}
 		for (uint32_t lh = 0; lh < k->n_layer * k->n_head; lh++) {
 			double sum = 0;
 			for (uint32_t c = 0; c < k->n_cached; c++)
