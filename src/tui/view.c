@@ -5,9 +5,11 @@
  * extend (tui_pane_register); nothing switches on pane names. At
  * TUI_WIDE_W x TUI_WIDE_H or more every built-in pane is visible: chat on
  * the left, attention and KV memory on the right, the retention strip
- * across the bottom. Smaller terminals get a tab bar and one pane at a
- * time. Under the panes sit the length gauge, the input line (one row per
- * line of a multi-line input, at most five) and the status line. Every
+ * across the bottom; a further pane (plugins, a plugin's own) chosen with
+ * F12 or :pane takes the right column until F2-F5 bring the built-ins
+ * back. Smaller terminals get a tab bar and one pane at a time. Under
+ * the panes sit the length gauge, the input line (one row per line of a
+ * multi-line input, at most five) and the status line. Every
  * drawing call is clipped to its rectangle, and every size down to 1x1 has
  * a layout, so a resize at any moment cannot write out of bounds.
  */
@@ -96,10 +98,15 @@ void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_la
 	int chat_w = w * 11 / 20;
 	int att_h = top * 3 / 5;
 	l->pane[0] = (struct tui_rect){ 0, 0, chat_w, top };
+	l->pane[3] = (struct tui_rect){ 0, top, w, strip_h };
+	if (t->tab >= 4 && (size_t)t->tab < tui_n_panes && t->tab < TUI_MAX_PANES) {
+		/* a pane beyond the built-ins (plugins, a plugin's own) takes the
+		 * right column until F2-F5 or :pane bring attention and memory back */
+		l->pane[t->tab] = (struct tui_rect){ chat_w, 0, w - chat_w, top };
+		return;
+	}
 	l->pane[1] = (struct tui_rect){ chat_w, 0, w - chat_w, att_h };
 	l->pane[2] = (struct tui_rect){ chat_w, att_h, w - chat_w, top - att_h };
-	l->pane[3] = (struct tui_rect){ 0, top, w, strip_h };
-	/* panes beyond the built-ins (plugins) show in tab mode only */
 }
 
 /* ------------------------------------------------------------- chat */

@@ -228,6 +228,13 @@ wait_for "[0-9]+ plugins"
 T send-keys -t kv -l ":plugin load no-such-plugin"
 T send-keys -t kv Enter
 wait_for ":plugin load: .*no-such-plugin"
+# the plugins' pane at 200x50 too: F12 puts it in the right column, F3
+# brings the attention pane back
+T send-keys -t kv F12
+wait_for "(─|-) Plugins (─|-)"
+screen | grep -Eq "(─|-) Attention (─|-)" && fail "F12: the attention pane is still shown"
+T send-keys -t kv F3
+wait_for "(─|-) Attention (─|-)"
 
 # 4. a bad command: one status line, nothing else changes
 T send-keys -t kv -l ":frobnicate now"

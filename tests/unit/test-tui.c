@@ -335,6 +335,29 @@ static void test_layout_and_draw(void)
 	T_CHECK(!l.tabs, "200x50 shows every pane");
 	for (int i = 0; i < 4; i++)
 		T_CHECK(l.pane[i].w > 10 && l.pane[i].h > 4, "pane %d is %dx%d", i, l.pane[i].w, l.pane[i].h);
+	/* the plugins' pane at every size: at 160x40 and more it takes the
+	 * right column (attention and KV memory) until F2-F5 bring those back */
+	{
+		struct tui_ctx c = { 0 };
+		int pl = tui_pane_find("plugins");
+		c.t = &t;
+		T_CHECK(pl >= 4, "plugins is a pane beyond the four built-ins");
+		T_EQ_INT(tui_cmd_run(&c, "pane plugins"), KVS_OK);
+		for (int w = 160; w <= 220; w += 60) {
+			tui_layout(&t, w, w == 160 ? 40 : 60, 1, &l);
+			T_CHECK(!l.tabs && l.pane[pl].w > 20 && l.pane[pl].h > 10, "%d: plugins %dx%d", w,
+			        l.pane[pl].w, l.pane[pl].h);
+			T_CHECK(l.pane[0].w > 0 && l.pane[3].w > 0, "chat and retention stay");
+			T_CHECK(l.pane[1].w == 0 && l.pane[2].w == 0, "attention and memory make room");
+			check_layout(&t, w, w == 160 ? 40 : 60);
+		}
+		T_CHECK(dump_has(&t, 160, 40, false, "Plugins"), "drawn at 160x40");
+		T_CHECK(dump_has(&t, 160, 40, false, "Lua plugins are not available"), "its body");
+		t.tab = 1; /* F3 */
+		tui_layout(&t, 160, 40, 1, &l);
+		T_CHECK(l.pane[1].w > 0 && l.pane[2].w > 0 && l.pane[pl].w == 0, "F3: attention back");
+		t.tab = 0;
+	}
 	check_layout(&t, 80, 24);
 	check_layout(&t, 200, 50);
 	check_layout(&t, 160, 40);
