@@ -579,18 +579,31 @@ static int x_theme(struct tui_ctx *c, int argc, char **argv)
 
 static int x_help(struct tui_ctx *c, int argc, char **argv)
 {
+	const char *name = argc > 1 ? argv[1] + (argv[1][0] == ':') : NULL;
+
 	if (argc == 1) {
 		c->t->help = true;
+		c->t->help_scroll = 0;
 		return KVS_OK;
 	}
 	for (size_t i = 0; i < tui_cmd_count(); i++) {
 		const struct tui_cmd *k = tui_cmd_at(i);
-		if (strcmp(k->name, argv[1]) == 0) {
+		if (strcmp(k->name, name) == 0) {
 			tui_status(c->t, false, ":%s %s  %s", k->name, k->args, k->help);
 			return KVS_OK;
 		}
 	}
-	return cmd_fail(c, ":help: no command '%s' (:help lists them)", argv[1]);
+	for (size_t i = 0; c->t->rt != NULL && i < script_command_count(c->t->rt); i++) {
+		struct script_command_info ci;
+		script_command_at(c->t->rt, i, &ci);
+		if (strcmp(ci.name, name) == 0) {
+			tui_status(c->t, false, ":%s ARGS  %s (plugin %s)", ci.name,
+			           ci.help && ci.help[0] ? ci.help : "(no help given)",
+			           ci.plugin ? ci.plugin : "?");
+			return KVS_OK;
+		}
+	}
+	return cmd_fail(c, ":help: no command '%s' (:help lists them)", name);
 }
 
 static int comp_pane(const char *word, size_t i, const char **out)
@@ -808,37 +821,110 @@ int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t c
 	return n;
 }
 
-size_t tui_help_lines(const char ***lines)
-{
-	static const char *keys[] = {
-		"Keys",
-		"  Enter        send the message (or run a :command)",
-		"  Ctrl-J, Alt-Enter  new line in the message",
-		"  Ctrl-C       stop the reply; again (or on an empty line) quit",
-		"  Tab          complete :commands and their arguments",
-		"  Ctrl-R       search the history; Up/Down walk it; emacs keys edit",
-		"  F1           this help      F2-F5  show a pane (tabs on small terminals)",
-		"  F6/F7        layer -/+      F8/F9  head -/+    F10  head aggregation",
-		"  F11          overview metric (entropy / sink mass / k90)",
-		"  Shift-Up/Down   earlier / later query token in the attention pane",
-		"  Shift-Left/Right select a token in the retention strip (or click it)",
-		"  PgUp/PgDn    scroll the chat",
-		"",
-		"Commands",
-		NULL,
-	};
-	static const char *all[64];
-	static char cmdlines[KVS_ARRAY_LEN(tui_cmds)][128];
-	size_t n = 0;
+/* The keys the help lists (the bindings live in curses.c). */
+static const struct {
+	const char *key, *does;
+} tui_keys[] = {
+	{ "Enter", "send the message (or run a :command)" },
+	{ "Ctrl-J, Alt-Enter", "new line in the message" },
+	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
+	{ "Tab", "complete :commands and their arguments" },
+	{ "Up/Down, Ctrl-R", "walk and search the history; emacs keys edit the line" },
+	{ "F1", "this help (Up/Down/PgUp/PgDn/Home/End scroll it; Esc or F1 closes)" },
+	{ "F2 F3 F4 F5", "chat, attention, KV memory, retention (the tab on small terminals)" },
+	{ "F12", "the plugins' pane (at 160x40 and more in place of attention and KV memory)" },
+	{ "F6/F7, F8/F9", "attention pane: layer -/+, head -/+" },
+	{ "F10, F11", "one head / mean / max over heads; the overview metric" },
+	{ "Shift-Up/Down", "an earlier / later query token in the attention pane" },
+	{ "Shift-Left/Right, click", "select a token in the retention strip" },
+	{ "PgUp/PgDn", "scroll the chat" },
+	{ "Ctrl-L", "redraw the screen" },
+};
 
-	for (size_t i = 0; keys[i] != NULL; i++)
-		all[n++] = keys[i];
-	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds) && n < KVS_ARRAY_LEN(all); i++) {
-		char syn[64];
-		snprintf(syn, sizeof syn, ":%s %s", tui_cmds[i].name, tui_cmds[i].args);
-		snprintf(cmdlines[i], sizeof cmdlines[i], "  %-36s %s", syn, tui_cmds[i].help);
-		all[n++] = cmdlines[i];
+/* Append line text (copied) to the help's lines. */
+static void help_push(char ***lines, size_t *n, size_t *cap, const char *text)
+{
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 64;
+		*lines = xreallocarray(*lines, *cap, sizeof **lines);
 	}
-	*lines = all;
+	(*lines)[(*n)++] = xstrdup(text);
+}
+
+/* One entry: "  NAME<pad>DESCRIPTION" with the description wrapped at
+ * width w under column col; when the name leaves no room beside it, the
+ * description goes on the lines below, indented. */
+static void help_entry(char ***lines, size_t *n, size_t *cap, const char *name, const char *desc,
+                       int col, int w)
+{
+	char buf[512];
+	int ind = col, nl = tui_text_width(name, strlen(name));
+	const char *p = desc;
+
+	if (w < col + 24 || nl + 3 > col) {
+		snprintf(buf, sizeof buf, "  %s", name);
+		help_push(lines, n, cap, buf);
+		ind = w < col + 24 ? 6 : col;
+		nl = -1; /* the description starts on a line of its own */
+	}
+	while (*p != '\0') {
+		int room = KVS_MAX(w - ind, 16);
+		size_t len = strlen(p), cut = len;
+		if ((int)len > room) {
+			/* the last space within room; a word longer than room is cut */
+			cut = (size_t)room;
+			while (cut > 0 && p[cut] != ' ')
+				cut--;
+			if (cut == 0)
+				cut = (size_t)room;
+		}
+		if (nl >= 0) {
+			snprintf(buf, sizeof buf, "  %s%*s%.*s", name, ind - 2 - nl, "", (int)cut, p);
+			nl = -1;
+		} else {
+			snprintf(buf, sizeof buf, "%*s%.*s", ind, "", (int)cut, p);
+		}
+		help_push(lines, n, cap, buf);
+		p += cut;
+		while (*p == ' ')
+			p++;
+	}
+}
+
+size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
+{
+	char **lines = NULL, syn[96];
+	size_t n = 0, cap = 0;
+
+	help_push(&lines, &n, &cap, "Keys");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_keys); i++)
+		help_entry(&lines, &n, &cap, tui_keys[i].key, tui_keys[i].does, 26, w);
+	help_push(&lines, &n, &cap, "");
+	help_push(&lines, &n, &cap, "Commands");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++) {
+		snprintf(syn, sizeof syn, ":%s %s", tui_cmds[i].name, tui_cmds[i].args);
+		help_entry(&lines, &n, &cap, syn, tui_cmds[i].help, 40, w);
+	}
+	if (rt != NULL && script_command_count(rt) > 0) {
+		help_push(&lines, &n, &cap, "");
+		help_push(&lines, &n, &cap, "Plugin commands");
+		for (size_t i = 0; i < script_command_count(rt); i++) {
+			struct script_command_info ci;
+			char desc[256];
+			script_command_at(rt, i, &ci);
+			snprintf(syn, sizeof syn, ":%s ARGS", ci.name);
+			snprintf(desc, sizeof desc, "%s (plugin %s)", ci.help && ci.help[0] ? ci.help : "-",
+			         ci.plugin ? ci.plugin : "?");
+			help_entry(&lines, &n, &cap, syn, desc, 40, w);
+		}
+	}
+	*out = lines;
 	return n;
+}
+
+void tui_help_free(char **lines, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(lines[i]);
+	free(lines);
 }

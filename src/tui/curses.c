@@ -339,6 +339,24 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			return false;
 		}
 	}
+	if (t->help) {
+		/* the help scrolls (drawing clamps it at the end) */
+		static const struct {
+			int key, rows; /* rows: +-1 a line, +-2 a page, +-3 an end */
+		} nav[] = { { KEY_UP, -1 },   { KEY_DOWN, 1 }, { KEY_PPAGE, -2 },
+			    { KEY_NPAGE, 2 }, { KEY_HOME, -3 }, { KEY_END, 3 } };
+		int page = LINES > 4 ? LINES - 4 : 1;
+		for (size_t i = 0; i < KVS_ARRAY_LEN(nav); i++) {
+			if (nav[i].key != key)
+				continue;
+			int d = nav[i].rows;
+			t->help_scroll += d == 1 || d == -1 ? d : d == 2 ? page : d == -2 ? -page
+			                  : d == 3 ? 1 << 20 : -(1 << 20);
+			if (t->help_scroll < 0)
+				t->help_scroll = 0;
+			return true;
+		}
+	}
 	if (key >= KEY_F(2) && key <= KEY_F(5)) {
 		t->tab = key - KEY_F(2);
 		return true;
@@ -350,6 +368,7 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 	switch (key) {
 	case KEY_F(1):
 		t->help = !t->help;
+		t->help_scroll = 0;
 		return true;
 	case KEY_F(6):
 		t->layer = (t->layer + nl - 1) % nl;

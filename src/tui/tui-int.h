@@ -213,6 +213,7 @@ struct tui {
 	const struct tui_theme *theme;
 	int tab;                        /* the pane shown in tab mode */
 	bool help;                      /* F1 overlay */
+	int help_scroll;                /* its first line shown (clamped when drawn) */
 	bool quit;
 	uint32_t n_evicted_total;
 	struct tui_evict_sum evsum;     /* the chat's open eviction summary line */
@@ -321,8 +322,11 @@ int tui_cmd_run(struct tui_ctx *c, const char *line);
  * (appended to out) and the number of candidates; names lists up to a few. */
 int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
                      size_t names_cap);
-/* The help overlay's lines: keys then commands. */
-size_t tui_help_lines(const char ***lines);
+/* The help's lines for width w (caller owns them; tui_help_free): the
+ * keys, the commands, then rt's plugin commands (rt may be NULL), each
+ * description wrapped to the width rather than cut. */
+size_t tui_help_lines(struct script_rt *rt, int w, char ***lines);
+void tui_help_free(char **lines, size_t n);
 
 /* ---- the input line (input.c) ---- */
 

@@ -868,21 +868,33 @@ static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 	tui_grid_text(g, r, x, r.y, R_STATUS, buf, strlen(buf));
 }
 
+/* The help over the whole screen but the status line, scrolled to
+ * t->help_scroll (clamped here, where the page size is known). */
 static void draw_help(struct tui *t, struct tui_grid *g)
 {
-	const char **lines;
-	size_t n = tui_help_lines(&lines);
-	int w = g->w > 84 ? 80 : g->w - 2, h = g->h - 2;
-	struct tui_rect box = { (g->w - w) / 2, 1, w, h }, r;
+	struct tui_rect box = { 0, 0, g->w, g->h - 1 }, r;
+	char **lines, title[128];
+	size_t n;
+	int page;
 
-	(void)t;
-	if (w < 10 || h < 3)
+	if (g->w < 10 || box.h < 3)
 		return;
+	n = tui_help_lines(t->rt, g->w - 2, &lines);
+	page = box.h - 2;
+	if (t->help_scroll > (int)n - page)
+		t->help_scroll = (int)n - page;
+	if (t->help_scroll < 0)
+		t->help_scroll = 0;
+	snprintf(title, sizeof title, "Help %d-%d of %zu (Up/Down/PgUp/PgDn scroll; Esc or F1 closes)",
+	         t->help_scroll + 1, (int)KVS_MIN((size_t)(t->help_scroll + page), n), n);
 	tui_grid_fill(g, box, ' ', R_NORMAL);
-	r = tui_grid_box(g, box, "Help (F1 or Esc closes)", true);
-	for (size_t i = 0; i < n && (int)i < r.h; i++)
-		tui_grid_text(g, r, r.x, r.y + (int)i, i == 0 ? R_TITLE : R_NORMAL, lines[i],
-		              strlen(lines[i]));
+	r = tui_grid_box(g, box, title, true);
+	for (int i = 0; i < r.h && (size_t)(t->help_scroll + i) < n; i++) {
+		const char *l = lines[t->help_scroll + i];
+		bool head = l[0] != ' ' && l[0] != '\0';
+		tui_grid_text(g, r, r.x, r.y + i, head ? R_TITLE : R_NORMAL, l, strlen(l));
+	}
+	tui_help_free(lines, n);
 }
 
 static void draw_input(struct tui_grid *g, struct tui_rect r, const char *in, size_t cur, int *cx,

@@ -270,7 +270,8 @@ T send-keys -t kv Tab
 wait_for "^: :policy $|^:  ?:policy|: :policy"
 T send-keys -t kv C-u
 T send-keys -t kv F1
-wait_for "Help \\(F1 or Esc closes\\)"
+wait_for "Help 1-[0-9]+ of [0-9]+ \\(Up/Down/PgUp/PgDn scroll; Esc or F1 closes\\)"
+wait_for "F12 +the plugins' pane"
 save tui-200x50-help
 T send-keys -t kv F1
 
@@ -288,6 +289,15 @@ save tui-80x24-memory
 T send-keys -t kv F5
 wait_for "tokens: kept|#[0-9]+ id"
 T send-keys -t kv F2
+# the help at 80x24: every command reachable by scrolling, :quit included
+T send-keys -t kv F1
+wait_for "Help 1-"
+screen | grep -q ":quit " && fail "80x24: the help's first page shows :quit"
+T send-keys -t kv End
+wait_for ":quit "
+save tui-80x24-help
+T send-keys -t kv Escape
+wait_for "F2 Chat"
 T resize-window -t kv -x 200 -y 50
 wait_for "KV memory"
 wait_for "Retention"

@@ -534,6 +534,62 @@ static void test_commands(void)
 	tui_free(&t);
 }
 
+/* The help: the whole screen wide, descriptions wrapped rather than cut,
+ * every key (F12, Ctrl-L included) and command reachable by scrolling at
+ * 80x24, the scroll clamped at the end. */
+static void test_help(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+
+	tui_init(&t);
+	c.t = &t;
+	T_EQ_INT(tui_cmd_run(&c, "help"), KVS_OK);
+	T_CHECK(t.help && t.help_scroll == 0, "open at the top");
+	T_CHECK(dump_has(&t, 80, 24, false, "Help"), "the box");
+	T_CHECK(dump_has(&t, 80, 24, false, "F12"), "F12 listed");
+	T_CHECK(dump_has(&t, 80, 24, false, "the plugins' pane"), "F12 described");
+	T_CHECK(!dump_has(&t, 80, 24, false, ":quit"), "80x24: :quit is below the fold");
+	t.help_scroll = 100000;
+	T_CHECK(dump_has(&t, 80, 24, false, ":quit"), "scrolled to the end: :quit");
+	T_CHECK(t.help_scroll < 100000 && t.help_scroll > 0, "the scroll is clamped: %d",
+	        t.help_scroll);
+	/* every line reachable: each command's name shows at some scroll */
+	for (size_t i = 0; i < tui_cmd_count(); i++) {
+		char want[40];
+		bool seen = false;
+		snprintf(want, sizeof want, ":%s ", tui_cmd_at(i)->name);
+		for (int sc = 0; sc < 200 && !seen; sc += 5) {
+			t.help_scroll = sc;
+			seen = dump_has(&t, 80, 24, false, want);
+		}
+		T_CHECK(seen, "80x24: '%s' never shows", want);
+	}
+	/* descriptions are whole at 80 columns (wrapped, not cut) */
+	bool whole = false, ctrl_l = false;
+	for (int sc = 0; sc < 200; sc += 5) {
+		t.help_scroll = sc;
+		whole |= dump_has(&t, 80, 24, false, "its transcript)");
+		ctrl_l |= dump_has(&t, 80, 24, false, "Ctrl-L");
+	}
+	T_CHECK(whole, ":load's help is cut");
+	T_CHECK(ctrl_l, "Ctrl-L listed");
+	/* at 200 columns the box is the screen's width, not 80 */
+	t.help_scroll = 0;
+	{
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		tui_grid_resize(&g, 200, 50);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		char *row = tui_grid_row(&g, 0);
+		T_CHECK(tui_text_width(row, strlen(row)) >= 196, "help box %d columns wide at 200",
+		        tui_text_width(row, strlen(row)));
+		free(row);
+		tui_grid_free(&g);
+	}
+	tui_free(&t);
+}
+
 /* An unsaved conversation is never dropped without a word: :quit, :new and
  * :load ask first and go ahead when sent again as the very next command. */
 static void test_unsaved(void)
@@ -745,6 +801,20 @@ static void test_lua(void)
 	T_EQ_INT(tui_cmd_complete(rt, ":hel", ext, sizeof ext, names, sizeof names), 2); /* help, hello */
 	T_EQ_INT(tui_cmd_complete(rt, ":hell", ext, sizeof ext, names, sizeof names), 1);
 	T_EQ_STR(ext, "o ");
+	/* plugin commands: in the help, and :help NAME knows them */
+	T_EQ_INT(tui_cmd_run(&c, "help hello"), KVS_OK);
+	T_CHECK(!t.status_err && strstr(t.status, ":hello") != NULL && strstr(t.status, "say hi"),
+	        ":help hello: %s", t.status);
+	T_EQ_INT(tui_cmd_run(&c, "help"), KVS_OK);
+	{
+		bool listed = false;
+		for (int off = 0; off < 200 && !listed; off += 5) {
+			t.help_scroll = off;
+			listed = dump_has(&t, 80, 24, false, ":hello") && dump_has(&t, 80, 24, false, "say hi");
+		}
+		T_CHECK(listed, "the help lists the plugin's command");
+	}
+	t.help = false;
 	T_EQ_INT(tui_cmd_run(&c, "hello world"), KVS_OK);
 	T_CHECK(script_status_count(rt) == 1 && strcmp(script_status_at(rt, 0, NULL), "hi world") == 0,
 	        "the plugin's status item");
@@ -907,6 +977,7 @@ int main(void)
 	test_chat_scroll();
 	test_commands();
 	test_unsaved();
+	test_help();
 	test_hit();
 	test_complete();
 	test_kv_copy();
