@@ -333,8 +333,8 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (c->n < 0 || c->n > (int64_t)UINT32_MAX)
 			rc = err_set(&e, KVS_EARG, "budget %lld: expected 0 .. %u tokens", (long long)c->n,
 			             UINT32_MAX);
-		else
-			rc = kv_cache_set_budget(g->kv, (uint32_t)c->n, &e);
+		else /* 0: every slot of the context */
+			rc = kv_cache_set_budget(g->kv, c->n ? (uint32_t)c->n : gen_n_ctx(g), &e);
 		if (rc == KVS_OK)
 			snprintf(res->msg, sizeof res->msg, "budget %u tokens", kv_cache_budget(g->kv));
 		break;

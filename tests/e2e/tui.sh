@@ -293,7 +293,8 @@ T send-keys -t kv F2
 T send-keys -t kv F1
 wait_for "Help 1-"
 screen | grep -q ":quit " && fail "80x24: the help's first page shows :quit"
-T send-keys -t kv End
+# (PgDn: tmux sends End as \E[4~, which xterm-256color's terminfo does not know)
+for i in 1 2 3 4 5 6 7 8; do T send-keys -t kv NPage; done
 wait_for ":quit "
 save tui-80x24-help
 T send-keys -t kv Escape
@@ -397,9 +398,18 @@ fi
 # shows); --length takes a Ruler level by name, as :len does
 printf 'local kvscope = require "kvscope"\nkvscope.status("hello-from-plugin")\n' >"$tmp/hello.lua"
 T kill-session -t kv
-T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' --length '>800' -n 8; sleep 600"
+T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' --length '>800' -n 8 --ctx 1024 --kv-budget 0; sleep 600"
 wait_for "hello-from-plugin" 60
 wait_for "of target more than 800 words \\(800, inf\\)"
+# --kv-budget 0 and :budget 0: every slot of the context
+wait_for "ctx 0/1024"
+T send-keys -t kv -l ":budget 64"
+T send-keys -t kv Enter
+wait_for "ctx 0/64"
+T send-keys -t kv -l ":budget 0"
+T send-keys -t kv Enter
+wait_for "budget 1024 tokens"
+wait_for "ctx 0/1024"
 
 # 10d. a bad length target at start: one line, exit 2, before any terminal work
 for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do

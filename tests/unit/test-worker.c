@@ -187,6 +187,15 @@ static void test_commands(struct worker *w)
 	res = until_result(w, id, NULL);
 	T_CHECK(res->status != KVS_OK, "negative budget");
 	worker_event_free(res);
+	/* 0: every slot of the context (256 here), as --kv-budget 0 */
+	snap = NULL;
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = 0 });
+	res = until_result(w, id, &snap);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "budget 256 tokens") != NULL, "%s",
+	        res->msg);
+	T_CHECK(snap != NULL && snap->stats.budget == 256, "budget %u", snap ? snap->stats.budget : 0);
+	worker_event_free(res);
+	worker_event_free(snap);
 	T_CHECK(!worker_busy(w), "idle");
 }
 
