@@ -295,6 +295,79 @@ static int x_unpin(struct tui_ctx *c, int argc, char **argv)
 	return x_pin_common(c, argc, argv, false);
 }
 
+/* :sel POS|turn N|first|last|off: the retention strip's selection. */
+static int x_sel(struct tui_ctx *c, int argc, char **argv)
+{
+	struct tui *t = c->t;
+	long long v;
+
+	if (argc == 1) {
+		if (t->sel_tok < 0)
+			tui_status(t, false, "no token selected (the strip follows the live tail)");
+		else
+			tui_status(t, false, "token #%d selected", t->sel_tok);
+		return KVS_OK;
+	}
+	if (argc == 2 && strcmp(argv[1], "off") == 0) {
+		tui_select(t, SEL_OFF);
+	} else if (argc == 2 && strcmp(argv[1], "first") == 0) {
+		tui_select(t, SEL_FIRST);
+	} else if (argc == 2 && strcmp(argv[1], "last") == 0) {
+		tui_select(t, SEL_OFF);
+		tui_select(t, SEL_PREV);
+	} else if (argc == 3 && strcmp(argv[1], "turn") == 0 && cmd_uint(argv[2], UINT32_MAX, &v)) {
+		int32_t p = -1;
+		for (uint32_t i = 0; i < t->n_toks && p < 0; i++)
+			if (t->toks[i].known && t->toks[i].t.turn == (uint32_t)v)
+				p = (int32_t)i;
+		if (p < 0)
+			return cmd_fail(c, ":sel: no token of turn %lld in the strip", v);
+		t->sel_tok = p;
+	} else if (argc == 2 && cmd_uint(argv[1], INT32_MAX, &v)) {
+		if ((uint64_t)v >= t->n_toks || !t->toks[v].known)
+			return cmd_fail(c, ":sel: no token at position %lld in the strip (0 .. %u)", v,
+			                t->n_toks ? t->n_toks - 1 : 0);
+		t->sel_tok = (int32_t)v;
+	} else {
+		return cmd_fail(c, ":sel: expected a position, turn N, first, last or off");
+	}
+	if (t->sel_tok >= 0)
+		tui_status(t, false, "token #%d selected (Esc lets go)", t->sel_tok);
+	else
+		tui_status(t, false, "no token selected (the strip follows the live tail)");
+	return KVS_OK;
+}
+
+/* :find TEXT: the next token where TEXT begins; alone, the last TEXT again. */
+static int x_find(struct tui_ctx *c, int argc, char **argv)
+{
+	char what[sizeof c->t->find] = "";
+
+	for (int i = 1; i < argc; i++) {
+		if (strlen(what) + strlen(argv[i]) + 2 > sizeof what)
+			return cmd_fail(c, ":find: at most %zu characters", sizeof what - 1);
+		if (i > 1)
+			strcat(what, " ");
+		strcat(what, argv[i]);
+	}
+	if (what[0] == '\0')
+		snprintf(what, sizeof what, "%s", c->t->find);
+	if (what[0] == '\0')
+		return cmd_fail(c, ":find: expected the text to look for in the retention strip");
+	snprintf(c->t->find, sizeof c->t->find, "%s", what);
+	if (!tui_find(c->t, what))
+		return cmd_fail(c, ":find: '%s' is not in the dialogue's tokens", what);
+	tui_status(c->t, false, "'%s' at token #%d (:find again for the next)", what, c->t->sel_tok);
+	return KVS_OK;
+}
+
+static int comp_sel(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "first", "last", "off", "turn", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 static int x_new(struct tui_ctx *c, int argc, char **argv)
 {
 	(void)argv;
@@ -652,6 +725,8 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "head", "N", "attention pane: head", NULL, x_head },
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
 	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows", comp_overview, x_overview },
+	{ "sel", "POS|turn N|first|last|off", "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
+	{ "find", "[TEXT]", "select the next token where TEXT begins in the retention strip (alone: again)", NULL, x_find },
 	{ "pin", "[POS]", "pin the selected token (or POS): never evicted", NULL, x_pin },
 	{ "unpin", "[POS]", "unpin the selected token (or POS)", NULL, x_unpin },
 	{ "new", "", "start a new conversation", NULL, x_new },
@@ -836,8 +911,11 @@ static const struct {
 	{ "F6/F7, F8/F9", "attention pane: layer -/+, head -/+" },
 	{ "F10, F11", "one head / mean / max over heads; the overview metric" },
 	{ "Shift-Up/Down", "an earlier / later query token in the attention pane" },
-	{ "Shift-Left/Right, click", "select a token in the retention strip" },
-	{ "PgUp/PgDn", "scroll the chat" },
+	{ "Shift-Left/Right, click", "select a token in the retention strip (a click beside the tokens, or on the selected one, lets go)" },
+	{ "Esc", "let go of the selected token (the strip follows the live tail again); back to the latest attention step; close the help" },
+	{ "PgUp/PgDn", "scroll the chat; with a token selected (or on the retention tab), page the strip" },
+	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
+	{ "Shift-Home/End", "the first token; let go (the live tail)" },
 	{ "Ctrl-L", "redraw the screen" },
 };
 

@@ -237,18 +237,6 @@ static void tui_frame(struct tui_term *tt)
 	tt->dirty = false;
 }
 
-/* Move the retention selection by one known token. */
-static void tui_select_step(struct tui *t, int dir)
-{
-	int32_t p = t->sel_tok < 0 ? (dir > 0 ? -1 : (int32_t)t->n_toks) : t->sel_tok;
-
-	for (p += dir; p >= 0 && (uint32_t)p < t->n_toks; p += dir)
-		if (t->toks[p].known) {
-			t->sel_tok = p;
-			return;
-		}
-}
-
 static void tui_complete(struct tui_term *tt)
 {
 	size_t cur;
@@ -329,12 +317,26 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		case 12: /* Ctrl-L */
 			tt->full_redraw = true;
 			return true;
-		case 0x1b:
-			if (t->help) {
-				t->help = false;
-				return true;
+		case 0x1b: {
+			/* a lone Escape (nothing follows within the escape delay) lets
+			 * go of what is held; one that begins an Alt key is the input's */
+			wint_t next;
+			int r = get_wch(&next);
+			if (r != ERR) {
+				if (r == KEY_CODE_YES)
+					ungetch((int)next);
+				else
+					unget_wch((wchar_t)next);
+				return false;
 			}
-			return false;
+			if (t->help)
+				t->help = false;
+			else if (t->sel_tok >= 0)
+				tui_select(t, SEL_OFF);
+			else if (t->step_back > 0)
+				t->step_back = 0;
+			return true;
+		}
 		default:
 			return false;
 		}
@@ -399,27 +401,39 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			t->step_back--;
 		return true;
 	case KEY_SLEFT:
-		tui_select_step(t, -1);
+		tui_select(t, SEL_PREV);
 		return true;
 	case KEY_SRIGHT:
-		tui_select_step(t, +1);
+		tui_select(t, SEL_NEXT);
+		return true;
+	case KEY_SPREVIOUS:
+		tui_select(t, SEL_TURN_PREV);
+		return true;
+	case KEY_SNEXT:
+		tui_select(t, SEL_TURN_NEXT);
+		return true;
+	case KEY_SHOME:
+		tui_select(t, SEL_FIRST);
+		return true;
+	case KEY_SEND:
+		tui_select(t, SEL_OFF);
 		return true;
 	case KEY_PPAGE:
-		t->chat_scroll += 10;
-		return true;
 	case KEY_NPAGE:
-		t->chat_scroll = t->chat_scroll > 10 ? t->chat_scroll - 10 : 0;
+		if (t->sel_tok >= 0 || (t->tab == 3 && (COLS < TUI_WIDE_W || LINES < TUI_WIDE_H)))
+			tui_select(t, key == KEY_PPAGE ? SEL_PAGE_UP : SEL_PAGE_DOWN);
+		else if (key == KEY_PPAGE)
+			t->chat_scroll += 10;
+		else
+			t->chat_scroll = t->chat_scroll > 10 ? t->chat_scroll - 10 : 0;
 		return true;
 	case KEY_RESIZE:
 		tt->full_redraw = true;
 		return true;
 	case KEY_MOUSE: {
 		MEVENT me;
-		if (getmouse(&me) == OK) {
-			int32_t p = tui_hit_token(t, &tt->grid, me.x, me.y);
-			if (p >= 0)
-				t->sel_tok = p;
-		}
+		if (getmouse(&me) == OK)
+			tui_click(t, &tt->grid, me.x, me.y);
 		return true;
 	}
 	default:

@@ -21,6 +21,7 @@
  */
 #include "tui/tui-int.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -615,6 +616,125 @@ void tui_regions(const struct tui *t, struct tui_regions *r)
 		else
 			r->recent++;
 	}
+}
+
+/* The known token after (dir > 0) or before p, or -1. */
+static int32_t tui_known_from(const struct tui *t, int32_t p, int dir)
+{
+	for (p += dir; p >= 0 && (uint32_t)p < t->n_toks; p += dir)
+		if (t->toks[p].known)
+			return p;
+	return -1;
+}
+
+/* The first known token of the turn of token p (p itself when none before
+ * it is of the same turn). */
+static int32_t tui_turn_start(const struct tui *t, int32_t p)
+{
+	int32_t q;
+	while ((q = tui_known_from(t, p, -1)) >= 0 && t->toks[q].t.turn == t->toks[p].t.turn)
+		p = q;
+	return p;
+}
+
+void tui_select(struct tui *t, enum tui_sel how)
+{
+	int32_t p = t->sel_tok, q;
+	uint32_t page = t->strip_page ? t->strip_page : 64;
+
+	if (p >= 0 && ((uint32_t)p >= t->n_toks || !t->toks[p].known))
+		p = -1;
+	switch (how) {
+	case SEL_OFF:
+		p = -1;
+		break;
+	case SEL_FIRST:
+		p = tui_known_from(t, -1, 1);
+		break;
+	case SEL_PREV:
+	case SEL_NEXT:
+		/* from nothing: Left starts at the end, Right at the start */
+		p = p < 0 ? tui_known_from(t, how == SEL_PREV ? (int32_t)t->n_toks : -1,
+		                           how == SEL_PREV ? -1 : 1)
+		          : tui_known_from(t, p, how == SEL_PREV ? -1 : 1);
+		if (p < 0 && how == SEL_PREV)
+			p = tui_known_from(t, -1, 1); /* stays on the first */
+		break;
+	case SEL_PAGE_UP:
+	case SEL_PAGE_DOWN: {
+		int dir = how == SEL_PAGE_UP ? -1 : 1;
+		if (p < 0)
+			p = tui_known_from(t, (int32_t)t->n_toks, -1);
+		for (uint32_t k = 0; k < page && p >= 0; k++) {
+			q = tui_known_from(t, p, dir);
+			if (q < 0)
+				break; /* the page stops at the first or the last token */
+			p = q;
+		}
+		break;
+	}
+	case SEL_TURN_PREV:
+		if (p < 0)
+			p = tui_known_from(t, (int32_t)t->n_toks, -1);
+		if (p < 0)
+			break;
+		q = tui_turn_start(t, p);
+		if (q == p && (q = tui_known_from(t, p, -1)) >= 0)
+			q = tui_turn_start(t, q); /* at a turn's start: the turn before */
+		p = q < 0 ? p : q;
+		break;
+	case SEL_TURN_NEXT:
+		if (p < 0)
+			break;
+		q = p;
+		while ((q = tui_known_from(t, q, 1)) >= 0 && t->toks[q].t.turn == t->toks[p].t.turn)
+			;
+		p = q; /* none after the last turn: the live tail again */
+		break;
+	}
+	t->sel_tok = p;
+}
+
+bool tui_find(struct tui *t, const char *text)
+{
+	size_t len = 0, tl = strlen(text), off = 0, start = 0;
+	char *all;
+	int32_t *at; /* (len) the token each byte of all belongs to */
+	int32_t hit = -1;
+
+	if (tl == 0)
+		return false;
+	for (uint32_t i = 0; i < t->n_toks; i++)
+		if (t->toks[i].known)
+			len += strlen(t->toks[i].text);
+	all = xmalloc(len + 1);
+	at = xmallocarray(len + 1, sizeof *at);
+	for (uint32_t i = 0; i < t->n_toks; i++) {
+		size_t k = strlen(t->toks[i].text);
+		if (!t->toks[i].known)
+			continue;
+		if (t->sel_tok >= 0 && (int32_t)i <= t->sel_tok)
+			start = off + k; /* the search begins after the selection */
+		memcpy(all + off, t->toks[i].text, k);
+		for (size_t j = 0; j < k; j++)
+			at[off + j] = (int32_t)i;
+		off += k;
+	}
+	all[len] = '\0';
+	/* from just after the selection to the end, then from the start round */
+	for (size_t n = 0; n < len && hit < 0; n++) {
+		size_t i = (start + n) % len, j = 0;
+		while (j < tl && i + j < len &&
+		       tolower((unsigned char)all[i + j]) == tolower((unsigned char)text[j]))
+			j++;
+		if (j == tl)
+			hit = at[i];
+	}
+	free(all);
+	free(at);
+	if (hit >= 0)
+		t->sel_tok = hit;
+	return hit >= 0;
 }
 
 uint32_t tui_count_words(const char *s)

@@ -223,6 +223,9 @@ struct tui {
 		int32_t pos;
 	} *hits;
 	uint32_t n_hits, cap_hits;
+	uint32_t strip_page;            /* tokens the strip showed at once (its page) */
+	struct tui_rect strip;          /* where it drew them (w 0: not shown) */
+	char find[64];                  /* the last :find text */
 };
 
 void tui_init(struct tui *t);
@@ -253,6 +256,21 @@ struct tui_regions {
 	uint32_t sink, key, recent, pinned, evicted;
 };
 void tui_regions(const struct tui *t, struct tui_regions *r);
+/* Ways to move the retention strip's selection (tui_select). */
+enum tui_sel {
+	SEL_PREV = 0, SEL_NEXT,         /* one token */
+	SEL_PAGE_UP, SEL_PAGE_DOWN,     /* the tokens the strip shows at once */
+	SEL_TURN_PREV, SEL_TURN_NEXT,   /* the first token of the previous / next turn */
+	SEL_FIRST,                      /* the dialogue's first token */
+	SEL_OFF,                        /* none: the strip follows the live tail again */
+};
+/* Move the selection; SEL_TURN_NEXT past the last turn and SEL_NEXT past
+ * the last token let go of it. */
+void tui_select(struct tui *t, enum tui_sel how);
+/* Select the first token, after the selection (wrapping round), where
+ * text begins in the dialogue's token texts (ASCII case ignored); false
+ * when nowhere. */
+bool tui_find(struct tui *t, const char *text);
 /* Words in text (runs of non-space). */
 uint32_t tui_count_words(const char *s);
 
@@ -292,6 +310,9 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t input
               int *cursor_x, int *cursor_y);
 /* The token under grid cell (x, y) in the retention strip, or -1. */
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y);
+/* A click at (x, y): a token selects it; the selected token again, or the
+ * strip beside its tokens, lets go of the selection. */
+void tui_click(struct tui *t, const struct tui_grid *g, int x, int y);
 
 /* ---- commands (cmd.c) ---- */
 

@@ -627,6 +627,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		if (sr >= first + strip_h)
 			first = sr - strip_h + 1;
 	}
+	t->strip = r;
+	t->strip_page = 0;
 	for (uint32_t i = 0; i < t->n_toks; i++) {
 		if (row_of[i] < first || row_of[i] >= first + strip_h)
 			continue;
@@ -635,6 +637,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		int y = r.y + row_of[i] - first;
 		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab, strlen(lab));
 		hit_add(t, r.x + col_of[i], y, w, (int32_t)i);
+		t->strip_page++;
 	}
 	free(row_of);
 	free(col_of);
@@ -681,8 +684,20 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
 		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
-		tui_grid_text(g, r, x2, y, R_DIM, "   Shift-Left/Right or a click selects a token", strlen("   Shift-Left/Right or a click selects a token"));
+		static const char hint[] = "   Shift-Left/Right, a click or :find selects a token; Esc lets go";
+		tui_grid_text(g, r, x2, y, R_DIM, hint, strlen(hint));
 	}
+}
+
+void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
+{
+	int32_t p = tui_hit_token(t, g, x, y);
+	const struct tui_rect *r = &t->strip;
+
+	if (p >= 0 && p != t->sel_tok)
+		t->sel_tok = p;
+	else if (p >= 0 || (x >= r->x && x < r->x + r->w && y >= r->y && y < r->y + r->h))
+		tui_select(t, SEL_OFF); /* the selected token again, or beside the tokens */
 }
 
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y)
@@ -961,6 +976,7 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t curso
 	tui_grid_clear(g);
 	tui_layout(t, g->w, g->h, rows, &l);
 	t->n_hits = 0;
+	t->strip = (struct tui_rect){ 0, 0, 0, 0 };
 	if (l.tabs && l.tabbar.h > 0) {
 		int x = 0;
 		tui_grid_fill(g, l.tabbar, ' ', R_TAB);

@@ -198,6 +198,20 @@ T send-keys -t kv S-Right
 wait_for "#1 id [0-9]+ .* original pos 1, cache index 1"
 wait_for "kept: (attention sink|in the recent window|key token)"
 save tui-200x50-selected
+# Esc lets go (the strip's legend is back); Shift-PgDn jumps to the next
+# turn's first token; :find searches the tokens' texts
+T send-keys -t kv Escape
+wait_for "[0-9]+ tokens: kept evicted sink key pinned"
+T send-keys -t kv S-Right
+wait_for "#0 id [0-9]+ '<\\|im_start\\|>' turn [0-9]+ system"
+T send-keys -t kv S-NPage
+wait_for "#[1-9][0-9]* id [0-9]+ '.*' turn [0-9]+ (user|assistant)"
+T send-keys -t kv -l ":find dragon"
+T send-keys -t kv Enter
+wait_for "'dragon' at token #[0-9]+"
+wait_for "#[0-9]+ id [0-9]+ ' dragon' turn"
+T send-keys -t kv Escape
+wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 
 # 3. layer and head: keys and commands
 T send-keys -t kv F7
@@ -505,6 +519,7 @@ EOP
 	else
 		echo "tui.sh: no python3: the exports' JSON was not parsed (the Markdown was checked)"
 	fi
+
 fi
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the

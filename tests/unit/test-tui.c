@@ -466,6 +466,92 @@ static void test_hit(void)
 	tui_free(&t);
 }
 
+/* The retention strip's selection moves by token, page and turn, is let
+ * go (Esc, :sel off, a click beside the tokens or on the selected one)
+ * so the strip follows the live tail again, and :find searches the
+ * tokens' texts. fill_model's turns: 0 (tokens 0-3), 1 (4-7), 2 (8-11). */
+static void test_select(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct tui_grid g = { 0 };
+	int cx, cy;
+
+	tui_init(&t);
+	c.t = &t;
+	fill_model(&t);
+	tui_select(&t, SEL_NEXT);
+	T_EQ_INT(t.sel_tok, 0);
+	tui_select(&t, SEL_TURN_NEXT);
+	T_EQ_INT(t.sel_tok, 4);
+	tui_select(&t, SEL_TURN_NEXT);
+	T_EQ_INT(t.sel_tok, 8);
+	tui_select(&t, SEL_NEXT);
+	T_EQ_INT(t.sel_tok, 9);
+	tui_select(&t, SEL_TURN_PREV);
+	T_EQ_INT(t.sel_tok, 8); /* inside a turn: its first token */
+	tui_select(&t, SEL_TURN_PREV);
+	T_EQ_INT(t.sel_tok, 4); /* at a turn's first token: the turn before */
+	tui_select(&t, SEL_TURN_NEXT);
+	tui_select(&t, SEL_TURN_NEXT);
+	T_EQ_INT(t.sel_tok, -1); /* past the last turn: the live tail */
+	tui_select(&t, SEL_PREV);
+	T_EQ_INT(t.sel_tok, 11); /* from nothing, Left starts at the end */
+	t.strip_page = 5;
+	tui_select(&t, SEL_PAGE_UP);
+	T_EQ_INT(t.sel_tok, 6);
+	tui_select(&t, SEL_PAGE_UP);
+	T_EQ_INT(t.sel_tok, 1);
+	tui_select(&t, SEL_PAGE_UP);
+	T_EQ_INT(t.sel_tok, 0); /* stops at the first */
+	tui_select(&t, SEL_PAGE_DOWN);
+	T_EQ_INT(t.sel_tok, 5);
+	tui_select(&t, SEL_OFF);
+	T_EQ_INT(t.sel_tok, -1);
+	/* :sel and :find */
+	T_EQ_INT(tui_cmd_run(&c, "sel 7"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 7);
+	T_EQ_INT(tui_cmd_run(&c, "sel turn 2"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 8);
+	T_CHECK(tui_cmd_run(&c, "sel 99") != KVS_OK && t.sel_tok == 8, "out of range");
+	T_CHECK(tui_cmd_run(&c, "sel turn 9") != KVS_OK && t.sel_tok == 8, "no such turn");
+	T_EQ_INT(tui_cmd_run(&c, "sel first"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 0);
+	T_EQ_INT(tui_cmd_run(&c, "sel last"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 11);
+	T_EQ_INT(tui_cmd_run(&c, "sel off"), KVS_OK);
+	T_EQ_INT(t.sel_tok, -1);
+	/* the texts are "#100" .. "#111": "#10" begins at 0, 1, ..., 9; then round */
+	T_EQ_INT(tui_cmd_run(&c, "find #10"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 0);
+	T_EQ_INT(tui_cmd_run(&c, "find"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 1);
+	T_EQ_INT(tui_cmd_run(&c, "find 10#11"), KVS_OK); /* across two: "#110#111", in 10 */
+	T_EQ_INT(t.sel_tok, 10);
+	T_EQ_INT(tui_cmd_run(&c, "find 0#"), KVS_OK); /* "#100#1": begins inside token 0 */
+	T_EQ_INT(t.sel_tok, 0);
+	T_CHECK(tui_cmd_run(&c, "find zebra") != KVS_OK && t.sel_tok == 0, "not found");
+	/* clicks: a token selects it, again lets go; beside the tokens lets go */
+	tui_grid_resize(&g, 200, 50);
+	g.ascii = true;
+	tui_draw(&t, &g, "", 0, &cx, &cy);
+	T_CHECK(t.n_hits == 12 && t.strip.w > 0, "%u tokens drawn", t.n_hits);
+	tui_click(&t, &g, t.hits[3].x, t.hits[3].y);
+	T_EQ_INT(t.sel_tok, t.hits[3].pos);
+	tui_click(&t, &g, t.hits[3].x, t.hits[3].y);
+	T_EQ_INT(t.sel_tok, -1);
+	tui_click(&t, &g, t.hits[5].x, t.hits[5].y);
+	T_EQ_INT(t.sel_tok, t.hits[5].pos);
+	tui_click(&t, &g, t.strip.x + t.strip.w - 1, t.strip.y + 1); /* an empty row of the strip */
+	T_EQ_INT(t.sel_tok, -1);
+	tui_click(&t, &g, t.hits[5].x, t.hits[5].y);
+	tui_click(&t, &g, 1, 2); /* the chat: nothing changes */
+	T_EQ_INT(t.sel_tok, t.hits[5].pos);
+	T_CHECK(t.strip_page == 12, "the strip shows %u tokens at once", t.strip_page);
+	tui_grid_free(&g);
+	tui_free(&t);
+}
+
 static void test_commands(void)
 {
 	struct tui t;
@@ -979,6 +1065,7 @@ int main(void)
 	test_unsaved();
 	test_help();
 	test_hit();
+	test_select();
 	test_complete();
 	test_kv_copy();
 	test_grid();
