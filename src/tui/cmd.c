@@ -762,6 +762,18 @@ static int comp_cmd(const char *word, size_t i, const char **out)
 	return 1;
 }
 
+/* The plugin that registered command name, or NULL. */
+static const char *cmd_plugin_of(struct script_rt *rt, const char *name)
+{
+	for (size_t i = 0; i < script_command_count(rt); i++) {
+		struct script_command_info ci;
+		script_command_at(rt, i, &ci);
+		if (strcmp(ci.name, name) == 0)
+			return ci.plugin;
+	}
+	return NULL;
+}
+
 int tui_cmd_run(struct tui_ctx *c, const char *line)
 {
 	char buf[1024], *argv[32], *p;
@@ -796,12 +808,22 @@ int tui_cmd_run(struct tui_ctx *c, const char *line)
 	if (c->t->rt != NULL) {
 		/* a plugin's command gets the rest of the line */
 		const char *args = line + strlen(argv[0]);
+		const char *plugin = cmd_plugin_of(c->t->rt, argv[0]);
+		size_t n_log = plugin ? script_log_count(c->t->rt, plugin) : 0;
 		struct err e;
 		int rc;
 		args += strspn(args, " \t");
 		rc = script_command_run(c->t->rt, argv[0], args, &e);
-		if (rc == KVS_OK)
+		if (rc == KVS_OK) {
+			/* what it printed or logged, else that it ran: never silence */
+			size_t n = plugin ? script_log_count(c->t->rt, plugin) : 0;
+			if (n > n_log)
+				tui_status(c->t, false, ":%s: %s", argv[0],
+				           script_log_line(c->t->rt, plugin, n - 1));
+			else
+				tui_status(c->t, false, ":%s done", argv[0]);
 			return KVS_OK;
+		}
 		if (rc != KVS_ENOTFOUND)
 			return cmd_fail(c, ":%s: %s", argv[0], e.msg);
 	}

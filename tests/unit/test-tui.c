@@ -877,7 +877,8 @@ static void test_lua(void)
 	snprintf(file, sizeof file, "%s/greet.lua", path);
 	fp = fopen(file, "w");
 	fprintf(fp, "local kvscope = require 'kvscope'\n"
-	            "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n");
+	            "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n"
+	            "kvscope.command('shout', function(args) print(args:upper() .. '!') end, 'shout')\n");
 	fclose(fp);
 	{
 		char cmd[128];
@@ -902,6 +903,9 @@ static void test_lua(void)
 	}
 	t.help = false;
 	T_EQ_INT(tui_cmd_run(&c, "hello world"), KVS_OK);
+	T_EQ_STR(t.status, ":hello done"); /* feedback even from a silent command */
+	T_EQ_INT(tui_cmd_run(&c, "shout loud"), KVS_OK);
+	T_EQ_STR(t.status, ":shout: LOUD!"); /* what it printed */
 	T_CHECK(script_status_count(rt) == 1 && strcmp(script_status_at(rt, 0, NULL), "hi world") == 0,
 	        "the plugin's status item");
 	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | hi world"), "status line: plugins (lua failed, greet) and item");
