@@ -285,6 +285,46 @@ static int worker_store(struct worker *w, struct session_store *ss, char sha[65]
 	return rc;
 }
 
+/* Before a load: the cache empty, then the policy and budget session id
+ * was saved with, so that its tokens come back under the rules that kept
+ * them; what could not be restored is said in what (the cache keeps this
+ * one's then). */
+static int worker_saved_policy(struct worker *w, int64_t id, char *what, size_t cap,
+                               struct err *e)
+{
+	struct gen *g = session_gen(w->s);
+	struct store_session sv;
+	struct kv_policy p;
+	struct err pe;
+	char now[160];
+	int rc = store_session_get(w->st, id, &sv, e);
+
+	if (rc != KVS_OK)
+		return rc;
+	gen_reset(g);
+	kv_policy_format(kv_cache_policy(g->kv), now, sizeof now);
+	if (kv_policy_parse(sv.policy ? sv.policy : "", &p, &pe) != KVS_OK ||
+	    kv_cache_set_policy(g->kv, &p, &pe) != KVS_OK) {
+		snprintf(what, cap, "its policy '%.60s' is not available here (%.60s): %.60s kept",
+		         sv.policy ? sv.policy : "", pe.msg, now);
+	} else {
+		kv_cache_set_scorer(g->kv, NULL); /* a built-in policy scores itself */
+		snprintf(what, cap, "policy %.80s", kv_policy_format(kv_cache_policy(g->kv), now,
+		                                                      sizeof now));
+	}
+	size_t k = strlen(what);
+	uint32_t budget = sv.budget ? sv.budget : gen_n_ctx(g);
+	if (budget > gen_n_ctx(g))
+		snprintf(what + k, cap - k, "; its budget %u exceeds this context's %u slots: "
+		                            "budget %u kept", budget, gen_n_ctx(g), kv_cache_budget(g->kv));
+	else if (kv_cache_set_budget(g->kv, budget, &pe) != KVS_OK)
+		snprintf(what + k, cap - k, "; its budget %u: %.60s", budget, pe.msg);
+	else
+		snprintf(what + k, cap - k, " and budget %u as saved", budget);
+	store_session_free(&sv);
+	return KVS_OK;
+}
+
 /* After a load: the resumed session's last max_turns turns as a
  * transcript event (read here, off the main thread: a long session's
  * texts take a while). A transcript that cannot be read costs only the
@@ -407,10 +447,12 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 	case WORKER_LOAD: {
 		struct session_store ss;
 		struct store_resume_info info;
-		char sha[65];
+		char sha[65], kept[200] = "";
 		rc = worker_store(w, &ss, sha, &e);
 		if (rc == KVS_OK)
 			rc = store_session_find(w->st, c->text, &ss.id, &e);
+		if (rc == KVS_OK)
+			rc = worker_saved_policy(w, ss.id, kept, sizeof kept, &e);
 		if (rc == KVS_OK)
 			rc = session_resume(w->s, &ss, &info, &e);
 		if (rc == KVS_OK)
@@ -418,10 +460,10 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (rc == KVS_OK)
 			worker_transcript(w, ss.id, c->n, info.n_tokens);
 		if (rc == KVS_OK)
-			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s",
+			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s; %s",
 			         (long long)ss.id, info.n_tokens,
 			         info.from_snapshot ? "from its KV snapshot" : "recomputed",
-			         info.from_snapshot ? "" : ": ", info.from_snapshot ? "" : info.why);
+			         info.from_snapshot ? "" : ": ", info.from_snapshot ? "" : info.why, kept);
 		break;
 	}
 	case WORKER_SCORER:

@@ -57,7 +57,7 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	struct tui_options to = { 0 };
 	struct session *s = NULL;
 	char *model_path = NULL;
-	char sampler[256];
+	char sampler[256], policy[256];
 	struct err e;
 	enum cli_exit rc;
 
@@ -99,6 +99,11 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	to.n_plugins = o->n_plugins;
 	to.db_path = o->db;
 	to.resume = o->resume;
+	to.resume_budget = -1;
+	if (o->resume != NULL && cli_opts_given(o, "policy"))
+		to.resume_policy = kv_policy_format(&o->gen.kv.policy, policy, sizeof policy);
+	if (o->resume != NULL && cli_opts_given(o, "kv-budget"))
+		to.resume_budget = o->gen.kv.budget;
 	/* --db saves the conversation from its first exchange, as chat --db does */
 	to.save = o->save || o->title != NULL || o->db != NULL;
 	to.save_title = o->title;

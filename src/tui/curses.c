@@ -736,6 +736,14 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = o->resume,
 		                                         .n = TUI_REPLAY_TURNS });
 		tui_msg_add(&tt->t, MSG_INFO, "loading a saved session ...");
+		/* the load restores the saved policy and budget; --policy and
+		 * --kv-budget given as well change them after it */
+		if (o->resume_policy != NULL)
+			worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_POLICY,
+			                                         .text = o->resume_policy });
+		if (o->resume_budget >= 0)
+			worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_BUDGET,
+			                                         .n = o->resume_budget });
 	} else if (o->save) {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = o->save_title });
 	}

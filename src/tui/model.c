@@ -514,6 +514,11 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		} else if (ev->cmd != WORKER_CHAT && ev->cmd != WORKER_SNAPSHOT) {
 			tui_status(t, false, "%s", ev->msg);
 		}
+		if (ev->cmd == WORKER_LOAD && ev->status == KVS_OK) {
+			t->lua_policy[0] = '\0'; /* the saved session's built-in policy is back */
+			/* what came back, the policy and budget included, stays in the chat */
+			tui_msg_add(t, MSG_INFO, ev->msg);
+		}
 		if (ev->cmd == WORKER_CHAT)
 			t->busy = false;
 		break;

@@ -520,6 +520,13 @@ EOP
 		echo "tui.sh: no python3: the exports' JSON was not parsed (the Markdown was checked)"
 	fi
 
+	# 12c. resuming brings back the policy and budget the session was saved
+	# with (h2o since its second turn), and says so; --kv-budget given too
+	# applies after it
+	T kill-session -t kv
+	T new-session -d -s kv -x 220 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/auto.db' --resume 1 --ctx 4096 --kv-budget 2048 -n 8; echo SHELL-BACK; sleep 600"
+	wait_for "-- resumed session 1: [0-9]+ tokens .*; policy h2o heavy=0.25 pos=compact and budget 4096 as saved" 60
+	wait_for "ctx [0-9]+/2048 \\| h2o heavy=0.25 pos=compact"
 fi
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the

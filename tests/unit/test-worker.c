@@ -340,9 +340,20 @@ static void test_load(struct worker *w, const char *dir)
 		replies[i] = chat_reply(w, said[i]);
 	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_RESET });
 	worker_event_free(until_result(w, id, NULL));
+	/* another policy and budget now: the load brings the saved ones back */
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_POLICY, .text = "window" });
+	worker_event_free(until_result(w, id, NULL));
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = 200 });
+	worker_event_free(until_result(w, id, NULL));
 
 	tr = load(w, "recap test", 2, &snap, &res);
 	T_EQ_INT(res->status, KVS_OK);
+	T_CHECK(strstr(res->msg, "policy streaming sinks=2 and budget 256 as saved") != NULL, "%s",
+	        res->msg);
+	T_CHECK(snap != NULL && strcmp(snap->policy, "streaming sinks=2") == 0 &&
+	            snap->stats.budget == 256,
+	        "after the load: policy '%s', budget %u", snap ? snap->policy : "",
+	        snap ? snap->stats.budget : 0);
 	T_CHECK(tr != NULL, "a load that resumed sends a transcript");
 	if (tr != NULL) {
 		T_EQ_INT(tr->status, KVS_OK);
