@@ -370,8 +370,14 @@ const struct session_turn *session_turn_at(const struct session *s, uint32_t i);
 struct gen *session_gen(const struct session *s);
 /* Save every finished exchange to a store (NULL: stop saving): each
  * commits in one transaction with its tokens, memory events and a KV
- * snapshot; an interrupted reply (stop "user") is saved as incomplete. */
+ * snapshot; an interrupted reply (stop "user") is saved as incomplete.
+ * With ss->id 0 and exchanges already in this conversation, the saved
+ * session is created now and they are committed first (a failed commit
+ * keeps them queued for the next exchange's). */
 int session_set_store(struct session *s, const struct session_store *ss, struct err *e);
+/* Exchanges of this conversation not yet committed to a store (all of
+ * them when not saving). */
+uint32_t session_n_unsaved(const struct session *s);
 /* Continue saved session ss->id: restore its retained KV cache (snapshot,
  * else recompute; info says which) and save the next exchanges to it. */
 int session_resume(struct session *s, const struct session_store *ss,
@@ -417,8 +423,8 @@ enum worker_cmd_kind {
 	WORKER_SNAPSHOT,    /* send the cache's tokens now */
 	WORKER_SCORER,      /* policy + scorer: a score provider on a built-in policy
 	                     * (e.g. a Lua policy); the provider is called on the worker */
-	WORKER_SAVE,        /* text: a title or NULL: save the conversation from the next
-	                     * exchange on (worker_set_store gives the database) */
+	WORKER_SAVE,        /* text: a title or NULL: save the conversation, its exchanges so
+	                     * far and the next ones (worker_set_store gives the database) */
 	WORKER_LOAD,        /* text: a saved session's id or title: resume it; n: at most
 	                     * this many of its last turns in the transcript event */
 	WORKER_LEN,         /* text: a length target ("120w", "200t", "150", "off") */
@@ -441,6 +447,9 @@ enum worker_event_kind {
 	WORKER_EV_RESULT,         /* a command finished: cmd, status, msg */
 	WORKER_EV_TRANSCRIPT,     /* a load resumed a session: recap (the event owns it), before the result;
 	                           * status, msg: whether its texts could be read */
+	WORKER_EV_SAVED,          /* an exchange was committed to the store as turn index of
+	                           * saved session saved_id (status KVS_OK), or not (msg says
+	                           * why; it stays queued for the next commit) */
 };
 
 /* One event from the worker: deep copies of the session hooks' arguments,
@@ -458,12 +467,20 @@ struct worker_event {
 	struct session_turn turn;
 	/* KV */
 	struct kv_event kv;
+	/* KV step events: the cached keys the attention columns belong to, as
+	 * the cache held them at that step (NULL when not known) */
+	int32_t *key_pos;             /* (kv.n_cached) original positions */
+	int32_t *key_tok;             /* (kv.n_cached) token ids */
 	/* SNAPSHOT */
 	struct kv_tok *toks;          /* (n_toks) */
 	uint32_t n_toks;
 	int32_t next_pos;
 	struct kv_stats stats;
 	char policy[160];             /* kv_policy_format of the active policy */
+	uint32_t n_unsaved;           /* exchanges not committed to a store (session_n_unsaved) */
+	bool saving;                  /* a :save or :load gave the session a store */
+	/* SAVED (index, status, msg too) */
+	int64_t saved_id;
 	/* TRANSCRIPT */
 	struct session_recap recap;
 	/* RESULT */
@@ -481,9 +498,11 @@ int worker_start(struct worker **out, struct session *s, struct err *e);
 void worker_stop(struct worker *w);
 /* Queue a command; returns its id (events carry it). */
 uint64_t worker_send(struct worker *w, const struct worker_cmd *c);
-/* The database :save and :load use (NULL: the default) and the model file
- * recorded with saved sessions; call before sending WORKER_SAVE/LOAD. */
-void worker_set_store(struct worker *w, const char *db_path, const char *model_path);
+/* The database :save and :load use (NULL: the default), the model file and
+ * the sampler settings (text, NULL: none) recorded with saved sessions;
+ * call before sending WORKER_SAVE/LOAD. */
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path,
+                      const char *sampler);
 /* Stop the exchange in progress, or the next queued one (any thread);
  * false when there is none (a cancel never reaches a later exchange). */
 bool worker_cancel(struct worker *w);

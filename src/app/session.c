@@ -20,7 +20,10 @@
  * Saving (session_set_store): the KV events go to a store recorder as they
  * happen and every finished exchange is queued and committed in one
  * transaction (store.h); a commit that fails leaves the exchange queued for
- * the next and says why through the saved hook. session_resume restores a
+ * the next and says why through the saved hook. Saving that starts in the
+ * middle of a conversation commits its exchanges so far at once, so a
+ * saved session always holds the transcript from its first turn (the
+ * cache's tokens as they are then; earlier evictions were not recorded). session_resume restores a
  * saved conversation's retained cache and continues it; session_recap_read
  * reads the texts of its last turns back for the front ends to replay (the
  * cache holds what the model remembers, the store what was said).
@@ -282,6 +285,8 @@ static int session_reply(struct session *s, struct session_turn *t, struct err *
 
 /* ------------------------------------------------------------- saving */
 
+static int session_save_past(struct session *s, struct err *e);
+
 static void session_store_free(struct session_store *ss)
 {
 	free((char *)ss->title);
@@ -303,8 +308,13 @@ int session_set_store(struct session *s, const struct session_store *ss, struct 
 	s->store.model_path = xstrdup(ss->model_path ? ss->model_path : "");
 	s->store.model_sha256 = xstrdup(ss->model_sha256 ? ss->model_sha256 : "");
 	s->store.sampler = xstrdup(ss->sampler ? ss->sampler : "");
-	if (ss->id == 0)
-		return KVS_OK; /* created at the first exchange */
+	if (ss->id == 0) {
+		/* created now when there are exchanges already, else at the first */
+		int rc = session_save_past(s, e);
+		if (rc != KVS_OK && s->rec == NULL)
+			session_store_free(&s->store);
+		return rc;
+	}
 	int rc = store_rec_open(&s->rec, ss->st, ss->id, s->gen->kv, ss->snapshots, e);
 	if (rc != KVS_OK)
 		session_store_free(&s->store);
@@ -382,46 +392,96 @@ const char *session_recap_line(const struct session_recap *r, char *buf, size_t 
 	return buf;
 }
 
+/* Create the saved session and its recorder, unless there are. */
+static int session_rec_open(struct session *s, struct err *e)
+{
+	struct session_store *ss = &s->store;
+	struct gen *g = s->gen;
+	char pol[256];
+	int rc;
+
+	if (s->rec != NULL)
+		return KVS_OK;
+	struct store_session in = {
+		.title = (char *)ss->title, .model_path = (char *)ss->model_path,
+		.model_sha256 = (char *)ss->model_sha256, .arch = g->model->hp.arch,
+		.policy = kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol),
+		.budget = kv_cache_budget(g->kv), .n_ctx = gen_n_ctx(g),
+		.sampler = (char *)ss->sampler, .system = s->system[0] ? s->system : NULL,
+	};
+	rc = store_session_create(ss->st, &in, &ss->id, e);
+	if (rc == KVS_OK)
+		rc = store_rec_open(&s->rec, ss->st, ss->id, g->kv, ss->snapshots, e);
+	if (rc != KVS_OK) {
+		store_rec_free(s->rec);
+		s->rec = NULL;
+		ss->id = 0;
+	}
+	return rc;
+}
+
+/* Queue exchange t for the store; end_pos as store_turn.end_pos says. */
+static void session_queue(struct session *s, const struct session_turn *t, int32_t end_pos)
+{
+	struct store_turn st = {
+		.user = t->user, .reply = t->reply, .stop = gen_stop_name(t->stop),
+		.complete = t->stop != GEN_STOP_USER, .restarted = t->restarted,
+		.n_prompt = t->n_prompt, .n_reply = t->n_reply, .prefill_ms = t->prefill_ms,
+		.decode_ms = t->decode_ms, .started = t->started_unix, .end_pos = end_pos,
+	};
+	store_rec_turn(s->rec, &st);
+}
+
 /* Queue exchange t for the store and commit; the saved hook hears how it went. */
 static void session_save(struct session *s, const struct session_turn *t)
 {
 	struct session_store *ss = &s->store;
 	struct err e;
-	int rc = KVS_OK;
+	int rc;
 	if (ss->st == NULL)
 		return;
-	if (s->rec == NULL) {
-		struct gen *g = s->gen;
-		char pol[256];
-		struct store_session in = {
-			.title = (char *)ss->title, .model_path = (char *)ss->model_path,
-			.model_sha256 = (char *)ss->model_sha256, .arch = g->model->hp.arch,
-			.policy = kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol),
-			.budget = kv_cache_budget(g->kv), .n_ctx = gen_n_ctx(g),
-			.sampler = (char *)ss->sampler, .system = s->system[0] ? s->system : NULL,
-		};
-		rc = store_session_create(ss->st, &in, &ss->id, &e);
-		if (rc == KVS_OK)
-			rc = store_rec_open(&s->rec, ss->st, ss->id, g->kv, ss->snapshots, &e);
-		if (rc != KVS_OK) {
-			store_rec_free(s->rec);
-			s->rec = NULL;
-			ss->id = 0;
-		}
-	}
+	rc = session_rec_open(s, &e);
 	if (rc == KVS_OK) {
-		struct store_turn st = {
-			.user = t->user, .reply = t->reply, .stop = gen_stop_name(t->stop),
-			.complete = t->stop != GEN_STOP_USER, .restarted = t->restarted,
-			.n_prompt = t->n_prompt, .n_reply = t->n_reply, .prefill_ms = t->prefill_ms,
-			.decode_ms = t->decode_ms, .started = t->started_unix,
-		};
-		store_rec_turn(s->rec, &st);
+		session_queue(s, t, 0);
 		rc = store_rec_commit(s->rec, &e);
 	}
 	if (s->hooks.saved != NULL)
 		s->hooks.saved(s->hooks.ud, ss->id, s->rec ? store_rec_n_turns(s->rec) - 1 : 0, rc,
 		               rc == KVS_OK ? "" : e.msg);
+}
+
+/* Saving starts in the middle of a conversation: its exchanges so far go
+ * to the new saved session in one commit, so that it holds the whole
+ * transcript from turn 1. Each turn owns the cache's tokens up to the next
+ * turn's first position; turns before the last restart (an earlier epoch
+ * of the cache) own none. */
+static int session_save_past(struct session *s, struct err *e)
+{
+	uint32_t from = 0;
+	int rc;
+
+	if (s->n_turns == 0)
+		return KVS_OK;
+	rc = session_rec_open(s, e);
+	if (rc != KVS_OK)
+		return rc;
+	for (uint32_t i = 0; i < s->n_turns; i++)
+		if (s->turns[i].restarted)
+			from = i;
+	for (uint32_t i = 0; i < s->n_turns; i++) {
+		int32_t end = i < from ? -1 : i + 1 < s->n_turns ? s->turns[i + 1].first_pos : 0;
+		if (end == 0 && i + 1 < s->n_turns)
+			end = -1; /* an empty turn at position 0: own nothing rather than everything */
+		session_queue(s, &s->turns[i], end);
+	}
+	return store_rec_commit(s->rec, e);
+}
+
+uint32_t session_n_unsaved(const struct session *s)
+{
+	if (s->store.st == NULL)
+		return s->n_turns;
+	return s->rec != NULL ? store_rec_pending(s->rec) : 0;
 }
 
 int session_chat(struct session *s, const char *text, struct err *e)

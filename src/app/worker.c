@@ -53,9 +53,11 @@ struct worker {
 	bool chatting;           /* that command is an exchange */
 	bool quit;
 	bool sent_snapshot;      /* this exchange's prompt tokens were sent */
+	bool saving;             /* a :save or :load gave the session a store */
 	uint32_t steps_queued;   /* step events not yet polled */
 	int pipe_rd, pipe_wr;
 	char *db_path, *model_path; /* worker_set_store */
+	char *sampler;              /* the sampler settings saved sessions record */
 	struct store *st;           /* opened by the first :save or :load */
 };
 
@@ -133,6 +135,8 @@ void worker_event_free(struct worker_event *ev)
 	free(ev->turn.reply);
 	worker_kv_free(&ev->kv);
 	free(ev->toks);
+	free(ev->key_pos);
+	free(ev->key_tok);
 	session_recap_free(&ev->recap);
 	free(ev);
 }
@@ -157,6 +161,8 @@ static void worker_snapshot(struct worker *w)
 	ev->next_pos = kv_cache_next_pos(g->kv);
 	kv_cache_stats(g->kv, &ev->stats);
 	kv_policy_format(kv_cache_policy(g->kv), ev->policy, sizeof ev->policy);
+	ev->n_unsaved = session_n_unsaved(w->s);
+	ev->saving = w->saving;
 	worker_push(w, ev);
 }
 
@@ -228,6 +234,32 @@ static void worker_hook_kv(void *ud, const struct kv_event *kev)
 	ev = worker_event_new(WORKER_EV_KV);
 
 	worker_kv_copy(&ev->kv, kev);
+	if (kev->kind == KV_EVENT_STEP && kev->n_cached > 0) {
+		/* the columns' tokens now: the cache may change before the main
+		 * thread reads the rows, so their labels travel with them */
+		const struct kv_cache *kv = gen_kv(session_gen(w->s));
+		const struct kv_tok *toks = kv_cache_toks(kv);
+		if (kv_cache_n(kv) == kev->n_cached) {
+			ev->key_pos = xmallocarray(kev->n_cached, sizeof *ev->key_pos);
+			ev->key_tok = xmallocarray(kev->n_cached, sizeof *ev->key_tok);
+			for (uint32_t i = 0; i < kev->n_cached; i++) {
+				ev->key_pos[i] = toks[i].orig_pos;
+				ev->key_tok[i] = toks[i].token;
+			}
+		}
+	}
+	worker_push(w, ev);
+}
+
+static void worker_hook_saved(void *ud, int64_t id, uint32_t index, int status, const char *msg)
+{
+	struct worker *w = ud;
+	struct worker_event *ev = worker_event_new(WORKER_EV_SAVED);
+
+	ev->saved_id = id;
+	ev->index = index;
+	ev->status = status;
+	snprintf(ev->msg, sizeof ev->msg, "%.*s", (int)sizeof ev->msg - 1, msg ? msg : "");
 	worker_push(w, ev);
 }
 
@@ -248,9 +280,49 @@ static int worker_store(struct worker *w, struct session_store *ss, char sha[65]
 	ss->st = w->st;
 	ss->model_path = w->model_path;
 	ss->model_sha256 = sha;
-	ss->sampler = "";
+	ss->sampler = w->sampler ? w->sampler : "";
 	ss->snapshots = true;
 	return rc;
+}
+
+/* Before a load: the cache empty, then the policy and budget session id
+ * was saved with, so that its tokens come back under the rules that kept
+ * them; what could not be restored is said in what (the cache keeps this
+ * one's then). */
+static int worker_saved_policy(struct worker *w, int64_t id, char *what, size_t cap,
+                               struct err *e)
+{
+	struct gen *g = session_gen(w->s);
+	struct store_session sv;
+	struct kv_policy p;
+	struct err pe;
+	char now[160];
+	int rc = store_session_get(w->st, id, &sv, e);
+
+	if (rc != KVS_OK)
+		return rc;
+	gen_reset(g);
+	kv_policy_format(kv_cache_policy(g->kv), now, sizeof now);
+	if (kv_policy_parse(sv.policy ? sv.policy : "", &p, &pe) != KVS_OK ||
+	    kv_cache_set_policy(g->kv, &p, &pe) != KVS_OK) {
+		snprintf(what, cap, "its policy '%.60s' is not available here (%.60s): %.60s kept",
+		         sv.policy ? sv.policy : "", pe.msg, now);
+	} else {
+		kv_cache_set_scorer(g->kv, NULL); /* a built-in policy scores itself */
+		snprintf(what, cap, "policy %.80s", kv_policy_format(kv_cache_policy(g->kv), now,
+		                                                      sizeof now));
+	}
+	size_t k = strlen(what);
+	uint32_t budget = sv.budget ? sv.budget : gen_n_ctx(g);
+	if (budget > gen_n_ctx(g))
+		snprintf(what + k, cap - k, "; its budget %u exceeds this context's %u slots: "
+		                            "budget %u kept", budget, gen_n_ctx(g), kv_cache_budget(g->kv));
+	else if (kv_cache_set_budget(g->kv, budget, &pe) != KVS_OK)
+		snprintf(what + k, cap - k, "; its budget %u: %.60s", budget, pe.msg);
+	else
+		snprintf(what + k, cap - k, " and budget %u as saved", budget);
+	store_session_free(&sv);
+	return KVS_OK;
 }
 
 /* After a load: the resumed session's last max_turns turns as a
@@ -301,8 +373,8 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (c->n < 0 || c->n > (int64_t)UINT32_MAX)
 			rc = err_set(&e, KVS_EARG, "budget %lld: expected 0 .. %u tokens", (long long)c->n,
 			             UINT32_MAX);
-		else
-			rc = kv_cache_set_budget(g->kv, (uint32_t)c->n, &e);
+		else /* 0: every slot of the context */
+			rc = kv_cache_set_budget(g->kv, c->n ? (uint32_t)c->n : gen_n_ctx(g), &e);
 		if (rc == KVS_OK)
 			snprintf(res->msg, sizeof res->msg, "budget %u tokens", kv_cache_budget(g->kv));
 		break;
@@ -342,33 +414,56 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 	case WORKER_SAVE: {
 		struct session_store ss;
 		char sha[65];
+		int64_t id = session_store_id(w->s);
+		if (id != 0) {
+			/* saving already: a title renames the saved session, never forks it */
+			if (c->text != NULL)
+				rc = store_session_set_title(w->st, id, c->text, &e);
+			if (rc == KVS_OK && c->text != NULL)
+				snprintf(res->msg, sizeof res->msg, "saving to %s as session %lld, now titled '%.120s'",
+				         store_path(w->st), (long long)id, c->text);
+			else if (rc == KVS_OK)
+				snprintf(res->msg, sizeof res->msg, "already saving to %s as session %lld",
+				         store_path(w->st), (long long)id);
+			break;
+		}
 		rc = worker_store(w, &ss, sha, &e);
+		uint32_t n = session_n_turns(w->s);
 		if (rc == KVS_OK) {
 			ss.title = c->text;
 			rc = session_set_store(w->s, &ss, &e);
+			w->saving = session_store_id(w->s) != 0 || rc == KVS_OK;
 		}
-		if (rc == KVS_OK)
+		if (rc == KVS_OK && n > 0)
 			snprintf(res->msg, sizeof res->msg,
-			         "saving to %s from the next exchange on (with what the cache retains)",
+			         "saved %u exchange%s to %s as session %lld; the next ones are added", n,
+			         n == 1 ? "" : "s", store_path(w->st), (long long)session_store_id(w->s));
+		else if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg,
+			         "saving to %s from the first exchange on (with what the cache retains)",
 			         store_path(w->st));
 		break;
 	}
 	case WORKER_LOAD: {
 		struct session_store ss;
 		struct store_resume_info info;
-		char sha[65];
+		char sha[65], kept[200] = "";
 		rc = worker_store(w, &ss, sha, &e);
 		if (rc == KVS_OK)
 			rc = store_session_find(w->st, c->text, &ss.id, &e);
 		if (rc == KVS_OK)
+			rc = worker_saved_policy(w, ss.id, kept, sizeof kept, &e);
+		if (rc == KVS_OK)
 			rc = session_resume(w->s, &ss, &info, &e);
+		if (rc == KVS_OK)
+			w->saving = true;
 		if (rc == KVS_OK)
 			worker_transcript(w, ss.id, c->n, info.n_tokens);
 		if (rc == KVS_OK)
-			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s",
+			snprintf(res->msg, sizeof res->msg, "resumed session %lld: %u tokens %s%s%s; %s",
 			         (long long)ss.id, info.n_tokens,
 			         info.from_snapshot ? "from its KV snapshot" : "recomputed",
-			         info.from_snapshot ? "" : ": ", info.from_snapshot ? "" : info.why);
+			         info.from_snapshot ? "" : ": ", info.from_snapshot ? "" : info.why, kept);
 		break;
 	}
 	case WORKER_SCORER:
@@ -459,6 +554,7 @@ int worker_start(struct worker **out, struct session *s, struct err *e)
 	                         .token = worker_hook_token,
 	                         .turn_end = worker_hook_turn_end,
 	                         .kv = worker_hook_kv,
+	                         .saved = worker_hook_saved,
 	                         .ud = w,
 	                     });
 	if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
@@ -504,6 +600,7 @@ void worker_stop(struct worker *w)
 	store_close(w->st);
 	free(w->db_path);
 	free(w->model_path);
+	free(w->sampler);
 	pthread_mutex_destroy(&w->mu);
 	pthread_cond_destroy(&w->cv);
 	free(w);
@@ -528,12 +625,15 @@ uint64_t worker_send(struct worker *w, const struct worker_cmd *c)
 	return id;
 }
 
-void worker_set_store(struct worker *w, const char *db_path, const char *model_path)
+void worker_set_store(struct worker *w, const char *db_path, const char *model_path,
+                      const char *sampler)
 {
 	free(w->db_path);
 	free(w->model_path);
+	free(w->sampler);
 	w->db_path = db_path ? xstrdup(db_path) : NULL;
 	w->model_path = model_path ? xstrdup(model_path) : NULL;
+	w->sampler = sampler ? xstrdup(sampler) : NULL;
 }
 
 bool worker_cancel(struct worker *w)

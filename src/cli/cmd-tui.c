@@ -3,8 +3,8 @@
  * the ncurses workbench (src/tui/). The session is opened here like the
  * plain chat's, with attention capture on (full rows, at most one step
  * event per 33 ms, the UI's frame time) and per-token statistics, then
- * handed to tui_run; --resume, --save and --title act as :load and :save
- * at start, --target-words N and --length SPEC as :len (the same options,
+ * handed to tui_run; --resume, --save, --title and --db act as :load and
+ * :save at start (--db saves from the first exchange, as chat --db does), --target-words N and --length SPEC as :len (the same options,
  * parsed by the same len_target_parse, as chat and generate). In a build without the workbench it says so in one
  * line and points to `kvscope chat`.
  */
@@ -57,6 +57,7 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	struct tui_options to = { 0 };
 	struct session *s = NULL;
 	char *model_path = NULL;
+	char sampler[256], policy[256];
 	struct err e;
 	enum cli_exit rc;
 
@@ -98,7 +99,13 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	to.n_plugins = o->n_plugins;
 	to.db_path = o->db;
 	to.resume = o->resume;
-	to.save = o->save || o->title != NULL;
+	to.resume_budget = -1;
+	if (o->resume != NULL && cli_opts_given(o, "policy"))
+		to.resume_policy = kv_policy_format(&o->gen.kv.policy, policy, sizeof policy);
+	if (o->resume != NULL && cli_opts_given(o, "kv-budget"))
+		to.resume_budget = o->gen.kv.budget;
+	/* --db saves the conversation from its first exchange, as chat --db does */
+	to.save = o->save || o->title != NULL || o->db != NULL;
 	to.save_title = o->title;
 	model_path = cli_model_path(o->gen.model_path);
 	to.model_path = model_path;
@@ -111,6 +118,13 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 		goto out;
 	/* the length target the replies start with, as :len sets it later */
 	cli_len_apply(o, session_gen(s));
+	/* what saved sessions record of the sampler (the seed in use, resolved) */
+	const struct sampler_params *sp = &o->gen.sampler;
+	snprintf(sampler, sizeof sampler,
+	         "temp=%g top-k=%d top-p=%g min-p=%g repeat-penalty=%g seed=%u", (double)sp->temp,
+	         sp->top_k, (double)sp->top_p, (double)sp->min_p, (double)sp->repeat_penalty,
+	         sampler_seed(gen_sampler(session_gen(s))));
+	to.sampler = sampler;
 	rc = tui_run(s, &to, &e) == KVS_OK ? CLI_OK : cli_fail(&e);
 out:
 	session_close(s);

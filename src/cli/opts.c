@@ -45,6 +45,20 @@ static int opt_u32(struct cli_opts *o, const char *arg, const struct cli_opt *op
 	return KVS_OK;
 }
 
+/* The KV budget: 0 (every slot of the context, the default) or lo..hi. */
+static int opt_budget(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                      struct err *e)
+{
+	if (strcmp(arg, "0") == 0) {
+		*(uint32_t *)((char *)o + opt->off) = 0;
+		return KVS_OK;
+	}
+	if (opt_u32(o, arg, opt, e) != KVS_OK)
+		return err_set(e, KVS_EARG, "--%s: '%s' is not 0 (every slot) or a whole number in "
+		                            "%.0f..%.0f", opt->name, arg, opt->lo, opt->hi);
+	return KVS_OK;
+}
+
 /* Parse a signed integer in [lo, hi] into the int32_t at off. */
 static int opt_i32(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
@@ -322,8 +336,8 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "policy", 0, "NAME[:k=v,...]", OPTG_KV, opt_policy, 0, 0, 0,
 	  "KV retention policy: full (default; chat: streaming), window, streaming, sirllm, "
 	  "lminfinite, h2o; parameters as k=v (see 'kvscope help policies')" },
-	{ "kv-budget", 0, "N", OPTG_KV, opt_u32, OG(kv.budget), 8, 1 << 24,
-	  "KV cache budget in tokens (default: the context size)" },
+	{ "kv-budget", 0, "N", OPTG_KV, opt_budget, OG(kv.budget), 8, 1 << 24,
+	  "KV cache budget in tokens (0, the default: every slot of the context)" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
 	{ "trace", 0, "FILE", OPTG_TRACE, opt_str, O(trace), 0, 0,

@@ -198,7 +198,7 @@ void store_rec_turn(struct store_rec *r, const struct store_turn *t)
 	q->t.reply = xstrdup(t->reply ? t->reply : "");
 	q->t.stop = xstrdup(t->stop ? t->stop : "");
 	q->epoch = r->epoch;
-	q->end_pos = kv_cache_next_pos(r->kv);
+	q->end_pos = t->end_pos != 0 ? t->end_pos : kv_cache_next_pos(r->kv);
 }
 
 uint32_t store_rec_pending(const struct store_rec *r)
@@ -228,16 +228,43 @@ static void bind_float(sqlite3_stmt *st, int i, float v)
 		sqlite3_bind_double(st, i, v);
 }
 
-/* JSON list of [orig_pos, token, score] for an event's tokens (allocated). */
+/* s as the inside of a JSON string into out (cap >= 6 * strlen(s) + 1:
+ * a control byte takes six); returns the bytes written. */
+static size_t rec_json_escape(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+	for (; *s && n + 7 <= cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)ch;
+		} else if (ch < 0x20) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
+		} else {
+			out[n++] = (char)ch;
+		}
+	}
+	out[n] = '\0';
+	return n;
+}
+
+/* The event's detail as JSON (allocated): a policy change's policy and
+ * budget, else the list of [orig_pos, token, score] of its tokens. */
 static char *rec_detail(const struct rec_event *ev)
 {
 	size_t cap = 32 + (size_t)ev->n * 48, n = 0;
-	char *buf = xmalloc(cap);
+	char *buf;
 	if (ev->kind == KV_EVENT_POLICY) {
-		snprintf(buf, cap, "{\"policy\":\"%s\",\"budget\":%u}", ev->policy ? ev->policy : "",
-		         ev->n_incoming);
+		/* sized for the policy text whole, every byte escaped at worst */
+		const char *pol = ev->policy ? ev->policy : "";
+		cap = 48 + 6 * strlen(pol);
+		buf = xmalloc(cap);
+		n = (size_t)snprintf(buf, cap, "{\"policy\":\"");
+		n += rec_json_escape(buf + n, cap - n, pol);
+		snprintf(buf + n, cap - n, "\",\"budget\":%u}", ev->n_incoming);
 		return buf;
 	}
+	buf = xmalloc(cap);
 	buf[n++] = '[';
 	for (uint32_t i = 0; i < ev->n; i++) {
 		const struct kv_tok *t = &ev->toks[i];

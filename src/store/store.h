@@ -106,6 +106,9 @@ struct store_turn {
 	uint32_t n_prompt, n_reply;
 	double prefill_ms, decode_ms;
 	double started;          /* seconds since the epoch */
+	int32_t end_pos;         /* the original position after its last token: the cache's tokens
+	                          * before it belong to it; 0: the cache's next position (a turn
+	                          * just finished); negative: none (an earlier epoch's turn) */
 };
 
 struct store_rec;

@@ -46,6 +46,28 @@ static void cmd_send(struct tui_ctx *c, const struct worker_cmd *wc)
 		worker_send(c->w, wc);
 }
 
+/* Exchanges a quit, :new or :load would drop: those not saved, and the
+ * reply in progress when nothing is saved. */
+static uint32_t cmd_unsaved(const struct tui *t)
+{
+	return t->n_unsaved + (t->busy && !t->saving);
+}
+
+/* An unsaved conversation is never dropped without a word: the first time
+ * cmd asks (true: stop here), the same command next time goes ahead. */
+static bool cmd_confirm(struct tui_ctx *c, const char *cmd, const char *what)
+{
+	uint32_t n = cmd_unsaved(c->t);
+
+	if (n == 0 || strcmp(c->armed_prev, cmd) == 0)
+		return false;
+	snprintf(c->t->armed, sizeof c->t->armed, "%s", cmd);
+	tui_status(c->t, true,
+	           "%u exchange%s not saved: :save [TITLE] keeps %s; :%s again %s", n,
+	           n == 1 ? " is" : "s are", n == 1 ? "it" : "them", cmd, what);
+	return true;
+}
+
 /* Parse a whole non-negative integer; false when s is anything else. */
 static bool cmd_uint(const char *s, long long max, long long *out)
 {
@@ -273,11 +295,86 @@ static int x_unpin(struct tui_ctx *c, int argc, char **argv)
 	return x_pin_common(c, argc, argv, false);
 }
 
+/* :sel POS|turn N|first|last|off: the retention strip's selection. */
+static int x_sel(struct tui_ctx *c, int argc, char **argv)
+{
+	struct tui *t = c->t;
+	long long v;
+
+	if (argc == 1) {
+		if (t->sel_tok < 0)
+			tui_status(t, false, "no token selected (the strip follows the live tail)");
+		else
+			tui_status(t, false, "token #%d selected", t->sel_tok);
+		return KVS_OK;
+	}
+	if (argc == 2 && strcmp(argv[1], "off") == 0) {
+		tui_select(t, SEL_OFF);
+	} else if (argc == 2 && strcmp(argv[1], "first") == 0) {
+		tui_select(t, SEL_FIRST);
+	} else if (argc == 2 && strcmp(argv[1], "last") == 0) {
+		tui_select(t, SEL_OFF);
+		tui_select(t, SEL_PREV);
+	} else if (argc == 3 && strcmp(argv[1], "turn") == 0 && cmd_uint(argv[2], UINT32_MAX, &v)) {
+		int32_t p = -1;
+		for (uint32_t i = 0; i < t->n_toks && p < 0; i++)
+			if (t->toks[i].known && t->toks[i].t.turn == (uint32_t)v)
+				p = (int32_t)i;
+		if (p < 0)
+			return cmd_fail(c, ":sel: no token of turn %lld in the strip", v);
+		t->sel_tok = p;
+	} else if (argc == 2 && cmd_uint(argv[1], INT32_MAX, &v)) {
+		if ((uint64_t)v >= t->n_toks || !t->toks[v].known)
+			return cmd_fail(c, ":sel: no token at position %lld in the strip (0 .. %u)", v,
+			                t->n_toks ? t->n_toks - 1 : 0);
+		t->sel_tok = (int32_t)v;
+	} else {
+		return cmd_fail(c, ":sel: expected a position, turn N, first, last or off");
+	}
+	if (t->sel_tok >= 0)
+		tui_status(t, false, "token #%d selected (Esc lets go)", t->sel_tok);
+	else
+		tui_status(t, false, "no token selected (the strip follows the live tail)");
+	return KVS_OK;
+}
+
+/* :find TEXT: the next token where TEXT begins; alone, the last TEXT again. */
+static int x_find(struct tui_ctx *c, int argc, char **argv)
+{
+	char what[sizeof c->t->find] = "";
+
+	for (int i = 1; i < argc; i++) {
+		if (strlen(what) + strlen(argv[i]) + 2 > sizeof what)
+			return cmd_fail(c, ":find: at most %zu characters", sizeof what - 1);
+		if (i > 1)
+			strcat(what, " ");
+		strcat(what, argv[i]);
+	}
+	if (what[0] == '\0')
+		snprintf(what, sizeof what, "%s", c->t->find);
+	if (what[0] == '\0')
+		return cmd_fail(c, ":find: expected the text to look for in the retention strip");
+	snprintf(c->t->find, sizeof c->t->find, "%s", what);
+	if (!tui_find(c->t, what))
+		return cmd_fail(c, ":find: '%s' is not in the dialogue's tokens", what);
+	tui_status(c->t, false, "'%s' at token #%d (:find again for the next)", what, c->t->sel_tok);
+	return KVS_OK;
+}
+
+static int comp_sel(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "first", "last", "off", "turn", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 static int x_new(struct tui_ctx *c, int argc, char **argv)
 {
 	(void)argv;
 	if (argc != 1)
 		return cmd_fail(c, ":new takes no arguments");
+	if (cmd_confirm(c, "new", "starts a new conversation without them"))
+		return KVS_OK;
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_RESET });
 	tui_msg_add(c->t, MSG_INFO, "new conversation");
 	return KVS_OK;
@@ -290,16 +387,24 @@ static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
 	struct store *st;
 	struct err e;
 	char *path;
+	int rc;
 
 	if (!store_available()) {
 		cmd_fail(c, ":%s: the session store was not built (configure found no SQLite)", cmd);
 		return NULL;
 	}
 	path = c->t->db_path[0] ? xstrdup(c->t->db_path) : store_default_path();
-	if (store_open(&st, path, STORE_RO, &e) != KVS_OK) {
+	rc = store_open(&st, path, STORE_RO, &e);
+	if (rc == KVS_ENOTFOUND && strcmp(cmd, "sessions") == 0)
+		tui_status(c->t, false, "no saved sessions yet in %s: :save [TITLE] saves this "
+		                        "conversation there", path);
+	else if (rc == KVS_ENOTFOUND)
+		cmd_fail(c, ":%s: no saved sessions yet in %s (:save [TITLE] saves this conversation)",
+		         cmd, path);
+	else if (rc != KVS_OK)
 		cmd_fail(c, ":%s: %s", cmd, e.msg);
+	if (rc != KVS_OK)
 		st = NULL;
-	}
 	free(path);
 	return st;
 }
@@ -316,22 +421,27 @@ static int x_sessions(struct tui_ctx *c, int argc, char **argv)
 	if (argc != 1)
 		return cmd_fail(c, ":sessions takes no arguments");
 	if ((st = cmd_store_ro(c, "sessions")) == NULL)
-		return KVS_EIO;
+		return c->t->status_err ? KVS_EIO : KVS_OK;
 	if (store_session_list(st, &ss, &n, &e) != KVS_OK) {
 		store_close(st);
 		return cmd_fail(c, ":sessions: %s", e.msg);
 	}
 	for (size_t i = 0; i < n; i++) {
 		char one[96];
-		snprintf(one, sizeof one, "%s%lld '%s' (%u turns)", i ? ", " : "", (long long)ss[i].id,
-		         ss[i].title ? ss[i].title : "", ss[i].n_turns);
+		snprintf(one, sizeof one, "%s%lld '%s' (%u turn%s)", i ? ", " : "", (long long)ss[i].id,
+		         ss[i].title ? ss[i].title : "", ss[i].n_turns, ss[i].n_turns == 1 ? "" : "s");
 		if (strlen(buf) + strlen(one) + 1 < sizeof buf)
 			strcat(buf, one);
 		store_session_free(&ss[i]);
 	}
 	free(ss);
 	store_close(st);
-	tui_status(c->t, false, "%zu saved sessions%s%s", n, n ? ": " : "", buf);
+	if (n == 0)
+		tui_status(c->t, false, "no saved sessions yet%s", c->t->saving ?
+		           " (this conversation is saved from its first exchange)" :
+		           ": :save [TITLE] saves this conversation");
+	else
+		tui_status(c->t, false, "%zu saved session%s: %s", n, n == 1 ? "" : "s", buf);
 	return KVS_OK;
 }
 
@@ -361,6 +471,8 @@ static int x_load(struct tui_ctx *c, int argc, char **argv)
 
 	if (argc < 2)
 		return cmd_fail(c, ":load: expected a saved session's id or title (:sessions lists them)");
+	if (cmd_confirm(c, "load", "replaces them with the saved session"))
+		return KVS_OK;
 	for (int i = 1; i < argc; i++) {
 		/* a title may have spaces */
 		if (strlen(what) + strlen(argv[i]) + 2 >= sizeof what)
@@ -540,18 +652,31 @@ static int x_theme(struct tui_ctx *c, int argc, char **argv)
 
 static int x_help(struct tui_ctx *c, int argc, char **argv)
 {
+	const char *name = argc > 1 ? argv[1] + (argv[1][0] == ':') : NULL;
+
 	if (argc == 1) {
 		c->t->help = true;
+		c->t->help_scroll = 0;
 		return KVS_OK;
 	}
 	for (size_t i = 0; i < tui_cmd_count(); i++) {
 		const struct tui_cmd *k = tui_cmd_at(i);
-		if (strcmp(k->name, argv[1]) == 0) {
+		if (strcmp(k->name, name) == 0) {
 			tui_status(c->t, false, ":%s %s  %s", k->name, k->args, k->help);
 			return KVS_OK;
 		}
 	}
-	return cmd_fail(c, ":help: no command '%s' (:help lists them)", argv[1]);
+	for (size_t i = 0; c->t->rt != NULL && i < script_command_count(c->t->rt); i++) {
+		struct script_command_info ci;
+		script_command_at(c->t->rt, i, &ci);
+		if (strcmp(ci.name, name) == 0) {
+			tui_status(c->t, false, ":%s ARGS  %s (plugin %s)", ci.name,
+			           ci.help && ci.help[0] ? ci.help : "(no help given)",
+			           ci.plugin ? ci.plugin : "?");
+			return KVS_OK;
+		}
+	}
+	return cmd_fail(c, ":help: no command '%s' (:help lists them)", name);
 }
 
 static int comp_pane(const char *word, size_t i, const char **out)
@@ -583,8 +708,10 @@ static int x_pane(struct tui_ctx *c, int argc, char **argv)
 
 static int x_quit(struct tui_ctx *c, int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
+	if (argc != 1)
+		return cmd_fail(c, ":%s takes no arguments", argv[0]);
+	if (strcmp(argv[0], "quit!") != 0 && cmd_confirm(c, "quit", "leaves without saving"))
+		return KVS_OK;
 	c->t->quit = true;
 	return KVS_OK;
 }
@@ -598,19 +725,22 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "head", "N", "attention pane: head", NULL, x_head },
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
 	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows", comp_overview, x_overview },
+	{ "sel", "POS|turn N|first|last|off", "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
+	{ "find", "[TEXT]", "select the next token where TEXT begins in the retention strip (alone: again)", NULL, x_find },
 	{ "pin", "[POS]", "pin the selected token (or POS): never evicted", NULL, x_pin },
 	{ "unpin", "[POS]", "unpin the selected token (or POS)", NULL, x_unpin },
 	{ "new", "", "start a new conversation", NULL, x_new },
 	{ "sessions", "", "list the saved sessions", NULL, x_sessions },
 	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL, x_load },
-	{ "save", "[TITLE]", "save this conversation from the next exchange on", NULL, x_save },
+	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones); when saving, retitle it", NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
 	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },
 	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
-	{ "quit", "", "leave (the terminal is restored)", NULL, x_quit },
+	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
+	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
 };
 
 size_t tui_cmd_count(void)
@@ -632,11 +762,26 @@ static int comp_cmd(const char *word, size_t i, const char **out)
 	return 1;
 }
 
+/* The plugin that registered command name, or NULL. */
+static const char *cmd_plugin_of(struct script_rt *rt, const char *name)
+{
+	for (size_t i = 0; i < script_command_count(rt); i++) {
+		struct script_command_info ci;
+		script_command_at(rt, i, &ci);
+		if (strcmp(ci.name, name) == 0)
+			return ci.plugin;
+	}
+	return NULL;
+}
+
 int tui_cmd_run(struct tui_ctx *c, const char *line)
 {
 	char buf[1024], *argv[32], *p;
 	int argc = 0;
 
+	/* a command asked to be sent again counts only as the very next line */
+	snprintf(c->armed_prev, sizeof c->armed_prev, "%s", c->t->armed);
+	c->t->armed[0] = '\0';
 	while (*line == ':' || *line == ' ')
 		line++;
 	if (strlen(line) >= sizeof buf)
@@ -663,12 +808,22 @@ int tui_cmd_run(struct tui_ctx *c, const char *line)
 	if (c->t->rt != NULL) {
 		/* a plugin's command gets the rest of the line */
 		const char *args = line + strlen(argv[0]);
+		const char *plugin = cmd_plugin_of(c->t->rt, argv[0]);
+		size_t n_log = plugin ? script_log_count(c->t->rt, plugin) : 0;
 		struct err e;
 		int rc;
 		args += strspn(args, " \t");
 		rc = script_command_run(c->t->rt, argv[0], args, &e);
-		if (rc == KVS_OK)
+		if (rc == KVS_OK) {
+			/* what it printed or logged, else that it ran: never silence */
+			size_t n = plugin ? script_log_count(c->t->rt, plugin) : 0;
+			if (n > n_log)
+				tui_status(c->t, false, ":%s: %s", argv[0],
+				           script_log_line(c->t->rt, plugin, n - 1));
+			else
+				tui_status(c->t, false, ":%s done", argv[0]);
 			return KVS_OK;
+		}
 		if (rc != KVS_ENOTFOUND)
 			return cmd_fail(c, ":%s: %s", argv[0], e.msg);
 	}
@@ -763,37 +918,113 @@ int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t c
 	return n;
 }
 
-size_t tui_help_lines(const char ***lines)
-{
-	static const char *keys[] = {
-		"Keys",
-		"  Enter        send the message (or run a :command)",
-		"  Ctrl-J, Alt-Enter  new line in the message",
-		"  Ctrl-C       stop the reply; again (or on an empty line) quit",
-		"  Tab          complete :commands and their arguments",
-		"  Ctrl-R       search the history; Up/Down walk it; emacs keys edit",
-		"  F1           this help      F2-F5  show a pane (tabs on small terminals)",
-		"  F6/F7        layer -/+      F8/F9  head -/+    F10  head aggregation",
-		"  F11          overview metric (entropy / sink mass / k90)",
-		"  Shift-Up/Down   earlier / later query token in the attention pane",
-		"  Shift-Left/Right select a token in the retention strip (or click it)",
-		"  PgUp/PgDn    scroll the chat",
-		"",
-		"Commands",
-		NULL,
-	};
-	static const char *all[64];
-	static char cmdlines[KVS_ARRAY_LEN(tui_cmds)][128];
-	size_t n = 0;
+/* The keys the help lists (the bindings live in curses.c). */
+static const struct {
+	const char *key, *does;
+} tui_keys[] = {
+	{ "Enter", "send the message (or run a :command)" },
+	{ "Ctrl-J, Alt-Enter", "new line in the message" },
+	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
+	{ "Tab", "complete :commands and their arguments" },
+	{ "Up/Down, Ctrl-R", "walk and search the history; emacs keys edit the line" },
+	{ "F1", "this help (Up/Down/PgUp/PgDn/Home/End scroll it; Esc or F1 closes)" },
+	{ "F2 F3 F4 F5", "chat, attention, KV memory, retention (the tab on small terminals)" },
+	{ "F12", "the plugins' pane (at 160x40 and more in place of attention and KV memory)" },
+	{ "F6/F7, F8/F9", "attention pane: layer -/+, head -/+" },
+	{ "F10, F11", "one head / mean / max over heads; the overview metric" },
+	{ "Shift-Up/Down", "an earlier / later query token in the attention pane" },
+	{ "Shift-Left/Right, click", "select a token in the retention strip (a click beside the tokens, or on the selected one, lets go)" },
+	{ "Esc", "let go of the selected token (the strip follows the live tail again); back to the latest attention step; close the help" },
+	{ "PgUp/PgDn", "scroll the chat; with a token selected (or on the retention tab), page the strip" },
+	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
+	{ "Shift-Home/End", "the first token; let go (the live tail)" },
+	{ "Ctrl-L", "redraw the screen" },
+};
 
-	for (size_t i = 0; keys[i] != NULL; i++)
-		all[n++] = keys[i];
-	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds) && n < KVS_ARRAY_LEN(all); i++) {
-		char syn[64];
-		snprintf(syn, sizeof syn, ":%s %s", tui_cmds[i].name, tui_cmds[i].args);
-		snprintf(cmdlines[i], sizeof cmdlines[i], "  %-36s %s", syn, tui_cmds[i].help);
-		all[n++] = cmdlines[i];
+/* Append line text (copied) to the help's lines. */
+static void help_push(char ***lines, size_t *n, size_t *cap, const char *text)
+{
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 64;
+		*lines = xreallocarray(*lines, *cap, sizeof **lines);
 	}
-	*lines = all;
+	(*lines)[(*n)++] = xstrdup(text);
+}
+
+/* One entry: "  NAME<pad>DESCRIPTION" with the description wrapped at
+ * width w under column col; when the name leaves no room beside it, the
+ * description goes on the lines below, indented. */
+static void help_entry(char ***lines, size_t *n, size_t *cap, const char *name, const char *desc,
+                       int col, int w)
+{
+	char buf[512];
+	int ind = col, nl = tui_text_width(name, strlen(name));
+	const char *p = desc;
+
+	if (w < col + 24 || nl + 3 > col) {
+		snprintf(buf, sizeof buf, "  %s", name);
+		help_push(lines, n, cap, buf);
+		ind = w < col + 24 ? 6 : col;
+		nl = -1; /* the description starts on a line of its own */
+	}
+	while (*p != '\0') {
+		int room = KVS_MAX(w - ind, 16);
+		size_t len = strlen(p), cut = len;
+		if ((int)len > room) {
+			/* the last space within room; a word longer than room is cut */
+			cut = (size_t)room;
+			while (cut > 0 && p[cut] != ' ')
+				cut--;
+			if (cut == 0)
+				cut = (size_t)room;
+		}
+		if (nl >= 0) {
+			snprintf(buf, sizeof buf, "  %s%*s%.*s", name, ind - 2 - nl, "", (int)cut, p);
+			nl = -1;
+		} else {
+			snprintf(buf, sizeof buf, "%*s%.*s", ind, "", (int)cut, p);
+		}
+		help_push(lines, n, cap, buf);
+		p += cut;
+		while (*p == ' ')
+			p++;
+	}
+}
+
+size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
+{
+	char **lines = NULL, syn[96];
+	size_t n = 0, cap = 0;
+
+	help_push(&lines, &n, &cap, "Keys");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_keys); i++)
+		help_entry(&lines, &n, &cap, tui_keys[i].key, tui_keys[i].does, 26, w);
+	help_push(&lines, &n, &cap, "");
+	help_push(&lines, &n, &cap, "Commands");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++) {
+		snprintf(syn, sizeof syn, ":%s %s", tui_cmds[i].name, tui_cmds[i].args);
+		help_entry(&lines, &n, &cap, syn, tui_cmds[i].help, 40, w);
+	}
+	if (rt != NULL && script_command_count(rt) > 0) {
+		help_push(&lines, &n, &cap, "");
+		help_push(&lines, &n, &cap, "Plugin commands");
+		for (size_t i = 0; i < script_command_count(rt); i++) {
+			struct script_command_info ci;
+			char desc[256];
+			script_command_at(rt, i, &ci);
+			snprintf(syn, sizeof syn, ":%s ARGS", ci.name);
+			snprintf(desc, sizeof desc, "%s (plugin %s)", ci.help && ci.help[0] ? ci.help : "-",
+			         ci.plugin ? ci.plugin : "?");
+			help_entry(&lines, &n, &cap, syn, desc, 40, w);
+		}
+	}
+	*out = lines;
 	return n;
+}
+
+void tui_help_free(char **lines, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(lines[i]);
+	free(lines);
 }

@@ -237,18 +237,6 @@ static void tui_frame(struct tui_term *tt)
 	tt->dirty = false;
 }
 
-/* Move the retention selection by one known token. */
-static void tui_select_step(struct tui *t, int dir)
-{
-	int32_t p = t->sel_tok < 0 ? (dir > 0 ? -1 : (int32_t)t->n_toks) : t->sel_tok;
-
-	for (p += dir; p >= 0 && (uint32_t)p < t->n_toks; p += dir)
-		if (t->toks[p].known) {
-			t->sel_tok = p;
-			return;
-		}
-}
-
 static void tui_complete(struct tui_term *tt)
 {
 	size_t cur;
@@ -272,11 +260,14 @@ static void tui_complete(struct tui_term *tt)
 /* A line from the input: a ':' command or a message. */
 static void tui_line(struct tui_term *tt, char *line)
 {
+	if (line[0] != ':')
+		tt->t.armed[0] = '\0'; /* ":quit again" means the very next line */
 	if (line[0] == ':') {
 		tui_cmd_run(&tt->ctx, line + 1);
 	} else if (line[strspn(line, " \n\t")] == '\0') {
 		/* blank: nothing to send */
-	} else if (tt->t.busy || worker_busy(tt->w)) {
+	} else if (tt->t.busy) {
+		/* other commands (a :save's first commit) just queue before it */
 		tui_status(&tt->t, true, "a reply is in progress: wait for it, or Ctrl-C to stop it");
 	} else {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = line });
@@ -301,13 +292,22 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			const char *text = tui_input_text(tt->in, &cur);
 			if (t->busy) {
 				worker_cancel(tt->w);
-				tt->armed_quit = true;
-				tui_status(t, false, "stopping the reply (Ctrl-C again quits)");
-			} else if (tt->armed_quit || text[0] == '\0') {
+				tui_status(t, false, "stopping the reply");
+			} else if (text[0] != '\0') {
+				tui_input_clear(tt->in);
+			} else if (tt->armed_quit) {
 				t->quit = true;
 			} else {
-				tui_input_clear(tt->in);
+				/* on an empty line: a second Ctrl-C in a row quits */
+				uint32_t n = t->n_unsaved;
 				tt->armed_quit = true;
+				if (n > 0)
+					tui_status(t, true,
+					           "Ctrl-C again quits; %u exchange%s not saved (:save [TITLE] "
+					           "keeps %s)",
+					           n, n == 1 ? " is" : "s are", n == 1 ? "it" : "them");
+				else
+					tui_status(t, false, "Ctrl-C again quits (:quit does too)");
 			}
 			return true;
 		}
@@ -317,14 +317,46 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		case 12: /* Ctrl-L */
 			tt->full_redraw = true;
 			return true;
-		case 0x1b:
-			if (t->help) {
-				t->help = false;
-				return true;
+		case 0x1b: {
+			/* a lone Escape (nothing follows within the escape delay) lets
+			 * go of what is held; one that begins an Alt key is the input's */
+			wint_t next;
+			int r = get_wch(&next);
+			if (r != ERR) {
+				if (r == KEY_CODE_YES)
+					ungetch((int)next);
+				else
+					unget_wch((wchar_t)next);
+				return false;
 			}
-			return false;
+			if (t->help)
+				t->help = false;
+			else if (t->sel_tok >= 0)
+				tui_select(t, SEL_OFF);
+			else if (t->step_back > 0)
+				t->step_back = 0;
+			return true;
+		}
 		default:
 			return false;
+		}
+	}
+	if (t->help) {
+		/* the help scrolls (drawing clamps it at the end) */
+		static const struct {
+			int key, rows; /* rows: +-1 a line, +-2 a page, +-3 an end */
+		} nav[] = { { KEY_UP, -1 },   { KEY_DOWN, 1 }, { KEY_PPAGE, -2 },
+			    { KEY_NPAGE, 2 }, { KEY_HOME, -3 }, { KEY_END, 3 } };
+		int page = LINES > 4 ? LINES - 4 : 1;
+		for (size_t i = 0; i < KVS_ARRAY_LEN(nav); i++) {
+			if (nav[i].key != key)
+				continue;
+			int d = nav[i].rows;
+			t->help_scroll += d == 1 || d == -1 ? d : d == 2 ? page : d == -2 ? -page
+			                  : d == 3 ? 1 << 20 : -(1 << 20);
+			if (t->help_scroll < 0)
+				t->help_scroll = 0;
+			return true;
 		}
 	}
 	if (key >= KEY_F(2) && key <= KEY_F(5)) {
@@ -338,6 +370,7 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 	switch (key) {
 	case KEY_F(1):
 		t->help = !t->help;
+		t->help_scroll = 0;
 		return true;
 	case KEY_F(6):
 		t->layer = (t->layer + nl - 1) % nl;
@@ -368,27 +401,39 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			t->step_back--;
 		return true;
 	case KEY_SLEFT:
-		tui_select_step(t, -1);
+		tui_select(t, SEL_PREV);
 		return true;
 	case KEY_SRIGHT:
-		tui_select_step(t, +1);
+		tui_select(t, SEL_NEXT);
+		return true;
+	case KEY_SPREVIOUS:
+		tui_select(t, SEL_TURN_PREV);
+		return true;
+	case KEY_SNEXT:
+		tui_select(t, SEL_TURN_NEXT);
+		return true;
+	case KEY_SHOME:
+		tui_select(t, SEL_FIRST);
+		return true;
+	case KEY_SEND:
+		tui_select(t, SEL_OFF);
 		return true;
 	case KEY_PPAGE:
-		t->chat_scroll += 10;
-		return true;
 	case KEY_NPAGE:
-		t->chat_scroll = t->chat_scroll > 10 ? t->chat_scroll - 10 : 0;
+		if (t->sel_tok >= 0 || (t->tab == 3 && (COLS < TUI_WIDE_W || LINES < TUI_WIDE_H)))
+			tui_select(t, key == KEY_PPAGE ? SEL_PAGE_UP : SEL_PAGE_DOWN);
+		else if (key == KEY_PPAGE)
+			t->chat_scroll += 10;
+		else
+			t->chat_scroll = t->chat_scroll > 10 ? t->chat_scroll - 10 : 0;
 		return true;
 	case KEY_RESIZE:
 		tt->full_redraw = true;
 		return true;
 	case KEY_MOUSE: {
 		MEVENT me;
-		if (getmouse(&me) == OK) {
-			int32_t p = tui_hit_token(t, &tt->grid, me.x, me.y);
-			if (p >= 0)
-				t->sel_tok = p;
-		}
+		if (getmouse(&me) == OK)
+			tui_click(t, &tt->grid, me.x, me.y);
 		return true;
 	}
 	default:
@@ -644,7 +689,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 		return rc;
 	}
 	tt->ctx.w = tt->w;
-	worker_set_store(tt->w, o->db_path, o->model_path);
+	worker_set_store(tt->w, o->db_path, o->model_path, o->sampler);
 	snprintf(tt->t.db_path, sizeof tt->t.db_path, "%s", o->db_path ? o->db_path : "");
 	tt->in = tui_input_open();
 	tui_input_set_wait(tt->in, tui_wait_key, tt);
@@ -691,6 +736,14 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = o->resume,
 		                                         .n = TUI_REPLAY_TURNS });
 		tui_msg_add(&tt->t, MSG_INFO, "loading a saved session ...");
+		/* the load restores the saved policy and budget; --policy and
+		 * --kv-budget given as well change them after it */
+		if (o->resume_policy != NULL)
+			worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_POLICY,
+			                                         .text = o->resume_policy });
+		if (o->resume_budget >= 0)
+			worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_BUDGET,
+			                                         .n = o->resume_budget });
 	} else if (o->save) {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = o->save_title });
 	}

@@ -14,11 +14,14 @@
  * its transcript (tui_replay): the store's texts of its last turns, shown
  * as the live exchanges were but marked replayed, so no token ever streams
  * into them, and a separator line before the new exchanges. Step events keep the last TUI_STEP_HISTORY
- * attention snapshots in a ring, so a past query token can be selected.
+ * attention snapshots in a ring, so a past query token can be selected;
+ * each keeps the positions and tokens of its columns as the cache held
+ * them then, so its keys are named right after the cache has changed.
  * Nothing here knows about curses or the worker thread.
  */
 #include "tui/tui-int.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,6 +32,7 @@ void tui_init(struct tui *t)
 {
 	memset(t, 0, sizeof *t);
 	t->sel_tok = -1;
+	t->evsum.msg = -1;
 	t->theme = tui_theme_at(0);
 	snprintf(t->plugins, sizeof t->plugins, "plugins: none");
 }
@@ -37,6 +41,8 @@ static void tui_step_free(struct tui_step *s)
 {
 	free(s->attn);
 	free(s->heads);
+	free(s->key_pos);
+	free(s->key_tok);
 	memset(s, 0, sizeof *s);
 }
 
@@ -50,6 +56,8 @@ static void tui_msgs_clear(struct tui *t)
 	}
 	t->n_msgs = 0;
 	t->chat_scroll = 0;
+	memset(&t->evsum, 0, sizeof t->evsum);
+	t->evsum.msg = -1;
 }
 
 void tui_free(struct tui *t)
@@ -130,6 +138,24 @@ void tui_replay(struct tui *t, const struct session_recap *r, int status, const 
 	tui_msg_add(t, MSG_RULE, session_recap_line(r, buf, sizeof buf));
 }
 
+void tui_piece(const struct tui *t, int32_t token, char *out, size_t cap)
+{
+	char buf[64];
+	size_t n = 0;
+
+	if (cap == 0)
+		return;
+	if (t->vocab != NULL)
+		n = vocab_piece(t->vocab, token, true, buf, sizeof buf - 1);
+	else
+		n = (size_t)snprintf(buf, sizeof buf, "#%d", token);
+	if (n > sizeof buf - 1)
+		n = sizeof buf - 1;
+	n = utf8_complete_prefix((const uint8_t *)buf, KVS_MIN(n, cap - 1));
+	memcpy(out, buf, n);
+	out[n] = '\0';
+}
+
 /* The token at original position pos (grown as needed). */
 static struct tui_tok *tui_tok_at(struct tui *t, int32_t pos)
 {
@@ -155,19 +181,8 @@ static struct tui_tok *tui_tok_update(struct tui *t, const struct kv_tok *k)
 
 	if (x == NULL)
 		return NULL;
-	if (!x->known || x->t.token != k->token) {
-		char buf[64];
-		size_t n = 0;
-		if (t->vocab != NULL)
-			n = vocab_piece(t->vocab, k->token, true, buf, sizeof buf - 1);
-		else
-			n = (size_t)snprintf(buf, sizeof buf, "#%d", k->token);
-		if (n > sizeof buf - 1)
-			n = sizeof buf - 1;
-		n = utf8_complete_prefix((const uint8_t *)buf, KVS_MIN(n, sizeof x->text - 1));
-		memcpy(x->text, buf, n);
-		x->text[n] = '\0';
-	}
+	if (!x->known || x->t.token != k->token)
+		tui_piece(t, k->token, x->text, sizeof x->text);
 	x->t = *k;
 	x->known = true;
 	return x;
@@ -194,30 +209,6 @@ static void tui_spark_push(struct tui *t, float cache, float tps)
 	t->n_spark++;
 }
 
-/* "evicted 212 tokens from turns 3-5 (sirllm, budget 512); system prompt kept" */
-static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
-{
-	uint32_t lo = UINT32_MAX, hi = 0, n_sys = 0;
-	char buf[256];
-
-	for (uint32_t i = 0; i < ev->n_evicted; i++) {
-		lo = KVS_MIN(lo, ev->evicted[i].turn);
-		hi = KVS_MAX(hi, ev->evicted[i].turn);
-		n_sys += ev->evicted[i].role == KV_ROLE_SYSTEM;
-	}
-	if (lo == hi)
-		snprintf(buf, sizeof buf, "evicted %u tokens from turn %u (%s, budget %u)%s%s",
-		         ev->n_evicted, lo, ev->policy ? ev->policy : "?", ev->stats.budget,
-		         n_sys ? "; system prompt partly evicted" : "; system prompt kept",
-		         ev->fallback ? "; score provider failed, built-in policy used" : "");
-	else
-		snprintf(buf, sizeof buf, "evicted %u tokens from turns %u-%u (%s, budget %u)%s%s",
-		         ev->n_evicted, lo, hi, ev->policy ? ev->policy : "?", ev->stats.budget,
-		         n_sys ? "; system prompt partly evicted" : "; system prompt kept",
-		         ev->fallback ? "; score provider failed, built-in policy used" : "");
-	tui_msg_add(t, MSG_BANNER, buf);
-}
-
 /* The reply being streamed (the last assistant message), or NULL. */
 static struct tui_msg *tui_reply(struct tui *t)
 {
@@ -231,6 +222,87 @@ static struct tui_msg *tui_reply(struct tui *t)
 			return NULL;
 	}
 	return NULL;
+}
+
+/* Insert a message of kind at index i (later ones move down); returns it. */
+static struct tui_msg *tui_msg_insert(struct tui *t, uint32_t i, enum tui_msg_kind kind)
+{
+	struct tui_msg m;
+
+	tui_msg_add(t, kind, NULL);
+	m = t->msgs[t->n_msgs - 1];
+	memmove(&t->msgs[i + 1], &t->msgs[i], (t->n_msgs - 1 - i) * sizeof *t->msgs);
+	t->msgs[i] = m;
+	return &t->msgs[i];
+}
+
+/* "s" unless n is 1. */
+static const char *tui_plural(uint32_t n)
+{
+	return n == 1 ? "" : "s";
+}
+
+/* Close the open eviction summary: the next round starts a new line. */
+static void tui_evict_close(struct tui *t)
+{
+	memset(&t->evsum, 0, sizeof t->evsum);
+	t->evsum.msg = -1;
+}
+
+/* Fold an eviction round into the chat's one summary line ("evicted 212
+ * tokens from turns 3-5 in 14 rounds (sirllm, budget 512); system prompt
+ * kept"): during an exchange it sits between the user's message and the
+ * reply, so that the reply stays the last thing in the pane however many
+ * decode steps evict; between exchanges it follows the last message and
+ * takes the later rounds while nothing else is said. The details of each
+ * token are in the retention strip and the KV pane. */
+static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
+{
+	struct tui_evict_sum *sm = &t->evsum;
+	struct tui_msg *reply = tui_reply(t), *m;
+	char buf[256];
+
+	if (reply != NULL && reply->stop[0] != '\0')
+		reply = NULL; /* ended: the rounds come after it */
+
+	if (sm->msg >= 0 && ((uint32_t)sm->msg >= t->n_msgs || t->msgs[sm->msg].kind != MSG_BANNER ||
+	                     (reply == NULL && (uint32_t)sm->msg != t->n_msgs - 1)))
+		tui_evict_close(t); /* what it counted is no longer where it was */
+	if (sm->msg < 0) {
+		tui_evict_close(t);
+		sm->lo = UINT32_MAX;
+		if (reply != NULL) {
+			uint32_t at = (uint32_t)(reply - t->msgs);
+			tui_msg_insert(t, at, MSG_BANNER);
+			sm->msg = (int32_t)at;
+		} else {
+			tui_msg_add(t, MSG_BANNER, NULL);
+			sm->msg = (int32_t)t->n_msgs - 1;
+		}
+	}
+	for (uint32_t i = 0; i < ev->n_evicted; i++) {
+		sm->lo = KVS_MIN(sm->lo, ev->evicted[i].turn);
+		sm->hi = KVS_MAX(sm->hi, ev->evicted[i].turn);
+		sm->n_sys += ev->evicted[i].role == KV_ROLE_SYSTEM;
+	}
+	sm->n += ev->n_evicted;
+	sm->rounds++;
+	sm->budget = ev->stats.budget;
+	sm->fallback |= ev->fallback;
+	snprintf(sm->policy, sizeof sm->policy, "%s", ev->policy ? ev->policy : "?");
+	int k = sm->lo == sm->hi ? snprintf(buf, sizeof buf, "evicted %u token%s from turn %u", sm->n,
+	                                    tui_plural(sm->n), sm->lo)
+	                         : snprintf(buf, sizeof buf, "evicted %u token%s from turns %u-%u",
+	                                    sm->n, tui_plural(sm->n), sm->lo, sm->hi);
+	snprintf(buf + k, sizeof buf - (size_t)k, " in %u round%s (%s, budget %u)%s%s", sm->rounds,
+	         tui_plural(sm->rounds), sm->policy, sm->budget,
+	         sm->n_sys ? "; system prompt partly evicted" : "; system prompt kept",
+	         sm->fallback ? "; score provider failed, built-in policy used" : "");
+	m = &t->msgs[sm->msg];
+	for (uint32_t j = 0; j < m->n_spans; j++)
+		free(m->spans[j].text);
+	m->n_spans = 0;
+	tui_span_add(m, buf, strlen(buf), NAN);
 }
 
 /* Keep the ring's attention rows under TUI_STEP_BYTES: older steps keep
@@ -254,7 +326,9 @@ static void tui_steps_trim(struct tui *t)
 	}
 }
 
-static void tui_apply_kv(struct tui *t, struct kv_event *ev, double now_ms)
+/* A KV event; a step's key labels (key_pos, key_tok) move into the ring. */
+static void tui_apply_kv(struct tui *t, struct kv_event *ev, int32_t *key_pos, int32_t *key_tok,
+                         double now_ms)
 {
 	t->stats = ev->stats;
 	switch (ev->kind) {
@@ -277,6 +351,8 @@ static void tui_apply_kv(struct tui *t, struct kv_event *ev, double now_ms)
 		s->heads = (struct kv_head_summary *)ev->heads;
 		ev->attn = NULL;
 		ev->heads = NULL;
+		s->key_pos = key_pos;
+		s->key_tok = key_tok;
 		t->n_steps++;
 		/* a past step on show stays on show */
 		if (t->step_back > 0 && t->step_back + 1 < TUI_STEP_HISTORY)
@@ -330,6 +406,8 @@ static void tui_apply_snapshot(struct tui *t, const struct worker_event *ev)
 			t->toks[i].evicted = true;
 	t->stats = ev->stats;
 	snprintf(t->policy, sizeof t->policy, "%s", ev->policy);
+	t->n_unsaved = ev->n_unsaved;
+	t->saving = ev->saving;
 }
 
 void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
@@ -339,6 +417,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 
 	switch (ev->kind) {
 	case WORKER_EV_TURN_START:
+		tui_evict_close(t);
 		tui_msg_add(t, MSG_USER, ev->user ? ev->user : "");
 		tui_msg_add(t, MSG_ASSISTANT, NULL);
 		t->busy = true;
@@ -402,15 +481,26 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 			            "context full: this turn started a new conversation (the model no "
 			            "longer sees earlier turns)");
 		t->busy = false;
+		tui_evict_close(t);
 		break;
 	case WORKER_EV_KV:
-		tui_apply_kv(t, &ev->kv, now_ms);
+		if (ev->kv.kind == KV_EVENT_STEP) {
+			tui_apply_kv(t, &ev->kv, ev->key_pos, ev->key_tok, now_ms);
+			ev->key_pos = ev->key_tok = NULL;
+		} else {
+			tui_apply_kv(t, &ev->kv, NULL, NULL, now_ms);
+		}
 		break;
 	case WORKER_EV_SNAPSHOT:
 		tui_apply_snapshot(t, ev);
 		break;
 	case WORKER_EV_TRANSCRIPT:
 		tui_replay(t, &ev->recap, ev->status, ev->msg);
+		break;
+	case WORKER_EV_SAVED:
+		/* a commit that failed keeps the exchange queued for the next */
+		if (ev->status != KVS_OK)
+			tui_status(t, true, "not saved yet (the next exchange retries): %s", ev->msg);
 		break;
 	case WORKER_EV_RESULT:
 		if (ev->status != KVS_OK) {
@@ -423,6 +513,11 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 			}
 		} else if (ev->cmd != WORKER_CHAT && ev->cmd != WORKER_SNAPSHOT) {
 			tui_status(t, false, "%s", ev->msg);
+		}
+		if (ev->cmd == WORKER_LOAD && ev->status == KVS_OK) {
+			t->lua_policy[0] = '\0'; /* the saved session's built-in policy is back */
+			/* what came back, the policy and budget included, stays in the chat */
+			tui_msg_add(t, MSG_INFO, ev->msg);
 		}
 		if (ev->cmd == WORKER_CHAT)
 			t->busy = false;
@@ -526,6 +621,125 @@ void tui_regions(const struct tui *t, struct tui_regions *r)
 		else
 			r->recent++;
 	}
+}
+
+/* The known token after (dir > 0) or before p, or -1. */
+static int32_t tui_known_from(const struct tui *t, int32_t p, int dir)
+{
+	for (p += dir; p >= 0 && (uint32_t)p < t->n_toks; p += dir)
+		if (t->toks[p].known)
+			return p;
+	return -1;
+}
+
+/* The first known token of the turn of token p (p itself when none before
+ * it is of the same turn). */
+static int32_t tui_turn_start(const struct tui *t, int32_t p)
+{
+	int32_t q;
+	while ((q = tui_known_from(t, p, -1)) >= 0 && t->toks[q].t.turn == t->toks[p].t.turn)
+		p = q;
+	return p;
+}
+
+void tui_select(struct tui *t, enum tui_sel how)
+{
+	int32_t p = t->sel_tok, q;
+	uint32_t page = t->strip_page ? t->strip_page : 64;
+
+	if (p >= 0 && ((uint32_t)p >= t->n_toks || !t->toks[p].known))
+		p = -1;
+	switch (how) {
+	case SEL_OFF:
+		p = -1;
+		break;
+	case SEL_FIRST:
+		p = tui_known_from(t, -1, 1);
+		break;
+	case SEL_PREV:
+	case SEL_NEXT:
+		/* from nothing: Left starts at the end, Right at the start */
+		p = p < 0 ? tui_known_from(t, how == SEL_PREV ? (int32_t)t->n_toks : -1,
+		                           how == SEL_PREV ? -1 : 1)
+		          : tui_known_from(t, p, how == SEL_PREV ? -1 : 1);
+		if (p < 0 && how == SEL_PREV)
+			p = tui_known_from(t, -1, 1); /* stays on the first */
+		break;
+	case SEL_PAGE_UP:
+	case SEL_PAGE_DOWN: {
+		int dir = how == SEL_PAGE_UP ? -1 : 1;
+		if (p < 0)
+			p = tui_known_from(t, (int32_t)t->n_toks, -1);
+		for (uint32_t k = 0; k < page && p >= 0; k++) {
+			q = tui_known_from(t, p, dir);
+			if (q < 0)
+				break; /* the page stops at the first or the last token */
+			p = q;
+		}
+		break;
+	}
+	case SEL_TURN_PREV:
+		if (p < 0)
+			p = tui_known_from(t, (int32_t)t->n_toks, -1);
+		if (p < 0)
+			break;
+		q = tui_turn_start(t, p);
+		if (q == p && (q = tui_known_from(t, p, -1)) >= 0)
+			q = tui_turn_start(t, q); /* at a turn's start: the turn before */
+		p = q < 0 ? p : q;
+		break;
+	case SEL_TURN_NEXT:
+		if (p < 0)
+			break;
+		q = p;
+		while ((q = tui_known_from(t, q, 1)) >= 0 && t->toks[q].t.turn == t->toks[p].t.turn)
+			;
+		p = q; /* none after the last turn: the live tail again */
+		break;
+	}
+	t->sel_tok = p;
+}
+
+bool tui_find(struct tui *t, const char *text)
+{
+	size_t len = 0, tl = strlen(text), off = 0, start = 0;
+	char *all;
+	int32_t *at; /* (len) the token each byte of all belongs to */
+	int32_t hit = -1;
+
+	if (tl == 0)
+		return false;
+	for (uint32_t i = 0; i < t->n_toks; i++)
+		if (t->toks[i].known)
+			len += strlen(t->toks[i].text);
+	all = xmalloc(len + 1);
+	at = xmallocarray(len + 1, sizeof *at);
+	for (uint32_t i = 0; i < t->n_toks; i++) {
+		size_t k = strlen(t->toks[i].text);
+		if (!t->toks[i].known)
+			continue;
+		if (t->sel_tok >= 0 && (int32_t)i <= t->sel_tok)
+			start = off + k; /* the search begins after the selection */
+		memcpy(all + off, t->toks[i].text, k);
+		for (size_t j = 0; j < k; j++)
+			at[off + j] = (int32_t)i;
+		off += k;
+	}
+	all[len] = '\0';
+	/* from just after the selection to the end, then from the start round */
+	for (size_t n = 0; n < len && hit < 0; n++) {
+		size_t i = (start + n) % len, j = 0;
+		while (j < tl && i + j < len &&
+		       tolower((unsigned char)all[i + j]) == tolower((unsigned char)text[j]))
+			j++;
+		if (j == tl)
+			hit = at[i];
+	}
+	free(all);
+	free(at);
+	if (hit >= 0)
+		t->sel_tok = hit;
+	return hit >= 0;
 }
 
 uint32_t tui_count_words(const char *s)

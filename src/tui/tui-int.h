@@ -140,12 +140,25 @@ struct tui_step {
 	uint32_t n_layer, n_head, n_cached;
 	float *attn;                   /* (n_layer, n_head, n_cached) or NULL */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
+	int32_t *key_pos, *key_tok;    /* (n_cached) the columns' tokens at this step, or NULL */
 };
 
 enum tui_agg { AGG_HEAD = 0, AGG_MEAN, AGG_MAX, AGG_COUNT };
 enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
 
 #define TUI_SPARK_N 120
+
+/* The evictions one summary line of the chat counts: those of one exchange
+ * (prefill and decode), or those between exchanges (a budget change). */
+struct tui_evict_sum {
+	int32_t msg;           /* its message, -1: none open */
+	uint32_t n, rounds;    /* tokens and eviction events */
+	uint32_t lo, hi;       /* the turns they came from */
+	uint32_t n_sys;        /* system-prompt tokens among them */
+	uint32_t budget;       /* the budget of the last round */
+	char policy[48];       /* the policy of the last round */
+	bool fallback;         /* a score provider failed in one of the rounds */
+};
 
 struct tui_pane;
 
@@ -189,6 +202,9 @@ struct tui {
 	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */
 	char lua_base[160];             /* its base policy, restored when plugins change */
 	char db_path[256];              /* the session database ("" : the default) */
+	bool saving;                    /* the conversation goes to the database */
+	uint32_t n_unsaved;             /* its exchanges not saved (all of them when not saving) */
+	char armed[16];                 /* the command that, sent again, drops them ("" none) */
 	/* status */
 	char status[256];
 	bool status_err;
@@ -197,14 +213,19 @@ struct tui {
 	const struct tui_theme *theme;
 	int tab;                        /* the pane shown in tab mode */
 	bool help;                      /* F1 overlay */
+	int help_scroll;                /* its first line shown (clamped when drawn) */
 	bool quit;
 	uint32_t n_evicted_total;
+	struct tui_evict_sum evsum;     /* the chat's open eviction summary line */
 	/* where the retention strip drew each token (for mouse selection) */
 	struct tui_hit {
 		int16_t x, y, w;
 		int32_t pos;
 	} *hits;
 	uint32_t n_hits, cap_hits;
+	uint32_t strip_page;            /* tokens the strip showed at once (its page) */
+	struct tui_rect strip;          /* where it drew them (w 0: not shown) */
+	char find[64];                  /* the last :find text */
 };
 
 void tui_init(struct tui *t);
@@ -226,6 +247,8 @@ uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap);
 /* Bin n weights into n_bins cells (max per bin) and map each to a heat
  * level 0..TUI_HEAT_LEVELS-1 on a log scale from floor to 1. */
 void tui_heat_bin(const float *w, uint32_t n, uint32_t n_bins, float floor, uint8_t *level);
+/* A token's piece as the view shows it (shortened, whole UTF-8). */
+void tui_piece(const struct tui *t, int32_t token, char *out, size_t cap);
 /* Surprisal (nats) to a tint level 0..TUI_SURP_LEVELS-1. */
 int tui_surp_level(float surprisal);
 /* Counts of the dialogue's tokens by region. */
@@ -233,6 +256,21 @@ struct tui_regions {
 	uint32_t sink, key, recent, pinned, evicted;
 };
 void tui_regions(const struct tui *t, struct tui_regions *r);
+/* Ways to move the retention strip's selection (tui_select). */
+enum tui_sel {
+	SEL_PREV = 0, SEL_NEXT,         /* one token */
+	SEL_PAGE_UP, SEL_PAGE_DOWN,     /* the tokens the strip shows at once */
+	SEL_TURN_PREV, SEL_TURN_NEXT,   /* the first token of the previous / next turn */
+	SEL_FIRST,                      /* the dialogue's first token */
+	SEL_OFF,                        /* none: the strip follows the live tail again */
+};
+/* Move the selection; SEL_TURN_NEXT past the last turn and SEL_NEXT past
+ * the last token let go of it. */
+void tui_select(struct tui *t, enum tui_sel how);
+/* Select the first token, after the selection (wrapping round), where
+ * text begins in the dialogue's token texts (ASCII case ignored); false
+ * when nowhere. */
+bool tui_find(struct tui *t, const char *text);
 /* Words in text (runs of non-space). */
 uint32_t tui_count_words(const char *s);
 
@@ -272,6 +310,9 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t input
               int *cursor_x, int *cursor_y);
 /* The token under grid cell (x, y) in the retention strip, or -1. */
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y);
+/* A click at (x, y): a token selects it; the selected token again, or the
+ * strip beside its tokens, lets go of the selection. */
+void tui_click(struct tui *t, const struct tui_grid *g, int x, int y);
 
 /* ---- commands (cmd.c) ---- */
 
@@ -282,6 +323,7 @@ struct tui_ctx {
 	struct worker_cmd last;       /* its text copied into last_text */
 	char last_text[256];
 	bool have_last;
+	char armed_prev[16];          /* tui.armed as the line being run found it */
 };
 
 struct tui_cmd {
@@ -301,8 +343,11 @@ int tui_cmd_run(struct tui_ctx *c, const char *line);
  * (appended to out) and the number of candidates; names lists up to a few. */
 int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
                      size_t names_cap);
-/* The help overlay's lines: keys then commands. */
-size_t tui_help_lines(const char ***lines);
+/* The help's lines for width w (caller owns them; tui_help_free): the
+ * keys, the commands, then rt's plugin commands (rt may be NULL), each
+ * description wrapped to the width rather than cut. */
+size_t tui_help_lines(struct script_rt *rt, int w, char ***lines);
+void tui_help_free(char **lines, size_t n);
 
 /* ---- the input line (input.c) ---- */
 

@@ -31,6 +31,11 @@ struct tui_options {
 	const char *resume;       /* at start, :load this saved session ("": the latest; NULL: none) */
 	bool save;                /* at start, :save (title: save_title, NULL: none) */
 	const char *save_title;
+	const char *sampler;      /* the sampler settings saved sessions record (text) */
+	/* with resume: what the command line asked for, applied after the saved
+	 * session's own policy and budget (NULL, -1: keep those) */
+	const char *resume_policy;
+	int64_t resume_budget;
 };
 
 /* Whether this build has the workbench. */

@@ -5,9 +5,11 @@
  * extend (tui_pane_register); nothing switches on pane names. At
  * TUI_WIDE_W x TUI_WIDE_H or more every built-in pane is visible: chat on
  * the left, attention and KV memory on the right, the retention strip
- * across the bottom. Smaller terminals get a tab bar and one pane at a
- * time. Under the panes sit the length gauge, the input line (one row per
- * line of a multi-line input, at most five) and the status line. Every
+ * across the bottom; a further pane (plugins, a plugin's own) chosen with
+ * F12 or :pane takes the right column until F2-F5 bring the built-ins
+ * back. Smaller terminals get a tab bar and one pane at a time. Under
+ * the panes sit the length gauge, the input line (one row per line of a
+ * multi-line input, at most five) and the status line. Every
  * drawing call is clipped to its rectangle, and every size down to 1x1 has
  * a layout, so a resize at any moment cannot write out of bounds.
  */
@@ -96,10 +98,15 @@ void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_la
 	int chat_w = w * 11 / 20;
 	int att_h = top * 3 / 5;
 	l->pane[0] = (struct tui_rect){ 0, 0, chat_w, top };
+	l->pane[3] = (struct tui_rect){ 0, top, w, strip_h };
+	if (t->tab >= 4 && (size_t)t->tab < tui_n_panes && t->tab < TUI_MAX_PANES) {
+		/* a pane beyond the built-ins (plugins, a plugin's own) takes the
+		 * right column until F2-F5 or :pane bring attention and memory back */
+		l->pane[t->tab] = (struct tui_rect){ chat_w, 0, w - chat_w, top };
+		return;
+	}
 	l->pane[1] = (struct tui_rect){ chat_w, 0, w - chat_w, att_h };
 	l->pane[2] = (struct tui_rect){ chat_w, att_h, w - chat_w, top - att_h };
-	l->pane[3] = (struct tui_rect){ 0, top, w, strip_h };
-	/* panes beyond the built-ins (plugins) show in tab mode only */
 }
 
 /* ------------------------------------------------------------- chat */
@@ -322,23 +329,23 @@ static void attn_summary(const struct tui *t, const struct tui_step *s, const fl
 	free(scratch);
 }
 
-/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ..." for the latest
- * step, whose key k is the k-th cached token (cache order). */
-static void attn_top_keys(const struct tui *t, struct tui_grid *g, struct tui_rect r, int y,
-                          const float *row, uint32_t n)
+/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ...": the largest
+ * weights of the row shown, each key named as the cache held it at that
+ * step (the step's own labels: the cache may have changed since, and a
+ * key named from today's cache could be a token later than its query). */
+static void attn_top_keys(const struct tui *t, const struct tui_step *s, struct tui_grid *g,
+                          struct tui_rect r, int y, const float *row, uint32_t n)
 {
-	int32_t *order = xmallocarray(n + 1, sizeof *order);
-	uint32_t m = 0;
-	int x;
-
-	for (uint32_t i = 0; i < t->n_toks && m < n; i++)
-		if (t->toks[i].known && t->toks[i].cached)
-			order[m++] = (int32_t)i;
-	x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
-	/* the 6 largest weights, by insertion */
+	int x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
 	uint32_t top[6];
 	int nt = 0;
-	for (uint32_t k = 0; k < n && m == n; k++) {
+
+	if (s->key_pos == NULL || s->key_tok == NULL) {
+		tui_grid_printf(g, r, x, y, R_DIM, " (the keys of this step are not known)");
+		return;
+	}
+	/* the 6 largest weights, by insertion */
+	for (uint32_t k = 0; k < n; k++) {
 		bool full = nt == 6;
 		int p = full ? 5 : nt++;
 		if (full && row[k] <= row[top[5]])
@@ -353,14 +360,12 @@ static void attn_top_keys(const struct tui *t, struct tui_grid *g, struct tui_re
 	}
 	for (int i = 0; i < nt; i++) {
 		char lab[64];
-		const struct tui_tok *tk = &t->toks[order[top[i]]];
-		tok_label(g, tk, lab, sizeof lab);
+		struct tui_tok tk = { 0 };
+		tui_piece(t, s->key_tok[top[i]], tk.text, sizeof tk.text);
+		tok_label(g, &tk, lab, sizeof lab);
 		x += tui_grid_printf(g, r, x, y, i == 0 ? R_HEAT7 : R_NORMAL, "  #%d '%s' %.2f",
-		                     tk->t.orig_pos, lab, (double)row[top[i]]);
+		                     s->key_pos[top[i]], lab, (double)row[top[i]]);
 	}
-	if (m != n)
-		tui_grid_printf(g, r, x, y, R_DIM, " (the cache changed since this step)");
-	free(order);
 }
 
 static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect box)
@@ -398,8 +403,7 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		                "top-10 %.2f",
 		                n, (double)sum.entropy, sum.k90, 100.0 * sum.k90 / n,
 		                (double)sum.sink_mass, (double)sum.topk_mass);
-		if (t->step_back == 0)
-			attn_top_keys(t, g, r, y++, row, n);
+		attn_top_keys(t, s, g, r, y++, row, n);
 		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
 		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
 		if (hm_rows < 1) {
@@ -623,6 +627,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		if (sr >= first + strip_h)
 			first = sr - strip_h + 1;
 	}
+	t->strip = r;
+	t->strip_page = 0;
 	for (uint32_t i = 0; i < t->n_toks; i++) {
 		if (row_of[i] < first || row_of[i] >= first + strip_h)
 			continue;
@@ -631,6 +637,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		int y = r.y + row_of[i] - first;
 		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab, strlen(lab));
 		hit_add(t, r.x + col_of[i], y, w, (int32_t)i);
+		t->strip_page++;
 	}
 	free(row_of);
 	free(col_of);
@@ -677,8 +684,20 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
 		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
-		tui_grid_text(g, r, x2, y, R_DIM, "   Shift-Left/Right or a click selects a token", strlen("   Shift-Left/Right or a click selects a token"));
+		static const char hint[] = "   Shift-Left/Right, a click or :find selects a token; Esc lets go";
+		tui_grid_text(g, r, x2, y, R_DIM, hint, strlen(hint));
 	}
+}
+
+void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
+{
+	int32_t p = tui_hit_token(t, g, x, y);
+	const struct tui_rect *r = &t->strip;
+
+	if (p >= 0 && p != t->sel_tok)
+		t->sel_tok = p;
+	else if (p >= 0 || (x >= r->x && x < r->x + r->w && y >= r->y && y < r->y + r->h))
+		tui_select(t, SEL_OFF); /* the selected token again, or beside the tokens */
 }
 
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y)
@@ -864,21 +883,33 @@ static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 	tui_grid_text(g, r, x, r.y, R_STATUS, buf, strlen(buf));
 }
 
+/* The help over the whole screen but the status line, scrolled to
+ * t->help_scroll (clamped here, where the page size is known). */
 static void draw_help(struct tui *t, struct tui_grid *g)
 {
-	const char **lines;
-	size_t n = tui_help_lines(&lines);
-	int w = g->w > 84 ? 80 : g->w - 2, h = g->h - 2;
-	struct tui_rect box = { (g->w - w) / 2, 1, w, h }, r;
+	struct tui_rect box = { 0, 0, g->w, g->h - 1 }, r;
+	char **lines, title[128];
+	size_t n;
+	int page;
 
-	(void)t;
-	if (w < 10 || h < 3)
+	if (g->w < 10 || box.h < 3)
 		return;
+	n = tui_help_lines(t->rt, g->w - 2, &lines);
+	page = box.h - 2;
+	if (t->help_scroll > (int)n - page)
+		t->help_scroll = (int)n - page;
+	if (t->help_scroll < 0)
+		t->help_scroll = 0;
+	snprintf(title, sizeof title, "Help %d-%d of %zu (Up/Down/PgUp/PgDn scroll; Esc or F1 closes)",
+	         t->help_scroll + 1, (int)KVS_MIN((size_t)(t->help_scroll + page), n), n);
 	tui_grid_fill(g, box, ' ', R_NORMAL);
-	r = tui_grid_box(g, box, "Help (F1 or Esc closes)", true);
-	for (size_t i = 0; i < n && (int)i < r.h; i++)
-		tui_grid_text(g, r, r.x, r.y + (int)i, i == 0 ? R_TITLE : R_NORMAL, lines[i],
-		              strlen(lines[i]));
+	r = tui_grid_box(g, box, title, true);
+	for (int i = 0; i < r.h && (size_t)(t->help_scroll + i) < n; i++) {
+		const char *l = lines[t->help_scroll + i];
+		bool head = l[0] != ' ' && l[0] != '\0';
+		tui_grid_text(g, r, r.x, r.y + i, head ? R_TITLE : R_NORMAL, l, strlen(l));
+	}
+	tui_help_free(lines, n);
 }
 
 static void draw_input(struct tui_grid *g, struct tui_rect r, const char *in, size_t cur, int *cx,
@@ -945,6 +976,7 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t curso
 	tui_grid_clear(g);
 	tui_layout(t, g->w, g->h, rows, &l);
 	t->n_hits = 0;
+	t->strip = (struct tui_rect){ 0, 0, 0, 0 };
 	if (l.tabs && l.tabbar.h > 0) {
 		int x = 0;
 		tui_grid_fill(g, l.tabbar, ' ', R_TAB);

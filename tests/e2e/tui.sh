@@ -63,6 +63,19 @@ wait_for() {
 	return 1
 }
 
+# wait_count PATTERN N [SECONDS]: poll until N screen lines match.
+wait_count() {
+	pat=$1 want=$2 limit=${3:-60}
+	end=$(($(date +%s) + limit))
+	while [ "$(date +%s)" -le "$end" ]; do
+		[ "$(screen | grep -Ec -- "$pat")" -ge "$want" ] && return 0
+		sleep 0.2
+	done
+	fail "the screen never showed $want lines of '$pat' within ${limit}s; it shows:"
+	screen | sed 's/^/  | /' >&2
+	return 1
+}
+
 # wait_stable: poll until two captures a beat apart are equal.
 wait_stable() {
 	prev="" n=0
@@ -114,10 +127,11 @@ wait_for "query #[0-9]+"
 wait_for "decode [1-9][0-9]* tok/s"
 save tui-200x50-reply
 
-# 2a. save the conversation (the next exchange creates the session)
+# 2a. with --db the conversation is saved from its first exchange (as
+# session 1, untitled); :save TITLE names it rather than starting another
 T send-keys -t kv -l ":save e2e chat"
 T send-keys -t kv Enter
-wait_for "saving to .*mem.db from the next exchange on"
+wait_for "saving to .*mem.db as session 1, now titled 'e2e chat'"
 
 # 2a'. Ctrl-R searches the history (libedit's incremental search reads its
 # pattern key by key): the question comes back into the input line; Ctrl-G
@@ -152,7 +166,7 @@ wait_for "stop: user"
 # 2b'. the saved session: listed, exported, resumed
 T send-keys -t kv -l ":sessions"
 T send-keys -t kv Enter
-wait_for "1 saved sessions: 1 'e2e chat' \\(1 turns\\)"
+wait_for "1 saved session: 1 'e2e chat' \\(2 turns\\)"
 T send-keys -t kv -l ":export 1 $tmp/export.md"
 T send-keys -t kv Enter
 wait_for "session 1 exported to"
@@ -160,11 +174,11 @@ grep -q "dragon" "$tmp/export.md" 2>/dev/null || fail ":export: $tmp/export.md l
 T send-keys -t kv -l ":load e2e chat"
 T send-keys -t kv Enter
 wait_for "resumed session 1: [0-9]+ tokens"
-# the chat now shows the saved transcript (its one turn) and the separator;
-# the first exchange, said before :save, is no longer in the pane
-wait_for "(──|--) resumed 'e2e chat' \\(1 turn, [0-9]+ tokens retained\\) (──|--)"
+# the chat now shows the saved transcript (both turns, the first said
+# before :save too) and the separator
+wait_for "(──|--) resumed 'e2e chat' \\(2 turns, [0-9]+ tokens retained\\) (──|--)"
 wait_for "you> Write a very long story about a dragon\\."
-screen | grep -q "you> What is the capital" && fail ":load kept the chat from before it"
+wait_for "you> What is the capital of France\\?"
 T send-keys -t kv -l ":load nosuch"
 T send-keys -t kv Enter
 wait_for "nosuch"
@@ -184,6 +198,20 @@ T send-keys -t kv S-Right
 wait_for "#1 id [0-9]+ .* original pos 1, cache index 1"
 wait_for "kept: (attention sink|in the recent window|key token)"
 save tui-200x50-selected
+# Esc lets go (the strip's legend is back); Shift-PgDn jumps to the next
+# turn's first token; :find searches the tokens' texts
+T send-keys -t kv Escape
+wait_for "[0-9]+ tokens: kept evicted sink key pinned"
+T send-keys -t kv S-Right
+wait_for "#0 id [0-9]+ '<\\|im_start\\|>' turn [0-9]+ system"
+T send-keys -t kv S-NPage
+wait_for "#[1-9][0-9]* id [0-9]+ '.*' turn [0-9]+ (user|assistant)"
+T send-keys -t kv -l ":find dragon"
+T send-keys -t kv Enter
+wait_for "'dragon' at token #[0-9]+"
+wait_for "#[0-9]+ id [0-9]+ ' dragon' turn"
+T send-keys -t kv Escape
+wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 
 # 3. layer and head: keys and commands
 T send-keys -t kv F7
@@ -214,6 +242,13 @@ wait_for "[0-9]+ plugins"
 T send-keys -t kv -l ":plugin load no-such-plugin"
 T send-keys -t kv Enter
 wait_for ":plugin load: .*no-such-plugin"
+# the plugins' pane at 200x50 too: F12 puts it in the right column, F3
+# brings the attention pane back
+T send-keys -t kv F12
+wait_for "(─|-) Plugins (─|-)"
+screen | grep -Eq "(─|-) Attention (─|-)" && fail "F12: the attention pane is still shown"
+T send-keys -t kv F3
+wait_for "(─|-) Attention (─|-)"
 
 # 4. a bad command: one status line, nothing else changes
 T send-keys -t kv -l ":frobnicate now"
@@ -249,7 +284,8 @@ T send-keys -t kv Tab
 wait_for "^: :policy $|^:  ?:policy|: :policy"
 T send-keys -t kv C-u
 T send-keys -t kv F1
-wait_for "Help \\(F1 or Esc closes\\)"
+wait_for "Help 1-[0-9]+ of [0-9]+ \\(Up/Down/PgUp/PgDn scroll; Esc or F1 closes\\)"
+wait_for "F12 +the plugins' pane"
 save tui-200x50-help
 T send-keys -t kv F1
 
@@ -267,6 +303,16 @@ save tui-80x24-memory
 T send-keys -t kv F5
 wait_for "tokens: kept|#[0-9]+ id"
 T send-keys -t kv F2
+# the help at 80x24: every command reachable by scrolling, :quit included
+T send-keys -t kv F1
+wait_for "Help 1-"
+screen | grep -q ":quit " && fail "80x24: the help's first page shows :quit"
+# (PgDn: tmux sends End as \E[4~, which xterm-256color's terminfo does not know)
+for i in 1 2 3 4 5 6 7 8; do T send-keys -t kv NPage; done
+wait_for ":quit "
+save tui-80x24-help
+T send-keys -t kv Escape
+wait_for "F2 Chat"
 T resize-window -t kv -x 200 -y 50
 wait_for "KV memory"
 wait_for "Retention"
@@ -287,7 +333,11 @@ save tui-200x50-multiline
 T send-keys -t kv C-c
 wait_for "^>$"
 
-# 8. quit with Ctrl-C on an empty line: exit 0, the terminal as before
+# 8. quit with Ctrl-C twice on an empty line (the first only asks): exit
+# 0, the terminal as before
+T send-keys -t kv C-c
+wait_for "Ctrl-C again quits"
+screen | grep -q "SHELL-BACK" && fail "one Ctrl-C on an empty line quit"
 T send-keys -t kv C-c
 wait_for "SHELL-BACK" 30
 rc=$(cat "$tmp/rc" 2>/dev/null)
@@ -354,7 +404,7 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/mem.db' --resume 'e2e chat' --target-words 150 -n 8; sleep 600"
 	wait_for "resumed session 1: [0-9]+ tokens" 60
 	wait_for "you> Write a very long story about a dragon\\."
-	wait_for "(──|--) resumed 'e2e chat' \\(1 turn, [0-9]+ tokens retained\\) (──|--)"
+	wait_for "(──|--) resumed 'e2e chat' \\(2 turns, [0-9]+ tokens retained\\) (──|--)"
 	wait_for "length 0 words of target 150 words \\(130, 170\\]"
 fi
 
@@ -362,9 +412,18 @@ fi
 # shows); --length takes a Ruler level by name, as :len does
 printf 'local kvscope = require "kvscope"\nkvscope.status("hello-from-plugin")\n' >"$tmp/hello.lua"
 T kill-session -t kv
-T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' --length '>800' -n 8; sleep 600"
+T new-session -d -s kv -x 200 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --plugin '$tmp/hello.lua' --length '>800' -n 8 --ctx 1024 --kv-budget 0; sleep 600"
 wait_for "hello-from-plugin" 60
 wait_for "of target more than 800 words \\(800, inf\\)"
+# --kv-budget 0 and :budget 0: every slot of the context
+wait_for "ctx 0/1024"
+T send-keys -t kv -l ":budget 64"
+T send-keys -t kv Enter
+wait_for "ctx 0/64"
+T send-keys -t kv -l ":budget 0"
+T send-keys -t kv Enter
+wait_for "budget 1024 tokens"
+wait_for "ctx 0/1024"
 
 # 10d. a bad length target at start: one line, exit 2, before any terminal work
 for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do
@@ -377,6 +436,98 @@ for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do
 		fail "tui $bad: $(cat "$tmp/bad.err")"
 	[ ! -s "$tmp/bad.out" ] || fail "tui $bad wrote to stdout"
 done
+
+# 12. saving never loses a conversation (store built only)
+if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	# 12a. no --db: :sessions before any save says so (no other tool named);
+	# :quit and Ctrl-C with an unsaved exchange ask first; :save keeps the
+	# exchange said before it; then :quit leaves at once
+	mkdir -p "$tmp/data"
+	T kill-session -t kv
+	T new-session -d -s kv -x 160 -y 48 "XDG_DATA_HOME='$tmp/data' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --model '$model' --temp 0 -n 8; echo SHELL-BACK; sleep 600"
+	wait_for "ctx [0-9]+/[0-9]+" 60
+	T send-keys -t kv -l ":sessions"
+	T send-keys -t kv Enter
+	wait_for "no saved sessions yet in .*memory.db: :save \\[TITLE\\] saves this conversation there"
+	screen | grep -q "kvscope chat" && fail ":sessions sent the user to another tool"
+	T send-keys -t kv -l "Say hi."
+	T send-keys -t kv Enter
+	wait_for "\\[(eos|max-tokens)\\]" 90
+	T send-keys -t kv -l ":quit"
+	T send-keys -t kv Enter
+	wait_for "1 exchange is not saved: :save \\[TITLE\\] keeps it; :quit again leaves without saving"
+	T send-keys -t kv C-c
+	wait_for "Ctrl-C again quits; 1 exchange is not saved"
+	T send-keys -t kv -l ":save late title"
+	T send-keys -t kv Enter
+	wait_for "saved 1 exchange to .*memory.db as session 1; the next ones are added"
+	T send-keys -t kv -l ":quit"
+	T send-keys -t kv Enter
+	wait_for "SHELL-BACK" 30
+	XDG_DATA_HOME="$tmp/data" "$bin" sessions list >"$tmp/list" 2>&1 || fail "sessions list: $(cat "$tmp/list")"
+	grep -Eq "^1 .* 1 .*late title" "$tmp/list" || fail ":save after an exchange: $(cat "$tmp/list")"
+
+	# 12b. --db F saves every exchange from the first: :quit leaves at once
+	# and the database holds both turns. A policy change with a long
+	# specification (its event was cut at 31 bytes), a title and a message
+	# with quotes, backslashes and a newline: both exports parse as JSON,
+	# no field is cut, the sampler is recorded
+	T kill-session -t kv
+	T new-session -d -s kv -x 160 -y 48 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/auto.db' --temp 0 -n 8; echo SHELL-BACK; sleep 600"
+	wait_for "ctx [0-9]+/[0-9]+" 60
+	T send-keys -t kv -l "Say hi."
+	T send-keys -t kv Enter
+	wait_count "\\[(eos|max-tokens)\\]" 1 90
+	T send-keys -t kv -l ":policy h2o heavy=0.25 pos=compact"
+	T send-keys -t kv Enter
+	wait_for "policy h2o heavy=0.25 pos=compact"
+	T send-keys -t kv -l 'Say "bye" \o/'
+	T send-keys -t kv C-j
+	T send-keys -t kv -l 'twice.'
+	T send-keys -t kv Enter
+	wait_count "\\[(eos|max-tokens)\\]" 2 90
+	T send-keys -t kv -l ':save a "quoted" \ title'
+	T send-keys -t kv Enter
+	wait_for "now titled 'a \"quoted\" \\\\ title'"
+	T send-keys -t kv -l ":export 1 $tmp/tui-export.json json"
+	T send-keys -t kv Enter
+	wait_for "session 1 exported to"
+	T send-keys -t kv -l ":quit"
+	T send-keys -t kv Enter
+	wait_for "SHELL-BACK" 30
+	"$bin" sessions show 1 --db "$tmp/auto.db" >"$tmp/show" 2>&1 || fail "sessions show: $(cat "$tmp/show")"
+	grep -q "^turns    2 " "$tmp/show" || fail "--db: the workbench did not save both turns: $(cat "$tmp/show")"
+	"$bin" sessions export 1 --format json --db "$tmp/auto.db" >"$tmp/cli-export.json" 2>"$tmp/export.err" ||
+		fail "sessions export: $(cat "$tmp/export.err")"
+	"$bin" sessions export 1 --format md --db "$tmp/auto.db" >"$tmp/cli-export.md" 2>>"$tmp/export.err" ||
+		fail "sessions export md: $(cat "$tmp/export.err")"
+	grep -q 'policy changed: {"policy":"h2o heavy=0.25 pos=compact","budget":[0-9]*}' "$tmp/cli-export.md" ||
+		fail "the Markdown export's policy change is cut: $(grep "policy changed" "$tmp/cli-export.md")"
+	if command -v python3 >/dev/null 2>&1; then
+		for f in "$tmp/tui-export.json" "$tmp/cli-export.json"; do
+			python3 - "$f" <<'EOP' || fail "$f: not the JSON expected"
+import json, sys
+d = json.load(open(sys.argv[1], encoding="utf-8"))
+assert d["title"] == 'a "quoted" \\ title', d["title"]
+assert d["sampler"].startswith("temp=0 "), d["sampler"]
+users = [t["user"] for t in d["turns"]]
+assert users == ["Say hi.", 'Say "bye" \\o/\ntwice.'], users
+pol = [e for t in d["turns"] for e in t["memory_events"] if e["kind"] == "policy"]
+assert any(e["detail"]["policy"] == "h2o heavy=0.25 pos=compact" for e in pol), pol
+EOP
+		done
+	else
+		echo "tui.sh: no python3: the exports' JSON was not parsed (the Markdown was checked)"
+	fi
+
+	# 12c. resuming brings back the policy and budget the session was saved
+	# with (h2o since its second turn), and says so; --kv-budget given too
+	# applies after it
+	T kill-session -t kv
+	T new-session -d -s kv -x 220 -y 50 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --db '$tmp/auto.db' --resume 1 --ctx 4096 --kv-budget 2048 -n 8; echo SHELL-BACK; sleep 600"
+	wait_for "-- resumed session 1: [0-9]+ tokens .*; policy h2o heavy=0.25 pos=compact and budget 4096 as saved" 60
+	wait_for "ctx [0-9]+/2048 \\| h2o heavy=0.25 pos=compact"
+fi
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit

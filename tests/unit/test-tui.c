@@ -120,7 +120,8 @@ static void test_regions_and_banner(void)
 	T_EQ_INT(r.sink, 2);
 	T_CHECK(t.n_msgs == 1 && t.msgs[0].kind == MSG_BANNER, "n_msgs %u", t.n_msgs);
 	T_EQ_STR(t.msgs[0].spans[0].text,
-	         "evicted 3 tokens from turns 0-1 (sirllm, budget 8); system prompt partly evicted");
+	         "evicted 3 tokens from turns 0-1 in 1 round (sirllm, budget 8); system prompt partly "
+	         "evicted");
 	/* a later snapshot that lacks token 9 marks it evicted too */
 	{
 		struct worker_event s2 = { 0 };
@@ -147,6 +148,83 @@ static void test_regions_and_banner(void)
 		tui_regions(&t, &r);
 		T_EQ_INT(r.evicted + r.recent + r.sink + r.key + r.pinned, 0);
 	}
+	tui_free(&t);
+}
+
+static bool dump_has(struct tui *t, int w, int h, bool ascii, const char *needle);
+
+/* An eviction event of n tokens of turn (positions from pos on). */
+static void evict(struct tui *t, int32_t pos, uint32_t n, uint32_t turn)
+{
+	struct worker_event ev = { 0 };
+	struct kv_tok toks[8];
+
+	for (uint32_t i = 0; i < n && i < 8; i++)
+		toks[i] = mk_tok(pos + (int32_t)i, turn, KV_ROLE_USER, 0);
+	ev.kind = WORKER_EV_KV;
+	ev.kv.kind = KV_EVENT_EVICT;
+	ev.kv.policy = "sirllm";
+	ev.kv.stats.budget = 8;
+	ev.kv.n_evicted = n;
+	ev.kv.evicted = toks;
+	tui_apply(t, &ev, 0);
+}
+
+/* Evictions during an exchange make one summary line, updated in place and
+ * placed between the user's message and the reply (prefill and decode
+ * rounds alike); evictions between exchanges get one line of their own,
+ * after the reply, which later rounds update while nothing came after it. */
+static void test_evict_summary(void)
+{
+	struct tui t;
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	ev.kind = WORKER_EV_TURN_START;
+	ev.user = (char *)"a question";
+	tui_apply(&t, &ev, 0);
+	evict(&t, 2, 2, 0); /* prefill */
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TOKEN;
+	ev.token.text = "Hi";
+	ev.token.len = 2;
+	tui_apply(&t, &ev, 0);
+	evict(&t, 4, 1, 1); /* decode, one token a step */
+	evict(&t, 5, 1, 1);
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TOKEN;
+	ev.token.text = " there";
+	ev.token.len = 6;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(t.n_msgs, 3);
+	T_CHECK(t.msgs[0].kind == MSG_USER && t.msgs[1].kind == MSG_BANNER &&
+	            t.msgs[2].kind == MSG_ASSISTANT,
+	        "user, summary, reply: %d %d %d", t.msgs[0].kind, t.msgs[1].kind, t.msgs[2].kind);
+	T_EQ_STR(t.msgs[1].spans[0].text,
+	         "evicted 4 tokens from turns 0-1 in 3 rounds (sirllm, budget 8); system prompt kept");
+	T_CHECK(t.msgs[2].n_spans == 2, "the reply kept streaming into its message: %u spans",
+	        t.msgs[2].n_spans);
+	memset(&ev, 0, sizeof ev);
+	ev.kind = WORKER_EV_TURN_END;
+	ev.turn.reply = (char *)"Hi there";
+	tui_apply(&t, &ev, 0);
+	/* the reply is the last row of the pane, the summary above it */
+	T_CHECK(dump_has(&t, 200, 50, false, "evicted 4 tokens from turns 0-1 in 3 rounds"), "drawn");
+	T_CHECK(dump_has(&t, 200, 50, false, "model> Hi there [eos]"), "the reply");
+	/* a budget change between exchanges: a line after the reply, one only */
+	evict(&t, 6, 1, 1);
+	T_EQ_INT(t.n_msgs, 4);
+	T_EQ_STR(t.msgs[3].spans[0].text,
+	         "evicted 1 token from turn 1 in 1 round (sirllm, budget 8); system prompt kept");
+	evict(&t, 7, 2, 1);
+	T_EQ_INT(t.n_msgs, 4);
+	T_EQ_STR(t.msgs[3].spans[0].text,
+	         "evicted 3 tokens from turn 1 in 2 rounds (sirllm, budget 8); system prompt kept");
+	/* once something else was said, the next round starts a new line */
+	tui_msg_add(&t, MSG_INFO, "new conversation");
+	evict(&t, 9, 1, 2);
+	T_EQ_INT(t.n_msgs, 6);
+	T_CHECK(t.msgs[5].kind == MSG_BANNER, "a new line");
 	tui_free(&t);
 }
 
@@ -213,6 +291,7 @@ static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_
 	struct kv_tok q = mk_tok((int32_t)n - 1, 2, KV_ROLE_ASSISTANT, 0);
 	float *attn = xmallocarray((size_t)n_layer * n_head * n, sizeof *attn);
 	struct kv_head_summary *hs = xcalloc((size_t)n_layer * n_head, sizeof *hs);
+	int32_t *kp = xmallocarray(n, sizeof *kp), *kt = xmallocarray(n, sizeof *kt);
 
 	for (size_t i = 0; i < (size_t)n_layer * n_head; i++)
 		for (uint32_t k = 0; k < n; k++)
@@ -225,8 +304,17 @@ static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_
 	ev.kv.n_cached = n;
 	ev.kv.attn = attn;   /* tui_apply takes ownership */
 	ev.kv.heads = hs;
+	/* the keys as the worker names them: the cache at this step holds the
+	 * tokens at positions 0 .. n-1 (token ids 100 + position, as mk_tok) */
+	for (uint32_t k = 0; k < n; k++) {
+		kp[k] = (int32_t)k;
+		kt[k] = 100 + (int32_t)k;
+	}
+	ev.key_pos = kp;
+	ev.key_tok = kt;
 	tui_apply(t, &ev, 0);
-	T_CHECK(ev.kv.attn == NULL && ev.kv.heads == NULL, "the arrays moved into the ring");
+	T_CHECK(ev.kv.attn == NULL && ev.kv.heads == NULL && ev.key_pos == NULL,
+	        "the arrays moved into the ring");
 }
 
 static void test_layout_and_draw(void)
@@ -247,6 +335,29 @@ static void test_layout_and_draw(void)
 	T_CHECK(!l.tabs, "200x50 shows every pane");
 	for (int i = 0; i < 4; i++)
 		T_CHECK(l.pane[i].w > 10 && l.pane[i].h > 4, "pane %d is %dx%d", i, l.pane[i].w, l.pane[i].h);
+	/* the plugins' pane at every size: at 160x40 and more it takes the
+	 * right column (attention and KV memory) until F2-F5 bring those back */
+	{
+		struct tui_ctx c = { 0 };
+		int pl = tui_pane_find("plugins");
+		c.t = &t;
+		T_CHECK(pl >= 4, "plugins is a pane beyond the four built-ins");
+		T_EQ_INT(tui_cmd_run(&c, "pane plugins"), KVS_OK);
+		for (int w = 160; w <= 220; w += 60) {
+			tui_layout(&t, w, w == 160 ? 40 : 60, 1, &l);
+			T_CHECK(!l.tabs && l.pane[pl].w > 20 && l.pane[pl].h > 10, "%d: plugins %dx%d", w,
+			        l.pane[pl].w, l.pane[pl].h);
+			T_CHECK(l.pane[0].w > 0 && l.pane[3].w > 0, "chat and retention stay");
+			T_CHECK(l.pane[1].w == 0 && l.pane[2].w == 0, "attention and memory make room");
+			check_layout(&t, w, w == 160 ? 40 : 60);
+		}
+		T_CHECK(dump_has(&t, 160, 40, false, "Plugins"), "drawn at 160x40");
+		T_CHECK(dump_has(&t, 160, 40, false, "Lua plugins are not available"), "its body");
+		t.tab = 1; /* F3 */
+		tui_layout(&t, 160, 40, 1, &l);
+		T_CHECK(l.pane[1].w > 0 && l.pane[2].w > 0 && l.pane[pl].w == 0, "F3: attention back");
+		t.tab = 0;
+	}
 	check_layout(&t, 80, 24);
 	check_layout(&t, 200, 50);
 	check_layout(&t, 160, 40);
@@ -296,6 +407,29 @@ static void test_layout_and_draw(void)
 	T_CHECK(dump_has(&t, 200, 50, false,
 	                 "top keys:  #11 '#111' 0.15  #10 '#110' 0.14  #9 '#109' 0.13  #8 '#108' 0.12"),
 	        "top keys in order");
+	/* the cache changes after the step but keeps its size (11 evicted, 12
+	 * came): the step's keys are still named as they were at that step,
+	 * never a token later than the step's query (#11) */
+	{
+		struct worker_event s2 = { 0 };
+		struct kv_tok keep[12];
+		for (int i = 0; i < 11; i++)
+			keep[i] = t.toks[i].t;
+		keep[11] = mk_tok(12, 2, KV_ROLE_ASSISTANT, 0);
+		s2.kind = WORKER_EV_SNAPSHOT;
+		s2.toks = keep;
+		s2.n_toks = 12;
+		s2.next_pos = 13;
+		tui_apply(&t, &s2, 0);
+	}
+	T_CHECK(dump_has(&t, 200, 50, false, "top keys:  #11 '#111' 0.15  #10 '#110' 0.14"),
+	        "the step's own labels after the cache changed");
+	T_CHECK(!dump_has(&t, 200, 50, false, "#12 '#112'"), "a key later than its query");
+	/* a past step (Shift-Up) names its keys too */
+	add_step(&t, 4, 3, 12);
+	t.step_back = 1;
+	T_CHECK(dump_has(&t, 200, 50, false, "top keys:  #11 '#111' 0.15"), "past step's keys");
+	t.step_back = 0;
 	tui_free(&t);
 }
 
@@ -328,6 +462,92 @@ static void test_hit(void)
 	}
 	T_EQ_INT(found, 12);
 	T_EQ_INT(tui_hit_token(&t, &g, 0, 0), -1);
+	tui_grid_free(&g);
+	tui_free(&t);
+}
+
+/* The retention strip's selection moves by token, page and turn, is let
+ * go (Esc, :sel off, a click beside the tokens or on the selected one)
+ * so the strip follows the live tail again, and :find searches the
+ * tokens' texts. fill_model's turns: 0 (tokens 0-3), 1 (4-7), 2 (8-11). */
+static void test_select(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct tui_grid g = { 0 };
+	int cx, cy;
+
+	tui_init(&t);
+	c.t = &t;
+	fill_model(&t);
+	tui_select(&t, SEL_NEXT);
+	T_EQ_INT(t.sel_tok, 0);
+	tui_select(&t, SEL_TURN_NEXT);
+	T_EQ_INT(t.sel_tok, 4);
+	tui_select(&t, SEL_TURN_NEXT);
+	T_EQ_INT(t.sel_tok, 8);
+	tui_select(&t, SEL_NEXT);
+	T_EQ_INT(t.sel_tok, 9);
+	tui_select(&t, SEL_TURN_PREV);
+	T_EQ_INT(t.sel_tok, 8); /* inside a turn: its first token */
+	tui_select(&t, SEL_TURN_PREV);
+	T_EQ_INT(t.sel_tok, 4); /* at a turn's first token: the turn before */
+	tui_select(&t, SEL_TURN_NEXT);
+	tui_select(&t, SEL_TURN_NEXT);
+	T_EQ_INT(t.sel_tok, -1); /* past the last turn: the live tail */
+	tui_select(&t, SEL_PREV);
+	T_EQ_INT(t.sel_tok, 11); /* from nothing, Left starts at the end */
+	t.strip_page = 5;
+	tui_select(&t, SEL_PAGE_UP);
+	T_EQ_INT(t.sel_tok, 6);
+	tui_select(&t, SEL_PAGE_UP);
+	T_EQ_INT(t.sel_tok, 1);
+	tui_select(&t, SEL_PAGE_UP);
+	T_EQ_INT(t.sel_tok, 0); /* stops at the first */
+	tui_select(&t, SEL_PAGE_DOWN);
+	T_EQ_INT(t.sel_tok, 5);
+	tui_select(&t, SEL_OFF);
+	T_EQ_INT(t.sel_tok, -1);
+	/* :sel and :find */
+	T_EQ_INT(tui_cmd_run(&c, "sel 7"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 7);
+	T_EQ_INT(tui_cmd_run(&c, "sel turn 2"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 8);
+	T_CHECK(tui_cmd_run(&c, "sel 99") != KVS_OK && t.sel_tok == 8, "out of range");
+	T_CHECK(tui_cmd_run(&c, "sel turn 9") != KVS_OK && t.sel_tok == 8, "no such turn");
+	T_EQ_INT(tui_cmd_run(&c, "sel first"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 0);
+	T_EQ_INT(tui_cmd_run(&c, "sel last"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 11);
+	T_EQ_INT(tui_cmd_run(&c, "sel off"), KVS_OK);
+	T_EQ_INT(t.sel_tok, -1);
+	/* the texts are "#100" .. "#111": "#10" begins at 0, 1, ..., 9; then round */
+	T_EQ_INT(tui_cmd_run(&c, "find #10"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 0);
+	T_EQ_INT(tui_cmd_run(&c, "find"), KVS_OK);
+	T_EQ_INT(t.sel_tok, 1);
+	T_EQ_INT(tui_cmd_run(&c, "find 10#11"), KVS_OK); /* across two: "#110#111", in 10 */
+	T_EQ_INT(t.sel_tok, 10);
+	T_EQ_INT(tui_cmd_run(&c, "find 0#"), KVS_OK); /* "#100#1": begins inside token 0 */
+	T_EQ_INT(t.sel_tok, 0);
+	T_CHECK(tui_cmd_run(&c, "find zebra") != KVS_OK && t.sel_tok == 0, "not found");
+	/* clicks: a token selects it, again lets go; beside the tokens lets go */
+	tui_grid_resize(&g, 200, 50);
+	g.ascii = true;
+	tui_draw(&t, &g, "", 0, &cx, &cy);
+	T_CHECK(t.n_hits == 12 && t.strip.w > 0, "%u tokens drawn", t.n_hits);
+	tui_click(&t, &g, t.hits[3].x, t.hits[3].y);
+	T_EQ_INT(t.sel_tok, t.hits[3].pos);
+	tui_click(&t, &g, t.hits[3].x, t.hits[3].y);
+	T_EQ_INT(t.sel_tok, -1);
+	tui_click(&t, &g, t.hits[5].x, t.hits[5].y);
+	T_EQ_INT(t.sel_tok, t.hits[5].pos);
+	tui_click(&t, &g, t.strip.x + t.strip.w - 1, t.strip.y + 1); /* an empty row of the strip */
+	T_EQ_INT(t.sel_tok, -1);
+	tui_click(&t, &g, t.hits[5].x, t.hits[5].y);
+	tui_click(&t, &g, 1, 2); /* the chat: nothing changes */
+	T_EQ_INT(t.sel_tok, t.hits[5].pos);
+	T_CHECK(t.strip_page == 12, "the strip shows %u tokens at once", t.strip_page);
 	tui_grid_free(&g);
 	tui_free(&t);
 }
@@ -397,6 +617,109 @@ static void test_commands(void)
 	T_EQ_STR(t.theme->name, "light");
 	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
 	T_CHECK(t.quit, "quit");
+	tui_free(&t);
+}
+
+/* The help: the whole screen wide, descriptions wrapped rather than cut,
+ * every key (F12, Ctrl-L included) and command reachable by scrolling at
+ * 80x24, the scroll clamped at the end. */
+static void test_help(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+
+	tui_init(&t);
+	c.t = &t;
+	T_EQ_INT(tui_cmd_run(&c, "help"), KVS_OK);
+	T_CHECK(t.help && t.help_scroll == 0, "open at the top");
+	T_CHECK(dump_has(&t, 80, 24, false, "Help"), "the box");
+	T_CHECK(dump_has(&t, 80, 24, false, "F12"), "F12 listed");
+	T_CHECK(dump_has(&t, 80, 24, false, "the plugins' pane"), "F12 described");
+	T_CHECK(!dump_has(&t, 80, 24, false, ":quit"), "80x24: :quit is below the fold");
+	t.help_scroll = 100000;
+	T_CHECK(dump_has(&t, 80, 24, false, ":quit"), "scrolled to the end: :quit");
+	T_CHECK(t.help_scroll < 100000 && t.help_scroll > 0, "the scroll is clamped: %d",
+	        t.help_scroll);
+	/* every line reachable: each command's name shows at some scroll */
+	for (size_t i = 0; i < tui_cmd_count(); i++) {
+		char want[40];
+		bool seen = false;
+		snprintf(want, sizeof want, ":%s ", tui_cmd_at(i)->name);
+		for (int sc = 0; sc < 200 && !seen; sc += 5) {
+			t.help_scroll = sc;
+			seen = dump_has(&t, 80, 24, false, want);
+		}
+		T_CHECK(seen, "80x24: '%s' never shows", want);
+	}
+	/* descriptions are whole at 80 columns (wrapped, not cut) */
+	bool whole = false, ctrl_l = false;
+	for (int sc = 0; sc < 200; sc += 5) {
+		t.help_scroll = sc;
+		whole |= dump_has(&t, 80, 24, false, "its transcript)");
+		ctrl_l |= dump_has(&t, 80, 24, false, "Ctrl-L");
+	}
+	T_CHECK(whole, ":load's help is cut");
+	T_CHECK(ctrl_l, "Ctrl-L listed");
+	/* at 200 columns the box is the screen's width, not 80 */
+	t.help_scroll = 0;
+	{
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		tui_grid_resize(&g, 200, 50);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		char *row = tui_grid_row(&g, 0);
+		T_CHECK(tui_text_width(row, strlen(row)) >= 196, "help box %d columns wide at 200",
+		        tui_text_width(row, strlen(row)));
+		free(row);
+		tui_grid_free(&g);
+	}
+	tui_free(&t);
+}
+
+/* An unsaved conversation is never dropped without a word: :quit, :new and
+ * :load ask first and go ahead when sent again as the very next command. */
+static void test_unsaved(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	c.t = &t;
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.n_unsaved = 2;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(!t.quit && t.status_err, "the first :quit asks");
+	T_EQ_STR(t.status, "2 exchanges are not saved: :save [TITLE] keeps them; :quit again leaves "
+	                   "without saving");
+	T_EQ_INT(tui_cmd_run(&c, "layer 0"), KVS_OK);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(!t.quit, "another command in between: it asks again");
+	c.have_last = false;
+	T_EQ_INT(tui_cmd_run(&c, "new"), KVS_OK);
+	T_CHECK(!c.have_last && strstr(t.status, ":new again starts a new conversation") != NULL,
+	        "%s", t.status);
+	T_EQ_INT(tui_cmd_run(&c, "new"), KVS_OK);
+	T_CHECK(c.have_last && c.last.kind == WORKER_RESET, ":new again: sent");
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(t.quit, "the second :quit in a row leaves");
+	t.quit = false;
+	T_EQ_INT(tui_cmd_run(&c, "quit!"), KVS_OK);
+	T_CHECK(t.quit, ":quit! leaves at once");
+	/* saved: nothing to ask (one exchange is singular) */
+	t.quit = false;
+	ev.n_unsaved = 1;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_EQ_STR(t.status, "1 exchange is not saved: :save [TITLE] keeps it; :quit again leaves "
+	                   "without saving");
+	ev.n_unsaved = 0;
+	ev.saving = true;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
+	T_CHECK(t.quit && t.saving, "saved: :quit leaves at once");
 	tui_free(&t);
 }
 
@@ -554,7 +877,8 @@ static void test_lua(void)
 	snprintf(file, sizeof file, "%s/greet.lua", path);
 	fp = fopen(file, "w");
 	fprintf(fp, "local kvscope = require 'kvscope'\n"
-	            "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n");
+	            "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n"
+	            "kvscope.command('shout', function(args) print(args:upper() .. '!') end, 'shout')\n");
 	fclose(fp);
 	{
 		char cmd[128];
@@ -564,7 +888,24 @@ static void test_lua(void)
 	T_EQ_INT(tui_cmd_complete(rt, ":hel", ext, sizeof ext, names, sizeof names), 2); /* help, hello */
 	T_EQ_INT(tui_cmd_complete(rt, ":hell", ext, sizeof ext, names, sizeof names), 1);
 	T_EQ_STR(ext, "o ");
+	/* plugin commands: in the help, and :help NAME knows them */
+	T_EQ_INT(tui_cmd_run(&c, "help hello"), KVS_OK);
+	T_CHECK(!t.status_err && strstr(t.status, ":hello") != NULL && strstr(t.status, "say hi"),
+	        ":help hello: %s", t.status);
+	T_EQ_INT(tui_cmd_run(&c, "help"), KVS_OK);
+	{
+		bool listed = false;
+		for (int off = 0; off < 200 && !listed; off += 5) {
+			t.help_scroll = off;
+			listed = dump_has(&t, 80, 24, false, ":hello") && dump_has(&t, 80, 24, false, "say hi");
+		}
+		T_CHECK(listed, "the help lists the plugin's command");
+	}
+	t.help = false;
 	T_EQ_INT(tui_cmd_run(&c, "hello world"), KVS_OK);
+	T_EQ_STR(t.status, ":hello done"); /* feedback even from a silent command */
+	T_EQ_INT(tui_cmd_run(&c, "shout loud"), KVS_OK);
+	T_EQ_STR(t.status, ":shout: LOUD!"); /* what it printed */
 	T_CHECK(script_status_count(rt) == 1 && strcmp(script_status_at(rt, 0, NULL), "hi world") == 0,
 	        "the plugin's status item");
 	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | hi world"), "status line: plugins (lua failed, greet) and item");
@@ -720,11 +1061,15 @@ int main(void)
 	test_heat_bin();
 	test_levels();
 	test_regions_and_banner();
+	test_evict_summary();
 	test_layout_and_draw();
 	test_replay();
 	test_chat_scroll();
 	test_commands();
+	test_unsaved();
+	test_help();
 	test_hit();
+	test_select();
 	test_complete();
 	test_kv_copy();
 	test_grid();

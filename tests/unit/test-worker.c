@@ -104,12 +104,25 @@ static void test_chat(struct worker *w)
 		case WORKER_EV_TRANSCRIPT:
 			T_CHECK(false, "an exchange sent a transcript");
 			break;
+		case WORKER_EV_SAVED:
+			T_CHECK(false, "an exchange not saved sent a saved event");
+			break;
 		}
 		worker_event_free(ev);
 	}
 	T_CHECK(n_steps > 0, "step events with attention rows");
 	for (uint32_t i = 0; i < n_steps; i++) {
 		const struct kv_event *k = &steps[i]->kv;
+		/* the columns' tokens came along: cache order (rising positions),
+		 * the query itself the last */
+		const int32_t *kp = steps[i]->key_pos;
+		T_CHECK(kp != NULL && steps[i]->key_tok != NULL, "step %u: no key labels", i);
+		for (uint32_t c = 1; kp != NULL && c < k->n_cached; c++)
+			T_CHECK(kp[c] > kp[c - 1], "step %u: keys %d then %d", i, kp[c - 1], kp[c]);
+		if (kp != NULL && k->n_cached > 0) {
+			T_EQ_INT(kp[k->n_cached - 1], k->tok->orig_pos);
+			T_EQ_INT(steps[i]->key_tok[k->n_cached - 1], k->tok->token);
+		}
 		for (uint32_t lh = 0; lh < k->n_layer * k->n_head; lh++) {
 			double sum = 0;
 			for (uint32_t c = 0; c < k->n_cached; c++)
@@ -174,6 +187,15 @@ static void test_commands(struct worker *w)
 	res = until_result(w, id, NULL);
 	T_CHECK(res->status != KVS_OK, "negative budget");
 	worker_event_free(res);
+	/* 0: every slot of the context (256 here), as --kv-budget 0 */
+	snap = NULL;
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = 0 });
+	res = until_result(w, id, &snap);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "budget 256 tokens") != NULL, "%s",
+	        res->msg);
+	T_CHECK(snap != NULL && snap->stats.budget == 256, "budget %u", snap ? snap->stats.budget : 0);
+	worker_event_free(res);
+	worker_event_free(snap);
 	T_CHECK(!worker_busy(w), "idle");
 }
 
@@ -297,7 +319,10 @@ static void test_load(struct worker *w, const char *dir)
 	char *db = xasprintf("%s/mem.db", dir);
 	uint64_t id;
 
-	worker_set_store(w, db, model_path);
+	worker_set_store(w, db, model_path, "temp=0");
+	/* a new conversation: :save would take the exchanges so far along */
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_RESET });
+	worker_event_free(until_result(w, id, NULL));
 	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = "recap test" });
 	res = until_result(w, id, NULL);
 	if (!store_available()) {
@@ -315,9 +340,20 @@ static void test_load(struct worker *w, const char *dir)
 		replies[i] = chat_reply(w, said[i]);
 	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_RESET });
 	worker_event_free(until_result(w, id, NULL));
+	/* another policy and budget now: the load brings the saved ones back */
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_POLICY, .text = "window" });
+	worker_event_free(until_result(w, id, NULL));
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = 200 });
+	worker_event_free(until_result(w, id, NULL));
 
 	tr = load(w, "recap test", 2, &snap, &res);
 	T_EQ_INT(res->status, KVS_OK);
+	T_CHECK(strstr(res->msg, "policy streaming sinks=2 and budget 256 as saved") != NULL, "%s",
+	        res->msg);
+	T_CHECK(snap != NULL && strcmp(snap->policy, "streaming sinks=2") == 0 &&
+	            snap->stats.budget == 256,
+	        "after the load: policy '%s', budget %u", snap ? snap->policy : "",
+	        snap ? snap->stats.budget : 0);
 	T_CHECK(tr != NULL, "a load that resumed sends a transcript");
 	if (tr != NULL) {
 		T_EQ_INT(tr->status, KVS_OK);
@@ -367,6 +403,159 @@ static void test_load(struct worker *w, const char *dir)
 	worker_event_free(res);
 	for (int i = 0; i < 3; i++)
 		free(replies[i]);
+	free(db);
+}
+
+/* A session on the tiny model and its worker (the one main uses, or a
+ * second for a test that needs a session never saved). */
+static int open_worker(struct session **s, struct worker **w)
+{
+	struct session_config c;
+	struct err e;
+
+	session_config_default(&c);
+	c.gen.model_path = model_path;
+	c.gen.engine.backend = ENGINE_BACKEND_CPU;
+	c.gen.engine.n_threads = 1;
+	c.gen.engine.n_ctx = 256;
+	c.gen.sampler.temp = 0;
+	c.gen.kv.capture = KV_CAPTURE_FULL;
+	c.gen.kv.capture_interval_ms = 0;
+	c.gen.kv.token_stats = KV_TOKSTATS_ON;
+	c.max_tokens = 24;
+	c.system = "be brief";
+	if (session_open(s, &c, &e) != KVS_OK) {
+		fprintf(stderr, "session_open: %s\n", e.msg);
+		return KVS_EIO;
+	}
+	if (worker_start(w, *s, &e) != KVS_OK) {
+		fprintf(stderr, "worker_start: %s\n", e.msg);
+		session_close(*s);
+		return KVS_EIO;
+	}
+	return KVS_OK;
+}
+
+/* The result of command id, the last snapshot before it in *snap, and the
+ * saved events' statuses counted (ok, failed). */
+static struct worker_event *result_counting(struct worker *w, uint64_t id,
+                                            struct worker_event **snap, int *ok, int *failed)
+{
+	*snap = NULL;
+	for (;;) {
+		struct worker_event *ev = next_event(w);
+		T_EQ_INT(ev->cmd_id, id);
+		if (ev->kind == WORKER_EV_RESULT)
+			return ev;
+		if (ev->kind == WORKER_EV_SAVED) {
+			*ok += ev->status == KVS_OK;
+			*failed += ev->status != KVS_OK;
+		}
+		if (ev->kind == WORKER_EV_SNAPSHOT) {
+			worker_event_free(*snap);
+			*snap = ev;
+			continue;
+		}
+		worker_event_free(ev);
+	}
+}
+
+/* :save in the middle of a conversation keeps it whole: the exchanges said
+ * before it are committed at once, the later ones added, and a resume
+ * reads all of them back in order. Snapshots count the exchanges not yet
+ * saved (what the workbench asks about before quitting). A second :save
+ * with a title renames the saved session instead of starting another. */
+static void test_save_late(const char *dir)
+{
+	static const char *const said[] = { "first before", "second before", "third after" };
+	struct session *s;
+	struct worker *w;
+	struct worker_event *res, *snap, *tr;
+	char *replies[3], *db = xasprintf("%s/late.db", dir);
+	int ok = 0, failed = 0;
+	uint64_t id;
+
+	if (!store_available()) {
+		free(db);
+		return;
+	}
+	if (open_worker(&s, &w) != KVS_OK) {
+		T_CHECK(false, "a second worker");
+		free(db);
+		return;
+	}
+	worker_set_store(w, db, model_path, "temp=0 seed=1");
+	for (int i = 0; i < 2; i++)
+		replies[i] = chat_reply(w, said[i]);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_SNAPSHOT });
+	res = result_counting(w, id, &snap, &ok, &failed);
+	T_CHECK(snap != NULL && snap->n_unsaved == 2 && !snap->saving, "before: %u unsaved",
+	        snap ? snap->n_unsaved : 99);
+	worker_event_free(res);
+	worker_event_free(snap);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = "late save" });
+	res = result_counting(w, id, &snap, &ok, &failed);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "saved 2 exchanges") != NULL, "%s",
+	        res->msg);
+	T_CHECK(snap != NULL && snap->n_unsaved == 0 && snap->saving, "after :save: %u unsaved",
+	        snap ? snap->n_unsaved : 99);
+	worker_event_free(res);
+	worker_event_free(snap);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = said[2] });
+	replies[2] = NULL;
+	for (;;) {
+		struct worker_event *ev = next_event(w);
+		bool end = ev->kind == WORKER_EV_RESULT;
+		if (ev->kind == WORKER_EV_TURN_END)
+			replies[2] = xstrdup(ev->turn.reply ? ev->turn.reply : "");
+		if (ev->kind == WORKER_EV_SAVED) {
+			T_EQ_INT(ev->status, KVS_OK);
+			T_EQ_INT(ev->index, 2);
+			ok++;
+		}
+		worker_event_free(ev);
+		if (end)
+			break;
+	}
+	T_EQ_INT(ok, 1);
+	T_EQ_INT(failed, 0);
+	/* a title for the session being saved renames it */
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = "late save renamed" });
+	res = result_counting(w, id, &snap, &ok, &failed);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "now titled 'late save renamed'") != NULL,
+	        "%s", res->msg);
+	worker_event_free(res);
+	worker_event_free(snap);
+	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_RESET });
+	worker_event_free(until_result(w, id, NULL));
+	tr = load(w, "late save renamed", 10, &snap, &res);
+	T_CHECK(res->status == KVS_OK, "%s", res->msg);
+	T_CHECK(tr != NULL && tr->recap.n_turns == 3 && tr->recap.n == 3, "%u turns saved",
+	        tr ? tr->recap.n_turns : 0);
+	for (uint32_t i = 0; tr != NULL && i < tr->recap.n && i < 3; i++) {
+		T_EQ_STR(tr->recap.turns[i].user, said[i]);
+		T_EQ_STR(tr->recap.turns[i].reply, replies[i] ? replies[i] : "?");
+	}
+	worker_event_free(tr);
+	worker_event_free(snap);
+	worker_event_free(res);
+	/* the sampler settings went with it */
+	{
+		struct store *st;
+		struct store_session ss;
+		struct err e;
+		int64_t sid;
+		T_EQ_INT(store_open(&st, db, STORE_RO, &e), KVS_OK);
+		T_EQ_INT(store_session_find(st, "late save renamed", &sid, &e), KVS_OK);
+		T_EQ_INT(store_session_get(st, sid, &ss, &e), KVS_OK);
+		T_EQ_STR(ss.sampler, "temp=0 seed=1");
+		store_session_free(&ss);
+		store_close(st);
+	}
+	for (int i = 0; i < 3; i++)
+		free(replies[i]);
+	worker_stop(w);
+	session_close(s);
 	free(db);
 }
 
@@ -462,30 +651,12 @@ static void test_lua_policy(struct worker *w)
 
 int main(void)
 {
-	struct session_config c;
 	struct session *s;
 	struct worker *w;
-	struct err e;
 
 	model_path = tinymodel_write_temp("worker");
-	session_config_default(&c);
-	c.gen.model_path = model_path;
-	c.gen.engine.backend = ENGINE_BACKEND_CPU;
-	c.gen.engine.n_threads = 1;
-	c.gen.engine.n_ctx = 256;
-	c.gen.sampler.temp = 0;
-	c.gen.kv.capture = KV_CAPTURE_FULL;
-	c.gen.kv.capture_interval_ms = 0;
-	c.gen.kv.token_stats = KV_TOKSTATS_ON;
-	c.max_tokens = 24;
-	c.system = "be brief";
-	if (session_open(&s, &c, &e) != KVS_OK) {
-		fprintf(stderr, "session_open: %s\n", e.msg);
+	if (open_worker(&s, &w) != KVS_OK) {
 		unlink(model_path);
-		return 99;
-	}
-	if (worker_start(&w, s, &e) != KVS_OK) {
-		fprintf(stderr, "worker_start: %s\n", e.msg);
 		return 99;
 	}
 	test_chat(w);
@@ -500,11 +671,12 @@ int main(void)
 	test_load(w, dir);
 	test_lua_policy(w);
 	worker_stop(w);
+	session_close(s);
+	test_save_late(dir);
 	char *cmd = xasprintf("rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "could not remove %s\n", dir);
 	free(cmd);
-	session_close(s);
 	unlink(model_path);
 	free(model_path);
 	return t_done("test-worker");
