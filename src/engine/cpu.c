@@ -140,6 +140,9 @@ struct cpu {
 	uint32_t *lam_idx;            /* (n_threads, lam_cap) sorted indices of middle keys */
 	float *ins_cs;                /* (n_threads, n_rot) angles of p - middle_insert_at */
 	int32_t *ins_pos;             /* (n_threads) position ins_cs is for, or -1 */
+	/* decode with the keys split across threads: per thread and query head
+	 * the partial max, sum of exp and unnormalised output */
+	float *dpart;                 /* (n_threads, n_head, head_dim + 2) */
 };
 
 /* What one pool_run works on. */
@@ -473,6 +476,7 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	c->fa_stride = cpu_flash_floats(c);
 	c->fa = xmalloc_aligned((size_t)nth * c->fa_stride * sizeof(float));
 	c->fa_next = xcalloc(hp->n_layer, sizeof(*c->fa_next));
+	c->dpart = xmalloc_aligned((size_t)nth * hp->n_head * (hp->head_dim + 2) * sizeof(float));
 	c->tact = xcalloc((size_t)nth, sizeof(*c->tact));
 	for (int t = 0; t < nth; t++) {
 		c->tact[t].q = xmalloc_aligned(c->kmax);
@@ -539,6 +543,7 @@ static void cpu_free(void *state)
 	xfree_aligned(c->txb);
 	xfree_aligned(c->fa);
 	free(c->fa_next);
+	xfree_aligned(c->dpart);
 	for (int t = 0; c->tact && t < pool_size(c->pool); t++) {
 		xfree_aligned(c->tact[t].q);
 		xfree_aligned(c->tact[t].d);
@@ -1133,6 +1138,91 @@ static void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith)
 	}
 }
 
+/*
+ * Decode attention (one token, every thread) with the visible keys split
+ * across the threads: thread ith takes its share of the sorted prefix for
+ * every KV head, reading each key and value once for all the KV head's
+ * query heads, and leaves per query head its max, sum of weights and
+ * unnormalised output in c->dpart. After a barrier each thread merges the
+ * threads' parts itself (cpu_split_merge) into its own output row, so the
+ * merge costs no second barrier.
+ */
+static void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, vc = c->vis_cap;
+	uint32_t m = cpu_prefix(c, jb->b->pos[jb->t0]), k0, k1;
+	cpu_share(m, ith, nth, &k0, &k1);
+	float *part = c->dpart + (size_t)ith * hp->n_head * (hd + 2);
+	float *sc = c->scores + (size_t)ith * KERN_ATT_Q * vc;
+	bool half = c->kv_es == 2;
+	uint32_t nq;
+	for (uint32_t h0 = 0; h0 < hp->n_head; h0 += nq) {
+		/* query heads [h0, h0 + nq) share one KV head */
+		uint32_t kvh = h0 / grp;
+		nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - h0 % grp);
+		const float *q = c->q + (size_t)h0 * hd;
+		float *pr = part + (size_t)h0 * (hd + 2); /* (nq, hd + 2): mx, l, o */
+		if (k1 == k0) {
+			for (uint32_t r = 0; r < nq; r++) {
+				pr[(size_t)r * (hd + 2)] = -INFINITY;
+				pr[(size_t)r * (hd + 2) + 1] = 0;
+			}
+			continue;
+		}
+		if (half) {
+			float *qr = c->qh + (size_t)ith * KERN_ATT_Q * hd;
+			memcpy(qr, q, (size_t)nq * hd * sizeof(float));
+			cpu_round16(c, qr, nq * hd);
+			q = qr;
+		}
+		uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, (int64_t)c->kv_row, half,
+		                        c->vslot + k0, k1 - k0, hp->attn_scale, sc, vc);
+		for (uint32_t r = 0; r < nq; r++) {
+			float *sr = sc + (size_t)r * vc, mx = sr[0];
+			for (uint32_t k = 1; k < k1 - k0; k++)
+				mx = sr[k] > mx ? sr[k] : mx;
+			pr[(size_t)r * (hd + 2)] = mx;
+			pr[(size_t)r * (hd + 2) + 1] = c->ops->exp_sum(sr, k1 - k0, mx);
+		}
+		/* the outputs land at stride hd: packed first, then spread out */
+		float *o = c->txb + (size_t)ith * c->kmax;
+		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, half,
+		                    c->vslot + k0, k1 - k0, (int)hd, o);
+		for (uint32_t r = 0; r < nq; r++)
+			memcpy(pr + (size_t)r * (hd + 2) + 2, o + (size_t)r * hd, hd * sizeof(float));
+	}
+}
+
+/* Merge the threads' parts of cpu_attend_split into out (n_head, head_dim). */
+static void cpu_split_merge(const struct cpu *c, int nth, float *out)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim;
+	size_t per = (size_t)hp->n_head * (hd + 2);
+	for (uint32_t h = 0; h < hp->n_head; h++) {
+		float mx = -INFINITY, sum = 0, *o = out + (size_t)h * hd;
+		for (int t = 0; t < nth; t++)
+			mx = fmaxf(mx, c->dpart[t * per + (size_t)h * (hd + 2)]);
+		memset(o, 0, hd * sizeof(float));
+		if (mx == -INFINITY)
+			continue; /* no keys at all */
+		for (int t = 0; t < nth; t++) {
+			const float *p = c->dpart + t * per + (size_t)h * (hd + 2);
+			if (p[0] == -INFINITY)
+				continue;
+			float w = expf(p[0] - mx);
+			sum += w * p[1];
+			c->ops->axpy_f32(o, p + 2, w, hd);
+		}
+		float inv = 1.0f / sum;
+		for (uint32_t d = 0; d < hd; d++)
+			o[d] *= inv;
+	}
+}
+
 /* ---------------------------------------------------------- forward pass */
 
 /* Bias, cache the pre-RoPE k and the v, rotate q: ubatch token i. */
@@ -1251,32 +1341,41 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	pool_barrier(c->pool);
 
 	/* attention: the special features need whole score rows (cpu_attend,
-	 * a prefill on gathered f32 copies); otherwise a prefill goes tile by
-	 * tile (cpu_flash), all but a last token whose weights are asked for */
+	 * a prefill on gathered f32 copies); otherwise a decode splits the keys
+	 * across threads and a prefill goes tile by tile (cpu_flash), all but a
+	 * last token whose weights are asked for */
 	uint32_t grp = hp->n_head / hp->n_head_kv, per_kv = (grp + KERN_ATT_Q - 1) / KERN_ATT_Q;
 	uint32_t ilo, ihi, n_items = n * hp->n_head_kv * per_kv;
-	const float *ao = c->ao;
-	cpu_share(n_items, ith, nth, &ilo, &ihi);
-	if (solo) {
-		/* whole KV heads per thread, read in place (cpu_attend) */
-		uint32_t g0, g1;
-		cpu_share(hp->n_head_kv, ith, nth, &g0, &g1);
-		ilo = g0 * per_kv;
-		ihi = g1 * per_kv;
-	} else if (n > 1 && jb->whole) {
-		cpu_gather_kv(c, l, 0, hp->n_head_kv, ith, nth);
+	bool split = solo && !jb->whole && !jb->b->want_attn;
+	const float *ao = c->ao; /* the products' input: shared, or this thread's own */
+	if (split) {
+		cpu_attend_split(jb, l, ith, nth);
 		pool_barrier(c->pool);
-	} else if (n > 1) {
-		uint32_t n_tiled = jb->b->want_attn && jb->last ? n - 1 : n;
-		cpu_flash_items(jb, l, n_tiled, ith);
-		/* the remaining token's items, if any, in place */
-		uint32_t first = n_tiled * hp->n_head_kv * per_kv;
-		cpu_share(n_items - first, ith, nth, &ilo, &ihi);
-		ilo += first;
-		ihi += first;
+		cpu_split_merge(c, nth, xb);
+		ao = xb;
+	} else {
+		cpu_share(n_items, ith, nth, &ilo, &ihi);
+		if (solo) {
+			/* whole KV heads per thread, read in place (cpu_attend) */
+			uint32_t g0, g1;
+			cpu_share(hp->n_head_kv, ith, nth, &g0, &g1);
+			ilo = g0 * per_kv;
+			ihi = g1 * per_kv;
+		} else if (n > 1 && jb->whole) {
+			cpu_gather_kv(c, l, 0, hp->n_head_kv, ith, nth);
+			pool_barrier(c->pool);
+		} else if (n > 1) {
+			uint32_t n_tiled = jb->b->want_attn && jb->last ? n - 1 : n;
+			cpu_flash_items(jb, l, n_tiled, ith);
+			/* the remaining token's items, if any, in place */
+			uint32_t first = n_tiled * hp->n_head_kv * per_kv;
+			cpu_share(n_items - first, ith, nth, &ilo, &ihi);
+			ilo += first;
+			ihi += first;
+		}
+		cpu_attend_items(jb, l, ilo, ihi, ith);
+		pool_barrier(c->pool);
 	}
-	cpu_attend_items(jb, l, ilo, ihi, ith);
-	pool_barrier(c->pool);
 
 	/* x += attn W_o^T */
 	a = cpu_fwd_input(c, NULL, ao, nq, xb, ith, lo, hi, solo);
