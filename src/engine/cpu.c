@@ -1314,8 +1314,9 @@ static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const flo
  * barriers, and a barrier costs a whole time slice when another process has
  * taken the core of a thread it waits for. So there each thread normalises
  * and quantises the (single) row itself into its own buffers instead of
- * sharing one, and reads in place only the KV heads it attends with: 6
- * barriers per layer instead of 10.
+ * sharing one, reads in place its share of the keys of every KV head, and
+ * merges the threads' attention parts itself into its own row: 6 barriers
+ * per layer instead of 10.
  */
 static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
