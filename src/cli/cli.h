@@ -33,7 +33,7 @@ enum opt_group {
 	OPTG_GEN = 1u << 4,     /* --max-tokens */
 	OPTG_LOGITS = 1u << 5,  /* --top */
 	OPTG_PPL = 1u << 6,     /* --file, --chunks (with --ctx) */
-	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, --json */
+	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, -d, --json */
 	OPTG_TOKENIZE = 1u << 8, /* --file, --pieces, --no-special */
 	OPTG_KV = 1u << 9,      /* --policy, --kv-budget, --token-stats */
 	OPTG_TRACE = 1u << 10,  /* --trace, --trace-attn */

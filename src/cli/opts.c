@@ -331,6 +331,8 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "n-gen", 'n', "N", OPTG_BENCH, opt_u32, O(n_gen), 0, 1 << 20,
 	  "decode test length in tokens (default 128; 0 skips)" },
 	{ "reps", 'r', "N", OPTG_BENCH, opt_u32, O(reps), 1, 1000, "repetitions (default 5)" },
+	{ "n-depth", 'd', "N", OPTG_BENCH, opt_u32, O(n_depth), 0, 1 << 20,
+	  "tokens in the cache before each test, not timed (default 0)" },
 	{ "json", 0, NULL, OPTG_BENCH | OPTG_EVAL, opt_flag, O(json), 0, 0,
 	  "print one JSON object (evals: last on stdout)" },
 	{ "policy", 0, "NAME[:k=v,...]", OPTG_KV, opt_policy, 0, 0, 0,

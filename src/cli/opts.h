@@ -26,6 +26,7 @@ struct cli_opts {
 	uint32_t n_prompt;     /* bench -p */
 	uint32_t n_gen;        /* bench -n */
 	uint32_t reps;         /* bench -r */
+	uint32_t n_depth;      /* bench -d: tokens already cached before each test */
 	bool json;
 	const char *policy_spec; /* --policy as given (NULL: not given) */
 	const char *trace;     /* generate --trace FILE */

@@ -4,8 +4,8 @@
  * The forward pass reads top to bottom in cpu_fwd_layer. A batch is cut into
  * ubatches of at most CPU_UBATCH tokens; one ubatch is one pool_run in which
  * every thread walks the same steps and takes its share of each (tokens for
- * norms and quantisation, 16-row groups for matrix products, a token and the
- * query heads of one KV head for attention), with a pool_barrier between
+ * norms and quantisation, 16-row groups for matrix products, a block of
+ * tokens and the query heads of one KV head for attention), with a pool_barrier between
  * dependent steps. One-token batches (decode) avoid four of those barriers
  * per layer (see cpu_fwd_layer).
  *
@@ -28,9 +28,16 @@
  * Each forward sorts the visible slots by position (empty slots last); a
  * query at position p attends to the prefix of that order with positions
  * <= p. A one-token batch (decode) reads keys and values in place, row by
- * row; a larger batch first gathers them per layer into f32 scratch
- * (transposed keys (n_head_kv, head_dim, n_visible), values (n_head_kv,
- * n_visible, head_dim)) so its scores against 16 keys are 16-wide FMAs.
+ * row, each row once for all the query heads of its KV head. A larger batch
+ * goes tile by tile (cpu_flash): a block of queries (tokens x the heads of
+ * one KV head) against CPU_FA_TILE keys at a time, the tile converted to
+ * f32 once (keys transposed, so scores against 16 keys are 16-wide FMAs)
+ * for the whole block, with an online softmax, so a long prefill never
+ * streams all the keys once per query. The features that need a query's
+ * whole row of scores (Λ-masks, per-key attention sums, the reference
+ * path) gather the keys per layer into f32 scratch (transposed keys
+ * (n_head_kv, head_dim, n_vis), values (n_head_kv, n_vis, head_dim)) and
+ * take one query at a time (cpu_attend).
  *
  * Attention rule: query i at position p sees visible slot s when
  * 0 <= pos(s) <= p. A query that sees nothing gets a zero output.
@@ -40,6 +47,7 @@
 #include "engine/packcache.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +57,9 @@
 #define CPU_UBATCH 512   /* tokens per pool_run */
 #define CPU_LM_CHUNK 32  /* rows per LM-head chunk when only statistics are kept */
 #define CPU_PROBE_EVERY 32   /* decode steps between tries of the other thread count */
+#define CPU_FA_TILE 64       /* keys per tile of the tiled prefill attention */
+#define CPU_FA_ROWS 96       /* query rows (tokens x heads) per block, at least: the
+                              * tile conversion is ~4 % of the block's work at 96 */
 
 struct cpu_layer {
 	const float *attn_norm, *ffn_norm;     /* (n_embd) */
@@ -114,6 +125,14 @@ struct cpu {
 	int32_t *cap_pos;             /* (n_threads) position cap_cs is for, or -1 */
 	float *cap_k;                 /* (n_threads, head_dim) a global key, rotated */
 	float *qh;                    /* (n_threads, KERN_ATT_Q * head_dim) queries rounded to f16 */
+	/* tiled prefill attention (cpu_flash): per thread one block of query
+	 * rows (fa_rows = tokens x the query heads of one KV head) and one tile
+	 * of CPU_FA_TILE keys, laid out as cpu_flash_carve says */
+	uint32_t fa_tokens;           /* tokens per query block */
+	uint32_t fa_rows;             /* fa_tokens * (n_head / n_head_kv) */
+	size_t fa_stride;             /* floats per thread */
+	float *fa;                    /* (n_threads, fa_stride) */
+	atomic_uint *fa_next;         /* (n_layer) next work item of the layer */
 	/* Λ-mask (n_local): per thread, which scores of a row group are masked,
 	 * and the middle keys' scores at the insert distance */
 	uint32_t lam_cap;             /* visible slots the buffers below hold */
@@ -122,6 +141,9 @@ struct cpu {
 	uint32_t *lam_idx;            /* (n_threads, lam_cap) sorted indices of middle keys */
 	float *ins_cs;                /* (n_threads, n_rot) angles of p - middle_insert_at */
 	int32_t *ins_pos;             /* (n_threads) position ins_cs is for, or -1 */
+	/* decode with the keys split across threads: per thread and query head
+	 * the partial max, sum of exp and unnormalised output */
+	float *dpart;                 /* (n_threads, n_head, head_dim + 2) */
 };
 
 /* What one pool_run works on. */
@@ -131,6 +153,9 @@ struct cpu_job {
 	struct backend_out *bo;
 	uint32_t t0, n;               /* this ubatch: batch tokens [t0, t0 + n) */
 	bool last;                    /* the batch's last ubatch */
+	bool whole;                   /* every token through cpu_attend's whole score
+	                               * rows: Λ-masks, per-key attention sums, or
+	                               * the reference path */
 	int rc;
 };
 
@@ -267,6 +292,44 @@ static void cpu_pack_weights(struct cpu *c)
 		free(cache);
 	}
 	free(src);
+}
+
+/* One thread's buffers of the tiled prefill attention (cpu_flash). */
+struct cpu_fa {
+	float *q;          /* (fa_rows, head_dim) the block's queries */
+	float *o;          /* (fa_rows, head_dim) unnormalised outputs */
+	float *pv;         /* (fa_rows, head_dim) one tile's P V */
+	float *s;          /* (fa_rows, CPU_FA_TILE) one tile's scores, then weights */
+	float *kt;         /* (head_dim, CPU_FA_TILE) the tile's keys, transposed */
+	float *v;          /* (CPU_FA_TILE, head_dim) the tile's values */
+	float *mx, *l;     /* (fa_rows) running max of the scores, sum of the weights */
+	float *alpha;      /* (fa_rows) this tile's rescale of the earlier sums */
+};
+
+/* Carve thread ith's cpu_fa out of c->fa (with f NULL: only count); the
+ * floats a thread takes, each buffer 64-byte aligned. */
+static size_t cpu_flash_carve(const struct cpu *c, int ith, struct cpu_fa *f)
+{
+	size_t rows = c->fa_rows, hd = c->hp.head_dim, at = 0;
+	size_t n[9] = { rows * hd, rows * hd, rows * hd, rows * CPU_FA_TILE, hd * CPU_FA_TILE,
+	                CPU_FA_TILE * hd, rows, rows, rows };
+	float **dst[9] = { NULL };
+	if (f != NULL) {
+		float **d[9] = { &f->q, &f->o, &f->pv, &f->s, &f->kt, &f->v, &f->mx, &f->l, &f->alpha };
+		memcpy(dst, d, sizeof(d));
+	}
+	for (int i = 0; i < 9; i++) {
+		if (f != NULL)
+			*dst[i] = c->fa + (size_t)ith * c->fa_stride + at;
+		at += (n[i] + 15) & ~(size_t)15;
+	}
+	return at;
+}
+
+/* Floats per thread of the tiled attention's buffers. */
+static size_t cpu_flash_floats(const struct cpu *c)
+{
+	return cpu_flash_carve(c, 0, NULL);
 }
 
 /* Grow the per-ubatch scratch to n tokens. */
@@ -408,6 +471,13 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	int nth = pool_size(c->pool);
 	c->tmp = xmalloc_aligned((size_t)nth * KERN_GENERIC_ROWS * c->kmax * sizeof(float));
 	c->txb = xmalloc_aligned((size_t)nth * c->kmax * sizeof(float));
+	uint32_t grp = hp->n_head / hp->n_head_kv;
+	c->fa_tokens = KVS_MAX(1u, (CPU_FA_ROWS + grp - 1) / grp);
+	c->fa_rows = c->fa_tokens * grp;
+	c->fa_stride = cpu_flash_floats(c);
+	c->fa = xmalloc_aligned((size_t)nth * c->fa_stride * sizeof(float));
+	c->fa_next = xcalloc(hp->n_layer, sizeof(*c->fa_next));
+	c->dpart = xmalloc_aligned((size_t)nth * hp->n_head * (hp->head_dim + 2) * sizeof(float));
 	c->tact = xcalloc((size_t)nth, sizeof(*c->tact));
 	for (int t = 0; t < nth; t++) {
 		c->tact[t].q = xmalloc_aligned(c->kmax);
@@ -472,6 +542,9 @@ static void cpu_free(void *state)
 	free(c->ins_pos);
 	xfree_aligned(c->tmp);
 	xfree_aligned(c->txb);
+	xfree_aligned(c->fa);
+	free(c->fa_next);
+	xfree_aligned(c->dpart);
 	for (int t = 0; c->tact && t < pool_size(c->pool); t++) {
 		xfree_aligned(c->tact[t].q);
 		xfree_aligned(c->tact[t].d);
@@ -882,7 +955,9 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		memset(out, 0, (size_t)nq * hd * sizeof(float));
 		return;
 	}
-	bool direct = jb->n == 1; /* decode: keys and values in place */
+	/* decode, or a prefill whose other tokens went through cpu_flash (no
+	 * gathered copy then): keys and values in place */
+	bool direct = jb->n == 1 || !jb->whole;
 	bool half = c->kv_es == 2;
 	if (half) {
 		/* an f16 cache multiplies f16 by f16: the query is rounded too, as
@@ -944,6 +1019,208 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		for (uint32_t r = 0; r < nq; r++)
 			for (uint32_t k = 0; k < m; k++)
 				acc[c->vorder[k]] += sc[(size_t)r * vc + k] * inv[r];
+	}
+}
+
+/* Keys of the sorted visible prefix a query at position p sees. */
+static uint32_t cpu_prefix(const struct cpu *c, int32_t p)
+{
+	uint32_t lo = 0, hi = c->n_valid;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->vpos[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Load the keys [k0, k0 + mt) of the sorted visible set, KV head kvh of
+ * layer l, into f->kt (transposed) and their values into f->v, as f32. */
+static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32_t k0,
+                           uint32_t mt, struct cpu_fa *f)
+{
+	uint32_t hd = c->hp.head_dim;
+	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+	bool half = c->kv_es == 2;
+	c->ops->kv_rows_f32(c->kr[l] + head_off, (int64_t)c->kv_row, half, c->vslot + k0, mt, (int)hd,
+	                    true, f->kt, CPU_FA_TILE);
+	c->ops->kv_rows_f32(c->vc[l] + head_off, (int64_t)c->kv_row, half, c->vslot + k0, mt, (int)hd,
+	                    false, f->v, hd);
+}
+
+/*
+ * Tiled (flash) attention of ubatch tokens [i0, i0 + nt) with the query
+ * heads of KV head kvh, layer l, into c->ao. The block's rows (token-major,
+ * then head) meet the keys one tile of CPU_FA_TILE at a time: the tile is
+ * converted to f32 once (keys transposed) and serves every row, and each
+ * row keeps a running max mx, sum of weights l and unnormalised output o,
+ * rescaled by exp(old max - new max) when a tile raises the max (online
+ * softmax). Only the tiles below the block's longest prefix are visited;
+ * within them a row's keys past its own prefix get weight 0. The result
+ * equals cpu_attend's up to the order of float additions.
+ */
+static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                      int ith)
+{
+	struct cpu *c = jb->c;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, rows = nt * grp;
+	struct cpu_fa f;
+	cpu_flash_carve(c, ith, &f);
+	uint32_t m[CPU_FA_ROWS], mmax = 0;
+	for (uint32_t t = 0; t < nt; t++) {
+		m[t] = cpu_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
+		mmax = KVS_MAX(mmax, m[t]);
+		memcpy(f.q + (size_t)t * grp * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
+		       (size_t)grp * hd * sizeof(float));
+	}
+	if (c->kv_es == 2) /* as cpu_attend: an f16 cache multiplies f16 by f16 */
+		cpu_round16(c, f.q, rows * hd);
+	memset(f.o, 0, (size_t)rows * hd * sizeof(float));
+	for (uint32_t r = 0; r < rows; r++) {
+		f.mx[r] = -INFINITY;
+		f.l[r] = 0;
+	}
+	for (uint32_t k0 = 0; k0 < mmax; k0 += CPU_FA_TILE) {
+		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, mmax - k0);
+		cpu_flash_tile(c, l, kvh, k0, mt, &f);
+		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
+			c->ops->att_scores(f.q + (size_t)r0 * hd, (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0),
+			                   (int)hd, f.kt, CPU_FA_TILE, mt, hp->attn_scale,
+			                   f.s + (size_t)r0 * CPU_FA_TILE, CPU_FA_TILE);
+		for (uint32_t r = 0; r < rows; r++) {
+			float *sr = f.s + (size_t)r * CPU_FA_TILE;
+			uint32_t lim = m[r / grp] > k0 ? KVS_MIN(mt, m[r / grp] - k0) : 0;
+			f.alpha[r] = 1;
+			if (lim > 0) {
+				float tmax = c->ops->max_f32(sr, lim);
+				float nmx = tmax > f.mx[r] ? tmax : f.mx[r];
+				f.alpha[r] = expf(f.mx[r] - nmx); /* 0 on the first tile: -inf */
+				f.l[r] = f.l[r] * f.alpha[r] + c->ops->exp_sum(sr, lim, nmx);
+				f.mx[r] = nmx;
+			}
+			memset(sr + lim, 0, (mt - lim) * sizeof(float));
+		}
+		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
+			c->ops->att_pv(f.s + (size_t)r0 * CPU_FA_TILE, (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0),
+			               CPU_FA_TILE, f.v, mt, (int)hd, f.pv + (size_t)r0 * hd);
+		/* o = alpha o + pv, into pv, which becomes o */
+		for (uint32_t r = 0; r < rows; r++)
+			if (f.alpha[r] != 0)
+				c->ops->axpy_f32(f.pv + (size_t)r * hd, f.o + (size_t)r * hd, f.alpha[r], hd);
+		float *t = f.o;
+		f.o = f.pv;
+		f.pv = t;
+	}
+	for (uint32_t r = 0; r < rows; r++) {
+		uint32_t t = r / grp, h = kvh * grp + r % grp;
+		float *out = c->ao + ((size_t)(i0 + t) * hp->n_head + h) * hd;
+		float inv = f.l[r] > 0 ? 1.0f / f.l[r] : 0.0f; /* 0: the query sees nothing */
+		for (uint32_t d = 0; d < hd; d++)
+			out[d] = f.o[(size_t)r * hd + d] * inv;
+	}
+}
+
+/* The tiled attention of the ubatch's first n tokens, layer l: work items
+ * (query block, KV head) handed out through an atomic counter, so a thread
+ * that lost its core to another process does not hold the others up. */
+static void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith)
+{
+	struct cpu *c = jb->c;
+	uint32_t nkv = c->hp.n_head_kv, bq = c->fa_tokens, nb = (n + bq - 1) / bq;
+	for (;;) {
+		uint32_t it = atomic_fetch_add_explicit(&c->fa_next[l], 1, memory_order_relaxed);
+		if (it >= nb * nkv)
+			break;
+		uint32_t blk = it / nkv, kvh = it % nkv, i0 = blk * bq;
+		cpu_flash(jb, l, kvh, i0, KVS_MIN(bq, n - i0), ith);
+	}
+}
+
+/*
+ * Decode attention (one token, every thread) with the visible keys split
+ * across the threads: thread ith takes its share of the sorted prefix for
+ * every KV head, reading each key and value once for all the KV head's
+ * query heads, and leaves per query head its max, sum of weights and
+ * unnormalised output in c->dpart. After a barrier each thread merges the
+ * threads' parts itself (cpu_split_merge) into its own output row, so the
+ * merge costs no second barrier.
+ */
+static void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, vc = c->vis_cap;
+	uint32_t m = cpu_prefix(c, jb->b->pos[jb->t0]), k0, k1;
+	cpu_share(m, ith, nth, &k0, &k1);
+	float *part = c->dpart + (size_t)ith * hp->n_head * (hd + 2);
+	float *sc = c->scores + (size_t)ith * KERN_ATT_Q * vc;
+	bool half = c->kv_es == 2;
+	uint32_t nq;
+	for (uint32_t h0 = 0; h0 < hp->n_head; h0 += nq) {
+		/* query heads [h0, h0 + nq) share one KV head */
+		uint32_t kvh = h0 / grp;
+		nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - h0 % grp);
+		const float *q = c->q + (size_t)h0 * hd;
+		float *pr = part + (size_t)h0 * (hd + 2); /* (nq, hd + 2): mx, l, o */
+		if (k1 == k0) {
+			for (uint32_t r = 0; r < nq; r++) {
+				pr[(size_t)r * (hd + 2)] = -INFINITY;
+				pr[(size_t)r * (hd + 2) + 1] = 0;
+			}
+			continue;
+		}
+		if (half) {
+			float *qr = c->qh + (size_t)ith * KERN_ATT_Q * hd;
+			memcpy(qr, q, (size_t)nq * hd * sizeof(float));
+			cpu_round16(c, qr, nq * hd);
+			q = qr;
+		}
+		uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, (int64_t)c->kv_row, half,
+		                        c->vslot + k0, k1 - k0, hp->attn_scale, sc, vc);
+		for (uint32_t r = 0; r < nq; r++) {
+			float *sr = sc + (size_t)r * vc, mx = sr[0];
+			for (uint32_t k = 1; k < k1 - k0; k++)
+				mx = sr[k] > mx ? sr[k] : mx;
+			pr[(size_t)r * (hd + 2)] = mx;
+			pr[(size_t)r * (hd + 2) + 1] = c->ops->exp_sum(sr, k1 - k0, mx);
+		}
+		/* the outputs land at stride hd: packed first, then spread out */
+		float *o = c->txb + (size_t)ith * c->kmax;
+		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, half,
+		                    c->vslot + k0, k1 - k0, (int)hd, o);
+		for (uint32_t r = 0; r < nq; r++)
+			memcpy(pr + (size_t)r * (hd + 2) + 2, o + (size_t)r * hd, hd * sizeof(float));
+	}
+}
+
+/* Merge the threads' parts of cpu_attend_split into out (n_head, head_dim). */
+static void cpu_split_merge(const struct cpu *c, int nth, float *out)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim;
+	size_t per = (size_t)hp->n_head * (hd + 2);
+	for (uint32_t h = 0; h < hp->n_head; h++) {
+		float mx = -INFINITY, sum = 0, *o = out + (size_t)h * hd;
+		for (int t = 0; t < nth; t++)
+			mx = fmaxf(mx, c->dpart[t * per + (size_t)h * (hd + 2)]);
+		memset(o, 0, hd * sizeof(float));
+		if (mx == -INFINITY)
+			continue; /* no keys at all */
+		for (int t = 0; t < nth; t++) {
+			const float *p = c->dpart + t * per + (size_t)h * (hd + 2);
+			if (p[0] == -INFINITY)
+				continue;
+			float w = expf(p[0] - mx);
+			sum += w * p[1];
+			c->ops->axpy_f32(o, p + 2, w, hd);
+		}
+		float inv = 1.0f / sum;
+		for (uint32_t d = 0; d < hd; d++)
+			o[d] *= inv;
 	}
 }
 
@@ -1037,8 +1314,9 @@ static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const flo
  * barriers, and a barrier costs a whole time slice when another process has
  * taken the core of a thread it waits for. So there each thread normalises
  * and quantises the (single) row itself into its own buffers instead of
- * sharing one, and reads in place only the KV heads it attends with: 6
- * barriers per layer instead of 10.
+ * sharing one, reads in place its share of the keys of every KV head, and
+ * merges the threads' attention parts itself into its own row: 6 barriers
+ * per layer instead of 10.
  */
 static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
@@ -1064,26 +1342,47 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		cpu_qkv_finish(jb, l, i);
 	pool_barrier(c->pool);
 
+	/* attention: the special features need whole score rows (cpu_attend,
+	 * a prefill on gathered f32 copies); otherwise a decode splits the keys
+	 * across threads and a prefill goes tile by tile (cpu_flash), all but a
+	 * last token whose weights are asked for */
 	uint32_t grp = hp->n_head / hp->n_head_kv, per_kv = (grp + KERN_ATT_Q - 1) / KERN_ATT_Q;
-	uint32_t ilo, ihi;
-	cpu_share(n * hp->n_head_kv * per_kv, ith, nth, &ilo, &ihi);
-	if (solo) {
-		/* whole KV heads per thread, read in place (cpu_attend) */
-		uint32_t g0, g1;
-		cpu_share(hp->n_head_kv, ith, nth, &g0, &g1);
-		ilo = g0 * per_kv;
-		ihi = g1 * per_kv;
-	} else if (n > 1) {
-		cpu_gather_kv(c, l, 0, hp->n_head_kv, ith, nth);
+	uint32_t ilo, ihi, n_items = n * hp->n_head_kv * per_kv;
+	bool split = solo && !jb->whole && !jb->b->want_attn;
+	const float *ao = c->ao; /* the products' input: shared, or this thread's own */
+	if (split) {
+		cpu_attend_split(jb, l, ith, nth);
+		pool_barrier(c->pool);
+		cpu_split_merge(c, nth, xb);
+		ao = xb;
+	} else {
+		cpu_share(n_items, ith, nth, &ilo, &ihi);
+		if (solo) {
+			/* whole KV heads per thread, read in place (cpu_attend) */
+			uint32_t g0, g1;
+			cpu_share(hp->n_head_kv, ith, nth, &g0, &g1);
+			ilo = g0 * per_kv;
+			ihi = g1 * per_kv;
+		} else if (n > 1 && jb->whole) {
+			cpu_gather_kv(c, l, 0, hp->n_head_kv, ith, nth);
+			pool_barrier(c->pool);
+		} else if (n > 1) {
+			uint32_t n_tiled = jb->b->want_attn && jb->last ? n - 1 : n;
+			cpu_flash_items(jb, l, n_tiled, ith);
+			/* the remaining token's items, if any, in place */
+			uint32_t first = n_tiled * hp->n_head_kv * per_kv;
+			cpu_share(n_items - first, ith, nth, &ilo, &ihi);
+			ilo += first;
+			ihi += first;
+		}
+		cpu_attend_items(jb, l, ilo, ihi, ith);
 		pool_barrier(c->pool);
 	}
-	cpu_attend_items(jb, l, ilo, ihi, ith);
-	pool_barrier(c->pool);
 
 	/* x += attn W_o^T */
-	a = cpu_fwd_input(c, NULL, c->ao, nq, xb, ith, lo, hi, solo);
+	a = cpu_fwd_input(c, NULL, ao, nq, xb, ith, lo, hi, solo);
 	struct cpu_mm o = { &L->wo, c->x, ne, true };
-	cpu_mm_multi(c, &o, 1, c->ao, nq, &a, n, ith, nth);
+	cpu_mm_multi(c, &o, 1, ao, nq, &a, n, ith, nth);
 	pool_barrier(c->pool);
 
 	/* feed-forward: x += (silu(xb W_gate^T) * xb W_up^T) W_down^T */
@@ -1234,6 +1533,9 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 		struct cpu_job jb = { .c = c, .b = b, .bo = out, .t0 = t0 };
 		jb.n = KVS_MIN((uint32_t)CPU_UBATCH, b->n_tokens - t0);
 		jb.last = t0 + jb.n == b->n_tokens;
+		jb.whole = lambda || out->attn_kv != NULL || c->ref;
+		for (uint32_t l = 0; l < c->hp.n_layer; l++)
+			atomic_store_explicit(&c->fa_next[l], 0, memory_order_relaxed);
 		pool_run_n(c->pool, nth, cpu_fwd_thread, &jb);
 	}
 	if (one) {

@@ -142,21 +142,24 @@ extern const struct kern_ops kern_scalar_ops;
 extern const struct kern_ops kern_avx2_ops;
 extern const struct kern_ops kern_avx512_ops;
 
-/* Scalar kernels the SIMD levels reuse (in their table, or as the fallback
- * for shapes their vector code does not take); contracts as in kern_ops. */
-void kern_scalar_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk,
-                            int64_t m, float scale, float *s, int64_t lds);
-void kern_scalar_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
-                        float *out);
+/* Scalar kernels the SIMD levels reuse as the fallback for shapes their
+ * vector code does not take (never as a table entry); contracts as in
+ * kern_ops. */
 void kern_scalar_att_scores_rows(const float *q, int nq, int hd, const void *base,
                                  int64_t stride, bool half, const uint32_t *rows, int64_t m,
                                  float scale, float *s, int64_t lds);
 void kern_scalar_att_pv_rows(const float *p, int nq, int64_t lds, const void *base,
                              int64_t stride, bool half, const uint32_t *rows, int64_t m, int hd,
                              float *out);
-float kern_scalar_exp_sum(float *x, int64_t n, float mx);
-void kern_scalar_swiglu(float *g, const float *u, int64_t n);
-void kern_scalar_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps);
+void kern_scalar_kv_rows_f32(const void *base, int64_t stride, bool half, const uint32_t *rows,
+                             int64_t m, int hd, bool transpose, float *dst, int64_t ldd);
 void kern_scalar_rope(float *x, const float *cs, int n_rot, bool neox);
+
+/* AVX2 kernels the AVX-512 level reuses (every AVX-512 CPU has AVX2): the
+ * tile loader and the max, whose cost is in memory and the transposing
+ * shuffles rather than in vector width; contracts as in kern_ops. */
+void kern_avx2_kv_rows_f32(const void *base, int64_t stride, bool half, const uint32_t *rows,
+                           int64_t m, int hd, bool transpose, float *dst, int64_t ldd);
+float kern_avx2_max_f32(const float *x, int64_t n);
 
 #endif

@@ -6,10 +6,11 @@
  * the SIMD levels are tested against. The packed product reads each weight
  * through kern_wq and kern_hdr (kern-int.h), the same accessors the
  * dequantiser kern_weight_row uses, so it adds the integer sums in the
- * order the layout comment in kern.c states. The attention, SwiGLU,
- * RMSNorm and RoPE kernels are exported (kern_scalar_*): the AVX2 level
- * uses them as they are, and the AVX-512 level falls back on them for the
- * shapes its vector code does not take. Helpers here are static (sc_*).
+ * order the layout comment in kern.c states. The in-place attention, the
+ * tile loader and RoPE are exported (kern_scalar_*): the SIMD levels fall
+ * back on them for the shapes their vector code does not take (never for a
+ * whole entry: test-engine checks that no SIMD table holds a scalar
+ * kernel). Helpers here are static (sc_*).
  */
 #include "engine/kern-int.h"
 
@@ -151,7 +152,7 @@ static void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
 		dst[i] = dtype_f32_to_f16(src[i]);
 }
 
-void kern_scalar_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk, int64_t m,
+static void sc_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk, int64_t m,
                             float scale, float *s, int64_t lds)
 {
 	for (int r = 0; r < nq; r++) {
@@ -169,7 +170,7 @@ void kern_scalar_att_scores(const float *q, int nq, int hd, const float *kt, int
 	}
 }
 
-void kern_scalar_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
+static void sc_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
                         float *out)
 {
 	for (int r = 0; r < nq; r++) {
@@ -184,7 +185,7 @@ void kern_scalar_att_pv(const float *p, int nq, int64_t lds, const float *v, int
 	}
 }
 
-float kern_scalar_exp_sum(float *x, int64_t n, float mx)
+static float sc_exp_sum(float *x, int64_t n, float mx)
 {
 	float sum = 0;
 	for (int64_t i = 0; i < n; i++) {
@@ -194,7 +195,7 @@ float kern_scalar_exp_sum(float *x, int64_t n, float mx)
 	return sum;
 }
 
-void kern_scalar_swiglu(float *g, const float *u, int64_t n)
+static void sc_swiglu(float *g, const float *u, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -212,7 +213,7 @@ void kern_scalar_rope(float *x, const float *cs, int n_rot, bool neox)
 	}
 }
 
-void kern_scalar_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps)
+static void sc_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps)
 {
 	double ss = 0;
 	for (int64_t i = 0; i < n; i++)
@@ -264,6 +265,29 @@ void kern_scalar_att_pv_rows(const float *p, int nq, int64_t lds, const void *ba
 	}
 }
 
+void kern_scalar_kv_rows_f32(const void *base, int64_t stride, bool half, const uint32_t *rows,
+                             int64_t m, int hd, bool transpose, float *dst, int64_t ldd)
+{
+	float buf[KERN_ROW_MAX];
+	for (int64_t k = 0; k < m; k++) {
+		const float *r = sc_kv_row(base, stride, half, rows[k], hd, buf);
+		for (int d = 0; d < hd; d++) {
+			if (transpose)
+				dst[d * ldd + k] = r[d];
+			else
+				dst[k * ldd + d] = r[d];
+		}
+	}
+}
+
+static float sc_max_f32(const float *x, int64_t n)
+{
+	float m = x[0];
+	for (int64_t i = 1; i < n; i++)
+		m = x[i] > m ? x[i] : m;
+	return m;
+}
+
 const struct kern_ops kern_scalar_ops = {
 	.level = KERN_SCALAR,
 	.name = "scalar",
@@ -277,12 +301,14 @@ const struct kern_ops kern_scalar_ops = {
 	.axpy_f32 = sc_axpy_f32,
 	.f16_to_f32 = sc_f16_to_f32,
 	.f32_to_f16 = sc_f32_to_f16,
-	.att_scores = kern_scalar_att_scores,
-	.att_pv = kern_scalar_att_pv,
+	.att_scores = sc_att_scores,
+	.att_pv = sc_att_pv,
 	.att_scores_rows = kern_scalar_att_scores_rows,
 	.att_pv_rows = kern_scalar_att_pv_rows,
-	.exp_sum = kern_scalar_exp_sum,
-	.swiglu = kern_scalar_swiglu,
-	.rmsnorm = kern_scalar_rmsnorm,
+	.kv_rows_f32 = kern_scalar_kv_rows_f32,
+	.max_f32 = sc_max_f32,
+	.exp_sum = sc_exp_sum,
+	.swiglu = sc_swiglu,
+	.rmsnorm = sc_rmsnorm,
 	.rope = kern_scalar_rope,
 };

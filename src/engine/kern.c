@@ -311,6 +311,11 @@ enum kern_level kern_cpu_level(void)
 	return KERN_SCALAR;
 }
 
+const struct kern_ops *kern_table(enum kern_level level)
+{
+	return kern_levels[level];
+}
+
 const struct kern_ops *kern_select(enum kern_level want)
 {
 	enum kern_level have = kern_cpu_level();

@@ -31,10 +31,12 @@
  * KERN_ATT_Q queries against 16 keys at a time (keys stored transposed),
  * probabilities times values, and a vectorised exp.
  *
- * Each kernel has a scalar, an AVX2 and an AVX-512 VNNI version (AVX2 uses
- * the scalar code for the attention-side kernels); the backend takes one
- * table (struct kern_ops) at run time, the best the CPU supports or the
- * level a test forces. The scalar table is also the reference path's.
+ * Each kernel has a scalar, an AVX2 (with FMA and F16C) and an AVX-512
+ * VNNI version, and no level above scalar hands out a scalar kernel (a
+ * vector kernel may still take a shape it has no vector code for, such as
+ * an odd head size, through the scalar one); the backend takes one table
+ * (struct kern_ops) at run time, the best the CPU supports or the level a
+ * test forces. The scalar table is also the reference path's.
  */
 #ifndef KVS_KERN_H
 #define KVS_KERN_H
@@ -114,6 +116,13 @@ struct kern_ops {
 	                        int64_t lds);
 	void (*att_pv_rows)(const float *p, int nq, int64_t lds, const void *base, int64_t stride,
 	                    bool half, const uint32_t *rows, int64_t m, int hd, float *out);
+	/* Rows rows[0..m) of a KV table (as the *_rows kernels read them) as
+	 * f32: into dst (m, hd) with row stride ldd or, transposed, into dst
+	 * (hd, ldd) (a tile of keys for att_scores). */
+	void (*kv_rows_f32)(const void *base, int64_t stride, bool half, const uint32_t *rows,
+	                    int64_t m, int hd, bool transpose, float *dst, int64_t ldd);
+	/* max(x[0..n)), n >= 1. */
+	float (*max_f32)(const float *x, int64_t n);
 	/* x[i] = exp(x[i] - mx) for i < n; returns their sum. */
 	float (*exp_sum)(float *x, int64_t n, float mx);
 	/* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]. */
@@ -135,6 +144,9 @@ struct kern_ops {
 const struct kern_ops *kern_select(enum kern_level want);
 /* Best level this CPU supports. */
 enum kern_level kern_cpu_level(void);
+/* A level's table as it is, whatever this CPU supports: for inspecting the
+ * entries (tests), never for calling them. */
+const struct kern_ops *kern_table(enum kern_level level);
 
 /* True if weights of this type are repacked for the int8 kernels. */
 bool kern_type_packed(uint32_t type);

@@ -824,6 +824,73 @@ static void test_long_and_kv_types(void)
 	tm_free(tm);
 }
 
+/* Heads of 64 (the vector kernels' own shape), GQA 3, f32 weights. */
+static const struct tspec spec_llama_h64 = { "llama", 192, 3, 1, 64, 128, 64, 10000.0f,
+	                                      ROPE_NORM, false, DT_F32, DT_F32 };
+
+/*
+ * The tiled prefill attention and the decode attention at every level
+ * against the float64 reference, every position's logits: 592 tokens in
+ * one batch (two ubatches; tiles of keys with the causal edge inside them;
+ * query blocks of several tokens), then 8 decode steps over them (on 3 and
+ * 2 threads, so the keys are split across the threads when the engine
+ * decodes on all of them), on heads of 64, f32 weights so that the
+ * attention's float sums are the only difference, f32 and f16 caches.
+ */
+static void test_tiled_prefill(void)
+{
+	const struct tspec *sp = &spec_llama_h64;
+	struct tmodel *tm = tm_build(sp, 11);
+	struct rmodel *rm = ref_build(&tm->m);
+	enum { N = 600 };
+	int32_t *tok = malloc(N * sizeof(int32_t)), *pos = malloc(N * sizeof(int32_t));
+	uint32_t *slot = malloc(N * sizeof(uint32_t));
+	double *want = malloc((size_t)N * sp->n_vocab * sizeof(double));
+	struct rcache *rc = calloc(1, sizeof(*rc));
+	for (int i = 0; i < N; i++) {
+		tok[i] = (int32_t)((i * 29 + 7) % sp->n_vocab);
+		pos[i] = i;
+		slot[i] = (uint32_t)i;
+		ref_step(rm, rc, tok[i], i, want + (size_t)i * sp->n_vocab, NULL);
+	}
+	for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++)
+		for (int kv = 0; kv < 2; kv++) {
+			enum engine_isa isa = lv == KERN_SCALAR ? ENGINE_ISA_SCALAR
+			                      : lv == KERN_AVX2 ? ENGINE_ISA_AVX2 : ENGINE_ISA_AVX512;
+			struct engine *eng = mk_engine(&tm->m, false, isa, kv ? ENGINE_KV_F16 : ENGINE_KV_F32,
+			                               3 - kv, N);
+			if (eng == NULL)
+				continue;
+			struct engine_batch b = { .n_tokens = N - 8, .tokens = tok, .pos = pos, .slot = slot,
+			                          .n_visible = N - 8, .logits = ENGINE_LOGITS_ALL };
+			struct engine_out out;
+			struct err e;
+			err_clear(&e);
+			T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
+			double bmax, md = maxdiff(out.logits, want, (size_t)(N - 8) * sp->n_vocab, &bmax);
+			for (int i = N - 8; i < N; i++) {
+				struct engine_batch d = { .n_tokens = 1, .tokens = tok + i, .pos = pos + i,
+				                          .slot = slot + i, .n_visible = (uint32_t)i + 1 };
+				err_clear(&e);
+				T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
+				md = fmax(md, maxdiff(out.logits, want + (size_t)i * sp->n_vocab, sp->n_vocab, NULL));
+			}
+			printf("  592-token prefill + 8 decodes, %-11s %s cache: max|d| %.3g (max|logit| %.3g)\n",
+			       engine_isa_name(eng), kv ? "f16" : "f32", md, bmax);
+			T_CHECK(md <= (kv ? 3e-3 : 1e-5) * bmax, "%s %s: 592 + 8 tokens max |d| %.3g",
+			        engine_isa_name(eng), kv ? "f16" : "f32", md);
+			engine_free(eng);
+		}
+	rc_clear(rc);
+	free(rc);
+	free(want);
+	free(tok);
+	free(pos);
+	free(slot);
+	ref_free(rm);
+	tm_free(tm);
+}
+
 /* Bad batches are refused with a message naming the field; the cache is
  * unchanged. */
 static void test_bad_batches(void)
@@ -1084,7 +1151,8 @@ static void test_backend_choice(void)
 
 /* The in-place decode attention kernels against a double-precision
  * reference, for every level, f16 and f32 tables, heads of 64 (the blocked
- * path) and 48 (the fallback), 1 to 8 query heads, rows out of order. */
+ * path) and 48 (the fallback), 1 to 8 query heads, 257 keys and 5 (short
+ * of one 8-key run), rows out of order. */
 static void test_row_kernels(void)
 {
 	enum { N_ROWS = 300, STRIDE = 200, M = 257 };
@@ -1107,14 +1175,14 @@ static void test_row_kernels(void)
 		const struct kern_ops *ops = kern_select((enum kern_level)lv);
 		for (int hi = 0; hi < 2; hi++)
 			for (int half = 0; half < 2; half++)
-				for (int nq = 1; nq <= 8; nq += 2) {
-					int hd = hds[hi];
+				for (int it = 0; it < 16; it++) {
+					int hd = hds[hi], m = it < 8 ? M : 5, nq = it % 8 + 1;
 					const void *base = half ? (const void *)(tab16 + 32) : (const void *)(tab + 32);
-					ops->att_scores_rows(q, nq, hd, base, STRIDE, half, rows, M, 0.125f, s, M);
-					ops->att_pv_rows(p, nq, M, base, STRIDE, half, rows, M, hd, out);
+					ops->att_scores_rows(q, nq, hd, base, STRIDE, half, rows, m, 0.125f, s, M);
+					ops->att_pv_rows(p, nq, M, base, STRIDE, half, rows, m, hd, out);
 					double ds = 0, dp = 0;
 					for (int r = 0; r < nq; r++) {
-						for (int k = 0; k < M; k++) {
+						for (int k = 0; k < m; k++) {
 							const float *row = tab + 32 + (size_t)rows[k] * STRIDE;
 							double want = 0;
 							for (int d = 0; d < hd; d++)
@@ -1123,22 +1191,283 @@ static void test_row_kernels(void)
 						}
 						for (int d = 0; d < hd; d++) {
 							double want = 0;
-							for (int k = 0; k < M; k++)
+							for (int k = 0; k < m; k++)
 								want += (double)p[r * M + k] *
 								        tab[32 + (size_t)rows[k] * STRIDE + d];
 							dp = fmax(dp, fabs(out[r * hd + d] - want));
 						}
 					}
-					T_CHECK(ds < 1e-5 && dp < 1e-3, "%s hd %d %s nq %d: scores off by %g, pv by %g",
-					        ops->name, hd, half ? "f16" : "f32", nq, ds, dp);
+					T_CHECK(ds < 1e-5 && dp < 1e-3,
+					        "%s hd %d %s nq %d m %d: scores off by %g, pv by %g", ops->name, hd,
+					        half ? "f16" : "f32", nq, m, ds, dp);
 				}
+	}
+	/* the tile loader: exact (f16 to f32 is), every tail, both layouts */
+	float dst[80 * 24];
+	for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
+		const struct kern_ops *ops = kern_select((enum kern_level)lv);
+		static const int hds2[] = { 64, 40, 36 };
+		int bad = 0;
+		for (int hi = 0; hi < 3; hi++)
+			for (int m = 1; m <= 19; m++)
+				for (int tr = 0; tr < 4; tr++) {
+					int hd = hds2[hi], half = tr & 1;
+					bool t = tr >= 2;
+					const void *base = half ? (const void *)(tab16 + 32) : (const void *)(tab + 32);
+					for (int i = 0; i < 80 * 24; i++)
+						dst[i] = -9.0f;
+					ops->kv_rows_f32(base, STRIDE, half, rows, m, hd, t, dst, t ? 24 : 80);
+					for (int k = 0; k < 24; k++)
+						for (int d = 0; d < 80; d++) {
+							float got = t ? (d < hd && k < 24 ? dst[d * 24 + k] : -9.0f)
+							              : (k < 24 ? dst[k * 80 + d] : -9.0f);
+							float want = k < m && d < hd ? tab[32 + (size_t)rows[k] * STRIDE + d] : -9.0f;
+							if (t && d >= hd)
+								continue;
+							bad += got != want;
+						}
+				}
+		T_CHECK(bad == 0, "%s kv_rows_f32: %d values wrong", ops->name, bad);
+		/* max: every length to 20, the maximum at every place */
+		float xs[20];
+		bool max_ok = true;
+		for (int n = 1; n <= 20; n++)
+			for (int at = 0; at < n; at++) {
+				for (int i = 0; i < 20; i++)
+					xs[i] = i < n ? -100.0f - i : 1e9f; /* past n: never the max */
+				xs[at] = -3.5f;
+				max_ok = max_ok && ops->max_f32(xs, n) == -3.5f;
+			}
+		T_CHECK(max_ok, "%s max_f32", ops->name);
 	}
 	free(tab);
 	free(tab16);
 }
 
+/* Every entry of a kernel table, named, as a generic function pointer
+ * (compared, never called). */
+struct op_entry {
+	const char *name;
+	void (*fn)(void);
+};
+
+#define OP_ENTRY(o, f) { #f, (void (*)(void))(o)->f }
+static int op_entries(const struct kern_ops *o, struct op_entry *e)
+{
+	const struct op_entry all[] = {
+		OP_ENTRY(o, quant_row),       OP_ENTRY(o, gemm_packed),   OP_ENTRY(o, dot_f32),
+		OP_ENTRY(o, dot_f16),         OP_ENTRY(o, dot_bf16),      OP_ENTRY(o, gemm_rows_f32),
+		OP_ENTRY(o, bf16_to_f32),     OP_ENTRY(o, axpy_f32),      OP_ENTRY(o, f16_to_f32),
+		OP_ENTRY(o, f32_to_f16),      OP_ENTRY(o, att_scores),    OP_ENTRY(o, att_pv),
+		OP_ENTRY(o, att_scores_rows), OP_ENTRY(o, att_pv_rows),   OP_ENTRY(o, kv_rows_f32),
+		OP_ENTRY(o, max_f32),         OP_ENTRY(o, exp_sum),       OP_ENTRY(o, swiglu),
+		OP_ENTRY(o, rmsnorm),         OP_ENTRY(o, rope),
+	};
+	memcpy(e, all, sizeof(all));
+	return (int)(sizeof(all) / sizeof(all[0]));
+}
+
+/* No level but scalar hands out a scalar kernel for any operation (the
+ * tables themselves, whatever this CPU runs), and every entry is set. */
+static void test_tables_complete(void)
+{
+	struct op_entry sc[32], lv[32];
+	int n = op_entries(kern_table(KERN_SCALAR), sc);
+	T_EQ_INT(sizeof(struct kern_ops), offsetof(struct kern_ops, rope) + sizeof(void (*)(void)));
+	for (int l = KERN_SCALAR; l <= KERN_AVX512; l++) {
+		const struct kern_ops *o = kern_table((enum kern_level)l);
+		T_EQ_INT(o->level, l);
+		op_entries(o, lv);
+		for (int i = 0; i < n; i++) {
+			T_CHECK(lv[i].fn != NULL, "%s: no %s", o->name, lv[i].name);
+			if (l != KERN_SCALAR)
+				T_CHECK(lv[i].fn != sc[i].fn, "%s uses the scalar %s", o->name, lv[i].name);
+		}
+	}
+}
+
+/* The float-sum error bound for n terms of absolute sum a: (n + 2) u a,
+ * u = 2^-24 (each addition and the product round once; hand-checkable). */
+static double sum_tol(int64_t n, double a)
+{
+	return (double)(n + 2) * 0x1p-24 * a + 1e-30;
+}
+
+/*
+ * The attention kernels on f32 tiles (keys transposed, as the tiled prefill
+ * uses them) at every level against float64: 1 to 8 queries, heads of 64
+ * and 40, key counts that leave every tail (1, 7, 16, 37, 64), each score
+ * and output within the float-sum bound of its terms.
+ */
+static void test_tile_kernels(void)
+{
+	enum { MAXM = 64, MAXD = 64, LDS = 70 };
+	float q[8 * MAXD], kt[MAXD * MAXM], v[MAXM * MAXD], p[8 * LDS], s[8 * LDS], out[8 * MAXD];
+	for (int i = 0; i < 8 * MAXD; i++)
+		q[i] = (float)rnd();
+	for (int i = 0; i < MAXD * MAXM; i++) {
+		kt[i] = (float)rnd();
+		v[i] = (float)rnd();
+	}
+	for (int i = 0; i < 8 * LDS; i++)
+		p[i] = 0.5f + 0.5f * (float)rnd();
+	static const int hds[] = { 64, 40 }, ms[] = { 1, 7, 16, 37, 64 };
+	for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
+		const struct kern_ops *ops = kern_select((enum kern_level)lv);
+		double worst_s = 0, worst_p = 0; /* error / bound */
+		for (int hi = 0; hi < 2; hi++)
+			for (int mi = 0; mi < 5; mi++)
+				for (int nq = 1; nq <= 8; nq++) {
+					int hd = hds[hi], m = ms[mi];
+					for (int i = 0; i < 8 * LDS; i++)
+						s[i] = -7.0f; /* past m must stay */
+					/* keys of a tile with row stride 64, m of them used */
+					ops->att_scores(q, nq, hd, kt, MAXM, m, 0.125f, s, LDS);
+					ops->att_pv(p, nq, LDS, v, m, hd, out);
+					bool kept = true;
+					for (int r = 0; r < nq; r++) {
+						for (int k = 0; k < m; k++) {
+							double want = 0, a = 0;
+							for (int d = 0; d < hd; d++) {
+								want += (double)q[r * hd + d] * kt[d * MAXM + k];
+								a += fabs((double)q[r * hd + d] * kt[d * MAXM + k]);
+							}
+							worst_s = fmax(worst_s, fabs(s[r * LDS + k] - 0.125 * want) /
+							                            sum_tol(hd, 0.125 * a));
+						}
+						for (int k = m; k < LDS; k++)
+							kept = kept && s[r * LDS + k] == -7.0f;
+						for (int d = 0; d < hd; d++) {
+							double want = 0, a = 0;
+							for (int k = 0; k < m; k++) {
+								want += (double)p[r * LDS + k] * v[k * hd + d];
+								a += fabs((double)p[r * LDS + k] * v[k * hd + d]);
+							}
+							worst_p = fmax(worst_p, fabs(out[r * hd + d] - want) / sum_tol(m, a));
+						}
+					}
+					T_CHECK(kept, "%s hd %d m %d nq %d: scores written past m", ops->name, hd, m, nq);
+				}
+		printf("  %-11s tile scores, pv: worst error %.2f, %.2f of the float-sum bound\n", ops->name,
+		       worst_s, worst_p);
+		T_CHECK(worst_s <= 1 && worst_p <= 1, "%s: tile scores %.3g, pv %.3g of the bound", ops->name,
+		        worst_s, worst_p);
+	}
+}
+
+/*
+ * exp_sum, swiglu, rmsnorm and rope at every level against float64.
+ *  - exp_sum: inputs on a 2^-10 grid, so x - max is exact in float and the
+ *    only errors are the exp's: |x - max| log2(e) 2^-24 ln 2 (= |x - max|
+ *    6e-8, rounding x log2(e), the AVX-512 form) plus 1e-6 for the
+ *    polynomial and its roundings, relative; the sum adds its own float-sum
+ *    bound.
+ *  - swiglu: g / (1 + exp(-g)) u: the exp's error as above plus 4 roundings.
+ *  - rmsnorm: the sum of squares in double, then 4 float roundings: 5 u
+ *    relative.
+ *  - rope: a c - b s and a s + b c with |c|, |s| <= 1: 3 u (|a| + |b|).
+ */
+static void test_elementwise_kernels(void)
+{
+	enum { N = 203 }; /* odd: every tail */
+	float x[N], y[N], g[N], u[N], rx[576], rw[576], ro[576], cs[64], hv[80], hv0[80];
+	for (int i = 0; i < N; i++) {
+		x[i] = (float)floor(rnd() * 40 * 1024) / 1024; /* [-40, 40) on a 2^-10 grid */
+		g[i] = (float)(rnd() * 20);
+		u[i] = (float)rnd();
+	}
+	for (int i = 0; i < 576; i++) {
+		rx[i] = (float)(3 * rnd());
+		rw[i] = (float)(1 + rnd());
+	}
+	for (int i = 0; i < 32; i++) {
+		double th = (i + 1) * 0.37;
+		cs[i] = (float)cos(th);
+		cs[32 + i] = (float)sin(th);
+	}
+	for (int i = 0; i < 80; i++)
+		hv0[i] = (float)(4 * rnd());
+	for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
+		const struct kern_ops *ops = kern_select((enum kern_level)lv);
+		/* exp_sum over n = 1 .. N (every tail length up to a few vectors) */
+		double we = 0, wsum = 0;
+		static const int ns[] = { 1, 5, 8, 13, 16, 31, 203 };
+		for (int ni = 0; ni < 7; ni++) {
+			int n = ns[ni];
+			float mx = -1e30f;
+			for (int i = 0; i < n; i++)
+				mx = fmaxf(mx, x[i]);
+			memcpy(y, x, sizeof(x));
+			float sum = ops->exp_sum(y, n, mx);
+			double want_sum = 0, a = 0;
+			for (int i = 0; i < n; i++) {
+				double d = (double)x[i] - mx, e = exp(d);
+				want_sum += e;
+				we = fmax(we, fabs(y[i] - e) / ((1e-6 + 6e-8 * fabs(d)) * e));
+				a += e * (1 + 1e-6 + 6e-8 * fabs(d));
+			}
+			for (int i = n; i < N; i++)
+				T_CHECK(y[i] == x[i], "%s exp_sum n %d wrote past n", ops->name, n);
+			wsum = fmax(wsum, fabs(sum - want_sum) / (sum_tol(n, a) + (a - want_sum)));
+		}
+		/* swiglu */
+		double wg = 0;
+		memcpy(y, g, sizeof(g));
+		ops->swiglu(y, u, N);
+		for (int i = 0; i < N; i++) {
+			double want = g[i] / (1 + exp(-(double)g[i])) * u[i];
+			double tol = (1e-6 + 6e-8 * fabs(g[i]) + 4 * 0x1p-24) * fabs(want) + 1e-30;
+			wg = fmax(wg, fabs(y[i] - want) / tol);
+		}
+		/* rmsnorm, lengths with and without a tail */
+		double wr = 0;
+		static const int rn[] = { 576, 203, 7 };
+		for (int ni = 0; ni < 3; ni++) {
+			int n = rn[ni];
+			double ss = 0;
+			for (int i = 0; i < n; i++)
+				ss += (double)rx[i] * rx[i];
+			double sc = 1 / sqrt(ss / n + 1e-5);
+			ops->rmsnorm(rx, rw, ro, n, 1e-5f);
+			for (int i = 0; i < n; i++) {
+				double want = rx[i] * sc * rw[i];
+				wr = fmax(wr, fabs(ro[i] - want) / (5 * 0x1p-24 * fabs(want) + 1e-30));
+			}
+		}
+		/* rope: head of 80, n_rot 64 (vectorised) and 24 (tails), both forms */
+		double wp = 0;
+		for (int neox = 0; neox < 2; neox++)
+			for (int nr = 64; nr >= 24; nr -= 40) {
+				float cs2[64];
+				for (int i = 0; i < nr / 2; i++) {
+					cs2[i] = cs[i];
+					cs2[nr / 2 + i] = cs[32 + i];
+				}
+				memcpy(hv, hv0, sizeof(hv));
+				ops->rope(hv, cs2, nr, neox);
+				for (int i = 0; i < nr / 2; i++) {
+					int ia = neox ? i : 2 * i, ib = neox ? i + nr / 2 : 2 * i + 1;
+					double a = hv0[ia], b = hv0[ib], c = cs2[i], sn = cs2[nr / 2 + i];
+					double tol = 3 * 0x1p-24 * (fabs(a) + fabs(b));
+					wp = fmax(wp, fabs(hv[ia] - (a * c - b * sn)) / tol);
+					wp = fmax(wp, fabs(hv[ib] - (a * sn + b * c)) / tol);
+				}
+				for (int i = nr; i < 80; i++)
+					T_CHECK(hv[i] == hv0[i], "%s rope n_rot %d changed x[%d]", ops->name, nr, i);
+			}
+		printf("  %-11s exp %.2f, sum %.2f, swiglu %.2f, rmsnorm %.2f, rope %.2f of their bounds\n",
+		       ops->name, we, wsum, wg, wr, wp);
+		T_CHECK(we <= 1 && wsum <= 1 && wg <= 1 && wr <= 1 && wp <= 1,
+		        "%s: exp %.3g, sum %.3g, swiglu %.3g, rmsnorm %.3g, rope %.3g of the bounds",
+		        ops->name, we, wsum, wg, wr, wp);
+	}
+}
+
 int main(void)
 {
+	test_tables_complete();
+	test_tile_kernels();
+	test_elementwise_kernels();
 	test_kernels();
 	test_row_kernels();
 	test_kv_f16_vs_f32();
@@ -1153,6 +1482,7 @@ int main(void)
 	test_compaction(&spec_llama_f32);
 	test_compaction(&spec_qwen_f32);
 	test_long_and_kv_types();
+	test_tiled_prefill();
 	test_bad_batches();
 	return t_done("test-engine");
 }
