@@ -253,6 +253,11 @@ void gen_set_turn(struct gen *g, const struct gen_turn_opts *o);
 /* Set just the length target (NULL: none). */
 void gen_set_length_target(struct gen *g, const struct len_target *t);
 
+/* Let gen_reply stop (reason user) once *flag is set, from any thread;
+ * gen_reply clears it when it returns. NULL: no cancellation. A session
+ * sets its own (session_cancel); a front end without one sets this. */
+void gen_set_cancel(struct gen *g, atomic_bool *flag);
+
 /* Called with each piece of complete UTF-8 text as it is produced. */
 typedef void (*gen_text_fn)(const char *text, size_t len, void *ud);
 

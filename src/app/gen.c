@@ -299,6 +299,11 @@ void gen_set_length_target(struct gen *g, const struct len_target *t)
 	}
 }
 
+void gen_set_cancel(struct gen *g, atomic_bool *flag)
+{
+	g->cancel = flag;
+}
+
 void gen_text_collect(const char *text, size_t len, void *ud)
 {
 	struct gen_text *b = ud;

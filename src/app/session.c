@@ -303,6 +303,9 @@ int session_set_store(struct session *s, const struct session_store *ss, struct 
 	session_store_free(&s->store);
 	if (ss == NULL || ss->st == NULL)
 		return KVS_OK;
+	/* a bad title is refused now, not at the first exchange's commit */
+	if (ss->title != NULL && store_title_check(ss->title, e) != KVS_OK)
+		return KVS_EARG;
 	s->store = *ss;
 	s->store.title = ss->title ? xstrdup(ss->title) : NULL;
 	s->store.model_path = xstrdup(ss->model_path ? ss->model_path : "");
@@ -386,9 +389,10 @@ void session_recap_free(struct session_recap *r)
 
 const char *session_recap_line(const struct session_recap *r, char *buf, size_t cap)
 {
-	snprintf(buf, cap, "resumed '%s' (%u turn%s, %u token%s retained)",
-	         r->title ? r->title : "", r->n_turns, r->n_turns == 1 ? "" : "s", r->n_tokens,
-	         r->n_tokens == 1 ? "" : "s");
+	char *title = store_text_escape(r->title, 0); /* from the database: no escape sequences */
+	snprintf(buf, cap, "resumed '%s' (%u turn%s, %u token%s retained)", title, r->n_turns,
+	         r->n_turns == 1 ? "" : "s", r->n_tokens, r->n_tokens == 1 ? "" : "s");
+	free(title);
 	return buf;
 }
 

@@ -72,8 +72,14 @@ struct cli_cmd {
  * default model in $XDG_DATA_HOME/kvscope/models/. Returns a new string
  * (caller owns); never NULL. */
 char *cli_model_path(const char *explicit_path);
-/* Print "kvscope: MSG" for a failed status; return the matching exit code. */
+/* Print "kvscope: MSG" for a failed status (control characters escaped:
+ * a message may quote a database or a file); return the matching exit code. */
 enum cli_exit cli_fail(const struct err *e);
+/* Flush stdout: false when this or an earlier write to it failed (a full
+ * disk, a closed descriptor). A command that streams stops there and
+ * returns CLI_FAIL without a message of its own; main says "write error"
+ * once, at exit (main.c). */
+bool cli_stdout_flush(void);
 /* Print a usage error for cmd with a one-line reason; return CLI_BADINPUT. */
 enum cli_exit cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

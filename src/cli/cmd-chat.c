@@ -19,6 +19,11 @@
  * (one line each, then "-- resumed 'TITLE' (N turns, K tokens retained)
  * --") on stderr, terminal or not, so that stdout keeps one reply per input
  * line, and the dialogue continues.
+ *
+ * A line with a NUL byte is not sent (C strings would cut it): one line on
+ * stderr says so and its reply line is empty. When stdout fails (a full
+ * disk, a closed pipe) the reply is cancelled and the chat ends; main
+ * reports the write error.
  */
 #include "cli/lineedit.h"
 #include "cli/opts.h"
@@ -67,7 +72,8 @@ static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
 	free(path);
 	if (rc != KVS_OK || o->resume == NULL)
 		return rc;
-	rc = store_session_find(db->st, o->resume, &db->id, e);
+	/* "" is --resume alone: the latest session (opts.c refuses an empty value) */
+	rc = store_session_find(db->st, o->resume[0] ? o->resume : NULL, &db->id, e);
 	if (rc == KVS_OK)
 		rc = store_session_get(db->st, db->id, &ss, e);
 	if (rc != KVS_OK)
@@ -136,7 +142,8 @@ static void chat_recap(const struct chat_db *db, uint32_t n_tokens)
 	char buf[320];
 
 	if (session_recap_read(db->st, db->id, CHAT_RECAP_TURNS, &r, &e) != KVS_OK) {
-		fprintf(stderr, "kvscope: no recap: %s\n", e.msg);
+		err_prefix(&e, "no recap");
+		(void)cli_fail(&e);
 		session_recap_free(&r);
 		return;
 	}
@@ -197,19 +204,22 @@ static void chat_db_close(struct chat_db *db)
  * the info log (KVSCOPE_LOG=info; the crash-loop test reads them). */
 static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const char *msg)
 {
+	struct err e;
 	(void)ud;
-	if (status != KVS_OK)
-		fprintf(stderr, "kvscope: %s\n", msg);
-	else
+	if (status != KVS_OK) {
+		err_set(&e, status, "%s", msg);
+		(void)cli_fail(&e);
+	} else
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* Stream the reply's text as it comes. */
+/* Stream the reply's text as it comes (ud: the session); a failed write (a
+ * full disk, a closed pipe) cancels the reply. */
 static void chat_text(void *ud, const char *text, size_t len)
 {
-	(void)ud;
 	fwrite(text, 1, len, stdout);
-	fflush(stdout);
+	if (!cli_stdout_flush())
+		session_cancel(ud);
 }
 
 /* /len [SPEC]: show or set the length target of the next replies. */
@@ -290,6 +300,7 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	struct err e;
 	bool interactive = isatty(0) && isatty(1);
 	char *line;
+	size_t len;
 	enum cli_exit rc;
 
 	if (o->prompt != NULL || o->prompt_file != NULL || o->raw) {
@@ -315,7 +326,18 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
 		        gen_model(g)->name, engine_backend_name(gen_engine(g)),
 		        engine_isa_name(gen_engine(g)), gen_n_ctx(g));
-	while ((line = lineedit_read(le, "> ")) != NULL) {
+	while ((line = lineedit_read(le, "> ", &len)) != NULL) {
+		if (strlen(line) != len) {
+			/* C strings end at the NUL: say so rather than send half the line */
+			err_set(&e, KVS_EARG, "the line has a NUL byte (at byte %zu); it was not sent: "
+			        "expected text", strlen(line));
+			(void)cli_fail(&e);
+			free(line);
+			fputc('\n', stdout); /* its (empty) reply: one line out per line in */
+			if (!cli_stdout_flush())
+				break;
+			continue;
+		}
 		if (line[0] == '\0') {
 			free(line);
 			continue;
@@ -346,13 +368,15 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				break;
 			continue;
 		}
-		session_set_hooks(s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved });
+		session_set_hooks(s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved,
+		                                               .ud = s });
 		int st = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);
-		fflush(stdout);
+		if (!cli_stdout_flush())
+			break; /* main says why; no more replies for nobody to read */
 		if (st != KVS_OK) {
-			fprintf(stderr, "kvscope: %s\n", e.msg);
+			(void)cli_fail(&e);
 			continue;
 		}
 		const struct session_turn *t = session_turn_at(s, session_n_turns(s) - 1);
@@ -366,7 +390,7 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			        kv_cache_n(gen_kv(g)), kv_cache_budget(gen_kv(g)),
 			        kv_policy_name(kv_cache_policy(gen_kv(g))));
 	}
-	rc = CLI_OK;
+	rc = cli_stdout_flush() ? CLI_OK : CLI_FAIL;
 out:
 	lineedit_close(le);
 	session_close(s);

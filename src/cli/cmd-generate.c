@@ -41,12 +41,13 @@ static void generate_trace_event(const struct kv_event *ev, void *ud)
 	trace_write_event(t->fp, ev, t->v);
 }
 
-/* Stream generated text to stdout as it arrives. */
+/* Stream generated text to stdout as it arrives; a failed write (a full
+ * disk, a closed pipe) raises the cancel flag in ud, so generating stops. */
 static void generate_write(const char *text, size_t len, void *ud)
 {
-	(void)ud;
 	fwrite(text, 1, len, stdout);
-	fflush(stdout);
+	if (!cli_stdout_flush())
+		atomic_store((atomic_bool *)ud, true);
 }
 
 static enum cli_exit cmd_generate_exec(struct cli_opts *o)
@@ -63,8 +64,10 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 	struct gen_timing tm;
 	struct len_target lt;
 	char pol[256], lbuf[96];
+	atomic_bool lost; /* stdout failed: stop generating */
 	enum cli_exit rc;
 
+	atomic_init(&lost, false);
 	if (cli_prompt_read(o, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
@@ -95,6 +98,7 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 	if (rc != CLI_OK)
 		goto out;
 	cli_len_apply(o, g);
+	gen_set_cancel(g, &lost);
 	if (tr.fp != NULL) {
 		tr.v = gen_vocab(g);
 		kv_cache_set_events(gen_kv(g), generate_trace_event, &tr);
@@ -102,13 +106,16 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 	if (cli_prompt_tokens(g, text, len, o->raw, o->system, &ids, &n_ids, &e) != KVS_OK ||
 	    gen_begin_turn(g, KV_ROLE_USER, n_ids, &e) != KVS_OK ||
 	    gen_feed(g, ids, n_ids, &e) != KVS_OK ||
-	    gen_reply(g, o->max_tokens, generate_write, NULL, &stop, &n_out, &e) != KVS_OK) {
+	    gen_reply(g, o->max_tokens, generate_write, &lost, &stop, &n_out, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
 	if (!o->raw)
 		putchar('\n');
-	fflush(stdout);
+	if (!cli_stdout_flush()) {
+		rc = CLI_FAIL; /* main says why, once */
+		goto out;
+	}
 	gen_timings(g, &tm);
 	struct engine *eng = gen_engine(g);
 	fprintf(stderr,

@@ -2,7 +2,11 @@
  * cmd-sessions.c: `kvscope sessions list|show|export|delete|vacuum|check`, the
  * saved sessions in the database (--db PATH, default
  * $XDG_DATA_HOME/kvscope/memory.db). Readers open it read-only, so they
- * work beside a running chat; delete and vacuum write.
+ * work beside a running chat and on read-only media; delete and vacuum
+ * write. What the database holds is printed through store_text_escape
+ * (control characters as \xHH): a crafted title cannot drive the terminal.
+ * An empty or blank ID|TITLE is an error (store_key_check), never "the
+ * latest".
  */
 #include "cli/opts.h"
 #include "store/store.h"
@@ -86,10 +90,12 @@ static enum cli_exit sessions_open(const struct cli_opts *o, enum store_mode mod
 /* "2026-11-27 01:43" in local time. */
 static const char *sessions_time(double t, char *buf, size_t cap)
 {
-	time_t tt = (time_t)t;
 	struct tm tm;
-	localtime_r(&tt, &tm);
-	strftime(buf, cap, "%Y-%m-%d %H:%M", &tm);
+	time_t tt;
+	/* a crafted database's time may be inf or far out: no undefined cast */
+	if (!(t >= 0 && t < 1e12) || (tt = (time_t)t, localtime_r(&tt, &tm) == NULL) ||
+	    strftime(buf, cap, "%Y-%m-%d %H:%M", &tm) == 0)
+		snprintf(buf, cap, "?");
 	return buf;
 }
 
@@ -108,10 +114,13 @@ static enum cli_exit sessions_list_exec(struct cli_opts *o)
 		       "POLICY", "TITLE");
 		for (size_t i = 0; i < n; i++) {
 			char pol[25];
-			snprintf(pol, sizeof pol, "%s", l[i].policy ? l[i].policy : "");
+			char *p = store_text_escape(l[i].policy, 0), *title = store_text_escape(l[i].title, 0);
+			snprintf(pol, sizeof pol, "%s", p);
 			printf("%-5lld %-16s %6u %8u %8u  %-24s %s%s\n", (long long)l[i].id,
 			       sessions_time(l[i].updated, t, sizeof t), l[i].n_turns, l[i].n_tokens,
-			       l[i].n_kept, pol, l[i].title, l[i].n_incomplete ? " (incomplete turns)" : "");
+			       l[i].n_kept, pol, title, l[i].n_incomplete ? " (incomplete turns)" : "");
+			free(p);
+			free(title);
 		}
 	}
 	for (size_t i = 0; i < n; i++)
@@ -134,11 +143,20 @@ static enum cli_exit sessions_show_exec(struct cli_opts *o)
 	                     store_session_get(st, id, &s, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK) {
-		printf("session  %lld: %s\n", (long long)s.id, s.title);
-		printf("model    %s (%s)\nsha256   %s\n", s.model_path, s.arch, s.model_sha256);
-		printf("policy   %s, budget %u tokens, context %u\n", s.policy, s.budget, s.n_ctx);
-		printf("sampler  %s\n", s.sampler);
-		printf("system   %s\n", s.system ? s.system : "(none)");
+		/* the strings, escaped for the terminal: title, model path, arch,
+		 * sha256, policy, sampler, system prompt */
+		char *f[7];
+		const char *raw[7] = { s.title, s.model_path, s.arch, s.model_sha256, s.policy,
+			               s.sampler, s.system ? s.system : "(none)" };
+		for (int i = 0; i < 7; i++)
+			f[i] = store_text_escape(raw[i], 0);
+		printf("session  %lld: %s\n", (long long)s.id, f[0]);
+		printf("model    %s (%s)\nsha256   %s\n", f[1], f[2], f[3]);
+		printf("policy   %s, budget %u tokens, context %u\n", f[4], s.budget, s.n_ctx);
+		printf("sampler  %s\n", f[5]);
+		printf("system   %s\n", f[6]);
+		for (int i = 0; i < 7; i++)
+			free(f[i]);
 		printf("created  %s\n", sessions_time(s.created, t, sizeof t));
 		printf("updated  %s\n", sessions_time(s.updated, t, sizeof t));
 		printf("turns    %u (%u incomplete)\n", s.n_turns, s.n_incomplete);
@@ -169,17 +187,20 @@ static enum cli_exit sessions_export_exec(struct cli_opts *o)
 		/* the session's model, for the evicted tokens' text (ids only without it) */
 		char sha[65];
 		struct err me;
-		if (model_load(&m, ss.model_path, &me) != KVS_OK)
-			fprintf(stderr, "kvscope: evicted tokens shown as ids: %s\n", me.msg);
-		else if (store_model_sha256(st, ss.model_path, sha, &me) != KVS_OK ||
-		         strcmp(sha, ss.model_sha256) != 0) {
-			fprintf(stderr, "kvscope: evicted tokens shown as ids: %s is no longer the session's "
-			                "model file\n", ss.model_path);
+		if (model_load(&m, ss.model_path, &me) != KVS_OK) {
+			err_prefix(&me, "evicted tokens shown as ids");
+			(void)cli_fail(&me);
+		} else if (store_model_sha256(st, ss.model_path, sha, &me) != KVS_OK ||
+		           strcmp(sha, ss.model_sha256) != 0) {
+			err_set(&me, KVS_ECHECKSUM,
+			        "evicted tokens shown as ids: %s is no longer the session's model file",
+			        ss.model_path);
+			(void)cli_fail(&me);
 			model_free(m);
 			m = NULL;
 		}
 		if (store_export(st, id, fmt, m ? m->vocab : NULL, stdout, &e) != KVS_OK)
-			rc = cli_fail(&e);
+			rc = cli_stdout_flush() ? cli_fail(&e) : CLI_FAIL; /* main reports a write error */
 	}
 	model_free(m);
 	store_session_free(&ss);

@@ -129,12 +129,7 @@ static enum cli_exit cmd_tokenize_exec(struct cli_opts *o)
 			putchar('\n');
 		}
 	}
-	if (fflush(stdout) != 0) {
-		err_set(&e, KVS_EIO, "writing the result failed");
-		rc = cli_fail(&e);
-		goto out;
-	}
-	rc = CLI_OK;
+	rc = cli_stdout_flush() ? CLI_OK : CLI_FAIL; /* main says "write error" once */
 out:
 	free(piece);
 	free(ids);

@@ -65,15 +65,18 @@ struct lineedit *lineedit_open(bool interactive)
 	return le;
 }
 
-char *lineedit_read(struct lineedit *le, const char *prompt)
+char *lineedit_read(struct lineedit *le, const char *prompt, size_t *len)
 {
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
 
 #ifdef HAVE_LIBEDIT
-	if (le->interactive)
-		return readline(prompt);
+	if (le->interactive) {
+		line = readline(prompt);
+		*len = line ? strlen(line) : 0;
+		return line;
+	}
 #endif
 	(void)prompt;
 	n = getline(&line, &cap, stdin);
@@ -85,6 +88,7 @@ char *lineedit_read(struct lineedit *le, const char *prompt)
 		line[--n] = '\0';
 	if (n > 0 && line[n - 1] == '\r')
 		line[--n] = '\0';
+	*len = (size_t)n;
 	return line;
 }
 

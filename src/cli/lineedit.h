@@ -12,8 +12,9 @@ struct lineedit;
 
 /* interactive: stdin is a terminal (prompts shown, history kept). */
 struct lineedit *lineedit_open(bool interactive);
-/* One line without its newline (caller owns), or NULL at end of input. */
-char *lineedit_read(struct lineedit *le, const char *prompt);
+/* One line without its newline (caller owns), or NULL at end of input;
+ * *len is its length in bytes, more than strlen when it holds a NUL. */
+char *lineedit_read(struct lineedit *le, const char *prompt, size_t *len);
 /* Remember line in the history (interactive only). */
 void lineedit_remember(struct lineedit *le, const char *line);
 /* Save the history and release everything. */

@@ -8,14 +8,24 @@
  * allows, then its exec. Without a command (options alone are fine:
  * `kvscope --model X`) kvscope starts the workbench on a terminal, and the
  * plain line-mode chat when standard input or output is not a terminal.
+ *
+ * Output that was lost is not success: main flushes and closes stdout and
+ * stderr once, at exit (as coreutils' close_stdout does), and a write that
+ * failed there or anywhere before (a full disk, a closed descriptor) turns
+ * the exit status into CLI_FAIL with one line, "kvscope: write error:
+ * REASON". A closed descriptor 0, 1 or 2 is held open on /dev/null in the
+ * wrong direction before anything else is opened, so a file kvscope opens
+ * can never become its stdout and writes to it fail as they should.
  */
 #include "cli/cli.h"
 #include "cli/opts.h"
 #include "model/model.h"
+#include "store/store.h"
 #include "kv/kv_cache.h"
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,8 +81,66 @@ enum cli_exit cli_exit_code(int status)
 
 enum cli_exit cli_fail(const struct err *e)
 {
-	fprintf(stderr, "kvscope: %s\n", e->msg[0] ? e->msg : err_name(e->code));
+	/* a message may quote a database, a file or a path: no escape sequences */
+	char *msg = store_text_escape(e->msg[0] ? e->msg : err_name(e->code), 0);
+	fprintf(stderr, "kvscope: %s\n", msg);
+	free(msg);
 	return cli_exit_code(e->code);
+}
+
+/* errno of the first failed flush of stdout that cli_stdout_flush saw. */
+static int main_stdout_errno;
+
+bool cli_stdout_flush(void)
+{
+	if (fflush(stdout) != 0) {
+		if (main_stdout_errno == 0)
+			main_stdout_errno = errno;
+		return false;
+	}
+	return !ferror(stdout);
+}
+
+/* Keep descriptors 0, 1 and 2 taken: a closed one gets /dev/null opened
+ * the other way (stdin for writing, stdout and stderr for reading), so
+ * reads and writes on it fail instead of reaching a file opened later. */
+static void main_hold_std_fds(void)
+{
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+		    open("/dev/null", fd == 0 ? O_WRONLY : O_RDONLY) < 0)
+			_exit(CLI_FAIL); /* nothing to say it with, and no safe way on */
+}
+
+/* Flush and close stdout and stderr; a write that failed makes a
+ * successful rc CLI_FAIL, with one line on stderr while it still works. */
+static int main_close_std(int rc)
+{
+	bool failed = false;
+	int err = 0;
+
+	if (fflush(stdout) != 0) {
+		failed = true;
+		err = errno;
+	} else if (ferror(stdout)) { /* failed earlier, its data gone */
+		failed = true;
+		err = main_stdout_errno; /* 0: the reason was not seen */
+	}
+	if (fclose(stdout) != 0 && !failed) {
+		failed = true;
+		err = errno;
+	}
+	if (failed) {
+		if (err != 0)
+			fprintf(stderr, "kvscope: write error: %s\n", strerror(err));
+		else
+			fprintf(stderr, "kvscope: write error\n");
+		if (rc == CLI_OK)
+			rc = CLI_FAIL;
+	}
+	if ((fflush(stderr) != 0 || ferror(stderr) || fclose(stderr) != 0) && rc == CLI_OK)
+		rc = CLI_FAIL;
+	return rc;
 }
 
 enum cli_exit cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
@@ -169,7 +237,8 @@ static const struct cli_cmd *main_find(int argc, char **argv, int *words)
 	return NULL;
 }
 
-int main(int argc, char **argv)
+/* Run the command argv names (or the chat or the workbench); the exit code. */
+static int main_dispatch(int argc, char **argv)
 {
 	const struct cli_cmd *cmd;
 	int words = 1;
@@ -215,4 +284,10 @@ int main(int argc, char **argv)
 		return CLI_BADINPUT;
 	}
 	return main_run(cmd, argc - words, argv + words);
+}
+
+int main(int argc, char **argv)
+{
+	main_hold_std_fds();
+	return main_close_std(main_dispatch(argc, argv));
 }

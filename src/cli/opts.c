@@ -9,6 +9,7 @@
  * left at its default from one given with the default's value.
  */
 #include "cli/opts.h"
+#include "store/store.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -115,6 +116,28 @@ static int opt_str(struct cli_opts *o, const char *arg, const struct cli_opt *op
 	return KVS_OK;
 }
 
+/* A file or folder name into the string at off: never empty or blank (an
+ * unset shell variable), which would name no file, or a surprising one (SQLite
+ * takes "" for a private temporary database). */
+static int opt_path(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	if (arg[strspn(arg, " \t")] == '\0')
+		return err_set(e, KVS_EARG, "--%s: empty file name; expected a path", opt->name);
+	return opt_str(o, arg, opt, e);
+}
+
+/* --title TEXT: one line of UTF-8 text (store_title_check). */
+static int opt_title(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	char msg[sizeof e->msg];
+
+	if (store_title_check(arg, e) != KVS_OK) {
+		snprintf(msg, sizeof msg, "%s", e->msg);
+		return err_set(e, KVS_EARG, "--%s: %s", opt->name, msg);
+	}
+	return opt_str(o, arg, opt, e);
+}
+
 static int opt_flag(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	(void)arg;
@@ -199,6 +222,9 @@ static int opt_eval_format(struct cli_opts *o, const char *arg, const struct cli
 /* --plugin FILE, repeatable. */
 static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
+	if (arg[strspn(arg, " \t")] == '\0')
+		return err_set(e, KVS_EARG, "--%s: empty file name; expected a plugin file or name",
+		               opt->name);
 	if (o->n_plugins == (int)KVS_ARRAY_LEN(o->plugins))
 		return err_set(e, KVS_EARG, "--%s: at most %zu plugins", opt->name,
 		               KVS_ARRAY_LEN(o->plugins));
@@ -206,12 +232,16 @@ static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return KVS_OK;
 }
 
-/* --resume [ID|TITLE]: the value may be left out (the latest session). */
+/* --resume [ID|TITLE]: the value may be left out (the latest session); a
+ * value given empty or blank is an error, not the latest session. */
 static int opt_resume(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
                       struct err *e)
 {
-	(void)opt;
-	(void)e;
+	if (arg != NULL && store_key_check(arg, e) != KVS_OK)
+		return err_set(e, KVS_EARG,
+		               "--%s: empty session id or title; expected an id (digits) or a title, "
+		               "or --%s alone for the latest session",
+		               opt->name, opt->name);
 	o->resume = arg ? arg : "";
 	return KVS_OK;
 }
@@ -273,7 +303,7 @@ void cli_len_apply(const struct cli_opts *o, struct gen *g)
 #define OG(f) offsetof(struct cli_opts, gen.f)
 
 static const struct cli_opt cli_opt_table[] = {
-	{ "model", 'm', "PATH", OPTG_MODEL, opt_str, OG(model_path), 0, 0,
+	{ "model", 'm', "PATH", OPTG_MODEL, opt_path, OG(model_path), 0, 0,
 	  "GGUF model file (default: $KVSCOPE_MODEL, else the installed default model)" },
 	{ "threads", 't', "N", OPTG_ENGINE, opt_threads, OG(engine.n_threads), 0, 1024,
 	  "CPU threads (default: all cores)" },
@@ -305,7 +335,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "frequency penalty (default 0)" },
 	{ "seed", 's', "S", OPTG_SAMPLER, opt_seed, 0, 0, 0, "RNG seed (default: random)" },
 	{ "prompt", 'p', "TEXT", OPTG_PROMPT, opt_str, O(prompt), 0, 0, "the prompt text" },
-	{ "prompt-file", 'f', "FILE", OPTG_PROMPT, opt_str, O(prompt_file), 0, 0,
+	{ "prompt-file", 'f', "FILE", OPTG_PROMPT, opt_path, O(prompt_file), 0, 0,
 	  "read the prompt from FILE (bytes as they are)" },
 	{ "raw", 0, NULL, OPTG_PROMPT, opt_flag, O(raw), 0, 0,
 	  "feed the prompt as is, without the chat template" },
@@ -317,8 +347,8 @@ static const struct cli_opt cli_opt_table[] = {
 	  "end the reply where TEXT appears (TEXT is not printed; stop reason stop-string)" },
 	{ "top", 'k', "K", OPTG_LOGITS, opt_u32, O(top), 1, 1 << 20,
 	  "logits per position to print (default 10)" },
-	{ "file", 'f', "FILE", OPTG_PPL, opt_str, O(file), 0, 0, "text file to score" },
-	{ "file", 'f', "FILE", OPTG_TOKENIZE, opt_str, O(file), 0, 0,
+	{ "file", 'f', "FILE", OPTG_PPL, opt_path, O(file), 0, 0, "text file to score" },
+	{ "file", 'f', "FILE", OPTG_TOKENIZE, opt_path, O(file), 0, 0,
 	  "read the text from FILE (- : standard input; bytes as they are)" },
 	{ "pieces", 0, NULL, OPTG_TOKENIZE, opt_flag, O(pieces), 0, 0,
 	  "one line per token: the id, a tab and its text with C escapes" },
@@ -342,7 +372,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "KV cache budget in tokens (0, the default: every slot of the context)" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
-	{ "trace", 0, "FILE", OPTG_TRACE, opt_str, O(trace), 0, 0,
+	{ "trace", 0, "FILE", OPTG_TRACE, opt_path, O(trace), 0, 0,
 	  "write KV-cache events (one JSON line per step, eviction, turn) to FILE" },
 	{ "trace-attn", 0, NULL, OPTG_TRACE, opt_flag, O(trace_attn), 0, 0,
 	  "include every step's attention rows (layer x head x cached tokens) in the trace" },
@@ -371,7 +401,7 @@ static const struct cli_opt cli_opt_table[] = {
 	  "0 = off)" },
 	{ "levels", 0, "LIST", OPTG_TLG, opt_str, O(levels), 0, 0,
 	  "eval tlg: target levels, e.g. 10,150,>800 (default: all nine)" },
-	{ "prompts", 0, "FILE", OPTG_TLG, opt_str, O(prompts), 0, 0,
+	{ "prompts", 0, "FILE", OPTG_TLG, opt_path, O(prompts), 0, 0,
 	  "eval tlg: prompt set as TSV lines LEVEL<TAB>FORM<TAB>INSTRUCTION (default: built in)" },
 	{ "format", 0, "chat|raw", OPTG_EVAL, opt_eval_format, 0, 0, 0,
 	  "prompt format: chat template (default) or raw text" },
@@ -385,15 +415,15 @@ static const struct cli_opt cli_opt_table[] = {
 	  "deadline of one hook, command, timer or policy call (default 50)" },
 	{ "mem-cap", 0, "MIB", OPTG_RUN, opt_u32, O(mem_cap_mib), 1, 65536,
 	  "memory cap of each Lua state in MiB (default 64)" },
-	{ "results", 0, "DIR", OPTG_RUN, opt_str, O(results), 0, 0,
+	{ "results", 0, "DIR", OPTG_RUN, opt_path, O(results), 0, 0,
 	  "directory kvscope.write writes under (default results)" },
 	{ "api-doc", 0, NULL, OPTG_RUN, opt_flag, O(api_doc), 0, 0,
 	  "print the Lua API reference (doc/lua-api.md) and exit" },
-	{ "db", 0, "PATH", OPTG_DB, opt_str, O(db), 0, 0,
+	{ "db", 0, "PATH", OPTG_DB, opt_path, O(db), 0, 0,
 	  "session database (default $XDG_DATA_HOME/kvscope/memory.db)" },
 	{ "resume", 0, "[ID|TITLE]", OPTG_SAVE, opt_resume, 0, 0, 0,
 	  "continue a saved session (default: the latest) from its retained KV cache" },
-	{ "title", 0, "TEXT", OPTG_SAVE, opt_str, O(title), 0, 0,
+	{ "title", 0, "TEXT", OPTG_SAVE, opt_title, O(title), 0, 0,
 	  "save the conversation as a session with this title" },
 	{ "save", 0, NULL, OPTG_SAVE, opt_flag, O(save), 0, 0,
 	  "save the conversation (implied by --db, --resume and --title)" },

@@ -3,12 +3,18 @@
  * export): its settings, every turn, and each turn's memory events, with
  * the evicted tokens' text when the caller passes the vocabulary.
  *
- * The output is read-only work over the database: the JSON is one object
- * (strings escaped, a detail column that is already JSON copied as is);
- * the Markdown quotes user text line by line so it cannot break the page.
+ * The output is read-only work over the database, and stays well formed
+ * whatever the database holds (a crafted file included): the JSON is one
+ * valid object (strings escaped, control characters as \u00XX, invalid
+ * UTF-8 as U+FFFD, non-finite numbers as null, a detail column copied as
+ * is only when it is one JSON value); the Markdown quotes user text line
+ * by line so it cannot break the page, and shows control characters and
+ * invalid UTF-8 as \xHH (store_text_escape), so printing it cannot drive
+ * a terminal. Writing stops at the first write error.
  */
 #include "store/store-int.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,35 +30,169 @@ int store_format_parse(const char *name, enum store_format *out, struct err *e)
 	return err_set(e, KVS_EARG, "export format '%s': expected md or json", name);
 }
 
-/* A JSON string (quotes included). */
+/* A JSON string (quotes included) that is always valid JSON, whatever the
+ * database holds: control characters (C0, DEL, C1) as \u00XX (so the JSON
+ * is also safe to print), each byte of an invalid UTF-8 sequence as
+ * U+FFFD. */
 static void json_str(FILE *fp, const char *s)
 {
+	const uint8_t *p = (const uint8_t *)(s ? s : "");
+	size_t n = strlen((const char *)p);
 	fputc('"', fp);
-	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(fp, "\\%c", *p);
-		else if (*p == '\n')
+	for (size_t i = 0; i < n;) {
+		uint32_t cp = 0;
+		size_t k = utf8_decode(p + i, n - i, &cp);
+		if (k == 0) {
+			fputs("\xEF\xBF\xBD", fp); /* U+FFFD */
+			i++;
+			continue;
+		}
+		if (cp == '"' || cp == '\\')
+			fprintf(fp, "\\%c", (char)cp);
+		else if (cp == '\n')
 			fputs("\\n", fp);
-		else if (*p == '\t')
+		else if (cp == '\t')
 			fputs("\\t", fp);
-		else if (*p < 0x20)
-			fprintf(fp, "\\u%04x", *p);
+		else if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+			fprintf(fp, "\\u%04x", (unsigned)cp);
 		else
-			fputc(*p, fp);
+			fwrite(p + i, 1, k, fp);
+		i += k;
 	}
 	fputc('"', fp);
+}
+
+/* A JSON number (a time: milliseconds' precision; else 9 digits), or null
+ * for what JSON has no number for (inf, nan). */
+static void json_num(FILE *fp, bool time, double v)
+{
+	if (!isfinite(v))
+		fputs("null", fp);
+	else if (time)
+		fprintf(fp, "%.3f", v);
+	else
+		fprintf(fp, "%.9g", v);
+}
+
+/* Skip JSON white space. */
+static const char *json_ws(const char *p)
+{
+	return p + strspn(p, " \t\n\r");
+}
+
+/* The end of the JSON value at p (white space before it skipped), or NULL
+ * when it is not one (RFC 8259, strings in valid UTF-8 without raw control
+ * characters; nesting at most depth levels). */
+static const char *json_value_end(const char *p, int depth)
+{
+	p = json_ws(p);
+	if (depth <= 0)
+		return NULL;
+	if (*p == '{' || *p == '[') {
+		char close = *p == '{' ? '}' : ']';
+		bool obj = *p == '{';
+		p = json_ws(p + 1);
+		if (*p == close)
+			return p + 1;
+		for (;;) {
+			if (obj) {
+				if (*json_ws(p) != '"' || (p = json_value_end(p, depth - 1)) == NULL)
+					return NULL;
+				p = json_ws(p);
+				if (*p++ != ':')
+					return NULL;
+			}
+			if ((p = json_value_end(p, depth - 1)) == NULL)
+				return NULL;
+			p = json_ws(p);
+			if (*p == close)
+				return p + 1;
+			if (*p++ != ',')
+				return NULL;
+		}
+	}
+	if (*p == '"') {
+		const uint8_t *q = (const uint8_t *)p + 1;
+		for (;;) {
+			uint32_t cp;
+			size_t k = utf8_decode(q, strlen((const char *)q), &cp);
+			if (k == 0 || cp < 0x20)
+				return NULL; /* bad UTF-8, a raw control character or the end */
+			if (cp == '"')
+				return (const char *)q + 1;
+			if (cp == '\\') {
+				if (q[1] == 'u') {
+					if (strspn((const char *)q + 2, "0123456789abcdefABCDEF") < 4)
+						return NULL;
+					q += 6;
+				} else if (q[1] != '\0' && strchr("\"\\/bfnrt", q[1]) != NULL) {
+					q += 2;
+				} else {
+					return NULL;
+				}
+				continue;
+			}
+			q += k;
+		}
+	}
+	static const char *const words[] = { "true", "false", "null" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(words); i++)
+		if (strncmp(p, words[i], strlen(words[i])) == 0)
+			return p + strlen(words[i]);
+	/* a number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+	const char *q = p + (*p == '-');
+	size_t d = strspn(q, "0123456789");
+	if (d == 0 || (q[0] == '0' && d > 1))
+		return NULL;
+	q += d;
+	if (*q == '.') {
+		d = strspn(q + 1, "0123456789");
+		if (d == 0)
+			return NULL;
+		q += 1 + d;
+	}
+	if (*q == 'e' || *q == 'E') {
+		q += 1 + (q[1] == '+' || q[1] == '-');
+		d = strspn(q, "0123456789");
+		if (d == 0)
+			return NULL;
+		q += d;
+	}
+	return q;
+}
+
+/* A column that holds JSON (an event's detail): copied when it is one JSON
+ * value, else written as a string, so the export stays valid JSON. */
+static void json_raw(FILE *fp, const char *s)
+{
+	const char *end = s ? json_value_end(s, 32) : NULL;
+	if (end != NULL && *json_ws(end) == '\0')
+		fputs(s, fp);
+	else
+		json_str(fp, s);
+}
+
+/* Text from the database for a Markdown page: control characters and bad
+ * UTF-8 as \xHH (store_text_escape); keep: what passes as it is. */
+static void md_text(FILE *fp, const char *s, unsigned keep)
+{
+	char *t = store_text_escape(s, keep);
+	fputs(t, fp);
+	free(t);
 }
 
 /* Text for a Markdown quote block: every line prefixed with "> ". */
 static void md_quote(FILE *fp, const char *s)
 {
+	char *t = store_text_escape(s, STORE_TEXT_KEEP_NL | STORE_TEXT_KEEP_TAB);
 	fputs("> ", fp);
-	for (const char *p = s ? s : ""; *p; p++) {
+	for (const char *p = t; *p; p++) {
 		fputc(*p, fp);
 		if (*p == '\n')
 			fputs("> ", fp);
 	}
 	fputc('\n', fp);
+	free(t);
 }
 
 /* Print one column value as JSON (number, string or null). */
@@ -63,7 +203,7 @@ static void json_col(FILE *fp, sqlite3_stmt *st, int i)
 		fprintf(fp, "%lld", (long long)sqlite3_column_int64(st, i));
 		break;
 	case SQLITE_FLOAT:
-		fprintf(fp, "%.9g", sqlite3_column_double(st, i));
+		json_num(fp, false, sqlite3_column_double(st, i));
 		break;
 	case SQLITE_NULL:
 		fputs("null", fp);
@@ -71,6 +211,13 @@ static void json_col(FILE *fp, sqlite3_stmt *st, int i)
 	default:
 		json_str(fp, (const char *)sqlite3_column_text(st, i));
 	}
+}
+
+/* Column i as text for Markdown: "" for NULL. */
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+	const unsigned char *t = sqlite3_column_text(st, i);
+	return t ? (const char *)t : "";
 }
 
 /* The text of the tokens in an event's detail ("[[pos, id, score], ...]"),
@@ -127,58 +274,64 @@ static int export_events(struct store *s, int64_t id, int64_t turn, enum store_f
 	sqlite3_bind_int64(st, 2, turn);
 	static const char *const names[] = { "kind", "cause", "policy", "n_tokens", "n_incoming",
 		                             "fallback", "detail", "at" };
-	int r, k = 0;
+	int r = SQLITE_DONE, k = 0;
 	if (fmt == STORE_FMT_JSON)
 		fputc('[', fp);
-	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *kind = (const char *)sqlite3_column_text(st, 0);
+	while (!ferror(fp) && (r = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *kind = col_text(st, 0), *detail = col_text(st, 6);
 		if (fmt == STORE_FMT_JSON) {
 			fputs(k++ ? ",{" : "{", fp);
 			for (int c = 0; c < 8; c++) {
 				fprintf(fp, "%s\"%s\":", c ? "," : "", names[c]);
 				if (c == 6)
-					fputs((const char *)sqlite3_column_text(st, c), fp); /* already JSON */
+					json_raw(fp, detail); /* already JSON, unless the file was altered */
 				else
 					json_col(fp, st, c);
 			}
 			if (v != NULL && strcmp(kind, "policy") != 0) {
 				fputs(",\"text\":", fp);
-				export_token_text(fp, (const char *)sqlite3_column_text(st, 6), v, true);
+				export_token_text(fp, detail, v, true);
 			}
 			fputc('}', fp);
 			continue;
 		}
 		if (k++ == 0)
 			fputs("\nMemory events:\n\n", fp);
-		const char *policy = (const char *)sqlite3_column_text(st, 2);
 		if (strcmp(kind, "evict") == 0) {
-			const char *fb = (const char *)sqlite3_column_text(st, 5);
-			fprintf(fp,
-			        "- evicted %lld tokens (cause: %s, making room for %lld; policy %s%s%s)",
-			        (long long)sqlite3_column_int64(st, 3), sqlite3_column_text(st, 1),
-			        (long long)sqlite3_column_int64(st, 4), policy ? policy : "?",
-			        fb ? "; fallback: " : "", fb ? fb : "");
+			fprintf(fp, "- evicted %lld tokens (cause: ", (long long)sqlite3_column_int64(st, 3));
+			md_text(fp, col_text(st, 1), 0);
+			fprintf(fp, ", making room for %lld; policy ", (long long)sqlite3_column_int64(st, 4));
+			md_text(fp, sqlite3_column_type(st, 2) == SQLITE_NULL ? "?" : col_text(st, 2), 0);
+			if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
+				fputs("; fallback: ", fp);
+				md_text(fp, col_text(st, 5), 0);
+			}
+			fputc(')', fp);
 			if (v != NULL) {
 				fputs(": ", fp);
-				export_token_text(fp, (const char *)sqlite3_column_text(st, 6), v, false);
+				export_token_text(fp, detail, v, false);
 			}
-			fprintf(fp, "; [position, token id, final score]: %s\n", sqlite3_column_text(st, 6));
+			fputs("; [position, token id, final score]: ", fp);
 		} else if (strcmp(kind, "policy") == 0) {
-			fprintf(fp, "- policy changed: %s\n", sqlite3_column_text(st, 6));
+			fputs("- policy changed: ", fp);
 		} else if (strcmp(kind, "reset") == 0) {
 			fprintf(fp, "- the cache was cleared (a new conversation began)\n");
+			continue;
 		} else {
-			fprintf(fp, "- %s", kind);
+			fputs("- ", fp);
+			md_text(fp, kind, 0);
 			if (v != NULL) {
 				fputs(" ", fp);
-				export_token_text(fp, (const char *)sqlite3_column_text(st, 6), v, false);
+				export_token_text(fp, detail, v, false);
 			}
-			fprintf(fp, ": [position, token id, score] %s\n", sqlite3_column_text(st, 6));
+			fputs(": [position, token id, score] ", fp);
 		}
+		md_text(fp, detail, 0);
+		fputc('\n', fp);
 	}
 	if (fmt == STORE_FMT_JSON)
 		fputc(']', fp);
-	rc = r == SQLITE_DONE ? KVS_OK : store_fail(s, r, "reading memory events", e);
+	rc = ferror(fp) || r == SQLITE_DONE ? KVS_OK : store_fail(s, r, "reading memory events", e);
 	sqlite3_finalize(st);
 	return rc;
 }
@@ -209,13 +362,26 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 			json_str(fp, ss.system);
 		else
 			fputs("null", fp);
-		fprintf(fp, ",\"created\":%.3f,\"updated\":%.3f,\"tokens\":%u,\"kept\":%u,\"turns\":[",
-		        ss.created, ss.updated, ss.n_tokens, ss.n_kept);
+		fputs(",\"created\":", fp);
+		json_num(fp, true, ss.created);
+		fputs(",\"updated\":", fp);
+		json_num(fp, true, ss.updated);
+		fprintf(fp, ",\"tokens\":%u,\"kept\":%u,\"turns\":[", ss.n_tokens, ss.n_kept);
 	} else {
-		fprintf(fp, "# %s\n\nSession %lld, model %s (%s, sha256 %s), KV policy %s, budget %u "
-		            "tokens, context %u; sampler %s.\n",
-		        ss.title, (long long)ss.id, ss.model_path, ss.arch, ss.model_sha256, ss.policy,
-		        ss.budget, ss.n_ctx, ss.sampler);
+		/* every string from the database through md_text: one line each */
+		fputs("# ", fp);
+		md_text(fp, ss.title, 0);
+		fprintf(fp, "\n\nSession %lld, model ", (long long)ss.id);
+		md_text(fp, ss.model_path, 0);
+		fputs(" (", fp);
+		md_text(fp, ss.arch, 0);
+		fputs(", sha256 ", fp);
+		md_text(fp, ss.model_sha256, 0);
+		fputs("), KV policy ", fp);
+		md_text(fp, ss.policy, 0);
+		fprintf(fp, ", budget %u tokens, context %u; sampler ", ss.budget, ss.n_ctx);
+		md_text(fp, ss.sampler, 0);
+		fputs(".\n", fp);
 		fprintf(fp, "%u tokens entered the cache, %u are kept now, %u were evicted.\n",
 		        ss.n_tokens, ss.n_kept, ss.n_tokens - ss.n_kept);
 		if (ss.system)
@@ -229,9 +395,9 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 	                   "k.kept) FROM turns t WHERE session_id = ? ORDER BY idx",
 	                   &st, e);
 	if (rc == KVS_OK) {
-		int r, k = 0;
+		int r = SQLITE_DONE, k = 0;
 		sqlite3_bind_int64(st, 1, id);
-		while (rc == KVS_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+		while (rc == KVS_OK && !ferror(fp) && (r = sqlite3_step(st)) == SQLITE_ROW) {
 			int64_t idx = sqlite3_column_int64(st, 0);
 			if (fmt == STORE_FMT_JSON) {
 				static const char *const names[] = { "index", "user", "reply", "n_prompt",
@@ -253,18 +419,18 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 			}
 			fprintf(fp, "\n## Turn %lld%s\n\n**User:**\n\n", (long long)idx,
 			        sqlite3_column_int(st, 8) ? "" : " (incomplete)");
-			md_quote(fp, (const char *)sqlite3_column_text(st, 1));
+			md_quote(fp, col_text(st, 1));
 			fputs("\n**Assistant:**\n\n", fp);
-			md_quote(fp, (const char *)sqlite3_column_text(st, 2));
-			fprintf(fp,
-			        "\n%lld prompt tokens (%.0f ms), %lld reply tokens (%.0f ms), stop: %s; "
-			        "%lld of its tokens have been evicted since.\n",
+			md_quote(fp, col_text(st, 2));
+			fprintf(fp, "\n%lld prompt tokens (%.0f ms), %lld reply tokens (%.0f ms), stop: ",
 			        (long long)sqlite3_column_int64(st, 3), sqlite3_column_double(st, 5),
-			        (long long)sqlite3_column_int64(st, 4), sqlite3_column_double(st, 6),
-			        sqlite3_column_text(st, 7), (long long)sqlite3_column_int64(st, 11));
+			        (long long)sqlite3_column_int64(st, 4), sqlite3_column_double(st, 6));
+			md_text(fp, col_text(st, 7), 0);
+			fprintf(fp, "; %lld of its tokens have been evicted since.\n",
+			        (long long)sqlite3_column_int64(st, 11));
 			rc = export_events(s, id, idx, fmt, v, fp, e);
 		}
-		if (rc == KVS_OK && r != SQLITE_DONE)
+		if (rc == KVS_OK && !ferror(fp) && r != SQLITE_DONE)
 			rc = store_fail(s, r, "reading turns", e);
 		sqlite3_finalize(st);
 	}
@@ -272,6 +438,6 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 		fputs("]}\n", fp);
 	store_session_free(&ss);
 	if (rc == KVS_OK && ferror(fp))
-		rc = err_set(e, KVS_EIO, "export: write failed");
+		rc = err_set(e, KVS_EIO, "export: write error");
 	return rc;
 }

@@ -53,7 +53,13 @@ int store_step_session(struct store *s, sqlite3_stmt *st, int64_t id, struct err
  * model); sha gets its name, bytes its size. */
 int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha, char sha[65],
                     uint64_t *bytes, struct err *e);
-/* Remove snapshot sha's file unless a row still refers to it. */
+/* Whether sha can name a snapshot file: 64 lowercase hex digits. Every
+ * name read from a database is checked before it becomes a path. */
+bool store_is_sha256(const char *sha);
+/* Remove snapshot sha's file unless a row still refers to it (nothing when
+ * sha is not a name, or the directory is a symbolic link). */
 void store_snap_unlink_unused(struct store *s, const char *sha);
+/* Remove leftover temporary files and unreferenced snapshots (vacuum). */
+int store_snap_sweep(struct store *s, struct err *e);
 
 #endif

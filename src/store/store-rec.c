@@ -84,7 +84,7 @@ int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct k
 	rec->committed_pos = (int32_t)sqlite3_column_int64(st, 1);
 	rec->n_turns = (uint32_t)sqlite3_column_int64(st, 2);
 	const unsigned char *sha = sqlite3_column_text(st, 3);
-	if (sha != NULL)
+	if (store_is_sha256((const char *)sha)) /* a crafted name is never unlinked */
 		snprintf(rec->snap_sha, sizeof rec->snap_sha, "%s", (const char *)sha);
 	sqlite3_finalize(st);
 	struct kv_stats ks;

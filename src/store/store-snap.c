@@ -16,39 +16,108 @@
  */
 #include "store/store-int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SNAP_MAGIC "KVSSNAP1"
 
 /* ------------------------------------------------------------------ files */
 
-/* Path of snapshot sha in s's snapshot directory (allocated). */
+bool store_is_sha256(const char *sha)
+{
+	return sha != NULL && strlen(sha) == 64 && strspn(sha, "0123456789abcdef") == 64;
+}
+
+/* Path of snapshot sha in s's snapshot directory (allocated); sha is a
+ * checked name (store_is_sha256). */
 static char *snap_path(const struct store *s, const char *sha)
 {
 	return xasprintf("%s/%s.kvs", s->snapdir, sha);
 }
 
-/* Remove a snapshot file unless a row still refers to it. */
+/* The snapshot directory opened for *at calls, never through a symbolic
+ * link (a link would let the store write and delete in another folder);
+ * create: make it first when it is missing. Returns the descriptor, or -1
+ * with e saying why (KVS_ENOTFOUND: missing and not created). */
+static int snap_dir_open(const struct store *s, bool create, struct err *e)
+{
+	if (create && mkdir(s->snapdir, 0777) != 0 && errno != EEXIST) {
+		err_set(e, KVS_EIO, "%s: cannot create the snapshot directory: %s", s->snapdir,
+		        strerror(errno));
+		return -1;
+	}
+	int fd = open(s->snapdir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0)
+		return fd;
+	int why = errno;
+	struct stat sb;
+	if (why == ELOOP || (lstat(s->snapdir, &sb) == 0 && S_ISLNK(sb.st_mode)))
+		err_set(e, KVS_EARG,
+		        "%s: is a symbolic link; snapshots are not written or removed through one",
+		        s->snapdir);
+	else
+		err_set(e, why == ENOENT ? KVS_ENOTFOUND : KVS_EIO, "%s: cannot open: %s", s->snapdir,
+		        strerror(why));
+	return -1;
+}
+
+/* Remove a snapshot file unless a row still refers to it. A name that is
+ * not a SHA-256 (a crafted database's "../x") is never a file name. */
 void store_snap_unlink_unused(struct store *s, const char *sha)
 {
 	sqlite3_stmt *st;
 	struct err e;
+	if (!store_is_sha256(sha))
+		return;
 	if (store_prepare(s, "SELECT 1 FROM snapshots WHERE sha256 = ?", &st, &e) != KVS_OK)
 		return;
 	sqlite3_bind_text(st, 1, sha, -1, SQLITE_TRANSIENT);
 	bool used = sqlite3_step(st) == SQLITE_ROW;
 	sqlite3_finalize(st);
-	if (!used) {
-		char *p = snap_path(s, sha);
-		unlink(p);
-		free(p);
+	if (used)
+		return;
+	int dfd = snap_dir_open(s, false, &e);
+	if (dfd < 0)
+		return;
+	char name[72];
+	snprintf(name, sizeof name, "%s.kvs", sha);
+	unlinkat(dfd, name, 0);
+	close(dfd);
+}
+
+/* Remove the temporary files a crash left and the snapshot files no row
+ * refers to (store_vacuum); a missing directory has nothing to remove. */
+int store_snap_sweep(struct store *s, struct err *e)
+{
+	int dfd = snap_dir_open(s, false, e);
+	if (dfd < 0)
+		return e->code == KVS_ENOTFOUND ? KVS_OK : e->code;
+	DIR *d = fdopendir(dfd);
+	if (d == NULL) {
+		close(dfd);
+		return err_set(e, KVS_EIO, "%s: cannot read: %s", s->snapdir, strerror(errno));
 	}
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		if (strncmp(de->d_name, ".tmp-", 5) == 0) {
+			unlinkat(dirfd(d), de->d_name, 0);
+		} else if (len == 68 && strcmp(de->d_name + 64, ".kvs") == 0) {
+			char sha[65];
+			memcpy(sha, de->d_name, 64);
+			sha[64] = '\0';
+			store_snap_unlink_unused(s, sha);
+		}
+	}
+	closedir(d);
+	return KVS_OK;
 }
 
 /* The fixed part of a snapshot file (native byte order; the magic's
@@ -81,20 +150,25 @@ static int snap_write(int fd, struct sha256 *h, const void *buf, size_t n, const
 	return KVS_OK;
 }
 
-/* fsync a directory so a rename in it is durable. */
-static int snap_sync_dir(const char *dir, struct err *e)
+/* A new temporary file in the directory dfd, opened for writing (its name,
+ * ".tmp-...", into name); -1 with errno when none could be made. */
+static int snap_tmp_open(int dfd, char name[64])
 {
-	int fd = open(dir, O_RDONLY | O_DIRECTORY);
-	if (fd < 0)
-		return err_set(e, KVS_EIO, "%s: cannot open the directory: %s", dir, strerror(errno));
-	int r = fsync(fd);
-	int saved = errno;
-	close(fd);
-	return r == 0 ? KVS_OK
-	              : err_set(e, KVS_EIO, "%s: fsync failed: %s", dir, strerror(saved));
+	static unsigned counter;
+	struct timespec ts;
+	for (int tries = 0; tries < 100; tries++) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		snprintf(name, 64, ".tmp-%ld-%u-%ld", (long)getpid(), counter++, (long)ts.tv_nsec);
+		int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0 || errno != EEXIST)
+			return fd;
+	}
+	return -1;
 }
 
-/* Write kv's snapshot (model_sha identifies the model); sha gets its name. */
+/* Write kv's snapshot (model_sha identifies the model); sha gets its name.
+ * Every file operation is relative to the directory opened without
+ * following a link (snap_dir_open). */
 int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha, char sha[65],
                      uint64_t *bytes, struct err *e)
 {
@@ -106,17 +180,19 @@ int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha,
 	struct snap_head h;
 	struct sha256 hs;
 	uint8_t d[32];
-	if (mkdir(s->snapdir, 0777) != 0 && errno != EEXIST)
-		return err_set(e, KVS_EIO, "%s: cannot create the snapshot directory: %s", s->snapdir,
-		               strerror(errno));
-	char *tmp = xasprintf("%s/.tmp-XXXXXX", s->snapdir);
-	int fd = mkstemp(tmp);
+	char name[64], final[72];
+	*bytes = 0;
+	int dfd = snap_dir_open(s, true, e);
+	if (dfd < 0)
+		return e->code;
+	int fd = snap_tmp_open(dfd, name);
 	if (fd < 0) {
 		int rc = err_set(e, KVS_EIO, "%s: cannot create a snapshot: %s", s->snapdir,
 		                 strerror(errno));
-		free(tmp);
+		close(dfd);
 		return rc;
 	}
+	char *tmp = xasprintf("%s/%s", s->snapdir, name);
 	memset(&h, 0, sizeof h);
 	memcpy(h.magic, SNAP_MAGIC, 8);
 	h.kv_type = (uint32_t)engine_kv_type(eng);
@@ -149,15 +225,17 @@ int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha,
 	if (rc == KVS_OK) {
 		sha256_final(&hs, d);
 		sha256_hex(d, sha);
-		char *dst = snap_path(s, sha);
-		if (rename(tmp, dst) != 0)
-			rc = err_set(e, KVS_EIO, "%s: rename failed: %s", dst, strerror(errno));
-		free(dst);
+		snprintf(final, sizeof final, "%s.kvs", sha);
+		if (renameat(dfd, name, dfd, final) != 0)
+			rc = err_set(e, KVS_EIO, "%s/%s: rename failed: %s", s->snapdir, final,
+			             strerror(errno));
 	}
-	if (rc == KVS_OK)
-		rc = snap_sync_dir(s->snapdir, e);
+	/* the rename is durable once the directory is */
+	if (rc == KVS_OK && fsync(dfd) != 0)
+		rc = err_set(e, KVS_EIO, "%s: fsync failed: %s", s->snapdir, strerror(errno));
 	if (rc != KVS_OK)
-		unlink(tmp);
+		unlinkat(dfd, name, 0);
+	close(dfd);
 	*bytes = sizeof h + (uint64_t)n * (12 + h.bytes_per_slot) + h.n_vocab * 4ull +
 	         (uint64_t)n * h.acc_stride * 4;
 	free(tmp);
@@ -173,12 +251,17 @@ static int snap_load(struct store *s, const char *sha, const char *model_sha,
 {
 	struct engine *eng = kv_cache_engine(kv);
 	const struct hparams *hp = &engine_model(eng)->hp;
-	char *path = snap_path(s, sha), *buf = NULL;
+	char *path, *buf = NULL;
 	size_t len = 0;
 	struct err e;
 	uint8_t d[32];
 	char hex[65];
 	struct sha256 hs;
+	if (!store_is_sha256(sha)) {
+		snprintf(why, why_cap, "the database names a snapshot that is not a SHA-256 (ignored)");
+		return KVS_EFORMAT;
+	}
+	path = snap_path(s, sha);
 	int rc = file_read_all(path, &buf, &len, &e);
 	free(path);
 	if (rc != KVS_OK) {
@@ -279,7 +362,8 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 		rc = err_set(e, KVS_EARG,
 		             "session %lld was recorded with model sha256 %.16s..., the model loaded "
 		             "now has %.16s...; resume it with the same model file (--model)",
-		             (long long)id, sess_sha ? sess_sha : "?", model_sha256 ? model_sha256 : "?");
+		             (long long)id, store_is_sha256(sess_sha) ? sess_sha : "?",
+		             model_sha256 ? model_sha256 : "?");
 		free(sess_sha);
 		free(snap_sha);
 		return rc;

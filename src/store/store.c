@@ -16,10 +16,17 @@
  * migrations). Migrations are the SQL files in src/store/migrations/,
  * embedded at build time (scripts/embed-sql.sh); migration i sets
  * PRAGMA user_version = i, each in its own transaction.
+ *
+ * Opening is safe against the outside world (doc/store.md lists the
+ * guarantees): SQLite gets a file: URI of the path, so no name is taken
+ * for a temporary or in-memory database; processes creating one database
+ * at once serialise on the WAL switch and on BEGIN IMMEDIATE, inside which
+ * each migration rereads the version; readers on read-only media open it
+ * immutable; a writer there is refused with one line. Session titles are
+ * checked on the way in and keys are never empty (store-text.c).
  */
 #include "store/store-int.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -29,6 +36,7 @@
 #include <unistd.h>
 
 #define STORE_APP_ID 0x6b767363 /* "kvsc" in PRAGMA application_id */
+#define STORE_BUSY_MS 5000      /* how long a writer waits for another's lock */
 
 struct store_migration {
 	const char *name;
@@ -205,32 +213,152 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 	return KVS_OK;
 }
 
-/* Whether the database has any table (a foreign one when it lacks our id). */
-static int store_n_tables(struct store *s, int64_t *n, struct err *e)
+/* The application id, the schema version and the number of tables (a
+ * foreign database has tables without our id), read in one statement: one
+ * snapshot, so another process's migration is seen whole or not at all. */
+static int store_identity(struct store *s, int64_t *app, int64_t *ver, int64_t *ntab,
+                          struct err *e)
 {
-	return store_int(s, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'", n, e);
+	sqlite3_stmt *st;
+	int rc = store_prepare(s,
+	                       "SELECT (SELECT application_id FROM pragma_application_id), "
+	                       "(SELECT user_version FROM pragma_user_version), "
+	                       "(SELECT count(*) FROM sqlite_schema WHERE type = 'table')",
+	                       &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	int r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		*app = sqlite3_column_int64(st, 0);
+		*ver = sqlite3_column_int64(st, 1);
+		*ntab = sqlite3_column_int64(st, 2);
+	}
+	sqlite3_finalize(st);
+	return r == SQLITE_ROW ? KVS_OK : store_fail(s, r, "reading the database header", e);
 }
 
-/* Apply the migrations after the current version, one transaction each. */
+/* Apply the migrations after the current version, one transaction each.
+ * The version is read again inside each BEGIN IMMEDIATE: two processes that
+ * create the database at once both get here with version 0, and the second
+ * must find the first one's tables instead of creating them again. */
 static int store_migrate(struct store *s, struct err *e)
 {
-	for (int v = s->version; v < store_schema_latest(); v++) {
+	while (s->version < store_schema_latest()) {
 		char set[96];
+		int64_t v = 0;
 		int rc = store_exec(s, "BEGIN IMMEDIATE", "starting a migration", e);
 		if (rc == KVS_OK)
-			rc = store_exec(s, store_migrations[v].sql, store_migrations[v].name, e);
-		snprintf(set, sizeof set, "PRAGMA user_version = %d; PRAGMA application_id = %d", v + 1,
-		         STORE_APP_ID);
-		if (rc == KVS_OK)
-			rc = store_exec(s, set, "setting the schema version", e);
-		if (rc == KVS_OK)
+			rc = store_int(s, "PRAGMA user_version", &v, e);
+		if (rc == KVS_OK && v < 0)
+			rc = err_set(e, KVS_EFORMAT, "%s: schema version %lld; expected 0 or more", s->path,
+			             (long long)v);
+		if (rc == KVS_OK && v > store_schema_latest())
+			rc = err_set(e, KVS_EUNSUPPORTED,
+			             "%s: schema version %lld was written by a newer kvscope (this one "
+			             "knows up to %d)",
+			             s->path, (long long)v, store_schema_latest());
+		if (rc == KVS_OK && v >= store_schema_latest()) {
 			rc = store_exec(s, "COMMIT", "committing a migration", e);
+		} else if (rc == KVS_OK) {
+			rc = store_exec(s, store_migrations[v].sql, store_migrations[v].name, e);
+			snprintf(set, sizeof set, "PRAGMA user_version = %d; PRAGMA application_id = %d",
+			         (int)v + 1, STORE_APP_ID);
+			if (rc == KVS_OK)
+				rc = store_exec(s, set, "setting the schema version", e);
+			if (rc == KVS_OK)
+				rc = store_exec(s, "COMMIT", "committing a migration", e);
+			v++;
+		}
 		if (rc != KVS_OK) {
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 			return rc;
 		}
-		s->version = v + 1;
+		s->version = (int)v;
 	}
+	return KVS_OK;
+}
+
+/* Switch the database to WAL mode. SQLite answers a switch that meets
+ * another connection's lock with SQLITE_BUSY at once, without its busy
+ * handler (two processes creating the database together do), so wait here
+ * as a writer waits for a lock: up to STORE_BUSY_MS, a try every 10 ms. */
+static int store_wal(struct store *s, struct err *e)
+{
+	for (int waited = 0;; waited += 10) {
+		int r = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
+		if (r == SQLITE_OK)
+			return KVS_OK;
+		if ((r & 0xff) != SQLITE_BUSY || waited >= STORE_BUSY_MS)
+			return store_fail(s, r, "switching to WAL mode", e);
+		sqlite3_sleep(10);
+	}
+}
+
+/* 0 when the folder that holds path lets us create files (the WAL, its
+ * index, the snapshot folder), else why not (an errno). */
+static int store_dir_access(const char *path)
+{
+	char *dir = xstrdup(path), *slash = strrchr(dir, '/');
+	int err;
+	if (slash == NULL)
+		strcpy(dir, ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	err = access(dir, W_OK) == 0 ? 0 : errno;
+	free(dir);
+	return err;
+}
+
+/* Whether path-wal holds log records (a write not yet checkpointed). */
+static bool store_wal_has_data(const char *path)
+{
+	struct stat sb;
+	char *wal = xasprintf("%s-wal", path);
+	bool has = stat(wal, &sb) == 0 && sb.st_size > 0;
+	free(wal);
+	return has;
+}
+
+/* The SQLite URI of path: bytes other than unreserved ones and '/'
+ * percent-encoded and a relative path led by "./", so that no name (":memory:",
+ * "file:x?mode=memory", one with '?' or '#') means anything to SQLite but
+ * that file; query is "" or "?immutable=1". */
+static char *store_uri(const char *path, const char *query)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = strlen(path);
+	char *u = xmalloc(3 * n + strlen(query) + 16), *o = u;
+	o += sprintf(o, path[0] == '/' ? "file://" : "file:./");
+	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		    strchr("-._~/", *p) != NULL) {
+			*o++ = (char)*p;
+		} else {
+			*o++ = '%';
+			*o++ = hex[*p >> 4];
+			*o++ = hex[*p & 15];
+		}
+	}
+	strcpy(o, query);
+	return u;
+}
+
+/* Open s->db on the file (read-only: immutable when the folder cannot hold
+ * the WAL index and no log is waiting), extended codes and busy timeout on. */
+static int store_connect(struct store *s, struct err *e)
+{
+	bool immutable = s->ro && store_dir_access(s->path) != 0 && !store_wal_has_data(s->path);
+	int flags = s->ro ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+	char *uri = store_uri(s->path, immutable ? "?immutable=1" : "");
+	int r = sqlite3_open_v2(uri, &s->db, flags | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI, NULL);
+	free(uri);
+	if (r != SQLITE_OK)
+		return err_set(e, KVS_EIO, "%s: cannot open the database: %s", s->path,
+		               s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(r));
+	sqlite3_extended_result_codes(s->db, 1);
+	sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
 	return KVS_OK;
 }
 
@@ -238,6 +366,8 @@ int store_open(struct store **out, const char *path, enum store_mode mode, struc
 {
 	bool exists;
 	*out = NULL;
+	if (path == NULL || path[strspn(path, " \t")] == '\0')
+		return err_set(e, KVS_EARG, "empty database path; expected a file name (--db PATH)");
 	int rc = store_check_header(path, &exists, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -253,32 +383,38 @@ int store_open(struct store **out, const char *path, enum store_mode mode, struc
 		}
 		free(dir);
 	}
+	int why = mode == STORE_RW ? store_dir_access(path) : 0;
+	if (why == EACCES || why == EROFS || why == EPERM)
+		return err_set(e, KVS_EIO, "%s: read-only (folder not writable); cannot save", path);
 	struct store *s = xcalloc(1, sizeof *s);
 	s->path = xstrdup(path);
 	s->snapdir = xasprintf("%s-kv", path);
 	s->ro = mode == STORE_RO;
-	int flags = s->ro ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
-	int r = sqlite3_open_v2(path, &s->db, flags | SQLITE_OPEN_NOMUTEX, NULL);
-	if (r != SQLITE_OK) {
-		rc = err_set(e, KVS_EIO, "%s: cannot open the database: %s", path,
-		             s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(r));
+	rc = store_connect(s, e);
+	if (rc == KVS_OK && !s->ro && sqlite3_db_readonly(s->db, "main") == 1)
+		rc = err_set(e, KVS_EIO, "%s: read-only (file not writable); cannot save", path);
+	if (rc != KVS_OK) {
 		store_close(s);
 		return rc;
 	}
-	sqlite3_extended_result_codes(s->db, 1);
-	sqlite3_busy_timeout(s->db, 5000);
 	/* read-only checks first: nothing is written to a file we refuse */
 	int64_t app = 0, ver = 0, ntab = 0;
-	rc = store_int(s, "PRAGMA application_id", &app, e);
-	if (rc == KVS_OK)
-		rc = store_int(s, "PRAGMA user_version", &ver, e);
-	if (rc == KVS_OK)
-		rc = store_n_tables(s, &ntab, e);
+	rc = store_identity(s, &app, &ver, &ntab, e);
+	if (rc != KVS_OK && s->ro && store_wal_has_data(path) && store_dir_access(path) != 0)
+		rc = err_set(e, KVS_EIO,
+		             "%s: read-only folder, and a write-ahead log (%s-wal) not yet merged into "
+		             "the database; open it once where the folder is writable",
+		             path, path);
 	if (rc == KVS_OK && app != STORE_APP_ID && ntab > 0)
 		rc = err_set(e, KVS_EFORMAT,
 		             "%s: a SQLite database of another program (application id %lld, %lld "
 		             "tables); expected a kvscope database; the file was left as it is",
 		             path, (long long)app, (long long)ntab);
+	if (rc == KVS_OK && ver < 0)
+		rc = err_set(e, KVS_EFORMAT,
+		             "%s: schema version %lld; expected 0 or more (a kvscope database); the "
+		             "file was left as it is",
+		             path, (long long)ver);
 	if (rc == KVS_OK && ver > store_schema_latest())
 		rc = err_set(e, KVS_EUNSUPPORTED,
 		             "%s: schema version %lld was written by a newer kvscope (this one knows up "
@@ -306,7 +442,7 @@ int store_open(struct store **out, const char *path, enum store_mode mode, struc
 		             "read-write (kvscope chat --db) to migrate it",
 		             path, (long long)ver, store_schema_latest());
 	if (rc == KVS_OK && !s->ro) {
-		rc = store_exec(s, "PRAGMA journal_mode = WAL", "switching to WAL mode", e);
+		rc = store_wal(s, e);
 		if (rc == KVS_OK)
 			rc = store_migrate(s, e);
 	}
@@ -350,6 +486,8 @@ int store_session_create(struct store *s, const struct store_session *in, int64_
 {
 	sqlite3_stmt *st;
 	double now = store_now();
+	if (in->title != NULL && in->title[0] != '\0' && store_title_check(in->title, e) != KVS_OK)
+		return KVS_EARG;
 	int rc = store_prepare(s,
 	                       "INSERT INTO sessions (title, model_path, model_sha256, arch, policy, "
 	                       "budget, n_ctx, sampler, system, created, updated) VALUES "
@@ -459,36 +597,43 @@ int store_session_find(struct store *s, const char *key, int64_t *id, struct err
 {
 	sqlite3_stmt *st;
 	char *end;
-	bool numeric = false;
+	bool numeric;
 	long long v = 0;
-	if (key != NULL && key[0] != '\0') {
+	if (key != NULL && store_key_check(key, e) != KVS_OK)
+		return KVS_EARG;
+	/* an id is digits only: " 1" or "+1" is a title */
+	numeric = key != NULL && strspn(key, "0123456789") == strlen(key);
+	if (numeric) {
 		errno = 0;
 		v = strtoll(key, &end, 10);
-		numeric = *end == '\0' && errno == 0 && v > 0;
+		numeric = errno == 0 && v > 0;
 	}
 	const char *sql = numeric ? "SELECT id FROM sessions WHERE id = ?1 UNION ALL "
 	                            "SELECT id FROM sessions WHERE title = ?2"
-	                  : key && key[0] ? "SELECT id FROM sessions WHERE title = ?2 ORDER BY "
-	                                    "updated DESC, id DESC"
-	                                  : "SELECT id FROM sessions ORDER BY updated DESC, id DESC";
+	                  : key ? "SELECT id FROM sessions WHERE title = ?2 ORDER BY "
+	                          "updated DESC, id DESC"
+	                        : "SELECT id FROM sessions ORDER BY updated DESC, id DESC";
 	int rc = store_prepare(s, sql, &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	if (numeric)
 		sqlite3_bind_int64(st, 1, v);
-	if (key && key[0])
+	if (key)
 		sqlite3_bind_text(st, 2, key, -1, SQLITE_TRANSIENT);
 	int r = sqlite3_step(st);
-	if (r == SQLITE_ROW)
+	if (r == SQLITE_ROW) {
 		*id = sqlite3_column_int64(st, 0);
-	else if (r == SQLITE_DONE && key && key[0])
+	} else if (r == SQLITE_DONE && key) {
+		char *k = store_text_escape(key, 0);
 		rc = err_set(e, KVS_ENOTFOUND,
 		             "%s: no session with id or title '%s' (kvscope sessions list shows them)",
-		             s->path, key);
-	else if (r == SQLITE_DONE)
+		             s->path, k);
+		free(k);
+	} else if (r == SQLITE_DONE) {
 		rc = err_set(e, KVS_ENOTFOUND, "%s: no sessions saved yet", s->path);
-	else
+	} else {
 		rc = store_fail(s, r, "finding a session", e);
+	}
 	sqlite3_finalize(st);
 	return rc;
 }
@@ -496,6 +641,8 @@ int store_session_find(struct store *s, const char *key, int64_t *id, struct err
 int store_session_set_title(struct store *s, int64_t id, const char *title, struct err *e)
 {
 	sqlite3_stmt *st;
+	if (store_title_check(title, e) != KVS_OK)
+		return KVS_EARG;
 	int rc = store_prepare(s, "UPDATE sessions SET title = ? WHERE id = ?", &st, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -560,27 +707,7 @@ int store_check(struct store *s, struct err *e)
 int store_vacuum(struct store *s, struct err *e)
 {
 	int rc = store_exec(s, "VACUUM", "vacuuming", e);
-	if (rc != KVS_OK)
-		return rc;
-	DIR *d = opendir(s->snapdir);
-	if (d == NULL)
-		return KVS_OK;
-	struct dirent *de;
-	while ((de = readdir(d)) != NULL) {
-		size_t len = strlen(de->d_name);
-		if (strncmp(de->d_name, ".tmp-", 5) == 0) {
-			char *p = xasprintf("%s/%s", s->snapdir, de->d_name);
-			unlink(p);
-			free(p);
-		} else if (len == 68 && strcmp(de->d_name + 64, ".kvs") == 0) {
-			char sha[65];
-			memcpy(sha, de->d_name, 64);
-			sha[64] = '\0';
-			store_snap_unlink_unused(s, sha);
-		}
-	}
-	closedir(d);
-	return KVS_OK;
+	return rc == KVS_OK ? store_snap_sweep(s, e) : rc;
 }
 
 int store_model_sha256(struct store *s, const char *path, char out[65], struct err *e)
@@ -601,7 +728,7 @@ int store_model_sha256(struct store *s, const char *path, char out[65], struct e
 	bool hit = false;
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		const unsigned char *t = sqlite3_column_text(st, 0);
-		if (t && strlen((const char *)t) == 64) {
+		if (store_is_sha256((const char *)t)) { /* a SHA-256, whatever the file holds */
 			memcpy(out, t, 65);
 			hit = true;
 		}

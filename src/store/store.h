@@ -43,7 +43,12 @@ bool store_available(void);
 char *store_default_path(void);
 /* Open (or, read-write, create) the database at path. Refuses, without
  * touching the file, one that is not SQLite, a SQLite database that is not
- * kvscope's, one written by a newer kvscope, or a damaged one. */
+ * kvscope's, one written by a newer kvscope, or a damaged one; an empty or
+ * blank path (KVS_EARG). path is always a file name (":memory:" and
+ * "file:..." included). Read-only, it reads from read-only media too (a
+ * folder where the WAL index cannot be created); read-write, a folder or
+ * file that is not writable gets "read-only ...; cannot save". Processes
+ * opening a new database at once each see it created once. */
 int store_open(struct store **out, const char *path, enum store_mode mode, struct err *e);
 void store_close(struct store *s);
 const char *store_path(const struct store *s);
@@ -52,6 +57,23 @@ void store_set_busy_timeout(struct store *s, int ms);
 /* Schema version of the open database and the newest this build knows. */
 int store_schema_version(const struct store *s);
 int store_schema_latest(void);
+
+/* ---- text in and out (store-text.c; built with or without SQLite) ---- */
+
+enum {
+	STORE_TEXT_KEEP_NL = 1u << 0,  /* store_text_escape: newlines pass (multi-line bodies) */
+	STORE_TEXT_KEEP_TAB = 1u << 1, /* and tabs */
+};
+/* s (NULL: "") for a terminal or a Markdown page: every control character
+ * (C0, DEL, C1) but those keep names, and every byte of invalid UTF-8, as
+ * \xHH. Caller owns. */
+char *store_text_escape(const char *s, unsigned keep);
+/* A session title given by a user: KVS_OK, or KVS_EARG when it is blank,
+ * not valid UTF-8 or has a control character (a title is one line). */
+int store_title_check(const char *title, struct err *e);
+/* A session id or title given by a user to look one up: KVS_EARG when NULL,
+ * empty or blank (an unset shell variable must not pick a session). */
+int store_key_check(const char *key, struct err *e);
 
 /* ---- sessions ---- */
 
@@ -68,15 +90,19 @@ struct store_session {
 };
 
 void store_session_free(struct store_session *s);
-/* Create a session from in's descriptive fields; *id is the new id. */
+/* Create a session from in's descriptive fields; *id is the new id. A
+ * title NULL or "" becomes "session ID"; another must pass
+ * store_title_check. */
 int store_session_create(struct store *s, const struct store_session *in, int64_t *id,
                          struct err *e);
-/* A session by decimal id or by title (the newest with it); NULL or "":
- * the most recently updated. KVS_ENOTFOUND naming what was looked for. */
+/* A session by id (digits only) or by title (matched exactly; the newest
+ * with it); NULL: the most recently updated. An empty or blank key is
+ * KVS_EARG (store_key_check); KVS_ENOTFOUND names what was looked for. */
 int store_session_find(struct store *s, const char *id_or_title, int64_t *id, struct err *e);
 int store_session_get(struct store *s, int64_t id, struct store_session *out, struct err *e);
 /* Every session, most recently updated first. */
 int store_session_list(struct store *s, struct store_session **out, size_t *n, struct err *e);
+/* Rename a session (the title must pass store_title_check). */
 int store_session_set_title(struct store *s, int64_t id, const char *title, struct err *e);
 /* Delete a session with its turns, tokens, events and snapshots. */
 int store_session_delete(struct store *s, int64_t id, struct err *e);

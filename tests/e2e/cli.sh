@@ -1,7 +1,9 @@
 #!/bin/sh
 # cli.sh: the command-line tools end to end on the default model: results on
 # stdout only, one-line errors with exit code 2 for bad input, perplexity
-# within 0.5 % of llama.cpp's on the same text, and a piped chat.
+# within 0.5 % of llama.cpp's on the same text, and a piped chat; empty file
+# names refused; a NUL in a chat line said; output that cannot be written
+# (> /dev/full, >&-) is exit 1 with one line, and streaming stops early.
 set -u
 . "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 src=${KVSCOPE_SRCDIR:?}
@@ -113,6 +115,77 @@ expect_bad 2 "is a directory, not a regular file (expected a text file)" timeout
 expect_bad 2 "is a character device, not a regular file (expected a text file)" timeout 20 "$bin" perplexity --file /dev/zero
 printf 'two words' | "$bin" tokenize -f - >"$tmp/stdin.out" 2>&1 && grep -q . "$tmp/stdin.out" ||
 	fail "tokenize -f - (a pipe) no longer reads standard input: $(cat "$tmp/stdin.out")"
+
+# options that name a file refuse an empty or blank value (an unset shell
+# variable): SQLite would take --db "" for a private temporary database
+(
+	cd "$tmp" || exit 1
+	expect_bad 2 "--db: empty file name" "$bin" sessions list --db ""
+	expect_bad 2 "--db: empty file name" "$bin" chat --db ""
+	expect_bad 2 "--db: empty file name" "$bin" chat --db " "
+	[ ! -e "$tmp/-kv" ] && [ ! -e "$tmp/ -kv" ] || fail "--db '' left a snapshot folder"
+	expect_bad 2 "--model: empty file name" "$bin" generate --model "" --prompt hi
+	expect_bad 2 "--prompt-file: empty file name" "$bin" generate --prompt-file ""
+	expect_bad 2 "--trace: empty file name" "$bin" generate --prompt hi --trace ""
+	expect_bad 2 "--file: empty file name" "$bin" tokenize --file ""
+	expect_bad 2 "--file: empty file name" "$bin" perplexity --file " "
+	expect_bad 2 "--results: empty file name" "$bin" run --results "" x.lua
+	expect_bad 2 "--plugin: empty file name" "$bin" run --plugin "" x.lua
+	expect_bad 2 "--prompts: empty file name" "$bin" eval tlg --prompts ""
+	exit "$fails"
+) || fails=$((fails + $?))
+
+# a NUL inside a chat line is said, not cut silently: the line is not sent,
+# its reply line is empty, the next line is answered
+printf 'abc\000def\nSay hi.\n' | "$bin" chat --temp 0 -n 4 >"$tmp/nul" 2>"$tmp/nul.err"
+[ "$(wc -l <"$tmp/nul")" -eq 2 ] && [ -z "$(sed -n 1p "$tmp/nul")" ] && [ -n "$(sed -n 2p "$tmp/nul")" ] ||
+	fail "chat with a NUL line: stdout $(od -c "$tmp/nul" | head -n 3)"
+[ "$(grep -c . "$tmp/nul.err")" -eq 1 ] && grep -q "NUL byte (at byte 3)" "$tmp/nul.err" ||
+	fail "chat with a NUL line: stderr $(cat "$tmp/nul.err")"
+
+# output errors are not success: a full disk or a closed stdout makes every
+# command exit 1 with one line, and streaming stops early
+# write_err REASON CMD...: exit 1, one stderr line "kvscope: write error[: REASON]"
+write_err() {
+	why=$1
+	shift
+	"$@" 2>"$tmp/we"
+	rc=$?
+	[ "$rc" -eq 1 ] || fail "$* (output lost): exit $rc, expected 1 ($(cat "$tmp/we"))"
+	[ "$(grep -c . "$tmp/we")" -eq 1 ] && grep -q "^kvscope: write error$why" "$tmp/we" ||
+		fail "$* (output lost): stderr '$(cat "$tmp/we")', expected one write error line"
+}
+full=': No space left on device'
+write_err "$full" "$bin" help >/dev/full
+write_err "$full" "$bin" help generate >/dev/full
+write_err "$full" "$bin" --version >/dev/full
+write_err "$full" "$bin" generate --prompt "Name a colour." --temp 0 -n 8 >/dev/full
+printf 'Hi!\n' | write_err "$full" "$bin" chat --temp 0 -n 8 >/dev/full
+write_err "$full" "$bin" tokenize "some text" >/dev/full
+if "$bin" run --api-doc >/dev/null 2>&1; then # built with Lua
+	printf 'print("hello")\n' >"$tmp/print.lua"
+	write_err "" "$bin" run "$tmp/print.lua" >/dev/full
+fi
+write_err ': Bad file descriptor' "$bin" help >&-
+write_err ': Bad file descriptor' "$bin" generate --prompt "Name a colour." --temp 0 -n 8 >&-
+# generate stops at the first failed write: its trace has a few steps, not 48
+p='Count from 1 to 100, separated by commas.'
+"$bin" generate --prompt "$p" --temp 0 -n 48 --trace "$tmp/t-ok.jsonl" >/dev/null 2>&1
+"$bin" generate --prompt "$p" --temp 0 -n 48 --trace "$tmp/t-full.jsonl" >/dev/full 2>/dev/null
+n_ok=$(grep -c '"event":"step"' "$tmp/t-ok.jsonl") n_full=$(grep -c '"event":"step"' "$tmp/t-full.jsonl")
+[ "$n_ok" -ge 40 ] && [ "$n_full" -lt 16 ] ||
+	fail "generate > /dev/full: $n_full steps (to /dev/null: $n_ok), expected it to stop early"
+# the chat stops too: three lines in, and not one turn's status line (a
+# length target prints one per finished turn), only the write error
+printf 'Count to ten.\nAnd again.\nOnce more.\n' |
+	"$bin" chat --temp 0 -n 32 --target-words 10 >/dev/full 2>"$tmp/fl"
+[ "$(grep -c . "$tmp/fl")" -eq 1 ] && grep -q "write error" "$tmp/fl" ||
+	fail "chat > /dev/full went on after the first failed write: $(cat "$tmp/fl")"
+# a closed stdout is never taken over by a file kvscope opens: the trace
+# holds JSON lines only
+"$bin" generate --prompt "Name a colour." --temp 0 -n 8 --trace "$tmp/t-closed.jsonl" >&- 2>/dev/null &&
+	fail "generate >&- exited 0"
+grep -v '^{"event":' "$tmp/t-closed.jsonl" >/dev/null && fail "the trace holds more than events: $(head -c 300 "$tmp/t-closed.jsonl")"
 
 [ "$fails" -eq 0 ] || exit 1
 echo "cli.sh: all checks passed"

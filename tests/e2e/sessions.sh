@@ -10,6 +10,13 @@
 #   - a garbage, a truncated and a foreign database each get one clear line
 #     and stay byte for byte as they were; resuming with another model is
 #     refused;
+#   - crafted databases: a snapshot name "../victim" deletes nothing outside
+#     the snapshot folder; a FIFO model path is refused, never hangs; titles
+#     with escape sequences and invalid UTF-8 print escaped and export as
+#     valid JSON (python3 -m json.tool); empty and blank ids are errors;
+#   - several processes creating one database at once all succeed;
+#   - read-only media: list, show and export work, writes say why;
+#   - list, show and export to a full disk exit 1 with one line;
 #   - built without SQLite, every sessions command says so in one line.
 set -u
 . "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
@@ -104,6 +111,156 @@ printf 'hi\n' | "$bin" chat --model "$tmp/other.gguf" --db "$db" --resume 1 >/de
 	fail "resume with another model accepted"
 grep -q "same model file" "$tmp/e" || fail "resume with another model: $(cat "$tmp/e")"
 rm -f "$tmp/other.gguf"
+
+# ---- crafted databases and odd files (nothing outside the database's
+# place is written or deleted; what it holds cannot drive the terminal)
+if command -v python3 >/dev/null && python3 -c 'import sqlite3' 2>/dev/null; then
+	# sql DB STATEMENT [ARGS...]: run one statement with python's sqlite3;
+	# an argument 0xHEX is bytes stored as TEXT (invalid UTF-8 included)
+	sql() {
+		python3 - "$@" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+args = [bytes.fromhex(a[2:]) if a.startswith("0x") else a for a in sys.argv[3:]]
+db.execute(sys.argv[2], args)
+db.commit()
+PY
+	}
+	cdb=$tmp/crafted.db
+	printf 'Hi!\n' | "$bin" chat --temp 0 -n 4 --db "$cdb" --title craft >/dev/null 2>&1 ||
+		fail "chat for the crafted database"
+	# a snapshot name that climbs out of the snapshot folder
+	printf precious >"$tmp/victim.kvs"
+	sql "$cdb" "UPDATE snapshots SET sha256 = ?" "../victim"
+	"$bin" sessions delete craft --db "$cdb" 2>"$tmp/e" || fail "delete a crafted session: $(cat "$tmp/e")"
+	[ -f "$tmp/victim.kvs" ] || fail "sessions delete removed a file outside the snapshot folder"
+	"$bin" sessions vacuum --db "$cdb" 2>"$tmp/e" || fail "vacuum: $(cat "$tmp/e")"
+	[ -f "$tmp/victim.kvs" ] || fail "sessions vacuum removed a file outside the snapshot folder"
+
+	# a model path that is a FIFO: export and resume say so, never hang
+	printf 'Hi!\n' | "$bin" chat --temp 0 -n 4 --db "$cdb" --title fifo >/dev/null 2>&1
+	fid=$("$bin" sessions list --db "$cdb" | awk '$NF == "fifo" { print $1 }')
+	mkfifo "$tmp/model.fifo"
+	sql "$cdb" "UPDATE sessions SET model_path = ? WHERE title = 'fifo'" "$tmp/model.fifo"
+	timeout 20 "$bin" sessions export fifo --db "$cdb" >"$tmp/o" 2>"$tmp/e" ||
+		fail "export with a FIFO model path: exit $? ($(cat "$tmp/e"))"
+	grep -q "is a FIFO" "$tmp/e" && [ "$(grep -c . "$tmp/e")" -eq 1 ] && grep -q "^# fifo" "$tmp/o" ||
+		fail "export with a FIFO model path: $(cat "$tmp/e")"
+	expect_bad 2 "is a FIFO" timeout 20 "$bin" chat --db "$cdb" --resume fifo
+	rm -f "$tmp/model.fifo"
+
+	# titles with escape sequences, quotes, backslashes, newlines and bytes
+	# that are not UTF-8: printed escaped, exported as valid JSON
+	evil=22205c200a1b5d303b70776e64071b5b324a07c29bfffe09656e64
+	sql "$cdb" "UPDATE sessions SET title = CAST(? AS TEXT), sampler = CAST(? AS TEXT) WHERE title = 'fifo'" \
+		"0x$evil" "0x$evil"
+	sql "$cdb" "UPDATE turns SET user_text = CAST(? AS TEXT), reply = CAST(? AS TEXT)" "0x$evil" "0x$evil"
+	clean() { # FILE [ALLOWED]: no control byte (C1 too) but newlines and ALLOWED, valid UTF-8
+		python3 - "$1" "${2:-}" <<'PY'
+import sys
+t = open(sys.argv[1], "rb").read().decode("utf-8")
+ok = "\n" + sys.argv[2].replace("TAB", "\t")
+bad = [c for c in t if (ord(c) < 32 and c not in ok) or 0x7f <= ord(c) <= 0x9f]
+sys.exit(1 if bad else 0)
+PY
+	}
+	"$bin" sessions list --db "$cdb" >"$tmp/l" 2>&1 || fail "list a crafted database"
+	clean "$tmp/l" && grep -qF '\x1b]0;pwnd\x07' "$tmp/l" || fail "sessions list printed raw control bytes: $(od -c "$tmp/l" | head)"
+	"$bin" sessions show "$fid" --db "$cdb" >"$tmp/s" 2>&1 || fail "show a crafted session"
+	clean "$tmp/s" && grep -qF '\xff\xfe' "$tmp/s" || fail "sessions show printed raw control bytes: $(od -c "$tmp/s" | head)"
+	"$bin" sessions export "$fid" --db "$cdb" >"$tmp/x.md" 2>/dev/null || fail "export md of a crafted session"
+	clean "$tmp/x.md" TAB || fail "export md has raw control bytes: $(od -c "$tmp/x.md" | head)"
+	"$bin" sessions export "$fid" --format json --db "$cdb" >"$tmp/x.json" 2>/dev/null || fail "export json of a crafted session"
+	python3 -m json.tool "$tmp/x.json" >/dev/null || fail "export json of a crafted session does not parse: $(head -c 300 "$tmp/x.json")"
+	python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["title"] == "\" \\ \n\x1b]0;pwnd\x07\x1b[2J\x07\x9b\ufffd\ufffd\tend", d["title"]' "$tmp/x.json" ||
+		fail "export json: the title did not come back as stored (bad bytes as U+FFFD)"
+	# a crafted detail, infinite times
+	sql "$cdb" "INSERT INTO memory_events (session_id, turn, at, kind, n_tokens, detail) VALUES (?, 0, 1e999, 'evict', 1, ?)" "$fid" '{"not json'
+	sql "$cdb" "UPDATE sessions SET created = 1e999"
+	"$bin" sessions export "$fid" --format json --db "$cdb" >"$tmp/x.json" 2>/dev/null || fail "export json with a crafted detail"
+	python3 -m json.tool "$tmp/x.json" >/dev/null || fail "export json with a crafted detail does not parse: $(head -c 300 "$tmp/x.json")"
+	# the title in the resume recap too
+	printf '' | "$bin" chat --db "$cdb" --resume "$fid" >/dev/null 2>"$tmp/e"
+	clean "$tmp/e" || fail "the resume recap printed raw control bytes: $(od -c "$tmp/e" | head)"
+	# titles from the command line: one line of UTF-8 text
+	expect_bad 2 "--title: session title has a control character" "$bin" chat --db "$cdb" --title "$(printf 'a\033[2Jb')"
+	expect_bad 2 "--title: session title is not valid UTF-8" "$bin" chat --db "$cdb" --title "$(printf 'a\377b')"
+	expect_bad 2 "--title: empty session title" "$bin" chat --db "$cdb" --title ""
+else
+	echo "sessions.sh: no python3 with sqlite3: crafted databases not tested"
+fi
+
+# an empty or blank id or title is an error (an unset shell variable must
+# not pick the latest session); ids are digits only, titles match exactly
+for cmd in show export delete; do
+	expect_bad 2 "empty session id or title" "$bin" sessions $cmd "" --db "$db"
+	expect_bad 2 "empty session id or title" "$bin" sessions $cmd " " --db "$db"
+done
+expect_bad 2 "no session with id or title ' 1'" "$bin" sessions show " 1" --db "$db"
+expect_bad 2 "--resume: empty session id or title" "$bin" chat --db "$db" --resume ""
+"$bin" sessions show 1 --db "$db" >/dev/null 2>&1 || fail "an empty id deleted a session"
+expect_bad 2 "--db: empty file name" "$bin" sessions list --db ""
+
+# new databases opened by several processes at once: each succeeds, the
+# schema is created once (two used to fail "table sessions already exists")
+i=0
+while [ $i -lt 30 ]; do
+	rm -f "$tmp/race.db" "$tmp/race.db-wal" "$tmp/race.db-shm"
+	"$bin" sessions vacuum --db "$tmp/race.db" 2>"$tmp/r1" &
+	"$bin" sessions vacuum --db "$tmp/race.db" 2>"$tmp/r2" &
+	"$bin" sessions vacuum --db "$tmp/race.db" 2>"$tmp/r3" &
+	wait
+	[ -s "$tmp/r1" ] || [ -s "$tmp/r2" ] || [ -s "$tmp/r3" ] &&
+		fail "concurrent first opens: $(cat "$tmp/r1" "$tmp/r2" "$tmp/r3")"
+	i=$((i + 1))
+done
+for r in 1 2 3; do
+	rm -f "$tmp/race.db" "$tmp/race.db-wal" "$tmp/race.db-shm"
+	printf 'Hi!\n' | "$bin" chat --temp 0 -n 2 --db "$tmp/race.db" --title a >/dev/null 2>"$tmp/r1" &
+	p1=$!
+	printf 'Hi!\n' | "$bin" chat --temp 0 -n 2 --db "$tmp/race.db" --title b >/dev/null 2>"$tmp/r2" &
+	p2=$!
+	wait $p1 || fail "concurrent chat a: $(cat "$tmp/r1")"
+	wait $p2 || fail "concurrent chat b: $(cat "$tmp/r2")"
+	[ -s "$tmp/r1" ] || [ -s "$tmp/r2" ] && fail "concurrent chats: $(cat "$tmp/r1" "$tmp/r2")"
+	n=$("$bin" sessions list --db "$tmp/race.db" | grep -c ' [ab]$')
+	[ "$n" -eq 2 ] || fail "concurrent chats saved $n sessions, expected 2"
+done
+
+# read-only media: a database in a folder that is not writable is read
+# (list, show, export), and writing says why in one line. Root writes
+# anyway, so as root the commands run as nobody (setpriv).
+ro=$tmp/ro
+mkdir "$ro" && cp "$db" "$ro/m.db" && chmod 555 "$ro"
+as=
+if [ "$(id -u)" -eq 0 ]; then
+	command -v setpriv >/dev/null && chmod 755 "$tmp" && as="setpriv --reuid=65534 --regid=65534 --clear-groups"
+fi
+if [ "$(id -u)" -ne 0 ] || [ -n "$as" ]; then
+	$as "$bin" sessions list --db "$ro/m.db" >"$tmp/l" 2>"$tmp/e" || fail "list on read-only media: $(cat "$tmp/e")"
+	grep -q " recall$" "$tmp/l" || fail "list on read-only media: $(cat "$tmp/l")"
+	$as "$bin" sessions show recall --db "$ro/m.db" >/dev/null 2>"$tmp/e" || fail "show on read-only media: $(cat "$tmp/e")"
+	$as "$bin" sessions export recall --format json --db "$ro/m.db" >"$tmp/ro.json" 2>/dev/null ||
+		fail "export on read-only media"
+	grep -q '"title":"recall"' "$tmp/ro.json" || fail "export on read-only media: $(head -c 200 "$tmp/ro.json")"
+	expect_bad 1 "read-only (folder not writable); cannot save" $as "$bin" sessions delete recall --db "$ro/m.db"
+	printf 'Hi!\n' | $as "$bin" chat -n 2 --db "$ro/m.db" >/dev/null 2>"$tmp/e" && fail "chat saved to read-only media"
+	[ "$(grep -c . "$tmp/e")" -eq 1 ] && grep -q "read-only (folder not writable); cannot save" "$tmp/e" ||
+		fail "chat on read-only media: $(cat "$tmp/e")"
+	[ "$(ls -A "$ro")" = m.db ] || fail "read-only media got files: $(ls -A "$ro")"
+else
+	echo "sessions.sh: root without setpriv: read-only media not tested"
+fi
+chmod 755 "$ro"
+
+# output errors: list and export to a full disk exit 1 with one line
+for c in "list" "export recall" "export recall --format json" "show recall"; do
+	"$bin" sessions $c --db "$db" >/dev/full 2>"$tmp/e"
+	rc=$?
+	[ "$rc" -eq 1 ] && [ "$(grep -c . "$tmp/e")" -eq 1 ] &&
+		grep -q "^kvscope: write error: No space left on device$" "$tmp/e" ||
+		fail "sessions $c > /dev/full: exit $rc, $(cat "$tmp/e")"
+done
 
 # bad databases: one line, file unchanged
 check_refused() {

@@ -21,7 +21,24 @@
  *     clear message; readers are fine; afterwards the commit goes through;
  *     a second kvscope that saved turns to the same session first makes the
  *     other's commit fail clearly instead of mixing the conversations;
- *   - a snapshot that cannot be written costs only the snapshot.
+ *   - a snapshot that cannot be written costs only the snapshot;
+ *   - names read from a database never become paths unless they are a
+ *     SHA-256 (a crafted "../victim" is neither unlinked on delete, commit
+ *     or vacuum nor read on resume), and a snapshot folder that is a
+ *     symbolic link is neither written nor swept;
+ *   - processes that open a new database at once each find it created once
+ *     (forked children started together, many rounds);
+ *   - a database in a folder that is not writable is read (list, export)
+ *     and refused for writing with "read-only (folder not writable)" (in a
+ *     child that drops root, where that is possible);
+ *   - session keys: empty and blank are errors, ids are digits only,
+ *     titles match exactly; titles that are blank, invalid UTF-8 or hold a
+ *     control character are refused on the way in; store_text_escape
+ *     against hand-written expectations;
+ *   - export of a crafted database (control bytes, invalid UTF-8, quotes,
+ *     backslashes, infinite times, a detail that is not JSON): the JSON is
+ *     valid (a real parser, python3, when present, and byte checks) and the
+ *     Markdown holds no control character and only valid UTF-8.
  */
 #include "engine/engine.h"
 #include "model/model.h"
@@ -32,6 +49,8 @@
 
 #include <sqlite3.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -100,6 +119,18 @@ static char *q_text(const char *path, const char *sql)
 	}
 	sqlite3_close(db);
 	return v;
+}
+
+/* Run SQL on the file behind the store's back (crafting a database). */
+static void q_exec(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	char *msg = NULL;
+	sqlite3_open(path, &db);
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		fprintf(stderr, "exec %s: %s\n", sql, msg ? msg : "?");
+	sqlite3_free(msg);
+	sqlite3_close(db);
 }
 
 /* ------------------------------------------------------------- opening */
@@ -200,6 +231,11 @@ static void test_refusals(void)
 	sqlite3_exec(db, "PRAGMA journal_mode = DELETE; PRAGMA user_version = 999", NULL, NULL, NULL);
 	sqlite3_close(db);
 	expect_refused(good, KVS_EUNSUPPORTED, "newer kvscope");
+	/* a negative version (a crafted file) would index before the migrations */
+	sqlite3_open(good, &db);
+	sqlite3_exec(db, "PRAGMA user_version = -3", NULL, NULL, NULL);
+	sqlite3_close(db);
+	expect_refused(good, KVS_EFORMAT, "expected 0 or more");
 	free(good);
 }
 
@@ -808,6 +844,403 @@ static void test_snapshot_blocked_export(const struct tiny *t)
 	free(kvdir);
 }
 
+
+/* ------------------------------------------------ text in and out, keys */
+
+static void test_text_rules(void)
+{
+	struct err e;
+	/* control characters (C0, DEL, C1: U+009B is a CSI) and bad bytes as \xHH;
+	 * a backslash and valid UTF-8 stay */
+	char *t = store_text_escape("a\x1b[2Jb\tc\nd\x7f"
+	                            "\xc2\x9b"
+	                            "\xff"
+	                            "\xc3\xa9\\",
+	                            0);
+	T_EQ_STR(t, "a\\x1b[2Jb\\x09c\\x0ad\\x7f\\xc2\\x9b\\xff\xc3\xa9\\");
+	free(t);
+	t = store_text_escape("l1\nl2\tx\r", STORE_TEXT_KEEP_NL | STORE_TEXT_KEEP_TAB);
+	T_EQ_STR(t, "l1\nl2\tx\\x0d");
+	free(t);
+	t = store_text_escape("cut \xe2\x82", 0); /* a truncated sequence: each byte */
+	T_EQ_STR(t, "cut \\xe2\\x82");
+	free(t);
+	t = store_text_escape(NULL, 0);
+	T_EQ_STR(t, "");
+	free(t);
+
+	static const char *const good[] = { "notes", "caf\xc3\xa9 \xe2\x98\x95", " 1", "a\\b" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(good); i++)
+		T_CHECK(store_title_check(good[i], &e) == KVS_OK, "title '%s' refused: %s", good[i],
+		        e.msg);
+	static const char *const bad[] = { "",           "  ",          "\t",
+		                           "a\xff",      "a\x1b[31m",  "two\nlines",
+		                           "c1 \xc2\x9b", "\xc0\xaf",   "tab\there" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(bad); i++)
+		T_EQ_INT(store_title_check(bad[i], &e), KVS_EARG);
+	T_EQ_INT(store_key_check(NULL, &e), KVS_EARG);
+	T_EQ_INT(store_key_check("", &e), KVS_EARG);
+	T_EQ_INT(store_key_check(" \t ", &e), KVS_EARG);
+	T_EQ_INT(store_key_check("1", &e), KVS_OK);
+	T_EQ_INT(store_key_check(" 1", &e), KVS_OK);
+}
+
+/* Session keys and titles against a database with three sessions. */
+static void test_keys_titles(void)
+{
+	char *p = tpath("keys.db");
+	struct store *s;
+	struct err e;
+	int64_t id = 0;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t a = new_session(s, "00", "alpha"), b = new_session(s, "00", " 1"),
+	        c = new_session(s, "00", NULL);
+	T_EQ_INT(a, 1);
+	/* NULL: the latest; empty and blank keys are errors, not the latest */
+	T_EQ_INT(store_session_find(s, NULL, &id, &e), KVS_OK);
+	T_EQ_INT(id, c);
+	static const char *const blank[] = { "", " ", "\t", "  \t " };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(blank); i++) {
+		id = -1;
+		T_EQ_INT(store_session_find(s, blank[i], &id, &e), KVS_EARG);
+		T_EQ_INT(id, -1);
+		T_CHECK(strstr(e.msg, "empty session id or title") != NULL, "message: %s", e.msg);
+	}
+	/* ids are digits only: " 1" is the title of b, "+1" and "1 " nothing */
+	T_EQ_INT(store_session_find(s, "1", &id, &e), KVS_OK);
+	T_EQ_INT(id, a);
+	T_EQ_INT(store_session_find(s, " 1", &id, &e), KVS_OK);
+	T_EQ_INT(id, b);
+	T_EQ_INT(store_session_find(s, "+1", &id, &e), KVS_ENOTFOUND);
+	T_EQ_INT(store_session_find(s, "1 ", &id, &e), KVS_ENOTFOUND);
+	T_EQ_INT(store_session_find(s, "Alpha", &id, &e), KVS_ENOTFOUND); /* exact */
+	T_EQ_INT(store_session_find(s, "alpha", &id, &e), KVS_OK);
+	T_EQ_INT(id, a);
+	/* a key that is not found is quoted without its control characters */
+	T_EQ_INT(store_session_find(s, "x\x1b[2J", &id, &e), KVS_ENOTFOUND);
+	T_CHECK(strchr(e.msg, 0x1b) == NULL && strstr(e.msg, "x\\x1b[2J"), "message: %s", e.msg);
+	/* titles: the default name, and bad ones refused on the way in */
+	char *def = xasprintf("session %lld", (long long)c);
+	struct store_session ss;
+	T_EQ_INT(store_session_get(s, c, &ss, &e), KVS_OK);
+	T_EQ_STR(ss.title, def);
+	store_session_free(&ss);
+	free(def);
+	struct store_session in = { .title = (char *)"bad \xff title", .model_path = (char *)"m",
+		                    .model_sha256 = (char *)"00", .arch = (char *)"llama",
+		                    .policy = (char *)"full", .sampler = (char *)"" };
+	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
+	in.title = (char *)"\x1b]0;pwned\x07";
+	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
+	in.title = (char *)"   ";
+	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM sessions"), 3);
+	T_EQ_INT(store_session_set_title(s, a, "two\nlines", &e), KVS_EARG);
+	T_EQ_INT(store_session_set_title(s, a, "", &e), KVS_EARG);
+	T_EQ_INT(store_session_set_title(s, a, "beta", &e), KVS_OK);
+	char *tt = q_text(p, "SELECT title FROM sessions WHERE id = 1");
+	T_EQ_STR(tt, "beta");
+	free(tt);
+	/* an empty or blank path names no database */
+	struct store *z = NULL;
+	T_EQ_INT(store_open(&z, "", STORE_RW, &e), KVS_EARG);
+	T_EQ_INT(store_open(&z, " ", STORE_RO, &e), KVS_EARG);
+	T_CHECK(z == NULL && access("-kv", F_OK) != 0 && access(" -kv", F_OK) != 0,
+	        "an empty path opened something");
+	store_close(s);
+	free(p);
+}
+
+/* -------------------------------------------- crafted names, symlinks */
+
+/* Entries in directory dir, "." and ".." left out. */
+static int count_entries(const char *dir)
+{
+	char *cmd = xasprintf("ls -A '%s' | wc -l", dir);
+	FILE *fp = popen(cmd, "r");
+	int n = -1;
+	if (fp == NULL || fscanf(fp, "%d", &n) != 1)
+		n = -1;
+	if (fp)
+		pclose(fp);
+	free(cmd);
+	return n;
+}
+
+static void test_crafted_names(const struct tiny *t)
+{
+	char *p = tpath("crafted.db"), *victim = tpath("victim.kvs");
+	uint32_t nv = t->m->hp.n_vocab;
+	struct store *s;
+	struct err e;
+	struct run a, b;
+	write_file(victim, "precious", 8);
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, t->sha, "crafted");
+	run_open(&a, t->m, "full", 120);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, true, &e), KVS_OK);
+	run_turn(&a, nv, 10, 6, "one");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	store_rec_free(a.rec);
+	a.rec = NULL;
+	/* the snapshot's name now points outside the snapshot folder */
+	q_exec(p, "UPDATE snapshots SET sha256 = '../victim'");
+	/* resume: not read (recomputed, saying why) */
+	run_open(&b, t->m, "full", 120);
+	struct store_resume_info info;
+	T_EQ_INT(store_resume(s, id, b.kv, t->sha, &info, &e), KVS_OK);
+	T_CHECK(!info.from_snapshot && strstr(info.why, "not a SHA-256") != NULL, "why: %s",
+	        info.why);
+	run_close(&b);
+	/* a recorder continuing the session replaces the snapshot: the crafted
+	 * name is not unlinked as "the previous one" */
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, true, &e), KVS_OK);
+	run_turn(&a, nv, 8, 4, "two");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
+	T_CHECK(access(victim, F_OK) == 0, "a commit removed %s", victim);
+	/* delete, with crafted names in every row */
+	q_exec(p, "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
+	          "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
+	          "INSERT INTO snapshots VALUES (1, 9, "
+	          "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
+	          "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
+	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
+	T_CHECK(access(victim, F_OK) == 0, "sessions delete removed %s", victim);
+	/* vacuum removes only the files it should: the real snapshot, now unreferenced */
+	T_EQ_INT(store_vacuum(s, &e), KVS_OK);
+	char *kvdir = tpath("crafted.db-kv");
+	T_EQ_INT(count_entries(kvdir), 0);
+	T_CHECK(access(victim, F_OK) == 0, "vacuum removed %s", victim);
+	free(kvdir);
+	run_close(&a);
+	store_close(s);
+
+	/* a snapshot folder that is a symbolic link is neither written nor swept */
+	char *link_db = tpath("linked.db"), *kvlink = tpath("linked.db-kv"), *other = tpath("other");
+	char *keep1 = tpath("other/.tmp-keep"), *hexname = xasprintf("%s/%064d.kvs", other, 0);
+	T_CHECK(mkdir(other, 0755) == 0, "mkdir %s", other);
+	write_file(keep1, "k", 1);
+	write_file(hexname, "k", 1);
+	T_CHECK(symlink("other", kvlink) == 0, "symlink %s", kvlink);
+	T_EQ_INT(store_open(&s, link_db, STORE_RW, &e), KVS_OK);
+	id = new_session(s, t->sha, "linked");
+	run_open(&a, t->m, "full", 120);
+	T_EQ_INT(store_rec_open(&a.rec, s, id, a.kv, true, &e), KVS_OK);
+	log_set_level(LOG_ERROR); /* the snapshot warning is expected */
+	run_turn(&a, nv, 10, 6, "one");
+	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK); /* the snapshot only is lost */
+	log_set_level(LOG_WARN);
+	T_EQ_INT(q_int(link_db, "SELECT count(*) FROM snapshots"), 0);
+	T_EQ_INT(count_entries(other), 2);
+	T_EQ_INT(store_vacuum(s, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "symbolic link") != NULL, "message: %s", e.msg);
+	T_EQ_INT(count_entries(other), 2);
+	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
+	T_EQ_INT(count_entries(other), 2);
+	run_close(&a);
+	store_close(s);
+	free(link_db);
+	free(kvlink);
+	free(other);
+	free(keep1);
+	free(hexname);
+	free(victim);
+	free(p);
+}
+
+/* ------------------------------------------- concurrent first opens */
+
+/* Processes that open one new database at once: each must succeed, and
+ * the schema must be there once (two used to run 001-init.sql both). */
+static void test_concurrent_open(void)
+{
+	enum { ROUNDS = 25, KIDS = 4 };
+	int all_ok = 0;
+	for (int round = 0; round < ROUNDS; round++) {
+		char name[32];
+		snprintf(name, sizeof name, "race%d/m.db", round);
+		char *p = tpath(name);
+		int go[2];
+		pid_t kids[KIDS];
+		if (pipe(go) != 0) {
+			perror("pipe");
+			exit(99);
+		}
+		for (int k = 0; k < KIDS; k++) {
+			kids[k] = fork();
+			if (kids[k] == 0) {
+				char c;
+				struct store *s;
+				struct err e;
+				close(go[1]);
+				if (read(go[0], &c, 1) < 0) /* 0 when the parent closes: all go */
+					_exit(2);
+				int rc = store_open(&s, p, STORE_RW, &e);
+				if (rc != KVS_OK)
+					fprintf(stderr, "child %d: %s\n", k, e.msg);
+				store_close(s);
+				_exit(rc == KVS_OK ? 0 : 1);
+			}
+		}
+		close(go[0]);
+		close(go[1]);
+		int ok = 0;
+		for (int k = 0; k < KIDS; k++) {
+			int st;
+			if (kids[k] > 0 && waitpid(kids[k], &st, 0) == kids[k] && WIFEXITED(st) &&
+			    WEXITSTATUS(st) == 0)
+				ok++;
+		}
+		all_ok += ok == KIDS;
+		T_EQ_INT(q_int(p, "PRAGMA user_version"), store_schema_latest());
+		T_EQ_INT(q_int(p, "SELECT count(*) FROM sqlite_schema WHERE name = 'sessions'"), 1);
+		free(p);
+	}
+	T_EQ_INT(all_ok, ROUNDS);
+}
+
+/* ------------------------------------------------- read-only media */
+
+/* A database in a folder nobody may write: readers work (the WAL index
+ * cannot be created, so the store opens it immutable), writers get one
+ * clear line. Run in a child without root's rights (root writes anyway);
+ * skipped where that cannot be arranged. */
+static void test_read_only_folder(void)
+{
+	char *dir = tpath("ro"), *p = tpath("ro/m.db");
+	struct store *s;
+	struct err e;
+	T_CHECK(mkdir(dir, 0755) == 0, "mkdir %s", dir);
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	new_session(s, "00", "kept");
+	store_close(s);
+	T_CHECK(access(p, F_OK) == 0, "no database");
+	chmod(tmpdir, 0755); /* mkdtemp's 0700 would keep the child out */
+	chmod(dir, 0555);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int bad = 0;
+		if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+			_exit(77);
+		if (access(dir, W_OK) == 0 || access(p, R_OK) != 0)
+			_exit(77); /* writable after all, or not readable: nothing to test */
+		struct store_session *l = NULL;
+		size_t n = 0;
+		if (store_open(&s, p, STORE_RO, &e) != KVS_OK) {
+			fprintf(stderr, "read-only open: %s\n", e.msg);
+			_exit(1);
+		}
+		if (store_session_list(s, &l, &n, &e) != KVS_OK || n != 1 ||
+		    strcmp(l[0].title, "kept") != 0)
+			bad++, fprintf(stderr, "list on read-only media: %s\n", e.msg);
+		char *buf = NULL;
+		size_t len = 0;
+		FILE *fp = open_memstream(&buf, &len);
+		if (store_export(s, 1, STORE_FMT_JSON, NULL, fp, &e) != KVS_OK)
+			bad++, fprintf(stderr, "export on read-only media: %s\n", e.msg);
+		fclose(fp);
+		if (buf == NULL || strstr(buf, "\"title\":\"kept\"") == NULL)
+			bad++, fprintf(stderr, "export: %s\n", buf ? buf : "");
+		store_close(s);
+		if (store_open(&s, p, STORE_RW, &e) != KVS_EIO ||
+		    strstr(e.msg, "read-only (folder not writable); cannot save") == NULL)
+			bad++, fprintf(stderr, "read-write open: %s\n", e.msg);
+		_exit(bad);
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	chmod(dir, 0755);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 77)
+		printf("test-store: read-only folder: skipped (cannot drop write access here)\n");
+	else
+		T_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "read-only child: status %d", st);
+	T_CHECK(access(p, F_OK) == 0, "database gone");
+	free(dir);
+	free(p);
+}
+
+/* --------------------------------------- export of a crafted database */
+
+/* Whether buf is valid UTF-8 without control bytes but those in allow. */
+static bool clean_text(const char *buf, size_t n, const char *allow)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)buf[i];
+		if ((c < 0x20 || c == 0x7f) && strchr(allow, c) == NULL)
+			return false;
+	}
+	/* C1 controls are U+0080..U+009F: encoded C2 80 .. C2 9F */
+	for (size_t i = 0; i + 1 < n; i++)
+		if ((unsigned char)buf[i] == 0xc2 && (unsigned char)buf[i + 1] <= 0x9f)
+			return false;
+	return utf8_valid((const uint8_t *)buf, n);
+}
+
+static void test_export_crafted(void)
+{
+	char *p = tpath("crafted-export.db");
+	struct store *s;
+	struct err e;
+	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
+	int64_t id = new_session(s, "00", "plain");
+	store_close(s);
+	/* text with quotes, backslashes, newlines, ESC, BEL, DEL, a C1 CSI, bad
+	 * UTF-8, then infinite times and details that are not JSON */
+	static const char evil[] = "x'22' || ' \\ ' || x'0a1b5d303b70776e6407' || ' ' || "
+	                           "x'1b5b324a7fc29bfffec0' || ' end'";
+	char *sql = xasprintf(
+	        "UPDATE sessions SET title = CAST(%s AS TEXT), model_path = CAST(%s AS TEXT), "
+	        "policy = CAST(%s AS TEXT), sampler = CAST(%s AS TEXT), system = CAST(%s AS TEXT), "
+	        "created = 1e999, updated = -1e999; "
+	        "INSERT INTO turns VALUES (1, 0, 'user', CAST(%s AS TEXT), CAST(%s AS TEXT), 1, 2, "
+	        "1e999, 3.5, CAST(%s AS TEXT), 1, 0, 0); "
+	        "INSERT INTO memory_events (session_id, turn, at, kind, cause, policy, n_tokens, "
+	        "detail) VALUES (1, 0, 1e999, CAST(%s AS TEXT), CAST(%s AS TEXT), 'p', 1, "
+	        "'{\"bad'), (1, 0, 1, 'evict', 'budget', CAST(%s AS TEXT), 2, "
+	        "CAST(%s AS TEXT)), (1, 0, 2, 'pin', NULL, NULL, 1, '[[1,2,0.5]]'), "
+	        "(1, 0, 3, 'policy', NULL, NULL, 0, '{\"policy\":\"a\"b\",\"budget\":1}')",
+	        evil, evil, evil, evil, evil, evil, evil, evil, evil, evil, evil, evil);
+	q_exec(p, sql);
+	free(sql);
+	T_EQ_INT(q_int(p, "SELECT count(*) FROM memory_events"), 4);
+	T_EQ_INT(store_open(&s, p, STORE_RO, &e), KVS_OK);
+	for (int f = 0; f < 2; f++) {
+		char *out = tpath(f ? "crafted.json" : "crafted.md");
+		FILE *fp = fopen(out, "w");
+		T_EQ_INT(store_export(s, id, f ? STORE_FMT_JSON : STORE_FMT_MD, NULL, fp, &e), KVS_OK);
+		fclose(fp);
+		size_t n;
+		char *buf = read_file(out, &n);
+		T_CHECK(buf != NULL && n > 0, "nothing exported");
+		if (f) {
+			/* JSON: one line, no control byte, valid UTF-8, U+FFFD for the bad bytes */
+			T_CHECK(buf && clean_text(buf, n - 1, "") && buf[n - 1] == '\n',
+			        "JSON with control bytes or bad UTF-8:\n%s", buf ? buf : "");
+			T_CHECK(buf && strstr(buf, "\\u001b") && strstr(buf, "\xef\xbf\xbd") &&
+			                strstr(buf, "\"created\":null") && strstr(buf, "\"at\":null") &&
+			                strstr(buf, "\"detail\":\"{\\\"bad\"") &&
+			                strstr(buf, "\"detail\":[[1,2,0.5]]"),
+			        "JSON export:\n%s", buf ? buf : "");
+			if (system("command -v python3 >/dev/null 2>&1") == 0) {
+				char *cmd = xasprintf("python3 -m json.tool '%s' >/dev/null", out);
+				T_CHECK(system(cmd) == 0, "python3 -m json.tool refuses %s", out);
+				free(cmd);
+			}
+		} else {
+			/* Markdown: no control byte but newlines, valid UTF-8, escapes shown */
+			T_CHECK(buf && clean_text(buf, n, "\n"), "Markdown with control bytes:\n%s",
+			        buf ? buf : "");
+			T_CHECK(buf && strstr(buf, "# \" \\ \\x0a\\x1b]0;pwnd\\x07 \\x1b[2J\\x7f\\xc2\\x9b") &&
+			                strstr(buf, "\n> \" \\ \n> \\x1b]0;pwnd"),
+			        "Markdown export:\n%s", buf ? buf : "");
+		}
+		free(buf);
+		free(out);
+	}
+	store_close(s);
+	free(p);
+}
+
 int main(void)
 {
 	struct tiny t;
@@ -819,6 +1252,11 @@ int main(void)
 	shim_install();
 	test_open_new();
 	test_refusals();
+	test_text_rules();
+	test_keys_titles();
+	test_concurrent_open();
+	test_read_only_folder();
+	test_export_crafted();
 	tiny_open(&t);
 	test_record_resume(&t, "streaming", true);
 	test_record_resume(&t, "h2o", true);
@@ -827,6 +1265,7 @@ int main(void)
 	test_io_errors(&t);
 	test_second_writer(&t);
 	test_snapshot_blocked_export(&t);
+	test_crafted_names(&t);
 	model_free(t.m);
 	free(t.buf);
 	char *cmd = xasprintf("rm -rf '%s'", tmpdir);
