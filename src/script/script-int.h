@@ -39,6 +39,8 @@
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
 #define SCRIPT_HOOK_COUNT 1000 /* instructions between deadline checks */
+#define SANDBOX_STEPS 1024     /* loop steps of a guarded C function between deadline checks */
+#define SANDBOX_LOAD_PIECE 65536 /* bytes load's parser reads between deadline checks */
 
 /* Events plugins hook with kvscope.on (names in script_event_names). */
 enum script_event {
@@ -230,6 +232,30 @@ void sandbox_open(lua_State *L);
 /* After an overrun (the hook fires at every instruction): back to every
  * SCRIPT_HOOK_COUNT instructions. */
 void sandbox_rearm(lua_State *L);
+/* The current call is past its deadline: mark the overrun, make L's hook
+ * fire at every instruction, raise the budget error. */
+int sandbox_overrun(lua_State *L);
+/* sandbox_overrun when the current call's deadline has passed (C loops
+ * call it every SANDBOX_STEPS steps). */
+void sandbox_check(lua_State *L);
+/* Call the function below nargs arguments on L's stack in a new thread,
+ * where the count hook is on (Lua runs message handlers of the hook's own
+ * errors with hooks off); leaves one value on L: its first result, or its
+ * error. Returns the status. */
+int sandbox_call_fresh(lua_State *L, int nargs);
+
+/* ---- sandbox-lib.c ---- */
+
+/* Replace the functions of the full globals table at index G whose time
+ * the count hook cannot bound by guarded ones (string.rep, table.*,
+ * xpcall, coroutine.create and wrap, setmetatable; sandbox_match_open). */
+void sandbox_lib_guard(lua_State *L, int G);
+
+/* ---- sandbox-match.c ---- */
+
+/* Replace string.find, match, gmatch and gsub of the globals at index G by
+ * the bounded matcher's. */
+void sandbox_match_open(lua_State *L, int G);
 
 /* ---- policy.c ---- */
 
