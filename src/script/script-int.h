@@ -78,6 +78,9 @@ struct script_plugin {
 	bool disabled;
 	char *disabled_why;
 	int exit_status;          /* a script's kvscope.exit status; -1 until it exits */
+	int exit_key;             /* registry ref of the string "kvscope_exit" (LUA_NOREF before set-up) */
+	bool in_main;             /* its main chunk runs */
+	bool timed_out;           /* a script's main chunk overran --timeout */
 	char *log[SCRIPT_LOG_LINES]; /* ring */
 	size_t log_n, log_head;
 	char *status;
@@ -156,7 +159,9 @@ struct api_session {
 	struct script_plugin *p;
 	struct session *s;
 	bool owned;               /* opened by the plugin (closed with it) */
-	bool busy;                /* an exchange is running */
+	const char *running;      /* the driving call in progress ("chat"), or NULL */
+	const char *phase;        /* of it: "hooks", "turn_end hook" */
+	bool cut;                 /* the call's reply was cancelled at its deadline */
 	struct script_policy *policy; /* Lua policy installed, or NULL */
 	struct api_session *next;
 };
@@ -170,6 +175,7 @@ struct script_rt {
 	struct script_hook *hooks;
 	size_t n_hooks, cap_hooks;
 	int dispatching;          /* dispatch depth: dead hooks are freed at 0 */
+	bool closing;             /* script_rt_free runs: no plugin loads */
 	uint64_t seq, next_id;
 	struct script_timer *timers;
 	size_t n_timers, cap_timers;
@@ -199,6 +205,12 @@ struct script_plugin *script_plugin_of(lua_State *L);
  * towards disabling, fills e when not NULL and returns false. */
 bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
                   const char *what, double budget_ms, struct err *e);
+/* script_pcall of the function on top of L's stack, whose arguments
+ * push(L, ud) pushes (returning their count) inside the protected call, so
+ * that nothing allocates in the state outside one. */
+bool script_call(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
+                 void *ud, int nres, bool fast, const char *what, double budget_ms,
+                 struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
 /* Count a failure of P in what (logged, towards disabling); fills e. */
