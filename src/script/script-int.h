@@ -39,6 +39,7 @@
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
 #define SCRIPT_HOOK_COUNT 1000 /* instructions between deadline checks */
+#define SCRIPT_ABANDON_MS 2000 /* a plugin call this late (10 budgets at least) disables it */
 #define SANDBOX_STEPS 1024     /* loop steps of a guarded C function between deadline checks */
 #define SANDBOX_LOAD_PIECE 65536 /* bytes load's parser reads between deadline checks */
 

@@ -314,6 +314,15 @@ static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
 	P->deadline = saved_deadline;
 	P->budget_ms = saved_budget;
 	P->active = saved_active;
+	double late = dl > 0 ? clock_now_ms() - dl : 0;
+	if (late > KVS_MAX(SCRIPT_ABANDON_MS, 10 * budget_ms) && !inherited && !P->is_script &&
+	    !P->disabled) {
+		/* something the checks do not reach held the host: never call it again */
+		char why[256];
+		snprintf(why, sizeof why, "%s returned %.0f ms past its %.0f ms deadline", what, late,
+		         budget_ms);
+		script_disable(P, why);
+	}
 	if (rc == LUA_OK) {
 		P->consecutive = 0;
 		return true;

@@ -18,7 +18,10 @@
  *     backtracking pattern, table.insert under a __len of 2^40, a handler
  *     that loops in xpcall, a loop in a __close of a coroutine that died
  *     of the deadline) stops with the budget error instead of running on;
- *   - setmetatable refuses a __gc field.
+ *   - setmetatable refuses a __gc field;
+ *   - a plugin whose call comes back far past its deadline (here through a
+ *     C function of the test's that sleeps, which no check can stop) is
+ *     disabled at once and never called again.
  *
  * The states here are plain ones with the sandbox's guards installed over
  * the full library (the originals stay reachable as lib.*), and a plugin
@@ -26,6 +29,8 @@
  */
 #include "script/script-int.h"
 #include "tests/unit/test.h"
+
+#include <time.h>
 
 static struct script_plugin test_p;
 
@@ -216,6 +221,56 @@ static const char *const test_loops[] = {
 	"coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() while true do end end }) while true do end end)()",
 };
 
+/* A C function no deadline check reaches: sleeps 2.2 s. */
+static int test_slow(lua_State *L)
+{
+	struct timespec ts = { 2, 200000000 };
+	(void)L;
+	nanosleep(&ts, NULL);
+	return 0;
+}
+
+static int test_notices;
+
+static void test_notify(void *ud, const char *plugin, const char *msg)
+{
+	(void)ud;
+	(void)plugin;
+	if (strstr(msg, "past its 50 ms deadline") != NULL)
+		test_notices++;
+}
+
+/* A plugin that held the host 2 s past its deadline is disabled at once. */
+static void test_abandon(void)
+{
+	struct script_config c;
+	struct script_rt *rt;
+	struct err e;
+	script_config_default(&c);
+	c.notify = test_notify;
+	T_EQ_INT(script_rt_new(&rt, &c, &e), KVS_OK);
+	T_CHECK(script_load_text(rt, "slowpoke",
+	                         "local k = require 'kvscope'\n"
+	                         "k.command('slow', function() slow() end)\n"
+	                         "k.command('quick', function() end)\n",
+	                         &e) == KVS_OK,
+	        "%s", e.msg);
+	struct script_plugin *P = rt->plugins[0];
+	lua_pushcfunction(P->L, test_slow);
+	lua_setglobal(P->L, "slow");
+	T_EQ_INT(script_command_run(rt, "quick", "", &e), KVS_OK);
+	script_command_run(rt, "slow", "", &e);
+	struct script_plugin_info info;
+	script_plugin_at(rt, 0, &info);
+	T_CHECK(!info.enabled && info.disabled_why != NULL &&
+	            strstr(info.disabled_why, "command :slow returned") != NULL,
+	        "disabled: %s", info.disabled_why ? info.disabled_why : "(enabled)");
+	T_EQ_INT(test_notices, 1);
+	T_CHECK(script_command_run(rt, "quick", "", &e) != KVS_OK && strstr(e.msg, "disabled"),
+	        "a disabled plugin is not called: %s", e.msg);
+	script_rt_free(rt);
+}
+
 int main(void)
 {
 	lua_State *L = test_state();
@@ -260,5 +315,6 @@ int main(void)
 	err = test_run(L, "local t = setmetatable({}, { __index = { x = 1 } }) assert(t.x == 1)");
 	T_CHECK(err == NULL, "setmetatable without __gc: %s", err ? err : "");
 	lua_close(L);
+	test_abandon();
 	return t_done("test-sandbox");
 }
