@@ -8,10 +8,15 @@
  * deadline of each call. Everything here runs on the runtime's own thread
  * (script-int.h says which thread owns what).
  *
- * Every call into a state goes through script_pcall: a message handler
- * appends a traceback, the error goes to the plugin's log, and after
- * max_errors consecutive errors or overruns the plugin is disabled and the
- * user told. Hooks are kept in one array sorted by priority; a hook added
+ * Every call into a state goes through script_pcall (or script_call, which
+ * pushes the arguments inside the protected call): nothing touches a state
+ * outside a protected call but raw reads and pushes that cannot allocate,
+ * so no plugin can raise an unprotected error. A message handler appends a
+ * traceback, the error goes to the plugin's log, and after max_errors
+ * consecutive errors or overruns the plugin is disabled and the user told;
+ * a call that returns far past its deadline disables it at once. One
+ * plugin's hooks of one event, and its scheduled functions and timers of
+ * one tick, share one hook budget (struct script_share). Hooks are kept in one array sorted by priority; a hook added
  * during a dispatch is appended and not seen by that dispatch (its sequence
  * number is newer), a hook removed during one is flagged dead, and the array
  * is compacted and re-sorted when the outermost dispatch ends.
