@@ -71,6 +71,7 @@ struct kv_cache {
 	void *ev_ud;
 	struct kv_scorer scorer;
 	bool has_scorer;
+	double deadline_ms;           /* clock_now_ms after which feeds stop; 0: none */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;

@@ -290,6 +290,11 @@ void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s)
 		c->scorer = *s;
 }
 
+void kv_cache_set_deadline(struct kv_cache *c, double deadline_ms)
+{
+	c->deadline_ms = deadline_ms > 0 ? deadline_ms : 0;
+}
+
 /* ---------------------------------------------------------------- reading */
 
 uint32_t kv_cache_n(const struct kv_cache *c)
@@ -1238,6 +1243,11 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 		               c->n, n, c->cfg.budget);
 	for (uint32_t done = 0; done < n;) {
 		uint32_t m = KVS_MIN(chunk, n - done);
+		if (c->deadline_ms > 0 && clock_now_ms() > c->deadline_ms) {
+			c->have_logits = false; /* none of the last token fed */
+			return err_set(e, KVS_ESTATE, "stopped at the caller's deadline after %u of %u tokens",
+			               done, n);
+		}
 		if (c->n + m > c->cfg.budget) {
 			int rc = kv_evict(c, m, n == 1 ? KV_EVICT_DECODE : KV_EVICT_PREFILL, e);
 			if (rc != KVS_OK)

@@ -271,6 +271,11 @@ int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct er
 int kv_cache_set_budget(struct kv_cache *c, uint32_t budget, struct err *e);
 /* Install (s != NULL) or remove a score provider (copied). */
 void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s);
+/* Stop feeds past clock_now_ms deadline_ms (0: never): kv_cache_feed then
+ * fails before its next chunk, keeping the chunks fed and no logits (a
+ * caller with a time budget, such as a plugin's session, bounds a long
+ * prefill this way). */
+void kv_cache_set_deadline(struct kv_cache *c, double deadline_ms);
 
 /* Begin a turn of role whose incoming length is about m tokens: evict once
  * to make room for them (when needed) and apply the policy's memory decay. */

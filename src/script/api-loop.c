@@ -191,20 +191,31 @@ static int api_exit(lua_State *L)
 	return api_raise_exit(L, (int)status);
 }
 
+/* kvscope.sleep(ms): run due timers and scheduled functions until ms have
+ * passed, the script exited, or its deadline came (then the budget error). */
 static int api_sleep(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
 	double ms = luaL_checknumber(L, 1);
 	if (!P->is_script || P->depth != 1)
 		return script_error(L, "kvscope.sleep is for a script's main chunk (kvscope run)");
-	double end = clock_now_ms() + ms;
+	if (ms != ms)
+		return script_error(L, "kvscope.sleep: ms is not a number (NaN)");
+	double end = clock_now_ms() + (ms > 0 ? ms : 0);
 	for (;;) {
 		double next = script_tick(P->rt);
-		double left = end - clock_now_ms();
+		double now = clock_now_ms(), left = end - now;
+		if (P->exit_status >= 0)
+			break; /* a timer ended the script: api_call raises the exit */
+		if (P->deadline > 0 && now >= P->deadline)
+			return sandbox_overrun(L);
 		if (left <= 0)
 			break;
 		if (next >= 0 && next < left)
 			left = next;
+		if (P->deadline > 0 && P->deadline - now < left)
+			left = P->deadline - now;
+		left = KVS_MIN(left, 1000.0); /* whole seconds at most: an infinite ms stays finite */
 		struct timespec ts = { (time_t)(left / 1000), (long)(fmod(left, 1000) * 1e6) };
 		nanosleep(&ts, NULL);
 	}

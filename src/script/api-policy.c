@@ -87,6 +87,21 @@ static int api_policy_register(lua_State *L)
 	return 0;
 }
 
+/* A score call's arguments, pushed inside its protected call. */
+struct api_score_args {
+	const struct kv_tok *toks;
+	uint32_t n, n_keep;
+	const struct vocab *vocab;
+};
+
+static int api_score_push(lua_State *L, void *ud)
+{
+	const struct api_score_args *a = ud;
+	api_push_toks(L, a->toks, a->n, a->vocab);
+	lua_pushinteger(L, a->n_keep);
+	return 2;
+}
+
 int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
               double deadline_ms, struct err *e)
 {
@@ -105,13 +120,12 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 		return err_set(e, KVS_ESTATE, "plugin %s is disabled", P->name);
 	snprintf(what, sizeof what, "policy %s", pol->name);
 	lua_State *L = script_thread(P);
+	struct api_score_args args = { toks, n, n_keep, pol->rt->vocab };
 	lua_rawgeti(L, LUA_REGISTRYINDEX, pol->ref);
-	api_push_toks(L, toks, n, pol->rt->vocab);
-	lua_pushinteger(L, n_keep);
 	double budget = deadline_ms - clock_now_ms();
 	if (budget < 0.001)
 		budget = 0.001;
-	if (!script_pcall(P, L, 2, 1, true, what, budget, e)) {
+	if (!script_call(P, L, api_score_push, &args, 1, true, what, budget, e)) {
 		rc = e->code;
 	} else {
 		if (!lua_istable(L, -1))

@@ -7,8 +7,15 @@
  * inside the call that drives them (session:chat returns when the exchange
  * ended); their events go to every plugin through the runtime's dispatch,
  * and a Lua policy they use runs in its plugin's own state on that same
- * thread (api_score). A session is busy while an exchange runs: what would
- * change it under the exchange (set_policy, reset, close) is refused. Every
+ * thread (api_score). A session runs from the moment a call drives it
+ * (chat, prompt, feed, end_reply, generate) until that call returns, its
+ * turn_end hooks included: every method that would change it under the
+ * call (the driving ones, set_policy, set_budget, set_length, reset,
+ * close) is refused with an error naming the hook, so a hook can neither
+ * free the session nor move its turns under the call. A driving call holds
+ * its plugin's deadline: the cache stops a prefill past it between chunks
+ * (kv_cache_set_deadline), the token hook cancels a reply past it, and the
+ * call then raises the budget error. Every
  * session is listed in the runtime (api_session) so that a policy going
  * away can be taken out of the sessions that use it; the plugin's session
  * userdata closes an owned session when collected. The store is opened
@@ -40,10 +47,17 @@ static void api_hook_turn_start(void *ud, uint32_t index, const char *user)
 	script_on_turn_start(as->p->rt, index, user);
 }
 
+/* Each reply token: past the driving call's deadline, cancel the reply
+ * (the call raises when it returns); then the token hooks. */
 static void api_hook_token(void *ud, const struct gen_token *t)
 {
 	struct api_session *as = ud;
-	script_on_token(as->p->rt, t);
+	struct script_plugin *P = as->p;
+	if (P->deadline > 0 && !as->cut && clock_now_ms() > P->deadline) {
+		as->cut = true;
+		session_cancel(as->s);
+	}
+	script_on_token(P->rt, t);
 }
 
 static void api_hook_kv(void *ud, const struct kv_event *ev)
@@ -187,6 +201,9 @@ static int api_session_open(lua_State *L)
 	const char *policy = NULL;
 	struct err e;
 
+	/* loading a model is not interruptible: not past the deadline */
+	if (P->deadline > 0 && clock_now_ms() > P->deadline)
+		return sandbox_overrun(L);
 	session_config_default(&c);
 	c.gen = rt->cfg.gen;
 	c.system = rt->cfg.system;
@@ -332,17 +349,47 @@ static int api_send(lua_State *L)
 
 /* -------------------------------------------------------------- session:* */
 
-static void api_session_enter(lua_State *L, struct api_session *as)
+/* Refuse method what while the session runs a call (from a hook of it). */
+static void api_session_idle(lua_State *L, struct api_session *as, const char *what)
 {
-	if (as->busy)
-		script_error(L, "the session is busy (an exchange is running)");
-	as->busy = true;
+	if (as->running != NULL)
+		script_error(L, "session:%s() inside this session's %s: not allowed while the session "
+		                "is running a turn (session:%s)",
+		             what, as->phase, as->running);
 }
 
-static void api_session_leave(struct api_session *as)
+/* Begin driving call what: refused while another runs or past the
+ * deadline; the cache stops a prefill at the deadline. Nothing may raise
+ * between this and api_session_leave. */
+static void api_session_enter(lua_State *L, struct api_session *as, const char *what)
 {
-	as->busy = false;
-	script_stale(as->p->rt);
+	struct script_plugin *P = as->p;
+	api_session_idle(L, as, what);
+	if (P->deadline > 0 && clock_now_ms() > P->deadline)
+		sandbox_overrun(L);
+	as->running = what;
+	as->phase = "hooks";
+	as->cut = false;
+	kv_cache_set_deadline(gen_kv(session_gen(as->s)), P->deadline);
+}
+
+/* End the driving call (raises nothing); whether it ran past the deadline
+ * (its reply cut, or its prefill stopped). */
+static bool api_session_done(struct api_session *as)
+{
+	struct script_plugin *P = as->p;
+	kv_cache_set_deadline(gen_kv(session_gen(as->s)), 0);
+	session_cancel_clear(as->s);
+	as->running = NULL;
+	script_stale(P->rt);
+	return as->cut || (P->deadline > 0 && clock_now_ms() > P->deadline);
+}
+
+/* api_session_done, then the budget error when the call overran. */
+static void api_session_leave(lua_State *L, struct api_session *as)
+{
+	if (api_session_done(as))
+		sandbox_overrun(L);
 }
 
 static void api_push_stats(lua_State *L, const struct kv_cache *kv)
@@ -372,28 +419,34 @@ static int api_s_chat(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	const char *text = luaL_checkstring(L, 2);
+	struct script_rt *rt = as->p->rt;
 	struct err e;
-	uint32_t old_max = 0;
+	lua_Integer max = 0;
 	if (lua_istable(L, 3)) {
 		if (lua_getfield(L, 3, "max_tokens") != LUA_TNIL) {
-			lua_Integer m = luaL_checkinteger(L, -1);
-			if (m < 1 || m > (1 << 24))
-				return script_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)m);
-			old_max = 1;
-			session_set_max_tokens(as->s, (uint32_t)m);
+			max = luaL_checkinteger(L, -1);
+			if (max < 1 || max > (1 << 24))
+				return script_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)max);
 		}
 		lua_pop(L, 1);
 	}
-	api_session_enter(L, as);
+	api_session_enter(L, as, "chat");
+	if (max > 0)
+		session_set_max_tokens(as->s, (uint32_t)max);
 	int rc = session_chat(as->s, text, &e);
-	api_session_leave(as);
-	if (old_max)
-		session_set_max_tokens(as->s, as->p->rt->cfg.max_tokens);
+	if (max > 0)
+		session_set_max_tokens(as->s, rt->cfg.max_tokens);
+	uint32_t index = session_n_turns(as->s) - 1;
+	if (rc == KVS_OK) {
+		/* turn_end hooks run now, on the main loop, after the exchange; the
+		 * session still runs: they cannot change its turns */
+		as->phase = "turn_end hook";
+		script_on_turn_end(rt, session_turn_at(as->s, index));
+	}
+	api_session_leave(L, as);
 	if (rc != KVS_OK)
 		return script_error(L, "chat: %s", e.msg);
-	const struct session_turn *t = session_turn_at(as->s, session_n_turns(as->s) - 1);
-	/* turn_end hooks run now, on the main loop, after the exchange */
-	script_on_turn_end(as->p->rt, t);
+	const struct session_turn *t = session_turn_at(as->s, index);
 	lua_pushstring(L, t->reply);
 	api_push_turn(L, t);
 	struct kv_stats st;
@@ -424,9 +477,9 @@ static int api_s_prompt(lua_State *L)
 	if (extra < 0 || extra > (1 << 24))
 		return script_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
-	api_session_enter(L, as);
+	api_session_enter(L, as, "prompt");
 	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
-	api_session_leave(as);
+	api_session_leave(L, as);
 	if (rc != KVS_OK)
 		return script_error(L, "prompt: %s", e.msg);
 	lua_pushinteger(L, before);
@@ -441,9 +494,9 @@ static int api_s_feed(lua_State *L)
 	enum kv_role role = api_role(L, 3, KV_ROLE_USER);
 	struct err e;
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
-	api_session_enter(L, as);
+	api_session_enter(L, as, "feed");
 	int rc = session_feed_text(as->s, text, role, &e);
-	api_session_leave(as);
+	api_session_leave(L, as);
 	if (rc != KVS_OK)
 		return script_error(L, "feed: %s", e.msg);
 	lua_pushinteger(L, before);
@@ -456,17 +509,49 @@ static int api_s_end_reply(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	bool eot = lua_toboolean(L, 2);
 	struct err e;
-	api_session_enter(L, as);
+	api_session_enter(L, as, "end_reply");
 	int rc = session_end_reply(as->s, eot, &e);
-	api_session_leave(as);
+	api_session_leave(L, as);
 	if (rc != KVS_OK)
 		return script_error(L, "end_reply: %s", e.msg);
 	return 0;
 }
 
+/* The text a generate call produced so far (a C buffer: nothing may raise
+ * inside gen_reply). */
+struct api_gen_out {
+	char *s;
+	size_t n, cap;
+};
+
+static int api_push_owned_k(lua_State *L)
+{
+	const struct api_gen_out *o = lua_touserdata(L, 1);
+	lua_pushlstring(L, o->s ? o->s : "", o->n);
+	return 1;
+}
+
+/* Push s[0, n) and free s, whatever happens (a memory error included). */
+static void api_push_owned(lua_State *L, char *s, size_t n)
+{
+	struct api_gen_out o = { s, n, n };
+	lua_pushcfunction(L, api_push_owned_k);
+	lua_pushlightuserdata(L, &o);
+	int st = lua_pcall(L, 1, 1, 0);
+	free(s);
+	if (st != LUA_OK)
+		lua_error(L);
+}
+
 static void api_gen_text(const char *text, size_t len, void *ud)
 {
-	luaL_addlstring(ud, text, len);
+	struct api_gen_out *o = ud;
+	if (o->n + len + 1 > o->cap) {
+		o->cap = KVS_MAX(o->cap * 2, o->n + len + 1);
+		o->s = xrealloc(o->s, o->cap);
+	}
+	memcpy(o->s + o->n, text, len);
+	o->n += len;
 }
 
 static int api_s_generate(lua_State *L)
@@ -474,21 +559,23 @@ static int api_s_generate(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	lua_Integer n = luaL_checkinteger(L, 2);
 	struct gen *g = session_gen(as->s);
+	struct api_gen_out out = { 0 };
 	struct err e;
 	enum gen_stop stop;
 	uint32_t n_out;
-	luaL_Buffer b;
 	if (n < 1 || n > (1 << 24))
 		return script_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
+	api_session_idle(L, as, "generate");
 	if (gen_logits(g) == NULL)
 		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
-	luaL_buffinit(L, &b);
-	api_session_enter(L, as);
-	int rc = gen_reply(g, (uint32_t)n, api_gen_text, &b, &stop, &n_out, &e);
-	api_session_leave(as);
+	api_session_enter(L, as, "generate");
+	int rc = gen_reply(g, (uint32_t)n, api_gen_text, &out, &stop, &n_out, &e);
+	bool over = api_session_done(as);
+	api_push_owned(L, out.s, out.n);
+	if (over)
+		return sandbox_overrun(L);
 	if (rc != KVS_OK)
 		return script_error(L, "generate: %s", e.msg);
-	luaL_pushresult(&b);
 	lua_pushstring(L, gen_stop_name(stop));
 	lua_pushinteger(L, n_out);
 	return 3;
@@ -644,8 +731,7 @@ static int api_s_set_policy(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	const char *spec = luaL_checkstring(L, 2);
 	struct err e;
-	if (as->busy)
-		return script_error(L, "set_policy: the session is busy");
+	api_session_idle(L, as, "set_policy");
 	if (api_session_policy(as->p->rt, as, spec, &e) != KVS_OK)
 		return script_error(L, "set_policy: %s", e.msg);
 	script_stale(as->p->rt);
@@ -658,8 +744,7 @@ static int api_s_set_budget(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	lua_Integer n = luaL_checkinteger(L, 2);
 	struct err e;
-	if (as->busy)
-		return script_error(L, "set_budget: the session is busy");
+	api_session_idle(L, as, "set_budget");
 	if (n < 8 || n > (1 << 24))
 		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
 	if (kv_cache_set_budget(gen_kv(session_gen(as->s)), (uint32_t)n, &e) != KVS_OK)
@@ -754,8 +839,7 @@ static int api_s_set_length(lua_State *L)
 	const char *spec = luaL_checkstring(L, 2);
 	struct len_target t;
 	struct err e;
-	if (as->busy)
-		return script_error(L, "set_length: the session is busy");
+	api_session_idle(L, as, "set_length");
 	if (len_target_parse(spec, &t, &e) != KVS_OK)
 		return script_error(L, "set_length: %s", e.msg);
 	if (lua_isboolean(L, 3))
@@ -779,8 +863,7 @@ static int api_s_length(lua_State *L)
 static int api_s_reset(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	if (as->busy)
-		return script_error(L, "reset: the session is busy");
+	api_session_idle(L, as, "reset");
 	session_reset(as->s);
 	script_stale(as->p->rt);
 	return 0;
@@ -789,8 +872,8 @@ static int api_s_reset(lua_State *L)
 static int api_s_close(lua_State *L)
 {
 	struct api_session **u = luaL_checkudata(L, 1, API_SESSION);
-	if (*u != NULL && (*u)->busy)
-		return script_error(L, "close: the session is busy");
+	if (*u != NULL)
+		api_session_idle(L, *u, "close");
 	if (*u != NULL && !(*u)->owned)
 		return script_error(L, "close: the front end's session is not the plugin's to close");
 	if (*u != NULL) {

@@ -20,11 +20,16 @@
  *     string.rep refuses a result larger than the memory left.
  *   - Time: a count hook checks the current call's wall-clock deadline
  *     every SCRIPT_HOOK_COUNT instructions and raises an error past it, and
- *     from then on checks at every instruction until the call returns, so
- *     code catching the error with pcall cannot keep running. The hook does
- *     not see time inside one C function: string.rep is capped by size, the
- *     rest by the memory cap (a pathological string.find pattern on a large
- *     string is bounded only by its own cost).
+ *     from then on checks at every instruction of that thread until the
+ *     call returns, so code catching the error with pcall cannot keep
+ *     running. The hook sees Lua instructions only, and Lua turns it off
+ *     in finalizers and in message handlers of the hook's own errors:
+ *     sandbox-lib.c refuses __gc, runs xpcall's handlers and coroutine
+ *     bodies so that the hook stays on, and replaces the C functions whose
+ *     time is not bounded by their output (string.rep, table.*, the
+ *     pattern functions of sandbox-match.c) by ones that check the deadline
+ *     themselves; load parses a chunk SANDBOX_LOAD_PIECE bytes at a time,
+ *     checking it between pieces.
  *
  * Files are written only through kvscope.write (api-view.c), under the
  * results directory. tests/lua/sandbox.lua tries the escapes.
@@ -54,21 +59,60 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	return q;
 }
 
+static void sandbox_hook(lua_State *L, lua_Debug *ar);
+
+int sandbox_overrun(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	P->overrun = true;
+	lua_sethook(L, sandbox_hook, LUA_MASKCOUNT, 1);
+	return script_error(L, "stopped: over its %.0f ms time budget", P->budget_ms);
+}
+
+void sandbox_check(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	if (P->deadline > 0 && clock_now_ms() > P->deadline)
+		sandbox_overrun(L);
+}
+
 /* The count hook: past the deadline, raise an error (and keep raising). */
 static void sandbox_hook(lua_State *L, lua_Debug *ar)
 {
-	struct script_plugin *P = script_plugin_of(L);
 	(void)ar;
-	if (P->deadline > 0 && clock_now_ms() > P->deadline) {
-		P->overrun = true;
-		lua_sethook(L, sandbox_hook, LUA_MASKCOUNT, 1);
-		script_error(L, "stopped: over its %.0f ms time budget", P->budget_ms);
-	}
+	sandbox_check(L);
 }
 
 void sandbox_rearm(lua_State *L)
 {
 	lua_sethook(L, sandbox_hook, LUA_MASKCOUNT, SCRIPT_HOOK_COUNT);
+}
+
+int sandbox_call_fresh(lua_State *L, int nargs)
+{
+	int nres = 0;
+	if (!lua_checkstack(L, 2)) {
+		lua_pop(L, nargs + 1);
+		lua_pushliteral(L, "stack overflow");
+		return LUA_ERRRUN;
+	}
+	lua_State *co = lua_newthread(L); /* inherits L's hook: the hook runs in it */
+	lua_insert(L, -(nargs + 2));
+	lua_xmove(L, co, nargs + 1);
+	int st = lua_resume(co, L, nargs, &nres);
+	if (st == LUA_OK && nres > 0) {
+		lua_pop(co, nres - 1);
+		lua_xmove(co, L, 1);
+	} else if (st == LUA_OK) {
+		lua_pushnil(L);
+	} else if (st == LUA_YIELD) {
+		st = LUA_ERRRUN;
+		lua_pushliteral(L, "attempt to yield from a message handler or metamethod run by kvscope");
+	} else {
+		lua_xmove(co, L, 1); /* the error */
+	}
+	lua_remove(L, -2); /* the thread: collected */
+	return st;
 }
 
 /* An unprotected error: nothing to save, say what happened. */
@@ -110,6 +154,25 @@ static int sandbox_print(lua_State *L)
 	return 0;
 }
 
+/* A chunk load reads, a piece at a time. */
+struct sandbox_chunk {
+	const char *s;
+	size_t left;
+};
+
+/* load's reader: the next piece of the chunk, after a deadline check (the
+ * parser runs in C, so a long chunk is parsed a piece at a time). */
+static const char *sandbox_read(lua_State *L, void *ud, size_t *size)
+{
+	struct sandbox_chunk *c = ud;
+	sandbox_check(L);
+	*size = KVS_MIN(c->left, (size_t)SANDBOX_LOAD_PIECE);
+	const char *p = c->s;
+	c->s += *size;
+	c->left -= *size;
+	return *size > 0 ? p : NULL;
+}
+
 /* load(chunk [, name [, mode]]): text chunks only, in the plugin's environment. */
 static int sandbox_load(lua_State *L)
 {
@@ -126,7 +189,8 @@ static int sandbox_load(lua_State *L)
 	if (!lua_isnoneornil(L, 4))
 		return script_error(L, "load: an environment argument is refused: chunks run in the "
 		                     "plugin's own environment");
-	if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
+	struct sandbox_chunk c = { s, len };
+	if (lua_load(L, sandbox_read, &c, name, "t") != LUA_OK) {
 		lua_pushnil(L);
 		lua_insert(L, -2);
 		return 2;
@@ -161,28 +225,6 @@ static int sandbox_collectgarbage(lua_State *L)
 	return script_error(L, "collectgarbage: option '%s' refused (collect, count or step)", opt);
 }
 
-/* string.rep with the result's size checked against the memory left. */
-static int sandbox_string_rep(lua_State *L)
-{
-	struct script_plugin *P = script_plugin_of(L);
-	size_t l, lsep;
-	luaL_checklstring(L, 1, &l);
-	lua_Integer n = luaL_checkinteger(L, 2);
-	luaL_optlstring(L, 3, "", &lsep);
-	if (n > 0) {
-		double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
-		double left = (double)(P->mem_cap - KVS_MIN(P->mem, P->mem_cap));
-		if (total > left)
-			return script_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
-			                     "left (%.0f of its %zu KiB cap)",
-			                  total, left, P->mem_cap >> 10);
-	}
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
-}
-
 static const char *const sandbox_base_names[] = {
 	"assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
 	"rawlen", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "xpcall",
@@ -197,14 +239,12 @@ void sandbox_open(lua_State *L)
 	luaL_openlibs(L);
 	lua_pushglobaltable(L); /* G: every library */
 	int G = lua_gettop(L);
-	/* string: no dump, a checked rep; strings' metatable hidden */
+	/* string: no dump; strings' metatable hidden; the unbounded functions guarded */
 	lua_getfield(L, G, "string");
 	lua_pushnil(L);
 	lua_setfield(L, -2, "dump");
-	lua_getfield(L, -1, "rep");
-	lua_pushcclosure(L, sandbox_string_rep, 1);
-	lua_setfield(L, -2, "rep");
 	lua_pop(L, 1);
+	sandbox_lib_guard(L, G);
 	lua_pushliteral(L, "");
 	if (lua_getmetatable(L, -1)) {
 		lua_pushboolean(L, 0);

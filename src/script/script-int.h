@@ -39,6 +39,9 @@
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
 #define SCRIPT_HOOK_COUNT 1000 /* instructions between deadline checks */
+#define SCRIPT_ABANDON_MS 2000 /* a plugin call this late (10 budgets at least) disables it */
+#define SANDBOX_STEPS 1024     /* loop steps of a guarded C function between deadline checks */
+#define SANDBOX_LOAD_PIECE 65536 /* bytes load's parser reads between deadline checks */
 
 /* Events plugins hook with kvscope.on (names in script_event_names). */
 enum script_event {
@@ -76,6 +79,9 @@ struct script_plugin {
 	bool disabled;
 	char *disabled_why;
 	int exit_status;          /* a script's kvscope.exit status; -1 until it exits */
+	int exit_key;             /* registry ref of the string "kvscope_exit" (LUA_NOREF before set-up) */
+	bool in_main;             /* its main chunk runs */
+	bool timed_out;           /* a script's main chunk overran --timeout */
 	char *log[SCRIPT_LOG_LINES]; /* ring */
 	size_t log_n, log_head;
 	char *status;
@@ -154,7 +160,9 @@ struct api_session {
 	struct script_plugin *p;
 	struct session *s;
 	bool owned;               /* opened by the plugin (closed with it) */
-	bool busy;                /* an exchange is running */
+	const char *running;      /* the driving call in progress ("chat"), or NULL */
+	const char *phase;        /* of it: "hooks", "turn_end hook" */
+	bool cut;                 /* the call's reply was cancelled at its deadline */
 	struct script_policy *policy; /* Lua policy installed, or NULL */
 	struct api_session *next;
 };
@@ -168,6 +176,7 @@ struct script_rt {
 	struct script_hook *hooks;
 	size_t n_hooks, cap_hooks;
 	int dispatching;          /* dispatch depth: dead hooks are freed at 0 */
+	bool closing;             /* script_rt_free runs: no plugin loads */
 	uint64_t seq, next_id;
 	struct script_timer *timers;
 	size_t n_timers, cap_timers;
@@ -197,6 +206,12 @@ struct script_plugin *script_plugin_of(lua_State *L);
  * towards disabling, fills e when not NULL and returns false. */
 bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
                   const char *what, double budget_ms, struct err *e);
+/* script_pcall of the function on top of L's stack, whose arguments
+ * push(L, ud) pushes (returning their count) inside the protected call, so
+ * that nothing allocates in the state outside one. */
+bool script_call(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
+                 void *ud, int nres, bool fast, const char *what, double budget_ms,
+                 struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
 /* Count a failure of P in what (logged, towards disabling); fills e. */
@@ -230,6 +245,30 @@ void sandbox_open(lua_State *L);
 /* After an overrun (the hook fires at every instruction): back to every
  * SCRIPT_HOOK_COUNT instructions. */
 void sandbox_rearm(lua_State *L);
+/* The current call is past its deadline: mark the overrun, make L's hook
+ * fire at every instruction, raise the budget error. */
+int sandbox_overrun(lua_State *L);
+/* sandbox_overrun when the current call's deadline has passed (C loops
+ * call it every SANDBOX_STEPS steps). */
+void sandbox_check(lua_State *L);
+/* Call the function below nargs arguments on L's stack in a new thread,
+ * where the count hook is on (Lua runs message handlers of the hook's own
+ * errors with hooks off); leaves one value on L: its first result, or its
+ * error. Returns the status. */
+int sandbox_call_fresh(lua_State *L, int nargs);
+
+/* ---- sandbox-lib.c ---- */
+
+/* Replace the functions of the full globals table at index G whose time
+ * the count hook cannot bound by guarded ones (string.rep, table.*,
+ * xpcall, coroutine.create and wrap, setmetatable; sandbox_match_open). */
+void sandbox_lib_guard(lua_State *L, int G);
+
+/* ---- sandbox-match.c ---- */
+
+/* Replace string.find, match, gmatch and gsub of the globals at index G by
+ * the bounded matcher's. */
+void sandbox_match_open(lua_State *L, int G);
 
 /* ---- policy.c ---- */
 

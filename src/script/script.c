@@ -8,10 +8,15 @@
  * deadline of each call. Everything here runs on the runtime's own thread
  * (script-int.h says which thread owns what).
  *
- * Every call into a state goes through script_pcall: a message handler
- * appends a traceback, the error goes to the plugin's log, and after
- * max_errors consecutive errors or overruns the plugin is disabled and the
- * user told. Hooks are kept in one array sorted by priority; a hook added
+ * Every call into a state goes through script_pcall (or script_call, which
+ * pushes the arguments inside the protected call): nothing touches a state
+ * outside a protected call but raw reads and pushes that cannot allocate,
+ * so no plugin can raise an unprotected error. A message handler appends a
+ * traceback, the error goes to the plugin's log, and after max_errors
+ * consecutive errors or overruns the plugin is disabled and the user told;
+ * a call that returns far past its deadline disables it at once. One
+ * plugin's hooks of one event, and its scheduled functions and timers of
+ * one tick, share one hook budget (struct script_share). Hooks are kept in one array sorted by priority; a hook added
  * during a dispatch is appended and not seen by that dispatch (its sequence
  * number is newer), a hook removed during one is flagged dead, and the array
  * is compacted and re-sorted when the outermost dispatch ends.
@@ -74,32 +79,75 @@ int script_error(lua_State *L, const char *fmt, ...)
 	return lua_error(L);
 }
 
-/* Whether the error value at idx is kvscope.exit's request; its status. */
-static bool script_is_exit(lua_State *L, int idx, int *status)
+/* kvscope.exit's request among error values: a table whose field
+ * kvscope_exit holds the status. Returns 1 for a request with an integer
+ * status in 0..125 (*status), -1 for a table holding anything else there,
+ * 0 for any other value. Raw reads of a key kept alive in the registry:
+ * no metamethod runs and nothing is allocated, so this may run outside a
+ * protected call on whatever a plugin raised. */
+static int script_exit_request(struct script_plugin *P, lua_State *L, int idx, int *status)
 {
-	if (lua_type(L, idx) != LUA_TTABLE)
-		return false;
-	bool is = lua_getfield(L, idx, "kvscope_exit") == LUA_TNUMBER;
-	if (is && status != NULL)
-		*status = (int)lua_tointeger(L, -1);
+	if (lua_type(L, idx) != LUA_TTABLE || P->exit_key == LUA_NOREF || !lua_checkstack(L, 2))
+		return 0;
+	idx = lua_absindex(L, idx);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, P->exit_key);
+	int t = lua_rawget(L, idx), isint = 0, r = 0;
+	if (t != LUA_TNIL) {
+		lua_Integer v = t == LUA_TNUMBER ? lua_tointegerx(L, -1, &isint) : -1;
+		r = isint && v >= 0 && v <= 125 ? 1 : -1;
+		if (r == 1)
+			*status = (int)v;
+	}
 	lua_pop(L, 1);
-	return is;
+	return r;
 }
 
-/* The message handler: the error with a traceback (kvscope.exit's request
- * goes through as it is). */
+/* The text of the error value at idx, read without metamethods or
+ * allocation (it may run outside a protected call): a string's own bytes,
+ * a number formatted into buf, else its type. */
+static const char *script_error_text(lua_State *L, int idx, char *buf, size_t n)
+{
+	int t = lua_type(L, idx);
+	if (t == LUA_TSTRING)
+		return lua_tostring(L, idx);
+	if (t == LUA_TNUMBER && lua_isinteger(L, idx))
+		snprintf(buf, n, "%lld", (long long)lua_tointeger(L, idx));
+	else if (t == LUA_TNUMBER)
+		snprintf(buf, n, "%.14g", lua_tonumber(L, idx));
+	else
+		snprintf(buf, n, "(error object is a %s value)", lua_typename(L, t));
+	return buf;
+}
+
+/* The message handler: the error with a traceback (a script's valid
+ * kvscope.exit request goes through as it is). A __tostring of the error
+ * object runs in a thread of its own, where the count hook is on. */
 static int script_msgh(lua_State *L)
 {
-	if (script_is_exit(L, 1, NULL)) {
+	struct script_plugin *P = script_plugin_of(L);
+	int status, req = P->is_script ? script_exit_request(P, L, 1, &status) : 0;
+	char buf[64];
+	const char *msg;
+	if (req == 1) {
 		lua_settop(L, 1);
 		return 1;
 	}
-	const char *msg = lua_tostring(L, 1);
-	if (msg == NULL) {
-		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-			msg = lua_tostring(L, -1);
-		else
-			msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	if (req < 0) {
+		lua_rawgeti(L, LUA_REGISTRYINDEX, P->exit_key);
+		lua_rawget(L, 1);
+		const char *v = lua_type(L, -1) == LUA_TNUMBER ? script_error_text(L, -1, buf, sizeof buf)
+		                                               : luaL_typename(L, -1);
+		msg = lua_pushfstring(L, "error{kvscope_exit = %s}: an exit request needs an integer "
+		                         "status in 0..125 (call kvscope.exit(status))",
+		                      v);
+	} else if (lua_type(L, 1) != LUA_TTABLE && lua_type(L, 1) != LUA_TUSERDATA) {
+		msg = script_error_text(L, 1, buf, sizeof buf);
+	} else if (luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL) {
+		lua_pushvalue(L, 1);
+		bool ok = sandbox_call_fresh(L, 1) == LUA_OK && lua_type(L, -1) == LUA_TSTRING;
+		msg = ok ? lua_tostring(L, -1) : script_error_text(L, 1, buf, sizeof buf);
+	} else {
+		msg = script_error_text(L, 1, buf, sizeof buf);
 	}
 	luaL_traceback(L, L, msg, 1);
 	return 1;
@@ -192,13 +240,36 @@ lua_State *script_thread(struct script_plugin *P)
 	return P->depth > 0 && P->active != NULL ? P->active : P->L;
 }
 
-bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
-                  const char *what, double budget_ms, struct err *e)
+/* What script_call pushes inside the protected call. */
+struct script_push {
+	int (*push)(lua_State *L, void *ud);
+	void *ud;
+	int nargs, nres;
+};
+
+/* The function a protected call runs when its arguments are pushed inside
+ * it: below its last argument (a light userdata, the struct script_push)
+ * are the function and nargs arguments; push adds the rest. */
+static int script_trampoline(lua_State *L)
+{
+	struct script_push *sp = lua_touserdata(L, -1);
+	lua_pop(L, 1);
+	int n = sp->push(L, sp->ud);
+	lua_call(L, sp->nargs + n, sp->nres);
+	return sp->nres;
+}
+
+/* script_pcall and script_call: the function and nargs arguments on L's
+ * stack, push (when not NULL) adds arguments inside the protected call. */
+static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
+                           int (*push)(lua_State *L, void *ud), void *ud, int nres, bool fast,
+                           const char *what, double budget_ms, struct err *e)
 {
 	double saved_deadline = P->deadline, saved_budget = P->budget_ms;
 	lua_State *saved_active = P->active;
 	const char *saved_what = P->fast_what;
 	double dl = budget_ms > 0 ? clock_now_ms() + budget_ms : 0;
+	struct script_push sp = { push, ud, nargs, nres };
 
 	if (P->disabled) {
 		lua_pop(L, nargs + 1);
@@ -206,8 +277,15 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 		        P->disabled_why ? P->disabled_why : "");
 		return false;
 	}
-	if (saved_deadline > 0 && (dl == 0 || saved_deadline < dl)) {
-		dl = saved_deadline; /* the enclosing call's deadline is tighter */
+	if (!lua_checkstack(L, 4)) {
+		lua_pop(L, nargs + 1);
+		script_failed(P, what, "stack overflow (calls nested too deep)", e);
+		return false;
+	}
+	/* the enclosing call's deadline is tighter: its overrun is the enclosing call's */
+	bool inherited = saved_deadline > 0 && (dl == 0 || saved_deadline < dl);
+	if (inherited) {
+		dl = saved_deadline;
 		budget_ms = saved_budget;
 	}
 	P->deadline = dl;
@@ -218,7 +296,15 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 	int base = lua_gettop(L) - nargs;
 	lua_pushcfunction(L, script_msgh);
 	lua_insert(L, base);
-	int rc = lua_pcall(L, nargs, nres, base);
+	int rc;
+	if (push != NULL) {
+		lua_pushcfunction(L, script_trampoline);
+		lua_insert(L, base + 1);
+		lua_pushlightuserdata(L, &sp);
+		rc = lua_pcall(L, nargs + 2, nres, base);
+	} else {
+		rc = lua_pcall(L, nargs, nres, base);
+	}
 	lua_remove(L, base);
 	P->depth--;
 	if (fast)
@@ -233,12 +319,21 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 	P->deadline = saved_deadline;
 	P->budget_ms = saved_budget;
 	P->active = saved_active;
+	double late = dl > 0 ? clock_now_ms() - dl : 0;
+	if (late > KVS_MAX(SCRIPT_ABANDON_MS, 10 * budget_ms) && !inherited && !P->is_script &&
+	    !P->disabled) {
+		/* something the checks do not reach held the host: never call it again */
+		char why[256];
+		snprintf(why, sizeof why, "%s returned %.0f ms past its %.0f ms deadline", what, late,
+		         budget_ms);
+		script_disable(P, why);
+	}
 	if (rc == LUA_OK) {
 		P->consecutive = 0;
 		return true;
 	}
 	int status;
-	if (rc != LUA_ERRMEM && script_is_exit(L, -1, &status)) {
+	if (rc != LUA_ERRMEM && P->is_script && script_exit_request(P, L, -1, &status) == 1) {
 		/* a script ends: nothing of it runs again (api_sleep unwinds) */
 		lua_pop(L, 1);
 		P->exit_status = status;
@@ -248,16 +343,44 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
 		err_set(e, KVS_OK, "the script exited with status %d", status);
 		return false;
 	}
-	char msg[1536];
+	char msg[1536], buf[64];
 	if (rc == LUA_ERRMEM)
 		snprintf(msg, sizeof msg, "stopped: memory cap of %zu KiB reached", P->mem_cap >> 10);
 	else
-		snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+		snprintf(msg, sizeof msg, "%s", script_error_text(L, -1, buf, sizeof buf));
 	lua_pop(L, 1);
 	if (rc == LUA_ERRMEM)
 		lua_gc(L, LUA_GCCOLLECT);
+	if (overrun && inherited) {
+		/* the enclosing call overran: it reports (and counts) that once */
+		script_log(P, "error in %s: %s", what, msg);
+		size_t first = strcspn(msg, "\n");
+		err_set(e, KVS_ESTATE, "plugin %s: %s: %.*s", P->name, what, (int)KVS_MIN(first, 400),
+		        msg);
+		return false;
+	}
+	if (overrun && P->is_script && P->depth == 0 && P->in_main) {
+		/* a script's main chunk past --timeout: one line, no traceback */
+		P->timed_out = true;
+		script_log(P, "error in %s: %s", what, msg);
+		err_set(e, KVS_ESTATE, "%s: stopped at its --timeout of %g s", P->path ? P->path : P->name,
+		        budget_ms / 1000);
+		return false;
+	}
 	script_failed(P, what, msg, e);
 	return false;
+}
+
+bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
+                  const char *what, double budget_ms, struct err *e)
+{
+	return script_call_in(P, L, nargs, NULL, NULL, nres, fast, what, budget_ms, e);
+}
+
+bool script_call(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
+                 void *ud, int nres, bool fast, const char *what, double budget_ms, struct err *e)
+{
+	return script_call_in(P, L, 0, push, ud, nres, fast, what, budget_ms, e);
 }
 
 void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e)
@@ -279,23 +402,51 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 	}
 }
 
+/* What a new state's set-up is given (script_setup). */
+struct script_setup_args {
+	const char *side;          /* lua/kvscope.lua's text */
+	size_t side_len;
+	int argc;                  /* a script's arguments (kvscope.args), -1: a plugin */
+	char **argv;
+	const char *arg0;
+};
+
+static int script_push_setup(lua_State *L, void *ud)
+{
+	lua_pushlightuserdata(L, ud);
+	return 1;
+}
+
 /* Protected set-up of a new state: sandbox, the kvscope module (C part,
- * then lua/kvscope.lua over it). Arguments: the Lua side's source text. */
+ * then lua/kvscope.lua over it), a script's kvscope.args, the exit
+ * request's key kept alive. Argument: the struct script_setup_args. */
 static int script_setup(lua_State *L)
 {
-	size_t len;
-	const char *lua_side = lua_tolstring(L, 1, &len);
+	const struct script_setup_args *a = lua_touserdata(L, 1);
+	struct script_plugin *P = script_plugin_of(L);
 
 	sandbox_open(L);
 	api_open(L); /* the module table */
 	int M = lua_gettop(L);
-	if (luaL_loadbufferx(L, lua_side, len, "@lua/kvscope.lua", "t") != LUA_OK)
+	if (luaL_loadbufferx(L, a->side, a->side_len, "@lua/kvscope.lua", "t") != LUA_OK)
 		return lua_error(L);
 	lua_pushvalue(L, M);
 	lua_call(L, 1, 1);
 	if (!lua_istable(L, -1))
 		return script_error(L, "lua/kvscope.lua did not return the module table");
+	if (a->argc >= 0) {
+		lua_createtable(L, a->argc, 1);
+		for (int i = 0; i < a->argc; i++) {
+			lua_pushstring(L, a->argv[i]);
+			lua_rawseti(L, -2, i + 1);
+		}
+		lua_pushstring(L, a->arg0);
+		lua_rawseti(L, -2, 0);
+		lua_setfield(L, -2, "args");
+	}
 	lua_setfield(L, LUA_REGISTRYINDEX, "kvscope.module");
+	lua_pushliteral(L, "kvscope_exit");
+	P->exit_key = luaL_ref(L, LUA_REGISTRYINDEX);
 	return 0;
 }
 
@@ -441,6 +592,12 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	int rc;
 
 	*out = NULL;
+	if (rt->closing) {
+		/* an unload hook loading plugins would keep script_rt_free going forever */
+		rc = err_set(e, KVS_ESTATE, "%s: the runtime is closing: no plugin loads now", name);
+		free(name);
+		return rc;
+	}
 	if (script_find(rt, name) != NULL) {
 		rc = err_set(e, KVS_EARG, "a plugin named %s is loaded already (unload it first)", name);
 		free(name);
@@ -467,6 +624,7 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	P->chunk = xstrdup(chunk);
 	P->is_script = is_script;
 	P->exit_status = -1;
+	P->exit_key = LUA_NOREF;
 	P->mem_cap = rt->cfg.mem_cap;
 	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
 	rt->plugins[rt->n_plugins++] = P;
@@ -477,30 +635,22 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 		goto fail;
 	}
 	lua_State *L = P->L;
+	struct script_setup_args sa = { side, side_len, is_script ? argc : -1, argv,
+		                        path ? path : P->name };
 	lua_pushcfunction(L, script_setup);
-	lua_pushlstring(L, side, side_len);
-	bool ok = script_pcall(P, L, 1, 0, false, "set-up", rt->cfg.load_ms, e);
+	bool ok = script_call(P, L, script_push_setup, &sa, 0, false, "set-up", rt->cfg.load_ms, e);
 	if (ok) {
 		rc = luaL_loadbufferx(L, src, len, chunk, "t");
 		if (rc != LUA_OK) {
-			rc = err_set(e, KVS_EFORMAT, "%s", lua_tostring(L, -1));
+			char buf[64];
+			rc = err_set(e, KVS_EFORMAT, "%s", script_error_text(L, -1, buf, sizeof buf));
 			lua_pop(L, 1);
 			goto fail;
 		}
-		if (is_script) {
-			lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.module");
-			lua_createtable(L, argc, 1);
-			for (int i = 0; i < argc; i++) {
-				lua_pushstring(L, argv[i]);
-				lua_rawseti(L, -2, i + 1);
-			}
-			lua_pushstring(L, path ? path : P->name);
-			lua_rawseti(L, -2, 0);
-			lua_setfield(L, -2, "args");
-			lua_pop(L, 1);
-		}
+		P->in_main = true;
 		ok = script_pcall(P, L, 0, 0, false, "main chunk",
 		                  is_script ? rt->cfg.script_ms : rt->cfg.load_ms, e);
+		P->in_main = false;
 	}
 	if (!ok) {
 		rc = e ? e->code : KVS_EFORMAT;
@@ -694,6 +844,7 @@ void script_rt_free(struct script_rt *rt)
 {
 	if (rt == NULL)
 		return;
+	rt->closing = true;
 	while (rt->n_plugins > 0)
 		script_unload_plugin(rt, rt->plugins[rt->n_plugins - 1]);
 	policy_copies_free(rt);
@@ -751,11 +902,34 @@ static void script_hooks_settle(struct script_rt *rt)
 		qsort(rt->hooks, rt->n_hooks, sizeof *rt->hooks, script_hook_cmp);
 }
 
+/* A plugin's share of one dispatch: its hooks of the event share one
+ * budget (the time spent in them, not in other plugins' hooks between),
+ * so that many hooks cannot add up past it. */
+struct script_share {
+	const struct script_plugin *p;
+	double used_ms;
+	bool spent;                /* told: its remaining hooks were skipped */
+};
+
+/* P's entry in shares (*n of them, grown as needed). */
+static struct script_share *script_share_of(struct script_share **shares, size_t *n,
+                                            const struct script_plugin *P)
+{
+	for (size_t i = 0; i < *n; i++)
+		if ((*shares)[i].p == P)
+			return &(*shares)[i];
+	*shares = xreallocarray(*shares, *n + 1, sizeof **shares);
+	(*shares)[*n] = (struct script_share){ P, 0, false };
+	return &(*shares)[(*n)++];
+}
+
 bool script_dispatch(struct script_rt *rt, enum script_event ev,
                      int (*push)(lua_State *L, void *ud), void *ud)
 {
 	uint64_t seq = rt->seq;
 	bool consumed = false;
+	struct script_share *shares = NULL;
+	size_t n_shares = 0;
 
 	rt->dispatching++;
 	for (size_t i = 0; i < rt->n_hooks && !consumed; i++) {
@@ -763,15 +937,31 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev,
 		if (h.dead || h.ev != ev || h.seq > seq || h.p->disabled)
 			continue;
 		struct script_plugin *P = h.p;
+		struct script_share *sh = script_share_of(&shares, &n_shares, P);
+		double left = rt->cfg.hook_ms - sh->used_ms, t0 = clock_now_ms();
+		if (left <= 0) {
+			if (!sh->spent) {
+				char msg[160];
+				snprintf(msg, sizeof msg, "its %s hooks used the %.0f ms budget of one event; "
+				         "the rest were skipped", script_event_names[ev], rt->cfg.hook_ms);
+				sh->spent = true;
+				script_failed(P, script_event_names[ev], msg, NULL);
+			}
+			continue;
+		}
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, h.ref);
-		int n = push ? push(L, ud) : 0;
-		if (script_pcall(P, L, n, 1, script_event_fast[ev], script_event_names[ev],
-		                 rt->cfg.hook_ms, NULL)) {
+		bool ok = script_call(P, L, push, ud, 1, script_event_fast[ev], script_event_names[ev],
+		                      left, NULL);
+		/* P may be gone now (its hook unloaded it): sh is found by address only */
+		sh = script_share_of(&shares, &n_shares, P);
+		sh->used_ms += clock_now_ms() - t0;
+		if (ok) {
 			consumed = ev == SEV_KEY && lua_toboolean(L, -1);
 			lua_pop(L, 1);
 		}
 	}
+	free(shares);
 	if (--rt->dispatching == 0)
 		script_hooks_settle(rt);
 	script_stale(rt);
@@ -896,6 +1086,10 @@ bool script_on_key(struct script_rt *rt, const char *key)
 
 double script_tick(struct script_rt *rt)
 {
+	/* each plugin's scheduled functions and timers share one budget per
+	 * tick; what does not fit waits for the next tick */
+	struct script_share *shares = NULL;
+	size_t n_shares = 0, n_later = 0;
 	/* scheduled functions: those queued so far; new ones wait for the next tick */
 	size_t n = rt->n_sched;
 	struct script_sched *q = rt->sched;
@@ -908,26 +1102,51 @@ double script_tick(struct script_rt *rt)
 			alive |= rt->plugins[k] == P;
 		if (!alive)
 			continue;
+		struct script_share *sh = script_share_of(&shares, &n_shares, P);
+		double left = rt->cfg.hook_ms - sh->used_ms, t0 = clock_now_ms();
+		if (left <= 0 && !P->disabled) {
+			q[n_later++] = q[i]; /* i >= n_later: kept in order, in place */
+			continue;
+		}
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, q[i].ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, q[i].ref);
-		script_pcall(P, L, 0, 0, false, "scheduled function", rt->cfg.hook_ms, NULL);
+		script_pcall(P, L, 0, 0, false, "scheduled function", left, NULL);
+		sh = script_share_of(&shares, &n_shares, P);
+		sh->used_ms += clock_now_ms() - t0;
 	}
-	free(q);
+	if (n_later > 0) {
+		/* the ones left over go first next time */
+		q = xreallocarray(q, n_later + rt->n_sched, sizeof *q);
+		if (rt->n_sched > 0)
+			memcpy(q + n_later, rt->sched, rt->n_sched * sizeof *q);
+		free(rt->sched);
+		rt->sched = q;
+		rt->n_sched = rt->cap_sched = n_later + rt->n_sched;
+	} else {
+		free(q);
+	}
 	double now = clock_now_ms(), next = -1;
 	size_t nt = rt->n_timers;
 	for (size_t i = 0; i < nt; i++) {
 		struct script_timer t = rt->timers[i];
 		if (t.dead || t.p->disabled || t.due > now)
 			continue;
+		struct script_share *sh = script_share_of(&shares, &n_shares, t.p);
+		double left = rt->cfg.hook_ms - sh->used_ms, t0 = clock_now_ms();
+		if (left <= 0)
+			continue; /* still due: the next tick */
 		if (t.interval_ms > 0)
 			rt->timers[i].due = now + t.interval_ms;
 		else
 			rt->timers[i].dead = true;
 		lua_State *L = script_thread(t.p);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, t.ref);
-		script_pcall(t.p, L, 0, 0, false, "timer", rt->cfg.hook_ms, NULL);
+		script_pcall(t.p, L, 0, 0, false, "timer", left, NULL);
+		sh = script_share_of(&shares, &n_shares, t.p);
+		sh->used_ms += clock_now_ms() - t0;
 	}
+	free(shares);
 	size_t w = 0;
 	for (size_t i = 0; i < rt->n_timers; i++) {
 		struct script_timer *t = &rt->timers[i];
@@ -948,6 +1167,13 @@ double script_tick(struct script_rt *rt)
 }
 
 /* ---------------------------------------------------------- commands */
+
+/* Push the string ud (a command's arguments, a completion's prefix). */
+static int script_push_string(lua_State *L, void *ud)
+{
+	lua_pushstring(L, ud);
+	return 1;
+}
 
 size_t script_command_count(const struct script_rt *rt)
 {
@@ -977,10 +1203,13 @@ int script_command_run(struct script_rt *rt, const char *name, const char *args,
 	struct script_plugin *P = c->p;
 	char what[96];
 	snprintf(what, sizeof what, "command :%s", name);
+	if (P->disabled)
+		return err_set(e, KVS_ESTATE, "plugin %s is disabled: %s", P->name,
+		               P->disabled_why ? P->disabled_why : "");
 	lua_State *L = script_thread(P);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
-	lua_pushstring(L, args ? args : "");
-	bool ok = script_pcall(P, L, 1, 0, false, what, rt->cfg.hook_ms, e);
+	bool ok = script_call(P, L, script_push_string, (void *)(args ? args : ""), 0, false, what,
+	                      rt->cfg.hook_ms, e);
 	/* the plugin's copies run it too, so that what it sets reaches their policies */
 	policy_copies_post(rt, P, name, args ? args : "");
 	return ok ? KVS_OK : e->code;
@@ -994,10 +1223,12 @@ size_t script_command_complete(struct script_rt *rt, const char *name, const cha
 	if (c == NULL || c->complete_ref == LUA_NOREF)
 		return 0;
 	struct script_plugin *P = c->p;
+	if (P->disabled)
+		return 0;
 	lua_State *L = script_thread(P);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, c->complete_ref);
-	lua_pushstring(L, prefix ? prefix : "");
-	if (script_pcall(P, L, 1, 1, false, "completion", rt->cfg.hook_ms, NULL)) {
+	if (script_call(P, L, script_push_string, (void *)(prefix ? prefix : ""), 1, false,
+	                "completion", rt->cfg.hook_ms, NULL)) {
 		if (lua_istable(L, -1))
 			for (lua_Integer i = 1; n < cap; i++) {
 				if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
@@ -1053,17 +1284,29 @@ int script_run(struct script_rt *rt, const char *path, int argc, char **argv, in
                struct err *e)
 {
 	struct script_plugin *P;
+	double dl = rt->cfg.script_ms > 0 ? clock_now_ms() + rt->cfg.script_ms : 0;
 	*status = 0;
 	int rc = script_plugin_file(rt, path, true, argc, argv, &P, e);
 	if (P == NULL)
 		return rc;
-	/* what the script scheduled last, and what that scheduled (bounded) */
-	for (int round = 0; round < 100 && rt->n_sched > 0 && P->exit_status < 0; round++)
+	/* what the script scheduled last, and what that scheduled (bounded),
+	 * still under --timeout: the calls take the tighter deadline */
+	P->deadline = dl;
+	P->budget_ms = rt->cfg.script_ms;
+	for (int round = 0; round < 100 && rt->n_sched > 0 && P->exit_status < 0 && !P->timed_out;
+	     round++) {
 		script_tick(rt);
+		if (dl > 0 && clock_now_ms() > dl && P->exit_status < 0) {
+			P->timed_out = true;
+			rc = err_set(e, KVS_ESTATE, "%s: stopped at its --timeout of %g s", path,
+			             rt->cfg.script_ms / 1000);
+		}
+	}
+	P->deadline = 0;
 	if (P->exit_status >= 0) {
 		*status = P->exit_status;
 		rc = KVS_OK;
-	} else if (rc != KVS_OK && P->depth == 0 && P->L != NULL) {
+	} else if (rc != KVS_OK && P->depth == 0 && P->L != NULL && !P->timed_out) {
 		/* it loaded and ran, then raised: a runtime failure, not bad input */
 		rc = err_set(e, KVS_ESTATE, "%s failed (the error is above)", path);
 	}

@@ -180,10 +180,84 @@ printf 'print(1)\n' >"$tmp/bad name.lua"
 [ $? -eq 2 ] && grep -q 'letters, digits' "$tmp/e" || fail "bad script name: $(cat "$tmp/e")"
 "$bin" run --hook-ms 0 "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] || fail "--hook-ms 0: $(cat "$tmp/e")"
-# a script that loops forever stops at --timeout
+# a script that loops forever stops at --timeout: exit 1, one line
 printf 'while true do end\n' >"$tmp/loop.lua"
 "$bin" run --timeout 0.2 "$tmp/loop.lua" >"$tmp/o" 2>"$tmp/e"
-[ $? -eq 1 ] && grep -q 'time budget' "$tmp/e" || fail "--timeout: $(cat "$tmp/e")"
+[ $? -eq 1 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q 'loop.lua: stopped at its --timeout of 0.2 s' "$tmp/e" ||
+	fail "--timeout: $(cat "$tmp/e")"
+
+
+# hostile scripts and plugins (tests/lua/hostile.lua has the in-process
+# ones): what once crashed, froze or misreported now fails cleanly, with one
+# line under --timeout. Each runs under timeout(1): 124 means it froze.
+hostile() { # hostile NAME EXPECTED_EXIT MAX_SECONDS GREP|"" [kvscope run options...]
+	h_name=$1 h_want=$2 h_max=$3 h_grep=$4
+	shift 4
+	h_t0=$(date +%s)
+	timeout 60 "$bin" run --model "$model" -t 1 --results "$tmp/results" "$@" "$tmp/$h_name.lua" \
+		>"$tmp/$h_name.out" 2>"$tmp/$h_name.err"
+	h_rc=$?
+	h_dt=$(($(date +%s) - h_t0))
+	[ "$h_rc" -eq "$h_want" ] && [ "$h_dt" -le "$h_max" ] && { [ -z "$h_grep" ] || grep -q -- "$h_grep" "$tmp/$h_name.err"; } ||
+		fail "hostile $h_name: exit $h_rc (expected $h_want) after ${h_dt}s (at most ${h_max}s): $(head -3 "$tmp/$h_name.err")"
+}
+one_line() { [ "$(wc -l <"$tmp/$1.err")" -eq 1 ] || fail "hostile $1: expected one line, got: $(cat "$tmp/$1.err")"; }
+printf 'local n = 0\nerror(setmetatable({}, {__index = function() n = n + 1 if n == 1 then return 0 end error("boom") end}))\n' >"$tmp/errindex.lua"
+hostile errindex 1 20 'error object is a table value'
+printf 'error({kvscope_exit = -7})\n' >"$tmp/exitneg.lua"
+hostile exitneg 1 20 'kvscope_exit = -7}: an exit request needs an integer status in 0..125'
+printf 'error({kvscope_exit = 300})\n' >"$tmp/exit300.lua"
+hostile exit300 1 20 'kvscope_exit = 300}'
+printf 'error({kvscope_exit = 2.5})\n' >"$tmp/exitfrac.lua"
+hostile exitfrac 1 20 'kvscope_exit = 2.5}'
+printf 'error({kvscope_exit = 3})\n' >"$tmp/exit3.lua"
+hostile exit3 3 20 '' # a script's well-formed request still ends it with that status
+printf 'require("kvscope").sleep(0/0)\n' >"$tmp/sleepnan.lua"
+hostile sleepnan 1 20 'NaN'
+printf 'require("kvscope").sleep(8000)\nprint("woke")\n' >"$tmp/sleep8.lua"
+hostile sleep8 1 5 'sleep8.lua: stopped at its --timeout of 1 s' --timeout 1
+one_line sleep8
+cat >"$tmp/longchat.lua" <<'LUA'
+local kvscope = require "kvscope"
+local s = kvscope.session{ temp = 0, max_tokens = 100000, budget = 64, policy = "window" }
+s:set_length("50000t") -- the tiny model would write 45000 tokens (about 40 s)
+s:chat("go on")
+print("completed")
+LUA
+hostile longchat 1 10 'longchat.lua: stopped at its --timeout of 1 s' --timeout 1
+one_line longchat
+for c in "string.rep('', math.maxinteger) while true do end" "table.move({}, 1, 2^40, 1, {})" \
+	"string.find(('a'):rep(3000), ('a*'):rep(12) .. 'b')" \
+	"xpcall(function() while true do end end, function() while true do end end)" \
+	"local s = require('kvscope').session{ temp = 0 } for i = 1, 1e9 do s:feed('word ') end"; do
+	printf '%s\n' "$c" >"$tmp/freeze.lua"
+	hostile freeze 1 10 'freeze.lua: stopped at its --timeout of 1 s' --timeout 1
+	one_line freeze
+done
+# scheduled functions that schedule two more each: each overruns its own
+# hook budget (reported), and the whole run stops at --timeout (the last line)
+printf '%s\n' "local k = require('kvscope') local function f() local t = k.clock() while k.clock() - t < 20 do end k.schedule(f) k.schedule(f) end k.schedule(f)" \
+	>"$tmp/sched.lua"
+hostile sched 1 10 'sched.lua: stopped at its --timeout of 1 s' --timeout 1
+[ "$(tail -1 "$tmp/sched.err")" = "kvscope: $tmp/sched.lua: stopped at its --timeout of 1 s" ] ||
+	fail "hostile sched: last line $(tail -1 "$tmp/sched.err")"
+printf 'setmetatable({}, {__gc = function() while true do end end})\n' >"$tmp/gc.lua"
+hostile gc 1 20 '__gc finalizers are not available'
+# a plugin whose token hook raises such an error value: the plugin is
+# disabled, the script goes on and exits 0
+printf 'local k = require "kvscope"\nlocal n = 0\nk.on("token", function() n = 0 error(setmetatable({}, {__index = function() n = n + 1 if n == 1 then return 0 end error("boom") end})) end)\n' \
+	>"$tmp/badtok.lua"
+printf 'local s = require("kvscope").session{ temp = 0, max_tokens = 8 }\nprint((s:chat("hi")))\nprint("done")\n' >"$tmp/usebad.lua"
+hostile usebad 0 20 'plugin badtok disabled' --plugin "$tmp/badtok.lua"
+grep -q '^done$' "$tmp/usebad.out" || fail "hostile usebad: the script did not finish: $(cat "$tmp/usebad.out")"
+# an unload hook that loads another plugin at exit: the run still ends
+cat >"$tmp/respawn.lua" <<LUA
+local kvscope = require "kvscope"
+kvscope.on("unload", function() kvscope.load_plugin("$tmp/respawn.lua") end)
+LUA
+printf 'print("ran")\n' >"$tmp/plain.lua"
+hostile plain 0 20 '' --plugin "$tmp/respawn.lua"
+grep -q '^ran$' "$tmp/plain.out" || fail "hostile respawn: $(cat "$tmp/plain.out" "$tmp/plain.err")"
 
 [ "$fails" -eq 0 ] || exit 1
 echo "lua.sh: all checks passed"

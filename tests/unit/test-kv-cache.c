@@ -853,6 +853,32 @@ static void test_pin_switch(const struct model *m)
 	engine_free(eng);
 }
 
+/* A feed past the deadline stops before its next chunk: nothing more is
+ * fed and no logits are left; far ahead or none, feeds go on. */
+static void test_deadline(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	struct engine *eng = mk_engine(m, 64);
+	struct kv_cache *kv = mk_cache(eng, "streaming", 64, 512);
+	int32_t ids[20];
+	struct err e;
+	rnd_tokens(ids, 20, hp->n_vocab);
+	T_CHECK(kv_cache_feed(kv, ids, 10, &e) == KVS_OK, "%s", e.msg);
+	kv_cache_set_deadline(kv, clock_now_ms() - 1);
+	T_EQ_INT(kv_cache_feed(kv, ids + 10, 5, &e), KVS_ESTATE);
+	T_CHECK(strstr(e.msg, "deadline after 0 of 5 tokens") != NULL, "%s", e.msg);
+	T_EQ_INT(kv_cache_n(kv), 10);
+	T_CHECK(kv_cache_logits(kv) == NULL, "no logits after a stopped feed");
+	kv_cache_set_deadline(kv, clock_now_ms() + 1e9);
+	T_CHECK(kv_cache_feed(kv, ids + 10, 5, &e) == KVS_OK, "%s", e.msg);
+	kv_cache_set_deadline(kv, 0);
+	T_CHECK(kv_cache_feed(kv, ids + 15, 5, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_n(kv), 20);
+	T_CHECK(kv_cache_logits(kv) != NULL, "logits after a whole feed");
+	kv_cache_free(kv);
+	engine_free(eng);
+}
+
 /* ------------------------------------------------------------- capture */
 
 struct cap_state {
@@ -1270,6 +1296,7 @@ int main(void)
 	test_provider(t.m);
 	log_set_level(LOG_WARN);
 	test_pin_switch(t.m);
+	test_deadline(t.m);
 	test_capture(t.m);
 	test_restore(t.m, "full", 30, false);
 	test_restore(t.m, "streaming", 100, false);

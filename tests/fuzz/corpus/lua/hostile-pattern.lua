@@ -1,0 +1,2 @@
+-- backtracking patterns
+string.find(('a'):rep(3000), ('a*'):rep(12) .. 'b')
