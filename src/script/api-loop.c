@@ -12,6 +12,7 @@
  */
 #include "script/script-int.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -26,7 +27,7 @@ static int api_on(lua_State *L)
 	struct script_rt *rt = P->rt;
 	const char *ev = luaL_checkstring(L, 1);
 	luaL_checktype(L, 2, LUA_TFUNCTION);
-	lua_Integer prio = luaL_optinteger(L, 3, 0);
+	lua_Integer prio = script_optint(L, 3, "kvscope.on: priority", 0, INT_MIN, INT_MAX);
 	int k;
 	for (k = 0; k < SEV_COUNT; k++)
 		if (strcmp(ev, script_event_names[k]) == 0)
@@ -71,7 +72,7 @@ static int api_off(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
 	struct script_rt *rt = P->rt;
-	lua_Integer id = luaL_checkinteger(L, 1);
+	lua_Integer id = script_int(L, 1, "kvscope.off: id", 1, LUA_MAXINTEGER);
 	for (size_t i = 0; i < rt->n_hooks; i++)
 		if ((lua_Integer)rt->hooks[i].id == id && rt->hooks[i].p == P && !rt->hooks[i].dead) {
 			rt->hooks[i].dead = true;
@@ -176,14 +177,12 @@ static int api_timer_stop(lua_State *L)
 static int api_exit(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
-	lua_Integer status = luaL_optinteger(L, 1, 0);
 	const char *msg = luaL_optstring(L, 2, NULL);
 	if (!P->is_script)
 		return msg ? script_error(L, "%s", msg)
 		           : script_error(L, "kvscope.exit ends a script (kvscope run); a plugin is "
 		                             "stopped with :plugin unload");
-	if (status < 0 || status > 125)
-		return script_error(L, "kvscope.exit: status %lld: expected 0..125", (long long)status);
+	lua_Integer status = script_optint(L, 1, "kvscope.exit: status", 0, 0, 125);
 	if (msg != NULL) {
 		fflush(stdout);
 		fprintf(stderr, "%s\n", msg);

@@ -115,20 +115,26 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 	for (size_t i = 0; i < KVS_ARRAY_LEN(api_num_opts); i++) {
 		const struct api_num_opt *o = &api_num_opts[i];
 		if (lua_getfield(L, t, o->key) != LUA_TNIL) {
+			void *f = (char *)c + o->off;
+			if (o->type != API_OPT_F32) {
+				char what[64];
+				snprintf(what, sizeof what, "kvscope.session: %s", o->key);
+				lua_Integer v = script_int(L, -1, what, (lua_Integer)o->lo, (lua_Integer)o->hi);
+				if (o->type == API_OPT_U32)
+					*(uint32_t *)f = (uint32_t)v;
+				else if (o->type == API_OPT_I32)
+					*(int32_t *)f = (int32_t)v;
+				else
+					*(int *)f = (int)v;
+				lua_pop(L, 1);
+				continue;
+			}
 			int isnum;
 			double x = lua_tonumberx(L, -1, &isnum);
 			if (!isnum || !(x >= o->lo && x <= o->hi))
 				script_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])", o->key,
 				             luaL_tolstring(L, -1, NULL), o->lo, o->hi);
-			void *f = (char *)c + o->off;
-			if (o->type == API_OPT_U32)
-				*(uint32_t *)f = (uint32_t)x;
-			else if (o->type == API_OPT_I32)
-				*(int32_t *)f = (int32_t)x;
-			else if (o->type == API_OPT_INT)
-				*(int *)f = (int)x;
-			else
-				*(float *)f = (float)x;
+			*(float *)f = (float)x;
 		}
 		lua_pop(L, 1);
 	}
@@ -376,9 +382,7 @@ static int api_s_chat(lua_State *L)
 	uint32_t old_max = 0;
 	if (lua_istable(L, 3)) {
 		if (lua_getfield(L, 3, "max_tokens") != LUA_TNIL) {
-			lua_Integer m = luaL_checkinteger(L, -1);
-			if (m < 1 || m > (1 << 24))
-				return script_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)m);
+			lua_Integer m = script_int(L, -1, "chat: max_tokens", 1, 1 << 24);
 			old_max = 1;
 			session_set_max_tokens(as->s, (uint32_t)m);
 		}
@@ -419,10 +423,8 @@ static int api_s_prompt(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	const char *text = luaL_checkstring(L, 2);
-	lua_Integer extra = luaL_optinteger(L, 3, 0);
+	lua_Integer extra = script_optint(L, 3, "prompt: extra", 0, 0, 1 << 24);
 	struct err e;
-	if (extra < 0 || extra > (1 << 24))
-		return script_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
 	api_session_enter(L, as);
 	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
@@ -472,14 +474,12 @@ static void api_gen_text(const char *text, size_t len, void *ud)
 static int api_s_generate(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer n = luaL_checkinteger(L, 2);
+	lua_Integer n = script_int(L, 2, "generate: tokens", 1, 1 << 24);
 	struct gen *g = session_gen(as->s);
 	struct err e;
 	enum gen_stop stop;
 	uint32_t n_out;
 	luaL_Buffer b;
-	if (n < 1 || n > (1 << 24))
-		return script_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
 	if (gen_logits(g) == NULL)
 		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
 	luaL_buffinit(L, &b);
@@ -497,12 +497,8 @@ static int api_s_generate(lua_State *L)
 /* The first token of a candidate: an id, or the first token of a string. */
 static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
 {
-	if (lua_isinteger(L, idx)) {
-		lua_Integer id = lua_tointeger(L, idx);
-		if (id < 0 || id >= (lua_Integer)gen_n_vocab(g))
-			script_error(L, "token id %d out of range (0..%d)", (int)id, (int)gen_n_vocab(g) - 1);
-		return (int32_t)id;
-	}
+	if (lua_type(L, idx) == LUA_TNUMBER)
+		return (int32_t)script_int(L, idx, "logprobs: token id", 0, (lua_Integer)gen_n_vocab(g) - 1);
 	size_t len;
 	const char *s = lua_tolstring(L, idx, &len);
 	if (s == NULL || len == 0)
@@ -556,13 +552,11 @@ static int api_s_top(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	struct gen *g = session_gen(as->s);
-	lua_Integer k = luaL_optinteger(L, 2, 10);
+	lua_Integer k = script_optint(L, 2, "top: k", 10, 1, 1000);
 	uint32_t nv = gen_n_vocab(g);
 	const float *lg = gen_logits(g);
 	if (lg == NULL)
 		return script_error(L, "top: nothing fed yet (feed or prompt first)");
-	if (k < 1 || k > 1000)
-		return script_error(L, "top: k = %d (expected 1..1000)", (int)k);
 	if ((uint32_t)k > nv)
 		k = nv;
 	double lz = api_logz(lg, nv);
@@ -627,10 +621,9 @@ static int api_s_detokenize(lua_State *L)
 	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, 2, i);
-		lua_Integer id = lua_tointeger(L, -1);
+		lua_Integer id = script_int(L, -1, "detokenize: id", 0,
+		                            (lua_Integer)vocab_n_tokens(v) - 1);
 		lua_pop(L, 1);
-		if (id < 0 || id >= (lua_Integer)vocab_n_tokens(v))
-			return script_error(L, "detokenize: id %d out of range", (int)id);
 		char buf[256];
 		size_t k = vocab_piece(v, (int32_t)id, true, buf, sizeof buf);
 		luaL_addlstring(&b, buf, KVS_MIN(k, sizeof buf));
@@ -656,12 +649,10 @@ static int api_s_set_policy(lua_State *L)
 static int api_s_set_budget(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer n = luaL_checkinteger(L, 2);
+	lua_Integer n = script_int(L, 2, "set_budget: tokens", 8, 1 << 24);
 	struct err e;
 	if (as->busy)
 		return script_error(L, "set_budget: the session is busy");
-	if (n < 8 || n > (1 << 24))
-		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
 	if (kv_cache_set_budget(gen_kv(session_gen(as->s)), (uint32_t)n, &e) != KVS_OK)
 		return script_error(L, "set_budget: %s", e.msg);
 	script_stale(as->p->rt);
@@ -707,7 +698,7 @@ static int api_s_tokens(lua_State *L)
 static int api_s_find(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer pos = luaL_checkinteger(L, 2);
+	lua_Integer pos = script_int(L, 2, "find: position", INT32_MIN, INT32_MAX);
 	int32_t i = kv_cache_find(gen_kv(session_gen(as->s)), (int32_t)pos);
 	if (i < 0)
 		lua_pushnil(L);
@@ -719,7 +710,7 @@ static int api_s_find(lua_State *L)
 static int api_s_pin(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer pos = luaL_checkinteger(L, 2);
+	lua_Integer pos = script_int(L, 2, "pin: position", INT32_MIN, INT32_MAX);
 	bool on = lua_isnone(L, 3) ? true : lua_toboolean(L, 3);
 	struct err e;
 	if (kv_cache_pin(gen_kv(session_gen(as->s)), (int32_t)pos, on, &e) != KVS_OK)
@@ -737,7 +728,7 @@ static int api_s_turns(lua_State *L)
 static int api_s_turn(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer i = luaL_checkinteger(L, 2);
+	lua_Integer i = script_int(L, 2, "turn: index", LUA_MININTEGER, LUA_MAXINTEGER);
 	const struct session_turn *t = NULL;
 	if (i >= 1 && i <= (lua_Integer)session_n_turns(as->s))
 		t = session_turn_at(as->s, (uint32_t)(i - 1));

@@ -7,15 +7,24 @@
  * command line reads it through script.h, never through Lua. A command or
  * view belongs to the plugin that created it; another plugin may not take
  * its name, and unloading the owner removes it (script.c). A view's version
- * moves on every change so a renderer redraws only what moved. Files go
- * only under the results directory, by relative paths of plain components.
+ * moves on every change so a renderer redraws only what moved.
+ *
+ * Files go only under the results directory, by relative paths of plain
+ * components (letters, digits, '.', '-', '_'; no '.', '..' or empty
+ * component, no NUL). The directory is never empty or "/", and below it
+ * every component is opened with O_NOFOLLOW from the one before (openat,
+ * mkdirat), so a symbolic link inside it, to a file or a folder, is
+ * refused rather than followed; the file written must be a regular file
+ * with one name (not a hard link to a file elsewhere, not a FIFO).
  */
 #include "script/script-int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define API_VIEW "kvscope.view"
@@ -333,7 +342,11 @@ static int api_plugin_log(lua_State *L)
 static int api_load_plugin(lua_State *L)
 {
 	struct err e;
-	int rc = script_load(api_rt(L), luaL_checkstring(L, 1), &e);
+	size_t len;
+	const char *path = luaL_checklstring(L, 1, &len);
+	int rc = strlen(path) != len
+	             ? err_set(&e, KVS_EARG, "the path '%s...' holds a NUL byte: refused", path)
+	             : script_load(api_rt(L), path, &e);
 	lua_pushboolean(L, rc == KVS_OK);
 	if (rc == KVS_OK)
 		return 1;
@@ -388,37 +401,130 @@ static bool api_path_ok(const char *p)
 	return true;
 }
 
+int api_results_check(const char *dir, struct err *e)
+{
+	struct stat st, root;
+
+	if (dir[0] == '\0')
+		return err_set(e, KVS_EARG, "the results directory is empty: expected a folder "
+		                            "(kvscope.write writes under it)");
+	if (stat(dir, &st) == 0 && stat("/", &root) == 0 && st.st_dev == root.st_dev &&
+	    st.st_ino == root.st_ino)
+		return err_set(e, KVS_EARG, "the results directory %s is the root folder: expected a "
+		                            "folder of its own (kvscope.write writes under it)",
+		               dir);
+	return KVS_OK;
+}
+
+/* Open the folder comp inside the folder dfd without following a link,
+ * creating it when missing; closes dfd. -1 with errno set on failure. */
+static int api_open_dir_at(int dfd, const char *comp)
+{
+	int fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && (mkdirat(dfd, comp, 0777) == 0 || errno == EEXIST))
+		fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int saved = errno;
+	close(dfd);
+	errno = saved;
+	return fd;
+}
+
+/* Open rel (checked by api_path_ok) for writing under the results
+ * directory: the directory itself is the user's choice (a link there is
+ * followed, it is created when missing), every component below it is
+ * opened without following links, so no link inside it leads out; the file
+ * must be a regular file with no other name (a hard link would write
+ * elsewhere). Returns the descriptor, or raises. */
+static int api_open_result(lua_State *L, struct script_rt *rt, const char *rel, bool append)
+{
+	struct err e;
+	struct stat st;
+
+	if (api_results_check(rt->results_dir, &e) != KVS_OK)
+		return script_error(L, "kvscope.write: %s", e.msg);
+	if (file_mkdirs(rt->results_dir, 0777) != 0)
+		return script_error(L, "kvscope.write: cannot create %s: %s", rt->results_dir,
+		                    strerror(errno));
+	int dfd = open(rt->results_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return script_error(L, "kvscope.write: cannot open %s: %s", rt->results_dir,
+		                    strerror(errno));
+	if (api_results_check(rt->results_dir, &e) != KVS_OK) {
+		close(dfd);
+		return script_error(L, "kvscope.write: %s", e.msg);
+	}
+	char comp[256]; /* api_path_ok: at most 200 bytes */
+	const char *s = rel;
+	for (size_t n = strcspn(s, "/"); s[n] == '/'; n = strcspn(s, "/")) {
+		memcpy(comp, s, n);
+		comp[n] = '\0';
+		dfd = api_open_dir_at(dfd, comp);
+		if (dfd < 0)
+			return script_error(L, "kvscope.write: %s/%.*s: %s", rt->results_dir,
+			                    (int)(s + n - rel), rel,
+			                    errno == ELOOP || errno == ENOTDIR
+			                        ? "not a folder (a link or a file): refused"
+			                        : strerror(errno));
+		s += n + 1;
+	}
+	/* O_NONBLOCK: a FIFO placed there fails instead of waiting for a reader */
+	int fd = openat(dfd, s, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC |
+	                            (append ? O_APPEND : 0),
+	                0666);
+	int saved = errno;
+	close(dfd);
+	if (fd < 0)
+		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel,
+		                    saved == ELOOP   ? "a symbolic link: refused"
+		                    : saved == ENXIO ? "a FIFO: refused"
+		                                     : strerror(saved));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+		close(fd);
+		return script_error(L, "kvscope.write: %s/%s: not a regular file of its own (a "
+		                    "device, a FIFO or a hard link): refused",
+		                    rt->results_dir, rel);
+	}
+	if (!append && ftruncate(fd, 0) != 0) {
+		saved = errno;
+		close(fd);
+		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel,
+		                    strerror(saved));
+	}
+	return fd;
+}
+
 static int api_write(lua_State *L)
 {
 	struct script_rt *rt = api_rt(L);
-	const char *rel = luaL_checkstring(L, 1);
-	size_t len;
+	size_t rlen, len;
+	const char *rel = luaL_checklstring(L, 1, &rlen);
 	const char *text = luaL_checklstring(L, 2, &len);
 	const char *mode = luaL_optstring(L, 3, "w");
+	if (strlen(rel) != rlen)
+		return script_error(L, "kvscope.write: the path '%s...' holds a NUL byte: refused", rel);
 	if (!api_path_ok(rel))
 		return script_error(L, "kvscope.write: '%s' refused (expected a relative path of letters, "
 		                     "digits, '.', '-', '_' under the results directory, no '..')",
 		                  rel);
 	if (strcmp(mode, "w") != 0 && strcmp(mode, "a") != 0)
 		return script_error(L, "kvscope.write: mode '%s' (expected \"w\" or \"a\")", mode);
-	char *path = xasprintf("%s/%s", rt->results_dir, rel);
-	/* create the directories on the way */
-	char *slash = strrchr(path, '/');
-	*slash = '\0';
-	if (file_mkdirs(path, 0777) != 0) {
-		lua_pushfstring(L, "kvscope.write: cannot create %s: %s", path, strerror(errno));
-		free(path);
-		return lua_error(L);
+	int fd = api_open_result(L, rt, rel, mode[0] == 'a');
+	for (size_t done = 0; done < len;) {
+		ssize_t n = write(fd, text + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int saved = n < 0 ? errno : EIO;
+			close(fd);
+			return script_error(L, "kvscope.write: cannot write %s/%s: %s", rt->results_dir, rel,
+			                    strerror(saved));
+		}
+		done += (size_t)n;
 	}
-	*slash = '/';
-	FILE *fp = fopen(path, mode);
-	if (fp == NULL || fwrite(text, 1, len, fp) != len || fclose(fp) != 0) {
-		lua_pushfstring(L, "kvscope.write: cannot write %s: %s", path, strerror(errno));
-		free(path);
-		return lua_error(L);
-	}
-	lua_pushstring(L, path);
-	free(path);
+	if (close(fd) != 0)
+		return script_error(L, "kvscope.write: cannot write %s/%s: %s", rt->results_dir, rel,
+		                    strerror(errno));
+	lua_pushfstring(L, "%s/%s", rt->results_dir, rel);
 	return 1;
 }
 

@@ -39,6 +39,7 @@
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
 #define SCRIPT_HOOK_COUNT 1000 /* instructions between deadline checks */
+#define SCRIPT_SRC_MAX ((size_t)4 << 20) /* bytes of a plugin's source, at most */
 
 /* Events plugins hook with kvscope.on (names in script_event_names). */
 enum script_event {
@@ -203,6 +204,14 @@ lua_State *script_thread(struct script_plugin *P);
 void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e);
 /* luaL_error with printf formats (luaL_error's own take only %d, %s, %f). */
 int script_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The value at idx as an integer in [lo, hi]; anything else (a float with a
+ * fraction, a number out of range, not a number) raises an error naming
+ * what ("session:find: position") and the range. Every integer the API
+ * takes from Lua goes through here, so none is truncated on its way in. */
+lua_Integer script_int(lua_State *L, int idx, const char *what, lua_Integer lo, lua_Integer hi);
+/* script_int, or def when the value at idx is none or nil. */
+lua_Integer script_optint(lua_State *L, int idx, const char *what, lua_Integer def, lua_Integer lo,
+                          lua_Integer hi);
 /* Every state's lent data is stale now (an event ended, a cache changed). */
 void script_stale(struct script_rt *rt);
 void script_log(struct script_plugin *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -291,6 +300,11 @@ int api_raise_exit(lua_State *L, int status);
 void api_setnum(lua_State *L, const char *k, double v);
 void api_setint(lua_State *L, const char *k, lua_Integer v);
 void api_setstr(lua_State *L, const char *k, const char *v);
+
+/* ---- api-view.c ---- */
+
+/* KVS_OK when dir may be the results directory: not empty, not "/". */
+int api_results_check(const char *dir, struct err *e);
 
 /* ---- api-token.c: event data, lent as read-only userdata ---- */
 

@@ -74,14 +74,38 @@ int script_error(lua_State *L, const char *fmt, ...)
 	return lua_error(L);
 }
 
+lua_Integer script_int(lua_State *L, int idx, const char *what, lua_Integer lo, lua_Integer hi)
+{
+	int isint;
+	lua_Integer v = lua_tointegerx(L, idx, &isint);
+
+	if (!isint || v < lo || v > hi) {
+		const char *got = lua_type(L, idx) == LUA_TNUMBER || lua_type(L, idx) == LUA_TSTRING
+		                      ? luaL_tolstring(L, idx, NULL)
+		                      : luaL_typename(L, idx);
+		script_error(L, "%s: %s: expected an integer in %lld..%lld", what, got, (long long)lo,
+		             (long long)hi);
+	}
+	return v;
+}
+
+lua_Integer script_optint(lua_State *L, int idx, const char *what, lua_Integer def, lua_Integer lo,
+                          lua_Integer hi)
+{
+	return lua_isnoneornil(L, idx) ? def : script_int(L, idx, what, lo, hi);
+}
+
 /* Whether the error value at idx is kvscope.exit's request; its status. */
 static bool script_is_exit(lua_State *L, int idx, int *status)
 {
 	if (lua_type(L, idx) != LUA_TTABLE)
 		return false;
-	bool is = lua_getfield(L, idx, "kvscope_exit") == LUA_TNUMBER;
+	int isint;
+	lua_getfield(L, idx, "kvscope_exit");
+	lua_Integer v = lua_tointegerx(L, -1, &isint);
+	bool is = isint && v >= 0 && v <= 125; /* kvscope.exit's range (api_exit) */
 	if (is && status != NULL)
-		*status = (int)lua_tointeger(L, -1);
+		*status = (int)v;
 	lua_pop(L, 1);
 	return is;
 }
@@ -428,6 +452,35 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 	script_stale(rt);
 }
 
+/* The error of a file whose text does not compile: "PATH:LINE: what Lua
+ * says", without the token Lua quotes after "near", which is the file's own
+ * text (load_plugin on a file that is not Lua would otherwise hand a plugin
+ * the file's first word). The text is compiled again under an empty chunk
+ * name, so that the line and the message are found without parsing the
+ * path. Returns KVS_EFORMAT. */
+static int script_syntax_error(lua_State *L, const char *path, const char *src, size_t len,
+                               struct err *e)
+{
+	int line = 0, at = 0;
+	const char *msg = NULL;
+
+	if (luaL_loadbufferx(L, src, len, "=", "t") != LUA_OK) {
+		msg = lua_tostring(L, -1);
+		if (msg == NULL || sscanf(msg, ":%d: %n", &line, &at) != 1 || at == 0)
+			msg = NULL;
+	}
+	if (msg == NULL) {
+		lua_pop(L, 1);
+		return err_set(e, KVS_EFORMAT, "%s: does not compile as Lua text", path);
+	}
+	msg += at;
+	const char *near = strstr(msg, " near ");
+	int n = near != NULL ? (int)(near - msg) : (int)strlen(msg);
+	err_set(e, KVS_EFORMAT, "%s:%d: %.*s", path, line, KVS_MIN(n, 200), msg);
+	lua_pop(L, 1);
+	return KVS_EFORMAT;
+}
+
 /* Create plugin name's state and run its main chunk src[0, len) (script:
  * with argv as kvscope.args); path is the file it came from (NULL: text
  * given directly, e.g. :lua), chunk the name Lua's messages give it. Takes
@@ -483,7 +536,10 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	if (ok) {
 		rc = luaL_loadbufferx(L, src, len, chunk, "t");
 		if (rc != LUA_OK) {
-			rc = err_set(e, KVS_EFORMAT, "%s", lua_tostring(L, -1));
+			if (path != NULL && rc == LUA_ERRSYNTAX)
+				rc = script_syntax_error(L, path, src, len, e);
+			else
+				rc = err_set(e, KVS_EFORMAT, "%s", lua_tostring(L, -1));
 			lua_pop(L, 1);
 			goto fail;
 		}
@@ -520,6 +576,14 @@ fail:
 	return rc;
 }
 
+/* The largest plugin or script source: SCRIPT_SRC_MAX, or a quarter of
+ * the memory cap when that is less (the host keeps the text for copies,
+ * counted in the cap, and its compiled form lives in the state). */
+static size_t script_src_max(const struct script_rt *rt)
+{
+	return KVS_MIN((size_t)SCRIPT_SRC_MAX, rt->cfg.mem_cap / 4);
+}
+
 /* Read the plugin or script file at path and create it. */
 static int script_plugin_file(struct script_rt *rt, const char *path, bool is_script, int argc,
                               char **argv, struct script_plugin **out, struct err *e)
@@ -530,7 +594,7 @@ static int script_plugin_file(struct script_rt *rt, const char *path, bool is_sc
 	*out = NULL;
 	if (name == NULL)
 		return KVS_EARG;
-	if (file_read_all(path, &src, &len, e) != KVS_OK) {
+	if (file_read_max(path, script_src_max(rt), &src, &len, e) != KVS_OK) {
 		free(name);
 		e->code = KVS_EARG; /* a path the user gave */
 		return KVS_EARG;
@@ -551,9 +615,12 @@ int script_load(struct script_rt *rt, const char *path, struct err *e)
 int script_load_text(struct script_rt *rt, const char *name, const char *code, struct err *e)
 {
 	struct script_plugin *P;
+	size_t len = strlen(code);
+	if (len > script_src_max(rt))
+		return err_set(e, KVS_EARG, "plugin %s: %zu bytes of code, expected at most %zu", name,
+		               len, script_src_max(rt));
 	char *chunk = xasprintf("=%s", name);
-	int rc = script_plugin_new(rt, xstrdup(name), NULL, chunk, code, strlen(code), false, 0, NULL,
-	                           &P, e);
+	int rc = script_plugin_new(rt, xstrdup(name), NULL, chunk, code, len, false, 0, NULL, &P, e);
 	free(chunk);
 	return rc;
 }
@@ -672,15 +739,19 @@ const char *script_log_line(const struct script_rt *rt, const char *plugin, size
 
 int script_rt_new(struct script_rt **out, const struct script_config *c, struct err *e)
 {
+	const char *results = c->results_dir ? c->results_dir : "results";
+	*out = NULL;
+	int rc = api_results_check(results, e);
+	if (rc != KVS_OK)
+		return rc;
 	struct script_rt *rt = xcalloc(1, sizeof *rt);
-	(void)e;
 	rt->thread = pthread_self();
 	rt->cfg = *c;
 	if (rt->cfg.mem_cap < ((size_t)1 << 20))
 		rt->cfg.mem_cap = (size_t)1 << 20;
 	if (rt->cfg.max_errors == 0)
 		rt->cfg.max_errors = 1;
-	rt->results_dir = xstrdup(c->results_dir ? c->results_dir : "results");
+	rt->results_dir = xstrdup(results);
 	rt->cfg.results_dir = rt->results_dir;
 	rt->system = c->system ? xstrdup(c->system) : NULL;
 	rt->cfg.system = rt->system;
