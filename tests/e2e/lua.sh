@@ -206,6 +206,20 @@ printf 'print(1)\n' >"$tmp/bad name.lua"
 [ $? -eq 2 ] && grep -q 'letters, digits' "$tmp/e" || fail "bad script name: $(cat "$tmp/e")"
 "$bin" run --hook-ms 0 "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] || fail "--hook-ms 0: $(cat "$tmp/e")"
+# a session's context larger than the memory the system gives: a Lua error
+# naming the size, not xmalloc's abort (the tiny model's 1048576 slots need
+# 388 MiB; a 300 MB address space runs its default context). A build whose
+# runtime cannot start under the limit (ASan) skips this.
+printf 'local s = require("kvscope").session{ctx = %s}\nprint(s:info().n_ctx)\n' 2048 >"$tmp/ctx-small.lua"
+printf 'local s = require("kvscope").session{ctx = %s}\nprint(s:info().n_ctx)\n' 1048576 >"$tmp/ctx-big.lua"
+if (ulimit -v 300000 && run "$tmp/ctx-small.lua" >/dev/null 2>&1); then
+	(ulimit -v 300000 && run "$tmp/ctx-big.lua") >"$tmp/o" 2>"$tmp/e"
+	rc=$?
+	[ "$rc" -eq 1 ] && grep -q 'kvscope.session: .*the KV cache needs [0-9.]* MiB for 1048576 slots' "$tmp/e" ||
+		fail "session{ctx = 1048576} under ulimit -v: exit $rc, $(cat "$tmp/e")"
+else
+	echo "lua.sh: a session does not run under ulimit -v 300000 here (ASan?): ctx check skipped"
+fi
 # a script that loops forever stops at --timeout
 printf 'while true do end\n' >"$tmp/loop.lua"
 "$bin" run --timeout 0.2 "$tmp/loop.lua" >"$tmp/o" 2>"$tmp/e"
