@@ -111,6 +111,9 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 	double budget = deadline_ms - clock_now_ms();
 	if (budget < 0.001)
 		budget = 0.001;
+	/* a call that returns garbage is a strike as an error is: a successful
+	 * pcall must not clear the strikes before its result is checked */
+	uint32_t strikes = P->consecutive;
 	if (!script_pcall(P, L, 2, 1, true, what, budget, e)) {
 		rc = e->code;
 	} else {
@@ -133,6 +136,7 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 		if (rc != KVS_OK) {
 			char msg[ERR_MSG_MAX];
 			snprintf(msg, sizeof msg, "%s", e->msg);
+			P->consecutive = strikes;
 			script_failed(P, what, msg, e);
 		}
 	}

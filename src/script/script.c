@@ -10,7 +10,8 @@
  *
  * Every call into a state goes through script_pcall: a message handler
  * appends a traceback, the error goes to the plugin's log, and after
- * max_errors consecutive errors or overruns the plugin is disabled and the
+ * max_errors consecutive errors or overruns (or scores a policy returned
+ * that are not a table of numbers: api_score) the plugin is disabled and the
  * user told. Hooks are kept in one array sorted by priority; a hook added
  * during a dispatch is appended and not seen by that dispatch (its sequence
  * number is newer), a hook removed during one is flagged dead, and the array
@@ -297,7 +298,7 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 	/* plugins only: a script's errors end up in its own results or its exit */
 	if (P->consecutive >= rt->cfg.max_errors && !P->disabled && !P->is_script) {
 		char why[512];
-		snprintf(why, sizeof why, "%u consecutive errors or overruns (last in %s: %.*s)",
+		snprintf(why, sizeof why, "%u consecutive errors, overruns or bad results (last in %s: %.*s)",
 		         P->consecutive, what, (int)KVS_MIN(first, 300), msg);
 		script_disable(P, why);
 	}

@@ -44,7 +44,8 @@ struct script_config {
 	double hook_ms;           /* deadline of one hook, command or timer call (default 50) */
 	double load_ms;           /* deadline of a plugin's main chunk (default 1000) */
 	double script_ms;         /* deadline of a script's main chunk (0: none) */
-	uint32_t max_errors;      /* consecutive errors or overruns before disabling (default 3) */
+	uint32_t max_errors;      /* consecutive errors, overruns or bad policy results before
+	                           * disabling (default 3) */
 	const char *results_dir;  /* where kvscope.write puts files (default "results") */
 	const char *db_path;      /* the session database kvscope.store_* read (NULL: the default) */
 	bool headless;            /* kvscope run: print goes to stdout, progress to stderr */
