@@ -43,6 +43,7 @@ static int api_on(lua_State *L)
 		return script_error(L, "kvscope.on: unknown event '%s' (expected one of %s)", ev,
 		                  lua_tostring(L, -1));
 	}
+	script_charge(L, sizeof(struct script_hook), "kvscope.on");
 	if (rt->n_hooks == rt->cap_hooks) {
 		rt->cap_hooks = rt->cap_hooks ? rt->cap_hooks * 2 : 16;
 		rt->hooks = xreallocarray(rt->hooks, rt->cap_hooks, sizeof *rt->hooks);
@@ -78,6 +79,7 @@ static int api_off(lua_State *L)
 			rt->hooks[i].dead = true;
 			if (rt->dispatching == 0) {
 				luaL_unref(L, LUA_REGISTRYINDEX, rt->hooks[i].ref);
+				script_uncharge(P, sizeof(struct script_hook));
 				memmove(rt->hooks + i, rt->hooks + i + 1,
 				        (rt->n_hooks - i - 1) * sizeof *rt->hooks);
 				rt->n_hooks--;
@@ -94,6 +96,7 @@ static int api_schedule(lua_State *L)
 	struct script_plugin *P = script_plugin_of(L);
 	struct script_rt *rt = P->rt;
 	luaL_checktype(L, 1, LUA_TFUNCTION);
+	script_charge(L, sizeof(struct script_sched), "kvscope.schedule");
 	if (rt->n_sched == rt->cap_sched) {
 		rt->cap_sched = rt->cap_sched ? rt->cap_sched * 2 : 16;
 		rt->sched = xreallocarray(rt->sched, rt->cap_sched, sizeof *rt->sched);
@@ -142,6 +145,7 @@ static int api_timer(lua_State *L)
 	bool periodic = lua_toboolean(L, 3);
 	if (!(ms >= 0) || (periodic && ms < 1))
 		return script_error(L, "kvscope.timer: %f ms (expected >= 0, >= 1 when periodic)", ms);
+	script_charge(L, sizeof(struct script_timer), "kvscope.timer");
 	if (rt->n_timers == rt->cap_timers) {
 		rt->cap_timers = rt->cap_timers ? rt->cap_timers * 2 : 8;
 		rt->timers = xreallocarray(rt->timers, rt->cap_timers, sizeof *rt->timers);

@@ -71,6 +71,9 @@ static int api_policy_register(lua_State *L)
 			pol = rt->policies[i];
 		}
 	if (pol == NULL) {
+		/* the slot outlives the plugin (providers point at it): counted while it lives */
+		script_charge(L, sizeof *pol + sizeof *rt->policies + strlen(name) + 1,
+		              "kvscope.policy.register");
 		pol = xcalloc(1, sizeof *pol);
 		pol->rt = rt;
 		pol->name = xstrdup(name);

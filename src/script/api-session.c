@@ -23,6 +23,7 @@
 #include <string.h>
 
 #define API_SESSION "kvscope.session"
+#define API_SEND_MAX ((size_t)1 << 20) /* bytes of kvscope.send's argument, at most */
 
 /* --------------------------------------------------------------- sessions */
 
@@ -32,6 +33,25 @@ static struct api_session *api_checksession(lua_State *L, int i)
 	if (*u == NULL || (*u)->s == NULL)
 		script_error(L, "the session is closed");
 	return *u;
+}
+
+/* Count what the host holds for an owned session in its plugin's cap: the
+ * record and the turns' texts (the engine's memory is bounded instead by
+ * SCRIPT_SESSIONS_MAX and the ctx option's range). Counted after the fact:
+ * past the cap, the plugin's next allocation or exchange is refused. */
+static void api_session_account(struct api_session *as)
+{
+	if (!as->owned || as->s == NULL)
+		return;
+	size_t now = sizeof *as + as->system_len;
+	for (uint32_t i = 0; i < session_n_turns(as->s); i++) {
+		const struct session_turn *t = session_turn_at(as->s, i);
+		now += sizeof *t + (t->user ? strlen(t->user) + 1 : 0) +
+		       (t->reply ? strlen(t->reply) + 1 : 0);
+	}
+	script_uncharge(as->p, as->charged);
+	as->p->host += now;
+	as->charged = now;
 }
 
 static void api_hook_turn_start(void *ud, uint32_t index, const char *user)
@@ -217,6 +237,14 @@ static int api_session_open(lua_State *L)
 	}
 	if (c.gen.model_path == NULL)
 		return script_error(L, "kvscope.session: no model (give model = PATH)");
+	if (P->n_sessions >= SCRIPT_SESSIONS_MAX)
+		lua_gc(L, LUA_GCCOLLECT); /* sessions no longer referenced close now */
+	if (P->n_sessions >= SCRIPT_SESSIONS_MAX)
+		return script_error(L, "kvscope.session: the plugin has %u sessions open, the most it "
+		                       "may (close one with session:close())",
+		                    P->n_sessions);
+	script_charge(L, sizeof(struct api_session), "kvscope.session");
+	script_uncharge(P, sizeof(struct api_session)); /* api_session_account counts it */
 	struct api_session **u = lua_newuserdatauv(L, sizeof *u, 0);
 	*u = NULL;
 	luaL_setmetatable(L, API_SESSION);
@@ -230,6 +258,9 @@ static int api_session_open(lua_State *L)
 	*u = as;
 	as->next = rt->sessions;
 	rt->sessions = as;
+	P->n_sessions++;
+	as->system_len = c.system != NULL ? strlen(c.system) + 1 : 0;
+	api_session_account(as);
 	struct session_hooks h = {
 		.turn_start = api_hook_turn_start, .token = api_hook_token, .kv = api_hook_kv, .ud = as,
 	};
@@ -251,8 +282,12 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as, bool 
 		}
 	if (as->s != NULL && rt->vocab == gen_vocab(session_gen(as->s)))
 		rt->vocab = rt->current ? gen_vocab(session_gen(rt->current)) : NULL;
-	if (as->owned)
+	if (as->owned && as->s != NULL) {
 		session_close(as->s);
+		as->p->n_sessions--;
+		script_uncharge(as->p, as->charged);
+		as->charged = 0;
+	}
 	as->s = NULL;
 	if (bump)
 		script_stale(rt);
@@ -269,6 +304,17 @@ static int api_session_gc(lua_State *L)
 		*u = NULL;
 	}
 	return 0;
+}
+
+void api_sessions_gone(struct script_rt *rt, struct script_plugin *P)
+{
+	for (struct api_session *as = rt->sessions, *next; as; as = next) {
+		next = as->next;
+		if (as->p == P) {
+			api_session_drop(rt, as, false);
+			free(as);
+		}
+	}
 }
 
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol)
@@ -317,7 +363,8 @@ static int api_send(lua_State *L)
 {
 	struct script_rt *rt = api_rt(L);
 	const char *cmd = luaL_checkstring(L, 1);
-	const char *arg = luaL_optstring(L, 2, "");
+	size_t len = 0;
+	const char *arg = luaL_optlstring(L, 2, "", &len);
 	static const char *const cmds[] = { "chat", "policy", "budget", "reset", "pin", "unpin",
 		                            "max_tokens" };
 	bool known = false;
@@ -328,6 +375,9 @@ static int api_send(lua_State *L)
 		return script_error(L, "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
 		                       "unpin or max_tokens)",
 		                    cmd);
+	if (len > API_SEND_MAX)
+		return script_error(L, "kvscope.send %s: %zu bytes of argument, expected at most %zu", cmd,
+		                    len, API_SEND_MAX);
 	if (rt->cfg.send == NULL)
 		return script_error(L, "kvscope.send: no front-end session here (kvscope run: open one "
 		                       "with kvscope.session)");
@@ -338,16 +388,23 @@ static int api_send(lua_State *L)
 
 /* -------------------------------------------------------------- session:* */
 
-static void api_session_enter(lua_State *L, struct api_session *as)
+/* Start an exchange that keeps text_len bytes of new text: refused while
+ * one runs, or when the text would not fit in the plugin's cap. */
+static void api_session_enter(lua_State *L, struct api_session *as, size_t text_len)
 {
 	if (as->busy)
 		script_error(L, "the session is busy (an exchange is running)");
+	if (as->owned) {
+		script_charge(L, text_len + 1, "session: the text");
+		script_uncharge(as->p, text_len + 1); /* api_session_leave counts what it keeps */
+	}
 	as->busy = true;
 }
 
 static void api_session_leave(struct api_session *as)
 {
 	as->busy = false;
+	api_session_account(as);
 	script_stale(as->p->rt);
 }
 
@@ -377,7 +434,8 @@ static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 static int api_s_chat(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const char *text = luaL_checkstring(L, 2);
+	size_t len;
+	const char *text = luaL_checklstring(L, 2, &len);
 	struct err e;
 	uint32_t old_max = 0;
 	if (lua_istable(L, 3)) {
@@ -388,7 +446,7 @@ static int api_s_chat(lua_State *L)
 		}
 		lua_pop(L, 1);
 	}
-	api_session_enter(L, as);
+	api_session_enter(L, as, len);
 	int rc = session_chat(as->s, text, &e);
 	api_session_leave(as);
 	if (old_max)
@@ -422,11 +480,12 @@ static enum kv_role api_role(lua_State *L, int i, enum kv_role def)
 static int api_s_prompt(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const char *text = luaL_checkstring(L, 2);
+	size_t len;
+	const char *text = luaL_checklstring(L, 2, &len);
 	lua_Integer extra = script_optint(L, 3, "prompt: extra", 0, 0, 1 << 24);
 	struct err e;
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
-	api_session_enter(L, as);
+	api_session_enter(L, as, len);
 	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
@@ -439,11 +498,12 @@ static int api_s_prompt(lua_State *L)
 static int api_s_feed(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const char *text = luaL_checkstring(L, 2);
+	size_t len;
+	const char *text = luaL_checklstring(L, 2, &len);
 	enum kv_role role = api_role(L, 3, KV_ROLE_USER);
 	struct err e;
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
-	api_session_enter(L, as);
+	api_session_enter(L, as, len);
 	int rc = session_feed_text(as->s, text, role, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
@@ -458,7 +518,7 @@ static int api_s_end_reply(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	bool eot = lua_toboolean(L, 2);
 	struct err e;
-	api_session_enter(L, as);
+	api_session_enter(L, as, 0);
 	int rc = session_end_reply(as->s, eot, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
@@ -483,7 +543,7 @@ static int api_s_generate(lua_State *L)
 	if (gen_logits(g) == NULL)
 		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
 	luaL_buffinit(L, &b);
-	api_session_enter(L, as);
+	api_session_enter(L, as, 0);
 	int rc = gen_reply(g, (uint32_t)n, api_gen_text, &b, &stop, &n_out, &e);
 	api_session_leave(as);
 	if (rc != KVS_OK)
@@ -773,6 +833,7 @@ static int api_s_reset(lua_State *L)
 	if (as->busy)
 		return script_error(L, "reset: the session is busy");
 	session_reset(as->s);
+	api_session_account(as);
 	script_stale(as->p->rt);
 	return 0;
 }
@@ -795,7 +856,16 @@ static int api_s_close(lua_State *L)
 static int api_s_set_system(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	session_set_system(as->s, luaL_checkstring(L, 2));
+	const char *text = luaL_checkstring(L, 2);
+	size_t len = strlen(text) + 1, more = len > as->system_len ? len - as->system_len : 0;
+	if (as->owned)
+		script_charge(L, more, "session:set_system"); /* refused when it does not fit */
+	session_set_system(as->s, text);
+	if (as->owned) {
+		script_uncharge(as->p, more); /* api_session_account counts it exactly */
+		as->system_len = len;
+		api_session_account(as);
+	}
 	return 0;
 }
 

@@ -36,10 +36,20 @@ static int api_status(lua_State *L)
 	struct script_plugin *P = script_plugin_of(L);
 	size_t len = 0;
 	const char *s = luaL_optlstring(L, 1, NULL, &len);
-	free(P->status);
 	/* at most 200 bytes, cut at a character boundary */
-	P->status = s ? xstrndup(s, utf8_complete_prefix((const uint8_t *)s, KVS_MIN(len, 200))) : NULL;
+	size_t n = s ? utf8_complete_prefix((const uint8_t *)s, KVS_MIN(len, 200)) : 0;
+	script_charge(L, s ? n + 1 : 0, "kvscope.status");
+	if (P->status != NULL)
+		script_uncharge(P, strlen(P->status) + 1);
+	free(P->status);
+	P->status = s ? xstrndup(s, n) : NULL;
 	return 0;
+}
+
+/* What the host holds for a command. */
+static size_t api_cmd_bytes(const char *name, const char *help)
+{
+	return sizeof(struct script_cmd) + strlen(name) + 1 + strlen(help) + 1;
 }
 
 static int api_command(lua_State *L)
@@ -60,6 +70,8 @@ static int api_command(lua_State *L)
 		return script_error(L, "kvscope.command: bad name '%s' (expected lower-case letters, "
 		                     "digits, '-' and '_', starting with a letter)",
 		                  name);
+	/* counted before anything changes (a refusal leaves the old command) */
+	script_charge(L, api_cmd_bytes(name, help), "kvscope.command");
 	for (size_t i = 0; i < rt->n_cmds; i++)
 		if (strcmp(rt->cmds[i].name, name) == 0) {
 			if (rt->cmds[i].p != P)
@@ -67,6 +79,7 @@ static int api_command(lua_State *L)
 				                  rt->cmds[i].p->name);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].ref);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].complete_ref);
+			script_uncharge(P, api_cmd_bytes(rt->cmds[i].name, rt->cmds[i].help));
 			free(rt->cmds[i].name);
 			free(rt->cmds[i].help);
 			rt->cmds[i] = rt->cmds[--rt->n_cmds];
@@ -137,6 +150,7 @@ static int api_view(lua_State *L)
 			rec = rt->views[i];
 		}
 	if (rec == NULL) {
+		script_charge(L, sizeof *rec + sizeof *rt->views + strlen(name) + 1, "kvscope.view");
 		rec = xcalloc(1, sizeof *rec);
 		rec->v.name = xstrdup(name);
 		rec->v.plugin = P->name;
@@ -150,14 +164,26 @@ static int api_view(lua_State *L)
 	return 1;
 }
 
-static struct script_item *api_view_add(lua_State *L, enum script_item_kind kind)
+/* What the host holds for an item beyond its slot: its text and cells. */
+static size_t api_item_bytes(const struct script_item *it)
+{
+	return (it->text ? strlen(it->text) + 1 : 0) + (size_t)it->rows * it->cols * sizeof *it->cells;
+}
+
+/* A new item of v, its text and cells[0, n_cells) counted in the
+ * plugin's cap first (the item takes both). */
+static struct script_item *api_view_add(lua_State *L, enum script_item_kind kind, size_t text_len,
+                                        size_t n_cells)
 {
 	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
 	struct script_view *v = &u->rec->v;
 	if (v->n_items >= 10000)
 		script_error(L, "view %s: more than 10000 items (clear it first)", v->name);
-	if (v->n_items == v->cap_items) {
-		v->cap_items = v->cap_items ? v->cap_items * 2 : 16;
+	size_t grow = v->n_items == v->cap_items ? (v->cap_items ? v->cap_items : 16) : 0;
+	script_charge(L, grow * sizeof *v->items + text_len + 1 + n_cells * sizeof(float),
+	              "view:add");
+	if (grow > 0) {
+		v->cap_items += grow;
 		v->items = xreallocarray(v->items, v->cap_items, sizeof *v->items);
 	}
 	struct script_item *it = &v->items[v->n_items++];
@@ -172,6 +198,7 @@ static int api_view_clear(lua_State *L)
 	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
 	struct script_view *v = &u->rec->v;
 	for (size_t i = 0; i < v->n_items; i++) {
+		script_uncharge(u->rec->p, api_item_bytes(&v->items[i]));
 		free(v->items[i].text);
 		free(v->items[i].cells);
 	}
@@ -182,9 +209,11 @@ static int api_view_clear(lua_State *L)
 
 static int api_view_text(lua_State *L)
 {
-	const char *s = luaL_checkstring(L, 2);
-	struct script_item *it = api_view_add(L, SCRIPT_ITEM_TEXT);
-	it->text = xstrdup(s);
+	size_t len;
+	const char *s = luaL_checklstring(L, 2, &len);
+	len = strlen(s); /* a line ends at a NUL */
+	struct script_item *it = api_view_add(L, SCRIPT_ITEM_TEXT, len, 0);
+	it->text = xstrndup(s, len);
 	return 0;
 }
 
@@ -194,35 +223,36 @@ static int api_view_bar(lua_State *L)
 	double value = luaL_checknumber(L, 3), max = luaL_optnumber(L, 4, 1.0);
 	if (!(max > 0))
 		return script_error(L, "view:bar: max %f (expected > 0)", max);
-	struct script_item *it = api_view_add(L, SCRIPT_ITEM_BAR);
+	struct script_item *it = api_view_add(L, SCRIPT_ITEM_BAR, strlen(label), 0);
 	it->text = xstrdup(label);
 	it->value = value < 0 ? 0 : value > max ? max : value;
 	it->max = max;
 	return 0;
 }
 
-/* view:heatmap(label, matrix): matrix is a table of equal-length rows of numbers. */
+/* view:heatmap(label, matrix): matrix is a table of equal-length rows of
+ * numbers. The cells are read into a buffer the state owns (freed by its
+ * collector whatever error comes), then copied into the item. */
 static int api_view_heatmap(lua_State *L)
 {
 	const char *label = luaL_checkstring(L, 2);
 	luaL_checktype(L, 3, LUA_TTABLE);
+	lua_settop(L, 3);
 	lua_Integer rows = (lua_Integer)lua_rawlen(L, 3), cols = -1;
 	if (rows < 1 || rows > 4096)
 		return script_error(L, "view:heatmap: %d rows (expected 1..4096)", (int)rows);
-	float *cells = NULL;
+	float *cells = NULL; /* (rows, cols) */
 	for (lua_Integer r = 1; r <= rows; r++) {
-		if (lua_rawgeti(L, 3, r) != LUA_TTABLE) {
-			free(cells);
+		if (lua_rawgeti(L, 3, r) != LUA_TTABLE)
 			return script_error(L, "view:heatmap: row %d is not a table of numbers", (int)r);
-		}
 		lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
 		if (cols < 0) {
 			cols = n;
 			if (cols < 1 || cols > 4096)
 				return script_error(L, "view:heatmap: %d columns (expected 1..4096)", (int)cols);
-			cells = xmallocarray((size_t)(rows * cols), sizeof *cells);
+			cells = lua_newuserdatauv(L, (size_t)(rows * cols) * sizeof *cells, 0);
+			lua_insert(L, 4); /* below the row: anchored until the call returns */
 		} else if (n != cols) {
-			free(cells);
 			return script_error(L, "view:heatmap: row %d has %d values, row 1 has %d", (int)r,
 			                  (int)n, (int)cols);
 		}
@@ -231,22 +261,22 @@ static int api_view_heatmap(lua_State *L)
 			int isnum;
 			double x = lua_tonumberx(L, -1, &isnum);
 			lua_pop(L, 1);
-			if (!isnum) {
-				free(cells);
+			if (!isnum)
 				return script_error(L, "view:heatmap: row %d, column %d is not a number", (int)r,
 				                  (int)c);
-			}
 			cells[(r - 1) * cols + (c - 1)] = (float)x;
 		}
 		lua_pop(L, 1);
 	}
-	struct script_item *it = api_view_add(L, SCRIPT_ITEM_HEATMAP);
+	size_t n_cells = (size_t)(rows * cols);
+	struct script_item *it = api_view_add(L, SCRIPT_ITEM_HEATMAP, strlen(label), n_cells);
 	it->text = xstrdup(label);
 	it->rows = (uint32_t)rows;
 	it->cols = (uint32_t)cols;
-	it->cells = cells;
+	it->cells = xmallocarray(n_cells, sizeof *it->cells);
+	memcpy(it->cells, cells, n_cells * sizeof *cells);
 	it->lo = it->hi = cells[0];
-	for (size_t i = 1; i < (size_t)(rows * cols); i++) {
+	for (size_t i = 1; i < n_cells; i++) {
 		it->lo = fminf(it->lo, cells[i]);
 		it->hi = fmaxf(it->hi, cells[i]);
 	}
@@ -321,6 +351,7 @@ static int api_plugins(lua_State *L)
 			api_setstr(L, "why", in.disabled_why);
 		api_setint(L, "errors", in.n_errors);
 		api_setint(L, "mem", (lua_Integer)in.mem_bytes);
+		api_setint(L, "host", (lua_Integer)in.host_bytes);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
 	return 1;
@@ -570,7 +601,9 @@ static const struct api_fn api_view_fns[] = {
 	  "every plugin's views: {name, plugin, items} (read-only)", api_views },
 	/* plugins */
 	{ "plugins", API_FAST, API_C, "() -> list",
-	  "loaded plugins: {name, path, enabled, why, errors, mem}", api_plugins },
+	  "loaded plugins: {name, path, enabled, why, errors, mem (bytes counted in its memory cap), "
+	  "host (of which kvscope holds for it)}",
+	  api_plugins },
 	{ "plugin_log", API_FAST, API_C, "(name) -> list", "a plugin's log lines", api_plugin_log },
 	{ "load_plugin", API_DEFERRED, API_C, "(path) -> ok [, err]", "load a plugin file",
 	  api_load_plugin },

@@ -16,8 +16,10 @@
  *     and difftime. io, debug, package, dofile, loadfile and the rest of os
  *     are not reachable: nothing left in the environment holds them.
  *   - Memory: the state's allocator counts its bytes and refuses growth
- *     past the plugin's cap, which Lua raises as a memory error;
- *     string.rep refuses a result larger than the memory left.
+ *     past the plugin's cap, less what the host holds for the plugin
+ *     (P->host: views, commands, hooks, sessions' turns, ...; see
+ *     script_charge), which Lua raises as a memory error; string.rep
+ *     refuses a result larger than the memory left.
  *   - Time: a count hook checks the current call's wall-clock deadline
  *     every SCRIPT_HOOK_COUNT instructions and raises an error past it, and
  *     from then on checks at every instruction until the call returns, so
@@ -45,7 +47,7 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		P->mem -= old;
 		return NULL;
 	}
-	if (nsize > old && P->mem + (nsize - old) > P->mem_cap)
+	if (nsize > old && P->mem + P->host + (nsize - old) > P->mem_cap)
 		return NULL;
 	void *q = realloc(ptr, nsize);
 	if (q == NULL)
@@ -171,7 +173,7 @@ static int sandbox_string_rep(lua_State *L)
 	luaL_optlstring(L, 3, "", &lsep);
 	if (n > 0) {
 		double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
-		double left = (double)(P->mem_cap - KVS_MIN(P->mem, P->mem_cap));
+		double left = (double)(P->mem_cap - KVS_MIN(P->mem + P->host, P->mem_cap));
 		if (total > left)
 			return script_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
 			                     "left (%.0f of its %zu KiB cap)",

@@ -40,6 +40,7 @@
 #define SCRIPT_LOG_LINES 256
 #define SCRIPT_HOOK_COUNT 1000 /* instructions between deadline checks */
 #define SCRIPT_SRC_MAX ((size_t)4 << 20) /* bytes of a plugin's source, at most */
+#define SCRIPT_SESSIONS_MAX 4   /* sessions a plugin has open at once, at most */
 
 /* Events plugins hook with kvscope.on (names in script_event_names). */
 enum script_event {
@@ -66,7 +67,14 @@ struct script_plugin {
 	lua_State *L;
 	lua_State *active;        /* the thread inside an API call now (nested calls use it) */
 	bool is_script;
-	size_t mem, mem_cap;      /* bytes held by the state, its cap */
+	/* Memory. mem: bytes of the Lua state; host: bytes the host holds for
+	 * the plugin (its source, views, commands, hooks, timers, scheduled
+	 * functions, status, policy slots, its sessions' turns); mem + host
+	 * stays within mem_cap: the state's allocator and script_charge refuse
+	 * what would pass it. */
+	size_t mem, host, mem_cap;
+	uint32_t n_sessions;      /* sessions it opened, not yet closed (SCRIPT_SESSIONS_MAX) */
+	bool closing;             /* its state is being closed: the API refuses every call */
 	double deadline;          /* clock_now_ms of the current call's deadline; 0 none */
 	double budget_ms;         /* of the current call, for the message */
 	bool overrun;
@@ -140,7 +148,7 @@ struct script_copy {
 	pthread_t owner;          /* when claimed */
 	bool retired;             /* its plugin was unloaded or disabled */
 	char **inbox;             /* (n_inbox) commands to run first: "name\0args" */
-	size_t n_inbox;
+	size_t n_inbox, inbox_bytes;
 };
 
 struct script_viewrec {
@@ -157,6 +165,8 @@ struct api_session {
 	bool owned;               /* opened by the plugin (closed with it) */
 	bool busy;                /* an exchange is running */
 	struct script_policy *policy; /* Lua policy installed, or NULL */
+	size_t charged;           /* bytes counted in p->host for it (owned sessions) */
+	size_t system_len;        /* of the system prompt it was given, NUL included */
 	struct api_session *next;
 };
 
@@ -200,6 +210,12 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
                   const char *what, double budget_ms, struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
+/* Count n more bytes that the host holds for L's plugin in its memory cap;
+ * when they do not fit (after a full collection of the state's garbage)
+ * raise an error naming what and the cap, counting nothing. */
+void script_charge(lua_State *L, size_t n, const char *what);
+/* The host no longer holds n of the bytes it counted for P. */
+void script_uncharge(struct script_plugin *P, size_t n);
 /* Count a failure of P in what (logged, towards disabling); fills e. */
 void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e);
 /* luaL_error with printf formats (luaL_error's own take only %d, %s, %f). */
@@ -326,5 +342,8 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 
 /* Drop the policy from every session using it (it was unregistered). */
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
+/* P's state is closed: close and free any session of P still listed (none
+ * when every handle's finalizer ran; this makes sure). */
+void api_sessions_gone(struct script_rt *rt, struct script_plugin *P);
 
 #endif

@@ -96,6 +96,25 @@ lua_Integer script_optint(lua_State *L, int idx, const char *what, lua_Integer d
 	return lua_isnoneornil(L, idx) ? def : script_int(L, idx, what, lo, hi);
 }
 
+void script_charge(lua_State *L, size_t n, const char *what)
+{
+	struct script_plugin *P = script_plugin_of(L);
+
+	if (P->mem + P->host + n > P->mem_cap) {
+		lua_gc(L, LUA_GCCOLLECT); /* its garbage may be what fills the cap */
+		if (P->mem + P->host + n > P->mem_cap)
+			script_error(L, "%s: the plugin's memory cap of %zu KiB is reached (%zu KiB in Lua, "
+			                "%zu KiB held for it by kvscope, %zu KiB more asked)",
+			             what, P->mem_cap >> 10, P->mem >> 10, P->host >> 10, (n + 1023) >> 10);
+	}
+	P->host += n;
+}
+
+void script_uncharge(struct script_plugin *P, size_t n)
+{
+	P->host -= KVS_MIN(n, P->host);
+}
+
 /* Whether the error value at idx is kvscope.exit's request; its status. */
 static bool script_is_exit(lua_State *L, int idx, int *status)
 {
@@ -430,8 +449,10 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 		}
 	/* its copies on other threads stop at their next call */
 	policy_copies_retire(rt, P);
+	P->closing = true; /* finalizers that lua_close runs may not call the API */
 	if (P->L != NULL)
 		lua_close(P->L); /* its sessions' __gc closes them */
+	api_sessions_gone(rt, P);
 	for (size_t i = 0; i < rt->n_plugins; i++)
 		if (rt->plugins[i] == P) {
 			memmove(rt->plugins + i, rt->plugins + i + 1,
@@ -522,6 +543,7 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	P->is_script = is_script;
 	P->exit_status = -1;
 	P->mem_cap = rt->cfg.mem_cap;
+	P->host = len + 1 + strlen(chunk) + 1; /* the source kept for copies (len: script_src_max) */
 	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
 	rt->plugins[rt->n_plugins++] = P;
 	P->L = sandbox_new(P);
@@ -716,7 +738,8 @@ void script_plugin_at(const struct script_rt *rt, size_t i, struct script_plugin
 	out->enabled = !P->disabled;
 	out->disabled_why = P->disabled_why;
 	out->n_errors = P->n_errors;
-	out->mem_bytes = P->mem;
+	out->mem_bytes = P->mem + P->host;
+	out->host_bytes = P->host;
 	out->is_script = P->is_script;
 }
 
@@ -815,8 +838,10 @@ static void script_hooks_settle(struct script_rt *rt)
 			rt->hooks[w++] = *h;
 			continue;
 		}
-		if (h->p != NULL)
+		if (h->p != NULL) {
 			luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->ref);
+			script_uncharge(h->p, sizeof *h);
+		}
 	}
 	rt->n_hooks = w;
 	if (w > 1)
@@ -983,6 +1008,7 @@ double script_tick(struct script_rt *rt)
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, q[i].ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, q[i].ref);
+		script_uncharge(P, sizeof q[i]);
 		script_pcall(P, L, 0, 0, false, "scheduled function", rt->cfg.hook_ms, NULL);
 	}
 	free(q);
@@ -1004,8 +1030,10 @@ double script_tick(struct script_rt *rt)
 	for (size_t i = 0; i < rt->n_timers; i++) {
 		struct script_timer *t = &rt->timers[i];
 		if (t->dead) {
-			if (t->p != NULL)
+			if (t->p != NULL) {
 				luaL_unref(t->p->L, LUA_REGISTRYINDEX, t->ref);
+				script_uncharge(t->p, sizeof *t);
+			}
 			continue;
 		}
 		rt->timers[w++] = *t;

@@ -90,7 +90,8 @@ struct script_plugin_info {
 	bool enabled;
 	const char *disabled_why; /* when disabled */
 	uint32_t n_errors;        /* errors and overruns since loading */
-	size_t mem_bytes;
+	size_t mem_bytes;         /* counted in its memory cap: its Lua state's and host_bytes */
+	size_t host_bytes;        /* what kvscope holds for it (views, commands, sessions' turns, ...) */
 	bool is_script;           /* loaded by kvscope run */
 };
 

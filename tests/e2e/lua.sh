@@ -45,6 +45,7 @@ for f in "$src"/tests/lua/*.lua; do
 	store) continue ;;
 	plugins) extra=$plugins ;;
 	files) args=$tmp/fifo.lua ;;
+	memcap) extra="--mem-cap 16" ;;
 	esac
 	n_suite=$((n_suite + 1))
 	# shellcheck disable=SC2086
