@@ -513,6 +513,8 @@ void worker_set_store(struct worker *w, const char *db_path, const char *model_p
 bool worker_cancel(struct worker *w);
 /* Whether a command is running or queued. */
 bool worker_busy(struct worker *w);
+/* How many commands are queued (not counting the one running). */
+size_t worker_queued(struct worker *w);
 /* The oldest event, or NULL; the caller frees it with worker_event_free. */
 struct worker_event *worker_poll(struct worker *w);
 /* Free an event and what it owns (NULL is fine). */

@@ -667,6 +667,17 @@ bool worker_busy(struct worker *w)
 	return busy;
 }
 
+size_t worker_queued(struct worker *w)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&w->mu);
+	for (const struct worker_cmd_node *c = w->cmd_head; c != NULL; c = c->next)
+		n++;
+	pthread_mutex_unlock(&w->mu);
+	return n;
+}
+
 struct worker_event *worker_poll(struct worker *w)
 {
 	struct worker_event *ev;

@@ -35,6 +35,7 @@ enum kvs_status {
 	KVS_ESTATE,       /* the operation is not valid in the current state */
 	KVS_ENOTFOUND,    /* a named thing (key, tensor, file) does not exist */
 	KVS_ECHECKSUM,    /* content does not match its pinned digest */
+	KVS_ENOMEM,       /* the system refused memory a size the user chose needs (--ctx) */
 };
 
 #define ERR_MSG_MAX 512

@@ -68,6 +68,7 @@ static const char *const err_names[] = {
 	[KVS_ESTATE] = "invalid state",
 	[KVS_ENOTFOUND] = "not found",
 	[KVS_ECHECKSUM] = "checksum mismatch",
+	[KVS_ENOMEM] = "out of memory for the size asked",
 };
 
 const char *err_name(int code)

@@ -81,6 +81,8 @@ static enum cli_exit cmd_run_exec(struct cli_opts *o)
 	c.headless = true;
 	c.notify = run_notify;
 	if (script_rt_new(&rt, &c, &e) != KVS_OK) {
+		if (o->results != NULL)
+			err_prefix(&e, "--results");
 		rc = cli_fail(&e);
 		goto out;
 	}

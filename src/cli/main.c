@@ -70,6 +70,7 @@ static const enum cli_exit main_exit_of[] = {
 	[KVS_ESTATE] = CLI_FAIL,
 	[KVS_ENOTFOUND] = CLI_BADINPUT,
 	[KVS_ECHECKSUM] = CLI_BADINPUT,
+	[KVS_ENOMEM] = CLI_BADINPUT,
 };
 
 enum cli_exit cli_exit_code(int status)

@@ -83,6 +83,18 @@ int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, con
 	return rc;
 }
 
+/* A context whose buffers the system refused: name the option (the engine
+ * names the size). */
+static void cli_ctx_error(const struct cli_opts *o, struct err *e)
+{
+	if (e->code != KVS_ENOMEM)
+		return;
+	if (cli_opts_given(o, "ctx"))
+		err_prefix(e, "--ctx %u", o->gen.engine.n_ctx);
+	else
+		err_prefix(e, "--ctx (not given, the model's default)");
+}
+
 enum cli_exit cli_gen_open(struct cli_opts *o, struct gen **g)
 {
 	struct err e;
@@ -94,6 +106,8 @@ enum cli_exit cli_gen_open(struct cli_opts *o, struct gen **g)
 	rc = gen_open(g, &o->gen, &e);
 	o->gen.model_path = saved;
 	free(path);
+	if (rc != KVS_OK)
+		cli_ctx_error(o, &e);
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }
 
@@ -111,6 +125,8 @@ enum cli_exit cli_session_open(struct cli_opts *o, struct session **s)
 	c.max_tokens = o->max_tokens;
 	rc = session_open(s, &c, &e);
 	free(path);
+	if (rc != KVS_OK)
+		cli_ctx_error(o, &e);
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }
 

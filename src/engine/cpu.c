@@ -455,13 +455,22 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	c->kc = xcalloc(hp->n_layer, sizeof(*c->kc));
 	c->vc = xcalloc(hp->n_layer, sizeof(*c->vc));
 	c->kr = xcalloc(hp->n_layer, sizeof(*c->kr));
-	for (uint32_t l = 0; l < hp->n_layer; l++) {
-		/* calloc: untouched slots cost no memory */
-		c->kc[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
-		c->vc[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
-		c->kr[l] = xcalloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+	bool got = true;
+	for (uint32_t l = 0; l < hp->n_layer && got; l++) {
+		/* calloc: untouched slots cost no memory. The size comes from the
+		 * context the user chose, so a refusal is an error, not fatal. */
+		c->kc[l] = calloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+		c->vc[l] = calloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+		c->kr[l] = calloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+		got = c->kc[l] != NULL && c->vc[l] != NULL && c->kr[l] != NULL;
 	}
-	c->kr_pos = xmallocarray(ctx->cfg.n_ctx, sizeof(int32_t));
+	c->kr_pos = got ? malloc((size_t)ctx->cfg.n_ctx * sizeof(int32_t)) : NULL;
+	if (c->kr_pos == NULL) {
+		cpu_free(c);
+		return engine_nomem(e, ctx->cfg.n_ctx,
+		                    (double)ctx->cfg.n_ctx *
+		                        (3.0 * hp->n_layer * c->kv_row * c->kv_es + sizeof(int32_t)));
+	}
 	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
 		c->kr_pos[s] = -1;
 	c->rcs = xmallocarray((size_t)pool_size(c->pool) * KVS_MAX(hp->n_rot, 1u), sizeof(float));

@@ -151,9 +151,15 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 	eng->m = m;
 	eng->cfg = c;
 	eng->ops = ops;
-	eng->slot_pos = xmallocarray(c.n_ctx, sizeof(int32_t));
-	eng->all_slots = xmallocarray(c.n_ctx, sizeof(uint32_t));
-	eng->mark = xcalloc(c.n_ctx, sizeof(uint32_t));
+	/* sized from the context the user chose: a refusal is an error */
+	eng->slot_pos = malloc((size_t)c.n_ctx * sizeof(int32_t));
+	eng->all_slots = malloc((size_t)c.n_ctx * sizeof(uint32_t));
+	eng->mark = calloc(c.n_ctx, sizeof(uint32_t));
+	if (eng->slot_pos == NULL || eng->all_slots == NULL || eng->mark == NULL) {
+		eng->ops = NULL;
+		engine_free(eng);
+		return engine_nomem(e, c.n_ctx, (double)c.n_ctx * 12);
+	}
 	for (uint32_t s = 0; s < c.n_ctx; s++) {
 		eng->slot_pos[s] = -1;
 		eng->all_slots[s] = s;
@@ -423,6 +429,15 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
 		free(cs);
 	}
 	return KVS_OK;
+}
+
+int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes)
+{
+	double gib = need_bytes / (1024.0 * 1024 * 1024);
+	return err_set(e, KVS_ENOMEM, "the KV cache needs %.*f %s for %u slots; the system refused "
+	                              "that much memory (a smaller context fits)",
+	               gib >= 1 ? 1 : 0, gib >= 1 ? gib : gib * 1024, gib >= 1 ? "GiB" : "MiB",
+	               n_ctx);
 }
 
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng)

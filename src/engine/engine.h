@@ -187,6 +187,12 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
                    bool value, bool rotated, float *out, struct err *e);
 /* Bytes of KV cache per slot (all layers, K and V). */
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng);
+/* The error of a context of n_ctx slots whose buffers, need_bytes in all,
+ * the system refused: KVS_ENOMEM and one line naming the size (the front
+ * ends put their option's name in front: "--ctx N: ", "ctx = N"). Buffers
+ * sized from the context are allocated with it instead of xmalloc's fatal
+ * exit. */
+int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes);
 /* Raw K/V of one slot, buf (n_layer, 2, n_head_kv, head_dim) in the cache's
  * own type (enum engine_kv_type; K then V in each layer, in all
  * engine_kv_bytes_per_slot bytes): what a snapshot saves. Load writes them back into slot and gives it position pos. Both

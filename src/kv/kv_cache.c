@@ -204,16 +204,26 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	c->n_ctx = n_ctx;
 	c->n_vocab = c->hp->n_vocab;
 	c->acc_stride = c->hp->n_layer * c->hp->n_head_kv;
-	c->toks = xmallocarray(n_ctx, sizeof *c->toks);
-	c->free_slots = xmallocarray(n_ctx, sizeof *c->free_slots);
-	c->visible = xmallocarray(n_ctx, sizeof *c->visible);
-	c->bslot = xmallocarray(n_ctx, sizeof *c->bslot);
-	c->cand = xmallocarray(n_ctx, sizeof *c->cand);
-	c->order = xmallocarray(n_ctx, sizeof *c->order);
-	c->bpos = xmallocarray(n_ctx, sizeof *c->bpos);
-	c->keep = xmallocarray(n_ctx, sizeof *c->keep);
-	c->fscratch = xmallocarray(n_ctx, sizeof *c->fscratch);
-	c->evicted = xmallocarray(n_ctx, sizeof *c->evicted);
+	/* sized from the context the user chose: a refusal is an error */
+	bool got = true;
+	size_t per_slot = 0;
+#define KV_ARRAY(f)                                                                                \
+	(per_slot += sizeof *c->f, c->f = malloc((size_t)n_ctx * sizeof *c->f), got &= c->f != NULL)
+	KV_ARRAY(toks);
+	KV_ARRAY(free_slots);
+	KV_ARRAY(visible);
+	KV_ARRAY(bslot);
+	KV_ARRAY(cand);
+	KV_ARRAY(order);
+	KV_ARRAY(bpos);
+	KV_ARRAY(keep);
+	KV_ARRAY(fscratch);
+	KV_ARRAY(evicted);
+#undef KV_ARRAY
+	if (!got) {
+		kv_cache_free(c);
+		return engine_nomem(e, n_ctx, (double)n_ctx * per_slot);
+	}
 	c->heads = xmallocarray((size_t)c->hp->n_layer * c->hp->n_head, sizeof *c->heads);
 	c->logits = xmallocarray(c->n_vocab, sizeof *c->logits);
 	c->bytes_per_token = engine_kv_bytes_per_slot(eng);

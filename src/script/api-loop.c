@@ -12,6 +12,7 @@
  */
 #include "script/script-int.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -26,7 +27,7 @@ static int api_on(lua_State *L)
 	struct script_rt *rt = P->rt;
 	const char *ev = luaL_checkstring(L, 1);
 	luaL_checktype(L, 2, LUA_TFUNCTION);
-	lua_Integer prio = luaL_optinteger(L, 3, 0);
+	lua_Integer prio = script_optint(L, 3, "kvscope.on: priority", 0, INT_MIN, INT_MAX);
 	int k;
 	for (k = 0; k < SEV_COUNT; k++)
 		if (strcmp(ev, script_event_names[k]) == 0)
@@ -42,6 +43,7 @@ static int api_on(lua_State *L)
 		return script_error(L, "kvscope.on: unknown event '%s' (expected one of %s)", ev,
 		                  lua_tostring(L, -1));
 	}
+	script_charge(L, sizeof(struct script_hook), "kvscope.on");
 	if (rt->n_hooks == rt->cap_hooks) {
 		rt->cap_hooks = rt->cap_hooks ? rt->cap_hooks * 2 : 16;
 		rt->hooks = xreallocarray(rt->hooks, rt->cap_hooks, sizeof *rt->hooks);
@@ -71,12 +73,13 @@ static int api_off(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
 	struct script_rt *rt = P->rt;
-	lua_Integer id = luaL_checkinteger(L, 1);
+	lua_Integer id = script_int(L, 1, "kvscope.off: id", 1, LUA_MAXINTEGER);
 	for (size_t i = 0; i < rt->n_hooks; i++)
 		if ((lua_Integer)rt->hooks[i].id == id && rt->hooks[i].p == P && !rt->hooks[i].dead) {
 			rt->hooks[i].dead = true;
 			if (rt->dispatching == 0) {
 				luaL_unref(L, LUA_REGISTRYINDEX, rt->hooks[i].ref);
+				script_uncharge(P, sizeof(struct script_hook));
 				memmove(rt->hooks + i, rt->hooks + i + 1,
 				        (rt->n_hooks - i - 1) * sizeof *rt->hooks);
 				rt->n_hooks--;
@@ -93,6 +96,7 @@ static int api_schedule(lua_State *L)
 	struct script_plugin *P = script_plugin_of(L);
 	struct script_rt *rt = P->rt;
 	luaL_checktype(L, 1, LUA_TFUNCTION);
+	script_charge(L, sizeof(struct script_sched), "kvscope.schedule");
 	if (rt->n_sched == rt->cap_sched) {
 		rt->cap_sched = rt->cap_sched ? rt->cap_sched * 2 : 16;
 		rt->sched = xreallocarray(rt->sched, rt->cap_sched, sizeof *rt->sched);
@@ -141,6 +145,7 @@ static int api_timer(lua_State *L)
 	bool periodic = lua_toboolean(L, 3);
 	if (!(ms >= 0) || (periodic && ms < 1))
 		return script_error(L, "kvscope.timer: %f ms (expected >= 0, >= 1 when periodic)", ms);
+	script_charge(L, sizeof(struct script_timer), "kvscope.timer");
 	if (rt->n_timers == rt->cap_timers) {
 		rt->cap_timers = rt->cap_timers ? rt->cap_timers * 2 : 8;
 		rt->timers = xreallocarray(rt->timers, rt->cap_timers, sizeof *rt->timers);
@@ -176,14 +181,12 @@ static int api_timer_stop(lua_State *L)
 static int api_exit(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
-	lua_Integer status = luaL_optinteger(L, 1, 0);
 	const char *msg = luaL_optstring(L, 2, NULL);
 	if (!P->is_script)
 		return msg ? script_error(L, "%s", msg)
 		           : script_error(L, "kvscope.exit ends a script (kvscope run); a plugin is "
 		                             "stopped with :plugin unload");
-	if (status < 0 || status > 125)
-		return script_error(L, "kvscope.exit: status %lld: expected 0..125", (long long)status);
+	lua_Integer status = script_optint(L, 1, "kvscope.exit: status", 0, 0, 125);
 	if (msg != NULL) {
 		fflush(stdout);
 		fprintf(stderr, "%s\n", msg);

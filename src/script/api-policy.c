@@ -71,6 +71,9 @@ static int api_policy_register(lua_State *L)
 			pol = rt->policies[i];
 		}
 	if (pol == NULL) {
+		/* the slot outlives the plugin (providers point at it): counted while it lives */
+		script_charge(L, sizeof *pol + sizeof *rt->policies + strlen(name) + 1,
+		              "kvscope.policy.register");
 		pol = xcalloc(1, sizeof *pol);
 		pol->rt = rt;
 		pol->name = xstrdup(name);
@@ -125,6 +128,9 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 	double budget = deadline_ms - clock_now_ms();
 	if (budget < 0.001)
 		budget = 0.001;
+	/* a call that returns garbage is a strike as an error is: a successful
+	 * pcall must not clear the strikes before its result is checked */
+	uint32_t strikes = P->consecutive;
 	if (!script_call(P, L, api_score_push, &args, 1, true, what, budget, e)) {
 		rc = e->code;
 	} else {
@@ -147,6 +153,7 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 		if (rc != KVS_OK) {
 			char msg[ERR_MSG_MAX];
 			snprintf(msg, sizeof msg, "%s", e->msg);
+			P->consecutive = strikes;
 			script_failed(P, what, msg, e);
 		}
 	}

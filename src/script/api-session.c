@@ -30,6 +30,7 @@
 #include <string.h>
 
 #define API_SESSION "kvscope.session"
+#define API_SEND_MAX ((size_t)1 << 20) /* bytes of kvscope.send's argument, at most */
 
 /* --------------------------------------------------------------- sessions */
 
@@ -39,6 +40,25 @@ static struct api_session *api_checksession(lua_State *L, int i)
 	if (*u == NULL || (*u)->s == NULL)
 		script_error(L, "the session is closed");
 	return *u;
+}
+
+/* Count what the host holds for an owned session in its plugin's cap: the
+ * record and the turns' texts (the engine's memory is bounded instead by
+ * SCRIPT_SESSIONS_MAX and the ctx option's range). Counted after the fact:
+ * past the cap, the plugin's next allocation or exchange is refused. */
+static void api_session_account(struct api_session *as)
+{
+	if (!as->owned || as->s == NULL)
+		return;
+	size_t now = sizeof *as + as->system_len;
+	for (uint32_t i = 0; i < session_n_turns(as->s); i++) {
+		const struct session_turn *t = session_turn_at(as->s, i);
+		now += sizeof *t + (t->user ? strlen(t->user) + 1 : 0) +
+		       (t->reply ? strlen(t->reply) + 1 : 0);
+	}
+	script_uncharge(as->p, as->charged);
+	as->p->host += now;
+	as->charged = now;
 }
 
 static void api_hook_turn_start(void *ud, uint32_t index, const char *user)
@@ -129,20 +149,26 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 	for (size_t i = 0; i < KVS_ARRAY_LEN(api_num_opts); i++) {
 		const struct api_num_opt *o = &api_num_opts[i];
 		if (lua_getfield(L, t, o->key) != LUA_TNIL) {
+			void *f = (char *)c + o->off;
+			if (o->type != API_OPT_F32) {
+				char what[64];
+				snprintf(what, sizeof what, "kvscope.session: %s", o->key);
+				lua_Integer v = script_int(L, -1, what, (lua_Integer)o->lo, (lua_Integer)o->hi);
+				if (o->type == API_OPT_U32)
+					*(uint32_t *)f = (uint32_t)v;
+				else if (o->type == API_OPT_I32)
+					*(int32_t *)f = (int32_t)v;
+				else
+					*(int *)f = (int)v;
+				lua_pop(L, 1);
+				continue;
+			}
 			int isnum;
 			double x = lua_tonumberx(L, -1, &isnum);
 			if (!isnum || !(x >= o->lo && x <= o->hi))
 				script_error(L, "kvscope.session: %s = %s (expected a number in [%g, %g])", o->key,
 				             luaL_tolstring(L, -1, NULL), o->lo, o->hi);
-			void *f = (char *)c + o->off;
-			if (o->type == API_OPT_U32)
-				*(uint32_t *)f = (uint32_t)x;
-			else if (o->type == API_OPT_I32)
-				*(int32_t *)f = (int32_t)x;
-			else if (o->type == API_OPT_INT)
-				*(int *)f = (int)x;
-			else
-				*(float *)f = (float)x;
+			*(float *)f = (float)x;
 		}
 		lua_pop(L, 1);
 	}
@@ -228,6 +254,14 @@ static int api_session_open(lua_State *L)
 	}
 	if (c.gen.model_path == NULL)
 		return script_error(L, "kvscope.session: no model (give model = PATH)");
+	if (P->n_sessions >= SCRIPT_SESSIONS_MAX)
+		lua_gc(L, LUA_GCCOLLECT); /* sessions no longer referenced close now */
+	if (P->n_sessions >= SCRIPT_SESSIONS_MAX)
+		return script_error(L, "kvscope.session: the plugin has %u sessions open, the most it "
+		                       "may (close one with session:close())",
+		                    P->n_sessions);
+	script_charge(L, sizeof(struct api_session), "kvscope.session");
+	script_uncharge(P, sizeof(struct api_session)); /* api_session_account counts it */
 	struct api_session **u = lua_newuserdatauv(L, sizeof *u, 0);
 	*u = NULL;
 	luaL_setmetatable(L, API_SESSION);
@@ -241,6 +275,9 @@ static int api_session_open(lua_State *L)
 	*u = as;
 	as->next = rt->sessions;
 	rt->sessions = as;
+	P->n_sessions++;
+	as->system_len = c.system != NULL ? strlen(c.system) + 1 : 0;
+	api_session_account(as);
 	struct session_hooks h = {
 		.turn_start = api_hook_turn_start, .token = api_hook_token, .kv = api_hook_kv, .ud = as,
 	};
@@ -262,8 +299,12 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as, bool 
 		}
 	if (as->s != NULL && rt->vocab == gen_vocab(session_gen(as->s)))
 		rt->vocab = rt->current ? gen_vocab(session_gen(rt->current)) : NULL;
-	if (as->owned)
+	if (as->owned && as->s != NULL) {
 		session_close(as->s);
+		as->p->n_sessions--;
+		script_uncharge(as->p, as->charged);
+		as->charged = 0;
+	}
 	as->s = NULL;
 	if (bump)
 		script_stale(rt);
@@ -280,6 +321,17 @@ static int api_session_gc(lua_State *L)
 		*u = NULL;
 	}
 	return 0;
+}
+
+void api_sessions_gone(struct script_rt *rt, struct script_plugin *P)
+{
+	for (struct api_session *as = rt->sessions, *next; as; as = next) {
+		next = as->next;
+		if (as->p == P) {
+			api_session_drop(rt, as, false);
+			free(as);
+		}
+	}
 }
 
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol)
@@ -328,7 +380,8 @@ static int api_send(lua_State *L)
 {
 	struct script_rt *rt = api_rt(L);
 	const char *cmd = luaL_checkstring(L, 1);
-	const char *arg = luaL_optstring(L, 2, "");
+	size_t len = 0;
+	const char *arg = luaL_optlstring(L, 2, "", &len);
 	static const char *const cmds[] = { "chat", "policy", "budget", "reset", "pin", "unpin",
 		                            "max_tokens" };
 	bool known = false;
@@ -339,6 +392,9 @@ static int api_send(lua_State *L)
 		return script_error(L, "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
 		                       "unpin or max_tokens)",
 		                    cmd);
+	if (len > API_SEND_MAX)
+		return script_error(L, "kvscope.send %s: %zu bytes of argument, expected at most %zu", cmd,
+		                    len, API_SEND_MAX);
 	if (rt->cfg.send == NULL)
 		return script_error(L, "kvscope.send: no front-end session here (kvscope run: open one "
 		                       "with kvscope.session)");
@@ -358,13 +414,19 @@ static void api_session_idle(lua_State *L, struct api_session *as, const char *w
 		             what, as->phase, as->running);
 }
 
-/* Begin driving call what: refused while another runs or past the
- * deadline; the cache stops a prefill at the deadline. Nothing may raise
- * between this and api_session_leave. */
-static void api_session_enter(lua_State *L, struct api_session *as, const char *what)
+/* Begin driving call what, which keeps text_len bytes of new text: refused
+ * while another runs, past the deadline, or when the text would not fit in
+ * the plugin's cap; the cache stops a prefill at the deadline. Nothing may
+ * raise between this and api_session_leave. */
+static void api_session_enter(lua_State *L, struct api_session *as, const char *what,
+                              size_t text_len)
 {
 	struct script_plugin *P = as->p;
 	api_session_idle(L, as, what);
+	if (as->owned) {
+		script_charge(L, text_len + 1, "session: the text");
+		script_uncharge(P, text_len + 1); /* api_session_done counts what it keeps */
+	}
 	if (P->deadline > 0 && clock_now_ms() > P->deadline)
 		sandbox_overrun(L);
 	as->running = what;
@@ -381,6 +443,7 @@ static bool api_session_done(struct api_session *as)
 	kv_cache_set_deadline(gen_kv(session_gen(as->s)), 0);
 	session_cancel_clear(as->s);
 	as->running = NULL;
+	api_session_account(as);
 	script_stale(P->rt);
 	return as->cut || (P->deadline > 0 && clock_now_ms() > P->deadline);
 }
@@ -418,19 +481,18 @@ static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 static int api_s_chat(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const char *text = luaL_checkstring(L, 2);
+	size_t len;
+	const char *text = luaL_checklstring(L, 2, &len);
 	struct script_rt *rt = as->p->rt;
 	struct err e;
 	lua_Integer max = 0;
 	if (lua_istable(L, 3)) {
 		if (lua_getfield(L, 3, "max_tokens") != LUA_TNIL) {
-			max = luaL_checkinteger(L, -1);
-			if (max < 1 || max > (1 << 24))
-				return script_error(L, "chat: max_tokens %d (expected 1..16777216)", (int)max);
+			max = script_int(L, -1, "chat: max_tokens", 1, 1 << 24);
 		}
 		lua_pop(L, 1);
 	}
-	api_session_enter(L, as, "chat");
+	api_session_enter(L, as, "chat", len);
 	if (max > 0)
 		session_set_max_tokens(as->s, (uint32_t)max);
 	int rc = session_chat(as->s, text, &e);
@@ -471,13 +533,12 @@ static enum kv_role api_role(lua_State *L, int i, enum kv_role def)
 static int api_s_prompt(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const char *text = luaL_checkstring(L, 2);
-	lua_Integer extra = luaL_optinteger(L, 3, 0);
+	size_t len;
+	const char *text = luaL_checklstring(L, 2, &len);
+	lua_Integer extra = script_optint(L, 3, "prompt: extra", 0, 0, 1 << 24);
 	struct err e;
-	if (extra < 0 || extra > (1 << 24))
-		return script_error(L, "prompt: extra %d (expected 0..16777216)", (int)extra);
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
-	api_session_enter(L, as, "prompt");
+	api_session_enter(L, as, "prompt", len);
 	int rc = session_prompt(as->s, text, (uint32_t)extra, &e);
 	api_session_leave(L, as);
 	if (rc != KVS_OK)
@@ -490,11 +551,12 @@ static int api_s_prompt(lua_State *L)
 static int api_s_feed(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	const char *text = luaL_checkstring(L, 2);
+	size_t len;
+	const char *text = luaL_checklstring(L, 2, &len);
 	enum kv_role role = api_role(L, 3, KV_ROLE_USER);
 	struct err e;
 	int32_t before = kv_cache_next_pos(gen_kv(session_gen(as->s)));
-	api_session_enter(L, as, "feed");
+	api_session_enter(L, as, "feed", len);
 	int rc = session_feed_text(as->s, text, role, &e);
 	api_session_leave(L, as);
 	if (rc != KVS_OK)
@@ -509,7 +571,7 @@ static int api_s_end_reply(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	bool eot = lua_toboolean(L, 2);
 	struct err e;
-	api_session_enter(L, as, "end_reply");
+	api_session_enter(L, as, "end_reply", 0);
 	int rc = session_end_reply(as->s, eot, &e);
 	api_session_leave(L, as);
 	if (rc != KVS_OK)
@@ -557,18 +619,16 @@ static void api_gen_text(const char *text, size_t len, void *ud)
 static int api_s_generate(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer n = luaL_checkinteger(L, 2);
+	lua_Integer n = script_int(L, 2, "generate: tokens", 1, 1 << 24);
 	struct gen *g = session_gen(as->s);
 	struct api_gen_out out = { 0 };
 	struct err e;
 	enum gen_stop stop;
 	uint32_t n_out;
-	if (n < 1 || n > (1 << 24))
-		return script_error(L, "generate: %d tokens (expected 1..16777216)", (int)n);
 	api_session_idle(L, as, "generate");
 	if (gen_logits(g) == NULL)
 		return script_error(L, "generate: nothing fed yet (feed or prompt first)");
-	api_session_enter(L, as, "generate");
+	api_session_enter(L, as, "generate", 0);
 	int rc = gen_reply(g, (uint32_t)n, api_gen_text, &out, &stop, &n_out, &e);
 	bool over = api_session_done(as);
 	api_push_owned(L, out.s, out.n);
@@ -584,12 +644,8 @@ static int api_s_generate(lua_State *L)
 /* The first token of a candidate: an id, or the first token of a string. */
 static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
 {
-	if (lua_isinteger(L, idx)) {
-		lua_Integer id = lua_tointeger(L, idx);
-		if (id < 0 || id >= (lua_Integer)gen_n_vocab(g))
-			script_error(L, "token id %d out of range (0..%d)", (int)id, (int)gen_n_vocab(g) - 1);
-		return (int32_t)id;
-	}
+	if (lua_type(L, idx) == LUA_TNUMBER)
+		return (int32_t)script_int(L, idx, "logprobs: token id", 0, (lua_Integer)gen_n_vocab(g) - 1);
 	size_t len;
 	const char *s = lua_tolstring(L, idx, &len);
 	if (s == NULL || len == 0)
@@ -643,13 +699,11 @@ static int api_s_top(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
 	struct gen *g = session_gen(as->s);
-	lua_Integer k = luaL_optinteger(L, 2, 10);
+	lua_Integer k = script_optint(L, 2, "top: k", 10, 1, 1000);
 	uint32_t nv = gen_n_vocab(g);
 	const float *lg = gen_logits(g);
 	if (lg == NULL)
 		return script_error(L, "top: nothing fed yet (feed or prompt first)");
-	if (k < 1 || k > 1000)
-		return script_error(L, "top: k = %d (expected 1..1000)", (int)k);
 	if ((uint32_t)k > nv)
 		k = nv;
 	double lz = api_logz(lg, nv);
@@ -714,10 +768,9 @@ static int api_s_detokenize(lua_State *L)
 	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, 2, i);
-		lua_Integer id = lua_tointeger(L, -1);
+		lua_Integer id = script_int(L, -1, "detokenize: id", 0,
+		                            (lua_Integer)vocab_n_tokens(v) - 1);
 		lua_pop(L, 1);
-		if (id < 0 || id >= (lua_Integer)vocab_n_tokens(v))
-			return script_error(L, "detokenize: id %d out of range", (int)id);
 		char buf[256];
 		size_t k = vocab_piece(v, (int32_t)id, true, buf, sizeof buf);
 		luaL_addlstring(&b, buf, KVS_MIN(k, sizeof buf));
@@ -742,11 +795,9 @@ static int api_s_set_policy(lua_State *L)
 static int api_s_set_budget(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer n = luaL_checkinteger(L, 2);
+	lua_Integer n = script_int(L, 2, "set_budget: tokens", 8, 1 << 24);
 	struct err e;
 	api_session_idle(L, as, "set_budget");
-	if (n < 8 || n > (1 << 24))
-		return script_error(L, "set_budget: %d tokens (expected 8..16777216)", (int)n);
 	if (kv_cache_set_budget(gen_kv(session_gen(as->s)), (uint32_t)n, &e) != KVS_OK)
 		return script_error(L, "set_budget: %s", e.msg);
 	script_stale(as->p->rt);
@@ -792,7 +843,7 @@ static int api_s_tokens(lua_State *L)
 static int api_s_find(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer pos = luaL_checkinteger(L, 2);
+	lua_Integer pos = script_int(L, 2, "find: position", INT32_MIN, INT32_MAX);
 	int32_t i = kv_cache_find(gen_kv(session_gen(as->s)), (int32_t)pos);
 	if (i < 0)
 		lua_pushnil(L);
@@ -804,7 +855,7 @@ static int api_s_find(lua_State *L)
 static int api_s_pin(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer pos = luaL_checkinteger(L, 2);
+	lua_Integer pos = script_int(L, 2, "pin: position", INT32_MIN, INT32_MAX);
 	bool on = lua_isnone(L, 3) ? true : lua_toboolean(L, 3);
 	struct err e;
 	if (kv_cache_pin(gen_kv(session_gen(as->s)), (int32_t)pos, on, &e) != KVS_OK)
@@ -822,7 +873,7 @@ static int api_s_turns(lua_State *L)
 static int api_s_turn(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	lua_Integer i = luaL_checkinteger(L, 2);
+	lua_Integer i = script_int(L, 2, "turn: index", LUA_MININTEGER, LUA_MAXINTEGER);
 	const struct session_turn *t = NULL;
 	if (i >= 1 && i <= (lua_Integer)session_n_turns(as->s))
 		t = session_turn_at(as->s, (uint32_t)(i - 1));
@@ -865,6 +916,7 @@ static int api_s_reset(lua_State *L)
 	struct api_session *as = api_checksession(L, 1);
 	api_session_idle(L, as, "reset");
 	session_reset(as->s);
+	api_session_account(as);
 	script_stale(as->p->rt);
 	return 0;
 }
@@ -887,7 +939,16 @@ static int api_s_close(lua_State *L)
 static int api_s_set_system(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
-	session_set_system(as->s, luaL_checkstring(L, 2));
+	const char *text = luaL_checkstring(L, 2);
+	size_t len = strlen(text) + 1, more = len > as->system_len ? len - as->system_len : 0;
+	if (as->owned)
+		script_charge(L, more, "session:set_system"); /* refused when it does not fit */
+	session_set_system(as->s, text);
+	if (as->owned) {
+		script_uncharge(as->p, more); /* api_session_account counts it exactly */
+		as->system_len = len;
+		api_session_account(as);
+	}
 	return 0;
 }
 

@@ -167,9 +167,7 @@ static int api_toks_index(lua_State *L)
 {
 	struct api_toks *a = luaL_checkudata(L, 1, API_TOKS);
 	api_check_epoch(L, a->epoch, "the token list");
-	if (!lua_isinteger(L, 2))
-		return script_error(L, "token lists are indexed by integers 1..#list");
-	lua_Integer i = lua_tointeger(L, 2);
+	lua_Integer i = script_int(L, 2, "token list index", LUA_MININTEGER, LUA_MAXINTEGER);
 	if (i < 1 || i > (lua_Integer)a->n) {
 		lua_pushnil(L);
 		return 1;
@@ -247,11 +245,10 @@ static int api_attn_get(lua_State *L)
 {
 	struct api_attn *a = luaL_checkudata(L, 1, API_ATTN);
 	api_check_epoch(L, a->epoch, "the attention");
-	lua_Integer l = luaL_checkinteger(L, 2), h = luaL_checkinteger(L, 3);
-	lua_Integer i = luaL_checkinteger(L, 4);
+	lua_Integer l = script_int(L, 2, "attention:get: layer", 1, a->n_layer);
+	lua_Integer h = script_int(L, 3, "attention:get: head", 1, a->n_head);
+	lua_Integer i = script_int(L, 4, "attention:get: column", 1, a->n_cached);
 	const float *row = api_attn_row(L, a, l, h);
-	if (i < 1 || i > (lua_Integer)a->n_cached)
-		return script_error(L, "attention: column %d out of range (1..%d)", (int)i, (int)a->n_cached);
 	lua_pushnumber(L, row[i - 1]);
 	return 1;
 }
@@ -261,11 +258,10 @@ static int api_attn_summary(lua_State *L)
 {
 	struct api_attn *a = luaL_checkudata(L, 1, API_ATTN);
 	api_check_epoch(L, a->epoch, "the attention");
-	lua_Integer l = luaL_checkinteger(L, 2), h = luaL_checkinteger(L, 3);
-	if (a->heads == NULL || l < 1 || l > (lua_Integer)a->n_layer || h < 1 ||
-	    h > (lua_Integer)a->n_head)
-		return script_error(L, "attention summary: layer %d, head %d out of range (1..%d, 1..%d)",
-		                  (int)l, (int)h, (int)a->n_layer, (int)a->n_head);
+	lua_Integer l = script_int(L, 2, "attention:summary: layer", 1, a->n_layer);
+	lua_Integer h = script_int(L, 3, "attention:summary: head", 1, a->n_head);
+	if (a->heads == NULL)
+		return script_error(L, "attention summary: no head summaries in this event");
 	const struct kv_head_summary *s = &a->heads[(size_t)(l - 1) * a->n_head + (size_t)(h - 1)];
 	lua_pushnumber(L, s->entropy);
 	lua_pushnumber(L, s->sink_mass);
@@ -279,7 +275,7 @@ static int api_attn_position(lua_State *L)
 {
 	struct api_attn *a = luaL_checkudata(L, 1, API_ATTN);
 	api_check_epoch(L, a->epoch, "the attention");
-	lua_Integer i = luaL_checkinteger(L, 2);
+	lua_Integer i = script_int(L, 2, "attention:position: column", LUA_MININTEGER, LUA_MAXINTEGER);
 	if (a->cols == NULL || i < 1 || i > (lua_Integer)a->n_cached)
 		lua_pushnil(L);
 	else
@@ -320,7 +316,7 @@ static int api_attn_index(lua_State *L)
 			lua_pushnil(L);
 		return 1;
 	}
-	lua_Integer i = luaL_checkinteger(L, 2);
+	lua_Integer i = script_int(L, 2, "attention index", LUA_MININTEGER, LUA_MAXINTEGER);
 	if (a->level == 2) {
 		if (i < 1 || i > (lua_Integer)a->n_cached)
 			lua_pushnil(L);

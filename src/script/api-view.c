@@ -7,15 +7,24 @@
  * command line reads it through script.h, never through Lua. A command or
  * view belongs to the plugin that created it; another plugin may not take
  * its name, and unloading the owner removes it (script.c). A view's version
- * moves on every change so a renderer redraws only what moved. Files go
- * only under the results directory, by relative paths of plain components.
+ * moves on every change so a renderer redraws only what moved.
+ *
+ * Files go only under the results directory, by relative paths of plain
+ * components (letters, digits, '.', '-', '_'; no '.', '..' or empty
+ * component, no NUL). The directory is never empty or "/", and below it
+ * every component is opened with O_NOFOLLOW from the one before (openat,
+ * mkdirat), so a symbolic link inside it, to a file or a folder, is
+ * refused rather than followed; the file written must be a regular file
+ * with one name (not a hard link to a file elsewhere, not a FIFO).
  */
 #include "script/script-int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define API_VIEW "kvscope.view"
@@ -27,10 +36,20 @@ static int api_status(lua_State *L)
 	struct script_plugin *P = script_plugin_of(L);
 	size_t len = 0;
 	const char *s = luaL_optlstring(L, 1, NULL, &len);
-	free(P->status);
 	/* at most 200 bytes, cut at a character boundary */
-	P->status = s ? xstrndup(s, utf8_complete_prefix((const uint8_t *)s, KVS_MIN(len, 200))) : NULL;
+	size_t n = s ? utf8_complete_prefix((const uint8_t *)s, KVS_MIN(len, 200)) : 0;
+	script_charge(L, s ? n + 1 : 0, "kvscope.status");
+	if (P->status != NULL)
+		script_uncharge(P, strlen(P->status) + 1);
+	free(P->status);
+	P->status = s ? xstrndup(s, n) : NULL;
 	return 0;
+}
+
+/* What the host holds for a command. */
+static size_t api_cmd_bytes(const char *name, const char *help)
+{
+	return sizeof(struct script_cmd) + strlen(name) + 1 + strlen(help) + 1;
 }
 
 static int api_command(lua_State *L)
@@ -51,6 +70,8 @@ static int api_command(lua_State *L)
 		return script_error(L, "kvscope.command: bad name '%s' (expected lower-case letters, "
 		                     "digits, '-' and '_', starting with a letter)",
 		                  name);
+	/* counted before anything changes (a refusal leaves the old command) */
+	script_charge(L, api_cmd_bytes(name, help), "kvscope.command");
 	for (size_t i = 0; i < rt->n_cmds; i++)
 		if (strcmp(rt->cmds[i].name, name) == 0) {
 			if (rt->cmds[i].p != P)
@@ -58,6 +79,7 @@ static int api_command(lua_State *L)
 				                  rt->cmds[i].p->name);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].ref);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].complete_ref);
+			script_uncharge(P, api_cmd_bytes(rt->cmds[i].name, rt->cmds[i].help));
 			free(rt->cmds[i].name);
 			free(rt->cmds[i].help);
 			rt->cmds[i] = rt->cmds[--rt->n_cmds];
@@ -128,6 +150,7 @@ static int api_view(lua_State *L)
 			rec = rt->views[i];
 		}
 	if (rec == NULL) {
+		script_charge(L, sizeof *rec + sizeof *rt->views + strlen(name) + 1, "kvscope.view");
 		rec = xcalloc(1, sizeof *rec);
 		rec->v.name = xstrdup(name);
 		rec->v.plugin = P->name;
@@ -141,14 +164,26 @@ static int api_view(lua_State *L)
 	return 1;
 }
 
-static struct script_item *api_view_add(lua_State *L, enum script_item_kind kind)
+/* What the host holds for an item beyond its slot: its text and cells. */
+static size_t api_item_bytes(const struct script_item *it)
+{
+	return (it->text ? strlen(it->text) + 1 : 0) + (size_t)it->rows * it->cols * sizeof *it->cells;
+}
+
+/* A new item of v, its text and cells[0, n_cells) counted in the
+ * plugin's cap first (the item takes both). */
+static struct script_item *api_view_add(lua_State *L, enum script_item_kind kind, size_t text_len,
+                                        size_t n_cells)
 {
 	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
 	struct script_view *v = &u->rec->v;
 	if (v->n_items >= 10000)
 		script_error(L, "view %s: more than 10000 items (clear it first)", v->name);
-	if (v->n_items == v->cap_items) {
-		v->cap_items = v->cap_items ? v->cap_items * 2 : 16;
+	size_t grow = v->n_items == v->cap_items ? (v->cap_items ? v->cap_items : 16) : 0;
+	script_charge(L, grow * sizeof *v->items + text_len + 1 + n_cells * sizeof(float),
+	              "view:add");
+	if (grow > 0) {
+		v->cap_items += grow;
 		v->items = xreallocarray(v->items, v->cap_items, sizeof *v->items);
 	}
 	struct script_item *it = &v->items[v->n_items++];
@@ -163,6 +198,7 @@ static int api_view_clear(lua_State *L)
 	struct api_view *u = luaL_checkudata(L, 1, API_VIEW);
 	struct script_view *v = &u->rec->v;
 	for (size_t i = 0; i < v->n_items; i++) {
+		script_uncharge(u->rec->p, api_item_bytes(&v->items[i]));
 		free(v->items[i].text);
 		free(v->items[i].cells);
 	}
@@ -173,9 +209,11 @@ static int api_view_clear(lua_State *L)
 
 static int api_view_text(lua_State *L)
 {
-	const char *s = luaL_checkstring(L, 2);
-	struct script_item *it = api_view_add(L, SCRIPT_ITEM_TEXT);
-	it->text = xstrdup(s);
+	size_t len;
+	const char *s = luaL_checklstring(L, 2, &len);
+	len = strlen(s); /* a line ends at a NUL */
+	struct script_item *it = api_view_add(L, SCRIPT_ITEM_TEXT, len, 0);
+	it->text = xstrndup(s, len);
 	return 0;
 }
 
@@ -185,35 +223,36 @@ static int api_view_bar(lua_State *L)
 	double value = luaL_checknumber(L, 3), max = luaL_optnumber(L, 4, 1.0);
 	if (!(max > 0))
 		return script_error(L, "view:bar: max %f (expected > 0)", max);
-	struct script_item *it = api_view_add(L, SCRIPT_ITEM_BAR);
+	struct script_item *it = api_view_add(L, SCRIPT_ITEM_BAR, strlen(label), 0);
 	it->text = xstrdup(label);
 	it->value = value < 0 ? 0 : value > max ? max : value;
 	it->max = max;
 	return 0;
 }
 
-/* view:heatmap(label, matrix): matrix is a table of equal-length rows of numbers. */
+/* view:heatmap(label, matrix): matrix is a table of equal-length rows of
+ * numbers. The cells are read into a buffer the state owns (freed by its
+ * collector whatever error comes), then copied into the item. */
 static int api_view_heatmap(lua_State *L)
 {
 	const char *label = luaL_checkstring(L, 2);
 	luaL_checktype(L, 3, LUA_TTABLE);
+	lua_settop(L, 3);
 	lua_Integer rows = (lua_Integer)lua_rawlen(L, 3), cols = -1;
 	if (rows < 1 || rows > 4096)
 		return script_error(L, "view:heatmap: %d rows (expected 1..4096)", (int)rows);
-	float *cells = NULL;
+	float *cells = NULL; /* (rows, cols) */
 	for (lua_Integer r = 1; r <= rows; r++) {
-		if (lua_rawgeti(L, 3, r) != LUA_TTABLE) {
-			free(cells);
+		if (lua_rawgeti(L, 3, r) != LUA_TTABLE)
 			return script_error(L, "view:heatmap: row %d is not a table of numbers", (int)r);
-		}
 		lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
 		if (cols < 0) {
 			cols = n;
 			if (cols < 1 || cols > 4096)
 				return script_error(L, "view:heatmap: %d columns (expected 1..4096)", (int)cols);
-			cells = xmallocarray((size_t)(rows * cols), sizeof *cells);
+			cells = lua_newuserdatauv(L, (size_t)(rows * cols) * sizeof *cells, 0);
+			lua_insert(L, 4); /* below the row: anchored until the call returns */
 		} else if (n != cols) {
-			free(cells);
 			return script_error(L, "view:heatmap: row %d has %d values, row 1 has %d", (int)r,
 			                  (int)n, (int)cols);
 		}
@@ -222,22 +261,22 @@ static int api_view_heatmap(lua_State *L)
 			int isnum;
 			double x = lua_tonumberx(L, -1, &isnum);
 			lua_pop(L, 1);
-			if (!isnum) {
-				free(cells);
+			if (!isnum)
 				return script_error(L, "view:heatmap: row %d, column %d is not a number", (int)r,
 				                  (int)c);
-			}
 			cells[(r - 1) * cols + (c - 1)] = (float)x;
 		}
 		lua_pop(L, 1);
 	}
-	struct script_item *it = api_view_add(L, SCRIPT_ITEM_HEATMAP);
+	size_t n_cells = (size_t)(rows * cols);
+	struct script_item *it = api_view_add(L, SCRIPT_ITEM_HEATMAP, strlen(label), n_cells);
 	it->text = xstrdup(label);
 	it->rows = (uint32_t)rows;
 	it->cols = (uint32_t)cols;
-	it->cells = cells;
+	it->cells = xmallocarray(n_cells, sizeof *it->cells);
+	memcpy(it->cells, cells, n_cells * sizeof *cells);
 	it->lo = it->hi = cells[0];
-	for (size_t i = 1; i < (size_t)(rows * cols); i++) {
+	for (size_t i = 1; i < n_cells; i++) {
 		it->lo = fminf(it->lo, cells[i]);
 		it->hi = fmaxf(it->hi, cells[i]);
 	}
@@ -312,6 +351,7 @@ static int api_plugins(lua_State *L)
 			api_setstr(L, "why", in.disabled_why);
 		api_setint(L, "errors", in.n_errors);
 		api_setint(L, "mem", (lua_Integer)in.mem_bytes);
+		api_setint(L, "host", (lua_Integer)in.host_bytes);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
 	return 1;
@@ -333,7 +373,11 @@ static int api_plugin_log(lua_State *L)
 static int api_load_plugin(lua_State *L)
 {
 	struct err e;
-	int rc = script_load(api_rt(L), luaL_checkstring(L, 1), &e);
+	size_t len;
+	const char *path = luaL_checklstring(L, 1, &len);
+	int rc = strlen(path) != len
+	             ? err_set(&e, KVS_EARG, "the path '%s...' holds a NUL byte: refused", path)
+	             : script_load(api_rt(L), path, &e);
 	lua_pushboolean(L, rc == KVS_OK);
 	if (rc == KVS_OK)
 		return 1;
@@ -388,37 +432,130 @@ static bool api_path_ok(const char *p)
 	return true;
 }
 
+int api_results_check(const char *dir, struct err *e)
+{
+	struct stat st, root;
+
+	if (dir[0] == '\0')
+		return err_set(e, KVS_EARG, "the results directory is empty: expected a folder "
+		                            "(kvscope.write writes under it)");
+	if (stat(dir, &st) == 0 && stat("/", &root) == 0 && st.st_dev == root.st_dev &&
+	    st.st_ino == root.st_ino)
+		return err_set(e, KVS_EARG, "the results directory %s is the root folder: expected a "
+		                            "folder of its own (kvscope.write writes under it)",
+		               dir);
+	return KVS_OK;
+}
+
+/* Open the folder comp inside the folder dfd without following a link,
+ * creating it when missing; closes dfd. -1 with errno set on failure. */
+static int api_open_dir_at(int dfd, const char *comp)
+{
+	int fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && (mkdirat(dfd, comp, 0777) == 0 || errno == EEXIST))
+		fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int saved = errno;
+	close(dfd);
+	errno = saved;
+	return fd;
+}
+
+/* Open rel (checked by api_path_ok) for writing under the results
+ * directory: the directory itself is the user's choice (a link there is
+ * followed, it is created when missing), every component below it is
+ * opened without following links, so no link inside it leads out; the file
+ * must be a regular file with no other name (a hard link would write
+ * elsewhere). Returns the descriptor, or raises. */
+static int api_open_result(lua_State *L, struct script_rt *rt, const char *rel, bool append)
+{
+	struct err e;
+	struct stat st;
+
+	if (api_results_check(rt->results_dir, &e) != KVS_OK)
+		return script_error(L, "kvscope.write: %s", e.msg);
+	if (file_mkdirs(rt->results_dir, 0777) != 0)
+		return script_error(L, "kvscope.write: cannot create %s: %s", rt->results_dir,
+		                    strerror(errno));
+	int dfd = open(rt->results_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return script_error(L, "kvscope.write: cannot open %s: %s", rt->results_dir,
+		                    strerror(errno));
+	if (api_results_check(rt->results_dir, &e) != KVS_OK) {
+		close(dfd);
+		return script_error(L, "kvscope.write: %s", e.msg);
+	}
+	char comp[256]; /* api_path_ok: at most 200 bytes */
+	const char *s = rel;
+	for (size_t n = strcspn(s, "/"); s[n] == '/'; n = strcspn(s, "/")) {
+		memcpy(comp, s, n);
+		comp[n] = '\0';
+		dfd = api_open_dir_at(dfd, comp);
+		if (dfd < 0)
+			return script_error(L, "kvscope.write: %s/%.*s: %s", rt->results_dir,
+			                    (int)(s + n - rel), rel,
+			                    errno == ELOOP || errno == ENOTDIR
+			                        ? "not a folder (a link or a file): refused"
+			                        : strerror(errno));
+		s += n + 1;
+	}
+	/* O_NONBLOCK: a FIFO placed there fails instead of waiting for a reader */
+	int fd = openat(dfd, s, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC |
+	                            (append ? O_APPEND : 0),
+	                0666);
+	int saved = errno;
+	close(dfd);
+	if (fd < 0)
+		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel,
+		                    saved == ELOOP   ? "a symbolic link: refused"
+		                    : saved == ENXIO ? "a FIFO: refused"
+		                                     : strerror(saved));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+		close(fd);
+		return script_error(L, "kvscope.write: %s/%s: not a regular file of its own (a "
+		                    "device, a FIFO or a hard link): refused",
+		                    rt->results_dir, rel);
+	}
+	if (!append && ftruncate(fd, 0) != 0) {
+		saved = errno;
+		close(fd);
+		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel,
+		                    strerror(saved));
+	}
+	return fd;
+}
+
 static int api_write(lua_State *L)
 {
 	struct script_rt *rt = api_rt(L);
-	const char *rel = luaL_checkstring(L, 1);
-	size_t len;
+	size_t rlen, len;
+	const char *rel = luaL_checklstring(L, 1, &rlen);
 	const char *text = luaL_checklstring(L, 2, &len);
 	const char *mode = luaL_optstring(L, 3, "w");
+	if (strlen(rel) != rlen)
+		return script_error(L, "kvscope.write: the path '%s...' holds a NUL byte: refused", rel);
 	if (!api_path_ok(rel))
 		return script_error(L, "kvscope.write: '%s' refused (expected a relative path of letters, "
 		                     "digits, '.', '-', '_' under the results directory, no '..')",
 		                  rel);
 	if (strcmp(mode, "w") != 0 && strcmp(mode, "a") != 0)
 		return script_error(L, "kvscope.write: mode '%s' (expected \"w\" or \"a\")", mode);
-	char *path = xasprintf("%s/%s", rt->results_dir, rel);
-	/* create the directories on the way */
-	char *slash = strrchr(path, '/');
-	*slash = '\0';
-	if (file_mkdirs(path, 0777) != 0) {
-		lua_pushfstring(L, "kvscope.write: cannot create %s: %s", path, strerror(errno));
-		free(path);
-		return lua_error(L);
+	int fd = api_open_result(L, rt, rel, mode[0] == 'a');
+	for (size_t done = 0; done < len;) {
+		ssize_t n = write(fd, text + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int saved = n < 0 ? errno : EIO;
+			close(fd);
+			return script_error(L, "kvscope.write: cannot write %s/%s: %s", rt->results_dir, rel,
+			                    strerror(saved));
+		}
+		done += (size_t)n;
 	}
-	*slash = '/';
-	FILE *fp = fopen(path, mode);
-	if (fp == NULL || fwrite(text, 1, len, fp) != len || fclose(fp) != 0) {
-		lua_pushfstring(L, "kvscope.write: cannot write %s: %s", path, strerror(errno));
-		free(path);
-		return lua_error(L);
-	}
-	lua_pushstring(L, path);
-	free(path);
+	if (close(fd) != 0)
+		return script_error(L, "kvscope.write: cannot write %s/%s: %s", rt->results_dir, rel,
+		                    strerror(errno));
+	lua_pushfstring(L, "%s/%s", rt->results_dir, rel);
 	return 1;
 }
 
@@ -464,7 +601,9 @@ static const struct api_fn api_view_fns[] = {
 	  "every plugin's views: {name, plugin, items} (read-only)", api_views },
 	/* plugins */
 	{ "plugins", API_FAST, API_C, "() -> list",
-	  "loaded plugins: {name, path, enabled, why, errors, mem}", api_plugins },
+	  "loaded plugins: {name, path, enabled, why, errors, mem (bytes counted in its memory cap), "
+	  "host (of which kvscope holds for it)}",
+	  api_plugins },
 	{ "plugin_log", API_FAST, API_C, "(name) -> list", "a plugin's log lines", api_plugin_log },
 	{ "load_plugin", API_DEFERRED, API_C, "(path) -> ok [, err]", "load a plugin file",
 	  api_load_plugin },

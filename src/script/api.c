@@ -48,6 +48,10 @@ static int api_call(lua_State *L)
 {
 	const struct api_fn *f = lua_touserdata(L, lua_upvalueindex(1));
 	struct script_plugin *P = script_plugin_of(L);
+	/* a finalizer run by lua_close: what it made would outlive the state
+	 * (a session, a hook pointing at the freed plugin) */
+	if (P->closing)
+		return script_error(L, "kvscope.%s: the plugin is being unloaded", f->name);
 	if (f->tier == API_DEFERRED && P->fast > 0)
 		return script_error(L, "kvscope.%s is deferred: it cannot run inside a fast hook (%s); "
 		                     "call it through kvscope.schedule(fn)",

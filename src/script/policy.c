@@ -13,7 +13,9 @@
  * command the plugin runs ("name args", e.g. :recency-entropy 2 8) is queued
  * in the copy's inbox and runs there, in order, before its next policy call,
  * so parameters a command sets reach the policy; hooks and timers do not
- * run in copies. When the plugin is unloaded or disabled the copy is
+ * run in copies. The inbox is bounded (POLICY_INBOX_MAX_BYTES): a copy
+ * whose owner has not called it while more piled up is retired, and its
+ * policy falls back. When the plugin is unloaded or disabled the copy is
  * retired: its next call closes its runtime on its own thread and fails;
  * an unclaimed copy is closed by the main thread at once. Copy shells live
  * until the main runtime is freed, since providers point at them.
@@ -25,6 +27,11 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+/* A copy's inbox holds at most this many bytes (the commands' text and a
+ * pointer each): past them the copy is retired (its owner has not called it
+ * while they piled up). */
+#define POLICY_INBOX_MAX_BYTES (1 << 20)
 
 /* -------------------------------------------------------- the main thread */
 
@@ -68,6 +75,7 @@ static void policy_inbox_clear(struct script_copy *cp)
 	free(cp->inbox);
 	cp->inbox = NULL;
 	cp->n_inbox = 0;
+	cp->inbox_bytes = 0;
 }
 
 static int policy_copy_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep,
@@ -137,6 +145,25 @@ int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_score
 	return KVS_OK;
 }
 
+/* Retire cp (main thread): its owner closes it at its next call; an
+ * unclaimed copy is claimed and closed here. */
+static void policy_copy_retire(struct script_copy *cp)
+{
+	pthread_mutex_lock(&cp->mu);
+	/* unclaimed: the main thread claims it to close it now; a caller
+	 * then finds it retired and not its own, and leaves it alone */
+	bool close = !cp->claimed;
+	cp->claimed = true;
+	if (close)
+		cp->owner = pthread_self();
+	cp->retired = true;
+	cp->of = NULL; /* its plugin may go away; a later plugin may get its address */
+	policy_inbox_clear(cp);
+	pthread_mutex_unlock(&cp->mu);
+	if (close)
+		policy_copy_close(cp);
+}
+
 void policy_copies_post(struct script_rt *rt, const struct script_plugin *P, const char *name,
                         const char *args)
 {
@@ -148,35 +175,33 @@ void policy_copies_post(struct script_rt *rt, const struct script_plugin *P, con
 		memcpy(msg, name, nl + 1);
 		memcpy(msg + nl + 1, args, al + 1);
 		pthread_mutex_lock(&cp->mu);
-		if (cp->retired) {
+		size_t bytes = nl + al + 2 + sizeof *cp->inbox;
+		bool full = cp->inbox_bytes + bytes > POLICY_INBOX_MAX_BYTES;
+		bool retire = full && !cp->retired;
+		if (cp->retired || full) {
 			free(msg);
 		} else {
 			cp->inbox = xreallocarray(cp->inbox, cp->n_inbox + 1, sizeof *cp->inbox);
 			cp->inbox[cp->n_inbox++] = msg;
+			cp->inbox_bytes += bytes;
 		}
 		pthread_mutex_unlock(&cp->mu);
+		if (retire) {
+			/* its owner has not called for a long while: what it would run
+			 * first is bounded, so the copy stops and its policy falls back */
+			script_notify(rt, NULL, "Lua policy %s stopped: its plugin's commands queued more "
+			              "than %d KiB for it before the policy was called again",
+			              cp->name, POLICY_INBOX_MAX_BYTES >> 10);
+			policy_copy_retire(cp);
+		}
 	}
 }
 
 void policy_copies_retire(struct script_rt *rt, const struct script_plugin *P)
 {
-	for (struct script_copy *cp = rt->copies; cp; cp = cp->next) {
-		if (cp->of != P)
-			continue;
-		pthread_mutex_lock(&cp->mu);
-		/* unclaimed: the main thread claims it to close it now; a caller
-		 * then finds it retired and not its own, and leaves it alone */
-		bool close = !cp->claimed;
-		cp->claimed = true;
-		if (close)
-			cp->owner = pthread_self();
-		cp->retired = true;
-		cp->of = NULL; /* P goes away; a later plugin may get its address */
-		policy_inbox_clear(cp);
-		pthread_mutex_unlock(&cp->mu);
-		if (close)
-			policy_copy_close(cp);
-	}
+	for (struct script_copy *cp = rt->copies; cp; cp = cp->next)
+		if (cp->of == P)
+			policy_copy_retire(cp);
 }
 
 void policy_copies_free(struct script_rt *rt)
@@ -216,6 +241,7 @@ static int policy_copy_score(void *ud, const struct kv_tok *toks, uint32_t n, ui
 		n_inbox = cp->n_inbox;
 		cp->inbox = NULL;
 		cp->n_inbox = 0;
+		cp->inbox_bytes = 0;
 	}
 	pthread_mutex_unlock(&cp->mu);
 	if (retired) {

@@ -55,7 +55,7 @@ static int sandbox_string_rep(lua_State *L)
 		return 1;
 	}
 	double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
-	double left = (double)(P->mem_cap - KVS_MIN(P->mem, P->mem_cap));
+	double left = (double)(P->mem_cap - KVS_MIN(P->mem + P->host, P->mem_cap));
 	if (total > left)
 		return script_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
 		                       "left (%.0f of its %zu KiB cap)",

@@ -16,8 +16,10 @@
  *     and difftime. io, debug, package, dofile, loadfile and the rest of os
  *     are not reachable: nothing left in the environment holds them.
  *   - Memory: the state's allocator counts its bytes and refuses growth
- *     past the plugin's cap, which Lua raises as a memory error;
- *     string.rep refuses a result larger than the memory left.
+ *     past the plugin's cap, less what the host holds for the plugin
+ *     (P->host: views, commands, hooks, sessions' turns, ...; see
+ *     script_charge), which Lua raises as a memory error; string.rep
+ *     refuses a result larger than the memory left.
  *   - Time: a count hook checks the current call's wall-clock deadline
  *     every SCRIPT_HOOK_COUNT instructions and raises an error past it, and
  *     from then on checks at every instruction of that thread until the
@@ -50,7 +52,7 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		P->mem -= old;
 		return NULL;
 	}
-	if (nsize > old && P->mem + (nsize - old) > P->mem_cap)
+	if (nsize > old && P->mem + P->host + (nsize - old) > P->mem_cap)
 		return NULL;
 	void *q = realloc(ptr, nsize);
 	if (q == NULL)

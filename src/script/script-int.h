@@ -42,6 +42,8 @@
 #define SCRIPT_ABANDON_MS 2000 /* a plugin call this late (10 budgets at least) disables it */
 #define SANDBOX_STEPS 1024     /* loop steps of a guarded C function between deadline checks */
 #define SANDBOX_LOAD_PIECE 65536 /* bytes load's parser reads between deadline checks */
+#define SCRIPT_SRC_MAX ((size_t)4 << 20) /* bytes of a plugin's source, at most */
+#define SCRIPT_SESSIONS_MAX 4   /* sessions a plugin has open at once, at most */
 
 /* Events plugins hook with kvscope.on (names in script_event_names). */
 enum script_event {
@@ -68,7 +70,14 @@ struct script_plugin {
 	lua_State *L;
 	lua_State *active;        /* the thread inside an API call now (nested calls use it) */
 	bool is_script;
-	size_t mem, mem_cap;      /* bytes held by the state, its cap */
+	/* Memory. mem: bytes of the Lua state; host: bytes the host holds for
+	 * the plugin (its source, views, commands, hooks, timers, scheduled
+	 * functions, status, policy slots, its sessions' turns); mem + host
+	 * stays within mem_cap: the state's allocator and script_charge refuse
+	 * what would pass it. */
+	size_t mem, host, mem_cap;
+	uint32_t n_sessions;      /* sessions it opened, not yet closed (SCRIPT_SESSIONS_MAX) */
+	bool closing;             /* its state is being closed: the API refuses every call */
 	double deadline;          /* clock_now_ms of the current call's deadline; 0 none */
 	double budget_ms;         /* of the current call, for the message */
 	bool overrun;
@@ -145,7 +154,7 @@ struct script_copy {
 	pthread_t owner;          /* when claimed */
 	bool retired;             /* its plugin was unloaded or disabled */
 	char **inbox;             /* (n_inbox) commands to run first: "name\0args" */
-	size_t n_inbox;
+	size_t n_inbox, inbox_bytes;
 };
 
 struct script_viewrec {
@@ -164,6 +173,8 @@ struct api_session {
 	const char *phase;        /* of it: "hooks", "turn_end hook" */
 	bool cut;                 /* the call's reply was cancelled at its deadline */
 	struct script_policy *policy; /* Lua policy installed, or NULL */
+	size_t charged;           /* bytes counted in p->host for it (owned sessions) */
+	size_t system_len;        /* of the system prompt it was given, NUL included */
 	struct api_session *next;
 };
 
@@ -214,10 +225,24 @@ bool script_call(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L
                  struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
+/* Count n more bytes that the host holds for L's plugin in its memory cap;
+ * when they do not fit (after a full collection of the state's garbage)
+ * raise an error naming what and the cap, counting nothing. */
+void script_charge(lua_State *L, size_t n, const char *what);
+/* The host no longer holds n of the bytes it counted for P. */
+void script_uncharge(struct script_plugin *P, size_t n);
 /* Count a failure of P in what (logged, towards disabling); fills e. */
 void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e);
 /* luaL_error with printf formats (luaL_error's own take only %d, %s, %f). */
 int script_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The value at idx as an integer in [lo, hi]; anything else (a float with a
+ * fraction, a number out of range, not a number) raises an error naming
+ * what ("session:find: position") and the range. Every integer the API
+ * takes from Lua goes through here, so none is truncated on its way in. */
+lua_Integer script_int(lua_State *L, int idx, const char *what, lua_Integer lo, lua_Integer hi);
+/* script_int, or def when the value at idx is none or nil. */
+lua_Integer script_optint(lua_State *L, int idx, const char *what, lua_Integer def, lua_Integer lo,
+                          lua_Integer hi);
 /* Every state's lent data is stale now (an event ended, a cache changed). */
 void script_stale(struct script_rt *rt);
 void script_log(struct script_plugin *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -331,6 +356,11 @@ void api_setnum(lua_State *L, const char *k, double v);
 void api_setint(lua_State *L, const char *k, lua_Integer v);
 void api_setstr(lua_State *L, const char *k, const char *v);
 
+/* ---- api-view.c ---- */
+
+/* KVS_OK when dir may be the results directory: not empty, not "/". */
+int api_results_check(const char *dir, struct err *e);
+
 /* ---- api-token.c: event data, lent as read-only userdata ---- */
 
 extern const char *const api_role_names[];
@@ -351,5 +381,8 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 
 /* Drop the policy from every session using it (it was unregistered). */
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
+/* P's state is closed: close and free any session of P still listed (none
+ * when every handle's finalizer ran; this makes sure). */
+void api_sessions_gone(struct script_rt *rt, struct script_plugin *P);
 
 #endif

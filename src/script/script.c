@@ -13,7 +13,8 @@
  * outside a protected call but raw reads and pushes that cannot allocate,
  * so no plugin can raise an unprotected error. A message handler appends a
  * traceback, the error goes to the plugin's log, and after max_errors
- * consecutive errors or overruns the plugin is disabled and the user told;
+ * consecutive errors or overruns (or scores a policy returned that are not
+ * a table of numbers: api_score) the plugin is disabled and the user told;
  * a call that returns far past its deadline disables it at once. One
  * plugin's hooks of one event, and its scheduled functions and timers of
  * one tick, share one hook budget (struct script_share). Hooks are kept in one array sorted by priority; a hook added
@@ -77,6 +78,46 @@ int script_error(lua_State *L, const char *fmt, ...)
 	lua_pushstring(L, buf);
 	lua_concat(L, 2);
 	return lua_error(L);
+}
+
+lua_Integer script_int(lua_State *L, int idx, const char *what, lua_Integer lo, lua_Integer hi)
+{
+	int isint;
+	lua_Integer v = lua_tointegerx(L, idx, &isint);
+
+	if (!isint || v < lo || v > hi) {
+		const char *got = lua_type(L, idx) == LUA_TNUMBER || lua_type(L, idx) == LUA_TSTRING
+		                      ? luaL_tolstring(L, idx, NULL)
+		                      : luaL_typename(L, idx);
+		script_error(L, "%s: %s: expected an integer in %lld..%lld", what, got, (long long)lo,
+		             (long long)hi);
+	}
+	return v;
+}
+
+lua_Integer script_optint(lua_State *L, int idx, const char *what, lua_Integer def, lua_Integer lo,
+                          lua_Integer hi)
+{
+	return lua_isnoneornil(L, idx) ? def : script_int(L, idx, what, lo, hi);
+}
+
+void script_charge(lua_State *L, size_t n, const char *what)
+{
+	struct script_plugin *P = script_plugin_of(L);
+
+	if (P->mem + P->host + n > P->mem_cap) {
+		lua_gc(L, LUA_GCCOLLECT); /* its garbage may be what fills the cap */
+		if (P->mem + P->host + n > P->mem_cap)
+			script_error(L, "%s: the plugin's memory cap of %zu KiB is reached (%zu KiB in Lua, "
+			                "%zu KiB held for it by kvscope, %zu KiB more asked)",
+			             what, P->mem_cap >> 10, P->mem >> 10, P->host >> 10, (n + 1023) >> 10);
+	}
+	P->host += n;
+}
+
+void script_uncharge(struct script_plugin *P, size_t n)
+{
+	P->host -= KVS_MIN(n, P->host);
 }
 
 /* kvscope.exit's request among error values: a table whose field
@@ -396,7 +437,7 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 	/* plugins only: a script's errors end up in its own results or its exit */
 	if (P->consecutive >= rt->cfg.max_errors && !P->disabled && !P->is_script) {
 		char why[512];
-		snprintf(why, sizeof why, "%u consecutive errors or overruns (last in %s: %.*s)",
+		snprintf(why, sizeof why, "%u consecutive errors, overruns or bad results (last in %s: %.*s)",
 		         P->consecutive, what, (int)KVS_MIN(first, 300), msg);
 		script_disable(P, why);
 	}
@@ -556,8 +597,10 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 		}
 	/* its copies on other threads stop at their next call */
 	policy_copies_retire(rt, P);
+	P->closing = true; /* finalizers that lua_close runs may not call the API */
 	if (P->L != NULL)
 		lua_close(P->L); /* its sessions' __gc closes them */
+	api_sessions_gone(rt, P);
 	for (size_t i = 0; i < rt->n_plugins; i++)
 		if (rt->plugins[i] == P) {
 			memmove(rt->plugins + i, rt->plugins + i + 1,
@@ -577,6 +620,35 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 	free(P->path);
 	free(P);
 	script_stale(rt);
+}
+
+/* The error of a file whose text does not compile: "PATH:LINE: what Lua
+ * says", without the token Lua quotes after "near", which is the file's own
+ * text (load_plugin on a file that is not Lua would otherwise hand a plugin
+ * the file's first word). The text is compiled again under an empty chunk
+ * name, so that the line and the message are found without parsing the
+ * path. Returns KVS_EFORMAT. */
+static int script_syntax_error(lua_State *L, const char *path, const char *src, size_t len,
+                               struct err *e)
+{
+	int line = 0, at = 0;
+	const char *msg = NULL;
+
+	if (luaL_loadbufferx(L, src, len, "=", "t") != LUA_OK) {
+		msg = lua_tostring(L, -1);
+		if (msg == NULL || sscanf(msg, ":%d: %n", &line, &at) != 1 || at == 0)
+			msg = NULL;
+	}
+	if (msg == NULL) {
+		lua_pop(L, 1);
+		return err_set(e, KVS_EFORMAT, "%s: does not compile as Lua text", path);
+	}
+	msg += at;
+	const char *near = strstr(msg, " near ");
+	int n = near != NULL ? (int)(near - msg) : (int)strlen(msg);
+	err_set(e, KVS_EFORMAT, "%s:%d: %.*s", path, line, KVS_MIN(n, 200), msg);
+	lua_pop(L, 1);
+	return KVS_EFORMAT;
 }
 
 /* Create plugin name's state and run its main chunk src[0, len) (script:
@@ -626,6 +698,7 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	P->exit_status = -1;
 	P->exit_key = LUA_NOREF;
 	P->mem_cap = rt->cfg.mem_cap;
+	P->host = len + 1 + strlen(chunk) + 1; /* the source kept for copies (len: script_src_max) */
 	rt->plugins = xreallocarray(rt->plugins, rt->n_plugins + 1, sizeof *rt->plugins);
 	rt->plugins[rt->n_plugins++] = P;
 	P->L = sandbox_new(P);
@@ -642,8 +715,12 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	if (ok) {
 		rc = luaL_loadbufferx(L, src, len, chunk, "t");
 		if (rc != LUA_OK) {
-			char buf[64];
-			rc = err_set(e, KVS_EFORMAT, "%s", script_error_text(L, -1, buf, sizeof buf));
+			if (path != NULL && rc == LUA_ERRSYNTAX)
+				rc = script_syntax_error(L, path, src, len, e);
+			else {
+				char buf[64];
+				rc = err_set(e, KVS_EFORMAT, "%s", script_error_text(L, -1, buf, sizeof buf));
+			}
 			lua_pop(L, 1);
 			goto fail;
 		}
@@ -670,6 +747,14 @@ fail:
 	return rc;
 }
 
+/* The largest plugin or script source: SCRIPT_SRC_MAX, or a quarter of
+ * the memory cap when that is less (the host keeps the text for copies,
+ * counted in the cap, and its compiled form lives in the state). */
+static size_t script_src_max(const struct script_rt *rt)
+{
+	return KVS_MIN((size_t)SCRIPT_SRC_MAX, rt->cfg.mem_cap / 4);
+}
+
 /* Read the plugin or script file at path and create it. */
 static int script_plugin_file(struct script_rt *rt, const char *path, bool is_script, int argc,
                               char **argv, struct script_plugin **out, struct err *e)
@@ -680,7 +765,7 @@ static int script_plugin_file(struct script_rt *rt, const char *path, bool is_sc
 	*out = NULL;
 	if (name == NULL)
 		return KVS_EARG;
-	if (file_read_all(path, &src, &len, e) != KVS_OK) {
+	if (file_read_max(path, script_src_max(rt), &src, &len, e) != KVS_OK) {
 		free(name);
 		e->code = KVS_EARG; /* a path the user gave */
 		return KVS_EARG;
@@ -701,9 +786,12 @@ int script_load(struct script_rt *rt, const char *path, struct err *e)
 int script_load_text(struct script_rt *rt, const char *name, const char *code, struct err *e)
 {
 	struct script_plugin *P;
+	size_t len = strlen(code);
+	if (len > script_src_max(rt))
+		return err_set(e, KVS_EARG, "plugin %s: %zu bytes of code, expected at most %zu", name,
+		               len, script_src_max(rt));
 	char *chunk = xasprintf("=%s", name);
-	int rc = script_plugin_new(rt, xstrdup(name), NULL, chunk, code, strlen(code), false, 0, NULL,
-	                           &P, e);
+	int rc = script_plugin_new(rt, xstrdup(name), NULL, chunk, code, len, false, 0, NULL, &P, e);
 	free(chunk);
 	return rc;
 }
@@ -798,7 +886,8 @@ void script_plugin_at(const struct script_rt *rt, size_t i, struct script_plugin
 	out->enabled = !P->disabled;
 	out->disabled_why = P->disabled_why;
 	out->n_errors = P->n_errors;
-	out->mem_bytes = P->mem;
+	out->mem_bytes = P->mem + P->host;
+	out->host_bytes = P->host;
 	out->is_script = P->is_script;
 }
 
@@ -822,15 +911,19 @@ const char *script_log_line(const struct script_rt *rt, const char *plugin, size
 
 int script_rt_new(struct script_rt **out, const struct script_config *c, struct err *e)
 {
+	const char *results = c->results_dir ? c->results_dir : "results";
+	*out = NULL;
+	int rc = api_results_check(results, e);
+	if (rc != KVS_OK)
+		return rc;
 	struct script_rt *rt = xcalloc(1, sizeof *rt);
-	(void)e;
 	rt->thread = pthread_self();
 	rt->cfg = *c;
 	if (rt->cfg.mem_cap < ((size_t)1 << 20))
 		rt->cfg.mem_cap = (size_t)1 << 20;
 	if (rt->cfg.max_errors == 0)
 		rt->cfg.max_errors = 1;
-	rt->results_dir = xstrdup(c->results_dir ? c->results_dir : "results");
+	rt->results_dir = xstrdup(results);
 	rt->cfg.results_dir = rt->results_dir;
 	rt->system = c->system ? xstrdup(c->system) : NULL;
 	rt->cfg.system = rt->system;
@@ -894,8 +987,10 @@ static void script_hooks_settle(struct script_rt *rt)
 			rt->hooks[w++] = *h;
 			continue;
 		}
-		if (h->p != NULL)
+		if (h->p != NULL) {
 			luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->ref);
+			script_uncharge(h->p, sizeof *h);
+		}
 	}
 	rt->n_hooks = w;
 	if (w > 1)
@@ -1111,6 +1206,7 @@ double script_tick(struct script_rt *rt)
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, q[i].ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, q[i].ref);
+		script_uncharge(P, sizeof q[i]);
 		script_pcall(P, L, 0, 0, false, "scheduled function", left, NULL);
 		sh = script_share_of(&shares, &n_shares, P);
 		sh->used_ms += clock_now_ms() - t0;
@@ -1151,8 +1247,10 @@ double script_tick(struct script_rt *rt)
 	for (size_t i = 0; i < rt->n_timers; i++) {
 		struct script_timer *t = &rt->timers[i];
 		if (t->dead) {
-			if (t->p != NULL)
+			if (t->p != NULL) {
 				luaL_unref(t->p->L, LUA_REGISTRYINDEX, t->ref);
+				script_uncharge(t->p, sizeof *t);
+			}
 			continue;
 		}
 		rt->timers[w++] = *t;

@@ -44,7 +44,8 @@ struct script_config {
 	double hook_ms;           /* deadline of one hook, command or timer call (default 50) */
 	double load_ms;           /* deadline of a plugin's main chunk (default 1000) */
 	double script_ms;         /* deadline of a script's main chunk (0: none) */
-	uint32_t max_errors;      /* consecutive errors or overruns before disabling (default 3) */
+	uint32_t max_errors;      /* consecutive errors, overruns or bad policy results before
+	                           * disabling (default 3) */
 	const char *results_dir;  /* where kvscope.write puts files (default "results") */
 	const char *db_path;      /* the session database kvscope.store_* read (NULL: the default) */
 	bool headless;            /* kvscope run: print goes to stdout, progress to stderr */
@@ -89,7 +90,8 @@ struct script_plugin_info {
 	bool enabled;
 	const char *disabled_why; /* when disabled */
 	uint32_t n_errors;        /* errors and overruns since loading */
-	size_t mem_bytes;
+	size_t mem_bytes;         /* counted in its memory cap: its Lua state's and host_bytes */
+	size_t host_bytes;        /* what kvscope holds for it (views, commands, sessions' turns, ...) */
 	bool is_script;           /* loaded by kvscope run */
 };
 

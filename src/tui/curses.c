@@ -585,6 +585,11 @@ static void tui_notify(void *ud, const char *plugin, const char *msg)
 	pthread_mutex_unlock(&tt->note_mu);
 }
 
+/* Commands plugins may have queued ahead of the session at once (with at
+ * most 1 MiB of argument each, kvscope.send's limit, what they hold is
+ * bounded). */
+#define TUI_SEND_QUEUE 16
+
 /* kvscope.send(cmd, arg): a plugin queues a command on the session. */
 static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 {
@@ -604,6 +609,10 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		struct worker_cmd c = { .kind = map[i].kind };
 		if (strcmp(map[i].name, cmd) != 0)
 			continue;
+		if (worker_queued(tt->w) >= TUI_SEND_QUEUE)
+			return err_set(e, KVS_ESTATE, "send %s: %d commands are queued on the session "
+			                              "already, the most a plugin may add to (wait for them)",
+			               cmd, TUI_SEND_QUEUE);
 		if (map[i].text)
 			c.text = arg ? arg : "";
 		if (map[i].number) {

@@ -79,5 +79,20 @@ expect_bad 2 "lengths" "$bin" eval passkey --lengths 2x
 expect_bad 2 "dominant" "$bin" eval rps --dominant lizard
 expect_bad 2 "parameters: none" "$bin" eval rps --policy full:sinks=2
 
+# a context larger than the memory the system gives: one line naming --ctx
+# and the size, exit 2 (not xmalloc's abort). Under a 4 GB address-space
+# limit the default context runs and 1048576 slots (33.8 GiB of KV cache)
+# do not; a build whose runtime cannot start under the limit (ASan's
+# shadow memory) skips this.
+if (ulimit -v 4000000 && "$bin" generate --prompt hi -n 2 >/dev/null 2>&1); then
+	(ulimit -v 4000000 && exec "$bin" generate --prompt hi -n 2 --ctx 1048576) >"$tmp/o" 2>"$tmp/e"
+	rc=$?
+	[ "$rc" -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && [ ! -s "$tmp/o" ] &&
+		grep -q '^kvscope: --ctx 1048576: .*the KV cache needs [0-9.]* GiB for 1048576 slots' "$tmp/e" ||
+		fail "--ctx 1048576 under ulimit -v: exit $rc, $(cat "$tmp/e")"
+else
+	echo "kv.sh: the default context does not run under ulimit -v 4000000 here (ASan?): --ctx check skipped"
+fi
+
 [ "$fails" -eq 0 ] || exit 1
 echo "kv.sh: all checks passed"

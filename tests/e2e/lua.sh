@@ -29,17 +29,27 @@ run() { "$bin" run --model "$model" -t 1 --results "$tmp/results" "$@"; }
 # loaded (bare names: found through the data folder); store.lua needs a
 # database with turns in it, so it runs below, where there is one.
 plugins="--plugin entropy-alarm --plugin recency-entropy.lua --plugin $src/plugins/token-stats.lua"
+# paths.lua finds these in the results directory, each leading outside it;
+# files.lua gets a FIFO named like a plugin
+mkdir -p "$tmp/results" "$tmp/outside"
+echo original >"$tmp/outside/victim"
+ln -s "$tmp/outside/victim" "$tmp/results/link-file"
+ln -s "$tmp/outside" "$tmp/results/link-dir"
+ln "$tmp/outside/victim" "$tmp/results/hard-link"
+mkfifo "$tmp/results/fifo" "$tmp/fifo.lua"
 n_suite=0
 for f in "$src"/tests/lua/*.lua; do
 	t=$(basename "$f" .lua)
-	extra=
+	extra= args=
 	case $t in
 	store) continue ;;
 	plugins) extra=$plugins ;;
+	files) args=$tmp/fifo.lua ;;
+	memcap) extra="--mem-cap 16" ;;
 	esac
 	n_suite=$((n_suite + 1))
 	# shellcheck disable=SC2086
-	run $extra "$f" >"$tmp/$t.out" 2>"$tmp/$t.err"
+	run $extra "$f" $args >"$tmp/$t.out" 2>"$tmp/$t.err"
 	rc=$?
 	if [ "$rc" -ne 0 ] || ! grep -q "^$t: all checks passed" "$tmp/$t.out"; then
 		fail "tests/lua/$t.lua: exit $rc"
@@ -48,6 +58,14 @@ for f in "$src"/tests/lua/*.lua; do
 	fi
 done
 [ "$n_suite" -ge 4 ] || fail "tests/lua/: $n_suite suite files run, expected api, plugins, policy, sandbox at least"
+# nothing written through the links: the file outside is as it was, and alone
+[ "$(cat "$tmp/outside/victim")" = original ] && [ "$(ls "$tmp/outside")" = victim ] ||
+	fail "kvscope.write reached outside the results directory: $(ls -l "$tmp/outside"; cat "$tmp/outside/victim")"
+# the results directory is never empty or the root
+printf 'print(1)\n' >"$tmp/one.lua"
+expect_bad 2 "^kvscope: --results: the results directory is empty" "$bin" run --model "$model" --results '' "$tmp/one.lua"
+expect_bad 2 "^kvscope: --results: the results directory / is the root folder" "$bin" run --model "$model" --results / "$tmp/one.lua"
+expect_bad 2 "the results directory //\. is the root folder" "$bin" run --model "$model" --results //. "$tmp/one.lua"
 
 # past turns from the store (a build with SQLite): what `chat --db` saved
 if "$bin" sessions list --db "$tmp/probe.db" 2>&1 | grep -q "built without SQLite"; then
@@ -153,7 +171,7 @@ run "$tmp/exit0.lua" >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 0 ] && [ "$(cat "$tmp/o")" = 1 ] && [ ! -s "$tmp/e" ] || fail "kvscope.exit(): $(cat "$tmp/o" "$tmp/e")"
 printf 'require("kvscope").exit(126)\n' >"$tmp/exit126.lua"
 run "$tmp/exit126.lua" >"$tmp/o" 2>"$tmp/e"
-[ $? -eq 1 ] && grep -q 'status 126: expected 0..125' "$tmp/e" || fail "kvscope.exit(126): $(cat "$tmp/e")"
+[ $? -eq 1 ] && grep -q 'status: 126: expected an integer in 0..125' "$tmp/e" || fail "kvscope.exit(126): $(cat "$tmp/e")"
 # in a plugin kvscope.exit raises its message as an error: that plugin fails
 # to load, so the run refuses to start (exit 2) and the script never runs
 printf 'require("kvscope").exit(1, "plugin says no")\n' >"$tmp/pexit.lua"
@@ -173,6 +191,15 @@ printf 'local x = = 1\n' >"$tmp/syntax.lua"
 printf 'error("boom")\n' >"$tmp/boom.lua"
 "$bin" run "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 1 ] && grep -q 'boom' "$tmp/e" || fail "failing script: $(cat "$tmp/e")"
+# a plugin or script file: regular, not blocking, at most 4 MiB (a quarter of --mem-cap when less)
+expect_bad 2 "$tmp/fifo.lua: is a FIFO" "$bin" run --plugin "$tmp/fifo.lua" "$tmp/boom.lua"
+expect_bad 2 "/dev/zero: is a character device" "$bin" run --plugin /dev/zero "$tmp/boom.lua"
+head -c 4194305 /dev/zero | tr '\0' ' ' >"$tmp/big.lua"
+expect_bad 2 "big.lua: 4194305 bytes, expected at most 4194304" "$bin" run "$tmp/big.lua"
+head -c 300000 /dev/zero | tr '\0' ' ' >"$tmp/mid.lua"
+expect_bad 2 "mid.lua: 300000 bytes, expected at most 262144" "$bin" run --mem-cap 1 "$tmp/mid.lua"
+printf 'x = "SECRETWORD\n' >"$tmp/secret.lua"
+expect_bad 2 "secret.lua:1: unfinished string$" "$bin" run "$tmp/secret.lua"
 "$bin" run --plugin "$tmp/none.lua" "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] || fail "missing plugin: $(cat "$tmp/e")"
 printf 'print(1)\n' >"$tmp/bad name.lua"
@@ -180,6 +207,20 @@ printf 'print(1)\n' >"$tmp/bad name.lua"
 [ $? -eq 2 ] && grep -q 'letters, digits' "$tmp/e" || fail "bad script name: $(cat "$tmp/e")"
 "$bin" run --hook-ms 0 "$tmp/boom.lua" >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] || fail "--hook-ms 0: $(cat "$tmp/e")"
+# a session's context larger than the memory the system gives: a Lua error
+# naming the size, not xmalloc's abort (the tiny model's 1048576 slots need
+# 388 MiB; a 300 MB address space runs its default context). A build whose
+# runtime cannot start under the limit (ASan) skips this.
+printf 'local s = require("kvscope").session{ctx = %s}\nprint(s:info().n_ctx)\n' 2048 >"$tmp/ctx-small.lua"
+printf 'local s = require("kvscope").session{ctx = %s}\nprint(s:info().n_ctx)\n' 1048576 >"$tmp/ctx-big.lua"
+if (ulimit -v 300000 && run "$tmp/ctx-small.lua" >/dev/null 2>&1); then
+	(ulimit -v 300000 && run "$tmp/ctx-big.lua") >"$tmp/o" 2>"$tmp/e"
+	rc=$?
+	[ "$rc" -eq 1 ] && grep -q 'kvscope.session: .*the KV cache needs [0-9.]* MiB for 1048576 slots' "$tmp/e" ||
+		fail "session{ctx = 1048576} under ulimit -v: exit $rc, $(cat "$tmp/e")"
+else
+	echo "lua.sh: a session does not run under ulimit -v 300000 here (ASan?): ctx check skipped"
+fi
 # a script that loops forever stops at --timeout: exit 1, one line
 printf 'while true do end\n' >"$tmp/loop.lua"
 "$bin" run --timeout 0.2 "$tmp/loop.lua" >"$tmp/o" 2>"$tmp/e"

@@ -68,6 +68,7 @@ check(st.n_evictions > 0, "the dialogue evicts (" .. st.n_evictions .. " rounds)
 check(same, "Lua streaming keeps the same tokens as built-in streaming after each of " .. #want .. " turns")
 check(st.n_fallbacks == 0 and fallbacks == 0, "no fallback happened")
 check(sl:policy() == "lua-streaming", "session reports the Lua policy")
+sl:close() -- a plugin has at most 4 sessions open
 
 -- a failing policy falls back to its base (window) for every eviction
 kvscope.policy.register("lua-broken", function(toks) error("broken on purpose") end, { base = "window" })
@@ -80,17 +81,42 @@ for i = 1, #win do if win[i] ~= broken[i] then same_w = false end end
 check(sb:stats().n_fallbacks > 0 and why ~= nil and why:find("failed") ~= nil,
       "a failing policy is reported as a fallback: " .. tostring(why))
 check(same_w, "after a fallback the kept set is the base policy's (window)")
+sb:close()
 
 -- an overrunning policy is stopped at its budget and falls back too
 kvscope.policy.register("lua-slow", function(toks) while true do end end, { base = "window", budget_ms = 5 })
 why = nil
 local _, _, ss = run(with{ policy = "lua-slow" })
 check(ss:stats().n_fallbacks > 0 and why ~= nil, "an overrunning policy falls back: " .. tostring(why))
+ss:close()
 -- a policy returning the wrong shape
 kvscope.policy.register("lua-short", function(toks) return { 1, 2 } end, { base = "window" })
 why = nil
 run(with{ policy = "lua-short" })
 check(why ~= nil, "a policy returning too few scores falls back: " .. tostring(why))
+
+-- a plugin's policy that never fails but always returns garbage is disabled
+-- after 3 bad results in a row (strikes count bad results, not only errors);
+-- the session goes on with the base policy
+local garbage = kvscope.write("garbage.lua", [[
+local kvscope = require "kvscope"
+local calls = 0
+kvscope.policy.register("lua-garbage", function(toks)
+  calls = calls + 1
+  kvscope.status("calls " .. calls)
+  return { "not", "numbers" }
+end, { base = "window" })
+]])
+assert(kvscope.load_plugin(garbage))
+local _, _, sg = run(with{ policy = "lua-garbage" })
+local ginfo
+for _, p in ipairs(kvscope.plugins()) do if p.name == "garbage" then ginfo = p end end
+check(sg:stats().n_evictions > 3, "the dialogue asked the policy " .. sg:stats().n_evictions .. " times")
+check(ginfo and not ginfo.enabled and ginfo.errors == 3 and ginfo.why:find("3 consecutive") ~= nil,
+      "a policy returning garbage is disabled after 3 bad results: " .. tostring(ginfo and ginfo.why))
+check(sg:stats().n_fallbacks == sg:stats().n_evictions, "every eviction fell back to the base policy")
+sg:close()
+kvscope.unload_plugin("garbage")
 
 -- a plugin failing in every token hook does not disturb generation
 local plugin = [[

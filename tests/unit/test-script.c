@@ -10,7 +10,9 @@
  *   - kvscope.send reaches the front end's send callback, its refusal
  *     comes back as the command's error;
  *   - a Lua policy, through the score provider, returns the scores its Lua
- *     function computes (2 * position + 1 here);
+ *     function computes (2 * position + 1 here); a copy nobody calls stops
+ *     when 1 MiB of the plugin's commands are queued for it;
+ *   - kvscope.send's argument is at most 1 MiB;
  *   - a failing hook logs a traceback and, after 3 failures, the plugin is
  *     disabled and the front end told once; unloading removes its command,
  *     view, status item and policy;
@@ -303,6 +305,27 @@ int main(void)
 	T_CHECK(strstr(e.msg, "budget 0 refused here") != NULL, "message: %s", e.msg);
 	T_EQ_INT(script_command_run(rt, "send", "explode now", &e), KVS_EFORMAT);
 	T_CHECK(strstr(e.msg, "expected chat, policy") != NULL, "message: %s", e.msg);
+	/* an argument of 1 MiB goes through, one byte more is refused (what a
+	 * plugin can queue on the front end's session is bounded) */
+	sent[0] = '\0';
+	T_EQ_INT(script_load_text(rt, "sendbig",
+	                          "local kvscope = require 'kvscope'\n"
+	                          "kvscope.send('chat', string.rep('x', 1 << 20))\n"
+	                          "local ok, err = pcall(kvscope.send, 'chat', string.rep('x', (1 << 20) + 1))\n"
+	                          "kvscope.status(ok and 'sent' or err)\n",
+	                          &e),
+	         KVS_OK);
+	T_CHECK(strncmp(sent, "chat:xxxx", 9) == 0, "sent: %.20s", sent);
+	const char *big_status = NULL;
+	for (size_t i = 0; i < script_status_count(rt); i++) {
+		const char *who = NULL, *st = script_status_at(rt, i, &who);
+		if (strcmp(who, "sendbig") == 0)
+			big_status = st;
+	}
+	T_CHECK(big_status != NULL &&
+	            strstr(big_status, "1048577 bytes of argument, expected at most 1048576") != NULL,
+	        "status: %s", big_status ? big_status : "(none)");
+	T_EQ_INT(script_unload(rt, "sendbig", &e), KVS_OK);
 
 	/* views */
 	T_EQ_INT(script_view_count(rt), 1);
@@ -335,6 +358,33 @@ int main(void)
 	for (int i = 0; i < 4; i++)
 		T_NEAR(scores[i], 2.0 * (10 * i + 3) + 1, 0);
 	T_EQ_INT(script_policy_scorer(rt, "nope", &sc, &base, &e), KVS_ENOTFOUND);
+
+	/* a copy whose owner never calls it: the plugin's commands queue for it
+	 * up to 1 MiB (each ":pick ARG" of 64 KiB takes 65536 + 6 bytes and a
+	 * pointer: 15 fit, 16 do not); the next one stops the copy (told once)
+	 * instead of growing the queue, and its provider then fails */
+	struct kv_scorer idle;
+	T_EQ_INT(script_policy_scorer(rt, "double", &idle, &base, &e), KVS_OK);
+	int notes = n_notified;
+	char *arg = xmalloc(65537);
+	memset(arg, 'a', 65536);
+	arg[65536] = '\0';
+	for (int i = 0; i < 15; i++) {
+		T_EQ_INT(script_command_run(rt, "pick", arg, &e), KVS_OK);
+		if (i == 7) /* the first copy's owner calls: its queue empties */
+			T_EQ_INT(sc.fn(sc.ud, toks, 4, 2, scores, clock_now_ms() + 1000, &e), KVS_OK);
+	}
+	T_EQ_INT(n_notified, notes);
+	T_EQ_INT(script_command_run(rt, "pick", arg, &e), KVS_OK);
+	T_EQ_INT(n_notified, notes + 1);
+	T_CHECK(strstr(notified, "Lua policy double stopped") != NULL, "notice: %s", notified);
+	T_EQ_INT(script_command_run(rt, "pick", arg, &e), KVS_OK);
+	T_EQ_INT(n_notified, notes + 1);
+	free(arg);
+	T_EQ_INT(idle.fn(idle.ud, toks, 4, 2, scores, clock_now_ms() + 1000, &e), KVS_ENOTFOUND);
+	rc = sc.fn(sc.ud, toks, 4, 2, scores, clock_now_ms() + 1000, &e);
+	T_CHECK(rc == KVS_OK, "the other copy still scores: %s", e.msg);
+	n_notified = notes;
 
 	/* a periodic timer is pending */
 	double next = script_tick(rt);
