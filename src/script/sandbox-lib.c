@@ -48,7 +48,7 @@ static int sandbox_string_rep(lua_State *L)
 	struct script_plugin *P = script_plugin_of(L);
 	size_t l, lsep;
 	const char *s = luaL_checklstring(L, 1, &l);
-	lua_Integer n = luaL_checkinteger(L, 2);
+	lua_Integer n = script_int(L, 2, "string.rep: count", LUA_MININTEGER, LUA_MAXINTEGER);
 	const char *sep = luaL_optlstring(L, 3, "", &lsep);
 	if (n <= 0 || l + lsep == 0) {
 		lua_pushliteral(L, "");
