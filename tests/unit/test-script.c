@@ -318,9 +318,9 @@ int main(void)
 	T_CHECK(strncmp(sent, "chat:xxxx", 9) == 0, "sent: %.20s", sent);
 	const char *big_status = NULL;
 	for (size_t i = 0; i < script_status_count(rt); i++) {
-		const char *who = NULL, *st = script_status_at(rt, i, &who);
+		const char *who = NULL, *text = script_status_at(rt, i, &who);
 		if (strcmp(who, "sendbig") == 0)
-			big_status = st;
+			big_status = text;
 	}
 	T_CHECK(big_status != NULL &&
 	            strstr(big_status, "1048577 bytes of argument, expected at most 1048576") != NULL,
