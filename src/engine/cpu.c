@@ -1128,11 +1128,16 @@ static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0,
 
 /* The tiled attention of the ubatch's first n tokens, layer l: work items
  * (query block, KV head) handed out through an atomic counter, so a thread
- * that lost its core to another process does not hold the others up. */
-static void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith)
+ * that lost its core to another process does not hold the others up; a
+ * short batch takes smaller blocks, so that there are items for every
+ * thread (4 each at least, while a block keeps a token). */
+static void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth)
 {
 	struct cpu *c = jb->c;
-	uint32_t nkv = c->hp.n_head_kv, bq = c->fa_tokens, nb = (n + bq - 1) / bq;
+	uint32_t nkv = c->hp.n_head_kv, bq = c->fa_tokens;
+	while (bq > 1 && nkv * ((n + bq - 1) / bq) < 4u * (uint32_t)nth)
+		bq = (bq + 1) / 2;
+	uint32_t nb = (n + bq - 1) / bq;
 	for (;;) {
 		uint32_t it = atomic_fetch_add_explicit(&c->fa_next[l], 1, memory_order_relaxed);
 		if (it >= nb * nkv)
@@ -1395,7 +1400,7 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			pool_barrier(c->pool);
 		} else if (n > 1) {
 			uint32_t n_tiled = jb->b->want_attn && jb->last ? n - 1 : n;
-			cpu_flash_items(jb, l, n_tiled, ith);
+			cpu_flash_items(jb, l, n_tiled, ith, nth);
 			/* the remaining token's items, if any, in place */
 			uint32_t first = n_tiled * hp->n_head_kv * per_kv;
 			cpu_share(n_items - first, ith, nth, &ilo, &ihi);
