@@ -29,6 +29,9 @@
 #  - ik_llama.cpp: llama-bench -p N / -n 128 / -gp D,128 (its tg at depth).
 # Every cell is the median over ROUNDS rounds; the ratio is kvscope / peer.
 # PEER_ARGS="..." passes extra options to every llama-bench (e.g. -fa 1).
+# KVSCOPE_BASE=/path/to/an/older/kvscope adds a "before" column measured in
+# the same rounds (tests of at most BASE_MAX tokens, default 2176: an old
+# build may take hours over 8k tokens).
 # The load average before and after is printed: on a shared machine quote
 # medians and say what else was running.
 set -eu
@@ -44,6 +47,8 @@ long_reps=${LONG_REPS:-1}   # runs of the tests that feed 8192 tokens or more
 pps=${PP:-512 2048 8192}
 depths=${DEPTHS:-0 2048 8192}
 peer_args=${PEER_ARGS:-}
+base=${KVSCOPE_BASE:-}
+base_max=${BASE_MAX:-2176}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -70,9 +75,9 @@ lb_ts() {
 put() { echo "${2:-nan}" >>"$tmp/$1"; }
 
 # kvscope: one test, tokens/s on stdout
-kv_run() { # level pp n depth
-	out=$("$kv" bench --model "$model" -t "$threads" --isa "$1" -p "$2" -n "$3" -d "$4" \
-		-r "$(nreps $(( $2 + $3 + $4 )))" --json 2>/dev/null) || { echo nan; return; }
+kv_run() { # binary level pp n depth
+	out=$("$1" bench --model "$model" -t "$threads" --isa "$2" -p "$3" -n "$4" -d "$5" \
+		-r "$(nreps $(( $3 + $4 + $5 )))" --json 2>/dev/null) || { echo nan; return; }
 	echo "$out" | sed 's/.*"tps_median":\([0-9.]*\).*/\1/'
 }
 
@@ -92,12 +97,14 @@ for r in $(seq "$rounds"); do
 		*) lb=${LLAMA_BENCH:-}; ik=${IK_LLAMA_BENCH:-}; bb=${LLAMA_BATCHED_BENCH:-} ;;
 		esac
 		for p in $pps; do
-			put "$lv.kv.pp$p" "$(kv_run "$lv" "$p" 0 0)"
+			put "$lv.kv.pp$p" "$(kv_run "$kv" "$lv" "$p" 0 0)"
+			[ -n "$base" ] && [ "$p" -le "$base_max" ] && put "$lv.base.pp$p" "$(kv_run "$base" "$lv" "$p" 0 0)"
 			[ -n "$lb" ] && put "$lv.lb.pp$p" "$(lb_run "$lb" -p "$p" -n 0 -r "$(nreps "$p")" | lb_ts "$p" 0)"
 			[ -n "$ik" ] && put "$lv.ik.pp$p" "$(lb_run "$ik" -p "$p" -n 0 -r "$(nreps "$p")" | lb_ts "$p" 0)"
 		done
 		for d in $depths; do
-			put "$lv.kv.tg$d" "$(kv_run "$lv" 0 128 "$d")"
+			put "$lv.kv.tg$d" "$(kv_run "$kv" "$lv" 0 128 "$d")"
+			[ -n "$base" ] && [ $((d + 128)) -le "$base_max" ] && put "$lv.base.tg$d" "$(kv_run "$base" "$lv" 0 128 "$d")"
 			if [ -n "$lb" ]; then
 				if [ "$d" = 0 ]; then
 					put "$lv.lb.tg$d" "$(lb_run "$lb" -p 0 -n 128 -r "$reps" | lb_ts 0 128)"
@@ -138,6 +145,7 @@ has avx512_vnni && isa="$isa VNNI"
 echo "machine: $cpu, $(nproc) cores ($isa); threads $threads; rounds $rounds; reps $reps (8k: $long_reps)"
 echo "model: $model ($wbytes bytes)"
 echo "kvscope: $("$kv" --version) ($(cd "$top" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+[ -n "$base" ] && echo "kvscope before: $base ($("$base" --version))"
 echo "llama.cpp: ${LLAMA_BENCH:-none}${LLAMA_BATCHED_BENCH:+ (depth: $LLAMA_BATCHED_BENCH)}; ik_llama.cpp: ${IK_LLAMA_BENCH:-none}"
 [ -n "$peer_args" ] && echo "peer options: $peer_args"
 echo "load average after: $load_after"
@@ -148,14 +156,14 @@ fmt() { awk -v a="$1" 'BEGIN { if (a == "nan") print "-"; else printf "%.1f", a 
 for lv in $LEVELS; do
 	echo
 	echo "level $lv (medians over $rounds rounds):"
-	printf '| test | kvscope t/s | llama.cpp t/s | ratio | ik_llama.cpp t/s | ratio |\n'
-	printf '| --- | ---: | ---: | ---: | ---: | ---: |\n'
+	printf '| test | kvscope t/s | before t/s | llama.cpp t/s | ratio | ik_llama.cpp t/s | ratio |\n'
+	printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 	for t in $(for p in $pps; do echo "pp$p"; done) $(for d in $depths; do echo "tg$d"; done); do
-		k=$(cell "$lv.kv.$t"); l=$(cell "$lv.lb.$t"); i=$(cell "$lv.ik.$t")
+		k=$(cell "$lv.kv.$t"); l=$(cell "$lv.lb.$t"); i=$(cell "$lv.ik.$t"); o=$(cell "$lv.base.$t")
 		name=$t
 		case $t in tg0) name="tg128" ;; tg*) name="tg128@d${t#tg}" ;; esac
-		printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$(fmt "$k")" "$(fmt "$l")" "$(ratio "$k" "$l")" \
-			"$(fmt "$i")" "$(ratio "$k" "$i")"
+		printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$(fmt "$k")" "$(fmt "$o")" "$(fmt "$l")" \
+			"$(ratio "$k" "$l")" "$(fmt "$i")" "$(ratio "$k" "$i")"
 	done
 	k0=$(cell "$lv.kv.tg0")
 	if [ "$k0" != nan ]; then
