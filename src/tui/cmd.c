@@ -922,7 +922,7 @@ int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t c
 static const struct {
 	const char *key, *does;
 } tui_keys[] = {
-	{ "Enter", "send the message (or run a :command)" },
+	{ "Enter", "send the message (or run a :command); during a reply it stays in the input line" },
 	{ "Ctrl-J, Alt-Enter", "new line in the message" },
 	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
 	{ "Tab", "complete :commands and their arguments" },

@@ -267,8 +267,11 @@ static void tui_line(struct tui_term *tt, char *line)
 	} else if (line[strspn(line, " \n\t")] == '\0') {
 		/* blank: nothing to send */
 	} else if (tt->t.busy) {
-		/* other commands (a :save's first commit) just queue before it */
-		tui_status(&tt->t, true, "a reply is in progress: wait for it, or Ctrl-C to stop it");
+		/* the message stays in the input line for Enter once the reply
+		 * ends (other commands, a :save's first commit, just queue) */
+		tui_input_insert(tt->in, line);
+		tui_status(&tt->t, true,
+		           "a reply is in progress: Enter sends this when it ends (Ctrl-C stops it)");
 	} else {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = line });
 		tt->t.busy = true;

@@ -152,6 +152,11 @@ wait_for "at most 4000 tokens per reply"
 T send-keys -t kv -l "Write a very long story about a dragon."
 T send-keys -t kv Enter
 wait_for "generating \\(Ctrl-C stops\\)" 30
+# Enter during the reply keeps the message in the input line
+T send-keys -t kv -l "the next question"
+T send-keys -t kv Enter
+wait_for "a reply is in progress: Enter sends this when it ends"
+wait_for "^> the next question"
 # resizing while tokens stream in: every size redraws whole
 T resize-window -t kv -x 80 -y 24
 wait_for "F2 Chat"
@@ -162,6 +167,9 @@ wait_for "Retention"
 T send-keys -t kv C-c
 wait_for "\\[user\\]" 30
 wait_for "stop: user"
+wait_for "^> the next question"
+T send-keys -t kv C-u
+wait_for "^> *$"
 
 # 2b'. the saved session: listed, exported, resumed
 T send-keys -t kv -l ":sessions"
