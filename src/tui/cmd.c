@@ -706,6 +706,47 @@ static int x_pane(struct tui_ctx *c, int argc, char **argv)
 	return KVS_OK;
 }
 
+/* :yank [all]: the last reply (all: the whole chat) to the clipboard,
+ * through the terminal (OSC 52: it works over ssh and inside tmux). */
+static int x_yank(struct tui_ctx *c, int argc, char **argv)
+{
+	bool all = argc == 2 && strcmp(argv[1], "all") == 0;
+	char *text;
+
+	if (argc > 2 || (argc == 2 && !all))
+		return cmd_fail(c, ":yank: expected nothing (the last reply) or all (the whole chat)");
+	text = tui_chat_text(c->t, all);
+	if (text == NULL || text[0] == '\0') {
+		free(text);
+		return cmd_fail(c, ":yank: nothing to copy yet (%s)", all ? "the chat is empty" : "no reply");
+	}
+	free(c->t->yank);
+	c->t->yank = text;
+	tui_status(c->t, false, "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
+	                        "on)", strlen(text));
+	return KVS_OK;
+}
+
+/* :mouse [on|off]: off leaves the mouse to the terminal (its own selection). */
+static int x_mouse(struct tui_ctx *c, int argc, char **argv)
+{
+	if (argc == 2 && (strcmp(argv[1], "on") == 0 || strcmp(argv[1], "off") == 0))
+		c->t->mouse_off = strcmp(argv[1], "off") == 0;
+	else if (argc != 1)
+		return cmd_fail(c, ":mouse: expected on or off");
+	tui_status(c->t, false, "%s", c->t->mouse_off
+	                                  ? "mouse off: the terminal selects text (:mouse on to click and scroll here)"
+	                                  : "mouse on: clicks select tokens, the wheel scrolls (:mouse off to select text)");
+	return KVS_OK;
+}
+
+static int comp_onoff(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "on", "off", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 static int x_quit(struct tui_ctx *c, int argc, char **argv)
 {
 	if (argc != 1)
@@ -738,6 +779,8 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
 	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },
+	{ "yank", "[all]", "copy the last reply (all: the whole chat) to the clipboard (OSC 52)", NULL, x_yank },
+	{ "mouse", "[on|off]", "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here", comp_onoff, x_mouse },
 	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
 	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
 	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
@@ -936,6 +979,7 @@ static const struct {
 	{ "Shift-Left/Right, click", "select a token in the retention strip (a click beside the tokens, or on the selected one, lets go)" },
 	{ "Esc", "let go of the selected token (the strip follows the live tail again); back to the latest attention step; close the help" },
 	{ "PgUp/PgDn", "scroll the chat; with a token selected (or on the retention tab), page the strip" },
+	{ "mouse wheel", "scroll the chat (over the strip: move the selection; in the help: scroll it)" },
 	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
 	{ "Shift-Home/End", "the first token; let go (the live tail)" },
 	{ "Ctrl-L", "redraw the screen" },

@@ -700,6 +700,20 @@ void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
 		tui_select(t, SEL_OFF); /* the selected token again, or beside the tokens */
 }
 
+void tui_wheel(struct tui *t, int x, int y, int dir)
+{
+	const struct tui_rect *r = &t->strip;
+
+	if (t->help) {
+		t->help_scroll = KVS_MAX(t->help_scroll - 3 * dir, 0);
+	} else if (x >= r->x && x < r->x + r->w && y >= r->y && y < r->y + r->h) {
+		for (int i = 0; i < 3; i++)
+			tui_select(t, dir > 0 ? SEL_PREV : SEL_NEXT);
+	} else {
+		t->chat_scroll = KVS_MAX(t->chat_scroll + 3 * dir, 0);
+	}
+}
+
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y)
 {
 	(void)g;

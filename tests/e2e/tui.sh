@@ -461,6 +461,25 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	T send-keys -t kv -l "Say hi."
 	T send-keys -t kv Enter
 	wait_for "\\[(eos|max-tokens)\\]" 90
+	# the mouse wheel over the retention strip (an SGR report: button 64
+	# is wheel-up, at column 10, row 41 of 48) selects a token; :yank puts
+	# the reply on the clipboard (OSC 52; this tmux keeps it as a buffer)
+	T set-option -s set-clipboard on
+	T send-keys -t kv -l "$(printf '\033[<64;10;41M')"
+	wait_for "#[0-9]+ id [0-9]+ .* turn [0-9]+ "
+	T send-keys -t kv Escape
+	wait_for "[0-9]+ tokens: kept evicted"
+	T send-keys -t kv -l ":yank"
+	T send-keys -t kv Enter
+	wait_for "copied [0-9]+ bytes to the clipboard"
+	n=0
+	while [ $n -lt 100 ] && [ -z "$(T show-buffer 2>/dev/null)" ]; do sleep 0.1; n=$((n + 1)); done
+	yanked=$(T show-buffer 2>/dev/null | head -n 1 | cut -c1-12)
+	[ -n "$yanked" ] && screen | grep -qF "model> $yanked" ||
+		fail ":yank: the clipboard has '$(T show-buffer 2>/dev/null)'"
+	T send-keys -t kv -l ":mouse off"
+	T send-keys -t kv Enter
+	wait_for "mouse off: the terminal selects text"
 	T send-keys -t kv -l ":quit"
 	T send-keys -t kv Enter
 	wait_for "1 exchange is not saved: :save \\[TITLE\\] keeps it; :quit again leaves without saving"

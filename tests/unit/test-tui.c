@@ -552,6 +552,86 @@ static void test_select(void)
 	tui_free(&t);
 }
 
+/* The mouse wheel scrolls what is under it; :mouse off leaves the mouse to
+ * the terminal; :yank puts the last reply (or the chat) on the clipboard
+ * as OSC 52, base64 checked against RFC 4648's test vectors. */
+static void test_mouse_yank(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct tui_grid g = { 0 };
+	int cx, cy;
+	char *seq;
+	static const char *const vec[][2] = {
+		{ "", "" },         { "f", "Zg==" },     { "fo", "Zm8=" },         { "foo", "Zm9v" },
+		{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+	};
+
+	for (size_t i = 0; i < KVS_ARRAY_LEN(vec); i++) {
+		char want[64];
+		snprintf(want, sizeof want, "\033]52;c;%s\a", vec[i][1]);
+		seq = tui_osc52(vec[i][0]);
+		T_EQ_STR(seq, want);
+		free(seq);
+	}
+	tui_init(&t);
+	c.t = &t;
+	fill_model(&t);
+	for (int i = 0; i < 60; i++)
+		tui_msg_add(&t, MSG_INFO, "a line");
+	T_CHECK(tui_cmd_run(&c, "yank") != KVS_OK && t.yank == NULL, "no reply yet: %s", t.status);
+	{
+		/* an exchange, its reply in two tokens */
+		static const char *const parts[] = { "first part", " and the rest" };
+		struct worker_event ev = { 0 };
+		ev.kind = WORKER_EV_TURN_START;
+		ev.user = (char *)"q";
+		tui_apply(&t, &ev, 0);
+		for (int i = 0; i < 2; i++) {
+			memset(&ev, 0, sizeof ev);
+			ev.kind = WORKER_EV_TOKEN;
+			ev.token.text = parts[i];
+			ev.token.len = strlen(parts[i]);
+			tui_apply(&t, &ev, 0);
+		}
+		memset(&ev, 0, sizeof ev);
+		ev.kind = WORKER_EV_TURN_END;
+		ev.turn.reply = (char *)"first part and the rest";
+		tui_apply(&t, &ev, 0);
+	}
+	T_EQ_INT(tui_cmd_run(&c, "yank"), KVS_OK);
+	T_EQ_STR(t.yank, "first part and the rest");
+	T_EQ_INT(tui_cmd_run(&c, "yank all"), KVS_OK);
+	T_CHECK(t.yank != NULL && strstr(t.yank, "you> q\nmodel> first part and the rest\n") != NULL,
+	        "the chat: %s", t.yank ? t.yank : "(null)");
+	T_CHECK(tui_cmd_run(&c, "yank nonsense") != KVS_OK, "a bad argument");
+	T_EQ_INT(tui_cmd_run(&c, "mouse off"), KVS_OK);
+	T_CHECK(t.mouse_off, ":mouse off");
+	T_EQ_INT(tui_cmd_run(&c, "mouse on"), KVS_OK);
+	T_CHECK(!t.mouse_off, ":mouse on");
+	/* the wheel: over the chat it scrolls it, over the strip it moves the
+	 * selection, in the help it scrolls the help */
+	tui_grid_resize(&g, 200, 50);
+	tui_draw(&t, &g, "", 0, &cx, &cy);
+	tui_wheel(&t, 5, 5, 1);
+	tui_wheel(&t, 5, 5, 1);
+	T_EQ_INT(t.chat_scroll, 6);
+	tui_wheel(&t, 5, 5, -1);
+	T_EQ_INT(t.chat_scroll, 3);
+	tui_wheel(&t, t.strip.x + 1, t.strip.y, 1);
+	T_EQ_INT(t.sel_tok, 9); /* from nothing: three back from the end */
+	T_EQ_INT(t.chat_scroll, 3);
+	t.help = true;
+	t.help_scroll = 10;
+	tui_wheel(&t, 5, 5, -1);
+	T_EQ_INT(t.help_scroll, 13);
+	tui_wheel(&t, 5, 5, 1);
+	tui_wheel(&t, 5, 5, 1);
+	T_EQ_INT(t.help_scroll, 7);
+	tui_grid_free(&g);
+	tui_free(&t);
+}
+
 static void test_commands(void)
 {
 	struct tui t;
@@ -1070,6 +1150,7 @@ int main(void)
 	test_help();
 	test_hit();
 	test_select();
+	test_mouse_yank();
 	test_complete();
 	test_kv_copy();
 	test_grid();
