@@ -561,7 +561,12 @@ static int x_lua(struct tui_ctx *c, int argc, char **argv)
 		return cmd_fail(c, ":lua: expected Lua code, e.g. :lua print(1 + 1)");
 	cmd_drop_lua_policy(c);
 	script_unload(rt, "lua", &e); /* the previous chunk, if any */
-	if (script_load_text(rt, "lua", argv[1], &e) != KVS_OK)
+	/* kvscope preloaded, as a plugin would require it (on line 1: line
+	 * numbers in errors stay the user's) */
+	char *code = xasprintf("local kvscope = require 'kvscope'; %s", argv[1]);
+	int rc = script_load_text(rt, "lua", code, &e);
+	free(code);
+	if (rc != KVS_OK)
 		return cmd_fail(c, ":lua: %s", e.msg);
 	tui_status(c->t, false, "lua: %s", cmd_last_log(rt, "lua")[0] ? cmd_last_log(rt, "lua") : "ok");
 	return KVS_OK;
@@ -608,7 +613,7 @@ static int x_plugin(struct tui_ctx *c, int argc, char **argv)
 			if (strlen(buf) + strlen(one) + 1 < sizeof buf)
 				strcat(buf, one);
 		}
-		tui_status(c->t, false, "%zu plugins%s%s", n, n ? ": " : "", buf);
+		tui_status(c->t, false, "%zu plugin%s%s%s", n, n == 1 ? "" : "s", n ? ": " : "", buf);
 		return KVS_OK;
 	}
 	if (argc != 3)
@@ -775,7 +780,7 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL, x_load },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones); when saving, retitle it", NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
-	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },
+	{ "lua", "CODE", "run Lua code (as the plugin 'lua', kvscope preloaded)", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
 	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },

@@ -196,6 +196,7 @@ static void tui_toks_reset(struct tui *t)
 		memset(t->toks, 0, t->cap_toks * sizeof *t->toks);
 	t->n_toks = 0;
 	t->sel_tok = -1;
+	t->n_spark = 0; /* the sparklines start over with the conversation */
 }
 
 static void tui_spark_push(struct tui *t, float cache, float tps)

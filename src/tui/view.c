@@ -389,9 +389,14 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	snprintf(qlab, sizeof qlab, "?");
 	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
 		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
-	tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  head %u/%u  [%s]  query #%d '%s'%s",
-	                layer, s->n_layer, head, s->n_head, tui_agg_names[t->agg], s->query.orig_pos,
-	                qlab, t->step_back ? "  (past step)" : "");
+	if (t->agg == AGG_HEAD)
+		tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  head %u/%u  [head]  query #%d '%s'%s",
+		                layer, s->n_layer, head, s->n_head, s->query.orig_pos, qlab,
+		                t->step_back ? "  (past step)" : "");
+	else /* no one head is shown: say over how many */
+		tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  heads: %s of %u  [%s]  query #%d '%s'%s",
+		                layer, s->n_layer, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
+		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
 	y = r.y + 1;
 	row = xmallocarray(s->n_cached + 1, sizeof *row);
 	n = tui_attn_row(t, row, s->n_cached);
@@ -399,9 +404,10 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	if (n > 0) {
 		attn_summary(t, s, row, n, layer, head, &sum);
 		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
-		                "%u keys  entropy %.2f nats  90%% of mass in %u keys (%.1f%%)  sink %.2f  "
+		                "%u key%s  entropy %.2f nats  90%% of mass in %u key%s (%.1f%%)  sink %.2f  "
 		                "top-10 %.2f",
-		                n, (double)sum.entropy, sum.k90, 100.0 * sum.k90 / n,
+		                n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
+		                100.0 * sum.k90 / n,
 		                (double)sum.sink_mass, (double)sum.topk_mass);
 		attn_top_keys(t, s, g, r, y++, row, n);
 		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
@@ -512,8 +518,9 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
 	x += tui_grid_printf(g, r, x, y, R_PINNED, "pinned %u", st->n_pinned);
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
-	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u rounds",
-	                (unsigned long long)st->n_evicted, st->n_evictions);
+	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u round%s",
+	                (unsigned long long)st->n_evicted, st->n_evictions,
+	                st->n_evictions == 1 ? "" : "s");
 	tui_grid_printf(g, r, r.x, y++, R_NORMAL,
 	                "bytes %.2f MiB (peak %.2f of %.1f MiB), %.1f KiB per layer x %u, %.1f KiB/token",
 	                (double)st->bytes / 1048576.0, (double)st->bytes_peak / 1048576.0,
@@ -528,8 +535,8 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		spark(g, r, x, y++, t->spark_tps, t->n_spark);
 	}
 	if (y < r.y + r.h && st->n_fallbacks > 0)
-		tui_grid_printf(g, r, r.x, y++, R_STATUS_ERR, "score provider fell back %u times",
-		                st->n_fallbacks);
+		tui_grid_printf(g, r, r.x, y++, R_STATUS_ERR, "score provider fell back %u time%s",
+		                st->n_fallbacks, st->n_fallbacks == 1 ? "" : "s");
 }
 
 /* -------------------------------------------------------- retention */
@@ -676,7 +683,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		                tk->t.orig_pos, tk->t.token, lab, tk->t.turn,
 		                kv_role_name((enum kv_role)tk->t.role), tk->t.orig_pos, where, su, sc, why);
 	} else {
-		int x2 = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "%u tokens: ", t->n_toks);
+		int x2 = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "%u token%s: ", t->n_toks,
+		                               t->n_toks == 1 ? "" : "s");
 		x2 += tui_grid_text(g, r, x2, y, R_KEPT, "kept ", strlen("kept "));
 		x2 += tui_grid_text(g, r, x2, y, R_EVICTED, "evicted ", strlen("evicted "));
 		x2 += tui_grid_text(g, r, x2, y, R_SINK, "sink", strlen("sink"));
@@ -760,7 +768,8 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 				fill = it->max > 0 && bw > 0 ? (int)(it->value / it->max * bw + 0.5) : 0;
 				for (int k = 0; k < bw; k++)
 					tui_grid_put(g, x + k, y, tui_glyph_bar(g, k < fill), k < fill ? R_BAR_FILL : R_BAR_EMPTY);
-				tui_grid_printf(g, r, x + KVS_MAX(bw, 0) + 1, y++, R_NORMAL, "%g/%g", it->value, it->max);
+				/* the value alone: a histogram's longest bar read "346/346" */
+				tui_grid_printf(g, r, x + KVS_MAX(bw, 0) + 1, y++, R_NORMAL, "%g", it->value);
 			} else {
 				tui_grid_printf(g, r, x, y++, R_DIM, "%s", it->text ? it->text : "");
 				for (uint32_t row = 0; row < it->rows && y < r.y + r.h; row++, y++)
@@ -788,14 +797,15 @@ static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
 		char tb[96];
 		uint32_t have = t->len.unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
 		bool hit = len_window_hit(t->len.win, have);
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u %s of target %s ", have,
-		                     t->len.unit == LEN_WORDS ? "words" : "tokens",
+		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u %s%s of target %s ", have,
+		                     t->len.unit == LEN_WORDS ? "word" : "token", have == 1 ? "" : "s",
 		                     len_target_format(&t->len, tb, sizeof tb));
 		if (!t->busy && t->last_stop[0])
 			x += tui_grid_printf(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, " %s ",
 			                     hit ? "in the window" : "outside the window");
 	} else {
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u words (no target) ", t->turn_words);
+		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u word%s (no target) ", t->turn_words,
+		                     t->turn_words == 1 ? "" : "s");
 	}
 	if (t->last_stop[0] && !t->busy)
 		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " stop: %s ", t->last_stop);
@@ -851,7 +861,7 @@ static void st_plugins(const struct tui *t, char *buf, size_t cap)
 	if (disabled && off < cap)
 		off += (size_t)snprintf(buf + off, cap - off, ", %u disabled", disabled);
 	if (errors && off < cap)
-		off += (size_t)snprintf(buf + off, cap - off, ", %u errors", errors);
+		off += (size_t)snprintf(buf + off, cap - off, ", %u error%s", errors, errors == 1 ? "" : "s");
 	/* the plugins' own status items */
 	for (size_t i = 0; i < script_status_count(t->rt) && off < cap; i++) {
 		const char *plugin;

@@ -632,6 +632,37 @@ static void test_mouse_yank(void)
 	tui_free(&t);
 }
 
+/* Smaller things from issue 20: plurals, the head aggregation in the
+ * attention header, sparklines that start over with the conversation. */
+static void test_small(void)
+{
+	struct tui t;
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	fill_model(&t);
+	add_step(&t, 4, 3, 12);
+	t.stats.n_evicted = 1;
+	t.stats.n_evictions = 1;
+	T_CHECK(dump_has(&t, 200, 50, false, "evicted 1 in 1 round"), "one round");
+	T_CHECK(!dump_has(&t, 200, 50, false, "1 rounds"), "no '1 rounds'");
+	T_CHECK(dump_has(&t, 200, 50, false, "length 0 words (no target)"), "0 words");
+	t.turn_words = 1;
+	T_CHECK(dump_has(&t, 200, 50, false, "length 1 word (no target)"), "1 word");
+	T_CHECK(dump_has(&t, 200, 50, false, "layer 0/4  head 0/3  [head]"), "one head");
+	t.agg = AGG_MEAN;
+	T_CHECK(dump_has(&t, 200, 50, false, "layer 0/4  heads: mean of 3  [mean]"), "mean of heads");
+	T_CHECK(!dump_has(&t, 200, 50, false, "head 0/3"), "no head number under [mean]");
+	t.agg = AGG_HEAD;
+	/* :new: the snapshot of an empty cache; the sparklines start over */
+	T_CHECK(t.n_spark > 0, "a sample per step");
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.next_pos = 0;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(t.n_spark, 0);
+	tui_free(&t);
+}
+
 static void test_commands(void)
 {
 	struct tui t;
@@ -946,6 +977,16 @@ static void test_lua(void)
 	t.rt = rt;
 	T_EQ_INT(tui_cmd_run(&c, "lua print(6 * 7)"), KVS_OK);
 	T_EQ_STR(t.status, "lua: 42");
+	/* kvscope is there without a require */
+	T_EQ_INT(tui_cmd_run(&c, "lua print(type(kvscope.status))"), KVS_OK);
+	T_EQ_STR(t.status, "lua: function");
+	/* a plugin's bar shows its value, not value/max (a histogram's longest
+	 * bar read "346/346") */
+	T_EQ_INT(tui_cmd_run(&c, "lua kvscope.view('hist'):bar('tokens', 346, 346)"), KVS_OK);
+	T_EQ_INT(tui_cmd_run(&c, "pane plugins"), KVS_OK);
+	T_CHECK(dump_has(&t, 80, 24, false, " 346") && !dump_has(&t, 80, 24, false, "346/346"),
+	        "the bar's value");
+	t.tab = 0;
 	T_CHECK(tui_cmd_run(&c, "lua error('boom')") != KVS_OK && strstr(t.status, "boom") != NULL,
 	        "%s", t.status);
 	/* a plugin file with a command */
@@ -1151,6 +1192,7 @@ int main(void)
 	test_hit();
 	test_select();
 	test_mouse_yank();
+	test_small();
 	test_complete();
 	test_kv_copy();
 	test_grid();
