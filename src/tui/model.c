@@ -429,6 +429,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		t->turn_words = 0;
 		t->last_stop[0] = '\0';
 		t->chat_scroll = 0;
+		t->reply_len = t->len; /* what this reply is judged by */
 		break;
 	case WORKER_EV_TOKEN:
 		m = tui_reply(t);

@@ -197,6 +197,7 @@ struct tui {
 	char last_stop[24];
 	double prefill_tps, decode_tps; /* the last turn's, or the live decode rate */
 	struct len_target len;          /* the length target of the next replies (unit LEN_NONE: none) */
+	struct len_target reply_len;    /* the one the last reply was made under */
 	/* Lua plugins (NULL: none, or a build without Lua) */
 	struct script_rt *rt;
 	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */

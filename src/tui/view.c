@@ -521,11 +521,22 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u round%s",
 	                (unsigned long long)st->n_evicted, st->n_evictions,
 	                st->n_evictions == 1 ? "" : "s");
-	tui_grid_printf(g, r, r.x, y++, R_NORMAL,
-	                "bytes %.2f MiB (peak %.2f of %.1f MiB), %.1f KiB per layer x %u, %.1f KiB/token",
-	                (double)st->bytes / 1048576.0, (double)st->bytes_peak / 1048576.0,
-	                (double)st->bytes_allocated / 1048576.0, (double)st->bytes_per_layer / 1024.0,
-	                t->n_layer, (double)st->bytes_per_token / 1024.0);
+	{
+		/* one line where it fits, else two: never cut */
+		char b1[96], b2[96];
+		snprintf(b1, sizeof b1, "bytes %.2f MiB (peak %.2f of %.1f MiB)",
+		         (double)st->bytes / 1048576.0, (double)st->bytes_peak / 1048576.0,
+		         (double)st->bytes_allocated / 1048576.0);
+		snprintf(b2, sizeof b2, "%.1f KiB per layer x %u, %.1f KiB/token",
+		         (double)st->bytes_per_layer / 1024.0, t->n_layer,
+		         (double)st->bytes_per_token / 1024.0);
+		if ((int)(strlen(b1) + 2 + strlen(b2)) <= r.w) {
+			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "%s, %s", b1, b2);
+		} else {
+			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "%s", b1);
+			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "      %s", b2);
+		}
+	}
 	if (y < r.y + r.h) {
 		x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "cache  %5u ", st->n_cached);
 		spark(g, r, x, y++, t->spark_cache, t->n_spark);
@@ -787,31 +798,53 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 
 /* ------------------------------------------------ gauge, status, help */
 
+/* The length gauge: the words (or tokens) of the turn against the target
+ * the reply was made under, whether it landed in the window, the stop
+ * reason. Where the long form does not fit, a short one (never a cut
+ * stop reason). */
 static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
 {
-	int x;
+	char len[160], judge[32] = "", stop[48] = "", tb[96];
+	const struct len_target *lt = t->busy || !t->last_stop[0] ? &t->len : &t->reply_len;
+	bool hit = false;
 
 	tui_grid_fill(g, r, g->ascii ? '-' : 0x2500, R_BORDER);
-	x = r.x + 1;
-	if (t->len.unit != LEN_NONE) {
-		char tb[96];
-		uint32_t have = t->len.unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
-		bool hit = len_window_hit(t->len.win, have);
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u %s%s of target %s ", have,
-		                     t->len.unit == LEN_WORDS ? "word" : "token", have == 1 ? "" : "s",
-		                     len_target_format(&t->len, tb, sizeof tb));
-		if (!t->busy && t->last_stop[0])
-			x += tui_grid_printf(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, " %s ",
-			                     hit ? "in the window" : "outside the window");
-	} else {
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u word%s (no target) ", t->turn_words,
-		                     t->turn_words == 1 ? "" : "s");
+	for (int pass = 0; pass < 2; pass++) {
+		bool brief = pass == 1;
+		if (lt->unit != LEN_NONE) {
+			uint32_t have = lt->unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
+			const char *u = lt->unit == LEN_WORDS ? "word" : "token";
+			hit = len_window_hit(lt->win, have);
+			snprintf(len, sizeof len, brief ? " %u %s%s of %s " : " length %u %s%s of target %s ",
+			         have, u, have == 1 ? "" : "s", len_target_format(lt, tb, sizeof tb));
+			if (!t->busy && t->last_stop[0])
+				snprintf(judge, sizeof judge, " %s ",
+				         hit ? (brief ? "in" : "in the window") : (brief ? "out" : "outside the window"));
+		} else {
+			snprintf(len, sizeof len, brief ? " %u word%s " : " length %u word%s (no target) ",
+			         t->turn_words, t->turn_words == 1 ? "" : "s");
+		}
+		if (t->last_stop[0] && !t->busy)
+			snprintf(stop, sizeof stop, " stop: %s ", t->last_stop);
+		else if (t->busy)
+			snprintf(stop, sizeof stop, brief ? " generating " : " generating (Ctrl-C stops) ");
+		if ((int)(strlen(len) + strlen(judge) + strlen(stop)) + 2 <= r.w)
+			break;
 	}
-	if (t->last_stop[0] && !t->busy)
-		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " stop: %s ", t->last_stop);
-	else if (t->busy)
-		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " generating (Ctrl-C stops) ");
-	(void)x;
+	int x = r.x + 1;
+	x += tui_grid_text(g, r, x, r.y, R_TITLE, len, strlen(len));
+	if (judge[0])
+		x += tui_grid_text(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, judge, strlen(judge));
+	x += tui_grid_text(g, r, x, r.y, R_NORMAL, stop, strlen(stop));
+	if (lt != &t->len) {
+		/* :len after the reply: it is judged by its own target, the new one
+		 * waits for the next reply */
+		char a[96], b[96];
+		len_target_format(&t->reply_len, a, sizeof a);
+		len_target_format(&t->len, b, sizeof b);
+		if (strcmp(a, b) != 0)
+			tui_grid_printf(g, r, x, r.y, R_DIM, " next replies: target %s ", b);
+	}
 }
 
 /* ---- status items: a registry like the panes' ---- */
@@ -866,7 +899,8 @@ static void st_plugins(const struct tui *t, char *buf, size_t cap)
 	for (size_t i = 0; i < script_status_count(t->rt) && off < cap; i++) {
 		const char *plugin;
 		const char *txt = script_status_at(t->rt, i, &plugin);
-		off += (size_t)snprintf(buf + off, cap - off, " | %s", txt);
+		/* named by their plugin: token-stats' "5 tok/s" is not the decode rate */
+		off += (size_t)snprintf(buf + off, cap - off, " | %s: %s", plugin ? plugin : "?", txt);
 	}
 }
 
@@ -885,25 +919,77 @@ int tui_status_register(const struct tui_status_item *it)
 	return KVS_OK;
 }
 
+/* Which status items go first when the line is short: the higher the
+ * sooner kept (items not named here, plugins' own, rank 3). */
+static const struct {
+	const char *name;
+	int rank;
+} tui_status_rank[] = {
+	{ "context", 6 }, { "policy", 5 }, { "speed", 4 }, { "plugins", 3 }, { "model", 2 },
+	{ "backend", 1 },
+};
+
+static int status_rank(const char *name)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_status_rank); i++)
+		if (strcmp(tui_status_rank[i].name, name) == 0)
+			return tui_status_rank[i].rank;
+	return 3;
+}
+
+/* The status line: a message on the left, the items after it. When they
+ * do not fit, the lowest-ranked items go first (a long model name never
+ * pushes out the context and the policy), and the message keeps at least
+ * half the line, cut with "..." beyond. */
 static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 {
-	char buf[1024], item[256];
+	char item[TUI_MAX_STATUS][256], msg[310], buf[1100];
+	int iw[TUI_MAX_STATUS], total = 0, n_on = 0, msg_w = 0, room;
+	bool on[TUI_MAX_STATUS];
 	size_t n = 0;
 	int x = r.x;
 
 	tui_grid_fill(g, r, ' ', R_STATUS);
-	buf[0] = '\0';
 	for (size_t i = 0; i < tui_n_status; i++) {
-		tui_status_items[i].fn(t, item, sizeof item);
-		if (item[0] == '\0')
-			continue;
-		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " | " : " ", item);
-		if (n >= sizeof buf)
-			break;
+		tui_status_items[i].fn(t, item[i], sizeof item[i]);
+		on[i] = item[i][0] != '\0';
+		iw[i] = on[i] ? tui_text_width(item[i], strlen(item[i])) + 3 : 0; /* " | " */
+		total += iw[i];
+		n_on += on[i];
 	}
-	/* a message wins the left side; the items follow where there is room */
-	if (t->status[0] != '\0')
-		x += tui_grid_printf(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, " %s ", t->status);
+	if (t->status[0] != '\0') {
+		snprintf(msg, 300, " %s ", t->status); /* room for "... " after a cut */
+		msg_w = tui_text_width(msg, strlen(msg));
+	}
+	/* the message gets what the items leave, and at least half the line */
+	room = r.w - KVS_MIN(msg_w, KVS_MAX(r.w / 2, r.w - total));
+	while (total > room && n_on > 0) {
+		int worst = -1;
+		for (size_t i = 0; i < tui_n_status; i++)
+			if (on[i] && (worst < 0 || status_rank(tui_status_items[i].name) <
+			                               status_rank(tui_status_items[worst].name)))
+				worst = (int)i;
+		on[worst] = false;
+		total -= iw[worst];
+		n_on--;
+	}
+	if (msg_w > 0) {
+		int avail = r.w - total;
+		if (msg_w > avail && avail > 4) {
+			/* cut whole characters, then "..." */
+			size_t k = strlen(msg);
+			while (k > 0 && tui_text_width(msg, k) > avail - 4)
+				k--;
+			k = utf8_complete_prefix((const uint8_t *)msg, k);
+			memcpy(msg + k, "... ", 5);
+		}
+		x += tui_grid_text(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, msg,
+		                   strlen(msg));
+	}
+	buf[0] = '\0';
+	for (size_t i = 0; i < tui_n_status && n < sizeof buf; i++)
+		if (on[i])
+			n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " | " : " ", item[i]);
 	tui_grid_text(g, r, x, r.y, R_STATUS, buf, strlen(buf));
 }
 

@@ -654,6 +654,59 @@ static void test_small(void)
 	T_CHECK(dump_has(&t, 200, 50, false, "layer 0/4  heads: mean of 3  [mean]"), "mean of heads");
 	T_CHECK(!dump_has(&t, 200, 50, false, "head 0/3"), "no head number under [mean]");
 	t.agg = AGG_HEAD;
+	/* the status line at 80 columns: a 32-column model name and a long
+	 * message push out the model and the backend, never the context and
+	 * the policy; the message is cut with "..." */
+	snprintf(t.model, sizeof t.model, "Smollm2 135M 8k Lc100K Mix1 Ep2x");
+	snprintf(t.backend, sizeof t.backend, "CPU avx2");
+	tui_status(&t, false, "switching to policy sirllm mode=paper sinks=4 recent=0 lambda=1 ...");
+	{
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		char *row = tui_grid_row(&g, 23);
+		T_CHECK(strstr(row, "ctx 0/0 | sirllm") != NULL,
+		        "80 columns: '%s'", row);
+		T_CHECK(strstr(row, " switching to policy") == row && strstr(row, "... ") != NULL,
+		        "the message first, cut: '%s'", row);
+		free(row);
+		tui_grid_free(&g);
+	}
+	T_CHECK(dump_has(&t, 200, 50, false, "Smollm2 135M 8k Lc100K Mix1 Ep2x | CPU avx2"),
+	        "200 columns: everything");
+	/* the gauge at 80 columns keeps the stop reason whole (it read
+	 * "stop: length-targe"); a reply is judged by the target it was made
+	 * under, not one set after it (:len 40w re-judged it) */
+	{
+		struct tui_ctx c = { 0 };
+		struct worker_event te = { 0 };
+		c.t = &t;
+		tui_status(&t, false, "%s", "");
+		T_EQ_INT(tui_cmd_run(&c, "len 20w"), KVS_OK);
+		te.kind = WORKER_EV_TURN_START;
+		te.user = (char *)"q";
+		tui_apply(&t, &te, 0);
+		memset(&te, 0, sizeof te);
+		te.kind = WORKER_EV_TURN_END;
+		te.turn.reply = (char *)"one two three four five six seven eight nine ten eleven twelve "
+		                        "thirteen fourteen fifteen sixteen seventeen eighteen";
+		te.turn.stop = GEN_STOP_LENGTH;
+		tui_apply(&t, &te, 0);
+		T_CHECK(dump_has(&t, 80, 24, false, "stop: length-target "), "80: the stop reason whole");
+		T_CHECK(dump_has(&t, 200, 50, false, "length 18 words of target 20 words (10, 30]  in the "
+		                                      "window  stop: length-target"),
+		        "200: the long form");
+		T_EQ_INT(tui_cmd_run(&c, "len 40w"), KVS_OK);
+		T_CHECK(dump_has(&t, 200, 50, false, "of target 20 words (10, 30]  in the window"),
+		        "still judged by its own target");
+		T_CHECK(dump_has(&t, 200, 50, false, "next replies: target 40 words"), "the next target");
+		T_EQ_INT(tui_cmd_run(&c, "len off"), KVS_OK);
+	}
+	/* the KV pane's bytes line, in two lines rather than cut at 80 */
+	t.tab = 2;
+	T_CHECK(dump_has(&t, 80, 24, false, "KiB/token"), "80: the bytes line whole");
+	t.tab = 0;
 	/* :new: the snapshot of an empty cache; the sparklines start over */
 	T_CHECK(t.n_spark > 0, "a sample per step");
 	ev.kind = WORKER_EV_SNAPSHOT;
@@ -1029,7 +1082,8 @@ static void test_lua(void)
 	T_EQ_STR(t.status, ":shout: LOUD!"); /* what it printed */
 	T_CHECK(script_status_count(rt) == 1 && strcmp(script_status_at(rt, 0, NULL), "hi world") == 0,
 	        "the plugin's status item");
-	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | hi world"), "status line: plugins (lua failed, greet) and item");
+	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | greet: hi world"),
+	        "status line: plugins (lua failed, greet) and its item, named by its plugin");
 	T_EQ_INT(tui_cmd_run(&c, "plugin unload greet"), KVS_OK);
 	T_CHECK(tui_cmd_run(&c, "hello again") != KVS_OK && strstr(t.status, "unknown command") != NULL,
 	        "%s", t.status);
