@@ -557,6 +557,15 @@ EOP
 	wait_for "ctx [0-9]+/2048 \\| h2o heavy=0.25 pos=compact"
 fi
 
+# 10e. no default model: one line saying how to get it (not just ENOENT)
+T kill-session -t kv
+T new-session -d -s kv -x 120 -y 30 "XDG_DATA_HOME='$tmp/nodata' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' 2>'$tmp/nomodel.err'; echo \$? >'$tmp/nomodel.rc'; sleep 600"
+end=$(($(date +%s) + 60))
+while [ ! -s "$tmp/nomodel.rc" ] && [ "$(date +%s)" -le "$end" ]; do sleep 0.1; done
+[ "$(cat "$tmp/nomodel.rc" 2>/dev/null)" = 1 ] || fail "no model: exit '$(cat "$tmp/nomodel.rc" 2>/dev/null)', expected 1"
+grep -q "the default model is not installed .*'make model'" "$tmp/nomodel.err" ||
+	fail "no model: $(cat "$tmp/nomodel.err")"
+
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit
 T kill-session -t kv
