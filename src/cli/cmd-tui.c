@@ -109,6 +109,14 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	to.save_title = o->title;
 	model_path = cli_model_path(o->gen.model_path);
 	to.model_path = model_path;
+	if (o->gen.model_path == NULL && access(model_path, F_OK) != 0) {
+		/* the first thing a newcomer meets: say how to get the model */
+		fprintf(stderr, "kvscope: the default model is not installed (%s): 'make model' in the "
+		                "build tree fetches it (or 'sh scripts/setup.sh build' sets everything "
+		                "up), or give --model FILE\n", model_path);
+		rc = CLI_FAIL;
+		goto out;
+	}
 	o->gen.kv.capture = KV_CAPTURE_FULL;
 	o->gen.kv.capture_interval_ms = 33;
 	if (o->gen.kv.token_stats == KV_TOKSTATS_AUTO)

@@ -561,7 +561,12 @@ static int x_lua(struct tui_ctx *c, int argc, char **argv)
 		return cmd_fail(c, ":lua: expected Lua code, e.g. :lua print(1 + 1)");
 	cmd_drop_lua_policy(c);
 	script_unload(rt, "lua", &e); /* the previous chunk, if any */
-	if (script_load_text(rt, "lua", argv[1], &e) != KVS_OK)
+	/* kvscope preloaded, as a plugin would require it (on line 1: line
+	 * numbers in errors stay the user's) */
+	char *code = xasprintf("local kvscope = require 'kvscope'; %s", argv[1]);
+	int rc = script_load_text(rt, "lua", code, &e);
+	free(code);
+	if (rc != KVS_OK)
 		return cmd_fail(c, ":lua: %s", e.msg);
 	tui_status(c->t, false, "lua: %s", cmd_last_log(rt, "lua")[0] ? cmd_last_log(rt, "lua") : "ok");
 	return KVS_OK;
@@ -608,7 +613,7 @@ static int x_plugin(struct tui_ctx *c, int argc, char **argv)
 			if (strlen(buf) + strlen(one) + 1 < sizeof buf)
 				strcat(buf, one);
 		}
-		tui_status(c->t, false, "%zu plugins%s%s", n, n ? ": " : "", buf);
+		tui_status(c->t, false, "%zu plugin%s%s%s", n, n == 1 ? "" : "s", n ? ": " : "", buf);
 		return KVS_OK;
 	}
 	if (argc != 3)
@@ -706,6 +711,47 @@ static int x_pane(struct tui_ctx *c, int argc, char **argv)
 	return KVS_OK;
 }
 
+/* :yank [all]: the last reply (all: the whole chat) to the clipboard,
+ * through the terminal (OSC 52: it works over ssh and inside tmux). */
+static int x_yank(struct tui_ctx *c, int argc, char **argv)
+{
+	bool all = argc == 2 && strcmp(argv[1], "all") == 0;
+	char *text;
+
+	if (argc > 2 || (argc == 2 && !all))
+		return cmd_fail(c, ":yank: expected nothing (the last reply) or all (the whole chat)");
+	text = tui_chat_text(c->t, all);
+	if (text == NULL || text[0] == '\0') {
+		free(text);
+		return cmd_fail(c, ":yank: nothing to copy yet (%s)", all ? "the chat is empty" : "no reply");
+	}
+	free(c->t->yank);
+	c->t->yank = text;
+	tui_status(c->t, false, "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
+	                        "on)", strlen(text));
+	return KVS_OK;
+}
+
+/* :mouse [on|off]: off leaves the mouse to the terminal (its own selection). */
+static int x_mouse(struct tui_ctx *c, int argc, char **argv)
+{
+	if (argc == 2 && (strcmp(argv[1], "on") == 0 || strcmp(argv[1], "off") == 0))
+		c->t->mouse_off = strcmp(argv[1], "off") == 0;
+	else if (argc != 1)
+		return cmd_fail(c, ":mouse: expected on or off");
+	tui_status(c->t, false, "%s", c->t->mouse_off
+	                                  ? "mouse off: the terminal selects text (:mouse on to click and scroll here)"
+	                                  : "mouse on: clicks select tokens, the wheel scrolls (:mouse off to select text)");
+	return KVS_OK;
+}
+
+static int comp_onoff(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "on", "off", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 static int x_quit(struct tui_ctx *c, int argc, char **argv)
 {
 	if (argc != 1)
@@ -734,10 +780,12 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL, x_load },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones); when saving, retitle it", NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
-	{ "lua", "CODE", "run Lua code (as the plugin 'lua')", NULL, x_lua },
+	{ "lua", "CODE", "run Lua code (as the plugin 'lua', kvscope preloaded)", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
 	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },
+	{ "yank", "[all]", "copy the last reply (all: the whole chat) to the clipboard (OSC 52)", NULL, x_yank },
+	{ "mouse", "[on|off]", "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here", comp_onoff, x_mouse },
 	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
 	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
 	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
@@ -922,7 +970,7 @@ int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t c
 static const struct {
 	const char *key, *does;
 } tui_keys[] = {
-	{ "Enter", "send the message (or run a :command)" },
+	{ "Enter", "send the message (or run a :command); during a reply it stays in the input line" },
 	{ "Ctrl-J, Alt-Enter", "new line in the message" },
 	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
 	{ "Tab", "complete :commands and their arguments" },
@@ -936,6 +984,7 @@ static const struct {
 	{ "Shift-Left/Right, click", "select a token in the retention strip (a click beside the tokens, or on the selected one, lets go)" },
 	{ "Esc", "let go of the selected token (the strip follows the live tail again); back to the latest attention step; close the help" },
 	{ "PgUp/PgDn", "scroll the chat; with a token selected (or on the retention tab), page the strip" },
+	{ "mouse wheel", "scroll the chat (over the strip: move the selection; in the help: scroll it)" },
 	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
 	{ "Shift-Home/End", "the first token; let go (the live tail)" },
 	{ "Ctrl-L", "redraw the screen" },

@@ -33,6 +33,8 @@
 #define TUI_FRAME_MS 33.0     /* the shortest interval between frames (30 a second) */
 #define TUI_FRAME_MAX_MS 250.0 /* the longest, whatever a frame costs */
 #define TUI_DRAW_SHARE 0.03    /* of the wall time drawing may take */
+/* Clicks and the wheel, no motion: the least tracking that serves them */
+#define TUI_MOUSE_MASK (BUTTON1_CLICKED | BUTTON1_PRESSED | BUTTON4_PRESSED | BUTTON5_PRESSED)
 
 static volatile sig_atomic_t tui_in_curses;
 static volatile sig_atomic_t tui_sigquit;
@@ -75,7 +77,8 @@ struct tui_term {
 	attr_t attr[R_COUNT];
 	const struct tui_theme *applied;
 	bool full_redraw;
-	bool armed_quit;            /* Ctrl-C stopped a reply: another one quits */
+	bool armed_quit;            /* Ctrl-C on an empty line: another one quits */
+	bool mouse_off;             /* the mask applied (tui.mouse_off when drawn) */
 	double last_draw_ms;
 	bool dirty;
 	FILE *screen_out;           /* the terminal curses writes to */
@@ -225,6 +228,20 @@ static void tui_frame(struct tui_term *tt)
 
 	if (tt->t.theme != tt->applied)
 		tui_apply_theme(tt);
+	if (tt->t.mouse_off != tt->mouse_off) {
+		/* :mouse off: no tracking, so the terminal's own selection works */
+		mousemask(tt->t.mouse_off ? 0 : TUI_MOUSE_MASK, NULL);
+		tt->mouse_off = tt->t.mouse_off;
+	}
+	if (tt->t.yank != NULL) {
+		/* OSC 52 goes straight to the terminal; it moves no cursor */
+		char *seq = tui_osc52(tt->t.yank);
+		fputs(seq, tt->screen_out);
+		fflush(tt->screen_out);
+		free(seq);
+		free(tt->t.yank);
+		tt->t.yank = NULL;
+	}
 	tui_grid_resize(&tt->grid, COLS, LINES);
 	tt->grid.ascii = tt->prev.ascii;
 	tui_draw(&tt->t, &tt->grid, text, cur, &cx, &cy);
@@ -267,8 +284,11 @@ static void tui_line(struct tui_term *tt, char *line)
 	} else if (line[strspn(line, " \n\t")] == '\0') {
 		/* blank: nothing to send */
 	} else if (tt->t.busy) {
-		/* other commands (a :save's first commit) just queue before it */
-		tui_status(&tt->t, true, "a reply is in progress: wait for it, or Ctrl-C to stop it");
+		/* the message stays in the input line for Enter once the reply
+		 * ends (other commands, a :save's first commit, just queue) */
+		tui_input_insert(tt->in, line);
+		tui_status(&tt->t, true,
+		           "a reply is in progress: Enter sends this when it ends (Ctrl-C stops it)");
 	} else {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = line });
 		tt->t.busy = true;
@@ -432,7 +452,13 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		return true;
 	case KEY_MOUSE: {
 		MEVENT me;
-		if (getmouse(&me) == OK)
+		if (getmouse(&me) != OK)
+			return true;
+		if (me.bstate & BUTTON4_PRESSED)
+			tui_wheel(t, me.x, me.y, 1);
+		else if (me.bstate & BUTTON5_PRESSED)
+			tui_wheel(t, me.x, me.y, -1);
+		else if (me.bstate & (BUTTON1_CLICKED | BUTTON1_PRESSED))
 			tui_click(t, &tt->grid, me.x, me.y);
 		return true;
 	}
@@ -733,7 +759,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	keypad(stdscr, TRUE);
 	nodelay(stdscr, TRUE);
 	set_escdelay(25);
-	mousemask(BUTTON1_CLICKED | BUTTON1_PRESSED, NULL);
+	mousemask(TUI_MOUSE_MASK, NULL);
 	mouseinterval(0);
 	tui_setup_colors(tt, o->color);
 	tt->prev.ascii = o->ascii;

@@ -66,6 +66,7 @@ void tui_free(struct tui *t)
 	free(t->msgs);
 	free(t->toks);
 	free(t->hits);
+	free(t->yank);
 	for (int i = 0; i < TUI_STEP_HISTORY; i++)
 		tui_step_free(&t->steps[i]);
 	memset(t, 0, sizeof *t);
@@ -195,6 +196,7 @@ static void tui_toks_reset(struct tui *t)
 		memset(t->toks, 0, t->cap_toks * sizeof *t->toks);
 	t->n_toks = 0;
 	t->sel_tok = -1;
+	t->n_spark = 0; /* the sparklines start over with the conversation */
 }
 
 static void tui_spark_push(struct tui *t, float cache, float tps)
@@ -427,6 +429,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		t->turn_words = 0;
 		t->last_stop[0] = '\0';
 		t->chat_scroll = 0;
+		t->reply_len = t->len; /* what this reply is judged by */
 		break;
 	case WORKER_EV_TOKEN:
 		m = tui_reply(t);
@@ -740,6 +743,69 @@ bool tui_find(struct tui *t, const char *text)
 	if (hit >= 0)
 		t->sel_tok = hit;
 	return hit >= 0;
+}
+
+char *tui_osc52(const char *text)
+{
+	static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const uint8_t *p = (const uint8_t *)text;
+	size_t n = strlen(text), k = 0;
+	char *out = xmalloc(16 + (n + 2) / 3 * 4);
+
+	k += (size_t)sprintf(out, "\033]52;c;");
+	for (size_t i = 0; i < n; i += 3) {
+		/* three bytes, 24 bits, four letters of six; '=' pads a short end */
+		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+		             (i + 2 < n ? p[i + 2] : 0);
+		out[k++] = b64[v >> 18 & 63];
+		out[k++] = b64[v >> 12 & 63];
+		out[k++] = i + 1 < n ? b64[v >> 6 & 63] : '=';
+		out[k++] = i + 2 < n ? b64[v & 63] : '=';
+	}
+	out[k++] = '\a';
+	out[k] = '\0';
+	return out;
+}
+
+/* Append the text of message m to the buffer. */
+static void tui_msg_text(const struct tui_msg *m, char **buf, size_t *len, size_t *cap)
+{
+	for (uint32_t j = 0; j < m->n_spans; j++) {
+		size_t k = strlen(m->spans[j].text);
+		if (*len + k + 1 > *cap) {
+			*cap = KVS_MAX(*cap * 2, *len + k + 64);
+			*buf = xrealloc(*buf, *cap);
+		}
+		memcpy(*buf + *len, m->spans[j].text, k);
+		*len += k;
+		(*buf)[*len] = '\0';
+	}
+}
+
+char *tui_chat_text(const struct tui *t, bool all)
+{
+	static const char *const who[] = { [MSG_SYSTEM] = "system> ", [MSG_USER] = "you> ",
+		                           [MSG_ASSISTANT] = "model> ", [MSG_BANNER] = "!! ",
+		                           [MSG_INFO] = "-- ", [MSG_RULE] = "-- " };
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+
+	for (uint32_t i = t->n_msgs; !all && i-- > 0;)
+		if (t->msgs[i].kind == MSG_ASSISTANT) {
+			tui_msg_text(&t->msgs[i], &buf, &len, &cap);
+			return buf != NULL ? buf : xstrdup("");
+		}
+	for (uint32_t i = 0; all && i < t->n_msgs; i++) {
+		struct tui_msg label = { 0 };
+		struct tui_span sp = { (char *)who[t->msgs[i].kind], NAN };
+		label.spans = &sp;
+		label.n_spans = 1;
+		tui_msg_text(&label, &buf, &len, &cap);
+		tui_msg_text(&t->msgs[i], &buf, &len, &cap);
+		sp.text = (char *)"\n";
+		tui_msg_text(&label, &buf, &len, &cap);
+	}
+	return buf;
 }
 
 uint32_t tui_count_words(const char *s)

@@ -197,6 +197,7 @@ struct tui {
 	char last_stop[24];
 	double prefill_tps, decode_tps; /* the last turn's, or the live decode rate */
 	struct len_target len;          /* the length target of the next replies (unit LEN_NONE: none) */
+	struct len_target reply_len;    /* the one the last reply was made under */
 	/* Lua plugins (NULL: none, or a build without Lua) */
 	struct script_rt *rt;
 	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */
@@ -226,6 +227,9 @@ struct tui {
 	uint32_t strip_page;            /* tokens the strip showed at once (its page) */
 	struct tui_rect strip;          /* where it drew them (w 0: not shown) */
 	char find[64];                  /* the last :find text */
+	/* the mouse and the clipboard (curses.c acts on them) */
+	bool mouse_off;                 /* :mouse off: the terminal keeps the mouse */
+	char *yank;                     /* :yank's text for the clipboard, NULL none */
 };
 
 void tui_init(struct tui *t);
@@ -313,6 +317,15 @@ int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int 
 /* A click at (x, y): a token selects it; the selected token again, or the
  * strip beside its tokens, lets go of the selection. */
 void tui_click(struct tui *t, const struct tui_grid *g, int x, int y);
+/* The mouse wheel at (x, y), up (dir 1) or down (-1): the help when it
+ * is open, the strip's selection over the strip, else the chat. */
+void tui_wheel(struct tui *t, int x, int y, int dir);
+/* The OSC 52 sequence that puts text on the terminal's clipboard
+ * (allocated): ESC ] 52 ; c ; base64(text) BEL. */
+char *tui_osc52(const char *text);
+/* The last reply's text (all: the whole chat, one message a line),
+ * allocated; NULL when there is none. */
+char *tui_chat_text(const struct tui *t, bool all);
 
 /* ---- commands (cmd.c) ---- */
 

@@ -389,9 +389,14 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	snprintf(qlab, sizeof qlab, "?");
 	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
 		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
-	tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  head %u/%u  [%s]  query #%d '%s'%s",
-	                layer, s->n_layer, head, s->n_head, tui_agg_names[t->agg], s->query.orig_pos,
-	                qlab, t->step_back ? "  (past step)" : "");
+	if (t->agg == AGG_HEAD)
+		tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  head %u/%u  [head]  query #%d '%s'%s",
+		                layer, s->n_layer, head, s->n_head, s->query.orig_pos, qlab,
+		                t->step_back ? "  (past step)" : "");
+	else /* no one head is shown: say over how many */
+		tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  heads: %s of %u  [%s]  query #%d '%s'%s",
+		                layer, s->n_layer, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
+		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
 	y = r.y + 1;
 	row = xmallocarray(s->n_cached + 1, sizeof *row);
 	n = tui_attn_row(t, row, s->n_cached);
@@ -399,9 +404,10 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	if (n > 0) {
 		attn_summary(t, s, row, n, layer, head, &sum);
 		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
-		                "%u keys  entropy %.2f nats  90%% of mass in %u keys (%.1f%%)  sink %.2f  "
+		                "%u key%s  entropy %.2f nats  90%% of mass in %u key%s (%.1f%%)  sink %.2f  "
 		                "top-10 %.2f",
-		                n, (double)sum.entropy, sum.k90, 100.0 * sum.k90 / n,
+		                n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
+		                100.0 * sum.k90 / n,
 		                (double)sum.sink_mass, (double)sum.topk_mass);
 		attn_top_keys(t, s, g, r, y++, row, n);
 		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
@@ -512,13 +518,25 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
 	x += tui_grid_printf(g, r, x, y, R_PINNED, "pinned %u", st->n_pinned);
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
-	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u rounds",
-	                (unsigned long long)st->n_evicted, st->n_evictions);
-	tui_grid_printf(g, r, r.x, y++, R_NORMAL,
-	                "bytes %.2f MiB (peak %.2f of %.1f MiB), %.1f KiB per layer x %u, %.1f KiB/token",
-	                (double)st->bytes / 1048576.0, (double)st->bytes_peak / 1048576.0,
-	                (double)st->bytes_allocated / 1048576.0, (double)st->bytes_per_layer / 1024.0,
-	                t->n_layer, (double)st->bytes_per_token / 1024.0);
+	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u round%s",
+	                (unsigned long long)st->n_evicted, st->n_evictions,
+	                st->n_evictions == 1 ? "" : "s");
+	{
+		/* one line where it fits, else two: never cut */
+		char b1[96], b2[96];
+		snprintf(b1, sizeof b1, "bytes %.2f MiB (peak %.2f of %.1f MiB)",
+		         (double)st->bytes / 1048576.0, (double)st->bytes_peak / 1048576.0,
+		         (double)st->bytes_allocated / 1048576.0);
+		snprintf(b2, sizeof b2, "%.1f KiB per layer x %u, %.1f KiB/token",
+		         (double)st->bytes_per_layer / 1024.0, t->n_layer,
+		         (double)st->bytes_per_token / 1024.0);
+		if ((int)(strlen(b1) + 2 + strlen(b2)) <= r.w) {
+			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "%s, %s", b1, b2);
+		} else {
+			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "%s", b1);
+			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "      %s", b2);
+		}
+	}
 	if (y < r.y + r.h) {
 		x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "cache  %5u ", st->n_cached);
 		spark(g, r, x, y++, t->spark_cache, t->n_spark);
@@ -528,8 +546,8 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		spark(g, r, x, y++, t->spark_tps, t->n_spark);
 	}
 	if (y < r.y + r.h && st->n_fallbacks > 0)
-		tui_grid_printf(g, r, r.x, y++, R_STATUS_ERR, "score provider fell back %u times",
-		                st->n_fallbacks);
+		tui_grid_printf(g, r, r.x, y++, R_STATUS_ERR, "score provider fell back %u time%s",
+		                st->n_fallbacks, st->n_fallbacks == 1 ? "" : "s");
 }
 
 /* -------------------------------------------------------- retention */
@@ -676,7 +694,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		                tk->t.orig_pos, tk->t.token, lab, tk->t.turn,
 		                kv_role_name((enum kv_role)tk->t.role), tk->t.orig_pos, where, su, sc, why);
 	} else {
-		int x2 = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "%u tokens: ", t->n_toks);
+		int x2 = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "%u token%s: ", t->n_toks,
+		                               t->n_toks == 1 ? "" : "s");
 		x2 += tui_grid_text(g, r, x2, y, R_KEPT, "kept ", strlen("kept "));
 		x2 += tui_grid_text(g, r, x2, y, R_EVICTED, "evicted ", strlen("evicted "));
 		x2 += tui_grid_text(g, r, x2, y, R_SINK, "sink", strlen("sink"));
@@ -698,6 +717,20 @@ void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
 		t->sel_tok = p;
 	else if (p >= 0 || (x >= r->x && x < r->x + r->w && y >= r->y && y < r->y + r->h))
 		tui_select(t, SEL_OFF); /* the selected token again, or beside the tokens */
+}
+
+void tui_wheel(struct tui *t, int x, int y, int dir)
+{
+	const struct tui_rect *r = &t->strip;
+
+	if (t->help) {
+		t->help_scroll = KVS_MAX(t->help_scroll - 3 * dir, 0);
+	} else if (x >= r->x && x < r->x + r->w && y >= r->y && y < r->y + r->h) {
+		for (int i = 0; i < 3; i++)
+			tui_select(t, dir > 0 ? SEL_PREV : SEL_NEXT);
+	} else {
+		t->chat_scroll = KVS_MAX(t->chat_scroll + 3 * dir, 0);
+	}
 }
 
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y)
@@ -746,7 +779,8 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 				fill = it->max > 0 && bw > 0 ? (int)(it->value / it->max * bw + 0.5) : 0;
 				for (int k = 0; k < bw; k++)
 					tui_grid_put(g, x + k, y, tui_glyph_bar(g, k < fill), k < fill ? R_BAR_FILL : R_BAR_EMPTY);
-				tui_grid_printf(g, r, x + KVS_MAX(bw, 0) + 1, y++, R_NORMAL, "%g/%g", it->value, it->max);
+				/* the value alone: a histogram's longest bar read "346/346" */
+				tui_grid_printf(g, r, x + KVS_MAX(bw, 0) + 1, y++, R_NORMAL, "%g", it->value);
 			} else {
 				tui_grid_printf(g, r, x, y++, R_DIM, "%s", it->text ? it->text : "");
 				for (uint32_t row = 0; row < it->rows && y < r.y + r.h; row++, y++)
@@ -764,30 +798,53 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 
 /* ------------------------------------------------ gauge, status, help */
 
+/* The length gauge: the words (or tokens) of the turn against the target
+ * the reply was made under, whether it landed in the window, the stop
+ * reason. Where the long form does not fit, a short one (never a cut
+ * stop reason). */
 static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
 {
-	int x;
+	char len[160], judge[32] = "", stop[48] = "", tb[96];
+	const struct len_target *lt = t->busy || !t->last_stop[0] ? &t->len : &t->reply_len;
+	bool hit = false;
 
 	tui_grid_fill(g, r, g->ascii ? '-' : 0x2500, R_BORDER);
-	x = r.x + 1;
-	if (t->len.unit != LEN_NONE) {
-		char tb[96];
-		uint32_t have = t->len.unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
-		bool hit = len_window_hit(t->len.win, have);
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u %s of target %s ", have,
-		                     t->len.unit == LEN_WORDS ? "words" : "tokens",
-		                     len_target_format(&t->len, tb, sizeof tb));
-		if (!t->busy && t->last_stop[0])
-			x += tui_grid_printf(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, " %s ",
-			                     hit ? "in the window" : "outside the window");
-	} else {
-		x += tui_grid_printf(g, r, x, r.y, R_TITLE, " length %u words (no target) ", t->turn_words);
+	for (int pass = 0; pass < 2; pass++) {
+		bool brief = pass == 1;
+		if (lt->unit != LEN_NONE) {
+			uint32_t have = lt->unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
+			const char *u = lt->unit == LEN_WORDS ? "word" : "token";
+			hit = len_window_hit(lt->win, have);
+			snprintf(len, sizeof len, brief ? " %u %s%s of %s " : " length %u %s%s of target %s ",
+			         have, u, have == 1 ? "" : "s", len_target_format(lt, tb, sizeof tb));
+			if (!t->busy && t->last_stop[0])
+				snprintf(judge, sizeof judge, " %s ",
+				         hit ? (brief ? "in" : "in the window") : (brief ? "out" : "outside the window"));
+		} else {
+			snprintf(len, sizeof len, brief ? " %u word%s " : " length %u word%s (no target) ",
+			         t->turn_words, t->turn_words == 1 ? "" : "s");
+		}
+		if (t->last_stop[0] && !t->busy)
+			snprintf(stop, sizeof stop, " stop: %s ", t->last_stop);
+		else if (t->busy)
+			snprintf(stop, sizeof stop, brief ? " generating " : " generating (Ctrl-C stops) ");
+		if ((int)(strlen(len) + strlen(judge) + strlen(stop)) + 2 <= r.w)
+			break;
 	}
-	if (t->last_stop[0] && !t->busy)
-		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " stop: %s ", t->last_stop);
-	else if (t->busy)
-		x += tui_grid_printf(g, r, x, r.y, R_NORMAL, " generating (Ctrl-C stops) ");
-	(void)x;
+	int x = r.x + 1;
+	x += tui_grid_text(g, r, x, r.y, R_TITLE, len, strlen(len));
+	if (judge[0])
+		x += tui_grid_text(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, judge, strlen(judge));
+	x += tui_grid_text(g, r, x, r.y, R_NORMAL, stop, strlen(stop));
+	if (lt != &t->len) {
+		/* :len after the reply: it is judged by its own target, the new one
+		 * waits for the next reply */
+		char a[96], b[96];
+		len_target_format(&t->reply_len, a, sizeof a);
+		len_target_format(&t->len, b, sizeof b);
+		if (strcmp(a, b) != 0)
+			tui_grid_printf(g, r, x, r.y, R_DIM, " next replies: target %s ", b);
+	}
 }
 
 /* ---- status items: a registry like the panes' ---- */
@@ -837,12 +894,13 @@ static void st_plugins(const struct tui *t, char *buf, size_t cap)
 	if (disabled && off < cap)
 		off += (size_t)snprintf(buf + off, cap - off, ", %u disabled", disabled);
 	if (errors && off < cap)
-		off += (size_t)snprintf(buf + off, cap - off, ", %u errors", errors);
+		off += (size_t)snprintf(buf + off, cap - off, ", %u error%s", errors, errors == 1 ? "" : "s");
 	/* the plugins' own status items */
 	for (size_t i = 0; i < script_status_count(t->rt) && off < cap; i++) {
 		const char *plugin;
 		const char *txt = script_status_at(t->rt, i, &plugin);
-		off += (size_t)snprintf(buf + off, cap - off, " | %s", txt);
+		/* named by their plugin: token-stats' "5 tok/s" is not the decode rate */
+		off += (size_t)snprintf(buf + off, cap - off, " | %s: %s", plugin ? plugin : "?", txt);
 	}
 }
 
@@ -861,25 +919,77 @@ int tui_status_register(const struct tui_status_item *it)
 	return KVS_OK;
 }
 
+/* Which status items go first when the line is short: the higher the
+ * sooner kept (items not named here, plugins' own, rank 3). */
+static const struct {
+	const char *name;
+	int rank;
+} tui_status_rank[] = {
+	{ "context", 6 }, { "policy", 5 }, { "speed", 4 }, { "plugins", 3 }, { "model", 2 },
+	{ "backend", 1 },
+};
+
+static int status_rank(const char *name)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_status_rank); i++)
+		if (strcmp(tui_status_rank[i].name, name) == 0)
+			return tui_status_rank[i].rank;
+	return 3;
+}
+
+/* The status line: a message on the left, the items after it. When they
+ * do not fit, the lowest-ranked items go first (a long model name never
+ * pushes out the context and the policy), and the message keeps at least
+ * half the line, cut with "..." beyond. */
 static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 {
-	char buf[1024], item[256];
+	char item[TUI_MAX_STATUS][256], msg[310], buf[1100];
+	int iw[TUI_MAX_STATUS], total = 0, n_on = 0, msg_w = 0, room;
+	bool on[TUI_MAX_STATUS];
 	size_t n = 0;
 	int x = r.x;
 
 	tui_grid_fill(g, r, ' ', R_STATUS);
-	buf[0] = '\0';
 	for (size_t i = 0; i < tui_n_status; i++) {
-		tui_status_items[i].fn(t, item, sizeof item);
-		if (item[0] == '\0')
-			continue;
-		n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " | " : " ", item);
-		if (n >= sizeof buf)
-			break;
+		tui_status_items[i].fn(t, item[i], sizeof item[i]);
+		on[i] = item[i][0] != '\0';
+		iw[i] = on[i] ? tui_text_width(item[i], strlen(item[i])) + 3 : 0; /* " | " */
+		total += iw[i];
+		n_on += on[i];
 	}
-	/* a message wins the left side; the items follow where there is room */
-	if (t->status[0] != '\0')
-		x += tui_grid_printf(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, " %s ", t->status);
+	if (t->status[0] != '\0') {
+		snprintf(msg, 300, " %s ", t->status); /* room for "... " after a cut */
+		msg_w = tui_text_width(msg, strlen(msg));
+	}
+	/* the message gets what the items leave, and at least half the line */
+	room = r.w - KVS_MIN(msg_w, KVS_MAX(r.w / 2, r.w - total));
+	while (total > room && n_on > 0) {
+		int worst = -1;
+		for (size_t i = 0; i < tui_n_status; i++)
+			if (on[i] && (worst < 0 || status_rank(tui_status_items[i].name) <
+			                               status_rank(tui_status_items[worst].name)))
+				worst = (int)i;
+		on[worst] = false;
+		total -= iw[worst];
+		n_on--;
+	}
+	if (msg_w > 0) {
+		int avail = r.w - total;
+		if (msg_w > avail && avail > 4) {
+			/* cut whole characters, then "..." */
+			size_t k = strlen(msg);
+			while (k > 0 && tui_text_width(msg, k) > avail - 4)
+				k--;
+			k = utf8_complete_prefix((const uint8_t *)msg, k);
+			memcpy(msg + k, "... ", 5);
+		}
+		x += tui_grid_text(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, msg,
+		                   strlen(msg));
+	}
+	buf[0] = '\0';
+	for (size_t i = 0; i < tui_n_status && n < sizeof buf; i++)
+		if (on[i])
+			n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " | " : " ", item[i]);
 	tui_grid_text(g, r, x, r.y, R_STATUS, buf, strlen(buf));
 }
 

@@ -152,6 +152,11 @@ wait_for "at most 4000 tokens per reply"
 T send-keys -t kv -l "Write a very long story about a dragon."
 T send-keys -t kv Enter
 wait_for "generating \\(Ctrl-C stops\\)" 30
+# Enter during the reply keeps the message in the input line
+T send-keys -t kv -l "the next question"
+T send-keys -t kv Enter
+wait_for "a reply is in progress: Enter sends this when it ends"
+wait_for "^> the next question"
 # resizing while tokens stream in: every size redraws whole
 T resize-window -t kv -x 80 -y 24
 wait_for "F2 Chat"
@@ -162,6 +167,9 @@ wait_for "Retention"
 T send-keys -t kv C-c
 wait_for "\\[user\\]" 30
 wait_for "stop: user"
+wait_for "^> the next question"
+T send-keys -t kv C-u
+wait_for "^> *$"
 
 # 2b'. the saved session: listed, exported, resumed
 T send-keys -t kv -l ":sessions"
@@ -187,7 +195,8 @@ wait_for "nosuch"
 T send-keys -t kv -l ":len 20w"
 T send-keys -t kv Enter
 wait_for "length target: 20 words"
-wait_for "of target 20 words"
+# the last reply is judged by its own target (none); the new one is next
+wait_for "length [0-9]+ words? \\(no target\\) .*next replies: target 20 words"
 T send-keys -t kv -l ":len off"
 T send-keys -t kv Enter
 wait_for "length target: (off|none)"
@@ -453,6 +462,25 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	T send-keys -t kv -l "Say hi."
 	T send-keys -t kv Enter
 	wait_for "\\[(eos|max-tokens)\\]" 90
+	# the mouse wheel over the retention strip (an SGR report: button 64
+	# is wheel-up, at column 10, row 41 of 48) selects a token; :yank puts
+	# the reply on the clipboard (OSC 52; this tmux keeps it as a buffer)
+	T set-option -s set-clipboard on
+	T send-keys -t kv -l "$(printf '\033[<64;10;41M')"
+	wait_for "#[0-9]+ id [0-9]+ .* turn [0-9]+ "
+	T send-keys -t kv Escape
+	wait_for "[0-9]+ tokens: kept evicted"
+	T send-keys -t kv -l ":yank"
+	T send-keys -t kv Enter
+	wait_for "copied [0-9]+ bytes to the clipboard"
+	n=0
+	while [ $n -lt 100 ] && [ -z "$(T show-buffer 2>/dev/null)" ]; do sleep 0.1; n=$((n + 1)); done
+	yanked=$(T show-buffer 2>/dev/null | head -n 1 | cut -c1-12)
+	[ -n "$yanked" ] && screen | grep -qF "model> $yanked" ||
+		fail ":yank: the clipboard has '$(T show-buffer 2>/dev/null)'"
+	T send-keys -t kv -l ":mouse off"
+	T send-keys -t kv Enter
+	wait_for "mouse off: the terminal selects text"
 	T send-keys -t kv -l ":quit"
 	T send-keys -t kv Enter
 	wait_for "1 exchange is not saved: :save \\[TITLE\\] keeps it; :quit again leaves without saving"
@@ -528,6 +556,15 @@ EOP
 	wait_for "-- resumed session 1: [0-9]+ tokens .*; policy h2o heavy=0.25 pos=compact and budget 4096 as saved" 60
 	wait_for "ctx [0-9]+/2048 \\| h2o heavy=0.25 pos=compact"
 fi
+
+# 10e. no default model: one line saying how to get it (not just ENOENT)
+T kill-session -t kv
+T new-session -d -s kv -x 120 -y 30 "XDG_DATA_HOME='$tmp/nodata' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' 2>'$tmp/nomodel.err'; echo \$? >'$tmp/nomodel.rc'; sleep 600"
+end=$(($(date +%s) + 60))
+while [ ! -s "$tmp/nomodel.rc" ] && [ "$(date +%s)" -le "$end" ]; do sleep 0.1; done
+[ "$(cat "$tmp/nomodel.rc" 2>/dev/null)" = 1 ] || fail "no model: exit '$(cat "$tmp/nomodel.rc" 2>/dev/null)', expected 1"
+grep -q "the default model is not installed .*'make model'" "$tmp/nomodel.err" ||
+	fail "no model: $(cat "$tmp/nomodel.err")"
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit

@@ -552,6 +552,170 @@ static void test_select(void)
 	tui_free(&t);
 }
 
+/* The mouse wheel scrolls what is under it; :mouse off leaves the mouse to
+ * the terminal; :yank puts the last reply (or the chat) on the clipboard
+ * as OSC 52, base64 checked against RFC 4648's test vectors. */
+static void test_mouse_yank(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct tui_grid g = { 0 };
+	int cx, cy;
+	char *seq;
+	static const char *const vec[][2] = {
+		{ "", "" },         { "f", "Zg==" },     { "fo", "Zm8=" },         { "foo", "Zm9v" },
+		{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+	};
+
+	for (size_t i = 0; i < KVS_ARRAY_LEN(vec); i++) {
+		char want[64];
+		snprintf(want, sizeof want, "\033]52;c;%s\a", vec[i][1]);
+		seq = tui_osc52(vec[i][0]);
+		T_EQ_STR(seq, want);
+		free(seq);
+	}
+	tui_init(&t);
+	c.t = &t;
+	fill_model(&t);
+	for (int i = 0; i < 60; i++)
+		tui_msg_add(&t, MSG_INFO, "a line");
+	T_CHECK(tui_cmd_run(&c, "yank") != KVS_OK && t.yank == NULL, "no reply yet: %s", t.status);
+	{
+		/* an exchange, its reply in two tokens */
+		static const char *const parts[] = { "first part", " and the rest" };
+		struct worker_event ev = { 0 };
+		ev.kind = WORKER_EV_TURN_START;
+		ev.user = (char *)"q";
+		tui_apply(&t, &ev, 0);
+		for (int i = 0; i < 2; i++) {
+			memset(&ev, 0, sizeof ev);
+			ev.kind = WORKER_EV_TOKEN;
+			ev.token.text = parts[i];
+			ev.token.len = strlen(parts[i]);
+			tui_apply(&t, &ev, 0);
+		}
+		memset(&ev, 0, sizeof ev);
+		ev.kind = WORKER_EV_TURN_END;
+		ev.turn.reply = (char *)"first part and the rest";
+		tui_apply(&t, &ev, 0);
+	}
+	T_EQ_INT(tui_cmd_run(&c, "yank"), KVS_OK);
+	T_EQ_STR(t.yank, "first part and the rest");
+	T_EQ_INT(tui_cmd_run(&c, "yank all"), KVS_OK);
+	T_CHECK(t.yank != NULL && strstr(t.yank, "you> q\nmodel> first part and the rest\n") != NULL,
+	        "the chat: %s", t.yank ? t.yank : "(null)");
+	T_CHECK(tui_cmd_run(&c, "yank nonsense") != KVS_OK, "a bad argument");
+	T_EQ_INT(tui_cmd_run(&c, "mouse off"), KVS_OK);
+	T_CHECK(t.mouse_off, ":mouse off");
+	T_EQ_INT(tui_cmd_run(&c, "mouse on"), KVS_OK);
+	T_CHECK(!t.mouse_off, ":mouse on");
+	/* the wheel: over the chat it scrolls it, over the strip it moves the
+	 * selection, in the help it scrolls the help */
+	tui_grid_resize(&g, 200, 50);
+	tui_draw(&t, &g, "", 0, &cx, &cy);
+	tui_wheel(&t, 5, 5, 1);
+	tui_wheel(&t, 5, 5, 1);
+	T_EQ_INT(t.chat_scroll, 6);
+	tui_wheel(&t, 5, 5, -1);
+	T_EQ_INT(t.chat_scroll, 3);
+	tui_wheel(&t, t.strip.x + 1, t.strip.y, 1);
+	T_EQ_INT(t.sel_tok, 9); /* from nothing: three back from the end */
+	T_EQ_INT(t.chat_scroll, 3);
+	t.help = true;
+	t.help_scroll = 10;
+	tui_wheel(&t, 5, 5, -1);
+	T_EQ_INT(t.help_scroll, 13);
+	tui_wheel(&t, 5, 5, 1);
+	tui_wheel(&t, 5, 5, 1);
+	T_EQ_INT(t.help_scroll, 7);
+	tui_grid_free(&g);
+	tui_free(&t);
+}
+
+/* Smaller things from issue 20: plurals, the head aggregation in the
+ * attention header, sparklines that start over with the conversation. */
+static void test_small(void)
+{
+	struct tui t;
+	struct worker_event ev = { 0 };
+
+	tui_init(&t);
+	fill_model(&t);
+	add_step(&t, 4, 3, 12);
+	t.stats.n_evicted = 1;
+	t.stats.n_evictions = 1;
+	T_CHECK(dump_has(&t, 200, 50, false, "evicted 1 in 1 round"), "one round");
+	T_CHECK(!dump_has(&t, 200, 50, false, "1 rounds"), "no '1 rounds'");
+	T_CHECK(dump_has(&t, 200, 50, false, "length 0 words (no target)"), "0 words");
+	t.turn_words = 1;
+	T_CHECK(dump_has(&t, 200, 50, false, "length 1 word (no target)"), "1 word");
+	T_CHECK(dump_has(&t, 200, 50, false, "layer 0/4  head 0/3  [head]"), "one head");
+	t.agg = AGG_MEAN;
+	T_CHECK(dump_has(&t, 200, 50, false, "layer 0/4  heads: mean of 3  [mean]"), "mean of heads");
+	T_CHECK(!dump_has(&t, 200, 50, false, "head 0/3"), "no head number under [mean]");
+	t.agg = AGG_HEAD;
+	/* the status line at 80 columns: a 32-column model name and a long
+	 * message push out the model and the backend, never the context and
+	 * the policy; the message is cut with "..." */
+	snprintf(t.model, sizeof t.model, "Smollm2 135M 8k Lc100K Mix1 Ep2x");
+	snprintf(t.backend, sizeof t.backend, "CPU avx2");
+	tui_status(&t, false, "switching to policy sirllm mode=paper sinks=4 recent=0 lambda=1 ...");
+	{
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		char *row = tui_grid_row(&g, 23);
+		T_CHECK(strstr(row, "ctx 0/0 | sirllm") != NULL,
+		        "80 columns: '%s'", row);
+		T_CHECK(strstr(row, " switching to policy") == row && strstr(row, "... ") != NULL,
+		        "the message first, cut: '%s'", row);
+		free(row);
+		tui_grid_free(&g);
+	}
+	T_CHECK(dump_has(&t, 200, 50, false, "Smollm2 135M 8k Lc100K Mix1 Ep2x | CPU avx2"),
+	        "200 columns: everything");
+	/* the gauge at 80 columns keeps the stop reason whole (it read
+	 * "stop: length-targe"); a reply is judged by the target it was made
+	 * under, not one set after it (:len 40w re-judged it) */
+	{
+		struct tui_ctx c = { 0 };
+		struct worker_event te = { 0 };
+		c.t = &t;
+		tui_status(&t, false, "%s", "");
+		T_EQ_INT(tui_cmd_run(&c, "len 20w"), KVS_OK);
+		te.kind = WORKER_EV_TURN_START;
+		te.user = (char *)"q";
+		tui_apply(&t, &te, 0);
+		memset(&te, 0, sizeof te);
+		te.kind = WORKER_EV_TURN_END;
+		te.turn.reply = (char *)"one two three four five six seven eight nine ten eleven twelve "
+		                        "thirteen fourteen fifteen sixteen seventeen eighteen";
+		te.turn.stop = GEN_STOP_LENGTH;
+		tui_apply(&t, &te, 0);
+		T_CHECK(dump_has(&t, 80, 24, false, "stop: length-target "), "80: the stop reason whole");
+		T_CHECK(dump_has(&t, 200, 50, false, "length 18 words of target 20 words (10, 30]  in the "
+		                                      "window  stop: length-target"),
+		        "200: the long form");
+		T_EQ_INT(tui_cmd_run(&c, "len 40w"), KVS_OK);
+		T_CHECK(dump_has(&t, 200, 50, false, "of target 20 words (10, 30]  in the window"),
+		        "still judged by its own target");
+		T_CHECK(dump_has(&t, 200, 50, false, "next replies: target 40 words"), "the next target");
+		T_EQ_INT(tui_cmd_run(&c, "len off"), KVS_OK);
+	}
+	/* the KV pane's bytes line, in two lines rather than cut at 80 */
+	t.tab = 2;
+	T_CHECK(dump_has(&t, 80, 24, false, "KiB/token"), "80: the bytes line whole");
+	t.tab = 0;
+	/* :new: the snapshot of an empty cache; the sparklines start over */
+	T_CHECK(t.n_spark > 0, "a sample per step");
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.next_pos = 0;
+	tui_apply(&t, &ev, 0);
+	T_EQ_INT(t.n_spark, 0);
+	tui_free(&t);
+}
+
 static void test_commands(void)
 {
 	struct tui t;
@@ -866,6 +1030,16 @@ static void test_lua(void)
 	t.rt = rt;
 	T_EQ_INT(tui_cmd_run(&c, "lua print(6 * 7)"), KVS_OK);
 	T_EQ_STR(t.status, "lua: 42");
+	/* kvscope is there without a require */
+	T_EQ_INT(tui_cmd_run(&c, "lua print(type(kvscope.status))"), KVS_OK);
+	T_EQ_STR(t.status, "lua: function");
+	/* a plugin's bar shows its value, not value/max (a histogram's longest
+	 * bar read "346/346") */
+	T_EQ_INT(tui_cmd_run(&c, "lua kvscope.view('hist'):bar('tokens', 346, 346)"), KVS_OK);
+	T_EQ_INT(tui_cmd_run(&c, "pane plugins"), KVS_OK);
+	T_CHECK(dump_has(&t, 80, 24, false, " 346") && !dump_has(&t, 80, 24, false, "346/346"),
+	        "the bar's value");
+	t.tab = 0;
 	T_CHECK(tui_cmd_run(&c, "lua error('boom')") != KVS_OK && strstr(t.status, "boom") != NULL,
 	        "%s", t.status);
 	/* a plugin file with a command */
@@ -908,7 +1082,8 @@ static void test_lua(void)
 	T_EQ_STR(t.status, ":shout: LOUD!"); /* what it printed */
 	T_CHECK(script_status_count(rt) == 1 && strcmp(script_status_at(rt, 0, NULL), "hi world") == 0,
 	        "the plugin's status item");
-	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | hi world"), "status line: plugins (lua failed, greet) and item");
+	T_CHECK(dump_has(&t, 200, 50, false, "plugins 1 | greet: hi world"),
+	        "status line: plugins (lua failed, greet) and its item, named by its plugin");
 	T_EQ_INT(tui_cmd_run(&c, "plugin unload greet"), KVS_OK);
 	T_CHECK(tui_cmd_run(&c, "hello again") != KVS_OK && strstr(t.status, "unknown command") != NULL,
 	        "%s", t.status);
@@ -1070,6 +1245,8 @@ int main(void)
 	test_help();
 	test_hit();
 	test_select();
+	test_mouse_yank();
+	test_small();
 	test_complete();
 	test_kv_copy();
 	test_grid();
