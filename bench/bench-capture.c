@@ -54,7 +54,7 @@ static void sink_event(const struct kv_event *ev, void *ud)
 		return;
 	size_t nh = (size_t)ev->n_layer * ev->n_head;
 	size_t need = nh * (sizeof(struct kv_head_summary) / sizeof(float)) +
-	              (ev->attn ? nh * ev->n_cached : 0);
+	        (ev->attn ? nh * ev->n_cached : 0);
 	if (need > s->cap) {
 		free(s->buf);
 		s->cap = need * 2;
@@ -84,8 +84,8 @@ static int cmp_double(const void *a, const void *b)
 static double run(const char *model, const struct mode *md, uint32_t n_tok, uint64_t *events)
 {
 	static const char prompt[] =
-		"The lighthouse keeper climbed the stairs every evening, counting the steps "
-		"and listening to the sea. One night he found a bottle on the rocks below.";
+	        "The lighthouse keeper climbed the stairs every evening, counting the steps "
+	        "and listening to the sea. One night he found a bottle on the rocks below.";
 	struct gen_config c;
 	struct gen *g;
 	struct err e;
@@ -107,8 +107,8 @@ static double run(const char *model, const struct mode *md, uint32_t n_tok, uint
 	kv_cache_set_events(gen_kv(g), sink_event, &s);
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
-	if (vocab_tokenize(gen_vocab(g), prompt, strlen(prompt), false, false, &ids, &n, &cap,
-	                   &e) != KVS_OK ||
+	if (vocab_tokenize(gen_vocab(g), prompt, strlen(prompt), false, false, &ids, &n, &cap, &e) !=
+	            KVS_OK ||
 	    gen_feed(g, ids, n, &e) != KVS_OK)
 		goto fail;
 	free(ids);
@@ -153,8 +153,8 @@ int main(int argc, char **argv)
 		double med = t[m][reps / 2];
 		if (m == 0)
 			base = med;
-		printf("| %s | %.3f | %.1f | %.3f | %llu |\n", modes[m].name, med, 1e3 / med,
-		       med / base, (unsigned long long)ev[m]);
+		printf("| %s | %.3f | %.1f | %.3f | %llu |\n", modes[m].name, med, 1e3 / med, med / base,
+		       (unsigned long long)ev[m]);
 	}
 	free(model);
 	return 0;

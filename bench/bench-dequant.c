@@ -23,9 +23,10 @@ static const struct {
 	uint32_t type;
 	int scale_off[2];
 } bench_types[] = {
-	{DT_F32, {-1, -1}},  {DT_F16, {-1, -1}},  {DT_BF16, {-1, -1}}, {DT_Q4_0, {0, -1}},
-	{DT_Q4_1, {0, 2}},   {DT_Q5_0, {0, -1}},  {DT_Q5_1, {0, 2}},   {DT_Q8_0, {0, -1}},
-	{DT_Q4_K, {0, 2}},   {DT_Q5_K, {0, 2}},   {DT_Q6_K, {208, -1}},
+	{ DT_F32, { -1, -1 } }, { DT_F16, { -1, -1 } },   { DT_BF16, { -1, -1 } },
+	{ DT_Q4_0, { 0, -1 } }, { DT_Q4_1, { 0, 2 } },    { DT_Q5_0, { 0, -1 } },
+	{ DT_Q5_1, { 0, 2 } },  { DT_Q8_0, { 0, -1 } },   { DT_Q4_K, { 0, 2 } },
+	{ DT_Q5_K, { 0, 2 } },  { DT_Q6_K, { 208, -1 } },
 };
 
 static uint64_t bench_rng = 0x9e3779b97f4a7c15u;
@@ -114,8 +115,8 @@ int main(int argc, char **argv)
 		fclose(f);
 	}
 	uname(&u);
-	printf("command: %s %lld\nmachine: %s %s, %s\nsingle thread, %lld elements per call\n",
-	       argv[0], (long long)n, u.sysname, u.machine, cpu, (long long)n);
+	printf("command: %s %lld\nmachine: %s %s, %s\nsingle thread, %lld elements per call\n", argv[0],
+	       (long long)n, u.sysname, u.machine, cpu, (long long)n);
 
 	float *dst = xmallocarray((size_t)n, sizeof *dst);
 	float *peer = xmallocarray((size_t)n, sizeof *peer);

@@ -72,7 +72,9 @@ int main(int argc, char **argv)
 {
 	int reps = argc > 1 ? atoi(argv[1]) : 5;
 	static const uint32_t types[] = { DT_Q4_1, DT_Q4_0, DT_Q8_0 };
-	static const int64_t shapes[][2] = { { 576, 576 }, { 1536, 576 }, { 576, 1536 }, { 49152, 576 } };
+	static const int64_t shapes[][2] = {
+		{ 576, 576 }, { 1536, 576 }, { 576, 1536 }, { 49152, 576 }
+	};
 	static const int64_t ns[] = { 1, 512 };
 	enum kern_level top = kern_cpu_level();
 	printf("level        type  rows x K        n    GMAC/s   GB/s (weights)\n");
@@ -88,11 +90,12 @@ int main(int argc, char **argv)
 						n = 32; /* the LM head only sees a few rows */
 					float *x = xmalloc_aligned((size_t)(n * K) * sizeof(float));
 					float *y = xmalloc_aligned((size_t)(n * rows) * sizeof(float));
-					struct kern_act a = { K, xmalloc_aligned((size_t)(n * K)),
-					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
-					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
-					                      xmalloc_aligned((size_t)(n * K / 32) * 4),
-					                      xmalloc_aligned((size_t)(n * K / 16) * 4) };
+					struct kern_act a = { K,
+						                  xmalloc_aligned((size_t)(n * K)),
+						                  xmalloc_aligned((size_t)(n * K / 32) * 4),
+						                  xmalloc_aligned((size_t)(n * K / 32) * 4),
+						                  xmalloc_aligned((size_t)(n * K / 32) * 4),
+						                  xmalloc_aligned((size_t)(n * K / 16) * 4) };
 					for (int64_t i = 0; i < n * K; i++)
 						x[i] = (float)((double)rand() / RAND_MAX - 0.5);
 					for (int64_t i = 0; i < n; i++)

@@ -53,9 +53,12 @@ static int bench_run(struct gen *g, struct store *st, const char *sha, bool snap
 	struct err e;
 	int64_t id;
 	struct store_rec *rec;
-	struct store_session in = { .title = (char *)"bench", .model_path = (char *)"model",
-		                    .model_sha256 = (char *)sha, .arch = (char *)"llama",
-		                    .policy = (char *)"streaming", .sampler = (char *)"" };
+	struct store_session in = { .title = (char *)"bench",
+		                        .model_path = (char *)"model",
+		                        .model_sha256 = (char *)sha,
+		                        .arch = (char *)"llama",
+		                        .policy = (char *)"streaming",
+		                        .sampler = (char *)"" };
 	gen_reset(g);
 	if (store_session_create(st, &in, &id, &e) != KVS_OK ||
 	    store_rec_open(&rec, st, id, gen_kv(g), snapshots, &e) != KVS_OK) {
@@ -75,8 +78,11 @@ static int bench_run(struct gen *g, struct store *st, const char *sha, bool snap
 			fprintf(stderr, "bench-store: %s\n", e.msg);
 			return 1;
 		}
-		struct store_turn t = { .user = "a 500-token turn", .reply = "", .stop = "eos",
-			                .complete = true, .n_prompt = 500 };
+		struct store_turn t = { .user = "a 500-token turn",
+			                    .reply = "",
+			                    .stop = "eos",
+			                    .complete = true,
+			                    .n_prompt = 500 };
 		store_rec_turn(rec, &t);
 		double t0 = clock_now_ms(), c0 = bench_cpu_ms();
 		if (store_rec_commit(rec, &e) != KVS_OK) {
@@ -173,7 +179,7 @@ int main(int argc, char **argv)
 	       "%.1f MiB per file\n",
 	       snap[reps / 2], snap[0], snap[reps - 1], snap_cpu[reps / 2],
 	       (double)kv_cache_n(gen_kv(g)) * (double)engine_kv_bytes_per_slot(gen_engine(g)) /
-	           1048576.0);
+	               1048576.0);
 	printf("  fsync floor (4 KiB):    median %7.2f ms  (min %.2f, max %.2f); load average %.2f\n",
 	       floor_ms, fs[0], fs[reps - 1], load[0]);
 	free(fs);

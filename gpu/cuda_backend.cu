@@ -52,8 +52,8 @@ extern "C" {
 #define CU_MAX_ALLOCS 64
 
 struct cu_layer {
-	const float *attn_norm, *ffn_norm;  /* (n_embd) */
-	const float *bq, *bk, *bv;          /* biases or NULL */
+	const float *attn_norm, *ffn_norm; /* (n_embd) */
+	const float *bq, *bk, *bv;         /* biases or NULL */
 	ck_mat wq, wk, wv, wo, gate, up, down;
 	__half *hq, *hk, *hv, *ho, *hgate, *hup, *hdown; /* resident F16 copies or NULL */
 };
@@ -62,7 +62,7 @@ struct cu {
 	const struct model *m;
 	struct hparams hp;
 	struct engine_config cfg;
-	const int32_t *slot_pos;            /* (n_ctx), the engine's */
+	const int32_t *slot_pos; /* (n_ctx), the engine's */
 	struct gpuplan plan;
 	struct gpu_info gi;
 	int n_sm;
@@ -70,58 +70,58 @@ struct cu {
 	cudaStream_t st;
 	cudaEvent_t ev0, ev1;
 	bool use_graphs;
-	bool fuse;                          /* residual add + next norm in one launch */
+	bool fuse; /* residual add + next norm in one launch */
 	struct gpugraph_cache graphs;
-	char failed[200];                   /* a kv_copy error for the next forward */
+	char failed[200]; /* a kv_copy error for the next forward */
 
 	void *allocs[CU_MAX_ALLOCS];
 	int n_allocs;
-	uint8_t *warena;                    /* every weight, norm and bias */
+	uint8_t *warena; /* every weight, norm and bias */
 	uint64_t warena_used;
-	uint8_t *harena;                    /* resident F16 copies */
+	uint8_t *harena; /* resident F16 copies */
 	uint64_t harena_used;
 
-	struct cu_layer *L;                 /* (n_layer) */
+	struct cu_layer *L; /* (n_layer) */
 	ck_mat embd, out;
-	__half *hout;                       /* resident F16 LM head or NULL */
+	__half *hout; /* resident F16 LM head or NULL */
 	const float *out_norm;
 
 	/* device state */
-	__half *kc, *vc;                    /* (n_layer, n_ctx, n_kv * hd) */
-	float *slot_cs;                     /* (n_ctx, n_rot) */
-	int32_t *cs_pos;                    /* (n_ctx) position slot_cs was made for */
-	uint32_t *vis;                      /* (n_ctx) visible list */
-	int32_t *vpos;                      /* (n_ctx) its positions */
-	uint32_t *mv_dst, *mv_src;          /* (n_ctx) slot moves */
-	__half *kv_tmp;                     /* (2, n_ctx, n_kv * hd) */
-	int32_t *step;                      /* CK_STEP_INTS(ubatch) */
-	int32_t *targets;                   /* (ubatch) next token per row, -1 none */
-	float *x, *xb, *q, *ao, *g;         /* (ubatch, n_embd / nq / nq / n_ff) */
-	__half *xh, *aoh, *gh;              /* (ubatch, kmax / nq / n_ff) */
-	int8_t *aq;                         /* (kmax) one quantised row */
-	float *ad, *as;                     /* (kmax / 32) */
-	int32_t *ai;                        /* (kmax / 32) */
-	float *part;                        /* (part_rows, n_head, hd + 2) */
-	float *raw;                         /* (n_layer, n_head, n_ctx) */
-	float *ml;                          /* (n_layer, n_head, 2) the raw query's max, sum */
-	float *mlq;                         /* (ubatch, n_head, 2) every query's max, sum */
-	float *akv;                         /* (n_layer, n_kv, n_ctx) attention per KV head */
-	float *logits;                      /* (ubatch, n_vocab) */
-	float *sur, *ent;                   /* (ubatch) */
-	__half *wscr;                       /* (largest matrix) F16 scratch, when not resident */
-	unsigned *counter;                  /* last-block counter of the fused kernels, 0 between */
+	__half *kc, *vc;            /* (n_layer, n_ctx, n_kv * hd) */
+	float *slot_cs;             /* (n_ctx, n_rot) */
+	int32_t *cs_pos;            /* (n_ctx) position slot_cs was made for */
+	uint32_t *vis;              /* (n_ctx) visible list */
+	int32_t *vpos;              /* (n_ctx) its positions */
+	uint32_t *mv_dst, *mv_src;  /* (n_ctx) slot moves */
+	__half *kv_tmp;             /* (2, n_ctx, n_kv * hd) */
+	int32_t *step;              /* CK_STEP_INTS(ubatch) */
+	int32_t *targets;           /* (ubatch) next token per row, -1 none */
+	float *x, *xb, *q, *ao, *g; /* (ubatch, n_embd / nq / nq / n_ff) */
+	__half *xh, *aoh, *gh;      /* (ubatch, kmax / nq / n_ff) */
+	int8_t *aq;                 /* (kmax) one quantised row */
+	float *ad, *as;             /* (kmax / 32) */
+	int32_t *ai;                /* (kmax / 32) */
+	float *part;                /* (part_rows, n_head, hd + 2) */
+	float *raw;                 /* (n_layer, n_head, n_ctx) */
+	float *ml;                  /* (n_layer, n_head, 2) the raw query's max, sum */
+	float *mlq;                 /* (ubatch, n_head, 2) every query's max, sum */
+	float *akv;                 /* (n_layer, n_kv, n_ctx) attention per KV head */
+	float *logits;              /* (ubatch, n_vocab) */
+	float *sur, *ent;           /* (ubatch) */
+	__half *wscr;               /* (largest matrix) F16 scratch, when not resident */
+	unsigned *counter;          /* last-block counter of the fused kernels, 0 between */
 
 	/* host state (pinned where the device reads or writes it) */
-	int32_t *h_step;                    /* (n_chunks, CK_STEP_INTS(ubatch)) pinned */
-	int32_t *h_targets;                 /* (n_ctx) pinned */
-	uint32_t *h_vis;                    /* (n_ctx) pinned staging of the visible list */
-	int32_t *h_vpos;                    /* (n_ctx) pinned */
-	uint32_t *h_mv;                     /* (2, n_ctx) pinned moves */
-	float *h_logits;                    /* (n_vocab) pinned */
-	uint32_t *sh_vis;                   /* (n_ctx) what the device's vis holds */
-	int32_t *sh_vpos;                   /* (n_ctx) what the device's vpos holds */
-	int32_t *nv_pos;                    /* (n_ctx) positions of this batch's visible list */
-	int64_t *origin;                    /* (n_ctx) gpuplan_kv_moves scratch, all -1 */
+	int32_t *h_step;    /* (n_chunks, CK_STEP_INTS(ubatch)) pinned */
+	int32_t *h_targets; /* (n_ctx) pinned */
+	uint32_t *h_vis;    /* (n_ctx) pinned staging of the visible list */
+	int32_t *h_vpos;    /* (n_ctx) pinned */
+	uint32_t *h_mv;     /* (2, n_ctx) pinned moves */
+	float *h_logits;    /* (n_vocab) pinned */
+	uint32_t *sh_vis;   /* (n_ctx) what the device's vis holds */
+	int32_t *sh_vpos;   /* (n_ctx) what the device's vpos holds */
+	int32_t *nv_pos;    /* (n_ctx) positions of this batch's visible list */
+	int64_t *origin;    /* (n_ctx) gpuplan_kv_moves scratch, all -1 */
 };
 
 /* Process-wide measurements (gpu.h). */
@@ -139,11 +139,11 @@ static int cu_check(cudaError_t st, const char *what, struct err *e)
 	return err_set(e, KVS_EIO, "CUDA %s: %s", what, cudaGetErrorString(st));
 }
 
-#define CU_TRY(call, what)                                                                      \
-	do {                                                                                    \
-		int rc_ = cu_check((call), (what), e);                                          \
-		if (rc_ != KVS_OK)                                                              \
-			return rc_;                                                             \
+#define CU_TRY(call, what)                     \
+	do {                                       \
+		int rc_ = cu_check((call), (what), e); \
+		if (rc_ != KVS_OK)                     \
+			return rc_;                        \
 	} while (0)
 
 /* A device buffer of n bytes (at least 1), zeroed, freed with the backend. */
@@ -386,7 +386,8 @@ static int cu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 	if (rc != KVS_OK)
 		return rc;
 	if (ctx->cfg.kv_type != ENGINE_KV_F16)
-		return err_set(e, KVS_EUNSUPPORTED, "KV cache type f32: the CUDA backend keeps an F16 cache; use f16");
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "KV cache type f32: the CUDA backend keeps an F16 cache; use f16");
 	struct gpu_info gi;
 	if ((rc = gpu_probe(&gi, e)) != KVS_OK)
 		return rc;
@@ -420,7 +421,8 @@ static int cu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 		err_prefix(e, "%s", gi.name);
 		goto fail;
 	}
-	if ((rc = cu_check(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking), "cudaStreamCreate", e)) ||
+	if ((rc = cu_check(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking), "cudaStreamCreate",
+	                   e)) ||
 	    (rc = cu_check(cudaEventCreate(&c->ev0), "cudaEventCreate", e)) ||
 	    (rc = cu_check(cudaEventCreate(&c->ev1), "cudaEventCreate", e)))
 		goto fail;
@@ -491,8 +493,8 @@ static float *cu_akv(struct cu *c, uint32_t l)
 static void cu_enqueue_angles(struct cu *c)
 {
 	const struct hparams *hp = &c->hp;
-	ck_angles(c->st, c->vis, c->vpos, c->step, c->plan.n_ctx, c->slot_cs, c->cs_pos,
-	          (int)hp->n_rot, powf(hp->rope_base, -2.0f / (float)hp->n_rot), hp->rope_freq_scale);
+	ck_angles(c->st, c->vis, c->vpos, c->step, c->plan.n_ctx, c->slot_cs, c->cs_pos, (int)hp->n_rot,
+	          powf(hp->rope_base, -2.0f / (float)hp->n_rot), hp->rope_freq_scale);
 }
 
 /* One decode step (the graph's body): token in step, logits into
@@ -554,8 +556,7 @@ static void cu_graph_destroy(void *arg, void *exec)
 
 /* Run the decode step: replay its graph (capturing it on first use), or
  * launch the kernels directly when graphs are off or capture fails. */
-static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool akv,
-                         struct err *e)
+static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool akv, struct err *e)
 {
 	if (c->use_graphs) {
 		uint64_t key = gpugraph_key(splits, lm ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE,
@@ -678,7 +679,8 @@ static int cu_run_prefill(struct cu *c, const struct engine_batch *b, struct bac
 		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &c->out, c->hout), nvoc, &o);
 		if (b->want_surprisal) {
 			ck_row_stats(c->st, c->logits, nu, nvoc, c->targets, c->sur, c->ent);
-			CU_TRY(cudaMemcpyAsync(bo->surprisal + t0, c->sur, nu * 4, cudaMemcpyDeviceToHost, c->st),
+			CU_TRY(cudaMemcpyAsync(bo->surprisal + t0, c->sur, nu * 4, cudaMemcpyDeviceToHost,
+			                       c->st),
 			       "copy of surprisal");
 			CU_TRY(cudaMemcpyAsync(bo->entropy + t0, c->ent, nu * 4, cudaMemcpyDeviceToHost, c->st),
 			       "copy of entropy");
@@ -752,7 +754,8 @@ static int cu_upload_step(struct cu *c, const struct engine_batch *b, uint32_t t
 			uint32_t t = t0 + i;
 			c->h_targets[t] = t + 1 < b->n_tokens ? b->tokens[t + 1] : -1;
 		}
-		CU_TRY(cudaMemcpyAsync(c->targets, c->h_targets + t0, nu * 4, cudaMemcpyHostToDevice, c->st),
+		CU_TRY(cudaMemcpyAsync(c->targets, c->h_targets + t0, nu * 4, cudaMemcpyHostToDevice,
+		                       c->st),
 		       "upload of the targets");
 	}
 	return KVS_OK;
@@ -881,7 +884,8 @@ static void cu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_h
 	struct cu *c = (struct cu *)state;
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim;
-	uint64_t at = ((uint64_t)layer * c->plan.n_ctx + slot) * hp->n_head_kv * hd + (uint64_t)kv_head * hd;
+	uint64_t at =
+	        ((uint64_t)layer * c->plan.n_ctx + slot) * hp->n_head_kv * hd + (uint64_t)kv_head * hd;
 	uint16_t buf[256];
 	cudaError_t st = cudaMemcpyAsync(buf, (value ? c->vc : c->kc) + at, hd * 2,
 	                                 cudaMemcpyDeviceToHost, c->st);
@@ -959,8 +963,9 @@ static void cu_free(void *state)
 }
 
 static const struct backend_ops cu_ops = {
-	"cuda",      cu_create,   cu_forward, cu_kv_copy, cu_kv_read,
-	cu_isa_name, cu_free,     ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP, cu_kv_raw,
+	"cuda",     cu_create,   cu_forward, cu_kv_copy,
+	cu_kv_read, cu_isa_name, cu_free,    ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
+	cu_kv_raw,
 };
 
 /* ------------------------------------------------------------- gpu.h */

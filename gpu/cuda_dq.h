@@ -53,7 +53,7 @@ CK_HD int ck_dp4a(int a, int b, int c)
 #else
 	for (int k = 0; k < 4; k++)
 		c += (int)(int8_t)(uint8_t)((uint32_t)a >> (8 * k)) *
-		     (int)(int8_t)(uint8_t)((uint32_t)b >> (8 * k));
+		        (int)(int8_t)(uint8_t)((uint32_t)b >> (8 * k));
 	return c;
 #endif
 }

@@ -409,7 +409,7 @@ static __device__ bool ck_key_scores(const ck_attn_args &A, int g, uint32_t j, i
 }
 
 /* Shared-memory floats of a group's rotated queries for G. */
-#define ATT_SQ(G) ((G) * 256 < GPUPLAN_ATT_MAXQ ? (G) * 256 : GPUPLAN_ATT_MAXQ)
+#define ATT_SQ(G) ((G)*256 < GPUPLAN_ATT_MAXQ ? (G)*256 : GPUPLAN_ATT_MAXQ)
 
 /*
  * Attention of one query (blockIdx.z) with the query heads of one KV head
@@ -419,8 +419,7 @@ static __device__ bool ck_key_scores(const ck_attn_args &A, int g, uint32_t j, i
  * head updates the running max and sum (online softmax). Phase C: a thread
  * per (head, dim) output accumulates p * v. G bounds the group size.
  */
-template <int G>
-static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int splits)
+template <int G> static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int splits)
 {
 	const int ACC = ATT_SQ(G) / ATT_T;
 	__shared__ float s_q[ATT_SQ(G)];
@@ -537,8 +536,8 @@ static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int split
  * list (blockIdx.y), summed over the query heads of KV head blockIdx.x, added
  * to akv: the keys scored again, normalised with the merged max and sum. */
 template <int G>
-static __global__ void __launch_bounds__(ATT_T) k_attn_acc(ck_attn_args A, const float *mlq,
-                                                          float *akv)
+static __global__ void __launch_bounds__(ATT_T)
+        k_attn_acc(ck_attn_args A, const float *mlq, float *akv)
 {
 	__shared__ float s_q[ATT_SQ(G)];
 	__shared__ float s_cap[256];
@@ -635,8 +634,8 @@ static __global__ void k_dequant_f16(ck_mat w, __half *out)
 #define GB_LDC (GB_N + 4)
 
 /* 64 x 64 tiles of c, 4 warps of 32 x 32, 16 x 16 x 16 f16 fragments. */
-static __global__ void __launch_bounds__(128) k_gemm(const __half *A, uint32_t M, uint32_t K,
-                                                     const __half *B, uint32_t N, ck_gemm_out o)
+static __global__ void __launch_bounds__(128)
+        k_gemm(const __half *A, uint32_t M, uint32_t K, const __half *B, uint32_t N, ck_gemm_out o)
 {
 	__shared__ __align__(32) __half sa[GB_M * GB_LDS];
 	__shared__ __align__(32) __half sb[GB_N * GB_LDS];
@@ -674,8 +673,8 @@ static __global__ void __launch_bounds__(128) k_gemm(const __half *A, uint32_t M
 	}
 	for (int x = 0; x < 2; x++)
 		for (int y = 0; y < 2; y++)
-			wmma::store_matrix_sync(sc + (wm * 32 + 16 * x) * GB_LDC + wn * 32 + 16 * y,
-			                        acc[x][y], GB_LDC, wmma::mem_row_major);
+			wmma::store_matrix_sync(sc + (wm * 32 + 16 * x) * GB_LDC + wn * 32 + 16 * y, acc[x][y],
+			                        GB_LDC, wmma::mem_row_major);
 	__syncthreads();
 	for (int t = tid; t < GB_M * GB_N; t += 128) {
 		int r = t / GB_N, cc = t % GB_N;
@@ -685,12 +684,8 @@ static __global__ void __launch_bounds__(128) k_gemm(const __half *A, uint32_t M
 		float v = sc[r * GB_LDC + cc];
 		size_t at = (size_t)m * o.ldy + n;
 		switch (o.epi) {
-		case CK_EPI_STORE:
-			o.y[at] = o.bias ? v + o.bias[n] : v;
-			break;
-		case CK_EPI_ADD:
-			o.y[at] += v;
-			break;
+		case CK_EPI_STORE: o.y[at] = o.bias ? v + o.bias[n] : v; break;
+		case CK_EPI_ADD: o.y[at] += v; break;
 		case CK_EPI_KV: {
 			uint32_t slot = (uint32_t)o.step[CK_STEP_SLOT(m)];
 			o.kv[(size_t)slot * o.ldy + n] = __float2half_rn(o.bias ? v + o.bias[n] : v);
@@ -795,8 +790,8 @@ void ck_mv_qkv(cudaStream_t st, const ck_mat *wq, const ck_mat *wk, const ck_mat
                __half *kc, __half *vc, const int32_t *step)
 {
 	uint64_t rows = (uint64_t)wq->rows + wk->rows + wv->rows;
-	k_mv_qkv<<<ck_blocks(rows, MV_WARPS), MV_WARPS * 32, 0, st>>>(*wq, *wk, *wv, bq, bk, bv, *a,
-	                                                               q, kc, vc, step);
+	k_mv_qkv<<<ck_blocks(rows, MV_WARPS), MV_WARPS * 32, 0, st>>>(*wq, *wk, *wv, bq, bk, bv, *a, q,
+	                                                              kc, vc, step);
 }
 
 void ck_mv_swiglu(cudaStream_t st, const ck_mat *gate, const ck_mat *up, const ck_act *a, float *g,
@@ -860,7 +855,8 @@ void ck_dequant_f16(cudaStream_t st, const ck_mat *w, __half *out)
 {
 	uint64_t units = (uint64_t)w->rows * (w->cols / 8);
 	unsigned blocks = ck_blocks(units, 256);
-	k_dequant_f16<<<blocks < 65536u ? blocks : 65536u, 256, 0, st>>>(*w, out);
+	unsigned grid = blocks < 65536u ? blocks : 65536u;
+	k_dequant_f16<<<grid, 256, 0, st>>>(*w, out);
 }
 
 void ck_gemm(cudaStream_t st, const __half *A, uint32_t M, uint32_t K, const __half *B, uint32_t N,
@@ -883,5 +879,6 @@ void ck_kv_move(cudaStream_t st, ck_move mode, __half *kc, __half *vc, uint64_t 
 	if (n == 0 || l1 <= l0)
 		return;
 	dim3 grid(ck_blocks((uint64_t)n * (row_elems / 8), 256), l1 - l0);
-	k_kv_move<<<grid, 256, 0, st>>>((int)mode, kc, vc, layer_elems, row_elems, l0, dst, src, n, tmp);
+	k_kv_move<<<grid, 256, 0, st>>>((int)mode, kc, vc, layer_elems, row_elems, l0, dst, src, n,
+	                                tmp);
 }

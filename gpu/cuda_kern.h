@@ -32,18 +32,18 @@
 
 /* A weight matrix on the device. */
 struct ck_mat {
-	const uint8_t *d;       /* rows x row_bytes, GGUF block layout */
-	uint32_t type;          /* enum dtype (a type gpuplan gives a kernel) */
+	const uint8_t *d; /* rows x row_bytes, GGUF block layout */
+	uint32_t type;    /* enum dtype (a type gpuplan gives a kernel) */
 	uint32_t rows, cols;
 	uint32_t row_bytes;
 };
 
 /* One activation row of K inputs: f32, and quantised for the q8 kernels. */
 struct ck_act {
-	const float *xf;        /* (K) */
-	const int8_t *q;        /* (K) */
-	const float *d, *s;     /* (K/32) block scale (f16 value), f16(d * sum(q)) */
-	const int32_t *isum;    /* (K/32) sum(q) */
+	const float *xf;     /* (K) */
+	const int8_t *q;     /* (K) */
+	const float *d, *s;  /* (K/32) block scale (f16 value), f16(d * sum(q)) */
+	const int32_t *isum; /* (K/32) sum(q) */
 };
 
 /* Where a kernel writes a quantised row (q == NULL: nowhere). */
@@ -89,14 +89,14 @@ void ck_angles(cudaStream_t st, const uint32_t *vis, const int32_t *vpos, const 
                float freq_scale);
 
 struct ck_attn_args {
-	const float *q;         /* (n_q, n_head, hd) queries before RoPE */
-	const __half *kc, *vc;  /* this layer's caches (n_ctx, n_kv, hd); keys before RoPE */
-	const float *slot_cs;   /* (n_ctx, n_rot) */
-	const uint32_t *vis;    /* (n_vis) visible slots */
-	const int32_t *vpos;    /* (n_vis) their positions (-1 empty) */
+	const float *q;        /* (n_q, n_head, hd) queries before RoPE */
+	const __half *kc, *vc; /* this layer's caches (n_ctx, n_kv, hd); keys before RoPE */
+	const float *slot_cs;  /* (n_ctx, n_rot) */
+	const uint32_t *vis;   /* (n_vis) visible slots */
+	const int32_t *vpos;   /* (n_vis) their positions (-1 empty) */
 	const int32_t *step;
-	float *part;            /* (n_q, n_head, splits, hd + 2): acc[hd], max, sum */
-	float *raw;             /* this layer's (n_head, n_ctx) scaled scores of query raw_q, or NULL */
+	float *part; /* (n_q, n_head, splits, hd + 2): acc[hd], max, sum */
+	float *raw;  /* this layer's (n_head, n_ctx) scaled scores of query raw_q, or NULL */
 	int raw_q;
 	uint32_t n_ctx;
 	int n_head, n_kv, hd, n_rot, neox;
@@ -113,8 +113,8 @@ void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, u
  * softmax max and sum (or NULL); mlq (n_q, n_head, 2) every query's (or
  * NULL). */
 void ck_combine(cudaStream_t st, const float *part, uint32_t n_q, int n_head, int hd,
-                uint32_t splits, float *ao, __half *aoh, struct ck_q8out q8, float *ml,
-                int raw_q, float *mlq);
+                uint32_t splits, float *ao, __half *aoh, struct ck_q8out q8, float *ml, int raw_q,
+                float *mlq);
 
 /* akv (n_kv, n_ctx) += for each visible entry j < step.n_vis, the attention
  * probabilities of n_q queries (softmax max and sum in mlq, from
@@ -146,7 +146,7 @@ struct ck_gemm_out {
 	const int32_t *step;
 	const float *gate;
 	__half *yh;
-	uint32_t ldy;           /* row stride of y, kv, gate and yh in elements */
+	uint32_t ldy; /* row stride of y, kv, gate and yh in elements */
 };
 
 /* c (M, N) = A (M, K; row-major f16) times B (N, K; row-major f16)^T, f32

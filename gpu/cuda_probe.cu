@@ -39,7 +39,8 @@ extern "C" int gpu_probe(struct gpu_info *info, struct err *e)
 	info->device = 0;
 	st = cudaGetDeviceProperties(&prop, 0);
 	if (st != cudaSuccess)
-		return err_set(e, KVS_EUNSUPPORTED, "cannot query CUDA device 0: %s", cudaGetErrorString(st));
+		return err_set(e, KVS_EUNSUPPORTED, "cannot query CUDA device 0: %s",
+		               cudaGetErrorString(st));
 	snprintf(info->name, sizeof info->name, "%s", prop.name);
 	info->mem_bytes = prop.totalGlobalMem;
 	info->cc_major = prop.major;

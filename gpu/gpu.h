@@ -17,11 +17,11 @@ extern "C" {
 
 struct gpu_info {
 	int n_devices;
-	int device;              /* the one we would use */
-	char name[256];          /* "NVIDIA H100 80GB HBM3" */
+	int device;     /* the one we would use */
+	char name[256]; /* "NVIDIA H100 80GB HBM3" */
 	uint64_t mem_bytes;
-	int cc_major, cc_minor;  /* compute capability */
-	int driver_version;      /* e.g. 12040 */
+	int cc_major, cc_minor; /* compute capability */
+	int driver_version;     /* e.g. 12040 */
 	int runtime_version;
 };
 

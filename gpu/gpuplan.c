@@ -54,28 +54,34 @@ uint64_t gpuplan_weight_bytes(uint32_t type, uint64_t rows, uint64_t cols)
 int gpuplan_check_model(const struct hparams *hp, struct err *e)
 {
 	if (hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
-		return err_set(e, KVS_EUNSUPPORTED, "heads %u:%u: the CUDA kernels need n_head a multiple of n_head_kv",
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "heads %u:%u: the CUDA kernels need n_head a multiple of n_head_kv",
 		               hp->n_head, hp->n_head_kv);
 	uint32_t grp = hp->n_head / hp->n_head_kv;
 	if (hp->head_dim == 0 || hp->head_dim % 32 != 0 || hp->head_dim > 256)
-		return err_set(e, KVS_EUNSUPPORTED, "head_dim %u: the CUDA kernels need a multiple of 32 up to 256",
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "head_dim %u: the CUDA kernels need a multiple of 32 up to 256",
 		               hp->head_dim);
 	if (hp->n_rot % 2 != 0 || hp->n_rot > hp->head_dim)
-		return err_set(e, KVS_EUNSUPPORTED, "n_rot %u: the CUDA kernels need an even n_rot <= head_dim %u",
-		               hp->n_rot, hp->head_dim);
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "n_rot %u: the CUDA kernels need an even n_rot <= head_dim %u", hp->n_rot,
+		               hp->head_dim);
 	if (grp > GPUPLAN_ATT_MAXG || (uint64_t)grp * hp->head_dim > GPUPLAN_ATT_MAXQ)
 		return err_set(e, KVS_EUNSUPPORTED,
-		               "%u query heads per KV head of %u dims: the CUDA attention handles at most %u heads and %u floats per group",
+		               "%u query heads per KV head of %u dims: the CUDA attention handles at most "
+		               "%u heads and %u floats per group",
 		               grp, hp->head_dim, GPUPLAN_ATT_MAXG, GPUPLAN_ATT_MAXQ);
 	if (hp->n_embd == 0 || hp->n_embd % 32 != 0 || hp->n_ff == 0 || hp->n_ff % 32 != 0)
-		return err_set(e, KVS_EUNSUPPORTED, "n_embd %u / n_ff %u: the CUDA kernels need multiples of 32",
-		               hp->n_embd, hp->n_ff);
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "n_embd %u / n_ff %u: the CUDA kernels need multiples of 32", hp->n_embd,
+		               hp->n_ff);
 	return KVS_OK;
 }
 
 /* Add the device bytes of weight t (if it has data) to *w and its F16 copy to
  * *f16, tracking the largest F16 copy; false if t's type is unusable. */
-static bool gpuplan_add_weight(const struct tensor *t, uint64_t *w, uint64_t *f16, uint64_t *f16_max)
+static bool gpuplan_add_weight(const struct tensor *t, uint64_t *w, uint64_t *f16,
+                               uint64_t *f16_max)
 {
 	if (t->data == NULL)
 		return true;
@@ -116,8 +122,8 @@ int gpuplan_make(struct gpuplan *p, const struct model *m, uint32_t n_ctx, uint6
 	const struct tensor *bad = NULL;
 	for (uint32_t l = 0; l < hp->n_layer && bad == NULL; l++) {
 		const struct layer_weights *lw = &m->layers[l];
-		const struct tensor *mats[] = { &lw->wq, &lw->wk, &lw->wv, &lw->wo,
-		                                &lw->w_gate, &lw->w_up, &lw->w_down };
+		const struct tensor *mats[] = { &lw->wq,     &lw->wk,   &lw->wv,    &lw->wo,
+			                            &lw->w_gate, &lw->w_up, &lw->w_down };
 		for (size_t i = 0; i < KVS_ARRAY_LEN(mats) && bad == NULL; i++)
 			if (!gpuplan_add_weight(mats[i], &p->weights, &p->f16_all, &p->f16_max))
 				bad = mats[i];
@@ -146,16 +152,15 @@ int gpuplan_make(struct gpuplan *p, const struct model *m, uint32_t n_ctx, uint6
 	/* x, xb, q, ao, g (f32); xh, aoh, gh (f16); one q8 row; step, targets,
 	 * surprisal and entropy */
 	p->act = u * (2 * ne + 2 * nq + nff) * 4 + u * (p->kmax + nq + nff) * 2 +
-	         (p->kmax + 3 * (p->kmax / 32) * 4) + (4 + 3 * u) * 4 + u * 12;
+	        (p->kmax + 3 * (p->kmax / 32) * 4) + (4 + 3 * u) * 4 + u * 12;
 	/* partials; raw scores and the last query's max and sum per layer;
 	 * every query's max and sum; sums per KV head */
-	p->attn = (uint64_t)p->part_rows * hp->n_head * (hd + 2) * 4 +
-	          nl * hp->n_head * ctx * 4 + nl * hp->n_head * 2 * 4 + u * hp->n_head * 2 * 4 +
-	          nl * hp->n_head_kv * ctx * 4;
+	p->attn = (uint64_t)p->part_rows * hp->n_head * (hd + 2) * 4 + nl * hp->n_head * ctx * 4 +
+	        nl * hp->n_head * 2 * 4 + u * hp->n_head * 2 * 4 + nl * hp->n_head_kv * ctx * 4;
 	p->logits = u * hp->n_vocab * 4;
 
-	uint64_t base = p->weights + p->kv + p->kv_tmp + p->rope + p->vis + p->act + p->attn +
-	                p->logits;
+	uint64_t base =
+	        p->weights + p->kv + p->kv_tmp + p->rope + p->vis + p->act + p->attn + p->logits;
 	/* Resident F16 copies save a dequantisation per matrix per prefill step;
 	 * keep them when they take at most a quarter of what is left. */
 	uint64_t left = mem_free > base ? mem_free - base : 0;
@@ -166,11 +171,11 @@ int gpuplan_make(struct gpuplan *p, const struct model *m, uint32_t n_ctx, uint6
 	uint64_t headroom = 256ull << 20;
 	if (p->total + headroom > mem_free)
 		return err_set(e, KVS_EUNSUPPORTED,
-		               "needs %llu MiB of GPU memory (weights %llu, KV cache %llu for %u slots, work %llu), %llu MiB free",
+		               "needs %llu MiB of GPU memory (weights %llu, KV cache %llu for %u slots, "
+		               "work %llu), %llu MiB free",
 		               (unsigned long long)((p->total + headroom) >> 20),
 		               (unsigned long long)(p->weights >> 20), (unsigned long long)(p->kv >> 20),
-		               n_ctx,
-		               (unsigned long long)((p->total - p->weights - p->kv) >> 20),
+		               n_ctx, (unsigned long long)((p->total - p->weights - p->kv) >> 20),
 		               (unsigned long long)(mem_free >> 20));
 	return KVS_OK;
 }
@@ -190,7 +195,8 @@ uint32_t gpuplan_attn_splits(uint32_t n_vis, uint32_t n_kv, uint32_t n_query, ui
 	if (n_kv == 0 || n_query == 0)
 		return 1;
 	/* two blocks per multiprocessor */
-	uint64_t want = ((uint64_t)2 * n_sm + (uint64_t)n_kv * n_query - 1) / ((uint64_t)n_kv * n_query);
+	uint64_t want =
+	        ((uint64_t)2 * n_sm + (uint64_t)n_kv * n_query - 1) / ((uint64_t)n_kv * n_query);
 	uint64_t by_size = ((uint64_t)n_vis + GPUPLAN_MIN_SPLIT_KEYS - 1) / GPUPLAN_MIN_SPLIT_KEYS;
 	uint64_t s = KVS_MIN(want, by_size);
 	s = KVS_MIN(s, (uint64_t)GPUPLAN_MAX_SPLITS);

@@ -32,11 +32,11 @@ extern "C" {
 
 /* ---- limits of the kernels ---- */
 
-#define GPUPLAN_UBATCH 512       /* tokens per prefill step */
-#define GPUPLAN_ATT_TILE 128     /* keys per attention tile (= threads per block) */
-#define GPUPLAN_ATT_MAXG 16      /* query heads per KV head at most */
-#define GPUPLAN_ATT_MAXQ 2048    /* group heads x head_dim at most */
-#define GPUPLAN_MAX_SPLITS 128   /* key-range splits of one query at most */
+#define GPUPLAN_UBATCH 512         /* tokens per prefill step */
+#define GPUPLAN_ATT_TILE 128       /* keys per attention tile (= threads per block) */
+#define GPUPLAN_ATT_MAXG 16        /* query heads per KV head at most */
+#define GPUPLAN_ATT_MAXQ 2048      /* group heads x head_dim at most */
+#define GPUPLAN_MAX_SPLITS 128     /* key-range splits of one query at most */
 #define GPUPLAN_MIN_SPLIT_KEYS 256 /* keys per split at least */
 
 /* ---- weight types ---- */
@@ -63,22 +63,22 @@ int gpuplan_check_model(const struct hparams *hp, struct err *e);
 
 struct gpuplan {
 	uint32_t n_ctx;
-	uint32_t ubatch;            /* tokens per prefill step */
-	uint32_t part_rows;         /* (query, split) pairs the attention partials hold */
-	uint32_t kmax;              /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
-	uint64_t weights;           /* device copies of every matrix, norm and bias */
-	uint64_t f16_all;           /* F16 copies of every matrix */
-	uint64_t f16_max;           /* F16 copy of the largest matrix */
-	bool f16_resident;          /* keep f16_all; otherwise dequantise into a scratch per use */
-	uint64_t f16;               /* bytes actually planned for F16 weights */
-	uint64_t kv;                /* K and V caches, F16 */
-	uint64_t kv_tmp;            /* one layer's K and V of every slot (slot moves) */
-	uint64_t rope;              /* per-slot cos/sin table and its positions */
-	uint64_t vis;               /* visible list and positions */
-	uint64_t act;               /* activations of one prefill step */
-	uint64_t attn;              /* attention partials, raw scores, their max and sum,
+	uint32_t ubatch;    /* tokens per prefill step */
+	uint32_t part_rows; /* (query, split) pairs the attention partials hold */
+	uint32_t kmax;      /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
+	uint64_t weights;   /* device copies of every matrix, norm and bias */
+	uint64_t f16_all;   /* F16 copies of every matrix */
+	uint64_t f16_max;   /* F16 copy of the largest matrix */
+	bool f16_resident;  /* keep f16_all; otherwise dequantise into a scratch per use */
+	uint64_t f16;       /* bytes actually planned for F16 weights */
+	uint64_t kv;        /* K and V caches, F16 */
+	uint64_t kv_tmp;    /* one layer's K and V of every slot (slot moves) */
+	uint64_t rope;      /* per-slot cos/sin table and its positions */
+	uint64_t vis;       /* visible list and positions */
+	uint64_t act;       /* activations of one prefill step */
+	uint64_t attn;      /* attention partials, raw scores, their max and sum,
 	                             * per-KV-head sums */
-	uint64_t logits;            /* (ubatch, n_vocab) logits */
+	uint64_t logits;    /* (ubatch, n_vocab) logits */
 	uint64_t total;
 };
 
@@ -108,8 +108,8 @@ uint64_t gpugraph_key(uint32_t splits, int logits_mode, unsigned flags);
 struct gpugraph_cache {
 	struct {
 		uint64_t key;
-		void *exec;             /* the backend's graph; NULL: free entry */
-		uint64_t used;          /* clock of the last use */
+		void *exec;    /* the backend's graph; NULL: free entry */
+		uint64_t used; /* clock of the last use */
 	} e[GPUGRAPH_SLOTS];
 	uint64_t clock;
 	uint64_t hits, captures;

@@ -21,8 +21,8 @@ enum {
 };
 struct len_vocab {
 	uint32_t n;
-	uint8_t *cls;    /* (n) LTOK_* */
-	uint8_t *runs;   /* (n) \w runs in the piece (capped at 255) */
+	uint8_t *cls;  /* (n) LTOK_* */
+	uint8_t *runs; /* (n) \w runs in the piece (capped at 255) */
 };
 /* Classify every token of v (the pieces as raw bytes). */
 void len_vocab_build(struct len_vocab *lv, const struct vocab *v);
@@ -36,21 +36,24 @@ void len_vocab_free(struct len_vocab *lv);
  * turnctl_token. gen_reply does this; tests do it with scripted logits. */
 struct turnctl {
 	struct gen_turn_opts o;
-	atomic_bool *cancel;        /* stop (user) when set; consumed (gen_reply passes g->cancel) */
+	atomic_bool *cancel; /* stop (user) when set; consumed (gen_reply passes g->cancel) */
 	const struct len_vocab *lv;
 	uint32_t max_tokens, n_tokens;
 	struct wordcount wc;
-	char tail[96];              /* the last bytes of the text, for sentence ends */
+	char tail[96]; /* the last bytes of the text, for sentence ends */
 	size_t n_tail;
-	uint32_t at_ceiling;        /* tokens sampled with no room for another unit */
-	bool forcing;               /* the last bias left only end tokens */
-	char *held;                 /* text not yet emitted (a stop string may begin there) */
+	uint32_t at_ceiling; /* tokens sampled with no room for another unit */
+	bool forcing;        /* the last bias left only end tokens */
+	char *held;          /* text not yet emitted (a stop string may begin there) */
 	size_t n_held, cap_held;
-	int32_t *hist;              /* the reply's tokens (for no_repeat) */
+	int32_t *hist; /* the reply's tokens (for no_repeat) */
 	size_t n_hist, cap_hist;
-	struct { int32_t id; float logit; } *ban; /* what the guard banned this step */
+	struct {
+		int32_t id;
+		float logit;
+	} * ban; /* what the guard banned this step */
 	size_t cap_ban;
-	char *out;                  /* what turnctl_token emits (valid until the next call) */
+	char *out; /* what turnctl_token emits (valid until the next call) */
 	size_t cap_out;
 };
 void turnctl_begin(struct turnctl *t, const struct gen_turn_opts *o, const struct len_vocab *lv,
@@ -82,25 +85,25 @@ struct gen {
 	struct engine *engine;
 	struct sampler *sampler;
 	struct chat_template chat;
-	bool has_chat;           /* chat template recognised */
-	struct err chat_err;     /* why not, when !has_chat */
-	struct kv_cache *kv;     /* the KV cache and its retention policy */
-	uint32_t n_past;         /* tokens in the cache now (kv_cache_n) */
+	bool has_chat;       /* chat template recognised */
+	struct err chat_err; /* why not, when !has_chat */
+	struct kv_cache *kv; /* the KV cache and its retention policy */
+	uint32_t n_past;     /* tokens in the cache now (kv_cache_n) */
 	uint32_t n_batch;
 	const float *last_logits; /* (n_vocab) logits after the last fed token, or NULL */
 	bool have_logits;
-	double load_ms;          /* model_load + engine_create */
+	double load_ms;               /* model_load + engine_create */
 	double prefill_ms, decode_ms; /* accumulated */
 	uint64_t n_prefilled, n_decoded;
-	gen_token_fn on_token;   /* reply-token observer, or NULL */
+	gen_token_fn on_token; /* reply-token observer, or NULL */
 	void *on_token_ud;
 	/* Set from any thread to stop the reply in progress (GEN_STOP_USER);
 	 * gen_reply clears it when it returns. NULL: no cancellation. */
 	atomic_bool *cancel;
-	struct gen_turn_opts turn; /* length target, controller knobs, stop strings (gen_set_*) */
+	struct gen_turn_opts turn;   /* length target, controller knobs, stop strings (gen_set_*) */
 	struct gen_reply_info reply; /* what the last gen_reply produced */
-	float *biased;           /* (n_vocab) scratch for the controller's logits */
-	struct len_vocab lv;     /* token classes, built on the first controlled reply */
+	float *biased;               /* (n_vocab) scratch for the controller's logits */
+	struct len_vocab lv;         /* token classes, built on the first controlled reply */
 };
 
 #endif

@@ -56,10 +56,10 @@ bool len_window_hit(struct len_window w, uint32_t n);
 /* One row of Ruler's TLG table (methods.md 9.1, 9.2): the target, its
  * precise (PM) and flexible (FM) windows, and the level 0-2 it belongs to. */
 struct len_level {
-	const char *name;      /* "10" .. "700", ">800" */
-	uint32_t target;       /* 800 for ">800" */
+	const char *name; /* "10" .. "700", ">800" */
+	uint32_t target;  /* 800 for ">800" */
 	struct len_window pm, fm;
-	int group;             /* Ruler's Level 0, 1 or 2 */
+	int group; /* Ruler's Level 0, 1 or 2 */
 };
 extern const struct len_level len_levels[];
 extern const size_t len_n_levels;
@@ -69,10 +69,10 @@ const struct len_level *len_level_find(const char *name);
 /* What a turn should measure: unit LEN_NONE leaves generation untouched. */
 struct len_target {
 	enum len_unit unit;
-	uint32_t n;              /* the target */
-	struct len_window win;   /* where to land: a level's PM window, else n +- max(10, n/10) */
-	int level;               /* index in len_levels, or -1 */
-	bool instruct;           /* also ask in the prompt (len_instruction); default true */
+	uint32_t n;            /* the target */
+	struct len_window win; /* where to land: a level's PM window, else n +- max(10, n/10) */
+	int level;             /* index in len_levels, or -1 */
+	bool instruct;         /* also ask in the prompt (len_instruction); default true */
 };
 /* Words target n (a Ruler level's window when n is one of its targets). */
 void len_target_words(struct len_target *t, uint32_t n);
@@ -108,10 +108,10 @@ bool text_ends_sentence(const char *s, size_t n);
 
 /* The controller's knobs (lenctl.c says what each does). */
 struct lenctl_params {
-	float beta;       /* end bias at sentence ends, per unit of (w - target) / (hi - target): 8 */
-	float gamma;      /* end bias at sentence ends at w = target: 4 */
-	float delta;      /* sentence-end punctuation bias near the ceiling: 6 */
-	uint32_t grace;   /* tokens allowed at the ceiling before a forced end: 8 */
+	float beta;         /* end bias at sentence ends, per unit of (w - target) / (hi - target): 8 */
+	float gamma;        /* end bias at sentence ends at w = target: 4 */
+	float delta;        /* sentence-end punctuation bias near the ceiling: 6 */
+	uint32_t grace;     /* tokens allowed at the ceiling before a forced end: 8 */
 	uint32_t no_repeat; /* ban a token that would repeat an earlier n-gram of this many tokens
 	                     * of the reply (0: off; default 4); only under a length target */
 };
@@ -121,9 +121,9 @@ void lenctl_params_default(struct lenctl_params *p);
 /* What the next replies are steered by: the length target, the
  * controller's knobs and the stop strings (gen_set_turn). */
 struct gen_turn_opts {
-	struct len_target len;      /* unit LEN_NONE: no length control */
+	struct len_target len; /* unit LEN_NONE: no length control */
 	struct lenctl_params ctl;
-	const char *const *stops;   /* stop strings (borrows until the turn ends), or NULL */
+	const char *const *stops; /* stop strings (borrows until the turn ends), or NULL */
 	size_t n_stops;
 };
 /* No length target, the default knobs, no stop strings. */
@@ -133,11 +133,11 @@ void gen_turn_opts_default(struct gen_turn_opts *o);
 
 /* What the last reply produced. */
 struct gen_reply_info {
-	int stop;                  /* enum gen_stop */
+	int stop; /* enum gen_stop */
 	uint32_t n_tokens, n_words;
-	double surprisal_sum;      /* -ln p(token) under the model's own (unbiased) logits */
-	int32_t *ids;              /* (n_tokens) the sampled tokens */
-	float *surprisal;          /* (n_tokens) */
+	double surprisal_sum; /* -ln p(token) under the model's own (unbiased) logits */
+	int32_t *ids;         /* (n_tokens) the sampled tokens */
+	float *surprisal;     /* (n_tokens) */
 	size_t cap;
 };
 
@@ -145,8 +145,8 @@ struct gen_config {
 	const char *model_path;
 	struct engine_config engine;
 	struct sampler_params sampler;
-	uint32_t n_batch;        /* prefill chunk in tokens (default 512) */
-	struct kv_config kv;     /* retention policy, budget (0: every slot), capture */
+	uint32_t n_batch;    /* prefill chunk in tokens (default 512) */
+	struct kv_config kv; /* retention policy, budget (0: every slot), capture */
 };
 /* The default model, engine, sampler and KV settings. */
 void gen_config_default(struct gen_config *c);
@@ -157,7 +157,7 @@ struct gen_token {
 	const struct kv_tok *meta; /* its cache entry (surprisal, entropy when token stats are on) */
 	const char *text;          /* text this token completed (may be empty; whole UTF-8) */
 	size_t len;
-	bool eog;                  /* the end-of-generation token (fed, no text) */
+	bool eog; /* the end-of-generation token (fed, no text) */
 };
 
 /* The generation context; its fields are in app-int.h. */
@@ -203,7 +203,7 @@ const struct gen_turn_opts *gen_turn(const struct gen *g);
 
 /* Load time and the prefill and decode totals since gen_open. */
 struct gen_timing {
-	double load_ms;          /* model_load + engine_create */
+	double load_ms; /* model_load + engine_create */
 	double prefill_ms, decode_ms;
 	uint64_t n_prefilled, n_decoded; /* tokens */
 };
@@ -264,7 +264,7 @@ typedef void (*gen_text_fn)(const char *text, size_t len, void *ud);
 /* A growing NUL-terminated text; gen_text_collect (a gen_text_fn whose ud is
  * a struct gen_text) appends each piece. */
 struct gen_text {
-	char *s;   /* NULL until something (even "") was appended */
+	char *s; /* NULL until something (even "") was appended */
 	size_t n, cap;
 };
 void gen_text_collect(const char *text, size_t len, void *ud);
@@ -282,26 +282,26 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 
 struct session_config {
 	struct gen_config gen;
-	const char *system;      /* system prompt; NULL: the chat template's default, "": none */
-	uint32_t max_tokens;     /* per reply (default 512) */
+	const char *system;  /* system prompt; NULL: the chat template's default, "": none */
+	uint32_t max_tokens; /* per reply (default 512) */
 };
 /* gen_config_default, the template's system prompt, 512 tokens per reply. */
 void session_config_default(struct session_config *c);
 
 /* One finished exchange: the user's text and the reply. */
 struct session_turn {
-	uint32_t index;          /* 0-based, in this conversation */
-	uint32_t kv_turn;        /* the KV cache's turn id of the user part (kv_tok.turn) */
-	char *user;              /* the user's text */
-	char *reply;             /* the reply as streamed */
+	uint32_t index;   /* 0-based, in this conversation */
+	uint32_t kv_turn; /* the KV cache's turn id of the user part (kv_tok.turn) */
+	char *user;       /* the user's text */
+	char *reply;      /* the reply as streamed */
 	enum gen_stop stop;
-	int32_t first_pos;       /* original position of the turn's first token */
-	uint32_t n_prompt;       /* tokens fed for the user part (system, markers included) */
-	uint32_t n_reply;        /* tokens sampled */
-	uint32_t n_words;        /* \w+ words of the reply (Ruler's count, lenctl.c) */
+	int32_t first_pos; /* original position of the turn's first token */
+	uint32_t n_prompt; /* tokens fed for the user part (system, markers included) */
+	uint32_t n_reply;  /* tokens sampled */
+	uint32_t n_words;  /* \w+ words of the reply (Ruler's count, lenctl.c) */
 	double prefill_ms, decode_ms;
-	double started_unix;     /* wall-clock seconds since the epoch */
-	bool restarted;          /* the cache was full: this turn started in an empty cache */
+	double started_unix; /* wall-clock seconds since the epoch */
+	bool restarted;      /* the cache was full: this turn started in an empty cache */
 };
 
 struct session_hooks {
@@ -321,13 +321,13 @@ struct session_hooks {
 
 /* Where a session saves its exchanges (store.h). */
 struct session_store {
-	struct store *st;        /* open read-write; outlives the session */
-	int64_t id;              /* the saved session; 0: created at the first exchange */
-	const char *title;       /* for a new one (NULL: "session N") */
-	const char *model_path;  /* the model file and its sha256, recorded with it */
+	struct store *st;       /* open read-write; outlives the session */
+	int64_t id;             /* the saved session; 0: created at the first exchange */
+	const char *title;      /* for a new one (NULL: "session N") */
+	const char *model_path; /* the model file and its sha256, recorded with it */
 	const char *model_sha256;
-	const char *sampler;     /* the sampler settings, as text */
-	bool snapshots;          /* write a KV snapshot with each commit */
+	const char *sampler; /* the sampler settings, as text */
+	bool snapshots;      /* write a KV snapshot with each commit */
 };
 
 struct session;
@@ -398,12 +398,12 @@ struct session_recap_turn {
 struct session_recap {
 	int64_t id;
 	char *title;
-	char *system;            /* the saved system prompt, or NULL */
-	uint32_t n_turns;        /* turns saved */
-	uint32_t first;          /* index of turns[0]: the turns before it were not read */
-	uint32_t n;              /* turns read */
+	char *system;                     /* the saved system prompt, or NULL */
+	uint32_t n_turns;                 /* turns saved */
+	uint32_t first;                   /* index of turns[0]: the turns before it were not read */
+	uint32_t n;                       /* turns read */
 	struct session_recap_turn *turns; /* (n) */
-	uint32_t n_tokens;       /* tokens the resume restored (the caller sets it) */
+	uint32_t n_tokens;                /* tokens the resume restored (the caller sets it) */
 };
 /* Read saved session id's last max_turns turns (all when it has fewer;
  * none when max_turns is 0) into r (free with session_recap_free). */
@@ -418,26 +418,26 @@ const char *session_recap_line(const struct session_recap *r, char *buf, size_t 
 /* ---- worker.c ---- */
 
 enum worker_cmd_kind {
-	WORKER_CHAT = 0,    /* text: one exchange */
-	WORKER_POLICY,      /* text: a policy spec, "NAME k=v ..." */
-	WORKER_BUDGET,      /* n: tokens (0: every slot) */
-	WORKER_PIN,         /* n: original position (as int32) */
+	WORKER_CHAT = 0, /* text: one exchange */
+	WORKER_POLICY,   /* text: a policy spec, "NAME k=v ..." */
+	WORKER_BUDGET,   /* n: tokens (0: every slot) */
+	WORKER_PIN,      /* n: original position (as int32) */
 	WORKER_UNPIN,
-	WORKER_RESET,       /* a new conversation */
-	WORKER_MAX_TOKENS,  /* n: per reply */
-	WORKER_SNAPSHOT,    /* send the cache's tokens now */
-	WORKER_SCORER,      /* policy + scorer: a score provider on a built-in policy
+	WORKER_RESET,      /* a new conversation */
+	WORKER_MAX_TOKENS, /* n: per reply */
+	WORKER_SNAPSHOT,   /* send the cache's tokens now */
+	WORKER_SCORER,     /* policy + scorer: a score provider on a built-in policy
 	                     * (e.g. a Lua policy); the provider is called on the worker */
-	WORKER_SAVE,        /* text: a title or NULL: save the conversation, its exchanges so
+	WORKER_SAVE,       /* text: a title or NULL: save the conversation, its exchanges so
 	                     * far and the next ones (worker_set_store gives the database) */
-	WORKER_LOAD,        /* text: a saved session's id or title: resume it; n: at most
+	WORKER_LOAD,       /* text: a saved session's id or title: resume it; n: at most
 	                     * this many of its last turns in the transcript event */
-	WORKER_LEN,         /* text: a length target ("120w", "200t", "150", "off") */
+	WORKER_LEN,        /* text: a length target ("120w", "200t", "150", "off") */
 };
 
 struct worker_cmd {
 	enum worker_cmd_kind kind;
-	const char *text;   /* copied */
+	const char *text; /* copied */
 	int64_t n;
 	struct kv_policy policy; /* WORKER_SCORER: the base policy */
 	struct kv_scorer scorer; /* WORKER_SCORER (borrows name until the scorer is replaced) */
@@ -450,9 +450,9 @@ enum worker_event_kind {
 	WORKER_EV_KV,             /* kv (the event owns its arrays and strings) */
 	WORKER_EV_SNAPSHOT,       /* toks: the cached tokens in cache order; stats; next_pos */
 	WORKER_EV_RESULT,         /* a command finished: cmd, status, msg */
-	WORKER_EV_TRANSCRIPT,     /* a load resumed a session: recap (the event owns it), before the result;
+	WORKER_EV_TRANSCRIPT, /* a load resumed a session: recap (the event owns it), before the result;
 	                           * status, msg: whether its texts could be read */
-	WORKER_EV_SAVED,          /* an exchange was committed to the store as turn index of
+	WORKER_EV_SAVED,      /* an exchange was committed to the store as turn index of
 	                           * saved session saved_id (status KVS_OK), or not (msg says
 	                           * why; it stays queued for the next commit) */
 };
@@ -461,7 +461,7 @@ enum worker_event_kind {
  * that the event owns (worker_event_free releases them). */
 struct worker_event {
 	enum worker_event_kind kind;
-	uint64_t cmd_id;              /* the command it belongs to */
+	uint64_t cmd_id; /* the command it belongs to */
 	/* TURN_START */
 	uint32_t index;
 	char *user;
@@ -474,25 +474,25 @@ struct worker_event {
 	struct kv_event kv;
 	/* KV step events: the cached keys the attention columns belong to, as
 	 * the cache held them at that step (NULL when not known) */
-	int32_t *key_pos;             /* (kv.n_cached) original positions */
-	int32_t *key_tok;             /* (kv.n_cached) token ids */
+	int32_t *key_pos; /* (kv.n_cached) original positions */
+	int32_t *key_tok; /* (kv.n_cached) token ids */
 	/* SNAPSHOT */
-	struct kv_tok *toks;          /* (n_toks) */
+	struct kv_tok *toks; /* (n_toks) */
 	uint32_t n_toks;
 	int32_t next_pos;
 	struct kv_stats stats;
-	char policy[160];             /* kv_policy_format of the active policy */
-	uint32_t n_unsaved;           /* exchanges not committed to a store (session_n_unsaved) */
-	bool saving;                  /* a :save or :load gave the session a store */
+	char policy[160];   /* kv_policy_format of the active policy */
+	uint32_t n_unsaved; /* exchanges not committed to a store (session_n_unsaved) */
+	bool saving;        /* a :save or :load gave the session a store */
 	/* SAVED (index, status, msg too) */
 	int64_t saved_id;
 	/* TRANSCRIPT */
 	struct session_recap recap;
 	/* RESULT */
 	enum worker_cmd_kind cmd;
-	int status;                   /* KVS_OK or the failure */
-	char msg[256];                /* what happened, or what was wrong */
-	struct worker_event *next;    /* queue link */
+	int status;                /* KVS_OK or the failure */
+	char msg[256];             /* what happened, or what was wrong */
+	struct worker_event *next; /* queue link */
 };
 
 struct worker;

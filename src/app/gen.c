@@ -270,8 +270,8 @@ int gen_tokenize_prompt(struct gen *g, const struct chat_prompt *p, int32_t **id
 
 const char *gen_stop_name(enum gen_stop s)
 {
-	static const char *const names[] = { "eos",        "length-target", "forced", "max-tokens",
-		                             "stop-string", "user",          "context" };
+	static const char *const names[] = { "eos",         "length-target", "forced", "max-tokens",
+		                                 "stop-string", "user",          "context" };
 	return (unsigned)s < KVS_ARRAY_LEN(names) ? names[s] : "?";
 }
 
@@ -392,8 +392,8 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 			detok_push(&d, id, &buf, &n, &cap);
 		if (g->on_token != NULL) {
 			uint32_t nc = kv_cache_n(g->kv);
-			struct gen_token t = { id, nc ? &kv_cache_toks(g->kv)[nc - 1] : NULL,
-				               buf ? buf : "", n, eog };
+			struct gen_token t = { id, nc ? &kv_cache_toks(g->kv)[nc - 1] : NULL, buf ? buf : "", n,
+				                   eog };
 			g->on_token(&t, g->on_token_ud);
 		}
 		why = turnctl_token(&tc, id, eog, buf, n, &emit, &n_emit);

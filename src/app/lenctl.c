@@ -158,8 +158,7 @@ char *len_instruction(const struct len_target *t)
 	if (t->unit == LEN_TOKENS)
 		return xasprintf("The response should have a length of about %u tokens.", t->n);
 	if (t->win.hi == LEN_OPEN)
-		return xasprintf("The response should have a word count of more than %u words.",
-		                 t->win.lo);
+		return xasprintf("The response should have a word count of more than %u words.", t->win.lo);
 	return xasprintf("The response should have a word count of %u words.", t->n);
 }
 
@@ -249,8 +248,7 @@ static size_t closer_len(const char *s, size_t i)
 
 bool text_ends_sentence(const char *s, size_t n)
 {
-	static const char *const abbrev[] = { "Mr", "Mrs", "Ms", "Dr", "St", "vs", "Prof", "Jr",
-	                                      "Sr" };
+	static const char *const abbrev[] = { "Mr", "Mrs", "Ms", "Dr", "St", "vs", "Prof", "Jr", "Sr" };
 	size_t i = n, l, k;
 
 	while (i > 0 && strchr(" \t\r\n", s[i - 1]) != NULL && s[i - 1] != '\0')
@@ -264,8 +262,9 @@ bool text_ends_sentence(const char *s, size_t n)
 	if (s[i - 1] != '.')
 		return true;
 	k = i - 1; /* the word before the period: s[k..i-1) */
-	while (k > 0 && ((s[k - 1] >= 'a' && s[k - 1] <= 'z') || (s[k - 1] >= 'A' && s[k - 1] <= 'Z') ||
-	                 (s[k - 1] >= '0' && s[k - 1] <= '9')))
+	while (k > 0 &&
+	       ((s[k - 1] >= 'a' && s[k - 1] <= 'z') || (s[k - 1] >= 'A' && s[k - 1] <= 'Z') ||
+	        (s[k - 1] >= '0' && s[k - 1] <= '9')))
 		k--;
 	l = i - 1 - k;
 	if (l == 0)
@@ -455,7 +454,7 @@ void turnctl_bias(struct turnctl *t, float *logits)
 		sent_bias = 2.0f * p->delta;
 	/* the last resort: only the end tokens are left */
 	t->forcing = u > lo && u >= ceil &&
-	             (boundary || t->at_ceiling > p->grace || t->o.len.unit == LEN_TOKENS);
+	        (boundary || t->at_ceiling > p->grace || t->o.len.unit == LEN_TOKENS);
 	/* the n-gram guard: a token that would repeat an earlier n-gram (its
 	 * logit kept in hist_ban to give back if nothing else would be left) */
 	size_t k = p->no_repeat, n_ban = 0;
@@ -548,7 +547,7 @@ int turnctl_token(struct turnctl *t, int32_t id, bool is_end, const char *text, 
 		if (!turnctl_active(t))
 			return GEN_STOP_EOS;
 		return t->forcing && !text_ends_sentence(t->tail, t->n_tail) ? GEN_STOP_FORCED
-		                                                               : GEN_STOP_LENGTH;
+		                                                             : GEN_STOP_LENGTH;
 	}
 	t->n_tokens++;
 	if (t->n_hist == t->cap_hist) {

@@ -47,13 +47,13 @@ struct session {
 	char *system;
 	uint32_t max_tokens;
 	struct session_hooks hooks;
-	bool fresh;                   /* no exchange in the cache yet */
-	bool restart_next;            /* the cache is full: start the next exchange over */
+	bool fresh;        /* no exchange in the cache yet */
+	bool restart_next; /* the cache is full: start the next exchange over */
 	atomic_bool cancel;
-	struct session_turn *turns;   /* (n_turns) */
+	struct session_turn *turns; /* (n_turns) */
 	uint32_t n_turns, cap_turns;
-	struct gen_text reply;        /* the reply being streamed */
-	struct session_store store;   /* st == NULL: not saving (strings owned) */
+	struct gen_text reply;      /* the reply being streamed */
+	struct session_store store; /* st == NULL: not saving (strings owned) */
 	struct store_rec *rec;
 };
 
@@ -193,8 +193,8 @@ struct gen *session_gen(const struct session *s)
 
 /* Feed the user part of an exchange: BOS and the system turn when the
  * conversation is new, the message, the reply header. *n_fed counts them. */
-static int session_feed_user(struct session *s, const char *text, uint32_t extra,
-                             uint32_t *n_fed, struct err *e)
+static int session_feed_user(struct session *s, const char *text, uint32_t extra, uint32_t *n_fed,
+                             struct err *e)
 {
 	struct gen *g = s->gen;
 	const struct vocab *v = g->model->vocab;
@@ -407,11 +407,15 @@ static int session_rec_open(struct session *s, struct err *e)
 	if (s->rec != NULL)
 		return KVS_OK;
 	struct store_session in = {
-		.title = (char *)ss->title, .model_path = (char *)ss->model_path,
-		.model_sha256 = (char *)ss->model_sha256, .arch = g->model->hp.arch,
+		.title = (char *)ss->title,
+		.model_path = (char *)ss->model_path,
+		.model_sha256 = (char *)ss->model_sha256,
+		.arch = g->model->hp.arch,
 		.policy = kv_policy_format(kv_cache_policy(g->kv), pol, sizeof pol),
-		.budget = kv_cache_budget(g->kv), .n_ctx = gen_n_ctx(g),
-		.sampler = (char *)ss->sampler, .system = s->system[0] ? s->system : NULL,
+		.budget = kv_cache_budget(g->kv),
+		.n_ctx = gen_n_ctx(g),
+		.sampler = (char *)ss->sampler,
+		.system = s->system[0] ? s->system : NULL,
 	};
 	rc = store_session_create(ss->st, &in, &ss->id, e);
 	if (rc == KVS_OK)
@@ -428,10 +432,17 @@ static int session_rec_open(struct session *s, struct err *e)
 static void session_queue(struct session *s, const struct session_turn *t, int32_t end_pos)
 {
 	struct store_turn st = {
-		.user = t->user, .reply = t->reply, .stop = gen_stop_name(t->stop),
-		.complete = t->stop != GEN_STOP_USER, .restarted = t->restarted,
-		.n_prompt = t->n_prompt, .n_reply = t->n_reply, .prefill_ms = t->prefill_ms,
-		.decode_ms = t->decode_ms, .started = t->started_unix, .end_pos = end_pos,
+		.user = t->user,
+		.reply = t->reply,
+		.stop = gen_stop_name(t->stop),
+		.complete = t->stop != GEN_STOP_USER,
+		.restarted = t->restarted,
+		.n_prompt = t->n_prompt,
+		.n_reply = t->n_reply,
+		.prefill_ms = t->prefill_ms,
+		.decode_ms = t->decode_ms,
+		.started = t->started_unix,
+		.end_pos = end_pos,
 	};
 	store_rec_turn(s->rec, &st);
 }

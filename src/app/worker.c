@@ -37,7 +37,7 @@
 struct worker_cmd_node {
 	struct worker_cmd cmd;
 	uint64_t id;
-	bool cancelled;          /* worker_cancel came before it started */
+	bool cancelled; /* worker_cancel came before it started */
 	struct worker_cmd_node *next;
 };
 
@@ -49,12 +49,12 @@ struct worker {
 	struct worker_cmd_node *cmd_head, *cmd_tail;
 	struct worker_event *ev_head, *ev_tail;
 	uint64_t next_id;
-	uint64_t running;        /* id of the command running, 0 none */
-	bool chatting;           /* that command is an exchange */
+	uint64_t running; /* id of the command running, 0 none */
+	bool chatting;    /* that command is an exchange */
 	bool quit;
-	bool sent_snapshot;      /* this exchange's prompt tokens were sent */
-	bool saving;             /* a :save or :load gave the session a store */
-	uint32_t steps_queued;   /* step events not yet polled */
+	bool sent_snapshot;    /* this exchange's prompt tokens were sent */
+	bool saving;           /* a :save or :load gave the session a store */
+	uint32_t steps_queued; /* step events not yet polled */
 	int pipe_rd, pipe_wr;
 	char *db_path, *model_path; /* worker_set_store */
 	char *sampler;              /* the sampler settings saved sessions record */
@@ -289,8 +289,7 @@ static int worker_store(struct worker *w, struct session_store *ss, char sha[65]
  * was saved with, so that its tokens come back under the rules that kept
  * them; what could not be restored is said in what (the cache keeps this
  * one's then). */
-static int worker_saved_policy(struct worker *w, int64_t id, char *what, size_t cap,
-                               struct err *e)
+static int worker_saved_policy(struct worker *w, int64_t id, char *what, size_t cap, struct err *e)
 {
 	struct gen *g = session_gen(w->s);
 	struct store_session sv;
@@ -309,14 +308,16 @@ static int worker_saved_policy(struct worker *w, int64_t id, char *what, size_t 
 		         sv.policy ? sv.policy : "", pe.msg, now);
 	} else {
 		kv_cache_set_scorer(g->kv, NULL); /* a built-in policy scores itself */
-		snprintf(what, cap, "policy %.80s", kv_policy_format(kv_cache_policy(g->kv), now,
-		                                                      sizeof now));
+		snprintf(what, cap, "policy %.80s",
+		         kv_policy_format(kv_cache_policy(g->kv), now, sizeof now));
 	}
 	size_t k = strlen(what);
 	uint32_t budget = sv.budget ? sv.budget : gen_n_ctx(g);
 	if (budget > gen_n_ctx(g))
-		snprintf(what + k, cap - k, "; its budget %u exceeds this context's %u slots: "
-		                            "budget %u kept", budget, gen_n_ctx(g), kv_cache_budget(g->kv));
+		snprintf(what + k, cap - k,
+		         "; its budget %u exceeds this context's %u slots: "
+		         "budget %u kept",
+		         budget, gen_n_ctx(g), kv_cache_budget(g->kv));
 	else if (kv_cache_set_budget(g->kv, budget, &pe) != KVS_OK)
 		snprintf(what + k, cap - k, "; its budget %u: %.60s", budget, pe.msg);
 	else
@@ -329,8 +330,7 @@ static int worker_saved_policy(struct worker *w, int64_t id, char *what, size_t 
  * transcript event (read here, off the main thread: a long session's
  * texts take a while). A transcript that cannot be read costs only the
  * replay: the event then says why, the session is resumed anyway. */
-static void worker_transcript(struct worker *w, int64_t id, int64_t max_turns,
-                              uint32_t n_tokens)
+static void worker_transcript(struct worker *w, int64_t id, int64_t max_turns, uint32_t n_tokens)
 {
 	struct worker_event *ev = worker_event_new(WORKER_EV_TRANSCRIPT);
 	struct err e;
@@ -397,8 +397,7 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (rc == KVS_OK)
 			snprintf(res->msg, sizeof res->msg, "at most %lld tokens per reply", (long long)c->n);
 		break;
-	case WORKER_SNAPSHOT:
-		break;
+	case WORKER_SNAPSHOT: break;
 	case WORKER_LEN: {
 		struct len_target lt = g->turn.len;
 		bool instruct = lt.instruct; /* --no-length-prompt outlives a new target */
@@ -420,8 +419,9 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 			if (c->text != NULL)
 				rc = store_session_set_title(w->st, id, c->text, &e);
 			if (rc == KVS_OK && c->text != NULL)
-				snprintf(res->msg, sizeof res->msg, "saving to %s as session %lld, now titled '%.120s'",
-				         store_path(w->st), (long long)id, c->text);
+				snprintf(res->msg, sizeof res->msg,
+				         "saving to %s as session %lld, now titled '%.120s'", store_path(w->st),
+				         (long long)id, c->text);
 			else if (rc == KVS_OK)
 				snprintf(res->msg, sizeof res->msg, "already saving to %s as session %lld",
 				         store_path(w->st), (long long)id);
@@ -549,14 +549,15 @@ int worker_start(struct worker **out, struct session *s, struct err *e)
 	w->next_id = 1;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
-	session_set_hooks(s, &(struct session_hooks){
-	                         .turn_start = worker_hook_turn_start,
-	                         .token = worker_hook_token,
-	                         .turn_end = worker_hook_turn_end,
-	                         .kv = worker_hook_kv,
-	                         .saved = worker_hook_saved,
-	                         .ud = w,
-	                     });
+	session_set_hooks(s,
+	                  &(struct session_hooks){
+	                          .turn_start = worker_hook_turn_start,
+	                          .token = worker_hook_token,
+	                          .turn_end = worker_hook_turn_end,
+	                          .kv = worker_hook_kv,
+	                          .saved = worker_hook_saved,
+	                          .ud = w,
+	                  });
 	if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
 		session_set_hooks(s, NULL);
 		close(fds[0]);

@@ -47,8 +47,7 @@ struct err {
 };
 
 /* Fill e (may be NULL) with code and a printf-style message; return code. */
-int err_set(struct err *e, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int err_set(struct err *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Prepend "prefix: " to e's message (used to add a file name on the way up). */
 void err_prefix(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Reset e to KVS_OK with an empty message. */
@@ -161,8 +160,7 @@ int file_mkdirs(const char *dir, unsigned mode);
  * expected (`what`, e.g. "a GGUF file"); a missing file is KVS_ENOTFOUND,
  * another failed open KVS_EIO. On KVS_OK, *fd is the descriptor
  * (the caller owns it) and *size (when not NULL) the file's size. */
-int file_open_regular(const char *path, const char *what, int *fd, uint64_t *size,
-                      struct err *e);
+int file_open_regular(const char *path, const char *what, int *fd, uint64_t *size, struct err *e);
 /* The largest file read whole by file_read_all: 256 MiB. */
 #define FILE_READ_MAX ((size_t)256 << 20)
 /* Read a whole regular file ("-": standard input, whatever it is) of at most
@@ -180,8 +178,8 @@ int file_sha256(const char *path, char out[65], struct err *e);
 struct sha256 {
 	uint32_t h[8];
 	uint8_t buf[64];
-	size_t n;      /* bytes in buf */
-	uint64_t len;  /* bytes hashed so far */
+	size_t n;     /* bytes in buf */
+	uint64_t len; /* bytes hashed so far */
 };
 
 void sha256_init(struct sha256 *s);

@@ -50,8 +50,12 @@ int file_mkdirs(const char *dir, unsigned mode)
 /* The kind of a non-regular file, for the refusal message. */
 static const char *file_kind(mode_t m)
 {
-	return S_ISFIFO(m) ? "a FIFO" : S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device"
-	     : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "a special file";
+	return S_ISFIFO(m)    ? "a FIFO"
+	        : S_ISDIR(m)  ? "a directory"
+	        : S_ISCHR(m)  ? "a character device"
+	        : S_ISBLK(m)  ? "a block device"
+	        : S_ISSOCK(m) ? "a socket"
+	                      : "a special file";
 }
 
 int file_open_regular(const char *path, const char *what, int *fd_out, uint64_t *size,
@@ -65,8 +69,8 @@ int file_open_regular(const char *path, const char *what, int *fd_out, uint64_t 
 	/* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
-		return err_set(e, errno == ENOENT ? KVS_ENOTFOUND : KVS_EIO, "%s: cannot open: %s",
-		               path, strerror(errno));
+		return err_set(e, errno == ENOENT ? KVS_ENOTFOUND : KVS_EIO, "%s: cannot open: %s", path,
+		               strerror(errno));
 	if (fstat(fd, &st) != 0) {
 		int rc = err_set(e, KVS_EIO, "%s: %s", path, strerror(errno));
 		close(fd);
@@ -88,8 +92,8 @@ int file_open_regular(const char *path, const char *what, int *fd_out, uint64_t 
 
 /* Read fd to its end, at most max bytes (size: a first guess of the length);
  * the name is for messages. Closes fd unless it is standard input. */
-static int file_read_fd(int fd, const char *path, size_t max, size_t size, char **out,
-                        size_t *len, struct err *e)
+static int file_read_fd(int fd, const char *path, size_t max, size_t size, char **out, size_t *len,
+                        struct err *e)
 {
 	size_t cap = (size > max ? max : size) + 1, n = 0;
 	char *buf = xmalloc(cap + 1);
@@ -100,8 +104,10 @@ static int file_read_fd(int fd, const char *path, size_t max, size_t size, char 
 	for (;;) {
 		if (n == cap) {
 			if (cap > max) {
-				rc = err_set(e, KVS_EARG, "%s: more than %zu bytes, expected at most that "
-				             "for a file read whole", path, max);
+				rc = err_set(e, KVS_EARG,
+				             "%s: more than %zu bytes, expected at most that "
+				             "for a file read whole",
+				             path, max);
 				break;
 			}
 			cap = cap > (max + 1) / 2 ? max + 1 : cap * 2;

@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #define POOL_MAX_THREADS 256
-#define POOL_SPIN_IDLE 4000   /* pause loops before an idle worker sleeps (~0.1 ms) */
+#define POOL_SPIN_IDLE 4000    /* pause loops before an idle worker sleeps (~0.1 ms) */
 #define POOL_SPIN_BARRIER 2000 /* pause loops before a barrier waiter sleeps */
 
 struct pool_worker {
@@ -40,15 +40,15 @@ struct pool_worker {
 };
 
 struct pool {
-	int n;                        /* threads including the caller */
-	struct pool_worker *workers;  /* (n - 1) */
+	int n;                       /* threads including the caller */
+	struct pool_worker *workers; /* (n - 1) */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	_Atomic unsigned run_gen;     /* bumped by each pool_run (and by free) */
+	_Atomic unsigned run_gen; /* bumped by each pool_run (and by free) */
 	_Atomic int stop;
 	pool_fn fn;
 	void *arg;
-	int nrun;                     /* threads in the current run: 1 or n */
+	int nrun; /* threads in the current run: 1 or n */
 	/* barrier */
 	_Alignas(64) _Atomic int bar_count;
 	_Alignas(64) _Atomic uint32_t bar_phase; /* a futex word */

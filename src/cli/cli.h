@@ -26,43 +26,43 @@ enum cli_exit {
 
 /* Option groups a command accepts (the table is in opts.c). */
 enum opt_group {
-	OPTG_MODEL = 1u << 0,   /* --model */
-	OPTG_ENGINE = 1u << 1,  /* -t, --ctx, --backend, --kv-type, --batch */
-	OPTG_SAMPLER = 1u << 2, /* --temp, --top-k, --top-p, --min-p, penalties, --seed */
-	OPTG_PROMPT = 1u << 3,  /* --prompt, --prompt-file, --raw, --system */
-	OPTG_GEN = 1u << 4,     /* --max-tokens */
-	OPTG_LOGITS = 1u << 5,  /* --top */
-	OPTG_PPL = 1u << 6,     /* --file, --chunks (with --ctx) */
-	OPTG_BENCH = 1u << 7,   /* -p, -n, -r, -d, --json */
+	OPTG_MODEL = 1u << 0,    /* --model */
+	OPTG_ENGINE = 1u << 1,   /* -t, --ctx, --backend, --kv-type, --batch */
+	OPTG_SAMPLER = 1u << 2,  /* --temp, --top-k, --top-p, --min-p, penalties, --seed */
+	OPTG_PROMPT = 1u << 3,   /* --prompt, --prompt-file, --raw, --system */
+	OPTG_GEN = 1u << 4,      /* --max-tokens */
+	OPTG_LOGITS = 1u << 5,   /* --top */
+	OPTG_PPL = 1u << 6,      /* --file, --chunks (with --ctx) */
+	OPTG_BENCH = 1u << 7,    /* -p, -n, -r, -d, --json */
 	OPTG_TOKENIZE = 1u << 8, /* --file, --pieces, --no-special */
-	OPTG_KV = 1u << 9,      /* --policy, --kv-budget, --token-stats */
-	OPTG_TRACE = 1u << 10,  /* --trace, --trace-attn */
-	OPTG_EVAL = 1u << 11,   /* --format chat|raw, --seed, --json */
+	OPTG_KV = 1u << 9,       /* --policy, --kv-budget, --token-stats */
+	OPTG_TRACE = 1u << 10,   /* --trace, --trace-attn */
+	OPTG_EVAL = 1u << 11,    /* --format chat|raw, --seed, --json */
 	OPTG_PASSKEY = 1u << 12, /* --lengths, --depths, --samples */
-	OPTG_RPS = 1u << 13,    /* --rounds, --dominant */
-	OPTG_RUN = 1u << 14,    /* --plugin, --timeout, --hook-ms, --mem-cap, --results, --api-doc */
-	OPTG_DB = 1u << 15,     /* --db */
-	OPTG_SAVE = 1u << 16,   /* --resume, --title, --save (chat) */
-	OPTG_EXPORT = 1u << 17, /* --format md|json (sessions export) */
-	OPTG_LEN = 1u << 18,    /* --target-words, --length, --no-length-prompt, --no-repeat */
-	OPTG_TLG = 1u << 19,    /* --levels, --prompts (eval tlg) */
-	OPTG_TUI = 1u << 20,    /* --theme, --color, --ascii, --bench-exit */
-	OPTG_PLUGIN = 1u << 21, /* --plugin (run and the workbench) */
-	OPTG_HELP = 1u << 22,   /* -h, --help: the command's usage (model info) */
+	OPTG_RPS = 1u << 13,     /* --rounds, --dominant */
+	OPTG_RUN = 1u << 14,     /* --plugin, --timeout, --hook-ms, --mem-cap, --results, --api-doc */
+	OPTG_DB = 1u << 15,      /* --db */
+	OPTG_SAVE = 1u << 16,    /* --resume, --title, --save (chat) */
+	OPTG_EXPORT = 1u << 17,  /* --format md|json (sessions export) */
+	OPTG_LEN = 1u << 18,     /* --target-words, --length, --no-length-prompt, --no-repeat */
+	OPTG_TLG = 1u << 19,     /* --levels, --prompts (eval tlg) */
+	OPTG_TUI = 1u << 20,     /* --theme, --color, --ascii, --bench-exit */
+	OPTG_PLUGIN = 1u << 21,  /* --plugin (run and the workbench) */
+	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
 };
 
 struct cli_opts; /* opts.h */
 
 struct cli_cmd {
-	const char *name;   /* "tokenize", or "model info" for a two-word command */
-	const char *usage;  /* argument synopsis */
-	const char *help;   /* one line */
+	const char *name;  /* "tokenize", or "model info" for a two-word command */
+	const char *usage; /* argument synopsis */
+	const char *help;  /* one line */
 	/* Run with the parsed options (o->args holds args_min .. args_max
 	 * positional arguments). */
 	enum cli_exit (*exec)(struct cli_opts *o);
-	unsigned options;   /* option groups it accepts (opts.h), for parsing and help */
+	unsigned options;       /* option groups it accepts (opts.h), for parsing and help */
 	int args_min, args_max; /* positional arguments it takes (args_max -1: no limit) */
-	const char *args;   /* what they are, for the count errors ("a session id or title") */
+	const char *args;       /* what they are, for the count errors ("a session id or title") */
 	/* Before parsing: the command's own defaults in o (NULL: the shared
 	 * ones); an exit code other than CLI_OK ends the command (it has said why). */
 	enum cli_exit (*defaults)(struct cli_opts *o);
@@ -82,7 +82,7 @@ enum cli_exit cli_fail(const struct err *e);
 bool cli_stdout_flush(void);
 /* Print a usage error for cmd with a one-line reason; return CLI_BADINPUT. */
 enum cli_exit cli_usage(const struct cli_cmd *cmd, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+        __attribute__((format(printf, 2, 3)));
 /* The exit code for a status code (base.h): input problems are
  * CLI_BADINPUT, the others CLI_FAIL. The one place statuses become exits. */
 enum cli_exit cli_exit_code(int status);

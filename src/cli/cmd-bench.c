@@ -53,8 +53,8 @@ static int bench_feed(struct gen *g, const int32_t *toks, uint32_t from, uint32_
  * depth.., in seconds. Slots are positions and a batch sees the slots below
  * its end, so a run over the depth tokens of an earlier one sees exactly
  * those: only an empty depth needs a clear. */
-static int bench_run(struct gen *g, const int32_t *toks, uint32_t depth, uint32_t n,
-                     uint32_t batch, double *secs, struct err *e)
+static int bench_run(struct gen *g, const int32_t *toks, uint32_t depth, uint32_t n, uint32_t batch,
+                     double *secs, struct err *e)
 {
 	if (depth == 0)
 		engine_kv_clear(gen_engine(g));
@@ -65,7 +65,7 @@ static int bench_run(struct gen *g, const int32_t *toks, uint32_t depth, uint32_
 }
 
 struct bench_result {
-	char test[48];          /* "pp512", or "tg128@d2048" with a depth */
+	char test[48]; /* "pp512", or "tg128@d2048" with a depth */
 	double median_tps, min_tps, max_tps;
 };
 
@@ -140,8 +140,8 @@ static enum cli_exit cmd_bench_exec(struct cli_opts *o)
 		n_res++;
 	}
 	if (o->n_gen > 0) {
-		if (bench_test(g, "tg", toks, depth, depth_batch, o->n_gen, 1, o->reps, &res[n_res],
-		               &e) != KVS_OK) {
+		if (bench_test(g, "tg", toks, depth, depth_batch, o->n_gen, 1, o->reps, &res[n_res], &e) !=
+		    KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}

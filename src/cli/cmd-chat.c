@@ -44,7 +44,7 @@ const struct cli_cmd cmd_chat = {
 	.help = "plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
 	.exec = cmd_chat_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV |
-	           OPTG_DB | OPTG_SAVE | OPTG_LEN,
+	        OPTG_DB | OPTG_SAVE | OPTG_LEN,
 	.args = "none: chat reads its turns from standard input",
 	.defaults = cmd_chat_defaults,
 };
@@ -55,9 +55,9 @@ const struct cli_cmd cmd_chat = {
 /* The database behind a saving chat (st NULL when not saving). */
 struct chat_db {
 	struct store *st;
-	int64_t id;               /* resumed session, or 0 */
-	char *model_path;         /* the resumed session's model, or NULL */
-	char *system;             /* the resumed session's system prompt, or NULL */
+	int64_t id;       /* resumed session, or 0 */
+	char *model_path; /* the resumed session's model, or NULL */
+	char *system;     /* the resumed session's system prompt, or NULL */
 };
 
 /* Open the database when saving was asked for; when resuming, take the
@@ -160,8 +160,7 @@ static void chat_recap(const struct chat_db *db, uint32_t n_tokens)
 }
 
 /* With the model loaded: its hash, then resume or start saving. */
-static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session *s,
-                         struct err *e)
+static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session *s, struct err *e)
 {
 	char sha[65], smp[256];
 	struct store_resume_info info;
@@ -173,9 +172,13 @@ static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session 
 	snprintf(smp, sizeof smp, "temp=%g top-k=%d top-p=%g min-p=%g repeat-penalty=%g seed=%u",
 	         (double)sp->temp, sp->top_k, (double)sp->top_p, (double)sp->min_p,
 	         (double)sp->repeat_penalty, sp->seed);
-	struct session_store ss = { .st = db->st, .id = db->id, .title = o->title,
-		                    .model_path = mp, .model_sha256 = sha, .sampler = smp,
-		                    .snapshots = true };
+	struct session_store ss = { .st = db->st,
+		                        .id = db->id,
+		                        .title = o->title,
+		                        .model_path = mp,
+		                        .model_sha256 = sha,
+		                        .sampler = smp,
+		                        .snapshots = true };
 	if (rc == KVS_OK && db->id != 0) {
 		rc = session_resume(s, &ss, &info, e);
 		if (rc == KVS_OK && info.from_snapshot)
@@ -252,8 +255,7 @@ static void chat_kv_command(struct gen *g, const char *line)
 		struct kv_policy p;
 		const char *spec = line + 7 + strspn(line + 7, " ");
 		if (*spec == '\0') {
-			fprintf(stderr, "policy: %s\n",
-			        kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
+			fprintf(stderr, "policy: %s\n", kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
 			return;
 		}
 		rc = kv_policy_parse(spec, &p, &e);
@@ -304,8 +306,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	enum cli_exit rc;
 
 	if (o->prompt != NULL || o->prompt_file != NULL || o->raw) {
-		rc = cli_usage(&cmd_chat, "chat reads its turns from standard input; --prompt, "
-		                          "--prompt-file and --raw do not apply");
+		rc = cli_usage(&cmd_chat,
+		               "chat reads its turns from standard input; --prompt, "
+		               "--prompt-file and --raw do not apply");
 		goto out;
 	}
 	if (chat_db_open(&db, o, &e) != KVS_OK) {
@@ -329,8 +332,10 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	while ((line = lineedit_read(le, "> ", &len)) != NULL) {
 		if (strlen(line) != len) {
 			/* C strings end at the NUL: say so rather than send half the line */
-			err_set(&e, KVS_EARG, "the line has a NUL byte (at byte %zu); it was not sent: "
-			        "expected text", strlen(line));
+			err_set(&e, KVS_EARG,
+			        "the line has a NUL byte (at byte %zu); it was not sent: "
+			        "expected text",
+			        strlen(line));
 			(void)cli_fail(&e);
 			free(line);
 			fputc('\n', stdout); /* its (empty) reply: one line out per line in */
@@ -349,9 +354,10 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				session_reset(s);
 				fprintf(stderr, "kvscope: new conversation\n");
 			} else if (strcmp(line, "/help") == 0) {
-				fprintf(stderr, "commands: /reset (new conversation), /policy NAME [k=v ...], "
-				                "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
-				                "(length target), /quit\n");
+				fprintf(stderr,
+				        "commands: /reset (new conversation), /policy NAME [k=v ...], "
+				        "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
+				        "(length target), /quit\n");
 			} else if (strncmp(line, "/len", 4) == 0 && (line[4] == ' ' || line[4] == '\0')) {
 				chat_len_command(g, line, !o->no_len_prompt);
 			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
@@ -368,8 +374,8 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				break;
 			continue;
 		}
-		session_set_hooks(s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved,
-		                                               .ud = s });
+		session_set_hooks(
+		        s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved, .ud = s });
 		int st = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);

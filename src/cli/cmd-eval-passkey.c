@@ -44,17 +44,17 @@ const struct cli_cmd cmd_eval_passkey = {
 #define PK_DEFAULT_BUDGET 1024
 
 static const char pk_task[] =
-	"There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
-	"them. I will quiz you about the important information there.";
+        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+        "them. I will quiz you about the important information there.";
 static const char pk_filler[] =
-	"The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+        "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 static const char pk_question[] = "What is the pass key?";
 static const char pk_answer_prefix[] = "The pass key is";
 
 struct pk_cell {
 	uint32_t length, depth;
 	uint32_t n, correct, all_kept;
-	double tokens, kept;          /* sums over samples */
+	double tokens, kept; /* sums over samples */
 	uint64_t peak_bytes;
 	double prefill_ms, decode_ms;
 	uint64_t prefill_tok, decode_tok;
@@ -70,7 +70,8 @@ static char *pk_text(uint32_t n_blocks, uint32_t n_before, uint32_t key)
 	for (uint32_t b = 0; b <= n_blocks; b++) {
 		if (b == n_before && key > 0)
 			o += (size_t)snprintf(s + o, cap - o,
-			                      " The pass key is %u. Remember it. %u is the pass key.", key, key);
+			                      " The pass key is %u. Remember it. %u is the pass key.", key,
+			                      key);
 		if (b < n_blocks)
 			o += (size_t)snprintf(s + o, cap - o, " %s", pk_filler);
 	}
@@ -114,8 +115,7 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 }
 
 /* Filler blocks that bring the prompt closest to length tokens. */
-static int pk_calibrate(struct gen *g, bool raw, uint32_t length, uint32_t *n_blocks,
-                        struct err *e)
+static int pk_calibrate(struct gen *g, bool raw, uint32_t length, uint32_t *n_blocks, struct err *e)
 {
 	uint32_t counts[2];
 	for (int k = 0; k < 2; k++) {
@@ -220,8 +220,9 @@ static void pk_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
 	eval_json_str(fp, gen_model(g)->name);
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, policy);
-	fprintf(fp, ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
-	            "\"cells\":[",
+	fprintf(fp,
+	        ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
+	        "\"cells\":[",
 	        budget, raw ? "raw" : "chat", o->eval_seed, o->samples, o->max_tokens);
 	for (uint32_t i = 0; i < n_cells; i++) {
 		const struct pk_cell *c = &cells[i];
@@ -300,8 +301,8 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 			c->depth = depths[di];
 			for (uint32_t s = 0; s < o->samples; s++) {
 				struct eval_rng r;
-				eval_rng_seed(&r, ((uint64_t)o->eval_seed << 32) ^
-				                      ((uint64_t)lengths[li] << 12) ^
+				eval_rng_seed(&r,
+				              ((uint64_t)o->eval_seed << 32) ^ ((uint64_t)lengths[li] << 12) ^
 				                      ((uint64_t)depths[di] << 24) ^ s);
 				uint32_t key = 1 + (uint32_t)(eval_rng_next(&r) % 9999999u);
 				bool ok;
@@ -310,8 +311,8 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 				char *answer = NULL;
 				struct gen_timing t0, t1;
 				gen_timings(g, &t0);
-				if (pk_sample(g, o, raw, n_blocks, depths[di], key, &ok, &kept,
-				              &n_tok, &answer, &e) != KVS_OK) {
+				if (pk_sample(g, o, raw, n_blocks, depths[di], key, &ok, &kept, &n_tok, &answer,
+				              &e) != KVS_OK) {
 					rc = cli_fail(&e);
 					goto out;
 				}

@@ -73,7 +73,7 @@ static int rps_user_move(struct eval_rng *r, int dom)
 }
 
 struct rps_round {
-	int32_t first, last;  /* original positions of the bracketed move's tokens, -1 none */
+	int32_t first, last; /* original positions of the bracketed move's tokens, -1 none */
 };
 
 /* Token ids of one round's prompt (the turn up to the answer) and of each
@@ -187,13 +187,13 @@ static bool rps_held(const struct kv_cache *kv, const struct rps_round *r)
 
 struct rps_result {
 	uint32_t rounds, win, tie, lose;
-	uint32_t hist[3];             /* the model's moves */
+	uint32_t hist[3]; /* the model's moves */
 	uint32_t user_hist[3];
-	double held_mean;             /* mean over rounds of (moves held / moves revealed) */
+	double held_mean; /* mean over rounds of (moves held / moves revealed) */
 	uint32_t held_end, revealed_end;
-	uint32_t age_hist[5];         /* held moves at the end by age: 1-5, 6-20, 21-50, 51-100, >100 */
-	double p_mean[3];             /* mean probability of A, B, C renormalised among the three */
-	float *curve;                 /* (rounds) win rate over the last RPS_WINDOW rounds */
+	uint32_t age_hist[5]; /* held moves at the end by age: 1-5, 6-20, 21-50, 51-100, >100 */
+	double p_mean[3];     /* mean probability of A, B, C renormalised among the three */
+	float *curve;         /* (rounds) win rate over the last RPS_WINDOW rounds */
 	double ms;
 	uint64_t tokens;
 };
@@ -218,9 +218,9 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
 	        budget, raw ? "raw" : "chat", seed, rps_moves[dom], r->rounds, r->win, r->tie, r->lose,
 	        r->win / n, r->tie / n, r->lose / n, r->hist[0], r->hist[1], r->hist[2],
 	        r->user_hist[0], r->user_hist[1], r->user_hist[2], r->p_mean[0], r->p_mean[1],
-	        r->p_mean[2], r->held_end, r->revealed_end,
-	        r->held_mean, r->age_hist[0], r->age_hist[1], r->age_hist[2], r->age_hist[3],
-	        r->age_hist[4], (unsigned long long)r->tokens, r->ms / 1e3);
+	        r->p_mean[2], r->held_end, r->revealed_end, r->held_mean, r->age_hist[0],
+	        r->age_hist[1], r->age_hist[2], r->age_hist[3], r->age_hist[4],
+	        (unsigned long long)r->tokens, r->ms / 1e3);
 	for (uint32_t i = 0; i < r->rounds; i++)
 		fprintf(fp, i ? ",%.3f" : "%.3f", (double)r->curve[i]);
 	fprintf(fp, "]}\n");

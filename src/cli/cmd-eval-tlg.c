@@ -50,9 +50,9 @@ enum { ARM_PROMPT, ARM_CTL, ARM_ORACLE, N_ARMS };
 static const char *const tlg_arm_names[N_ARMS] = { "prompt-only", "controller", "oracle-trunc" };
 
 struct tlg_item {
-	int level;   /* index in len_levels */
+	int level; /* index in len_levels */
 	char *form;
-	char *text;  /* the instruction, line breaks restored */
+	char *text; /* the instruction, line breaks restored */
 };
 
 /* Sums over the outputs of one arm at one level (or a group of levels). */
@@ -69,8 +69,8 @@ struct tlg_out {
 };
 
 /* Parse the prompt set (LEVEL<TAB>FORM<TAB>INSTRUCTION lines; '#' comments). */
-static int tlg_parse(const char *name, const char *s, size_t len,
-                     struct tlg_item **out, size_t *n, struct err *e)
+static int tlg_parse(const char *name, const char *s, size_t len, struct tlg_item **out, size_t *n,
+                     struct err *e)
 {
 	size_t cap = 0, line = 0;
 	const char *end = s + len;
@@ -346,13 +346,15 @@ static enum cli_exit cmd_eval_tlg_exec(struct cli_opts *o)
 	enum cli_exit rc;
 
 	if (o->eval_raw) {
-		rc = cli_usage(&cmd_eval_tlg, "--format: 'raw', expected chat (the task is defined "
-		                              "on the chat template)");
+		rc = cli_usage(&cmd_eval_tlg,
+		               "--format: 'raw', expected chat (the task is defined "
+		               "on the chat template)");
 		goto out;
 	}
 	if (o->len.unit != LEN_NONE) {
-		rc = cli_usage(&cmd_eval_tlg, "--target-words/--length do not apply: the targets are "
-		                              "the levels (--levels)");
+		rc = cli_usage(&cmd_eval_tlg,
+		               "--target-words/--length do not apply: the targets are "
+		               "the levels (--levels)");
 		goto out;
 	}
 	if (tlg_levels(o->levels, on, &e) != KVS_OK) {
@@ -366,8 +368,8 @@ static enum cli_exit cmd_eval_tlg_exec(struct cli_opts *o)
 			rc = cli_fail(&e);
 			goto out;
 		}
-	} else if (tlg_parse("data/tlg-prompts.tsv", tlg_prompts_tsv, tlg_prompts_tsv_len,
-	                     &items, &n_items, &e) != KVS_OK) {
+	} else if (tlg_parse("data/tlg-prompts.tsv", tlg_prompts_tsv, tlg_prompts_tsv_len, &items,
+	                     &n_items, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
@@ -473,8 +475,8 @@ static enum cli_exit cmd_eval_tlg_exec(struct cli_opts *o)
 			tlg_add(&acc[a][16 + lv->group], lv, &out[a]);
 			tlg_add(&acc[a][19], lv, &out[a]);
 		}
-		eval_progress(&pr, r + 1, "level %s: %u -> %u words (%s)", lv->name,
-		              out[ARM_PROMPT].words, out[ARM_CTL].words, gen_stop_name(stop));
+		eval_progress(&pr, r + 1, "level %s: %u -> %u words (%s)", lv->name, out[ARM_PROMPT].words,
+		              out[ARM_CTL].words, gen_stop_name(stop));
 	}
 	eval_progress_end(&pr);
 	free(order);

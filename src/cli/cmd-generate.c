@@ -26,7 +26,7 @@ const struct cli_cmd cmd_generate = {
 	        "unless --raw)",
 	.exec = cmd_generate_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_PROMPT | OPTG_GEN | OPTG_KV |
-	           OPTG_TRACE | OPTG_LEN,
+	        OPTG_TRACE | OPTG_LEN,
 };
 
 struct generate_trace {
@@ -79,8 +79,7 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 	if (o->trace != NULL) {
 		tr.fp = fopen(o->trace, "w");
 		if (tr.fp == NULL) {
-			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o->trace,
-			        strerror(errno));
+			err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o->trace, strerror(errno));
 			rc = cli_fail(&e);
 			goto out;
 		}
@@ -128,14 +127,13 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 	        engine_n_threads(eng), sampler_seed(gen_sampler(g)));
 	if (lt.unit != LEN_NONE)
 		fprintf(stderr, "kvscope: length target %s: %u words, %u tokens; stop: %s\n",
-		        len_target_format(&lt, lbuf, sizeof lbuf), gen_last_reply(g)->n_words,
-		        n_out, gen_stop_name(stop));
+		        len_target_format(&lt, lbuf, sizeof lbuf), gen_last_reply(g)->n_words, n_out,
+		        gen_stop_name(stop));
 	kv_cache_stats(gen_kv(g), &ks);
 	fprintf(stderr,
 	        "kvscope: KV %s, budget %u: %u tokens cached (%.1f MiB), %llu evicted in %u rounds, "
 	        "peak %.1f MiB\n",
-	        kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol), ks.budget,
-	        ks.n_cached,
+	        kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol), ks.budget, ks.n_cached,
 	        (double)ks.bytes / 1048576.0, (unsigned long long)ks.n_evicted, ks.n_evictions,
 	        (double)ks.bytes_peak / 1048576.0);
 	rc = CLI_OK;

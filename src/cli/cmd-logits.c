@@ -59,8 +59,9 @@ static enum cli_exit cmd_logits_exec(struct cli_opts *o)
 		goto out;
 	}
 	if (n_ids > gen_n_ctx(g)) {
-		err_set(&e, KVS_ERANGE, "context overflow: the prompt has %zu tokens, the context %u (raise --ctx)",
-		        n_ids, gen_n_ctx(g));
+		err_set(&e, KVS_ERANGE,
+		        "context overflow: the prompt has %zu tokens, the context %u (raise --ctx)", n_ids,
+		        gen_n_ctx(g));
 		rc = cli_fail(&e);
 		goto out;
 	}
@@ -70,8 +71,8 @@ static enum cli_exit cmd_logits_exec(struct cli_opts *o)
 		uint32_t m = (uint32_t)KVS_MIN((size_t)gen_n_batch(g), n_ids - done);
 		struct engine_out out;
 
-		if (gen_run_linear(gen_engine(g), ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL,
-		                   &out, &e) != KVS_OK) {
+		if (gen_run_linear(gen_engine(g), ids + done, (uint32_t)done, m, ENGINE_LOGITS_ALL, &out,
+		                   &e) != KVS_OK) {
 			rc = cli_fail(&e);
 			goto out;
 		}

@@ -89,15 +89,16 @@ static void model_print_header(const struct model *m)
 	printf("  %-16s%u\n", "context (train)", hp->n_ctx_train);
 	printf("  %-16s%u\n", "embedding", hp->n_embd);
 	printf("  %-16s%u\n", "feed-forward", hp->n_ff);
-	printf("  %-16s%u (kv heads %u, group %u, head dim %u)\n", "heads", hp->n_head,
-	       hp->n_head_kv, hp->n_head / hp->n_head_kv, hp->head_dim);
+	printf("  %-16s%u (kv heads %u, group %u, head dim %u)\n", "heads", hp->n_head, hp->n_head_kv,
+	       hp->n_head / hp->n_head_kv, hp->head_dim);
 	printf("  %-16s%s, %u dims, base %g, freq scale %g\n", "rope",
 	       hp->rope == ROPE_NEOX ? "neox (rotate half)" : "norm (adjacent pairs)", hp->n_rot,
 	       (double)hp->rope_base, (double)hp->rope_freq_scale);
 	printf("  %-16s%g\n", "rms eps", (double)hp->rms_eps);
 	printf("  %-16s%g\n", "attention scale", (double)hp->attn_scale);
 	printf("  %-16s%s\n", "qkv bias", hp->has_qkv_bias ? "yes" : "no");
-	printf("  %-16s%s\n", "output", hp->tied_output ? "tied to token_embd.weight" : "output.weight");
+	printf("  %-16s%s\n", "output",
+	       hp->tied_output ? "tied to token_embd.weight" : "output.weight");
 	printf("  %-16s%u\n", "vocab", hp->n_vocab);
 }
 
@@ -178,9 +179,8 @@ static void model_print_tensors(const struct model *m)
 		if (n_of[t] == 0)
 			continue;
 		printf("  %-6s %8llu %16s %10.2f %16s\n", dtype_name(t), (unsigned long long)n_of[t],
-		       model_commas(bytes_of[t], num, sizeof num),
-		       (double)bytes_of[t] / (1024.0 * 1024), model_commas(elems_of[t], elem_s,
-		                                                           sizeof elem_s));
+		       model_commas(bytes_of[t], num, sizeof num), (double)bytes_of[t] / (1024.0 * 1024),
+		       model_commas(elems_of[t], elem_s, sizeof elem_s));
 	}
 	{
 		char elem_s[40];

@@ -69,8 +69,8 @@ static enum cli_exit cmd_perplexity_exec(struct cli_opts *o)
 	if (o->chunks > 0 && o->chunks < n_chunks)
 		n_chunks = o->chunks;
 	if (n_chunks == 0) {
-		err_set(&e, KVS_EARG, "%s: %zu tokens is less than one chunk of --ctx %u tokens",
-		        o->file, n_ids, n_ctx);
+		err_set(&e, KVS_EARG, "%s: %zu tokens is less than one chunk of --ctx %u tokens", o->file,
+		        n_ids, n_ctx);
 		rc = cli_fail(&e);
 		goto out;
 	}
@@ -88,8 +88,7 @@ static enum cli_exit cmd_perplexity_exec(struct cli_opts *o)
 			uint32_t m = KVS_MIN(nb, n_ctx - done);
 			enum engine_logits lg = done + m > first ? ENGINE_LOGITS_ALL : ENGINE_LOGITS_NONE;
 			struct engine_out out;
-			if (gen_run_linear(gen_engine(g), chunk + done, done, m, lg, &out, &e) !=
-			    KVS_OK) {
+			if (gen_run_linear(gen_engine(g), chunk + done, done, m, lg, &out, &e) != KVS_OK) {
 				free(chunk);
 				rc = cli_fail(&e);
 				goto out;
@@ -99,8 +98,8 @@ static enum cli_exit cmd_perplexity_exec(struct cli_opts *o)
 				float s, h;
 				if (p < first || p > n_ctx - 2)
 					continue;
-				engine_row_stats(out.logits + (size_t)i * n_vocab, n_vocab,
-				                 ids[c * n_ctx + p + 1], &s, &h);
+				engine_row_stats(out.logits + (size_t)i * n_vocab, n_vocab, ids[c * n_ctx + p + 1],
+				                 &s, &h);
 				nll += s;
 				nll2 += (double)s * s;
 				count++;
@@ -118,8 +117,8 @@ static enum cli_exit cmd_perplexity_exec(struct cli_opts *o)
 	double ppl = exp(mean);
 	/* llama.cpp's +/- : the standard error of the mean nll, through exp. */
 	double se = count > 1 && var > 0 ? sqrt(var / (double)(count - 1)) * ppl : 0.0;
-	fprintf(stderr, "kvscope: final estimate: PPL = %.4f +/- %.5f over %llu tokens in %.1f s\n", ppl,
-	        se, (unsigned long long)count, clock_now_s() - t0);
+	fprintf(stderr, "kvscope: final estimate: PPL = %.4f +/- %.5f over %llu tokens in %.1f s\n",
+	        ppl, se, (unsigned long long)count, clock_now_s() - t0);
 	printf("ppl %.4f\n", ppl);
 	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
 out:

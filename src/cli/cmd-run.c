@@ -25,8 +25,7 @@ const struct cli_cmd cmd_run = {
 	         "[ARGS...] | --api-doc",
 	.help = "run a Lua experiment script headless (sessions/ holds the bundled ones)",
 	.exec = cmd_run_exec,
-	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN |
-	           OPTG_DB,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_KV | OPTG_RUN | OPTG_DB,
 	.args_max = -1,
 	.defaults = cmd_run_defaults,
 };

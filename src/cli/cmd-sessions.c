@@ -139,15 +139,21 @@ static enum cli_exit sessions_show_exec(struct cli_opts *o)
 	int64_t id;
 	char t[32];
 	enum cli_exit rc = sessions_open(o, STORE_RO, &st);
-	if (rc == CLI_OK && (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
-	                     store_session_get(st, id, &s, &e) != KVS_OK))
+	if (rc == CLI_OK &&
+	    (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
+	     store_session_get(st, id, &s, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK) {
 		/* the strings, escaped for the terminal: title, model path, arch,
 		 * sha256, policy, sampler, system prompt */
 		char *f[7];
-		const char *raw[7] = { s.title, s.model_path, s.arch, s.model_sha256, s.policy,
-			               s.sampler, s.system ? s.system : "(none)" };
+		const char *raw[7] = { s.title,
+			                   s.model_path,
+			                   s.arch,
+			                   s.model_sha256,
+			                   s.policy,
+			                   s.sampler,
+			                   s.system ? s.system : "(none)" };
 		for (int i = 0; i < 7; i++)
 			f[i] = store_text_escape(raw[i], 0);
 		printf("session  %lld: %s\n", (long long)s.id, f[0]);
@@ -180,8 +186,9 @@ static enum cli_exit sessions_export_exec(struct cli_opts *o)
 		rc = cli_usage(&cmd_sessions_export, "%s", e.msg);
 	struct store_session ss = { 0 };
 	struct model *m = NULL;
-	if (rc == CLI_OK && (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
-	                     store_session_get(st, id, &ss, &e) != KVS_OK))
+	if (rc == CLI_OK &&
+	    (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
+	     store_session_get(st, id, &ss, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK) {
 		/* the session's model, for the evicted tokens' text (ids only without it) */
@@ -215,8 +222,9 @@ static enum cli_exit sessions_delete_exec(struct cli_opts *o)
 	struct err e;
 	int64_t id;
 	enum cli_exit rc = sessions_open(o, STORE_RW, &st);
-	if (rc == CLI_OK && (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
-	                     store_session_delete(st, id, &e) != KVS_OK))
+	if (rc == CLI_OK &&
+	    (store_session_find(st, o->args[0], &id, &e) != KVS_OK ||
+	     store_session_delete(st, id, &e) != KVS_OK))
 		rc = cli_fail(&e);
 	if (rc == CLI_OK)
 		fprintf(stderr, "kvscope: session %lld deleted\n", (long long)id);

@@ -93,8 +93,9 @@ static enum cli_exit cmd_tokenize_exec(struct cli_opts *o)
 
 	err_clear(&e);
 	if ((arg == NULL) == (o->file == NULL))
-		return cli_usage(&cmd_tokenize, arg ? "give either --file or TEXT, not both"
-		                                    : "expected --file F or TEXT");
+		return cli_usage(&cmd_tokenize,
+		                 arg ? "give either --file or TEXT, not both"
+		                     : "expected --file F or TEXT");
 	if (o->file != NULL) {
 		if (file_read_all(o->file, &text, &len, &e) != KVS_OK)
 			return cli_fail(&e);

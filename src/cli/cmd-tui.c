@@ -27,7 +27,7 @@ const struct cli_cmd cmd_tui = {
 	        "command)",
 	.exec = cmd_tui_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV |
-	           OPTG_TUI | OPTG_DB | OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN,
+	        OPTG_TUI | OPTG_DB | OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN,
 	.defaults = cmd_tui_defaults,
 };
 
@@ -37,8 +37,9 @@ const struct cli_cmd cmd_tui = {
 static enum cli_exit cmd_tui_defaults(struct cli_opts *o)
 {
 	if (!tui_available()) {
-		fprintf(stderr, "kvscope: the workbench was not built (no ncursesw at configure "
-		                "time); try 'kvscope chat'\n");
+		fprintf(stderr,
+		        "kvscope: the workbench was not built (no ncursesw at configure "
+		        "time); try 'kvscope chat'\n");
 		return CLI_FAIL;
 	}
 	o->max_tokens = 512;
@@ -52,8 +53,10 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	static const struct {
 		const char *name;
 		enum tui_color_mode mode;
-	} colors[] = { { "auto", TUI_COLOR_AUTO }, { "256", TUI_COLOR_256 },
-		       { "truecolor", TUI_COLOR_TRUE }, { "none", TUI_COLOR_NONE } };
+	} colors[] = { { "auto", TUI_COLOR_AUTO },
+		           { "256", TUI_COLOR_256 },
+		           { "truecolor", TUI_COLOR_TRUE },
+		           { "none", TUI_COLOR_NONE } };
 	struct tui_options to = { 0 };
 	struct session *s = NULL;
 	char *model_path = NULL;
@@ -70,8 +73,9 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 		goto out;
 	}
 	if (!isatty(0)) {
-		rc = cli_usage(&cmd_tui, "the workbench needs a terminal on standard input; from a pipe "
-		                         "use 'kvscope chat'");
+		rc = cli_usage(&cmd_tui,
+		               "the workbench needs a terminal on standard input; from a pipe "
+		               "use 'kvscope chat'");
 		goto out;
 	}
 	to.color = TUI_COLOR_AUTO;
@@ -81,8 +85,10 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 			if (strcmp(o->color, colors[i].name) == 0)
 				break;
 		if (i == KVS_ARRAY_LEN(colors)) {
-			rc = cli_usage(&cmd_tui, "--color %s: expected auto, 256, truecolor or "
-			                         "none", o->color);
+			rc = cli_usage(&cmd_tui,
+			               "--color %s: expected auto, 256, truecolor or "
+			               "none",
+			               o->color);
 			goto out;
 		}
 		to.color = colors[i].mode;
@@ -111,9 +117,11 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	to.model_path = model_path;
 	if (o->gen.model_path == NULL && access(model_path, F_OK) != 0) {
 		/* the first thing a newcomer meets: say how to get the model */
-		fprintf(stderr, "kvscope: the default model is not installed (%s): 'make model' in the "
-		                "build tree fetches it (or 'sh scripts/setup.sh build' sets everything "
-		                "up), or give --model FILE\n", model_path);
+		fprintf(stderr,
+		        "kvscope: the default model is not installed (%s): 'make model' in the "
+		        "build tree fetches it (or 'sh scripts/setup.sh build' sets everything "
+		        "up), or give --model FILE\n",
+		        model_path);
 		rc = CLI_FAIL;
 		goto out;
 	}

@@ -57,8 +57,8 @@ void eval_progress(struct eval_progress *p, uint64_t done, const char *fmt, ...)
 	for (int i = 0; i < 30; i++)
 		bar[i] = i < fill ? '#' : '.';
 	bar[30] = '\0';
-	fprintf(stderr, "%s%s [%s] %llu/%llu %s  %.0fs (eta %.0fs)%s", p->tty ? "\r" : "", p->what,
-	        bar, (unsigned long long)done, (unsigned long long)p->total, status, el, eta,
+	fprintf(stderr, "%s%s [%s] %llu/%llu %s  %.0fs (eta %.0fs)%s", p->tty ? "\r" : "", p->what, bar,
+	        (unsigned long long)done, (unsigned long long)p->total, status, el, eta,
 	        p->tty ? "\033[K" : "\n");
 	fflush(stderr);
 }
@@ -88,8 +88,8 @@ int eval_parse_list(const char *opt, const char *s, uint32_t lo, uint32_t hi, ui
 			end++;
 		}
 		if (end == item || *end != '\0' || errno != 0 || item[0] == '-' || v < lo || v > hi)
-			return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number in %u..%u", opt, item,
-			               lo, hi);
+			return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number in %u..%u", opt, item, lo,
+			               hi);
 		if (*n >= cap)
 			return err_set(e, KVS_EARG, "--%s: more than %u values", opt, cap);
 		out[(*n)++] = (uint32_t)v;

@@ -29,7 +29,7 @@ struct eval_progress {
 void eval_progress_start(struct eval_progress *p, const char *what, uint64_t total);
 /* Show done/total and a short status (printf-style). */
 void eval_progress(struct eval_progress *p, uint64_t done, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 void eval_progress_end(struct eval_progress *p);
 
 /* Parse "2k,4k,8192" (k = 1024) or "10,30,50" into out (at most cap

@@ -61,15 +61,9 @@ char *cli_model_path(const char *explicit_path)
 /* The exit code of each status code (base.h): what the input caused is
  * CLI_BADINPUT. A status past the table (a new one) exits CLI_FAIL. */
 static const enum cli_exit main_exit_of[] = {
-	[KVS_OK] = CLI_OK,
-	[KVS_EFORMAT] = CLI_BADINPUT,
-	[KVS_EUNSUPPORTED] = CLI_BADINPUT,
-	[KVS_EIO] = CLI_FAIL,
-	[KVS_EARG] = CLI_BADINPUT,
-	[KVS_ERANGE] = CLI_BADINPUT,
-	[KVS_ESTATE] = CLI_FAIL,
-	[KVS_ENOTFOUND] = CLI_BADINPUT,
-	[KVS_ECHECKSUM] = CLI_BADINPUT,
+	[KVS_OK] = CLI_OK,           [KVS_EFORMAT] = CLI_BADINPUT,   [KVS_EUNSUPPORTED] = CLI_BADINPUT,
+	[KVS_EIO] = CLI_FAIL,        [KVS_EARG] = CLI_BADINPUT,      [KVS_ERANGE] = CLI_BADINPUT,
+	[KVS_ESTATE] = CLI_FAIL,     [KVS_ENOTFOUND] = CLI_BADINPUT, [KVS_ECHECKSUM] = CLI_BADINPUT,
 	[KVS_ENOMEM] = CLI_BADINPUT,
 };
 
@@ -204,13 +198,15 @@ static void main_help(FILE *fp)
 {
 	size_t i;
 
-	fprintf(fp, "usage: kvscope [COMMAND] [ARGS]\n"
-	            "       kvscope [OPTIONS]      (no command: interactive chat)\n\ncommands:\n");
+	fprintf(fp,
+	        "usage: kvscope [COMMAND] [ARGS]\n"
+	        "       kvscope [OPTIONS]      (no command: interactive chat)\n\ncommands:\n");
 	for (i = 0; i < KVS_ARRAY_LEN(cli_cmds); i++)
 		fprintf(fp, "  %-12s %s\n      %s\n", cli_cmds[i]->name, cli_cmds[i]->usage,
 		        cli_cmds[i]->help);
-	fprintf(fp, "\n'kvscope help COMMAND' lists a command's options; 'kvscope help policies' the "
-	            "KV retention policies.\n");
+	fprintf(fp,
+	        "\n'kvscope help COMMAND' lists a command's options; 'kvscope help policies' the "
+	        "KV retention policies.\n");
 	fprintf(fp, "\nenvironment: KVSCOPE_MODEL (model file), XDG_DATA_HOME, XDG_STATE_HOME\n");
 }
 

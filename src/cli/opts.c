@@ -20,13 +20,13 @@
 #include <string.h>
 
 struct cli_opt {
-	const char *name;   /* long name without "--" */
-	char short_name;    /* 0 if none */
-	const char *arg;    /* argument name, NULL for a flag */
+	const char *name; /* long name without "--" */
+	char short_name;  /* 0 if none */
+	const char *arg;  /* argument name, NULL for a flag */
 	unsigned group;
 	int (*set)(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e);
-	size_t off;         /* field offset for the generic setters */
-	double lo, hi;      /* range for the numeric setters */
+	size_t off;    /* field offset for the generic setters */
+	double lo, hi; /* range for the numeric setters */
 	const char *help;
 };
 
@@ -38,8 +38,7 @@ static int opt_u32(struct cli_opts *o, const char *arg, const struct cli_opt *op
 
 	errno = 0;
 	v = strtoull(arg, &end, 10);
-	if (arg[0] == '\0' || arg[0] == '-' || *end != '\0' || errno != 0 || v < opt->lo ||
-	    v > opt->hi)
+	if (arg[0] == '\0' || arg[0] == '-' || *end != '\0' || errno != 0 || v < opt->lo || v > opt->hi)
 		return err_set(e, KVS_EARG, "--%s: '%s' is not a whole number in %.0f..%.0f", opt->name,
 		               arg, opt->lo, opt->hi);
 	*(uint32_t *)((char *)o + opt->off) = (uint32_t)v;
@@ -47,16 +46,17 @@ static int opt_u32(struct cli_opts *o, const char *arg, const struct cli_opt *op
 }
 
 /* The KV budget: 0 (every slot of the context, the default) or lo..hi. */
-static int opt_budget(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
-                      struct err *e)
+static int opt_budget(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	if (strcmp(arg, "0") == 0) {
 		*(uint32_t *)((char *)o + opt->off) = 0;
 		return KVS_OK;
 	}
 	if (opt_u32(o, arg, opt, e) != KVS_OK)
-		return err_set(e, KVS_EARG, "--%s: '%s' is not 0 (every slot) or a whole number in "
-		                            "%.0f..%.0f", opt->name, arg, opt->lo, opt->hi);
+		return err_set(e, KVS_EARG,
+		               "--%s: '%s' is not 0 (every slot) or a whole number in "
+		               "%.0f..%.0f",
+		               opt->name, arg, opt->lo, opt->hi);
 	return KVS_OK;
 }
 
@@ -84,8 +84,8 @@ static int opt_number(const char *arg, const struct cli_opt *opt, double *v, str
 	*v = strtod(arg, &end);
 	if (arg[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(*v) || *v < opt->lo ||
 	    *v > opt->hi)
-		return err_set(e, KVS_EARG, "--%s: '%s' is not a number in %g..%g", opt->name, arg,
-		               opt->lo, opt->hi);
+		return err_set(e, KVS_EARG, "--%s: '%s' is not a number in %g..%g", opt->name, arg, opt->lo,
+		               opt->hi);
 	return KVS_OK;
 }
 
@@ -188,8 +188,7 @@ static int opt_seed(struct cli_opts *o, const char *arg, const struct cli_opt *o
 }
 
 /* --policy NAME[:k=v,...] */
-static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
-                      struct err *e)
+static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	(void)opt;
 	o->policy_spec = arg;
@@ -234,8 +233,7 @@ static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt 
 
 /* --resume [ID|TITLE]: the value may be left out (the latest session); a
  * value given empty or blank is an error, not the latest session. */
-static int opt_resume(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
-                      struct err *e)
+static int opt_resume(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	if (arg != NULL && store_key_check(arg, e) != KVS_OK)
 		return err_set(e, KVS_EARG,
@@ -271,8 +269,7 @@ static int opt_target_words(struct cli_opts *o, const char *arg, const struct cl
 }
 
 /* --length SPEC: 120w, 200t, a level name or off. */
-static int opt_length(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
-                      struct err *e)
+static int opt_length(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	char msg[sizeof e->msg];
 
@@ -513,8 +510,7 @@ enum cli_exit cli_opts_parse(const struct cli_cmd *cmd, int argc, char **argv, s
 		}
 		if (opt == NULL)
 			return cli_usage(cmd, "unknown option '%s'", a);
-		if (opt->set == opt_resume && val == NULL &&
-		    (i + 1 >= argc || argv[i + 1][0] == '-')) {
+		if (opt->set == opt_resume && val == NULL && (i + 1 >= argc || argv[i + 1][0] == '-')) {
 			/* --resume alone: the latest session */
 		} else if (opt->arg != NULL && val == NULL) {
 			if (i + 1 >= argc)

@@ -54,17 +54,18 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define CPU_UBATCH 512   /* tokens per pool_run */
-#define CPU_LM_CHUNK 32  /* rows per LM-head chunk when only statistics are kept */
-#define CPU_PROBE_EVERY 32   /* decode steps between tries of the other thread count */
-#define CPU_FA_TILE 64       /* keys per tile of the tiled prefill attention */
-#define CPU_DEC_RUN 256      /* keys per run of the split decode attention */
-#define CPU_FA_ROWS 96       /* query rows (tokens x heads) per block, at least: the
+#define CPU_UBATCH 512     /* tokens per pool_run */
+#define CPU_LM_CHUNK 32    /* rows per LM-head chunk when only statistics are kept */
+#define CPU_PROBE_EVERY 32 /* decode steps between tries of the other thread count */
+#define CPU_FA_TILE 64     /* keys per tile of the tiled prefill attention */
+#define CPU_DEC_RUN 256    /* keys per run of the split decode attention */
+#define CPU_FA_ROWS \
+	96 /* query rows (tokens x heads) per block, at least: the
                               * tile conversion is ~4 % of the block's work at 96 */
 
 struct cpu_layer {
-	const float *attn_norm, *ffn_norm;     /* (n_embd) */
-	const float *bq, *bk, *bv;             /* biases or NULL */
+	const float *attn_norm, *ffn_norm; /* (n_embd) */
+	const float *bq, *bk, *bv;         /* biases or NULL */
 	struct kern_weight wq, wk, wv, wo, gate, up, down;
 };
 
@@ -72,80 +73,80 @@ struct cpu {
 	const struct model *m;
 	struct hparams hp;
 	struct engine_config cfg;
-	const int32_t *slot_pos;      /* (n_ctx), the engine's */
+	const int32_t *slot_pos; /* (n_ctx), the engine's */
 	const struct kern_ops *ops;
 	bool ref;
 	struct pool *pool;
-	struct cpu_layer *L;          /* (n_layer) */
-	struct kern_weight out;       /* LM head */
-	struct kern_weight embd;      /* token embeddings, never packed */
+	struct cpu_layer *L;              /* (n_layer) */
+	struct kern_weight out;           /* LM head */
+	struct kern_weight embd;          /* token embeddings, never packed */
 	const struct kern_weight *lookup; /* rows for the embedding lookup: embd, or the
 	                               * packed LM head when it is the same tensor */
-	void *arena;                  /* all packed weights (mmap'ed) */
+	void *arena;                      /* all packed weights (mmap'ed) */
 	uint64_t arena_bytes;
 
 	/* KV cache */
-	size_t kv_es;                 /* bytes per element: 2 or 4 */
-	uint64_t kv_row;              /* elements per slot per layer: n_head_kv * head_dim */
-	uint8_t **kc, **vc;           /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
-	uint8_t **kr;                 /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
-	int32_t *kr_pos;              /* (n_ctx) position kr holds each slot rotated to, or -1 */
-	float *rcs;                   /* (n_threads, n_rot) angles for re-rotation */
+	size_t kv_es;       /* bytes per element: 2 or 4 */
+	uint64_t kv_row;    /* elements per slot per layer: n_head_kv * head_dim */
+	uint8_t **kc, **vc; /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
+	uint8_t **kr;       /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
+	int32_t *kr_pos;    /* (n_ctx) position kr holds each slot rotated to, or -1 */
+	float *rcs;         /* (n_threads, n_rot) angles for re-rotation */
 
 	/* scratch for one ubatch */
-	uint32_t cap;                 /* tokens */
-	float *x;                     /* (cap, n_embd) residual stream */
-	float *xb;                    /* (cap, n_embd) normed input of a block */
-	float *q;                     /* (cap, n_head * head_dim) */
-	float *k, *v;                 /* (cap, n_head_kv * head_dim) */
-	float *ao;                    /* (cap, n_head * head_dim) attention output */
-	float *g, *u;                 /* (cap, n_ff) gate and up, then silu(g) * u in g */
-	float *tok_cs;                /* (cap, n_rot) the ubatch's own angles */
-	struct kern_act act;          /* (cap, kmax) quantised activations */
+	uint32_t cap;        /* tokens */
+	float *x;            /* (cap, n_embd) residual stream */
+	float *xb;           /* (cap, n_embd) normed input of a block */
+	float *q;            /* (cap, n_head * head_dim) */
+	float *k, *v;        /* (cap, n_head_kv * head_dim) */
+	float *ao;           /* (cap, n_head * head_dim) attention output */
+	float *g, *u;        /* (cap, n_ff) gate and up, then silu(g) * u in g */
+	float *tok_cs;       /* (cap, n_rot) the ubatch's own angles */
+	struct kern_act act; /* (cap, kmax) quantised activations */
 	uint32_t vis_cap;
-	float *krot;                  /* (n_head_kv, head_dim, vis_cap) rotated keys */
-	float *vf;                    /* (n_head_kv, vis_cap, head_dim) values */
-	int32_t *vpos;                /* (vis_cap) positions of the visible slots, sorted */
-	uint32_t *vorder;             /* (vis_cap) index into the batch's visible list, by position */
-	uint32_t *vslot;              /* (vis_cap) slot of each, by position */
-	uint32_t n_valid;             /* visible slots that hold a token (a prefix of vorder) */
-	float *scores;                /* (n_threads, q_rows, vis_cap) */
-	float *tmp;                   /* (n_threads, kmax) generic-path rows */
-	float *txb;                   /* (n_threads, kmax) a thread's own normed row (one-token batches) */
-	struct kern_act *tact;        /* (n_threads) a thread's own quantised row */
-	uint64_t kmax;                /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
-	float *lm;                    /* (CPU_LM_CHUNK, n_vocab) statistics-only logits */
-	double step_ms[2];            /* decode step time, moving average: [0] one thread,
+	float *krot;           /* (n_head_kv, head_dim, vis_cap) rotated keys */
+	float *vf;             /* (n_head_kv, vis_cap, head_dim) values */
+	int32_t *vpos;         /* (vis_cap) positions of the visible slots, sorted */
+	uint32_t *vorder;      /* (vis_cap) index into the batch's visible list, by position */
+	uint32_t *vslot;       /* (vis_cap) slot of each, by position */
+	uint32_t n_valid;      /* visible slots that hold a token (a prefix of vorder) */
+	float *scores;         /* (n_threads, q_rows, vis_cap) */
+	float *tmp;            /* (n_threads, kmax) generic-path rows */
+	float *txb;            /* (n_threads, kmax) a thread's own normed row (one-token batches) */
+	struct kern_act *tact; /* (n_threads) a thread's own quantised row */
+	uint64_t kmax;         /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
+	float *lm;             /* (CPU_LM_CHUNK, n_vocab) statistics-only logits */
+	double step_ms[2];     /* decode step time, moving average: [0] one thread,
 	                               * [1] all threads; 0 = not measured yet */
-	uint64_t n_steps;             /* decode steps so far */
+	uint64_t n_steps;      /* decode steps so far */
 	/* want_attn_kv: per-thread sums, reduced after the batch */
-	float *akv;                   /* (n_threads, n_layer, n_head_kv, akv_cap) */
-	uint32_t akv_cap;             /* visible slots akv holds */
+	float *akv;       /* (n_threads, n_layer, n_head_kv, akv_cap) */
+	uint32_t akv_cap; /* visible slots akv holds */
 	/* dist_cap: per thread, the angles of the last capped position */
-	float *cap_cs;                /* (n_threads, n_rot) */
-	int32_t *cap_pos;             /* (n_threads) position cap_cs is for, or -1 */
-	float *cap_k;                 /* (n_threads, head_dim) a global key, rotated */
-	uint32_t q_rows;              /* max(KERN_ATT_Q, n_head): query rows per thread below */
-	float *qh;                    /* (n_threads, q_rows * head_dim) queries rounded to f16 */
+	float *cap_cs;    /* (n_threads, n_rot) */
+	int32_t *cap_pos; /* (n_threads) position cap_cs is for, or -1 */
+	float *cap_k;     /* (n_threads, head_dim) a global key, rotated */
+	uint32_t q_rows;  /* max(KERN_ATT_Q, n_head): query rows per thread below */
+	float *qh;        /* (n_threads, q_rows * head_dim) queries rounded to f16 */
 	/* tiled prefill attention (cpu_flash): per thread one block of query
 	 * rows (fa_rows = tokens x the query heads of one KV head) and one tile
 	 * of CPU_FA_TILE keys, laid out as cpu_flash_carve says */
-	uint32_t fa_tokens;           /* tokens per query block */
-	uint32_t fa_rows;             /* fa_tokens * (n_head / n_head_kv) */
-	size_t fa_stride;             /* floats per thread */
-	float *fa;                    /* (n_threads, fa_stride) */
-	atomic_uint *fa_next;         /* (n_layer) next work item of the layer */
+	uint32_t fa_tokens;   /* tokens per query block */
+	uint32_t fa_rows;     /* fa_tokens * (n_head / n_head_kv) */
+	size_t fa_stride;     /* floats per thread */
+	float *fa;            /* (n_threads, fa_stride) */
+	atomic_uint *fa_next; /* (n_layer) next work item of the layer */
 	/* Λ-mask (n_local): per thread, which scores of a row group are masked,
 	 * and the middle keys' scores at the insert distance */
-	uint32_t lam_cap;             /* visible slots the buffers below hold */
-	uint8_t *lam_mk;              /* (n_threads, KERN_ATT_Q, lam_cap) 1 = masked */
-	float *lam_sc;                /* (n_threads, KERN_ATT_Q, lam_cap) middle scores */
-	uint32_t *lam_idx;            /* (n_threads, lam_cap) sorted indices of middle keys */
-	float *ins_cs;                /* (n_threads, n_rot) angles of p - middle_insert_at */
-	int32_t *ins_pos;             /* (n_threads) position ins_cs is for, or -1 */
+	uint32_t lam_cap;  /* visible slots the buffers below hold */
+	uint8_t *lam_mk;   /* (n_threads, KERN_ATT_Q, lam_cap) 1 = masked */
+	float *lam_sc;     /* (n_threads, KERN_ATT_Q, lam_cap) middle scores */
+	uint32_t *lam_idx; /* (n_threads, lam_cap) sorted indices of middle keys */
+	float *ins_cs;     /* (n_threads, n_rot) angles of p - middle_insert_at */
+	int32_t *ins_pos;  /* (n_threads) position ins_cs is for, or -1 */
 	/* decode with the keys split across threads: per thread and query head
 	 * the partial max, sum of exp and unnormalised output */
-	float *dpart;                 /* (n_threads, n_head, head_dim + 2) */
+	float *dpart; /* (n_threads, n_head, head_dim + 2) */
 };
 
 /* What one pool_run works on. */
@@ -153,9 +154,9 @@ struct cpu_job {
 	struct cpu *c;
 	const struct engine_batch *b;
 	struct backend_out *bo;
-	uint32_t t0, n;               /* this ubatch: batch tokens [t0, t0 + n) */
-	bool last;                    /* the batch's last ubatch */
-	bool whole;                   /* every token through cpu_attend's whole score
+	uint32_t t0, n; /* this ubatch: batch tokens [t0, t0 + n) */
+	bool last;      /* the batch's last ubatch */
+	bool whole;     /* every token through cpu_attend's whole score
 	                               * rows: Λ-masks, per-key attention sums, or
 	                               * the reference path */
 	int rc;
@@ -202,8 +203,8 @@ static size_t cpu_all_weights(struct cpu *c, struct kern_weight **ws, size_t cap
 struct cpu_pack_job {
 	struct kern_weight **ws;
 	size_t n;
-	const uint8_t **src;   /* (n) original data of each */
-	bool drop;             /* drop the source pages once packed */
+	const uint8_t **src; /* (n) original data of each */
+	bool drop;           /* drop the source pages once packed */
 };
 
 /* Drop the file pages under [p, p + n) from this process (whole pages only);
@@ -298,14 +299,14 @@ static void cpu_pack_weights(struct cpu *c)
 
 /* One thread's buffers of the tiled prefill attention (cpu_flash). */
 struct cpu_fa {
-	float *q;          /* (fa_rows, head_dim) the block's queries */
-	float *o;          /* (fa_rows, head_dim) unnormalised outputs */
-	float *pv;         /* (fa_rows, head_dim) one tile's P V */
-	float *s;          /* (fa_rows, CPU_FA_TILE) one tile's scores, then weights */
-	float *kt;         /* (head_dim, CPU_FA_TILE) the tile's keys, transposed */
-	float *v;          /* (CPU_FA_TILE, head_dim) the tile's values */
-	float *mx, *l;     /* (fa_rows) running max of the scores, sum of the weights */
-	float *alpha;      /* (fa_rows) this tile's rescale of the earlier sums */
+	float *q;      /* (fa_rows, head_dim) the block's queries */
+	float *o;      /* (fa_rows, head_dim) unnormalised outputs */
+	float *pv;     /* (fa_rows, head_dim) one tile's P V */
+	float *s;      /* (fa_rows, CPU_FA_TILE) one tile's scores, then weights */
+	float *kt;     /* (head_dim, CPU_FA_TILE) the tile's keys, transposed */
+	float *v;      /* (CPU_FA_TILE, head_dim) the tile's values */
+	float *mx, *l; /* (fa_rows) running max of the scores, sum of the weights */
+	float *alpha;  /* (fa_rows) this tile's rescale of the earlier sums */
 };
 
 /* Carve thread ith's cpu_fa out of c->fa (with f NULL: only count); the
@@ -313,8 +314,10 @@ struct cpu_fa {
 static size_t cpu_flash_carve(const struct cpu *c, int ith, struct cpu_fa *f)
 {
 	size_t rows = c->fa_rows, hd = c->hp.head_dim, at = 0;
-	size_t n[9] = { rows * hd, rows * hd, rows * hd, rows * CPU_FA_TILE, hd * CPU_FA_TILE,
-	                CPU_FA_TILE * hd, rows, rows, rows };
+	size_t n[9] = {
+		rows * hd, rows * hd, rows * hd, rows * CPU_FA_TILE, hd * CPU_FA_TILE, CPU_FA_TILE * hd,
+		rows,      rows,      rows
+	};
 	float **dst[9] = { NULL };
 	if (f != NULL) {
 		float **d[9] = { &f->q, &f->o, &f->pv, &f->s, &f->kt, &f->v, &f->mx, &f->l, &f->alpha };
@@ -406,7 +409,8 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	if (hp->head_dim % 16 != 0 || hp->head_dim > KERN_ROW_MAX || hp->n_rot > hp->head_dim ||
 	    hp->n_rot % 2 != 0 || hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
 		return err_set(e, KVS_EUNSUPPORTED,
-		               "head_dim %u / n_rot %u / heads %u:%u: expected head_dim a multiple of 16 up to 256, even n_rot <= head_dim, n_head a multiple of n_head_kv",
+		               "head_dim %u / n_rot %u / heads %u:%u: expected head_dim a multiple of 16 "
+		               "up to 256, even n_rot <= head_dim, n_head a multiple of n_head_kv",
 		               hp->head_dim, hp->n_rot, hp->n_head, hp->n_head_kv);
 	struct cpu *c = xcalloc(1, sizeof(*c));
 	c->m = m;
@@ -434,8 +438,8 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		L->bv = lw->bv.data;
 		if ((rc = cpu_weight(&L->wq, &lw->wq, e)) || (rc = cpu_weight(&L->wk, &lw->wk, e)) ||
 		    (rc = cpu_weight(&L->wv, &lw->wv, e)) || (rc = cpu_weight(&L->wo, &lw->wo, e)) ||
-		    (rc = cpu_weight(&L->gate, &lw->w_gate, e)) || (rc = cpu_weight(&L->up, &lw->w_up, e)) ||
-		    (rc = cpu_weight(&L->down, &lw->w_down, e)))
+		    (rc = cpu_weight(&L->gate, &lw->w_gate, e)) ||
+		    (rc = cpu_weight(&L->up, &lw->w_up, e)) || (rc = cpu_weight(&L->down, &lw->w_down, e)))
 			break;
 	}
 	if (rc == KVS_OK)
@@ -449,8 +453,10 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	cpu_pack_weights(c);
 	/* A tied embedding is read from the packed copy: the file pages it came
 	 * from stay dropped (random tokens would otherwise fault in much of it). */
-	c->lookup = c->out.packed && m->tok_embd.data == (m->output.data ? m->output.data : m->tok_embd.data)
-	                ? &c->out : &c->embd;
+	c->lookup = c->out.packed &&
+	                m->tok_embd.data == (m->output.data ? m->output.data : m->tok_embd.data)
+	        ? &c->out
+	        : &c->embd;
 
 	c->kv_es = ctx->cfg.kv_type == ENGINE_KV_F32 ? 4 : 2;
 	c->kv_row = (uint64_t)hp->n_head_kv * hp->head_dim;
@@ -471,7 +477,7 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		cpu_free(c);
 		return engine_nomem(e, ctx->cfg.n_ctx,
 		                    (double)ctx->cfg.n_ctx *
-		                        (3.0 * hp->n_layer * c->kv_row * c->kv_es + sizeof(int32_t)));
+		                            (3.0 * hp->n_layer * c->kv_row * c->kv_es + sizeof(int32_t)));
 	}
 	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
 		c->kr_pos[s] = -1;
@@ -589,9 +595,12 @@ struct cpu_mm {
 /* A view of the quantised activations as rows of K, from row r0. */
 static struct kern_act cpu_act(const struct cpu *c, int64_t K, int64_t r0)
 {
-	struct kern_act a = { K, c->act.q + r0 * K, c->act.d + r0 * (K / KERN_QK),
-	                      c->act.s + r0 * (K / KERN_QK), c->act.isum + r0 * (K / KERN_QK),
-	                      c->act.isum16 + r0 * (K / (KERN_QK / 2)) };
+	struct kern_act a = { K,
+		                  c->act.q + r0 * K,
+		                  c->act.d + r0 * (K / KERN_QK),
+		                  c->act.s + r0 * (K / KERN_QK),
+		                  c->act.isum + r0 * (K / KERN_QK),
+		                  c->act.isum16 + r0 * (K / (KERN_QK / 2)) };
 	return a;
 }
 
@@ -612,8 +621,9 @@ static void cpu_mm_units(struct cpu *c, const struct cpu_mm *mm, int64_t u0, int
 	if (w->packed)
 		c->ops->gemm_packed(w, u0, u1, a, n, mm->y, mm->ldy, mm->acc);
 	else
-		kern_gemm_generic(c->ops, w, u0 * KERN_GROUP, KVS_MIN(u1 * KERN_GROUP, w->rows), x, K,
-		                  n, mm->y, mm->ldy, mm->acc, c->tmp + (size_t)ith * KERN_GENERIC_ROWS * c->kmax);
+		kern_gemm_generic(c->ops, w, u0 * KERN_GROUP, KVS_MIN(u1 * KERN_GROUP, w->rows), x, K, n,
+		                  mm->y, mm->ldy, mm->acc,
+		                  c->tmp + (size_t)ith * KERN_GENERIC_ROWS * c->kmax);
 }
 
 /* Several products sharing one input (n rows: f32 x and quantised a), their
@@ -808,8 +818,8 @@ static void cpu_gather_kv(struct cpu *c, uint32_t l, uint32_t h0, uint32_t h1, i
 
 /* Load the pre-RoPE key of visible slot s, KV head kvh, layer l into kb and
  * rotate it with the angles cs. */
-static void cpu_raw_key(const struct cpu *c, uint32_t l, uint32_t s, uint32_t kvh,
-                        const float *cs, float *kb)
+static void cpu_raw_key(const struct cpu *c, uint32_t l, uint32_t s, uint32_t kvh, const float *cs,
+                        float *kb)
 {
 	uint32_t hd = c->hp.head_dim;
 	uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
@@ -862,7 +872,7 @@ static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, ui
 		loc = lo;
 	}
 	bool topk = b->n_local > 0 && b->middle_topk > 0 && jb->last && i == jb->n - 1 &&
-	            l >= b->middle_from_layer;
+	        l >= b->middle_from_layer;
 	uint32_t *mid_idx = c->lam_idx ? c->lam_idx + (size_t)ith * lc : NULL;
 	float *msc = c->lam_sc ? c->lam_sc + (size_t)ith * KERN_ATT_Q * lc : NULL;
 	uint32_t n_mid = 0;
@@ -875,8 +885,8 @@ static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, ui
 				                                &c->cap_pos[ith], p - b->dist_cap);
 				cpu_raw_key(c, l, b->visible[c->vorder[k]], kvh, cs, kb);
 				for (uint32_t r = 0; r < nq; r++)
-					sc[(size_t)r * vc + k] = c->ops->dot_f32(q + (size_t)r * hd, kb, hd) *
-					                         hp->attn_scale;
+					sc[(size_t)r * vc + k] =
+					        c->ops->dot_f32(q + (size_t)r * hd, kb, hd) * hp->attn_scale;
 			}
 			continue;
 		}
@@ -895,8 +905,8 @@ static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, ui
 			                                &c->ins_pos[ith], p - b->middle_insert_at);
 			cpu_raw_key(c, l, b->visible[c->vorder[k]], kvh, cs, kb);
 			for (uint32_t r = 0; r < nq; r++)
-				msc[(size_t)r * lc + n_mid] = c->ops->dot_f32(q + (size_t)r * hd, kb, hd) *
-				                              hp->attn_scale;
+				msc[(size_t)r * lc + n_mid] =
+				        c->ops->dot_f32(q + (size_t)r * hd, kb, hd) * hp->attn_scale;
 			mid_idx[n_mid++] = k;
 		}
 	}
@@ -1015,8 +1025,8 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		}
 	}
 	if (direct)
-		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row,
-		                    c->kv_es == 2, c->vslot, m, (int)hd, out);
+		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, c->kv_es == 2,
+		                    c->vslot, m, (int)hd, out);
 	else
 		c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
 	for (uint32_t r = 0; r < nq; r++) {
@@ -1050,8 +1060,8 @@ static uint32_t cpu_prefix(const struct cpu *c, int32_t p)
 
 /* Load the keys [k0, k0 + mt) of the sorted visible set, KV head kvh of
  * layer l, into f->kt (transposed) and their values into f->v, as f32. */
-static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32_t k0,
-                           uint32_t mt, struct cpu_fa *f)
+static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32_t k0, uint32_t mt,
+                           struct cpu_fa *f)
 {
 	uint32_t hd = c->hp.head_dim;
 	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
@@ -1116,8 +1126,9 @@ static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0,
 			memset(sr + lim, 0, (mt - lim) * sizeof(float));
 		}
 		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
-			c->ops->att_pv(f.s + (size_t)r0 * CPU_FA_TILE, (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0),
-			               CPU_FA_TILE, f.v, mt, (int)hd, f.pv + (size_t)r0 * hd);
+			c->ops->att_pv(f.s + (size_t)r0 * CPU_FA_TILE,
+			               (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0), CPU_FA_TILE, f.v, mt,
+			               (int)hd, f.pv + (size_t)r0 * hd);
 		/* o = alpha o + pv, into pv, which becomes o */
 		for (uint32_t r = 0; r < rows; r++)
 			if (f.alpha[r] != 0)
@@ -1160,8 +1171,8 @@ static void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith,
  * indices) through every KV head, scores into sc (n_head, vis_cap; column
  * k - k0 for key k) or, with pv, the weights in sc times the values added
  * into the parts' outputs (tmp holds one head group's product). */
-static void cpu_split_run(const struct cpu *c, uint32_t l, const float *q, uint32_t k0,
-                          uint32_t k, uint32_t rm, float *sc, float *part, float *tmp, bool pv)
+static void cpu_split_run(const struct cpu *c, uint32_t l, const float *q, uint32_t k0, uint32_t k,
+                          uint32_t rm, float *sc, float *part, float *tmp, bool pv)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, vc = c->vis_cap, nq;
@@ -1207,7 +1218,7 @@ static void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	cpu_share(m, ith, nth, &k0, &k1);
 	float *part = c->dpart + (size_t)ith * hp->n_head * (hd + 2); /* (n_head, hd + 2): mx, l, o */
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc;
-	float *tmp = c->txb + (size_t)ith * c->kmax;             /* (KERN_ATT_Q, hd) */
+	float *tmp = c->txb + (size_t)ith * c->kmax; /* (KERN_ATT_Q, hd) */
 	const float *q = c->q;
 	if (k1 == k0) {
 		for (uint32_t h = 0; h < hp->n_head; h++) {
@@ -1321,9 +1332,8 @@ static void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32
  * [lo, hi) into the ubatch's activations, then a barrier. Solo (a one-token
  * batch on several threads): every thread the whole row into its own
  * buffers (xb, tact[ith]), with no barrier. */
-static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const float *src,
-                                     uint32_t K, float *xb, int ith, uint32_t lo, uint32_t hi,
-                                     bool solo)
+static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const float *src, uint32_t K,
+                                     float *xb, int ith, uint32_t lo, uint32_t hi, bool solo)
 {
 	if (!solo) {
 		if (norm != NULL)
@@ -1371,7 +1381,9 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	/* attention block: xb = norm(x); q, k, v = xb W^T (+ b) */
 	struct kern_act a = cpu_fwd_input(c, L->attn_norm, c->x, ne, xb, ith, lo, hi, solo);
 	struct cpu_mm qkv[3] = {
-		{ &L->wq, c->q, nq, false }, { &L->wk, c->k, nkv, false }, { &L->wv, c->v, nkv, false },
+		{ &L->wq, c->q, nq, false },
+		{ &L->wk, c->k, nkv, false },
+		{ &L->wv, c->v, nkv, false },
 	};
 	cpu_mm_multi(c, qkv, 3, xb, ne, &a, n, ith, nth);
 	pool_barrier(c->pool);
@@ -1564,7 +1576,7 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	if (one) {
 		bool faster_alone = c->step_ms[0] > 0 && c->step_ms[0] < c->step_ms[1];
 		bool probe = c->step_ms[0] == 0 || c->step_ms[1] == 0 ||
-		             c->n_steps % CPU_PROBE_EVERY == CPU_PROBE_EVERY - 1;
+		        c->n_steps % CPU_PROBE_EVERY == CPU_PROBE_EVERY - 1;
 		mode = c->step_ms[1] == 0 ? 1 : c->step_ms[0] == 0 ? 0 : faster_alone != probe ? 0 : 1;
 		nth = mode ? nth : 1;
 		c->n_steps++;
@@ -1618,7 +1630,8 @@ static void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_
 {
 	struct cpu *c = state;
 	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
-	const uint8_t *p = base + ((uint64_t)slot * c->kv_row + (uint64_t)kv_head * c->hp.head_dim) * c->kv_es;
+	const uint8_t *p =
+	        base + ((uint64_t)slot * c->kv_row + (uint64_t)kv_head * c->hp.head_dim) * c->kv_es;
 	if (c->kv_es == 2)
 		for (uint32_t d = 0; d < c->hp.head_dim; d++)
 			out[d] = dtype_f16_to_f32(((const uint16_t *)p)[d]);

@@ -25,22 +25,22 @@
 
 struct engine {
 	const struct model *m;
-	struct engine_config cfg;      /* resolved: n_threads, n_ctx set */
+	struct engine_config cfg; /* resolved: n_threads, n_ctx set */
 	const struct backend_ops *ops;
-	void *state;                   /* the backend's */
-	int32_t *slot_pos;             /* (n_ctx) position per slot, -1 empty */
-	uint32_t *all_slots;           /* (n_ctx) 0, 1, ... for visible == NULL */
-	uint32_t *mark;                /* (n_ctx) stamp per slot for duplicate checks */
+	void *state;         /* the backend's */
+	int32_t *slot_pos;   /* (n_ctx) position per slot, -1 empty */
+	uint32_t *all_slots; /* (n_ctx) 0, 1, ... for visible == NULL */
+	uint32_t *mark;      /* (n_ctx) stamp per slot for duplicate checks */
 	uint32_t stamp;
-	int32_t *saved_pos;            /* (batch cap) positions before the batch */
-	float *logits;                 /* (rows cap, n_vocab) */
-	size_t logits_cap;             /* floats */
-	float *attn;                   /* (n_layer, n_head, visible cap) */
-	size_t attn_cap;               /* floats */
-	float *attn_kv;                /* (n_layer, n_head_kv, visible cap) */
-	size_t attn_kv_cap;            /* floats */
-	float *surprisal, *entropy;    /* (batch cap) */
-	size_t tok_cap;                /* tokens */
+	int32_t *saved_pos;         /* (batch cap) positions before the batch */
+	float *logits;              /* (rows cap, n_vocab) */
+	size_t logits_cap;          /* floats */
+	float *attn;                /* (n_layer, n_head, visible cap) */
+	size_t attn_cap;            /* floats */
+	float *attn_kv;             /* (n_layer, n_head_kv, visible cap) */
+	size_t attn_kv_cap;         /* floats */
+	float *surprisal, *entropy; /* (batch cap) */
+	size_t tok_cap;             /* tokens */
 };
 
 /* Names of the configuration enums, indexed by value. */
@@ -108,9 +108,7 @@ static int engine_pick_backend(const struct engine_config *cfg, const struct bac
 		    gpu_probe(&gi, &ge) == KVS_OK)
 			*ops = gpu_backend_ops();
 		return KVS_OK;
-	case ENGINE_BACKEND_CPU:
-		*ops = &backend_cpu;
-		return KVS_OK;
+	case ENGINE_BACKEND_CPU: *ops = &backend_cpu; return KVS_OK;
 	case ENGINE_BACKEND_CUDA:
 		if (gpu_probe(&gi, &ge) != KVS_OK)
 			return err_set(e, KVS_EUNSUPPORTED, "backend cuda: %s", ge.msg);
@@ -220,8 +218,8 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 	if (b->n_tokens == 0)
 		return err_set(e, KVS_EARG, "batch: n_tokens is 0, expected at least one token");
 	if (b->n_tokens > n_ctx)
-		return err_set(e, KVS_EARG, "batch: n_tokens %u exceeds the cache's %u slots",
-		               b->n_tokens, n_ctx);
+		return err_set(e, KVS_EARG, "batch: n_tokens %u exceeds the cache's %u slots", b->n_tokens,
+		               n_ctx);
 	if (b->tokens == NULL || b->pos == NULL || b->slot == NULL)
 		return err_set(e, KVS_EARG, "batch: tokens, pos and slot must all be given");
 	if ((unsigned)b->logits > ENGINE_LOGITS_NONE)
@@ -230,21 +228,23 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 	uint32_t stamp = engine_new_stamp(eng);
 	for (uint32_t i = 0; i < b->n_tokens; i++) {
 		if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= hp->n_vocab)
-			return err_set(e, KVS_EARG, "batch: token %u is id %d, expected 0..%u", i,
-			               b->tokens[i], hp->n_vocab - 1);
+			return err_set(e, KVS_EARG, "batch: token %u is id %d, expected 0..%u", i, b->tokens[i],
+			               hp->n_vocab - 1);
 		if (b->pos[i] < 0 || b->pos[i] > ENGINE_POS_MAX)
-			return err_set(e, KVS_EARG, "batch: token %u has position %d, expected 0..%d",
-			               i, b->pos[i], ENGINE_POS_MAX);
+			return err_set(e, KVS_EARG, "batch: token %u has position %d, expected 0..%d", i,
+			               b->pos[i], ENGINE_POS_MAX);
 		if (i > 0 && b->pos[i] <= b->pos[i - 1])
-			return err_set(e, KVS_EARG,
-			               "batch: token %u has position %d after %d, expected increasing positions",
-			               i, b->pos[i], b->pos[i - 1]);
+			return err_set(
+			        e, KVS_EARG,
+			        "batch: token %u has position %d after %d, expected increasing positions", i,
+			        b->pos[i], b->pos[i - 1]);
 		if (b->slot[i] >= n_ctx)
 			return err_set(e, KVS_EARG, "batch: token %u writes slot %u, expected 0..%u", i,
 			               b->slot[i], n_ctx - 1);
 		if (eng->mark[b->slot[i]] == stamp)
-			return err_set(e, KVS_EARG, "batch: token %u writes slot %u, already written by an earlier token",
-			               i, b->slot[i]);
+			return err_set(e, KVS_EARG,
+			               "batch: token %u writes slot %u, already written by an earlier token", i,
+			               b->slot[i]);
 		eng->mark[b->slot[i]] = stamp;
 	}
 	if (b->n_visible > n_ctx)
@@ -255,8 +255,8 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 		for (uint32_t i = 0; i < b->n_visible; i++) {
 			uint32_t s = b->visible[i];
 			if (s >= n_ctx)
-				return err_set(e, KVS_EARG, "batch: visible[%u] is slot %u, expected 0..%u",
-				               i, s, n_ctx - 1);
+				return err_set(e, KVS_EARG, "batch: visible[%u] is slot %u, expected 0..%u", i, s,
+				               n_ctx - 1);
 			if (eng->mark[s] == stamp)
 				return err_set(e, KVS_EARG, "batch: visible[%u] repeats slot %u", i, s);
 			eng->mark[s] = stamp;
@@ -310,7 +310,8 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 		cb.visible = eng->all_slots;
 
 	uint32_t n_rows = b->logits == ENGINE_LOGITS_ALL ? b->n_tokens
-	                  : b->logits == ENGINE_LOGITS_LAST ? 1 : 0;
+	        : b->logits == ENGINE_LOGITS_LAST        ? 1
+	                                                 : 0;
 	struct backend_out bo = { 0 };
 	if (n_rows) {
 		eng->logits = engine_grow(eng->logits, &eng->logits_cap, (size_t)n_rows * hp->n_vocab);
@@ -385,8 +386,8 @@ int engine_kv_set_pos(struct engine *eng, uint32_t slot, int32_t pos, struct err
 	if (slot >= eng->cfg.n_ctx)
 		return err_set(e, KVS_EARG, "KV slot %u: expected 0..%u", slot, eng->cfg.n_ctx - 1);
 	if (pos < -1 || pos > ENGINE_POS_MAX)
-		return err_set(e, KVS_EARG, "KV slot %u position %d: expected -1 (empty) or 0..%d",
-		               slot, pos, ENGINE_POS_MAX);
+		return err_set(e, KVS_EARG, "KV slot %u position %d: expected -1 (empty) or 0..%d", slot,
+		               pos, ENGINE_POS_MAX);
 	eng->slot_pos[slot] = pos;
 	return KVS_OK;
 }
@@ -396,8 +397,8 @@ int engine_kv_copy(struct engine *eng, const uint32_t *dst, const uint32_t *src,
 {
 	for (uint32_t i = 0; i < n; i++)
 		if (dst[i] >= eng->cfg.n_ctx || src[i] >= eng->cfg.n_ctx)
-			return err_set(e, KVS_EARG, "KV copy %u: slot %u -> %u, expected slots 0..%u",
-			               i, src[i], dst[i], eng->cfg.n_ctx - 1);
+			return err_set(e, KVS_EARG, "KV copy %u: slot %u -> %u, expected slots 0..%u", i,
+			               src[i], dst[i], eng->cfg.n_ctx - 1);
 	eng->ops->kv_copy(eng->state, dst, src, n);
 	for (uint32_t i = 0; i < n; i++)
 		eng->slot_pos[dst[i]] = eng->slot_pos[src[i]];
@@ -415,9 +416,10 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
 {
 	const struct hparams *hp = &eng->m->hp;
 	if (layer >= hp->n_layer || slot >= eng->cfg.n_ctx || kv_head >= hp->n_head_kv)
-		return err_set(e, KVS_EARG,
-		               "KV read layer %u slot %u head %u: expected layer < %u, slot < %u, head < %u",
-		               layer, slot, kv_head, hp->n_layer, eng->cfg.n_ctx, hp->n_head_kv);
+		return err_set(
+		        e, KVS_EARG,
+		        "KV read layer %u slot %u head %u: expected layer < %u, slot < %u, head < %u",
+		        layer, slot, kv_head, hp->n_layer, eng->cfg.n_ctx, hp->n_head_kv);
 	eng->ops->kv_read(eng->state, layer, slot, kv_head, value, out);
 	if (!value && rotated) {
 		if (eng->slot_pos[slot] < 0)
@@ -434,10 +436,10 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
 int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes)
 {
 	double gib = need_bytes / (1024.0 * 1024 * 1024);
-	return err_set(e, KVS_ENOMEM, "the KV cache needs %.*f %s for %u slots; the system refused "
-	                              "that much memory (a smaller context fits)",
-	               gib >= 1 ? 1 : 0, gib >= 1 ? gib : gib * 1024, gib >= 1 ? "GiB" : "MiB",
-	               n_ctx);
+	return err_set(e, KVS_ENOMEM,
+	               "the KV cache needs %.*f %s for %u slots; the system refused "
+	               "that much memory (a smaller context fits)",
+	               gib >= 1 ? 1 : 0, gib >= 1 ? gib : gib * 1024, gib >= 1 ? "GiB" : "MiB", n_ctx);
 }
 
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng)
@@ -452,13 +454,11 @@ int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct er
 	if (slot >= eng->cfg.n_ctx)
 		return err_set(e, KVS_EARG, "KV save slot %u: expected 0..%u", slot, eng->cfg.n_ctx - 1);
 	if (eng->ops->kv_raw == NULL)
-		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot read raw KV slots",
-		               eng->ops->name);
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot read raw KV slots", eng->ops->name);
 	return eng->ops->kv_raw(eng->state, slot, buf, false, e);
 }
 
-int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf,
-                   struct err *e)
+int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf, struct err *e)
 {
 	if (slot >= eng->cfg.n_ctx)
 		return err_set(e, KVS_EARG, "KV load slot %u: expected 0..%u", slot, eng->cfg.n_ctx - 1);
@@ -466,8 +466,7 @@ int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *b
 		return err_set(e, KVS_EARG, "KV load slot %u position %d: expected 0..%d", slot, pos,
 		               ENGINE_POS_MAX);
 	if (eng->ops->kv_raw == NULL)
-		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot write raw KV slots",
-		               eng->ops->name);
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot write raw KV slots", eng->ops->name);
 	int rc = eng->ops->kv_raw(eng->state, slot, (void *)buf, true, e);
 	if (rc == KVS_OK)
 		eng->slot_pos[slot] = pos;
@@ -524,8 +523,8 @@ void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, flo
 		*entropy = (float)(lz - zl / z);
 	if (surprisal)
 		*surprisal = target >= 0 && (uint32_t)target < n_vocab
-		                     ? (float)(lz - ((double)logits[target] - mx))
-		                     : NAN;
+		        ? (float)(lz - ((double)logits[target] - mx))
+		        : NAN;
 }
 
 void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out)
@@ -543,8 +542,7 @@ void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, 
 	}
 }
 
-void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
-                       const float *sin_v)
+void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v, const float *sin_v)
 {
 	uint32_t n_pairs = hp->n_rot / 2;
 	/* NORM pairs (x[2i], x[2i+1]); NEOX pairs (x[i], x[i + n_rot/2]). */

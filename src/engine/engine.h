@@ -46,7 +46,7 @@
 enum engine_backend {
 	ENGINE_BACKEND_AUTO = 0, /* CUDA when a usable GPU and the backend exist, else CPU */
 	ENGINE_BACKEND_CPU,
-	ENGINE_BACKEND_CUDA,     /* an error (one line saying why) when unavailable */
+	ENGINE_BACKEND_CUDA, /* an error (one line saying why) when unavailable */
 };
 
 enum engine_kv_type { ENGINE_KV_F16 = 0, ENGINE_KV_F32 = 1 };
@@ -61,13 +61,13 @@ enum engine_isa {
 
 struct engine_config {
 	enum engine_backend backend;
-	int n_threads;             /* CPU threads; 0 = number of cores (one-token
+	int n_threads;  /* CPU threads; 0 = number of cores (one-token
 	                            * batches may run on fewer when that is faster,
 	                            * e.g. on a busy machine) */
-	uint32_t n_ctx;            /* KV cache slots; 0 = min(n_ctx_train, 4096) */
+	uint32_t n_ctx; /* KV cache slots; 0 = min(n_ctx_train, 4096) */
 	enum engine_kv_type kv_type;
-	enum engine_isa isa;       /* CPU kernels; AUTO unless testing */
-	bool reference;            /* CPU: plain scalar f32 path (tests, debugging) */
+	enum engine_isa isa; /* CPU kernels; AUTO unless testing */
+	bool reference;      /* CPU: plain scalar f32 path (tests, debugging) */
 };
 
 /* Defaults: auto backend, all cores, n_ctx 0 (see above), F16 cache. */
@@ -89,17 +89,17 @@ enum engine_logits {
 
 struct engine_batch {
 	uint32_t n_tokens;
-	const int32_t *tokens;     /* (n_tokens) token ids < n_vocab */
-	const int32_t *pos;        /* (n_tokens) positions >= 0 */
-	const uint32_t *slot;      /* (n_tokens) KV slot each token writes; distinct */
+	const int32_t *tokens; /* (n_tokens) token ids < n_vocab */
+	const int32_t *pos;    /* (n_tokens) positions >= 0 */
+	const uint32_t *slot;  /* (n_tokens) KV slot each token writes; distinct */
 	/* The slots queries may attend to (each still filtered by position <=
 	 * the query's). visible == NULL means slots 0 .. n_visible-1. The list
 	 * must include the batch's own slots for a token to see itself. */
 	uint32_t n_visible;
-	const uint32_t *visible;   /* (n_visible) distinct slots, or NULL */
+	const uint32_t *visible; /* (n_visible) distinct slots, or NULL */
 	enum engine_logits logits;
-	bool want_attn;            /* last token's attention probabilities */
-	bool want_surprisal;       /* per-token surprisal and entropy */
+	bool want_attn;      /* last token's attention probabilities */
+	bool want_surprisal; /* per-token surprisal and entropy */
 	/* Attention of every query, summed over each KV head's query heads
 	 * (ENGINE_CAP_ATTN_KV; H2O's accumulators, GQA-aware). */
 	bool want_attn_kv;
@@ -199,8 +199,7 @@ int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes);
  * KVS_EUNSUPPORTED on a backend without raw slot access (resume then
  * recomputes the cache). */
 int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct err *e);
-int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf,
-                   struct err *e);
+int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf, struct err *e);
 /* The KV cache's element type. */
 enum engine_kv_type engine_kv_type(const struct engine *eng);
 
@@ -226,17 +225,17 @@ void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, flo
  * engine's slot positions (updated for the batch before forward runs). */
 struct backend_ctx {
 	const struct model *m;
-	struct engine_config cfg;  /* n_threads and n_ctx resolved */
-	const int32_t *slot_pos;   /* (n_ctx) */
+	struct engine_config cfg; /* n_threads and n_ctx resolved */
+	const int32_t *slot_pos;  /* (n_ctx) */
 };
 
 /* Outputs a backend fills: buffers sized by the engine for the batch. */
 struct backend_out {
-	float *logits;             /* (n_rows, n_vocab) or NULL when NONE */
-	float *attn;               /* (n_layer, n_head, n_visible) or NULL */
-	float *surprisal;          /* (n_tokens) or NULL */
-	float *entropy;            /* (n_tokens) or NULL */
-	float *attn_kv;            /* (n_layer, n_head_kv, n_visible) or NULL */
+	float *logits;    /* (n_rows, n_vocab) or NULL when NONE */
+	float *attn;      /* (n_layer, n_head, n_visible) or NULL */
+	float *surprisal; /* (n_tokens) or NULL */
+	float *entropy;   /* (n_tokens) or NULL */
+	float *attn_kv;   /* (n_layer, n_head_kv, n_visible) or NULL */
 };
 
 struct backend_ops {
@@ -271,7 +270,6 @@ extern const struct backend_ops backend_cpu;
  * llama.cpp does), and the rotation of one head vector x, (head_dim), in
  * place (its first n_rot values). */
 void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out);
-void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v,
-                       const float *sin_v);
+void engine_rope_apply(const struct hparams *hp, float *x, const float *cos_v, const float *sin_v);
 
 #endif

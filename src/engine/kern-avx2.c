@@ -60,8 +60,8 @@ T_AVX2 static void av2_quant_row(const float *x, const struct kern_act *a, int64
 		__m256 vid = _mm256_set1_ps(id);
 		__m256i qi[4], vsum = _mm256_setzero_si256();
 		for (int k = 0; k < 4; k++) {
-			qi[k] = _mm256_cvtps_epi32(
-			    _mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+			qi[k] = _mm256_cvtps_epi32(_mm256_round_ps(
+			        _mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 			vsum = _mm256_add_epi32(vsum, qi[k]);
 		}
 		/* pack 32 int32 -> 32 int8 in order */
@@ -97,7 +97,7 @@ INLINE T_AVX2 void av2_add_planes(__m256i W[8], const uint8_t *hp, int hbits)
 	__m256i P0 = _mm256_loadu_si256((const __m256i *)hp), P1 = P0;
 	if (hbits == 2)
 		P1 = _mm256_loadu_si256((const __m256i *)(hp + 64));
-	#pragma GCC unroll 8
+#pragma GCC unroll 8
 	for (int c = 0; c < 8; c++) {
 		int from = hbits == 1 ? c : 2 * (c % 4); /* the bit that goes to bit 4 */
 		__m256i P = c < 4 ? P0 : P1;
@@ -113,7 +113,7 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
                             int nr, bool acc)
 {
 	__m256 accf[4];
-	#pragma GCC unroll 8
+#pragma GCC unroll 8
 	for (int t = 0; t < T; t++)
 		accf[t] = _mm256_setzero_ps();
 	const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -134,8 +134,9 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 			} else {
 				dw = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s0)));
 				__m256 dmin = _mm256_loadu_ps((const float *)(sup + 64 + 32 * h));
-				mo = _mm256_sub_ps(_mm256_setzero_ps(),
-				                   _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s1))));
+				mo = _mm256_sub_ps(
+				        _mm256_setzero_ps(),
+				        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s1))));
 			}
 		} else if (pt->f32) {
 			dw = _mm256_loadu_ps((const float *)(pb + 32 * h));
@@ -152,14 +153,14 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 		const uint8_t *qs = pb + pt->hdr + 32 * h;
 		__m256i W[8];
 		if (pt->bits8) {
-			#pragma GCC unroll 8
+#pragma GCC unroll 8
 			for (int j = 0; j < 8; j++) {
 				W[j] = _mm256_loadu_si256((const __m256i *)(qs + 64 * j));
 				if (pt->flip) /* back to signed; |w| against sign-adjusted a avoids saturation */
 					W[j] = _mm256_xor_si256(W[j], x80);
 			}
 		} else {
-			#pragma GCC unroll 8
+#pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
 				__m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 64 * j));
 				W[j] = _mm256_and_si256(raw, m4);
@@ -168,13 +169,13 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 			if (pt->hbits > 0)
 				av2_add_planes(W, qs + 256, pt->hbits);
 		}
-		#pragma GCC unroll 8
+#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = a->q + (t0 + t) * a->K + b * KERN_QK;
 			__m256i it, it1 = _mm256_setzero_si256();
 			if (pt->flip) {
 				it = _mm256_setzero_si256();
-				#pragma GCC unroll 8
+#pragma GCC unroll 8
 				for (int j = 0; j < 8; j++) {
 					int32_t a4;
 					memcpy(&a4, aq + 4 * j, 4);
@@ -185,13 +186,14 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 			} else if (pt->bits8 || pt->hbits > 0) {
 				/* quants < 64: two chunks' pair sums fit in int16 (2 x 2 x 63 x 127) */
 				it = _mm256_setzero_si256();
-				#pragma GCC unroll 8
+#pragma GCC unroll 8
 				for (int j = 0; j < 8; j += 2) {
 					int32_t a0, a1;
 					memcpy(&a0, aq + 4 * j, 4);
 					memcpy(&a1, aq + 4 * j + 4, 4);
-					__m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(W[j], _mm256_set1_epi32(a0)),
-					                               _mm256_maddubs_epi16(W[j + 1], _mm256_set1_epi32(a1)));
+					__m256i s16 =
+					        _mm256_add_epi16(_mm256_maddubs_epi16(W[j], _mm256_set1_epi32(a0)),
+					                         _mm256_maddubs_epi16(W[j + 1], _mm256_set1_epi32(a1)));
 					if (pt->halves && j >= 4)
 						it1 = _mm256_add_epi32(it1, _mm256_madd_epi16(s16, ones));
 					else
@@ -200,7 +202,7 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 			} else {
 				/* 8 x 2 x 15 x 127 < 32768: the int16 sums cannot overflow */
 				__m256i s16 = _mm256_setzero_si256();
-				#pragma GCC unroll 8
+#pragma GCC unroll 8
 				for (int j = 0; j < 8; j++) {
 					int32_t a4;
 					memcpy(&a4, aq + 4 * j, 4);
@@ -219,13 +221,14 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 			__m256 vda = _mm256_set1_ps(da);
 			accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it), _mm256_mul_ps(dw, vda), accf[t]);
 			if (pt->halves)
-				accf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it1), _mm256_mul_ps(dw1, vda), accf[t]);
+				accf[t] =
+				        _mm256_fmadd_ps(_mm256_cvtepi32_ps(it1), _mm256_mul_ps(dw1, vda), accf[t]);
 			if (pt->min)
 				accf[t] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sa), accf[t]);
 		}
 	}
 	int nh = nr - 8 * h;
-	#pragma GCC unroll 8
+#pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		float *yt = y + (t0 + t) * ldy + 8 * h;
 		if (nh >= 8) {
@@ -241,17 +244,17 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 }
 
 /* Specialise the tile on the type and the token count. */
-#define AV2_TILES(NAME, IDX)                                                                      \
-	T_AVX2 static void NAME(const uint8_t *gd, int64_t nb, int h, const struct kern_act *a,  \
+#define AV2_TILES(NAME, IDX)                                                                \
+	T_AVX2 static void NAME(const uint8_t *gd, int64_t nb, int h, const struct kern_act *a, \
 	                        int64_t t0, int T, float *y, int64_t ldy, int nr, bool acc)     \
-	{                                                                                         \
-		const struct kern_ptype *pt = &kern_ptypes[IDX];                                  \
-		switch (T) {                                                                      \
-		case 1: av2_tile(pt, gd, nb, h, a, t0, 1, y, ldy, nr, acc); break;               \
-		case 2: av2_tile(pt, gd, nb, h, a, t0, 2, y, ldy, nr, acc); break;               \
-		case 3: av2_tile(pt, gd, nb, h, a, t0, 3, y, ldy, nr, acc); break;               \
-		default: av2_tile(pt, gd, nb, h, a, t0, 4, y, ldy, nr, acc); break;              \
-		}                                                                                 \
+	{                                                                                       \
+		const struct kern_ptype *pt = &kern_ptypes[IDX];                                    \
+		switch (T) {                                                                        \
+		case 1: av2_tile(pt, gd, nb, h, a, t0, 1, y, ldy, nr, acc); break;                  \
+		case 2: av2_tile(pt, gd, nb, h, a, t0, 2, y, ldy, nr, acc); break;                  \
+		case 3: av2_tile(pt, gd, nb, h, a, t0, 3, y, ldy, nr, acc); break;                  \
+		default: av2_tile(pt, gd, nb, h, a, t0, 4, y, ldy, nr, acc); break;                 \
+		}                                                                                   \
 	}
 AV2_TILES(av2_tiles_0, 0)
 AV2_TILES(av2_tiles_1, 1)
@@ -267,7 +270,7 @@ typedef void (*av2_tiles_fn)(const uint8_t *, int64_t, int, const struct kern_ac
 
 /* In the order of kern_ptypes. */
 static const av2_tiles_fn av2_tiles[] = { av2_tiles_0, av2_tiles_1, av2_tiles_2, av2_tiles_3,
-	                                  av2_tiles_4, av2_tiles_5, av2_tiles_6, av2_tiles_7 };
+	                                      av2_tiles_4, av2_tiles_5, av2_tiles_6, av2_tiles_7 };
 
 T_AVX2 static void av2_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
                                    const struct kern_act *a, int64_t n, float *y, int64_t ldy,
@@ -322,27 +325,27 @@ INLINE T_AVX2 void av2_rows_tile(const float *w, int64_t ldw, const float *x, in
 {
 	int64_t K8 = K & ~(int64_t)7;
 	__m256 s[4][2];
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < NR; i++)
-		#pragma GCC unroll 2
+#pragma GCC unroll 2
 		for (int t = 0; t < NT; t++)
 			s[i][t] = _mm256_setzero_ps();
 	for (int64_t k = 0; k < K8; k += 8) {
 		__m256 a[2];
-		#pragma GCC unroll 2
+#pragma GCC unroll 2
 		for (int t = 0; t < NT; t++)
 			a[t] = _mm256_loadu_ps(x + t * ldx + k);
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int i = 0; i < NR; i++) {
 			__m256 v = _mm256_loadu_ps(w + i * ldw + k);
-			#pragma GCC unroll 2
+#pragma GCC unroll 2
 			for (int t = 0; t < NT; t++)
 				s[i][t] = _mm256_fmadd_ps(v, a[t], s[i][t]);
 		}
 	}
-	#pragma GCC unroll 2
+#pragma GCC unroll 2
 	for (int t = 0; t < NT; t++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int i = 0; i < NR; i++) {
 			float v = av2_hsum(s[i][t]);
 			for (int64_t k = K8; k < K; k++)
@@ -352,10 +355,10 @@ INLINE T_AVX2 void av2_rows_tile(const float *w, int64_t ldw, const float *x, in
 		}
 }
 
-#define AV2_ROWS(NR)                                                                             \
-	if (nt == 1)                                                                             \
-		av2_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 1);                          \
-	else                                                                                     \
+#define AV2_ROWS(NR)                                            \
+	if (nt == 1)                                                \
+		av2_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 1); \
+	else                                                        \
 		av2_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 2);
 
 T_AVX2 static void av2_gemm_rows_f32(const float *w, int64_t ldw, int nr, const float *x,
@@ -412,7 +415,8 @@ T_AVX2 static void av2_axpy_f32(float *y, const float *x, float alpha, int64_t n
 	__m256 va = _mm256_set1_ps(alpha);
 	int64_t i = 0;
 	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+		_mm256_storeu_ps(y + i,
+		                 _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
 	for (; i < n; i++)
 		y[i] += alpha * x[i];
 }
@@ -465,14 +469,14 @@ INLINE T_AVX2 void av2_scores_blk(const float *q, const int NR, int hd, const fl
 		m0 = av2_mask(n);
 		m1 = av2_mask(n - 8);
 	}
-	#pragma GCC unroll 6
+#pragma GCC unroll 6
 	for (int r = 0; r < NR; r++)
 		acc[r][0] = acc[r][1] = _mm256_setzero_ps();
 	for (int d = 0; d < hd; d++) {
 		const float *kd = kt + d * ldk + k0;
 		__m256 k0v = TAIL ? _mm256_maskload_ps(kd, m0) : _mm256_loadu_ps(kd);
 		__m256 k1v = TAIL ? _mm256_maskload_ps(kd + 8, m1) : _mm256_loadu_ps(kd + 8);
-		#pragma GCC unroll 6
+#pragma GCC unroll 6
 		for (int r = 0; r < NR; r++) {
 			__m256 qv = _mm256_broadcast_ss(q + r * hd + d);
 			acc[r][0] = _mm256_fmadd_ps(qv, k0v, acc[r][0]);
@@ -480,7 +484,7 @@ INLINE T_AVX2 void av2_scores_blk(const float *q, const int NR, int hd, const fl
 		}
 	}
 	__m256 vs = _mm256_set1_ps(scale);
-	#pragma GCC unroll 6
+#pragma GCC unroll 6
 	for (int r = 0; r < NR; r++) {
 		float *sr = s + r * lds + k0;
 		if (TAIL) {
@@ -494,8 +498,8 @@ INLINE T_AVX2 void av2_scores_blk(const float *q, const int NR, int hd, const fl
 }
 
 /* All m keys for NR queries: 16 keys a step, the tail masked. */
-INLINE T_AVX2 void av2_scores_nr(const float *q, const int NR, int hd, const float *kt,
-                                 int64_t ldk, int64_t m, float scale, float *s, int64_t lds)
+INLINE T_AVX2 void av2_scores_nr(const float *q, const int NR, int hd, const float *kt, int64_t ldk,
+                                 int64_t m, float scale, float *s, int64_t lds)
 {
 	int64_t k0 = 0;
 	for (; k0 + 16 <= m; k0 += 16)
@@ -527,38 +531,38 @@ T_AVX2 static void av2_att_scores(const float *q, int nq, int hd, const float *k
 
 /* out rows r < NR, columns [d0, d0 + 8 C) of p v (NR <= 3, C <= 4: up to
  * 12 accumulators, the C value vectors and a broadcast). */
-INLINE T_AVX2 void av2_pv_blk(const float *p, const int NR, int64_t lds, const float *v,
-                              int64_t m, int hd, int d0, const int C, float *out)
+INLINE T_AVX2 void av2_pv_blk(const float *p, const int NR, int64_t lds, const float *v, int64_t m,
+                              int hd, int d0, const int C, float *out)
 {
 	__m256 acc[3][4];
-	#pragma GCC unroll 3
+#pragma GCC unroll 3
 	for (int r = 0; r < NR; r++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
 			acc[r][c] = _mm256_setzero_ps();
 	for (int64_t k = 0; k < m; k++) {
 		__m256 vv[4];
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
 			vv[c] = _mm256_loadu_ps(v + k * hd + d0 + 8 * c);
-		#pragma GCC unroll 3
+#pragma GCC unroll 3
 		for (int r = 0; r < NR; r++) {
 			__m256 pk = _mm256_broadcast_ss(p + r * lds + k);
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int c = 0; c < C; c++)
 				acc[r][c] = _mm256_fmadd_ps(pk, vv[c], acc[r][c]);
 		}
 	}
-	#pragma GCC unroll 3
+#pragma GCC unroll 3
 	for (int r = 0; r < NR; r++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
 			_mm256_storeu_ps(out + r * hd + d0 + 8 * c, acc[r][c]);
 }
 
 /* The columns of NR output rows: 32 at a time, then 8s, then one by one. */
-INLINE T_AVX2 void av2_pv_nr(const float *p, const int NR, int64_t lds, const float *v,
-                             int64_t m, int hd, float *out)
+INLINE T_AVX2 void av2_pv_nr(const float *p, const int NR, int64_t lds, const float *v, int64_t m,
+                             int hd, float *out)
 {
 	int d0 = 0;
 	for (; d0 + 32 <= hd; d0 += 32)
@@ -618,7 +622,7 @@ INLINE T_AVX2 void av2_scores_rows8(const float *q, const int NR, const int HD, 
 {
 	__m256 part[4][8];
 	int n = (int)KVS_MIN((int64_t)8, m - k0);
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int j = 0; j < 8; j += 2) {
 		const uint8_t *r0 = base + (size_t)rows[k0 + KVS_MIN(j, n - 1)] * rb;
 		const uint8_t *r1 = base + (size_t)rows[k0 + KVS_MIN(j + 1, n - 1)] * rb;
@@ -633,27 +637,27 @@ INLINE T_AVX2 void av2_scores_rows8(const float *q, const int NR, const int HD, 
 			}
 		}
 		__m256 a0[4], a1[4];
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int r = 0; r < NR; r++)
 			a0[r] = a1[r] = _mm256_setzero_ps();
-		#pragma GCC unroll 32
+#pragma GCC unroll 32
 		for (int d = 0; d < HD; d += 8) {
 			__m256 k0v = av2_kv8(r0, HALF, d), k1v = av2_kv8(r1, HALF, d);
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int r = 0; r < NR; r++) {
 				__m256 qv = _mm256_loadu_ps(q + r * HD + d);
 				a0[r] = _mm256_fmadd_ps(qv, k0v, a0[r]);
 				a1[r] = _mm256_fmadd_ps(qv, k1v, a1[r]);
 			}
 		}
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int r = 0; r < NR; r++) {
 			part[r][j] = a0[r];
 			part[r][j + 1] = a1[r];
 		}
 	}
 	__m256 vs = _mm256_set1_ps(scale);
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int r = 0; r < NR; r++) {
 		__m256 v = _mm256_mul_ps(av2_hsum8(part[r]), vs);
 		if (n == 8)
@@ -716,9 +720,9 @@ INLINE T_AVX2 void av2_pv_rows_blk(const float *p, const int NR, int64_t lds, co
                                    int64_t k1, int64_t m, int d0, int hd, float *out, bool add)
 {
 	__m256 acc[3][2];
-	#pragma GCC unroll 3
+#pragma GCC unroll 3
 	for (int r = 0; r < NR; r++)
-		#pragma GCC unroll 2
+#pragma GCC unroll 2
 		for (int c = 0; c < 2; c++)
 			acc[r][c] = add ? _mm256_loadu_ps(out + r * hd + d0 + 8 * c) : _mm256_setzero_ps();
 	for (int64_t k = k0; k < k1; k++) {
@@ -729,16 +733,16 @@ INLINE T_AVX2 void av2_pv_rows_blk(const float *p, const int NR, int64_t lds, co
 			_mm_prefetch(pf + 64, _MM_HINT_T0);
 		}
 		__m256 v0 = av2_kv8(row, HALF, d0), v1 = av2_kv8(row, HALF, d0 + 8);
-		#pragma GCC unroll 3
+#pragma GCC unroll 3
 		for (int r = 0; r < NR; r++) {
 			__m256 pk = _mm256_broadcast_ss(p + r * lds + k);
 			acc[r][0] = _mm256_fmadd_ps(pk, v0, acc[r][0]);
 			acc[r][1] = _mm256_fmadd_ps(pk, v1, acc[r][1]);
 		}
 	}
-	#pragma GCC unroll 3
+#pragma GCC unroll 3
 	for (int r = 0; r < NR; r++)
-		#pragma GCC unroll 2
+#pragma GCC unroll 2
 		for (int c = 0; c < 2; c++)
 			_mm256_storeu_ps(out + r * hd + d0 + 8 * c, acc[r][c]);
 }
@@ -758,9 +762,15 @@ INLINE T_AVX2 void av2_pv_rows_t(const float *p, int nq, int64_t lds, const uint
 			float *o = out + r0 * hd;
 			for (int d0 = 0; d0 < hd; d0 += 16) {
 				switch (KVS_MIN(3, nq - r0)) {
-				case 1: av2_pv_rows_blk(pr, 1, lds, b, rb, HALF, rows, k0, k1, m, d0, hd, o, add); break;
-				case 2: av2_pv_rows_blk(pr, 2, lds, b, rb, HALF, rows, k0, k1, m, d0, hd, o, add); break;
-				default: av2_pv_rows_blk(pr, 3, lds, b, rb, HALF, rows, k0, k1, m, d0, hd, o, add); break;
+				case 1:
+					av2_pv_rows_blk(pr, 1, lds, b, rb, HALF, rows, k0, k1, m, d0, hd, o, add);
+					break;
+				case 2:
+					av2_pv_rows_blk(pr, 2, lds, b, rb, HALF, rows, k0, k1, m, d0, hd, o, add);
+					break;
+				default:
+					av2_pv_rows_blk(pr, 3, lds, b, rb, HALF, rows, k0, k1, m, d0, hd, o, add);
+					break;
 				}
 			}
 		}
@@ -791,19 +801,19 @@ T_AVX2 static void av2_att_pv_rows(const float *p, int nq, int64_t lds, const vo
 INLINE T_AVX2 void av2_transpose8(__m256 r[8])
 {
 	__m256 t[8], u[8];
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < 4; i++) {
 		t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
 		t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
 	}
-	#pragma GCC unroll 2
+#pragma GCC unroll 2
 	for (int i = 0; i < 2; i++) {
 		u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
 		u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
 		u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
 		u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
 	}
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < 4; i++) {
 		r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
 		r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
@@ -815,9 +825,8 @@ INLINE T_AVX2 void av2_transpose8(__m256 r[8])
  * into registers and transposed there (a run short of 8 rows repeats its
  * last row and stores only the real columns). Without hd % 8 == 0, scalar.
  */
-T_AVX2 void kern_avx2_kv_rows_f32(const void *base, int64_t stride, bool half,
-                                   const uint32_t *rows, int64_t m, int hd, bool transpose,
-                                   float *dst, int64_t ldd)
+T_AVX2 void kern_avx2_kv_rows_f32(const void *base, int64_t stride, bool half, const uint32_t *rows,
+                                  int64_t m, int hd, bool transpose, float *dst, int64_t ldd)
 {
 	size_t rb = (size_t)stride * (half ? 2 : 4);
 	const uint8_t *b = base;
@@ -839,11 +848,11 @@ T_AVX2 void kern_avx2_kv_rows_f32(const void *base, int64_t stride, bool half,
 		__m256i mk = av2_mask(n);
 		for (int d = 0; d < hd; d += 8) {
 			__m256 r[8];
-			#pragma GCC unroll 8
+#pragma GCC unroll 8
 			for (int j = 0; j < 8; j++)
 				r[j] = av2_kv8(r8[j], half, d);
 			av2_transpose8(r);
-			#pragma GCC unroll 8
+#pragma GCC unroll 8
 			for (int i = 0; i < 8; i++) {
 				if (n == 8)
 					_mm256_storeu_ps(dst + (d + i) * ldd + k0, r[i]);
@@ -862,8 +871,8 @@ T_AVX2 float kern_avx2_max_f32(const float *x, int64_t n)
 		m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
 	if (i < n) {
 		__m256i mk = av2_mask(n - i);
-		m = _mm256_max_ps(m, _mm256_blendv_ps(m, _mm256_maskload_ps(x + i, mk),
-		                                      _mm256_castsi256_ps(mk)));
+		m = _mm256_max_ps(
+		        m, _mm256_blendv_ps(m, _mm256_maskload_ps(x + i, mk), _mm256_castsi256_ps(mk)));
 	}
 	__m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
 	h = _mm_max_ps(h, _mm_movehl_ps(h, h));
@@ -897,7 +906,8 @@ INLINE T_AVX2 __m256 av2_exp(__m256 x)
 	p = _mm256_fmadd_ps(p, y, _mm256_set1_ps(0.5f));
 	p = _mm256_fmadd_ps(p, y, _mm256_set1_ps(1.0f));
 	p = _mm256_fmadd_ps(p, y, _mm256_set1_ps(1.0f));
-	__m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+	__m256i e =
+	        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
 	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
@@ -961,8 +971,9 @@ T_AVX2 static void av2_rmsnorm(const float *x, const float *w, float *out, int64
 	float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
 	__m256 sc = _mm256_set1_ps(scale);
 	for (i = 0; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sc),
-		                                        _mm256_loadu_ps(w + i)));
+		_mm256_storeu_ps(
+		        out + i,
+		        _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sc), _mm256_loadu_ps(w + i)));
 	for (; i < n; i++)
 		out[i] = x[i] * scale * w[i];
 }

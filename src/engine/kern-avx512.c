@@ -21,7 +21,8 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define T_AVX512 \
+	__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
 T_AVX512 static void a512_quant_row(const float *x, const struct kern_act *a, int64_t i)
 {
@@ -59,7 +60,7 @@ INLINE T_AVX512 void a512_add_planes(__m512i W[8], const uint8_t *hp, int hbits)
 	__m512i P0 = _mm512_loadu_si512(hp), P1 = P0;
 	if (hbits == 2)
 		P1 = _mm512_loadu_si512(hp + 64);
-	#pragma GCC unroll 8
+#pragma GCC unroll 8
 	for (int c = 0; c < 8; c++) {
 		int from = hbits == 1 ? c : 2 * (c % 4);
 		__m512i P = c < 4 ? P0 : P1;
@@ -71,11 +72,11 @@ INLINE T_AVX512 void a512_add_planes(__m512i W[8], const uint8_t *hp, int hbits)
 
 /* A 16-row group for T tokens from t0. */
 INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, int64_t nb,
-                               const struct kern_act *a, int64_t t0, int T, float *y,
-                               int64_t ldy, int nr, bool acc)
+                               const struct kern_act *a, int64_t t0, int T, float *y, int64_t ldy,
+                               int nr, bool acc)
 {
 	__m512 accf[8];
-	#pragma GCC unroll 8
+#pragma GCC unroll 8
 	for (int t = 0; t < T; t++)
 		accf[t] = _mm512_setzero_ps();
 	const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -97,8 +98,9 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 			} else {
 				dw = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(s0)));
 				__m512 dmin = _mm512_loadu_ps(sup + 64);
-				mo = _mm512_sub_ps(_mm512_setzero_ps(),
-				                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(s1))));
+				mo = _mm512_sub_ps(
+				        _mm512_setzero_ps(),
+				        _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(s1))));
 			}
 		} else if (pt->f32) {
 			dw = _mm512_loadu_ps(pb);
@@ -114,11 +116,11 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 		const uint8_t *qs = pb + pt->hdr;
 		__m512i W[8];
 		if (pt->bits8) {
-			#pragma GCC unroll 8
+#pragma GCC unroll 8
 			for (int j = 0; j < 8; j++)
 				W[j] = _mm512_loadu_si512(qs + 64 * j);
 		} else {
-			#pragma GCC unroll 8
+#pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
 				__m512i raw = _mm512_loadu_si512(qs + 64 * j);
 				W[j] = _mm512_and_si512(raw, m4);
@@ -127,12 +129,12 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 			if (pt->hbits > 0)
 				a512_add_planes(W, qs + 256, pt->hbits);
 		}
-		#pragma GCC unroll 8
+#pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
 			const int8_t *aq = aq0 + t * a->K + b * KERN_QK;
 			__m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
-			/* two chains; with two scales, one per half block */
-			#pragma GCC unroll 8
+/* two chains; with two scales, one per half block */
+#pragma GCC unroll 8
 			for (int j = 0; j < 8; j += 2) {
 				int32_t a0, a1;
 				int k0 = pt->halves ? j / 2 : j, k1 = pt->halves ? 4 + j / 2 : j + 1;
@@ -159,7 +161,7 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 		}
 	}
 	__mmask16 mask = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-	#pragma GCC unroll 8
+#pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		float *yt = y + (t0 + t) * ldy;
 		__m512 v = accf[t];
@@ -169,21 +171,21 @@ INLINE T_AVX512 void a512_tile(const struct kern_ptype *pt, const uint8_t *gd, i
 	}
 }
 
-#define A512_TILES(NAME, IDX)                                                                   \
-	T_AVX512 static void NAME(const uint8_t *gd, int64_t nb, const struct kern_act *a,     \
-	                          int64_t t0, int T, float *y, int64_t ldy, int nr, bool acc)  \
-	{                                                                                       \
-		const struct kern_ptype *pt = &kern_ptypes[IDX];                                \
-		switch (T) {                                                                    \
-		case 1: a512_tile(pt, gd, nb, a, t0, 1, y, ldy, nr, acc); break;               \
-		case 2: a512_tile(pt, gd, nb, a, t0, 2, y, ldy, nr, acc); break;               \
-		case 3: a512_tile(pt, gd, nb, a, t0, 3, y, ldy, nr, acc); break;               \
-		case 4: a512_tile(pt, gd, nb, a, t0, 4, y, ldy, nr, acc); break;               \
-		case 5: a512_tile(pt, gd, nb, a, t0, 5, y, ldy, nr, acc); break;               \
-		case 6: a512_tile(pt, gd, nb, a, t0, 6, y, ldy, nr, acc); break;               \
-		case 7: a512_tile(pt, gd, nb, a, t0, 7, y, ldy, nr, acc); break;               \
-		default: a512_tile(pt, gd, nb, a, t0, 8, y, ldy, nr, acc); break;              \
-		}                                                                               \
+#define A512_TILES(NAME, IDX)                                                                      \
+	T_AVX512 static void NAME(const uint8_t *gd, int64_t nb, const struct kern_act *a, int64_t t0, \
+	                          int T, float *y, int64_t ldy, int nr, bool acc)                      \
+	{                                                                                              \
+		const struct kern_ptype *pt = &kern_ptypes[IDX];                                           \
+		switch (T) {                                                                               \
+		case 1: a512_tile(pt, gd, nb, a, t0, 1, y, ldy, nr, acc); break;                           \
+		case 2: a512_tile(pt, gd, nb, a, t0, 2, y, ldy, nr, acc); break;                           \
+		case 3: a512_tile(pt, gd, nb, a, t0, 3, y, ldy, nr, acc); break;                           \
+		case 4: a512_tile(pt, gd, nb, a, t0, 4, y, ldy, nr, acc); break;                           \
+		case 5: a512_tile(pt, gd, nb, a, t0, 5, y, ldy, nr, acc); break;                           \
+		case 6: a512_tile(pt, gd, nb, a, t0, 6, y, ldy, nr, acc); break;                           \
+		case 7: a512_tile(pt, gd, nb, a, t0, 7, y, ldy, nr, acc); break;                           \
+		default: a512_tile(pt, gd, nb, a, t0, 8, y, ldy, nr, acc); break;                          \
+		}                                                                                          \
 	}
 A512_TILES(a512_tiles_0, 0)
 A512_TILES(a512_tiles_1, 1)
@@ -198,13 +200,14 @@ typedef void (*a512_tiles_fn)(const uint8_t *, int64_t, const struct kern_act *,
                               float *, int64_t, int, bool);
 
 /* In the order of kern_ptypes. */
-static const a512_tiles_fn a512_tiles[] = { a512_tiles_0, a512_tiles_1, a512_tiles_2,
-	                                    a512_tiles_3, a512_tiles_4, a512_tiles_5,
-	                                    a512_tiles_6, a512_tiles_7 };
+static const a512_tiles_fn a512_tiles[] = {
+	a512_tiles_0, a512_tiles_1, a512_tiles_2, a512_tiles_3,
+	a512_tiles_4, a512_tiles_5, a512_tiles_6, a512_tiles_7
+};
 
 T_AVX512 static void a512_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
-                                      const struct kern_act *a, int64_t n, float *y,
-                                      int64_t ldy, bool acc)
+                                      const struct kern_act *a, int64_t n, float *y, int64_t ldy,
+                                      bool acc)
 {
 	a512_tiles_fn fn = a512_tiles[kern_ptype_index(w->type)];
 	int64_t nb = w->cols / KERN_QK;
@@ -212,8 +215,7 @@ T_AVX512 static void a512_gemm_packed(const struct kern_weight *w, int64_t g0, i
 		const uint8_t *gd = w->data + (uint64_t)g * w->group_bytes;
 		int nr = (int)KVS_MIN((int64_t)KERN_GROUP, w->rows - g * KERN_GROUP);
 		for (int64_t t0 = 0; t0 < n; t0 += 8)
-			fn(gd, nb, a, t0, (int)KVS_MIN((int64_t)8, n - t0), y + g * KERN_GROUP, ldy, nr,
-			   acc);
+			fn(gd, nb, a, t0, (int)KVS_MIN((int64_t)8, n - t0), y + g * KERN_GROUP, ldy, nr, acc);
 	}
 }
 
@@ -224,38 +226,38 @@ INLINE T_AVX512 void a512_rows_tile(const float *w, int64_t ldw, const float *x,
                                     const int NT)
 {
 	__m512 s[4][4];
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < NR; i++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int t = 0; t < NT; t++)
 			s[i][t] = _mm512_setzero_ps();
 	int64_t k = 0;
 	for (; k + 16 <= K; k += 16) {
 		__m512 a[4];
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int t = 0; t < NT; t++)
 			a[t] = _mm512_loadu_ps(x + t * ldx + k);
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int i = 0; i < NR; i++) {
 			__m512 v = _mm512_loadu_ps(w + i * ldw + k);
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int t = 0; t < NT; t++)
 				s[i][t] = _mm512_fmadd_ps(v, a[t], s[i][t]);
 		}
 	}
 	if (k < K) {
 		__mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int i = 0; i < NR; i++) {
 			__m512 v = _mm512_maskz_loadu_ps(m, w + i * ldw + k);
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int t = 0; t < NT; t++)
 				s[i][t] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x + t * ldx + k), s[i][t]);
 		}
 	}
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int t = 0; t < NT; t++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int i = 0; i < NR; i++) {
 			float v = _mm512_reduce_add_ps(s[i][t]);
 			float *o = y + t * ldy + i;
@@ -264,17 +266,17 @@ INLINE T_AVX512 void a512_rows_tile(const float *w, int64_t ldw, const float *x,
 }
 
 /* The tile for nr rows and nt tokens (1..4 each). */
-#define A512_ROWS(NR)                                                                            \
-	switch (nt) {                                                                            \
-	case 1: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 1); break;                 \
-	case 2: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 2); break;                 \
-	case 3: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 3); break;                 \
-	default: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 4); break;                \
+#define A512_ROWS(NR)                                                        \
+	switch (nt) {                                                            \
+	case 1: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 1); break;  \
+	case 2: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 2); break;  \
+	case 3: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 3); break;  \
+	default: a512_rows_tile(w, ldw, xt, ldx, K, yt, ldy, acc, NR, 4); break; \
 	}
 
 T_AVX512 static void a512_gemm_rows_f32(const float *w, int64_t ldw, int nr, const float *x,
-                                        int64_t ldx, int64_t n, int64_t K, float *y,
-                                        int64_t ldy, bool acc)
+                                        int64_t ldx, int64_t n, int64_t K, float *y, int64_t ldy,
+                                        bool acc)
 {
 	for (int64_t t0 = 0; t0 < n; t0 += 4) {
 		int nt = (int)KVS_MIN((int64_t)4, n - t0);
@@ -361,7 +363,8 @@ T_AVX512 static void a512_axpy_f32(float *y, const float *x, float alpha, int64_
 	__m512 va = _mm512_set1_ps(alpha);
 	int64_t i = 0;
 	for (; i + 16 <= n; i += 16)
-		_mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+		_mm512_storeu_ps(y + i,
+		                 _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
 	if (i < n) {
 		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
 		_mm512_mask_storeu_ps(y + i, m,
@@ -486,16 +489,16 @@ T_AVX512 static void a512_att_pv(const float *p, int nq, int64_t lds, const floa
 			int c = KVS_MIN(4, (hd - d0) / 16);
 			const float *pr = p + r0 * lds;
 			float *o = out + r0 * hd;
-#define A512_PV(NR)                                                                    \
-	do {                                                                           \
-		if (c == 4)                                                            \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 4, o);                   \
-		else if (c == 3)                                                       \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 3, o);                   \
-		else if (c == 2)                                                       \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 2, o);                   \
-		else                                                                   \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 1, o);                   \
+#define A512_PV(NR)                                      \
+	do {                                                 \
+		if (c == 4)                                      \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 4, o); \
+		else if (c == 3)                                 \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 3, o); \
+		else if (c == 2)                                 \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 2, o); \
+		else                                             \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 1, o); \
 	} while (0)
 			switch (nr) {
 			case 1: A512_PV(1); break;
@@ -550,9 +553,9 @@ INLINE T_AVX512 void a512_scores_blk(const float *q, int hd, int d0, const uint8
 	}
 }
 
-INLINE T_AVX512 void a512_pv_blk(const float *p, int64_t lds, const uint8_t *base,
-                                 size_t row_bytes, bool half, const uint32_t *rows, int64_t m,
-                                 int d0, int hd, float *out, int NR)
+INLINE T_AVX512 void a512_pv_blk(const float *p, int64_t lds, const uint8_t *base, size_t row_bytes,
+                                 bool half, const uint32_t *rows, int64_t m, int d0, int hd,
+                                 float *out, int NR)
 {
 	__m512 acc[4][4];
 	for (int r = 0; r < NR; r++)
@@ -591,10 +594,18 @@ T_AVX512 static void a512_att_scores_rows(const float *q, int nq, int hd, const 
 			float *sr = s + r0 * lds;
 			bool first = d0 == 0;
 			switch (KVS_MIN(4, nq - r0)) {
-			case 1: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 1, first); break;
-			case 2: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 2, first); break;
-			case 3: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 3, first); break;
-			default: a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 4, first); break;
+			case 1:
+				a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 1, first);
+				break;
+			case 2:
+				a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 2, first);
+				break;
+			case 3:
+				a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 3, first);
+				break;
+			default:
+				a512_scores_blk(qr, hd, d0, base, rb, half, rows, m, scale, sr, lds, 4, first);
+				break;
 			}
 		}
 }
@@ -653,7 +664,8 @@ T_AVX512 static void a512_rmsnorm(const float *x, const float *w, float *out, in
 	for (; i + 16 <= n; i += 16) {
 		__m512 v = _mm512_loadu_ps(x + i);
 		__m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-		__m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+		__m512d hi =
+		        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 		s0 = _mm512_fmadd_pd(lo, lo, s0);
 		s1 = _mm512_fmadd_pd(hi, hi, s1);
 	}
@@ -662,8 +674,9 @@ T_AVX512 static void a512_rmsnorm(const float *x, const float *w, float *out, in
 		ss += (double)x[i] * x[i];
 	__m512 sc = _mm512_set1_ps(1.0f / sqrtf((float)(ss / (double)n) + eps));
 	for (i = 0; i + 16 <= n; i += 16)
-		_mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sc),
-		                                        _mm512_loadu_ps(w + i)));
+		_mm512_storeu_ps(
+		        out + i,
+		        _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sc), _mm512_loadu_ps(w + i)));
 	float scale = _mm512_cvtss_f32(sc);
 	for (; i < n; i++)
 		out[i] = x[i] * scale * w[i];

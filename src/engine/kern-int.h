@@ -31,20 +31,20 @@
 /* Geometry of the packed types. */
 struct kern_ptype {
 	uint32_t type;
-	uint32_t src_bytes;   /* original bytes per source block */
-	uint32_t src_elems;   /* elements per source block (32, or 256 for k-quants) */
-	uint32_t src_qs;      /* copied types: offset of the quants in the block */
-	uint32_t hdr;         /* packed header bytes (scales, mins) */
-	uint32_t pk_bytes;    /* packed bytes per block of 16 rows */
-	bool bits8;           /* byte quants (else 4-bit nibbles) */
-	int hbits;            /* bits above the nibble, in planes (5-bit: 1, Q6_K: 2) */
-	bool flip;            /* bytes stored as q + 128 (Q8_0) */
-	bool f32;             /* f32 header (else f16) */
-	bool min;             /* has M */
-	bool halves;          /* a second scale D1 for elements 16..31 (Q6_K) */
-	bool ks;              /* k-quant scales: bytes per block, d (dmin) per 256-block */
-	uint32_t sh;          /* ks: bytes of a 256-block's header (d, dmin for 16 rows) */
-	int32_t off;          /* the integer offset k */
+	uint32_t src_bytes; /* original bytes per source block */
+	uint32_t src_elems; /* elements per source block (32, or 256 for k-quants) */
+	uint32_t src_qs;    /* copied types: offset of the quants in the block */
+	uint32_t hdr;       /* packed header bytes (scales, mins) */
+	uint32_t pk_bytes;  /* packed bytes per block of 16 rows */
+	bool bits8;         /* byte quants (else 4-bit nibbles) */
+	int hbits;          /* bits above the nibble, in planes (5-bit: 1, Q6_K: 2) */
+	bool flip;          /* bytes stored as q + 128 (Q8_0) */
+	bool f32;           /* f32 header (else f16) */
+	bool min;           /* has M */
+	bool halves;        /* a second scale D1 for elements 16..31 (Q6_K) */
+	bool ks;            /* k-quant scales: bytes per block, d (dmin) per 256-block */
+	uint32_t sh;        /* ks: bytes of a 256-block's header (d, dmin for 16 rows) */
+	int32_t off;        /* the integer offset k */
 };
 
 /* type, src bytes, src elems, src qs, hdr, packed bytes (per block), bits8,
@@ -89,7 +89,7 @@ static inline const uint8_t *kern_block_at(const struct kern_ptype *pt, const ui
 {
 	if (pt->ks)
 		return gd + (uint64_t)(b / 8) * (pt->sh + 8ull * pt->pk_bytes) + pt->sh +
-		       (uint64_t)(b % 8) * pt->pk_bytes;
+		        (uint64_t)(b % 8) * pt->pk_bytes;
 	return gd + (uint64_t)b * pt->pk_bytes;
 }
 
@@ -145,12 +145,11 @@ extern const struct kern_ops kern_avx512_ops;
 /* Scalar kernels the SIMD levels reuse as the fallback for shapes their
  * vector code does not take (never as a table entry); contracts as in
  * kern_ops. */
-void kern_scalar_att_scores_rows(const float *q, int nq, int hd, const void *base,
-                                 int64_t stride, bool half, const uint32_t *rows, int64_t m,
-                                 float scale, float *s, int64_t lds);
-void kern_scalar_att_pv_rows(const float *p, int nq, int64_t lds, const void *base,
-                             int64_t stride, bool half, const uint32_t *rows, int64_t m, int hd,
-                             float *out);
+void kern_scalar_att_scores_rows(const float *q, int nq, int hd, const void *base, int64_t stride,
+                                 bool half, const uint32_t *rows, int64_t m, float scale, float *s,
+                                 int64_t lds);
+void kern_scalar_att_pv_rows(const float *p, int nq, int64_t lds, const void *base, int64_t stride,
+                             bool half, const uint32_t *rows, int64_t m, int hd, float *out);
 void kern_scalar_kv_rows_f32(const void *base, int64_t stride, bool half, const uint32_t *rows,
                              int64_t m, int hd, bool transpose, float *dst, int64_t ldd);
 void kern_scalar_rope(float *x, const float *cs, int n_rot, bool neox);

@@ -67,7 +67,7 @@ static void sc_gemm_packed(const struct kern_weight *w, int64_t g0, int64_t g1,
 					if (pt->halves) {
 						sum[r] += (float)(dot[0] - pt->off * h16[0]) * (d * da);
 						sum[r] += (float)(dot[1] - pt->off * h16[1]) *
-						          (kern_hdr(pt, sup, pb, 1, r) * da);
+						        (kern_hdr(pt, sup, pb, 1, r) * da);
 						continue;
 					}
 					sum[r] += (float)(dot[0] + dot[1] - corr) * (d * da);
@@ -153,7 +153,7 @@ static void sc_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
 }
 
 static void sc_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk, int64_t m,
-                            float scale, float *s, int64_t lds)
+                          float scale, float *s, int64_t lds)
 {
 	for (int r = 0; r < nq; r++) {
 		float *sr = s + r * lds;
@@ -171,7 +171,7 @@ static void sc_att_scores(const float *q, int nq, int hd, const float *kt, int64
 }
 
 static void sc_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
-                        float *out)
+                      float *out)
 {
 	for (int r = 0; r < nq; r++) {
 		float *o = out + r * hd;

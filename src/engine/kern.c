@@ -62,9 +62,9 @@
  * keeps them. */
 struct kern_block {
 	uint8_t q[KERN_QK];
-	float D, D1, M;       /* 5-bit types: the block's scale (and min) */
-	uint8_t s0, s1;       /* k-quants: the sub-block's scale and min (Q6_K: its two int8 scales) */
-	float sd, smin;       /* k-quants: the 256-block's d and dmin (the kernels form D, M) */
+	float D, D1, M; /* 5-bit types: the block's scale (and min) */
+	uint8_t s0, s1; /* k-quants: the sub-block's scale and min (Q6_K: its two int8 scales) */
+	float sd, smin; /* k-quants: the 256-block's d and dmin (the kernels form D, M) */
 };
 
 /* Unpack 32-block b of a source row. */
@@ -125,7 +125,7 @@ static void kern_dec_q6_k(const uint8_t *row, int64_t b, struct kern_block *o)
 static void kern_dec_q5(const uint8_t *blk, const uint8_t *qhp, struct kern_block *o)
 {
 	uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 | (uint32_t)qhp[2] << 16 |
-	              (uint32_t)qhp[3] << 24;
+	        (uint32_t)qhp[3] << 24;
 	for (int l = 0; l < 16; l++) {
 		o->q[l] = (uint8_t)((blk[l] & 15) | ((qh >> l) & 1) << 4);
 		o->q[l + 16] = (uint8_t)((blk[l] >> 4) | ((qh >> (l + 16)) & 1) << 4);
@@ -225,8 +225,8 @@ static void kern_put_block(const struct kern_ptype *pt, const struct kern_block 
 	}
 }
 
-void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst,
-               int64_t g0, int64_t g1)
+void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst, int64_t g0,
+               int64_t g1)
 {
 	int ti = kern_ptype_index(type);
 	const struct kern_ptype *pt = &kern_ptypes[ti];
@@ -296,7 +296,7 @@ void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
 
 /* The levels' rows, indexed by enum kern_level. */
 static const struct kern_ops *const kern_levels[] = { &kern_scalar_ops, &kern_avx2_ops,
-	                                              &kern_avx512_ops };
+	                                                  &kern_avx512_ops };
 
 enum kern_level kern_cpu_level(void)
 {
@@ -323,8 +323,8 @@ const struct kern_ops *kern_select(enum kern_level want)
 }
 
 void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
-                       int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
-                       int64_t ldy, bool acc, float *tmp)
+                       int64_t r1, const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy,
+                       bool acc, float *tmp)
 {
 	int64_t K = w->cols;
 	for (int64_t r = r0; r < r1; r += KERN_GENERIC_ROWS) {

@@ -43,21 +43,21 @@
 
 #include "base/base.h"
 
-#define KERN_QK 32          /* elements per quant block */
-#define KERN_GROUP 16       /* rows per repacked group */
+#define KERN_QK 32    /* elements per quant block */
+#define KERN_GROUP 16 /* rows per repacked group */
 
 enum kern_level { KERN_SCALAR = 0, KERN_AVX2, KERN_AVX512 };
 
 /* A weight matrix ready for the kernels. */
 struct kern_weight {
-	uint32_t type;          /* enum dtype of the original tensor */
-	bool packed;            /* repacked groups (Q4_0, Q4_1, Q8_0) */
-	int64_t rows;           /* output rows */
-	int64_t cols;           /* K, a multiple of the type's block size */
-	const uint8_t *data;    /* original rows, or packed groups */
-	uint64_t row_bytes;     /* original bytes per row */
-	uint64_t group_bytes;   /* packed: bytes per 16-row group */
-	void *owned;            /* a packed buffer its maker frees (the CPU backend
+	uint32_t type;        /* enum dtype of the original tensor */
+	bool packed;          /* repacked groups (Q4_0, Q4_1, Q8_0) */
+	int64_t rows;         /* output rows */
+	int64_t cols;         /* K, a multiple of the type's block size */
+	const uint8_t *data;  /* original rows, or packed groups */
+	uint64_t row_bytes;   /* original bytes per row */
+	uint64_t group_bytes; /* packed: bytes per 16-row group */
+	void *owned;          /* a packed buffer its maker frees (the CPU backend
 	                         * packs into one arena instead and leaves it NULL) */
 };
 
@@ -66,17 +66,17 @@ struct kern_weight {
  * round(x * 127 / max|x|), s = f16(d * sum(q)) with the unrounded d. */
 struct kern_act {
 	int64_t K;
-	int8_t *q;              /* (n, K) */
-	float *d;               /* (n, K/32) block scales (f16 values) */
-	float *s;               /* (n, K/32) f16(d * sum(q)), for the mins */
-	int32_t *isum;          /* (n, K/32) sum(q), for the integer offsets */
-	int32_t *isum16;        /* (n, K/16) sums of each half block (Q6_K's offsets) */
+	int8_t *q;       /* (n, K) */
+	float *d;        /* (n, K/32) block scales (f16 values) */
+	float *s;        /* (n, K/32) f16(d * sum(q)), for the mins */
+	int32_t *isum;   /* (n, K/32) sum(q), for the integer offsets */
+	int32_t *isum16; /* (n, K/16) sums of each half block (Q6_K's offsets) */
 };
 
 /* One level's kernels. */
 struct kern_ops {
 	enum kern_level level;
-	const char *name;      /* "scalar", "avx2", "avx512-vnni" */
+	const char *name; /* "scalar", "avx2", "avx512-vnni" */
 	/* Quantise one row x (K floats, K % 32 == 0) into act row i. */
 	void (*quant_row)(const float *x, const struct kern_act *a, int64_t i);
 	/* y[t, r] (+)= sum_k x[t, k] W[r, k] for tokens t in [0, n) and the rows
@@ -136,7 +136,7 @@ struct kern_ops {
 	void (*rope)(float *x, const float *cs, int n_rot, bool neox);
 };
 
-#define KERN_ATT_Q 8 /* queries per att_scores / att_pv call */
+#define KERN_ATT_Q 8     /* queries per att_scores / att_pv call */
 #define KERN_ROW_MAX 256 /* longest head for the *_rows kernels */
 
 /* The kernels of a level, clamped to what this CPU supports (AVX-512 needs
@@ -155,8 +155,8 @@ bool kern_type_packed(uint32_t type);
 uint64_t kern_packed_bytes(uint32_t type, int64_t rows, int64_t K);
 /* Repack groups [g0, g1) of a (rows, K) tensor from src (original rows) into
  * dst (kern_packed_bytes long). Rows past the end are zero. */
-void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst,
-               int64_t g0, int64_t g1);
+void kern_pack(uint32_t type, const uint8_t *src, int64_t rows, int64_t K, uint8_t *dst, int64_t g0,
+               int64_t g1);
 /* Dequantise row r of a weight (packed or not) into out (K floats). */
 void kern_weight_row(const struct kern_weight *w, int64_t r, float *out);
 
@@ -165,7 +165,7 @@ void kern_weight_row(const struct kern_weight *w, int64_t r, float *out);
  * KERN_GENERIC_ROWS * K floats. */
 #define KERN_GENERIC_ROWS 4
 void kern_gemm_generic(const struct kern_ops *ops, const struct kern_weight *w, int64_t r0,
-                       int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
-                       int64_t ldy, bool acc, float *tmp);
+                       int64_t r1, const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy,
+                       bool acc, float *tmp);
 
 #endif

@@ -33,8 +33,8 @@
 #include <dirent.h>
 #include <unistd.h>
 
-#define PACKCACHE_VERSION 3          /* bump when kern_pack or cpu.c's arena order changes */
-#define PACKCACHE_HEADER 4096        /* the arena starts page-aligned after it */
+#define PACKCACHE_VERSION 3   /* bump when kern_pack or cpu.c's arena order changes */
+#define PACKCACHE_HEADER 4096 /* the arena starts page-aligned after it */
 #define PACKCACHE_MIN (16u << 20)
 #define PACKCACHE_CAP (16ull << 30)
 #define PACKCACHE_SPARE (1ull << 30)
@@ -74,9 +74,9 @@ void *packcache_load(const char *path, const struct packcache_header *h)
 	struct packcache_header got;
 	struct stat st;
 	bool ok = fd >= 0 && fstat(fd, &st) == 0 &&
-	          (uint64_t)st.st_size == PACKCACHE_HEADER + h->arena_bytes &&
-	          pread(fd, &got, sizeof got, 0) == (ssize_t)sizeof got &&
-	          memcmp(&got, h, sizeof got) == 0;
+	        (uint64_t)st.st_size == PACKCACHE_HEADER + h->arena_bytes &&
+	        pread(fd, &got, sizeof got, 0) == (ssize_t)sizeof got &&
+	        memcmp(&got, h, sizeof got) == 0;
 	if (ok) {
 		void *map = mmap(NULL, h->arena_bytes, PROT_READ, MAP_PRIVATE, fd, PACKCACHE_HEADER);
 		ok = map != MAP_FAILED;
@@ -98,8 +98,8 @@ static uint64_t packcache_cap(void)
 	unsigned long long mib = env != NULL ? strtoull(env, &end, 10) : 0;
 	if (env == NULL || *env == '\0' || *end != '\0' || mib == 0 || mib > (1ull << 40)) {
 		if (env != NULL)
-			log_warn("KVSCOPE_PACK_CACHE_MAX='%s': expected a size in MiB; using %llu MiB",
-			         env, (unsigned long long)(PACKCACHE_CAP >> 20));
+			log_warn("KVSCOPE_PACK_CACHE_MAX='%s': expected a size in MiB; using %llu MiB", env,
+			         (unsigned long long)(PACKCACHE_CAP >> 20));
 		return PACKCACHE_CAP;
 	}
 	return (uint64_t)mib << 20;
@@ -122,8 +122,7 @@ static int packcache_file_cmp(const void *a, const void *b)
  * folder holds at most cap - incoming bytes; false when even that cannot make
  * room (the files in use by other processes stay valid: unlink only drops
  * the name). */
-static bool packcache_trim(const char *dir, const char *keep, uint64_t incoming,
-                                uint64_t cap)
+static bool packcache_trim(const char *dir, const char *keep, uint64_t incoming, uint64_t cap)
 {
 	if (incoming > cap)
 		return false;
@@ -200,4 +199,3 @@ bool packcache_store(const char *path, const struct packcache_header *h, const v
 	free(dir);
 	return ok;
 }
-

@@ -18,7 +18,7 @@
 /* The first bytes of a cache file (a page is reserved for it); a file is
  * used only when it repeats the header the current model asks for. */
 struct packcache_header {
-	char magic[8];                  /* "KVSPACK" */
+	char magic[8]; /* "KVSPACK" */
 	uint64_t version, dev, ino, size, mtime_ns, arena_bytes, total;
 };
 

@@ -31,11 +31,11 @@ struct sampler {
 	uint32_t seed;
 	uint32_t n_vocab;
 	struct mt19937 rng;
-	struct cand *cand;  /* (n_vocab) */
-	double *cum;        /* (n_vocab) cumulative probabilities for the draw */
-	int32_t *history;   /* ring of the last repeat_last_n ids */
+	struct cand *cand; /* (n_vocab) */
+	double *cum;       /* (n_vocab) cumulative probabilities for the draw */
+	int32_t *history;  /* ring of the last repeat_last_n ids */
 	uint32_t n_hist, hist_head, hist_cap;
-	uint16_t *count;    /* (n_vocab) occurrences inside the ring */
+	uint16_t *count; /* (n_vocab) occurrences inside the ring */
 };
 
 /* ---- MT19937 (Matsumoto & Nishimura 1998; constants from the paper) ---- */

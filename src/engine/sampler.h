@@ -9,15 +9,15 @@
 
 /* Defaults are llama.cpp's common defaults (repeat penalty off). */
 struct sampler_params {
-	float temp;            /* 0.8; <= 0 is greedy */
-	int32_t top_k;         /* 40; <= 0 keeps all */
-	float top_p;           /* 0.95; >= 1 is off */
-	float min_p;           /* 0.05; <= 0 is off */
-	float repeat_penalty;  /* 1.0 (off) */
-	int32_t repeat_last_n; /* 64; 0 disables the penalties */
-	float freq_penalty;    /* 0 */
+	float temp;             /* 0.8; <= 0 is greedy */
+	int32_t top_k;          /* 40; <= 0 keeps all */
+	float top_p;            /* 0.95; >= 1 is off */
+	float min_p;            /* 0.05; <= 0 is off */
+	float repeat_penalty;   /* 1.0 (off) */
+	int32_t repeat_last_n;  /* 64; 0 disables the penalties */
+	float freq_penalty;     /* 0 */
 	float presence_penalty; /* 0 */
-	uint32_t seed;         /* 0xFFFFFFFF: random */
+	uint32_t seed;          /* 0xFFFFFFFF: random */
 };
 
 #define SAMPLER_SEED_RANDOM 0xFFFFFFFFu

@@ -35,72 +35,72 @@ struct kv_cache {
 	const struct hparams *hp;
 	struct kv_config cfg;
 	uint32_t n_ctx, n_vocab;
-	uint32_t n;                   /* cached tokens */
-	struct kv_tok *toks;          /* (n_ctx) cache order, the first n live */
-	float *acc;                   /* (n_ctx, n_layer, n_head_kv) the first n rows live, or NULL */
-	uint32_t acc_stride;          /* n_layer * n_head_kv: floats per acc row */
-	int32_t *acc_tok;             /* (n_ctx) orig_pos of the token each acc row belongs
+	uint32_t n;           /* cached tokens */
+	struct kv_tok *toks;  /* (n_ctx) cache order, the first n live */
+	float *acc;           /* (n_ctx, n_layer, n_head_kv) the first n rows live, or NULL */
+	uint32_t acc_stride;  /* n_layer * n_head_kv: floats per acc row */
+	int32_t *acc_tok;     /* (n_ctx) orig_pos of the token each acc row belongs
 	                               * to, the first n live (kv_cache_check's witness) */
-	uint32_t *free_slots;         /* (n_ctx) stack of free slots, the first n_free live;
+	uint32_t *free_slots; /* (n_ctx) stack of free slots, the first n_free live;
 	                               * top free_slots[n_free - 1] (slot 0 after a clear) */
 	uint32_t n_free;
-	int32_t next_pos;             /* original position of the next token */
+	int32_t next_pos; /* original position of the next token */
 	uint32_t turn;
 	enum kv_role role;
-	float *logits;                /* (n_vocab) next-token logits */
+	float *logits; /* (n_vocab) next-token logits */
 	bool have_logits;
-	bool have_lse;                /* logits_lse / logits_ent are for logits */
-	double logits_lse;            /* log-sum-exp of logits */
-	float logits_ent;             /* entropy of softmax(logits), nats */
+	bool have_lse;     /* logits_lse / logits_ent are for logits */
+	double logits_lse; /* log-sum-exp of logits */
+	float logits_ent;  /* entropy of softmax(logits), nats */
 	/* compat scoring within the current turn */
-	int32_t turn_first;           /* orig_pos of the turn's first token, -1 before it */
-	float turn_max;               /* max of s_j in the turn */
-	float prev_self;              /* s of the previous token in the turn, NaN if none */
+	int32_t turn_first; /* orig_pos of the turn's first token, -1 before it */
+	float turn_max;     /* max of s_j in the turn */
+	float prev_self;    /* s of the previous token in the turn, NaN if none */
 	/* scratch */
-	uint32_t *visible;            /* (n_ctx) a forward's visible slots */
-	uint32_t *bslot;              /* (n_ctx) a forward's slots */
-	uint32_t *cand;               /* (n_ctx) an eviction's candidates */
-	uint32_t *order;              /* (n_ctx) a selection's scratch */
-	int32_t *bpos;                /* (n_ctx) a forward's positions */
-	uint8_t *keep;                /* (n_ctx) an eviction's choices, by candidate */
-	float *fscratch;              /* (n_ctx) scores, summaries */
-	struct kv_tok *evicted;       /* (n_ctx) an eviction's victims */
+	uint32_t *visible;             /* (n_ctx) a forward's visible slots */
+	uint32_t *bslot;               /* (n_ctx) a forward's slots */
+	uint32_t *cand;                /* (n_ctx) an eviction's candidates */
+	uint32_t *order;               /* (n_ctx) a selection's scratch */
+	int32_t *bpos;                 /* (n_ctx) a forward's positions */
+	uint8_t *keep;                 /* (n_ctx) an eviction's choices, by candidate */
+	float *fscratch;               /* (n_ctx) scores, summaries */
+	struct kv_tok *evicted;        /* (n_ctx) an eviction's victims */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
 	/* events and providers */
 	kv_event_fn ev_fn;
 	void *ev_ud;
 	struct kv_scorer scorer;
 	bool has_scorer;
-	double deadline_ms;           /* clock_now_ms after which feeds stop; 0: none */
+	double deadline_ms; /* clock_now_ms after which feeds stop; 0: none */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;
 	uint64_t bytes_per_token;
-	bool warned_lambda;           /* said once that the backend lacks the Λ-mask */
-	double last_capture_ms;       /* when the last step event was captured */
-	bool capture_next;            /* capture the next forward regardless */
+	bool warned_lambda;     /* said once that the backend lacks the Λ-mask */
+	double last_capture_ms; /* when the last step event was captured */
+	bool capture_next;      /* capture the next forward regardless */
 };
 
 struct kv_select {
-	const struct kv_tok *toks;   /* (n_cached) every cached token, cache order */
-	const uint32_t *cand;        /* (n) cache indices of the candidates, ascending */
+	const struct kv_tok *toks; /* (n_cached) every cached token, cache order */
+	const uint32_t *cand;      /* (n) cache indices of the candidates, ascending */
 	uint32_t n;
-	const float *acc;            /* (n_cached, n_layer, n_head_kv) accumulated attention, or NULL */
-	uint32_t acc_stride;         /* n_layer * n_head_kv: floats per acc row */
-	uint32_t m;                  /* tokens about to come in */
-	uint32_t budget;             /* the cache's budget in tokens */
-	uint32_t target;             /* keep at most this many candidates (< n) */
-	const float *p;              /* the policy's parameters */
-	uint8_t *keep;               /* (n) out: 0, or KV_KEEP | KV_FLAG_SINK | KV_FLAG_KEY */
-	float *score;                /* (n) scratch */
-	uint32_t *order;             /* (n) scratch */
+	const float *acc;    /* (n_cached, n_layer, n_head_kv) accumulated attention, or NULL */
+	uint32_t acc_stride; /* n_layer * n_head_kv: floats per acc row */
+	uint32_t m;          /* tokens about to come in */
+	uint32_t budget;     /* the cache's budget in tokens */
+	uint32_t target;     /* keep at most this many candidates (< n) */
+	const float *p;      /* the policy's parameters */
+	uint8_t *keep;       /* (n) out: 0, or KV_KEEP | KV_FLAG_SINK | KV_FLAG_KEY */
+	float *score;        /* (n) scratch */
+	uint32_t *order;     /* (n) scratch */
 };
 
 /* Where a policy's retention score comes from. */
 enum kv_score_kind {
-	KV_SCORE_NONE = 0,   /* no score (NaN) */
-	KV_SCORE_SURPRISAL,  /* token entropy e_i (SirLLM), decayed per turn */
-	KV_SCORE_ATTN,       /* accumulated attention per (layer, KV head) (H2O) */
+	KV_SCORE_NONE = 0,  /* no score (NaN) */
+	KV_SCORE_SURPRISAL, /* token entropy e_i (SirLLM), decayed per turn */
+	KV_SCORE_ATTN,      /* accumulated attention per (layer, KV head) (H2O) */
 };
 
 struct kv_policy_def {
@@ -110,8 +110,8 @@ struct kv_policy_def {
 	uint32_t n_params;
 	bool evicts;
 	enum kv_score_kind score;
-	int decay_param;   /* index of the per-turn decay factor, or -1 */
-	int compat_param;  /* index of the mode parameter (1 = SirLLM code's scoring), or -1 */
+	int decay_param;  /* index of the per-turn decay factor, or -1 */
+	int compat_param; /* index of the mode parameter (1 = SirLLM code's scoring), or -1 */
 	enum kv_pos_mode (*pos_mode)(const float *p);
 	uint32_t (*n_sinks)(const float *p); /* tokens flagged sink as they arrive */
 	/* LM-Infinite's distance cap in positions (0: the model's training context) */

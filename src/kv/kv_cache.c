@@ -207,7 +207,7 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	/* sized from the context the user chose: a refusal is an error */
 	bool got = true;
 	size_t per_slot = 0;
-#define KV_ARRAY(f)                                                                                \
+#define KV_ARRAY(f) \
 	(per_slot += sizeof *c->f, c->f = malloc((size_t)n_ctx * sizeof *c->f), got &= c->f != NULL)
 	KV_ARRAY(toks);
 	KV_ARRAY(free_slots);
@@ -420,8 +420,8 @@ int kv_cache_check(const struct kv_cache *c, struct err *e)
 			             "cache order (original positions rising, below the next %d)",
 			             i, t->orig_pos, prev, c->next_pos);
 		else if (t->slot >= n_ctx)
-			rc = err_set(e, KVS_ESTATE, "KV cache check: token %u holds slot %u, expected 0..%u",
-			             i, t->slot, n_ctx - 1);
+			rc = err_set(e, KVS_ESTATE, "KV cache check: token %u holds slot %u, expected 0..%u", i,
+			             t->slot, n_ctx - 1);
 		else if (owner[t->slot] != 0)
 			rc = err_set(e, KVS_ESTATE,
 			             "KV cache check: token %u holds slot %u, already held by an earlier token",
@@ -443,12 +443,14 @@ int kv_cache_check(const struct kv_cache *c, struct err *e)
 	for (uint32_t k = 0; k < c->n_free && rc == KVS_OK; k++) {
 		uint32_t sl = c->free_slots[k];
 		if (sl >= n_ctx)
-			rc = err_set(e, KVS_ESTATE, "KV cache check: free-slot stack entry %u is slot %u, "
-			             "expected 0..%u", k, sl, n_ctx - 1);
+			rc = err_set(e, KVS_ESTATE,
+			             "KV cache check: free-slot stack entry %u is slot %u, "
+			             "expected 0..%u",
+			             k, sl, n_ctx - 1);
 		else if (owner[sl] != 0)
 			rc = err_set(e, KVS_ESTATE,
-			             "KV cache check: free-slot stack entry %u is slot %u, which is %s", k,
-			             sl, owner[sl] == 1 ? "held by a cached token" : "already on the stack");
+			             "KV cache check: free-slot stack entry %u is slot %u, which is %s", k, sl,
+			             owner[sl] == 1 ? "held by a cached token" : "already on the stack");
 		else if (engine_kv_pos(c->eng, sl) != -1)
 			rc = err_set(e, KVS_ESTATE,
 			             "KV cache check: free slot %u has position %d in the engine, expected "
@@ -546,10 +548,18 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	uint8_t *ckeep = c->keep; /* indexed by candidate */
 	memset(ckeep, 0, n_cand);
 	struct kv_select s = {
-		.toks = c->toks, .cand = c->cand, .n = n_cand, .acc = c->acc,
-		.acc_stride = c->acc_stride, .m = m, .budget = budget,
-		.target = target - kept_pinned, .p = c->cfg.policy.p,
-		.keep = ckeep, .score = c->fscratch, .order = c->order,
+		.toks = c->toks,
+		.cand = c->cand,
+		.n = n_cand,
+		.acc = c->acc,
+		.acc_stride = c->acc_stride,
+		.m = m,
+		.budget = budget,
+		.target = target - kept_pinned,
+		.p = c->cfg.policy.p,
+		.keep = ckeep,
+		.score = c->fscratch,
+		.order = c->order,
 	};
 	bool fallback = false;
 	const char *why = NULL;
@@ -737,8 +747,8 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 	for (uint32_t i = 0; i < r->n; i++) {
 		const struct kv_tok *t = &r->toks[i];
 		if (t->token < 0 || (uint32_t)t->token >= c->n_vocab)
-			return err_set(e, KVS_EARG, "restore: token %u has id %d, expected 0..%u", i,
-			               t->token, c->n_vocab - 1);
+			return err_set(e, KVS_EARG, "restore: token %u has id %d, expected 0..%u", i, t->token,
+			               c->n_vocab - 1);
 		if (t->orig_pos < 0 || (i > 0 && t->orig_pos <= r->toks[i - 1].orig_pos) ||
 		    t->orig_pos >= r->next_pos)
 			return err_set(e, KVS_EARG,
@@ -845,18 +855,22 @@ static float kv_top_sum(float *x, uint32_t n, uint32_t k)
 		return (float)s;
 	}
 	uint32_t lo = 0, hi = n; /* the answer's boundary lies in [lo, hi) */
-	double acc = 0;           /* sum of x[0..lo), all among the top */
+	double acc = 0;          /* sum of x[0..lo), all among the top */
 	while (hi - lo > 1 && lo < k) {
 		float pivot = x[lo + (hi - lo) / 2];
 		/* three-way partition of [lo, hi): > pivot, == pivot, < pivot */
 		uint32_t a = lo, i = lo, b = hi;
 		while (i < b) {
 			if (x[i] > pivot) {
-				float t = x[a]; x[a] = x[i]; x[i] = t;
+				float t = x[a];
+				x[a] = x[i];
+				x[i] = t;
 				a++, i++;
 			} else if (x[i] < pivot) {
 				b--;
-				float t = x[b]; x[b] = x[i]; x[i] = t;
+				float t = x[b];
+				x[b] = x[i];
+				x[i] = t;
 			} else {
 				i++;
 			}
@@ -889,11 +903,15 @@ static uint32_t kv_count_mass(float *x, uint32_t n, double target)
 		uint32_t a = lo, i = lo, b = hi;
 		while (i < b) {
 			if (x[i] > pivot) {
-				float t = x[a]; x[a] = x[i]; x[i] = t;
+				float t = x[a];
+				x[a] = x[i];
+				x[i] = t;
 				a++, i++;
 			} else if (x[i] < pivot) {
 				b--;
-				float t = x[b]; x[b] = x[i]; x[i] = t;
+				float t = x[b];
+				x[b] = x[i];
+				x[i] = t;
 			} else {
 				i++;
 			}
@@ -1122,8 +1140,9 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	b.slot = c->bslot;
 	b.n_visible = n + m;
 	b.visible = c->visible;
-	b.logits = compat ? ENGINE_LOGITS_ALL
-	           : (last || stats) ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE;
+	b.logits = compat         ? ENGINE_LOGITS_ALL
+	        : (last || stats) ? ENGINE_LOGITS_LAST
+	                          : ENGINE_LOGITS_NONE;
 	b.want_surprisal = stats && !compat;
 	bool attn_kv = attn_policy && engine_supports(c->eng, ENGINE_CAP_ATTN_KV);
 	b.want_attn_kv = attn_kv;
@@ -1173,8 +1192,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 			/* the previous row's statistics were taken when it arrived */
 			t->surprisal = (float)(c->logits_lse - c->logits[ids[0]]);
 			t->entropy = c->logits_ent;
-		}
-		else if (i > 0 && !compat) {
+		} else if (i > 0 && !compat) {
 			t->surprisal = o.surprisal[i - 1];
 			t->entropy = o.entropy[i - 1];
 		}

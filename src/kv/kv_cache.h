@@ -80,17 +80,17 @@ enum kv_flag {
 };
 
 struct kv_tok {
-	int32_t token;     /* token id */
-	int32_t orig_pos;  /* position in the stream since the last clear */
-	int32_t pos;       /* RoPE position its key is rotated to now */
-	uint32_t slot;     /* engine KV slot */
-	uint32_t turn;     /* turn id (kv_cache_begin_turn counts them) */
-	uint8_t role;      /* enum kv_role */
-	uint8_t flags;     /* enum kv_flag */
+	int32_t token;    /* token id */
+	int32_t orig_pos; /* position in the stream since the last clear */
+	int32_t pos;      /* RoPE position its key is rotated to now */
+	uint32_t slot;    /* engine KV slot */
+	uint32_t turn;    /* turn id (kv_cache_begin_turn counts them) */
+	uint8_t role;     /* enum kv_role */
+	uint8_t flags;    /* enum kv_flag */
 	uint16_t pad_;
-	float surprisal;   /* nats, -log p(token | what preceded it); NaN unknown */
-	float entropy;     /* nats, entropy of the distribution it was drawn from; NaN unknown */
-	float score;       /* the active policy's retention score; NaN when it has none */
+	float surprisal; /* nats, -log p(token | what preceded it); NaN unknown */
+	float entropy;   /* nats, entropy of the distribution it was drawn from; NaN unknown */
+	float score;     /* the active policy's retention score; NaN when it has none */
 };
 
 /* ---- retention policies (kv_policy.c) ---- */
@@ -156,7 +156,7 @@ struct kv_scorer {
 	const char *name;
 	kv_score_fn fn;
 	void *ud;
-	double budget_ms;  /* time allowed per call */
+	double budget_ms; /* time allowed per call */
 };
 
 /* ---- events ---- */
@@ -169,10 +169,10 @@ enum kv_capture {
 
 /* Per (layer, head) summary of the last query's attention over the cache. */
 struct kv_head_summary {
-	float entropy;     /* nats */
-	float sink_mass;   /* mass on the first KV_SINK_PROBE cached tokens */
-	float topk_mass;   /* mass on the kv_config.summary_topk largest weights */
-	uint32_t k90;      /* fewest keys holding >= 90 % of the mass */
+	float entropy;   /* nats */
+	float sink_mass; /* mass on the first KV_SINK_PROBE cached tokens */
+	float topk_mass; /* mass on the kv_config.summary_topk largest weights */
+	uint32_t k90;    /* fewest keys holding >= 90 % of the mass */
 };
 
 #define KV_SINK_PROBE 4
@@ -181,15 +181,15 @@ struct kv_head_summary {
 struct kv_stats {
 	uint32_t n_cached, budget, n_ctx;
 	uint32_t n_sink, n_key, n_recent, n_pinned; /* n_recent: neither sink nor key */
-	uint64_t n_seen;        /* tokens fed since the last clear */
-	uint64_t n_evicted;     /* tokens evicted since the last clear */
-	uint32_t n_evictions;   /* eviction rounds since the last clear */
-	uint32_t n_fallbacks;   /* score-provider failures since the last clear */
-	uint64_t bytes_per_token;   /* K and V, all layers */
-	uint64_t bytes_per_layer;   /* cached tokens' K and V in one layer */
-	uint64_t bytes;             /* cached tokens' K and V, all layers */
-	uint64_t bytes_peak;        /* the most bytes held since the last clear */
-	uint64_t bytes_allocated;   /* n_ctx slots */
+	uint64_t n_seen;                            /* tokens fed since the last clear */
+	uint64_t n_evicted;                         /* tokens evicted since the last clear */
+	uint32_t n_evictions;                       /* eviction rounds since the last clear */
+	uint32_t n_fallbacks;                       /* score-provider failures since the last clear */
+	uint64_t bytes_per_token;                   /* K and V, all layers */
+	uint64_t bytes_per_layer;                   /* cached tokens' K and V in one layer */
+	uint64_t bytes;                             /* cached tokens' K and V, all layers */
+	uint64_t bytes_peak;                        /* the most bytes held since the last clear */
+	uint64_t bytes_allocated;                   /* n_ctx slots */
 };
 
 enum kv_event_kind {
@@ -206,22 +206,22 @@ const char *kv_evict_cause_name(enum kv_evict_cause c);
 struct kv_event {
 	enum kv_event_kind kind;
 	uint32_t turn;
-	const char *policy;          /* policy name (or the score provider's) */
-	struct kv_stats stats;       /* after the event */
+	const char *policy;    /* policy name (or the score provider's) */
+	struct kv_stats stats; /* after the event */
 	/* KV_EVENT_STEP */
-	uint64_t step;               /* forwards since the last clear */
-	const struct kv_tok *tok;    /* the query token (cached) */
-	float next_entropy;          /* entropy of the next-token distribution; NaN unknown */
+	uint64_t step;            /* forwards since the last clear */
+	const struct kv_tok *tok; /* the query token (cached) */
+	float next_entropy;       /* entropy of the next-token distribution; NaN unknown */
 	uint32_t n_layer, n_head;
-	uint32_t n_cached;           /* columns of attn: cache order */
-	const float *attn;           /* FULL: (n_layer, n_head, n_cached), else NULL */
+	uint32_t n_cached;                   /* columns of attn: cache order */
+	const float *attn;                   /* FULL: (n_layer, n_head, n_cached), else NULL */
 	const struct kv_head_summary *heads; /* (n_layer, n_head) */
 	/* KV_EVENT_EVICT */
 	enum kv_evict_cause cause;
-	uint32_t n_incoming;         /* the m tokens room was made for */
+	uint32_t n_incoming; /* the m tokens room was made for */
 	uint32_t n_evicted;
 	const struct kv_tok *evicted; /* (n_evicted) with their final scores */
-	bool fallback;               /* the score provider failed; built-in policy used */
+	bool fallback;                /* the score provider failed; built-in policy used */
 	const char *fallback_why;
 };
 
@@ -232,19 +232,19 @@ typedef void (*kv_event_fn)(const struct kv_event *ev, void *ud);
 enum kv_stats_mode {
 	KV_TOKSTATS_AUTO = 0, /* when the policy or capture needs them */
 	KV_TOKSTATS_ON,
-	KV_TOKSTATS_OFF,      /* unless the policy needs them */
+	KV_TOKSTATS_OFF, /* unless the policy needs them */
 };
 
 struct kv_config {
 	struct kv_policy policy;
-	uint32_t budget;          /* tokens; 0 = every engine slot */
-	uint32_t n_batch;         /* prefill chunk (default 512; capped at budget/4 when evicting) */
+	uint32_t budget;  /* tokens; 0 = every engine slot */
+	uint32_t n_batch; /* prefill chunk (default 512; capped at budget/4 when evicting) */
 	enum kv_capture capture;
 	/* Cost budget of capture: at most one step event per this many ms (0:
 	 * every forward); a front end redrawing 30 times a second sets 33. */
 	double capture_interval_ms;
 	enum kv_stats_mode token_stats; /* per-token surprisal and entropy */
-	uint32_t summary_topk;    /* k of kv_head_summary.topk_mass (default 10) */
+	uint32_t summary_topk;          /* k of kv_head_summary.topk_mass (default 10) */
 };
 
 void kv_config_default(struct kv_config *c);
@@ -295,7 +295,7 @@ int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *
 
 /* The cache's state between two turns, as a saved session holds it. */
 struct kv_restore {
-	const struct kv_tok *toks;  /* (n) cache order: orig_pos ascending, distinct */
+	const struct kv_tok *toks; /* (n) cache order: orig_pos ascending, distinct */
 	uint32_t n;
 	int32_t next_pos;           /* original position of the next token (> every orig_pos) */
 	uint32_t turn;              /* turns begun so far */
@@ -329,7 +329,7 @@ uint32_t kv_cache_turn(const struct kv_cache *c);
 
 uint32_t kv_cache_n(const struct kv_cache *c);
 uint32_t kv_cache_budget(const struct kv_cache *c);
-const struct kv_tok *kv_cache_toks(const struct kv_cache *c);  /* (n) cache order */
+const struct kv_tok *kv_cache_toks(const struct kv_cache *c); /* (n) cache order */
 /* Accumulated attention, (n, n_layer, n_head_kv), when the policy tracks it, else NULL. */
 const float *kv_cache_acc(const struct kv_cache *c);
 /* Cache index of the token at original position orig_pos, or -1 (evicted / never). */

@@ -201,8 +201,8 @@ static int32_t policy_lmi_cap(const float *p)
 	return (int32_t)p[LMI_CAP];
 }
 
-static void policy_no_lambda(const float *p, int32_t *n_local, uint32_t *topk,
-                             uint32_t *from_layer, int32_t *insert_at)
+static void policy_no_lambda(const float *p, int32_t *n_local, uint32_t *topk, uint32_t *from_layer,
+                             int32_t *insert_at)
 {
 	(void)p;
 	*n_local = 0;
@@ -285,19 +285,20 @@ static void policy_h2o_select(struct kv_select *s)
 
 static const struct kv_policy_def policy_table[] = {
 	{ "full", "no eviction: the cache refuses what does not fit the budget", NULL, 0, false,
-	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
-	  policy_no_lambda, policy_full_select },
+	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap, policy_no_lambda,
+	  policy_full_select },
 	{ "window", "the most recent tokens only (sliding window, positions re-compacted)", NULL, 0,
 	  true, KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
 	  policy_no_lambda, policy_window_select },
-	{ "streaming", "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
+	{ "streaming",
+	  "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
 	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
 	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select },
 	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
-	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE,
-	  policy_pos_compact, policy_sirllm_sinks, policy_no_cap, policy_no_lambda,
-	  policy_sirllm_select },
-	{ "lminfinite", "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
+	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE, policy_pos_compact,
+	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select },
+	{ "lminfinite",
+	  "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
 	  P(policy_lmi_params), true, KV_SCORE_NONE, -1, -1, policy_pos_capped, policy_lmi_sinks,
 	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select },
 	{ "h2o", "H2O: heavy hitters by accumulated attention (GQA-summed) + a recent window",
@@ -368,7 +369,8 @@ static int policy_set_n(struct kv_policy *p, const char *key, size_t klen, const
 	int i = policy_param_index(p->def, key, klen);
 	if (i < 0)
 		return err_set(e, KVS_EARG, "policy %s has no parameter '%.*s' (parameters: %s)",
-		               p->def->name, (int)klen, key, policy_param_names(p->def, names, sizeof names));
+		               p->def->name, (int)klen, key,
+		               policy_param_names(p->def, names, sizeof names));
 	const struct kv_param_def *pd = &p->def->params[i];
 	if (vlen == 0 || vlen >= sizeof vbuf)
 		return err_set(e, KVS_EARG, "policy %s parameter %s: '%.*s' is not a value", p->def->name,
@@ -391,8 +393,7 @@ static int policy_set_n(struct kv_policy *p, const char *key, size_t klen, const
 	}
 	char *end;
 	double v = strtod(vbuf, &end);
-	if (*end != '\0' || !isfinite(v) || v < pd->lo || v > pd->hi ||
-	    (pd->integer && v != floor(v)))
+	if (*end != '\0' || !isfinite(v) || v < pd->lo || v > pd->hi || (pd->integer && v != floor(v)))
 		return err_set(e, KVS_EARG, "policy %s parameter %s: '%s', expected %s in %g..%g",
 		               p->def->name, pd->name, vbuf, pd->integer ? "a whole number" : "a number",
 		               (double)pd->lo, (double)pd->hi);
@@ -453,8 +454,7 @@ char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)
 	for (uint32_t i = 0; p->def && i < p->def->n_params && o < cap; i++) {
 		const struct kv_param_def *pd = &p->def->params[i];
 		if (pd->choices)
-			o += (size_t)snprintf(buf + o, cap - o, " %s=%s", pd->name,
-			                      pd->choices[(int)p->p[i]]);
+			o += (size_t)snprintf(buf + o, cap - o, " %s=%s", pd->name, pd->choices[(int)p->p[i]]);
 		else
 			o += (size_t)snprintf(buf + o, cap - o, " %s=%g", pd->name, (double)p->p[i]);
 	}

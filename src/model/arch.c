@@ -35,7 +35,7 @@
 struct arch_desc {
 	const char *name;
 	enum rope_kind rope;
-	bool qkv_bias;        /* Q/K/V biases required (otherwise allowed if present) */
+	bool qkv_bias; /* Q/K/V biases required (otherwise allowed if present) */
 };
 
 static const struct arch_desc arch_table[] = {
@@ -50,10 +50,10 @@ enum arch_role { AR_NORM, AR_BIAS, AR_MATRIX };
 enum arch_need { AN_REQUIRED, AN_OPTIONAL, AN_BIAS /* required iff has_qkv_bias */ };
 
 struct arch_tensor {
-	const char *name;     /* full name, or the part after "blk.N." */
-	size_t off;           /* offset of the struct tensor in model / layer_weights */
+	const char *name; /* full name, or the part after "blk.N." */
+	size_t off;       /* offset of the struct tensor in model / layer_weights */
 	uint8_t role, need;
-	uint8_t dims[2];      /* ne[0], ne[1]; AD_NONE = 1 */
+	uint8_t dims[2]; /* ne[0], ne[1]; AD_NONE = 1 */
 };
 
 #define MT(field) offsetof(struct model, field)
@@ -97,13 +97,12 @@ struct arch_load {
 	struct gguf_file *f;
 	const struct arch_desc *arch;
 	struct model *m;
-	bool *used;           /* (n_tensors) claimed by a table row */
+	bool *used; /* (n_tensors) claimed by a table row */
 	struct err *e;
 };
 
 /* "{arch}.{suffix}" into buf. */
-static const char *arch_key(const struct arch_load *L, const char *suffix, char *buf,
-                            size_t cap)
+static const char *arch_key(const struct arch_load *L, const char *suffix, char *buf, size_t cap)
 {
 	snprintf(buf, cap, "%s.%s", L->arch->name, suffix);
 	return buf;
@@ -114,8 +113,8 @@ static const char *arch_key(const struct arch_load *L, const char *suffix, char 
  * per layer, all equal. *found says whether the key exists; absent keys leave
  * *out alone. Per-layer arrays need n_layer (0 while reading block_count).
  */
-static int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_layer,
-                        uint32_t *out, bool *found)
+static int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t *out,
+                        bool *found)
 {
 	char key[96];
 	const struct gguf_kv *kv;
@@ -132,8 +131,8 @@ static int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_laye
 		return err_set(L->e, KVS_EFORMAT, "key '%s' is an array, expected a u32", key);
 	if (kv->arr_type > GGUF_I64 || kv->arr_type == GGUF_F32 || kv->arr_type == GGUF_BOOL ||
 	    kv->arr_type == GGUF_STRING)
-		return err_set(L->e, KVS_EFORMAT, "key '%s' is an array of %s, expected integers",
-		               key, gguf_vtype_name(kv->arr_type));
+		return err_set(L->e, KVS_EFORMAT, "key '%s' is an array of %s, expected integers", key,
+		               gguf_vtype_name(kv->arr_type));
 	if (kv->arr_n != n_layer)
 		return err_set(L->e, KVS_EFORMAT, "key '%s' has %llu entries, expected %u (one per layer)",
 		               key, (unsigned long long)kv->arr_n, n_layer);
@@ -154,8 +153,8 @@ static int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_laye
 }
 
 /* A required u32 hyper-parameter in [lo, hi]. */
-static int arch_need_u32(struct arch_load *L, const char *suffix, uint32_t n_layer,
-                         uint32_t lo, uint32_t hi, uint32_t *out)
+static int arch_need_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t lo,
+                         uint32_t hi, uint32_t *out)
 {
 	char key[96];
 	bool found;
@@ -165,16 +164,16 @@ static int arch_need_u32(struct arch_load *L, const char *suffix, uint32_t n_lay
 		return rc;
 	arch_key(L, suffix, key, sizeof key);
 	if (!found)
-		return err_set(L->e, KVS_ENOTFOUND, "key '%s' is missing, expected a u32 in %u..%u",
-		               key, lo, hi);
+		return err_set(L->e, KVS_ENOTFOUND, "key '%s' is missing, expected a u32 in %u..%u", key,
+		               lo, hi);
 	if (*out < lo || *out > hi)
 		return err_set(L->e, KVS_EFORMAT, "key '%s' = %u, expected %u..%u", key, *out, lo, hi);
 	return KVS_OK;
 }
 
 /* An optional u32 hyper-parameter in [lo, hi]; def when absent. */
-static int arch_opt_u32(struct arch_load *L, const char *suffix, uint32_t n_layer,
-                        uint32_t def, uint32_t lo, uint32_t hi, uint32_t *out)
+static int arch_opt_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t def,
+                        uint32_t lo, uint32_t hi, uint32_t *out)
 {
 	char key[96];
 	bool found;
@@ -208,8 +207,8 @@ static int arch_opt_f32(struct arch_load *L, const char *suffix, bool required, 
 	if (rc != KVS_OK)
 		return rc;
 	if (!isfinite(*out) || *out <= lo || *out >= hi)
-		return err_set(L->e, KVS_EFORMAT, "key '%s' = %g, expected a finite value in (%g, %g)",
-		               key, (double)*out, lo, hi);
+		return err_set(L->e, KVS_EFORMAT, "key '%s' = %g, expected a finite value in (%g, %g)", key,
+		               (double)*out, lo, hi);
 	return KVS_OK;
 }
 
@@ -250,8 +249,7 @@ static int arch_rope_scaling(struct arch_load *L, struct hparams *hp)
 			return rc;
 	}
 	if (factor < 0)
-		return err_set(L->e, KVS_EFORMAT, "RoPE scaling factor = %g, expected > 0",
-		               (double)factor);
+		return err_set(L->e, KVS_EFORMAT, "RoPE scaling factor = %g, expected > 0", (double)factor);
 	if (factor > 0)
 		hp->rope_freq_scale = 1.0f / factor;
 	return KVS_OK;
@@ -268,16 +266,13 @@ static int arch_hparams(struct arch_load *L, struct hparams *hp)
 	snprintf(hp->arch, sizeof hp->arch, "%s", L->arch->name);
 	hp->rope = L->arch->rope;
 	if ((rc = arch_need_u32(L, "block_count", 0, 1, ARCH_MAX_LAYERS, &hp->n_layer)) ||
-	    (rc = arch_need_u32(L, "context_length", hp->n_layer, 1, UINT32_MAX,
-	                        &hp->n_ctx_train)) ||
-	    (rc = arch_need_u32(L, "embedding_length", hp->n_layer, 1, ARCH_MAX_EMBD,
-	                        &hp->n_embd)) ||
-	    (rc = arch_need_u32(L, "feed_forward_length", hp->n_layer, 1, ARCH_MAX_FF,
-	                        &hp->n_ff)) ||
+	    (rc = arch_need_u32(L, "context_length", hp->n_layer, 1, UINT32_MAX, &hp->n_ctx_train)) ||
+	    (rc = arch_need_u32(L, "embedding_length", hp->n_layer, 1, ARCH_MAX_EMBD, &hp->n_embd)) ||
+	    (rc = arch_need_u32(L, "feed_forward_length", hp->n_layer, 1, ARCH_MAX_FF, &hp->n_ff)) ||
 	    (rc = arch_need_u32(L, "attention.head_count", hp->n_layer, 1, ARCH_MAX_HEADS,
 	                        &hp->n_head)) ||
-	    (rc = arch_opt_u32(L, "attention.head_count_kv", hp->n_layer, hp->n_head, 1,
-	                       hp->n_head, &hp->n_head_kv)))
+	    (rc = arch_opt_u32(L, "attention.head_count_kv", hp->n_layer, hp->n_head, 1, hp->n_head,
+	                       &hp->n_head_kv)))
 		return rc;
 	if (hp->n_head % hp->n_head_kv != 0)
 		return err_set(L->e, KVS_EFORMAT,
@@ -291,8 +286,8 @@ static int arch_hparams(struct arch_load *L, struct hparams *hp)
 		               hp->arch, hp->n_embd, hp->n_head, hp->arch);
 	if ((rc = arch_opt_u32(L, "attention.key_length", hp->n_layer, hp->n_embd / hp->n_head, 1,
 	                       ARCH_MAX_HEAD_DIM, &key_len)) ||
-	    (rc = arch_opt_u32(L, "attention.value_length", hp->n_layer, key_len, 1,
-	                       ARCH_MAX_HEAD_DIM, &val_len)))
+	    (rc = arch_opt_u32(L, "attention.value_length", hp->n_layer, key_len, 1, ARCH_MAX_HEAD_DIM,
+	                       &val_len)))
 		return rc;
 	if (key_len != val_len)
 		return err_set(L->e, KVS_EUNSUPPORTED,
@@ -302,20 +297,18 @@ static int arch_hparams(struct arch_load *L, struct hparams *hp)
 	hp->head_dim = key_len;
 	q_dim = (uint64_t)hp->n_head * hp->head_dim;
 	if (q_dim > ARCH_MAX_EMBD * 4u)
-		return err_set(L->e, KVS_EFORMAT,
-		               "head_count %u x head size %u = %llu, expected <= %u", hp->n_head,
-		               hp->head_dim, (unsigned long long)q_dim, ARCH_MAX_EMBD * 4u);
-	if ((rc = arch_opt_u32(L, "rope.dimension_count", hp->n_layer, hp->head_dim, 2,
-	                       hp->head_dim, &hp->n_rot)))
+		return err_set(L->e, KVS_EFORMAT, "head_count %u x head size %u = %llu, expected <= %u",
+		               hp->n_head, hp->head_dim, (unsigned long long)q_dim, ARCH_MAX_EMBD * 4u);
+	if ((rc = arch_opt_u32(L, "rope.dimension_count", hp->n_layer, hp->head_dim, 2, hp->head_dim,
+	                       &hp->n_rot)))
 		return rc;
 	if (hp->n_rot % 2 != 0)
 		return err_set(L->e, KVS_EFORMAT, "%s.rope.dimension_count = %u, expected an even number",
 		               hp->arch, hp->n_rot);
-	if ((rc = arch_opt_f32(L, "attention.layer_norm_rms_epsilon", true, 0, 0, 1,
-	                       &hp->rms_eps)) ||
+	if ((rc = arch_opt_f32(L, "attention.layer_norm_rms_epsilon", true, 0, 0, 1, &hp->rms_eps)) ||
 	    (rc = arch_opt_f32(L, "rope.freq_base", false, 10000.0f, 0, 1e12, &hp->rope_base)) ||
-	    (rc = arch_opt_f32(L, "attention.scale", false,
-	                       1.0f / sqrtf((float)hp->head_dim), 0, 1e6, &hp->attn_scale)))
+	    (rc = arch_opt_f32(L, "attention.scale", false, 1.0f / sqrtf((float)hp->head_dim), 0, 1e6,
+	                       &hp->attn_scale)))
 		return rc;
 	return arch_rope_scaling(L, hp);
 }
@@ -343,8 +336,7 @@ static void arch_weight_types(char *buf, size_t cap)
 		const struct dtype_info *di = dtype_info(t);
 		if (di == NULL || !di->weight_ok)
 			continue;
-		n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%s", n ? ", " : "",
-		                      di->name);
+		n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%s", n ? ", " : "", di->name);
 		if (n >= cap)
 			break;
 	}
@@ -363,9 +355,8 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 
 	if (t == NULL) {
 		if (needed)
-			return err_set(L->e, KVS_ENOTFOUND,
-			               "tensor '%s' is missing, expected it in a %s model", name,
-			               hp->arch);
+			return err_set(L->e, KVS_ENOTFOUND, "tensor '%s' is missing, expected it in a %s model",
+			               name, hp->arch);
 		return KVS_OK;
 	}
 	if (!needed && r->need == AN_BIAS)
@@ -380,9 +371,9 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 		if (t->ne[d] != want[d]) {
 			if (r->dims[1] == AD_NONE)
 				return err_set(L->e, KVS_EFORMAT,
-				               "tensor '%s': shape [%lld, %lld, %lld, %lld], expected [%lld]",
-				               name, (long long)t->ne[0], (long long)t->ne[1],
-				               (long long)t->ne[2], (long long)t->ne[3], (long long)want[0]);
+				               "tensor '%s': shape [%lld, %lld, %lld, %lld], expected [%lld]", name,
+				               (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+				               (long long)t->ne[3], (long long)want[0]);
 			return err_set(L->e, KVS_EFORMAT,
 			               "tensor '%s': shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
 			               name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
@@ -396,8 +387,8 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 	if (r->role == AR_MATRIX && (di == NULL || !di->weight_ok)) {
 		char types[256];
 		arch_weight_types(types, sizeof types);
-		return err_set(L->e, KVS_EUNSUPPORTED, "tensor '%s': type %s, expected one of %s",
-		               name, dtype_name(t->type), types);
+		return err_set(L->e, KVS_EUNSUPPORTED, "tensor '%s': type %s, expected one of %s", name,
+		               dtype_name(t->type), types);
 	}
 	dst->name = t->name;
 	dst->type = t->type;
@@ -427,8 +418,7 @@ static int arch_tensors(struct arch_load *L)
 		for (size_t i = 0; i < KVS_ARRAY_LEN(arch_layer); i++) {
 			const struct arch_tensor *r = &arch_layer[i];
 			snprintf(name, sizeof name, "blk.%u.%s", l, r->name);
-			if ((rc = arch_take(L, r, name,
-			                    (struct tensor *)((char *)&m->layers[l] + r->off))))
+			if ((rc = arch_take(L, r, name, (struct tensor *)((char *)&m->layers[l] + r->off))))
 				return rc;
 		}
 	}
@@ -441,8 +431,7 @@ static int arch_tensors(struct arch_load *L)
 			base = strchr(tn + 4, '.') + 1;
 		for (size_t k = 0; k < KVS_ARRAY_LEN(arch_unsupported); k++)
 			if (strcmp(base, arch_unsupported[k].name) == 0)
-				return err_set(L->e, KVS_EUNSUPPORTED,
-				               "tensor '%s' (%s) is not supported", tn,
+				return err_set(L->e, KVS_EUNSUPPORTED, "tensor '%s' (%s) is not supported", tn,
 				               arch_unsupported[k].why);
 		return err_set(L->e, KVS_EUNSUPPORTED,
 		               "tensor '%s' is not part of a %s model with %u layers, expected only "
@@ -468,8 +457,7 @@ static int arch_find(struct arch_load *L)
 			L->arch = &arch_table[i];
 			return KVS_OK;
 		}
-		n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "",
-		                      arch_table[i].name);
+		n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", arch_table[i].name);
 	}
 	n = name.n < 24 ? (size_t)name.n : 24;
 	for (size_t i = 0; i < n; i++)

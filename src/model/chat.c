@@ -33,8 +33,8 @@ struct chat_layout {
 static const struct chat_layout chat_layouts[] = {
 	[CHAT_CHATML] = { "chatml", "<|im_start|>", "<|im_start|>", "\n", "<|im_end|>", "\n",
 	                  "assistant", true },
-	[CHAT_LLAMA3] = { "llama3", "<|start_header_id|>", "<|start_header_id|>",
-	                  "<|end_header_id|>", "<|eot_id|>", "", "assistant", true },
+	[CHAT_LLAMA3] = { "llama3", "<|start_header_id|>", "<|start_header_id|>", "<|end_header_id|>",
+	                  "<|eot_id|>", "", "assistant", true },
 	[CHAT_GEMMA] = { "gemma", "<start_of_turn>", "<start_of_turn>", "\n", "<end_of_turn>", "\n",
 	                 "model", false },
 };
@@ -146,7 +146,7 @@ int chat_template_init(struct chat_template *t, const char *src, const struct vo
 	/* Every marker of the layout must be a single token. */
 	{
 		const char *need[3] = { chat_layouts[style].open, chat_layouts[style].close,
-		                        style == CHAT_LLAMA3 ? "<|end_header_id|>" : NULL };
+			                    style == CHAT_LLAMA3 ? "<|end_header_id|>" : NULL };
 		for (i = 0; i < 3; i++) {
 			if (need[i] != NULL && vocab_lookup(v, need[i], strlen(need[i])) < 0)
 				return err_set(e, KVS_EFORMAT,

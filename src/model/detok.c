@@ -139,8 +139,7 @@ static bool detok_cont_ok(const char *pending, size_t k, uint8_t b)
 static const char detok_fffd[] = "\xef\xbf\xbd";
 
 /* Feed bytes through the UTF-8 assembler, writing whole characters. */
-static void detok_feed(struct detok *d, const char *p, size_t k, char **out, size_t *n,
-                       size_t *cap)
+static void detok_feed(struct detok *d, const char *p, size_t k, char **out, size_t *n, size_t *cap)
 {
 	size_t i, run = 0;
 

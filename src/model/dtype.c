@@ -35,8 +35,8 @@
 #pragma STDC FP_CONTRACT OFF
 #endif
 
-#define QK 32     /* elements per legacy block */
-#define QK_K 256  /* elements per k-quant super-block */
+#define QK 32    /* elements per legacy block */
+#define QK_K 256 /* elements per k-quant super-block */
 
 typedef void (*dequant_fn)(const uint8_t *src, float *dst, int64_t n_blocks);
 
@@ -59,41 +59,41 @@ struct dtype_entry {
 
 /* name, elements per block, bytes per block, weight_ok; dequantiser */
 static const struct dtype_entry dtype_table[DT_COUNT_] = {
-	[0] = {{"F32", 1, 4, true}, dq_f32},
-	[1] = {{"F16", 1, 2, true}, dq_f16},
-	[2] = {{"Q4_0", QK, 2 + 16, true}, dq_q4_0},
-	[3] = {{"Q4_1", QK, 2 + 2 + 16, true}, dq_q4_1},
+	[0] = { { "F32", 1, 4, true }, dq_f32 },
+	[1] = { { "F16", 1, 2, true }, dq_f16 },
+	[2] = { { "Q4_0", QK, 2 + 16, true }, dq_q4_0 },
+	[3] = { { "Q4_1", QK, 2 + 2 + 16, true }, dq_q4_1 },
 	/* 4, 5: Q4_2, Q4_3, removed */
-	[6] = {{"Q5_0", QK, 2 + 4 + 16, true}, dq_q5_0},
-	[7] = {{"Q5_1", QK, 2 + 2 + 4 + 16, true}, dq_q5_1},
-	[8] = {{"Q8_0", QK, 2 + 32, true}, dq_q8_0},
-	[9] = {{"Q8_1", QK, 2 + 2 + 32, false}, NULL},
-	[10] = {{"Q2_K", QK_K, 84, false}, NULL},
-	[11] = {{"Q3_K", QK_K, 110, false}, NULL},
-	[12] = {{"Q4_K", QK_K, 2 + 2 + 12 + 128, true}, dq_q4_k},
-	[13] = {{"Q5_K", QK_K, 2 + 2 + 12 + 32 + 128, true}, dq_q5_k},
-	[14] = {{"Q6_K", QK_K, 128 + 64 + 16 + 2, true}, dq_q6_k},
-	[15] = {{"Q8_K", QK_K, 4 + 256 + 32, false}, NULL},
-	[16] = {{"IQ2_XXS", QK_K, 66, false}, NULL},
-	[17] = {{"IQ2_XS", QK_K, 74, false}, NULL},
-	[18] = {{"IQ3_XXS", QK_K, 98, false}, NULL},
-	[19] = {{"IQ1_S", QK_K, 50, false}, NULL},
-	[20] = {{"IQ4_NL", QK, 18, false}, NULL},
-	[21] = {{"IQ3_S", QK_K, 110, false}, NULL},
-	[22] = {{"IQ2_S", QK_K, 82, false}, NULL},
-	[23] = {{"IQ4_XS", QK_K, 136, false}, NULL},
-	[24] = {{"I8", 1, 1, false}, NULL},
-	[25] = {{"I16", 1, 2, false}, NULL},
-	[26] = {{"I32", 1, 4, false}, NULL},
-	[27] = {{"I64", 1, 8, false}, NULL},
-	[28] = {{"F64", 1, 8, false}, NULL},
-	[29] = {{"IQ1_M", QK_K, 56, false}, NULL},
-	[30] = {{"BF16", 1, 2, true}, dq_bf16},
+	[6] = { { "Q5_0", QK, 2 + 4 + 16, true }, dq_q5_0 },
+	[7] = { { "Q5_1", QK, 2 + 2 + 4 + 16, true }, dq_q5_1 },
+	[8] = { { "Q8_0", QK, 2 + 32, true }, dq_q8_0 },
+	[9] = { { "Q8_1", QK, 2 + 2 + 32, false }, NULL },
+	[10] = { { "Q2_K", QK_K, 84, false }, NULL },
+	[11] = { { "Q3_K", QK_K, 110, false }, NULL },
+	[12] = { { "Q4_K", QK_K, 2 + 2 + 12 + 128, true }, dq_q4_k },
+	[13] = { { "Q5_K", QK_K, 2 + 2 + 12 + 32 + 128, true }, dq_q5_k },
+	[14] = { { "Q6_K", QK_K, 128 + 64 + 16 + 2, true }, dq_q6_k },
+	[15] = { { "Q8_K", QK_K, 4 + 256 + 32, false }, NULL },
+	[16] = { { "IQ2_XXS", QK_K, 66, false }, NULL },
+	[17] = { { "IQ2_XS", QK_K, 74, false }, NULL },
+	[18] = { { "IQ3_XXS", QK_K, 98, false }, NULL },
+	[19] = { { "IQ1_S", QK_K, 50, false }, NULL },
+	[20] = { { "IQ4_NL", QK, 18, false }, NULL },
+	[21] = { { "IQ3_S", QK_K, 110, false }, NULL },
+	[22] = { { "IQ2_S", QK_K, 82, false }, NULL },
+	[23] = { { "IQ4_XS", QK_K, 136, false }, NULL },
+	[24] = { { "I8", 1, 1, false }, NULL },
+	[25] = { { "I16", 1, 2, false }, NULL },
+	[26] = { { "I32", 1, 4, false }, NULL },
+	[27] = { { "I64", 1, 8, false }, NULL },
+	[28] = { { "F64", 1, 8, false }, NULL },
+	[29] = { { "IQ1_M", QK_K, 56, false }, NULL },
+	[30] = { { "BF16", 1, 2, true }, dq_bf16 },
 	/* 31-33: Q4_0_4_4, Q4_0_4_8, Q4_0_8_8, removed */
-	[34] = {{"TQ1_0", QK_K, 54, false}, NULL},
-	[35] = {{"TQ2_0", QK_K, 66, false}, NULL},
+	[34] = { { "TQ1_0", QK_K, 54, false }, NULL },
+	[35] = { { "TQ2_0", QK_K, 66, false }, NULL },
 	/* 36-38: IQ4_NL_4_4, IQ4_NL_4_8, IQ4_NL_8_8, removed */
-	[39] = {{"MXFP4", QK, 17, false}, NULL},
+	[39] = { { "MXFP4", QK, 17, false }, NULL },
 };
 
 const struct dtype_info *dtype_info(uint32_t type)
@@ -150,9 +150,9 @@ float dtype_f16_to_f32(uint16_t h)
 	 * over halves vectorise. */
 	uint32_t sign = (uint32_t)(h & 0x8000) << 16;
 	uint32_t exp = h & 0x7c00;
-	uint32_t em = (uint32_t)(h & 0x7fff) << 13;          /* exponent and mantissa in place */
-	uint32_t normal = em + (112u << 23);                 /* rebias 15 -> 127 */
-	uint32_t special = em | 0x7f800000;                  /* inf, or NaN with its payload */
+	uint32_t em = (uint32_t)(h & 0x7fff) << 13;             /* exponent and mantissa in place */
+	uint32_t normal = em + (112u << 23);                    /* rebias 15 -> 127 */
+	uint32_t special = em | 0x7f800000;                     /* inf, or NaN with its payload */
 	uint32_t sub = f32_bits((float)(h & 0x3ff) * 0x1p-24f); /* zero, subnormal: exact */
 	uint32_t r = exp == 0x7c00 ? special : exp == 0 ? sub : normal;
 
@@ -216,8 +216,7 @@ static inline uint16_t rd16(const uint8_t *p)
 
 static inline uint32_t rd32(const uint8_t *p)
 {
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-	       ((uint32_t)p[3] << 24);
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 /* f16 at p (any alignment) as a float. */

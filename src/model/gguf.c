@@ -40,8 +40,8 @@
 #define GGUF_HEADER_BYTES 24
 #define GGUF_MAX_KV (1u << 20)
 #define GGUF_MAX_TENSORS (1u << 20)
-#define GGUF_MAX_KEY_BYTES (64u << 10)      /* keys */
-#define GGUF_MAX_STR_BYTES (16u << 20)      /* string values and array elements */
+#define GGUF_MAX_KEY_BYTES (64u << 10) /* keys */
+#define GGUF_MAX_STR_BYTES (16u << 20) /* string values and array elements */
 #define GGUF_MAX_ARR_ELEMS (1ull << 30)
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define GGUF_MIN_ALIGNMENT 8
@@ -60,12 +60,12 @@ static const struct {
 	uint8_t size;
 	uint8_t cls;
 } gguf_vtypes[GGUF_VTYPE_COUNT_] = {
-	[GGUF_U8] = { "u8", 1, GC_UINT },       [GGUF_I8] = { "i8", 1, GC_SINT },
-	[GGUF_U16] = { "u16", 2, GC_UINT },     [GGUF_I16] = { "i16", 2, GC_SINT },
-	[GGUF_U32] = { "u32", 4, GC_UINT },     [GGUF_I32] = { "i32", 4, GC_SINT },
-	[GGUF_F32] = { "f32", 4, GC_FLOAT },    [GGUF_BOOL] = { "bool", 1, GC_BOOL },
+	[GGUF_U8] = { "u8", 1, GC_UINT },           [GGUF_I8] = { "i8", 1, GC_SINT },
+	[GGUF_U16] = { "u16", 2, GC_UINT },         [GGUF_I16] = { "i16", 2, GC_SINT },
+	[GGUF_U32] = { "u32", 4, GC_UINT },         [GGUF_I32] = { "i32", 4, GC_SINT },
+	[GGUF_F32] = { "f32", 4, GC_FLOAT },        [GGUF_BOOL] = { "bool", 1, GC_BOOL },
 	[GGUF_STRING] = { "string", 0, GC_STRING }, [GGUF_ARRAY] = { "array", 0, GC_ARRAY },
-	[GGUF_U64] = { "u64", 8, GC_UINT },     [GGUF_I64] = { "i64", 8, GC_SINT },
+	[GGUF_U64] = { "u64", 8, GC_UINT },         [GGUF_I64] = { "i64", 8, GC_SINT },
 	[GGUF_F64] = { "f64", 8, GC_FLOAT },
 };
 
@@ -265,12 +265,8 @@ static void gguf_decode_scalar(struct gguf_kv *kv, uint32_t t, const uint8_t *p)
 	float f32;
 
 	switch (gguf_vtypes[t].cls) {
-	case GC_UINT:
-		kv->v.u = raw;
-		break;
-	case GC_BOOL:
-		kv->v.u = raw != 0;
-		break;
+	case GC_UINT: kv->v.u = raw; break;
+	case GC_BOOL: kv->v.u = raw != 0; break;
 	case GC_SINT:
 		switch (t) {
 		case GGUF_I8: kv->v.i = (int8_t)raw; break;
@@ -315,13 +311,12 @@ static int gguf_read_array(struct gguf_cur *c, struct gguf_kv *kv)
 	kv->arr_data = c->p + c->pos;
 	if (et != GGUF_STRING) {
 		if (!ck_mul_u64(n, gguf_vtypes[et].size, &bytes) || bytes > gguf_left(c))
-			return gguf_fail(c, KVS_EFORMAT,
-			                 "truncated: array of %llu %s at byte %llu needs %llu bytes, "
-			                 "the file has %llu left",
-			                 (unsigned long long)n, gguf_vtypes[et].name,
-			                 (unsigned long long)c->pos,
-			                 (unsigned long long)n * gguf_vtypes[et].size,
-			                 (unsigned long long)gguf_left(c));
+			return gguf_fail(
+			        c, KVS_EFORMAT,
+			        "truncated: array of %llu %s at byte %llu needs %llu bytes, "
+			        "the file has %llu left",
+			        (unsigned long long)n, gguf_vtypes[et].name, (unsigned long long)c->pos,
+			        (unsigned long long)n * gguf_vtypes[et].size, (unsigned long long)gguf_left(c));
 		c->pos += bytes;
 		return KVS_OK;
 	}
@@ -364,8 +359,7 @@ static int gguf_read_kv(struct gguf_cur *c, struct gguf_file *f, uint64_t i)
 		return gguf_fail(c, KVS_EFORMAT, "key '%s' contains a NUL byte", esc);
 	}
 	gguf_escape(key.p, key.n, esc, sizeof esc);
-	snprintf(c->where, sizeof c->where, "metadata record %llu ('%s')", (unsigned long long)i,
-	         esc);
+	snprintf(c->where, sizeof c->where, "metadata record %llu ('%s')", (unsigned long long)i, esc);
 	/* The key must be stored before it can be compared in the table. */
 	kv->key = xstrndup(key.p, key.n);
 	s = gguf_slot(f, false, key.p, key.n);
@@ -400,8 +394,7 @@ static int gguf_read_alignment(struct gguf_cur *c, struct gguf_file *f)
 		return KVS_OK;
 	snprintf(c->where, sizeof c->where, "key 'general.alignment'");
 	if (kv->type != GGUF_U32)
-		return gguf_fail(c, KVS_EFORMAT, "type is %s, expected u32",
-		                 gguf_vtype_name(kv->type));
+		return gguf_fail(c, KVS_EFORMAT, "type is %s, expected u32", gguf_vtype_name(kv->type));
 	if (kv->v.u < GGUF_MIN_ALIGNMENT || kv->v.u > GGUF_MAX_ALIGNMENT ||
 	    (kv->v.u & (kv->v.u - 1)) != 0)
 		return gguf_fail(c, KVS_EFORMAT, "value = %llu, expected a power of two in %u..%u",
@@ -431,8 +424,8 @@ static int gguf_read_tensor(struct gguf_cur *c, struct gguf_file *f, uint64_t i)
 	if (name.n == 0)
 		return gguf_fail(c, KVS_EFORMAT, "tensor name is empty, expected a name");
 	if (name.n >= GGUF_NAME_MAX)
-		return gguf_fail(c, KVS_EFORMAT, "tensor name '%s' is %llu bytes, expected < %d",
-		                 esc, (unsigned long long)name.n, GGUF_NAME_MAX);
+		return gguf_fail(c, KVS_EFORMAT, "tensor name '%s' is %llu bytes, expected < %d", esc,
+		                 (unsigned long long)name.n, GGUF_NAME_MAX);
 	if (memchr(name.p, '\0', name.n) != NULL)
 		return gguf_fail(c, KVS_EFORMAT, "tensor name '%s' contains a NUL byte", esc);
 	memcpy(t->name, name.p, name.n);
@@ -447,8 +440,7 @@ static int gguf_read_tensor(struct gguf_cur *c, struct gguf_file *f, uint64_t i)
 	if ((rc = gguf_read_u32(c, &t->n_dims, "n_dims")) != KVS_OK)
 		return rc;
 	if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
-		return gguf_fail(c, KVS_EFORMAT, "n_dims = %u, expected 1..%d", t->n_dims,
-		                 GGUF_MAX_DIMS);
+		return gguf_fail(c, KVS_EFORMAT, "n_dims = %u, expected 1..%d", t->n_dims, GGUF_MAX_DIMS);
 	for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++)
 		t->ne[d] = 1;
 	for (uint32_t d = 0; d < t->n_dims; d++) {
@@ -481,8 +473,7 @@ static int gguf_read_tensor(struct gguf_cur *c, struct gguf_file *f, uint64_t i)
 	    !ck_mul_u64(row_bytes, (uint64_t)t->ne[1], &nbytes) ||
 	    !ck_mul_u64(nbytes, (uint64_t)t->ne[2], &nbytes) ||
 	    !ck_mul_u64(nbytes, (uint64_t)t->ne[3], &nbytes) || nbytes > (uint64_t)INT64_MAX)
-		return gguf_fail(c, KVS_EFORMAT,
-		                 "size of [%lld, %lld, %lld, %lld] %s overflows 63 bits",
+		return gguf_fail(c, KVS_EFORMAT, "size of [%lld, %lld, %lld, %lld] %s overflows 63 bits",
 		                 (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
 		                 (long long)t->ne[3], di->name);
 	t->nbytes = nbytes;
@@ -513,8 +504,7 @@ static int gguf_place_tensors(struct gguf_cur *c, struct gguf_file *f)
 			return gguf_fail(c, KVS_EFORMAT,
 			                 "truncated: the data section starts at byte %llu, the file "
 			                 "has %llu bytes",
-			                 (unsigned long long)f->data_offset,
-			                 (unsigned long long)f->size);
+			                 (unsigned long long)f->data_offset, (unsigned long long)f->size);
 		f->data_offset = f->size; /* no tensors: nothing follows the header */
 	}
 	data_size = f->size - f->data_offset;
@@ -569,13 +559,11 @@ static int gguf_read_header(struct gguf_cur *c, struct gguf_file *f)
 	char esc[40];
 
 	if (c->size < GGUF_HEADER_BYTES)
-		return gguf_fail(c, KVS_EFORMAT,
-		                 "file is %llu bytes, expected at least %d (a GGUF header)",
+		return gguf_fail(c, KVS_EFORMAT, "file is %llu bytes, expected at least %d (a GGUF header)",
 		                 (unsigned long long)c->size, GGUF_HEADER_BYTES);
 	if (memcmp(c->p, GGUF_MAGIC, 4) != 0) {
 		gguf_escape((const char *)c->p, 4, esc, sizeof esc);
-		return gguf_fail(c, KVS_EFORMAT, "magic = '%s', expected 'GGUF' (not a GGUF file)",
-		                 esc);
+		return gguf_fail(c, KVS_EFORMAT, "magic = '%s', expected 'GGUF' (not a GGUF file)", esc);
 	}
 	c->pos = 4;
 	gguf_read_u32(c, &v, "version");
@@ -598,8 +586,8 @@ static int gguf_read_header(struct gguf_cur *c, struct gguf_file *f)
 		return gguf_fail(c, KVS_EFORMAT, "n_tensors = %llu, expected <= %u",
 		                 (unsigned long long)f->n_tensors, GGUF_MAX_TENSORS);
 	if (f->n_kv > GGUF_MAX_KV)
-		return gguf_fail(c, KVS_EFORMAT, "n_kv = %llu, expected <= %u",
-		                 (unsigned long long)f->n_kv, GGUF_MAX_KV);
+		return gguf_fail(c, KVS_EFORMAT, "n_kv = %llu, expected <= %u", (unsigned long long)f->n_kv,
+		                 GGUF_MAX_KV);
 	left = gguf_left(c);
 	if (f->n_kv * GGUF_MIN_KV_BYTES + f->n_tensors * GGUF_MIN_TENSOR_BYTES > left)
 		return gguf_fail(c, KVS_EFORMAT,
@@ -754,8 +742,8 @@ static int gguf_get_int(const struct gguf_file *f, const char *key, int64_t lo, 
 		return KVS_OK;
 	}
 	if (kv->v.i < lo || (kv->v.i >= 0 && (uint64_t)kv->v.i > hi))
-		return err_set(e, KVS_EFORMAT, "key '%s' = %lld, expected %s", key,
-		               (long long)kv->v.i, want);
+		return err_set(e, KVS_EFORMAT, "key '%s' = %lld, expected %s", key, (long long)kv->v.i,
+		               want);
 	*si = kv->v.i;
 	*ui = (uint64_t)kv->v.i;
 	return KVS_OK;
@@ -785,8 +773,8 @@ int gguf_get_i32(const struct gguf_file *f, const char *key, int32_t *out, struc
 {
 	int64_t si;
 	uint64_t ui;
-	int rc = gguf_get_int(f, key, INT32_MIN, INT32_MAX,
-	                      "an integer in -2147483648..2147483647", &si, &ui, e);
+	int rc = gguf_get_int(f, key, INT32_MIN, INT32_MAX, "an integer in -2147483648..2147483647",
+	                      &si, &ui, e);
 	if (rc == KVS_OK)
 		*out = (int32_t)si;
 	return rc;
@@ -820,8 +808,7 @@ int gguf_get_bool(const struct gguf_file *f, const char *key, bool *out, struct 
 	return KVS_OK;
 }
 
-int gguf_get_str(const struct gguf_file *f, const char *key, struct gguf_str *out,
-                 struct err *e)
+int gguf_get_str(const struct gguf_file *f, const char *key, struct gguf_str *out, struct err *e)
 {
 	const struct gguf_kv *kv;
 	int rc = gguf_get(f, key, &kv, e);
@@ -849,8 +836,8 @@ int gguf_get_arr(const struct gguf_file *f, const char *key, uint32_t elem_type,
 		               gguf_vtype_name(kv->type), elem_type < GGUF_VTYPE_COUNT_ ? " of " : "",
 		               elem_type < GGUF_VTYPE_COUNT_ ? gguf_vtype_name(elem_type) : "");
 	if (elem_type < GGUF_VTYPE_COUNT_ && kv->arr_type != elem_type)
-		return err_set(e, KVS_EFORMAT, "key '%s' is an array of %s, expected an array of %s",
-		               key, gguf_vtype_name(kv->arr_type), gguf_vtype_name(elem_type));
+		return err_set(e, KVS_EFORMAT, "key '%s' is an array of %s, expected an array of %s", key,
+		               gguf_vtype_name(kv->arr_type), gguf_vtype_name(elem_type));
 	*out = kv;
 	return KVS_OK;
 }

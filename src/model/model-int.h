@@ -37,7 +37,7 @@ struct ucp_range {
 
 extern const struct ucp_range ucp_ranges[]; /* generated: unicode-data.c */
 extern const size_t ucp_n_ranges;
-extern const uint16_t ucp_block[]; /* (0x1100) range index of cp = b << 8 */
+extern const uint16_t ucp_block[];  /* (0x1100) range index of cp = b << 8 */
 extern const uint16_t ucp_latin1[]; /* (256) flags of U+0000..U+00FF */
 
 /* UCP_* flags of cp; UCP_UNDEF beyond U+10FFFF. */
@@ -59,14 +59,14 @@ size_t ucp_encode(uint32_t cp, char *out);
 /* One splitting pass of a pre-tokenizer (each refines the previous words). */
 enum pretok_pass {
 	PRETOK_END = 0,
-	PRETOK_GPT2,        /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
+	PRETOK_GPT2,          /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
 	                     *  ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-	PRETOK_LLAMA3,      /* llama-3 pattern, numbers in groups of up to 3 */
-	PRETOK_QWEN2,       /* llama-3 pattern, numbers one by one */
-	PRETOK_NUM_EACH,    /* \p{N}: every number its own word */
-	PRETOK_NUM_RUNS,    /* \p{N}+ */
-	PRETOK_DIGITS3,     /* [0-9][0-9][0-9] */
-	PRETOK_PUNCT_RUNS,  /* [\p{P}\$\+<=>\^~\|]+ */
+	PRETOK_LLAMA3,        /* llama-3 pattern, numbers in groups of up to 3 */
+	PRETOK_QWEN2,         /* llama-3 pattern, numbers one by one */
+	PRETOK_NUM_EACH,      /* \p{N}: every number its own word */
+	PRETOK_NUM_RUNS,      /* \p{N}+ */
+	PRETOK_DIGITS3,       /* [0-9][0-9][0-9] */
+	PRETOK_PUNCT_RUNS,    /* [\p{P}\$\+<=>\^~\|]+ */
 	PRETOK_PUNCT_RUNS_BT, /* [\p{P}\$\+<=>\^~\|`]+ (falcon) */
 };
 
@@ -75,11 +75,11 @@ enum pretok_pass {
 /* A name tokenizer.ggml.pre may hold: its passes and the vocabulary
  * defaults llama.cpp attaches to it. */
 struct pretok_info {
-	const char *name;          /* "smollm", "llama-bpe", ... */
+	const char *name;                               /* "smollm", "llama-bpe", ... */
 	enum pretok_pass passes[PRETOK_MAX_PASSES + 1]; /* PRETOK_END-terminated */
-	bool ignore_merges;        /* a word that is a whole token skips merging */
-	bool add_bos;              /* default for tokenizer.ggml.add_bos_token */
-	bool no_bos;               /* no default BOS id (chatglm) */
+	bool ignore_merges;                             /* a word that is a whole token skips merging */
+	bool add_bos;                                   /* default for tokenizer.ggml.add_bos_token */
+	bool no_bos;                                    /* no default BOS id (chatglm) */
 };
 
 /* The family named pre (any alias), or NULL. */
@@ -143,10 +143,10 @@ struct vocab {
 	enum vocab_kind kind;
 	const struct pretok_info *pre; /* BPE */
 	uint32_t n_tokens;
-	struct gguf_str *text;  /* (n_tokens) token text (the map, or own_text) */
-	float *score;           /* (n_tokens) SPM scores, 0 without the key */
-	uint16_t *attr;         /* (n_tokens) VOCAB_A_* bits */
-	char *own_text;         /* "[EMPTY_i]" texts for empty tokens */
+	struct gguf_str *text; /* (n_tokens) token text (the map, or own_text) */
+	float *score;          /* (n_tokens) SPM scores, 0 without the key */
+	uint16_t *attr;        /* (n_tokens) VOCAB_A_* bits */
+	char *own_text;        /* "[EMPTY_i]" texts for empty tokens */
 
 	struct tok_slot *tok_slots; /* text -> id, open addressing */
 	uint32_t tok_mask;
@@ -164,7 +164,7 @@ struct vocab {
 	/* token of each byte: BPE its alphabet letter, SPM <0xNN> or the byte */
 	int32_t byte_tok[256];
 
-	int32_t *special;       /* partitioning tokens, longest text first */
+	int32_t *special; /* partitioning tokens, longest text first */
 	size_t n_special;
 
 	int32_t bos, eos, eot, eom, unk, sep, pad;

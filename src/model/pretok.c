@@ -21,46 +21,49 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PASSES(...) { __VA_ARGS__, PRETOK_END }
+#define PASSES(...)             \
+	{                           \
+		__VA_ARGS__, PRETOK_END \
+	}
 
 /* Every name llama.cpp (c392e50) accepts for byte-level BPE that we can
  * split exactly; the defaults follow its vocabulary loader. */
 static const struct pretok_info pretok_table[] = {
 	/* name            passes                                              ign    bos    nobos */
-	{ "default",      PASSES(PRETOK_PUNCT_RUNS, PRETOK_GPT2, PRETOK_NUM_RUNS, PRETOK_DIGITS3),
-	                  false, false, false },
-	{ "llama3",       PASSES(PRETOK_LLAMA3), true, true, false },
-	{ "llama-v3",     PASSES(PRETOK_LLAMA3), true, true, false },
-	{ "llama-bpe",    PASSES(PRETOK_LLAMA3), true, true, false },
-	{ "falcon3",      PASSES(PRETOK_LLAMA3), true, true, false },
-	{ "dbrx",         PASSES(PRETOK_LLAMA3), false, false, false },
-	{ "smaug-bpe",    PASSES(PRETOK_LLAMA3), false, false, false },
-	{ "chatglm-bpe",  PASSES(PRETOK_LLAMA3), false, false, true },
-	{ "falcon",       PASSES(PRETOK_PUNCT_RUNS_BT, PRETOK_GPT2, PRETOK_DIGITS3), false, false, false },
-	{ "gpt-2",        PASSES(PRETOK_GPT2), false, false, false },
-	{ "phi-2",        PASSES(PRETOK_GPT2), false, false, false },
-	{ "jina-es",      PASSES(PRETOK_GPT2), false, false, false },
-	{ "jina-de",      PASSES(PRETOK_GPT2), false, false, false },
-	{ "gigachat",     PASSES(PRETOK_GPT2), false, false, false },
-	{ "jina-v1-en",   PASSES(PRETOK_GPT2), false, false, false },
-	{ "jina-v2-es",   PASSES(PRETOK_GPT2), false, false, false },
-	{ "jina-v2-de",   PASSES(PRETOK_GPT2), false, false, false },
+	{ "default", PASSES(PRETOK_PUNCT_RUNS, PRETOK_GPT2, PRETOK_NUM_RUNS, PRETOK_DIGITS3), false,
+	  false, false },
+	{ "llama3", PASSES(PRETOK_LLAMA3), true, true, false },
+	{ "llama-v3", PASSES(PRETOK_LLAMA3), true, true, false },
+	{ "llama-bpe", PASSES(PRETOK_LLAMA3), true, true, false },
+	{ "falcon3", PASSES(PRETOK_LLAMA3), true, true, false },
+	{ "dbrx", PASSES(PRETOK_LLAMA3), false, false, false },
+	{ "smaug-bpe", PASSES(PRETOK_LLAMA3), false, false, false },
+	{ "chatglm-bpe", PASSES(PRETOK_LLAMA3), false, false, true },
+	{ "falcon", PASSES(PRETOK_PUNCT_RUNS_BT, PRETOK_GPT2, PRETOK_DIGITS3), false, false, false },
+	{ "gpt-2", PASSES(PRETOK_GPT2), false, false, false },
+	{ "phi-2", PASSES(PRETOK_GPT2), false, false, false },
+	{ "jina-es", PASSES(PRETOK_GPT2), false, false, false },
+	{ "jina-de", PASSES(PRETOK_GPT2), false, false, false },
+	{ "gigachat", PASSES(PRETOK_GPT2), false, false, false },
+	{ "jina-v1-en", PASSES(PRETOK_GPT2), false, false, false },
+	{ "jina-v2-es", PASSES(PRETOK_GPT2), false, false, false },
+	{ "jina-v2-de", PASSES(PRETOK_GPT2), false, false, false },
 	{ "jina-v2-code", PASSES(PRETOK_GPT2), false, false, false },
-	{ "roberta-bpe",  PASSES(PRETOK_GPT2), false, false, false },
-	{ "mpt",          PASSES(PRETOK_GPT2), false, false, false },
-	{ "olmo",         PASSES(PRETOK_GPT2), false, false, false },
-	{ "jais",         PASSES(PRETOK_GPT2), false, false, false },
-	{ "smollm",       PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "starcoder",    PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "refact",       PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "command-r",    PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "codeshell",    PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "exaone",       PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "minerva-7b",   PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
-	{ "qwen2",        PASSES(PRETOK_QWEN2), false, false, false },
+	{ "roberta-bpe", PASSES(PRETOK_GPT2), false, false, false },
+	{ "mpt", PASSES(PRETOK_GPT2), false, false, false },
+	{ "olmo", PASSES(PRETOK_GPT2), false, false, false },
+	{ "jais", PASSES(PRETOK_GPT2), false, false, false },
+	{ "smollm", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "starcoder", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "refact", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "command-r", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "codeshell", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "exaone", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "minerva-7b", PASSES(PRETOK_NUM_EACH, PRETOK_GPT2), false, false, false },
+	{ "qwen2", PASSES(PRETOK_QWEN2), false, false, false },
 	{ "deepseek-r1-qwen", PASSES(PRETOK_QWEN2), false, false, false },
-	{ "stablelm2",    PASSES(PRETOK_QWEN2), false, false, false },
-	{ "megrez",       PASSES(PRETOK_QWEN2), false, false, false },
+	{ "stablelm2", PASSES(PRETOK_QWEN2), false, false, false },
+	{ "megrez", PASSES(PRETOK_QWEN2), false, false, false },
 };
 
 /* The table row named pre[0, len), or NULL. */
@@ -99,9 +102,9 @@ struct span {
 	const uint32_t *cp;
 	const uint16_t *fl;
 	size_t ini, end;
-	uint32_t *out;   /* word ends, appended */
+	uint32_t *out; /* word ends, appended */
 	size_t n_out;
-	size_t last;     /* end of the last word emitted */
+	size_t last; /* end of the last word emitted */
 };
 
 #define NOT_CP 0xFFFFFFFFu /* "code point" past the edge of the word */
@@ -267,7 +270,7 @@ static inline bool punct_class(uint32_t c, uint16_t f, bool with_bt)
 {
 	if (c < 0x80)
 		return (f & UCP_PUNCT) || c == '$' || c == '+' || c == '<' || c == '=' || c == '>' ||
-		       c == '^' || c == '~' || c == '|' || (with_bt && c == '`');
+		        c == '^' || c == '~' || c == '|' || (with_bt && c == '`');
 	return (f & (UCP_PUNCT | UCP_SPACE)) == UCP_PUNCT;
 }
 
@@ -368,21 +371,11 @@ size_t pretok_split(const struct pretok_info *info, const uint32_t *cps, size_t 
 			s.ini = w ? in[w - 1] : 0;
 			s.end = in[w];
 			switch (*p) {
-			case PRETOK_GPT2:
-				pass_gpt2(&s);
-				break;
-			case PRETOK_LLAMA3:
-				pass_llama3(&s, 3);
-				break;
-			case PRETOK_QWEN2:
-				pass_llama3(&s, 1);
-				break;
-			case PRETOK_DIGITS3:
-				pass_digits3(&s);
-				break;
-			default:
-				pass_runs(&s, *p);
-				break;
+			case PRETOK_GPT2: pass_gpt2(&s); break;
+			case PRETOK_LLAMA3: pass_llama3(&s, 3); break;
+			case PRETOK_QWEN2: pass_llama3(&s, 1); break;
+			case PRETOK_DIGITS3: pass_digits3(&s); break;
+			default: pass_runs(&s, *p); break;
 			}
 			span_emit(&s, s.end); /* defensive: words stay contiguous */
 		}

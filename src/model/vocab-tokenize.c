@@ -44,10 +44,10 @@ struct sym {
 
 /* A candidate merge of symbols left and right (adjacent when pushed). */
 struct bigram {
-	int64_t prio;   /* lower first: BPE rank, SPM inverted score */
+	int64_t prio; /* lower first: BPE rank, SPM inverted score */
 	int32_t left, right;
-	uint32_t size;  /* bytes of both texts when pushed */
-	int32_t id;     /* token of the concatenation, -1 if none */
+	uint32_t size; /* bytes of both texts when pushed */
+	int32_t id;    /* token of the concatenation, -1 if none */
 };
 
 /* A word already tokenized in this call: its byte-alphabet text and ids. */
@@ -57,7 +57,7 @@ struct wc_slot {
 	uint32_t ids_off, n_ids;   /* in wc_ids */
 };
 
-#define WC_MAX_WORD 64    /* longer words are not cached */
+#define WC_MAX_WORD 64 /* longer words are not cached */
 #define WC_MIN_SLOTS 256
 #define WC_MAX_SLOTS 65536
 
@@ -69,10 +69,10 @@ struct tok_ctx {
 	size_t *n_ids, *cap_ids;
 	struct frag *frags, *frags2; /* current list, next list */
 	size_t n_frags, cap_frags, cap_frags2;
-	uint32_t *cps;          /* code points of a fragment */
+	uint32_t *cps; /* code points of a fragment */
 	size_t cap_cps;
 	struct pretok_buf pre;
-	char *word;             /* a word in the byte alphabet / SPM text */
+	char *word; /* a word in the byte alphabet / SPM text */
 	size_t cap_word;
 	struct sym *syms;
 	size_t cap_syms;
@@ -187,7 +187,7 @@ static void vocab_partition(struct tok_ctx *c, const char *text, size_t len, boo
 			continue;
 		for (i = 0; i < c->n_frags && !any; i++)
 			any = c->frags[i].token < 0 && c->frags[i].len >= tt.n &&
-			      memmem(text + c->frags[i].off, c->frags[i].len, tt.p, tt.n) != NULL;
+			        memmem(text + c->frags[i].off, c->frags[i].len, tt.p, tt.n) != NULL;
 		if (!any)
 			continue;
 		n2 = 0;
@@ -199,8 +199,7 @@ static void vocab_partition(struct tok_ctx *c, const char *text, size_t len, boo
 				frag_add(c, &n2, f.token, 0, 0);
 				continue;
 			}
-			while (f.len > 0 &&
-			       (m = memmem(text + f.off, f.len, tt.p, tt.n)) != NULL) {
+			while (f.len > 0 && (m = memmem(text + f.off, f.len, tt.p, tt.n)) != NULL) {
 				size_t at = (size_t)(m - text), left = at - f.off;
 				size_t r_off = at + tt.n, r_len = f.off + f.len - r_off;
 
@@ -551,8 +550,10 @@ int vocab_tokenize(const struct vocab *v, const char *text, size_t len, bool add
 	size_t i;
 
 	if (len > (size_t)INT32_MAX / 8)
-		return err_set(e, KVS_ERANGE, "text of %zu bytes is too long to tokenize at once, "
-		               "expected at most %d", len, INT32_MAX / 8);
+		return err_set(e, KVS_ERANGE,
+		               "text of %zu bytes is too long to tokenize at once, "
+		               "expected at most %d",
+		               len, INT32_MAX / 8);
 	memset(&c, 0, sizeof(c));
 	c.v = v;
 	c.text_len = len;

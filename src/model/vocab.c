@@ -129,8 +129,8 @@ struct merge_slot *vocab_merge_slot(const struct vocab *v, int32_t left, int32_t
 /* --------------------------------------------------------------- loading */
 
 /* Read an optional special-token id key into *id (kept when absent). */
-static int vocab_get_id(const struct gguf_file *f, const char *key, uint32_t n_tokens,
-                        int32_t *id, struct err *e)
+static int vocab_get_id(const struct gguf_file *f, const char *key, uint32_t n_tokens, int32_t *id,
+                        struct err *e)
 {
 	const struct gguf_kv *kv = gguf_find_kv(f, key);
 	int64_t val;
@@ -138,12 +138,14 @@ static int vocab_get_id(const struct gguf_file *f, const char *key, uint32_t n_t
 	if (kv == NULL)
 		return KVS_OK;
 	switch (kv->type) {
-	case GGUF_U8: case GGUF_U16: case GGUF_U32: case GGUF_U64:
-		val = kv->v.u > INT64_MAX ? INT64_MAX : (int64_t)kv->v.u;
-		break;
-	case GGUF_I8: case GGUF_I16: case GGUF_I32: case GGUF_I64:
-		val = kv->v.i;
-		break;
+	case GGUF_U8:
+	case GGUF_U16:
+	case GGUF_U32:
+	case GGUF_U64: val = kv->v.u > INT64_MAX ? INT64_MAX : (int64_t)kv->v.u; break;
+	case GGUF_I8:
+	case GGUF_I16:
+	case GGUF_I32:
+	case GGUF_I64: val = kv->v.i; break;
 	default:
 		return err_set(e, KVS_EFORMAT, "%s: type %s, expected an integer token id", key,
 		               gguf_vtype_name(kv->type));
@@ -236,7 +238,8 @@ static int vocab_load_merges(struct vocab *v, const struct gguf_file *f, struct 
 
 	rc = gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_STRING, &kv, e);
 	if (rc == KVS_ENOTFOUND)
-		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.merges: missing, expected the merge "
+		return err_set(e, KVS_EFORMAT,
+		               "tokenizer.ggml.merges: missing, expected the merge "
 		               "list of a gpt2 (byte-level BPE) tokenizer");
 	if (rc != KVS_OK)
 		return rc;
@@ -254,9 +257,10 @@ static int vocab_load_merges(struct vocab *v, const struct gguf_file *f, struct 
 
 		if (sp == NULL || sp + 1 == m.p + m.n) {
 			free(buf);
-			return err_set(e, KVS_EFORMAT, "tokenizer.ggml.merges[%llu]: \"%.*s\", expected two "
-			               "non-empty parts separated by a space", (unsigned long long)i,
-			               (int)KVS_MIN(m.n, 64), m.p);
+			return err_set(e, KVS_EFORMAT,
+			               "tokenizer.ggml.merges[%llu]: \"%.*s\", expected two "
+			               "non-empty parts separated by a space",
+			               (unsigned long long)i, (int)KVS_MIN(m.n, 64), m.p);
 		}
 		l.p = m.p;
 		l.n = (uint64_t)(sp - m.p);
@@ -267,8 +271,7 @@ static int vocab_load_merges(struct vocab *v, const struct gguf_file *f, struct 
 		if (li < 0 || ri < 0) {
 			if (v->n_text_merges == cap_text) {
 				cap_text = cap_text ? cap_text * 2 : 16;
-				v->text_merges = xreallocarray(v->text_merges, cap_text,
-				                               sizeof(*v->text_merges));
+				v->text_merges = xreallocarray(v->text_merges, cap_text, sizeof(*v->text_merges));
 			}
 			v->text_merges[v->n_text_merges].left = l;
 			v->text_merges[v->n_text_merges].right = r;
@@ -311,23 +314,37 @@ static void vocab_detect(struct vocab *v, int32_t *id, const char *const *names)
 	}
 }
 
-static const char *const eot_names[] = { "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-	"<|endoftext|>", "<EOT>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
-	NULL };
+static const char *const eot_names[] = { "<|eot_id|>",
+	                                     "<|im_end|>",
+	                                     "<|end|>",
+	                                     "<end_of_turn>",
+	                                     "<|endoftext|>",
+	                                     "<EOT>",
+	                                     "<\xef\xbd\x9c"
+	                                     "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+	                                     NULL };
 static const char *const eom_names[] = { "<|eom_id|>", NULL };
 static const char *const fim_pre_names[] = { "<|fim_prefix|>", "<fim-prefix>",
-	"<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>", "<PRE>", NULL };
+	                                         "<\xef\xbd\x9c"
+	                                         "fim\xe2\x96\x81"
+	                                         "begin\xef\xbd\x9c>",
+	                                         "<PRE>", NULL };
 static const char *const fim_suf_names[] = { "<|fim_suffix|>", "<fim-suffix>",
-	"<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>", "<SUF>", NULL };
+	                                         "<\xef\xbd\x9c"
+	                                         "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+	                                         "<SUF>", NULL };
 static const char *const fim_mid_names[] = { "<|fim_middle|>", "<fim-middle>",
-	"<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>", "<MID>", NULL };
+	                                         "<\xef\xbd\x9c"
+	                                         "fim\xe2\x96\x81"
+	                                         "end\xef\xbd\x9c>",
+	                                         "<MID>", NULL };
 static const char *const fim_pad_names[] = { "<|fim_pad|>", "<fim-pad>", "<PAD>", NULL };
 static const char *const fim_rep_names[] = { "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-	"<REPO>", NULL };
+	                                         "<REPO>", NULL };
 static const char *const fim_sep_names[] = { "<|file_sep|>", NULL };
 /* Texts that end generation whatever their id (llama.cpp's list). */
-static const char *const eog_names[] = { "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-	"<|endoftext|>", "<|eom_id|>", "<EOT>", NULL };
+static const char *const eog_names[] = { "<|eot_id|>",    "<|im_end|>", "<|end|>", "<end_of_turn>",
+	                                     "<|endoftext|>", "<|eom_id|>", "<EOT>",   NULL };
 
 /* Mark id as end-of-generation (ignoring -1). */
 static void vocab_mark_eog(struct vocab *v, int32_t id)
@@ -371,10 +388,12 @@ static int vocab_load_specials(struct vocab *v, const struct gguf_file *f, struc
 	    (rc = vocab_get_flag(f, "tokenizer.ggml.add_eos_token", &v->add_eos, e)) != KVS_OK)
 		return rc;
 	if (v->add_bos && v->bos < 0)
-		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.add_bos_token: true, but the vocabulary "
+		return err_set(e, KVS_EFORMAT,
+		               "tokenizer.ggml.add_bos_token: true, but the vocabulary "
 		               "has no BOS token (expected tokenizer.ggml.bos_token_id)");
 	if (v->add_eos && v->eos < 0)
-		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.add_eos_token: true, but the vocabulary "
+		return err_set(e, KVS_EFORMAT,
+		               "tokenizer.ggml.add_eos_token: true, but the vocabulary "
 		               "has no EOS token (expected tokenizer.ggml.eos_token_id)");
 
 	/* llama.cpp finds these by their text when no key names them (and
@@ -536,9 +555,10 @@ static int vocab_load_tokens(struct vocab *v, const struct gguf_file *f, struct 
 	for (i = 0; i < v->n_tokens; i++) {
 		dup = vocab_index_add(v, (int32_t)i);
 		if (dup >= 0)
-			return err_set(e, KVS_EFORMAT, "tokenizer.ggml.tokens[%u]: \"%.*s\" repeats token "
-			               "%d, expected distinct token texts", i,
-			               (int)KVS_MIN(v->text[i].n, 64), v->text[i].p, dup);
+			return err_set(e, KVS_EFORMAT,
+			               "tokenizer.ggml.tokens[%u]: \"%.*s\" repeats token "
+			               "%d, expected distinct token texts",
+			               i, (int)KVS_MIN(v->text[i].n, 64), v->text[i].p, dup);
 	}
 	return KVS_OK;
 }
@@ -553,9 +573,10 @@ static int vocab_spm_bytes(struct vocab *v, struct err *e)
 
 	for (i = 0; i < v->n_tokens; i++)
 		if ((v->attr[i] & VOCAB_A_BYTE) && vocab_byte_of(v->text[i]) < 0)
-			return err_set(e, KVS_EFORMAT, "tokenizer.ggml.tokens[%u]: \"%.*s\" has type BYTE, "
-			               "expected the form <0xNN> with two hex digits", i,
-			               (int)KVS_MIN(v->text[i].n, 64), v->text[i].p);
+			return err_set(e, KVS_EFORMAT,
+			               "tokenizer.ggml.tokens[%u]: \"%.*s\" has type BYTE, "
+			               "expected the form <0xNN> with two hex digits",
+			               i, (int)KVS_MIN(v->text[i].n, 64), v->text[i].p);
 	for (b = 0; b < 256; b++) {
 		char c = (char)b;
 		name[0] = '<';
@@ -583,7 +604,8 @@ int vocab_load_opts(struct vocab **out, const struct gguf_file *f, const struct 
 	*out = NULL;
 	rc = gguf_get_str(f, "tokenizer.ggml.model", &model, e);
 	if (rc == KVS_ENOTFOUND)
-		return err_set(e, KVS_EFORMAT, "tokenizer.ggml.model: missing, expected \"gpt2\" or "
+		return err_set(e, KVS_EFORMAT,
+		               "tokenizer.ggml.model: missing, expected \"gpt2\" or "
 		               "\"llama\"");
 	if (rc != KVS_OK)
 		return rc;
@@ -606,8 +628,10 @@ int vocab_load_opts(struct vocab **out, const struct gguf_file *f, const struct 
 		v->pre = pretok_find(pre.p, pre.n);
 		if (v->pre == NULL) {
 			pretok_names(names, sizeof(names));
-			rc = err_set(e, KVS_EUNSUPPORTED, "tokenizer.ggml.pre: \"%.*s\" is not supported, "
-			             "expected one of: %s", (int)KVS_MIN(pre.n, 64), pre.p, names);
+			rc = err_set(e, KVS_EUNSUPPORTED,
+			             "tokenizer.ggml.pre: \"%.*s\" is not supported, "
+			             "expected one of: %s",
+			             (int)KVS_MIN(pre.n, 64), pre.p, names);
 			goto fail;
 		}
 		v->ignore_merges = v->pre->ignore_merges;
@@ -617,7 +641,8 @@ int vocab_load_opts(struct vocab **out, const struct gguf_file *f, const struct 
 		v->add_bos = true;
 		v->add_space_prefix = true;
 	} else {
-		rc = err_set(e, KVS_EUNSUPPORTED, "tokenizer.ggml.model: \"%.*s\" is not supported, "
+		rc = err_set(e, KVS_EUNSUPPORTED,
+		             "tokenizer.ggml.model: \"%.*s\" is not supported, "
 		             "expected \"gpt2\" (byte-level BPE) or \"llama\" (SentencePiece)",
 		             (int)KVS_MIN(model.n, 64), model.p);
 		goto fail;

@@ -41,7 +41,7 @@ static int api_on(lua_State *L)
 		}
 		luaL_pushresult(&b);
 		return script_error(L, "kvscope.on: unknown event '%s' (expected one of %s)", ev,
-		                  lua_tostring(L, -1));
+		                    lua_tostring(L, -1));
 	}
 	script_charge(L, sizeof(struct script_hook), "kvscope.on");
 	if (rt->n_hooks == rt->cap_hooks) {
@@ -50,8 +50,12 @@ static int api_on(lua_State *L)
 	}
 	lua_pushvalue(L, 2);
 	struct script_hook h = {
-		.ev = (enum script_event)k, .priority = (int)prio, .p = P,
-		.ref = luaL_ref(L, LUA_REGISTRYINDEX), .id = rt->next_id++, .seq = ++rt->seq,
+		.ev = (enum script_event)k,
+		.priority = (int)prio,
+		.p = P,
+		.ref = luaL_ref(L, LUA_REGISTRYINDEX),
+		.id = rt->next_id++,
+		.seq = ++rt->seq,
 	};
 	rt->hooks[rt->n_hooks++] = h;
 	if (rt->dispatching == 0) {
@@ -152,8 +156,11 @@ static int api_timer(lua_State *L)
 	}
 	lua_pushvalue(L, 2);
 	struct script_timer t = {
-		.p = P, .ref = luaL_ref(L, LUA_REGISTRYINDEX), .id = rt->next_id++,
-		.due = clock_now_ms() + ms, .interval_ms = periodic ? ms : 0,
+		.p = P,
+		.ref = luaL_ref(L, LUA_REGISTRYINDEX),
+		.id = rt->next_id++,
+		.due = clock_now_ms() + ms,
+		.interval_ms = periodic ? ms : 0,
 	};
 	rt->timers[rt->n_timers++] = t;
 	struct api_timer *u = lua_newuserdatauv(L, sizeof *u, 0);
@@ -184,8 +191,9 @@ static int api_exit(lua_State *L)
 	const char *msg = luaL_optstring(L, 2, NULL);
 	if (!P->is_script)
 		return msg ? script_error(L, "%s", msg)
-		           : script_error(L, "kvscope.exit ends a script (kvscope run); a plugin is "
-		                             "stopped with :plugin unload");
+		           : script_error(L,
+		                          "kvscope.exit ends a script (kvscope run); a plugin is "
+		                          "stopped with :plugin unload");
 	lua_Integer status = script_optint(L, 1, "kvscope.exit: status", 0, 0, 125);
 	if (msg != NULL) {
 		fflush(stdout);
@@ -233,9 +241,10 @@ static int api_version(lua_State *L)
 
 static const struct api_fn api_loop_fns[] = {
 	{ "on", API_FAST, API_C, "(event, fn [, priority]) -> id",
-	  "call fn for every event (see Events); higher priority first; returns the hook's id", api_on },
-	{ "off", API_FAST, API_C, "(id) -> bool", "remove one of the plugin's hooks (safe during dispatch)",
-	  api_off },
+	  "call fn for every event (see Events); higher priority first; returns the hook's id",
+	  api_on },
+	{ "off", API_FAST, API_C, "(id) -> bool",
+	  "remove one of the plugin's hooks (safe during dispatch)", api_off },
 	{ "schedule", API_FAST, API_C, "(fn)",
 	  "run fn on the main loop at the next tick (the way out of a fast hook)", api_schedule },
 	{ "in_fast", API_FAST, API_C, "() -> bool", "whether the caller runs in a fast hook",
@@ -246,7 +255,8 @@ static const struct api_fn api_loop_fns[] = {
 	{ "timer:stop", API_FAST, API_C, "() -> bool", "cancel the timer", api_timer_stop },
 	{ "exit", API_FAST, API_C, "([status [, message]])",
 	  "scripts: end now with exit status 0..125 (default 0), printing message on stderr; in a "
-	  "plugin it raises message as an error", api_exit },
+	  "plugin it raises message as an error",
+	  api_exit },
 	{ "sleep", API_DEFERRED, API_C, "(ms)",
 	  "scripts only: wait ms while running due timers and scheduled functions", api_sleep },
 	{ "clock", API_FAST, API_C, "() -> ms", "a monotonic clock in milliseconds", api_clock },
@@ -260,5 +270,8 @@ static const struct api_type api_loop_types[] = {
 };
 
 const struct api_lib api_loop_lib = {
-	api_loop_fns, KVS_ARRAY_LEN(api_loop_fns), api_loop_types, KVS_ARRAY_LEN(api_loop_types),
+	api_loop_fns,
+	KVS_ARRAY_LEN(api_loop_fns),
+	api_loop_types,
+	KVS_ARRAY_LEN(api_loop_types),
 };

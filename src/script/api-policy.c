@@ -59,15 +59,16 @@ static int api_policy_register(lua_State *L)
 	if (kv_policy_parse(bspec, &base, &e) != KVS_OK)
 		return script_error(L, "policy.register: base: %s", e.msg);
 	if (!kv_policy_evicts(&base))
-		return script_error(L, "policy.register: base '%s' never evicts (expected window, "
-		                     "streaming, sirllm, lminfinite or h2o)",
-		                  bspec);
+		return script_error(L,
+		                    "policy.register: base '%s' never evicts (expected window, "
+		                    "streaming, sirllm, lminfinite or h2o)",
+		                    bspec);
 	struct script_policy *pol = NULL;
 	for (size_t i = 0; i < rt->n_policies; i++)
 		if (strcmp(rt->policies[i]->name, name) == 0) {
 			if (rt->policies[i]->p != NULL && rt->policies[i]->p != P)
 				return script_error(L, "policy.register: %s belongs to plugin %s", name,
-				                  rt->policies[i]->p->name);
+				                    rt->policies[i]->p->name);
 			pol = rt->policies[i];
 		}
 	if (pol == NULL) {
@@ -116,8 +117,9 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 	if (P == NULL)
 		return err_set(e, KVS_ENOTFOUND, "Lua policy %s was unloaded", pol->name);
 	if (!pthread_equal(pthread_self(), pol->rt->thread))
-		return err_set(e, KVS_ESTATE, "Lua policy %s called on a thread that does not own its "
-		                              "plugin's state (script_policy_scorer gives one for that)",
+		return err_set(e, KVS_ESTATE,
+		               "Lua policy %s called on a thread that does not own its "
+		               "plugin's state (script_policy_scorer gives one for that)",
 		               pol->name);
 	if (P->disabled)
 		return err_set(e, KVS_ESTATE, "plugin %s is disabled", P->name);
@@ -143,8 +145,9 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 			double x = lua_tonumberx(L, -1, &isnum);
 			lua_pop(L, 1);
 			if (!isnum)
-				rc = err_set(e, KVS_EFORMAT, "policy %s: score %u is not a number (expected a "
-				                             "table of %u numbers)",
+				rc = err_set(e, KVS_EFORMAT,
+				             "policy %s: score %u is not a number (expected a "
+				             "table of %u numbers)",
 				             pol->name, i + 1, n);
 			else
 				scores[i] = (float)x;

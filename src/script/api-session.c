@@ -54,7 +54,7 @@ static void api_session_account(struct api_session *as)
 	for (uint32_t i = 0; i < session_n_turns(as->s); i++) {
 		const struct session_turn *t = session_turn_at(as->s, i);
 		now += sizeof *t + (t->user ? strlen(t->user) + 1 : 0) +
-		       (t->reply ? strlen(t->reply) + 1 : 0);
+		        (t->reply ? strlen(t->reply) + 1 : 0);
 	}
 	script_uncharge(as->p, as->charged);
 	as->p->host += now;
@@ -131,9 +131,10 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 		for (size_t i = 0; k && i < KVS_ARRAY_LEN(api_num_opts); i++)
 			known |= strcmp(k, api_num_opts[i].key) == 0;
 		if (!known)
-			script_error(L, "kvscope.session: unknown option '%s' (expected model, policy, budget, "
-			                "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
-			                "repeat_penalty, capture, token_stats)",
+			script_error(L,
+			             "kvscope.session: unknown option '%s' (expected model, policy, budget, "
+			             "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
+			             "repeat_penalty, capture, token_stats)",
 			             k ? k : luaL_typename(L, -2));
 		lua_pop(L, 1);
 	}
@@ -200,8 +201,9 @@ static int api_session_policy(struct script_rt *rt, struct api_session *as, cons
 	struct kv_policy p;
 	int rc;
 	if (pol != NULL) {
-		struct kv_scorer sc = { .name = pol->name, .fn = api_score, .ud = pol,
-			                .budget_ms = pol->budget_ms };
+		struct kv_scorer sc = {
+			.name = pol->name, .fn = api_score, .ud = pol, .budget_ms = pol->budget_ms
+		};
 		rc = kv_cache_set_policy(kv, &pol->base, e);
 		if (rc != KVS_OK)
 			return rc;
@@ -257,8 +259,9 @@ static int api_session_open(lua_State *L)
 	if (P->n_sessions >= SCRIPT_SESSIONS_MAX)
 		lua_gc(L, LUA_GCCOLLECT); /* sessions no longer referenced close now */
 	if (P->n_sessions >= SCRIPT_SESSIONS_MAX)
-		return script_error(L, "kvscope.session: the plugin has %u sessions open, the most it "
-		                       "may (close one with session:close())",
+		return script_error(L,
+		                    "kvscope.session: the plugin has %u sessions open, the most it "
+		                    "may (close one with session:close())",
 		                    P->n_sessions);
 	script_charge(L, sizeof(struct api_session), "kvscope.session");
 	script_uncharge(P, sizeof(struct api_session)); /* api_session_account counts it */
@@ -279,7 +282,10 @@ static int api_session_open(lua_State *L)
 	as->system_len = c.system != NULL ? strlen(c.system) + 1 : 0;
 	api_session_account(as);
 	struct session_hooks h = {
-		.turn_start = api_hook_turn_start, .token = api_hook_token, .kv = api_hook_kv, .ud = as,
+		.turn_start = api_hook_turn_start,
+		.token = api_hook_token,
+		.kv = api_hook_kv,
+		.ud = as,
 	};
 	session_set_hooks(as->s, &h);
 	if (lua_policy && api_session_policy(rt, as, policy, &e) != KVS_OK)
@@ -340,8 +346,9 @@ void api_policy_gone(struct script_rt *rt, struct script_policy *pol)
 		if (as->policy == pol && as->s != NULL) {
 			kv_cache_set_scorer(gen_kv(session_gen(as->s)), NULL);
 			as->policy = NULL;
-			script_notify(rt, as->p, "Lua policy %s was unloaded: the session uses its base "
-			                         "policy %s now",
+			script_notify(rt, as->p,
+			              "Lua policy %s was unloaded: the session uses its base "
+			              "policy %s now",
 			              pol->name, kv_policy_name(&pol->base));
 		}
 }
@@ -382,22 +389,24 @@ static int api_send(lua_State *L)
 	const char *cmd = luaL_checkstring(L, 1);
 	size_t len = 0;
 	const char *arg = luaL_optlstring(L, 2, "", &len);
-	static const char *const cmds[] = { "chat", "policy", "budget", "reset", "pin", "unpin",
-		                            "max_tokens" };
+	static const char *const cmds[] = { "chat", "policy", "budget",    "reset",
+		                                "pin",  "unpin",  "max_tokens" };
 	bool known = false;
 	struct err e;
 	for (size_t i = 0; i < KVS_ARRAY_LEN(cmds); i++)
 		known |= strcmp(cmd, cmds[i]) == 0;
 	if (!known)
-		return script_error(L, "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
-		                       "unpin or max_tokens)",
+		return script_error(L,
+		                    "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
+		                    "unpin or max_tokens)",
 		                    cmd);
 	if (len > API_SEND_MAX)
 		return script_error(L, "kvscope.send %s: %zu bytes of argument, expected at most %zu", cmd,
 		                    len, API_SEND_MAX);
 	if (rt->cfg.send == NULL)
-		return script_error(L, "kvscope.send: no front-end session here (kvscope run: open one "
-		                       "with kvscope.session)");
+		return script_error(L,
+		                    "kvscope.send: no front-end session here (kvscope run: open one "
+		                    "with kvscope.session)");
 	if (rt->cfg.send(rt->cfg.send_ud, cmd, arg, &e) != KVS_OK)
 		return script_error(L, "kvscope.send %s: %s", cmd, e.msg);
 	return 0;
@@ -409,8 +418,9 @@ static int api_send(lua_State *L)
 static void api_session_idle(lua_State *L, struct api_session *as, const char *what)
 {
 	if (as->running != NULL)
-		script_error(L, "session:%s() inside this session's %s: not allowed while the session "
-		                "is running a turn (session:%s)",
+		script_error(L,
+		             "session:%s() inside this session's %s: not allowed while the session "
+		             "is running a turn (session:%s)",
 		             what, as->phase, as->running);
 }
 
@@ -645,7 +655,8 @@ static int api_s_generate(lua_State *L)
 static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
 {
 	if (lua_type(L, idx) == LUA_TNUMBER)
-		return (int32_t)script_int(L, idx, "logprobs: token id", 0, (lua_Integer)gen_n_vocab(g) - 1);
+		return (int32_t)script_int(L, idx, "logprobs: token id", 0,
+		                           (lua_Integer)gen_n_vocab(g) - 1);
 	size_t len;
 	const char *s = lua_tolstring(L, idx, &len);
 	if (s == NULL || len == 0)
@@ -744,8 +755,8 @@ static int api_s_tokenize(lua_State *L)
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
 	struct err e;
-	if (vocab_tokenize(gen_vocab(session_gen(as->s)), s, len, false, special, &ids, &n, &cap,
-	                   &e) != KVS_OK) {
+	if (vocab_tokenize(gen_vocab(session_gen(as->s)), s, len, false, special, &ids, &n, &cap, &e) !=
+	    KVS_OK) {
 		free(ids);
 		return script_error(L, "tokenize: %s", e.msg);
 	}
@@ -768,8 +779,7 @@ static int api_s_detokenize(lua_State *L)
 	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, 2, i);
-		lua_Integer id = script_int(L, -1, "detokenize: id", 0,
-		                            (lua_Integer)vocab_n_tokens(v) - 1);
+		lua_Integer id = script_int(L, -1, "detokenize: id", 0, (lua_Integer)vocab_n_tokens(v) - 1);
 		lua_pop(L, 1);
 		char buf[256];
 		size_t k = vocab_piece(v, (int32_t)id, true, buf, sizeof buf);
@@ -812,8 +822,8 @@ static int api_s_policy(lua_State *L)
 	if (as->policy != NULL)
 		lua_pushstring(L, as->policy->name);
 	else
-		lua_pushstring(L, kv_policy_format(kv_cache_policy(gen_kv(session_gen(as->s))), buf,
-		                                   sizeof buf));
+		lua_pushstring(
+		        L, kv_policy_format(kv_cache_policy(gen_kv(session_gen(as->s))), buf, sizeof buf));
 	return 1;
 }
 
@@ -1137,6 +1147,8 @@ static const struct api_type api_session_types[] = {
 };
 
 const struct api_lib api_session_lib = {
-	api_session_fns, KVS_ARRAY_LEN(api_session_fns), api_session_types,
+	api_session_fns,
+	KVS_ARRAY_LEN(api_session_fns),
+	api_session_types,
 	KVS_ARRAY_LEN(api_session_types),
 };

@@ -28,9 +28,10 @@ const char *const api_role_names[] = { "none", "system", "user", "assistant", NU
 static void api_check_epoch(lua_State *L, uint64_t epoch, const char *what)
 {
 	if (epoch != script_plugin_of(L)->epoch)
-		script_error(L, "%s is no longer valid: event data is lent for the duration of the call "
-		              "(copy what you keep)",
-		           what);
+		script_error(L,
+		             "%s is no longer valid: event data is lent for the duration of the call "
+		             "(copy what you keep)",
+		             what);
 }
 
 /* A float that may be NaN: nil when unknown. */
@@ -45,8 +46,8 @@ static void api_pushf(lua_State *L, float v)
 /* ------------------------------------------------------------- token data */
 
 struct api_tokref {
-	const struct kv_tok *t;   /* may be NULL (no cache entry) */
-	const char *text;         /* the event's text (token events), or NULL */
+	const struct kv_tok *t; /* may be NULL (no cache entry) */
+	const char *text;       /* the event's text (token events), or NULL */
 	size_t len;
 	int32_t id;
 	bool eog;
@@ -185,15 +186,15 @@ static int api_toks_index(lua_State *L)
 /* -------------------------------------------------------------- attention */
 
 struct api_attn {
-	const float *w;                       /* (n_layer, n_head, n_cached) or NULL */
-	const struct kv_head_summary *heads;  /* (n_layer, n_head) */
-	const struct kv_tok *cols;            /* the cached tokens (columns), or NULL */
+	const float *w;                      /* (n_layer, n_head, n_cached) or NULL */
+	const struct kv_head_summary *heads; /* (n_layer, n_head) */
+	const struct kv_tok *cols;           /* the cached tokens (columns), or NULL */
 	uint32_t n_layer, n_head, n_cached;
-	int level;                            /* 0 all, 1 one layer, 2 one row */
+	int level; /* 0 all, 1 one layer, 2 one row */
 	uint32_t layer, head;
 	uint64_t step;
 	float next_entropy;
-	int32_t query_pos;                    /* original position of the query token, -1 unknown */
+	int32_t query_pos; /* original position of the query token, -1 unknown */
 	uint64_t epoch;
 };
 
@@ -226,10 +227,11 @@ void api_push_attention(lua_State *L, const struct kv_event *ev)
 static const float *api_attn_row(lua_State *L, struct api_attn *a, lua_Integer l, lua_Integer h)
 {
 	if (a->w == NULL)
-		script_error(L, "attention rows were not captured (open the session with capture = \"full\")");
+		script_error(L,
+		             "attention rows were not captured (open the session with capture = \"full\")");
 	if (l < 1 || l > (lua_Integer)a->n_layer || h < 1 || h > (lua_Integer)a->n_head)
 		script_error(L, "attention: layer %d, head %d out of range (1..%d, 1..%d)", (int)l, (int)h,
-		           (int)a->n_layer, (int)a->n_head);
+		             (int)a->n_layer, (int)a->n_head);
 	return a->w + ((size_t)(l - 1) * a->n_head + (size_t)(h - 1)) * a->n_cached;
 }
 
@@ -290,8 +292,10 @@ static int api_attn_index(lua_State *L)
 	if (lua_type(L, 2) == LUA_TSTRING) {
 		const char *k = lua_tostring(L, 2);
 		static const luaL_Reg methods[] = {
-			{ "get", api_attn_get }, { "summary", api_attn_summary },
-			{ "position", api_attn_position }, { NULL, NULL },
+			{ "get", api_attn_get },
+			{ "summary", api_attn_summary },
+			{ "position", api_attn_position },
+			{ NULL, NULL },
 		};
 		for (const luaL_Reg *m = methods; m->name; m++)
 			if (a->level == 0 && strcmp(k, m->name) == 0) {

@@ -65,18 +65,19 @@ static int api_command(lua_State *L)
 	bool ok = n > 0 && n <= 32 && name[0] >= 'a' && name[0] <= 'z';
 	for (size_t i = 0; ok && i < n; i++)
 		ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
-		     name[i] == '-' || name[i] == '_';
+		        name[i] == '-' || name[i] == '_';
 	if (!ok)
-		return script_error(L, "kvscope.command: bad name '%s' (expected lower-case letters, "
-		                     "digits, '-' and '_', starting with a letter)",
-		                  name);
+		return script_error(L,
+		                    "kvscope.command: bad name '%s' (expected lower-case letters, "
+		                    "digits, '-' and '_', starting with a letter)",
+		                    name);
 	/* counted before anything changes (a refusal leaves the old command) */
 	script_charge(L, api_cmd_bytes(name, help), "kvscope.command");
 	for (size_t i = 0; i < rt->n_cmds; i++)
 		if (strcmp(rt->cmds[i].name, name) == 0) {
 			if (rt->cmds[i].p != P)
 				return script_error(L, "kvscope.command: :%s belongs to plugin %s", name,
-				                  rt->cmds[i].p->name);
+				                    rt->cmds[i].p->name);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].ref);
 			luaL_unref(L, LUA_REGISTRYINDEX, rt->cmds[i].complete_ref);
 			script_uncharge(P, api_cmd_bytes(rt->cmds[i].name, rt->cmds[i].help));
@@ -146,7 +147,7 @@ static int api_view(lua_State *L)
 		if (strcmp(rt->views[i]->v.name, name) == 0) {
 			if (rt->views[i]->p != P)
 				return script_error(L, "kvscope.view: view %s belongs to plugin %s", name,
-				                  rt->views[i]->p->name);
+				                    rt->views[i]->p->name);
 			rec = rt->views[i];
 		}
 	if (rec == NULL) {
@@ -180,8 +181,7 @@ static struct script_item *api_view_add(lua_State *L, enum script_item_kind kind
 	if (v->n_items >= 10000)
 		script_error(L, "view %s: more than 10000 items (clear it first)", v->name);
 	size_t grow = v->n_items == v->cap_items ? (v->cap_items ? v->cap_items : 16) : 0;
-	script_charge(L, grow * sizeof *v->items + text_len + 1 + n_cells * sizeof(float),
-	              "view:add");
+	script_charge(L, grow * sizeof *v->items + text_len + 1 + n_cells * sizeof(float), "view:add");
 	if (grow > 0) {
 		v->cap_items += grow;
 		v->items = xreallocarray(v->items, v->cap_items, sizeof *v->items);
@@ -254,7 +254,7 @@ static int api_view_heatmap(lua_State *L)
 			lua_insert(L, 4); /* below the row: anchored until the call returns */
 		} else if (n != cols) {
 			return script_error(L, "view:heatmap: row %d has %d values, row 1 has %d", (int)r,
-			                  (int)n, (int)cols);
+			                    (int)n, (int)cols);
 		}
 		for (lua_Integer c = 1; c <= cols; c++) {
 			lua_rawgeti(L, -1, c);
@@ -263,7 +263,7 @@ static int api_view_heatmap(lua_State *L)
 			lua_pop(L, 1);
 			if (!isnum)
 				return script_error(L, "view:heatmap: row %d, column %d is not a number", (int)r,
-				                  (int)c);
+				                    (int)c);
 			cells[(r - 1) * cols + (c - 1)] = (float)x;
 		}
 		lua_pop(L, 1);
@@ -376,8 +376,8 @@ static int api_load_plugin(lua_State *L)
 	size_t len;
 	const char *path = luaL_checklstring(L, 1, &len);
 	int rc = strlen(path) != len
-	             ? err_set(&e, KVS_EARG, "the path '%s...' holds a NUL byte: refused", path)
-	             : script_load(api_rt(L), path, &e);
+	        ? err_set(&e, KVS_EARG, "the path '%s...' holds a NUL byte: refused", path)
+	        : script_load(api_rt(L), path, &e);
 	lua_pushboolean(L, rc == KVS_OK);
 	if (rc == KVS_OK)
 		return 1;
@@ -437,12 +437,14 @@ int api_results_check(const char *dir, struct err *e)
 	struct stat st, root;
 
 	if (dir[0] == '\0')
-		return err_set(e, KVS_EARG, "the results directory is empty: expected a folder "
-		                            "(kvscope.write writes under it)");
+		return err_set(e, KVS_EARG,
+		               "the results directory is empty: expected a folder "
+		               "(kvscope.write writes under it)");
 	if (stat(dir, &st) == 0 && stat("/", &root) == 0 && st.st_dev == root.st_dev &&
 	    st.st_ino == root.st_ino)
-		return err_set(e, KVS_EARG, "the results directory %s is the root folder: expected a "
-		                            "folder of its own (kvscope.write writes under it)",
+		return err_set(e, KVS_EARG,
+		               "the results directory %s is the root folder: expected a "
+		               "folder of its own (kvscope.write writes under it)",
 		               dir);
 	return KVS_OK;
 }
@@ -491,35 +493,35 @@ static int api_open_result(lua_State *L, struct script_rt *rt, const char *rel, 
 		comp[n] = '\0';
 		dfd = api_open_dir_at(dfd, comp);
 		if (dfd < 0)
-			return script_error(L, "kvscope.write: %s/%.*s: %s", rt->results_dir,
-			                    (int)(s + n - rel), rel,
-			                    errno == ELOOP || errno == ENOTDIR
-			                        ? "not a folder (a link or a file): refused"
-			                        : strerror(errno));
+			return script_error(
+			        L, "kvscope.write: %s/%.*s: %s", rt->results_dir, (int)(s + n - rel), rel,
+			        errno == ELOOP || errno == ENOTDIR ? "not a folder (a link or a file): refused"
+			                                           : strerror(errno));
 		s += n + 1;
 	}
 	/* O_NONBLOCK: a FIFO placed there fails instead of waiting for a reader */
-	int fd = openat(dfd, s, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC |
-	                            (append ? O_APPEND : 0),
+	int fd = openat(dfd, s,
+	                O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC |
+	                        (append ? O_APPEND : 0),
 	                0666);
 	int saved = errno;
 	close(dfd);
 	if (fd < 0)
 		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel,
-		                    saved == ELOOP   ? "a symbolic link: refused"
-		                    : saved == ENXIO ? "a FIFO: refused"
-		                                     : strerror(saved));
+		                    saved == ELOOP           ? "a symbolic link: refused"
+		                            : saved == ENXIO ? "a FIFO: refused"
+		                                             : strerror(saved));
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
 		close(fd);
-		return script_error(L, "kvscope.write: %s/%s: not a regular file of its own (a "
+		return script_error(L,
+		                    "kvscope.write: %s/%s: not a regular file of its own (a "
 		                    "device, a FIFO or a hard link): refused",
 		                    rt->results_dir, rel);
 	}
 	if (!append && ftruncate(fd, 0) != 0) {
 		saved = errno;
 		close(fd);
-		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel,
-		                    strerror(saved));
+		return script_error(L, "kvscope.write: %s/%s: %s", rt->results_dir, rel, strerror(saved));
 	}
 	return fd;
 }
@@ -534,9 +536,10 @@ static int api_write(lua_State *L)
 	if (strlen(rel) != rlen)
 		return script_error(L, "kvscope.write: the path '%s...' holds a NUL byte: refused", rel);
 	if (!api_path_ok(rel))
-		return script_error(L, "kvscope.write: '%s' refused (expected a relative path of letters, "
-		                     "digits, '.', '-', '_' under the results directory, no '..')",
-		                  rel);
+		return script_error(L,
+		                    "kvscope.write: '%s' refused (expected a relative path of letters, "
+		                    "digits, '.', '-', '_' under the results directory, no '..')",
+		                    rel);
 	if (strcmp(mode, "w") != 0 && strcmp(mode, "a") != 0)
 		return script_error(L, "kvscope.write: mode '%s' (expected \"w\" or \"a\")", mode);
 	int fd = api_open_result(L, rt, rel, mode[0] == 'a');
@@ -634,5 +637,8 @@ static const struct api_type api_view_types[] = {
 };
 
 const struct api_lib api_view_lib = {
-	api_view_fns, KVS_ARRAY_LEN(api_view_fns), api_view_types, KVS_ARRAY_LEN(api_view_types),
+	api_view_fns,
+	KVS_ARRAY_LEN(api_view_fns),
+	api_view_types,
+	KVS_ARRAY_LEN(api_view_types),
 };

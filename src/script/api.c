@@ -53,9 +53,10 @@ static int api_call(lua_State *L)
 	if (P->closing)
 		return script_error(L, "kvscope.%s: the plugin is being unloaded", f->name);
 	if (f->tier == API_DEFERRED && P->fast > 0)
-		return script_error(L, "kvscope.%s is deferred: it cannot run inside a fast hook (%s); "
-		                     "call it through kvscope.schedule(fn)",
-		                  f->name, P->fast_what ? P->fast_what : "?");
+		return script_error(L,
+		                    "kvscope.%s is deferred: it cannot run inside a fast hook (%s); "
+		                    "call it through kvscope.schedule(fn)",
+		                    f->name, P->fast_what ? P->fast_what : "?");
 	P->active = L;
 	int n = f->fn(L);
 	if (P->exit_status >= 0)
@@ -94,7 +95,8 @@ static const struct {
 	const char *name, *args, *doc;
 } api_events[SEV_COUNT] = {
 	[SEV_TOKEN] = { "token", "(tok)",
-	                "fast: each reply token; tok.id, text, position, pos, surprisal, entropy, role, "
+	                "fast: each reply token; tok.id, text, position, pos, surprisal, entropy, "
+	                "role, "
 	                "turn, eog (read-only, valid during the call)" },
 	[SEV_TURN_START] = { "turn_start", "(index, text)", "fast: an exchange begins" },
 	[SEV_TURN_END] = { "turn_end", "(turn)",
@@ -110,8 +112,9 @@ static const struct {
 	                    "query (its position), rows (whether rows were captured)" },
 	[SEV_MODEL_LOADED] = { "model_loaded", "(info)",
 	                       "main loop: a model was loaded; info as session:info()" },
-	[SEV_KEY] = { "key", "(name)", "main loop: a key the front end did not use; return true to "
-	                               "consume it" },
+	[SEV_KEY] = { "key", "(name)",
+	              "main loop: a key the front end did not use; return true to "
+	              "consume it" },
 	[SEV_UNLOAD] = { "unload", "()", "main loop: the plugin is being unloaded" },
 };
 
@@ -214,11 +217,13 @@ int api_doc(FILE *fp, struct err *e)
 {
 	(void)e;
 	fprintf(fp, "# kvscope Lua API (version %d)\n\n", SCRIPT_API_VERSION);
-	fprintf(fp, "Generated from the API table in src/script/api.c by `kvscope run --api-doc`; "
-	            "do not edit.\nThe user guide is doc/lua.md.\n\n");
-	fprintf(fp, "Tiers: **fast** functions may be called anywhere, fast hooks included; "
-	            "**deferred** ones change state and run only on the main loop (from a fast hook, "
-	            "wrap the call in `kvscope.schedule(fn)`).\n\n");
+	fprintf(fp,
+	        "Generated from the API table in src/script/api.c by `kvscope run --api-doc`; "
+	        "do not edit.\nThe user guide is doc/lua.md.\n\n");
+	fprintf(fp,
+	        "Tiers: **fast** functions may be called anywhere, fast hooks included; "
+	        "**deferred** ones change state and run only on the main loop (from a fast hook, "
+	        "wrap the call in `kvscope.schedule(fn)`).\n\n");
 	fprintf(fp, "## Events (`kvscope.on(event, fn [, priority])`)\n\n");
 	fprintf(fp, "| event | arguments | when |\n|---|---|---|\n");
 	for (int i = 0; i < SEV_COUNT; i++) {

@@ -106,8 +106,9 @@ static int policy_copy_new(struct script_rt *rt, const struct script_policy *pol
 	struct script_policy *cpol = policy_find(crt, pol->name);
 	if (cpol == NULL || cpol->p != P) {
 		script_rt_free(crt);
-		return err_set(e, KVS_ESTATE, "Lua policy %s: plugin %s does not register it when it "
-		                              "loads, so it cannot run on another thread",
+		return err_set(e, KVS_ESTATE,
+		               "Lua policy %s: plugin %s does not register it when it "
+		               "loads, so it cannot run on another thread",
 		               pol->name, pol->p->name);
 	}
 	struct script_copy *cp = xcalloc(1, sizeof *cp);
@@ -129,8 +130,9 @@ int script_policy_scorer(struct script_rt *rt, const char *name, struct kv_score
 	if (pol == NULL)
 		return err_set(e, KVS_ENOTFOUND, "no Lua retention policy named %s is registered", name);
 	if (pol->p->is_script)
-		return err_set(e, KVS_EARG, "Lua policy %s belongs to the script %s: it runs only in the "
-		                            "sessions the script opens",
+		return err_set(e, KVS_EARG,
+		               "Lua policy %s belongs to the script %s: it runs only in the "
+		               "sessions the script opens",
 		               name, pol->p->name);
 	struct script_copy *cp;
 	int rc = policy_copy_new(rt, pol, &cp, e);
@@ -189,7 +191,8 @@ void policy_copies_post(struct script_rt *rt, const struct script_plugin *P, con
 		if (retire) {
 			/* its owner has not called for a long while: what it would run
 			 * first is bounded, so the copy stops and its policy falls back */
-			script_notify(rt, NULL, "Lua policy %s stopped: its plugin's commands queued more "
+			script_notify(rt, NULL,
+			              "Lua policy %s stopped: its plugin's commands queued more "
 			              "than %d KiB for it before the policy was called again",
 			              cp->name, POLICY_INBOX_MAX_BYTES >> 10);
 			policy_copy_retire(cp);
@@ -251,8 +254,9 @@ static int policy_copy_score(void *ud, const struct kv_tok *toks, uint32_t n, ui
 		               cp->name);
 	}
 	if (!mine)
-		return err_set(e, KVS_ESTATE, "Lua policy %s runs on the thread that first called it, "
-		                              "not on this one (ask script_policy_scorer for another)",
+		return err_set(e, KVS_ESTATE,
+		               "Lua policy %s runs on the thread that first called it, "
+		               "not on this one (ask script_policy_scorer for another)",
 		               cp->name);
 	cp->rt->thread = self;
 	for (size_t i = 0; i < n_inbox; i++) {

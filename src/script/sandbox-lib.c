@@ -57,8 +57,9 @@ static int sandbox_string_rep(lua_State *L)
 	double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
 	double left = (double)(P->mem_cap - KVS_MIN(P->mem + P->host, P->mem_cap));
 	if (total > left)
-		return script_error(L, "string.rep: a result of %.0f bytes exceeds the plugin's memory "
-		                       "left (%.0f of its %zu KiB cap)",
+		return script_error(L,
+		                    "string.rep: a result of %.0f bytes exceeds the plugin's memory "
+		                    "left (%.0f of its %zu KiB cap)",
 		                    total, left, P->mem_cap >> 10);
 	size_t size = (size_t)total, unit = l + lsep;
 	luaL_Buffer b;
@@ -126,9 +127,7 @@ static int sandbox_table_insert(lua_State *L)
 	unsigned steps = 0;
 	lua_Integer pos;
 	switch (lua_gettop(L)) {
-	case 2:
-		pos = e;
-		break;
+	case 2: pos = e; break;
 	case 3:
 		pos = luaL_checkinteger(L, 2);
 		luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
@@ -138,8 +137,7 @@ static int sandbox_table_insert(lua_State *L)
 			sandbox_step(L, &steps);
 		}
 		break;
-	default:
-		return luaL_error(L, "wrong number of arguments to 'insert'");
+	default: return luaL_error(L, "wrong number of arguments to 'insert'");
 	}
 	lua_seti(L, 1, pos);
 	return 0;
@@ -151,8 +149,7 @@ static int sandbox_table_remove(lua_State *L)
 	lua_Integer pos = luaL_optinteger(L, 2, size);
 	unsigned steps = 0;
 	if (pos != size)
-		luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2,
-		              "position out of bounds");
+		luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
 	lua_geti(L, 1, pos);
 	for (; pos < size; pos++) {
 		lua_geti(L, 1, pos + 1);
@@ -270,7 +267,7 @@ static void sandbox_sort_sift(lua_State *L, lua_Integer i, lua_Integer n, unsign
 				lua_pop(L, 1);
 			}
 		}
-		lua_geti(L, 1, i);                    /* child, parent */
+		lua_geti(L, 1, i); /* child, parent */
 		if (!sandbox_sort_less(L, -1, -2)) {
 			lua_pop(L, 2);
 			return;
@@ -378,8 +375,9 @@ static int sandbox_setmetatable(lua_State *L)
 	if (lua_type(L, 2) == LUA_TTABLE) {
 		lua_pushliteral(L, "__gc");
 		if (lua_rawget(L, 2) != LUA_TNIL)
-			return script_error(L, "setmetatable: __gc finalizers are not available to plugins "
-			                       "(Lua runs them outside any time budget)");
+			return script_error(L,
+			                    "setmetatable: __gc finalizers are not available to plugins "
+			                    "(Lua runs them outside any time budget)");
 		lua_pop(L, 1);
 	}
 	lua_settop(L, 2);
@@ -394,7 +392,7 @@ static int sandbox_setmetatable(lua_State *L)
 /* One guarded function: lib.name = fn, fn's upvalue the library's own
  * function when keep. */
 struct sandbox_guard {
-	const char *lib;  /* NULL: a global */
+	const char *lib; /* NULL: a global */
 	const char *name;
 	lua_CFunction fn;
 	bool keep;

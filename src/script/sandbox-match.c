@@ -24,10 +24,10 @@
 #include <ctype.h>
 #include <string.h>
 
-#define MATCH_MAXCAP 32     /* captures in one pattern (LUA_MAXCAPTURES) */
-#define MATCH_DEPTH 200     /* nested items before "pattern too complex" */
-#define MATCH_OPEN (-1)     /* a capture's len while it is open */
-#define MATCH_POS (-2)      /* a position capture's len */
+#define MATCH_MAXCAP 32 /* captures in one pattern (LUA_MAXCAPTURES) */
+#define MATCH_DEPTH 200 /* nested items before "pattern too complex" */
+#define MATCH_OPEN (-1) /* a capture's len while it is open */
+#define MATCH_POS (-2)  /* a position capture's len */
 #define MATCH_SPECIALS "^$*+?.([%-"
 
 #define U(c) ((unsigned char)(c))
@@ -42,7 +42,7 @@ struct match {
 	int level;                 /* captures open or closed */
 	struct {
 		const char *at;
-		ptrdiff_t len;     /* MATCH_OPEN, MATCH_POS or a length */
+		ptrdiff_t len; /* MATCH_OPEN, MATCH_POS or a length */
 	} cap[MATCH_MAXCAP];
 };
 
@@ -57,9 +57,9 @@ static const struct {
 	char cl;
 	int (*is)(int);
 } match_classes[] = {
-	{ 'a', isalpha }, { 'c', iscntrl }, { 'd', isdigit }, { 'g', isgraph }, { 'l', islower },
-	{ 'p', ispunct }, { 's', isspace }, { 'u', isupper }, { 'w', isalnum }, { 'x', isxdigit },
-	{ 'z', match_iszero },
+	{ 'a', isalpha }, { 'c', iscntrl },  { 'd', isdigit },      { 'g', isgraph },
+	{ 'l', islower }, { 'p', ispunct },  { 's', isspace },      { 'u', isupper },
+	{ 'w', isalnum }, { 'x', isxdigit }, { 'z', match_iszero },
 };
 
 /* One step of work: a deadline check every SANDBOX_STEPS. */
@@ -148,14 +148,10 @@ static bool match_single(const struct match *m, const char *s, const char *p, co
 		return false;
 	int c = U(*s);
 	switch (*p) {
-	case '.':
-		return true;
-	case '%':
-		return match_class(c, U(p[1]));
-	case '[':
-		return match_set(c, p, ep - 1);
-	default:
-		return U(*p) == c;
+	case '.': return true;
+	case '%': return match_class(c, U(p[1]));
+	case '[': return match_set(c, p, ep - 1);
+	default: return U(*p) == c;
 	}
 }
 
@@ -442,8 +438,8 @@ static int match_match(lua_State *L)
 
 /* gmatch's iterator state: offsets into its subject (upvalue 1). */
 struct match_gm {
-	size_t at;      /* where the next search starts */
-	size_t last;    /* where the last match ended */
+	size_t at;   /* where the next search starts */
+	size_t last; /* where the last match ended */
 	bool has_last;
 };
 
@@ -547,9 +543,9 @@ static int match_gsub(lua_State *L)
 	lua_Integer max_n = luaL_optinteger(L, 4, (lua_Integer)ls + 1), n = 0;
 	const char *last = NULL;
 	bool changed = false;
-	luaL_argexpected(L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION ||
-	                        tr == LUA_TTABLE,
-	                 3, "string/function/table");
+	luaL_argexpected(
+	        L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION || tr == LUA_TTABLE, 3,
+	        "string/function/table");
 	bool anchor = lp > 0 && *p == '^';
 	if (anchor) {
 		p++;
@@ -588,11 +584,8 @@ static int match_gsub(lua_State *L)
 void sandbox_match_open(lua_State *L, int G)
 {
 	static const luaL_Reg fns[] = {
-		{ "find", match_find },
-		{ "match", match_match },
-		{ "gmatch", match_gmatch },
-		{ "gsub", match_gsub },
-		{ NULL, NULL },
+		{ "find", match_find }, { "match", match_match }, { "gmatch", match_gmatch },
+		{ "gsub", match_gsub }, { NULL, NULL },
 	};
 	lua_getfield(L, G, "string");
 	luaL_setfuncs(L, fns, 0);

@@ -186,11 +186,12 @@ static int sandbox_load(lua_State *L)
 	if (s == NULL)
 		return script_error(L, "load: expected a string chunk, got %s", luaL_typename(L, 1));
 	if (strcmp(mode, "t") != 0)
-		return script_error(L, "load: mode '%s' refused: plugins load text chunks only (mode \"t\")",
-		                  mode);
+		return script_error(
+		        L, "load: mode '%s' refused: plugins load text chunks only (mode \"t\")", mode);
 	if (!lua_isnoneornil(L, 4))
-		return script_error(L, "load: an environment argument is refused: chunks run in the "
-		                     "plugin's own environment");
+		return script_error(L,
+		                    "load: an environment argument is refused: chunks run in the "
+		                    "plugin's own environment");
 	struct sandbox_chunk c = { s, len };
 	if (lua_load(L, sandbox_read, &c, name, "t") != LUA_OK) {
 		lua_pushnil(L);
@@ -205,8 +206,8 @@ static int sandbox_require(lua_State *L)
 {
 	const char *name = luaL_checkstring(L, 1);
 	if (strcmp(name, "kvscope") != 0)
-		return script_error(L, "require: module '%s' is not available to plugins (only \"kvscope\")",
-		                  name);
+		return script_error(
+		        L, "require: module '%s' is not available to plugins (only \"kvscope\")", name);
 	lua_getfield(L, LUA_REGISTRYINDEX, "kvscope.module");
 	return 1;
 }
@@ -228,9 +229,9 @@ static int sandbox_collectgarbage(lua_State *L)
 }
 
 static const char *const sandbox_base_names[] = {
-	"assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
-	"rawlen", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "xpcall",
-	"_VERSION",
+	"assert",       "error",    "getmetatable", "ipairs", "next",   "pairs",
+	"pcall",        "rawequal", "rawget",       "rawlen", "rawset", "select",
+	"setmetatable", "tonumber", "tostring",     "type",   "xpcall", "_VERSION",
 };
 
 static const char *const sandbox_lib_names[] = { "table", "math", "utf8", "coroutine", "string" };
@@ -274,8 +275,11 @@ void sandbox_open(lua_State *L)
 	lua_pop(L, 1);
 	lua_setfield(L, E, "os");
 	static const luaL_Reg own[] = {
-		{ "print", sandbox_print }, { "load", sandbox_load }, { "require", sandbox_require },
-		{ "collectgarbage", sandbox_collectgarbage }, { NULL, NULL },
+		{ "print", sandbox_print },
+		{ "load", sandbox_load },
+		{ "require", sandbox_require },
+		{ "collectgarbage", sandbox_collectgarbage },
+		{ NULL, NULL },
 	};
 	lua_pushvalue(L, E);
 	luaL_setfuncs(L, own, 0);

@@ -38,12 +38,12 @@
 
 #define SCRIPT_API_VERSION 1
 #define SCRIPT_LOG_LINES 256
-#define SCRIPT_HOOK_COUNT 1000 /* instructions between deadline checks */
-#define SCRIPT_ABANDON_MS 2000 /* a plugin call this late (10 budgets at least) disables it */
-#define SANDBOX_STEPS 1024     /* loop steps of a guarded C function between deadline checks */
+#define SCRIPT_HOOK_COUNT 1000   /* instructions between deadline checks */
+#define SCRIPT_ABANDON_MS 2000   /* a plugin call this late (10 budgets at least) disables it */
+#define SANDBOX_STEPS 1024       /* loop steps of a guarded C function between deadline checks */
 #define SANDBOX_LOAD_PIECE 65536 /* bytes load's parser reads between deadline checks */
 #define SCRIPT_SRC_MAX ((size_t)4 << 20) /* bytes of a plugin's source, at most */
-#define SCRIPT_SESSIONS_MAX 4   /* sessions a plugin has open at once, at most */
+#define SCRIPT_SESSIONS_MAX 4            /* sessions a plugin has open at once, at most */
 
 /* Events plugins hook with kvscope.on (names in script_event_names). */
 enum script_event {
@@ -65,10 +65,10 @@ extern const bool script_event_fast[SEV_COUNT];
 struct script_plugin {
 	struct script_rt *rt;
 	char *name, *path;
-	char *src, *chunk;        /* the main chunk's text and name (copies run it again) */
+	char *src, *chunk; /* the main chunk's text and name (copies run it again) */
 	size_t src_len;
 	lua_State *L;
-	lua_State *active;        /* the thread inside an API call now (nested calls use it) */
+	lua_State *active; /* the thread inside an API call now (nested calls use it) */
 	bool is_script;
 	/* Memory. mem: bytes of the Lua state; host: bytes the host holds for
 	 * the plugin (its source, views, commands, hooks, timers, scheduled
@@ -76,21 +76,21 @@ struct script_plugin {
 	 * stays within mem_cap: the state's allocator and script_charge refuse
 	 * what would pass it. */
 	size_t mem, host, mem_cap;
-	uint32_t n_sessions;      /* sessions it opened, not yet closed (SCRIPT_SESSIONS_MAX) */
-	bool closing;             /* its state is being closed: the API refuses every call */
-	double deadline;          /* clock_now_ms of the current call's deadline; 0 none */
-	double budget_ms;         /* of the current call, for the message */
+	uint32_t n_sessions; /* sessions it opened, not yet closed (SCRIPT_SESSIONS_MAX) */
+	bool closing;        /* its state is being closed: the API refuses every call */
+	double deadline;     /* clock_now_ms of the current call's deadline; 0 none */
+	double budget_ms;    /* of the current call, for the message */
 	bool overrun;
-	int depth;                /* calls into the state in progress */
-	int fast;                 /* fast-tier calls in progress */
-	const char *fast_what;    /* the outermost fast call's event */
+	int depth;             /* calls into the state in progress */
+	int fast;              /* fast-tier calls in progress */
+	const char *fast_what; /* the outermost fast call's event */
 	uint32_t n_errors, consecutive;
 	bool disabled;
 	char *disabled_why;
-	int exit_status;          /* a script's kvscope.exit status; -1 until it exits */
-	int exit_key;             /* registry ref of the string "kvscope_exit" (LUA_NOREF before set-up) */
-	bool in_main;             /* its main chunk runs */
-	bool timed_out;           /* a script's main chunk overran --timeout */
+	int exit_status; /* a script's kvscope.exit status; -1 until it exits */
+	int exit_key;    /* registry ref of the string "kvscope_exit" (LUA_NOREF before set-up) */
+	bool in_main;    /* its main chunk runs */
+	bool timed_out;  /* a script's main chunk overran --timeout */
 	char *log[SCRIPT_LOG_LINES]; /* ring */
 	size_t log_n, log_head;
 	char *status;
@@ -101,8 +101,8 @@ struct script_plugin {
 
 struct script_hook {
 	enum script_event ev;
-	int priority;             /* higher first */
-	struct script_plugin *p;  /* NULL once its plugin is gone (then dead) */
+	int priority;            /* higher first */
+	struct script_plugin *p; /* NULL once its plugin is gone (then dead) */
 	int ref;
 	uint64_t id, seq;
 	bool dead;
@@ -112,7 +112,7 @@ struct script_timer {
 	struct script_plugin *p;
 	int ref;
 	uint64_t id;
-	double due, interval_ms;  /* interval 0: one-shot */
+	double due, interval_ms; /* interval 0: one-shot */
 	bool dead;
 };
 
@@ -124,7 +124,7 @@ struct script_sched {
 struct script_cmd {
 	char *name, *help;
 	struct script_plugin *p;
-	int ref, complete_ref;    /* complete_ref LUA_NOREF: no completion */
+	int ref, complete_ref; /* complete_ref LUA_NOREF: no completion */
 };
 
 /* A Lua retention policy. Slots live until the runtime is freed (score
@@ -142,18 +142,18 @@ struct script_policy {
  * shell lives until the main runtime is freed (a score provider points at
  * it); its runtime goes earlier. */
 struct script_copy {
-	char *name;               /* the policy's (the provider's name points here) */
+	char *name;                     /* the policy's (the provider's name points here) */
 	const struct script_plugin *of; /* main thread: the plugin copied; compared only */
-	struct script_copy *next; /* main thread: the runtime's list */
+	struct script_copy *next;       /* main thread: the runtime's list */
 	/* The owner's (the main thread's until claimed): */
-	struct script_rt *rt;     /* the copy's runtime; NULL once closed */
+	struct script_rt *rt;      /* the copy's runtime; NULL once closed */
 	struct script_policy *pol; /* the policy's slot in rt */
 	/* Under mu: */
 	pthread_mutex_t mu;
 	bool claimed;
-	pthread_t owner;          /* when claimed */
-	bool retired;             /* its plugin was unloaded or disabled */
-	char **inbox;             /* (n_inbox) commands to run first: "name\0args" */
+	pthread_t owner; /* when claimed */
+	bool retired;    /* its plugin was unloaded or disabled */
+	char **inbox;    /* (n_inbox) commands to run first: "name\0args" */
 	size_t n_inbox, inbox_bytes;
 };
 
@@ -168,26 +168,26 @@ struct script_viewrec {
 struct api_session {
 	struct script_plugin *p;
 	struct session *s;
-	bool owned;               /* opened by the plugin (closed with it) */
-	const char *running;      /* the driving call in progress ("chat"), or NULL */
-	const char *phase;        /* of it: "hooks", "turn_end hook" */
-	bool cut;                 /* the call's reply was cancelled at its deadline */
+	bool owned;                   /* opened by the plugin (closed with it) */
+	const char *running;          /* the driving call in progress ("chat"), or NULL */
+	const char *phase;            /* of it: "hooks", "turn_end hook" */
+	bool cut;                     /* the call's reply was cancelled at its deadline */
 	struct script_policy *policy; /* Lua policy installed, or NULL */
-	size_t charged;           /* bytes counted in p->host for it (owned sessions) */
-	size_t system_len;        /* of the system prompt it was given, NUL included */
+	size_t charged;               /* bytes counted in p->host for it (owned sessions) */
+	size_t system_len;            /* of the system prompt it was given, NUL included */
 	struct api_session *next;
 };
 
 struct script_rt {
 	struct script_config cfg;
-	pthread_t thread;         /* the owner: its states run on no other thread */
+	pthread_t thread; /* the owner: its states run on no other thread */
 	char *results_dir, *system;
 	struct script_plugin **plugins;
 	size_t n_plugins;
 	struct script_hook *hooks;
 	size_t n_hooks, cap_hooks;
-	int dispatching;          /* dispatch depth: dead hooks are freed at 0 */
-	bool closing;             /* script_rt_free runs: no plugin loads */
+	int dispatching; /* dispatch depth: dead hooks are freed at 0 */
+	bool closing;    /* script_rt_free runs: no plugin loads */
 	uint64_t seq, next_id;
 	struct script_timer *timers;
 	size_t n_timers, cap_timers;
@@ -204,7 +204,7 @@ struct script_rt {
 	struct session *current;
 	const struct kv_tok *step_toks; /* the cache's tokens during a step event (api sessions) */
 	uint32_t step_n;
-	const struct vocab *vocab;    /* of the last session seen, to render token text */
+	const struct vocab *vocab; /* of the last session seen, to render token text */
 	char *datadir;
 };
 
@@ -221,8 +221,7 @@ bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bo
  * push(L, ud) pushes (returning their count) inside the protected call, so
  * that nothing allocates in the state outside one. */
 bool script_call(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
-                 void *ud, int nres, bool fast, const char *what, double budget_ms,
-                 struct err *e);
+                 void *ud, int nres, bool fast, const char *what, double budget_ms, struct err *e);
 /* The thread to push a nested call on. */
 lua_State *script_thread(struct script_plugin *P);
 /* Count n more bytes that the host holds for L's plugin in its memory cap;
@@ -245,16 +244,17 @@ lua_Integer script_optint(lua_State *L, int idx, const char *what, lua_Integer d
                           lua_Integer hi);
 /* Every state's lent data is stale now (an event ended, a cache changed). */
 void script_stale(struct script_rt *rt);
-void script_log(struct script_plugin *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void script_log(struct script_plugin *P, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
 /* Push the running function's arguments as one string, through tostring,
  * separated by sep (print and kvscope.log). */
 void script_concat_args(lua_State *L, char sep);
 void script_notify(struct script_rt *rt, struct script_plugin *P, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 /* Dispatch ev to the hooks: push(L, ud) pushes the arguments and returns
  * their count; a hook returning true stops the dispatch (returns true). */
-bool script_dispatch(struct script_rt *rt, enum script_event ev, int (*push)(lua_State *L, void *ud),
-                     void *ud);
+bool script_dispatch(struct script_rt *rt, enum script_event ev,
+                     int (*push)(lua_State *L, void *ud), void *ud);
 /* Load P's source again as a plugin of runtime to (a copy); *out is the
  * new plugin. */
 int script_plugin_copy(struct script_rt *to, const struct script_plugin *P,
@@ -316,10 +316,10 @@ enum api_kind { API_C = 0, API_LUA };
  * of row "NAME" is api_NAME (api_s_NAME for "session:NAME", api_view_NAME
  * for "view:NAME"); API_LUA rows are defined by lua/kvscope.lua. */
 struct api_fn {
-	const char *name;   /* "on", "policy.register", "session:chat" */
+	const char *name; /* "on", "policy.register", "session:chat" */
 	enum api_tier tier;
 	enum api_kind kind;
-	const char *args;   /* synopsis after the name */
+	const char *args; /* synopsis after the name */
 	const char *doc;
 	lua_CFunction fn;
 };
@@ -327,8 +327,8 @@ struct api_fn {
 /* A userdata type: the metatable registered as tname; its methods are the
  * "obj:NAME" rows of the same file, or index answers every field. */
 struct api_type {
-	const char *tname;  /* "kvscope.session" */
-	const char *obj;    /* "session", or NULL (index) */
+	const char *tname; /* "kvscope.session" */
+	const char *obj;   /* "session", or NULL (index) */
 	lua_CFunction index, len, gc;
 };
 
@@ -342,7 +342,7 @@ struct api_lib {
 };
 
 extern const struct api_lib api_loop_lib, api_view_lib, api_policy_lib, api_session_lib,
-    api_token_lib;
+        api_token_lib;
 
 /* Build the kvscope module in P's state and leave it on the stack. */
 int api_open(lua_State *L);

@@ -38,7 +38,10 @@ const char *const script_event_names[SEV_COUNT] = {
 };
 
 const bool script_event_fast[SEV_COUNT] = {
-	[SEV_TOKEN] = true, [SEV_TURN_START] = true, [SEV_EVICT] = true, [SEV_ATTENTION] = true,
+	[SEV_TOKEN] = true,
+	[SEV_TURN_START] = true,
+	[SEV_EVICT] = true,
+	[SEV_ATTENTION] = true,
 };
 
 bool script_available(void)
@@ -87,8 +90,8 @@ lua_Integer script_int(lua_State *L, int idx, const char *what, lua_Integer lo, 
 
 	if (!isint || v < lo || v > hi) {
 		const char *got = lua_type(L, idx) == LUA_TNUMBER || lua_type(L, idx) == LUA_TSTRING
-		                      ? luaL_tolstring(L, idx, NULL)
-		                      : luaL_typename(L, idx);
+		        ? luaL_tolstring(L, idx, NULL)
+		        : luaL_typename(L, idx);
 		script_error(L, "%s: %s: expected an integer in %lld..%lld", what, got, (long long)lo,
 		             (long long)hi);
 	}
@@ -108,8 +111,9 @@ void script_charge(lua_State *L, size_t n, const char *what)
 	if (P->mem + P->host + n > P->mem_cap) {
 		lua_gc(L, LUA_GCCOLLECT); /* its garbage may be what fills the cap */
 		if (P->mem + P->host + n > P->mem_cap)
-			script_error(L, "%s: the plugin's memory cap of %zu KiB is reached (%zu KiB in Lua, "
-			                "%zu KiB held for it by kvscope, %zu KiB more asked)",
+			script_error(L,
+			             "%s: the plugin's memory cap of %zu KiB is reached (%zu KiB in Lua, "
+			             "%zu KiB held for it by kvscope, %zu KiB more asked)",
 			             what, P->mem_cap >> 10, P->mem >> 10, P->host >> 10, (n + 1023) >> 10);
 	}
 	P->host += n;
@@ -178,8 +182,9 @@ static int script_msgh(lua_State *L)
 		lua_rawget(L, 1);
 		const char *v = lua_type(L, -1) == LUA_TNUMBER ? script_error_text(L, -1, buf, sizeof buf)
 		                                               : luaL_typename(L, -1);
-		msg = lua_pushfstring(L, "error{kvscope_exit = %s}: an exit request needs an integer "
-		                         "status in 0..125 (call kvscope.exit(status))",
+		msg = lua_pushfstring(L,
+		                      "error{kvscope_exit = %s}: an exit request needs an integer "
+		                      "status in 0..125 (call kvscope.exit(status))",
 		                      v);
 	} else if (lua_type(L, 1) != LUA_TTABLE && lua_type(L, 1) != LUA_TUSERDATA) {
 		msg = script_error_text(L, 1, buf, sizeof buf);
@@ -264,8 +269,8 @@ static void script_disable(struct script_plugin *P, const char *why)
 	free(P->disabled_why);
 	P->disabled_why = xstrdup(why);
 	script_log(P, "disabled: %s", why);
-	script_notify(P->rt, P, "plugin %s disabled: %s (:plugin reload %s to try again)", P->name,
-	              why, P->name);
+	script_notify(P->rt, P, "plugin %s disabled: %s (:plugin reload %s to try again)", P->name, why,
+	              P->name);
 }
 
 /* -------------------------------------------------------------- calls */
@@ -396,8 +401,7 @@ static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
 		/* the enclosing call overran: it reports (and counts) that once */
 		script_log(P, "error in %s: %s", what, msg);
 		size_t first = strcspn(msg, "\n");
-		err_set(e, KVS_ESTATE, "plugin %s: %s: %.*s", P->name, what, (int)KVS_MIN(first, 400),
-		        msg);
+		err_set(e, KVS_ESTATE, "plugin %s: %s: %.*s", P->name, what, (int)KVS_MIN(first, 400), msg);
 		return false;
 	}
 	if (overrun && P->is_script && P->depth == 0 && P->in_main) {
@@ -437,7 +441,8 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 	/* plugins only: a script's errors end up in its own results or its exit */
 	if (P->consecutive >= rt->cfg.max_errors && !P->disabled && !P->is_script) {
 		char why[512];
-		snprintf(why, sizeof why, "%u consecutive errors, overruns or bad results (last in %s: %.*s)",
+		snprintf(why, sizeof why,
+		         "%u consecutive errors, overruns or bad results (last in %s: %.*s)",
 		         P->consecutive, what, (int)KVS_MIN(first, 300), msg);
 		script_disable(P, why);
 	}
@@ -445,9 +450,9 @@ void script_failed(struct script_plugin *P, const char *what, const char *msg, s
 
 /* What a new state's set-up is given (script_setup). */
 struct script_setup_args {
-	const char *side;          /* lua/kvscope.lua's text */
+	const char *side; /* lua/kvscope.lua's text */
 	size_t side_len;
-	int argc;                  /* a script's arguments (kvscope.args), -1: a plugin */
+	int argc; /* a script's arguments (kvscope.args), -1: a plugin */
 	char **argv;
 	const char *arg0;
 };
@@ -655,9 +660,9 @@ static int script_syntax_error(lua_State *L, const char *path, const char *src, 
  * with argv as kvscope.args); path is the file it came from (NULL: text
  * given directly, e.g. :lua), chunk the name Lua's messages give it. Takes
  * name. */
-static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
-                             const char *chunk, const char *src, size_t len, bool is_script,
-                             int argc, char **argv, struct script_plugin **out, struct err *e)
+static int script_plugin_new(struct script_rt *rt, char *name, const char *path, const char *chunk,
+                             const char *src, size_t len, bool is_script, int argc, char **argv,
+                             struct script_plugin **out, struct err *e)
 {
 	char *side = NULL, *sidepath;
 	size_t side_len;
@@ -709,7 +714,7 @@ static int script_plugin_new(struct script_rt *rt, char *name, const char *path,
 	}
 	lua_State *L = P->L;
 	struct script_setup_args sa = { side, side_len, is_script ? argc : -1, argv,
-		                        path ? path : P->name };
+		                            path ? path : P->name };
 	lua_pushcfunction(L, script_setup);
 	bool ok = script_call(P, L, script_push_setup, &sa, 0, false, "set-up", rt->cfg.load_ms, e);
 	if (ok) {
@@ -788,8 +793,8 @@ int script_load_text(struct script_rt *rt, const char *name, const char *code, s
 	struct script_plugin *P;
 	size_t len = strlen(code);
 	if (len > script_src_max(rt))
-		return err_set(e, KVS_EARG, "plugin %s: %zu bytes of code, expected at most %zu", name,
-		               len, script_src_max(rt));
+		return err_set(e, KVS_EARG, "plugin %s: %zu bytes of code, expected at most %zu", name, len,
+		               script_src_max(rt));
 	char *chunk = xasprintf("=%s", name);
 	int rc = script_plugin_new(rt, xstrdup(name), NULL, chunk, code, len, false, 0, NULL, &P, e);
 	free(chunk);
@@ -799,8 +804,8 @@ int script_load_text(struct script_rt *rt, const char *name, const char *code, s
 int script_plugin_copy(struct script_rt *to, const struct script_plugin *P,
                        struct script_plugin **out, struct err *e)
 {
-	return script_plugin_new(to, xstrdup(P->name), P->path, P->chunk, P->src, P->src_len, false,
-	                         0, NULL, out, e);
+	return script_plugin_new(to, xstrdup(P->name), P->path, P->chunk, P->src, P->src_len, false, 0,
+	                         NULL, out, e);
 }
 
 /* Load every *.lua in dir (sorted). */
@@ -863,8 +868,7 @@ int script_reload(struct script_rt *rt, const char *name, struct err *e)
 	if (P == NULL)
 		return err_set(e, KVS_ENOTFOUND, "no plugin named %s is loaded", name);
 	if (P->path == NULL)
-		return err_set(e, KVS_EARG, "plugin %s was given as text, not a file: load it again",
-		               name);
+		return err_set(e, KVS_EARG, "plugin %s was given as text, not a file: load it again", name);
 	char *path = xstrdup(P->path);
 	int rc = script_unload(rt, name, e);
 	if (rc == KVS_OK)
@@ -1003,7 +1007,7 @@ static void script_hooks_settle(struct script_rt *rt)
 struct script_share {
 	const struct script_plugin *p;
 	double used_ms;
-	bool spent;                /* told: its remaining hooks were skipped */
+	bool spent; /* told: its remaining hooks were skipped */
 };
 
 /* P's entry in shares (*n of them, grown as needed). */
@@ -1037,8 +1041,10 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev,
 		if (left <= 0) {
 			if (!sh->spent) {
 				char msg[160];
-				snprintf(msg, sizeof msg, "its %s hooks used the %.0f ms budget of one event; "
-				         "the rest were skipped", script_event_names[ev], rt->cfg.hook_ms);
+				snprintf(msg, sizeof msg,
+				         "its %s hooks used the %.0f ms budget of one event; "
+				         "the rest were skipped",
+				         script_event_names[ev], rt->cfg.hook_ms);
 				sh->spent = true;
 				script_failed(P, script_event_names[ev], msg, NULL);
 			}

@@ -37,18 +37,18 @@
 bool script_available(void);
 
 struct script_config {
-	struct gen_config gen;    /* defaults for the sessions scripts open */
-	const char *system;       /* their system prompt (NULL: the template's) */
-	uint32_t max_tokens;      /* their reply length (default 256) */
-	size_t mem_cap;           /* bytes per plugin state (default 64 MiB) */
-	double hook_ms;           /* deadline of one hook, command or timer call (default 50) */
-	double load_ms;           /* deadline of a plugin's main chunk (default 1000) */
-	double script_ms;         /* deadline of a script's main chunk (0: none) */
-	uint32_t max_errors;      /* consecutive errors, overruns or bad policy results before
+	struct gen_config gen;   /* defaults for the sessions scripts open */
+	const char *system;      /* their system prompt (NULL: the template's) */
+	uint32_t max_tokens;     /* their reply length (default 256) */
+	size_t mem_cap;          /* bytes per plugin state (default 64 MiB) */
+	double hook_ms;          /* deadline of one hook, command or timer call (default 50) */
+	double load_ms;          /* deadline of a plugin's main chunk (default 1000) */
+	double script_ms;        /* deadline of a script's main chunk (0: none) */
+	uint32_t max_errors;     /* consecutive errors, overruns or bad policy results before
 	                           * disabling (default 3) */
-	const char *results_dir;  /* where kvscope.write puts files (default "results") */
-	const char *db_path;      /* the session database kvscope.store_* read (NULL: the default) */
-	bool headless;            /* kvscope run: print goes to stdout, progress to stderr */
+	const char *results_dir; /* where kvscope.write puts files (default "results") */
+	const char *db_path;     /* the session database kvscope.store_* read (NULL: the default) */
+	bool headless;           /* kvscope run: print goes to stdout, progress to stderr */
 	/* Messages for the user (a plugin disabled, a policy fell back): the
 	 * front end shows them (TUI status line, stderr for kvscope run). A Lua
 	 * policy running on a worker thread may call it from there. */
@@ -86,13 +86,13 @@ int script_unload(struct script_rt *rt, const char *name, struct err *e);
 int script_reload(struct script_rt *rt, const char *name, struct err *e);
 
 struct script_plugin_info {
-	const char *name, *path;  /* path: NULL for a plugin given as text */
+	const char *name, *path; /* path: NULL for a plugin given as text */
 	bool enabled;
 	const char *disabled_why; /* when disabled */
 	uint32_t n_errors;        /* errors and overruns since loading */
 	size_t mem_bytes;         /* counted in its memory cap: its Lua state's and host_bytes */
-	size_t host_bytes;        /* what kvscope holds for it (views, commands, sessions' turns, ...) */
-	bool is_script;           /* loaded by kvscope run */
+	size_t host_bytes; /* what kvscope holds for it (views, commands, sessions' turns, ...) */
+	bool is_script;    /* loaded by kvscope run */
 };
 
 size_t script_plugin_count(const struct script_rt *rt);
@@ -151,11 +151,11 @@ enum script_item_kind { SCRIPT_ITEM_TEXT = 0, SCRIPT_ITEM_BAR, SCRIPT_ITEM_HEATM
 
 struct script_item {
 	enum script_item_kind kind;
-	char *text;               /* TEXT: the line; BAR, HEATMAP: the label */
-	double value, max;        /* BAR: value in [0, max] */
-	uint32_t rows, cols;      /* HEATMAP */
-	float *cells;             /* HEATMAP: (rows, cols) */
-	float lo, hi;             /* HEATMAP: the value range (min and max of cells) */
+	char *text;          /* TEXT: the line; BAR, HEATMAP: the label */
+	double value, max;   /* BAR: value in [0, max] */
+	uint32_t rows, cols; /* HEATMAP */
+	float *cells;        /* HEATMAP: (rows, cols) */
+	float lo, hi;        /* HEATMAP: the value range (min and max of cells) */
 };
 
 struct script_view {
@@ -163,7 +163,7 @@ struct script_view {
 	const char *plugin;
 	struct script_item *items; /* (n_items) top to bottom */
 	size_t n_items, cap_items;
-	uint64_t version;          /* bumped on every change: redraw when it moved */
+	uint64_t version; /* bumped on every change: redraw when it moved */
 };
 
 size_t script_view_count(const struct script_rt *rt);

@@ -7,8 +7,10 @@
 
 #include <stdlib.h>
 
-#define NOSTORE(e) err_set(e, KVS_EUNSUPPORTED, \
-	"sessions are not available: kvscope was built without SQLite (configure --with-sqlite)")
+#define NOSTORE(e)                                                                     \
+	err_set(e, KVS_EUNSUPPORTED,                                                       \
+	        "sessions are not available: kvscope was built without SQLite (configure " \
+	        "--with-sqlite)")
 
 bool store_available(void)
 {
@@ -28,12 +30,32 @@ int store_open(struct store **out, const char *path, enum store_mode mode, struc
 }
 
 /* Nothing below is reachable without a store from store_open. */
-void store_close(struct store *s) { (void)s; }
-const char *store_path(const struct store *s) { (void)s; return ""; }
-void store_set_busy_timeout(struct store *s, int ms) { (void)s, (void)ms; }
-int store_schema_version(const struct store *s) { (void)s; return 0; }
-int store_schema_latest(void) { return 0; }
-void store_session_free(struct store_session *s) { (void)s; }
+void store_close(struct store *s)
+{
+	(void)s;
+}
+const char *store_path(const struct store *s)
+{
+	(void)s;
+	return "";
+}
+void store_set_busy_timeout(struct store *s, int ms)
+{
+	(void)s, (void)ms;
+}
+int store_schema_version(const struct store *s)
+{
+	(void)s;
+	return 0;
+}
+int store_schema_latest(void)
+{
+	return 0;
+}
+void store_session_free(struct store_session *s)
+{
+	(void)s;
+}
 
 int store_session_create(struct store *s, const struct store_session *in, int64_t *id,
                          struct err *e)
@@ -113,11 +135,28 @@ int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct k
 	return NOSTORE(e);
 }
 
-void store_rec_free(struct store_rec *r) { (void)r; }
-void store_rec_event(struct store_rec *r, const struct kv_event *ev) { (void)r, (void)ev; }
-void store_rec_turn(struct store_rec *r, const struct store_turn *t) { (void)r, (void)t; }
-uint32_t store_rec_pending(const struct store_rec *r) { (void)r; return 0; }
-uint32_t store_rec_n_turns(const struct store_rec *r) { (void)r; return 0; }
+void store_rec_free(struct store_rec *r)
+{
+	(void)r;
+}
+void store_rec_event(struct store_rec *r, const struct kv_event *ev)
+{
+	(void)r, (void)ev;
+}
+void store_rec_turn(struct store_rec *r, const struct store_turn *t)
+{
+	(void)r, (void)t;
+}
+uint32_t store_rec_pending(const struct store_rec *r)
+{
+	(void)r;
+	return 0;
+}
+uint32_t store_rec_n_turns(const struct store_rec *r)
+{
+	(void)r;
+	return 0;
+}
 
 int store_rec_commit(struct store_rec *r, struct err *e)
 {

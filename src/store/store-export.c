@@ -199,17 +199,10 @@ static void md_quote(FILE *fp, const char *s)
 static void json_col(FILE *fp, sqlite3_stmt *st, int i)
 {
 	switch (sqlite3_column_type(st, i)) {
-	case SQLITE_INTEGER:
-		fprintf(fp, "%lld", (long long)sqlite3_column_int64(st, i));
-		break;
-	case SQLITE_FLOAT:
-		json_num(fp, false, sqlite3_column_double(st, i));
-		break;
-	case SQLITE_NULL:
-		fputs("null", fp);
-		break;
-	default:
-		json_str(fp, (const char *)sqlite3_column_text(st, i));
+	case SQLITE_INTEGER: fprintf(fp, "%lld", (long long)sqlite3_column_int64(st, i)); break;
+	case SQLITE_FLOAT: json_num(fp, false, sqlite3_column_double(st, i)); break;
+	case SQLITE_NULL: fputs("null", fp); break;
+	default: json_str(fp, (const char *)sqlite3_column_text(st, i));
 	}
 }
 
@@ -272,8 +265,8 @@ static int export_events(struct store *s, int64_t id, int64_t turn, enum store_f
 		return rc;
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_int64(st, 2, turn);
-	static const char *const names[] = { "kind", "cause", "policy", "n_tokens", "n_incoming",
-		                             "fallback", "detail", "at" };
+	static const char *const names[] = { "kind",       "cause",    "policy", "n_tokens",
+		                                 "n_incoming", "fallback", "detail", "at" };
 	int r = SQLITE_DONE, k = 0;
 	if (fmt == STORE_FMT_JSON)
 		fputc('[', fp);
@@ -382,8 +375,8 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 		fprintf(fp, ", budget %u tokens, context %u; sampler ", ss.budget, ss.n_ctx);
 		md_text(fp, ss.sampler, 0);
 		fputs(".\n", fp);
-		fprintf(fp, "%u tokens entered the cache, %u are kept now, %u were evicted.\n",
-		        ss.n_tokens, ss.n_kept, ss.n_tokens - ss.n_kept);
+		fprintf(fp, "%u tokens entered the cache, %u are kept now, %u were evicted.\n", ss.n_tokens,
+		        ss.n_kept, ss.n_tokens - ss.n_kept);
 		if (ss.system)
 			fprintf(fp, "\nSystem prompt:\n\n"), md_quote(fp, ss.system);
 	}
@@ -400,10 +393,10 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 		while (rc == KVS_OK && !ferror(fp) && (r = sqlite3_step(st)) == SQLITE_ROW) {
 			int64_t idx = sqlite3_column_int64(st, 0);
 			if (fmt == STORE_FMT_JSON) {
-				static const char *const names[] = { "index", "user", "reply", "n_prompt",
-					                             "n_reply", "prefill_ms", "decode_ms", "stop",
-					                             "complete", "started", "tokens",
-					                             "tokens_evicted" };
+				static const char *const names[] = { "index",     "user",    "reply",
+					                                 "n_prompt",  "n_reply", "prefill_ms",
+					                                 "decode_ms", "stop",    "complete",
+					                                 "started",   "tokens",  "tokens_evicted" };
 				fputs(k++ ? ",{" : "{", fp);
 				for (int c = 0; c < 12; c++) {
 					fprintf(fp, "%s\"%s\":", c ? "," : "", names[c]);

@@ -23,9 +23,9 @@
 struct store {
 	sqlite3 *db;
 	char *path;
-	char *snapdir;  /* PATH-kv */
-	int version;    /* PRAGMA user_version of the open database */
-	bool ro;        /* opened STORE_RO */
+	char *snapdir; /* PATH-kv */
+	int version;   /* PRAGMA user_version of the open database */
+	bool ro;       /* opened STORE_RO */
 };
 
 /* ---- store.c: the machinery ---- */

@@ -22,7 +22,7 @@
 /* A copied memory event waiting for its commit. */
 struct rec_event {
 	enum kv_event_kind kind;
-	uint32_t turn;           /* turn index during which it happened */
+	uint32_t turn; /* turn index during which it happened */
 	uint32_t epoch;
 	double at;
 	enum kv_evict_cause cause;
@@ -30,13 +30,13 @@ struct rec_event {
 	char *fallback;
 	uint32_t n_incoming;
 	uint32_t n;
-	struct kv_tok *toks;     /* (n): evicted, or the pinned token */
+	struct kv_tok *toks; /* (n): evicted, or the pinned token */
 };
 
 struct rec_turn {
-	struct store_turn t;     /* strings owned */
+	struct store_turn t; /* strings owned */
 	uint32_t epoch;
-	int32_t end_pos;         /* next_pos when it was queued */
+	int32_t end_pos; /* next_pos when it was queued */
 };
 
 struct store_rec {
@@ -44,18 +44,18 @@ struct store_rec {
 	int64_t id;
 	struct kv_cache *kv;
 	bool snapshots;
-	uint32_t n_turns;        /* committed */
-	uint32_t epoch;          /* current */
+	uint32_t n_turns; /* committed */
+	uint32_t epoch;   /* current */
 	uint32_t committed_epoch;
-	int32_t committed_pos;   /* tokens below it (committed_epoch) have rows */
-	uint64_t seen_mark;      /* n_seen last observed: a drop means the cache was cleared */
+	int32_t committed_pos; /* tokens below it (committed_epoch) have rows */
+	uint64_t seen_mark;    /* n_seen last observed: a drop means the cache was cleared */
 	struct rec_event *ev;
 	size_t n_ev, cap_ev;
 	struct rec_turn *turns;
 	size_t n_pending, cap_turns;
-	char snap_sha[65];       /* the snapshot the database refers to ("" none) */
-	struct kv_tok *last;     /* (n_last) the cache as of the last commit: rows that */
-	uint32_t n_last;         /* still match it need no update */
+	char snap_sha[65];   /* the snapshot the database refers to ("" none) */
+	struct kv_tok *last; /* (n_last) the cache as of the last commit: rows that */
+	uint32_t n_last;     /* still match it need no update */
 };
 
 int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct kv_cache *kv,
@@ -215,7 +215,8 @@ uint32_t store_rec_n_turns(const struct store_rec *r)
 static uint32_t rec_token_turn(const struct store_rec *r, uint32_t epoch, int32_t orig_pos)
 {
 	for (size_t i = 0; i < r->n_pending; i++)
-		if (r->turns[i].epoch > epoch || (r->turns[i].epoch == epoch && orig_pos < r->turns[i].end_pos))
+		if (r->turns[i].epoch > epoch ||
+		    (r->turns[i].epoch == epoch && orig_pos < r->turns[i].end_pos))
 			return r->n_turns + (uint32_t)i;
 	return r->n_turns + (uint32_t)(r->n_pending ? r->n_pending - 1 : 0);
 }
@@ -282,14 +283,10 @@ static char *rec_detail(const struct rec_event *ev)
 static const char *rec_kind_name(const struct rec_event *ev)
 {
 	switch (ev->kind) {
-	case KV_EVENT_EVICT:
-		return "evict";
-	case KV_EVENT_POLICY:
-		return "policy";
-	case KV_EVENT_PIN:
-		return ev->n && (ev->toks[0].flags & KV_FLAG_PINNED) ? "pin" : "unpin";
-	default:
-		return "reset";
+	case KV_EVENT_EVICT: return "evict";
+	case KV_EVENT_POLICY: return "policy";
+	case KV_EVENT_PIN: return ev->n && (ev->toks[0].flags & KV_FLAG_PINNED) ? "pin" : "unpin";
+	default: return "reset";
 	}
 }
 
@@ -586,9 +583,9 @@ int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char *
 		*user = store_col_str(st, 0);
 		*reply = store_col_str(st, 1);
 	} else {
-		rc = r == SQLITE_DONE ? err_set(e, KVS_ENOTFOUND, "session %lld has no turn %u",
-		                                (long long)id, i)
-		                      : store_fail(s, r, "reading a turn", e);
+		rc = r == SQLITE_DONE
+		        ? err_set(e, KVS_ENOTFOUND, "session %lld has no turn %u", (long long)id, i)
+		        : store_fail(s, r, "reading a turn", e);
 	}
 	sqlite3_finalize(st);
 	return rc;

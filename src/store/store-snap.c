@@ -123,12 +123,12 @@ int store_snap_sweep(struct store *s, struct err *e)
 /* The fixed part of a snapshot file (native byte order; the magic's
  * version changes when this does). */
 struct snap_head {
-	char magic[8];           /* SNAP_MAGIC */
-	uint32_t kv_type;        /* enum engine_kv_type */
-	uint32_t n;              /* tokens */
+	char magic[8];    /* SNAP_MAGIC */
+	uint32_t kv_type; /* enum engine_kv_type */
+	uint32_t n;       /* tokens */
 	uint64_t bytes_per_slot;
-	uint32_t n_vocab;        /* logits that follow, 0: none */
-	uint32_t acc_stride;     /* accumulators per token that follow, 0: none */
+	uint32_t n_vocab;    /* logits that follow, 0: none */
+	uint32_t acc_stride; /* accumulators per token that follow, 0: none */
 	char model_sha256[64];
 };
 
@@ -170,7 +170,7 @@ static int snap_tmp_open(int dfd, char name[64])
  * Every file operation is relative to the directory opened without
  * following a link (snap_dir_open). */
 int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha, char sha[65],
-                     uint64_t *bytes, struct err *e)
+                    uint64_t *bytes, struct err *e)
 {
 	struct engine *eng = kv_cache_engine(kv);
 	const struct hparams *hp = &engine_model(eng)->hp;
@@ -237,7 +237,7 @@ int store_snap_save(struct store *s, struct kv_cache *kv, const char *model_sha,
 		unlinkat(dfd, name, 0);
 	close(dfd);
 	*bytes = sizeof h + (uint64_t)n * (12 + h.bytes_per_slot) + h.n_vocab * 4ull +
-	         (uint64_t)n * h.acc_stride * 4;
+	        (uint64_t)n * h.acc_stride * 4;
 	free(tmp);
 	return rc;
 }
@@ -284,7 +284,7 @@ static int snap_load(struct store *s, const char *sha, const char *model_sha,
 	}
 	memcpy(&h, buf, sizeof h);
 	uint64_t need = sizeof h + (uint64_t)h.n * (12 + h.bytes_per_slot) + h.n_vocab * 4ull +
-	                (uint64_t)h.n * h.acc_stride * 4;
+	        (uint64_t)h.n * h.acc_stride * 4;
 	if (memcmp(h.magic, SNAP_MAGIC, 8) != 0 || need != len) {
 		snprintf(why, why_cap, "snapshot %.12s has an unknown format", sha);
 		goto out;
@@ -395,11 +395,14 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 			t->role = (uint8_t)sqlite3_column_int64(st, 4);
 			t->flags = (uint8_t)sqlite3_column_int64(st, 5);
 			t->surprisal = sqlite3_column_type(st, 6) == SQLITE_NULL
-			                   ? NAN : (float)sqlite3_column_double(st, 6);
+			        ? NAN
+			        : (float)sqlite3_column_double(st, 6);
 			t->entropy = sqlite3_column_type(st, 7) == SQLITE_NULL
-			                 ? NAN : (float)sqlite3_column_double(st, 7);
+			        ? NAN
+			        : (float)sqlite3_column_double(st, 7);
 			t->score = sqlite3_column_type(st, 8) == SQLITE_NULL
-			               ? NAN : (float)sqlite3_column_double(st, 8);
+			        ? NAN
+			        : (float)sqlite3_column_double(st, 8);
 		}
 		if (r != SQLITE_DONE)
 			rc = store_fail(s, r, "reading the retained tokens", e);

@@ -38,7 +38,7 @@ char *store_text_escape(const char *s, unsigned keep)
 		uint32_t cp = 0;
 		size_t k = utf8_decode(p + i, n - i, &cp);
 		bool kept = (cp == '\n' && (keep & STORE_TEXT_KEEP_NL)) ||
-		            (cp == '\t' && (keep & STORE_TEXT_KEEP_TAB));
+		        (cp == '\t' && (keep & STORE_TEXT_KEEP_TAB));
 		if (k > 0 && (kept || !store_text_is_control(cp))) {
 			memcpy(out + o, p + i, k);
 			o += k;

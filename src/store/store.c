@@ -100,18 +100,14 @@ int store_fail(struct store *s, int rc, const char *what, struct err *e)
 		               "%s: %s: the database is locked by another kvscope writer (waited for it; "
 		               "try again when it is done)",
 		               s->path, what);
-	case SQLITE_FULL:
-		return err_set(e, KVS_EIO, "%s: %s: the disk is full", s->path, what);
-	case SQLITE_IOERR:
-		return err_set(e, KVS_EIO, "%s: %s: I/O error (%s)", s->path, what, msg);
+	case SQLITE_FULL: return err_set(e, KVS_EIO, "%s: %s: the disk is full", s->path, what);
+	case SQLITE_IOERR: return err_set(e, KVS_EIO, "%s: %s: I/O error (%s)", s->path, what, msg);
 	case SQLITE_CORRUPT:
 	case SQLITE_NOTADB:
-		return err_set(e, KVS_EFORMAT, "%s: %s: the database is damaged (%s)", s->path, what,
-		               msg);
+		return err_set(e, KVS_EFORMAT, "%s: %s: the database is damaged (%s)", s->path, what, msg);
 	case SQLITE_READONLY:
 		return err_set(e, KVS_EIO, "%s: %s: the database is read-only (%s)", s->path, what, msg);
-	default:
-		return err_set(e, KVS_EIO, "%s: %s: %s", s->path, what, msg);
+	default: return err_set(e, KVS_EIO, "%s: %s: %s", s->path, what, msg);
 	}
 }
 
@@ -159,9 +155,9 @@ int store_step_session(struct store *s, sqlite3_stmt *st, int64_t id, struct err
 	int r = sqlite3_step(st);
 	if (r == SQLITE_ROW)
 		return KVS_OK;
-	int rc = r == SQLITE_DONE ? err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path,
-	                                    (long long)id)
-	                          : store_fail(s, r, "reading a session", e);
+	int rc = r == SQLITE_DONE
+	        ? err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path, (long long)id)
+	        : store_fail(s, r, "reading a session", e);
 	sqlite3_finalize(st);
 	return rc;
 }
@@ -181,8 +177,7 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 		return err_set(e, KVS_EIO, "%s: cannot stat: %s", path, strerror(errno));
 	}
 	if (!S_ISREG(sb.st_mode))
-		return err_set(e, KVS_EFORMAT, "%s: not a regular file; expected a kvscope database",
-		               path);
+		return err_set(e, KVS_EFORMAT, "%s: not a regular file; expected a kvscope database", path);
 	if (sb.st_size == 0)
 		return KVS_OK; /* SQLite treats an empty file as a new database */
 	*exists = true;
@@ -201,7 +196,7 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 	if (page == 1)
 		page = 65536;
 	uint32_t npages = (uint32_t)head[28] << 24 | (uint32_t)head[29] << 16 |
-	                  (uint32_t)head[30] << 8 | head[31];
+	        (uint32_t)head[30] << 8 | head[31];
 	bool count_valid = memcmp(head + 24, head + 92, 4) == 0 && npages > 0;
 	if (page < 512 || (page & (page - 1)) != 0 || sb.st_size % page != 0 ||
 	    (count_valid && (uint64_t)sb.st_size < (uint64_t)npages * page))
@@ -216,8 +211,7 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 /* The application id, the schema version and the number of tables (a
  * foreign database has tables without our id), read in one statement: one
  * snapshot, so another process's migration is seen whole or not at all. */
-static int store_identity(struct store *s, int64_t *app, int64_t *ver, int64_t *ntab,
-                          struct err *e)
+static int store_identity(struct store *s, int64_t *app, int64_t *ver, int64_t *ntab, struct err *e)
 {
 	sqlite3_stmt *st;
 	int rc = store_prepare(s,
@@ -521,12 +515,12 @@ int store_session_create(struct store *s, const struct store_session *in, int64_
 	return KVS_OK;
 }
 
-#define SESSION_COLS                                                                            \
-	"s.id, s.title, s.model_path, s.model_sha256, s.arch, s.policy, s.budget, s.n_ctx, "       \
-	"s.sampler, s.system, s.created, s.updated, "                                               \
-	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id), "                                \
-	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id AND NOT t.complete), "             \
-	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id), "                               \
+#define SESSION_COLS                                                                     \
+	"s.id, s.title, s.model_path, s.model_sha256, s.arch, s.policy, s.budget, s.n_ctx, " \
+	"s.sampler, s.system, s.created, s.updated, "                                        \
+	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id), "                         \
+	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id AND NOT t.complete), "      \
+	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id), "                        \
 	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id AND k.epoch = s.epoch AND k.kept)"
 
 static void session_row(sqlite3_stmt *st, struct store_session *o)
@@ -574,8 +568,9 @@ int store_session_list(struct store *s, struct store_session **out, size_t *n, s
 	size_t cap = 0;
 	*out = NULL;
 	*n = 0;
-	int rc = store_prepare(s, "SELECT " SESSION_COLS " FROM sessions s ORDER BY s.updated DESC, "
-	                          "s.id DESC",
+	int rc = store_prepare(s,
+	                       "SELECT " SESSION_COLS " FROM sessions s ORDER BY s.updated DESC, "
+	                       "s.id DESC",
 	                       &st, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -610,9 +605,9 @@ int store_session_find(struct store *s, const char *key, int64_t *id, struct err
 	}
 	const char *sql = numeric ? "SELECT id FROM sessions WHERE id = ?1 UNION ALL "
 	                            "SELECT id FROM sessions WHERE title = ?2"
-	                  : key ? "SELECT id FROM sessions WHERE title = ?2 ORDER BY "
-	                          "updated DESC, id DESC"
-	                        : "SELECT id FROM sessions ORDER BY updated DESC, id DESC";
+	        : key             ? "SELECT id FROM sessions WHERE title = ?2 ORDER BY "
+	                            "updated DESC, id DESC"
+	                          : "SELECT id FROM sessions ORDER BY updated DESC, id DESC";
 	int rc = store_prepare(s, sql, &st, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -674,8 +669,7 @@ int store_session_delete(struct store *s, int64_t id, struct err *e)
 		if (r != SQLITE_DONE)
 			rc = store_fail(s, r, "deleting a session", e);
 		else if (sqlite3_changes(s->db) == 0)
-			rc = err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path,
-			             (long long)id);
+			rc = err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path, (long long)id);
 		sqlite3_finalize(st);
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -717,8 +711,9 @@ int store_model_sha256(struct store *s, const char *path, char out[65], struct e
 	if (stat(path, &sb) != 0)
 		return err_set(e, KVS_EIO, "%s: cannot stat: %s", path, strerror(errno));
 	int64_t mtime = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
-	int rc = store_prepare(s, "SELECT sha256 FROM model_files WHERE path = ? AND size = ? AND "
-	                          "mtime_ns = ?",
+	int rc = store_prepare(s,
+	                       "SELECT sha256 FROM model_files WHERE path = ? AND size = ? AND "
+	                       "mtime_ns = ?",
 	                       &st, e);
 	if (rc != KVS_OK)
 		return rc;

@@ -33,8 +33,8 @@
 struct store;
 
 enum store_mode {
-	STORE_RW = 0,  /* create the file when missing, migrate forward */
-	STORE_RO,      /* readers: list, show, export (never creates or alters) */
+	STORE_RW = 0, /* create the file when missing, migrate forward */
+	STORE_RO,     /* readers: list, show, export (never creates or alters) */
 };
 
 /* Whether this build has the store (false: built without SQLite). */
@@ -81,7 +81,7 @@ struct store_session {
 	int64_t id;
 	char *title;
 	char *model_path, *model_sha256, *arch;
-	char *policy;            /* kv_policy_format */
+	char *policy; /* kv_policy_format */
 	uint32_t budget, n_ctx;
 	char *sampler;           /* "temp=0.8 top-k=40 ..." */
 	char *system;            /* system prompt or NULL */
@@ -126,13 +126,13 @@ int store_export(struct store *s, int64_t id, enum store_format fmt, const struc
 /* A finished (or interrupted) turn, as the chat saw it. */
 struct store_turn {
 	const char *user, *reply;
-	const char *stop;        /* gen_stop_name */
-	bool complete;           /* false: the reply was interrupted or failed */
-	bool restarted;          /* the cache was cleared before this turn */
+	const char *stop; /* gen_stop_name */
+	bool complete;    /* false: the reply was interrupted or failed */
+	bool restarted;   /* the cache was cleared before this turn */
 	uint32_t n_prompt, n_reply;
 	double prefill_ms, decode_ms;
-	double started;          /* seconds since the epoch */
-	int32_t end_pos;         /* the original position after its last token: the cache's tokens
+	double started;  /* seconds since the epoch */
+	int32_t end_pos; /* the original position after its last token: the cache's tokens
 	                          * before it belong to it; 0: the cache's next position (a turn
 	                          * just finished); negative: none (an earlier epoch's turn) */
 };
@@ -162,9 +162,9 @@ uint32_t store_rec_n_turns(const struct store_rec *r);
 /* ---- resuming ---- */
 
 struct store_resume_info {
-	uint32_t n_tokens;       /* tokens restored */
-	bool from_snapshot;      /* false: recomputed from the token ids */
-	char why[200];           /* why no snapshot was used, when not */
+	uint32_t n_tokens;  /* tokens restored */
+	bool from_snapshot; /* false: recomputed from the token ids */
+	char why[200];      /* why no snapshot was used, when not */
 };
 
 /* Restore session id's retained cache into kv (on an engine of the same

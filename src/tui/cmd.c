@@ -62,8 +62,7 @@ static bool cmd_confirm(struct tui_ctx *c, const char *cmd, const char *what)
 	if (n == 0 || strcmp(c->armed_prev, cmd) == 0)
 		return false;
 	snprintf(c->t->armed, sizeof c->t->armed, "%s", cmd);
-	tui_status(c->t, true,
-	           "%u exchange%s not saved: :save [TITLE] keeps %s; :%s again %s", n,
+	tui_status(c->t, true, "%u exchange%s not saved: :save [TITLE] keeps %s; :%s again %s", n,
 	           n == 1 ? " is" : "s are", n == 1 ? "it" : "them", cmd, what);
 	return true;
 }
@@ -185,7 +184,8 @@ static int x_budget(struct tui_ctx *c, int argc, char **argv)
 	long long v;
 
 	if (argc != 2 || !cmd_uint(argv[1], UINT32_MAX, &v))
-		return cmd_fail(c, ":budget: expected a number of tokens (0: every slot), e.g. :budget 512");
+		return cmd_fail(c,
+		                ":budget: expected a number of tokens (0: every slot), e.g. :budget 512");
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = v });
 	return KVS_OK;
 }
@@ -273,8 +273,9 @@ static int x_pin_common(struct tui_ctx *c, int argc, char **argv, bool pin)
 
 	if (argc == 1) {
 		if (c->t->sel_tok < 0)
-			return cmd_fail(c, ":%s: select a token in the retention strip first, or give its "
-			                   "position (:%s POS)",
+			return cmd_fail(c,
+			                ":%s: select a token in the retention strip first, or give its "
+			                "position (:%s POS)",
 			                pin ? "pin" : "unpin", pin ? "pin" : "unpin");
 		v = c->t->sel_tok;
 	} else if (argc != 2 || !cmd_uint(argv[1], INT32_MAX, &v)) {
@@ -396,11 +397,13 @@ static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
 	path = c->t->db_path[0] ? xstrdup(c->t->db_path) : store_default_path();
 	rc = store_open(&st, path, STORE_RO, &e);
 	if (rc == KVS_ENOTFOUND && strcmp(cmd, "sessions") == 0)
-		tui_status(c->t, false, "no saved sessions yet in %s: :save [TITLE] saves this "
-		                        "conversation there", path);
+		tui_status(c->t, false,
+		           "no saved sessions yet in %s: :save [TITLE] saves this "
+		           "conversation there",
+		           path);
 	else if (rc == KVS_ENOTFOUND)
-		cmd_fail(c, ":%s: no saved sessions yet in %s (:save [TITLE] saves this conversation)",
-		         cmd, path);
+		cmd_fail(c, ":%s: no saved sessions yet in %s (:save [TITLE] saves this conversation)", cmd,
+		         path);
 	else if (rc != KVS_OK)
 		cmd_fail(c, ":%s: %s", cmd, e.msg);
 	if (rc != KVS_OK)
@@ -437,9 +440,9 @@ static int x_sessions(struct tui_ctx *c, int argc, char **argv)
 	free(ss);
 	store_close(st);
 	if (n == 0)
-		tui_status(c->t, false, "no saved sessions yet%s", c->t->saving ?
-		           " (this conversation is saved from its first exchange)" :
-		           ": :save [TITLE] saves this conversation");
+		tui_status(c->t, false, "no saved sessions yet%s",
+		           c->t->saving ? " (this conversation is saved from its first exchange)"
+		                        : ": :save [TITLE] saves this conversation");
 	else
 		tui_status(c->t, false, "%zu saved session%s: %s", n, n == 1 ? "" : "s", buf);
 	return KVS_OK;
@@ -597,8 +600,9 @@ static int x_plugin(struct tui_ctx *c, int argc, char **argv)
 
 	if (strcmp(sub, "list") != 0 && strcmp(sub, "load") != 0 && strcmp(sub, "unload") != 0 &&
 	    strcmp(sub, "reload") != 0 && strcmp(sub, "log") != 0)
-		return cmd_fail(c, ":plugin: expected list, load NAME|FILE, unload NAME, reload NAME or "
-		                   "log NAME");
+		return cmd_fail(c,
+		                ":plugin: expected list, load NAME|FILE, unload NAME, reload NAME or "
+		                "log NAME");
 	if ((rt = cmd_rt(c, "plugin")) == NULL)
 		return KVS_EUNSUPPORTED;
 	if (strcmp(sub, "list") == 0) {
@@ -723,12 +727,15 @@ static int x_yank(struct tui_ctx *c, int argc, char **argv)
 	text = tui_chat_text(c->t, all);
 	if (text == NULL || text[0] == '\0') {
 		free(text);
-		return cmd_fail(c, ":yank: nothing to copy yet (%s)", all ? "the chat is empty" : "no reply");
+		return cmd_fail(c, ":yank: nothing to copy yet (%s)",
+		                all ? "the chat is empty" : "no reply");
 	}
 	free(c->t->yank);
 	c->t->yank = text;
-	tui_status(c->t, false, "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
-	                        "on)", strlen(text));
+	tui_status(c->t, false,
+	           "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
+	           "on)",
+	           strlen(text));
 	return KVS_OK;
 }
 
@@ -739,9 +746,11 @@ static int x_mouse(struct tui_ctx *c, int argc, char **argv)
 		c->t->mouse_off = strcmp(argv[1], "off") == 0;
 	else if (argc != 1)
 		return cmd_fail(c, ":mouse: expected on or off");
-	tui_status(c->t, false, "%s", c->t->mouse_off
-	                                  ? "mouse off: the terminal selects text (:mouse on to click and scroll here)"
-	                                  : "mouse on: clicks select tokens, the wheel scrolls (:mouse off to select text)");
+	tui_status(c->t, false, "%s",
+	           c->t->mouse_off
+	                   ? "mouse off: the terminal selects text (:mouse on to click and scroll here)"
+	                   : "mouse on: clicks select tokens, the wheel scrolls (:mouse off to select "
+	                     "text)");
 	return KVS_OK;
 }
 
@@ -763,29 +772,41 @@ static int x_quit(struct tui_ctx *c, int argc, char **argv)
 }
 
 static const struct tui_cmd tui_cmds[] = {
-	{ "policy", "[NAME [k=v ...]]", "switch the KV retention policy (none: show it)", comp_policy, x_policy },
+	{ "policy", "[NAME [k=v ...]]", "switch the KV retention policy (none: show it)", comp_policy,
+	  x_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", NULL, x_budget },
-	{ "len", "[N[w|t]|LEVEL|off]", "length target of the next replies (words, tokens, a Ruler level)", NULL, x_len },
+	{ "len", "[N[w|t]|LEVEL|off]",
+	  "length target of the next replies (words, tokens, a Ruler level)", NULL, x_len },
 	{ "max", "N", "the most tokens a reply may have (a hard cap)", NULL, x_max },
 	{ "layer", "N", "attention pane: layer", NULL, x_layer },
 	{ "head", "N", "attention pane: head", NULL, x_head },
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
-	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows", comp_overview, x_overview },
-	{ "sel", "POS|turn N|first|last|off", "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
-	{ "find", "[TEXT]", "select the next token where TEXT begins in the retention strip (alone: again)", NULL, x_find },
+	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows",
+	  comp_overview, x_overview },
+	{ "sel", "POS|turn N|first|last|off",
+	  "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
+	{ "find", "[TEXT]",
+	  "select the next token where TEXT begins in the retention strip (alone: again)", NULL,
+	  x_find },
 	{ "pin", "[POS]", "pin the selected token (or POS): never evicted", NULL, x_pin },
 	{ "unpin", "[POS]", "unpin the selected token (or POS)", NULL, x_unpin },
 	{ "new", "", "start a new conversation", NULL, x_new },
 	{ "sessions", "", "list the saved sessions", NULL, x_sessions },
-	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL, x_load },
-	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones); when saving, retitle it", NULL, x_save },
+	{ "load", "ID|TITLE", "resume a saved session (its retained KV cache and its transcript)", NULL,
+	  x_load },
+	{ "save", "[TITLE]",
+	  "save this conversation (its exchanges so far and the next ones); when saving, retitle it",
+	  NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua', kvscope preloaded)", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
 	{ "theme", "[dark|light]", "switch the colour theme", comp_theme, x_theme },
-	{ "yank", "[all]", "copy the last reply (all: the whole chat) to the clipboard (OSC 52)", NULL, x_yank },
-	{ "mouse", "[on|off]", "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here", comp_onoff, x_mouse },
+	{ "yank", "[all]", "copy the last reply (all: the whole chat) to the clipboard (OSC 52)", NULL,
+	  x_yank },
+	{ "mouse", "[on|off]",
+	  "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here",
+	  comp_onoff, x_mouse },
 	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
 	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
 	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
@@ -981,10 +1002,16 @@ static const struct {
 	{ "F6/F7, F8/F9", "attention pane: layer -/+, head -/+" },
 	{ "F10, F11", "one head / mean / max over heads; the overview metric" },
 	{ "Shift-Up/Down", "an earlier / later query token in the attention pane" },
-	{ "Shift-Left/Right, click", "select a token in the retention strip (a click beside the tokens, or on the selected one, lets go)" },
-	{ "Esc", "let go of the selected token (the strip follows the live tail again); back to the latest attention step; close the help" },
-	{ "PgUp/PgDn", "scroll the chat; with a token selected (or on the retention tab), page the strip" },
-	{ "mouse wheel", "scroll the chat (over the strip: move the selection; in the help: scroll it)" },
+	{ "Shift-Left/Right, click",
+	  "select a token in the retention strip (a click beside the tokens, or on the selected one, "
+	  "lets go)" },
+	{ "Esc",
+	  "let go of the selected token (the strip follows the live tail again); back to the latest "
+	  "attention step; close the help" },
+	{ "PgUp/PgDn",
+	  "scroll the chat; with a token selected (or on the retention tab), page the strip" },
+	{ "mouse wheel",
+	  "scroll the chat (over the strip: move the selection; in the help: scroll it)" },
 	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
 	{ "Shift-Home/End", "the first token; let go (the live tail)" },
 	{ "Ctrl-L", "redraw the screen" },

@@ -30,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define TUI_FRAME_MS 33.0     /* the shortest interval between frames (30 a second) */
+#define TUI_FRAME_MS 33.0      /* the shortest interval between frames (30 a second) */
 #define TUI_FRAME_MAX_MS 250.0 /* the longest, whatever a frame costs */
 #define TUI_DRAW_SHARE 0.03    /* of the wall time drawing may take */
 /* Clicks and the wheel, no motion: the least tracking that serves them */
@@ -77,19 +77,19 @@ struct tui_term {
 	attr_t attr[R_COUNT];
 	const struct tui_theme *applied;
 	bool full_redraw;
-	bool armed_quit;            /* Ctrl-C on an empty line: another one quits */
-	bool mouse_off;             /* the mask applied (tui.mouse_off when drawn) */
+	bool armed_quit; /* Ctrl-C on an empty line: another one quits */
+	bool mouse_off;  /* the mask applied (tui.mouse_off when drawn) */
 	double last_draw_ms;
 	bool dirty;
-	FILE *screen_out;           /* the terminal curses writes to */
+	FILE *screen_out; /* the terminal curses writes to */
 	/* plugin messages (script_config.notify may come from the worker) */
 	pthread_mutex_t note_mu;
 	char note[256];
 	bool have_note;
 	uint32_t n_frames;
-	double frame_ms;            /* spent drawing, all frames */
-	double apply_ms;            /* spent applying events */
-	double cost_ms;             /* a frame's cost, smoothed */
+	double frame_ms; /* spent drawing, all frames */
+	double apply_ms; /* spent applying events */
+	double cost_ms;  /* a frame's cost, smoothed */
 	/* bench */
 	bool bench_exit, bench_sent, bench_done;
 	double bench_tps;
@@ -250,7 +250,7 @@ static void tui_frame(struct tui_term *tt)
 	tt->n_frames++;
 	tt->frame_ms += tt->last_draw_ms - t0;
 	tt->cost_ms = tt->n_frames == 1 ? tt->last_draw_ms - t0
-	                                 : 0.8 * tt->cost_ms + 0.2 * (tt->last_draw_ms - t0);
+	                                : 0.8 * tt->cost_ms + 0.2 * (tt->last_draw_ms - t0);
 	tt->dirty = false;
 }
 
@@ -331,12 +331,8 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			}
 			return true;
 		}
-		case '\t':
-			tui_complete(tt);
-			return true;
-		case 12: /* Ctrl-L */
-			tt->full_redraw = true;
-			return true;
+		case '\t': tui_complete(tt); return true;
+		case 12: /* Ctrl-L */ tt->full_redraw = true; return true;
 		case 0x1b: {
 			/* a lone Escape (nothing follows within the escape delay) lets
 			 * go of what is held; one that begins an Alt key is the input's */
@@ -357,23 +353,25 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 				t->step_back = 0;
 			return true;
 		}
-		default:
-			return false;
+		default: return false;
 		}
 	}
 	if (t->help) {
 		/* the help scrolls (drawing clamps it at the end) */
 		static const struct {
 			int key, rows; /* rows: +-1 a line, +-2 a page, +-3 an end */
-		} nav[] = { { KEY_UP, -1 },   { KEY_DOWN, 1 }, { KEY_PPAGE, -2 },
-			    { KEY_NPAGE, 2 }, { KEY_HOME, -3 }, { KEY_END, 3 } };
+		} nav[] = { { KEY_UP, -1 },   { KEY_DOWN, 1 },  { KEY_PPAGE, -2 },
+			        { KEY_NPAGE, 2 }, { KEY_HOME, -3 }, { KEY_END, 3 } };
 		int page = LINES > 4 ? LINES - 4 : 1;
 		for (size_t i = 0; i < KVS_ARRAY_LEN(nav); i++) {
 			if (nav[i].key != key)
 				continue;
 			int d = nav[i].rows;
-			t->help_scroll += d == 1 || d == -1 ? d : d == 2 ? page : d == -2 ? -page
-			                  : d == 3 ? 1 << 20 : -(1 << 20);
+			t->help_scroll += d == 1 || d == -1 ? d
+			        : d == 2                    ? page
+			        : d == -2                   ? -page
+			        : d == 3                    ? 1 << 20
+			                                    : -(1 << 20);
 			if (t->help_scroll < 0)
 				t->help_scroll = 0;
 			return true;
@@ -392,12 +390,8 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		t->help = !t->help;
 		t->help_scroll = 0;
 		return true;
-	case KEY_F(6):
-		t->layer = (t->layer + nl - 1) % nl;
-		return true;
-	case KEY_F(7):
-		t->layer = (t->layer + 1) % nl;
-		return true;
+	case KEY_F(6): t->layer = (t->layer + nl - 1) % nl; return true;
+	case KEY_F(7): t->layer = (t->layer + 1) % nl; return true;
 	case KEY_F(8):
 		t->head = (t->head + nh - 1) % nh;
 		t->agg = AGG_HEAD;
@@ -406,12 +400,8 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		t->head = (t->head + 1) % nh;
 		t->agg = AGG_HEAD;
 		return true;
-	case KEY_F(10):
-		t->agg = (enum tui_agg)((t->agg + 1) % AGG_COUNT);
-		return true;
-	case KEY_F(11):
-		t->overview = (enum tui_overview)((t->overview + 1) % OV_COUNT);
-		return true;
+	case KEY_F(10): t->agg = (enum tui_agg)((t->agg + 1) % AGG_COUNT); return true;
+	case KEY_F(11): t->overview = (enum tui_overview)((t->overview + 1) % OV_COUNT); return true;
 	case KEY_SR:
 		if (t->step_back + 1 < KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY))
 			t->step_back++;
@@ -420,24 +410,12 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		if (t->step_back > 0)
 			t->step_back--;
 		return true;
-	case KEY_SLEFT:
-		tui_select(t, SEL_PREV);
-		return true;
-	case KEY_SRIGHT:
-		tui_select(t, SEL_NEXT);
-		return true;
-	case KEY_SPREVIOUS:
-		tui_select(t, SEL_TURN_PREV);
-		return true;
-	case KEY_SNEXT:
-		tui_select(t, SEL_TURN_NEXT);
-		return true;
-	case KEY_SHOME:
-		tui_select(t, SEL_FIRST);
-		return true;
-	case KEY_SEND:
-		tui_select(t, SEL_OFF);
-		return true;
+	case KEY_SLEFT: tui_select(t, SEL_PREV); return true;
+	case KEY_SRIGHT: tui_select(t, SEL_NEXT); return true;
+	case KEY_SPREVIOUS: tui_select(t, SEL_TURN_PREV); return true;
+	case KEY_SNEXT: tui_select(t, SEL_TURN_NEXT); return true;
+	case KEY_SHOME: tui_select(t, SEL_FIRST); return true;
+	case KEY_SEND: tui_select(t, SEL_OFF); return true;
 	case KEY_PPAGE:
 	case KEY_NPAGE:
 		if (t->sel_tok >= 0 || (t->tab == 3 && (COLS < TUI_WIDE_W || LINES < TUI_WIDE_H)))
@@ -447,9 +425,7 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 		else
 			t->chat_scroll = t->chat_scroll > 10 ? t->chat_scroll - 10 : 0;
 		return true;
-	case KEY_RESIZE:
-		tt->full_redraw = true;
-		return true;
+	case KEY_RESIZE: tt->full_redraw = true; return true;
 	case KEY_MOUSE: {
 		MEVENT me;
 		if (getmouse(&me) != OK)
@@ -462,8 +438,7 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			tui_click(t, &tt->grid, me.x, me.y);
 		return true;
 	}
-	default:
-		return false;
+	default: return false;
 	}
 }
 
@@ -481,23 +456,17 @@ static void tui_events(struct tui_term *tt)
 			case WORKER_EV_TURN_START:
 				script_on_turn_start(tt->t.rt, ev->index, ev->user ? ev->user : "");
 				break;
-			case WORKER_EV_TOKEN:
-				script_on_token(tt->t.rt, &ev->token);
-				break;
-			case WORKER_EV_TURN_END:
-				script_on_turn_end(tt->t.rt, &ev->turn);
-				break;
-			case WORKER_EV_KV:
-				script_on_kv_event(tt->t.rt, &ev->kv);
-				break;
-			default:
-				break;
+			case WORKER_EV_TOKEN: script_on_token(tt->t.rt, &ev->token); break;
+			case WORKER_EV_TURN_END: script_on_turn_end(tt->t.rt, &ev->turn); break;
+			case WORKER_EV_KV: script_on_kv_event(tt->t.rt, &ev->kv); break;
+			default: break;
 			}
 		}
 		if (tt->bench_exit && ev->kind == WORKER_EV_TURN_END) {
 			tt->bench_tokens = ev->turn.n_reply;
 			tt->bench_ms = ev->turn.decode_ms;
-			tt->bench_tps = ev->turn.decode_ms > 0 ? ev->turn.n_reply * 1e3 / ev->turn.decode_ms : 0;
+			tt->bench_tps =
+			        ev->turn.decode_ms > 0 ? ev->turn.n_reply * 1e3 / ev->turn.decode_ms : 0;
 		}
 		if (tt->bench_exit && ev->kind == WORKER_EV_RESULT && ev->cmd == WORKER_CHAT) {
 			tt->bench_done = true;
@@ -624,9 +593,12 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		enum worker_cmd_kind kind;
 		bool number, text;
 	} map[] = {
-		{ "chat", WORKER_CHAT, false, true },      { "policy", WORKER_POLICY, false, true },
-		{ "budget", WORKER_BUDGET, true, false },  { "reset", WORKER_RESET, false, false },
-		{ "pin", WORKER_PIN, true, false },        { "unpin", WORKER_UNPIN, true, false },
+		{ "chat", WORKER_CHAT, false, true },
+		{ "policy", WORKER_POLICY, false, true },
+		{ "budget", WORKER_BUDGET, true, false },
+		{ "reset", WORKER_RESET, false, false },
+		{ "pin", WORKER_PIN, true, false },
+		{ "unpin", WORKER_UNPIN, true, false },
 		{ "max_tokens", WORKER_MAX_TOKENS, true, false },
 	};
 	struct tui_term *tt = ud;
@@ -636,8 +608,9 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		if (strcmp(map[i].name, cmd) != 0)
 			continue;
 		if (worker_queued(tt->w) >= TUI_SEND_QUEUE)
-			return err_set(e, KVS_ESTATE, "send %s: %d commands are queued on the session "
-			                              "already, the most a plugin may add to (wait for them)",
+			return err_set(e, KVS_ESTATE,
+			               "send %s: %d commands are queued on the session "
+			               "already, the most a plugin may add to (wait for them)",
 			               cmd, TUI_SEND_QUEUE);
 		if (map[i].text)
 			c.text = arg ? arg : "";
@@ -654,7 +627,8 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 			tt->t.busy = true;
 		return KVS_OK;
 	}
-	return err_set(e, KVS_EARG, "send '%s': expected chat, policy, budget, reset, pin, unpin or max_tokens",
+	return err_set(e, KVS_EARG,
+	               "send '%s': expected chat, policy, budget, reset, pin, unpin or max_tokens",
 	               cmd);
 }
 
@@ -768,17 +742,18 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SNAPSHOT });
 	if (o->resume != NULL) {
 		/* --resume: as :load, the latest session when none is named */
-		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_LOAD, .text = o->resume,
-		                                         .n = TUI_REPLAY_TURNS });
+		worker_send(tt->w,
+		            &(struct worker_cmd){
+		                    .kind = WORKER_LOAD, .text = o->resume, .n = TUI_REPLAY_TURNS });
 		tui_msg_add(&tt->t, MSG_INFO, "loading a saved session ...");
 		/* the load restores the saved policy and budget; --policy and
 		 * --kv-budget given as well change them after it */
 		if (o->resume_policy != NULL)
-			worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_POLICY,
-			                                         .text = o->resume_policy });
+			worker_send(tt->w,
+			            &(struct worker_cmd){ .kind = WORKER_POLICY, .text = o->resume_policy });
 		if (o->resume_budget >= 0)
-			worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_BUDGET,
-			                                         .n = o->resume_budget });
+			worker_send(tt->w,
+			            &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = o->resume_budget });
 	} else if (o->save) {
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = o->save_title });
 	}

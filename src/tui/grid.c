@@ -223,7 +223,7 @@ uint32_t tui_glyph_heat(const struct tui_grid *g, int level)
 {
 	static const char ascii[TUI_HEAT_LEVELS] = { ' ', '.', ':', '-', '=', '+', '#', '@' };
 	static const uint32_t utf[TUI_HEAT_LEVELS] = { ' ',    0x2591, 0x2591, 0x2592,
-	                                                0x2592, 0x2593, 0x2593, 0x2588 };
+		                                           0x2592, 0x2593, 0x2593, 0x2588 };
 	if (level < 0)
 		level = 0;
 	if (level >= TUI_HEAT_LEVELS)

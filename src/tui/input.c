@@ -33,19 +33,19 @@
 #include <histedit.h>
 #endif
 
-#define CTRL(c) ((c) & 0x1f)
+#define CTRL(c) ((c)&0x1f)
 
 struct tui_input {
-	char *buf;          /* the line as UTF-8 (the fallback editor's, or libedit's copy) */
+	char *buf; /* the line as UTF-8 (the fallback editor's, or libedit's copy) */
 	size_t len, cap, cur;
-	bool esc;           /* the previous key was a lone Escape (Alt prefix) */
+	bool esc; /* the previous key was a lone Escape (Alt prefix) */
 #ifdef HAVE_LIBEDIT
 	EditLine *el;
 	History *hist;
 	int master, slave;
 	FILE *fin, *fout;
 	char *hist_path;
-	wchar_t queue[16];  /* keys for libedit's next reads */
+	wchar_t queue[16]; /* keys for libedit's next reads */
 	int q_head, q_n;
 #endif
 	/* Waits for the user's next key when libedit reads on by itself (NULL:
@@ -326,9 +326,9 @@ static int in_map_fkey(int key)
 	static const struct {
 		int key, ctrl;
 	} map[] = {
-		{ KEY_LEFT, CTRL('b') },  { KEY_RIGHT, CTRL('f') }, { KEY_UP, CTRL('p') },
-		{ KEY_DOWN, CTRL('n') },  { KEY_HOME, CTRL('a') },  { KEY_END, CTRL('e') },
-		{ KEY_BACKSPACE, 0x7f },  { KEY_DC, CTRL('d') },    { KEY_ENTER, '\r' },
+		{ KEY_LEFT, CTRL('b') }, { KEY_RIGHT, CTRL('f') }, { KEY_UP, CTRL('p') },
+		{ KEY_DOWN, CTRL('n') }, { KEY_HOME, CTRL('a') },  { KEY_END, CTRL('e') },
+		{ KEY_BACKSPACE, 0x7f }, { KEY_DC, CTRL('d') },    { KEY_ENTER, '\r' },
 	};
 	for (size_t i = 0; i < KVS_ARRAY_LEN(map); i++)
 		if (map[i].key == key)
@@ -383,9 +383,7 @@ bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line)
 #endif
 	/* the fallback editor */
 	switch (key) {
-	case '\r':
-		*line = in_take(in);
-		return true;
+	case '\r': *line = in_take(in); return true;
 	case 0x7f:
 		if (in->cur > 0) {
 			size_t p = in->cur - 1;
@@ -405,12 +403,8 @@ bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line)
 			while (++in->cur < in->len && ((unsigned char)in->buf[in->cur] & 0xc0) == 0x80)
 				;
 		return false;
-	case CTRL('a'):
-		in->cur = 0;
-		return false;
-	case CTRL('e'):
-		in->cur = in->len;
-		return false;
+	case CTRL('a'): in->cur = 0; return false;
+	case CTRL('e'): in->cur = in->len; return false;
 	case CTRL('u'):
 		memmove(in->buf, in->buf + in->cur, in->len - in->cur + 1);
 		in->len -= in->cur;

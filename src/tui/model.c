@@ -267,8 +267,9 @@ static void tui_evict_banner(struct tui *t, const struct kv_event *ev)
 	if (reply != NULL && reply->stop[0] != '\0')
 		reply = NULL; /* ended: the rounds come after it */
 
-	if (sm->msg >= 0 && ((uint32_t)sm->msg >= t->n_msgs || t->msgs[sm->msg].kind != MSG_BANNER ||
-	                     (reply == NULL && (uint32_t)sm->msg != t->n_msgs - 1)))
+	if (sm->msg >= 0 &&
+	    ((uint32_t)sm->msg >= t->n_msgs || t->msgs[sm->msg].kind != MSG_BANNER ||
+	     (reply == NULL && (uint32_t)sm->msg != t->n_msgs - 1)))
 		tui_evict_close(t); /* what it counted is no longer where it was */
 	if (sm->msg < 0) {
 		tui_evict_close(t);
@@ -494,12 +495,8 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 			tui_apply_kv(t, &ev->kv, NULL, NULL, now_ms);
 		}
 		break;
-	case WORKER_EV_SNAPSHOT:
-		tui_apply_snapshot(t, ev);
-		break;
-	case WORKER_EV_TRANSCRIPT:
-		tui_replay(t, &ev->recap, ev->status, ev->msg);
-		break;
+	case WORKER_EV_SNAPSHOT: tui_apply_snapshot(t, ev); break;
+	case WORKER_EV_TRANSCRIPT: tui_replay(t, &ev->recap, ev->status, ev->msg); break;
 	case WORKER_EV_SAVED:
 		/* a commit that failed keeps the exchange queued for the next */
 		if (ev->status != KVS_OK)
@@ -653,12 +650,8 @@ void tui_select(struct tui *t, enum tui_sel how)
 	if (p >= 0 && ((uint32_t)p >= t->n_toks || !t->toks[p].known))
 		p = -1;
 	switch (how) {
-	case SEL_OFF:
-		p = -1;
-		break;
-	case SEL_FIRST:
-		p = tui_known_from(t, -1, 1);
-		break;
+	case SEL_OFF: p = -1; break;
+	case SEL_FIRST: p = tui_known_from(t, -1, 1); break;
 	case SEL_PREV:
 	case SEL_NEXT:
 		/* from nothing: Left starts at the end, Right at the start */
@@ -756,7 +749,7 @@ char *tui_osc52(const char *text)
 	for (size_t i = 0; i < n; i += 3) {
 		/* three bytes, 24 bits, four letters of six; '=' pads a short end */
 		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
-		             (i + 2 < n ? p[i + 2] : 0);
+		        (i + 2 < n ? p[i + 2] : 0);
 		out[k++] = b64[v >> 18 & 63];
 		out[k++] = b64[v >> 12 & 63];
 		out[k++] = i + 1 < n ? b64[v >> 6 & 63] : '=';
@@ -784,9 +777,10 @@ static void tui_msg_text(const struct tui_msg *m, char **buf, size_t *len, size_
 
 char *tui_chat_text(const struct tui *t, bool all)
 {
-	static const char *const who[] = { [MSG_SYSTEM] = "system> ", [MSG_USER] = "you> ",
-		                           [MSG_ASSISTANT] = "model> ", [MSG_BANNER] = "!! ",
-		                           [MSG_INFO] = "-- ", [MSG_RULE] = "-- " };
+	static const char *const who[] = {
+		[MSG_SYSTEM] = "system> ", [MSG_USER] = "you> ", [MSG_ASSISTANT] = "model> ",
+		[MSG_BANNER] = "!! ",      [MSG_INFO] = "-- ",   [MSG_RULE] = "-- "
+	};
 	char *buf = NULL;
 	size_t len = 0, cap = 0;
 

@@ -24,12 +24,43 @@
 /* ---- colour roles (theme.c) ---- */
 
 enum tui_role {
-	R_NORMAL = 0, R_DIM, R_TITLE, R_BORDER, R_TAB, R_TAB_ACTIVE, R_STATUS, R_STATUS_ERR,
-	R_SYSTEM, R_USER, R_ASSISTANT, R_BANNER, R_INFO, R_INPUT, R_CURSOR,
-	R_KEPT, R_EVICTED, R_SINK, R_KEY, R_PINNED, R_SELECTED,
-	R_BAR_FILL, R_BAR_EMPTY, R_SPARK,
-	R_HEAT0, R_HEAT1, R_HEAT2, R_HEAT3, R_HEAT4, R_HEAT5, R_HEAT6, R_HEAT7,
-	R_SURP0, R_SURP1, R_SURP2, R_SURP3, R_SURP4,
+	R_NORMAL = 0,
+	R_DIM,
+	R_TITLE,
+	R_BORDER,
+	R_TAB,
+	R_TAB_ACTIVE,
+	R_STATUS,
+	R_STATUS_ERR,
+	R_SYSTEM,
+	R_USER,
+	R_ASSISTANT,
+	R_BANNER,
+	R_INFO,
+	R_INPUT,
+	R_CURSOR,
+	R_KEPT,
+	R_EVICTED,
+	R_SINK,
+	R_KEY,
+	R_PINNED,
+	R_SELECTED,
+	R_BAR_FILL,
+	R_BAR_EMPTY,
+	R_SPARK,
+	R_HEAT0,
+	R_HEAT1,
+	R_HEAT2,
+	R_HEAT3,
+	R_HEAT4,
+	R_HEAT5,
+	R_HEAT6,
+	R_HEAT7,
+	R_SURP0,
+	R_SURP1,
+	R_SURP2,
+	R_SURP3,
+	R_SURP4,
 	R_COUNT
 };
 #define TUI_HEAT_LEVELS 8
@@ -57,14 +88,14 @@ uint32_t tui_color_rgb(int idx);
 /* ---- the grid (grid.c) ---- */
 
 struct tui_cell {
-	uint32_t cp;   /* code point; 0: the right half of a wide character */
-	uint8_t role;  /* enum tui_role */
+	uint32_t cp;  /* code point; 0: the right half of a wide character */
+	uint8_t role; /* enum tui_role */
 };
 
 struct tui_grid {
 	int w, h;
-	struct tui_cell *c;  /* (h, w) */
-	bool ascii;          /* ASCII glyphs only */
+	struct tui_cell *c; /* (h, w) */
+	bool ascii;         /* ASCII glyphs only */
 };
 
 struct tui_rect {
@@ -83,8 +114,7 @@ int tui_grid_printf(struct tui_grid *g, struct tui_rect r, int x, int y, enum tu
 void tui_grid_put(struct tui_grid *g, int x, int y, uint32_t cp, enum tui_role role);
 void tui_grid_fill(struct tui_grid *g, struct tui_rect r, uint32_t cp, enum tui_role role);
 /* A box with a title on its top edge; returns the inner rectangle. */
-struct tui_rect tui_grid_box(struct tui_grid *g, struct tui_rect r, const char *title,
-                             bool focus);
+struct tui_rect tui_grid_box(struct tui_grid *g, struct tui_rect r, const char *title, bool focus);
 /* Row y as UTF-8 text, trailing blanks removed (the fake renderer's output). */
 char *tui_grid_row(const struct tui_grid *g, int y);
 /* The whole grid as text, one line per row. */
@@ -107,15 +137,15 @@ enum tui_msg_kind { MSG_SYSTEM = 0, MSG_USER, MSG_ASSISTANT, MSG_BANNER, MSG_INF
 
 struct tui_span {
 	char *text;
-	float surprisal;   /* nats; NaN: not a model token */
+	float surprisal; /* nats; NaN: not a model token */
 };
 
 struct tui_msg {
 	enum tui_msg_kind kind;
 	struct tui_span *spans;
 	uint32_t n_spans, cap_spans;
-	char stop[24];     /* assistant: why it ended ("" while streaming) */
-	bool replayed;     /* from a saved session's transcript (never streaming) */
+	char stop[24]; /* assistant: why it ended ("" while streaming) */
+	bool replayed; /* from a saved session's transcript (never streaming) */
 };
 
 /* How many of a resumed session's last turns the chat replays. */
@@ -124,7 +154,7 @@ struct tui_msg {
 /* One token of the dialogue, by original position. */
 struct tui_tok {
 	struct kv_tok t;
-	char text[16];     /* its piece, shortened for display */
+	char text[16]; /* its piece, shortened for display */
 	bool known, cached, evicted;
 	uint8_t evict_cause;
 	char evict_policy[24];
@@ -151,13 +181,13 @@ enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
 /* The evictions one summary line of the chat counts: those of one exchange
  * (prefill and decode), or those between exchanges (a budget change). */
 struct tui_evict_sum {
-	int32_t msg;           /* its message, -1: none open */
-	uint32_t n, rounds;    /* tokens and eviction events */
-	uint32_t lo, hi;       /* the turns they came from */
-	uint32_t n_sys;        /* system-prompt tokens among them */
-	uint32_t budget;       /* the budget of the last round */
-	char policy[48];       /* the policy of the last round */
-	bool fallback;         /* a score provider failed in one of the rounds */
+	int32_t msg;        /* its message, -1: none open */
+	uint32_t n, rounds; /* tokens and eviction events */
+	uint32_t lo, hi;    /* the turns they came from */
+	uint32_t n_sys;     /* system-prompt tokens among them */
+	uint32_t budget;    /* the budget of the last round */
+	char policy[48];    /* the policy of the last round */
+	bool fallback;      /* a score provider failed in one of the rounds */
 };
 
 struct tui_pane;
@@ -167,19 +197,19 @@ struct tui {
 	char model[64];
 	char backend[64];
 	uint32_t n_layer, n_head, n_ctx;
-	const struct vocab *vocab;     /* read-only (token pieces) */
+	const struct vocab *vocab; /* read-only (token pieces) */
 	/* chat */
 	struct tui_msg *msgs;
 	uint32_t n_msgs, cap_msgs;
-	int chat_scroll;               /* rows up from the bottom */
+	int chat_scroll; /* rows up from the bottom */
 	/* dialogue tokens, index = original position */
 	struct tui_tok *toks;
 	uint32_t n_toks, cap_toks;
-	int32_t sel_tok;               /* selected original position, -1 none */
+	int32_t sel_tok; /* selected original position, -1 none */
 	/* attention */
 	struct tui_step steps[TUI_STEP_HISTORY]; /* ring */
-	uint32_t n_steps;              /* total received */
-	uint32_t step_back;            /* 0: the latest; k: k steps back */
+	uint32_t n_steps;                        /* total received */
+	uint32_t step_back;                      /* 0: the latest; k: k steps back */
 	uint32_t layer, head;
 	enum tui_agg agg;
 	enum tui_overview overview;
@@ -196,40 +226,40 @@ struct tui {
 	uint32_t turn_words;
 	char last_stop[24];
 	double prefill_tps, decode_tps; /* the last turn's, or the live decode rate */
-	struct len_target len;          /* the length target of the next replies (unit LEN_NONE: none) */
-	struct len_target reply_len;    /* the one the last reply was made under */
+	struct len_target len;       /* the length target of the next replies (unit LEN_NONE: none) */
+	struct len_target reply_len; /* the one the last reply was made under */
 	/* Lua plugins (NULL: none, or a build without Lua) */
 	struct script_rt *rt;
-	char lua_policy[64];            /* the Lua policy in use ("" none); the scorer's name */
-	char lua_base[160];             /* its base policy, restored when plugins change */
-	char db_path[256];              /* the session database ("" : the default) */
-	bool saving;                    /* the conversation goes to the database */
-	uint32_t n_unsaved;             /* its exchanges not saved (all of them when not saving) */
-	char armed[16];                 /* the command that, sent again, drops them ("" none) */
+	char lua_policy[64]; /* the Lua policy in use ("" none); the scorer's name */
+	char lua_base[160];  /* its base policy, restored when plugins change */
+	char db_path[256];   /* the session database ("" : the default) */
+	bool saving;         /* the conversation goes to the database */
+	uint32_t n_unsaved;  /* its exchanges not saved (all of them when not saving) */
+	char armed[16];      /* the command that, sent again, drops them ("" none) */
 	/* status */
 	char status[256];
 	bool status_err;
 	char plugins[64];
 	/* view */
 	const struct tui_theme *theme;
-	int tab;                        /* the pane shown in tab mode */
-	bool help;                      /* F1 overlay */
-	int help_scroll;                /* its first line shown (clamped when drawn) */
+	int tab;         /* the pane shown in tab mode */
+	bool help;       /* F1 overlay */
+	int help_scroll; /* its first line shown (clamped when drawn) */
 	bool quit;
 	uint32_t n_evicted_total;
-	struct tui_evict_sum evsum;     /* the chat's open eviction summary line */
+	struct tui_evict_sum evsum; /* the chat's open eviction summary line */
 	/* where the retention strip drew each token (for mouse selection) */
 	struct tui_hit {
 		int16_t x, y, w;
 		int32_t pos;
-	} *hits;
+	} * hits;
 	uint32_t n_hits, cap_hits;
-	uint32_t strip_page;            /* tokens the strip showed at once (its page) */
-	struct tui_rect strip;          /* where it drew them (w 0: not shown) */
-	char find[64];                  /* the last :find text */
+	uint32_t strip_page;   /* tokens the strip showed at once (its page) */
+	struct tui_rect strip; /* where it drew them (w 0: not shown) */
+	char find[64];         /* the last :find text */
 	/* the mouse and the clipboard (curses.c acts on them) */
-	bool mouse_off;                 /* :mouse off: the terminal keeps the mouse */
-	char *yank;                     /* :yank's text for the clipboard, NULL none */
+	bool mouse_off; /* :mouse off: the terminal keeps the mouse */
+	char *yank;     /* :yank's text for the clipboard, NULL none */
 };
 
 void tui_init(struct tui *t);
@@ -237,7 +267,8 @@ void tui_free(struct tui *t);
 /* Apply one worker event to the model (now_ms: clock_now_ms()). */
 void tui_apply(struct tui *t, const struct worker_event *ev, double now_ms);
 /* Set the one-line status (errors in the error colour). */
-void tui_status(struct tui *t, bool err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void tui_status(struct tui *t, bool err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 /* Add a message (copies text); returns it. */
 struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *text);
 /* Replace the chat with a resumed session's transcript (status: whether
@@ -262,11 +293,14 @@ struct tui_regions {
 void tui_regions(const struct tui *t, struct tui_regions *r);
 /* Ways to move the retention strip's selection (tui_select). */
 enum tui_sel {
-	SEL_PREV = 0, SEL_NEXT,         /* one token */
-	SEL_PAGE_UP, SEL_PAGE_DOWN,     /* the tokens the strip shows at once */
-	SEL_TURN_PREV, SEL_TURN_NEXT,   /* the first token of the previous / next turn */
-	SEL_FIRST,                      /* the dialogue's first token */
-	SEL_OFF,                        /* none: the strip follows the live tail again */
+	SEL_PREV = 0,
+	SEL_NEXT, /* one token */
+	SEL_PAGE_UP,
+	SEL_PAGE_DOWN, /* the tokens the strip shows at once */
+	SEL_TURN_PREV,
+	SEL_TURN_NEXT, /* the first token of the previous / next turn */
+	SEL_FIRST,     /* the dialogue's first token */
+	SEL_OFF,       /* none: the strip follows the live tail again */
 };
 /* Move the selection; SEL_TURN_NEXT past the last turn and SEL_NEXT past
  * the last token let go of it. */
@@ -281,7 +315,7 @@ uint32_t tui_count_words(const char *s);
 /* ---- layout and panes (view.c) ---- */
 
 struct tui_pane {
-	const char *name;     /* "chat", "attention", ... */
+	const char *name; /* "chat", "attention", ... */
 	const char *title;
 	void (*draw)(struct tui *t, struct tui_grid *g, struct tui_rect r);
 };
@@ -302,7 +336,7 @@ int tui_status_register(const struct tui_status_item *it);
 
 /* Where each pane goes: rect[i] for pane i (w == 0: hidden). */
 struct tui_layout {
-	bool tabs;            /* too small for all panes: one at a time */
+	bool tabs; /* too small for all panes: one at a time */
 	struct tui_rect tabbar, input, gauge, status;
 	struct tui_rect pane[16];
 };
@@ -331,17 +365,17 @@ char *tui_chat_text(const struct tui *t, bool all);
 
 struct tui_ctx {
 	struct tui *t;
-	struct worker *w;           /* NULL in tests: commands that need it say so */
+	struct worker *w;              /* NULL in tests: commands that need it say so */
 	const struct worker_cmd *sent; /* tests: the last command sent */
-	struct worker_cmd last;       /* its text copied into last_text */
+	struct worker_cmd last;        /* its text copied into last_text */
 	char last_text[256];
 	bool have_last;
-	char armed_prev[16];          /* tui.armed as the line being run found it */
+	char armed_prev[16]; /* tui.armed as the line being run found it */
 };
 
 struct tui_cmd {
 	const char *name;
-	const char *args;           /* synopsis */
+	const char *args; /* synopsis */
 	const char *help;
 	int (*complete)(const char *word, size_t i, const char **out); /* i-th candidate */
 	int (*exec)(struct tui_ctx *c, int argc, char **argv);

@@ -13,25 +13,25 @@
 enum tui_color_mode {
 	TUI_COLOR_AUTO = 0, /* 256 colours when the terminal has them, else 8, else none */
 	TUI_COLOR_256,
-	TUI_COLOR_TRUE,     /* 24-bit where the terminal supports direct colour */
-	TUI_COLOR_NONE,     /* monochrome (also when NO_COLOR is set) */
+	TUI_COLOR_TRUE, /* 24-bit where the terminal supports direct colour */
+	TUI_COLOR_NONE, /* monochrome (also when NO_COLOR is set) */
 };
 
 struct tui_options {
-	const char *theme;        /* "dark" (default) or "light" */
+	const char *theme; /* "dark" (default) or "light" */
 	enum tui_color_mode color;
-	bool ascii;               /* ASCII glyphs instead of block/braille */
-	const char *prompt;       /* sent as the first message (NULL: none) */
-	bool bench_exit;          /* quit after the first reply; print its decode tok/s */
-	const char *model_path;   /* for the sessions plugins open */
-	bool no_plugins;          /* do not autoload plugins */
+	bool ascii;                 /* ASCII glyphs instead of block/braille */
+	const char *prompt;         /* sent as the first message (NULL: none) */
+	bool bench_exit;            /* quit after the first reply; print its decode tok/s */
+	const char *model_path;     /* for the sessions plugins open */
+	bool no_plugins;            /* do not autoload plugins */
 	const char *const *plugins; /* (n_plugins) plugin files to load at start (--plugin) */
 	int n_plugins;
-	const char *db_path;      /* session database for :save, :load ... (NULL: the default) */
-	const char *resume;       /* at start, :load this saved session ("": the latest; NULL: none) */
-	bool save;                /* at start, :save (title: save_title, NULL: none) */
+	const char *db_path; /* session database for :save, :load ... (NULL: the default) */
+	const char *resume;  /* at start, :load this saved session ("": the latest; NULL: none) */
+	bool save;           /* at start, :save (title: save_title, NULL: none) */
 	const char *save_title;
-	const char *sampler;      /* the sampler settings saved sessions record (text) */
+	const char *sampler; /* the sampler settings saved sessions record (text) */
 	/* with resume: what the command line asked for, applied after the saved
 	 * session's own policy and budget (NULL, -1: keep those) */
 	const char *resume_policy;

@@ -29,10 +29,8 @@ static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *o
 
 #define TUI_MAX_PANES 16
 static struct tui_pane tui_panes[TUI_MAX_PANES] = {
-	{ "chat", "Chat", pane_chat },
-	{ "attention", "Attention", pane_attention },
-	{ "memory", "KV memory", pane_memory },
-	{ "retention", "Retention", pane_retention },
+	{ "chat", "Chat", pane_chat },          { "attention", "Attention", pane_attention },
+	{ "memory", "KV memory", pane_memory }, { "retention", "Retention", pane_retention },
 	{ "plugins", "Plugins", pane_plugins },
 };
 static size_t tui_n_panes = 5;
@@ -115,7 +113,7 @@ void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_la
 struct rows {
 	struct tui_cell *c; /* (n, w) */
 	int n, cap, w;
-	int x;              /* column in the last row */
+	int x; /* column in the last row */
 };
 
 static void rows_newline(struct rows *rw)
@@ -202,32 +200,20 @@ static void chat_msg_rows(const struct tui *t, const struct tui_grid *g, uint32_
 	const struct tui_msg *m = &t->msgs[i];
 
 	switch (m->kind) {
-	case MSG_SYSTEM:
-		rows_text(rw, "system> ", R_SYSTEM, 2);
-		break;
-	case MSG_USER:
-		rows_text(rw, "you> ", R_USER, 2);
-		break;
-	case MSG_ASSISTANT:
-		rows_text(rw, "model> ", R_TITLE, 2);
-		break;
-	case MSG_BANNER:
-		rows_text(rw, g->ascii ? "!! " : "\xe2\x96\xb2 ", R_BANNER, 2);
-		break;
-	case MSG_INFO:
-		rows_text(rw, "-- ", R_INFO, 2);
-		break;
-	case MSG_RULE:
-		rows_text(rw, g->ascii ? "-- " : "\xe2\x94\x80\xe2\x94\x80 ", R_DIM, 0);
-		break;
+	case MSG_SYSTEM: rows_text(rw, "system> ", R_SYSTEM, 2); break;
+	case MSG_USER: rows_text(rw, "you> ", R_USER, 2); break;
+	case MSG_ASSISTANT: rows_text(rw, "model> ", R_TITLE, 2); break;
+	case MSG_BANNER: rows_text(rw, g->ascii ? "!! " : "\xe2\x96\xb2 ", R_BANNER, 2); break;
+	case MSG_INFO: rows_text(rw, "-- ", R_INFO, 2); break;
+	case MSG_RULE: rows_text(rw, g->ascii ? "-- " : "\xe2\x94\x80\xe2\x94\x80 ", R_DIM, 0); break;
 	}
 	for (uint32_t j = 0; j < m->n_spans; j++) {
-		enum tui_role role = m->kind == MSG_SYSTEM   ? R_SYSTEM
-		                     : m->kind == MSG_USER   ? R_USER
-		                     : m->kind == MSG_BANNER ? R_BANNER
-		                     : m->kind == MSG_INFO   ? R_INFO
-		                     : m->kind == MSG_RULE   ? R_DIM
-		                                             : R_SURP0 + tui_surp_level(m->spans[j].surprisal);
+		enum tui_role role = m->kind == MSG_SYSTEM ? R_SYSTEM
+		        : m->kind == MSG_USER              ? R_USER
+		        : m->kind == MSG_BANNER            ? R_BANNER
+		        : m->kind == MSG_INFO              ? R_INFO
+		        : m->kind == MSG_RULE              ? R_DIM
+		                              : R_SURP0 + tui_surp_level(m->spans[j].surprisal);
 		rows_text(rw, m->spans[j].text, role, 2);
 	}
 	if (m->kind == MSG_RULE) {
@@ -269,7 +255,8 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	blk = xcalloc(t->n_msgs ? t->n_msgs : 1, sizeof *blk);
 	if (t->n_msgs == 0) {
 		blk[0].w = r.w;
-		rows_text(&blk[0], "Type a message and press Enter; ':help' lists the commands, F1 the keys.",
+		rows_text(&blk[0],
+		          "Type a message and press Enter; ':help' lists the commands, F1 the keys.",
 		          R_INFO, 0);
 		total = blk[0].n;
 		n_blk = 1;
@@ -309,8 +296,8 @@ static const char *const tui_ov_names[OV_COUNT] = { "entropy", "sink mass", "k90
 /* The sparsity line of the row shown: its summary (the head's own, or
  * one computed on the aggregated row, renormalised: a max row does not
  * sum to 1). */
-static void attn_summary(const struct tui *t, const struct tui_step *s, const float *row, uint32_t n,
-                         uint32_t layer, uint32_t head, struct kv_head_summary *sum)
+static void attn_summary(const struct tui *t, const struct tui_step *s, const float *row,
+                         uint32_t n, uint32_t layer, uint32_t head, struct kv_head_summary *sum)
 {
 	float tot = 0, *norm, *scratch;
 
@@ -390,25 +377,27 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
 		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
 	if (t->agg == AGG_HEAD)
-		tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  head %u/%u  [head]  query #%d '%s'%s",
-		                layer, s->n_layer, head, s->n_head, s->query.orig_pos, qlab,
+		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
+		                "layer %u/%u  head %u/%u  [head]  query #%d '%s'%s", layer, s->n_layer,
+		                head, s->n_head, s->query.orig_pos, qlab,
 		                t->step_back ? "  (past step)" : "");
 	else /* no one head is shown: say over how many */
-		tui_grid_printf(g, r, r.x, r.y, R_TITLE, "layer %u/%u  heads: %s of %u  [%s]  query #%d '%s'%s",
-		                layer, s->n_layer, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
-		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
+		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
+		                "layer %u/%u  heads: %s of %u  [%s]  query #%d '%s'%s", layer, s->n_layer,
+		                tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg], s->query.orig_pos,
+		                qlab, t->step_back ? "  (past step)" : "");
 	y = r.y + 1;
 	row = xmallocarray(s->n_cached + 1, sizeof *row);
 	n = tui_attn_row(t, row, s->n_cached);
 	ov_rows = s->heads ? (int)s->n_head + 1 : 0;
 	if (n > 0) {
 		attn_summary(t, s, row, n, layer, head, &sum);
-		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
-		                "%u key%s  entropy %.2f nats  90%% of mass in %u key%s (%.1f%%)  sink %.2f  "
-		                "top-10 %.2f",
-		                n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
-		                100.0 * sum.k90 / n,
-		                (double)sum.sink_mass, (double)sum.topk_mass);
+		tui_grid_printf(
+		        g, r, r.x, y++, R_NORMAL,
+		        "%u key%s  entropy %.2f nats  90%% of mass in %u key%s (%.1f%%)  sink %.2f  "
+		        "top-10 %.2f",
+		        n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
+		        100.0 * sum.k90 / n, (double)sum.sink_mass, (double)sum.topk_mass);
 		attn_top_keys(t, s, g, r, y++, row, n);
 		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
 		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
@@ -429,8 +418,10 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 				             tui_glyph_heat(g, lv[b]), R_HEAT0 + lv[b]);
 			free(lv);
 			y += (int)((bins + cols - 1) / cols);
-			x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "keys 0..%u, %.1f per cell, log scale 1e-4 ",
-			                          n - 1, (double)n / bins);
+			x = r.x +
+			        tui_grid_printf(g, r, r.x, y, R_DIM,
+			                        "keys 0..%u, %.1f per cell, log scale 1e-4 ", n - 1,
+			                        (double)n / bins);
 			for (int l = 0; l < TUI_HEAT_LEVELS; l++)
 				tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
 			tui_grid_printf(g, r, x, y, R_DIM, " 1");
@@ -438,8 +429,8 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		}
 	} else {
 		const char *why = s->heads != NULL && t->step_back > 0
-		                      ? "rows of this past step were dropped (memory budget); summaries below"
-		                      : "attention rows are not captured (capture summary)";
+		        ? "rows of this past step were dropped (memory budget); summaries below"
+		        : "attention rows are not captured (capture summary)";
 		tui_grid_text(g, r, r.x, y++, R_INFO, why, strlen(why));
 	}
 	/* the layer x head overview: one cell per head (rows) and layer (columns) */
@@ -452,7 +443,7 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 			for (uint32_t l = 0; l < s->n_layer && (int)(4 + l) < r.w; l++) {
 				const struct kv_head_summary *hs = &s->heads[(size_t)l * s->n_head + h];
 				float v = t->overview == OV_ENTROPY ? hs->entropy / logf((float)nn)
-				          : t->overview == OV_SINK  ? hs->sink_mass
+				        : t->overview == OV_SINK    ? hs->sink_mass
 				                                    : (float)hs->k90 / (float)nn;
 				int lvl = (int)(v * (TUI_HEAT_LEVELS - 1) + 0.5f);
 				bool sel = l == layer && h == head;
@@ -503,7 +494,8 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		uint32_t budget = st->budget ? st->budget : st->n_ctx;
 		int fill = budget ? (int)((uint64_t)st->n_cached * (uint64_t)bar_w / budget) : 0;
 		for (int i = 0; i < bar_w; i++)
-			tui_grid_put(g, x + i, y, tui_glyph_bar(g, i < fill), i < fill ? R_BAR_FILL : R_BAR_EMPTY);
+			tui_grid_put(g, x + i, y, tui_glyph_bar(g, i < fill),
+			             i < fill ? R_BAR_FILL : R_BAR_EMPTY);
 		x += bar_w + 1;
 	}
 	tui_grid_printf(g, r, x, y++, R_NORMAL, "%u/%u tokens (ctx %u)", st->n_cached, st->budget,
@@ -653,7 +645,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		const struct tui_tok *tk = &t->toks[i];
 		tok_label(g, tk, lab, sizeof lab);
 		int y = r.y + row_of[i] - first;
-		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab, strlen(lab));
+		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab,
+		                      strlen(lab));
 		hit_add(t, r.x + col_of[i], y, w, (int32_t)i);
 		t->strip_page++;
 	}
@@ -689,13 +682,15 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 			snprintf(where, sizeof where, "not cached");
 		}
 		tok_label(g, tk, lab, sizeof lab);
-		tui_grid_printf(g, r, r.x, y, R_TITLE,
-		                "#%d id %d '%s' turn %u %s  original pos %d, %s  surprisal %s  score %s  %s",
-		                tk->t.orig_pos, tk->t.token, lab, tk->t.turn,
-		                kv_role_name((enum kv_role)tk->t.role), tk->t.orig_pos, where, su, sc, why);
+		tui_grid_printf(
+		        g, r, r.x, y, R_TITLE,
+		        "#%d id %d '%s' turn %u %s  original pos %d, %s  surprisal %s  score %s  %s",
+		        tk->t.orig_pos, tk->t.token, lab, tk->t.turn,
+		        kv_role_name((enum kv_role)tk->t.role), tk->t.orig_pos, where, su, sc, why);
 	} else {
-		int x2 = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "%u token%s: ", t->n_toks,
-		                               t->n_toks == 1 ? "" : "s");
+		int x2 = r.x +
+		        tui_grid_printf(g, r, r.x, y, R_DIM, "%u token%s: ", t->n_toks,
+		                        t->n_toks == 1 ? "" : "s");
 		x2 += tui_grid_text(g, r, x2, y, R_KEPT, "kept ", strlen("kept "));
 		x2 += tui_grid_text(g, r, x2, y, R_EVICTED, "evicted ", strlen("evicted "));
 		x2 += tui_grid_text(g, r, x2, y, R_SINK, "sink", strlen("sink"));
@@ -703,7 +698,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
 		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
-		static const char hint[] = "   Shift-Left/Right, a click or :find selects a token; Esc lets go";
+		static const char hint[] =
+		        "   Shift-Left/Right, a click or :find selects a token; Esc lets go";
 		tui_grid_text(g, r, x2, y, R_DIM, hint, strlen(hint));
 	}
 }
@@ -765,7 +761,8 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		                "no plugin views: :plugin load NAME, or a plugin's kvscope.view(...)");
 	for (size_t v = 0; v < nv && y < r.y + r.h; v++) {
 		const struct script_view *sv = script_view_at(t->rt, v);
-		tui_grid_printf(g, r, r.x, y++, R_TITLE, "%s (%s)", sv->name, sv->plugin ? sv->plugin : "?");
+		tui_grid_printf(g, r, r.x, y++, R_TITLE, "%s (%s)", sv->name,
+		                sv->plugin ? sv->plugin : "?");
 		for (size_t i = 0; i < sv->n_items && y < r.y + r.h; i++) {
 			const struct script_item *it = &sv->items[i];
 			int x = r.x + 2;
@@ -778,7 +775,8 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 					bw = 40;
 				fill = it->max > 0 && bw > 0 ? (int)(it->value / it->max * bw + 0.5) : 0;
 				for (int k = 0; k < bw; k++)
-					tui_grid_put(g, x + k, y, tui_glyph_bar(g, k < fill), k < fill ? R_BAR_FILL : R_BAR_EMPTY);
+					tui_grid_put(g, x + k, y, tui_glyph_bar(g, k < fill),
+					             k < fill ? R_BAR_FILL : R_BAR_EMPTY);
 				/* the value alone: a histogram's longest bar read "346/346" */
 				tui_grid_printf(g, r, x + KVS_MAX(bw, 0) + 1, y++, R_NORMAL, "%g", it->value);
 			} else {
@@ -789,7 +787,8 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 						float f = it->hi > it->lo ? (cv - it->lo) / (it->hi - it->lo) : 0;
 						int l = (int)(f * (TUI_HEAT_LEVELS - 1) + 0.5f);
 						l = l < 0 ? 0 : l >= TUI_HEAT_LEVELS ? TUI_HEAT_LEVELS - 1 : l;
-						tui_grid_put(g, x + (int)col, y, tui_glyph_heat(g, KVS_MAX(l, 1)), R_HEAT0 + l);
+						tui_grid_put(g, x + (int)col, y, tui_glyph_heat(g, KVS_MAX(l, 1)),
+						             R_HEAT0 + l);
 					}
 			}
 		}
@@ -819,7 +818,8 @@ static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
 			         have, u, have == 1 ? "" : "s", len_target_format(lt, tb, sizeof tb));
 			if (!t->busy && t->last_stop[0])
 				snprintf(judge, sizeof judge, " %s ",
-				         hit ? (brief ? "in" : "in the window") : (brief ? "out" : "outside the window"));
+				         hit ? (brief ? "in" : "in the window")
+				             : (brief ? "out" : "outside the window"));
 		} else {
 			snprintf(len, sizeof len, brief ? " %u word%s " : " length %u word%s (no target) ",
 			         t->turn_words, t->turn_words == 1 ? "" : "s");
@@ -894,7 +894,8 @@ static void st_plugins(const struct tui *t, char *buf, size_t cap)
 	if (disabled && off < cap)
 		off += (size_t)snprintf(buf + off, cap - off, ", %u disabled", disabled);
 	if (errors && off < cap)
-		off += (size_t)snprintf(buf + off, cap - off, ", %u error%s", errors, errors == 1 ? "" : "s");
+		off += (size_t)snprintf(buf + off, cap - off, ", %u error%s", errors,
+		                        errors == 1 ? "" : "s");
 	/* the plugins' own status items */
 	for (size_t i = 0; i < script_status_count(t->rt) && off < cap; i++) {
 		const char *plugin;
@@ -906,8 +907,8 @@ static void st_plugins(const struct tui *t, char *buf, size_t cap)
 
 #define TUI_MAX_STATUS 16
 static struct tui_status_item tui_status_items[TUI_MAX_STATUS] = {
-	{ "model", st_model },   { "backend", st_backend }, { "speed", st_speed },
-	{ "context", st_ctx },   { "policy", st_policy },   { "plugins", st_plugins },
+	{ "model", st_model }, { "backend", st_backend }, { "speed", st_speed },
+	{ "context", st_ctx }, { "policy", st_policy },   { "plugins", st_plugins },
 };
 static size_t tui_n_status = 6;
 
@@ -925,8 +926,8 @@ static const struct {
 	const char *name;
 	int rank;
 } tui_status_rank[] = {
-	{ "context", 6 }, { "policy", 5 }, { "speed", 4 }, { "plugins", 3 }, { "model", 2 },
-	{ "backend", 1 },
+	{ "context", 6 }, { "policy", 5 }, { "speed", 4 },
+	{ "plugins", 3 }, { "model", 2 },  { "backend", 1 },
 };
 
 static int status_rank(const char *name)
@@ -966,8 +967,9 @@ static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 	while (total > room && n_on > 0) {
 		int worst = -1;
 		for (size_t i = 0; i < tui_n_status; i++)
-			if (on[i] && (worst < 0 || status_rank(tui_status_items[i].name) <
-			                               status_rank(tui_status_items[worst].name)))
+			if (on[i] &&
+			    (worst < 0 ||
+			     status_rank(tui_status_items[i].name) < status_rank(tui_status_items[worst].name)))
 				worst = (int)i;
 		on[worst] = false;
 		total -= iw[worst];
@@ -983,8 +985,7 @@ static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 			k = utf8_complete_prefix((const uint8_t *)msg, k);
 			memcpy(msg + k, "... ", 5);
 		}
-		x += tui_grid_text(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, msg,
-		                   strlen(msg));
+		x += tui_grid_text(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, msg, strlen(msg));
 	}
 	buf[0] = '\0';
 	for (size_t i = 0; i < tui_n_status && n < sizeof buf; i++)
@@ -1051,7 +1052,8 @@ static void draw_input(struct tui_grid *g, struct tui_rect r, const char *in, si
 		size_t n = end ? (size_t)(end - p) : strlen(p);
 		int y = r.y + line - first_line;
 		if (y >= r.y && y < r.y + r.h) {
-			tui_grid_text(g, r, r.x, y, R_TITLE, line == 0 ? (in[0] == ':' ? ": " : "> ") : ". ", 2);
+			tui_grid_text(g, r, r.x, y, R_TITLE, line == 0 ? (in[0] == ':' ? ": " : "> ") : ". ",
+			              2);
 			/* skip hscroll columns on the cursor's line */
 			const char *q = p;
 			size_t qn = n;

@@ -67,7 +67,8 @@ static const char *const fuzz_stmts[] = {
 	"kvscope.command('c$N', function(a) $F end, 'help', function(p) $F return { 'x' } end)",
 	"kvscope.schedule(function() $F end)",
 	"kvscope.timer($N, function() $F end, $N > 3)",
-	"kvscope.policy.register('fuzzpol', function(t, n) $F local o = {} for i = 1, #t do o[i] = i end return o end)",
+	"kvscope.policy.register('fuzzpol', function(t, n) $F local o = {} for i = 1, #t do o[i] = i "
+	"end return o end)",
 	"kvscope.write($T, $T)",
 	"kvscope.write('../escape.txt', 'x')",
 	"kvscope.write('/tmp/escape.txt', 'x')",
@@ -85,8 +86,10 @@ static const char *const fuzz_stmts[] = {
 	"error(setmetatable({}, { __tostring = function() $F return 'x' end }))",
 	"error({ kvscope_exit = $N })",
 	"setmetatable({}, { __gc = function() $F end })",
-	"coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() $F end }) $F end)()",
-	"local co = coroutine.create(function() $F coroutine.yield() $F end) coroutine.resume(co) coroutine.close(co)",
+	"coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() $F end }) "
+	"$F end)()",
+	"local co = coroutine.create(function() $F coroutine.yield() $F end) coroutine.resume(co) "
+	"coroutine.close(co)",
 	"while true do $S end",
 	"for i = 1, $N do $S end",
 	"string.rep($T, $N, $T)",
@@ -111,14 +114,27 @@ static const char *const fuzz_stmts[] = {
 };
 
 static const char *const fuzz_exprs[] = {
-	"nil", "true", "1", "-1", "0/0", "math.huge", "math.maxinteger", "'x'", "{}", "S",
-	"setmetatable({}, { __index = function() error('e') end })", "function() end",
-	"coroutine.create(function() end)", "kvscope", "string.rep('a', 100)",
+	"nil",
+	"true",
+	"1",
+	"-1",
+	"0/0",
+	"math.huge",
+	"math.maxinteger",
+	"'x'",
+	"{}",
+	"S",
+	"setmetatable({}, { __index = function() error('e') end })",
+	"function() end",
+	"coroutine.create(function() end)",
+	"kvscope",
+	"string.rep('a', 100)",
 };
 
 static const char *const fuzz_strs[] = {
-	"'hello'", "''", "'%'", "'a*'", "'(a)%1'", "'[a'", "'%b()'", "'%f[%w]%w+'", "'..'",
-	"'results.txt'", "'../x'", "'/abs'", "'a\\0b'", "'200t'", "'x y z'", "('a'):rep(300)",
+	"'hello'", "''",          "'%'",     "'a*'",           "'(a)%1'", "'[a'",
+	"'%b()'",  "'%f[%w]%w+'", "'..'",    "'results.txt'",  "'../x'",  "'/abs'",
+	"'a\\0b'", "'200t'",      "'x y z'", "('a'):rep(300)",
 };
 
 /* Bytes left to read, for the grammar. */
@@ -156,9 +172,7 @@ static void fuzz_expand(struct fuzz_in *in, const char *t, char *out, size_t *n,
 			continue;
 		}
 		switch (*++t) {
-		case 'S':
-			fuzz_stmt(in, out, n, depth + 1);
-			break;
+		case 'S': fuzz_stmt(in, out, n, depth + 1); break;
 		case 'F':
 			for (unsigned k = fuzz_pick(in, 3); k > 0; k--) {
 				fuzz_stmt(in, out, n, depth + 1);
@@ -179,8 +193,7 @@ static void fuzz_expand(struct fuzz_in *in, const char *t, char *out, size_t *n,
 			snprintf(num, sizeof num, "%u", fuzz_pick(in, 256) * (fuzz_pick(in, 4) == 0 ? 257 : 1));
 			fuzz_put(out, n, num, strlen(num));
 			break;
-		default:
-			fuzz_put(out, n, t - 1, 2);
+		default: fuzz_put(out, n, t - 1, 2);
 		}
 	}
 }
@@ -235,8 +248,7 @@ static void fuzz_check_writes(void)
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
 		    strcmp(de->d_name, "results") == 0 || strcmp(de->d_name, "tiny.gguf") == 0)
 			continue;
-		fprintf(stderr, "fuzz-lua: a plugin wrote %s/%s, outside results/\n", fuzz_dir,
-		        de->d_name);
+		fprintf(stderr, "fuzz-lua: a plugin wrote %s/%s, outside results/\n", fuzz_dir, de->d_name);
 		abort();
 	}
 	closedir(d);

@@ -20,8 +20,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char *const fuzz_pres[] = { "smollm", "gpt-2", "llama-bpe", "qwen2", "default",
-	                                 "falcon" };
+static const char *const fuzz_pres[] = { "smollm", "gpt-2",   "llama-bpe",
+	                                     "qwen2",  "default", "falcon" };
 #define N_VOCABS (KVS_ARRAY_LEN(fuzz_pres) + 1)
 
 static struct vocab *fuzz_vocabs[N_VOCABS];
@@ -43,10 +43,10 @@ static size_t fuzz_byte_letter(int b, char *out)
 /* Build the vocabularies (once). */
 static void fuzz_init(void)
 {
-	static const char *const words[] = { "th", "the", "in", "Ġt", "Ġthe", "er", "12", "Ġ1",
-		"ĠĠ", "ĊĊ", "an", "and", "Ġa", "<|c|>", "<u>" };
+	static const char *const words[] = { "th", "the", "in", "Ġt",  "Ġthe", "er",    "12", "Ġ1",
+		                                 "ĠĠ", "ĊĊ",  "an", "and", "Ġa",   "<|c|>", "<u>" };
 	static const char *const merges[] = { "t h", "th e", "i n", "Ġ t", "Ġt he", "e r", "1 2",
-		"Ġ 1", "Ġ Ġ", "Ċ Ċ", "a n", "an d", "Ġ a", "Ġt h" };
+		                                  "Ġ 1", "Ġ Ġ",  "Ċ Ċ", "a n", "an d",  "Ġ a", "Ġt h" };
 	const char *toks[256 + KVS_ARRAY_LEN(words)];
 	char letters[256][4], spm_bytes[256][8];
 	int32_t types[256 + KVS_ARRAY_LEN(words)];

@@ -126,9 +126,7 @@ static void gen_truncations(void)
 	for (size_t i = 0; i < n_fields; i++) {
 		uint64_t off;
 		switch (fd[i].kind) {
-		case GW_N_KV:
-			emit("trunc-header.gguf", buf, (size_t)fd[i].pos + 4);
-			break;
+		case GW_N_KV: emit("trunc-header.gguf", buf, (size_t)fd[i].pos + 4); break;
 		case GW_KV_END:
 			snprintf(name, sizeof name, "trunc-kv%02u-end.gguf", fd[i].rec);
 			emit(name, buf, (size_t)fd[i].pos - 1);
@@ -150,8 +148,7 @@ static void gen_truncations(void)
 				emit(name, buf, cut);
 			}
 			break;
-		default:
-			break;
+		default: break;
 		}
 	}
 	emit("trunc-last-byte.gguf", buf, n - 1);
@@ -161,8 +158,7 @@ static void gen_truncations(void)
 
 /* Hostile values per field size, cycled through field by field. */
 static const uint64_t evil_u64[] = {
-	0, UINT64_MAX, 1ull << 63, (1ull << 42) + 1, 1ull << 32, 0x7fffffffffffffffull, 1000000,
-	3,
+	0, UINT64_MAX, 1ull << 63, (1ull << 42) + 1, 1ull << 32, 0x7fffffffffffffffull, 1000000, 3,
 };
 static const uint32_t evil_u32[] = { 0, UINT32_MAX, 13, 9, 5, 4, 0x03000000, 40, 31, 1 };
 
@@ -172,11 +168,21 @@ static void gen_fields(const char *prefix, struct ggufw *w, const uint8_t *buf, 
                        size_t cut)
 {
 	static const char *const kind_name[GW_KIND_COUNT_] = {
-		[GW_MAGIC] = "magic",     [GW_VERSION] = "version", [GW_N_TENSORS] = "ntensors",
-		[GW_N_KV] = "nkv",        [GW_KEY_LEN] = "keylen",  [GW_KV_TYPE] = "type",
-		[GW_STR_LEN] = "strlen",  [GW_ARR_TYPE] = "arrtype", [GW_ARR_N] = "arrn",
-		[GW_ARR_STR_LEN] = "elemlen", [GW_T_NAME_LEN] = "namelen", [GW_T_NDIMS] = "ndims",
-		[GW_T_NE] = "ne",         [GW_T_TYPE] = "ttype",    [GW_T_OFFSET] = "offset",
+		[GW_MAGIC] = "magic",
+		[GW_VERSION] = "version",
+		[GW_N_TENSORS] = "ntensors",
+		[GW_N_KV] = "nkv",
+		[GW_KEY_LEN] = "keylen",
+		[GW_KV_TYPE] = "type",
+		[GW_STR_LEN] = "strlen",
+		[GW_ARR_TYPE] = "arrtype",
+		[GW_ARR_N] = "arrn",
+		[GW_ARR_STR_LEN] = "elemlen",
+		[GW_T_NAME_LEN] = "namelen",
+		[GW_T_NDIMS] = "ndims",
+		[GW_T_NE] = "ne",
+		[GW_T_TYPE] = "ttype",
+		[GW_T_OFFSET] = "offset",
 	};
 	const struct ggufw_field *fd;
 	size_t n_fields, k64 = 0, k32 = 0;
@@ -268,11 +274,26 @@ static void emit_dims(const char *name, uint32_t n_dims, const int64_t *ne, uint
 	ggufw_free(w);
 }
 
-static void x_bos_big(struct ggufw *w) { ggufw_add_u32(w, "tokenizer.ggml.bos_token_id", 267); }
-static void x_eos_max(struct ggufw *w) { ggufw_add_u32(w, "tokenizer.ggml.eos_token_id", UINT32_MAX); }
-static void x_eos_neg(struct ggufw *w) { ggufw_add_i32(w, "tokenizer.ggml.eos_token_id", -1); }
-static void x_eot_big(struct ggufw *w) { ggufw_add_u32(w, "tokenizer.ggml.eot_token_id", 100000); }
-static void x_pad_big(struct ggufw *w) { ggufw_add_u32(w, "tokenizer.ggml.padding_token_id", 267); }
+static void x_bos_big(struct ggufw *w)
+{
+	ggufw_add_u32(w, "tokenizer.ggml.bos_token_id", 267);
+}
+static void x_eos_max(struct ggufw *w)
+{
+	ggufw_add_u32(w, "tokenizer.ggml.eos_token_id", UINT32_MAX);
+}
+static void x_eos_neg(struct ggufw *w)
+{
+	ggufw_add_i32(w, "tokenizer.ggml.eos_token_id", -1);
+}
+static void x_eot_big(struct ggufw *w)
+{
+	ggufw_add_u32(w, "tokenizer.ggml.eot_token_id", 100000);
+}
+static void x_pad_big(struct ggufw *w)
+{
+	ggufw_add_u32(w, "tokenizer.ggml.padding_token_id", 267);
+}
 static void x_scores_u8(struct ggufw *w)
 {
 	static uint8_t sc[267];
@@ -313,9 +334,8 @@ static void x_merges_unknown(struct ggufw *w)
 }
 static void x_tokens_nested(struct ggufw *w)
 {
-	static const uint8_t nested[] = { 9, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0,
-	                                  8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-	                                  8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
+	static const uint8_t nested[] = { 9, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0,
+		                              0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
 	ggufw_add_raw(w, "tokenizer.ggml.tokens", GGUF_ARRAY, nested, sizeof nested);
 }
 static void x_tokens_u32(struct ggufw *w)
@@ -323,26 +343,71 @@ static void x_tokens_u32(struct ggufw *w)
 	static uint32_t t[267];
 	ggufw_add_arr_u32(w, "tokenizer.ggml.tokens", t, 267);
 }
-static void x_model_bert(struct ggufw *w) { ggufw_add_str(w, "tokenizer.ggml.model", "bert"); }
-static void x_pre_unknown(struct ggufw *w) { ggufw_add_str(w, "tokenizer.ggml.pre", "nonesuch"); }
-static void x_layers0(struct ggufw *w) { ggufw_add_u32(w, "llama.block_count", 0); }
-static void x_layers_huge(struct ggufw *w) { ggufw_add_u32(w, "llama.block_count", 100000); }
-static void x_heads0(struct ggufw *w) { ggufw_add_u32(w, "llama.attention.head_count", 0); }
+static void x_model_bert(struct ggufw *w)
+{
+	ggufw_add_str(w, "tokenizer.ggml.model", "bert");
+}
+static void x_pre_unknown(struct ggufw *w)
+{
+	ggufw_add_str(w, "tokenizer.ggml.pre", "nonesuch");
+}
+static void x_layers0(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.block_count", 0);
+}
+static void x_layers_huge(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.block_count", 100000);
+}
+static void x_heads0(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.attention.head_count", 0);
+}
 static void x_heads_arr(struct ggufw *w)
 {
 	static const uint32_t h[] = { 4, 8 };
 	ggufw_add_arr_u32(w, "llama.attention.head_count", h, 2);
 }
-static void x_kv3(struct ggufw *w) { ggufw_add_u32(w, "llama.attention.head_count_kv", 3); }
-static void x_embd33(struct ggufw *w) { ggufw_add_u32(w, "llama.embedding_length", 33); }
-static void x_rot7(struct ggufw *w) { ggufw_add_u32(w, "llama.rope.dimension_count", 7); }
-static void x_eps_nan(struct ggufw *w) { ggufw_add_f32(w, "llama.attention.layer_norm_rms_epsilon", NAN); }
-static void x_eps_u32(struct ggufw *w) { ggufw_add_u32(w, "llama.attention.layer_norm_rms_epsilon", 1); }
-static void x_ctx0(struct ggufw *w) { ggufw_add_u32(w, "llama.context_length", 0); }
-static void x_vocab_size(struct ggufw *w) { ggufw_add_u32(w, "llama.vocab_size", 268); }
-static void x_yarn(struct ggufw *w) { ggufw_add_str(w, "llama.rope.scaling.type", "yarn"); }
-static void x_keylen(struct ggufw *w) { ggufw_add_u32(w, "llama.attention.key_length", 1024); }
-static void x_arch_gemma(struct ggufw *w) { ggufw_add_str(w, "general.architecture", "gemma3"); }
+static void x_kv3(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.attention.head_count_kv", 3);
+}
+static void x_embd33(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.embedding_length", 33);
+}
+static void x_rot7(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.rope.dimension_count", 7);
+}
+static void x_eps_nan(struct ggufw *w)
+{
+	ggufw_add_f32(w, "llama.attention.layer_norm_rms_epsilon", NAN);
+}
+static void x_eps_u32(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.attention.layer_norm_rms_epsilon", 1);
+}
+static void x_ctx0(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.context_length", 0);
+}
+static void x_vocab_size(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.vocab_size", 268);
+}
+static void x_yarn(struct ggufw *w)
+{
+	ggufw_add_str(w, "llama.rope.scaling.type", "yarn");
+}
+static void x_keylen(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.attention.key_length", 1024);
+}
+static void x_arch_gemma(struct ggufw *w)
+{
+	ggufw_add_str(w, "general.architecture", "gemma3");
+}
 
 /* Model variants: one key left out of the base and the extra put in. */
 static const struct {
@@ -435,8 +500,8 @@ static void gen_shapes(void)
 	ggufw_free(w);
 	w = ggufw_new();
 	ggufw_add_raw(w, "g.nested", GGUF_ARRAY,
-	              (const uint8_t[]){ 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0,
-	                                 0, 0, 0, 0, 0, 7, 0, 0, 0 },
+	              (const uint8_t[]){ 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0,
+	                                 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0 },
 	              28);
 	emit_w("shape-nested-array.gguf", w, 0);
 	ggufw_free(w);

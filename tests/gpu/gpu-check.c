@@ -55,7 +55,7 @@ static int g_n_depths = 3, g_n_pre = 2;
 
 /* Record one check: PASS/FAIL line. */
 static void check(bool ok, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 static void check(bool ok, const char *name, const char *fmt, ...)
 {
 	va_list ap;
@@ -109,7 +109,7 @@ struct rmodel {
 struct rspec {
 	const char *arch;
 	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab;
-	uint32_t wtype, etype;   /* matrices; embedding (tied LM head) */
+	uint32_t wtype, etype; /* matrices; embedding (tied LM head) */
 	bool bias;
 	enum rope_kind rope;
 	float rope_base;
@@ -254,7 +254,10 @@ static struct engine *mk_engine(const struct model *m, enum engine_backend be, b
 	cfg.n_ctx = n_ctx;
 	if (engine_create(&eng, m, &cfg, &e) != KVS_OK) {
 		fprintf(stderr, "gpu-check: engine (%s): %s\n",
-		        be == ENGINE_BACKEND_CUDA ? "cuda" : reference ? "cpu reference" : "cpu", e.msg);
+		        be == ENGINE_BACKEND_CUDA ? "cuda"
+		                : reference       ? "cpu reference"
+		                                  : "cpu",
+		        e.msg);
 		exit(1);
 	}
 	return eng;
@@ -373,7 +376,8 @@ static double cmp_rel(const struct cmp *c)
 static void cmp_check(const char *name, const struct cmp *c, double tol)
 {
 	check(cmp_rel(c) <= tol && c->bad == 0, name,
-	      "max|d| %.3g (rel %.2e, tol %.1e), top-1 %llu/%llu same, %llu near ties, %llu real disagreements",
+	      "max|d| %.3g (rel %.2e, tol %.1e), top-1 %llu/%llu same, %llu near ties, %llu real "
+	      "disagreements",
 	      c->max_abs, cmp_rel(c), tol, (unsigned long long)c->top1_same,
 	      (unsigned long long)c->rows, (unsigned long long)c->ties, (unsigned long long)c->bad);
 }
@@ -443,7 +447,8 @@ static void parity_basic(const struct model *m, const char *tag, struct engine *
 	float *lc = dup_f(o.logits, (size_t)P * nv);
 	fwd(dut, toks, P, 0, 0, NULL, P, ENGINE_LOGITS_ALL, false, false, &o);
 	float *ld = dup_f(o.logits, (size_t)P * nv);
-	float *dc = xmallocarray((size_t)D * nv, sizeof(float)), *dd = xmallocarray((size_t)D * nv, sizeof(float));
+	float *dc = xmallocarray((size_t)D * nv, sizeof(float)),
+	      *dd = xmallocarray((size_t)D * nv, sizeof(float));
 	float *ac = xmallocarray(na, sizeof(float)), *ad = xmallocarray(na, sizeof(float));
 	decode_run(cpu, toks, D, dc, ac, na);
 	decode_run(dut, toks, D, dd, ad, na);
@@ -454,7 +459,8 @@ static void parity_basic(const struct model *m, const char *tag, struct engine *
 		fwd(ref, toks, P, 0, 0, NULL, P, ENGINE_LOGITS_ALL, false, false, &o);
 		cmp_rows(&c, o.logits, lc, P, nv);
 		nz.prefill = cmp_rel(&c);
-		float *dr = xmallocarray((size_t)D * nv, sizeof(float)), *ar = xmallocarray(na, sizeof(float));
+		float *dr = xmallocarray((size_t)D * nv, sizeof(float)),
+		      *ar = xmallocarray(na, sizeof(float));
 		decode_run(ref, toks, D, dr, ar, na);
 		memset(&c, 0, sizeof(c));
 		cmp_rows(&c, dr, dc, D, nv);
@@ -463,7 +469,8 @@ static void parity_basic(const struct model *m, const char *tag, struct engine *
 		free(dr);
 		free(ar);
 		engine_free(ref);
-		printf("     %s: the CPU's own rounding (int8 vs float path): prefill rel %.2e, decode rel %.2e, attention %.2e\n",
+		printf("     %s: the CPU's own rounding (int8 vs float path): prefill rel %.2e, decode rel "
+		       "%.2e, attention %.2e\n",
 		       tag, nz.prefill, nz.decode, nz.attn);
 	}
 	struct cmp c = { 0 };
@@ -554,7 +561,8 @@ static void parity_greedy(const struct model *m, struct engine *cpu, struct engi
 			all.rows++;
 			if (tc != td) {
 				outcome = c.ties ? 1 : 2;
-				printf("     prompt %d: step %d: CPU %d, %s %d (CPU top-2 gap %.3g, row max|d| %.3g)\n",
+				printf("     prompt %d: step %d: CPU %d, %s %d (CPU top-2 gap %.3g, row max|d| "
+				       "%.3g)\n",
 				       p, t, tc, engine_backend_name(dut), td, top_gap(lc, nv), c.max_abs);
 				break;
 			}
@@ -761,8 +769,10 @@ static void parity_snapshot(const struct model *m, struct engine *cpu, struct en
 	float *ref = xmallocarray((size_t)T * nv, sizeof(float));
 	struct engine *from[2] = { cpu, dut }, *to[2] = { dut, cpu };
 	static const char *const names[2][2] = {
-		{ "snapshot: CPU slots round-trip through the device", "snapshot: CPU slots decoded on the device" },
-		{ "snapshot: device slots round-trip through the CPU", "snapshot: device slots decoded on the CPU" },
+		{ "snapshot: CPU slots round-trip through the device",
+		  "snapshot: CPU slots decoded on the device" },
+		{ "snapshot: device slots round-trip through the CPU",
+		  "snapshot: device slots decoded on the CPU" },
 	};
 	struct engine_out o;
 	struct err e = { 0 };
@@ -773,11 +783,13 @@ static void parity_snapshot(const struct model *m, struct engine *cpu, struct en
 		bool ok = true;
 		for (uint32_t s = 0; ok && s < P; s++)
 			ok = engine_kv_save(from[w], s, raw + (size_t)s * bps, &e) == KVS_OK &&
-			     engine_kv_load(to[w], s, (int32_t)s, raw + (size_t)s * bps, &e) == KVS_OK &&
-			     engine_kv_save(to[w], s, back + (size_t)s * bps, &e) == KVS_OK;
+			        engine_kv_load(to[w], s, (int32_t)s, raw + (size_t)s * bps, &e) == KVS_OK &&
+			        engine_kv_save(to[w], s, back + (size_t)s * bps, &e) == KVS_OK;
 		bool same = ok && memcmp(raw, back, (size_t)P * bps) == 0;
-		check(same, names[w][0], "%s", !ok ? e.msg : same ? "every byte read back unchanged"
-		                                                  : "the bytes read back differ");
+		check(same, names[w][0], "%s",
+		      !ok            ? e.msg
+		              : same ? "every byte read back unchanged"
+		                     : "the bytes read back differ");
 		if (!ok)
 			continue;
 		struct cmp c = { 0 };
@@ -858,13 +870,13 @@ static int cmd_parity(const char *model_path)
 /* One small model per weight type, plus qwen2-style and wide-head ones. */
 static int cmd_types(void)
 {
-	static const uint32_t types[] = { DT_F32, DT_F16, DT_BF16, DT_Q4_0, DT_Q4_1, DT_Q5_0,
-	                                  DT_Q5_1, DT_Q8_0, DT_Q4_K, DT_Q5_K, DT_Q6_K };
+	static const uint32_t types[] = { DT_F32,  DT_F16,  DT_BF16, DT_Q4_0, DT_Q4_1, DT_Q5_0,
+		                              DT_Q5_1, DT_Q8_0, DT_Q4_K, DT_Q5_K, DT_Q6_K };
 	int before = g_fail;
 	for (size_t i = 0; i < KVS_ARRAY_LEN(types); i++) {
 		/* 768 = 3 x 256 and 1536 = 6 x 256 suit the k-quants; GQA 3 */
-		struct rspec sp = { "llama", 2, 768, 12, 4, 1536, 2048, types[i], types[i], false,
-			            ROPE_NORM, 10000.0f };
+		struct rspec sp = { "llama", 2,        768,      12,    4,         1536,
+			                2048,    types[i], types[i], false, ROPE_NORM, 10000.0f };
 		struct rmodel *rm = rm_build(&sp, 100 + i);
 		char tag[48];
 		snprintf(tag, sizeof(tag), "type %s", dtype_name(types[i]));
@@ -872,14 +884,14 @@ static int cmd_types(void)
 		rm_free(rm);
 	}
 	/* qwen2: rotate-half RoPE, q/k/v biases, 7 query heads per KV head */
-	struct rspec qw = { "qwen2", 2, 896, 14, 2, 1024, 4096, DT_Q8_0, DT_Q8_0, true, ROPE_NEOX,
-		            1000000.0f };
+	struct rspec qw = { "qwen2", 2,       896,     14,   2,         1024,
+		                4096,    DT_Q8_0, DT_Q8_0, true, ROPE_NEOX, 1000000.0f };
 	struct rmodel *rm = rm_build(&qw, 300);
 	parity_model(&rm->m, "qwen2-style Q8_0", false);
 	rm_free(rm);
 	/* 128-dim heads, 4 per KV head, F16 */
-	struct rspec wide = { "llama", 2, 512, 4, 1, 1024, 2048, DT_F16, DT_Q4_0, false, ROPE_NORM,
-		              500000.0f };
+	struct rspec wide = { "llama", 2,      512,     4,     1,         1024,
+		                  2048,    DT_F16, DT_Q4_0, false, ROPE_NORM, 500000.0f };
 	rm = rm_build(&wide, 301);
 	parity_model(&rm->m, "128-dim heads F16", false);
 	rm_free(rm);
@@ -987,28 +999,31 @@ static int cmd_bench(const char *model_path)
 		setenv("KVSCOPE_CUDA_FUSE", "0", 1);
 		bench_decode(m, g_depths[0], true, &w, &g, &s);
 		unsetenv("KVSCOPE_CUDA_FUSE");
-		printf("     decode @%-6u unfused, graphs on %8.1f tok/s wall (%.3f ms), %8.1f tok/s GPU (%.3f ms)\n",
+		printf("     decode @%-6u unfused, graphs on %8.1f tok/s wall (%.3f ms), %8.1f tok/s GPU "
+		       "(%.3f ms)\n",
 		       g_depths[0], 1000.0 / w, w, g > 0 ? 1000.0 / g : 0.0, g);
-		table_row("| decode, %5u, unfused | %-6s | %10.1f | %18.1f |", g_depths[0], "on", 1000.0 / w,
-		          g > 0 ? 1000.0 / g : 0.0);
+		table_row("| decode, %5u, unfused | %-6s | %10.1f | %18.1f |", g_depths[0], "on",
+		          1000.0 / w, g > 0 ? 1000.0 / g : 0.0);
 	}
 	for (int i = 0; i < g_n_depths; i++) {
 		for (int gr = 1; gr >= 0; gr--) {
 			double w, g, s;
 			bench_decode(m, g_depths[i], gr == 1, &w, &g, &s);
-			printf("     decode @%-6u graphs %-3s  %8.1f tok/s wall (%.3f ms), %8.1f tok/s GPU (%.3f ms), host argmax %.1f us\n",
+			printf("     decode @%-6u graphs %-3s  %8.1f tok/s wall (%.3f ms), %8.1f tok/s GPU "
+			       "(%.3f ms), host argmax %.1f us\n",
 			       g_depths[i], gr ? "on" : "off", 1000.0 / w, w, g > 0 ? 1000.0 / g : 0.0, g, s);
-			table_row("| decode, %5u cached | %-6s | %10.1f | %18.1f |", g_depths[i], gr ? "on" : "off",
-			          1000.0 / w, g > 0 ? 1000.0 / g : 0.0);
+			table_row("| decode, %5u cached | %-6s | %10.1f | %18.1f |", g_depths[i],
+			          gr ? "on" : "off", 1000.0 / w, g > 0 ? 1000.0 / g : 0.0);
 		}
 	}
 	for (int i = 0; i < g_n_pre; i++) {
 		double w, g;
 		bench_prefill(m, g_pre[i], &w, &g);
-		printf("     prefill %-6u                %8.1f tok/s wall (%.1f ms), %8.1f tok/s GPU (%.1f ms)\n",
+		printf("     prefill %-6u                %8.1f tok/s wall (%.1f ms), %8.1f tok/s GPU (%.1f "
+		       "ms)\n",
 		       g_pre[i], g_pre[i] * 1000.0 / w, w, g > 0 ? g_pre[i] * 1000.0 / g : 0.0, g);
-		table_row("| prefill %5u        | -      | %10.1f | %18.1f |", g_pre[i], g_pre[i] * 1000.0 / w,
-		          g > 0 ? g_pre[i] * 1000.0 / g : 0.0);
+		table_row("| prefill %5u        | -      | %10.1f | %18.1f |", g_pre[i],
+		          g_pre[i] * 1000.0 / w, g > 0 ? g_pre[i] * 1000.0 / g : 0.0);
 	}
 	uint64_t cap = 0, hits = 0;
 	gpu_graph_counts(&cap, &hits);
@@ -1057,8 +1072,9 @@ static int parse_list(const char *s, uint32_t *out, int *n)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: gpu-check info|parity|types|bench|all [--model PATH] [--b cuda|cpu] "
-	                "[--prompts N] [--gen N] [--depths A,B] [--prefill A,B] [--quick]\n");
+	fprintf(stderr,
+	        "usage: gpu-check info|parity|types|bench|all [--model PATH] [--b cuda|cpu] "
+	        "[--prompts N] [--gen N] [--depths A,B] [--prefill A,B] [--quick]\n");
 }
 
 int main(int argc, char **argv)

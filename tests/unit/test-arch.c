@@ -39,9 +39,8 @@ static int load(struct ggufw *w, struct model **m, uint8_t **buf, struct err *e)
 }
 
 /* Load spec (plus whatever extra() adds) and expect code and two substrings. */
-static void expect(const char *what, const struct tinymodel_spec *s,
-                   void (*extra)(struct ggufw *), int code, const char *want1,
-                   const char *want2)
+static void expect(const char *what, const struct tinymodel_spec *s, void (*extra)(struct ggufw *),
+                   int code, const char *want1, const char *want2)
 {
 	struct ggufw *w = ggufw_new();
 	struct model *m;
@@ -56,10 +55,8 @@ static void expect(const char *what, const struct tinymodel_spec *s,
 	T_CHECK(rc == code, "%s: status %d ('%s'), expected %d", what, rc, e.msg, code);
 	if (code != KVS_OK) {
 		T_CHECK(m == NULL, "%s: model returned on failure", what);
-		T_CHECK(want1 == NULL || strstr(e.msg, want1), "%s: '%s' lacks '%s'", what, e.msg,
-		        want1);
-		T_CHECK(want2 == NULL || strstr(e.msg, want2), "%s: '%s' lacks '%s'", what, e.msg,
-		        want2);
+		T_CHECK(want1 == NULL || strstr(e.msg, want1), "%s: '%s' lacks '%s'", what, e.msg, want1);
+		T_CHECK(want2 == NULL || strstr(e.msg, want2), "%s: '%s' lacks '%s'", what, e.msg, want2);
 	}
 	model_free(m);
 	free(buf);
@@ -168,16 +165,46 @@ out:
 }
 
 /* Extra records for the bad cases. */
-static void add_ff96(struct ggufw *w) { ggufw_add_u32(w, "llama.feed_forward_length", 96); }
-static void add_layers0(struct ggufw *w) { ggufw_add_u32(w, "llama.block_count", 0); }
-static void add_layers3(struct ggufw *w) { ggufw_add_u32(w, "llama.block_count", 3); }
-static void add_kv3(struct ggufw *w) { ggufw_add_u32(w, "llama.attention.head_count_kv", 3); }
-static void add_kv0(struct ggufw *w) { ggufw_add_u32(w, "llama.attention.head_count_kv", 0); }
-static void add_rot7(struct ggufw *w) { ggufw_add_u32(w, "llama.rope.dimension_count", 7); }
-static void add_rot16(struct ggufw *w) { ggufw_add_u32(w, "llama.rope.dimension_count", 16); }
-static void add_yarn(struct ggufw *w) { ggufw_add_str(w, "llama.rope.scaling.type", "yarn"); }
-static void add_vocab300(struct ggufw *w) { ggufw_add_u32(w, "llama.vocab_size", 300); }
-static void add_gemma(struct ggufw *w) { ggufw_add_str(w, "general.architecture", "gemma3"); }
+static void add_ff96(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.feed_forward_length", 96);
+}
+static void add_layers0(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.block_count", 0);
+}
+static void add_layers3(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.block_count", 3);
+}
+static void add_kv3(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.attention.head_count_kv", 3);
+}
+static void add_kv0(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.attention.head_count_kv", 0);
+}
+static void add_rot7(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.rope.dimension_count", 7);
+}
+static void add_rot16(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.rope.dimension_count", 16);
+}
+static void add_yarn(struct ggufw *w)
+{
+	ggufw_add_str(w, "llama.rope.scaling.type", "yarn");
+}
+static void add_vocab300(struct ggufw *w)
+{
+	ggufw_add_u32(w, "llama.vocab_size", 300);
+}
+static void add_gemma(struct ggufw *w)
+{
+	ggufw_add_str(w, "general.architecture", "gemma3");
+}
 static void add_eps_nan(struct ggufw *w)
 {
 	ggufw_add_f32(w, "llama.attention.layer_norm_rms_epsilon", NAN);
@@ -211,7 +238,10 @@ static void add_blk2(struct ggufw *w)
 	static const float zeros[32];
 	ggufw_add_tensor_f32(w, "blk.2.attn_norm.weight", 1, (int64_t[]){ 32 }, zeros);
 }
-static void add_tpl_int(struct ggufw *w) { ggufw_add_u32(w, "tokenizer.chat_template", 1); }
+static void add_tpl_int(struct ggufw *w)
+{
+	ggufw_add_u32(w, "tokenizer.chat_template", 1);
+}
 
 static void test_bad_models(void)
 {
@@ -238,8 +268,10 @@ static void test_bad_models(void)
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.block_count";
-	expect("block_count 0", &s, add_layers0, KVS_EFORMAT, "'llama.block_count' = 0", "expected 1..512");
-	expect("block_count 3", &s, add_layers3, KVS_ENOTFOUND, "'blk.2.attn_norm.weight' is missing", NULL);
+	expect("block_count 0", &s, add_layers0, KVS_EFORMAT, "'llama.block_count' = 0",
+	       "expected 1..512");
+	expect("block_count 3", &s, add_layers3, KVS_ENOTFOUND, "'blk.2.attn_norm.weight' is missing",
+	       NULL);
 	expect("block_count missing", &s, NULL, KVS_ENOTFOUND, "'llama.block_count' is missing", NULL);
 
 	tinymodel_defaults(&s, "llama");
@@ -248,13 +280,16 @@ static void test_bad_models(void)
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.attention.head_count_kv";
-	expect("kv heads 3 of 4", &s, add_kv3, KVS_EFORMAT, "head_count = 4 is not a multiple of head_count_kv = 3", NULL);
-	expect("kv heads 0", &s, add_kv0, KVS_EFORMAT, "'llama.attention.head_count_kv' = 0", "expected 1..4");
+	expect("kv heads 3 of 4", &s, add_kv3, KVS_EFORMAT,
+	       "head_count = 4 is not a multiple of head_count_kv = 3", NULL);
+	expect("kv heads 0", &s, add_kv0, KVS_EFORMAT, "'llama.attention.head_count_kv' = 0",
+	       "expected 1..4");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.rope.dimension_count";
 	expect("odd n_rot", &s, add_rot7, KVS_EFORMAT, "rope.dimension_count = 7", "even");
-	expect("n_rot > head_dim", &s, add_rot16, KVS_EFORMAT, "rope.dimension_count' = 16", "expected 2..8");
+	expect("n_rot > head_dim", &s, add_rot16, KVS_EFORMAT, "rope.dimension_count' = 16",
+	       "expected 2..8");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.attention.layer_norm_rms_epsilon";
@@ -266,7 +301,8 @@ static void test_bad_models(void)
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.vocab_size";
-	expect("vocab_size mismatch", &s, add_vocab300, KVS_EFORMAT, "llama.vocab_size = 300", "expected 267");
+	expect("vocab_size mismatch", &s, add_vocab300, KVS_EFORMAT, "llama.vocab_size = 300",
+	       "expected 267");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "general.architecture";
@@ -278,15 +314,19 @@ static void test_bad_models(void)
 	expect("per-layer heads, equal", &s, add_heads_equal, KVS_OK, NULL, NULL);
 	expect("per-layer heads, differ", &s, add_heads_differ, KVS_EUNSUPPORTED, "differs per layer",
 	       "layer 1: 8");
-	expect("per-layer heads, short", &s, add_heads_short, KVS_EFORMAT, "has 1 entries, expected 2", NULL);
+	expect("per-layer heads, short", &s, add_heads_short, KVS_EFORMAT, "has 1 entries, expected 2",
+	       NULL);
 
 	tinymodel_defaults(&s, "llama");
-	expect("rope_freqs", &s, add_rope_freqs, KVS_EUNSUPPORTED, "'rope_freqs.weight'", "not supported");
-	expect("stray tensor", &s, add_stray, KVS_EUNSUPPORTED, "'blk.0.ffn_extra.weight' is not part", NULL);
+	expect("rope_freqs", &s, add_rope_freqs, KVS_EUNSUPPORTED, "'rope_freqs.weight'",
+	       "not supported");
+	expect("stray tensor", &s, add_stray, KVS_EUNSUPPORTED, "'blk.0.ffn_extra.weight' is not part",
+	       NULL);
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "tokenizer.chat_template";
-	expect("template not a string", &s, add_tpl_int, KVS_EFORMAT, "tokenizer.chat_template", "expected string");
+	expect("template not a string", &s, add_tpl_int, KVS_EFORMAT, "tokenizer.chat_template",
+	       "expected string");
 	s.skip_key = "general.name";
 	expect("no name", &s, NULL, KVS_OK, NULL, NULL);
 
@@ -295,7 +335,8 @@ static void test_bad_models(void)
 	s.qkv_bias = true;
 	expect("llama with biases", &s, NULL, KVS_OK, NULL, NULL);
 	s.skip_tensor = "blk.1.attn_v.bias";
-	expect("llama with a missing bias", &s, NULL, KVS_ENOTFOUND, "'blk.1.attn_v.bias' is missing", NULL);
+	expect("llama with a missing bias", &s, NULL, KVS_ENOTFOUND, "'blk.1.attn_v.bias' is missing",
+	       NULL);
 }
 
 /* Patch one tensor's type in a valid F32 model. */
@@ -307,7 +348,8 @@ static void test_bad_types(void)
 		const char *want;
 	} cases[] = {
 		{ "blk.0.attn_norm.weight", DT_I32, "'blk.0.attn_norm.weight': type I32, expected F32" },
-		{ "blk.1.attn_q.weight", DT_I32, "'blk.1.attn_q.weight': type I32, expected one of F32, F16" },
+		{ "blk.1.attn_q.weight", DT_I32,
+		  "'blk.1.attn_q.weight': type I32, expected one of F32, F16" },
 		{ "token_embd.weight", DT_I32, "'token_embd.weight': type I32, expected one of" },
 	};
 	for (size_t c = 0; c < KVS_ARRAY_LEN(cases); c++) {
@@ -355,7 +397,10 @@ static void add_linear4(struct ggufw *w)
 	ggufw_add_str(w, "llama.rope.scaling.type", "linear");
 	ggufw_add_f32(w, "llama.rope.scaling.factor", 4.0f);
 }
-static void add_scale_linear2(struct ggufw *w) { ggufw_add_f32(w, "llama.rope.scale_linear", 2.0f); }
+static void add_scale_linear2(struct ggufw *w)
+{
+	ggufw_add_f32(w, "llama.rope.scale_linear", 2.0f);
+}
 
 static void test_rope_scaling(void)
 {
@@ -440,7 +485,7 @@ static void test_real_model(const char *path)
 	T_EQ_INT(m->hp.has_qkv_bias, 0);
 	T_EQ_STR(m->name, "Smollm2 135M 8k Lc100K Mix1 Ep2");
 	T_CHECK(m->chat_template && strlen(m->chat_template) == 368 &&
-	            strncmp(m->chat_template, "{% for message in messages %}", 29) == 0,
+	                strncmp(m->chat_template, "{% for message in messages %}", 29) == 0,
 	        "chat template");
 	T_EQ_INT(m->tok_embd.type, DT_Q8_0);
 	T_EQ_INT(m->output.type, DT_Q8_0);

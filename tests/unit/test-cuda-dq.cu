@@ -39,8 +39,8 @@ static const struct {
 	int offs[2];
 	int n_offs;
 } dq_fields[] = {
-	{ DT_Q4_0, { 0 }, 1 }, { DT_Q4_1, { 0, 2 }, 2 }, { DT_Q5_0, { 0 }, 1 },
-	{ DT_Q5_1, { 0, 2 }, 2 }, { DT_Q8_0, { 0 }, 1 }, { DT_Q4_K, { 0, 2 }, 2 },
+	{ DT_Q4_0, { 0 }, 1 },    { DT_Q4_1, { 0, 2 }, 2 }, { DT_Q5_0, { 0 }, 1 },
+	{ DT_Q5_1, { 0, 2 }, 2 }, { DT_Q8_0, { 0 }, 1 },    { DT_Q4_K, { 0, 2 }, 2 },
 	{ DT_Q5_K, { 0, 2 }, 2 }, { DT_Q6_K, { 208 }, 1 },
 };
 
@@ -173,7 +173,7 @@ static void test_rope(void)
 		enum rope_kind kind;
 		uint32_t hd, n_rot;
 	} cases[] = {
-		{ ROPE_NORM, 64, 64 }, { ROPE_NEOX, 64, 64 }, { ROPE_NORM, 128, 64 },
+		{ ROPE_NORM, 64, 64 },  { ROPE_NEOX, 64, 64 },   { ROPE_NORM, 128, 64 },
 		{ ROPE_NEOX, 128, 32 }, { ROPE_NEOX, 256, 256 },
 	};
 	for (size_t ci = 0; ci < KVS_ARRAY_LEN(cases); ci++) {

@@ -37,9 +37,9 @@ static float float_of(uint32_t u)
  * check) if missing: fixtures are part of the tree, never optional. */
 static uint8_t *fixture(const char *name, size_t *len)
 {
-	const char *roots[] = {getenv("KVSCOPE_SRCDIR"), ".", ".."};
+	const char *roots[] = { getenv("KVSCOPE_SRCDIR"), ".", ".." };
 	char path[4096];
-	struct err e = {0};
+	struct err e = { 0 };
 	char *buf = NULL;
 
 	for (size_t i = 0; i < KVS_ARRAY_LEN(roots); i++) {
@@ -61,8 +61,8 @@ static int diff_floats(const char *what, const float *got, const float *want, si
 	for (size_t i = 0; i < n; i++) {
 		if (bits_of(got[i]) != bits_of(want[i])) {
 			if (bad < 3)
-				fprintf(stderr, "  %s[%zu]: got %.9g (0x%08x), want %.9g (0x%08x)\n",
-				        what, i, got[i], bits_of(got[i]), want[i], bits_of(want[i]));
+				fprintf(stderr, "  %s[%zu]: got %.9g (0x%08x), want %.9g (0x%08x)\n", what, i,
+				        got[i], bits_of(got[i]), want[i], bits_of(want[i]));
 			bad++;
 		}
 	}
@@ -80,25 +80,24 @@ static void test_table(void)
 		uint32_t elems, bytes;
 		bool weight_ok;
 	} want[] = {
-		{0, "F32", 1, 4, true},       {1, "F16", 1, 2, true},
-		{2, "Q4_0", 32, 18, true},    {3, "Q4_1", 32, 20, true},
-		{6, "Q5_0", 32, 22, true},    {7, "Q5_1", 32, 24, true},
-		{8, "Q8_0", 32, 34, true},    {9, "Q8_1", 32, 36, false},
-		{10, "Q2_K", 256, 84, false}, {11, "Q3_K", 256, 110, false},
-		{12, "Q4_K", 256, 144, true}, {13, "Q5_K", 256, 176, true},
-		{14, "Q6_K", 256, 210, true}, {15, "Q8_K", 256, 292, false},
-		{16, "IQ2_XXS", 256, 66, false}, {17, "IQ2_XS", 256, 74, false},
-		{18, "IQ3_XXS", 256, 98, false}, {19, "IQ1_S", 256, 50, false},
-		{20, "IQ4_NL", 32, 18, false}, {21, "IQ3_S", 256, 110, false},
-		{22, "IQ2_S", 256, 82, false}, {23, "IQ4_XS", 256, 136, false},
-		{24, "I8", 1, 1, false},      {25, "I16", 1, 2, false},
-		{26, "I32", 1, 4, false},     {27, "I64", 1, 8, false},
-		{28, "F64", 1, 8, false},     {29, "IQ1_M", 256, 56, false},
-		{30, "BF16", 1, 2, true},     {34, "TQ1_0", 256, 54, false},
-		{35, "TQ2_0", 256, 66, false}, {39, "MXFP4", 32, 17, false},
+		{ 0, "F32", 1, 4, true },          { 1, "F16", 1, 2, true },
+		{ 2, "Q4_0", 32, 18, true },       { 3, "Q4_1", 32, 20, true },
+		{ 6, "Q5_0", 32, 22, true },       { 7, "Q5_1", 32, 24, true },
+		{ 8, "Q8_0", 32, 34, true },       { 9, "Q8_1", 32, 36, false },
+		{ 10, "Q2_K", 256, 84, false },    { 11, "Q3_K", 256, 110, false },
+		{ 12, "Q4_K", 256, 144, true },    { 13, "Q5_K", 256, 176, true },
+		{ 14, "Q6_K", 256, 210, true },    { 15, "Q8_K", 256, 292, false },
+		{ 16, "IQ2_XXS", 256, 66, false }, { 17, "IQ2_XS", 256, 74, false },
+		{ 18, "IQ3_XXS", 256, 98, false }, { 19, "IQ1_S", 256, 50, false },
+		{ 20, "IQ4_NL", 32, 18, false },   { 21, "IQ3_S", 256, 110, false },
+		{ 22, "IQ2_S", 256, 82, false },   { 23, "IQ4_XS", 256, 136, false },
+		{ 24, "I8", 1, 1, false },         { 25, "I16", 1, 2, false },
+		{ 26, "I32", 1, 4, false },        { 27, "I64", 1, 8, false },
+		{ 28, "F64", 1, 8, false },        { 29, "IQ1_M", 256, 56, false },
+		{ 30, "BF16", 1, 2, true },        { 34, "TQ1_0", 256, 54, false },
+		{ 35, "TQ2_0", 256, 66, false },   { 39, "MXFP4", 32, 17, false },
 	};
-	static const uint32_t removed[] = {4, 5, 31, 32, 33, 36, 37, 38, 40, 41, 1000,
-	                                   UINT32_MAX};
+	static const uint32_t removed[] = { 4, 5, 31, 32, 33, 36, 37, 38, 40, 41, 1000, UINT32_MAX };
 	int n_known = 0;
 
 	for (size_t i = 0; i < KVS_ARRAY_LEN(want); i++) {
@@ -128,8 +127,10 @@ static void test_row_bytes(void)
 {
 	uint64_t b = 12345;
 
-	T_CHECK(dtype_row_bytes(DT_Q4_1, 576, &b) && b == 360, "Q4_1 576 -> %llu", (unsigned long long)b);
-	T_CHECK(dtype_row_bytes(DT_Q8_0, 576, &b) && b == 612, "Q8_0 576 -> %llu", (unsigned long long)b);
+	T_CHECK(dtype_row_bytes(DT_Q4_1, 576, &b) && b == 360, "Q4_1 576 -> %llu",
+	        (unsigned long long)b);
+	T_CHECK(dtype_row_bytes(DT_Q8_0, 576, &b) && b == 612, "Q8_0 576 -> %llu",
+	        (unsigned long long)b);
 	T_CHECK(dtype_row_bytes(DT_Q4_K, 1536, &b) && b == 6 * 144, "Q4_K 1536");
 	T_CHECK(dtype_row_bytes(DT_F16, 7, &b) && b == 14, "F16 7");
 	T_CHECK(dtype_row_bytes(DT_F32, 0, &b) && b == 0, "F32 0");
@@ -144,8 +145,7 @@ static void test_row_bytes(void)
 	T_CHECK(!dtype_row_bytes(UINT32_MAX, 32, &b), "type UINT32_MAX");
 	/* overflow: 2^62 F32 elements are 2^64 bytes */
 	T_CHECK(!dtype_row_bytes(DT_F32, UINT64_C(1) << 62, &b), "F32 2^62 overflows");
-	T_CHECK(dtype_row_bytes(DT_F32, (UINT64_C(1) << 62) - 1, &b) &&
-	                b == UINT64_MAX - 3,
+	T_CHECK(dtype_row_bytes(DT_F32, (UINT64_C(1) << 62) - 1, &b) && b == UINT64_MAX - 3,
 	        "F32 2^62-1 -> %llu", (unsigned long long)b);
 	T_CHECK(!dtype_row_bytes(DT_F64, UINT64_MAX, &b), "F64 UINT64_MAX overflows");
 	/* 2^63 Q8_0 elements: n*34 overflows but n/32*34 = 34*2^58 does not */
@@ -153,8 +153,7 @@ static void test_row_bytes(void)
 	        "Q8_0 2^63 -> %llu, want 34*2^58", (unsigned long long)b);
 	/* largest whole-block count: (2^59-1) blocks * 34 bytes overflows, * 18 does not */
 	T_CHECK(!dtype_row_bytes(DT_Q8_0, UINT64_MAX - 31, &b), "Q8_0 huge overflows");
-	T_CHECK(dtype_row_bytes(DT_Q4_0, UINT64_MAX - 31, &b) &&
-	                b == ((UINT64_C(1) << 59) - 1) * 18,
+	T_CHECK(dtype_row_bytes(DT_Q4_0, UINT64_MAX - 31, &b) && b == ((UINT64_C(1) << 59) - 1) * 18,
 	        "Q4_0 huge -> %llu", (unsigned long long)b);
 }
 
@@ -220,10 +219,10 @@ static void test_f16(void)
 	T_EQ_INT(dtype_f32_to_f16(0x1p-24f), 0x0001);
 	T_EQ_INT(dtype_f32_to_f16(0x1p-25f), 0x0000); /* tie: to even (zero) */
 	T_EQ_INT(dtype_f32_to_f16(0x1.000002p-25f), 0x0001);
-	T_EQ_INT(dtype_f32_to_f16(0x1.8p-24f), 0x0002); /* 1.5 units: to even 2 */
-	T_EQ_INT(dtype_f32_to_f16(0x1.ff8p-15f), 0x03ff); /* largest subnormal */
+	T_EQ_INT(dtype_f32_to_f16(0x1.8p-24f), 0x0002);      /* 1.5 units: to even 2 */
+	T_EQ_INT(dtype_f32_to_f16(0x1.ff8p-15f), 0x03ff);    /* largest subnormal */
 	T_EQ_INT(dtype_f32_to_f16(0x1.ffbffep-15f), 0x03ff); /* just below the tie */
-	T_EQ_INT(dtype_f32_to_f16(0x1.ffcp-15f), 0x0400); /* tie: up into the normals */
+	T_EQ_INT(dtype_f32_to_f16(0x1.ffcp-15f), 0x0400);    /* tie: up into the normals */
 	T_EQ_INT(dtype_f32_to_f16(-0.0f), 0x8000);
 	T_EQ_INT(dtype_f32_to_f16(1e-30f), 0x0000);
 	T_EQ_INT(dtype_f32_to_f16(float_of(0x7fc00000)), 0x7e00);
@@ -301,13 +300,13 @@ static void test_dequant_fixtures(void)
 		uint32_t type;
 		int min_blocks;
 	} cases[] = {
-		{"f32", DT_F32, 128},      {"f16", DT_F16, 128},      {"bf16", DT_BF16, 128},
-		{"q4_0", DT_Q4_0, 8},      {"q4_1", DT_Q4_1, 8},      {"q5_0", DT_Q5_0, 8},
-		{"q5_1", DT_Q5_1, 8},      {"q8_0", DT_Q8_0, 8},      {"q4_k", DT_Q4_K, 8},
-		{"q5_k", DT_Q5_K, 8},      {"q6_k", DT_Q6_K, 8},      {"real-q4_1", DT_Q4_1, 18},
-		{"real-q8_0", DT_Q8_0, 18},
+		{ "f32", DT_F32, 128 },       { "f16", DT_F16, 128 }, { "bf16", DT_BF16, 128 },
+		{ "q4_0", DT_Q4_0, 8 },       { "q4_1", DT_Q4_1, 8 }, { "q5_0", DT_Q5_0, 8 },
+		{ "q5_1", DT_Q5_1, 8 },       { "q8_0", DT_Q8_0, 8 }, { "q4_k", DT_Q4_K, 8 },
+		{ "q5_k", DT_Q5_K, 8 },       { "q6_k", DT_Q6_K, 8 }, { "real-q4_1", DT_Q4_1, 18 },
+		{ "real-q8_0", DT_Q8_0, 18 },
 	};
-	bool covered[DT_COUNT_] = {0};
+	bool covered[DT_COUNT_] = { 0 };
 
 	for (size_t c = 0; c < KVS_ARRAY_LEN(cases); c++) {
 		char name[64];
@@ -325,10 +324,11 @@ static void test_dequant_fixtures(void)
 			T_EQ_INT(n_ref, n * sizeof(float));
 			if (n_ref == n * sizeof(float)) {
 				float *got = xmallocarray(n, sizeof *got);
-				T_CHECK(dtype_dequant(cases[c].type, src, got, (int64_t)n),
-				        "%s dequant refused", cases[c].file);
+				T_CHECK(dtype_dequant(cases[c].type, src, got, (int64_t)n), "%s dequant refused",
+				        cases[c].file);
 				int bad = diff_floats(cases[c].file, got, ref, n);
-				T_CHECK(bad == 0, "%s: %d of %zu values differ from gguf-py", cases[c].file, bad, n);
+				T_CHECK(bad == 0, "%s: %d of %zu values differ from gguf-py", cases[c].file, bad,
+				        n);
 				covered[cases[c].type] = true;
 				free(got);
 			}
@@ -344,7 +344,7 @@ static void test_dequant_fixtures(void)
 
 static void test_dequant_refuses(void)
 {
-	uint8_t src[512] = {0};
+	uint8_t src[512] = { 0 };
 	float dst[256];
 
 	dst[0] = 42.0f;
@@ -361,16 +361,15 @@ static void test_dequant_refuses(void)
 }
 
 /* Dequantise one block of type t and compare chosen elements with hand values. */
-static void check_block(const char *what, uint32_t t, const uint8_t *blk,
-                        const int *idx, const float *want, int n_want, float rest, int rest_from)
+static void check_block(const char *what, uint32_t t, const uint8_t *blk, const int *idx,
+                        const float *want, int n_want, float rest, int rest_from)
 {
 	float y[256];
 	int n = (int)dtype_info(t)->block_elems;
 
 	T_CHECK(dtype_dequant(t, blk, y, n), "%s refused", what);
 	for (int i = 0; i < n_want; i++)
-		T_CHECK(y[idx[i]] == want[i], "%s[%d] = %.9g, want %.9g", what, idx[i], y[idx[i]],
-		        want[i]);
+		T_CHECK(y[idx[i]] == want[i], "%s[%d] = %.9g, want %.9g", what, idx[i], y[idx[i]], want[i]);
 	/* elements not listed (from rest_from on) all equal rest */
 	for (int i = rest_from; i < n; i++) {
 		bool listed = false;
@@ -389,36 +388,37 @@ static void test_dequant_hand(void)
 	 * e16 = (1-8)*.5 = -3.5; qs[1] = 0x80 -> e1 = -4, e17 = 0; others 0x88 -> 0 */
 	memset(b, 0x88, 18);
 	b[0] = 0x00, b[1] = 0x38, b[2] = 0x1f, b[3] = 0x80;
-	check_block("Q4_0", DT_Q4_0, b, (const int[]){0, 16, 1, 17}, (const float[]){3.5f, -3.5f, -4.0f, 0.0f},
-	            4, 0.0f, 0);
+	check_block("Q4_0", DT_Q4_0, b, (const int[]){ 0, 16, 1, 17 },
+	            (const float[]){ 3.5f, -3.5f, -4.0f, 0.0f }, 4, 0.0f, 0);
 
 	/* Q4_1: d = 0.25 (0x3400), m = -1 (0xbc00); qs[0] = 0xa3 -> e0 = 3*.25-1 = -0.25,
 	 * e16 = 10*.25-1 = 1.5; qs[15] = 0xf0 -> e15 = -1, e31 = 15*.25-1 = 2.75; others -1 */
 	memset(b, 0, 20);
 	b[1] = 0x34, b[3] = 0xbc, b[4] = 0xa3, b[19] = 0xf0;
-	check_block("Q4_1", DT_Q4_1, b, (const int[]){0, 16, 31}, (const float[]){-0.25f, 1.5f, 2.75f}, 3,
-	            -1.0f, 0);
+	check_block("Q4_1", DT_Q4_1, b, (const int[]){ 0, 16, 31 },
+	            (const float[]){ -0.25f, 1.5f, 2.75f }, 3, -1.0f, 0);
 
 	/* Q5_0: d = 1 (0x3c00), qh = 0x80010001 (5th bit of e0, e16, e31);
 	 * qs[0] = 0x21 -> e0 = (1|16)-16 = 1, e16 = (2|16)-16 = 2;
 	 * qs[15] = 0xf0 -> e15 = 0-16 = -16, e31 = (15|16)-16 = 15; others -16 */
 	memset(b, 0, 22);
 	b[1] = 0x3c, b[2] = 0x01, b[4] = 0x01, b[5] = 0x80, b[6] = 0x21, b[21] = 0xf0;
-	check_block("Q5_0", DT_Q5_0, b, (const int[]){0, 16, 31}, (const float[]){1.0f, 2.0f, 15.0f}, 3,
-	            -16.0f, 0);
+	check_block("Q5_0", DT_Q5_0, b, (const int[]){ 0, 16, 31 },
+	            (const float[]){ 1.0f, 2.0f, 15.0f }, 3, -16.0f, 0);
 
 	/* Q5_1: d = 0.5 (0x3800), m = 2 (0x4000), qh bits 0 and 31;
 	 * qs[0] = 0x0f -> e0 = (15|16)*.5+2 = 17.5, e16 = 2;
 	 * qs[15] = 0xf0 -> e31 = 31*.5+2 = 17.5; others 2 */
 	memset(b, 0, 24);
 	b[1] = 0x38, b[3] = 0x40, b[4] = 0x01, b[7] = 0x80, b[8] = 0x0f, b[23] = 0xf0;
-	check_block("Q5_1", DT_Q5_1, b, (const int[]){0, 31}, (const float[]){17.5f, 17.5f}, 2, 2.0f, 0);
+	check_block("Q5_1", DT_Q5_1, b, (const int[]){ 0, 31 }, (const float[]){ 17.5f, 17.5f }, 2,
+	            2.0f, 0);
 
 	/* Q8_0: d = 0.125 (0x3000); qs = -128, 127, 1 -> -16, 15.875, 0.125; others 0 */
 	memset(b, 0, 34);
 	b[1] = 0x30, b[2] = 0x80, b[3] = 0x7f, b[4] = 0x01;
-	check_block("Q8_0", DT_Q8_0, b, (const int[]){0, 1, 2}, (const float[]){-16.0f, 15.875f, 0.125f}, 3,
-	            0.0f, 0);
+	check_block("Q8_0", DT_Q8_0, b, (const int[]){ 0, 1, 2 },
+	            (const float[]){ -16.0f, 15.875f, 0.125f }, 3, 0.0f, 0);
 
 	/*
 	 * Q4_K: d = 1 (0x3c00), dmin = 0.5 (0x3800).
@@ -434,8 +434,8 @@ static void test_dequant_hand(void)
 	b[1] = 0x3c, b[3] = 0x38;
 	b[4 + 0] = 1, b[4 + 4] = 2, b[4 + 1] = 0xc3, b[4 + 5] = 0x41, b[4 + 9] = 0x52;
 	b[16 + 0] = 0x74, b[16 + 64] = 0x90;
-	check_block("Q4_K", DT_Q4_K, b, (const int[]){0, 32, 128, 160, 1, 33, 161, 255},
-	            (const float[]){3.0f, 20.5f, 0.0f, 439.5f, -1.0f, -0.5f, -10.5f, 0.0f}, 8, 0.0f,
+	check_block("Q4_K", DT_Q4_K, b, (const int[]){ 0, 32, 128, 160, 1, 33, 161, 255 },
+	            (const float[]){ 3.0f, 20.5f, 0.0f, 439.5f, -1.0f, -0.5f, -10.5f, 0.0f }, 8, 0.0f,
 	            192);
 
 	/*
@@ -453,8 +453,9 @@ static void test_dequant_hand(void)
 	b[12] = b[13] = b[14] = b[15] = 1;
 	b[16 + 0] = 0x05, b[16 + 31] = 0x80;
 	b[48 + 0] = 0x3f, b[48 + 32] = 0x21, b[48 + 127] = 0xf0;
-	check_block("Q5_K", DT_Q5_K, b, (const int[]){0, 32, 64, 96, 97, 127, 255, 223},
-	            (const float[]){31.0f, 3.0f, 17.0f, 1.0f, -3.0f, -3.0f, 31.0f, 0.0f}, 8, 0.0f, 128);
+	check_block("Q5_K", DT_Q5_K, b, (const int[]){ 0, 32, 64, 96, 97, 127, 255, 223 },
+	            (const float[]){ 31.0f, 3.0f, 17.0f, 1.0f, -3.0f, -3.0f, 31.0f, 0.0f }, 8, 0.0f,
+	            128);
 
 	/*
 	 * Q6_K: d = 0.5 (0x3800, last two bytes); scales[0] = 2, [1] = 3, [2] = -1, [4] = 1,
@@ -471,25 +472,25 @@ static void test_dequant_hand(void)
 	memset(b, 0, 210);
 	b[208] = 0x00, b[209] = 0x38;
 	b[192 + 0] = 2, b[192 + 1] = 3, b[192 + 2] = 0xff, b[192 + 4] = 1, b[192 + 6] = 1,
-	b[192 + 8] = 4;
+	        b[192 + 8] = 4;
 	b[0] = 0x21, b[16] = 0x05, b[64] = 0x0f;
 	b[128 + 0] = 0xe4, b[128 + 32] = 0x03;
-	check_block("Q6_K", DT_Q6_K, b, (const int[]){0, 32, 64, 96, 16, 128, 129, 1},
-	            (const float[]){-31.0f, 8.0f, 1.0f, 8.0f, -40.5f, 62.0f, -64.0f, -32.0f}, 8, 0.0f,
+	check_block("Q6_K", DT_Q6_K, b, (const int[]){ 0, 32, 64, 96, 16, 128, 129, 1 },
+	            (const float[]){ -31.0f, 8.0f, 1.0f, 8.0f, -40.5f, 62.0f, -64.0f, -32.0f }, 8, 0.0f,
 	            144);
 
 	/* scalars: F16 0x3c00 = 1, 0xc000 = -2, 0x0001 = 2^-24, 0x7bff = 65504 (LE bytes) */
-	static const uint8_t h[] = {0x00, 0x3c, 0x00, 0xc0, 0x01, 0x00, 0xff, 0x7b};
+	static const uint8_t h[] = { 0x00, 0x3c, 0x00, 0xc0, 0x01, 0x00, 0xff, 0x7b };
 	float y[4];
 	T_CHECK(dtype_dequant(DT_F16, h, y, 4), "F16");
 	T_CHECK(y[0] == 1.0f && y[1] == -2.0f && y[2] == 0x1p-24f && y[3] == 65504.0f,
 	        "F16 hand values %g %g %g %g", y[0], y[1], y[2], y[3]);
 	/* BF16 0x3f80 = 1, 0xc049 = -3.140625 */
-	static const uint8_t bf[] = {0x80, 0x3f, 0x49, 0xc0};
+	static const uint8_t bf[] = { 0x80, 0x3f, 0x49, 0xc0 };
 	T_CHECK(dtype_dequant(DT_BF16, bf, y, 2), "BF16");
 	T_CHECK(y[0] == 1.0f && y[1] == -3.140625f, "BF16 hand values %g %g", y[0], y[1]);
 	/* F32 1.5 = 0x3fc00000 at an odd address */
-	static const uint8_t f[] = {0xee, 0x00, 0x00, 0xc0, 0x3f};
+	static const uint8_t f[] = { 0xee, 0x00, 0x00, 0xc0, 0x3f };
 	T_CHECK(dtype_dequant(DT_F32, f + 1, y, 1) && y[0] == 1.5f, "F32 unaligned %g", y[0]);
 }
 
@@ -502,9 +503,9 @@ static void test_quantisers(void)
 		uint32_t type;
 		void (*quant)(const float *, void *, int64_t);
 	} cases[] = {
-		{"quant-q8_0.bin", DT_Q8_0, dtype_quant_q8_0},
-		{"quant-q4_0.bin", DT_Q4_0, dtype_quant_q4_0},
-		{"quant-q4_1.bin", DT_Q4_1, dtype_quant_q4_1},
+		{ "quant-q8_0.bin", DT_Q8_0, dtype_quant_q8_0 },
+		{ "quant-q4_0.bin", DT_Q4_0, dtype_quant_q4_0 },
+		{ "quant-q4_1.bin", DT_Q4_1, dtype_quant_q4_1 },
 	};
 	size_t n_in = 0;
 	float *in = (float *)fixture("quant-in.f32", &n_in);
@@ -528,8 +529,8 @@ static void test_quantisers(void)
 					first = KVS_MIN(first, i);
 				}
 			T_CHECK(bad == 0, "%s: %zu of %llu bytes differ (first at %zu: 0x%02x, want 0x%02x)",
-			        cases[c].file, bad, (unsigned long long)bytes, first,
-			        bad ? got[first] : 0, bad ? ref[first] : 0);
+			        cases[c].file, bad, (unsigned long long)bytes, first, bad ? got[first] : 0,
+			        bad ? ref[first] : 0);
 			free(got);
 		} else {
 			T_CHECK(0, "%s: %zu bytes, expected %llu", cases[c].file, n_ref,
@@ -540,19 +541,19 @@ static void test_quantisers(void)
 
 	/* Hand case, Q8_0 rounding ties away from zero: amax 127 gives d = 1, so
 	 * 2.5 -> 3, -2.5 -> -3, 0.5 -> 1, -126.5 -> -127 (round-half-even gives 2, -2, 0, -126). */
-	float x[32] = {127.0f, 2.5f, -2.5f, 0.5f, -126.5f};
+	float x[32] = { 127.0f, 2.5f, -2.5f, 0.5f, -126.5f };
 	uint8_t q[34];
 	dtype_quant_q8_0(x, q, 32);
 	T_CHECK(q[0] == 0x00 && q[1] == 0x3c, "Q8_0 d = 1.0: %02x%02x", q[1], q[0]);
-	T_CHECK((int8_t)q[2] == 127 && (int8_t)q[3] == 3 && (int8_t)q[4] == -3 &&
-	                (int8_t)q[5] == 1 && (int8_t)q[6] == -127 && q[7] == 0,
+	T_CHECK((int8_t)q[2] == 127 && (int8_t)q[3] == 3 && (int8_t)q[4] == -3 && (int8_t)q[5] == 1 &&
+	                (int8_t)q[6] == -127 && q[7] == 0,
 	        "Q8_0 ties: %d %d %d %d %d", (int8_t)q[2], (int8_t)q[3], (int8_t)q[4], (int8_t)q[5],
 	        (int8_t)q[6]);
 
 	/* Hand case, Q4_0: max magnitude -8 (negative) gives d = 1, id = 1;
 	 * x -> trunc(x + 8.5): -8 -> 0, 7 -> 15, 7.4 -> 15, 0 -> 8, -0.6 -> 7;
 	 * e16 = 7.9 -> min(15, 16) = 15 */
-	float x0[32] = {-8.0f, 7.0f, 7.4f, 0.0f, -0.6f};
+	float x0[32] = { -8.0f, 7.0f, 7.4f, 0.0f, -0.6f };
 	x0[16] = 7.9f;
 	uint8_t q0[18];
 	dtype_quant_q4_0(x0, q0, 32);
@@ -570,8 +571,8 @@ static void test_quantisers(void)
 	dtype_quant_q4_1(x1, q1, 32);
 	T_CHECK(q1[0] == 0x00 && q1[1] == 0x3c && q1[2] == 0x00 && q1[3] == 0xbc,
 	        "Q4_1 d, m: %02x%02x %02x%02x", q1[1], q1[0], q1[3], q1[2]);
-	T_CHECK(q1[4] == 0x2f && q1[5] == 0x01 && q1[6] == 0x00, "Q4_1 nibbles %02x %02x %02x",
-	        q1[4], q1[5], q1[6]);
+	T_CHECK(q1[4] == 0x2f && q1[5] == 0x01 && q1[6] == 0x00, "Q4_1 nibbles %02x %02x %02x", q1[4],
+	        q1[5], q1[6]);
 
 	/* Round trip: dequantising our quantisation stays within half a step (+ f16 error). */
 	for (size_t c = 0; c < KVS_ARRAY_LEN(cases); c++) {
@@ -598,10 +599,11 @@ static void test_quantisers(void)
 				tol = amax / 8 + 8 * KVS_MAX(amax / 8 * 0x1p-11, 0x1p-25);
 			else
 				tol = (hi - lo) / 15 / 2 + 15 * KVS_MAX((hi - lo) / 15 * 0x1p-11, 0x1p-25) +
-				      KVS_MAX(amax * 0x1p-11, 0x1p-25);
+				        KVS_MAX(amax * 0x1p-11, 0x1p-25);
 			for (int i = 0; i < 32; i++)
 				if (fabs((double)back[blk * 32 + i] - in[blk * 32 + i]) > tol * 1.0001 && bad++ < 3)
-					fprintf(stderr, "  %s block %lld [%d]: %g -> %g (tol %g)\n", cases[c].file, (long long)blk, i, in[blk*32+i], back[blk*32+i], tol);
+					fprintf(stderr, "  %s block %lld [%d]: %g -> %g (tol %g)\n", cases[c].file,
+					        (long long)blk, i, in[blk * 32 + i], back[blk * 32 + i], tol);
 		}
 		T_CHECK(bad == 0, "%s round trip: %d values off by more than the step", cases[c].file, bad);
 		free(qq);

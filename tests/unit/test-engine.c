@@ -107,8 +107,8 @@ struct tspec {
 	float rope_base;
 	enum rope_kind rope;
 	bool bias;
-	uint32_t wtype;   /* matrices */
-	uint32_t etype;   /* embedding (tied output) */
+	uint32_t wtype; /* matrices */
+	uint32_t etype; /* embedding (tied output) */
 };
 
 static struct tmodel *tm_build(const struct tspec *sp, uint64_t seed)
@@ -198,7 +198,7 @@ struct rmodel {
 struct rcache {
 	int n;
 	int pos[RMAX];
-	double *k[2][RMAX];  /* (n_head_kv * head_dim) pre-RoPE */
+	double *k[2][RMAX]; /* (n_head_kv * head_dim) pre-RoPE */
 	double *v[2][RMAX];
 };
 
@@ -233,7 +233,8 @@ static void ref_free(struct rmodel *r)
 	free(r->onorm);
 	for (int l = 0; l < 2; l++) {
 		struct rlayer *R = &r->L[l];
-		double *all[] = { R->an, R->wq, R->wk, R->wv, R->bq, R->bk, R->bv, R->wo, R->fn, R->wg, R->wu, R->wd };
+		double *all[] = { R->an, R->wq, R->wk, R->wv, R->bq, R->bk,
+			              R->bv, R->wo, R->fn, R->wg, R->wu, R->wd };
 		for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 			free(all[i]);
 	}
@@ -377,7 +378,15 @@ static void ref_step(const struct rmodel *r, struct rcache *c, int token, int po
 	}
 	ref_rmsnorm(x, r->onorm, xb, E, hp->rms_eps);
 	ref_matvec(r->embd, NULL, xb, logits, hp->n_vocab, E);
-	free(x); free(xb); free(q); free(o); free(t); free(g); free(u); free(sc); free(kr);
+	free(x);
+	free(xb);
+	free(q);
+	free(o);
+	free(t);
+	free(g);
+	free(u);
+	free(sc);
+	free(kr);
 }
 
 /* ------------------------------------------------------------ helpers */
@@ -439,9 +448,15 @@ static int run_prefill(struct engine *eng, struct engine_out *out, bool attn, bo
 		pos[i] = i;
 		slot[i] = (uint32_t)i;
 	}
-	struct engine_batch b = { .n_tokens = SEQ, .tokens = seq_tokens, .pos = pos, .slot = slot,
-	                          .n_visible = SEQ, .visible = NULL, .logits = ENGINE_LOGITS_ALL,
-	                          .want_attn = attn, .want_surprisal = surprisal };
+	struct engine_batch b = { .n_tokens = SEQ,
+		                      .tokens = seq_tokens,
+		                      .pos = pos,
+		                      .slot = slot,
+		                      .n_visible = SEQ,
+		                      .visible = NULL,
+		                      .logits = ENGINE_LOGITS_ALL,
+		                      .want_attn = attn,
+		                      .want_surprisal = surprisal };
 	struct err e;
 	err_clear(&e);
 	int rc = engine_forward(eng, &b, out, &e);
@@ -451,26 +466,32 @@ static int run_prefill(struct engine *eng, struct engine_out *out, bool attn, bo
 
 /* ---------------------------------------------------------------- tests */
 
-static const struct tspec spec_llama_f32 = { "llama", 96, 6, 2, 16, 160, 128, 10000.0f,
-	                                      ROPE_NORM, false, DT_F32, DT_F32 };
-static const struct tspec spec_qwen_f32 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
-	                                     ROPE_NEOX, true, DT_F32, DT_F32 };
-static const struct tspec spec_llama_q41 = { "llama", 96, 6, 2, 16, 160, 128, 10000.0f,
-	                                      ROPE_NORM, false, DT_Q4_1, DT_Q8_0 };
-static const struct tspec spec_llama_q40 = { "llama", 128, 6, 2, 16, 192, 100, 10000.0f,
-	                                      ROPE_NORM, false, DT_Q4_0, DT_Q8_0 };
-static const struct tspec spec_qwen_q80 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
-	                                     ROPE_NEOX, true, DT_Q8_0, DT_Q4_1 };
+static const struct tspec spec_llama_f32 = { "llama", 96,       6,         2,     16,     160,
+	                                         128,     10000.0f, ROPE_NORM, false, DT_F32, DT_F32 };
+static const struct tspec spec_qwen_f32 = { "qwen2", 128,        4,         4,    32,     256,
+	                                        100,     1000000.0f, ROPE_NEOX, true, DT_F32, DT_F32 };
+static const struct tspec spec_llama_q41 = {
+	"llama", 96, 6, 2, 16, 160, 128, 10000.0f, ROPE_NORM, false, DT_Q4_1, DT_Q8_0
+};
+static const struct tspec spec_llama_q40 = {
+	"llama", 128, 6, 2, 16, 192, 100, 10000.0f, ROPE_NORM, false, DT_Q4_0, DT_Q8_0
+};
+static const struct tspec spec_qwen_q80 = {
+	"qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f, ROPE_NEOX, true, DT_Q8_0, DT_Q4_1
+};
 
 /* Every other packed type and the 16-bit floats (k-quants need rows of 256). */
-static const struct tspec spec_llama_q4k = { "llama", 256, 4, 2, 64, 512, 128, 10000.0f,
-	                                      ROPE_NORM, false, DT_Q4_K, DT_Q6_K };
-static const struct tspec spec_llama_q5k = { "llama", 256, 4, 2, 64, 512, 128, 10000.0f,
-	                                      ROPE_NORM, false, DT_Q5_K, DT_Q5_0 };
-static const struct tspec spec_qwen_q51 = { "qwen2", 128, 4, 4, 32, 256, 100, 1000000.0f,
-	                                     ROPE_NEOX, true, DT_Q5_1, DT_F16 };
-static const struct tspec spec_llama_bf16 = { "llama", 96, 6, 2, 16, 160, 128, 10000.0f,
-	                                       ROPE_NORM, false, DT_BF16, DT_F16 };
+static const struct tspec spec_llama_q4k = {
+	"llama", 256, 4, 2, 64, 512, 128, 10000.0f, ROPE_NORM, false, DT_Q4_K, DT_Q6_K
+};
+static const struct tspec spec_llama_q5k = {
+	"llama", 256, 4, 2, 64, 512, 128, 10000.0f, ROPE_NORM, false, DT_Q5_K, DT_Q5_0
+};
+static const struct tspec spec_qwen_q51 = { "qwen2", 128,        4,         4,    32,      256,
+	                                        100,     1000000.0f, ROPE_NEOX, true, DT_Q5_1, DT_F16 };
+static const struct tspec spec_llama_bf16 = {
+	"llama", 96, 6, 2, 16, 160, 128, 10000.0f, ROPE_NORM, false, DT_BF16, DT_F16
+};
 
 /* Logits of a prefill against the reference, for one engine setting. */
 static void check_logits(const char *what, const struct tspec *sp, bool ref, enum engine_isa isa,
@@ -485,8 +506,8 @@ static void check_logits(const char *what, const struct tspec *sp, bool ref, enu
 		if (run_prefill(eng, &out, false, false) == KVS_OK) {
 			double bmax;
 			double md = maxdiff(out.logits, want, (size_t)SEQ * sp->n_vocab, &bmax);
-			printf("  %-44s %-11s max|d| %.3g (max|logit| %.3g)\n", what, engine_isa_name(eng),
-			       md, bmax);
+			printf("  %-44s %-11s max|d| %.3g (max|logit| %.3g)\n", what, engine_isa_name(eng), md,
+			       bmax);
 			T_CHECK(md <= tol_rel * bmax, "%s: max |logit diff| %.3g > %.3g", what, md,
 			        tol_rel * bmax);
 		}
@@ -500,28 +521,43 @@ static void check_logits(const char *what, const struct tspec *sp, bool ref, enu
 static void test_logits(void)
 {
 	/* f32 weights, f32 cache, reference path: only float rounding differs */
-	check_logits("llama f32 ref f32-kv", &spec_llama_f32, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 1, 2e-5);
-	check_logits("qwen2 f32 ref f32-kv", &spec_qwen_f32, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	check_logits("llama f32 ref f32-kv", &spec_llama_f32, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 1,
+	             2e-5);
+	check_logits("qwen2 f32 ref f32-kv", &spec_qwen_f32, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2,
+	             2e-5);
 	/* fast path on f32 weights (generic kernels) */
-	check_logits("llama f32 fast f32-kv", &spec_llama_f32, false, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
-	check_logits("qwen2 f32 fast f16-kv", &spec_qwen_f32, false, ENGINE_ISA_AUTO, ENGINE_KV_F16, 3, 3e-3);
+	check_logits("llama f32 fast f32-kv", &spec_llama_f32, false, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2,
+	             2e-5);
+	check_logits("qwen2 f32 fast f16-kv", &spec_qwen_f32, false, ENGINE_ISA_AUTO, ENGINE_KV_F16, 3,
+	             3e-3);
 	/* quantised weights, reference path: the same dequantised weights */
-	check_logits("llama q4_1/q8_0 ref f32-kv", &spec_llama_q41, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
-	check_logits("qwen2 q8_0/q4_1 ref f32-kv", &spec_qwen_q80, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
-	check_logits("llama q4_0/q8_0 ref f32-kv", &spec_llama_q40, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	check_logits("llama q4_1/q8_0 ref f32-kv", &spec_llama_q41, true, ENGINE_ISA_AUTO,
+	             ENGINE_KV_F32, 2, 2e-5);
+	check_logits("qwen2 q8_0/q4_1 ref f32-kv", &spec_qwen_q80, true, ENGINE_ISA_AUTO, ENGINE_KV_F32,
+	             2, 2e-5);
+	check_logits("llama q4_0/q8_0 ref f32-kv", &spec_llama_q40, true, ENGINE_ISA_AUTO,
+	             ENGINE_KV_F32, 2, 2e-5);
 	/* int8 activations at every kernel level */
 	static const enum engine_isa isas[] = { ENGINE_ISA_SCALAR, ENGINE_ISA_AVX2, ENGINE_ISA_AVX512 };
 	for (size_t i = 0; i < sizeof(isas) / sizeof(isas[0]); i++) {
-		check_logits("llama q4_1/q8_0 int8 f16-kv", &spec_llama_q41, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
-		check_logits("llama q4_0/q8_0 int8 f16-kv", &spec_llama_q40, false, isas[i], ENGINE_KV_F16, 3, 2e-2);
-		check_logits("qwen2 q8_0/q4_1 int8 f32-kv", &spec_qwen_q80, false, isas[i], ENGINE_KV_F32, 1, 2e-2);
-		check_logits("llama q4_k/q6_k int8 f16-kv", &spec_llama_q4k, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
-		check_logits("llama q5_k/q5_0 int8 f32-kv", &spec_llama_q5k, false, isas[i], ENGINE_KV_F32, 3, 2e-2);
-		check_logits("qwen2 q5_1/f16 int8 f16-kv", &spec_qwen_q51, false, isas[i], ENGINE_KV_F16, 2, 2e-2);
-		check_logits("llama bf16/f16 fast f32-kv", &spec_llama_bf16, false, isas[i], ENGINE_KV_F32, 2, 2e-5);
+		check_logits("llama q4_1/q8_0 int8 f16-kv", &spec_llama_q41, false, isas[i], ENGINE_KV_F16,
+		             2, 2e-2);
+		check_logits("llama q4_0/q8_0 int8 f16-kv", &spec_llama_q40, false, isas[i], ENGINE_KV_F16,
+		             3, 2e-2);
+		check_logits("qwen2 q8_0/q4_1 int8 f32-kv", &spec_qwen_q80, false, isas[i], ENGINE_KV_F32,
+		             1, 2e-2);
+		check_logits("llama q4_k/q6_k int8 f16-kv", &spec_llama_q4k, false, isas[i], ENGINE_KV_F16,
+		             2, 2e-2);
+		check_logits("llama q5_k/q5_0 int8 f32-kv", &spec_llama_q5k, false, isas[i], ENGINE_KV_F32,
+		             3, 2e-2);
+		check_logits("qwen2 q5_1/f16 int8 f16-kv", &spec_qwen_q51, false, isas[i], ENGINE_KV_F16, 2,
+		             2e-2);
+		check_logits("llama bf16/f16 fast f32-kv", &spec_llama_bf16, false, isas[i], ENGINE_KV_F32,
+		             2, 2e-5);
 	}
 	/* the reference path reads the same weights */
-	check_logits("llama q4_k/q6_k ref f32-kv", &spec_llama_q4k, true, ENGINE_ISA_AUTO, ENGINE_KV_F32, 2, 2e-5);
+	check_logits("llama q4_k/q6_k ref f32-kv", &spec_llama_q4k, true, ENGINE_ISA_AUTO,
+	             ENGINE_KV_F32, 2, 2e-5);
 }
 
 /* Token-by-token decode equals the one-batch prefill. */
@@ -538,8 +574,11 @@ static void test_decode_vs_prefill(const struct tspec *sp, bool ref)
 		for (int i = 0; i < SEQ; i++) {
 			int32_t pos = i;
 			uint32_t slot = (uint32_t)i;
-			struct engine_batch bt = { .n_tokens = 1, .tokens = &seq_tokens[i], .pos = &pos,
-			                           .slot = &slot, .n_visible = (uint32_t)i + 1 };
+			struct engine_batch bt = { .n_tokens = 1,
+				                       .tokens = &seq_tokens[i],
+				                       .pos = &pos,
+				                       .slot = &slot,
+				                       .n_visible = (uint32_t)i + 1 };
 			err_clear(&e);
 			if (engine_forward(b, &bt, &pb, &e) != KVS_OK) {
 				T_CHECK(0, "decode step %d: %s", i, e.msg);
@@ -602,7 +641,8 @@ static void test_attn_and_stats(void)
 				double s = -(row[seq_tokens[i + 1]] - mx - log(z));
 				ms = fmax(ms, fabs(out.surprisal[i] - s));
 			} else {
-				T_CHECK(isnan(out.surprisal[i]), "last surprisal %g, expected NaN", out.surprisal[i]);
+				T_CHECK(isnan(out.surprisal[i]), "last surprisal %g, expected NaN",
+				        out.surprisal[i]);
 			}
 		}
 		printf("  surprisal max|d| %.3g, entropy max|d| %.3g\n", ms, mh);
@@ -618,9 +658,13 @@ static void test_attn_and_stats(void)
 			pos[i] = i;
 			slot[i] = (uint32_t)i;
 		}
-		struct engine_batch b = { .n_tokens = SEQ, .tokens = seq_tokens, .pos = pos, .slot = slot,
-		                          .n_visible = SEQ, .logits = ENGINE_LOGITS_LAST,
-		                          .want_surprisal = true };
+		struct engine_batch b = { .n_tokens = SEQ,
+			                      .tokens = seq_tokens,
+			                      .pos = pos,
+			                      .slot = slot,
+			                      .n_visible = SEQ,
+			                      .logits = ENGINE_LOGITS_LAST,
+			                      .want_surprisal = true };
 		struct err e;
 		err_clear(&e);
 		T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
@@ -664,8 +708,12 @@ static void test_compaction(const struct tspec *sp)
 		slot[i] = (uint32_t)i;
 		ref_step(rm, rc, seq_tokens[i], i, lg, NULL);
 	}
-	struct engine_batch b = { .n_tokens = 8, .tokens = seq_tokens, .pos = pos, .slot = slot,
-	                          .n_visible = 8, .logits = ENGINE_LOGITS_NONE };
+	struct engine_batch b = { .n_tokens = 8,
+		                      .tokens = seq_tokens,
+		                      .pos = pos,
+		                      .slot = slot,
+		                      .n_visible = 8,
+		                      .logits = ENGINE_LOGITS_NONE };
 	err_clear(&e);
 	T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
 
@@ -699,8 +747,9 @@ static void test_compaction(const struct tspec *sp)
 	/* decode token 8 at position 6 into slot 6, seeing slots 0..6 */
 	int32_t p6 = 6;
 	uint32_t s6 = 6;
-	struct engine_batch d = { .n_tokens = 1, .tokens = &seq_tokens[8], .pos = &p6, .slot = &s6,
-	                          .n_visible = 7 };
+	struct engine_batch d = {
+		.n_tokens = 1, .tokens = &seq_tokens[8], .pos = &p6, .slot = &s6, .n_visible = 7
+	};
 	err_clear(&e);
 	T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
 	ref_step(rm, rc, seq_tokens[8], 6, lg, NULL);
@@ -711,8 +760,13 @@ static void test_compaction(const struct tspec *sp)
 	/* a visible subset: the same query seeing slots {0, 2, 4, 6} only */
 	uint32_t vis[] = { 0, 2, 4, 6 };
 	p6 = 6;
-	struct engine_batch d2 = { .n_tokens = 1, .tokens = &seq_tokens[8], .pos = &p6, .slot = &s6,
-	                           .n_visible = 4, .visible = vis, .want_attn = true };
+	struct engine_batch d2 = { .n_tokens = 1,
+		                       .tokens = &seq_tokens[8],
+		                       .pos = &p6,
+		                       .slot = &s6,
+		                       .n_visible = 4,
+		                       .visible = vis,
+		                       .want_attn = true };
 	err_clear(&e);
 	T_CHECK(engine_forward(eng, &d2, &out, &e) == KVS_OK, "%s", e.msg);
 	rc_drop(rc, rc->n - 1);
@@ -724,7 +778,8 @@ static void test_compaction(const struct tspec *sp)
 	md = maxdiff(out.logits, lg, V, &bmax);
 	double ma = maxdiff(out.attn, attn, (size_t)2 * sp->n_head * 4, NULL);
 	printf("  visible subset (%s): logits max|d| %.3g, attention max|d| %.3g\n", sp->arch, md, ma);
-	T_CHECK(md <= 1e-4 * KVS_MAX(bmax, 1.0) && ma <= 1e-5, "subset: logits %.3g attention %.3g", md, ma);
+	T_CHECK(md <= 1e-4 * KVS_MAX(bmax, 1.0) && ma <= 1e-5, "subset: logits %.3g attention %.3g", md,
+	        ma);
 
 	/* the same set listed out of order, with an empty slot among them: the
 	 * attention comes back in the list's order, 0 for the empty slot */
@@ -743,8 +798,8 @@ static void test_compaction(const struct tspec *sp)
 		}
 	printf("  unordered visible list (%s): logits max|d| %.3g, attention max|d| %.3g\n", sp->arch,
 	       md3, ma3);
-	T_CHECK(md3 <= 1e-4 * KVS_MAX(bmax, 1.0) && ma3 <= 1e-5, "unordered: logits %.3g attention %.3g",
-	        md3, ma3);
+	T_CHECK(md3 <= 1e-4 * KVS_MAX(bmax, 1.0) && ma3 <= 1e-5,
+	        "unordered: logits %.3g attention %.3g", md3, ma3);
 	free(attn);
 done:
 	engine_free(eng);
@@ -790,8 +845,12 @@ static void test_long_and_kv_types(void)
 			continue;
 		/* the reference run also asks for surprisal: rows on both sides of
 		 * the 512-token cut inside the engine */
-		struct engine_batch b = { .n_tokens = N, .tokens = tok, .pos = pos, .slot = slot,
-		                          .n_visible = N, .want_surprisal = kv == 1 };
+		struct engine_batch b = { .n_tokens = N,
+			                      .tokens = tok,
+			                      .pos = pos,
+			                      .slot = slot,
+			                      .n_visible = N,
+			                      .want_surprisal = kv == 1 };
 		struct engine_out out;
 		struct err e;
 		err_clear(&e);
@@ -825,8 +884,8 @@ static void test_long_and_kv_types(void)
 }
 
 /* Heads of 64 (the vector kernels' own shape), GQA 3, f32 weights. */
-static const struct tspec spec_llama_h64 = { "llama", 192, 3, 1, 64, 128, 64, 10000.0f,
-	                                      ROPE_NORM, false, DT_F32, DT_F32 };
+static const struct tspec spec_llama_h64 = { "llama", 192,      3,         1,     64,     128,
+	                                         64,      10000.0f, ROPE_NORM, false, DT_F32, DT_F32 };
 
 /*
  * The tiled prefill attention and the decode attention at every level
@@ -856,26 +915,36 @@ static void test_tiled_prefill(void)
 	for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++)
 		for (int kv = 0; kv < 2; kv++) {
 			enum engine_isa isa = lv == KERN_SCALAR ? ENGINE_ISA_SCALAR
-			                      : lv == KERN_AVX2 ? ENGINE_ISA_AVX2 : ENGINE_ISA_AVX512;
-			struct engine *eng = mk_engine(&tm->m, false, isa, kv ? ENGINE_KV_F16 : ENGINE_KV_F32,
-			                               3 - kv, N);
+			        : lv == KERN_AVX2               ? ENGINE_ISA_AVX2
+			                                        : ENGINE_ISA_AVX512;
+			struct engine *eng =
+			        mk_engine(&tm->m, false, isa, kv ? ENGINE_KV_F16 : ENGINE_KV_F32, 3 - kv, N);
 			if (eng == NULL)
 				continue;
-			struct engine_batch b = { .n_tokens = N - 8, .tokens = tok, .pos = pos, .slot = slot,
-			                          .n_visible = N - 8, .logits = ENGINE_LOGITS_ALL };
+			struct engine_batch b = { .n_tokens = N - 8,
+				                      .tokens = tok,
+				                      .pos = pos,
+				                      .slot = slot,
+				                      .n_visible = N - 8,
+				                      .logits = ENGINE_LOGITS_ALL };
 			struct engine_out out;
 			struct err e;
 			err_clear(&e);
 			T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
 			double bmax, md = maxdiff(out.logits, want, (size_t)(N - 8) * sp->n_vocab, &bmax);
 			for (int i = N - 8; i < N; i++) {
-				struct engine_batch d = { .n_tokens = 1, .tokens = tok + i, .pos = pos + i,
-				                          .slot = slot + i, .n_visible = (uint32_t)i + 1 };
+				struct engine_batch d = { .n_tokens = 1,
+					                      .tokens = tok + i,
+					                      .pos = pos + i,
+					                      .slot = slot + i,
+					                      .n_visible = (uint32_t)i + 1 };
 				err_clear(&e);
 				T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
-				md = fmax(md, maxdiff(out.logits, want + (size_t)i * sp->n_vocab, sp->n_vocab, NULL));
+				md = fmax(md,
+				          maxdiff(out.logits, want + (size_t)i * sp->n_vocab, sp->n_vocab, NULL));
 			}
-			printf("  592-token prefill + 8 decodes, %-11s %s cache: max|d| %.3g (max|logit| %.3g)\n",
+			printf("  592-token prefill + 8 decodes, %-11s %s cache: max|d| %.3g (max|logit| "
+			       "%.3g)\n",
 			       engine_isa_name(eng), kv ? "f16" : "f32", md, bmax);
 			T_CHECK(md <= (kv ? 3e-3 : 1e-5) * bmax, "%s %s: 592 + 8 tokens max |d| %.3g",
 			        engine_isa_name(eng), kv ? "f16" : "f32", md);
@@ -905,7 +974,9 @@ static void test_bad_batches(void)
 	struct err e;
 	int32_t tok[3] = { 1, 2, 3 }, pos[3] = { 0, 1, 2 };
 	uint32_t slot[3] = { 0, 1, 2 };
-	struct engine_batch b = { .n_tokens = 3, .tokens = tok, .pos = pos, .slot = slot, .n_visible = 3 };
+	struct engine_batch b = {
+		.n_tokens = 3, .tokens = tok, .pos = pos, .slot = slot, .n_visible = 3
+	};
 	struct {
 		const char *what;
 		int32_t tok2, pos2;
@@ -986,7 +1057,7 @@ static double block_min(uint32_t type, const uint8_t *row, int64_t b)
 static void test_kernels(void)
 {
 	static const uint32_t types[] = { DT_Q4_0, DT_Q4_1, DT_Q8_0, DT_Q4_K,
-	                                  DT_Q5_0, DT_Q5_1, DT_Q5_K, DT_Q6_K };
+		                              DT_Q5_0, DT_Q5_1, DT_Q5_K, DT_Q6_K };
 	const int64_t rows = 37, KMAX = 512;
 	float *f = malloc(rows * KMAX * sizeof(float)), *x = malloc(11 * KMAX * sizeof(float));
 	for (int64_t i = 0; i < rows * KMAX; i++)
@@ -1004,8 +1075,12 @@ static void test_kernels(void)
 		float *wd = malloc(rows * K * sizeof(float));
 		T_CHECK(dtype_dequant(type, orig, wd, rows * K), "dequant");
 		uint64_t pb = kern_packed_bytes(type, rows, K);
-		struct kern_weight w = { .type = type, .packed = true, .rows = rows, .cols = K,
-		                         .row_bytes = rb, .group_bytes = pb / 3 };
+		struct kern_weight w = { .type = type,
+			                     .packed = true,
+			                     .rows = rows,
+			                     .cols = K,
+			                     .row_bytes = rb,
+			                     .group_bytes = pb / 3 };
 		uint8_t *packed = xmalloc_aligned(pb);
 		kern_pack(type, orig, rows, K, packed, 0, 3);
 		w.data = packed;
@@ -1025,9 +1100,12 @@ static void test_kernels(void)
 		for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
 			const struct kern_ops *ops = kern_select((enum kern_level)lv);
 			for (int64_t n = 1; n <= 11; n += 5) {
-				struct kern_act a = { K, xmalloc_aligned(n * K), xmalloc_aligned(n * nb * 4),
-				                      xmalloc_aligned(n * nb * 4), xmalloc_aligned(n * nb * 4),
-				                      xmalloc_aligned(n * nb * 8) };
+				struct kern_act a = { K,
+					                  xmalloc_aligned(n * K),
+					                  xmalloc_aligned(n * nb * 4),
+					                  xmalloc_aligned(n * nb * 4),
+					                  xmalloc_aligned(n * nb * 4),
+					                  xmalloc_aligned(n * nb * 8) };
 				for (int64_t t = 0; t < n; t++)
 					ops->quant_row(x + t * K, &a, t);
 				float *y = malloc(n * 40 * sizeof(float));
@@ -1043,7 +1121,8 @@ static void test_kernels(void)
 							double m = block_min(type, orig + r * rb, k / 32);
 							if (k % 32 == 0)
 								want += m * a.s[t * nb + k / 32];
-							want += ((double)wd[r * K + k] - m) * a.q[t * K + k] * a.d[t * nb + k / 32];
+							want += ((double)wd[r * K + k] - m) * a.q[t * K + k] *
+							        a.d[t * nb + k / 32];
 						}
 						md = fmax(md, fabs(y[t * 40 + r] - want));
 						mx = fmax(mx, fabs(want));
@@ -1070,9 +1149,10 @@ static void test_kernels(void)
 						        a.s[t * nb + b], sd);
 						T_CHECK(a.d[t * nb + b] == d && a.isum[t * nb + b] == sum,
 						        "%s activation block %lld/%d: d %g (want %g), sum %d (want %d)",
-						        ops->name, (long long)t, b, a.d[t * nb + b], d, a.isum[t * nb + b], sum);
+						        ops->name, (long long)t, b, a.d[t * nb + b], d, a.isum[t * nb + b],
+						        sum);
 						T_CHECK(a.isum16[2 * (t * nb + b)] == half0 &&
-						        a.isum16[2 * (t * nb + b) + 1] == sum - half0,
+						                a.isum16[2 * (t * nb + b) + 1] == sum - half0,
 						        "%s activation block %lld/%d: half sums %d, %d (want %d, %d)",
 						        ops->name, (long long)t, b, a.isum16[2 * (t * nb + b)],
 						        a.isum16[2 * (t * nb + b) + 1], half0, sum - half0);
@@ -1134,7 +1214,8 @@ static void test_backend_choice(void)
 	err_clear(&e);
 	int rc = engine_create(&eng, &tm->m, &cfg, &e);
 	T_CHECK(rc != KVS_OK && eng == NULL && strstr(e.msg, "backend cuda") != NULL &&
-	        strchr(e.msg, '\n') == NULL, "cuda without a CUDA engine: rc %d, '%s'", rc, e.msg);
+	                strchr(e.msg, '\n') == NULL,
+	        "cuda without a CUDA engine: rc %d, '%s'", rc, e.msg);
 	cfg.backend = ENGINE_BACKEND_AUTO;
 	err_clear(&e);
 	T_CHECK(engine_create(&eng, &tm->m, &cfg, &e) == KVS_OK, "auto: %s", e.msg);
@@ -1221,7 +1302,8 @@ static void test_row_kernels(void)
 						for (int d = 0; d < 80; d++) {
 							float got = t ? (d < hd && k < 24 ? dst[d * 24 + k] : -9.0f)
 							              : (k < 24 ? dst[k * 80 + d] : -9.0f);
-							float want = k < m && d < hd ? tab[32 + (size_t)rows[k] * STRIDE + d] : -9.0f;
+							float want = k < m && d < hd ? tab[32 + (size_t)rows[k] * STRIDE + d]
+							                             : -9.0f;
 							if (t && d >= hd)
 								continue;
 							bad += got != want;
@@ -1251,16 +1333,19 @@ struct op_entry {
 	void (*fn)(void);
 };
 
-#define OP_ENTRY(o, f) { #f, (void (*)(void))(o)->f }
+#define OP_ENTRY(o, f)             \
+	{                              \
+#f, (void (*)(void))(o)->f \
+	}
 static int op_entries(const struct kern_ops *o, struct op_entry *e)
 {
 	const struct op_entry all[] = {
-		OP_ENTRY(o, quant_row),       OP_ENTRY(o, gemm_packed),   OP_ENTRY(o, dot_f32),
-		OP_ENTRY(o, dot_f16),         OP_ENTRY(o, dot_bf16),      OP_ENTRY(o, gemm_rows_f32),
-		OP_ENTRY(o, bf16_to_f32),     OP_ENTRY(o, axpy_f32),      OP_ENTRY(o, f16_to_f32),
-		OP_ENTRY(o, f32_to_f16),      OP_ENTRY(o, att_scores),    OP_ENTRY(o, att_pv),
-		OP_ENTRY(o, att_scores_rows), OP_ENTRY(o, att_pv_rows),   OP_ENTRY(o, kv_rows_f32),
-		OP_ENTRY(o, max_f32),         OP_ENTRY(o, exp_sum),       OP_ENTRY(o, swiglu),
+		OP_ENTRY(o, quant_row),       OP_ENTRY(o, gemm_packed), OP_ENTRY(o, dot_f32),
+		OP_ENTRY(o, dot_f16),         OP_ENTRY(o, dot_bf16),    OP_ENTRY(o, gemm_rows_f32),
+		OP_ENTRY(o, bf16_to_f32),     OP_ENTRY(o, axpy_f32),    OP_ENTRY(o, f16_to_f32),
+		OP_ENTRY(o, f32_to_f16),      OP_ENTRY(o, att_scores),  OP_ENTRY(o, att_pv),
+		OP_ENTRY(o, att_scores_rows), OP_ENTRY(o, att_pv_rows), OP_ENTRY(o, kv_rows_f32),
+		OP_ENTRY(o, max_f32),         OP_ENTRY(o, exp_sum),     OP_ENTRY(o, swiglu),
 		OP_ENTRY(o, rmsnorm),         OP_ENTRY(o, rope),
 	};
 	memcpy(e, all, sizeof(all));
@@ -1332,8 +1417,9 @@ static void test_tile_kernels(void)
 								want += (double)q[r * hd + d] * kt[d * MAXM + k];
 								a += fabs((double)q[r * hd + d] * kt[d * MAXM + k]);
 							}
-							worst_s = fmax(worst_s, fabs(s[r * LDS + k] - 0.125 * want) /
-							                            sum_tol(hd, 0.125 * a));
+							worst_s = fmax(worst_s,
+							               fabs(s[r * LDS + k] - 0.125 * want) /
+							                       sum_tol(hd, 0.125 * a));
 						}
 						for (int k = m; k < LDS; k++)
 							kept = kept && s[r * LDS + k] == -7.0f;
@@ -1346,12 +1432,13 @@ static void test_tile_kernels(void)
 							worst_p = fmax(worst_p, fabs(out[r * hd + d] - want) / sum_tol(m, a));
 						}
 					}
-					T_CHECK(kept, "%s hd %d m %d nq %d: scores written past m", ops->name, hd, m, nq);
+					T_CHECK(kept, "%s hd %d m %d nq %d: scores written past m", ops->name, hd, m,
+					        nq);
 				}
-		printf("  %-11s tile scores, pv: worst error %.2f, %.2f of the float-sum bound\n", ops->name,
-		       worst_s, worst_p);
-		T_CHECK(worst_s <= 1 && worst_p <= 1, "%s: tile scores %.3g, pv %.3g of the bound", ops->name,
-		        worst_s, worst_p);
+		printf("  %-11s tile scores, pv: worst error %.2f, %.2f of the float-sum bound\n",
+		       ops->name, worst_s, worst_p);
+		T_CHECK(worst_s <= 1 && worst_p <= 1, "%s: tile scores %.3g, pv %.3g of the bound",
+		        ops->name, worst_s, worst_p);
 	}
 }
 

@@ -98,8 +98,8 @@ static void check_tokens(const struct model *m, const char *what, const char *te
 }
 
 /* Run the engine over every position of one text; compare with llama.cpp. */
-static void check_text(struct engine *eng, const struct model *m, const char *dir,
-                       const char *name, struct tally *t)
+static void check_text(struct engine *eng, const struct model *m, const char *dir, const char *name,
+                       struct tally *t)
 {
 	struct ref_pos *ref;
 	size_t n = read_logits(dir, name, &ref), len;
@@ -125,8 +125,12 @@ static void check_text(struct engine *eng, const struct model *m, const char *di
 		T_CHECK(0, "%s", e.msg);
 	}
 	engine_kv_clear(eng);
-	struct engine_batch b = { .n_tokens = (uint32_t)n, .tokens = toks, .pos = pos, .slot = slot,
-		                  .n_visible = (uint32_t)n, .logits = ENGINE_LOGITS_ALL };
+	struct engine_batch b = { .n_tokens = (uint32_t)n,
+		                      .tokens = toks,
+		                      .pos = pos,
+		                      .slot = slot,
+		                      .n_visible = (uint32_t)n,
+		                      .logits = ENGINE_LOGITS_ALL };
 	struct engine_out o;
 	int rc = engine_forward(eng, &b, &o, &e);
 	T_CHECK(rc == KVS_OK, "%s: forward failed: %s", name, e.msg);
@@ -186,9 +190,12 @@ static void greedy_prompt(struct engine *eng, uint32_t n_vocab, const int32_t *p
 		slot[i] = (uint32_t)i;
 	}
 	for (int pass = 0; pass < 2; pass++) {
-		struct engine_batch b = { .n_tokens = (uint32_t)np, .tokens = prompt, .pos = pos,
-			                  .slot = slot, .n_visible = (uint32_t)np,
-			                  .logits = ENGINE_LOGITS_LAST };
+		struct engine_batch b = { .n_tokens = (uint32_t)np,
+			                      .tokens = prompt,
+			                      .pos = pos,
+			                      .slot = slot,
+			                      .n_visible = (uint32_t)np,
+			                      .logits = ENGINE_LOGITS_LAST };
 		struct engine_out o;
 		const float *row;
 		int diverged = -1;
@@ -280,10 +287,10 @@ out:
 
 /* A model and its fixtures, with the bars of the regression guards. */
 struct fixture_set {
-	const char *dir;       /* under tests/fixtures */
-	const char *model;     /* in dir */
-	double min_agree;      /* overall top-1 agreement, % */
-	double max_diff;       /* max |dlogit| over the reference's top 10 */
+	const char *dir;   /* under tests/fixtures */
+	const char *model; /* in dir */
+	double min_agree;  /* overall top-1 agreement, % */
+	double max_diff;   /* max |dlogit| over the reference's top 10 */
 	const char *why;
 };
 

@@ -125,8 +125,12 @@ static void check_logits_file(struct engine *eng, const char *name, uint64_t *n_
 		slot[i] = (uint32_t)i;
 	}
 	engine_kv_clear(eng);
-	struct engine_batch b = { .n_tokens = (uint32_t)n, .tokens = toks, .pos = pos, .slot = slot,
-		                  .n_visible = (uint32_t)n, .logits = ENGINE_LOGITS_ALL };
+	struct engine_batch b = { .n_tokens = (uint32_t)n,
+		                      .tokens = toks,
+		                      .pos = pos,
+		                      .slot = slot,
+		                      .n_visible = (uint32_t)n,
+		                      .logits = ENGINE_LOGITS_ALL };
 	struct engine_out out;
 	int rc = engine_forward(eng, &b, &out, &e);
 	T_CHECK(rc == KVS_OK, "%s: forward failed: %s", name, e.msg);
@@ -182,8 +186,9 @@ static int check_builds_greedy(void)
 		T_CHECK(npa > 0 && npa == npb && memcmp(pra, prb, npa * sizeof *pra) == 0,
 		        "greedy run %d: the builds' prompts differ", n + 1);
 		T_CHECK(refdata_ints(la, "\"greedy\"", ga, 64) == 64 &&
-		        refdata_ints(lb, "\"greedy\"", gb, 64) == 64 &&
-		        refdata_floats(la, "\"gap\"", gap, 64) == 64, "bad greedy fixture line");
+		                refdata_ints(lb, "\"greedy\"", gb, 64) == 64 &&
+		                refdata_floats(la, "\"gap\"", gap, 64) == 64,
+		        "bad greedy fixture line");
 		n++;
 		int s = 0;
 		while (s < 64 && ga[s] == gb[s])
@@ -192,7 +197,8 @@ static int check_builds_greedy(void)
 			same++;
 		else
 			printf("  llama.cpp AVX2 build, prompt %d: diverges at step %d (AVX-512 build's "
-			       "top-2 gap %.4f)\n", n, s, gap[s]);
+			       "top-2 gap %.4f)\n",
+			       n, s, gap[s]);
 	}
 	T_EQ_INT(n, 10);
 	free(ta);
@@ -231,9 +237,12 @@ static void check_greedy(struct engine *eng)
 		n_prompts++;
 		/* Pass 1: teacher-forced on llama.cpp's tokens. */
 		for (int pass = 0; pass < 2; pass++) {
-			struct engine_batch b = { .n_tokens = (uint32_t)np, .tokens = prompt, .pos = pos,
-				                  .slot = slot, .n_visible = (uint32_t)np,
-				                  .logits = ENGINE_LOGITS_LAST };
+			struct engine_batch b = { .n_tokens = (uint32_t)np,
+				                      .tokens = prompt,
+				                      .pos = pos,
+				                      .slot = slot,
+				                      .n_visible = (uint32_t)np,
+				                      .logits = ENGINE_LOGITS_LAST };
 			struct engine_out out;
 			const float *row;
 			int diverged = -1;
@@ -263,7 +272,8 @@ static void check_greedy(struct engine *eng)
 				       "%.4f)\n",
 				       n_prompts, diverged, gap[diverged]);
 				T_CHECK(gap[diverged] < GAP_MIN,
-				        "prompt %d diverges at step %d where llama.cpp's top-2 gap is %.4f (>= %.1f)",
+				        "prompt %d diverges at step %d where llama.cpp's top-2 gap is %.4f (>= "
+				        "%.1f)",
 				        n_prompts, diverged, gap[diverged], GAP_MIN);
 			}
 		}
@@ -283,9 +293,10 @@ static void check_greedy(struct engine *eng)
 
 int main(void)
 {
-	static const char *const files[] = { "01-prose.jsonl", "02-code.jsonl", "03-chat.jsonl",
-		                             "04-numbers.jsonl", "05-languages.jsonl",
-		                             "06-list.jsonl" };
+	static const char *const files[] = {
+		"01-prose.jsonl",   "02-code.jsonl",      "03-chat.jsonl",
+		"04-numbers.jsonl", "05-languages.jsonl", "06-list.jsonl"
+	};
 	char *path = model_path();
 	struct model *m = NULL;
 	struct engine *eng = NULL;
@@ -334,8 +345,8 @@ int main(void)
 	double clear = 100.0 * (double)n_clear_agree / (double)n_clear;
 	printf("  positions where llama.cpp's top-2 gap >= %.1f: %llu, top-1 agreement %.2f %%\n",
 	       GAP_MIN, (unsigned long long)n_clear, clear);
-	T_CHECK(clear >= 99.5, "top-1 agreement %.2f %% < 99.5 %% where llama.cpp's gap >= %.1f",
-	        clear, GAP_MIN);
+	T_CHECK(clear >= 99.5, "top-1 agreement %.2f %% < 99.5 %% where llama.cpp's gap >= %.1f", clear,
+	        GAP_MIN);
 	T_CHECK(agree >= 95.0, "overall top-1 agreement %.2f %% < 95 %%", agree);
 	/* On these logits (|l| ~ 10-30) a difference of 2 would mean a defect.
 	 * Observed: 1.42 with keys rounded to f16 before RoPE; 2.13 with them

@@ -141,8 +141,8 @@ static void test_values(void)
 		T_EQ_INT(kv->arr_n, 3);
 		for (int i = 0; i < 3; i++) {
 			s = gguf_arr_str(kv, (uint64_t)i);
-			T_CHECK(s.n == strlen(strs[i]) && memcmp(s.p, strs[i], s.n) == 0,
-			        "astr[%d] = '%.*s'", i, (int)s.n, s.p);
+			T_CHECK(s.n == strlen(strs[i]) && memcmp(s.p, strs[i], s.n) == 0, "astr[%d] = '%.*s'",
+			        i, (int)s.n, s.p);
 		}
 	}
 	T_EQ_INT(gguf_get_arr(f, "t.ai32", GGUF_I32, &kv, &e), KVS_OK);
@@ -175,8 +175,7 @@ static void test_values(void)
 		T_CHECK(t->data != NULL && memcmp(t->data, data, 32) == 0, "tensor a data");
 	}
 	t = gguf_find_tensor(f, "b.weight");
-	T_CHECK(t != NULL && t->offset == 32 && t->nbytes == 12 &&
-	            memcmp(t->data, data, 12) == 0,
+	T_CHECK(t != NULL && t->offset == 32 && t->nbytes == 12 && memcmp(t->data, data, 12) == 0,
 	        "tensor b.weight");
 	T_CHECK(gguf_find_tensor(f, "b") == NULL, "prefix of a name must not match");
 	T_CHECK(gguf_find_kv(f, "t.u") == NULL, "prefix of a key must not match");
@@ -219,7 +218,7 @@ struct corruption {
 	const char *what;
 	enum ggufw_kind kind;
 	uint32_t rec, sub;
-	uint64_t value;      /* patched in with the field's size */
+	uint64_t value; /* patched in with the field's size */
 	int code;
 	const char *want1, *want2; /* substrings of the message */
 };
@@ -229,39 +228,63 @@ static const struct corruption corruptions[] = {
 	{ "version 1", GW_VERSION, 0, 0, 1, KVS_EUNSUPPORTED, "version = 1", "expected 2 or 3" },
 	{ "version 4", GW_VERSION, 0, 0, 4, KVS_EUNSUPPORTED, "version = 4", "expected 2 or 3" },
 	{ "big-endian", GW_VERSION, 0, 0, 0x03000000, KVS_EUNSUPPORTED, "big-endian", "0x03000000" },
-	{ "n_tensors 2^63", GW_N_TENSORS, 0, 0, 1ull << 63, KVS_EFORMAT, "n_tensors = 9223372036854775808", "expected <=" },
-	{ "n_tensors -1", GW_N_TENSORS, 0, 0, UINT64_MAX, KVS_EFORMAT, "n_tensors = 18446744073709551615", NULL },
+	{ "n_tensors 2^63", GW_N_TENSORS, 0, 0, 1ull << 63, KVS_EFORMAT,
+	  "n_tensors = 9223372036854775808", "expected <=" },
+	{ "n_tensors -1", GW_N_TENSORS, 0, 0, UINT64_MAX, KVS_EFORMAT,
+	  "n_tensors = 18446744073709551615", NULL },
 	{ "n_kv 2^63", GW_N_KV, 0, 0, 1ull << 63, KVS_EFORMAT, "n_kv = 9223372036854775808", NULL },
 	{ "n_kv beyond file", GW_N_KV, 0, 0, 100000, KVS_EFORMAT, "n_kv = 100000", "truncated" },
-	{ "n_tensors beyond file", GW_N_TENSORS, 0, 0, 1000, KVS_EFORMAT, "n_tensors = 1000", "truncated" },
-	{ "key length 2^64-1", GW_KEY_LEN, 1, 0, UINT64_MAX, KVS_EFORMAT, "metadata record 1", "key length = 18446744073709551615" },
+	{ "n_tensors beyond file", GW_N_TENSORS, 0, 0, 1000, KVS_EFORMAT, "n_tensors = 1000",
+	  "truncated" },
+	{ "key length 2^64-1", GW_KEY_LEN, 1, 0, UINT64_MAX, KVS_EFORMAT, "metadata record 1",
+	  "key length = 18446744073709551615" },
 	{ "key length 0", GW_KEY_LEN, 0, 0, 0, KVS_EFORMAT, "metadata record 0", "key is empty" },
-	{ "key length past end", GW_KEY_LEN, 1, 0, 60000, KVS_EFORMAT, "metadata record 1", "truncated" },
-	{ "value type 13", GW_KV_TYPE, 1, 0, 13, KVS_EFORMAT, "'t.count'", "value type = 13, expected 0..12" },
-	{ "value type 2^32-1", GW_KV_TYPE, 1, 0, UINT32_MAX, KVS_EFORMAT, "'t.count'", "value type = 4294967295" },
-	{ "string length 2^64-1", GW_STR_LEN, 0, 0, UINT64_MAX, KVS_EFORMAT, "'general.architecture'", "string value length = 18446744073709551615" },
-	{ "string length past end", GW_STR_LEN, 0, 0, 1u << 20, KVS_EFORMAT, "'general.architecture'", "truncated" },
+	{ "key length past end", GW_KEY_LEN, 1, 0, 60000, KVS_EFORMAT, "metadata record 1",
+	  "truncated" },
+	{ "value type 13", GW_KV_TYPE, 1, 0, 13, KVS_EFORMAT, "'t.count'",
+	  "value type = 13, expected 0..12" },
+	{ "value type 2^32-1", GW_KV_TYPE, 1, 0, UINT32_MAX, KVS_EFORMAT, "'t.count'",
+	  "value type = 4294967295" },
+	{ "string length 2^64-1", GW_STR_LEN, 0, 0, UINT64_MAX, KVS_EFORMAT, "'general.architecture'",
+	  "string value length = 18446744073709551615" },
+	{ "string length past end", GW_STR_LEN, 0, 0, 1u << 20, KVS_EFORMAT, "'general.architecture'",
+	  "truncated" },
 	{ "nested array", GW_ARR_TYPE, 3, 0, GGUF_ARRAY, KVS_EFORMAT, "'t.nums'", "nested arrays" },
 	{ "array type 13", GW_ARR_TYPE, 3, 0, 13, KVS_EFORMAT, "'t.nums'", "array element type = 13" },
-	{ "array count 2^62", GW_ARR_N, 3, 0, 1ull << 62, KVS_EFORMAT, "'t.nums'", "array length = 4611686018427387904" },
+	{ "array count 2^62", GW_ARR_N, 3, 0, 1ull << 62, KVS_EFORMAT, "'t.nums'",
+	  "array length = 4611686018427387904" },
 	{ "array count past end", GW_ARR_N, 3, 0, 1u << 28, KVS_EFORMAT, "'t.nums'", "truncated" },
 	{ "string array count past end", GW_ARR_N, 2, 0, 1u << 28, KVS_EFORMAT, "'t.list'", "strings" },
-	{ "string element 2^64-1", GW_ARR_STR_LEN, 2, 1, UINT64_MAX, KVS_EFORMAT, "'t.list'", "array element 1 length" },
-	{ "tensor name length 64", GW_T_NAME_LEN, 1, 0, 64, KVS_EFORMAT, "tensor info 1", "expected < 64" },
-	{ "tensor name length 0", GW_T_NAME_LEN, 1, 0, 0, KVS_EFORMAT, "tensor info 1", "tensor name is empty" },
-	{ "tensor name length 2^64-1", GW_T_NAME_LEN, 0, 0, UINT64_MAX, KVS_EFORMAT, "tensor info 0", "length = 18446744073709551615" },
-	{ "n_dims 5", GW_T_NDIMS, 0, 0, 5, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'", "n_dims = 5, expected 1..4" },
+	{ "string element 2^64-1", GW_ARR_STR_LEN, 2, 1, UINT64_MAX, KVS_EFORMAT, "'t.list'",
+	  "array element 1 length" },
+	{ "tensor name length 64", GW_T_NAME_LEN, 1, 0, 64, KVS_EFORMAT, "tensor info 1",
+	  "expected < 64" },
+	{ "tensor name length 0", GW_T_NAME_LEN, 1, 0, 0, KVS_EFORMAT, "tensor info 1",
+	  "tensor name is empty" },
+	{ "tensor name length 2^64-1", GW_T_NAME_LEN, 0, 0, UINT64_MAX, KVS_EFORMAT, "tensor info 0",
+	  "length = 18446744073709551615" },
+	{ "n_dims 5", GW_T_NDIMS, 0, 0, 5, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'",
+	  "n_dims = 5, expected 1..4" },
 	{ "n_dims 0", GW_T_NDIMS, 1, 0, 0, KVS_EFORMAT, "tensor 'norm'", "n_dims = 0" },
-	{ "zero dim", GW_T_NE, 0, 1, 0, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'", "ne[1] = 0, expected 1.." },
-	{ "negative dim", GW_T_NE, 0, 1, UINT64_MAX, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'", "ne[1] = 18446744073709551615" },
-	{ "dim 2^42+1", GW_T_NE, 0, 1, (1ull << 42) + 1, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'", "ends past the data section" },
-	{ "dim 2^62 (size overflow)", GW_T_NE, 0, 1, 1ull << 62, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'", "overflow" },
+	{ "zero dim", GW_T_NE, 0, 1, 0, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'",
+	  "ne[1] = 0, expected 1.." },
+	{ "negative dim", GW_T_NE, 0, 1, UINT64_MAX, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'",
+	  "ne[1] = 18446744073709551615" },
+	{ "dim 2^42+1", GW_T_NE, 0, 1, (1ull << 42) + 1, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'",
+	  "ends past the data section" },
+	{ "dim 2^62 (size overflow)", GW_T_NE, 0, 1, 1ull << 62, KVS_EFORMAT,
+	  "tensor 'blk.0.attn_q.weight'", "overflow" },
 	{ "ne0 not whole blocks", GW_T_NE, 0, 0, 48, KVS_EFORMAT, "ne[0] = 48", "multiple of 32" },
-	{ "removed type 4", GW_T_TYPE, 0, 0, 4, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'", "type = 4" },
-	{ "type 2^32-1", GW_T_TYPE, 1, 0, UINT32_MAX, KVS_EFORMAT, "tensor 'norm'", "type = 4294967295" },
-	{ "misaligned offset", GW_T_OFFSET, 1, 0, 96 + 1, KVS_EFORMAT, "tensor 'norm'", "expected a multiple of 32" },
-	{ "offset past end", GW_T_OFFSET, 2, 0, 1u << 20, KVS_EFORMAT, "tensor 'last'", "ends past the data section" },
-	{ "offset 2^64-32", GW_T_OFFSET, 2, 0, UINT64_MAX - 31, KVS_EFORMAT, "tensor 'last'", "ends past" },
+	{ "removed type 4", GW_T_TYPE, 0, 0, 4, KVS_EFORMAT, "tensor 'blk.0.attn_q.weight'",
+	  "type = 4" },
+	{ "type 2^32-1", GW_T_TYPE, 1, 0, UINT32_MAX, KVS_EFORMAT, "tensor 'norm'",
+	  "type = 4294967295" },
+	{ "misaligned offset", GW_T_OFFSET, 1, 0, 96 + 1, KVS_EFORMAT, "tensor 'norm'",
+	  "expected a multiple of 32" },
+	{ "offset past end", GW_T_OFFSET, 2, 0, 1u << 20, KVS_EFORMAT, "tensor 'last'",
+	  "ends past the data section" },
+	{ "offset 2^64-32", GW_T_OFFSET, 2, 0, UINT64_MAX - 31, KVS_EFORMAT, "tensor 'last'",
+	  "ends past" },
 	{ "overlap", GW_T_OFFSET, 1, 0, 64, KVS_EFORMAT, "overlaps", "'norm'" },
 };
 
@@ -296,10 +319,10 @@ static void test_corruptions(void)
 		rc = gguf_open_memory(&f, copy, n, &e);
 		T_CHECK(rc == c->code, "%s: status %d (%s), expected %d", c->what, rc, e.msg, c->code);
 		T_CHECK(f == NULL, "%s: file returned on failure", c->what);
-		T_CHECK(strstr(e.msg, c->want1) != NULL, "%s: message '%s' lacks '%s'", c->what,
-		        e.msg, c->want1);
-		T_CHECK(c->want2 == NULL || strstr(e.msg, c->want2) != NULL,
-		        "%s: message '%s' lacks '%s'", c->what, e.msg, c->want2);
+		T_CHECK(strstr(e.msg, c->want1) != NULL, "%s: message '%s' lacks '%s'", c->what, e.msg,
+		        c->want1);
+		T_CHECK(c->want2 == NULL || strstr(e.msg, c->want2) != NULL, "%s: message '%s' lacks '%s'",
+		        c->what, e.msg, c->want2);
 		T_CHECK(strchr(e.msg, '\n') == NULL, "%s: message has a newline", c->what);
 		gguf_close(f);
 	}
@@ -400,8 +423,7 @@ static void test_hostile_records(void)
 	ggufw_add_u32(w, "bad\nkey\x01", 1);
 	ggufw_write_mem(w, &buf, &n);
 	T_EQ_INT(gguf_open_memory(&f, buf, n, &e), KVS_EFORMAT);
-	T_CHECK(strchr(e.msg, '\n') == NULL && strstr(e.msg, "bad\\x0akey\\x01"), "msg: %s",
-	        e.msg);
+	T_CHECK(strchr(e.msg, '\n') == NULL && strstr(e.msg, "bad\\x0akey\\x01"), "msg: %s", e.msg);
 	free(buf);
 	ggufw_free(w);
 
@@ -497,8 +519,7 @@ static void test_open_errors(void)
 	fputs("this is not a gguf file at all", fp);
 	fclose(fp);
 	T_EQ_INT(gguf_open(&f, p, &e), KVS_EFORMAT);
-	T_CHECK(strncmp(e.msg, p, strlen(p)) == 0 && strstr(e.msg, "magic = 'this'"), "msg: %s",
-	        e.msg);
+	T_CHECK(strncmp(e.msg, p, strlen(p)) == 0 && strstr(e.msg, "magic = 'this'"), "msg: %s", e.msg);
 	/* A valid file round-trips through the disk path too. */
 	struct ggufw *w = base_file();
 	T_EQ_INT(ggufw_write_file(w, p), 0);
@@ -561,11 +582,11 @@ static void test_real_model(const char *path)
 	T_EQ_INT(total, 96576768);
 	t = gguf_find_tensor(f, "token_embd.weight");
 	T_CHECK(t != NULL && t->type == DT_Q8_0 && t->ne[0] == 576 && t->ne[1] == 49152 &&
-	            t->nbytes == 30081024 && t->offset == 0,
+	                t->nbytes == 30081024 && t->offset == 0,
 	        "token_embd.weight");
 	t = gguf_find_tensor(f, "blk.0.ffn_down.weight");
 	T_CHECK(t != NULL && t->type == DT_Q4_1 && t->ne[0] == 1536 && t->ne[1] == 576 &&
-	            t->nbytes == 552960 && t->offset == 30083328,
+	                t->nbytes == 552960 && t->offset == 30083328,
 	        "blk.0.ffn_down.weight");
 	t = gguf_find_tensor(f, "output_norm.weight");
 	T_CHECK(t != NULL && t->type == DT_F32 && t->n_dims == 1 && t->ne[0] == 576, "output_norm");
@@ -620,7 +641,8 @@ int main(void)
 	test_open_errors();
 	if (stat(path, &st) == 0) {
 		test_real_model(path);
-	} else if (getenv("KVSCOPE_SKIP_MODEL_TESTS") && strcmp(getenv("KVSCOPE_SKIP_MODEL_TESTS"), "1") == 0) {
+	} else if (getenv("KVSCOPE_SKIP_MODEL_TESTS") &&
+	           strcmp(getenv("KVSCOPE_SKIP_MODEL_TESTS"), "1") == 0) {
 		printf("test-gguf: SKIP: %s absent and KVSCOPE_SKIP_MODEL_TESTS=1\n", path);
 		free(path);
 		return t_done("test-gguf") ? 1 : 77;

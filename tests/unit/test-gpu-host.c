@@ -88,8 +88,8 @@ static void test_weight_kinds(void)
 	T_EQ_INT(gpuplan_weight_kind(DT_Q4_0), GPUPLAN_W_Q8ACT);
 	T_EQ_INT(gpuplan_weight_kind(DT_Q4_1), GPUPLAN_W_Q8ACT);
 	T_EQ_INT(gpuplan_weight_kind(DT_Q8_0), GPUPLAN_W_Q8ACT);
-	static const uint32_t f32act[] = { DT_F32, DT_F16, DT_BF16, DT_Q5_0, DT_Q5_1,
-	                                   DT_Q4_K, DT_Q5_K, DT_Q6_K };
+	static const uint32_t f32act[] = { DT_F32,  DT_F16,  DT_BF16, DT_Q5_0,
+		                               DT_Q5_1, DT_Q4_K, DT_Q5_K, DT_Q6_K };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(f32act); i++)
 		T_EQ_INT(gpuplan_weight_kind(f32act[i]), GPUPLAN_W_F32ACT);
 	/* every type the model layer accepts as a weight runs somehow; the
@@ -169,8 +169,8 @@ static void test_plan(void)
 	/* logits of one step: 512 rows of 49152 floats */
 	T_EQ_INT(p.logits, 512ull * 49152 * 4);
 	T_CHECK(p.f16_resident, "80 GiB: F16 copies should stay resident");
-	T_EQ_INT(p.total, p.weights + p.f16_all + p.kv + p.kv_tmp + p.rope + p.vis + p.act + p.attn +
-	                      p.logits);
+	T_EQ_INT(p.total,
+	         p.weights + p.f16_all + p.kv + p.kv_tmp + p.rope + p.vis + p.act + p.attn + p.logits);
 
 	/* just enough memory for everything but resident copies: dequantise
 	 * per use into a scratch of the largest matrix */
@@ -231,9 +231,13 @@ static void test_graph_cache(void)
 	gpugraph_init(&gc);
 	/* keys differ in each component */
 	uint64_t keys[] = {
-		gpugraph_key(16, 0, 0), gpugraph_key(32, 0, 0), gpugraph_key(16, 2, 0),
-		gpugraph_key(16, 0, GPUGRAPH_ATTN), gpugraph_key(16, 0, GPUGRAPH_ATTN_KV),
-		gpugraph_key(16, 0, GPUGRAPH_ATTN | GPUGRAPH_ATTN_KV), gpugraph_key(1, 2, 3),
+		gpugraph_key(16, 0, 0),
+		gpugraph_key(32, 0, 0),
+		gpugraph_key(16, 2, 0),
+		gpugraph_key(16, 0, GPUGRAPH_ATTN),
+		gpugraph_key(16, 0, GPUGRAPH_ATTN_KV),
+		gpugraph_key(16, 0, GPUGRAPH_ATTN | GPUGRAPH_ATTN_KV),
+		gpugraph_key(1, 2, 3),
 		gpugraph_key(128, 1, GPUGRAPH_ATTN),
 	};
 	for (size_t i = 0; i < KVS_ARRAY_LEN(keys); i++)
@@ -297,8 +301,8 @@ static void test_kv_moves(void)
 	uint32_t d1[] = { 0, 1, 2 }, s1[] = { 1, 2, 3 };
 	T_EQ_INT(gpuplan_kv_moves(d1, s1, 3, origin, od, os, &ov), 3);
 	T_CHECK(ov, "compaction by one should overlap");
-	T_CHECK(od[0] == 0 && os[0] == 1 && od[2] == 2 && os[2] == 3, "moves %u<-%u .. %u<-%u",
-	        od[0], os[0], od[2], os[2]);
+	T_CHECK(od[0] == 0 && os[0] == 1 && od[2] == 2 && os[2] == 3, "moves %u<-%u .. %u<-%u", od[0],
+	        os[0], od[2], os[2]);
 	/* disjoint: no staging needed */
 	uint32_t d2[] = { 0, 1 }, s2[] = { 5, 7 };
 	T_EQ_INT(gpuplan_kv_moves(d2, s2, 2, origin, od, os, &ov), 2);
@@ -406,8 +410,8 @@ static int run_cmd(const char *cmd, char *err, size_t cap)
 static void test_cli(void)
 {
 	const char *bin = getenv("KVSCOPE_BIN");
-	T_CHECK(bin != NULL && access(bin, X_OK) == 0, "KVSCOPE_BIN (%s) is not an executable; run under make check",
-	        bin ? bin : "unset");
+	T_CHECK(bin != NULL && access(bin, X_OK) == 0,
+	        "KVSCOPE_BIN (%s) is not an executable; run under make check", bin ? bin : "unset");
 	if (bin == NULL || access(bin, X_OK) != 0)
 		return;
 	const char *tmp = getenv("TMPDIR");
@@ -434,8 +438,8 @@ static void test_cli(void)
 	err_clear(&pe);
 	bool have_gpu = gpu_probe(&gi, &pe) == KVS_OK;
 	char cmd[1400], err[4096];
-	snprintf(cmd, sizeof(cmd), "'%s' generate --backend cuda --model '%s' --prompt hi --max-tokens 2",
-	         bin, model);
+	snprintf(cmd, sizeof(cmd),
+	         "'%s' generate --backend cuda --model '%s' --prompt hi --max-tokens 2", bin, model);
 	int rc = run_cmd(cmd, err, sizeof(err));
 	if (have_gpu) {
 		T_CHECK(rc == 0, "with a GPU, exit %d: %s", rc, err);

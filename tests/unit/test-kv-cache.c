@@ -171,9 +171,16 @@ static uint64_t run_select(const char *spec, uint32_t n, const float *score, uin
 		toks[i].score = score ? score[i] : NAN;
 		cand[i] = i;
 	}
-	struct kv_select s = { .toks = toks, .cand = cand, .n = n, .m = m, .budget = budget,
-		               .target = budget - m, .p = p.p, .keep = keep, .score = sc,
-		               .order = order };
+	struct kv_select s = { .toks = toks,
+		                   .cand = cand,
+		                   .n = n,
+		                   .m = m,
+		                   .budget = budget,
+		                   .target = budget - m,
+		                   .p = p.p,
+		                   .keep = keep,
+		                   .score = sc,
+		                   .order = order };
 	p.def->select(&s);
 	uint64_t mask = 0;
 	for (uint32_t i = 0; i < n; i++) {
@@ -223,7 +230,8 @@ static void test_parse(void)
 	struct err e;
 	char buf[256];
 	T_EQ_INT(kv_policy_parse("sirllm:mode=compat,lambda=0.7", &p, &e), KVS_OK);
-	T_EQ_STR(kv_policy_format(&p, buf, sizeof buf), "sirllm mode=compat sinks=4 recent=0 lambda=0.7");
+	T_EQ_STR(kv_policy_format(&p, buf, sizeof buf),
+	         "sirllm mode=compat sinks=4 recent=0 lambda=0.7");
 	T_EQ_INT(kv_policy_parse("sirllm mode=paper sinks=8", &p, &e), KVS_OK);
 	T_NEAR(kv_policy_get(&p, "sinks"), 8, 0);
 	T_CHECK(isnan(kv_policy_get(&p, "global")), "no such parameter");
@@ -251,9 +259,9 @@ static void test_summary(void)
 	for (int i = 0; i < 5; i++)
 		h -= w[i] * log(w[i]);
 	T_NEAR(s.entropy, h, 1e-6);
-	T_NEAR(s.sink_mass, 0.85, 1e-6);   /* first 4 */
-	T_NEAR(s.topk_mass, 0.7, 1e-6);    /* 0.4 + 0.3 */
-	T_EQ_INT(s.k90, 4);                /* 0.4+0.3+0.15+0.1 = 0.95 */
+	T_NEAR(s.sink_mass, 0.85, 1e-6); /* first 4 */
+	T_NEAR(s.topk_mass, 0.7, 1e-6);  /* 0.4 + 0.3 */
+	T_EQ_INT(s.k90, 4);              /* 0.4+0.3+0.15+0.1 = 0.95 */
 	/* random rows against sorting */
 	for (int t = 0; t < 200; t++) {
 		uint32_t n = 1 + rnd_u32(300), k = 1 + rnd_u32(48);
@@ -323,7 +331,7 @@ static void test_compaction_exact(const struct model *m, const char *policy)
 				for (uint32_t h = 0; h < hp->n_head_kv; h++)
 					engine_kv_read(eng, l, t[i].slot, h, false, false,
 					               keys + (size_t)t[i].orig_pos * per +
-					                   ((size_t)l * hp->n_head_kv + h) * hp->head_dim,
+					                       ((size_t)l * hp->n_head_kv + h) * hp->head_dim,
 					               &e);
 		}
 	}
@@ -342,7 +350,7 @@ static void test_compaction_exact(const struct model *m, const char *policy)
 				float raw[64], rot[64];
 				double ref[64], num = 0, den = 0;
 				const float *k0 = keys + (size_t)t[i].orig_pos * per +
-				                  ((size_t)l * hp->n_head_kv + h) * hp->head_dim;
+				        ((size_t)l * hp->n_head_kv + h) * hp->head_dim;
 				engine_kv_read(eng, l, t[i].slot, h, false, false, raw, &e);
 				T_CHECK(memcmp(raw, k0, hp->head_dim * sizeof(float)) == 0,
 				        "pre-RoPE key of position %d changed", t[i].orig_pos);
@@ -386,9 +394,12 @@ static void test_keep_all_identical(const struct model *m, const char *policy)
 				pos[i] = (int32_t)(n + i);
 				slot[i] = n + i;
 			}
-			struct engine_batch bt = { .n_tokens = mm, .tokens = ids + done, .pos = pos,
-				                   .slot = slot, .n_visible = n + mm,
-				                   .logits = ENGINE_LOGITS_LAST };
+			struct engine_batch bt = { .n_tokens = mm,
+				                       .tokens = ids + done,
+				                       .pos = pos,
+				                       .slot = slot,
+				                       .n_visible = n + mm,
+				                       .logits = ENGINE_LOGITS_LAST };
 			T_CHECK(engine_forward(b, &bt, &o, &e) == KVS_OK, "%s", e.msg);
 			n += mm;
 			done += mm;
@@ -420,8 +431,12 @@ static void test_sirllm_scores(const struct model *m)
 		pos[i] = (int32_t)i;
 		slot[i] = i;
 	}
-	struct engine_batch bt = { .n_tokens = total, .tokens = ids, .pos = pos, .slot = slot,
-		                   .n_visible = total, .logits = ENGINE_LOGITS_ALL };
+	struct engine_batch bt = { .n_tokens = total,
+		                       .tokens = ids,
+		                       .pos = pos,
+		                       .slot = slot,
+		                       .n_visible = total,
+		                       .logits = ENGINE_LOGITS_ALL };
 	struct engine_out o;
 	struct err e;
 	T_CHECK(engine_forward(r, &bt, &o, &e) == KVS_OK, "%s", e.msg);
@@ -541,15 +556,25 @@ static void test_engine_cap(const struct model *m)
 		vis[i] = i;
 	}
 	/* the same first n0 tokens in both engines (dense) */
-	struct engine_batch p0 = { .n_tokens = n0, .tokens = ids, .pos = pos, .slot = slot,
-		                   .n_visible = n0, .logits = ENGINE_LOGITS_NONE };
+	struct engine_batch p0 = { .n_tokens = n0,
+		                       .tokens = ids,
+		                       .pos = pos,
+		                       .slot = slot,
+		                       .n_visible = n0,
+		                       .logits = ENGINE_LOGITS_NONE };
 	T_CHECK(engine_forward(a, &p0, &oa, &e) == KVS_OK, "%s", e.msg);
 	T_CHECK(engine_forward(b, &p0, &ob, &e) == KVS_OK, "%s", e.msg);
 	/* a: one batch of nb queries, capped, summing attention per KV head */
-	struct engine_batch ba = { .n_tokens = nb, .tokens = ids + n0, .pos = pos + n0,
-		                   .slot = slot + n0, .n_visible = nvis, .visible = vis,
-		                   .logits = ENGINE_LOGITS_LAST, .want_attn_kv = true,
-		                   .n_global = G, .dist_cap = cap };
+	struct engine_batch ba = { .n_tokens = nb,
+		                       .tokens = ids + n0,
+		                       .pos = pos + n0,
+		                       .slot = slot + n0,
+		                       .n_visible = nvis,
+		                       .visible = vis,
+		                       .logits = ENGINE_LOGITS_LAST,
+		                       .want_attn_kv = true,
+		                       .n_global = G,
+		                       .dist_cap = cap };
 	T_CHECK(engine_forward(a, &ba, &oa, &e) == KVS_OK, "%s", e.msg);
 	float *akv = malloc((size_t)hp->n_layer * hp->n_head_kv * nvis * sizeof(float));
 	memcpy(akv, oa.attn_kv, (size_t)hp->n_layer * hp->n_head_kv * nvis * sizeof(float));
@@ -561,16 +586,20 @@ static void test_engine_cap(const struct model *m)
 		int32_t p = (int32_t)(n0 + i);
 		for (uint32_t g = 0; g < G; g++)
 			engine_kv_set_pos(b, g, (int32_t)g < p - cap ? p - cap : (int32_t)g, &e);
-		struct engine_batch bb = { .n_tokens = 1, .tokens = ids + n0 + i, .pos = &pos[n0 + i],
-			                   .slot = &slot[n0 + i], .n_visible = n0 + i + 1,
-			                   .visible = vis, .logits = ENGINE_LOGITS_LAST,
-			                   .want_attn = true };
+		struct engine_batch bb = { .n_tokens = 1,
+			                       .tokens = ids + n0 + i,
+			                       .pos = &pos[n0 + i],
+			                       .slot = &slot[n0 + i],
+			                       .n_visible = n0 + i + 1,
+			                       .visible = vis,
+			                       .logits = ENGINE_LOGITS_LAST,
+			                       .want_attn = true };
 		T_CHECK(engine_forward(b, &bb, &ob, &e) == KVS_OK, "%s", e.msg);
 		for (uint32_t l = 0; l < hp->n_layer; l++)
 			for (uint32_t h = 0; h < hp->n_head; h++)
 				for (uint32_t j = 0; j < n0 + i + 1; j++)
 					sum[((size_t)l * hp->n_head_kv + h / grp) * nvis + j] +=
-					    ob.attn[((size_t)l * hp->n_head + h) * (n0 + i + 1) + j];
+					        ob.attn[((size_t)l * hp->n_head + h) * (n0 + i + 1) + j];
 	}
 	double dl = 0, da = 0;
 	for (uint32_t v = 0; v < hp->n_vocab; v++)
@@ -626,18 +655,33 @@ static void test_engine_lambda(const struct model *m)
 	float *la = malloc(hp->n_vocab * sizeof(float));
 	for (int variant = 0; variant < 3; variant++) {
 		struct engine *a = mk_engine(m, 32), *b = mk_engine(m, 32);
-		struct engine_batch p0 = { .n_tokens = n0, .tokens = ids, .pos = pos, .slot = slot,
-			                   .n_visible = n0, .logits = ENGINE_LOGITS_NONE };
+		struct engine_batch p0 = { .n_tokens = n0,
+			                       .tokens = ids,
+			                       .pos = pos,
+			                       .slot = slot,
+			                       .n_visible = n0,
+			                       .logits = ENGINE_LOGITS_NONE };
 		T_CHECK(engine_forward(a, &p0, &oa, &e) == KVS_OK, "%s", e.msg);
 		T_CHECK(engine_forward(b, &p0, &ob, &e) == KVS_OK, "%s", e.msg);
-		struct engine_batch da = { .n_tokens = 1, .tokens = ids + n0, .pos = &pos[n0],
-			                   .slot = &slot[n0], .n_visible = n0 + 1, .visible = vis,
-			                   .logits = ENGINE_LOGITS_LAST, .want_attn = true,
-			                   .n_global = G, .dist_cap = 1000, .n_local = (int32_t)L,
-			                   .middle_insert_at = at };
-		struct engine_batch db = { .n_tokens = 1, .tokens = ids + n0, .pos = &pos[n0],
-			                   .slot = &slot[n0], .n_visible = nb, .visible = vis_b,
-			                   .logits = ENGINE_LOGITS_LAST };
+		struct engine_batch da = { .n_tokens = 1,
+			                       .tokens = ids + n0,
+			                       .pos = &pos[n0],
+			                       .slot = &slot[n0],
+			                       .n_visible = n0 + 1,
+			                       .visible = vis,
+			                       .logits = ENGINE_LOGITS_LAST,
+			                       .want_attn = true,
+			                       .n_global = G,
+			                       .dist_cap = 1000,
+			                       .n_local = (int32_t)L,
+			                       .middle_insert_at = at };
+		struct engine_batch db = { .n_tokens = 1,
+			                       .tokens = ids + n0,
+			                       .pos = &pos[n0],
+			                       .slot = &slot[n0],
+			                       .n_visible = nb,
+			                       .visible = vis_b,
+			                       .logits = ENGINE_LOGITS_LAST };
 		if (variant == 1) {
 			/* every middle key picked: the same as moving them to p - at */
 			da.middle_topk = n_mid;
@@ -732,8 +776,8 @@ static void test_h2o(const struct model *m)
 
 enum { PROV_STREAM = 0, PROV_FAIL, PROV_SLOW, PROV_NAN };
 
-static int prov_fn(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep,
-                   float *scores, double deadline_ms, struct err *e)
+static int prov_fn(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, float *scores,
+                   double deadline_ms, struct err *e)
 {
 	int kind = *(int *)ud;
 	(void)n_keep;
@@ -821,7 +865,8 @@ static void test_pin_switch(const struct model *m)
 		T_CHECK(kv_cache_toks(kv)[at].flags & KV_FLAG_PINNED, "pinned flag kept");
 	T_CHECK(kv_cache_find(kv, 7) < 0, "its neighbour went");
 	/* switch policies between turns; shrink the budget */
-	static const char *const pols[] = { "sirllm", "h2o:pos=compact", "window", "lminfinite", "streaming" };
+	static const char *const pols[] = { "sirllm", "h2o:pos=compact", "window", "lminfinite",
+		                                "streaming" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(pols); i++) {
 		struct kv_policy p;
 		T_EQ_INT(kv_policy_parse(pols[i], &p, &e), KVS_OK);
@@ -907,7 +952,7 @@ static void cap_event(const struct kv_event *ev, void *ud)
 		kv_head_summarize(row, ev->n_cached, 10, scratch, &want);
 		const struct kv_head_summary *got = &ev->heads[h];
 		cs->bad_heads += got->k90 != want.k90 || fabs(got->entropy - want.entropy) > 1e-6 ||
-		                 fabs(got->sink_mass - want.sink_mass) > 1e-6;
+		        fabs(got->sink_mass - want.sink_mass) > 1e-6;
 	}
 }
 
@@ -1027,8 +1072,7 @@ static double probe_diff(struct kv_cache *a, struct kv_cache *b, const int32_t *
 	return mx;
 }
 
-static void test_restore(const struct model *m, const char *policy, uint32_t n_feed,
-                         bool recompute)
+static void test_restore(const struct model *m, const char *policy, uint32_t n_feed, bool recompute)
 {
 	uint32_t nv = m->hp.n_vocab;
 	struct engine *ea = mk_engine(m, 64), *eb = mk_engine(m, 64);
@@ -1055,10 +1099,14 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	struct kv_stats st;
 	kv_cache_stats(a, &st);
 
-	struct kv_restore r = { .toks = toks, .n = n, .next_pos = kv_cache_next_pos(a),
-	                        .turn = kv_cache_turn(a), .logits = recompute ? NULL : logits,
-	                        .n_seen = st.n_seen, .n_evicted = st.n_evicted,
-	                        .n_evictions = st.n_evictions };
+	struct kv_restore r = { .toks = toks,
+		                    .n = n,
+		                    .next_pos = kv_cache_next_pos(a),
+		                    .turn = kv_cache_turn(a),
+		                    .logits = recompute ? NULL : logits,
+		                    .n_seen = st.n_seen,
+		                    .n_evicted = st.n_evicted,
+		                    .n_evictions = st.n_evictions };
 	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_OK);
 	T_EQ_INT(kv_cache_n(b), n);
 	T_EQ_INT(kv_cache_next_pos(b), kv_cache_next_pos(a));
@@ -1129,8 +1177,7 @@ static void test_check_corrupt(const struct model *m)
 	rnd_tokens(ids, 40, m->hp.n_vocab);
 	T_CHECK(kv_cache_feed(kv, ids, 40, &e) == KVS_OK, "%s", e.msg);
 	T_EQ_INT(kv_cache_check(kv, &e), KVS_OK);
-	T_CHECK(kv->n >= 20 && kv->n <= 24 && kv->n_free >= 8, "%u cached, %u free", kv->n,
-	        kv->n_free);
+	T_CHECK(kv->n >= 20 && kv->n <= 24 && kv->n_free >= 8, "%u cached, %u free", kv->n, kv->n_free);
 	T_CHECK(kv->n_evictions > 0, "no eviction");
 	struct kv_tok *t = kv->toks;
 
@@ -1197,11 +1244,15 @@ static void test_check_corrupt(const struct model *m)
 /* Many random steps (feeds of 1..12 tokens, turns, pins, budget and policy
  * switches) on one cache that starts with policy spec; kv_cache_check after
  * every step. Returns the evictions it saw. */
-static uint32_t check_random(const struct model *m, const char *spec, uint32_t steps,
-                             bool provider)
+static uint32_t check_random(const struct model *m, const char *spec, uint32_t steps, bool provider)
 {
-	static const char *const pols[] = { "streaming:sinks=2", "sirllm", "h2o:pos=compact",
-		                             "window", "lminfinite:global=3", "h2o", "full" };
+	static const char *const pols[] = { "streaming:sinks=2",
+		                                "sirllm",
+		                                "h2o:pos=compact",
+		                                "window",
+		                                "lminfinite:global=3",
+		                                "h2o",
+		                                "full" };
 	struct engine *eng = mk_engine(m, 40);
 	struct kv_cache *kv = mk_cache(eng, spec, 32, 5);
 	struct ev_count cnt = { 0 };
@@ -1261,7 +1312,7 @@ static void test_check_random(const struct model *m)
 		T_CHECK(ev > 20, "%s: only %u evictions", name, ev);
 	}
 	static const char *const variants[] = { "sirllm:mode=compat,recent=4,lambda=0.8",
-		                                "lminfinite:global=4,local=8,topk=2,topk_layer=1" };
+		                                    "lminfinite:global=4,local=8,topk=2,topk_layer=1" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(variants); i++)
 		T_CHECK(check_random(m, variants[i], 400, false) > 20, "%s: too few evictions",
 		        variants[i]);

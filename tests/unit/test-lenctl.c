@@ -27,27 +27,33 @@ struct wc_case {
 static const struct wc_case wc_cases[] = {
 	{ "", 0 },
 	{ "Hello, world!", 2 },
-	{ "don't", 2 },                          /* the apostrophe splits */
-	{ "it\xE2\x80\x99s", 2 },                /* so does U+2019 */
+	{ "don't", 2 },           /* the apostrophe splits */
+	{ "it\xE2\x80\x99s", 2 }, /* so does U+2019 */
 	{ "3.5", 2 },
 	{ "$3,000.50 each", 4 },
 	{ "well-known e-mail", 4 },
-	{ "snake_case_name", 1 },                /* '_' is a word character */
-	{ "... !!! ??? --- ***", 0 },            /* punctuation runs */
+	{ "snake_case_name", 1 },     /* '_' is a word character */
+	{ "... !!! ??? --- ***", 0 }, /* punctuation runs */
 	{ "end.Next", 2 },
 	{ "caf\xC3\xA9 na\xC3\xAFve r\xC3\xA9sum\xC3\xA9", 3 }, /* precomposed letters */
-	{ "cafe\xCC\x81", 1 },                   /* e + U+0301: the mark is not \w */
-	{ "cafe\xCC\x81" "s", 2 },                /* ... so it splits the word */
+	{ "cafe\xCC\x81", 1 },                                  /* e + U+0301: the mark is not \w */
+	{ "cafe\xCC\x81"
+	  "s",
+	  2 }, /* ... so it splits the word */
 	{ "\xE6\x9D\xB1\xE4\xBA\xAC\xE3\x82\xBF\xE3\x83\xAF\xE3\x83\xBC", 1 }, /* one CJK run */
 	{ "\xE6\x97\xA5\xE6\x9C\xAC \xE3\x83\x86\xE3\x82\xB9\xE3\x83\x88", 2 },
-	{ "x\xC2\xB2 + \xC2\xBD", 2 },           /* superscript two, one half: \p{N} */
-	{ "\xF0\x9F\x98\x80" " smile \xE2\x80\x94 ok", 2 }, /* emoji and em dash are not */
+	{ "x\xC2\xB2 + \xC2\xBD", 2 }, /* superscript two, one half: \p{N} */
+	{ "\xF0\x9F\x98\x80"
+	  " smile \xE2\x80\x94 ok",
+	  2 }, /* emoji and em dash are not */
 	{ "\xCE\xA9mega \xD0\xBF\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82", 2 },
 	{ "line one\n\n\tline two\r\n", 4 },
 	{ "100% of 7am", 3 },
 	{ "a.b.c", 3 },
-	{ "\xC2\xB7middle\xC2\xB7" "dot", 2 },      /* U+00B7 is punctuation */
-	{ "\xC2\xAA\xC2\xB5", 1 },               /* feminine ordinal, micro sign: letters */
+	{ "\xC2\xB7middle\xC2\xB7"
+	  "dot",
+	  2 },                     /* U+00B7 is punctuation */
+	{ "\xC2\xAA\xC2\xB5", 1 }, /* feminine ordinal, micro sign: letters */
 };
 
 static void test_wordcount(void)
@@ -72,8 +78,14 @@ static void test_wordcount(void)
 		T_CHECK(w.words == wc_cases[i].words, "\"%s\" byte by byte: %u words", s, w.words);
 	}
 	/* a broken byte is a non-word and does not swallow what follows */
-	T_EQ_INT(wordcount_text("ab\xFF" "cd", 5), 2);
-	T_EQ_INT(wordcount_text("ab\xE2" "cd", 5), 2);
+	T_EQ_INT(wordcount_text("ab\xFF"
+	                        "cd",
+	                        5),
+	         2);
+	T_EQ_INT(wordcount_text("ab\xE2"
+	                        "cd",
+	                        5),
+	         2);
 }
 
 /* ---- windows ---- */
@@ -86,10 +98,14 @@ static void test_windows(void)
 		uint32_t t, plo, phi, flo, fhi;
 		int group;
 	} want[] = {
-		{ "10", 10, 0, 20, 0, 20, 0 },          { "30", 30, 20, 40, 20, 40, 0 },
-		{ "50", 50, 40, 60, 40, 60, 0 },        { "80", 80, 70, 90, 60, 100, 0 },
-		{ "150", 150, 130, 170, 100, 200, 1 },  { "300", 300, 280, 320, 200, 400, 1 },
-		{ "500", 500, 450, 550, 400, 600, 1 },  { "700", 700, 630, 770, 600, 800, 2 },
+		{ "10", 10, 0, 20, 0, 20, 0 },
+		{ "30", 30, 20, 40, 20, 40, 0 },
+		{ "50", 50, 40, 60, 40, 60, 0 },
+		{ "80", 80, 70, 90, 60, 100, 0 },
+		{ "150", 150, 130, 170, 100, 200, 1 },
+		{ "300", 300, 280, 320, 200, 400, 1 },
+		{ "500", 500, 450, 550, 400, 600, 1 },
+		{ "700", 700, 630, 770, 600, 800, 2 },
 		{ ">800", 800, 800, LEN_OPEN, 800, LEN_OPEN, 2 },
 	};
 	T_EQ_INT(len_n_levels, 9);
@@ -150,8 +166,8 @@ static void test_windows(void)
 	T_EQ_INT(t.level, -1);
 	T_EQ_INT(len_target_parse("off", &t, &e), KVS_OK);
 	T_EQ_INT(t.unit, LEN_NONE);
-	static const char *const bad[] = { "", "0", "0w", "-5", "12x", "abc", "1e3", "100001", "w",
-		                           "30 w", ">900" };
+	static const char *const bad[] = { "",    "0",      "0w", "-5",   "12x", "abc",
+		                               "1e3", "100001", "w",  "30 w", ">900" };
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		T_CHECK(len_target_parse(bad[i], &t, &e) == KVS_EARG, "'%s' must be refused", bad[i]);
 		T_CHECK(strstr(e.msg, "expected") != NULL, "'%s': %s", bad[i], e.msg);
@@ -184,12 +200,15 @@ static void test_sentence_end(void)
 		const char *s;
 		bool end;
 	} c[] = {
-		{ "Hello.", true },          { "Hello.\n\n", true },     { "Really?!", true },
-		{ "He said \"yes.\"", true }, { "(see above.)", true },  { "Wait\xE2\x80\xA6", true },
-		{ "It costs 3.", true },     { "Done!\xE2\x80\x9D ", true },
-		{ "Hello", false },          { "list item\n", false },  { "1.", false },
-		{ "Steps:\n2.", false },     { "  12. ", false },       { "e.g.", false },
-		{ "Ask Mr.", false },        { "", false },              { "well,", false },
+		{ "Hello.", true },       { "Hello.\n\n", true },
+		{ "Really?!", true },     { "He said \"yes.\"", true },
+		{ "(see above.)", true }, { "Wait\xE2\x80\xA6", true },
+		{ "It costs 3.", true },  { "Done!\xE2\x80\x9D ", true },
+		{ "Hello", false },       { "list item\n", false },
+		{ "1.", false },          { "Steps:\n2.", false },
+		{ "  12. ", false },      { "e.g.", false },
+		{ "Ask Mr.", false },     { "", false },
+		{ "well,", false },
 	};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++)
 		T_CHECK(text_ends_sentence(c[i].s, strlen(c[i].s)) == c[i].end, "\"%s\": expected %s",
@@ -199,8 +218,9 @@ static void test_sentence_end(void)
 /* ---- the controller on scripted logits ---- */
 
 enum { T_END, T_WORD, T_DOT, T_BLANK, T_TWO, T_S, T_COMMA, T_HELLO, T_NV };
-static const char *const t_pieces[T_NV] = { "", " word", ".", "\n\n", " big day", "s", ",",
-	                                    " Hello" };
+static const char *const t_pieces[T_NV] = {
+	"", " word", ".", "\n\n", " big day", "s", ",", " Hello"
+};
 static const bool t_end[T_NV] = { true, false, false, false, false, false, false, false };
 
 /* A scripted model: logits[step] is a function of the step and the text. */
@@ -209,8 +229,8 @@ typedef void (*script_fn)(uint32_t step, const char *text, float *logits);
 struct run {
 	int stop;
 	uint32_t tokens, words;
-	char text[16384];     /* all the text the tokens made */
-	char shown[16384];    /* what turnctl emitted */
+	char text[16384];  /* all the text the tokens made */
+	char shown[16384]; /* what turnctl emitted */
 	int32_t ids[1024];
 };
 
@@ -551,11 +571,10 @@ static void test_identical(void)
 		memcpy(ra, a->reply.ids, na * sizeof *ra);
 		T_EQ_INT(na, nb);
 		T_EQ_INT(a->reply.n_tokens, na);
-		T_CHECK(memcmp(ra, rb, KVS_MIN(na, nb) * sizeof *ra) == 0, "mode %d: tokens differ",
-		        mode);
+		T_CHECK(memcmp(ra, rb, KVS_MIN(na, nb) * sizeof *ra) == 0, "mode %d: tokens differ", mode);
 		T_CHECK(a->reply.surprisal_sum > 0, "surprisal recorded");
-		T_EQ_INT(stop, vocab_is_eog(a->model->vocab, ra[na - 1]) ? GEN_STOP_EOS
-		                                                         : GEN_STOP_MAX_TOKENS);
+		T_EQ_INT(stop,
+		         vocab_is_eog(a->model->vocab, ra[na - 1]) ? GEN_STOP_EOS : GEN_STOP_MAX_TOKENS);
 		/* with a target the controller does act: at least lo + 1 words or the cap */
 		gen_reset(a);
 		len_target_words(&t, 10);
@@ -601,13 +620,13 @@ static void test_session(const char *path)
 	gen_set_length_target(session_gen(s), &t);
 	T_EQ_INT(session_chat(s, "hello there", &e), KVS_OK);
 	const struct session_turn *tu = session_turn_at(s, 0);
-	T_CHECK(tu->n_prompt > plain + 8, "the instruction was not fed: %u vs %u tokens",
-	        tu->n_prompt, plain);
+	T_CHECK(tu->n_prompt > plain + 8, "the instruction was not fed: %u vs %u tokens", tu->n_prompt,
+	        plain);
 	T_EQ_STR(tu->user, "hello there");
 	T_EQ_INT(tu->n_words, wordcount_text(tu->reply, strlen(tu->reply)));
 	T_CHECK(tu->stop == GEN_STOP_MAX_TOKENS ||
-	            ((tu->stop == GEN_STOP_LENGTH || tu->stop == GEN_STOP_FORCED) &&
-	             tu->n_words > 20 && tu->n_words <= 40),
+	                ((tu->stop == GEN_STOP_LENGTH || tu->stop == GEN_STOP_FORCED) &&
+	                 tu->n_words > 20 && tu->n_words <= 40),
 	        "%s with %u words", gen_stop_name(tu->stop), tu->n_words);
 	session_close(s);
 }

@@ -17,7 +17,7 @@ struct job {
 	struct pool *p;
 	_Atomic int calls;
 	_Atomic int sum;
-	int marks[STEPS][8];   /* marks[step][thread] */
+	int marks[STEPS][8]; /* marks[step][thread] */
 	_Atomic int bad;
 };
 
@@ -75,8 +75,8 @@ static void test_split(void)
 				mx = KVS_MAX(mx, hi - lo);
 			}
 			T_EQ_INT(next, ns[i]);
-			T_CHECK(mx - mn <= 1, "split of %lld over %d: sizes %lld..%lld", (long long)ns[i],
-			        nth, (long long)mn, (long long)mx);
+			T_CHECK(mx - mn <= 1, "split of %lld over %d: sizes %lld..%lld", (long long)ns[i], nth,
+			        (long long)mn, (long long)mx);
 		}
 }
 

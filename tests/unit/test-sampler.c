@@ -8,8 +8,8 @@
 #include <math.h>
 
 /* Sample n times and count how often each of the 8 first ids came up. */
-static void histogram(const struct sampler_params *p, const float *logits, uint32_t n_vocab,
-                      int n, int *counts)
+static void histogram(const struct sampler_params *p, const float *logits, uint32_t n_vocab, int n,
+                      int *counts)
 {
 	struct sampler *s = sampler_create(p, n_vocab);
 	for (uint32_t i = 0; i < n_vocab; i++)

@@ -79,130 +79,157 @@ static const char *test_run(lua_State *L, const char *code)
 /* The differential checks, in Lua: each mismatch is printed and counted in
  * the global `bad`; `n` counts the cases. */
 static const char test_diff[] =
-	"bad, n = 0, 0\n"
-	"local function show(v) return type(v) == 'string' and string.format('%q', v) or tostring(v) end\n"
-	"local function pack(ok, ...) return { ok = ok, n = select('#', ...), ... } end\n"
-	"local function same(what, a, b)\n"
-	"  n = n + 1\n"
-	"  local eq = a.ok == b.ok and a.n == b.n\n"
-	"  for i = 1, math.max(a.n, b.n) do eq = eq and a[i] == b[i] end\n"
-	"  if not eq then\n"
-	"    bad = bad + 1\n"
-	"    if bad <= 20 then\n"
-	"      local function str(r) local t = {} for i = 1, r.n do t[i] = show(r[i]) end\n"
-	"        return tostring(r.ok) .. ': ' .. table.concat(t, ', ') end\n"
-	"      print('MISMATCH ' .. what .. '\\n  lib:     ' .. str(a) .. '\\n  sandbox: ' .. str(b))\n"
-	"    end\n"
-	"  end\n"
-	"end\n"
-	"local L, G = lib.string, string\n"
-	"local function gm(f, s, p, init) local out = {} for a, b in f(s, p, init) do out[#out + 1] = tostring(a) .. '|' .. tostring(b) end return table.concat(out, ',') end\n"
-	"local function check(s, p, init)\n"
-	"  local q = string.format('(%q, %q, %s)', s, p, tostring(init))\n"
-	"  same('find' .. q, pack(pcall(L.find, s, p, init)), pack(pcall(G.find, s, p, init)))\n"
-	"  same('find plain' .. q, pack(pcall(L.find, s, p, init, true)), pack(pcall(G.find, s, p, init, true)))\n"
-	"  same('match' .. q, pack(pcall(L.match, s, p, init)), pack(pcall(G.match, s, p, init)))\n"
-	"  same('gmatch' .. q, pack(pcall(gm, L.gmatch, s, p, init)), pack(pcall(gm, G.gmatch, s, p, init)))\n"
-	"  for _, r in ipairs{ '<%0>', '%1%%', '%2', 'x', '%', '%x' } do\n"
-	"    same('gsub ' .. r .. q, pack(pcall(L.gsub, s, p, r)), pack(pcall(G.gsub, s, p, r)))\n"
-	"  end\n"
-	"  same('gsub n' .. q, pack(pcall(L.gsub, s, p, '-', init)), pack(pcall(G.gsub, s, p, '-', init)))\n"
-	"  local t = { a = 'A', b = false, ['()'] = 7, [1] = 'one' }\n"
-	"  same('gsub table' .. q, pack(pcall(L.gsub, s, p, t)), pack(pcall(G.gsub, s, p, t)))\n"
-	"  local f = function(a, b) if a == 'c' then return nil end if b == 2 then return {} end return (a or '') .. '.' end\n"
-	"  same('gsub fn' .. q, pack(pcall(L.gsub, s, p, f)), pack(pcall(G.gsub, s, p, f)))\n"
-	"end\n"
-	"-- fixed cases\n"
-	"for _, c in ipairs{\n"
-	"  { 'hello world', 'o', 1 }, { 'hello world', 'o', -3 }, { 'hello', 'l+', 10 }, { 'hello', '', 6 },\n"
-	"  { 'hello', '', 7 }, { '', '', 1 }, { 'abc', '^b', 2 }, { 'a.b', '.', 1 }, { 'a+b', '+', 1 },\n"
-	"  { ' trim me  ', '^%s*(.-)%s*$', 1 }, { 'key = value', '(%w+)%s*=%s*(%w+)', 1 },\n"
-	"  { 'f(a(b)c)d', '%b()', 1 }, { 'THE (quick) fox', '%f[%a]%a+', 1 }, { 'abab', '(ab)%1', 1 },\n"
-	"  { 'x', '()', 1 }, { 'abc', '()b()', 1 }, { 'abc', '[%]', 1 }, { 'abc', '[a', 1 },\n"
-	"  { 'abc', '%', 1 }, { 'abc', '%b', 1 }, { 'abc', '%ba', 1 }, { 'abc', '%f', 1 },\n"
-	"  { 'abc', '(', 1 }, { 'abc', ')', 1 }, { 'abc', '%1', 1 }, { 'abc', '(a)%2', 1 },\n"
-	"  { 'abc', 'x(', 1 }, { 'a]b', '[]]', 1 }, { 'a^b', '[^^]', 1 }, { 'a-b', '[a-]', 1 },\n"
-	"  { 'a\\0b', '%z', 1 }, { 'a\\0b', '\\0', 1 }, { 'a\\0b', '[\\0]', 1 }, { 'aaa', 'a-$', 1 },\n"
-	"  { 'aaa', 'a*', 1 }, { 'aaa', 'a?a?a?a', 1 }, { 'a$b', '$b', 1 }, { 'ab', 'b$', 1 },\n"
-	"  { string.rep('(', 40), string.rep('(', 33), 1 }, { 'abc', '^', 1 }, { 'abc', '^$', 1 },\n"
-	"} do check(c[1], c[2], c[3]) end\n"
-	"-- random cases\n"
-	"local items = { 'a', 'b', 'c', '.', '%a', '%d', '%s', '%W', '%p', '[ab]', '[^a]', '[a-c]',\n"
-	"  '[%a_]', '[]]', '(', ')', '()', '*', '+', '-', '?', '^', '$', '%b()', '%f[%a]', '%f[%A]',\n"
-	"  '%1', '%2', '%', '[', '%%', '%.', 'x', ' ', '1' }\n"
-	"local chars = { 'a', 'a', 'b', 'c', '(', ')', ' ', '1', '_', '.', '%', 'x', '[', ']' }\n"
-	"math.randomseed(15)\n"
-	"for _ = 1, 40000 do\n"
-	"  local p = {}\n"
-	"  for i = 1, math.random(0, 7) do p[i] = items[math.random(#items)] end\n"
-	"  local s = {}\n"
-	"  for i = 1, math.random(0, 12) do s[i] = chars[math.random(#chars)] end\n"
-	"  check(table.concat(s), table.concat(p), math.random(-3, 14))\n"
-	"end\n";
+        "bad, n = 0, 0\n"
+        "local function show(v) return type(v) == 'string' and string.format('%q', v) or "
+        "tostring(v) end\n"
+        "local function pack(ok, ...) return { ok = ok, n = select('#', ...), ... } end\n"
+        "local function same(what, a, b)\n"
+        "  n = n + 1\n"
+        "  local eq = a.ok == b.ok and a.n == b.n\n"
+        "  for i = 1, math.max(a.n, b.n) do eq = eq and a[i] == b[i] end\n"
+        "  if not eq then\n"
+        "    bad = bad + 1\n"
+        "    if bad <= 20 then\n"
+        "      local function str(r) local t = {} for i = 1, r.n do t[i] = show(r[i]) end\n"
+        "        return tostring(r.ok) .. ': ' .. table.concat(t, ', ') end\n"
+        "      print('MISMATCH ' .. what .. '\\n  lib:     ' .. str(a) .. '\\n  sandbox: ' .. "
+        "str(b))\n"
+        "    end\n"
+        "  end\n"
+        "end\n"
+        "local L, G = lib.string, string\n"
+        "local function gm(f, s, p, init) local out = {} for a, b in f(s, p, init) do out[#out + "
+        "1] = tostring(a) .. '|' .. tostring(b) end return table.concat(out, ',') end\n"
+        "local function check(s, p, init)\n"
+        "  local q = string.format('(%q, %q, %s)', s, p, tostring(init))\n"
+        "  same('find' .. q, pack(pcall(L.find, s, p, init)), pack(pcall(G.find, s, p, init)))\n"
+        "  same('find plain' .. q, pack(pcall(L.find, s, p, init, true)), pack(pcall(G.find, s, p, "
+        "init, true)))\n"
+        "  same('match' .. q, pack(pcall(L.match, s, p, init)), pack(pcall(G.match, s, p, init)))\n"
+        "  same('gmatch' .. q, pack(pcall(gm, L.gmatch, s, p, init)), pack(pcall(gm, G.gmatch, s, "
+        "p, init)))\n"
+        "  for _, r in ipairs{ '<%0>', '%1%%', '%2', 'x', '%', '%x' } do\n"
+        "    same('gsub ' .. r .. q, pack(pcall(L.gsub, s, p, r)), pack(pcall(G.gsub, s, p, r)))\n"
+        "  end\n"
+        "  same('gsub n' .. q, pack(pcall(L.gsub, s, p, '-', init)), pack(pcall(G.gsub, s, p, '-', "
+        "init)))\n"
+        "  local t = { a = 'A', b = false, ['()'] = 7, [1] = 'one' }\n"
+        "  same('gsub table' .. q, pack(pcall(L.gsub, s, p, t)), pack(pcall(G.gsub, s, p, t)))\n"
+        "  local f = function(a, b) if a == 'c' then return nil end if b == 2 then return {} end "
+        "return (a or '') .. '.' end\n"
+        "  same('gsub fn' .. q, pack(pcall(L.gsub, s, p, f)), pack(pcall(G.gsub, s, p, f)))\n"
+        "end\n"
+        "-- fixed cases\n"
+        "for _, c in ipairs{\n"
+        "  { 'hello world', 'o', 1 }, { 'hello world', 'o', -3 }, { 'hello', 'l+', 10 }, { "
+        "'hello', '', 6 },\n"
+        "  { 'hello', '', 7 }, { '', '', 1 }, { 'abc', '^b', 2 }, { 'a.b', '.', 1 }, { 'a+b', '+', "
+        "1 },\n"
+        "  { ' trim me  ', '^%s*(.-)%s*$', 1 }, { 'key = value', '(%w+)%s*=%s*(%w+)', 1 },\n"
+        "  { 'f(a(b)c)d', '%b()', 1 }, { 'THE (quick) fox', '%f[%a]%a+', 1 }, { 'abab', '(ab)%1', "
+        "1 },\n"
+        "  { 'x', '()', 1 }, { 'abc', '()b()', 1 }, { 'abc', '[%]', 1 }, { 'abc', '[a', 1 },\n"
+        "  { 'abc', '%', 1 }, { 'abc', '%b', 1 }, { 'abc', '%ba', 1 }, { 'abc', '%f', 1 },\n"
+        "  { 'abc', '(', 1 }, { 'abc', ')', 1 }, { 'abc', '%1', 1 }, { 'abc', '(a)%2', 1 },\n"
+        "  { 'abc', 'x(', 1 }, { 'a]b', '[]]', 1 }, { 'a^b', '[^^]', 1 }, { 'a-b', '[a-]', 1 },\n"
+        "  { 'a\\0b', '%z', 1 }, { 'a\\0b', '\\0', 1 }, { 'a\\0b', '[\\0]', 1 }, { 'aaa', 'a-$', 1 "
+        "},\n"
+        "  { 'aaa', 'a*', 1 }, { 'aaa', 'a?a?a?a', 1 }, { 'a$b', '$b', 1 }, { 'ab', 'b$', 1 },\n"
+        "  { string.rep('(', 40), string.rep('(', 33), 1 }, { 'abc', '^', 1 }, { 'abc', '^$', 1 "
+        "},\n"
+        "} do check(c[1], c[2], c[3]) end\n"
+        "-- random cases\n"
+        "local items = { 'a', 'b', 'c', '.', '%a', '%d', '%s', '%W', '%p', '[ab]', '[^a]', "
+        "'[a-c]',\n"
+        "  '[%a_]', '[]]', '(', ')', '()', '*', '+', '-', '?', '^', '$', '%b()', '%f[%a]', "
+        "'%f[%A]',\n"
+        "  '%1', '%2', '%', '[', '%%', '%.', 'x', ' ', '1' }\n"
+        "local chars = { 'a', 'a', 'b', 'c', '(', ')', ' ', '1', '_', '.', '%', 'x', '[', ']' }\n"
+        "math.randomseed(15)\n"
+        "for _ = 1, 40000 do\n"
+        "  local p = {}\n"
+        "  for i = 1, math.random(0, 7) do p[i] = items[math.random(#items)] end\n"
+        "  local s = {}\n"
+        "  for i = 1, math.random(0, 12) do s[i] = chars[math.random(#chars)] end\n"
+        "  check(table.concat(s), table.concat(p), math.random(-3, 14))\n"
+        "end\n";
 
 /* Table functions and string.rep against the library's. */
 static const char test_tables[] =
-	"bad, n = 0, 0\n"
-	"local function pack(ok, ...) return { ok = ok, n = select('#', ...), ... } end\n"
-	"local function dump(t) local o = {} for k, v in pairs(t) do o[#o + 1] = tostring(k) .. '=' .. tostring(v) end table.sort(o) return table.concat(o, ' ') end\n"
-	"local function norm(r)\n"
-	"  if not r.ok then\n"
-	"    r[1] = tostring(r[1]):gsub(\"bad argument #%d+ to '[^']*'\", 'bad argument')\n"
-	"    r[1] = r[1]:gsub('attempt to compare %a+ with %a+', 'attempt to compare') -- the first pair the sort compares\n"
-	"  end\n"
-	"  return r\n"
-	"end\n"
-	"local function same(what, a, b)\n"
-	"  n = n + 1\n"
-	"  a, b = norm(a), norm(b)\n"
-	"  local eq = a.ok == b.ok and a.n == b.n\n"
-	"  for i = 1, math.max(a.n, b.n) do\n"
-	"    local x, y = a[i], b[i]\n"
-	"    if type(x) == 'table' and type(y) == 'table' then eq = eq and dump(x) == dump(y) else eq = eq and x == y end\n"
-	"  end\n"
-	"  if not eq then bad = bad + 1 if bad <= 20 then print('MISMATCH ' .. what, a.ok, a[1], b.ok, b[1]) end end\n"
-	"end\n"
-	"local T = lib.table\n"
-	"math.randomseed(7)\n"
-	"local function arr() local t = {} for i = 1, math.random(0, 9) do t[i] = math.random(1, 5) end return t end\n"
-	"local function copy(t) local c = {} for k, v in pairs(t) do c[k] = v end return c end\n"
-	"for _ = 1, 3000 do\n"
-	"  local t, a, b, c = arr(), math.random(-2, 11), math.random(-2, 11), math.random(-2, 11)\n"
-	"  local x, y = copy(t), copy(t)\n"
-	"  same('insert', pack(pcall(T.insert, x, a, 'v')), pack(pcall(table.insert, y, a, 'v')))\n"
-	"  same('insert t', pack(true, x), pack(true, y))\n"
-	"  x, y = copy(t), copy(t)\n"
-	"  same('insert2', pack(pcall(T.insert, x, 'v')), pack(pcall(table.insert, y, 'v')))\n"
-	"  same('insert4', pack(pcall(T.insert, x, 1, 2, 3)), pack(pcall(table.insert, y, 1, 2, 3)))\n"
-	"  x, y = copy(t), copy(t)\n"
-	"  same('remove', pack(pcall(T.remove, x, a)), pack(pcall(table.remove, y, a)))\n"
-	"  same('remove t', pack(true, x), pack(true, y))\n"
-	"  x, y = copy(t), copy(t)\n"
-	"  same('remove0', pack(pcall(T.remove, x)), pack(pcall(table.remove, y)))\n"
-	"  x, y = copy(t), copy(t)\n"
-	"  same('move', pack(pcall(T.move, x, a, b, c)), pack(pcall(table.move, y, a, b, c)))\n"
-	"  local x2, y2 = copy(t), copy(t)\n"
-	"  same('move2', pack(pcall(T.move, x, a, b, c, x2)), pack(pcall(table.move, y, a, b, c, y2)))\n"
-	"  same('concat', pack(pcall(T.concat, t, ',', a, b)), pack(pcall(table.concat, t, ',', a, b)))\n"
-	"  same('concat bad', pack(pcall(T.concat, { 1, {}, 3 })), pack(pcall(table.concat, { 1, {}, 3 })))\n"
-	"  same('unpack', pack(pcall(T.unpack, t, a, b)), pack(pcall(table.unpack, t, a, b)))\n"
-	"  x, y = copy(t), copy(t)\n"
-	"  T.sort(x) table.sort(y)\n"
-	"  same('sort', pack(true, x), pack(true, y))\n"
-	"  x, y = copy(t), copy(t)\n"
-	"  local gt = function(p, q) return p > q end\n"
-	"  T.sort(x, gt) table.sort(y, gt)\n"
-	"  same('sort desc', pack(true, x), pack(true, y))\n"
-	"  same('rep', pack(pcall(lib.string.rep, 'ab', a, c > 5 and ',' or nil)), pack(pcall(string.rep, 'ab', a, c > 5 and ',' or nil)))\n"
-	"end\n"
-	"same('sort mixed', pack(pcall(T.sort, { 1, 'x' })), pack(pcall(table.sort, { 1, 'x' })))\n"
-	"same('unpack big', pack(pcall(T.unpack, {}, 1, 1e8)), pack(pcall(table.unpack, {}, 1, 1e8)))\n"
-	"same('move wrap', pack(pcall(T.move, {}, 1, math.maxinteger, 2)), pack(pcall(table.move, {}, 1, math.maxinteger, 2)))\n"
-	"same('insert pos', pack(pcall(T.insert, {}, 5, 1)), pack(pcall(table.insert, {}, 5, 1)))\n"
-	"same('not a table', pack(pcall(T.insert, 5, 1)), pack(pcall(table.insert, 5, 1)))\n"
-	"local big = {} for i = 1, 5000 do big[i] = (i * 7919) % 5003 end\n"
-	"local b1, b2 = copy(big), copy(big) T.sort(b1) table.sort(b2)\n"
-	"same('sort 5000', pack(true, b1), pack(true, b2))\n";
+        "bad, n = 0, 0\n"
+        "local function pack(ok, ...) return { ok = ok, n = select('#', ...), ... } end\n"
+        "local function dump(t) local o = {} for k, v in pairs(t) do o[#o + 1] = tostring(k) .. "
+        "'=' .. tostring(v) end table.sort(o) return table.concat(o, ' ') end\n"
+        "local function norm(r)\n"
+        "  if not r.ok then\n"
+        "    r[1] = tostring(r[1]):gsub(\"bad argument #%d+ to '[^']*'\", 'bad argument')\n"
+        "    r[1] = r[1]:gsub('attempt to compare %a+ with %a+', 'attempt to compare') -- the "
+        "first pair the sort compares\n"
+        "  end\n"
+        "  return r\n"
+        "end\n"
+        "local function same(what, a, b)\n"
+        "  n = n + 1\n"
+        "  a, b = norm(a), norm(b)\n"
+        "  local eq = a.ok == b.ok and a.n == b.n\n"
+        "  for i = 1, math.max(a.n, b.n) do\n"
+        "    local x, y = a[i], b[i]\n"
+        "    if type(x) == 'table' and type(y) == 'table' then eq = eq and dump(x) == dump(y) else "
+        "eq = eq and x == y end\n"
+        "  end\n"
+        "  if not eq then bad = bad + 1 if bad <= 20 then print('MISMATCH ' .. what, a.ok, a[1], "
+        "b.ok, b[1]) end end\n"
+        "end\n"
+        "local T = lib.table\n"
+        "math.randomseed(7)\n"
+        "local function arr() local t = {} for i = 1, math.random(0, 9) do t[i] = math.random(1, "
+        "5) end return t end\n"
+        "local function copy(t) local c = {} for k, v in pairs(t) do c[k] = v end return c end\n"
+        "for _ = 1, 3000 do\n"
+        "  local t, a, b, c = arr(), math.random(-2, 11), math.random(-2, 11), math.random(-2, "
+        "11)\n"
+        "  local x, y = copy(t), copy(t)\n"
+        "  same('insert', pack(pcall(T.insert, x, a, 'v')), pack(pcall(table.insert, y, a, 'v')))\n"
+        "  same('insert t', pack(true, x), pack(true, y))\n"
+        "  x, y = copy(t), copy(t)\n"
+        "  same('insert2', pack(pcall(T.insert, x, 'v')), pack(pcall(table.insert, y, 'v')))\n"
+        "  same('insert4', pack(pcall(T.insert, x, 1, 2, 3)), pack(pcall(table.insert, y, 1, 2, "
+        "3)))\n"
+        "  x, y = copy(t), copy(t)\n"
+        "  same('remove', pack(pcall(T.remove, x, a)), pack(pcall(table.remove, y, a)))\n"
+        "  same('remove t', pack(true, x), pack(true, y))\n"
+        "  x, y = copy(t), copy(t)\n"
+        "  same('remove0', pack(pcall(T.remove, x)), pack(pcall(table.remove, y)))\n"
+        "  x, y = copy(t), copy(t)\n"
+        "  same('move', pack(pcall(T.move, x, a, b, c)), pack(pcall(table.move, y, a, b, c)))\n"
+        "  local x2, y2 = copy(t), copy(t)\n"
+        "  same('move2', pack(pcall(T.move, x, a, b, c, x2)), pack(pcall(table.move, y, a, b, c, "
+        "y2)))\n"
+        "  same('concat', pack(pcall(T.concat, t, ',', a, b)), pack(pcall(table.concat, t, ',', a, "
+        "b)))\n"
+        "  same('concat bad', pack(pcall(T.concat, { 1, {}, 3 })), pack(pcall(table.concat, { 1, "
+        "{}, 3 })))\n"
+        "  same('unpack', pack(pcall(T.unpack, t, a, b)), pack(pcall(table.unpack, t, a, b)))\n"
+        "  x, y = copy(t), copy(t)\n"
+        "  T.sort(x) table.sort(y)\n"
+        "  same('sort', pack(true, x), pack(true, y))\n"
+        "  x, y = copy(t), copy(t)\n"
+        "  local gt = function(p, q) return p > q end\n"
+        "  T.sort(x, gt) table.sort(y, gt)\n"
+        "  same('sort desc', pack(true, x), pack(true, y))\n"
+        "  same('rep', pack(pcall(lib.string.rep, 'ab', a, c > 5 and ',' or nil)), "
+        "pack(pcall(string.rep, 'ab', a, c > 5 and ',' or nil)))\n"
+        "end\n"
+        "same('sort mixed', pack(pcall(T.sort, { 1, 'x' })), pack(pcall(table.sort, { 1, 'x' })))\n"
+        "same('unpack big', pack(pcall(T.unpack, {}, 1, 1e8)), pack(pcall(table.unpack, {}, 1, "
+        "1e8)))\n"
+        "same('move wrap', pack(pcall(T.move, {}, 1, math.maxinteger, 2)), pack(pcall(table.move, "
+        "{}, 1, math.maxinteger, 2)))\n"
+        "same('insert pos', pack(pcall(T.insert, {}, 5, 1)), pack(pcall(table.insert, {}, 5, 1)))\n"
+        "same('not a table', pack(pcall(T.insert, 5, 1)), pack(pcall(table.insert, 5, 1)))\n"
+        "local big = {} for i = 1, 5000 do big[i] = (i * 7919) % 5003 end\n"
+        "local b1, b2 = copy(big), copy(big) T.sort(b1) table.sort(b2)\n"
+        "same('sort 5000', pack(true, b1), pack(true, b2))\n";
 
 /* Each must stop with the budget error under a deadline already past. */
 static const char *const test_loops[] = {
@@ -216,9 +243,11 @@ static const char *const test_loops[] = {
 	"table.remove(setmetatable({}, { __len = function() return 2^40 end }), 1)",
 	"table.concat(setmetatable({}, { __len = function() return 2^40 end, __index = tostring }))",
 	"table.unpack(setmetatable({}, { __index = tostring }), 1, 500000)",
-	"table.sort(setmetatable({}, { __len = function() return 2^30 end, __index = function() return 1 end }))",
+	"table.sort(setmetatable({}, { __len = function() return 2^30 end, __index = function() return "
+	"1 end }))",
 	"xpcall(function() while true do end end, function() while true do end end)",
-	"coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() while true do end end }) while true do end end)()",
+	"coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() while "
+	"true do end end }) while true do end end)()",
 };
 
 /* A C function no deadline check reaches: sleeps 2.2 s. */
@@ -263,7 +292,7 @@ static void test_abandon(void)
 	struct script_plugin_info info;
 	script_plugin_at(rt, 0, &info);
 	T_CHECK(!info.enabled && info.disabled_why != NULL &&
-	            strstr(info.disabled_why, "command :slow returned") != NULL,
+	                strstr(info.disabled_why, "command :slow returned") != NULL,
 	        "disabled: %s", info.disabled_why ? info.disabled_why : "(enabled)");
 	T_EQ_INT(test_notices, 1);
 	T_CHECK(script_command_run(rt, "quick", "", &e) != KVS_OK && strstr(e.msg, "disabled"),
@@ -278,7 +307,8 @@ int main(void)
 	T_CHECK(err == NULL, "pattern differential test: %s", err ? err : "");
 	lua_getglobal(L, "n");
 	lua_getglobal(L, "bad");
-	T_CHECK(lua_tointeger(L, -2) > 40000 * 10, "%lld pattern cases run", (long long)lua_tointeger(L, -2));
+	T_CHECK(lua_tointeger(L, -2) > 40000 * 10, "%lld pattern cases run",
+	        (long long)lua_tointeger(L, -2));
 	T_EQ_INT(lua_tointeger(L, -1), 0);
 	lua_pop(L, 2);
 
@@ -286,7 +316,8 @@ int main(void)
 	T_CHECK(err == NULL, "table differential test: %s", err ? err : "");
 	lua_getglobal(L, "n");
 	lua_getglobal(L, "bad");
-	T_CHECK(lua_tointeger(L, -2) > 3000 * 10, "%lld table cases run", (long long)lua_tointeger(L, -2));
+	T_CHECK(lua_tointeger(L, -2) > 3000 * 10, "%lld table cases run",
+	        (long long)lua_tointeger(L, -2));
 	T_EQ_INT(lua_tointeger(L, -1), 0);
 	lua_pop(L, 2);
 
@@ -296,8 +327,8 @@ int main(void)
 		test_p.budget_ms = 7;
 		test_p.overrun = false;
 		err = test_run(L, test_loops[i]);
-		T_CHECK(err != NULL && strstr(err, "over its 7 ms time budget") != NULL,
-		        "%s: %s", test_loops[i], err ? err : "no error");
+		T_CHECK(err != NULL && strstr(err, "over its 7 ms time budget") != NULL, "%s: %s",
+		        test_loops[i], err ? err : "no error");
 		T_CHECK(test_p.overrun, "%s: overrun not marked", test_loops[i]);
 		test_p.deadline = 0;
 		sandbox_rearm(L);
@@ -305,7 +336,8 @@ int main(void)
 
 	/* nothing repeated: no work, whatever the count */
 	test_p.deadline = clock_now_ms() - 1;
-	err = test_run(L, "assert(string.rep('', math.maxinteger) == '' and string.rep('', 3, '') == '')");
+	err = test_run(L,
+	               "assert(string.rep('', math.maxinteger) == '' and string.rep('', 3, '') == '')");
 	T_CHECK(err == NULL, "string.rep of nothing: %s", err ? err : "");
 	test_p.deadline = 0;
 

@@ -60,57 +60,62 @@ static int on_send(void *ud, const char *cmd, const char *arg, struct err *e)
 }
 
 static const char plugin_src[] =
-	"local kvscope = require 'kvscope'\n"
-	"kvscope.on('token', function(t)\n"
-	"  kvscope.status(string.format('tok %d %s %.2f %d', t.id, t.text, t.surprisal, t.position))\n"
-	"end)\n"
-	"kvscope.on('evict', function(ev)\n"
-	"  kvscope.status(string.format('evict %d %s %d %d %s', ev.n, ev.policy, ev.tokens[1].position,\n"
-	"    ev.tokens[2].position, tostring(ev.fallback)))\n"
-	"end)\n"
-	"kvscope.on('attention', function(a)\n"
-	"  kvscope.status(string.format('attn %d %d %d %.3f %.3f', #a, #a[1], #a[1][1], a[2][1][3], a:get(1, 2, 1)))\n"
-	"end)\n"
-	"kvscope.on('key', function(k) return k == 'C-x' end)\n"
-	"kvscope.command('pick', function(args) kvscope.status('picked ' .. args) end, 'pick one',\n"
-	"  function(p) local out = {} for _, w in ipairs{'reset', 'rerun', 'show'} do\n"
-	"    if w:sub(1, #p) == p then out[#out + 1] = w end end return out end)\n"
-	"kvscope.command('boom', function() error('boom on purpose') end, 'fail')\n"
-	"kvscope.command('send', function(a) local c, v = a:match('(%S+) ?(.*)') kvscope.send(c, v) end)\n"
-	"local v = kvscope.view('pane')\n"
-	"v:text('hello')\n"
-	"v:bar('kept', 3, 4)\n"
-	"v:heatmap('m', {{1, -2, 3}, {0.5, 7, 0}})\n"
-	"kvscope.policy.register('double', function(toks, n_keep)\n"
-	"  local s = {} for i = 1, #toks do s[i] = 2 * toks[i].position + 1 end return s end,\n"
-	"  {base = 'streaming'})\n"
-	"kvscope.timer(10000, function() end, true)\n";
+        "local kvscope = require 'kvscope'\n"
+        "kvscope.on('token', function(t)\n"
+        "  kvscope.status(string.format('tok %d %s %.2f %d', t.id, t.text, t.surprisal, "
+        "t.position))\n"
+        "end)\n"
+        "kvscope.on('evict', function(ev)\n"
+        "  kvscope.status(string.format('evict %d %s %d %d %s', ev.n, ev.policy, "
+        "ev.tokens[1].position,\n"
+        "    ev.tokens[2].position, tostring(ev.fallback)))\n"
+        "end)\n"
+        "kvscope.on('attention', function(a)\n"
+        "  kvscope.status(string.format('attn %d %d %d %.3f %.3f', #a, #a[1], #a[1][1], "
+        "a[2][1][3], a:get(1, 2, 1)))\n"
+        "end)\n"
+        "kvscope.on('key', function(k) return k == 'C-x' end)\n"
+        "kvscope.command('pick', function(args) kvscope.status('picked ' .. args) end, 'pick "
+        "one',\n"
+        "  function(p) local out = {} for _, w in ipairs{'reset', 'rerun', 'show'} do\n"
+        "    if w:sub(1, #p) == p then out[#out + 1] = w end end return out end)\n"
+        "kvscope.command('boom', function() error('boom on purpose') end, 'fail')\n"
+        "kvscope.command('send', function(a) local c, v = a:match('(%S+) ?(.*)') kvscope.send(c, "
+        "v) end)\n"
+        "local v = kvscope.view('pane')\n"
+        "v:text('hello')\n"
+        "v:bar('kept', 3, 4)\n"
+        "v:heatmap('m', {{1, -2, 3}, {0.5, 7, 0}})\n"
+        "kvscope.policy.register('double', function(toks, n_keep)\n"
+        "  local s = {} for i = 1, #toks do s[i] = 2 * toks[i].position + 1 end return s end,\n"
+        "  {base = 'streaming'})\n"
+        "kvscope.timer(10000, function() end, true)\n";
 
 static const char slow_src[] =
-	"local kvscope = require 'kvscope'\n"
-	"kvscope.policy.register('slow', function(toks)\n"
-	"  local t0 = kvscope.clock() while kvscope.clock() < t0 + 150 do end\n"
-	"  local s = {} for i = 1, #toks do s[i] = 7 end return s end, {budget_ms = 1000})\n";
+        "local kvscope = require 'kvscope'\n"
+        "kvscope.policy.register('slow', function(toks)\n"
+        "  local t0 = kvscope.clock() while kvscope.clock() < t0 + 150 do end\n"
+        "  local s = {} for i = 1, #toks do s[i] = 7 end return s end, {budget_ms = 1000})\n";
 
 /* The policy scores k * 1000 + position, k set by the command; the token
  * hook counts on the main side. */
 static const char tuned_src[] =
-	"local kvscope = require 'kvscope'\n"
-	"local k, seen = 0, 0\n"
-	"kvscope.on('token', function(t) seen = seen + 1 kvscope.status('seen ' .. seen) end)\n"
-	"kvscope.command('k', function(a) k = math.tointeger(tonumber(a)) end, 'set k')\n"
-	"kvscope.policy.register('tuned', function(toks, n_keep)\n"
-	"  local s = {} for i = 1, #toks do s[i] = k * 1000 + toks[i].position end return s end,\n"
-	"  {budget_ms = 1000})\n";
+        "local kvscope = require 'kvscope'\n"
+        "local k, seen = 0, 0\n"
+        "kvscope.on('token', function(t) seen = seen + 1 kvscope.status('seen ' .. seen) end)\n"
+        "kvscope.command('k', function(a) k = math.tointeger(tonumber(a)) end, 'set k')\n"
+        "kvscope.policy.register('tuned', function(toks, n_keep)\n"
+        "  local s = {} for i = 1, #toks do s[i] = k * 1000 + toks[i].position end return s end,\n"
+        "  {budget_ms = 1000})\n";
 
 #define TUNED_ROUNDS 2000
 
 struct tuned_run {
 	struct kv_scorer sc;
-	atomic_bool stop;          /* the main thread sent its last command */
-	atomic_bool gone;          /* the thread returned */
+	atomic_bool stop; /* the main thread sent its last command */
+	atomic_bool gone; /* the thread returned */
 	atomic_uint n_calls;
-	uint32_t n_bad, n_back;    /* wrong scores, k going backwards */
+	uint32_t n_bad, n_back; /* wrong scores, k going backwards */
 	int last_k, rc;
 	char msg[ERR_MSG_MAX];
 };
@@ -119,7 +124,9 @@ struct tuned_run {
 static void *tuned_thread(void *arg)
 {
 	struct tuned_run *r = arg;
-	struct kv_tok toks[4] = { { .orig_pos = 0 }, { .orig_pos = 1 }, { .orig_pos = 2 }, { .orig_pos = 3 } };
+	struct kv_tok toks[4] = {
+		{ .orig_pos = 0 }, { .orig_pos = 1 }, { .orig_pos = 2 }, { .orig_pos = 3 }
+	};
 	int prev = 0;
 	bool last;
 
@@ -199,7 +206,9 @@ struct scorer_run {
 static void *scorer_thread(void *arg)
 {
 	struct scorer_run *r = arg;
-	struct kv_tok toks[4] = { { .orig_pos = 0 }, { .orig_pos = 1 }, { .orig_pos = 2 }, { .orig_pos = 3 } };
+	struct kv_tok toks[4] = {
+		{ .orig_pos = 0 }, { .orig_pos = 1 }, { .orig_pos = 2 }, { .orig_pos = 3 }
+	};
 	struct err e;
 	r->rc = r->sc.fn(r->sc.ud, toks, 4, 2, r->scores, clock_now_ms() + 5000, &e);
 	return NULL;
@@ -257,8 +266,9 @@ int main(void)
 
 	/* an eviction event */
 	struct kv_tok ev_toks[2] = { { .token = 1, .orig_pos = 5 }, { .token = 2, .orig_pos = 9 } };
-	struct kv_event ev = { .kind = KV_EVENT_EVICT, .policy = "streaming", .n_evicted = 2,
-	                       .evicted = ev_toks };
+	struct kv_event ev = {
+		.kind = KV_EVENT_EVICT, .policy = "streaming", .n_evicted = 2, .evicted = ev_toks
+	};
 	script_on_kv_event(rt, &ev);
 	T_EQ_STR(script_status_at(rt, 0, NULL), "evict 2 streaming 5 9 false");
 
@@ -269,8 +279,12 @@ int main(void)
 		for (int h = 0; h < 2; h++)
 			for (int i = 0; i < 3; i++)
 				attn[(l * 2 + h) * 3 + i] = (float)(l * 100 + h * 10 + i) / 1000.0f;
-	struct kv_event st = { .kind = KV_EVENT_STEP, .n_layer = 2, .n_head = 2, .n_cached = 3,
-	                       .attn = attn, .heads = heads };
+	struct kv_event st = { .kind = KV_EVENT_STEP,
+		                   .n_layer = 2,
+		                   .n_head = 2,
+		                   .n_cached = 3,
+		                   .attn = attn,
+		                   .heads = heads };
 	script_on_kv_event(rt, &st);
 	/* a[2][1][3] = layer 1, head 0, column 2 = 102/1000; a:get(1,2,1) = layer 0, head 1, col 0 = 10/1000 */
 	T_EQ_STR(script_status_at(rt, 0, NULL), "attn 2 2 3 0.102 0.010");
@@ -308,12 +322,13 @@ int main(void)
 	/* an argument of 1 MiB goes through, one byte more is refused (what a
 	 * plugin can queue on the front end's session is bounded) */
 	sent[0] = '\0';
-	T_EQ_INT(script_load_text(rt, "sendbig",
-	                          "local kvscope = require 'kvscope'\n"
-	                          "kvscope.send('chat', string.rep('x', 1 << 20))\n"
-	                          "local ok, err = pcall(kvscope.send, 'chat', string.rep('x', (1 << 20) + 1))\n"
-	                          "kvscope.status(ok and 'sent' or err)\n",
-	                          &e),
+	T_EQ_INT(script_load_text(
+	                 rt, "sendbig",
+	                 "local kvscope = require 'kvscope'\n"
+	                 "kvscope.send('chat', string.rep('x', 1 << 20))\n"
+	                 "local ok, err = pcall(kvscope.send, 'chat', string.rep('x', (1 << 20) + 1))\n"
+	                 "kvscope.status(ok and 'sent' or err)\n",
+	                 &e),
 	         KVS_OK);
 	T_CHECK(strncmp(sent, "chat:xxxx", 9) == 0, "sent: %.20s", sent);
 	const char *big_status = NULL;
@@ -323,7 +338,8 @@ int main(void)
 			big_status = text;
 	}
 	T_CHECK(big_status != NULL &&
-	            strstr(big_status, "1048577 bytes of argument, expected at most 1048576") != NULL,
+	                strstr(big_status, "1048577 bytes of argument, expected at most 1048576") !=
+	                        NULL,
 	        "status: %s", big_status ? big_status : "(none)");
 	T_EQ_INT(script_unload(rt, "sendbig", &e), KVS_OK);
 
@@ -401,7 +417,8 @@ int main(void)
 	T_CHECK(tb, "the log has a traceback");
 	struct script_plugin_info pi;
 	script_plugin_at(rt, 0, &pi);
-	T_CHECK(!pi.enabled && pi.n_errors == 5, "enabled %d, errors %u (2 refused sends + 3 booms)", pi.enabled, pi.n_errors);
+	T_CHECK(!pi.enabled && pi.n_errors == 5, "enabled %d, errors %u (2 refused sends + 3 booms)",
+	        pi.enabled, pi.n_errors);
 	T_EQ_INT(n_notified, 1);
 	T_CHECK(strstr(notified, "disabled") != NULL, "notified: %s", notified);
 	T_EQ_INT(script_status_count(rt), 0); /* a disabled plugin's status is hidden */

@@ -92,8 +92,10 @@ static void test_exchange(void)
 	config(&c, 24);
 	T_CHECK(session_open(&s, &c, &e) == KVS_OK, "%s", e.msg);
 	struct gen *g = session_gen(s);
-	session_set_hooks(s, &(struct session_hooks){ .turn_start = on_start, .token = on_token,
-	                                               .turn_end = on_end, .ud = &seen });
+	session_set_hooks(
+	        s,
+	        &(struct session_hooks){
+	                .turn_start = on_start, .token = on_token, .turn_end = on_end, .ud = &seen });
 	T_CHECK(session_chat(s, "hello there", &e) == KVS_OK, "%s", e.msg);
 	T_EQ_INT(session_n_turns(s), 1);
 	const struct session_turn *t = session_turn_at(s, 0);
@@ -152,8 +154,10 @@ static void test_exchange(void)
 		return;
 	T_EQ_INT(t->index, 1);
 	T_EQ_INT(t->first_pos, end_pos);
-	n_want = chatml_ids(gen_vocab(g), "<|im_start|>user\nand then?<|im_end|>\n"
-	                                     "<|im_start|>assistant\n", &want);
+	n_want = chatml_ids(gen_vocab(g),
+	                    "<|im_start|>user\nand then?<|im_end|>\n"
+	                    "<|im_start|>assistant\n",
+	                    &want);
 	T_EQ_INT(t->n_prompt, n_want);
 	free(want);
 

@@ -149,8 +149,9 @@ static void test_open_new(void)
 	char *jm = q_text(p, "PRAGMA journal_mode");
 	T_EQ_STR(jm, "wal");
 	free(jm);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
-	                  "'tokens', 'memory_events', 'snapshots')"),
+	T_EQ_INT(q_int(p,
+	               "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
+	               "'tokens', 'memory_events', 'snapshots')"),
 	         5);
 	/* the pragmas that are per connection, as the store sets them */
 	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
@@ -220,8 +221,8 @@ static void test_refusals(void)
 	p = tpath("foreign.db");
 	sqlite3 *db;
 	sqlite3_open(p, &db);
-	sqlite3_exec(db, "CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup')",
-	             NULL, NULL, NULL);
+	sqlite3_exec(db, "CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup')", NULL,
+	             NULL, NULL);
 	sqlite3_close(db);
 	expect_refused(p, KVS_EFORMAT, "another program");
 	free(p);
@@ -335,16 +336,24 @@ static void run_turn(struct run *r, uint32_t nv, uint32_t m, uint32_t k, const c
 		int32_t id = rnd_tok(nv);
 		T_EQ_INT(kv_cache_feed(r->kv, &id, 1, &e), KVS_OK);
 	}
-	struct store_turn t = { .user = text, .reply = "a reply", .stop = "max-tokens",
-		                .complete = true, .n_prompt = m, .n_reply = k, .started = 1.0 };
+	struct store_turn t = { .user = text,
+		                    .reply = "a reply",
+		                    .stop = "max-tokens",
+		                    .complete = true,
+		                    .n_prompt = m,
+		                    .n_reply = k,
+		                    .started = 1.0 };
 	store_rec_turn(r->rec, &t);
 }
 
 static int64_t new_session(struct store *s, const char *sha, const char *title)
 {
-	struct store_session in = { .title = (char *)title, .model_path = (char *)"tiny.gguf",
-		                    .model_sha256 = (char *)sha, .arch = (char *)"llama",
-		                    .policy = (char *)"streaming", .sampler = (char *)"temp=0" };
+	struct store_session in = { .title = (char *)title,
+		                        .model_path = (char *)"tiny.gguf",
+		                        .model_sha256 = (char *)sha,
+		                        .arch = (char *)"llama",
+		                        .policy = (char *)"streaming",
+		                        .sampler = (char *)"temp=0" };
 	int64_t id = 0;
 	struct err e;
 	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_OK);
@@ -397,12 +406,15 @@ static void test_record_resume(const struct tiny *t, const char *policy, bool ev
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld AND kept",
 	         (long long)id);
 	T_EQ_INT(q_int(p, sql), kv_cache_n(a.kv));
-	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld AND NOT kept "
-	                          "AND evicted_event IS NOT NULL", (long long)id);
+	snprintf(sql, sizeof sql,
+	         "SELECT count(*) FROM tokens WHERE session_id = %lld AND NOT kept "
+	         "AND evicted_event IS NOT NULL",
+	         (long long)id);
 	T_EQ_INT(q_int(p, sql), st.n_evicted);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM memory_events WHERE kind = 'evict'");
 	T_EQ_INT(q_int(p, sql), st.n_evictions);
-	snprintf(sql, sizeof sql, "SELECT coalesce(sum(n_tokens), 0) FROM memory_events WHERE kind = 'evict'");
+	snprintf(sql, sizeof sql,
+	         "SELECT coalesce(sum(n_tokens), 0) FROM memory_events WHERE kind = 'evict'");
 	T_EQ_INT(q_int(p, sql), st.n_evicted);
 	/* every token of the stream has exactly one row, positions 0 .. n_seen-1 */
 	snprintf(sql, sizeof sql, "SELECT max(orig_pos) - min(orig_pos) + 1 FROM tokens");
@@ -411,14 +423,17 @@ static void test_record_resume(const struct tiny *t, const char *policy, bool ev
 	sqlite3 *db;
 	sqlite3_stmt *q;
 	sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL);
-	sqlite3_prepare_v2(db, "SELECT token, orig_pos, pos, flags FROM tokens WHERE kept ORDER BY "
-	                       "orig_pos", -1, &q, NULL);
+	sqlite3_prepare_v2(db,
+	                   "SELECT token, orig_pos, pos, flags FROM tokens WHERE kept ORDER BY "
+	                   "orig_pos",
+	                   -1, &q, NULL);
 	const struct kv_tok *toks = kv_cache_toks(a.kv);
 	uint32_t i = 0, bad = 0;
 	while (sqlite3_step(q) == SQLITE_ROW && i < kv_cache_n(a.kv)) {
 		bad += sqlite3_column_int(q, 0) != toks[i].token ||
-		       sqlite3_column_int(q, 1) != toks[i].orig_pos ||
-		       sqlite3_column_int(q, 2) != toks[i].pos || sqlite3_column_int(q, 3) != toks[i].flags;
+		        sqlite3_column_int(q, 1) != toks[i].orig_pos ||
+		        sqlite3_column_int(q, 2) != toks[i].pos ||
+		        sqlite3_column_int(q, 3) != toks[i].flags;
 		i++;
 	}
 	sqlite3_finalize(q);
@@ -624,9 +639,25 @@ static int shim_shmunmap(sqlite3_file *f, int del)
 }
 
 static const sqlite3_io_methods shim_io = {
-	2, shim_close, shim_read, shim_write, shim_truncate, shim_sync, shim_size, shim_lock,
-	shim_unlock, shim_check, shim_fcntl, shim_sector, shim_devchar, shim_shmmap, shim_shmlock,
-	shim_shmbarrier, shim_shmunmap, NULL, NULL,
+	2,
+	shim_close,
+	shim_read,
+	shim_write,
+	shim_truncate,
+	shim_sync,
+	shim_size,
+	shim_lock,
+	shim_unlock,
+	shim_check,
+	shim_fcntl,
+	shim_sector,
+	shim_devchar,
+	shim_shmmap,
+	shim_shmlock,
+	shim_shmbarrier,
+	shim_shmunmap,
+	NULL,
+	NULL,
 };
 
 static int shim_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out)
@@ -757,8 +788,8 @@ static void test_second_writer(const struct tiny *t)
 	/* another writer holds the write lock */
 	sqlite3 *other;
 	sqlite3_open(p, &other);
-	T_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE; UPDATE sessions SET title = 'x' WHERE 0",
-	                      NULL, NULL, NULL),
+	T_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE; UPDATE sessions SET title = 'x' WHERE 0", NULL,
+	                      NULL, NULL),
 	         SQLITE_OK);
 	store_set_busy_timeout(s, 200);
 	run_turn(&a, nv, 8, 4, "two");
@@ -871,11 +902,10 @@ static void test_text_rules(void)
 
 	static const char *const good[] = { "notes", "caf\xc3\xa9 \xe2\x98\x95", " 1", "a\\b" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(good); i++)
-		T_CHECK(store_title_check(good[i], &e) == KVS_OK, "title '%s' refused: %s", good[i],
-		        e.msg);
-	static const char *const bad[] = { "",           "  ",          "\t",
-		                           "a\xff",      "a\x1b[31m",  "two\nlines",
-		                           "c1 \xc2\x9b", "\xc0\xaf",   "tab\there" };
+		T_CHECK(store_title_check(good[i], &e) == KVS_OK, "title '%s' refused: %s", good[i], e.msg);
+	static const char *const bad[] = { "",          "  ",         "\t",          "a\xff",
+		                               "a\x1b[31m", "two\nlines", "c1 \xc2\x9b", "\xc0\xaf",
+		                               "tab\there" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(bad); i++)
 		T_EQ_INT(store_title_check(bad[i], &e), KVS_EARG);
 	T_EQ_INT(store_key_check(NULL, &e), KVS_EARG);
@@ -926,9 +956,12 @@ static void test_keys_titles(void)
 	T_EQ_STR(ss.title, def);
 	store_session_free(&ss);
 	free(def);
-	struct store_session in = { .title = (char *)"bad \xff title", .model_path = (char *)"m",
-		                    .model_sha256 = (char *)"00", .arch = (char *)"llama",
-		                    .policy = (char *)"full", .sampler = (char *)"" };
+	struct store_session in = { .title = (char *)"bad \xff title",
+		                        .model_path = (char *)"m",
+		                        .model_sha256 = (char *)"00",
+		                        .arch = (char *)"llama",
+		                        .policy = (char *)"full",
+		                        .sampler = (char *)"" };
 	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
 	in.title = (char *)"\x1b]0;pwned\x07";
 	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
@@ -989,8 +1022,7 @@ static void test_crafted_names(const struct tiny *t)
 	run_open(&b, t->m, "full", 120);
 	struct store_resume_info info;
 	T_EQ_INT(store_resume(s, id, b.kv, t->sha, &info, &e), KVS_OK);
-	T_CHECK(!info.from_snapshot && strstr(info.why, "not a SHA-256") != NULL, "why: %s",
-	        info.why);
+	T_CHECK(!info.from_snapshot && strstr(info.why, "not a SHA-256") != NULL, "why: %s", info.why);
 	run_close(&b);
 	/* a recorder continuing the session replaces the snapshot: the crafted
 	 * name is not unlinked as "the previous one" */
@@ -999,11 +1031,12 @@ static void test_crafted_names(const struct tiny *t)
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
 	T_CHECK(access(victim, F_OK) == 0, "a commit removed %s", victim);
 	/* delete, with crafted names in every row */
-	q_exec(p, "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
-	          "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
-	          "INSERT INTO snapshots VALUES (1, 9, "
-	          "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
-	          "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
+	q_exec(p,
+	       "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
+	       "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
+	       "INSERT INTO snapshots VALUES (1, 9, "
+	       "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
+	       "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
 	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
 	T_CHECK(access(victim, F_OK) == 0, "sessions delete removed %s", victim);
 	/* vacuum removes only the files it should: the real snapshot, now unreferenced */
@@ -1244,7 +1277,8 @@ static void test_export_crafted(void)
 int main(void)
 {
 	struct tiny t;
-	snprintf(tmpdir, sizeof tmpdir, "%s/kvs-store-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	snprintf(tmpdir, sizeof tmpdir, "%s/kvs-store-XXXXXX",
+	         getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
 	if (mkdtemp(tmpdir) == NULL) {
 		perror("mkdtemp");
 		return 99;

@@ -75,7 +75,10 @@ static void fill_model(struct tui *t)
 	struct worker_event ev = { 0 };
 	struct kv_tok toks[12];
 	for (int i = 0; i < 12; i++) {
-		uint8_t f = i < 2 ? KV_FLAG_SINK : (i >= 5 && i < 8) ? KV_FLAG_KEY : i == 8 ? KV_FLAG_PINNED : 0;
+		uint8_t f = i < 2           ? KV_FLAG_SINK
+		        : (i >= 5 && i < 8) ? KV_FLAG_KEY
+		        : i == 8            ? KV_FLAG_PINNED
+		                            : 0;
 		toks[i] = mk_tok(i, i < 4 ? 0 : i < 8 ? 1 : 2, i < 3 ? KV_ROLE_SYSTEM : KV_ROLE_USER, f);
 	}
 	ev.kind = WORKER_EV_SNAPSHOT;
@@ -198,7 +201,7 @@ static void test_evict_summary(void)
 	tui_apply(&t, &ev, 0);
 	T_EQ_INT(t.n_msgs, 3);
 	T_CHECK(t.msgs[0].kind == MSG_USER && t.msgs[1].kind == MSG_BANNER &&
-	            t.msgs[2].kind == MSG_ASSISTANT,
+	                t.msgs[2].kind == MSG_ASSISTANT,
 	        "user, summary, reply: %d %d %d", t.msgs[0].kind, t.msgs[1].kind, t.msgs[2].kind);
 	T_EQ_STR(t.msgs[1].spans[0].text,
 	         "evicted 4 tokens from turns 0-1 in 3 rounds (sirllm, budget 8); system prompt kept");
@@ -248,11 +251,12 @@ static void check_layout(const struct tui *t, int w, int h)
 	all[n++] = l.status;
 	for (int i = 0; i < n; i++) {
 		T_CHECK(all[i].x >= 0 && all[i].y >= 0 && all[i].x + all[i].w <= w &&
-		            all[i].y + all[i].h <= h,
-		        "%dx%d: rect %d (%d,%d %dx%d) outside", w, h, i, all[i].x, all[i].y, all[i].w, all[i].h);
+		                all[i].y + all[i].h <= h,
+		        "%dx%d: rect %d (%d,%d %dx%d) outside", w, h, i, all[i].x, all[i].y, all[i].w,
+		        all[i].h);
 		for (int j = i + 1; j < n; j++) {
 			bool apart = all[i].x + all[i].w <= all[j].x || all[j].x + all[j].w <= all[i].x ||
-			             all[i].y + all[i].h <= all[j].y || all[j].y + all[j].h <= all[i].y;
+			        all[i].y + all[i].h <= all[j].y || all[j].y + all[j].h <= all[i].y;
 			T_CHECK(apart, "%dx%d: rects %d and %d overlap", w, h, i, j);
 		}
 	}
@@ -302,7 +306,7 @@ static void add_step_w(struct tui *t, uint32_t n_layer, uint32_t n_head, uint32_
 	ev.kv.n_layer = n_layer;
 	ev.kv.n_head = n_head;
 	ev.kv.n_cached = n;
-	ev.kv.attn = attn;   /* tui_apply takes ownership */
+	ev.kv.attn = attn; /* tui_apply takes ownership */
 	ev.kv.heads = hs;
 	/* the keys as the worker names them: the cache at this step holds the
 	 * tokens at positions 0 .. n-1 (token ids 100 + position, as mk_tok) */
@@ -334,7 +338,8 @@ static void test_layout_and_draw(void)
 	tui_layout(&t, 200, 50, 1, &l);
 	T_CHECK(!l.tabs, "200x50 shows every pane");
 	for (int i = 0; i < 4; i++)
-		T_CHECK(l.pane[i].w > 10 && l.pane[i].h > 4, "pane %d is %dx%d", i, l.pane[i].w, l.pane[i].h);
+		T_CHECK(l.pane[i].w > 10 && l.pane[i].h > 4, "pane %d is %dx%d", i, l.pane[i].w,
+		        l.pane[i].h);
 	/* the plugins' pane at every size: at 160x40 and more it takes the
 	 * right column (attention and KV memory) until F2-F5 bring those back */
 	{
@@ -563,8 +568,13 @@ static void test_mouse_yank(void)
 	int cx, cy;
 	char *seq;
 	static const char *const vec[][2] = {
-		{ "", "" },         { "f", "Zg==" },     { "fo", "Zm8=" },         { "foo", "Zm9v" },
-		{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+		{ "", "" },
+		{ "f", "Zg==" },
+		{ "fo", "Zm8=" },
+		{ "foo", "Zm9v" },
+		{ "foob", "Zm9vYg==" },
+		{ "fooba", "Zm9vYmE=" },
+		{ "foobar", "Zm9vYmFy" },
 	};
 
 	for (size_t i = 0; i < KVS_ARRAY_LEN(vec); i++) {
@@ -666,8 +676,7 @@ static void test_small(void)
 		tui_grid_resize(&g, 80, 24);
 		tui_draw(&t, &g, "", 0, &cx, &cy);
 		char *row = tui_grid_row(&g, 23);
-		T_CHECK(strstr(row, "ctx 0/0 | sirllm") != NULL,
-		        "80 columns: '%s'", row);
+		T_CHECK(strstr(row, "ctx 0/0 | sirllm") != NULL, "80 columns: '%s'", row);
 		T_CHECK(strstr(row, " switching to policy") == row && strstr(row, "... ") != NULL,
 		        "the message first, cut: '%s'", row);
 		free(row);
@@ -694,8 +703,9 @@ static void test_small(void)
 		te.turn.stop = GEN_STOP_LENGTH;
 		tui_apply(&t, &te, 0);
 		T_CHECK(dump_has(&t, 80, 24, false, "stop: length-target "), "80: the stop reason whole");
-		T_CHECK(dump_has(&t, 200, 50, false, "length 18 words of target 20 words (10, 30]  in the "
-		                                      "window  stop: length-target"),
+		T_CHECK(dump_has(&t, 200, 50, false,
+		                 "length 18 words of target 20 words (10, 30]  in the "
+		                 "window  stop: length-target"),
 		        "200: the long form");
 		T_EQ_INT(tui_cmd_run(&c, "len 40w"), KVS_OK);
 		T_CHECK(dump_has(&t, 200, 50, false, "of target 20 words (10, 30]  in the window"),
@@ -726,7 +736,8 @@ static void test_commands(void)
 	t.n_head = 9;
 	c.t = &t;
 	T_CHECK(tui_cmd_run(&c, "frobnicate") != KVS_OK, "unknown command fails");
-	T_CHECK(t.status_err && strstr(t.status, "unknown command ':frobnicate'") != NULL, "%s", t.status);
+	T_CHECK(t.status_err && strstr(t.status, "unknown command ':frobnicate'") != NULL, "%s",
+	        t.status);
 	T_CHECK(!c.have_last && t.n_msgs == 0, "nothing else changed");
 	T_EQ_INT(tui_cmd_run(&c, "layer 3"), KVS_OK);
 	T_EQ_INT(t.layer, 3);
@@ -855,15 +866,16 @@ static void test_unsaved(void)
 	tui_apply(&t, &ev, 0);
 	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
 	T_CHECK(!t.quit && t.status_err, "the first :quit asks");
-	T_EQ_STR(t.status, "2 exchanges are not saved: :save [TITLE] keeps them; :quit again leaves "
-	                   "without saving");
+	T_EQ_STR(t.status,
+	         "2 exchanges are not saved: :save [TITLE] keeps them; :quit again leaves "
+	         "without saving");
 	T_EQ_INT(tui_cmd_run(&c, "layer 0"), KVS_OK);
 	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
 	T_CHECK(!t.quit, "another command in between: it asks again");
 	c.have_last = false;
 	T_EQ_INT(tui_cmd_run(&c, "new"), KVS_OK);
-	T_CHECK(!c.have_last && strstr(t.status, ":new again starts a new conversation") != NULL,
-	        "%s", t.status);
+	T_CHECK(!c.have_last && strstr(t.status, ":new again starts a new conversation") != NULL, "%s",
+	        t.status);
 	T_EQ_INT(tui_cmd_run(&c, "new"), KVS_OK);
 	T_CHECK(c.have_last && c.last.kind == WORKER_RESET, ":new again: sent");
 	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
@@ -877,8 +889,9 @@ static void test_unsaved(void)
 	ev.n_unsaved = 1;
 	tui_apply(&t, &ev, 0);
 	T_EQ_INT(tui_cmd_run(&c, "quit"), KVS_OK);
-	T_EQ_STR(t.status, "1 exchange is not saved: :save [TITLE] keeps it; :quit again leaves "
-	                   "without saving");
+	T_EQ_STR(t.status,
+	         "1 exchange is not saved: :save [TITLE] keeps it; :quit again leaves "
+	         "without saving");
 	ev.n_unsaved = 0;
 	ev.saving = true;
 	tui_apply(&t, &ev, 0);
@@ -916,7 +929,8 @@ static void test_complete(void)
 
 static void test_kv_copy(void)
 {
-	struct kv_tok q = mk_tok(5, 1, KV_ROLE_USER, 0), ev_t[2] = { mk_tok(1, 0, 1, 0), mk_tok(2, 0, 1, 0) };
+	struct kv_tok q = mk_tok(5, 1, KV_ROLE_USER, 0),
+	              ev_t[2] = { mk_tok(1, 0, 1, 0), mk_tok(2, 0, 1, 0) };
 	float attn[2 * 3 * 4];
 	struct kv_head_summary hs[6] = { { 1, 0.5f, 0.25f, 3 } };
 	struct kv_event src = { 0 }, dst;
@@ -955,9 +969,14 @@ static void test_grid(void)
 
 	tui_grid_resize(&g, 10, 3);
 	/* clipped to 5 columns; a wide character takes two */
-	tui_grid_text(&g, r, 2, 1, R_NORMAL, "ab\xe4\xb8\xad" "cdef", 9);
+	tui_grid_text(&g, r, 2, 1, R_NORMAL,
+	              "ab\xe4\xb8\xad"
+	              "cdef",
+	              9);
 	row = tui_grid_row(&g, 1);
-	T_EQ_STR(row, "  ab\xe4\xb8\xad" "c");
+	T_EQ_STR(row,
+	         "  ab\xe4\xb8\xad"
+	         "c");
 	free(row);
 	/* outside the rectangle's row: nothing */
 	T_EQ_INT(tui_grid_text(&g, r, 2, 2, R_NORMAL, "zz", 2), 0);
@@ -1050,16 +1069,18 @@ static void test_lua(void)
 	T_CHECK(mkdir(path, 0700) == 0, "mkdir");
 	snprintf(file, sizeof file, "%s/greet.lua", path);
 	fp = fopen(file, "w");
-	fprintf(fp, "local kvscope = require 'kvscope'\n"
-	            "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n"
-	            "kvscope.command('shout', function(args) print(args:upper() .. '!') end, 'shout')\n");
+	fprintf(fp,
+	        "local kvscope = require 'kvscope'\n"
+	        "kvscope.command('hello', function(args) kvscope.status('hi ' .. args) end, 'say hi')\n"
+	        "kvscope.command('shout', function(args) print(args:upper() .. '!') end, 'shout')\n");
 	fclose(fp);
 	{
 		char cmd[128];
 		snprintf(cmd, sizeof cmd, "plugin load %s", file);
 		T_EQ_INT(tui_cmd_run(&c, cmd), KVS_OK);
 	}
-	T_EQ_INT(tui_cmd_complete(rt, ":hel", ext, sizeof ext, names, sizeof names), 2); /* help, hello */
+	T_EQ_INT(tui_cmd_complete(rt, ":hel", ext, sizeof ext, names, sizeof names),
+	         2); /* help, hello */
 	T_EQ_INT(tui_cmd_complete(rt, ":hell", ext, sizeof ext, names, sizeof names), 1);
 	T_EQ_STR(ext, "o ");
 	/* plugin commands: in the help, and :help NAME knows them */
@@ -1125,8 +1146,8 @@ static void test_replay(void)
 		{ (char *)"first saved question", (char *)"first saved answer" },
 		{ (char *)"second saved question", (char *)"second saved answer" },
 	};
-	static const enum tui_msg_kind kinds[] = { MSG_SYSTEM, MSG_INFO, MSG_USER, MSG_ASSISTANT,
-		                                   MSG_USER, MSG_ASSISTANT, MSG_RULE };
+	static const enum tui_msg_kind kinds[] = { MSG_SYSTEM, MSG_INFO,      MSG_USER, MSG_ASSISTANT,
+		                                       MSG_USER,   MSG_ASSISTANT, MSG_RULE };
 
 	tui_init(&t);
 	tui_msg_add(&t, MSG_USER, "a live question before the load");

@@ -35,13 +35,13 @@ int main(void)
 	T_EQ_INT(utf8_lead_len(0xF5), 0);
 	T_EQ_INT(utf8_lead_len(0xFF), 0);
 	for (int b = 0; b < 256; b++) {
-		size_t want = b <= 0x7F                ? 1
-		              : b >= 0xC2 && b <= 0xDF ? 2
-		              : b >= 0xE0 && b <= 0xEF ? 3
-		              : b >= 0xF0 && b <= 0xF4 ? 4
-		                                       : 0;
-		T_CHECK(utf8_lead_len((uint8_t)b) == want, "utf8_lead_len(0x%02X) = %zu, expected %zu",
-		        b, utf8_lead_len((uint8_t)b), want);
+		size_t want = b <= 0x7F          ? 1
+		        : b >= 0xC2 && b <= 0xDF ? 2
+		        : b >= 0xE0 && b <= 0xEF ? 3
+		        : b >= 0xF0 && b <= 0xF4 ? 4
+		                                 : 0;
+		T_CHECK(utf8_lead_len((uint8_t)b) == want, "utf8_lead_len(0x%02X) = %zu, expected %zu", b,
+		        utf8_lead_len((uint8_t)b), want);
 	}
 
 	T_EQ_INT(utf8_encode(0x1F600, buf), 4);

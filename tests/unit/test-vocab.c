@@ -52,11 +52,11 @@ static size_t tok(const struct vocab *v, const char *s, size_t len, bool add, bo
 }
 
 /* Check that tokenizing s gives exactly want[0..n_want). */
-#define T_TOKENS(v, s, add, special, ...)                                                  \
-	do {                                                                               \
-		const int32_t want_[] = { __VA_ARGS__ };                                   \
-		check_tokens(v, s, sizeof(s) - 1, add, special, want_,                    \
-		             KVS_ARRAY_LEN(want_) - 1, __LINE__);                          \
+#define T_TOKENS(v, s, add, special, ...)                                                \
+	do {                                                                                 \
+		const int32_t want_[] = { __VA_ARGS__ };                                         \
+		check_tokens(v, s, sizeof(s) - 1, add, special, want_, KVS_ARRAY_LEN(want_) - 1, \
+		             __LINE__);                                                          \
 	} while (0)
 
 static void print_ids(const char *label, const int32_t *ids, size_t n)
@@ -149,7 +149,10 @@ static bool strings_load(struct strings *ss)
 			case 'n': *o++ = '\n'; break;
 			case 't': *o++ = '\t'; break;
 			case 'r': *o++ = '\r'; break;
-			case 'x': *o++ = (char)strtol((char[]){ p[2], p[3], 0 }, NULL, 16); p += 2; break;
+			case 'x':
+				*o++ = (char)strtol((char[]){ p[2], p[3], 0 }, NULL, 16);
+				p += 2;
+				break;
 			default: *o++ = p[1]; break;
 			}
 			p += 2;
@@ -252,8 +255,8 @@ static void fidelity(const struct vocab *v, const char *name, const struct strin
 			    (n > 0 && memcmp(ids, want, n * sizeof(*ids)) != 0)) {
 				t_failures++;
 				if (n_bad++ < 5) {
-					fprintf(stderr, "FAIL: %s string %zu (parse_special=%d) \"%.*s\"\n",
-					        name, i + 1, k == 0, (int)KVS_MIN(ss->len[i], 80), ss->s[i]);
+					fprintf(stderr, "FAIL: %s string %zu (parse_special=%d) \"%.*s\"\n", name,
+					        i + 1, k == 0, (int)KVS_MIN(ss->len[i], 80), ss->s[i]);
 					print_ids("got ", ids, n);
 					print_ids("want", want, KVS_MIN(nw, KVS_ARRAY_LEN(want)));
 				}
@@ -281,8 +284,8 @@ static void fidelity(const struct vocab *v, const char *name, const struct strin
 		}
 	}
 	T_CHECK(i == ss->n, "%s: %zu lines for %zu strings (rerun make-fixtures.sh)", fname, i, ss->n);
-	printf("  %s: %zu strings x 2 modes, %zu mismatches; %zu round trips, %zu failed\n", name,
-	       i, n_bad, n_rt, n_rt_bad);
+	printf("  %s: %zu strings x 2 modes, %zu mismatches; %zu round trips, %zu failed\n", name, i,
+	       n_bad, n_rt, n_rt_bad);
 	free(buf);
 	free(path);
 }
@@ -362,8 +365,8 @@ static int open_vocab(struct ggufw *w, uint8_t **buf, struct gguf_file **f, stru
 static struct ggufw *tiny_bpe(const char *pre)
 {
 	static const char *const toks[] = {
-		"<|endoftext|>", "a", "b", "c", G_SPACE, "ab", "abc", G_SPACE "a", "bc", "aa",
-		G_NEWLINE, "<user>", "cab", "xa",
+		"<|endoftext|>", "a",  "b",  "c",       G_SPACE,  "ab",  "abc",
+		G_SPACE "a",     "bc", "aa", G_NEWLINE, "<user>", "cab", "xa",
 	};
 	static const int32_t types[] = { 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1 };
 	/* "x a": 'x' is no token, so this merge is found by text */
@@ -452,12 +455,13 @@ out:
 static struct ggufw *tiny_spm(void)
 {
 	static const char *const toks[] = {
-		"<unk>", "<s>", "</s>", S_SP, "a", "b", S_SP "a", "ab", S_SP "ab",
-		"<0xE4>", "<0xB8>", "<0xAD>", "<0x0A>", "c", "bc",
+		"<unk>",   "<s>",    "</s>",   S_SP,     "a",      "b", S_SP "a", "ab",
+		S_SP "ab", "<0xE4>", "<0xB8>", "<0xAD>", "<0x0A>", "c", "bc",
 	};
 	static const int32_t types[] = { 2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6, 6, 6, 1, 1 };
-	static const float scores[] = { 0, 0, 0, -1, -2, -2, -0.5f, -0.3f, -0.1f, 0, 0, 0, 0, -3,
-	                                -0.2f };
+	static const float scores[] = {
+		0, 0, 0, -1, -2, -2, -0.5f, -0.3f, -0.1f, 0, 0, 0, 0, -3, -0.2f
+	};
 	struct ggufw *w = ggufw_new();
 
 	ggufw_add_str(w, "general.architecture", "llama");
@@ -509,7 +513,12 @@ static void test_tiny_spm(void)
 	/* a broken sequence becomes U+FFFD and the next byte stands */
 	T_EQ_INT(detok_push(&d, 9, &out, &n, &cap), 0);
 	T_EQ_INT(detok_push(&d, 4, &out, &n, &cap), 4);
-	T_CHECK(n == 7 && memcmp(out + 3, "\xef\xbf\xbd" "a", 4) == 0, "detok E4 'a'");
+	T_CHECK(n == 7 &&
+	                memcmp(out + 3,
+	                       "\xef\xbf\xbd"
+	                       "a",
+	                       4) == 0,
+	        "detok E4 'a'");
 	T_EQ_INT(detok_push(&d, 9, &out, &n, &cap), 0);
 	T_EQ_INT(detok_flush(&d, &out, &n, &cap), 3);
 	T_CHECK(n == 10 && memcmp(out + 7, "\xef\xbf\xbd", 3) == 0, "detok flush");
@@ -579,7 +588,8 @@ static void test_bad_metadata(void)
 		{ "bos id out of range", KVS_EFORMAT, "bos_token_id: token id 4, expected < 4" },
 		{ "unknown model", KVS_EUNSUPPORTED, "\"bert\" is not supported" },
 		{ "bad byte token", KVS_EFORMAT, "<0x-1>" },
-		{ "unknown pre", KVS_EUNSUPPORTED, "\"tekken\" is not supported, expected one of: default" },
+		{ "unknown pre", KVS_EUNSUPPORTED,
+		  "\"tekken\" is not supported, expected one of: default" },
 		{ "duplicate token", KVS_EFORMAT, "repeats token 0" },
 		{ "spm default ids", KVS_OK, NULL },
 		{ "add_bos without bos", KVS_EFORMAT, "no BOS token" },
@@ -619,36 +629,67 @@ static void test_unicode(void)
 		uint32_t cp;
 		uint16_t flags;
 	} cases[] = {
-		{ 'A', UCP_LETTER }, { 'z', UCP_LETTER }, { '0', UCP_NUMBER }, { ' ', UCP_SEP | UCP_SPACE },
-		{ '\t', UCP_CONTROL | UCP_SPACE }, { '\n', UCP_CONTROL | UCP_SPACE }, { 0x1C, UCP_CONTROL },
-		{ '!', UCP_PUNCT }, { '$', UCP_SYMBOL }, { '_', UCP_PUNCT }, { '`', UCP_SYMBOL },
-		{ 0x85, UCP_CONTROL | UCP_SPACE }, { 0xA0, UCP_SEP | UCP_SPACE }, { 0xAD, UCP_CONTROL },
-		{ 0xB2, UCP_NUMBER }, { 0xBD, UCP_NUMBER }, { 0xE9, UCP_LETTER }, { 0x301, UCP_MARK },
-		{ 0x378, UCP_UNDEF }, { 0x661, UCP_NUMBER }, { 0x200B, UCP_CONTROL },
-		{ 0x2003, UCP_SEP | UCP_SPACE }, { 0x2028, UCP_SEP | UCP_SPACE }, { 0x3000, UCP_SEP | UCP_SPACE },
-		{ 0x4E2D, UCP_LETTER }, { 0xD800, UCP_CONTROL }, { 0xE000, UCP_CONTROL },
-		{ 0xFFFD, UCP_SYMBOL }, { 0x1F600, UCP_SYMBOL }, { 0x1F3FD, UCP_SYMBOL },
-		{ 0x31350, UCP_LETTER },  /* CJK extension H, Unicode 15.0 */
-		{ 0x2EBF0, UCP_LETTER },  /* CJK extension I, Unicode 15.1 */
-		{ 0x1CC00, UCP_UNDEF },   /* assigned only in Unicode 16.0 */
-		{ 0x10FFFD, UCP_CONTROL }, { 0x110000, UCP_UNDEF },
+		{ 'A', UCP_LETTER },
+		{ 'z', UCP_LETTER },
+		{ '0', UCP_NUMBER },
+		{ ' ', UCP_SEP | UCP_SPACE },
+		{ '\t', UCP_CONTROL | UCP_SPACE },
+		{ '\n', UCP_CONTROL | UCP_SPACE },
+		{ 0x1C, UCP_CONTROL },
+		{ '!', UCP_PUNCT },
+		{ '$', UCP_SYMBOL },
+		{ '_', UCP_PUNCT },
+		{ '`', UCP_SYMBOL },
+		{ 0x85, UCP_CONTROL | UCP_SPACE },
+		{ 0xA0, UCP_SEP | UCP_SPACE },
+		{ 0xAD, UCP_CONTROL },
+		{ 0xB2, UCP_NUMBER },
+		{ 0xBD, UCP_NUMBER },
+		{ 0xE9, UCP_LETTER },
+		{ 0x301, UCP_MARK },
+		{ 0x378, UCP_UNDEF },
+		{ 0x661, UCP_NUMBER },
+		{ 0x200B, UCP_CONTROL },
+		{ 0x2003, UCP_SEP | UCP_SPACE },
+		{ 0x2028, UCP_SEP | UCP_SPACE },
+		{ 0x3000, UCP_SEP | UCP_SPACE },
+		{ 0x4E2D, UCP_LETTER },
+		{ 0xD800, UCP_CONTROL },
+		{ 0xE000, UCP_CONTROL },
+		{ 0xFFFD, UCP_SYMBOL },
+		{ 0x1F600, UCP_SYMBOL },
+		{ 0x1F3FD, UCP_SYMBOL },
+		{ 0x31350, UCP_LETTER }, /* CJK extension H, Unicode 15.0 */
+		{ 0x2EBF0, UCP_LETTER }, /* CJK extension I, Unicode 15.1 */
+		{ 0x1CC00, UCP_UNDEF },  /* assigned only in Unicode 16.0 */
+		{ 0x10FFFD, UCP_CONTROL },
+		{ 0x110000, UCP_UNDEF },
 	};
 	static const struct {
 		const char *s;
 		size_t n, len;
 		uint32_t cp;
 	} dec[] = {
-		{ "a", 1, 1, 'a' }, { "\xc3\xa9", 2, 2, 0xE9 }, { "\xc0\x80", 2, 2, 0 },
-		{ "\xed\xa0\x80", 3, 3, 0xD800 }, { "\xf0\x9f\x98\x80", 4, 4, 0x1F600 },
-		{ "\xf4\x90\x80\x80", 4, 1, 0xFFFD }, { "\x80", 1, 1, 0xFFFD }, { "\xe2\x82", 2, 1, 0xFFFD },
-		{ "\xe2\x82" "a", 3, 1, 0xFFFD }, { "\xff", 1, 1, 0xFFFD },
+		{ "a", 1, 1, 'a' },
+		{ "\xc3\xa9", 2, 2, 0xE9 },
+		{ "\xc0\x80", 2, 2, 0 },
+		{ "\xed\xa0\x80", 3, 3, 0xD800 },
+		{ "\xf0\x9f\x98\x80", 4, 4, 0x1F600 },
+		{ "\xf4\x90\x80\x80", 4, 1, 0xFFFD },
+		{ "\x80", 1, 1, 0xFFFD },
+		{ "\xe2\x82", 2, 1, 0xFFFD },
+		{ "\xe2\x82"
+		  "a",
+		  3, 1, 0xFFFD },
+		{ "\xff", 1, 1, 0xFFFD },
 		{ "\xf8\x88\x80\x80\x80", 5, 1, 0xFFFD },
 	};
 	size_t i;
 
 	for (i = 0; i < KVS_ARRAY_LEN(cases); i++)
-		T_CHECK(ucp_flags(cases[i].cp) == cases[i].flags, "flags of U+%04X = 0x%03x, expected 0x%03x",
-		        cases[i].cp, ucp_flags(cases[i].cp), cases[i].flags);
+		T_CHECK(ucp_flags(cases[i].cp) == cases[i].flags,
+		        "flags of U+%04X = 0x%03x, expected 0x%03x", cases[i].cp, ucp_flags(cases[i].cp),
+		        cases[i].flags);
 	for (i = 0; i < KVS_ARRAY_LEN(dec); i++) {
 		uint32_t cp = 0;
 		size_t len = ucp_decode_lax((const uint8_t *)dec[i].s, dec[i].n, &cp);
@@ -745,9 +786,14 @@ static void test_smollm_ids(const char *model)
 	/* above U+10FFFF llama.cpp aborts; we read each byte as U+FFFD */
 	{
 		int32_t *a, *b;
-		size_t na = tok(v, "a\xf4\x90\x80\x80" "b", 6, false, true, &a);
-		size_t nb = tok(v, "a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "b", 14, false,
-		                true, &b);
+		size_t na = tok(v,
+		                "a\xf4\x90\x80\x80"
+		                "b",
+		                6, false, true, &a);
+		size_t nb = tok(v,
+		                "a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+		                "b",
+		                14, false, true, &b);
 		T_CHECK(na == nb && memcmp(a, b, na * sizeof(*a)) == 0, "F4 90 80 80 as four U+FFFD");
 		free(a);
 		free(b);
@@ -779,13 +825,14 @@ int main(void)
 	if (have_model) {
 		test_smollm_ids(model);
 	} else if (skip != NULL && strcmp(skip, "1") == 0) {
-		printf("test-vocab: SKIP SmolLM2 parts: %s absent and KVSCOPE_SKIP_MODEL_TESTS=1\n",
-		       model);
+		printf("test-vocab: SKIP SmolLM2 parts: %s absent and KVSCOPE_SKIP_MODEL_TESTS=1\n", model);
 		free(model);
 		return t_done("test-vocab") ? 1 : 77;
 	} else {
-		fprintf(stderr, "test-vocab: FAIL: default model %s is missing (run `make model`, set "
-		                "KVSCOPE_MODEL, or KVSCOPE_SKIP_MODEL_TESTS=1 to skip)\n", model);
+		fprintf(stderr,
+		        "test-vocab: FAIL: default model %s is missing (run `make model`, set "
+		        "KVSCOPE_MODEL, or KVSCOPE_SKIP_MODEL_TESTS=1 to skip)\n",
+		        model);
 		t_failures++;
 	}
 	free(model);

@@ -46,7 +46,8 @@ static struct worker_event *next_event(struct worker *w)
 
 static void test_chat(struct worker *w)
 {
-	uint64_t id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = "hello there" });
+	uint64_t id =
+	        worker_send(w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = "hello there" });
 	char text[8192] = "";
 	size_t len = 0;
 	uint32_t n_tok = 0, n_steps = 0, stage = 0; /* 0 start, 1 snapshot, 2 tokens, 3 end */
@@ -66,7 +67,8 @@ static void test_chat(struct worker *w)
 		case WORKER_EV_SNAPSHOT:
 			if (stage == 1) {
 				/* the prompt is cached before the first reply token */
-				T_CHECK(ev->n_toks > 2 && ev->next_pos == (int32_t)ev->n_toks, "n_toks %u", ev->n_toks);
+				T_CHECK(ev->n_toks > 2 && ev->next_pos == (int32_t)ev->n_toks, "n_toks %u",
+				        ev->n_toks);
 				stage = 2;
 			}
 			break;
@@ -101,12 +103,8 @@ static void test_chat(struct worker *w)
 			T_EQ_INT(ev->cmd, WORKER_CHAT);
 			done = true;
 			break;
-		case WORKER_EV_TRANSCRIPT:
-			T_CHECK(false, "an exchange sent a transcript");
-			break;
-		case WORKER_EV_SAVED:
-			T_CHECK(false, "an exchange not saved sent a saved event");
-			break;
+		case WORKER_EV_TRANSCRIPT: T_CHECK(false, "an exchange sent a transcript"); break;
+		case WORKER_EV_SAVED: T_CHECK(false, "an exchange not saved sent a saved event"); break;
 		}
 		worker_event_free(ev);
 	}
@@ -179,8 +177,10 @@ static void test_commands(struct worker *w)
 		worker_event_free(ev);
 	}
 	T_EQ_INT(res->status, KVS_OK);
-	T_CHECK(snap != NULL && snap->n_toks <= 16 && snap->stats.budget == 16, "snapshot after budget");
-	T_CHECK(snap != NULL && strncmp(snap->policy, "streaming", 9) == 0, "%s", snap ? snap->policy : "");
+	T_CHECK(snap != NULL && snap->n_toks <= 16 && snap->stats.budget == 16,
+	        "snapshot after budget");
+	T_CHECK(snap != NULL && strncmp(snap->policy, "streaming", 9) == 0, "%s",
+	        snap ? snap->policy : "");
 	worker_event_free(res);
 	worker_event_free(snap);
 	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = -1 });
@@ -191,8 +191,7 @@ static void test_commands(struct worker *w)
 	snap = NULL;
 	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = 0 });
 	res = until_result(w, id, &snap);
-	T_CHECK(res->status == KVS_OK && strstr(res->msg, "budget 256 tokens") != NULL, "%s",
-	        res->msg);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "budget 256 tokens") != NULL, "%s", res->msg);
 	T_CHECK(snap != NULL && snap->stats.budget == 256, "budget %u", snap ? snap->stats.budget : 0);
 	worker_event_free(res);
 	worker_event_free(snap);
@@ -351,7 +350,7 @@ static void test_load(struct worker *w, const char *dir)
 	T_CHECK(strstr(res->msg, "policy streaming sinks=2 and budget 256 as saved") != NULL, "%s",
 	        res->msg);
 	T_CHECK(snap != NULL && strcmp(snap->policy, "streaming sinks=2") == 0 &&
-	            snap->stats.budget == 256,
+	                snap->stats.budget == 256,
 	        "after the load: policy '%s', budget %u", snap ? snap->policy : "",
 	        snap ? snap->stats.budget : 0);
 	T_CHECK(tr != NULL, "a load that resumed sends a transcript");
@@ -495,8 +494,7 @@ static void test_save_late(const char *dir)
 	worker_event_free(snap);
 	id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_SAVE, .text = "late save" });
 	res = result_counting(w, id, &snap, &ok, &failed);
-	T_CHECK(res->status == KVS_OK && strstr(res->msg, "saved 2 exchanges") != NULL, "%s",
-	        res->msg);
+	T_CHECK(res->status == KVS_OK && strstr(res->msg, "saved 2 exchanges") != NULL, "%s", res->msg);
 	T_CHECK(snap != NULL && snap->n_unsaved == 0 && snap->saving, "after :save: %u unsaved",
 	        snap ? snap->n_unsaved : 99);
 	worker_event_free(res);
@@ -561,13 +559,13 @@ static void test_save_late(const char *dir)
 
 /* Keeps the most recent tokens: score = original position. */
 static const char recent_src[] =
-	"local kvscope = require 'kvscope'\n"
-	"local k, seen = 0, 0\n"
-	"kvscope.on('token', function() seen = seen + 1 kvscope.status(k .. ' ' .. seen) end)\n"
-	"kvscope.command('k', function(a) k = tonumber(a) end)\n"
-	"kvscope.policy.register('lua-recent', function(toks)\n"
-	"  local s = {} for i = 1, #toks do s[i] = toks[i].position + 0 * k end return s end,\n"
-	"  { base = 'window', budget_ms = 2000 })\n";
+        "local kvscope = require 'kvscope'\n"
+        "local k, seen = 0, 0\n"
+        "kvscope.on('token', function() seen = seen + 1 kvscope.status(k .. ' ' .. seen) end)\n"
+        "kvscope.command('k', function(a) k = tonumber(a) end)\n"
+        "kvscope.policy.register('lua-recent', function(toks)\n"
+        "  local s = {} for i = 1, #toks do s[i] = toks[i].position + 0 * k end return s end,\n"
+        "  { base = 'window', budget_ms = 2000 })\n";
 
 static void test_lua_policy(struct worker *w)
 {
@@ -594,8 +592,8 @@ static void test_lua_policy(struct worker *w)
 	worker_event_free(res);
 
 	/* a reply under the Lua policy; this thread drives the plugin meanwhile */
-	uint64_t id = worker_send(w, &(struct worker_cmd){ .kind = WORKER_CHAT,
-	                                                   .text = "tell me a long story" });
+	uint64_t id = worker_send(
+	        w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = "tell me a long story" });
 	struct kv_tok meta = { .token = 1 };
 	struct gen_token tok = { .id = 1, .meta = &meta, .text = "a", .len = 1 };
 	uint32_t n_evict = 0, n_fallback = 0, n_other = 0;
@@ -641,9 +639,9 @@ static void test_lua_policy(struct worker *w)
 	worker_event_free(res);
 	worker_event_free(snap);
 	/* the worker lets go of the policy before its runtime goes */
-	res = until_result(w, worker_send(w, &(struct worker_cmd){ .kind = WORKER_POLICY,
-	                                                          .text = "window" }),
-	                   NULL);
+	res = until_result(
+	        w, worker_send(w, &(struct worker_cmd){ .kind = WORKER_POLICY, .text = "window" }),
+	        NULL);
 	T_EQ_INT(res->status, KVS_OK);
 	worker_event_free(res);
 	script_rt_free(rt);

@@ -14,35 +14,35 @@
 
 static int t_checks, t_failures;
 
-#define T_CHECK(cond, ...)                                                              \
-	do {                                                                             \
-		t_checks++;                                                              \
-		if (!(cond)) {                                                           \
+#define T_CHECK(cond, ...)                                                   \
+	do {                                                                     \
+		t_checks++;                                                          \
+		if (!(cond)) {                                                       \
 			t_failures++;                                                    \
 			fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond); \
 			fprintf(stderr, __VA_ARGS__);                                    \
 			fputc('\n', stderr);                                             \
-		}                                                                        \
+		}                                                                    \
 	} while (0)
 
-#define T_EQ_INT(a, b)                                                                      \
-	do {                                                                                 \
-		long long t_a_ = (long long)(a), t_b_ = (long long)(b);                      \
-		T_CHECK(t_a_ == t_b_, "%s = %lld, expected %lld", #a, t_a_, t_b_);           \
+#define T_EQ_INT(a, b)                                                     \
+	do {                                                                   \
+		long long t_a_ = (long long)(a), t_b_ = (long long)(b);            \
+		T_CHECK(t_a_ == t_b_, "%s = %lld, expected %lld", #a, t_a_, t_b_); \
 	} while (0)
 
-#define T_EQ_STR(a, b)                                                                      \
-	do {                                                                                 \
-		const char *t_a_ = (a), *t_b_ = (b);                                         \
-		T_CHECK(t_a_ != NULL && strcmp(t_a_, t_b_) == 0, "%s = \"%s\", expected \"%s\"", \
-		        #a, t_a_ ? t_a_ : "(null)", t_b_);                                   \
+#define T_EQ_STR(a, b)                                                                       \
+	do {                                                                                     \
+		const char *t_a_ = (a), *t_b_ = (b);                                                 \
+		T_CHECK(t_a_ != NULL && strcmp(t_a_, t_b_) == 0, "%s = \"%s\", expected \"%s\"", #a, \
+		        t_a_ ? t_a_ : "(null)", t_b_);                                               \
 	} while (0)
 
-#define T_NEAR(a, b, tol)                                                                  \
-	do {                                                                                \
-		double t_a_ = (double)(a), t_b_ = (double)(b);                              \
-		T_CHECK(fabs(t_a_ - t_b_) <= (tol), "%s = %.9g, expected %.9g (tol %g)", #a, \
-		        t_a_, t_b_, (double)(tol));                                         \
+#define T_NEAR(a, b, tol)                                                                        \
+	do {                                                                                         \
+		double t_a_ = (double)(a), t_b_ = (double)(b);                                           \
+		T_CHECK(fabs(t_a_ - t_b_) <= (tol), "%s = %.9g, expected %.9g (tol %g)", #a, t_a_, t_b_, \
+		        (double)(tol));                                                                  \
 	} while (0)
 
 /* Print the summary; return the process exit status. */

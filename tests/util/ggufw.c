@@ -132,7 +132,7 @@ static void gw_kv_field(struct gw_kv *kv, enum ggufw_kind kind, uint32_t sub, ui
 {
 	kv->fields = xreallocarray(kv->fields, kv->n_fields + 1, sizeof *kv->fields);
 	kv->fields[kv->n_fields++] =
-	    (struct ggufw_field){ .kind = kind, .sub = sub, .pos = kv->val.n, .size = size };
+	        (struct ggufw_field){ .kind = kind, .sub = sub, .pos = kv->val.n, .size = size };
 }
 
 void ggufw_set_alignment(struct ggufw *w, uint32_t alignment)
@@ -150,16 +150,46 @@ static void gw_scalar(struct ggufw *w, const char *key, uint32_t type, const voi
 	gw_put(&kv->val, v, size);
 }
 
-void ggufw_add_u8(struct ggufw *w, const char *key, uint8_t v) { gw_scalar(w, key, GGUF_U8, &v, 1); }
-void ggufw_add_i8(struct ggufw *w, const char *key, int8_t v) { gw_scalar(w, key, GGUF_I8, &v, 1); }
-void ggufw_add_u16(struct ggufw *w, const char *key, uint16_t v) { gw_scalar(w, key, GGUF_U16, &v, 2); }
-void ggufw_add_i16(struct ggufw *w, const char *key, int16_t v) { gw_scalar(w, key, GGUF_I16, &v, 2); }
-void ggufw_add_u32(struct ggufw *w, const char *key, uint32_t v) { gw_scalar(w, key, GGUF_U32, &v, 4); }
-void ggufw_add_i32(struct ggufw *w, const char *key, int32_t v) { gw_scalar(w, key, GGUF_I32, &v, 4); }
-void ggufw_add_u64(struct ggufw *w, const char *key, uint64_t v) { gw_scalar(w, key, GGUF_U64, &v, 8); }
-void ggufw_add_i64(struct ggufw *w, const char *key, int64_t v) { gw_scalar(w, key, GGUF_I64, &v, 8); }
-void ggufw_add_f32(struct ggufw *w, const char *key, float v) { gw_scalar(w, key, GGUF_F32, &v, 4); }
-void ggufw_add_f64(struct ggufw *w, const char *key, double v) { gw_scalar(w, key, GGUF_F64, &v, 8); }
+void ggufw_add_u8(struct ggufw *w, const char *key, uint8_t v)
+{
+	gw_scalar(w, key, GGUF_U8, &v, 1);
+}
+void ggufw_add_i8(struct ggufw *w, const char *key, int8_t v)
+{
+	gw_scalar(w, key, GGUF_I8, &v, 1);
+}
+void ggufw_add_u16(struct ggufw *w, const char *key, uint16_t v)
+{
+	gw_scalar(w, key, GGUF_U16, &v, 2);
+}
+void ggufw_add_i16(struct ggufw *w, const char *key, int16_t v)
+{
+	gw_scalar(w, key, GGUF_I16, &v, 2);
+}
+void ggufw_add_u32(struct ggufw *w, const char *key, uint32_t v)
+{
+	gw_scalar(w, key, GGUF_U32, &v, 4);
+}
+void ggufw_add_i32(struct ggufw *w, const char *key, int32_t v)
+{
+	gw_scalar(w, key, GGUF_I32, &v, 4);
+}
+void ggufw_add_u64(struct ggufw *w, const char *key, uint64_t v)
+{
+	gw_scalar(w, key, GGUF_U64, &v, 8);
+}
+void ggufw_add_i64(struct ggufw *w, const char *key, int64_t v)
+{
+	gw_scalar(w, key, GGUF_I64, &v, 8);
+}
+void ggufw_add_f32(struct ggufw *w, const char *key, float v)
+{
+	gw_scalar(w, key, GGUF_F32, &v, 4);
+}
+void ggufw_add_f64(struct ggufw *w, const char *key, double v)
+{
+	gw_scalar(w, key, GGUF_F64, &v, 8);
+}
 
 void ggufw_add_bool(struct ggufw *w, const char *key, int v)
 {
@@ -230,8 +260,7 @@ void ggufw_add_arr_str(struct ggufw *w, const char *key, const char *const *v, s
 	}
 }
 
-void ggufw_add_raw(struct ggufw *w, const char *key, uint32_t type, const void *payload,
-                   size_t n)
+void ggufw_add_raw(struct ggufw *w, const char *key, uint32_t type, const void *payload, size_t n)
 {
 	struct gw_kv *kv = gw_new_kv(w, key, type);
 	gw_put(&kv->val, payload, n);
@@ -255,8 +284,8 @@ void ggufw_add_tensor(struct ggufw *w, const char *name, uint32_t type, uint32_t
 	t->nbytes = nbytes;
 }
 
-void ggufw_add_tensor_f32(struct ggufw *w, const char *name, uint32_t n_dims,
-                          const int64_t *ne, const float *data)
+void ggufw_add_tensor_f32(struct ggufw *w, const char *name, uint32_t n_dims, const int64_t *ne,
+                          const float *data)
 {
 	size_t n = 1;
 	for (uint32_t d = 0; d < n_dims; d++)
@@ -273,7 +302,7 @@ static void gw_field(struct ggufw *w, enum ggufw_kind kind, uint32_t rec, uint32
 		w->fields = xreallocarray(w->fields, w->cap_fields, sizeof *w->fields);
 	}
 	w->fields[w->n_fields++] =
-	    (struct ggufw_field){ .kind = kind, .rec = rec, .sub = sub, .pos = pos, .size = size };
+	        (struct ggufw_field){ .kind = kind, .rec = rec, .sub = sub, .pos = pos, .size = size };
 }
 
 static size_t gw_align(size_t n, size_t a)
@@ -361,8 +390,8 @@ int ggufw_write_file(struct ggufw *w, const char *path)
 	return ok ? 0 : -1;
 }
 
-const struct ggufw_field *ggufw_field(const struct ggufw *w, enum ggufw_kind kind,
-                                      uint32_t rec, uint32_t sub)
+const struct ggufw_field *ggufw_field(const struct ggufw *w, enum ggufw_kind kind, uint32_t rec,
+                                      uint32_t sub)
 {
 	for (size_t i = 0; i < w->n_fields; i++)
 		if (w->fields[i].kind == kind && w->fields[i].rec == rec && w->fields[i].sub == sub)

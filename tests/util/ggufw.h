@@ -68,8 +68,7 @@ void ggufw_add_arr_raw(struct ggufw *w, const char *key, uint32_t elem_type, con
 
 /* Any record: the key, then type as given, then payload[0..n) verbatim
  * (for nested arrays, bad type ids, lying lengths). */
-void ggufw_add_raw(struct ggufw *w, const char *key, uint32_t type, const void *payload,
-                   size_t n);
+void ggufw_add_raw(struct ggufw *w, const char *key, uint32_t type, const void *payload, size_t n);
 
 /*
  * A tensor: name, ggml type id, n_dims extents ne[0..n_dims) (ggml order,
@@ -80,8 +79,8 @@ void ggufw_add_raw(struct ggufw *w, const char *key, uint32_t type, const void *
 void ggufw_add_tensor(struct ggufw *w, const char *name, uint32_t type, uint32_t n_dims,
                       const int64_t *ne, const void *data, size_t nbytes);
 /* An F32 tensor of prod(ne) floats. */
-void ggufw_add_tensor_f32(struct ggufw *w, const char *name, uint32_t n_dims,
-                          const int64_t *ne, const float *data);
+void ggufw_add_tensor_f32(struct ggufw *w, const char *name, uint32_t n_dims, const int64_t *ne,
+                          const float *data);
 
 /* Serialise into a malloc'ed buffer (free with free()). */
 void ggufw_write_mem(struct ggufw *w, uint8_t **buf, size_t *size);
@@ -114,15 +113,15 @@ enum ggufw_kind {
 
 struct ggufw_field {
 	enum ggufw_kind kind;
-	uint32_t rec;   /* metadata record or tensor index */
-	uint32_t sub;   /* dim or array element */
-	uint64_t pos;   /* byte offset in the written file */
-	uint32_t size;  /* bytes */
+	uint32_t rec;  /* metadata record or tensor index */
+	uint32_t sub;  /* dim or array element */
+	uint64_t pos;  /* byte offset in the written file */
+	uint32_t size; /* bytes */
 };
 
 /* Where field (kind, rec, sub) landed in the last write; NULL if none. */
-const struct ggufw_field *ggufw_field(const struct ggufw *w, enum ggufw_kind kind,
-                                      uint32_t rec, uint32_t sub);
+const struct ggufw_field *ggufw_field(const struct ggufw *w, enum ggufw_kind kind, uint32_t rec,
+                                      uint32_t sub);
 /* All fields of the last write, in file order. */
 const struct ggufw_field *ggufw_fields(const struct ggufw *w, size_t *n);
 

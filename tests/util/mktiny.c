@@ -30,8 +30,9 @@ int main(int argc, char **argv)
 	struct tinymodel_spec s;
 
 	if (argc < 2 || argc % 2 != 0) {
-		fprintf(stderr, "usage: mktiny OUT.gguf [--type T] [--layers N] [--embd N] [--ff N] "
-		                "[--heads N] [--kv-heads N] [--embd-type T]\n");
+		fprintf(stderr,
+		        "usage: mktiny OUT.gguf [--type T] [--layers N] [--embd N] [--ff N] "
+		        "[--heads N] [--kv-heads N] [--embd-type T]\n");
 		return 2;
 	}
 	tinymodel_defaults(&s, "llama");

@@ -73,8 +73,12 @@ int32_t refdata_argmax(const float *l, uint32_t n)
 const float *refdata_decode_one(struct engine *eng, int32_t tok, int32_t p, struct err *e)
 {
 	uint32_t sl = (uint32_t)p;
-	struct engine_batch d = { .n_tokens = 1, .tokens = &tok, .pos = &p, .slot = &sl,
-		                  .n_visible = sl + 1, .logits = ENGINE_LOGITS_LAST };
+	struct engine_batch d = { .n_tokens = 1,
+		                      .tokens = &tok,
+		                      .pos = &p,
+		                      .slot = &sl,
+		                      .n_visible = sl + 1,
+		                      .logits = ENGINE_LOGITS_LAST };
 	struct engine_out o;
 
 	return engine_forward(eng, &d, &o, e) == KVS_OK ? o.logits : NULL;

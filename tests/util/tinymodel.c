@@ -20,8 +20,8 @@
 
 /* GPT-2 merges (left, right); each result is also a token. */
 static const char *const tiny_merges[][2] = {
-	{ "\xc4\xa0", "t" }, { "h", "e" },  { "\xc4\xa0t", "he" }, { "i", "n" },
-	{ "\xc4\xa0", "a" }, { "e", "r" },  { "o", "n" },          { "\xc4\xa0", "s" },
+	{ "\xc4\xa0", "t" }, { "h", "e" }, { "\xc4\xa0t", "he" }, { "i", "n" },
+	{ "\xc4\xa0", "a" }, { "e", "r" }, { "o", "n" },          { "\xc4\xa0", "s" },
 };
 
 /* SentencePiece pieces and their scores. */
@@ -29,9 +29,16 @@ static const struct {
 	const char *text;
 	float score;
 } tiny_pieces[] = {
-	{ "\xe2\x96\x81", -1.0f },       { "\xe2\x96\x81t", -2.0f }, { "he", -3.0f },
-	{ "\xe2\x96\x81the", -4.0f },    { "in", -5.0f },           { "er", -6.0f },
-	{ "\xe2\x96\x81" "a", -7.0f },   { "on", -8.0f },
+	{ "\xe2\x96\x81", -1.0f },
+	{ "\xe2\x96\x81t", -2.0f },
+	{ "he", -3.0f },
+	{ "\xe2\x96\x81the", -4.0f },
+	{ "in", -5.0f },
+	{ "er", -6.0f },
+	{ "\xe2\x96\x81"
+	  "a",
+	  -7.0f },
+	{ "on", -8.0f },
 };
 
 #define TINY_N_SPECIAL 3
@@ -159,7 +166,9 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 		ggufw_add_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
 	if (!tiny_skip_key(s, "tokenizer.ggml.pre"))
 		ggufw_add_str(w, "tokenizer.ggml.pre",
-		              spm ? "default" : strcmp(s->arch, "qwen2") == 0 ? "qwen2" : "smollm");
+		              spm                                     ? "default"
+		                      : strcmp(s->arch, "qwen2") == 0 ? "qwen2"
+		                                                      : "smollm");
 	if (!tiny_skip_key(s, "tokenizer.ggml.tokens"))
 		ggufw_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, n);
 	if (spm && !tiny_skip_key(s, "tokenizer.ggml.scores"))
@@ -203,8 +212,7 @@ static void tiny_put_f16(uint8_t *p, double x)
 	p[1] = (uint8_t)(h >> 8);
 }
 
-void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float scale,
-                             uint64_t *rng)
+void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float scale, uint64_t *rng)
 {
 	const struct dtype_info *di = dtype_info(type);
 	for (size_t i = 0; i < nbytes; i++)
@@ -212,9 +220,18 @@ void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float sca
 	for (uint8_t *b = q; b < q + nbytes; b += di->block_bytes)
 		switch (type) {
 		case DT_Q5_0: tiny_put_f16(b, scale / 16.0); break;
-		case DT_Q5_1: tiny_put_f16(b, 2.0 * scale / 31); tiny_put_f16(b + 2, -scale); break;
-		case DT_Q4_K: tiny_put_f16(b, 2.0 * scale / (63 * 15)); tiny_put_f16(b + 2, scale / 63.0); break;
-		case DT_Q5_K: tiny_put_f16(b, 2.0 * scale / (63 * 31)); tiny_put_f16(b + 2, scale / 63.0); break;
+		case DT_Q5_1:
+			tiny_put_f16(b, 2.0 * scale / 31);
+			tiny_put_f16(b + 2, -scale);
+			break;
+		case DT_Q4_K:
+			tiny_put_f16(b, 2.0 * scale / (63 * 15));
+			tiny_put_f16(b + 2, scale / 63.0);
+			break;
+		case DT_Q5_K:
+			tiny_put_f16(b, 2.0 * scale / (63 * 31));
+			tiny_put_f16(b + 2, scale / 63.0);
+			break;
 		default: tiny_put_f16(b + 208, scale / (128.0 * 32)); break; /* Q6_K */
 		}
 }

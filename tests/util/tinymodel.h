@@ -29,20 +29,20 @@ enum tinymodel_vocab {
 };
 
 struct tinymodel_spec {
-	const char *arch;       /* "llama" or "qwen2" */
-	const char *name;       /* general.name */
+	const char *arch; /* "llama" or "qwen2" */
+	const char *name; /* general.name */
 	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx;
-	uint32_t head_dim;      /* 0: n_embd / n_head (no key_length key written) */
-	uint32_t wtype;         /* type of the layer matrices (enum dtype) */
-	uint32_t embd_type;     /* type of token_embd (and output when untied) */
-	bool tied;              /* no output.weight */
-	bool qkv_bias;          /* write attn_{q,k,v}.bias (forced for qwen2) */
+	uint32_t head_dim;  /* 0: n_embd / n_head (no key_length key written) */
+	uint32_t wtype;     /* type of the layer matrices (enum dtype) */
+	uint32_t embd_type; /* type of token_embd (and output when untied) */
+	bool tied;          /* no output.weight */
+	bool qkv_bias;      /* write attn_{q,k,v}.bias (forced for qwen2) */
 	enum tinymodel_vocab vocab;
 	float rope_base, rms_eps, scale;
 	uint64_t seed;
-	const char *skip_key;   /* leave this key out (NULL: none) */
+	const char *skip_key;    /* leave this key out (NULL: none) */
 	const char *skip_tensor; /* leave this tensor out (NULL: none) */
-	bool chat_template;     /* write a ChatML tokenizer.chat_template */
+	bool chat_template;      /* write a ChatML tokenizer.chat_template */
 };
 
 /* Fill s with a small valid model of arch ("llama" or "qwen2"). */
@@ -60,8 +60,7 @@ char *tinymodel_write_temp(const char *tag);
  * Q4_K, Q5_K, Q6_K): random quants (and k-quant sub-scales, fifth bits,
  * Q6_K's signed scales) from *rng, the scale fields set so that the weights
  * stay within about +-scale. */
-void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float scale,
-                             uint64_t *rng);
+void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float scale, uint64_t *rng);
 /* Deterministic uniform float in [-1, 1) from *state (xorshift64*). */
 float tinymodel_rand(uint64_t *state);
 
