@@ -63,7 +63,7 @@ done
 	fail "kvscope.write reached outside the results directory: $(ls -l "$tmp/outside"; cat "$tmp/outside/victim")"
 # the results directory is never empty or the root
 printf 'print(1)\n' >"$tmp/one.lua"
-expect_bad 2 "^kvscope: --results: the results directory is empty" "$bin" run --model "$model" --results '' "$tmp/one.lua"
+expect_bad 2 "--results: empty file name; expected a path" "$bin" run --model "$model" --results '' "$tmp/one.lua"
 expect_bad 2 "^kvscope: --results: the results directory / is the root folder" "$bin" run --model "$model" --results / "$tmp/one.lua"
 expect_bad 2 "the results directory //\. is the root folder" "$bin" run --model "$model" --results //. "$tmp/one.lua"
 
@@ -270,7 +270,7 @@ one_line longchat
 for c in "string.rep('', math.maxinteger) while true do end" "table.move({}, 1, 2^40, 1, {})" \
 	"string.find(('a'):rep(3000), ('a*'):rep(12) .. 'b')" \
 	"xpcall(function() while true do end end, function() while true do end end)" \
-	"local s = require('kvscope').session{ temp = 0 } for i = 1, 1e9 do s:feed('word ') end"; do
+	"local s = require('kvscope').session{ temp = 0, policy = 'window', budget = 64 } for i = 1, 1e9 do s:feed('word ') end"; do
 	printf '%s\n' "$c" >"$tmp/freeze.lua"
 	hostile freeze 1 10 'freeze.lua: stopped at its --timeout of 1 s' --timeout 1
 	one_line freeze
