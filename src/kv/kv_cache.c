@@ -845,6 +845,32 @@ int kv_cache_recompute(struct kv_cache *c, struct err *e)
 
 /* ------------------------------------------------------------ introspection */
 
+/* Three-way partition of x[lo, hi) around pivot: afterwards [lo, *a) holds
+ * the values above it, [*a, *b) those equal to it, [*b, hi) those below. */
+static void kv_partition3(float *x, uint32_t lo, uint32_t hi, float pivot, uint32_t *a_out,
+                          uint32_t *b_out)
+{
+	uint32_t a = lo, i = lo, b = hi;
+
+	while (i < b) {
+		if (x[i] > pivot) {
+			float t = x[a];
+			x[a] = x[i];
+			x[i] = t;
+			a++, i++;
+		} else if (x[i] < pivot) {
+			b--;
+			float t = x[b];
+			x[b] = x[i];
+			x[i] = t;
+		} else {
+			i++;
+		}
+	}
+	*a_out = a;
+	*b_out = b;
+}
+
 /* Sum of the k largest of x[0..n) (x is reordered). Quickselect. */
 static float kv_top_sum(float *x, uint32_t n, uint32_t k)
 {
@@ -858,23 +884,8 @@ static float kv_top_sum(float *x, uint32_t n, uint32_t k)
 	double acc = 0;          /* sum of x[0..lo), all among the top */
 	while (hi - lo > 1 && lo < k) {
 		float pivot = x[lo + (hi - lo) / 2];
-		/* three-way partition of [lo, hi): > pivot, == pivot, < pivot */
-		uint32_t a = lo, i = lo, b = hi;
-		while (i < b) {
-			if (x[i] > pivot) {
-				float t = x[a];
-				x[a] = x[i];
-				x[i] = t;
-				a++, i++;
-			} else if (x[i] < pivot) {
-				b--;
-				float t = x[b];
-				x[b] = x[i];
-				x[i] = t;
-			} else {
-				i++;
-			}
-		}
+		uint32_t a, b;
+		kv_partition3(x, lo, hi, pivot, &a, &b);
 		if (k <= a) {
 			hi = a;
 		} else if (k <= b) {
@@ -900,22 +911,8 @@ static uint32_t kv_count_mass(float *x, uint32_t n, double target)
 	double acc = 0;
 	while (lo < hi) {
 		float pivot = x[lo + (hi - lo) / 2];
-		uint32_t a = lo, i = lo, b = hi;
-		while (i < b) {
-			if (x[i] > pivot) {
-				float t = x[a];
-				x[a] = x[i];
-				x[i] = t;
-				a++, i++;
-			} else if (x[i] < pivot) {
-				b--;
-				float t = x[b];
-				x[b] = x[i];
-				x[i] = t;
-			} else {
-				i++;
-			}
-		}
+		uint32_t a, b;
+		kv_partition3(x, lo, hi, pivot, &a, &b);
 		double s_hi = 0;
 		for (uint32_t j = lo; j < a; j++)
 			s_hi += x[j];
