@@ -459,8 +459,17 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	T send-keys -t kv Enter
 	wait_for "no saved sessions yet in .*memory.db: :save \\[TITLE\\] saves this conversation there"
 	screen | grep -q "kvscope chat" && fail ":sessions sent the user to another tool"
-	T send-keys -t kv -l "Say hi."
-	T send-keys -t kv Enter
+	if grep -q "define HAVE_LIBEDIT 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+		# Enter in a Ctrl-R search sends the line found (it only ended the search)
+		T send-keys -t kv C-r
+		T send-keys -t kv -l "capi"
+		wait_for "bck:capi"
+		T send-keys -t kv Enter
+		wait_for "you> What is the capital of France\\?"
+	else
+		T send-keys -t kv -l "Say hi."
+		T send-keys -t kv Enter
+	fi
 	wait_for "\\[(eos|max-tokens)\\]" 90
 	# the mouse wheel over the retention strip (an SGR report: button 64
 	# is wheel-up, at column 10, row 41 of 48) selects a token; :yank puts
