@@ -378,8 +378,21 @@ bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line)
 		int count = 0;
 		in->search_enter = false;
 		const char *r = in_feed(in, (wchar_t)key, &count);
-		if (key == '\r' || in->search_enter || (r != NULL && count > 0 && r[count - 1] == '\n')) {
+		if (in->search_enter) {
+			/* libedit ended the search and pushed the Enter back for its
+			 * next read: let it read that now (with no waiter, an empty
+			 * queue reads as end of input), so no later key meets it */
+			bool (*wait)(void *, int *, bool *) = in->wait;
+			in->wait = NULL;
+			(void)el_gets(in->el, &count);
+			in->wait = wait;
+			in_drain(in);
+			in_sync(in);
 			in->search_enter = false;
+			*line = in_take(in);
+			return true;
+		}
+		if (key == '\r' || (r != NULL && count > 0 && r[count - 1] == '\n')) {
 			*line = in_take(in);
 			return true;
 		}
