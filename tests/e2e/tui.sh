@@ -225,18 +225,18 @@ wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 # 3. layer and head: keys and commands
 T send-keys -t kv F7
 T send-keys -t kv F7
-wait_for "layer 2/30  head 0/9"
+wait_for "layer 2 \\[0..29\\]  head 0 \\[0..8\\]"
 T send-keys -t kv F9
-wait_for "layer 2/30  head 1/9"
+wait_for "layer 2 \\[0..29\\]  head 1 \\[0..8\\]"
 T send-keys -t kv -l ":layer 5"
 T send-keys -t kv Enter
 T send-keys -t kv -l ":head 3"
 T send-keys -t kv Enter
-wait_for "layer 5/30  head 3/9"
+wait_for "layer 5 \\[0..29\\]  head 3 \\[0..8\\]"
 T send-keys -t kv -l ":layer 99"
 T send-keys -t kv Enter
 wait_for "layer: expected a layer number 0 .. 29"
-wait_for "layer 5/30  head 3/9"
+wait_for "layer 5 \\[0..29\\]  head 3 \\[0..8\\]"
 
 # 3b. Lua: a chunk, the plugin list, the plugins' pane (F12)
 T send-keys -t kv -l ":lua print(6 * 7)"
@@ -304,7 +304,7 @@ wait_for "F2 Chat"
 wait_for "F3 Attention"
 save tui-80x24-chat
 T send-keys -t kv F3
-wait_for "layer 5/30"
+wait_for "layer 5 \\[0..29\\]"
 save tui-80x24-attention
 T send-keys -t kv F4
 wait_for "budget"
