@@ -1,14 +1,20 @@
 #!/bin/sh
 # tui.sh: the workbench end to end, driven inside tmux on the default model:
-# start, ask a question and see the reply stream in, move the attention
-# view's layer and head, a bad command (one status line), a policy and a
-# budget change (eviction banner), token selection, completion and help,
-# resize to 80x24 (tabs) and back to 200x50 (all panes), quit with Ctrl-C
+# start, ask a question and see the reply stream in (Enter during it keeps
+# the next message), move the attention view's layer and head, a bad
+# command (one status line), a policy and a budget change (the eviction
+# summary), token selection (Esc lets go, Shift-PgDn, :find), the plugins'
+# pane at 200x50, completion and help (scrolled at 80x24), resize to 80x24
+# (tabs) and back to 200x50 (all panes), quit with Ctrl-C twice
 # leaving the terminal as it was (stty settings compared before and after);
 # then monochrome with ASCII glyphs, SIGTERM and SIGABRT (the terminal is
 # restored on both) and truecolour on a direct-colour terminal; a saved
 # session resumed (:load and --resume) shows its transcript; length targets
-# given at start show in the gauge. Synchronisation polls the
+# given at start show in the gauge; --kv-budget 0 and :budget 0; a missing
+# default model; saving (--db from the first exchange, :save after
+# exchanges, the questions before :quit and Ctrl-C), exports parsed as JSON,
+# resume restoring policy and budget, the wheel and :yank, Ctrl-R's Enter
+# sending. Synchronisation polls the
 # screen for the expected text (never a bare sleep). With
 # KVSCOPE_SAVE_SCREENS=DIR the main views are saved there as text
 # (doc/screens/ holds the committed copies).
