@@ -47,6 +47,7 @@ struct tui_input {
 	char *hist_path;
 	wchar_t queue[16]; /* keys for libedit's next reads */
 	int q_head, q_n;
+	bool search_enter; /* Enter ended a Ctrl-R search: the line found is sent */
 #endif
 	/* Waits for the user's next key when libedit reads on by itself (NULL:
 	 * it gets none); see in_getc. */
@@ -95,6 +96,8 @@ static int in_getc(EditLine *el, wchar_t *c)
 			key = in_map_fkey(key);
 		if (key == 3)
 			key = CTRL('g'); /* Ctrl-C leaves the search */
+		if (key == '\r' || key == '\n')
+			in->search_enter = true; /* libedit ends the search; we send the line */
 		if (key > 0) {
 			*c = (wchar_t)key;
 			return 1;
@@ -373,7 +376,22 @@ bool tui_input_key(struct tui_input *in, int key, bool fkey, char **line)
 #ifdef HAVE_LIBEDIT
 	if (in->el != NULL) {
 		int count = 0;
+		in->search_enter = false;
 		const char *r = in_feed(in, (wchar_t)key, &count);
+		if (in->search_enter) {
+			/* libedit ended the search and pushed the Enter back for its
+			 * next read: let it read that now (with no waiter, an empty
+			 * queue reads as end of input), so no later key meets it */
+			bool (*wait)(void *, int *, bool *) = in->wait;
+			in->wait = NULL;
+			(void)el_gets(in->el, &count);
+			in->wait = wait;
+			in_drain(in);
+			in_sync(in);
+			in->search_enter = false;
+			*line = in_take(in);
+			return true;
+		}
 		if (key == '\r' || (r != NULL && count > 0 && r[count - 1] == '\n')) {
 			*line = in_take(in);
 			return true;

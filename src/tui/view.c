@@ -378,14 +378,14 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
 	if (t->agg == AGG_HEAD)
 		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u/%u  head %u/%u  [head]  query #%d '%s'%s", layer, s->n_layer,
-		                head, s->n_head, s->query.orig_pos, qlab,
+		                "layer %u [0..%u]  head %u [0..%u]  [head]  query #%d '%s'%s", layer,
+		                s->n_layer - 1, head, s->n_head - 1, s->query.orig_pos, qlab,
 		                t->step_back ? "  (past step)" : "");
 	else /* no one head is shown: say over how many */
 		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u/%u  heads: %s of %u  [%s]  query #%d '%s'%s", layer, s->n_layer,
-		                tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg], s->query.orig_pos,
-		                qlab, t->step_back ? "  (past step)" : "");
+		                "layer %u [0..%u]  heads: %s of %u  [%s]  query #%d '%s'%s", layer,
+		                s->n_layer - 1, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
+		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
 	y = r.y + 1;
 	row = xmallocarray(s->n_cached + 1, sizeof *row);
 	n = tui_attn_row(t, row, s->n_cached);
@@ -940,12 +940,12 @@ static int status_rank(const char *name)
 
 /* The status line: a message on the left, the items after it. When they
  * do not fit, the lowest-ranked items go first (a long model name never
- * pushes out the context and the policy), and the message keeps at least
- * half the line, cut with "..." beyond. */
+ * pushes out the context and the policy), then the message is cut with
+ * "...". */
 static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 {
 	char item[TUI_MAX_STATUS][256], msg[310], buf[1100];
-	int iw[TUI_MAX_STATUS], total = 0, n_on = 0, msg_w = 0, room;
+	int iw[TUI_MAX_STATUS], total = 0, n_on = 0, msg_w = 0;
 	bool on[TUI_MAX_STATUS];
 	size_t n = 0;
 	int x = r.x;
@@ -962,15 +962,18 @@ static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
 		snprintf(msg, 300, " %s ", t->status); /* room for "... " after a cut */
 		msg_w = tui_text_width(msg, strlen(msg));
 	}
-	/* the message gets what the items leave, and at least half the line */
-	room = r.w - KVS_MIN(msg_w, KVS_MAX(r.w / 2, r.w - total));
-	while (total > room && n_on > 0) {
+	/* items go, lowest rank first, until the message fits; the context and
+	 * the policy (rank 5 and up) only when not even a third of the line
+	 * would be left for it */
+	while (msg_w + total > r.w && n_on > 0) {
 		int worst = -1;
 		for (size_t i = 0; i < tui_n_status; i++)
 			if (on[i] &&
 			    (worst < 0 ||
 			     status_rank(tui_status_items[i].name) < status_rank(tui_status_items[worst].name)))
 				worst = (int)i;
+		if (status_rank(tui_status_items[worst].name) >= 5 && r.w - total >= r.w / 3)
+			break;
 		on[worst] = false;
 		total -= iw[worst];
 		n_on--;

@@ -1,14 +1,20 @@
 #!/bin/sh
 # tui.sh: the workbench end to end, driven inside tmux on the default model:
-# start, ask a question and see the reply stream in, move the attention
-# view's layer and head, a bad command (one status line), a policy and a
-# budget change (eviction banner), token selection, completion and help,
-# resize to 80x24 (tabs) and back to 200x50 (all panes), quit with Ctrl-C
+# start, ask a question and see the reply stream in (Enter during it keeps
+# the next message), move the attention view's layer and head, a bad
+# command (one status line), a policy and a budget change (the eviction
+# summary), token selection (Esc lets go, Shift-PgDn, :find), the plugins'
+# pane at 200x50, completion and help (scrolled at 80x24), resize to 80x24
+# (tabs) and back to 200x50 (all panes), quit with Ctrl-C twice
 # leaving the terminal as it was (stty settings compared before and after);
 # then monochrome with ASCII glyphs, SIGTERM and SIGABRT (the terminal is
 # restored on both) and truecolour on a direct-colour terminal; a saved
 # session resumed (:load and --resume) shows its transcript; length targets
-# given at start show in the gauge. Synchronisation polls the
+# given at start show in the gauge; --kv-budget 0 and :budget 0; a missing
+# default model; saving (--db from the first exchange, :save after
+# exchanges, the questions before :quit and Ctrl-C), exports parsed as JSON,
+# resume restoring policy and budget, the wheel and :yank, Ctrl-R's Enter
+# sending. Synchronisation polls the
 # screen for the expected text (never a bare sleep). With
 # KVSCOPE_SAVE_SCREENS=DIR the main views are saved there as text
 # (doc/screens/ holds the committed copies).
@@ -225,18 +231,18 @@ wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 # 3. layer and head: keys and commands
 T send-keys -t kv F7
 T send-keys -t kv F7
-wait_for "layer 2/30  head 0/9"
+wait_for "layer 2 \\[0..29\\]  head 0 \\[0..8\\]"
 T send-keys -t kv F9
-wait_for "layer 2/30  head 1/9"
+wait_for "layer 2 \\[0..29\\]  head 1 \\[0..8\\]"
 T send-keys -t kv -l ":layer 5"
 T send-keys -t kv Enter
 T send-keys -t kv -l ":head 3"
 T send-keys -t kv Enter
-wait_for "layer 5/30  head 3/9"
+wait_for "layer 5 \\[0..29\\]  head 3 \\[0..8\\]"
 T send-keys -t kv -l ":layer 99"
 T send-keys -t kv Enter
 wait_for "layer: expected a layer number 0 .. 29"
-wait_for "layer 5/30  head 3/9"
+wait_for "layer 5 \\[0..29\\]  head 3 \\[0..8\\]"
 
 # 3b. Lua: a chunk, the plugin list, the plugins' pane (F12)
 T send-keys -t kv -l ":lua print(6 * 7)"
@@ -304,7 +310,7 @@ wait_for "F2 Chat"
 wait_for "F3 Attention"
 save tui-80x24-chat
 T send-keys -t kv F3
-wait_for "layer 5/30"
+wait_for "layer 5 \\[0..29\\]"
 save tui-80x24-attention
 T send-keys -t kv F4
 wait_for "budget"
@@ -459,8 +465,17 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 	T send-keys -t kv Enter
 	wait_for "no saved sessions yet in .*memory.db: :save \\[TITLE\\] saves this conversation there"
 	screen | grep -q "kvscope chat" && fail ":sessions sent the user to another tool"
-	T send-keys -t kv -l "Say hi."
-	T send-keys -t kv Enter
+	if grep -q "define HAVE_LIBEDIT 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+		# Enter in a Ctrl-R search sends the line found (it only ended the search)
+		T send-keys -t kv C-r
+		T send-keys -t kv -l "capi"
+		wait_for "bck:capi"
+		T send-keys -t kv Enter
+		wait_for "you> What is the capital of France\\?"
+	else
+		T send-keys -t kv -l "Say hi."
+		T send-keys -t kv Enter
+	fi
 	wait_for "\\[(eos|max-tokens)\\]" 90
 	# the mouse wheel over the retention strip (an SGR report: button 64
 	# is wheel-up, at column 10, row 41 of 48) selects a token; :yank puts
