@@ -229,7 +229,7 @@ one_line longchat
 for c in "string.rep('', math.maxinteger) while true do end" "table.move({}, 1, 2^40, 1, {})" \
 	"string.find(('a'):rep(3000), ('a*'):rep(12) .. 'b')" \
 	"xpcall(function() while true do end end, function() while true do end end)" \
-	"local s = require('kvscope').session{ temp = 0 } for i = 1, 1e9 do s:feed('word ') end"; do
+	"local s = require('kvscope').session{ temp = 0, policy = 'window', budget = 64 } for i = 1, 1e9 do s:feed('word ') end"; do
 	printf '%s\n' "$c" >"$tmp/freeze.lua"
 	hostile freeze 1 10 'freeze.lua: stopped at its --timeout of 1 s' --timeout 1
 	one_line freeze
