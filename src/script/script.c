@@ -306,10 +306,12 @@ static int script_trampoline(lua_State *L)
 }
 
 /* script_pcall and script_call: the function and nargs arguments on L's
- * stack, push (when not NULL) adds arguments inside the protected call. */
+ * stack, push (when not NULL) adds arguments inside the protected call.
+ * The deadline is budget_ms away; messages name the budget shown_ms (a
+ * hook's whole budget, when this call has what is left of it). */
 static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
                            int (*push)(lua_State *L, void *ud), void *ud, int nres, bool fast,
-                           const char *what, double budget_ms, struct err *e)
+                           const char *what, double budget_ms, double shown_ms, struct err *e)
 {
 	double saved_deadline = P->deadline, saved_budget = P->budget_ms;
 	lua_State *saved_active = P->active;
@@ -335,7 +337,7 @@ static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
 		budget_ms = saved_budget;
 	}
 	P->deadline = dl;
-	P->budget_ms = budget_ms;
+	P->budget_ms = inherited ? budget_ms : shown_ms;
 	if (fast && P->fast++ == 0)
 		P->fast_what = what;
 	P->depth++;
@@ -366,12 +368,12 @@ static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
 	P->budget_ms = saved_budget;
 	P->active = saved_active;
 	double late = dl > 0 ? clock_now_ms() - dl : 0;
-	if (late > KVS_MAX(SCRIPT_ABANDON_MS, 10 * budget_ms) && !inherited && !P->is_script &&
+	if (late > KVS_MAX(SCRIPT_ABANDON_MS, 10 * shown_ms) && !inherited && !P->is_script &&
 	    !P->disabled) {
 		/* something the checks do not reach held the host: never call it again */
 		char why[256];
 		snprintf(why, sizeof why, "%s returned %.0f ms past its %.0f ms deadline", what, late,
-		         budget_ms);
+		         shown_ms);
 		script_disable(P, why);
 	}
 	if (rc == LUA_OK) {
@@ -419,13 +421,22 @@ static bool script_call_in(struct script_plugin *P, lua_State *L, int nargs,
 bool script_pcall(struct script_plugin *P, lua_State *L, int nargs, int nres, bool fast,
                   const char *what, double budget_ms, struct err *e)
 {
-	return script_call_in(P, L, nargs, NULL, NULL, nres, fast, what, budget_ms, e);
+	return script_call_in(P, L, nargs, NULL, NULL, nres, fast, what, budget_ms, budget_ms, e);
 }
 
 bool script_call(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
                  void *ud, int nres, bool fast, const char *what, double budget_ms, struct err *e)
 {
-	return script_call_in(P, L, 0, push, ud, nres, fast, what, budget_ms, e);
+	return script_call_in(P, L, 0, push, ud, nres, fast, what, budget_ms, budget_ms, e);
+}
+
+/* script_call with what is left (left_ms) of the hook budget shared by a
+ * plugin's calls of one event or tick. */
+static bool script_call_share(struct script_plugin *P, lua_State *L,
+                              int (*push)(lua_State *L, void *ud), void *ud, int nres, bool fast,
+                              const char *what, double left_ms, struct err *e)
+{
+	return script_call_in(P, L, 0, push, ud, nres, fast, what, left_ms, P->rt->cfg.hook_ms, e);
 }
 
 void script_failed(struct script_plugin *P, const char *what, const char *msg, struct err *e)
@@ -1052,8 +1063,8 @@ bool script_dispatch(struct script_rt *rt, enum script_event ev,
 		}
 		lua_State *L = script_thread(P);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, h.ref);
-		bool ok = script_call(P, L, push, ud, 1, script_event_fast[ev], script_event_names[ev],
-		                      left, NULL);
+		bool ok = script_call_share(P, L, push, ud, 1, script_event_fast[ev],
+		                            script_event_names[ev], left, NULL);
 		/* P may be gone now (its hook unloaded it): sh is found by address only */
 		sh = script_share_of(&shares, &n_shares, P);
 		sh->used_ms += clock_now_ms() - t0;
@@ -1213,7 +1224,7 @@ double script_tick(struct script_rt *rt)
 		lua_rawgeti(L, LUA_REGISTRYINDEX, q[i].ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, q[i].ref);
 		script_uncharge(P, sizeof q[i]);
-		script_pcall(P, L, 0, 0, false, "scheduled function", left, NULL);
+		script_call_share(P, L, NULL, NULL, 0, false, "scheduled function", left, NULL);
 		sh = script_share_of(&shares, &n_shares, P);
 		sh->used_ms += clock_now_ms() - t0;
 	}
@@ -1244,7 +1255,7 @@ double script_tick(struct script_rt *rt)
 			rt->timers[i].dead = true;
 		lua_State *L = script_thread(t.p);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, t.ref);
-		script_pcall(t.p, L, 0, 0, false, "timer", left, NULL);
+		script_call_share(t.p, L, NULL, NULL, 0, false, "timer", left, NULL);
 		sh = script_share_of(&shares, &n_shares, t.p);
 		sh->used_ms += clock_now_ms() - t0;
 	}
