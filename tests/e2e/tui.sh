@@ -308,6 +308,8 @@ T send-keys -t kv F1
 T resize-window -t kv -x 80 -y 24
 wait_for "F2 Chat"
 wait_for "F3 Attention"
+T send-keys -t kv F2
+wait_for "(─|-) Chat (─|-)"
 save tui-80x24-chat
 T send-keys -t kv F3
 wait_for "layer 5 \\[0..29\\]"
