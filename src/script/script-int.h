@@ -385,4 +385,23 @@ void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
  * when every handle's finalizer ran; this makes sure). */
 void api_sessions_gone(struct script_rt *rt, struct script_plugin *P);
 
+/* ---- shared by script.c, script-plugin.c and script-dispatch.c */
+
+/* The text of the error value at idx, read without metamethods or
+ * allocation (it may run outside a protected call): a string's own bytes,
+ * a number formatted into buf, else its type. */
+const char *script_error_text(lua_State *L, int idx, char *buf, size_t n);
+/* script_call with what is left (left_ms) of the hook budget shared by a
+ * plugin's calls of one event or tick. */
+bool script_call_share(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
+                       void *ud, int nres, bool fast, const char *what, double left_ms,
+                       struct err *e);
+/* Read the plugin or script file at path and create it. */
+int script_plugin_file(struct script_rt *rt, const char *path, bool is_script, int argc,
+                       char **argv, struct script_plugin **out, struct err *e);
+/* Run P's unload hooks, then free it. */
+void script_unload_plugin(struct script_rt *rt, struct script_plugin *P);
+/* Drop dead hooks (their references first) and restore the order. */
+void script_hooks_settle(struct script_rt *rt);
+
 #endif
