@@ -342,7 +342,12 @@ struct api_lib {
 };
 
 extern const struct api_lib api_loop_lib, api_view_lib, api_policy_lib, api_session_lib,
-        api_token_lib;
+        api_session_read_lib, api_store_lib, api_token_lib;
+
+#define API_SESSION "kvscope.session" /* the session userdata's type name */
+
+/* The open session at index i, or a Lua error (not a session, or closed). */
+struct api_session *api_checksession(lua_State *L, int i);
 
 /* Build the kvscope module in P's state and leave it on the stack. */
 int api_open(lua_State *L);
