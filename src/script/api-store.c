@@ -115,4 +115,4 @@ static const struct api_fn api_store_fns[] = {
 	  "a saved session's exchanges, oldest first: {user, reply}", api_store_turns },
 };
 
-const struct api_lib api_store_lib = { api_store_fns, KVS_ARRAY_LEN(api_store_fns), NULL, 0 };
+const struct api_lib api_store_lib = API_LIB_FNS(api_store_fns);
