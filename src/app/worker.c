@@ -112,6 +112,11 @@ void worker_kv_copy(struct kv_event *dst, const struct kv_event *src)
 		memcpy(t, src->evicted, src->n_evicted * sizeof *t);
 		dst->evicted = t;
 	}
+	if (src->recalled != NULL) {
+		struct kv_tok *t = xmallocarray(src->n_recalled ? src->n_recalled : 1, sizeof *t);
+		memcpy(t, src->recalled, src->n_recalled * sizeof *t);
+		dst->recalled = t;
+	}
 }
 
 void worker_kv_free(struct kv_event *ev)
@@ -122,6 +127,7 @@ void worker_kv_free(struct kv_event *ev)
 	free((void *)ev->attn);
 	free((void *)ev->heads);
 	free((void *)ev->evicted);
+	free((void *)ev->recalled);
 	memset(ev, 0, sizeof *ev);
 }
 

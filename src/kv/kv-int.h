@@ -72,6 +72,13 @@ struct kv_cache {
 	struct kv_scorer scorer;
 	bool has_scorer;
 	double deadline_ms; /* clock_now_ms after which feeds stop; 0: none */
+	/* the cold tier (kv_cold.c) */
+	kv_cold_fn cold_fn; /* the eviction listener, or NULL */
+	void *cold_ud;
+	uint8_t *cold_raw;     /* (cold_cap) an eviction's raw rows, bytes_per_token each */
+	size_t cold_cap;       /* bytes */
+	bool cold_raw_ok;      /* the rows of this eviction were all read */
+	uint32_t recall_turn;  /* the turn recalled tokens are kept through (0: none) */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;
@@ -139,6 +146,16 @@ bool kv_need_stats(const struct kv_cache *c);
 double kv_row_lse(const float *row, uint32_t nv, float *ent);
 /* Emit the step event of the forward just done (its last token). */
 void kv_capture_step(struct kv_cache *c, const struct engine_out *o);
+/* Whether eviction must keep t now: pinned, or recalled for this turn. */
+bool kv_protected(const struct kv_cache *c, const struct kv_tok *t);
+/* Before an eviction frees slots: make room for n tokens' raw rows (when a
+ * cold listener is set). */
+void kv_cold_begin(struct kv_cache *c, uint32_t n);
+/* Read the raw rows of the i-th evicted token from slot (before the slot is
+ * emptied), when a cold listener is set. */
+void kv_cold_save(struct kv_cache *c, uint32_t i, uint32_t slot);
+/* Hand the n evicted tokens (c->evicted) and their rows to the listener. */
+void kv_cold_emit(struct kv_cache *c, uint32_t n);
 /* In a debug build, abort with kv_cache_check's message when the cache
  * breaks an invariant (after evictions, repositioning, restores, feeds). */
 void kv_debug_check(const struct kv_cache *c);

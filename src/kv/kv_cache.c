@@ -251,6 +251,7 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->keep);
 	free(c->fscratch);
 	free(c->evicted);
+	free(c->cold_raw);
 	free(c->heads);
 	free(c->logits);
 	free(c);
@@ -275,6 +276,7 @@ void kv_cache_clear(struct kv_cache *c)
 	c->prev_self = NAN;
 	c->n_seen = c->n_evicted = c->step = c->bytes_peak = 0;
 	c->n_evictions = c->n_fallbacks = 0;
+	c->recall_turn = 0;
 }
 
 void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud)
@@ -377,6 +379,8 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 			s->n_recent++;
 		if (f & KV_FLAG_PINNED)
 			s->n_pinned++;
+		if (f & KV_FLAG_RECALLED)
+			s->n_recalled++;
 	}
 	s->n_seen = c->n_seen;
 	s->n_evicted = c->n_evicted;
@@ -445,15 +449,16 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		               "KV cache full: %u tokens cached + %u new exceed the budget of %u "
 		               "(policy full never evicts; raise --kv-budget or choose another --policy)",
 		               c->n, m, budget);
-	/* Pinned tokens stay (the newest ones when they alone exceed the target). */
+	/* Pinned tokens (and those recalled for this turn) stay (the newest
+	 * ones when they alone exceed the target). */
 	uint32_t n_pinned = 0, n_cand = 0;
 	for (uint32_t i = 0; i < c->n; i++)
-		n_pinned += (c->toks[i].flags & KV_FLAG_PINNED) != 0;
+		n_pinned += kv_protected(c, &c->toks[i]);
 	uint32_t pin_skip = n_pinned > target ? n_pinned - target : 0;
 	for (uint32_t i = 0; i < c->n; i++) {
-		if ((c->toks[i].flags & KV_FLAG_PINNED) && pin_skip == 0)
+		if (kv_protected(c, &c->toks[i]) && pin_skip == 0)
 			continue;
-		if (c->toks[i].flags & KV_FLAG_PINNED)
+		if (kv_protected(c, &c->toks[i]))
 			pin_skip--;
 		c->cand[n_cand++] = i;
 	}
@@ -485,14 +490,17 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	 * selection keeps the most recent) */
 	if (!c->has_scorer || fallback)
 		kv_def(c)->select(&s);
-	/* Gather: kept tokens move down in cache order, evicted ones free their slot. */
+	/* Gather: kept tokens move down in cache order, evicted ones free their
+	 * slot (their raw rows read first when the cold tier listens). */
 	uint32_t w = 0, ne = 0, ci = 0;
+	kv_cold_begin(c, c->n - KVS_MIN(c->n, target));
 	for (uint32_t i = 0; i < c->n; i++) {
 		struct kv_tok t = c->toks[i];
 		bool is_cand = ci < n_cand && c->cand[ci] == i;
 		uint8_t k = is_cand ? ckeep[ci++] : (uint8_t)(KV_KEEP | t.flags);
 		if (k & KV_KEEP) {
-			t.flags = (uint8_t)((t.flags & KV_FLAG_PINNED) | (k & (KV_FLAG_SINK | KV_FLAG_KEY)));
+			t.flags = (uint8_t)((t.flags & (KV_FLAG_PINNED | KV_FLAG_RECALLED)) |
+			                    (k & (KV_FLAG_SINK | KV_FLAG_KEY)));
 			if (c->acc && w != i) {
 				memmove(c->acc + (size_t)w * c->acc_stride, c->acc + (size_t)i * c->acc_stride,
 				        c->acc_stride * sizeof *c->acc);
@@ -500,6 +508,7 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 			}
 			c->toks[w++] = t;
 		} else {
+			kv_cold_save(c, ne, t.slot);
 			c->evicted[ne++] = t;
 			c->free_slots[c->n_free++] = t.slot;
 			/* a cached token's slot is a valid slot: emptying it cannot fail */
@@ -518,6 +527,7 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	if (rc != KVS_OK)
 		return rc;
 	kv_debug_check(c);
+	kv_cold_emit(c, ne);
 	struct kv_event ev = { .kind = KV_EVENT_EVICT };
 	ev.cause = cause;
 	ev.n_incoming = m;
@@ -576,7 +586,8 @@ static void kv_rescore(struct kv_cache *c)
 	uint32_t sinks = d->n_sinks(c->cfg.policy.p);
 	for (uint32_t i = 0; i < c->n; i++) {
 		struct kv_tok *t = &c->toks[i];
-		t->flags = (uint8_t)((t->flags & KV_FLAG_PINNED) | (i < sinks ? KV_FLAG_SINK : 0));
+		t->flags = (uint8_t)((t->flags & (KV_FLAG_PINNED | KV_FLAG_RECALLED)) |
+		                     (i < sinks ? KV_FLAG_SINK : 0));
 		if (d->score == KV_SCORE_NONE)
 			t->score = NAN;
 		else if (d->score == KV_SCORE_SURPRISAL)

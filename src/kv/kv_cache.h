@@ -78,7 +78,10 @@ enum kv_flag {
 	KV_FLAG_SINK = 1u << 0,   /* kept as a sink / global token */
 	KV_FLAG_KEY = 1u << 1,    /* kept for its score (key token, heavy hitter) */
 	KV_FLAG_PINNED = 1u << 2, /* pinned by the user: never evicted */
-	KV_FLAG_ALL = KV_FLAG_SINK | KV_FLAG_KEY | KV_FLAG_PINNED,
+	/* brought back from the cold tier (kv_cache_recall): kept through the
+	 * turn it was recalled for, evictable afterwards */
+	KV_FLAG_RECALLED = 1u << 4,
+	KV_FLAG_ALL = KV_FLAG_SINK | KV_FLAG_KEY | KV_FLAG_PINNED | KV_FLAG_RECALLED,
 };
 
 struct kv_tok {
@@ -183,6 +186,7 @@ struct kv_head_summary {
 struct kv_stats {
 	uint32_t n_cached, budget, n_ctx;
 	uint32_t n_sink, n_key, n_recent, n_pinned; /* n_recent: neither sink nor key */
+	uint32_t n_recalled;                        /* flagged KV_FLAG_RECALLED */
 	uint64_t n_seen;                            /* tokens fed since the last clear */
 	uint64_t n_evicted;                         /* tokens evicted since the last clear */
 	uint32_t n_evictions;                       /* eviction rounds since the last clear */
@@ -200,6 +204,7 @@ enum kv_event_kind {
 	KV_EVENT_TURN,     /* a turn began */
 	KV_EVENT_POLICY,   /* the policy or the budget changed */
 	KV_EVENT_PIN,      /* a token was pinned or unpinned (tok, its new flags) */
+	KV_EVENT_RECALL,   /* tokens came back from the cold tier (kv_cache_recall) */
 };
 
 enum kv_evict_cause { KV_EVICT_TURN = 0, KV_EVICT_PREFILL, KV_EVICT_DECODE, KV_EVICT_BUDGET };
@@ -225,6 +230,9 @@ struct kv_event {
 	const struct kv_tok *evicted; /* (n_evicted) with their final scores */
 	bool fallback;                /* the score provider failed; built-in policy used */
 	const char *fallback_why;
+	/* KV_EVENT_RECALL */
+	uint32_t n_recalled;
+	const struct kv_tok *recalled; /* (n_recalled) orig_pos ascending, at their new positions */
 };
 
 typedef void (*kv_event_fn)(const struct kv_event *ev, void *ud);
@@ -292,6 +300,37 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 const float *kv_cache_logits(const struct kv_cache *c);
 /* Pin or unpin the cached token at original position orig_pos. */
 int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *e);
+
+/* ---- the cold tier's hooks (kv_cold.c) ---- */
+
+/*
+ * Evicted tokens toks, (n) cache order, with raw, (n, bytes_per_tok), their
+ * K/V rows as engine_kv_save gives them (pre-RoPE keys, the cache's element
+ * type), or NULL when the backend has no raw slot access. Called inside the
+ * eviction, after the tokens left the cache and before any freed slot is
+ * reused; the pointers are valid during the call only.
+ */
+typedef void (*kv_cold_fn)(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
+                           uint64_t bytes_per_tok);
+/* Hand every eviction's tokens and rows to fn(ud, ...) (NULL: nobody, and
+ * no row is read). */
+void kv_cache_set_cold(struct kv_cache *c, kv_cold_fn fn, void *ud);
+/*
+ * Bring back n evicted tokens with their raw rows, raw (n, bytes_per_slot)
+ * as the cold listener got them. Each takes its place in cache order by its
+ * original position (so a block comes back in its original order, before
+ * the turn being fed) and its RoPE position then follows the policy's mode
+ * like any cached token's (COMPACT: its cache index; ORIGINAL, CAPPED: its
+ * original position); the keys are pre-RoPE, so the placement is exact.
+ * Recalled tokens are flagged KV_FLAG_RECALLED; no eviction removes them
+ * during the current turn (the one they were recalled for; call after
+ * kv_cache_begin_turn), later ones may. Emits KV_EVENT_RECALL. KVS_EARG
+ * naming the first bad token (id, order, a position already cached or not
+ * yet seen) or a count over the room left (budget - cached); nothing
+ * changes then.
+ */
+int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, const void *raw,
+                    struct err *e);
 
 /* ---- restoring (resume a saved session) ---- */
 

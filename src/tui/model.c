@@ -382,6 +382,16 @@ static void tui_apply_kv(struct tui *t, struct kv_event *ev, int32_t *key_pos, i
 		if (ev->n_evicted > 0)
 			tui_evict_banner(t, ev);
 		break;
+	case KV_EVENT_RECALL:
+		/* back from the cold tier: cached again, no longer marked evicted */
+		for (uint32_t i = 0; i < ev->n_recalled; i++) {
+			struct tui_tok *x = tui_tok_update(t, &ev->recalled[i]);
+			if (x == NULL)
+				continue;
+			x->cached = true;
+			x->evicted = false;
+		}
+		break;
 	case KV_EVENT_POLICY:
 	case KV_EVENT_TURN:
 	case KV_EVENT_PIN:

@@ -25,6 +25,9 @@
  *     evicted; bad restores are refused and leave the cache empty;
  *   - a 10,000-turn scripted dialogue with short turns under every policy
  *     never exceeds the budget, and the KV bytes stay flat once it is full;
+ *   - the cold tier's hook hands every evicted token once with the raw rows
+ *     its slot held, and a recalled block placed back by original position
+ *     gives the logits of the same tokens fed at the same positions (1e-4);
  *   - kv_cache_check reports each invariant broken on purpose (through the
  *     layer's insides, kv-int.h) by name, and passes after every step of
  *     random feeds, turns, pins, budget and policy changes under every
@@ -1170,6 +1173,199 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	engine_free(eb);
 }
 
+/* ------------------------------------------------------------ the cold tier */
+
+/* What a cold listener was handed: every evicted token with its raw rows. */
+struct cold_log {
+	struct kv_tok toks[256];
+	uint8_t *raw; /* (n, row) */
+	uint32_t n, calls, n_null;
+	uint64_t row;
+};
+
+static void cold_listen(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
+                        uint64_t row)
+{
+	struct cold_log *l = ud;
+	l->calls++;
+	T_EQ_INT(row, l->row);
+	if (raw == NULL)
+		l->n_null++;
+	for (uint32_t i = 0; i < n && l->n < 256; i++) {
+		l->toks[l->n] = toks[i];
+		if (raw != NULL)
+			memcpy(l->raw + l->n * row, (const uint8_t *)raw + i * row, row);
+		l->n++;
+	}
+}
+
+/* Count the tokens of recall events (each at its new position, rising). */
+static void recall_events(const struct kv_event *ev, void *ud)
+{
+	if (ev->kind != KV_EVENT_RECALL)
+		return;
+	for (uint32_t i = 0; i < ev->n_recalled; i++) {
+		T_CHECK(ev->recalled[i].flags & KV_FLAG_RECALLED, "recalled token not flagged");
+		T_CHECK(i == 0 || ev->recalled[i].pos > ev->recalled[i - 1].pos, "positions not rising");
+	}
+	*(uint32_t *)ud += ev->n_recalled;
+}
+
+/* Eviction hands every victim once, with the raw rows its slot held: the
+ * tokens evicted before any eviction changed their context have exactly a
+ * full cache's rows; every token's first layer (no context) matches too.
+ * Without a listener nothing is read. */
+static void test_cold_hook(const struct model *m)
+{
+	uint32_t nv = m->hp.n_vocab;
+	struct engine *ea = mk_engine(m, 128), *eb = mk_engine(m, 128);
+	struct kv_cache *a = mk_cache(ea, "streaming", 32, 8), *b = mk_cache(eb, "full", 128, 8);
+	struct err e;
+	int32_t ids[100];
+	rnd_tokens(ids, 100, nv);
+	struct cold_log *l = xcalloc(1, sizeof *l);
+	l->row = engine_kv_bytes_per_slot(ea);
+	l->raw = xmalloc(256 * l->row);
+	kv_cache_set_cold(a, cold_listen, l);
+	T_CHECK(kv_cache_feed(a, ids, 100, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_cache_feed(b, ids, 100, &e) == KVS_OK, "%s", e.msg);
+	struct kv_stats st;
+	kv_cache_stats(a, &st);
+	T_EQ_INT(l->n, st.n_evicted);
+	T_EQ_INT(l->calls, st.n_evictions);
+	T_EQ_INT(l->n_null, 0);
+	T_EQ_INT(l->n + kv_cache_n(a), 100);
+	/* each original position once: evicted or cached */
+	uint8_t seen[100] = { 0 };
+	for (uint32_t i = 0; i < l->n; i++)
+		seen[l->toks[i].orig_pos]++;
+	for (uint32_t i = 0; i < kv_cache_n(a); i++)
+		seen[kv_cache_toks(a)[i].orig_pos]++;
+	for (uint32_t i = 0; i < 100; i++)
+		T_CHECK(seen[i] == 1, "position %u seen %u times", i, seen[i]);
+	/* rows against the full cache's (token i in slot i) */
+	uint8_t *ref = xmalloc(l->row);
+	size_t layer0 = 2 * (size_t)m->hp.n_head_kv * m->hp.head_dim; /* K and V of layer 0, f32 */
+	uint32_t n_exact = 0;
+	for (uint32_t i = 0; i < l->n; i++) {
+		const struct kv_tok *t = &l->toks[i];
+		T_EQ_INT(t->token, ids[t->orig_pos]);
+		T_EQ_INT(engine_kv_save(eb, (uint32_t)t->orig_pos, ref, &e), KVS_OK);
+		const float *x = (const float *)(l->raw + i * l->row), *y = (const float *)ref;
+		double d = 0;
+		for (size_t k = 0; k < layer0; k++)
+			d = fmax(d, fabs((double)x[k] - y[k]));
+		T_CHECK(d <= 1e-5, "token at %d: layer-0 rows differ by %g", t->orig_pos, d);
+		if (t->orig_pos < 32) { /* fed before the first eviction */
+			T_CHECK(memcmp(x, y, l->row) == 0, "token at %d: rows differ", t->orig_pos);
+			n_exact++;
+		}
+	}
+	T_CHECK(n_exact > 20, "only %u tokens from before the first eviction", n_exact);
+	/* no listener: no rows read, no buffer */
+	kv_cache_set_cold(a, NULL, NULL);
+	kv_cache_clear(a);
+	free(a->cold_raw);
+	a->cold_raw = NULL;
+	a->cold_cap = 0;
+	T_CHECK(kv_cache_feed(a, ids, 100, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(a->cold_raw == NULL && a->n_evictions > 0, "rows read without a listener");
+	free(ref);
+	free(l->raw);
+	free(l);
+	kv_cache_free(a);
+	kv_cache_free(b);
+	engine_free(ea);
+	engine_free(eb);
+}
+
+/* Recall, position-exact: tokens 4..39 leave a streaming cache (4 sinks)
+ * at a turn and come back; the cache then holds tokens 0..39 at positions
+ * 0..39 with the keys they had, so the next tokens' logits equal a cache
+ * that fed the same 40 tokens at the same positions and never evicted
+ * (1e-4, the restore tests' bound). The recalled tokens stay through their
+ * turn under eviction pressure and leave at the next turn's eviction,
+ * flagged, to the listener again. Bad recalls are refused, cache unchanged. */
+static void test_cold_recall(const struct model *m)
+{
+	uint32_t nv = m->hp.n_vocab;
+	struct engine *ea = mk_engine(m, 64), *eb = mk_engine(m, 64);
+	struct kv_cache *a = mk_cache(ea, "streaming", 48, 8), *b = mk_cache(eb, "full", 48, 8);
+	struct err e;
+	int32_t ids[80], probe[4];
+	rnd_tokens(ids, 80, nv);
+	rnd_tokens(probe, 4, nv);
+	struct cold_log *l = xcalloc(1, sizeof *l);
+	l->row = engine_kv_bytes_per_slot(ea);
+	l->raw = xmalloc(256 * l->row);
+	kv_cache_set_cold(a, cold_listen, l);
+	uint32_t n_rec = 0;
+	kv_cache_set_events(a, recall_events, &n_rec);
+	T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 40, &e), KVS_OK);
+	T_CHECK(kv_cache_feed(a, ids, 40, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 44, &e), KVS_OK);
+	T_EQ_INT(kv_cache_n(a), 4);
+	T_EQ_INT(l->n, 36);
+	for (uint32_t i = 0; i < 36; i++)
+		T_EQ_INT(l->toks[i].orig_pos, 4 + (int32_t)i);
+	/* refusals first: each leaves the cache as it was */
+	struct kv_tok bad[2] = { l->toks[1], l->toks[0] }; /* out of order */
+	T_EQ_INT(kv_cache_recall(a, bad, 2, l->raw, &e), KVS_EARG);
+	bad[0] = kv_cache_toks(a)[0]; /* a cached position */
+	T_EQ_INT(kv_cache_recall(a, bad, 1, l->raw, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "is cached") != NULL, "message: %s", e.msg);
+	bad[0] = l->toks[0];
+	bad[0].token = (int32_t)nv;
+	T_EQ_INT(kv_cache_recall(a, bad, 1, l->raw, &e), KVS_EARG);
+	T_EQ_INT(kv_cache_recall(a, l->toks, 36, NULL, &e), KVS_EARG);
+	T_EQ_INT(kv_cache_n(a), 4);
+	T_EQ_INT(kv_cache_check(a, &e), KVS_OK);
+	/* the recall */
+	T_CHECK(kv_cache_recall(a, l->toks, 36, l->raw, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_n(a), 40);
+	T_EQ_INT(n_rec, 36);
+	struct kv_stats st;
+	kv_cache_stats(a, &st);
+	T_EQ_INT(st.n_recalled, 36);
+	for (uint32_t i = 0; i < 40; i++) {
+		const struct kv_tok *t = &kv_cache_toks(a)[i];
+		T_EQ_INT(t->orig_pos, (int32_t)i);
+		T_EQ_INT(t->pos, (int32_t)i);
+		T_EQ_INT(engine_kv_pos(ea, t->slot), (int32_t)i);
+		T_EQ_INT((t->flags & KV_FLAG_RECALLED) != 0, i >= 4);
+	}
+	T_EQ_INT(kv_cache_check(a, &e), KVS_OK);
+	T_CHECK(kv_cache_feed(b, ids, 40, &e) == KVS_OK, "%s", e.msg);
+	double d = probe_diff(a, b, probe, 4, nv);
+	printf("# recall: max |logit difference| against the same tokens at the same positions %g\n",
+	       d);
+	T_CHECK(d <= 1e-4, "after a recall the next logits differ by %g", d);
+	/* pressure within the turn: the recalled tokens stay */
+	uint32_t before = l->n;
+	T_CHECK(kv_cache_feed(a, ids + 40, 16, &e) == KVS_OK, "%s", e.msg);
+	kv_cache_stats(a, &st);
+	T_EQ_INT(st.n_recalled, 36);
+	T_CHECK(l->n > before, "no eviction under pressure");
+	for (uint32_t i = before; i < l->n; i++)
+		T_CHECK(!(l->toks[i].flags & KV_FLAG_RECALLED), "a recalled token left in its turn");
+	/* the next turn may evict them: they go to the listener again, flagged */
+	before = l->n;
+	T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 40, &e), KVS_OK);
+	kv_cache_stats(a, &st);
+	uint32_t n_back = 0;
+	for (uint32_t i = before; i < l->n; i++)
+		n_back += (l->toks[i].flags & KV_FLAG_RECALLED) != 0;
+	T_EQ_INT(n_back + st.n_recalled, 36);
+	T_CHECK(n_back > 0, "no recalled token evicted at the next turn");
+	T_EQ_INT(kv_cache_check(a, &e), KVS_OK);
+	free(l->raw);
+	free(l);
+	kv_cache_free(a);
+	kv_cache_free(b);
+	engine_free(ea);
+	engine_free(eb);
+}
+
 /* ------------------------------------------------ the invariant checker */
 
 /* Whether kv_cache_check fails with a message containing want. */
@@ -1370,6 +1566,8 @@ int main(void)
 	test_restore(t.m, "streaming", 100, false);
 	test_restore(t.m, "h2o", 100, false);
 	test_restore(t.m, "full", 30, true);
+	test_cold_hook(t.m);
+	test_cold_recall(t.m);
 	test_check_corrupt(t.m);
 	test_check_random(t.m);
 	for (size_t i = 0; i < kv_policy_count(); i++)
