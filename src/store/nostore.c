@@ -6,6 +6,7 @@
 #include "store/store.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define NOSTORE(e)                                                                     \
 	err_set(e, KVS_EUNSUPPORTED,                                                       \
@@ -176,5 +177,71 @@ int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char *
 {
 	(void)s, (void)id, (void)i;
 	*user = *reply = NULL;
+	return NOSTORE(e);
+}
+
+/* The cold tier: nothing to open without a store; the cache's listener is
+ * never set (store_cold_open gives nothing to set it to). */
+void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct vocab *v,
+                     const struct store_cold_config *cfg)
+{
+	(void)kv, (void)v, (void)cfg;
+	*out = NULL;
+}
+void store_cold_free(struct store_cold *c)
+{
+	(void)c;
+}
+int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const char *model_sha,
+                      struct err *e)
+{
+	(void)c, (void)s, (void)id, (void)model_sha;
+	return NOSTORE(e);
+}
+bool store_cold_attached(const struct store_cold *c)
+{
+	(void)c;
+	return false;
+}
+void store_cold_evicted(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
+                        uint64_t bytes_per_tok)
+{
+	(void)ud, (void)toks, (void)n, (void)raw, (void)bytes_per_tok;
+}
+uint64_t store_cold_pending(const struct store_cold *c)
+{
+	(void)c;
+	return 0;
+}
+int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flush_info *info,
+                     struct err *e)
+{
+	(void)c, (void)turn, (void)e;
+	memset(info, 0, sizeof *info);
+	return KVS_OK;
+}
+void store_cold_stop(struct store_cold *c)
+{
+	(void)c;
+}
+bool store_cold_stopped(const struct store_cold *c)
+{
+	(void)c;
+	return true;
+}
+int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
+                      struct store_cold_hit **hits, size_t *n_hits, struct err *e)
+{
+	(void)c, (void)text, (void)budget, (void)e;
+	*hits = NULL;
+	*n_hits = 0;
+	return KVS_OK;
+}
+int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,
+                     uint64_t *bytes, struct err *e)
+{
+	(void)s, (void)id;
+	*blocks = 0;
+	*tokens = *bytes = 0;
 	return NOSTORE(e);
 }

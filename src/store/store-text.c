@@ -95,3 +95,46 @@ int store_key_check(const char *key, struct err *e)
 		               "(kvscope sessions list shows them)");
 	return KVS_OK;
 }
+
+/* Whether byte ch is part of a word for recall: ASCII letters and digits,
+ * and every byte of a multi-byte UTF-8 sequence. */
+static bool text_word_byte(unsigned char ch)
+{
+	return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+	       ch >= 0x80;
+}
+
+char *store_cold_fts_query(const char *text)
+{
+	enum { MAX_TERMS = 64 };
+	size_t len = text ? strlen(text) : 0, n = 0;
+	/* each byte at most once, plus quotes and " OR " per term */
+	char *q = xmalloc(len + (size_t)MAX_TERMS * 6 + 1);
+	unsigned terms = 0;
+	for (size_t i = 0; i < len && terms < MAX_TERMS;) {
+		if (!text_word_byte((unsigned char)text[i])) {
+			i++;
+			continue;
+		}
+		size_t j = i;
+		while (j < len && text_word_byte((unsigned char)text[j]))
+			j++;
+		if (terms > 0) {
+			memcpy(q + n, " OR ", 4);
+			n += 4;
+		}
+		/* a word holds no quote, so a quoted word is one FTS5 string */
+		q[n++] = '"';
+		memcpy(q + n, text + i, j - i);
+		n += j - i;
+		q[n++] = '"';
+		terms++;
+		i = j;
+	}
+	q[n] = '\0';
+	if (terms == 0) {
+		free(q);
+		return NULL;
+	}
+	return q;
+}

@@ -177,4 +177,78 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char **reply,
                     struct err *e);
 
+/* ---- the cold tier (store-cold.c) ---- */
+
+/*
+ * What the retention policy evicts, kept: the KV cache's cold listener
+ * (store_cold_evicted) queues the evicted tokens in blocks of consecutive
+ * original positions (their raw K/V rows, text, key bounds); a flush writes
+ * the queued blocks of a session in one transaction and drops the oldest
+ * blocks beyond the session's cap, each drop a memory event ("cold-drop").
+ * store_cold_recall finds the blocks a turn's words match (FTS5, BM25) and
+ * puts them back into the cache (kv_cache_recall). doc/store.md has the
+ * schema.
+ */
+struct store_cold;
+
+struct store_cold_config {
+	uint32_t block;      /* tokens per block at most (default 64) */
+	uint64_t max_tokens; /* per session (--cold-max); 0: no cap */
+};
+
+/* One block a recall brought back. */
+struct store_cold_hit {
+	int64_t id;
+	uint32_t epoch, turn, n_tokens;
+	int32_t pos0, pos1; /* original positions of its first and last token */
+	double bm25;        /* SQLite's bm25() negated: higher matches better */
+};
+
+/* What one flush did. */
+struct store_cold_flush_info {
+	uint32_t blocks, dropped_blocks;
+	uint64_t tokens, dropped_tokens;
+};
+
+/* A cold tier for kv's evictions (v: the model's vocabulary, for the
+ * blocks' text); nothing is written before store_cold_attach. */
+void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct vocab *v,
+                     const struct store_cold_config *cfg);
+void store_cold_free(struct store_cold *c);
+/* Write to (and recall from) session id of s from now on; model_sha
+ * identifies the model. Cold rows of that session written by another model
+ * or KV layout are refused (KVS_EFORMAT, one line) and left as they are. */
+int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const char *model_sha,
+                      struct err *e);
+/* Whether attached. */
+bool store_cold_attached(const struct store_cold *c);
+/* The cache's cold listener (kv_cold_fn; ud is the store_cold): queue the
+ * evicted tokens in blocks (tokens flagged KV_FLAG_RECALLED are in the
+ * cold tier already and are skipped). */
+void store_cold_evicted(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
+                        uint64_t bytes_per_tok);
+/* Tokens queued and not yet written. */
+uint64_t store_cold_pending(const struct store_cold *c);
+/* Write the queued blocks in one transaction; the blocks beyond the cap go,
+ * oldest first, each a memory event of turn index turn. On a failure
+ * (disk full, I/O error, lock) the queue is dropped and e says why: the
+ * caller stops cold writes (store_cold_stop). */
+int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flush_info *info,
+                     struct err *e);
+/* Stop writing (the queue and later evictions are dropped); recall goes on. */
+void store_cold_stop(struct store_cold *c);
+bool store_cold_stopped(const struct store_cold *c);
+/* Bring back the blocks of this epoch that text's words match best (BM25),
+ * up to budget tokens, skipping blocks with a token in the cache; they go
+ * into the cache in their original order (kv_cache_recall). *hits (caller
+ * frees) lists them, best first. No word in text, or no match: *n_hits 0. */
+int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
+                      struct store_cold_hit **hits, size_t *n_hits, struct err *e);
+/* text's words as a safe FTS5 query: every word quoted (quotes doubled),
+ * joined by OR, at most 64 (caller owns; NULL when text has no word). */
+char *store_cold_fts_query(const char *text);
+/* Session id's cold tier: blocks, tokens and bytes of K/V. */
+int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,
+                     uint64_t *bytes, struct err *e);
+
 #endif

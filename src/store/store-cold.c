@@ -1,0 +1,651 @@
+/*
+ * store-cold.c: the cold tier: evicted tokens kept in the session's
+ * database, in blocks, and brought back by full-text recall.
+ *
+ * Blocks: the cache's cold listener hands each eviction's tokens (cache
+ * order) with their raw K/V rows. A block is a run of consecutive original
+ * positions of one epoch, at most cfg.block tokens: a run the listener
+ * delivers together is split only when longer than that, and a run that
+ * continues the last queued block (a decode step evicting one token at a
+ * time) extends it. Tokens already recalled once (KV_FLAG_RECALLED) are in
+ * a block already and are skipped, so a token has at most one cold row.
+ *
+ * A block row holds its tokens (orig_pos, id, turn, role, surprisal,
+ * entropy), the raw rows exactly as engine_kv_save gave them (pre-RoPE
+ * keys in the cache's element type, so a recall places them at any
+ * position exactly), the per-(layer, KV head, channel) key minimum and
+ * maximum (the bounds a Quest-style scorer needs) and its text, indexed by
+ * FTS5 through triggers (migration 002-cold.sql).
+ *
+ * Writing: blocks queue in memory and a flush writes them in one
+ * transaction between turns, then drops the oldest blocks beyond the cap,
+ * each drop a memory event. A failed flush (disk full, I/O error, lock)
+ * rolls back and drops the queue; the caller stops cold writes with one
+ * message and the chat goes on (recall keeps reading what is there).
+ *
+ * Epochs: a cleared cache restarts original positions, so blocks carry the
+ * epoch and recall reads the current one only. The epoch follows the
+ * recorder's rule (store-rec.c): the session's stored epoch, one more when
+ * the cache does not continue it, one more at every clear (n_seen drops).
+ *
+ * Recall: the turn's words become an FTS5 query in which every term is
+ * quoted (store_cold_fts_query), so user text is never FTS syntax; the
+ * best blocks by BM25 are taken while they fit the budget, skipping any
+ * with a token cached now, then sorted by position and placed back.
+ */
+#include "store/store-int.h"
+
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define COLD_TOK_FIELDS 6 /* orig_pos, token, turn, role, surprisal, entropy */
+#define COLD_TOK_BYTES (COLD_TOK_FIELDS * 4)
+#define COLD_CANDIDATES 64 /* blocks read per recall, best first */
+
+/* A block waiting for its flush. */
+struct cold_block {
+	uint32_t epoch, n;
+	struct kv_tok *toks; /* (cap) the first n live */
+	uint8_t *raw;        /* (cap, row) */
+	uint32_t cap;
+};
+
+struct store_cold {
+	struct kv_cache *kv;
+	const struct vocab *v;
+	struct store_cold_config cfg;
+	const struct hparams *hp;
+	uint64_t row; /* bytes of one token's K/V rows */
+	enum engine_kv_type kv_type;
+	struct store *s; /* NULL until attached */
+	int64_t id;
+	uint32_t epoch;
+	uint64_t seen_mark; /* the cache's n_seen last seen: a drop is a clear */
+	struct cold_block *q;
+	size_t n_q, cap_q;
+	uint64_t n_pending;
+	bool stopped, warned_raw;
+};
+
+void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct vocab *v,
+                     const struct store_cold_config *cfg)
+{
+	struct store_cold *c = xcalloc(1, sizeof *c);
+	struct engine *eng = kv_cache_engine(kv);
+	c->kv = kv;
+	c->v = v;
+	c->cfg = *cfg;
+	if (c->cfg.block == 0)
+		c->cfg.block = 64;
+	c->hp = &engine_model(eng)->hp;
+	c->row = engine_kv_bytes_per_slot(eng);
+	c->kv_type = engine_kv_type(eng);
+	struct kv_stats ks;
+	kv_cache_stats(kv, &ks);
+	c->seen_mark = ks.n_seen;
+	*out = c;
+}
+
+static void cold_queue_clear(struct store_cold *c)
+{
+	for (size_t i = 0; i < c->n_q; i++) {
+		free(c->q[i].toks);
+		free(c->q[i].raw);
+	}
+	c->n_q = 0;
+	c->n_pending = 0;
+}
+
+void store_cold_free(struct store_cold *c)
+{
+	if (c == NULL)
+		return;
+	cold_queue_clear(c);
+	free(c->q);
+	free(c);
+}
+
+bool store_cold_attached(const struct store_cold *c)
+{
+	return c->s != NULL;
+}
+
+uint64_t store_cold_pending(const struct store_cold *c)
+{
+	return c->n_pending;
+}
+
+void store_cold_stop(struct store_cold *c)
+{
+	c->stopped = true;
+	cold_queue_clear(c);
+}
+
+bool store_cold_stopped(const struct store_cold *c)
+{
+	return c->stopped;
+}
+
+/* Notice a cleared cache (its n_seen went back): a new epoch begins. */
+static void cold_sync(struct store_cold *c)
+{
+	struct kv_stats ks;
+	kv_cache_stats(c->kv, &ks);
+	if (ks.n_seen < c->seen_mark)
+		c->epoch++;
+	c->seen_mark = ks.n_seen;
+}
+
+int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const char *model_sha,
+                      struct err *e)
+{
+	sqlite3_stmt *st;
+	int rc = store_session_row(s,
+	                           "SELECT s.epoch, s.next_pos, m.model_sha256, m.n_layer, m.n_head_kv, "
+	                           "m.head_dim, m.kv_type, m.bytes_per_token FROM sessions s LEFT JOIN "
+	                           "cold_meta m ON m.session_id = s.id WHERE s.id = ?1",
+	                           id, &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	uint32_t epoch = (uint32_t)sqlite3_column_int64(st, 0);
+	int32_t next_pos = (int32_t)sqlite3_column_int64(st, 1);
+	bool have = sqlite3_column_type(st, 2) != SQLITE_NULL;
+	if (have) {
+		const char *sha = (const char *)sqlite3_column_text(st, 2);
+		int64_t nl = sqlite3_column_int64(st, 3), nh = sqlite3_column_int64(st, 4),
+		        hd = sqlite3_column_int64(st, 5), kt = sqlite3_column_int64(st, 6),
+		        bp = sqlite3_column_int64(st, 7);
+		if (sha == NULL || strcmp(sha, model_sha) != 0 || nl != c->hp->n_layer ||
+		    nh != c->hp->n_head_kv || hd != c->hp->head_dim || kt != (int64_t)c->kv_type ||
+		    bp != (int64_t)c->row) {
+			char shown[16];
+			snprintf(shown, sizeof shown, "%.12s", sha ? sha : "");
+			char *esc = store_text_escape(shown, 0);
+			rc = err_set(e, KVS_EFORMAT,
+			             "%s: session %lld's cold tier was written by another model or KV "
+			             "layout (model %s..., %lld layers x %lld KV heads x %lld, KV type %lld; "
+			             "this one: %.12s..., %u x %u x %u, %d); not used, left as it is",
+			             s->path, (long long)id, esc, (long long)nl, (long long)nh,
+			             (long long)hd, (long long)kt, model_sha, c->hp->n_layer,
+			             c->hp->n_head_kv, c->hp->head_dim, (int)c->kv_type);
+			free(esc);
+		}
+	}
+	sqlite3_finalize(st);
+	if (rc != KVS_OK)
+		return rc;
+	if (!have) {
+		char sql[400];
+		snprintf(sql, sizeof sql,
+		         "INSERT INTO cold_meta (session_id, model_sha256, n_layer, n_head_kv, head_dim, "
+		         "kv_type, bytes_per_token) VALUES (%lld, '%.64s', %u, %u, %u, %d, %llu)",
+		         (long long)id, store_is_sha256(model_sha) ? model_sha : "", c->hp->n_layer,
+		         c->hp->n_head_kv, c->hp->head_dim, (int)c->kv_type, (unsigned long long)c->row);
+		rc = store_exec(s, sql, "recording the cold tier's model", e);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	/* the epoch as the recorder counts it (store_rec_open) */
+	struct kv_stats ks;
+	kv_cache_stats(c->kv, &ks);
+	c->seen_mark = ks.n_seen;
+	if (c->n_q == 0) {
+		c->epoch = epoch;
+		if ((int32_t)ks.n_seen < next_pos || kv_cache_next_pos(c->kv) < next_pos)
+			c->epoch++;
+	}
+	c->s = s;
+	c->id = id;
+	return KVS_OK;
+}
+
+/* Append tokens [0, n) of one run to the queue, extending the last block
+ * when the run continues it. */
+static void cold_queue_run(struct store_cold *c, const struct kv_tok *toks, const uint8_t *raw,
+                           uint32_t n)
+{
+	for (uint32_t i = 0; i < n;) {
+		struct cold_block *b = c->n_q ? &c->q[c->n_q - 1] : NULL;
+		if (b == NULL || b->epoch != c->epoch || b->n == c->cfg.block ||
+		    b->toks[b->n - 1].orig_pos + 1 != toks[i].orig_pos) {
+			if (c->n_q == c->cap_q) {
+				c->cap_q = c->cap_q ? 2 * c->cap_q : 16;
+				c->q = xreallocarray(c->q, c->cap_q, sizeof *c->q);
+			}
+			b = &c->q[c->n_q++];
+			memset(b, 0, sizeof *b);
+			b->epoch = c->epoch;
+		}
+		uint32_t take = KVS_MIN(n - i, c->cfg.block - b->n);
+		if (b->n + take > b->cap) {
+			b->cap = KVS_MIN(c->cfg.block, KVS_MAX(b->n + take, 2 * b->cap));
+			b->toks = xreallocarray(b->toks, b->cap, sizeof *b->toks);
+			b->raw = xreallocarray(b->raw, b->cap, c->row);
+		}
+		memcpy(b->toks + b->n, toks + i, take * sizeof *toks);
+		memcpy(b->raw + (size_t)b->n * c->row, raw + (size_t)i * c->row, take * c->row);
+		b->n += take;
+		c->n_pending += take;
+		i += take;
+	}
+}
+
+void store_cold_evicted(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
+                        uint64_t bytes_per_tok)
+{
+	struct store_cold *c = ud;
+	if (c->stopped)
+		return;
+	if (raw == NULL || bytes_per_tok != c->row) {
+		if (!c->warned_raw)
+			log_warn("cold tier: the backend gave no K/V rows; evicted tokens are not kept");
+		c->warned_raw = true;
+		return;
+	}
+	cold_sync(c);
+	const uint8_t *rows = raw;
+	/* runs of consecutive positions, recalled tokens left out */
+	for (uint32_t i = 0; i < n;) {
+		if (toks[i].flags & KV_FLAG_RECALLED) {
+			i++;
+			continue;
+		}
+		uint32_t j = i + 1;
+		while (j < n && !(toks[j].flags & KV_FLAG_RECALLED) &&
+		       toks[j].orig_pos == toks[j - 1].orig_pos + 1)
+			j++;
+		cold_queue_run(c, toks + i, rows + (size_t)i * bytes_per_tok, j - i);
+		i = j;
+	}
+}
+
+/* ------------------------------------------------------------------ writing */
+
+/* Little-endian 32-bit stores (the blobs' byte order on every host). */
+static void cold_put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t cold_get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void cold_putf(uint8_t *p, float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	cold_put32(p, u);
+}
+
+static float cold_getf(const uint8_t *p)
+{
+	uint32_t u = cold_get32(p);
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* Key element k of a raw row (f16 or f32). */
+static float cold_elem(const struct store_cold *c, const uint8_t *row, size_t k)
+{
+	if (c->kv_type == ENGINE_KV_F16) {
+		uint16_t h;
+		memcpy(&h, row + 2 * k, 2);
+		return dtype_f16_to_f32(h);
+	}
+	float f;
+	memcpy(&f, row + 4 * k, 4);
+	return f;
+}
+
+/* The block's key bounds, kmin and kmax (n_layer, n_head_kv, head_dim) as
+ * little-endian float32. */
+static void cold_bounds(const struct store_cold *c, const struct cold_block *b, uint8_t *kmin,
+                        uint8_t *kmax)
+{
+	const struct hparams *hp = c->hp;
+	size_t per_head = hp->head_dim, per_layer = 2 * (size_t)hp->n_head_kv * per_head;
+	for (uint32_t l = 0; l < hp->n_layer; l++)
+		for (uint32_t h = 0; h < hp->n_head_kv; h++)
+			for (uint32_t d = 0; d < hp->head_dim; d++) {
+				size_t k = l * per_layer + h * per_head + d; /* the key comes first in a layer */
+				float lo = INFINITY, hi = -INFINITY;
+				for (uint32_t i = 0; i < b->n; i++) {
+					float x = cold_elem(c, b->raw + (size_t)i * c->row, k);
+					lo = fminf(lo, x);
+					hi = fmaxf(hi, x);
+				}
+				size_t o = (((size_t)l * hp->n_head_kv + h) * hp->head_dim + d) * 4;
+				cold_putf(kmin + o, lo);
+				cold_putf(kmax + o, hi);
+			}
+}
+
+/* The block's tokens as text (allocated). */
+static char *cold_text(const struct store_cold *c, const struct cold_block *b)
+{
+	struct detok d;
+	char *out = NULL;
+	size_t n = 0, cap = 0;
+	detok_init(&d, c->v, false);
+	for (uint32_t i = 0; i < b->n; i++)
+		detok_push(&d, b->toks[i].token, &out, &n, &cap);
+	detok_flush(&d, &out, &n, &cap);
+	if (out == NULL)
+		return xstrdup("");
+	out = xrealloc(out, n + 1);
+	out[n] = '\0';
+	return out;
+}
+
+/* Insert block b with the prepared statement st. */
+static int cold_insert(struct store_cold *c, sqlite3_stmt *st, const struct cold_block *b,
+                       double now, struct err *e)
+{
+	size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim * 4;
+	uint8_t *toks = xmalloc((size_t)b->n * COLD_TOK_BYTES), *kmin = xmalloc(nb),
+	        *kmax = xmalloc(nb);
+	for (uint32_t i = 0; i < b->n; i++) {
+		const struct kv_tok *t = &b->toks[i];
+		uint8_t *p = toks + (size_t)i * COLD_TOK_BYTES;
+		cold_put32(p, (uint32_t)t->orig_pos);
+		cold_put32(p + 4, (uint32_t)t->token);
+		cold_put32(p + 8, t->turn);
+		cold_put32(p + 12, t->role);
+		cold_putf(p + 16, t->surprisal);
+		cold_putf(p + 20, t->entropy);
+	}
+	cold_bounds(c, b, kmin, kmax);
+	char *text = cold_text(c, b);
+	sqlite3_bind_int64(st, 1, c->id);
+	sqlite3_bind_int64(st, 2, b->epoch);
+	sqlite3_bind_int64(st, 3, b->toks[0].turn);
+	sqlite3_bind_int64(st, 4, b->toks[0].orig_pos);
+	sqlite3_bind_int64(st, 5, b->toks[b->n - 1].orig_pos);
+	sqlite3_bind_int64(st, 6, b->n);
+	sqlite3_bind_double(st, 7, now);
+	sqlite3_bind_text(st, 8, text, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 9, toks, (int)((size_t)b->n * COLD_TOK_BYTES), SQLITE_TRANSIENT);
+	sqlite3_bind_blob64(st, 10, b->raw, (sqlite3_uint64)b->n * c->row, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 11, kmin, (int)nb, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 12, kmax, (int)nb, SQLITE_TRANSIENT);
+	int r = sqlite3_step(st);
+	sqlite3_reset(st);
+	free(text);
+	free(toks);
+	free(kmin);
+	free(kmax);
+	return r == SQLITE_DONE ? KVS_OK : store_fail(c->s, r, "writing a cold block", e);
+}
+
+/* Drop the oldest blocks while the session holds more than the cap. */
+static int cold_trim(struct store_cold *c, uint32_t turn, struct store_cold_flush_info *info,
+                     struct err *e)
+{
+	struct store *s = c->s;
+	char sql[256];
+	int64_t total = 0;
+	snprintf(sql, sizeof sql, "SELECT coalesce(sum(n_tokens), 0) FROM cold_blocks WHERE session_id = %lld",
+	         (long long)c->id);
+	int rc = store_int(s, sql, &total, e);
+	sqlite3_stmt *old = NULL, *ev = NULL;
+	if (rc == KVS_OK && (uint64_t)total > c->cfg.max_tokens)
+		rc = store_prepare(s,
+		                   "SELECT id, n_tokens, turn, pos0, pos1, epoch FROM cold_blocks WHERE "
+		                   "session_id = ?1 ORDER BY id LIMIT 1",
+		                   &old, e);
+	if (rc == KVS_OK && old != NULL)
+		rc = store_prepare(s,
+		                   "INSERT INTO memory_events (session_id, turn, at, kind, cause, policy, "
+		                   "n_tokens, n_incoming, fallback, detail) VALUES (?1, ?2, ?3, "
+		                   "'cold-drop', NULL, NULL, ?4, NULL, NULL, ?5)",
+		                   &ev, e);
+	while (rc == KVS_OK && old != NULL && (uint64_t)total > c->cfg.max_tokens) {
+		sqlite3_bind_int64(old, 1, c->id);
+		int r = sqlite3_step(old);
+		if (r != SQLITE_ROW) {
+			rc = r == SQLITE_DONE ? KVS_OK : store_fail(s, r, "finding the oldest cold block", e);
+			break;
+		}
+		int64_t id = sqlite3_column_int64(old, 0), n = sqlite3_column_int64(old, 1);
+		char detail[160];
+		snprintf(detail, sizeof detail,
+		         "{\"block\":%lld,\"turn\":%lld,\"pos0\":%lld,\"pos1\":%lld,\"epoch\":%lld}",
+		         (long long)id, (long long)sqlite3_column_int64(old, 2),
+		         (long long)sqlite3_column_int64(old, 3), (long long)sqlite3_column_int64(old, 4),
+		         (long long)sqlite3_column_int64(old, 5));
+		sqlite3_reset(old);
+		snprintf(sql, sizeof sql, "DELETE FROM cold_blocks WHERE id = %lld", (long long)id);
+		rc = store_exec(s, sql, "dropping a cold block", e);
+		if (rc != KVS_OK)
+			break;
+		sqlite3_bind_int64(ev, 1, c->id);
+		sqlite3_bind_int64(ev, 2, turn);
+		sqlite3_bind_double(ev, 3, store_now());
+		sqlite3_bind_int64(ev, 4, n);
+		sqlite3_bind_text(ev, 5, detail, -1, SQLITE_TRANSIENT);
+		int r2 = sqlite3_step(ev);
+		sqlite3_reset(ev);
+		if (r2 != SQLITE_DONE) {
+			rc = store_fail(s, r2, "recording a cold drop", e);
+			break;
+		}
+		total -= n;
+		info->dropped_blocks++;
+		info->dropped_tokens += (uint64_t)n;
+	}
+	sqlite3_finalize(old);
+	sqlite3_finalize(ev);
+	return rc;
+}
+
+int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flush_info *info,
+                     struct err *e)
+{
+	memset(info, 0, sizeof *info);
+	if (c->s == NULL || c->stopped || c->n_q == 0)
+		return KVS_OK;
+	struct store *s = c->s;
+	sqlite3_stmt *st = NULL;
+	int rc = store_prepare(s,
+	                       "INSERT INTO cold_blocks (session_id, epoch, turn, pos0, pos1, n_tokens, "
+	                       "created, text, toks, kv, kmin, kmax) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+	                       "?7, ?8, ?9, ?10, ?11, ?12)",
+	                       &st, e);
+	if (rc == KVS_OK)
+		rc = store_exec(s, "BEGIN IMMEDIATE", "writing the cold tier", e);
+	if (rc == KVS_OK) {
+		double now = store_now();
+		for (size_t i = 0; i < c->n_q && rc == KVS_OK; i++) {
+			rc = cold_insert(c, st, &c->q[i], now, e);
+			info->blocks++;
+			info->tokens += c->q[i].n;
+		}
+		if (rc == KVS_OK && c->cfg.max_tokens > 0)
+			rc = cold_trim(c, turn, info, e);
+		if (rc == KVS_OK)
+			rc = store_exec(s, "COMMIT", "writing the cold tier", e);
+		if (rc != KVS_OK)
+			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	}
+	sqlite3_finalize(st);
+	cold_queue_clear(c);
+	if (rc != KVS_OK) {
+		memset(info, 0, sizeof *info);
+		err_prefix(e, "cold tier not written");
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------------------- recall */
+
+/* A candidate block read back: its tokens and rows. */
+struct cold_got {
+	struct store_cold_hit hit;
+	struct kv_tok *toks; /* (n_tokens) */
+	uint8_t *raw;        /* (n_tokens, row) */
+};
+
+/* Read block id's tokens and rows into g (false: a row that does not hold
+ * what its shape says, skipped). */
+static bool cold_read(struct store_cold *c, sqlite3_stmt *rd, struct cold_got *g)
+{
+	sqlite3_bind_int64(rd, 1, g->hit.id);
+	bool ok = sqlite3_step(rd) == SQLITE_ROW;
+	uint32_t n = g->hit.n_tokens;
+	if (ok)
+		ok = n > 0 && n <= c->cfg.block * 16 &&
+		     sqlite3_column_bytes(rd, 0) == (int)(n * COLD_TOK_BYTES) &&
+		     (uint64_t)sqlite3_column_bytes(rd, 1) == (uint64_t)n * c->row;
+	if (ok) {
+		const uint8_t *p = sqlite3_column_blob(rd, 0);
+		g->toks = xcalloc(n, sizeof *g->toks);
+		for (uint32_t i = 0; i < n; i++, p += COLD_TOK_BYTES) {
+			struct kv_tok *t = &g->toks[i];
+			t->orig_pos = (int32_t)cold_get32(p);
+			t->token = (int32_t)cold_get32(p + 4);
+			t->turn = cold_get32(p + 8);
+			t->role = (uint8_t)KVS_MIN(cold_get32(p + 12), 255u);
+			t->surprisal = cold_getf(p + 16);
+			t->entropy = cold_getf(p + 20);
+		}
+		g->raw = xmalloc((size_t)n * c->row);
+		memcpy(g->raw, sqlite3_column_blob(rd, 1), (size_t)n * c->row);
+	}
+	sqlite3_reset(rd);
+	return ok;
+}
+
+static int cold_got_cmp(const void *a, const void *b)
+{
+	const struct cold_got *x = a, *y = b;
+	return (x->hit.pos0 > y->hit.pos0) - (x->hit.pos0 < y->hit.pos0);
+}
+
+/* Whether any token of g is in the cache, or its positions overlap a block
+ * already taken (got[0..n)). */
+static bool cold_clash(const struct store_cold *c, const struct cold_got *g,
+                       const struct cold_got *got, size_t n)
+{
+	for (uint32_t i = 0; i < g->hit.n_tokens; i++)
+		if (kv_cache_find(c->kv, g->toks[i].orig_pos) >= 0)
+			return true;
+	for (size_t k = 0; k < n; k++)
+		if (g->hit.pos0 <= got[k].hit.pos1 && got[k].hit.pos0 <= g->hit.pos1)
+			return true;
+	return false;
+}
+
+int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
+                      struct store_cold_hit **hits, size_t *n_hits, struct err *e)
+{
+	*hits = NULL;
+	*n_hits = 0;
+	if (c->s == NULL || budget == 0)
+		return KVS_OK;
+	cold_sync(c);
+	char *q = store_cold_fts_query(text);
+	if (q == NULL)
+		return KVS_OK;
+	struct store *s = c->s;
+	sqlite3_stmt *sel = NULL, *rd = NULL;
+	int rc = store_prepare(s,
+	                       "SELECT b.id, b.epoch, b.turn, b.pos0, b.pos1, b.n_tokens, "
+	                       "bm25(cold_fts) FROM cold_fts JOIN cold_blocks b ON b.id = "
+	                       "cold_fts.rowid WHERE cold_fts MATCH ?1 AND b.session_id = ?2 AND "
+	                       "b.epoch = ?3 ORDER BY bm25(cold_fts) LIMIT ?4",
+	                       &sel, e);
+	if (rc == KVS_OK)
+		rc = store_prepare(s, "SELECT toks, kv FROM cold_blocks WHERE id = ?1", &rd, e);
+	struct cold_got *got = NULL;
+	size_t n_got = 0;
+	uint32_t used = 0;
+	if (rc == KVS_OK) {
+		got = xcalloc(COLD_CANDIDATES, sizeof *got);
+		sqlite3_bind_text(sel, 1, q, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(sel, 2, c->id);
+		sqlite3_bind_int64(sel, 3, c->epoch);
+		sqlite3_bind_int(sel, 4, COLD_CANDIDATES);
+		int r;
+		while ((r = sqlite3_step(sel)) == SQLITE_ROW && n_got < COLD_CANDIDATES) {
+			struct cold_got g = { 0 };
+			g.hit.id = sqlite3_column_int64(sel, 0);
+			g.hit.epoch = (uint32_t)sqlite3_column_int64(sel, 1);
+			g.hit.turn = (uint32_t)sqlite3_column_int64(sel, 2);
+			g.hit.pos0 = (int32_t)sqlite3_column_int64(sel, 3);
+			g.hit.pos1 = (int32_t)sqlite3_column_int64(sel, 4);
+			int64_t nt = sqlite3_column_int64(sel, 5);
+			g.hit.bm25 = -sqlite3_column_double(sel, 6);
+			if (nt <= 0 || nt > (int64_t)budget - used)
+				continue;
+			g.hit.n_tokens = (uint32_t)nt;
+			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got)) {
+				free(g.toks);
+				free(g.raw);
+				continue;
+			}
+			got[n_got++] = g;
+			used += g.hit.n_tokens;
+		}
+		if (r != SQLITE_ROW && r != SQLITE_DONE)
+			rc = store_fail(s, r, "searching the cold tier", e);
+	}
+	sqlite3_finalize(sel);
+	sqlite3_finalize(rd);
+	free(q);
+	if (rc == KVS_OK && n_got > 0) {
+		*hits = xmallocarray(n_got, sizeof **hits);
+		for (size_t i = 0; i < n_got; i++)
+			(*hits)[i] = got[i].hit; /* best first */
+		*n_hits = n_got;
+		/* back in their original order, as one list */
+		qsort(got, n_got, sizeof *got, cold_got_cmp);
+		struct kv_tok *toks = xmallocarray(used, sizeof *toks);
+		uint8_t *raw = xmallocarray(used, c->row);
+		uint32_t k = 0;
+		for (size_t i = 0; i < n_got; i++) {
+			memcpy(toks + k, got[i].toks, got[i].hit.n_tokens * sizeof *toks);
+			memcpy(raw + (size_t)k * c->row, got[i].raw, (size_t)got[i].hit.n_tokens * c->row);
+			k += got[i].hit.n_tokens;
+		}
+		rc = kv_cache_recall(c->kv, toks, used, raw, e);
+		free(toks);
+		free(raw);
+		if (rc != KVS_OK) {
+			free(*hits);
+			*hits = NULL;
+			*n_hits = 0;
+			err_prefix(e, "cold tier: recall refused");
+		}
+	}
+	for (size_t i = 0; i < n_got; i++) {
+		free(got[i].toks);
+		free(got[i].raw);
+	}
+	free(got);
+	return rc;
+}
+
+int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,
+                     uint64_t *bytes, struct err *e)
+{
+	sqlite3_stmt *st;
+	*blocks = 0;
+	*tokens = *bytes = 0;
+	int rc = store_session_row(s,
+	                           "SELECT count(*), coalesce(sum(n_tokens), 0), "
+	                           "coalesce(sum(length(kv)), 0) FROM cold_blocks WHERE session_id = ?1",
+	                           id, &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	*blocks = (uint32_t)sqlite3_column_int64(st, 0);
+	*tokens = (uint64_t)sqlite3_column_int64(st, 1);
+	*bytes = (uint64_t)sqlite3_column_int64(st, 2);
+	sqlite3_finalize(st);
+	return KVS_OK;
+}
