@@ -304,6 +304,34 @@ struct session_turn {
 	bool restarted;      /* the cache was full: this turn started in an empty cache */
 };
 
+/* The cold tier of a session (session-cold.c): what the retention policy
+ * evicts goes to the saved session's database, and each user turn recalls
+ * the blocks its words match (store.h, store_cold_*). */
+enum session_recall { SESSION_RECALL_OFF = 0, SESSION_RECALL_FTS };
+struct session_cold_config {
+	bool on;
+	uint32_t block;          /* tokens per block (default 64) */
+	uint32_t max_tokens;     /* per session (--cold-max; 0: no cap) */
+	enum session_recall recall;
+	uint32_t recall_budget;  /* tokens per turn (0: an eighth of the KV budget) */
+};
+enum session_cold_kind {
+	SESSION_COLD_WRITE = 0, /* queued blocks written (blocks, tokens, drops) */
+	SESSION_COLD_RECALL,    /* blocks came back for a turn (hits) */
+	SESSION_COLD_STOP,      /* cold writes stopped (msg: why; the chat goes on) */
+	SESSION_COLD_REFUSED,   /* the saved cold tier is not this model's (msg); cold tier off */
+	SESSION_COLD_FAILED,    /* a recall could not be placed (msg); the turn goes on */
+};
+struct session_cold_event {
+	enum session_cold_kind kind;
+	uint32_t index; /* the exchange (0-based) it belongs to */
+	uint32_t blocks, dropped_blocks;
+	uint64_t tokens, dropped_tokens;
+	const struct store_cold_hit *hits; /* RECALL: (n_hits) best first */
+	size_t n_hits;
+	const char *msg;
+};
+
 struct session_hooks {
 	void (*turn_start)(void *ud, uint32_t index, const char *user);
 	void (*token)(void *ud, const struct gen_token *t);
@@ -316,6 +344,8 @@ struct session_hooks {
 	 * index of saved session id, or not (status and msg say why; the
 	 * exchange stays queued for the next commit) */
 	void (*saved)(void *ud, int64_t id, uint32_t index, int status, const char *msg);
+	/* the cold tier wrote, recalled, stopped or was refused */
+	void (*cold)(void *ud, const struct session_cold_event *ev);
 	void *ud;
 };
 
@@ -389,6 +419,10 @@ int session_resume(struct session *s, const struct session_store *ss,
                    struct store_resume_info *info, struct err *e);
 /* The saved session's id (0: none yet). */
 int64_t session_store_id(const struct session *s);
+/* Turn the cold tier on (c->on) or off. It writes once the session saves
+ * (session_set_store or session_resume, before or after this call); until
+ * then evicted blocks wait in memory. */
+void session_set_cold(struct session *s, const struct session_cold_config *c);
 
 /* A saved session's transcript as a front end replays it when resuming:
  * the texts of its last turns, oldest first (the store's turn rows). */
@@ -528,5 +562,8 @@ void worker_kv_free(struct kv_event *ev);
 /* trace.c: write one KV-cache event as a JSON line to fp (attention rows
  * only when the event carries them); v renders token text. */
 void trace_write_event(FILE *fp, const struct kv_event *ev, const struct vocab *v);
+/* trace.c: one cold-tier event (a write, a recall with its blocks' turns
+ * and BM25 scores, a stop or refusal) as a JSON line. */
+void trace_write_cold(FILE *fp, const struct session_cold_event *ev);
 
 #endif

@@ -28,6 +28,11 @@
  * reads the texts of its last turns back for the front ends to replay (the
  * cache holds what the model remembers, the store what was said).
  *
+ * The cold tier (session_set_cold, session-cold.c) keeps what the policy
+ * evicts in the saved session's database and recalls blocks into the
+ * cache at each user turn, before its eviction, so one eviction makes room
+ * for the turn and its recalled blocks together.
+ *
  * Everything runs on the caller's thread, hooks included. Only
  * session_cancel may be called from elsewhere: it sets the flag gen_reply
  * polls between tokens (a cancel that arrives between exchanges stops the
@@ -55,6 +60,7 @@ struct session {
 	struct gen_text reply;      /* the reply being streamed */
 	struct session_store store; /* st == NULL: not saving (strings owned) */
 	struct store_rec *rec;
+	struct session_cold *cold; /* the cold tier (session-cold.c), or NULL */
 };
 
 void session_config_default(struct session_config *c)
@@ -126,6 +132,7 @@ void session_close(struct session *s)
 		return;
 	session_forget_turns(s);
 	session_set_store(s, NULL, NULL);
+	scold_free(s->cold);
 	free(s->turns);
 	free(s->reply.s);
 	free(s->system);
@@ -220,8 +227,15 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 		rc = chat_tokenize(v, &pu, &ids, &n, &cap, e);
 	if (rc == KVS_OK)
 		rc = chat_tokenize(v, &pa, &ids, &n, &cap, e);
+	/* the cold tier's blocks for this turn: room is made for them too */
+	uint32_t recalled = 0;
+	if (rc == KVS_OK && s->cold != NULL)
+		recalled = scold_recall(s->cold, text, (uint32_t)(n + bos + extra), s->n_turns, &s->hooks);
 	if (rc == KVS_OK)
-		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER, n + bos + extra, e);
+		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER,
+		                    n + bos + extra + recalled, e);
+	if (rc == KVS_OK && recalled > 0)
+		scold_place(s->cold, &s->hooks);
 	if (rc == KVS_OK && bos) {
 		int32_t b = vocab_bos(v);
 		gen_set_role(g, KV_ROLE_SYSTEM);
@@ -321,12 +335,25 @@ int session_set_store(struct session *s, const struct session_store *ss, struct 
 	int rc = store_rec_open(&s->rec, ss->st, ss->id, s->gen->kv, ss->snapshots, e);
 	if (rc != KVS_OK)
 		session_store_free(&s->store);
+	else if (s->cold != NULL)
+		scold_attach(s->cold, ss->st, ss->id, s->store.model_sha256, &s->hooks);
 	return rc;
 }
 
 int64_t session_store_id(const struct session *s)
 {
 	return s->store.st ? s->store.id : 0;
+}
+
+void session_set_cold(struct session *s, const struct session_cold_config *c)
+{
+	scold_free(s->cold);
+	s->cold = NULL;
+	if (c == NULL || !c->on)
+		return;
+	scold_open(&s->cold, s->gen, c);
+	if (s->rec != NULL)
+		scold_attach(s->cold, s->store.st, s->store.id, s->store.model_sha256, &s->hooks);
 }
 
 int session_resume(struct session *s, const struct session_store *ss,
@@ -420,6 +447,8 @@ static int session_rec_open(struct session *s, struct err *e)
 	rc = store_session_create(ss->st, &in, &ss->id, e);
 	if (rc == KVS_OK)
 		rc = store_rec_open(&s->rec, ss->st, ss->id, g->kv, ss->snapshots, e);
+	if (rc == KVS_OK && s->cold != NULL)
+		scold_attach(s->cold, ss->st, ss->id, ss->model_sha256, &s->hooks);
 	if (rc != KVS_OK) {
 		store_rec_free(s->rec);
 		s->rec = NULL;
@@ -463,6 +492,9 @@ static void session_save(struct session *s, const struct session_turn *t)
 	if (s->hooks.saved != NULL)
 		s->hooks.saved(s->hooks.ud, ss->id, s->rec ? store_rec_n_turns(s->rec) - 1 : 0, rc,
 		               rc == KVS_OK ? "" : e.msg);
+	/* the cold blocks evicted meanwhile, in their own transaction */
+	if (s->rec != NULL && s->cold != NULL)
+		scold_flush(s->cold, store_rec_n_turns(s->rec) - 1, &s->hooks);
 }
 
 /* Saving starts in the middle of a conversation: its exchanges so far go

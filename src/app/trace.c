@@ -8,7 +8,11 @@
  * of the next-token distribution, the per-head summaries as arrays indexed
  * [layer][head], and, when attention rows were captured, "attn"
  * [layer][head][cache index]. An evict line lists the evicted tokens with
- * their final scores. NaN is written as null.
+ * their final scores, a recall line the recalled tokens at their new
+ * positions. Cold-tier lines (trace_write_cold; `kvscope chat --trace`)
+ * have "event" cold-write, cold-recall (its blocks with their turn,
+ * positions and BM25 score), cold-stop, cold-refused or cold-failed, and
+ * "index", the exchange. NaN is written as null.
  */
 #include "app/app.h"
 
@@ -149,9 +153,49 @@ static void trace_evict(FILE *fp, const struct kv_event *ev)
 	fputc(']', fp);
 }
 
+/* The tokens a recall placed, at their new positions. */
+static void trace_recall(FILE *fp, const struct kv_event *ev)
+{
+	fputs(",\"recalled\":[", fp);
+	for (uint32_t i = 0; i < ev->n_recalled; i++) {
+		const struct kv_tok *t = &ev->recalled[i];
+		fprintf(fp, "%s{\"orig_pos\":%d,\"pos\":%d,\"token\":%d,\"turn\":%u}", i ? "," : "",
+		        t->orig_pos, t->pos, t->token, t->turn);
+	}
+	fputc(']', fp);
+}
+
+void trace_write_cold(FILE *fp, const struct session_cold_event *ev)
+{
+	static const char *const kinds[] = { "cold-write", "cold-recall", "cold-stop", "cold-refused",
+		                                 "cold-failed" };
+	fprintf(fp, "{\"event\":\"%s\",\"index\":%u",
+	        (unsigned)ev->kind < KVS_ARRAY_LEN(kinds) ? kinds[ev->kind] : "?", ev->index);
+	if (ev->kind == SESSION_COLD_WRITE)
+		fprintf(fp, ",\"blocks\":%u,\"tokens\":%llu,\"dropped_blocks\":%u,\"dropped_tokens\":%llu",
+		        ev->blocks, (unsigned long long)ev->tokens, ev->dropped_blocks,
+		        (unsigned long long)ev->dropped_tokens);
+	if (ev->kind == SESSION_COLD_RECALL) {
+		fprintf(fp, ",\"tokens\":%llu,\"blocks\":[", (unsigned long long)ev->tokens);
+		for (size_t i = 0; i < ev->n_hits; i++) {
+			const struct store_cold_hit *h = &ev->hits[i];
+			fprintf(fp, "%s{\"id\":%lld,\"turn\":%u,\"pos0\":%d,\"pos1\":%d,\"n\":%u,\"bm25\":",
+			        i ? "," : "", (long long)h->id, h->turn, h->pos0, h->pos1, h->n_tokens);
+			trace_num(fp, h->bm25);
+			fputc('}', fp);
+		}
+		fputc(']', fp);
+	}
+	if (ev->msg != NULL) {
+		fputs(",\"msg\":", fp);
+		trace_str(fp, ev->msg, strlen(ev->msg));
+	}
+	fputs("}\n", fp);
+}
+
 void trace_write_event(FILE *fp, const struct kv_event *ev, const struct vocab *v)
 {
-	static const char *const kinds[] = { "step", "evict", "turn", "policy", "pin" };
+	static const char *const kinds[] = { "step", "evict", "turn", "policy", "pin", "recall" };
 	fprintf(fp, "{\"event\":\"%s\",\"turn\":%u,\"policy\":",
 	        (unsigned)ev->kind < KVS_ARRAY_LEN(kinds) ? kinds[ev->kind] : "?", ev->turn);
 	trace_str(fp, ev->policy ? ev->policy : "", ev->policy ? strlen(ev->policy) : 0);
@@ -161,6 +205,8 @@ void trace_write_event(FILE *fp, const struct kv_event *ev, const struct vocab *
 		trace_evict(fp, ev);
 	else if (ev->kind == KV_EVENT_TURN)
 		fprintf(fp, ",\"incoming\":%u", ev->n_incoming);
+	else if (ev->kind == KV_EVENT_RECALL)
+		trace_recall(fp, ev);
 	fputc(',', fp);
 	trace_stats(fp, &ev->stats);
 	fputs("}\n", fp);

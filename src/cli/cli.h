@@ -49,6 +49,7 @@ enum opt_group {
 	OPTG_TUI = 1u << 20,     /* --theme, --color, --ascii, --bench-exit */
 	OPTG_PLUGIN = 1u << 21,  /* --plugin (run and the workbench) */
 	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
+	OPTG_COLD = 1u << 23,    /* --cold, --cold-max, --cold-block, --recall, --recall-budget */
 };
 
 struct cli_opts; /* opts.h */

@@ -29,6 +29,7 @@
 #include "cli/opts.h"
 #include "store/store.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,7 @@ const struct cli_cmd cmd_chat = {
 	.help = "plain line-mode chat (libedit on a terminal; one reply per line from a pipe)",
 	.exec = cmd_chat_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV |
-	        OPTG_DB | OPTG_SAVE | OPTG_LEN,
+	        OPTG_DB | OPTG_SAVE | OPTG_LEN | OPTG_COLD | OPTG_TRACE,
 	.args = "none: chat reads its turns from standard input",
 	.defaults = cmd_chat_defaults,
 };
@@ -58,7 +59,31 @@ struct chat_db {
 	int64_t id;       /* resumed session, or 0 */
 	char *model_path; /* the resumed session's model, or NULL */
 	char *system;     /* the resumed session's system prompt, or NULL */
+	char *tmpdir;     /* --cold on without a database: a temporary one here, or NULL */
+	FILE *trace;      /* --trace FILE: memory and cold-tier events, or NULL */
+	const struct vocab *v;
 };
+
+/* --cold on without --db: a temporary database, removed at exit. */
+static int chat_db_temp(struct chat_db *db, struct err *e)
+{
+	const char *base = getenv("TMPDIR");
+	char *dir = xasprintf("%s/kvscope-cold-XXXXXX", base && base[0] ? base : "/tmp");
+	if (mkdtemp(dir) == NULL) {
+		int rc = err_set(e, KVS_EIO, "cold tier: cannot create a temporary folder in %s: %s",
+		                 base && base[0] ? base : "/tmp", strerror(errno));
+		free(dir);
+		return rc;
+	}
+	db->tmpdir = dir;
+	char *path = xasprintf("%s/cold.db", dir);
+	int rc = store_open(&db->st, path, STORE_RW, e);
+	free(path);
+	if (rc == KVS_OK)
+		fprintf(stderr, "kvscope: cold tier in a temporary database, deleted at exit "
+		                "(--db PATH keeps it)\n");
+	return rc;
+}
 
 /* Open the database when saving was asked for; when resuming, take the
  * session's model, policy, budget, context and system prompt unless given. */
@@ -66,7 +91,7 @@ static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
 {
 	struct store_session ss;
 	if (o->db == NULL && o->resume == NULL && o->title == NULL && !o->save)
-		return KVS_OK;
+		return o->cold.on ? chat_db_temp(db, e) : KVS_OK;
 	char *path = o->db ? xstrdup(o->db) : store_default_path();
 	int rc = store_open(&db->st, path, STORE_RW, e);
 	free(path);
@@ -178,7 +203,8 @@ static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session 
 		                        .model_path = mp,
 		                        .model_sha256 = sha,
 		                        .sampler = smp,
-		                        .snapshots = true };
+		                        .snapshots = db->tmpdir == NULL };
+	session_set_cold(s, &o->cold);
 	if (rc == KVS_OK && db->id != 0) {
 		rc = session_resume(s, &ss, &info, e);
 		if (rc == KVS_OK && info.from_snapshot)
@@ -199,6 +225,24 @@ static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session 
 static void chat_db_close(struct chat_db *db)
 {
 	store_close(db->st);
+	if (db->tmpdir != NULL) {
+		/* the temporary database with its WAL, index and snapshot folder */
+		static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
+			                                 "cold.db-journal" };
+		for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
+			char *f = xasprintf("%s/%s", db->tmpdir, parts[i]);
+			(void)unlink(f);
+			free(f);
+		}
+		char *kv = xasprintf("%s/cold.db-kv", db->tmpdir);
+		(void)rmdir(kv);
+		free(kv);
+		if (rmdir(db->tmpdir) != 0)
+			log_warn("cold tier: could not remove the temporary folder %s", db->tmpdir);
+		free(db->tmpdir);
+	}
+	if (db->trace != NULL)
+		fclose(db->trace);
 	free(db->model_path);
 	free(db->system);
 }
@@ -216,13 +260,46 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* Stream the reply's text as it comes (ud: the session); a failed write (a
+/* The session hooks' user data. */
+struct chat_ctx {
+	struct session *s;
+	struct chat_db *db;
+};
+
+/* A KV event: to the trace. */
+static void chat_kv(void *ud, const struct kv_event *ev)
+{
+	const struct chat_db *db = ((const struct chat_ctx *)ud)->db;
+	if (db->trace != NULL && ev->kind != KV_EVENT_STEP)
+		trace_write_event(db->trace, ev, db->v);
+}
+
+/* A cold-tier event: to the trace; a stop, refusal or failure on stderr
+ * (one line; the chat goes on). */
+static void chat_cold(void *ud, const struct session_cold_event *ev)
+{
+	const struct chat_db *db = ((const struct chat_ctx *)ud)->db;
+	if (db->trace != NULL)
+		trace_write_cold(db->trace, ev);
+	if (ev->msg != NULL) {
+		char *m = store_text_escape(ev->msg, 0);
+		fprintf(stderr, "kvscope: %s%s\n", m,
+		        ev->kind == SESSION_COLD_STOP ? "; cold writes stopped, the chat goes on" : "");
+		free(m);
+	}
+	if (ev->kind == SESSION_COLD_RECALL && ev->n_hits > 0)
+		log_info("recalled %llu tokens in %zu blocks (best: turn %u, BM25 %.2f)",
+		         (unsigned long long)ev->tokens, ev->n_hits, ev->hits[0].turn, ev->hits[0].bm25);
+}
+
+/* Stream the reply's text as it comes (ud: the chat_ctx); a failed write (a
  * full disk, a closed pipe) cancels the reply. */
 static void chat_text(void *ud, const char *text, size_t len)
 {
+	const struct chat_ctx *c = ud;
 	fwrite(text, 1, len, stdout);
 	if (!cli_stdout_flush())
-		session_cancel(ud);
+		session_cancel(c->s);
 }
 
 /* /len [SPEC]: show or set the length target of the next replies. */
@@ -315,9 +392,24 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 		rc = cli_fail(&e);
 		goto out;
 	}
+	if ((o->trace_attn || o->trace_every_ms) && o->trace == NULL) {
+		rc = cli_usage(&cmd_chat, "--trace-attn and --trace-every need --trace FILE");
+		goto out;
+	}
+	if (o->trace != NULL && (db.trace = fopen(o->trace, "w")) == NULL) {
+		err_set(&e, KVS_EIO, "cannot write the trace file %s: %s", o->trace, strerror(errno));
+		rc = cli_fail(&e);
+		goto out;
+	}
 	rc = cli_session_open(o, &s);
 	if (rc != CLI_OK)
 		goto out;
+	struct chat_ctx ctx = { .s = s, .db = &db };
+	const struct session_hooks hooks = {
+		.text = chat_text, .saved = chat_saved, .kv = chat_kv, .cold = chat_cold, .ud = &ctx
+	};
+	db.v = gen_vocab(session_gen(s));
+	session_set_hooks(s, &hooks);
 	if (chat_db_start(&db, o, s, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
@@ -374,8 +466,7 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				break;
 			continue;
 		}
-		session_set_hooks(
-		        s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved, .ud = s });
+		session_set_hooks(s, &hooks);
 		int st = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);

@@ -168,6 +168,13 @@ static enum cli_exit sessions_show_exec(struct cli_opts *o)
 		printf("turns    %u (%u incomplete)\n", s.n_turns, s.n_incomplete);
 		printf("tokens   %u entered the cache, %u kept, %u evicted\n", s.n_tokens, s.n_kept,
 		       s.n_tokens - s.n_kept);
+		uint32_t blocks;
+		uint64_t ct, cb;
+		if (store_cold_count(st, id, &blocks, &ct, &cb, &e) != KVS_OK)
+			rc = cli_fail(&e);
+		else
+			printf("cold     %u blocks, %llu tokens, %.1f MiB of K/V\n", blocks,
+			       (unsigned long long)ct, (double)cb / 1048576.0);
 		store_session_free(&s);
 	}
 	store_close(st);

@@ -218,6 +218,28 @@ static int opt_eval_format(struct cli_opts *o, const char *arg, const struct cli
 	return KVS_OK;
 }
 
+/* --cold on|off: the cold tier (what the policy evicts, kept and recalled). */
+static int opt_cold(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0)
+		return err_set(e, KVS_EARG, "--%s: '%s', expected on or off", opt->name, arg);
+	o->cold.on = strcmp(arg, "on") == 0;
+	return KVS_OK;
+}
+
+/* --recall off|fts: how the cold tier's blocks are chosen each turn. */
+static int opt_recall(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                      struct err *e)
+{
+	static const char *const names[] = { "off", "fts" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(names); i++)
+		if (strcmp(arg, names[i]) == 0) {
+			o->cold.recall = (enum session_recall)i;
+			return KVS_OK;
+		}
+	return err_set(e, KVS_EARG, "--%s: '%s', expected off or fts", opt->name, arg);
+}
+
 /* --plugin FILE, repeatable. */
 static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
@@ -424,6 +446,17 @@ static const struct cli_opt cli_opt_table[] = {
 	  "save the conversation as a session with this title" },
 	{ "save", 0, NULL, OPTG_SAVE, opt_flag, O(save), 0, 0,
 	  "save the conversation (implied by --db, --resume and --title)" },
+	{ "cold", 0, "on|off", OPTG_COLD, opt_cold, 0, 0, 0,
+	  "cold tier (default off): what the policy evicts goes to the session's database "
+	  "(without --db a temporary one, deleted at exit) and each turn recalls what it needs" },
+	{ "cold-max", 0, "N", OPTG_COLD, opt_u32, O(cold.max_tokens), 0, 1 << 30,
+	  "cold tokens kept per session, oldest blocks out first (default 0: no cap)" },
+	{ "cold-block", 0, "N", OPTG_COLD, opt_u32, O(cold.block), 1, 4096,
+	  "tokens per cold block at most (default 64; a run evicted together is split only past it)" },
+	{ "recall", 0, "off|fts", OPTG_COLD, opt_recall, 0, 0, 0,
+	  "how each user turn recalls cold blocks: fts (default; its words, BM25) or off" },
+	{ "recall-budget", 0, "N", OPTG_COLD, opt_u32, O(cold.recall_budget), 1, 1 << 24,
+	  "tokens recalled per turn at most (default: an eighth of the KV budget)" },
 	{ "format", 0, "md|json", OPTG_EXPORT, opt_str, O(format), 0, 0,
 	  "export format: Markdown (default) or JSON" },
 	{ "theme", 0, "dark|light", OPTG_TUI, opt_str, O(theme), 0, 0, "colour theme (default dark)" },
@@ -448,6 +481,7 @@ void cli_opts_default(struct cli_opts *o)
 	memset(o, 0, sizeof *o);
 	gen_config_default(&o->gen);
 	o->max_tokens = 256;
+	o->cold.recall = SESSION_RECALL_FTS;
 	o->top = 10;
 	o->n_prompt = 512;
 	o->n_gen = 128;

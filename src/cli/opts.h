@@ -52,6 +52,7 @@ struct cli_opts {
 	const char *resume;        /* --resume [ID|TITLE] ("" : the latest session) */
 	const char *title;         /* chat: the new session's title */
 	bool save;                 /* chat: save the conversation */
+	struct session_cold_config cold; /* chat: --cold, --cold-max, --recall, --recall-budget */
 	struct len_target len;     /* --target-words / --length (unit LEN_NONE: none) */
 	bool no_len_prompt;        /* --no-length-prompt */
 	struct lenctl_params lenp; /* --no-repeat */

@@ -68,6 +68,10 @@ struct store_cold {
 	size_t n_q, cap_q;
 	uint64_t n_pending;
 	bool stopped, warned_raw;
+	/* the last recall's choice, until placed */
+	struct kv_tok *sel_toks; /* (n_sel) orig_pos ascending */
+	uint8_t *sel_raw;        /* (n_sel, row) */
+	uint32_t n_sel;
 };
 
 void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct vocab *v,
@@ -105,6 +109,8 @@ void store_cold_free(struct store_cold *c)
 		return;
 	cold_queue_clear(c);
 	free(c->q);
+	free(c->sel_toks);
+	free(c->sel_raw);
 	free(c);
 }
 
@@ -541,11 +547,33 @@ static bool cold_clash(const struct store_cold *c, const struct cold_got *g,
 	return false;
 }
 
+/* Forget a choice not placed. */
+static void cold_sel_clear(struct store_cold *c)
+{
+	free(c->sel_toks);
+	free(c->sel_raw);
+	c->sel_toks = NULL;
+	c->sel_raw = NULL;
+	c->n_sel = 0;
+}
+
+int store_cold_place(struct store_cold *c, struct err *e)
+{
+	int rc = KVS_OK;
+	if (c->n_sel > 0)
+		rc = kv_cache_recall(c->kv, c->sel_toks, c->n_sel, c->sel_raw, e);
+	cold_sel_clear(c);
+	if (rc != KVS_OK)
+		err_prefix(e, "cold tier: recall refused");
+	return rc;
+}
+
 int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
                       struct store_cold_hit **hits, size_t *n_hits, struct err *e)
 {
 	*hits = NULL;
 	*n_hits = 0;
+	cold_sel_clear(c);
 	if (c->s == NULL || budget == 0)
 		return KVS_OK;
 	cold_sync(c);
@@ -603,24 +631,15 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 		for (size_t i = 0; i < n_got; i++)
 			(*hits)[i] = got[i].hit; /* best first */
 		*n_hits = n_got;
-		/* back in their original order, as one list */
+		/* kept in their original order, as one list, for store_cold_place */
 		qsort(got, n_got, sizeof *got, cold_got_cmp);
-		struct kv_tok *toks = xmallocarray(used, sizeof *toks);
-		uint8_t *raw = xmallocarray(used, c->row);
-		uint32_t k = 0;
+		c->sel_toks = xmallocarray(used, sizeof *c->sel_toks);
+		c->sel_raw = xmallocarray(used, c->row);
 		for (size_t i = 0; i < n_got; i++) {
-			memcpy(toks + k, got[i].toks, got[i].hit.n_tokens * sizeof *toks);
-			memcpy(raw + (size_t)k * c->row, got[i].raw, (size_t)got[i].hit.n_tokens * c->row);
-			k += got[i].hit.n_tokens;
-		}
-		rc = kv_cache_recall(c->kv, toks, used, raw, e);
-		free(toks);
-		free(raw);
-		if (rc != KVS_OK) {
-			free(*hits);
-			*hits = NULL;
-			*n_hits = 0;
-			err_prefix(e, "cold tier: recall refused");
+			memcpy(c->sel_toks + c->n_sel, got[i].toks, got[i].hit.n_tokens * sizeof *c->sel_toks);
+			memcpy(c->sel_raw + (size_t)c->n_sel * c->row, got[i].raw,
+			       (size_t)got[i].hit.n_tokens * c->row);
+			c->n_sel += got[i].hit.n_tokens;
 		}
 	}
 	for (size_t i = 0; i < n_got; i++) {

@@ -238,12 +238,16 @@ int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flus
 /* Stop writing (the queue and later evictions are dropped); recall goes on. */
 void store_cold_stop(struct store_cold *c);
 bool store_cold_stopped(const struct store_cold *c);
-/* Bring back the blocks of this epoch that text's words match best (BM25),
- * up to budget tokens, skipping blocks with a token in the cache; they go
- * into the cache in their original order (kv_cache_recall). *hits (caller
- * frees) lists them, best first. No word in text, or no match: *n_hits 0. */
+/* Choose the blocks of this epoch that text's words match best (BM25), up
+ * to budget tokens, skipping blocks with a token in the cache; *hits
+ * (caller frees) lists them, best first. No word in text, or no match:
+ * *n_hits 0. The cache is not touched: the caller makes room for them
+ * (their tokens summed) and calls store_cold_place. */
 int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
                       struct store_cold_hit **hits, size_t *n_hits, struct err *e);
+/* Put the chosen blocks back into the cache, in their original order
+ * (kv_cache_recall); KVS_EARG when they do not fit (nothing changes). */
+int store_cold_place(struct store_cold *c, struct err *e);
 /* text's words as a safe FTS5 query: every word quoted (quotes doubled),
  * joined by OR, at most 64 (caller owns; NULL when text has no word). */
 char *store_cold_fts_query(const char *text);

@@ -285,6 +285,8 @@ static void test_write_recall(const struct tiny *t)
 	T_CHECK(store_cold_recall(r.cold, "what about the zebra?", 16, &hits, &n_hits, &e) == KVS_OK,
 	        "%s", e.msg);
 	T_EQ_INT(n_hits, 1);
+	T_EQ_INT(kv_cache_n(r.kv) <= 16, 1); /* placed only when asked */
+	T_CHECK(store_cold_place(r.cold, &e) == KVS_OK, "%s", e.msg);
 	if (n_hits == 1) {
 		char *bt = text_of(t->m, r.ids, (uint32_t)hits[0].pos0, (uint32_t)hits[0].pos1 + 1);
 		T_CHECK(strstr(bt, "zebra") != NULL, "recalled \"%s\"", bt);
