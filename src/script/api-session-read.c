@@ -175,6 +175,7 @@ static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 	api_setint(L, "n_key", st.n_key);
 	api_setint(L, "n_recent", st.n_recent);
 	api_setint(L, "n_pinned", st.n_pinned);
+	api_setint(L, "n_recalled", st.n_recalled);
 	api_setint(L, "n_seen", (lua_Integer)st.n_seen);
 	api_setint(L, "n_evicted", (lua_Integer)st.n_evicted);
 	api_setint(L, "n_evictions", st.n_evictions);
@@ -271,7 +272,7 @@ static const struct api_fn api_session_read_fns[] = {
 	  api_s_detokenize },
 	{ "session:policy", API_FAST, API_C, "() -> string", "the policy in use", api_s_policy },
 	{ "session:stats", API_DEFERRED, API_C, "() -> table",
-	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_evicted, "
+	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_recalled, n_evicted, "
 	  "n_evictions, n_fallbacks, bytes, policy (and base, for a Lua policy), ...",
 	  api_s_stats },
 	{ "session:tokens", API_DEFERRED, API_C, "() -> tokens",

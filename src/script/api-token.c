@@ -97,6 +97,8 @@ static int api_tok_field(lua_State *L, const struct api_tokref *r, const char *k
 		lua_pushboolean(L, (t->flags & KV_FLAG_KEY) != 0);
 	else if (strcmp(k, "pinned") == 0)
 		lua_pushboolean(L, (t->flags & KV_FLAG_PINNED) != 0);
+	else if (strcmp(k, "recalled") == 0)
+		lua_pushboolean(L, (t->flags & KV_FLAG_RECALLED) != 0);
 	else if (strcmp(k, "eog") == 0)
 		lua_pushboolean(L, r->eog);
 	else

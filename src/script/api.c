@@ -117,6 +117,9 @@ static const struct {
 	              "main loop: a key the front end did not use; return true to "
 	              "consume it" },
 	[SEV_UNLOAD] = { "unload", "()", "main loop: the plugin is being unloaded" },
+	[SEV_RECALL] = { "recall", "(ev)",
+	                 "fast: tokens came back from the cold tier for this turn; ev.tokens (list, "
+	                 "original order, at their new positions), n, policy, kept" },
 };
 
 /* The metatable of type t: methods from every lib's "obj:" rows, or t's index. */

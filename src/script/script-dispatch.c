@@ -197,6 +197,22 @@ static int push_evict(lua_State *L, void *ud)
 	return 1;
 }
 
+static int push_recall(lua_State *L, void *ud)
+{
+	const struct evict_args *a = ud;
+	const struct kv_event *ev = a->ev;
+	lua_createtable(L, 0, 4);
+	api_push_toks(L, ev->recalled, ev->n_recalled, a->rt->vocab);
+	lua_setfield(L, -2, "tokens");
+	lua_pushinteger(L, ev->n_recalled);
+	lua_setfield(L, -2, "n");
+	lua_pushstring(L, ev->policy ? ev->policy : "");
+	lua_setfield(L, -2, "policy");
+	lua_pushinteger(L, ev->stats.n_cached);
+	lua_setfield(L, -2, "kept");
+	return 1;
+}
+
 static int push_attention(lua_State *L, void *ud)
 {
 	const struct evict_args *a = ud;
@@ -212,6 +228,8 @@ void script_on_kv_event(struct script_rt *rt, const struct kv_event *ev)
 			script_notify(rt, NULL, "retention policy %s fell back to the built-in policy: %s",
 			              ev->policy ? ev->policy : "?", ev->fallback_why ? ev->fallback_why : "");
 		script_dispatch(rt, SEV_EVICT, push_evict, &a);
+	} else if (ev->kind == KV_EVENT_RECALL) {
+		script_dispatch(rt, SEV_RECALL, push_recall, &a);
 	} else if (ev->kind == KV_EVENT_STEP && ev->heads != NULL) {
 		script_dispatch(rt, SEV_ATTENTION, push_attention, &a);
 	}

@@ -55,6 +55,7 @@ enum script_event {
 	SEV_MODEL_LOADED,
 	SEV_KEY,
 	SEV_UNLOAD,
+	SEV_RECALL,
 	SEV_COUNT
 };
 
