@@ -9,7 +9,10 @@
 #   - SQLite's integrity check says ok (kvscope sessions check);
 #   - every turn ever reported saved is in the database, with the text sent;
 #   - turn indices run 0..n-1 without gaps, and every turn marked complete
-#     has its token rows (a turn is never half-written).
+#     has its token rows (a turn is never half-written);
+#   - the cold tier (--cold on: what the policy evicts is written after each
+#     commit, in its own transaction) holds only whole blocks, each with
+#     its K/V rows and full-text row, and some were written by the end.
 # CRASH_ROUNDS sets the number of rounds (default 50).
 set -u
 . "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
@@ -28,6 +31,7 @@ db=$tmp/crash.db
 # (exec: the background job's pid is kvscope's own, so kill -9 hits it)
 chat() {
 	KVSCOPE_LOG=info exec "$bin" chat --db "$1" $2 --temp 0 -n 8 --policy streaming --kv-budget 128 \
+		--cold on --cold-block 16 \
 		<"$tmp/in" >"$tmp/out" 2>"$tmp/err"
 }
 # How long one uninterrupted round takes (on a scratch database), so the
@@ -73,6 +77,17 @@ for f in $fracs; do
 		[ "$check" = ok ] || fail "round $r: integrity: $check"
 	fi
 	[ -s "$tmp/saved" ] || continue
+	python3 - "$db" <<'PY' || fail "round $r: cold tier check failed"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+bad = c.execute("SELECT count(*) FROM cold_blocks b WHERE n_tokens < 1 OR n_tokens > 16 "
+                "OR pos1 - pos0 + 1 <> n_tokens OR length(toks) <> 24 * n_tokens OR length(kv) <> "
+                "n_tokens * (SELECT bytes_per_token FROM cold_meta m WHERE m.session_id = b.session_id)").fetchone()[0]
+n = c.execute("SELECT count(*) FROM cold_blocks").fetchone()[0]
+fts = c.execute("SELECT count(*) FROM cold_fts_docsize").fetchone()[0]
+if bad or fts != n:
+    print("cold blocks: %d malformed, %d blocks but %d full-text rows" % (bad, n, fts)); sys.exit(1)
+PY
 	"$bin" sessions export crash --format json --db "$db" >"$tmp/x.json" 2>"$tmp/x.err" ||
 		{ fail "round $r: export: $(cat "$tmp/x.err")"; continue; }
 	python3 - "$tmp/x.json" "$tmp/saved" "$r" <<'PY' || fail "round $r: database check failed"
@@ -98,4 +113,7 @@ echo "crash-loop.sh: $r rounds (kill span at the end ${span_ms} ms), $killed_mid
 [ "$r" -ge "$rounds" ] || fail "only $r rounds ran"
 [ "$killed_mid" -ge $((rounds / 4)) ] || fail "only $killed_mid of $r rounds were killed mid-run (delays too long?)"
 [ "$n_turns" -gt 0 ] || fail "no turn was ever saved (delays too short?)"
+n_cold=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM cold_blocks').fetchone()[0])" "$db")
+echo "crash-loop.sh: $n_cold cold blocks at the end"
+[ "$n_cold" -gt 0 ] || fail "no cold block was ever written"
 [ "$fails" -eq 0 ]
