@@ -392,8 +392,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 		rc = cli_fail(&e);
 		goto out;
 	}
-	if ((o->trace_attn || o->trace_every_ms) && o->trace == NULL) {
-		rc = cli_usage(&cmd_chat, "--trace-attn and --trace-every need --trace FILE");
+	if (o->trace_attn || o->trace_every_ms) {
+		rc = cli_usage(&cmd_chat, "chat --trace writes memory and cold-tier events; --trace-attn "
+		                          "and --trace-every apply to generate");
 		goto out;
 	}
 	if (o->trace != NULL && (db.trace = fopen(o->trace, "w")) == NULL) {

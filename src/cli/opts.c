@@ -392,7 +392,8 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
 	{ "trace", 0, "FILE", OPTG_TRACE, opt_path, O(trace), 0, 0,
-	  "write KV-cache events (one JSON line per step, eviction, turn) to FILE" },
+	  "write KV-cache events to FILE, one JSON line each (generate: step, eviction, turn; chat: "
+	  "evictions, turns, recalls and the cold tier's writes)" },
 	{ "trace-attn", 0, NULL, OPTG_TRACE, opt_flag, O(trace_attn), 0, 0,
 	  "include every step's attention rows (layer x head x cached tokens) in the trace" },
 	{ "trace-every", 0, "MS", OPTG_TRACE, opt_u32, O(trace_every_ms), 0, 60000,

@@ -38,7 +38,8 @@ bool kv_protected(const struct kv_cache *c, const struct kv_tok *t)
 	return (t->flags & KV_FLAG_RECALLED) && c->recall_turn != 0 && c->recall_turn == c->turn;
 }
 
-/* Make room for n tokens' raw rows before an eviction's gather. */
+/* Make room for n tokens' raw rows before an eviction's gather (the
+ * victims the target implies; kv_cold_save grows it when there are more). */
 void kv_cold_begin(struct kv_cache *c, uint32_t n)
 {
 	c->cold_raw_ok = c->cold_fn != NULL;
@@ -56,10 +57,11 @@ void kv_cold_save(struct kv_cache *c, uint32_t i, uint32_t slot)
 {
 	if (!c->cold_raw_ok)
 		return;
-	/* kv_cold_begin sized the buffer for every victim the target allows */
-	if (NEVER((size_t)(i + 1) * c->bytes_per_token > c->cold_cap)) {
-		c->cold_raw_ok = false;
-		return;
+	/* a selection may keep fewer than its target: grow past the estimate */
+	size_t need = (size_t)(i + 1) * c->bytes_per_token;
+	if (need > c->cold_cap) {
+		c->cold_cap = KVS_MAX(need, 2 * c->cold_cap);
+		c->cold_raw = xrealloc(c->cold_raw, c->cold_cap);
 	}
 	if (engine_kv_save(c->eng, slot, c->cold_raw + (size_t)i * c->bytes_per_token, NULL) != KVS_OK)
 		c->cold_raw_ok = false; /* a backend without raw access: tokens go without rows */
