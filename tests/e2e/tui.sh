@@ -583,6 +583,29 @@ while [ ! -s "$tmp/nomodel.rc" ] && [ "$(date +%s)" -le "$end" ]; do sleep 0.1; 
 grep -q "the default model is not installed .*'make model'" "$tmp/nomodel.err" ||
 	fail "no model: $(cat "$tmp/nomodel.err")"
 
+# 10f. the line chat on a terminal: ':' commands as in the workbench ('/'
+# still works), :save mid-way, and Ctrl-D leaves the shell's next line on
+# a line of its own (it was "> SHELL-BACK")
+T kill-session -t kv
+T new-session -d -s kv -x 120 -y 30 "XDG_DATA_HOME='$tmp/chatdata' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' chat --model '$model' --temp 0 -n 6; echo SHELL-BACK; sleep 600"
+wait_for ":help for commands" 60
+T send-keys -t kv -l ":help"
+T send-keys -t kv Enter
+wait_for "^  :save \\[TITLE\\]  save this conversation"
+T send-keys -t kv -l "/kv"
+T send-keys -t kv Enter
+wait_for "^KV streaming"
+T send-keys -t kv -l "Say hi."
+T send-keys -t kv Enter
+wait_for "^\\[[0-9]+ tokens, " 60
+if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	T send-keys -t kv -l ":save line chat"
+	T send-keys -t kv Enter
+	wait_for "saved 1 exchange to .*chatdata/kvscope/memory.db as session 1"
+fi
+T send-keys -t kv C-d
+wait_for "^SHELL-BACK"
+
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit
 T kill-session -t kv
