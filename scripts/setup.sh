@@ -76,7 +76,7 @@ step 3 "make -j$jobs"
 rcf=build/.setup-make-rc
 { make -C build -j"$jobs" --no-print-directory; echo $? >"$rcf"; } 2>&1 | awk '
 	/^ *(CC|CCLD|NVCC|GEN|AR|RANLIB) / { n++; if (n % 25 == 0) { printf "setup:       %d files built\n", n; fflush() }; next }
-	/^Making (all|check) in / { next }
+	/^Making (all|check) in / || /^make +all-am$/ || /Nothing to be done/ { next }
 	{ print; fflush() }' >&2
 [ "$(cat "$rcf")" = 0 ] || die "make failed (see above)"
 done_step "built"
