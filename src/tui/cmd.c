@@ -528,6 +528,26 @@ static int x_export(struct tui_ctx *c, int argc, char **argv)
 	return KVS_OK;
 }
 
+/* :export-view attention|retention FILE [csv|json]: what the panes show. */
+static int x_export_view(struct tui_ctx *c, int argc, char **argv)
+{
+	struct err e;
+
+	if (argc < 3 || argc > 4)
+		return tui_cmd_fail(c, ":export-view: expected attention|retention FILE [csv|json]");
+	if (tui_export_view(c->t, argv[1], argv[2], argc == 4 ? argv[3] : NULL, &e) != KVS_OK)
+		return tui_cmd_fail(c, ":export-view: %s", e.msg);
+	tui_status(c->t, false, "%s view written to %s", argv[1], argv[2]);
+	return KVS_OK;
+}
+
+static int comp_view(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "attention", "retention", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 /* The runtime, or a failure saying why there is none. */
 static struct script_rt *cmd_rt(struct tui_ctx *c, const char *cmd)
 {
@@ -803,6 +823,10 @@ static const struct tui_cmd tui_cmds[] = {
 	  "save this conversation (its exchanges so far and the next ones); when saving, retitle it",
 	  NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
+	{ "export-view", "attention|retention FILE [csv|json]",
+	  "write what the pane shows: the attention steps (every layer and head) or the strip's "
+	  "tokens",
+	  comp_view, x_export_view },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua', kvscope preloaded)", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },

@@ -20,6 +20,7 @@
 #include "tui/tui-int.h"
 
 #include <curses.h>
+#include <errno.h>
 #include <locale.h>
 #include <pthread.h>
 #include <math.h>
@@ -603,6 +604,25 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 	};
 	struct tui_term *tt = ud;
 
+	if (strcmp(cmd, "export_view") == 0) {
+		/* kvscope.export_view: "VIEW\tFORMAT\tFD", the file opened by the
+		 * script layer under the results directory (never a path from Lua) */
+		char view[40];
+		int fd = -1, rc;
+		char fmt[16];
+		FILE *fp;
+		if (arg == NULL || sscanf(arg, "%39[^\t]\t%15[^\t]\t%d", view, fmt, &fd) != 3 || fd < 0)
+			return err_set(e, KVS_EARG, "export_view: expected VIEW, FILE [, FORMAT]");
+		if ((fd = dup(fd)) < 0 || (fp = fdopen(fd, "w")) == NULL) {
+			if (fd >= 0)
+				close(fd);
+			return err_set(e, KVS_EIO, "export_view: %s", strerror(errno));
+		}
+		rc = tui_export_view_fp(&tt->t, view, fmt, fp, e);
+		if (fclose(fp) != 0 && rc == KVS_OK)
+			rc = err_set(e, KVS_EIO, "export_view: %s", strerror(errno));
+		return rc;
+	}
 	for (size_t i = 0; i < KVS_ARRAY_LEN(map); i++) {
 		struct worker_cmd c = { .kind = map[i].kind };
 		if (strcmp(map[i].name, cmd) != 0)
@@ -628,7 +648,8 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		return KVS_OK;
 	}
 	return err_set(e, KVS_EARG,
-	               "send '%s': expected chat, policy, budget, reset, pin, unpin or max_tokens",
+	               "send '%s': expected chat, policy, budget, reset, pin, unpin, max_tokens or "
+	               "export_view",
 	               cmd);
 }
 

@@ -23,6 +23,8 @@
 #include "script/script.h"
 #include "tui/tui.h"
 
+#include <stdio.h>
+
 /* ---- colour roles (theme.c) ---- */
 
 enum tui_role {
@@ -380,6 +382,17 @@ char *tui_osc52(const char *text);
 /* The last reply's text (all: the whole chat, one message a line),
  * allocated; NULL when there is none. */
 char *tui_chat_text(const struct tui *t, bool all);
+
+/* ---- exporting what is shown (export.c) ---- */
+
+/* Write view ("attention": the steps of the attention history, every layer
+ * and head; "retention": the dialogue's tokens) to path as fmt ("csv",
+ * "json"; NULL or "": from the name, .csv else JSON). */
+int tui_export_view(const struct tui *t, const char *view, const char *path, const char *fmt,
+                    struct err *e);
+/* The same to an open file, fmt "csv" or "json" (kvscope.export_view). */
+int tui_export_view_fp(const struct tui *t, const char *view, const char *fmt, FILE *fp,
+                       struct err *e);
 
 /* ---- commands (cmd.c) ---- */
 

@@ -606,6 +606,68 @@ fi
 T send-keys -t kv C-d
 wait_for "^SHELL-BACK"
 
+# 13. a newcomer's tools, at 160x48 (every pane) and 80x24 (tabs):
+# exporting what is shown (parsed by python's json and csv modules)
+T kill-session -t kv
+cat >"$tmp/exportview.lua" <<'LUA'
+local kvscope = require "kvscope"
+kvscope.command("lua-export", function(args)
+  print(kvscope.export_view("attention", "lua/att.json"))
+end, "export the attention view from Lua")
+LUA
+T new-session -d -s kv -x 160 -y 48 "cd '$tmp' && XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --temp 0 -n 6 --no-plugins --plugin '$tmp/exportview.lua'; sleep 600"
+wait_for "Retention" 60
+T send-keys -t kv -l "Name a colour."
+T send-keys -t kv Enter
+wait_for "\\[(eos|max-tokens)\\]" 90
+T send-keys -t kv -l ":export-view attention $tmp/att.json"
+T send-keys -t kv Enter
+wait_for "attention view written to"
+T send-keys -t kv -l ":export-view retention $tmp/ret.csv"
+T send-keys -t kv Enter
+wait_for "retention view written to .*ret.csv"
+T send-keys -t kv -l ":export-view retention $tmp/ret.json json"
+T send-keys -t kv Enter
+wait_for "retention view written to .*ret.json"
+T send-keys -t kv -l ":export-view heads $tmp/x.json"
+T send-keys -t kv Enter
+wait_for "export-view: unknown view 'heads': expected attention or retention"
+[ ! -e "$tmp/x.json" ] || fail ":export-view with a bad view made a file"
+T send-keys -t kv -l ":lua-export"
+T send-keys -t kv Enter
+wait_for ":lua-export: results/lua/att.json"
+if command -v python3 >/dev/null 2>&1; then
+	python3 - "$tmp" <<'PY' || fail "the exported views do not parse or do not add up (above)"
+import csv, json, math, sys
+d = sys.argv[1]
+a = json.load(open(d + "/att.json"))
+L, H, K, Q = a["n_layer"], a["n_head"], len(a["tokens"]), len(a["queries"])
+assert (L, H) == (30, 9), (L, H)
+assert len(a["positions"]) == K and a["positions"] == sorted(a["positions"])
+assert len(a["attention"]) == L and all(len(x) == H for x in a["attention"])
+for l in range(L):
+    for h in range(H):
+        m = a["attention"][l][h]
+        assert len(m) == Q and all(len(r) == K for r in m)
+        for q, r in enumerate(m):
+            assert abs(sum(r) - 1) < 1e-3, (l, h, q, sum(r))
+            qp = a["queries"][q]["position"]
+            # causal: no weight on a key after its query
+            assert all(w == 0 for p, w in zip(a["positions"], r) if p > qp)
+assert a["queries"][-1]["index"] == a["positions"].index(a["queries"][-1]["position"])
+b = json.load(open(d + "/results/lua/att.json"))  # under the results directory
+assert b["attention"] == a["attention"]
+rows = list(csv.DictReader(open(d + "/ret.csv", newline="", encoding="utf-8")))
+r = json.load(open(d + "/ret.json"))
+assert [int(x["position"]) for x in rows] == list(range(len(rows))) and len(rows) > 20
+assert [t["position"] for t in r["tokens"]] == list(range(len(rows)))
+assert [t["text"] for t in r["tokens"]] == [x["text"] for x in rows]
+assert sum(int(x["cached"]) for x in rows) == r["cached"], (r["cached"],)
+assert rows[0]["text"] == "<|im_start|>" and rows[0]["role"] == "system"
+print("exports: %d layers x %d heads x %d queries x %d keys, %d tokens" % (L, H, Q, K, len(rows)))
+PY
+fi
+
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit
 T kill-session -t kv

@@ -1254,6 +1254,86 @@ static void test_chat_scroll(void)
 	tui_free(&t);
 }
 
+/* A file's whole text (allocated). */
+static char *slurp(const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	char *buf = xcalloc(1 << 16, 1);
+	if (fp != NULL) {
+		size_t n = fread(buf, 1, (1 << 16) - 1, fp);
+		buf[n] = '\0';
+		fclose(fp);
+	}
+	return buf;
+}
+
+/* :export-view: the attention steps as one key axis (a key missing from a
+ * step weighs 0), the strip's tokens; texts escaped for JSON and CSV, bytes
+ * that are not UTF-8 as U+FFFD; a bad view or format makes no file. */
+static void test_export_view(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct worker_event ev = { 0 };
+	struct kv_tok ev_toks[1];
+	char path[64], *d;
+	struct err e;
+
+	tui_init(&t);
+	c.t = &t;
+	fill_model(&t);
+	T_CHECK(tui_export_view(&t, "attention", "/tmp/x.json", NULL, &e) == KVS_ESTATE,
+	        "no steps yet: %s", e.msg);
+	add_step(&t, 2, 1, 3);     /* keys 0 1 2, each 1/3 */
+	add_step_w(&t, 2, 1, 4, true); /* keys 0..3: 1/10 2/10 3/10 4/10 */
+	snprintf(t.policy, sizeof t.policy, "h2o \"q\"\n\x01\xff");
+	ev_toks[0] = mk_tok(9, 2, KV_ROLE_USER, 0);
+	ev.kind = WORKER_EV_KV;
+	ev.kv.kind = KV_EVENT_EVICT;
+	ev.kv.policy = "a,\"b\"";
+	ev.kv.n_evicted = 1;
+	ev.kv.evicted = ev_toks;
+	tui_apply(&t, &ev, 0);
+	snprintf(path, sizeof path, "/tmp/test-tui-export-%d.json", (int)getpid());
+	T_EQ_INT(tui_cmd_run(&c, "export-view attention"), KVS_EARG);
+	T_CHECK(tui_export_view(&t, "attention", path, NULL, &e) == KVS_OK, "%s", e.msg);
+	d = slurp(path);
+	T_CHECK(strstr(d, "\"tokens\":[\"#100\",\"#101\",\"#102\",\"#103\"],\"positions\":[0,1,2,3]") !=
+	                NULL,
+	        "%s", d);
+	/* attention[layer][head][query][key]: the first step had no key 3 */
+	T_CHECK(strstr(d, "\"attention\":[[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]],"
+	                  "[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]]]}") != NULL,
+	        "%s", d);
+	T_CHECK(strstr(d, "{\"step\":0,\"position\":2,\"index\":2,\"token\":\"#102\"}") != NULL,
+	        "%s", d);
+	free(d);
+	T_CHECK(tui_export_view(&t, "retention", path, "json", &e) == KVS_OK, "%s", e.msg);
+	d = slurp(path);
+	T_CHECK(strstr(d, "\"policy\":\"h2o \\\"q\\\"\\n\\u0001\xef\xbf\xbd\"") != NULL, "%s", d);
+	T_CHECK(strstr(d, "{\"position\":9,\"id\":109,\"text\":\"#109\",\"turn\":2,\"role\":\"user\","
+	                  "\"cached\":false,\"evicted\":true,\"sink\":false,\"key\":false,"
+	                  "\"pinned\":false,\"surprisal\":null,\"score\":null,\"evicted_by\":"
+	                  "\"a,\\\"b\\\"\"") != NULL,
+	        "%s", d);
+	free(d);
+	T_CHECK(tui_export_view(&t, "retention", path, "csv", &e) == KVS_OK, "%s", e.msg);
+	d = slurp(path);
+	T_CHECK(strncmp(d, "position,id,text,turn,role,cached,evicted,sink,key,pinned,surprisal,"
+	                   "score,evicted_by,cause\n0,100,#100,0,system,1,0,1,0,0,,,,\n",
+	                80) == 0,
+	        "%s", d);
+	T_CHECK(strstr(d, "\n9,109,#109,2,user,0,1,0,0,0,,,\"a,\"\"b\"\"\",") != NULL, "%s", d);
+	free(d);
+	remove(path);
+	T_CHECK(tui_export_view(&t, "heads", path, NULL, &e) == KVS_EARG &&
+	                strstr(e.msg, "expected attention or retention") != NULL,
+	        "%s", e.msg);
+	T_CHECK(tui_export_view(&t, "retention", path, "xml", &e) == KVS_EARG, "%s", e.msg);
+	T_CHECK(access(path, F_OK) != 0, "a refused export made no file");
+	tui_free(&t);
+}
+
 int main(void)
 {
 	/* character widths come from the locale, as in the program */
@@ -1279,6 +1359,7 @@ int main(void)
 	test_kv_copy();
 	test_grid();
 	test_lua();
+	test_export_view();
 	test_registries(); /* last: it adds to the tables */
 	return t_done("test-tui");
 }
