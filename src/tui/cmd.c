@@ -710,7 +710,18 @@ static int x_help(struct tui_ctx *c, int argc, char **argv)
 			return KVS_OK;
 		}
 	}
-	return tui_cmd_fail(c, ":help: no command '%s' (:help lists them)", name);
+	/* not a command: search the help for the words */
+	char text[sizeof c->t->help_find] = "";
+	for (int i = 1; i < argc; i++)
+		if (strlen(text) + strlen(argv[i]) + 2 <= sizeof text)
+			snprintf(text + strlen(text), sizeof text - strlen(text), "%s%s", i > 1 ? " " : "",
+			         argv[i]);
+	if (!tui_help_find(c->t, text)) {
+		c->t->help = false;
+		return tui_cmd_fail(c, ":help: no command '%s', and the help does not mention it", name);
+	}
+	tui_status(c->t, false, "help: '%s' (:help %s again for the next)", text, text);
+	return KVS_OK;
 }
 
 static int comp_pane(const char *word, size_t i, const char **out)
@@ -836,7 +847,8 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "mouse", "[on|off]",
 	  "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here",
 	  comp_onoff, x_mouse },
-	{ "help", "[CMD]", "this list, or one command's help", tui_cmd_names, x_help },
+	{ "help", "[CMD|TEXT]", "this list, one command's help, or the help opened where TEXT is",
+	  tui_cmd_names, x_help },
 	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
 	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
 };

@@ -33,8 +33,10 @@ void tui_init(struct tui *t)
 	memset(t, 0, sizeof *t);
 	t->sel_tok = -1;
 	t->evsum.msg = -1;
+	t->chat_hit = -1;
 	t->theme = tui_theme_at(0);
 	snprintf(t->plugins, sizeof t->plugins, "plugins: none");
+	snprintf(t->status, sizeof t->status, "%s", TUI_HINT);
 }
 
 static void tui_step_free(struct tui_step *s)
@@ -56,6 +58,7 @@ static void tui_msgs_clear(struct tui *t)
 	}
 	t->n_msgs = 0;
 	t->chat_scroll = 0;
+	t->chat_hit = -1;
 	memset(&t->evsum, 0, sizeof t->evsum);
 	t->evsum.msg = -1;
 }
@@ -429,7 +432,8 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		t->turn_tokens = 0;
 		t->turn_words = 0;
 		t->last_stop[0] = '\0';
-		t->chat_scroll = 0;
+		if (t->chat_hit < 0)
+			t->chat_scroll = 0; /* a search hit being read stays */
 		t->reply_len = t->len; /* what this reply is judged by */
 		break;
 	case WORKER_EV_TOKEN:
@@ -523,6 +527,57 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 			t->busy = false;
 		break;
 	}
+}
+
+bool tui_has_text(const char *s, const char *text)
+{
+	size_t n = strlen(text);
+
+	if (n == 0)
+		return false;
+	for (; *s; s++) {
+		size_t k = 0;
+		while (k < n && s[k] && tolower((unsigned char)s[k]) == tolower((unsigned char)text[k]))
+			k++;
+		if (k == n)
+			return true;
+	}
+	return false;
+}
+
+/* Whether message m's text holds text. */
+static bool tui_msg_has(const struct tui_msg *m, const char *text)
+{
+	size_t len = 1;
+	char *all;
+	bool has;
+
+	for (uint32_t j = 0; j < m->n_spans; j++)
+		len += strlen(m->spans[j].text);
+	all = xmalloc(len);
+	all[0] = '\0';
+	for (uint32_t j = 0; j < m->n_spans; j++)
+		strcat(all, m->spans[j].text);
+	has = tui_has_text(all, text);
+	free(all);
+	return has;
+}
+
+bool tui_chat_find(struct tui *t, const char *text, int dir)
+{
+	int32_t i = t->chat_hit >= 0 ? t->chat_hit - dir : dir > 0 ? (int32_t)t->n_msgs - 1 : 0;
+
+	if (strcmp(text, t->chat_find) != 0) { /* a new search starts at the bottom */
+		i = dir > 0 ? (int32_t)t->n_msgs - 1 : 0;
+		snprintf(t->chat_find, sizeof t->chat_find, "%s", text);
+	}
+	for (; i >= 0 && i < (int32_t)t->n_msgs; i -= dir)
+		if (tui_msg_has(&t->msgs[i], text)) {
+			t->chat_hit = i;
+			t->chat_jump = true;
+			return true;
+		}
+	return false;
 }
 
 const struct tui_step *tui_step_shown(const struct tui *t)

@@ -152,8 +152,10 @@ struct tui_msg {
 	bool replayed; /* from a saved session's transcript (never streaming) */
 };
 
-/* How many of a resumed session's last turns the chat replays. */
-#define TUI_REPLAY_TURNS 1000
+/* How many of a resumed session's last turns the chat replays: every one
+ * (the pane lays out only the rows it shows, so a long transcript costs a
+ * frame what its last screenful costs). */
+#define TUI_REPLAY_TURNS UINT32_MAX
 
 /* One token of the dialogue, by original position. */
 struct tui_tok {
@@ -205,7 +207,10 @@ struct tui {
 	/* chat */
 	struct tui_msg *msgs;
 	uint32_t n_msgs, cap_msgs;
-	int chat_scroll; /* rows up from the bottom */
+	int chat_scroll;    /* rows up from the bottom */
+	char chat_find[64]; /* the last '/' search of the chat ("" none) */
+	int32_t chat_hit;   /* the message it found, -1 none */
+	bool chat_jump;     /* scroll to chat_hit at the next draw */
 	/* dialogue tokens, index = original position */
 	struct tui_tok *toks;
 	uint32_t n_toks, cap_toks;
@@ -249,6 +254,8 @@ struct tui {
 	int tab;         /* the pane shown in tab mode */
 	bool help;       /* F1 overlay */
 	int help_scroll; /* its first line shown (clamped when drawn) */
+	int help_w;      /* the width it was last laid out at (0: not yet) */
+	char help_find[64]; /* the last search of the help ("" none) */
 	bool quit;
 	uint32_t n_evicted_total;
 	struct tui_evict_sum evsum; /* the chat's open eviction summary line */
@@ -313,6 +320,14 @@ void tui_select(struct tui *t, enum tui_sel how);
  * text begins in the dialogue's token texts (ASCII case ignored); false
  * when nowhere. */
 bool tui_find(struct tui *t, const char *text);
+/* Find text (ASCII case ignored) in the chat's messages from the last hit
+ * on, older (dir 1) or newer (-1); the hit is scrolled to at the next
+ * draw. False when no message that way holds it. */
+bool tui_chat_find(struct tui *t, const char *text, int dir);
+/* Whether text occurs in s, ASCII case ignored. */
+bool tui_has_text(const char *s, const char *text);
+/* The status line's first words: how to find the rest. */
+#define TUI_HINT "F1 help, : commands, Tab completes, / searches the chat"
 /* Words in text (runs of non-space). */
 uint32_t tui_count_words(const char *s);
 
@@ -428,10 +443,18 @@ int tui_cmd_run(struct tui_ctx *c, const char *line);
 int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
                      size_t names_cap);
 /* The help's lines for width w (caller owns them; tui_help_free): the
- * keys, the commands, then rt's plugin commands (rt may be NULL), each
- * description wrapped to the width rather than cut. */
+ * keys, the commands, rt's plugin commands (rt may be NULL), then the
+ * glossary, each description wrapped to the width rather than cut. */
 size_t tui_help_lines(struct script_rt *rt, int w, char ***lines);
 void tui_help_free(char **lines, size_t n);
+/* Open the help at the next line holding text (ASCII case ignored; after
+ * the line shown when text is the last one searched); false: none does. */
+bool tui_help_find(struct tui *t, const char *text);
+/* A line of the input that starts with '/' (search the chat, or the help
+ * when it is open; '/' alone: the next older match) or is '?' alone after
+ * a search (the next newer one); false: not a search (a message, "//..."
+ * sends "/..."). */
+bool tui_search_line(struct tui *t, const char *line);
 
 /* ---- the input line (input.c) ---- */
 

@@ -15,6 +15,7 @@
  */
 #include "tui/tui-int.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,6 +230,27 @@ static void chat_msg_rows(const struct tui *t, const struct tui_grid *g, uint32_
 		rows_newline(rw);
 }
 
+/* Show where text occurs in a message's rows (within a row; ASCII case
+ * ignored). */
+static void chat_mark(struct rows *rw, const char *text)
+{
+	size_t n = strlen(text);
+
+	for (int y = 0; n > 0 && y < rw->n; y++) {
+		struct tui_cell *row = &rw->c[(size_t)y * rw->w];
+		for (int x = 0; x + (int)n <= rw->w; x++) {
+			size_t k = 0;
+			while (k < n && row[x + (int)k].cp < 0x80 &&
+			       tolower((int)row[x + (int)k].cp) == tolower((unsigned char)text[k]))
+				k++;
+			if (k < n)
+				continue;
+			for (k = 0; k < n; k++)
+				row[x + (int)k].role = R_SELECTED;
+		}
+	}
+}
+
 /* The chat is laid out from its newest message back, only as far as the
  * rows shown and the scroll offset reach: a resumed session's transcript
  * of a thousand turns costs a frame what its last screenful costs, and
@@ -261,10 +283,22 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		total = blk[0].n;
 		n_blk = 1;
 	}
-	for (uint32_t i = t->n_msgs; i-- > 0 && total < view_h + t->chat_scroll;) {
+	bool jump = t->chat_jump && t->chat_hit >= 0 && (uint32_t)t->chat_hit < t->n_msgs;
+	int hit_total = 0; /* rows from the bottom to the hit's first */
+	for (uint32_t i = t->n_msgs;
+	     i-- > 0 && (total < view_h + t->chat_scroll || (jump && (int32_t)i >= t->chat_hit));) {
 		blk[n_blk].w = r.w;
 		chat_msg_rows(t, g, i, &blk[n_blk]);
+		if ((int32_t)i == t->chat_hit)
+			chat_mark(&blk[n_blk], t->chat_find);
 		total += blk[n_blk++].n;
+		if ((int32_t)i == t->chat_hit)
+			hit_total = total;
+	}
+	if (jump) {
+		/* the search hit's first row at the top of the pane */
+		t->chat_scroll = KVS_MAX(hit_total - view_h, 0);
+		t->chat_jump = false;
 	}
 	/* everything laid out and still short of the offset: clamp it */
 	int max_scroll = total > view_h ? total - view_h : 0;
@@ -284,8 +318,8 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	}
 	free(blk);
 	if (t->chat_scroll > 0)
-		tui_grid_printf(g, box, box.x + box.w - 22, box.y + box.h - 1, R_TITLE, " scrolled %d up ",
-		                t->chat_scroll);
+		tui_grid_printf(g, box, box.x + box.w - 30, box.y + box.h - 1, R_TITLE,
+		                " scrolled %d up, Esc: bottom ", t->chat_scroll);
 }
 
 /* -------------------------------------------------------- attention */

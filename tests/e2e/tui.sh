@@ -299,8 +299,8 @@ T send-keys -t kv Tab
 wait_for "^: :policy $|^:  ?:policy|: :policy"
 T send-keys -t kv C-u
 T send-keys -t kv F1
-wait_for "Help 1-[0-9]+ of [0-9]+ \\(Up/Down/PgUp/PgDn scroll; Esc or F1 closes\\)"
-wait_for "F12 +the plugins' pane"
+wait_for "Help 1-[0-9]+ of [0-9]+ \\(Up/Down/PgUp/PgDn scroll; /TEXT searches; Esc or F1 closes\\)"
+wait_for "F12, Alt-= +the plugins' pane"
 save tui-200x50-help
 T send-keys -t kv F1
 
@@ -325,7 +325,12 @@ T send-keys -t kv F1
 wait_for "Help 1-"
 screen | grep -q ":quit " && fail "80x24: the help's first page shows :quit"
 # (PgDn: tmux sends End as \E[4~, which xterm-256color's terminfo does not know)
-for i in 1 2 3 4 5 6 7 8; do T send-keys -t kv NPage; done
+# (page by page: the glossary follows the commands)
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+	screen | grep -q ":quit " && break
+	T send-keys -t kv NPage
+	wait_stable
+done
 wait_for ":quit "
 save tui-80x24-help
 T send-keys -t kv Escape
@@ -609,17 +614,54 @@ wait_for "^SHELL-BACK"
 # 13. a newcomer's tools, at 160x48 (every pane) and 80x24 (tabs):
 # exporting what is shown (parsed by python's json and csv modules)
 T kill-session -t kv
+# (a system prompt of 24 short lines: at 80x24 the chat scrolls)
+for i in $(seq 1 24); do echo "rule $i"; done >"$tmp/rules"
 cat >"$tmp/exportview.lua" <<'LUA'
 local kvscope = require "kvscope"
 kvscope.command("lua-export", function(args)
   print(kvscope.export_view("attention", "lua/att.json"))
 end, "export the attention view from Lua")
 LUA
-T new-session -d -s kv -x 160 -y 48 "cd '$tmp' && XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --temp 0 -n 6 --no-plugins --plugin '$tmp/exportview.lua'; sleep 600"
+T new-session -d -s kv -x 160 -y 48 "cd '$tmp' && XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --temp 0 -n 6 --no-plugins --plugin '$tmp/exportview.lua' --system \"\$(cat '$tmp/rules')\"; sleep 600"
 wait_for "Retention" 60
+# the first-start hint on the status line
+wait_for "F1 help, : commands, Tab completes, / searches the chat"
 T send-keys -t kv -l "Name a colour."
 T send-keys -t kv Enter
 wait_for "\\[(eos|max-tokens)\\]" 90
+T send-keys -t kv -l "Name a fruit."
+T send-keys -t kv Enter
+wait_count "\\[(eos|max-tokens)\\]" 2 90
+# every F-key and Shift-key has an Alt-key twin: Alt-1 help, Alt-7 layer +,
+# Alt-9 head +, Alt-0 mean over heads, Alt-h selects a token, Alt-g the first
+T send-keys -t kv M-1
+wait_for "Help 1-"
+T send-keys -t kv Escape
+wait_for "Retention"
+T send-keys -t kv M-7
+wait_for "layer 1 \\[0..29\\]"
+T send-keys -t kv M-9
+wait_for "layer 1 \\[0..29\\]  head 1 \\[0..8\\]"
+T send-keys -t kv M-0
+wait_for "heads: mean of 9"
+T send-keys -t kv M-g
+wait_for "#0 id [0-9]+ '<\\|im_start\\|>'"
+T send-keys -t kv M-l
+wait_for "#1 id [0-9]+ "
+T send-keys -t kv M-G
+wait_for "tokens: kept"
+# '/' searches the chat: the older question is found, Esc goes back down
+T send-keys -t kv -l "/colour"
+T send-keys -t kv Enter
+wait_for "'colour' in message [0-9]+ of [0-9]+"
+T send-keys -t kv Escape
+wait_stable # (Esc and a key within the escape delay read as Alt and the key)
+# :help TEXT searches the help (the glossary)
+T send-keys -t kv -l ":help k90"
+T send-keys -t kv Enter
+wait_for "help: 'k90'"
+T send-keys -t kv Escape
+wait_stable
 T send-keys -t kv -l ":export-view attention $tmp/att.json"
 T send-keys -t kv Enter
 wait_for "attention view written to"
@@ -667,6 +709,35 @@ assert rows[0]["text"] == "<|im_start|>" and rows[0]["role"] == "system"
 print("exports: %d layers x %d heads x %d queries x %d keys, %d tokens" % (L, H, Q, K, len(rows)))
 PY
 fi
+# the same at 80x24 (tabs): Alt-3 the attention tab, Alt-2 the chat, a
+# search scrolls it up and marks the hit, Esc brings it back down
+T resize-window -t kv -x 80 -y 24
+wait_for "F2 Chat"
+T send-keys -t kv M-3
+wait_for "heads: mean of 9"
+T send-keys -t kv M-2
+wait_for "you> Name a fruit\\."
+screen | grep -q "system> rule 1 " && fail "80x24: the chat's first lines show before any search"
+T send-keys -t kv -l "/RULE 1"
+T send-keys -t kv Enter
+wait_for "'RULE 1' in message 1 of 5"
+wait_for "system> rule 1 "
+wait_for "scrolled [0-9]+ up, Esc: bottom"
+save tui-80x24-search
+T send-keys -t kv Escape
+wait_for "you> Name a fruit\\."
+screen | grep -q "scrolled [0-9]* up" && fail "80x24: Esc left the chat scrolled"
+wait_stable
+T send-keys -t kv M-1
+wait_for "Help 1-"
+T send-keys -t kv -l "/share of a head"
+T send-keys -t kv Enter
+wait_for "sink mass +the share of a head's attention"
+save tui-80x24-help-search
+T send-keys -t kv Escape
+wait_stable
+T resize-window -t kv -x 160 -y 48
+wait_for "Retention"
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit

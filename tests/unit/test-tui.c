@@ -819,7 +819,7 @@ static void test_help(void)
 	T_CHECK(dump_has(&t, 80, 24, false, "the plugins' pane"), "F12 described");
 	T_CHECK(!dump_has(&t, 80, 24, false, ":quit"), "80x24: :quit is below the fold");
 	t.help_scroll = 100000;
-	T_CHECK(dump_has(&t, 80, 24, false, ":quit"), "scrolled to the end: :quit");
+	T_CHECK(dump_has(&t, 80, 24, false, "one forward pass"), "scrolled to the end: the glossary");
 	T_CHECK(t.help_scroll < 100000 && t.help_scroll > 0, "the scroll is clamped: %d",
 	        t.help_scroll);
 	/* every line reachable: each command's name shows at some scroll */
@@ -842,6 +842,43 @@ static void test_help(void)
 	}
 	T_CHECK(whole, ":load's help is cut");
 	T_CHECK(ctrl_l, "Ctrl-L listed");
+	/* searchable: :help TEXT (not a command) and /TEXT open it at the line,
+	 * the same text again goes on to the next line holding it */
+	t.help = false;
+	T_EQ_INT(tui_cmd_run(&c, "help k90"), KVS_OK);
+	T_CHECK(t.help && dump_has(&t, 80, 24, false, "k90"), "a k90 line (scroll %d)",
+	        t.help_scroll);
+	int first = t.help_scroll;
+	bool gloss = false;
+	for (int k = 0; k < 6 && !gloss; k++) {
+		T_EQ_INT(tui_cmd_run(&c, "help k90"), KVS_OK);
+		T_CHECK(t.help_scroll > first, "on to the next k90 line: %d", t.help_scroll);
+		gloss = dump_has(&t, 80, 24, false, "  k90                     the fewest keys");
+	}
+	T_CHECK(gloss, "the glossary's k90 line");
+	T_CHECK(tui_search_line(&t, "/paper"), "a search while the help is open");
+	T_CHECK(dump_has(&t, 80, 24, false, "paper / compat"), "glossary: paper / compat");
+	T_CHECK(tui_search_line(&t, "/Alt-h/l"), "letter keys listed");
+	T_CHECK(dump_has(&t, 80, 24, false, "Shift-Left/Right, Alt-h/l, click"), "Alt-h/l");
+	T_EQ_INT(tui_cmd_run(&c, "help zzqx"), KVS_EARG);
+	T_CHECK(!t.help && strstr(t.status, "does not mention it") != NULL, "%s", t.status);
+	/* every F-key binding has its Alt-key twin in the help */
+	{
+		char **lines;
+		size_t n = tui_help_lines(NULL, 200, &lines);
+		static const char *const want[] = { "F1, Alt-1", "F2-F5, Alt-2..Alt-5", "F12, Alt-=",
+			                                "F6/F7, Alt-6/Alt-7", "F8/F9, Alt-8/Alt-9",
+			                                "F10, Alt-0", "F11, Alt--", "Shift-Up/Down, Alt-k/j",
+			                                "Shift-PgUp/PgDn, Alt-p/n",
+			                                "Shift-Home/End, Alt-g/G", "Glossary" };
+		for (size_t k = 0; k < KVS_ARRAY_LEN(want); k++) {
+			bool seen = false;
+			for (size_t i = 0; i < n; i++)
+				seen |= strstr(lines[i], want[k]) != NULL;
+			T_CHECK(seen, "help lacks '%s'", want[k]);
+		}
+		tui_help_free(lines, n);
+	}
 	/* at 200 columns the box is the screen's width, not 80 */
 	t.help_scroll = 0;
 	{
@@ -1225,6 +1262,52 @@ static void test_replay(void)
 /* The chat pane lays out from the newest message back; scrolling reaches
  * the oldest and stops there. 300 one-row messages: the pane shows rows
  * (pane height - 2 borders - 1 legend) of them. */
+/* The first-start hint, and '/' searching the chat: the hit is scrolled
+ * to its first row and its text marked; '/' again goes older, '?' newer;
+ * "//..." is a message. */
+static void test_chat_search(void)
+{
+	struct tui t;
+
+	tui_init(&t);
+	T_EQ_STR(t.status, TUI_HINT);
+	T_CHECK(dump_has(&t, 80, 24, false, "F1 help, : commands, Tab completes, / searches the chat"),
+	        "the hint shows whole at 80 columns");
+	for (int i = 0; i < 60; i++) {
+		char buf[64];
+		snprintf(buf, sizeof buf, "message %d%s", i, i == 5 || i == 20 ? " about Zebras" : "");
+		tui_msg_add(&t, i % 2 ? MSG_ASSISTANT : MSG_USER, buf);
+	}
+	T_CHECK(!tui_search_line(&t, "//etc"), "//etc is a message");
+	T_CHECK(!tui_search_line(&t, "hello"), "a message");
+	T_CHECK(!tui_search_line(&t, "?"), "'?' before any search is a message");
+	T_CHECK(tui_search_line(&t, "/zebra"), "a search");
+	T_EQ_INT(t.chat_hit, 20);
+	T_CHECK(dump_has(&t, 80, 24, false, "message 20 about Zebras"), "the newer hit shows");
+	T_CHECK(t.chat_scroll > 0 && !t.chat_jump, "scrolled up to it: %d", t.chat_scroll);
+	T_CHECK(strstr(t.status, "message 21 of 60") != NULL, "%s", t.status);
+	T_CHECK(tui_search_line(&t, "/"), "again");
+	T_EQ_INT(t.chat_hit, 5);
+	T_CHECK(dump_has(&t, 80, 24, false, "message 5 about Zebras"), "the older hit shows");
+	T_CHECK(tui_search_line(&t, "/") && t.chat_hit == 5 && t.status_err, "no older: %s",
+	        t.status);
+	T_CHECK(tui_search_line(&t, "?") && t.chat_hit == 20, "newer again: %d", t.chat_hit);
+	{
+		/* the hit's text is marked */
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		bool marked = false;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		for (int i = 0; i < g.w * g.h; i++)
+			marked |= g.c[i].role == R_SELECTED && g.c[i].cp == 'Z';
+		T_CHECK(marked, "'Zebras' marked");
+		tui_grid_free(&g);
+	}
+	T_CHECK(tui_search_line(&t, "/nowhere") && t.status_err, "%s", t.status);
+	tui_free(&t);
+}
+
 static void test_chat_scroll(void)
 {
 	struct tui t;
@@ -1348,6 +1431,7 @@ int main(void)
 	test_layout_and_draw();
 	test_replay();
 	test_chat_scroll();
+	test_chat_search();
 	test_commands();
 	test_unsaved();
 	test_help();
