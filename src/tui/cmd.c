@@ -268,6 +268,26 @@ static int x_overview(struct tui_ctx *c, int argc, char **argv)
 	return tui_cmd_fail(c, ":overview: expected entropy, sink or k90");
 }
 
+/* :attn grid|row: the attention pane's heatmap. */
+static int x_attn(struct tui_ctx *c, int argc, char **argv)
+{
+	static const char *const n[] = { "grid", "row" };
+	for (int i = 0; argc == 2 && i < 2; i++)
+		if (strcmp(argv[1], n[i]) == 0) {
+			c->t->attn_view = (enum tui_attn_view)i;
+			tui_status(c->t, false, "attention: %s", i == 0 ? "queries x keys" : "one row");
+			return KVS_OK;
+		}
+	return tui_cmd_fail(c, ":attn: expected grid (queries x keys) or row (the shown query)");
+}
+
+static int comp_attn(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "grid", "row", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 /* The token :pin and :unpin act on: the argument or the selection. */
 static int x_pin_common(struct tui_ctx *c, int argc, char **argv, bool pin)
 {
@@ -819,6 +839,10 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
 	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows",
 	  comp_overview, x_overview },
+	{ "attn", "grid|row",
+	  "attention pane: queries x keys over the last steps (the cursor: Shift-Up/Down, the "
+	  "strip's token), or the shown query's row",
+	  comp_attn, x_attn },
 	{ "sel", "POS|turn N|first|last|off",
 	  "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
 	{ "find", "[TEXT]",

@@ -103,59 +103,10 @@ static void exp_num(FILE *fp, float v, bool json)
 
 /* ---- attention ---- */
 
-/* The steps in the history with rows and key labels, oldest first. */
-static uint32_t exp_steps(const struct tui *t, const struct tui_step **out)
-{
-	uint32_t have = KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY), n = 0;
-
-	for (uint32_t k = have; k-- > 0;) {
-		const struct tui_step *s = &t->steps[(t->n_steps - 1 - k) % TUI_STEP_HISTORY];
-		if (s->attn != NULL && s->key_pos != NULL && s->key_tok != NULL && s->n_cached > 0)
-			out[n++] = s;
-	}
-	return n;
-}
-
-static int exp_cmp_i32(const void *a, const void *b)
-{
-	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-	return (x > y) - (x < y);
-}
-
-/* The union of the steps' key positions, sorted (allocated; *n_keys), and
- * for each a token id (the last step that had it names it). */
-static int32_t *exp_keys(const struct tui_step *const *st, uint32_t n_st, uint32_t *n_keys,
-                         int32_t **tok_out)
-{
-	size_t total = 0, n = 0;
-	int32_t *pos, *tok;
-
-	for (uint32_t i = 0; i < n_st; i++)
-		total += st[i]->n_cached;
-	pos = xmallocarray(total ? total : 1, sizeof *pos);
-	for (uint32_t i = 0; i < n_st; i++)
-		for (uint32_t k = 0; k < st[i]->n_cached; k++)
-			pos[n++] = st[i]->key_pos[k];
-	qsort(pos, n, sizeof *pos, exp_cmp_i32);
-	size_t u = 0;
-	for (size_t i = 0; i < n; i++)
-		if (u == 0 || pos[u - 1] != pos[i])
-			pos[u++] = pos[i];
-	tok = xmallocarray(u ? u : 1, sizeof *tok);
-	for (uint32_t i = 0; i < n_st; i++)
-		for (uint32_t k = 0; k < st[i]->n_cached; k++) {
-			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, u, sizeof *pos, exp_cmp_i32);
-			tok[hit - pos] = st[i]->key_tok[k];
-		}
-	*n_keys = (uint32_t)u;
-	*tok_out = tok;
-	return pos;
-}
-
 static int exp_attention(const struct tui *t, FILE *fp, bool json, struct err *e)
 {
 	const struct tui_step *st[TUI_STEP_HISTORY];
-	uint32_t n_st = exp_steps(t, st), n_keys, n_layer, n_head;
+	uint32_t n_st = tui_attn_steps(t, st), n_keys, n_layer, n_head;
 	int32_t *pos, *tok;
 	int32_t *col; /* (n_st, n_keys) the step's cache column of each key, -1 none */
 	char piece[64];
@@ -166,13 +117,13 @@ static int exp_attention(const struct tui *t, FILE *fp, bool json, struct err *e
 		               "attention pane walks are exported)");
 	n_layer = st[n_st - 1]->n_layer;
 	n_head = st[n_st - 1]->n_head;
-	pos = exp_keys(st, n_st, &n_keys, &tok);
+	pos = tui_attn_keys(st, n_st, &n_keys, &tok);
 	col = xmallocarray((size_t)n_st * n_keys, sizeof *col);
 	for (size_t i = 0; i < (size_t)n_st * n_keys; i++)
 		col[i] = -1;
 	for (uint32_t i = 0; i < n_st; i++)
 		for (uint32_t k = 0; k < st[i]->n_cached; k++) {
-			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, n_keys, sizeof *pos, exp_cmp_i32);
+			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, n_keys, sizeof *pos, tui_cmp_i32);
 			col[(size_t)i * n_keys + (size_t)(hit - pos)] = (int32_t)k;
 		}
 	if (!json) {
@@ -211,7 +162,7 @@ static int exp_attention(const struct tui *t, FILE *fp, bool json, struct err *e
 		fputs("],\"queries\":[", fp);
 		for (uint32_t i = 0; i < n_st; i++) {
 			int32_t *hit =
-			        bsearch(&st[i]->query.orig_pos, pos, n_keys, sizeof *pos, exp_cmp_i32);
+			        bsearch(&st[i]->query.orig_pos, pos, n_keys, sizeof *pos, tui_cmp_i32);
 			tui_piece(t, st[i]->query.token, piece, sizeof piece);
 			fprintf(fp, "%s{\"step\":%llu,\"position\":%d,\"index\":%d,\"token\":", i ? "," : "",
 			        (unsigned long long)st[i]->step, st[i]->query.orig_pos,

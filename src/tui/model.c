@@ -592,9 +592,61 @@ const struct tui_step *tui_step_shown(const struct tui *t)
 	return &t->steps[(t->n_steps - 1 - back) % TUI_STEP_HISTORY];
 }
 
+uint32_t tui_attn_steps(const struct tui *t, const struct tui_step **out)
+{
+	uint32_t have = KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY), n = 0;
+
+	for (uint32_t k = have; k-- > 0;) {
+		const struct tui_step *s = &t->steps[(t->n_steps - 1 - k) % TUI_STEP_HISTORY];
+		if (s->attn != NULL && s->key_pos != NULL && s->key_tok != NULL && s->n_cached > 0)
+			out[n++] = s;
+	}
+	return n;
+}
+
+int tui_cmp_i32(const void *a, const void *b)
+{
+	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+	return (x > y) - (x < y);
+}
+
+int32_t *tui_attn_keys(const struct tui_step *const *st, uint32_t n_st, uint32_t *n_keys,
+                       int32_t **tok_out)
+{
+	size_t total = 0, n = 0, u = 0;
+	int32_t *pos, *tok;
+
+	for (uint32_t i = 0; i < n_st; i++)
+		total += st[i]->n_cached;
+	pos = xmallocarray(total ? total : 1, sizeof *pos);
+	for (uint32_t i = 0; i < n_st; i++)
+		for (uint32_t k = 0; k < st[i]->n_cached; k++)
+			pos[n++] = st[i]->key_pos[k];
+	qsort(pos, n, sizeof *pos, tui_cmp_i32);
+	for (size_t i = 0; i < n; i++)
+		if (u == 0 || pos[u - 1] != pos[i])
+			pos[u++] = pos[i];
+	tok = xmallocarray(u ? u : 1, sizeof *tok);
+	for (uint32_t i = 0; i < n_st; i++)
+		for (uint32_t k = 0; k < st[i]->n_cached; k++) {
+			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, u, sizeof *pos, tui_cmp_i32);
+			tok[hit - pos] = st[i]->key_tok[k]; /* the latest step names it */
+		}
+	*n_keys = (uint32_t)u;
+	if (tok_out != NULL)
+		*tok_out = tok;
+	else
+		free(tok);
+	return pos;
+}
+
 uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap)
 {
-	const struct tui_step *s = tui_step_shown(t);
+	return tui_attn_row_of(t, tui_step_shown(t), out, cap);
+}
+
+uint32_t tui_attn_row_of(const struct tui *t, const struct tui_step *s, float *out, uint32_t cap)
+{
 	uint32_t n, layer;
 
 	if (s == NULL || s->attn == NULL || s->n_layer == 0 || s->n_head == 0)

@@ -181,6 +181,10 @@ struct tui_step {
 
 enum tui_agg { AGG_HEAD = 0, AGG_MEAN, AGG_MAX, AGG_COUNT };
 enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
+/* The attention pane's heatmap: queries x keys over the steps of the
+ * history (the cursor is the shown step and the selected token), or the
+ * shown step's row alone, wrapped. */
+enum tui_attn_view { ATTN_GRID = 0, ATTN_ROW };
 
 #define TUI_SPARK_N 120
 
@@ -222,6 +226,7 @@ struct tui {
 	uint32_t layer, head;
 	enum tui_agg agg;
 	enum tui_overview overview;
+	enum tui_attn_view attn_view;
 	/* KV memory */
 	struct kv_stats stats;
 	char policy[160];
@@ -290,6 +295,17 @@ const struct tui_step *tui_step_shown(const struct tui *t);
 /* Attention row of the shown step for the selected layer and head with the
  * head aggregation applied; out has n_cached floats. Returns n_cached. */
 uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap);
+/* The same for step s (NULL: none). */
+uint32_t tui_attn_row_of(const struct tui *t, const struct tui_step *s, float *out, uint32_t cap);
+/* The steps of the history with rows and key labels, oldest first (out
+ * has TUI_STEP_HISTORY places); returns how many. */
+uint32_t tui_attn_steps(const struct tui *t, const struct tui_step **out);
+/* The union of the steps' key positions, sorted (allocated; *n_keys), and
+ * when tok is not NULL each key's token (allocated). */
+int32_t *tui_attn_keys(const struct tui_step *const *st, uint32_t n_st, uint32_t *n_keys,
+                       int32_t **tok);
+/* qsort / bsearch order of int32_t. */
+int tui_cmp_i32(const void *a, const void *b);
 /* Bin n weights into n_bins cells (max per bin) and map each to a heat
  * level 0..TUI_HEAT_LEVELS-1 on a log scale from floor to 1. */
 void tui_heat_bin(const float *w, uint32_t n, uint32_t n_bins, float floor, uint8_t *level);

@@ -389,6 +389,147 @@ static void attn_top_keys(const struct tui *t, const struct tui_step *s, struct 
 	}
 }
 
+/* The shown row alone: keys in cache order, row-major, one key or bin per
+ * cell, then the scale; returns the next free row. */
+static int attn_row_map(struct tui_grid *g, struct tui_rect r, int y, int rows, const float *row,
+                        uint32_t n)
+{
+	uint32_t cols = (uint32_t)r.w, bins = KVS_MIN(cols * (uint32_t)rows, n);
+	uint8_t *lv = xmalloc(bins ? bins : 1);
+	int x;
+
+	tui_heat_bin(row, n, bins, 1e-4f, lv);
+	for (uint32_t b = 0; b < bins; b++)
+		tui_grid_put(g, r.x + (int)(b % cols), y + (int)(b / cols), tui_glyph_heat(g, lv[b]),
+		             R_HEAT0 + lv[b]);
+	free(lv);
+	y += (int)((bins + cols - 1) / cols);
+	x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "keys 0..%u, %.1f per cell, log scale 1e-4 ",
+	                          n - 1, (double)n / bins);
+	for (int l = 0; l < TUI_HEAT_LEVELS; l++)
+		tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
+	tui_grid_printf(g, r, x, y, R_DIM, " 1");
+	return y + 1;
+}
+
+/* The bin of key k when n keys fall in n_bins (tui_heat_bin's split). */
+static uint32_t attn_bin_of(uint32_t k, uint32_t n, uint32_t n_bins)
+{
+	uint32_t b = (uint32_t)((uint64_t)k * n_bins / n);
+
+	while (b + 1 < n_bins && (uint64_t)(b + 1) * n / n_bins <= k)
+		b++;
+	while (b > 0 && (uint64_t)b * n / n_bins > k)
+		b--;
+	return b;
+}
+
+#define ATTN_LABEL_W 14 /* "#1234 'piece' " before each grid row */
+
+/* The queries x keys grid: one row per step of the history (oldest at the
+ * top, up to rows - 2 of them around the shown one), one column per key
+ * by original position (or per bin of keys), a key not in the cache at a
+ * step blank; axis ticks under it, then the cursor's line. The cursor is
+ * the shown step (Shift-Up/Down) and the selected token (Shift-Left/Right,
+ * the strip): the strip and the grid share it. Returns the next free row. */
+static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y, int rows)
+{
+	const struct tui_step *st[TUI_STEP_HISTORY], *shown = tui_step_shown(t);
+	uint32_t n_st = tui_attn_steps(t, st), n_keys, cols, first, n_rows, sel_k = UINT32_MAX;
+	int32_t *pos, *tok;
+	float *full, *row;
+	uint8_t *lv;
+	int gx = r.x + ATTN_LABEL_W, sel_b = -1;
+	char lab[64];
+
+	if (n_st == 0 || r.w < ATTN_LABEL_W + 8)
+		return y;
+	pos = tui_attn_keys(st, n_st, &n_keys, &tok);
+	cols = KVS_MIN((uint32_t)(r.w - ATTN_LABEL_W), n_keys);
+	/* the rows: the last ones, or a window that holds the shown step */
+	n_rows = KVS_MIN(n_st, (uint32_t)(rows - 2));
+	first = n_st - n_rows;
+	for (uint32_t i = 0; i < n_st; i++)
+		if (st[i] == shown && i < first)
+			first = i;
+	if (t->sel_tok >= 0) {
+		int32_t *hit = bsearch(&t->sel_tok, pos, n_keys, sizeof *pos, tui_cmp_i32);
+		if (hit != NULL) {
+			sel_k = (uint32_t)(hit - pos);
+			sel_b = (int)attn_bin_of(sel_k, n_keys, cols);
+		}
+	}
+	full = xcalloc(n_keys, sizeof *full);
+	row = NULL;
+	lv = xmalloc(cols);
+	float cursor_w = NAN;
+	for (uint32_t i = first; i < first + n_rows; i++) {
+		uint32_t nc = st[i]->n_cached;
+		bool is_shown = st[i] == shown;
+		free(row);
+		row = xmallocarray(nc, sizeof *row);
+		nc = tui_attn_row_of(t, st[i], row, nc);
+		for (uint32_t k = 0; k < n_keys; k++)
+			full[k] = 0;
+		for (uint32_t k = 0; k < nc; k++) {
+			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, n_keys, sizeof *pos, tui_cmp_i32);
+			full[hit - pos] = row[k];
+			if (is_shown && (uint32_t)(hit - pos) == sel_k)
+				cursor_w = row[k];
+		}
+		tui_heat_bin(full, n_keys, cols, 1e-4f, lv);
+		struct tui_tok tk = { 0 };
+		tui_piece(t, st[i]->query.token, tk.text, sizeof tk.text);
+		tok_label(g, &tk, lab, sizeof lab);
+		struct tui_rect lr = { r.x, r.y, ATTN_LABEL_W - 1, r.h };
+		tui_grid_printf(g, lr, r.x, y, is_shown ? R_SELECTED : R_DIM, "#%-4d '%s'",
+		                st[i]->query.orig_pos, lab);
+		for (uint32_t b = 0; b < cols; b++)
+			tui_grid_put(g, gx + (int)b, y, tui_glyph_heat(g, lv[b]),
+			             is_shown && (int)b == sel_b ? R_SELECTED : R_HEAT0 + lv[b]);
+		y++;
+	}
+	/* axis ticks: a key position every 12 columns, the selected one marked */
+	tui_grid_printf(g, r, r.x, y, R_DIM, "queries/keys");
+	for (uint32_t b = 0; b < cols; b += 12) {
+		uint32_t k = (uint32_t)((uint64_t)b * n_keys / cols);
+		tui_grid_printf(g, r, gx + (int)b, y, R_DIM, "|%d", pos[k]);
+	}
+	if (sel_b >= 0)
+		tui_grid_put(g, gx + sel_b, y, '^', R_SELECTED);
+	y++;
+	/* the cursor: its query, its key, the weight */
+	{
+		char ql[64], kl[64];
+		struct tui_tok tk = { 0 };
+		tui_piece(t, shown->query.token, tk.text, sizeof tk.text);
+		tok_label(g, &tk, ql, sizeof ql);
+		if (sel_k == UINT32_MAX) {
+			tui_grid_printf(g, r, r.x, y, R_DIM,
+			                "%u queries x %u keys (%.1f per column); Shift-Left/Right or a click "
+			                "in the strip picks a key, Shift-Up/Down a query",
+			                n_rows, n_keys, (double)n_keys / cols);
+		} else {
+			tui_piece(t, tok[sel_k], tk.text, sizeof tk.text);
+			tok_label(g, &tk, kl, sizeof kl);
+			if (isnan(cursor_w))
+				tui_grid_printf(g, r, r.x, y, R_TITLE,
+				                "query #%d '%s' -> key #%d '%s': not in the cache at this step",
+				                shown->query.orig_pos, ql, pos[sel_k], kl);
+			else
+				tui_grid_printf(g, r, r.x, y, R_TITLE, "query #%d '%s' -> key #%d '%s': %.4f",
+				                shown->query.orig_pos, ql, pos[sel_k], kl, (double)cursor_w);
+		}
+		y++;
+	}
+	free(lv);
+	free(row);
+	free(full);
+	free(pos);
+	free(tok);
+	return y;
+}
+
 static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect box)
 {
 	struct tui_rect r = tui_grid_box(g, box, "Attention", false);
@@ -433,34 +574,17 @@ static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		        n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
 		        100.0 * sum.k90 / n, (double)sum.sink_mass, (double)sum.topk_mass);
 		attn_top_keys(t, s, g, r, y++, row, n);
-		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
+		/* the heatmap: queries x keys, or the shown row alone, wrapped */
+		/* the overview goes when the grid would get fewer than 6 queries */
 		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
-		if (hm_rows < 1) {
+		if (hm_rows < (t->attn_view == ATTN_GRID ? 8 : 1)) {
 			ov_rows = 0;
 			hm_rows = r.h - (y - r.y) - 1;
 		}
-		if (hm_rows > 0) {
-			uint32_t cols = (uint32_t)r.w, bins = cols * (uint32_t)hm_rows;
-			uint8_t *lv;
-			int x;
-			if (bins > n)
-				bins = n;
-			lv = xmalloc(bins ? bins : 1);
-			tui_heat_bin(row, n, bins, 1e-4f, lv);
-			for (uint32_t b = 0; b < bins; b++)
-				tui_grid_put(g, r.x + (int)(b % cols), y + (int)(b / cols),
-				             tui_glyph_heat(g, lv[b]), R_HEAT0 + lv[b]);
-			free(lv);
-			y += (int)((bins + cols - 1) / cols);
-			x = r.x +
-			        tui_grid_printf(g, r, r.x, y, R_DIM,
-			                        "keys 0..%u, %.1f per cell, log scale 1e-4 ", n - 1,
-			                        (double)n / bins);
-			for (int l = 0; l < TUI_HEAT_LEVELS; l++)
-				tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
-			tui_grid_printf(g, r, x, y, R_DIM, " 1");
-			y++;
-		}
+		if (t->attn_view == ATTN_GRID && hm_rows >= 3)
+			y = attn_grid(t, g, r, y, hm_rows + 1);
+		else if (hm_rows > 0)
+			y = attn_row_map(g, r, y, hm_rows, row, n);
 	} else {
 		const char *why = s->heads != NULL && t->step_back > 0
 		        ? "rows of this past step were dropped (memory budget); summaries below"
@@ -589,8 +713,12 @@ static void hit_add(struct tui *t, int x, int y, int w, int32_t pos)
 
 static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int32_t pos)
 {
+	const struct tui_step *q = t->step_back > 0 ? tui_step_shown(t) : NULL;
+
 	if (pos == t->sel_tok)
 		return R_SELECTED;
+	if (q != NULL && pos == q->query.orig_pos)
+		return R_TITLE; /* the attention pane's past query (Shift-Up) */
 	if (x->evicted && !x->cached)
 		return R_EVICTED;
 	if (x->t.flags & KV_FLAG_PINNED)

@@ -231,7 +231,7 @@ wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 # 3. layer and head: keys and commands
 T send-keys -t kv F7
 T send-keys -t kv F7
-wait_for "layer 2 \\[0..29\\]  head 0 \\[0..8\\]"
+wait_for "layer 2 \\[0..29\\]  heads: max of 9  \\[max\\]"
 T send-keys -t kv F9
 wait_for "layer 2 \\[0..29\\]  head 1 \\[0..8\\]"
 T send-keys -t kv -l ":layer 5"
@@ -715,6 +715,15 @@ T resize-window -t kv -x 80 -y 24
 wait_for "F2 Chat"
 T send-keys -t kv M-3
 wait_for "heads: mean of 9"
+# the attention grid: queries x keys, the cursor shared with the strip
+wait_for "queries/keys +\\|0"
+T send-keys -t kv M-g
+wait_for "query #[0-9]+ '.*' -> key #0 '<\\|im_start\\|>': 0\\.[0-9]+"
+T send-keys -t kv M-k
+wait_for "\\(past step\\)"
+save tui-80x24-grid
+T send-keys -t kv M-G
+T send-keys -t kv M-j
 T send-keys -t kv M-2
 wait_for "you> Name a fruit\\."
 screen | grep -q "system> rule 1 " && fail "80x24: the chat's first lines show before any search"

@@ -1337,6 +1337,59 @@ static void test_chat_scroll(void)
 	tui_free(&t);
 }
 
+/* The attention grid: one row per step (query), one column per key by
+ * original position over all of them; the cursor is the shown step and the
+ * selected token, and names both with the weight (hand-computed: uniform
+ * 1/3 over keys 0..2, then the ramp (k + 1) / 10 over keys 0..3). */
+static void test_attn_grid(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+
+	tui_init(&t);
+	c.t = &t;
+	t.tab = 1;
+	add_step(&t, 2, 1, 3);         /* query #2, keys 0..2 */
+	add_step_w(&t, 2, 1, 4, true); /* query #3, keys 0..3 */
+	T_CHECK(dump_has(&t, 80, 24, false, "#2    '#102'"), "the first query's row label");
+	T_CHECK(dump_has(&t, 80, 24, false, "#3    '#103'"), "the second's");
+	T_CHECK(dump_has(&t, 80, 24, false, "queries/keys  |0"), "the key axis");
+	T_CHECK(dump_has(&t, 80, 24, false, "2 queries x 4 keys (1.0 per column)"), "no key picked");
+	t.sel_tok = 3;
+	T_CHECK(dump_has(&t, 80, 24, false, "query #3 '#103' -> key #3 '#103': 0.4000"),
+	        "the cursor: the latest query, key 3");
+	t.step_back = 1;
+	T_CHECK(dump_has(&t, 80, 24, false,
+	                 "query #2 '#102' -> key #3 '#103': not in the cache at this step"),
+	        "key 3 came after query 2");
+	t.sel_tok = 0;
+	T_CHECK(dump_has(&t, 80, 24, false, "query #2 '#102' -> key #0 '#100': 0.3333"),
+	        "the earlier query, key 0");
+	{
+		/* the cursor cell is marked on the shown query's row, in key 0's column */
+		struct tui_grid g = { 0 };
+		int cx, cy, n_sel = 0;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		for (int y = 0; y < g.h; y++) {
+			char *row = tui_grid_row(&g, y);
+			if (strncmp(row, "\xe2\x94\x82#2 ", 6) == 0)
+				T_CHECK(g.c[y * g.w + 1 + 14].role == R_SELECTED, "the cursor cell");
+			for (int x = 15; x < g.w; x++)
+				n_sel += g.c[y * g.w + x].role == R_SELECTED && g.c[y * g.w + x].cp != '^';
+			free(row);
+		}
+		T_EQ_INT(n_sel, 1);
+		tui_grid_free(&g);
+	}
+	T_EQ_INT(tui_cmd_run(&c, "attn row"), KVS_OK);
+	T_CHECK(dump_has(&t, 80, 24, false, "keys 0..2, 1.0 per cell") &&
+	                !dump_has(&t, 80, 24, false, "queries/keys"),
+	        "the shown row alone");
+	T_EQ_INT(tui_cmd_run(&c, "attn cube"), KVS_EARG);
+	tui_free(&t);
+}
+
 /* A file's whole text (allocated). */
 static char *slurp(const char *path)
 {
@@ -1444,6 +1497,7 @@ int main(void)
 	test_grid();
 	test_lua();
 	test_export_view();
+	test_attn_grid();
 	test_registries(); /* last: it adds to the tables */
 	return t_done("test-tui");
 }
