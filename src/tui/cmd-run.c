@@ -361,8 +361,8 @@ bool tui_search_line(struct tui *t, const char *line)
 		else
 			tui_status(t, true, "help: '%s' is nowhere in the help", text);
 	} else if (tui_chat_find(t, text, dir)) {
-		tui_status(t, false, "'%s' in message %d of %u (/ older, ? newer, Esc the bottom)", text,
-		           t->chat_hit + 1, t->n_msgs);
+		tui_status(t, false, "'%s' in message %d of %u; / older, ? newer", text, t->chat_hit + 1,
+		           t->n_msgs);
 	} else {
 		tui_status(t, true, "'%s': no %s message holds it%s", text, dir > 0 ? "older" : "newer",
 		           t->chat_hit >= 0 ? " (Esc: the bottom)" : "");

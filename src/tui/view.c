@@ -492,8 +492,10 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 	/* axis ticks: a key position every 12 columns, the selected one marked */
 	tui_grid_printf(g, r, r.x, y, R_DIM, "queries/keys");
 	for (uint32_t b = 0; b < cols; b += 12) {
-		uint32_t k = (uint32_t)((uint64_t)b * n_keys / cols);
-		tui_grid_printf(g, r, gx + (int)b, y, R_DIM, "|%d", pos[k]);
+		char tick[16];
+		int tw = snprintf(tick, sizeof tick, "|%d", pos[(uint64_t)b * n_keys / cols]);
+		if (gx + (int)b + tw <= r.x + r.w) /* whole, or not at all */
+			tui_grid_text(g, r, gx + (int)b, y, R_DIM, tick, (size_t)tw);
 	}
 	if (sel_b >= 0)
 		tui_grid_put(g, gx + sel_b, y, '^', R_SELECTED);
@@ -506,9 +508,8 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 		tok_label(g, &tk, ql, sizeof ql);
 		if (sel_k == UINT32_MAX) {
 			tui_grid_printf(g, r, r.x, y, R_DIM,
-			                "%u queries x %u keys (%.1f per column); Shift-Left/Right or a click "
-			                "in the strip picks a key, Shift-Up/Down a query",
-			                n_rows, n_keys, (double)n_keys / cols);
+			                "%u queries x %u keys: Shift-Left/Right or a strip click picks a key",
+			                n_rows, n_keys);
 		} else {
 			tui_piece(t, tok[sel_k], tk.text, sizeof tk.text);
 			tok_label(g, &tk, kl, sizeof kl);

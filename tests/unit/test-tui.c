@@ -1354,7 +1354,7 @@ static void test_attn_grid(void)
 	T_CHECK(dump_has(&t, 80, 24, false, "#2    '#102'"), "the first query's row label");
 	T_CHECK(dump_has(&t, 80, 24, false, "#3    '#103'"), "the second's");
 	T_CHECK(dump_has(&t, 80, 24, false, "queries/keys  |0"), "the key axis");
-	T_CHECK(dump_has(&t, 80, 24, false, "2 queries x 4 keys (1.0 per column)"), "no key picked");
+	T_CHECK(dump_has(&t, 80, 24, false, "2 queries x 4 keys: Shift-Left/Right or a strip click"), "no key picked");
 	t.sel_tok = 3;
 	T_CHECK(dump_has(&t, 80, 24, false, "query #3 '#103' -> key #3 '#103': 0.4000"),
 	        "the cursor: the latest query, key 3");
