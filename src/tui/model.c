@@ -70,6 +70,7 @@ void tui_free(struct tui *t)
 	free(t->toks);
 	free(t->hits);
 	free(t->yank);
+	free(t->grid.pos);
 	for (int i = 0; i < TUI_STEP_HISTORY; i++)
 		tui_step_free(&t->steps[i]);
 	memset(t, 0, sizeof *t);

@@ -273,6 +273,13 @@ struct tui {
 	uint32_t strip_page;   /* tokens the strip showed at once (its page) */
 	struct tui_rect strip; /* where it drew them (w 0: not shown) */
 	char find[64];         /* the last :find text */
+	/* where the attention grid drew its cells (for mouse selection) */
+	struct tui_attn_hit {
+		struct tui_rect cells;             /* w 0: not shown */
+		uint32_t n_keys;                   /* keys over cells.w columns */
+		int32_t *pos;                      /* (n_keys) their positions, owned */
+		uint32_t back[TUI_STEP_HISTORY];   /* each row's step_back */
+	} grid;
 	/* the mouse and the clipboard (curses.c acts on them) */
 	bool mouse_off; /* :mouse off: the terminal keeps the mouse */
 	char *yank;     /* :yank's text for the clipboard, NULL none */
@@ -402,7 +409,8 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t input
 /* The token under grid cell (x, y) in the retention strip, or -1. */
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y);
 /* A click at (x, y): a token selects it; the selected token again, or the
- * strip beside its tokens, lets go of the selection. */
+ * strip beside its tokens, lets go of the selection; a cell of the
+ * attention grid selects its key and shows its query's step. */
 void tui_click(struct tui *t, const struct tui_grid *g, int x, int y);
 /* The mouse wheel at (x, y), up (dir 1) or down (-1): the help when it
  * is open, the strip's selection over the strip, else the chat. */

@@ -462,6 +462,16 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 	full = xcalloc(n_keys, sizeof *full);
 	row = NULL;
 	lv = xmalloc(cols);
+	/* for clicks: the cells, the key axis, each row's step */
+	t->grid.cells = (struct tui_rect){ gx, y, (int)cols, (int)n_rows };
+	t->grid.n_keys = n_keys;
+	free(t->grid.pos);
+	t->grid.pos = xmallocarray(n_keys, sizeof *pos);
+	memcpy(t->grid.pos, pos, n_keys * sizeof *pos);
+	for (uint32_t i = first; i < first + n_rows; i++)
+		for (uint32_t k = 0; k < KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY); k++)
+			if (&t->steps[(t->n_steps - 1 - k) % TUI_STEP_HISTORY] == st[i])
+				t->grid.back[i - first] = k;
 	float cursor_w = NAN;
 	for (uint32_t i = first; i < first + n_rows; i++) {
 		uint32_t nc = st[i]->n_cached;
@@ -870,7 +880,14 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
 {
 	int32_t p = tui_hit_token(t, g, x, y);
-	const struct tui_rect *r = &t->strip;
+	const struct tui_rect *r = &t->strip, *c = &t->grid.cells;
+
+	if (x >= c->x && x < c->x + c->w && y >= c->y && y < c->y + c->h && t->grid.n_keys > 0) {
+		/* a grid cell: its key (the first of its bin) and its query's step */
+		t->sel_tok = t->grid.pos[(uint64_t)(x - c->x) * t->grid.n_keys / (uint32_t)c->w];
+		t->step_back = t->grid.back[y - c->y];
+		return;
+	}
 
 	if (p >= 0 && p != t->sel_tok)
 		t->sel_tok = p;
@@ -969,6 +986,7 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t curso
 	tui_layout(t, g->w, g->h, rows, &l);
 	t->n_hits = 0;
 	t->strip = (struct tui_rect){ 0, 0, 0, 0 };
+	t->grid.cells = (struct tui_rect){ 0, 0, 0, 0 };
 	if (l.tabs && l.tabbar.h > 0) {
 		int x = 0;
 		tui_grid_fill(g, l.tabbar, ' ', R_TAB);

@@ -1382,6 +1382,24 @@ static void test_attn_grid(void)
 		T_EQ_INT(n_sel, 1);
 		tui_grid_free(&g);
 	}
+	{
+		/* a click on a cell: key 2's column on the latest query's row */
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		T_CHECK(t.grid.cells.w == 4 && t.grid.cells.h == 2, "grid %dx%d", t.grid.cells.w,
+		        t.grid.cells.h);
+		tui_click(&t, &g, t.grid.cells.x + 2, t.grid.cells.y + 1);
+		T_EQ_INT(t.sel_tok, 2);
+		T_EQ_INT(t.step_back, 0);
+		tui_click(&t, &g, t.grid.cells.x + 1, t.grid.cells.y);
+		T_EQ_INT(t.sel_tok, 1);
+		T_EQ_INT(t.step_back, 1);
+		T_CHECK(dump_has(&t, 80, 24, false, "query #2 '#102' -> key #1 '#101': 0.3333"),
+		        "the clicked cell named");
+		tui_grid_free(&g);
+	}
 	T_EQ_INT(tui_cmd_run(&c, "attn row"), KVS_OK);
 	T_CHECK(dump_has(&t, 80, 24, false, "keys 0..2, 1.0 per cell") &&
 	                !dump_has(&t, 80, 24, false, "queries/keys"),
