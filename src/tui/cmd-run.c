@@ -167,10 +167,13 @@ int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t c
 	return n;
 }
 
+/* A name and what it means: a line of the help's keys or glossary. */
+struct help_pair {
+	const char *name, *text;
+};
+
 /* The keys the help lists (the bindings live in curses.c). */
-static const struct {
-	const char *key, *does;
-} tui_keys[] = {
+static const struct help_pair tui_keys[] = {
 	{ "Enter", "send the message (or run a :command); during a reply it stays in the input line" },
 	{ "Ctrl-J, Alt-Enter", "new line in the message" },
 	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
@@ -205,9 +208,7 @@ static const struct {
 };
 
 /* The words the panes use, in a line each. */
-static const struct {
-	const char *word, *means;
-} tui_glossary[] = {
+static const struct help_pair tui_glossary[] = {
 	{ "KV cache", "the keys and values of the tokens the model still sees; the budget caps it" },
 	{ "budget", "the most tokens the cache keeps; past it the policy evicts (0: every slot)" },
 	{ "policy", "the rule that decides which tokens stay (streaming, h2o, sirllm, ...)" },
@@ -280,7 +281,7 @@ size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
 
 	help_push(&lines, &n, &cap, "Keys");
 	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_keys); i++)
-		help_entry(&lines, &n, &cap, tui_keys[i].key, tui_keys[i].does, 36, w);
+		help_entry(&lines, &n, &cap, tui_keys[i].name, tui_keys[i].text, 36, w);
 	help_push(&lines, &n, &cap, "");
 	help_push(&lines, &n, &cap, "Commands");
 	for (size_t i = 0; i < tui_cmd_count(); i++) {
@@ -303,7 +304,7 @@ size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
 	help_push(&lines, &n, &cap, "");
 	help_push(&lines, &n, &cap, "Glossary");
 	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_glossary); i++)
-		help_entry(&lines, &n, &cap, tui_glossary[i].word, tui_glossary[i].means, 26, w);
+		help_entry(&lines, &n, &cap, tui_glossary[i].name, tui_glossary[i].text, 26, w);
 	*out = lines;
 	return n;
 }

@@ -121,20 +121,38 @@ static int comp_plugin(const char *word, size_t i, const char **out)
 	return comp_list(n, i, out);
 }
 
+/* The words some commands take, each list feeding both the command and
+ * its completion. */
+static const char *const cmd_agg_words[] = { "head", "mean", "max", NULL };
+static const char *const cmd_ov_words[] = { "entropy", "sink", "k90", NULL };
+static const char *const cmd_attn_words[] = { "grid", "row", NULL };
+
 static int comp_agg(const char *word, size_t i, const char **out)
 {
-	static const char *const n[] = { "head", "mean", "max", NULL };
 	(void)word;
-	return comp_list(n, i, out);
+	return comp_list(cmd_agg_words, i, out);
 }
 
 static int comp_overview(const char *word, size_t i, const char **out)
 {
-	static const char *const n[] = { "entropy", "sink", "k90", NULL };
 	(void)word;
-	return comp_list(n, i, out);
+	return comp_list(cmd_ov_words, i, out);
 }
 
+static int comp_attn(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	return comp_list(cmd_attn_words, i, out);
+}
+
+/* The place of the one argument in words (NULL-terminated), or -1. */
+static int cmd_word(int argc, char **argv, const char *const *words)
+{
+	for (int i = 0; argc == 2 && words[i] != NULL; i++)
+		if (strcmp(argv[1], words[i]) == 0)
+			return i;
+	return -1;
+}
 
 /* ---- commands ---- */
 
@@ -246,46 +264,36 @@ static int x_head(struct tui_ctx *c, int argc, char **argv)
 
 static int x_agg(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "head", "mean", "max" };
-	for (int i = 0; argc == 2 && i < AGG_COUNT; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->agg = (enum tui_agg)i;
-			tui_status(c->t, false, "heads: %s", n[i]);
-			return KVS_OK;
-		}
-	return tui_cmd_fail(c, ":agg: expected head, mean or max");
+	int i = cmd_word(argc, argv, cmd_agg_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":agg: expected head, mean or max");
+	c->t->agg = (enum tui_agg)i;
+	tui_status(c->t, false, "heads: %s", cmd_agg_words[i]);
+	return KVS_OK;
 }
 
 static int x_overview(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "entropy", "sink", "k90" };
-	for (int i = 0; argc == 2 && i < OV_COUNT; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->overview = (enum tui_overview)i;
-			tui_status(c->t, false, "overview: %s", n[i]);
-			return KVS_OK;
-		}
-	return tui_cmd_fail(c, ":overview: expected entropy, sink or k90");
+	int i = cmd_word(argc, argv, cmd_ov_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":overview: expected entropy, sink or k90");
+	c->t->overview = (enum tui_overview)i;
+	tui_status(c->t, false, "overview: %s", cmd_ov_words[i]);
+	return KVS_OK;
 }
 
 /* :attn grid|row: the attention pane's heatmap. */
 static int x_attn(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "grid", "row" };
-	for (int i = 0; argc == 2 && i < 2; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->attn_view = (enum tui_attn_view)i;
-			tui_status(c->t, false, "attention: %s", i == 0 ? "queries x keys" : "one row");
-			return KVS_OK;
-		}
-	return tui_cmd_fail(c, ":attn: expected grid (queries x keys) or row (the shown query)");
-}
+	int i = cmd_word(argc, argv, cmd_attn_words);
 
-static int comp_attn(const char *word, size_t i, const char **out)
-{
-	static const char *const n[] = { "grid", "row", NULL };
-	(void)word;
-	return comp_list(n, i, out);
+	if (i < 0)
+		return tui_cmd_fail(c, ":attn: expected grid (queries x keys) or row (the shown query)");
+	c->t->attn_view = (enum tui_attn_view)i;
+	tui_status(c->t, false, "attention: %s", i == ATTN_GRID ? "queries x keys" : "one row");
+	return KVS_OK;
 }
 
 /* The token :pin and :unpin act on: the argument or the selection. */
