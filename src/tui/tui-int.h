@@ -10,7 +10,8 @@
  *   model.c  the view model (struct tui): chat, attention, KV memory,
  *            retention and status, updated from the worker's events.
  *   view.c   layout and the pane registry; each pane draws the model into
- *            a rectangle of the grid.
+ *            a rectangle of the grid (the attention pane: attn.c).
+ *   export.c what the panes show, written as CSV or JSON.
  *   chrome.c the gauge, input line, status line and help around the panes.
  *   cmd.c    the ':' commands (one table: exec, help, completion);
  *            cmd-run.c runs a line, completes it and lays out the help.
@@ -385,6 +386,11 @@ struct tui_layout {
 #define TUI_WIDE_W 160
 #define TUI_WIDE_H 40
 void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_layout *l);
+
+/* The attention pane (attn.c). */
+void attn_pane(struct tui *t, struct tui_grid *g, struct tui_rect r);
+/* A token's text as the panes show it: newlines and tabs as visible marks. */
+void tui_tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap);
 
 /* ---- around the panes (chrome.c) ---- */
 
