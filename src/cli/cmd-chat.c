@@ -186,11 +186,11 @@ static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session 
 	if (rc == KVS_OK && db->id != 0) {
 		rc = session_resume(s, &ss, &info, e);
 		if (rc == KVS_OK && info.from_snapshot)
-			fprintf(stderr, "kvscope: resumed session %lld: %u tokens from the KV snapshot\n",
-			        (long long)db->id, info.n_tokens);
+			fprintf(stderr, "kvscope: resumed session %lld: %u token%s from the KV snapshot\n",
+			        (long long)db->id, info.n_tokens, info.n_tokens == 1 ? "" : "s");
 		else if (rc == KVS_OK)
-			fprintf(stderr, "kvscope: resumed session %lld: %u tokens recomputed (%s)\n",
-			        (long long)db->id, info.n_tokens, info.why);
+			fprintf(stderr, "kvscope: resumed session %lld: %u token%s recomputed (%s)\n",
+			        (long long)db->id, info.n_tokens, info.n_tokens == 1 ? "" : "s", info.why);
 		if (rc == KVS_OK)
 			chat_recap(db, info.n_tokens);
 	} else if (rc == KVS_OK) {
@@ -528,8 +528,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
 			        kv_cache_budget(gen_kv(g)));
 		if (interactive || gen_turn(g)->len.unit != LEN_NONE)
-			fprintf(stderr, "[%u tokens, %u words, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
-			        t->n_words, gen_stop_name(t->stop),
+			fprintf(stderr, "[%u token%s, %u word%s, %s, %.1f tok/s, KV %u/%u, %s]\n",
+			        t->n_reply, t->n_reply == 1 ? "" : "s", t->n_words, t->n_words == 1 ? "" : "s",
+			        gen_stop_name(t->stop),
 			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
 			        kv_cache_n(gen_kv(g)), kv_cache_budget(gen_kv(g)),
 			        kv_policy_name(kv_cache_policy(gen_kv(g))));

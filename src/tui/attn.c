@@ -213,8 +213,8 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 		tui_tok_label(g, &tk, ql, sizeof ql);
 		if (sel_k == UINT32_MAX) {
 			tui_grid_printf(g, r, r.x, y, R_DIM,
-			                "%u queries x %u keys: Shift-Left/Right or a strip click picks a key",
-			                n_rows, n_keys);
+			                "%u quer%s x %u key%s: Shift-Left/Right or a strip click picks a key",
+			                n_rows, n_rows == 1 ? "y" : "ies", n_keys, n_keys == 1 ? "" : "s");
 		} else {
 			tui_piece(t, tok[sel_k], tk.text, sizeof tk.text);
 			tui_tok_label(g, &tk, kl, sizeof kl);

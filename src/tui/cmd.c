@@ -797,9 +797,8 @@ static int x_yank(struct tui_ctx *c, int argc, char **argv)
 	free(c->t->yank);
 	c->t->yank = text;
 	tui_status(c->t, false,
-	           "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
-	           "on)",
-	           strlen(text));
+	           "copied %zu byte%s to the clipboard (OSC 52; tmux needs set-clipboard on)",
+	           strlen(text), strlen(text) == 1 ? "" : "s");
 	return KVS_OK;
 }
 

@@ -602,7 +602,7 @@ T send-keys -t kv Enter
 wait_for "^KV streaming"
 T send-keys -t kv -l "Say hi."
 T send-keys -t kv Enter
-wait_for "^\\[[0-9]+ tokens, " 60
+wait_for "^\\[[0-9]+ tokens?, " 60
 if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
 	T send-keys -t kv -l ":save line chat"
 	T send-keys -t kv Enter

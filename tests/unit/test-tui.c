@@ -1349,7 +1349,8 @@ static void test_attn_grid(void)
 	tui_init(&t);
 	c.t = &t;
 	t.tab = 1;
-	add_step(&t, 2, 1, 3);         /* query #2, keys 0..2 */
+	add_step(&t, 2, 1, 3); /* query #2, keys 0..2 */
+	T_CHECK(dump_has(&t, 80, 24, false, "1 query x 3 keys:"), "one query (not '1 queries')");
 	add_step_w(&t, 2, 1, 4, true); /* query #3, keys 0..3 */
 	T_CHECK(dump_has(&t, 80, 24, false, "#2    '#102'"), "the first query's row label");
 	T_CHECK(dump_has(&t, 80, 24, false, "#3    '#103'"), "the second's");
