@@ -239,6 +239,8 @@ static struct tui_msg *tui_msg_insert(struct tui *t, uint32_t i, enum tui_msg_ki
 	m = t->msgs[t->n_msgs - 1];
 	memmove(&t->msgs[i + 1], &t->msgs[i], (t->n_msgs - 1 - i) * sizeof *t->msgs);
 	t->msgs[i] = m;
+	if (t->chat_hit >= (int32_t)i)
+		t->chat_hit++; /* a search hit stays on its message */
 	return &t->msgs[i];
 }
 
