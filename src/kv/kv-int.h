@@ -94,6 +94,11 @@ struct kv_select {
 	uint8_t *keep;       /* (n) out: 0, or KV_KEEP | KV_FLAG_SINK | KV_FLAG_KEY */
 	float *score;        /* (n) scratch */
 	uint32_t *order;     /* (n) scratch */
+	/* spans (kv_span.c): candidate i's span is [sbeg[i], send[i]), candidate
+	 * indices; NULL: every candidate is its own span */
+	const uint32_t *sbeg; /* (n) or NULL */
+	const uint32_t *send; /* (n) or NULL */
+	bool span_mean;       /* a span scores the mean of its tokens, not the max */
 };
 
 /* Where a policy's retention score comes from. */
@@ -124,7 +129,36 @@ struct kv_policy_def {
 };
 
 /* Keep the top k candidates by s->score among those not yet kept (ties:
- * the more recent), flagging them; returns how many were marked. */
+ * the more recent), flagging them, whole spans at a time; returns how many
+ * were marked. */
 uint32_t kv_policy_top(struct kv_select *s, uint32_t k, uint8_t flag);
+
+/* ---- spans (kv_span.c) ---- */
+
+/* Token classes by token id, what span boundaries are read from. */
+enum kv_span_class {
+	KV_CLS_LEAD_WS = 1u << 0,  /* its text starts with whitespace */
+	KV_CLS_TRAIL_WS = 1u << 1, /* its text ends with whitespace */
+	KV_CLS_SPECIAL = 1u << 2,  /* a control token or empty text: a span of its own */
+	KV_CLS_DIGIT = 1u << 3,    /* its text holds a digit 0-9 */
+};
+
+/* The class of every token id of v, (n_vocab); the caller frees it. */
+uint8_t *kv_span_classes(const struct vocab *v);
+/*
+ * The spans of candidates cand, (n) cache indices ascending, of toks: two
+ * neighbouring candidates join when they are neighbours in the cache and in
+ * the stream (orig_pos one apart), neither is special, the first does not
+ * end with whitespace and the second does not start with it, and the span
+ * so far is shorter than KV_SPAN_MAX_TOKENS. Number mode then unjoins every
+ * span without a digit. Out: sbeg, send, (n) each, as kv_select has them.
+ * cls is (n_cls) by token id; an id outside it is special.
+ */
+void kv_span_find(const uint8_t *cls, uint32_t n_cls, const struct kv_tok *toks,
+                  const uint32_t *cand, uint32_t n, enum kv_span_mode mode, uint32_t *sbeg,
+                  uint32_t *send);
+/* The first candidate whose span a selection split (some of it kept, some
+ * not), or -1: every selection keeps or drops spans whole. */
+int64_t kv_span_split(const struct kv_select *s);
 
 #endif

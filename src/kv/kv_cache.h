@@ -114,10 +114,29 @@ struct kv_param_def {
 
 struct kv_policy_def; /* a row of the policy table */
 
-/* A policy with its parameter values (p[i] belongs to the i-th parameter). */
+/*
+ * Span-coherent retention, an option of every policy (kv_span.c): eviction
+ * keeps or drops spans, not tokens. A span is a run of cached tokens,
+ * adjacent in the stream, that form one whitespace-delimited word (a word,
+ * a number, an identifier like TIGER-42, an e-mail address), at most
+ * KV_SPAN_MAX_TOKENS long; control tokens and whitespace end it. number
+ * makes spans only of the words holding a digit (numbers, dates, codes);
+ * off is the papers' token-granular rule. A span's score is the max (or the
+ * mean) of its tokens' scores.
+ */
+enum kv_span_mode { KV_SPAN_WORD = 0, KV_SPAN_NUMBER, KV_SPAN_OFF };
+enum kv_span_score { KV_SPAN_SCORE_MAX = 0, KV_SPAN_SCORE_MEAN };
+#define KV_SPAN_MAX_TOKENS 16 /* a longer run (CJK text, a URL) is cut every 16 tokens */
+
+/* Options every policy takes, after its own parameters (common[i]). */
+enum { KV_COMMON_SPAN = 0, KV_COMMON_SPAN_SCORE, KV_POLICY_N_COMMON };
+
+/* A policy with its parameter values (p[i] belongs to the i-th parameter,
+ * common[i] to the i-th option every policy takes). */
 struct kv_policy {
 	const struct kv_policy_def *def;
 	float p[KV_POLICY_MAX_PARAMS];
+	float common[KV_POLICY_N_COMMON];
 };
 
 /* Number of policies in the table and the name of the i-th. */
@@ -133,9 +152,12 @@ int kv_policy_set(struct kv_policy *p, const char *key, const char *val, struct 
 /* Value of parameter key, NaN when the policy has no such parameter. */
 float kv_policy_get(const struct kv_policy *p, const char *key);
 const char *kv_policy_name(const struct kv_policy *p);
-/* "sirllm mode=paper sinks=4 recent=0 lambda=0.9" into buf; returns buf. */
+/* "sirllm mode=paper sinks=4 recent=0 lambda=0.9" into buf (the options
+ * every policy takes only where they differ from their defaults, so
+ * "... span=off"); returns buf. */
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap);
-/* Help text: every policy, one line each, then its parameters. */
+/* Help text: every policy, one line each, then its parameters, then the
+ * options every policy takes. */
 void kv_policy_help(FILE *fp);
 /* Whether the policy ever evicts (full does not). */
 bool kv_policy_evicts(const struct kv_policy *p);
