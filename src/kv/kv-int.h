@@ -65,6 +65,9 @@ struct kv_cache {
 	uint8_t *keep;                 /* (n_ctx) an eviction's choices, by candidate */
 	float *fscratch;               /* (n_ctx) scores, summaries */
 	struct kv_tok *evicted;        /* (n_ctx) an eviction's victims */
+	uint32_t *sbeg, *send;         /* (n_ctx) each: an eviction's spans, by candidate */
+	uint8_t *span_cls;             /* (n_span_cls) enum kv_span_class by token id */
+	uint32_t n_span_cls;           /* the vocabulary's tokens */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
 	/* events and providers */
 	kv_event_fn ev_fn;

@@ -220,12 +220,16 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	KV_ARRAY(keep);
 	KV_ARRAY(fscratch);
 	KV_ARRAY(evicted);
+	KV_ARRAY(sbeg);
+	KV_ARRAY(send);
 #undef KV_ARRAY
 	if (!got) {
 		kv_cache_free(c);
 		return engine_nomem(e, n_ctx, (double)n_ctx * per_slot);
 	}
 	c->heads = xmallocarray((size_t)c->hp->n_layer * c->hp->n_head, sizeof *c->heads);
+	c->span_cls = kv_span_classes(m->vocab);
+	c->n_span_cls = vocab_n_tokens(m->vocab);
 	c->logits = xmallocarray(c->n_vocab, sizeof *c->logits);
 	c->bytes_per_token = engine_kv_bytes_per_slot(eng);
 	if (kv_def(c)->score == KV_SCORE_ATTN)
@@ -251,6 +255,9 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->keep);
 	free(c->fscratch);
 	free(c->evicted);
+	free(c->sbeg);
+	free(c->send);
+	free(c->span_cls);
 	free(c->heads);
 	free(c->logits);
 	free(c);
@@ -460,6 +467,8 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	uint32_t kept_pinned = c->n - n_cand;
 	uint8_t *ckeep = c->keep; /* indexed by candidate */
 	memset(ckeep, 0, n_cand);
+	kv_span_find(c->span_cls, c->n_span_cls, c->toks, c->cand, n_cand,
+	             (enum kv_span_mode)c->cfg.policy.common[KV_COMMON_SPAN], c->sbeg, c->send);
 	struct kv_select s = {
 		.toks = c->toks,
 		.cand = c->cand,
@@ -473,6 +482,9 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		.keep = ckeep,
 		.score = c->fscratch,
 		.order = c->order,
+		.sbeg = c->sbeg,
+		.send = c->send,
+		.span_mean = c->cfg.policy.common[KV_COMMON_SPAN_SCORE] >= 0.5f,
 	};
 	bool fallback = false;
 	const char *why = NULL;
@@ -485,6 +497,13 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	 * selection keeps the most recent) */
 	if (!c->has_scorer || fallback)
 		kv_def(c)->select(&s);
+	/* every selection helper marks whole spans */
+	int64_t split = kv_span_split(&s);
+	if (NEVER(split >= 0))
+		return err_set(e, KVS_ESTATE,
+		               "KV cache: the selection split the span of candidate %lld (cache index "
+		               "%u)",
+		               (long long)split, c->cand[split]);
 	/* Gather: kept tokens move down in cache order, evicted ones free their slot. */
 	uint32_t w = 0, ne = 0, ci = 0;
 	for (uint32_t i = 0; i < c->n; i++) {
