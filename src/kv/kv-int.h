@@ -66,6 +66,7 @@ struct kv_cache {
 	float *fscratch;               /* (n_ctx) scores, summaries */
 	struct kv_tok *evicted;        /* (n_ctx) an eviction's victims */
 	uint32_t *sbeg, *send;         /* (n_ctx) each: an eviction's spans, by candidate */
+	uint32_t pending_room;         /* a voting policy's turn eviction, deferred to the feed */
 	uint8_t *span_cls;             /* (n_span_cls) enum kv_span_class by token id */
 	uint32_t n_span_cls;           /* the vocabulary's tokens */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
@@ -109,7 +110,11 @@ enum kv_score_kind {
 	KV_SCORE_NONE = 0,  /* no score (NaN) */
 	KV_SCORE_SURPRISAL, /* token entropy e_i (SirLLM), decayed per turn */
 	KV_SCORE_ATTN,      /* accumulated attention per (layer, KV head) (H2O) */
+	KV_SCORE_VOTE,      /* the last prompt window's pooled attention (SnapKV; kv_vote.c) */
 };
+
+/* Whether a policy of this score keeps the per-(layer, KV head) rows acc. */
+#define KV_SCORE_HAS_ACC(s) ((s) == KV_SCORE_ATTN || (s) == KV_SCORE_VOTE)
 
 struct kv_policy_def {
 	const char *name;
@@ -129,6 +134,9 @@ struct kv_policy_def {
 	void (*lambda)(const float *p, int32_t *n_local, uint32_t *topk, uint32_t *from_layer,
 	               int32_t *insert_at);
 	void (*select)(struct kv_select *s);
+	/* SnapKV's observation window W and pooling kernel (0 when the policy
+	 * does not vote) */
+	void (*vote)(const float *p, uint32_t *window, uint32_t *kernel);
 };
 
 /* Keep the top k candidates by s->score among those not yet kept (ties:
@@ -179,5 +187,19 @@ void kv_capture_step(struct kv_cache *c, const struct engine_out *o);
 /* In a debug build, abort with kv_cache_check's message when the cache
  * breaks an invariant (after evictions, repositioning, restores, feeds). */
 void kv_debug_check(const struct kv_cache *c);
+
+/* ---- votes (kv_vote.c) ---- */
+
+/* Let the window ids, (n_win) the end of the prompt being fed, vote on the
+ * cached tokens (SnapKV): a scratch forward of the window after the cache
+ * (in free slots, emptied afterwards; the cache is unchanged), its
+ * attention summed over the window's queries and each KV head's query
+ * heads, max-pooled along the cache, into acc (per layer, KV head) and each
+ * token's score (their sum). Fewer free slots than n_win: the window's end
+ * only; none: the last votes stand. */
+int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *e);
+/* Max-pool x, (n), with a window of kernel (odd; clipped at the ends) into
+ * out, (n). */
+void kv_vote_pool(const float *x, uint32_t n, uint32_t kernel, float *out);
 
 #endif

@@ -162,6 +162,11 @@ char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap);
 void kv_policy_help(FILE *fp);
 /* Whether the policy ever evicts (full does not). */
 bool kv_policy_evicts(const struct kv_policy *p);
+/* Engine slots the policy wants beyond the budget: a voting policy's
+ * (snapkv) scratch window, 0 for the others. The cache still holds at most
+ * the budget between forwards; a vote runs the window in free slots and
+ * empties them (with fewer free slots it votes with fewer queries). */
+uint32_t kv_policy_scratch(const struct kv_policy *p);
 
 /* ---- score providers (custom policies from outside the engine) ---- */
 

@@ -20,6 +20,12 @@
  *   h2o        keep the most recent target - H, then the H heaviest hitters
  *              among the rest by attention accumulated over layers and KV
  *              heads (each KV head's score sums its query heads)
+ *   snapkv     keep the first S, then the top by the votes of the prompt's
+ *              last W queries (kv_vote.c; tokens not yet voted on first,
+ *              the window itself is incoming and kept): attention
+ *              summed over the window and each KV head's query heads,
+ *              max-pooled along the cache (kernel 7), summed over layers
+ *              and KV heads (one keep-set for all heads)
  *
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
@@ -81,6 +87,16 @@ static const struct kv_param_def policy_h2o_params[] = {
 	  "heavy-hitter share of the budget (rest: recent window; 0.5 = B/2 + B/2)" },
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (paper real-drop code) or compact (its streaming variant)" },
+};
+
+enum { SNAP_WINDOW = 0, SNAP_KERNEL, SNAP_SINKS, SNAP_POS };
+static const struct kv_param_def policy_snapkv_params[] = {
+	{ "window", 32, 1, 1024, NULL, true,
+	  "observation window: the prompt's last W queries vote (code: window_size 32)" },
+	{ "kernel", 7, 1, 63, NULL, true, "max-pooling kernel over the votes, odd (code: 7)" },
+	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept" },
+	{ "pos", 0, 0, 1, policy_pos_modes, true,
+	  "positions: original (the code keeps the rotated keys) or compact" },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -367,29 +383,68 @@ static void policy_h2o_select(struct kv_select *s)
 	policy_top(s, heavy, KV_FLAG_KEY, false);
 }
 
+static enum kv_pos_mode policy_pos_snapkv(const float *p)
+{
+	return p[SNAP_POS] >= 0.5f ? KV_POS_COMPACT : KV_POS_ORIGINAL;
+}
+
+static uint32_t policy_snapkv_sinks(const float *p)
+{
+	return (uint32_t)p[SNAP_SINKS];
+}
+
+static void policy_no_vote(const float *p, uint32_t *window, uint32_t *kernel)
+{
+	(void)p;
+	*window = *kernel = 0;
+}
+
+static void policy_snapkv_vote(const float *p, uint32_t *window, uint32_t *kernel)
+{
+	*window = (uint32_t)p[SNAP_WINDOW];
+	*kernel = (uint32_t)p[SNAP_KERNEL] | 1u; /* odd: centred */
+}
+
+/* SnapKV: the sinks, then the top by the window's votes. The observation
+ * window is the incoming prompt's end, kept as it comes in; tokens that
+ * came after the last vote score +inf (kv_cache.c), so a decode step keeps
+ * the current prompt and reply first. */
+static void policy_snapkv_select(struct kv_select *s)
+{
+	uint32_t got = policy_first(s, KVS_MIN(s->target, (uint32_t)s->p[SNAP_SINKS]), KV_FLAG_SINK);
+	for (uint32_t i = 0; i < s->n; i++)
+		s->score[i] = s->toks[s->cand[i]].score;
+	policy_top(s, s->target - got, KV_FLAG_KEY, false);
+}
+
 #define P(a) a, (uint32_t)KVS_ARRAY_LEN(a)
 
 static const struct kv_policy_def policy_table[] = {
 	{ "full", "no eviction: the cache refuses what does not fit the budget", NULL, 0, false,
 	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap, policy_no_lambda,
-	  policy_full_select },
+	  policy_full_select, policy_no_vote },
 	{ "window", "the most recent tokens only (sliding window, positions re-compacted)", NULL, 0,
 	  true, KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
-	  policy_no_lambda, policy_window_select },
+	  policy_no_lambda, policy_window_select, policy_no_vote },
 	{ "streaming",
 	  "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
 	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
-	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select },
+	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select, policy_no_vote },
 	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
 	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE, policy_pos_compact,
-	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select },
+	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select, policy_no_vote },
 	{ "lminfinite",
 	  "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
 	  P(policy_lmi_params), true, KV_SCORE_NONE, -1, -1, policy_pos_capped, policy_lmi_sinks,
-	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select },
+	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select, policy_no_vote },
 	{ "h2o", "H2O: heavy hitters by accumulated attention (GQA-summed) + a recent window",
 	  P(policy_h2o_params), true, KV_SCORE_ATTN, -1, -1, policy_pos_h2o, policy_no_sinks,
-	  policy_no_cap, policy_no_lambda, policy_h2o_select },
+	  policy_no_cap, policy_no_lambda, policy_h2o_select, policy_no_vote },
+	{ "snapkv",
+	  "SnapKV: the prompt's last W queries vote (pooled attention); sinks + window + top votes",
+	  P(policy_snapkv_params), true, KV_SCORE_VOTE, -1, -1, policy_pos_snapkv,
+	  policy_snapkv_sinks, policy_no_cap, policy_no_lambda, policy_snapkv_select,
+	  policy_snapkv_vote },
 };
 
 /* ------------------------------------------------------------ the table */
@@ -428,6 +483,14 @@ const char *kv_policy_name(const struct kv_policy *p)
 bool kv_policy_evicts(const struct kv_policy *p)
 {
 	return p->def && p->def->evicts;
+}
+
+uint32_t kv_policy_scratch(const struct kv_policy *p)
+{
+	uint32_t window = 0, kernel;
+	if (p->def)
+		p->def->vote(p->p, &window, &kernel);
+	return window;
 }
 
 /* The parameter named key[0..len) of def, or -1; the options every policy
