@@ -364,7 +364,8 @@ static const struct cli_opt cli_opt_table[] = {
 	  "print one JSON object (evals: last on stdout)" },
 	{ "policy", 0, "NAME[:k=v,...]", OPTG_KV, opt_policy, 0, 0, 0,
 	  "KV retention policy: full (default; chat: streaming), window, streaming, sirllm, "
-	  "lminfinite, h2o; parameters as k=v (see 'kvscope help policies')" },
+	  "lminfinite, h2o, snapkv; parameters as k=v, span=word|number|off on all (see 'kvscope "
+	  "help policies')" },
 	{ "kv-budget", 0, "N", OPTG_KV, opt_budget, OG(kv.budget), 8, 1 << 24,
 	  "KV cache budget in tokens (0, the default: every slot of the context)" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
