@@ -21,8 +21,10 @@
  * LM-Infinite's sink moves in kv_feed_chunk); kv_inspect.c checks the
  * result (kv_cache_check) and summarises attention; kv_restore.c rebuilds a
  * saved cache; kv_policy.c holds the policy table and each policy's
- * selection; kv-int.h the cache's state, its invariants and a selection's
- * inputs. The engine offers only primitives: slot positions
+ * selection; kv_span.c cuts the candidates into words that an eviction
+ * keeps or drops whole (span=word, every policy); kv_vote.c lets a prompt's
+ * last queries vote before an eviction (snapkv); kv-int.h the cache's
+ * state, its invariants and a selection's inputs. The engine offers only primitives: slot positions
  * (engine_kv_set_pos), attention over a list of visible slots, and the
  * masks the policies ask of a forward (engine_batch: dist_cap, the
  * Λ-mask, per-KV-head attention sums).
@@ -37,7 +39,9 @@
  * toks[i].slot (slots are never moved: eviction frees slots, new tokens take
  * free ones).
  *
- * The budget (tokens) is never exceeded. Before every forward of m tokens,
+ * The budget (tokens) is never exceeded: between forwards at most budget
+ * tokens are cached (a vote's scratch window, snapkv, briefly takes W free
+ * engine slots beyond them, kv_policy_scratch). Before every forward of m tokens,
  * when n + m > budget, the active retention policy chooses which cached
  * tokens stay (at most budget - m of them) and the cache re-assigns their
  * RoPE positions as the policy says: re-compacted to cache indices
@@ -47,6 +51,9 @@
  * Turns: kv_cache_begin_turn(m) evicts once for the whole turn's incoming m
  * tokens (SirLLM's semantics) and applies the memory decay; a turn or a
  * reply longer than expected evicts again per prefill chunk or decode step.
+ * A voting policy (snapkv) defers the turn's eviction to the turn's first
+ * feed, whose last tokens vote first; every prefill chunk's eviction votes
+ * with the end of its feed, a decode step's uses the last votes.
  *
  * Policies are one table (kv_policy.c), each with named parameters whose
  * defaults come from the papers' released code. A score provider (a
