@@ -1465,6 +1465,8 @@ int main(void)
 	test_keep_all_identical(t.m, "sirllm:mode=compat");
 	test_keep_all_identical(t.m, "h2o");
 	test_keep_all_identical(t.m, "snapkv");
+	test_keep_all_identical(t.m, "sirllm:span=word");
+	test_keep_all_identical(t.m, "snapkv:span=number");
 	test_snapkv(t.m);
 	test_sirllm_scores(t.m);
 	test_lminfinite(t.m);
