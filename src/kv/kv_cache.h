@@ -180,7 +180,8 @@ uint32_t kv_policy_scratch(const struct kv_policy *p);
 /*
  * Fill scores, (n), for the cached tokens toks, (n) cache order; the cache
  * keeps the pinned tokens and then the n_keep highest scores (ties: the more
- * recent). deadline_ms is on clock_now_ms(): a provider that returns later,
+ * recent), whole spans at a time as the policy's span option says (a span
+ * scores the max or mean of its tokens). deadline_ms is on clock_now_ms(): a provider that returns later,
  * returns an error or a NaN score is ignored for this eviction and the
  * built-in policy decides instead.
  */
