@@ -264,14 +264,16 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* The session hooks' user data. */
+/* What a command line's commands act on (and the session hooks' user data). */
 struct chat_ctx {
+	struct cli_opts *o;
 	struct session *s;
 	struct chat_db *db;
+	bool quit;
 };
 
 /* A KV event: to the trace. */
-static void chat_kv(void *ud, const struct kv_event *ev)
+static void chat_on_kv(void *ud, const struct kv_event *ev)
 {
 	const struct chat_db *db = ((const struct chat_ctx *)ud)->db;
 	if (db->trace != NULL && ev->kind != KV_EVENT_STEP)
@@ -280,7 +282,7 @@ static void chat_kv(void *ud, const struct kv_event *ev)
 
 /* A cold-tier event: to the trace; a stop, refusal or failure on stderr
  * (one line; the chat goes on). */
-static void chat_cold(void *ud, const struct session_cold_event *ev)
+static void chat_on_cold(void *ud, const struct session_cold_event *ev)
 {
 	const struct chat_db *db = ((const struct chat_ctx *)ud)->db;
 	if (db->trace != NULL)
@@ -305,14 +307,6 @@ static void chat_text(void *ud, const char *text, size_t len)
 	if (!cli_stdout_flush())
 		session_cancel(c->s);
 }
-
-/* What a command line's commands act on. */
-struct chat_ctx {
-	struct cli_opts *o;
-	struct session *s;
-	struct chat_db *db;
-	bool quit;
-};
 
 /* :len [SPEC]: show or set the length target of the next replies. */
 static void chat_len(struct chat_ctx *c, const char *spec)
@@ -556,9 +550,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	rc = cli_session_open(o, &s);
 	if (rc != CLI_OK)
 		goto out;
-	struct chat_ctx ctx = { .s = s, .db = &db };
+	cc.s = s;
 	const struct session_hooks hooks = {
-		.text = chat_text, .saved = chat_saved, .kv = chat_kv, .cold = chat_cold, .ud = &ctx
+		.text = chat_text, .saved = chat_saved, .kv = chat_on_kv, .cold = chat_on_cold, .ud = &cc
 	};
 	db.v = gen_vocab(session_gen(s));
 	session_set_hooks(s, &hooks);
