@@ -171,8 +171,9 @@ int store_session_row(struct store *s, const char *sql, int64_t id, sqlite3_stmt
 
 /* ---------------------------------------------------------------- opening */
 
-/* Refuse a non-empty file that does not start with SQLite's header. */
-static int store_check_header(const char *path, bool *exists, struct err *e)
+/* One look at the header (check_header says why it may need two). */
+static int store_check_header_once(const char *path, bool *exists, bool *short_file,
+                                   struct err *e)
 {
 	static const char magic[16] = "SQLite format 3";
 	uint8_t head[100];
@@ -205,6 +206,7 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 	uint32_t npages = (uint32_t)head[28] << 24 | (uint32_t)head[29] << 16 |
 	        (uint32_t)head[30] << 8 | head[31];
 	bool count_valid = memcmp(head + 24, head + 92, 4) == 0 && npages > 0;
+	*short_file = page >= 512 && count_valid && (uint64_t)sb.st_size < (uint64_t)npages * page;
 	if (page < 512 || (page & (page - 1)) != 0 || sb.st_size % page != 0 ||
 	    (count_valid && (uint64_t)sb.st_size < (uint64_t)npages * page))
 		return err_set(e, KVS_EFORMAT,
@@ -213,6 +215,34 @@ static int store_check_header(const char *path, bool *exists, struct err *e)
 		               path, (long long)sb.st_size,
 		               count_valid ? (unsigned long long)npages * page : 0ull);
 	return KVS_OK;
+}
+
+/* Whether PATH-wal exists with something in it. */
+static bool store_wal_nonempty(const char *path)
+{
+	char *wal = xasprintf("%s-wal", path);
+	struct stat sb;
+	bool yes = stat(wal, &sb) == 0 && sb.st_size > 0;
+	free(wal);
+	return yes;
+}
+
+/* Refuse a non-empty file that does not start with SQLite's header. A file
+ * shorter than its header says while a WAL sits beside it may be another
+ * process's checkpoint in flight (it writes page 1, with the new page
+ * count, before the pages that extend the file): read again for up to 2 s
+ * before calling it truncated. */
+static int store_check_header(const char *path, bool *exists, struct err *e)
+{
+	int rc;
+	for (int tries = 0;; tries++) {
+		bool short_file = false;
+		rc = store_check_header_once(path, exists, &short_file, e);
+		if (!short_file || tries >= 200 || !store_wal_nonempty(path))
+			return rc;
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
 }
 
 /* The application id, the schema version and the number of tables (a
