@@ -128,8 +128,10 @@ for setting in "streaming 1024 5 rock 30" "h2o 1024 5 rock 30" "streaming - 2 pa
 		fail "rps $setting: moves revealed and held on average: lua '$a', C '$b' (C: share of 1)"
 done
 
-# compare-policies.lua: one row per (policy, budget) in CSV
-run "$src/sessions/compare-policies.lua" --policies window,streaming,h2o --budgets 96,160 --max-tokens 4 --csv \
+# compare-policies.lua: one row per (policy, budget) in CSV (token by token,
+# span=off, so that each keeps exactly its budget)
+run "$src/sessions/compare-policies.lua" --policies window:span=off,streaming:span=off,h2o:span=off \
+	--budgets 96,160 --max-tokens 4 --csv \
 	>"$tmp/cmp.csv" 2>"$tmp/cmp.err" || fail "compare-policies.lua: exit $? ($(tail -3 "$tmp/cmp.err"))"
 [ "$(head -1 "$tmp/cmp.csv")" = "policy,budget,kept,evicted,evictions,restarts,facts_cached,recalled,answers,fallbacks" ] ||
 	fail "compare-policies.lua: header $(head -1 "$tmp/cmp.csv")"
