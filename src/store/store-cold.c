@@ -30,8 +30,10 @@
  *
  * Recall: the turn's words become an FTS5 query in which every term is
  * quoted (store_cold_fts_query), so user text is never FTS syntax; the
- * best blocks by BM25 are taken while they fit the budget, skipping any
- * with a token cached now, then sorted by position and placed back.
+ * best blocks by BM25 are taken while they fit the budget, each with the
+ * block that follows it when that fits too (a fact runs on past the words
+ * that match: "my code word is" / "TIGER-42"), skipping any with a token
+ * cached now, then sorted by position and placed back.
  */
 #include "store/store-int.h"
 
@@ -568,6 +570,30 @@ int store_cold_place(struct store_cold *c, struct err *e)
 	return rc;
 }
 
+/* The block that starts right after hit (same epoch) into g: false when
+ * there is none or its row does not hold what its shape says. */
+static bool cold_next(struct store_cold *c, sqlite3_stmt *nx, sqlite3_stmt *rd,
+                      const struct store_cold_hit *hit, struct cold_got *g)
+{
+	memset(g, 0, sizeof *g);
+	sqlite3_bind_int64(nx, 1, c->id);
+	sqlite3_bind_int64(nx, 2, hit->epoch);
+	sqlite3_bind_int64(nx, 3, (int64_t)hit->pos1 + 1);
+	bool ok = sqlite3_step(nx) == SQLITE_ROW;
+	if (ok) {
+		g->hit.id = sqlite3_column_int64(nx, 0);
+		g->hit.epoch = hit->epoch;
+		g->hit.turn = (uint32_t)sqlite3_column_int64(nx, 1);
+		g->hit.pos0 = (int32_t)sqlite3_column_int64(nx, 2);
+		g->hit.pos1 = (int32_t)sqlite3_column_int64(nx, 3);
+		int64_t nt = sqlite3_column_int64(nx, 4);
+		ok = nt > 0 && nt <= (int64_t)c->cfg.block * 16;
+		g->hit.n_tokens = ok ? (uint32_t)nt : 0;
+	}
+	sqlite3_reset(nx);
+	return ok && cold_read(c, rd, g);
+}
+
 int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
                       struct store_cold_hit **hits, size_t *n_hits, struct err *e)
 {
@@ -581,7 +607,7 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 	if (q == NULL)
 		return KVS_OK;
 	struct store *s = c->s;
-	sqlite3_stmt *sel = NULL, *rd = NULL;
+	sqlite3_stmt *sel = NULL, *rd = NULL, *nx = NULL;
 	int rc = store_prepare(s,
 	                       "SELECT b.id, b.epoch, b.turn, b.pos0, b.pos1, b.n_tokens, "
 	                       "bm25(cold_fts) FROM cold_fts JOIN cold_blocks b ON b.id = "
@@ -590,6 +616,11 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 	                       &sel, e);
 	if (rc == KVS_OK)
 		rc = store_prepare(s, "SELECT toks, kv FROM cold_blocks WHERE id = ?1", &rd, e);
+	if (rc == KVS_OK)
+		rc = store_prepare(s,
+		                   "SELECT id, turn, pos0, pos1, n_tokens FROM cold_blocks WHERE "
+		                   "session_id = ?1 AND epoch = ?2 AND pos0 = ?3 LIMIT 1",
+		                   &nx, e);
 	struct cold_got *got = NULL;
 	size_t n_got = 0;
 	uint32_t used = 0;
@@ -619,12 +650,24 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 			}
 			got[n_got++] = g;
 			used += g.hit.n_tokens;
+			/* a fact runs on past the words that match it: the block right
+			 * after a hit comes too when it fits (BM25 0: not matched) */
+			struct cold_got n2 = { 0 };
+			if (n_got < COLD_CANDIDATES && cold_next(c, nx, rd, &got[n_got - 1].hit, &n2) &&
+			    n2.hit.n_tokens <= budget - used && !cold_clash(c, &n2, got, n_got)) {
+				got[n_got++] = n2;
+				used += n2.hit.n_tokens;
+			} else {
+				free(n2.toks);
+				free(n2.raw);
+			}
 		}
 		if (r != SQLITE_ROW && r != SQLITE_DONE)
 			rc = store_fail(s, r, "searching the cold tier", e);
 	}
 	sqlite3_finalize(sel);
 	sqlite3_finalize(rd);
+	sqlite3_finalize(nx);
 	free(q);
 	if (rc == KVS_OK && n_got > 0) {
 		*hits = xmallocarray(n_got, sizeof **hits);

@@ -57,7 +57,7 @@ if fact and last:
     ids = [b["id"] for b in last[0]["blocks"]]
     need(fact[0][0] in ids, "the question did not recall the TIGER block %d: %r" % (fact[0][0], last[0]))
     hit = [b for b in last[0]["blocks"] if b["id"] == fact[0][0]]
-    need(hit and hit[0]["turn"] == 1 and hit[0]["bm25"] > 0, "block of turn 1 with a BM25 score: %r" % hit)
+    need(hit and hit[0]["turn"] == 1 and last[0]["blocks"][0]["bm25"] > 0, "block of turn 1, the best with a BM25 score: %r" % last[0])
     # the tokens placed back: the block's positions, flagged, in original order
     toks = [t for p in placed if p["turn"] == 4 for t in p["recalled"]]
     pos = [t["orig_pos"] for t in toks]
