@@ -234,6 +234,7 @@ struct chat_ctx {
 	struct cli_opts *o;
 	struct session *s;
 	struct chat_db *db;
+	char sigil; /* ':' or '/', as the line was typed (errors name it so) */
 	bool quit;
 };
 
@@ -247,7 +248,7 @@ static void chat_len(struct chat_ctx *c, const char *spec)
 	char buf[96];
 
 	if (*spec != '\0' && len_target_parse(spec, &t, &e) != KVS_OK) {
-		fprintf(stderr, "kvscope: :len: %s\n", e.msg);
+		fprintf(stderr, "kvscope: %clen: %s\n", c->sigil, e.msg);
 		return;
 	}
 	t.instruct = instruct;
@@ -305,7 +306,8 @@ static void chat_budget(struct chat_ctx *c, const char *arg)
 	int rc;
 
 	if (end == arg || *end != '\0' || *arg == '-' || v > UINT32_MAX)
-		rc = err_set(&e, KVS_EARG, ":budget: expected a number of tokens, e.g. :budget 512");
+		rc = err_set(&e, KVS_EARG, "%cbudget: expected a number of tokens, e.g. %cbudget 512",
+		             c->sigil, c->sigil);
 	else
 		rc = kv_cache_set_budget(gen_kv(g), (uint32_t)v, &e);
 	gen_kv_changed(g);
@@ -419,6 +421,7 @@ static bool chat_command(struct chat_ctx *c, const char *line)
 		return false;
 	size_t n = strcspn(line + 1, " \t");
 	const char *arg = line + 1 + n;
+	c->sigil = line[0];
 	arg += strspn(arg, " \t");
 	for (size_t i = 0; i < KVS_ARRAY_LEN(chat_cmds); i++)
 		if (strlen(chat_cmds[i].name) == n && strncmp(chat_cmds[i].name, line + 1, n) == 0) {
