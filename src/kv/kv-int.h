@@ -127,4 +127,20 @@ struct kv_policy_def {
  * the more recent), flagging them; returns how many were marked. */
 uint32_t kv_policy_top(struct kv_select *s, uint32_t k, uint8_t flag);
 
+/* ---- shared by kv_cache.c, kv_inspect.c and kv_restore.c */
+
+/* The active policy's table row. */
+const struct kv_policy_def *kv_def(const struct kv_cache *c);
+/* Complete ev (turn, policy, statistics) and hand it to the listener. */
+void kv_emit(struct kv_cache *c, struct kv_event *ev);
+/* Whether per-token surprisal and entropy are computed. */
+bool kv_need_stats(const struct kv_cache *c);
+/* log-sum-exp of one logits row, and its entropy in nats. */
+double kv_row_lse(const float *row, uint32_t nv, float *ent);
+/* Emit the step event of the forward just done (its last token). */
+void kv_capture_step(struct kv_cache *c, const struct engine_out *o);
+/* In a debug build, abort with kv_cache_check's message when the cache
+ * breaks an invariant (after evictions, repositioning, restores, feeds). */
+void kv_debug_check(const struct kv_cache *c);
+
 #endif

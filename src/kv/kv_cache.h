@@ -18,8 +18,9 @@
  * Where retention happens, all in this folder: kv_cache.c makes room
  * (kv_evict: pinned tokens, the policy's or a score provider's selection,
  * the gather that frees slots), re-assigns positions (kv_reposition, and
- * LM-Infinite's sink moves in kv_feed_chunk) and checks the result
- * (kv_cache_check); kv_policy.c holds the policy table and each policy's
+ * LM-Infinite's sink moves in kv_feed_chunk); kv_inspect.c checks the
+ * result (kv_cache_check) and summarises attention; kv_restore.c rebuilds a
+ * saved cache; kv_policy.c holds the policy table and each policy's
  * selection; kv-int.h the cache's state, its invariants and a selection's
  * inputs. The engine offers only primitives: slot positions
  * (engine_kv_set_pos), attention over a list of visible slots, and the

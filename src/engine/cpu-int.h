@@ -1,0 +1,181 @@
+/*
+ * cpu-int.h: what cpu.c (setup, the forward pass) and cpu-attn.c
+ * (attention) share: the backend's state, one ubatch's job, and the steps
+ * each calls in the other. Only src/engine includes it.
+ */
+#ifndef KVS_CPU_INT_H
+#define KVS_CPU_INT_H
+
+#include "engine/engine.h"
+#include "engine/kern.h"
+
+#include <stdatomic.h>
+
+#define CPU_UBATCH 512     /* tokens per pool_run */
+#define CPU_LM_CHUNK 32    /* rows per LM-head chunk when only statistics are kept */
+#define CPU_PROBE_EVERY 32 /* decode steps between tries of the other thread count */
+#define CPU_FA_TILE 64     /* keys per tile of the tiled prefill attention */
+#define CPU_DEC_RUN 256    /* keys per run of the split decode attention */
+#define CPU_FA_ROWS \
+	96 /* query rows (tokens x heads) per block, at least: the
+                              * tile conversion is ~4 % of the block's work at 96 */
+
+struct cpu_layer {
+	const float *attn_norm, *ffn_norm; /* (n_embd) */
+	const float *bq, *bk, *bv;         /* biases or NULL */
+	struct kern_weight wq, wk, wv, wo, gate, up, down;
+};
+
+struct cpu {
+	const struct model *m;
+	struct hparams hp;
+	struct engine_config cfg;
+	const int32_t *slot_pos; /* (n_ctx), the engine's */
+	const struct kern_ops *ops;
+	bool ref;
+	struct pool *pool;
+	struct cpu_layer *L;              /* (n_layer) */
+	struct kern_weight out;           /* LM head */
+	struct kern_weight embd;          /* token embeddings, never packed */
+	const struct kern_weight *lookup; /* rows for the embedding lookup: embd, or the
+	                               * packed LM head when it is the same tensor */
+	void *arena;                      /* all packed weights (mmap'ed) */
+	uint64_t arena_bytes;
+
+	/* KV cache */
+	size_t kv_es;       /* bytes per element: 2 or 4 */
+	uint64_t kv_row;    /* elements per slot per layer: n_head_kv * head_dim */
+	uint8_t **kc, **vc; /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
+	uint8_t **kr;       /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
+	int32_t *kr_pos;    /* (n_ctx) position kr holds each slot rotated to, or -1 */
+	float *rcs;         /* (n_threads, n_rot) angles for re-rotation */
+
+	/* scratch for one ubatch */
+	uint32_t cap;        /* tokens */
+	float *x;            /* (cap, n_embd) residual stream */
+	float *xb;           /* (cap, n_embd) normed input of a block */
+	float *q;            /* (cap, n_head * head_dim) */
+	float *k, *v;        /* (cap, n_head_kv * head_dim) */
+	float *ao;           /* (cap, n_head * head_dim) attention output */
+	float *g, *u;        /* (cap, n_ff) gate and up, then silu(g) * u in g */
+	float *tok_cs;       /* (cap, n_rot) the ubatch's own angles */
+	struct kern_act act; /* (cap, kmax) quantised activations */
+	uint32_t vis_cap;
+	float *krot;           /* (n_head_kv, head_dim, vis_cap) rotated keys */
+	float *vf;             /* (n_head_kv, vis_cap, head_dim) values */
+	int32_t *vpos;         /* (vis_cap) positions of the visible slots, sorted */
+	uint32_t *vorder;      /* (vis_cap) index into the batch's visible list, by position */
+	uint32_t *vslot;       /* (vis_cap) slot of each, by position */
+	uint32_t n_valid;      /* visible slots that hold a token (a prefix of vorder) */
+	float *scores;         /* (n_threads, q_rows, vis_cap) */
+	float *tmp;            /* (n_threads, kmax) generic-path rows */
+	float *txb;            /* (n_threads, kmax) a thread's own normed row (one-token batches) */
+	struct kern_act *tact; /* (n_threads) a thread's own quantised row */
+	uint64_t kmax;         /* longest product input: max(n_embd, n_ff, n_head*head_dim) */
+	float *lm;             /* (CPU_LM_CHUNK, n_vocab) statistics-only logits */
+	double step_ms[2];     /* decode step time, moving average: [0] one thread,
+	                               * [1] all threads; 0 = not measured yet */
+	uint64_t n_steps;      /* decode steps so far */
+	/* want_attn_kv: per-thread sums, reduced after the batch */
+	float *akv;       /* (n_threads, n_layer, n_head_kv, akv_cap) */
+	uint32_t akv_cap; /* visible slots akv holds */
+	/* dist_cap: per thread, the angles of the last capped position */
+	float *cap_cs;    /* (n_threads, n_rot) */
+	int32_t *cap_pos; /* (n_threads) position cap_cs is for, or -1 */
+	float *cap_k;     /* (n_threads, head_dim) a global key, rotated */
+	uint32_t q_rows;  /* max(KERN_ATT_Q, n_head): query rows per thread below */
+	float *qh;        /* (n_threads, q_rows * head_dim) queries rounded to f16 */
+	/* tiled prefill attention (cpu_flash): per thread one block of query
+	 * rows (fa_rows = tokens x the query heads of one KV head) and one tile
+	 * of CPU_FA_TILE keys, laid out as cpu_flash_carve says */
+	uint32_t fa_tokens;   /* tokens per query block */
+	uint32_t fa_rows;     /* fa_tokens * (n_head / n_head_kv) */
+	size_t fa_stride;     /* floats per thread */
+	float *fa;            /* (n_threads, fa_stride) */
+	atomic_uint *fa_next; /* (n_layer) next work item of the layer */
+	/* Λ-mask (n_local): per thread, which scores of a row group are masked,
+	 * and the middle keys' scores at the insert distance */
+	uint32_t lam_cap;  /* visible slots the buffers below hold */
+	uint8_t *lam_mk;   /* (n_threads, KERN_ATT_Q, lam_cap) 1 = masked */
+	float *lam_sc;     /* (n_threads, KERN_ATT_Q, lam_cap) middle scores */
+	uint32_t *lam_idx; /* (n_threads, lam_cap) sorted indices of middle keys */
+	float *ins_cs;     /* (n_threads, n_rot) angles of p - middle_insert_at */
+	int32_t *ins_pos;  /* (n_threads) position ins_cs is for, or -1 */
+	/* decode with the keys split across threads: per thread and query head
+	 * the partial max, sum of exp and unnormalised output */
+	float *dpart; /* (n_threads, n_head, head_dim + 2) */
+};
+
+/* What one pool_run works on. */
+struct cpu_job {
+	struct cpu *c;
+	const struct engine_batch *b;
+	struct backend_out *bo;
+	uint32_t t0, n; /* this ubatch: batch tokens [t0, t0 + n) */
+	bool last;      /* the batch's last ubatch */
+	bool whole;     /* every token through cpu_attend's whole score
+	                               * rows: Λ-masks, per-key attention sums, or
+	                               * the reference path */
+	int rc;
+};
+
+/* One thread's buffers of the tiled prefill attention (cpu_flash). */
+struct cpu_fa {
+	float *q;      /* (fa_rows, head_dim) the block's queries */
+	float *o;      /* (fa_rows, head_dim) unnormalised outputs */
+	float *pv;     /* (fa_rows, head_dim) one tile's P V */
+	float *s;      /* (fa_rows, CPU_FA_TILE) one tile's scores, then weights */
+	float *kt;     /* (head_dim, CPU_FA_TILE) the tile's keys, transposed */
+	float *v;      /* (CPU_FA_TILE, head_dim) the tile's values */
+	float *mx, *l; /* (fa_rows) running max of the scores, sum of the weights */
+	float *alpha;  /* (fa_rows) this tile's rescale of the earlier sums */
+};
+
+/* ---- in cpu.c */
+
+/* Carve thread ith's cpu_fa out of c->fa (with f NULL: only count); the
+ * floats a thread takes, each buffer 64-byte aligned. */
+size_t cpu_flash_carve(const struct cpu *c, int ith, struct cpu_fa *f);
+/* This thread's share [lo, hi) of n items. */
+void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi);
+
+/* ---- in cpu-attn.c */
+
+/* Attention items [i0, i1) of the ubatch; an item is a token and up to
+ * KERN_ATT_Q query heads sharing one KV head. */
+void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, int ith);
+/*
+ * Decode attention (one token, every thread) with the visible keys split
+ * across the threads: thread ith takes its share of the sorted prefix,
+ * reading each key and value once for all the query heads of its KV head,
+ * and leaves per query head its max, sum of weights and unnormalised output
+ * in c->dpart. After a barrier each thread merges the threads' parts itself
+ * (cpu_split_merge) into its own output row, so the merge costs no second
+ * barrier. The share goes in runs of CPU_DEC_RUN keys, each run through
+ * every KV head before the next: a slot's keys (and values) of all the KV
+ * heads are adjacent in the cache, so a run reads them as one stream, where
+ * a pass per KV head would read a third of each stretch and leave the
+ * prefetcher fetching the rest for nothing (2.7 against 7.4 GB/s measured).
+ */
+void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth);
+/* The tiled attention of the ubatch's first n tokens, layer l: work items
+ * (query block, KV head) handed out through an atomic counter, so a thread
+ * that lost its core to another process does not hold the others up; a
+ * short batch takes smaller blocks, so that there are items for every
+ * thread (4 each at least, while a block keeps a token). */
+void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth);
+/* Gather the visible rotated keys (transposed) and values of layer l, KV
+ * heads [h0, h1), in position order, as f32. */
+void cpu_gather_kv(struct cpu *c, uint32_t l, uint32_t h0, uint32_t h1, int ith, int nth);
+/* Bias, cache the pre-RoPE k and the v, rotate q: ubatch token i. */
+void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i);
+/* Re-rotate, every layer, the keys of the visible slots whose position
+ * moved since their rotated keys were made, from the pre-RoPE keys. */
+void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int nth);
+/* Order the visible slots by position, empty slots last, so that the keys a
+ * query at position p may see are a prefix of the order. */
+void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
+/* Merge the threads' parts of cpu_attend_split into out (n_head, head_dim). */
+void cpu_split_merge(const struct cpu *c, int nth, float *out);
+
+#endif

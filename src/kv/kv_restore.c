@@ -1,0 +1,122 @@
+/*
+ * kv_restore.c: rebuilding the KV cache's token metadata from a saved
+ * session (kv_cache_restore) and recomputing the derived statistics
+ * (kv_cache_recompute), with the same checks a live cache keeps.
+ */
+#include "kv/kv-int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* -------------------------------------------------------------- restoring */
+
+uint32_t kv_cache_turn(const struct kv_cache *c)
+{
+	return c->turn;
+}
+
+int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err *e)
+{
+	kv_cache_clear(c);
+	if (r->n > c->cfg.budget)
+		return err_set(e, KVS_EARG, "restore: %u tokens exceed the KV budget of %u", r->n,
+		               c->cfg.budget);
+	for (uint32_t i = 0; i < r->n; i++) {
+		const struct kv_tok *t = &r->toks[i];
+		if (t->token < 0 || (uint32_t)t->token >= c->n_vocab)
+			return err_set(e, KVS_EARG, "restore: token %u has id %d, expected 0..%u", i, t->token,
+			               c->n_vocab - 1);
+		if (t->orig_pos < 0 || (i > 0 && t->orig_pos <= r->toks[i - 1].orig_pos) ||
+		    t->orig_pos >= r->next_pos)
+			return err_set(e, KVS_EARG,
+			               "restore: token %u at original position %d: expected positions "
+			               "rising from 0 and below the next position %d",
+			               i, t->orig_pos, r->next_pos);
+		if (t->pos < 0)
+			return err_set(e, KVS_EARG, "restore: token %u at position %d, expected >= 0", i,
+			               t->pos);
+	}
+	for (uint32_t i = 0; i < r->n; i++) {
+		struct kv_tok *t = &c->toks[i];
+		*t = r->toks[i];
+		t->slot = i;
+		int rc = engine_kv_set_pos(c->eng, i, t->pos, e);
+		if (rc != KVS_OK) {
+			kv_cache_clear(c);
+			return rc;
+		}
+	}
+	/* the free-slot stack hands out n, n+1, ... next */
+	c->n = r->n;
+	c->n_free = c->n_ctx - r->n;
+	for (uint32_t i = 0; i < c->n_free; i++)
+		c->free_slots[i] = c->n_ctx - 1 - i;
+	c->next_pos = r->next_pos;
+	c->turn = r->turn;
+	c->n_seen = r->n_seen;
+	c->n_evicted = r->n_evicted;
+	c->n_evictions = r->n_evictions;
+	c->bytes_peak = (uint64_t)c->n * c->bytes_per_token;
+	if (c->acc != NULL) {
+		for (uint32_t i = 0; i < r->n; i++)
+			c->acc_tok[i] = r->toks[i].orig_pos;
+		if (r->acc != NULL) {
+			memcpy(c->acc, r->acc, (size_t)r->n * c->acc_stride * sizeof *c->acc);
+		} else {
+			for (uint32_t i = 0; i < r->n; i++) {
+				float s = isnan(r->toks[i].score) ? 0.0f : r->toks[i].score;
+				for (uint32_t k = 0; k < c->acc_stride; k++)
+					c->acc[(size_t)i * c->acc_stride + k] = s / (float)c->acc_stride;
+			}
+		}
+	}
+	if (r->logits != NULL) {
+		memcpy(c->logits, r->logits, c->n_vocab * sizeof *c->logits);
+		c->have_logits = true;
+		if (kv_need_stats(c)) {
+			c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
+			c->have_lse = true;
+		}
+	}
+	kv_debug_check(c);
+	return KVS_OK;
+}
+
+int kv_cache_recompute(struct kv_cache *c, struct err *e)
+{
+	uint32_t chunk = KVS_MAX(1u, c->cfg.n_batch);
+	int32_t *ids = xmallocarray(chunk, sizeof *ids);
+	struct engine_out o;
+	int rc = KVS_OK;
+	c->have_logits = c->have_lse = false;
+	for (uint32_t done = 0; done < c->n && rc == KVS_OK;) {
+		uint32_t m = 0;
+		while (done + m < c->n && m < chunk &&
+		       (m == 0 || c->toks[done + m].pos > c->toks[done + m - 1].pos)) {
+			ids[m] = c->toks[done + m].token;
+			c->bslot[m] = c->toks[done + m].slot;
+			c->bpos[m] = c->toks[done + m].pos;
+			m++;
+		}
+		struct engine_batch b = { 0 };
+		b.n_tokens = m;
+		b.tokens = ids;
+		b.pos = c->bpos;
+		b.slot = c->bslot;
+		b.n_visible = done + m; /* slots 0 .. done+m-1: the tokens so far */
+		b.logits = done + m == c->n ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE;
+		rc = engine_forward(c->eng, &b, &o, e);
+		if (rc == KVS_OK && o.logits != NULL) {
+			memcpy(c->logits, o.logits, c->n_vocab * sizeof(float));
+			c->have_logits = true;
+			if (kv_need_stats(c)) {
+				c->logits_lse = kv_row_lse(c->logits, c->n_vocab, &c->logits_ent);
+				c->have_lse = true;
+			}
+		}
+		done += m;
+	}
+	free(ids);
+	return rc;
+}
