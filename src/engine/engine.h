@@ -95,6 +95,8 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
  * backend and brought up to date before a sparse step (engine_kv_page_bounds
  * shows them). A prefill (more than one token) is always dense.
  */
+struct engine;
+
 enum engine_sparse_mode { ENGINE_SPARSE_OFF = 0, ENGINE_SPARSE_QUEST };
 
 struct engine_sparse {

@@ -208,6 +208,9 @@ void sparse_pages_forget(struct sparse_pages *sp, uint32_t s)
 static bool sparse_current(const struct sparse_keys *k, uint32_t s, int32_t *pos)
 {
 	*pos = k->slot_pos[s];
+	for (uint32_t i = 0; i < k->n_skip; i++)
+		if (k->skip[i] == s)
+			return false;
 	return *pos >= 0 && k->kr_pos[s] == *pos;
 }
 

@@ -41,6 +41,8 @@ struct sparse_keys {
 	const int32_t *kr_pos; /* (n_ctx) */
 	const int32_t *slot_pos; /* (n_ctx) the engine's */
 	const struct kern_ops *ops;
+	const uint32_t *skip;    /* (n_skip) slots being written: not current */
+	uint32_t n_skip;
 };
 
 /* (Re)allocate sp for this page size when it differs (every page dirty
