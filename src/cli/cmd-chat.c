@@ -261,6 +261,16 @@ static void chat_kv_command(struct gen *g, const char *line)
 		rc = kv_policy_parse(spec, &p, &e);
 		if (rc == KVS_OK)
 			rc = kv_cache_set_policy(kv, &p, &e);
+	} else if (strncmp(line, "/sparse", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
+		struct engine_sparse sp;
+		const char *spec = line + 7 + strspn(line + 7, " ");
+		if (*spec == '\0') {
+			fprintf(stderr, "sparse: %s\n", engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf));
+			return;
+		}
+		rc = engine_sparse_parse(spec, &sp, &e);
+		if (rc == KVS_OK)
+			rc = kv_cache_set_sparse(kv, &sp, &e);
 	} else if (strncmp(line, "/budget", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
 		char *end;
 		unsigned long v = strtoul(line + 7, &end, 10);
@@ -282,6 +292,10 @@ static void chat_kv_command(struct gen *g, const char *line)
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, (double)st.bytes / 1048576.0, (double)st.bytes_per_layer / 1024.0,
 	        (double)st.bytes_peak / 1048576.0);
+	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF)
+		fprintf(stderr, "sparse %s: the last decode step read %.1f %% of the keys\n",
+		        engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf),
+		        st.keys_dense ? 100.0 * (double)st.keys_read / (double)st.keys_dense : 100.0);
 }
 
 /* Replies of up to 512 tokens; a conversation outlives any budget, so
@@ -356,16 +370,17 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			} else if (strcmp(line, "/help") == 0) {
 				fprintf(stderr,
 				        "commands: /reset (new conversation), /policy NAME [k=v ...], "
-				        "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
+				        "/sparse off|quest[:k=v,...], /budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
 				        "(length target), /quit\n");
 			} else if (strncmp(line, "/len", 4) == 0 && (line[4] == ' ' || line[4] == '\0')) {
 				chat_len_command(g, line, !o->no_len_prompt);
 			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
+			           strncmp(line, "/sparse", 7) == 0 ||
 			           strcmp(line, "/kv") == 0) {
 				chat_kv_command(g, line);
 			} else if (!quit) {
 				fprintf(stderr,
-				        "kvscope: unknown command '%s'; expected /reset, /policy, /budget, /kv, "
+				        "kvscope: unknown command '%s'; expected /reset, /policy, /sparse, /budget, /kv, "
 				        "/len, /quit or /help\n",
 				        line);
 			}
