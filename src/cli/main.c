@@ -38,6 +38,7 @@ static const struct cli_cmd *const cli_cmds[] = {
 	&cmd_generate,
 	&cmd_eval_passkey,
 	&cmd_eval_rps,
+	&cmd_eval_sparse,
 	&cmd_eval_tlg,
 	&cmd_run,
 	&cmd_model_info,
