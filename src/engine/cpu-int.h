@@ -118,6 +118,7 @@ struct cpu {
 	float *sp_ub;          /* (n_head_kv, sp_pages_cap) this layer's page bounds */
 	uint8_t *sp_psel;      /* (n_head_kv, sp_pages_cap) chosen pages */
 	float *sp_scr;         /* (n_threads, sp_pages_cap) selection scratch */
+	float *sp_qs;          /* (n_threads, n_head, 2, head_dim) split queries */
 	uint32_t *sp_list;     /* (n_head_kv, sp_vis_cap) chosen slots, by position */
 	uint8_t *sp_mask;      /* (n_head_kv, sp_vis_cap) 1 = chosen, by sorted index */
 	uint32_t *sp_n;        /* (n_head_kv) chosen keys */

@@ -70,6 +70,9 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 		c->sp_ub = xmallocarray((size_t)nkv * np, sizeof(float));
 		c->sp_psel = xmallocarray((size_t)nkv * np, 1);
 		c->sp_scr = xmallocarray((size_t)pool_size(c->pool) * np, sizeof(float));
+		if (c->sp_qs == NULL)
+			c->sp_qs = xmallocarray((size_t)pool_size(c->pool) * hp->n_head * 2 * hp->head_dim,
+			                        sizeof(float));
 	}
 	if (c->sp_vis_cap < c->vis_cap) {
 		free(c->sp_list);
@@ -116,8 +119,11 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap, hd = hp->head_dim;
 	uint32_t grp = hp->n_head / nkv, m = c->sp_m, vc = c->sp_vis_cap;
 	uint32_t lo, hi;
-	/* Quest's bound of every page with candidates, per KV head */
-	float mm[2 * KERN_ROW_MAX];
+	/* Quest's bound of every page with candidates, per KV head: the max
+	 * over its query heads of a dot with the split query */
+	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
+	for (uint32_t r = 0; r < hp->n_head; r++)
+		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
 	cpu_share(nkv * np, ith, nth, &lo, &hi);
 	for (uint32_t it = lo; it < hi; it++) {
 		uint32_t h = it / np, p = it % np;
@@ -127,11 +133,14 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			continue;
 		}
 		const uint8_t *b = sparse_pages_at(&c->sp, l, p, h);
-		if (c->kv_es == 2)
-			c->ops->f16_to_f32((const uint16_t *)b, mm, 2 * hd);
-		else
-			memcpy(mm, b, 2 * hd * sizeof(float));
-		*ub = sparse_bound(c->q + (size_t)h * grp * hd, grp, hd, mm);
+		float best = -INFINITY;
+		for (uint32_t r = h * grp; r < (h + 1) * grp; r++) {
+			const float *x = qs + (size_t)r * 2 * hd;
+			float v = c->kv_es == 2 ? c->ops->dot_f16((const uint16_t *)b, x, 2 * hd)
+			                        : c->ops->dot_f32((const float *)b, x, 2 * hd);
+			best = v > best ? v : best;
+		}
+		*ub = best;
 	}
 	pool_barrier(c->pool);
 	/* each KV head's pages, then its keys in position order */
@@ -272,6 +281,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_ub);
 	free(c->sp_psel);
 	free(c->sp_scr);
+	free(c->sp_qs);
 	free(c->sp_list);
 	free(c->sp_mask);
 	free(c->sp_n);

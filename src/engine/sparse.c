@@ -338,6 +338,14 @@ float sparse_bound(const float *q, uint32_t nq, uint32_t head_dim, const float *
 	return best;
 }
 
+void sparse_split_q(const float *q, uint32_t head_dim, float *qs)
+{
+	for (uint32_t d = 0; d < head_dim; d++) {
+		qs[d] = q[d] < 0 ? q[d] : 0;
+		qs[head_dim + d] = q[d] > 0 ? q[d] : 0;
+	}
+}
+
 /* The k-th largest (1 <= k <= n) of x[0, n), reordering x: quickselect
  * with a three-way partition, so repeated values cost nothing extra. */
 static float sparse_kth(float *x, uint32_t n, uint32_t k)

@@ -69,6 +69,11 @@ static inline const uint8_t *sparse_pages_at(const struct sparse_pages *sp, uint
  * bounds mnmx (2, head_dim) as floats: the max over the heads of sum_d
  * max(q_d * max_d, q_d * min_d). */
 float sparse_bound(const float *q, uint32_t nq, uint32_t head_dim, const float *mnmx);
+/* Quest's bound as a dot product: q split into qs (2, head_dim), min(q_d,
+ * 0) then max(q_d, 0), so that the bound of one head over mnmx (2,
+ * head_dim) is the dot of qs and mnmx (one vector kernel, f16 bounds read
+ * in place). */
+void sparse_split_q(const float *q, uint32_t head_dim, float *qs);
 /* Mark in sel (n) the k entries of ub (n) with the highest values (ties:
  * the lower index); entries -INFINITY are never chosen. scratch (n).
  * Returns how many were marked. */
