@@ -121,6 +121,7 @@ struct cpu {
 	float *sp_qs;          /* (n_threads, n_head, 2, head_dim) split queries */
 	uint32_t *sp_list;     /* (n_head_kv, sp_vis_cap) chosen slots, by position */
 	uint8_t *sp_mask;      /* (n_head_kv, sp_vis_cap) 1 = chosen, by sorted index */
+	uint32_t *sp_kpage;    /* (sp_vis_cap) page of each sorted key */
 	uint32_t *sp_n;        /* (n_head_kv) chosen keys */
 	uint64_t sp_read;      /* keys read this forward, all layers and KV heads */
 	double sp_t0;          /* thread 0: when this layer's attention began */

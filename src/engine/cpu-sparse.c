@@ -77,7 +77,9 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	if (c->sp_vis_cap < c->vis_cap) {
 		free(c->sp_list);
 		free(c->sp_mask);
+		free(c->sp_kpage);
 		c->sp_vis_cap = c->vis_cap;
+		c->sp_kpage = xmallocarray(c->sp_vis_cap, sizeof(uint32_t));
 		c->sp_list = xmallocarray((size_t)nkv * c->sp_vis_cap, sizeof(uint32_t));
 		c->sp_mask = xmallocarray((size_t)nkv * c->sp_vis_cap, 1);
 	}
@@ -88,8 +90,10 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	c->sp_sinks = KVS_MIN(s->sinks, m);
 	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
 	memset(c->sp_cand, 0, np * sizeof(uint32_t));
+	for (uint32_t k = 0; k < m; k++)
+		c->sp_kpage[k] = c->vslot[k] / s->page;
 	for (uint32_t k = c->sp_sinks; k < m - c->sp_recent; k++)
-		c->sp_cand[c->vslot[k] / s->page]++;
+		c->sp_cand[c->sp_kpage[k]]++;
 }
 
 void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
@@ -152,18 +156,23 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		uint8_t *psel = c->sp_psel + (size_t)h * pc, *mask = c->sp_mask + (size_t)h * vc;
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0;
 		sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc, psel);
-		for (uint32_t k = 0; k < m; k++) {
-			uint32_t sl = c->vslot[k];
-			bool take = k < c->sp_sinks || k >= m - c->sp_recent || psel[sl / s->page];
-			mask[k] = take;
-			if (take)
-				list[n++] = sl;
+		/* the sinks, the chosen pages' keys, the recent window */
+		uint32_t k = 0, k1 = m - c->sp_recent;
+		for (; k < c->sp_sinks; k++)
+			mask[k] = 1;
+		for (; k < k1; k++)
+			mask[k] = psel[c->sp_kpage[k]];
+		for (; k < m; k++)
+			mask[k] = 1;
+		for (k = 0; k < m; k++) {
+			list[n] = c->vslot[k];
+			n += mask[k];
 		}
 		c->sp_n[h] = n;
 		if (jb->bo->sel != NULL) {
 			uint8_t *row = jb->bo->sel + ((size_t)l * nkv + h) * nv;
 			memset(row, 0, nv);
-			for (uint32_t k = 0; k < m; k++)
+			for (k = 0; k < m; k++)
 				row[c->vorder[k]] = mask[k];
 		}
 	}
@@ -284,5 +293,6 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_qs);
 	free(c->sp_list);
 	free(c->sp_mask);
+	free(c->sp_kpage);
 	free(c->sp_n);
 }
