@@ -78,6 +78,7 @@ enum kv_flag {
 	KV_FLAG_SINK = 1u << 0,   /* kept as a sink / global token */
 	KV_FLAG_KEY = 1u << 1,    /* kept for its score (key token, heavy hitter) */
 	KV_FLAG_PINNED = 1u << 2, /* pinned by the user: never evicted */
+	KV_FLAG_ALL = KV_FLAG_SINK | KV_FLAG_KEY | KV_FLAG_PINNED,
 };
 
 struct kv_tok {

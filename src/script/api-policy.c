@@ -174,4 +174,4 @@ static const struct api_fn api_policy_fns[] = {
 	  api_policy_register },
 };
 
-const struct api_lib api_policy_lib = { api_policy_fns, KVS_ARRAY_LEN(api_policy_fns), NULL, 0 };
+const struct api_lib api_policy_lib = API_LIB_FNS(api_policy_fns);

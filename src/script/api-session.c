@@ -18,8 +18,8 @@
  * call then raises the budget error. Every
  * session is listed in the runtime (api_session) so that a policy going
  * away can be taken out of the sessions that use it; the plugin's session
- * userdata closes an owned session when collected. The store is opened
- * read-only for each call and closed before it returns.
+ * userdata closes an owned session when collected. The methods that only
+ * read a session are in api-session-read.c; the store's, in api-store.c.
  */
 #include "script/script-int.h"
 #include "store/store.h"
@@ -29,12 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define API_SESSION "kvscope.session"
 #define API_SEND_MAX ((size_t)1 << 20) /* bytes of kvscope.send's argument, at most */
 
 /* --------------------------------------------------------------- sessions */
 
-static struct api_session *api_checksession(lua_State *L, int i)
+struct api_session *api_checksession(lua_State *L, int i)
 {
 	struct api_session **u = luaL_checkudata(L, i, API_SESSION);
 	if (*u == NULL || (*u)->s == NULL)
@@ -465,29 +464,6 @@ static void api_session_leave(lua_State *L, struct api_session *as)
 		sandbox_overrun(L);
 }
 
-static void api_push_stats(lua_State *L, const struct kv_cache *kv)
-{
-	struct kv_stats st;
-	char buf[256];
-	kv_cache_stats(kv, &st);
-	lua_createtable(L, 0, 16);
-	api_setint(L, "n_cached", st.n_cached);
-	api_setint(L, "budget", st.budget);
-	api_setint(L, "n_ctx", st.n_ctx);
-	api_setint(L, "n_sink", st.n_sink);
-	api_setint(L, "n_key", st.n_key);
-	api_setint(L, "n_recent", st.n_recent);
-	api_setint(L, "n_pinned", st.n_pinned);
-	api_setint(L, "n_seen", (lua_Integer)st.n_seen);
-	api_setint(L, "n_evicted", (lua_Integer)st.n_evicted);
-	api_setint(L, "n_evictions", st.n_evictions);
-	api_setint(L, "n_fallbacks", st.n_fallbacks);
-	api_setint(L, "bytes", (lua_Integer)st.bytes);
-	api_setint(L, "bytes_peak", (lua_Integer)st.bytes_peak);
-	api_setint(L, "bytes_per_token", (lua_Integer)st.bytes_per_token);
-	api_setstr(L, "policy", kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
-}
-
 static int api_s_chat(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
@@ -651,144 +627,6 @@ static int api_s_generate(lua_State *L)
 	return 3;
 }
 
-/* The first token of a candidate: an id, or the first token of a string. */
-static int32_t api_first_token(lua_State *L, struct gen *g, int idx)
-{
-	if (lua_type(L, idx) == LUA_TNUMBER)
-		return (int32_t)script_int(L, idx, "logprobs: token id", 0,
-		                           (lua_Integer)gen_n_vocab(g) - 1);
-	size_t len;
-	const char *s = lua_tolstring(L, idx, &len);
-	if (s == NULL || len == 0)
-		script_error(L, "expected a token id or a non-empty string");
-	int32_t *ids = NULL;
-	size_t n = 0, cap = 0;
-	struct err e;
-	if (vocab_tokenize(gen_vocab(g), s, len, false, false, &ids, &n, &cap, &e) != KVS_OK ||
-	    n == 0) {
-		free(ids);
-		script_error(L, "cannot tokenize '%s'", s);
-	}
-	int32_t id = ids[0];
-	free(ids);
-	return id;
-}
-
-/* log-softmax normaliser of the last logits. */
-static double api_logz(const float *lg, uint32_t n)
-{
-	double mx = lg[0], z = 0;
-	for (uint32_t i = 1; i < n; i++)
-		mx = fmax(mx, lg[i]);
-	for (uint32_t i = 0; i < n; i++)
-		z += exp((double)lg[i] - mx);
-	return mx + log(z);
-}
-
-static int api_s_logprobs(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	struct gen *g = session_gen(as->s);
-	const float *lg = gen_logits(g);
-	luaL_checktype(L, 2, LUA_TTABLE);
-	if (lg == NULL)
-		return script_error(L, "logprobs: nothing fed yet (feed or prompt first)");
-	double lz = api_logz(lg, gen_n_vocab(g));
-	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-	lua_createtable(L, (int)n, 0);
-	for (lua_Integer i = 1; i <= n; i++) {
-		lua_rawgeti(L, 2, i);
-		int32_t id = api_first_token(L, g, -1);
-		lua_pop(L, 1);
-		lua_pushnumber(L, (double)lg[id] - lz);
-		lua_rawseti(L, -2, i);
-	}
-	return 1;
-}
-
-static int api_s_top(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	struct gen *g = session_gen(as->s);
-	lua_Integer k = script_optint(L, 2, "top: k", 10, 1, 1000);
-	uint32_t nv = gen_n_vocab(g);
-	const float *lg = gen_logits(g);
-	if (lg == NULL)
-		return script_error(L, "top: nothing fed yet (feed or prompt first)");
-	if ((uint32_t)k > nv)
-		k = nv;
-	double lz = api_logz(lg, nv);
-	int32_t *best = xmallocarray((size_t)k, sizeof *best);
-	lua_Integer have = 0;
-	for (uint32_t i = 0; i < nv; i++) {
-		float x = lg[i];
-		if (have == k && x <= lg[best[k - 1]])
-			continue;
-		lua_Integer j = have < k ? have++ : k - 1;
-		while (j > 0 && lg[best[j - 1]] < x) {
-			best[j] = best[j - 1];
-			j--;
-		}
-		best[j] = (int32_t)i;
-	}
-	lua_createtable(L, (int)k, 0);
-	for (lua_Integer j = 0; j < have; j++) {
-		char buf[256];
-		size_t n = vocab_piece(gen_vocab(g), best[j], true, buf, sizeof buf);
-		lua_createtable(L, 0, 3);
-		api_setint(L, "id", best[j]);
-		lua_pushlstring(L, buf, KVS_MIN(n, sizeof buf));
-		lua_setfield(L, -2, "text");
-		api_setnum(L, "logprob", (double)lg[best[j]] - lz);
-		lua_rawseti(L, -2, j + 1);
-	}
-	free(best);
-	return 1;
-}
-
-static int api_s_tokenize(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	size_t len;
-	const char *s = luaL_checklstring(L, 2, &len);
-	bool special = lua_toboolean(L, 3);
-	int32_t *ids = NULL;
-	size_t n = 0, cap = 0;
-	struct err e;
-	if (vocab_tokenize(gen_vocab(session_gen(as->s)), s, len, false, special, &ids, &n, &cap, &e) !=
-	    KVS_OK) {
-		free(ids);
-		return script_error(L, "tokenize: %s", e.msg);
-	}
-	lua_createtable(L, (int)n, 0);
-	for (size_t i = 0; i < n; i++) {
-		lua_pushinteger(L, ids[i]);
-		lua_rawseti(L, -2, (lua_Integer)i + 1);
-	}
-	free(ids);
-	return 1;
-}
-
-static int api_s_detokenize(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	const struct vocab *v = gen_vocab(session_gen(as->s));
-	luaL_checktype(L, 2, LUA_TTABLE);
-	luaL_Buffer b;
-	luaL_buffinit(L, &b);
-	lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-	for (lua_Integer i = 1; i <= n; i++) {
-		lua_rawgeti(L, 2, i);
-		lua_Integer id = script_int(L, -1, "detokenize: id", 0, (lua_Integer)vocab_n_tokens(v) - 1);
-		lua_pop(L, 1);
-		char buf[256];
-		size_t k = vocab_piece(v, (int32_t)id, true, buf, sizeof buf);
-		luaL_addlstring(&b, buf, KVS_MIN(k, sizeof buf));
-	}
-	luaL_pushresult(&b);
-	return 1;
-}
-
 static int api_s_set_policy(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
@@ -815,53 +653,6 @@ static int api_s_set_budget(lua_State *L)
 	return 0;
 }
 
-static int api_s_policy(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	char buf[256];
-	if (as->policy != NULL)
-		lua_pushstring(L, as->policy->name);
-	else
-		lua_pushstring(
-		        L, kv_policy_format(kv_cache_policy(gen_kv(session_gen(as->s))), buf, sizeof buf));
-	return 1;
-}
-
-static int api_s_stats(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	api_push_stats(L, gen_kv(session_gen(as->s)));
-	if (as->policy != NULL) {
-		/* the Lua policy; its base gives positions and the fallback */
-		lua_getfield(L, -1, "policy");
-		lua_setfield(L, -2, "base");
-		api_setstr(L, "policy", as->policy->name);
-	}
-	return 1;
-}
-
-static int api_s_tokens(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	struct gen *g = session_gen(as->s);
-	api_push_toks(L, kv_cache_toks(gen_kv(g)), kv_cache_n(gen_kv(g)), gen_vocab(g));
-	lua_pushvalue(L, 1);
-	lua_setiuservalue(L, -2, 1);
-	return 1;
-}
-
-static int api_s_find(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	lua_Integer pos = script_int(L, 2, "find: position", INT32_MIN, INT32_MAX);
-	int32_t i = kv_cache_find(gen_kv(session_gen(as->s)), (int32_t)pos);
-	if (i < 0)
-		lua_pushnil(L);
-	else
-		lua_pushinteger(L, i + 1);
-	return 1;
-}
-
 static int api_s_pin(lua_State *L)
 {
 	struct api_session *as = api_checksession(L, 1);
@@ -871,27 +662,6 @@ static int api_s_pin(lua_State *L)
 	if (kv_cache_pin(gen_kv(session_gen(as->s)), (int32_t)pos, on, &e) != KVS_OK)
 		return script_error(L, "pin: %s", e.msg);
 	return 0;
-}
-
-static int api_s_turns(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	lua_pushinteger(L, session_n_turns(as->s));
-	return 1;
-}
-
-static int api_s_turn(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	lua_Integer i = script_int(L, 2, "turn: index", LUA_MININTEGER, LUA_MAXINTEGER);
-	const struct session_turn *t = NULL;
-	if (i >= 1 && i <= (lua_Integer)session_n_turns(as->s))
-		t = session_turn_at(as->s, (uint32_t)(i - 1));
-	if (t == NULL)
-		lua_pushnil(L);
-	else
-		api_push_turn(L, t);
-	return 1;
 }
 
 static int api_s_set_length(lua_State *L)
@@ -907,18 +677,6 @@ static int api_s_set_length(lua_State *L)
 		t.instruct = lua_toboolean(L, 3);
 	gen_set_length_target(session_gen(as->s), t.unit == LEN_NONE ? NULL : &t);
 	return 0;
-}
-
-static int api_s_length(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	const struct len_target *t = &gen_turn(session_gen(as->s))->len;
-	char buf[128];
-	if (t->unit == LEN_NONE)
-		lua_pushnil(L);
-	else
-		lua_pushstring(L, len_target_format(t, buf, sizeof buf));
-	return 1;
 }
 
 static int api_s_reset(lua_State *L)
@@ -962,117 +720,7 @@ static int api_s_set_system(lua_State *L)
 	return 0;
 }
 
-static int api_s_info(lua_State *L)
-{
-	struct api_session *as = api_checksession(L, 1);
-	return api_push_model(L, session_gen(as->s));
-}
-
-/* -------------------------------------------------------------- the store */
-
-/* Open the session database scripts may read (read-only): the front end's
- * --db, else the default; raises a Lua error when it cannot. */
-static struct store *api_store_open(lua_State *L)
-{
-	struct script_rt *rt = api_rt(L);
-	char *def = NULL;
-	const char *path = rt->cfg.db_path;
-	struct store *st;
-	struct err e;
-	if (path == NULL)
-		path = def = file_xdg_path("XDG_DATA_HOME", ".local/share", "kvscope/memory.db");
-	int rc = store_open(&st, path, STORE_RO, &e);
-	free(def);
-	if (rc != KVS_OK) {
-		script_error(L, "store: %s", e.msg);
-		return NULL;
-	}
-	return st;
-}
-
-static int api_store_sessions(lua_State *L)
-{
-	struct store *st = api_store_open(L);
-	struct store_session *list = NULL;
-	size_t n = 0;
-	struct err e;
-	if (store_session_list(st, &list, &n, &e) != KVS_OK) {
-		store_close(st);
-		return script_error(L, "store_sessions: %s", e.msg);
-	}
-	lua_createtable(L, (int)n, 0);
-	for (size_t i = 0; i < n; i++) {
-		const struct store_session *ss = &list[i];
-		lua_createtable(L, 0, 10);
-		lua_pushinteger(L, (lua_Integer)ss->id);
-		lua_setfield(L, -2, "id");
-		lua_pushstring(L, ss->title ? ss->title : "");
-		lua_setfield(L, -2, "title");
-		lua_pushstring(L, ss->model_path ? ss->model_path : "");
-		lua_setfield(L, -2, "model");
-		lua_pushstring(L, ss->policy ? ss->policy : "");
-		lua_setfield(L, -2, "policy");
-		lua_pushinteger(L, ss->budget);
-		lua_setfield(L, -2, "budget");
-		lua_pushinteger(L, ss->n_turns);
-		lua_setfield(L, -2, "n_turns");
-		lua_pushinteger(L, ss->n_incomplete);
-		lua_setfield(L, -2, "n_incomplete");
-		lua_pushinteger(L, ss->n_kept);
-		lua_setfield(L, -2, "n_kept");
-		lua_pushnumber(L, ss->created);
-		lua_setfield(L, -2, "created");
-		lua_pushnumber(L, ss->updated);
-		lua_setfield(L, -2, "updated");
-		lua_rawseti(L, -2, (lua_Integer)i + 1);
-		store_session_free(&list[i]);
-	}
-	free(list);
-	store_close(st);
-	return 1;
-}
-
-static int api_store_turns(lua_State *L)
-{
-	const char *which = luaL_checkstring(L, 1);
-	struct store *st = api_store_open(L);
-	struct store_session ss;
-	int64_t id;
-	struct err e;
-	if (store_session_find(st, which, &id, &e) != KVS_OK ||
-	    store_session_get(st, id, &ss, &e) != KVS_OK) {
-		store_close(st);
-		return script_error(L, "store_turns: %s", e.msg);
-	}
-	lua_createtable(L, (int)ss.n_turns, 0);
-	for (uint32_t i = 0; i < ss.n_turns; i++) {
-		char *user = NULL, *reply = NULL;
-		if (store_turn_text(st, id, i, &user, &reply, &e) != KVS_OK) {
-			store_session_free(&ss);
-			store_close(st);
-			return script_error(L, "store_turns: %s", e.msg);
-		}
-		lua_createtable(L, 0, 2);
-		lua_pushstring(L, user ? user : "");
-		lua_setfield(L, -2, "user");
-		lua_pushstring(L, reply ? reply : "");
-		lua_setfield(L, -2, "reply");
-		lua_rawseti(L, -2, (lua_Integer)i + 1);
-		free(user);
-		free(reply);
-	}
-	store_session_free(&ss);
-	store_close(st);
-	return 1;
-}
-
 static const struct api_fn api_session_fns[] = {
-	{ "store_sessions", API_DEFERRED, API_C, "() -> list",
-	  "the saved sessions of the database (--db, else the default; read-only): {id, title, "
-	  "model, policy, budget, n_turns, n_incomplete, n_kept, created, updated}",
-	  api_store_sessions },
-	{ "store_turns", API_DEFERRED, API_C, "(id_or_title) -> list",
-	  "a saved session's exchanges, oldest first: {user, reply}", api_store_turns },
 	{ "session", API_DEFERRED, API_C, "([opts]) -> session",
 	  "open a session: opts model, policy, budget, ctx, system, max_tokens, temp, top_k, top_p, "
 	  "min_p, seed, threads, capture (off|summary|full), token_stats",
@@ -1097,47 +745,19 @@ static const struct api_fn api_session_fns[] = {
 	  "close a reply fed by hand with the template's end markers", api_s_end_reply },
 	{ "session:generate", API_DEFERRED, API_C, "(n) -> text, stop, n_tokens",
 	  "sample and feed up to n tokens", api_s_generate },
-	{ "session:logprobs", API_DEFERRED, API_C, "(candidates) -> list",
-	  "log-probability of each candidate's first token (ids or strings) as the next token",
-	  api_s_logprobs },
-	{ "session:top", API_DEFERRED, API_C, "([k]) -> list",
-	  "the k most likely next tokens: {id, text, logprob}", api_s_top },
-	{ "session:tokenize", API_FAST, API_C, "(text [, special]) -> ids", "token ids of text",
-	  api_s_tokenize },
-	{ "session:detokenize", API_FAST, API_C, "(ids) -> text", "the text of token ids",
-	  api_s_detokenize },
 	{ "session:set_policy", API_DEFERRED, API_C, "(spec)",
 	  "a built-in policy spec (\"sirllm:lambda=0.9\") or a Lua policy's name", api_s_set_policy },
 	{ "session:set_budget", API_DEFERRED, API_C, "(n)", "the KV budget in tokens",
 	  api_s_set_budget },
-	{ "session:policy", API_FAST, API_C, "() -> string", "the policy in use", api_s_policy },
 	{ "session:set_length", API_DEFERRED, API_C, "(spec [, instruct])",
 	  "a length target for the next replies: \"120w\", \"200t\", a Ruler level (\"150\", "
 	  "\">800\") or \"off\"; instruct=false leaves the prompt-side sentence out",
 	  api_s_set_length },
-	{ "session:length", API_FAST, API_C, "() -> string | nil",
-	  "the length target in use (\"150 words (130, 170]\"), nil when none", api_s_length },
-	{ "session:stats", API_DEFERRED, API_C, "() -> table",
-	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_evicted, "
-	  "n_evictions, n_fallbacks, bytes, policy (and base, for a Lua policy), ...",
-	  api_s_stats },
-	{ "session:tokens", API_DEFERRED, API_C, "() -> tokens",
-	  "the cached tokens (read-only, valid until the session changes)", api_s_tokens },
-	{ "session:find", API_DEFERRED, API_C, "(position) -> index | nil",
-	  "cache index of the token at an original position, nil when evicted", api_s_find },
 	{ "session:pin", API_DEFERRED, API_C, "(position [, on])", "pin or unpin a cached token",
 	  api_s_pin },
-	{ "session:turns", API_DEFERRED, API_C, "() -> n", "number of exchanges", api_s_turns },
-	{ "session:turn", API_DEFERRED, API_C, "(i) -> table",
-	  "exchange i: index, user, reply, stop, first_pos, n_prompt, n_reply, prefill_ms, decode_ms",
-	  api_s_turn },
 	{ "session:reset", API_DEFERRED, API_C, "()", "forget the conversation", api_s_reset },
 	{ "session:set_system", API_DEFERRED, API_C, "(text)",
 	  "the system prompt of the next conversation", api_s_set_system },
-	{ "session:info", API_FAST, API_C, "() -> table",
-	  "name, n_layer, n_head, n_head_kv, n_ctx, n_vocab, backend, default_system (the "
-	  "template's, when it has one)",
-	  api_s_info },
 	{ "session:close", API_DEFERRED, API_C, "()", "close a session the plugin opened",
 	  api_s_close },
 };
@@ -1146,9 +766,4 @@ static const struct api_type api_session_types[] = {
 	{ API_SESSION, "session", NULL, NULL, api_session_gc },
 };
 
-const struct api_lib api_session_lib = {
-	api_session_fns,
-	KVS_ARRAY_LEN(api_session_fns),
-	api_session_types,
-	KVS_ARRAY_LEN(api_session_types),
-};
+const struct api_lib api_session_lib = API_LIB(api_session_fns, api_session_types);

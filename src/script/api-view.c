@@ -104,17 +104,23 @@ static int api_command(lua_State *L)
 	return 0;
 }
 
+/* true, or false and the error's message: what a call that may fail returns. */
+static int api_push_result(lua_State *L, int rc, const struct err *e)
+{
+	lua_pushboolean(L, rc == KVS_OK);
+	if (rc == KVS_OK)
+		return 1;
+	lua_pushstring(L, e->msg);
+	return 2;
+}
+
 static int api_run_command(lua_State *L)
 {
 	struct err e;
 	const char *name = luaL_checkstring(L, 1);
 	const char *args = luaL_optstring(L, 2, "");
 	int rc = script_command_run(api_rt(L), name, args, &e);
-	lua_pushboolean(L, rc == KVS_OK);
-	if (rc == KVS_OK)
-		return 1;
-	lua_pushstring(L, e.msg);
-	return 2;
+	return api_push_result(L, rc, &e);
 }
 
 static int api_commands(lua_State *L)
@@ -378,22 +384,14 @@ static int api_load_plugin(lua_State *L)
 	int rc = strlen(path) != len
 	        ? err_set(&e, KVS_EARG, "the path '%s...' holds a NUL byte: refused", path)
 	        : script_load(api_rt(L), path, &e);
-	lua_pushboolean(L, rc == KVS_OK);
-	if (rc == KVS_OK)
-		return 1;
-	lua_pushstring(L, e.msg);
-	return 2;
+	return api_push_result(L, rc, &e);
 }
 
 static int api_unload_plugin(lua_State *L)
 {
 	struct err e;
 	int rc = script_unload(api_rt(L), luaL_checkstring(L, 1), &e);
-	lua_pushboolean(L, rc == KVS_OK);
-	if (rc == KVS_OK)
-		return 1;
-	lua_pushstring(L, e.msg);
-	return 2;
+	return api_push_result(L, rc, &e);
 }
 
 static int api_status_items(lua_State *L)
@@ -636,9 +634,4 @@ static const struct api_type api_view_types[] = {
 	{ API_VIEW, "view", NULL, NULL, NULL },
 };
 
-const struct api_lib api_view_lib = {
-	api_view_fns,
-	KVS_ARRAY_LEN(api_view_fns),
-	api_view_types,
-	KVS_ARRAY_LEN(api_view_types),
-};
+const struct api_lib api_view_lib = API_LIB(api_view_fns, api_view_types);

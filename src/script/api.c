@@ -23,7 +23,8 @@
 
 /* The API, file by file, in the reference's order. */
 static const struct api_lib *const api_libs[] = {
-	&api_loop_lib, &api_view_lib, &api_policy_lib, &api_session_lib, &api_token_lib,
+	&api_loop_lib,         &api_view_lib,  &api_policy_lib, &api_session_lib,
+	&api_session_read_lib, &api_store_lib, &api_token_lib,
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -118,8 +119,8 @@ static const struct {
 	[SEV_UNLOAD] = { "unload", "()", "main loop: the plugin is being unloaded" },
 };
 
-/* The metatable of type t of lib: methods from lib's "obj:" rows, or t's index. */
-static void api_methods(lua_State *L, const struct api_lib *lib, const struct api_type *t)
+/* The metatable of type t: methods from every lib's "obj:" rows, or t's index. */
+static void api_methods(lua_State *L, const struct api_type *t)
 {
 	luaL_newmetatable(L, t->tname);
 	if (t->index != NULL) {
@@ -128,14 +129,15 @@ static void api_methods(lua_State *L, const struct api_lib *lib, const struct ap
 	} else {
 		lua_newtable(L);
 		size_t ol = strlen(t->obj);
-		for (size_t i = 0; i < lib->n_fns; i++) {
-			const struct api_fn *f = &lib->fns[i];
-			if (strncmp(f->name, t->obj, ol) != 0 || f->name[ol] != ':')
-				continue;
-			lua_pushlightuserdata(L, (void *)f);
-			lua_pushcclosure(L, api_call, 1);
-			lua_setfield(L, -2, f->name + ol + 1);
-		}
+		for (size_t k = 0; k < KVS_ARRAY_LEN(api_libs); k++)
+			for (size_t i = 0; i < api_libs[k]->n_fns; i++) {
+				const struct api_fn *f = &api_libs[k]->fns[i];
+				if (strncmp(f->name, t->obj, ol) != 0 || f->name[ol] != ':')
+					continue;
+				lua_pushlightuserdata(L, (void *)f);
+				lua_pushcclosure(L, api_call, 1);
+				lua_setfield(L, -2, f->name + ol + 1);
+			}
 		lua_setfield(L, -2, "__index");
 	}
 	lua_pushcfunction(L, api_readonly);
@@ -180,7 +182,7 @@ int api_open(lua_State *L)
 {
 	for (size_t k = 0; k < KVS_ARRAY_LEN(api_libs); k++)
 		for (size_t i = 0; i < api_libs[k]->n_types; i++)
-			api_methods(L, api_libs[k], &api_libs[k]->types[i]);
+			api_methods(L, &api_libs[k]->types[i]);
 	lua_newtable(L);
 	int M = lua_gettop(L);
 	for (size_t k = 0; k < KVS_ARRAY_LEN(api_libs); k++)

@@ -340,9 +340,17 @@ struct api_lib {
 	const struct api_type *types;
 	size_t n_types;
 };
+/* A file's lib from its tables of functions and types (arrays, not pointers). */
+#define API_LIB(fns, types) { fns, KVS_ARRAY_LEN(fns), types, KVS_ARRAY_LEN(types) }
+#define API_LIB_FNS(fns) { fns, KVS_ARRAY_LEN(fns), NULL, 0 }
 
 extern const struct api_lib api_loop_lib, api_view_lib, api_policy_lib, api_session_lib,
-        api_token_lib;
+        api_session_read_lib, api_store_lib, api_token_lib;
+
+#define API_SESSION "kvscope.session" /* the session userdata's type name */
+
+/* The open session at index i, or a Lua error (not a session, or closed). */
+struct api_session *api_checksession(lua_State *L, int i);
 
 /* Build the kvscope module in P's state and leave it on the stack. */
 int api_open(lua_State *L);
@@ -384,5 +392,24 @@ void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
 /* P's state is closed: close and free any session of P still listed (none
  * when every handle's finalizer ran; this makes sure). */
 void api_sessions_gone(struct script_rt *rt, struct script_plugin *P);
+
+/* ---- shared by script.c, script-plugin.c and script-dispatch.c */
+
+/* The text of the error value at idx, read without metamethods or
+ * allocation (it may run outside a protected call): a string's own bytes,
+ * a number formatted into buf, else its type. */
+const char *script_error_text(lua_State *L, int idx, char *buf, size_t n);
+/* script_call with what is left (left_ms) of the hook budget shared by a
+ * plugin's calls of one event or tick. */
+bool script_call_share(struct script_plugin *P, lua_State *L, int (*push)(lua_State *L, void *ud),
+                       void *ud, int nres, bool fast, const char *what, double left_ms,
+                       struct err *e);
+/* Read the plugin or script file at path and create it. */
+int script_plugin_file(struct script_rt *rt, const char *path, bool is_script, int argc,
+                       char **argv, struct script_plugin **out, struct err *e);
+/* Run P's unload hooks, then free it. */
+void script_unload_plugin(struct script_rt *rt, struct script_plugin *P);
+/* Drop dead hooks (their references first) and restore the order. */
+void script_hooks_settle(struct script_rt *rt);
 
 #endif

@@ -11,7 +11,9 @@
  *            retention and status, updated from the worker's events.
  *   view.c   layout and the pane registry; each pane draws the model into
  *            a rectangle of the grid.
- *   cmd.c    the ':' commands (one table: exec, help, completion).
+ *   chrome.c the gauge, input line, status line and help around the panes.
+ *   cmd.c    the ':' commands (one table: exec, help, completion);
+ *            cmd-run.c runs a line, completes it and lays out the help.
  *   input.c  the input line (libedit as the editing engine).
  * curses.c owns the terminal and the main loop.
  */
@@ -343,6 +345,24 @@ struct tui_layout {
 #define TUI_WIDE_W 160
 #define TUI_WIDE_H 40
 void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_layout *l);
+
+/* ---- around the panes (chrome.c) ---- */
+
+/* The length gauge: the words (or tokens) of the turn against the target
+ * the reply was made under, whether it landed in the window, the stop
+ * reason. Where the long form does not fit, a short one (never a cut
+ * stop reason). */
+void chrome_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r);
+/* The help over the whole screen but the status line, scrolled to
+ * t->help_scroll (clamped here, where the page size is known). */
+void chrome_help(struct tui *t, struct tui_grid *g);
+void chrome_input(struct tui_grid *g, struct tui_rect r, const char *in, size_t cur, int *cx,
+                  int *cy);
+/* The status line: a message on the left, the items after it. When they
+ * do not fit, the lowest-ranked items go first (a long model name never
+ * pushes out the context and the policy), then the message is cut with
+ * "...". */
+void chrome_status(struct tui *t, struct tui_grid *g, struct tui_rect r);
 /* Draw everything; the input line's text and cursor come from the editor. */
 void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t input_cursor,
               int *cursor_x, int *cursor_y);
@@ -383,6 +403,10 @@ struct tui_cmd {
 
 size_t tui_cmd_count(void);
 const struct tui_cmd *tui_cmd_at(size_t i);
+/* Completion source of the built-in command names (i-th candidate). */
+int tui_cmd_names(const char *word, size_t i, const char **out);
+/* Set the status line to the formatted error (one line) and return KVS_EARG. */
+int tui_cmd_fail(struct tui_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Run one ':' line (without the colon); errors go to the status line. */
 int tui_cmd_run(struct tui_ctx *c, const char *line);
 /* Completion of line at its end (built-in commands, and rt's plugin

@@ -1145,6 +1145,23 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	toks[0].token = (int32_t)nv;
 	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "token 0") != NULL, "message: %s", e.msg);
+	toks[0].token = 1;
+	/* a crafted row: a role, flag bit or turn the cache never writes */
+	const struct {
+		uint8_t role, flags;
+		uint32_t turn;
+	} bad[] = { { 4, 0, 0 }, { 255, 0, 0 }, { 0, 1u << 3, 0 }, { 0, 0xff, 0 }, { 0, 0, r.turn + 1 } };
+	for (size_t k = 0; k < KVS_ARRAY_LEN(bad); k++) {
+		struct kv_tok keep = toks[n - 1];
+		toks[n - 1].role = bad[k].role;
+		toks[n - 1].flags = bad[k].flags;
+		toks[n - 1].turn = bad[k].turn ? bad[k].turn : keep.turn;
+		T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
+		T_EQ_INT(kv_cache_n(b), 0);
+		T_CHECK(strstr(e.msg, "expected a role") != NULL, "message: %s", e.msg);
+		toks[n - 1] = keep;
+	}
+	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_OK); /* the rows as written restore */
 	free(raw);
 	free(logits);
 	kv_cache_free(a);
