@@ -203,7 +203,7 @@ void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
 void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth);
 /* Whether layer l of this forward attends sparsely. */
 bool cpu_sparse_layer(const struct cpu_job *jb, uint32_t l);
-/* Choose layer l's keys per KV head (every thread; two barriers inside). */
+/* Choose layer l's keys per KV head (every thread; one barrier inside). */
 void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth);
 /* cpu_attend_split over the chosen keys of each KV head. */
 void cpu_sparse_split(struct cpu_job *jb, uint32_t l, int ith, int nth);

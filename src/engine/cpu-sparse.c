@@ -7,11 +7,11 @@
  * A sparse step adds, to a dense decode step: the sync of the bounds (every
  * thread, after the keys are refreshed: thread 0 folds new keys into clean
  * pages and lists the dirty ones, all threads recompute those), and per
- * sparse layer two phases between the q/k/v products and attention: every
- * thread bounds its share of (KV head, page) pairs; after a barrier each
- * thread chooses the pages of its KV heads (sparse_top) and lists their
- * keys in position order, with the sinks and the recent window; after a
- * second barrier the attention reads only the listed keys. The list keeps
+ * sparse layer one phase between the q/k/v products and attention: each
+ * thread takes whole KV heads, bounds their pages, chooses the best
+ * (sparse_top) and lists their keys in position order, with the sinks and
+ * the recent window; after a barrier the attention reads only the listed
+ * keys, split across the threads as a dense step's are. The list keeps
  * the sorted order and the thread shares of the dense split, so a choice of
  * every key gives the dense step's result bit for bit.
  *
@@ -123,36 +123,36 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap, hd = hp->head_dim;
 	uint32_t grp = hp->n_head / nkv, m = c->sp_m, vc = c->sp_vis_cap;
 	uint32_t lo, hi;
-	/* Quest's bound of every page with candidates, per KV head: the max
-	 * over its query heads of a dot with the split query */
-	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
-	for (uint32_t r = 0; r < hp->n_head; r++)
-		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
-	cpu_share(nkv * np, ith, nth, &lo, &hi);
-	for (uint32_t it = lo; it < hi; it++) {
-		uint32_t h = it / np, p = it % np;
-		float *ub = &c->sp_ub[(size_t)h * pc + p];
-		if (c->sp_cand[p] == 0) {
-			*ub = -INFINITY;
-			continue;
-		}
-		const uint8_t *b = sparse_pages_at(&c->sp, l, p, h);
-		float best = -INFINITY;
-		for (uint32_t r = h * grp; r < (h + 1) * grp; r++) {
-			const float *x = qs + (size_t)r * 2 * hd;
-			float v = c->kv_es == 2 ? c->ops->dot_f16((const uint16_t *)b, x, 2 * hd)
-			                        : c->ops->dot_f32((const float *)b, x, 2 * hd);
-			best = v > best ? v : best;
-		}
-		*ub = best;
-	}
-	pool_barrier(c->pool);
-	/* each KV head's pages, then its keys in position order */
 	uint32_t always = c->sp_sinks + c->sp_recent;
 	uint32_t k_pages = s->budget > always ? (s->budget - always + s->page - 1) / s->page : 0;
 	uint32_t nv = jb->b->n_visible;
+	/* whole KV heads per thread: one barrier after the choice, not one
+	 * between bounding and choosing (a barrier costs a time slice on a
+	 * busy machine; three KV heads on two threads cost a third more) */
 	cpu_share(nkv, ith, nth, &lo, &hi);
+	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t h = lo; h < hi; h++) {
+		/* Quest's bound of every page with candidates: the max over the
+		 * KV head's query heads of a dot with the split query */
+		for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
+			sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
+		float *ubh = c->sp_ub + (size_t)h * pc;
+		for (uint32_t p = 0; p < np; p++) {
+			if (c->sp_cand[p] == 0) {
+				ubh[p] = -INFINITY;
+				continue;
+			}
+			const uint8_t *b = sparse_pages_at(&c->sp, l, p, h);
+			float best = -INFINITY;
+			for (uint32_t r = h * grp; r < (h + 1) * grp; r++) {
+				const float *x = qs + (size_t)r * 2 * hd;
+				float v = c->kv_es == 2 ? c->ops->dot_f16((const uint16_t *)b, x, 2 * hd)
+				                        : c->ops->dot_f32((const float *)b, x, 2 * hd);
+				best = v > best ? v : best;
+			}
+			ubh[p] = best;
+		}
+		/* its pages, then its keys in position order */
 		uint8_t *psel = c->sp_psel + (size_t)h * pc, *mask = c->sp_mask + (size_t)h * vc;
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0;
 		sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc, psel);
