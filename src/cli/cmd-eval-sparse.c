@@ -17,7 +17,9 @@
  * and the recall of each row's 10 largest dense weights. Also: the keys
  * read against dense (all layers, the dense ones included), attention time
  * per step and its speed-up, the selection's share of dense attention
- * time, the decode step time and its speed-up, and how often the sparse
+ * time, the decode step time and its speed-up (wall clock, and the
+ * process's CPU time, which other jobs on a shared machine barely change;
+ * with several threads it includes their waits), and how often the sparse
  * step's argmax equals the dense token.
  */
 #include "cli/eval.h"
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o);
 static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
@@ -53,6 +56,7 @@ struct sp_row {
 	double agree;                   /* sparse argmax == dense token, share of steps */
 	double attn_ms[2], sel_ms;      /* per step: dense, sparse; selection (sparse) */
 	double step_ms[2];              /* per step, fastest pass: dense, sparse */
+	double cpu_ms[2];               /* the process's CPU time per step, same passes */
 };
 
 static const char *const sp_words[] = {
@@ -93,7 +97,7 @@ static int sp_cmp(const void *a, const void *b)
  * Adds the step times, attention times, keys; with want_attn, the mass
  * and recall samples. */
 struct sp_pass {
-	double step_ms, attn_ms, sel_ms;
+	double step_ms, cpu_ms, attn_ms, sel_ms;
 	uint64_t keys_read, keys_dense;
 	uint32_t agree;
 	float *mass; /* (cap) captured-mass samples */
@@ -101,6 +105,14 @@ struct sp_pass {
 	double recall_sum;
 	uint64_t n_recall;
 };
+
+/* The process's CPU time in ms: other jobs on the machine barely change it. */
+static double sp_cpu_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 static uint32_t sp_argmax(const float *x, uint32_t n)
 {
@@ -160,11 +172,12 @@ static int sp_run(struct engine *eng, int32_t *ids, uint32_t n, uint32_t at,
 		b.want_attn = attn;
 		b.sparse = sp;
 		struct engine_out out;
-		double t0 = clock_now_ms();
+		double t0 = clock_now_ms(), c0 = sp_cpu_ms();
 		rc = engine_forward(eng, &b, &out, e);
 		if (rc != KVS_OK)
 			break;
 		p->step_ms += clock_now_ms() - t0;
+		p->cpu_ms += sp_cpu_ms() - c0;
 		p->attn_ms += out.attn_ms;
 		p->sel_ms += out.select_ms;
 		p->keys_read += out.keys_read;
@@ -256,6 +269,7 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		for (int mode = 0; mode < 2; mode++) {
 			row->attn_ms[mode] = best[mode].attn_ms / steps;
 			row->step_ms[mode] = best[mode].step_ms / steps;
+			row->cpu_ms[mode] = best[mode].cpu_ms / steps;
 		}
 		row->sel_ms = best[1].sel_ms / steps;
 	}
@@ -333,17 +347,18 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	       engine_n_threads(eng));
 	printf("| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
 	       "attn ms/step dense | sparse | attn x | select / dense attn | step ms dense | sparse "
-	       "| decode x |\n");
+	       "| decode x | step CPU ms dense | sparse | decode x (CPU) |\n");
 	printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-	       "| ---: |\n");
+	       "| ---: | ---: | ---: | ---: |\n");
 	for (uint32_t i = 0; i < n_len; i++) {
 		const struct sp_row *w = &rows[i];
 		printf("| %u | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f %% | "
-		       "%.2f | %.2f | %.2f |\n",
+		       "%.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
 		       w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall, 100 * w->agree,
 		       w->attn_ms[0], w->attn_ms[1], w->attn_ms[0] / w->attn_ms[1],
 		       100 * w->sel_ms / w->attn_ms[0], w->step_ms[0], w->step_ms[1],
-		       w->step_ms[0] / w->step_ms[1]);
+		       w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
+		       w->cpu_ms[0] / w->cpu_ms[1]);
 	}
 	if (o->json) {
 		printf("{\"eval\":\"sparse\",\"mode\":");
@@ -354,10 +369,10 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			const struct sp_row *w = &rows[i];
 			printf("%s{\"length\":%u,\"keys_pct\":%.2f,\"mass_median\":%.4f,\"mass_p10\":%.4f,"
 			       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
-			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f]}",
+			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f]}",
 			       i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall,
 			       w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0],
-			       w->step_ms[1]);
+			       w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1]);
 		}
 		printf("]}\n");
 	}
