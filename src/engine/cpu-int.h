@@ -115,6 +115,8 @@ struct cpu {
 	uint32_t sp_pages_cap; /* pages the buffers below hold */
 	uint32_t sp_vis_cap;   /* visible slots the buffers below hold */
 	uint32_t *sp_cand;     /* (sp_pages_cap) candidate keys per page */
+	uint32_t *sp_plist;    /* (sp_pages_cap) the pages with candidates, ascending */
+	uint32_t sp_np;        /* how many */
 	float *sp_ub;          /* (n_head_kv, sp_pages_cap) this layer's page bounds */
 	uint8_t *sp_psel;      /* (n_head_kv, sp_pages_cap) chosen pages */
 	float *sp_scr;         /* (n_threads, sp_pages_cap) selection scratch */

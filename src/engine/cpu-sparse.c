@@ -62,11 +62,13 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	uint32_t np = c->sp.n_pages, nkv = hp->n_head_kv;
 	if (c->sp_pages_cap < np) {
 		free(c->sp_cand);
+		free(c->sp_plist);
 		free(c->sp_ub);
 		free(c->sp_psel);
 		free(c->sp_scr);
 		c->sp_pages_cap = np;
 		c->sp_cand = xmallocarray(np, sizeof(uint32_t));
+		c->sp_plist = xmallocarray(np, sizeof(uint32_t));
 		c->sp_ub = xmallocarray((size_t)nkv * np, sizeof(float));
 		c->sp_psel = xmallocarray((size_t)nkv * np, 1);
 		c->sp_scr = xmallocarray((size_t)pool_size(c->pool) * np, sizeof(float));
@@ -94,6 +96,10 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 		c->sp_kpage[k] = c->vslot[k] / s->page;
 	for (uint32_t k = c->sp_sinks; k < m - c->sp_recent; k++)
 		c->sp_cand[c->sp_kpage[k]]++;
+	c->sp_np = 0;
+	for (uint32_t p = 0; p < np; p++)
+		if (c->sp_cand[p] > 0)
+			c->sp_plist[c->sp_np++] = p;
 }
 
 void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
@@ -133,24 +139,27 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t h = lo; h < hi; h++) {
 		/* Quest's bound of every page with candidates: the max over the
-		 * KV head's query heads of a dot with the split query */
+		 * KV head's query heads of a dot with the split query, the bounds
+		 * read as rows of 2 x head_dim by the attention-score kernel */
 		for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
 			sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
 		float *ubh = c->sp_ub + (size_t)h * pc;
-		for (uint32_t p = 0; p < np; p++) {
-			if (c->sp_cand[p] == 0) {
-				ubh[p] = -INFINITY;
-				continue;
-			}
-			const uint8_t *b = sparse_pages_at(&c->sp, l, p, h);
-			float best = -INFINITY;
-			for (uint32_t r = h * grp; r < (h + 1) * grp; r++) {
-				const float *x = qs + (size_t)r * 2 * hd;
-				float v = c->kv_es == 2 ? c->ops->dot_f16((const uint16_t *)b, x, 2 * hd)
-				                        : c->ops->dot_f32((const float *)b, x, 2 * hd);
-				best = v > best ? v : best;
-			}
-			ubh[p] = best;
+		for (uint32_t p = 0; p < np; p++)
+			ubh[p] = -INFINITY;
+		float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
+		const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
+		int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
+		for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
+			uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
+			c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd),
+			                        base, stride, c->kv_es == 2, c->sp_plist, c->sp_np, 1.0f, sc,
+			                        c->vis_cap);
+			for (uint32_t r = 0; r < nq; r++)
+				for (uint32_t i = 0; i < c->sp_np; i++) {
+					float v = sc[(size_t)r * c->vis_cap + i];
+					float *u = &ubh[c->sp_plist[i]];
+					*u = v > *u ? v : *u;
+				}
 		}
 		/* its pages, then its keys in position order */
 		uint8_t *psel = c->sp_psel + (size_t)h * pc, *mask = c->sp_mask + (size_t)h * vc;
@@ -287,6 +296,7 @@ void cpu_sparse_free(struct cpu *c)
 {
 	sparse_pages_free(&c->sp);
 	free(c->sp_cand);
+	free(c->sp_plist);
 	free(c->sp_ub);
 	free(c->sp_psel);
 	free(c->sp_scr);
