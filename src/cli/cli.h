@@ -49,7 +49,8 @@ enum opt_group {
 	OPTG_TUI = 1u << 20,     /* --theme, --color, --ascii, --bench-exit */
 	OPTG_PLUGIN = 1u << 21,  /* --plugin (run and the workbench) */
 	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
-	OPTG_SPARSE = 1u << 23,  /* --lengths, --n-gen, --reps (eval sparse) */
+	OPTG_RECALL = 1u << 23,  /* --turns, --facts, --value (eval recall) */
+	OPTG_SPARSE = 1u << 24,  /* --lengths, --n-gen, --reps (eval sparse) */
 };
 
 struct cli_opts; /* opts.h */
@@ -91,6 +92,7 @@ enum cli_exit cli_exit_code(int status);
 extern const struct cli_cmd cmd_bench;
 extern const struct cli_cmd cmd_chat;
 extern const struct cli_cmd cmd_eval_passkey;
+extern const struct cli_cmd cmd_eval_recall;
 extern const struct cli_cmd cmd_eval_rps;
 extern const struct cli_cmd cmd_eval_sparse;
 extern const struct cli_cmd cmd_eval_tlg;

@@ -374,7 +374,8 @@ static const struct cli_opt cli_opt_table[] = {
 	  "print one JSON object (evals: last on stdout)" },
 	{ "policy", 0, "NAME[:k=v,...]", OPTG_KV, opt_policy, 0, 0, 0,
 	  "KV retention policy: full (default; chat: streaming), window, streaming, sirllm, "
-	  "lminfinite, h2o; parameters as k=v (see 'kvscope help policies')" },
+	  "lminfinite, h2o, snapkv; parameters as k=v, span=word|number|off on all (see 'kvscope "
+	  "help policies')" },
 	{ "kv-budget", 0, "N", OPTG_KV, opt_budget, OG(kv.budget), 8, 1 << 24,
 	  "KV cache budget in tokens (0, the default: every slot of the context)" },
 	{ "sparse", 0, "off|quest[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
@@ -393,12 +394,19 @@ static const struct cli_opt cli_opt_table[] = {
 	  "passkey prompt lengths in tokens, e.g. 2k,4k,8k (default 2k,4k,8k,16k,32k)" },
 	{ "depths", 0, "LIST", OPTG_PASSKEY, opt_str, O(depths), 0, 0,
 	  "passkey needle depths in percent (default 10,30,50,70,90)" },
-	{ "samples", 0, "N", OPTG_PASSKEY | OPTG_TLG, opt_u32, O(samples), 1, 100000,
-	  "samples per case: passkey per (length, depth) (default 1); tlg per level (default 30)" },
+	{ "samples", 0, "N", OPTG_PASSKEY | OPTG_TLG | OPTG_RECALL, opt_u32, O(samples), 1, 100000,
+	  "samples per case: passkey per (length, depth) (default 1); tlg per level (default 30); "
+	  "recall per (turns, fact kind) (default 3)" },
 	{ "rounds", 0, "N", OPTG_RPS, opt_u32, O(rounds), 1, 1000000,
 	  "rock-paper-scissors rounds (default 300)" },
 	{ "dominant", 0, "MOVE", OPTG_RPS, opt_str, O(dominant), 0, 0,
 	  "the user's dominant move: rock (default), paper or scissors" },
+	{ "turns", 0, "LIST", OPTG_RECALL, opt_str, O(turns), 0, 0,
+	  "eval recall: unrelated turns between the fact and the question (default 10,30)" },
+	{ "facts", 0, "LIST", OPTG_RECALL, opt_str, O(facts), 0, 0,
+	  "eval recall: fact kinds among number, name, code, day (default all four)" },
+	{ "value", 0, "TEXT", OPTG_RECALL, opt_str, O(fact_value), 0, 0,
+	  "eval recall: use TEXT as every fact's value (e.g. --facts code --value TIGER-42)" },
 	{ "target-words", 0, "N", OPTG_LEN, opt_target_words, 0, 1, 100000,
 	  "aim the reply at N words (Ruler's window when N is 10, 30, 50, 80, 150, 300, 500 or "
 	  "700; else N +- max(10, N/10)); or the level >800" },

@@ -61,7 +61,7 @@ static int api_policy_register(lua_State *L)
 	if (!kv_policy_evicts(&base))
 		return script_error(L,
 		                    "policy.register: base '%s' never evicts (expected window, "
-		                    "streaming, sirllm, lminfinite or h2o)",
+		                    "streaming, sirllm, lminfinite, h2o or snapkv)",
 		                    bspec);
 	struct script_policy *pol = NULL;
 	for (size_t i = 0; i < rt->n_policies; i++)

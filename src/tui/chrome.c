@@ -225,20 +225,24 @@ void chrome_help(struct tui *t, struct tui_grid *g)
 
 	if (g->w < 10 || box.h < 3)
 		return;
+	t->help_w = g->w;
 	n = tui_help_lines(t->rt, g->w - 2, &lines);
 	page = box.h - 2;
 	if (t->help_scroll > (int)n - page)
 		t->help_scroll = (int)n - page;
 	if (t->help_scroll < 0)
 		t->help_scroll = 0;
-	snprintf(title, sizeof title, "Help %d-%d of %zu (Up/Down/PgUp/PgDn scroll; Esc or F1 closes)",
+	snprintf(title, sizeof title,
+	         "Help %d-%d of %zu (Up/Down/PgUp/PgDn scroll; /TEXT searches; Esc or F1 closes)",
 	         t->help_scroll + 1, (int)KVS_MIN((size_t)(t->help_scroll + page), n), n);
 	tui_grid_fill(g, box, ' ', R_NORMAL);
 	r = tui_grid_box(g, box, title, true);
 	for (int i = 0; i < r.h && (size_t)(t->help_scroll + i) < n; i++) {
 		const char *l = lines[t->help_scroll + i];
 		bool head = l[0] != ' ' && l[0] != '\0';
-		tui_grid_text(g, r, r.x, r.y + i, head ? R_TITLE : R_NORMAL, l, strlen(l));
+		bool found = t->help_find[0] != '\0' && tui_has_text(l, t->help_find);
+		tui_grid_text(g, r, r.x, r.y + i, found ? R_SELECTED : head ? R_TITLE : R_NORMAL, l,
+		              strlen(l));
 	}
 	tui_help_free(lines, n);
 }

@@ -167,34 +167,61 @@ int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t c
 	return n;
 }
 
+/* A name and what it means: a line of the help's keys or glossary. */
+struct help_pair {
+	const char *name, *text;
+};
+
 /* The keys the help lists (the bindings live in curses.c). */
-static const struct {
-	const char *key, *does;
-} tui_keys[] = {
+static const struct help_pair tui_keys[] = {
 	{ "Enter", "send the message (or run a :command); during a reply it stays in the input line" },
 	{ "Ctrl-J, Alt-Enter", "new line in the message" },
 	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
 	{ "Tab", "complete :commands and their arguments" },
 	{ "Up/Down, Ctrl-R", "walk and search the history; emacs keys edit the line" },
-	{ "F1", "this help (Up/Down/PgUp/PgDn/Home/End scroll it; Esc or F1 closes)" },
-	{ "F2 F3 F4 F5", "chat, attention, KV memory, retention (the tab on small terminals)" },
-	{ "F12", "the plugins' pane (at 160x40 and more in place of attention and KV memory)" },
-	{ "F6/F7, F8/F9", "attention pane: layer -/+, head -/+" },
-	{ "F10, F11", "one head / mean / max over heads; the overview metric" },
-	{ "Shift-Up/Down", "an earlier / later query token in the attention pane" },
-	{ "Shift-Left/Right, click",
+	{ "/TEXT Enter",
+	  "search the chat (the help when it is open); / Enter the next older match, ? Enter the "
+	  "next newer one; //TEXT sends a message that starts with /" },
+	{ "F1, Alt-1",
+	  "this help (Up/Down/PgUp/PgDn/Home/End scroll it, /TEXT or :help TEXT searches it; Esc or "
+	  "F1 closes)" },
+	{ "F2-F5, Alt-2..Alt-5", "chat, attention, KV memory, retention (the tab on small terminals)" },
+	{ "F12, Alt-=", "the plugins' pane (at 160x40 and more in place of attention and KV memory)" },
+	{ "F6/F7, Alt-6/Alt-7", "attention pane: layer - / +" },
+	{ "F8/F9, Alt-8/Alt-9", "attention pane: head - / +" },
+	{ "F10, Alt-0", "one head / mean / max over heads" },
+	{ "F11, Alt--", "the overview metric (entropy, sink mass, k90)" },
+	{ "Shift-Up/Down, Alt-k/j", "an earlier / later query token in the attention pane" },
+	{ "Shift-Left/Right, Alt-h/l, click",
 	  "select a token in the retention strip (a click beside the tokens, or on the selected one, "
 	  "lets go)" },
+	{ "Shift-PgUp/PgDn, Alt-p/n", "the previous / next turn's first token in the strip" },
+	{ "Shift-Home/End, Alt-g/G", "the first token; let go (the live tail)" },
 	{ "Esc",
-	  "let go of the selected token (the strip follows the live tail again); back to the latest "
-	  "attention step; close the help" },
+	  "close the help; let go of the selected token; back to the bottom of the chat; back to the "
+	  "latest attention step (the first that applies)" },
 	{ "PgUp/PgDn",
 	  "scroll the chat; with a token selected (or on the retention tab), page the strip" },
 	{ "mouse wheel",
 	  "scroll the chat (over the strip: move the selection; in the help: scroll it)" },
-	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
-	{ "Shift-Home/End", "the first token; let go (the live tail)" },
 	{ "Ctrl-L", "redraw the screen" },
+};
+
+/* The words the panes use, in a line each. */
+static const struct help_pair tui_glossary[] = {
+	{ "KV cache", "the keys and values of the tokens the model still sees; the budget caps it" },
+	{ "budget", "the most tokens the cache keeps; past it the policy evicts (0: every slot)" },
+	{ "policy", "the rule that decides which tokens stay (streaming, h2o, sirllm, ...)" },
+	{ "sink", "one of the first tokens, kept always: attention piles up on them whatever they say" },
+	{ "key token", "a token a policy keeps for its score (surprisal, accumulated attention)" },
+	{ "recent window", "the latest tokens, kept as they are" },
+	{ "pinned", "a token you keep (:pin): never evicted" },
+	{ "surprisal", "-log p of a token given what came before (nats): how unexpected it was" },
+	{ "entropy", "how spread a head's attention is over the keys (nats; ln n at most)" },
+	{ "k90", "the fewest keys that hold 90% of a head's attention: small means focused" },
+	{ "sink mass", "the share of a head's attention on the sink tokens" },
+	{ "paper / compat", "sirllm's two scorings: the paper's token entropy, or the released code's" },
+	{ "step", "one forward pass: the query is its last token (Shift-Up walks back)" },
 };
 
 /* Append line text (copied) to the help's lines. */
@@ -254,7 +281,7 @@ size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
 
 	help_push(&lines, &n, &cap, "Keys");
 	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_keys); i++)
-		help_entry(&lines, &n, &cap, tui_keys[i].key, tui_keys[i].does, 26, w);
+		help_entry(&lines, &n, &cap, tui_keys[i].name, tui_keys[i].text, 36, w);
 	help_push(&lines, &n, &cap, "");
 	help_push(&lines, &n, &cap, "Commands");
 	for (size_t i = 0; i < tui_cmd_count(); i++) {
@@ -274,6 +301,10 @@ size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
 			help_entry(&lines, &n, &cap, syn, desc, 40, w);
 		}
 	}
+	help_push(&lines, &n, &cap, "");
+	help_push(&lines, &n, &cap, "Glossary");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_glossary); i++)
+		help_entry(&lines, &n, &cap, tui_glossary[i].name, tui_glossary[i].text, 26, w);
 	*out = lines;
 	return n;
 }
@@ -283,4 +314,59 @@ void tui_help_free(char **lines, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(lines[i]);
 	free(lines);
+}
+
+bool tui_help_find(struct tui *t, const char *text)
+{
+	char **lines;
+	size_t n = tui_help_lines(t->rt, t->help_w > 0 ? t->help_w - 2 : 78, &lines);
+	size_t from = 0;
+	bool found = false;
+
+	/* the same text again: on from the line shown */
+	if (t->help && strcmp(text, t->help_find) == 0)
+		from = (size_t)t->help_scroll + 1;
+	else
+		snprintf(t->help_find, sizeof t->help_find, "%s", text);
+	for (size_t k = 0; k < n && !found; k++) {
+		size_t i = (from + k) % n; /* round to the top */
+		if (tui_has_text(lines[i], text)) {
+			t->help_scroll = (int)i;
+			found = true;
+		}
+	}
+	tui_help_free(lines, n);
+	t->help = true;
+	return found;
+}
+
+bool tui_search_line(struct tui *t, const char *line)
+{
+	const char *text;
+	int dir = 1;
+
+	if (line[0] == '/' && line[1] == '/')
+		return false; /* "//..." is a message starting with '/' */
+	if (strcmp(line, "?") == 0 && t->chat_find[0] != '\0' && !t->help)
+		dir = -1;
+	else if (line[0] != '/')
+		return false;
+	text = line[0] == '/' && line[1] != '\0' ? line + 1
+	        : t->help                          ? t->help_find
+	                                           : t->chat_find;
+	if (text[0] == '\0') {
+		tui_status(t, true, "/TEXT searches %s", t->help ? "the help" : "the chat");
+	} else if (t->help) {
+		if (tui_help_find(t, text))
+			tui_status(t, false, "help: '%s' (/ again for the next)", text);
+		else
+			tui_status(t, true, "help: '%s' is nowhere in the help", text);
+	} else if (tui_chat_find(t, text, dir)) {
+		tui_status(t, false, "'%s' in message %d of %u; / older, ? newer", text, t->chat_hit + 1,
+		           t->n_msgs);
+	} else {
+		tui_status(t, true, "'%s': no %s message holds it%s", text, dir > 0 ? "older" : "newer",
+		           t->chat_hit >= 0 ? " (Esc: the bottom)" : "");
+	}
+	return true;
 }

@@ -121,20 +121,38 @@ static int comp_plugin(const char *word, size_t i, const char **out)
 	return comp_list(n, i, out);
 }
 
+/* The words some commands take, each list feeding both the command and
+ * its completion. */
+static const char *const cmd_agg_words[] = { "head", "mean", "max", NULL };
+static const char *const cmd_ov_words[] = { "entropy", "sink", "k90", NULL };
+static const char *const cmd_attn_words[] = { "grid", "row", NULL };
+
 static int comp_agg(const char *word, size_t i, const char **out)
 {
-	static const char *const n[] = { "head", "mean", "max", NULL };
 	(void)word;
-	return comp_list(n, i, out);
+	return comp_list(cmd_agg_words, i, out);
 }
 
 static int comp_overview(const char *word, size_t i, const char **out)
 {
-	static const char *const n[] = { "entropy", "sink", "k90", NULL };
 	(void)word;
-	return comp_list(n, i, out);
+	return comp_list(cmd_ov_words, i, out);
 }
 
+static int comp_attn(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	return comp_list(cmd_attn_words, i, out);
+}
+
+/* The place of the one argument in words (NULL-terminated), or -1. */
+static int cmd_word(int argc, char **argv, const char *const *words)
+{
+	for (int i = 0; argc == 2 && words[i] != NULL; i++)
+		if (strcmp(argv[1], words[i]) == 0)
+			return i;
+	return -1;
+}
 
 /* ---- commands ---- */
 
@@ -260,26 +278,36 @@ static int x_head(struct tui_ctx *c, int argc, char **argv)
 
 static int x_agg(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "head", "mean", "max" };
-	for (int i = 0; argc == 2 && i < AGG_COUNT; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->agg = (enum tui_agg)i;
-			tui_status(c->t, false, "heads: %s", n[i]);
-			return KVS_OK;
-		}
-	return tui_cmd_fail(c, ":agg: expected head, mean or max");
+	int i = cmd_word(argc, argv, cmd_agg_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":agg: expected head, mean or max");
+	c->t->agg = (enum tui_agg)i;
+	tui_status(c->t, false, "heads: %s", cmd_agg_words[i]);
+	return KVS_OK;
 }
 
 static int x_overview(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "entropy", "sink", "k90" };
-	for (int i = 0; argc == 2 && i < OV_COUNT; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->overview = (enum tui_overview)i;
-			tui_status(c->t, false, "overview: %s", n[i]);
-			return KVS_OK;
-		}
-	return tui_cmd_fail(c, ":overview: expected entropy, sink or k90");
+	int i = cmd_word(argc, argv, cmd_ov_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":overview: expected entropy, sink or k90");
+	c->t->overview = (enum tui_overview)i;
+	tui_status(c->t, false, "overview: %s", cmd_ov_words[i]);
+	return KVS_OK;
+}
+
+/* :attn grid|row: the attention pane's heatmap. */
+static int x_attn(struct tui_ctx *c, int argc, char **argv)
+{
+	int i = cmd_word(argc, argv, cmd_attn_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":attn: expected grid (queries x keys) or row (the shown query)");
+	c->t->attn_view = (enum tui_attn_view)i;
+	tui_status(c->t, false, "attention: %s", i == ATTN_GRID ? "queries x keys" : "one row");
+	return KVS_OK;
 }
 
 /* The token :pin and :unpin act on: the argument or the selection. */
@@ -542,6 +570,26 @@ static int x_export(struct tui_ctx *c, int argc, char **argv)
 	return KVS_OK;
 }
 
+/* :export-view attention|retention FILE [csv|json]: what the panes show. */
+static int x_export_view(struct tui_ctx *c, int argc, char **argv)
+{
+	struct err e;
+
+	if (argc < 3 || argc > 4)
+		return tui_cmd_fail(c, ":export-view: expected attention|retention FILE [csv|json]");
+	if (tui_export_view(c->t, argv[1], argv[2], argc == 4 ? argv[3] : NULL, &e) != KVS_OK)
+		return tui_cmd_fail(c, ":export-view: %s", e.msg);
+	tui_status(c->t, false, "%s view written to %s", argv[1], argv[2]);
+	return KVS_OK;
+}
+
+static int comp_view(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "attention", "retention", NULL };
+	(void)word;
+	return comp_list(n, i, out);
+}
+
 /* The runtime, or a failure saying why there is none. */
 static struct script_rt *cmd_rt(struct tui_ctx *c, const char *cmd)
 {
@@ -704,7 +752,18 @@ static int x_help(struct tui_ctx *c, int argc, char **argv)
 			return KVS_OK;
 		}
 	}
-	return tui_cmd_fail(c, ":help: no command '%s' (:help lists them)", name);
+	/* not a command: search the help for the words */
+	char text[sizeof c->t->help_find] = "";
+	for (int i = 1; i < argc; i++)
+		if (strlen(text) + strlen(argv[i]) + 2 <= sizeof text)
+			snprintf(text + strlen(text), sizeof text - strlen(text), "%s%s", i > 1 ? " " : "",
+			         argv[i]);
+	if (!tui_help_find(c->t, text)) {
+		c->t->help = false;
+		return tui_cmd_fail(c, ":help: no command '%s', and the help does not mention it", name);
+	}
+	tui_status(c->t, false, "help: '%s' (:help %s again for the next)", text, text);
+	return KVS_OK;
 }
 
 static int comp_pane(const char *word, size_t i, const char **out)
@@ -752,9 +811,8 @@ static int x_yank(struct tui_ctx *c, int argc, char **argv)
 	free(c->t->yank);
 	c->t->yank = text;
 	tui_status(c->t, false,
-	           "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
-	           "on)",
-	           strlen(text));
+	           "copied %zu byte%s to the clipboard (OSC 52; tmux needs set-clipboard on)",
+	           strlen(text), strlen(text) == 1 ? "" : "s");
 	return KVS_OK;
 }
 
@@ -804,6 +862,10 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
 	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows",
 	  comp_overview, x_overview },
+	{ "attn", "grid|row",
+	  "attention pane: queries x keys over the last steps (the cursor: Shift-Up/Down, the "
+	  "strip's token), or the shown query's row",
+	  comp_attn, x_attn },
 	{ "sel", "POS|turn N|first|last|off",
 	  "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
 	{ "find", "[TEXT]",
@@ -819,6 +881,10 @@ static const struct tui_cmd tui_cmds[] = {
 	  "save this conversation (its exchanges so far and the next ones); when saving, retitle it",
 	  NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
+	{ "export-view", "attention|retention FILE [csv|json]",
+	  "write what the pane shows: the attention steps (every layer and head) or the strip's "
+	  "tokens",
+	  comp_view, x_export_view },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua', kvscope preloaded)", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
@@ -828,7 +894,8 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "mouse", "[on|off]",
 	  "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here",
 	  comp_onoff, x_mouse },
-	{ "help", "[CMD]", "this list, or one command's help", tui_cmd_names, x_help },
+	{ "help", "[CMD|TEXT]", "this list, one command's help, or the help opened where TEXT is",
+	  tui_cmd_names, x_help },
 	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
 	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
 };

@@ -7,7 +7,8 @@
  * the left, attention and KV memory on the right, the retention strip
  * across the bottom; a further pane (plugins, a plugin's own) chosen with
  * F12 or :pane takes the right column until F2-F5 bring the built-ins
- * back. Smaller terminals get a tab bar and one pane at a time. Under
+ * back (the attention pane is attn.c's). Smaller terminals get a tab bar
+ * and one pane at a time. Under
  * the panes sit the length gauge, the input line (one row per line of a
  * multi-line input, at most five) and the status line (chrome.c). Every
  * drawing call is clipped to its rectangle, and every size down to 1x1 has
@@ -15,21 +16,20 @@
  */
 #include "tui/tui-int.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect r);
-static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect r);
 static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect r);
 static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect r);
 static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect r);
-static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap);
 
 #define TUI_MAX_PANES 16
 static struct tui_pane tui_panes[TUI_MAX_PANES] = {
-	{ "chat", "Chat", pane_chat },          { "attention", "Attention", pane_attention },
+	{ "chat", "Chat", pane_chat },          { "attention", "Attention", attn_pane },
 	{ "memory", "KV memory", pane_memory }, { "retention", "Retention", pane_retention },
 	{ "plugins", "Plugins", pane_plugins },
 };
@@ -229,6 +229,27 @@ static void chat_msg_rows(const struct tui *t, const struct tui_grid *g, uint32_
 		rows_newline(rw);
 }
 
+/* Show where text occurs in a message's rows (within a row; ASCII case
+ * ignored). */
+static void chat_mark(struct rows *rw, const char *text)
+{
+	size_t n = strlen(text);
+
+	for (int y = 0; n > 0 && y < rw->n; y++) {
+		struct tui_cell *row = &rw->c[(size_t)y * rw->w];
+		for (int x = 0; x + (int)n <= rw->w; x++) {
+			size_t k = 0;
+			while (k < n && row[x + (int)k].cp < 0x80 &&
+			       tolower((int)row[x + (int)k].cp) == tolower((unsigned char)text[k]))
+				k++;
+			if (k < n)
+				continue;
+			for (k = 0; k < n; k++)
+				row[x + (int)k].role = R_SELECTED;
+		}
+	}
+}
+
 /* The chat is laid out from its newest message back, only as far as the
  * rows shown and the scroll offset reach: a resumed session's transcript
  * of a thousand turns costs a frame what its last screenful costs, and
@@ -261,10 +282,22 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		total = blk[0].n;
 		n_blk = 1;
 	}
-	for (uint32_t i = t->n_msgs; i-- > 0 && total < view_h + t->chat_scroll;) {
+	bool jump = t->chat_jump && t->chat_hit >= 0 && (uint32_t)t->chat_hit < t->n_msgs;
+	int hit_total = 0; /* rows from the bottom to the hit's first */
+	for (uint32_t i = t->n_msgs;
+	     i-- > 0 && (total < view_h + t->chat_scroll || (jump && (int32_t)i >= t->chat_hit));) {
 		blk[n_blk].w = r.w;
 		chat_msg_rows(t, g, i, &blk[n_blk]);
+		if ((int32_t)i == t->chat_hit)
+			chat_mark(&blk[n_blk], t->chat_find);
 		total += blk[n_blk++].n;
+		if ((int32_t)i == t->chat_hit)
+			hit_total = total;
+	}
+	if (jump) {
+		/* the search hit's first row at the top of the pane */
+		t->chat_scroll = KVS_MAX(hit_total - view_h, 0);
+		t->chat_jump = false;
 	}
 	/* everything laid out and still short of the offset: clamp it */
 	int max_scroll = total > view_h ? total - view_h : 0;
@@ -284,177 +317,8 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	}
 	free(blk);
 	if (t->chat_scroll > 0)
-		tui_grid_printf(g, box, box.x + box.w - 22, box.y + box.h - 1, R_TITLE, " scrolled %d up ",
-		                t->chat_scroll);
-}
-
-/* -------------------------------------------------------- attention */
-
-static const char *const tui_agg_names[AGG_COUNT] = { "head", "mean", "max" };
-static const char *const tui_ov_names[OV_COUNT] = { "entropy", "sink mass", "k90" };
-
-/* The sparsity line of the row shown: its summary (the head's own, or
- * one computed on the aggregated row, renormalised: a max row does not
- * sum to 1). */
-static void attn_summary(const struct tui *t, const struct tui_step *s, const float *row,
-                         uint32_t n, uint32_t layer, uint32_t head, struct kv_head_summary *sum)
-{
-	float tot = 0, *norm, *scratch;
-
-	if (t->agg == AGG_HEAD && s->heads != NULL) {
-		*sum = s->heads[(size_t)layer * s->n_head + head];
-		return;
-	}
-	norm = xmallocarray(n, sizeof *norm);
-	scratch = xmallocarray(n, sizeof *scratch);
-	for (uint32_t k = 0; k < n; k++)
-		tot += row[k];
-	for (uint32_t k = 0; k < n; k++)
-		norm[k] = tot > 0 ? row[k] / tot : 0;
-	kv_head_summarize(norm, n, 10, scratch, sum);
-	free(norm);
-	free(scratch);
-}
-
-/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ...": the largest
- * weights of the row shown, each key named as the cache held it at that
- * step (the step's own labels: the cache may have changed since, and a
- * key named from today's cache could be a token later than its query). */
-static void attn_top_keys(const struct tui *t, const struct tui_step *s, struct tui_grid *g,
-                          struct tui_rect r, int y, const float *row, uint32_t n)
-{
-	int x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
-	uint32_t top[6];
-	int nt = 0;
-
-	if (s->key_pos == NULL || s->key_tok == NULL) {
-		tui_grid_printf(g, r, x, y, R_DIM, " (the keys of this step are not known)");
-		return;
-	}
-	/* the 6 largest weights, by insertion */
-	for (uint32_t k = 0; k < n; k++) {
-		bool full = nt == 6;
-		int p = full ? 5 : nt++;
-		if (full && row[k] <= row[top[5]])
-			continue; /* not among the 6 largest so far */
-		top[p] = k;
-		while (p > 0 && row[top[p]] > row[top[p - 1]]) {
-			uint32_t tmp = top[p];
-			top[p] = top[p - 1];
-			top[p - 1] = tmp;
-			p--;
-		}
-	}
-	for (int i = 0; i < nt; i++) {
-		char lab[64];
-		struct tui_tok tk = { 0 };
-		tui_piece(t, s->key_tok[top[i]], tk.text, sizeof tk.text);
-		tok_label(g, &tk, lab, sizeof lab);
-		x += tui_grid_printf(g, r, x, y, i == 0 ? R_HEAT7 : R_NORMAL, "  #%d '%s' %.2f",
-		                     s->key_pos[top[i]], lab, (double)row[top[i]]);
-	}
-}
-
-static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect box)
-{
-	struct tui_rect r = tui_grid_box(g, box, "Attention", false);
-	const struct tui_step *s = tui_step_shown(t);
-	struct kv_head_summary sum;
-	float *row;
-	uint32_t n, layer, head;
-	int y, ov_rows, hm_rows;
-	char qlab[64];
-
-	if (r.w < 8 || r.h < 2)
-		return;
-	if (s == NULL) {
-		tui_grid_printf(g, r, r.x, r.y, R_INFO, "no attention yet: send a message");
-		return;
-	}
-	layer = KVS_MIN(t->layer, s->n_layer ? s->n_layer - 1 : 0);
-	head = KVS_MIN(t->head, s->n_head ? s->n_head - 1 : 0);
-	snprintf(qlab, sizeof qlab, "?");
-	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
-		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
-	if (t->agg == AGG_HEAD)
-		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u [0..%u]  head %u [0..%u]  [head]  query #%d '%s'%s", layer,
-		                s->n_layer - 1, head, s->n_head - 1, s->query.orig_pos, qlab,
-		                t->step_back ? "  (past step)" : "");
-	else /* no one head is shown: say over how many */
-		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u [0..%u]  heads: %s of %u  [%s]  query #%d '%s'%s", layer,
-		                s->n_layer - 1, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
-		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
-	y = r.y + 1;
-	row = xmallocarray(s->n_cached + 1, sizeof *row);
-	n = tui_attn_row(t, row, s->n_cached);
-	ov_rows = s->heads ? (int)s->n_head + 1 : 0;
-	if (n > 0) {
-		attn_summary(t, s, row, n, layer, head, &sum);
-		tui_grid_printf(
-		        g, r, r.x, y++, R_NORMAL,
-		        "%u key%s  entropy %.2f nats  90%% of mass in %u key%s (%.1f%%)  sink %.2f  "
-		        "top-10 %.2f",
-		        n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
-		        100.0 * sum.k90 / n, (double)sum.sink_mass, (double)sum.topk_mass);
-		attn_top_keys(t, s, g, r, y++, row, n);
-		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
-		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
-		if (hm_rows < 1) {
-			ov_rows = 0;
-			hm_rows = r.h - (y - r.y) - 1;
-		}
-		if (hm_rows > 0) {
-			uint32_t cols = (uint32_t)r.w, bins = cols * (uint32_t)hm_rows;
-			uint8_t *lv;
-			int x;
-			if (bins > n)
-				bins = n;
-			lv = xmalloc(bins ? bins : 1);
-			tui_heat_bin(row, n, bins, 1e-4f, lv);
-			for (uint32_t b = 0; b < bins; b++)
-				tui_grid_put(g, r.x + (int)(b % cols), y + (int)(b / cols),
-				             tui_glyph_heat(g, lv[b]), R_HEAT0 + lv[b]);
-			free(lv);
-			y += (int)((bins + cols - 1) / cols);
-			x = r.x +
-			        tui_grid_printf(g, r, r.x, y, R_DIM,
-			                        "keys 0..%u, %.1f per cell, log scale 1e-4 ", n - 1,
-			                        (double)n / bins);
-			for (int l = 0; l < TUI_HEAT_LEVELS; l++)
-				tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
-			tui_grid_printf(g, r, x, y, R_DIM, " 1");
-			y++;
-		}
-	} else {
-		const char *why = s->heads != NULL && t->step_back > 0
-		        ? "rows of this past step were dropped (memory budget); summaries below"
-		        : "attention rows are not captured (capture summary)";
-		tui_grid_text(g, r, r.x, y++, R_INFO, why, strlen(why));
-	}
-	/* the layer x head overview: one cell per head (rows) and layer (columns) */
-	if (ov_rows > 0 && s->heads != NULL && y + 1 < r.y + r.h) {
-		uint32_t nn = KVS_MAX(s->n_cached, 2u);
-		tui_grid_printf(g, r, r.x, y++, R_DIM, "overview: %s per head (rows) and layer (columns)",
-		                tui_ov_names[t->overview]);
-		for (uint32_t h = 0; h < s->n_head && y < r.y + r.h; h++, y++) {
-			tui_grid_printf(g, r, r.x, y, h == head ? R_TITLE : R_DIM, "h%-2u", h);
-			for (uint32_t l = 0; l < s->n_layer && (int)(4 + l) < r.w; l++) {
-				const struct kv_head_summary *hs = &s->heads[(size_t)l * s->n_head + h];
-				float v = t->overview == OV_ENTROPY ? hs->entropy / logf((float)nn)
-				        : t->overview == OV_SINK    ? hs->sink_mass
-				                                    : (float)hs->k90 / (float)nn;
-				int lvl = (int)(v * (TUI_HEAT_LEVELS - 1) + 0.5f);
-				bool sel = l == layer && h == head;
-				lvl = lvl < 0 ? 0 : lvl >= TUI_HEAT_LEVELS ? TUI_HEAT_LEVELS - 1 : lvl;
-				tui_grid_put(g, r.x + 4 + (int)l, y,
-				             sel ? (g->ascii ? 'X' : 0x25c9) : tui_glyph_heat(g, KVS_MAX(lvl, 1)),
-				             sel ? R_SELECTED : R_HEAT0 + lvl);
-			}
-		}
-	}
-	free(row);
+		tui_grid_printf(g, box, box.x + box.w - 30, box.y + box.h - 1, R_TITLE,
+		                " scrolled %d up, Esc: bottom ", t->chat_scroll);
 }
 
 /* ----------------------------------------------------------- memory */
@@ -558,8 +422,12 @@ static void hit_add(struct tui *t, int x, int y, int w, int32_t pos)
 
 static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int32_t pos)
 {
+	const struct tui_step *q = t->step_back > 0 ? tui_step_shown(t) : NULL;
+
 	if (pos == t->sel_tok)
 		return R_SELECTED;
+	if (q != NULL && pos == q->query.orig_pos)
+		return R_TITLE; /* the attention pane's past query (Shift-Up) */
 	if (x->evicted && !x->cached)
 		return R_EVICTED;
 	if (x->t.flags & KV_FLAG_PINNED)
@@ -572,7 +440,7 @@ static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int3
 }
 
 /* A token's text for the strip: newlines and tabs as visible marks. */
-static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap)
+void tui_tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap)
 {
 	size_t n = 0;
 	for (const char *p = x->text; *p && n + 4 < cap; p++) {
@@ -619,7 +487,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		row_of[i] = -1;
 		if (!t->toks[i].known)
 			continue;
-		tok_label(g, &t->toks[i], lab, sizeof lab);
+		tui_tok_label(g, &t->toks[i], lab, sizeof lab);
 		int w = tui_text_width(lab, strlen(lab));
 		if (w > r.w)
 			w = r.w;
@@ -646,7 +514,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		if (row_of[i] < first || row_of[i] >= first + strip_h)
 			continue;
 		const struct tui_tok *tk = &t->toks[i];
-		tok_label(g, tk, lab, sizeof lab);
+		tui_tok_label(g, tk, lab, sizeof lab);
 		int y = r.y + row_of[i] - first;
 		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab,
 		                      strlen(lab));
@@ -684,7 +552,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		} else {
 			snprintf(where, sizeof where, "not cached");
 		}
-		tok_label(g, tk, lab, sizeof lab);
+		tui_tok_label(g, tk, lab, sizeof lab);
 		tui_grid_printf(
 		        g, r, r.x, y, R_TITLE,
 		        "#%d id %d '%s' turn %u %s  original pos %d, %s  surprisal %s  score %s  %s",
@@ -710,7 +578,14 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
 {
 	int32_t p = tui_hit_token(t, g, x, y);
-	const struct tui_rect *r = &t->strip;
+	const struct tui_rect *r = &t->strip, *c = &t->grid.cells;
+
+	if (x >= c->x && x < c->x + c->w && y >= c->y && y < c->y + c->h && t->grid.n_keys > 0) {
+		/* a grid cell: its key (the first of its bin) and its query's step */
+		t->sel_tok = t->grid.pos[(uint64_t)(x - c->x) * t->grid.n_keys / (uint32_t)c->w];
+		t->step_back = t->grid.back[y - c->y];
+		return;
+	}
 
 	if (p >= 0 && p != t->sel_tok)
 		t->sel_tok = p;
@@ -809,6 +684,7 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t curso
 	tui_layout(t, g->w, g->h, rows, &l);
 	t->n_hits = 0;
 	t->strip = (struct tui_rect){ 0, 0, 0, 0 };
+	t->grid.cells = (struct tui_rect){ 0, 0, 0, 0 };
 	if (l.tabs && l.tabbar.h > 0) {
 		int x = 0;
 		tui_grid_fill(g, l.tabbar, ' ', R_TAB);
