@@ -195,7 +195,6 @@ void cpu_sparse_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, vc = c->vis_cap, nkv = hp->n_head_kv, grp = hp->n_head / nkv;
-	float *part = c->dpart + (size_t)ith * hp->n_head * (hd + 2); /* (n_head, hd + 2): mx, l, o */
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc;
 	float *tmp = c->txb + (size_t)ith * c->kmax; /* (KERN_ATT_Q, hd) */
 	const float *q = c->q;
@@ -210,38 +209,45 @@ void cpu_sparse_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		}
 		q = qr;
 	}
-	for (uint32_t h = 0; h < nkv; h++) {
-		const uint32_t *list = c->sp_list + (size_t)h * c->sp_vis_cap;
-		uint32_t k0, k1, nq;
-		cpu_share(c->sp_n[h], ith, nth, &k0, &k1);
-		uint64_t head_off = (uint64_t)h * hd * c->kv_es;
-		for (uint32_t h0 = h * grp; h0 < (h + 1) * grp; h0 += nq) {
-			nq = KVS_MIN((uint32_t)KERN_ATT_Q, (h + 1) * grp - h0);
-			if (k1 == k0) {
-				for (uint32_t r = 0; r < nq; r++) {
-					part[(size_t)(h0 + r) * (hd + 2)] = -INFINITY;
-					part[(size_t)(h0 + r) * (hd + 2) + 1] = 0;
+	/* part j always holds the same share of each KV head's keys, whichever
+	 * thread computes it (as cpu_attend_split) */
+	int np = pool_size(c->pool);
+	for (int j = ith; j < np; j += nth) {
+		float *part = c->dpart + (size_t)j * hp->n_head * (hd + 2); /* (n_head, hd + 2) */
+		for (uint32_t h = 0; h < nkv; h++) {
+			const uint32_t *list = c->sp_list + (size_t)h * c->sp_vis_cap;
+			uint32_t k0, k1, nq;
+			cpu_share(c->sp_n[h], j, np, &k0, &k1);
+			uint64_t head_off = (uint64_t)h * hd * c->kv_es;
+			for (uint32_t h0 = h * grp; h0 < (h + 1) * grp; h0 += nq) {
+				nq = KVS_MIN((uint32_t)KERN_ATT_Q, (h + 1) * grp - h0);
+				if (k1 == k0) {
+					for (uint32_t r = 0; r < nq; r++) {
+						part[(size_t)(h0 + r) * (hd + 2)] = -INFINITY;
+						part[(size_t)(h0 + r) * (hd + 2) + 1] = 0;
+					}
+					continue;
 				}
-				continue;
-			}
-			for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
-				c->ops->att_scores_rows(q + (size_t)h0 * hd, (int)nq, (int)hd, c->kr[l] + head_off,
-				                        (int64_t)c->kv_row, half, list + k,
-				                        KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), hp->attn_scale,
-				                        sc + (size_t)h0 * vc + (k - k0), vc);
-			for (uint32_t r = 0; r < nq; r++) {
-				float *pr = part + (size_t)(h0 + r) * (hd + 2), *sr = sc + (size_t)(h0 + r) * vc;
-				pr[0] = c->ops->max_f32(sr, k1 - k0);
-				pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
-				memset(pr + 2, 0, hd * sizeof(float));
-			}
-			for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN) {
-				c->ops->att_pv_rows(sc + (size_t)h0 * vc + (k - k0), (int)nq, vc,
-				                    c->vc[l] + head_off, (int64_t)c->kv_row, half, list + k,
-				                    KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), (int)hd, tmp);
-				for (uint32_t r = 0; r < nq; r++)
-					c->ops->axpy_f32(part + (size_t)(h0 + r) * (hd + 2) + 2, tmp + (size_t)r * hd,
-					                 1.0f, hd);
+				for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
+					c->ops->att_scores_rows(q + (size_t)h0 * hd, (int)nq, (int)hd,
+					                        c->kr[l] + head_off, (int64_t)c->kv_row, half,
+					                        list + k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k),
+					                        hp->attn_scale, sc + (size_t)h0 * vc + (k - k0), vc);
+				for (uint32_t r = 0; r < nq; r++) {
+					float *pr = part + (size_t)(h0 + r) * (hd + 2);
+					float *sr = sc + (size_t)(h0 + r) * vc;
+					pr[0] = c->ops->max_f32(sr, k1 - k0);
+					pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
+					memset(pr + 2, 0, hd * sizeof(float));
+				}
+				for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN) {
+					c->ops->att_pv_rows(sc + (size_t)h0 * vc + (k - k0), (int)nq, vc,
+					                    c->vc[l] + head_off, (int64_t)c->kv_row, half, list + k,
+					                    KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), (int)hd, tmp);
+					for (uint32_t r = 0; r < nq; r++)
+						c->ops->axpy_f32(part + (size_t)(h0 + r) * (hd + 2) + 2,
+						                 tmp + (size_t)r * hd, 1.0f, hd);
+				}
 			}
 		}
 	}
