@@ -433,6 +433,7 @@ enum worker_cmd_kind {
 	WORKER_LOAD,       /* text: a saved session's id or title: resume it; n: at most
 	                     * this many of its last turns in the transcript event */
 	WORKER_LEN,        /* text: a length target ("120w", "200t", "150", "off") */
+	WORKER_SPARSE,     /* text: a sparse attention spec ("quest:budget=512", "off") */
 };
 
 struct worker_cmd {

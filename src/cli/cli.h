@@ -50,6 +50,7 @@ enum opt_group {
 	OPTG_PLUGIN = 1u << 21,  /* --plugin (run and the workbench) */
 	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
 	OPTG_RECALL = 1u << 23,  /* --turns, --facts, --value (eval recall) */
+	OPTG_SPARSE = 1u << 24,  /* --lengths, --n-gen, --reps (eval sparse) */
 };
 
 struct cli_opts; /* opts.h */
@@ -93,6 +94,7 @@ extern const struct cli_cmd cmd_chat;
 extern const struct cli_cmd cmd_eval_passkey;
 extern const struct cli_cmd cmd_eval_recall;
 extern const struct cli_cmd cmd_eval_rps;
+extern const struct cli_cmd cmd_eval_sparse;
 extern const struct cli_cmd cmd_eval_tlg;
 extern const struct cli_cmd cmd_generate;
 extern const struct cli_cmd cmd_logits;

@@ -271,6 +271,10 @@ static void chat_kv_show(struct gen *g)
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, st.n_evictions == 1 ? "" : "s", (double)st.bytes / 1048576.0,
 	        (double)st.bytes_per_layer / 1024.0, (double)st.bytes_peak / 1048576.0);
+	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF)
+		fprintf(stderr, "sparse %s: the last decode step read %.1f %% of the keys\n",
+		        engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf),
+		        st.keys_dense ? 100.0 * (double)st.keys_read / (double)st.keys_dense : 100.0);
 }
 
 /* :policy [NAME [k=v ...]]: show or change the retention policy. */
@@ -293,6 +297,27 @@ static void chat_policy(struct chat_ctx *c, const char *spec)
 		return;
 	}
 	gen_kv_changed(g);
+	chat_kv_show(g);
+}
+
+/* :sparse [off|quest[:k=v,...]]: show or change sparse decode attention. */
+static void chat_sparse(struct chat_ctx *c, const char *spec)
+{
+	struct gen *g = session_gen(c->s);
+	struct engine_sparse sp;
+	struct err e;
+	char buf[160];
+
+	if (*spec == '\0') {
+		fprintf(stderr, "sparse: %s\n",
+		        engine_sparse_format(kv_cache_sparse(gen_kv(g)), buf, sizeof buf));
+		return;
+	}
+	if (engine_sparse_parse(spec, &sp, &e) != KVS_OK ||
+	    kv_cache_set_sparse(gen_kv(g), &sp, &e) != KVS_OK) {
+		fprintf(stderr, "kvscope: %s\n", e.msg);
+		return;
+	}
 	chat_kv_show(g);
 }
 
@@ -394,6 +419,7 @@ static const struct {
 	{ "reset", "", NULL, chat_new },
 	{ "policy", "[NAME [k=v ...]]", "show or change the KV retention policy", chat_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", chat_budget },
+	{ "sparse", "[off|quest[:k=v,...]]", "show or change sparse decode attention", chat_sparse },
 	{ "kv", "", "the KV cache's figures", chat_kv },
 	{ "len", "[120w|200t|150|>800|off]", "length target of the next replies", chat_len },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones)",
