@@ -1550,8 +1550,46 @@ static void test_elementwise_kernels(void)
 	}
 }
 
+/*
+ * engine_rope_cos_sin under per-frequency divisors and YaRN against the
+ * formulas in double (n_rot 8, base 10000, position 7): pair i turns by
+ * 7 * 10000^(-i/4) / f_i extrapolated, a quarter of that interpolated;
+ * YaRN with its ramp over pairs [0, 2] mixes them with weights
+ * 1, 0.5, 0, 0 on the extrapolated angle, and scales by 1 + 0.1 ln 4.
+ */
+static void test_rope_scaled(void)
+{
+	static const float factors[4] = { 1, 2, 3, 4 };
+	struct hparams hp;
+	float cs[8];
+
+	memset(&hp, 0, sizeof hp);
+	hp.n_rot = 8;
+	hp.rope_base = 10000.0f;
+	for (int c = 0; c < 3; c++) {
+		hp.rope_freq_scale = c == 0 ? 1.0f : 0.25f;
+		hp.rope_factors = c == 0 ? factors : NULL;
+		hp.rope_ext_factor = c == 2 ? 1.0f : 0.0f;
+		hp.rope_attn_factor = c == 2 ? 1.0f : 0.0f; /* 0: hand-built, counts as 1 */
+		hp.rope_yarn_corr[0] = 0;
+		hp.rope_yarn_corr[1] = 2;
+		engine_rope_cos_sin(&hp, 7, cs, cs + 4);
+		for (int i = 0; i < 4; i++) {
+			double extrap = 7.0 * pow(10000.0, -i / 4.0) / (c == 0 ? factors[i] : 1.0);
+			double interp = extrap * hp.rope_freq_scale;
+			double mix = c == 2 ? (i == 0 ? 1.0 : i == 1 ? 0.5 : 0.0) : 0.0;
+			double t = interp * (1 - mix) + extrap * mix;
+			double mag = c == 2 ? 1.0 + 0.1 * log(4.0) : 1.0;
+			T_CHECK(fabs(cs[i] - mag * cos(t)) < 2e-6 && fabs(cs[4 + i] - mag * sin(t)) < 2e-6,
+			        "case %d pair %d: cos %g sin %g, expected %g %g", c, i, cs[i], cs[4 + i],
+			        mag * cos(t), mag * sin(t));
+		}
+	}
+}
+
 int main(void)
 {
+	test_rope_scaled();
 	test_tables_complete();
 	test_tile_kernels();
 	test_elementwise_kernels();

@@ -1,5 +1,5 @@
 /*
- * tinymodel.h: tiny, valid llama / qwen2 models for tests (libtestutil.a).
+ * tinymodel.h: tiny, valid llama / qwen2 / qwen3 models for tests (libtestutil.a).
  *
  *   struct tinymodel_spec s;
  *   tinymodel_defaults(&s, "llama");      // 2 layers, n_embd 32, vocab ~270
@@ -29,7 +29,7 @@ enum tinymodel_vocab {
 };
 
 struct tinymodel_spec {
-	const char *arch; /* "llama" or "qwen2" */
+	const char *arch; /* "llama", "qwen2" or "qwen3" */
 	const char *name; /* general.name */
 	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx;
 	uint32_t head_dim;  /* 0: n_embd / n_head (no key_length key written) */
@@ -37,6 +37,8 @@ struct tinymodel_spec {
 	uint32_t embd_type; /* type of token_embd (and output when untied) */
 	bool tied;          /* no output.weight */
 	bool qkv_bias;      /* write attn_{q,k,v}.bias (forced for qwen2) */
+	bool qk_norm;       /* write attn_{q,k}_norm.weight (set for qwen3) */
+	bool rope_freqs;    /* write rope_freqs.weight: divisors 1, 2, 3, ... per pair */
 	enum tinymodel_vocab vocab;
 	float rope_base, rms_eps, scale;
 	uint64_t seed;
@@ -45,7 +47,7 @@ struct tinymodel_spec {
 	bool chat_template;      /* write a ChatML tokenizer.chat_template */
 };
 
-/* Fill s with a small valid model of arch ("llama" or "qwen2"). */
+/* Fill s with a small valid model of arch ("llama", "qwen2" or "qwen3"). */
 void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
 /* Add the model's keys and tensors to w. */
 void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);
