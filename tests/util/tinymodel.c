@@ -84,7 +84,7 @@ uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s)
 {
 	if (s->vocab == TINY_VOCAB_SPM)
 		return TINY_N_SPECIAL + 256 + (uint32_t)KVS_ARRAY_LEN(tiny_pieces);
-	return TINY_N_SPECIAL + 256 + (uint32_t)KVS_ARRAY_LEN(tiny_merges);
+	return TINY_N_SPECIAL + 256 + (uint32_t)KVS_ARRAY_LEN(tiny_merges) + s->n_extra_tokens;
 }
 
 /* The byte-level symbol for byte b as UTF-8 into out (>= 3 bytes + NUL). */
@@ -163,6 +163,10 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 			tok[i] = xasprintf("%s%s", tiny_merges[k][0], tiny_merges[k][1]);
 			type[i] = TOKEN_NORMAL;
 		}
+		for (uint32_t k = 0; k < s->n_extra_tokens; k++, i++) {
+			tok[i] = xstrdup(s->extra_tokens[k]);
+			type[i] = TOKEN_CONTROL;
+		}
 	}
 	if (!tiny_skip_key(s, "tokenizer.ggml.model"))
 		ggufw_add_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
@@ -196,9 +200,12 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 		ggufw_add_bool(w, "tokenizer.ggml.add_bos_token", spm);
 	if (s->chat_template && !tiny_skip_key(s, "tokenizer.chat_template"))
 		ggufw_add_str(w, "tokenizer.chat_template",
-		              "{% for message in messages %}{{'<|im_start|>' + message['role'] + "
-		              "'\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n"
-		              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}");
+		              s->template_src
+		                      ? s->template_src
+		                      : "{% for message in messages %}{{'<|im_start|>' + message['role'] + "
+		                        "'\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n"
+		                        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+		                        "{% endif %}");
 	for (uint32_t k = 0; k < n; k++)
 		free(tok[k]);
 	free(tok);
