@@ -216,13 +216,59 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* Stream the reply's text as it comes (ud: the session); a failed write (a
- * full disk, a closed pipe) cancels the reply. */
+/* What the reply stream shows: a model that thinks first (qwen3) opens its
+ * reply with <think>...</think>; /think hide drops that block from the
+ * screen (the cache keeps it, as the model wrote it). */
+struct chat_view {
+	struct session *s;
+	bool hide_think;
+	bool in_think; /* inside a hidden block */
+	bool skip_nl;  /* drop the newlines that follow a hidden block */
+};
+
+/* Write text[0..len), less any hidden thinking. */
+static void chat_show(struct chat_view *v, const char *text, size_t len)
+{
+	static const char open[] = "<think>", close[] = "</think>";
+
+	while (len > 0) {
+		const char *p;
+		if (v->in_think) {
+			p = memmem(text, len, close, sizeof close - 1);
+			if (p == NULL)
+				return;
+			len -= (size_t)(p - text) + sizeof close - 1;
+			text = p + sizeof close - 1;
+			v->in_think = false;
+			v->skip_nl = true;
+			continue;
+		}
+		for (; v->skip_nl && len > 0 && *text == '\n'; text++, len--)
+			;
+		if (len == 0)
+			return;
+		v->skip_nl = false;
+		p = v->hide_think ? memmem(text, len, open, sizeof open - 1) : NULL;
+		if (p == NULL) {
+			fwrite(text, 1, len, stdout);
+			return;
+		}
+		fwrite(text, 1, (size_t)(p - text), stdout);
+		len -= (size_t)(p - text) + sizeof open - 1;
+		text = p + sizeof open - 1;
+		v->in_think = true;
+	}
+}
+
+/* Stream the reply's text as it comes (ud: the chat_view); a failed write
+ * (a full disk, a closed pipe) cancels the reply. */
 static void chat_text(void *ud, const char *text, size_t len)
 {
-	fwrite(text, 1, len, stdout);
+	struct chat_view *v = ud;
+
+	chat_show(v, text, len);
 	if (!cli_stdout_flush())
-		session_cancel(ud);
+		session_cancel(v->s);
 }
 
 /* /len [SPEC]: show or set the length target of the next replies. */
@@ -301,6 +347,7 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	struct lineedit *le = NULL;
 	struct err e;
 	bool interactive = isatty(0) && isatty(1);
+	struct chat_view view = { .hide_think = o->hide_think };
 	char *line;
 	size_t len;
 	enum cli_exit rc;
@@ -357,7 +404,11 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				fprintf(stderr,
 				        "commands: /reset (new conversation), /policy NAME [k=v ...], "
 				        "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
-				        "(length target), /quit\n");
+				        "(length target), /think show|hide (a reply's thinking block), "
+				        "/quit\n");
+			} else if (strcmp(line, "/think show") == 0 || strcmp(line, "/think hide") == 0) {
+				view.hide_think = line[7] == 'h';
+				fprintf(stderr, "thinking blocks: %s\n", view.hide_think ? "hidden" : "shown");
 			} else if (strncmp(line, "/len", 4) == 0 && (line[4] == ' ' || line[4] == '\0')) {
 				chat_len_command(g, line, !o->no_len_prompt);
 			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
@@ -366,7 +417,7 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			} else if (!quit) {
 				fprintf(stderr,
 				        "kvscope: unknown command '%s'; expected /reset, /policy, /budget, /kv, "
-				        "/len, /quit or /help\n",
+				        "/len, /think show|hide, /quit or /help\n",
 				        line);
 			}
 			free(line);
@@ -374,8 +425,10 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				break;
 			continue;
 		}
+		view.s = s;
+		view.in_think = view.skip_nl = false;
 		session_set_hooks(
-		        s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved, .ud = s });
+		        s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved, .ud = &view });
 		int st = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);
