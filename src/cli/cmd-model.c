@@ -120,7 +120,7 @@ static void model_print_features(const struct model *m)
 	model_features(m, f);
 	printf("\nfeatures\n");
 	for (size_t i = 0; i < MODEL_N_FEATURES; i++)
-		printf("  %-16s%-9s%s\n", f[i].name, f[i].used ? "used" : "not used", f[i].what);
+		printf("  %-16s%-10s%s\n", f[i].name, f[i].used ? "used" : "not used", f[i].what);
 }
 
 static void model_print_vocab(const struct model *m)
@@ -142,6 +142,22 @@ static void model_print_vocab(const struct model *m)
 	printf("  %-16s%s\n", "add bos", vocab_add_bos(v) ? "yes" : "no");
 }
 
+/* The layout chat.c recognises in the template (or why it fell back). */
+static void model_print_layout(const struct model *m)
+{
+	struct chat_template t;
+	struct err e = { 0 };
+
+	if (chat_template_init(&t, m->chat_template, NULL, m->vocab, &e) != KVS_OK) {
+		printf("  %-16s%s\n", "layout", e.msg);
+		return;
+	}
+	printf("  %-16s%s%s\n", "layout", t.name, t.think ? " (with <think> blocks)" : "");
+	if (t.note[0] != '\0')
+		printf("  %-16s%s\n", "note", t.note);
+	chat_template_free(&t);
+}
+
 static void model_print_template(const struct model *m)
 {
 	const char *p = m->chat_template;
@@ -149,6 +165,7 @@ static void model_print_template(const struct model *m)
 
 	if (p == NULL) {
 		printf("\nchat template   none\n");
+		model_print_layout(m);
 		return;
 	}
 	len = strlen(p);
@@ -157,6 +174,7 @@ static void model_print_template(const struct model *m)
 	if (len > 0 && p[len - 1] != '\n')
 		lines++;
 	printf("\nchat template (%zu bytes, %zu lines)\n", len, lines);
+	model_print_layout(m);
 	while (*p != '\0' && shown < MODEL_TEMPLATE_LINES) {
 		size_t n = strcspn(p, "\n");
 		printf("  ");
