@@ -14,8 +14,10 @@
  * compared with what the hyper-parameters say it must be, so the engine can
  * use n_embd, n_ff, ... as loop bounds over the mapped bytes. A tensor in the
  * file that no table row claims is an error too: it means a variant we do
- * not implement (fused QKV, an output bias, ...), and running without it
- * would give wrong answers quietly.
+ * not implement (a fused QKV bias, an output bias, ...), and running
+ * without it would give wrong answers quietly. Fused projections (a layer's
+ * attn_qkv, phi3's gate/up in one ffn_up) are checked whole, then cut into
+ * row views, so the engine sees separate matrices either way.
  *
  * RoPE scaling follows the keys as llama.cpp reads them: "linear" divides
  * every angle by the factor; "yarn" divides only the low-frequency pairs,
@@ -44,16 +46,29 @@ struct arch_desc {
 	enum rope_kind rope;
 	bool qkv_bias; /* Q/K/V biases required (otherwise allowed if present) */
 	bool qk_norm;  /* attn_q_norm / attn_k_norm required (otherwise refused) */
+	bool ffn_fused; /* ffn_up holds gate and up, [n_embd, 2 n_ff], no ffn_gate (phi3) */
 };
 
 static const struct arch_desc arch_table[] = {
-	{ "llama", ROPE_NORM, false, false },
-	{ "qwen2", ROPE_NEOX, true, false },
-	{ "qwen3", ROPE_NEOX, false, true },
+	{ "llama", ROPE_NORM, false, false, false },
+	{ "qwen2", ROPE_NEOX, true, false, false },
+	{ "qwen3", ROPE_NEOX, false, true, false },
+	{ "phi3", ROPE_NEOX, false, false, true },
 };
 
 /* Symbolic extents, resolved against the hyper-parameters. */
-enum arch_dim { AD_NONE = 0, AD_EMBD, AD_Q, AD_KV, AD_FF, AD_VOCAB, AD_HEAD, AD_ROT2 };
+enum arch_dim {
+	AD_NONE = 0,
+	AD_EMBD,
+	AD_Q,
+	AD_KV,
+	AD_FF,
+	AD_VOCAB,
+	AD_HEAD,
+	AD_ROT2,
+	AD_QKV, /* n_q + 2 n_kv: a fused QKV projection */
+	AD_FF2, /* 2 n_ff: a fused gate/up projection */
+};
 /* NORM and BIAS are F32 vectors; MATRIX may be any weight_ok type. */
 enum arch_role { AR_NORM, AR_BIAS, AR_MATRIX };
 enum arch_need {
@@ -61,6 +76,10 @@ enum arch_need {
 	AN_OPTIONAL,
 	AN_BIAS,   /* required iff has_qkv_bias */
 	AN_QKNORM, /* required iff the architecture has qk_norm; left unclaimed otherwise */
+	AN_SEPQKV, /* required unless the layer has a fused attn_qkv */
+	AN_FUSQKV, /* the fused attn_qkv, when the layer has one */
+	AN_SEPFFN, /* required unless the architecture fuses gate and up */
+	AN_FUSFFN, /* the fused gate/up, when the architecture has one */
 };
 
 struct arch_tensor {
@@ -82,9 +101,10 @@ static const struct arch_tensor arch_globals[] = {
 
 static const struct arch_tensor arch_layer[] = {
 	{ "attn_norm.weight", LT(attn_norm), AR_NORM, AN_REQUIRED, { AD_EMBD, AD_NONE } },
-	{ "attn_q.weight", LT(wq), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_Q } },
-	{ "attn_k.weight", LT(wk), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_KV } },
-	{ "attn_v.weight", LT(wv), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_KV } },
+	{ "attn_q.weight", LT(wq), AR_MATRIX, AN_SEPQKV, { AD_EMBD, AD_Q } },
+	{ "attn_k.weight", LT(wk), AR_MATRIX, AN_SEPQKV, { AD_EMBD, AD_KV } },
+	{ "attn_v.weight", LT(wv), AR_MATRIX, AN_SEPQKV, { AD_EMBD, AD_KV } },
+	{ "attn_qkv.weight", LT(wqkv), AR_MATRIX, AN_FUSQKV, { AD_EMBD, AD_QKV } },
 	{ "attn_q.bias", LT(bq), AR_BIAS, AN_BIAS, { AD_Q, AD_NONE } },
 	{ "attn_k.bias", LT(bk), AR_BIAS, AN_BIAS, { AD_KV, AD_NONE } },
 	{ "attn_v.bias", LT(bv), AR_BIAS, AN_BIAS, { AD_KV, AD_NONE } },
@@ -92,8 +112,9 @@ static const struct arch_tensor arch_layer[] = {
 	{ "attn_k_norm.weight", LT(k_norm), AR_NORM, AN_QKNORM, { AD_HEAD, AD_NONE } },
 	{ "attn_output.weight", LT(wo), AR_MATRIX, AN_REQUIRED, { AD_Q, AD_EMBD } },
 	{ "ffn_norm.weight", LT(ffn_norm), AR_NORM, AN_REQUIRED, { AD_EMBD, AD_NONE } },
-	{ "ffn_gate.weight", LT(w_gate), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_FF } },
-	{ "ffn_up.weight", LT(w_up), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_FF } },
+	{ "ffn_gate.weight", LT(w_gate), AR_MATRIX, AN_SEPFFN, { AD_EMBD, AD_FF } },
+	{ "ffn_up.weight", LT(w_up), AR_MATRIX, AN_SEPFFN, { AD_EMBD, AD_FF } },
+	{ "ffn_up.weight", LT(w_gate_up), AR_MATRIX, AN_FUSFFN, { AD_EMBD, AD_FF2 } },
 	{ "ffn_down.weight", LT(w_down), AR_MATRIX, AN_REQUIRED, { AD_FF, AD_EMBD } },
 };
 
@@ -102,7 +123,7 @@ static const struct {
 	const char *name;
 	const char *why;
 } arch_unsupported[] = {
-	{ "attn_qkv.weight", "a fused QKV projection" },
+	{ "attn_qkv.bias", "a fused QKV bias" },
 	{ "attn_output.bias", "an attention output bias" },
 	{ "attn_q_norm.weight", "per-head Q normalisation, which only qwen3 has here" },
 	{ "attn_k_norm.weight", "per-head K normalisation, which only qwen3 has here" },
@@ -399,6 +420,8 @@ static int64_t arch_dim_value(const struct hparams *hp, uint8_t d)
 	case AD_VOCAB: return hp->n_vocab;
 	case AD_HEAD: return hp->head_dim;
 	case AD_ROT2: return hp->n_rot / 2;
+	case AD_QKV: return (int64_t)(hp->n_head + 2 * hp->n_head_kv) * hp->head_dim;
+	case AD_FF2: return 2 * (int64_t)hp->n_ff;
 	default: return 1;
 	}
 }
@@ -428,8 +451,7 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 	const struct gguf_tensor *t = gguf_find_tensor(L->f, name);
 	int64_t want[GGUF_MAX_DIMS] = { 1, 1, 1, 1 };
 	const struct dtype_info *di;
-	bool needed = r->need == AN_REQUIRED || r->need == AN_QKNORM ||
-	              (r->need == AN_BIAS && hp->has_qkv_bias);
+	bool needed = r->need != AN_OPTIONAL && (r->need != AN_BIAS || hp->has_qkv_bias);
 
 	if (t == NULL) {
 		if (needed)
@@ -497,6 +519,56 @@ static int arch_rope_factors(struct arch_load *L)
 	return KVS_OK;
 }
 
+/* Rows [r0, r0 + n) of matrix t as a tensor of its own (a view into the
+ * same bytes: rows are whole blocks, so a row range is a byte range). */
+static struct tensor arch_rows(const struct tensor *t, int64_t r0, int64_t n)
+{
+	struct tensor v = *t;
+	uint64_t rb = 0;
+
+	dtype_row_bytes(t->type, (uint64_t)t->ne[0], &rb); /* checked by arch_take */
+	v.data = (const uint8_t *)t->data + (uint64_t)r0 * rb;
+	v.ne[1] = n;
+	v.nbytes = (uint64_t)n * rb;
+	return v;
+}
+
+/* Whether table row r applies to layer l (fused or separate projections). */
+static bool arch_row_applies(const struct arch_load *L, const struct arch_tensor *r, uint32_t l)
+{
+	char name[GGUF_NAME_MAX + 16];
+	bool fused_qkv;
+
+	snprintf(name, sizeof name, "blk.%u.attn_qkv.weight", l);
+	fused_qkv = gguf_find_tensor(L->f, name) != NULL;
+	switch (r->need) {
+	case AN_QKNORM: return L->arch->qk_norm; /* otherwise refused below by name */
+	case AN_SEPQKV: return !fused_qkv;
+	case AN_FUSQKV: return fused_qkv;
+	case AN_SEPFFN: return !L->arch->ffn_fused;
+	case AN_FUSFFN: return L->arch->ffn_fused;
+	default: return true;
+	}
+}
+
+/* Split layer l's fused projections into the views the engine reads. */
+static void arch_split_fused(struct model *m, uint32_t l)
+{
+	struct layer_weights *lw = &m->layers[l];
+	int64_t nq = (int64_t)m->hp.n_head * m->hp.head_dim;
+	int64_t nkv = (int64_t)m->hp.n_head_kv * m->hp.head_dim;
+
+	if (lw->wqkv.data != NULL) {
+		lw->wq = arch_rows(&lw->wqkv, 0, nq);
+		lw->wk = arch_rows(&lw->wqkv, nq, nkv);
+		lw->wv = arch_rows(&lw->wqkv, nq + nkv, nkv);
+	}
+	if (lw->w_gate_up.data != NULL) {
+		lw->w_gate = arch_rows(&lw->w_gate_up, 0, m->hp.n_ff);
+		lw->w_up = arch_rows(&lw->w_gate_up, m->hp.n_ff, m->hp.n_ff);
+	}
+}
+
 /* Check and bind every tensor of the tables; refuse unclaimed ones. */
 static int arch_tensors(struct arch_load *L)
 {
@@ -518,12 +590,13 @@ static int arch_tensors(struct arch_load *L)
 	for (uint32_t l = 0; l < m->hp.n_layer; l++) {
 		for (size_t i = 0; i < KVS_ARRAY_LEN(arch_layer); i++) {
 			const struct arch_tensor *r = &arch_layer[i];
-			if (r->need == AN_QKNORM && !L->arch->qk_norm)
-				continue; /* left unclaimed: refused below by name */
+			if (!arch_row_applies(L, r, l))
+				continue;
 			snprintf(name, sizeof name, "blk.%u.%s", l, r->name);
 			if ((rc = arch_take(L, r, name, (struct tensor *)((char *)&m->layers[l] + r->off))))
 				return rc;
 		}
+		arch_split_fused(m, l);
 	}
 	for (uint64_t i = 0; i < L->f->n_tensors; i++) {
 		const char *tn = L->f->tensors[i].name, *base = tn;
@@ -677,6 +750,14 @@ static bool arch_uses_tied(const struct model *m)
 {
 	return m->hp.tied_output;
 }
+static bool arch_uses_fused_qkv(const struct model *m)
+{
+	return m->layers[0].wqkv.data != NULL;
+}
+static bool arch_uses_fused_ffn(const struct model *m)
+{
+	return m->layers[0].w_gate_up.data != NULL;
+}
 
 /* The feature list model_features fills in. */
 static const struct {
@@ -693,6 +774,9 @@ static const struct {
 	{ "rope-yarn", "YaRN RoPE scaling: low frequencies divided, a ramp, an attention factor",
 	  arch_uses_yarn },
 	{ "tied-output", "the LM head is the token embedding (no output.weight)", arch_uses_tied },
+	{ "fused-qkv", "Q, K and V in one matrix, attn_qkv.weight (phi3)", arch_uses_fused_qkv },
+	{ "fused-gate-up", "gate and up in one matrix, ffn_up.weight of 2 n_ff rows (phi3)",
+	  arch_uses_fused_ffn },
 };
 
 void model_features(const struct model *m, struct model_feature out[MODEL_N_FEATURES])

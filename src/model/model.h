@@ -191,7 +191,7 @@ enum rope_kind { ROPE_NORM = 0 /* adjacent pairs (llama) */, ROPE_NEOX = 1 /* ro
 enum rope_scaling { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR, ROPE_SCALING_YARN };
 
 struct hparams {
-	char arch[32]; /* "llama", "qwen2", "qwen3" */
+	char arch[32]; /* "llama", "qwen2", "qwen3", "phi3" */
 	uint32_t n_layer;
 	uint32_t n_ctx_train;
 	uint32_t n_embd;
@@ -244,6 +244,10 @@ struct layer_weights {
 	struct tensor w_gate;     /* [n_embd, n_ff] */
 	struct tensor w_up;       /* [n_embd, n_ff] */
 	struct tensor w_down;     /* [n_ff, n_embd] */
+	/* Fused sources, data == NULL when the file has separate matrices; the
+	 * fields above are then row views into them (arch.c). */
+	struct tensor wqkv;      /* [n_embd, (n_head + 2 n_head_kv) head_dim] */
+	struct tensor w_gate_up; /* [n_embd, 2 n_ff], gate rows first (phi3) */
 };
 
 struct vocab;
@@ -267,7 +271,7 @@ struct model_feature {
 	const char *what; /* one line saying what it is */
 	bool used;        /* this model uses it */
 };
-#define MODEL_N_FEATURES 8
+#define MODEL_N_FEATURES 10
 /* The features the supported architectures may have, in a fixed order, each
  * with whether m uses it, into out (MODEL_N_FEATURES entries). */
 void model_features(const struct model *m, struct model_feature out[MODEL_N_FEATURES]);

@@ -322,7 +322,7 @@ static void test_bad_models(void)
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "general.architecture";
 	expect("gemma3", &s, add_gemma, KVS_EUNSUPPORTED, "'gemma3'",
-	       "expected one of: llama, qwen2, qwen3");
+	       "expected one of: llama, qwen2, qwen3, phi3");
 	expect("no architecture", &s, NULL, KVS_ENOTFOUND, "general.architecture", NULL);
 
 	tinymodel_defaults(&s, "llama");
@@ -536,6 +536,51 @@ static void test_tiny_qwen3(void)
 	ggufw_free(w);
 }
 
+/* phi3: a fused attn_qkv and a fused gate/up are cut into row views of
+ * the same bytes, in the order the converter writes them (Q, K, V; gate,
+ * up). Q4_1 rows of 32 are 20 bytes. */
+static void test_tiny_phi3(void)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct model *m;
+	uint8_t *buf;
+	struct err e;
+
+	tinymodel_defaults(&s, "phi3");
+	s.wtype = DT_Q4_1;
+	tinymodel_add(w, &s);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	if (m != NULL) {
+		const struct layer_weights *lw = &m->layers[1];
+		const uint8_t *qkv = lw->wqkv.data, *gu = lw->w_gate_up.data;
+		T_EQ_INT(m->hp.rope, ROPE_NEOX);
+		T_EQ_INT(lw->wqkv.ne[1], 32 + 2 * 16);
+		T_CHECK(lw->wq.data == qkv && lw->wq.ne[1] == 32 && lw->wq.nbytes == 32 * 20, "wq view");
+		T_CHECK((const uint8_t *)lw->wk.data == qkv + 32 * 20 && lw->wk.ne[1] == 16, "wk view");
+		T_CHECK((const uint8_t *)lw->wv.data == qkv + 48 * 20 && lw->wv.nbytes == 16 * 20,
+		        "wv view");
+		T_EQ_INT(lw->w_gate_up.ne[1], 128);
+		T_CHECK(lw->w_gate.data == gu && lw->w_gate.ne[1] == 64, "gate view");
+		T_CHECK((const uint8_t *)lw->w_up.data == gu + 64 * 20 && lw->w_up.ne[1] == 64,
+		        "up view");
+	} else {
+		fprintf(stderr, "tiny phi3: %s\n", e.msg);
+	}
+	model_free(m);
+	free(buf);
+	ggufw_free(w);
+
+	tinymodel_defaults(&s, "phi3");
+	s.skip_tensor = "blk.1.ffn_up.weight";
+	expect("phi3 without ffn_up", &s, NULL, KVS_ENOTFOUND, "'blk.1.ffn_up.weight' is missing",
+	       "phi3");
+	tinymodel_defaults(&s, "phi3");
+	s.skip_tensor = "blk.0.attn_qkv.weight";
+	expect("phi3 without attn_qkv", &s, NULL, KVS_ENOTFOUND, "'blk.0.attn_q.weight' is missing",
+	       NULL);
+}
+
 static void test_rope_scaling(void)
 {
 	struct tinymodel_spec s;
@@ -642,6 +687,7 @@ int main(void)
 	test_rope_scaling();
 	test_yarn();
 	test_tiny_qwen3();
+	test_tiny_phi3();
 	test_path_errors();
 	if (stat(path, &st) == 0) {
 		test_real_model(path);

@@ -14,6 +14,7 @@
 #include "engine/kern.h"
 
 #include "test.h"
+#include "tests/util/ggufw.h"
 #include "tests/util/tinymodel.h"
 
 #include <stdint.h>
@@ -1587,9 +1588,81 @@ static void test_rope_scaled(void)
 	}
 }
 
+/* Logits of 6 tokens of the tiny llama written with separate Q/K/V
+ * (fused = false) or one attn_qkv (the same numbers, rows in order). */
+static float *fused_logits(bool fused, uint32_t *n_vocab)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct gguf_file *f;
+	struct model *m = NULL;
+	struct engine *eng = NULL;
+	struct engine_config cfg;
+	struct err e;
+	uint8_t *buf;
+	size_t n;
+	float *out = NULL;
+
+	tinymodel_defaults(&s, "llama");
+	s.n_embd = 64;
+	s.n_ff = 128;
+	s.wtype = DT_Q8_0;
+	s.fused_qkv = fused;
+	tinymodel_add(w, &s);
+	ggufw_write_mem(w, &buf, &n);
+	ggufw_free(w);
+	T_EQ_INT(gguf_open_memory(&f, buf, n, &e), KVS_OK);
+	T_EQ_INT(model_load_gguf(&m, f, &e), KVS_OK);
+	engine_config_default(&cfg);
+	cfg.backend = ENGINE_BACKEND_CPU;
+	cfg.n_ctx = 16;
+	cfg.n_threads = 1;
+	if (m != NULL && engine_create(&eng, m, &cfg, &e) == KVS_OK) {
+		int32_t toks[6] = { 5, 70, 200, 33, 260, 7 }, pos[6];
+		uint32_t slot[6];
+		for (int i = 0; i < 6; i++) {
+			pos[i] = i;
+			slot[i] = (uint32_t)i;
+		}
+		struct engine_batch b = { .n_tokens = 6,
+			                      .tokens = toks,
+			                      .pos = pos,
+			                      .slot = slot,
+			                      .n_visible = 6,
+			                      .logits = ENGINE_LOGITS_ALL };
+		struct engine_out o;
+		*n_vocab = m->hp.n_vocab;
+		if (engine_forward(eng, &b, &o, &e) == KVS_OK) {
+			out = xmallocarray(6 * (size_t)*n_vocab, sizeof *out);
+			memcpy(out, o.logits, 6 * (size_t)*n_vocab * sizeof *out);
+		}
+	}
+	T_CHECK(out != NULL, "fused %d: %s", fused, e.msg);
+	engine_free(eng);
+	model_free(m);
+	free(buf);
+	return out;
+}
+
+/* A fused QKV projection gives the logits of the separate one, bit for bit:
+ * the loader's row views are the separate matrices. */
+static void test_fused_qkv(void)
+{
+	uint32_t nv = 0;
+	float *a = fused_logits(false, &nv), *b = fused_logits(true, &nv);
+
+	if (a != NULL && b != NULL) {
+		T_CHECK(memcmp(a, b, 6 * (size_t)nv * sizeof *a) == 0, "fused QKV logits differ");
+		T_CHECK(a[0] != a[1] || a[1] != a[2], "logits are not all equal");
+	}
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
 	test_rope_scaled();
+	test_fused_qkv();
 	test_tables_complete();
 	test_tile_kernels();
 	test_elementwise_kernels();

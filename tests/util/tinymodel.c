@@ -72,6 +72,7 @@ void tinymodel_defaults(struct tinymodel_spec *s, const char *arch)
 	s->tied = true;
 	s->qkv_bias = strcmp(arch, "qwen2") == 0;
 	s->qk_norm = strcmp(arch, "qwen3") == 0;
+	s->fused_qkv = strcmp(arch, "phi3") == 0;
 	s->vocab = TINY_VOCAB_GPT2;
 	s->rope_base = qwen ? 1000000.0f : 10000.0f;
 	s->rms_eps = qwen ? 1e-6f : 1e-5f;
@@ -329,9 +330,13 @@ void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s)
 	for (uint32_t l = 0; l < s->n_layer; l++) {
 #define LAYER(suffix) (snprintf(name, sizeof name, "blk.%u." suffix, l), name)
 		tiny_tensor(w, s, &rng, LAYER("attn_norm.weight"), DT_F32, E, 1, true);
-		tiny_tensor(w, s, &rng, LAYER("attn_q.weight"), s->wtype, E, q, false);
-		tiny_tensor(w, s, &rng, LAYER("attn_k.weight"), s->wtype, E, kv, false);
-		tiny_tensor(w, s, &rng, LAYER("attn_v.weight"), s->wtype, E, kv, false);
+		if (s->fused_qkv) {
+			tiny_tensor(w, s, &rng, LAYER("attn_qkv.weight"), s->wtype, E, q + 2 * kv, false);
+		} else {
+			tiny_tensor(w, s, &rng, LAYER("attn_q.weight"), s->wtype, E, q, false);
+			tiny_tensor(w, s, &rng, LAYER("attn_k.weight"), s->wtype, E, kv, false);
+			tiny_tensor(w, s, &rng, LAYER("attn_v.weight"), s->wtype, E, kv, false);
+		}
 		if (bias) {
 			tiny_tensor(w, s, &rng, LAYER("attn_q.bias"), DT_F32, q, 1, false);
 			tiny_tensor(w, s, &rng, LAYER("attn_k.bias"), DT_F32, kv, 1, false);
@@ -343,8 +348,12 @@ void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s)
 		}
 		tiny_tensor(w, s, &rng, LAYER("attn_output.weight"), s->wtype, q, E, false);
 		tiny_tensor(w, s, &rng, LAYER("ffn_norm.weight"), DT_F32, E, 1, true);
-		tiny_tensor(w, s, &rng, LAYER("ffn_gate.weight"), s->wtype, E, F, false);
-		tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, F, false);
+		if (strcmp(s->arch, "phi3") == 0) {
+			tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, 2 * F, false);
+		} else {
+			tiny_tensor(w, s, &rng, LAYER("ffn_gate.weight"), s->wtype, E, F, false);
+			tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, F, false);
+		}
 		tiny_tensor(w, s, &rng, LAYER("ffn_down.weight"), s->wtype, F, E, false);
 #undef LAYER
 	}

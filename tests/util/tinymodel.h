@@ -29,7 +29,7 @@ enum tinymodel_vocab {
 };
 
 struct tinymodel_spec {
-	const char *arch; /* "llama", "qwen2" or "qwen3" */
+	const char *arch; /* "llama", "qwen2", "qwen3" or "phi3" */
 	const char *name; /* general.name */
 	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx;
 	uint32_t head_dim;  /* 0: n_embd / n_head (no key_length key written) */
@@ -39,6 +39,9 @@ struct tinymodel_spec {
 	bool qkv_bias;      /* write attn_{q,k,v}.bias (forced for qwen2) */
 	bool qk_norm;       /* write attn_{q,k}_norm.weight (set for qwen3) */
 	bool rope_freqs;    /* write rope_freqs.weight: divisors 1, 2, 3, ... per pair */
+	bool fused_qkv;     /* one attn_qkv.weight instead of attn_{q,k,v} (set for phi3) */
+	/* phi3 writes ffn_up.weight of 2 n_ff rows (gate rows first) and no ffn_gate;
+	 * fused or not, the values come in the same order from the generator */
 	enum tinymodel_vocab vocab;
 	float rope_base, rms_eps, scale;
 	uint64_t seed;
@@ -50,7 +53,7 @@ struct tinymodel_spec {
 	uint32_t n_extra_tokens;
 };
 
-/* Fill s with a small valid model of arch ("llama", "qwen2" or "qwen3"). */
+/* Fill s with a small valid model of arch ("llama", "qwen2", "qwen3" or "phi3"). */
 void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
 /* Add the model's keys and tensors to w. */
 void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);
