@@ -315,6 +315,16 @@ static const struct fixture_set sets[] = {
 	{ "qwen2/q4km", "tiny-qwen2-q4km.gguf", 95.0, 1.0,
 	  "activations rounded per 32 against llama.cpp's per 256 for the k-quants", CHATML_HEAD,
 	  CHATML_TAIL },
+	{ "archs/llama3", "tiny-llama3.gguf", 97.0, 0.5,
+	  "llama with rope_freqs.weight (Llama 3.1's divisors); see archs/README.md",
+	  "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n",
+	  "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n" },
+	{ "archs/qwen3", "tiny-qwen3.gguf", 97.0, 0.5,
+	  "qwen3: per-head Q/K norm, head size 64 over n_embd 256, YaRN x4; see archs/README.md",
+	  "<|im_start|>user\n", CHATML_TAIL },
+	{ "archs/phi3", "tiny-phi3.gguf", 97.0, 0.5,
+	  "phi3: fused QKV and gate/up; see archs/README.md", "<|user|>\n",
+	  "<|end|>\n<|assistant|>\n" },
 };
 
 /* Every check on one model. */
