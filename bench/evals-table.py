@@ -3,7 +3,7 @@
 
     python3 bench/evals-table.py OUTDIR
 
-Reads OUTDIR/rps.jsonl and OUTDIR/passkey.jsonl (each line one
+Reads OUTDIR/rps.jsonl, OUTDIR/passkey.jsonl and OUTDIR/recall.jsonl (each line one
 `kvscope eval ... --json` result) and prints the tables of doc/EVALS.md.
 """
 import json
@@ -32,6 +32,8 @@ def short(policy):
         return "h2o (heavy %s, %s pos.)" % (kv.get("heavy"), kv.get("pos"))
     if name == "streaming":
         return "streaming (%s sinks)" % kv.get("sinks")
+    if name == "snapkv":
+        return "snapkv (window %s, kernel %s)" % (kv.get("window"), kv.get("kernel"))
     return name
 
 
@@ -100,6 +102,32 @@ def passkey_table(rows):
             peak / 1048576.0, pf_tok / pf_ms if pf_ms else 0))
 
 
+def recall_table(rows):
+    """One row per (policy, span, budget): per turn count, right / n, then
+    partial answers and facts held only in part, over every fact kind."""
+    turns = sorted({c["turns"] for r in rows for c in r["cells"]})
+    print("| policy | span | budget | " + " | ".join(
+        "%d turns: right (partial, held part)" % t for t in turns) + " | fact held all (mean) |")
+    print("|---|---|---|" + "---|" * len(turns) + "---|")
+    for r in rows:
+        name = r["policy"].split()[0]
+        kv = dict(p.split("=", 1) for p in r["policy"].split()[1:])
+        span = "–" if name == "full" else kv.get("span", "word")
+        cells = {c["turns"]: c for c in r["cells"] if c["kind"] == "all"}
+        cols, held, n = [], 0, 0
+        for t in turns:
+            c = cells.get(t)
+            if c is None:
+                cols.append("–")
+                continue
+            cols.append("%d/%d (%d, %d)" % (c["right"], c["n"], c["partial"], c["held_part"]))
+            held += c["held_all"]
+            n += c["n"]
+        budget = "all" if name == "full" else str(r["budget"])
+        print("| %s | %s | %s | %s | %s |" % (short(r["policy"]).split(" span=")[0], span, budget,
+              " | ".join(cols), "%.2f" % (held / n) if n else "–"))
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "."
     rps = load(os.path.join(out, "rps.jsonl"))
@@ -112,6 +140,12 @@ def main():
         print("### Passkey retrieval (seed %d, %d sample(s) per length and depth)\n"
               % (pk[0]["seed"], pk[0]["samples"]))
         passkey_table(pk)
+        print()
+    rc = load(os.path.join(out, "recall.jsonl"))
+    if rc:
+        print("### Multi-turn fact recall (seed %d, %d sample(s) per turn count and fact kind)\n"
+              % (rc[0]["seed"], rc[0]["samples"]))
+        recall_table(rc)
         print()
     pkl = load(os.path.join(out, "passkey-long.jsonl"))
     if pkl:

@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/evals.sh: run the KV-policy evaluations behind doc/EVALS.md.
 #
-#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|all]
+#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|all]
 #
 # Every run appends its --json line to OUTDIR/rps.jsonl or
 # OUTDIR/passkey.jsonl (its text table goes to OUTDIR/*.txt); then
@@ -11,10 +11,12 @@
 #   PK_LENGTHS (2k,4k,8k,16k), PK_FULL_LENGTHS (2k,4k,8k), PK_DEPTHS (10,30,50,70,90),
 #   PK_SAMPLES (2), PK_BUDGETS ("1024 2048"), SEED (1)
 # "passkey-long" runs 32k prompts (depths 10,50,90, one sample, budget 1024)
-# for the bounded policies into OUTDIR/passkey-long.jsonl.
+# for the bounded policies into OUTDIR/passkey-long.jsonl. "recall" runs
+# eval recall (every policy, span word and off) into OUTDIR/recall.jsonl:
+#   RC_TURNS (10,30), RC_TURNS_512 (30), RC_BUDGETS ("128 256 512"), RC_SAMPLES (2)
 set -eu
-bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|all]}
-out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|all]}
+bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|all]}
+out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|all]}
 what=${3:-all}
 mkdir -p "$out"
 seed=${SEED:-1}
@@ -51,9 +53,25 @@ if [ "$what" = passkey ] || [ "$what" = all ]; then
 	run passkey eval passkey --policy full --lengths "${PK_FULL_LENGTHS:-2k,4k,8k}" \
 		--depths "$depths" --samples "$samples"
 	for b in ${PK_BUDGETS:-1024 2048}; do
-		for p in streaming sirllm lminfinite h2o; do
+		for p in streaming sirllm lminfinite h2o snapkv; do
 			run passkey eval passkey --policy "$p" --kv-budget "$b" \
 				--lengths "${PK_LENGTHS:-2k,4k,8k,16k}" --depths "$depths" --samples "$samples"
+		done
+	done
+fi
+
+if [ "$what" = recall ] || [ "$what" = all ]; then
+	samples=${RC_SAMPLES:-2}
+	run recall eval recall --policy full --turns "${RC_TURNS:-10,30}" --samples "$samples"
+	for p in sirllm h2o snapkv streaming lminfinite window; do
+		for sp in word off; do
+			for b in ${RC_BUDGETS:-128 256 512}; do
+				# at 512 the 10-turn conversations (about 310 tokens) fit whole
+				t=${RC_TURNS:-10,30}
+				[ "$b" -ge 512 ] && t=${RC_TURNS_512:-30}
+				run recall eval recall --policy "$p:span=$sp" --kv-budget "$b" --turns "$t" \
+					--samples "$samples"
+			done
 		done
 	done
 fi

@@ -10,6 +10,9 @@
 # make rebuilds only what changed, and the model is fetched only when it is
 # absent (its sha256 is pinned in scripts/model.sha256).
 # Works as root or through sudo. CUDA is used when nvcc is installed.
+# Each of the four steps says when it starts and how long it took
+# ("setup: [2/4] configure ... 41 s"); make prints a line every 25 files
+# it compiles, so a slow machine never sits on one silent line.
 set -eu
 
 mode=${1:-build}
@@ -18,6 +21,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 say() { echo "setup: $*" >&2; }
+# step N WHAT: a step begins; done_step: it ended (its seconds)
+step() { step_t0=$(date +%s); say "[$1/4] $2"; }
+done_step() { say "      $1 ($(($(date +%s) - step_t0)) s)"; }
 die() { echo "setup: $*" >&2; exit 1; }
 
 case $mode in
@@ -26,6 +32,7 @@ run|test|build) ;;
 esac
 
 # ---- Debian packages
+step 1 "Debian packages"
 pkgs="build-essential autoconf automake pkg-config libncurses-dev liblua5.4-dev
 libsqlite3-dev libedit-dev python3 python3-pip tmux ncurses-term"
 missing=""
@@ -41,25 +48,43 @@ if [ -n "$missing" ]; then
 	say "installing Debian packages:$missing"
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+	done_step "installed"
+else
+	done_step "all installed"
 fi
 
 # ---- build
 jobs=$(nproc 2>/dev/null || echo 2)
+step 2 "configure"
 if [ ! -x configure ] || [ configure.ac -nt configure ] || [ Makefile.am -nt configure ]; then
-	say "autoreconf"
+	say "      autoreconf (about 20 s)"
 	autoreconf -fi >/dev/null 2>&1 || autoreconf -fi
 fi
 # Out-of-tree build in build/ (the source tree stays clean, and other build
 # directories such as build-asan/ can sit beside it).
 mkdir -p build
 if [ ! -f build/Makefile ] || [ configure -nt build/config.status ]; then
-	say "configure"
+	say "      ./configure (about a minute on a busy machine)"
 	(cd build && ../configure -q ${KVSCOPE_CONFIGURE_FLAGS:-})
+	done_step "configured"
+else
+	done_step "up to date"
 fi
-make -C build -s -j"$jobs" >/dev/null
+step 3 "make -j$jobs"
+# the build's "CC file.o" lines counted as they come, one progress line
+# per 25; anything else it says (warnings, errors) passes through
+rcf=build/.setup-make-rc
+{ make -C build -j"$jobs" --no-print-directory; echo $? >"$rcf"; } 2>&1 | awk '
+	/^ *(CC|CCLD|NVCC|GEN|AR|RANLIB) / { n++; if (n % 25 == 0) { printf "setup:       %d files built\n", n; fflush() }; next }
+	/^Making (all|check) in / || /^make +all-am$/ || /Nothing to be done/ { next }
+	{ print; fflush() }' >&2
+[ "$(cat "$rcf")" = 0 ] || die "make failed (see above)"
+done_step "built"
 
 # ---- default model
+step 4 "the default model"
 model=$(sh scripts/fetch-model.sh) || die "the default model could not be installed (see above)"
+done_step "$model"
 
 case $mode in
 build)

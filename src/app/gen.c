@@ -72,8 +72,8 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 		return rc;
 	}
 	struct engine_config ec = c->engine;
-	if (ec.n_ctx == 0 && c->kv.budget > 0)
-		ec.n_ctx = c->kv.budget; /* the cache never holds more */
+	if (ec.n_ctx == 0 && c->kv.budget > 0) /* the cache never holds more, but for */
+		ec.n_ctx = c->kv.budget + kv_policy_scratch(&c->kv.policy); /* a vote's window */
 	rc = engine_create(&g->engine, g->model, &ec, e);
 	if (rc != KVS_OK) {
 		model_free(g->model);

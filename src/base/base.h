@@ -142,6 +142,9 @@ size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 size_t utf8_lead_len(uint8_t c);
 /* Encode cp into out (>= 4 bytes); return the number of bytes (0 if invalid). */
 size_t utf8_encode(uint32_t cp, char *out);
+/* The same, surrogates (0xD800..0xDFFF) encoded too: the tokenizers' byte
+ * tables and escapes name them; 0 only past 0x10FFFF. */
+size_t utf8_encode_any(uint32_t cp, char *out);
 /* Length of the longest prefix of s[0..n) that is complete, valid UTF-8 up to
  * an incomplete (but so far valid) trailing sequence. */
 size_t utf8_complete_prefix(const uint8_t *s, size_t n);

@@ -314,6 +314,13 @@ size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp)
 
 size_t utf8_encode(uint32_t cp, char *out)
 {
+	if (cp >= 0xD800 && cp <= 0xDFFF)
+		return 0;
+	return utf8_encode_any(cp, out);
+}
+
+size_t utf8_encode_any(uint32_t cp, char *out)
+{
 	if (cp < 0x80) {
 		out[0] = (char)cp;
 		return 1;
@@ -323,8 +330,6 @@ size_t utf8_encode(uint32_t cp, char *out)
 		out[1] = (char)(0x80 | (cp & 0x3F));
 		return 2;
 	}
-	if (cp >= 0xD800 && cp <= 0xDFFF)
-		return 0;
 	if (cp < 0x10000) {
 		out[0] = (char)(0xE0 | (cp >> 12));
 		out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));

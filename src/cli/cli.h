@@ -49,6 +49,7 @@ enum opt_group {
 	OPTG_TUI = 1u << 20,     /* --theme, --color, --ascii, --bench-exit */
 	OPTG_PLUGIN = 1u << 21,  /* --plugin (run and the workbench) */
 	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
+	OPTG_RECALL = 1u << 23,  /* --turns, --facts, --value (eval recall) */
 };
 
 struct cli_opts; /* opts.h */
@@ -90,6 +91,7 @@ enum cli_exit cli_exit_code(int status);
 extern const struct cli_cmd cmd_bench;
 extern const struct cli_cmd cmd_chat;
 extern const struct cli_cmd cmd_eval_passkey;
+extern const struct cli_cmd cmd_eval_recall;
 extern const struct cli_cmd cmd_eval_rps;
 extern const struct cli_cmd cmd_eval_tlg;
 extern const struct cli_cmd cmd_generate;

@@ -4,14 +4,18 @@
  * conversation stays in the KV cache between turns, so only the new turn is
  * fed. On a terminal there is a prompt and libedit line editing; from a pipe
  * there is no prompt, one reply per line, for scripting. Lines starting with
- * '/' are commands: /reset, /quit, /len (see /help). With a length target
- * (--target-words N, or /len 120w, /len 200t, /len 150, /len off) every
+ * ':' are commands, as in the workbench (one table: :new, :policy, :budget,
+ * :kv, :len, :save, :quit, :help); '/' still works in their place, as it
+ * did before. Ctrl-D at the prompt ends the chat on a new line. With a
+ * length target (--target-words N, or :len 120w, :len 200t, :len 150, :len
+ * off) every
  * reply is steered into the target window (app/lenctl.c) and each user line
  * gets Ruler's sentence asking for the length, unless --no-length-prompt;
  * a status line on stderr then gives the words and the stop reason.
  *
  * With --db, --save, --title or --resume the conversation is saved (store.h,
- * through the session): each finished exchange commits with its token rows,
+ * through the session), and :save [TITLE] starts saving mid-way (the
+ * exchanges so far first) or retitles the saved session: each finished exchange commits with its token rows,
  * memory events and a KV snapshot; a failed commit says why on stderr, the
  * chat goes on in memory and the next exchange's commit retries. --resume
  * restores a saved session's retained cache (snapshot, else recompute) with
@@ -182,11 +186,11 @@ static int chat_db_start(struct chat_db *db, struct cli_opts *o, struct session 
 	if (rc == KVS_OK && db->id != 0) {
 		rc = session_resume(s, &ss, &info, e);
 		if (rc == KVS_OK && info.from_snapshot)
-			fprintf(stderr, "kvscope: resumed session %lld: %u tokens from the KV snapshot\n",
-			        (long long)db->id, info.n_tokens);
+			fprintf(stderr, "kvscope: resumed session %lld: %u token%s from the KV snapshot\n",
+			        (long long)db->id, info.n_tokens, info.n_tokens == 1 ? "" : "s");
 		else if (rc == KVS_OK)
-			fprintf(stderr, "kvscope: resumed session %lld: %u tokens recomputed (%s)\n",
-			        (long long)db->id, info.n_tokens, info.why);
+			fprintf(stderr, "kvscope: resumed session %lld: %u token%s recomputed (%s)\n",
+			        (long long)db->id, info.n_tokens, info.n_tokens == 1 ? "" : "s", info.why);
 		if (rc == KVS_OK)
 			chat_recap(db, info.n_tokens);
 	} else if (rc == KVS_OK) {
@@ -217,7 +221,7 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 }
 
 /* What the reply stream shows: a model that thinks first (qwen3) opens its
- * reply with <think>...</think>; /think hide drops that block from the
+ * reply with <think>...</think>; :think hide drops that block from the
  * screen (the cache keeps it, as the model wrote it). */
 struct chat_view {
 	struct session *s;
@@ -271,16 +275,37 @@ static void chat_text(void *ud, const char *text, size_t len)
 		session_cancel(v->s);
 }
 
-/* /len [SPEC]: show or set the length target of the next replies. */
-static void chat_len_command(struct gen *g, const char *line, bool instruct)
+/* What a command line's commands act on. */
+struct chat_ctx {
+	struct cli_opts *o;
+	struct session *s;
+	struct chat_db *db;
+	struct chat_view *view;
+	bool quit;
+};
+
+/* :think show|hide: whether a reply's thinking block is shown. */
+static void chat_think(struct chat_ctx *c, const char *arg)
 {
-	const char *spec = line + 4 + strspn(line + 4, " ");
+	if (strcmp(arg, "show") != 0 && strcmp(arg, "hide") != 0) {
+		fprintf(stderr, "kvscope: :think: expected show or hide\n");
+		return;
+	}
+	c->view->hide_think = arg[0] == 'h';
+	fprintf(stderr, "thinking blocks: %s\n", c->view->hide_think ? "hidden" : "shown");
+}
+
+/* :len [SPEC]: show or set the length target of the next replies. */
+static void chat_len(struct chat_ctx *c, const char *spec)
+{
+	struct gen *g = session_gen(c->s);
+	bool instruct = !c->o->no_len_prompt;
 	struct len_target t = gen_turn(g)->len;
 	struct err e;
 	char buf[96];
 
 	if (*spec != '\0' && len_target_parse(spec, &t, &e) != KVS_OK) {
-		fprintf(stderr, "kvscope: /len: %s\n", e.msg);
+		fprintf(stderr, "kvscope: :len: %s\n", e.msg);
 		return;
 	}
 	t.instruct = instruct;
@@ -288,46 +313,184 @@ static void chat_len_command(struct gen *g, const char *line, bool instruct)
 	fprintf(stderr, "length target: %s\n", len_target_format(&t, buf, sizeof buf));
 }
 
-/* /policy NAME [k=v ...], /budget N and /kv: change or show the KV cache. */
-static void chat_kv_command(struct gen *g, const char *line)
+/* The cache's figures after :policy, :budget and :kv. */
+static void chat_kv_show(struct gen *g)
 {
 	struct kv_cache *kv = gen_kv(g);
-	struct err e;
-	char buf[256];
 	struct kv_stats st;
-	int rc = KVS_OK;
+	char buf[256];
 
-	if (strncmp(line, "/policy", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
-		struct kv_policy p;
-		const char *spec = line + 7 + strspn(line + 7, " ");
-		if (*spec == '\0') {
-			fprintf(stderr, "policy: %s\n", kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
-			return;
-		}
-		rc = kv_policy_parse(spec, &p, &e);
-		if (rc == KVS_OK)
-			rc = kv_cache_set_policy(kv, &p, &e);
-	} else if (strncmp(line, "/budget", 7) == 0 && (line[7] == ' ' || line[7] == '\0')) {
-		char *end;
-		unsigned long v = strtoul(line + 7, &end, 10);
-		if (end == line + 7 || *end != '\0' || v > UINT32_MAX)
-			rc = err_set(&e, KVS_EARG, "/budget: expected a number of tokens, e.g. /budget 512");
-		else
-			rc = kv_cache_set_budget(kv, (uint32_t)v, &e);
-	}
-	gen_kv_changed(g);
-	if (rc != KVS_OK) {
-		fprintf(stderr, "kvscope: %s\n", e.msg);
-		return;
-	}
 	kv_cache_stats(kv, &st);
 	fprintf(stderr,
 	        "KV %s, budget %u: %u cached (sink %u, key %u, recent %u, pinned %u), %llu evicted "
-	        "in %u rounds; %.1f MiB (%.1f KiB per layer), peak %.1f MiB\n",
+	        "in %u round%s; %.1f MiB (%.1f KiB per layer), peak %.1f MiB\n",
 	        kv_policy_format(kv_cache_policy(kv), buf, sizeof buf), st.budget, st.n_cached,
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
-	        st.n_evictions, (double)st.bytes / 1048576.0, (double)st.bytes_per_layer / 1024.0,
-	        (double)st.bytes_peak / 1048576.0);
+	        st.n_evictions, st.n_evictions == 1 ? "" : "s", (double)st.bytes / 1048576.0,
+	        (double)st.bytes_per_layer / 1024.0, (double)st.bytes_peak / 1048576.0);
+}
+
+/* :policy [NAME [k=v ...]]: show or change the retention policy. */
+static void chat_policy(struct chat_ctx *c, const char *spec)
+{
+	struct gen *g = session_gen(c->s);
+	struct kv_policy p;
+	struct err e;
+	char buf[256];
+
+	if (*spec == '\0') {
+		fprintf(stderr, "policy: %s\n",
+		        kv_policy_format(kv_cache_policy(gen_kv(g)), buf, sizeof buf));
+		return;
+	}
+	if (kv_policy_parse(spec, &p, &e) != KVS_OK ||
+	    kv_cache_set_policy(gen_kv(g), &p, &e) != KVS_OK) {
+		gen_kv_changed(g);
+		fprintf(stderr, "kvscope: %s\n", e.msg);
+		return;
+	}
+	gen_kv_changed(g);
+	chat_kv_show(g);
+}
+
+/* :budget N: the KV budget in tokens (0: every slot). */
+static void chat_budget(struct chat_ctx *c, const char *arg)
+{
+	struct gen *g = session_gen(c->s);
+	struct err e;
+	char *end;
+	unsigned long v = strtoul(arg, &end, 10);
+	int rc;
+
+	if (end == arg || *end != '\0' || *arg == '-' || v > UINT32_MAX)
+		rc = err_set(&e, KVS_EARG, ":budget: expected a number of tokens, e.g. :budget 512");
+	else
+		rc = kv_cache_set_budget(gen_kv(g), (uint32_t)v, &e);
+	gen_kv_changed(g);
+	if (rc != KVS_OK)
+		fprintf(stderr, "kvscope: %s\n", e.msg);
+	else
+		chat_kv_show(g);
+}
+
+/* :kv: the cache's figures. */
+static void chat_kv(struct chat_ctx *c, const char *arg)
+{
+	(void)arg;
+	chat_kv_show(session_gen(c->s));
+}
+
+/* :new (:reset): a new conversation. */
+static void chat_new(struct chat_ctx *c, const char *arg)
+{
+	(void)arg;
+	session_reset(c->s);
+	fprintf(stderr, "kvscope: new conversation\n");
+}
+
+static void chat_quit(struct chat_ctx *c, const char *arg)
+{
+	(void)arg;
+	c->quit = true;
+}
+
+/* :save [TITLE]: start saving this conversation (its exchanges so far
+ * first) to --db or the default database; when saving, retitle it. */
+static void chat_save(struct chat_ctx *c, const char *title)
+{
+	struct chat_db *db = c->db;
+	int64_t id = session_store_id(c->s);
+	struct err e;
+	int rc = KVS_OK;
+	uint32_t n = session_n_turns(c->s);
+
+	if (!store_available()) {
+		fprintf(stderr, "kvscope: :save: the session store was not built (configure found no "
+		                "SQLite)\n");
+		return;
+	}
+	if (id != 0) {
+		if (*title != '\0')
+			rc = store_session_set_title(db->st, id, title, &e);
+		if (rc != KVS_OK)
+			fprintf(stderr, "kvscope: :save: %s\n", e.msg);
+		else if (*title != '\0')
+			fprintf(stderr, "saving to %s as session %lld, now titled '%s'\n",
+			        store_path(db->st), (long long)id, title);
+		else
+			fprintf(stderr, "already saving to %s as session %lld\n", store_path(db->st),
+			        (long long)id);
+		return;
+	}
+	if (db->st == NULL) {
+		char *path = c->o->db ? xstrdup(c->o->db) : store_default_path();
+		rc = store_open(&db->st, path, STORE_RW, &e);
+		free(path);
+	}
+	c->o->title = *title ? title : NULL;
+	if (rc == KVS_OK)
+		rc = chat_db_start(db, c->o, c->s, &e);
+	c->o->title = NULL;
+	if (rc != KVS_OK) {
+		fprintf(stderr, "kvscope: :save: %s\n", e.msg);
+		return;
+	}
+	fprintf(stderr, "saved %u exchange%s to %s as session %lld; the next ones are added\n", n,
+	        n == 1 ? "" : "s", store_path(db->st), (long long)session_store_id(c->s));
+}
+
+static void chat_help(struct chat_ctx *c, const char *arg);
+
+/* The line chat's commands (':' or '/' before the name). */
+static const struct {
+	const char *name, *args, *help;
+	void (*fn)(struct chat_ctx *c, const char *arg);
+} chat_cmds[] = {
+	{ "new", "", "start a new conversation (also :reset)", chat_new },
+	{ "reset", "", NULL, chat_new },
+	{ "policy", "[NAME [k=v ...]]", "show or change the KV retention policy", chat_policy },
+	{ "budget", "N", "KV budget in tokens (0: every slot)", chat_budget },
+	{ "kv", "", "the KV cache's figures", chat_kv },
+	{ "len", "[120w|200t|150|>800|off]", "length target of the next replies", chat_len },
+	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones)",
+	  chat_save },
+	{ "think", "show|hide", "show or hide a reply's <think> block (qwen3)", chat_think },
+	{ "help", "", "this list", chat_help },
+	{ "quit", "", "leave (also :exit, Ctrl-D)", chat_quit },
+	{ "exit", "", NULL, chat_quit },
+};
+
+static void chat_help(struct chat_ctx *c, const char *arg)
+{
+	(void)c;
+	(void)arg;
+	fprintf(stderr, "commands (':' or '/' first):\n");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(chat_cmds); i++)
+		if (chat_cmds[i].help != NULL)
+			fprintf(stderr, "  :%s%s%s  %s\n", chat_cmds[i].name, chat_cmds[i].args[0] ? " " : "",
+			        chat_cmds[i].args, chat_cmds[i].help);
+}
+
+/* Run a ':' (or '/') line; false: not a command line (it is a message). */
+static bool chat_command(struct chat_ctx *c, const char *line)
+{
+	if (line[0] != ':' && line[0] != '/')
+		return false;
+	size_t n = strcspn(line + 1, " \t");
+	const char *arg = line + 1 + n;
+	arg += strspn(arg, " \t");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(chat_cmds); i++)
+		if (strlen(chat_cmds[i].name) == n && strncmp(chat_cmds[i].name, line + 1, n) == 0) {
+			if (chat_cmds[i].args[0] == '\0' && *arg != '\0' && chat_cmds[i].fn != chat_quit)
+				fprintf(stderr, "kvscope: :%s takes no arguments\n", chat_cmds[i].name);
+			else
+				chat_cmds[i].fn(c, arg);
+			return true;
+		}
+	fprintf(stderr, "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :kv, :len, "
+	                ":save, :think, :quit or :help\n",
+	        (int)n + 1, line);
+	return true;
 }
 
 /* Replies of up to 512 tokens; a conversation outlives any budget, so
@@ -351,6 +514,7 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	char *line;
 	size_t len;
 	enum cli_exit rc;
+	struct chat_ctx cc = { .o = o, .db = &db, .view = &view };
 
 	if (o->prompt != NULL || o->prompt_file != NULL || o->raw) {
 		rc = cli_usage(&cmd_chat,
@@ -370,13 +534,20 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 		goto out;
 	}
 	g = session_gen(s);
+	cc.s = s;
 	cli_len_apply(o, g);
 	le = lineedit_open(interactive);
 	if (interactive)
-		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; /help for commands\n",
+		fprintf(stderr, "kvscope chat: %s on %s/%s, context %u tokens; :help for commands\n",
 		        gen_model(g)->name, engine_backend_name(gen_engine(g)),
 		        engine_isa_name(gen_engine(g)), gen_n_ctx(g));
-	while ((line = lineedit_read(le, "> ", &len)) != NULL) {
+	for (;;) {
+		line = lineedit_read(le, "> ", &len);
+		if (line == NULL) {
+			if (interactive)
+				fputc('\n', stdout); /* Ctrl-D: the shell's prompt on a line of its own */
+			break;
+		}
 		if (strlen(line) != len) {
 			/* C strings end at the NUL: say so rather than send half the line */
 			err_set(&e, KVS_EARG,
@@ -395,33 +566,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			continue;
 		}
 		lineedit_remember(le, line);
-		if (line[0] == '/') {
-			bool quit = strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0;
-			if (strcmp(line, "/reset") == 0) {
-				session_reset(s);
-				fprintf(stderr, "kvscope: new conversation\n");
-			} else if (strcmp(line, "/help") == 0) {
-				fprintf(stderr,
-				        "commands: /reset (new conversation), /policy NAME [k=v ...], "
-				        "/budget N, /kv (cache statistics), /len [120w|200t|150|>800|off] "
-				        "(length target), /think show|hide (a reply's thinking block), "
-				        "/quit\n");
-			} else if (strcmp(line, "/think show") == 0 || strcmp(line, "/think hide") == 0) {
-				view.hide_think = line[7] == 'h';
-				fprintf(stderr, "thinking blocks: %s\n", view.hide_think ? "hidden" : "shown");
-			} else if (strncmp(line, "/len", 4) == 0 && (line[4] == ' ' || line[4] == '\0')) {
-				chat_len_command(g, line, !o->no_len_prompt);
-			} else if (strncmp(line, "/policy", 7) == 0 || strncmp(line, "/budget", 7) == 0 ||
-			           strcmp(line, "/kv") == 0) {
-				chat_kv_command(g, line);
-			} else if (!quit) {
-				fprintf(stderr,
-				        "kvscope: unknown command '%s'; expected /reset, /policy, /budget, /kv, "
-				        "/len, /think show|hide, /quit or /help\n",
-				        line);
-			}
+		if (chat_command(&cc, line)) {
 			free(line);
-			if (quit)
+			if (cc.quit)
 				break;
 			continue;
 		}
@@ -443,8 +590,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
 			        kv_cache_budget(gen_kv(g)));
 		if (interactive || gen_turn(g)->len.unit != LEN_NONE)
-			fprintf(stderr, "[%u tokens, %u words, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
-			        t->n_words, gen_stop_name(t->stop),
+			fprintf(stderr, "[%u token%s, %u word%s, %s, %.1f tok/s, KV %u/%u, %s]\n",
+			        t->n_reply, t->n_reply == 1 ? "" : "s", t->n_words, t->n_words == 1 ? "" : "s",
+			        gen_stop_name(t->stop),
 			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
 			        kv_cache_n(gen_kv(g)), kv_cache_budget(gen_kv(g)),
 			        kv_policy_name(kv_cache_policy(gen_kv(g))));

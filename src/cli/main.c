@@ -37,6 +37,7 @@ static const struct cli_cmd *const cli_cmds[] = {
 	&cmd_chat,
 	&cmd_generate,
 	&cmd_eval_passkey,
+	&cmd_eval_recall,
 	&cmd_eval_rps,
 	&cmd_eval_tlg,
 	&cmd_run,

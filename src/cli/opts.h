@@ -38,6 +38,9 @@ struct cli_opts {
 	uint32_t samples;        /* eval passkey: per (length, depth) */
 	uint32_t rounds;         /* eval rps */
 	const char *dominant;    /* eval rps: rock, paper or scissors */
+	const char *turns;       /* eval recall: filler turns, "10,30" */
+	const char *facts;       /* eval recall: fact kinds, "number,name,code,day" */
+	const char *fact_value;  /* eval recall: every fact's value (NULL: drawn) */
 	bool eval_raw;           /* eval --format raw (default chat: the chat template) */
 	const char *format;      /* sessions export --format: md or json */
 	uint32_t eval_seed;

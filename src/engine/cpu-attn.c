@@ -290,6 +290,20 @@ static void cpu_round16(const struct cpu *c, float *x, uint32_t n)
 	}
 }
 
+/* Keys of the sorted visible prefix a query at position p sees. */
+static uint32_t cpu_prefix(const struct cpu *c, int32_t p)
+{
+	uint32_t lo = 0, hi = c->n_valid;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->vpos[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /* Attention of ubatch token i for query heads [h0, h0 + nq) (one KV head),
  * layer l, into c->ao. */
 static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, uint32_t nq,
@@ -301,16 +315,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	uint32_t hd = hp->head_dim, nv = b->n_visible, vc = c->vis_cap;
 	uint32_t kvh = h0 / (hp->n_head / hp->n_head_kv);
 	int32_t p = b->pos[jb->t0 + i];
-	/* keys with position <= p: a prefix of the sorted visible set */
-	uint32_t lo = 0, hi = c->n_valid;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (c->vpos[mid] <= p)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	uint32_t m = lo;
+	uint32_t m = cpu_prefix(c, p); /* keys with position <= p */
 	const float *q = c->q + ((size_t)i * hp->n_head + h0) * hd;
 	float *out = c->ao + ((size_t)i * hp->n_head + h0) * hd;
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc;
@@ -388,20 +393,6 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 			for (uint32_t k = 0; k < m; k++)
 				acc[c->vorder[k]] += sc[(size_t)r * vc + k] * inv[r];
 	}
-}
-
-/* Keys of the sorted visible prefix a query at position p sees. */
-static uint32_t cpu_prefix(const struct cpu *c, int32_t p)
-{
-	uint32_t lo = 0, hi = c->n_valid;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (c->vpos[mid] <= p)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
 }
 
 /* Load the keys [k0, k0 + mt) of the sorted visible set, KV head kvh of

@@ -195,14 +195,9 @@ static size_t cpu_flash_floats(const struct cpu *c)
 	return cpu_flash_carve(c, 0, NULL);
 }
 
-/* Grow the per-ubatch scratch to n tokens. */
-static void cpu_reserve(struct cpu *c, uint32_t n)
+/* Free the per-ubatch scratch (cpu_reserve makes it). */
+static void cpu_free_ubatch(struct cpu *c)
 {
-	if (n <= c->cap)
-		return;
-	const struct hparams *hp = &c->hp;
-	uint64_t nq = (uint64_t)hp->n_head * hp->head_dim, nkv = (uint64_t)hp->n_head_kv * hp->head_dim;
-	uint64_t kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff), nq);
 	xfree_aligned(c->x);
 	xfree_aligned(c->xb);
 	xfree_aligned(c->q);
@@ -217,6 +212,17 @@ static void cpu_reserve(struct cpu *c, uint32_t n)
 	xfree_aligned(c->act.s);
 	xfree_aligned(c->act.isum);
 	xfree_aligned(c->act.isum16);
+}
+
+/* Grow the per-ubatch scratch to n tokens. */
+static void cpu_reserve(struct cpu *c, uint32_t n)
+{
+	if (n <= c->cap)
+		return;
+	const struct hparams *hp = &c->hp;
+	uint64_t nq = (uint64_t)hp->n_head * hp->head_dim, nkv = (uint64_t)hp->n_head_kv * hp->head_dim;
+	uint64_t kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff), nq);
+	cpu_free_ubatch(c);
 	c->cap = n;
 	c->x = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
 	c->xb = xmalloc_aligned((size_t)n * hp->n_embd * sizeof(float));
@@ -389,20 +395,7 @@ static void cpu_free(void *state)
 	free(c->kr_pos);
 	free(c->rcs);
 	xfree_aligned(c->qh);
-	xfree_aligned(c->x);
-	xfree_aligned(c->xb);
-	xfree_aligned(c->q);
-	xfree_aligned(c->k);
-	xfree_aligned(c->v);
-	xfree_aligned(c->ao);
-	xfree_aligned(c->g);
-	xfree_aligned(c->u);
-	xfree_aligned(c->tok_cs);
-	xfree_aligned(c->act.q);
-	xfree_aligned(c->act.d);
-	xfree_aligned(c->act.s);
-	xfree_aligned(c->act.isum);
-	xfree_aligned(c->act.isum16);
+	cpu_free_ubatch(c);
 	xfree_aligned(c->krot);
 	xfree_aligned(c->vf);
 	xfree_aligned(c->vpos);

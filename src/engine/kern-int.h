@@ -161,4 +161,15 @@ void kern_avx2_kv_rows_f32(const void *base, int64_t stride, bool half, const ui
                            int64_t m, int hd, bool transpose, float *dst, int64_t ldd);
 float kern_avx2_max_f32(const float *x, int64_t n);
 
+/* The AVX2 attention entries of kern_avx2_ops (kern-avx2-attn.c). */
+void kern_avx2_att_scores(const float *q, int nq, int hd, const float *kt, int64_t ldk, int64_t m,
+                          float scale, float *s, int64_t lds);
+void kern_avx2_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m, int hd,
+                      float *out);
+void kern_avx2_att_scores_rows(const float *q, int nq, int hd, const void *base, int64_t stride,
+                               bool half, const uint32_t *rows, int64_t m, float scale, float *s,
+                               int64_t lds);
+void kern_avx2_att_pv_rows(const float *p, int nq, int64_t lds, const void *base, int64_t stride,
+                           bool half, const uint32_t *rows, int64_t m, int hd, float *out);
+
 #endif

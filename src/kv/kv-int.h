@@ -65,6 +65,10 @@ struct kv_cache {
 	uint8_t *keep;                 /* (n_ctx) an eviction's choices, by candidate */
 	float *fscratch;               /* (n_ctx) scores, summaries */
 	struct kv_tok *evicted;        /* (n_ctx) an eviction's victims */
+	uint32_t *sbeg, *send;         /* (n_ctx) each: an eviction's spans, by candidate */
+	uint32_t pending_room;         /* a voting policy's turn eviction, deferred to the feed */
+	uint8_t *span_cls;             /* (n_span_cls) enum kv_span_class by token id */
+	uint32_t n_span_cls;           /* the vocabulary's tokens */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
 	/* events and providers */
 	kv_event_fn ev_fn;
@@ -94,6 +98,11 @@ struct kv_select {
 	uint8_t *keep;       /* (n) out: 0, or KV_KEEP | KV_FLAG_SINK | KV_FLAG_KEY */
 	float *score;        /* (n) scratch */
 	uint32_t *order;     /* (n) scratch */
+	/* spans (kv_span.c): candidate i's span is [sbeg[i], send[i]), candidate
+	 * indices; NULL: every candidate is its own span */
+	const uint32_t *sbeg; /* (n) or NULL */
+	const uint32_t *send; /* (n) or NULL */
+	bool span_mean;       /* a span scores the mean of its tokens, not the max */
 };
 
 /* Where a policy's retention score comes from. */
@@ -101,7 +110,11 @@ enum kv_score_kind {
 	KV_SCORE_NONE = 0,  /* no score (NaN) */
 	KV_SCORE_SURPRISAL, /* token entropy e_i (SirLLM), decayed per turn */
 	KV_SCORE_ATTN,      /* accumulated attention per (layer, KV head) (H2O) */
+	KV_SCORE_VOTE,      /* the last prompt window's pooled attention (SnapKV; kv_vote.c) */
 };
+
+/* Whether a policy of this score keeps the per-(layer, KV head) rows acc. */
+#define KV_SCORE_HAS_ACC(s) ((s) == KV_SCORE_ATTN || (s) == KV_SCORE_VOTE)
 
 struct kv_policy_def {
 	const char *name;
@@ -121,11 +134,43 @@ struct kv_policy_def {
 	void (*lambda)(const float *p, int32_t *n_local, uint32_t *topk, uint32_t *from_layer,
 	               int32_t *insert_at);
 	void (*select)(struct kv_select *s);
+	/* SnapKV's observation window W and pooling kernel (0 when the policy
+	 * does not vote) */
+	void (*vote)(const float *p, uint32_t *window, uint32_t *kernel);
 };
 
 /* Keep the top k candidates by s->score among those not yet kept (ties:
- * the more recent), flagging them; returns how many were marked. */
+ * the more recent), flagging them, whole spans at a time; returns how many
+ * were marked. */
 uint32_t kv_policy_top(struct kv_select *s, uint32_t k, uint8_t flag);
+
+/* ---- spans (kv_span.c) ---- */
+
+/* Token classes by token id, what span boundaries are read from. */
+enum kv_span_class {
+	KV_CLS_LEAD_WS = 1u << 0,  /* its text starts with whitespace */
+	KV_CLS_TRAIL_WS = 1u << 1, /* its text ends with whitespace */
+	KV_CLS_SPECIAL = 1u << 2,  /* a control token or empty text: a span of its own */
+	KV_CLS_DIGIT = 1u << 3,    /* its text holds a digit 0-9 */
+};
+
+/* The class of every token id of v, (n_vocab); the caller frees it. */
+uint8_t *kv_span_classes(const struct vocab *v);
+/*
+ * The spans of candidates cand, (n) cache indices ascending, of toks: two
+ * neighbouring candidates join when they are neighbours in the cache and in
+ * the stream (orig_pos one apart), neither is special, the first does not
+ * end with whitespace and the second does not start with it, and the span
+ * so far is shorter than KV_SPAN_MAX_TOKENS. Number mode then unjoins every
+ * span without a digit. Out: sbeg, send, (n) each, as kv_select has them.
+ * cls is (n_cls) by token id; an id outside it is special.
+ */
+void kv_span_find(const uint8_t *cls, uint32_t n_cls, const struct kv_tok *toks,
+                  const uint32_t *cand, uint32_t n, enum kv_span_mode mode, uint32_t *sbeg,
+                  uint32_t *send);
+/* The first candidate whose span a selection split (some of it kept, some
+ * not), or -1: every selection keeps or drops spans whole. */
+int64_t kv_span_split(const struct kv_select *s);
 
 /* ---- shared by kv_cache.c, kv_inspect.c and kv_restore.c */
 
@@ -142,5 +187,19 @@ void kv_capture_step(struct kv_cache *c, const struct engine_out *o);
 /* In a debug build, abort with kv_cache_check's message when the cache
  * breaks an invariant (after evictions, repositioning, restores, feeds). */
 void kv_debug_check(const struct kv_cache *c);
+
+/* ---- votes (kv_vote.c) ---- */
+
+/* Let the window ids, (n_win) the end of the prompt being fed, vote on the
+ * cached tokens (SnapKV): a scratch forward of the window after the cache
+ * (in free slots, emptied afterwards; the cache is unchanged), its
+ * attention summed over the window's queries and each KV head's query
+ * heads, max-pooled along the cache, into acc (per layer, KV head) and each
+ * token's score (their sum). Fewer free slots than n_win: the window's end
+ * only; none: the last votes stand. */
+int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *e);
+/* Max-pool x, (n), with a window of kernel (odd; clipped at the ends) into
+ * out, (n). */
+void kv_vote_pool(const float *x, uint32_t n, uint32_t kernel, float *out);
 
 #endif

@@ -90,6 +90,12 @@ static bool kv_compat(const struct kv_cache *c)
 	return d->compat_param >= 0 && c->cfg.policy.p[d->compat_param] >= 0.5f && !c->has_scorer;
 }
 
+/* Whether the active policy lets the prompt's window vote before it evicts. */
+static bool kv_votes(const struct kv_cache *c)
+{
+	return kv_def(c)->score == KV_SCORE_VOTE && !c->has_scorer;
+}
+
 /* Whether per-token surprisal and entropy are computed. */
 bool kv_need_stats(const struct kv_cache *c)
 {
@@ -220,15 +226,19 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	KV_ARRAY(keep);
 	KV_ARRAY(fscratch);
 	KV_ARRAY(evicted);
+	KV_ARRAY(sbeg);
+	KV_ARRAY(send);
 #undef KV_ARRAY
 	if (!got) {
 		kv_cache_free(c);
 		return engine_nomem(e, n_ctx, (double)n_ctx * per_slot);
 	}
 	c->heads = xmallocarray((size_t)c->hp->n_layer * c->hp->n_head, sizeof *c->heads);
+	c->span_cls = kv_span_classes(m->vocab);
+	c->n_span_cls = vocab_n_tokens(m->vocab);
 	c->logits = xmallocarray(c->n_vocab, sizeof *c->logits);
 	c->bytes_per_token = engine_kv_bytes_per_slot(eng);
-	if (kv_def(c)->score == KV_SCORE_ATTN)
+	if (KV_SCORE_HAS_ACC(kv_def(c)->score))
 		kv_acc_alloc(c);
 	kv_cache_clear(c);
 	*out = c;
@@ -251,6 +261,9 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->keep);
 	free(c->fscratch);
 	free(c->evicted);
+	free(c->sbeg);
+	free(c->send);
+	free(c->span_cls);
 	free(c->heads);
 	free(c->logits);
 	free(c);
@@ -264,6 +277,7 @@ void kv_cache_clear(struct kv_cache *c)
 	for (uint32_t i = 0; i < c->n_ctx; i++)
 		c->free_slots[i] = c->n_ctx - 1 - i;
 	c->next_pos = 0;
+	c->pending_room = 0;
 	c->turn = 0;
 	c->role = KV_ROLE_NONE;
 	c->have_logits = false;
@@ -460,6 +474,8 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	uint32_t kept_pinned = c->n - n_cand;
 	uint8_t *ckeep = c->keep; /* indexed by candidate */
 	memset(ckeep, 0, n_cand);
+	kv_span_find(c->span_cls, c->n_span_cls, c->toks, c->cand, n_cand,
+	             (enum kv_span_mode)c->cfg.policy.common[KV_COMMON_SPAN], c->sbeg, c->send);
 	struct kv_select s = {
 		.toks = c->toks,
 		.cand = c->cand,
@@ -473,6 +489,9 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		.keep = ckeep,
 		.score = c->fscratch,
 		.order = c->order,
+		.sbeg = c->sbeg,
+		.send = c->send,
+		.span_mean = c->cfg.policy.common[KV_COMMON_SPAN_SCORE] >= 0.5f,
 	};
 	bool fallback = false;
 	const char *why = NULL;
@@ -485,6 +504,13 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	 * selection keeps the most recent) */
 	if (!c->has_scorer || fallback)
 		kv_def(c)->select(&s);
+	/* every selection helper marks whole spans */
+	int64_t split = kv_span_split(&s);
+	if (NEVER(split >= 0))
+		return err_set(e, KVS_ESTATE,
+		               "KV cache: the selection split the span of candidate %lld (cache index "
+		               "%u)",
+		               (long long)split, c->cand[split]);
 	/* Gather: kept tokens move down in cache order, evicted ones free their slot. */
 	uint32_t w = 0, ne = 0, ci = 0;
 	for (uint32_t i = 0; i < c->n; i++) {
@@ -552,7 +578,12 @@ int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struc
 	c->turn_max = -INFINITY;
 	c->prev_self = NAN;
 	uint32_t room = KVS_MIN(m, c->cfg.budget);
-	if (c->n + room > c->cfg.budget && (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
+	c->pending_room = 0;
+	if (c->n + room > c->cfg.budget && kv_votes(c)) {
+		/* the turn's prompt votes first: its first feed evicts */
+		c->pending_room = room;
+	} else if (c->n + room > c->cfg.budget &&
+	           (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
 		int rc = kv_evict(c, room, KV_EVICT_TURN, e);
 		if (rc != KVS_OK)
 			return rc;
@@ -584,9 +615,9 @@ static void kv_rescore(struct kv_cache *c)
 		else
 			t->score = 0;
 	}
-	if (d->score == KV_SCORE_ATTN && c->acc == NULL)
+	if (KV_SCORE_HAS_ACC(d->score) && c->acc == NULL)
 		kv_acc_alloc(c);
-	else if (d->score == KV_SCORE_ATTN)
+	else if (KV_SCORE_HAS_ACC(d->score))
 		memset(c->acc, 0, (size_t)c->n_ctx * c->acc_stride * sizeof *c->acc);
 }
 
@@ -808,6 +839,8 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		t->flags = n + i < sinks ? KV_FLAG_SINK : 0;
 		t->surprisal = t->entropy = NAN;
 		t->score = d->score == KV_SCORE_NONE || c->has_scorer ? NAN : 0.0f;
+		if (d->score == KV_SCORE_VOTE && !c->has_scorer)
+			t->score = INFINITY; /* no vote yet: kept before any voted token */
 		if (!stats && !compat)
 			continue;
 		if (i == 0 && c->have_lse) {
@@ -853,11 +886,11 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	}
 	for (uint32_t i = 0; c->acc != NULL && i < m; i++)
 		c->acc_tok[n + i] = c->toks[n + i].orig_pos;
-	/* an attention policy got its accumulators when it was chosen */
-	if (attn_policy && ALWAYS(c->acc != NULL)) {
+	if (c->acc != NULL)
 		memset(c->acc + (size_t)n * c->acc_stride, 0, (size_t)m * c->acc_stride * sizeof *c->acc);
+	/* an attention policy got its accumulators when it was chosen */
+	if (attn_policy && ALWAYS(c->acc != NULL))
 		kv_accumulate(c, &o);
-	}
 	c->next_pos += (int32_t)m;
 	c->n_seen += m;
 	c->step++;
@@ -891,6 +924,16 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 		               "tokens (policy full never evicts; raise --kv-budget or --ctx, or choose "
 		               "another --policy)",
 		               c->n, n, c->cfg.budget);
+	/* a voting policy's deferred turn eviction: the end of this feed votes */
+	uint32_t room = c->pending_room, win = KVS_MIN(n, c->cfg.budget);
+	c->pending_room = 0;
+	if (room > 0 && c->n + room > c->cfg.budget) {
+		int rc = kv_vote(c, ids + (n - win), win, e);
+		if (rc == KVS_OK)
+			rc = kv_evict(c, room, KV_EVICT_TURN, e);
+		if (rc != KVS_OK)
+			return rc;
+	}
 	for (uint32_t done = 0; done < n;) {
 		uint32_t m = KVS_MIN(chunk, n - done);
 		if (c->deadline_ms > 0 && clock_now_ms() > c->deadline_ms) {
@@ -899,7 +942,10 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 			               done, n);
 		}
 		if (c->n + m > c->cfg.budget) {
-			int rc = kv_evict(c, m, n == 1 ? KV_EVICT_DECODE : KV_EVICT_PREFILL, e);
+			/* a prefill's end votes (a decode step evicts by the last votes) */
+			int rc = n > 1 && kv_votes(c) ? kv_vote(c, ids + (n - win), win, e) : KVS_OK;
+			if (rc == KVS_OK)
+				rc = kv_evict(c, m, n == 1 ? KV_EVICT_DECODE : KV_EVICT_PREFILL, e);
 			if (rc != KVS_OK)
 				return rc;
 		}

@@ -21,8 +21,10 @@
  * LM-Infinite's sink moves in kv_feed_chunk); kv_inspect.c checks the
  * result (kv_cache_check) and summarises attention; kv_restore.c rebuilds a
  * saved cache; kv_policy.c holds the policy table and each policy's
- * selection; kv-int.h the cache's state, its invariants and a selection's
- * inputs. The engine offers only primitives: slot positions
+ * selection; kv_span.c cuts the candidates into words that an eviction
+ * keeps or drops whole (span=word, every policy); kv_vote.c lets a prompt's
+ * last queries vote before an eviction (snapkv); kv-int.h the cache's
+ * state, its invariants and a selection's inputs. The engine offers only primitives: slot positions
  * (engine_kv_set_pos), attention over a list of visible slots, and the
  * masks the policies ask of a forward (engine_batch: dist_cap, the
  * Λ-mask, per-KV-head attention sums).
@@ -37,7 +39,9 @@
  * toks[i].slot (slots are never moved: eviction frees slots, new tokens take
  * free ones).
  *
- * The budget (tokens) is never exceeded. Before every forward of m tokens,
+ * The budget (tokens) is never exceeded: between forwards at most budget
+ * tokens are cached (a vote's scratch window, snapkv, briefly takes W free
+ * engine slots beyond them, kv_policy_scratch). Before every forward of m tokens,
  * when n + m > budget, the active retention policy chooses which cached
  * tokens stay (at most budget - m of them) and the cache re-assigns their
  * RoPE positions as the policy says: re-compacted to cache indices
@@ -47,6 +51,9 @@
  * Turns: kv_cache_begin_turn(m) evicts once for the whole turn's incoming m
  * tokens (SirLLM's semantics) and applies the memory decay; a turn or a
  * reply longer than expected evicts again per prefill chunk or decode step.
+ * A voting policy (snapkv) defers the turn's eviction to the turn's first
+ * feed, whose last tokens vote first; every prefill chunk's eviction votes
+ * with the end of its feed, a decode step's uses the last votes.
  *
  * Policies are one table (kv_policy.c), each with named parameters whose
  * defaults come from the papers' released code. A score provider (a
@@ -78,6 +85,7 @@ enum kv_flag {
 	KV_FLAG_SINK = 1u << 0,   /* kept as a sink / global token */
 	KV_FLAG_KEY = 1u << 1,    /* kept for its score (key token, heavy hitter) */
 	KV_FLAG_PINNED = 1u << 2, /* pinned by the user: never evicted */
+	KV_FLAG_ALL = KV_FLAG_SINK | KV_FLAG_KEY | KV_FLAG_PINNED,
 };
 
 struct kv_tok {
@@ -115,10 +123,29 @@ struct kv_param_def {
 
 struct kv_policy_def; /* a row of the policy table */
 
-/* A policy with its parameter values (p[i] belongs to the i-th parameter). */
+/*
+ * Span-coherent retention, an option of every policy (kv_span.c): eviction
+ * keeps or drops spans, not tokens. A span is a run of cached tokens,
+ * adjacent in the stream, that form one whitespace-delimited word (a word,
+ * a number, an identifier like TIGER-42, an e-mail address), at most
+ * KV_SPAN_MAX_TOKENS long; control tokens and whitespace end it. number
+ * makes spans only of the words holding a digit (numbers, dates, codes);
+ * off is the papers' token-granular rule. A span's score is the max (or the
+ * mean) of its tokens' scores.
+ */
+enum kv_span_mode { KV_SPAN_WORD = 0, KV_SPAN_NUMBER, KV_SPAN_OFF };
+enum kv_span_score { KV_SPAN_SCORE_MAX = 0, KV_SPAN_SCORE_MEAN };
+#define KV_SPAN_MAX_TOKENS 16 /* a longer run (CJK text, a URL) is cut every 16 tokens */
+
+/* Options every policy takes, after its own parameters (common[i]). */
+enum { KV_COMMON_SPAN = 0, KV_COMMON_SPAN_SCORE, KV_POLICY_N_COMMON };
+
+/* A policy with its parameter values (p[i] belongs to the i-th parameter,
+ * common[i] to the i-th option every policy takes). */
 struct kv_policy {
 	const struct kv_policy_def *def;
 	float p[KV_POLICY_MAX_PARAMS];
+	float common[KV_POLICY_N_COMMON];
 };
 
 /* Number of policies in the table and the name of the i-th. */
@@ -134,19 +161,28 @@ int kv_policy_set(struct kv_policy *p, const char *key, const char *val, struct 
 /* Value of parameter key, NaN when the policy has no such parameter. */
 float kv_policy_get(const struct kv_policy *p, const char *key);
 const char *kv_policy_name(const struct kv_policy *p);
-/* "sirllm mode=paper sinks=4 recent=0 lambda=0.9" into buf; returns buf. */
+/* "sirllm mode=paper sinks=4 recent=0 lambda=0.9" into buf (the options
+ * every policy takes only where they differ from their defaults, so
+ * "... span=off"); returns buf. */
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap);
-/* Help text: every policy, one line each, then its parameters. */
+/* Help text: every policy, one line each, then its parameters, then the
+ * options every policy takes. */
 void kv_policy_help(FILE *fp);
 /* Whether the policy ever evicts (full does not). */
 bool kv_policy_evicts(const struct kv_policy *p);
+/* Engine slots the policy wants beyond the budget: a voting policy's
+ * (snapkv) scratch window, 0 for the others. The cache still holds at most
+ * the budget between forwards; a vote runs the window in free slots and
+ * empties them (with fewer free slots it votes with fewer queries). */
+uint32_t kv_policy_scratch(const struct kv_policy *p);
 
 /* ---- score providers (custom policies from outside the engine) ---- */
 
 /*
  * Fill scores, (n), for the cached tokens toks, (n) cache order; the cache
  * keeps the pinned tokens and then the n_keep highest scores (ties: the more
- * recent). deadline_ms is on clock_now_ms(): a provider that returns later,
+ * recent), whole spans at a time as the policy's span option says (a span
+ * scores the max or mean of its tokens). deadline_ms is on clock_now_ms(): a provider that returns later,
  * returns an error or a NaN score is ignored for this eviction and the
  * built-in policy decides instead.
  */

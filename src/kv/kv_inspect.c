@@ -25,7 +25,7 @@ int kv_cache_check(const struct kv_cache *c, struct err *e)
 		               "KV cache check: %u tokens cached and %u free slots: expected them to "
 		               "add up to the %u slots",
 		               c->n, c->n_free, n_ctx);
-	if (kv_def(c)->score == KV_SCORE_ATTN && c->acc == NULL)
+	if (KV_SCORE_HAS_ACC(kv_def(c)->score) && c->acc == NULL)
 		return err_set(e, KVS_ESTATE,
 		               "KV cache check: policy %s scores by attention but the cache has no "
 		               "accumulators",

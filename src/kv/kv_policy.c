@@ -20,9 +20,24 @@
  *   h2o        keep the most recent target - H, then the H heaviest hitters
  *              among the rest by attention accumulated over layers and KV
  *              heads (each KV head's score sums its query heads)
+ *   snapkv     keep the first S, then the top by the votes of the prompt's
+ *              last W queries (kv_vote.c; tokens not yet voted on first,
+ *              the window itself is incoming and kept): attention
+ *              summed over the window and each KV head's query heads,
+ *              max-pooled along the cache (kernel 7), summed over layers
+ *              and KV heads (one keep-set for all heads)
  *
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
+ *
+ * With spans on (the span option every policy takes, default word;
+ * kv_span.c), the three helpers below (the first S, the most recent, the
+ * top by score) mark whole spans: top-k ranks spans by the max (or mean) of
+ * their tokens' scores and skips a span larger than what is left of k; the
+ * sinks and the recent window end at the first span that does not fit. A
+ * selection then keeps at most target, fewer by less than a span where a
+ * span did not fit; with span=off every span is one token and the rules
+ * above hold exactly as the papers' code has them.
  */
 #include "kv/kv-int.h"
 
@@ -74,6 +89,27 @@ static const struct kv_param_def policy_h2o_params[] = {
 	  "positions: original (paper real-drop code) or compact (its streaming variant)" },
 };
 
+enum { SNAP_WINDOW = 0, SNAP_KERNEL, SNAP_SINKS, SNAP_POS };
+static const struct kv_param_def policy_snapkv_params[] = {
+	{ "window", 32, 1, 1024, NULL, true,
+	  "observation window: the prompt's last W queries vote (code: window_size 32)" },
+	{ "kernel", 7, 1, 63, NULL, true, "max-pooling kernel over the votes, odd (code: 7)" },
+	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept" },
+	{ "pos", 0, 0, 1, policy_pos_modes, true,
+	  "positions: original (the code keeps the rotated keys) or compact" },
+};
+
+/* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
+static const char *const policy_span_modes[] = { "word", "number", "off", NULL };
+static const char *const policy_span_scores[] = { "max", "mean", NULL };
+static const struct kv_param_def policy_common_params[KV_POLICY_N_COMMON] = {
+	[KV_COMMON_SPAN] = { "span", KV_SPAN_WORD, 0, 2, policy_span_modes, true,
+	                     "evict whole words, numbers, codes (word), only words holding a digit "
+	                     "(number), or single tokens as the papers do (off)" },
+	[KV_COMMON_SPAN_SCORE] = { "span_score", KV_SPAN_SCORE_MAX, 0, 1, policy_span_scores, true,
+	                           "a span's score: the max or the mean of its tokens' scores" },
+};
+
 /* ------------------------------------------------------------ helpers */
 
 struct kv_rank {
@@ -99,20 +135,73 @@ static int policy_cmp_newer(const void *a, const void *b)
 	return x->i > y->i ? -1 : x->i < y->i;
 }
 
-/* Mark the top k of the candidates not yet kept by s->score; older_first
- * breaks ties towards the older token (SirLLM's stable sort). */
+/* First and one-past-last candidate of candidate i's span. */
+static uint32_t policy_sbeg(const struct kv_select *s, uint32_t i)
+{
+	return s->sbeg ? s->sbeg[i] : i;
+}
+
+static uint32_t policy_send(const struct kv_select *s, uint32_t i)
+{
+	return s->send ? s->send[i] : i + 1;
+}
+
+/* Candidates of [b, e) not yet kept. */
+static uint32_t policy_unkept(const struct kv_select *s, uint32_t b, uint32_t e)
+{
+	uint32_t u = 0;
+	for (uint32_t i = b; i < e; i++)
+		u += !s->keep[i];
+	return u;
+}
+
+/* Mark the candidates of [b, e) not yet kept. */
+static void policy_mark(struct kv_select *s, uint32_t b, uint32_t e, uint8_t flag)
+{
+	for (uint32_t i = b; i < e; i++)
+		if (!s->keep[i])
+			s->keep[i] = (uint8_t)(KV_KEEP | flag);
+}
+
+/* The score of span [b, e): the max or the mean of its tokens' (NaN counts
+ * as no score; a span with none scores -inf). */
+static float policy_span_score(const struct kv_select *s, uint32_t b, uint32_t e)
+{
+	double sum = 0, best = -INFINITY;
+	uint32_t k = 0;
+	for (uint32_t i = b; i < e; i++) {
+		float v = s->score[i];
+		if (isnan(v))
+			continue;
+		sum += v;
+		best = v > best ? v : best;
+		k++;
+	}
+	if (k == 0)
+		return -INFINITY;
+	return (float)(s->span_mean ? sum / k : best);
+}
+
+/* Mark the top k of the candidates not yet kept by s->score, whole spans
+ * at a time (a span that does not fit what is left of k is skipped);
+ * older_first breaks ties towards the older token (SirLLM's stable sort). */
 static uint32_t policy_top(struct kv_select *s, uint32_t k, uint8_t flag, bool older_first)
 {
 	if (k == 0)
 		return 0;
 	struct kv_rank *r = xmallocarray(s->n ? s->n : 1, sizeof *r);
 	uint32_t nr = 0, got = 0;
-	for (uint32_t i = 0; i < s->n; i++)
-		if (!s->keep[i])
-			r[nr++] = (struct kv_rank){ isnan(s->score[i]) ? -INFINITY : s->score[i], i };
+	for (uint32_t i = 0; i < s->n; i = policy_send(s, i))
+		if (policy_unkept(s, i, policy_send(s, i)) > 0)
+			r[nr++] = (struct kv_rank){ policy_span_score(s, i, policy_send(s, i)), i };
 	qsort(r, nr, sizeof *r, older_first ? policy_cmp_older : policy_cmp_newer);
-	for (uint32_t j = 0; j < nr && got < k; j++, got++)
-		s->keep[r[j].i] = (uint8_t)(KV_KEEP | flag);
+	for (uint32_t j = 0; j < nr && got < k; j++) {
+		uint32_t e = policy_send(s, r[j].i), u = policy_unkept(s, r[j].i, e);
+		if (u <= k - got) {
+			policy_mark(s, r[j].i, e, flag);
+			got += u;
+		}
+	}
 	free(r);
 	return got;
 }
@@ -122,28 +211,37 @@ uint32_t kv_policy_top(struct kv_select *s, uint32_t k, uint8_t flag)
 	return policy_top(s, k, flag, false);
 }
 
-/* Mark the first k candidates (sinks). */
+/* Mark the first k candidates (sinks), whole spans: the first span that
+ * does not fit ends them. */
 static uint32_t policy_first(struct kv_select *s, uint32_t k, uint8_t flag)
 {
 	uint32_t got = 0;
-	for (uint32_t i = 0; i < s->n && got < k; i++)
-		if (!s->keep[i]) {
-			s->keep[i] = (uint8_t)(KV_KEEP | flag);
-			got++;
-		}
+	for (uint32_t i = 0; i < s->n && got < k; i = policy_send(s, i)) {
+		uint32_t e = policy_send(s, i), u = policy_unkept(s, i, e);
+		if (u > k - got)
+			break;
+		policy_mark(s, i, e, flag);
+		got += u;
+	}
 	return got;
 }
 
 /* Mark up to k of the newest candidates not yet kept, stopping at index
- * lowest; returns how many were marked. */
+ * lowest, whole spans: the first span that does not fit (or reaches below
+ * lowest) ends the window; returns how many were marked. */
 static uint32_t policy_recent(struct kv_select *s, uint32_t k, uint32_t lowest)
 {
 	uint32_t got = 0;
-	for (uint32_t i = s->n; i-- > lowest && got < k;)
-		if (!s->keep[i]) {
-			s->keep[i] = KV_KEEP;
-			got++;
-		}
+	for (uint32_t i = s->n; i-- > lowest && got < k;) {
+		if (s->keep[i])
+			continue;
+		uint32_t b = policy_sbeg(s, i), e = policy_send(s, i), u = policy_unkept(s, b, e);
+		if (b < lowest || u > k - got)
+			break;
+		policy_mark(s, b, e, 0);
+		got += u;
+		i = b;
+	}
 	return got;
 }
 
@@ -248,12 +346,14 @@ static void policy_sirllm_select(struct kv_select *s)
 	uint32_t got = 0;
 	if (K > 0)
 		got = policy_top(s, (uint32_t)KVS_MIN(K, (int64_t)s->target), KV_FLAG_KEY, true);
-	for (uint32_t i = 0; i < s->n && i < S; i++) {
-		if (s->keep[i]) {
-			s->keep[i] = KV_KEEP | KV_FLAG_SINK;
-		} else if (got < s->target) {
-			s->keep[i] = KV_KEEP | KV_FLAG_SINK;
-			got++;
+	for (uint32_t i = 0; i < s->n && i < S; i = policy_send(s, i)) {
+		uint32_t e = policy_send(s, i), u = policy_unkept(s, i, e);
+		if (u == 0) {
+			for (uint32_t j = i; j < e && j < S; j++)
+				s->keep[j] = KV_KEEP | KV_FLAG_SINK;
+		} else if (u <= s->target - got) {
+			policy_mark(s, i, e, KV_FLAG_SINK);
+			got += u;
 		}
 	}
 	if (got < s->target)
@@ -270,7 +370,9 @@ static void policy_h2o_select(struct kv_select *s)
 {
 	uint32_t heavy = (uint32_t)lroundf(s->p[H2O_HEAVY] * (float)s->budget);
 	heavy = KVS_MIN(heavy, s->target);
-	policy_recent(s, s->target - heavy, 0);
+	/* what the window leaves (less than a span, with spans on) goes to the
+	 * heavy hitters */
+	heavy = s->target - policy_recent(s, s->target - heavy, 0);
 	for (uint32_t i = 0; i < s->n; i++) {
 		const float *a = s->acc ? s->acc + (size_t)s->cand[i] * s->acc_stride : NULL;
 		double sum = 0;
@@ -281,29 +383,68 @@ static void policy_h2o_select(struct kv_select *s)
 	policy_top(s, heavy, KV_FLAG_KEY, false);
 }
 
+static enum kv_pos_mode policy_pos_snapkv(const float *p)
+{
+	return p[SNAP_POS] >= 0.5f ? KV_POS_COMPACT : KV_POS_ORIGINAL;
+}
+
+static uint32_t policy_snapkv_sinks(const float *p)
+{
+	return (uint32_t)p[SNAP_SINKS];
+}
+
+static void policy_no_vote(const float *p, uint32_t *window, uint32_t *kernel)
+{
+	(void)p;
+	*window = *kernel = 0;
+}
+
+static void policy_snapkv_vote(const float *p, uint32_t *window, uint32_t *kernel)
+{
+	*window = (uint32_t)p[SNAP_WINDOW];
+	*kernel = (uint32_t)p[SNAP_KERNEL] | 1u; /* odd: centred */
+}
+
+/* SnapKV: the sinks, then the top by the window's votes. The observation
+ * window is the incoming prompt's end, kept as it comes in; tokens that
+ * came after the last vote score +inf (kv_cache.c), so a decode step keeps
+ * the current prompt and reply first. */
+static void policy_snapkv_select(struct kv_select *s)
+{
+	uint32_t got = policy_first(s, KVS_MIN(s->target, (uint32_t)s->p[SNAP_SINKS]), KV_FLAG_SINK);
+	for (uint32_t i = 0; i < s->n; i++)
+		s->score[i] = s->toks[s->cand[i]].score;
+	policy_top(s, s->target - got, KV_FLAG_KEY, false);
+}
+
 #define P(a) a, (uint32_t)KVS_ARRAY_LEN(a)
 
 static const struct kv_policy_def policy_table[] = {
 	{ "full", "no eviction: the cache refuses what does not fit the budget", NULL, 0, false,
 	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap, policy_no_lambda,
-	  policy_full_select },
+	  policy_full_select, policy_no_vote },
 	{ "window", "the most recent tokens only (sliding window, positions re-compacted)", NULL, 0,
 	  true, KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
-	  policy_no_lambda, policy_window_select },
+	  policy_no_lambda, policy_window_select, policy_no_vote },
 	{ "streaming",
 	  "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
 	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
-	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select },
+	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select, policy_no_vote },
 	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
 	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE, policy_pos_compact,
-	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select },
+	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select, policy_no_vote },
 	{ "lminfinite",
 	  "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
 	  P(policy_lmi_params), true, KV_SCORE_NONE, -1, -1, policy_pos_capped, policy_lmi_sinks,
-	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select },
+	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select, policy_no_vote },
 	{ "h2o", "H2O: heavy hitters by accumulated attention (GQA-summed) + a recent window",
 	  P(policy_h2o_params), true, KV_SCORE_ATTN, -1, -1, policy_pos_h2o, policy_no_sinks,
-	  policy_no_cap, policy_no_lambda, policy_h2o_select },
+	  policy_no_cap, policy_no_lambda, policy_h2o_select, policy_no_vote },
+	{ "snapkv",
+	  "SnapKV: the prompt's last W queries vote (pooled attention); sinks + window + top votes",
+	  P(policy_snapkv_params), true, KV_SCORE_VOTE, -1, -1, policy_pos_snapkv,
+	  policy_snapkv_sinks, policy_no_cap, policy_no_lambda, policy_snapkv_select,
+	  policy_snapkv_vote },
 };
 
 /* ------------------------------------------------------------ the table */
@@ -325,6 +466,8 @@ static void policy_init(struct kv_policy *p, const struct kv_policy_def *def)
 	p->def = def;
 	for (uint32_t i = 0; i < def->n_params; i++)
 		p->p[i] = def->params[i].def;
+	for (uint32_t i = 0; i < KV_POLICY_N_COMMON; i++)
+		p->common[i] = policy_common_params[i].def;
 }
 
 void kv_policy_default(struct kv_policy *p)
@@ -342,23 +485,53 @@ bool kv_policy_evicts(const struct kv_policy *p)
 	return p->def && p->def->evicts;
 }
 
-/* The parameter named key[0..len) of def, or -1. */
+uint32_t kv_policy_scratch(const struct kv_policy *p)
+{
+	uint32_t window = 0, kernel;
+	if (p->def)
+		p->def->vote(p->p, &window, &kernel);
+	return window;
+}
+
+/* The parameter named key[0..len) of def, or -1; the options every policy
+ * takes follow its own parameters (n_params + i). */
 static int policy_param_index(const struct kv_policy_def *def, const char *key, size_t len)
 {
 	for (uint32_t i = 0; i < def->n_params; i++)
 		if (strlen(def->params[i].name) == len && strncmp(def->params[i].name, key, len) == 0)
 			return (int)i;
+	for (uint32_t i = 0; i < KV_POLICY_N_COMMON; i++)
+		if (strlen(policy_common_params[i].name) == len &&
+		    strncmp(policy_common_params[i].name, key, len) == 0)
+			return (int)(def->n_params + i);
 	return -1;
 }
 
-/* Parameter names of def as "a, b, c" (or "none") into buf. */
+/* The definition and the value of parameter index i (policy_param_index). */
+static const struct kv_param_def *policy_param_at(struct kv_policy *p, int i, float **val)
+{
+	if ((uint32_t)i < p->def->n_params) {
+		*val = &p->p[i];
+		return &p->def->params[i];
+	}
+	*val = &p->common[(uint32_t)i - p->def->n_params];
+	return &policy_common_params[(uint32_t)i - p->def->n_params];
+}
+
+/* Parameter names of def as "a, b, c" (or "none"), then the options every
+ * policy takes, into buf. */
 static const char *policy_param_names(const struct kv_policy_def *def, char *buf, size_t cap)
 {
 	size_t o = 0;
 	buf[0] = '\0';
 	for (uint32_t i = 0; i < def->n_params && o < cap; i++)
 		o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "", def->params[i].name);
-	return def->n_params ? buf : "none";
+	if (o < cap)
+		o += (size_t)snprintf(buf + o, cap - o, "%s", def->n_params ? "" : "none");
+	for (uint32_t i = 0; i < KV_POLICY_N_COMMON && o < cap; i++)
+		o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "; every policy: ",
+		                      policy_common_params[i].name);
+	return buf;
 }
 
 /* Set parameter key[0..klen) from val[0..vlen). */
@@ -371,7 +544,8 @@ static int policy_set_n(struct kv_policy *p, const char *key, size_t klen, const
 		return err_set(e, KVS_EARG, "policy %s has no parameter '%.*s' (parameters: %s)",
 		               p->def->name, (int)klen, key,
 		               policy_param_names(p->def, names, sizeof names));
-	const struct kv_param_def *pd = &p->def->params[i];
+	float *dst;
+	const struct kv_param_def *pd = policy_param_at(p, i, &dst);
 	if (vlen == 0 || vlen >= sizeof vbuf)
 		return err_set(e, KVS_EARG, "policy %s parameter %s: '%.*s' is not a value", p->def->name,
 		               pd->name, (int)vlen, val);
@@ -380,7 +554,7 @@ static int policy_set_n(struct kv_policy *p, const char *key, size_t klen, const
 	if (pd->choices != NULL) {
 		for (int c = 0; pd->choices[c] != NULL; c++)
 			if (strcmp(pd->choices[c], vbuf) == 0) {
-				p->p[i] = (float)c;
+				*dst = (float)c;
 				return KVS_OK;
 			}
 		size_t o = 0;
@@ -397,7 +571,7 @@ static int policy_set_n(struct kv_policy *p, const char *key, size_t klen, const
 		return err_set(e, KVS_EARG, "policy %s parameter %s: '%s', expected %s in %g..%g",
 		               p->def->name, pd->name, vbuf, pd->integer ? "a whole number" : "a number",
 		               (double)pd->lo, (double)pd->hi);
-	p->p[i] = (float)v;
+	*dst = (float)v;
 	return KVS_OK;
 }
 
@@ -409,7 +583,9 @@ int kv_policy_set(struct kv_policy *p, const char *key, const char *val, struct 
 float kv_policy_get(const struct kv_policy *p, const char *key)
 {
 	int i = p->def ? policy_param_index(p->def, key, strlen(key)) : -1;
-	return i < 0 ? NAN : p->p[i];
+	if (i < 0)
+		return NAN;
+	return (uint32_t)i < p->def->n_params ? p->p[i] : p->common[(uint32_t)i - p->def->n_params];
 }
 
 int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
@@ -458,6 +634,13 @@ char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)
 		else
 			o += (size_t)snprintf(buf + o, cap - o, " %s=%g", pd->name, (double)p->p[i]);
 	}
+	/* the options every policy takes, only where they differ from the default */
+	for (uint32_t i = 0; p->def && i < KV_POLICY_N_COMMON && o < cap; i++) {
+		const struct kv_param_def *pd = &policy_common_params[i];
+		if (p->common[i] != pd->def)
+			o += (size_t)snprintf(buf + o, cap - o, " %s=%s", pd->name,
+			                      pd->choices[(int)p->common[i]]);
+	}
 	return buf;
 }
 
@@ -473,5 +656,10 @@ void kv_policy_help(FILE *fp)
 			else
 				fprintf(fp, "      %s=%g  %s\n", pd->name, (double)pd->def, pd->help);
 		}
+	}
+	fprintf(fp, "  every policy also takes:\n");
+	for (uint32_t j = 0; j < KV_POLICY_N_COMMON; j++) {
+		const struct kv_param_def *pd = &policy_common_params[j];
+		fprintf(fp, "      %s=%s  %s\n", pd->name, pd->choices[(int)pd->def], pd->help);
 	}
 }

@@ -36,6 +36,11 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 		if (t->pos < 0)
 			return err_set(e, KVS_EARG, "restore: token %u at position %d, expected >= 0", i,
 			               t->pos);
+		if (t->role > KV_ROLE_ASSISTANT || (t->flags & ~KV_FLAG_ALL) != 0 || t->turn > r->turn)
+			return err_set(e, KVS_EARG,
+			               "restore: token %u has role %u, flags 0x%x, turn %u: expected a "
+			               "role 0..%d, flags within 0x%x and a turn up to %u",
+			               i, t->role, t->flags, t->turn, KV_ROLE_ASSISTANT, KV_FLAG_ALL, r->turn);
 	}
 	for (uint32_t i = 0; i < r->n; i++) {
 		struct kv_tok *t = &c->toks[i];

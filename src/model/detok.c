@@ -41,7 +41,7 @@ static size_t piece_bpe(const struct vocab *v, struct gguf_str t, char *buf, siz
 		}
 		/* not in the alphabet: llama.cpp writes a marker, and so do we */
 		n += piece_copy(buf + KVS_MIN(n, cap), n < cap ? cap - n : 0, "[UNK_BYTE_0x", 12);
-		nb = ucp_encode(cp, u);
+		nb = utf8_encode_any(cp, u);
 		for (k = 0; k < nb; k++) {
 			snprintf(hex, sizeof(hex), "%02x", (uint8_t)u[k]);
 			n += piece_copy(buf + KVS_MIN(n, cap), n < cap ? cap - n : 0, hex, 2);

@@ -51,8 +51,6 @@ uint16_t ucp_flags(uint32_t cp);
  * the bytes consumed.
  */
 size_t ucp_decode_lax(const uint8_t *s, size_t n, uint32_t *cp);
-/* Encode cp (<= U+10FFFF, surrogates allowed) as UTF-8; returns 1..4. */
-size_t ucp_encode(uint32_t cp, char *out);
 
 /* ---- pretok.c: pre-tokenizers ---- */
 

@@ -137,6 +137,16 @@ static inline uint32_t ascii_lower(uint32_t c)
 	return c >= 'A' && c <= 'Z' ? c + 32 : c;
 }
 
+/* Where a run of k spaces at pos ends its word: \s+(?!\S) leaves the last
+ * space for the next word unless the run ends the text; no space: one
+ * character. */
+static size_t span_past_space(const struct span *s, size_t pos, size_t k)
+{
+	if (k > 1 && pos + k < s->end)
+		return pos + k - 1;
+	return pos + (k > 0 ? k : 1);
+}
+
 /* Length of a contraction at pos ('s 't 're 've 'm 'll 'd), 0 if none;
  * fold: case-insensitive (llama-3). */
 static size_t contraction_len(const struct span *s, size_t pos, bool fold)
@@ -191,12 +201,7 @@ static void pass_gpt2(struct span *s)
 		}
 		for (k = 0; span_fl(s, pos + k) & UCP_SPACE; k++)
 			;
-		if (k > 1 && pos + k < s->end) /* \s+(?!\S): leave one for the next word */
-			pos += k - 1;
-		else if (k > 0)
-			pos += k;
-		else
-			pos++;
+		pos = span_past_space(s, pos, k);
 		span_emit(s, pos);
 	}
 }
@@ -255,12 +260,8 @@ static void pass_llama3(struct span *s, size_t group)
 				last_nl = pos + k + 1;
 		if (last_nl > 0) /* \s*[\r\n]+ */
 			pos = last_nl;
-		else if (k > 1 && pos + k < s->end)
-			pos += k - 1;
-		else if (k > 0)
-			pos += k;
 		else
-			pos++;
+			pos = span_past_space(s, pos, k);
 		span_emit(s, pos);
 	}
 }

@@ -251,6 +251,29 @@ static int32_t bpe_text_rank(struct tok_ctx *c, const struct sym *a, const struc
 	return -1;
 }
 
+/* Merge the best pair off the heap until none is left: the symbols it
+ * joins become one, and try_pair pushes the new pairs with each neighbour
+ * (BPE by merge rank, SentencePiece by score). A pair whose sides changed
+ * since it was pushed is stale and skipped. */
+static void tok_merge(struct tok_ctx *c, void (*try_pair)(struct tok_ctx *c, int32_t l, int32_t r))
+{
+	while (c->n_heap > 0) {
+		struct bigram g = heap_pop(c);
+		struct sym *a = &c->syms[g.left], *b = &c->syms[g.right];
+
+		if (a->n == 0 || b->n == 0 || a->n + b->n != g.size)
+			continue;
+		a->n += b->n;
+		a->id = g.id;
+		b->n = 0;
+		a->next = b->next;
+		if (b->next >= 0)
+			c->syms[b->next].prev = g.left;
+		try_pair(c, a->prev, g.left);
+		try_pair(c, g.left, a->next);
+	}
+}
+
 /* Push the merge of symbols l and r if the merge list has it. */
 static void bpe_try_pair(struct tok_ctx *c, int32_t l, int32_t r)
 {
@@ -297,21 +320,7 @@ static void bpe_word(struct tok_ctx *c, size_t n, size_t n_sym)
 	c->n_heap = 0;
 	for (k = 1; k < n_sym; k++)
 		bpe_try_pair(c, (int32_t)k - 1, (int32_t)k);
-	while (c->n_heap > 0) {
-		struct bigram g = heap_pop(c);
-		struct sym *a = &c->syms[g.left], *b = &c->syms[g.right];
-
-		if (a->n == 0 || b->n == 0 || a->n + b->n != g.size)
-			continue; /* stale: one side changed since the push */
-		a->n += b->n;
-		a->id = g.id;
-		b->n = 0;
-		a->next = b->next;
-		if (b->next >= 0)
-			c->syms[b->next].prev = g.left;
-		bpe_try_pair(c, a->prev, g.left);
-		bpe_try_pair(c, g.left, a->next);
-	}
+	tok_merge(c, bpe_try_pair);
 	for (i = 0; i >= 0; i = c->syms[i].next) {
 		const struct sym *s = &c->syms[i];
 		if (s->id >= 0) {
@@ -391,7 +400,7 @@ static void bpe_fragment(struct tok_ctx *c, const uint8_t *s, size_t len)
 		n = 0;
 		n_sym = 0;
 		for (i = start; i < ends[w]; i++) {
-			size_t nb = ucp_encode(c->cps[i], u);
+			size_t nb = utf8_encode_any(c->cps[i], u);
 			for (k = 0; k < nb; k++) {
 				uint8_t b = (uint8_t)u[k];
 				struct sym *y = &c->syms[n_sym];
@@ -507,21 +516,7 @@ static void spm_fragment(struct tok_ctx *c, const char *s, size_t len, bool spac
 	c->n_heap = 0;
 	for (k = 1; k < n_sym; k++)
 		spm_try_pair(c, (int32_t)k - 1, (int32_t)k);
-	while (c->n_heap > 0) {
-		struct bigram g = heap_pop(c);
-		struct sym *a = &c->syms[g.left], *b = &c->syms[g.right];
-
-		if (a->n == 0 || b->n == 0 || a->n + b->n != g.size)
-			continue;
-		a->n += b->n;
-		a->id = g.id;
-		b->n = 0;
-		a->next = b->next;
-		if (b->next >= 0)
-			c->syms[b->next].prev = g.left;
-		spm_try_pair(c, a->prev, g.left);
-		spm_try_pair(c, g.left, a->next);
-	}
+	tok_merge(c, spm_try_pair);
 	for (j = 0; j >= 0; j = c->syms[j].next) {
 		const struct sym *y = &c->syms[j];
 		id = y->id >= 0 ? y->id : vocab_lookup(v, c->word + y->off, y->n);

@@ -221,7 +221,7 @@ static void vocab_byte_alphabet(struct vocab *v)
 	for (b = 0; b < 256; b++) {
 		bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
 		cp = printable ? (uint32_t)b : next++;
-		v->byte_len[b] = (uint8_t)ucp_encode(cp, tmp);
+		v->byte_len[b] = (uint8_t)utf8_encode_any(cp, tmp);
 		memcpy(v->byte_utf8[b], tmp, v->byte_len[b]);
 		v->unbyte[cp] = (int16_t)b;
 	}

@@ -269,9 +269,4 @@ static const struct api_type api_loop_types[] = {
 	{ API_TIMER, "timer", NULL, NULL, NULL },
 };
 
-const struct api_lib api_loop_lib = {
-	api_loop_fns,
-	KVS_ARRAY_LEN(api_loop_fns),
-	api_loop_types,
-	KVS_ARRAY_LEN(api_loop_types),
-};
+const struct api_lib api_loop_lib = API_LIB(api_loop_fns, api_loop_types);

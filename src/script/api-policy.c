@@ -61,7 +61,7 @@ static int api_policy_register(lua_State *L)
 	if (!kv_policy_evicts(&base))
 		return script_error(L,
 		                    "policy.register: base '%s' never evicts (expected window, "
-		                    "streaming, sirllm, lminfinite or h2o)",
+		                    "streaming, sirllm, lminfinite, h2o or snapkv)",
 		                    bspec);
 	struct script_policy *pol = NULL;
 	for (size_t i = 0; i < rt->n_policies; i++)
@@ -174,4 +174,4 @@ static const struct api_fn api_policy_fns[] = {
 	  api_policy_register },
 };
 
-const struct api_lib api_policy_lib = { api_policy_fns, KVS_ARRAY_LEN(api_policy_fns), NULL, 0 };
+const struct api_lib api_policy_lib = API_LIB_FNS(api_policy_fns);

@@ -290,5 +290,4 @@ static const struct api_fn api_session_read_fns[] = {
 	  api_s_info },
 };
 
-const struct api_lib api_session_read_lib = { api_session_read_fns,
-	                                          KVS_ARRAY_LEN(api_session_read_fns), NULL, 0 };
+const struct api_lib api_session_read_lib = API_LIB_FNS(api_session_read_fns);

@@ -766,9 +766,4 @@ static const struct api_type api_session_types[] = {
 	{ API_SESSION, "session", NULL, NULL, api_session_gc },
 };
 
-const struct api_lib api_session_lib = {
-	api_session_fns,
-	KVS_ARRAY_LEN(api_session_fns),
-	api_session_types,
-	KVS_ARRAY_LEN(api_session_types),
-};
+const struct api_lib api_session_lib = API_LIB(api_session_fns, api_session_types);

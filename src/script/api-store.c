@@ -44,26 +44,16 @@ static int api_store_sessions(lua_State *L)
 	for (size_t i = 0; i < n; i++) {
 		const struct store_session *ss = &list[i];
 		lua_createtable(L, 0, 10);
-		lua_pushinteger(L, (lua_Integer)ss->id);
-		lua_setfield(L, -2, "id");
-		lua_pushstring(L, ss->title ? ss->title : "");
-		lua_setfield(L, -2, "title");
-		lua_pushstring(L, ss->model_path ? ss->model_path : "");
-		lua_setfield(L, -2, "model");
-		lua_pushstring(L, ss->policy ? ss->policy : "");
-		lua_setfield(L, -2, "policy");
-		lua_pushinteger(L, ss->budget);
-		lua_setfield(L, -2, "budget");
-		lua_pushinteger(L, ss->n_turns);
-		lua_setfield(L, -2, "n_turns");
-		lua_pushinteger(L, ss->n_incomplete);
-		lua_setfield(L, -2, "n_incomplete");
-		lua_pushinteger(L, ss->n_kept);
-		lua_setfield(L, -2, "n_kept");
-		lua_pushnumber(L, ss->created);
-		lua_setfield(L, -2, "created");
-		lua_pushnumber(L, ss->updated);
-		lua_setfield(L, -2, "updated");
+		api_setint(L, "id", (lua_Integer)ss->id);
+		api_setstr(L, "title", ss->title ? ss->title : "");
+		api_setstr(L, "model", ss->model_path ? ss->model_path : "");
+		api_setstr(L, "policy", ss->policy ? ss->policy : "");
+		api_setint(L, "budget", ss->budget);
+		api_setint(L, "n_turns", ss->n_turns);
+		api_setint(L, "n_incomplete", ss->n_incomplete);
+		api_setint(L, "n_kept", ss->n_kept);
+		api_setnum(L, "created", ss->created);
+		api_setnum(L, "updated", ss->updated);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 		store_session_free(&list[i]);
 	}
@@ -93,10 +83,8 @@ static int api_store_turns(lua_State *L)
 			return script_error(L, "store_turns: %s", e.msg);
 		}
 		lua_createtable(L, 0, 2);
-		lua_pushstring(L, user ? user : "");
-		lua_setfield(L, -2, "user");
-		lua_pushstring(L, reply ? reply : "");
-		lua_setfield(L, -2, "reply");
+		api_setstr(L, "user", user ? user : "");
+		api_setstr(L, "reply", reply ? reply : "");
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 		free(user);
 		free(reply);
@@ -115,4 +103,4 @@ static const struct api_fn api_store_fns[] = {
 	  "a saved session's exchanges, oldest first: {user, reply}", api_store_turns },
 };
 
-const struct api_lib api_store_lib = { api_store_fns, KVS_ARRAY_LEN(api_store_fns), NULL, 0 };
+const struct api_lib api_store_lib = API_LIB_FNS(api_store_fns);

@@ -104,17 +104,23 @@ static int api_command(lua_State *L)
 	return 0;
 }
 
+/* true, or false and the error's message: what a call that may fail returns. */
+static int api_push_result(lua_State *L, int rc, const struct err *e)
+{
+	lua_pushboolean(L, rc == KVS_OK);
+	if (rc == KVS_OK)
+		return 1;
+	lua_pushstring(L, e->msg);
+	return 2;
+}
+
 static int api_run_command(lua_State *L)
 {
 	struct err e;
 	const char *name = luaL_checkstring(L, 1);
 	const char *args = luaL_optstring(L, 2, "");
 	int rc = script_command_run(api_rt(L), name, args, &e);
-	lua_pushboolean(L, rc == KVS_OK);
-	if (rc == KVS_OK)
-		return 1;
-	lua_pushstring(L, e.msg);
-	return 2;
+	return api_push_result(L, rc, &e);
 }
 
 static int api_commands(lua_State *L)
@@ -378,22 +384,14 @@ static int api_load_plugin(lua_State *L)
 	int rc = strlen(path) != len
 	        ? err_set(&e, KVS_EARG, "the path '%s...' holds a NUL byte: refused", path)
 	        : script_load(api_rt(L), path, &e);
-	lua_pushboolean(L, rc == KVS_OK);
-	if (rc == KVS_OK)
-		return 1;
-	lua_pushstring(L, e.msg);
-	return 2;
+	return api_push_result(L, rc, &e);
 }
 
 static int api_unload_plugin(lua_State *L)
 {
 	struct err e;
 	int rc = script_unload(api_rt(L), luaL_checkstring(L, 1), &e);
-	lua_pushboolean(L, rc == KVS_OK);
-	if (rc == KVS_OK)
-		return 1;
-	lua_pushstring(L, e.msg);
-	return 2;
+	return api_push_result(L, rc, &e);
 }
 
 static int api_status_items(lua_State *L)
@@ -562,6 +560,41 @@ static int api_write(lua_State *L)
 	return 1;
 }
 
+/* kvscope.export_view(view, file [, format]): the workbench writes what it
+ * shows to file under the results directory. The file is opened here as
+ * kvscope.write opens its own (no link inside the folder leads out); the
+ * front end gets only the descriptor. */
+static int api_export_view(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	const char *view = luaL_checkstring(L, 1);
+	size_t rlen, n;
+	const char *rel = luaL_checklstring(L, 2, &rlen);
+	const char *fmt = luaL_optstring(L, 3, "");
+	char arg[96];
+	struct err e;
+
+	if (strlen(rel) != rlen || !api_path_ok(rel))
+		return script_error(L,
+		                    "kvscope.export_view: '%s' refused (expected a relative path of "
+		                    "letters, digits, '.', '-', '_' under the results directory, no '..')",
+		                    rel);
+	if (rt->cfg.send == NULL)
+		return script_error(L, "kvscope.export_view: no workbench here (it writes what the "
+		                       "workbench's panes show)");
+	n = strlen(rel);
+	if (fmt[0] == '\0') /* from the name: .csv, else JSON */
+		fmt = n > 4 && strcmp(rel + n - 4, ".csv") == 0 ? "csv" : "json";
+	int fd = api_open_result(L, rt, rel, false);
+	snprintf(arg, sizeof arg, "%.32s\t%.8s\t%d", view, fmt, fd);
+	int rc = rt->cfg.send(rt->cfg.send_ud, "export_view", arg, &e);
+	close(fd);
+	if (rc != KVS_OK)
+		return script_error(L, "kvscope.export_view: %s", e.msg);
+	lua_pushfstring(L, "%s/%s", rt->results_dir, rel);
+	return 1;
+}
+
 static int api_progress(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
@@ -616,6 +649,11 @@ static const struct api_fn api_view_fns[] = {
 	{ "write", API_DEFERRED, API_C, "(path, text [, mode]) -> fullpath",
 	  "write (mode \"w\") or append (\"a\") text to a file under the results directory",
 	  api_write },
+	{ "export_view", API_DEFERRED, API_C, "(view, file [, format]) -> fullpath",
+	  "the workbench writes what it shows (view \"attention\": the attention steps, every layer "
+	  "and head; \"retention\": the dialogue's tokens) as csv or json (default: from the name, "
+	  ".csv else json) under the results directory",
+	  api_export_view },
 	{ "progress", API_FAST, API_C, "(done, total [, text])",
 	  "draw a progress bar on stderr when it is a terminal (kvscope run)", api_progress },
 	{ "json", API_FAST, API_LUA, "(value) -> string",
@@ -636,9 +674,4 @@ static const struct api_type api_view_types[] = {
 	{ API_VIEW, "view", NULL, NULL, NULL },
 };
 
-const struct api_lib api_view_lib = {
-	api_view_fns,
-	KVS_ARRAY_LEN(api_view_fns),
-	api_view_types,
-	KVS_ARRAY_LEN(api_view_types),
-};
+const struct api_lib api_view_lib = API_LIB(api_view_fns, api_view_types);

@@ -148,6 +148,10 @@ static int sandbox_print(lua_State *L)
 	if (P->is_script && P->rt->cfg.headless) {
 		fwrite(s, 1, len, stdout);
 		fputc('\n', stdout);
+		/* output lost (a full disk, a closed pipe): stop the script at
+		 * the first buffer that fails, not after all its work */
+		if (ferror(stdout))
+			return script_error(L, "print: cannot write to standard output");
 	} else {
 		script_log(P, "%s", s);
 		if (P->rt->cfg.headless)

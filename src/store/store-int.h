@@ -43,9 +43,11 @@ int store_prepare(struct store *s, const char *sql, sqlite3_stmt **st, struct er
 int store_int(struct store *s, const char *sql, int64_t *out, struct err *e);
 /* Column i of the current row as an allocated string (NULL for NULL). */
 char *store_col_str(sqlite3_stmt *st, int i);
-/* Bind session id to ?1 of st and step to its row: KVS_OK on the row, else
- * the error (no such session, or SQLite's), with st finalized. */
-int store_step_session(struct store *s, sqlite3_stmt *st, int64_t id, struct err *e);
+/* Prepare sql, bind session id to its ?1 and step to its row: KVS_OK with
+ * *out on the row (the caller finalizes it), else the error with nothing
+ * left to finalize. */
+int store_session_row(struct store *s, const char *sql, int64_t id, sqlite3_stmt **out,
+                      struct err *e);
 
 /* ---- store-snap.c: snapshot files ---- */
 

@@ -65,14 +65,12 @@ int store_rec_open(struct store_rec **out, struct store *s, int64_t id, struct k
 	*out = NULL;
 	if (s->ro)
 		return err_set(e, KVS_ESTATE, "%s: opened read-only; cannot record", s->path);
-	int rc = store_prepare(s,
-	                       "SELECT epoch, next_pos, (SELECT count(*) FROM turns WHERE session_id "
-	                       "= ?1), (SELECT sha256 FROM snapshots WHERE session_id = ?1 ORDER BY "
-	                       "turn DESC LIMIT 1) FROM sessions WHERE id = ?1",
-	                       &st, e);
-	if (rc != KVS_OK)
-		return rc;
-	rc = store_step_session(s, st, id, e);
+	int rc = store_session_row(
+	        s,
+	        "SELECT epoch, next_pos, (SELECT count(*) FROM turns WHERE session_id "
+	        "= ?1), (SELECT sha256 FROM snapshots WHERE session_id = ?1 ORDER BY "
+	        "turn DESC LIMIT 1) FROM sessions WHERE id = ?1",
+	        id, &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	struct store_rec *rec = xcalloc(1, sizeof *rec);

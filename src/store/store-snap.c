@@ -339,14 +339,11 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 {
 	sqlite3_stmt *st;
 	memset(info, 0, sizeof *info);
-	int rc = store_prepare(s,
-	                       "SELECT epoch, next_pos, kv_turn, n_seen, n_evicted, n_evictions, "
-	                       "model_sha256, (SELECT sha256 FROM snapshots WHERE session_id = ?1 "
-	                       "ORDER BY turn DESC LIMIT 1) FROM sessions WHERE id = ?1",
-	                       &st, e);
-	if (rc != KVS_OK)
-		return rc;
-	rc = store_step_session(s, st, id, e);
+	int rc = store_session_row(s,
+	                           "SELECT epoch, next_pos, kv_turn, n_seen, n_evicted, n_evictions, "
+	                           "model_sha256, (SELECT sha256 FROM snapshots WHERE session_id = ?1 "
+	                           "ORDER BY turn DESC LIMIT 1) FROM sessions WHERE id = ?1",
+	                           id, &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	int64_t epoch = sqlite3_column_int64(st, 0);

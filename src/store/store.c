@@ -147,18 +147,25 @@ char *store_col_str(sqlite3_stmt *st, int i)
 	return t ? xstrdup((const char *)t) : NULL;
 }
 
-/* Bind session id to ?1 of st and step to its row: KVS_OK on the row, else
- * the error (no such session, or SQLite's), with st finalized. */
-int store_step_session(struct store *s, sqlite3_stmt *st, int64_t id, struct err *e)
+/* Prepare sql, bind session id to its ?1 and step to its row: KVS_OK with
+ * *out on the row, else the error (no such session, or SQLite's), with
+ * nothing left to finalize. */
+int store_session_row(struct store *s, const char *sql, int64_t id, sqlite3_stmt **out,
+                      struct err *e)
 {
+	int rc = store_prepare(s, sql, out, e);
+	if (rc != KVS_OK)
+		return rc;
+	sqlite3_stmt *st = *out;
 	sqlite3_bind_int64(st, 1, id);
 	int r = sqlite3_step(st);
 	if (r == SQLITE_ROW)
 		return KVS_OK;
-	int rc = r == SQLITE_DONE
+	rc = r == SQLITE_DONE
 	        ? err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path, (long long)id)
 	        : store_fail(s, r, "reading a session", e);
 	sqlite3_finalize(st);
+	*out = NULL;
 	return rc;
 }
 

@@ -7,7 +7,8 @@
  * (layer, head, theme), or sends a command to the worker (policy, budget,
  * pin, new conversation), whose result comes back as an event and lands on
  * the status line. A bad command or argument sets one status line naming
- * what was wrong and what was expected, and changes nothing else.
+ * what was wrong and what was expected, and changes nothing else. Running
+ * a line, completion and the help: cmd-run.c.
  */
 #include "store/store.h"
 #include "tui/tui-int.h"
@@ -20,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmd_fail(struct tui_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int cmd_fail(struct tui_ctx *c, const char *fmt, ...)
+/* Say what was wrong on the status line; KVS_EARG. */
+int tui_cmd_fail(struct tui_ctx *c, const char *fmt, ...)
 {
 	char buf[256];
 	va_list ap;
@@ -120,21 +121,38 @@ static int comp_plugin(const char *word, size_t i, const char **out)
 	return comp_list(n, i, out);
 }
 
+/* The words some commands take, each list feeding both the command and
+ * its completion. */
+static const char *const cmd_agg_words[] = { "head", "mean", "max", NULL };
+static const char *const cmd_ov_words[] = { "entropy", "sink", "k90", NULL };
+static const char *const cmd_attn_words[] = { "grid", "row", NULL };
+
 static int comp_agg(const char *word, size_t i, const char **out)
 {
-	static const char *const n[] = { "head", "mean", "max", NULL };
 	(void)word;
-	return comp_list(n, i, out);
+	return comp_list(cmd_agg_words, i, out);
 }
 
 static int comp_overview(const char *word, size_t i, const char **out)
 {
-	static const char *const n[] = { "entropy", "sink", "k90", NULL };
 	(void)word;
-	return comp_list(n, i, out);
+	return comp_list(cmd_ov_words, i, out);
 }
 
-static int comp_cmd(const char *word, size_t i, const char **out);
+static int comp_attn(const char *word, size_t i, const char **out)
+{
+	(void)word;
+	return comp_list(cmd_attn_words, i, out);
+}
+
+/* The place of the one argument in words (NULL-terminated), or -1. */
+static int cmd_word(int argc, char **argv, const char *const *words)
+{
+	for (int i = 0; argc == 2 && words[i] != NULL; i++)
+		if (strcmp(argv[1], words[i]) == 0)
+			return i;
+	return -1;
+}
 
 /* ---- commands ---- */
 
@@ -150,8 +168,9 @@ static int x_policy(struct tui_ctx *c, int argc, char **argv)
 	}
 	for (int i = 1; i < argc; i++) {
 		if (strlen(spec) + strlen(argv[i]) + 2 > sizeof spec)
-			return cmd_fail(c, ":policy: the specification is too long (at most %zu characters)",
-			                sizeof spec - 1);
+			return tui_cmd_fail(c,
+			                    ":policy: the specification is too long (at most %zu characters)",
+			                    sizeof spec - 1);
 		if (i > 1)
 			strcat(spec, " ");
 		strcat(spec, argv[i]);
@@ -171,7 +190,7 @@ static int x_policy(struct tui_ctx *c, int argc, char **argv)
 			tui_status(c->t, false, "switching to the Lua policy %s ...", argv[1]);
 			return KVS_OK;
 		}
-		return cmd_fail(c, ":policy: %s", e.msg);
+		return tui_cmd_fail(c, ":policy: %s", e.msg);
 	}
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_POLICY, .text = spec });
 	c->t->lua_policy[0] = '\0';
@@ -184,8 +203,8 @@ static int x_budget(struct tui_ctx *c, int argc, char **argv)
 	long long v;
 
 	if (argc != 2 || !cmd_uint(argv[1], UINT32_MAX, &v))
-		return cmd_fail(c,
-		                ":budget: expected a number of tokens (0: every slot), e.g. :budget 512");
+		return tui_cmd_fail(
+		        c, ":budget: expected a number of tokens (0: every slot), e.g. :budget 512");
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_BUDGET, .n = v });
 	return KVS_OK;
 }
@@ -201,7 +220,8 @@ static int x_len(struct tui_ctx *c, int argc, char **argv)
 		return KVS_OK;
 	}
 	if (argc != 2 || len_target_parse(argv[1], &lt, &e) != KVS_OK)
-		return cmd_fail(c, ":len: %s", argc != 2 ? "expected one target, e.g. :len 120w" : e.msg);
+		return tui_cmd_fail(c, ":len: %s",
+		                    argc != 2 ? "expected one target, e.g. :len 120w" : e.msg);
 	c->t->len = lt;
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_LEN, .text = argv[1] });
 	return KVS_OK;
@@ -212,7 +232,7 @@ static int x_max(struct tui_ctx *c, int argc, char **argv)
 	long long v;
 
 	if (argc != 2 || !cmd_uint(argv[1], 1000000, &v) || v == 0)
-		return cmd_fail(c, ":max: expected the most tokens a reply may have, 1 .. 1000000");
+		return tui_cmd_fail(c, ":max: expected the most tokens a reply may have, 1 .. 1000000");
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_MAX_TOKENS, .n = v });
 	return KVS_OK;
 }
@@ -223,7 +243,7 @@ static int x_layer(struct tui_ctx *c, int argc, char **argv)
 	uint32_t n = c->t->n_layer;
 
 	if (argc != 2 || !cmd_uint(argv[1], 1 << 20, &v) || (n > 0 && v >= n))
-		return cmd_fail(c, ":layer: expected a layer number 0 .. %u", n ? n - 1 : 0);
+		return tui_cmd_fail(c, ":layer: expected a layer number 0 .. %u", n ? n - 1 : 0);
 	c->t->layer = (uint32_t)v;
 	tui_status(c->t, false, "layer %lld", v);
 	return KVS_OK;
@@ -235,7 +255,7 @@ static int x_head(struct tui_ctx *c, int argc, char **argv)
 	uint32_t n = c->t->n_head;
 
 	if (argc != 2 || !cmd_uint(argv[1], 1 << 20, &v) || (n > 0 && v >= n))
-		return cmd_fail(c, ":head: expected a head number 0 .. %u", n ? n - 1 : 0);
+		return tui_cmd_fail(c, ":head: expected a head number 0 .. %u", n ? n - 1 : 0);
 	c->t->head = (uint32_t)v;
 	c->t->agg = AGG_HEAD;
 	tui_status(c->t, false, "head %lld", v);
@@ -244,26 +264,36 @@ static int x_head(struct tui_ctx *c, int argc, char **argv)
 
 static int x_agg(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "head", "mean", "max" };
-	for (int i = 0; argc == 2 && i < AGG_COUNT; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->agg = (enum tui_agg)i;
-			tui_status(c->t, false, "heads: %s", n[i]);
-			return KVS_OK;
-		}
-	return cmd_fail(c, ":agg: expected head, mean or max");
+	int i = cmd_word(argc, argv, cmd_agg_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":agg: expected head, mean or max");
+	c->t->agg = (enum tui_agg)i;
+	tui_status(c->t, false, "heads: %s", cmd_agg_words[i]);
+	return KVS_OK;
 }
 
 static int x_overview(struct tui_ctx *c, int argc, char **argv)
 {
-	static const char *const n[] = { "entropy", "sink", "k90" };
-	for (int i = 0; argc == 2 && i < OV_COUNT; i++)
-		if (strcmp(argv[1], n[i]) == 0) {
-			c->t->overview = (enum tui_overview)i;
-			tui_status(c->t, false, "overview: %s", n[i]);
-			return KVS_OK;
-		}
-	return cmd_fail(c, ":overview: expected entropy, sink or k90");
+	int i = cmd_word(argc, argv, cmd_ov_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":overview: expected entropy, sink or k90");
+	c->t->overview = (enum tui_overview)i;
+	tui_status(c->t, false, "overview: %s", cmd_ov_words[i]);
+	return KVS_OK;
+}
+
+/* :attn grid|row: the attention pane's heatmap. */
+static int x_attn(struct tui_ctx *c, int argc, char **argv)
+{
+	int i = cmd_word(argc, argv, cmd_attn_words);
+
+	if (i < 0)
+		return tui_cmd_fail(c, ":attn: expected grid (queries x keys) or row (the shown query)");
+	c->t->attn_view = (enum tui_attn_view)i;
+	tui_status(c->t, false, "attention: %s", i == ATTN_GRID ? "queries x keys" : "one row");
+	return KVS_OK;
 }
 
 /* The token :pin and :unpin act on: the argument or the selection. */
@@ -273,14 +303,14 @@ static int x_pin_common(struct tui_ctx *c, int argc, char **argv, bool pin)
 
 	if (argc == 1) {
 		if (c->t->sel_tok < 0)
-			return cmd_fail(c,
-			                ":%s: select a token in the retention strip first, or give its "
-			                "position (:%s POS)",
-			                pin ? "pin" : "unpin", pin ? "pin" : "unpin");
+			return tui_cmd_fail(c,
+			                    ":%s: select a token in the retention strip first, or give its "
+			                    "position (:%s POS)",
+			                    pin ? "pin" : "unpin", pin ? "pin" : "unpin");
 		v = c->t->sel_tok;
 	} else if (argc != 2 || !cmd_uint(argv[1], INT32_MAX, &v)) {
-		return cmd_fail(c, ":%s: expected a token position, e.g. :%s 12", pin ? "pin" : "unpin",
-		                pin ? "pin" : "unpin");
+		return tui_cmd_fail(c, ":%s: expected a token position, e.g. :%s 12", pin ? "pin" : "unpin",
+		                    pin ? "pin" : "unpin");
 	}
 	cmd_send(c, &(struct worker_cmd){ .kind = pin ? WORKER_PIN : WORKER_UNPIN, .n = v });
 	return KVS_OK;
@@ -322,15 +352,15 @@ static int x_sel(struct tui_ctx *c, int argc, char **argv)
 			if (t->toks[i].known && t->toks[i].t.turn == (uint32_t)v)
 				p = (int32_t)i;
 		if (p < 0)
-			return cmd_fail(c, ":sel: no token of turn %lld in the strip", v);
+			return tui_cmd_fail(c, ":sel: no token of turn %lld in the strip", v);
 		t->sel_tok = p;
 	} else if (argc == 2 && cmd_uint(argv[1], INT32_MAX, &v)) {
 		if ((uint64_t)v >= t->n_toks || !t->toks[v].known)
-			return cmd_fail(c, ":sel: no token at position %lld in the strip (0 .. %u)", v,
-			                t->n_toks ? t->n_toks - 1 : 0);
+			return tui_cmd_fail(c, ":sel: no token at position %lld in the strip (0 .. %u)", v,
+			                    t->n_toks ? t->n_toks - 1 : 0);
 		t->sel_tok = (int32_t)v;
 	} else {
-		return cmd_fail(c, ":sel: expected a position, turn N, first, last or off");
+		return tui_cmd_fail(c, ":sel: expected a position, turn N, first, last or off");
 	}
 	if (t->sel_tok >= 0)
 		tui_status(t, false, "token #%d selected (Esc lets go)", t->sel_tok);
@@ -346,7 +376,7 @@ static int x_find(struct tui_ctx *c, int argc, char **argv)
 
 	for (int i = 1; i < argc; i++) {
 		if (strlen(what) + strlen(argv[i]) + 2 > sizeof what)
-			return cmd_fail(c, ":find: at most %zu characters", sizeof what - 1);
+			return tui_cmd_fail(c, ":find: at most %zu characters", sizeof what - 1);
 		if (i > 1)
 			strcat(what, " ");
 		strcat(what, argv[i]);
@@ -354,10 +384,10 @@ static int x_find(struct tui_ctx *c, int argc, char **argv)
 	if (what[0] == '\0')
 		snprintf(what, sizeof what, "%s", c->t->find);
 	if (what[0] == '\0')
-		return cmd_fail(c, ":find: expected the text to look for in the retention strip");
+		return tui_cmd_fail(c, ":find: expected the text to look for in the retention strip");
 	snprintf(c->t->find, sizeof c->t->find, "%s", what);
 	if (!tui_find(c->t, what))
-		return cmd_fail(c, ":find: '%s' is not in the dialogue's tokens", what);
+		return tui_cmd_fail(c, ":find: '%s' is not in the dialogue's tokens", what);
 	tui_status(c->t, false, "'%s' at token #%d (:find again for the next)", what, c->t->sel_tok);
 	return KVS_OK;
 }
@@ -373,7 +403,7 @@ static int x_new(struct tui_ctx *c, int argc, char **argv)
 {
 	(void)argv;
 	if (argc != 1)
-		return cmd_fail(c, ":new takes no arguments");
+		return tui_cmd_fail(c, ":new takes no arguments");
 	if (cmd_confirm(c, "new", "starts a new conversation without them"))
 		return KVS_OK;
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_RESET });
@@ -391,7 +421,7 @@ static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
 	int rc;
 
 	if (!store_available()) {
-		cmd_fail(c, ":%s: the session store was not built (configure found no SQLite)", cmd);
+		tui_cmd_fail(c, ":%s: the session store was not built (configure found no SQLite)", cmd);
 		return NULL;
 	}
 	path = c->t->db_path[0] ? xstrdup(c->t->db_path) : store_default_path();
@@ -402,10 +432,10 @@ static struct store *cmd_store_ro(struct tui_ctx *c, const char *cmd)
 		           "conversation there",
 		           path);
 	else if (rc == KVS_ENOTFOUND)
-		cmd_fail(c, ":%s: no saved sessions yet in %s (:save [TITLE] saves this conversation)", cmd,
-		         path);
+		tui_cmd_fail(c, ":%s: no saved sessions yet in %s (:save [TITLE] saves this conversation)",
+		             cmd, path);
 	else if (rc != KVS_OK)
-		cmd_fail(c, ":%s: %s", cmd, e.msg);
+		tui_cmd_fail(c, ":%s: %s", cmd, e.msg);
 	if (rc != KVS_OK)
 		st = NULL;
 	free(path);
@@ -422,12 +452,12 @@ static int x_sessions(struct tui_ctx *c, int argc, char **argv)
 
 	(void)argv;
 	if (argc != 1)
-		return cmd_fail(c, ":sessions takes no arguments");
+		return tui_cmd_fail(c, ":sessions takes no arguments");
 	if ((st = cmd_store_ro(c, "sessions")) == NULL)
 		return c->t->status_err ? KVS_EIO : KVS_OK;
 	if (store_session_list(st, &ss, &n, &e) != KVS_OK) {
 		store_close(st);
-		return cmd_fail(c, ":sessions: %s", e.msg);
+		return tui_cmd_fail(c, ":sessions: %s", e.msg);
 	}
 	for (size_t i = 0; i < n; i++) {
 		char one[96];
@@ -453,11 +483,12 @@ static int x_save(struct tui_ctx *c, int argc, char **argv)
 	char title[200] = "";
 
 	if (!store_available())
-		return cmd_fail(c, ":save: the session store was not built (configure found no SQLite)");
+		return tui_cmd_fail(c,
+		                    ":save: the session store was not built (configure found no SQLite)");
 	for (int i = 1; i < argc; i++) {
 		if (strlen(title) + strlen(argv[i]) + 2 >= sizeof title)
-			return cmd_fail(c, ":save: the title is too long (at most %zu characters)",
-			                sizeof title - 1);
+			return tui_cmd_fail(c, ":save: the title is too long (at most %zu characters)",
+			                    sizeof title - 1);
 		if (i > 1)
 			strcat(title, " ");
 		strcat(title, argv[i]);
@@ -469,18 +500,20 @@ static int x_save(struct tui_ctx *c, int argc, char **argv)
 static int x_load(struct tui_ctx *c, int argc, char **argv)
 {
 	if (!store_available())
-		return cmd_fail(c, ":load: the session store was not built (configure found no SQLite)");
+		return tui_cmd_fail(c,
+		                    ":load: the session store was not built (configure found no SQLite)");
 	char what[200] = "";
 
 	if (argc < 2)
-		return cmd_fail(c, ":load: expected a saved session's id or title (:sessions lists them)");
+		return tui_cmd_fail(c,
+		                    ":load: expected a saved session's id or title (:sessions lists them)");
 	if (cmd_confirm(c, "load", "replaces them with the saved session"))
 		return KVS_OK;
 	for (int i = 1; i < argc; i++) {
 		/* a title may have spaces */
 		if (strlen(what) + strlen(argv[i]) + 2 >= sizeof what)
-			return cmd_fail(c, ":load: the title is too long (at most %zu characters)",
-			                sizeof what - 1);
+			return tui_cmd_fail(c, ":load: the title is too long (at most %zu characters)",
+			                    sizeof what - 1);
 		if (i > 1)
 			strcat(what, " ");
 		strcat(what, argv[i]);
@@ -500,9 +533,9 @@ static int x_export(struct tui_ctx *c, int argc, char **argv)
 	int rc;
 
 	if (argc < 3 || argc > 4)
-		return cmd_fail(c, ":export: expected ID|TITLE FILE [md|json]");
+		return tui_cmd_fail(c, ":export: expected ID|TITLE FILE [md|json]");
 	if (argc == 4 && store_format_parse(argv[3], &fmt, &e) != KVS_OK)
-		return cmd_fail(c, ":export: %s", e.msg);
+		return tui_cmd_fail(c, ":export: %s", e.msg);
 	if ((st = cmd_store_ro(c, "export")) == NULL)
 		return KVS_EIO;
 	rc = store_session_find(st, argv[1], &id, &e);
@@ -518,17 +551,37 @@ static int x_export(struct tui_ctx *c, int argc, char **argv)
 	}
 	store_close(st);
 	if (rc != KVS_OK)
-		return cmd_fail(c, ":export: %s", e.msg);
+		return tui_cmd_fail(c, ":export: %s", e.msg);
 	tui_status(c->t, false, "session %lld exported to %s", (long long)id, argv[2]);
 	return KVS_OK;
+}
+
+/* :export-view attention|retention FILE [csv|json]: what the panes show. */
+static int x_export_view(struct tui_ctx *c, int argc, char **argv)
+{
+	struct err e;
+
+	if (argc < 3 || argc > 4)
+		return tui_cmd_fail(c, ":export-view: expected attention|retention FILE [csv|json]");
+	if (tui_export_view(c->t, argv[1], argv[2], argc == 4 ? argv[3] : NULL, &e) != KVS_OK)
+		return tui_cmd_fail(c, ":export-view: %s", e.msg);
+	tui_status(c->t, false, "%s view written to %s", argv[1], argv[2]);
+	return KVS_OK;
+}
+
+static int comp_view(const char *word, size_t i, const char **out)
+{
+	static const char *const n[] = { "attention", "retention", NULL };
+	(void)word;
+	return comp_list(n, i, out);
 }
 
 /* The runtime, or a failure saying why there is none. */
 static struct script_rt *cmd_rt(struct tui_ctx *c, const char *cmd)
 {
 	if (c->t->rt == NULL)
-		cmd_fail(c, ":%s: Lua plugins are not available (%s)", cmd,
-		         script_available() ? "the runtime did not start" : "built without Lua");
+		tui_cmd_fail(c, ":%s: Lua plugins are not available (%s)", cmd,
+		             script_available() ? "the runtime did not start" : "built without Lua");
 	return c->t->rt;
 }
 
@@ -561,7 +614,7 @@ static int x_lua(struct tui_ctx *c, int argc, char **argv)
 	if (rt == NULL)
 		return KVS_EUNSUPPORTED;
 	if (argc < 2)
-		return cmd_fail(c, ":lua: expected Lua code, e.g. :lua print(1 + 1)");
+		return tui_cmd_fail(c, ":lua: expected Lua code, e.g. :lua print(1 + 1)");
 	cmd_drop_lua_policy(c);
 	script_unload(rt, "lua", &e); /* the previous chunk, if any */
 	/* kvscope preloaded, as a plugin would require it (on line 1: line
@@ -570,7 +623,7 @@ static int x_lua(struct tui_ctx *c, int argc, char **argv)
 	int rc = script_load_text(rt, "lua", code, &e);
 	free(code);
 	if (rc != KVS_OK)
-		return cmd_fail(c, ":lua: %s", e.msg);
+		return tui_cmd_fail(c, ":lua: %s", e.msg);
 	tui_status(c->t, false, "lua: %s", cmd_last_log(rt, "lua")[0] ? cmd_last_log(rt, "lua") : "ok");
 	return KVS_OK;
 }
@@ -600,9 +653,9 @@ static int x_plugin(struct tui_ctx *c, int argc, char **argv)
 
 	if (strcmp(sub, "list") != 0 && strcmp(sub, "load") != 0 && strcmp(sub, "unload") != 0 &&
 	    strcmp(sub, "reload") != 0 && strcmp(sub, "log") != 0)
-		return cmd_fail(c,
-		                ":plugin: expected list, load NAME|FILE, unload NAME, reload NAME or "
-		                "log NAME");
+		return tui_cmd_fail(c,
+		                    ":plugin: expected list, load NAME|FILE, unload NAME, reload NAME or "
+		                    "log NAME");
 	if ((rt = cmd_rt(c, "plugin")) == NULL)
 		return KVS_EUNSUPPORTED;
 	if (strcmp(sub, "list") == 0) {
@@ -621,7 +674,7 @@ static int x_plugin(struct tui_ctx *c, int argc, char **argv)
 		return KVS_OK;
 	}
 	if (argc != 3)
-		return cmd_fail(c, ":plugin %s: expected a plugin name", sub);
+		return tui_cmd_fail(c, ":plugin %s: expected a plugin name", sub);
 	if (strcmp(sub, "load") == 0) {
 		char *path = cmd_plugin_path(argv[2]);
 		rc = script_load(rt, path, &e);
@@ -638,7 +691,7 @@ static int x_plugin(struct tui_ctx *c, int argc, char **argv)
 		return KVS_OK;
 	}
 	if (rc != KVS_OK)
-		return cmd_fail(c, ":plugin %s: %s", sub, e.msg);
+		return tui_cmd_fail(c, ":plugin %s: %s", sub, e.msg);
 	tui_status(c->t, false, "plugin %s: %s done", argv[2], sub);
 	return KVS_OK;
 }
@@ -652,8 +705,8 @@ static int x_theme(struct tui_ctx *c, int argc, char **argv)
 		return KVS_OK;
 	}
 	if (argc != 2 || (th = tui_theme_find(argv[1])) == NULL)
-		return cmd_fail(c, ":theme: unknown theme '%s': expected dark or light",
-		                argc > 1 ? argv[1] : "");
+		return tui_cmd_fail(c, ":theme: unknown theme '%s': expected dark or light",
+		                    argc > 1 ? argv[1] : "");
 	c->t->theme = th;
 	tui_status(c->t, false, "theme %s", th->name);
 	return KVS_OK;
@@ -685,7 +738,18 @@ static int x_help(struct tui_ctx *c, int argc, char **argv)
 			return KVS_OK;
 		}
 	}
-	return cmd_fail(c, ":help: no command '%s' (:help lists them)", name);
+	/* not a command: search the help for the words */
+	char text[sizeof c->t->help_find] = "";
+	for (int i = 1; i < argc; i++)
+		if (strlen(text) + strlen(argv[i]) + 2 <= sizeof text)
+			snprintf(text + strlen(text), sizeof text - strlen(text), "%s%s", i > 1 ? " " : "",
+			         argv[i]);
+	if (!tui_help_find(c->t, text)) {
+		c->t->help = false;
+		return tui_cmd_fail(c, ":help: no command '%s', and the help does not mention it", name);
+	}
+	tui_status(c->t, false, "help: '%s' (:help %s again for the next)", text, text);
+	return KVS_OK;
 }
 
 static int comp_pane(const char *word, size_t i, const char **out)
@@ -709,7 +773,7 @@ static int x_pane(struct tui_ctx *c, int argc, char **argv)
 			strcat(names, k ? ", " : "");
 			strcat(names, tui_pane_at(k)->name);
 		}
-		return cmd_fail(c, ":pane: expected one of %s", names);
+		return tui_cmd_fail(c, ":pane: expected one of %s", names);
 	}
 	c->t->tab = i;
 	return KVS_OK;
@@ -723,19 +787,18 @@ static int x_yank(struct tui_ctx *c, int argc, char **argv)
 	char *text;
 
 	if (argc > 2 || (argc == 2 && !all))
-		return cmd_fail(c, ":yank: expected nothing (the last reply) or all (the whole chat)");
+		return tui_cmd_fail(c, ":yank: expected nothing (the last reply) or all (the whole chat)");
 	text = tui_chat_text(c->t, all);
 	if (text == NULL || text[0] == '\0') {
 		free(text);
-		return cmd_fail(c, ":yank: nothing to copy yet (%s)",
-		                all ? "the chat is empty" : "no reply");
+		return tui_cmd_fail(c, ":yank: nothing to copy yet (%s)",
+		                    all ? "the chat is empty" : "no reply");
 	}
 	free(c->t->yank);
 	c->t->yank = text;
 	tui_status(c->t, false,
-	           "copied %zu bytes to the clipboard (OSC 52; tmux needs set-clipboard "
-	           "on)",
-	           strlen(text));
+	           "copied %zu byte%s to the clipboard (OSC 52; tmux needs set-clipboard on)",
+	           strlen(text), strlen(text) == 1 ? "" : "s");
 	return KVS_OK;
 }
 
@@ -745,7 +808,7 @@ static int x_mouse(struct tui_ctx *c, int argc, char **argv)
 	if (argc == 2 && (strcmp(argv[1], "on") == 0 || strcmp(argv[1], "off") == 0))
 		c->t->mouse_off = strcmp(argv[1], "off") == 0;
 	else if (argc != 1)
-		return cmd_fail(c, ":mouse: expected on or off");
+		return tui_cmd_fail(c, ":mouse: expected on or off");
 	tui_status(c->t, false, "%s",
 	           c->t->mouse_off
 	                   ? "mouse off: the terminal selects text (:mouse on to click and scroll here)"
@@ -764,7 +827,7 @@ static int comp_onoff(const char *word, size_t i, const char **out)
 static int x_quit(struct tui_ctx *c, int argc, char **argv)
 {
 	if (argc != 1)
-		return cmd_fail(c, ":%s takes no arguments", argv[0]);
+		return tui_cmd_fail(c, ":%s takes no arguments", argv[0]);
 	if (strcmp(argv[0], "quit!") != 0 && cmd_confirm(c, "quit", "leaves without saving"))
 		return KVS_OK;
 	c->t->quit = true;
@@ -783,6 +846,10 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "agg", "head|mean|max", "attention pane: one head or all heads aggregated", comp_agg, x_agg },
 	{ "overview", "entropy|sink|k90", "attention pane: what the layer x head grid shows",
 	  comp_overview, x_overview },
+	{ "attn", "grid|row",
+	  "attention pane: queries x keys over the last steps (the cursor: Shift-Up/Down, the "
+	  "strip's token), or the shown query's row",
+	  comp_attn, x_attn },
 	{ "sel", "POS|turn N|first|last|off",
 	  "select a token in the retention strip (off: follow the live tail)", comp_sel, x_sel },
 	{ "find", "[TEXT]",
@@ -798,6 +865,10 @@ static const struct tui_cmd tui_cmds[] = {
 	  "save this conversation (its exchanges so far and the next ones); when saving, retitle it",
 	  NULL, x_save },
 	{ "export", "ID|TITLE FILE [md|json]", "export a saved session", NULL, x_export },
+	{ "export-view", "attention|retention FILE [csv|json]",
+	  "write what the pane shows: the attention steps (every layer and head) or the strip's "
+	  "tokens",
+	  comp_view, x_export_view },
 	{ "lua", "CODE", "run Lua code (as the plugin 'lua', kvscope preloaded)", NULL, x_lua },
 	{ "plugin", "list|load|unload|reload|log [NAME]", "manage Lua plugins", comp_plugin, x_plugin },
 	{ "pane", "NAME", "show a pane (the tab on small terminals)", comp_pane, x_pane },
@@ -807,7 +878,8 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "mouse", "[on|off]",
 	  "off: leave the mouse to the terminal (its text selection); on: clicks and wheel here",
 	  comp_onoff, x_mouse },
-	{ "help", "[CMD]", "this list, or one command's help", comp_cmd, x_help },
+	{ "help", "[CMD|TEXT]", "this list, one command's help, or the help opened where TEXT is",
+	  tui_cmd_names, x_help },
 	{ "quit", "", "leave; asks first when exchanges are not saved", NULL, x_quit },
 	{ "quit!", "", "leave without saving what is not saved", NULL, x_quit },
 };
@@ -822,285 +894,12 @@ const struct tui_cmd *tui_cmd_at(size_t i)
 	return i < KVS_ARRAY_LEN(tui_cmds) ? &tui_cmds[i] : NULL;
 }
 
-static int comp_cmd(const char *word, size_t i, const char **out)
+/* Completion source of :help: the built-in command names. */
+int tui_cmd_names(const char *word, size_t i, const char **out)
 {
 	(void)word;
-	if (i >= KVS_ARRAY_LEN(tui_cmds))
+	if (i >= tui_cmd_count())
 		return 0;
-	*out = tui_cmds[i].name;
+	*out = tui_cmd_at(i)->name;
 	return 1;
-}
-
-/* The plugin that registered command name, or NULL. */
-static const char *cmd_plugin_of(struct script_rt *rt, const char *name)
-{
-	for (size_t i = 0; i < script_command_count(rt); i++) {
-		struct script_command_info ci;
-		script_command_at(rt, i, &ci);
-		if (strcmp(ci.name, name) == 0)
-			return ci.plugin;
-	}
-	return NULL;
-}
-
-int tui_cmd_run(struct tui_ctx *c, const char *line)
-{
-	char buf[1024], *argv[32], *p;
-	int argc = 0;
-
-	/* a command asked to be sent again counts only as the very next line */
-	snprintf(c->armed_prev, sizeof c->armed_prev, "%s", c->t->armed);
-	c->t->armed[0] = '\0';
-	while (*line == ':' || *line == ' ')
-		line++;
-	if (strlen(line) >= sizeof buf)
-		return cmd_fail(c, "command too long: at most %zu characters", sizeof buf - 1);
-	strcpy(buf, line);
-	p = buf;
-	while (*p && argc < (int)KVS_ARRAY_LEN(argv)) {
-		while (*p == ' ' || *p == '\t' || *p == '\n')
-			*p++ = '\0';
-		if (*p == '\0')
-			break;
-		argv[argc++] = p;
-		/* :lua takes the rest of the line as one argument */
-		if (argc == 2 && strcmp(argv[0], "lua") == 0)
-			break;
-		while (*p && *p != ' ' && *p != '\t' && *p != '\n')
-			p++;
-	}
-	if (argc == 0)
-		return cmd_fail(c, "empty command: expected one of :help");
-	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++)
-		if (strcmp(tui_cmds[i].name, argv[0]) == 0)
-			return tui_cmds[i].exec(c, argc, argv);
-	if (c->t->rt != NULL) {
-		/* a plugin's command gets the rest of the line */
-		const char *args = line + strlen(argv[0]);
-		const char *plugin = cmd_plugin_of(c->t->rt, argv[0]);
-		size_t n_log = plugin ? script_log_count(c->t->rt, plugin) : 0;
-		struct err e;
-		int rc;
-		args += strspn(args, " \t");
-		rc = script_command_run(c->t->rt, argv[0], args, &e);
-		if (rc == KVS_OK) {
-			/* what it printed or logged, else that it ran: never silence */
-			size_t n = plugin ? script_log_count(c->t->rt, plugin) : 0;
-			if (n > n_log)
-				tui_status(c->t, false, ":%s: %s", argv[0],
-				           script_log_line(c->t->rt, plugin, n - 1));
-			else
-				tui_status(c->t, false, ":%s done", argv[0]);
-			return KVS_OK;
-		}
-		if (rc != KVS_ENOTFOUND)
-			return cmd_fail(c, ":%s: %s", argv[0], e.msg);
-	}
-	return cmd_fail(c, "unknown command ':%s' (:help lists the commands)", argv[0]);
-}
-
-/* Fold one candidate into the completion: the common prefix and the list. */
-static void comp_add(const char *cand, const char *word, const char **first, size_t *common,
-                     char *names, size_t names_cap, int *n)
-{
-	size_t wlen = strlen(word);
-
-	if (strncmp(cand, word, wlen) != 0)
-		return;
-	if (*first == NULL) {
-		*first = cand;
-		*common = strlen(cand);
-	} else {
-		size_t k = 0;
-		while (k < *common && cand[k] == (*first)[k])
-			k++;
-		*common = k;
-	}
-	if (strlen(names) + strlen(cand) + 2 < names_cap) {
-		if (names[0])
-			strcat(names, " ");
-		strcat(names, cand);
-	}
-	(*n)++;
-}
-
-int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
-                     size_t names_cap)
-{
-	const char *word, *sp, *cand, *first = NULL;
-	size_t common = 0, wlen;
-	int n = 0;
-	int (*src)(const char *, size_t, const char **) = comp_cmd;
-	char *plug[32];
-	size_t n_plug = 0;
-	bool first_word;
-
-	out[0] = '\0';
-	names[0] = '\0';
-	if (line[0] != ':')
-		return 0;
-	line++;
-	sp = strrchr(line, ' ');
-	first_word = sp == NULL;
-	if (!first_word) {
-		/* an argument: the command's own completion (a plugin's when it is theirs) */
-		size_t cl = strcspn(line, " ");
-		bool builtin = false;
-		src = NULL;
-		for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++)
-			if (strlen(tui_cmds[i].name) == cl && strncmp(tui_cmds[i].name, line, cl) == 0) {
-				src = tui_cmds[i].complete;
-				builtin = true;
-			}
-		word = sp + 1;
-		if (!builtin && rt != NULL && cl < 64) {
-			char name[64];
-			memcpy(name, line, cl);
-			name[cl] = '\0';
-			n_plug = script_command_complete(rt, name, word, plug, KVS_ARRAY_LEN(plug));
-		}
-		if (src == NULL && n_plug == 0)
-			return 0;
-	} else {
-		word = line;
-	}
-	wlen = strlen(word);
-	for (size_t i = 0; src != NULL && src(word, i, &cand); i++)
-		comp_add(cand, word, &first, &common, names, names_cap, &n);
-	for (size_t i = 0; i < n_plug; i++)
-		comp_add(plug[i], word, &first, &common, names, names_cap, &n);
-	if (first_word && rt != NULL) {
-		for (size_t i = 0; i < script_command_count(rt); i++) {
-			struct script_command_info ci;
-			script_command_at(rt, i, &ci);
-			comp_add(ci.name, word, &first, &common, names, names_cap, &n);
-		}
-	}
-	if (first != NULL && common > wlen && common - wlen < cap) {
-		memcpy(out, first + wlen, common - wlen);
-		out[common - wlen] = '\0';
-	}
-	if (n == 1 && strlen(out) + 2 < cap)
-		strcat(out, " ");
-	for (size_t i = 0; i < n_plug; i++)
-		free(plug[i]);
-	return n;
-}
-
-/* The keys the help lists (the bindings live in curses.c). */
-static const struct {
-	const char *key, *does;
-} tui_keys[] = {
-	{ "Enter", "send the message (or run a :command); during a reply it stays in the input line" },
-	{ "Ctrl-J, Alt-Enter", "new line in the message" },
-	{ "Ctrl-C", "stop the reply; clear the input line; on an empty line twice in a row, quit" },
-	{ "Tab", "complete :commands and their arguments" },
-	{ "Up/Down, Ctrl-R", "walk and search the history; emacs keys edit the line" },
-	{ "F1", "this help (Up/Down/PgUp/PgDn/Home/End scroll it; Esc or F1 closes)" },
-	{ "F2 F3 F4 F5", "chat, attention, KV memory, retention (the tab on small terminals)" },
-	{ "F12", "the plugins' pane (at 160x40 and more in place of attention and KV memory)" },
-	{ "F6/F7, F8/F9", "attention pane: layer -/+, head -/+" },
-	{ "F10, F11", "one head / mean / max over heads; the overview metric" },
-	{ "Shift-Up/Down", "an earlier / later query token in the attention pane" },
-	{ "Shift-Left/Right, click",
-	  "select a token in the retention strip (a click beside the tokens, or on the selected one, "
-	  "lets go)" },
-	{ "Esc",
-	  "let go of the selected token (the strip follows the live tail again); back to the latest "
-	  "attention step; close the help" },
-	{ "PgUp/PgDn",
-	  "scroll the chat; with a token selected (or on the retention tab), page the strip" },
-	{ "mouse wheel",
-	  "scroll the chat (over the strip: move the selection; in the help: scroll it)" },
-	{ "Shift-PgUp/PgDn", "the previous / next turn's first token in the strip" },
-	{ "Shift-Home/End", "the first token; let go (the live tail)" },
-	{ "Ctrl-L", "redraw the screen" },
-};
-
-/* Append line text (copied) to the help's lines. */
-static void help_push(char ***lines, size_t *n, size_t *cap, const char *text)
-{
-	if (*n == *cap) {
-		*cap = *cap ? *cap * 2 : 64;
-		*lines = xreallocarray(*lines, *cap, sizeof **lines);
-	}
-	(*lines)[(*n)++] = xstrdup(text);
-}
-
-/* One entry: "  NAME<pad>DESCRIPTION" with the description wrapped at
- * width w under column col; when the name leaves no room beside it, the
- * description goes on the lines below, indented. */
-static void help_entry(char ***lines, size_t *n, size_t *cap, const char *name, const char *desc,
-                       int col, int w)
-{
-	char buf[512];
-	int ind = col, nl = tui_text_width(name, strlen(name));
-	const char *p = desc;
-
-	if (w < col + 24 || nl + 3 > col) {
-		snprintf(buf, sizeof buf, "  %s", name);
-		help_push(lines, n, cap, buf);
-		ind = w < col + 24 ? 6 : col;
-		nl = -1; /* the description starts on a line of its own */
-	}
-	while (*p != '\0') {
-		int room = KVS_MAX(w - ind, 16);
-		size_t len = strlen(p), cut = len;
-		if ((int)len > room) {
-			/* the last space within room; a word longer than room is cut */
-			cut = (size_t)room;
-			while (cut > 0 && p[cut] != ' ')
-				cut--;
-			if (cut == 0)
-				cut = (size_t)room;
-		}
-		if (nl >= 0) {
-			snprintf(buf, sizeof buf, "  %s%*s%.*s", name, ind - 2 - nl, "", (int)cut, p);
-			nl = -1;
-		} else {
-			snprintf(buf, sizeof buf, "%*s%.*s", ind, "", (int)cut, p);
-		}
-		help_push(lines, n, cap, buf);
-		p += cut;
-		while (*p == ' ')
-			p++;
-	}
-}
-
-size_t tui_help_lines(struct script_rt *rt, int w, char ***out)
-{
-	char **lines = NULL, syn[96];
-	size_t n = 0, cap = 0;
-
-	help_push(&lines, &n, &cap, "Keys");
-	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_keys); i++)
-		help_entry(&lines, &n, &cap, tui_keys[i].key, tui_keys[i].does, 26, w);
-	help_push(&lines, &n, &cap, "");
-	help_push(&lines, &n, &cap, "Commands");
-	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_cmds); i++) {
-		snprintf(syn, sizeof syn, ":%s %s", tui_cmds[i].name, tui_cmds[i].args);
-		help_entry(&lines, &n, &cap, syn, tui_cmds[i].help, 40, w);
-	}
-	if (rt != NULL && script_command_count(rt) > 0) {
-		help_push(&lines, &n, &cap, "");
-		help_push(&lines, &n, &cap, "Plugin commands");
-		for (size_t i = 0; i < script_command_count(rt); i++) {
-			struct script_command_info ci;
-			char desc[256];
-			script_command_at(rt, i, &ci);
-			snprintf(syn, sizeof syn, ":%s ARGS", ci.name);
-			snprintf(desc, sizeof desc, "%s (plugin %s)", ci.help && ci.help[0] ? ci.help : "-",
-			         ci.plugin ? ci.plugin : "?");
-			help_entry(&lines, &n, &cap, syn, desc, 40, w);
-		}
-	}
-	*out = lines;
-	return n;
-}
-
-void tui_help_free(char **lines, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		free(lines[i]);
-	free(lines);
 }

@@ -20,6 +20,7 @@
 #include "tui/tui-int.h"
 
 #include <curses.h>
+#include <errno.h>
 #include <locale.h>
 #include <pthread.h>
 #include <math.h>
@@ -281,6 +282,8 @@ static void tui_line(struct tui_term *tt, char *line)
 		tt->t.armed[0] = '\0'; /* ":quit again" means the very next line */
 	if (line[0] == ':') {
 		tui_cmd_run(&tt->ctx, line + 1);
+	} else if (tui_search_line(&tt->t, line)) {
+		/* a search of the chat or the help */
 	} else if (line[strspn(line, " \n\t")] == '\0') {
 		/* blank: nothing to send */
 	} else if (tt->t.busy) {
@@ -290,7 +293,9 @@ static void tui_line(struct tui_term *tt, char *line)
 		tui_status(&tt->t, true,
 		           "a reply is in progress: Enter sends this when it ends (Ctrl-C stops it)");
 	} else {
-		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = line });
+		/* "//text" is the message "/text" */
+		const char *msg = line[0] == '/' && line[1] == '/' ? line + 1 : line;
+		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = msg });
 		tt->t.busy = true;
 		tt->armed_quit = false;
 		tui_status(&tt->t, false, "%s", "");
@@ -298,11 +303,106 @@ static void tui_line(struct tui_term *tt, char *line)
 	free(line);
 }
 
+/* ---- the workbench's keys: an F-key or Shift-key and its Alt-key twin ---- */
+
+static void act_help(struct tui *t, int arg)
+{
+	(void)arg;
+	t->help = !t->help;
+	t->help_scroll = 0;
+}
+
+static void act_tab(struct tui *t, int arg)
+{
+	t->tab = arg >= 0 ? arg : tui_pane_find("plugins");
+}
+
+/* arg -1 / +1: the previous / next layer (wrapping). */
+static void act_layer(struct tui *t, int arg)
+{
+	uint32_t nl = t->n_layer ? t->n_layer : 1;
+	t->layer = (t->layer + nl + (uint32_t)arg) % nl;
+}
+
+static void act_head(struct tui *t, int arg)
+{
+	uint32_t nh = t->n_head ? t->n_head : 1;
+	t->head = (t->head + nh + (uint32_t)arg) % nh;
+	t->agg = AGG_HEAD;
+}
+
+static void act_agg(struct tui *t, int arg)
+{
+	(void)arg;
+	t->agg = (enum tui_agg)((t->agg + 1) % AGG_COUNT);
+}
+
+static void act_overview(struct tui *t, int arg)
+{
+	(void)arg;
+	t->overview = (enum tui_overview)((t->overview + 1) % OV_COUNT);
+}
+
+/* arg +1: an earlier query step; -1: a later one. */
+static void act_step(struct tui *t, int arg)
+{
+	if (arg > 0 && t->step_back + 1 < KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY))
+		t->step_back++;
+	else if (arg < 0 && t->step_back > 0)
+		t->step_back--;
+}
+
+static void act_sel(struct tui *t, int arg)
+{
+	tui_select(t, (enum tui_sel)arg);
+}
+
+/* Every F-key and Shift-key binding has an Alt-key twin (many terminals,
+ * ssh and tmux set-ups swallow F-keys and Shift-arrows): Alt-1 .. Alt-9,
+ * Alt-0, Alt-- and Alt-= follow the keyboard's row as F1 .. F12 do;
+ * Alt-k/j, Alt-h/l walk the query steps and the strip as vi does, Alt-p/n
+ * go by turn, Alt-g/G to the first token and the live tail. */
+static const struct tui_bind {
+	int key; /* curses KEY_* */
+	int alt; /* the character after Esc */
+	void (*act)(struct tui *t, int arg);
+	int arg;
+} tui_binds[] = {
+	{ KEY_F(1), '1', act_help, 0 },
+	{ KEY_F(2), '2', act_tab, 0 },
+	{ KEY_F(3), '3', act_tab, 1 },
+	{ KEY_F(4), '4', act_tab, 2 },
+	{ KEY_F(5), '5', act_tab, 3 },
+	{ KEY_F(6), '6', act_layer, -1 },
+	{ KEY_F(7), '7', act_layer, 1 },
+	{ KEY_F(8), '8', act_head, -1 },
+	{ KEY_F(9), '9', act_head, 1 },
+	{ KEY_F(10), '0', act_agg, 0 },
+	{ KEY_F(11), '-', act_overview, 0 },
+	{ KEY_F(12), '=', act_tab, -1 },
+	{ KEY_SR, 'k', act_step, 1 },
+	{ KEY_SF, 'j', act_step, -1 },
+	{ KEY_SLEFT, 'h', act_sel, SEL_PREV },
+	{ KEY_SRIGHT, 'l', act_sel, SEL_NEXT },
+	{ KEY_SPREVIOUS, 'p', act_sel, SEL_TURN_PREV },
+	{ KEY_SNEXT, 'n', act_sel, SEL_TURN_NEXT },
+	{ KEY_SHOME, 'g', act_sel, SEL_FIRST },
+	{ KEY_SEND, 'G', act_sel, SEL_OFF },
+};
+
+/* The binding of a key (fkey: a KEY_* code) or of Alt and a character. */
+static const struct tui_bind *tui_bind_find(int key, bool alt)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_binds); i++)
+		if (alt ? tui_binds[i].alt == key : tui_binds[i].key == key)
+			return &tui_binds[i];
+	return NULL;
+}
+
 /* Keys the workbench handles itself; false: give it to the input line. */
 static bool tui_key(struct tui_term *tt, int key, bool fkey)
 {
 	struct tui *t = &tt->t;
-	uint32_t nl = t->n_layer ? t->n_layer : 1, nh = t->n_head ? t->n_head : 1;
 
 	if (!fkey) {
 		switch (key) {
@@ -338,6 +438,11 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			 * go of what is held; one that begins an Alt key is the input's */
 			wint_t next;
 			int r = get_wch(&next);
+			const struct tui_bind *b = r == OK ? tui_bind_find((int)next, true) : NULL;
+			if (b != NULL) {
+				b->act(t, b->arg);
+				return true;
+			}
 			if (r != ERR) {
 				if (r == KEY_CODE_YES)
 					ungetch((int)next);
@@ -345,11 +450,16 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 					unget_wch((wchar_t)next);
 				return false;
 			}
-			if (t->help)
+			if (t->help) {
 				t->help = false;
-			else if (t->sel_tok >= 0)
+			} else if (t->sel_tok >= 0) {
 				tui_select(t, SEL_OFF);
-			else if (t->step_back > 0)
+			} else if (t->chat_scroll > 0 || t->chat_hit >= 0) {
+				/* back to the bottom of the chat (a search ends) */
+				t->chat_scroll = 0;
+				t->chat_hit = -1;
+				t->chat_jump = false;
+			} else if (t->step_back > 0)
 				t->step_back = 0;
 			return true;
 		}
@@ -377,45 +487,12 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			return true;
 		}
 	}
-	if (key >= KEY_F(2) && key <= KEY_F(5)) {
-		t->tab = key - KEY_F(2);
-		return true;
-	}
-	if (key == KEY_F(12)) {
-		t->tab = tui_pane_find("plugins");
+	const struct tui_bind *b = tui_bind_find(key, false);
+	if (b != NULL) {
+		b->act(t, b->arg);
 		return true;
 	}
 	switch (key) {
-	case KEY_F(1):
-		t->help = !t->help;
-		t->help_scroll = 0;
-		return true;
-	case KEY_F(6): t->layer = (t->layer + nl - 1) % nl; return true;
-	case KEY_F(7): t->layer = (t->layer + 1) % nl; return true;
-	case KEY_F(8):
-		t->head = (t->head + nh - 1) % nh;
-		t->agg = AGG_HEAD;
-		return true;
-	case KEY_F(9):
-		t->head = (t->head + 1) % nh;
-		t->agg = AGG_HEAD;
-		return true;
-	case KEY_F(10): t->agg = (enum tui_agg)((t->agg + 1) % AGG_COUNT); return true;
-	case KEY_F(11): t->overview = (enum tui_overview)((t->overview + 1) % OV_COUNT); return true;
-	case KEY_SR:
-		if (t->step_back + 1 < KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY))
-			t->step_back++;
-		return true;
-	case KEY_SF:
-		if (t->step_back > 0)
-			t->step_back--;
-		return true;
-	case KEY_SLEFT: tui_select(t, SEL_PREV); return true;
-	case KEY_SRIGHT: tui_select(t, SEL_NEXT); return true;
-	case KEY_SPREVIOUS: tui_select(t, SEL_TURN_PREV); return true;
-	case KEY_SNEXT: tui_select(t, SEL_TURN_NEXT); return true;
-	case KEY_SHOME: tui_select(t, SEL_FIRST); return true;
-	case KEY_SEND: tui_select(t, SEL_OFF); return true;
 	case KEY_PPAGE:
 	case KEY_NPAGE:
 		if (t->sel_tok >= 0 || (t->tab == 3 && (COLS < TUI_WIDE_W || LINES < TUI_WIDE_H)))
@@ -603,6 +680,25 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 	};
 	struct tui_term *tt = ud;
 
+	if (strcmp(cmd, "export_view") == 0) {
+		/* kvscope.export_view: "VIEW\tFORMAT\tFD", the file opened by the
+		 * script layer under the results directory (never a path from Lua) */
+		char view[40];
+		int fd = -1, rc;
+		char fmt[16];
+		FILE *fp;
+		if (arg == NULL || sscanf(arg, "%39[^\t]\t%15[^\t]\t%d", view, fmt, &fd) != 3 || fd < 0)
+			return err_set(e, KVS_EARG, "export_view: expected VIEW, FILE [, FORMAT]");
+		if ((fd = dup(fd)) < 0 || (fp = fdopen(fd, "w")) == NULL) {
+			if (fd >= 0)
+				close(fd);
+			return err_set(e, KVS_EIO, "export_view: %s", strerror(errno));
+		}
+		rc = tui_export_view_fp(&tt->t, view, fmt, fp, e);
+		if (fclose(fp) != 0 && rc == KVS_OK)
+			rc = err_set(e, KVS_EIO, "export_view: %s", strerror(errno));
+		return rc;
+	}
 	for (size_t i = 0; i < KVS_ARRAY_LEN(map); i++) {
 		struct worker_cmd c = { .kind = map[i].kind };
 		if (strcmp(map[i].name, cmd) != 0)
@@ -628,7 +724,8 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		return KVS_OK;
 	}
 	return err_set(e, KVS_EARG,
-	               "send '%s': expected chat, policy, budget, reset, pin, unpin or max_tokens",
+	               "send '%s': expected chat, policy, budget, reset, pin, unpin, max_tokens or "
+	               "export_view",
 	               cmd);
 }
 
@@ -676,6 +773,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tt->t.n_head = m->hp.n_head;
 	tt->t.n_ctx = gen_n_ctx(g);
 	tt->t.vocab = m->vocab;
+	tt->t.agg = AGG_MAX; /* informative from the first frame: the max over heads */
 	/* --target-words / --length (cmd-tui.c gave it to the session) */
 	tt->t.len = gen_turn(g)->len;
 	if (o->theme != NULL && (tt->t.theme = tui_theme_find(o->theme)) == NULL) {

@@ -33,8 +33,10 @@ void tui_init(struct tui *t)
 	memset(t, 0, sizeof *t);
 	t->sel_tok = -1;
 	t->evsum.msg = -1;
+	t->chat_hit = -1;
 	t->theme = tui_theme_at(0);
 	snprintf(t->plugins, sizeof t->plugins, "plugins: none");
+	snprintf(t->status, sizeof t->status, "%s", TUI_HINT);
 }
 
 static void tui_step_free(struct tui_step *s)
@@ -56,6 +58,7 @@ static void tui_msgs_clear(struct tui *t)
 	}
 	t->n_msgs = 0;
 	t->chat_scroll = 0;
+	t->chat_hit = -1;
 	memset(&t->evsum, 0, sizeof t->evsum);
 	t->evsum.msg = -1;
 }
@@ -67,6 +70,7 @@ void tui_free(struct tui *t)
 	free(t->toks);
 	free(t->hits);
 	free(t->yank);
+	free(t->grid.pos);
 	for (int i = 0; i < TUI_STEP_HISTORY; i++)
 		tui_step_free(&t->steps[i]);
 	memset(t, 0, sizeof *t);
@@ -235,6 +239,8 @@ static struct tui_msg *tui_msg_insert(struct tui *t, uint32_t i, enum tui_msg_ki
 	m = t->msgs[t->n_msgs - 1];
 	memmove(&t->msgs[i + 1], &t->msgs[i], (t->n_msgs - 1 - i) * sizeof *t->msgs);
 	t->msgs[i] = m;
+	if (t->chat_hit >= (int32_t)i)
+		t->chat_hit++; /* a search hit stays on its message */
 	return &t->msgs[i];
 }
 
@@ -429,7 +435,8 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		t->turn_tokens = 0;
 		t->turn_words = 0;
 		t->last_stop[0] = '\0';
-		t->chat_scroll = 0;
+		if (t->chat_hit < 0)
+			t->chat_scroll = 0; /* a search hit being read stays */
 		t->reply_len = t->len; /* what this reply is judged by */
 		break;
 	case WORKER_EV_TOKEN:
@@ -525,6 +532,57 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 	}
 }
 
+bool tui_has_text(const char *s, const char *text)
+{
+	size_t n = strlen(text);
+
+	if (n == 0)
+		return false;
+	for (; *s; s++) {
+		size_t k = 0;
+		while (k < n && s[k] && tolower((unsigned char)s[k]) == tolower((unsigned char)text[k]))
+			k++;
+		if (k == n)
+			return true;
+	}
+	return false;
+}
+
+/* Whether message m's text holds text. */
+static bool tui_msg_has(const struct tui_msg *m, const char *text)
+{
+	size_t len = 1;
+	char *all;
+	bool has;
+
+	for (uint32_t j = 0; j < m->n_spans; j++)
+		len += strlen(m->spans[j].text);
+	all = xmalloc(len);
+	all[0] = '\0';
+	for (uint32_t j = 0; j < m->n_spans; j++)
+		strcat(all, m->spans[j].text);
+	has = tui_has_text(all, text);
+	free(all);
+	return has;
+}
+
+bool tui_chat_find(struct tui *t, const char *text, int dir)
+{
+	int32_t i = t->chat_hit >= 0 ? t->chat_hit - dir : dir > 0 ? (int32_t)t->n_msgs - 1 : 0;
+
+	if (strcmp(text, t->chat_find) != 0) { /* a new search starts at the bottom */
+		i = dir > 0 ? (int32_t)t->n_msgs - 1 : 0;
+		snprintf(t->chat_find, sizeof t->chat_find, "%s", text);
+	}
+	for (; i >= 0 && i < (int32_t)t->n_msgs; i -= dir)
+		if (tui_msg_has(&t->msgs[i], text)) {
+			t->chat_hit = i;
+			t->chat_jump = true;
+			return true;
+		}
+	return false;
+}
+
 const struct tui_step *tui_step_shown(const struct tui *t)
 {
 	uint32_t have = KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY);
@@ -537,9 +595,61 @@ const struct tui_step *tui_step_shown(const struct tui *t)
 	return &t->steps[(t->n_steps - 1 - back) % TUI_STEP_HISTORY];
 }
 
+uint32_t tui_attn_steps(const struct tui *t, const struct tui_step **out)
+{
+	uint32_t have = KVS_MIN(t->n_steps, (uint32_t)TUI_STEP_HISTORY), n = 0;
+
+	for (uint32_t k = have; k-- > 0;) {
+		const struct tui_step *s = &t->steps[(t->n_steps - 1 - k) % TUI_STEP_HISTORY];
+		if (s->attn != NULL && s->key_pos != NULL && s->key_tok != NULL && s->n_cached > 0)
+			out[n++] = s;
+	}
+	return n;
+}
+
+int tui_cmp_i32(const void *a, const void *b)
+{
+	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+	return (x > y) - (x < y);
+}
+
+int32_t *tui_attn_keys(const struct tui_step *const *st, uint32_t n_st, uint32_t *n_keys,
+                       int32_t **tok_out)
+{
+	size_t total = 0, n = 0, u = 0;
+	int32_t *pos, *tok;
+
+	for (uint32_t i = 0; i < n_st; i++)
+		total += st[i]->n_cached;
+	pos = xmallocarray(total ? total : 1, sizeof *pos);
+	for (uint32_t i = 0; i < n_st; i++)
+		for (uint32_t k = 0; k < st[i]->n_cached; k++)
+			pos[n++] = st[i]->key_pos[k];
+	qsort(pos, n, sizeof *pos, tui_cmp_i32);
+	for (size_t i = 0; i < n; i++)
+		if (u == 0 || pos[u - 1] != pos[i])
+			pos[u++] = pos[i];
+	tok = xmallocarray(u ? u : 1, sizeof *tok);
+	for (uint32_t i = 0; i < n_st; i++)
+		for (uint32_t k = 0; k < st[i]->n_cached; k++) {
+			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, u, sizeof *pos, tui_cmp_i32);
+			tok[hit - pos] = st[i]->key_tok[k]; /* the latest step names it */
+		}
+	*n_keys = (uint32_t)u;
+	if (tok_out != NULL)
+		*tok_out = tok;
+	else
+		free(tok);
+	return pos;
+}
+
 uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap)
 {
-	const struct tui_step *s = tui_step_shown(t);
+	return tui_attn_row_of(t, tui_step_shown(t), out, cap);
+}
+
+uint32_t tui_attn_row_of(const struct tui *t, const struct tui_step *s, float *out, uint32_t cap)
+{
 	uint32_t n, layer;
 
 	if (s == NULL || s->attn == NULL || s->n_layer == 0 || s->n_head == 0)

@@ -10,8 +10,11 @@
  *   model.c  the view model (struct tui): chat, attention, KV memory,
  *            retention and status, updated from the worker's events.
  *   view.c   layout and the pane registry; each pane draws the model into
- *            a rectangle of the grid.
- *   cmd.c    the ':' commands (one table: exec, help, completion).
+ *            a rectangle of the grid (the attention pane: attn.c).
+ *   export.c what the panes show, written as CSV or JSON.
+ *   chrome.c the gauge, input line, status line and help around the panes.
+ *   cmd.c    the ':' commands (one table: exec, help, completion);
+ *            cmd-run.c runs a line, completes it and lays out the help.
  *   input.c  the input line (libedit as the editing engine).
  * curses.c owns the terminal and the main loop.
  */
@@ -20,6 +23,8 @@
 
 #include "script/script.h"
 #include "tui/tui.h"
+
+#include <stdio.h>
 
 /* ---- colour roles (theme.c) ---- */
 
@@ -148,8 +153,10 @@ struct tui_msg {
 	bool replayed; /* from a saved session's transcript (never streaming) */
 };
 
-/* How many of a resumed session's last turns the chat replays. */
-#define TUI_REPLAY_TURNS 1000
+/* How many of a resumed session's last turns the chat replays: every one
+ * (the pane lays out only the rows it shows, so a long transcript costs a
+ * frame what its last screenful costs). */
+#define TUI_REPLAY_TURNS UINT32_MAX
 
 /* One token of the dialogue, by original position. */
 struct tui_tok {
@@ -175,6 +182,10 @@ struct tui_step {
 
 enum tui_agg { AGG_HEAD = 0, AGG_MEAN, AGG_MAX, AGG_COUNT };
 enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
+/* The attention pane's heatmap: queries x keys over the steps of the
+ * history (the cursor is the shown step and the selected token), or the
+ * shown step's row alone, wrapped. */
+enum tui_attn_view { ATTN_GRID = 0, ATTN_ROW };
 
 #define TUI_SPARK_N 120
 
@@ -201,7 +212,10 @@ struct tui {
 	/* chat */
 	struct tui_msg *msgs;
 	uint32_t n_msgs, cap_msgs;
-	int chat_scroll; /* rows up from the bottom */
+	int chat_scroll;    /* rows up from the bottom */
+	char chat_find[64]; /* the last '/' search of the chat ("" none) */
+	int32_t chat_hit;   /* the message it found, -1 none */
+	bool chat_jump;     /* scroll to chat_hit at the next draw */
 	/* dialogue tokens, index = original position */
 	struct tui_tok *toks;
 	uint32_t n_toks, cap_toks;
@@ -213,6 +227,7 @@ struct tui {
 	uint32_t layer, head;
 	enum tui_agg agg;
 	enum tui_overview overview;
+	enum tui_attn_view attn_view;
 	/* KV memory */
 	struct kv_stats stats;
 	char policy[160];
@@ -245,6 +260,8 @@ struct tui {
 	int tab;         /* the pane shown in tab mode */
 	bool help;       /* F1 overlay */
 	int help_scroll; /* its first line shown (clamped when drawn) */
+	int help_w;      /* the width it was last laid out at (0: not yet) */
+	char help_find[64]; /* the last search of the help ("" none) */
 	bool quit;
 	uint32_t n_evicted_total;
 	struct tui_evict_sum evsum; /* the chat's open eviction summary line */
@@ -257,6 +274,13 @@ struct tui {
 	uint32_t strip_page;   /* tokens the strip showed at once (its page) */
 	struct tui_rect strip; /* where it drew them (w 0: not shown) */
 	char find[64];         /* the last :find text */
+	/* where the attention grid drew its cells (for mouse selection) */
+	struct tui_attn_hit {
+		struct tui_rect cells;             /* w 0: not shown */
+		uint32_t n_keys;                   /* keys over cells.w columns */
+		int32_t *pos;                      /* (n_keys) their positions, owned */
+		uint32_t back[TUI_STEP_HISTORY];   /* each row's step_back */
+	} grid;
 	/* the mouse and the clipboard (curses.c acts on them) */
 	bool mouse_off; /* :mouse off: the terminal keeps the mouse */
 	char *yank;     /* :yank's text for the clipboard, NULL none */
@@ -279,6 +303,17 @@ const struct tui_step *tui_step_shown(const struct tui *t);
 /* Attention row of the shown step for the selected layer and head with the
  * head aggregation applied; out has n_cached floats. Returns n_cached. */
 uint32_t tui_attn_row(const struct tui *t, float *out, uint32_t cap);
+/* The same for step s (NULL: none). */
+uint32_t tui_attn_row_of(const struct tui *t, const struct tui_step *s, float *out, uint32_t cap);
+/* The steps of the history with rows and key labels, oldest first (out
+ * has TUI_STEP_HISTORY places); returns how many. */
+uint32_t tui_attn_steps(const struct tui *t, const struct tui_step **out);
+/* The union of the steps' key positions, sorted (allocated; *n_keys), and
+ * when tok is not NULL each key's token (allocated). */
+int32_t *tui_attn_keys(const struct tui_step *const *st, uint32_t n_st, uint32_t *n_keys,
+                       int32_t **tok);
+/* qsort / bsearch order of int32_t. */
+int tui_cmp_i32(const void *a, const void *b);
 /* Bin n weights into n_bins cells (max per bin) and map each to a heat
  * level 0..TUI_HEAT_LEVELS-1 on a log scale from floor to 1. */
 void tui_heat_bin(const float *w, uint32_t n, uint32_t n_bins, float floor, uint8_t *level);
@@ -309,6 +344,14 @@ void tui_select(struct tui *t, enum tui_sel how);
  * text begins in the dialogue's token texts (ASCII case ignored); false
  * when nowhere. */
 bool tui_find(struct tui *t, const char *text);
+/* Find text (ASCII case ignored) in the chat's messages from the last hit
+ * on, older (dir 1) or newer (-1); the hit is scrolled to at the next
+ * draw. False when no message that way holds it. */
+bool tui_chat_find(struct tui *t, const char *text, int dir);
+/* Whether text occurs in s, ASCII case ignored. */
+bool tui_has_text(const char *s, const char *text);
+/* The status line's first words: how to find the rest. */
+#define TUI_HINT "F1 help, : commands, Tab completes, / searches the chat"
 /* Words in text (runs of non-space). */
 uint32_t tui_count_words(const char *s);
 
@@ -343,13 +386,37 @@ struct tui_layout {
 #define TUI_WIDE_W 160
 #define TUI_WIDE_H 40
 void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_layout *l);
+
+/* The attention pane (attn.c). */
+void attn_pane(struct tui *t, struct tui_grid *g, struct tui_rect r);
+/* A token's text as the panes show it: newlines and tabs as visible marks. */
+void tui_tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap);
+
+/* ---- around the panes (chrome.c) ---- */
+
+/* The length gauge: the words (or tokens) of the turn against the target
+ * the reply was made under, whether it landed in the window, the stop
+ * reason. Where the long form does not fit, a short one (never a cut
+ * stop reason). */
+void chrome_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r);
+/* The help over the whole screen but the status line, scrolled to
+ * t->help_scroll (clamped here, where the page size is known). */
+void chrome_help(struct tui *t, struct tui_grid *g);
+void chrome_input(struct tui_grid *g, struct tui_rect r, const char *in, size_t cur, int *cx,
+                  int *cy);
+/* The status line: a message on the left, the items after it. When they
+ * do not fit, the lowest-ranked items go first (a long model name never
+ * pushes out the context and the policy), then the message is cut with
+ * "...". */
+void chrome_status(struct tui *t, struct tui_grid *g, struct tui_rect r);
 /* Draw everything; the input line's text and cursor come from the editor. */
 void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t input_cursor,
               int *cursor_x, int *cursor_y);
 /* The token under grid cell (x, y) in the retention strip, or -1. */
 int32_t tui_hit_token(const struct tui *t, const struct tui_grid *g, int x, int y);
 /* A click at (x, y): a token selects it; the selected token again, or the
- * strip beside its tokens, lets go of the selection. */
+ * strip beside its tokens, lets go of the selection; a cell of the
+ * attention grid selects its key and shows its query's step. */
 void tui_click(struct tui *t, const struct tui_grid *g, int x, int y);
 /* The mouse wheel at (x, y), up (dir 1) or down (-1): the help when it
  * is open, the strip's selection over the strip, else the chat. */
@@ -360,6 +427,17 @@ char *tui_osc52(const char *text);
 /* The last reply's text (all: the whole chat, one message a line),
  * allocated; NULL when there is none. */
 char *tui_chat_text(const struct tui *t, bool all);
+
+/* ---- exporting what is shown (export.c) ---- */
+
+/* Write view ("attention": the steps of the attention history, every layer
+ * and head; "retention": the dialogue's tokens) to path as fmt ("csv",
+ * "json"; NULL or "": from the name, .csv else JSON). */
+int tui_export_view(const struct tui *t, const char *view, const char *path, const char *fmt,
+                    struct err *e);
+/* The same to an open file, fmt "csv" or "json" (kvscope.export_view). */
+int tui_export_view_fp(const struct tui *t, const char *view, const char *fmt, FILE *fp,
+                       struct err *e);
 
 /* ---- commands (cmd.c) ---- */
 
@@ -383,6 +461,10 @@ struct tui_cmd {
 
 size_t tui_cmd_count(void);
 const struct tui_cmd *tui_cmd_at(size_t i);
+/* Completion source of the built-in command names (i-th candidate). */
+int tui_cmd_names(const char *word, size_t i, const char **out);
+/* Set the status line to the formatted error (one line) and return KVS_EARG. */
+int tui_cmd_fail(struct tui_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Run one ':' line (without the colon); errors go to the status line. */
 int tui_cmd_run(struct tui_ctx *c, const char *line);
 /* Completion of line at its end (built-in commands, and rt's plugin
@@ -391,10 +473,18 @@ int tui_cmd_run(struct tui_ctx *c, const char *line);
 int tui_cmd_complete(struct script_rt *rt, const char *line, char *out, size_t cap, char *names,
                      size_t names_cap);
 /* The help's lines for width w (caller owns them; tui_help_free): the
- * keys, the commands, then rt's plugin commands (rt may be NULL), each
- * description wrapped to the width rather than cut. */
+ * keys, the commands, rt's plugin commands (rt may be NULL), then the
+ * glossary, each description wrapped to the width rather than cut. */
 size_t tui_help_lines(struct script_rt *rt, int w, char ***lines);
 void tui_help_free(char **lines, size_t n);
+/* Open the help at the next line holding text (ASCII case ignored; after
+ * the line shown when text is the last one searched); false: none does. */
+bool tui_help_find(struct tui *t, const char *text);
+/* A line of the input that starts with '/' (search the chat, or the help
+ * when it is open; '/' alone: the next older match) or is '?' alone after
+ * a search (the next newer one); false: not a search (a message, "//..."
+ * sends "/..."). */
+bool tui_search_line(struct tui *t, const char *line);
 
 /* ---- the input line (input.c) ---- */
 

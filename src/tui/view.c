@@ -7,29 +7,29 @@
  * the left, attention and KV memory on the right, the retention strip
  * across the bottom; a further pane (plugins, a plugin's own) chosen with
  * F12 or :pane takes the right column until F2-F5 bring the built-ins
- * back. Smaller terminals get a tab bar and one pane at a time. Under
+ * back (the attention pane is attn.c's). Smaller terminals get a tab bar
+ * and one pane at a time. Under
  * the panes sit the length gauge, the input line (one row per line of a
- * multi-line input, at most five) and the status line. Every
+ * multi-line input, at most five) and the status line (chrome.c). Every
  * drawing call is clipped to its rectangle, and every size down to 1x1 has
  * a layout, so a resize at any moment cannot write out of bounds.
  */
 #include "tui/tui-int.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect r);
-static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect r);
 static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect r);
 static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect r);
 static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect r);
-static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap);
 
 #define TUI_MAX_PANES 16
 static struct tui_pane tui_panes[TUI_MAX_PANES] = {
-	{ "chat", "Chat", pane_chat },          { "attention", "Attention", pane_attention },
+	{ "chat", "Chat", pane_chat },          { "attention", "Attention", attn_pane },
 	{ "memory", "KV memory", pane_memory }, { "retention", "Retention", pane_retention },
 	{ "plugins", "Plugins", pane_plugins },
 };
@@ -229,6 +229,27 @@ static void chat_msg_rows(const struct tui *t, const struct tui_grid *g, uint32_
 		rows_newline(rw);
 }
 
+/* Show where text occurs in a message's rows (within a row; ASCII case
+ * ignored). */
+static void chat_mark(struct rows *rw, const char *text)
+{
+	size_t n = strlen(text);
+
+	for (int y = 0; n > 0 && y < rw->n; y++) {
+		struct tui_cell *row = &rw->c[(size_t)y * rw->w];
+		for (int x = 0; x + (int)n <= rw->w; x++) {
+			size_t k = 0;
+			while (k < n && row[x + (int)k].cp < 0x80 &&
+			       tolower((int)row[x + (int)k].cp) == tolower((unsigned char)text[k]))
+				k++;
+			if (k < n)
+				continue;
+			for (k = 0; k < n; k++)
+				row[x + (int)k].role = R_SELECTED;
+		}
+	}
+}
+
 /* The chat is laid out from its newest message back, only as far as the
  * rows shown and the scroll offset reach: a resumed session's transcript
  * of a thousand turns costs a frame what its last screenful costs, and
@@ -261,10 +282,22 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		total = blk[0].n;
 		n_blk = 1;
 	}
-	for (uint32_t i = t->n_msgs; i-- > 0 && total < view_h + t->chat_scroll;) {
+	bool jump = t->chat_jump && t->chat_hit >= 0 && (uint32_t)t->chat_hit < t->n_msgs;
+	int hit_total = 0; /* rows from the bottom to the hit's first */
+	for (uint32_t i = t->n_msgs;
+	     i-- > 0 && (total < view_h + t->chat_scroll || (jump && (int32_t)i >= t->chat_hit));) {
 		blk[n_blk].w = r.w;
 		chat_msg_rows(t, g, i, &blk[n_blk]);
+		if ((int32_t)i == t->chat_hit)
+			chat_mark(&blk[n_blk], t->chat_find);
 		total += blk[n_blk++].n;
+		if ((int32_t)i == t->chat_hit)
+			hit_total = total;
+	}
+	if (jump) {
+		/* the search hit's first row at the top of the pane */
+		t->chat_scroll = KVS_MAX(hit_total - view_h, 0);
+		t->chat_jump = false;
 	}
 	/* everything laid out and still short of the offset: clamp it */
 	int max_scroll = total > view_h ? total - view_h : 0;
@@ -284,177 +317,8 @@ static void pane_chat(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	}
 	free(blk);
 	if (t->chat_scroll > 0)
-		tui_grid_printf(g, box, box.x + box.w - 22, box.y + box.h - 1, R_TITLE, " scrolled %d up ",
-		                t->chat_scroll);
-}
-
-/* -------------------------------------------------------- attention */
-
-static const char *const tui_agg_names[AGG_COUNT] = { "head", "mean", "max" };
-static const char *const tui_ov_names[OV_COUNT] = { "entropy", "sink mass", "k90" };
-
-/* The sparsity line of the row shown: its summary (the head's own, or
- * one computed on the aggregated row, renormalised: a max row does not
- * sum to 1). */
-static void attn_summary(const struct tui *t, const struct tui_step *s, const float *row,
-                         uint32_t n, uint32_t layer, uint32_t head, struct kv_head_summary *sum)
-{
-	float tot = 0, *norm, *scratch;
-
-	if (t->agg == AGG_HEAD && s->heads != NULL) {
-		*sum = s->heads[(size_t)layer * s->n_head + head];
-		return;
-	}
-	norm = xmallocarray(n, sizeof *norm);
-	scratch = xmallocarray(n, sizeof *scratch);
-	for (uint32_t k = 0; k < n; k++)
-		tot += row[k];
-	for (uint32_t k = 0; k < n; k++)
-		norm[k] = tot > 0 ? row[k] / tot : 0;
-	kv_head_summarize(norm, n, 10, scratch, sum);
-	free(norm);
-	free(scratch);
-}
-
-/* "top keys: #12 'Paris' .31  #0 '<|im_start|>' .22 ...": the largest
- * weights of the row shown, each key named as the cache held it at that
- * step (the step's own labels: the cache may have changed since, and a
- * key named from today's cache could be a token later than its query). */
-static void attn_top_keys(const struct tui *t, const struct tui_step *s, struct tui_grid *g,
-                          struct tui_rect r, int y, const float *row, uint32_t n)
-{
-	int x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "top keys:");
-	uint32_t top[6];
-	int nt = 0;
-
-	if (s->key_pos == NULL || s->key_tok == NULL) {
-		tui_grid_printf(g, r, x, y, R_DIM, " (the keys of this step are not known)");
-		return;
-	}
-	/* the 6 largest weights, by insertion */
-	for (uint32_t k = 0; k < n; k++) {
-		bool full = nt == 6;
-		int p = full ? 5 : nt++;
-		if (full && row[k] <= row[top[5]])
-			continue; /* not among the 6 largest so far */
-		top[p] = k;
-		while (p > 0 && row[top[p]] > row[top[p - 1]]) {
-			uint32_t tmp = top[p];
-			top[p] = top[p - 1];
-			top[p - 1] = tmp;
-			p--;
-		}
-	}
-	for (int i = 0; i < nt; i++) {
-		char lab[64];
-		struct tui_tok tk = { 0 };
-		tui_piece(t, s->key_tok[top[i]], tk.text, sizeof tk.text);
-		tok_label(g, &tk, lab, sizeof lab);
-		x += tui_grid_printf(g, r, x, y, i == 0 ? R_HEAT7 : R_NORMAL, "  #%d '%s' %.2f",
-		                     s->key_pos[top[i]], lab, (double)row[top[i]]);
-	}
-}
-
-static void pane_attention(struct tui *t, struct tui_grid *g, struct tui_rect box)
-{
-	struct tui_rect r = tui_grid_box(g, box, "Attention", false);
-	const struct tui_step *s = tui_step_shown(t);
-	struct kv_head_summary sum;
-	float *row;
-	uint32_t n, layer, head;
-	int y, ov_rows, hm_rows;
-	char qlab[64];
-
-	if (r.w < 8 || r.h < 2)
-		return;
-	if (s == NULL) {
-		tui_grid_printf(g, r, r.x, r.y, R_INFO, "no attention yet: send a message");
-		return;
-	}
-	layer = KVS_MIN(t->layer, s->n_layer ? s->n_layer - 1 : 0);
-	head = KVS_MIN(t->head, s->n_head ? s->n_head - 1 : 0);
-	snprintf(qlab, sizeof qlab, "?");
-	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
-		tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
-	if (t->agg == AGG_HEAD)
-		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u [0..%u]  head %u [0..%u]  [head]  query #%d '%s'%s", layer,
-		                s->n_layer - 1, head, s->n_head - 1, s->query.orig_pos, qlab,
-		                t->step_back ? "  (past step)" : "");
-	else /* no one head is shown: say over how many */
-		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u [0..%u]  heads: %s of %u  [%s]  query #%d '%s'%s", layer,
-		                s->n_layer - 1, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
-		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
-	y = r.y + 1;
-	row = xmallocarray(s->n_cached + 1, sizeof *row);
-	n = tui_attn_row(t, row, s->n_cached);
-	ov_rows = s->heads ? (int)s->n_head + 1 : 0;
-	if (n > 0) {
-		attn_summary(t, s, row, n, layer, head, &sum);
-		tui_grid_printf(
-		        g, r, r.x, y++, R_NORMAL,
-		        "%u key%s  entropy %.2f nats  90%% of mass in %u key%s (%.1f%%)  sink %.2f  "
-		        "top-10 %.2f",
-		        n, n == 1 ? "" : "s", (double)sum.entropy, sum.k90, sum.k90 == 1 ? "" : "s",
-		        100.0 * sum.k90 / n, (double)sum.sink_mass, (double)sum.topk_mass);
-		attn_top_keys(t, s, g, r, y++, row, n);
-		/* the heatmap: keys in cache order, row-major, one key or bin per cell */
-		hm_rows = r.h - (y - r.y) - 1 - ov_rows;
-		if (hm_rows < 1) {
-			ov_rows = 0;
-			hm_rows = r.h - (y - r.y) - 1;
-		}
-		if (hm_rows > 0) {
-			uint32_t cols = (uint32_t)r.w, bins = cols * (uint32_t)hm_rows;
-			uint8_t *lv;
-			int x;
-			if (bins > n)
-				bins = n;
-			lv = xmalloc(bins ? bins : 1);
-			tui_heat_bin(row, n, bins, 1e-4f, lv);
-			for (uint32_t b = 0; b < bins; b++)
-				tui_grid_put(g, r.x + (int)(b % cols), y + (int)(b / cols),
-				             tui_glyph_heat(g, lv[b]), R_HEAT0 + lv[b]);
-			free(lv);
-			y += (int)((bins + cols - 1) / cols);
-			x = r.x +
-			        tui_grid_printf(g, r, r.x, y, R_DIM,
-			                        "keys 0..%u, %.1f per cell, log scale 1e-4 ", n - 1,
-			                        (double)n / bins);
-			for (int l = 0; l < TUI_HEAT_LEVELS; l++)
-				tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
-			tui_grid_printf(g, r, x, y, R_DIM, " 1");
-			y++;
-		}
-	} else {
-		const char *why = s->heads != NULL && t->step_back > 0
-		        ? "rows of this past step were dropped (memory budget); summaries below"
-		        : "attention rows are not captured (capture summary)";
-		tui_grid_text(g, r, r.x, y++, R_INFO, why, strlen(why));
-	}
-	/* the layer x head overview: one cell per head (rows) and layer (columns) */
-	if (ov_rows > 0 && s->heads != NULL && y + 1 < r.y + r.h) {
-		uint32_t nn = KVS_MAX(s->n_cached, 2u);
-		tui_grid_printf(g, r, r.x, y++, R_DIM, "overview: %s per head (rows) and layer (columns)",
-		                tui_ov_names[t->overview]);
-		for (uint32_t h = 0; h < s->n_head && y < r.y + r.h; h++, y++) {
-			tui_grid_printf(g, r, r.x, y, h == head ? R_TITLE : R_DIM, "h%-2u", h);
-			for (uint32_t l = 0; l < s->n_layer && (int)(4 + l) < r.w; l++) {
-				const struct kv_head_summary *hs = &s->heads[(size_t)l * s->n_head + h];
-				float v = t->overview == OV_ENTROPY ? hs->entropy / logf((float)nn)
-				        : t->overview == OV_SINK    ? hs->sink_mass
-				                                    : (float)hs->k90 / (float)nn;
-				int lvl = (int)(v * (TUI_HEAT_LEVELS - 1) + 0.5f);
-				bool sel = l == layer && h == head;
-				lvl = lvl < 0 ? 0 : lvl >= TUI_HEAT_LEVELS ? TUI_HEAT_LEVELS - 1 : lvl;
-				tui_grid_put(g, r.x + 4 + (int)l, y,
-				             sel ? (g->ascii ? 'X' : 0x25c9) : tui_glyph_heat(g, KVS_MAX(lvl, 1)),
-				             sel ? R_SELECTED : R_HEAT0 + lvl);
-			}
-		}
-	}
-	free(row);
+		tui_grid_printf(g, box, box.x + box.w - 30, box.y + box.h - 1, R_TITLE,
+		                " scrolled %d up, Esc: bottom ", t->chat_scroll);
 }
 
 /* ----------------------------------------------------------- memory */
@@ -555,8 +419,12 @@ static void hit_add(struct tui *t, int x, int y, int w, int32_t pos)
 
 static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int32_t pos)
 {
+	const struct tui_step *q = t->step_back > 0 ? tui_step_shown(t) : NULL;
+
 	if (pos == t->sel_tok)
 		return R_SELECTED;
+	if (q != NULL && pos == q->query.orig_pos)
+		return R_TITLE; /* the attention pane's past query (Shift-Up) */
 	if (x->evicted && !x->cached)
 		return R_EVICTED;
 	if (x->t.flags & KV_FLAG_PINNED)
@@ -569,7 +437,7 @@ static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int3
 }
 
 /* A token's text for the strip: newlines and tabs as visible marks. */
-static void tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap)
+void tui_tok_label(const struct tui_grid *g, const struct tui_tok *x, char *out, size_t cap)
 {
 	size_t n = 0;
 	for (const char *p = x->text; *p && n + 4 < cap; p++) {
@@ -616,7 +484,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		row_of[i] = -1;
 		if (!t->toks[i].known)
 			continue;
-		tok_label(g, &t->toks[i], lab, sizeof lab);
+		tui_tok_label(g, &t->toks[i], lab, sizeof lab);
 		int w = tui_text_width(lab, strlen(lab));
 		if (w > r.w)
 			w = r.w;
@@ -643,7 +511,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		if (row_of[i] < first || row_of[i] >= first + strip_h)
 			continue;
 		const struct tui_tok *tk = &t->toks[i];
-		tok_label(g, tk, lab, sizeof lab);
+		tui_tok_label(g, tk, lab, sizeof lab);
 		int y = r.y + row_of[i] - first;
 		int w = tui_grid_text(g, r, r.x + col_of[i], y, tok_role(t, tk, (int32_t)i), lab,
 		                      strlen(lab));
@@ -681,7 +549,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		} else {
 			snprintf(where, sizeof where, "not cached");
 		}
-		tok_label(g, tk, lab, sizeof lab);
+		tui_tok_label(g, tk, lab, sizeof lab);
 		tui_grid_printf(
 		        g, r, r.x, y, R_TITLE,
 		        "#%d id %d '%s' turn %u %s  original pos %d, %s  surprisal %s  score %s  %s",
@@ -707,7 +575,14 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 void tui_click(struct tui *t, const struct tui_grid *g, int x, int y)
 {
 	int32_t p = tui_hit_token(t, g, x, y);
-	const struct tui_rect *r = &t->strip;
+	const struct tui_rect *r = &t->strip, *c = &t->grid.cells;
+
+	if (x >= c->x && x < c->x + c->w && y >= c->y && y < c->y + c->h && t->grid.n_keys > 0) {
+		/* a grid cell: its key (the first of its bin) and its query's step */
+		t->sel_tok = t->grid.pos[(uint64_t)(x - c->x) * t->grid.n_keys / (uint32_t)c->w];
+		t->step_back = t->grid.back[y - c->y];
+		return;
+	}
 
 	if (p >= 0 && p != t->sel_tok)
 		t->sel_tok = p;
@@ -795,292 +670,6 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	}
 }
 
-/* ------------------------------------------------ gauge, status, help */
-
-/* The length gauge: the words (or tokens) of the turn against the target
- * the reply was made under, whether it landed in the window, the stop
- * reason. Where the long form does not fit, a short one (never a cut
- * stop reason). */
-static void draw_gauge(struct tui *t, struct tui_grid *g, struct tui_rect r)
-{
-	char len[160], judge[32] = "", stop[48] = "", tb[96];
-	const struct len_target *lt = t->busy || !t->last_stop[0] ? &t->len : &t->reply_len;
-	bool hit = false;
-
-	tui_grid_fill(g, r, g->ascii ? '-' : 0x2500, R_BORDER);
-	for (int pass = 0; pass < 2; pass++) {
-		bool brief = pass == 1;
-		if (lt->unit != LEN_NONE) {
-			uint32_t have = lt->unit == LEN_WORDS ? t->turn_words : t->turn_tokens;
-			const char *u = lt->unit == LEN_WORDS ? "word" : "token";
-			hit = len_window_hit(lt->win, have);
-			snprintf(len, sizeof len, brief ? " %u %s%s of %s " : " length %u %s%s of target %s ",
-			         have, u, have == 1 ? "" : "s", len_target_format(lt, tb, sizeof tb));
-			if (!t->busy && t->last_stop[0])
-				snprintf(judge, sizeof judge, " %s ",
-				         hit ? (brief ? "in" : "in the window")
-				             : (brief ? "out" : "outside the window"));
-		} else {
-			snprintf(len, sizeof len, brief ? " %u word%s " : " length %u word%s (no target) ",
-			         t->turn_words, t->turn_words == 1 ? "" : "s");
-		}
-		if (t->last_stop[0] && !t->busy)
-			snprintf(stop, sizeof stop, " stop: %s ", t->last_stop);
-		else if (t->busy)
-			snprintf(stop, sizeof stop, brief ? " generating " : " generating (Ctrl-C stops) ");
-		if ((int)(strlen(len) + strlen(judge) + strlen(stop)) + 2 <= r.w)
-			break;
-	}
-	int x = r.x + 1;
-	x += tui_grid_text(g, r, x, r.y, R_TITLE, len, strlen(len));
-	if (judge[0])
-		x += tui_grid_text(g, r, x, r.y, hit ? R_BAR_FILL : R_STATUS_ERR, judge, strlen(judge));
-	x += tui_grid_text(g, r, x, r.y, R_NORMAL, stop, strlen(stop));
-	if (lt != &t->len) {
-		/* :len after the reply: it is judged by its own target, the new one
-		 * waits for the next reply */
-		char a[96], b[96];
-		len_target_format(&t->reply_len, a, sizeof a);
-		len_target_format(&t->len, b, sizeof b);
-		if (strcmp(a, b) != 0)
-			tui_grid_printf(g, r, x, r.y, R_DIM, " next replies: target %s ", b);
-	}
-}
-
-/* ---- status items: a registry like the panes' ---- */
-
-static void st_model(const struct tui *t, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "%s", t->model);
-}
-
-static void st_backend(const struct tui *t, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "%s", t->backend);
-}
-
-static void st_speed(const struct tui *t, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "prefill %.0f tok/s | decode %.0f tok/s", t->prefill_tps, t->decode_tps);
-}
-
-static void st_ctx(const struct tui *t, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "ctx %u/%u", t->stats.n_cached, t->stats.budget);
-}
-
-static void st_policy(const struct tui *t, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "%s", t->policy[0] ? t->policy : "?");
-}
-
-static void st_plugins(const struct tui *t, char *buf, size_t cap)
-{
-	size_t n, off;
-	uint32_t disabled = 0, errors = 0;
-
-	if (t->rt == NULL) {
-		snprintf(buf, cap, "%s", t->plugins);
-		return;
-	}
-	n = script_plugin_count(t->rt);
-	for (size_t i = 0; i < n; i++) {
-		struct script_plugin_info pi;
-		script_plugin_at(t->rt, i, &pi);
-		disabled += !pi.enabled;
-		errors += pi.n_errors;
-	}
-	off = (size_t)snprintf(buf, cap, "plugins %zu", n);
-	if (disabled && off < cap)
-		off += (size_t)snprintf(buf + off, cap - off, ", %u disabled", disabled);
-	if (errors && off < cap)
-		off += (size_t)snprintf(buf + off, cap - off, ", %u error%s", errors,
-		                        errors == 1 ? "" : "s");
-	/* the plugins' own status items */
-	for (size_t i = 0; i < script_status_count(t->rt) && off < cap; i++) {
-		const char *plugin;
-		const char *txt = script_status_at(t->rt, i, &plugin);
-		/* named by their plugin: token-stats' "5 tok/s" is not the decode rate */
-		off += (size_t)snprintf(buf + off, cap - off, " | %s: %s", plugin ? plugin : "?", txt);
-	}
-}
-
-#define TUI_MAX_STATUS 16
-static struct tui_status_item tui_status_items[TUI_MAX_STATUS] = {
-	{ "model", st_model }, { "backend", st_backend }, { "speed", st_speed },
-	{ "context", st_ctx }, { "policy", st_policy },   { "plugins", st_plugins },
-};
-static size_t tui_n_status = 6;
-
-int tui_status_register(const struct tui_status_item *it)
-{
-	if (tui_n_status == TUI_MAX_STATUS)
-		return KVS_ERANGE;
-	tui_status_items[tui_n_status++] = *it;
-	return KVS_OK;
-}
-
-/* Which status items go first when the line is short: the higher the
- * sooner kept (items not named here, plugins' own, rank 3). */
-static const struct {
-	const char *name;
-	int rank;
-} tui_status_rank[] = {
-	{ "context", 6 }, { "policy", 5 }, { "speed", 4 },
-	{ "plugins", 3 }, { "model", 2 },  { "backend", 1 },
-};
-
-static int status_rank(const char *name)
-{
-	for (size_t i = 0; i < KVS_ARRAY_LEN(tui_status_rank); i++)
-		if (strcmp(tui_status_rank[i].name, name) == 0)
-			return tui_status_rank[i].rank;
-	return 3;
-}
-
-/* The status line: a message on the left, the items after it. When they
- * do not fit, the lowest-ranked items go first (a long model name never
- * pushes out the context and the policy), then the message is cut with
- * "...". */
-static void draw_status(struct tui *t, struct tui_grid *g, struct tui_rect r)
-{
-	char item[TUI_MAX_STATUS][256], msg[310], buf[1100];
-	int iw[TUI_MAX_STATUS], total = 0, n_on = 0, msg_w = 0;
-	bool on[TUI_MAX_STATUS];
-	size_t n = 0;
-	int x = r.x;
-
-	tui_grid_fill(g, r, ' ', R_STATUS);
-	for (size_t i = 0; i < tui_n_status; i++) {
-		tui_status_items[i].fn(t, item[i], sizeof item[i]);
-		on[i] = item[i][0] != '\0';
-		iw[i] = on[i] ? tui_text_width(item[i], strlen(item[i])) + 3 : 0; /* " | " */
-		total += iw[i];
-		n_on += on[i];
-	}
-	if (t->status[0] != '\0') {
-		snprintf(msg, 300, " %s ", t->status); /* room for "... " after a cut */
-		msg_w = tui_text_width(msg, strlen(msg));
-	}
-	/* items go, lowest rank first, until the message fits; the context and
-	 * the policy (rank 5 and up) only when not even a third of the line
-	 * would be left for it */
-	while (msg_w + total > r.w && n_on > 0) {
-		int worst = -1;
-		for (size_t i = 0; i < tui_n_status; i++)
-			if (on[i] &&
-			    (worst < 0 ||
-			     status_rank(tui_status_items[i].name) < status_rank(tui_status_items[worst].name)))
-				worst = (int)i;
-		if (status_rank(tui_status_items[worst].name) >= 5 && r.w - total >= r.w / 3)
-			break;
-		on[worst] = false;
-		total -= iw[worst];
-		n_on--;
-	}
-	if (msg_w > 0) {
-		int avail = r.w - total;
-		if (msg_w > avail && avail > 4) {
-			/* cut whole characters, then "..." */
-			size_t k = strlen(msg);
-			while (k > 0 && tui_text_width(msg, k) > avail - 4)
-				k--;
-			k = utf8_complete_prefix((const uint8_t *)msg, k);
-			memcpy(msg + k, "... ", 5);
-		}
-		x += tui_grid_text(g, r, x, r.y, t->status_err ? R_STATUS_ERR : R_STATUS, msg, strlen(msg));
-	}
-	buf[0] = '\0';
-	for (size_t i = 0; i < tui_n_status && n < sizeof buf; i++)
-		if (on[i])
-			n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " | " : " ", item[i]);
-	tui_grid_text(g, r, x, r.y, R_STATUS, buf, strlen(buf));
-}
-
-/* The help over the whole screen but the status line, scrolled to
- * t->help_scroll (clamped here, where the page size is known). */
-static void draw_help(struct tui *t, struct tui_grid *g)
-{
-	struct tui_rect box = { 0, 0, g->w, g->h - 1 }, r;
-	char **lines, title[128];
-	size_t n;
-	int page;
-
-	if (g->w < 10 || box.h < 3)
-		return;
-	n = tui_help_lines(t->rt, g->w - 2, &lines);
-	page = box.h - 2;
-	if (t->help_scroll > (int)n - page)
-		t->help_scroll = (int)n - page;
-	if (t->help_scroll < 0)
-		t->help_scroll = 0;
-	snprintf(title, sizeof title, "Help %d-%d of %zu (Up/Down/PgUp/PgDn scroll; Esc or F1 closes)",
-	         t->help_scroll + 1, (int)KVS_MIN((size_t)(t->help_scroll + page), n), n);
-	tui_grid_fill(g, box, ' ', R_NORMAL);
-	r = tui_grid_box(g, box, title, true);
-	for (int i = 0; i < r.h && (size_t)(t->help_scroll + i) < n; i++) {
-		const char *l = lines[t->help_scroll + i];
-		bool head = l[0] != ' ' && l[0] != '\0';
-		tui_grid_text(g, r, r.x, r.y + i, head ? R_TITLE : R_NORMAL, l, strlen(l));
-	}
-	tui_help_free(lines, n);
-}
-
-static void draw_input(struct tui_grid *g, struct tui_rect r, const char *in, size_t cur, int *cx,
-                       int *cy)
-{
-	size_t len = strlen(in);
-	int line = 0, col = 0, cur_line = 0, cur_col = 0, lines = 1;
-	const char *p;
-
-	tui_grid_fill(g, r, ' ', R_INPUT);
-	for (size_t i = 0; i < len; i++)
-		lines += in[i] == '\n';
-	/* the cursor's line and column */
-	for (size_t i = 0; i < len && i < cur; i++) {
-		if (in[i] == '\n') {
-			cur_line++;
-			cur_col = 0;
-		} else if (((unsigned char)in[i] & 0xc0) != 0x80) {
-			cur_col++;
-		}
-	}
-	int first_line = cur_line >= r.h ? cur_line - r.h + 1 : 0;
-	int prefix = 2;
-	int avail = r.w - prefix;
-	int hscroll = avail > 0 && cur_col >= avail ? cur_col - avail + 1 : 0;
-	p = in;
-	for (line = 0; line < lines; line++) {
-		const char *end = strchr(p, '\n');
-		size_t n = end ? (size_t)(end - p) : strlen(p);
-		int y = r.y + line - first_line;
-		if (y >= r.y && y < r.y + r.h) {
-			tui_grid_text(g, r, r.x, y, R_TITLE, line == 0 ? (in[0] == ':' ? ": " : "> ") : ". ",
-			              2);
-			/* skip hscroll columns on the cursor's line */
-			const char *q = p;
-			size_t qn = n;
-			if (line == cur_line) {
-				for (int k = 0; k < hscroll && qn > 0;) {
-					q++;
-					qn--;
-					if (qn == 0 || ((unsigned char)*q & 0xc0) != 0x80)
-						k++;
-				}
-			}
-			struct tui_rect rr = { r.x + prefix, r.y, r.w - prefix, r.h };
-			tui_grid_text(g, rr, r.x + prefix, y, R_INPUT, q, qn);
-		}
-		p = end ? end + 1 : p + n;
-		col = 0;
-	}
-	(void)col;
-	*cx = r.x + prefix + cur_col - hscroll;
-	*cy = r.y + cur_line - first_line;
-	if (*cx >= r.x + r.w)
-		*cx = r.x + r.w - 1;
-}
-
 void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t cursor, int *cx, int *cy)
 {
 	struct tui_layout l;
@@ -1092,6 +681,7 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t curso
 	tui_layout(t, g->w, g->h, rows, &l);
 	t->n_hits = 0;
 	t->strip = (struct tui_rect){ 0, 0, 0, 0 };
+	t->grid.cells = (struct tui_rect){ 0, 0, 0, 0 };
 	if (l.tabs && l.tabbar.h > 0) {
 		int x = 0;
 		tui_grid_fill(g, l.tabbar, ' ', R_TAB);
@@ -1112,11 +702,11 @@ void tui_draw(struct tui *t, struct tui_grid *g, const char *input, size_t curso
 		if (l.pane[i].w > 0 && l.pane[i].h > 0)
 			tui_panes[i].draw(t, g, l.pane[i]);
 	if (l.gauge.w > 0)
-		draw_gauge(t, g, l.gauge);
+		chrome_gauge(t, g, l.gauge);
 	*cx = *cy = 0;
 	if (l.input.w > 0 && l.input.h > 0)
-		draw_input(g, l.input, input, cursor, cx, cy);
-	draw_status(t, g, l.status);
+		chrome_input(g, l.input, input, cursor, cx, cy);
+	chrome_status(t, g, l.status);
 	if (t->help)
-		draw_help(t, g);
+		chrome_help(t, g);
 }

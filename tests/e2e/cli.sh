@@ -165,6 +165,17 @@ write_err "$full" "$bin" tokenize "some text" >/dev/full
 if "$bin" run --api-doc >/dev/null 2>&1; then # built with Lua
 	printf 'print("hello")\n' >"$tmp/print.lua"
 	write_err "" "$bin" run "$tmp/print.lua" >/dev/full
+	# a script stops at the first print whose buffer cannot be written,
+	# rather than doing all its work for an output that is lost
+	mkdir -p "$tmp/res"
+	printf 'local kvscope = require("kvscope")\nfor i = 1, 100000 do print(("x"):rep(60)) end\nkvscope.write("done.txt", "all printed")\n' >"$tmp/many.lua"
+	"$bin" run --results "$tmp/res" "$tmp/many.lua" >/dev/full 2>"$tmp/we"
+	rc=$?
+	[ "$rc" -eq 1 ] && grep -q "print: cannot write to standard output" "$tmp/we" ||
+		fail "run many prints > /dev/full: exit $rc, stderr '$(head -3 "$tmp/we")'"
+	[ -e "$tmp/res/done.txt" ] && fail "run > /dev/full went on after its output failed"
+	"$bin" run --results "$tmp/res" "$tmp/many.lua" >/dev/null || fail "run many prints > /dev/null"
+	[ -e "$tmp/res/done.txt" ] || fail "the many-prints script wrote nothing to its results"
 fi
 write_err ': Bad file descriptor' "$bin" help >&-
 write_err ': Bad file descriptor' "$bin" generate --prompt "Name a colour." --temp 0 -n 8 >&-

@@ -2,7 +2,8 @@
 # kv.sh: the KV-cache features end to end on the default model: a bounded
 # budget is kept under eviction, --trace writes one JSON object per line
 # (steps with per-head summaries, evictions, the turn), the evals run and
-# end with a JSON line, and bad KV options fail with one line and exit 2.
+# end with a JSON line, evictions keep words whole (span=word), and bad KV
+# options fail with one line and exit 2.
 set -u
 . "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
 
@@ -69,6 +70,24 @@ grep -q "rps \[" "$tmp/r.err" || fail "no progress on stderr"
 	fail "eval passkey: $(tail -n 2 "$tmp/p.err")"
 tail -n 1 "$tmp/p" | grep -q '^{"eval":"passkey",.*"length":300,"depth":50,' ||
 	fail "passkey JSON: $(tail -n 1 "$tmp/p")"
+
+# eval recall, and issue 18's case: sirllm at budget 64 kept " TIG" and "42"
+# of "The secret code is TIGER-42." without "ER"; with spans (the default)
+# the value is kept or dropped whole and never answered in part
+for sp in off word; do
+	"$bin" eval recall --policy "sirllm:span=$sp" --kv-budget 64 --facts code --value TIGER-42 \
+		--turns 1,2,4 --samples 1 --json >"$tmp/rc-$sp" 2>"$tmp/rc.err" ||
+		fail "eval recall span=$sp: $(tail -n 2 "$tmp/rc.err")"
+done
+tail -n 1 "$tmp/rc-off" | grep -q '^{"eval":"recall",.*"answers":\[{"turns":1,"kind":"code","value":"TIGER-42",' ||
+	fail "recall JSON: $(tail -n 1 "$tmp/rc-off")"
+part_off=$(tail -n 1 "$tmp/rc-off" | grep -o '"held":"part"' | wc -l)
+[ "$part_off" -ge 1 ] || fail "span=off never held part of TIGER-42 (the case no longer arises?)"
+part_word=$(tail -n 1 "$tmp/rc-word" | grep -o '"held":"part"\|"verdict":"partial"' | wc -l)
+[ "$part_word" -eq 0 ] || fail "span=word held or answered part of TIGER-42: $(tail -n 1 "$tmp/rc-word")"
+tail -n 1 "$tmp/rc-word" | grep -q '"verdict":"right"' || fail "span=word never recalled TIGER-42"
+expect_bad 2 "expected number, name, code or day" "$bin" eval recall --facts colour
+expect_bad 2 "expected word or number or off" "$bin" eval recall --policy window:span=all
 
 # bad KV options
 expect_bad 2 "expected one of full" "$bin" generate --prompt hi --policy bogus

@@ -10,7 +10,8 @@
 # include anything; they are not checked). An optional library's headers
 # (Lua, SQLite, curses, libedit, CUDA) may only be included by the layers
 # that wrap it (LIBRARIES), so that every other layer builds without it. Each broken rule is one line naming the file,
-# the line and the edge; the exit status is 1 when there is one.
+# the line and the edge; the exit status is 1 when there is one. Last, no
+# hand-written source in src/ or gpu/ may exceed 1,000 lines.
 #
 # Before the checked tree, the checker runs on a small tree of its own
 # with one broken rule of each kind and must report exactly those, so the
@@ -237,5 +238,19 @@ if [ "$rc" -ne 0 ]; then
 	echo "FAIL: layers.sh: includes against the layer rule (tests/e2e/layers.sh, doc/HACKING.md)" >&2
 	fails=$((fails + 1))
 fi
+
+# ------------------------------------------------------------- file sizes
+# one object per file: no hand-written source over 1,000 lines (a file that
+# says "generated" in its first lines is exempt; doc/HACKING.md)
+for f in "$top"/src/*/*.[ch] "$top"/gpu/*.cu "$top"/gpu/*.h "$top"/gpu/*.c; do
+	[ -f "$f" ] || continue
+	head -5 "$f" | grep -qi generated && continue
+	n=$(wc -l <"$f")
+	if [ "$n" -gt 1000 ]; then
+		echo "FAIL: ${f#"$top"/} has $n lines: split it by object (at most 1,000; doc/HACKING.md)" >&2
+		fails=$((fails + 1))
+	fi
+done
+
 [ "$fails" -eq 0 ] || exit 1
 echo "layers.sh: every include follows the layer table ($(sed -n 's/^checked: //p' "$tmp/tree.out"))"

@@ -136,8 +136,9 @@ run "$src/sessions/compare-policies.lua" --policies window,streaming,h2o --budge
 [ "$(grep -c '^window,96,96,\|^streaming,96,96,\|^h2o,96,96,\|^window,160,160,\|^streaming,160,160,\|^h2o,160,160,' "$tmp/cmp.csv")" -eq 6 ] ||
 	fail "compare-policies.lua: expected 6 rows keeping exactly the budget: $(cat "$tmp/cmp.csv")"
 
-# attention-dump.lua: every step's row of one head sums to 1
-run "$src/sessions/attention-dump.lua" --layers 1,2 --heads 2 --max-tokens 3 --out att/a.csv >"$tmp/att.out" 2>&1 ||
+# attention-dump.lua: every step's row of one head sums to 1; layers,
+# heads and columns count from 0 as in the workbench
+run "$src/sessions/attention-dump.lua" --layers 0,29 --heads 8 --max-tokens 3 --out att/a.csv >"$tmp/att.out" 2>&1 ||
 	fail "attention-dump.lua: exit $? ($(cat "$tmp/att.out"))"
 [ -f "$tmp/results/att/a.csv" ] || fail "attention-dump.lua wrote no $tmp/results/att/a.csv"
 bad=$(awk -F, 'NR > 1 { s[$1 "," $3 "," $4] += $7 } END { for (k in s) if (s[k] < 0.999 || s[k] > 1.001) print k, s[k] }' \
@@ -145,6 +146,9 @@ bad=$(awk -F, 'NR > 1 { s[$1 "," $3 "," $4] += $7 } END { for (k in s) if (s[k] 
 [ -z "$bad" ] || fail "attention-dump.lua: rows not summing to 1: $bad"
 steps=$(awk -F, 'NR > 1 { print $1 }' "$tmp/results/att/a.csv" | sort -u | wc -l)
 [ "$steps" -ge 4 ] || fail "attention-dump.lua: $steps steps, expected the prompt and 3 tokens at least"
+[ "$(awk -F, 'NR > 1 { print $3 "/" $4 }' "$tmp/results/att/a.csv" | sort -u | tr '\n' ' ')" = "0/8 29/8 " ] &&
+	[ "$(awk -F, 'NR == 2 { print $5 }' "$tmp/results/att/a.csv")" = 0 ] ||
+	fail "attention-dump.lua: layers/heads $(awk -F, 'NR > 1 { print $3 "/" $4 }' "$tmp/results/att/a.csv" | sort -u | tr '\n' ' '), expected 0/8 29/8 and columns from 0"
 
 # a script's own exit status and usage (kvscope.exit, kvscope.getopt)
 run "$src/sessions/compare-policies.lua" --help >"$tmp/o" 2>"$tmp/e"
@@ -153,9 +157,9 @@ run "$src/sessions/compare-policies.lua" --help >"$tmp/o" 2>"$tmp/e"
 run "$src/sessions/rps.lua" --rounds 3 --bogus >"$tmp/o" 2>"$tmp/e"
 [ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q "^rps.lua: unknown argument '--bogus'" "$tmp/e" ||
 	fail "rps.lua --bogus: $(cat "$tmp/e")"
-run "$src/sessions/attention-dump.lua" --layers 0 >"$tmp/o" 2>"$tmp/e"
-[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q "'0' is not a number >= 1" "$tmp/e" ||
-	fail "attention-dump.lua --layers 0: $(cat "$tmp/e")"
+run "$src/sessions/attention-dump.lua" --layers 30 >"$tmp/o" 2>"$tmp/e"
+[ $? -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q "layer 30, expected 0 .. 29" "$tmp/e" ||
+	fail "attention-dump.lua --layers 30: $(cat "$tmp/e")"
 cat >"$tmp/exit.lua" <<'LUA'
 local kvscope = require "kvscope"
 print("before")

@@ -231,7 +231,7 @@ wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 # 3. layer and head: keys and commands
 T send-keys -t kv F7
 T send-keys -t kv F7
-wait_for "layer 2 \\[0..29\\]  head 0 \\[0..8\\]"
+wait_for "layer 2 \\[0..29\\]  heads: max of 9  \\[max\\]"
 T send-keys -t kv F9
 wait_for "layer 2 \\[0..29\\]  head 1 \\[0..8\\]"
 T send-keys -t kv -l ":layer 5"
@@ -299,8 +299,8 @@ T send-keys -t kv Tab
 wait_for "^: :policy $|^:  ?:policy|: :policy"
 T send-keys -t kv C-u
 T send-keys -t kv F1
-wait_for "Help 1-[0-9]+ of [0-9]+ \\(Up/Down/PgUp/PgDn scroll; Esc or F1 closes\\)"
-wait_for "F12 +the plugins' pane"
+wait_for "Help 1-[0-9]+ of [0-9]+ \\(Up/Down/PgUp/PgDn scroll; /TEXT searches; Esc or F1 closes\\)"
+wait_for "F12, Alt-= +the plugins' pane"
 save tui-200x50-help
 T send-keys -t kv F1
 
@@ -325,7 +325,12 @@ T send-keys -t kv F1
 wait_for "Help 1-"
 screen | grep -q ":quit " && fail "80x24: the help's first page shows :quit"
 # (PgDn: tmux sends End as \E[4~, which xterm-256color's terminfo does not know)
-for i in 1 2 3 4 5 6 7 8; do T send-keys -t kv NPage; done
+# (page by page: the glossary follows the commands)
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+	screen | grep -q ":quit " && break
+	T send-keys -t kv NPage
+	wait_stable
+done
 wait_for ":quit "
 save tui-80x24-help
 T send-keys -t kv Escape
@@ -582,6 +587,166 @@ while [ ! -s "$tmp/nomodel.rc" ] && [ "$(date +%s)" -le "$end" ]; do sleep 0.1; 
 [ "$(cat "$tmp/nomodel.rc" 2>/dev/null)" = 1 ] || fail "no model: exit '$(cat "$tmp/nomodel.rc" 2>/dev/null)', expected 1"
 grep -q "the default model is not installed .*'make model'" "$tmp/nomodel.err" ||
 	fail "no model: $(cat "$tmp/nomodel.err")"
+
+# 10f. the line chat on a terminal: ':' commands as in the workbench ('/'
+# still works), :save mid-way, and Ctrl-D leaves the shell's next line on
+# a line of its own (it was "> SHELL-BACK")
+T kill-session -t kv
+T new-session -d -s kv -x 120 -y 30 "XDG_DATA_HOME='$tmp/chatdata' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' chat --model '$model' --temp 0 -n 6; echo SHELL-BACK; sleep 600"
+wait_for ":help for commands" 60
+T send-keys -t kv -l ":help"
+T send-keys -t kv Enter
+wait_for "^  :save \\[TITLE\\]  save this conversation"
+T send-keys -t kv -l "/kv"
+T send-keys -t kv Enter
+wait_for "^KV streaming"
+T send-keys -t kv -l "Say hi."
+T send-keys -t kv Enter
+wait_for "^\\[[0-9]+ tokens?, " 60
+if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
+	T send-keys -t kv -l ":save line chat"
+	T send-keys -t kv Enter
+	wait_for "saved 1 exchange to .*chatdata/kvscope/memory.db as session 1"
+fi
+T send-keys -t kv C-d
+wait_for "^SHELL-BACK"
+
+# 13. a newcomer's tools, at 160x48 (every pane) and 80x24 (tabs):
+# exporting what is shown (parsed by python's json and csv modules)
+T kill-session -t kv
+# (a system prompt of 24 short lines: at 80x24 the chat scrolls)
+for i in $(seq 1 24); do echo "rule $i"; done >"$tmp/rules"
+cat >"$tmp/exportview.lua" <<'LUA'
+local kvscope = require "kvscope"
+kvscope.command("lua-export", function(args)
+  print(kvscope.export_view("attention", "lua/att.json"))
+end, "export the attention view from Lua")
+LUA
+T new-session -d -s kv -x 160 -y 48 "cd '$tmp' && XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' --temp 0 -n 6 --no-plugins --plugin '$tmp/exportview.lua' --system \"\$(cat '$tmp/rules')\"; sleep 600"
+wait_for "Retention" 60
+# the first-start hint on the status line
+wait_for "F1 help, : commands, Tab completes, / searches the chat"
+T send-keys -t kv -l "Name a colour."
+T send-keys -t kv Enter
+wait_for "\\[(eos|max-tokens)\\]" 90
+T send-keys -t kv -l "Name a fruit."
+T send-keys -t kv Enter
+wait_count "\\[(eos|max-tokens)\\]" 2 90
+# every F-key and Shift-key has an Alt-key twin: Alt-1 help, Alt-7 layer +,
+# Alt-9 head +, Alt-0 mean over heads, Alt-h selects a token, Alt-g the first
+T send-keys -t kv M-1
+wait_for "Help 1-"
+T send-keys -t kv Escape
+wait_for "Retention"
+T send-keys -t kv M-7
+wait_for "layer 1 \\[0..29\\]"
+T send-keys -t kv M-9
+wait_for "layer 1 \\[0..29\\]  head 1 \\[0..8\\]"
+T send-keys -t kv M-0
+wait_for "heads: mean of 9"
+T send-keys -t kv M-g
+wait_for "#0 id [0-9]+ '<\\|im_start\\|>'"
+T send-keys -t kv M-l
+wait_for "#1 id [0-9]+ "
+T send-keys -t kv M-G
+wait_for "tokens: kept"
+# '/' searches the chat: the older question is found, Esc goes back down
+T send-keys -t kv -l "/colour"
+T send-keys -t kv Enter
+wait_for "'colour' in message [0-9]+ of [0-9]+"
+T send-keys -t kv Escape
+wait_stable # (Esc and a key within the escape delay read as Alt and the key)
+# :help TEXT searches the help (the glossary)
+T send-keys -t kv -l ":help k90"
+T send-keys -t kv Enter
+wait_for "help: 'k90'"
+T send-keys -t kv Escape
+wait_stable
+T send-keys -t kv -l ":export-view attention $tmp/att.json"
+T send-keys -t kv Enter
+wait_for "attention view written to"
+T send-keys -t kv -l ":export-view retention $tmp/ret.csv"
+T send-keys -t kv Enter
+wait_for "retention view written to .*ret.csv"
+T send-keys -t kv -l ":export-view retention $tmp/ret.json json"
+T send-keys -t kv Enter
+wait_for "retention view written to .*ret.json"
+T send-keys -t kv -l ":export-view heads $tmp/x.json"
+T send-keys -t kv Enter
+wait_for "export-view: unknown view 'heads': expected attention or retention"
+[ ! -e "$tmp/x.json" ] || fail ":export-view with a bad view made a file"
+T send-keys -t kv -l ":lua-export"
+T send-keys -t kv Enter
+wait_for ":lua-export: results/lua/att.json"
+if command -v python3 >/dev/null 2>&1; then
+	python3 - "$tmp" <<'PY' || fail "the exported views do not parse or do not add up (above)"
+import csv, json, math, sys
+d = sys.argv[1]
+a = json.load(open(d + "/att.json"))
+L, H, K, Q = a["n_layer"], a["n_head"], len(a["tokens"]), len(a["queries"])
+assert (L, H) == (30, 9), (L, H)
+assert len(a["positions"]) == K and a["positions"] == sorted(a["positions"])
+assert len(a["attention"]) == L and all(len(x) == H for x in a["attention"])
+for l in range(L):
+    for h in range(H):
+        m = a["attention"][l][h]
+        assert len(m) == Q and all(len(r) == K for r in m)
+        for q, r in enumerate(m):
+            assert abs(sum(r) - 1) < 1e-3, (l, h, q, sum(r))
+            qp = a["queries"][q]["position"]
+            # causal: no weight on a key after its query
+            assert all(w == 0 for p, w in zip(a["positions"], r) if p > qp)
+assert a["queries"][-1]["index"] == a["positions"].index(a["queries"][-1]["position"])
+b = json.load(open(d + "/results/lua/att.json"))  # under the results directory
+assert b["attention"] == a["attention"]
+rows = list(csv.DictReader(open(d + "/ret.csv", newline="", encoding="utf-8")))
+r = json.load(open(d + "/ret.json"))
+assert [int(x["position"]) for x in rows] == list(range(len(rows))) and len(rows) > 20
+assert [t["position"] for t in r["tokens"]] == list(range(len(rows)))
+assert [t["text"] for t in r["tokens"]] == [x["text"] for x in rows]
+assert sum(int(x["cached"]) for x in rows) == r["cached"], (r["cached"],)
+assert rows[0]["text"] == "<|im_start|>" and rows[0]["role"] == "system"
+print("exports: %d layers x %d heads x %d queries x %d keys, %d tokens" % (L, H, Q, K, len(rows)))
+PY
+fi
+# the same at 80x24 (tabs): Alt-3 the attention tab, Alt-2 the chat, a
+# search scrolls it up and marks the hit, Esc brings it back down
+T resize-window -t kv -x 80 -y 24
+wait_for "F2 Chat"
+T send-keys -t kv M-3
+wait_for "heads: mean of 9"
+# the attention grid: queries x keys, the cursor shared with the strip
+wait_for "queries/keys +\\|0"
+T send-keys -t kv M-g
+wait_for "query #[0-9]+ '.*' -> key #0 '<\\|im_start\\|>': 0\\.[0-9]+"
+T send-keys -t kv M-k
+wait_for "\\(past step\\)"
+save tui-80x24-grid
+T send-keys -t kv M-G
+T send-keys -t kv M-j
+T send-keys -t kv M-2
+wait_for "you> Name a fruit\\."
+screen | grep -q "system> rule 1 " && fail "80x24: the chat's first lines show before any search"
+T send-keys -t kv -l "/RULE 1"
+T send-keys -t kv Enter
+wait_for "'RULE 1' in message 1 of 5"
+wait_for "system> rule 1 "
+wait_for "scrolled [0-9]+ up, Esc: bottom"
+save tui-80x24-search
+T send-keys -t kv Escape
+wait_for "you> Name a fruit\\."
+screen | grep -q "scrolled [0-9]* up" && fail "80x24: Esc left the chat scrolled"
+wait_stable
+T send-keys -t kv M-1
+wait_for "Help 1-"
+T send-keys -t kv -l "/share of a head"
+T send-keys -t kv Enter
+wait_for "sink mass +the share of a head's attention"
+save tui-80x24-help-search
+T send-keys -t kv Escape
+wait_stable
+T resize-window -t kv -x 160 -y 48
+wait_for "Retention"
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
 # screen still on the terminal; the reply's decode rate is printed at exit

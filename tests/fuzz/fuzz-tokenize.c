@@ -34,10 +34,10 @@ static size_t fuzz_byte_letter(int b, char *out)
 	int c, rank = 0;
 
 	if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)
-		return ucp_encode((uint32_t)b, out);
+		return utf8_encode_any((uint32_t)b, out);
 	for (c = 0; c < b; c++)
 		rank += !((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || c >= 0xAE);
-	return ucp_encode(0x100 + (uint32_t)rank, out);
+	return utf8_encode_any(0x100 + (uint32_t)rank, out);
 }
 
 /* Build the vocabularies (once). */

@@ -29,6 +29,10 @@
  *     layer's insides, kv-int.h) by name, and passes after every step of
  *     random feeds, turns, pins, budget and policy changes under every
  *     policy and a score provider (a debug build also checks inside).
+ *
+ * These pin the papers' token-granular rules, so the caches here run with
+ * span=off unless a spec asks for spans (test-kv-span.c covers spans; the
+ * random checks and a long dialogue also run with span=word here).
  */
 #include "kv/kv-int.h"
 #include "model/model.h"
@@ -97,7 +101,10 @@ static struct kv_cache *mk_cache(struct engine *eng, const char *policy, uint32_
 	struct kv_cache *kv;
 	struct err e;
 	kv_config_default(&c);
-	if (kv_policy_parse(policy, &c.policy, &e) != KVS_OK) {
+	/* the papers' token-granular rules unless the spec asks for spans */
+	char spec[256];
+	snprintf(spec, sizeof spec, "%s%s", policy, strstr(policy, "span=") ? "" : ",span=off");
+	if (kv_policy_parse(spec, &c.policy, &e) != KVS_OK) {
 		fprintf(stderr, "policy %s: %s\n", policy, e.msg);
 		exit(99);
 	}
@@ -245,7 +252,7 @@ static void test_parse(void)
 	T_EQ_INT(kv_policy_parse("streaming:window=3", &p, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "parameters: sinks"), "%s", e.msg);
 	T_EQ_INT(kv_policy_parse("full:sinks", &p, &e), KVS_EARG);
-	T_EQ_INT((int)kv_policy_count(), 6);
+	T_EQ_INT((int)kv_policy_count(), 7);
 }
 
 /* ---------------------------------------------------------- summaries */
@@ -413,6 +420,115 @@ static void test_keep_all_identical(const struct model *m, const char *policy)
 	kv_cache_free(kv);
 	engine_free(a);
 	engine_free(b);
+}
+
+/* ----------------------------------------------------------- SnapKV votes */
+
+/* The votes: pooling by hand; a vote leaves the cache as it was (the next
+ * logits bit-identical to a cache that never voted); the acc rows equal the
+ * window's attention taken here from a plain engine run (the same tokens at
+ * the same slots and positions, every query's sum per KV head), pooled by a
+ * loop written here; a turn's eviction then keeps the sinks, the tokens
+ * voted highest and the newest not yet voted on. */
+static void test_snapkv(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	float x[7] = { 1, 5, 2, 0, 0, 3, 1 }, y[7];
+	kv_vote_pool(x, 7, 3, y);
+	float want3[7] = { 5, 5, 5, 2, 3, 3, 3 };
+	T_CHECK(memcmp(y, want3, sizeof y) == 0, "pool 3: %g %g %g %g %g %g %g", y[0], y[1], y[2],
+	        y[3], y[4], y[5], y[6]);
+	kv_vote_pool(x, 7, 7, y);
+	float want7[7] = { 5, 5, 5, 5, 5, 3, 3 };
+	T_CHECK(memcmp(y, want7, sizeof y) == 0, "pool 7");
+	kv_vote_pool(x, 7, 1, y);
+	T_CHECK(memcmp(y, x, sizeof y) == 0, "pool 1 is the identity");
+
+	uint32_t n_ctx = 64, n0 = 24, w = 6;
+	struct engine *ea = mk_engine(m, n_ctx), *eb = mk_engine(m, n_ctx), *er = mk_engine(m, n_ctx);
+	struct kv_cache *a = mk_cache(ea, "snapkv:window=6,kernel=3,sinks=2", 48, 8);
+	struct kv_cache *b = mk_cache(eb, "snapkv:window=6,kernel=3,sinks=2", 48, 8);
+	int32_t ids[32], win[8], next[4];
+	struct err e;
+	rnd_tokens(ids, n0, hp->n_vocab);
+	rnd_tokens(win, w, hp->n_vocab);
+	rnd_tokens(next, 4, hp->n_vocab);
+	T_CHECK(kv_cache_feed(a, ids, n0, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_cache_feed(b, ids, n0, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_vote(a, win, w, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_check(a, &e), KVS_OK);
+	T_EQ_INT(kv_cache_n(a), n0);
+	/* reference: the window after the same tokens, in a plain engine */
+	int32_t pos[32];
+	uint32_t slot[32];
+	for (uint32_t i = 0; i < n0 + w; i++) {
+		pos[i] = (int32_t)i;
+		slot[i] = i;
+	}
+	struct engine_out o;
+	struct engine_batch bt = { .n_tokens = n0, .tokens = ids, .pos = pos, .slot = slot,
+		                       .n_visible = n0, .logits = ENGINE_LOGITS_NONE };
+	T_CHECK(engine_forward(er, &bt, &o, &e) == KVS_OK, "%s", e.msg);
+	struct engine_batch bw = { .n_tokens = w, .tokens = win, .pos = pos + n0, .slot = slot + n0,
+		                       .n_visible = n0 + w, .logits = ENGINE_LOGITS_NONE,
+		                       .want_attn_kv = true };
+	T_CHECK(engine_forward(er, &bw, &o, &e) == KVS_OK, "%s", e.msg);
+	const float *acc = kv_cache_acc(a);
+	double worst = 0;
+	for (uint32_t l = 0; acc && l < hp->n_layer; l++)
+		for (uint32_t g = 0; g < hp->n_head_kv; g++) {
+			const float *row = o.attn_kv + ((size_t)l * hp->n_head_kv + g) * o.n_visible;
+			for (uint32_t j = 0; j < n0; j++) {
+				float mx = row[j];
+				if (j > 0 && row[j - 1] > mx)
+					mx = row[j - 1];
+				if (j + 1 < n0 && row[j + 1] > mx)
+					mx = row[j + 1];
+				double d = fabs(acc[(size_t)j * hp->n_layer * hp->n_head_kv +
+				                    l * hp->n_head_kv + g] - mx);
+				worst = d > worst ? d : worst;
+			}
+		}
+	T_CHECK(acc != NULL && worst <= 1e-6, "votes differ from the reference by %g", worst);
+	/* the vote changed nothing the model sees */
+	T_CHECK(kv_cache_feed(a, next, 4, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_cache_feed(b, next, 4, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(memcmp(kv_cache_logits(a), kv_cache_logits(b), hp->n_vocab * sizeof(float)) == 0,
+	        "a vote changed the next logits");
+	/* the 4 tokens fed after the vote have none yet: +inf */
+	T_CHECK(isinf(kv_cache_toks(a)[n0].score), "score of a token after the vote");
+	/* a turn of 30 (48 - 30 = 18 kept): the turn's end votes on all 28
+	 * cached tokens (taken here first: the same vote), then 2 sinks and
+	 * the 16 voted highest stay */
+	int32_t turn[30];
+	rnd_tokens(turn, 30, hp->n_vocab);
+	T_CHECK(kv_vote(a, turn + 24, 6, &e) == KVS_OK, "%s", e.msg);
+	float sc[32];
+	uint32_t nc = kv_cache_n(a);
+	for (uint32_t j = 0; j < nc; j++)
+		sc[j] = kv_cache_toks(a)[j].score;
+	T_CHECK(kv_cache_begin_turn(a, KV_ROLE_USER, 30, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_n(a), nc); /* deferred to the feed: the prompt votes first */
+	T_CHECK(kv_cache_feed(a, turn, 30, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_n(a), 48);
+	/* the 16th highest vote among tokens 2.. (ties: the newer kept) */
+	uint32_t kept = 0, bad = 0;
+	for (uint32_t j = 0; j < nc; j++) {
+		uint32_t above = 0;
+		for (uint32_t k = 2; k < nc; k++)
+			above += sc[k] > sc[j] || (sc[k] == sc[j] && k > j);
+		bool want = j < 2 || above < 16;
+		bool have = kv_cache_find(a, (int32_t)j) >= 0;
+		kept += have;
+		bad += want != have;
+	}
+	T_EQ_INT(kept, 18);
+	T_EQ_INT(bad, 0);
+	kv_cache_free(a);
+	kv_cache_free(b);
+	engine_free(ea);
+	engine_free(eb);
+	engine_free(er);
 }
 
 /* ------------------------------------------------------- SirLLM scores */
@@ -1002,6 +1118,8 @@ static void test_long_dialogue(const struct model *m, const char *policy, uint32
 	struct err e;
 	bool full = strcmp(policy, "full") == 0, reached = false, ok = true, flat = true;
 	uint32_t resets = 0, lo = budget;
+	/* spans: an eviction keeps at most a span's worth less than its target */
+	uint32_t slack = strstr(policy, "span=word") ? KV_SPAN_MAX_TOKENS - 1 : 0;
 	kv_cache_stats(kv, &st);
 	uint64_t alloc = st.bytes_allocated;
 	for (uint32_t turn = 0; turn < turns && ok; turn++) {
@@ -1028,7 +1146,7 @@ static void test_long_dialogue(const struct model *m, const char *policy, uint32
 			uint32_t n = kv_cache_n(kv);
 			if (n > budget)
 				ok = false;
-			if (reached && !full && n + max_m < budget)
+			if (reached && !full && n + max_m + slack < budget)
 				flat = false;
 			if (n + max_m >= budget)
 				reached = true;
@@ -1145,6 +1263,23 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	toks[0].token = (int32_t)nv;
 	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "token 0") != NULL, "message: %s", e.msg);
+	toks[0].token = 1;
+	/* a crafted row: a role, flag bit or turn the cache never writes */
+	const struct {
+		uint8_t role, flags;
+		uint32_t turn;
+	} bad[] = { { 4, 0, 0 }, { 255, 0, 0 }, { 0, 1u << 3, 0 }, { 0, 0xff, 0 }, { 0, 0, r.turn + 1 } };
+	for (size_t k = 0; k < KVS_ARRAY_LEN(bad); k++) {
+		struct kv_tok keep = toks[n - 1];
+		toks[n - 1].role = bad[k].role;
+		toks[n - 1].flags = bad[k].flags;
+		toks[n - 1].turn = bad[k].turn ? bad[k].turn : keep.turn;
+		T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
+		T_EQ_INT(kv_cache_n(b), 0);
+		T_CHECK(strstr(e.msg, "expected a role") != NULL, "message: %s", e.msg);
+		toks[n - 1] = keep;
+	}
+	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_OK); /* the rows as written restore */
 	free(raw);
 	free(logits);
 	kv_cache_free(a);
@@ -1317,6 +1452,14 @@ static void test_check_random(const struct model *m)
 		T_CHECK(check_random(m, variants[i], 400, false) > 20, "%s: too few evictions",
 		        variants[i]);
 	T_CHECK(check_random(m, "full", 400, true) > 20, "provider: too few evictions");
+	/* spans on: the cache's own witness (kv_span_split) fails a feed that
+	 * splits one */
+	for (size_t i = 0; i < kv_policy_count(); i++) {
+		char spec[64];
+		snprintf(spec, sizeof spec, "%s:span=word", kv_policy_name_at(i));
+		T_CHECK(check_random(m, spec, 400, false) > 20, "%s: too few evictions", spec);
+	}
+	T_CHECK(check_random(m, "full:span=number", 400, true) > 20, "provider: too few evictions");
 }
 
 int main(void)
@@ -1338,6 +1481,10 @@ int main(void)
 	test_keep_all_identical(t.m, "sirllm");
 	test_keep_all_identical(t.m, "sirllm:mode=compat");
 	test_keep_all_identical(t.m, "h2o");
+	test_keep_all_identical(t.m, "snapkv");
+	test_keep_all_identical(t.m, "sirllm:span=word");
+	test_keep_all_identical(t.m, "snapkv:span=number");
+	test_snapkv(t.m);
 	test_sirllm_scores(t.m);
 	test_lminfinite(t.m);
 	test_engine_cap(t.m);
@@ -1359,6 +1506,8 @@ int main(void)
 		test_long_dialogue(t.m, kv_policy_name_at(i), 10000);
 	test_long_dialogue(t.m, "sirllm:mode=compat,lambda=0.9", 10000);
 	test_long_dialogue(t.m, "h2o:pos=compact", 10000);
+	test_long_dialogue(t.m, "sirllm:span=word", 3000);
+	test_long_dialogue(t.m, "h2o:span=word,span_score=mean", 3000);
 	test_long_dialogue(t.m, "lminfinite:global=4,local=16,topk=2,topk_layer=1", 2000);
 	tiny_close(&t);
 	fprintf(stderr, "test-kv-cache: %.1f s\n", (clock_now_ms() - t0) / 1e3);

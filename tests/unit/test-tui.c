@@ -819,7 +819,7 @@ static void test_help(void)
 	T_CHECK(dump_has(&t, 80, 24, false, "the plugins' pane"), "F12 described");
 	T_CHECK(!dump_has(&t, 80, 24, false, ":quit"), "80x24: :quit is below the fold");
 	t.help_scroll = 100000;
-	T_CHECK(dump_has(&t, 80, 24, false, ":quit"), "scrolled to the end: :quit");
+	T_CHECK(dump_has(&t, 80, 24, false, "one forward pass"), "scrolled to the end: the glossary");
 	T_CHECK(t.help_scroll < 100000 && t.help_scroll > 0, "the scroll is clamped: %d",
 	        t.help_scroll);
 	/* every line reachable: each command's name shows at some scroll */
@@ -842,6 +842,43 @@ static void test_help(void)
 	}
 	T_CHECK(whole, ":load's help is cut");
 	T_CHECK(ctrl_l, "Ctrl-L listed");
+	/* searchable: :help TEXT (not a command) and /TEXT open it at the line,
+	 * the same text again goes on to the next line holding it */
+	t.help = false;
+	T_EQ_INT(tui_cmd_run(&c, "help k90"), KVS_OK);
+	T_CHECK(t.help && dump_has(&t, 80, 24, false, "k90"), "a k90 line (scroll %d)",
+	        t.help_scroll);
+	int first = t.help_scroll;
+	bool gloss = false;
+	for (int k = 0; k < 6 && !gloss; k++) {
+		T_EQ_INT(tui_cmd_run(&c, "help k90"), KVS_OK);
+		T_CHECK(t.help_scroll > first, "on to the next k90 line: %d", t.help_scroll);
+		gloss = dump_has(&t, 80, 24, false, "  k90                     the fewest keys");
+	}
+	T_CHECK(gloss, "the glossary's k90 line");
+	T_CHECK(tui_search_line(&t, "/paper"), "a search while the help is open");
+	T_CHECK(dump_has(&t, 80, 24, false, "paper / compat"), "glossary: paper / compat");
+	T_CHECK(tui_search_line(&t, "/Alt-h/l"), "letter keys listed");
+	T_CHECK(dump_has(&t, 80, 24, false, "Shift-Left/Right, Alt-h/l, click"), "Alt-h/l");
+	T_EQ_INT(tui_cmd_run(&c, "help zzqx"), KVS_EARG);
+	T_CHECK(!t.help && strstr(t.status, "does not mention it") != NULL, "%s", t.status);
+	/* every F-key binding has its Alt-key twin in the help */
+	{
+		char **lines;
+		size_t n = tui_help_lines(NULL, 200, &lines);
+		static const char *const want[] = { "F1, Alt-1", "F2-F5, Alt-2..Alt-5", "F12, Alt-=",
+			                                "F6/F7, Alt-6/Alt-7", "F8/F9, Alt-8/Alt-9",
+			                                "F10, Alt-0", "F11, Alt--", "Shift-Up/Down, Alt-k/j",
+			                                "Shift-PgUp/PgDn, Alt-p/n",
+			                                "Shift-Home/End, Alt-g/G", "Glossary" };
+		for (size_t k = 0; k < KVS_ARRAY_LEN(want); k++) {
+			bool seen = false;
+			for (size_t i = 0; i < n; i++)
+				seen |= strstr(lines[i], want[k]) != NULL;
+			T_CHECK(seen, "help lacks '%s'", want[k]);
+		}
+		tui_help_free(lines, n);
+	}
 	/* at 200 columns the box is the screen's width, not 80 */
 	t.help_scroll = 0;
 	{
@@ -1225,6 +1262,52 @@ static void test_replay(void)
 /* The chat pane lays out from the newest message back; scrolling reaches
  * the oldest and stops there. 300 one-row messages: the pane shows rows
  * (pane height - 2 borders - 1 legend) of them. */
+/* The first-start hint, and '/' searching the chat: the hit is scrolled
+ * to its first row and its text marked; '/' again goes older, '?' newer;
+ * "//..." is a message. */
+static void test_chat_search(void)
+{
+	struct tui t;
+
+	tui_init(&t);
+	T_EQ_STR(t.status, TUI_HINT);
+	T_CHECK(dump_has(&t, 80, 24, false, "F1 help, : commands, Tab completes, / searches the chat"),
+	        "the hint shows whole at 80 columns");
+	for (int i = 0; i < 60; i++) {
+		char buf[64];
+		snprintf(buf, sizeof buf, "message %d%s", i, i == 5 || i == 20 ? " about Zebras" : "");
+		tui_msg_add(&t, i % 2 ? MSG_ASSISTANT : MSG_USER, buf);
+	}
+	T_CHECK(!tui_search_line(&t, "//etc"), "//etc is a message");
+	T_CHECK(!tui_search_line(&t, "hello"), "a message");
+	T_CHECK(!tui_search_line(&t, "?"), "'?' before any search is a message");
+	T_CHECK(tui_search_line(&t, "/zebra"), "a search");
+	T_EQ_INT(t.chat_hit, 20);
+	T_CHECK(dump_has(&t, 80, 24, false, "message 20 about Zebras"), "the newer hit shows");
+	T_CHECK(t.chat_scroll > 0 && !t.chat_jump, "scrolled up to it: %d", t.chat_scroll);
+	T_CHECK(strstr(t.status, "message 21 of 60") != NULL, "%s", t.status);
+	T_CHECK(tui_search_line(&t, "/"), "again");
+	T_EQ_INT(t.chat_hit, 5);
+	T_CHECK(dump_has(&t, 80, 24, false, "message 5 about Zebras"), "the older hit shows");
+	T_CHECK(tui_search_line(&t, "/") && t.chat_hit == 5 && t.status_err, "no older: %s",
+	        t.status);
+	T_CHECK(tui_search_line(&t, "?") && t.chat_hit == 20, "newer again: %d", t.chat_hit);
+	{
+		/* the hit's text is marked */
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		bool marked = false;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		for (int i = 0; i < g.w * g.h; i++)
+			marked |= g.c[i].role == R_SELECTED && g.c[i].cp == 'Z';
+		T_CHECK(marked, "'Zebras' marked");
+		tui_grid_free(&g);
+	}
+	T_CHECK(tui_search_line(&t, "/nowhere") && t.status_err, "%s", t.status);
+	tui_free(&t);
+}
+
 static void test_chat_scroll(void)
 {
 	struct tui t;
@@ -1254,6 +1337,158 @@ static void test_chat_scroll(void)
 	tui_free(&t);
 }
 
+/* The attention grid: one row per step (query), one column per key by
+ * original position over all of them; the cursor is the shown step and the
+ * selected token, and names both with the weight (hand-computed: uniform
+ * 1/3 over keys 0..2, then the ramp (k + 1) / 10 over keys 0..3). */
+static void test_attn_grid(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+
+	tui_init(&t);
+	c.t = &t;
+	t.tab = 1;
+	add_step(&t, 2, 1, 3); /* query #2, keys 0..2 */
+	T_CHECK(dump_has(&t, 80, 24, false, "1 query x 3 keys:"), "one query (not '1 queries')");
+	add_step_w(&t, 2, 1, 4, true); /* query #3, keys 0..3 */
+	T_CHECK(dump_has(&t, 80, 24, false, "#2    '#102'"), "the first query's row label");
+	T_CHECK(dump_has(&t, 80, 24, false, "#3    '#103'"), "the second's");
+	T_CHECK(dump_has(&t, 80, 24, false, "queries/keys  |0"), "the key axis");
+	T_CHECK(dump_has(&t, 80, 24, false, "2 queries x 4 keys: Shift-Left/Right or a strip click"), "no key picked");
+	t.sel_tok = 3;
+	T_CHECK(dump_has(&t, 80, 24, false, "query #3 '#103' -> key #3 '#103': 0.4000"),
+	        "the cursor: the latest query, key 3");
+	t.step_back = 1;
+	T_CHECK(dump_has(&t, 80, 24, false,
+	                 "query #2 '#102' -> key #3 '#103': not in the cache at this step"),
+	        "key 3 came after query 2");
+	t.sel_tok = 0;
+	T_CHECK(dump_has(&t, 80, 24, false, "query #2 '#102' -> key #0 '#100': 0.3333"),
+	        "the earlier query, key 0");
+	{
+		/* the cursor cell is marked on the shown query's row, in key 0's column */
+		struct tui_grid g = { 0 };
+		int cx, cy, n_sel = 0;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		for (int y = 0; y < g.h; y++) {
+			char *row = tui_grid_row(&g, y);
+			if (strncmp(row, "\xe2\x94\x82#2 ", 6) == 0)
+				T_CHECK(g.c[y * g.w + 1 + 14].role == R_SELECTED, "the cursor cell");
+			for (int x = 15; x < g.w; x++)
+				n_sel += g.c[y * g.w + x].role == R_SELECTED && g.c[y * g.w + x].cp != '^';
+			free(row);
+		}
+		T_EQ_INT(n_sel, 1);
+		tui_grid_free(&g);
+	}
+	{
+		/* a click on a cell: key 2's column on the latest query's row */
+		struct tui_grid g = { 0 };
+		int cx, cy;
+		tui_grid_resize(&g, 80, 24);
+		tui_draw(&t, &g, "", 0, &cx, &cy);
+		T_CHECK(t.grid.cells.w == 4 && t.grid.cells.h == 2, "grid %dx%d", t.grid.cells.w,
+		        t.grid.cells.h);
+		tui_click(&t, &g, t.grid.cells.x + 2, t.grid.cells.y + 1);
+		T_EQ_INT(t.sel_tok, 2);
+		T_EQ_INT(t.step_back, 0);
+		tui_click(&t, &g, t.grid.cells.x + 1, t.grid.cells.y);
+		T_EQ_INT(t.sel_tok, 1);
+		T_EQ_INT(t.step_back, 1);
+		T_CHECK(dump_has(&t, 80, 24, false, "query #2 '#102' -> key #1 '#101': 0.3333"),
+		        "the clicked cell named");
+		tui_grid_free(&g);
+	}
+	T_EQ_INT(tui_cmd_run(&c, "attn row"), KVS_OK);
+	T_CHECK(dump_has(&t, 80, 24, false, "keys 0..2, 1.0 per cell") &&
+	                !dump_has(&t, 80, 24, false, "queries/keys"),
+	        "the shown row alone");
+	T_EQ_INT(tui_cmd_run(&c, "attn cube"), KVS_EARG);
+	tui_free(&t);
+}
+
+/* A file's whole text (allocated). */
+static char *slurp(const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	char *buf = xcalloc(1 << 16, 1);
+	if (fp != NULL) {
+		size_t n = fread(buf, 1, (1 << 16) - 1, fp);
+		buf[n] = '\0';
+		fclose(fp);
+	}
+	return buf;
+}
+
+/* :export-view: the attention steps as one key axis (a key missing from a
+ * step weighs 0), the strip's tokens; texts escaped for JSON and CSV, bytes
+ * that are not UTF-8 as U+FFFD; a bad view or format makes no file. */
+static void test_export_view(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct worker_event ev = { 0 };
+	struct kv_tok ev_toks[1];
+	char path[64], *d;
+	struct err e;
+
+	tui_init(&t);
+	c.t = &t;
+	fill_model(&t);
+	T_CHECK(tui_export_view(&t, "attention", "/tmp/x.json", NULL, &e) == KVS_ESTATE,
+	        "no steps yet: %s", e.msg);
+	add_step(&t, 2, 1, 3);     /* keys 0 1 2, each 1/3 */
+	add_step_w(&t, 2, 1, 4, true); /* keys 0..3: 1/10 2/10 3/10 4/10 */
+	snprintf(t.policy, sizeof t.policy, "h2o \"q\"\n\x01\xff");
+	ev_toks[0] = mk_tok(9, 2, KV_ROLE_USER, 0);
+	ev.kind = WORKER_EV_KV;
+	ev.kv.kind = KV_EVENT_EVICT;
+	ev.kv.policy = "a,\"b\"";
+	ev.kv.n_evicted = 1;
+	ev.kv.evicted = ev_toks;
+	tui_apply(&t, &ev, 0);
+	snprintf(path, sizeof path, "/tmp/test-tui-export-%d.json", (int)getpid());
+	T_EQ_INT(tui_cmd_run(&c, "export-view attention"), KVS_EARG);
+	T_CHECK(tui_export_view(&t, "attention", path, NULL, &e) == KVS_OK, "%s", e.msg);
+	d = slurp(path);
+	T_CHECK(strstr(d, "\"tokens\":[\"#100\",\"#101\",\"#102\",\"#103\"],\"positions\":[0,1,2,3]") !=
+	                NULL,
+	        "%s", d);
+	/* attention[layer][head][query][key]: the first step had no key 3 */
+	T_CHECK(strstr(d, "\"attention\":[[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]],"
+	                  "[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]]]}") != NULL,
+	        "%s", d);
+	T_CHECK(strstr(d, "{\"step\":0,\"position\":2,\"index\":2,\"token\":\"#102\"}") != NULL,
+	        "%s", d);
+	free(d);
+	T_CHECK(tui_export_view(&t, "retention", path, "json", &e) == KVS_OK, "%s", e.msg);
+	d = slurp(path);
+	T_CHECK(strstr(d, "\"policy\":\"h2o \\\"q\\\"\\n\\u0001\xef\xbf\xbd\"") != NULL, "%s", d);
+	T_CHECK(strstr(d, "{\"position\":9,\"id\":109,\"text\":\"#109\",\"turn\":2,\"role\":\"user\","
+	                  "\"cached\":false,\"evicted\":true,\"sink\":false,\"key\":false,"
+	                  "\"pinned\":false,\"surprisal\":null,\"score\":null,\"evicted_by\":"
+	                  "\"a,\\\"b\\\"\"") != NULL,
+	        "%s", d);
+	free(d);
+	T_CHECK(tui_export_view(&t, "retention", path, "csv", &e) == KVS_OK, "%s", e.msg);
+	d = slurp(path);
+	T_CHECK(strncmp(d, "position,id,text,turn,role,cached,evicted,sink,key,pinned,surprisal,"
+	                   "score,evicted_by,cause\n0,100,#100,0,system,1,0,1,0,0,,,,\n",
+	                80) == 0,
+	        "%s", d);
+	T_CHECK(strstr(d, "\n9,109,#109,2,user,0,1,0,0,0,,,\"a,\"\"b\"\"\",") != NULL, "%s", d);
+	free(d);
+	remove(path);
+	T_CHECK(tui_export_view(&t, "heads", path, NULL, &e) == KVS_EARG &&
+	                strstr(e.msg, "expected attention or retention") != NULL,
+	        "%s", e.msg);
+	T_CHECK(tui_export_view(&t, "retention", path, "xml", &e) == KVS_EARG, "%s", e.msg);
+	T_CHECK(access(path, F_OK) != 0, "a refused export made no file");
+	tui_free(&t);
+}
+
 int main(void)
 {
 	/* character widths come from the locale, as in the program */
@@ -1268,6 +1503,7 @@ int main(void)
 	test_layout_and_draw();
 	test_replay();
 	test_chat_scroll();
+	test_chat_search();
 	test_commands();
 	test_unsaved();
 	test_help();
@@ -1279,6 +1515,8 @@ int main(void)
 	test_kv_copy();
 	test_grid();
 	test_lua();
+	test_export_view();
+	test_attn_grid();
 	test_registries(); /* last: it adds to the tables */
 	return t_done("test-tui");
 }

@@ -213,7 +213,7 @@ static bool bytes_covered(const struct vocab *v, const char *s, size_t len)
 				rank += !((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || c >= 0xAE);
 			cp = 0x100 + (uint32_t)rank;
 		}
-		if (vocab_lookup(v, u, ucp_encode(cp, u)) < 0)
+		if (vocab_lookup(v, u, utf8_encode_any(cp, u)) < 0)
 			return false;
 	}
 	return true;
@@ -717,7 +717,7 @@ static void check_words(const char *pre, const char *s, const char *want, int li
 		if (w > 0)
 			got[o++] = '|';
 		for (i = start; i < ends[w]; i++)
-			o += ucp_encode(cps[i], got + o);
+			o += utf8_encode_any(cps[i], got + o);
 	}
 	got[o] = '\0';
 	t_checks++;
