@@ -552,41 +552,49 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, vc = c->vis_cap;
 	uint32_t m = cpu_prefix(c, jb->b->pos[jb->t0]), k0, k1;
-	cpu_share(m, ith, nth, &k0, &k1);
-	float *part = c->dpart + (size_t)ith * hp->n_head * (hd + 2); /* (n_head, hd + 2): mx, l, o */
+	int np = pool_size(c->pool);
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc;
 	float *tmp = c->txb + (size_t)ith * c->kmax; /* (KERN_ATT_Q, hd) */
 	const float *q = c->q;
-	if (k1 == k0) {
-		for (uint32_t h = 0; h < hp->n_head; h++) {
-			part[(size_t)h * (hd + 2)] = -INFINITY;
-			part[(size_t)h * (hd + 2) + 1] = 0;
-		}
-		return;
-	}
 	if (c->kv_es == 2) { /* as cpu_attend: an f16 cache multiplies f16 by f16 */
 		float *qr = c->qh + (size_t)ith * c->q_rows * hd;
 		memcpy(qr, q, (size_t)hp->n_head * hd * sizeof(float));
 		cpu_round16(c, qr, hp->n_head * hd);
 		q = qr;
 	}
-	for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
-		cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp, false);
-	for (uint32_t h = 0; h < hp->n_head; h++) {
-		float *pr = part + (size_t)h * (hd + 2), *sr = sc + (size_t)h * vc;
-		pr[0] = c->ops->max_f32(sr, k1 - k0);
-		pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
-		memset(pr + 2, 0, hd * sizeof(float));
+	/* part j always holds the same keys, whichever thread computes it */
+	for (int j = ith; j < np; j += nth) {
+		cpu_share(m, j, np, &k0, &k1);
+		float *part = c->dpart + (size_t)j * hp->n_head * (hd + 2); /* (n_head, hd + 2): mx, l, o */
+		if (k1 == k0) {
+			for (uint32_t h = 0; h < hp->n_head; h++) {
+				part[(size_t)h * (hd + 2)] = -INFINITY;
+				part[(size_t)h * (hd + 2) + 1] = 0;
+			}
+			continue;
+		}
+		for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
+			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp,
+			              false);
+		for (uint32_t h = 0; h < hp->n_head; h++) {
+			float *pr = part + (size_t)h * (hd + 2), *sr = sc + (size_t)h * vc;
+			pr[0] = c->ops->max_f32(sr, k1 - k0);
+			pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
+			memset(pr + 2, 0, hd * sizeof(float));
+		}
+		for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
+			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp,
+			              true);
 	}
-	for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
-		cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp, true);
 }
 
-/* Merge the threads' parts of cpu_attend_split into out (n_head, head_dim). */
-void cpu_split_merge(const struct cpu *c, int nth, float *out)
+/* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
+ * part order. */
+void cpu_split_merge(const struct cpu *c, float *out)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim;
+	int nth = pool_size(c->pool);
 	size_t per = (size_t)hp->n_head * (hd + 2);
 	for (uint32_t h = 0; h < hp->n_head; h++) {
 		float mx = -INFINITY, sum = 0, *o = out + (size_t)h * hd;

@@ -104,7 +104,7 @@ struct cpu {
 	int32_t *ins_pos;  /* (n_threads) position ins_cs is for, or -1 */
 	/* decode with the keys split across threads: per thread and query head
 	 * the partial max, sum of exp and unnormalised output */
-	float *dpart; /* (n_threads, n_head, head_dim + 2) */
+	float *dpart; /* (pool threads, n_head, head_dim + 2) */
 };
 
 /* What one pool_run works on. */
@@ -147,7 +147,11 @@ void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi);
 void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, int ith);
 /*
  * Decode attention (one token, every thread) with the visible keys split
- * across the threads: thread ith takes its share of the sorted prefix,
+ * in as many parts as the pool has threads, whatever number of them runs
+ * this step (the decode tries one thread now and then: CPU_PROBE_EVERY),
+ * so that a step's result never depends on it and a seeded run repeats
+ * bit for bit. Thread ith takes parts ith, ith + nth, ...: shares of the
+ * sorted prefix,
  * reading each key and value once for all the query heads of its KV head,
  * and leaves per query head its max, sum of weights and unnormalised output
  * in c->dpart. After a barrier each thread merges the threads' parts itself
@@ -176,7 +180,8 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 /* Order the visible slots by position, empty slots last, so that the keys a
  * query at position p may see are a prefix of the order. */
 void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
-/* Merge the threads' parts of cpu_attend_split into out (n_head, head_dim). */
-void cpu_split_merge(const struct cpu *c, int nth, float *out);
+/* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
+ * part order. */
+void cpu_split_merge(const struct cpu *c, float *out);
 
 #endif

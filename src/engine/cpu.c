@@ -619,10 +619,10 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		cpu_attend_split(jb, l, ith, nth);
 		pool_barrier(c->pool);
 		if (solo) {
-			cpu_split_merge(c, nth, xb);
+			cpu_split_merge(c, xb);
 			ao = xb;
 		} else {
-			cpu_split_merge(c, nth, c->ao);
+			cpu_split_merge(c, c->ao);
 		}
 	} else {
 		cpu_share(n_items, ith, nth, &ilo, &ihi);

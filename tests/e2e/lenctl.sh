@@ -65,7 +65,7 @@ grep -q "length target: off" "$tmp/c.err" || fail "/len off: $(cat "$tmp/c.err")
 w=$(words "$tmp/c")
 [ "$w" -gt 20 ] && [ "$w" -le 40 ] || fail "chat /len 30 gave $w words"
 printf '/len 12x\n' | "$bin" chat >/dev/null 2>"$tmp/c.err"
-grep -q "/len: length '12x': expected" "$tmp/c.err" || fail "/len 12x: $(cat "$tmp/c.err")"
+grep -q "len: length '12x': expected" "$tmp/c.err" || fail "/len 12x: $(cat "$tmp/c.err")"
 # the chat started with a target (--target-words, as generate takes it)
 printf 'Name three colours.\n/len\n' |
 	"$bin" chat --temp 0 -n 200 --target-words 30 >"$tmp/c" 2>"$tmp/c.err" ||

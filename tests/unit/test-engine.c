@@ -888,6 +888,65 @@ static void test_long_and_kv_types(void)
 static const struct tspec spec_llama_h64 = { "llama", 192,      3,         1,     64,     128,
 	                                         64,      10000.0f, ROPE_NORM, false, DT_F32, DT_F32 };
 
+/* A decode step's result does not depend on how many threads ran it: the
+ * engine tries one thread on its second step (and every CPU_PROBE_EVERY
+ * steps after), so the same step taken twice, first on every thread of a
+ * three-thread pool and then on one, gives bit-identical logits. (Before
+ * the split decode attention kept its parts per pool thread, a seeded run
+ * changed with the machine's load.) */
+static double maxdiff_ff(const float *a, const float *b, uint32_t n)
+{
+	double m = 0;
+	for (uint32_t i = 0; i < n; i++)
+		m = fmax(m, fabs((double)a[i] - b[i]));
+	return m;
+}
+
+static void test_decode_thread_count(void)
+{
+	const struct tspec *sp = &spec_llama_h64;
+	struct tmodel *tm = tm_build(sp, 5);
+	enum { N = 300 };
+	int32_t tok[N + 1], pos[N + 1];
+	uint32_t slot[N + 1];
+	for (int i = 0; i <= N; i++) {
+		tok[i] = (int32_t)((i * 37 + 11) % sp->n_vocab);
+		pos[i] = i;
+		slot[i] = (uint32_t)i;
+	}
+	for (int kv = 0; kv < 2; kv++) {
+		struct engine *eng = mk_engine(&tm->m, false, ENGINE_ISA_AUTO,
+		                               kv ? ENGINE_KV_F16 : ENGINE_KV_F32, 3, N + 1);
+		if (eng == NULL)
+			continue;
+		struct err e;
+		struct engine_out out;
+		struct engine_batch b = { .n_tokens = N,
+			                      .tokens = tok,
+			                      .pos = pos,
+			                      .slot = slot,
+			                      .n_visible = N,
+			                      .logits = ENGINE_LOGITS_NONE };
+		err_clear(&e);
+		T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
+		struct engine_batch d = { .n_tokens = 1,
+			                      .tokens = &tok[N],
+			                      .pos = &pos[N],
+			                      .slot = &slot[N],
+			                      .n_visible = N + 1 };
+		float *first = malloc(sp->n_vocab * sizeof(float));
+		T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
+		memcpy(first, out.logits, sp->n_vocab * sizeof(float));
+		T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
+		T_CHECK(memcmp(first, out.logits, sp->n_vocab * sizeof(float)) == 0,
+		        "kv %s: the same decode step on 3 threads and on 1 differs (max |d| %.3g)",
+		        kv ? "f16" : "f32", maxdiff_ff(first, out.logits, sp->n_vocab));
+		free(first);
+		engine_free(eng);
+	}
+	tm_free(tm);
+}
+
 /*
  * The tiled prefill attention and the decode attention at every level
  * against the float64 reference, every position's logits: 592 tokens in
@@ -1681,6 +1740,7 @@ int main(void)
 	test_compaction(&spec_qwen_f32);
 	test_long_and_kv_types();
 	test_tiled_prefill();
+	test_decode_thread_count();
 	test_bad_batches();
 	return t_done("test-engine");
 }
