@@ -147,6 +147,8 @@ struct gen_config {
 	struct sampler_params sampler;
 	uint32_t n_batch;    /* prefill chunk in tokens (default 512) */
 	struct kv_config kv; /* retention policy, budget (0: every slot), capture */
+	const char *chat_template; /* chat layout by name (--template), NULL: recognise */
+	bool no_think;             /* qwen3: answer without a thinking block (--no-think) */
 };
 /* The default model, engine, sampler and KV settings. */
 void gen_config_default(struct gen_config *c);

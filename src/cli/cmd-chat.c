@@ -220,13 +220,59 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* Stream the reply's text as it comes (ud: the session); a failed write (a
- * full disk, a closed pipe) cancels the reply. */
+/* What the reply stream shows: a model that thinks first (qwen3) opens its
+ * reply with <think>...</think>; :think hide drops that block from the
+ * screen (the cache keeps it, as the model wrote it). */
+struct chat_view {
+	struct session *s;
+	bool hide_think;
+	bool in_think; /* inside a hidden block */
+	bool skip_nl;  /* drop the newlines that follow a hidden block */
+};
+
+/* Write text[0..len), less any hidden thinking. */
+static void chat_show(struct chat_view *v, const char *text, size_t len)
+{
+	static const char open[] = "<think>", close[] = "</think>";
+
+	while (len > 0) {
+		const char *p;
+		if (v->in_think) {
+			p = memmem(text, len, close, sizeof close - 1);
+			if (p == NULL)
+				return;
+			len -= (size_t)(p - text) + sizeof close - 1;
+			text = p + sizeof close - 1;
+			v->in_think = false;
+			v->skip_nl = true;
+			continue;
+		}
+		for (; v->skip_nl && len > 0 && *text == '\n'; text++, len--)
+			;
+		if (len == 0)
+			return;
+		v->skip_nl = false;
+		p = v->hide_think ? memmem(text, len, open, sizeof open - 1) : NULL;
+		if (p == NULL) {
+			fwrite(text, 1, len, stdout);
+			return;
+		}
+		fwrite(text, 1, (size_t)(p - text), stdout);
+		len -= (size_t)(p - text) + sizeof open - 1;
+		text = p + sizeof open - 1;
+		v->in_think = true;
+	}
+}
+
+/* Stream the reply's text as it comes (ud: the chat_view); a failed write
+ * (a full disk, a closed pipe) cancels the reply. */
 static void chat_text(void *ud, const char *text, size_t len)
 {
-	fwrite(text, 1, len, stdout);
+	struct chat_view *v = ud;
+
+	chat_show(v, text, len);
 	if (!cli_stdout_flush())
-		session_cancel(ud);
+		session_cancel(v->s);
 }
 
 /* What a command line's commands act on. */
@@ -235,8 +281,20 @@ struct chat_ctx {
 	struct session *s;
 	struct chat_db *db;
 	char sigil; /* ':' or '/', as the line was typed (errors name it so) */
+	struct chat_view *view;
 	bool quit;
 };
+
+/* :think show|hide: whether a reply's thinking block is shown. */
+static void chat_think(struct chat_ctx *c, const char *arg)
+{
+	if (strcmp(arg, "show") != 0 && strcmp(arg, "hide") != 0) {
+		fprintf(stderr, "kvscope: :think: expected show or hide\n");
+		return;
+	}
+	c->view->hide_think = arg[0] == 'h';
+	fprintf(stderr, "thinking blocks: %s\n", c->view->hide_think ? "hidden" : "shown");
+}
 
 /* :len [SPEC]: show or set the length target of the next replies. */
 static void chat_len(struct chat_ctx *c, const char *spec)
@@ -424,6 +482,7 @@ static const struct {
 	{ "len", "[120w|200t|150|>800|off]", "length target of the next replies", chat_len },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones)",
 	  chat_save },
+	{ "think", "show|hide", "show or hide a reply's <think> block (qwen3)", chat_think },
 	{ "help", "", "this list", chat_help },
 	{ "quit", "", "leave (also :exit, Ctrl-D)", chat_quit },
 	{ "exit", "", NULL, chat_quit },
@@ -458,7 +517,7 @@ static bool chat_command(struct chat_ctx *c, const char *line)
 			return true;
 		}
 	fprintf(stderr, "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :kv, :len, "
-	                ":save, :quit or :help\n",
+	                ":save, :think, :quit or :help\n",
 	        (int)n + 1, line);
 	return true;
 }
@@ -480,10 +539,11 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	struct lineedit *le = NULL;
 	struct err e;
 	bool interactive = isatty(0) && isatty(1);
+	struct chat_view view = { .hide_think = o->hide_think };
 	char *line;
 	size_t len;
 	enum cli_exit rc;
-	struct chat_ctx cc = { .o = o, .db = &db };
+	struct chat_ctx cc = { .o = o, .db = &db, .view = &view };
 
 	if (o->prompt != NULL || o->prompt_file != NULL || o->raw) {
 		rc = cli_usage(&cmd_chat,
@@ -541,8 +601,10 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				break;
 			continue;
 		}
+		view.s = s;
+		view.in_think = view.skip_nl = false;
 		session_set_hooks(
-		        s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved, .ud = s });
+		        s, &(struct session_hooks){ .text = chat_text, .saved = chat_saved, .ud = &view });
 		int st = session_chat(s, line, &e);
 		free(line);
 		fputc('\n', stdout);

@@ -345,6 +345,13 @@ static const struct cli_opt cli_opt_table[] = {
 	  "read the prompt from FILE (bytes as they are)" },
 	{ "raw", 0, NULL, OPTG_PROMPT, opt_flag, O(raw), 0, 0,
 	  "feed the prompt as is, without the chat template" },
+	{ "template", 0, "NAME", OPTG_PROMPT | OPTG_EVAL, opt_str, OG(chat_template), 0, 0,
+	  "chat layout: chatml, llama3, gemma, phi3 or mistral (default: recognised from the "
+	  "model's template)" },
+	{ "no-think", 0, NULL, OPTG_PROMPT, opt_flag, OG(no_think), 0, 0,
+	  "qwen3: answer without thinking (an empty <think> block opens each reply)" },
+	{ "hide-think", 0, NULL, OPTG_PROMPT, opt_flag, O(hide_think), 0, 0,
+	  "chat: do not show a reply's <think>...</think> block (:think show|hide toggles it)" },
 	{ "system", 0, "TEXT", OPTG_PROMPT, opt_str, O(system), 0, 0,
 	  "system prompt (default: the template's; \"\" for none)" },
 	{ "max-tokens", 'n', "N", OPTG_GEN, opt_u32, O(max_tokens), 0, 1 << 24,

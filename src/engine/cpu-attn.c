@@ -645,7 +645,8 @@ void cpu_split_merge(const struct cpu *c, float *out)
 }
 
 
-/* Bias, cache the pre-RoPE k and the v, rotate q: ubatch token i. */
+/* Bias, per-head norm (qwen3), cache the pre-RoPE k and the v, rotate q:
+ * ubatch token i. */
 void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 {
 	struct cpu *c = jb->c;
@@ -662,6 +663,12 @@ void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 	if (L->bv)
 		for (uint32_t r = 0; r < nkv; r++)
 			v[r] += L->bv[r];
+	if (L->q_norm)
+		for (uint32_t h = 0; h < hp->n_head; h++)
+			c->ops->rmsnorm(q + (size_t)h * hd, L->q_norm, q + (size_t)h * hd, hd, hp->rms_eps);
+	if (L->k_norm)
+		for (uint32_t h = 0; h < hp->n_head_kv; h++)
+			c->ops->rmsnorm(k + (size_t)h * hd, L->k_norm, k + (size_t)h * hd, hd, hp->rms_eps);
 	uint32_t s = jb->b->slot[jb->t0 + i];
 	uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
 	uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;

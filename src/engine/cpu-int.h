@@ -24,6 +24,7 @@
 struct cpu_layer {
 	const float *attn_norm, *ffn_norm; /* (n_embd) */
 	const float *bq, *bk, *bv;         /* biases or NULL */
+	const float *q_norm, *k_norm;      /* (head_dim) per-head norm weights or NULL */
 	struct kern_weight wq, wk, wv, wo, gate, up, down;
 };
 

@@ -300,6 +300,8 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		L->bq = lw->bq.data;
 		L->bk = lw->bk.data;
 		L->bv = lw->bv.data;
+		L->q_norm = lw->q_norm.data;
+		L->k_norm = lw->k_norm.data;
 		if ((rc = cpu_weight(&L->wq, &lw->wq, e)) || (rc = cpu_weight(&L->wk, &lw->wk, e)) ||
 		    (rc = cpu_weight(&L->wv, &lw->wv, e)) || (rc = cpu_weight(&L->wo, &lw->wo, e)) ||
 		    (rc = cpu_weight(&L->gate, &lw->w_gate, e)) ||

@@ -581,15 +581,31 @@ void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, flo
 
 void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out)
 {
-	/* Float arithmetic throughout, frequency by repeated multiplication: the
-	 * angles then match llama.cpp's to the last bit at ordinary positions. */
+	/* Float arithmetic throughout, frequency by repeated multiplication, in
+	 * the order llama.cpp's rope cache takes: the angles then match its own
+	 * to the last bit at ordinary positions. Per pair: divide by the
+	 * rope_freqs divisor (extrapolated angle), scale by the frequency scale
+	 * (interpolated angle), under YaRN mix the two by the ramp over
+	 * rope_yarn_corr, and scale the rotation by the attention factor. */
 	uint32_t n_pairs = hp->n_rot / 2;
 	float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
 	float theta = (float)pos;
+	float mscale = hp->rope_attn_factor > 0 ? hp->rope_attn_factor : 1.0f; /* 0: not set */
+	float lo = hp->rope_yarn_corr[0], span = hp->rope_yarn_corr[1] - hp->rope_yarn_corr[0];
+	if (hp->rope_ext_factor != 0.0f)
+		mscale *= 1.0f + 0.1f * logf(1.0f / hp->rope_freq_scale);
+	if (span < 0.001f)
+		span = 0.001f;
 	for (uint32_t i = 0; i < n_pairs; i++) {
-		float t = hp->rope_freq_scale * theta;
-		cos_out[i] = cosf(t);
-		sin_out[i] = sinf(t);
+		float extrap = hp->rope_factors ? theta / hp->rope_factors[i] : theta;
+		float t = hp->rope_freq_scale * extrap;
+		if (hp->rope_ext_factor != 0.0f) {
+			float y = ((float)i - lo) / span;
+			float mix = (1 - fminf(1, fmaxf(0, y))) * hp->rope_ext_factor;
+			t = t * (1 - mix) + extrap * mix;
+		}
+		cos_out[i] = cosf(t) * mscale;
+		sin_out[i] = sinf(t) * mscale;
 		theta *= theta_scale;
 	}
 }
