@@ -965,7 +965,7 @@ static void cu_free(void *state)
 static const struct backend_ops cu_ops = {
 	"cuda",     cu_create,   cu_forward, cu_kv_copy,
 	cu_kv_read, cu_isa_name, cu_free,    ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
-	cu_kv_raw,
+	cu_kv_raw,  NULL,
 };
 
 /* ------------------------------------------------------------- gpu.h */

@@ -147,6 +147,8 @@ struct gen_config {
 	struct sampler_params sampler;
 	uint32_t n_batch;    /* prefill chunk in tokens (default 512) */
 	struct kv_config kv; /* retention policy, budget (0: every slot), capture */
+	const char *chat_template; /* chat layout by name (--template), NULL: recognise */
+	bool no_think;             /* qwen3: answer without a thinking block (--no-think) */
 };
 /* The default model, engine, sampler and KV settings. */
 void gen_config_default(struct gen_config *c);
@@ -467,6 +469,7 @@ enum worker_cmd_kind {
 	WORKER_LOAD,       /* text: a saved session's id or title: resume it; n: at most
 	                     * this many of its last turns in the transcript event */
 	WORKER_LEN,        /* text: a length target ("120w", "200t", "150", "off") */
+	WORKER_SPARSE,     /* text: a sparse attention spec ("quest:budget=512", "off") */
 };
 
 struct worker_cmd {

@@ -91,8 +91,17 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 	}
 	g->load_ms = clock_now_ms() - t0;
 	g->sampler = sampler_create(&c->sampler, g->model->hp.n_vocab);
-	g->has_chat = chat_template_init(&g->chat, g->model->chat_template, g->model->vocab,
-	                                 &g->chat_err) == KVS_OK;
+	g->has_chat = chat_template_init(&g->chat, g->model->chat_template, c->chat_template,
+	                                 g->model->vocab, &g->chat_err) == KVS_OK;
+	if (g->has_chat && g->chat.note[0] != '\0')
+		log_warn("%s", g->chat.note);
+	g->chat.no_think = c->no_think;
+	if (!g->has_chat && c->chat_template != NULL) {
+		/* a layout asked for by name that cannot be had is the user's error */
+		rc = err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+		gen_close(g);
+		return rc;
+	}
 	g->n_batch = c->n_batch ? c->n_batch : 512;
 	gen_turn_opts_default(&g->turn);
 	*out = g;

@@ -68,11 +68,13 @@ static void trace_stats(FILE *fp, const struct kv_stats *s)
 	fprintf(fp,
 	        "\"kv\":{\"cached\":%u,\"budget\":%u,\"sink\":%u,\"key\":%u,\"recent\":%u,"
 	        "\"pinned\":%u,\"seen\":%llu,\"evicted\":%llu,\"evictions\":%u,\"fallbacks\":%u,"
-	        "\"bytes\":%llu,\"bytes_per_layer\":%llu,\"bytes_peak\":%llu,\"bytes_allocated\":%llu}",
+	        "\"bytes\":%llu,\"bytes_per_layer\":%llu,\"bytes_peak\":%llu,\"bytes_allocated\":%llu,"
+	        "\"keys_read\":%llu,\"keys_dense\":%llu}",
 	        s->n_cached, s->budget, s->n_sink, s->n_key, s->n_recent, s->n_pinned,
 	        (unsigned long long)s->n_seen, (unsigned long long)s->n_evicted, s->n_evictions,
 	        s->n_fallbacks, (unsigned long long)s->bytes, (unsigned long long)s->bytes_per_layer,
-	        (unsigned long long)s->bytes_peak, (unsigned long long)s->bytes_allocated);
+	        (unsigned long long)s->bytes_peak, (unsigned long long)s->bytes_allocated,
+	        (unsigned long long)s->keys_read, (unsigned long long)s->keys_dense);
 }
 
 /* One summary field of every head as [[layer 0 heads], [layer 1 heads], ...]. */

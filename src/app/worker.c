@@ -384,6 +384,16 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (rc == KVS_OK)
 			snprintf(res->msg, sizeof res->msg, "budget %u tokens", kv_cache_budget(g->kv));
 		break;
+	case WORKER_SPARSE: {
+		struct engine_sparse sp;
+		rc = engine_sparse_parse(c->text ? c->text : "", &sp, &e);
+		if (rc == KVS_OK)
+			rc = kv_cache_set_sparse(g->kv, &sp, &e);
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "sparse %s",
+			         engine_sparse_format(kv_cache_sparse(g->kv), buf, sizeof buf));
+		break;
+	}
 	case WORKER_PIN:
 	case WORKER_UNPIN:
 		rc = kv_cache_pin(g->kv, (int32_t)c->n, c->kind == WORKER_PIN, &e);

@@ -50,7 +50,8 @@ enum opt_group {
 	OPTG_PLUGIN = 1u << 21,  /* --plugin (run and the workbench) */
 	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
 	OPTG_RECALL = 1u << 23,  /* --turns, --facts, --value (eval recall) */
-	OPTG_COLD = 1u << 24,    /* --cold, --cold-max, --cold-block, --recall, --recall-budget */
+	OPTG_SPARSE = 1u << 24,  /* --lengths, --n-gen, --reps (eval sparse) */
+	OPTG_COLD = 1u << 25,    /* --cold, --cold-max, --cold-block, --recall, --recall-budget */
 };
 
 struct cli_opts; /* opts.h */
@@ -94,6 +95,7 @@ extern const struct cli_cmd cmd_chat;
 extern const struct cli_cmd cmd_eval_passkey;
 extern const struct cli_cmd cmd_eval_recall;
 extern const struct cli_cmd cmd_eval_rps;
+extern const struct cli_cmd cmd_eval_sparse;
 extern const struct cli_cmd cmd_eval_tlg;
 extern const struct cli_cmd cmd_generate;
 extern const struct cli_cmd cmd_logits;

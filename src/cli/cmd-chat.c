@@ -264,18 +264,76 @@ static void chat_saved(void *ud, int64_t id, uint32_t index, int status, const c
 		log_info("session %lld: turn %u saved", (long long)id, index);
 }
 
-/* What a command line's commands act on (and the session hooks' user data). */
+/* What the reply stream shows: a model that thinks first (qwen3) opens its
+ * reply with <think>...</think>; :think hide drops that block from the
+ * screen (the cache keeps it, as the model wrote it). */
+struct chat_view {
+	struct session *s;
+	const struct chat_db *db; /* the trace and cold-tier hooks' database */
+	bool hide_think;
+	bool in_think; /* inside a hidden block */
+	bool skip_nl;  /* drop the newlines that follow a hidden block */
+};
+
+/* Write text[0..len), less any hidden thinking. */
+static void chat_show(struct chat_view *v, const char *text, size_t len)
+{
+	static const char open[] = "<think>", close[] = "</think>";
+
+	while (len > 0) {
+		const char *p;
+		if (v->in_think) {
+			p = memmem(text, len, close, sizeof close - 1);
+			if (p == NULL)
+				return;
+			len -= (size_t)(p - text) + sizeof close - 1;
+			text = p + sizeof close - 1;
+			v->in_think = false;
+			v->skip_nl = true;
+			continue;
+		}
+		for (; v->skip_nl && len > 0 && *text == '\n'; text++, len--)
+			;
+		if (len == 0)
+			return;
+		v->skip_nl = false;
+		p = v->hide_think ? memmem(text, len, open, sizeof open - 1) : NULL;
+		if (p == NULL) {
+			fwrite(text, 1, len, stdout);
+			return;
+		}
+		fwrite(text, 1, (size_t)(p - text), stdout);
+		len -= (size_t)(p - text) + sizeof open - 1;
+		text = p + sizeof open - 1;
+		v->in_think = true;
+	}
+}
+
+/* Stream the reply's text as it comes (ud: the chat_view); a failed write
+ * (a full disk, a closed pipe) cancels the reply. */
+static void chat_text(void *ud, const char *text, size_t len)
+{
+	struct chat_view *v = ud;
+
+	chat_show(v, text, len);
+	if (!cli_stdout_flush())
+		session_cancel(v->s);
+}
+
+/* What a command line's commands act on. */
 struct chat_ctx {
 	struct cli_opts *o;
 	struct session *s;
 	struct chat_db *db;
+	char sigil; /* ':' or '/', as the line was typed (errors name it so) */
+	struct chat_view *view;
 	bool quit;
 };
 
 /* A KV event: to the trace. */
 static void chat_on_kv(void *ud, const struct kv_event *ev)
 {
-	const struct chat_db *db = ((const struct chat_ctx *)ud)->db;
+	const struct chat_db *db = ((const struct chat_view *)ud)->db;
 	if (db->trace != NULL && ev->kind != KV_EVENT_STEP)
 		trace_write_event(db->trace, ev, db->v);
 }
@@ -284,7 +342,7 @@ static void chat_on_kv(void *ud, const struct kv_event *ev)
  * (one line; the chat goes on). */
 static void chat_on_cold(void *ud, const struct session_cold_event *ev)
 {
-	const struct chat_db *db = ((const struct chat_ctx *)ud)->db;
+	const struct chat_db *db = ((const struct chat_view *)ud)->db;
 	if (db->trace != NULL)
 		trace_write_cold(db->trace, ev);
 	if (ev->msg != NULL) {
@@ -298,14 +356,15 @@ static void chat_on_cold(void *ud, const struct session_cold_event *ev)
 		         (unsigned long long)ev->tokens, ev->n_hits, ev->hits[0].turn, ev->hits[0].bm25);
 }
 
-/* Stream the reply's text as it comes (ud: the chat_ctx); a failed write (a
- * full disk, a closed pipe) cancels the reply. */
-static void chat_text(void *ud, const char *text, size_t len)
+/* :think show|hide: whether a reply's thinking block is shown. */
+static void chat_think(struct chat_ctx *c, const char *arg)
 {
-	const struct chat_ctx *c = ud;
-	fwrite(text, 1, len, stdout);
-	if (!cli_stdout_flush())
-		session_cancel(c->s);
+	if (strcmp(arg, "show") != 0 && strcmp(arg, "hide") != 0) {
+		fprintf(stderr, "kvscope: :think: expected show or hide\n");
+		return;
+	}
+	c->view->hide_think = arg[0] == 'h';
+	fprintf(stderr, "thinking blocks: %s\n", c->view->hide_think ? "hidden" : "shown");
 }
 
 /* :len [SPEC]: show or set the length target of the next replies. */
@@ -318,7 +377,7 @@ static void chat_len(struct chat_ctx *c, const char *spec)
 	char buf[96];
 
 	if (*spec != '\0' && len_target_parse(spec, &t, &e) != KVS_OK) {
-		fprintf(stderr, "kvscope: :len: %s\n", e.msg);
+		fprintf(stderr, "kvscope: %clen: %s\n", c->sigil, e.msg);
 		return;
 	}
 	t.instruct = instruct;
@@ -341,6 +400,10 @@ static void chat_kv_show(struct gen *g)
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, st.n_evictions == 1 ? "" : "s", (double)st.bytes / 1048576.0,
 	        (double)st.bytes_per_layer / 1024.0, (double)st.bytes_peak / 1048576.0);
+	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF)
+		fprintf(stderr, "sparse %s: the last decode step read %.1f %% of the keys\n",
+		        engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf),
+		        st.keys_dense ? 100.0 * (double)st.keys_read / (double)st.keys_dense : 100.0);
 }
 
 /* :policy [NAME [k=v ...]]: show or change the retention policy. */
@@ -366,6 +429,27 @@ static void chat_policy(struct chat_ctx *c, const char *spec)
 	chat_kv_show(g);
 }
 
+/* :sparse [off|quest[:k=v,...]]: show or change sparse decode attention. */
+static void chat_sparse(struct chat_ctx *c, const char *spec)
+{
+	struct gen *g = session_gen(c->s);
+	struct engine_sparse sp;
+	struct err e;
+	char buf[160];
+
+	if (*spec == '\0') {
+		fprintf(stderr, "sparse: %s\n",
+		        engine_sparse_format(kv_cache_sparse(gen_kv(g)), buf, sizeof buf));
+		return;
+	}
+	if (engine_sparse_parse(spec, &sp, &e) != KVS_OK ||
+	    kv_cache_set_sparse(gen_kv(g), &sp, &e) != KVS_OK) {
+		fprintf(stderr, "kvscope: %s\n", e.msg);
+		return;
+	}
+	chat_kv_show(g);
+}
+
 /* :budget N: the KV budget in tokens (0: every slot). */
 static void chat_budget(struct chat_ctx *c, const char *arg)
 {
@@ -376,7 +460,8 @@ static void chat_budget(struct chat_ctx *c, const char *arg)
 	int rc;
 
 	if (end == arg || *end != '\0' || *arg == '-' || v > UINT32_MAX)
-		rc = err_set(&e, KVS_EARG, ":budget: expected a number of tokens, e.g. :budget 512");
+		rc = err_set(&e, KVS_EARG, "%cbudget: expected a number of tokens, e.g. %cbudget 512",
+		             c->sigil, c->sigil);
 	else
 		rc = kv_cache_set_budget(gen_kv(g), (uint32_t)v, &e);
 	gen_kv_changed(g);
@@ -463,10 +548,12 @@ static const struct {
 	{ "reset", "", NULL, chat_new },
 	{ "policy", "[NAME [k=v ...]]", "show or change the KV retention policy", chat_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", chat_budget },
+	{ "sparse", "[off|quest[:k=v,...]]", "show or change sparse decode attention", chat_sparse },
 	{ "kv", "", "the KV cache's figures", chat_kv },
 	{ "len", "[120w|200t|150|>800|off]", "length target of the next replies", chat_len },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones)",
 	  chat_save },
+	{ "think", "show|hide", "show or hide a reply's <think> block (qwen3)", chat_think },
 	{ "help", "", "this list", chat_help },
 	{ "quit", "", "leave (also :exit, Ctrl-D)", chat_quit },
 	{ "exit", "", NULL, chat_quit },
@@ -490,6 +577,7 @@ static bool chat_command(struct chat_ctx *c, const char *line)
 		return false;
 	size_t n = strcspn(line + 1, " \t");
 	const char *arg = line + 1 + n;
+	c->sigil = line[0];
 	arg += strspn(arg, " \t");
 	for (size_t i = 0; i < KVS_ARRAY_LEN(chat_cmds); i++)
 		if (strlen(chat_cmds[i].name) == n && strncmp(chat_cmds[i].name, line + 1, n) == 0) {
@@ -500,7 +588,7 @@ static bool chat_command(struct chat_ctx *c, const char *line)
 			return true;
 		}
 	fprintf(stderr, "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :kv, :len, "
-	                ":save, :quit or :help\n",
+	                ":save, :think, :quit or :help\n",
 	        (int)n + 1, line);
 	return true;
 }
@@ -522,10 +610,11 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	struct lineedit *le = NULL;
 	struct err e;
 	bool interactive = isatty(0) && isatty(1);
+	struct chat_view view = { .hide_think = o->hide_think };
 	char *line;
 	size_t len;
 	enum cli_exit rc;
-	struct chat_ctx cc = { .o = o, .db = &db };
+	struct chat_ctx cc = { .o = o, .db = &db, .view = &view };
 
 	if (o->prompt != NULL || o->prompt_file != NULL || o->raw) {
 		rc = cli_usage(&cmd_chat,
@@ -550,9 +639,10 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	rc = cli_session_open(o, &s);
 	if (rc != CLI_OK)
 		goto out;
-	cc.s = s;
+	view.s = s;
+	view.db = &db;
 	const struct session_hooks hooks = {
-		.text = chat_text, .saved = chat_saved, .kv = chat_on_kv, .cold = chat_on_cold, .ud = &cc
+		.text = chat_text, .saved = chat_saved, .kv = chat_on_kv, .cold = chat_on_cold, .ud = &view
 	};
 	db.v = gen_vocab(session_gen(s));
 	session_set_hooks(s, &hooks);
@@ -599,6 +689,8 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 				break;
 			continue;
 		}
+		view.s = s;
+		view.in_think = view.skip_nl = false;
 		session_set_hooks(s, &hooks);
 		int st = session_chat(s, line, &e);
 		free(line);

@@ -3,9 +3,10 @@
  *
  * Loads the model with every check model_load makes, then prints what a
  * person wants to know before running it: the file, the architecture and
- * its hyper-parameters, the tokenizer, the start of the chat template, the
- * backend that would run it, and a table of every tensor (name, type,
- * shape, bytes) with totals per type. A file that fails validation prints
+ * its hyper-parameters, the architecture features it uses (and the ones it
+ * does not), the tokenizer, the chat template recognised and the start of
+ * its source, the backend that would run it, and a table of every tensor
+ * (name, type, shape, bytes) with totals per type. A file that fails validation prints
  * the loader's one line and exits 2.
  *
  * Everything that comes from the file (names, token texts, the template) is
@@ -16,6 +17,7 @@
 #include "gpu/gpu.h"
 #include "model/model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,12 +96,31 @@ static void model_print_header(const struct model *m)
 	printf("  %-16s%s, %u dims, base %g, freq scale %g\n", "rope",
 	       hp->rope == ROPE_NEOX ? "neox (rotate half)" : "norm (adjacent pairs)", hp->n_rot,
 	       (double)hp->rope_base, (double)hp->rope_freq_scale);
+	if (hp->rope_scaling == ROPE_SCALING_YARN)
+		printf("  %-16syarn, factor %g, original context %u, ramp over pairs %g..%g, "
+		       "attention factor %g\n",
+		       "rope scaling", 1.0 / (double)hp->rope_freq_scale, hp->rope_ctx_orig,
+		       (double)hp->rope_yarn_corr[0], (double)hp->rope_yarn_corr[1],
+		       (double)hp->rope_attn_factor * (1.0 + 0.1 * log(1.0 / (double)hp->rope_freq_scale)));
+	else if (hp->rope_scaling == ROPE_SCALING_LINEAR && hp->rope_freq_scale != 1.0f)
+		printf("  %-16slinear, factor %g\n", "rope scaling", 1.0 / (double)hp->rope_freq_scale);
 	printf("  %-16s%g\n", "rms eps", (double)hp->rms_eps);
 	printf("  %-16s%g\n", "attention scale", (double)hp->attn_scale);
 	printf("  %-16s%s\n", "qkv bias", hp->has_qkv_bias ? "yes" : "no");
 	printf("  %-16s%s\n", "output",
 	       hp->tied_output ? "tied to token_embd.weight" : "output.weight");
 	printf("  %-16s%u\n", "vocab", hp->n_vocab);
+}
+
+/* Every architecture feature, used or not, with what it is. */
+static void model_print_features(const struct model *m)
+{
+	struct model_feature f[MODEL_N_FEATURES];
+
+	model_features(m, f);
+	printf("\nfeatures\n");
+	for (size_t i = 0; i < MODEL_N_FEATURES; i++)
+		printf("  %-16s%-10s%s\n", f[i].name, f[i].used ? "used" : "not used", f[i].what);
 }
 
 static void model_print_vocab(const struct model *m)
@@ -121,6 +142,22 @@ static void model_print_vocab(const struct model *m)
 	printf("  %-16s%s\n", "add bos", vocab_add_bos(v) ? "yes" : "no");
 }
 
+/* The layout chat.c recognises in the template (or why it fell back). */
+static void model_print_layout(const struct model *m)
+{
+	struct chat_template t;
+	struct err e = { 0 };
+
+	if (chat_template_init(&t, m->chat_template, NULL, m->vocab, &e) != KVS_OK) {
+		printf("  %-16s%s\n", "layout", e.msg);
+		return;
+	}
+	printf("  %-16s%s%s\n", "layout", t.name, t.think ? " (with <think> blocks)" : "");
+	if (t.note[0] != '\0')
+		printf("  %-16s%s\n", "note", t.note);
+	chat_template_free(&t);
+}
+
 static void model_print_template(const struct model *m)
 {
 	const char *p = m->chat_template;
@@ -128,6 +165,7 @@ static void model_print_template(const struct model *m)
 
 	if (p == NULL) {
 		printf("\nchat template   none\n");
+		model_print_layout(m);
 		return;
 	}
 	len = strlen(p);
@@ -136,6 +174,7 @@ static void model_print_template(const struct model *m)
 	if (len > 0 && p[len - 1] != '\n')
 		lines++;
 	printf("\nchat template (%zu bytes, %zu lines)\n", len, lines);
+	model_print_layout(m);
 	while (*p != '\0' && shown < MODEL_TEMPLATE_LINES) {
 		size_t n = strcspn(p, "\n");
 		printf("  ");
@@ -204,6 +243,7 @@ static enum cli_exit cmd_model_info_exec(struct cli_opts *o)
 	if (st != KVS_OK)
 		return cli_fail(&e);
 	model_print_header(m);
+	model_print_features(m);
 	model_print_vocab(m);
 	model_print_template(m);
 	model_print_tensors(m);

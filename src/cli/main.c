@@ -39,6 +39,7 @@ static const struct cli_cmd *const cli_cmds[] = {
 	&cmd_eval_passkey,
 	&cmd_eval_recall,
 	&cmd_eval_rps,
+	&cmd_eval_sparse,
 	&cmd_eval_tlg,
 	&cmd_run,
 	&cmd_model_info,
@@ -207,7 +208,7 @@ static void main_help(FILE *fp)
 		        cli_cmds[i]->help);
 	fprintf(fp,
 	        "\n'kvscope help COMMAND' lists a command's options; 'kvscope help policies' the "
-	        "KV retention policies.\n");
+	        "KV retention policies; 'kvscope help sparse' the sparse attention modes.\n");
 	fprintf(fp, "\nenvironment: KVSCOPE_MODEL (model file), XDG_DATA_HOME, XDG_STATE_HOME\n");
 }
 
@@ -260,6 +261,11 @@ static int main_dispatch(int argc, char **argv)
 		if (argc > 2 && strcmp(argv[2], "policies") == 0) {
 			printf("KV retention policies (--policy NAME[:k=v,...]; defaults shown):\n");
 			kv_policy_help(stdout);
+			return CLI_OK;
+		}
+		if (argc > 2 && strcmp(argv[2], "sparse") == 0) {
+			printf("Sparse decode attention (--sparse MODE[:k=v,...]; defaults shown):\n");
+			engine_sparse_help(stdout);
 			return CLI_OK;
 		}
 		if (argc > 2 && (cmd = main_find(argc - 1, argv + 1, &words)) != NULL) {

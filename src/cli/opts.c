@@ -195,6 +195,15 @@ static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return kv_policy_parse(arg, &o->gen.kv.policy, e);
 }
 
+/* --sparse off|quest[:k=v,...] */
+static int opt_sparse(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
+{
+	int rc = engine_sparse_parse(arg, &o->gen.kv.sparse, e);
+	if (rc != KVS_OK)
+		err_prefix(e, "--%s", opt->name);
+	return rc;
+}
+
 /* --token-stats auto|on|off */
 static int opt_token_stats(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
                            struct err *e)
@@ -358,6 +367,13 @@ static const struct cli_opt cli_opt_table[] = {
 	  "read the prompt from FILE (bytes as they are)" },
 	{ "raw", 0, NULL, OPTG_PROMPT, opt_flag, O(raw), 0, 0,
 	  "feed the prompt as is, without the chat template" },
+	{ "template", 0, "NAME", OPTG_PROMPT | OPTG_EVAL, opt_str, OG(chat_template), 0, 0,
+	  "chat layout: chatml, llama3, gemma, phi3 or mistral (default: recognised from the "
+	  "model's template)" },
+	{ "no-think", 0, NULL, OPTG_PROMPT, opt_flag, OG(no_think), 0, 0,
+	  "qwen3: answer without thinking (an empty <think> block opens each reply)" },
+	{ "hide-think", 0, NULL, OPTG_PROMPT, opt_flag, O(hide_think), 0, 0,
+	  "chat: do not show a reply's <think>...</think> block (:think show|hide toggles it)" },
 	{ "system", 0, "TEXT", OPTG_PROMPT, opt_str, O(system), 0, 0,
 	  "system prompt (default: the template's; \"\" for none)" },
 	{ "max-tokens", 'n', "N", OPTG_GEN, opt_u32, O(max_tokens), 0, 1 << 24,
@@ -377,9 +393,10 @@ static const struct cli_opt cli_opt_table[] = {
 	  "score only the first N chunks (default: all)" },
 	{ "n-prompt", 'p', "N", OPTG_BENCH, opt_u32, O(n_prompt), 0, 1 << 20,
 	  "prefill test length in tokens (default 512; 0 skips)" },
-	{ "n-gen", 'n', "N", OPTG_BENCH, opt_u32, O(n_gen), 0, 1 << 20,
-	  "decode test length in tokens (default 128; 0 skips)" },
-	{ "reps", 'r', "N", OPTG_BENCH, opt_u32, O(reps), 1, 1000, "repetitions (default 5)" },
+	{ "n-gen", 'n', "N", OPTG_BENCH | OPTG_SPARSE, opt_u32, O(n_gen), 0, 1 << 20,
+	  "decode test length in tokens (default 128; 0 skips; eval sparse: decode steps, default 32)" },
+	{ "reps", 'r', "N", OPTG_BENCH | OPTG_SPARSE, opt_u32, O(reps), 1, 1000,
+	  "repetitions (default 5; eval sparse: 2)" },
 	{ "n-depth", 'd', "N", OPTG_BENCH, opt_u32, O(n_depth), 0, 1 << 20,
 	  "tokens in the cache before each test, not timed (default 0)" },
 	{ "json", 0, NULL, OPTG_BENCH | OPTG_EVAL, opt_flag, O(json), 0, 0,
@@ -390,6 +407,9 @@ static const struct cli_opt cli_opt_table[] = {
 	  "help policies')" },
 	{ "kv-budget", 0, "N", OPTG_KV, opt_budget, OG(kv.budget), 8, 1 << 24,
 	  "KV cache budget in tokens (0, the default: every slot of the context)" },
+	{ "sparse", 0, "off|quest[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
+	  "sparse decode attention over what the policy kept: off (default) or quest "
+	  "(budget=1024,page=16,sinks=4,recent=64,dense=2; see 'kvscope help sparse')" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
 	{ "trace", 0, "FILE", OPTG_TRACE, opt_path, O(trace), 0, 0,
@@ -400,7 +420,7 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "trace-every", 0, "MS", OPTG_TRACE, opt_u32, O(trace_every_ms), 0, 60000,
 	  "at most one step event per MS milliseconds (default 0: every step; the workbench "
 	  "uses 33)" },
-	{ "lengths", 0, "LIST", OPTG_PASSKEY, opt_str, O(lengths), 0, 0,
+	{ "lengths", 0, "LIST", OPTG_PASSKEY | OPTG_SPARSE, opt_str, O(lengths), 0, 0,
 	  "passkey prompt lengths in tokens, e.g. 2k,4k,8k (default 2k,4k,8k,16k,32k)" },
 	{ "depths", 0, "LIST", OPTG_PASSKEY, opt_str, O(depths), 0, 0,
 	  "passkey needle depths in percent (default 10,30,50,70,90)" },

@@ -19,6 +19,7 @@ struct cli_opts {
 	const char *prompt_file;
 	const char *system;
 	bool raw;
+	bool hide_think; /* chat --hide-think: thinking blocks not shown */
 	uint32_t max_tokens;
 	uint32_t top;
 	const char *file;

@@ -355,6 +355,32 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 			memset(mk + (size_t)r * c->lam_cap, 0, m);
 		masked = cpu_lambda(jb, l, i, p, kvh, q, nq, m, sc, mk, ith);
 	}
+	/* sparse decode: the keys not chosen are masked too; the weights
+	 * reported are the dense ones (a shadow), taken before */
+	const uint8_t *smk = jb->n == 1 && cpu_sparse_layer(jb, l)
+	        ? c->sp_mask + (size_t)kvh * c->sp_vis_cap
+	        : NULL;
+	bool lam = masked;
+	if (smk != NULL) {
+		for (uint32_t r = 0; attn != NULL && r < nq; r++) {
+			const float *sr = sc + (size_t)r * vc;
+			const uint8_t *mr = masked ? mk + (size_t)r * c->lam_cap : NULL;
+			float mx = -INFINITY;
+			double sum = 0;
+			for (uint32_t k = 0; k < m; k++)
+				mx = (mr == NULL || !mr[k]) && sr[k] > mx ? sr[k] : mx;
+			for (uint32_t k = 0; k < m; k++)
+				sum += mr != NULL && mr[k] ? 0.0 : exp((double)sr[k] - mx);
+			for (uint32_t k = 0; k < m; k++)
+				attn[(size_t)r * nv + c->vorder[k]] =
+				        mr != NULL && mr[k] ? 0.0f : (float)(exp((double)sr[k] - mx) / sum);
+		}
+		for (uint32_t r = 0; r < nq; r++)
+			for (uint32_t k = 0; k < m; k++)
+				if (!smk[k])
+					sc[(size_t)r * vc + k] = -INFINITY;
+		masked = true;
+	}
 	float inv[KERN_ATT_Q];
 	for (uint32_t r = 0; r < nq; r++) {
 		float *sr = sc + (size_t)r * vc, mx = sr[0];
@@ -366,7 +392,8 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 			c->ops->exp_sum(sr, m, mx);
 			float sum = 0;
 			for (uint32_t k = 0; k < m; k++) {
-				if (k < c->lam_cap && mk[(size_t)r * c->lam_cap + k])
+				if ((lam && k < c->lam_cap && mk[(size_t)r * c->lam_cap + k]) ||
+				    (smk != NULL && !smk[k]))
 					sr[k] = 0;
 				sum += sr[k];
 			}
@@ -383,7 +410,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	for (uint32_t r = 0; r < nq; r++) {
 		for (uint32_t d = 0; d < hd; d++)
 			out[(size_t)r * hd + d] *= inv[r];
-		if (attn)
+		if (attn && smk == NULL)
 			for (uint32_t k = 0; k < m; k++)
 				attn[(size_t)r * nv + c->vorder[k]] = sc[(size_t)r * vc + k] * inv[r];
 	}
@@ -618,7 +645,8 @@ void cpu_split_merge(const struct cpu *c, float *out)
 }
 
 
-/* Bias, cache the pre-RoPE k and the v, rotate q: ubatch token i. */
+/* Bias, per-head norm (qwen3), cache the pre-RoPE k and the v, rotate q:
+ * ubatch token i. */
 void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 {
 	struct cpu *c = jb->c;
@@ -635,6 +663,12 @@ void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 	if (L->bv)
 		for (uint32_t r = 0; r < nkv; r++)
 			v[r] += L->bv[r];
+	if (L->q_norm)
+		for (uint32_t h = 0; h < hp->n_head; h++)
+			c->ops->rmsnorm(q + (size_t)h * hd, L->q_norm, q + (size_t)h * hd, hd, hp->rms_eps);
+	if (L->k_norm)
+		for (uint32_t h = 0; h < hp->n_head_kv; h++)
+			c->ops->rmsnorm(k + (size_t)h * hd, L->k_norm, k + (size_t)h * hd, hd, hp->rms_eps);
 	uint32_t s = jb->b->slot[jb->t0 + i];
 	uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
 	uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;

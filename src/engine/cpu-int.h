@@ -8,6 +8,7 @@
 
 #include "engine/engine.h"
 #include "engine/kern.h"
+#include "engine/sparse.h"
 
 #include <stdatomic.h>
 
@@ -23,6 +24,7 @@
 struct cpu_layer {
 	const float *attn_norm, *ffn_norm; /* (n_embd) */
 	const float *bq, *bk, *bv;         /* biases or NULL */
+	const float *q_norm, *k_norm;      /* (head_dim) per-head norm weights or NULL */
 	struct kern_weight wq, wk, wv, wo, gate, up, down;
 };
 
@@ -104,6 +106,28 @@ struct cpu {
 	/* decode with the keys split across threads: per thread and query head
 	 * the partial max, sum of exp and unnormalised output */
 	float *dpart; /* (pool threads, n_head, head_dim + 2) */
+	/* sparse decode (cpu-sparse.c): the page bounds over kr, and one
+	 * step's choice per KV head */
+	struct sparse_pages sp;
+	const struct engine_sparse *sparse; /* this forward's, or NULL: dense */
+	uint32_t sp_m;         /* keys the decode query sees (sorted prefix) */
+	uint32_t sp_sinks;     /* of them, the first sp_sinks and the last */
+	uint32_t sp_recent;    /* sp_recent are always attended */
+	uint32_t sp_pages_cap; /* pages the buffers below hold */
+	uint32_t sp_vis_cap;   /* visible slots the buffers below hold */
+	uint32_t *sp_cand;     /* (sp_pages_cap) candidate keys per page */
+	uint32_t *sp_plist;    /* (sp_pages_cap) the pages with candidates, ascending */
+	uint32_t sp_np;        /* how many */
+	float *sp_ub;          /* (n_head_kv, sp_pages_cap) this layer's page bounds */
+	uint8_t *sp_psel;      /* (n_head_kv, sp_pages_cap) chosen pages */
+	float *sp_scr;         /* (n_threads, sp_pages_cap) selection scratch */
+	float *sp_qs;          /* (n_threads, n_head, 2, head_dim) split queries */
+	uint32_t *sp_list;     /* (n_head_kv, sp_vis_cap) chosen slots, by position */
+	uint8_t *sp_mask;      /* (n_head_kv, sp_vis_cap) 1 = chosen, by sorted index */
+	uint32_t *sp_kpage;    /* (sp_vis_cap) page of each sorted key */
+	uint32_t *sp_n;        /* (n_head_kv) chosen keys */
+	uint64_t sp_read;      /* keys read this forward, all layers and KV heads */
+	double sp_t0;          /* thread 0: when this layer's attention began */
 };
 
 /* What one pool_run works on. */
@@ -179,6 +203,27 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 /* Order the visible slots by position, empty slots last, so that the keys a
  * query at position p may see are a prefix of the order. */
 void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
+/* ---- in cpu-sparse.c */
+
+/* Get the page bounds ready for a sparse decode step (every thread, after
+ * the keys are refreshed): thread 0 scans, all rebuild the dirty pages. */
+void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth);
+/* Whether layer l of this forward attends sparsely. */
+bool cpu_sparse_layer(const struct cpu_job *jb, uint32_t l);
+/* Choose layer l's keys per KV head (every thread; one barrier inside). */
+void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth);
+/* cpu_attend_split over the chosen keys of each KV head. */
+void cpu_sparse_split(struct cpu_job *jb, uint32_t l, int ith, int nth);
+/* Count layer l's keys and its time (thread 0, after its attention). */
+void cpu_sparse_account(struct cpu_job *jb, uint32_t l, bool sparse);
+/* Size the sparse buffers for this forward (serial, before the run). */
+void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b);
+/* backend_ops.page_bounds */
+int cpu_sparse_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
+                      uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
+/* Free the sparse state. */
+void cpu_sparse_free(struct cpu *c);
+
 /* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
  * part order. */
 void cpu_split_merge(const struct cpu *c, float *out);

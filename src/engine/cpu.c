@@ -300,6 +300,8 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		L->bq = lw->bq.data;
 		L->bk = lw->bk.data;
 		L->bv = lw->bv.data;
+		L->q_norm = lw->q_norm.data;
+		L->k_norm = lw->k_norm.data;
 		if ((rc = cpu_weight(&L->wq, &lw->wq, e)) || (rc = cpu_weight(&L->wk, &lw->wk, e)) ||
 		    (rc = cpu_weight(&L->wv, &lw->wv, e)) || (rc = cpu_weight(&L->wo, &lw->wo, e)) ||
 		    (rc = cpu_weight(&L->gate, &lw->w_gate, e)) ||
@@ -391,6 +393,7 @@ static void cpu_free(void *state)
 	free(c->kr);
 	free(c->L);
 	free(c->kr_pos);
+	cpu_sparse_free(c);
 	free(c->rcs);
 	xfree_aligned(c->qh);
 	cpu_free_ubatch(c);
@@ -604,6 +607,12 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	for (uint32_t i = lo; i < hi; i++)
 		cpu_qkv_finish(jb, l, i);
 	pool_barrier(c->pool);
+	/* a decode step times its attention; a sparse layer chooses its keys */
+	bool sparse = cpu_sparse_layer(jb, l);
+	if (n == 1 && ith == 0)
+		c->sp_t0 = clock_now_ms();
+	if (sparse)
+		cpu_sparse_choose(jb, l, ith, nth);
 
 	/* attention: the special features need whole score rows (cpu_attend,
 	 * a prefill on gathered f32 copies); otherwise a decode splits the keys
@@ -614,7 +623,10 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	bool split = n == 1 && !jb->whole && !jb->b->want_attn;
 	const float *ao = c->ao; /* the products' input: shared, or this thread's own */
 	if (split) {
-		cpu_attend_split(jb, l, ith, nth);
+		if (sparse)
+			cpu_sparse_split(jb, l, ith, nth);
+		else
+			cpu_attend_split(jb, l, ith, nth);
 		pool_barrier(c->pool);
 		if (solo) {
 			cpu_split_merge(c, xb);
@@ -645,6 +657,8 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		cpu_attend_items(jb, l, ilo, ihi, ith);
 		pool_barrier(c->pool);
 	}
+	if (n == 1 && ith == 0)
+		cpu_sparse_account(jb, l, sparse);
 
 	/* x += attn W_o^T */
 	a = cpu_fwd_input(c, NULL, ao, nq, xb, ith, lo, hi, solo);
@@ -733,6 +747,8 @@ static void cpu_fwd_thread(void *arg, int ith, int nth)
 	}
 	cpu_refresh_keys(c, b, ith, nth);
 	pool_barrier(c->pool);
+	if (c->sparse != NULL)
+		cpu_sparse_sync(jb, ith, nth);
 	for (uint32_t l = 0; l < hp->n_layer; l++)
 		cpu_fwd_layer(jb, l, ith, nth);
 	cpu_fwd_output(jb, ith, nth);
@@ -748,6 +764,7 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	if (b->want_surprisal && b->logits != ENGINE_LOGITS_ALL && c->lm == NULL)
 		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
 	cpu_sort_visible(c, b);
+	cpu_sparse_prepare(c, b);
 	/* the batch's own rotated keys are written as its layers run */
 	for (uint32_t i = 0; i < b->n_tokens; i++)
 		c->kr_pos[b->slot[i]] = b->pos[i];
@@ -836,6 +853,7 @@ static void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, u
 			memcpy(c->kr[l] + dst[i] * row, c->kr[l] + src[i] * row, row);
 		}
 		c->kr_pos[dst[i]] = c->kr_pos[src[i]];
+		sparse_pages_forget(&c->sp, dst[i]);
 	}
 }
 
@@ -871,6 +889,8 @@ static int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct e
 	}
 	if (load)
 		c->kr_pos[slot] = -1; /* its rotated keys are remade from these */
+	if (load)
+		sparse_pages_forget(&c->sp, slot);
 	return KVS_OK;
 }
 
@@ -888,6 +908,7 @@ const struct backend_ops backend_cpu = {
 	.kv_read = cpu_kv_read,
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
-	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA,
+	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE,
 	.kv_raw = cpu_kv_raw,
+	.page_bounds = cpu_sparse_bounds,
 };

@@ -39,6 +39,8 @@ struct engine {
 	size_t attn_cap;            /* floats */
 	float *attn_kv;             /* (n_layer, n_head_kv, visible cap) */
 	size_t attn_kv_cap;         /* floats */
+	uint8_t *sel;               /* (n_layer, n_head_kv, visible cap) */
+	size_t sel_cap;             /* bytes */
 	float *surprisal, *entropy; /* (batch cap) */
 	size_t tok_cap;             /* tokens */
 };
@@ -195,6 +197,7 @@ void engine_free(struct engine *eng)
 	free(eng->logits);
 	free(eng->attn);
 	free(eng->attn_kv);
+	free(eng->sel);
 	free(eng->surprisal);
 	free(eng->entropy);
 	free(eng);
@@ -282,6 +285,20 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "batch: backend %s cannot sum attention per KV head (want_attn_kv)",
 		               eng->ops->name);
+	if (b->sparse != NULL && b->sparse->mode != ENGINE_SPARSE_OFF) {
+		const struct engine_sparse *sp = b->sparse;
+		if ((unsigned)sp->mode > ENGINE_SPARSE_QUEST)
+			return err_set(e, KVS_EARG, "batch: sparse mode %d, expected off or quest",
+			               (int)sp->mode);
+		if (sp->page == 0 || sp->budget == 0)
+			return err_set(e, KVS_EARG,
+			               "batch: sparse page %u, budget %u: expected both at least 1", sp->page,
+			               sp->budget);
+		if (!engine_supports(eng, ENGINE_CAP_SPARSE))
+			return err_set(e, KVS_EUNSUPPORTED,
+			               "batch: backend %s has no sparse attention (sparse); use the cpu backend",
+			               eng->ops->name);
+	}
 	return KVS_OK;
 }
 
@@ -327,6 +344,18 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 		eng->attn = engine_grow(eng->attn, &eng->attn_cap, n);
 		bo.attn = eng->attn;
 	}
+	bool sparse = b->sparse != NULL && b->sparse->mode != ENGINE_SPARSE_OFF && b->n_tokens == 1;
+	if (b->want_attn && sparse) {
+		size_t n = (size_t)hp->n_layer * hp->n_head_kv * KVS_MAX(cb.n_visible, 1u);
+		if (n > eng->sel_cap) {
+			free(eng->sel);
+			eng->sel_cap = KVS_MAX(n, eng->sel_cap * 2);
+			eng->sel = xmalloc(eng->sel_cap);
+		}
+		bo.sel = eng->sel;
+	}
+	if (!sparse)
+		cb.sparse = NULL;
 	if (b->n_tokens > eng->tok_cap) {
 		free(eng->saved_pos);
 		free(eng->surprisal);
@@ -358,7 +387,30 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	out->n_visible = b->want_attn || b->want_attn_kv ? cb.n_visible : 0;
 	out->surprisal = bo.surprisal;
 	out->entropy = bo.entropy;
+	out->sel = bo.sel;
+	out->keys_read = bo.keys_read;
+	out->keys_dense = bo.keys_dense;
+	out->attn_ms = bo.attn_ms;
+	out->select_ms = bo.select_ms;
 	return KVS_OK;
+}
+
+int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer,
+                          uint32_t kv_head, uint32_t page, float *mn, float *mx, uint32_t *n_keys,
+                          struct err *e)
+{
+	const struct hparams *hp = &eng->m->hp;
+	if (eng->ops->page_bounds == NULL || !engine_supports(eng, ENGINE_CAP_SPARSE))
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s keeps no sparse page bounds",
+		               eng->ops->name);
+	if (page_size == 0 || page_size > eng->cfg.n_ctx)
+		return err_set(e, KVS_EARG, "page size %u, expected 1..%u", page_size, eng->cfg.n_ctx);
+	uint32_t n_pages = (eng->cfg.n_ctx + page_size - 1) / page_size;
+	if (layer >= hp->n_layer || kv_head >= hp->n_head_kv || page >= n_pages)
+		return err_set(e, KVS_EARG,
+		               "layer %u, KV head %u, page %u: expected below %u, %u and %u", layer,
+		               kv_head, page, hp->n_layer, hp->n_head_kv, n_pages);
+	return eng->ops->page_bounds(eng->state, page_size, layer, kv_head, page, mn, mx, n_keys, e);
 }
 
 bool engine_supports(const struct engine *eng, unsigned caps)
@@ -529,15 +581,31 @@ void engine_row_stats(const float *logits, uint32_t n_vocab, int32_t target, flo
 
 void engine_rope_cos_sin(const struct hparams *hp, int32_t pos, float *cos_out, float *sin_out)
 {
-	/* Float arithmetic throughout, frequency by repeated multiplication: the
-	 * angles then match llama.cpp's to the last bit at ordinary positions. */
+	/* Float arithmetic throughout, frequency by repeated multiplication, in
+	 * the order llama.cpp's rope cache takes: the angles then match its own
+	 * to the last bit at ordinary positions. Per pair: divide by the
+	 * rope_freqs divisor (extrapolated angle), scale by the frequency scale
+	 * (interpolated angle), under YaRN mix the two by the ramp over
+	 * rope_yarn_corr, and scale the rotation by the attention factor. */
 	uint32_t n_pairs = hp->n_rot / 2;
 	float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
 	float theta = (float)pos;
+	float mscale = hp->rope_attn_factor > 0 ? hp->rope_attn_factor : 1.0f; /* 0: not set */
+	float lo = hp->rope_yarn_corr[0], span = hp->rope_yarn_corr[1] - hp->rope_yarn_corr[0];
+	if (hp->rope_ext_factor != 0.0f)
+		mscale *= 1.0f + 0.1f * logf(1.0f / hp->rope_freq_scale);
+	if (span < 0.001f)
+		span = 0.001f;
 	for (uint32_t i = 0; i < n_pairs; i++) {
-		float t = hp->rope_freq_scale * theta;
-		cos_out[i] = cosf(t);
-		sin_out[i] = sinf(t);
+		float extrap = hp->rope_factors ? theta / hp->rope_factors[i] : theta;
+		float t = hp->rope_freq_scale * extrap;
+		if (hp->rope_ext_factor != 0.0f) {
+			float y = ((float)i - lo) / span;
+			float mix = (1 - fminf(1, fmaxf(0, y))) * hp->rope_ext_factor;
+			t = t * (1 - mix) + extrap * mix;
+		}
+		cos_out[i] = cosf(t) * mscale;
+		sin_out[i] = sinf(t) * mscale;
 		theta *= theta_scale;
 	}
 }

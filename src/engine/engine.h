@@ -41,6 +41,8 @@
 #include "base/base.h"
 #include "model/model.h"
 
+#include <stdio.h>
+
 /* ---- configuration ---- */
 
 enum engine_backend {
@@ -78,6 +80,47 @@ int engine_kv_type_parse(const char *s, enum engine_kv_type *out, struct err *e)
 /* "auto", "avx512", "avx2" or "scalar" (a level above what the CPU has
  * falls back to the best it has; engine_isa_name says which runs). */
 int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
+
+/* ---- sparse attention (sparse.c) ---- */
+
+/*
+ * Sparse decode attention: a one-token batch's query attends, in layers
+ * >= dense_layers, per KV head only to the sinks (the first `sinks` visible
+ * keys by position), the recent window (the last `recent`) and the pages
+ * of `page` slots whose Quest bound (sum over channels of max(q_d max_d,
+ * q_d min_d), the max over the KV head's query heads) ranks among the
+ * best, as many pages as (budget - sinks - recent) / page rounded up;
+ * softmax is exact over the chosen keys. Pages are ranges of engine slots
+ * [page * i, page * i + page); their per-channel key bounds are kept by the
+ * backend and brought up to date before a sparse step (engine_kv_page_bounds
+ * shows them). A prefill (more than one token) is always dense.
+ */
+struct engine;
+
+enum engine_sparse_mode { ENGINE_SPARSE_OFF = 0, ENGINE_SPARSE_QUEST };
+
+struct engine_sparse {
+	enum engine_sparse_mode mode;
+	uint32_t budget;       /* keys per (layer, KV head), sinks and recent included */
+	uint32_t page;         /* slots per page */
+	uint32_t sinks;        /* first keys by position, always attended */
+	uint32_t recent;       /* last keys by position, always attended */
+	uint32_t dense_layers; /* layers [0, dense_layers) attend densely */
+};
+
+/* off; budget 1024, page 16, sinks 4, recent 64, dense 2. */
+void engine_sparse_default(struct engine_sparse *s);
+/* Parse "off", "quest" or "quest:budget=N,page=N,..." (also "quest
+ * budget=N ..."); parameters not named keep their defaults. KVS_EARG
+ * naming the mode, parameter or value and what was expected. */
+int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err *e);
+/* "quest budget=1024 page=16 sinks=4 recent=64 dense=2" or "off"; returns buf. */
+char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap);
+/* Help text: the modes, then the parameters with their defaults. */
+void engine_sparse_help(FILE *fp);
+/* Bytes of page bounds a backend keeps for n_ctx slots at this page size
+ * (n_layer x pages x n_head_kv x 2 x head_dim in the cache's type). */
+uint64_t engine_sparse_bytes(const struct engine *eng, uint32_t page);
 
 /* ---- one forward step ---- */
 
@@ -120,6 +163,9 @@ struct engine_batch {
 	uint32_t middle_topk;
 	uint32_t middle_from_layer;
 	int32_t middle_insert_at;
+	/* Sparse decode (ENGINE_CAP_SPARSE; NULL or mode off: dense). Applies
+	 * to one-token batches only. */
+	const struct engine_sparse *sparse;
 };
 
 struct engine_out {
@@ -140,6 +186,17 @@ struct engine_out {
 	 * attention weights its query heads gave each visible slot, summed over
 	 * those heads and over every query of the batch. */
 	const float *attn_kv;
+	/* One-token batches: keys read by attention and keys dense attention
+	 * would have read, summed over layers and KV heads (equal when dense),
+	 * and the time spent choosing keys (select_ms) and attending (attn_ms,
+	 * selection included), wall-clock on the calling thread. */
+	uint64_t keys_read, keys_dense;
+	double attn_ms, select_ms;
+	/* want_attn with sparse: (n_layer, n_head_kv, n_visible) 1 where the
+	 * key was attended, 0 where not; attn then holds the dense weights of
+	 * the same queries (a shadow: what dense attention would have given),
+	 * so the mass a selection captured is the sum of attn over sel. */
+	const uint8_t *sel;
 };
 
 /* Optional features a backend may lack (engine_supports). */
@@ -147,6 +204,7 @@ enum engine_cap {
 	ENGINE_CAP_ATTN_KV = 1u << 0,  /* want_attn_kv */
 	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
 	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
+	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest decode) */
 };
 
 struct engine;
@@ -200,6 +258,15 @@ int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes);
  * recomputes the cache). */
 int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct err *e);
 int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf, struct err *e);
+/* The bounds of one sparse page (engine_sparse), brought up to date
+ * first: per channel min and max, mn and mx (head_dim), of the rotated keys
+ * of layer and kv_head over the held slots of page (slots [page * page_size,
+ * + page_size) whose rotated key is current), *n_keys of them (0: mn +inf,
+ * mx -inf). KVS_EUNSUPPORTED without ENGINE_CAP_SPARSE, KVS_EARG naming a
+ * bad argument. */
+int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer,
+                          uint32_t kv_head, uint32_t page, float *mn, float *mx, uint32_t *n_keys,
+                          struct err *e);
 /* The KV cache's element type. */
 enum engine_kv_type engine_kv_type(const struct engine *eng);
 
@@ -236,6 +303,9 @@ struct backend_out {
 	float *surprisal; /* (n_tokens) or NULL */
 	float *entropy;   /* (n_tokens) or NULL */
 	float *attn_kv;   /* (n_layer, n_head_kv, n_visible) or NULL */
+	uint8_t *sel;     /* (n_layer, n_head_kv, n_visible) or NULL (want_attn with sparse) */
+	uint64_t keys_read, keys_dense; /* one-token batches; filled by the backend */
+	double attn_ms, select_ms;
 };
 
 struct backend_ops {
@@ -260,6 +330,9 @@ struct backend_ops {
 	 * engine_kv_save, out of (save) or into (load) buf; NULL when the
 	 * backend has no such access. */
 	int (*kv_raw)(void *state, uint32_t slot, void *buf, bool load, struct err *e);
+	/* engine_kv_page_bounds (arguments checked); NULL without ENGINE_CAP_SPARSE */
+	int (*page_bounds)(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
+	                   uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
 };
 
 extern const struct backend_ops backend_cpu;

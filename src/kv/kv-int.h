@@ -90,6 +90,7 @@ struct kv_cache {
 	bool warned_lambda;     /* said once that the backend lacks the Λ-mask */
 	double last_capture_ms; /* when the last step event was captured */
 	bool capture_next;      /* capture the next forward regardless */
+	uint64_t keys_read, keys_dense; /* the last decode step's (engine_out) */
 };
 
 struct kv_select {

@@ -71,6 +71,7 @@ void kv_config_default(struct kv_config *c)
 {
 	memset(c, 0, sizeof *c);
 	kv_policy_default(&c->policy);
+	engine_sparse_default(&c->sparse);
 	c->n_batch = 512;
 	c->summary_topk = 10;
 }
@@ -185,6 +186,27 @@ static void kv_acc_alloc(struct kv_cache *c)
 
 /* -------------------------------------------------------- create, free */
 
+/* The error of a sparse mode on a backend without one. */
+static int kv_sparse_refuse(struct engine *eng, struct err *e)
+{
+	return err_set(e, KVS_EUNSUPPORTED,
+	               "sparse attention: backend %s has none (expected --sparse off, or --backend cpu)",
+	               engine_backend_name(eng));
+}
+
+int kv_cache_set_sparse(struct kv_cache *c, const struct engine_sparse *s, struct err *e)
+{
+	if (s->mode != ENGINE_SPARSE_OFF && !engine_supports(c->eng, ENGINE_CAP_SPARSE))
+		return kv_sparse_refuse(c->eng, e);
+	c->cfg.sparse = *s;
+	return KVS_OK;
+}
+
+const struct engine_sparse *kv_cache_sparse(const struct kv_cache *c)
+{
+	return &c->cfg.sparse;
+}
+
 int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_config *cfg,
                     struct err *e)
 {
@@ -197,6 +219,8 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 		               cfg->budget, n_ctx);
 	if (cfg->budget != 0 && cfg->budget < 8 && kv_policy_evicts(&cfg->policy))
 		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at least 8", cfg->budget);
+	if (cfg->sparse.mode != ENGINE_SPARSE_OFF && !engine_supports(eng, ENGINE_CAP_SPARSE))
+		return kv_sparse_refuse(eng, e);
 	struct kv_cache *c = xcalloc(1, sizeof *c);
 	const struct model *m = engine_model(eng);
 	c->eng = eng;
@@ -383,6 +407,8 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 	s->n_cached = c->n;
 	s->budget = c->cfg.budget;
 	s->n_ctx = c->n_ctx;
+	s->keys_read = c->keys_read;
+	s->keys_dense = c->keys_dense;
 	for (uint32_t i = 0; i < c->n; i++) {
 		uint8_t f = c->toks[i].flags;
 		if (f & KV_FLAG_SINK)
@@ -463,8 +489,7 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		               "KV cache full: %u tokens cached + %u new exceed the budget of %u "
 		               "(policy full never evicts; raise --kv-budget or choose another --policy)",
 		               c->n, m, budget);
-	/* Pinned tokens (and those recalled for this turn) stay (the newest
-	 * ones when they alone exceed the target). */
+	/* Pinned and just-recalled tokens stay (the newest when over the target). */
 	uint32_t n_pinned = 0, n_cand = 0;
 	for (uint32_t i = 0; i < c->n; i++)
 		n_pinned += kv_protected(c, &c->toks[i]);
@@ -516,8 +541,7 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		               "KV cache: the selection split the span of candidate %lld (cache index "
 		               "%u)",
 		               (long long)split, c->cand[split]);
-	/* Gather: kept tokens move down in cache order, evicted ones free their
-	 * slot (their raw rows read first when the cold tier listens). */
+	/* Gather: kept tokens move down, evicted ones free their slot (rows read first for cold). */
 	uint32_t w = 0, ne = 0, ci = 0;
 	kv_cold_begin(c, c->n - KVS_MIN(c->n, target));
 	for (uint32_t i = 0; i < c->n; i++) {
@@ -831,10 +855,16 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 			c->warned_lambda = true;
 		}
 	}
+	if (c->cfg.sparse.mode != ENGINE_SPARSE_OFF)
+		b.sparse = &c->cfg.sparse;
 	struct engine_out o;
 	int rc = engine_forward(c->eng, &b, &o, e);
 	if (rc != KVS_OK)
 		return rc;
+	if (m == 1) {
+		c->keys_read = o.keys_read;
+		c->keys_dense = o.keys_dense;
+	}
 
 	/* the chunk's metadata */
 	uint32_t sinks = d->n_sinks(c->cfg.policy.p);

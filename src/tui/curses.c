@@ -673,6 +673,7 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		{ "chat", WORKER_CHAT, false, true },
 		{ "policy", WORKER_POLICY, false, true },
 		{ "budget", WORKER_BUDGET, true, false },
+		{ "sparse", WORKER_SPARSE, false, true },
 		{ "reset", WORKER_RESET, false, false },
 		{ "pin", WORKER_PIN, true, false },
 		{ "unpin", WORKER_UNPIN, true, false },

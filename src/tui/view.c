@@ -401,6 +401,9 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "tok/s  %5.0f ", t->decode_tps);
 		spark(g, r, x, y++, t->spark_tps, t->n_spark);
 	}
+	if (y < r.y + r.h && st->keys_dense > 0 && st->keys_read < st->keys_dense)
+		tui_grid_printf(g, r, r.x, y++, R_NORMAL, "sparse: the last step read %.1f %% of the keys",
+		                100.0 * (double)st->keys_read / (double)st->keys_dense);
 	if (y < r.y + r.h && st->n_fallbacks > 0)
 		tui_grid_printf(g, r, r.x, y++, R_STATUS_ERR, "score provider fell back %u time%s",
 		                st->n_fallbacks, st->n_fallbacks == 1 ? "" : "s");

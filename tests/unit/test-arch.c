@@ -193,9 +193,9 @@ static void add_rot16(struct ggufw *w)
 {
 	ggufw_add_u32(w, "llama.rope.dimension_count", 16);
 }
-static void add_yarn(struct ggufw *w)
+static void add_longrope(struct ggufw *w)
 {
-	ggufw_add_str(w, "llama.rope.scaling.type", "yarn");
+	ggufw_add_str(w, "llama.rope.scaling.type", "longrope");
 }
 static void add_vocab300(struct ggufw *w)
 {
@@ -224,9 +224,18 @@ static void add_heads_short(struct ggufw *w)
 	static const uint32_t h[] = { 4 };
 	ggufw_add_arr_u32(w, "llama.attention.head_count", h, 1);
 }
-static void add_rope_freqs(struct ggufw *w)
+static void add_rope_freqs3(struct ggufw *w)
 {
-	ggufw_add_tensor_f32(w, "rope_freqs.weight", 1, (int64_t[]){ 4 }, (float[4]){ 1, 1, 1, 1 });
+	ggufw_add_tensor_f32(w, "rope_freqs.weight", 1, (int64_t[]){ 3 }, (float[3]){ 1, 1, 1 });
+}
+static void add_rope_freqs_neg(struct ggufw *w)
+{
+	ggufw_add_tensor_f32(w, "rope_freqs.weight", 1, (int64_t[]){ 4 }, (float[4]){ 1, 2, -1, 1 });
+}
+static void add_q_norm(struct ggufw *w)
+{
+	static const float ones[8] = { 1, 1, 1, 1, 1, 1, 1, 1 };
+	ggufw_add_tensor_f32(w, "blk.0.attn_q_norm.weight", 1, (int64_t[]){ 8 }, ones);
 }
 static void add_stray(struct ggufw *w)
 {
@@ -259,6 +268,11 @@ static void test_bad_models(void)
 	tinymodel_defaults(&s, "qwen2");
 	s.qkv_bias = false;
 	expect("qwen2 without biases", &s, NULL, KVS_ENOTFOUND, "'blk.0.attn_q.bias' is missing", NULL);
+
+	tinymodel_defaults(&s, "qwen3");
+	s.skip_tensor = "blk.1.attn_k_norm.weight";
+	expect("qwen3 without a K norm", &s, NULL, KVS_ENOTFOUND,
+	       "'blk.1.attn_k_norm.weight' is missing", "qwen3");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.feed_forward_length";
@@ -297,7 +311,8 @@ static void test_bad_models(void)
 	expect("eps NaN", &s, add_eps_nan, KVS_EFORMAT, "layer_norm_rms_epsilon' = nan", "finite");
 
 	tinymodel_defaults(&s, "llama");
-	expect("yarn", &s, add_yarn, KVS_EUNSUPPORTED, "'llama.rope.scaling.type' = 'yarn'", "YaRN");
+	expect("longrope", &s, add_longrope, KVS_EUNSUPPORTED,
+	       "'llama.rope.scaling.type' = 'longrope'", "LongRoPE");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.vocab_size";
@@ -306,7 +321,8 @@ static void test_bad_models(void)
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "general.architecture";
-	expect("gemma3", &s, add_gemma, KVS_EUNSUPPORTED, "'gemma3'", "expected one of: llama, qwen2");
+	expect("gemma3", &s, add_gemma, KVS_EUNSUPPORTED, "'gemma3'",
+	       "expected one of: llama, qwen2, qwen3, phi3");
 	expect("no architecture", &s, NULL, KVS_ENOTFOUND, "general.architecture", NULL);
 
 	tinymodel_defaults(&s, "llama");
@@ -318,8 +334,12 @@ static void test_bad_models(void)
 	       NULL);
 
 	tinymodel_defaults(&s, "llama");
-	expect("rope_freqs", &s, add_rope_freqs, KVS_EUNSUPPORTED, "'rope_freqs.weight'",
-	       "not supported");
+	expect("rope_freqs of 3 pairs", &s, add_rope_freqs3, KVS_EFORMAT, "'rope_freqs.weight'",
+	       "expected [4]");
+	expect("rope_freqs with a negative divisor", &s, add_rope_freqs_neg, KVS_EFORMAT,
+	       "'rope_freqs.weight': entry 2 = -1", "> 0");
+	expect("q norm on llama", &s, add_q_norm, KVS_EUNSUPPORTED, "'blk.0.attn_q_norm.weight'",
+	       "only qwen3");
 	expect("stray tensor", &s, add_stray, KVS_EUNSUPPORTED, "'blk.0.ffn_extra.weight' is not part",
 	       NULL);
 
@@ -400,6 +420,165 @@ static void add_linear4(struct ggufw *w)
 static void add_scale_linear2(struct ggufw *w)
 {
 	ggufw_add_f32(w, "llama.rope.scale_linear", 2.0f);
+}
+
+/* YaRN, factor 4 over an original context of 64 (tiny llama: n_rot 8,
+ * base 10000). By hand: the pair where beta turns fit the original
+ * context is 8 ln(64 / (2 pi beta)) / (2 ln 10000): -0.497 for beta 32
+ * (floor, clamped to 0) and 1.008 for beta 1 (ceil: 2). The magnitude is
+ * 1 + 0.1 ln 4 = 1.1386294; the attention factor kept in hparams is 1 up to
+ * llama.cpp's float round trip. */
+static void add_yarn4(struct ggufw *w)
+{
+	ggufw_add_str(w, "llama.rope.scaling.type", "yarn");
+	ggufw_add_f32(w, "llama.rope.scaling.factor", 4.0f);
+	ggufw_add_u32(w, "llama.rope.scaling.original_context_length", 64);
+}
+static void add_attn_factor(struct ggufw *w)
+{
+	ggufw_add_str(w, "llama.rope.scaling.type", "none");
+	ggufw_add_f32(w, "llama.rope.scaling.attn_factor", 0.5f);
+}
+
+static void test_yarn(void)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct model *m;
+	uint8_t *buf;
+	struct err e;
+
+	tinymodel_defaults(&s, "llama");
+	tinymodel_add(w, &s);
+	add_yarn4(w);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	if (m != NULL) {
+		T_EQ_INT(m->hp.rope_scaling, ROPE_SCALING_YARN);
+		T_NEAR(m->hp.rope_freq_scale, 0.25, 0);
+		T_NEAR(m->hp.rope_ext_factor, 1, 0);
+		T_NEAR(m->hp.rope_yarn_corr[0], 0, 0);
+		T_NEAR(m->hp.rope_yarn_corr[1], 2, 0);
+		T_EQ_INT(m->hp.rope_ctx_orig, 64);
+		T_NEAR(m->hp.rope_attn_factor, 1, 1e-6);
+		T_CHECK(m->hp.rope_factors == NULL, "no rope_freqs");
+	}
+	model_free(m);
+	free(buf);
+	ggufw_free(w);
+
+	w = ggufw_new();
+	tinymodel_add(w, &s);
+	add_attn_factor(w);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	if (m != NULL) {
+		T_EQ_INT(m->hp.rope_scaling, ROPE_SCALING_NONE);
+		T_NEAR(m->hp.rope_attn_factor, 0.5, 0);
+		T_NEAR(m->hp.rope_ext_factor, 0, 0);
+	}
+	model_free(m);
+	free(buf);
+	ggufw_free(w);
+}
+
+/* qwen3 (per-head Q/K norms) and llama with rope_freqs load; the feature
+ * list says which is used. */
+static void test_tiny_qwen3(void)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct model_feature f[MODEL_N_FEATURES];
+	struct model *m;
+	uint8_t *buf;
+	struct err e;
+
+	tinymodel_defaults(&s, "qwen3");
+	s.head_dim = 16; /* 4 heads of 16 over an embedding of 32 */
+	tinymodel_add(w, &s);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	if (m != NULL) {
+		T_EQ_STR(m->hp.arch, "qwen3");
+		T_EQ_INT(m->hp.rope, ROPE_NEOX);
+		T_EQ_INT(m->hp.has_qk_norm, 1);
+		T_EQ_INT(m->hp.has_qkv_bias, 0);
+		T_EQ_INT(m->hp.head_dim, 16);
+		T_EQ_INT(m->layers[1].q_norm.ne[0], 16);
+		T_CHECK(m->layers[1].k_norm.data != NULL && m->layers[1].k_norm.type == DT_F32, "k_norm");
+		model_features(m, f);
+		for (size_t i = 0; i < MODEL_N_FEATURES; i++) {
+			bool want = strcmp(f[i].name, "qk-norm") == 0 || strcmp(f[i].name, "gqa") == 0 ||
+			            strcmp(f[i].name, "rope-neox") == 0 ||
+			            strcmp(f[i].name, "tied-output") == 0;
+			T_CHECK(f[i].used == want, "qwen3 feature %s: used %d", f[i].name, f[i].used);
+		}
+	} else {
+		fprintf(stderr, "tiny qwen3: %s\n", e.msg);
+	}
+	model_free(m);
+	free(buf);
+	ggufw_free(w);
+
+	w = ggufw_new();
+	tinymodel_defaults(&s, "llama");
+	s.rope_freqs = true;
+	tinymodel_add(w, &s);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	if (m != NULL) {
+		T_CHECK(m->hp.rope_factors != NULL && m->hp.rope_factors[3] == 4.0f, "rope factors");
+		T_EQ_INT(m->hp.has_qk_norm, 0);
+		model_features(m, f);
+		for (size_t i = 0; i < MODEL_N_FEATURES; i++)
+			if (strcmp(f[i].name, "rope-freqs") == 0 || strcmp(f[i].name, "qk-norm") == 0)
+				T_CHECK(f[i].used == (f[i].name[5] == 'f'), "llama feature %s: used %d",
+				        f[i].name, f[i].used);
+	}
+	model_free(m);
+	free(buf);
+	ggufw_free(w);
+}
+
+/* phi3: a fused attn_qkv and a fused gate/up are cut into row views of
+ * the same bytes, in the order the converter writes them (Q, K, V; gate,
+ * up). Q4_1 rows of 32 are 20 bytes. */
+static void test_tiny_phi3(void)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct model *m;
+	uint8_t *buf;
+	struct err e;
+
+	tinymodel_defaults(&s, "phi3");
+	s.wtype = DT_Q4_1;
+	tinymodel_add(w, &s);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	if (m != NULL) {
+		const struct layer_weights *lw = &m->layers[1];
+		const uint8_t *qkv = lw->wqkv.data, *gu = lw->w_gate_up.data;
+		T_EQ_INT(m->hp.rope, ROPE_NEOX);
+		T_EQ_INT(lw->wqkv.ne[1], 32 + 2 * 16);
+		T_CHECK(lw->wq.data == qkv && lw->wq.ne[1] == 32 && lw->wq.nbytes == 32 * 20, "wq view");
+		T_CHECK((const uint8_t *)lw->wk.data == qkv + 32 * 20 && lw->wk.ne[1] == 16, "wk view");
+		T_CHECK((const uint8_t *)lw->wv.data == qkv + 48 * 20 && lw->wv.nbytes == 16 * 20,
+		        "wv view");
+		T_EQ_INT(lw->w_gate_up.ne[1], 128);
+		T_CHECK(lw->w_gate.data == gu && lw->w_gate.ne[1] == 64, "gate view");
+		T_CHECK((const uint8_t *)lw->w_up.data == gu + 64 * 20 && lw->w_up.ne[1] == 64,
+		        "up view");
+	} else {
+		fprintf(stderr, "tiny phi3: %s\n", e.msg);
+	}
+	model_free(m);
+	free(buf);
+	ggufw_free(w);
+
+	tinymodel_defaults(&s, "phi3");
+	s.skip_tensor = "blk.1.ffn_up.weight";
+	expect("phi3 without ffn_up", &s, NULL, KVS_ENOTFOUND, "'blk.1.ffn_up.weight' is missing",
+	       "phi3");
+	tinymodel_defaults(&s, "phi3");
+	s.skip_tensor = "blk.0.attn_qkv.weight";
+	expect("phi3 without attn_qkv", &s, NULL, KVS_ENOTFOUND, "'blk.0.attn_q.weight' is missing",
+	       NULL);
 }
 
 static void test_rope_scaling(void)
@@ -506,6 +685,9 @@ int main(void)
 	test_bad_models();
 	test_bad_types();
 	test_rope_scaling();
+	test_yarn();
+	test_tiny_qwen3();
+	test_tiny_phi3();
 	test_path_errors();
 	if (stat(path, &st) == 0) {
 		test_real_model(path);

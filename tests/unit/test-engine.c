@@ -14,6 +14,7 @@
 #include "engine/kern.h"
 
 #include "test.h"
+#include "tests/util/ggufw.h"
 #include "tests/util/tinymodel.h"
 
 #include <stdint.h>
@@ -1609,8 +1610,118 @@ static void test_elementwise_kernels(void)
 	}
 }
 
+/*
+ * engine_rope_cos_sin under per-frequency divisors and YaRN against the
+ * formulas in double (n_rot 8, base 10000, position 7): pair i turns by
+ * 7 * 10000^(-i/4) / f_i extrapolated, a quarter of that interpolated;
+ * YaRN with its ramp over pairs [0, 2] mixes them with weights
+ * 1, 0.5, 0, 0 on the extrapolated angle, and scales by 1 + 0.1 ln 4.
+ */
+static void test_rope_scaled(void)
+{
+	static const float factors[4] = { 1, 2, 3, 4 };
+	struct hparams hp;
+	float cs[8];
+
+	memset(&hp, 0, sizeof hp);
+	hp.n_rot = 8;
+	hp.rope_base = 10000.0f;
+	for (int c = 0; c < 3; c++) {
+		hp.rope_freq_scale = c == 0 ? 1.0f : 0.25f;
+		hp.rope_factors = c == 0 ? factors : NULL;
+		hp.rope_ext_factor = c == 2 ? 1.0f : 0.0f;
+		hp.rope_attn_factor = c == 2 ? 1.0f : 0.0f; /* 0: hand-built, counts as 1 */
+		hp.rope_yarn_corr[0] = 0;
+		hp.rope_yarn_corr[1] = 2;
+		engine_rope_cos_sin(&hp, 7, cs, cs + 4);
+		for (int i = 0; i < 4; i++) {
+			double extrap = 7.0 * pow(10000.0, -i / 4.0) / (c == 0 ? factors[i] : 1.0);
+			double interp = extrap * hp.rope_freq_scale;
+			double mix = c == 2 ? (i == 0 ? 1.0 : i == 1 ? 0.5 : 0.0) : 0.0;
+			double t = interp * (1 - mix) + extrap * mix;
+			double mag = c == 2 ? 1.0 + 0.1 * log(4.0) : 1.0;
+			T_CHECK(fabs(cs[i] - mag * cos(t)) < 2e-6 && fabs(cs[4 + i] - mag * sin(t)) < 2e-6,
+			        "case %d pair %d: cos %g sin %g, expected %g %g", c, i, cs[i], cs[4 + i],
+			        mag * cos(t), mag * sin(t));
+		}
+	}
+}
+
+/* Logits of 6 tokens of the tiny llama written with separate Q/K/V
+ * (fused = false) or one attn_qkv (the same numbers, rows in order). */
+static float *fused_logits(bool fused, uint32_t *n_vocab)
+{
+	struct tinymodel_spec s;
+	struct ggufw *w = ggufw_new();
+	struct gguf_file *f;
+	struct model *m = NULL;
+	struct engine *eng = NULL;
+	struct engine_config cfg;
+	struct err e;
+	uint8_t *buf;
+	size_t n;
+	float *out = NULL;
+
+	tinymodel_defaults(&s, "llama");
+	s.n_embd = 64;
+	s.n_ff = 128;
+	s.wtype = DT_Q8_0;
+	s.fused_qkv = fused;
+	tinymodel_add(w, &s);
+	ggufw_write_mem(w, &buf, &n);
+	ggufw_free(w);
+	T_EQ_INT(gguf_open_memory(&f, buf, n, &e), KVS_OK);
+	T_EQ_INT(model_load_gguf(&m, f, &e), KVS_OK);
+	engine_config_default(&cfg);
+	cfg.backend = ENGINE_BACKEND_CPU;
+	cfg.n_ctx = 16;
+	cfg.n_threads = 1;
+	if (m != NULL && engine_create(&eng, m, &cfg, &e) == KVS_OK) {
+		int32_t toks[6] = { 5, 70, 200, 33, 260, 7 }, pos[6];
+		uint32_t slot[6];
+		for (int i = 0; i < 6; i++) {
+			pos[i] = i;
+			slot[i] = (uint32_t)i;
+		}
+		struct engine_batch b = { .n_tokens = 6,
+			                      .tokens = toks,
+			                      .pos = pos,
+			                      .slot = slot,
+			                      .n_visible = 6,
+			                      .logits = ENGINE_LOGITS_ALL };
+		struct engine_out o;
+		*n_vocab = m->hp.n_vocab;
+		if (engine_forward(eng, &b, &o, &e) == KVS_OK) {
+			out = xmallocarray(6 * (size_t)*n_vocab, sizeof *out);
+			memcpy(out, o.logits, 6 * (size_t)*n_vocab * sizeof *out);
+		}
+	}
+	T_CHECK(out != NULL, "fused %d: %s", fused, e.msg);
+	engine_free(eng);
+	model_free(m);
+	free(buf);
+	return out;
+}
+
+/* A fused QKV projection gives the logits of the separate one, bit for bit:
+ * the loader's row views are the separate matrices. */
+static void test_fused_qkv(void)
+{
+	uint32_t nv = 0;
+	float *a = fused_logits(false, &nv), *b = fused_logits(true, &nv);
+
+	if (a != NULL && b != NULL) {
+		T_CHECK(memcmp(a, b, 6 * (size_t)nv * sizeof *a) == 0, "fused QKV logits differ");
+		T_CHECK(a[0] != a[1] || a[1] != a[2], "logits are not all equal");
+	}
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
+	test_rope_scaled();
+	test_fused_qkv();
 	test_tables_complete();
 	test_tile_kernels();
 	test_elementwise_kernels();

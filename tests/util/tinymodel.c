@@ -1,5 +1,5 @@
 /*
- * tinymodel.c: tiny, valid llama / qwen2 GGUF models for tests.
+ * tinymodel.c: tiny, valid llama / qwen2 / qwen3 GGUF models for tests.
  *
  * The keys follow engine.md 3.1 and 4.2, the tensors 3.2 and 3.6. The GPT-2
  * vocabulary has the 256 byte symbols of the byte-level alphabet (bytes
@@ -42,6 +42,7 @@ static const struct {
 };
 
 #define TINY_N_SPECIAL 3
+#define TINY_MAX_PAIRS 512 /* head_dim / 2 at most (the loader's limit is 1024) */
 
 float tinymodel_rand(uint64_t *state)
 {
@@ -55,11 +56,11 @@ float tinymodel_rand(uint64_t *state)
 
 void tinymodel_defaults(struct tinymodel_spec *s, const char *arch)
 {
-	bool qwen = strcmp(arch, "qwen2") == 0;
+	bool qwen = strncmp(arch, "qwen", 4) == 0;
 
 	memset(s, 0, sizeof *s);
 	s->arch = arch;
-	s->name = qwen ? "tiny-qwen2" : "tiny-llama";
+	s->name = qwen ? (strcmp(arch, "qwen3") == 0 ? "tiny-qwen3" : "tiny-qwen2") : "tiny-llama";
 	s->n_layer = 2;
 	s->n_embd = 32;
 	s->n_head = 4;
@@ -69,7 +70,9 @@ void tinymodel_defaults(struct tinymodel_spec *s, const char *arch)
 	s->wtype = DT_F32;
 	s->embd_type = DT_F32;
 	s->tied = true;
-	s->qkv_bias = qwen;
+	s->qkv_bias = strcmp(arch, "qwen2") == 0;
+	s->qk_norm = strcmp(arch, "qwen3") == 0;
+	s->fused_qkv = strcmp(arch, "phi3") == 0;
 	s->vocab = TINY_VOCAB_GPT2;
 	s->rope_base = qwen ? 1000000.0f : 10000.0f;
 	s->rms_eps = qwen ? 1e-6f : 1e-5f;
@@ -82,7 +85,7 @@ uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s)
 {
 	if (s->vocab == TINY_VOCAB_SPM)
 		return TINY_N_SPECIAL + 256 + (uint32_t)KVS_ARRAY_LEN(tiny_pieces);
-	return TINY_N_SPECIAL + 256 + (uint32_t)KVS_ARRAY_LEN(tiny_merges);
+	return TINY_N_SPECIAL + 256 + (uint32_t)KVS_ARRAY_LEN(tiny_merges) + s->n_extra_tokens;
 }
 
 /* The byte-level symbol for byte b as UTF-8 into out (>= 3 bytes + NUL). */
@@ -161,14 +164,18 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 			tok[i] = xasprintf("%s%s", tiny_merges[k][0], tiny_merges[k][1]);
 			type[i] = TOKEN_NORMAL;
 		}
+		for (uint32_t k = 0; k < s->n_extra_tokens; k++, i++) {
+			tok[i] = xstrdup(s->extra_tokens[k]);
+			type[i] = TOKEN_CONTROL;
+		}
 	}
 	if (!tiny_skip_key(s, "tokenizer.ggml.model"))
 		ggufw_add_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
 	if (!tiny_skip_key(s, "tokenizer.ggml.pre"))
 		ggufw_add_str(w, "tokenizer.ggml.pre",
-		              spm                                     ? "default"
-		                      : strcmp(s->arch, "qwen2") == 0 ? "qwen2"
-		                                                      : "smollm");
+		              spm                                   ? "default"
+		                      : strncmp(s->arch, "qwen", 4) == 0 ? "qwen2"
+		                                                    : "smollm");
 	if (!tiny_skip_key(s, "tokenizer.ggml.tokens"))
 		ggufw_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, n);
 	if (spm && !tiny_skip_key(s, "tokenizer.ggml.scores"))
@@ -194,9 +201,12 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 		ggufw_add_bool(w, "tokenizer.ggml.add_bos_token", spm);
 	if (s->chat_template && !tiny_skip_key(s, "tokenizer.chat_template"))
 		ggufw_add_str(w, "tokenizer.chat_template",
-		              "{% for message in messages %}{{'<|im_start|>' + message['role'] + "
-		              "'\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n"
-		              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}");
+		              s->template_src
+		                      ? s->template_src
+		                      : "{% for message in messages %}{{'<|im_start|>' + message['role'] + "
+		                        "'\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n"
+		                        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+		                        "{% endif %}");
 	for (uint32_t k = 0; k < n; k++)
 		free(tok[k]);
 	free(tok);
@@ -320,24 +330,42 @@ void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s)
 	for (uint32_t l = 0; l < s->n_layer; l++) {
 #define LAYER(suffix) (snprintf(name, sizeof name, "blk.%u." suffix, l), name)
 		tiny_tensor(w, s, &rng, LAYER("attn_norm.weight"), DT_F32, E, 1, true);
-		tiny_tensor(w, s, &rng, LAYER("attn_q.weight"), s->wtype, E, q, false);
-		tiny_tensor(w, s, &rng, LAYER("attn_k.weight"), s->wtype, E, kv, false);
-		tiny_tensor(w, s, &rng, LAYER("attn_v.weight"), s->wtype, E, kv, false);
+		if (s->fused_qkv) {
+			tiny_tensor(w, s, &rng, LAYER("attn_qkv.weight"), s->wtype, E, q + 2 * kv, false);
+		} else {
+			tiny_tensor(w, s, &rng, LAYER("attn_q.weight"), s->wtype, E, q, false);
+			tiny_tensor(w, s, &rng, LAYER("attn_k.weight"), s->wtype, E, kv, false);
+			tiny_tensor(w, s, &rng, LAYER("attn_v.weight"), s->wtype, E, kv, false);
+		}
 		if (bias) {
 			tiny_tensor(w, s, &rng, LAYER("attn_q.bias"), DT_F32, q, 1, false);
 			tiny_tensor(w, s, &rng, LAYER("attn_k.bias"), DT_F32, kv, 1, false);
 			tiny_tensor(w, s, &rng, LAYER("attn_v.bias"), DT_F32, kv, 1, false);
 		}
+		if (s->qk_norm) {
+			tiny_tensor(w, s, &rng, LAYER("attn_q_norm.weight"), DT_F32, hd, 1, true);
+			tiny_tensor(w, s, &rng, LAYER("attn_k_norm.weight"), DT_F32, hd, 1, true);
+		}
 		tiny_tensor(w, s, &rng, LAYER("attn_output.weight"), s->wtype, q, E, false);
 		tiny_tensor(w, s, &rng, LAYER("ffn_norm.weight"), DT_F32, E, 1, true);
-		tiny_tensor(w, s, &rng, LAYER("ffn_gate.weight"), s->wtype, E, F, false);
-		tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, F, false);
+		if (strcmp(s->arch, "phi3") == 0) {
+			tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, 2 * F, false);
+		} else {
+			tiny_tensor(w, s, &rng, LAYER("ffn_gate.weight"), s->wtype, E, F, false);
+			tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, F, false);
+		}
 		tiny_tensor(w, s, &rng, LAYER("ffn_down.weight"), s->wtype, F, E, false);
 #undef LAYER
 	}
 	tiny_tensor(w, s, &rng, "output_norm.weight", DT_F32, E, 1, true);
 	if (!s->tied)
 		tiny_tensor(w, s, &rng, "output.weight", s->embd_type, E, V, false);
+	if (s->rope_freqs && (s->skip_tensor == NULL || strcmp(s->skip_tensor, "rope_freqs.weight"))) {
+		float f[TINY_MAX_PAIRS];
+		for (uint32_t i = 0; i < hd / 2 && i < TINY_MAX_PAIRS; i++)
+			f[i] = (float)(i + 1);
+		ggufw_add_tensor_f32(w, "rope_freqs.weight", 1, (int64_t[]){ hd / 2 }, f);
+	}
 }
 
 char *tinymodel_write_temp(const char *tag)

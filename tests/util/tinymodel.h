@@ -1,5 +1,5 @@
 /*
- * tinymodel.h: tiny, valid llama / qwen2 models for tests (libtestutil.a).
+ * tinymodel.h: tiny, valid llama / qwen2 / qwen3 models for tests (libtestutil.a).
  *
  *   struct tinymodel_spec s;
  *   tinymodel_defaults(&s, "llama");      // 2 layers, n_embd 32, vocab ~270
@@ -29,7 +29,7 @@ enum tinymodel_vocab {
 };
 
 struct tinymodel_spec {
-	const char *arch; /* "llama" or "qwen2" */
+	const char *arch; /* "llama", "qwen2", "qwen3" or "phi3" */
 	const char *name; /* general.name */
 	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx;
 	uint32_t head_dim;  /* 0: n_embd / n_head (no key_length key written) */
@@ -37,15 +37,23 @@ struct tinymodel_spec {
 	uint32_t embd_type; /* type of token_embd (and output when untied) */
 	bool tied;          /* no output.weight */
 	bool qkv_bias;      /* write attn_{q,k,v}.bias (forced for qwen2) */
+	bool qk_norm;       /* write attn_{q,k}_norm.weight (set for qwen3) */
+	bool rope_freqs;    /* write rope_freqs.weight: divisors 1, 2, 3, ... per pair */
+	bool fused_qkv;     /* one attn_qkv.weight instead of attn_{q,k,v} (set for phi3) */
+	/* phi3 writes ffn_up.weight of 2 n_ff rows (gate rows first) and no ffn_gate;
+	 * fused or not, the values come in the same order from the generator */
 	enum tinymodel_vocab vocab;
 	float rope_base, rms_eps, scale;
 	uint64_t seed;
 	const char *skip_key;    /* leave this key out (NULL: none) */
 	const char *skip_tensor; /* leave this tensor out (NULL: none) */
-	bool chat_template;      /* write a ChatML tokenizer.chat_template */
+	bool chat_template;      /* write a tokenizer.chat_template (template_src, else ChatML) */
+	const char *template_src;        /* the template written (NULL: the ChatML one) */
+	const char *const *extra_tokens; /* GPT-2 vocab: CONTROL tokens appended at the end */
+	uint32_t n_extra_tokens;
 };
 
-/* Fill s with a small valid model of arch ("llama" or "qwen2"). */
+/* Fill s with a small valid model of arch ("llama", "qwen2", "qwen3" or "phi3"). */
 void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
 /* Add the model's keys and tensors to w. */
 void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);

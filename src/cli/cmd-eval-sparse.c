@@ -1,0 +1,383 @@
+/*
+ * cmd-eval-sparse.c: `kvscope eval sparse`, sparse decode attention
+ * (--sparse, default quest) measured against dense attention in the same
+ * run, at each cached length of --lengths.
+ *
+ * Per length L: a seeded pseudo-text of L tokens is prefilled (densely,
+ * straight into engine slots 0..L-1), then --n-gen decode steps run greedy
+ * under dense attention; those tokens are then fed again, teacher-forced,
+ * under the sparse mode, so both modes decode the same sequence over the
+ * same cache. Passes alternate (dense, sparse, dense, sparse, ... --reps of
+ * each) and each mode keeps its fastest pass, so a busy machine hurts both
+ * alike. One more sparse pass asks for the attention weights: the engine
+ * then reports, per layer and KV head, which keys were attended and the
+ * dense weights of the same query (a shadow; its cost is not in the
+ * timed passes). From it: the dense attention mass the selection captured
+ * per (step, sparse layer, query head), its median and 10th percentile,
+ * and the recall of each row's 10 largest dense weights. Also: the keys
+ * read against dense (all layers, the dense ones included), attention time
+ * per step and its speed-up, the selection's share of dense attention
+ * time, the decode step time and its speed-up (wall clock, and the
+ * process's CPU time, which other jobs on a shared machine barely change;
+ * with several threads it includes their waits), and how often the sparse
+ * step's argmax equals the dense token.
+ */
+#include "cli/eval.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o);
+static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
+
+const struct cli_cmd cmd_eval_sparse = {
+	.name = "eval sparse",
+	.usage = "[--sparse quest[:k=v,...]] [--lengths 2k,8k] [--n-gen N] [--reps N] [--seed S] "
+	         "[--json] [options]",
+	.help = "sparse decode attention against dense: captured mass, top-10 recall, keys read, "
+	        "attention and decode speed-up",
+	.exec = cmd_eval_sparse_exec,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_SPARSE,
+	.defaults = cmd_eval_sparse_defaults,
+};
+
+#define SP_MAX_LIST 16
+#define SP_TOPK 10
+
+/* One length's results. */
+struct sp_row {
+	uint32_t length;
+	double keys_pct;                /* sparse keys read, % of dense */
+	double mass_med, mass_p10;      /* captured dense mass */
+	double recall;                  /* top-10 recall, mean over rows */
+	double agree;                   /* sparse argmax == dense token, share of steps */
+	double attn_ms[2], sel_ms;      /* per step: dense, sparse; selection (sparse) */
+	double step_ms[2];              /* per step, fastest pass: dense, sparse */
+	double cpu_ms[2];               /* the process's CPU time per step, same passes */
+};
+
+static const char *const sp_words[] = {
+	"the", "river", "old", "market", "quietly", "stone", "bright", "garden", "of", "a",
+	"merchant", "walked", "across", "northern", "bridge", "and", "counted", "silver", "coins",
+	"while", "children", "sang", "under", "tall", "trees", "near", "harbour", "where", "ships",
+	"waited", "for", "morning", "wind", "lantern", "painted", "blue", "winter", "kept", "its",
+	"promise", "slowly", "baker", "sold", "warm", "bread", "to", "travellers", "from", "distant",
+	"valleys", "mountain", "road", "was", "long", "narrow", "clock", "tower", "rang", "twice",
+};
+
+/* Seeded pseudo-prose: sentences of 6..14 words from sp_words. */
+static char *sp_text(struct eval_rng *r, size_t n_words)
+{
+	size_t cap = n_words * 12 + 16, o = 0, left = 0;
+	char *s = xmalloc(cap);
+	for (size_t w = 0; w < n_words; w++) {
+		if (left == 0)
+			left = 6 + eval_rng_next(r) % 9;
+		const char *word = sp_words[eval_rng_next(r) % KVS_ARRAY_LEN(sp_words)];
+		bool first = o == 0 || s[o - 1] == '.';
+		o += (size_t)snprintf(s + o, cap - o, "%s%c%s%s", o ? " " : "",
+		                      first ? word[0] - 'a' + 'A' : word[0], word + 1,
+		                      --left == 0 ? "." : "");
+	}
+	return s;
+}
+
+static int sp_cmp(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Feed ids[0, n) at positions and slots from at, as one-token steps with
+ * the given sparse mode (NULL: dense); tokens given are fed (teacher
+ * forcing), or, when greedy, the argmax is fed next and stored in ids.
+ * Adds the step times, attention times, keys; with want_attn, the mass
+ * and recall samples. */
+struct sp_pass {
+	double step_ms, cpu_ms, attn_ms, sel_ms;
+	uint64_t keys_read, keys_dense;
+	uint32_t agree;
+	float *mass; /* (cap) captured-mass samples */
+	size_t n_mass, cap_mass;
+	double recall_sum;
+	uint64_t n_recall;
+};
+
+/* The process's CPU time in ms: other jobs on the machine barely change it. */
+static double sp_cpu_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static uint32_t sp_argmax(const float *x, uint32_t n)
+{
+	uint32_t best = 0;
+	for (uint32_t i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}
+
+/* The shadow's statistics of one step: per sparse layer and query head. */
+static void sp_shadow(struct sp_pass *p, const struct hparams *hp, const struct engine_out *out,
+                      uint32_t dense_layers, float *scratch)
+{
+	uint32_t nv = out->n_visible, grp = hp->n_head / hp->n_head_kv;
+	for (uint32_t l = dense_layers; l < hp->n_layer; l++)
+		for (uint32_t h = 0; h < hp->n_head; h++) {
+			const float *w = out->attn + ((size_t)l * hp->n_head + h) * nv;
+			const uint8_t *sel = out->sel + ((size_t)l * hp->n_head_kv + h / grp) * nv;
+			double mass = 0;
+			for (uint32_t j = 0; j < nv; j++)
+				mass += sel[j] ? w[j] : 0;
+			if (p->n_mass == p->cap_mass) {
+				p->cap_mass = p->cap_mass ? 2 * p->cap_mass : 4096;
+				p->mass = xreallocarray(p->mass, p->cap_mass, sizeof(float));
+			}
+			p->mass[p->n_mass++] = (float)mass;
+			/* the 10 largest dense weights: the 10th largest as a threshold */
+			memcpy(scratch, w, nv * sizeof(float));
+			qsort(scratch, nv, sizeof(float), sp_cmp);
+			uint32_t k = KVS_MIN((uint32_t)SP_TOPK, nv), hit = 0, seen = 0;
+			float thr = scratch[nv - k];
+			for (uint32_t j = 0; j < nv && seen < k; j++)
+				if (w[j] >= thr) {
+					seen++;
+					hit += sel[j] != 0;
+				}
+			p->recall_sum += (double)hit / k;
+			p->n_recall++;
+		}
+}
+
+static int sp_run(struct engine *eng, int32_t *ids, uint32_t n, uint32_t at,
+                  const struct engine_sparse *sp, bool greedy, bool attn, struct sp_pass *p,
+                  struct err *e)
+{
+	const struct hparams *hp = &engine_model(eng)->hp;
+	float *scratch = attn ? xmallocarray(at + n + 1, sizeof(float)) : NULL;
+	int32_t tok = ids[0];
+	int rc = KVS_OK;
+	for (uint32_t i = 0; i < n && rc == KVS_OK; i++) {
+		int32_t pos = (int32_t)(at + i);
+		uint32_t slot = at + i;
+		struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
+		b.n_visible = at + i + 1;
+		b.logits = ENGINE_LOGITS_LAST;
+		b.want_attn = attn;
+		b.sparse = sp;
+		struct engine_out out;
+		double t0 = clock_now_ms(), c0 = sp_cpu_ms();
+		rc = engine_forward(eng, &b, &out, e);
+		if (rc != KVS_OK)
+			break;
+		p->step_ms += clock_now_ms() - t0;
+		p->cpu_ms += sp_cpu_ms() - c0;
+		p->attn_ms += out.attn_ms;
+		p->sel_ms += out.select_ms;
+		p->keys_read += out.keys_read;
+		p->keys_dense += out.keys_dense;
+		int32_t next = (int32_t)sp_argmax(out.logits, hp->n_vocab);
+		if (i + 1 < n) {
+			if (greedy)
+				ids[i + 1] = next;
+			p->agree += next == ids[i + 1];
+			tok = ids[i + 1];
+		}
+		if (attn && out.sel != NULL)
+			sp_shadow(p, hp, &out, sp->dense_layers, scratch);
+	}
+	free(scratch);
+	return rc;
+}
+
+/* Prefill ids[0, n) densely into slots 0..n-1 (chunks of n_batch). */
+static int sp_prefill(struct engine *eng, const int32_t *ids, uint32_t n, uint32_t n_batch,
+                      struct err *e)
+{
+	int32_t *pos = xmallocarray(n_batch, sizeof(int32_t));
+	uint32_t *slot = xmallocarray(n_batch, sizeof(uint32_t));
+	int rc = KVS_OK;
+	for (uint32_t t0 = 0; t0 < n && rc == KVS_OK; t0 += n_batch) {
+		uint32_t m = KVS_MIN(n_batch, n - t0);
+		for (uint32_t i = 0; i < m; i++) {
+			pos[i] = (int32_t)(t0 + i);
+			slot[i] = t0 + i;
+		}
+		struct engine_batch b = { .n_tokens = m, .tokens = ids + t0, .pos = pos, .slot = slot };
+		b.n_visible = t0 + m;
+		b.logits = ENGINE_LOGITS_NONE;
+		struct engine_out out;
+		rc = engine_forward(eng, &b, &out, e);
+	}
+	free(pos);
+	free(slot);
+	return rc;
+}
+
+/* One length: prefill, then the passes. */
+static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len, uint32_t steps,
+                     uint32_t reps, uint64_t seed, struct sp_row *row, struct err *e)
+{
+	struct engine *eng = gen_engine(g);
+	const struct vocab *v = gen_vocab(g);
+	struct eval_rng r;
+	eval_rng_seed(&r, seed ^ len);
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	char *text = sp_text(&r, (size_t)len * 3 / 2 + 64);
+	int rc = vocab_tokenize(v, text, strlen(text), true, false, &ids, &n, &cap, e);
+	free(text);
+	if (rc == KVS_OK && n < len + 1)
+		rc = err_set(e, KVS_ESTATE, "eval sparse: the text gave %zu tokens, expected %u", n,
+		             len + 1);
+	engine_kv_clear(eng);
+	if (rc == KVS_OK)
+		rc = sp_prefill(eng, ids, len, 512, e);
+	int32_t *gen_ids = xmallocarray(steps, sizeof(int32_t));
+	if (rc == KVS_OK)
+		gen_ids[0] = ids[len];
+	struct sp_pass best[2], p;
+	memset(best, 0, sizeof best);
+	for (uint32_t rep = 0; rep < reps && rc == KVS_OK; rep++)
+		for (int mode = 0; mode < 2 && rc == KVS_OK; mode++) {
+			memset(&p, 0, sizeof p);
+			rc = sp_run(eng, gen_ids, steps, len, mode ? sp : NULL, mode == 0 && rep == 0, false,
+			            &p, e);
+			if (rc == KVS_OK && (rep == 0 || p.step_ms < best[mode].step_ms))
+				best[mode] = p;
+		}
+	struct sp_pass sh;
+	memset(&sh, 0, sizeof sh);
+	if (rc == KVS_OK)
+		rc = sp_run(eng, gen_ids, steps, len, sp, false, true, &sh, e);
+	if (rc == KVS_OK) {
+		row->length = len;
+		row->keys_pct = best[1].keys_dense
+		        ? 100.0 * (double)best[1].keys_read / (double)best[1].keys_dense
+		        : 100.0;
+		qsort(sh.mass, sh.n_mass, sizeof(float), sp_cmp);
+		row->mass_med = sh.n_mass ? sh.mass[sh.n_mass / 2] : NAN;
+		row->mass_p10 = sh.n_mass ? sh.mass[sh.n_mass / 10] : NAN;
+		row->recall = sh.n_recall ? sh.recall_sum / (double)sh.n_recall : NAN;
+		row->agree = steps > 1 ? (double)best[1].agree / (steps - 1) : NAN;
+		for (int mode = 0; mode < 2; mode++) {
+			row->attn_ms[mode] = best[mode].attn_ms / steps;
+			row->step_ms[mode] = best[mode].step_ms / steps;
+			row->cpu_ms[mode] = best[mode].cpu_ms / steps;
+		}
+		row->sel_ms = best[1].sel_ms / steps;
+	}
+	free(sh.mass);
+	free(gen_ids);
+	free(ids);
+	engine_kv_clear(eng);
+	return rc;
+}
+
+static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o)
+{
+	o->n_gen = 32;
+	o->reps = 2;
+	return CLI_OK;
+}
+
+static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
+{
+	struct err e;
+	uint32_t lens[SP_MAX_LIST], n_len;
+	struct sp_row rows[SP_MAX_LIST];
+	struct gen *g = NULL;
+	enum cli_exit rc;
+	if (eval_parse_list("lengths", o->lengths ? o->lengths : "2k,8k", 16, 1u << 22, lens,
+	                    SP_MAX_LIST, &n_len, &e) != KVS_OK)
+		return cli_usage(&cmd_eval_sparse, "%s", e.msg);
+	if (o->n_gen < 2)
+		return cli_usage(&cmd_eval_sparse, "--n-gen %u: expected at least 2 decode steps",
+		                 o->n_gen);
+	struct engine_sparse sp = o->gen.kv.sparse;
+	if (!cli_opts_given(o, "sparse"))
+		engine_sparse_parse("quest", &sp, NULL);
+	if (sp.mode == ENGINE_SPARSE_OFF)
+		return cli_usage(&cmd_eval_sparse, "--sparse off: expected a sparse mode to measure");
+	o->gen.kv.sparse.mode = ENGINE_SPARSE_OFF; /* the engine is driven directly */
+	uint32_t max_len = 0;
+	for (uint32_t i = 0; i < n_len; i++)
+		max_len = KVS_MAX(max_len, lens[i]);
+	if (!cli_opts_given(o, "ctx"))
+		o->gen.engine.n_ctx = max_len + o->n_gen + 1;
+	rc = cli_gen_open(o, &g);
+	if (rc != CLI_OK)
+		return rc;
+	struct engine *eng = gen_engine(g);
+	if (max_len + o->n_gen + 1 > engine_n_ctx(eng)) {
+		err_set(&e, KVS_ERANGE, "--lengths up to %u and --n-gen %u exceed --ctx %u", max_len,
+		        o->n_gen, engine_n_ctx(eng));
+		rc = cli_fail(&e);
+		goto out;
+	}
+	if (!engine_supports(eng, ENGINE_CAP_SPARSE)) {
+		err_set(&e, KVS_EUNSUPPORTED, "eval sparse: backend %s has no sparse attention",
+		        engine_backend_name(eng));
+		rc = cli_fail(&e);
+		goto out;
+	}
+	char spec[160];
+	engine_sparse_format(&sp, spec, sizeof spec);
+	struct eval_progress pr;
+	eval_progress_start(&pr, "sparse", n_len);
+	for (uint32_t i = 0; i < n_len; i++) {
+		eval_progress(&pr, i, "length %u", lens[i]);
+		if (sp_length(g, &sp, lens[i], o->n_gen, o->reps, o->eval_seed, &rows[i], &e) != KVS_OK) {
+			eval_progress_end(&pr);
+			rc = cli_fail(&e);
+			goto out;
+		}
+	}
+	eval_progress(&pr, n_len, "done");
+	eval_progress_end(&pr);
+	printf("eval sparse: %s against dense; %u decode steps after each prompt (teacher-forced "
+	       "with dense's greedy tokens), fastest of %u passes each; %s/%s, %d threads\n",
+	       spec, o->n_gen, o->reps, engine_backend_name(eng), engine_isa_name(eng),
+	       engine_n_threads(eng));
+	printf("| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
+	       "attn ms/step dense | sparse | attn x | select / dense attn | step ms dense | sparse "
+	       "| decode x | step CPU ms dense | sparse | decode x (CPU) |\n");
+	printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+	       "| ---: | ---: | ---: | ---: |\n");
+	for (uint32_t i = 0; i < n_len; i++) {
+		const struct sp_row *w = &rows[i];
+		printf("| %u | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f %% | "
+		       "%.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+		       w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall, 100 * w->agree,
+		       w->attn_ms[0], w->attn_ms[1], w->attn_ms[0] / w->attn_ms[1],
+		       100 * w->sel_ms / w->attn_ms[0], w->step_ms[0], w->step_ms[1],
+		       w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
+		       w->cpu_ms[0] / w->cpu_ms[1]);
+	}
+	if (o->json) {
+		printf("{\"eval\":\"sparse\",\"mode\":");
+		eval_json_str(stdout, spec);
+		printf(",\"steps\":%u,\"reps\":%u,\"threads\":%d,\"rows\":[", o->n_gen, o->reps,
+		       engine_n_threads(eng));
+		for (uint32_t i = 0; i < n_len; i++) {
+			const struct sp_row *w = &rows[i];
+			printf("%s{\"length\":%u,\"keys_pct\":%.2f,\"mass_median\":%.4f,\"mass_p10\":%.4f,"
+			       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
+			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f]}",
+			       i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall,
+			       w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0],
+			       w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1]);
+		}
+		printf("]}\n");
+	}
+	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;
+out:
+	gen_close(g);
+	return rc;
+}

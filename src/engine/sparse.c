@@ -1,0 +1,404 @@
+/*
+ * sparse.c: sparse decode attention's configuration and its backend-free
+ * parts: parsing "--sparse quest:budget=1024", the page bounds a backend
+ * keeps over its rotated keys (sparse.h says when they are exact), Quest's
+ * page bound and the top-k choice of pages.
+ *
+ * The bounds are kept over pages of engine slots, not of cache order: slots
+ * never move, so evicting tokens leaves the other pages' slots where they
+ * were and only a changed position (compaction re-rotates a key) or a new
+ * key makes a page dirty. A new key in a clean page is folded in (min and
+ * max widened); anything else recomputes the page from its slots.
+ *
+ * Memory: one min and one max vector per (layer, page, KV head), in the
+ * cache's element type: 2 / page of the key bytes, 1 / page of the K+V
+ * bytes (6.25 % at page 16).
+ */
+#include "engine/sparse.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ the spec */
+
+struct sparse_param {
+	const char *name;
+	size_t off; /* of the uint32_t field in struct engine_sparse */
+	uint32_t def, lo, hi;
+	const char *help;
+};
+
+static const struct sparse_param sparse_params[] = {
+	{ "budget", offsetof(struct engine_sparse, budget), 1024, 1, 1u << 24,
+	  "keys attended per layer and KV head, sinks and recent included" },
+	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024,
+	  "slots per page: the granularity of the key bounds" },
+	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24,
+	  "first keys by position, always attended" },
+	{ "recent", offsetof(struct engine_sparse, recent), 64, 0, 1u << 24,
+	  "last keys by position, always attended" },
+	{ "dense", offsetof(struct engine_sparse, dense_layers), 2, 0, 1u << 16,
+	  "first layers attended densely" },
+};
+
+/* The modes, by value. */
+static const char *const sparse_modes[] = { "off", "quest" };
+
+static uint32_t *sparse_field(struct engine_sparse *s, const struct sparse_param *p)
+{
+	return (uint32_t *)((char *)s + p->off);
+}
+
+void engine_sparse_default(struct engine_sparse *s)
+{
+	memset(s, 0, sizeof *s);
+	s->mode = ENGINE_SPARSE_OFF;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++)
+		*sparse_field(s, &sparse_params[i]) = sparse_params[i].def;
+}
+
+/* Set one "key=value" of a quest spec. */
+static int sparse_set(struct engine_sparse *s, const char *kv, size_t len, struct err *e)
+{
+	const char *eq = memchr(kv, '=', len);
+	size_t klen = eq ? (size_t)(eq - kv) : len;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
+		const struct sparse_param *p = &sparse_params[i];
+		if (strlen(p->name) != klen || memcmp(p->name, kv, klen) != 0)
+			continue;
+		char num[32];
+		size_t vlen = eq ? len - klen - 1 : 0;
+		if (vlen == 0 || vlen >= sizeof num)
+			return err_set(e, KVS_EARG, "sparse: %.*s: expected %s=N with N in %u..%u", (int)len,
+			               kv, p->name, p->lo, p->hi);
+		memcpy(num, eq + 1, vlen);
+		num[vlen] = '\0';
+		char *end;
+		unsigned long v = strtoul(num, &end, 10);
+		if (*end != '\0' || num[0] == '-' || v < p->lo || v > p->hi)
+			return err_set(e, KVS_EARG, "sparse: %s=%s: expected an integer in %u..%u", p->name,
+			               num, p->lo, p->hi);
+		*sparse_field(s, p) = (uint32_t)v;
+		return KVS_OK;
+	}
+	return err_set(e, KVS_EARG,
+	               "sparse: unknown parameter '%.*s': expected budget, page, sinks, recent or dense",
+	               (int)klen, kv);
+}
+
+int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err *e)
+{
+	struct engine_sparse s;
+	engine_sparse_default(&s);
+	if (spec == NULL)
+		spec = "";
+	size_t nlen = strcspn(spec, ": ");
+	int mode = -1;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_modes); i++)
+		if (strlen(sparse_modes[i]) == nlen && memcmp(sparse_modes[i], spec, nlen) == 0)
+			mode = (int)i;
+	if (mode < 0)
+		return err_set(e, KVS_EARG,
+		               "sparse mode '%.*s': expected off or quest[:budget=N,page=N,sinks=N,"
+		               "recent=N,dense=N]",
+		               (int)nlen, spec);
+	s.mode = (enum engine_sparse_mode)mode;
+	const char *p = spec + nlen;
+	if (*p != '\0')
+		p++;
+	if (*p != '\0' && s.mode == ENGINE_SPARSE_OFF)
+		return err_set(e, KVS_EARG, "sparse: off takes no parameters, got '%s'", p);
+	while (*p != '\0') {
+		size_t len = strcspn(p, ", ");
+		if (len > 0) {
+			int rc = sparse_set(&s, p, len, e);
+			if (rc != KVS_OK)
+				return rc;
+		}
+		p += len;
+		if (*p != '\0')
+			p++;
+	}
+	*out = s;
+	return KVS_OK;
+}
+
+char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap)
+{
+	if (cap == 0)
+		return buf;
+	unsigned mode = (unsigned)s->mode < KVS_ARRAY_LEN(sparse_modes) ? (unsigned)s->mode : 0;
+	size_t n = (size_t)snprintf(buf, cap, "%s", sparse_modes[mode]);
+	for (size_t i = 0; mode != ENGINE_SPARSE_OFF && i < KVS_ARRAY_LEN(sparse_params) && n < cap;
+	     i++) {
+		const struct sparse_param *p = &sparse_params[i];
+		n += (size_t)snprintf(buf + n, cap - n, " %s=%u", p->name,
+		                      *sparse_field((struct engine_sparse *)s, p));
+	}
+	return buf;
+}
+
+void engine_sparse_help(FILE *fp)
+{
+	fprintf(fp, "  off    dense attention over every cached token (default)\n"
+	            "  quest  decode attends the pages whose key bounds score highest (Quest)\n");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
+		const struct sparse_param *p = &sparse_params[i];
+		fprintf(fp, "    %-7s %-5u %s\n", p->name, p->def, p->help);
+	}
+}
+
+uint64_t engine_sparse_bytes(const struct engine *eng, uint32_t page)
+{
+	const struct hparams *hp = &engine_model(eng)->hp;
+	if (page == 0)
+		return 0;
+	uint64_t pages = (engine_n_ctx(eng) + page - 1) / page;
+	uint64_t es = engine_kv_type(eng) == ENGINE_KV_F16 ? 2 : 4;
+	return (uint64_t)hp->n_layer * pages * hp->n_head_kv * 2 * hp->head_dim * es;
+}
+
+/* ------------------------------------------------------------ the bounds */
+
+void sparse_pages_free(struct sparse_pages *sp)
+{
+	free(sp->b);
+	free(sp->sum_pos);
+	free(sp->page_n);
+	free(sp->dirty);
+	free(sp->dirty_list);
+	memset(sp, 0, sizeof *sp);
+}
+
+void sparse_pages_ensure(struct sparse_pages *sp, uint32_t page, uint32_t n_ctx, uint32_t n_layer,
+                         uint32_t n_head_kv, uint32_t head_dim, size_t es)
+{
+	if (sp->b != NULL && sp->page == page)
+		return;
+	sparse_pages_free(sp);
+	sp->page = page;
+	sp->n_pages = (n_ctx + page - 1) / page;
+	sp->n_ctx = n_ctx;
+	sp->n_layer = n_layer;
+	sp->n_head_kv = n_head_kv;
+	sp->head_dim = head_dim;
+	sp->es = es;
+	sp->b = xmallocarray((size_t)n_layer * sp->n_pages * n_head_kv * 2 * head_dim, es);
+	sp->sum_pos = xmallocarray(n_ctx, sizeof(int32_t));
+	sp->page_n = xcalloc(sp->n_pages, sizeof(uint32_t));
+	sp->dirty = xmallocarray(sp->n_pages, 1);
+	sp->dirty_list = xmallocarray(sp->n_pages, sizeof(uint32_t));
+	for (uint32_t s = 0; s < n_ctx; s++)
+		sp->sum_pos[s] = -1;
+	memset(sp->dirty, 1, sp->n_pages);
+	sp->n_dirty = 0;
+}
+
+void sparse_pages_forget(struct sparse_pages *sp, uint32_t s)
+{
+	if (sp->b == NULL || s >= sp->n_ctx)
+		return;
+	if (sp->sum_pos[s] >= 0)
+		sp->dirty[s / sp->page] = 1;
+	sp->sum_pos[s] = -1;
+}
+
+/* Whether slot s's rotated key is current, and its position. */
+static bool sparse_current(const struct sparse_keys *k, uint32_t s, int32_t *pos)
+{
+	*pos = k->slot_pos[s];
+	for (uint32_t i = 0; i < k->n_skip; i++)
+		if (k->skip[i] == s)
+			return false;
+	return *pos >= 0 && k->kr_pos[s] == *pos;
+}
+
+/* One rotated key, layer l, KV head h, slot s, as floats into out. */
+static void sparse_key(const struct sparse_pages *sp, const struct sparse_keys *k, uint32_t l,
+                       uint32_t s, uint32_t h, float *out)
+{
+	const uint8_t *src = k->kr[l] + ((uint64_t)s * k->kv_row + (uint64_t)h * sp->head_dim) * sp->es;
+	if (sp->es == 2)
+		k->ops->f16_to_f32((const uint16_t *)src, out, sp->head_dim);
+	else
+		memcpy(out, src, sp->head_dim * sizeof(float));
+}
+
+/* Widen (or, with init, set) the bounds at dst (2, head_dim) by key x. */
+static void sparse_widen(const struct sparse_pages *sp, const struct sparse_keys *k, uint8_t *dst,
+                         const float *x, bool init)
+{
+	uint32_t hd = sp->head_dim;
+	float b[2 * KERN_ROW_MAX];
+	if (init) {
+		memcpy(b, x, hd * sizeof(float));
+		memcpy(b + hd, x, hd * sizeof(float));
+	} else {
+		if (sp->es == 2)
+			k->ops->f16_to_f32((const uint16_t *)dst, b, 2 * hd);
+		else
+			memcpy(b, dst, 2 * hd * sizeof(float));
+		for (uint32_t d = 0; d < hd; d++) {
+			b[d] = x[d] < b[d] ? x[d] : b[d];
+			b[hd + d] = x[d] > b[hd + d] ? x[d] : b[hd + d];
+		}
+	}
+	if (sp->es == 2)
+		k->ops->f32_to_f16(b, (uint16_t *)dst, 2 * hd);
+	else
+		memcpy(dst, b, 2 * hd * sizeof(float));
+}
+
+/* Fold slot s (position pos) into its clean page, every layer and KV head. */
+static void sparse_fold(struct sparse_pages *sp, const struct sparse_keys *k, uint32_t s,
+                        int32_t pos)
+{
+	uint32_t p = s / sp->page;
+	float x[KERN_ROW_MAX];
+	for (uint32_t l = 0; l < sp->n_layer; l++)
+		for (uint32_t h = 0; h < sp->n_head_kv; h++) {
+			sparse_key(sp, k, l, s, h, x);
+			sparse_widen(sp, k, (uint8_t *)sparse_pages_at(sp, l, p, h), x, sp->page_n[p] == 0);
+		}
+	sp->sum_pos[s] = pos;
+	sp->page_n[p]++;
+}
+
+void sparse_pages_scan(struct sparse_pages *sp, const struct sparse_keys *k)
+{
+	sp->n_dirty = 0;
+	for (uint32_t p = 0; p < sp->n_pages; p++) {
+		uint32_t s0 = p * sp->page, s1 = KVS_MIN(s0 + sp->page, sp->n_ctx);
+		/* a folded slot that moved or left makes the page dirty */
+		for (uint32_t s = s0; !sp->dirty[p] && s < s1; s++) {
+			int32_t pos;
+			bool cur = sparse_current(k, s, &pos);
+			if (sp->sum_pos[s] >= 0 && (!cur || pos != sp->sum_pos[s]))
+				sp->dirty[p] = 1;
+		}
+		if (sp->dirty[p]) {
+			sp->dirty_list[sp->n_dirty++] = p;
+			continue;
+		}
+		for (uint32_t s = s0; s < s1; s++) {
+			int32_t pos;
+			if (sp->sum_pos[s] < 0 && sparse_current(k, s, &pos))
+				sparse_fold(sp, k, s, pos);
+		}
+	}
+}
+
+void sparse_pages_rebuild(struct sparse_pages *sp, const struct sparse_keys *k, uint32_t lo,
+                          uint32_t hi)
+{
+	uint32_t hd = sp->head_dim;
+	float inf[2 * KERN_ROW_MAX];
+	for (uint32_t d = 0; d < hd; d++) {
+		inf[d] = INFINITY;
+		inf[hd + d] = -INFINITY;
+	}
+	for (uint32_t i = lo; i < hi && i < sp->n_dirty; i++) {
+		uint32_t p = sp->dirty_list[i];
+		uint32_t s0 = p * sp->page, s1 = KVS_MIN(s0 + sp->page, sp->n_ctx);
+		sp->page_n[p] = 0;
+		for (uint32_t l = 0; l < sp->n_layer; l++)
+			for (uint32_t h = 0; h < sp->n_head_kv; h++) {
+				uint8_t *dst = (uint8_t *)sparse_pages_at(sp, l, p, h);
+				if (sp->es == 2)
+					k->ops->f32_to_f16(inf, (uint16_t *)dst, 2 * hd);
+				else
+					memcpy(dst, inf, 2 * hd * sizeof(float));
+			}
+		for (uint32_t s = s0; s < s1; s++) {
+			int32_t pos;
+			sp->sum_pos[s] = -1;
+			if (sparse_current(k, s, &pos))
+				sparse_fold(sp, k, s, pos);
+		}
+		sp->dirty[p] = 0;
+	}
+}
+
+/* ------------------------------------------------------------ selection */
+
+float sparse_bound(const float *q, uint32_t nq, uint32_t head_dim, const float *mnmx)
+{
+	const float *mn = mnmx, *mx = mnmx + head_dim;
+	float best = -INFINITY;
+	for (uint32_t r = 0; r < nq; r++) {
+		const float *qr = q + (size_t)r * head_dim;
+		float sum = 0;
+		for (uint32_t d = 0; d < head_dim; d++) {
+			float a = qr[d] * mx[d], b = qr[d] * mn[d];
+			sum += a > b ? a : b;
+		}
+		best = sum > best ? sum : best;
+	}
+	return best;
+}
+
+void sparse_split_q(const float *q, uint32_t head_dim, float *qs)
+{
+	for (uint32_t d = 0; d < head_dim; d++) {
+		qs[d] = q[d] < 0 ? q[d] : 0;
+		qs[head_dim + d] = q[d] > 0 ? q[d] : 0;
+	}
+}
+
+/* The k-th largest (1 <= k <= n) of x[0, n), reordering x: quickselect
+ * with a three-way partition, so repeated values cost nothing extra. */
+static float sparse_kth(float *x, uint32_t n, uint32_t k)
+{
+	uint32_t lo = 0, hi = n, want = k - 1; /* want: index in descending order */
+	while (hi - lo > 1) {
+		float piv = x[lo + (hi - lo) / 2], t;
+		/* [lo, a) > piv, [a, i) == piv, [b, hi) < piv */
+		uint32_t a = lo, i = lo, b = hi;
+		while (i < b) {
+			if (x[i] > piv) {
+				t = x[a], x[a++] = x[i], x[i++] = t;
+			} else if (x[i] < piv) {
+				t = x[--b], x[b] = x[i], x[i] = t;
+			} else {
+				i++;
+			}
+		}
+		if (want < a)
+			hi = a;
+		else if (want < b)
+			return piv;
+		else
+			lo = b;
+	}
+	return x[lo];
+}
+
+uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uint8_t *sel)
+{
+	uint32_t nc = 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (ub[i] != -INFINITY)
+			scratch[nc++] = ub[i];
+	memset(sel, 0, n);
+	if (k == 0 || nc == 0)
+		return 0;
+	if (k >= nc) {
+		for (uint32_t i = 0; i < n; i++)
+			sel[i] = ub[i] != -INFINITY;
+		return nc;
+	}
+	float thr = sparse_kth(scratch, nc, k);
+	uint32_t got = 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (ub[i] > thr && ub[i] != -INFINITY) {
+			sel[i] = 1;
+			got++;
+		}
+	for (uint32_t i = 0; i < n && got < k; i++)
+		if (ub[i] == thr) {
+			sel[i] = 1;
+			got++;
+		}
+	return got;
+}

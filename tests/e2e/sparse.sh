@@ -1,0 +1,69 @@
+#!/bin/sh
+# sparse.sh: sparse decode attention end to end on the default model: a
+# budget covering the cache gives dense's greedy text, a small budget under
+# a bounded policy reads fewer keys (trace), chat switches it between turns,
+# bad values fail with one line and exit 2, and `eval sparse` runs at small
+# sizes and ends with a JSON line.
+set -u
+. "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
+
+need_model
+
+p="Tell me a long story about a dragon and a knight."
+# a budget covering the cache: the same greedy text as dense
+"$bin" generate --prompt "$p" --temp 0 -n 24 >"$tmp/dense" 2>/dev/null || fail "generate dense"
+"$bin" generate --prompt "$p" --temp 0 -n 24 --sparse quest:budget=100000 >"$tmp/full" \
+	2>"$tmp/full.err" || fail "generate sparse, covering budget: $(cat "$tmp/full.err")"
+cmp -s "$tmp/dense" "$tmp/full" || fail "covering budget: text differs from dense"
+
+# composed with a retention policy: fewer keys read at each decode step
+"$bin" generate --prompt "$p" --temp 0 -n 40 --policy sirllm --kv-budget 48 \
+	--sparse quest:budget=32,page=8,recent=8,dense=2 --trace "$tmp/t.jsonl" >"$tmp/g" \
+	2>"$tmp/g.err" || fail "generate sirllm + quest: $(cat "$tmp/g.err")"
+[ -s "$tmp/g" ] || fail "sirllm + quest wrote nothing"
+grep -q '"event":"evict"' "$tmp/t.jsonl" || fail "no eviction in the trace"
+last=$(grep '"event":"step"' "$tmp/t.jsonl" | tail -n 1)
+kr=$(echo "$last" | sed -n 's/.*"keys_read":\([0-9]*\).*/\1/p')
+kd=$(echo "$last" | sed -n 's/.*"keys_dense":\([0-9]*\).*/\1/p')
+[ -n "$kr" ] && [ -n "$kd" ] || fail "step events lack keys_read/keys_dense: $last"
+[ "${kr:-0}" -gt 0 ] && [ "${kr:-0}" -lt "${kd:-0}" ] ||
+	fail "sparse step read $kr of $kd keys, expected fewer than dense"
+
+# chat: /sparse between turns, /kv shows what the last step read
+printf 'Hello there.\n/sparse quest:budget=16,recent=4\nTell me more.\n/kv\n/sparse\n/sparse qwest\n' |
+	"$bin" chat --temp 0 --max-tokens 12 >"$tmp/c" 2>"$tmp/c.err" || fail "chat: $(cat "$tmp/c.err")"
+grep -q "sparse quest budget=16 page=16 sinks=4 recent=4 dense=2: the last decode step read" \
+	"$tmp/c.err" || fail "chat /kv lacks the sparse line: $(cat "$tmp/c.err")"
+grep -q "^sparse: quest budget=16" "$tmp/c.err" || fail "chat /sparse does not show the mode"
+grep -q "sparse mode 'qwest': expected off or quest" "$tmp/c.err" || fail "chat /sparse qwest"
+
+# bad values: one line, exit 2
+expect_bad 2 "--sparse: sparse mode 'qwest': expected off or quest" \
+	"$bin" generate --prompt hi --sparse qwest
+expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
+expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
+expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
+expect_bad 2 "expected a sparse mode" "$bin" eval sparse --sparse off --lengths 256
+"$bin" help sparse | grep -q "budget  1024" || fail "help sparse lacks the budget row"
+
+# the eval at small sizes
+"$bin" eval sparse --lengths 256,512 -n 6 --reps 1 --sparse quest:budget=128 --json \
+	>"$tmp/e" 2>"$tmp/e.err" || fail "eval sparse: $(cat "$tmp/e.err")"
+grep -q '^| 512 |' "$tmp/e" || fail "eval sparse table lacks the 512 row: $(cat "$tmp/e")"
+tail -n 1 "$tmp/e" | grep -q '^{"eval":"sparse",.*"rows":\[' || fail "eval sparse: no JSON last"
+if command -v python3 >/dev/null 2>&1; then
+	tail -n 1 "$tmp/e" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["rows"]
+assert [x["length"] for x in r] == [256, 512], r
+for x in r:
+    assert 0 < x["keys_pct"] < 100, x
+    assert 0 < x["mass_p10"] <= x["mass_median"] <= 1.0001, x
+    assert 0 <= x["recall10"] <= 1 and 0 <= x["argmax_agree"] <= 1, x
+    assert x["select_ms"] >= 0 and min(x["attn_ms"] + x["step_ms"]) > 0, x
+assert r[1]["keys_pct"] < r[0]["keys_pct"], r
+' || fail "eval sparse JSON: $(tail -n 1 "$tmp/e")"
+fi
+
+[ "$fails" -eq 0 ] || exit 1
+echo "sparse.sh: all checks passed"
