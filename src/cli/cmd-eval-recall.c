@@ -222,37 +222,11 @@ static int rc_exchange(struct gen *g, bool raw, const char *user, const char *as
 static bool rc_locate(struct gen *g, const int32_t *ids, size_t n, int32_t base, const char *text,
                       int32_t *first, int32_t *last)
 {
-	size_t tl = 0, cap = 256;
-	char *all = xmalloc(cap);
-	size_t *start = xmallocarray(n + 1, sizeof *start);
-	for (size_t i = 0; i < n; i++) {
-		char piece[128];
-		size_t pl = vocab_piece(gen_vocab(g), ids[i], false, piece, sizeof piece);
-		pl = KVS_MIN(pl, sizeof piece);
-		start[i] = tl;
-		if (tl + pl + 1 > cap) {
-			cap = (tl + pl + 1) * 2;
-			all = xrealloc(all, cap);
-		}
-		memcpy(all + tl, piece, pl);
-		tl += pl;
-	}
-	start[n] = tl;
-	all[tl] = '\0';
-	const char *hit = strstr(all, text);
-	*first = *last = -1;
-	if (hit != NULL) {
-		size_t a = (size_t)(hit - all), b = a + strlen(text);
-		for (size_t i = 0; i < n; i++)
-			if (start[i] < b && start[i + 1] > a) {
-				if (*first < 0)
-					*first = base + (int32_t)i;
-				*last = base + (int32_t)i;
-			}
-	}
-	free(all);
-	free(start);
-	return *first >= 0;
+	if (!eval_find_tokens(gen_vocab(g), ids, n, text, 0, 0, first, last))
+		return false;
+	*first += base;
+	*last += base;
+	return true;
 }
 
 /* Whether s contains needle, ASCII case ignored. */

@@ -141,36 +141,11 @@ static struct rps_round rps_locate(struct gen *g, const int32_t *ids, size_t n, 
 	struct rps_round r = { -1, -1 };
 	char want[32];
 	snprintf(want, sizeof want, "[%s]", move);
-	size_t wl = strlen(want), tl = 0, cap = 256;
-	char *text = xmalloc(cap);
-	size_t *start = xmallocarray(n + 1, sizeof *start);
-	for (size_t i = 0; i < n; i++) {
-		char piece[128];
-		size_t pl = vocab_piece(gen_vocab(g), ids[i], false, piece, sizeof piece);
-		pl = KVS_MIN(pl, sizeof piece);
-		start[i] = tl;
-		if (tl + pl + 1 > cap) {
-			cap = (tl + pl + 1) * 2;
-			text = xrealloc(text, cap);
-		}
-		memcpy(text + tl, piece, pl);
-		tl += pl;
+	/* the tokens overlapping the move word (inside the brackets) */
+	if (eval_find_tokens(gen_vocab(g), ids, n, want, 1, 1, &r.first, &r.last)) {
+		r.first += base;
+		r.last += base;
 	}
-	start[n] = tl;
-	text[tl] = '\0';
-	const char *hit = strstr(text, want);
-	if (hit != NULL) {
-		/* the tokens overlapping the move word (inside the brackets) */
-		size_t a = (size_t)(hit - text) + 1, b = a + wl - 2;
-		for (size_t i = 0; i < n; i++)
-			if (start[i] < b && start[i + 1] > a) {
-				if (r.first < 0)
-					r.first = base + (int32_t)i;
-				r.last = base + (int32_t)i;
-			}
-	}
-	free(text);
-	free(start);
 	return r;
 }
 

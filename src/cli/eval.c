@@ -4,6 +4,7 @@
  * bar on stderr, list parsing and JSON strings.
  */
 #include "cli/eval.h"
+#include "model/model.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -115,4 +116,40 @@ void eval_json_str(FILE *fp, const char *s)
 			fputc(ch, fp);
 	}
 	fputc('"', fp);
+}
+
+bool eval_find_tokens(const struct vocab *v, const int32_t *ids, size_t n, const char *text,
+                      size_t skip, size_t trim, int32_t *first, int32_t *last)
+{
+	size_t tl = 0, cap = 256, want = strlen(text);
+	char *all = xmalloc(cap);
+	size_t *start = xmallocarray(n + 1, sizeof *start);
+	for (size_t i = 0; i < n; i++) {
+		char piece[128];
+		size_t pl = vocab_piece(v, ids[i], false, piece, sizeof piece);
+		pl = KVS_MIN(pl, sizeof piece);
+		start[i] = tl;
+		if (tl + pl + 1 > cap) {
+			cap = (tl + pl + 1) * 2;
+			all = xrealloc(all, cap);
+		}
+		memcpy(all + tl, piece, pl);
+		tl += pl;
+	}
+	start[n] = tl;
+	all[tl] = '\0';
+	const char *hit = strstr(all, text);
+	*first = *last = -1;
+	if (hit != NULL && skip + trim < want) {
+		size_t a = (size_t)(hit - all) + skip, b = (size_t)(hit - all) + want - trim;
+		for (size_t i = 0; i < n; i++)
+			if (start[i] < b && start[i + 1] > a) {
+				if (*first < 0)
+					*first = (int32_t)i;
+				*last = (int32_t)i;
+			}
+	}
+	free(all);
+	free(start);
+	return *first >= 0;
 }

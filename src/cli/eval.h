@@ -37,6 +37,13 @@ void eval_progress_end(struct eval_progress *p);
 int eval_parse_list(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out,
                     uint32_t cap, uint32_t *n, struct err *e);
 
+struct vocab;
+/* The indices [*first, *last] of the tokens of ids whose text overlaps the
+ * first occurrence of text in their concatenation, less its first skip and
+ * last trim bytes; false (and -1) when text does not occur. */
+bool eval_find_tokens(const struct vocab *v, const int32_t *ids, size_t n, const char *text,
+                      size_t skip, size_t trim, int32_t *first, int32_t *last);
+
 /* Write s as a JSON string. */
 void eval_json_str(FILE *fp, const char *s);
 

@@ -214,6 +214,17 @@ static void cpu_free_ubatch(struct cpu *c)
 	xfree_aligned(c->act.isum16);
 }
 
+/* Free the per-visible-slot scratch (cpu_reserve_vis makes it). */
+static void cpu_free_visible(struct cpu *c)
+{
+	xfree_aligned(c->krot);
+	xfree_aligned(c->vf);
+	xfree_aligned(c->vpos);
+	xfree_aligned(c->vorder);
+	xfree_aligned(c->vslot);
+	xfree_aligned(c->scores);
+}
+
 /* Grow the per-ubatch scratch to n tokens. */
 static void cpu_reserve(struct cpu *c, uint32_t n)
 {
@@ -248,12 +259,7 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 	const struct hparams *hp = &c->hp;
 	n = KVS_MAX(n, 64u);
 	n = (n + 15) & ~15u;
-	xfree_aligned(c->krot);
-	xfree_aligned(c->vf);
-	xfree_aligned(c->vpos);
-	xfree_aligned(c->vorder);
-	xfree_aligned(c->vslot);
-	xfree_aligned(c->scores);
+	cpu_free_visible(c);
 	c->vis_cap = n;
 	size_t kv = (size_t)hp->n_head_kv * hp->head_dim * n;
 	c->krot = xmalloc_aligned(kv * sizeof(float));
@@ -397,12 +403,7 @@ static void cpu_free(void *state)
 	free(c->rcs);
 	xfree_aligned(c->qh);
 	cpu_free_ubatch(c);
-	xfree_aligned(c->krot);
-	xfree_aligned(c->vf);
-	xfree_aligned(c->vpos);
-	xfree_aligned(c->vorder);
-	xfree_aligned(c->vslot);
-	xfree_aligned(c->scores);
+	cpu_free_visible(c);
 	free(c->akv);
 	free(c->cap_cs);
 	free(c->cap_pos);
