@@ -77,11 +77,11 @@ int gpuplan_check_model(const struct hparams *hp, struct err *e)
 		               hp->arch);
 	if (hp->rope_factors != NULL || hp->rope_ext_factor != 0.0f ||
 	    (hp->rope_attn_factor != 0.0f && hp->rope_attn_factor != 1.0f))
-		return err_set(e, KVS_EUNSUPPORTED,
-		               "%s: the CUDA kernels have no %s; use --backend cpu", hp->arch,
+		return err_set(e, KVS_EUNSUPPORTED, "%s: the CUDA kernels have no %s; use --backend cpu",
+		               hp->arch,
 		               hp->rope_factors != NULL ? "per-frequency RoPE factors (rope_freqs)"
-		               : hp->rope_ext_factor != 0.0f ? "YaRN RoPE scaling"
-		                                             : "RoPE attention factor");
+		                       : hp->rope_ext_factor != 0.0f ? "YaRN RoPE scaling"
+		                                                     : "RoPE attention factor");
 	if (hp->n_embd == 0 || hp->n_embd % 32 != 0 || hp->n_ff == 0 || hp->n_ff % 32 != 0)
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "n_embd %u / n_ff %u: the CUDA kernels need multiples of 32", hp->n_embd,

@@ -145,8 +145,8 @@ struct gen_config {
 	const char *model_path;
 	struct engine_config engine;
 	struct sampler_params sampler;
-	uint32_t n_batch;    /* prefill chunk in tokens (default 512) */
-	struct kv_config kv; /* retention policy, budget (0: every slot), capture */
+	uint32_t n_batch;          /* prefill chunk in tokens (default 512) */
+	struct kv_config kv;       /* retention policy, budget (0: every slot), capture */
 	const char *chat_template; /* chat layout by name (--template), NULL: recognise */
 	bool no_think;             /* qwen3: answer without a thinking block (--no-think) */
 };
@@ -312,10 +312,10 @@ struct session_turn {
 enum session_recall { SESSION_RECALL_OFF = 0, SESSION_RECALL_FTS };
 struct session_cold_config {
 	bool on;
-	uint32_t block;          /* tokens per block (default 64) */
-	uint32_t max_tokens;     /* per session (--cold-max; 0: no cap) */
+	uint32_t block;      /* tokens per block (default 64) */
+	uint32_t max_tokens; /* per session (--cold-max; 0: no cap) */
 	enum session_recall recall;
-	uint32_t recall_budget;  /* tokens per turn (0: an eighth of the KV budget) */
+	uint32_t recall_budget; /* tokens per turn (0: an eighth of the KV budget) */
 };
 enum session_cold_kind {
 	SESSION_COLD_WRITE = 0, /* queued blocks written (blocks, tokens, drops) */

@@ -93,7 +93,9 @@ uint32_t scold_recall(struct session_cold *sc, const char *text, uint32_t m, uin
 	if (want == 0)
 		return 0;
 	if (store_cold_recall(sc->c, text, want, &hits, &n_hits, &e) != KVS_OK) {
-		struct session_cold_event ev = { .kind = SESSION_COLD_FAILED, .index = index, .msg = e.msg };
+		struct session_cold_event ev = { .kind = SESSION_COLD_FAILED,
+			                             .index = index,
+			                             .msg = e.msg };
 		scold_emit(h, &ev);
 		return 0;
 	}

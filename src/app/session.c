@@ -232,8 +232,8 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	if (rc == KVS_OK && s->cold != NULL)
 		recalled = scold_recall(s->cold, text, (uint32_t)(n + bos + extra), s->n_turns, &s->hooks);
 	if (rc == KVS_OK)
-		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER,
-		                    n + bos + extra + recalled, e);
+		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER, n + bos + extra + recalled,
+		                    e);
 	if (rc == KVS_OK && recalled > 0)
 		scold_place(s->cold, &s->hooks);
 	if (rc == KVS_OK && bos) {

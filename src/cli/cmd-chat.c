@@ -84,8 +84,9 @@ static int chat_db_temp(struct chat_db *db, struct err *e)
 	int rc = store_open(&db->st, path, STORE_RW, e);
 	free(path);
 	if (rc == KVS_OK)
-		fprintf(stderr, "kvscope: cold tier in a temporary database, deleted at exit "
-		                "(--db PATH keeps it)\n");
+		fprintf(stderr,
+		        "kvscope: cold tier in a temporary database, deleted at exit "
+		        "(--db PATH keeps it)\n");
 	return rc;
 }
 
@@ -503,8 +504,9 @@ static void chat_save(struct chat_ctx *c, const char *title)
 	uint32_t n = session_n_turns(c->s);
 
 	if (!store_available()) {
-		fprintf(stderr, "kvscope: :save: the session store was not built (configure found no "
-		                "SQLite)\n");
+		fprintf(stderr,
+		        "kvscope: :save: the session store was not built (configure found no "
+		        "SQLite)\n");
 		return;
 	}
 	if (id != 0) {
@@ -513,8 +515,8 @@ static void chat_save(struct chat_ctx *c, const char *title)
 		if (rc != KVS_OK)
 			fprintf(stderr, "kvscope: :save: %s\n", e.msg);
 		else if (*title != '\0')
-			fprintf(stderr, "saving to %s as session %lld, now titled '%s'\n",
-			        store_path(db->st), (long long)id, title);
+			fprintf(stderr, "saving to %s as session %lld, now titled '%s'\n", store_path(db->st),
+			        (long long)id, title);
 		else
 			fprintf(stderr, "already saving to %s as session %lld\n", store_path(db->st),
 			        (long long)id);
@@ -587,8 +589,9 @@ static bool chat_command(struct chat_ctx *c, const char *line)
 				chat_cmds[i].fn(c, arg);
 			return true;
 		}
-	fprintf(stderr, "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :kv, :len, "
-	                ":save, :think, :quit or :help\n",
+	fprintf(stderr,
+	        "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :kv, :len, "
+	        ":save, :think, :quit or :help\n",
 	        (int)n + 1, line);
 	return true;
 }
@@ -627,8 +630,9 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 		goto out;
 	}
 	if (o->trace_attn || o->trace_every_ms) {
-		rc = cli_usage(&cmd_chat, "chat --trace writes memory and cold-tier events; --trace-attn "
-		                          "and --trace-every apply to generate");
+		rc = cli_usage(&cmd_chat,
+		               "chat --trace writes memory and cold-tier events; --trace-attn "
+		               "and --trace-every apply to generate");
 		goto out;
 	}
 	if (o->trace != NULL && (db.trace = fopen(o->trace, "w")) == NULL) {
@@ -706,8 +710,8 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 			fprintf(stderr, "kvscope: context full (%u tokens): started a new conversation\n",
 			        kv_cache_budget(gen_kv(g)));
 		if (interactive || gen_turn(g)->len.unit != LEN_NONE)
-			fprintf(stderr, "[%u token%s, %u word%s, %s, %.1f tok/s, KV %u/%u, %s]\n",
-			        t->n_reply, t->n_reply == 1 ? "" : "s", t->n_words, t->n_words == 1 ? "" : "s",
+			fprintf(stderr, "[%u token%s, %u word%s, %s, %.1f tok/s, KV %u/%u, %s]\n", t->n_reply,
+			        t->n_reply == 1 ? "" : "s", t->n_words, t->n_words == 1 ? "" : "s",
 			        gen_stop_name(t->stop),
 			        t->decode_ms > 0 ? (double)t->n_reply * 1e3 / t->decode_ms : 0.0,
 			        kv_cache_n(gen_kv(g)), kv_cache_budget(gen_kv(g)),

@@ -107,8 +107,7 @@ static const struct rc_kind rc_kinds[] = {
 	  rc_value_name },
 	{ "code", "The secret code is", "What is the secret code?", "The secret code is",
 	  rc_value_code },
-	{ "day", "The meeting is on", "What day is the meeting?", "The meeting is on",
-	  rc_value_day },
+	{ "day", "The meeting is on", "What day is the meeting?", "The meeting is on", rc_value_day },
 };
 
 /* The unrelated exchanges: a short question and its scripted answer, with
@@ -175,7 +174,9 @@ static int rc_message(struct gen *g, bool raw, const char *role, const char *con
 	if (raw) {
 		bool user = strcmp(role, "user") == 0;
 		char *t = xasprintf("%s%s%s", user ? "USER: " : " ", content,
-		                    user ? "\n\nASSISTANT:" : open ? "" : "\n\n");
+		                    user           ? "\n\nASSISTANT:"
+		                            : open ? ""
+		                                   : "\n\n");
 		int rc = vocab_tokenize(v, t, strlen(t), false, false, ids, n, &cap, e);
 		free(t);
 		return rc;
@@ -349,7 +350,7 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	for (int32_t p = first; p <= last; p++)
 		held += kv_cache_find(gen_kv(g), p) >= 0;
 	sm->held = held == (uint32_t)(last - first + 1) ? RC_HELD_ALL
-	         : held > 0                             ? RC_HELD_PART
+	        : held > 0                              ? RC_HELD_PART
 	                                                : RC_HELD_NONE;
 	c->cached += kv_cache_n(gen_kv(g));
 	c->tokens += kv_cache_next_pos(gen_kv(g));
@@ -403,7 +404,8 @@ static void rc_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
 	eval_json_str(fp, gen_model(g)->name);
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, policy);
-	fprintf(fp, ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
+	fprintf(fp,
+	        ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
 	        "\"cells\":[",
 	        budget, raw ? "raw" : "chat", o->eval_seed, o->samples, o->max_tokens);
 	for (uint32_t i = 0; i < n_cells; i++) {
@@ -477,8 +479,9 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 		rc = cli_usage(&cmd_eval_recall, "%s", e.msg);
 		goto out;
 	}
-	if (o->fact_value != NULL && (o->fact_value[0] == '\0' || strlen(o->fact_value) >= 64 ||
-	                              strpbrk(o->fact_value, " \t\n") != NULL)) {
+	if (o->fact_value != NULL &&
+	    (o->fact_value[0] == '\0' || strlen(o->fact_value) >= 64 ||
+	     strpbrk(o->fact_value, " \t\n") != NULL)) {
 		rc = cli_usage(&cmd_eval_recall, "--value: '%s', expected one word of 1..63 bytes",
 		               o->fact_value);
 		goto out;
@@ -523,8 +526,9 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 			for (uint32_t s = 0; s < o->samples; s++) {
 				struct rc_sample *x = &sm[n_sm];
 				struct eval_rng r;
-				eval_rng_seed(&r, ((uint64_t)o->eval_seed << 32) ^ ((uint64_t)turns[ti] << 12) ^
-				                          ((uint64_t)kinds[ki] << 24) ^ s);
+				eval_rng_seed(&r,
+				              ((uint64_t)o->eval_seed << 32) ^ ((uint64_t)turns[ti] << 12) ^
+				                      ((uint64_t)kinds[ki] << 24) ^ s);
 				x->turns = turns[ti];
 				x->kind = kinds[ki];
 				rc_kinds[x->kind].value(&r, x->value, sizeof x->value);
@@ -550,7 +554,8 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	eval_progress_end(&pr);
 	printf("recall: %s, budget %u tokens, %s format, seed %u, %u samples per cell\n", pol, budget,
 	       raw ? "raw" : "chat", o->eval_seed, o->samples);
-	printf(" turns kind     right  partial wrong  held: all part none   tokens  cached  s/sample\n");
+	printf(" turns kind     right  partial wrong  held: all part none   tokens  cached  "
+	       "s/sample\n");
 	for (uint32_t i = 0; i < n_cells; i++)
 		rc_row(stdout, &cells[i]);
 	if (o->json)

@@ -50,22 +50,24 @@ const struct cli_cmd cmd_eval_sparse = {
 /* One length's results. */
 struct sp_row {
 	uint32_t length;
-	double keys_pct;                /* sparse keys read, % of dense */
-	double mass_med, mass_p10;      /* captured dense mass */
-	double recall;                  /* top-10 recall, mean over rows */
-	double agree;                   /* sparse argmax == dense token, share of steps */
-	double attn_ms[2], sel_ms;      /* per step: dense, sparse; selection (sparse) */
-	double step_ms[2];              /* per step, fastest pass: dense, sparse */
-	double cpu_ms[2];               /* the process's CPU time per step, same passes */
+	double keys_pct;           /* sparse keys read, % of dense */
+	double mass_med, mass_p10; /* captured dense mass */
+	double recall;             /* top-10 recall, mean over rows */
+	double agree;              /* sparse argmax == dense token, share of steps */
+	double attn_ms[2], sel_ms; /* per step: dense, sparse; selection (sparse) */
+	double step_ms[2];         /* per step, fastest pass: dense, sparse */
+	double cpu_ms[2];          /* the process's CPU time per step, same passes */
 };
 
 static const char *const sp_words[] = {
-	"the", "river", "old", "market", "quietly", "stone", "bright", "garden", "of", "a",
-	"merchant", "walked", "across", "northern", "bridge", "and", "counted", "silver", "coins",
-	"while", "children", "sang", "under", "tall", "trees", "near", "harbour", "where", "ships",
-	"waited", "for", "morning", "wind", "lantern", "painted", "blue", "winter", "kept", "its",
-	"promise", "slowly", "baker", "sold", "warm", "bread", "to", "travellers", "from", "distant",
-	"valleys", "mountain", "road", "was", "long", "narrow", "clock", "tower", "rang", "twice",
+	"the",     "river",   "old",      "market", "quietly",  "stone",    "bright",     "garden",
+	"of",      "a",       "merchant", "walked", "across",   "northern", "bridge",     "and",
+	"counted", "silver",  "coins",    "while",  "children", "sang",     "under",      "tall",
+	"trees",   "near",    "harbour",  "where",  "ships",    "waited",   "for",        "morning",
+	"wind",    "lantern", "painted",  "blue",   "winter",   "kept",     "its",        "promise",
+	"slowly",  "baker",   "sold",     "warm",   "bread",    "to",       "travellers", "from",
+	"distant", "valleys", "mountain", "road",   "was",      "long",     "narrow",     "clock",
+	"tower",   "rang",    "twice",
 };
 
 /* Seeded pseudo-prose: sentences of 6..14 words from sp_words. */
@@ -371,8 +373,8 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
 			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f]}",
 			       i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall,
-			       w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0],
-			       w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1]);
+			       w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0], w->step_ms[1],
+			       w->cpu_ms[0], w->cpu_ms[1]);
 		}
 		printf("]}\n");
 	}

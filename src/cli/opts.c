@@ -237,8 +237,7 @@ static int opt_cold(struct cli_opts *o, const char *arg, const struct cli_opt *o
 }
 
 /* --recall off|fts: how the cold tier's blocks are chosen each turn. */
-static int opt_recall(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
-                      struct err *e)
+static int opt_recall(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	static const char *const names[] = { "off", "fts" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(names); i++)
@@ -394,7 +393,8 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "n-prompt", 'p', "N", OPTG_BENCH, opt_u32, O(n_prompt), 0, 1 << 20,
 	  "prefill test length in tokens (default 512; 0 skips)" },
 	{ "n-gen", 'n', "N", OPTG_BENCH | OPTG_SPARSE, opt_u32, O(n_gen), 0, 1 << 20,
-	  "decode test length in tokens (default 128; 0 skips; eval sparse: decode steps, default 32)" },
+	  "decode test length in tokens (default 128; 0 skips; eval sparse: decode steps, default "
+	  "32)" },
 	{ "reps", 'r', "N", OPTG_BENCH | OPTG_SPARSE, opt_u32, O(reps), 1, 1000,
 	  "repetitions (default 5; eval sparse: 2)" },
 	{ "n-depth", 'd', "N", OPTG_BENCH, opt_u32, O(n_depth), 0, 1 << 20,

@@ -46,33 +46,33 @@ struct cli_opts {
 	uint32_t eval_seed;
 	const char *plugins[16]; /* run --plugin FILE (repeatable) */
 	int n_plugins;
-	double timeout_s;          /* run: the script's deadline (0: none) */
-	double hook_ms;            /* run: a hook's deadline */
-	uint32_t mem_cap_mib;      /* run: per plugin */
-	const char *results;       /* run: kvscope.write's directory */
-	bool api_doc;              /* run --api-doc */
-	bool stop_at_arg;          /* options end at the first positional argument (run) */
-	const char *db;            /* --db PATH (NULL: the default database) */
-	const char *resume;        /* --resume [ID|TITLE] ("" : the latest session) */
-	const char *title;         /* chat: the new session's title */
-	bool save;                 /* chat: save the conversation */
+	double timeout_s;                /* run: the script's deadline (0: none) */
+	double hook_ms;                  /* run: a hook's deadline */
+	uint32_t mem_cap_mib;            /* run: per plugin */
+	const char *results;             /* run: kvscope.write's directory */
+	bool api_doc;                    /* run --api-doc */
+	bool stop_at_arg;                /* options end at the first positional argument (run) */
+	const char *db;                  /* --db PATH (NULL: the default database) */
+	const char *resume;              /* --resume [ID|TITLE] ("" : the latest session) */
+	const char *title;               /* chat: the new session's title */
+	bool save;                       /* chat: save the conversation */
 	struct session_cold_config cold; /* chat: --cold, --cold-max, --recall, --recall-budget */
-	struct len_target len;     /* --target-words / --length (unit LEN_NONE: none) */
-	bool no_len_prompt;        /* --no-length-prompt */
-	struct lenctl_params lenp; /* --no-repeat */
-	const char *stop;          /* --stop TEXT */
-	const char *levels;        /* eval tlg: "10,150,>800" */
-	const char *prompts;       /* eval tlg: a TSV prompt set instead of the built-in one */
-	const char *theme;         /* tui: dark or light */
-	const char *color;         /* tui: auto, 256, truecolor or none */
-	bool ascii;                /* tui: ASCII glyphs */
-	bool bench_exit;           /* tui: quit after the first reply, print its decode rate */
-	bool no_plugins;           /* tui: load no plugins at start */
-	bool pieces;               /* tokenize: id and piece per line */
-	bool no_special;           /* tokenize: <|...|> stays text */
-	bool help;                 /* -h, --help */
-	uint64_t given[2];         /* bit i: row i of the option table was on the command line */
-	char **args;               /* positional arguments */
+	struct len_target len;           /* --target-words / --length (unit LEN_NONE: none) */
+	bool no_len_prompt;              /* --no-length-prompt */
+	struct lenctl_params lenp;       /* --no-repeat */
+	const char *stop;                /* --stop TEXT */
+	const char *levels;              /* eval tlg: "10,150,>800" */
+	const char *prompts;             /* eval tlg: a TSV prompt set instead of the built-in one */
+	const char *theme;               /* tui: dark or light */
+	const char *color;               /* tui: auto, 256, truecolor or none */
+	bool ascii;                      /* tui: ASCII glyphs */
+	bool bench_exit;                 /* tui: quit after the first reply, print its decode rate */
+	bool no_plugins;                 /* tui: load no plugins at start */
+	bool pieces;                     /* tokenize: id and piece per line */
+	bool no_special;                 /* tokenize: <|...|> stays text */
+	bool help;                       /* -h, --help */
+	uint64_t given[2];               /* bit i: row i of the option table was on the command line */
+	char **args;                     /* positional arguments */
 	int n_args;
 };
 

@@ -357,9 +357,8 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	}
 	/* sparse decode: the keys not chosen are masked too; the weights
 	 * reported are the dense ones (a shadow), taken before */
-	const uint8_t *smk = jb->n == 1 && cpu_sparse_layer(jb, l)
-	        ? c->sp_mask + (size_t)kvh * c->sp_vis_cap
-	        : NULL;
+	const uint8_t *smk =
+	        jb->n == 1 && cpu_sparse_layer(jb, l) ? c->sp_mask + (size_t)kvh * c->sp_vis_cap : NULL;
 	bool lam = masked;
 	if (smk != NULL) {
 		for (uint32_t r = 0; attn != NULL && r < nq; r++) {

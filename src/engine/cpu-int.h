@@ -110,24 +110,24 @@ struct cpu {
 	 * step's choice per KV head */
 	struct sparse_pages sp;
 	const struct engine_sparse *sparse; /* this forward's, or NULL: dense */
-	uint32_t sp_m;         /* keys the decode query sees (sorted prefix) */
-	uint32_t sp_sinks;     /* of them, the first sp_sinks and the last */
-	uint32_t sp_recent;    /* sp_recent are always attended */
-	uint32_t sp_pages_cap; /* pages the buffers below hold */
-	uint32_t sp_vis_cap;   /* visible slots the buffers below hold */
-	uint32_t *sp_cand;     /* (sp_pages_cap) candidate keys per page */
-	uint32_t *sp_plist;    /* (sp_pages_cap) the pages with candidates, ascending */
-	uint32_t sp_np;        /* how many */
-	float *sp_ub;          /* (n_head_kv, sp_pages_cap) this layer's page bounds */
-	uint8_t *sp_psel;      /* (n_head_kv, sp_pages_cap) chosen pages */
-	float *sp_scr;         /* (n_threads, sp_pages_cap) selection scratch */
-	float *sp_qs;          /* (n_threads, n_head, 2, head_dim) split queries */
-	uint32_t *sp_list;     /* (n_head_kv, sp_vis_cap) chosen slots, by position */
-	uint8_t *sp_mask;      /* (n_head_kv, sp_vis_cap) 1 = chosen, by sorted index */
-	uint32_t *sp_kpage;    /* (sp_vis_cap) page of each sorted key */
-	uint32_t *sp_n;        /* (n_head_kv) chosen keys */
-	uint64_t sp_read;      /* keys read this forward, all layers and KV heads */
-	double sp_t0;          /* thread 0: when this layer's attention began */
+	uint32_t sp_m;                      /* keys the decode query sees (sorted prefix) */
+	uint32_t sp_sinks;                  /* of them, the first sp_sinks and the last */
+	uint32_t sp_recent;                 /* sp_recent are always attended */
+	uint32_t sp_pages_cap;              /* pages the buffers below hold */
+	uint32_t sp_vis_cap;                /* visible slots the buffers below hold */
+	uint32_t *sp_cand;                  /* (sp_pages_cap) candidate keys per page */
+	uint32_t *sp_plist;                 /* (sp_pages_cap) the pages with candidates, ascending */
+	uint32_t sp_np;                     /* how many */
+	float *sp_ub;                       /* (n_head_kv, sp_pages_cap) this layer's page bounds */
+	uint8_t *sp_psel;                   /* (n_head_kv, sp_pages_cap) chosen pages */
+	float *sp_scr;                      /* (n_threads, sp_pages_cap) selection scratch */
+	float *sp_qs;                       /* (n_threads, n_head, 2, head_dim) split queries */
+	uint32_t *sp_list;                  /* (n_head_kv, sp_vis_cap) chosen slots, by position */
+	uint8_t *sp_mask;                   /* (n_head_kv, sp_vis_cap) 1 = chosen, by sorted index */
+	uint32_t *sp_kpage;                 /* (sp_vis_cap) page of each sorted key */
+	uint32_t *sp_n;                     /* (n_head_kv) chosen keys */
+	uint64_t sp_read;                   /* keys read this forward, all layers and KV heads */
+	double sp_t0;                       /* thread 0: when this layer's attention began */
 };
 
 /* What one pool_run works on. */

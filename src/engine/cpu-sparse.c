@@ -230,9 +230,9 @@ void cpu_sparse_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 				}
 				for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
 					c->ops->att_scores_rows(q + (size_t)h0 * hd, (int)nq, (int)hd,
-					                        c->kr[l] + head_off, (int64_t)c->kv_row, half,
-					                        list + k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k),
-					                        hp->attn_scale, sc + (size_t)h0 * vc + (k - k0), vc);
+					                        c->kr[l] + head_off, (int64_t)c->kv_row, half, list + k,
+					                        KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), hp->attn_scale,
+					                        sc + (size_t)h0 * vc + (k - k0), vc);
 				for (uint32_t r = 0; r < nq; r++) {
 					float *pr = part + (size_t)(h0 + r) * (hd + 2);
 					float *sr = sc + (size_t)(h0 + r) * vc;
@@ -281,8 +281,7 @@ int cpu_sparse_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t 
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim;
 	(void)e;
-	sparse_pages_ensure(&c->sp, page_size, c->cfg.n_ctx, hp->n_layer, hp->n_head_kv, hd,
-	                    c->kv_es);
+	sparse_pages_ensure(&c->sp, page_size, c->cfg.n_ctx, hp->n_layer, hp->n_head_kv, hd, c->kv_es);
 	struct sparse_keys k = cpu_sparse_keys(c, NULL, 0);
 	sparse_pages_scan(&c->sp, &k);
 	sparse_pages_rebuild(&c->sp, &k, 0, c->sp.n_dirty);

@@ -295,9 +295,10 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 			               "batch: sparse page %u, budget %u: expected both at least 1", sp->page,
 			               sp->budget);
 		if (!engine_supports(eng, ENGINE_CAP_SPARSE))
-			return err_set(e, KVS_EUNSUPPORTED,
-			               "batch: backend %s has no sparse attention (sparse); use the cpu backend",
-			               eng->ops->name);
+			return err_set(
+			        e, KVS_EUNSUPPORTED,
+			        "batch: backend %s has no sparse attention (sparse); use the cpu backend",
+			        eng->ops->name);
 	}
 	return KVS_OK;
 }
@@ -395,9 +396,8 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	return KVS_OK;
 }
 
-int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer,
-                          uint32_t kv_head, uint32_t page, float *mn, float *mx, uint32_t *n_keys,
-                          struct err *e)
+int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer, uint32_t kv_head,
+                          uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e)
 {
 	const struct hparams *hp = &eng->m->hp;
 	if (eng->ops->page_bounds == NULL || !engine_supports(eng, ENGINE_CAP_SPARSE))
@@ -407,9 +407,8 @@ int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer
 		return err_set(e, KVS_EARG, "page size %u, expected 1..%u", page_size, eng->cfg.n_ctx);
 	uint32_t n_pages = (eng->cfg.n_ctx + page_size - 1) / page_size;
 	if (layer >= hp->n_layer || kv_head >= hp->n_head_kv || page >= n_pages)
-		return err_set(e, KVS_EARG,
-		               "layer %u, KV head %u, page %u: expected below %u, %u and %u", layer,
-		               kv_head, page, hp->n_layer, hp->n_head_kv, n_pages);
+		return err_set(e, KVS_EARG, "layer %u, KV head %u, page %u: expected below %u, %u and %u",
+		               layer, kv_head, page, hp->n_layer, hp->n_head_kv, n_pages);
 	return eng->ops->page_bounds(eng->state, page_size, layer, kv_head, page, mn, mx, n_keys, e);
 }
 

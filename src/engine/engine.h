@@ -264,9 +264,8 @@ int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *b
  * + page_size) whose rotated key is current), *n_keys of them (0: mn +inf,
  * mx -inf). KVS_EUNSUPPORTED without ENGINE_CAP_SPARSE, KVS_EARG naming a
  * bad argument. */
-int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer,
-                          uint32_t kv_head, uint32_t page, float *mn, float *mx, uint32_t *n_keys,
-                          struct err *e);
+int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer, uint32_t kv_head,
+                          uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
 /* The KV cache's element type. */
 enum engine_kv_type engine_kv_type(const struct engine *eng);
 

@@ -82,9 +82,10 @@ static int sparse_set(struct engine_sparse *s, const char *kv, size_t len, struc
 		*sparse_field(s, p) = (uint32_t)v;
 		return KVS_OK;
 	}
-	return err_set(e, KVS_EARG,
-	               "sparse: unknown parameter '%.*s': expected budget, page, sinks, recent or dense",
-	               (int)klen, kv);
+	return err_set(
+	        e, KVS_EARG,
+	        "sparse: unknown parameter '%.*s': expected budget, page, sinks, recent or dense",
+	        (int)klen, kv);
 }
 
 int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err *e)
@@ -141,8 +142,9 @@ char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap)
 
 void engine_sparse_help(FILE *fp)
 {
-	fprintf(fp, "  off    dense attention over every cached token (default)\n"
-	            "  quest  decode attends the pages whose key bounds score highest (Quest)\n");
+	fprintf(fp,
+	        "  off    dense attention over every cached token (default)\n"
+	        "  quest  decode attends the pages whose key bounds score highest (Quest)\n");
 	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
 		const struct sparse_param *p = &sparse_params[i];
 		fprintf(fp, "    %-7s %-5u %s\n", p->name, p->def, p->help);

@@ -21,27 +21,27 @@
 #include "engine/kern.h"
 
 struct sparse_pages {
-	uint32_t page;           /* slots per page */
-	uint32_t n_pages;        /* ceil(n_ctx / page) */
+	uint32_t page;    /* slots per page */
+	uint32_t n_pages; /* ceil(n_ctx / page) */
 	uint32_t n_ctx, n_layer, n_head_kv, head_dim;
-	size_t es;               /* bytes per element: 2 (f16) or 4 (f32) */
-	uint8_t *b;              /* (n_layer, n_pages, n_head_kv, 2, head_dim) min then max */
-	int32_t *sum_pos;        /* (n_ctx) position a slot was folded at, or -1 */
-	uint32_t *page_n;        /* (n_pages) folded slots per page */
-	uint8_t *dirty;          /* (n_pages) 1: recompute from the slots */
-	uint32_t *dirty_list;    /* (n_pages) the pages sparse_pages_scan found dirty */
+	size_t es;            /* bytes per element: 2 (f16) or 4 (f32) */
+	uint8_t *b;           /* (n_layer, n_pages, n_head_kv, 2, head_dim) min then max */
+	int32_t *sum_pos;     /* (n_ctx) position a slot was folded at, or -1 */
+	uint32_t *page_n;     /* (n_pages) folded slots per page */
+	uint8_t *dirty;       /* (n_pages) 1: recompute from the slots */
+	uint32_t *dirty_list; /* (n_pages) the pages sparse_pages_scan found dirty */
 	uint32_t n_dirty;
 };
 
 /* Where the rotated keys are: per layer (n_ctx, n_head_kv, head_dim) in
  * the cache type, with the position each slot is rotated to. */
 struct sparse_keys {
-	uint8_t *const *kr;    /* (n_layer) */
-	uint64_t kv_row;       /* elements per slot: n_head_kv * head_dim */
-	const int32_t *kr_pos; /* (n_ctx) */
+	uint8_t *const *kr;      /* (n_layer) */
+	uint64_t kv_row;         /* elements per slot: n_head_kv * head_dim */
+	const int32_t *kr_pos;   /* (n_ctx) */
 	const int32_t *slot_pos; /* (n_ctx) the engine's */
 	const struct kern_ops *ops;
-	const uint32_t *skip;    /* (n_skip) slots being written: not current */
+	const uint32_t *skip; /* (n_skip) slots being written: not current */
 	uint32_t n_skip;
 };
 
@@ -62,7 +62,8 @@ void sparse_pages_rebuild(struct sparse_pages *sp, const struct sparse_keys *k, 
 static inline const uint8_t *sparse_pages_at(const struct sparse_pages *sp, uint32_t l, uint32_t p,
                                              uint32_t h)
 {
-	return sp->b + ((((size_t)l * sp->n_pages + p) * sp->n_head_kv + h) * 2 * sp->head_dim) * sp->es;
+	return sp->b +
+	        ((((size_t)l * sp->n_pages + p) * sp->n_head_kv + h) * 2 * sp->head_dim) * sp->es;
 }
 
 /* Quest's bound of nq query heads q, (nq, head_dim), over one page's

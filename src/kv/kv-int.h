@@ -79,17 +79,17 @@ struct kv_cache {
 	/* the cold tier (kv_cold.c) */
 	kv_cold_fn cold_fn; /* the eviction listener, or NULL */
 	void *cold_ud;
-	uint8_t *cold_raw;     /* (cold_cap) an eviction's raw rows, bytes_per_token each */
-	size_t cold_cap;       /* bytes */
-	bool cold_raw_ok;      /* the rows of this eviction were all read */
-	uint32_t recall_turn;  /* the turn recalled tokens are kept through (0: none) */
+	uint8_t *cold_raw;    /* (cold_cap) an eviction's raw rows, bytes_per_token each */
+	size_t cold_cap;      /* bytes */
+	bool cold_raw_ok;     /* the rows of this eviction were all read */
+	uint32_t recall_turn; /* the turn recalled tokens are kept through (0: none) */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;
 	uint64_t bytes_per_token;
-	bool warned_lambda;     /* said once that the backend lacks the Λ-mask */
-	double last_capture_ms; /* when the last step event was captured */
-	bool capture_next;      /* capture the next forward regardless */
+	bool warned_lambda;             /* said once that the backend lacks the Λ-mask */
+	double last_capture_ms;         /* when the last step event was captured */
+	bool capture_next;              /* capture the next forward regardless */
 	uint64_t keys_read, keys_dense; /* the last decode step's (engine_out) */
 };
 

@@ -189,9 +189,10 @@ static void kv_acc_alloc(struct kv_cache *c)
 /* The error of a sparse mode on a backend without one. */
 static int kv_sparse_refuse(struct engine *eng, struct err *e)
 {
-	return err_set(e, KVS_EUNSUPPORTED,
-	               "sparse attention: backend %s has none (expected --sparse off, or --backend cpu)",
-	               engine_backend_name(eng));
+	return err_set(
+	        e, KVS_EUNSUPPORTED,
+	        "sparse attention: backend %s has none (expected --sparse off, or --backend cpu)",
+	        engine_backend_name(eng));
 }
 
 int kv_cache_set_sparse(struct kv_cache *c, const struct engine_sparse *s, struct err *e)
@@ -616,8 +617,7 @@ int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struc
 	if (c->n + room > c->cfg.budget && kv_votes(c)) {
 		/* the turn's prompt votes first: its first feed evicts */
 		c->pending_room = room;
-	} else if (c->n + room > c->cfg.budget &&
-	           (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
+	} else if (c->n + room > c->cfg.budget && (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
 		int rc = kv_evict(c, room, KV_EVICT_TURN, e);
 		if (rc != KVS_OK)
 			return rc;

@@ -72,8 +72,7 @@ void kv_cold_emit(struct kv_cache *c, uint32_t n)
 {
 	if (c->cold_fn == NULL || n == 0)
 		return;
-	c->cold_fn(c->cold_ud, c->evicted, n, c->cold_raw_ok ? c->cold_raw : NULL,
-	           c->bytes_per_token);
+	c->cold_fn(c->cold_ud, c->evicted, n, c->cold_raw_ok ? c->cold_raw : NULL, c->bytes_per_token);
 }
 
 /* The retention score a token starts from under the active policy. */
@@ -132,8 +131,8 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	const uint8_t *rows = raw;
 	for (uint32_t j = 0; j < n; j++) {
 		uint32_t slot = c->free_slots[c->n_free - 1 - j];
-		rc = engine_kv_load(c->eng, slot, toks[j].orig_pos,
-		                    rows + (size_t)j * c->bytes_per_token, e);
+		rc = engine_kv_load(c->eng, slot, toks[j].orig_pos, rows + (size_t)j * c->bytes_per_token,
+		                    e);
 		if (rc != KVS_OK) {
 			for (uint32_t k = 0; k <= j; k++)
 				(void)engine_kv_set_pos(c->eng, c->free_slots[c->n_free - 1 - k], -1, NULL);

@@ -429,7 +429,8 @@ static const struct kv_policy_def policy_table[] = {
 	{ "streaming",
 	  "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
 	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
-	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select, policy_no_vote },
+	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select,
+	  policy_no_vote },
 	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
 	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE, policy_pos_compact,
 	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select, policy_no_vote },
@@ -442,9 +443,8 @@ static const struct kv_policy_def policy_table[] = {
 	  policy_no_cap, policy_no_lambda, policy_h2o_select, policy_no_vote },
 	{ "snapkv",
 	  "SnapKV: the prompt's last W queries vote (pooled attention); sinks + window + top votes",
-	  P(policy_snapkv_params), true, KV_SCORE_VOTE, -1, -1, policy_pos_snapkv,
-	  policy_snapkv_sinks, policy_no_cap, policy_no_lambda, policy_snapkv_select,
-	  policy_snapkv_vote },
+	  P(policy_snapkv_params), true, KV_SCORE_VOTE, -1, -1, policy_pos_snapkv, policy_snapkv_sinks,
+	  policy_no_cap, policy_no_lambda, policy_snapkv_select, policy_snapkv_vote },
 };
 
 /* ------------------------------------------------------------ the table */
@@ -529,8 +529,8 @@ static const char *policy_param_names(const struct kv_policy_def *def, char *buf
 	if (o < cap)
 		o += (size_t)snprintf(buf + o, cap - o, "%s", def->n_params ? "" : "none");
 	for (uint32_t i = 0; i < KV_POLICY_N_COMMON && o < cap; i++)
-		o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "; every policy: ",
-		                      policy_common_params[i].name);
+		o += (size_t)snprintf(buf + o, cap - o, "%s%s",
+		                      i ? ", " : "; every policy: ", policy_common_params[i].name);
 	return buf;
 }
 

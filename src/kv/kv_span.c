@@ -80,9 +80,8 @@ void kv_span_find(const uint8_t *cls, uint32_t n_cls, const struct kv_tok *toks,
 		    i - start < KV_SPAN_MAX_TOKENS) {
 			const struct kv_tok *a = &toks[cand[i - 1]], *b = &toks[cand[i]];
 			uint8_t ca = span_cls(cls, n_cls, a->token), cb = span_cls(cls, n_cls, b->token);
-			join = b->orig_pos == a->orig_pos + 1 &&
-			       !(ca & (KV_CLS_SPECIAL | KV_CLS_TRAIL_WS)) &&
-			       !(cb & (KV_CLS_SPECIAL | KV_CLS_LEAD_WS));
+			join = b->orig_pos == a->orig_pos + 1 && !(ca & (KV_CLS_SPECIAL | KV_CLS_TRAIL_WS)) &&
+			        !(cb & (KV_CLS_SPECIAL | KV_CLS_LEAD_WS));
 		}
 		if (!join)
 			start = i;

@@ -44,8 +44,8 @@
 struct arch_desc {
 	const char *name;
 	enum rope_kind rope;
-	bool qkv_bias; /* Q/K/V biases required (otherwise allowed if present) */
-	bool qk_norm;  /* attn_q_norm / attn_k_norm required (otherwise refused) */
+	bool qkv_bias;  /* Q/K/V biases required (otherwise allowed if present) */
+	bool qk_norm;   /* attn_q_norm / attn_k_norm required (otherwise refused) */
 	bool ffn_fused; /* ffn_up holds gate and up, [n_embd, 2 n_ff], no ffn_gate (phi3) */
 };
 

@@ -184,8 +184,7 @@ static bool chat_has_token(const struct vocab *v, const char *marker)
 }
 
 /* Every marker the layout needs must be one token of the vocab. */
-static int chat_check_markers(const struct chat_template *t, const struct vocab *v,
-                              struct err *e)
+static int chat_check_markers(const struct chat_template *t, const struct vocab *v, struct err *e)
 {
 	const struct chat_layout *l = &chat_layouts[t->style];
 	char buf[64];
@@ -269,7 +268,7 @@ int chat_template_init(struct chat_template *t, const char *src, const char *for
 	if (style == CHAT_CHATML)
 		t->default_system = chat_find_default_system(src);
 	t->think = src != NULL && strstr(src, "<think>") != NULL && chat_has_token(v, "<think>") &&
-	           chat_has_token(v, "</think>");
+	        chat_has_token(v, "</think>");
 	return KVS_OK;
 }
 

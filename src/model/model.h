@@ -212,12 +212,12 @@ struct hparams {
 	 * has rope.scaling.attn_factor (up to a float rounding under YaRN); 0,
 	 * in hparams built by hand, counts as 1. */
 	float rope_attn_factor;
-	float rope_ext_factor; /* YaRN: 1 (mix extrapolated pairs in); 0 otherwise */
-	float rope_yarn_corr[2]; /* YaRN: pairs below [0] extrapolate, above [1] interpolate */
-	uint32_t rope_ctx_orig;  /* YaRN: rope.scaling.original_context_length */
+	float rope_ext_factor;     /* YaRN: 1 (mix extrapolated pairs in); 0 otherwise */
+	float rope_yarn_corr[2];   /* YaRN: pairs below [0] extrapolate, above [1] interpolate */
+	uint32_t rope_ctx_orig;    /* YaRN: rope.scaling.original_context_length */
 	const float *rope_factors; /* (n_rot / 2) rope_freqs.weight divisors, or NULL */
 	bool has_qk_norm;          /* per-head RMS norm of Q and K before RoPE (qwen3) */
-	float attn_scale; /* 1/sqrt(head_dim) unless the file says otherwise */
+	float attn_scale;          /* 1/sqrt(head_dim) unless the file says otherwise */
 	bool has_qkv_bias;
 	bool tied_output; /* no output.weight: reuse token_embd */
 };

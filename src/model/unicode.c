@@ -87,4 +87,3 @@ bad:
 	*cp = 0xFFFD;
 	return 1;
 }
-

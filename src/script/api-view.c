@@ -580,8 +580,9 @@ static int api_export_view(lua_State *L)
 		                    "letters, digits, '.', '-', '_' under the results directory, no '..')",
 		                    rel);
 	if (rt->cfg.send == NULL)
-		return script_error(L, "kvscope.export_view: no workbench here (it writes what the "
-		                       "workbench's panes show)");
+		return script_error(L,
+		                    "kvscope.export_view: no workbench here (it writes what the "
+		                    "workbench's panes show)");
 	n = strlen(rel);
 	if (fmt[0] == '\0') /* from the name: .csv, else JSON */
 		fmt = n > 4 && strcmp(rel + n - 4, ".csv") == 0 ? "csv" : "json";

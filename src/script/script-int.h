@@ -342,8 +342,14 @@ struct api_lib {
 	size_t n_types;
 };
 /* A file's lib from its tables of functions and types (arrays, not pointers). */
-#define API_LIB(fns, types) { fns, KVS_ARRAY_LEN(fns), types, KVS_ARRAY_LEN(types) }
-#define API_LIB_FNS(fns) { fns, KVS_ARRAY_LEN(fns), NULL, 0 }
+#define API_LIB(fns, types)                                  \
+	{                                                        \
+		fns, KVS_ARRAY_LEN(fns), types, KVS_ARRAY_LEN(types) \
+	}
+#define API_LIB_FNS(fns)                 \
+	{                                    \
+		fns, KVS_ARRAY_LEN(fns), NULL, 0 \
+	}
 
 extern const struct api_lib api_loop_lib, api_view_lib, api_policy_lib, api_session_lib,
         api_session_read_lib, api_store_lib, api_token_lib;

@@ -35,16 +35,13 @@
 #include <unistd.h>
 
 const char *const script_event_names[SEV_COUNT] = {
-	"token", "turn_start", "turn_end", "evict", "attention", "model_loaded", "key", "unload",
-	"recall",
+	"token",        "turn_start", "turn_end", "evict",  "attention",
+	"model_loaded", "key",        "unload",   "recall",
 };
 
 const bool script_event_fast[SEV_COUNT] = {
-	[SEV_TOKEN] = true,
-	[SEV_TURN_START] = true,
-	[SEV_EVICT] = true,
-	[SEV_ATTENTION] = true,
-	[SEV_RECALL] = true,
+	[SEV_TOKEN] = true,     [SEV_TURN_START] = true, [SEV_EVICT] = true,
+	[SEV_ATTENTION] = true, [SEV_RECALL] = true,
 };
 
 bool script_available(void)

@@ -151,11 +151,12 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
                       struct err *e)
 {
 	sqlite3_stmt *st;
-	int rc = store_session_row(s,
-	                           "SELECT s.epoch, s.next_pos, m.model_sha256, m.n_layer, m.n_head_kv, "
-	                           "m.head_dim, m.kv_type, m.bytes_per_token FROM sessions s LEFT JOIN "
-	                           "cold_meta m ON m.session_id = s.id WHERE s.id = ?1",
-	                           id, &st, e);
+	int rc =
+	        store_session_row(s,
+	                          "SELECT s.epoch, s.next_pos, m.model_sha256, m.n_layer, m.n_head_kv, "
+	                          "m.head_dim, m.kv_type, m.bytes_per_token FROM sessions s LEFT JOIN "
+	                          "cold_meta m ON m.session_id = s.id WHERE s.id = ?1",
+	                          id, &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	uint32_t epoch = (uint32_t)sqlite3_column_int64(st, 0);
@@ -176,9 +177,9 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
 			             "%s: session %lld's cold tier was written by another model or KV "
 			             "layout (model %s..., %lld layers x %lld KV heads x %lld, KV type %lld; "
 			             "this one: %.12s..., %u x %u x %u, %d); not used, left as it is",
-			             s->path, (long long)id, esc, (long long)nl, (long long)nh,
-			             (long long)hd, (long long)kt, model_sha, c->hp->n_layer,
-			             c->hp->n_head_kv, c->hp->head_dim, (int)c->kv_type);
+			             s->path, (long long)id, esc, (long long)nl, (long long)nh, (long long)hd,
+			             (long long)kt, model_sha, c->hp->n_layer, c->hp->n_head_kv,
+			             c->hp->head_dim, (int)c->kv_type);
 			free(esc);
 		}
 	}
@@ -275,7 +276,8 @@ void store_cold_evicted(void *ud, const struct kv_tok *toks, uint32_t n, const v
 /* Little-endian 32-bit stores (the blobs' byte order on every host). */
 static void cold_put32(uint8_t *p, uint32_t v)
 {
-	p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+	p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16),
+	p[3] = (uint8_t)(v >> 24);
 }
 
 static uint32_t cold_get32(const uint8_t *p)
@@ -398,7 +400,8 @@ static int cold_trim(struct store_cold *c, uint32_t turn, struct store_cold_flus
 	struct store *s = c->s;
 	char sql[256];
 	int64_t total = 0;
-	snprintf(sql, sizeof sql, "SELECT coalesce(sum(n_tokens), 0) FROM cold_blocks WHERE session_id = %lld",
+	snprintf(sql, sizeof sql,
+	         "SELECT coalesce(sum(n_tokens), 0) FROM cold_blocks WHERE session_id = %lld",
 	         (long long)c->id);
 	int rc = store_int(s, sql, &total, e);
 	sqlite3_stmt *old = NULL, *ev = NULL;
@@ -460,11 +463,12 @@ int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flus
 		return KVS_OK;
 	struct store *s = c->s;
 	sqlite3_stmt *st = NULL;
-	int rc = store_prepare(s,
-	                       "INSERT INTO cold_blocks (session_id, epoch, turn, pos0, pos1, n_tokens, "
-	                       "created, text, toks, kv, kmin, kmax) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-	                       "?7, ?8, ?9, ?10, ?11, ?12)",
-	                       &st, e);
+	int rc =
+	        store_prepare(s,
+	                      "INSERT INTO cold_blocks (session_id, epoch, turn, pos0, pos1, n_tokens, "
+	                      "created, text, toks, kv, kmin, kmax) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+	                      "?7, ?8, ?9, ?10, ?11, ?12)",
+	                      &st, e);
 	if (rc == KVS_OK)
 		rc = store_exec(s, "BEGIN IMMEDIATE", "writing the cold tier", e);
 	if (rc == KVS_OK) {
@@ -508,8 +512,8 @@ static bool cold_read(struct store_cold *c, sqlite3_stmt *rd, struct cold_got *g
 	uint32_t n = g->hit.n_tokens;
 	if (ok)
 		ok = n > 0 && n <= c->cfg.block * 16 &&
-		     sqlite3_column_bytes(rd, 0) == (int)(n * COLD_TOK_BYTES) &&
-		     (uint64_t)sqlite3_column_bytes(rd, 1) == (uint64_t)n * c->row;
+		        sqlite3_column_bytes(rd, 0) == (int)(n * COLD_TOK_BYTES) &&
+		        (uint64_t)sqlite3_column_bytes(rd, 1) == (uint64_t)n * c->row;
 	if (ok) {
 		const uint8_t *p = sqlite3_column_blob(rd, 0);
 		g->toks = xcalloc(n, sizeof *g->toks);
@@ -699,10 +703,11 @@ int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *to
 	sqlite3_stmt *st;
 	*blocks = 0;
 	*tokens = *bytes = 0;
-	int rc = store_session_row(s,
-	                           "SELECT count(*), coalesce(sum(n_tokens), 0), "
-	                           "coalesce(sum(length(kv)), 0) FROM cold_blocks WHERE session_id = ?1",
-	                           id, &st, e);
+	int rc =
+	        store_session_row(s,
+	                          "SELECT count(*), coalesce(sum(n_tokens), 0), "
+	                          "coalesce(sum(length(kv)), 0) FROM cold_blocks WHERE session_id = ?1",
+	                          id, &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	*blocks = (uint32_t)sqlite3_column_int64(st, 0);

@@ -101,7 +101,7 @@ int store_key_check(const char *key, struct err *e)
 static bool text_word_byte(unsigned char ch)
 {
 	return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-	       ch >= 0x80;
+	        ch >= 0x80;
 }
 
 char *store_cold_fts_query(const char *text)

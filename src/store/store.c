@@ -172,8 +172,7 @@ int store_session_row(struct store *s, const char *sql, int64_t id, sqlite3_stmt
 /* ---------------------------------------------------------------- opening */
 
 /* One look at the header (check_header says why it may need two). */
-static int store_check_header_once(const char *path, bool *exists, bool *short_file,
-                                   struct err *e)
+static int store_check_header_once(const char *path, bool *exists, bool *short_file, struct err *e)
 {
 	static const char magic[16] = "SQLite format 3";
 	uint8_t head[100];

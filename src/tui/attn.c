@@ -99,8 +99,9 @@ static int attn_row_map(struct tui_grid *g, struct tui_rect r, int y, int rows, 
 		             R_HEAT0 + lv[b]);
 	free(lv);
 	y += (int)((bins + cols - 1) / cols);
-	x = r.x + tui_grid_printf(g, r, r.x, y, R_DIM, "keys 0..%u, %.1f per cell, log scale 1e-4 ",
-	                          n - 1, (double)n / bins);
+	x = r.x +
+	        tui_grid_printf(g, r, r.x, y, R_DIM, "keys 0..%u, %.1f per cell, log scale 1e-4 ",
+	                        n - 1, (double)n / bins);
 	for (int l = 0; l < TUI_HEAT_LEVELS; l++)
 		tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
 	tui_grid_printf(g, r, x, y, R_DIM, " 1");

@@ -241,8 +241,11 @@ void chrome_help(struct tui *t, struct tui_grid *g)
 		const char *l = lines[t->help_scroll + i];
 		bool head = l[0] != ' ' && l[0] != '\0';
 		bool found = t->help_find[0] != '\0' && tui_has_text(l, t->help_find);
-		tui_grid_text(g, r, r.x, r.y + i, found ? R_SELECTED : head ? R_TITLE : R_NORMAL, l,
-		              strlen(l));
+		tui_grid_text(g, r, r.x, r.y + i,
+		              found          ? R_SELECTED
+		                      : head ? R_TITLE
+		                             : R_NORMAL,
+		              l, strlen(l));
 	}
 	tui_help_free(lines, n);
 }

@@ -212,7 +212,8 @@ static const struct help_pair tui_glossary[] = {
 	{ "KV cache", "the keys and values of the tokens the model still sees; the budget caps it" },
 	{ "budget", "the most tokens the cache keeps; past it the policy evicts (0: every slot)" },
 	{ "policy", "the rule that decides which tokens stay (streaming, h2o, sirllm, ...)" },
-	{ "sink", "one of the first tokens, kept always: attention piles up on them whatever they say" },
+	{ "sink",
+	  "one of the first tokens, kept always: attention piles up on them whatever they say" },
 	{ "key token", "a token a policy keeps for its score (surprisal, accumulated attention)" },
 	{ "recent window", "the latest tokens, kept as they are" },
 	{ "pinned", "a token you keep (:pin): never evicted" },
@@ -220,7 +221,8 @@ static const struct help_pair tui_glossary[] = {
 	{ "entropy", "how spread a head's attention is over the keys (nats; ln n at most)" },
 	{ "k90", "the fewest keys that hold 90% of a head's attention: small means focused" },
 	{ "sink mass", "the share of a head's attention on the sink tokens" },
-	{ "paper / compat", "sirllm's two scorings: the paper's token entropy, or the released code's" },
+	{ "paper / compat",
+	  "sirllm's two scorings: the paper's token entropy, or the released code's" },
 	{ "step", "one forward pass: the query is its last token (Shift-Up walks back)" },
 };
 
@@ -351,9 +353,7 @@ bool tui_search_line(struct tui *t, const char *line)
 		dir = -1;
 	else if (line[0] != '/')
 		return false;
-	text = line[0] == '/' && line[1] != '\0' ? line + 1
-	        : t->help                          ? t->help_find
-	                                           : t->chat_find;
+	text = line[0] == '/' && line[1] != '\0' ? line + 1 : t->help ? t->help_find : t->chat_find;
 	if (text[0] == '\0') {
 		tui_status(t, true, "/TEXT searches %s", t->help ? "the help" : "the chat");
 	} else if (t->help) {

@@ -204,8 +204,9 @@ static int x_sparse(struct tui_ctx *c, int argc, char **argv)
 	struct engine_sparse sp;
 	struct err e;
 	if (argc != 2)
-		return tui_cmd_fail(c, ":sparse: expected off or quest[:budget=N,page=N,sinks=N,recent=N,"
-		                       "dense=N], e.g. :sparse quest:budget=512");
+		return tui_cmd_fail(c,
+		                    ":sparse: expected off or quest[:budget=N,page=N,sinks=N,recent=N,"
+		                    "dense=N], e.g. :sparse quest:budget=512");
 	if (engine_sparse_parse(argv[1], &sp, &e) != KVS_OK)
 		return tui_cmd_fail(c, ":sparse: %s", e.msg);
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_SPARSE, .text = argv[1] });

@@ -670,14 +670,10 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		enum worker_cmd_kind kind;
 		bool number, text;
 	} map[] = {
-		{ "chat", WORKER_CHAT, false, true },
-		{ "policy", WORKER_POLICY, false, true },
-		{ "budget", WORKER_BUDGET, true, false },
-		{ "sparse", WORKER_SPARSE, false, true },
-		{ "reset", WORKER_RESET, false, false },
-		{ "pin", WORKER_PIN, true, false },
-		{ "unpin", WORKER_UNPIN, true, false },
-		{ "max_tokens", WORKER_MAX_TOKENS, true, false },
+		{ "chat", WORKER_CHAT, false, true },     { "policy", WORKER_POLICY, false, true },
+		{ "budget", WORKER_BUDGET, true, false }, { "sparse", WORKER_SPARSE, false, true },
+		{ "reset", WORKER_RESET, false, false },  { "pin", WORKER_PIN, true, false },
+		{ "unpin", WORKER_UNPIN, true, false },   { "max_tokens", WORKER_MAX_TOKENS, true, false },
 	};
 	struct tui_term *tt = ud;
 

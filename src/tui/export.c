@@ -161,8 +161,7 @@ static int exp_attention(const struct tui *t, FILE *fp, bool json, struct err *e
 			fprintf(fp, "%s%d", k ? "," : "", pos[k]);
 		fputs("],\"queries\":[", fp);
 		for (uint32_t i = 0; i < n_st; i++) {
-			int32_t *hit =
-			        bsearch(&st[i]->query.orig_pos, pos, n_keys, sizeof *pos, tui_cmp_i32);
+			int32_t *hit = bsearch(&st[i]->query.orig_pos, pos, n_keys, sizeof *pos, tui_cmp_i32);
 			tui_piece(t, st[i]->query.token, piece, sizeof piece);
 			fprintf(fp, "%s{\"step\":%llu,\"position\":%d,\"index\":%d,\"token\":", i ? "," : "",
 			        (unsigned long long)st[i]->step, st[i]->query.orig_pos,
@@ -178,9 +177,8 @@ static int exp_attention(const struct tui *t, FILE *fp, bool json, struct err *e
 				fputs(h ? ",[" : "[", fp);
 				for (uint32_t i = 0; i < n_st; i++) {
 					bool same = st[i]->n_layer == n_layer && st[i]->n_head == n_head;
-					const float *row = same ? st[i]->attn + ((size_t)l * n_head + h) *
-					                                                st[i]->n_cached
-					                        : NULL;
+					const float *row =
+					        same ? st[i]->attn + ((size_t)l * n_head + h) * st[i]->n_cached : NULL;
 					fputs(i ? ",[" : "[", fp);
 					for (uint32_t k = 0; k < n_keys; k++) {
 						int32_t c = col[(size_t)i * n_keys + k];
@@ -249,9 +247,8 @@ static int exp_retention(const struct tui *t, FILE *fp, bool json, struct err *e
 		if (!json) {
 			fprintf(fp, "%d,%d,", x->t.orig_pos, x->t.token);
 			exp_csv_str(fp, piece);
-			fprintf(fp, ",%u,%s,%d,%d,%d,%d,%d,", x->t.turn,
-			        kv_role_name((enum kv_role)x->t.role), r.cached, r.evicted, r.sink, r.key,
-			        r.pinned);
+			fprintf(fp, ",%u,%s,%d,%d,%d,%d,%d,", x->t.turn, kv_role_name((enum kv_role)x->t.role),
+			        r.cached, r.evicted, r.sink, r.key, r.pinned);
 			exp_num(fp, x->t.surprisal, false);
 			fputc(',', fp);
 			exp_num(fp, x->t.score, false);

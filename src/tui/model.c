@@ -447,7 +447,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		t->last_stop[0] = '\0';
 		if (t->chat_hit < 0)
 			t->chat_scroll = 0; /* a search hit being read stays */
-		t->reply_len = t->len; /* what this reply is judged by */
+		t->reply_len = t->len;  /* what this reply is judged by */
 		break;
 	case WORKER_EV_TOKEN:
 		m = tui_reply(t);

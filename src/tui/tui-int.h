@@ -257,10 +257,10 @@ struct tui {
 	char plugins[64];
 	/* view */
 	const struct tui_theme *theme;
-	int tab;         /* the pane shown in tab mode */
-	bool help;       /* F1 overlay */
-	int help_scroll; /* its first line shown (clamped when drawn) */
-	int help_w;      /* the width it was last laid out at (0: not yet) */
+	int tab;            /* the pane shown in tab mode */
+	bool help;          /* F1 overlay */
+	int help_scroll;    /* its first line shown (clamped when drawn) */
+	int help_w;         /* the width it was last laid out at (0: not yet) */
 	char help_find[64]; /* the last search of the help ("" none) */
 	bool quit;
 	uint32_t n_evicted_total;
@@ -276,10 +276,10 @@ struct tui {
 	char find[64];         /* the last :find text */
 	/* where the attention grid drew its cells (for mouse selection) */
 	struct tui_attn_hit {
-		struct tui_rect cells;             /* w 0: not shown */
-		uint32_t n_keys;                   /* keys over cells.w columns */
-		int32_t *pos;                      /* (n_keys) their positions, owned */
-		uint32_t back[TUI_STEP_HISTORY];   /* each row's step_back */
+		struct tui_rect cells;           /* w 0: not shown */
+		uint32_t n_keys;                 /* keys over cells.w columns */
+		int32_t *pos;                    /* (n_keys) their positions, owned */
+		uint32_t back[TUI_STEP_HISTORY]; /* each row's step_back */
 	} grid;
 	/* the mouse and the clipboard (curses.c acts on them) */
 	bool mouse_off; /* :mouse off: the terminal keeps the mouse */

@@ -311,8 +311,8 @@ static void test_bad_models(void)
 	expect("eps NaN", &s, add_eps_nan, KVS_EFORMAT, "layer_norm_rms_epsilon' = nan", "finite");
 
 	tinymodel_defaults(&s, "llama");
-	expect("longrope", &s, add_longrope, KVS_EUNSUPPORTED,
-	       "'llama.rope.scaling.type' = 'longrope'", "LongRoPE");
+	expect("longrope", &s, add_longrope, KVS_EUNSUPPORTED, "'llama.rope.scaling.type' = 'longrope'",
+	       "LongRoPE");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.vocab_size";
@@ -506,8 +506,7 @@ static void test_tiny_qwen3(void)
 		model_features(m, f);
 		for (size_t i = 0; i < MODEL_N_FEATURES; i++) {
 			bool want = strcmp(f[i].name, "qk-norm") == 0 || strcmp(f[i].name, "gqa") == 0 ||
-			            strcmp(f[i].name, "rope-neox") == 0 ||
-			            strcmp(f[i].name, "tied-output") == 0;
+			        strcmp(f[i].name, "rope-neox") == 0 || strcmp(f[i].name, "tied-output") == 0;
 			T_CHECK(f[i].used == want, "qwen3 feature %s: used %d", f[i].name, f[i].used);
 		}
 	} else {
@@ -528,8 +527,8 @@ static void test_tiny_qwen3(void)
 		model_features(m, f);
 		for (size_t i = 0; i < MODEL_N_FEATURES; i++)
 			if (strcmp(f[i].name, "rope-freqs") == 0 || strcmp(f[i].name, "qk-norm") == 0)
-				T_CHECK(f[i].used == (f[i].name[5] == 'f'), "llama feature %s: used %d",
-				        f[i].name, f[i].used);
+				T_CHECK(f[i].used == (f[i].name[5] == 'f'), "llama feature %s: used %d", f[i].name,
+				        f[i].used);
 	}
 	model_free(m);
 	free(buf);
@@ -562,8 +561,7 @@ static void test_tiny_phi3(void)
 		        "wv view");
 		T_EQ_INT(lw->w_gate_up.ne[1], 128);
 		T_CHECK(lw->w_gate.data == gu && lw->w_gate.ne[1] == 64, "gate view");
-		T_CHECK((const uint8_t *)lw->w_up.data == gu + 64 * 20 && lw->w_up.ne[1] == 64,
-		        "up view");
+		T_CHECK((const uint8_t *)lw->w_up.data == gu + 64 * 20 && lw->w_up.ne[1] == 64, "up view");
 	} else {
 		fprintf(stderr, "tiny phi3: %s\n", e.msg);
 	}

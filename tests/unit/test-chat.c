@@ -18,10 +18,20 @@
 
 /* Every marker of every layout, so one vocabulary serves them all. */
 static const char *const markers[] = {
-	"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>",
-	"<end_of_turn>",       "<|system|>",        "<|user|>",   "<|assistant|>",
-	"<|end|>",             "[INST]",            "[/INST]",    "</s>",
-	"<think>",             "</think>",
+	"<|start_header_id|>",
+	"<|end_header_id|>",
+	"<|eot_id|>",
+	"<start_of_turn>",
+	"<end_of_turn>",
+	"<|system|>",
+	"<|user|>",
+	"<|assistant|>",
+	"<|end|>",
+	"[INST]",
+	"[/INST]",
+	"</s>",
+	"<think>",
+	"</think>",
 };
 
 /* A tiny model with the given template source (NULL: none) and markers. */
@@ -183,7 +193,8 @@ static void test_qwen3_think(void)
  * a bad name or a layout the vocabulary cannot spell is refused. */
 static void test_unknown_and_override(void)
 {
-	static const char src[] = "{% for m in messages %}<<{{ m.role }}>>\n{{ m.content }}{% endfor %}";
+	static const char src[] =
+	        "{% for m in messages %}<<{{ m.role }}>>\n{{ m.content }}{% endfor %}";
 	uint8_t *buf = NULL;
 	struct model *m = chat_model(src, KVS_ARRAY_LEN(markers), &buf);
 	struct chat_template t;

@@ -929,11 +929,9 @@ static void test_decode_thread_count(void)
 			                      .logits = ENGINE_LOGITS_NONE };
 		err_clear(&e);
 		T_CHECK(engine_forward(eng, &b, &out, &e) == KVS_OK, "%s", e.msg);
-		struct engine_batch d = { .n_tokens = 1,
-			                      .tokens = &tok[N],
-			                      .pos = &pos[N],
-			                      .slot = &slot[N],
-			                      .n_visible = N + 1 };
+		struct engine_batch d = {
+			.n_tokens = 1, .tokens = &tok[N], .pos = &pos[N], .slot = &slot[N], .n_visible = N + 1
+		};
 		float *first = malloc(sp->n_vocab * sizeof(float));
 		T_CHECK(engine_forward(eng, &d, &out, &e) == KVS_OK, "%s", e.msg);
 		memcpy(first, out.logits, sp->n_vocab * sizeof(float));

@@ -302,8 +302,7 @@ out:
  * k-quant products per 256 (Q8_K) where we round per 32, so the two differ
  * by more there: measured at commit time 97.15 % and 0.49 at the top logit.
  */
-#define CHATML_HEAD \
-	"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+#define CHATML_HEAD "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 #define CHATML_TAIL "<|im_end|>\n<|im_start|>assistant\n"
 
 static const struct fixture_set sets[] = {
@@ -322,9 +321,8 @@ static const struct fixture_set sets[] = {
 	{ "archs/qwen3", "tiny-qwen3.gguf", 97.0, 0.5,
 	  "qwen3: per-head Q/K norm, head size 64 over n_embd 256, YaRN x4; see archs/README.md",
 	  "<|im_start|>user\n", CHATML_TAIL },
-	{ "archs/phi3", "tiny-phi3.gguf", 97.0, 0.5,
-	  "phi3: fused QKV and gate/up; see archs/README.md", "<|user|>\n",
-	  "<|end|>\n<|assistant|>\n" },
+	{ "archs/phi3", "tiny-phi3.gguf", 97.0, 0.5, "phi3: fused QKV and gate/up; see archs/README.md",
+	  "<|user|>\n", "<|end|>\n<|assistant|>\n" },
 };
 
 /* Every check on one model. */

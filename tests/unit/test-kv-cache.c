@@ -439,8 +439,8 @@ static void test_snapkv(const struct model *m)
 	float x[7] = { 1, 5, 2, 0, 0, 3, 1 }, y[7];
 	kv_vote_pool(x, 7, 3, y);
 	float want3[7] = { 5, 5, 5, 2, 3, 3, 3 };
-	T_CHECK(memcmp(y, want3, sizeof y) == 0, "pool 3: %g %g %g %g %g %g %g", y[0], y[1], y[2],
-	        y[3], y[4], y[5], y[6]);
+	T_CHECK(memcmp(y, want3, sizeof y) == 0, "pool 3: %g %g %g %g %g %g %g", y[0], y[1], y[2], y[3],
+	        y[4], y[5], y[6]);
 	kv_vote_pool(x, 7, 7, y);
 	float want7[7] = { 5, 5, 5, 5, 5, 3, 3 };
 	T_CHECK(memcmp(y, want7, sizeof y) == 0, "pool 7");
@@ -469,11 +469,19 @@ static void test_snapkv(const struct model *m)
 		slot[i] = i;
 	}
 	struct engine_out o;
-	struct engine_batch bt = { .n_tokens = n0, .tokens = ids, .pos = pos, .slot = slot,
-		                       .n_visible = n0, .logits = ENGINE_LOGITS_NONE };
+	struct engine_batch bt = { .n_tokens = n0,
+		                       .tokens = ids,
+		                       .pos = pos,
+		                       .slot = slot,
+		                       .n_visible = n0,
+		                       .logits = ENGINE_LOGITS_NONE };
 	T_CHECK(engine_forward(er, &bt, &o, &e) == KVS_OK, "%s", e.msg);
-	struct engine_batch bw = { .n_tokens = w, .tokens = win, .pos = pos + n0, .slot = slot + n0,
-		                       .n_visible = n0 + w, .logits = ENGINE_LOGITS_NONE,
+	struct engine_batch bw = { .n_tokens = w,
+		                       .tokens = win,
+		                       .pos = pos + n0,
+		                       .slot = slot + n0,
+		                       .n_visible = n0 + w,
+		                       .logits = ENGINE_LOGITS_NONE,
 		                       .want_attn_kv = true };
 	T_CHECK(engine_forward(er, &bw, &o, &e) == KVS_OK, "%s", e.msg);
 	const float *acc = kv_cache_acc(a);
@@ -487,8 +495,8 @@ static void test_snapkv(const struct model *m)
 					mx = row[j - 1];
 				if (j + 1 < n0 && row[j + 1] > mx)
 					mx = row[j + 1];
-				double d = fabs(acc[(size_t)j * hp->n_layer * hp->n_head_kv +
-				                    l * hp->n_head_kv + g] - mx);
+				double d = fabs(
+				        acc[(size_t)j * hp->n_layer * hp->n_head_kv + l * hp->n_head_kv + g] - mx);
 				worst = d > worst ? d : worst;
 			}
 		}
@@ -1271,7 +1279,9 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	const struct {
 		uint8_t role, flags;
 		uint32_t turn;
-	} bad[] = { { 4, 0, 0 }, { 255, 0, 0 }, { 0, 1u << 3, 0 }, { 0, 0xff, 0 }, { 0, 0, r.turn + 1 } };
+	} bad[] = {
+		{ 4, 0, 0 }, { 255, 0, 0 }, { 0, 1u << 3, 0 }, { 0, 0xff, 0 }, { 0, 0, r.turn + 1 }
+	};
 	for (size_t k = 0; k < KVS_ARRAY_LEN(bad); k++) {
 		struct kv_tok keep = toks[n - 1];
 		toks[n - 1].role = bad[k].role;

@@ -37,11 +37,16 @@ enum {
 	TK_N_,
 };
 static const uint8_t tk_cls[TK_N_] = {
-	[TK_CTRL] = KV_CLS_SPECIAL, [TK_THE] = 0,
-	[TK_SECRET] = KV_CLS_LEAD_WS, [TK_IS] = KV_CLS_LEAD_WS,
-	[TK_TIG] = KV_CLS_LEAD_WS, [TK_ER] = 0,
-	[TK_DASH] = 0, [TK_42] = KV_CLS_DIGIT,
-	[TK_DOT] = 0, [TK_NL] = KV_CLS_LEAD_WS | KV_CLS_TRAIL_WS,
+	[TK_CTRL] = KV_CLS_SPECIAL,
+	[TK_THE] = 0,
+	[TK_SECRET] = KV_CLS_LEAD_WS,
+	[TK_IS] = KV_CLS_LEAD_WS,
+	[TK_TIG] = KV_CLS_LEAD_WS,
+	[TK_ER] = 0,
+	[TK_DASH] = 0,
+	[TK_42] = KV_CLS_DIGIT,
+	[TK_DOT] = 0,
+	[TK_NL] = KV_CLS_LEAD_WS | KV_CLS_TRAIL_WS,
 	[TK_X] = 0,
 };
 
@@ -84,8 +89,8 @@ static const char *span_str(const uint32_t *sbeg, const uint32_t *send, uint32_t
 static void test_find(void)
 {
 	/* <ctrl> The secret is TIGER-42.\n<ctrl> */
-	int32_t ids[] = { TK_CTRL, TK_THE, TK_SECRET, TK_IS, TK_TIG, TK_ER, TK_DASH, TK_42, TK_DOT,
-		              TK_NL,   TK_CTRL };
+	int32_t ids[] = { TK_CTRL, TK_THE, TK_SECRET, TK_IS, TK_TIG, TK_ER,
+		              TK_DASH, TK_42,  TK_DOT,    TK_NL, TK_CTRL };
 	uint32_t n = KVS_ARRAY_LEN(ids), cand[64], sbeg[64], send[64];
 	struct kv_tok toks[64];
 	char buf[80];
@@ -172,14 +177,14 @@ static bool same_word(const struct kv_tok *a, const struct kv_tok *b)
 {
 	uint8_t ca = tk_cls[a->token], cb = tk_cls[b->token];
 	return b->orig_pos == a->orig_pos + 1 && !(ca & (KV_CLS_SPECIAL | KV_CLS_TRAIL_WS)) &&
-	       !(cb & (KV_CLS_SPECIAL | KV_CLS_LEAD_WS));
+	        !(cb & (KV_CLS_SPECIAL | KV_CLS_LEAD_WS));
 }
 
 static void test_random(void)
 {
 	static struct sel x, y;
 	static const char *const specs[] = {
-		"window", "streaming", "sirllm", "sirllm:sinks=2,recent=8", "lminfinite:global=4",
+		"window", "streaming",     "sirllm", "sirllm:sinks=2,recent=8", "lminfinite:global=4",
 		"h2o",    "h2o:heavy=0.2", "full",
 	};
 	uint32_t splits_seen = 0, rounds = 0;
@@ -199,12 +204,12 @@ static void test_random(void)
 			/* words of 1-6 letters, some with digits, some control tokens,
 			 * now and then a gap in the stream */
 			uint32_t r = rnd_u32(100);
-			x.toks[i].token = r < 5    ? TK_CTRL
-			                  : r < 25 ? TK_SECRET
-			                  : r < 30 ? TK_NL
-			                  : r < 40 ? TK_42
-			                  : r < 48 ? TK_DASH
-			                           : TK_X;
+			x.toks[i].token = r < 5 ? TK_CTRL
+			        : r < 25        ? TK_SECRET
+			        : r < 30        ? TK_NL
+			        : r < 40        ? TK_42
+			        : r < 48        ? TK_DASH
+			                        : TK_X;
 			pos += rnd_u32(20) == 0 ? 2 : 1;
 			x.toks[i].orig_pos = pos;
 			x.toks[i].score = (float)rnd_u32(50);
@@ -233,8 +238,7 @@ static void test_random(void)
 		memcpy(&y, &x, sizeof x);
 		run_sel(&x, &p, n, m, budget, KV_SPAN_OFF, true);
 		run_sel(&y, &p, n, m, budget, KV_SPAN_OFF, false);
-		T_CHECK(memcmp(x.keep, y.keep, n) == 0, "%s: span=off differs from token selection",
-		        spec);
+		T_CHECK(memcmp(x.keep, y.keep, n) == 0, "%s: span=off differs from token selection", spec);
 		uint32_t kept_off = 0;
 		for (uint32_t i = 0; i < n; i++)
 			kept_off += (x.keep[i] & KV_KEEP) != 0;

@@ -68,7 +68,8 @@ static void test_fts_query(void)
 		const char *in, *want;
 	} cases[] = {
 		{ "What is the code word?", "\"What\" OR \"is\" OR \"the\" OR \"code\" OR \"word\"" },
-		{ "zebra\" OR NEAR(x* -y) ^z", "\"zebra\" OR \"OR\" OR \"NEAR\" OR \"x\" OR \"y\" OR \"z\"" },
+		{ "zebra\" OR NEAR(x* -y) ^z",
+		  "\"zebra\" OR \"OR\" OR \"NEAR\" OR \"x\" OR \"y\" OR \"z\"" },
 		{ "TIGER-42", "\"TIGER\" OR \"42\"" },
 		{ "caf\xc3\xa9!", "\"caf\xc3\xa9\"" },
 	};
@@ -236,11 +237,13 @@ static void test_write_recall(const struct tiny *t)
 	T_EQ_INT(n_gone, st.n_evicted);
 	/* the rows: those positions, consecutive within a block, <= 16 a block */
 	T_EQ_INT(q_int(path, "SELECT sum(n_tokens) FROM cold_blocks"), st.n_evicted);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks WHERE pos1 - pos0 + 1 <> n_tokens "
-	                     "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
+	T_EQ_INT(q_int(path,
+	               "SELECT count(*) FROM cold_blocks WHERE pos1 - pos0 + 1 <> n_tokens "
+	               "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
 	         0);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
-	                     "(SELECT bytes_per_token FROM cold_meta)"),
+	T_EQ_INT(q_int(path,
+	               "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
+	               "(SELECT bytes_per_token FROM cold_meta)"),
 	         0);
 	/* blocks never split a run more than the size asks: every block but the
 	 * last of a run is full, so ceil(n / 16) blocks at most per eviction */
@@ -254,7 +257,8 @@ static void test_write_recall(const struct tiny *t)
 		sqlite3 *db;
 		sqlite3_stmt *q;
 		sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-		sqlite3_prepare_v2(db, "SELECT text, kv, kmin, kmax, n_tokens FROM cold_blocks ORDER BY pos0",
+		sqlite3_prepare_v2(db,
+		                   "SELECT text, kv, kmin, kmax, n_tokens FROM cold_blocks ORDER BY pos0",
 		                   -1, &q, NULL);
 		size_t cap = 1 << 16, n = 0;
 		char *all = xcalloc(cap, 1);
@@ -327,8 +331,9 @@ static void test_write_recall(const struct tiny *t)
 		run_turn(&r, t->m, filler);
 	T_CHECK(store_cold_flush(r.cold, 1, &fi, &e) == KVS_OK, "%s", e.msg);
 	kv_cache_stats(r.kv, &st);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM (SELECT pos0 FROM cold_blocks GROUP BY pos0 "
-	                     "HAVING count(*) > 1)"),
+	T_EQ_INT(q_int(path,
+	               "SELECT count(*) FROM (SELECT pos0 FROM cold_blocks GROUP BY pos0 "
+	               "HAVING count(*) > 1)"),
 	         0);
 	run_close(&r);
 

@@ -846,8 +846,7 @@ static void test_help(void)
 	 * the same text again goes on to the next line holding it */
 	t.help = false;
 	T_EQ_INT(tui_cmd_run(&c, "help k90"), KVS_OK);
-	T_CHECK(t.help && dump_has(&t, 80, 24, false, "k90"), "a k90 line (scroll %d)",
-	        t.help_scroll);
+	T_CHECK(t.help && dump_has(&t, 80, 24, false, "k90"), "a k90 line (scroll %d)", t.help_scroll);
 	int first = t.help_scroll;
 	bool gloss = false;
 	for (int k = 0; k < 6 && !gloss; k++) {
@@ -866,11 +865,17 @@ static void test_help(void)
 	{
 		char **lines;
 		size_t n = tui_help_lines(NULL, 200, &lines);
-		static const char *const want[] = { "F1, Alt-1", "F2-F5, Alt-2..Alt-5", "F12, Alt-=",
-			                                "F6/F7, Alt-6/Alt-7", "F8/F9, Alt-8/Alt-9",
-			                                "F10, Alt-0", "F11, Alt--", "Shift-Up/Down, Alt-k/j",
+		static const char *const want[] = { "F1, Alt-1",
+			                                "F2-F5, Alt-2..Alt-5",
+			                                "F12, Alt-=",
+			                                "F6/F7, Alt-6/Alt-7",
+			                                "F8/F9, Alt-8/Alt-9",
+			                                "F10, Alt-0",
+			                                "F11, Alt--",
+			                                "Shift-Up/Down, Alt-k/j",
 			                                "Shift-PgUp/PgDn, Alt-p/n",
-			                                "Shift-Home/End, Alt-g/G", "Glossary" };
+			                                "Shift-Home/End, Alt-g/G",
+			                                "Glossary" };
 		for (size_t k = 0; k < KVS_ARRAY_LEN(want); k++) {
 			bool seen = false;
 			for (size_t i = 0; i < n; i++)
@@ -1289,8 +1294,7 @@ static void test_chat_search(void)
 	T_CHECK(tui_search_line(&t, "/"), "again");
 	T_EQ_INT(t.chat_hit, 5);
 	T_CHECK(dump_has(&t, 80, 24, false, "message 5 about Zebras"), "the older hit shows");
-	T_CHECK(tui_search_line(&t, "/") && t.chat_hit == 5 && t.status_err, "no older: %s",
-	        t.status);
+	T_CHECK(tui_search_line(&t, "/") && t.chat_hit == 5 && t.status_err, "no older: %s", t.status);
 	T_CHECK(tui_search_line(&t, "?") && t.chat_hit == 20, "newer again: %d", t.chat_hit);
 	{
 		/* the hit's text is marked */
@@ -1355,7 +1359,8 @@ static void test_attn_grid(void)
 	T_CHECK(dump_has(&t, 80, 24, false, "#2    '#102'"), "the first query's row label");
 	T_CHECK(dump_has(&t, 80, 24, false, "#3    '#103'"), "the second's");
 	T_CHECK(dump_has(&t, 80, 24, false, "queries/keys  |0"), "the key axis");
-	T_CHECK(dump_has(&t, 80, 24, false, "2 queries x 4 keys: Shift-Left/Right or a strip click"), "no key picked");
+	T_CHECK(dump_has(&t, 80, 24, false, "2 queries x 4 keys: Shift-Left/Right or a strip click"),
+	        "no key picked");
 	t.sel_tok = 3;
 	T_CHECK(dump_has(&t, 80, 24, false, "query #3 '#103' -> key #3 '#103': 0.4000"),
 	        "the cursor: the latest query, key 3");
@@ -1439,7 +1444,7 @@ static void test_export_view(void)
 	fill_model(&t);
 	T_CHECK(tui_export_view(&t, "attention", "/tmp/x.json", NULL, &e) == KVS_ESTATE,
 	        "no steps yet: %s", e.msg);
-	add_step(&t, 2, 1, 3);     /* keys 0 1 2, each 1/3 */
+	add_step(&t, 2, 1, 3);         /* keys 0 1 2, each 1/3 */
 	add_step_w(&t, 2, 1, 4, true); /* keys 0..3: 1/10 2/10 3/10 4/10 */
 	snprintf(t.policy, sizeof t.policy, "h2o \"q\"\n\x01\xff");
 	ev_toks[0] = mk_tok(9, 2, KV_ROLE_USER, 0);
@@ -1457,25 +1462,28 @@ static void test_export_view(void)
 	                NULL,
 	        "%s", d);
 	/* attention[layer][head][query][key]: the first step had no key 3 */
-	T_CHECK(strstr(d, "\"attention\":[[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]],"
-	                  "[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]]]}") != NULL,
+	T_CHECK(strstr(d,
+	               "\"attention\":[[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]],"
+	               "[[[0.333333,0.333333,0.333333,0],[0.1,0.2,0.3,0.4]]]]}") != NULL,
 	        "%s", d);
-	T_CHECK(strstr(d, "{\"step\":0,\"position\":2,\"index\":2,\"token\":\"#102\"}") != NULL,
-	        "%s", d);
+	T_CHECK(strstr(d, "{\"step\":0,\"position\":2,\"index\":2,\"token\":\"#102\"}") != NULL, "%s",
+	        d);
 	free(d);
 	T_CHECK(tui_export_view(&t, "retention", path, "json", &e) == KVS_OK, "%s", e.msg);
 	d = slurp(path);
 	T_CHECK(strstr(d, "\"policy\":\"h2o \\\"q\\\"\\n\\u0001\xef\xbf\xbd\"") != NULL, "%s", d);
-	T_CHECK(strstr(d, "{\"position\":9,\"id\":109,\"text\":\"#109\",\"turn\":2,\"role\":\"user\","
-	                  "\"cached\":false,\"evicted\":true,\"sink\":false,\"key\":false,"
-	                  "\"pinned\":false,\"surprisal\":null,\"score\":null,\"evicted_by\":"
-	                  "\"a,\\\"b\\\"\"") != NULL,
+	T_CHECK(strstr(d,
+	               "{\"position\":9,\"id\":109,\"text\":\"#109\",\"turn\":2,\"role\":\"user\","
+	               "\"cached\":false,\"evicted\":true,\"sink\":false,\"key\":false,"
+	               "\"pinned\":false,\"surprisal\":null,\"score\":null,\"evicted_by\":"
+	               "\"a,\\\"b\\\"\"") != NULL,
 	        "%s", d);
 	free(d);
 	T_CHECK(tui_export_view(&t, "retention", path, "csv", &e) == KVS_OK, "%s", e.msg);
 	d = slurp(path);
-	T_CHECK(strncmp(d, "position,id,text,turn,role,cached,evicted,sink,key,pinned,surprisal,"
-	                   "score,evicted_by,cause\n0,100,#100,0,system,1,0,1,0,0,,,,\n",
+	T_CHECK(strncmp(d,
+	                "position,id,text,turn,role,cached,evicted,sink,key,pinned,surprisal,"
+	                "score,evicted_by,cause\n0,100,#100,0,system,1,0,1,0,0,,,,\n",
 	                80) == 0,
 	        "%s", d);
 	T_CHECK(strstr(d, "\n9,109,#109,2,user,0,1,0,0,0,,,\"a,\"\"b\"\"\",") != NULL, "%s", d);

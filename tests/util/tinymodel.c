@@ -173,9 +173,9 @@ static void tiny_vocab(struct ggufw *w, const struct tinymodel_spec *s)
 		ggufw_add_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
 	if (!tiny_skip_key(s, "tokenizer.ggml.pre"))
 		ggufw_add_str(w, "tokenizer.ggml.pre",
-		              spm                                   ? "default"
+		              spm                                        ? "default"
 		                      : strncmp(s->arch, "qwen", 4) == 0 ? "qwen2"
-		                                                    : "smollm");
+		                                                         : "smollm");
 	if (!tiny_skip_key(s, "tokenizer.ggml.tokens"))
 		ggufw_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, n);
 	if (spm && !tiny_skip_key(s, "tokenizer.ggml.scores"))

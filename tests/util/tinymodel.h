@@ -45,10 +45,10 @@ struct tinymodel_spec {
 	enum tinymodel_vocab vocab;
 	float rope_base, rms_eps, scale;
 	uint64_t seed;
-	const char *skip_key;    /* leave this key out (NULL: none) */
-	const char *skip_tensor; /* leave this tensor out (NULL: none) */
-	bool chat_template;      /* write a tokenizer.chat_template (template_src, else ChatML) */
-	const char *template_src;        /* the template written (NULL: the ChatML one) */
+	const char *skip_key;     /* leave this key out (NULL: none) */
+	const char *skip_tensor;  /* leave this tensor out (NULL: none) */
+	bool chat_template;       /* write a tokenizer.chat_template (template_src, else ChatML) */
+	const char *template_src; /* the template written (NULL: the ChatML one) */
 	const char *const *extra_tokens; /* GPT-2 vocab: CONTROL tokens appended at the end */
 	uint32_t n_extra_tokens;
 };
