@@ -24,7 +24,15 @@ tmp=$(mktemp -d)
 sock=kvscope-e2e-$$
 fails=0
 T() { tmux -L "$sock" -f /dev/null "$@"; }
-cleanup() { T kill-server 2>/dev/null; rm -rf "$tmp"; }
+stage="set-up"
+# a run that ends early says where (a silent exit 1 was seen once under
+# load; this names its section next time)
+cleanup() {
+	rc=$?
+	[ "$rc" -ne 0 ] && echo "tui.sh: exit $rc during section '$stage'" >&2
+	T kill-server 2>/dev/null
+	rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
@@ -117,12 +125,14 @@ T new-session -d -s keep "sleep 600"
 T new-session -d -s kv -x 200 -y 50 "sh $tmp/run.sh"
 
 # 1. all panes at 200x50, the system prompt shown
+stage="1"
 wait_for "Retention" 60
 wait_for "KV memory"
 wait_for "system> You are a helpful AI assistant named SmolLM"
 wait_for "plugins [0-9]+"
 
 # 2. a question, the reply streams in and ends with its stop reason
+stage="2"
 T send-keys -t kv -l "What is the capital of France?"
 T send-keys -t kv Enter
 wait_for "you> What is the capital of France\\?"
@@ -134,6 +144,7 @@ wait_for "decode [1-9][0-9]* tok/s"
 save tui-200x50-reply
 
 # 2a. with --db the conversation is saved from its first exchange (as
+stage="2a"
 # session 1, untitled); :save TITLE names it rather than starting another
 T send-keys -t kv -l ":save e2e chat"
 T send-keys -t kv Enter
@@ -152,6 +163,7 @@ if grep -q "define HAVE_LIBEDIT 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/confi
 fi
 
 # 2b. Ctrl-C stops a long reply (stop reason "user"); the program goes on
+stage="2b"
 T send-keys -t kv -l ":max 4000"
 T send-keys -t kv Enter
 wait_for "at most 4000 tokens per reply"
@@ -208,6 +220,7 @@ T send-keys -t kv Enter
 wait_for "length target: (off|none)"
 
 # 2c. select tokens in the retention strip: the details line explains one
+stage="2c"
 T send-keys -t kv S-Right
 T send-keys -t kv S-Right
 wait_for "#1 id [0-9]+ .* original pos 1, cache index 1"
@@ -229,6 +242,7 @@ T send-keys -t kv Escape
 wait_for "[0-9]+ tokens: kept evicted sink key pinned"
 
 # 3. layer and head: keys and commands
+stage="3"
 T send-keys -t kv F7
 T send-keys -t kv F7
 wait_for "layer 2 \\[0..29\\]  heads: max of 9  \\[max\\]"
@@ -245,6 +259,7 @@ wait_for "layer: expected a layer number 0 .. 29"
 wait_for "layer 5 \\[0..29\\]  head 3 \\[0..8\\]"
 
 # 3b. Lua: a chunk, the plugin list, the plugins' pane (F12)
+stage="3b"
 T send-keys -t kv -l ":lua print(6 * 7)"
 T send-keys -t kv Enter
 wait_for "lua: 42"
@@ -266,11 +281,13 @@ T send-keys -t kv F3
 wait_for "(─|-) Attention (─|-)"
 
 # 4. a bad command: one status line, nothing else changes
+stage="4"
 T send-keys -t kv -l ":frobnicate now"
 T send-keys -t kv Enter
 wait_for "unknown command ':frobnicate'"
 
 # 5. policy and budget: the memory pane follows, eviction shows a banner
+stage="5"
 T send-keys -t kv -l ":policy sirllm"
 T send-keys -t kv Enter
 wait_for "policy sirllm"
@@ -294,6 +311,7 @@ T send-keys -t kv Enter
 wait_for "plugin recency-entropy: load done"
 
 # 6. completion from the command table
+stage="6"
 T send-keys -t kv -l ":pol"
 T send-keys -t kv Tab
 wait_for "^: :policy $|^:  ?:policy|: :policy"
@@ -305,6 +323,7 @@ save tui-200x50-help
 T send-keys -t kv F1
 
 # 7. 80x24: tabs; each pane on its own; back to 200x50
+stage="7"
 T resize-window -t kv -x 80 -y 24
 wait_for "F2 Chat"
 wait_for "F3 Attention"
@@ -341,6 +360,7 @@ wait_for "Retention"
 wait_for "Attention"
 
 # 7b. the input line: argument completion, a multi-line message (Ctrl-J), Ctrl-C clears a non-empty line
+stage="7b"
 T send-keys -t kv -l ":theme l"
 T send-keys -t kv Tab
 wait_for "^: :theme light"
@@ -356,6 +376,7 @@ T send-keys -t kv C-c
 wait_for "^>$"
 
 # 8. quit with Ctrl-C twice on an empty line (the first only asks): exit
+stage="8"
 # 0, the terminal as before
 T send-keys -t kv C-c
 wait_for "Ctrl-C again quits"
@@ -375,6 +396,7 @@ else
 fi
 
 # 9. monochrome (NO_COLOR) with ASCII glyphs, then SIGTERM: a clean exit;
+stage="9"
 # then SIGABRT: the fatal-signal path still restores the terminal
 for sig in TERM ABRT; do
 	rm -f "$tmp/rc" "$tmp/pid"
@@ -407,6 +429,7 @@ EOS
 done
 
 # 10. truecolour on a direct-colour terminal: 24-bit escapes (the dark
+stage="10"
 # theme's border, colour 240, is RGB 88,88,88)
 if ! infocmp xterm-direct >/dev/null 2>&1; then
 	fail "no xterm-direct terminfo entry (Debian package ncurses-term; scripts/setup.sh installs it)"
@@ -419,6 +442,7 @@ else
 fi
 
 # 10b. `kvscope --resume TITLE` on a terminal: the workbench resumes the
+stage="10b"
 # session saved above (as :load does) and shows its transcript; a length
 # target given at start shows in the gauge
 if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
@@ -431,6 +455,7 @@ if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config
 fi
 
 # 10c. --plugin FILE loads a plugin into the workbench (its status item
+stage="10c"
 # shows); --length takes a Ruler level by name, as :len does
 printf 'local kvscope = require "kvscope"\nkvscope.status("hello-from-plugin")\n' >"$tmp/hello.lua"
 T kill-session -t kv
@@ -448,6 +473,7 @@ wait_for "budget 1024 tokens"
 wait_for "ctx 0/1024"
 
 # 10d. a bad length target at start: one line, exit 2, before any terminal work
+stage="10d"
 for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do
 	# shellcheck disable=SC2086
 	"$bin" tui $bad >"$tmp/bad.out" 2>"$tmp/bad.err"
@@ -460,6 +486,7 @@ for bad in "--target-words 12x" "--length 5q" "--target-words 0"; do
 done
 
 # 12. saving never loses a conversation (store built only)
+stage="12"
 if grep -q "define HAVE_SQLITE 1" "${KVSCOPE_BUILDDIR:-$(dirname "$bin")}/config.h" 2>/dev/null; then
 	# 12a. no --db: :sessions before any save says so (no other tool named);
 	# :quit and Ctrl-C with an unsaved exchange ask first; :save keeps the
@@ -580,6 +607,7 @@ EOP
 fi
 
 # 10e. no default model: one line saying how to get it (not just ENOENT)
+stage="10e"
 T kill-session -t kv
 T new-session -d -s kv -x 120 -y 30 "XDG_DATA_HOME='$tmp/nodata' XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' 2>'$tmp/nomodel.err'; echo \$? >'$tmp/nomodel.rc'; sleep 600"
 end=$(($(date +%s) + 60))
@@ -589,6 +617,7 @@ grep -q "the default model is not installed .*'make model'" "$tmp/nomodel.err" |
 	fail "no model: $(cat "$tmp/nomodel.err")"
 
 # 10f. the line chat on a terminal: ':' commands as in the workbench ('/'
+stage="10f"
 # still works), :save mid-way, and Ctrl-D leaves the shell's next line on
 # a line of its own (it was "> SHELL-BACK")
 T kill-session -t kv
@@ -612,6 +641,7 @@ T send-keys -t kv C-d
 wait_for "^SHELL-BACK"
 
 # 13. a newcomer's tools, at 160x48 (every pane) and 80x24 (tabs):
+stage="13"
 # exporting what is shown (parsed by python's json and csv modules)
 T kill-session -t kv
 # (a system prompt of 24 short lines: at 80x24 the chat scrolls)
@@ -749,6 +779,7 @@ T resize-window -t kv -x 160 -y 48
 wait_for "Retention"
 
 # 11. --bench-exit (bench/tui-decode.sh): standard output redirected, the
+stage="11"
 # screen still on the terminal; the reply's decode rate is printed at exit
 T kill-session -t kv
 T new-session -d -s kv -x 120 -y 30 "XDG_STATE_HOME='$tmp/state' TERM=xterm-256color '$bin' tui --prompt 'Say hi.' --temp 0 -n 6 --bench-exit >'$tmp/bench.part' 2>&1; mv '$tmp/bench.part' '$tmp/bench.out'; sleep 600"
