@@ -102,21 +102,11 @@ struct tiny {
 static void tiny_open(struct tiny *t)
 {
 	struct tinymodel_spec s;
-	struct ggufw *w = ggufw_new();
-	struct gguf_file *f;
-	struct err e;
-	size_t n;
 	tinymodel_defaults(&s, "llama");
 	s.n_embd = 64;
 	s.n_ff = 128;
 	s.scale = 0.5f;
-	tinymodel_add(w, &s);
-	ggufw_write_mem(w, &t->buf, &n);
-	ggufw_free(w);
-	if (gguf_open_memory(&f, t->buf, n, &e) != KVS_OK || model_load_gguf(&t->m, f, &e) != KVS_OK) {
-		fprintf(stderr, "tiny model: %s\n", e.msg);
-		exit(99);
-	}
+	tinymodel_load(&s, &t->m, &t->buf);
 }
 
 struct run {

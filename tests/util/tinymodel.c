@@ -394,3 +394,18 @@ char *tinymodel_write_temp(const char *tag)
 	ggufw_free(w);
 	return path;
 }
+
+void tinymodel_load(const struct tinymodel_spec *s, struct model **m, uint8_t **buf)
+{
+	struct ggufw *w = ggufw_new();
+	struct gguf_file *f;
+	struct err e;
+	size_t n;
+	tinymodel_add(w, s);
+	ggufw_write_mem(w, buf, &n);
+	ggufw_free(w);
+	if (gguf_open_memory(&f, *buf, n, &e) != KVS_OK || model_load_gguf(m, f, &e) != KVS_OK) {
+		fprintf(stderr, "tiny model: %s\n", e.msg);
+		exit(99);
+	}
+}

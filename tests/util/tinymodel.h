@@ -57,6 +57,11 @@ struct tinymodel_spec {
 void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
 /* Add the model's keys and tensors to w. */
 void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);
+struct model;
+/* Write the model of s into memory (*buf, the caller frees it after
+ * model_free) and load it into *m; exits 99 (a hard error of the test
+ * harness) when that fails. */
+void tinymodel_load(const struct tinymodel_spec *s, struct model **m, uint8_t **buf);
 /* Number of tokens the spec's vocabulary has. */
 uint32_t tinymodel_n_vocab(const struct tinymodel_spec *s);
 /* Write the llama-arch model the app-level tests share (n_embd 64, so
