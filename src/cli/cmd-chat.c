@@ -401,10 +401,15 @@ static void chat_kv_show(struct gen *g)
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, st.n_evictions == 1 ? "" : "s", (double)st.bytes / 1048576.0,
 	        (double)st.bytes_per_layer / 1024.0, (double)st.bytes_peak / 1048576.0);
+	uint64_t chose, reused;
+	engine_sparse_steps(gen_engine(g), &chose, &reused);
 	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF)
-		fprintf(stderr, "sparse %s: the last decode step read %.1f %% of the keys\n",
+		fprintf(stderr,
+		        "sparse %s: the last decode step read %.1f %% of the keys; %llu sparse steps "
+		        "chose their keys, %llu reused a choice\n",
 		        engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf),
-		        st.keys_dense ? 100.0 * (double)st.keys_read / (double)st.keys_dense : 100.0);
+		        st.keys_dense ? 100.0 * (double)st.keys_read / (double)st.keys_dense : 100.0,
+		        (unsigned long long)chose, (unsigned long long)reused);
 }
 
 /* :policy [NAME [k=v ...]]: show or change the retention policy. */
@@ -430,7 +435,7 @@ static void chat_policy(struct chat_ctx *c, const char *spec)
 	chat_kv_show(g);
 }
 
-/* :sparse [off|quest[:k=v,...]]: show or change sparse decode attention. */
+/* :sparse [off|quest|hip[:k=v,...]]: show or change sparse decode attention. */
 static void chat_sparse(struct chat_ctx *c, const char *spec)
 {
 	struct gen *g = session_gen(c->s);
@@ -550,7 +555,8 @@ static const struct {
 	{ "reset", "", NULL, chat_new },
 	{ "policy", "[NAME [k=v ...]]", "show or change the KV retention policy", chat_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", chat_budget },
-	{ "sparse", "[off|quest[:k=v,...]]", "show or change sparse decode attention", chat_sparse },
+	{ "sparse", "[off|quest|hip[:k=v,...]]", "show or change sparse decode attention",
+	  chat_sparse },
 	{ "kv", "", "the KV cache's figures", chat_kv },
 	{ "len", "[120w|200t|150|>800|off]", "length target of the next replies", chat_len },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones)",

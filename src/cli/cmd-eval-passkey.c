@@ -282,6 +282,14 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 	if (rc != CLI_OK)
 		goto out;
 	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
+	/* a sparse mode is named after the policy: "..., sparse hip budget=256 ..." */
+	if (kv_cache_sparse(gen_kv(g))->mode != ENGINE_SPARSE_OFF) {
+		size_t pl = strlen(pol);
+		if (pl + 10 < sizeof pol) {
+			memcpy(pol + pl, ", sparse ", 10);
+			engine_sparse_format(kv_cache_sparse(gen_kv(g)), pol + pl + 9, sizeof pol - pl - 9);
+		}
+	}
 	uint32_t budget = kv_cache_budget(gen_kv(g));
 	cells = xcalloc((size_t)n_len * n_dep, sizeof *cells);
 	struct eval_progress pr;

@@ -19,8 +19,18 @@
  * per step and its speed-up, the selection's share of dense attention
  * time, the decode step time and its speed-up (wall clock, and the
  * process's CPU time, which other jobs on a shared machine barely change;
- * with several threads it includes their waits), and how often the sparse
- * step's argmax equals the dense token.
+ * with several threads it includes their waits), how often the sparse
+ * step's argmax equals the dense token, and how many sparse steps chose
+ * their keys against those that reused a choice (hip between refreshes;
+ * every quest step chooses).
+ *
+ * With hip and a prefill threshold the length reaches, the prompt's
+ * prefill is measured too: passes alternate (sparse, dense, ... the last
+ * dense, so the decode passes start from the same cache either way), each
+ * mode's fastest kept, wall clock and CPU time; the keys its queries read
+ * against dense; and, from one more sparse pass with the shadow on, the
+ * mean dense mass the block-sparse choice captured for each query block's
+ * last token (per sparse layer and query head).
  */
 #include "cli/eval.h"
 
@@ -35,7 +45,7 @@ static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_eval_sparse = {
 	.name = "eval sparse",
-	.usage = "[--sparse quest[:k=v,...]] [--lengths 2k,8k] [--n-gen N] [--reps N] [--seed S] "
+	.usage = "[--sparse quest|hip[:k=v,...]] [--lengths 2k,8k] [--n-gen N] [--reps N] [--seed S] "
 	         "[--json] [options]",
 	.help = "sparse decode attention against dense: captured mass, top-10 recall, keys read, "
 	        "attention and decode speed-up",
@@ -50,13 +60,18 @@ const struct cli_cmd cmd_eval_sparse = {
 /* One length's results. */
 struct sp_row {
 	uint32_t length;
-	double keys_pct;           /* sparse keys read, % of dense */
-	double mass_med, mass_p10; /* captured dense mass */
-	double recall;             /* top-10 recall, mean over rows */
-	double agree;              /* sparse argmax == dense token, share of steps */
-	double attn_ms[2], sel_ms; /* per step: dense, sparse; selection (sparse) */
-	double step_ms[2];         /* per step, fastest pass: dense, sparse */
-	double cpu_ms[2];          /* the process's CPU time per step, same passes */
+	double keys_pct;            /* sparse keys read, % of dense */
+	double mass_med, mass_p10;  /* captured dense mass */
+	double recall;              /* top-10 recall, mean over rows */
+	double agree;               /* sparse argmax == dense token, share of steps */
+	double attn_ms[2], sel_ms;  /* per step: dense, sparse; selection (sparse) */
+	double step_ms[2];          /* per step, fastest pass: dense, sparse */
+	double cpu_ms[2];           /* the process's CPU time per step, same passes */
+	uint32_t chose, reused;     /* sparse steps of the fastest pass */
+	bool pf;                    /* the prefill was measured (hip, prefill <= length) */
+	double pf_ms[2], pf_cpu[2]; /* prefill, fastest pass: dense, sparse */
+	double pf_keys_pct;         /* sparse prefill's keys read, % of dense */
+	double pf_mass;             /* its captured mass (mean over sampled rows) */
 };
 
 static const char *const sp_words[] = {
@@ -102,7 +117,8 @@ struct sp_pass {
 	double step_ms, cpu_ms, attn_ms, sel_ms;
 	uint64_t keys_read, keys_dense;
 	uint32_t agree;
-	float *mass; /* (cap) captured-mass samples */
+	uint32_t chose, reused; /* sparse steps that chose their keys, that reused a choice */
+	float *mass;            /* (cap) captured-mass samples */
 	size_t n_mass, cap_mass;
 	double recall_sum;
 	uint64_t n_recall;
@@ -184,6 +200,8 @@ static int sp_run(struct engine *eng, int32_t *ids, uint32_t n, uint32_t at,
 		p->sel_ms += out.select_ms;
 		p->keys_read += out.keys_read;
 		p->keys_dense += out.keys_dense;
+		p->chose += out.sparse_chose == 1;
+		p->reused += out.sparse_chose == 0;
 		int32_t next = (int32_t)sp_argmax(out.logits, hp->n_vocab);
 		if (i + 1 < n) {
 			if (greedy)
@@ -198,28 +216,75 @@ static int sp_run(struct engine *eng, int32_t *ids, uint32_t n, uint32_t at,
 	return rc;
 }
 
-/* Prefill ids[0, n) densely into slots 0..n-1 (chunks of n_batch). */
+/* A prefill pass's figures. */
+struct sp_fill {
+	double ms, cpu_ms;
+	uint64_t read, dense, rows;
+	double mass;
+};
+
+/* Prefill ids[0, n) into slots 0..n-1 (chunks of n_batch), densely or with
+ * sp (a hip prefill where a chunk sees enough keys); adds into f. */
 static int sp_prefill(struct engine *eng, const int32_t *ids, uint32_t n, uint32_t n_batch,
-                      struct err *e)
+                      const struct engine_sparse *sp, bool attn, struct sp_fill *f, struct err *e)
 {
 	int32_t *pos = xmallocarray(n_batch, sizeof(int32_t));
 	uint32_t *slot = xmallocarray(n_batch, sizeof(uint32_t));
 	int rc = KVS_OK;
-	for (uint32_t t0 = 0; t0 < n && rc == KVS_OK; t0 += n_batch) {
-		uint32_t m = KVS_MIN(n_batch, n - t0);
+	double t0 = clock_now_ms(), c0 = sp_cpu_ms();
+	for (uint32_t i0 = 0; i0 < n && rc == KVS_OK; i0 += n_batch) {
+		uint32_t m = KVS_MIN(n_batch, n - i0);
 		for (uint32_t i = 0; i < m; i++) {
-			pos[i] = (int32_t)(t0 + i);
-			slot[i] = t0 + i;
+			pos[i] = (int32_t)(i0 + i);
+			slot[i] = i0 + i;
 		}
-		struct engine_batch b = { .n_tokens = m, .tokens = ids + t0, .pos = pos, .slot = slot };
-		b.n_visible = t0 + m;
+		struct engine_batch b = { .n_tokens = m, .tokens = ids + i0, .pos = pos, .slot = slot };
+		b.n_visible = i0 + m;
 		b.logits = ENGINE_LOGITS_NONE;
+		b.sparse = sp;
+		b.want_attn = attn;
 		struct engine_out out;
 		rc = engine_forward(eng, &b, &out, e);
+		if (rc == KVS_OK && f != NULL) {
+			f->read += out.prefill_read;
+			f->dense += out.prefill_dense;
+			f->rows += out.prefill_rows;
+			f->mass += out.prefill_mass * (double)out.prefill_rows;
+		}
+	}
+	if (f != NULL) {
+		f->ms += clock_now_ms() - t0;
+		f->cpu_ms += sp_cpu_ms() - c0;
 	}
 	free(pos);
 	free(slot);
 	return rc;
+}
+
+/* The prefill of ids[0, len) measured (hip): a shadow pass, then reps
+ * alternating sparse and dense passes, the last dense. */
+static int sp_prefills(struct engine *eng, const int32_t *ids, uint32_t len, uint32_t reps,
+                       const struct engine_sparse *sp, struct sp_row *row, struct err *e)
+{
+	struct sp_fill sh = { 0 }, best[2] = { { 0 } }, p;
+	int rc = sp_prefill(eng, ids, len, 512, sp, true, &sh, e);
+	for (uint32_t rep = 0; rep < reps && rc == KVS_OK; rep++)
+		for (int mode = 1; mode >= 0 && rc == KVS_OK; mode--) {
+			memset(&p, 0, sizeof p);
+			rc = sp_prefill(eng, ids, len, 512, mode ? sp : NULL, false, &p, e);
+			if (rc == KVS_OK && (rep == 0 || p.ms < best[mode].ms))
+				best[mode] = p;
+		}
+	if (rc != KVS_OK)
+		return rc;
+	row->pf = true;
+	for (int mode = 0; mode < 2; mode++) {
+		row->pf_ms[mode] = best[mode].ms;
+		row->pf_cpu[mode] = best[mode].cpu_ms;
+	}
+	row->pf_keys_pct = best[1].dense ? 100.0 * (double)best[1].read / (double)best[1].dense : 100;
+	row->pf_mass = sh.rows ? sh.mass / (double)sh.rows : 1.0; /* no block was sparse */
+	return KVS_OK;
 }
 
 /* One length: prefill, then the passes. */
@@ -239,8 +304,11 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		rc = err_set(e, KVS_ESTATE, "eval sparse: the text gave %zu tokens, expected %u", n,
 		             len + 1);
 	engine_kv_clear(eng);
-	if (rc == KVS_OK)
-		rc = sp_prefill(eng, ids, len, 512, e);
+	memset(row, 0, sizeof *row);
+	if (rc == KVS_OK && sp->mode == ENGINE_SPARSE_HIP && sp->prefill > 0 && len >= sp->prefill)
+		rc = sp_prefills(eng, ids, len, reps, sp, row, e);
+	else if (rc == KVS_OK)
+		rc = sp_prefill(eng, ids, len, 512, NULL, false, NULL, e);
 	int32_t *gen_ids = xmallocarray(steps, sizeof(int32_t));
 	if (rc == KVS_OK)
 		gen_ids[0] = ids[len];
@@ -274,6 +342,8 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 			row->cpu_ms[mode] = best[mode].cpu_ms / steps;
 		}
 		row->sel_ms = best[1].sel_ms / steps;
+		row->chose = best[1].chose;
+		row->reused = best[1].reused;
 	}
 	free(sh.mass);
 	free(gen_ids);
@@ -349,18 +419,34 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	       engine_n_threads(eng));
 	printf("| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
 	       "attn ms/step dense | sparse | attn x | select / dense attn | step ms dense | sparse "
-	       "| decode x | step CPU ms dense | sparse | decode x (CPU) |\n");
+	       "| decode x | step CPU ms dense | sparse | decode x (CPU) | steps chose / reused |\n");
 	printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-	       "| ---: | ---: | ---: | ---: |\n");
+	       "| ---: | ---: | ---: | ---: | ---: |\n");
 	for (uint32_t i = 0; i < n_len; i++) {
 		const struct sp_row *w = &rows[i];
 		printf("| %u | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f %% | "
-		       "%.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+		       "%.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %u / %u |\n",
 		       w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall, 100 * w->agree,
 		       w->attn_ms[0], w->attn_ms[1], w->attn_ms[0] / w->attn_ms[1],
 		       100 * w->sel_ms / w->attn_ms[0], w->step_ms[0], w->step_ms[1],
 		       w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
-		       w->cpu_ms[0] / w->cpu_ms[1]);
+		       w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
+	}
+	bool any_pf = false;
+	for (uint32_t i = 0; i < n_len; i++)
+		any_pf |= rows[i].pf;
+	if (any_pf) {
+		printf("\nprefill (hip block-sparse against dense, fastest of %u passes each):\n", o->reps);
+		printf("| length | keys read | mass (mean) | prefill ms dense | sparse | prefill x | "
+		       "CPU ms dense | sparse | prefill x (CPU) |\n");
+		printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+	}
+	for (uint32_t i = 0; i < n_len; i++) {
+		const struct sp_row *w = &rows[i];
+		if (w->pf)
+			printf("| %u | %.1f %% | %.3f | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |\n", w->length,
+			       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_ms[0] / w->pf_ms[1],
+			       w->pf_cpu[0], w->pf_cpu[1], w->pf_cpu[0] / w->pf_cpu[1]);
 	}
 	if (o->json) {
 		printf("{\"eval\":\"sparse\",\"mode\":");
@@ -371,10 +457,17 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			const struct sp_row *w = &rows[i];
 			printf("%s{\"length\":%u,\"keys_pct\":%.2f,\"mass_median\":%.4f,\"mass_p10\":%.4f,"
 			       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
-			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f]}",
+			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f],"
+			       "\"steps_chose\":%u,\"steps_reused\":%u",
 			       i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall,
 			       w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0], w->step_ms[1],
-			       w->cpu_ms[0], w->cpu_ms[1]);
+			       w->cpu_ms[0], w->cpu_ms[1], w->chose, w->reused);
+			if (w->pf)
+				printf(",\"prefill\":{\"keys_pct\":%.2f,\"mass\":%.4f,\"ms\":[%.1f,%.1f],"
+				       "\"cpu_ms\":[%.1f,%.1f]}",
+				       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_cpu[0],
+				       w->pf_cpu[1]);
+			printf("}");
 		}
 		printf("]}\n");
 	}

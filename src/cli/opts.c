@@ -195,7 +195,7 @@ static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return kv_policy_parse(arg, &o->gen.kv.policy, e);
 }
 
-/* --sparse off|quest[:k=v,...] */
+/* --sparse off|quest|hip[:k=v,...] */
 static int opt_sparse(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	int rc = engine_sparse_parse(arg, &o->gen.kv.sparse, e);
@@ -407,9 +407,10 @@ static const struct cli_opt cli_opt_table[] = {
 	  "help policies')" },
 	{ "kv-budget", 0, "N", OPTG_KV, opt_budget, OG(kv.budget), 8, 1 << 24,
 	  "KV cache budget in tokens (0, the default: every slot of the context)" },
-	{ "sparse", 0, "off|quest[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
-	  "sparse decode attention over what the policy kept: off (default) or quest "
-	  "(budget=1024,page=16,sinks=4,recent=64,dense=2; see 'kvscope help sparse')" },
+	{ "sparse", 0, "off|quest|hip[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
+	  "sparse decode attention over what the policy kept: off (default), quest "
+	  "(budget=1024,page=16,sinks=4,recent=64,dense=2) or hip (budget=1024,block=8,...,"
+	  "refresh=8; see 'kvscope help sparse')" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
 	{ "trace", 0, "FILE", OPTG_TRACE, opt_path, O(trace), 0, 0,

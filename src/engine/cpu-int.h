@@ -128,6 +128,16 @@ struct cpu {
 	uint32_t *sp_n;                     /* (n_head_kv) chosen keys */
 	uint64_t sp_read;                   /* keys read this forward, all layers and KV heads */
 	double sp_t0;                       /* thread 0: when this layer's attention began */
+	/* hip (cpu-sparse.c): the choice kept between refreshes, and per
+	 * thread the search's scratch */
+	struct sparse_hip hip;
+	struct sparse_tree *hip_tree; /* (n_threads) */
+	uint8_t *hip_blk;             /* (n_threads, sp_vis_cap) chosen blocks */
+	uint32_t *hip_keys;           /* (n_threads, sp_vis_cap) slots being scored */
+	uint32_t *hip_kn;             /* (n_threads, sp_vis_cap + 1) keys per scored block */
+	uint32_t *hip_list;           /* (n_threads, sp_vis_cap) a prefill block's keys, by slot */
+	float *hip_q;                 /* (n_threads, fa_rows, head_dim) a prefill block's scorers */
+	double *hip_pf;               /* (n_threads, 4) prefill: keys read, dense, mass, rows */
 };
 
 /* What one pool_run works on. */
@@ -221,6 +231,13 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b);
 /* backend_ops.page_bounds */
 int cpu_sparse_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
                       uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
+/* Whether layer l of this forward prefills block-sparsely (hip). */
+bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l);
+/* HiP's block-sparse prefill of the ubatch's first n tokens, layer l: work
+ * items (query block, KV head) as cpu_flash_items hands them out. */
+void cpu_hip_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth);
+/* After the ubatches: a sparse prefill's statistics into out. */
+void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out);
 /* Free the sparse state. */
 void cpu_sparse_free(struct cpu *c);
 

@@ -15,6 +15,14 @@
  * the sorted order and the thread shares of the dense split, so a choice of
  * every key gives the dense step's result bit for bit.
  *
+ * HiP (engine_sparse hip) replaces the bounds by a search over the keys
+ * themselves (sparse_hip_tree, its callback scoring blocks of keys with the
+ * attention-score kernel), run on a refresh step only: the choice is kept
+ * per (layer, KV head) and slot in c->hip and reused, with every key the
+ * search did not score, until the next refresh. The page bounds are not
+ * kept up to date under hip (no sync). The attention after the choice is
+ * the same split as Quest's.
+ *
  * Where whole score rows are needed (want_attn, per-key sums, Λ-masks, the
  * reference path) cpu_attend scores every key and masks the ones not
  * chosen (sp_mask), so the result is the same function; with want_attn it
@@ -23,6 +31,7 @@
 #include "engine/cpu-int.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,16 +43,99 @@ static struct sparse_keys cpu_sparse_keys(const struct cpu *c, const uint32_t *s
 	return k;
 }
 
+/* Whether the choice kept in h was made under spec s. */
+static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse *s)
+{
+	return h->valid && h->spec.budget == s->budget && h->spec.block == s->block &&
+	        h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
+	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh;
+}
+
+/* Decide whether this hip step (query at pos) chooses anew: the first
+ * step, a changed spec, every refresh-th step, a step back in position
+ * (a new pass over the same slots), or more unscored candidates than a
+ * quarter of the budget (a prefill or a compaction since); on a refresh,
+ * note which slots are scored, at which positions. */
+static void cpu_hip_prepare(struct cpu *c, int32_t pos)
+{
+	struct sparse_hip *h = &c->hip;
+	const struct engine_sparse *s = c->sparse;
+	if (h->chosen == NULL) {
+		h->n_ctx = c->cfg.n_ctx;
+		h->n_layer = c->hp.n_layer;
+		h->n_head_kv = c->hp.n_head_kv;
+		h->chosen = xcalloc((size_t)h->n_layer * h->n_head_kv * h->n_ctx, 1);
+		h->seen_pos = xmallocarray(h->n_ctx, sizeof(int32_t));
+		for (uint32_t i = 0; i < h->n_ctx; i++)
+			h->seen_pos[i] = -1;
+	}
+	uint32_t k0 = c->sp_sinks, k1 = c->sp_m - c->sp_recent, unseen = 0;
+	for (uint32_t k = k0; k < k1; k++)
+		unseen += h->seen_pos[c->vslot[k]] != c->vpos[k];
+	h->refresh = !cpu_hip_same(h, s) || h->age + 1 >= s->refresh || pos <= h->last_pos ||
+	        unseen > KVS_MAX(s->budget / 4, s->refresh);
+	h->last_pos = pos;
+	if (!h->refresh) {
+		h->age++;
+		return;
+	}
+	h->age = 0;
+	h->valid = true;
+	h->spec = *s;
+	for (uint32_t i = 0; i < h->n_ctx; i++)
+		h->seen_pos[i] = -1;
+	for (uint32_t k = k0; k < k1; k++)
+		h->seen_pos[c->vslot[k]] = c->vpos[k];
+}
+
+/* Size the per-visible-slot and per-thread buffers of a sparse forward. */
+static void cpu_sparse_buffers(struct cpu *c)
+{
+	uint32_t nkv = c->hp.n_head_kv;
+	size_t nt = (size_t)pool_size(c->pool);
+	if (c->sp_vis_cap < c->vis_cap) {
+		free(c->sp_list);
+		free(c->sp_mask);
+		free(c->sp_kpage);
+		free(c->hip_blk);
+		free(c->hip_keys);
+		free(c->hip_kn);
+		free(c->hip_list);
+		c->sp_vis_cap = c->vis_cap;
+		c->sp_kpage = xmallocarray(c->sp_vis_cap, sizeof(uint32_t));
+		c->sp_list = xmallocarray((size_t)nkv * c->sp_vis_cap, sizeof(uint32_t));
+		c->sp_mask = xmallocarray((size_t)nkv * c->sp_vis_cap, 1);
+		c->hip_blk = xmallocarray(nt * c->sp_vis_cap, 1);
+		c->hip_keys = xmallocarray(nt * c->sp_vis_cap, sizeof(uint32_t));
+		c->hip_kn = xmallocarray(nt * (c->sp_vis_cap + 1), sizeof(uint32_t));
+		c->hip_list = xmallocarray(nt * c->sp_vis_cap, sizeof(uint32_t));
+	}
+	if (c->sp_n == NULL)
+		c->sp_n = xmallocarray(nkv, sizeof(uint32_t));
+	if (c->hip_tree == NULL) {
+		c->hip_tree = xcalloc(nt, sizeof(struct sparse_tree));
+		c->hip_q = xmallocarray(nt * c->fa_rows * c->hp.head_dim, sizeof(float));
+		c->hip_pf = xcalloc(nt * 4, sizeof(double));
+	}
+}
+
 void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 {
 	const struct hparams *hp = &c->hp;
 	/* the batch overwrites its slots' keys */
 	for (uint32_t i = 0; i < b->n_tokens; i++)
 		sparse_pages_forget(&c->sp, b->slot[i]);
-	c->sparse = b->n_tokens == 1 ? b->sparse : NULL;
+	c->sparse = b->sparse;
+	if (b->n_tokens != 1 && (b->sparse == NULL || b->sparse->mode != ENGINE_SPARSE_HIP))
+		c->sparse = NULL; /* only hip prefills sparsely */
 	c->sp_read = 0;
-	if (b->n_tokens != 1)
+	if (b->n_tokens != 1) {
+		if (c->sparse != NULL) {
+			cpu_sparse_buffers(c);
+			memset(c->hip_pf, 0, (size_t)pool_size(c->pool) * 4 * sizeof(double));
+		}
 		return;
+	}
 	/* keys the decode query sees: a prefix of the sorted visible set */
 	uint32_t lo = 0, hi = c->n_valid;
 	while (lo < hi) {
@@ -57,9 +149,19 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	if (c->sparse == NULL)
 		return;
 	const struct engine_sparse *s = c->sparse;
+	uint32_t nkv = hp->n_head_kv;
+	cpu_sparse_buffers(c);
+	/* sinks and the recent window (the query's own key at least) */
+	uint32_t m = c->sp_m;
+	c->sp_sinks = KVS_MIN(s->sinks, m);
+	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
+	if (s->mode == ENGINE_SPARSE_HIP) {
+		cpu_hip_prepare(c, b->pos[0]);
+		return;
+	}
 	sparse_pages_ensure(&c->sp, s->page, c->cfg.n_ctx, hp->n_layer, hp->n_head_kv, hp->head_dim,
 	                    c->kv_es);
-	uint32_t np = c->sp.n_pages, nkv = hp->n_head_kv;
+	uint32_t np = c->sp.n_pages;
 	if (c->sp_pages_cap < np) {
 		free(c->sp_cand);
 		free(c->sp_plist);
@@ -76,21 +178,6 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 			c->sp_qs = xmallocarray((size_t)pool_size(c->pool) * hp->n_head * 2 * hp->head_dim,
 			                        sizeof(float));
 	}
-	if (c->sp_vis_cap < c->vis_cap) {
-		free(c->sp_list);
-		free(c->sp_mask);
-		free(c->sp_kpage);
-		c->sp_vis_cap = c->vis_cap;
-		c->sp_kpage = xmallocarray(c->sp_vis_cap, sizeof(uint32_t));
-		c->sp_list = xmallocarray((size_t)nkv * c->sp_vis_cap, sizeof(uint32_t));
-		c->sp_mask = xmallocarray((size_t)nkv * c->sp_vis_cap, 1);
-	}
-	if (c->sp_n == NULL)
-		c->sp_n = xmallocarray(nkv, sizeof(uint32_t));
-	/* sinks and the recent window (the query's own key at least) */
-	uint32_t m = c->sp_m;
-	c->sp_sinks = KVS_MIN(s->sinks, m);
-	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
 	memset(c->sp_cand, 0, np * sizeof(uint32_t));
 	for (uint32_t k = 0; k < m; k++)
 		c->sp_kpage[k] = c->vslot[k] / s->page;
@@ -105,6 +192,8 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
 {
 	struct cpu *c = jb->c;
+	if (c->sparse->mode == ENGINE_SPARSE_HIP)
+		return; /* no bounds: the search reads the keys */
 	struct sparse_keys k = cpu_sparse_keys(c, jb->b->slot, jb->b->n_tokens);
 	if (ith == 0)
 		sparse_pages_scan(&c->sp, &k);
@@ -118,10 +207,24 @@ void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
 bool cpu_sparse_layer(const struct cpu_job *jb, uint32_t l)
 {
 	const struct cpu *c = jb->c;
-	return c->sparse != NULL && jb->n == 1 && l >= c->sparse->dense_layers;
+	return c->sparse != NULL && jb->b->n_tokens == 1 && l >= c->sparse->dense_layers;
 }
 
-void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
+/* With want_attn, the mask of layer l, KV head h into the batch's sel row. */
+static void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t *mask)
+{
+	struct cpu *c = jb->c;
+	uint32_t nv = jb->b->n_visible;
+	if (jb->bo->sel == NULL)
+		return;
+	uint8_t *row = jb->bo->sel + ((size_t)l * c->hp.n_head_kv + h) * nv;
+	memset(row, 0, nv);
+	for (uint32_t k = 0; k < c->sp_m; k++)
+		row[c->vorder[k]] = mask[k];
+}
+
+/* Quest: bound every page with candidates, keep the best, list their keys. */
+static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
@@ -131,7 +234,6 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	uint32_t lo, hi;
 	uint32_t always = c->sp_sinks + c->sp_recent;
 	uint32_t k_pages = s->budget > always ? (s->budget - always + s->page - 1) / s->page : 0;
-	uint32_t nv = jb->b->n_visible;
 	/* whole KV heads per thread: one barrier after the choice, not one
 	 * between bounding and choosing (a barrier costs a time slice on a
 	 * busy machine; three KV heads on two threads cost a third more) */
@@ -178,16 +280,112 @@ void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			n += mask[k];
 		}
 		c->sp_n[h] = n;
-		if (jb->bo->sel != NULL) {
-			uint8_t *row = jb->bo->sel + ((size_t)l * nkv + h) * nv;
-			memset(row, 0, nv);
-			for (k = 0; k < m; k++)
-				row[c->vorder[k]] = mask[k];
+		cpu_sparse_report(jb, l, h, mask);
+	}
+}
+
+/* What a HiP search needs to score blocks of one (layer, KV head). */
+struct cpu_hip_ctx {
+	struct cpu *c;
+	uint32_t l, h;
+	uint32_t k0, k1; /* the candidates: sorted visible keys [k0, k1) */
+	int ith;
+	const float *q; /* (nq, head_dim) the queries that score */
+	uint32_t nq;
+};
+
+/* The search's callback: block b is the candidates [k0 + b * block, ...);
+ * its score is the max over the queries (a decode step: the KV head's
+ * query heads) and its keys of the scaled q.k, computed by the
+ * attention-score kernel in place. */
+static void cpu_hip_score(void *ctx, const uint32_t *blocks, uint32_t n, float *score)
+{
+	const struct cpu_hip_ctx *x = ctx;
+	struct cpu *c = x->c;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, vc = c->vis_cap, nrow = x->nq;
+	uint32_t bk = c->sparse->block;
+	uint32_t *keys = c->hip_keys + (size_t)x->ith * c->sp_vis_cap;   /* (keys scored) */
+	uint32_t *kn = c->hip_kn + (size_t)x->ith * (c->sp_vis_cap + 1); /* (n) */
+	uint32_t nk = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t a = x->k0 + blocks[i] * bk, e = KVS_MIN(a + bk, x->k1);
+		kn[i] = e - a;
+		for (uint32_t k = a; k < e; k++)
+			keys[nk++] = c->vslot[k];
+		score[i] = -INFINITY;
+	}
+	float *sc = c->scores + (size_t)x->ith * c->q_rows * vc; /* (KERN_ATT_Q, vis_cap) */
+	uint64_t head_off = (uint64_t)x->h * hd * c->kv_es;
+	for (uint32_t r0 = 0; r0 < nrow; r0 += KERN_ATT_Q) {
+		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, nrow - r0);
+		c->ops->att_scores_rows(x->q + (size_t)r0 * hd, (int)nq, (int)hd, c->kr[x->l] + head_off,
+		                        (int64_t)c->kv_row, c->kv_es == 2, keys, nk, hp->attn_scale, sc,
+		                        vc);
+		for (uint32_t r = 0; r < nq; r++) {
+			const float *sr = sc + (size_t)r * vc;
+			for (uint32_t i = 0, off = 0; i < n; off += kn[i], i++)
+				for (uint32_t j = 0; j < kn[i]; j++)
+					score[i] = sr[off + j] > score[i] ? sr[off + j] : score[i];
 		}
 	}
+}
+
+/* HiP: on a refresh step search each KV head's blocks and keep the
+ * choice; on a reuse step attend what was chosen and what was not scored. */
+static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	struct sparse_hip *hs = &c->hip;
+	const struct engine_sparse *s = c->sparse;
+	uint32_t nkv = c->hp.n_head_kv, m = c->sp_m, vc = c->sp_vis_cap, bk = s->block;
+	uint32_t k0 = c->sp_sinks, k1 = m - c->sp_recent, lo, hi;
+	uint32_t always = c->sp_sinks + c->sp_recent;
+	uint32_t k_blocks = s->budget > always ? (s->budget - always + bk - 1) / bk : 0;
+	uint32_t n_blocks = (k1 - k0 + bk - 1) / bk;
+	cpu_share(nkv, ith, nth, &lo, &hi);
+	for (uint32_t h = lo; h < hi; h++) {
+		uint8_t *mask = c->sp_mask + (size_t)h * vc;
+		uint8_t *kept = hs->chosen + ((size_t)l * nkv + h) * hs->n_ctx; /* (n_ctx) by slot */
+		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0, k;
+		if (hs->refresh) {
+			uint8_t *blk = c->hip_blk + (size_t)ith * vc;
+			struct sparse_tree *t = &c->hip_tree[ith];
+			uint32_t grp = c->hp.n_head / nkv;
+			struct cpu_hip_ctx x = { c,  l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim,
+				                     grp };
+			uint64_t scored = 0;
+			sparse_tree_ensure(t, n_blocks);
+			sparse_hip_tree(t, n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);
+			for (k = k0; k < k1; k++)
+				kept[c->vslot[k]] = blk[(k - k0) / bk];
+		}
+		for (k = 0; k < m; k++) {
+			uint32_t sl = c->vslot[k];
+			mask[k] = k < k0 || k >= k1 || hs->seen_pos[sl] != c->vpos[k] || kept[sl];
+			list[n] = sl;
+			n += mask[k];
+		}
+		c->sp_n[h] = n;
+		cpu_sparse_report(jb, l, h, mask);
+	}
+}
+
+/* The choosing functions, by mode. */
+static void (*const cpu_sparse_choosers[])(struct cpu_job *, uint32_t, int, int) = {
+	[ENGINE_SPARSE_QUEST] = cpu_quest_choose,
+	[ENGINE_SPARSE_HIP] = cpu_hip_choose,
+};
+
+void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	cpu_sparse_choosers[c->sparse->mode](jb, l, ith, nth);
 	pool_barrier(c->pool);
-	if (ith == 0)
+	if (ith == 0) {
 		jb->bo->select_ms += clock_now_ms() - c->sp_t0;
+		jb->bo->sparse_chose = c->sparse->mode != ENGINE_SPARSE_HIP || c->hip.refresh;
+	}
 }
 
 void cpu_sparse_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
@@ -310,4 +508,249 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_mask);
 	free(c->sp_kpage);
 	free(c->sp_n);
+	free(c->hip.chosen);
+	free(c->hip.seen_pos);
+	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)
+		sparse_tree_free(&c->hip_tree[t]);
+	free(c->hip_tree);
+	free(c->hip_blk);
+	free(c->hip_keys);
+	free(c->hip_kn);
+	free(c->hip_list);
+	free(c->hip_q);
+	free(c->hip_pf);
+}
+
+/* ------------------------------------------------------------ hip prefill */
+
+bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l)
+{
+	const struct cpu *c = jb->c;
+	return c->sparse != NULL && jb->b->n_tokens > 1 && l >= c->sparse->dense_layers;
+}
+
+/* Keys a query at position p sees: the sorted visible prefix <= p. */
+static uint32_t cpu_hip_prefix(const struct cpu *c, int32_t p)
+{
+	uint32_t lo = 0, hi = c->n_valid;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->vpos[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* The dense attention mass that the keys attended (sinks k < k0, window
+ * k >= k1, else those of chosen block blk[(k - k0) / block]) captured for
+ * nq query rows q over the m keys they see; summed over the rows. */
+static double cpu_hip_mass(struct cpu *c, uint32_t l, uint32_t kvh, const float *q, uint32_t nq,
+                           uint32_t m, uint32_t k0, uint32_t k1, const uint8_t *blk, int ith)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, vc = c->vis_cap, bk = c->sparse->block;
+	float *sc = c->scores + (size_t)ith * c->q_rows * vc; /* (KERN_ATT_Q, vis_cap) */
+	double total = 0;
+	for (uint32_t r0 = 0; r0 < nq; r0 += KERN_ATT_Q) {
+		uint32_t n = KVS_MIN((uint32_t)KERN_ATT_Q, nq - r0);
+		c->ops->att_scores_rows(q + (size_t)r0 * hd, (int)n, (int)hd,
+		                        c->kr[l] + (uint64_t)kvh * hd * c->kv_es, (int64_t)c->kv_row,
+		                        c->kv_es == 2, c->vslot, m, hp->attn_scale, sc, vc);
+		for (uint32_t r = 0; r < n; r++) {
+			const float *sr = sc + (size_t)r * vc;
+			float mx = c->ops->max_f32(sr, m);
+			double all = 0, got = 0;
+			for (uint32_t k = 0; k < m; k++) {
+				double w = exp((double)sr[k] - mx);
+				all += w;
+				got += k < k0 || k >= k1 || blk[(k - k0) / bk] ? w : 0;
+			}
+			total += got / all;
+		}
+	}
+	return total;
+}
+
+/* Gather into qs (rows, head_dim) the queries of KV head kvh of every
+ * fourth token of [i0, i0 + nt), from the last; returns the rows. */
+static uint32_t cpu_hip_scorers(const struct cpu *c, uint32_t kvh, uint32_t i0, uint32_t nt,
+                                float *qs)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, nq = 0;
+	for (uint32_t t = nt; t-- > 0;) {
+		if ((nt - 1 - t) % 4 != 0)
+			continue;
+		memcpy(qs + (size_t)nq * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
+		       (size_t)grp * hd * sizeof(float));
+		nq += grp;
+	}
+	return nq;
+}
+
+/* The online softmax of cpu_flash over the keys at slots[0, n) (sorted
+ * by position) for the block's rows (token-major, then head) in f, token
+ * t taking the first lim[t] keys; the outputs into c->ao. */
+static void cpu_hip_attend(struct cpu *c, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                           const uint32_t *slots, uint32_t n, const uint32_t *lim, struct cpu_fa *f)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, rows = nt * grp;
+	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+	bool half = c->kv_es == 2;
+	memset(f->o, 0, (size_t)rows * hd * sizeof(float));
+	for (uint32_t r = 0; r < rows; r++) {
+		f->mx[r] = -INFINITY;
+		f->l[r] = 0;
+	}
+	for (uint32_t t0 = 0; t0 < n; t0 += CPU_FA_TILE) {
+		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, n - t0);
+		c->ops->kv_rows_f32(c->kr[l] + head_off, (int64_t)c->kv_row, half, slots + t0, mt, (int)hd,
+		                    true, f->kt, CPU_FA_TILE);
+		c->ops->kv_rows_f32(c->vc[l] + head_off, (int64_t)c->kv_row, half, slots + t0, mt, (int)hd,
+		                    false, f->v, hd);
+		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
+			c->ops->att_scores(f->q + (size_t)r0 * hd,
+			                   (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0), (int)hd, f->kt,
+			                   CPU_FA_TILE, mt, hp->attn_scale, f->s + (size_t)r0 * CPU_FA_TILE,
+			                   CPU_FA_TILE);
+		for (uint32_t r = 0; r < rows; r++) {
+			float *sr = f->s + (size_t)r * CPU_FA_TILE;
+			uint32_t lm = lim[r / grp] > t0 ? KVS_MIN(mt, lim[r / grp] - t0) : 0;
+			f->alpha[r] = 1;
+			if (lm > 0) {
+				float tmax = c->ops->max_f32(sr, lm);
+				float nmx = tmax > f->mx[r] ? tmax : f->mx[r];
+				f->alpha[r] = expf(f->mx[r] - nmx); /* 0 on the first tile: -inf */
+				f->l[r] = f->l[r] * f->alpha[r] + c->ops->exp_sum(sr, lm, nmx);
+				f->mx[r] = nmx;
+			}
+			memset(sr + lm, 0, (mt - lm) * sizeof(float));
+		}
+		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
+			c->ops->att_pv(f->s + (size_t)r0 * CPU_FA_TILE,
+			               (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0), CPU_FA_TILE, f->v, mt,
+			               (int)hd, f->pv + (size_t)r0 * hd);
+		for (uint32_t r = 0; r < rows; r++)
+			if (f->alpha[r] != 0)
+				c->ops->axpy_f32(f->pv + (size_t)r * hd, f->o + (size_t)r * hd, f->alpha[r], hd);
+		float *tmp = f->o;
+		f->o = f->pv;
+		f->pv = tmp;
+	}
+	for (uint32_t r = 0; r < rows; r++) {
+		uint32_t t = r / grp, h = kvh * grp + r % grp;
+		float *out = c->ao + ((size_t)(i0 + t) * hp->n_head + h) * hd;
+		float inv = f->l[r] > 0 ? 1.0f / f->l[r] : 0.0f; /* 0: the query sees nothing */
+		for (uint32_t d = 0; d < hd; d++)
+			out[d] = f->o[(size_t)r * hd + d] * inv;
+	}
+}
+
+/*
+ * HiP's block-sparse prefill of ubatch tokens [i0, i0 + nt) with the
+ * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
+ * m_t); the block attends the sinks, the window from `recent` keys before
+ * its first token's prefix to its last's (its own keys included), and the
+ * blocks the search chose among the keys between, scored by every fourth
+ * of its tokens from the last (all the KV head's query heads: HiP's code
+ * scores with every second query; on two cores the search then costs as
+ * much as the attention it saves). The keys past a token's own prefix are
+ * the list's last and are cut by its limit. With want_attn the last
+ * token's dense mass captured is added to the thread's sums (a shadow).
+ */
+static void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                          int ith)
+{
+	struct cpu *c = jb->c;
+	const struct hparams *hp = &c->hp;
+	const struct engine_sparse *s = c->sparse;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, rows = nt * grp;
+	uint32_t vc = c->sp_vis_cap, bk = s->block;
+	uint32_t m[CPU_FA_ROWS], lim[CPU_FA_ROWS], mmax = 0, mmin = UINT32_MAX;
+	for (uint32_t t = 0; t < nt; t++) {
+		m[t] = cpu_hip_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
+		mmax = KVS_MAX(mmax, m[t]);
+		mmin = KVS_MIN(mmin, m[t]);
+	}
+	uint32_t k0 = KVS_MIN(s->sinks, mmin);
+	uint32_t k1 = mmin > k0 + s->recent ? mmin - s->recent : k0;
+	uint32_t always = k0 + (mmax - k1);
+	uint32_t k_blocks = s->budget > always ? (s->budget - always + bk - 1) / bk : 0;
+	uint32_t n_blocks = (k1 - k0 + bk - 1) / bk;
+	uint8_t *blk = c->hip_blk + (size_t)ith * vc;               /* (n_blocks) */
+	uint32_t *slots = c->hip_list + (size_t)ith * vc, n = 0, k; /* (keys attended) */
+	bool sparse = n_blocks > k_blocks;
+	if (sparse) {
+		float *qs = c->hip_q + (size_t)ith * c->fa_rows * hd; /* (scoring rows, head_dim) */
+		uint32_t nq = cpu_hip_scorers(c, kvh, i0, nt, qs);
+		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq };
+		uint64_t scored = 0;
+		sparse_tree_ensure(&c->hip_tree[ith], n_blocks);
+		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);
+	} else {
+		memset(blk, 1, n_blocks);
+	}
+	for (k = 0; k < k0; k++)
+		slots[n++] = c->vslot[k];
+	for (; k < k1; k++)
+		if (blk[(k - k0) / bk])
+			slots[n++] = c->vslot[k];
+	for (; k < mmax; k++)
+		slots[n++] = c->vslot[k];
+	double *acc = c->hip_pf + (size_t)ith * 4; /* keys read, dense, mass, rows */
+	for (uint32_t t = 0; t < nt; t++) {
+		lim[t] = n - (mmax - m[t]);
+		acc[0] += (double)lim[t] * grp;
+		acc[1] += (double)m[t] * grp;
+	}
+	if (sparse && jb->bo->attn != NULL) {
+		const float *ql = c->q + ((size_t)(i0 + nt - 1) * hp->n_head + kvh * grp) * hd;
+		acc[2] += cpu_hip_mass(c, l, kvh, ql, grp, m[nt - 1], k0, k1, blk, ith);
+		acc[3] += grp;
+	}
+	struct cpu_fa f;
+	cpu_flash_carve(c, ith, &f);
+	for (uint32_t t = 0; t < nt; t++)
+		memcpy(f.q + (size_t)t * grp * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
+		       (size_t)grp * hd * sizeof(float));
+	for (uint32_t r = 0; c->kv_es == 2 && r < rows; r++) {
+		/* as cpu_attend: an f16 cache multiplies f16 by f16 */
+		uint16_t h16[KERN_ROW_MAX];
+		c->ops->f32_to_f16(f.q + (size_t)r * hd, h16, hd);
+		c->ops->f16_to_f32(h16, f.q + (size_t)r * hd, hd);
+	}
+	cpu_hip_attend(c, l, kvh, i0, nt, slots, n, lim, &f);
+}
+
+void cpu_hip_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	uint32_t nkv = c->hp.n_head_kv, bq = c->fa_tokens;
+	while (bq > 1 && nkv * ((n + bq - 1) / bq) < 4u * (uint32_t)nth)
+		bq = (bq + 1) / 2;
+	uint32_t nb = (n + bq - 1) / bq;
+	for (;;) {
+		uint32_t it = atomic_fetch_add_explicit(&c->fa_next[l], 1, memory_order_relaxed);
+		if (it >= nb * nkv)
+			break;
+		uint32_t b = it / nkv, kvh = it % nkv, i0 = b * bq;
+		cpu_hip_flash(jb, l, kvh, i0, KVS_MIN(bq, n - i0), ith);
+	}
+}
+
+void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out)
+{
+	if (c->sparse == NULL || b->n_tokens == 1)
+		return;
+	double sum[4] = { 0 };
+	for (int t = 0; t < pool_size(c->pool); t++)
+		for (int i = 0; i < 4; i++)
+			sum[i] += c->hip_pf[(size_t)t * 4 + i];
+	out->prefill_read = (uint64_t)sum[0];
+	out->prefill_dense = (uint64_t)sum[1];
+	out->prefill_mass = sum[2];
+	out->prefill_rows = (uint64_t)sum[3];
 }

@@ -648,7 +648,10 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			pool_barrier(c->pool);
 		} else if (n > 1) {
 			uint32_t n_tiled = jb->b->want_attn && jb->last ? n - 1 : n;
-			cpu_flash_items(jb, l, n_tiled, ith, nth);
+			if (cpu_sparse_prefill(jb, l))
+				cpu_hip_flash_items(jb, l, n_tiled, ith, nth);
+			else
+				cpu_flash_items(jb, l, n_tiled, ith, nth);
 			/* the remaining token's items, if any, in place */
 			uint32_t first = n_tiled * hp->n_head_kv * per_kv;
 			cpu_share(n_items - first, ith, nth, &ilo, &ihi);
@@ -823,6 +826,7 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 			atomic_store_explicit(&c->fa_next[l], 0, memory_order_relaxed);
 		pool_run_n(c->pool, nth, cpu_fwd_thread, &jb);
 	}
+	cpu_sparse_finish(c, b, out);
 	if (one) {
 		double ms = clock_now_ms() - t_start;
 		c->step_ms[mode] = c->step_ms[mode] == 0 ? ms : 0.75 * c->step_ms[mode] + 0.25 * ms;

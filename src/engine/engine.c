@@ -43,6 +43,7 @@ struct engine {
 	size_t sel_cap;             /* bytes */
 	float *surprisal, *entropy; /* (batch cap) */
 	size_t tok_cap;             /* tokens */
+	uint64_t sp_steps[2];       /* sparse decode steps: reused, chosen (engine_sparse_steps) */
 };
 
 /* Names of the configuration enums, indexed by value. */
@@ -287,13 +288,14 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 		               eng->ops->name);
 	if (b->sparse != NULL && b->sparse->mode != ENGINE_SPARSE_OFF) {
 		const struct engine_sparse *sp = b->sparse;
-		if ((unsigned)sp->mode > ENGINE_SPARSE_QUEST)
-			return err_set(e, KVS_EARG, "batch: sparse mode %d, expected off or quest",
+		if ((unsigned)sp->mode > ENGINE_SPARSE_HIP)
+			return err_set(e, KVS_EARG, "batch: sparse mode %d, expected off, quest or hip",
 			               (int)sp->mode);
-		if (sp->page == 0 || sp->budget == 0)
+		if (sp->page == 0 || sp->block == 0 || sp->budget == 0 || sp->refresh == 0)
 			return err_set(e, KVS_EARG,
-			               "batch: sparse page %u, budget %u: expected both at least 1", sp->page,
-			               sp->budget);
+			               "batch: sparse page %u, block %u, budget %u, refresh %u: expected "
+			               "each at least 1",
+			               sp->page, sp->block, sp->budget, sp->refresh);
 		if (!engine_supports(eng, ENGINE_CAP_SPARSE))
 			return err_set(
 			        e, KVS_EUNSUPPORTED,
@@ -331,6 +333,7 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	        : b->logits == ENGINE_LOGITS_LAST        ? 1
 	                                                 : 0;
 	struct backend_out bo = { 0 };
+	bo.sparse_chose = -1;
 	if (n_rows) {
 		eng->logits = engine_grow(eng->logits, &eng->logits_cap, (size_t)n_rows * hp->n_vocab);
 		bo.logits = eng->logits;
@@ -355,7 +358,10 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 		}
 		bo.sel = eng->sel;
 	}
-	if (!sparse)
+	/* a prefill passes the spec on only to a hip prefill */
+	bool sparse_pf = b->sparse != NULL && b->sparse->mode == ENGINE_SPARSE_HIP && b->n_tokens > 1 &&
+	        b->sparse->prefill > 0 && cb.n_visible >= b->sparse->prefill;
+	if (!sparse && !sparse_pf)
 		cb.sparse = NULL;
 	if (b->n_tokens > eng->tok_cap) {
 		free(eng->saved_pos);
@@ -393,7 +399,20 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	out->keys_dense = bo.keys_dense;
 	out->attn_ms = bo.attn_ms;
 	out->select_ms = bo.select_ms;
+	out->sparse_chose = sparse ? bo.sparse_chose : -1;
+	out->prefill_read = bo.prefill_read;
+	out->prefill_dense = bo.prefill_dense;
+	out->prefill_rows = bo.prefill_rows;
+	out->prefill_mass = bo.prefill_rows ? bo.prefill_mass / (double)bo.prefill_rows : 0;
+	if (out->sparse_chose >= 0)
+		eng->sp_steps[out->sparse_chose]++;
 	return KVS_OK;
+}
+
+void engine_sparse_steps(const struct engine *eng, uint64_t *chosen, uint64_t *reused)
+{
+	*chosen = eng->sp_steps[1];
+	*reused = eng->sp_steps[0];
 }
 
 int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer, uint32_t kv_head,

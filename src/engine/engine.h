@@ -86,41 +86,68 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
 /*
  * Sparse decode attention: a one-token batch's query attends, in layers
  * >= dense_layers, per KV head only to the sinks (the first `sinks` visible
- * keys by position), the recent window (the last `recent`) and the pages
- * of `page` slots whose Quest bound (sum over channels of max(q_d max_d,
- * q_d min_d), the max over the KV head's query heads) ranks among the
- * best, as many pages as (budget - sinks - recent) / page rounded up;
- * softmax is exact over the chosen keys. Pages are ranges of engine slots
- * [page * i, page * i + page); their per-channel key bounds are kept by the
- * backend and brought up to date before a sparse step (engine_kv_page_bounds
- * shows them). A prefill (more than one token) is always dense.
+ * keys by position), the recent window (the last `recent`) and a chosen
+ * part of the keys between; softmax is exact over the chosen keys.
+ *
+ * quest: the pages of `page` slots whose Quest bound (sum over channels of
+ * max(q_d max_d, q_d min_d), the max over the KV head's query heads) ranks
+ * among the best, as many pages as (budget - sinks - recent) / page rounded
+ * up. Pages are ranges of engine slots [page * i, page * i + page); their
+ * per-channel key bounds are kept by the backend and brought up to date
+ * before a sparse step (engine_kv_page_bounds shows them).
+ *
+ * hip: HiP's hierarchical top-k over blocks of `block` keys consecutive by
+ * position (sparse.h, sparse_hip_tree): K = (budget - sinks - recent) /
+ * block rounded up blocks are found by halving K even ranges round by
+ * round, keeping the K best halves by their first block's max logit. The
+ * choice is made on one step and reused for the next refresh - 1 steps;
+ * keys it did not score (new ones, moved ones) are attended on the reuse
+ * steps, so a reuse step never misses a key the last choice could not see.
+ * hip also prefills block-sparsely (HiP's prefill, O(T log T)) a batch of
+ * more than one token that sees at least `prefill` keys: each block of
+ * the tiled prefill's queries (32 tokens with GQA 3) and KV head attends
+ * to the sinks, the keys from `recent` before its first query on, and the
+ * blocks the same search finds for it (scored by every fourth of its
+ * tokens); a query block that sees no more than the budget is dense.
+ *
+ * Otherwise a prefill (more than one token) is dense.
  */
 struct engine;
 
-enum engine_sparse_mode { ENGINE_SPARSE_OFF = 0, ENGINE_SPARSE_QUEST };
+enum engine_sparse_mode { ENGINE_SPARSE_OFF = 0, ENGINE_SPARSE_QUEST, ENGINE_SPARSE_HIP };
 
 struct engine_sparse {
 	enum engine_sparse_mode mode;
 	uint32_t budget;       /* keys per (layer, KV head), sinks and recent included */
-	uint32_t page;         /* slots per page */
+	uint32_t page;         /* quest: slots per page */
+	uint32_t block;        /* hip: keys per final block */
 	uint32_t sinks;        /* first keys by position, always attended */
 	uint32_t recent;       /* last keys by position, always attended */
 	uint32_t dense_layers; /* layers [0, dense_layers) attend densely */
+	uint32_t refresh;      /* hip: decode steps one choice serves */
+	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
 };
 
-/* off; budget 1024, page 16, sinks 4, recent 64, dense 2. */
+/* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
+ * prefill 2048. */
 void engine_sparse_default(struct engine_sparse *s);
-/* Parse "off", "quest" or "quest:budget=N,page=N,..." (also "quest
- * budget=N ..."); parameters not named keep their defaults. KVS_EARG
- * naming the mode, parameter or value and what was expected. */
+/* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest
+ * budget=N ..."); parameters not named keep their defaults; a parameter of
+ * another mode is refused. KVS_EARG naming the mode, parameter or value and
+ * what was expected. */
 int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err *e);
-/* "quest budget=1024 page=16 sinks=4 recent=64 dense=2" or "off"; returns buf. */
+/* "quest budget=1024 page=16 sinks=4 recent=64 dense=2", "hip budget=1024
+ * block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048" or "off";
+ * returns buf. */
 char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap);
-/* Help text: the modes, then the parameters with their defaults. */
+/* Help text: each mode, then its parameters with their defaults. */
 void engine_sparse_help(FILE *fp);
 /* Bytes of page bounds a backend keeps for n_ctx slots at this page size
  * (n_layer x pages x n_head_kv x 2 x head_dim in the cache's type). */
 uint64_t engine_sparse_bytes(const struct engine *eng, uint32_t page);
+/* Sparse decode steps since the engine was made: those that chose their
+ * keys (every quest step, a hip refresh) and those that reused a choice. */
+void engine_sparse_steps(const struct engine *eng, uint64_t *chosen, uint64_t *reused);
 
 /* ---- one forward step ---- */
 
@@ -192,6 +219,17 @@ struct engine_out {
 	 * selection included), wall-clock on the calling thread. */
 	uint64_t keys_read, keys_dense;
 	double attn_ms, select_ms;
+	/* A sparse step: 1 when it chose its keys (quest: always; hip: a
+	 * refresh), 0 when it reused the last choice (hip); -1 dense. */
+	int32_t sparse_chose;
+	/* A hip prefill: keys its queries attended and dense would have, over
+	 * layers, query heads and tokens; with want_attn also the dense mass
+	 * its choice captured for each query block's last token (per query
+	 * head of the sparse layers: prefill_mass is the mean over
+	 * prefill_rows such rows, a dense shadow not in the timing). */
+	uint64_t prefill_read, prefill_dense;
+	double prefill_mass;
+	uint64_t prefill_rows;
 	/* want_attn with sparse: (n_layer, n_head_kv, n_visible) 1 where the
 	 * key was attended, 0 where not; attn then holds the dense weights of
 	 * the same queries (a shadow: what dense attention would have given),
@@ -204,7 +242,7 @@ enum engine_cap {
 	ENGINE_CAP_ATTN_KV = 1u << 0,  /* want_attn_kv */
 	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
 	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
-	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest decode) */
+	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest and HiP decode) */
 };
 
 struct engine;
@@ -305,6 +343,9 @@ struct backend_out {
 	uint8_t *sel;     /* (n_layer, n_head_kv, n_visible) or NULL (want_attn with sparse) */
 	uint64_t keys_read, keys_dense; /* one-token batches; filled by the backend */
 	double attn_ms, select_ms;
+	int32_t sparse_chose; /* as engine_out's; the engine sets -1 before the call */
+	uint64_t prefill_read, prefill_dense, prefill_rows; /* as engine_out's */
+	double prefill_mass;                                /* the sum, not the mean */
 };
 
 struct backend_ops {

@@ -13,6 +13,19 @@
  * Memory: one min and one max vector per (layer, page, KV head), in the
  * cache's element type: 2 / page of the key bytes, 1 / page of the K+V
  * bytes (6.25 % at page 16).
+ *
+ * HiP (Lee et al., "HiP Attention", ICLR 2025; its reference search,
+ * hip-attention v1.1's attention2_draft) finds K blocks of keys by a
+ * tree search instead of bounds: K even ranges over the blocks, each
+ * halved per round, each half scored by one representative, the best K
+ * halves kept, until every range is one block: log2(n_blocks / K) rounds
+ * of 2K scores. The representative of a half is its first block, as the
+ * reference code takes it (the b_k keys at the half's start, the max over
+ * the queries of q.k): the final unit is a block, so the last round ranks
+ * the 2K candidate blocks by their true max logit, and locality (nearby
+ * keys score alike) carries that estimate up the earlier rounds. A key far
+ * from its range's start can be lost when the start scores low; that is
+ * the method's approximation, and the eval measures what it costs.
  */
 #include "engine/sparse.h"
 
@@ -26,24 +39,44 @@ struct sparse_param {
 	const char *name;
 	size_t off; /* of the uint32_t field in struct engine_sparse */
 	uint32_t def, lo, hi;
+	unsigned modes; /* SP_QUEST | SP_HIP: the modes it belongs to */
 	const char *help;
 };
 
-static const struct sparse_param sparse_params[] = {
-	{ "budget", offsetof(struct engine_sparse, budget), 1024, 1, 1u << 24,
-	  "keys attended per layer and KV head, sinks and recent included" },
-	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024,
-	  "slots per page: the granularity of the key bounds" },
-	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24,
-	  "first keys by position, always attended" },
-	{ "recent", offsetof(struct engine_sparse, recent), 64, 0, 1u << 24,
-	  "last keys by position, always attended" },
-	{ "dense", offsetof(struct engine_sparse, dense_layers), 2, 0, 1u << 16,
-	  "first layers attended densely" },
-};
+#define SP_QUEST (1u << ENGINE_SPARSE_QUEST)
+#define SP_HIP (1u << ENGINE_SPARSE_HIP)
 
-/* The modes, by value. */
-static const char *const sparse_modes[] = { "off", "quest" };
+/* clang-format off */
+static const struct sparse_param sparse_params[] = {
+	{ "budget", offsetof(struct engine_sparse, budget), 1024, 1, 1u << 24, SP_QUEST | SP_HIP,
+	  "keys attended per layer and KV head, sinks and recent included" },
+	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024, SP_QUEST,
+	  "slots per page: the granularity of the key bounds" },
+	{ "block", offsetof(struct engine_sparse, block), 8, 1, 1024, SP_HIP,
+	  "keys per final block of the hierarchical search (positions in a row)" },
+	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24, SP_QUEST | SP_HIP,
+	  "first keys by position, always attended" },
+	{ "recent", offsetof(struct engine_sparse, recent), 64, 0, 1u << 24, SP_QUEST | SP_HIP,
+	  "last keys by position, always attended" },
+	{ "dense", offsetof(struct engine_sparse, dense_layers), 2, 0, 1u << 16, SP_QUEST | SP_HIP,
+	  "first layers attended densely" },
+	{ "refresh", offsetof(struct engine_sparse, refresh), 8, 1, 1u << 16, SP_HIP,
+	  "decode steps one choice of keys serves (chosen anew every N steps)" },
+	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP,
+	  "prompts seeing this many keys prefill block-sparsely (0: never)" },
+};
+/* clang-format on */
+
+/* The modes, by value, with their help lines. */
+static const struct {
+	const char *name, *help;
+} sparse_modes[] = {
+	{ "off", "dense attention over every cached token (default)" },
+	{ "quest", "decode attends the pages whose key bounds score highest (Quest)" },
+	{ "hip",
+	  "decode attends the key blocks a hierarchical top-k search finds, searched "
+	  "anew every `refresh` steps; long prompts prefill block-sparsely (HiP)" },
+};
 
 static uint32_t *sparse_field(struct engine_sparse *s, const struct sparse_param *p)
 {
@@ -58,14 +91,33 @@ void engine_sparse_default(struct engine_sparse *s)
 		*sparse_field(s, &sparse_params[i]) = sparse_params[i].def;
 }
 
-/* Set one "key=value" of a quest spec. */
+/* "budget=N,page=N,..." of a mode's parameters into buf (the usage). */
+static const char *sparse_usage(unsigned mode, bool names_only, char *buf, size_t cap)
+{
+	size_t n = 0, k = 0, total = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++)
+		total += (sparse_params[i].modes >> mode) & 1;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params) && n < cap; i++) {
+		if (!((sparse_params[i].modes >> mode) & 1))
+			continue;
+		const char *sep = k == 0 ? "" : !names_only ? "," : k + 1 == total ? " or " : ", ";
+		n += (size_t)snprintf(buf + n, cap - n, "%s%s%s", sep, sparse_params[i].name,
+		                      names_only ? "" : "=N");
+		k++;
+	}
+	return buf;
+}
+
+/* Set one "key=value" of a spec for mode. */
 static int sparse_set(struct engine_sparse *s, const char *kv, size_t len, struct err *e)
 {
 	const char *eq = memchr(kv, '=', len);
 	size_t klen = eq ? (size_t)(eq - kv) : len;
+	unsigned mode = (unsigned)s->mode;
 	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
 		const struct sparse_param *p = &sparse_params[i];
-		if (strlen(p->name) != klen || memcmp(p->name, kv, klen) != 0)
+		if (!((p->modes >> mode) & 1) || strlen(p->name) != klen || memcmp(p->name, kv, klen) != 0)
 			continue;
 		char num[32];
 		size_t vlen = eq ? len - klen - 1 : 0;
@@ -82,10 +134,9 @@ static int sparse_set(struct engine_sparse *s, const char *kv, size_t len, struc
 		*sparse_field(s, p) = (uint32_t)v;
 		return KVS_OK;
 	}
-	return err_set(
-	        e, KVS_EARG,
-	        "sparse: unknown parameter '%.*s': expected budget, page, sinks, recent or dense",
-	        (int)klen, kv);
+	char names[128];
+	return err_set(e, KVS_EARG, "sparse: unknown parameter '%.*s' for %s: expected %s", (int)klen,
+	               kv, sparse_modes[mode].name, sparse_usage(mode, true, names, sizeof names));
 }
 
 int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err *e)
@@ -97,13 +148,14 @@ int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err 
 	size_t nlen = strcspn(spec, ": ");
 	int mode = -1;
 	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_modes); i++)
-		if (strlen(sparse_modes[i]) == nlen && memcmp(sparse_modes[i], spec, nlen) == 0)
+		if (strlen(sparse_modes[i].name) == nlen && memcmp(sparse_modes[i].name, spec, nlen) == 0)
 			mode = (int)i;
-	if (mode < 0)
-		return err_set(e, KVS_EARG,
-		               "sparse mode '%.*s': expected off or quest[:budget=N,page=N,sinks=N,"
-		               "recent=N,dense=N]",
-		               (int)nlen, spec);
+	if (mode < 0) {
+		char q[128], h[128];
+		return err_set(e, KVS_EARG, "sparse mode '%.*s': expected off, quest[:%s] or hip[:%s]",
+		               (int)nlen, spec, sparse_usage(ENGINE_SPARSE_QUEST, false, q, sizeof q),
+		               sparse_usage(ENGINE_SPARSE_HIP, false, h, sizeof h));
+	}
 	s.mode = (enum engine_sparse_mode)mode;
 	const char *p = spec + nlen;
 	if (*p != '\0')
@@ -130,10 +182,11 @@ char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap)
 	if (cap == 0)
 		return buf;
 	unsigned mode = (unsigned)s->mode < KVS_ARRAY_LEN(sparse_modes) ? (unsigned)s->mode : 0;
-	size_t n = (size_t)snprintf(buf, cap, "%s", sparse_modes[mode]);
-	for (size_t i = 0; mode != ENGINE_SPARSE_OFF && i < KVS_ARRAY_LEN(sparse_params) && n < cap;
-	     i++) {
+	size_t n = (size_t)snprintf(buf, cap, "%s", sparse_modes[mode].name);
+	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params) && n < cap; i++) {
 		const struct sparse_param *p = &sparse_params[i];
+		if (!((p->modes >> mode) & 1))
+			continue;
 		n += (size_t)snprintf(buf + n, cap - n, " %s=%u", p->name,
 		                      *sparse_field((struct engine_sparse *)s, p));
 	}
@@ -142,12 +195,13 @@ char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap)
 
 void engine_sparse_help(FILE *fp)
 {
-	fprintf(fp,
-	        "  off    dense attention over every cached token (default)\n"
-	        "  quest  decode attends the pages whose key bounds score highest (Quest)\n");
-	for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
-		const struct sparse_param *p = &sparse_params[i];
-		fprintf(fp, "    %-7s %-5u %s\n", p->name, p->def, p->help);
+	for (size_t m = 0; m < KVS_ARRAY_LEN(sparse_modes); m++) {
+		fprintf(fp, "  %-6s %s\n", sparse_modes[m].name, sparse_modes[m].help);
+		for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
+			const struct sparse_param *p = &sparse_params[i];
+			if ((p->modes >> m) & 1)
+				fprintf(fp, "    %-7s %-5u %s\n", p->name, p->def, p->help);
+		}
 	}
 }
 
@@ -403,4 +457,89 @@ uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uin
 			got++;
 		}
 	return got;
+}
+
+/* ------------------------------------------------------------ HiP's search */
+
+void sparse_tree_free(struct sparse_tree *t)
+{
+	free(t->start);
+	free(t->size);
+	free(t->cs);
+	free(t->cn);
+	free(t->blk);
+	free(t->score);
+	free(t->scr);
+	free(t->got);
+	free(t->sel);
+	memset(t, 0, sizeof *t);
+}
+
+void sparse_tree_ensure(struct sparse_tree *t, uint32_t cap)
+{
+	if (t->cap >= cap && t->start != NULL)
+		return;
+	sparse_tree_free(t);
+	t->cap = cap;
+	size_t c2 = 2 * (size_t)cap + 2;
+	t->start = xmallocarray(cap + 1, sizeof(uint32_t));
+	t->size = xmallocarray(cap + 1, sizeof(uint32_t));
+	t->cs = xmallocarray(c2, sizeof(uint32_t));
+	t->cn = xmallocarray(c2, sizeof(uint32_t));
+	t->blk = xmallocarray(c2, sizeof(uint32_t));
+	t->score = xmallocarray(c2, sizeof(float));
+	t->scr = xmallocarray(c2, sizeof(float));
+	t->got = xmallocarray(c2, sizeof(float));
+	t->sel = xmallocarray(c2, 1);
+}
+
+uint32_t sparse_hip_tree(struct sparse_tree *t, uint32_t n_blocks, uint32_t k_blocks,
+                         sparse_score_fn fn, void *ctx, uint8_t *chosen, uint64_t *scored)
+{
+	memset(chosen, 0, n_blocks);
+	if (k_blocks >= n_blocks) {
+		memset(chosen, 1, n_blocks);
+		return 0;
+	}
+	if (k_blocks == 0)
+		return 0;
+	/* k_blocks ranges, each at least one block (n_blocks > k_blocks) */
+	uint32_t big = 0, rounds = 0;
+	for (uint32_t i = 0; i < k_blocks; i++) {
+		t->start[i] = (uint32_t)((uint64_t)i * n_blocks / k_blocks);
+		t->size[i] = (uint32_t)((uint64_t)(i + 1) * n_blocks / k_blocks) - t->start[i];
+		big = KVS_MAX(big, t->size[i]);
+	}
+	while (big > 1) {
+		uint32_t nb = 0;
+		for (uint32_t i = 0; i < k_blocks; i++) {
+			uint32_t half = t->size[i] / 2;
+			t->cs[2 * i] = t->start[i];
+			t->cn[2 * i] = half;
+			t->cs[2 * i + 1] = t->start[i] + half;
+			t->cn[2 * i + 1] = t->size[i] - half;
+		}
+		for (uint32_t j = 0; j < 2 * k_blocks; j++)
+			if (t->cn[j] > 0)
+				t->blk[nb++] = t->cs[j];
+		fn(ctx, t->blk, nb, t->got);
+		*scored += nb;
+		rounds++;
+		for (uint32_t j = 0, g = 0; j < 2 * k_blocks; j++)
+			t->score[j] = t->cn[j] > 0 ? t->got[g++] : -INFINITY;
+		/* at least k_blocks halves are non-empty (every range's right
+		 * half), so exactly k_blocks are kept */
+		sparse_top(t->score, 2 * k_blocks, k_blocks, t->scr, t->sel);
+		big = 0;
+		for (uint32_t j = 0, i = 0; j < 2 * k_blocks; j++)
+			if (t->sel[j]) {
+				t->start[i] = t->cs[j];
+				t->size[i] = t->cn[j];
+				big = KVS_MAX(big, t->cn[j]);
+				i++;
+			}
+	}
+	for (uint32_t i = 0; i < k_blocks; i++)
+		chosen[t->start[i]] = 1;
+	return rounds;
 }

@@ -13,6 +13,10 @@
  * backend calls sparse_pages_forget). After sparse_pages_sync every page's
  * bounds are exactly the min and max over its folded slots, in the cache's
  * element type (f16 keys give f16 bounds, exactly).
+ *
+ * HiP's search (sparse_hip_tree) is pure too: it sees blocks only through
+ * a scoring callback, so a test can give it hand-made scores; struct
+ * sparse_hip is the choice a backend keeps between refreshes.
  */
 #ifndef KVS_ENGINE_SPARSE_H
 #define KVS_ENGINE_SPARSE_H
@@ -79,5 +83,51 @@ void sparse_split_q(const float *q, uint32_t head_dim, float *qs);
  * the lower index); entries -INFINITY are never chosen. scratch (n).
  * Returns how many were marked. */
 uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uint8_t *sel);
+
+/* ------------------------------------------------------------ HiP */
+
+/* Score n blocks, blocks[i] the index of each, into score (n): for HiP,
+ * the max over the query heads and the block's keys of q.k. */
+typedef void (*sparse_score_fn)(void *ctx, const uint32_t *blocks, uint32_t n, float *score);
+
+/* The search's scratch, for up to cap blocks. */
+struct sparse_tree {
+	uint32_t cap;
+	uint32_t *start, *size; /* (cap) the kept ranges of blocks */
+	uint32_t *cs, *cn;      /* (2 * cap) their halves: first block, blocks */
+	uint32_t *blk;          /* (2 * cap) the non-empty halves' first blocks */
+	float *score, *scr;     /* (2 * cap) each half's score; sparse_top's scratch */
+	float *got;             /* (2 * cap) scores of blk, from the callback */
+	uint8_t *sel;           /* (2 * cap) the halves kept */
+};
+
+void sparse_tree_ensure(struct sparse_tree *t, uint32_t cap);
+void sparse_tree_free(struct sparse_tree *t);
+/* HiP's hierarchical top-k over n_blocks blocks (n_blocks <= t->cap):
+ * split [0, n_blocks) into k_blocks ranges (range i starts at floor(i *
+ * n_blocks / k_blocks)); then, while a range holds more than one block,
+ * halve every range (the right half starts at start + floor(size / 2)),
+ * score each non-empty half by its first block, and keep the k_blocks best
+ * halves (ties: the earlier). Marks the k_blocks blocks left in chosen
+ * (n_blocks); all of them when n_blocks <= k_blocks. Returns the rounds
+ * (callback calls) run; *scored adds the blocks scored. */
+uint32_t sparse_hip_tree(struct sparse_tree *t, uint32_t n_blocks, uint32_t k_blocks,
+                         sparse_score_fn fn, void *ctx, uint8_t *chosen, uint64_t *scored);
+
+/* The choice a backend keeps between HiP refreshes: per slot the position
+ * it had when it was a candidate at the last refresh (a key scored then),
+ * per (layer, KV head) whether the search chose it. On a reuse step a
+ * candidate whose position differs from seen_pos (new, moved, rewritten)
+ * was not scored, and is attended. */
+struct sparse_hip {
+	uint32_t n_ctx, n_layer, n_head_kv;
+	uint8_t *chosen;   /* (n_layer, n_head_kv, n_ctx) 1: chosen at the last refresh */
+	int32_t *seen_pos; /* (n_ctx) position scored at, -1: not scored */
+	bool valid;        /* a choice was made under `spec` */
+	struct engine_sparse spec;
+	uint32_t age;     /* decode steps since the last refresh */
+	int32_t last_pos; /* the last step's query position */
+	bool refresh;     /* this step chooses anew */
+};
 
 #endif

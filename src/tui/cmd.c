@@ -198,15 +198,15 @@ static int x_policy(struct tui_ctx *c, int argc, char **argv)
 	return KVS_OK;
 }
 
-/* :sparse off|quest[:k=v,...]: checked here, applied by the worker */
+/* :sparse off|quest|hip[:k=v,...]: checked here, applied by the worker */
 static int x_sparse(struct tui_ctx *c, int argc, char **argv)
 {
 	struct engine_sparse sp;
 	struct err e;
 	if (argc != 2)
 		return tui_cmd_fail(c,
-		                    ":sparse: expected off or quest[:budget=N,page=N,sinks=N,recent=N,"
-		                    "dense=N], e.g. :sparse quest:budget=512");
+		                    ":sparse: expected off, quest[:budget=N,page=N,...] or "
+		                    "hip[:budget=N,block=N,refresh=N,...], e.g. :sparse quest:budget=512");
 	if (engine_sparse_parse(argv[1], &sp, &e) != KVS_OK)
 		return tui_cmd_fail(c, ":sparse: %s", e.msg);
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_SPARSE, .text = argv[1] });
@@ -853,8 +853,8 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "policy", "[NAME [k=v ...]]", "switch the KV retention policy (none: show it)", comp_policy,
 	  x_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", NULL, x_budget },
-	{ "sparse", "off|quest[:k=v,...]", "sparse decode attention over what the policy kept", NULL,
-	  x_sparse },
+	{ "sparse", "off|quest|hip[:k=v,...]", "sparse decode attention over what the policy kept",
+	  NULL, x_sparse },
 	{ "len", "[N[w|t]|LEVEL|off]",
 	  "length target of the next replies (words, tokens, a Ruler level)", NULL, x_len },
 	{ "max", "N", "the most tokens a reply may have (a hard cap)", NULL, x_max },

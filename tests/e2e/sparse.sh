@@ -1,6 +1,6 @@
 #!/bin/sh
 # sparse.sh: sparse decode attention end to end on the default model: a
-# budget covering the cache gives dense's greedy text, a small budget under
+# budget covering the cache gives dense's greedy text (quest and hip), a small budget under
 # a bounded policy reads fewer keys (trace), chat switches it between turns,
 # bad values fail with one line and exit 2, and `eval sparse` runs at small
 # sizes and ends with a JSON line.
@@ -15,6 +15,9 @@ p="Tell me a long story about a dragon and a knight."
 "$bin" generate --prompt "$p" --temp 0 -n 24 --sparse quest:budget=100000 >"$tmp/full" \
 	2>"$tmp/full.err" || fail "generate sparse, covering budget: $(cat "$tmp/full.err")"
 cmp -s "$tmp/dense" "$tmp/full" || fail "covering budget: text differs from dense"
+"$bin" generate --prompt "$p" --temp 0 -n 24 --sparse hip:budget=100000,refresh=4 \
+	>"$tmp/hfull" 2>"$tmp/hfull.err" || fail "generate hip, covering budget: $(cat "$tmp/hfull.err")"
+cmp -s "$tmp/dense" "$tmp/hfull" || fail "hip, covering budget: text differs from dense"
 
 # composed with a retention policy: fewer keys read at each decode step
 "$bin" generate --prompt "$p" --temp 0 -n 40 --policy sirllm --kv-budget 48 \
@@ -35,16 +38,21 @@ printf 'Hello there.\n/sparse quest:budget=16,recent=4\nTell me more.\n/kv\n/spa
 grep -q "sparse quest budget=16 page=16 sinks=4 recent=4 dense=2: the last decode step read" \
 	"$tmp/c.err" || fail "chat /kv lacks the sparse line: $(cat "$tmp/c.err")"
 grep -q "^sparse: quest budget=16" "$tmp/c.err" || fail "chat /sparse does not show the mode"
-grep -q "sparse mode 'qwest': expected off or quest" "$tmp/c.err" || fail "chat /sparse qwest"
+grep -q "sparse mode 'qwest': expected off, quest\[" "$tmp/c.err" || fail "chat /sparse qwest"
+grep -q "sparse steps chose their keys, [0-9]* reused a choice" "$tmp/c.err" ||
+	fail "chat /kv lacks the chose / reused counts"
 
 # bad values: one line, exit 2
-expect_bad 2 "--sparse: sparse mode 'qwest': expected off or quest" \
+expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
+expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh or prefill" \
+	"$bin" generate --prompt hi --sparse hip:page=8
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 expect_bad 2 "expected a sparse mode" "$bin" eval sparse --sparse off --lengths 256
 "$bin" help sparse | grep -q "budget  1024" || fail "help sparse lacks the budget row"
+"$bin" help sparse | grep -q "refresh 8 " || fail "help sparse lacks hip's refresh row"
 
 # the eval at small sizes
 "$bin" eval sparse --lengths 256,512 -n 6 --reps 1 --sparse quest:budget=128 --json \
@@ -63,6 +71,25 @@ for x in r:
     assert x["select_ms"] >= 0 and min(x["attn_ms"] + x["step_ms"]) > 0, x
 assert r[1]["keys_pct"] < r[0]["keys_pct"], r
 ' || fail "eval sparse JSON: $(tail -n 1 "$tmp/e")"
+fi
+
+# hip: a refresh every 4 of 8 steps, and the 512-token prompt prefilled
+# block-sparsely (prefill=256) against dense
+"$bin" eval sparse --lengths 512 -n 8 --reps 1 --sparse hip:budget=128,refresh=4,prefill=256 \
+	--json >"$tmp/h" 2>"$tmp/h.err" || fail "eval sparse hip: $(cat "$tmp/h.err")"
+tail -n 1 "$tmp/h" | grep -q '"steps_chose":2,"steps_reused":6,"prefill":{' ||
+	fail "eval sparse hip: expected 2 steps chose, 6 reused, a prefill: $(tail -n 1 "$tmp/h")"
+grep -q '^eval sparse: hip budget=128 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 ' \
+	"$tmp/h" || fail "eval sparse hip: no heading: $(head -n 1 "$tmp/h")"
+grep -q '^| 512 | [0-9.]* % | [0-9.]* | ' "$tmp/h" || fail "eval sparse hip: no prefill row"
+if command -v python3 >/dev/null 2>&1; then
+	tail -n 1 "$tmp/h" | python3 -c '
+import json, sys
+x = json.load(sys.stdin)["rows"][0]
+p = x["prefill"]
+assert 0 < p["keys_pct"] < 100 and 0 < p["mass"] <= 1.0001, p
+assert min(p["ms"] + p["cpu_ms"]) > 0 and 0 < x["keys_pct"] < 100, x
+' || fail "eval sparse hip JSON: $(tail -n 1 "$tmp/h")"
 fi
 
 [ "$fails" -eq 0 ] || exit 1

@@ -1,10 +1,14 @@
 /*
- * test-sparse.c: sparse decode attention (engine_sparse, Quest) on a tiny
- * generated model: the spec parser and its messages, the bound and the
- * top-k against hand-computed values, logits equal to dense when the
- * budget covers the cache (split and whole-row paths), the dense shadow
- * and the mask a sparse step reports, and the page bounds after eviction,
- * compaction and slot copies against a recomputation from the keys.
+ * test-sparse.c: sparse decode attention (engine_sparse, Quest and HiP)
+ * on a tiny generated model: the spec parser and its messages, the bound
+ * and the top-k against hand-computed values, HiP's hierarchical search on
+ * hand-made block scores (where it finds the top-k and where its
+ * representatives mislead it), logits equal to dense when the budget
+ * covers the cache (split and whole-row paths; for HiP on refresh and
+ * reuse steps), the dense shadow and the mask a sparse step reports, HiP's
+ * refresh cadence and what a reuse step attends, and the page bounds after
+ * eviction, compaction and slot copies against a recomputation from the
+ * keys.
  */
 #include "engine/sparse.h"
 #include "kv/kv_cache.h"
@@ -72,14 +76,35 @@ static void test_parse(void)
 	T_EQ_INT(s.budget, 64);
 	T_EQ_INT(s.recent, 8);
 	T_EQ_INT(engine_sparse_parse("qwest", &s, &e), KVS_EARG);
-	T_CHECK(strstr(e.msg, "expected off or quest") != NULL, "%s", e.msg);
+	T_EQ_STR(e.msg,
+	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
+	         "dense=N] or hip[:budget=N,block=N,sinks=N,recent=N,dense=N,refresh=N,prefill=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "budget=0: expected an integer in 1..") != NULL, "%s", e.msg);
 	T_EQ_INT(engine_sparse_parse("quest:budget=1x", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("quest:pages=4", &s, &e), KVS_EARG);
-	T_CHECK(strstr(e.msg, "unknown parameter 'pages'") != NULL, "%s", e.msg);
+	T_EQ_STR(e.msg,
+	         "sparse: unknown parameter 'pages' for quest: expected budget, page, sinks, "
+	         "recent or dense");
 	T_EQ_INT(engine_sparse_parse("quest:budget", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("off:budget=4", &s, &e), KVS_EARG);
+	/* hip: its own parameters, and only those */
+	T_EQ_INT(engine_sparse_parse("hip", &s, &e), KVS_OK);
+	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
+	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
+	         "hip budget=1024 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048");
+	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
+	T_EQ_INT(s.budget, 256);
+	T_EQ_INT(s.block, 4);
+	T_EQ_INT(s.refresh, 1);
+	T_EQ_INT(engine_sparse_parse("hip:page=8", &s, &e), KVS_EARG);
+	T_EQ_STR(e.msg,
+	         "sparse: unknown parameter 'page' for hip: expected budget, block, sinks, "
+	         "recent, dense, refresh or prefill");
+	T_EQ_INT(engine_sparse_parse("quest:refresh=2", &s, &e), KVS_EARG);
+	T_EQ_INT(engine_sparse_parse("hip:refresh=0", &s, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "refresh=0: expected an integer in 1..65536") != NULL, "%s", e.msg);
+	T_EQ_INT(engine_sparse_parse("hip:block=0", &s, &e), KVS_EARG);
 }
 
 /* ------------------------------------------------------------ the pure steps */
@@ -110,6 +135,88 @@ static void test_bound_top(void)
 	T_EQ_INT(sparse_top(ub, 7, 100, scr, sel), 6);
 	T_CHECK(!sel[1], "a page without candidates is never chosen");
 	T_EQ_INT(sparse_top(ub, 7, 0, scr, sel), 0);
+}
+
+/* ------------------------------------------------------------ HiP's search */
+
+/* Block scores from a table; counts the calls and the blocks asked. */
+struct tab {
+	const float *score;
+	uint32_t calls, asked;
+};
+
+static void tab_score(void *ctx, const uint32_t *blocks, uint32_t n, float *out)
+{
+	struct tab *t = ctx;
+	t->calls++;
+	t->asked += n;
+	for (uint32_t i = 0; i < n; i++)
+		out[i] = t->score[blocks[i]];
+}
+
+/* Run the search; the chosen blocks as a string of indices ("5 13"). */
+static const char *tree_run(const float *score, uint32_t n, uint32_t k, uint32_t *rounds,
+                            uint32_t *asked)
+{
+	static char out[128];
+	struct sparse_tree t = { 0 };
+	struct tab tb = { score, 0, 0 };
+	uint8_t chosen[64];
+	uint64_t scored = 0;
+	sparse_tree_ensure(&t, n);
+	*rounds = sparse_hip_tree(&t, n, k, tab_score, &tb, chosen, &scored);
+	T_EQ_INT(*rounds, tb.calls);
+	T_EQ_INT(scored, tb.asked);
+	*asked = tb.asked;
+	size_t o = 0;
+	out[0] = '\0';
+	for (uint32_t i = 0; i < n; i++)
+		if (chosen[i])
+			o += (size_t)snprintf(out + o, sizeof out - o, "%s%u", o ? " " : "", i);
+	sparse_tree_free(&t);
+	return out;
+}
+
+static void test_hip_tree(void)
+{
+	uint32_t rounds, asked;
+	/* 16 blocks, k = 2: ranges [0,8) [8,16); round 1 scores the halves'
+	 * first blocks 0, 4, 8, 12 (1, 5, 2, 4): keeps [4,8) [12,16); round 2
+	 * blocks 4, 6, 12, 14 (5, 0, 4, 0): keeps [4,6) [12,14); round 3
+	 * blocks 4, 5, 12, 13 (5, 9, 4, 8): keeps 5 and 13, the true top 2 */
+	float a[16] = { 0 };
+	a[0] = 1, a[4] = 5, a[5] = 9, a[8] = 2, a[12] = 4, a[13] = 8;
+	T_EQ_STR(tree_run(a, 16, 2, &rounds, &asked), "5 13");
+	T_EQ_INT(rounds, 3);
+	T_EQ_INT(asked, 12);
+	/* the same but block 4 low: its range [4,8) loses to [8,12) in round
+	 * 1 (0 < 2), and block 5's 9 is never seen: 12 and 13 are chosen */
+	a[4] = 0;
+	T_EQ_STR(tree_run(a, 16, 2, &rounds, &asked), "12 13");
+	/* uneven ranges: 5 blocks, k = 2: [0,2) [2,5); halves [0,1) [1,2)
+	 * [2,3) [3,5) scored by blocks 0..3 (1, 7, 3, 2): 1 and 2 kept, each
+	 * one block: one round, block 4 (6) unseen */
+	const float b[5] = { 1, 7, 3, 2, 6 };
+	T_EQ_STR(tree_run(b, 5, 2, &rounds, &asked), "1 2");
+	T_EQ_INT(rounds, 1);
+	/* an empty half is never scored: 3 blocks, k = 2: [0,1) [1,3);
+	 * halves (empty) [0,1) [1,2) [2,3): three blocks asked */
+	const float c3[3] = { 5, 1, 9 };
+	T_EQ_STR(tree_run(c3, 3, 2, &rounds, &asked), "0 2");
+	T_EQ_INT(asked, 3);
+	/* k covering every block: all, no round; k = 0: none */
+	T_EQ_STR(tree_run(b, 5, 5, &rounds, &asked), "0 1 2 3 4");
+	T_EQ_INT(rounds, 0);
+	T_EQ_STR(tree_run(b, 5, 0, &rounds, &asked), "");
+	/* 64 blocks, k = 4, one peak per quarter at each range's start: found
+	 * in log2(64 / 4) = 4 rounds of 8 halves */
+	float d[64];
+	for (uint32_t i = 0; i < 64; i++)
+		d[i] = (float)(i % 7) * 0.1f;
+	d[0] = d[16] = d[32] = d[48] = 10;
+	T_EQ_STR(tree_run(d, 64, 4, &rounds, &asked), "0 16 32 48");
+	T_EQ_INT(rounds, 4);
+	T_EQ_INT(asked, 32);
 }
 
 /* ------------------------------------------------------------ the engine */
@@ -190,6 +297,225 @@ static void test_full_budget(const struct model *m)
 			T_EQ_INT(o.keys_read, o.keys_dense);
 			engine_free(eng);
 		}
+	free(dense);
+	free(sp);
+}
+
+/* HiP with a budget covering the cache, on every step, the refresh steps
+ * and the reuse steps between (where the keys added since the refresh
+ * were never scored): the dense logits on the split path; on the
+ * whole-row path (weights asked) Quest's logits bit for bit (both mask
+ * nothing; that path's masked softmax sums in another order than dense's,
+ * which over these steps moves a logit by up to 2.3e-4 for either mode). */
+static void test_hip_full_budget(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t nv = hp->n_vocab, n = 120;
+	float *dense = malloc(nv * sizeof(float)), *sp = malloc(nv * sizeof(float));
+	float *qu = malloc(nv * sizeof(float));
+	struct engine_sparse s, q;
+	struct err e;
+	T_EQ_INT(engine_sparse_parse("hip:budget=4096,block=4,dense=0,sinks=2,recent=4,refresh=3", &s,
+	                             &e),
+	         KVS_OK);
+	T_EQ_INT(engine_sparse_parse("quest:budget=4096,page=8,dense=0,sinks=2,recent=4", &q, &e),
+	         KVS_OK);
+	for (int threads = 1; threads <= 2; threads++)
+		for (int attn = 0; attn <= 1; attn++) {
+			struct engine *eng = mk_engine(m, threads);
+			struct engine_out o;
+			double worst = 0, vs_quest = 0;
+			uint32_t chose = 0, reused = 0;
+			prefill(eng, n);
+			for (uint32_t i = 0; i < 7; i++) {
+				decode(eng, n + i, NULL, attn, dense, &o);
+				T_EQ_INT(o.sparse_chose, -1);
+				if (attn)
+					decode(eng, n + i, &q, attn, qu, &o);
+				decode(eng, n + i, &s, attn, sp, &o); /* the same step again, hip */
+				chose += o.sparse_chose == 1;
+				reused += o.sparse_chose == 0;
+				worst = fmax(worst, max_diff(dense, sp, nv));
+				if (attn)
+					vs_quest = fmax(vs_quest, max_diff(qu, sp, nv));
+				T_EQ_INT(o.keys_read, o.keys_dense);
+			}
+			printf("hip full budget, %d thread(s), weights %d: max |logit diff| %.3g against "
+			       "dense, %.3g against quest over 7 steps (%u chose, %u reused)\n",
+			       threads, attn, worst, vs_quest, chose, reused);
+			T_CHECK(worst <= (attn ? 1e-3 : 1e-5), "threads %d attn %d: max diff %g", threads, attn,
+			        worst);
+			T_CHECK(vs_quest == 0, "threads %d attn %d: against quest %g", threads, attn, vs_quest);
+			T_EQ_INT(chose, 3); /* steps 0, 3, 6 */
+			T_EQ_INT(reused, 4);
+			uint64_t c1, r1;
+			engine_sparse_steps(eng, &c1, &r1);
+			T_EQ_INT(c1, 3 + (attn ? 7 : 0)); /* quest chooses on every step */
+			T_EQ_INT(r1, 4);
+			engine_free(eng);
+		}
+	free(dense);
+	free(sp);
+	free(qu);
+}
+
+/* HiP with a small budget: a refresh every 4 steps; a refresh step
+ * attends the sinks, the window and whole blocks up to the budget; a reuse
+ * step attends what the refresh chose plus the keys it did not score; a
+ * step back in position or a changed spec chooses anew. */
+static void test_hip_cadence(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t nv = hp->n_vocab, n = 200, nkv = hp->n_head_kv, nl = hp->n_layer;
+	float *lg = malloc(nv * sizeof(float));
+	struct engine_sparse s;
+	struct err e;
+	T_EQ_INT(
+	        engine_sparse_parse("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=4", &s, &e),
+	        KVS_OK);
+	struct engine *eng = mk_engine(m, 2);
+	struct engine_out o;
+	prefill(eng, n);
+	/* (n_layer, n_head_kv, n + 1) the refresh step's mask */
+	uint8_t *sel0 = malloc((size_t)nl * nkv * (n + 1));
+	int want[10] = { 1, 0, 0, 0, 1, 0, 0, 0, 1, 0 }, got[10];
+	for (uint32_t i = 0; i < 10; i++) {
+		decode(eng, n + i, &s, true, lg, &o);
+		got[i] = o.sparse_chose;
+		uint32_t mv = n + i + 1; /* keys seen: slots = positions 0..n+i */
+		T_CHECK(o.keys_read < o.keys_dense, "step %u: read %llu of %llu", i,
+		        (unsigned long long)o.keys_read, (unsigned long long)o.keys_dense);
+		for (uint32_t l = 1; l < nl; l++)
+			for (uint32_t h = 0; h < nkv; h++) {
+				const uint8_t *row = o.sel + ((size_t)l * nkv + h) * mv;
+				uint32_t cnt = 0;
+				for (uint32_t j = 0; j < mv; j++)
+					cnt += row[j];
+				T_CHECK(row[0] && row[3] && row[mv - 1] && row[mv - 8], "sinks and recent");
+				if (i == 0) {
+					/* 189 candidates in 24 blocks (the last of 5 keys),
+					 * ceil(36 / 8) = 5 chosen: 4 + 8 + 37..40 keys */
+					T_CHECK(cnt >= 4 + 8 + 37 && cnt <= 4 + 8 + 40, "layer %u head %u: %u keys", l,
+					        h, cnt);
+					memcpy(sel0 + ((size_t)l * nkv + h) * (n + 1), row, n + 1);
+				} else if (i < 4) {
+					/* a candidate scored at step 0 keeps its choice; one
+					 * not scored then (in step 0's window, or new) is attended */
+					const uint8_t *r0 = sel0 + ((size_t)l * nkv + h) * (n + 1);
+					bool same = true;
+					for (uint32_t j = 4; j < mv - 8; j++)
+						same &= row[j] == (j < n + 1 - 8 ? r0[j] : 1);
+					T_CHECK(same, "step %u layer %u head %u: reuse mask differs", i, l, h);
+				}
+			}
+	}
+	for (uint32_t i = 0; i < 10; i++)
+		T_CHECK(got[i] == want[i], "step %u: chose %d, expected %d", i, got[i], want[i]);
+	/* a step back (a new pass over the same slots) chooses anew */
+	decode(eng, n + 2, &s, false, lg, &o);
+	T_EQ_INT(o.sparse_chose, 1);
+	decode(eng, n + 3, &s, false, lg, &o);
+	T_EQ_INT(o.sparse_chose, 0);
+	/* so does another spec; refresh=1 chooses on every step */
+	s.refresh = 1;
+	for (uint32_t i = 4; i < 7; i++) {
+		decode(eng, n + i, &s, false, lg, &o);
+		T_EQ_INT(o.sparse_chose, 1);
+	}
+	/* quest chooses on every step */
+	struct engine_sparse q;
+	T_EQ_INT(engine_sparse_parse("quest:budget=48,page=8,dense=1,recent=8", &q, &e), KVS_OK);
+	decode(eng, n + 7, &q, false, lg, &o);
+	T_EQ_INT(o.sparse_chose, 1);
+	engine_free(eng);
+	free(sel0);
+	free(lg);
+}
+
+/* Prefill n tokens in one batch with sp (NULL: dense), every row's logits
+ * into out (n, n_vocab); the engine's output in *o. */
+static void prefill_all(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
+                        float *out, struct engine_out *o)
+{
+	int32_t tok[N_CTX], pos[N_CTX];
+	uint32_t slot[N_CTX];
+	for (uint32_t i = 0; i < n; i++) {
+		tok[i] = (int32_t)(3 + (i * 37) % 250);
+		pos[i] = (int32_t)i;
+		slot[i] = i;
+	}
+	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
+	b.n_visible = n;
+	b.logits = ENGINE_LOGITS_ALL;
+	b.sparse = sp;
+	b.want_attn = attn;
+	struct err e;
+	engine_kv_clear(eng);
+	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
+		fprintf(stderr, "prefill: %s\n", e.msg);
+		exit(99);
+	}
+	memcpy(out, o->logits, (size_t)n * engine_model(eng)->hp.n_vocab * sizeof(float));
+}
+
+/* HiP's block-sparse prefill: a budget covering every query block gives
+ * the dense logits on every row; a small one reads fewer keys (dense: the
+ * hand-counted sum of the prefixes over the sparse layers), captures part
+ * of the dense mass, and gives finite logits; prefill=0 and a prompt under
+ * the threshold stay dense. */
+static void test_hip_prefill(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t nv = hp->n_vocab, n = 200;
+	float *dense = malloc((size_t)n * nv * sizeof(float)),
+	      *sp = malloc((size_t)n * nv * sizeof(float));
+	struct engine_sparse s;
+	struct engine_out o;
+	struct err e;
+	for (int threads = 1; threads <= 2; threads++) {
+		struct engine *eng = mk_engine(m, threads);
+		prefill_all(eng, n, NULL, false, dense, &o);
+		T_EQ_INT(o.prefill_dense, 0);
+		T_EQ_INT(engine_sparse_parse("hip:budget=4096,dense=0,prefill=1", &s, &e), KVS_OK);
+		prefill_all(eng, n, &s, false, sp, &o);
+		double d = max_diff(dense, sp, n * nv);
+		printf("hip prefill, full budget, %d thread(s): max |logit diff| %.3g over %u rows\n",
+		       threads, d, n);
+		T_CHECK(d <= 1e-5, "full-budget prefill: max diff %g", d);
+		T_EQ_INT(o.prefill_read, o.prefill_dense);
+		T_EQ_INT(o.prefill_dense, (uint64_t)hp->n_layer * hp->n_head * (n * (n + 1) / 2));
+		/* a small budget from layer 1 on */
+		T_EQ_INT(engine_sparse_parse("hip:budget=48,block=8,sinks=4,recent=8,dense=1,prefill=64",
+		                             &s, &e),
+		         KVS_OK);
+		prefill_all(eng, n, &s, true, sp, &o);
+		printf("hip prefill, budget 48, %d thread(s): read %llu of %llu keys, mass %.3f over "
+		       "%llu rows\n",
+		       threads, (unsigned long long)o.prefill_read, (unsigned long long)o.prefill_dense,
+		       o.prefill_mass, (unsigned long long)o.prefill_rows);
+		/* the last token (its weights asked for) goes the dense way */
+		T_EQ_INT(o.prefill_dense, (uint64_t)(hp->n_layer - 1) * hp->n_head * (n * (n - 1) / 2));
+		T_CHECK(o.prefill_read < o.prefill_dense / 2, "read %llu of %llu",
+		        (unsigned long long)o.prefill_read, (unsigned long long)o.prefill_dense);
+		T_CHECK(o.prefill_rows > 0 && o.prefill_mass > 0 && o.prefill_mass <= 1 + 1e-6,
+		        "mass %g over %llu rows", o.prefill_mass, (unsigned long long)o.prefill_rows);
+		bool finite = true;
+		for (size_t i = 0; i < (size_t)n * nv; i++)
+			finite &= isfinite(sp[i]) != 0;
+		T_CHECK(finite, "sparse prefill logits finite");
+		/* layer 0 is dense and the first rows see fewer keys than the
+		 * budget: row 0's logits are dense's */
+		T_CHECK(max_diff(dense, sp, nv) <= 1e-5, "row 0 as dense");
+		/* prefill=0, and a prompt under the threshold: dense */
+		s.prefill = 0;
+		prefill_all(eng, n, &s, false, sp, &o);
+		T_EQ_INT(o.prefill_dense, 0);
+		T_CHECK(max_diff(dense, sp, n * nv) == 0, "prefill=0 is dense");
+		s.prefill = n + 1;
+		prefill_all(eng, n, &s, false, sp, &o);
+		T_EQ_INT(o.prefill_dense, 0);
+		engine_free(eng);
+	}
 	free(dense);
 	free(sp);
 }
@@ -363,9 +689,13 @@ int main(void)
 	struct tiny t;
 	test_parse();
 	test_bound_top();
+	test_hip_tree();
 	tiny_open(&t);
 	test_full_budget(t.m);
 	test_small_budget(t.m);
+	test_hip_full_budget(t.m);
+	test_hip_cadence(t.m);
+	test_hip_prefill(t.m);
 	test_bounds_invariant(t.m);
 	model_free(t.m);
 	free(t.buf);
