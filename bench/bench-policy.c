@@ -134,8 +134,7 @@ int main(int argc, char **argv)
 	}
 	for (uint32_t i = 0; i < n_budgets; i++)
 		if (budgets[i] < 256) {
-			fprintf(stderr, "bench-policy: budget %u: expected at least 256 tokens\n",
-			        budgets[i]);
+			fprintf(stderr, "bench-policy: budget %u: expected at least 256 tokens\n", budgets[i]);
 			return 2;
 		}
 	printf("bench-policy: %u turns of %d tokens after filling the budget, 1 thread, median turn "
