@@ -21,8 +21,8 @@
  * Gemma's extras sit in the same steps: the embedding row scaled, GeGLU in
  * place of SwiGLU, the attention and FFN outputs written to xb, normalised
  * there and only then added to the residual (post-norms), and the logits
- * soft-capped. A local layer's window and the attention soft-cap live in
- * cpu-attn.c.
+ * soft-capped (the element steps in cpu-gemma.c). A local layer's window
+ * and the attention soft-cap live in cpu-attn.c.
  *
  * The KV cache and attention live in cpu-attn.c; the structures both files
  * share, in cpu-int.h.
@@ -517,27 +517,6 @@ static void cpu_mm_multi(struct cpu *c, const struct cpu_mm *mms, int n_mm, cons
 	}
 }
 
-/* GeGLU as llama.cpp's CPU path computes it, into g: the gate rounded to
- * f16, its tanh-GELU rounded to f16 again (ggml's lookup table holds those
- * values), times up; 0 at or below -10, the gate itself at or above 10. */
-static void cpu_geglu(float *g, const float *u, int64_t n)
-{
-	for (int64_t i = 0; i < n; i++) {
-		float x = g[i];
-		if (x <= -10.0f) {
-			g[i] = 0.0f;
-		} else if (x >= 10.0f) {
-			g[i] = x * u[i];
-		} else {
-			float h = dtype_f16_to_f32(dtype_f32_to_f16(x));
-			float y = 0.5f * h *
-			        (1.0f +
-			         tanhf(0.79788456080286535587989211986876f * h * (1.0f + 0.044715f * h * h)));
-			g[i] = dtype_f16_to_f32(dtype_f32_to_f16(y)) * u[i];
-		}
-	}
-}
-
 /* The feed-forward's first half: each thread takes the same 16-row units of
  * gate and up, so it can finish its rows with silu(gate) * up (or GeGLU)
  * into g. */
@@ -614,19 +593,6 @@ static struct kern_act cpu_fwd_input(struct cpu *c, const float *norm, const flo
 	if (!c->ref)
 		c->ops->quant_row(src, &a, 0);
 	return a;
-}
-
-/* Gemma's post-norm: x += norm(xb) with weight w, rows [lo, hi) (the
- * block's output, written to xb by its last product). */
-static void cpu_post_norm(struct cpu *c, const float *w, uint32_t lo, uint32_t hi)
-{
-	uint32_t ne = c->hp.n_embd;
-	for (uint32_t i = lo; i < hi; i++) {
-		float *o = c->xb + (size_t)i * ne, *x = c->x + (size_t)i * ne;
-		cpu_rmsnorm(c, o, w, o);
-		for (uint32_t d = 0; d < ne; d++)
-			x[d] += o[d];
-	}
 }
 
 /*
@@ -745,17 +711,6 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	}
 }
 
-/* Soft-cap rows [0, nr) of logits y (stride n_vocab) in place, this
- * thread's share: x becomes c tanh(x / c), in llama.cpp's float steps
- * (times 1/c, tanh, times c). */
-static void cpu_softcap_logits(const struct cpu *c, float *y, uint32_t nr, int ith, int nth)
-{
-	float cap = c->hp.final_softcap, inv = 1.0f / cap;
-	int64_t lo, hi;
-	pool_split((int64_t)nr * c->hp.n_vocab, ith, nth, &lo, &hi);
-	for (int64_t i = lo; i < hi; i++)
-		y[i] = tanhf(y[i] * inv) * cap;
-}
 
 /* The output stage of a ubatch: logits and statistics as asked. */
 static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
