@@ -83,7 +83,8 @@ static void *packcache_map_aligned(int fd, uint64_t n, off_t off)
 	uint8_t *va = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (va == MAP_FAILED)
 		return MAP_FAILED;
-	uint8_t *at = (uint8_t *)(((uintptr_t)va + PACKCACHE_HUGE - 1) & ~(uintptr_t)(PACKCACHE_HUGE - 1));
+	uint8_t *at =
+	        (uint8_t *)(((uintptr_t)va + PACKCACHE_HUGE - 1) & ~(uintptr_t)(PACKCACHE_HUGE - 1));
 	void *map = mmap(at, (size_t)n, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, off);
 	if (map == MAP_FAILED) {
 		munmap(va, span);

@@ -201,12 +201,12 @@ static void test_write_recall(const struct tiny *t)
 	/* the rows: those positions, consecutive within a block, <= 16 a block */
 	T_EQ_INT(sqlq_int(path, "SELECT sum(n_tokens) FROM cold_blocks"), st.n_evicted);
 	T_EQ_INT(sqlq_int(path,
-	               "SELECT count(*) FROM cold_blocks WHERE pos1 - pos0 + 1 <> n_tokens "
-	               "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
+	                  "SELECT count(*) FROM cold_blocks WHERE pos1 - pos0 + 1 <> n_tokens "
+	                  "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
 	         0);
 	T_EQ_INT(sqlq_int(path,
-	               "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
-	               "(SELECT bytes_per_token FROM cold_meta)"),
+	                  "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
+	                  "(SELECT bytes_per_token FROM cold_meta)"),
 	         0);
 	/* blocks never split a run more than the size asks: every block but the
 	 * last of a run is full, so ceil(n / 16) blocks at most per eviction */
@@ -295,8 +295,8 @@ static void test_write_recall(const struct tiny *t)
 	T_CHECK(store_cold_flush(r.cold, 1, &fi, &e) == KVS_OK, "%s", e.msg);
 	kv_cache_stats(r.kv, &st);
 	T_EQ_INT(sqlq_int(path,
-	               "SELECT count(*) FROM (SELECT pos0 FROM cold_blocks GROUP BY pos0 "
-	               "HAVING count(*) > 1)"),
+	                  "SELECT count(*) FROM (SELECT pos0 FROM cold_blocks GROUP BY pos0 "
+	                  "HAVING count(*) > 1)"),
 	         0);
 	run_close(&r);
 

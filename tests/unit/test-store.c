@@ -107,8 +107,8 @@ static void test_open_new(void)
 	T_EQ_STR(jm, "wal");
 	free(jm);
 	T_EQ_INT(sqlq_int(p,
-	               "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
-	               "'tokens', 'memory_events', 'snapshots')"),
+	                  "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
+	                  "'tokens', 'memory_events', 'snapshots')"),
 	         5);
 	/* the pragmas that are per connection, as the store sets them */
 	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
@@ -989,11 +989,11 @@ static void test_crafted_names(const struct tiny *t)
 	T_CHECK(access(victim, F_OK) == 0, "a commit removed %s", victim);
 	/* delete, with crafted names in every row */
 	sqlq_exec(p,
-	       "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
-	       "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
-	       "INSERT INTO snapshots VALUES (1, 9, "
-	       "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
-	       "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
+	          "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
+	          "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
+	          "INSERT INTO snapshots VALUES (1, 9, "
+	          "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
+	          "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
 	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
 	T_CHECK(access(victim, F_OK) == 0, "sessions delete removed %s", victim);
 	/* vacuum removes only the files it should: the real snapshot, now unreferenced */

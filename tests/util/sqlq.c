@@ -60,7 +60,9 @@ void sqlq_exec(const char *path, const char *sql)
 	if (sqlite3_open(path, &db) != SQLITE_OK ||
 	    sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
 		fprintf(stderr, "exec %s: %s\n", sql,
-			msg ? msg : db ? sqlite3_errmsg(db) : "out of memory");
+		        msg          ? msg
+		                : db ? sqlite3_errmsg(db)
+		                     : "out of memory");
 	sqlite3_free(msg);
 	sqlite3_close(db);
 }
