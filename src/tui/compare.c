@@ -364,6 +364,9 @@ static void compare_pane(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		                v->side[1].policy);
 	else if (v->state == COMPARE_STOPPED)
 		tui_grid_printf(g, r, r.x, y, R_STATUS_ERR, "%s  ", v->msg);
+	else
+		tui_grid_printf(g, r, r.x, y, R_INFO,
+		                "following: each new exchange runs under B too (Esc stops it)  ");
 	y++;
 	int x = tui_grid_printf(g, r, r.x, y, R_NORMAL, "kept A %u | B %u, overlap %u", sm->kept[0],
 	                        sm->kept[1], sm->overlap);
@@ -378,6 +381,28 @@ static void compare_pane(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	                "cost while on: +%.1f MiB KV (B's cache) and a second decode of every "
 	                "exchange; :compare off frees it",
 	                (double)v->kv_bytes / (1024.0 * 1024.0));
+	if (r.y + r.h - y >= 15) {
+		/* the legend, where the rows allow it */
+		int lx = r.x;
+		static const struct {
+			uint32_t cp, ascii;
+			enum tui_role role;
+			const char *what;
+		} legend[] = {
+			{ 0x2588, '#', R_KEPT, " kept  " },
+			{ 0x2592, '+', R_KEPT, " partly kept  " },
+			{ 0x00b7, '.', R_EVICTED, " evicted  " },
+			{ 'S', 'S', R_SINK, "ink " },
+			{ 'K', 'K', R_KEY, "ey token " },
+			{ 'P', 'P', R_PINNED, "inned  " },
+			{ 0x00d7, 'x', R_SELECTED, " first parting reply token (row: exchange)" },
+		};
+		for (size_t i = 0; i < KVS_ARRAY_LEN(legend); i++) {
+			tui_grid_put(g, lx, y, g->ascii ? legend[i].ascii : legend[i].cp, legend[i].role);
+			lx += 1 + tui_grid_printf(g, r, lx + 1, y, R_DIM, "%s", legend[i].what);
+		}
+		y++;
+	}
 
 	/* the exchanges shown: the last ones that fit, the parting one among them */
 	bool side = r.w >= TUI_COMPARE_SIDE_W;

@@ -102,9 +102,10 @@ void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_la
 	if (t->tab >= 4 && (size_t)t->tab < tui_n_panes && t->tab < TUI_MAX_PANES) {
 		/* a pane beyond the built-ins (plugins, a plugin's own) takes the
 		 * right column until F2-F5 or :pane bring attention and memory back */
-		if (tui_panes[t->tab].wide) /* :compare's two sides want the whole width */
+		if (tui_panes[t->tab].wide) { /* :compare's two sides want the whole width */
+			l->pane[0] = (struct tui_rect){ 0 };
 			l->pane[t->tab] = (struct tui_rect){ 0, 0, w, top };
-		else
+		} else
 			l->pane[t->tab] = (struct tui_rect){ chat_w, 0, w - chat_w, top };
 		return;
 	}
