@@ -49,6 +49,7 @@ struct cpu {
 	const struct kern_weight *lookup; /* rows for the embedding lookup: embd, or the
 	                               * packed LM head when it is the same tensor */
 	void *arena;                      /* all packed weights (mmap'ed) */
+	bool shared;                      /* weights and pool borrowed (engine_create_shared) */
 	uint64_t arena_bytes;
 
 	/* KV cache */

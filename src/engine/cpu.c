@@ -281,6 +281,8 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 }
 
 static void cpu_free(void *state);
+static int cpu_create_cache(struct cpu *c, const struct backend_ctx *ctx, void **state,
+                            struct err *e);
 
 static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 {
@@ -305,8 +307,25 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	else if (ctx->cfg.isa == ENGINE_ISA_AVX2)
 		want = KERN_AVX2;
 	c->ops = kern_select(want);
-	c->pool = pool_create(ctx->cfg.n_threads);
 	c->L = xcalloc(hp->n_layer, sizeof(*c->L));
+	const struct cpu *base = ctx->share;
+	if (base != NULL) {
+		/* a shadow: the base's packed weights and threads, a cache of its own */
+		if (base->m != m || base->ref != c->ref) {
+			free(c->L);
+			free(c);
+			return err_set(e, KVS_EARG, "a shared state needs the same model and mode");
+		}
+		c->shared = true;
+		c->ops = base->ops;
+		c->pool = base->pool;
+		memcpy(c->L, base->L, hp->n_layer * sizeof(*c->L));
+		c->embd = base->embd;
+		c->out = base->out;
+		c->lookup = base->lookup == &base->out ? &c->out : &c->embd;
+		return cpu_create_cache(c, ctx, state, e);
+	}
+	c->pool = pool_create(ctx->cfg.n_threads);
 
 	int rc = KVS_OK;
 	for (uint32_t l = 0; l < hp->n_layer && rc == KVS_OK; l++) {
@@ -347,7 +366,14 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	                m->tok_embd.data == (m->output.data ? m->output.data : m->tok_embd.data)
 	        ? &c->out
 	        : &c->embd;
+	return cpu_create_cache(c, ctx, state, e);
+}
 
+/* The KV cache and the scratch of a state whose weights are in place. */
+static int cpu_create_cache(struct cpu *c, const struct backend_ctx *ctx, void **state,
+                            struct err *e)
+{
+	const struct hparams *hp = &c->hp;
 	c->kv_es = ctx->cfg.kv_type == ENGINE_KV_F32 ? 4 : 2;
 	c->kv_row = (uint64_t)hp->n_head_kv * hp->head_dim;
 	c->kc = xcalloc(hp->n_layer, sizeof(*c->kc));
@@ -405,7 +431,7 @@ static void cpu_free(void *state)
 	struct cpu *c = state;
 	if (c == NULL)
 		return;
-	if (c->arena)
+	if (c->arena && !c->shared)
 		munmap(c->arena, c->arena_bytes);
 	for (uint32_t l = 0; c->kc && l < c->hp.n_layer; l++) {
 		free(c->kc[l]);
@@ -445,7 +471,8 @@ static void cpu_free(void *state)
 	}
 	free(c->tact);
 	xfree_aligned(c->lm);
-	pool_free(c->pool);
+	if (!c->shared)
+		pool_free(c->pool);
 	free(c);
 }
 
@@ -969,7 +996,8 @@ const struct backend_ops backend_cpu = {
 	.kv_read = cpu_kv_read,
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
-	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE,
+	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE |
+	        ENGINE_CAP_SHARE,
 	.kv_raw = cpu_kv_raw,
 	.page_bounds = cpu_sparse_bounds,
 };
