@@ -256,4 +256,10 @@ void cpu_sparse_free(struct cpu *c);
  * part order. */
 void cpu_split_merge(const struct cpu *c, float *out);
 
+/* The backend's cache-row entries (cpu-attn.c). */
+void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n);
+void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
+                 float *out);
+int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e);
+
 #endif
