@@ -909,7 +909,8 @@ const struct backend_ops backend_cpu = {
 	.kv_read = cpu_kv_read,
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
-	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE,
+	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE |
+	        ENGINE_CAP_QUERY,
 	.kv_raw = cpu_kv_raw,
 	.page_bounds = cpu_sparse_bounds,
 };

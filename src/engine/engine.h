@@ -166,6 +166,9 @@ struct engine_batch {
 	/* Sparse decode (ENGINE_CAP_SPARSE; NULL or mode off: dense). Applies
 	 * to one-token batches only. */
 	const struct engine_sparse *sparse;
+	/* Every token's queries before RoPE (ENGINE_CAP_QUERY): a probe of
+	 * what a prompt asks, e.g. to score keys kept elsewhere. */
+	bool want_q;
 };
 
 struct engine_out {
@@ -197,6 +200,9 @@ struct engine_out {
 	 * the same queries (a shadow: what dense attention would have given),
 	 * so the mass a selection captured is the sum of attn over sel. */
 	const uint8_t *sel;
+	/* want_q: (n_tokens, n_layer, n_head, head_dim) each token's queries
+	 * after their bias and norm, before RoPE. */
+	const float *q;
 };
 
 /* Optional features a backend may lack (engine_supports). */
@@ -205,6 +211,7 @@ enum engine_cap {
 	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
 	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
 	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest decode) */
+	ENGINE_CAP_QUERY = 1u << 4,    /* want_q */
 };
 
 struct engine;
@@ -303,6 +310,7 @@ struct backend_out {
 	float *entropy;   /* (n_tokens) or NULL */
 	float *attn_kv;   /* (n_layer, n_head_kv, n_visible) or NULL */
 	uint8_t *sel;     /* (n_layer, n_head_kv, n_visible) or NULL (want_attn with sparse) */
+	float *q;         /* (n_tokens, n_layer, n_head, head_dim) or NULL (want_q) */
 	uint64_t keys_read, keys_dense; /* one-token batches; filled by the backend */
 	double attn_ms, select_ms;
 };
