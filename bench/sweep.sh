@@ -66,10 +66,13 @@ fi
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 nreps() { if [ "$1" -ge 8192 ]; then echo "$long_reps"; else echo "$reps"; fi; }
-# llama-bench csv on stdin: avg_ts of the row with n_prompt $1, n_gen $2
+# llama-bench csv on stdin: avg_ts of the row with n_prompt $1, n_gen $2.
+# Data rows quote every field and some fields hold commas (ik_llama.cpp's
+# "-1,0"), so a row is split on '","', not on every comma.
 lb_ts() {
-	awk -F, -v p="$1" -v g="$2" 'NR==1 {for (i=1;i<=NF;i++) {gsub(/"/,"",$i); c[$i]=i}}
-	     NR>1 {gsub(/"/,""); if ($c["n_prompt"]==p && $c["n_gen"]==g) print $c["avg_ts"]}'
+	awk -v p="$1" -v g="$2" 'NR==1 {n=split($0, h, ","); for (i=1;i<=n;i++) {gsub(/"/,"",h[i]); c[h[i]]=i}}
+	     NR>1 {r=$0; sub(/^"/,"",r); sub(/"$/,"",r); split(r, f, /","/)
+	           if (f[c["n_prompt"]]==p && f[c["n_gen"]]==g) print f[c["avg_ts"]]}'
 }
 # append a number (or nan) to a result file
 put() { echo "${2:-nan}" >>"$tmp/$1"; }

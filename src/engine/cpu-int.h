@@ -15,6 +15,7 @@
 #define CPU_UBATCH 512     /* tokens per pool_run */
 #define CPU_LM_CHUNK 32    /* rows per LM-head chunk when only statistics are kept */
 #define CPU_PROBE_EVERY 32 /* decode steps between tries of the other thread count */
+#define CPU_PROBE_FIRST 8  /* first decode steps, alternating one thread and all */
 #define CPU_FA_TILE 64     /* keys per tile of the tiled prefill attention */
 #define CPU_DEC_RUN 256    /* keys per run of the split decode attention */
 #define CPU_FA_ROWS \

@@ -802,14 +802,22 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	 * every thread, waiting on descheduled peers costs more than the other
 	 * threads gain. So decode steps time themselves on one thread and on
 	 * all, keep a moving average of each, run the faster, and now and then
-	 * try the other again (the results do not depend on the thread count). */
+	 * try the other again (the results do not depend on the thread count).
+	 * The first CPU_PROBE_FIRST steps alternate; after them a try's time
+	 * replaces the other count's average instead of moving it a quarter of
+	 * the way, so one slow step (a thread descheduled once) costs at most
+	 * CPU_PROBE_EVERY steps on the wrong count, not the ~100 an average
+	 * needed to recover. */
 	int nth = pool_size(c->pool), mode = 1;
-	bool one = b->n_tokens == 1 && nth > 1;
+	bool one = b->n_tokens == 1 && nth > 1, tried = false;
 	if (one) {
 		bool faster_alone = c->step_ms[0] > 0 && c->step_ms[0] < c->step_ms[1];
-		bool probe = c->step_ms[0] == 0 || c->step_ms[1] == 0 ||
-		        c->n_steps % CPU_PROBE_EVERY == CPU_PROBE_EVERY - 1;
-		mode = c->step_ms[1] == 0 ? 1 : c->step_ms[0] == 0 ? 0 : faster_alone != probe ? 0 : 1;
+		if (c->n_steps < CPU_PROBE_FIRST) {
+			mode = (int)(c->n_steps % 2 == 0);
+		} else {
+			tried = c->n_steps % CPU_PROBE_EVERY == CPU_PROBE_EVERY - 1;
+			mode = faster_alone != tried ? 0 : 1;
+		}
 		nth = mode ? nth : 1;
 		c->n_steps++;
 	}
@@ -825,7 +833,8 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	}
 	if (one) {
 		double ms = clock_now_ms() - t_start;
-		c->step_ms[mode] = c->step_ms[mode] == 0 ? ms : 0.75 * c->step_ms[mode] + 0.25 * ms;
+		double *avg = &c->step_ms[mode];
+		*avg = *avg == 0 || tried ? ms : 0.75 * *avg + 0.25 * ms;
 	}
 	if (out->attn_kv != NULL) {
 		/* the threads' sums, in visible-list order */

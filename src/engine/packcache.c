@@ -6,6 +6,10 @@
  * on the model file and the packed layout. So the
  * arena is also written to $XDG_CACHE_HOME/kvscope/packed/, and a later
  * load of the same file maps that instead (read-only, from the page cache).
+ * The arena starts 2 MiB into the file (a hole after the header page) and
+ * is mapped at a 2 MiB-aligned address, so that a kernel whose page cache
+ * holds the file in large folios maps it with huge pages, as the repacked
+ * arena gets them (MADV_HUGEPAGE on anonymous memory).
  * A cache file is named after the model file's identity (device, inode,
  * size, modification time) and starts with a page-sized header repeating
  * it with the layout version and the arena's size; a header or a file size
@@ -33,8 +37,10 @@
 #include <dirent.h>
 #include <unistd.h>
 
-#define PACKCACHE_VERSION 3   /* bump when kern_pack or cpu.c's arena order changes */
-#define PACKCACHE_HEADER 4096 /* the arena starts page-aligned after it */
+#define PACKCACHE_VERSION 4   /* bump when kern_pack, cpu.c's arena order or the file changes */
+#define PACKCACHE_HEADER 4096 /* bytes of the header written */
+#define PACKCACHE_HUGE (2u << 20)
+#define PACKCACHE_DATA PACKCACHE_HUGE /* the arena's offset: a hole after the header */
 #define PACKCACHE_MIN (16u << 20)
 #define PACKCACHE_CAP (16ull << 30)
 #define PACKCACHE_SPARE (1ull << 30)
@@ -66,6 +72,32 @@ char *packcache_path(const struct gguf_file *f, uint64_t arena_bytes, uint64_t t
 	return path;
 }
 
+/* Map n bytes of fd from offset off (a multiple of PACKCACHE_HUGE) read-only
+ * at an address that is a multiple of PACKCACHE_HUGE too, so the kernel can
+ * map the file's large page-cache folios with huge pages: streaming 92 MiB
+ * of weights through 4 KiB pages cost decode 20-30 % in TLB misses on a VM.
+ * The map, or MAP_FAILED. */
+static void *packcache_map_aligned(int fd, uint64_t n, off_t off)
+{
+	size_t span = (size_t)n + PACKCACHE_HUGE;
+	uint8_t *va = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (va == MAP_FAILED)
+		return MAP_FAILED;
+	uint8_t *at =
+	        (uint8_t *)(((uintptr_t)va + PACKCACHE_HUGE - 1) & ~(uintptr_t)(PACKCACHE_HUGE - 1));
+	void *map = mmap(at, (size_t)n, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, off);
+	if (map == MAP_FAILED) {
+		munmap(va, span);
+		return MAP_FAILED;
+	}
+	if (at > va)
+		munmap(va, (size_t)(at - va));
+	if (va + span > at + n)
+		munmap(at + n, (size_t)(va + span - (at + n)));
+	(void)madvise(map, (size_t)n, MADV_HUGEPAGE);
+	return map;
+}
+
 /* Map the cached arena at path when its header is h; the map, or NULL. */
 void *packcache_load(const char *path, const struct packcache_header *h)
 {
@@ -74,11 +106,11 @@ void *packcache_load(const char *path, const struct packcache_header *h)
 	struct packcache_header got;
 	struct stat st;
 	bool ok = fd >= 0 && fstat(fd, &st) == 0 &&
-	        (uint64_t)st.st_size == PACKCACHE_HEADER + h->arena_bytes &&
+	        (uint64_t)st.st_size == PACKCACHE_DATA + h->arena_bytes &&
 	        pread(fd, &got, sizeof got, 0) == (ssize_t)sizeof got &&
 	        memcmp(&got, h, sizeof got) == 0;
 	if (ok) {
-		void *map = mmap(NULL, h->arena_bytes, PROT_READ, MAP_PRIVATE, fd, PACKCACHE_HEADER);
+		void *map = packcache_map_aligned(fd, h->arena_bytes, PACKCACHE_DATA);
 		ok = map != MAP_FAILED;
 		if (ok) {
 			arena = map;
@@ -167,7 +199,7 @@ bool packcache_store(const char *path, const struct packcache_header *h, const v
 	*strrchr(dir, '/') = '\0';
 	uint8_t head[PACKCACHE_HEADER] = { 0 };
 	memcpy(head, h, sizeof *h);
-	uint64_t bytes = PACKCACHE_HEADER + h->arena_bytes;
+	uint64_t bytes = PACKCACHE_DATA + h->arena_bytes; /* on disk: the hole takes no blocks */
 	struct statvfs vfs;
 	if (file_mkdirs(dir, 0700) != 0 || !packcache_trim(dir, path, bytes, packcache_cap()) ||
 	    statvfs(dir, &vfs) != 0 ||
@@ -182,8 +214,9 @@ bool packcache_store(const char *path, const struct packcache_header *h, const v
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	bool ok = fd >= 0 && write(fd, head, sizeof head) == (ssize_t)sizeof head;
 	for (uint64_t off = 0; ok && off < h->arena_bytes;) {
-		ssize_t w = write(fd, (const uint8_t *)arena + off,
-		                  (size_t)KVS_MIN(h->arena_bytes - off, (uint64_t)(64u << 20)));
+		ssize_t w = pwrite(fd, (const uint8_t *)arena + off,
+		                   (size_t)KVS_MIN(h->arena_bytes - off, (uint64_t)(64u << 20)),
+		                   (off_t)(PACKCACHE_DATA + off));
 		ok = w > 0;
 		off += ok ? (uint64_t)w : 0;
 	}

@@ -28,6 +28,8 @@
 
 #include "kv/kv_cache.h"
 
+#include <string.h>
+
 #define KV_KEEP 0x80u /* in kv_select.keep: the candidate stays */
 
 struct kv_cache {
@@ -219,5 +221,25 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 /* Max-pool x, (n), with a window of kernel (odd; clipped at the ends) into
  * out, (n). */
 void kv_vote_pool(const float *x, uint32_t n, uint32_t kernel, float *out);
+
+/* A batch of the m tokens ids at c->bslot / c->bpos that sees every cached
+ * token and itself: c->visible is the cache's slots in order, then the
+ * batch's. The caller sets what it wants back (logits, attention). */
+static inline struct engine_batch kv_batch_after_cache(struct kv_cache *c, const int32_t *ids,
+                                                       uint32_t m)
+{
+	uint32_t n = c->n;
+	for (uint32_t i = 0; i < n; i++)
+		c->visible[i] = c->toks[i].slot;
+	memcpy(c->visible + n, c->bslot, m * sizeof *c->bslot);
+	struct engine_batch b = { 0 };
+	b.n_tokens = m;
+	b.tokens = ids;
+	b.pos = c->bpos;
+	b.slot = c->bslot;
+	b.n_visible = n + m;
+	b.visible = c->visible;
+	return b;
+}
 
 #endif

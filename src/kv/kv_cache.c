@@ -817,17 +817,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 			}
 		}
 	}
-	for (uint32_t i = 0; i < n; i++)
-		c->visible[i] = c->toks[i].slot;
-	memcpy(c->visible + n, c->bslot, m * sizeof *c->bslot);
-
-	struct engine_batch b = { 0 };
-	b.n_tokens = m;
-	b.tokens = ids;
-	b.pos = c->bpos;
-	b.slot = c->bslot;
-	b.n_visible = n + m;
-	b.visible = c->visible;
+	struct engine_batch b = kv_batch_after_cache(c, ids, m);
 	b.logits = compat         ? ENGINE_LOGITS_ALL
 	        : (last || stats) ? ENGINE_LOGITS_LAST
 	                          : ENGINE_LOGITS_NONE;

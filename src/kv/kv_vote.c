@@ -58,16 +58,7 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 		c->bslot[i] = c->free_slots[c->n_free - 1 - i];
 		c->bpos[i] = (compact ? (int32_t)n : c->next_pos) + (int32_t)i;
 	}
-	for (uint32_t i = 0; i < n; i++)
-		c->visible[i] = c->toks[i].slot;
-	memcpy(c->visible + n, c->bslot, n_win * sizeof *c->bslot);
-	struct engine_batch b = { 0 };
-	b.n_tokens = n_win;
-	b.tokens = ids;
-	b.pos = c->bpos;
-	b.slot = c->bslot;
-	b.n_visible = n + n_win;
-	b.visible = c->visible;
+	struct engine_batch b = kv_batch_after_cache(c, ids, n_win);
 	b.logits = ENGINE_LOGITS_NONE;
 	b.want_attn_kv = engine_supports(c->eng, ENGINE_CAP_ATTN_KV);
 	b.want_attn = !b.want_attn_kv;

@@ -39,6 +39,7 @@
 #include "store/store.h"
 #include "tests/unit/test.h"
 #include "tests/util/ggufw.h"
+#include "tests/util/sqlq.h"
 #include "tests/util/tinymodel.h"
 
 #include <math.h>
@@ -47,34 +48,6 @@
 #include <unistd.h>
 
 static char tmpdir[256];
-
-static int64_t q_int(const char *path, const char *sql)
-{
-	sqlite3 *db;
-	sqlite3_stmt *st;
-	int64_t v = -1;
-	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-		if (sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int64(st, 0);
-		sqlite3_finalize(st);
-	} else {
-		fprintf(stderr, "query %s: %s\n", sql, sqlite3_errmsg(db));
-	}
-	sqlite3_close(db);
-	return v;
-}
-
-static void q_exec(const char *path, const char *sql)
-{
-	sqlite3 *db;
-	char *msg = NULL;
-	sqlite3_open(path, &db);
-	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-		fprintf(stderr, "exec %s: %s\n", sql, msg ? msg : "?");
-	sqlite3_free(msg);
-	sqlite3_close(db);
-}
 
 /* ------------------------------------------------------------- the query */
 
@@ -242,14 +215,14 @@ static void test_write_recall(const struct tiny *t)
 			gone[n_gone++] = r.ids[p];
 	T_EQ_INT(n_gone, st.n_evicted);
 	/* the rows: those positions, consecutive within a block, <= 16 a block */
-	T_EQ_INT(q_int(path, "SELECT sum(n_tokens) FROM cold_blocks"), st.n_evicted);
-	T_EQ_INT(q_int(path,
-	               "SELECT count(*) FROM cold_blocks WHERE pos1 - pos0 + 1 <> n_tokens "
-	               "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
+	T_EQ_INT(sqlq_int(path, "SELECT sum(n_tokens) FROM cold_blocks"), st.n_evicted);
+	T_EQ_INT(sqlq_int(path,
+	                  "SELECT count(*) FROM cold_blocks WHERE pos1 - pos0 + 1 <> n_tokens "
+	                  "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
 	         0);
-	T_EQ_INT(q_int(path,
-	               "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
-	               "(SELECT bytes_per_token FROM cold_meta)"),
+	T_EQ_INT(sqlq_int(path,
+	                  "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
+	                  "(SELECT bytes_per_token FROM cold_meta)"),
 	         0);
 	/* blocks never split a run more than the size asks: every block but the
 	 * last of a run is full, so ceil(n / 16) blocks at most per eviction */
@@ -337,26 +310,26 @@ static void test_write_recall(const struct tiny *t)
 		run_turn(&r, t->m, filler);
 	T_CHECK(store_cold_flush(r.cold, 1, &fi, &e) == KVS_OK, "%s", e.msg);
 	kv_cache_stats(r.kv, &st);
-	T_EQ_INT(q_int(path,
-	               "SELECT count(*) FROM (SELECT pos0 FROM cold_blocks GROUP BY pos0 "
-	               "HAVING count(*) > 1)"),
+	T_EQ_INT(sqlq_int(path,
+	                  "SELECT count(*) FROM (SELECT pos0 FROM cold_blocks GROUP BY pos0 "
+	                  "HAVING count(*) > 1)"),
 	         0);
 	run_close(&r);
 
 	/* a cap of 40 tokens: the oldest blocks go, one memory event each */
-	int64_t before = q_int(path, "SELECT sum(n_tokens) FROM cold_blocks");
+	int64_t before = sqlq_int(path, "SELECT sum(n_tokens) FROM cold_blocks");
 	run_open(&r, t->m, 16, 40);
 	T_CHECK(store_cold_attach(r.cold, s, id, sha, &e) == KVS_OK, "%s", e.msg);
 	for (int i = 0; i < 2; i++)
 		run_turn(&r, t->m, filler);
 	T_CHECK(store_cold_flush(r.cold, 2, &fi, &e) == KVS_OK, "%s", e.msg);
 	T_CHECK(fi.dropped_blocks > 0, "nothing dropped (%lld before)", (long long)before);
-	T_CHECK(q_int(path, "SELECT sum(n_tokens) FROM cold_blocks") <= 40, "over the cap");
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM memory_events WHERE kind = 'cold-drop'"),
+	T_CHECK(sqlq_int(path, "SELECT sum(n_tokens) FROM cold_blocks") <= 40, "over the cap");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM memory_events WHERE kind = 'cold-drop'"),
 	         fi.dropped_blocks);
-	T_EQ_INT(q_int(path, "SELECT sum(n_tokens) FROM memory_events WHERE kind = 'cold-drop'"),
+	T_EQ_INT(sqlq_int(path, "SELECT sum(n_tokens) FROM memory_events WHERE kind = 'cold-drop'"),
 	         fi.dropped_tokens);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_fts WHERE cold_fts MATCH '\"zebra\"'"), 0);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_fts WHERE cold_fts MATCH '\"zebra\"'"), 0);
 	run_close(&r);
 
 	/* a flush that cannot write: one message, the queue dropped, nothing committed */
@@ -364,7 +337,7 @@ static void test_write_recall(const struct tiny *t)
 	T_CHECK(store_cold_attach(r.cold, s, id, sha, &e) == KVS_OK, "%s", e.msg);
 	for (int i = 0; i < 2; i++)
 		run_turn(&r, t->m, filler);
-	int64_t rows = q_int(path, "SELECT count(*) FROM cold_blocks");
+	int64_t rows = sqlq_int(path, "SELECT count(*) FROM cold_blocks");
 	sqlite3 *other;
 	sqlite3_open(path, &other);
 	T_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
@@ -375,12 +348,12 @@ static void test_write_recall(const struct tiny *t)
 	T_EQ_INT(store_cold_pending(r.cold), 0);
 	sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL);
 	sqlite3_close(other);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks"), rows);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), rows);
 	store_set_busy_timeout(s, 5000);
 	run_close(&r);
 
 	/* another model's cold tier: refused, one line, rows left */
-	rows = q_int(path, "SELECT count(*) FROM cold_blocks");
+	rows = sqlq_int(path, "SELECT count(*) FROM cold_blocks");
 	run_open(&r, t->m, 16, 0);
 	const char *sha2 = "2222222222222222222222222222222222222222222222222222222222222222";
 	T_EQ_INT(store_cold_attach(r.cold, s, id, sha2, &e), KVS_EFORMAT);
@@ -388,23 +361,22 @@ static void test_write_recall(const struct tiny *t)
 	        e.msg);
 	T_CHECK(!store_cold_attached(r.cold), "attached after a refusal");
 	run_close(&r);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks"), rows);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), rows);
 	char *want = xasprintf("SELECT count(*) FROM cold_meta WHERE model_sha256 = '%s'", sha);
-	T_EQ_INT(q_int(path, want), 1);
+	T_EQ_INT(sqlq_int(path, want), 1);
 	free(want);
 
 	/* deleting the session deletes its blocks and their full-text rows */
 	const char *any = "SELECT count(*) FROM cold_fts WHERE cold_fts MATCH '\"lorem\" OR \"ipsum\" "
 	                  "OR \"dolor\" OR \"sit\"'";
-	T_EQ_INT(q_int(path, any) > 0, 1);
+	T_EQ_INT(sqlq_int(path, any) > 0, 1);
 	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks"), 0);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_meta"), 0);
-	T_EQ_INT(q_int(path, any), 0);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), 0);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_meta"), 0);
+	T_EQ_INT(sqlq_int(path, any), 0);
 	T_EQ_INT(store_check(s, &e), KVS_OK);
 	store_close(s);
 	free(path);
-	(void)q_exec;
 }
 
 /* ------------------------------------------------------- the summary score */

@@ -45,6 +45,7 @@
 #include "store/store.h"
 #include "tests/unit/test.h"
 #include "tests/util/ggufw.h"
+#include "tests/util/sqlq.h"
 #include "tests/util/tinymodel.h"
 
 #include <sqlite3.h>
@@ -89,50 +90,6 @@ static char *read_file(const char *path, size_t *n)
 	return buf;
 }
 
-static int64_t q_int(const char *path, const char *sql)
-{
-	sqlite3 *db;
-	sqlite3_stmt *st;
-	int64_t v = -1;
-	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-		if (sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int64(st, 0);
-		sqlite3_finalize(st);
-	} else {
-		fprintf(stderr, "query %s: %s\n", sql, sqlite3_errmsg(db));
-	}
-	sqlite3_close(db);
-	return v;
-}
-
-static char *q_text(const char *path, const char *sql)
-{
-	sqlite3 *db;
-	sqlite3_stmt *st;
-	char *v = NULL;
-	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-		if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-			v = xstrdup((const char *)sqlite3_column_text(st, 0));
-		sqlite3_finalize(st);
-	}
-	sqlite3_close(db);
-	return v;
-}
-
-/* Run SQL on the file behind the store's back (crafting a database). */
-static void q_exec(const char *path, const char *sql)
-{
-	sqlite3 *db;
-	char *msg = NULL;
-	sqlite3_open(path, &db);
-	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-		fprintf(stderr, "exec %s: %s\n", sql, msg ? msg : "?");
-	sqlite3_free(msg);
-	sqlite3_close(db);
-}
-
 /* ------------------------------------------------------------- opening */
 
 static void test_open_new(void)
@@ -144,14 +101,14 @@ static void test_open_new(void)
 	T_EQ_INT(store_schema_version(s), store_schema_latest());
 	T_CHECK(store_schema_latest() >= 1, "no migrations embedded");
 	store_close(s);
-	T_EQ_INT(q_int(p, "PRAGMA user_version"), store_schema_latest());
-	T_EQ_INT(q_int(p, "PRAGMA application_id"), 0x6b767363);
-	char *jm = q_text(p, "PRAGMA journal_mode");
+	T_EQ_INT(sqlq_int(p, "PRAGMA user_version"), store_schema_latest());
+	T_EQ_INT(sqlq_int(p, "PRAGMA application_id"), 0x6b767363);
+	char *jm = sqlq_text(p, "PRAGMA journal_mode");
 	T_EQ_STR(jm, "wal");
 	free(jm);
-	T_EQ_INT(q_int(p,
-	               "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
-	               "'tokens', 'memory_events', 'snapshots')"),
+	T_EQ_INT(sqlq_int(p,
+	                  "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions', 'turns', "
+	                  "'tokens', 'memory_events', 'snapshots')"),
 	         5);
 	/* the pragmas that are per connection, as the store sets them */
 	T_EQ_INT(store_open(&s, p, STORE_RW, &e), KVS_OK);
@@ -400,25 +357,25 @@ static void test_record_resume(const struct tiny *t, const char *policy, bool ev
 	        (unsigned long long)st.n_evicted);
 	char sql[256];
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM turns WHERE session_id = %lld", (long long)id);
-	T_EQ_INT(q_int(p, sql), turns);
+	T_EQ_INT(sqlq_int(p, sql), turns);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld", (long long)id);
-	T_EQ_INT(q_int(p, sql), st.n_seen);
+	T_EQ_INT(sqlq_int(p, sql), st.n_seen);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM tokens WHERE session_id = %lld AND kept",
 	         (long long)id);
-	T_EQ_INT(q_int(p, sql), kv_cache_n(a.kv));
+	T_EQ_INT(sqlq_int(p, sql), kv_cache_n(a.kv));
 	snprintf(sql, sizeof sql,
 	         "SELECT count(*) FROM tokens WHERE session_id = %lld AND NOT kept "
 	         "AND evicted_event IS NOT NULL",
 	         (long long)id);
-	T_EQ_INT(q_int(p, sql), st.n_evicted);
+	T_EQ_INT(sqlq_int(p, sql), st.n_evicted);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM memory_events WHERE kind = 'evict'");
-	T_EQ_INT(q_int(p, sql), st.n_evictions);
+	T_EQ_INT(sqlq_int(p, sql), st.n_evictions);
 	snprintf(sql, sizeof sql,
 	         "SELECT coalesce(sum(n_tokens), 0) FROM memory_events WHERE kind = 'evict'");
-	T_EQ_INT(q_int(p, sql), st.n_evicted);
+	T_EQ_INT(sqlq_int(p, sql), st.n_evicted);
 	/* every token of the stream has exactly one row, positions 0 .. n_seen-1 */
 	snprintf(sql, sizeof sql, "SELECT max(orig_pos) - min(orig_pos) + 1 FROM tokens");
-	T_EQ_INT(q_int(p, sql), st.n_seen);
+	T_EQ_INT(sqlq_int(p, sql), st.n_seen);
 	/* the kept rows are the cache's tokens */
 	sqlite3 *db;
 	sqlite3_stmt *q;
@@ -440,8 +397,8 @@ static void test_record_resume(const struct tiny *t, const char *policy, bool ev
 	sqlite3_close(db);
 	T_EQ_INT(bad, 0);
 	T_EQ_INT(i, kv_cache_n(a.kv));
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 1);
-	char *pol = q_text(p, "SELECT policy FROM sessions");
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM snapshots"), 1);
+	char *pol = sqlq_text(p, "SELECT policy FROM sessions");
 	T_CHECK(pol && strncmp(pol, policy, strlen(policy)) == 0, "session policy %s", pol);
 	free(pol);
 
@@ -468,7 +425,7 @@ static void test_record_resume(const struct tiny *t, const char *policy, bool ev
 	run_close(&b);
 
 	/* damaged, then missing snapshot: recompute */
-	char *sha = q_text(p, "SELECT sha256 FROM snapshots");
+	char *sha = sqlq_text(p, "SELECT sha256 FROM snapshots");
 	char *sp = xasprintf("%s-kv/%s.kvs", p, sha);
 	size_t n;
 	char *bytes = read_file(sp, &n);
@@ -522,7 +479,7 @@ static void test_recompute_logits(const struct tiny *t)
 		run_turn(&a, nv, 10, 6, "q");
 		T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
 	}
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 0);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM snapshots"), 0);
 	run_open(&b, t->m, "full", 120);
 	struct store_resume_info info;
 	T_EQ_INT(store_resume(s, id, b.kv, t->sha, &info, &e), KVS_OK);
@@ -749,20 +706,20 @@ static void test_io_errors(const struct tiny *t)
 		        "message: %s", e.msg);
 		T_EQ_INT(store_rec_pending(a.rec), mode);
 		/* what was committed is intact (another connection sees it) */
-		T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 1);
-		T_EQ_INT(q_int(p, "SELECT count(*) FROM turns WHERE user_text = 'first'"), 1);
+		T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns"), 1);
+		T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns WHERE user_text = 'first'"), 1);
 	}
 	/* the next successful commit writes all the queued turns */
 	run_turn(&a, nv, 12, 6, "fourth");
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
 	T_EQ_INT(store_rec_pending(a.rec), 0);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 4);
-	T_EQ_INT(q_int(p, "SELECT idx FROM turns WHERE user_text = 'fourth'"), 3);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns"), 4);
+	T_EQ_INT(sqlq_int(p, "SELECT idx FROM turns WHERE user_text = 'fourth'"), 3);
 	struct kv_stats st;
 	kv_cache_stats(a.kv, &st);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM tokens"), st.n_seen);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM tokens WHERE NOT kept"), st.n_evicted);
-	char *ic = q_text(p, "PRAGMA integrity_check");
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM tokens"), st.n_seen);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM tokens WHERE NOT kept"), st.n_evicted);
+	char *ic = sqlq_text(p, "PRAGMA integrity_check");
 	T_EQ_STR(ic, "ok");
 	free(ic);
 	run_close(&a);
@@ -811,7 +768,7 @@ static void test_second_writer(const struct tiny *t)
 	sqlite3_exec(other, "COMMIT", NULL, NULL, NULL);
 	sqlite3_close(other);
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 2);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns"), 2);
 	/* a second kvscope resumed the same session and saved first: the
 	 * first one's next commit refuses to mix the conversations */
 	struct store *s2;
@@ -824,8 +781,8 @@ static void test_second_writer(const struct tiny *t)
 	run_turn(&a, nv, 8, 4, "three");
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_ESTATE);
 	T_CHECK(strstr(e.msg, "another kvscope") != NULL, "message: %s", e.msg);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 3);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns WHERE user_text = 'three'"), 0);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns"), 3);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns WHERE user_text = 'three'"), 0);
 	run_close(&b);
 	store_close(s2);
 	run_close(&a);
@@ -853,8 +810,8 @@ static void test_snapshot_blocked_export(const struct tiny *t)
 		T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
 	}
 	log_set_level(LOG_WARN);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM snapshots"), 0);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM turns"), 4);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM snapshots"), 0);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM turns"), 4);
 	char *out = tpath("export.md");
 	FILE *fp = fopen(out, "w");
 	T_EQ_INT(store_export(s, id, STORE_FMT_MD, NULL, fp, &e), KVS_OK);
@@ -866,8 +823,8 @@ static void test_snapshot_blocked_export(const struct tiny *t)
 	free(md);
 	free(out);
 	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM tokens"), 0);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM memory_events"), 0);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM tokens"), 0);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM memory_events"), 0);
 	T_EQ_INT(store_session_delete(s, id, &e), KVS_ENOTFOUND);
 	run_close(&a);
 	store_close(s);
@@ -967,11 +924,11 @@ static void test_keys_titles(void)
 	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
 	in.title = (char *)"   ";
 	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_EARG);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM sessions"), 3);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM sessions"), 3);
 	T_EQ_INT(store_session_set_title(s, a, "two\nlines", &e), KVS_EARG);
 	T_EQ_INT(store_session_set_title(s, a, "", &e), KVS_EARG);
 	T_EQ_INT(store_session_set_title(s, a, "beta", &e), KVS_OK);
-	char *tt = q_text(p, "SELECT title FROM sessions WHERE id = 1");
+	char *tt = sqlq_text(p, "SELECT title FROM sessions WHERE id = 1");
 	T_EQ_STR(tt, "beta");
 	free(tt);
 	/* an empty or blank path names no database */
@@ -1017,7 +974,7 @@ static void test_crafted_names(const struct tiny *t)
 	store_rec_free(a.rec);
 	a.rec = NULL;
 	/* the snapshot's name now points outside the snapshot folder */
-	q_exec(p, "UPDATE snapshots SET sha256 = '../victim'");
+	sqlq_exec(p, "UPDATE snapshots SET sha256 = '../victim'");
 	/* resume: not read (recomputed, saying why) */
 	run_open(&b, t->m, "full", 120);
 	struct store_resume_info info;
@@ -1031,12 +988,12 @@ static void test_crafted_names(const struct tiny *t)
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK);
 	T_CHECK(access(victim, F_OK) == 0, "a commit removed %s", victim);
 	/* delete, with crafted names in every row */
-	q_exec(p,
-	       "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
-	       "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
-	       "INSERT INTO snapshots VALUES (1, 9, "
-	       "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
-	       "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
+	sqlq_exec(p,
+	          "INSERT INTO snapshots VALUES (1, 7, '../victim', 0, 0, 0); "
+	          "INSERT INTO snapshots VALUES (1, 8, '/etc/../../victim', 0, 0, 0); "
+	          "INSERT INTO snapshots VALUES (1, 9, "
+	          "'../aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 0, 0); "
+	          "UPDATE snapshots SET sha256 = '../victim' WHERE turn = 1");
 	T_EQ_INT(store_session_delete(s, id, &e), KVS_OK);
 	T_CHECK(access(victim, F_OK) == 0, "sessions delete removed %s", victim);
 	/* vacuum removes only the files it should: the real snapshot, now unreferenced */
@@ -1063,7 +1020,7 @@ static void test_crafted_names(const struct tiny *t)
 	run_turn(&a, nv, 10, 6, "one");
 	T_EQ_INT(store_rec_commit(a.rec, &e), KVS_OK); /* the snapshot only is lost */
 	log_set_level(LOG_WARN);
-	T_EQ_INT(q_int(link_db, "SELECT count(*) FROM snapshots"), 0);
+	T_EQ_INT(sqlq_int(link_db, "SELECT count(*) FROM snapshots"), 0);
 	T_EQ_INT(count_entries(other), 2);
 	T_EQ_INT(store_vacuum(s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "symbolic link") != NULL, "message: %s", e.msg);
@@ -1125,8 +1082,8 @@ static void test_concurrent_open(void)
 				ok++;
 		}
 		all_ok += ok == KIDS;
-		T_EQ_INT(q_int(p, "PRAGMA user_version"), store_schema_latest());
-		T_EQ_INT(q_int(p, "SELECT count(*) FROM sqlite_schema WHERE name = 'sessions'"), 1);
+		T_EQ_INT(sqlq_int(p, "PRAGMA user_version"), store_schema_latest());
+		T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM sqlite_schema WHERE name = 'sessions'"), 1);
 		free(p);
 	}
 	T_EQ_INT(all_ok, ROUNDS);
@@ -1233,9 +1190,9 @@ static void test_export_crafted(void)
 	        "CAST(%s AS TEXT)), (1, 0, 2, 'pin', NULL, NULL, 1, '[[1,2,0.5]]'), "
 	        "(1, 0, 3, 'policy', NULL, NULL, 0, '{\"policy\":\"a\"b\",\"budget\":1}')",
 	        evil, evil, evil, evil, evil, evil, evil, evil, evil, evil, evil, evil);
-	q_exec(p, sql);
+	sqlq_exec(p, sql);
 	free(sql);
-	T_EQ_INT(q_int(p, "SELECT count(*) FROM memory_events"), 4);
+	T_EQ_INT(sqlq_int(p, "SELECT count(*) FROM memory_events"), 4);
 	T_EQ_INT(store_open(&s, p, STORE_RO, &e), KVS_OK);
 	for (int f = 0; f < 2; f++) {
 		char *out = tpath(f ? "crafted.json" : "crafted.md");
