@@ -11,9 +11,8 @@
  * bank of made-up words (so FTS5 has a vocabulary of realistic size), and
  * their K/V rows are drawn from a pool of 512 rows of random values in the
  * cache's element type (f16 by default), (n_layer, 2, n_head_kv, head_dim)
- * each. Then it times 20
- * recalls per ranking (fts, summary, both) with a recall budget of 32
- * tokens (an eighth of a 256-token cache): a probe of 8 random query
+ * each. Then it times 20 recalls per ranking (fts, summary, both) with a
+ * recall budget of 128 tokens (two blocks): a probe of 8 random query
  * vectors per layer and head and three words of the bank. A recall here
  * is the whole choice: ranking, reading the chosen blocks' rows, nothing
  * placed. It prints the median and the 90th percentile of each, the
@@ -37,7 +36,7 @@
 #define BC_WORDS 4096 /* the word bank */
 #define BC_RECALLS 20
 #define BC_PROBE 8
-#define BC_BUDGET 32
+#define BC_BUDGET 128 /* two blocks of 64 */
 
 static uint64_t bc_rng = 0x9e3779b97f4a7c15ull;
 

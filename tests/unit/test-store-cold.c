@@ -695,7 +695,7 @@ static void test_rankings(const struct tiny *t)
 	query.scorer_ud = &calls;
 	T_EQ_INT(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e), KVS_OK);
 	T_EQ_INT(calls, 1);
-	T_CHECK(n_hits >= 1 && hits[0].pos0 == q_int(path, "SELECT min(pos0) FROM cold_blocks"),
+	T_CHECK(n_hits >= 1 && hits[0].pos0 == sqlq_int(path, "SELECT min(pos0) FROM cold_blocks"),
 	        "custom scorer: %zu hits, first at %d", n_hits, n_hits ? hits[0].pos0 : -1);
 	free(hits);
 	/* one that fails: both's order */
@@ -800,8 +800,8 @@ static void test_full_disk(void)
 		        "%s", e.msg);
 	T_CHECK(seen.writes > 0, "no cold write in four exchanges");
 	T_EQ_INT(seen.saved_ok, 4);
-	int64_t blocks = q_int(path, "SELECT count(*) FROM cold_blocks");
-	int64_t turns = q_int(path, "SELECT count(*) FROM turns");
+	int64_t blocks = sqlq_int(path, "SELECT count(*) FROM cold_blocks");
+	int64_t turns = sqlq_int(path, "SELECT count(*) FROM turns");
 	T_CHECK(blocks > 0 && turns == 4, "%lld blocks, %lld turns", (long long)blocks,
 	        (long long)turns);
 
@@ -815,10 +815,10 @@ static void test_full_disk(void)
 	                strchr(seen.msg, '\n') == NULL,
 	        "message: %s", seen.msg);
 	/* the exchange's commit may have fitted in free pages; none was lost */
-	int64_t now = q_int(path, "SELECT count(*) FROM turns");
+	int64_t now = sqlq_int(path, "SELECT count(*) FROM turns");
 	T_CHECK(now == turns || (now == turns + 1 && seen.saved_failed == 0), "%lld turns",
 	        (long long)now);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks"), blocks);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), blocks);
 
 	/* room again: turns commit (the failed one with the next), cold writes
 	 * stay stopped, said once */
@@ -829,8 +829,8 @@ static void test_full_disk(void)
 		        "%s", e.msg);
 	T_EQ_INT(seen.stops, 1);
 	T_EQ_INT(seen.writes, writes);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM turns"), 7);
-	T_EQ_INT(q_int(path, "SELECT count(*) FROM cold_blocks"), blocks);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM turns"), 7);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), blocks);
 	T_EQ_INT(store_check(st, &e), KVS_OK);
 	session_close(s);
 	store_close(st);
