@@ -147,7 +147,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/* the word bank, each word's tokens (with its leading space) */
-	char (*words)[16] = xcalloc(BC_WORDS, sizeof *words);
+	char(*words)[16] = xcalloc(BC_WORDS, sizeof *words);
 	int32_t *wtok = xcalloc((size_t)BC_WORDS * 8, sizeof *wtok);
 	uint32_t *wn = xcalloc(BC_WORDS, sizeof *wn);
 	for (uint32_t i = 0; i < BC_WORDS; i++) {
@@ -156,7 +156,8 @@ int main(int argc, char **argv)
 		snprintf(sp, sizeof sp, " %s", words[i]);
 		int32_t *ids = NULL;
 		size_t n = 0, cap = 0;
-		if (vocab_tokenize(gen_vocab(g), sp, strlen(sp), false, false, &ids, &n, &cap, &e) != KVS_OK)
+		if (vocab_tokenize(gen_vocab(g), sp, strlen(sp), false, false, &ids, &n, &cap, &e) !=
+		    KVS_OK)
 			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 		wn[i] = (uint32_t)KVS_MIN(n, (size_t)8);
 		memcpy(wtok + (size_t)i * 8, ids, wn[i] * sizeof *ids);

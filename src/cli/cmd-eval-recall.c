@@ -396,8 +396,7 @@ static bool rc_partial(struct gen *g, const char *value, const char *word, struc
 
 /* One conversation: its fact, turns fillers, the question and the reply. */
 static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, struct rc_sample *sm,
-                         struct eval_rng *r, struct rc_cell *c, struct rc_cold *cold,
-                         struct err *e)
+                         struct eval_rng *r, struct rc_cell *c, struct rc_cold *cold, struct err *e)
 {
 	const struct rc_kind *k = &rc_kinds[sm->kind];
 	gen_reset(g);
@@ -420,8 +419,8 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	size_t nu = 0;
 	int32_t base = kv_cache_next_pos(gen_kv(g));
 	if (rc == KVS_OK)
-		rc = rc_exchange(g, raw, user, "Okay, I will remember that.", false, 0, cold, &uids,
-		                 &nu, e);
+		rc = rc_exchange(g, raw, user, "Okay, I will remember that.", false, 0, cold, &uids, &nu,
+		                 e);
 	if (rc == KVS_OK && !rc_locate(g, uids, nu, base, sm->value, &first, &last))
 		rc = err_set(e, KVS_EFORMAT, "recall: the value '%s' is not found in its turn", sm->value);
 	free(uids);
@@ -434,14 +433,12 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 		if (f == prev)
 			f = (f + 1) % KVS_ARRAY_LEN(rc_filler);
 		prev = f;
-		rc = rc_exchange(g, raw, rc_filler[f][0], rc_filler[f][1], false, 0, cold, &uids, &nu,
-		                 e);
+		rc = rc_exchange(g, raw, rc_filler[f][0], rc_filler[f][1], false, 0, cold, &uids, &nu, e);
 		free(uids);
 	}
 	/* the question, the primed reply */
 	if (rc == KVS_OK)
-		rc = rc_exchange(g, raw, k->question, k->primer, true, o->max_tokens, cold, &uids,
-		                 &nu, e);
+		rc = rc_exchange(g, raw, k->question, k->primer, true, o->max_tokens, cold, &uids, &nu, e);
 	free(uids);
 	if (rc != KVS_OK)
 		return rc;

@@ -297,8 +297,9 @@ bool api_recall_score(void *ud, const struct store_cold_cand *c, size_t n, doubl
 		return false;
 	int rc = KVS_OK;
 	if (!lua_istable(L, -1))
-		rc = err_set(&e, KVS_EFORMAT, "recall scorer %s returned %s (expected a table of %zu scores)",
-		             r->name, luaL_typename(L, -1), n);
+		rc = err_set(&e, KVS_EFORMAT,
+		             "recall scorer %s returned %s (expected a table of %zu scores)", r->name,
+		             luaL_typename(L, -1), n);
 	for (size_t i = 0; rc == KVS_OK && i < n; i++) {
 		/* nil: never recall this block */
 		int t = lua_rawgeti(L, -1, (lua_Integer)i + 1);
@@ -334,7 +335,8 @@ static const struct api_fn api_policy_fns[] = {
 	  "fallback",
 	  api_policy_register },
 	{ "recall.scorers", API_FAST, API_C, "() -> list",
-	  "the cold tier's recall scorers: built-in (both, summary, fts) and Lua ones", api_recall_scorers },
+	  "the cold tier's recall scorers: built-in (both, summary, fts) and Lua ones",
+	  api_recall_scorers },
 	{ "recall.register", API_DEFERRED, API_C, "(name, fn [, {budget_ms=}])",
 	  "a recall scorer for the cold tier: fn(blocks) gets every cold block as {id, turn, "
 	  "positions = {first, last}, n, text, bm25, summary} and returns one score per block "

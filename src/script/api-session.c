@@ -126,9 +126,9 @@ static const struct api_num_opt api_num_opts[] = {
 /* Read opts' session settings into c; a Lua error for a bad one. */
 static void api_session_opts(lua_State *L, int t, struct session_config *c, const char **policy)
 {
-	static const char *const words[] = { "model",       "system", "policy",        "capture",
-		                                 "token_stats", "cold",   "recall",        "recall_budget",
-		                                 "cold_block" };
+	static const char *const words[] = { "model",   "system",        "policy",
+		                                 "capture", "token_stats",   "cold",
+		                                 "recall",  "recall_budget", "cold_block" };
 	lua_pushnil(L);
 	while (lua_next(L, t) != 0) {
 		bool known = false;
@@ -240,7 +240,8 @@ static void api_session_cold_opts(lua_State *L, int t, struct script_rt *rt,
 		c->on = lua_toboolean(L, -1);
 	lua_pop(L, 1);
 	if (lua_getfield(L, t, "recall_budget") != LUA_TNIL)
-		c->recall_budget = (uint32_t)script_int(L, -1, "kvscope.session: recall_budget", 1, 1 << 24);
+		c->recall_budget =
+		        (uint32_t)script_int(L, -1, "kvscope.session: recall_budget", 1, 1 << 24);
 	lua_pop(L, 1);
 	if (lua_getfield(L, t, "cold_block") != LUA_TNIL)
 		c->block = (uint32_t)script_int(L, -1, "kvscope.session: cold_block", 1, 4096);
@@ -271,8 +272,8 @@ static int api_session_cold(struct api_session *as, const struct session_config 
 	const char *base = getenv("TMPDIR");
 	as->cold_dir = xasprintf("%s/kvscope-lua-cold-XXXXXX", base && base[0] ? base : "/tmp");
 	if (mkdtemp(as->cold_dir) == NULL) {
-		int rc = err_set(e, KVS_EIO, "cold: cannot create a temporary folder %s: %s",
-		                 as->cold_dir, strerror(errno));
+		int rc = err_set(e, KVS_EIO, "cold: cannot create a temporary folder %s: %s", as->cold_dir,
+		                 strerror(errno));
 		free(as->cold_dir);
 		as->cold_dir = NULL;
 		return rc;

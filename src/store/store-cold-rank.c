@@ -120,7 +120,7 @@ static int cold_rank_fts(const struct cold_scope *c, const char *text, struct co
 			if (!cold_cand_row(c, sel, k))
 				continue;
 			k->hit.bm25 = -sqlite3_column_double(sel, 6);
-			k->rank_fts = (uint32_t)++*n_fts;
+			k->rank_fts = (uint32_t)++ * n_fts;
 		}
 		if (r != SQLITE_ROW && r != SQLITE_DONE)
 			rc = store_fail(c->s, r, "searching the cold tier", e);
@@ -222,8 +222,8 @@ static double cold_probe_score(const struct cold_probe *p, const float *kmin, co
 
 /* The summary ranking: every block of this epoch scored against the probe
  * (q, n_q), best first, into *sum (text too when want_text). */
-static int cold_rank_summary(const struct cold_scope *c, const float *q, uint32_t n_q, bool want_text,
-                             struct cold_cand **sum, size_t *n_sum, struct err *e)
+static int cold_rank_summary(const struct cold_scope *c, const float *q, uint32_t n_q,
+                             bool want_text, struct cold_cand **sum, size_t *n_sum, struct err *e)
 {
 	const struct hparams *hp = c->hp;
 	size_t nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim, cap = 0;

@@ -266,8 +266,8 @@ typedef bool (*store_cold_scorer_fn)(void *ud, const struct store_cold_cand *can
                                      double *scores);
 /* What a recall ranks by. */
 struct store_cold_query {
-	const char *text;               /* the turn's words (FTS), or NULL */
-	const float *q;                 /* (n_q, n_layer, n_head, head_dim) probe queries before
+	const char *text; /* the turn's words (FTS), or NULL */
+	const float *q;   /* (n_q, n_layer, n_head, head_dim) probe queries before
 	                                 * RoPE (kv_cache_probe), or NULL */
 	uint32_t n_q;
 	enum store_cold_rank rank;

@@ -518,8 +518,7 @@ static void test_probe_queries(const struct tiny *t)
 				worst = fabs(w - got) > worst ? fabs(w - got) : worst;
 			}
 		}
-	printf("want_q: attention from the queries against the engine's, max difference %.3g\n",
-	       worst);
+	printf("want_q: attention from the queries against the engine's, max difference %.3g\n", worst);
 	T_CHECK(worst < 1e-4, "attention recomputed from want_q differs by %g", worst);
 	engine_free(eng);
 }
@@ -669,8 +668,8 @@ static void test_rankings(const struct tiny *t)
 	if (n_hits == 1) {
 		char *bt = text_of(t->m, r.ids, (uint32_t)hits[0].pos0, (uint32_t)hits[0].pos1 + 1);
 		T_CHECK(strstr(bt, "zebra") != NULL, "both recalled \"%s\"", bt);
-		T_CHECK(hits[0].bm25 > 0 && isfinite(hits[0].summary), "bm25 %g summary %g",
-		        hits[0].bm25, hits[0].summary);
+		T_CHECK(hits[0].bm25 > 0 && isfinite(hits[0].summary), "bm25 %g summary %g", hits[0].bm25,
+		        hits[0].summary);
 		free(bt);
 	}
 	free(hits);
@@ -792,12 +791,12 @@ static void test_full_disk(void)
 		.sampler = "temp=0",
 	};
 	T_CHECK(session_set_store(s, &ss, &e) == KVS_OK, "%s", e.msg);
-	struct session_cold_config cc = { .on = true, .block = 16, .recall = SESSION_RECALL_FTS,
-		                              .recall_budget = 16 };
+	struct session_cold_config cc = {
+		.on = true, .block = 16, .recall = SESSION_RECALL_FTS, .recall_budget = 16
+	};
 	session_set_cold(s, &cc);
 	for (int i = 0; i < 4; i++)
-		T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK,
-		        "%s", e.msg);
+		T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK, "%s", e.msg);
 	T_CHECK(seen.writes > 0, "no cold write in four exchanges");
 	T_EQ_INT(seen.saved_ok, 4);
 	int64_t blocks = sqlq_int(path, "SELECT count(*) FROM cold_blocks");
@@ -808,8 +807,7 @@ static void test_full_disk(void)
 	/* the disk is full: the exchange's commit and its cold write fail; the
 	 * chat goes on */
 	full_cap(st, 0);
-	T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK,
-	        "the chat stopped: %s", e.msg);
+	T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK, "the chat stopped: %s", e.msg);
 	T_EQ_INT(seen.stops, 1);
 	T_CHECK(strstr(seen.msg, "full") != NULL && strstr(seen.msg, "cold tier not written") &&
 	                strchr(seen.msg, '\n') == NULL,
@@ -825,8 +823,7 @@ static void test_full_disk(void)
 	full_cap(st, 1 << 30);
 	uint32_t writes = seen.writes;
 	for (int i = 0; i < 2; i++)
-		T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK,
-		        "%s", e.msg);
+		T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK, "%s", e.msg);
 	T_EQ_INT(seen.stops, 1);
 	T_EQ_INT(seen.writes, writes);
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM turns"), 7);
