@@ -40,7 +40,7 @@ if [ "$what" = rps ] || [ "$what" = all ]; then
 	for dom in ${RPS_DOMINANT:-rock paper scissors}; do
 		run rps eval rps --rounds "$rounds" --dominant "$dom" --policy full
 		for b in ${RPS_BUDGETS:-256 512}; do
-			for p in streaming sirllm sirllm:mode=compat lminfinite h2o; do
+			for p in streaming sirllm sirllm:mode=compat lminfinite h2o snapkv; do
 				run rps eval rps --rounds "$rounds" --dominant "$dom" --policy "$p" --kv-budget "$b"
 			done
 		done

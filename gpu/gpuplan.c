@@ -75,6 +75,17 @@ int gpuplan_check_model(const struct hparams *hp, struct err *e)
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "%s: the CUDA kernels have no per-head Q/K norm; use --backend cpu",
 		               hp->arch);
+	/* Gemma's and LongRoPE's features, each named: the kernels have none */
+	const char *gemma = hp->n_swa > 0                       ? "sliding-window layers"
+	        : hp->attn_softcap > 0 || hp->final_softcap > 0 ? "soft-capping"
+	        : hp->ffn_act != FFN_SILU                       ? "GeGLU"
+	        : hp->has_post_norm                             ? "post-norms"
+	        : hp->embd_scale > 0 && hp->embd_scale != 1.0f  ? "embedding scaling"
+	        : hp->rope_factors_long != NULL                 ? "LongRoPE factors"
+	                                                        : NULL;
+	if (gemma != NULL)
+		return err_set(e, KVS_EUNSUPPORTED, "%s: the CUDA kernels have no %s; use --backend cpu",
+		               hp->arch, gemma);
 	if (hp->rope_factors != NULL || hp->rope_ext_factor != 0.0f ||
 	    (hp->rope_attn_factor != 0.0f && hp->rope_attn_factor != 1.0f))
 		return err_set(e, KVS_EUNSUPPORTED, "%s: the CUDA kernels have no %s; use --backend cpu",

@@ -104,6 +104,24 @@ static void model_print_header(const struct model *m)
 		       (double)hp->rope_attn_factor * (1.0 + 0.1 * log(1.0 / (double)hp->rope_freq_scale)));
 	else if (hp->rope_scaling == ROPE_SCALING_LINEAR && hp->rope_freq_scale != 1.0f)
 		printf("  %-16slinear, factor %g\n", "rope scaling", 1.0 / (double)hp->rope_freq_scale);
+	if (hp->rope_factors_long != NULL)
+		printf("  %-16slongrope: long divisors past %u positions of context, short ones "
+		       "within; attention factor %g\n",
+		       "rope scaling", hp->rope_ctx_orig, (double)hp->rope_attn_factor);
+	uint32_t n_local = 0;
+	for (uint32_t l = 0; l < hp->n_layer; l++)
+		n_local += model_layer_window(hp, l) > 0;
+	if (n_local > 0) {
+		printf("  %-16s%u positions in %u of %u layers (local:", "sliding window", hp->n_swa,
+		       n_local, hp->n_layer);
+		for (uint32_t l = 0, shown = 0; l < hp->n_layer && shown < 12; l++)
+			if (model_layer_window(hp, l) > 0)
+				printf("%s%u", shown++ ? "," : " ", l);
+		printf("%s); rope base %g there\n", n_local > 12 ? ",..." : "", (double)hp->rope_base_swa);
+	}
+	if (hp->attn_softcap > 0 || hp->final_softcap > 0)
+		printf("  %-16sattention %g, logits %g (0: none)\n", "soft-caps", (double)hp->attn_softcap,
+		       (double)hp->final_softcap);
 	printf("  %-16s%g\n", "rms eps", (double)hp->rms_eps);
 	printf("  %-16s%g\n", "attention scale", (double)hp->attn_scale);
 	printf("  %-16s%s\n", "qkv bias", hp->has_qkv_bias ? "yes" : "no");

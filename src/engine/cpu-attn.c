@@ -25,7 +25,14 @@
  * take one query at a time (cpu_attend).
  *
  * Attention rule: query i at position p sees visible slot s when
- * 0 <= pos(s) <= p. A query that sees nothing gets a zero output.
+ * 0 <= pos(s) <= p, and in a local (sliding-window) layer of window w also
+ * pos(s) > p - w: the keys it sees are then a range [cpu_window_start,
+ * prefix) of the order, and the keys before it get exactly no weight
+ * (skipped where the key loop allows, masked where a whole row of scores
+ * is kept). The cache keeps every token for every layer; only attention
+ * narrows. A query that sees nothing gets a zero output. Gemma 2 soft-caps
+ * the scores (c tanh(s / c)) before the softmax, after any Λ re-scoring.
+ * Gemma 3's local layers rotate with their own angles (cpu_rope_hp).
  */
 #include "engine/cpu-int.h"
 
@@ -57,7 +64,7 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t lo, hi, nr = hp->n_rot, hd = hp->head_dim;
-	float *cs = c->rcs + (size_t)ith * nr, kb[KERN_ROW_MAX];
+	float *cs = c->rcs + (size_t)ith * 2 * nr, *cs_swa = cs + nr, kb[KERN_ROW_MAX];
 	if (NEVER(hd > KERN_ROW_MAX)) /* cpu_create refuses longer heads */
 		return;
 	cpu_share(b->n_visible, ith, nth, &lo, &hi);
@@ -67,14 +74,17 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 		if (p < 0 || c->kr_pos[s] == p)
 			continue;
 		engine_rope_cos_sin(hp, p, cs, cs + nr / 2);
+		if (c->two_ropes)
+			engine_rope_cos_sin(&c->hp_swa, p, cs_swa, cs_swa + nr / 2);
 		for (uint32_t l = 0; l < hp->n_layer; l++)
 			for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+				const float *lcs = cpu_rope_hp(c, l) == hp ? cs : cs_swa;
 				uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
 				if (c->kv_es == 2)
 					c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
 				else
 					memcpy(kb, c->kc[l] + off, hd * sizeof(float));
-				c->ops->rope(kb, cs, (int)nr, hp->rope == ROPE_NEOX);
+				c->ops->rope(kb, lcs, (int)nr, hp->rope == ROPE_NEOX);
 				cpu_kv_put(c, kb, c->kr[l] + off);
 			}
 		c->kr_pos[s] = p;
@@ -176,14 +186,43 @@ static void cpu_raw_key(const struct cpu *c, uint32_t l, uint32_t s, uint32_t kv
 	cpu_rope(c, kb, cs);
 }
 
-/* The angles of position at in the per-thread cache (cs, *cached). */
-static const float *cpu_angles_at(const struct cpu *c, float *cs, int32_t *cached, int32_t at)
+/* The angles of position at in layer l's RoPE, through the per-thread
+ * cache (cs, *cached: 2 at + 1 for a local layer's angles). */
+static const float *cpu_angles_at(const struct cpu *c, uint32_t l, float *cs, int32_t *cached,
+                                  int32_t at)
 {
-	if (*cached != at) {
-		engine_rope_cos_sin(&c->hp, at, cs, cs + c->hp.n_rot / 2);
-		*cached = at;
+	const struct hparams *rh = cpu_rope_hp(c, l);
+	int32_t key = 2 * at + (rh != &c->hp);
+	if (*cached != key) {
+		engine_rope_cos_sin(rh, at, cs, cs + c->hp.n_rot / 2);
+		*cached = key;
 	}
 	return cs;
+}
+
+uint32_t cpu_window_start(const struct cpu *c, uint32_t l, int32_t p)
+{
+	uint32_t w = c->L[l].window, lo = 0, hi = c->n_valid;
+	if (w == 0)
+		return 0;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if ((int64_t)p - c->vpos[mid] >= (int64_t)w)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Gemma 2's soft-cap of n scores in place: s becomes c tanh(s / c), in
+ * llama.cpp's float steps; a masked (-inf) score stays masked. */
+static void cpu_softcap(const struct cpu *c, float *s, uint32_t n)
+{
+	float cap = c->hp.attn_softcap, inv = 1.0f / cap;
+	for (uint32_t k = 0; k < n; k++)
+		if (s[k] != -INFINITY)
+			s[k] = tanhf(s[k] * inv) * cap;
 }
 
 /*
@@ -227,7 +266,7 @@ static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, ui
 		bool global = c->vorder[k] < b->n_global;
 		if (global) {
 			if (b->dist_cap > 0 && (int64_t)p - c->vpos[k] > b->dist_cap) {
-				const float *cs = cpu_angles_at(c, c->cap_cs + (size_t)ith * hp->n_rot,
+				const float *cs = cpu_angles_at(c, l, c->cap_cs + (size_t)ith * hp->n_rot,
 				                                &c->cap_pos[ith], p - b->dist_cap);
 				cpu_raw_key(c, l, b->visible[c->vorder[k]], kvh, cs, kb);
 				for (uint32_t r = 0; r < nq; r++)
@@ -247,7 +286,7 @@ static bool cpu_lambda(struct cpu_job *jb, uint32_t l, uint32_t i, int32_t p, ui
 		for (uint32_t r = 0; r < nq; r++)
 			mk[(size_t)r * lc + k] = 1;
 		if (topk) {
-			const float *cs = cpu_angles_at(c, c->ins_cs + (size_t)ith * hp->n_rot,
+			const float *cs = cpu_angles_at(c, l, c->ins_cs + (size_t)ith * hp->n_rot,
 			                                &c->ins_pos[ith], p - b->middle_insert_at);
 			cpu_raw_key(c, l, b->visible[c->vorder[k]], kvh, cs, kb);
 			for (uint32_t r = 0; r < nq; r++)
@@ -315,7 +354,8 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	uint32_t hd = hp->head_dim, nv = b->n_visible, vc = c->vis_cap;
 	uint32_t kvh = h0 / (hp->n_head / hp->n_head_kv);
 	int32_t p = b->pos[jb->t0 + i];
-	uint32_t m = cpu_prefix(c, p); /* keys with position <= p */
+	uint32_t m = cpu_prefix(c, p);           /* keys with position <= p */
+	uint32_t w0 = cpu_window_start(c, l, p); /* and within a local layer's window */
 	const float *q = c->q + ((size_t)i * hp->n_head + h0) * hd;
 	float *out = c->ao + ((size_t)i * hp->n_head + h0) * hd;
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc;
@@ -324,7 +364,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		attn = jb->bo->attn + ((size_t)l * hp->n_head + h0) * nv;
 		memset(attn, 0, (size_t)nq * nv * sizeof(float));
 	}
-	if (m == 0) {
+	if (m == 0 || w0 >= m) {
 		memset(out, 0, (size_t)nq * hd * sizeof(float));
 		return;
 	}
@@ -355,11 +395,18 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 			memset(mk + (size_t)r * c->lam_cap, 0, m);
 		masked = cpu_lambda(jb, l, i, p, kvh, q, nq, m, sc, mk, ith);
 	}
+	for (uint32_t r = 0; hp->attn_softcap > 0 && r < nq; r++)
+		cpu_softcap(c, sc + (size_t)r * vc, m);
+	/* a local layer: the keys before its window get no weight */
+	for (uint32_t r = 0; w0 > 0 && r < nq; r++)
+		for (uint32_t k = 0; k < w0; k++)
+			sc[(size_t)r * vc + k] = -INFINITY;
 	/* sparse decode: the keys not chosen are masked too; the weights
 	 * reported are the dense ones (a shadow), taken before */
 	const uint8_t *smk =
 	        jb->n == 1 && cpu_sparse_layer(jb, l) ? c->sp_mask + (size_t)kvh * c->sp_vis_cap : NULL;
 	bool lam = masked;
+	masked = masked || w0 > 0;
 	if (smk != NULL) {
 		for (uint32_t r = 0; attn != NULL && r < nq; r++) {
 			const float *sr = sc + (size_t)r * vc;
@@ -391,7 +438,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 			c->ops->exp_sum(sr, m, mx);
 			float sum = 0;
 			for (uint32_t k = 0; k < m; k++) {
-				if ((lam && k < c->lam_cap && mk[(size_t)r * c->lam_cap + k]) ||
+				if (k < w0 || (lam && k < c->lam_cap && mk[(size_t)r * c->lam_cap + k]) ||
 				    (smk != NULL && !smk[k]))
 					sr[k] = 0;
 				sum += sr[k];
@@ -454,10 +501,13 @@ static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0,
 	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, rows = nt * grp;
 	struct cpu_fa f;
 	cpu_flash_carve(c, ith, &f);
-	uint32_t m[CPU_FA_ROWS], mmax = 0;
+	uint32_t m[CPU_FA_ROWS], w[CPU_FA_ROWS], mmax = 0, wmin = UINT32_MAX;
 	for (uint32_t t = 0; t < nt; t++) {
-		m[t] = cpu_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
+		int32_t p = jb->b->pos[jb->t0 + i0 + t];
+		m[t] = cpu_prefix(c, p);
+		w[t] = cpu_window_start(c, l, p); /* keys [w, m) are the row's */
 		mmax = KVS_MAX(mmax, m[t]);
+		wmin = KVS_MIN(wmin, w[t]);
 		memcpy(f.q + (size_t)t * grp * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
 		       (size_t)grp * hd * sizeof(float));
 	}
@@ -468,7 +518,8 @@ static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0,
 		f.mx[r] = -INFINITY;
 		f.l[r] = 0;
 	}
-	for (uint32_t k0 = 0; k0 < mmax; k0 += CPU_FA_TILE) {
+	/* tiles wholly before every row's window are skipped */
+	for (uint32_t k0 = wmin / CPU_FA_TILE * CPU_FA_TILE; k0 < mmax; k0 += CPU_FA_TILE) {
 		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, mmax - k0);
 		cpu_flash_tile(c, l, kvh, k0, mt, &f);
 		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
@@ -478,14 +529,19 @@ static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0,
 		for (uint32_t r = 0; r < rows; r++) {
 			float *sr = f.s + (size_t)r * CPU_FA_TILE;
 			uint32_t lim = m[r / grp] > k0 ? KVS_MIN(mt, m[r / grp] - k0) : 0;
+			/* [st, lim) of the tile lie in the row's window */
+			uint32_t st = w[r / grp] > k0 ? KVS_MIN(lim, w[r / grp] - k0) : 0;
 			f.alpha[r] = 1;
-			if (lim > 0) {
-				float tmax = c->ops->max_f32(sr, lim);
+			if (lim > st) {
+				if (hp->attn_softcap > 0)
+					cpu_softcap(c, sr + st, lim - st);
+				float tmax = c->ops->max_f32(sr + st, lim - st);
 				float nmx = tmax > f.mx[r] ? tmax : f.mx[r];
 				f.alpha[r] = expf(f.mx[r] - nmx); /* 0 on the first tile: -inf */
-				f.l[r] = f.l[r] * f.alpha[r] + c->ops->exp_sum(sr, lim, nmx);
+				f.l[r] = f.l[r] * f.alpha[r] + c->ops->exp_sum(sr + st, lim - st, nmx);
 				f.mx[r] = nmx;
 			}
+			memset(sr, 0, st * sizeof(float));
 			memset(sr + lim, 0, (mt - lim) * sizeof(float));
 		}
 		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
@@ -577,7 +633,9 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, vc = c->vis_cap;
-	uint32_t m = cpu_prefix(c, jb->b->pos[jb->t0]), k0, k1;
+	int32_t p = jb->b->pos[jb->t0];
+	uint32_t m = cpu_prefix(c, p), k0, k1;
+	uint32_t w0 = KVS_MIN(cpu_window_start(c, l, p), m); /* a local layer's window: [w0, m) */
 	int np = pool_size(c->pool);
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc;
 	float *tmp = c->txb + (size_t)ith * c->kmax; /* (KERN_ATT_Q, hd) */
@@ -590,7 +648,9 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	}
 	/* part j always holds the same keys, whichever thread computes it */
 	for (int j = ith; j < np; j += nth) {
-		cpu_share(m, j, np, &k0, &k1);
+		cpu_share(m - w0, j, np, &k0, &k1);
+		k0 += w0;
+		k1 += w0;
 		float *part = c->dpart + (size_t)j * hp->n_head * (hd + 2); /* (n_head, hd + 2): mx, l, o */
 		if (k1 == k0) {
 			for (uint32_t h = 0; h < hp->n_head; h++) {
@@ -604,6 +664,8 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			              false);
 		for (uint32_t h = 0; h < hp->n_head; h++) {
 			float *pr = part + (size_t)h * (hd + 2), *sr = sc + (size_t)h * vc;
+			if (hp->attn_softcap > 0)
+				cpu_softcap(c, sr, k1 - k0);
 			pr[0] = c->ops->max_f32(sr, k1 - k0);
 			pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
 			memset(pr + 2, 0, hd * sizeof(float));
@@ -680,7 +742,7 @@ void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 		memcpy(kd, k, nkv * sizeof(float));
 		memcpy(vd, v, nkv * sizeof(float));
 	}
-	const float *cs = c->tok_cs + (size_t)i * hp->n_rot;
+	const float *cs = (cpu_rope_hp(c, l) == hp ? c->tok_cs : c->tok_cs_swa) + (size_t)i * hp->n_rot;
 	uint8_t *kr = c->kr[l] + (uint64_t)s * c->kv_row * c->kv_es;
 	for (uint32_t h = 0; h < hp->n_head_kv; h++) {
 		/* k is scratch now: rotate it in place into the rotated cache */

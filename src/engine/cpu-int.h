@@ -26,12 +26,18 @@ struct cpu_layer {
 	const float *attn_norm, *ffn_norm; /* (n_embd) */
 	const float *bq, *bk, *bv;         /* biases or NULL */
 	const float *q_norm, *k_norm;      /* (head_dim) per-head norm weights or NULL */
+	const float *attn_post_norm;       /* (n_embd) norm of the attention output, or NULL */
+	const float *ffn_post_norm;        /* (n_embd) norm of the FFN output, or NULL */
+	uint32_t window;                   /* sliding window in positions; 0: a global layer */
 	struct kern_weight wq, wk, wv, wo, gate, up, down;
 };
 
 struct cpu {
 	const struct model *m;
-	struct hparams hp;
+	struct hparams hp;     /* the model's, with the RoPE of a global layer at this
+	                        * context (model_rope_params: LongRoPE's table) */
+	struct hparams hp_swa; /* the same with the RoPE of a local layer */
+	bool two_ropes;        /* local layers rotate otherwise than global ones */
 	struct engine_config cfg;
 	const int32_t *slot_pos; /* (n_ctx), the engine's */
 	const struct kern_ops *ops;
@@ -51,7 +57,7 @@ struct cpu {
 	uint8_t **kc, **vc; /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
 	uint8_t **kr;       /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
 	int32_t *kr_pos;    /* (n_ctx) position kr holds each slot rotated to, or -1 */
-	float *rcs;         /* (n_threads, n_rot) angles for re-rotation */
+	float *rcs;         /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
 
 	/* scratch for one ubatch */
 	uint32_t cap;        /* tokens */
@@ -62,6 +68,7 @@ struct cpu {
 	float *ao;           /* (cap, n_head * head_dim) attention output */
 	float *g, *u;        /* (cap, n_ff) gate and up, then silu(g) * u in g */
 	float *tok_cs;       /* (cap, n_rot) the ubatch's own angles */
+	float *tok_cs_swa;   /* (cap, n_rot) the same in local layers (two_ropes) */
 	struct kern_act act; /* (cap, kmax) quantised activations */
 	uint32_t vis_cap;
 	float *krot;           /* (n_head_kv, head_dim, vis_cap) rotated keys */
@@ -156,6 +163,12 @@ struct cpu_fa {
 	float *alpha;  /* (fa_rows) this tile's rescale of the earlier sums */
 };
 
+/* The hyper-parameters layer l's RoPE uses (c->hp or c->hp_swa). */
+static inline const struct hparams *cpu_rope_hp(const struct cpu *c, uint32_t l)
+{
+	return c->two_ropes && c->L[l].window > 0 ? &c->hp_swa : &c->hp;
+}
+
 /* ---- in cpu.c */
 
 /* Carve thread ith's cpu_fa out of c->fa (with f NULL: only count); the
@@ -204,6 +217,19 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 /* Order the visible slots by position, empty slots last, so that the keys a
  * query at position p may see are a prefix of the order. */
 void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
+/* The first index of the sorted visible set a query at position p sees in
+ * layer l: 0 in a global layer, the first key within the window in a local
+ * one (keys at positions <= p - window get no weight). */
+uint32_t cpu_window_start(const struct cpu *c, uint32_t l, int32_t p);
+/* ---- in cpu-gemma.c */
+
+/* GeGLU into g (n): gelu(g) * u as llama.cpp's CPU path computes it. */
+void cpu_geglu(float *g, const float *u, int64_t n);
+/* Gemma's post-norm: x += norm(xb) with weight w, rows [lo, hi). */
+void cpu_post_norm(struct cpu *c, const float *w, uint32_t lo, uint32_t hi);
+/* Soft-cap rows [0, nr) of logits y in place, this thread's share. */
+void cpu_softcap_logits(const struct cpu *c, float *y, uint32_t nr, int ith, int nth);
+
 /* ---- in cpu-sparse.c */
 
 /* Get the page bounds ready for a sparse decode step (every thread, after

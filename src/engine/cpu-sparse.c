@@ -118,7 +118,8 @@ void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
 bool cpu_sparse_layer(const struct cpu_job *jb, uint32_t l)
 {
 	const struct cpu *c = jb->c;
-	return c->sparse != NULL && jb->n == 1 && l >= c->sparse->dense_layers;
+	/* a local layer attends densely within its window, which is already short */
+	return c->sparse != NULL && jb->n == 1 && l >= c->sparse->dense_layers && c->L[l].window == 0;
 }
 
 void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
@@ -263,11 +264,12 @@ void cpu_sparse_account(struct cpu_job *jb, uint32_t l, bool sparse)
 		for (uint32_t h = 0; h < nkv; h++)
 			bo->keys_read += c->sp_n[h];
 	} else {
-		bo->keys_read += (uint64_t)m * nkv;
+		uint32_t w0 = KVS_MIN(cpu_window_start(c, l, jb->b->pos[jb->t0]), m);
+		bo->keys_read += (uint64_t)(m - w0) * nkv;
 		for (uint32_t h = 0; bo->sel != NULL && h < nkv; h++) {
 			uint8_t *row = bo->sel + ((size_t)l * nkv + h) * nv;
 			memset(row, 0, nv);
-			for (uint32_t k = 0; k < m; k++)
+			for (uint32_t k = w0; k < m; k++)
 				row[c->vorder[k]] = 1;
 		}
 	}

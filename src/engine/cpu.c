@@ -18,6 +18,12 @@
  * place from the map. In reference mode nothing is repacked and every
  * product dequantises a weight row and takes plain f32 dot products.
  *
+ * Gemma's extras sit in the same steps: the embedding row scaled, GeGLU in
+ * place of SwiGLU, the attention and FFN outputs written to xb, normalised
+ * there and only then added to the residual (post-norms), and the logits
+ * soft-capped (the element steps in cpu-gemma.c). A local layer's window
+ * and the attention soft-cap live in cpu-attn.c.
+ *
  * The KV cache and attention live in cpu-attn.c; the structures both files
  * share, in cpu-int.h.
  */
@@ -207,6 +213,8 @@ static void cpu_free_ubatch(struct cpu *c)
 	xfree_aligned(c->g);
 	xfree_aligned(c->u);
 	xfree_aligned(c->tok_cs);
+	xfree_aligned(c->tok_cs_swa);
+	c->tok_cs_swa = NULL;
 	xfree_aligned(c->act.q);
 	xfree_aligned(c->act.d);
 	xfree_aligned(c->act.s);
@@ -244,6 +252,8 @@ static void cpu_reserve(struct cpu *c, uint32_t n)
 	c->g = xmalloc_aligned((size_t)n * hp->n_ff * sizeof(float));
 	c->u = xmalloc_aligned((size_t)n * hp->n_ff * sizeof(float));
 	c->tok_cs = xmalloc_aligned((size_t)n * hp->n_rot * sizeof(float));
+	if (c->two_ropes)
+		c->tok_cs_swa = xmalloc_aligned((size_t)n * hp->n_rot * sizeof(float));
 	c->act.q = xmalloc_aligned((size_t)n * kmax);
 	c->act.d = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
 	c->act.s = xmalloc_aligned((size_t)n * (kmax / KERN_QK) * sizeof(float));
@@ -284,7 +294,8 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		               hp->head_dim, hp->n_rot, hp->n_head, hp->n_head_kv);
 	struct cpu *c = xcalloc(1, sizeof(*c));
 	c->m = m;
-	c->hp = *hp;
+	model_rope_params(hp, false, ctx->cfg.n_ctx, &c->hp);
+	model_rope_params(hp, true, ctx->cfg.n_ctx, &c->hp_swa);
 	c->cfg = ctx->cfg;
 	c->slot_pos = ctx->slot_pos;
 	c->ref = ctx->cfg.reference;
@@ -308,6 +319,13 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 		L->bv = lw->bv.data;
 		L->q_norm = lw->q_norm.data;
 		L->k_norm = lw->k_norm.data;
+		L->attn_post_norm = lw->attn_post_norm.data;
+		L->ffn_post_norm = lw->ffn_post_norm.data;
+		L->window = model_layer_window(hp, l);
+		c->two_ropes = c->two_ropes ||
+		        (L->window > 0 &&
+		         (c->hp_swa.rope_base != c->hp.rope_base ||
+		          c->hp_swa.rope_freq_scale != c->hp.rope_freq_scale));
 		if ((rc = cpu_weight(&L->wq, &lw->wq, e)) || (rc = cpu_weight(&L->wk, &lw->wk, e)) ||
 		    (rc = cpu_weight(&L->wv, &lw->wv, e)) || (rc = cpu_weight(&L->wo, &lw->wo, e)) ||
 		    (rc = cpu_weight(&L->gate, &lw->w_gate, e)) ||
@@ -353,7 +371,7 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	}
 	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
 		c->kr_pos[s] = -1;
-	c->rcs = xmallocarray((size_t)pool_size(c->pool) * KVS_MAX(hp->n_rot, 1u), sizeof(float));
+	c->rcs = xmallocarray((size_t)pool_size(c->pool) * 2 * KVS_MAX(hp->n_rot, 1u), sizeof(float));
 	c->q_rows = KVS_MAX((uint32_t)KERN_ATT_Q, hp->n_head);
 	c->qh = xmalloc_aligned((size_t)pool_size(c->pool) * c->q_rows * hp->head_dim * sizeof(float));
 	c->kmax = KVS_MAX(KVS_MAX((uint64_t)hp->n_embd, (uint64_t)hp->n_ff),
@@ -500,7 +518,8 @@ static void cpu_mm_multi(struct cpu *c, const struct cpu_mm *mms, int n_mm, cons
 }
 
 /* The feed-forward's first half: each thread takes the same 16-row units of
- * gate and up, so it can finish its rows with silu(gate) * up into g. */
+ * gate and up, so it can finish its rows with silu(gate) * up (or GeGLU)
+ * into g. */
 static void cpu_gate_up(struct cpu *c, const struct cpu_layer *L, const float *x,
                         const struct kern_act *a, int64_t n, int ith, int nth)
 {
@@ -511,8 +530,12 @@ static void cpu_gate_up(struct cpu *c, const struct cpu_layer *L, const float *x
 	cpu_mm_units(c, &g, u0, u1, x, ne, a, n, ith);
 	cpu_mm_units(c, &u, u0, u1, x, ne, a, n, ith);
 	int64_t r0 = u0 * KERN_GROUP, r1 = KVS_MIN(u1 * KERN_GROUP, (int64_t)nff);
-	for (int64_t t = 0; r1 > r0 && t < n; t++)
-		c->ops->swiglu(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
+	for (int64_t t = 0; r1 > r0 && t < n; t++) {
+		if (c->hp.ffn_act == FFN_GELU)
+			cpu_geglu(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
+		else
+			c->ops->swiglu(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
+	}
 }
 
 /* Quantise rows [i0, i1) of src (row length K) into the activations. */
@@ -661,21 +684,33 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	if (n == 1 && ith == 0)
 		cpu_sparse_account(jb, l, sparse);
 
-	/* x += attn W_o^T */
+	/* x += attn W_o^T; with a post-norm, x += norm(attn W_o^T) (the product
+	 * goes to the shared xb, which a one-token batch leaves unused) */
 	a = cpu_fwd_input(c, NULL, ao, nq, xb, ith, lo, hi, solo);
-	struct cpu_mm o = { &L->wo, c->x, ne, true };
+	bool post = L->attn_post_norm != NULL;
+	struct cpu_mm o = { &L->wo, post ? c->xb : c->x, ne, !post };
 	cpu_mm_multi(c, &o, 1, ao, nq, &a, n, ith, nth);
 	pool_barrier(c->pool);
+	if (post) {
+		cpu_post_norm(c, L->attn_post_norm, lo, hi);
+		pool_barrier(c->pool);
+	}
 
 	/* feed-forward: x += (silu(xb W_gate^T) * xb W_up^T) W_down^T */
 	a = cpu_fwd_input(c, L->ffn_norm, c->x, ne, xb, ith, lo, hi, solo);
 	cpu_gate_up(c, L, xb, &a, n, ith, nth);
 	pool_barrier(c->pool);
 	a = cpu_fwd_input(c, NULL, c->g, nff, xb, ith, lo, hi, solo);
-	struct cpu_mm down = { &L->down, c->x, ne, true };
+	post = L->ffn_post_norm != NULL;
+	struct cpu_mm down = { &L->down, post ? c->xb : c->x, ne, !post };
 	cpu_mm_multi(c, &down, 1, c->g, nff, &a, n, ith, nth);
 	pool_barrier(c->pool);
+	if (post) {
+		cpu_post_norm(c, L->ffn_post_norm, lo, hi);
+		pool_barrier(c->pool);
+	}
 }
+
 
 /* The output stage of a ubatch: logits and statistics as asked. */
 static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
@@ -697,6 +732,10 @@ static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
 		struct cpu_mm mm = { &c->out, jb->bo->logits, nvoc, false };
 		struct kern_act a = cpu_act(c, ne, 0);
 		cpu_mm_multi(c, &mm, 1, c->xb, ne, &a, 1, ith, nth);
+		if (c->hp.final_softcap > 0) {
+			pool_barrier(c->pool);
+			cpu_softcap_logits(c, jb->bo->logits, 1, ith, nth);
+		}
 		return;
 	}
 	/* every row: norm them all, then the LM head in chunks */
@@ -714,6 +753,10 @@ static void cpu_fwd_output(struct cpu_job *jb, int ith, int nth)
 		struct kern_act a = cpu_act(c, ne, r0);
 		cpu_mm_multi(c, &mm, 1, c->xb + (size_t)r0 * ne, ne, &a, nr, ith, nth);
 		pool_barrier(c->pool);
+		if (c->hp.final_softcap > 0) {
+			cpu_softcap_logits(c, y, nr, ith, nth);
+			pool_barrier(c->pool);
+		}
 		if (b->want_surprisal) {
 			uint32_t slo, shi;
 			cpu_share(nr, ith, nth, &slo, &shi);
@@ -742,9 +785,17 @@ static void cpu_fwd_thread(void *arg, int ith, int nth)
 	uint32_t lo, hi;
 	cpu_share(n, ith, nth, &lo, &hi);
 	for (uint32_t i = lo; i < hi; i++) {
-		kern_weight_row(c->lookup, b->tokens[jb->t0 + i], c->x + (size_t)i * ne);
+		float *x = c->x + (size_t)i * ne;
+		kern_weight_row(c->lookup, b->tokens[jb->t0 + i], x);
+		if (hp->embd_scale > 0 && hp->embd_scale != 1.0f) /* gemma: x sqrt(n_embd) */
+			for (uint32_t d = 0; d < ne; d++)
+				x[d] *= hp->embd_scale;
 		float *cs = c->tok_cs + (size_t)i * hp->n_rot;
 		engine_rope_cos_sin(hp, b->pos[jb->t0 + i], cs, cs + hp->n_rot / 2);
+		if (c->two_ropes) {
+			cs = c->tok_cs_swa + (size_t)i * hp->n_rot;
+			engine_rope_cos_sin(&c->hp_swa, b->pos[jb->t0 + i], cs, cs + hp->n_rot / 2);
+		}
 	}
 	cpu_refresh_keys(c, b, ith, nth);
 	pool_barrier(c->pool);

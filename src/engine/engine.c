@@ -488,9 +488,12 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
 		if (eng->slot_pos[slot] < 0)
 			return err_set(e, KVS_ESTATE, "KV read slot %u: empty, it has no position to rotate to",
 			               slot);
+		/* the layer's own RoPE: a local layer's base, LongRoPE's table */
+		struct hparams rh;
+		model_rope_params(hp, model_layer_window(hp, layer) > 0, eng->cfg.n_ctx, &rh);
 		float *cs = xmallocarray(hp->n_rot, sizeof(float));
-		engine_rope_cos_sin(hp, eng->slot_pos[slot], cs, cs + hp->n_rot / 2);
-		engine_rope_apply(hp, out, cs, cs + hp->n_rot / 2);
+		engine_rope_cos_sin(&rh, eng->slot_pos[slot], cs, cs + hp->n_rot / 2);
+		engine_rope_apply(&rh, out, cs, cs + hp->n_rot / 2);
 		free(cs);
 	}
 	return KVS_OK;

@@ -19,15 +19,16 @@
  * attn_qkv, phi3's gate/up in one ffn_up) are checked whole, then cut into
  * row views, so the engine sees separate matrices either way.
  *
- * RoPE scaling follows the keys as llama.cpp reads them: "linear" divides
- * every angle by the factor; "yarn" divides only the low-frequency pairs,
- * ramps between the two over the pairs arch_yarn_corr names, and scales the
- * rotation by 1 + 0.1 ln(factor). The per-frequency divisors of Llama 3.1
- * (rope_freqs.weight) apply on top of either.
+ * Gemma 2 and 3 add, per the table: the embedding row scaled by
+ * sqrt(n_embd), GeGLU, RMS norms after attention and after the FFN (the
+ * converter stores every Gemma norm weight as 1 + w, so they are plain
+ * norms here), soft-capped scores and logits, and interleaved local
+ * (sliding-window) and global layers. RoPE scaling, the divisor tables and
+ * Gemma's keys are read in arch-rope.c.
  *
  * The model owns the gguf_file; tensors point into its map.
  */
-#include "model/model.h"
+#include "model/model-int.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -40,21 +41,17 @@
 #define ARCH_MAX_HEADS 1024
 #define ARCH_MAX_HEAD_DIM 1024
 
-/* One supported architecture. */
-struct arch_desc {
-	const char *name;
-	enum rope_kind rope;
-	bool qkv_bias;  /* Q/K/V biases required (otherwise allowed if present) */
-	bool qk_norm;   /* attn_q_norm / attn_k_norm required (otherwise refused) */
-	bool ffn_fused; /* ffn_up holds gate and up, [n_embd, 2 n_ff], no ffn_gate (phi3) */
-};
-
+/* One row per architecture (struct arch_desc in model-int.h). */
+/* clang-format off */
 static const struct arch_desc arch_table[] = {
-	{ "llama", ROPE_NORM, false, false, false },
-	{ "qwen2", ROPE_NEOX, true, false, false },
-	{ "qwen3", ROPE_NEOX, false, true, false },
-	{ "phi3", ROPE_NEOX, false, false, true },
+	{ "llama",  ROPE_NORM, false, false, false, false, 0, 0,    0,     0,     0,       0 },
+	{ "qwen2",  ROPE_NEOX, true,  false, false, false, 0, 0,    0,     0,     0,       0 },
+	{ "qwen3",  ROPE_NEOX, false, true,  false, false, 0, 0,    0,     0,     0,       0 },
+	{ "phi3",   ROPE_NEOX, false, false, true,  false, 0, 0,    0,     0,     0,       0 },
+	{ "gemma2", ROPE_NEOX, false, false, false, true,  2, 4096, 50.0f, 30.0f, 0,       46 },
+	{ "gemma3", ROPE_NEOX, false, true,  false, true,  6, 0,    0,     0,     10000.0f, 62 },
 };
+/* clang-format on */
 
 /* Symbolic extents, resolved against the hyper-parameters. */
 enum arch_dim {
@@ -80,6 +77,7 @@ enum arch_need {
 	AN_FUSQKV, /* the fused attn_qkv, when the layer has one */
 	AN_SEPFFN, /* required unless the architecture fuses gate and up */
 	AN_FUSFFN, /* the fused gate/up, when the architecture has one */
+	AN_POST,   /* required iff the architecture has post-norms (gemma) */
 };
 
 struct arch_tensor {
@@ -97,6 +95,8 @@ static const struct arch_tensor arch_globals[] = {
 	{ "output_norm.weight", MT(out_norm), AR_NORM, AN_REQUIRED, { AD_EMBD, AD_NONE } },
 	{ "output.weight", MT(output), AR_MATRIX, AN_OPTIONAL, { AD_EMBD, AD_VOCAB } },
 	{ "rope_freqs.weight", MT(rope_freqs), AR_NORM, AN_OPTIONAL, { AD_ROT2, AD_NONE } },
+	{ "rope_factors_long.weight", MT(rope_long), AR_NORM, AN_OPTIONAL, { AD_ROT2, AD_NONE } },
+	{ "rope_factors_short.weight", MT(rope_short), AR_NORM, AN_OPTIONAL, { AD_ROT2, AD_NONE } },
 };
 
 static const struct arch_tensor arch_layer[] = {
@@ -116,6 +116,8 @@ static const struct arch_tensor arch_layer[] = {
 	{ "ffn_up.weight", LT(w_up), AR_MATRIX, AN_SEPFFN, { AD_EMBD, AD_FF } },
 	{ "ffn_up.weight", LT(w_gate_up), AR_MATRIX, AN_FUSFFN, { AD_EMBD, AD_FF2 } },
 	{ "ffn_down.weight", LT(w_down), AR_MATRIX, AN_REQUIRED, { AD_FF, AD_EMBD } },
+	{ "post_attention_norm.weight", LT(attn_post_norm), AR_NORM, AN_POST, { AD_EMBD, AD_NONE } },
+	{ "post_ffw_norm.weight", LT(ffn_post_norm), AR_NORM, AN_POST, { AD_EMBD, AD_NONE } },
 };
 
 /* Tensors we recognise but do not implement, with the reason. */
@@ -125,23 +127,15 @@ static const struct {
 } arch_unsupported[] = {
 	{ "attn_qkv.bias", "a fused QKV bias" },
 	{ "attn_output.bias", "an attention output bias" },
-	{ "attn_q_norm.weight", "per-head Q normalisation, which only qwen3 has here" },
-	{ "attn_k_norm.weight", "per-head K normalisation, which only qwen3 has here" },
-	{ "rope_factors_long.weight", "LongRoPE factors" },
-	{ "rope_factors_short.weight", "LongRoPE factors" },
+	{ "attn_q_norm.weight", "per-head Q normalisation, which only qwen3 and gemma3 have here" },
+	{ "attn_k_norm.weight", "per-head K normalisation, which only qwen3 and gemma3 have here" },
+	{ "post_attention_norm.weight", "a post-attention norm, which only gemma2/3 have here" },
+	{ "post_ffw_norm.weight", "a post-FFN norm, which only gemma2/3 have here" },
 };
 
-/* Loader state: the file, the architecture and which tensors were claimed. */
-struct arch_load {
-	struct gguf_file *f;
-	const struct arch_desc *arch;
-	struct model *m;
-	bool *used; /* (n_tensors) claimed by a table row */
-	struct err *e;
-};
 
 /* "{arch}.{suffix}" into buf. */
-static const char *arch_key(const struct arch_load *L, const char *suffix, char *buf, size_t cap)
+const char *arch_key(const struct arch_load *L, const char *suffix, char *buf, size_t cap)
 {
 	snprintf(buf, cap, "%s.%s", L->arch->name, suffix);
 	return buf;
@@ -152,8 +146,8 @@ static const char *arch_key(const struct arch_load *L, const char *suffix, char 
  * per layer, all equal. *found says whether the key exists; absent keys leave
  * *out alone. Per-layer arrays need n_layer (0 while reading block_count).
  */
-static int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t *out,
-                        bool *found)
+int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t *out,
+                 bool *found)
 {
 	char key[96];
 	const struct gguf_kv *kv;
@@ -211,8 +205,8 @@ static int arch_need_u32(struct arch_load *L, const char *suffix, uint32_t n_lay
 }
 
 /* An optional u32 hyper-parameter in [lo, hi]; def when absent. */
-static int arch_opt_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t def,
-                        uint32_t lo, uint32_t hi, uint32_t *out)
+int arch_opt_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t def,
+                 uint32_t lo, uint32_t hi, uint32_t *out)
 {
 	char key[96];
 	bool found;
@@ -231,8 +225,8 @@ static int arch_opt_u32(struct arch_load *L, const char *suffix, uint32_t n_laye
 }
 
 /* An optional float hyper-parameter, finite and in (lo, hi); def when absent. */
-static int arch_opt_f32(struct arch_load *L, const char *suffix, bool required, float def,
-                        double lo, double hi, float *out)
+int arch_opt_f32(struct arch_load *L, const char *suffix, bool required, float def, double lo,
+                 double hi, float *out)
 {
 	char key[96];
 	int rc = gguf_get_f32(L->f, arch_key(L, suffix, key, sizeof key), out, L->e);
@@ -248,106 +242,6 @@ static int arch_opt_f32(struct arch_load *L, const char *suffix, bool required, 
 	if (!isfinite(*out) || *out <= lo || *out >= hi)
 		return err_set(L->e, KVS_EFORMAT, "key '%s' = %g, expected a finite value in (%g, %g)", key,
 		               (double)*out, lo, hi);
-	return KVS_OK;
-}
-
-/* One named RoPE scaling type ({arch}.rope.scaling.type). */
-static const struct {
-	const char *name;
-	enum rope_scaling kind;
-} arch_scalings[] = {
-	{ "none", ROPE_SCALING_NONE },
-	{ "linear", ROPE_SCALING_LINEAR },
-	{ "yarn", ROPE_SCALING_YARN },
-};
-
-/* YaRN's pair index where the rotation of beta turns per original context
- * falls (llama.cpp's corr_dim, in float as it computes it). */
-static float arch_yarn_dim(uint32_t n_rot, uint32_t n_ctx_orig, float beta, float base)
-{
-	return (float)n_rot * logf((float)n_ctx_orig / (beta * 2 * (float)M_PI)) / (2 * logf(base));
-}
-
-/* YaRN's ramp (beta_fast 32, beta_slow 1) and attention factor. */
-static int arch_yarn(struct arch_load *L, struct hparams *hp)
-{
-	uint32_t ctx;
-	float factor;
-	int rc = arch_opt_u32(L, "rope.scaling.original_context_length", hp->n_layer, hp->n_ctx_train,
-	                      1, UINT32_MAX, &ctx);
-
-	if (rc != KVS_OK)
-		return rc;
-	float lo = floorf(arch_yarn_dim(hp->n_rot, ctx, 32.0f, hp->rope_base));
-	float hi = ceilf(arch_yarn_dim(hp->n_rot, ctx, 1.0f, hp->rope_base));
-	hp->rope_ctx_orig = ctx;
-	hp->rope_ext_factor = 1.0f;
-	hp->rope_yarn_corr[0] = lo > 0 ? lo : 0;
-	hp->rope_yarn_corr[1] = hi < (float)(hp->n_rot - 1) ? hi : (float)(hp->n_rot - 1);
-	/* llama.cpp takes the magnitude 1 + 0.1 ln(factor), with the factor
-	 * recovered from the frequency scale, and divides the same back out
-	 * before its rope multiplies it in again; the float roundings of that
-	 * round trip are kept so the angles match to the bit. */
-	factor = 1.0f / hp->rope_freq_scale;
-	float y = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
-	y *= 1.0f / (1.0f + 0.1f * logf(factor));
-	hp->rope_attn_factor = y * hp->rope_attn_factor;
-	return KVS_OK;
-}
-
-/* RoPE scaling: none, linear or YaRN (LongRoPE is refused by name), the
- * factor and the attention factor. */
-static int arch_rope_scaling(struct arch_load *L, struct hparams *hp)
-{
-	char key[96];
-	struct gguf_str type = { "linear", 6 };
-	float factor = 0, attn = 1.0f;
-	size_t i;
-	int rc;
-
-	rc = gguf_get_str(L->f, arch_key(L, "rope.scaling.type", key, sizeof key), &type, L->e);
-	if (rc != KVS_OK && rc != KVS_ENOTFOUND)
-		return rc;
-	if (rc == KVS_ENOTFOUND)
-		type = (struct gguf_str){ "linear", 6 };
-	for (i = 0; i < KVS_ARRAY_LEN(arch_scalings); i++)
-		if (strlen(arch_scalings[i].name) == type.n &&
-		    memcmp(arch_scalings[i].name, type.p, type.n) == 0)
-			break;
-	if (i == KVS_ARRAY_LEN(arch_scalings)) {
-		char esc[40];
-		size_t n = type.n < 24 ? (size_t)type.n : 24;
-		for (size_t j = 0; j < n; j++)
-			esc[j] = (type.p[j] >= 0x20 && type.p[j] < 0x7f) ? type.p[j] : '?';
-		esc[n] = '\0';
-		return err_set(L->e, KVS_EUNSUPPORTED,
-		               "key '%s' = '%s%s', expected 'none', 'linear' or 'yarn' (LongRoPE "
-		               "scaling is not supported)",
-		               key, esc, type.n > 24 ? "..." : "");
-	}
-	hp->rope_scaling = arch_scalings[i].kind;
-	hp->rope_freq_scale = 1.0f;
-	hp->rope_ext_factor = 0.0f;
-	if ((rc = arch_opt_f32(L, "rope.scaling.attn_factor", false, 1.0f, 0, 1e6, &attn)))
-		return rc;
-	hp->rope_attn_factor = attn;
-	if (hp->rope_scaling == ROPE_SCALING_NONE)
-		return KVS_OK;
-	/* The factor may come under either spelling; 0 or absent = none. */
-	rc = arch_opt_f32(L, "rope.scaling.factor", false, 0, -1, 1e6, &factor);
-	if (rc != KVS_OK)
-		return rc;
-	if (factor == 0) {
-		rc = arch_opt_f32(L, "rope.scale_linear", false, 0, -1, 1e6, &factor);
-		if (rc != KVS_OK)
-			return rc;
-	}
-	if (factor < 0)
-		return err_set(L->e, KVS_EFORMAT, "RoPE scaling factor = %g, expected > 0", (double)factor);
-	if (factor > 0)
-		hp->rope_freq_scale = 1.0f / factor;
-	if (hp->rope_scaling == ROPE_SCALING_YARN)
-		return arch_yarn(L, hp);
 	return KVS_OK;
 }
 
@@ -406,7 +300,9 @@ static int arch_hparams(struct arch_load *L, struct hparams *hp)
 	    (rc = arch_opt_f32(L, "attention.scale", false, 1.0f / sqrtf((float)hp->head_dim), 0, 1e6,
 	                       &hp->attn_scale)))
 		return rc;
-	return arch_rope_scaling(L, hp);
+	if ((rc = arch_rope_scaling(L, hp)))
+		return rc;
+	return arch_gemma(L, hp);
 }
 
 /* Resolve a symbolic extent. */
@@ -498,27 +394,6 @@ static int arch_take(struct arch_load *L, const struct arch_tensor *r, const cha
 	return KVS_OK;
 }
 
-/* rope_freqs.weight, when present: every divisor finite and positive. */
-static int arch_rope_factors(struct arch_load *L)
-{
-	struct model *m = L->m;
-	const float *f = m->rope_freqs.data;
-
-	if (f == NULL)
-		return KVS_OK;
-	for (uint32_t i = 0; i < m->hp.n_rot / 2; i++) {
-		float v;
-		memcpy(&v, &f[i], sizeof v);
-		if (!isfinite(v) || v <= 0)
-			return err_set(L->e, KVS_EFORMAT,
-			               "tensor 'rope_freqs.weight': entry %u = %g, expected a finite "
-			               "divisor > 0",
-			               i, (double)v);
-	}
-	m->hp.rope_factors = f;
-	return KVS_OK;
-}
-
 /* Rows [r0, r0 + n) of matrix t as a tensor of its own (a view into the
  * same bytes: rows are whole blocks, so a row range is a byte range). */
 static struct tensor arch_rows(const struct tensor *t, int64_t r0, int64_t n)
@@ -547,6 +422,7 @@ static bool arch_row_applies(const struct arch_load *L, const struct arch_tensor
 	case AN_FUSQKV: return fused_qkv;
 	case AN_SEPFFN: return !L->arch->ffn_fused;
 	case AN_FUSFFN: return L->arch->ffn_fused;
+	case AN_POST: return L->arch->gemma; /* otherwise refused below by name */
 	default: return true;
 	}
 }
@@ -738,6 +614,10 @@ static bool arch_uses_rope_freqs(const struct model *m)
 {
 	return m->hp.rope_factors != NULL;
 }
+static bool arch_uses_longrope(const struct model *m)
+{
+	return m->hp.rope_factors_long != NULL;
+}
 static bool arch_uses_linear(const struct model *m)
 {
 	return m->hp.rope_scaling == ROPE_SCALING_LINEAR && m->hp.rope_freq_scale != 1.0f;
@@ -758,6 +638,39 @@ static bool arch_uses_fused_ffn(const struct model *m)
 {
 	return m->layers[0].w_gate_up.data != NULL;
 }
+static bool arch_uses_embd_scale(const struct model *m)
+{
+	return m->hp.embd_scale > 0 && m->hp.embd_scale != 1.0f;
+}
+static bool arch_uses_geglu(const struct model *m)
+{
+	return m->hp.ffn_act == FFN_GELU;
+}
+static bool arch_uses_post_norm(const struct model *m)
+{
+	return m->hp.has_post_norm;
+}
+static bool arch_uses_attn_softcap(const struct model *m)
+{
+	return m->hp.attn_softcap > 0;
+}
+static bool arch_uses_final_softcap(const struct model *m)
+{
+	return m->hp.final_softcap > 0;
+}
+static bool arch_uses_swa(const struct model *m)
+{
+	for (uint32_t l = 0; l < m->hp.n_layer; l++)
+		if (model_layer_window(&m->hp, l) > 0)
+			return true;
+	return false;
+}
+static bool arch_uses_rope_swa(const struct model *m)
+{
+	return arch_uses_swa(m) &&
+	        (m->hp.rope_base_swa != m->hp.rope_base ||
+	         m->hp.rope_freq_scale_swa != m->hp.rope_freq_scale);
+}
 
 /* The feature list model_features fills in. */
 static const struct {
@@ -770,6 +683,8 @@ static const struct {
 	{ "rope-neox", "RoPE rotates halves (qwen); otherwise adjacent pairs (llama)", arch_uses_neox },
 	{ "rope-freqs", "per-frequency RoPE divisors, rope_freqs.weight (llama 3.1+)",
 	  arch_uses_rope_freqs },
+	{ "rope-longrope", "LongRoPE: long or short per-frequency divisors by context (phi3.5/4)",
+	  arch_uses_longrope },
 	{ "rope-linear", "linear RoPE scaling: every angle divided by the factor", arch_uses_linear },
 	{ "rope-yarn", "YaRN RoPE scaling: low frequencies divided, a ramp, an attention factor",
 	  arch_uses_yarn },
@@ -777,6 +692,18 @@ static const struct {
 	{ "fused-qkv", "Q, K and V in one matrix, attn_qkv.weight (phi3)", arch_uses_fused_qkv },
 	{ "fused-gate-up", "gate and up in one matrix, ffn_up.weight of 2 n_ff rows (phi3)",
 	  arch_uses_fused_ffn },
+	{ "embd-scale", "the token embedding is multiplied by sqrt(n_embd) (gemma)",
+	  arch_uses_embd_scale },
+	{ "geglu", "GeGLU feed-forward: gelu(gate) * up, tanh approximation (gemma)", arch_uses_geglu },
+	{ "post-norm", "RMS norms after attention and after the FFN, before each residual add (gemma)",
+	  arch_uses_post_norm },
+	{ "softcap-attn", "attention scores soft-capped, c tanh(s / c), before the softmax (gemma2)",
+	  arch_uses_attn_softcap },
+	{ "softcap-final", "logits soft-capped, c tanh(x / c) (gemma2)", arch_uses_final_softcap },
+	{ "sliding-window", "local layers attend only to the last n_swa positions (gemma2/3)",
+	  arch_uses_swa },
+	{ "rope-local-base", "local layers rotate with their own RoPE base (gemma3: 10000)",
+	  arch_uses_rope_swa },
 };
 
 void model_features(const struct model *m, struct model_feature out[MODEL_N_FEATURES])
@@ -817,6 +744,7 @@ void model_free(struct model *m)
 		return;
 	vocab_free(m->vocab);
 	free(m->layers);
+	free(m->swa_layer);
 	free(m->chat_template);
 	free(m->name);
 	gguf_close(m->gguf);

@@ -9,6 +9,11 @@
  *   vocab.c          the vocabulary: loading, lookups by text and by id
  *   vocab-tokenize.c text to ids: BPE and SentencePiece
  *   detok.c          ids to text: token pieces, streaming detokenisation
+ *
+ * The model loader is split over arch.c (architectures, tensors, the
+ * loaded model) and arch-rope.c (RoPE scaling, divisor tables, Gemma's
+ * sliding-window keys), which share the loader state and key readers
+ * declared at the end.
  */
 #ifndef KVS_MODEL_INT_H
 #define KVS_MODEL_INT_H
@@ -186,5 +191,57 @@ struct vocab_opts {
 /* vocab_load with options (opts may be NULL). */
 int vocab_load_opts(struct vocab **out, const struct gguf_file *f, const struct vocab_opts *opts,
                     struct err *e);
+
+/* ---- arch.c and arch-rope.c: the model loader ---- */
+
+/* One supported architecture. */
+struct arch_desc {
+	const char *name;
+	enum rope_kind rope;
+	bool qkv_bias;        /* Q/K/V biases required (otherwise allowed if present) */
+	bool qk_norm;         /* attn_q_norm / attn_k_norm required (otherwise refused) */
+	bool ffn_fused;       /* ffn_up holds gate and up, [n_embd, 2 n_ff], no ffn_gate (phi3) */
+	bool gemma;           /* embedding x sqrt(n_embd), GeGLU, post-attention and post-FFN norms */
+	uint8_t swa_period;   /* default layer pattern: layer l is global when l % period ==
+	                        * period - 1, local otherwise; 0: no sliding window */
+	uint32_t swa_default; /* window without attention.sliding_window (0: no local layers) */
+	float attn_softcap;   /* attn_logit_softcapping default; 0: the family has none */
+	float final_softcap;  /* final_logit_softcapping default (the key may set it) */
+	float rope_base_swa;  /* local layers' RoPE base default; 0: the global base */
+	uint32_t big_n_layer; /* the 27B model's depth: its query scale is 1/sqrt(n_embd / n_head) */
+};
+
+/* Loader state: the file, the architecture and which tensors were claimed. */
+struct arch_load {
+	struct gguf_file *f;
+	const struct arch_desc *arch;
+	struct model *m;
+	bool *used; /* (n_tensors) claimed by a table row */
+	struct err *e;
+};
+
+/* "{arch}.{suffix}" into buf. */
+const char *arch_key(const struct arch_load *L, const char *suffix, char *buf, size_t cap);
+/* A u32 hyper-parameter: a scalar, or one equal entry per layer (n_layer > 0);
+ * *found says whether the key exists, absent keys leave *out alone. */
+int arch_get_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t *out,
+                 bool *found);
+/* An optional u32 hyper-parameter in [lo, hi]; def when absent. */
+int arch_opt_u32(struct arch_load *L, const char *suffix, uint32_t n_layer, uint32_t def,
+                 uint32_t lo, uint32_t hi, uint32_t *out);
+/* An optional (or required) float hyper-parameter, finite and in (lo, hi);
+ * def when absent. */
+int arch_opt_f32(struct arch_load *L, const char *suffix, bool required, float def, double lo,
+                 double hi, float *out);
+/* arch-rope.c: RoPE scaling (none, linear, YaRN; LongRoPE's attention
+ * factor), the factor and the attention factor. */
+int arch_rope_scaling(struct arch_load *L, struct hparams *hp);
+/* arch-rope.c: Gemma's keys: soft-caps, sliding window and layer pattern,
+ * the local RoPE base, the 27B query scale (the other families get their
+ * neutral values). */
+int arch_gemma(struct arch_load *L, struct hparams *hp);
+/* arch-rope.c: check the divisor tables (rope_freqs, LongRoPE's long and
+ * short) once bound, and put them into the hyper-parameters. */
+int arch_rope_factors(struct arch_load *L);
 
 #endif

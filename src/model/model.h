@@ -5,7 +5,8 @@
  *   gguf.c       a validated, read-only view of a GGUF file (mmap'ed)
  *   dtype.c      tensor element types: block geometry and dequantisation
  *   arch.c       architectures: hyper-parameters and the tensors each needs,
- *                checked against each other (model_load)
+ *                checked against each other (model_load); arch-rope.c the
+ *                RoPE scaling, divisor tables and Gemma's sliding-window keys
  *   vocab.c      the vocabulary and its special tokens; vocab-tokenize.c
  *                text to ids (byte-level BPE and SentencePiece); detok.c ids
  *                to text (token pieces, streaming detokenisation)
@@ -189,9 +190,12 @@ int64_t gguf_arr_i64(const struct gguf_kv *kv, uint64_t i);
 enum rope_kind { ROPE_NORM = 0 /* adjacent pairs (llama) */, ROPE_NEOX = 1 /* rotate-half */ };
 /* How the file stretches RoPE past its training context ({arch}.rope.scaling.type). */
 enum rope_scaling { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR, ROPE_SCALING_YARN };
+/* The feed-forward's gate activation: SwiGLU (silu(gate) * up) or GeGLU
+ * (gelu(gate) * up, the tanh approximation; gemma). */
+enum ffn_act { FFN_SILU = 0, FFN_GELU = 1 };
 
 struct hparams {
-	char arch[32]; /* "llama", "qwen2", "qwen3", "phi3" */
+	char arch[32]; /* "llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3" */
 	uint32_t n_layer;
 	uint32_t n_ctx_train;
 	uint32_t n_embd;
@@ -212,15 +216,40 @@ struct hparams {
 	 * has rope.scaling.attn_factor (up to a float rounding under YaRN); 0,
 	 * in hparams built by hand, counts as 1. */
 	float rope_attn_factor;
-	float rope_ext_factor;     /* YaRN: 1 (mix extrapolated pairs in); 0 otherwise */
-	float rope_yarn_corr[2];   /* YaRN: pairs below [0] extrapolate, above [1] interpolate */
-	uint32_t rope_ctx_orig;    /* YaRN: rope.scaling.original_context_length */
-	const float *rope_factors; /* (n_rot / 2) rope_freqs.weight divisors, or NULL */
-	bool has_qk_norm;          /* per-head RMS norm of Q and K before RoPE (qwen3) */
-	float attn_scale;          /* 1/sqrt(head_dim) unless the file says otherwise */
+	float rope_ext_factor;           /* YaRN: 1 (mix extrapolated pairs in); 0 otherwise */
+	float rope_yarn_corr[2];         /* YaRN: pairs below [0] extrapolate, above [1] interpolate */
+	uint32_t rope_ctx_orig;          /* YaRN, LongRoPE: rope.scaling.original_context_length */
+	const float *rope_factors;       /* (n_rot / 2) rope_freqs.weight divisors, or NULL; the
+	                            * engine's copy (model_rope_params) holds LongRoPE's
+	                            * table for its context instead */
+	const float *rope_factors_long;  /* (n_rot / 2) LongRoPE, past rope_ctx_orig, or NULL */
+	const float *rope_factors_short; /* (n_rot / 2) LongRoPE, within rope_ctx_orig, or NULL */
+	bool has_qk_norm;                /* per-head RMS norm of Q and K before RoPE (qwen3) */
+	float attn_scale;                /* 1/sqrt(head_dim) unless the file says otherwise */
 	bool has_qkv_bias;
 	bool tied_output; /* no output.weight: reuse token_embd */
+	/* Gemma 2 / 3. Each is neutral when zero, so hparams built by hand for
+	 * the other architectures need not set them. */
+	float embd_scale;     /* the embedding row is multiplied by it: sqrtf(n_embd) (gemma), 0 = 1 */
+	enum ffn_act ffn_act; /* gate activation */
+	bool has_post_norm;   /* RMS norm of the attention and FFN outputs before each
+	                           * residual add (attn_post_norm, ffn_post_norm: gemma) */
+	float attn_softcap;   /* scores s become c tanh(s / c) before the softmax; 0: none */
+	float final_softcap;  /* the same on the logits; 0: none */
+	uint32_t n_swa;       /* sliding window of the local layers, in positions: a query
+	                           * at p sees keys at positions > p - n_swa; 0: none */
+	const uint8_t *swa_layer;  /* (n_layer) 1 = a local (sliding-window) layer; NULL: none */
+	float rope_base_swa;       /* RoPE base of the local layers (gemma3: 10000) */
+	float rope_freq_scale_swa; /* their frequency scale (gemma3: 1; gemma2: as global) */
 };
+
+/* The sliding window of layer l: n_swa for a local layer, 0 for a global one. */
+uint32_t model_layer_window(const struct hparams *hp, uint32_t l);
+/* hp as RoPE sees it in a global (local false) or local layer of an engine
+ * with a context of n_ctx positions: a local layer's base and frequency
+ * scale in place of the global ones, and LongRoPE's long divisors in
+ * rope_factors when n_ctx exceeds rope_ctx_orig, its short ones otherwise. */
+void model_rope_params(const struct hparams *hp, bool local, uint32_t n_ctx, struct hparams *out);
 
 /* A weight as the engine sees it: type, shape and bytes in the map. */
 struct tensor {
@@ -232,18 +261,20 @@ struct tensor {
 };
 
 struct layer_weights {
-	struct tensor attn_norm;  /* [n_embd] F32 */
-	struct tensor wq;         /* [n_embd, n_head*head_dim] */
-	struct tensor wk;         /* [n_embd, n_head_kv*head_dim] */
-	struct tensor wv;         /* [n_embd, n_head_kv*head_dim] */
-	struct tensor bq, bk, bv; /* qwen2 biases (F32) or data == NULL */
-	struct tensor q_norm;     /* [head_dim] F32, qwen3, or data == NULL */
-	struct tensor k_norm;     /* [head_dim] F32, qwen3, or data == NULL */
-	struct tensor wo;         /* [n_head*head_dim, n_embd] */
-	struct tensor ffn_norm;   /* [n_embd] F32 */
-	struct tensor w_gate;     /* [n_embd, n_ff] */
-	struct tensor w_up;       /* [n_embd, n_ff] */
-	struct tensor w_down;     /* [n_ff, n_embd] */
+	struct tensor attn_norm;      /* [n_embd] F32 */
+	struct tensor wq;             /* [n_embd, n_head*head_dim] */
+	struct tensor wk;             /* [n_embd, n_head_kv*head_dim] */
+	struct tensor wv;             /* [n_embd, n_head_kv*head_dim] */
+	struct tensor bq, bk, bv;     /* qwen2 biases (F32) or data == NULL */
+	struct tensor q_norm;         /* [head_dim] F32, qwen3, or data == NULL */
+	struct tensor k_norm;         /* [head_dim] F32, qwen3, or data == NULL */
+	struct tensor wo;             /* [n_head*head_dim, n_embd] */
+	struct tensor ffn_norm;       /* [n_embd] F32 */
+	struct tensor w_gate;         /* [n_embd, n_ff] */
+	struct tensor w_up;           /* [n_embd, n_ff] */
+	struct tensor w_down;         /* [n_ff, n_embd] */
+	struct tensor attn_post_norm; /* [n_embd] F32, gemma, or data == NULL */
+	struct tensor ffn_post_norm;  /* [n_embd] F32, gemma, or data == NULL */
 	/* Fused sources, data == NULL when the file has separate matrices; the
 	 * fields above are then row views into them (arch.c). */
 	struct tensor wqkv;      /* [n_embd, (n_head + 2 n_head_kv) head_dim] */
@@ -259,8 +290,11 @@ struct model {
 	struct tensor out_norm;       /* [n_embd] F32 */
 	struct tensor output;         /* [n_embd, n_vocab]; == tok_embd when tied */
 	struct tensor rope_freqs;     /* [n_rot / 2] F32 (llama 3.1+), or data == NULL */
+	struct tensor rope_long;      /* [n_rot / 2] F32 LongRoPE factors, or data == NULL */
+	struct tensor rope_short;     /* [n_rot / 2] F32 LongRoPE factors, or data == NULL */
 	struct layer_weights *layers; /* n_layer entries */
 	struct vocab *vocab;
+	uint8_t *swa_layer;  /* (n_layer) hp.swa_layer's storage, or NULL */
 	char *chat_template; /* tokenizer.chat_template or NULL */
 	char *name;          /* general.name or the file name */
 };
@@ -271,7 +305,7 @@ struct model_feature {
 	const char *what; /* one line saying what it is */
 	bool used;        /* this model uses it */
 };
-#define MODEL_N_FEATURES 10
+#define MODEL_N_FEATURES 18
 /* The features the supported architectures may have, in a fixed order, each
  * with whether m uses it, into out (MODEL_N_FEATURES entries). */
 void model_features(const struct model *m, struct model_feature out[MODEL_N_FEATURES]);

@@ -258,16 +258,25 @@ void attn_pane(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	snprintf(qlab, sizeof qlab, "?");
 	if (s->query.orig_pos >= 0 && (uint32_t)s->query.orig_pos < t->n_toks)
 		tui_tok_label(g, &t->toks[s->query.orig_pos], qlab, sizeof qlab);
+	/* a model with sliding-window layers: say which kind this one is (a
+	 * local layer's keys beyond the window get no weight, whatever the
+	 * cache holds) */
+	char kind[48] = "";
+	if (t->hp != NULL && t->hp->n_swa > 0 && model_layer_window(t->hp, layer) > 0)
+		snprintf(kind, sizeof kind, "  local, window %u", t->hp->n_swa);
+	else if (t->hp != NULL && t->hp->n_swa > 0)
+		snprintf(kind, sizeof kind, "  global");
 	if (t->agg == AGG_HEAD)
 		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u [0..%u]  head %u [0..%u]  [head]  query #%d '%s'%s", layer,
-		                s->n_layer - 1, head, s->n_head - 1, s->query.orig_pos, qlab,
+		                "layer %u [0..%u]%s  head %u [0..%u]  [head]  query #%d '%s'%s", layer,
+		                s->n_layer - 1, kind, head, s->n_head - 1, s->query.orig_pos, qlab,
 		                t->step_back ? "  (past step)" : "");
 	else /* no one head is shown: say over how many */
 		tui_grid_printf(g, r, r.x, r.y, R_TITLE,
-		                "layer %u [0..%u]  heads: %s of %u  [%s]  query #%d '%s'%s", layer,
-		                s->n_layer - 1, tui_agg_names[t->agg], s->n_head, tui_agg_names[t->agg],
-		                s->query.orig_pos, qlab, t->step_back ? "  (past step)" : "");
+		                "layer %u [0..%u]%s  heads: %s of %u  [%s]  query #%d '%s'%s", layer,
+		                s->n_layer - 1, kind, tui_agg_names[t->agg], s->n_head,
+		                tui_agg_names[t->agg], s->query.orig_pos, qlab,
+		                t->step_back ? "  (past step)" : "");
 	y = r.y + 1;
 	row = xmallocarray(s->n_cached + 1, sizeof *row);
 	n = tui_attn_row(t, row, s->n_cached);

@@ -770,6 +770,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tt->t.n_head = m->hp.n_head;
 	tt->t.n_ctx = gen_n_ctx(g);
 	tt->t.vocab = m->vocab;
+	tt->t.hp = &m->hp;
 	tt->t.agg = AGG_MAX; /* informative from the first frame: the max over heads */
 	/* --target-words / --length (cmd-tui.c gave it to the session) */
 	tt->t.len = gen_turn(g)->len;

@@ -209,6 +209,8 @@ struct tui {
 	char backend[64];
 	uint32_t n_layer, n_head, n_ctx;
 	const struct vocab *vocab; /* read-only (token pieces) */
+	const struct hparams *hp;  /* the model's, read-only (each layer's sliding window);
+	                            * NULL in tests without a model */
 	/* chat */
 	struct tui_msg *msgs;
 	uint32_t n_msgs, cap_msgs;

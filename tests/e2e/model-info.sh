@@ -79,6 +79,25 @@ else
 	fail=1
 fi
 
+# A generated gemma3 model (tests/fixtures/archs/README.md): its sliding
+# window, which layers are local, and the Gemma features.
+gemma="${KVSCOPE_SRCDIR:-.}/tests/fixtures/archs/gemma3/tiny-gemma3.gguf"
+if "$bin" model info --model "$gemma" >"$tmp/good" 2>"$tmp/good.err"; then
+	check_out '^architecture +gemma3$' "gemma3 architecture"
+	check_out '^  sliding window +16 positions in 5 of 6 layers \(local: 0,1,2,3,4\); rope base 10000 there$' \
+		"gemma3 window line"
+	check_out '^  sliding-window +used ' "feature sliding-window"
+	check_out '^  rope-local-base +used ' "feature rope-local-base"
+	check_out '^  geglu +used ' "feature geglu"
+	check_out '^  post-norm +used ' "feature post-norm"
+	check_out '^  softcap-attn +not used ' "feature softcap-attn (gemma2 only)"
+	check_out '^  layout +gemma$' "the gemma template"
+else
+	echo "FAIL: model info on $gemma:" >&2
+	cat "$tmp/good.err" >&2
+	fail=1
+fi
+
 # Bad files.
 printf 'GGU' >"$tmp/short.gguf"
 expect_bad "$tmp/short.gguf" "3-byte file"

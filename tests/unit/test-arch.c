@@ -13,6 +13,7 @@
 #include "tests/util/tinymodel.h"
 
 #include <errno.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -193,17 +194,17 @@ static void add_rot16(struct ggufw *w)
 {
 	ggufw_add_u32(w, "llama.rope.dimension_count", 16);
 }
-static void add_longrope(struct ggufw *w)
+static void add_ntk(struct ggufw *w)
 {
-	ggufw_add_str(w, "llama.rope.scaling.type", "longrope");
+	ggufw_add_str(w, "llama.rope.scaling.type", "ntk");
 }
 static void add_vocab300(struct ggufw *w)
 {
 	ggufw_add_u32(w, "llama.vocab_size", 300);
 }
-static void add_gemma(struct ggufw *w)
+static void add_mamba(struct ggufw *w)
 {
-	ggufw_add_str(w, "general.architecture", "gemma3");
+	ggufw_add_str(w, "general.architecture", "mamba");
 }
 static void add_eps_nan(struct ggufw *w)
 {
@@ -311,8 +312,8 @@ static void test_bad_models(void)
 	expect("eps NaN", &s, add_eps_nan, KVS_EFORMAT, "layer_norm_rms_epsilon' = nan", "finite");
 
 	tinymodel_defaults(&s, "llama");
-	expect("longrope", &s, add_longrope, KVS_EUNSUPPORTED, "'llama.rope.scaling.type' = 'longrope'",
-	       "LongRoPE");
+	expect("ntk scaling", &s, add_ntk, KVS_EUNSUPPORTED, "'llama.rope.scaling.type' = 'ntk'",
+	       "expected 'none', 'linear', 'yarn' or 'longrope'");
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "llama.vocab_size";
@@ -321,8 +322,8 @@ static void test_bad_models(void)
 
 	tinymodel_defaults(&s, "llama");
 	s.skip_key = "general.architecture";
-	expect("gemma3", &s, add_gemma, KVS_EUNSUPPORTED, "'gemma3'",
-	       "expected one of: llama, qwen2, qwen3, phi3");
+	expect("mamba", &s, add_mamba, KVS_EUNSUPPORTED, "'mamba'",
+	       "expected one of: llama, qwen2, qwen3, phi3, gemma2, gemma3");
 	expect("no architecture", &s, NULL, KVS_ENOTFOUND, "general.architecture", NULL);
 
 	tinymodel_defaults(&s, "llama");
@@ -339,7 +340,7 @@ static void test_bad_models(void)
 	expect("rope_freqs with a negative divisor", &s, add_rope_freqs_neg, KVS_EFORMAT,
 	       "'rope_freqs.weight': entry 2 = -1", "> 0");
 	expect("q norm on llama", &s, add_q_norm, KVS_EUNSUPPORTED, "'blk.0.attn_q_norm.weight'",
-	       "only qwen3");
+	       "only qwen3 and gemma3");
 	expect("stray tensor", &s, add_stray, KVS_EUNSUPPORTED, "'blk.0.ffn_extra.weight' is not part",
 	       NULL);
 
@@ -673,6 +674,176 @@ static void test_real_model(const char *path)
 	model_free(m);
 }
 
+static void add_swa0(struct ggufw *w)
+{
+	ggufw_add_u32(w, "gemma2.attention.sliding_window", 0);
+}
+static void add_pattern3(struct ggufw *w)
+{
+	static const uint8_t flags[3] = { 1, 0, 1 };
+	ggufw_add_arr_raw(w, "gemma2.attention.sliding_window_pattern", GGUF_BOOL, flags, 3, 1);
+}
+static void add_final_cap_neg(struct ggufw *w)
+{
+	ggufw_add_f32(w, "gemma2.final_logit_softcapping", -1.0f);
+}
+static void add_orig32(struct ggufw *w)
+{
+	ggufw_add_u32(w, "phi3.rope.scaling.original_context_length", 32);
+}
+
+/* Load s plus extra(w) and return the model (NULL on failure, reported). */
+static struct model *load_spec(const struct tinymodel_spec *s, void (*extra)(struct ggufw *),
+                               uint8_t **buf)
+{
+	struct ggufw *w = ggufw_new();
+	struct model *m;
+	struct err e;
+
+	tinymodel_add(w, s);
+	if (extra != NULL)
+		extra(w);
+	T_CHECK(load(w, &m, buf, &e) == KVS_OK, "load %s: %s", s->arch, e.msg);
+	ggufw_free(w);
+	return m;
+}
+
+/* Gemma 2 and 3: the family defaults (llama.cpp's), the keys that change
+ * them, the post-norm tensors, and the refusals. */
+static void test_gemma(void)
+{
+	struct tinymodel_spec s;
+	struct model_feature f[MODEL_N_FEATURES];
+	struct hparams rh;
+	uint8_t *buf = NULL;
+	struct model *m;
+
+	tinymodel_defaults(&s, "gemma2");
+	s.head_dim = 16;
+	s.n_layer = 3;
+	m = load_spec(&s, NULL, &buf);
+	if (m != NULL) {
+		T_EQ_INT(m->hp.rope, ROPE_NEOX);
+		T_NEAR(m->hp.embd_scale, sqrtf(32.0f), 0);
+		T_EQ_INT(m->hp.ffn_act, FFN_GELU);
+		T_EQ_INT(m->hp.has_post_norm, 1);
+		T_EQ_INT(m->hp.has_qk_norm, 0);
+		T_NEAR(m->hp.attn_softcap, 50, 0); /* llama.cpp's defaults */
+		T_NEAR(m->hp.final_softcap, 30, 0);
+		T_EQ_INT(m->hp.n_swa, 4096);
+		/* every 2nd layer global: 0 local, 1 global, 2 local */
+		T_EQ_INT(model_layer_window(&m->hp, 0), 4096);
+		T_EQ_INT(model_layer_window(&m->hp, 1), 0);
+		T_EQ_INT(model_layer_window(&m->hp, 2), 4096);
+		T_NEAR(m->hp.attn_scale, 0.25, 0); /* 1/sqrt(16) */
+		T_CHECK(m->layers[2].attn_post_norm.data != NULL && m->layers[2].ffn_post_norm.ne[0] == 32,
+		        "post norms bound");
+		/* gemma2's local layers rotate as the global ones */
+		model_rope_params(&m->hp, true, 256, &rh);
+		T_NEAR(rh.rope_base, m->hp.rope_base, 0);
+		model_features(m, f);
+		for (size_t i = 0; i < MODEL_N_FEATURES; i++) {
+			static const char *const used[] = { "gqa",          "rope-neox",     "tied-output",
+				                                "embd-scale",   "geglu",         "post-norm",
+				                                "softcap-attn", "softcap-final", "sliding-window" };
+			bool want = false;
+			for (size_t k = 0; k < KVS_ARRAY_LEN(used); k++)
+				want = want || strcmp(f[i].name, used[k]) == 0;
+			T_CHECK(f[i].used == want, "gemma2 feature %s: used %d", f[i].name, f[i].used);
+		}
+	}
+	model_free(m);
+	free(buf);
+
+	/* gemma3: no sliding window without the key; with it, every 6th layer
+	 * global and the local ones on base 10000 */
+	tinymodel_defaults(&s, "gemma3");
+	s.head_dim = 16;
+	s.n_layer = 7;
+	s.rope_base = 1000000.0f;
+	m = load_spec(&s, NULL, &buf);
+	if (m != NULL) {
+		T_EQ_INT(m->hp.n_swa, 0);
+		T_EQ_INT(m->hp.has_qk_norm, 1);
+		T_NEAR(m->hp.attn_softcap, 0, 0);
+		T_NEAR(m->hp.final_softcap, 0, 0);
+		T_EQ_INT(model_layer_window(&m->hp, 0), 0);
+	}
+	model_free(m);
+	free(buf);
+	struct ggufw *w = ggufw_new();
+	struct err e;
+	tinymodel_add(w, &s);
+	ggufw_add_u32(w, "gemma3.attention.sliding_window", 512);
+	ggufw_add_f32(w, "gemma3.final_logit_softcapping", 20.0f);
+	T_EQ_INT(load(w, &m, &buf, &e), KVS_OK);
+	ggufw_free(w);
+	if (m != NULL) {
+		for (uint32_t l = 0; l < 7; l++)
+			T_EQ_INT(model_layer_window(&m->hp, l), l == 5 ? 0 : 512);
+		T_NEAR(m->hp.final_softcap, 20, 0);
+		model_rope_params(&m->hp, true, 256, &rh);
+		T_NEAR(rh.rope_base, 10000, 0);
+		T_NEAR(rh.rope_freq_scale, 1, 0);
+		model_rope_params(&m->hp, false, 256, &rh);
+		T_NEAR(rh.rope_base, 1000000, 0);
+	}
+	model_free(m);
+	free(buf);
+
+	tinymodel_defaults(&s, "gemma2");
+	s.head_dim = 16;
+	expect("gemma2 window 0", &s, add_swa0, KVS_EFORMAT, "'gemma2.attention.sliding_window' = 0",
+	       "expected a window of 1 or more");
+	expect("gemma2 pattern of 3 layers", &s, add_pattern3, KVS_EFORMAT,
+	       "'gemma2.attention.sliding_window_pattern' has 3 entries", "expected 2");
+	expect("gemma2 negative final cap", &s, add_final_cap_neg, KVS_EFORMAT,
+	       "'gemma2.final_logit_softcapping' = -1", "expected a finite value in (0, ");
+	s.skip_tensor = "blk.1.post_ffw_norm.weight";
+	expect("gemma2 without a post-FFN norm", &s, NULL, KVS_ENOTFOUND,
+	       "'blk.1.post_ffw_norm.weight' is missing", "gemma2");
+	tinymodel_defaults(&s, "llama");
+	s.post_norm = true;
+	expect("post norm on llama", &s, NULL, KVS_EUNSUPPORTED, "'blk.0.post_attention_norm.weight'",
+	       "only gemma2/3");
+}
+
+/* LongRoPE: both tables bound, the original context read, the table picked
+ * by the context; one table alone is refused. */
+static void test_longrope(void)
+{
+	struct tinymodel_spec s;
+	struct hparams rh;
+	uint8_t *buf = NULL;
+	struct model *m;
+
+	tinymodel_defaults(&s, "phi3");
+	s.longrope = true;
+	m = load_spec(&s, add_orig32, &buf);
+	if (m != NULL) {
+		T_EQ_INT(m->hp.rope_ctx_orig, 32);
+		T_CHECK(m->hp.rope_factors == NULL, "no rope_freqs");
+		model_rope_params(&m->hp, false, 33, &rh);
+		T_CHECK(rh.rope_factors == m->hp.rope_factors_long && rh.rope_factors[2] == 3.0f,
+		        "33 > 32: the long table");
+		model_rope_params(&m->hp, false, 32, &rh);
+		T_CHECK(rh.rope_factors == m->hp.rope_factors_short && rh.rope_factors[2] == 2.0f,
+		        "32: the short table");
+	}
+	model_free(m);
+	free(buf);
+	/* without the key: the training context (256) */
+	m = load_spec(&s, NULL, &buf);
+	if (m != NULL)
+		T_EQ_INT(m->hp.rope_ctx_orig, 256);
+	model_free(m);
+	free(buf);
+	s.skip_tensor = "rope_factors_short.weight";
+	expect("LongRoPE without its short table", &s, NULL, KVS_EFORMAT,
+	       "'rope_factors_long.weight' is present without 'rope_factors_short.weight'",
+	       "both LongRoPE tables or neither");
+}
+
 int main(void)
 {
 	char *path = model_path();
@@ -686,6 +857,8 @@ int main(void)
 	test_yarn();
 	test_tiny_qwen3();
 	test_tiny_phi3();
+	test_gemma();
+	test_longrope();
 	test_path_errors();
 	if (stat(path, &st) == 0) {
 		test_real_model(path);

@@ -1,7 +1,9 @@
 /*
  * test-fidelity-arch.c: the CPU engine against llama.cpp on the generated
  * models of the other architectures (sets[] below: qwen2, its Q4_K_M
- * requantisation, llama with Llama 3.1's RoPE divisors, qwen3 with YaRN).
+ * requantisation, llama with Llama 3.1's RoPE divisors, qwen3 with YaRN,
+ * phi3, gemma2 and gemma3 with sliding-window layers, phi3 with LongRoPE
+ * at a context past its original one and, greedy only, within it).
  * Every set runs the same checks against its own llama.cpp fixtures; the
  * qwen2 one is described here, the others in tests/fixtures/archs/README.md.
  *
@@ -66,6 +68,9 @@ struct fixture_set {
 	double max_diff;   /* max |dlogit| over the reference's top 10 */
 	const char *why;
 	const char *head, *tail; /* the chat text around each greedy prompt */
+	uint32_t n_ctx;          /* the engine's context; 0: 2048 (the references') */
+	const char *greedy;      /* the greedy fixture; NULL: greedy-64.jsonl after the
+	                          * logits of every text; set: that file only */
 };
 
 /* Path of a file under tests/fixtures of the source tree. */
@@ -246,7 +251,7 @@ static void greedy_prompt(struct engine *eng, uint32_t n_vocab, const int32_t *p
 /* Greedy continuations of the chat prompts (see the top of the file). */
 static void check_greedy(struct engine *eng, const struct model *m, const struct fixture_set *fs)
 {
-	char *gl = xasprintf("%s/greedy-64.jsonl", fs->dir);
+	char *gl = xasprintf("%s/%s", fs->dir, fs->greedy ? fs->greedy : "greedy-64.jsonl");
 	char *path = fixture(gl), *ppath = fixture("engine/prompts.txt");
 	char *text = NULL, *prompts = NULL, *save_l = NULL, *save_p = NULL;
 	size_t len;
@@ -304,25 +309,39 @@ out:
  */
 #define CHATML_HEAD "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 #define CHATML_TAIL "<|im_end|>\n<|im_start|>assistant\n"
+#define GEMMA_HEAD "<bos><start_of_turn>user\n"
+#define GEMMA_TAIL "<end_of_turn>\n<start_of_turn>model\n"
 
 static const struct fixture_set sets[] = {
 	{ "qwen2", "tiny-qwen2.gguf", 97.0, 0.5,
 	  "exact arithmetic agrees on 98.25 % and differs by at most 0.33 (top logits "
 	  "about 10-20); leaving out the small V bias gives 85 % and 3.1, a wrong RoPE base "
 	  "43 % and 20",
-	  CHATML_HEAD, CHATML_TAIL },
+	  CHATML_HEAD, CHATML_TAIL, 0, NULL },
 	{ "qwen2/q4km", "tiny-qwen2-q4km.gguf", 95.0, 1.0,
 	  "activations rounded per 32 against llama.cpp's per 256 for the k-quants", CHATML_HEAD,
-	  CHATML_TAIL },
+	  CHATML_TAIL, 0, NULL },
 	{ "archs/llama3", "tiny-llama3.gguf", 97.0, 0.5,
 	  "llama with rope_freqs.weight (Llama 3.1's divisors); see archs/README.md",
 	  "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n",
-	  "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n" },
+	  "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", 0, NULL },
 	{ "archs/qwen3", "tiny-qwen3.gguf", 97.0, 0.5,
 	  "qwen3: per-head Q/K norm, head size 64 over n_embd 256, YaRN x4; see archs/README.md",
-	  "<|im_start|>user\n", CHATML_TAIL },
+	  "<|im_start|>user\n", CHATML_TAIL, 0, NULL },
 	{ "archs/phi3", "tiny-phi3.gguf", 97.0, 0.5, "phi3: fused QKV and gate/up; see archs/README.md",
-	  "<|user|>\n", "<|end|>\n<|assistant|>\n" },
+	  "<|user|>\n", "<|end|>\n<|assistant|>\n", 0, NULL },
+	{ "archs/gemma2", "tiny-gemma2.gguf", 97.0, 0.5,
+	  "gemma2: GeGLU, post-norms, soft-caps, sliding window 16; see archs/README.md", GEMMA_HEAD,
+	  GEMMA_TAIL, 0, NULL },
+	{ "archs/gemma3", "tiny-gemma3.gguf", 97.0, 0.5,
+	  "gemma3: Q/K norm, 5 local layers of window 16 with their own RoPE base; see "
+	  "archs/README.md",
+	  GEMMA_HEAD, GEMMA_TAIL, 0, NULL },
+	{ "archs/longrope", "tiny-longrope.gguf", 97.0, 0.5,
+	  "phi3 with LongRoPE's long table (context 2048 > 512); see archs/README.md", "<|user|>\n",
+	  "<|end|>\n<|assistant|>\n", 0, NULL },
+	{ "archs/longrope", "tiny-longrope.gguf", 0, 0, "LongRoPE's short table (context 512)",
+	  "<|user|>\n", "<|end|>\n<|assistant|>\n", 512, "greedy-64-ctx512.jsonl" },
 };
 
 /* Every check on one model. */
@@ -342,7 +361,7 @@ static void check_set(const struct fixture_set *fs)
 		return;
 	engine_config_default(&cfg);
 	cfg.backend = ENGINE_BACKEND_CPU;
-	cfg.n_ctx = 2048;
+	cfg.n_ctx = fs->n_ctx ? fs->n_ctx : 2048;
 	if (getenv("KVSCOPE_TEST_REFERENCE") != NULL)
 		cfg.reference = true; /* compare the scalar reference path instead */
 	T_CHECK(engine_create(&eng, m, &cfg, &e) == KVS_OK, "engine_create: %s", e.msg);
@@ -350,9 +369,15 @@ static void check_set(const struct fixture_set *fs)
 		model_free(m);
 		return;
 	}
-	printf("test-fidelity-arch: %s, engine %s/%s%s, %d threads\n", fs->model,
+	printf("test-fidelity-arch: %s, engine %s/%s%s, %d threads, context %u\n", fs->model,
 	       engine_backend_name(eng), engine_isa_name(eng), cfg.reference ? " (reference)" : "",
-	       engine_n_threads(eng));
+	       engine_n_threads(eng), cfg.n_ctx);
+	if (fs->greedy != NULL) {
+		check_greedy(eng, m, fs);
+		engine_free(eng);
+		model_free(m);
+		return;
+	}
 	for (size_t i = 0; i < KVS_ARRAY_LEN(texts); i++)
 		check_text(eng, m, fs->dir, texts[i], &t);
 	double agree = t.n_pos ? 100.0 * (double)t.n_agree / (double)t.n_pos : 0.0;

@@ -73,6 +73,8 @@ void tinymodel_defaults(struct tinymodel_spec *s, const char *arch)
 	s->qkv_bias = strcmp(arch, "qwen2") == 0;
 	s->qk_norm = strcmp(arch, "qwen3") == 0;
 	s->fused_qkv = strcmp(arch, "phi3") == 0;
+	s->post_norm = strncmp(arch, "gemma", 5) == 0;
+	s->qk_norm = s->qk_norm || strcmp(arch, "gemma3") == 0;
 	s->vocab = TINY_VOCAB_GPT2;
 	s->rope_base = qwen ? 1000000.0f : 10000.0f;
 	s->rms_eps = qwen ? 1e-6f : 1e-5f;
@@ -355,6 +357,10 @@ void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s)
 			tiny_tensor(w, s, &rng, LAYER("ffn_up.weight"), s->wtype, E, F, false);
 		}
 		tiny_tensor(w, s, &rng, LAYER("ffn_down.weight"), s->wtype, F, E, false);
+		if (s->post_norm) {
+			tiny_tensor(w, s, &rng, LAYER("post_attention_norm.weight"), DT_F32, E, 1, true);
+			tiny_tensor(w, s, &rng, LAYER("post_ffw_norm.weight"), DT_F32, E, 1, true);
+		}
 #undef LAYER
 	}
 	tiny_tensor(w, s, &rng, "output_norm.weight", DT_F32, E, 1, true);
@@ -365,6 +371,17 @@ void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s)
 		for (uint32_t i = 0; i < hd / 2 && i < TINY_MAX_PAIRS; i++)
 			f[i] = (float)(i + 1);
 		ggufw_add_tensor_f32(w, "rope_freqs.weight", 1, (int64_t[]){ hd / 2 }, f);
+	}
+	if (s->longrope) {
+		float fl[TINY_MAX_PAIRS], fs[TINY_MAX_PAIRS];
+		for (uint32_t i = 0; i < hd / 2 && i < TINY_MAX_PAIRS; i++) {
+			fl[i] = (float)(i + 1);
+			fs[i] = 1.0f + 0.5f * (float)i;
+		}
+		if (s->skip_tensor == NULL || strcmp(s->skip_tensor, "rope_factors_long.weight"))
+			ggufw_add_tensor_f32(w, "rope_factors_long.weight", 1, (int64_t[]){ hd / 2 }, fl);
+		if (s->skip_tensor == NULL || strcmp(s->skip_tensor, "rope_factors_short.weight"))
+			ggufw_add_tensor_f32(w, "rope_factors_short.weight", 1, (int64_t[]){ hd / 2 }, fs);
 	}
 }
 

@@ -1,5 +1,6 @@
 /*
- * tinymodel.h: tiny, valid llama / qwen2 / qwen3 models for tests (libtestutil.a).
+ * tinymodel.h: tiny, valid llama / qwen2 / qwen3 / phi3 / gemma2 / gemma3 models
+ * for tests (libtestutil.a).
  *
  *   struct tinymodel_spec s;
  *   tinymodel_defaults(&s, "llama");      // 2 layers, n_embd 32, vocab ~270
@@ -29,7 +30,7 @@ enum tinymodel_vocab {
 };
 
 struct tinymodel_spec {
-	const char *arch; /* "llama", "qwen2", "qwen3" or "phi3" */
+	const char *arch; /* "llama", "qwen2", "qwen3", "phi3", "gemma2" or "gemma3" */
 	const char *name; /* general.name */
 	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx;
 	uint32_t head_dim;  /* 0: n_embd / n_head (no key_length key written) */
@@ -40,6 +41,9 @@ struct tinymodel_spec {
 	bool qk_norm;       /* write attn_{q,k}_norm.weight (set for qwen3) */
 	bool rope_freqs;    /* write rope_freqs.weight: divisors 1, 2, 3, ... per pair */
 	bool fused_qkv;     /* one attn_qkv.weight instead of attn_{q,k,v} (set for phi3) */
+	bool post_norm;     /* write post_attention_norm and post_ffw_norm (set for gemma) */
+	bool longrope;      /* write rope_factors_long (1, 2, 3, ... per pair) and
+	                     * rope_factors_short (1, 1.5, 2, ...) */
 	/* phi3 writes ffn_up.weight of 2 n_ff rows (gate rows first) and no ffn_gate;
 	 * fused or not, the values come in the same order from the generator */
 	enum tinymodel_vocab vocab;
@@ -53,7 +57,7 @@ struct tinymodel_spec {
 	uint32_t n_extra_tokens;
 };
 
-/* Fill s with a small valid model of arch ("llama", "qwen2", "qwen3" or "phi3"). */
+/* Fill s with a small valid model of arch (see tinymodel_spec.arch). */
 void tinymodel_defaults(struct tinymodel_spec *s, const char *arch);
 /* Add the model's keys and tensors to w. */
 void tinymodel_add(struct ggufw *w, const struct tinymodel_spec *s);
