@@ -104,6 +104,7 @@ struct gen {
 	struct gen_reply_info reply; /* what the last gen_reply produced */
 	float *biased;               /* (n_vocab) scratch for the controller's logits */
 	struct len_vocab lv;         /* token classes, built on the first controlled reply */
+	bool shadow;                 /* gen_open_shadow: the model and the weights are borrowed */
 };
 
 #endif

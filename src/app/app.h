@@ -19,6 +19,9 @@
  *         policy, budget, pin, reset), events out (deep copies of what the
  *         session hooks deliver), for front ends whose main thread owns
  *         the screen and the Lua states.
+ * compare.c a second retention policy on the same dialogue (:compare): a
+ *         shadow session over the same weights replays the exchanges and
+ *         follows new ones; kept-set overlap and first divergence.
  * trace.c KV-cache events as JSON lines (kvscope generate --trace).
  * lenctl.c length control at decoding time: Ruler's target levels and
  *         windows, the \w+ word counter, and the turn controller that biases
@@ -173,6 +176,14 @@ int gen_run_linear(struct engine *eng, const int32_t *toks, uint32_t start, uint
 
 /* Load the model, create the engine and the sampler. */
 int gen_open(struct gen **out, const struct gen_config *c, struct err *e);
+/* A shadow of base (borrows base's model and weights until gen_close of the
+ * shadow, which comes first): an engine sharing base's weights with a
+ * cache of its own (engine_create_shared), a KV cache under kv (budget 0:
+ * as many slots as base's engine), base's chat layout, turn options and
+ * sampler settings with the random generator in state rng (NULL: fresh
+ * from base's seed). KVS_EUNSUPPORTED when the backend cannot share. */
+int gen_open_shadow(struct gen **out, struct gen *base, const struct kv_config *kv,
+                    const struct mt19937 *rng, struct err *e);
 /* Free the context, its engine, sampler and model (NULL is fine). */
 void gen_close(struct gen *g);
 /* The context size in tokens (engine slots). */
@@ -302,8 +313,12 @@ struct session_turn {
 	uint32_t n_reply;  /* tokens sampled */
 	uint32_t n_words;  /* \w+ words of the reply (Ruler's count, lenctl.c) */
 	double prefill_ms, decode_ms;
-	double started_unix; /* wall-clock seconds since the epoch */
-	bool restarted;      /* the cache was full: this turn started in an empty cache */
+	double started_unix;   /* wall-clock seconds since the epoch */
+	bool restarted;        /* the cache was full: this turn started in an empty cache */
+	int32_t *ids;          /* (n_reply) the sampled tokens (lent until the session forgets
+	                      * the turn; NULL in worker events) */
+	uint32_t max_tokens;   /* the limits the reply was made under: tokens per reply, */
+	struct len_target len; /* the length target (a replay repeats them) */
 };
 
 /* The cold tier of a session (session-cold.c): what the retention policy
@@ -386,6 +401,14 @@ struct session;
 
 /* Load the model and start an empty conversation. */
 int session_open(struct session **out, const struct session_config *c, struct err *e);
+/* A shadow of base for :compare (borrows base until session_close of the
+ * shadow, which comes first): the same model and weights (gen_open_shadow),
+ * system prompt, chat layout, sampler settings and turn options, its own
+ * KV cache under kv, and the sampler's random generator as it was when
+ * base's conversation began, so that replaying base's exchanges under the
+ * same policy gives the same replies token for token. No hooks. */
+int session_open_shadow(struct session **out, struct session *base, const struct kv_config *kv,
+                        struct err *e);
 /* Free the session, its turns and its gen (NULL is fine). */
 void session_close(struct session *s);
 /* Hooks are called on the session's thread during session_chat (copied). */
@@ -497,6 +520,97 @@ void session_recap_free(struct session_recap *r);
  * between a replayed transcript and the new exchanges. */
 const char *session_recap_line(const struct session_recap *r, char *buf, size_t cap);
 
+/* ---- compare.c: a second policy on the same dialogue (:compare) ---- */
+
+/* One exchange of one side, as a comparison shows it. */
+struct compare_turn {
+	int32_t first_pos; /* original position of its first token, in its side's stream */
+	uint32_t n_prompt; /* tokens of its user part */
+	uint32_t n_reply;  /* tokens sampled */
+	uint8_t stop;      /* enum gen_stop */
+	bool restarted;    /* its cache started over at this exchange */
+	char *reply;
+	int32_t *ids; /* (n_reply) */
+};
+
+/* One side: a session's policy, its exchanges, what its cache keeps now. */
+struct compare_side {
+	char policy[160];
+	uint32_t budget;
+	struct compare_turn *turns; /* (n_turns) */
+	uint32_t n_turns;
+	struct kv_tok *kept; /* (n_kept) the cached tokens, cache order */
+	uint32_t n_kept;
+	int32_t next_pos; /* the stream's next original position */
+};
+
+/* The one-line summary. */
+struct compare_sum {
+	uint32_t kept[2]; /* tokens each cache holds */
+	uint32_t overlap; /* places of the dialogue both hold, with the same token */
+	uint32_t turns;   /* exchanges both sides have */
+	int32_t div_turn; /* the first exchange whose replies part (0-based), -1 none */
+	int32_t div_tok;  /* the first reply token where they do, -1 none */
+};
+
+enum compare_state {
+	COMPARE_REPLAYING = 0, /* catching up with the session's exchanges */
+	COMPARE_FOLLOWING,     /* caught up: it follows each new exchange */
+	COMPARE_STOPPED,       /* cancelled, turned off or failed (msg says which) */
+};
+
+/* What a front end draws: side[0] the session, side[1] the shadow. */
+struct compare_view {
+	enum compare_state state;
+	uint32_t done, total; /* exchanges the shadow has, of those to replay */
+	struct compare_side side[2];
+	struct compare_sum sum;
+	uint64_t kv_bytes; /* the shadow's KV cache at its budget */
+	/* the bytes of each side's reply at sum.div_turn before its first
+	 * parting token (the text of reply tokens 0 .. div_tok-1) */
+	uint32_t div_byte[2];
+	char msg[256]; /* why it stopped */
+};
+
+/* The first index where a[0..na) and b[0..nb) differ (the shorter one's
+ * length when one is a prefix of the other), -1 when they are equal. */
+int32_t compare_diverge(const int32_t *a, uint32_t na, const int32_t *b, uint32_t nb);
+/* The place of orig_pos in side s: its exchange (in the cache's epoch,
+ * after its last restart) and the offset from that exchange's first token;
+ * false before the epoch's first token or without exchanges. */
+bool compare_place(const struct compare_side *s, int32_t orig_pos, uint32_t *turn, uint32_t *off);
+/* Kept tokens of a at places where b keeps the same token. */
+uint32_t compare_overlap(const struct compare_side *a, const struct compare_side *b);
+/* Kept counts, overlap and the first divergence of two sides. */
+void compare_summarize(const struct compare_side side[2], struct compare_sum *out);
+/* Free a view and what it holds (NULL is fine). */
+void compare_view_free(struct compare_view *v);
+
+struct compare;
+/* A comparison of base (borrows base until compare_close) with a shadow
+ * session under policy spec ("NAME", "NAME:k=v,...") and budget (tokens;
+ * 0: every slot; < 0: base's budget). KVS_ESTATE without an exchange to
+ * replay or for a resumed conversation, KVS_EARG for a bad policy or
+ * budget, KVS_EUNSUPPORTED where the backend cannot share its weights. */
+int compare_open(struct compare **out, struct session *base, const char *spec, int64_t budget,
+                 struct err *e);
+void compare_close(struct compare *c);
+/* The shadow session (for cancelling its reply from another thread:
+ * session_cancel). */
+struct session *compare_shadow(const struct compare *c);
+/* The shadow's KV cache in bytes at its budget. */
+uint64_t compare_kv_bytes(const struct compare *c);
+/* Exchanges of base the shadow has not replayed yet. */
+uint32_t compare_pending(const struct compare *c, const struct session *base);
+/* Replay base's next exchange the shadow lacks (none: nothing to do). */
+int compare_step(struct compare *c, const struct session *base, struct err *e);
+/* Whether a cancel stopped a replayed reply (the comparison is then
+ * incomplete and should be closed). */
+bool compare_stopped(const struct compare *c);
+/* The comparison now as a view (caller owns; compare_view_free). */
+struct compare_view *compare_view_make(const struct compare *c, const struct session *base,
+                                       enum compare_state state, uint32_t total);
+
 /* ---- worker.c ---- */
 
 enum worker_cmd_kind {
@@ -516,6 +630,8 @@ enum worker_cmd_kind {
 	                     * this many of its last turns in the transcript event */
 	WORKER_LEN,        /* text: a length target ("120w", "200t", "150", "off") */
 	WORKER_SPARSE,     /* text: a sparse attention spec ("quest:budget=512", "off") */
+	WORKER_COMPARE,    /* text: a policy spec to compare with (n: its budget, 0 every
+	                     * slot, < 0 the session's), or "off" (compare.c) */
 };
 
 struct worker_cmd {
@@ -538,6 +654,8 @@ enum worker_event_kind {
 	WORKER_EV_SAVED,      /* an exchange was committed to the store as turn index of
 	                           * saved session saved_id (status KVS_OK), or not (msg says
 	                           * why; it stays queued for the next commit) */
+	WORKER_EV_COMPARE,    /* cmp: the comparison after a replayed or followed exchange,
+	                           * or as it stopped (the event owns it) */
 };
 
 /* One event from the worker: deep copies of the session hooks' arguments,
@@ -571,6 +689,8 @@ struct worker_event {
 	int64_t saved_id;
 	/* TRANSCRIPT */
 	struct session_recap recap;
+	/* COMPARE */
+	struct compare_view *cmp;
 	/* RESULT */
 	enum worker_cmd_kind cmd;
 	int status;                /* KVS_OK or the failure */
@@ -592,8 +712,14 @@ uint64_t worker_send(struct worker *w, const struct worker_cmd *c);
 void worker_set_store(struct worker *w, const char *db_path, const char *model_path,
                       const char *sampler);
 /* Stop the exchange in progress, or the next queued one (any thread);
- * false when there is none (a cancel never reaches a later exchange). */
+ * false when there is none (a cancel never reaches a later exchange).
+ * While a comparison replays or follows an exchange, that is stopped
+ * instead (and the comparison with it). */
 bool worker_cancel(struct worker *w);
+/* Stop a comparison's replay in progress or queued (any thread); false
+ * when none runs or waits. The comparison is closed by the command that
+ * ran it (a WORKER_COMPARE "off" closes one that follows). */
+bool worker_compare_stop(struct worker *w);
 /* Whether a command is running or queued. */
 bool worker_busy(struct worker *w);
 /* How many commands are queued (not counting the one running). */

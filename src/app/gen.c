@@ -108,6 +108,42 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 	return KVS_OK;
 }
 
+int gen_open_shadow(struct gen **out, struct gen *base, const struct kv_config *kv,
+                    const struct mt19937 *rng, struct err *e)
+{
+	struct gen *g;
+	int rc;
+
+	*out = NULL;
+	/* the cache never holds more than the budget, but for a vote's window */
+	uint32_t n_ctx = kv->budget ? kv->budget + kv_policy_scratch(&kv->policy) : 0;
+	g = xcalloc(1, sizeof *g);
+	g->shadow = true;
+	g->model = base->model;
+	rc = engine_create_shared(&g->engine, base->engine, n_ctx, e);
+	if (rc != KVS_OK) {
+		free(g);
+		return rc;
+	}
+	struct kv_config kc = *kv;
+	kc.n_batch = base->n_batch;
+	rc = kv_cache_create(&g->kv, g->engine, &kc, e);
+	if (rc != KVS_OK) {
+		engine_free(g->engine);
+		free(g);
+		return rc;
+	}
+	g->sampler = sampler_replica(base->sampler, rng);
+	g->has_chat = base->has_chat &&
+	        chat_template_init(&g->chat, g->model->chat_template, base->chat.name, g->model->vocab,
+	                           &g->chat_err) == KVS_OK;
+	g->chat.no_think = base->chat.no_think;
+	g->n_batch = base->n_batch;
+	g->turn = base->turn;
+	*out = g;
+	return KVS_OK;
+}
+
 void gen_close(struct gen *g)
 {
 	if (g == NULL)
@@ -120,7 +156,8 @@ void gen_close(struct gen *g)
 	sampler_free(g->sampler);
 	kv_cache_free(g->kv);
 	engine_free(g->engine);
-	model_free(g->model);
+	if (!g->shadow)
+		model_free(g->model);
 	free(g);
 }
 

@@ -61,6 +61,7 @@ struct session {
 	struct session_store store; /* st == NULL: not saving (strings owned) */
 	struct store_rec *rec;
 	struct session_cold *cold; /* the cold tier (session-cold.c), or NULL */
+	struct mt19937 rng0;       /* the sampler's generator when this conversation began */
 };
 
 void session_config_default(struct session_config *c)
@@ -113,7 +114,44 @@ int session_open(struct session **out, const struct session_config *c, struct er
 	s->gen->on_token = session_on_token;
 	s->gen->on_token_ud = s;
 	kv_cache_set_events(s->gen->kv, session_kv_event, s);
+	sampler_rng_get(s->gen->sampler, &s->rng0);
 	*out = s;
+	return KVS_OK;
+}
+
+/* The parts session_open and session_open_shadow share, over gen g. */
+static struct session *session_over(struct gen *g, uint32_t max_tokens, const char *system)
+{
+	struct session *s = xcalloc(1, sizeof *s);
+	s->gen = g;
+	s->max_tokens = max_tokens ? max_tokens : 512;
+	s->fresh = true;
+	session_set_system(s, system);
+	atomic_init(&s->cancel, false);
+	g->cancel = &s->cancel;
+	g->on_token = session_on_token;
+	g->on_token_ud = s;
+	kv_cache_set_events(g->kv, session_kv_event, s);
+	sampler_rng_get(g->sampler, &s->rng0);
+	return s;
+}
+
+int session_open_shadow(struct session **out, struct session *base, const struct kv_config *kv,
+                        struct err *e)
+{
+	struct gen *g;
+	int rc;
+
+	*out = NULL;
+	rc = gen_open_shadow(&g, base->gen, kv, &base->rng0, e);
+	if (rc != KVS_OK)
+		return rc;
+	if (!g->has_chat) {
+		rc = err_set(e, g->chat_err.code, "%s", g->chat_err.msg);
+		gen_close(g);
+		return rc;
+	}
+	*out = session_over(g, base->max_tokens, base->system);
 	return KVS_OK;
 }
 
@@ -122,6 +160,7 @@ static void session_forget_turns(struct session *s)
 	for (uint32_t i = 0; i < s->n_turns; i++) {
 		free(s->turns[i].user);
 		free(s->turns[i].reply);
+		free(s->turns[i].ids);
 	}
 	s->n_turns = 0;
 }
@@ -547,6 +586,10 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	clock_gettime(CLOCK_REALTIME, &now);
 	t.started_unix = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
 	t.index = s->n_turns;
+	t.max_tokens = s->max_tokens;
+	t.len = g->turn.len;
+	if (s->n_turns == 0)
+		sampler_rng_get(g->sampler, &s->rng0); /* where a replay of it starts */
 	if (s->hooks.turn_start != NULL)
 		s->hooks.turn_start(s->hooks.ud, t.index, text);
 
@@ -584,6 +627,8 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	}
 	t.user = xstrdup(text);
 	t.reply = xstrdup(s->reply.s ? s->reply.s : "");
+	t.ids = xmallocarray(g->reply.n_tokens ? g->reply.n_tokens : 1, sizeof *t.ids);
+	memcpy(t.ids, g->reply.ids, g->reply.n_tokens * sizeof *t.ids);
 	if (s->n_turns == s->cap_turns) {
 		s->cap_turns = s->cap_turns ? s->cap_turns * 2 : 16;
 		s->turns = xreallocarray(s->turns, s->cap_turns, sizeof *s->turns);

@@ -22,6 +22,14 @@
  * texts of its last turns, as many as the command asks) before the result.
  * A pipe is readable while events are queued, so the main thread can
  * sleep in poll() on the terminal and the worker at once.
+ *
+ * :compare (compare.c) runs here too: WORKER_COMPARE opens a shadow
+ * session and replays the exchanges so far, one WORKER_EV_COMPARE event
+ * per exchange; after that every exchange is followed by the shadow's
+ * (another event) before its result. A cancel while the shadow decodes
+ * stops the shadow's reply and ends the comparison (worker_cancel,
+ * worker_compare_stop); :new and :load end it; worker_stop closes it
+ * before the session it borrows.
  */
 #include "app/app-int.h"
 #include "store/store.h"
@@ -59,6 +67,12 @@ struct worker {
 	char *db_path, *model_path; /* worker_set_store */
 	char *sampler;              /* the sampler settings saved sessions record */
 	struct store *st;           /* opened by the first :save or :load */
+	/* :compare (compare.c): the comparison, made, run and closed on this
+	 * thread; cmp_busy (under mu) while it replays or follows, so that a
+	 * cancel from the main thread reaches its shadow reply; cmp_cancel
+	 * (under mu) stops it at the next exchange */
+	struct compare *cmp;
+	bool cmp_busy, cmp_cancel;
 };
 
 /* Queue ev for the main thread and make the pipe readable. */
@@ -144,6 +158,7 @@ void worker_event_free(struct worker_event *ev)
 	free(ev->key_pos);
 	free(ev->key_tok);
 	session_recap_free(&ev->recap);
+	compare_view_free(ev->cmp);
 	free(ev);
 }
 
@@ -214,6 +229,7 @@ static void worker_hook_turn_end(void *ud, const struct session_turn *t)
 	struct worker_event *ev = worker_event_new(WORKER_EV_TURN_END);
 
 	ev->turn = *t;
+	ev->turn.ids = NULL; /* the session's, lent only until it forgets the turn */
 	ev->turn.user = worker_strdup(t->user);
 	ev->turn.reply = worker_strdup(t->reply);
 	worker_push(w, ev);
@@ -349,6 +365,124 @@ static void worker_transcript(struct worker *w, int64_t id, int64_t max_turns, u
 	worker_push(w, ev);
 }
 
+/* The comparison now as an event (state; msg: why it stopped). */
+static void worker_compare_push(struct worker *w, enum compare_state state, uint32_t total,
+                                const char *msg)
+{
+	struct worker_event *ev = worker_event_new(WORKER_EV_COMPARE);
+	ev->cmp = compare_view_make(w->cmp, w->s, state, total);
+	snprintf(ev->cmp->msg, sizeof ev->cmp->msg, "%s", msg ? msg : "");
+	worker_push(w, ev);
+}
+
+/* Close the comparison after a last event saying why (msg). */
+static void worker_compare_end(struct worker *w, const char *msg)
+{
+	if (w->cmp == NULL)
+		return;
+	worker_compare_push(w, COMPARE_STOPPED, 0, msg);
+	struct compare *c = w->cmp;
+	pthread_mutex_lock(&w->mu);
+	w->cmp = NULL; /* a cancel from now on no longer reaches it */
+	pthread_mutex_unlock(&w->mu);
+	compare_close(c);
+}
+
+/* Bring the shadow up to the session's exchanges, one event per exchange;
+ * a cancel or a failure ends the comparison (KVS_OK: it follows on). */
+static int worker_compare_run(struct worker *w, struct err *e)
+{
+	uint32_t total = session_n_turns(w->s);
+	int rc = KVS_OK;
+	bool stop = false;
+
+	while (w->cmp != NULL && compare_pending(w->cmp, w->s) > 0) {
+		pthread_mutex_lock(&w->mu);
+		stop = w->cmp_cancel;
+		w->cmp_busy = !stop;
+		pthread_mutex_unlock(&w->mu);
+		if (stop)
+			break;
+		rc = compare_step(w->cmp, w->s, e);
+		pthread_mutex_lock(&w->mu);
+		w->cmp_busy = false;
+		stop = w->cmp_cancel || compare_stopped(w->cmp);
+		pthread_mutex_unlock(&w->mu);
+		if (rc != KVS_OK || stop)
+			break;
+		worker_compare_push(w,
+		                    compare_pending(w->cmp, w->s) ? COMPARE_REPLAYING : COMPARE_FOLLOWING,
+		                    total, NULL);
+	}
+	if (rc == KVS_OK && w->cmp != NULL) {
+		/* a stop that came after the last exchange still ends it: the
+		 * caller was told it reached the comparison */
+		pthread_mutex_lock(&w->mu);
+		stop = stop || w->cmp_cancel;
+		pthread_mutex_unlock(&w->mu);
+	}
+	if (rc != KVS_OK) {
+		char msg[256];
+		snprintf(msg, sizeof msg, "comparison stopped: %.220s", e->msg);
+		worker_compare_end(w, msg);
+		return rc;
+	}
+	if (stop) {
+		char msg[160];
+		uint32_t done = session_n_turns(compare_shadow(w->cmp));
+		snprintf(msg, sizeof msg,
+		         "comparison stopped at exchange %u of %u (cancelled): :compare again to "
+		         "restart",
+		         done, total);
+		worker_compare_end(w, msg);
+		return err_set(e, KVS_ESTATE, "%s", msg);
+	}
+	return KVS_OK;
+}
+
+/* :compare SPEC (a replay, then following) or :compare off. */
+static int worker_compare_cmd(struct worker *w, const struct worker_cmd *c, char *msg, size_t cap,
+                              struct err *e)
+{
+	char pol[160];
+	int rc;
+
+	if (c->text == NULL || strcmp(c->text, "off") == 0) {
+		if (w->cmp == NULL) {
+			snprintf(msg, cap, "no comparison is on");
+			return KVS_OK;
+		}
+		worker_compare_end(w, "comparison off");
+		snprintf(msg, cap, "comparison off: the shadow session's cache is freed");
+		return KVS_OK;
+	}
+	if (w->cmp != NULL) {
+		const struct gen *g = session_gen(compare_shadow(w->cmp));
+		return err_set(e, KVS_ESTATE,
+		               "a comparison with %.60s (budget %u) is on: expected :compare off first",
+		               kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol),
+		               kv_cache_budget(gen_kv(g)));
+	}
+	struct compare *cmp = NULL;
+	rc = compare_open(&cmp, w->s, c->text, c->n, e);
+	if (rc != KVS_OK)
+		return rc;
+	pthread_mutex_lock(&w->mu);
+	w->cmp = cmp;
+	pthread_mutex_unlock(&w->mu);
+	/* the first event says what runs before its first exchange is done */
+	worker_compare_push(w, COMPARE_REPLAYING, session_n_turns(w->s), NULL);
+	rc = worker_compare_run(w, e);
+	if (rc == KVS_OK) {
+		const struct gen *g = session_gen(compare_shadow(w->cmp));
+		snprintf(msg, cap, "comparing with %.60s (budget %u): %u exchange%s replayed; following",
+		         kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol),
+		         kv_cache_budget(gen_kv(g)), session_n_turns(w->s),
+		         session_n_turns(w->s) == 1 ? "" : "s");
+	}
+	return rc;
+}
+
 /* Run one command on the worker thread; fills the result event. */
 static void worker_run(struct worker *w, const struct worker_cmd *c, struct worker_event *res)
 {
@@ -362,7 +496,10 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		rc = session_chat(w->s, c->text ? c->text : "", &e);
 		if (rc == KVS_OK)
 			snprintf(res->msg, sizeof res->msg, "turn done");
+		if (rc == KVS_OK && w->cmp != NULL && worker_compare_run(w, &e) != KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "turn done; %.200s", e.msg);
 		break;
+	case WORKER_COMPARE: rc = worker_compare_cmd(w, c, res->msg, sizeof res->msg, &e); break;
 	case WORKER_POLICY: {
 		struct kv_policy p;
 		rc = kv_policy_parse(c->text ? c->text : "", &p, &e);
@@ -402,6 +539,7 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 			         c->kind == WORKER_PIN ? "pinned" : "unpinned", (long long)c->n);
 		break;
 	case WORKER_RESET:
+		worker_compare_end(w, "comparison off: a new conversation");
 		session_reset(w->s);
 		snprintf(res->msg, sizeof res->msg, "new conversation");
 		break;
@@ -468,6 +606,8 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (rc == KVS_OK)
 			rc = store_session_find(w->st, c->text, &ss.id, &e);
 		if (rc == KVS_OK)
+			worker_compare_end(w, "comparison off: another conversation was loaded");
+		if (rc == KVS_OK)
 			rc = worker_saved_policy(w, ss.id, kept, sizeof kept, &e);
 		if (rc == KVS_OK)
 			rc = session_resume(w->s, &ss, &info, &e);
@@ -520,6 +660,8 @@ static void *worker_main(void *arg)
 			w->cmd_tail = NULL;
 		w->running = node->id;
 		w->chatting = node->cmd.kind == WORKER_CHAT;
+		if (node->cmd.kind == WORKER_COMPARE || node->cmd.kind == WORKER_CHAT)
+			w->cmp_cancel = node->cancelled && node->cmd.kind == WORKER_COMPARE;
 		if (w->chatting) {
 			/* a cancel that came after the previous exchange had ended
 			 * must not stop this one; one meant for this one must */
@@ -606,6 +748,8 @@ void worker_stop(struct worker *w)
 	pthread_mutex_unlock(&w->mu);
 	session_cancel(w->s);
 	pthread_join(w->thread, NULL);
+	compare_close(w->cmp); /* before the session it borrows */
+	w->cmp = NULL;
 	session_set_hooks(w->s, NULL);
 	while ((ev = w->ev_head) != NULL) {
 		w->ev_head = ev->next;
@@ -653,12 +797,46 @@ void worker_set_store(struct worker *w, const char *db_path, const char *model_p
 	w->sampler = sampler ? xstrdup(sampler) : NULL;
 }
 
+/* Under mu: stop the comparison's shadow reply and its next exchanges. */
+static bool worker_compare_stop_locked(struct worker *w)
+{
+	bool hit = false;
+
+	if (w->cmp_busy) {
+		session_cancel(compare_shadow(w->cmp));
+		w->cmp_cancel = true;
+		hit = true;
+	} else if (w->running != 0 && w->cmp != NULL) {
+		w->cmp_cancel = true; /* between two replayed exchanges */
+		hit = true;
+	}
+	for (struct worker_cmd_node *n = w->cmd_head; n != NULL; n = n->next)
+		if (n->cmd.kind == WORKER_COMPARE && n->cmd.text != NULL &&
+		    strcmp(n->cmd.text, "off") != 0 && !n->cancelled) {
+			n->cancelled = true; /* not started yet: it starts stopped */
+			hit = true;
+		}
+	return hit;
+}
+
+bool worker_compare_stop(struct worker *w)
+{
+	bool hit;
+
+	pthread_mutex_lock(&w->mu);
+	hit = worker_compare_stop_locked(w);
+	pthread_mutex_unlock(&w->mu);
+	return hit;
+}
+
 bool worker_cancel(struct worker *w)
 {
 	bool hit = false;
 
 	pthread_mutex_lock(&w->mu);
-	if (w->chatting) {
+	if (w->cmp_busy) {
+		hit = worker_compare_stop_locked(w);
+	} else if (w->chatting) {
 		session_cancel(w->s);
 		hit = true;
 	} else {

@@ -766,3 +766,62 @@ void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, 
 		cpu_attend(jb, l, i, h0, KVS_MIN((uint32_t)KERN_ATT_Q, grp - part * KERN_ATT_Q), ith);
 	}
 }
+
+/* ---------------------------------------------- the backend's cache rows */
+
+/* Copy slots src to dst (every layer: keys, values, rotated keys). */
+void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n)
+{
+	struct cpu *c = state;
+	size_t row = c->kv_row * c->kv_es;
+	for (uint32_t i = 0; i < n; i++) {
+		if (dst[i] == src[i])
+			continue;
+		for (uint32_t l = 0; l < c->hp.n_layer; l++) {
+			memcpy(c->kc[l] + dst[i] * row, c->kc[l] + src[i] * row, row);
+			memcpy(c->vc[l] + dst[i] * row, c->vc[l] + src[i] * row, row);
+			memcpy(c->kr[l] + dst[i] * row, c->kr[l] + src[i] * row, row);
+		}
+		c->kr_pos[dst[i]] = c->kr_pos[src[i]];
+		sparse_pages_forget(&c->sp, dst[i]);
+	}
+}
+
+/* One slot's key or value of kv_head, layer, as f32 into out (head_dim). */
+void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
+                        float *out)
+{
+	struct cpu *c = state;
+	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
+	const uint8_t *p =
+	        base + ((uint64_t)slot * c->kv_row + (uint64_t)kv_head * c->hp.head_dim) * c->kv_es;
+	if (c->kv_es == 2)
+		for (uint32_t d = 0; d < c->hp.head_dim; d++)
+			out[d] = dtype_f16_to_f32(((const uint16_t *)p)[d]);
+	else
+		memcpy(out, p, c->hp.head_dim * sizeof(float));
+}
+
+/* A slot's raw K/V rows of every layer out of (or, load, into) buf. */
+int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e)
+{
+	struct cpu *c = state;
+	size_t row = c->kv_row * c->kv_es;
+	uint8_t *b = buf;
+	(void)e;
+	for (uint32_t l = 0; l < c->hp.n_layer; l++, b += 2 * row) {
+		uint8_t *k = c->kc[l] + (size_t)slot * row, *v = c->vc[l] + (size_t)slot * row;
+		if (load) {
+			memcpy(k, b, row);
+			memcpy(v, b + row, row);
+		} else {
+			memcpy(b, k, row);
+			memcpy(b + row, v, row);
+		}
+	}
+	if (load) {
+		c->kr_pos[slot] = -1; /* its rotated keys are remade from these */
+		sparse_pages_forget(&c->sp, slot);
+	}
+	return KVS_OK;
+}

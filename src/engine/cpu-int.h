@@ -49,6 +49,7 @@ struct cpu {
 	const struct kern_weight *lookup; /* rows for the embedding lookup: embd, or the
 	                               * packed LM head when it is the same tensor */
 	void *arena;                      /* all packed weights (mmap'ed) */
+	bool shared;                      /* weights and pool borrowed (engine_create_shared) */
 	uint64_t arena_bytes;
 
 	/* KV cache */
@@ -254,5 +255,11 @@ void cpu_sparse_free(struct cpu *c);
 /* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
  * part order. */
 void cpu_split_merge(const struct cpu *c, float *out);
+
+/* The backend's cache-row entries (cpu-attn.c). */
+void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n);
+void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
+                 float *out);
+int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e);
 
 #endif

@@ -281,6 +281,8 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 }
 
 static void cpu_free(void *state);
+static int cpu_create_cache(struct cpu *c, const struct backend_ctx *ctx, void **state,
+                            struct err *e);
 
 static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 {
@@ -305,8 +307,25 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	else if (ctx->cfg.isa == ENGINE_ISA_AVX2)
 		want = KERN_AVX2;
 	c->ops = kern_select(want);
-	c->pool = pool_create(ctx->cfg.n_threads);
 	c->L = xcalloc(hp->n_layer, sizeof(*c->L));
+	const struct cpu *base = ctx->share;
+	if (base != NULL) {
+		/* a shadow: the base's packed weights and threads, a cache of its own */
+		if (base->m != m || base->ref != c->ref) {
+			free(c->L);
+			free(c);
+			return err_set(e, KVS_EARG, "a shared state needs the same model and mode");
+		}
+		c->shared = true;
+		c->ops = base->ops;
+		c->pool = base->pool;
+		memcpy(c->L, base->L, hp->n_layer * sizeof(*c->L));
+		c->embd = base->embd;
+		c->out = base->out;
+		c->lookup = base->lookup == &base->out ? &c->out : &c->embd;
+		return cpu_create_cache(c, ctx, state, e);
+	}
+	c->pool = pool_create(ctx->cfg.n_threads);
 
 	int rc = KVS_OK;
 	for (uint32_t l = 0; l < hp->n_layer && rc == KVS_OK; l++) {
@@ -347,7 +366,14 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	                m->tok_embd.data == (m->output.data ? m->output.data : m->tok_embd.data)
 	        ? &c->out
 	        : &c->embd;
+	return cpu_create_cache(c, ctx, state, e);
+}
 
+/* The KV cache and the scratch of a state whose weights are in place. */
+static int cpu_create_cache(struct cpu *c, const struct backend_ctx *ctx, void **state,
+                            struct err *e)
+{
+	const struct hparams *hp = &c->hp;
 	c->kv_es = ctx->cfg.kv_type == ENGINE_KV_F32 ? 4 : 2;
 	c->kv_row = (uint64_t)hp->n_head_kv * hp->head_dim;
 	c->kc = xcalloc(hp->n_layer, sizeof(*c->kc));
@@ -405,7 +431,7 @@ static void cpu_free(void *state)
 	struct cpu *c = state;
 	if (c == NULL)
 		return;
-	if (c->arena)
+	if (c->arena && !c->shared)
 		munmap(c->arena, c->arena_bytes);
 	for (uint32_t l = 0; c->kc && l < c->hp.n_layer; l++) {
 		free(c->kc[l]);
@@ -445,7 +471,8 @@ static void cpu_free(void *state)
 	}
 	free(c->tact);
 	xfree_aligned(c->lm);
-	pool_free(c->pool);
+	if (!c->shared)
+		pool_free(c->pool);
 	free(c);
 }
 
@@ -901,60 +928,6 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	return KVS_OK;
 }
 
-static void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t n)
-{
-	struct cpu *c = state;
-	size_t row = c->kv_row * c->kv_es;
-	for (uint32_t i = 0; i < n; i++) {
-		if (dst[i] == src[i])
-			continue;
-		for (uint32_t l = 0; l < c->hp.n_layer; l++) {
-			memcpy(c->kc[l] + dst[i] * row, c->kc[l] + src[i] * row, row);
-			memcpy(c->vc[l] + dst[i] * row, c->vc[l] + src[i] * row, row);
-			memcpy(c->kr[l] + dst[i] * row, c->kr[l] + src[i] * row, row);
-		}
-		c->kr_pos[dst[i]] = c->kr_pos[src[i]];
-		sparse_pages_forget(&c->sp, dst[i]);
-	}
-}
-
-static void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
-                        float *out)
-{
-	struct cpu *c = state;
-	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
-	const uint8_t *p =
-	        base + ((uint64_t)slot * c->kv_row + (uint64_t)kv_head * c->hp.head_dim) * c->kv_es;
-	if (c->kv_es == 2)
-		for (uint32_t d = 0; d < c->hp.head_dim; d++)
-			out[d] = dtype_f16_to_f32(((const uint16_t *)p)[d]);
-	else
-		memcpy(out, p, c->hp.head_dim * sizeof(float));
-}
-
-static int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e)
-{
-	struct cpu *c = state;
-	size_t row = c->kv_row * c->kv_es;
-	uint8_t *b = buf;
-	(void)e;
-	for (uint32_t l = 0; l < c->hp.n_layer; l++, b += 2 * row) {
-		uint8_t *k = c->kc[l] + (size_t)slot * row, *v = c->vc[l] + (size_t)slot * row;
-		if (load) {
-			memcpy(k, b, row);
-			memcpy(v, b + row, row);
-		} else {
-			memcpy(b, k, row);
-			memcpy(b + row, v, row);
-		}
-	}
-	if (load)
-		c->kr_pos[slot] = -1; /* its rotated keys are remade from these */
-	if (load)
-		sparse_pages_forget(&c->sp, slot);
-	return KVS_OK;
-}
-
 static const char *cpu_isa_name(void *state)
 {
 	struct cpu *c = state;
@@ -970,7 +943,7 @@ const struct backend_ops backend_cpu = {
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
 	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE |
-	        ENGINE_CAP_QUERY,
+	        ENGINE_CAP_SHARE | ENGINE_CAP_QUERY,
 	.kv_raw = cpu_kv_raw,
 	.page_bounds = cpu_sparse_bounds,
 };

@@ -5,7 +5,9 @@
  * the KV cache, the checks on a batch (so a backend only ever sees a valid
  * one), the output buffers handed back to the caller, and small numeric
  * helpers (RoPE angles, surprisal/entropy of a logits row). The backend owns
- * the weights, the cache contents and the arithmetic.
+ * the weights, the cache contents and the arithmetic; a shared engine
+ * (engine_create_shared, a shadow session's) borrows another's weights and
+ * owns only its cache.
  *
  * Invariants: slot_pos[s] is the position of the token in slot s or -1; a
  * forward that fails leaves slot_pos as it was; output buffers only grow.
@@ -178,6 +180,49 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 	}
 	if (rc != KVS_OK) {
 		err_prefix(e, "backend %s", ops->name);
+		eng->ops = NULL;
+		engine_free(eng);
+		return rc;
+	}
+	*out = eng;
+	return KVS_OK;
+}
+
+int engine_create_shared(struct engine **out, struct engine *base, uint32_t n_ctx, struct err *e)
+{
+	*out = NULL;
+	if (!(base->ops->caps & ENGINE_CAP_SHARE))
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "backend %s cannot share its weights with a second KV cache: "
+		               "expected the cpu backend",
+		               base->ops->name);
+	struct engine_config c = base->cfg;
+	c.n_ctx = n_ctx ? n_ctx : base->cfg.n_ctx;
+	if (c.n_ctx > ENGINE_N_CTX_MAX)
+		return err_set(e, KVS_EARG, "context %u slots: expected at most %u", c.n_ctx,
+		               ENGINE_N_CTX_MAX);
+	struct engine *eng = xcalloc(1, sizeof(*eng));
+	eng->m = base->m;
+	eng->cfg = c;
+	eng->ops = base->ops;
+	eng->slot_pos = malloc((size_t)c.n_ctx * sizeof(int32_t));
+	eng->all_slots = malloc((size_t)c.n_ctx * sizeof(uint32_t));
+	eng->mark = calloc(c.n_ctx, sizeof(uint32_t));
+	if (eng->slot_pos == NULL || eng->all_slots == NULL || eng->mark == NULL) {
+		eng->ops = NULL;
+		engine_free(eng);
+		return engine_nomem(e, c.n_ctx, (double)c.n_ctx * 12);
+	}
+	for (uint32_t s = 0; s < c.n_ctx; s++) {
+		eng->slot_pos[s] = -1;
+		eng->all_slots[s] = s;
+	}
+	struct backend_ctx ctx = {
+		.m = eng->m, .cfg = c, .slot_pos = eng->slot_pos, .share = base->state
+	};
+	int rc = eng->ops->create(&ctx, &eng->state, e);
+	if (rc != KVS_OK) {
+		err_prefix(e, "backend %s", eng->ops->name);
 		eng->ops = NULL;
 		engine_free(eng);
 		return rc;

@@ -211,7 +211,8 @@ enum engine_cap {
 	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
 	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
 	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest decode) */
-	ENGINE_CAP_QUERY = 1u << 4,    /* want_q */
+	ENGINE_CAP_SHARE = 1u << 4,    /* engine_create_shared */
+	ENGINE_CAP_QUERY = 1u << 5,    /* want_q */
 };
 
 struct engine;
@@ -221,6 +222,13 @@ struct engine;
 int engine_create(struct engine **out, const struct model *m, const struct engine_config *cfg,
                   struct err *e);
 void engine_free(struct engine *eng);
+/* Create a second engine over base's model that borrows base's weights (and
+ * its compute threads) until engine_free of the new one, with a KV cache of
+ * its own of n_ctx slots (0: as many as base's): a shadow session costs its
+ * cache and scratch, not a second copy of the weights. Both are driven from
+ * one thread, one forward at a time. KVS_EUNSUPPORTED (one line) when
+ * base's backend cannot share (ENGINE_CAP_SHARE). */
+int engine_create_shared(struct engine **out, struct engine *base, uint32_t n_ctx, struct err *e);
 
 /* Run one batch. KVS_EARG (naming the field, the index and the value) for a
  * bad batch; the cache is unchanged then. */
@@ -300,6 +308,9 @@ struct backend_ctx {
 	const struct model *m;
 	struct engine_config cfg; /* n_threads and n_ctx resolved */
 	const int32_t *slot_pos;  /* (n_ctx) */
+	/* engine_create_shared: a state of the same backend whose weights and
+	 * compute pool the new state borrows until its free (NULL: its own) */
+	void *share;
 };
 
 /* Outputs a backend fills: buffers sized by the engine for the batch. */

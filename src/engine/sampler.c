@@ -142,6 +142,21 @@ struct sampler *sampler_create(const struct sampler_params *p, uint32_t n_vocab)
 	return s;
 }
 
+void sampler_rng_get(const struct sampler *s, struct mt19937 *out)
+{
+	*out = s->rng;
+}
+
+struct sampler *sampler_replica(const struct sampler *s, const struct mt19937 *rng)
+{
+	struct sampler_params p = s->p;
+	p.seed = s->seed; /* the seed resolved, when the params asked for a random one */
+	struct sampler *r = sampler_create(&p, s->n_vocab);
+	if (rng != NULL)
+		r->rng = *rng;
+	return r;
+}
+
 void sampler_free(struct sampler *s)
 {
 	if (s == NULL)

@@ -39,6 +39,14 @@ void sampler_accept(struct sampler *s, int32_t id);
 /* Forget the penalty history (a new conversation). */
 void sampler_reset(struct sampler *s);
 
+struct mt19937;
+/* The random generator's state now (to start a replay where s started). */
+void sampler_rng_get(const struct sampler *s, struct mt19937 *out);
+/* A new sampler with s's parameters and seed, no penalty history, and the
+ * random generator in state rng (NULL: fresh from the seed): a shadow
+ * session samples as its original did from the point rng was taken. */
+struct sampler *sampler_replica(const struct sampler *s, const struct mt19937 *rng);
+
 /* The Mersenne Twister MT19937 (the RNG llama.cpp samples with), exposed for
  * tests against published reference outputs. */
 struct mt19937 {

@@ -120,6 +120,11 @@ static const struct {
 	[SEV_RECALL] = { "recall", "(ev)",
 	                 "fast: tokens came back from the cold tier for this turn; ev.tokens (list, "
 	                 "original order, at their new positions), n, policy, kept" },
+	[SEV_COMPARE] = { "compare", "(cmp)",
+	                  "main loop (workbench): :compare sent its state; cmp.state (replaying, "
+	                  "following, stopped), done, total, policy, budget (the shadow's), "
+	                  "kept_a, kept_b, overlap, exchanges, part_exchange, part_token (1-based, "
+	                  "nil when the replies agree), kv_bytes, msg" },
 };
 
 /* The metatable of type t: methods from every lib's "obj:" rows, or t's index. */

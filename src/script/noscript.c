@@ -124,6 +124,12 @@ void script_on_turn_end(struct script_rt *rt, const struct session_turn *t)
 	(void)t;
 }
 
+void script_on_compare(struct script_rt *rt, const struct compare_view *v)
+{
+	(void)rt;
+	(void)v;
+}
+
 void script_on_kv_event(struct script_rt *rt, const struct kv_event *ev)
 {
 	(void)rt;

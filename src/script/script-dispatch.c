@@ -166,6 +166,49 @@ void script_on_turn_end(struct script_rt *rt, const struct session_turn *t)
 	script_dispatch(rt, SEV_TURN_END, push_turn, (void *)t);
 }
 
+/* A comparison as a table (the "compare" event). */
+static int push_compare(lua_State *L, void *ud)
+{
+	static const char *const states[] = { "replaying", "following", "stopped" };
+	const struct compare_view *v = ud;
+	const struct {
+		const char *name;
+		lua_Integer n;
+	} ints[] = {
+		{ "done", v->done },
+		{ "total", v->total },
+		{ "budget", v->side[1].budget },
+		{ "kept_a", v->sum.kept[0] },
+		{ "kept_b", v->sum.kept[1] },
+		{ "overlap", v->sum.overlap },
+		{ "exchanges", v->sum.turns },
+		{ "kv_bytes", (lua_Integer)v->kv_bytes },
+	};
+	lua_createtable(L, 0, 14);
+	lua_pushstring(L, (unsigned)v->state < KVS_ARRAY_LEN(states) ? states[v->state] : "?");
+	lua_setfield(L, -2, "state");
+	for (size_t i = 0; i < KVS_ARRAY_LEN(ints); i++) {
+		lua_pushinteger(L, ints[i].n);
+		lua_setfield(L, -2, ints[i].name);
+	}
+	lua_pushstring(L, v->side[1].policy);
+	lua_setfield(L, -2, "policy");
+	if (v->sum.div_turn >= 0) {
+		lua_pushinteger(L, v->sum.div_turn + 1);
+		lua_setfield(L, -2, "part_exchange");
+		lua_pushinteger(L, v->sum.div_tok + 1);
+		lua_setfield(L, -2, "part_token");
+	}
+	lua_pushstring(L, v->msg);
+	lua_setfield(L, -2, "msg");
+	return 1;
+}
+
+void script_on_compare(struct script_rt *rt, const struct compare_view *v)
+{
+	script_dispatch(rt, SEV_COMPARE, push_compare, (void *)v);
+}
+
 struct evict_args {
 	struct script_rt *rt;
 	const struct kv_event *ev;

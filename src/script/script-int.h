@@ -61,6 +61,7 @@ enum script_event {
 	SEV_KEY,
 	SEV_UNLOAD,
 	SEV_RECALL,
+	SEV_COMPARE,
 	SEV_COUNT
 };
 

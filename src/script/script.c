@@ -36,7 +36,7 @@
 
 const char *const script_event_names[SEV_COUNT] = {
 	"token",        "turn_start", "turn_end", "evict",  "attention",
-	"model_loaded", "key",        "unload",   "recall",
+	"model_loaded", "key",        "unload",   "recall", "compare",
 };
 
 const bool script_event_fast[SEV_COUNT] = {

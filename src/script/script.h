@@ -117,6 +117,8 @@ void script_on_token(struct script_rt *rt, const struct gen_token *t);
 void script_on_turn_end(struct script_rt *rt, const struct session_turn *t);
 /* KV-cache events: evictions go to "evict" hooks, steps to "attention". */
 void script_on_kv_event(struct script_rt *rt, const struct kv_event *ev);
+/* The workbench's :compare after an exchange or as it stopped ("compare"). */
+void script_on_compare(struct script_rt *rt, const struct compare_view *v);
 /* A key the front end did not handle ("C-x", "F5", "a"); true when a hook consumed it. */
 bool script_on_key(struct script_rt *rt, const char *key);
 /* Run due timers and scheduled functions; returns ms until the next timer

@@ -855,6 +855,10 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "budget", "N", "KV budget in tokens (0: every slot)", NULL, x_budget },
 	{ "sparse", "off|quest[:k=v,...]", "sparse decode attention over what the policy kept", NULL,
 	  x_sparse },
+	{ "compare", "POLICY[:k=v,...] [BUDGET]|off",
+	  "replay this conversation under a second policy in a shadow session, side by side "
+	  "(a second KV cache and decode while on; off stops it)",
+	  tui_compare_complete, tui_compare_exec },
 	{ "len", "[N[w|t]|LEVEL|off]",
 	  "length target of the next replies (words, tokens, a Ruler level)", NULL, x_len },
 	{ "max", "N", "the most tokens a reply may have (a hard cap)", NULL, x_max },

@@ -413,6 +413,8 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 			if (t->busy) {
 				worker_cancel(tt->w);
 				tui_status(t, false, "stopping the reply");
+			} else if (tui_compare_on(t) && worker_compare_stop(tt->w)) {
+				tui_status(t, false, "stopping the comparison");
 			} else if (text[0] != '\0') {
 				tui_input_clear(tt->in);
 			} else if (tt->armed_quit) {
@@ -459,8 +461,11 @@ static bool tui_key(struct tui_term *tt, int key, bool fkey)
 				t->chat_scroll = 0;
 				t->chat_hit = -1;
 				t->chat_jump = false;
-			} else if (t->step_back > 0)
+			} else if (t->step_back > 0) {
 				t->step_back = 0;
+			} else if (tui_compare_on(t) && worker_compare_stop(tt->w)) {
+				tui_status(t, false, "stopping the comparison");
+			}
 			return true;
 		}
 		default: return false;
@@ -536,6 +541,10 @@ static void tui_events(struct tui_term *tt)
 			case WORKER_EV_TOKEN: script_on_token(tt->t.rt, &ev->token); break;
 			case WORKER_EV_TURN_END: script_on_turn_end(tt->t.rt, &ev->turn); break;
 			case WORKER_EV_KV: script_on_kv_event(tt->t.rt, &ev->kv); break;
+			case WORKER_EV_COMPARE: /* the view model took the view */
+				if (tt->t.cmp != NULL)
+					script_on_compare(tt->t.rt, tt->t.cmp);
+				break;
 			default: break;
 			}
 		}

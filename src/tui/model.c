@@ -71,6 +71,7 @@ void tui_free(struct tui *t)
 	free(t->hits);
 	free(t->yank);
 	free(t->grid.pos);
+	compare_view_free(t->cmp);
 	for (int i = 0; i < TUI_STEP_HISTORY; i++)
 		tui_step_free(&t->steps[i]);
 	memset(t, 0, sizeof *t);
@@ -514,6 +515,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		break;
 	case WORKER_EV_SNAPSHOT: tui_apply_snapshot(t, ev); break;
 	case WORKER_EV_TRANSCRIPT: tui_replay(t, &ev->recap, ev->status, ev->msg); break;
+	case WORKER_EV_COMPARE: tui_compare_apply(t, ev); break;
 	case WORKER_EV_SAVED:
 		/* a commit that failed keeps the exchange queued for the next */
 		if (ev->status != KVS_OK)
@@ -538,6 +540,8 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 		}
 		if (ev->cmd == WORKER_CHAT)
 			t->busy = false;
+		if (ev->cmd == WORKER_COMPARE)
+			tui_compare_apply(t, ev);
 		break;
 	}
 }

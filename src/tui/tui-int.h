@@ -286,6 +286,10 @@ struct tui {
 	/* the mouse and the clipboard (curses.c acts on them) */
 	bool mouse_off; /* :mouse off: the terminal keeps the mouse */
 	char *yank;     /* :yank's text for the clipboard, NULL none */
+	/* :compare (compare.c): the comparison as the worker last sent it
+	 * (owned; NULL: none yet), and a :compare sent but not begun */
+	struct compare_view *cmp;
+	bool cmp_pending;
 };
 
 void tui_init(struct tui *t);
@@ -363,6 +367,7 @@ struct tui_pane {
 	const char *name; /* "chat", "attention", ... */
 	const char *title;
 	void (*draw)(struct tui *t, struct tui_grid *g, struct tui_rect r);
+	bool wide; /* chosen at TUI_WIDE_W: the whole width above the strip, not the right column */
 };
 
 /* The pane registry (built-ins first; plugins may add more). */
@@ -487,6 +492,18 @@ bool tui_help_find(struct tui *t, const char *text);
  * a search (the next newer one); false: not a search (a message, "//..."
  * sends "/..."). */
 bool tui_search_line(struct tui *t, const char *line);
+
+/* ---- :compare and its pane (compare.c) ---- */
+
+/* :compare POLICY[:k=v,...] [BUDGET] | off | nothing (show the pane). */
+int tui_compare_exec(struct tui_ctx *c, int argc, char **argv);
+/* Its completion: off, then the policies. */
+int tui_compare_complete(const char *word, size_t i, const char **out);
+/* Take a comparison event (the model takes ev->cmp) or :compare's result. */
+void tui_compare_apply(struct tui *t, struct worker_event *ev);
+/* Whether a comparison is starting, replaying or following (Esc and
+ * Ctrl-C stop its work in progress: worker_compare_stop). */
+bool tui_compare_on(const struct tui *t);
 
 /* ---- the input line (input.c) ---- */
 

@@ -29,9 +29,11 @@ static void pane_plugins(struct tui *t, struct tui_grid *g, struct tui_rect r);
 
 #define TUI_MAX_PANES 16
 static struct tui_pane tui_panes[TUI_MAX_PANES] = {
-	{ "chat", "Chat", pane_chat },          { "attention", "Attention", attn_pane },
-	{ "memory", "KV memory", pane_memory }, { "retention", "Retention", pane_retention },
-	{ "plugins", "Plugins", pane_plugins },
+	{ "chat", "Chat", pane_chat, false },
+	{ "attention", "Attention", attn_pane, false },
+	{ "memory", "KV memory", pane_memory, false },
+	{ "retention", "Retention", pane_retention, false },
+	{ "plugins", "Plugins", pane_plugins, false },
 };
 static size_t tui_n_panes = 5;
 
@@ -100,7 +102,11 @@ void tui_layout(const struct tui *t, int w, int h, int input_rows, struct tui_la
 	if (t->tab >= 4 && (size_t)t->tab < tui_n_panes && t->tab < TUI_MAX_PANES) {
 		/* a pane beyond the built-ins (plugins, a plugin's own) takes the
 		 * right column until F2-F5 or :pane bring attention and memory back */
-		l->pane[t->tab] = (struct tui_rect){ chat_w, 0, w - chat_w, top };
+		if (tui_panes[t->tab].wide) { /* :compare's two sides want the whole width */
+			l->pane[0] = (struct tui_rect){ 0 };
+			l->pane[t->tab] = (struct tui_rect){ 0, 0, w, top };
+		} else
+			l->pane[t->tab] = (struct tui_rect){ chat_w, 0, w - chat_w, top };
 		return;
 	}
 	l->pane[1] = (struct tui_rect){ chat_w, 0, w - chat_w, att_h };

@@ -12,7 +12,8 @@
  * status line and the gauge at 80 columns, completion from the command
  * table, the worker's deep copy of KV events, the attention pane's top
  * keys named by their own step, a resumed session's transcript replacing
- * the chat, and the chat's scrolling over many messages. Expected values
+ * the chat, the chat's scrolling over many messages, and :compare (its
+ * errors, the pane side by side and stacked). Expected values
  * are computed by hand or by a second, simpler implementation in the test.
  */
 #include "store/store.h"
@@ -1056,9 +1057,9 @@ static void test_registries(void)
 	tui_init(&t);
 	t.n_layer = 7;
 	c.t = &t;
-	T_EQ_INT(tui_pane_register(&(struct tui_pane){ "extra", "Extra", extra_draw }), KVS_OK);
+	T_EQ_INT(tui_pane_register(&(struct tui_pane){ "extra", "Extra", extra_draw, false }), KVS_OK);
 	T_EQ_INT(tui_pane_count(), n0 + 1);
-	T_CHECK(tui_pane_register(&(struct tui_pane){ "extra", "Extra", extra_draw }) != KVS_OK,
+	T_CHECK(tui_pane_register(&(struct tui_pane){ "extra", "Extra", extra_draw, false }) != KVS_OK,
 	        "a second pane of the same name");
 	T_EQ_INT(tui_status_register(&(struct tui_status_item){ "extra", extra_status }), KVS_OK);
 	T_CHECK(dump_has(&t, 80, 24, false, "Plugins   Extra"), "its tab");
@@ -1497,6 +1498,167 @@ static void test_export_view(void)
 	tui_free(&t);
 }
 
+/* A hand-made comparison: exchange 2's replies part at their third token
+ * ("one two three" against "one two four five", 8 bytes before it). */
+static struct compare_view *mk_compare(void)
+{
+	struct compare_view *v = xcalloc(1, sizeof *v);
+	static const int32_t ra[2][3] = { { 1, 2, 3 }, { 7, 8, 9 } };
+	static const int32_t rb[2][4] = { { 1, 2, 3, 0 }, { 7, 8, 5, 6 } };
+	static const char *const texts[2][2] = { { "a b c", "one two three" },
+		                                     { "a b c", "one two four five" } };
+
+	v->state = COMPARE_FOLLOWING;
+	v->done = v->total = 2;
+	for (int k = 0; k < 2; k++) {
+		struct compare_side *s = &v->side[k];
+		snprintf(s->policy, sizeof s->policy, "%s", k ? "streaming sinks=2" : "window");
+		s->budget = k ? 64 : 96;
+		s->n_turns = 2;
+		s->turns = xcalloc(2, sizeof *s->turns);
+		for (int i = 0; i < 2; i++) {
+			struct compare_turn *t = &s->turns[i];
+			t->first_pos = i ? 10 : 0;
+			t->n_prompt = i ? 4 : 5;
+			t->n_reply = k && i ? 4 : 3;
+			t->reply = xstrdup(texts[k][i]);
+			t->ids = xmallocarray(4, sizeof *t->ids);
+			memcpy(t->ids, k ? rb[i] : ra[i], t->n_reply * sizeof *t->ids);
+		}
+		s->next_pos = k ? 22 : 20;
+		s->n_kept = k ? 7 : 8;
+		s->kept = xcalloc(s->n_kept, sizeof *s->kept);
+		for (uint32_t i = 0; i < s->n_kept; i++)
+			s->kept[i] = mk_tok(i < 4 ? (int32_t)i : 6 + (int32_t)i, 0, KV_ROLE_USER, 0);
+	}
+	v->sum = (struct compare_sum){ { 8, 7 }, 6, 2, 1, 2 };
+	v->div_byte[0] = v->div_byte[1] = 8;
+	v->kv_bytes = 64 * 23040;
+	return v;
+}
+
+/* The row of the grid at w x h holding both a and b, or false. */
+static bool dump_row_has(struct tui *t, int w, int h, const char *a, const char *b)
+{
+	struct tui_grid g = { 0 };
+	int cx, cy;
+	bool has = false;
+
+	tui_grid_resize(&g, w, h);
+	tui_draw(t, &g, "", 0, &cx, &cy);
+	for (int y = 0; y < h && !has; y++) {
+		char *row = tui_grid_row(&g, y);
+		has = strstr(row, a) != NULL && strstr(row, b) != NULL;
+		free(row);
+	}
+	tui_grid_free(&g);
+	return has;
+}
+
+/* :compare: bad input says what was expected in one line and sends
+ * nothing; a good one is sent once and a second is refused while it is
+ * on; the pane draws a comparison side by side at 160x48 and stacked at
+ * 80x24: the summary's numbers, each reply split at the first parting
+ * token, the mark in the parting exchange's retention row; off is sent. */
+static void test_compare(void)
+{
+	struct tui t;
+	struct tui_ctx c = { 0 };
+	struct worker_event ev = { 0 };
+	struct tui_msg *m;
+
+	tui_init(&t);
+	c.t = &t;
+	T_CHECK(tui_cmd_run(&c, "compare") != KVS_OK && strstr(t.status, "expected a policy"), "%s",
+	        t.status);
+	T_CHECK(tui_cmd_run(&c, "compare nosuch") != KVS_OK && strstr(t.status, "nosuch"), "%s",
+	        t.status);
+	T_CHECK(tui_cmd_run(&c, "compare h2o 12x") != KVS_OK && strstr(t.status, "budget '12x'"), "%s",
+	        t.status);
+	T_CHECK(tui_cmd_run(&c, "compare h2o -3") != KVS_OK && strstr(t.status, "whole number"), "%s",
+	        t.status);
+	T_CHECK(tui_cmd_run(&c, "compare h2o 1 2") != KVS_OK && strstr(t.status, "expected POLICY"),
+	        "%s", t.status);
+	T_CHECK(tui_cmd_run(&c, "compare h2o") != KVS_OK && strstr(t.status, "no conversation yet"),
+	        "%s", t.status);
+	T_CHECK(tui_cmd_run(&c, "compare off") != KVS_OK && strstr(t.status, "no comparison is on"),
+	        "%s", t.status);
+	T_CHECK(!c.have_last, "nothing sent");
+
+	tui_msg_add(&t, MSG_USER, "hi");
+	m = tui_msg_add(&t, MSG_ASSISTANT, "hello");
+	snprintf(m->stop, sizeof m->stop, "eos");
+	T_EQ_INT(tui_cmd_run(&c, "compare streaming:sinks=2 64"), KVS_OK);
+	T_CHECK(c.have_last && c.last.kind == WORKER_COMPARE && c.last.n == 64 &&
+	                strcmp(c.last.text, "streaming:sinks=2") == 0,
+	        "sent");
+	T_EQ_INT(t.tab, tui_pane_find("compare"));
+	c.have_last = false;
+	T_CHECK(tui_cmd_run(&c, "compare h2o") != KVS_OK &&
+	                strstr(t.status, "expected :compare off first"),
+	        "%s", t.status);
+	T_CHECK(!c.have_last, "a second one is not sent");
+	T_CHECK(dump_has(&t, 80, 24, false, "starting the shadow session"), "pending");
+
+	ev.kind = WORKER_EV_COMPARE;
+	ev.cmp = mk_compare();
+	tui_apply(&t, &ev, 0);
+	T_CHECK(ev.cmp == NULL && t.cmp != NULL, "the model took it");
+	T_CHECK(dump_has(&t, 160, 48, false,
+	                 "kept A 8 | B 7, overlap 6; replies part at exchange 2, token 3"),
+	        "summary");
+	T_CHECK(dump_row_has(&t, 160, 48, "A window, budget 96: kept 8 (this session)",
+	                     "B streaming sinks=2, budget 64: kept 7 (shadow)"),
+	        "side by side at 160");
+	T_CHECK(!dump_row_has(&t, 80, 24, "A window", "B streaming"), "stacked at 80");
+	T_CHECK(dump_has(&t, 80, 24, false, "B streaming sinks=2, budget 64"), "B at 80x24");
+	T_CHECK(dump_has(&t, 160, 48, false, "one two \xe2\x96\x8cthree"), "A's reply marked");
+	T_CHECK(dump_has(&t, 160, 48, false,
+	                 "one two \xe2\x96\x8c"
+	                 "four five"),
+	        "B's reply marked");
+	T_CHECK(dump_has(&t, 80, 24, true, "one two |four five"), "ASCII mark at 80x24");
+	/* exchange 2's row: prompt places 0..3 kept, the mark at place 4 + 2 */
+	T_CHECK(dump_has(
+	                &t, 160, 48, false,
+	                "  2 \xe2\x96\x88\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88\xc2\xb7\xc2\xb7\xc3\x97"),
+	        "the strip's mark");
+	T_CHECK(dump_has(&t, 200, 50, false, "compare streaming sinks=2 64"), "status item");
+	if (script_available()) {
+		/* plugins hear it as the "compare" event */
+		struct script_config sc;
+		struct script_rt *rt;
+		struct err e;
+		script_config_default(&sc);
+		T_EQ_INT(script_rt_new(&rt, &sc, &e), KVS_OK);
+		t.rt = rt;
+		T_EQ_INT(tui_cmd_run(&c,
+		                     "lua kvscope.on('compare', function(v) print(v.state .. ' ' .. "
+		                     "v.kept_b .. ' ' .. v.overlap .. ' ' .. v.part_exchange .. ':' "
+		                     ".. v.part_token .. ' ' .. v.policy) end)"),
+		         KVS_OK);
+		script_on_compare(rt, t.cmp);
+		size_t n_log = script_log_count(rt, "lua");
+		T_CHECK(n_log > 0, "the hook ran");
+		if (n_log > 0)
+			T_EQ_STR(script_log_line(rt, "lua", n_log - 1), "following 7 6 2:3 streaming sinks=2");
+		t.rt = NULL;
+		script_rt_free(rt);
+	}
+
+	T_EQ_INT(tui_cmd_run(&c, "compare off"), KVS_OK);
+	T_CHECK(c.have_last && c.last.kind == WORKER_COMPARE && strcmp(c.last.text, "off") == 0,
+	        "off sent");
+	ev.cmp = mk_compare();
+	ev.cmp->state = COMPARE_STOPPED;
+	snprintf(ev.cmp->msg, sizeof ev.cmp->msg, "comparison off");
+	tui_apply(&t, &ev, 0);
+	T_CHECK(!t.status_err && strstr(t.status, "comparison off"), "%s", t.status);
+	T_CHECK(!dump_has(&t, 200, 50, false, "compare streaming"), "no status item when off");
+	T_CHECK(tui_cmd_run(&c, "compare off") != KVS_OK, "off again: none is on");
+	tui_free(&t);
+}
+
 int main(void)
 {
 	/* character widths come from the locale, as in the program */
@@ -1526,5 +1688,6 @@ int main(void)
 	test_export_view();
 	test_attn_grid();
 	test_registries(); /* last: it adds to the tables */
+	test_compare();    /* after it: the first :compare adds its pane and status item */
 	return t_done("test-tui");
 }

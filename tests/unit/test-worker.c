@@ -105,6 +105,7 @@ static void test_chat(struct worker *w)
 			break;
 		case WORKER_EV_TRANSCRIPT: T_CHECK(false, "an exchange sent a transcript"); break;
 		case WORKER_EV_SAVED: T_CHECK(false, "an exchange not saved sent a saved event"); break;
+		case WORKER_EV_COMPARE: T_CHECK(false, "an exchange without :compare sent one"); break;
 		}
 		worker_event_free(ev);
 	}
