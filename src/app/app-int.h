@@ -107,24 +107,4 @@ struct gen {
 	bool shadow;                 /* gen_open_shadow: the model and the weights are borrowed */
 };
 
-/* ---- session-cold.c: a session's cold tier ---- */
-
-struct session_cold;
-/* A cold tier over g's cache (its listener set) with config c. */
-void scold_open(struct session_cold **out, struct gen *g, const struct session_cold_config *c);
-/* Unset the listener and free (NULL is fine). */
-void scold_free(struct session_cold *sc);
-/* Write to saved session id of st (model_sha: the model's); a refusal is
- * reported through the hooks and turns the cold tier off (false). */
-bool scold_attach(struct session_cold *sc, struct store *st, int64_t id, const char *model_sha,
-                  const struct session_hooks *h);
-/* Before a user turn of m incoming tokens: choose the blocks text recalls;
- * returns their tokens (room the turn's eviction must make for them). */
-uint32_t scold_recall(struct session_cold *sc, const char *text, uint32_t m, uint32_t index,
-                      const struct session_hooks *h);
-/* After the turn's eviction: place the chosen blocks. */
-void scold_place(struct session_cold *sc, const struct session_hooks *h);
-/* After a commit: write the queued blocks (exchange index). */
-void scold_flush(struct session_cold *sc, uint32_t index, const struct session_hooks *h);
-
 #endif

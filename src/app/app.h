@@ -323,14 +323,33 @@ struct session_turn {
 
 /* The cold tier of a session (session-cold.c): what the retention policy
  * evicts goes to the saved session's database, and each user turn recalls
- * the blocks its words match (store.h, store_cold_*). */
-enum session_recall { SESSION_RECALL_OFF = 0, SESSION_RECALL_FTS };
+ * the blocks its scorer ranks best (store.h, store_cold_*). The scorers are
+ * one table (session_recall_parse, session_recall_help). */
+enum session_recall {
+	SESSION_RECALL_OFF = 0,
+	SESSION_RECALL_FTS,     /* the turn's words, BM25 */
+	SESSION_RECALL_SUMMARY, /* the turn's probe queries against the key bounds */
+	SESSION_RECALL_BOTH,    /* both rankings fused (the default) */
+};
+/* "off", "fts", "summary" or "both"; KVS_EARG naming them otherwise. */
+int session_recall_parse(const char *s, enum session_recall *out, struct err *e);
+const char *session_recall_name(enum session_recall r);
+/* One line per scorer: name and help. */
+void session_recall_help(FILE *fp);
+/* "off|fts|summary|both" (static). */
+const char *session_recall_names(void);
 struct session_cold_config {
 	bool on;
 	uint32_t block;      /* tokens per block (default 64) */
 	uint32_t max_tokens; /* per session (--cold-max; 0: no cap) */
 	enum session_recall recall;
 	uint32_t recall_budget; /* tokens per turn (0: an eighth of the KV budget) */
+	/* A custom scorer (a Lua recall hook): with recall not off, it ranks
+	 * the blocks instead (summary scores computed for it where a probe can
+	 * run); borrowed until the cold tier is set again or the session ends. */
+	const char *scorer_name;
+	store_cold_scorer_fn scorer;
+	void *scorer_ud;
 };
 enum session_cold_kind {
 	SESSION_COLD_WRITE = 0, /* queued blocks written (blocks, tokens, drops) */
@@ -346,6 +365,7 @@ struct session_cold_event {
 	uint64_t tokens, dropped_tokens;
 	const struct store_cold_hit *hits; /* RECALL: (n_hits) best first */
 	size_t n_hits;
+	const char *scorer; /* RECALL: the ranking used ("both", "summary", "fts", a Lua name) */
 	const char *msg;
 };
 
@@ -448,6 +468,32 @@ int64_t session_store_id(const struct session *s);
  * (session_set_store or session_resume, before or after this call); until
  * then evicted blocks wait in memory. */
 void session_set_cold(struct session *s, const struct session_cold_config *c);
+
+/* A cold tier driven by hand (session-cold.c): what a session does with
+ * one, for callers that feed a gen themselves (kvscope eval recall). Per
+ * user turn: scold_recall, the turn's eviction (gen_begin_turn with the
+ * room it returns added), scold_place, the feed, then scold_flush. */
+struct session_cold;
+/* A cold tier over g's cache (its listener set) with config c. */
+void scold_open(struct session_cold **out, struct gen *g, const struct session_cold_config *c);
+/* Unset the listener and free (NULL is fine). */
+void scold_free(struct session_cold *sc);
+/* Write to saved session id of st (model_sha: the model's); a refusal is
+ * reported through the hooks and turns the cold tier off (false). */
+bool scold_attach(struct session_cold *sc, struct store *st, int64_t id, const char *model_sha,
+                  const struct session_hooks *h);
+/* Before a user turn of m incoming tokens (ids, (n_ids), its prompt):
+ * choose the blocks text recalls, or reserve the recall budget for a
+ * scorer that probes; returns the tokens the turn's eviction must make
+ * room for beside m. */
+uint32_t scold_recall(struct session_cold *sc, const char *text, const int32_t *ids, size_t n_ids,
+                      uint32_t m, uint32_t index, const struct session_hooks *h);
+/* After the turn's eviction: probe and choose (a probing scorer), then
+ * place the chosen blocks. */
+void scold_place(struct session_cold *sc, const struct session_hooks *h);
+/* After a commit: write the queued blocks (exchange index). */
+void scold_flush(struct session_cold *sc, uint32_t index, const struct session_hooks *h);
+
 
 /* A saved session's transcript as a front end replays it when resuming:
  * the texts of its last turns, oldest first (the store's turn rows). */

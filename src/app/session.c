@@ -269,7 +269,8 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	/* the cold tier's blocks for this turn: room is made for them too */
 	uint32_t recalled = 0;
 	if (rc == KVS_OK && s->cold != NULL)
-		recalled = scold_recall(s->cold, text, (uint32_t)(n + bos + extra), s->n_turns, &s->hooks);
+		recalled = scold_recall(s->cold, text, ids, n, (uint32_t)(n + bos + extra), s->n_turns,
+		                        &s->hooks);
 	if (rc == KVS_OK)
 		rc = gen_begin_turn(g, s->fresh ? KV_ROLE_SYSTEM : KV_ROLE_USER, n + bos + extra + recalled,
 		                    e);

@@ -178,12 +178,20 @@ void trace_write_cold(FILE *fp, const struct session_cold_event *ev)
 		        ev->blocks, (unsigned long long)ev->tokens, ev->dropped_blocks,
 		        (unsigned long long)ev->dropped_tokens);
 	if (ev->kind == SESSION_COLD_RECALL) {
-		fprintf(fp, ",\"tokens\":%llu,\"blocks\":[", (unsigned long long)ev->tokens);
+		fprintf(fp, ",\"tokens\":%llu,", (unsigned long long)ev->tokens);
+		if (ev->scorer != NULL) {
+			fputs("\"scorer\":", fp);
+			trace_str(fp, ev->scorer, strlen(ev->scorer));
+			fputc(',', fp);
+		}
+		fputs("\"blocks\":[", fp);
 		for (size_t i = 0; i < ev->n_hits; i++) {
 			const struct store_cold_hit *h = &ev->hits[i];
 			fprintf(fp, "%s{\"id\":%lld,\"turn\":%u,\"pos0\":%d,\"pos1\":%d,\"n\":%u,\"bm25\":",
 			        i ? "," : "", (long long)h->id, h->turn, h->pos0, h->pos1, h->n_tokens);
 			trace_num(fp, h->bm25);
+			fputs(",\"summary\":", fp);
+			trace_num(fp, h->summary);
 			fputc('}', fp);
 		}
 		fputc(']', fp);

@@ -353,8 +353,10 @@ static void chat_on_cold(void *ud, const struct session_cold_event *ev)
 		free(m);
 	}
 	if (ev->kind == SESSION_COLD_RECALL && ev->n_hits > 0)
-		log_info("recalled %llu tokens in %zu blocks (best: turn %u, BM25 %.2f)",
-		         (unsigned long long)ev->tokens, ev->n_hits, ev->hits[0].turn, ev->hits[0].bm25);
+		log_info("recalled %llu tokens in %zu blocks by %s (best: turn %u, summary score %.2f, "
+		         "BM25 %.2f)",
+		         (unsigned long long)ev->tokens, ev->n_hits, ev->scorer ? ev->scorer : "?",
+		         ev->hits[0].turn, ev->hits[0].summary, ev->hits[0].bm25);
 }
 
 /* :think show|hide: whether a reply's thinking block is shown. */

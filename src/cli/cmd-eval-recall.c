@@ -26,6 +26,13 @@
  * wrong otherwise. Also reported: whether the value's tokens were all,
  * partly or not at all in the cache when the question had been read.
  *
+ * With --cold on, what the policy evicts goes to a cold tier in a
+ * temporary database (deleted at exit) and every turn recalls from it as a
+ * chat would (session-cold.c: the scorer --recall, the budget
+ * --recall-budget); each conversation is an epoch of its own, so a sample
+ * recalls only from its own dialogue. "held" is then counted after the
+ * question's recall: a fact brought back is held.
+ *
  * The table goes to stdout (one row per turn count and kind, and per turn
  * count over all kinds); with --json one JSON object, with every sample's
  * answer, follows it as the last line. Progress goes to stderr.
@@ -33,7 +40,9 @@
 #include "cli/eval.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -45,10 +54,10 @@ const struct cli_cmd cmd_eval_recall = {
 	.name = "eval recall",
 	.usage = "[--policy P] [--kv-budget N] [--turns 10,30,...] [--facts number,name,code,day] "
 	         "[--value TEXT] [--samples N] [--format chat|raw] [--max-tokens N (default 12)] "
-	         "[--seed S] [--json] [options]",
+	         "[--seed S] [--json] [--cold on [--recall R] [--recall-budget N]] [options]",
 	.help = "multi-turn fact recall: a fact, N unrelated turns, the question, under a KV policy",
 	.exec = cmd_eval_recall_exec,
-	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_RECALL | OPTG_GEN,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_RECALL | OPTG_GEN | OPTG_COLD,
 	.defaults = cmd_eval_recall_defaults,
 };
 
@@ -194,18 +203,39 @@ static int rc_message(struct gen *g, bool raw, const char *role, const char *con
 	return rc;
 }
 
+/* The cold tier of a run (--cold on): a temporary database and one
+ * session row in it. */
+struct rc_cold {
+	char *dir;
+	struct store *st;
+	struct session_cold *sc; /* NULL: no cold tier */
+	uint32_t index;          /* exchanges so far (the cold tier's turn index) */
+	uint64_t recalled;       /* tokens recalled over the run */
+};
+
 /* One exchange as one turn: the user's message, then the assistant's
- * (open: primed and left for the model to go on). */
+ * (open: primed and left for the model to go on); with a cold tier, the
+ * turn recalls before it is fed and what it evicted is written after. */
 static int rc_exchange(struct gen *g, bool raw, const char *user, const char *asst, bool open,
-                       uint32_t extra, int32_t **uids, size_t *nu, struct err *e)
+                       uint32_t extra, struct rc_cold *cold, int32_t **uids, size_t *nu,
+                       struct err *e)
 {
 	int32_t *aids = NULL;
 	size_t na = 0;
+	uint32_t room = 0;
 	int rc = rc_message(g, raw, "user", user, false, uids, nu, e);
 	if (rc == KVS_OK)
 		rc = rc_message(g, raw, "assistant", asst, open, &aids, &na, e);
+	if (rc == KVS_OK && cold->sc != NULL)
+		room = scold_recall(cold->sc, user, *uids, *nu, (uint32_t)(*nu + na + extra), cold->index,
+		                    NULL);
 	if (rc == KVS_OK)
-		rc = gen_begin_turn(g, KV_ROLE_USER, *nu + na + extra, e);
+		rc = gen_begin_turn(g, KV_ROLE_USER, *nu + na + extra + room, e);
+	if (rc == KVS_OK && room > 0) {
+		uint32_t n0 = kv_cache_n(gen_kv(g));
+		scold_place(cold->sc, NULL);
+		cold->recalled += kv_cache_n(gen_kv(g)) - n0;
+	}
 	if (rc == KVS_OK) {
 		gen_set_role(g, KV_ROLE_USER);
 		rc = gen_feed(g, *uids, *nu, e);
@@ -215,7 +245,72 @@ static int rc_exchange(struct gen *g, bool raw, const char *user, const char *as
 		rc = gen_feed(g, aids, na, e);
 	}
 	free(aids);
+	if (cold->sc != NULL)
+		scold_flush(cold->sc, cold->index, NULL);
+	cold->index++;
 	return rc;
+}
+
+/* --cold on: a temporary database with one session, and a cold tier over
+ * g's cache writing to it. */
+static int rc_cold_open(struct rc_cold *cold, struct gen *g, const struct cli_opts *o,
+                        const char *pol, struct err *e)
+{
+	const char *base = getenv("TMPDIR");
+	cold->dir = xasprintf("%s/kvscope-recall-XXXXXX", base && base[0] ? base : "/tmp");
+	if (mkdtemp(cold->dir) == NULL) {
+		int rc = err_set(e, KVS_EIO, "--cold: cannot create a temporary folder %s: %s", cold->dir,
+		                 strerror(errno));
+		free(cold->dir);
+		cold->dir = NULL;
+		return rc;
+	}
+	char *path = xasprintf("%s/cold.db", cold->dir);
+	int rc = store_open(&cold->st, path, STORE_RW, e);
+	free(path);
+	int64_t id = 0;
+	struct store_session in = { .title = (char *)"eval recall",
+		                        .model_path = (char *)gen_model(g)->name,
+		                        .model_sha256 = (char *)"",
+		                        .arch = (char *)"",
+		                        .policy = (char *)pol,
+		                        .sampler = (char *)"temp=0" };
+	if (rc == KVS_OK)
+		rc = store_session_create(cold->st, &in, &id, e);
+	if (rc != KVS_OK)
+		return rc;
+	scold_open(&cold->sc, g, &o->cold);
+	if (!scold_attach(cold->sc, cold->st, id, "", NULL)) {
+		scold_free(cold->sc);
+		cold->sc = NULL;
+		return err_set(e, KVS_ESTATE, "--cold: the cold tier could not be attached");
+	}
+	return KVS_OK;
+}
+
+/* Free the cold tier and remove its temporary database. */
+static void rc_cold_close(struct rc_cold *cold)
+{
+	scold_free(cold->sc);
+	cold->sc = NULL;
+	store_close(cold->st);
+	cold->st = NULL;
+	if (cold->dir == NULL)
+		return;
+	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
+		                                 "cold.db-journal" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
+		char *p = xasprintf("%s/%s", cold->dir, parts[i]);
+		unlink(p);
+		free(p);
+	}
+	char *kv = xasprintf("%s/cold.db-kv", cold->dir);
+	rmdir(kv);
+	free(kv);
+	if (rmdir(cold->dir) != 0)
+		log_warn("cold tier: could not remove the temporary folder %s", cold->dir);
+	free(cold->dir);
+	cold->dir = NULL;
 }
 
 /* Original positions [*first, *last] of the tokens of ids (fed at base)
@@ -301,7 +396,7 @@ static bool rc_partial(struct gen *g, const char *value, const char *word, struc
 
 /* One conversation: its fact, turns fillers, the question and the reply. */
 static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, struct rc_sample *sm,
-                         struct eval_rng *r, struct rc_cell *c, struct err *e)
+                         struct eval_rng *r, struct rc_cell *c, struct rc_cold *cold, struct err *e)
 {
 	const struct rc_kind *k = &rc_kinds[sm->kind];
 	gen_reset(g);
@@ -324,7 +419,8 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	size_t nu = 0;
 	int32_t base = kv_cache_next_pos(gen_kv(g));
 	if (rc == KVS_OK)
-		rc = rc_exchange(g, raw, user, "Okay, I will remember that.", false, 0, &uids, &nu, e);
+		rc = rc_exchange(g, raw, user, "Okay, I will remember that.", false, 0, cold, &uids, &nu,
+		                 e);
 	if (rc == KVS_OK && !rc_locate(g, uids, nu, base, sm->value, &first, &last))
 		rc = err_set(e, KVS_EFORMAT, "recall: the value '%s' is not found in its turn", sm->value);
 	free(uids);
@@ -337,12 +433,12 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 		if (f == prev)
 			f = (f + 1) % KVS_ARRAY_LEN(rc_filler);
 		prev = f;
-		rc = rc_exchange(g, raw, rc_filler[f][0], rc_filler[f][1], false, 0, &uids, &nu, e);
+		rc = rc_exchange(g, raw, rc_filler[f][0], rc_filler[f][1], false, 0, cold, &uids, &nu, e);
 		free(uids);
 	}
 	/* the question, the primed reply */
 	if (rc == KVS_OK)
-		rc = rc_exchange(g, raw, k->question, k->primer, true, o->max_tokens, &uids, &nu, e);
+		rc = rc_exchange(g, raw, k->question, k->primer, true, o->max_tokens, cold, &uids, &nu, e);
 	free(uids);
 	if (rc != KVS_OK)
 		return rc;
@@ -471,6 +567,7 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	uint32_t n_sm = 0;
 	char pol[256];
 	enum cli_exit rc;
+	struct rc_cold cold = { 0 };
 
 	if (eval_parse_list("turns", o->turns ? o->turns : "10,30", 0, 10000, turns, RC_MAX_LIST,
 	                    &n_turns, &e) != KVS_OK ||
@@ -484,6 +581,13 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	     strpbrk(o->fact_value, " \t\n") != NULL)) {
 		rc = cli_usage(&cmd_eval_recall, "--value: '%s', expected one word of 1..63 bytes",
 		               o->fact_value);
+		goto out;
+	}
+	if (o->cold.on && !kv_policy_evicts(&o->gen.kv.policy)) {
+		rc = cli_usage(&cmd_eval_recall,
+		               "--cold on: policy %s never evicts; expected one that does (streaming, "
+		               "sirllm, ...)",
+		               kv_policy_name(&o->gen.kv.policy));
 		goto out;
 	}
 	bool raw = o->eval_raw;
@@ -508,6 +612,15 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	}
 	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
 	uint32_t budget = kv_cache_budget(gen_kv(g));
+	if (o->cold.on && rc_cold_open(&cold, g, o, pol, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
+	}
+	if (cold.sc != NULL) {
+		size_t l = strlen(pol);
+		snprintf(pol + l, sizeof pol - l, ", cold tier (recall %s)",
+		         session_recall_name(o->cold.recall));
+	}
 	uint32_t n_cells = n_turns * (n_kinds + 1), total = n_turns * n_kinds * o->samples;
 	cells = xcalloc(n_cells, sizeof *cells);
 	sm = xcalloc(total, sizeof *sm);
@@ -535,7 +648,7 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 				if (o->fact_value != NULL)
 					snprintf(x->value, sizeof x->value, "%s", o->fact_value);
 				double ms0 = c->ms, tok0 = c->tokens, cached0 = c->cached;
-				if (rc_sample_run(g, o, raw, x, &r, c, &e) != KVS_OK) {
+				if (rc_sample_run(g, o, raw, x, &r, c, &cold, &e) != KVS_OK) {
 					rc = cli_fail(&e);
 					goto out;
 				}
@@ -558,11 +671,15 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	       "s/sample\n");
 	for (uint32_t i = 0; i < n_cells; i++)
 		rc_row(stdout, &cells[i]);
+	if (cold.sc != NULL)
+		printf("cold tier: %llu tokens recalled over %u exchanges\n",
+		       (unsigned long long)cold.recalled, cold.index);
 	if (o->json)
 		rc_json(stdout, o, g, pol, budget, raw, cells, n_cells, sm, n_sm);
 	fflush(stdout);
 	rc = CLI_OK;
 out:
+	rc_cold_close(&cold);
 	for (uint32_t i = 0; sm && i < n_sm; i++)
 		free(sm[i].answer);
 	free(sm);

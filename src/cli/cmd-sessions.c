@@ -175,6 +175,11 @@ static enum cli_exit sessions_show_exec(struct cli_opts *o)
 		else
 			printf("cold     %u blocks, %llu tokens, %.1f MiB of K/V\n", blocks,
 			       (unsigned long long)ct, (double)cb / 1048576.0);
+		if (rc == CLI_OK && store_recall_count(st, id, &blocks, &ct, &e) != KVS_OK)
+			rc = cli_fail(&e);
+		else if (rc == CLI_OK)
+			printf("recalls  %u, %llu tokens back from the cold tier\n", blocks,
+			       (unsigned long long)ct);
 		store_session_free(&s);
 	}
 	store_close(st);

@@ -236,16 +236,14 @@ static int opt_cold(struct cli_opts *o, const char *arg, const struct cli_opt *o
 	return KVS_OK;
 }
 
-/* --recall off|fts: how the cold tier's blocks are chosen each turn. */
+/* --recall off|fts|summary|both: how the cold tier's blocks are chosen
+ * each turn (the scorer table, session-cold.c). */
 static int opt_recall(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
-	static const char *const names[] = { "off", "fts" };
-	for (size_t i = 0; i < KVS_ARRAY_LEN(names); i++)
-		if (strcmp(arg, names[i]) == 0) {
-			o->cold.recall = (enum session_recall)i;
-			return KVS_OK;
-		}
-	return err_set(e, KVS_EARG, "--%s: '%s', expected off or fts", opt->name, arg);
+	if (session_recall_parse(arg, &o->cold.recall, NULL) != KVS_OK)
+		return err_set(e, KVS_EARG, "--%s: '%s', expected one of %s", opt->name, arg,
+		               session_recall_names());
+	return KVS_OK;
 }
 
 /* --plugin FILE, repeatable. */
@@ -483,8 +481,9 @@ static const struct cli_opt cli_opt_table[] = {
 	  "cold tokens kept per session, oldest blocks out first (default 0: no cap)" },
 	{ "cold-block", 0, "N", OPTG_COLD, opt_u32, O(cold.block), 1, 4096,
 	  "tokens per cold block at most (default 64; a run evicted together is split only past it)" },
-	{ "recall", 0, "off|fts", OPTG_COLD, opt_recall, 0, 0, 0,
-	  "how each user turn recalls cold blocks: fts (default; its words, BM25) or off" },
+	{ "recall", 0, "off|fts|summary|both", OPTG_COLD, opt_recall, 0, 0, 0,
+	  "how each user turn ranks cold blocks: both (default: fts and summary interleaved), summary "
+	  "(its queries against the blocks' key bounds), fts (its words, BM25) or off" },
 	{ "recall-budget", 0, "N", OPTG_COLD, opt_u32, O(cold.recall_budget), 1, 1 << 24,
 	  "tokens recalled per turn at most (default: an eighth of the KV budget)" },
 	{ "format", 0, "md|json", OPTG_EXPORT, opt_str, O(format), 0, 0,
@@ -511,7 +510,7 @@ void cli_opts_default(struct cli_opts *o)
 	memset(o, 0, sizeof *o);
 	gen_config_default(&o->gen);
 	o->max_tokens = 256;
-	o->cold.recall = SESSION_RECALL_FTS;
+	o->cold.recall = SESSION_RECALL_BOTH;
 	o->top = 10;
 	o->n_prompt = 512;
 	o->n_gen = 128;

@@ -730,6 +730,8 @@ void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 	if (L->k_norm)
 		for (uint32_t h = 0; h < hp->n_head_kv; h++)
 			c->ops->rmsnorm(k + (size_t)h * hd, L->k_norm, k + (size_t)h * hd, hd, hp->rms_eps);
+	if (jb->bo->q != NULL) /* want_q: the query as it stands before RoPE */
+		memcpy(jb->bo->q + ((size_t)(jb->t0 + i) * hp->n_layer + l) * nq, q, nq * sizeof(float));
 	uint32_t s = jb->b->slot[jb->t0 + i];
 	uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
 	uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;

@@ -43,6 +43,8 @@ struct engine {
 	size_t attn_kv_cap;         /* floats */
 	uint8_t *sel;               /* (n_layer, n_head_kv, visible cap) */
 	size_t sel_cap;             /* bytes */
+	float *q;                   /* (batch, n_layer, n_head, head_dim) want_q */
+	size_t q_cap;               /* floats */
 	float *surprisal, *entropy; /* (batch cap) */
 	size_t tok_cap;             /* tokens */
 	uint64_t sp_steps[2];       /* sparse decode steps: reused, chosen (engine_sparse_steps) */
@@ -244,6 +246,7 @@ void engine_free(struct engine *eng)
 	free(eng->attn);
 	free(eng->attn_kv);
 	free(eng->sel);
+	free(eng->q);
 	free(eng->surprisal);
 	free(eng->entropy);
 	free(eng);
@@ -327,6 +330,9 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 	if (b->n_local > 0 && !engine_supports(eng, ENGINE_CAP_LAMBDA))
 		return err_set(e, KVS_EUNSUPPORTED, "batch: backend %s has no Lambda mask (n_local)",
 		               eng->ops->name);
+	if (b->want_q && !engine_supports(eng, ENGINE_CAP_QUERY))
+		return err_set(e, KVS_EUNSUPPORTED, "batch: backend %s does not give queries (want_q)",
+		               eng->ops->name);
 	if (b->want_attn_kv && !engine_supports(eng, ENGINE_CAP_ATTN_KV))
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "batch: backend %s cannot sum attention per KV head (want_attn_kv)",
@@ -388,6 +394,11 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 		eng->attn_kv = engine_grow(eng->attn_kv, &eng->attn_kv_cap, n);
 		bo.attn_kv = eng->attn_kv;
 	}
+	if (b->want_q) {
+		size_t n = (size_t)b->n_tokens * hp->n_layer * hp->n_head * hp->head_dim;
+		eng->q = engine_grow(eng->q, &eng->q_cap, n);
+		bo.q = eng->q;
+	}
 	if (b->want_attn) {
 		size_t n = (size_t)hp->n_layer * hp->n_head * KVS_MAX(cb.n_visible, 1u);
 		eng->attn = engine_grow(eng->attn, &eng->attn_cap, n);
@@ -440,6 +451,7 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	out->surprisal = bo.surprisal;
 	out->entropy = bo.entropy;
 	out->sel = bo.sel;
+	out->q = bo.q;
 	out->keys_read = bo.keys_read;
 	out->keys_dense = bo.keys_dense;
 	out->attn_ms = bo.attn_ms;

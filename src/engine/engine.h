@@ -193,6 +193,9 @@ struct engine_batch {
 	/* Sparse decode (ENGINE_CAP_SPARSE; NULL or mode off: dense). Applies
 	 * to one-token batches only. */
 	const struct engine_sparse *sparse;
+	/* Every token's queries before RoPE (ENGINE_CAP_QUERY): a probe of
+	 * what a prompt asks, e.g. to score keys kept elsewhere. */
+	bool want_q;
 };
 
 struct engine_out {
@@ -235,6 +238,9 @@ struct engine_out {
 	 * the same queries (a shadow: what dense attention would have given),
 	 * so the mass a selection captured is the sum of attn over sel. */
 	const uint8_t *sel;
+	/* want_q: (n_tokens, n_layer, n_head, head_dim) each token's queries
+	 * after their bias and norm, before RoPE. */
+	const float *q;
 };
 
 /* Optional features a backend may lack (engine_supports). */
@@ -244,6 +250,7 @@ enum engine_cap {
 	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
 	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest and HiP decode) */
 	ENGINE_CAP_SHARE = 1u << 4,    /* engine_create_shared */
+	ENGINE_CAP_QUERY = 1u << 5,    /* want_q */
 };
 
 struct engine;
@@ -352,6 +359,7 @@ struct backend_out {
 	float *entropy;   /* (n_tokens) or NULL */
 	float *attn_kv;   /* (n_layer, n_head_kv, n_visible) or NULL */
 	uint8_t *sel;     /* (n_layer, n_head_kv, n_visible) or NULL (want_attn with sparse) */
+	float *q;         /* (n_tokens, n_layer, n_head, head_dim) or NULL (want_q) */
 	uint64_t keys_read, keys_dense; /* one-token batches; filled by the backend */
 	double attn_ms, select_ms;
 	int32_t sparse_chose; /* as engine_out's; the engine sets -1 before the call */

@@ -374,6 +374,15 @@ void kv_cache_set_cold(struct kv_cache *c, kv_cold_fn fn, void *ud);
  */
 int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, const void *raw,
                     struct err *e);
+/*
+ * Run ids (n) as the next feed would place them (the same positions, dense
+ * attention over every cached token and themselves) in free slots, and
+ * fill q, (n, n_layer, n_head, head_dim), with their queries before RoPE;
+ * the slots are emptied again and the cache is unchanged. KVS_ERANGE when
+ * fewer than n slots are free, KVS_EUNSUPPORTED on a backend without
+ * ENGINE_CAP_QUERY.
+ */
+int kv_cache_probe(struct kv_cache *c, const int32_t *ids, uint32_t n, float *q, struct err *e);
 
 /* ---- restoring (resume a saved session) ---- */
 

@@ -17,6 +17,11 @@
  * (recall_turn): the retention policy sees them as candidates again from
  * the next turn on, so a recalled block costs the hot budget for one turn
  * unless the policy chooses to keep it.
+ *
+ * Probe: kv_cache_probe runs a few tokens (the end of a prompt not fed
+ * yet) over the cached tokens in free slots, as the next feed would place
+ * them, and returns their queries before RoPE; the slots are emptied again,
+ * so the cache is as it was (a recall scorer ranks cold blocks by them).
  */
 #include "kv/kv-int.h"
 
@@ -193,4 +198,45 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	ev.recalled = c->evicted;
 	kv_emit(c, &ev);
 	return KVS_OK;
+}
+
+int kv_cache_probe(struct kv_cache *c, const int32_t *ids, uint32_t n, float *q, struct err *e)
+{
+	if (n == 0 || n > c->n_free)
+		return err_set(e, KVS_ERANGE, "probe: %u tokens, %u free slots: expected 1..%u", n,
+		               c->n_free, c->n_free);
+	if (!engine_supports(c->eng, ENGINE_CAP_QUERY))
+		return err_set(e, KVS_EUNSUPPORTED, "probe: backend %s does not give queries",
+		               engine_backend_name(c->eng));
+	bool compact = kv_def(c)->pos_mode(c->cfg.policy.p) == KV_POS_COMPACT;
+	for (uint32_t i = 0; i < n; i++) {
+		if (ids[i] < 0 || (uint32_t)ids[i] >= c->n_vocab)
+			return err_set(e, KVS_EARG, "probe: token %u has id %d, expected 0..%u", i, ids[i],
+			               c->n_vocab - 1);
+		c->bslot[i] = c->free_slots[c->n_free - 1 - i];
+		c->bpos[i] = compact ? (int32_t)(c->n + i) : c->next_pos + (int32_t)i;
+	}
+	for (uint32_t i = 0; i < c->n; i++)
+		c->visible[i] = c->toks[i].slot;
+	memcpy(c->visible + c->n, c->bslot, n * sizeof *c->bslot);
+	struct engine_batch b = { 0 };
+	b.n_tokens = n;
+	b.tokens = ids;
+	b.pos = c->bpos;
+	b.slot = c->bslot;
+	b.n_visible = c->n + n;
+	b.visible = c->visible;
+	b.logits = ENGINE_LOGITS_NONE;
+	b.want_q = true;
+	struct engine_out o;
+	int rc = engine_forward(c->eng, &b, &o, e);
+	if (rc == KVS_OK) {
+		const struct hparams *hp = c->hp;
+		memcpy(q, o.q, (size_t)n * hp->n_layer * hp->n_head * hp->head_dim * sizeof *q);
+	}
+	/* the probe's slots go back to the free stack as they were: empty */
+	for (uint32_t i = 0; i < n; i++)
+		(void)engine_kv_set_pos(c->eng, c->bslot[i], -1, NULL);
+	kv_debug_check(c);
+	return rc;
 }

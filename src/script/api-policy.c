@@ -1,7 +1,9 @@
 /*
  * api-policy.c: retention policies written in Lua: kvscope.policies,
  * kvscope.policy.register, and api_score, the score provider that calls a
- * policy's function.
+ * policy's function; and recall scorers written in Lua, the same way:
+ * kvscope.recall.register, kvscope.recall.scorers and api_recall_score,
+ * the cold tier's custom scorer (store_cold_scorer_fn) that calls one.
  *
  * A policy is a slot in its runtime (script_policy: name, plugin, function
  * reference, base policy, budget); slots live until the runtime is freed,
@@ -14,6 +16,8 @@
  */
 #include "script/script-int.h"
 
+#include <limits.h>
+#include <math.h>
 #include <string.h>
 
 static int api_policies(lua_State *L)
@@ -164,6 +168,164 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 	return rc;
 }
 
+/* ------------------------------------------------------- recall scorers */
+
+struct script_policy *recall_find(const struct script_rt *rt, const char *name)
+{
+	for (size_t i = 0; i < rt->n_recalls; i++)
+		if (rt->recalls[i]->p != NULL && strcmp(rt->recalls[i]->name, name) == 0)
+			return rt->recalls[i];
+	return NULL;
+}
+
+static int api_recall_scorers(lua_State *L)
+{
+	struct script_rt *rt = api_rt(L);
+	lua_newtable(L);
+	lua_Integer k = 1;
+	static const char *const builtin[] = { "both", "summary", "fts" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(builtin); i++) {
+		lua_pushstring(L, builtin[i]);
+		lua_rawseti(L, -2, k++);
+	}
+	for (size_t i = 0; i < rt->n_recalls; i++)
+		if (rt->recalls[i]->p != NULL) {
+			lua_pushstring(L, rt->recalls[i]->name);
+			lua_rawseti(L, -2, k++);
+		}
+	return 1;
+}
+
+static int api_recall_register(lua_State *L)
+{
+	struct script_plugin *P = script_plugin_of(L);
+	struct script_rt *rt = P->rt;
+	const char *name = luaL_checkstring(L, 1);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	double budget = rt->cfg.hook_ms;
+	if (!lua_isnoneornil(L, 3)) {
+		luaL_checktype(L, 3, LUA_TTABLE);
+		if (lua_getfield(L, 3, "budget_ms") != LUA_TNIL)
+			budget = luaL_checknumber(L, -1);
+		lua_pop(L, 1);
+	}
+	if (!(budget > 0) || budget > 10000)
+		return script_error(L, "recall.register: budget_ms %f (expected 0 < ms <= 10000)", budget);
+	enum session_recall builtin;
+	if (session_recall_parse(name, &builtin, NULL) == KVS_OK)
+		return script_error(L, "recall.register: '%s' is a built-in scorer's name", name);
+	struct script_policy *r = NULL;
+	for (size_t i = 0; i < rt->n_recalls; i++)
+		if (strcmp(rt->recalls[i]->name, name) == 0) {
+			if (rt->recalls[i]->p != NULL && rt->recalls[i]->p != P)
+				return script_error(L, "recall.register: %s belongs to plugin %s", name,
+				                    rt->recalls[i]->p->name);
+			r = rt->recalls[i];
+		}
+	if (r == NULL) {
+		/* the slot outlives the plugin (sessions point at it) */
+		script_charge(L, sizeof *r + sizeof *rt->recalls + strlen(name) + 1,
+		              "kvscope.recall.register");
+		r = xcalloc(1, sizeof *r);
+		r->rt = rt;
+		r->name = xstrdup(name);
+		rt->recalls = xreallocarray(rt->recalls, rt->n_recalls + 1, sizeof *rt->recalls);
+		rt->recalls[rt->n_recalls++] = r;
+	} else if (r->p == P) {
+		luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+	}
+	lua_pushvalue(L, 2);
+	r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	r->p = P;
+	r->budget_ms = budget;
+	return 0;
+}
+
+/* A recall call's argument, pushed inside its protected call: the blocks
+ * as {id, turn, positions = {first, last}, n, text, bm25, summary}. */
+struct api_recall_args {
+	const struct store_cold_cand *c;
+	size_t n;
+};
+
+static int api_recall_push(lua_State *L, void *ud)
+{
+	const struct api_recall_args *a = ud;
+	lua_createtable(L, (int)KVS_MIN(a->n, (size_t)INT_MAX), 0);
+	for (size_t i = 0; i < a->n; i++) {
+		const struct store_cold_hit *h = a->c[i].hit;
+		lua_createtable(L, 0, 7);
+		lua_pushinteger(L, h->id);
+		lua_setfield(L, -2, "id");
+		lua_pushinteger(L, h->turn);
+		lua_setfield(L, -2, "turn");
+		lua_createtable(L, 2, 0);
+		lua_pushinteger(L, h->pos0);
+		lua_rawseti(L, -2, 1);
+		lua_pushinteger(L, h->pos1);
+		lua_rawseti(L, -2, 2);
+		lua_setfield(L, -2, "positions");
+		lua_pushinteger(L, h->n_tokens);
+		lua_setfield(L, -2, "n");
+		lua_pushstring(L, a->c[i].text ? a->c[i].text : "");
+		lua_setfield(L, -2, "text");
+		lua_pushnumber(L, h->bm25);
+		lua_setfield(L, -2, "bm25");
+		if (!isnan(h->summary)) {
+			lua_pushnumber(L, h->summary);
+			lua_setfield(L, -2, "summary");
+		}
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	return 1;
+}
+
+bool api_recall_score(void *ud, const struct store_cold_cand *c, size_t n, double *scores)
+{
+	struct script_policy *r = ud;
+	struct script_plugin *P = r->p;
+	struct err e;
+	char what[96];
+	if (P == NULL || P->disabled || !pthread_equal(pthread_self(), r->rt->thread))
+		return false; /* unloaded, disabled, or not this thread's: both ranks */
+	snprintf(what, sizeof what, "recall scorer %s", r->name);
+	lua_State *L = script_thread(P);
+	struct api_recall_args args = { c, n };
+	lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+	uint32_t strikes = P->consecutive;
+	if (!script_call(P, L, api_recall_push, &args, 1, true, what, r->budget_ms, &e))
+		return false;
+	int rc = KVS_OK;
+	if (!lua_istable(L, -1))
+		rc = err_set(&e, KVS_EFORMAT,
+		             "recall scorer %s returned %s (expected a table of %zu scores)", r->name,
+		             luaL_typename(L, -1), n);
+	for (size_t i = 0; rc == KVS_OK && i < n; i++) {
+		/* nil: never recall this block */
+		int t = lua_rawgeti(L, -1, (lua_Integer)i + 1);
+		int isnum;
+		double x = lua_tonumberx(L, -1, &isnum);
+		lua_pop(L, 1);
+		if (t == LUA_TNIL)
+			scores[i] = NAN;
+		else if (!isnum)
+			rc = err_set(&e, KVS_EFORMAT,
+			             "recall scorer %s: score %zu is a %s (expected a number or nil)", r->name,
+			             i + 1, lua_typename(L, t));
+		else
+			scores[i] = x;
+	}
+	lua_pop(L, 1);
+	if (rc != KVS_OK) {
+		char msg[ERR_MSG_MAX];
+		snprintf(msg, sizeof msg, "%s", e.msg);
+		P->consecutive = strikes;
+		script_failed(P, what, msg, &e);
+		return false;
+	}
+	return true;
+}
+
 static const struct api_fn api_policy_fns[] = {
 	{ "policies", API_FAST, API_C, "() -> list", "built-in and Lua retention policy names",
 	  api_policies },
@@ -172,6 +334,15 @@ static const struct api_fn api_policy_fns[] = {
 	  "pinned tokens and the n_keep highest; base (default window) gives positions and the "
 	  "fallback",
 	  api_policy_register },
+	{ "recall.scorers", API_FAST, API_C, "() -> list",
+	  "the cold tier's recall scorers: built-in (both, summary, fts) and Lua ones",
+	  api_recall_scorers },
+	{ "recall.register", API_DEFERRED, API_C, "(name, fn [, {budget_ms=}])",
+	  "a recall scorer for the cold tier: fn(blocks) gets every cold block as {id, turn, "
+	  "positions = {first, last}, n, text, bm25, summary} and returns one score per block "
+	  "(higher first; nil: never); a session with cold = true and recall = name uses it, and "
+	  "falls back to both when it fails",
+	  api_recall_register },
 };
 
 const struct api_lib api_policy_lib = API_LIB_FNS(api_policy_fns);

@@ -20,14 +20,20 @@
  * away can be taken out of the sessions that use it; the plugin's session
  * userdata closes an owned session when collected. The methods that only
  * read a session are in api-session-read.c; the store's, in api-store.c.
+ * A session opened with cold = true saves its turns to a temporary
+ * database (removed when it closes) and keeps a cold tier there; its
+ * recall scorer may be a Lua one (kvscope.recall.register), which runs in
+ * its plugin's own state on this thread (api_recall_score).
  */
 #include "script/script-int.h"
 #include "store/store.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define API_SEND_MAX ((size_t)1 << 20) /* bytes of kvscope.send's argument, at most */
 
@@ -120,7 +126,9 @@ static const struct api_num_opt api_num_opts[] = {
 /* Read opts' session settings into c; a Lua error for a bad one. */
 static void api_session_opts(lua_State *L, int t, struct session_config *c, const char **policy)
 {
-	static const char *const words[] = { "model", "system", "policy", "capture", "token_stats" };
+	static const char *const words[] = { "model",   "system",        "policy",
+		                                 "capture", "token_stats",   "cold",
+		                                 "recall",  "recall_budget", "cold_block" };
 	lua_pushnil(L);
 	while (lua_next(L, t) != 0) {
 		bool known = false;
@@ -133,7 +141,8 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 			script_error(L,
 			             "kvscope.session: unknown option '%s' (expected model, policy, budget, "
 			             "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
-			             "repeat_penalty, capture, token_stats)",
+			             "repeat_penalty, capture, token_stats, cold, recall, recall_budget, "
+			             "cold_block)",
 			             k ? k : luaL_typename(L, -2));
 		lua_pop(L, 1);
 	}
@@ -220,6 +229,92 @@ static int api_session_policy(struct script_rt *rt, struct api_session *as, cons
 	return kv_cache_set_policy(kv, &p, e);
 }
 
+/* Read opts' cold tier settings (cold, recall, recall_budget, cold_block)
+ * into c; c->on false when cold is not true. A Lua error for a bad one. */
+static void api_session_cold_opts(lua_State *L, int t, struct script_rt *rt,
+                                  struct session_cold_config *c)
+{
+	memset(c, 0, sizeof *c);
+	c->recall = SESSION_RECALL_BOTH;
+	if (lua_getfield(L, t, "cold") != LUA_TNIL)
+		c->on = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "recall_budget") != LUA_TNIL)
+		c->recall_budget =
+		        (uint32_t)script_int(L, -1, "kvscope.session: recall_budget", 1, 1 << 24);
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "cold_block") != LUA_TNIL)
+		c->block = (uint32_t)script_int(L, -1, "kvscope.session: cold_block", 1, 4096);
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "recall") != LUA_TNIL) {
+		const char *name = luaL_checkstring(L, -1);
+		struct script_policy *r = recall_find(rt, name);
+		if (r != NULL) {
+			/* a Lua scorer, with both's probe and its fallback */
+			c->scorer = api_recall_score;
+			c->scorer_ud = r;
+			c->scorer_name = r->name;
+		} else if (session_recall_parse(name, &c->recall, NULL) != KVS_OK) {
+			script_error(L,
+			             "kvscope.session: recall = '%s' (expected both, summary, fts, off or a "
+			             "scorer kvscope.recall.register registered)",
+			             name);
+		}
+	}
+	lua_pop(L, 1);
+}
+
+/* cold = true: a temporary database for the session's turns and its cold
+ * tier, removed when the session closes. */
+static int api_session_cold(struct api_session *as, const struct session_config *c,
+                            const struct session_cold_config *cc, struct err *e)
+{
+	const char *base = getenv("TMPDIR");
+	as->cold_dir = xasprintf("%s/kvscope-lua-cold-XXXXXX", base && base[0] ? base : "/tmp");
+	if (mkdtemp(as->cold_dir) == NULL) {
+		int rc = err_set(e, KVS_EIO, "cold: cannot create a temporary folder %s: %s", as->cold_dir,
+		                 strerror(errno));
+		free(as->cold_dir);
+		as->cold_dir = NULL;
+		return rc;
+	}
+	char *path = xasprintf("%s/cold.db", as->cold_dir);
+	int rc = store_open(&as->cold_st, path, STORE_RW, e);
+	free(path);
+	struct session_store ss = { .st = as->cold_st,
+		                        .title = "kvscope.session",
+		                        .model_path = c->gen.model_path,
+		                        .model_sha256 = "",
+		                        .sampler = "" };
+	if (rc == KVS_OK)
+		rc = session_set_store(as->s, &ss, e);
+	if (rc == KVS_OK)
+		session_set_cold(as->s, cc);
+	return rc;
+}
+
+/* Close a cold session's temporary database and remove its folder. */
+static void api_session_cold_close(struct api_session *as)
+{
+	store_close(as->cold_st);
+	as->cold_st = NULL;
+	if (as->cold_dir == NULL)
+		return;
+	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
+		                                 "cold.db-journal" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
+		char *p = xasprintf("%s/%s", as->cold_dir, parts[i]);
+		unlink(p);
+		free(p);
+	}
+	char *kv = xasprintf("%s/cold.db-kv", as->cold_dir);
+	rmdir(kv);
+	free(kv);
+	rmdir(as->cold_dir);
+	free(as->cold_dir);
+	as->cold_dir = NULL;
+}
+
 static int api_session_open(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
@@ -235,9 +330,11 @@ static int api_session_open(lua_State *L)
 	c.gen = rt->cfg.gen;
 	c.system = rt->cfg.system;
 	c.max_tokens = rt->cfg.max_tokens;
+	struct session_cold_config cold = { 0 };
 	if (!lua_isnoneornil(L, 1)) {
 		luaL_checktype(L, 1, LUA_TTABLE);
 		api_session_opts(L, 1, &c, &policy);
+		api_session_cold_opts(L, 1, rt, &cold);
 	}
 	/* a built-in policy given here goes in the config (budget checks at open) */
 	bool lua_policy = false;
@@ -289,6 +386,8 @@ static int api_session_open(lua_State *L)
 	session_set_hooks(as->s, &h);
 	if (lua_policy && api_session_policy(rt, as, policy, &e) != KVS_OK)
 		return script_error(L, "kvscope.session: %s", e.msg);
+	if (cold.on && api_session_cold(as, &c, &cold, &e) != KVS_OK)
+		return script_error(L, "kvscope.session: cold: %s", e.msg);
 	script_on_model_loaded(rt, session_gen(as->s));
 	rt->vocab = gen_vocab(session_gen(as->s));
 	return 1;
@@ -310,6 +409,7 @@ static void api_session_drop(struct script_rt *rt, struct api_session *as, bool 
 		script_uncharge(as->p, as->charged);
 		as->charged = 0;
 	}
+	api_session_cold_close(as);
 	as->s = NULL;
 	if (bump)
 		script_stale(rt);

@@ -18,7 +18,12 @@
  *     the copy as messages (copy->inbox) that its owner runs before its
  *     next call; unloading or disabling the plugin retires the copy, and
  *     its owner closes it at its next call (the main thread does, when no
- *     thread claimed it, and at script_rt_free, when every caller is gone).
+ *     thread claimed it, and at script_rt_free, when every caller is gone);
+ *   - a Lua recall scorer (kvscope.recall.register) runs in its plugin's
+ *     own state, so only a cold tier on the main thread (a plugin's own
+ *     session, cold = true) uses it; api_recall_score refuses any other
+ *     thread and the cold tier then ranks by both. (A cold tier on the
+ *     TUI's worker would need a copy, as a policy has.)
  *
  * Locks: script_copy.mu is the layer's only lock. It guards a copy's
  * ownership, retirement and inbox, and is a leaf: nothing else is locked,
@@ -175,6 +180,8 @@ struct api_session {
 	const char *phase;            /* of it: "hooks", "turn_end hook" */
 	bool cut;                     /* the call's reply was cancelled at its deadline */
 	struct script_policy *policy; /* Lua policy installed, or NULL */
+	struct store *cold_st;        /* cold = true: its temporary database, or NULL */
+	char *cold_dir;               /* and the folder it lives in */
 	size_t charged;               /* bytes counted in p->host for it (owned sessions) */
 	size_t system_len;            /* of the system prompt it was given, NUL included */
 	struct api_session *next;
@@ -199,6 +206,8 @@ struct script_rt {
 	size_t n_cmds, cap_cmds;
 	struct script_policy **policies;
 	size_t n_policies;
+	struct script_policy **recalls; /* recall scorers (kvscope.recall.register); base unused */
+	size_t n_recalls;
 	struct script_copy *copies; /* of this runtime's plugins, for other threads */
 	struct script_viewrec **views;
 	size_t n_views;
@@ -397,6 +406,13 @@ int api_score(void *ud, const struct kv_tok *toks, uint32_t n, uint32_t n_keep, 
 
 /* Drop the policy from every session using it (it was unregistered). */
 void api_policy_gone(struct script_rt *rt, struct script_policy *pol);
+/* The slot of the registered Lua recall scorer name, or NULL (api-policy.c). */
+struct script_policy *recall_find(const struct script_rt *rt, const char *name);
+/* The cold tier's custom scorer (store_cold_scorer_fn) for recall slot ud:
+ * runs its function in its plugin's own state, on the runtime's thread
+ * only; false (the cold tier then ranks by both) when the plugin is gone
+ * or disabled, on another thread, or the call fails (a strike). */
+bool api_recall_score(void *ud, const struct store_cold_cand *c, size_t n, double *scores);
 /* P's state is closed: close and free any session of P still listed (none
  * when every handle's finalizer ran; this makes sure). */
 void api_sessions_gone(struct script_rt *rt, struct script_plugin *P);

@@ -166,6 +166,10 @@ static void script_plugin_free(struct script_rt *rt, struct script_plugin *P)
 			api_policy_gone(rt, rt->policies[i]);
 			rt->policies[i]->p = NULL;
 		}
+	/* sessions that use one of its recall scorers rank by both from now on */
+	for (size_t i = 0; i < rt->n_recalls; i++)
+		if (rt->recalls[i]->p == P)
+			rt->recalls[i]->p = NULL;
 	/* its copies on other threads stop at their next call */
 	policy_copies_retire(rt, P);
 	P->closing = true; /* finalizers that lua_close runs may not call the API */

@@ -498,6 +498,11 @@ void script_rt_free(struct script_rt *rt)
 		free(rt->policies[i]);
 	}
 	free(rt->policies);
+	for (size_t i = 0; i < rt->n_recalls; i++) {
+		free(rt->recalls[i]->name);
+		free(rt->recalls[i]);
+	}
+	free(rt->recalls);
 	free(rt->views);
 	free(rt->hooks);
 	free(rt->timers);

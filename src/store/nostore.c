@@ -237,10 +237,32 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 	*n_hits = 0;
 	return KVS_OK;
 }
+bool store_cold_has_blocks(struct store_cold *c)
+{
+	(void)c;
+	return false;
+}
+int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *query,
+                         uint32_t budget, struct store_cold_hit **hits, size_t *n_hits,
+                         struct err *e)
+{
+	(void)c, (void)query, (void)budget, (void)e;
+	*hits = NULL;
+	*n_hits = 0;
+	return KVS_OK;
+}
 int store_cold_place(struct store_cold *c, struct err *e)
 {
 	(void)c, (void)e;
 	return KVS_OK;
+}
+int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *tokens,
+                       struct err *e)
+{
+	(void)s, (void)id;
+	*events = 0;
+	*tokens = 0;
+	return NOSTORE(e);
 }
 int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,
                      uint64_t *bytes, struct err *e)

@@ -28,9 +28,16 @@
  * recorder's rule (store-rec.c): the session's stored epoch, one more when
  * the cache does not continue it, one more at every clear (n_seen drops).
  *
- * Recall: the turn's words become an FTS5 query in which every term is
- * quoted (store_cold_fts_query), so user text is never FTS syntax; the
- * best blocks by BM25 are taken while they fit the budget, each with the
+ * Recall ranks the blocks of the current epoch one of three ways (the
+ * caller's enum store_cold_rank). FTS: the turn's words become an FTS5
+ * query in which every term is quoted (store_cold_fts_query), so user text
+ * is never FTS syntax, ranked by BM25. SUMMARY: every block's key bounds
+ * against the turn's probe queries (store_cold_summary_score, Quest's
+ * bound; both sides before RoPE, so the bound is of the position-free
+ * logit, exact for what it states). BOTH: the two interleaved, FTS first
+ * (store-cold-rank.c). A custom scorer sees every block with both scores
+ * and its text. The best blocks
+ * are taken while they fit the budget, each with the
  * block that follows it when that fits too (a fact runs on past the words
  * that match: "my code word is" / "TIGER-42"), skipping any with a token
  * cached now, then sorted by position and placed back.
@@ -45,7 +52,7 @@
 
 #define COLD_TOK_FIELDS 6 /* orig_pos, token, turn, role, surprisal, entropy */
 #define COLD_TOK_BYTES (COLD_TOK_FIELDS * 4)
-#define COLD_CANDIDATES 64 /* blocks read per recall, best first */
+#define COLD_CANDIDATES 64 /* blocks one recall takes at most */
 
 /* A block waiting for its flush. */
 struct cold_block {
@@ -280,10 +287,6 @@ static void cold_put32(uint8_t *p, uint32_t v)
 	p[3] = (uint8_t)(v >> 24);
 }
 
-static uint32_t cold_get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static void cold_putf(uint8_t *p, float f)
 {
@@ -292,13 +295,6 @@ static void cold_putf(uint8_t *p, float f)
 	cold_put32(p, u);
 }
 
-static float cold_getf(const uint8_t *p)
-{
-	uint32_t u = cold_get32(p);
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
 
 /* Key element k of a raw row (f16 or f32). */
 static float cold_elem(const struct store_cold *c, const uint8_t *row, size_t k)
@@ -593,13 +589,37 @@ static bool cold_next(struct store_cold *c, sqlite3_stmt *nx, sqlite3_stmt *rd,
 		int64_t nt = sqlite3_column_int64(nx, 4);
 		ok = nt > 0 && nt <= (int64_t)c->cfg.block * 16;
 		g->hit.n_tokens = ok ? (uint32_t)nt : 0;
+		g->hit.summary = NAN;
 	}
 	sqlite3_reset(nx);
 	return ok && cold_read(c, rd, g);
 }
 
+bool store_cold_has_blocks(struct store_cold *c)
+{
+	if (c->s == NULL)
+		return false;
+	cold_sync(c);
+	char sql[200];
+	int64_t n = 0;
+	struct err e;
+	snprintf(sql, sizeof sql,
+	         "SELECT count(*) FROM (SELECT 1 FROM cold_blocks WHERE session_id = %lld AND "
+	         "epoch = %u LIMIT 1)",
+	         (long long)c->id, c->epoch);
+	return store_int(c->s, sql, &n, &e) == KVS_OK && n > 0;
+}
+
 int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
                       struct store_cold_hit **hits, size_t *n_hits, struct err *e)
+{
+	struct store_cold_query query = { .text = text, .rank = STORE_COLD_FTS };
+	return store_cold_recall_by(c, &query, budget, hits, n_hits, e);
+}
+
+int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *query,
+                         uint32_t budget, struct store_cold_hit **hits, size_t *n_hits,
+                         struct err *e)
 {
 	*hits = NULL;
 	*n_hits = 0;
@@ -607,20 +627,15 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 	if (c->s == NULL || budget == 0)
 		return KVS_OK;
 	cold_sync(c);
-	char *q = store_cold_fts_query(text);
-	if (q == NULL)
-		return KVS_OK;
 	struct store *s = c->s;
-	sqlite3_stmt *sel = NULL, *rd = NULL, *nx = NULL;
-	int rc = store_prepare(s,
-	                       "SELECT b.id, b.epoch, b.turn, b.pos0, b.pos1, b.n_tokens, "
-	                       "bm25(cold_fts) FROM cold_fts JOIN cold_blocks b ON b.id = "
-	                       "cold_fts.rowid WHERE cold_fts MATCH ?1 AND b.session_id = ?2 AND "
-	                       "b.epoch = ?3 ORDER BY bm25(cold_fts) LIMIT ?4",
-	                       &sel, e);
-	if (rc == KVS_OK)
+	struct cold_scope scope = { s, c->id, c->epoch, c->hp, c->cfg.block * 16 };
+	struct cold_cand *cands = NULL;
+	size_t n_cands = 0;
+	int rc = cold_rank(&scope, query, &cands, &n_cands, e);
+	sqlite3_stmt *rd = NULL, *nx = NULL;
+	if (rc == KVS_OK && n_cands > 0)
 		rc = store_prepare(s, "SELECT toks, kv FROM cold_blocks WHERE id = ?1", &rd, e);
-	if (rc == KVS_OK)
+	if (rc == KVS_OK && n_cands > 0)
 		rc = store_prepare(s,
 		                   "SELECT id, turn, pos0, pos1, n_tokens FROM cold_blocks WHERE "
 		                   "session_id = ?1 AND epoch = ?2 AND pos0 = ?3 LIMIT 1",
@@ -628,25 +643,13 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 	struct cold_got *got = NULL;
 	size_t n_got = 0;
 	uint32_t used = 0;
-	if (rc == KVS_OK) {
+	if (rc == KVS_OK && n_cands > 0) {
 		got = xcalloc(COLD_CANDIDATES, sizeof *got);
-		sqlite3_bind_text(sel, 1, q, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(sel, 2, c->id);
-		sqlite3_bind_int64(sel, 3, c->epoch);
-		sqlite3_bind_int(sel, 4, COLD_CANDIDATES);
-		int r;
-		while ((r = sqlite3_step(sel)) == SQLITE_ROW && n_got < COLD_CANDIDATES) {
+		for (size_t i = 0; i < n_cands && n_got < COLD_CANDIDATES && used < budget; i++) {
 			struct cold_got g = { 0 };
-			g.hit.id = sqlite3_column_int64(sel, 0);
-			g.hit.epoch = (uint32_t)sqlite3_column_int64(sel, 1);
-			g.hit.turn = (uint32_t)sqlite3_column_int64(sel, 2);
-			g.hit.pos0 = (int32_t)sqlite3_column_int64(sel, 3);
-			g.hit.pos1 = (int32_t)sqlite3_column_int64(sel, 4);
-			int64_t nt = sqlite3_column_int64(sel, 5);
-			g.hit.bm25 = -sqlite3_column_double(sel, 6);
-			if (nt <= 0 || nt > (int64_t)budget - used)
+			g.hit = cands[i].hit;
+			if (g.hit.n_tokens > budget - used)
 				continue;
-			g.hit.n_tokens = (uint32_t)nt;
 			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got)) {
 				free(g.toks);
 				free(g.raw);
@@ -659,6 +662,12 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 			struct cold_got n2 = { 0 };
 			if (n_got < COLD_CANDIDATES && cold_next(c, nx, rd, &got[n_got - 1].hit, &n2) &&
 			    n2.hit.n_tokens <= budget - used && !cold_clash(c, &n2, got, n_got)) {
+				n2.hit.summary = NAN;
+				for (size_t j = 0; j < n_cands; j++)
+					if (cands[j].hit.id == n2.hit.id) {
+						n2.hit.summary = cands[j].hit.summary;
+						n2.hit.bm25 = cands[j].hit.bm25;
+					}
 				got[n_got++] = n2;
 				used += n2.hit.n_tokens;
 			} else {
@@ -666,13 +675,12 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 				free(n2.raw);
 			}
 		}
-		if (r != SQLITE_ROW && r != SQLITE_DONE)
-			rc = store_fail(s, r, "searching the cold tier", e);
 	}
-	sqlite3_finalize(sel);
 	sqlite3_finalize(rd);
 	sqlite3_finalize(nx);
-	free(q);
+	for (size_t i = 0; i < n_cands; i++)
+		free(cands[i].text);
+	free(cands);
 	if (rc == KVS_OK && n_got > 0) {
 		*hits = xmallocarray(n_got, sizeof **hits);
 		for (size_t i = 0; i < n_got; i++)
@@ -695,6 +703,24 @@ int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
 	}
 	free(got);
 	return rc;
+}
+
+int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *tokens,
+                       struct err *e)
+{
+	sqlite3_stmt *st;
+	*events = 0;
+	*tokens = 0;
+	int rc = store_session_row(s,
+	                           "SELECT count(*), coalesce(sum(n_tokens), 0) FROM memory_events "
+	                           "WHERE session_id = ?1 AND kind = 'recall'",
+	                           id, &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	*events = (uint32_t)sqlite3_column_int64(st, 0);
+	*tokens = (uint64_t)sqlite3_column_int64(st, 1);
+	sqlite3_finalize(st);
+	return KVS_OK;
 }
 
 int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,

@@ -8,6 +8,8 @@
  *   store-snap.c    KV snapshot files, and resuming a session's cache
  *   store-rec.c     the recorder: turns, token rows and memory events
  *   store-export.c  a session as Markdown or JSON
+ *   store-cold.c    the cold tier: evicted blocks written, chosen, placed
+ *   store-cold-rank.c  how a recall ranks the cold blocks
  * nostore.c (built without SQLite) answers store.h alone and needs none of it.
  *
  * Every function here that can fail returns a KVS_* status and fills e
@@ -19,6 +21,7 @@
 #include "store/store.h"
 
 #include <sqlite3.h>
+#include <string.h>
 
 struct store {
 	sqlite3 *db;
@@ -63,5 +66,43 @@ bool store_is_sha256(const char *sha);
 void store_snap_unlink_unused(struct store *s, const char *sha);
 /* Remove leftover temporary files and unreferenced snapshots (vacuum). */
 int store_snap_sweep(struct store *s, struct err *e);
+
+/* ---- store-cold-rank.c: ranking the cold tier's blocks ---- */
+
+/* Little-endian 32-bit loads (the cold blobs' byte order on every host). */
+static inline uint32_t cold_get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline float cold_getf(const uint8_t *p)
+{
+	uint32_t u = cold_get32(p);
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* Where a recall looks: one session's epoch of one database. */
+struct cold_scope {
+	struct store *s;
+	int64_t id;
+	uint32_t epoch;
+	const struct hparams *hp; /* the shapes of the bounds blobs */
+	uint32_t max_block;       /* tokens a block row may claim at most */
+};
+
+/* A block a recall may take, and what ranks it. */
+struct cold_cand {
+	struct store_cold_hit hit;
+	uint32_t rank_fts, rank_sum; /* 1 best; 0: not ranked that way */
+	double key;                  /* the ranking's: higher first */
+	char *text;                  /* custom scorers only, else NULL */
+};
+
+/* The blocks of scope that query ranks, best first, into *out (caller
+ * frees each text and the array); blocks no ranking scored are left out. */
+int cold_rank(const struct cold_scope *scope, const struct store_cold_query *query,
+              struct cold_cand **out, size_t *n, struct err *e);
 
 #endif

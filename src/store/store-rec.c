@@ -148,7 +148,8 @@ void store_rec_event(struct store_rec *r, const struct kv_event *ev)
 {
 	rec_check_reset(r, ev->stats.n_seen);
 	bool pin = ev->kind == KV_EVENT_PIN && ev->tok != NULL;
-	if (ev->kind != KV_EVENT_EVICT && ev->kind != KV_EVENT_POLICY && !pin)
+	bool recall = ev->kind == KV_EVENT_RECALL && ev->n_recalled > 0;
+	if (ev->kind != KV_EVENT_EVICT && ev->kind != KV_EVENT_POLICY && !pin && !recall)
 		return;
 	if (r->n_ev == r->cap_ev) {
 		r->cap_ev = r->cap_ev ? 2 * r->cap_ev : 16;
@@ -178,6 +179,11 @@ void store_rec_event(struct store_rec *r, const struct kv_event *ev)
 		c->n = 1;
 		c->toks = xmalloc(sizeof *c->toks);
 		*c->toks = *ev->tok;
+	} else if (recall) {
+		/* back from the cold tier, at their new positions */
+		c->n = ev->n_recalled;
+		c->toks = xmallocarray(c->n, sizeof *c->toks);
+		memcpy(c->toks, ev->recalled, c->n * sizeof *c->toks);
 	}
 }
 
@@ -284,6 +290,7 @@ static const char *rec_kind_name(const struct rec_event *ev)
 	case KV_EVENT_EVICT: return "evict";
 	case KV_EVENT_POLICY: return "policy";
 	case KV_EVENT_PIN: return ev->n && (ev->toks[0].flags & KV_FLAG_PINNED) ? "pin" : "unpin";
+	case KV_EVENT_RECALL: return "recall";
 	default: return "reset";
 	}
 }

@@ -201,7 +201,8 @@ struct store_cold_hit {
 	int64_t id;
 	uint32_t epoch, turn, n_tokens;
 	int32_t pos0, pos1; /* original positions of its first and last token */
-	double bm25;        /* SQLite's bm25() negated: higher matches better */
+	double bm25;        /* SQLite's bm25() negated: higher matches better; 0 not matched */
+	double summary;     /* store_cold_summary_score against the probe; NAN not scored */
 };
 
 /* What one flush did. */
@@ -245,12 +246,65 @@ bool store_cold_stopped(const struct store_cold *c);
  * (their tokens summed) and calls store_cold_place. */
 int store_cold_recall(struct store_cold *c, const char *text, uint32_t budget,
                       struct store_cold_hit **hits, size_t *n_hits, struct err *e);
+/* Whether this epoch has a block written (something to recall). */
+bool store_cold_has_blocks(struct store_cold *c);
+/* How a recall ranks the blocks. */
+enum store_cold_rank {
+	STORE_COLD_FTS = 0, /* the turn's words, BM25 */
+	STORE_COLD_SUMMARY, /* the probe's queries against each block's key bounds */
+	STORE_COLD_BOTH,    /* the two interleaved, FTS first (store-cold-rank.c) */
+	STORE_COLD_SCORES,  /* the caller's scores (scorer), e.g. a Lua hook */
+};
+/* A block as a custom scorer sees it. */
+struct store_cold_cand {
+	const struct store_cold_hit *hit; /* bm25 and summary filled where scored */
+	const char *text;
+};
+/* A custom scorer: scores (n) for cands (n), higher better, NAN: never
+ * recall; false to fall back to BOTH's ranking. */
+typedef bool (*store_cold_scorer_fn)(void *ud, const struct store_cold_cand *cands, size_t n,
+                                     double *scores);
+/* What a recall ranks by. */
+struct store_cold_query {
+	const char *text; /* the turn's words (FTS), or NULL */
+	const float *q;   /* (n_q, n_layer, n_head, head_dim) probe queries before
+	                                 * RoPE (kv_cache_probe), or NULL */
+	uint32_t n_q;
+	enum store_cold_rank rank;
+	store_cold_scorer_fn scorer; /* STORE_COLD_SCORES */
+	void *scorer_ud;
+};
+/* Choose the blocks of this epoch that query ranks best, up to budget
+ * tokens, as store_cold_recall does (which is rank FTS). SUMMARY scores
+ * every block of the epoch; without a probe it falls back to FTS, and
+ * BOTH and SCORES use what they have. */
+int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *query,
+                         uint32_t budget, struct store_cold_hit **hits, size_t *n_hits,
+                         struct err *e);
+/*
+ * Quest's upper bound of a block for a probe: the mean over layers of
+ * max over probe tokens p and query heads h of
+ * sum_d max(q_d kmax_d, q_d kmin_d) / sqrt(head_dim), with q (n_q,
+ * n_layer, n_head, head_dim) and the bounds kmin, kmax (n_layer, n_head_kv,
+ * head_dim); head h reads KV head h / (n_head / n_head_kv). Keys and
+ * queries are both before RoPE: the bound is of the position-free logit
+ * q.k / sqrt(head_dim) (what a key scores at distance 0, where RoPE is the
+ * identity), never below its maximum over the block's keys, and equal to
+ * it for a block of one token.
+ */
+double store_cold_summary_score(const float *q, uint32_t n_q, uint32_t n_layer, uint32_t n_head,
+                                uint32_t n_head_kv, uint32_t head_dim, const float *kmin,
+                                const float *kmax);
 /* Put the chosen blocks back into the cache, in their original order
  * (kv_cache_recall); KVS_EARG when they do not fit (nothing changes). */
 int store_cold_place(struct store_cold *c, struct err *e);
 /* text's words as a safe FTS5 query: every word quoted (quotes doubled),
  * joined by OR, at most 64 (caller owns; NULL when text has no word). */
 char *store_cold_fts_query(const char *text);
+/* Session id's recalls: memory events of kind "recall" and the tokens
+ * they brought back. */
+int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *tokens,
+                       struct err *e);
 /* Session id's cold tier: blocks, tokens and bytes of K/V. */
 int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,
                      uint64_t *bytes, struct err *e);

@@ -4,13 +4,18 @@
 #     written to the cold tier, recalled at the question (the trace names
 #     the block of turn 1 with its BM25 score and the tokens placed back at
 #     their positions) and answered (temperature 0);
-#   - sessions show counts the cold blocks and tokens;
+#   - sessions show counts the cold blocks and tokens, and the recalls (memory
+#     events of kind recall);
 #   - --cold-max caps the tokens per session, one cold-drop memory event
 #     per block dropped;
 #   - without --db the cold tier lives in a temporary database that is
 #     said once and gone at exit;
 #   - a cold tier written by another model is refused with one line and
 #     left as it is; the chat goes on;
+#   - the default scorer (both) probes: the question's recall gives each
+#     block a summary score;
+#   - eval recall --cold on at a small size: the fact evicted without the
+#     cold tier is held again at the question with it;
 #   - bad option values get one line.
 set -u
 . "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
@@ -57,7 +62,9 @@ if fact and last:
     ids = [b["id"] for b in last[0]["blocks"]]
     need(fact[0][0] in ids, "the question did not recall the TIGER block %d: %r" % (fact[0][0], last[0]))
     hit = [b for b in last[0]["blocks"] if b["id"] == fact[0][0]]
-    need(hit and hit[0]["turn"] == 1 and last[0]["blocks"][0]["bm25"] > 0, "block of turn 1, the best with a BM25 score: %r" % last[0])
+    need(hit and hit[0]["turn"] == 1 and hit[0]["bm25"] > 0, "the block of turn 1 with a BM25 score: %r" % last[0])
+    need(last[0].get("scorer") == "both" and all(b["summary"] is not None for b in last[0]["blocks"]),
+         "the default scorer gives every block a summary score: %r" % last[0])
     # the tokens placed back: the block's positions, flagged, in original order
     toks = [t for p in placed if p["turn"] == 4 for t in p["recalled"]]
     pos = [t["orig_pos"] for t in toks]
@@ -72,6 +79,10 @@ PY
 "$bin" sessions show 1 --db "$db" >"$tmp/show" 2>&1 || fail "sessions show: $(cat "$tmp/show")"
 n=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT sum(n_tokens) FROM cold_blocks').fetchone()[0])" "$db")
 grep -q "^cold .* blocks, $n tokens" "$tmp/show" || fail "sessions show lacks the cold row ($n tokens): $(cat "$tmp/show")"
+# the recalls are memory events of kind recall: sessions show counts them
+r=$(python3 -c "import sqlite3,sys; print('%d, %d' % sqlite3.connect(sys.argv[1]).execute(\"SELECT count(*), coalesce(sum(n_tokens), 0) FROM memory_events WHERE kind = 'recall'\").fetchone())" "$db")
+case $r in 0,*) fail "no recall memory event" ;; esac
+grep -q "^recalls  $r tokens back" "$tmp/show" || fail "sessions show lacks the recalls row ($r): $(cat "$tmp/show")"
 "$bin" sessions check --db "$db" >/dev/null 2>&1 || fail "sessions check after the cold writes"
 
 # --cold-max: at most 40 tokens stay, a memory event per block dropped
@@ -101,9 +112,31 @@ printf 'Hello again.\n' | "$bin" chat --db "$db" --resume $opts >"$tmp/out" 2>"$
 after=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*), sum(n_tokens) FROM cold_blocks').fetchone())" "$db")
 [ "$before" = "$after" ] || fail "the foreign cold tier changed: $before -> $after"
 
+# eval recall at a small size: the fact is evicted without the cold tier
+# and held again at the question with it
+ev="--policy streaming --kv-budget 96 --turns 5 --facts code --samples 1 --json"
+"$bin" eval recall $ev >"$tmp/e0" 2>"$tmp/err" || fail "eval recall: $(cat "$tmp/err")"
+"$bin" eval recall $ev --cold on --cold-block 16 --recall-budget 48 >"$tmp/e1" 2>"$tmp/err" ||
+	fail "eval recall --cold on: $(cat "$tmp/err")"
+python3 - "$tmp/e0" "$tmp/e1" <<'PY' || fail "eval recall --cold on"
+import json, sys
+def cell(path):
+    lines = open(path).read().splitlines()
+    return [c for c in json.loads(lines[-1])["cells"] if c["kind"] == "code"][0], lines
+off, _ = cell(sys.argv[1])
+on, lines = cell(sys.argv[2])
+assert off["held_none"] == 1, "without the cold tier the fact was not evicted: %r" % off
+assert on["held_all"] == 1, "with the cold tier the fact is not held at the question: %r" % on
+rec = [l for l in lines if l.startswith("cold tier: ")]
+assert rec and int(rec[0].split()[2]) > 0, "no recall reported: %r" % rec
+print("cold.sh: eval recall, code at 5 turns: without %s, with the cold tier %s" % (
+    "right" if off["right"] else "wrong", "right" if on["right"] else "wrong"))
+PY
+expect_bad 2 "never evicts" "$bin" eval recall --policy full --cold on --turns 1 --samples 1
+
 # option values
 expect_bad 2 "expected on or off" "$bin" chat --cold maybe
-expect_bad 2 "expected off or fts" "$bin" chat --recall bm25
+expect_bad 2 "expected one of off|fts|summary|both" "$bin" chat --recall bm25
 expect_bad 2 "cold-block" "$bin" chat --cold-block 0
 
 [ "$fails" -eq 0 ] && echo "cold.sh: ok"

@@ -17,16 +17,32 @@
  *     rows are left; deleting the session deletes its blocks and their
  *     full-text rows;
  *   - a flush that cannot write (another writer holds the lock) fails with
- *     one message, drops its queue and commits nothing.
+ *     one message, drops its queue and commits nothing;
+ *   - the summary score: hand-computed cases, and never below the brute
+ *     force best of q.k over a block's keys (equal for one key);
+ *   - want_q gives the queries attention uses, before RoPE (with every
+ *     token at one position, softmax(q.k / sqrt(head_dim)) over the keys
+ *     before RoPE equals the engine's attention weights);
+ *   - the probe leaves the cache as it was; summary recalls the block this
+ *     test scores best from the stored rows; both puts the block the words
+ *     alone match first and, without matching words, follows summary; a
+ *     custom scorer sees every block, and one that fails falls back to both;
+ *   - a full disk (SQLite's max_page_count at the current size): the cold
+ *     write fails with one message and stops cold writes, the chat goes on,
+ *     committed turns stay, and the exchange whose commit failed is
+ *     committed with the next once there is room.
  */
+#include "app/app.h"
 #include "engine/engine.h"
 #include "model/model.h"
+#include "store/store-int.h"
 #include "store/store.h"
 #include "tests/unit/test.h"
 #include "tests/util/ggufw.h"
 #include "tests/util/sqlq.h"
 #include "tests/util/tinymodel.h"
 
+#include <math.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -363,6 +379,463 @@ static void test_write_recall(const struct tiny *t)
 	free(path);
 }
 
+/* ------------------------------------------------------- the summary score */
+
+/* The position-free logit's best over a block's keys, the brute force the
+ * bound must never fall under: the mean over layers of the max over probe
+ * tokens, query heads and keys of q.k / sqrt(head_dim). */
+static double brute_best(const float *q, uint32_t n_q, uint32_t nl, uint32_t nh, uint32_t nkv,
+                         uint32_t hd, const float *keys, uint32_t n_keys)
+{
+	double total = 0;
+	for (uint32_t l = 0; l < nl; l++) {
+		double best = -1e300;
+		for (uint32_t p = 0; p < n_q; p++)
+			for (uint32_t h = 0; h < nh; h++)
+				for (uint32_t t = 0; t < n_keys; t++) {
+					const float *qh = q + (((size_t)p * nl + l) * nh + h) * hd;
+					const float *k = keys + (((size_t)t * nl + l) * nkv + h / (nh / nkv)) * hd;
+					double dot = 0;
+					for (uint32_t d = 0; d < hd; d++)
+						dot += (double)qh[d] * k[d];
+					best = dot > best ? dot : best;
+				}
+		total += best;
+	}
+	return total / nl / sqrt((double)hd);
+}
+
+static void test_summary_score(void)
+{
+	/* by hand: one layer, two query heads on one KV head, two channels;
+	 * head 0 (1, -2): max(3, -1) + max(-2, 0) = 3; head 1 (-1, 0.5):
+	 * max(-3, 1) + max(0.5, 0) = 1.5; the layer's best 3, over sqrt(2) */
+	const float q1[] = { 1, -2, -1, 0.5f };
+	const float mn1[] = { -1, 0 }, mx1[] = { 3, 1 };
+	T_NEAR(store_cold_summary_score(q1, 1, 1, 2, 1, 2, mn1, mx1), 3 / sqrt(2.0), 1e-6);
+	/* a second layer, bounds min (5, -4), max (6, 1): head 0 (0, 1) gives
+	 * 0 + max(1, -4) = 1, head 1 (0, -1) gives 0 + max(-1, 4) = 4; the mean
+	 * of the layers' best, (3 + 4) / 2, over sqrt(2) */
+	const float q2[] = { 1, -2, -1, 0.5f, 0, 1, 0, -1 };
+	const float mn2[] = { -1, 0, 5, -4 }, mx2[] = { 3, 1, 6, 1 };
+	T_NEAR(store_cold_summary_score(q2, 1, 2, 2, 1, 2, mn2, mx2), 3.5 / sqrt(2.0), 1e-6);
+	/* random blocks against the brute force: never below it, equal for one key */
+	enum { NL = 3, NH = 4, NKV = 2, HD = 8, NQ = 3, NK = 6 };
+	uint64_t rng = 12345;
+	uint32_t below = 0, one_off = 0;
+	double worst_gap = 0;
+	for (int trial = 0; trial < 200; trial++) {
+		float q[NQ * NL * NH * HD], keys[NK * NL * NKV * HD], mn[NL * NKV * HD], mx[NL * NKV * HD];
+		for (size_t i = 0; i < KVS_ARRAY_LEN(q); i++)
+			q[i] = tinymodel_rand(&rng);
+		for (size_t i = 0; i < KVS_ARRAY_LEN(keys); i++)
+			keys[i] = 3 * tinymodel_rand(&rng);
+		uint32_t nk = trial % 2 ? NK : 1, nq = 1 + trial % NQ;
+		for (size_t i = 0; i < KVS_ARRAY_LEN(mn); i++) {
+			mn[i] = mx[i] = keys[i];
+			for (uint32_t t = 1; t < nk; t++) {
+				float x = keys[(size_t)t * NL * NKV * HD + i];
+				mn[i] = x < mn[i] ? x : mn[i];
+				mx[i] = x > mx[i] ? x : mx[i];
+			}
+		}
+		double s = store_cold_summary_score(q, nq, NL, NH, NKV, HD, mn, mx);
+		double b = brute_best(q, nq, NL, NH, NKV, HD, keys, nk);
+		below += s < b - 1e-9;
+		if (nk == 1)
+			one_off += fabs(s - b) > 1e-9 * (1 + fabs(b));
+		worst_gap = s - b > worst_gap ? s - b : worst_gap;
+	}
+	T_EQ_INT(below, 0);
+	T_EQ_INT(one_off, 0);
+	T_CHECK(worst_gap > 0, "the bound was never loose (%g): the trials tested nothing", worst_gap);
+}
+
+/* The queries want_q gives are the ones attention uses, before RoPE: with
+ * every token at the same position (5) the rotations cancel, so the last
+ * token's attention weights are softmax_j(q . k_j / sqrt(head_dim)) over
+ * the keys before RoPE as engine_kv_read gives them, recomputed here and
+ * compared (a rotated query would not match). */
+static void test_probe_queries(const struct tiny *t)
+{
+	struct engine_config c;
+	struct engine *eng;
+	struct err e;
+	engine_config_default(&c);
+	c.backend = ENGINE_BACKEND_CPU;
+	c.n_threads = 1;
+	c.n_ctx = 16;
+	c.kv_type = ENGINE_KV_F32;
+	if (engine_create(&eng, t->m, &c, &e) != KVS_OK) {
+		fprintf(stderr, "engine: %s\n", e.msg);
+		exit(99);
+	}
+	const struct hparams *hp = &t->m->hp;
+	int32_t ids[5] = { 65, 66, 67, 68, 69 }, pos[5] = { 5, 5, 5, 5, 5 };
+	uint32_t slots[5] = { 0, 1, 2, 3, 4 };
+	struct engine_batch b = { 0 };
+	struct engine_out o;
+	/* one token a batch (positions rise within a batch), each seeing the
+	 * ones before it */
+	for (uint32_t i = 0; i < 4; i++) {
+		b.n_tokens = 1;
+		b.tokens = ids + i;
+		b.pos = pos;
+		b.slot = slots + i;
+		b.n_visible = i + 1;
+		b.visible = slots;
+		b.logits = ENGINE_LOGITS_NONE;
+		T_CHECK(engine_forward(eng, &b, &o, &e) == KVS_OK, "%s", e.msg);
+	}
+	b.n_tokens = 1;
+	b.tokens = ids + 4;
+	b.slot = slots + 4;
+	b.n_visible = 5;
+	b.want_attn = true;
+	b.want_q = true;
+	T_CHECK(engine_forward(eng, &b, &o, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(o.q != NULL && o.attn != NULL && o.n_visible == 5, "want_q and want_attn answered");
+	double worst = 0;
+	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv;
+	float k[256];
+	for (uint32_t l = 0; l < hp->n_layer && o.q != NULL; l++)
+		for (uint32_t h = 0; h < hp->n_head; h++) {
+			const float *q = o.q + ((size_t)l * hp->n_head + h) * hd;
+			double z[5], mx = -1e300, sum = 0;
+			for (uint32_t j = 0; j < 5; j++) {
+				T_EQ_INT(engine_kv_read(eng, l, j, h / grp, false, false, k, &e), KVS_OK);
+				z[j] = 0;
+				for (uint32_t d = 0; d < hd; d++)
+					z[j] += (double)q[d] * k[d];
+				z[j] /= sqrt((double)hd);
+				mx = z[j] > mx ? z[j] : mx;
+			}
+			for (uint32_t j = 0; j < 5; j++)
+				sum += exp(z[j] - mx);
+			for (uint32_t j = 0; j < 5; j++) {
+				double w = exp(z[j] - mx) / sum;
+				double got = o.attn[((size_t)l * hp->n_head + h) * 5 + j];
+				worst = fabs(w - got) > worst ? fabs(w - got) : worst;
+			}
+		}
+	printf("want_q: attention from the queries against the engine's, max difference %.3g\n", worst);
+	T_CHECK(worst < 1e-4, "attention recomputed from want_q differs by %g", worst);
+	engine_free(eng);
+}
+
+/* ------------------------------------------------------------ the rankings */
+
+/* A custom scorer: the earliest block first. */
+static bool score_earliest(void *ud, const struct store_cold_cand *c, size_t n, double *scores)
+{
+	size_t *calls = ud;
+	++*calls;
+	for (size_t i = 0; i < n; i++) {
+		scores[i] = -(double)c[i].hit->pos0;
+		if (c[i].text == NULL)
+			return false;
+	}
+	return true;
+}
+
+static bool score_fails(void *ud, const struct store_cold_cand *c, size_t n, double *scores)
+{
+	(void)ud, (void)c, (void)n, (void)scores;
+	return false;
+}
+
+/* Every block's summary score against q (n_q probe tokens), computed here
+ * from the block's stored K rows (f32 cache): bounds taken by this test. */
+static size_t all_scores(const char *path, const struct hparams *hp, size_t row_floats,
+                         const float *q, uint32_t n_q, int64_t *ids, double *scores, size_t cap)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	size_t n = 0, nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim;
+	size_t per_layer = 2 * (size_t)hp->n_head_kv * hp->head_dim;
+	float *mn = xcalloc(nb, sizeof *mn), *mx = xcalloc(nb, sizeof *mx);
+	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	sqlite3_prepare_v2(db, "SELECT id, kv, n_tokens FROM cold_blocks", -1, &st, NULL);
+	while (sqlite3_step(st) == SQLITE_ROW && n < cap) {
+		const float *kv = sqlite3_column_blob(st, 1);
+		int nt = sqlite3_column_int(st, 2);
+		for (uint32_t l = 0; l < hp->n_layer; l++)
+			for (size_t k = 0; k < (size_t)hp->n_head_kv * hp->head_dim; k++) {
+				size_t b = l * (size_t)hp->n_head_kv * hp->head_dim + k;
+				mn[b] = INFINITY;
+				mx[b] = -INFINITY;
+				for (int i = 0; i < nt; i++) {
+					float x = kv[(size_t)i * row_floats + l * per_layer + k];
+					mn[b] = fminf(mn[b], x);
+					mx[b] = fmaxf(mx[b], x);
+				}
+			}
+		ids[n] = sqlite3_column_int64(st, 0);
+		scores[n++] = store_cold_summary_score(q, n_q, hp->n_layer, hp->n_head, hp->n_head_kv,
+		                                       hp->head_dim, mn, mx);
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	free(mn);
+	free(mx);
+	return n;
+}
+
+static void test_rankings(const struct tiny *t)
+{
+	char *path = xasprintf("%s/rank.db", tmpdir);
+	struct store *s;
+	struct err e;
+	T_CHECK(store_open(&s, path, STORE_RW, &e) == KVS_OK, "%s", e.msg);
+	struct store_session in = { .title = (char *)"rank",
+		                        .model_path = (char *)"tiny.gguf",
+		                        .model_sha256 = (char *)"ab",
+		                        .arch = (char *)"llama",
+		                        .policy = (char *)"streaming",
+		                        .sampler = (char *)"temp=0" };
+	int64_t id = 0;
+	T_EQ_INT(store_session_create(s, &in, &id, &e), KVS_OK);
+	const char *sha = "3333333333333333333333333333333333333333333333333333333333333333";
+	struct run r;
+	run_open(&r, t->m, 16, 0);
+	T_CHECK(store_cold_attach(r.cold, s, id, sha, &e) == KVS_OK, "%s", e.msg);
+	run_turn(&r, t->m, "ab remember zebra quartz seven");
+	for (int i = 0; i < 3; i++)
+		run_turn(&r, t->m, filler);
+	struct store_cold_flush_info fi;
+	T_CHECK(store_cold_flush(r.cold, 0, &fi, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(store_cold_has_blocks(r.cold), "no blocks after a flush");
+	T_CHECK(fi.blocks >= 3, "%u blocks", fi.blocks);
+
+	/* the probe: queries of the turn to come, the cache left as it was */
+	const struct hparams *hp = &t->m->hp;
+	size_t per = (size_t)hp->n_layer * hp->n_head * hp->head_dim;
+	int32_t *pids;
+	size_t np = tokens_of(t->m, "what about the zebra?", &pids);
+	float *q = xcalloc(np * per, sizeof *q), *q2 = xcalloc(np * per, sizeof *q2);
+	uint32_t n0 = kv_cache_n(r.kv);
+	struct kv_tok before[64];
+	memcpy(before, kv_cache_toks(r.kv), n0 * sizeof *before);
+	T_EQ_INT(kv_cache_begin_turn(r.kv, KV_ROLE_USER, (uint32_t)np, &e), KVS_OK);
+	n0 = kv_cache_n(r.kv);
+	memcpy(before, kv_cache_toks(r.kv), n0 * sizeof *before);
+	int32_t next = kv_cache_next_pos(r.kv);
+	T_CHECK(kv_cache_probe(r.kv, pids, (uint32_t)np, q, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(kv_cache_n(r.kv), n0);
+	T_EQ_INT(kv_cache_next_pos(r.kv), next);
+	T_CHECK(memcmp(before, kv_cache_toks(r.kv), n0 * sizeof *before) == 0, "tokens changed");
+	T_EQ_INT(kv_cache_check(r.kv, &e), KVS_OK);
+	/* the same probe twice gives the same queries (its slots were emptied,
+	 * nothing of the first run is visible to the second) */
+	T_CHECK(kv_cache_probe(r.kv, pids, (uint32_t)np, q2, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(memcmp(q, q2, np * per * sizeof *q) == 0, "a second probe differs");
+	T_EQ_INT(kv_cache_probe(r.kv, pids, 65, q2, &e), KVS_ERANGE);
+	uint32_t n_q = np < 3 ? (uint32_t)np : 3;
+	const float *ql = q + (np - n_q) * per;
+
+	/* summary: every block scored as this test scores it from its rows;
+	 * the best one first */
+	int64_t ids[256];
+	double want[256];
+	size_t n_all = all_scores(path, hp, engine_kv_bytes_per_slot(r.eng) / sizeof(float), ql, n_q,
+	                          ids, want, 256);
+	T_EQ_INT(n_all, fi.blocks);
+	struct store_cold_query query = { .text = "zebra", .q = ql, .n_q = n_q };
+	query.rank = STORE_COLD_SUMMARY;
+	struct store_cold_hit *hits;
+	size_t n_hits;
+	T_CHECK(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(n_hits, 1);
+	double best = -INFINITY;
+	int64_t best_id = 0;
+	for (size_t i = 0; i < n_all; i++)
+		if (want[i] > best) {
+			best = want[i];
+			best_id = ids[i];
+		}
+	if (n_hits == 1) {
+		T_EQ_INT(hits[0].id, best_id);
+		T_NEAR(hits[0].summary, best, 1e-6 * (1 + fabs(best)));
+		T_CHECK(hits[0].bm25 == 0, "summary alone gave BM25 %g", hits[0].bm25);
+	}
+	free(hits);
+
+	/* both: the rankings interleave, FTS first, so the one block the
+	 * words match comes first whatever its summary rank */
+	query.rank = STORE_COLD_BOTH;
+	T_CHECK(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(n_hits, 1);
+	if (n_hits == 1) {
+		char *bt = text_of(t->m, r.ids, (uint32_t)hits[0].pos0, (uint32_t)hits[0].pos1 + 1);
+		T_CHECK(strstr(bt, "zebra") != NULL, "both recalled \"%s\"", bt);
+		T_CHECK(hits[0].bm25 > 0 && isfinite(hits[0].summary), "bm25 %g summary %g", hits[0].bm25,
+		        hits[0].summary);
+		free(bt);
+	}
+	free(hits);
+	/* with no word matching, both is summary's order */
+	query.text = "xyzzy";
+	T_EQ_INT(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e), KVS_OK);
+	T_CHECK(n_hits == 1 && hits[0].id == best_id, "both without words: %zu hits", n_hits);
+	free(hits);
+	/* summary without a probe: the words alone */
+	query.text = "zebra";
+	query.q = NULL;
+	query.rank = STORE_COLD_SUMMARY;
+	T_EQ_INT(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e), KVS_OK);
+	T_CHECK(n_hits == 1 && hits[0].bm25 > 0 && isnan(hits[0].summary),
+	        "summary without a probe: %zu hits", n_hits);
+	free(hits);
+	/* a custom scorer sees every block with its text; the earliest first */
+	size_t calls = 0;
+	query.q = ql;
+	query.rank = STORE_COLD_SCORES;
+	query.scorer = score_earliest;
+	query.scorer_ud = &calls;
+	T_EQ_INT(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e), KVS_OK);
+	T_EQ_INT(calls, 1);
+	T_CHECK(n_hits >= 1 && hits[0].pos0 == sqlq_int(path, "SELECT min(pos0) FROM cold_blocks"),
+	        "custom scorer: %zu hits, first at %d", n_hits, n_hits ? hits[0].pos0 : -1);
+	free(hits);
+	/* one that fails: both's order */
+	query.scorer = score_fails;
+	T_EQ_INT(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e), KVS_OK);
+	if (n_hits == 1) {
+		char *bt = text_of(t->m, r.ids, (uint32_t)hits[0].pos0, (uint32_t)hits[0].pos1 + 1);
+		T_CHECK(strstr(bt, "zebra") != NULL, "fallback recalled \"%s\"", bt);
+		free(bt);
+	}
+	T_EQ_INT(n_hits, 1);
+	free(hits);
+	free(q);
+	free(q2);
+	free(pids);
+	run_close(&r);
+	store_close(s);
+	free(path);
+}
+
+/* ------------------------------------------------------------ a full disk */
+
+struct cold_seen {
+	uint32_t writes, stops, saved_ok, saved_failed;
+	char msg[512];
+};
+
+static void full_on_cold(void *ud, const struct session_cold_event *ev)
+{
+	struct cold_seen *s = ud;
+	s->writes += ev->kind == SESSION_COLD_WRITE;
+	if (ev->kind == SESSION_COLD_STOP) {
+		s->stops++;
+		snprintf(s->msg, sizeof s->msg, "%s", ev->msg ? ev->msg : "");
+	}
+}
+
+static void full_on_saved(void *ud, int64_t id, uint32_t index, int status, const char *msg)
+{
+	struct cold_seen *s = ud;
+	(void)id, (void)index, (void)msg;
+	if (status == KVS_OK)
+		s->saved_ok++;
+	else
+		s->saved_failed++;
+}
+
+/* The database's size cap, as SQLite's max_page_count: pages (0: the
+ * current page count, so that nothing more fits). */
+static void full_cap(struct store *st, int64_t pages)
+{
+	char sql[96];
+	if (pages == 0) {
+		sqlite3_stmt *q;
+		sqlite3_prepare_v2(st->db, "PRAGMA page_count", -1, &q, NULL);
+		if (sqlite3_step(q) == SQLITE_ROW)
+			pages = sqlite3_column_int64(q, 0);
+		sqlite3_finalize(q);
+	}
+	snprintf(sql, sizeof sql, "PRAGMA max_page_count = %lld", (long long)pages);
+	T_EQ_INT(sqlite3_exec(st->db, sql, NULL, NULL, NULL), SQLITE_OK);
+}
+
+/* A cold write that hits SQLITE_FULL stops cold writes with one message;
+ * the chat goes on, and every turn committed stays as it was (the
+ * exchange whose commit failed too is committed with the next one). */
+static void test_full_disk(void)
+{
+	char *mpath = tinymodel_write_temp("cold-full");
+	char *path = xasprintf("%s/full.db", tmpdir);
+	struct store *st;
+	struct err e;
+	T_CHECK(store_open(&st, path, STORE_RW, &e) == KVS_OK, "%s", e.msg);
+	struct session_config c;
+	session_config_default(&c);
+	c.gen.model_path = mpath;
+	c.gen.engine.backend = ENGINE_BACKEND_CPU;
+	c.gen.engine.n_threads = 1;
+	c.gen.sampler.temp = 0;
+	kv_policy_parse("streaming", &c.gen.kv.policy, NULL);
+	c.gen.kv.budget = 64;
+	c.max_tokens = 6;
+	c.system = "be brief";
+	struct session *s;
+	T_CHECK(session_open(&s, &c, &e) == KVS_OK, "%s", e.msg);
+	struct cold_seen seen = { 0 };
+	struct session_hooks h = { .cold = full_on_cold, .saved = full_on_saved, .ud = &seen };
+	session_set_hooks(s, &h);
+	struct session_store ss = {
+		.st = st,
+		.title = "full",
+		.model_path = mpath,
+		.model_sha256 = "4444444444444444444444444444444444444444444444444444444444444444",
+		.sampler = "temp=0",
+	};
+	T_CHECK(session_set_store(s, &ss, &e) == KVS_OK, "%s", e.msg);
+	struct session_cold_config cc = {
+		.on = true, .block = 16, .recall = SESSION_RECALL_FTS, .recall_budget = 16
+	};
+	session_set_cold(s, &cc);
+	for (int i = 0; i < 4; i++)
+		T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(seen.writes > 0, "no cold write in four exchanges");
+	T_EQ_INT(seen.saved_ok, 4);
+	int64_t blocks = sqlq_int(path, "SELECT count(*) FROM cold_blocks");
+	int64_t turns = sqlq_int(path, "SELECT count(*) FROM turns");
+	T_CHECK(blocks > 0 && turns == 4, "%lld blocks, %lld turns", (long long)blocks,
+	        (long long)turns);
+
+	/* the disk is full: the exchange's commit and its cold write fail; the
+	 * chat goes on */
+	full_cap(st, 0);
+	T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK, "the chat stopped: %s", e.msg);
+	T_EQ_INT(seen.stops, 1);
+	T_CHECK(strstr(seen.msg, "full") != NULL && strstr(seen.msg, "cold tier not written") &&
+	                strchr(seen.msg, '\n') == NULL,
+	        "message: %s", seen.msg);
+	/* the exchange's commit may have fitted in free pages; none was lost */
+	int64_t now = sqlq_int(path, "SELECT count(*) FROM turns");
+	T_CHECK(now == turns || (now == turns + 1 && seen.saved_failed == 0), "%lld turns",
+	        (long long)now);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), blocks);
+
+	/* room again: turns commit (the failed one with the next), cold writes
+	 * stay stopped, said once */
+	full_cap(st, 1 << 30);
+	uint32_t writes = seen.writes;
+	for (int i = 0; i < 2; i++)
+		T_CHECK(session_chat(s, "zebra quartz seven", &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(seen.stops, 1);
+	T_EQ_INT(seen.writes, writes);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM turns"), 7);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), blocks);
+	T_EQ_INT(store_check(st, &e), KVS_OK);
+	session_close(s);
+	store_close(st);
+	unlink(mpath);
+	free(mpath);
+	free(path);
+}
+
 int main(void)
 {
 	struct tiny t;
@@ -375,6 +848,10 @@ int main(void)
 	test_fts_query();
 	tiny_open(&t);
 	test_write_recall(&t);
+	test_summary_score();
+	test_probe_queries(&t);
+	test_rankings(&t);
+	test_full_disk();
 	model_free(t.m);
 	free(t.buf);
 	char *cmd = xasprintf("rm -rf '%s'", tmpdir);

@@ -1,0 +1,283 @@
+/*
+ * bench-cold.c: the cost of the cold tier (src/store/store-cold*.c) at a
+ * given size, on the default model's KV shape.
+ *
+ *   make -C build bench/bench-cold && build/bench/bench-cold TOKENS [dir]
+ *   sh bench/cold.sh            (10k, 100k and 1M tokens, one process each)
+ *
+ * It fills one session's cold tier with TOKENS synthetic evicted tokens
+ * through the store's own API (store_cold_evicted, store_cold_flush every
+ * 1024 tokens, blocks of 64): the tokens spell random words from a fixed
+ * bank of made-up words (so FTS5 has a vocabulary of realistic size), and
+ * their K/V rows are drawn from a pool of 512 rows of random values in the
+ * cache's element type (f16 by default), (n_layer, 2, n_head_kv, head_dim)
+ * each. Then it times 20 recalls per ranking (fts, summary, both) with a
+ * recall budget of 128 tokens (two blocks): a probe of 8 random query
+ * vectors per layer and head and three words of the bank. A recall here
+ * is the whole choice: ranking, reading the chosen blocks' rows, nothing
+ * placed. It prints the median and the 90th percentile of each, the
+ * fill's write rate, the database's bytes per 1k tokens (file and WAL),
+ * and the process's resident memory after the fill and after the recalls
+ * (its peak too), with the load average: a shared machine moves all of it.
+ */
+#include "app/app.h"
+#include "store/store.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BC_BLOCK 64
+#define BC_FLUSH 1024 /* tokens per flush */
+#define BC_WORDS 4096 /* the word bank */
+#define BC_RECALLS 20
+#define BC_PROBE 8
+#define BC_BUDGET 128 /* two blocks of 64 */
+
+static uint64_t bc_rng = 0x9e3779b97f4a7c15ull;
+
+/* xorshift64*: a number in [0, 2^64). */
+static uint64_t bc_next(void)
+{
+	bc_rng ^= bc_rng >> 12;
+	bc_rng ^= bc_rng << 25;
+	bc_rng ^= bc_rng >> 27;
+	return bc_rng * 0x2545f4914f6cdd1dull;
+}
+
+/* A number in [-1, 1). */
+static float bc_unit(void)
+{
+	return (float)((double)(bc_next() >> 11) / 4503599627370496.0 - 1.0);
+}
+
+static int bc_cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Resident memory now, in MiB (/proc/self/statm), or -1. */
+static double bc_rss_mib(void)
+{
+	long pages = 0, res = 0;
+	FILE *fp = fopen("/proc/self/statm", "r");
+	if (fp == NULL)
+		return -1;
+	int ok = fscanf(fp, "%ld %ld", &pages, &res) == 2;
+	fclose(fp);
+	return ok ? (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0 : -1;
+}
+
+static double bc_peak_mib(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_maxrss / 1024.0;
+}
+
+static uint64_t bc_size(const char *path)
+{
+	struct stat sb;
+	return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+/* A made-up word of 2 to 4 syllables. */
+static void bc_word(char *buf, size_t cap)
+{
+	static const char *const syl[] = { "ka", "lo", "mi", "ne", "ru", "sa", "te", "vo",
+		                               "zi", "da", "po", "gu", "fe", "bi", "ho", "ja" };
+	size_t n = 2 + bc_next() % 3, o = 0;
+	for (size_t i = 0; i < n && o + 3 < cap; i++)
+		o += (size_t)snprintf(buf + o, cap - o, "%s", syl[bc_next() % 16]);
+}
+
+int main(int argc, char **argv)
+{
+	long long want = argc > 1 ? atoll(argv[1]) : 10000;
+	char dir[256];
+	struct err e;
+	if (want < BC_BLOCK || want > 100000000) {
+		fprintf(stderr, "usage: bench-cold TOKENS (%d..100000000) [dir]\n", BC_BLOCK);
+		return 2;
+	}
+	if (argc > 2)
+		snprintf(dir, sizeof dir, "%s", argv[2]);
+	else if (mkdtemp(strcpy(dir, "/tmp/bench-cold-XXXXXX")) == NULL)
+		return perror("mkdtemp"), 1;
+	struct gen_config c;
+	struct gen *g;
+	gen_config_default(&c);
+	char *mp = model_default_path(NULL);
+	c.model_path = mp;
+	kv_policy_parse("streaming", &c.kv.policy, NULL);
+	c.kv.budget = 256;
+	c.engine.n_ctx = 256;
+	if (gen_open(&g, &c, &e) != KVS_OK) {
+		fprintf(stderr, "bench-cold: %s\n", e.msg);
+		return 1;
+	}
+	struct engine *eng = gen_engine(g);
+	const struct hparams *hp = &gen_model(g)->hp;
+	uint64_t row = engine_kv_bytes_per_slot(eng);
+	bool f16 = engine_kv_type(eng) == ENGINE_KV_F16;
+	char *db = xasprintf("%s/cold.db", dir);
+	struct store *st;
+	int64_t id = 0;
+	struct store_session in = { .title = (char *)"bench-cold",
+		                        .model_path = (char *)"model",
+		                        .model_sha256 = (char *)"",
+		                        .arch = (char *)"llama",
+		                        .policy = (char *)"streaming",
+		                        .sampler = (char *)"temp=0" };
+	struct store_cold *cold;
+	struct store_cold_config cc = { .block = BC_BLOCK, .max_tokens = 0 };
+	if (store_open(&st, db, STORE_RW, &e) != KVS_OK ||
+	    store_session_create(st, &in, &id, &e) != KVS_OK) {
+		fprintf(stderr, "bench-cold: %s\n", e.msg);
+		return 1;
+	}
+	store_cold_open(&cold, gen_kv(g), gen_vocab(g), &cc);
+	if (store_cold_attach(cold, st, id, "", &e) != KVS_OK) {
+		fprintf(stderr, "bench-cold: %s\n", e.msg);
+		return 1;
+	}
+	/* the word bank, each word's tokens (with its leading space) */
+	char(*words)[16] = xcalloc(BC_WORDS, sizeof *words);
+	int32_t *wtok = xcalloc((size_t)BC_WORDS * 8, sizeof *wtok);
+	uint32_t *wn = xcalloc(BC_WORDS, sizeof *wn);
+	for (uint32_t i = 0; i < BC_WORDS; i++) {
+		char sp[20];
+		bc_word(words[i], sizeof words[i]);
+		snprintf(sp, sizeof sp, " %s", words[i]);
+		int32_t *ids = NULL;
+		size_t n = 0, cap = 0;
+		if (vocab_tokenize(gen_vocab(g), sp, strlen(sp), false, false, &ids, &n, &cap, &e) !=
+		    KVS_OK)
+			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+		wn[i] = (uint32_t)KVS_MIN(n, (size_t)8);
+		memcpy(wtok + (size_t)i * 8, ids, wn[i] * sizeof *ids);
+		free(ids);
+	}
+	/* a pool of random K/V rows, a block's rows drawn from it (bounds that
+	 * differ from block to block, without converting 11k floats a token) */
+	enum { BC_POOL = 512 };
+	uint8_t *pool = xmalloc((size_t)BC_POOL * row);
+	size_t n_el = (size_t)BC_POOL * row / (f16 ? 2 : 4);
+	for (size_t k = 0; k < n_el; k++) {
+		float x = 2 * bc_unit();
+		if (f16) {
+			uint16_t h = dtype_f32_to_f16(x);
+			memcpy(pool + 2 * k, &h, 2);
+		} else {
+			memcpy(pool + 4 * k, &x, 4);
+		}
+	}
+	/* the fill */
+	struct kv_tok toks[BC_BLOCK];
+	uint8_t *raw = xmalloc((size_t)BC_BLOCK * row);
+	double t0 = clock_now_ms(), flush_ms = 0;
+	uint32_t wi = 0, wpos = 0;
+	for (long long pos = 0; pos < want; pos += BC_BLOCK) {
+		memset(toks, 0, sizeof toks);
+		for (uint32_t i = 0; i < BC_BLOCK; i++) {
+			if (wpos == wn[wi]) {
+				wi = (uint32_t)(bc_next() % BC_WORDS);
+				wpos = 0;
+			}
+			toks[i].token = wtok[(size_t)wi * 8 + wpos++];
+			toks[i].orig_pos = (int32_t)(pos + i);
+			toks[i].turn = (uint32_t)((pos + i) / 200);
+			toks[i].role = KV_ROLE_USER;
+		}
+		for (uint32_t i = 0; i < BC_BLOCK; i++)
+			memcpy(raw + (size_t)i * row, pool + (size_t)(bc_next() % BC_POOL) * row, row);
+		store_cold_evicted(cold, toks, BC_BLOCK, raw, row);
+		if ((pos + BC_BLOCK) % BC_FLUSH == 0 || pos + BC_BLOCK >= want) {
+			struct store_cold_flush_info fi;
+			double f0 = clock_now_ms();
+			if (store_cold_flush(cold, (uint32_t)(pos / 200), &fi, &e) != KVS_OK)
+				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+			flush_ms += clock_now_ms() - f0;
+		}
+	}
+	double fill_s = (clock_now_ms() - t0) / 1e3;
+	double rss_fill = bc_rss_mib();
+	uint32_t blocks;
+	uint64_t tokens, kv_bytes;
+	if (store_cold_count(st, id, &blocks, &tokens, &kv_bytes, &e) != KVS_OK)
+		return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+	char *wal = xasprintf("%s-wal", db);
+	uint64_t disk = bc_size(db) + bc_size(wal);
+	/* the recalls */
+	size_t per = (size_t)hp->n_layer * hp->n_head * hp->head_dim;
+	float *q = xmallocarray(BC_PROBE * per, sizeof *q);
+	static const char *const rank_names[] = { "fts", "summary", "both" };
+	double ms[3][BC_RECALLS];
+	size_t got[3] = { 0 };
+	for (int r = 0; r < BC_RECALLS; r++) {
+		for (size_t k = 0; k < BC_PROBE * per; k++)
+			q[k] = bc_unit();
+		char text[128];
+		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
+		         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
+		for (int k = 0; k < 3; k++) {
+			struct store_cold_query query = { .text = text, .q = q, .n_q = BC_PROBE };
+			query.rank = (enum store_cold_rank)k;
+			struct store_cold_hit *hits;
+			size_t n_hits;
+			double r0 = clock_now_ms();
+			if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
+				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+			ms[k][r] = clock_now_ms() - r0;
+			got[k] += n_hits;
+			free(hits);
+		}
+	}
+	double load[3] = { -1, -1, -1 };
+	if (getloadavg(load, 3) < 0)
+		load[0] = -1;
+	char host[64] = "?";
+	gethostname(host, sizeof host);
+	printf("bench-cold: %llu tokens in %u blocks of %d (%s KV, %llu bytes a token), %s, db in %s, "
+	       "load average %.2f\n",
+	       (unsigned long long)tokens, blocks, BC_BLOCK, f16 ? "f16" : "f32",
+	       (unsigned long long)row, host, dir, load[0]);
+	printf("  fill: %.1f s (%.0f tokens/s; flushes %.1f s)\n", fill_s, (double)tokens / fill_s,
+	       flush_ms / 1e3);
+	printf("  disk: %.2f MiB per 1k tokens (file + WAL %.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
+	       (double)disk / 1048576.0 / ((double)tokens / 1000.0), (double)disk / 1048576.0,
+	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
+	for (int k = 0; k < 3; k++) {
+		qsort(ms[k], BC_RECALLS, sizeof ms[k][0], bc_cmp);
+		printf("  recall %-7s median %8.2f ms, p90 %8.2f ms, max %8.2f ms (%d recalls, %.1f "
+		       "blocks each)\n",
+		       rank_names[k], ms[k][BC_RECALLS / 2], ms[k][BC_RECALLS * 9 / 10],
+		       ms[k][BC_RECALLS - 1], BC_RECALLS, (double)got[k] / BC_RECALLS);
+	}
+	printf("  RSS: %.1f MiB after the fill, %.1f MiB after the recalls, peak %.1f MiB\n", rss_fill,
+	       bc_rss_mib(), bc_peak_mib());
+	free(q);
+	free(raw);
+	free(pool);
+	free(words);
+	free(wtok);
+	free(wn);
+	free(wal);
+	store_cold_free(cold);
+	store_close(st);
+	gen_close(g);
+	free(db);
+	free(mp);
+	if (argc <= 2) {
+		char *cmd = xasprintf("rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "bench-cold: could not remove %s\n", dir);
+		free(cmd);
+	}
+	return 0;
+}
