@@ -490,7 +490,11 @@ int engine_kv_page_bounds(struct engine *eng, uint32_t page_size, uint32_t layer
 
 bool engine_supports(const struct engine *eng, unsigned caps)
 {
-	return (eng->ops->caps & caps) == caps;
+	unsigned have = eng->ops->caps;
+	/* the sparse kernels take no attention soft-cap (Gemma 2): dense only */
+	if (eng->m->hp.attn_softcap > 0)
+		have &= ~(unsigned)ENGINE_CAP_SPARSE;
+	return (have & caps) == caps;
 }
 
 uint32_t engine_n_ctx(const struct engine *eng)

@@ -189,6 +189,10 @@ static void kv_acc_alloc(struct kv_cache *c)
 /* The error of a sparse mode on a backend without one. */
 static int kv_sparse_refuse(struct engine *eng, struct err *e)
 {
+	if (engine_model(eng)->hp.attn_softcap > 0)
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "sparse attention: this model soft-caps its attention scores, which the "
+		               "sparse kernels do not (expected --sparse off)");
 	return err_set(
 	        e, KVS_EUNSUPPORTED,
 	        "sparse attention: backend %s has none (expected --sparse off, or --backend cpu)",

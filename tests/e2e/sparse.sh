@@ -50,6 +50,10 @@ expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse qu
 expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh or prefill" \
 	"$bin" generate --prompt hi --sparse hip:page=8
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
+# a model that soft-caps its attention scores (Gemma 2) is dense only
+expect_bad 2 "this model soft-caps its attention scores" "$bin" generate \
+	--model "$KVSCOPE_SRCDIR/tests/fixtures/archs/gemma2/tiny-gemma2.gguf" --prompt hi -n 2 \
+	--sparse quest
 expect_bad 2 "expected a sparse mode" "$bin" eval sparse --sparse off --lengths 256
 "$bin" help sparse | grep -q "budget  1024" || fail "help sparse lacks the budget row"
 "$bin" help sparse | grep -q "refresh 8 " || fail "help sparse lacks hip's refresh row"
