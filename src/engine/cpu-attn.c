@@ -789,7 +789,7 @@ void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t
 
 /* One slot's key or value of kv_head, layer, as f32 into out (head_dim). */
 void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, bool value,
-                        float *out)
+                 float *out)
 {
 	struct cpu *c = state;
 	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
