@@ -493,8 +493,7 @@ static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32
  * within them a row's keys past its own prefix get weight 0. The result
  * equals cpu_attend's up to the order of float additions.
  */
-static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
-                      int ith)
+void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
 {
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
@@ -570,7 +569,7 @@ static void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0,
  * that lost its core to another process does not hold the others up; a
  * short batch takes smaller blocks, so that there are items for every
  * thread (4 each at least, while a block keeps a token). */
-void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth)
+void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth, cpu_flash_fn fn)
 {
 	struct cpu *c = jb->c;
 	uint32_t nkv = c->hp.n_head_kv, bq = c->fa_tokens;
@@ -582,7 +581,7 @@ void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nt
 		if (it >= nb * nkv)
 			break;
 		uint32_t blk = it / nkv, kvh = it % nkv, i0 = blk * bq;
-		cpu_flash(jb, l, kvh, i0, KVS_MIN(bq, n - i0), ith);
+		fn(jb, l, kvh, i0, KVS_MIN(bq, n - i0), ith);
 	}
 }
 

@@ -211,12 +211,18 @@ void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, 
  * prefetcher fetching the rest for nothing (2.7 against 7.4 GB/s measured).
  */
 void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth);
+/* One work item of a tiled attention: ubatch tokens [i0, i0 + nt) with the
+ * query heads of KV head kvh, layer l, into c->ao (cpu_flash: dense;
+ * cpu_hip_flash: HiP's block-sparse prefill). */
+typedef void (*cpu_flash_fn)(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                             int ith);
+void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith);
 /* The tiled attention of the ubatch's first n tokens, layer l: work items
- * (query block, KV head) handed out through an atomic counter, so a thread
- * that lost its core to another process does not hold the others up; a
- * short batch takes smaller blocks, so that there are items for every
- * thread (4 each at least, while a block keeps a token). */
-void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth);
+ * (query block, KV head) through fn, handed out through an atomic counter,
+ * so a thread that lost its core to another process does not hold the
+ * others up; a short batch takes smaller blocks, so that there are items
+ * for every thread (4 each at least, while a block keeps a token). */
+void cpu_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth, cpu_flash_fn fn);
 /* Gather the visible rotated keys (transposed) and values of layer l, KV
  * heads [h0, h1), in position order, as f32. */
 void cpu_gather_kv(struct cpu *c, uint32_t l, uint32_t h0, uint32_t h1, int ith, int nth);
@@ -261,9 +267,8 @@ int cpu_sparse_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t 
                       uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
 /* Whether layer l of this forward prefills block-sparsely (hip). */
 bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l);
-/* HiP's block-sparse prefill of the ubatch's first n tokens, layer l: work
- * items (query block, KV head) as cpu_flash_items hands them out. */
-void cpu_hip_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth);
+/* HiP's block-sparse prefill: one work item of cpu_flash_items. */
+void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith);
 /* After the ubatches: a sparse prefill's statistics into out. */
 void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out);
 /* Free the sparse state. */

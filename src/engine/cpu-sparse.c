@@ -667,8 +667,7 @@ static void cpu_hip_attend(struct cpu *c, uint32_t l, uint32_t kvh, uint32_t i0,
  * the list's last and are cut by its limit. With want_attn the last
  * token's dense mass captured is added to the thread's sums (a shadow).
  */
-static void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
-                          int ith)
+void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
 {
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
@@ -729,22 +728,6 @@ static void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t
 		c->ops->f16_to_f32(h16, f.q + (size_t)r * hd, hd);
 	}
 	cpu_hip_attend(c, l, kvh, i0, nt, slots, n, lim, &f);
-}
-
-void cpu_hip_flash_items(struct cpu_job *jb, uint32_t l, uint32_t n, int ith, int nth)
-{
-	struct cpu *c = jb->c;
-	uint32_t nkv = c->hp.n_head_kv, bq = c->fa_tokens;
-	while (bq > 1 && nkv * ((n + bq - 1) / bq) < 4u * (uint32_t)nth)
-		bq = (bq + 1) / 2;
-	uint32_t nb = (n + bq - 1) / bq;
-	for (;;) {
-		uint32_t it = atomic_fetch_add_explicit(&c->fa_next[l], 1, memory_order_relaxed);
-		if (it >= nb * nkv)
-			break;
-		uint32_t b = it / nkv, kvh = it % nkv, i0 = b * bq;
-		cpu_hip_flash(jb, l, kvh, i0, KVS_MIN(bq, n - i0), ith);
-	}
 }
 
 void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out)

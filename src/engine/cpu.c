@@ -698,10 +698,8 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			pool_barrier(c->pool);
 		} else if (n > 1) {
 			uint32_t n_tiled = jb->b->want_attn && jb->last ? n - 1 : n;
-			if (cpu_sparse_prefill(jb, l))
-				cpu_hip_flash_items(jb, l, n_tiled, ith, nth);
-			else
-				cpu_flash_items(jb, l, n_tiled, ith, nth);
+			cpu_flash_items(jb, l, n_tiled, ith, nth,
+			                cpu_sparse_prefill(jb, l) ? cpu_hip_flash : cpu_flash);
 			/* the remaining token's items, if any, in place */
 			uint32_t first = n_tiled * hp->n_head_kv * per_kv;
 			cpu_share(n_items - first, ith, nth, &ilo, &ihi);
