@@ -60,55 +60,7 @@ if "$bin" tui --help-probe-not-an-option 2>&1 | grep -q "workbench was not built
 	exit 0
 fi
 
-screen() { T capture-pane -p -t kv; }
-
-# wait_for PATTERN [SECONDS]: poll the screen until it matches (grep -E).
-wait_for() {
-	pat=$1 limit=${2:-60}
-	end=$(($(date +%s) + limit))
-	while [ "$(date +%s)" -le "$end" ]; do
-		if screen | grep -Eq -- "$pat"; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	fail "screen never showed '$pat' within ${limit}s; it shows:"
-	screen | sed 's/^/  | /' >&2
-	return 1
-}
-
-# wait_count PATTERN N [SECONDS]: poll until N screen lines match.
-wait_count() {
-	pat=$1 want=$2 limit=${3:-60}
-	end=$(($(date +%s) + limit))
-	while [ "$(date +%s)" -le "$end" ]; do
-		[ "$(screen | grep -Ec -- "$pat")" -ge "$want" ] && return 0
-		sleep 0.2
-	done
-	fail "the screen never showed $want lines of '$pat' within ${limit}s; it shows:"
-	screen | sed 's/^/  | /' >&2
-	return 1
-}
-
-# wait_stable: poll until two captures a beat apart are equal.
-wait_stable() {
-	prev="" n=0
-	while [ $n -lt 100 ]; do
-		cur=$(screen)
-		[ "$cur" = "$prev" ] && return 0
-		prev=$cur
-		n=$((n + 1))
-		sleep 0.2
-	done
-	fail "the screen never settled"
-}
-
-save() {
-	if [ -n "${KVSCOPE_SAVE_SCREENS:-}" ]; then
-		wait_stable
-		screen >"$KVSCOPE_SAVE_SCREENS/$1.txt"
-	fi
-}
+. "$KVSCOPE_SRCDIR/tests/e2e/tmux-lib.sh"
 
 mkdir -p "$tmp/state"
 cat >"$tmp/run.sh" <<EOS
