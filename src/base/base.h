@@ -158,6 +158,10 @@ bool utf8_valid(const uint8_t *s, size_t n);
 char *file_xdg_path(const char *var, const char *fallback, const char *rel);
 /* mkdir -p: create dir and its missing parents with mode; 0 or -1 (errno). */
 int file_mkdirs(const char *dir, unsigned mode);
+/* A new private folder $TMPDIR/NAME-XXXXXX (/tmp without TMPDIR), caller
+ * owns the path; NULL with a message naming what (the feature) when it
+ * cannot be made. */
+char *file_mkdtemp(const char *name, const char *what, struct err *e);
 /* Open path read-only (close-on-exec), never blocking on a FIFO, and refuse
  * anything but a regular file with a message naming what it is and what was
  * expected (`what`, e.g. "a GGUF file"); a missing file is KVS_ENOTFOUND,

@@ -47,6 +47,19 @@ int file_mkdirs(const char *dir, unsigned mode)
 	return rc;
 }
 
+char *file_mkdtemp(const char *name, const char *what, struct err *e)
+{
+	const char *base = getenv("TMPDIR");
+	char *dir = xasprintf("%s/%s-XXXXXX", base && base[0] ? base : "/tmp", name);
+	if (mkdtemp(dir) == NULL) {
+		err_set(e, KVS_EIO, "%s: cannot create a temporary folder %s: %s", what, dir,
+		        strerror(errno));
+		free(dir);
+		return NULL;
+	}
+	return dir;
+}
+
 /* The kind of a non-regular file, for the refusal message. */
 static const char *file_kind(mode_t m)
 {

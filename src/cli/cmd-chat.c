@@ -71,14 +71,9 @@ struct chat_db {
 /* --cold on without --db: a temporary database, removed at exit. */
 static int chat_db_temp(struct chat_db *db, struct err *e)
 {
-	const char *base = getenv("TMPDIR");
-	char *dir = xasprintf("%s/kvscope-cold-XXXXXX", base && base[0] ? base : "/tmp");
-	if (mkdtemp(dir) == NULL) {
-		int rc = err_set(e, KVS_EIO, "cold tier: cannot create a temporary folder in %s: %s",
-		                 base && base[0] ? base : "/tmp", strerror(errno));
-		free(dir);
-		return rc;
-	}
+	char *dir = file_mkdtemp("kvscope-cold", "cold tier", e);
+	if (dir == NULL)
+		return KVS_EIO;
 	db->tmpdir = dir;
 	char *path = xasprintf("%s/cold.db", dir);
 	int rc = store_open(&db->st, path, STORE_RW, e);

@@ -256,15 +256,9 @@ static int rc_exchange(struct gen *g, bool raw, const char *user, const char *as
 static int rc_cold_open(struct rc_cold *cold, struct gen *g, const struct cli_opts *o,
                         const char *pol, struct err *e)
 {
-	const char *base = getenv("TMPDIR");
-	cold->dir = xasprintf("%s/kvscope-recall-XXXXXX", base && base[0] ? base : "/tmp");
-	if (mkdtemp(cold->dir) == NULL) {
-		int rc = err_set(e, KVS_EIO, "--cold: cannot create a temporary folder %s: %s", cold->dir,
-		                 strerror(errno));
-		free(cold->dir);
-		cold->dir = NULL;
-		return rc;
-	}
+	cold->dir = file_mkdtemp("kvscope-recall", "--cold", e);
+	if (cold->dir == NULL)
+		return KVS_EIO;
 	char *path = xasprintf("%s/cold.db", cold->dir);
 	int rc = store_open(&cold->st, path, STORE_RW, e);
 	free(path);

@@ -269,15 +269,9 @@ static void api_session_cold_opts(lua_State *L, int t, struct script_rt *rt,
 static int api_session_cold(struct api_session *as, const struct session_config *c,
                             const struct session_cold_config *cc, struct err *e)
 {
-	const char *base = getenv("TMPDIR");
-	as->cold_dir = xasprintf("%s/kvscope-lua-cold-XXXXXX", base && base[0] ? base : "/tmp");
-	if (mkdtemp(as->cold_dir) == NULL) {
-		int rc = err_set(e, KVS_EIO, "cold: cannot create a temporary folder %s: %s", as->cold_dir,
-		                 strerror(errno));
-		free(as->cold_dir);
-		as->cold_dir = NULL;
-		return rc;
-	}
+	as->cold_dir = file_mkdtemp("kvscope-lua-cold", "cold", e);
+	if (as->cold_dir == NULL)
+		return KVS_EIO;
 	char *path = xasprintf("%s/cold.db", as->cold_dir);
 	int rc = store_open(&as->cold_st, path, STORE_RW, e);
 	free(path);
