@@ -126,6 +126,32 @@ static int engine_pick_backend(const struct engine_config *cfg, const struct bac
 	return err_set(e, KVS_EARG, "backend %d: expected auto, cpu or cuda", (int)cfg->backend);
 }
 
+/* A new engine for m with config c on ops, its slot tables sized from the
+ * context (every slot empty); the backend's state is the caller's to make.
+ * The context is the user's choice: a refused allocation is an error. */
+static int engine_alloc(const struct model *m, const struct engine_config *c,
+                        const struct backend_ops *ops, struct engine **out, struct err *e)
+{
+	struct engine *eng = xcalloc(1, sizeof(*eng));
+	eng->m = m;
+	eng->cfg = *c;
+	eng->ops = ops;
+	eng->slot_pos = malloc((size_t)c->n_ctx * sizeof(int32_t));
+	eng->all_slots = malloc((size_t)c->n_ctx * sizeof(uint32_t));
+	eng->mark = calloc(c->n_ctx, sizeof(uint32_t));
+	if (eng->slot_pos == NULL || eng->all_slots == NULL || eng->mark == NULL) {
+		eng->ops = NULL;
+		engine_free(eng);
+		return engine_nomem(e, c->n_ctx, (double)c->n_ctx * 12);
+	}
+	for (uint32_t s = 0; s < c->n_ctx; s++) {
+		eng->slot_pos[s] = -1;
+		eng->all_slots[s] = s;
+	}
+	*out = eng;
+	return KVS_OK;
+}
+
 int engine_create(struct engine **out, const struct model *m, const struct engine_config *cfg,
                   struct err *e)
 {
@@ -152,23 +178,10 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 	if (rc != KVS_OK)
 		return rc;
 
-	struct engine *eng = xcalloc(1, sizeof(*eng));
-	eng->m = m;
-	eng->cfg = c;
-	eng->ops = ops;
-	/* sized from the context the user chose: a refusal is an error */
-	eng->slot_pos = malloc((size_t)c.n_ctx * sizeof(int32_t));
-	eng->all_slots = malloc((size_t)c.n_ctx * sizeof(uint32_t));
-	eng->mark = calloc(c.n_ctx, sizeof(uint32_t));
-	if (eng->slot_pos == NULL || eng->all_slots == NULL || eng->mark == NULL) {
-		eng->ops = NULL;
-		engine_free(eng);
-		return engine_nomem(e, c.n_ctx, (double)c.n_ctx * 12);
-	}
-	for (uint32_t s = 0; s < c.n_ctx; s++) {
-		eng->slot_pos[s] = -1;
-		eng->all_slots[s] = s;
-	}
+	struct engine *eng;
+	rc = engine_alloc(m, &c, ops, &eng, e);
+	if (rc != KVS_OK)
+		return rc;
 	struct backend_ctx ctx = { .m = m, .cfg = c, .slot_pos = eng->slot_pos };
 	rc = ops->create(&ctx, &eng->state, e);
 	if (rc != KVS_OK && c.backend == ENGINE_BACKEND_AUTO && ops != &backend_cpu) {
@@ -202,26 +215,14 @@ int engine_create_shared(struct engine **out, struct engine *base, uint32_t n_ct
 	if (c.n_ctx > ENGINE_N_CTX_MAX)
 		return err_set(e, KVS_EARG, "context %u slots: expected at most %u", c.n_ctx,
 		               ENGINE_N_CTX_MAX);
-	struct engine *eng = xcalloc(1, sizeof(*eng));
-	eng->m = base->m;
-	eng->cfg = c;
-	eng->ops = base->ops;
-	eng->slot_pos = malloc((size_t)c.n_ctx * sizeof(int32_t));
-	eng->all_slots = malloc((size_t)c.n_ctx * sizeof(uint32_t));
-	eng->mark = calloc(c.n_ctx, sizeof(uint32_t));
-	if (eng->slot_pos == NULL || eng->all_slots == NULL || eng->mark == NULL) {
-		eng->ops = NULL;
-		engine_free(eng);
-		return engine_nomem(e, c.n_ctx, (double)c.n_ctx * 12);
-	}
-	for (uint32_t s = 0; s < c.n_ctx; s++) {
-		eng->slot_pos[s] = -1;
-		eng->all_slots[s] = s;
-	}
+	struct engine *eng;
+	int rc = engine_alloc(base->m, &c, base->ops, &eng, e);
+	if (rc != KVS_OK)
+		return rc;
 	struct backend_ctx ctx = {
 		.m = eng->m, .cfg = c, .slot_pos = eng->slot_pos, .share = base->state
 	};
-	int rc = eng->ops->create(&ctx, &eng->state, e);
+	rc = eng->ops->create(&ctx, &eng->state, e);
 	if (rc != KVS_OK) {
 		err_prefix(e, "backend %s", eng->ops->name);
 		eng->ops = NULL;
