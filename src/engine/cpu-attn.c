@@ -30,7 +30,13 @@
  * prefix) of the order, and the keys before it get exactly no weight
  * (skipped where the key loop allows, masked where a whole row of scores
  * is kept). The cache keeps every token for every layer; only attention
- * narrows. A query that sees nothing gets a zero output. Gemma 2 soft-caps
+ * narrows. Per-head keep-sets (engine_batch.head_keep) narrow it per
+ * (layer, KV head): every path (cpu_attend's rows, the tiles of cpu_flash,
+ * the parts of cpu_attend_split, and cpu-sparse.c's lists) scores a key
+ * the head dropped at -inf and then sets its weight to exactly 0, and only
+ * where the head dropped something, so a mask that drops nothing computes
+ * bit for bit what no mask computes. A query that sees nothing gets a zero
+ * output. Gemma 2 soft-caps
  * the scores (c tanh(s / c)) before the softmax, after any Λ re-scoring.
  * Gemma 3's local layers rotate with their own angles (cpu_rope_hp).
  */
@@ -397,6 +403,15 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	}
 	for (uint32_t r = 0; hp->attn_softcap > 0 && r < nq; r++)
 		cpu_softcap(c, sc + (size_t)r * vc, m);
+	/* per-head keep-sets: the keys this KV head dropped get no weight */
+	const uint8_t *hk = cpu_head_keep(jb, l, kvh);
+	bool dropped = false;
+	for (uint32_t k = 0; hk != NULL && k < m; k++)
+		if (!hk[c->vslot[k]]) {
+			dropped = true;
+			for (uint32_t r = 0; r < nq; r++)
+				sc[(size_t)r * vc + k] = -INFINITY;
+		}
 	/* a local layer: the keys before its window get no weight */
 	for (uint32_t r = 0; w0 > 0 && r < nq; r++)
 		for (uint32_t k = 0; k < w0; k++)
@@ -406,7 +421,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	const uint8_t *smk =
 	        jb->n == 1 && cpu_sparse_layer(jb, l) ? c->sp_mask + (size_t)kvh * c->sp_vis_cap : NULL;
 	bool lam = masked;
-	masked = masked || w0 > 0;
+	masked = masked || w0 > 0 || dropped;
 	if (smk != NULL) {
 		for (uint32_t r = 0; attn != NULL && r < nq; r++) {
 			const float *sr = sc + (size_t)r * vc;
@@ -432,18 +447,22 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		float *sr = sc + (size_t)r * vc, mx = sr[0];
 		for (uint32_t k = 1; k < m; k++)
 			mx = sr[k] > mx ? sr[k] : mx;
-		if (masked) {
+		if (mx == -INFINITY) {
+			/* every key it sees was dropped by its head: a zero output */
+			memset(sr, 0, m * sizeof(float));
+			inv[r] = 0;
+		} else if (masked) {
 			/* masked keys carry exactly no weight (the vector exp only
 			 * flushes them to ~1e-38) */
 			c->ops->exp_sum(sr, m, mx);
 			float sum = 0;
 			for (uint32_t k = 0; k < m; k++) {
 				if (k < w0 || (lam && k < c->lam_cap && mk[(size_t)r * c->lam_cap + k]) ||
-				    (smk != NULL && !smk[k]))
+				    (smk != NULL && !smk[k]) || (dropped && !hk[c->vslot[k]]))
 					sr[k] = 0;
 				sum += sr[k];
 			}
-			inv[r] = 1.0f / sum;
+			inv[r] = sum > 0 ? 1.0f / sum : 0.0f;
 		} else {
 			inv[r] = 1.0f / c->ops->exp_sum(sr, m, mx);
 		}
@@ -462,9 +481,13 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	}
 	if (jb->bo->attn_kv != NULL) {
 		float *acc = c->akv + (((size_t)ith * hp->n_layer + l) * hp->n_head_kv + kvh) * c->akv_cap;
+		bool amax = jb->b->attn_kv_max;
 		for (uint32_t r = 0; r < nq; r++)
-			for (uint32_t k = 0; k < m; k++)
-				acc[c->vorder[k]] += sc[(size_t)r * vc + k] * inv[r];
+			for (uint32_t k = 0; k < m; k++) {
+				float w = sc[(size_t)r * vc + k] * inv[r];
+				float *a = &acc[c->vorder[k]];
+				*a = amax ? (w > *a ? w : *a) : *a + w;
+			}
 	}
 }
 
@@ -517,9 +540,14 @@ void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32
 		f.mx[r] = -INFINITY;
 		f.l[r] = 0;
 	}
+	const uint8_t *hk = cpu_head_keep(jb, l, kvh);
+	bool drop[CPU_FA_TILE] = { 0 }; /* the tile's keys this KV head dropped */
 	/* tiles wholly before every row's window are skipped */
 	for (uint32_t k0 = wmin / CPU_FA_TILE * CPU_FA_TILE; k0 < mmax; k0 += CPU_FA_TILE) {
 		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, mmax - k0);
+		bool any = false;
+		for (uint32_t j = 0; hk != NULL && j < mt; j++)
+			any |= (drop[j] = !hk[c->vslot[k0 + j]]);
 		cpu_flash_tile(c, l, kvh, k0, mt, &f);
 		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
 			c->ops->att_scores(f.q + (size_t)r0 * hd, (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0),
@@ -534,11 +562,30 @@ void cpu_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32
 			if (lim > st) {
 				if (hp->attn_softcap > 0)
 					cpu_softcap(c, sr + st, lim - st);
+				for (uint32_t j = st; any && j < lim; j++)
+					if (drop[j])
+						sr[j] = -INFINITY;
 				float tmax = c->ops->max_f32(sr + st, lim - st);
-				float nmx = tmax > f.mx[r] ? tmax : f.mx[r];
-				f.alpha[r] = expf(f.mx[r] - nmx); /* 0 on the first tile: -inf */
-				f.l[r] = f.l[r] * f.alpha[r] + c->ops->exp_sum(sr + st, lim - st, nmx);
-				f.mx[r] = nmx;
+				if (tmax == -INFINITY) {
+					/* every key of the tile in its range was dropped */
+					memset(sr + st, 0, (lim - st) * sizeof(float));
+				} else {
+					float nmx = tmax > f.mx[r] ? tmax : f.mx[r];
+					f.alpha[r] = expf(f.mx[r] - nmx); /* 0 on the first tile: -inf */
+					float tl = c->ops->exp_sum(sr + st, lim - st, nmx);
+					if (any) {
+						/* dropped keys carry exactly no weight (the vector
+						 * exp only flushes them to ~1e-38) */
+						double ts = 0;
+						for (uint32_t j = st; j < lim; j++) {
+							sr[j] = drop[j] ? 0.0f : sr[j];
+							ts += sr[j];
+						}
+						tl = (float)ts;
+					}
+					f.l[r] = f.l[r] * f.alpha[r] + tl;
+					f.mx[r] = nmx;
+				}
 			}
 			memset(sr, 0, st * sizeof(float));
 			memset(sr + lim, 0, (mt - lim) * sizeof(float));
@@ -663,11 +710,33 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			              false);
 		for (uint32_t h = 0; h < hp->n_head; h++) {
 			float *pr = part + (size_t)h * (hd + 2), *sr = sc + (size_t)h * vc;
+			const uint8_t *hk = cpu_head_keep(jb, l, h / (hp->n_head / hp->n_head_kv));
 			if (hp->attn_softcap > 0)
 				cpu_softcap(c, sr, k1 - k0);
-			pr[0] = c->ops->max_f32(sr, k1 - k0);
-			pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
+			bool any = false;
+			for (uint32_t k = k0; hk != NULL && k < k1; k++)
+				if (!hk[c->vslot[k]]) {
+					sr[k - k0] = -INFINITY;
+					any = true;
+				}
 			memset(pr + 2, 0, hd * sizeof(float));
+			pr[0] = c->ops->max_f32(sr, k1 - k0);
+			if (pr[0] == -INFINITY) {
+				/* its head dropped every key of this part: no weight */
+				pr[1] = 0;
+				memset(sr, 0, (k1 - k0) * sizeof(float));
+				continue;
+			}
+			pr[1] = c->ops->exp_sum(sr, k1 - k0, pr[0]);
+			if (any) {
+				/* dropped keys carry exactly no weight */
+				double ts = 0;
+				for (uint32_t k = k0; k < k1; k++) {
+					sr[k - k0] = hk[c->vslot[k]] ? sr[k - k0] : 0.0f;
+					ts += sr[k - k0];
+				}
+				pr[1] = (float)ts;
+			}
 		}
 		for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
 			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp,

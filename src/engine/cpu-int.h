@@ -162,6 +162,14 @@ struct cpu_job {
 	int rc;
 };
 
+/* The keep row (by slot) of layer l, KV head h under the batch's
+ * per-head keep-sets, or NULL: that head keeps every slot. */
+static inline const uint8_t *cpu_head_keep(const struct cpu_job *jb, uint32_t l, uint32_t h)
+{
+	const uint8_t *k = jb->b->head_keep;
+	return k ? k + ((size_t)l * jb->c->hp.n_head_kv + h) * jb->c->cfg.n_ctx : NULL;
+}
+
 /* One thread's buffers of the tiled prefill attention (cpu_flash). */
 struct cpu_fa {
 	float *q;      /* (fa_rows, head_dim) the block's queries */

@@ -277,7 +277,9 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			mask[k] = psel[c->sp_kpage[k]];
 		for (; k < m; k++)
 			mask[k] = 1;
+		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		for (k = 0; k < m; k++) {
+			mask[k] = mask[k] && (hk == NULL || hk[c->vslot[k]]);
 			list[n] = c->vslot[k];
 			n += mask[k];
 		}
@@ -362,9 +364,11 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			for (k = k0; k < k1; k++)
 				kept[c->vslot[k]] = blk[(k - k0) / bk];
 		}
+		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		for (k = 0; k < m; k++) {
 			uint32_t sl = c->vslot[k];
-			mask[k] = k < k0 || k >= k1 || hs->seen_pos[sl] != c->vpos[k] || kept[sl];
+			mask[k] = (k < k0 || k >= k1 || hs->seen_pos[sl] != c->vpos[k] || kept[sl]) &&
+			        (hk == NULL || hk[sl]);
 			list[n] = sl;
 			n += mask[k];
 		}
@@ -698,16 +702,24 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 	} else {
 		memset(blk, 1, n_blocks);
 	}
+	/* the keys its head dropped (per-head keep-sets) are left out */
+	const uint8_t *hk = cpu_head_keep(jb, l, kvh);
 	for (k = 0; k < k0; k++)
-		slots[n++] = c->vslot[k];
-	for (; k < k1; k++)
-		if (blk[(k - k0) / bk])
+		if (hk == NULL || hk[c->vslot[k]])
 			slots[n++] = c->vslot[k];
+	for (; k < k1; k++)
+		if (blk[(k - k0) / bk] && (hk == NULL || hk[c->vslot[k]]))
+			slots[n++] = c->vslot[k];
+	uint32_t n_mid = n;
 	for (; k < mmax; k++)
-		slots[n++] = c->vslot[k];
+		if (hk == NULL || hk[c->vslot[k]])
+			slots[n++] = c->vslot[k];
 	double *acc = c->hip_pf + (size_t)ith * 4; /* keys read, dense, mass, rows */
 	for (uint32_t t = 0; t < nt; t++) {
-		lim[t] = n - (mmax - m[t]);
+		/* token t's own keys: the list up to its prefix m[t] */
+		lim[t] = n_mid;
+		for (k = k1; k < m[t]; k++)
+			lim[t] += hk == NULL || hk[c->vslot[k]];
 		acc[0] += (double)lim[t] * grp;
 		acc[1] += (double)m[t] * grp;
 	}

@@ -917,13 +917,15 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 		*avg = *avg == 0 || tried ? ms : 0.75 * *avg + 0.25 * ms;
 	}
 	if (out->attn_kv != NULL) {
-		/* the threads' sums, in visible-list order */
+		/* the threads' sums (or maxima), in visible-list order */
 		uint32_t nv = b->n_visible;
 		for (size_t h = 0; h < akv_per; h++)
 			for (uint32_t j = 0; j < nv; j++) {
 				float sum = 0;
-				for (int t = 0; t < nthreads; t++)
-					sum += c->akv[((size_t)t * akv_per + h) * c->akv_cap + j];
+				for (int t = 0; t < nthreads; t++) {
+					float v = c->akv[((size_t)t * akv_per + h) * c->akv_cap + j];
+					sum = b->attn_kv_max ? (v > sum ? v : sum) : sum + v;
+				}
 				out->attn_kv[h * nv + j] = sum;
 			}
 	}
@@ -945,7 +947,7 @@ const struct backend_ops backend_cpu = {
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
 	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE |
-	        ENGINE_CAP_SHARE | ENGINE_CAP_QUERY,
+	        ENGINE_CAP_SHARE | ENGINE_CAP_QUERY | ENGINE_CAP_HEAD_KEEP,
 	.kv_raw = cpu_kv_raw,
 	.page_bounds = cpu_sparse_bounds,
 };

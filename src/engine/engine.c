@@ -334,6 +334,10 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 	if (b->want_q && !engine_supports(eng, ENGINE_CAP_QUERY))
 		return err_set(e, KVS_EUNSUPPORTED, "batch: backend %s does not give queries (want_q)",
 		               eng->ops->name);
+	if ((b->head_keep != NULL || b->attn_kv_max) && !engine_supports(eng, ENGINE_CAP_HEAD_KEEP))
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "batch: backend %s has no per-head keep-sets (head_keep, attn_kv_max)",
+		               eng->ops->name);
 	if (b->want_attn_kv && !engine_supports(eng, ENGINE_CAP_ATTN_KV))
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "batch: backend %s cannot sum attention per KV head (want_attn_kv)",

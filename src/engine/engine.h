@@ -196,6 +196,17 @@ struct engine_batch {
 	/* Every token's queries before RoPE (ENGINE_CAP_QUERY): a probe of
 	 * what a prompt asks, e.g. to score keys kept elsewhere. */
 	bool want_q;
+	/* Per-(layer, KV head) keep-sets (ENGINE_CAP_HEAD_KEEP; NULL: every
+	 * head sees every visible slot): (n_layer, n_head_kv, n_ctx) by slot,
+	 * 0 where that layer's KV head has dropped the slot. A dropped key gets
+	 * exactly zero weight from every query head of its group, in every
+	 * attention path (decode, prefill, sparse), as if it were not visible
+	 * to that head; a query that sees no key kept gets a zero output. With
+	 * nothing dropped the results are bit for bit those without the mask. */
+	const uint8_t *head_keep;
+	/* want_attn_kv: the max over the batch's queries and each KV head's
+	 * query heads instead of the sum (KVzip's score). */
+	bool attn_kv_max;
 };
 
 struct engine_out {
@@ -214,7 +225,8 @@ struct engine_out {
 	const float *entropy;
 	/* want_attn_kv: (n_layer, n_head_kv, n_visible): for each KV head, the
 	 * attention weights its query heads gave each visible slot, summed over
-	 * those heads and over every query of the batch. */
+	 * those heads and over every query of the batch (attn_kv_max: their
+	 * max). */
 	const float *attn_kv;
 	/* One-token batches: keys read by attention and keys dense attention
 	 * would have read, summed over layers and KV heads (equal when dense),
@@ -245,12 +257,13 @@ struct engine_out {
 
 /* Optional features a backend may lack (engine_supports). */
 enum engine_cap {
-	ENGINE_CAP_ATTN_KV = 1u << 0,  /* want_attn_kv */
-	ENGINE_CAP_DIST_CAP = 1u << 1, /* n_global / dist_cap */
-	ENGINE_CAP_LAMBDA = 1u << 2,   /* n_local / middle_topk (the Λ-mask) */
-	ENGINE_CAP_SPARSE = 1u << 3,   /* sparse (Quest and HiP decode) */
-	ENGINE_CAP_SHARE = 1u << 4,    /* engine_create_shared */
-	ENGINE_CAP_QUERY = 1u << 5,    /* want_q */
+	ENGINE_CAP_ATTN_KV = 1u << 0,   /* want_attn_kv */
+	ENGINE_CAP_DIST_CAP = 1u << 1,  /* n_global / dist_cap */
+	ENGINE_CAP_LAMBDA = 1u << 2,    /* n_local / middle_topk (the Λ-mask) */
+	ENGINE_CAP_SPARSE = 1u << 3,    /* sparse (Quest and HiP decode) */
+	ENGINE_CAP_SHARE = 1u << 4,     /* engine_create_shared */
+	ENGINE_CAP_QUERY = 1u << 5,     /* want_q */
+	ENGINE_CAP_HEAD_KEEP = 1u << 6, /* head_keep, attn_kv_max */
 };
 
 struct engine;
