@@ -72,8 +72,8 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 		return rc;
 	}
 	struct engine_config ec = c->engine;
-	if (ec.n_ctx == 0 && c->kv.budget > 0) /* the cache never holds more, but for */
-		ec.n_ctx = c->kv.budget + kv_policy_scratch(&c->kv.policy); /* a vote's window */
+	if (ec.n_ctx == 0 && c->kv.budget > 0) /* the budget and the policy's scratch */
+		ec.n_ctx = c->kv.budget + kv_policy_scratch(&c->kv.policy, c->kv.budget);
 	rc = engine_create(&g->engine, g->model, &ec, e);
 	if (rc != KVS_OK) {
 		model_free(g->model);
@@ -115,8 +115,9 @@ int gen_open_shadow(struct gen **out, struct gen *base, const struct kv_config *
 	int rc;
 
 	*out = NULL;
-	/* the cache never holds more than the budget, but for a vote's window */
-	uint32_t n_ctx = kv->budget ? kv->budget + kv_policy_scratch(&kv->policy) : 0;
+	/* the budget and the policy's scratch (a vote's window, a re-read, the
+	 * per-head keep-sets' union) */
+	uint32_t n_ctx = kv->budget ? kv->budget + kv_policy_scratch(&kv->policy, kv->budget) : 0;
 	g = xcalloc(1, sizeof *g);
 	g->shadow = true;
 	g->model = base->model;

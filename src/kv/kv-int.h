@@ -22,6 +22,11 @@
  *     step with itself; the one parallel array, acc, exists whenever the
  *     policy scores by attention, and its row i belongs to toks[i]
  *     (acc_tok records whose each row is, and moves with it).
+ * With per-head keep-sets (kv_heads.c: snapkv/h2o heads=1, kvzip) the
+ * first rule reads instead: each (layer, KV head) keeps at most budget of
+ * the cached tokens (hkeep, by slot), every cached token is kept by at
+ * least one of them (toks[i].n_heads > 0, the count), and the cached
+ * tokens, the union, fit the slots the policy may hold (kv_slot_cap).
  */
 #ifndef KVS_KV_INT_H
 #define KVS_KV_INT_H
@@ -72,6 +77,14 @@ struct kv_cache {
 	uint8_t *span_cls;             /* (n_span_cls) enum kv_span_class by token id */
 	uint32_t n_span_cls;           /* the vocabulary's tokens */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
+	/* per-(layer, KV head) keep-sets (kv_heads.c), while the policy keeps them */
+	uint8_t *hkeep;   /* (n_layer, n_head_kv, n_ctx) by slot: 1 = that head keeps the
+	                   * slot's token; NULL: one keep-set for every head */
+	bool heads_over;  /* a restore left heads over the budget: cut at the next eviction */
+	int32_t *zip_ids; /* (n_zip_ids) KVzip's "repeat the previous context" prompt */
+	uint32_t n_zip_ids;
+	uint64_t n_zip_reads; /* KVzip re-reads since the last clear, and their tokens */
+	uint64_t n_zip_tokens;
 	/* events and providers */
 	kv_event_fn ev_fn;
 	void *ev_ud;
@@ -104,6 +117,9 @@ struct kv_select {
 	uint32_t m;          /* tokens about to come in */
 	uint32_t budget;     /* the cache's budget in tokens */
 	uint32_t target;     /* keep at most this many candidates (< n) */
+	uint32_t head1;      /* a per-head selection: 1 + its row of acc (layer * n_head_kv
+	                      * + KV head), its candidates the ones that head keeps; 0
+	                      * (what a zeroed kv_select says): one keep-set for all */
 	const float *p;      /* the policy's parameters */
 	uint8_t *keep;       /* (n) out: 0, or KV_KEEP | KV_FLAG_SINK | KV_FLAG_KEY */
 	float *score;        /* (n) scratch */
@@ -121,10 +137,15 @@ enum kv_score_kind {
 	KV_SCORE_SURPRISAL, /* token entropy e_i (SirLLM), decayed per turn */
 	KV_SCORE_ATTN,      /* accumulated attention per (layer, KV head) (H2O) */
 	KV_SCORE_VOTE,      /* the last prompt window's pooled attention (SnapKV; kv_vote.c) */
+	KV_SCORE_ZIP,       /* the max attention of a re-read of the context (KVzip; kv_zip.c) */
 };
 
 /* Whether a policy of this score keeps the per-(layer, KV head) rows acc. */
-#define KV_SCORE_HAS_ACC(s) ((s) == KV_SCORE_ATTN || (s) == KV_SCORE_VOTE)
+#define KV_SCORE_HAS_ACC(s) ((s) == KV_SCORE_ATTN || (s) == KV_SCORE_VOTE || (s) == KV_SCORE_ZIP)
+/* Whether tokens that arrive score +inf until scored (kept before any
+ * scored token): the scores come from a pass over the cache, not as the
+ * tokens arrive. */
+#define KV_SCORE_LATE(s) ((s) == KV_SCORE_VOTE || (s) == KV_SCORE_ZIP)
 
 struct kv_policy_def {
 	const char *name;
@@ -147,6 +168,12 @@ struct kv_policy_def {
 	/* SnapKV's observation window W and pooling kernel (0 when the policy
 	 * does not vote) */
 	void (*vote)(const float *p, uint32_t *window, uint32_t *kernel);
+	/* Whether the policy keeps a keep-set per (layer, KV head) (NULL:
+	 * never; kv_heads.c) */
+	bool (*per_head)(const float *p);
+	/* KVzip's re-read chunk, context tokens per scratch forward (NULL: the
+	 * policy does not re-read; kv_zip.c) */
+	uint32_t (*reread)(const float *p);
 };
 
 /* Keep the top k candidates by s->score among those not yet kept (ties:
@@ -208,6 +235,65 @@ void kv_cold_emit(struct kv_cache *c, uint32_t n);
  * breaks an invariant (after evictions, repositioning, restores, feeds). */
 void kv_debug_check(const struct kv_cache *c);
 
+/* ---- per-(layer, KV head) keep-sets (kv_heads.c) ---- */
+
+/* Whether the cache keeps a keep-set per (layer, KV head) now: the policy
+ * asks for them and no score provider replaces it. */
+bool kv_heads_on(const struct kv_cache *c);
+/* Allocate, free or reset hkeep for the active policy (every held slot
+ * kept by every head); after a policy change, a clear or a restore. */
+void kv_heads_reset(struct kv_cache *c);
+/* Mark the m slots kept by every head (tokens that arrive, a scratch). */
+void kv_heads_take(struct kv_cache *c, const uint32_t *slots, uint32_t m);
+/* The most cached tokens one head keeps (c->n with one keep-set). */
+uint32_t kv_heads_load(const struct kv_cache *c);
+/* The tokens the cache may hold (the union): the budget with one keep-set;
+ * with per-head ones, the engine's slots less the policy's scratch (at
+ * least the budget). */
+uint32_t kv_slot_cap(const struct kv_cache *c);
+/* Whether m incoming tokens need an eviction first: a head or the slots
+ * would go over. */
+bool kv_over(const struct kv_cache *c, uint32_t m);
+/* K/V bytes the kept entries take: per (token, layer, KV head) entry with
+ * per-head keep-sets, per token otherwise. */
+uint64_t kv_bytes(const struct kv_cache *c);
+/* kv_cache_stats' bytes and per-head fields. */
+void kv_heads_stats(const struct kv_cache *c, struct kv_stats *s);
+/* Kept (token, layer, KV head) entries, and each token's n_heads. */
+uint64_t kv_heads_count(struct kv_cache *c);
+/* Run the policy's selection once per (layer, KV head) over the
+ * candidates that head keeps (a span whole per head), update hkeep and
+ * mark in s->keep the union (with the slots' cap, cut from the tokens the
+ * fewest heads keep, whole spans); KVS_ESTATE naming a head whose
+ * selection split a span. */
+int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinned, struct err *e);
+/* kv_cache_check's part for per-head keep-sets. */
+int kv_heads_check(const struct kv_cache *c, struct err *e);
+/* Add the attention a forward's queries gave the cached and new tokens to
+ * acc (H2O: each KV head summing its query heads) and each token's score. */
+void kv_accumulate(struct kv_cache *c, const struct engine_out *o);
+/* KVS_EUNSUPPORTED (one line) when the engine cannot run policy p's
+ * per-head keep-sets or its re-read. */
+int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, struct err *e);
+
+/* ---- KVzip (kv_zip.c) ---- */
+
+/* Build the re-read's prompt from the model's chat template (or plain
+ * text); once per cache. */
+void kv_zip_prompt(struct kv_cache *c);
+/* KVzip's re-read of the cached tokens not yet scored, when there are more
+ * than target / 2 of them (target 0: any): the prompt and those tokens in
+ * chunks after the cache, in free slots emptied afterwards; each acc entry
+ * becomes the max of itself and the attention the re-read gave it, each
+ * toks[i].score the max over its heads. Too few free slots: the last scores
+ * stand. */
+int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e);
+
+/* Whether policy p keeps per-head keep-sets, and its re-read chunk (0:
+ * none). */
+bool kv_policy_per_head(const struct kv_policy *p);
+uint32_t kv_policy_reread(const struct kv_policy *p);
+
 /* ---- votes (kv_vote.c) ---- */
 
 /* Let the window ids, (n_win) the end of the prompt being fed, vote on the
@@ -239,6 +325,11 @@ static inline struct engine_batch kv_batch_after_cache(struct kv_cache *c, const
 	b.slot = c->bslot;
 	b.n_visible = n + m;
 	b.visible = c->visible;
+	if (c->hkeep != NULL) {
+		/* the batch's tokens are kept by every head, the cache's as each keeps them */
+		kv_heads_take(c, c->bslot, m);
+		b.head_keep = c->hkeep;
+	}
 	return b;
 }
 

@@ -226,6 +226,9 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at least 8", cfg->budget);
 	if (cfg->sparse.mode != ENGINE_SPARSE_OFF && !engine_supports(eng, ENGINE_CAP_SPARSE))
 		return kv_sparse_refuse(eng, e);
+	int rc = kv_heads_refuse(eng, &cfg->policy, e);
+	if (rc != KVS_OK)
+		return rc;
 	struct kv_cache *c = xcalloc(1, sizeof *c);
 	const struct model *m = engine_model(eng);
 	c->eng = eng;
@@ -269,6 +272,7 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 	c->bytes_per_token = engine_kv_bytes_per_slot(eng);
 	if (KV_SCORE_HAS_ACC(kv_def(c)->score))
 		kv_acc_alloc(c);
+	kv_zip_prompt(c);
 	kv_cache_clear(c);
 	*out = c;
 	return KVS_OK;
@@ -294,6 +298,8 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->sbeg);
 	free(c->send);
 	free(c->span_cls);
+	free(c->hkeep);
+	free(c->zip_ids);
 	free(c->heads);
 	free(c->logits);
 	free(c);
@@ -319,7 +325,9 @@ void kv_cache_clear(struct kv_cache *c)
 	c->prev_self = NAN;
 	c->n_seen = c->n_evicted = c->step = c->bytes_peak = 0;
 	c->n_evictions = c->n_fallbacks = 0;
+	c->n_zip_reads = c->n_zip_tokens = 0;
 	c->recall_turn = 0;
+	kv_heads_reset(c);
 }
 
 void kv_cache_set_events(struct kv_cache *c, kv_event_fn fn, void *ud)
@@ -339,11 +347,17 @@ void kv_cache_capture_next(struct kv_cache *c)
 	c->capture_next = true;
 }
 
+static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, struct err *e);
+
 void kv_cache_set_scorer(struct kv_cache *c, const struct kv_scorer *s)
 {
 	c->has_scorer = s != NULL && s->fn != NULL;
 	if (c->has_scorer)
 		c->scorer = *s;
+	kv_heads_reset(c); /* a provider scores tokens: one keep-set while it is installed */
+	struct err e;      /* leaving per-head keep-sets, their union may be over the budget */
+	if (kv_over(c, 0) && kv_evict(c, 0, KV_EVICT_BUDGET, &e) != KVS_OK)
+		log_warn("KV cache: %s", e.msg);
 }
 
 void kv_cache_set_deadline(struct kv_cache *c, double deadline_ms)
@@ -432,7 +446,7 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 	s->n_evictions = c->n_evictions;
 	s->n_fallbacks = c->n_fallbacks;
 	s->bytes_per_token = c->bytes_per_token;
-	s->bytes = (uint64_t)c->n * c->bytes_per_token;
+	kv_heads_stats(c, s); /* bytes, and the per-head keep-sets' */
 	s->bytes_per_layer = s->bytes / (c->hp->n_layer ? c->hp->n_layer : 1);
 	s->bytes_peak = c->bytes_peak;
 	s->bytes_allocated = (uint64_t)c->n_ctx * c->bytes_per_token;
@@ -487,13 +501,19 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		return err_set(e, KVS_EARG, "KV cache: %u incoming tokens exceed the budget of %u", m,
 		               budget);
 	uint32_t target = budget - m;
-	if (c->n <= target)
+	if (kv_heads_on(c) ? !kv_over(c, m) : c->n <= target)
 		return KVS_OK;
 	if (!kv_policy_evicts(&c->cfg.policy) && !c->has_scorer)
 		return err_set(e, KVS_ERANGE,
 		               "KV cache full: %u tokens cached + %u new exceed the budget of %u "
 		               "(policy full never evicts; raise --kv-budget or choose another --policy)",
 		               c->n, m, budget);
+	/* KVzip scores what is not yet scored first (a re-read of the cache) */
+	int rc = !kv_def(c)->reread || c->has_scorer
+	        ? KVS_OK
+	        : kv_zip_score(c, cause == KV_EVICT_TURN ? 0 : target, e);
+	if (rc != KVS_OK)
+		return rc;
 	/* Pinned and just-recalled tokens stay (the newest when over the target). */
 	uint32_t n_pinned = 0, n_cand = 0;
 	for (uint32_t i = 0; i < c->n; i++)
@@ -537,10 +557,14 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	}
 	/* (full never gets here without a provider; as a fallback its
 	 * selection keeps the most recent) */
-	if (!c->has_scorer || fallback)
+	if (kv_heads_on(c))
+		rc = kv_heads_select(c, &s, kept_pinned, e); /* per head; each keeps spans whole */
+	else if (!c->has_scorer || fallback)
 		kv_def(c)->select(&s);
+	if (rc != KVS_OK)
+		return rc;
 	/* every selection helper marks whole spans */
-	int64_t split = kv_span_split(&s);
+	int64_t split = kv_heads_on(c) ? -1 : kv_span_split(&s);
 	if (NEVER(split >= 0))
 		return err_set(e, KVS_ESTATE,
 		               "KV cache: the selection split the span of candidate %lld (cache index "
@@ -548,7 +572,7 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		               (long long)split, c->cand[split]);
 	/* Gather: kept tokens move down, evicted ones free their slot (rows read first for cold). */
 	uint32_t w = 0, ne = 0, ci = 0;
-	kv_cold_begin(c, c->n - KVS_MIN(c->n, target));
+	kv_cold_begin(c, c->n - (kv_heads_on(c) ? 0 : KVS_MIN(c->n, target)));
 	for (uint32_t i = 0; i < c->n; i++) {
 		struct kv_tok t = c->toks[i];
 		bool is_cand = ci < n_cand && c->cand[ci] == i;
@@ -574,11 +598,14 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 	c->n_evicted += ne;
 	c->n_evictions++;
 	/* every selection marks at most its target, and the pinned tokens kept
-	 * are at most the rest */
+	 * are at most the rest (per head: the union its slots' cap) */
+	kv_heads_count(c);
+	if (kv_heads_on(c))
+		target = kv_slot_cap(c) - KVS_MIN(m, kv_slot_cap(c));
 	if (NEVER(w > target))
 		return err_set(e, KVS_ESTATE, "KV cache: %u tokens kept, over the eviction's target of %u",
 		               w, target);
-	int rc = kv_reposition(c, e);
+	rc = kv_reposition(c, e);
 	if (rc != KVS_OK)
 		return rc;
 	kv_debug_check(c);
@@ -618,10 +645,10 @@ int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struc
 	c->prev_self = NAN;
 	uint32_t room = KVS_MIN(m, c->cfg.budget);
 	c->pending_room = 0;
-	if (c->n + room > c->cfg.budget && kv_votes(c)) {
+	if (kv_over(c, room) && kv_votes(c)) {
 		/* the turn's prompt votes first: its first feed evicts */
 		c->pending_room = room;
-	} else if (c->n + room > c->cfg.budget && (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
+	} else if (kv_over(c, room) && (kv_policy_evicts(&c->cfg.policy) || c->has_scorer)) {
 		int rc = kv_evict(c, room, KV_EVICT_TURN, e);
 		if (rc != KVS_OK)
 			return rc;
@@ -652,7 +679,7 @@ static void kv_rescore(struct kv_cache *c)
 		else if (d->score == KV_SCORE_SURPRISAL)
 			t->score = isnan(t->surprisal) ? 0.0f : t->surprisal;
 		else
-			t->score = 0;
+			t->score = d->score == KV_SCORE_ZIP ? INFINITY : 0; /* KVzip re-reads them */
 	}
 	if (KV_SCORE_HAS_ACC(d->score) && c->acc == NULL)
 		kv_acc_alloc(c);
@@ -664,16 +691,27 @@ int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct er
 {
 	if (p->def == NULL)
 		return err_set(e, KVS_EARG, "KV cache: no retention policy given");
+	int rc = kv_heads_refuse(c->eng, p, e);
+	if (rc == KVS_OK && !p->def->evicts && !c->has_scorer && c->n > c->cfg.budget)
+		rc = err_set(e, KVS_ESTATE,
+		             "policy %s never evicts: %u tokens are cached, over the "
+		             "budget of %u (the per-head keep-sets' union)",
+		             p->def->name, c->n, c->cfg.budget);
+	if (rc != KVS_OK)
+		return rc;
 	bool same = p->def == c->cfg.policy.def;
+	bool heads = kv_policy_per_head(p) != kv_heads_on(c);
 	c->cfg.policy = *p;
 	if (!same)
 		kv_rescore(c);
-	int rc = kv_reposition(c, e);
+	if (!same || heads)
+		kv_heads_reset(c);
+	rc = kv_reposition(c, e);
+	/* leaving per-head keep-sets, their union may be over the budget */
+	if (rc == KVS_OK && kv_over(c, 0))
+		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
 	if (rc == KVS_OK)
 		kv_debug_check(c);
-	/* the budget is unchanged and was kept */
-	if (rc == KVS_OK && NEVER(c->n > c->cfg.budget))
-		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
 	struct kv_event ev = { .kind = KV_EVENT_POLICY };
 	kv_emit(c, &ev);
 	return rc;
@@ -692,7 +730,7 @@ int kv_cache_set_budget(struct kv_cache *c, uint32_t budget, struct err *e)
 		               c->n);
 	c->cfg.budget = budget;
 	int rc = KVS_OK;
-	if (c->n > budget)
+	if (kv_over(c, 0))
 		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
 	struct kv_event ev = { .kind = KV_EVENT_POLICY };
 	kv_emit(c, &ev);
@@ -715,40 +753,6 @@ int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *
 }
 
 /* ------------------------------------------------------------------ feeding */
-
-/* Add the attention this forward's queries gave to the new and cached
- * tokens' accumulators, each KV head summing its query heads (H2O): every
- * query's from the engine's per-KV-head sums, or, on a backend without
- * them, the last query's. */
-static void kv_accumulate(struct kv_cache *c, const struct engine_out *o)
-{
-	const struct hparams *hp = c->hp;
-	uint32_t nv = o->n_visible, grp = hp->n_head / hp->n_head_kv;
-	for (uint32_t l = 0; l < hp->n_layer; l++)
-		for (uint32_t g = 0; g < hp->n_head_kv; g++) {
-			float *dst = c->acc + l * hp->n_head_kv + g;
-			if (o->attn_kv != NULL) {
-				const float *a = o->attn_kv + ((size_t)l * hp->n_head_kv + g) * nv;
-				for (uint32_t j = 0; j < nv; j++)
-					dst[(size_t)j * c->acc_stride] += a[j];
-				continue;
-			}
-			const float *a = o->attn + ((size_t)l * hp->n_head + (size_t)g * grp) * nv;
-			for (uint32_t j = 0; j < nv; j++) {
-				float s = 0;
-				for (uint32_t h = 0; h < grp; h++)
-					s += a[(size_t)h * nv + j];
-				dst[(size_t)j * c->acc_stride] += s;
-			}
-		}
-	for (uint32_t j = 0; j < nv; j++) {
-		const float *r = c->acc + (size_t)j * c->acc_stride;
-		double s = 0;
-		for (uint32_t k = 0; k < c->acc_stride; k++)
-			s += r[k];
-		c->toks[j].score = (float)s;
-	}
-}
 
 /* Record the compat-mode token entropy of the token at cache index i,
  * whose own row gives self-surprisal s. */
@@ -777,7 +781,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
                          struct err *e)
 {
 	/* kv_cache_feed made room (or refused) before the chunk */
-	if (NEVER(c->n + m > c->cfg.budget || m > c->n_free))
+	if (NEVER(kv_over(c, m) || m > c->n_free))
 		return err_set(e, KVS_ESTATE,
 		               "KV cache: a chunk of %u tokens does not fit (%u cached, budget %u, "
 		               "%u free slots)",
@@ -874,8 +878,9 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		t->flags = n + i < sinks ? KV_FLAG_SINK : 0;
 		t->surprisal = t->entropy = NAN;
 		t->score = d->score == KV_SCORE_NONE || c->has_scorer ? NAN : 0.0f;
-		if (d->score == KV_SCORE_VOTE && !c->has_scorer)
+		if (KV_SCORE_LATE(d->score) && !c->has_scorer)
 			t->score = INFINITY; /* no vote yet: kept before any voted token */
+		t->n_heads = (uint16_t)(kv_heads_on(c) ? c->acc_stride : 0); /* every head keeps it */
 		if (!stats && !compat)
 			continue;
 		if (i == 0 && c->have_lse) {
@@ -929,7 +934,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 	c->next_pos += (int32_t)m;
 	c->n_seen += m;
 	c->step++;
-	uint64_t bytes = (uint64_t)c->n * c->bytes_per_token;
+	uint64_t bytes = kv_bytes(c);
 	if (bytes > c->bytes_peak)
 		c->bytes_peak = bytes;
 	kv_debug_check(c);
@@ -953,7 +958,7 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 	if (kv_compat(c))
 		chunk = KVS_MIN(chunk, (uint32_t)KV_COMPAT_CHUNK);
 	chunk = KVS_MIN(chunk, c->cfg.budget);
-	if (!evicts && c->n + n > c->cfg.budget)
+	if (!evicts && kv_over(c, n))
 		return err_set(e, KVS_ERANGE,
 		               "context overflow: %u tokens cached + %u new exceed the KV budget of %u "
 		               "tokens (policy full never evicts; raise --kv-budget or --ctx, or choose "
@@ -962,7 +967,7 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 	/* a voting policy's deferred turn eviction: the end of this feed votes */
 	uint32_t room = c->pending_room, win = KVS_MIN(n, c->cfg.budget);
 	c->pending_room = 0;
-	if (room > 0 && c->n + room > c->cfg.budget) {
+	if (room > 0 && kv_over(c, room)) {
 		int rc = kv_vote(c, ids + (n - win), win, e);
 		if (rc == KVS_OK)
 			rc = kv_evict(c, room, KV_EVICT_TURN, e);
@@ -976,7 +981,7 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 			return err_set(e, KVS_ESTATE, "stopped at the caller's deadline after %u of %u tokens",
 			               done, n);
 		}
-		if (c->n + m > c->cfg.budget) {
+		if (kv_over(c, m)) {
 			/* a prefill's end votes (a decode step evicts by the last votes) */
 			int rc = n > 1 && kv_votes(c) ? kv_vote(c, ids + (n - win), win, e) : KVS_OK;
 			if (rc == KVS_OK)

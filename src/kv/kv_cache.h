@@ -53,7 +53,18 @@
  * reply longer than expected evicts again per prefill chunk or decode step.
  * A voting policy (snapkv) defers the turn's eviction to the turn's first
  * feed, whose last tokens vote first; every prefill chunk's eviction votes
- * with the end of its feed, a decode step's uses the last votes.
+ * with the end of its feed, a decode step's uses the last votes. KVzip
+ * (kv_zip.c) re-reads the cache before an eviction that finds more than
+ * half of what it keeps unscored (about once per turn).
+ *
+ * Per-head keep-sets (kv_heads.c: snapkv and h2o heads=1, kvzip): each
+ * (layer, KV head) keeps its own set of at most budget tokens, and the
+ * engine gives a key a head dropped exactly zero weight from that head.
+ * The cached tokens are then the union of the sets (at most spread x
+ * budget engine slots, kv_policy_scratch), and the budget bounds bytes:
+ * kv_stats.bytes counts kept (token, layer, KV head) entries, never more
+ * than budget tokens' worth; kv_tok.n_heads says how many heads keep a
+ * token, kv_stats.heads_load the most one head keeps.
  *
  * Policies are one table (kv_policy.c), each with named parameters whose
  * defaults come from the papers' released code. A score provider (a
@@ -99,10 +110,11 @@ struct kv_tok {
 	uint32_t turn;    /* turn id (kv_cache_begin_turn counts them) */
 	uint8_t role;     /* enum kv_role */
 	uint8_t flags;    /* enum kv_flag */
-	uint16_t pad_;
-	float surprisal; /* nats, -log p(token | what preceded it); NaN unknown */
-	float entropy;   /* nats, entropy of the distribution it was drawn from; NaN unknown */
-	float score;     /* the active policy's retention score; NaN when it has none */
+	uint16_t n_heads; /* per-head keep-sets: the (layer, KV head) pairs keeping it;
+	                   * 0 with one keep-set (every pair) */
+	float surprisal;  /* nats, -log p(token | what preceded it); NaN unknown */
+	float entropy;    /* nats, entropy of the distribution it was drawn from; NaN unknown */
+	float score;      /* the active policy's retention score; NaN when it has none */
 };
 
 /* ---- retention policies (kv_policy.c) ---- */
@@ -173,11 +185,13 @@ char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap);
 void kv_policy_help(FILE *fp);
 /* Whether the policy ever evicts (full does not). */
 bool kv_policy_evicts(const struct kv_policy *p);
-/* Engine slots the policy wants beyond the budget: a voting policy's
- * (snapkv) scratch window, 0 for the others. The cache still holds at most
- * the budget between forwards; a vote runs the window in free slots and
- * empties them (with fewer free slots it votes with fewer queries). */
-uint32_t kv_policy_scratch(const struct kv_policy *p);
+/* Engine slots the policy wants beyond budget: a voting policy's (snapkv)
+ * scratch window, KVzip's re-read chunk and prompt, and with per-head
+ * keep-sets (heads=1) room for the union of the heads' sets, (spread - 1)
+ * x budget; 0 for the others. A vote or a re-read runs in free slots and
+ * empties them (with fewer free slots it votes with fewer queries, re-reads
+ * in smaller chunks). */
+uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget);
 
 /* ---- score providers (custom policies from outside the engine) ---- */
 
@@ -234,6 +248,14 @@ struct kv_stats {
 	/* The last decode step's attention: keys read, and keys dense attention
 	 * reads, summed over layers and KV heads (equal unless sparse). */
 	uint64_t keys_read, keys_dense;
+	/* Per-head keep-sets: the most tokens one (layer, KV head) keeps (at
+	 * most the budget; n_cached with one keep-set). bytes then counts kept
+	 * (token, layer, KV head) entries, each bytes_per_token / (n_layer x
+	 * n_head_kv), and kv_tok.n_heads says how many heads keep a token. */
+	uint32_t heads_load;
+	uint32_t n_head_sets; /* keep-sets: n_layer x n_head_kv per head, 0 with one */
+	/* KVzip re-reads since the last clear, and the tokens they ran */
+	uint64_t n_zip_reads, n_zip_tokens;
 };
 
 enum kv_event_kind {

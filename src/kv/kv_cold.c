@@ -97,10 +97,14 @@ static int kv_recall_check(const struct kv_cache *c, const struct kv_tok *toks, 
 {
 	if (raw == NULL)
 		return err_set(e, KVS_EARG, "recall: %u tokens without their K/V rows", n);
-	if (c->n + n > c->cfg.budget || n > c->n_free)
-		return err_set(e, KVS_EARG,
-		               "recall: %u tokens do not fit (%u cached, budget %u): expected at most %u",
-		               n, c->n, c->cfg.budget, c->cfg.budget - KVS_MIN(c->n, c->cfg.budget));
+	/* per-head keep-sets: every head keeps a recalled token */
+	uint32_t load = kv_heads_load(c), cap = kv_slot_cap(c);
+	if (kv_over(c, n) || n > c->n_free)
+		return err_set(
+		        e, KVS_EARG,
+		        "recall: %u tokens do not fit (%u cached, budget %u): expected at most %u", n, load,
+		        c->cfg.budget,
+		        KVS_MIN(c->cfg.budget - KVS_MIN(load, c->cfg.budget), cap - KVS_MIN(c->n, cap)));
 	for (uint32_t i = 0; i < n; i++) {
 		const struct kv_tok *t = &toks[i];
 		if (t->token < 0 || (uint32_t)t->token >= c->n_vocab)
@@ -162,7 +166,7 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 			t->slot = c->free_slots[c->n_free - 1 - (uint32_t)j];
 			t->pos = t->orig_pos;
 			t->flags = KV_FLAG_RECALLED;
-			t->pad_ = 0;
+			t->n_heads = 0;
 			t->score = kv_cold_score(c, t);
 			if (c->acc != NULL) {
 				memset(c->acc + (size_t)w * c->acc_stride, 0, c->acc_stride * sizeof *c->acc);
@@ -175,7 +179,10 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	c->n_free -= n;
 	c->n += n;
 	c->recall_turn = c->turn;
-	uint64_t bytes = (uint64_t)c->n * c->bytes_per_token;
+	for (uint32_t k = 0; c->hkeep != NULL && k < n; k++)
+		kv_heads_take(c, &c->free_slots[c->n_free + k], 1);
+	kv_heads_count(c);
+	uint64_t bytes = kv_bytes(c);
 	if (bytes > c->bytes_peak)
 		c->bytes_peak = bytes;
 	/* positions as the policy's mode says (COMPACT moves the later tokens up) */
@@ -216,16 +223,8 @@ int kv_cache_probe(struct kv_cache *c, const int32_t *ids, uint32_t n, float *q,
 		c->bslot[i] = c->free_slots[c->n_free - 1 - i];
 		c->bpos[i] = compact ? (int32_t)(c->n + i) : c->next_pos + (int32_t)i;
 	}
-	for (uint32_t i = 0; i < c->n; i++)
-		c->visible[i] = c->toks[i].slot;
-	memcpy(c->visible + c->n, c->bslot, n * sizeof *c->bslot);
-	struct engine_batch b = { 0 };
-	b.n_tokens = n;
-	b.tokens = ids;
-	b.pos = c->bpos;
-	b.slot = c->bslot;
-	b.n_visible = c->n + n;
-	b.visible = c->visible;
+	/* as the next feed: each head sees what it keeps */
+	struct engine_batch b = kv_batch_after_cache(c, ids, n);
 	b.logits = ENGINE_LOGITS_NONE;
 	b.want_q = true;
 	struct engine_out o;

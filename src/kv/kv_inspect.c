@@ -15,11 +15,15 @@
 int kv_cache_check(const struct kv_cache *c, struct err *e)
 {
 	uint32_t n_ctx = c->n_ctx;
-	if (c->cfg.budget > n_ctx || c->n > c->cfg.budget)
+	/* per-head keep-sets bound each head by the budget, the union by the slots */
+	if (c->cfg.budget > n_ctx || (c->n > c->cfg.budget && !kv_heads_on(c)))
 		return err_set(e, KVS_ESTATE,
 		               "KV cache check: %u tokens cached, budget %u, %u slots: expected "
 		               "cached <= budget <= slots",
 		               c->n, c->cfg.budget, n_ctx);
+	int hrc = kv_heads_check(c, e);
+	if (hrc != KVS_OK)
+		return hrc;
 	if (c->n_free > n_ctx || c->n + c->n_free != n_ctx)
 		return err_set(e, KVS_ESTATE,
 		               "KV cache check: %u tokens cached and %u free slots: expected them to "

@@ -25,7 +25,20 @@
  *              the window itself is incoming and kept): attention
  *              summed over the window and each KV head's query heads,
  *              max-pooled along the cache (kernel 7), summed over layers
- *              and KV heads (one keep-set for all heads)
+ *              and KV heads (one keep-set for all heads); heads=1 keeps
+ *              the top of each (layer, KV head)'s own votes, as the
+ *              paper's code selects per head
+ *   kvzip      keep the first S, then per (layer, KV head) the top by the
+ *              max attention a re-read of the context received after a
+ *              "repeat the previous context" prompt (kv_zip.c; tokens not
+ *              yet scored first)
+ *
+ * heads=1 (snapkv, h2o; kvzip's default) gives each (layer, KV head) its
+ * own keep-set of at most target tokens (kv_heads.c): the selection runs
+ * once per head over the candidates that head still keeps, scored by its
+ * own row of acc; the cache holds the union (at most spread x budget
+ * tokens) and counts bytes per kept (token, layer, KV head) entry, so the
+ * bytes stay within the budget's.
  *
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
@@ -81,15 +94,23 @@ static const struct kv_param_def policy_lmi_params[] = {
 	  "distance the middle tokens are scored and attended at (code: 2048)" },
 };
 
-enum { H2O_HEAVY = 0, H2O_POS };
+/* The per-head parameters' help (snapkv, h2o, kvzip). */
+#define POLICY_HEADS_HELP \
+	"1: a keep-set per (layer, KV head), scored by its own attention; 0: one for all heads"
+#define POLICY_SPREAD_HELP \
+	"per-head keep-sets: the tokens some head keeps, at most spread x budget (slots)"
+
+enum { H2O_HEAVY = 0, H2O_POS, H2O_HEADS, H2O_SPREAD };
 static const struct kv_param_def policy_h2o_params[] = {
 	{ "heavy", 0.5f, 0, 1, NULL, false,
 	  "heavy-hitter share of the budget (rest: recent window; 0.5 = B/2 + B/2)" },
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (paper real-drop code) or compact (its streaming variant)" },
+	{ "heads", 0, 0, 1, NULL, true, POLICY_HEADS_HELP " (paper code: per head)" },
+	{ "spread", 2, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 };
 
-enum { SNAP_WINDOW = 0, SNAP_KERNEL, SNAP_SINKS, SNAP_POS };
+enum { SNAP_WINDOW = 0, SNAP_KERNEL, SNAP_SINKS, SNAP_POS, SNAP_HEADS, SNAP_SPREAD };
 static const struct kv_param_def policy_snapkv_params[] = {
 	{ "window", 32, 1, 1024, NULL, true,
 	  "observation window: the prompt's last W queries vote (code: window_size 32)" },
@@ -97,6 +118,21 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept" },
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (the code keeps the rotated keys) or compact" },
+	{ "heads", 0, 0, 1, NULL, true, POLICY_HEADS_HELP " (paper code: per head)" },
+	{ "spread", 2, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+};
+
+enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD };
+static const struct kv_param_def policy_kvzip_params[] = {
+	{ "heads", 1, 0, 1, NULL, true,
+	  "1: a keep-set per (layer, KV head) (paper: uniform head budgets); 0: one set, "
+	  "scored by the max over heads" },
+	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept" },
+	{ "chunk", 512, 16, 1 << 16, NULL, true,
+	  "context tokens re-read per scratch forward (fewer when fewer slots are free)" },
+	{ "pos", 0, 0, 1, policy_pos_modes, true,
+	  "positions: original (the code keeps the rotated keys) or compact" },
+	{ "spread", 2, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -366,6 +402,25 @@ static void policy_lmi_select(struct kv_select *s)
 	policy_recent(s, s->target - got, 0);
 }
 
+/* Candidate i's score from the per-(layer, KV head) rows acc: a per-head
+ * selection's own entry; otherwise the token's score, or with sum the sum
+ * of its row (H2O). A token not yet scored (+inf) stays first either way. */
+static float policy_acc_score(const struct kv_select *s, uint32_t i, bool sum)
+{
+	const struct kv_tok *t = &s->toks[s->cand[i]];
+	const float *a = s->acc ? s->acc + (size_t)s->cand[i] * s->acc_stride : NULL;
+	if (!sum && (s->head1 == 0 || isinf(t->score)))
+		return t->score;
+	if (a == NULL)
+		return 0;
+	if (s->head1 > 0)
+		return a[s->head1 - 1];
+	double total = 0;
+	for (uint32_t j = 0; j < s->acc_stride; j++)
+		total += a[j];
+	return (float)total;
+}
+
 static void policy_h2o_select(struct kv_select *s)
 {
 	uint32_t heavy = (uint32_t)lroundf(s->p[H2O_HEAVY] * (float)s->budget);
@@ -373,14 +428,14 @@ static void policy_h2o_select(struct kv_select *s)
 	/* what the window leaves (less than a span, with spans on) goes to the
 	 * heavy hitters */
 	heavy = s->target - policy_recent(s, s->target - heavy, 0);
-	for (uint32_t i = 0; i < s->n; i++) {
-		const float *a = s->acc ? s->acc + (size_t)s->cand[i] * s->acc_stride : NULL;
-		double sum = 0;
-		for (uint32_t j = 0; a && j < s->acc_stride; j++)
-			sum += a[j];
-		s->score[i] = (float)sum;
-	}
+	for (uint32_t i = 0; i < s->n; i++)
+		s->score[i] = policy_acc_score(s, i, true);
 	policy_top(s, heavy, KV_FLAG_KEY, false);
+}
+
+static bool policy_h2o_heads(const float *p)
+{
+	return p[H2O_HEADS] >= 0.5f;
 }
 
 static enum kv_pos_mode policy_pos_snapkv(const float *p)
@@ -413,7 +468,43 @@ static void policy_snapkv_select(struct kv_select *s)
 {
 	uint32_t got = policy_first(s, KVS_MIN(s->target, (uint32_t)s->p[SNAP_SINKS]), KV_FLAG_SINK);
 	for (uint32_t i = 0; i < s->n; i++)
-		s->score[i] = s->toks[s->cand[i]].score;
+		s->score[i] = policy_acc_score(s, i, false);
+	policy_top(s, s->target - got, KV_FLAG_KEY, false);
+}
+
+static bool policy_snapkv_heads(const float *p)
+{
+	return p[SNAP_HEADS] >= 0.5f;
+}
+
+static enum kv_pos_mode policy_pos_kvzip(const float *p)
+{
+	return p[ZIP_POS] >= 0.5f ? KV_POS_COMPACT : KV_POS_ORIGINAL;
+}
+
+static uint32_t policy_kvzip_sinks(const float *p)
+{
+	return (uint32_t)p[ZIP_SINKS];
+}
+
+static bool policy_kvzip_heads(const float *p)
+{
+	return p[ZIP_HEADS] >= 0.5f;
+}
+
+static uint32_t policy_kvzip_reread(const float *p)
+{
+	return (uint32_t)p[ZIP_CHUNK];
+}
+
+/* KVzip: the sinks, then the top by the re-read's max attention (per
+ * head with heads=1); tokens that came after the last re-read score +inf
+ * (kv_cache.c), so the turn being fed and the reply are kept first. */
+static void policy_kvzip_select(struct kv_select *s)
+{
+	uint32_t got = policy_first(s, KVS_MIN(s->target, (uint32_t)s->p[ZIP_SINKS]), KV_FLAG_SINK);
+	for (uint32_t i = 0; i < s->n; i++)
+		s->score[i] = policy_acc_score(s, i, false);
 	policy_top(s, s->target - got, KV_FLAG_KEY, false);
 }
 
@@ -422,29 +513,37 @@ static void policy_snapkv_select(struct kv_select *s)
 static const struct kv_policy_def policy_table[] = {
 	{ "full", "no eviction: the cache refuses what does not fit the budget", NULL, 0, false,
 	  KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap, policy_no_lambda,
-	  policy_full_select, policy_no_vote },
+	  policy_full_select, policy_no_vote, NULL, NULL },
 	{ "window", "the most recent tokens only (sliding window, positions re-compacted)", NULL, 0,
 	  true, KV_SCORE_NONE, -1, -1, policy_pos_compact, policy_no_sinks, policy_no_cap,
-	  policy_no_lambda, policy_window_select, policy_no_vote },
+	  policy_no_lambda, policy_window_select, policy_no_vote, NULL, NULL },
 	{ "streaming",
 	  "StreamingLLM: S attention sinks + the most recent tokens, positions re-compacted",
 	  P(policy_streaming_params), true, KV_SCORE_NONE, -1, -1, policy_pos_compact,
 	  policy_streaming_sinks, policy_no_cap, policy_no_lambda, policy_streaming_select,
-	  policy_no_vote },
+	  policy_no_vote, NULL, NULL },
 	{ "sirllm", "SirLLM: sinks + key tokens by token entropy with per-turn decay, recent back-fill",
 	  P(policy_sirllm_params), true, KV_SCORE_SURPRISAL, SIR_LAMBDA, SIR_MODE, policy_pos_compact,
-	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select, policy_no_vote },
+	  policy_sirllm_sinks, policy_no_cap, policy_no_lambda, policy_sirllm_select, policy_no_vote,
+	  NULL, NULL },
 	{ "lminfinite",
 	  "LM-Infinite: Lambda-shaped global + local branches, original positions, distance cap",
 	  P(policy_lmi_params), true, KV_SCORE_NONE, -1, -1, policy_pos_capped, policy_lmi_sinks,
-	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select, policy_no_vote },
+	  policy_lmi_cap, policy_lmi_lambda, policy_lmi_select, policy_no_vote, NULL, NULL },
 	{ "h2o", "H2O: heavy hitters by accumulated attention (GQA-summed) + a recent window",
 	  P(policy_h2o_params), true, KV_SCORE_ATTN, -1, -1, policy_pos_h2o, policy_no_sinks,
-	  policy_no_cap, policy_no_lambda, policy_h2o_select, policy_no_vote },
+	  policy_no_cap, policy_no_lambda, policy_h2o_select, policy_no_vote, policy_h2o_heads, NULL },
 	{ "snapkv",
 	  "SnapKV: the prompt's last W queries vote (pooled attention); sinks + window + top votes",
 	  P(policy_snapkv_params), true, KV_SCORE_VOTE, -1, -1, policy_pos_snapkv, policy_snapkv_sinks,
-	  policy_no_cap, policy_no_lambda, policy_snapkv_select, policy_snapkv_vote },
+	  policy_no_cap, policy_no_lambda, policy_snapkv_select, policy_snapkv_vote,
+	  policy_snapkv_heads, NULL },
+	{ "kvzip",
+	  "KVzip: query-agnostic; per (layer, KV head) the tokens a re-read of the context "
+	  "attends most (each token re-read once: about twice the prefill)",
+	  P(policy_kvzip_params), true, KV_SCORE_ZIP, -1, -1, policy_pos_kvzip, policy_kvzip_sinks,
+	  policy_no_cap, policy_no_lambda, policy_kvzip_select, policy_no_vote, policy_kvzip_heads,
+	  policy_kvzip_reread },
 };
 
 /* ------------------------------------------------------------ the table */
@@ -485,12 +584,34 @@ bool kv_policy_evicts(const struct kv_policy *p)
 	return p->def && p->def->evicts;
 }
 
-uint32_t kv_policy_scratch(const struct kv_policy *p)
+/* Tokens of KVzip's re-read prompt the scratch leaves room for. */
+#define POLICY_ZIP_PROMPT 64
+
+uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 {
 	uint32_t window = 0, kernel;
-	if (p->def)
-		p->def->vote(p->p, &window, &kernel);
+	if (p->def == NULL)
+		return 0;
+	p->def->vote(p->p, &window, &kernel);
+	uint32_t chunk = kv_policy_reread(p);
+	if (chunk > 0)
+		window += KVS_MIN(chunk, KVS_MAX(budget, 16u)) + POLICY_ZIP_PROMPT;
+	if (kv_policy_per_head(p)) {
+		float spread = kv_policy_get(p, "spread");
+		if (!isnan(spread) && spread > 1)
+			window += (uint32_t)(spread - 1) * budget;
+	}
 	return window;
+}
+
+bool kv_policy_per_head(const struct kv_policy *p)
+{
+	return p->def && p->def->per_head && p->def->per_head(p->p);
+}
+
+uint32_t kv_policy_reread(const struct kv_policy *p)
+{
+	return p->def && p->def->reread ? p->def->reread(p->p) : 0;
 }
 
 /* The parameter named key[0..len) of def, or -1; the options every policy
@@ -624,11 +745,21 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 	return KVS_OK;
 }
 
+/* Whether a parameter is written only where it differs from its default:
+ * the per-head ones, added later, so that the strings saved before (a
+ * session's policy) stay the same. */
+static bool policy_quiet(const struct kv_param_def *pd)
+{
+	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0;
+}
+
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)
 {
 	size_t o = (size_t)snprintf(buf, cap, "%s", kv_policy_name(p));
 	for (uint32_t i = 0; p->def && i < p->def->n_params && o < cap; i++) {
 		const struct kv_param_def *pd = &p->def->params[i];
+		if (policy_quiet(pd) && p->p[i] == pd->def)
+			continue;
 		if (pd->choices)
 			o += (size_t)snprintf(buf + o, cap - o, " %s=%s", pd->name, pd->choices[(int)p->p[i]]);
 		else

@@ -19,9 +19,11 @@ uint32_t kv_cache_turn(const struct kv_cache *c)
 int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err *e)
 {
 	kv_cache_clear(c);
-	if (r->n > c->cfg.budget)
-		return err_set(e, KVS_EARG, "restore: %u tokens exceed the KV budget of %u", r->n,
-		               c->cfg.budget);
+	/* per-head keep-sets: the store keeps the union, not the heads' sets;
+	 * every head keeps every restored token, cut at the next eviction */
+	uint32_t cap = kv_heads_on(c) ? kv_slot_cap(c) : c->cfg.budget;
+	if (r->n > cap)
+		return err_set(e, KVS_EARG, "restore: %u tokens exceed the KV budget of %u", r->n, cap);
 	for (uint32_t i = 0; i < r->n; i++) {
 		const struct kv_tok *t = &r->toks[i];
 		if (t->token < 0 || (uint32_t)t->token >= c->n_vocab)
@@ -62,7 +64,8 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 	c->n_seen = r->n_seen;
 	c->n_evicted = r->n_evicted;
 	c->n_evictions = r->n_evictions;
-	c->bytes_peak = (uint64_t)c->n * c->bytes_per_token;
+	kv_heads_reset(c);
+	c->bytes_peak = kv_bytes(c);
 	if (c->acc != NULL) {
 		for (uint32_t i = 0; i < r->n; i++)
 			c->acc_tok[i] = r->toks[i].orig_pos;

@@ -86,6 +86,22 @@ part_off=$(tail -n 1 "$tmp/rc-off" | grep -o '"held":"part"' | wc -l)
 part_word=$(tail -n 1 "$tmp/rc-word" | grep -o '"held":"part"\|"verdict":"partial"' | wc -l)
 [ "$part_word" -eq 0 ] || fail "span=word held or answered part of TIGER-42: $(tail -n 1 "$tmp/rc-word")"
 tail -n 1 "$tmp/rc-word" | grep -q '"verdict":"right"' || fail "span=word never recalled TIGER-42"
+# per-head keep-sets and KVzip: every head keeps or drops the value whole, so
+# the union never holds part of it; passkey runs them at a tiny size
+for p in kvzip snapkv:heads=1 h2o:heads=1; do
+	"$bin" eval recall --policy "$p" --kv-budget 64 --facts code --value TIGER-42 \
+		--turns 1,2,4 --samples 1 --json >"$tmp/rh" 2>"$tmp/rh.err" ||
+		fail "eval recall $p: $(tail -n 2 "$tmp/rh.err")"
+	part=$(tail -n 1 "$tmp/rh" | grep -o '"held":"part"\|"verdict":"partial"' | wc -l)
+	[ "$part" -eq 0 ] || fail "$p held or answered part of TIGER-42: $(tail -n 1 "$tmp/rh")"
+done
+"$bin" eval passkey --lengths 300 --depths 50 --policy kvzip --kv-budget 128 --json \
+	>"$tmp/pz" 2>"$tmp/pz.err" || fail "eval passkey kvzip: $(tail -n 2 "$tmp/pz.err")"
+tail -n 1 "$tmp/pz" | grep -q '^{"eval":"passkey",.*"policy":"kvzip' ||
+	fail "passkey kvzip JSON: $(tail -n 1 "$tmp/pz")"
+"$bin" help policies | grep -q '^  kvzip ' || fail "help policies lists no kvzip"
+expect_bad 2 "heads: '2', expected a whole number in 0..1" "$bin" generate --prompt hi \
+	--policy snapkv:heads=2
 expect_bad 2 "expected number, name, code or day" "$bin" eval recall --facts colour
 expect_bad 2 "expected word or number or off" "$bin" eval recall --policy window:span=all
 

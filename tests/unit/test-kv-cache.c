@@ -244,7 +244,7 @@ static void test_parse(void)
 	T_EQ_INT(kv_policy_parse("streaming:window=3", &p, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "parameters: sinks"), "%s", e.msg);
 	T_EQ_INT(kv_policy_parse("full:sinks", &p, &e), KVS_EARG);
-	T_EQ_INT((int)kv_policy_count(), 7);
+	T_EQ_INT((int)kv_policy_count(), 8);
 }
 
 /* ---------------------------------------------------------- summaries */

@@ -6,7 +6,8 @@
  *     end at whitespace and control tokens, a gap in the stream or a pinned
  *     token between two tokens ends a span, a run is cut every
  *     KV_SPAN_MAX_TOKENS, number mode keeps only the words with a digit;
- *   - a span of " TIGER-42" is kept or dropped whole by every policy;
+ *   - a span of " TIGER-42" is kept or dropped whole by every policy, and
+ *     by every head of a per-head policy (each scoring by its own row);
  *   - over many random token streams, budgets, scores and every policy, a
  *     selection with spans never splits a span (checked with a rule written
  *     here, not with kv_span_split alone), never keeps more than its target
@@ -144,6 +145,9 @@ struct sel {
 	float sc[256], acc[256 * 4];
 };
 
+/* The per-head row run_sel selects for (1 + row of acc; 0: one keep-set). */
+static uint32_t sel_head1;
+
 /* Run spec's selection over toks (n) with scores and accumulators set,
  * spans as mode gives them (with_spans false: sbeg/send NULL). */
 static void run_sel(struct sel *x, const struct kv_policy *p, uint32_t n, uint32_t m,
@@ -165,7 +169,8 @@ static void run_sel(struct sel *x, const struct kv_policy *p, uint32_t n, uint32
 		                   .order = x->order,
 		                   .sbeg = with_spans ? x->sbeg : NULL,
 		                   .send = with_spans ? x->send : NULL,
-		                   .span_mean = p->common[KV_COMMON_SPAN_SCORE] >= 0.5f };
+		                   .span_mean = p->common[KV_COMMON_SPAN_SCORE] >= 0.5f,
+		                   .head1 = sel_head1 };
 	p->def->select(&s);
 	T_EQ_INT(kv_span_split(&s), -1);
 }
@@ -286,6 +291,34 @@ static void test_tiger(void)
 						        "%s budget %u: TIGER-42 at %u split at %u", kv_policy_name_at(pi),
 						        budget, i, j);
 		}
+	/* per head (heads=1): each of the 4 rows of acc its own scores, "ER"
+	 * the lowest in the odd rows only; every head keeps the span whole, and
+	 * with span=off some head splits it (so the check can fail) */
+	static const char *const per_head[] = { "snapkv:heads=1", "h2o:heads=1", "kvzip" };
+	for (uint32_t i = 0; i < n * 4; i++)
+		x.acc[i] = x.toks[i / 4].token == TK_ER && (i % 4) % 2 ? 0.01f
+		                                                       : 1 + (float)rnd_u32(100) / 10.0f;
+	uint32_t off_splits = 0;
+	for (size_t pi = 0; pi < KVS_ARRAY_LEN(per_head); pi++)
+		for (uint32_t budget = 8; budget < n; budget += 5)
+			for (sel_head1 = 1; sel_head1 <= 4; sel_head1++) {
+				struct kv_policy p;
+				T_CHECK(kv_policy_parse(per_head[pi], &p, NULL) == KVS_OK, "parse");
+				for (int off = 0; off < 2; off++) {
+					run_sel(&x, &p, n, 1, budget, off ? KV_SPAN_OFF : KV_SPAN_WORD, true);
+					for (uint32_t i = 0; i + 4 < n; i++)
+						if (x.toks[i].token == TK_TIG)
+							for (uint32_t j = i + 1; j <= i + 4; j++) {
+								bool split = ((x.keep[i] ^ x.keep[j]) & KV_KEEP) != 0;
+								off_splits += off && split;
+								T_CHECK(off || !split,
+								        "%s budget %u head %u: TIGER-42 at %u split at %u",
+								        per_head[pi], budget, sel_head1 - 1, i, j);
+							}
+				}
+			}
+	sel_head1 = 0;
+	T_CHECK(off_splits > 0, "per-head selections with span=off never split TIGER-42");
 }
 
 static void test_options(void)
