@@ -399,6 +399,15 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 			tui_grid_printf(g, r, r.x, y++, R_NORMAL, "      %s", b2);
 		}
 	}
+	if (y < r.y + r.h && st->n_head_sets > 0)
+		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
+		                "per-head keep-sets: %u (layer, KV head) sets, the fullest keeps %u of "
+		                "%u; bytes count kept entries",
+		                st->n_head_sets, st->heads_load, st->budget);
+	if (y < r.y + r.h && st->n_zip_reads > 0)
+		tui_grid_printf(g, r, r.x, y++, R_NORMAL, "kvzip: %llu re-read%s, %llu tokens",
+		                (unsigned long long)st->n_zip_reads, st->n_zip_reads == 1 ? "" : "s",
+		                (unsigned long long)st->n_zip_tokens);
 	if (y < r.y + r.h) {
 		x = r.x + tui_grid_printf(g, r, r.x, y, R_NORMAL, "cache  %5u ", st->n_cached);
 		spark(g, r, x, y++, t->spark_cache, t->n_spark);
@@ -548,6 +557,12 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 			snprintf(why, sizeof why, "kept: key token (score %s)", sc);
 		else
 			snprintf(why, sizeof why, "kept: in the recent window");
+		if (tk->cached && tk->t.n_heads > 0 && t->stats.n_head_sets > 0) {
+			/* per-head keep-sets: how many (layer, KV head) pairs keep it */
+			size_t o = strlen(why);
+			snprintf(why + o, sizeof why - o, ", by %u/%u heads", tk->t.n_heads,
+			         t->stats.n_head_sets);
+		}
 		char where[48];
 		if (tk->cached) {
 			/* cache index: cached tokens before it (cache order is stream order) */
