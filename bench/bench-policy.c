@@ -13,7 +13,9 @@
  * statistics) is the baseline: what a policy costs is its median turn
  * minus window's, and that per 1k cached tokens; it includes what the
  * policy makes the forward pass do (token statistics for sirllm,
- * attention sums for h2o, the vote's extra forward for snapkv). "full"
+ * attention sums for h2o, the vote's extra forward for snapkv, the
+ * re-read of the cache for kvzip, and with heads=1 the per-head
+ * selections and masks). "full"
  * feeds the same turns into a budget that never evicts, for reference (its
  * cache grows by the turns and its prefill is not chunked to a quarter of
  * the budget, so it is not the baseline).
@@ -28,8 +30,9 @@
 #define TURN_TOKENS 64
 #define MAX_TURNS 64
 
-static const char *const policies[] = { "window", "streaming", "lminfinite", "sirllm",
-	                                    "h2o",    "snapkv",    "full" };
+static const char *const policies[] = { "window", "streaming",     "lminfinite", "sirllm",
+	                                    "h2o",    "h2o:heads=1",   "snapkv",     "snapkv:heads=1",
+	                                    "kvzip",  "kvzip:heads=0", "full" };
 #define N_POLICIES (sizeof policies / sizeof policies[0])
 
 static double cpu_ms(void)
@@ -83,9 +86,11 @@ static double run(const char *model, const char *policy, uint32_t budget, uint32
 	c.model_path = model;
 	c.engine.n_threads = 1;
 	c.engine.backend = ENGINE_BACKEND_CPU;
-	c.engine.n_ctx = total + 64;
 	if (kv_policy_parse(policy, &c.kv.policy, &e) != KVS_OK)
 		goto fail;
+	/* the slots gen_open would give: the policy's scratch (a vote's window,
+	 * a re-read, the per-head keep-sets' union) beyond what is fed */
+	c.engine.n_ctx = total + 64 + kv_policy_scratch(&c.kv.policy, budget);
 	c.kv.budget = full ? total + 64 : budget;
 	if (gen_open(&g, &c, &e) != KVS_OK)
 		goto fail;
@@ -103,9 +108,10 @@ static double run(const char *model, const char *policy, uint32_t budget, uint32
 	}
 	struct kv_stats st;
 	kv_cache_stats(gen_kv(g), &st);
-	if (!full && st.n_cached > budget) {
-		err_set(&e, KVS_ESTATE, "%s kept %u tokens over its budget of %u", policy, st.n_cached,
-		        budget);
+	/* per-head keep-sets: each head keeps at most the budget, the union more */
+	uint32_t kept = st.n_head_sets ? st.heads_load : st.n_cached;
+	if (!full && (kept > budget || st.bytes > (uint64_t)budget * st.bytes_per_token)) {
+		err_set(&e, KVS_ESTATE, "%s kept %u tokens over its budget of %u", policy, kept, budget);
 		goto fail;
 	}
 	free(ids);

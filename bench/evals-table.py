@@ -28,12 +28,18 @@ def short(policy):
     if name == "lminfinite":
         cap = kv.get("cap")
         return "lminfinite (global %s, cap %s)" % (kv.get("global"), "L" if cap == "0" else cap)
-    if name == "h2o":
+    if name == "h2o" and kv.get("heads") != "1":
         return "h2o (heavy %s, %s pos.)" % (kv.get("heavy"), kv.get("pos"))
     if name == "streaming":
         return "streaming (%s sinks)" % kv.get("sinks")
+    if name == "h2o" and kv.get("heads") == "1":
+        return "h2o (heavy %s, %s pos., per head)" % (kv.get("heavy"), kv.get("pos"))
     if name == "snapkv":
-        return "snapkv (window %s, kernel %s)" % (kv.get("window"), kv.get("kernel"))
+        return "snapkv (window %s, kernel %s%s)" % (kv.get("window"), kv.get("kernel"),
+                                                   ", per head" if kv.get("heads") == "1" else "")
+    if name == "kvzip":
+        return "kvzip (chunk %s, %s)" % (kv.get("chunk"),
+                                         "one set" if kv.get("heads") == "0" else "per head")
     return name
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/evals.sh: run the KV-policy evaluations behind doc/EVALS.md.
 #
-#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|all]
+#   sh bench/evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|heads|all]
 #
 # Every run appends its --json line to OUTDIR/rps.jsonl or
 # OUTDIR/passkey.jsonl (its text table goes to OUTDIR/*.txt); then
@@ -13,10 +13,15 @@
 # "passkey-long" runs 32k prompts (depths 10,50,90, one sample, budget 1024)
 # for the bounded policies into OUTDIR/passkey-long.jsonl. "recall" runs
 # eval recall (every policy, span word and off) into OUTDIR/recall.jsonl:
-#   RC_TURNS (10,30), RC_TURNS_512 (30), RC_BUDGETS ("128 256 512"), RC_SAMPLES (2)
+#   RC_TURNS (10,30), RC_TURNS_512 (30), RC_BUDGETS ("128 256 512"), RC_SAMPLES (2),
+#   RC_POLICIES ("sirllm h2o snapkv streaming lminfinite window"), RC_SPANS ("word off")
+# "heads" runs the per-head and query-agnostic policies (snapkv:heads=1,
+# h2o:heads=1, kvzip) through recall (RC_TURNS as above), passkey (budget
+# PK_BUDGETS, PK_LENGTHS) and rps (RPS_ROUNDS, RPS_BUDGETS), into the same
+# files; HD_POLICIES overrides the list.
 set -eu
-bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|all]}
-out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|all]}
+bin=${1:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|heads|all]}
+out=${2:?usage: evals.sh KVSCOPE OUTDIR [rps|passkey|passkey-long|recall|heads|all]}
 what=${3:-all}
 mkdir -p "$out"
 seed=${SEED:-1}
@@ -63,8 +68,8 @@ fi
 if [ "$what" = recall ] || [ "$what" = all ]; then
 	samples=${RC_SAMPLES:-2}
 	run recall eval recall --policy full --turns "${RC_TURNS:-10,30}" --samples "$samples"
-	for p in sirllm h2o snapkv streaming lminfinite window; do
-		for sp in word off; do
+	for p in ${RC_POLICIES:-sirllm h2o snapkv streaming lminfinite window}; do
+		for sp in ${RC_SPANS:-word off}; do
 			for b in ${RC_BUDGETS:-128 256 512}; do
 				# at 512 the 10-turn conversations (about 310 tokens) fit whole
 				t=${RC_TURNS:-10,30}
@@ -72,6 +77,24 @@ if [ "$what" = recall ] || [ "$what" = all ]; then
 				run recall eval recall --policy "$p:span=$sp" --kv-budget "$b" --turns "$t" \
 					--samples "$samples"
 			done
+		done
+	done
+fi
+
+if [ "$what" = heads ] || [ "$what" = all ]; then
+	for p in ${HD_POLICIES:-snapkv:heads=1 h2o:heads=1 kvzip}; do
+		for b in ${RC_BUDGETS:-128 256 512}; do
+			run recall eval recall --policy "$p" --kv-budget "$b" --turns "${RC_TURNS:-10,30}" \
+				--samples "${RC_SAMPLES:-2}"
+		done
+		for b in ${PK_BUDGETS:-1024}; do
+			run passkey eval passkey --policy "$p" --kv-budget "$b" \
+				--lengths "${PK_LENGTHS:-2k,4k,8k}" --depths "${PK_DEPTHS:-10,30,50,70,90}" \
+				--samples "${PK_SAMPLES:-2}"
+		done
+		for b in ${RPS_BUDGETS:-256 512}; do
+			run rps eval rps --rounds "${RPS_ROUNDS:-300}" --dominant rock --policy "$p" \
+				--kv-budget "$b"
 		done
 	done
 fi
