@@ -445,6 +445,48 @@ static void test_layout_and_draw(void)
 	tui_free(&t);
 }
 
+/* Per-head keep-sets: the KV view counts the sets and the fullest; the
+ * retention details say by how many (layer, KV head) pairs the selected
+ * token is kept; with one keep-set neither line appears. */
+static void test_per_head(void)
+{
+	struct tui t;
+	struct worker_event ev = { 0 };
+	struct kv_tok toks[12];
+	tui_init(&t);
+	for (int i = 0; i < 12; i++) {
+		toks[i] = mk_tok(i, 0, KV_ROLE_USER, i == 6 ? KV_FLAG_KEY : 0);
+		toks[i].n_heads = (uint16_t)(i == 6 ? 37 : 90);
+	}
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.toks = toks;
+	ev.n_toks = 12;
+	ev.next_pos = 12;
+	ev.stats.n_cached = 12;
+	ev.stats.budget = 10;
+	ev.stats.n_ctx = 64;
+	ev.stats.n_head_sets = 90;
+	ev.stats.heads_load = 10;
+	ev.stats.n_zip_reads = 2;
+	ev.stats.n_zip_tokens = 57;
+	snprintf(ev.policy, sizeof ev.policy, "kvzip");
+	tui_apply(&t, &ev, 0);
+	T_CHECK(dump_has(&t, 200, 50, false,
+	                 "per-head keep-sets: 90 (layer, KV head) sets, the fullest "
+	                 "keeps 10 of 10"),
+	        "KV view: per-head line");
+	T_CHECK(dump_has(&t, 200, 50, false, "kvzip: 2 re-reads, 57 tokens"), "KV view: re-reads");
+	t.sel_tok = 6;
+	T_CHECK(dump_has(&t, 200, 50, false, "kept: key token (score -), by 37/90 heads"),
+	        "retention details: heads");
+	ev.stats.n_head_sets = 0;
+	ev.stats.n_zip_reads = 0;
+	tui_apply(&t, &ev, 0);
+	T_CHECK(!dump_has(&t, 200, 50, false, "/90 heads"), "one keep-set: no heads count");
+	T_CHECK(!dump_has(&t, 200, 50, false, "per-head keep-sets"), "one keep-set: no per-head line");
+	tui_free(&t);
+}
+
 /* The retention strip maps screen cells back to tokens (mouse selection). */
 static void test_hit(void)
 {
@@ -1677,6 +1719,7 @@ int main(void)
 	test_commands();
 	test_unsaved();
 	test_help();
+	test_per_head();
 	test_hit();
 	test_select();
 	test_mouse_yank();
