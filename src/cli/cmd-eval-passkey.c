@@ -102,8 +102,7 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 		*ids = xmallocarray(cap, sizeof **ids);
 		(*ids)[(*n)++] = vocab_bos(v);
 	}
-	chat_system(ct, NULL, &p);
-	chat_message(ct, "user", user, &p);
+	chat_first_user(ct, NULL, user, &p, &p);
 	chat_generation_prompt(ct, &p);
 	int rc = chat_tokenize(v, &p, ids, n, &cap, e);
 	chat_prompt_free(&p);

@@ -398,7 +398,9 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	int rc = KVS_OK;
 	if (!raw) {
 		struct chat_prompt p = { 0 };
-		chat_system(gen_chat(g, NULL), NULL, &p);
+		/* (a layout without a system role gets it as a user turn of its own) */
+		if (chat_system(gen_chat(g, NULL), NULL, &p))
+			chat_user_rest(gen_chat(g, NULL), "", &p);
 		int32_t bos = vocab_bos(gen_vocab(g));
 		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
 			rc = gen_feed(g, &bos, 1, e);

@@ -262,7 +262,9 @@ static enum cli_exit cmd_eval_rps_exec(struct cli_opts *o)
 	/* the system turn (the template's default) opens the game */
 	if (!raw) {
 		struct chat_prompt p = { 0 };
-		chat_system(gen_chat(g, NULL), NULL, &p);
+		/* (a layout without a system role gets it as a user turn of its own) */
+		if (chat_system(gen_chat(g, NULL), NULL, &p))
+			chat_user_rest(gen_chat(g, NULL), "", &p);
 		int32_t bos = vocab_bos(gen_vocab(g));
 		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
 			st = gen_feed(g, &bos, 1, &e);
