@@ -190,6 +190,10 @@ void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi);
 
 /* ---- in cpu-attn.c */
 
+/* Keys a query at position p sees: the length of the sorted visible
+ * prefix (c->vpos) at positions <= p. */
+uint32_t cpu_prefix(const struct cpu *c, int32_t p);
+
 /* Attention items [i0, i1) of the ubatch; an item is a token and up to
  * KERN_ATT_Q query heads sharing one KV head. */
 void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, int ith);
