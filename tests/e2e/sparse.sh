@@ -35,7 +35,7 @@ kd=$(echo "$last" | sed -n 's/.*"keys_dense":\([0-9]*\).*/\1/p')
 # chat: /sparse between turns, /kv shows what the last step read
 printf 'Hello there.\n/sparse quest:budget=16,recent=4\nTell me more.\n/kv\n/sparse\n/sparse qwest\n' |
 	"$bin" chat --temp 0 --max-tokens 12 >"$tmp/c" 2>"$tmp/c.err" || fail "chat: $(cat "$tmp/c.err")"
-grep -q "sparse quest budget=16 page=16 sinks=4 recent=4 dense=2: the last decode step read" \
+grep -q "sparse quest budget=16 page=16 sinks=4 recent=4 dense=2 shadow=16: the last decode step read" \
 	"$tmp/c.err" || fail "chat /kv lacks the sparse line: $(cat "$tmp/c.err")"
 grep -q "^sparse: quest budget=16" "$tmp/c.err" || fail "chat /sparse does not show the mode"
 grep -q "sparse mode 'qwest': expected off, quest\[" "$tmp/c.err" || fail "chat /sparse qwest"
@@ -47,7 +47,7 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh or prefill" \
+expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh, prefill or shadow" \
 	"$bin" generate --prompt hi --sparse hip:page=8
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
@@ -83,7 +83,7 @@ fi
 	--json >"$tmp/h" 2>"$tmp/h.err" || fail "eval sparse hip: $(cat "$tmp/h.err")"
 tail -n 1 "$tmp/h" | grep -q '"steps_chose":2,"steps_reused":6,"prefill":{' ||
 	fail "eval sparse hip: expected 2 steps chose, 6 reused, a prefill: $(tail -n 1 "$tmp/h")"
-grep -q '^eval sparse: hip budget=128 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 ' \
+grep -q '^eval sparse: hip budget=128 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 ' \
 	"$tmp/h" || fail "eval sparse hip: no heading: $(head -n 1 "$tmp/h")"
 grep -q '^| 512 | [0-9.]* % | [0-9.]* | ' "$tmp/h" || fail "eval sparse hip: no prefill row"
 if command -v python3 >/dev/null 2>&1; then
