@@ -96,5 +96,23 @@ assert min(p["ms"] + p["cpu_ms"]) > 0 and 0 < x["keys_pct"] < 100, x
 ' || fail "eval sparse hip JSON: $(tail -n 1 "$tmp/h")"
 fi
 
+# beyond the training window: a tiny model trained on 256 positions, a
+# 512-key cache, positions capped; with a budget covering the cache quest is
+# dense's function exactly (every mass 1, every argmax dense's), which it
+# would not be if the cap reached one mode and not the other
+build=${KVSCOPE_BUILDDIR:?}
+if [ -x "$build/tests/util/mktiny" ] && "$build/tests/util/mktiny" "$tmp/tiny.gguf" --ctx 256; then
+	"$bin" eval sparse --model "$tmp/tiny.gguf" --lengths 512 -n 6 --reps 1 \
+		--sparse quest:budget=100000,dense=0 --json >"$tmp/cap" 2>"$tmp/cap.err" ||
+		fail "eval sparse beyond the window: $(cat "$tmp/cap.err")"
+	grep -q '^(cap): beyond the training window of 256 positions' "$tmp/cap" ||
+		fail "eval sparse: no cap note: $(head -n 3 "$tmp/cap")"
+	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
+		fail "eval sparse capped, covering budget: not dense's function: $(grep '^| 512' "$tmp/cap")"
+	tail -n 1 "$tmp/cap" | grep -q '"capped":true' || fail "eval sparse JSON lacks capped:true"
+else
+	fail "cannot make the tiny model (tests/util/mktiny)"
+fi
+
 [ "$fails" -eq 0 ] || exit 1
 echo "sparse.sh: all checks passed"
