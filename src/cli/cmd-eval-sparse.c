@@ -71,6 +71,7 @@ struct sp_row {
 	uint32_t length;
 	double keys_pct;            /* sparse keys read, % of dense */
 	double mass_med, mass_p10;  /* captured dense mass */
+	double mass_med_step[2];    /* its median on steps that reused a choice, that chose (hip) */
 	double recall;              /* top-10 recall, mean over rows */
 	double agree;               /* sparse argmax == dense token, share of steps */
 	double attn_ms[2], sel_ms;  /* per step: dense, sparse; selection (sparse) */
@@ -130,6 +131,7 @@ struct sp_pass {
 	uint32_t chose, reused; /* sparse steps that chose their keys, that reused a choice */
 	float *mass;            /* (cap) captured-mass samples */
 	size_t n_mass, cap_mass;
+	uint8_t *by_chose; /* (cap) 1: the sample's step chose its keys (hip: a refresh) */
 	double recall_sum;
 	uint64_t n_recall;
 };
@@ -155,6 +157,7 @@ static uint32_t sp_argmax(const float *x, uint32_t n)
 static void sp_shadow(struct sp_pass *p, const struct hparams *hp, const struct engine_out *out,
                       uint32_t dense_layers, float *scratch)
 {
+	bool chose = out->sparse_chose == 1;
 	uint32_t nv = out->n_visible, grp = hp->n_head / hp->n_head_kv;
 	for (uint32_t l = dense_layers; l < hp->n_layer; l++)
 		for (uint32_t h = 0; h < hp->n_head; h++) {
@@ -166,7 +169,9 @@ static void sp_shadow(struct sp_pass *p, const struct hparams *hp, const struct 
 			if (p->n_mass == p->cap_mass) {
 				p->cap_mass = p->cap_mass ? 2 * p->cap_mass : 4096;
 				p->mass = xreallocarray(p->mass, p->cap_mass, sizeof(float));
+				p->by_chose = xreallocarray(p->by_chose, p->cap_mass, 1);
 			}
+			p->by_chose[p->n_mass] = chose;
 			p->mass[p->n_mass++] = (float)mass;
 			/* the 10 largest dense weights: the 10th largest as a threshold */
 			memcpy(scratch, w, nv * sizeof(float));
@@ -363,6 +368,18 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		row->keys_pct = best[1].keys_dense
 		        ? 100.0 * (double)best[1].keys_read / (double)best[1].keys_dense
 		        : 100.0;
+		/* hip's staleness: the median on the steps that reused an earlier
+		 * query's choice (k = 0) and on those that chose their keys (1) */
+		float *part = xmallocarray(sh.n_mass + 1, sizeof(float));
+		for (int k = 0; k < 2; k++) {
+			size_t np = 0;
+			for (size_t i = 0; i < sh.n_mass; i++)
+				if (sh.by_chose[i] == k)
+					part[np++] = sh.mass[i];
+			qsort(part, np, sizeof(float), sp_cmp);
+			row->mass_med_step[k] = np ? part[np / 2] : NAN;
+		}
+		free(part);
 		qsort(sh.mass, sh.n_mass, sizeof(float), sp_cmp);
 		row->mass_med = sh.n_mass ? sh.mass[sh.n_mass / 2] : NAN;
 		row->mass_p10 = sh.n_mass ? sh.mass[sh.n_mass / 10] : NAN;
@@ -378,6 +395,7 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		row->reused = best[1].reused;
 	}
 	free(sh.mass);
+	free(sh.by_chose);
 	free(gen_ids);
 	free(ids);
 	engine_kv_clear(eng);
@@ -509,7 +527,14 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 				       "\"cpu_ms\":[%.1f,%.1f]}",
 				       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_cpu[0],
 				       w->pf_cpu[1]);
-			printf(",\"capped\":%s}", w->capped ? "true" : "false");
+			printf(",\"capped\":%s", w->capped ? "true" : "false");
+			/* hip: the steps that chose against those that reused (null: none) */
+			for (int k = 1; k >= 0; k--)
+				if (isnan(w->mass_med_step[k]))
+					printf(",\"mass_median_%s\":null", k ? "chose" : "reused");
+				else
+					printf(",\"mass_median_%s\":%.4f", k ? "chose" : "reused", w->mass_med_step[k]);
+			printf("}");
 		}
 		printf("]}\n");
 	}

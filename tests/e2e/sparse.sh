@@ -93,6 +93,8 @@ x = json.load(sys.stdin)["rows"][0]
 p = x["prefill"]
 assert 0 < p["keys_pct"] < 100 and 0 < p["mass"] <= 1.0001, p
 assert min(p["ms"] + p["cpu_ms"]) > 0 and 0 < x["keys_pct"] < 100, x
+assert 0 < x["mass_median_chose"] <= 1.0001 and 0 < x["mass_median_reused"] <= 1.0001, x
+assert x["capped"] is False, x
 ' || fail "eval sparse hip JSON: $(tail -n 1 "$tmp/h")"
 fi
 
