@@ -194,6 +194,16 @@ struct store_cold;
 struct store_cold_config {
 	uint32_t block;      /* tokens per block at most (default 64) */
 	uint64_t max_tokens; /* per session (--cold-max); 0: no cap */
+	uint32_t group;      /* blocks per summary index group (default 32) */
+};
+
+/* What the last ranking read of the summary index (store-cold-index.c). */
+struct store_cold_rank_stats {
+	uint64_t groups;        /* groups of the epoch whose bounds were scored */
+	uint64_t groups_read;   /* groups whose members were read */
+	uint64_t blocks_read;   /* blocks whose bounds were read */
+	uint64_t blocks_cut;    /* of those, dropped part-way through the layers */
+	uint64_t blocks_scored; /* scored in full */
 };
 
 /* One block a recall brought back. */
@@ -295,6 +305,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 double store_cold_summary_score(const float *q, uint32_t n_q, uint32_t n_layer, uint32_t n_head,
                                 uint32_t n_head_kv, uint32_t head_dim, const float *kmin,
                                 const float *kmax);
+/* What the last store_cold_recall_by read of the summary index. */
+void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out);
 /* Put the chosen blocks back into the cache, in their original order
  * (kv_cache_recall); KVS_EARG when they do not fit (nothing changes). */
 int store_cold_place(struct store_cold *c, struct err *e);
