@@ -110,9 +110,29 @@ static double cold_probe_layer(const struct cold_probe *p, uint32_t l, const flo
 	for (uint32_t g = 0; g < p->n_head_kv; g++) {
 		size_t ko = ((size_t)l * p->n_head_kv + g) * hd;
 		const float *mn = kmin + ko, *mx = kmax + ko;
-		for (uint32_t j = 0; j < p->per; j++) {
-			size_t qo = (((size_t)l * p->n_head_kv + g) * p->per + j) * hd;
-			const double *a = p->qp + qo, *b = p->qn + qo;
+		const double *q0 = p->qp + ((size_t)l * p->n_head_kv + g) * p->per * hd,
+		             *n0 = p->qn + ((size_t)l * p->n_head_kv + g) * p->per * hd;
+		uint32_t j = 0;
+		/* four queries at a time: four independent sums, each in the order
+		 * of the one-query loop below (the same values, bit for bit) */
+		for (; j + 4 <= p->per; j += 4) {
+			const double *a0 = q0 + (size_t)j * hd, *a1 = a0 + hd, *a2 = a1 + hd, *a3 = a2 + hd;
+			const double *b0 = n0 + (size_t)j * hd, *b1 = b0 + hd, *b2 = b1 + hd, *b3 = b2 + hd;
+			double u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+			for (uint32_t d = 0; d < hd; d++) {
+				double x = mx[d], y = mn[d];
+				u0 += a0[d] * x + b0[d] * y;
+				u1 += a1[d] * x + b1[d] * y;
+				u2 += a2[d] * x + b2[d] * y;
+				u3 += a3[d] * x + b3[d] * y;
+			}
+			best = u0 > best ? u0 : best;
+			best = u1 > best ? u1 : best;
+			best = u2 > best ? u2 : best;
+			best = u3 > best ? u3 : best;
+		}
+		for (; j < p->per; j++) {
+			const double *a = q0 + (size_t)j * hd, *b = n0 + (size_t)j * hd;
 			double ub = 0;
 			for (uint32_t d = 0; d < hd; d++)
 				ub += a[d] * mx[d] + b[d] * mn[d];

@@ -8,7 +8,7 @@
  *            COLD_CANDIDATES blocks;
  *   SUMMARY  the blocks of the epoch scored by their per-channel key bounds
  *            against the turn's probe queries (store_cold_summary_score):
- *            the best COLD_CANDIDATES, found exactly by the summary index's
+ *            the best top_k (at most COLD_CANDIDATES), found exactly by the index's
  *            search (store-cold-index.c), which skips the groups of blocks
  *            whose merged bounds cannot reach the k-th best;
  *   BOTH     the two interleaved, FTS first: FTS's best, summary's best,
@@ -137,8 +137,9 @@ static int cold_rank_summary(const struct cold_scope *c, const float *q, uint32_
 	size_t n_sc = 0;
 	*sum = NULL;
 	*n_sum = 0;
-	int rc = want_text ? cold_index_scan(c, q, n_q, &sc, &n_sc, e)
-	                   : cold_index_top(c, q, n_q, COLD_CANDIDATES, &sc, &n_sc, e);
+	int rc = want_text
+	        ? cold_index_scan(c, q, n_q, &sc, &n_sc, e)
+	        : cold_index_top(c, q, n_q, c->top_k ? c->top_k : COLD_CANDIDATES, &sc, &n_sc, e);
 	sqlite3_stmt *st = NULL;
 	if (rc == KVS_OK && n_sc > 0)
 		rc = store_prepare(c->s,

@@ -37,8 +37,8 @@
  * is never FTS syntax, ranked by BM25. SUMMARY: every block's key bounds
  * against the turn's probe queries (store_cold_summary_score, Quest's
  * bound; both sides before RoPE, so the bound is of the position-free
- * logit, exact for what it states), the best COLD_CANDIDATES found by the
- * index's exact top-k search. BOTH: the two interleaved, FTS first
+ * logit, exact for what it states), the best k found by the index's exact
+ * top-k search (k: four times the blocks the budget holds, 16 to 64). BOTH: the two interleaved, FTS first
  * (store-cold-rank.c). A custom scorer sees every block with both scores
  * and its text. The best blocks
  * are taken while they fit the budget, each with the
@@ -655,7 +655,14 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 	cold_sync(c);
 	struct store *s = c->s;
 	memset(&c->stats, 0, sizeof c->stats);
-	struct cold_scope scope = { s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats };
+	/* the summary ranking's k: four times the blocks the budget holds (each
+	 * hit brings the block after it; blocks too long or cached are skipped),
+	 * 16 to 64; the smaller it is, the more of the index the search skips */
+	uint32_t k = query->top_k;
+	if (k == 0)
+		k = KVS_MIN(KVS_MAX(4 * ((budget + c->cfg.block - 1) / c->cfg.block), 16u),
+		            (uint32_t)COLD_CANDIDATES);
+	struct cold_scope scope = { s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats, k };
 	struct cold_cand *cands = NULL;
 	size_t n_cands = 0;
 	int rc = cold_rank(&scope, query, &cands, &n_cands, e);

@@ -93,6 +93,7 @@ struct cold_scope {
 	const struct hparams *hp;            /* the shapes of the bounds blobs */
 	uint32_t max_block;                  /* tokens a block row may claim at most */
 	struct store_cold_rank_stats *stats; /* what the ranking read (added to); NULL: none */
+	uint32_t top_k;                      /* the summary ranking's k (0: COLD_CANDIDATES) */
 };
 
 /* A block a recall may take, and what ranks it. */

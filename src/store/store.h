@@ -283,11 +283,13 @@ struct store_cold_query {
 	enum store_cold_rank rank;
 	store_cold_scorer_fn scorer; /* STORE_COLD_SCORES */
 	void *scorer_ud;
+	uint32_t top_k; /* SUMMARY and BOTH: the summary ranking's best k blocks (0: four
+	                 * times the blocks the budget holds, 16 to 64) */
 };
 /* Choose the blocks of this epoch that query ranks best, up to budget
- * tokens, as store_cold_recall does (which is rank FTS). SUMMARY scores
- * every block of the epoch; without a probe it falls back to FTS, and
- * BOTH and SCORES use what they have. */
+ * tokens, as store_cold_recall does (which is rank FTS). SUMMARY ranks by
+ * the summary index's exact best k (top_k); without a probe it falls back
+ * to FTS, and BOTH and SCORES (every block scored) use what they have. */
 int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *query,
                          uint32_t budget, struct store_cold_hit **hits, size_t *n_hits,
                          struct err *e);
