@@ -250,12 +250,13 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	int rc = KVS_OK;
 	uint32_t before = kv_cache_next_pos(g->kv);
 
-	if (s->fresh && s->system[0] != '\0')
-		chat_system(&g->chat, s->system, &ps);
 	{
 		/* with a length target the message asks for the length too (lenctl.c) */
 		char *asked = len_instruct_text(text, &g->turn.len);
-		chat_message(&g->chat, "user", asked, &pu);
+		if (s->fresh && s->system[0] != '\0')
+			chat_first_user(&g->chat, s->system, asked, &ps, &pu);
+		else
+			chat_message(&g->chat, "user", asked, &pu);
 		free(asked);
 	}
 	chat_generation_prompt(&g->chat, &pa);

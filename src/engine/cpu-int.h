@@ -240,8 +240,6 @@ void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
 uint32_t cpu_window_start(const struct cpu *c, uint32_t l, int32_t p);
 /* ---- in cpu-gemma.c */
 
-/* GeGLU into g (n): gelu(g) * u as llama.cpp's CPU path computes it. */
-void cpu_geglu(float *g, const float *u, int64_t n);
 /* Gemma's post-norm: x += norm(xb) with weight w, rows [lo, hi). */
 void cpu_post_norm(struct cpu *c, const float *w, uint32_t lo, uint32_t hi);
 /* Soft-cap rows [0, nr) of logits y in place, this thread's share. */
