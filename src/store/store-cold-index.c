@@ -672,7 +672,8 @@ int cold_index_top(const struct cold_scope *c, const float *q, uint32_t n_q, siz
 	}
 	/* 2. groups, best bound first, until one cannot reach the k-th best */
 	if (rc == KVS_OK) {
-		qsort(gs, n_gs, sizeof *gs, cold_gb_cmp);
+		if (n_gs > 0)
+			qsort(gs, n_gs, sizeof *gs, cold_gb_cmp);
 		if (c->stats)
 			c->stats->groups += n_gs;
 		for (size_t i = 0; i < n_gs && rc == KVS_OK; i++) {

@@ -226,7 +226,7 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 		static const size_t ks[] = { 1, 3, 64 };
 		for (size_t ki = 0; ki < KVS_ARRAY_LEN(ks); ki++) {
 			struct store_cold_rank_stats stats = { 0 };
-			struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &stats };
+			struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &stats, 0 };
 			struct cold_scored *top = NULL;
 			size_t n_top = 0;
 			struct err e;
@@ -245,7 +245,7 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 			free(top);
 		}
 		/* the full scan: every block, in the brute force's order */
-		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, NULL };
+		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, NULL, 0 };
 		struct cold_scored *all = NULL;
 		size_t n_all = 0;
 		struct err e;
