@@ -190,6 +190,10 @@ void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi);
 
 /* ---- in cpu-attn.c */
 
+/* Keys a query at position p sees: the length of the sorted visible
+ * prefix (c->vpos) at positions <= p. */
+uint32_t cpu_prefix(const struct cpu *c, int32_t p);
+
 /* Attention items [i0, i1) of the ubatch; an item is a token and up to
  * KERN_ATT_Q query heads sharing one KV head. */
 void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, int ith);
@@ -271,6 +275,10 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out);
 /* Free the sparse state. */
 void cpu_sparse_free(struct cpu *c);
+/* Quest's reports of layer l, KV head h after its choice (thread ith's
+ * scratch): the page bounds into bo->page_ub, with the shadow the
+ * tightness into bo->tight (cpu-sparse-note.c). */
+void cpu_quest_note(struct cpu_job *jb, uint32_t l, uint32_t h, int ith);
 
 /* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
  * part order. */

@@ -64,6 +64,8 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps one choice of keys serves (chosen anew every N steps)" },
 	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP,
 	  "prompts seeing this many keys prefill block-sparsely (0: never)" },
+	{ "shadow", offsetof(struct engine_sparse, shadow), 16, 0, 1u << 16, SP_QUEST | SP_HIP,
+	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
 };
 /* clang-format on */
 
