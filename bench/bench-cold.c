@@ -2,23 +2,31 @@
  * bench-cold.c: the cost of the cold tier (src/store/store-cold*.c) at a
  * given size, on the default model's KV shape.
  *
- *   make -C build bench/bench-cold && build/bench/bench-cold TOKENS [dir]
+ *   make -C build bench/bench-cold && build/bench/bench-cold TOKENS [dir] [--keys K] [--group N]
+ *                                                 [--recalls N]
  *   sh bench/cold.sh            (10k, 100k and 1M tokens, one process each)
  *
- * It fills one session's cold tier with TOKENS synthetic evicted tokens
- * through the store's own API (store_cold_evicted, store_cold_flush every
- * 1024 tokens, blocks of 64): the tokens spell random words from a fixed
- * bank of made-up words (so FTS5 has a vocabulary of realistic size), and
- * their K/V rows are drawn from a pool of 512 rows of random values in the
- * cache's element type (f16 by default), (n_layer, 2, n_head_kv, head_dim)
- * each. Then it times 20 recalls per ranking (fts, summary, both) with a
- * recall budget of 128 tokens (two blocks): a probe of 8 random query
- * vectors per layer and head and three words of the bank. A recall here
- * is the whole choice: ranking, reading the chosen blocks' rows, nothing
- * placed. It prints the median and the 90th percentile of each, the
- * fill's write rate, the database's bytes per 1k tokens (file and WAL),
- * and the process's resident memory after the fill and after the recalls
- * (its peak too), with the load average: a shared machine moves all of it.
+ * It fills one session's cold tier with TOKENS evicted tokens through the
+ * store's own API (store_cold_evicted, store_cold_flush every 4096 tokens,
+ * blocks of 64): the tokens spell random words from a fixed bank of
+ * made-up words (so FTS5 has a vocabulary of realistic size). Their K/V
+ * rows (n_layer, 2, n_head_kv, head_dim) in the cache's element type (f16
+ * by default) come, with --keys model (the default), from the model
+ * itself: it reads BC_POOL tokens of the bank's words under a 256-token
+ * streaming budget and keeps what that evicts, and each block is 64
+ * consecutive rows of that pool from a random place (real keys, real
+ * bounds); with --keys random, from 512 rows of random values in [-2, 2].
+ * Then it times 20 recalls per ranking (fts, summary, both) with a recall
+ * budget of 128 tokens (two blocks) and a question of three words of the
+ * bank; the probe is, with model keys, the queries of the question's last
+ * 8 tokens as the model computes them (kv_cache_probe, as a chat turn's
+ * probe), else 8 random vectors per layer and head. A recall here is the
+ * whole choice: ranking, reading the chosen blocks' rows, nothing placed.
+ * It prints the median and the 90th percentile of each, what the summary
+ * index read (groups and blocks), the fill's write rate, the database's
+ * bytes per 1k tokens (file and WAL), and the process's resident memory
+ * after the fill and after the recalls (its peak too), with the load
+ * average: a shared machine moves all of it.
  */
 #include "app/app.h"
 #include "store/store.h"
@@ -32,11 +40,13 @@
 #include <unistd.h>
 
 #define BC_BLOCK 64
-#define BC_FLUSH 1024 /* tokens per flush */
+#define BC_FLUSH 4096 /* tokens per flush */
 #define BC_WORDS 4096 /* the word bank */
-#define BC_RECALLS 20
+#define BC_RECALLS 20 /* recalls per ranking (--recalls) */
 #define BC_PROBE 8
 #define BC_BUDGET 128 /* two blocks of 64 */
+#define BC_POOL 4096  /* tokens of model keys the blocks are cut from */
+#define BC_CTX 256    /* the capture's KV budget */
 
 static uint64_t bc_rng = 0x9e3779b97f4a7c15ull;
 
@@ -86,6 +96,43 @@ static uint64_t bc_size(const char *path)
 	return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
 }
 
+/* Evicted rows kept for the fill (the capture's cold listener). */
+struct bc_pool {
+	uint8_t *rows; /* (cap, row) */
+	uint64_t row;
+	uint32_t n, cap;
+};
+
+static void bc_pool_listen(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
+                           uint64_t bytes_per_tok)
+{
+	struct bc_pool *p = ud;
+	(void)toks;
+	if (raw == NULL || bytes_per_tok != p->row)
+		return;
+	uint32_t take = KVS_MIN(n, p->cap - p->n);
+	memcpy(p->rows + (size_t)p->n * p->row, raw, (size_t)take * p->row);
+	p->n += take;
+}
+
+/* The tokens of a sentence of bank words into ids (up to cap): "the W of W
+ * is W W." */
+static size_t bc_sentence(struct gen *g, char (*words)[16], int32_t *ids, size_t cap)
+{
+	char text[160];
+	snprintf(text, sizeof text, " The %s of %s is %s %s.", words[bc_next() % BC_WORDS],
+	         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
+	int32_t *t = NULL;
+	size_t n = 0, tcap = 0;
+	struct err e;
+	if (vocab_tokenize(gen_vocab(g), text, strlen(text), false, false, &t, &n, &tcap, &e) != KVS_OK)
+		n = 0;
+	n = KVS_MIN(n, cap);
+	memcpy(ids, t, n * sizeof *ids);
+	free(t);
+	return n;
+}
+
 /* A made-up word of 2 to 4 syllables. */
 static void bc_word(char *buf, size_t cap)
 {
@@ -98,16 +145,48 @@ static void bc_word(char *buf, size_t cap)
 
 int main(int argc, char **argv)
 {
-	long long want = argc > 1 ? atoll(argv[1]) : 10000;
-	char dir[256];
+	long long want = 10000;
+	char dir[256] = "";
+	bool model_keys = true, have_n = false;
+	uint32_t group = 0; /* blocks per index group (0: the store's default) */
+	int n_rec = BC_RECALLS;
 	struct err e;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
+			model_keys = strcmp(argv[++i], "model") == 0;
+			if (!model_keys && strcmp(argv[i], "random") != 0) {
+				fprintf(stderr, "bench-cold: --keys %s: expected model or random\n", argv[i]);
+				return 2;
+			}
+		} else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc) {
+			long v = atol(argv[++i]);
+			if (v < 1 || v > 4096) {
+				fprintf(stderr, "bench-cold: --group %s: expected 1..4096 blocks\n", argv[i]);
+				return 2;
+			}
+			group = (uint32_t)v;
+		} else if (strcmp(argv[i], "--recalls") == 0 && i + 1 < argc) {
+			n_rec = atoi(argv[++i]);
+			if (n_rec < 1 || n_rec > BC_RECALLS) {
+				fprintf(stderr, "bench-cold: --recalls %s: expected 1..%d\n", argv[i], BC_RECALLS);
+				return 2;
+			}
+		} else if (!have_n) {
+			want = atoll(argv[i]);
+			have_n = true;
+		} else {
+			snprintf(dir, sizeof dir, "%s", argv[i]);
+		}
+	}
 	if (want < BC_BLOCK || want > 100000000) {
-		fprintf(stderr, "usage: bench-cold TOKENS (%d..100000000) [dir]\n", BC_BLOCK);
+		fprintf(stderr,
+		        "usage: bench-cold TOKENS (%d..100000000) [dir] [--keys model|random] [--group "
+		        "N]\n",
+		        BC_BLOCK);
 		return 2;
 	}
-	if (argc > 2)
-		snprintf(dir, sizeof dir, "%s", argv[2]);
-	else if (mkdtemp(strcpy(dir, "/tmp/bench-cold-XXXXXX")) == NULL)
+	bool keep_dir = dir[0] != '\0';
+	if (!keep_dir && mkdtemp(strcpy(dir, "/tmp/bench-cold-XXXXXX")) == NULL)
 		return perror("mkdtemp"), 1;
 	struct gen_config c;
 	struct gen *g;
@@ -115,8 +194,8 @@ int main(int argc, char **argv)
 	char *mp = model_default_path(NULL);
 	c.model_path = mp;
 	kv_policy_parse("streaming", &c.kv.policy, NULL);
-	c.kv.budget = 256;
-	c.engine.n_ctx = 256;
+	c.kv.budget = BC_CTX;
+	c.engine.n_ctx = BC_CTX + 64; /* room for a probe beside a full cache */
 	if (gen_open(&g, &c, &e) != KVS_OK) {
 		fprintf(stderr, "bench-cold: %s\n", e.msg);
 		return 1;
@@ -135,7 +214,7 @@ int main(int argc, char **argv)
 		                        .policy = (char *)"streaming",
 		                        .sampler = (char *)"temp=0" };
 	struct store_cold *cold;
-	struct store_cold_config cc = { .block = BC_BLOCK, .max_tokens = 0 };
+	struct store_cold_config cc = { .block = BC_BLOCK, .max_tokens = 0, .group = group };
 	if (store_open(&st, db, STORE_RW, &e) != KVS_OK ||
 	    store_session_create(st, &in, &id, &e) != KVS_OK) {
 		fprintf(stderr, "bench-cold: %s\n", e.msg);
@@ -163,19 +242,41 @@ int main(int argc, char **argv)
 		memcpy(wtok + (size_t)i * 8, ids, wn[i] * sizeof *ids);
 		free(ids);
 	}
-	/* a pool of random K/V rows, a block's rows drawn from it (bounds that
-	 * differ from block to block, without converting 11k floats a token) */
-	enum { BC_POOL = 512 };
-	uint8_t *pool = xmalloc((size_t)BC_POOL * row);
-	size_t n_el = (size_t)BC_POOL * row / (f16 ? 2 : 4);
-	for (size_t k = 0; k < n_el; k++) {
-		float x = 2 * bc_unit();
-		if (f16) {
-			uint16_t h = dtype_f32_to_f16(x);
-			memcpy(pool + 2 * k, &h, 2);
-		} else {
-			memcpy(pool + 4 * k, &x, 4);
+	/* the pool of K/V rows the blocks are cut from */
+	struct bc_pool pool = { NULL, row, 0, model_keys ? BC_POOL : 512 };
+	pool.rows = xmalloc((size_t)pool.cap * row);
+	double cap_s = 0;
+	if (model_keys) {
+		/* the model reads the bank's words; what its budget evicts is kept */
+		double c0 = clock_now_ms();
+		kv_cache_set_cold(gen_kv(g), bc_pool_listen, &pool);
+		int32_t ids[256];
+		while (pool.n < pool.cap) {
+			size_t n = 0;
+			while (n < 96) {
+				size_t k = bc_sentence(g, words, ids + n, 256 - n);
+				if (k == 0)
+					return fprintf(stderr, "bench-cold: the bank's words did not tokenize\n"), 1;
+				n += k;
+			}
+			if (gen_begin_turn(g, KV_ROLE_USER, n, &e) != KVS_OK ||
+			    gen_feed(g, ids, n, &e) != KVS_OK)
+				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 		}
+		kv_cache_set_cold(gen_kv(g), NULL, NULL);
+		cap_s = (clock_now_ms() - c0) / 1e3;
+	} else {
+		size_t n_el = (size_t)pool.cap * row / (f16 ? 2 : 4);
+		for (size_t k = 0; k < n_el; k++) {
+			float x = 2 * bc_unit();
+			if (f16) {
+				uint16_t h = dtype_f32_to_f16(x);
+				memcpy(pool.rows + 2 * k, &h, 2);
+			} else {
+				memcpy(pool.rows + 4 * k, &x, 4);
+			}
+		}
+		pool.n = pool.cap;
 	}
 	/* the fill */
 	struct kv_tok toks[BC_BLOCK];
@@ -194,8 +295,13 @@ int main(int argc, char **argv)
 			toks[i].turn = (uint32_t)((pos + i) / 200);
 			toks[i].role = KV_ROLE_USER;
 		}
-		for (uint32_t i = 0; i < BC_BLOCK; i++)
-			memcpy(raw + (size_t)i * row, pool + (size_t)(bc_next() % BC_POOL) * row, row);
+		if (model_keys) { /* 64 consecutive rows: a real block's keys */
+			size_t off = (size_t)(bc_next() % (pool.n - BC_BLOCK + 1));
+			memcpy(raw, pool.rows + off * row, (size_t)BC_BLOCK * row);
+		} else {
+			for (uint32_t i = 0; i < BC_BLOCK; i++)
+				memcpy(raw + (size_t)i * row, pool.rows + (size_t)(bc_next() % pool.n) * row, row);
+		}
 		store_cold_evicted(cold, toks, BC_BLOCK, raw, row);
 		if ((pos + BC_BLOCK) % BC_FLUSH == 0 || pos + BC_BLOCK >= want) {
 			struct store_cold_flush_info fi;
@@ -215,16 +321,30 @@ int main(int argc, char **argv)
 	uint64_t disk = bc_size(db) + bc_size(wal);
 	/* the recalls */
 	size_t per = (size_t)hp->n_layer * hp->n_head * hp->head_dim;
-	float *q = xmallocarray(BC_PROBE * per, sizeof *q);
+	float *qbuf = xmallocarray(64 * per, sizeof *qbuf), *q = qbuf;
 	static const char *const rank_names[] = { "fts", "summary", "both" };
 	double ms[3][BC_RECALLS];
 	size_t got[3] = { 0 };
-	for (int r = 0; r < BC_RECALLS; r++) {
-		for (size_t k = 0; k < BC_PROBE * per; k++)
-			q[k] = bc_unit();
+	struct store_cold_rank_stats rs_sum = { 0 };
+	for (int r = 0; r < n_rec; r++) {
 		char text[128];
 		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
 		         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
+		q = qbuf;
+		if (model_keys) { /* the question's own queries, its last 8 tokens */
+			int32_t *qi = NULL;
+			size_t nqi = 0, qcap = 0;
+			if (vocab_tokenize(gen_vocab(g), text, strlen(text), false, false, &qi, &nqi, &qcap,
+			                   &e) != KVS_OK ||
+			    nqi < BC_PROBE || nqi > 64 ||
+			    kv_cache_probe(gen_kv(g), qi, (uint32_t)nqi, qbuf, &e) != KVS_OK)
+				return fprintf(stderr, "bench-cold: probe: %s\n", nqi ? e.msg : "no tokens"), 1;
+			q = qbuf + (nqi - BC_PROBE) * per;
+			free(qi);
+		} else {
+			for (size_t k = 0; k < BC_PROBE * per; k++)
+				q[k] = bc_unit();
+		}
 		for (int k = 0; k < 3; k++) {
 			struct store_cold_query query = { .text = text, .q = q, .n_q = BC_PROBE };
 			query.rank = (enum store_cold_rank)k;
@@ -235,6 +355,15 @@ int main(int argc, char **argv)
 				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 			ms[k][r] = clock_now_ms() - r0;
 			got[k] += n_hits;
+			if (k == 1) {
+				struct store_cold_rank_stats rs;
+				store_cold_rank_stats(cold, &rs);
+				rs_sum.groups += rs.groups;
+				rs_sum.groups_read += rs.groups_read;
+				rs_sum.blocks_read += rs.blocks_read;
+				rs_sum.blocks_cut += rs.blocks_cut;
+				rs_sum.blocks_scored += rs.blocks_scored;
+			}
 			free(hits);
 		}
 	}
@@ -243,27 +372,36 @@ int main(int argc, char **argv)
 		load[0] = -1;
 	char host[64] = "?";
 	gethostname(host, sizeof host);
-	printf("bench-cold: %llu tokens in %u blocks of %d (%s KV, %llu bytes a token), %s, db in %s, "
-	       "load average %.2f\n",
+	printf("bench-cold: %llu tokens in %u blocks of %d (%s KV, %llu bytes a token, %s keys), %s, "
+	       "db in %s, load average %.2f\n",
 	       (unsigned long long)tokens, blocks, BC_BLOCK, f16 ? "f16" : "f32",
-	       (unsigned long long)row, host, dir, load[0]);
+	       (unsigned long long)row, model_keys ? "model" : "random", host, dir, load[0]);
+	if (model_keys)
+		printf("  keys: %u evicted rows of the model reading the bank's words (%.1f s)\n", pool.n,
+		       cap_s);
 	printf("  fill: %.1f s (%.0f tokens/s; flushes %.1f s)\n", fill_s, (double)tokens / fill_s,
 	       flush_ms / 1e3);
 	printf("  disk: %.2f MiB per 1k tokens (file + WAL %.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
 	       (double)disk / 1048576.0 / ((double)tokens / 1000.0), (double)disk / 1048576.0,
 	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
 	for (int k = 0; k < 3; k++) {
-		qsort(ms[k], BC_RECALLS, sizeof ms[k][0], bc_cmp);
+		qsort(ms[k], (size_t)n_rec, sizeof ms[k][0], bc_cmp);
 		printf("  recall %-7s median %8.2f ms, p90 %8.2f ms, max %8.2f ms (%d recalls, %.1f "
 		       "blocks each)\n",
-		       rank_names[k], ms[k][BC_RECALLS / 2], ms[k][BC_RECALLS * 9 / 10],
-		       ms[k][BC_RECALLS - 1], BC_RECALLS, (double)got[k] / BC_RECALLS);
+		       rank_names[k], ms[k][n_rec / 2], ms[k][n_rec * 9 / 10], ms[k][n_rec - 1], n_rec,
+		       (double)got[k] / n_rec);
 	}
+	printf("  summary index (groups of %u blocks), per recall: %.1f of %.1f groups read, %.1f "
+	       "blocks' bounds read, "
+	       "%.1f cut part-way, %.1f scored in full\n",
+	       group ? group : 32, (double)rs_sum.groups_read / n_rec, (double)rs_sum.groups / n_rec,
+	       (double)rs_sum.blocks_read / n_rec, (double)rs_sum.blocks_cut / n_rec,
+	       (double)rs_sum.blocks_scored / n_rec);
 	printf("  RSS: %.1f MiB after the fill, %.1f MiB after the recalls, peak %.1f MiB\n", rss_fill,
 	       bc_rss_mib(), bc_peak_mib());
-	free(q);
+	free(qbuf);
 	free(raw);
-	free(pool);
+	free(pool.rows);
 	free(words);
 	free(wtok);
 	free(wn);
@@ -273,7 +411,7 @@ int main(int argc, char **argv)
 	gen_close(g);
 	free(db);
 	free(mp);
-	if (argc <= 2) {
+	if (!keep_dir) {
 		char *cmd = xasprintf("rm -rf '%s'", dir);
 		if (system(cmd) != 0)
 			fprintf(stderr, "bench-cold: could not remove %s\n", dir);

@@ -656,6 +656,9 @@ enum worker_event_kind {
 	                           * why; it stays queued for the next commit) */
 	WORKER_EV_COMPARE,    /* cmp: the comparison after a replayed or followed exchange,
 	                           * or as it stopped (the event owns it) */
+	WORKER_EV_COLD,       /* cold: the cold tier wrote, recalled, stopped or was refused
+	                           * (the event owns cold.hits; cold.msg and cold.scorer point
+	                           * into msg and cold_scorer) */
 };
 
 /* One event from the worker: deep copies of the session hooks' arguments,
@@ -691,6 +694,9 @@ struct worker_event {
 	struct session_recap recap;
 	/* COMPARE */
 	struct compare_view *cmp;
+	/* COLD */
+	struct session_cold_event cold;
+	char cold_scorer[32];
 	/* RESULT */
 	enum worker_cmd_kind cmd;
 	int status;                /* KVS_OK or the failure */

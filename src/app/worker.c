@@ -197,6 +197,7 @@ void worker_event_free(struct worker_event *ev)
 	free(ev->key_tok);
 	session_recap_free(&ev->recap);
 	compare_view_free(ev->cmp);
+	free((void *)ev->cold.hits);
 	free(ev);
 }
 
@@ -320,6 +321,27 @@ static void worker_hook_saved(void *ud, int64_t id, uint32_t index, int status, 
 	ev->index = index;
 	ev->status = status;
 	snprintf(ev->msg, sizeof ev->msg, "%.*s", (int)sizeof ev->msg - 1, msg ? msg : "");
+	worker_push(w, ev);
+}
+
+/* A cold-tier event: copied, hits and texts included. */
+static void worker_hook_cold(void *ud, const struct session_cold_event *c)
+{
+	struct worker *w = ud;
+	struct worker_event *ev = worker_event_new(WORKER_EV_COLD);
+
+	ev->cold = *c;
+	if (c->n_hits > 0) {
+		struct store_cold_hit *h = xmallocarray(c->n_hits, sizeof *h);
+		memcpy(h, c->hits, c->n_hits * sizeof *h);
+		ev->cold.hits = h;
+	} else {
+		ev->cold.hits = NULL;
+	}
+	snprintf(ev->msg, sizeof ev->msg, "%.*s", (int)sizeof ev->msg - 1, c->msg ? c->msg : "");
+	snprintf(ev->cold_scorer, sizeof ev->cold_scorer, "%s", c->scorer ? c->scorer : "");
+	ev->cold.msg = ev->msg;
+	ev->cold.scorer = ev->cold_scorer;
 	worker_push(w, ev);
 }
 
@@ -752,6 +774,7 @@ int worker_start(struct worker **out, struct session *s, struct err *e)
 	                          .turn_end = worker_hook_turn_end,
 	                          .kv = worker_hook_kv,
 	                          .saved = worker_hook_saved,
+	                          .cold = worker_hook_cold,
 	                          .ud = w,
 	                  });
 	if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {

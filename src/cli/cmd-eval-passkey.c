@@ -14,9 +14,18 @@
  * pass key? The pass key is" to the text. Decoding is greedy; a sample is
  * right when the first integer of the answer equals K.
  *
+ * With --cold on, what the policy evicts goes to a cold tier in a
+ * temporary database (deleted at exit), and the prompt is fed as two turns
+ * of the cache: the haystack, whose evictions are written to the cold tier,
+ * then, from the question on, a turn that recalls first as a chat turn
+ * does (session-cold.c: the scorer --recall, the budget --recall-budget;
+ * the turn's words are the question's, its probe the prompt's last
+ * tokens). The tokens and their positions are the same either way; each
+ * sample is an epoch of its own in the cold tier.
+ *
  * Per (length, depth): accuracy, the share of the needle's digit tokens
- * still cached when the question has been read, peak KV bytes, and prefill
- * and decode speed. The table goes to stdout; with --json one JSON object
+ * still cached when the question has been read (recalls included), peak KV
+ * bytes, and prefill and decode speed. The table goes to stdout; with --json one JSON object
  * follows it as the last line. Progress goes to stderr.
  */
 #include "cli/eval.h"
@@ -33,10 +42,10 @@ const struct cli_cmd cmd_eval_passkey = {
 	.name = "eval passkey",
 	.usage = "[--policy P] [--kv-budget N] [--lengths 2k,4k,...] [--depths 10,30,...] "
 	         "[--samples N] [--format chat|raw] [--max-tokens N (default 10)] [--seed S] "
-	         "[--json] [options]",
+	         "[--json] [--cold on [--recall R] [--recall-budget N]] [options]",
 	.help = "passkey retrieval (LM-Infinite's protocol) under a KV retention policy and budget",
 	.exec = cmd_eval_passkey_exec,
-	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_PASSKEY | OPTG_GEN,
+	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_PASSKEY | OPTG_GEN | OPTG_COLD,
 	.defaults = cmd_eval_passkey_defaults,
 };
 
@@ -153,8 +162,8 @@ static long long pk_first_int(const char *s)
 /* Run one sample; fills *right, *kept (share of needle digit tokens cached
  * after the prompt) and *n_tok. */
 static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t n_blocks,
-                     uint32_t depth, uint32_t key, bool *right, double *kept, size_t *n_tok,
-                     char **answer, struct err *e)
+                     uint32_t depth, uint32_t key, struct eval_cold *cold, bool *right,
+                     double *kept, size_t *n_tok, char **answer, struct err *e)
 {
 	uint32_t before = (uint32_t)((double)n_blocks * depth / 100.0 + 0.5);
 	char *text = pk_text(n_blocks, before, key);
@@ -166,9 +175,30 @@ static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t
 		return rc;
 	*n_tok = n;
 	gen_reset(g);
-	rc = gen_begin_turn(g, KV_ROLE_USER, n, e);
+	/* with a cold tier the question starts a turn of its own */
+	size_t head = n;
+	int32_t qa = -1, qb = -1;
+	if (cold->sc != NULL && eval_find_tokens(gen_vocab(g), ids, n, pk_question, 0, 0, &qa, &qb) &&
+	    qa > 0)
+		head = (size_t)qa;
+	rc = gen_begin_turn(g, KV_ROLE_USER, head, e);
 	if (rc == KVS_OK)
-		rc = gen_feed(g, ids, n, e);
+		rc = gen_feed(g, ids, head, e);
+	if (rc == KVS_OK && head < n) {
+		size_t m = n - head;
+		scold_flush(cold->sc, cold->index++, NULL);
+		uint32_t room =
+		        scold_recall(cold->sc, pk_question, ids + head, m, (uint32_t)m, cold->index, NULL);
+		rc = gen_begin_turn(g, KV_ROLE_USER, m + room, e);
+		if (rc == KVS_OK && room > 0) {
+			uint32_t n0 = kv_cache_n(gen_kv(g));
+			scold_place(cold->sc, NULL);
+			cold->recalled += kv_cache_n(gen_kv(g)) - n0;
+		}
+		if (rc == KVS_OK)
+			rc = gen_feed(g, ids + head, m, e);
+		scold_flush(cold->sc, cold->index++, NULL);
+	}
 	if (rc != KVS_OK) {
 		free(ids);
 		return rc;
@@ -248,6 +278,7 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 	struct err e;
 	uint32_t lengths[PK_MAX_LIST], depths[PK_MAX_LIST], n_len = 0, n_dep = 0;
 	struct pk_cell *cells = NULL;
+	struct eval_cold cold = { 0 };
 	char pol[256];
 	enum cli_exit rc;
 
@@ -268,12 +299,17 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 	               sizeof pol, &budget);
 	if (rc != CLI_OK)
 		goto out;
+	if (o->cold.on && eval_cold_open(&cold, g, o, "eval passkey", pol, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
+	}
 	cells = xcalloc((size_t)n_len * n_dep, sizeof *cells);
 	struct eval_progress pr;
 	eval_progress_start(&pr, "passkey", (uint64_t)n_len * n_dep * o->samples);
 	uint64_t done = 0, right = 0;
-	fprintf(stderr, "kvscope eval passkey: %s, budget %u, %s format, seed %u\n", pol, budget,
-	        raw ? "raw" : "chat", o->eval_seed);
+	fprintf(stderr, "kvscope eval passkey: %s, budget %u, %s format, seed %u%s\n", pol, budget,
+	        raw ? "raw" : "chat", o->eval_seed,
+	        cold.sc != NULL ? ", cold tier (a temporary database)" : "");
 	for (uint32_t li = 0; li < n_len; li++) {
 		uint32_t n_blocks;
 		if (pk_calibrate(g, raw, lengths[li], &n_blocks, &e) != KVS_OK) {
@@ -296,8 +332,8 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 				char *answer = NULL;
 				struct gen_timing t0, t1;
 				gen_timings(g, &t0);
-				if (pk_sample(g, o, raw, n_blocks, depths[di], key, &ok, &kept, &n_tok, &answer,
-				              &e) != KVS_OK) {
+				if (pk_sample(g, o, raw, n_blocks, depths[di], key, &cold, &ok, &kept, &n_tok,
+				              &answer, &e) != KVS_OK) {
 					rc = cli_fail(&e);
 					goto out;
 				}
@@ -329,6 +365,9 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 	eval_progress_end(&pr);
 	printf("passkey: %s, budget %u tokens, %s format, seed %u, %u sample(s) per cell\n", pol,
 	       budget, raw ? "raw" : "chat", o->eval_seed, o->samples);
+	if (cold.sc != NULL)
+		printf("cold tier: recall %s, %llu tokens recalled over the run\n",
+		       session_recall_name(o->cold.recall), (unsigned long long)cold.recalled);
 	printf("%7s %6s %7s %9s %6s %8s %9s %8s\n", "length", "depth", "tokens", "right", "kept",
 	       "peakMiB", "prefill/s", "decode/s");
 	for (uint32_t i = 0; i < n_len * n_dep; i++)
@@ -349,6 +388,7 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 	rc = CLI_OK;
 out:
 	free(cells);
+	eval_cold_close(&cold);
 	gen_close(g);
 	return rc;
 }

@@ -203,21 +203,11 @@ static int rc_message(struct gen *g, bool raw, const char *role, const char *con
 	return rc;
 }
 
-/* The cold tier of a run (--cold on): a temporary database and one
- * session row in it. */
-struct rc_cold {
-	char *dir;
-	struct store *st;
-	struct session_cold *sc; /* NULL: no cold tier */
-	uint32_t index;          /* exchanges so far (the cold tier's turn index) */
-	uint64_t recalled;       /* tokens recalled over the run */
-};
-
 /* One exchange as one turn: the user's message, then the assistant's
  * (open: primed and left for the model to go on); with a cold tier, the
  * turn recalls before it is fed and what it evicted is written after. */
 static int rc_exchange(struct gen *g, bool raw, const char *user, const char *asst, bool open,
-                       uint32_t extra, struct rc_cold *cold, int32_t **uids, size_t *nu,
+                       uint32_t extra, struct eval_cold *cold, int32_t **uids, size_t *nu,
                        struct err *e)
 {
 	int32_t *aids = NULL;
@@ -249,62 +239,6 @@ static int rc_exchange(struct gen *g, bool raw, const char *user, const char *as
 		scold_flush(cold->sc, cold->index, NULL);
 	cold->index++;
 	return rc;
-}
-
-/* --cold on: a temporary database with one session, and a cold tier over
- * g's cache writing to it. */
-static int rc_cold_open(struct rc_cold *cold, struct gen *g, const struct cli_opts *o,
-                        const char *pol, struct err *e)
-{
-	cold->dir = file_mkdtemp("kvscope-recall", "--cold", e);
-	if (cold->dir == NULL)
-		return KVS_EIO;
-	char *path = xasprintf("%s/cold.db", cold->dir);
-	int rc = store_open(&cold->st, path, STORE_RW, e);
-	free(path);
-	int64_t id = 0;
-	struct store_session in = { .title = (char *)"eval recall",
-		                        .model_path = (char *)gen_model(g)->name,
-		                        .model_sha256 = (char *)"",
-		                        .arch = (char *)"",
-		                        .policy = (char *)pol,
-		                        .sampler = (char *)"temp=0" };
-	if (rc == KVS_OK)
-		rc = store_session_create(cold->st, &in, &id, e);
-	if (rc != KVS_OK)
-		return rc;
-	scold_open(&cold->sc, g, &o->cold);
-	if (!scold_attach(cold->sc, cold->st, id, "", NULL)) {
-		scold_free(cold->sc);
-		cold->sc = NULL;
-		return err_set(e, KVS_ESTATE, "--cold: the cold tier could not be attached");
-	}
-	return KVS_OK;
-}
-
-/* Free the cold tier and remove its temporary database. */
-static void rc_cold_close(struct rc_cold *cold)
-{
-	scold_free(cold->sc);
-	cold->sc = NULL;
-	store_close(cold->st);
-	cold->st = NULL;
-	if (cold->dir == NULL)
-		return;
-	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
-		                                 "cold.db-journal" };
-	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
-		char *p = xasprintf("%s/%s", cold->dir, parts[i]);
-		unlink(p);
-		free(p);
-	}
-	char *kv = xasprintf("%s/cold.db-kv", cold->dir);
-	rmdir(kv);
-	free(kv);
-	if (rmdir(cold->dir) != 0)
-		log_warn("cold tier: could not remove the temporary folder %s", cold->dir);
-	free(cold->dir);
-	cold->dir = NULL;
 }
 
 /* Original positions [*first, *last] of the tokens of ids (fed at base)
@@ -390,7 +324,8 @@ static bool rc_partial(struct gen *g, const char *value, const char *word, struc
 
 /* One conversation: its fact, turns fillers, the question and the reply. */
 static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, struct rc_sample *sm,
-                         struct eval_rng *r, struct rc_cell *c, struct rc_cold *cold, struct err *e)
+                         struct eval_rng *r, struct rc_cell *c, struct eval_cold *cold,
+                         struct err *e)
 {
 	const struct rc_kind *k = &rc_kinds[sm->kind];
 	gen_reset(g);
@@ -557,7 +492,7 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	uint32_t n_sm = 0;
 	char pol[256];
 	enum cli_exit rc;
-	struct rc_cold cold = { 0 };
+	struct eval_cold cold = { 0 };
 
 	if (eval_parse_list("turns", o->turns ? o->turns : "10,30", 0, 10000, turns, RC_MAX_LIST,
 	                    &n_turns, &e) != KVS_OK ||
@@ -590,7 +525,7 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	               &budget);
 	if (rc != CLI_OK)
 		goto out;
-	if (o->cold.on && rc_cold_open(&cold, g, o, pol, &e) != KVS_OK) {
+	if (o->cold.on && eval_cold_open(&cold, g, o, "eval recall", pol, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;
 	}
@@ -657,7 +592,7 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	fflush(stdout);
 	rc = CLI_OK;
 out:
-	rc_cold_close(&cold);
+	eval_cold_close(&cold);
 	for (uint32_t i = 0; sm && i < n_sm; i++)
 		free(sm[i].answer);
 	free(sm);

@@ -6,11 +6,15 @@
  * handed to tui_run; --resume, --save, --title and --db act as :load and
  * :save at start (--db saves from the first exchange, as chat --db does), --target-words N and --length SPEC as :len (the same options,
  * parsed by the same len_target_parse, as chat and generate). In a build without the workbench it says so in one
- * line and points to `kvscope chat`.
+ * line and points to `kvscope chat`. --cold on (and --cold-max, --cold-block,
+ * --recall, --recall-budget) gives the session a cold tier as chat's: in
+ * the --db database, or without one in a temporary database saved from
+ * the first exchange and deleted at exit (the status line says which).
  */
 #include "cli/opts.h"
 #include "tui/tui.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +26,12 @@ static enum cli_exit cmd_tui_defaults(struct cli_opts *o);
 const struct cli_cmd cmd_tui = {
 	.name = "tui",
 	.usage = "[--model PATH] [--system TEXT] [--policy NAME] [--theme dark|light] "
-	         "[--target-words N | --length SPEC] [options]",
+	         "[--target-words N | --length SPEC] [--cold on [--recall R]] [options]",
 	.help = "the workbench: chat, attention, KV memory and retention views (the default "
 	        "command)",
 	.exec = cmd_tui_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_SAMPLER | OPTG_GEN | OPTG_PROMPT | OPTG_KV |
-	        OPTG_TUI | OPTG_DB | OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN,
+	        OPTG_TUI | OPTG_DB | OPTG_SAVE | OPTG_PLUGIN | OPTG_LEN | OPTG_COLD,
 	.defaults = cmd_tui_defaults,
 };
 
@@ -48,6 +52,36 @@ static enum cli_exit cmd_tui_defaults(struct cli_opts *o)
 	return CLI_OK;
 }
 
+/* Remove the temporary cold-tier folder dir: its database files and the
+ * snapshot files a save wrote beside them (nothing else lives there). */
+static void cmd_tui_cold_rm(const char *dir)
+{
+	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
+		                                 "cold.db-journal" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
+		char *f = xasprintf("%s/%s", dir, parts[i]);
+		(void)unlink(f);
+		free(f);
+	}
+	char *kv = xasprintf("%s/cold.db-kv", dir);
+	DIR *d = opendir(kv);
+	if (d != NULL) {
+		struct dirent *de;
+		while ((de = readdir(d)) != NULL) {
+			if (de->d_name[0] == '.')
+				continue;
+			char *f = xasprintf("%s/%s", kv, de->d_name);
+			(void)unlink(f);
+			free(f);
+		}
+		closedir(d);
+	}
+	(void)rmdir(kv);
+	free(kv);
+	if (rmdir(dir) != 0)
+		log_warn("cold tier: could not remove the temporary folder %s", dir);
+}
+
 static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 {
 	static const struct {
@@ -59,7 +93,7 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 		           { "none", TUI_COLOR_NONE } };
 	struct tui_options to = { 0 };
 	struct session *s = NULL;
-	char *model_path = NULL;
+	char *model_path = NULL, *cold_dir = NULL, *cold_db = NULL;
 	char sampler[256], policy[256];
 	struct err e;
 	enum cli_exit rc;
@@ -104,6 +138,18 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	to.plugins = (const char *const *)plugins;
 	to.n_plugins = o->n_plugins;
 	to.db_path = o->db;
+	if (o->cold.on && o->db == NULL && o->resume == NULL && o->title == NULL && !o->save) {
+		/* the cold tier needs a database: a temporary one, as chat's */
+		cold_dir = file_mkdtemp("kvscope-cold", "cold tier", &e);
+		if (cold_dir == NULL) {
+			rc = cli_fail(&e);
+			goto out;
+		}
+		cold_db = xasprintf("%s/cold.db", cold_dir);
+		to.db_path = cold_db;
+		to.cold_temp = true;
+	}
+	to.cold = o->cold.on;
 	to.resume = o->resume;
 	to.resume_budget = -1;
 	if (o->resume != NULL && cli_opts_given(o, "policy"))
@@ -111,7 +157,7 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	if (o->resume != NULL && cli_opts_given(o, "kv-budget"))
 		to.resume_budget = o->gen.kv.budget;
 	/* --db saves the conversation from its first exchange, as chat --db does */
-	to.save = o->save || o->title != NULL || o->db != NULL;
+	to.save = o->save || o->title != NULL || o->db != NULL || to.cold_temp;
 	to.save_title = o->title;
 	model_path = cli_model_path(o->gen.model_path);
 	to.model_path = model_path;
@@ -134,6 +180,8 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 		goto out;
 	/* the length target the replies start with, as :len sets it later */
 	cli_len_apply(o, session_gen(s));
+	if (o->cold.on)
+		session_set_cold(s, &o->cold);
 	/* what saved sessions record of the sampler (the seed in use, resolved) */
 	const struct sampler_params *sp = &o->gen.sampler;
 	snprintf(sampler, sizeof sampler,
@@ -144,6 +192,10 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	rc = tui_run(s, &to, &e) == KVS_OK ? CLI_OK : cli_fail(&e);
 out:
 	session_close(s);
+	if (cold_dir != NULL)
+		cmd_tui_cold_rm(cold_dir);
+	free(cold_dir);
+	free(cold_db);
 	for (int i = 0; i < to.n_plugins; i++)
 		free(plugins[i]);
 	free(model_path);

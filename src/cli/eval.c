@@ -1,7 +1,8 @@
 /*
  * eval.c: helpers shared by the evaluation commands: the seeded generator
  * (splitmix64, so a run is reproducible from --seed alone), the progress
- * bar on stderr, list parsing and JSON strings.
+ * bar on stderr, list parsing, JSON strings, and the temporary cold tier
+ * of a run with --cold on (eval recall, eval passkey).
  */
 #include "cli/eval.h"
 #include "app/app.h"
@@ -196,4 +197,57 @@ void eval_json_head(FILE *fp, const char *eval, struct gen *g, const char *polic
 	fprintf(fp, ",\"policy\":");
 	eval_json_str(fp, policy);
 	fprintf(fp, ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u", budget, raw ? "raw" : "chat", seed);
+}
+
+int eval_cold_open(struct eval_cold *cold, struct gen *g, const struct cli_opts *o,
+                   const char *title, const char *pol, struct err *e)
+{
+	cold->dir = file_mkdtemp("kvscope-eval", "--cold", e);
+	if (cold->dir == NULL)
+		return KVS_EIO;
+	char *path = xasprintf("%s/cold.db", cold->dir);
+	int rc = store_open(&cold->st, path, STORE_RW, e);
+	free(path);
+	int64_t id = 0;
+	struct store_session in = { .title = (char *)title,
+		                        .model_path = (char *)gen_model(g)->name,
+		                        .model_sha256 = (char *)"",
+		                        .arch = (char *)"",
+		                        .policy = (char *)pol,
+		                        .sampler = (char *)"temp=0" };
+	if (rc == KVS_OK)
+		rc = store_session_create(cold->st, &in, &id, e);
+	if (rc != KVS_OK)
+		return rc;
+	scold_open(&cold->sc, g, &o->cold);
+	if (!scold_attach(cold->sc, cold->st, id, "", NULL)) {
+		scold_free(cold->sc);
+		cold->sc = NULL;
+		return err_set(e, KVS_ESTATE, "--cold: the cold tier could not be attached");
+	}
+	return KVS_OK;
+}
+
+void eval_cold_close(struct eval_cold *cold)
+{
+	scold_free(cold->sc);
+	cold->sc = NULL;
+	store_close(cold->st);
+	cold->st = NULL;
+	if (cold->dir == NULL)
+		return;
+	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
+		                                 "cold.db-journal" };
+	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
+		char *p = xasprintf("%s/%s", cold->dir, parts[i]);
+		unlink(p);
+		free(p);
+	}
+	char *kv = xasprintf("%s/cold.db-kv", cold->dir);
+	rmdir(kv);
+	free(kv);
+	if (rmdir(cold->dir) != 0)
+		log_warn("cold tier: could not remove the temporary folder %s", cold->dir);
+	free(cold->dir);
+	cold->dir = NULL;
 }

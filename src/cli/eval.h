@@ -44,6 +44,23 @@ struct vocab;
 bool eval_find_tokens(const struct vocab *v, const int32_t *ids, size_t n, const char *text,
                       size_t skip, size_t trim, int32_t *first, int32_t *last);
 
+/* The cold tier of an eval run (--cold on): a temporary database with one
+ * session row in it, and a cold tier over the run's cache writing to it
+ * (deleted by eval_cold_close). */
+struct eval_cold {
+	char *dir;
+	struct store *st;
+	struct session_cold *sc; /* NULL: no cold tier */
+	uint32_t index;          /* exchanges so far (the cold tier's turn index) */
+	uint64_t recalled;       /* tokens recalled over the run */
+};
+/* Open it over g's cache with o->cold's settings (title and policy name
+ * the session row). */
+int eval_cold_open(struct eval_cold *cold, struct gen *g, const struct cli_opts *o,
+                   const char *title, const char *pol, struct err *e);
+/* Free the cold tier and remove its temporary database. */
+void eval_cold_close(struct eval_cold *cold);
+
 /* Write s as a JSON string. */
 void eval_json_str(FILE *fp, const char *s);
 

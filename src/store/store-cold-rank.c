@@ -6,8 +6,11 @@
  *   FTS      the turn's words as an FTS5 query, every term quoted
  *            (store_cold_fts_query), best BM25 first, at most
  *            COLD_CANDIDATES blocks;
- *   SUMMARY  every block of the epoch scored by its per-channel key bounds
- *            against the turn's probe queries (store_cold_summary_score);
+ *   SUMMARY  the blocks of the epoch scored by their per-channel key bounds
+ *            against the turn's probe queries (store_cold_summary_score):
+ *            the best top_k (at most COLD_CANDIDATES), found exactly by the index's
+ *            search (store-cold-index.c), which skips the groups of blocks
+ *            whose merged bounds cannot reach the k-th best;
  *   BOTH     the two interleaved, FTS first: FTS's best, summary's best,
  *            FTS's second, summary's second, ... (a block in both takes
  *            its earlier place): where the words match, the best match
@@ -15,7 +18,8 @@
  *            still gets every other place, so a turn whose words match
  *            nothing, or match the wrong blocks, recalls by its queries;
  *   SCORES   a caller's scorer (a Lua hook) given every block with its
- *            BM25, summary score and text; when it fails, BOTH.
+ *            BM25, summary score (a scan of the index's block bounds) and
+ *            text; when it fails, BOTH.
  *
  * Positions: keys are kept before RoPE and the probe's queries are taken
  * before RoPE too, so the summary bounds the position-free logit q.k (the
@@ -62,14 +66,6 @@ static int cold_cand_cmp(const void *a, const void *b)
 	const struct cold_cand *x = a, *y = b;
 	if (x->key != y->key)
 		return x->key < y->key ? 1 : -1;
-	return (x->hit.pos0 > y->hit.pos0) - (x->hit.pos0 < y->hit.pos0);
-}
-
-static int cold_sum_cmp(const void *a, const void *b)
-{
-	const struct cold_cand *x = a, *y = b;
-	if (x->hit.summary != y->hit.summary)
-		return x->hit.summary < y->hit.summary ? 1 : -1;
 	return (x->hit.pos0 > y->hit.pos0) - (x->hit.pos0 < y->hit.pos0);
 }
 
@@ -130,141 +126,48 @@ static int cold_rank_fts(const struct cold_scope *c, const char *text, struct co
 	return rc;
 }
 
-/* Whether this host stores floats little-endian (the blobs' order). */
-static bool cold_host_le(void)
-{
-	const uint32_t one = 1;
-	uint8_t b;
-	memcpy(&b, &one, 1);
-	return b == 1;
-}
-
-/* Decode a bounds blob (n_layer, n_head_kv, head_dim) float32 LE into f;
- * false when its size is not that. */
-static bool cold_bounds_read(const struct cold_scope *c, sqlite3_stmt *st, int col, float *f)
-{
-	size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim;
-	if ((size_t)sqlite3_column_bytes(st, col) != nb * 4)
-		return false;
-	const uint8_t *p = sqlite3_column_blob(st, col);
-	if (cold_host_le()) {
-		memcpy(f, p, nb * 4);
-		return true;
-	}
-	for (size_t i = 0; i < nb; i++)
-		f[i] = cold_getf(p + 4 * i);
-	return true;
-}
-
-/* The probe as the scan uses it: per (layer, KV head) the queries of its
- * query heads and probe tokens, split into their positive and negative
- * parts, so that each query's bound over a block is one branch-free pass
- * (sum_d qp_d kmax_d + qn_d kmin_d, the same sum store_cold_summary_score
- * takes: the parts add exact zeros). */
-struct cold_probe {
-	uint32_t n_layer, n_head_kv, head_dim, per; /* per: queries per (layer, KV head) */
-	double *qp, *qn;                            /* (n_layer, n_head_kv, per, head_dim) */
-};
-
-static void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float *q,
-                            uint32_t n_q)
-{
-	uint32_t grp = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
-	p->n_layer = hp->n_layer;
-	p->n_head_kv = hp->n_head_kv;
-	p->head_dim = hd;
-	p->per = n_q * grp;
-	size_t n = (size_t)hp->n_layer * hp->n_head_kv * p->per * hd;
-	p->qp = xmallocarray(n, sizeof *p->qp);
-	p->qn = xmallocarray(n, sizeof *p->qn);
-	for (uint32_t l = 0; l < hp->n_layer; l++)
-		for (uint32_t t = 0; t < n_q; t++)
-			for (uint32_t h = 0; h < hp->n_head; h++) {
-				const float *src = q + (((size_t)t * hp->n_layer + l) * hp->n_head + h) * hd;
-				uint32_t g = h / grp, j = t * grp + h % grp;
-				size_t o = (((size_t)l * hp->n_head_kv + g) * p->per + j) * hd;
-				for (uint32_t d = 0; d < hd; d++) {
-					p->qp[o + d] = src[d] > 0 ? src[d] : 0;
-					p->qn[o + d] = src[d] > 0 ? 0 : src[d];
-				}
-			}
-}
-
-static void cold_probe_free(struct cold_probe *p)
-{
-	free(p->qp);
-	free(p->qn);
-}
-
-/* store_cold_summary_score of the probe over bounds kmin, kmax. */
-static double cold_probe_score(const struct cold_probe *p, const float *kmin, const float *kmax)
-{
-	uint32_t hd = p->head_dim;
-	double total = 0;
-	for (uint32_t l = 0; l < p->n_layer; l++) {
-		double best = -INFINITY;
-		for (uint32_t g = 0; g < p->n_head_kv; g++) {
-			size_t ko = ((size_t)l * p->n_head_kv + g) * hd;
-			const float *mn = kmin + ko, *mx = kmax + ko;
-			for (uint32_t j = 0; j < p->per; j++) {
-				size_t qo = (((size_t)l * p->n_head_kv + g) * p->per + j) * hd;
-				const double *a = p->qp + qo, *b = p->qn + qo;
-				double ub = 0;
-				for (uint32_t d = 0; d < hd; d++)
-					ub += a[d] * mx[d] + b[d] * mn[d];
-				best = ub > best ? ub : best;
-			}
-		}
-		total += best;
-	}
-	return p->n_layer ? total / p->n_layer / sqrt((double)hd) : 0;
-}
-
-/* The summary ranking: every block of this epoch scored against the probe
- * (q, n_q), best first, into *sum (text too when want_text). */
+/* The summary ranking, best first, into *sum (text too when want_text):
+ * with want_text (a custom scorer sees every block) every block of the
+ * epoch, from a scan of the summaries; else the best COLD_CANDIDATES,
+ * from the index's exact top-k search (store-cold-index.c). */
 static int cold_rank_summary(const struct cold_scope *c, const float *q, uint32_t n_q,
                              bool want_text, struct cold_cand **sum, size_t *n_sum, struct err *e)
 {
-	const struct hparams *hp = c->hp;
-	size_t nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim, cap = 0;
+	struct cold_scored *sc = NULL;
+	size_t n_sc = 0;
 	*sum = NULL;
 	*n_sum = 0;
+	int rc = want_text
+	        ? cold_index_scan(c, q, n_q, &sc, &n_sc, e)
+	        : cold_index_top(c, q, n_q, c->top_k ? c->top_k : COLD_CANDIDATES, &sc, &n_sc, e);
 	sqlite3_stmt *st = NULL;
-	int rc = store_prepare(c->s,
-	                       "SELECT id, epoch, turn, pos0, pos1, n_tokens, kmin, kmax, text FROM "
-	                       "cold_blocks WHERE session_id = ?1 AND epoch = ?2",
-	                       &st, e);
-	if (rc != KVS_OK)
-		return rc;
-	float *kmin = xmallocarray(nb, sizeof *kmin), *kmax = xmallocarray(nb, sizeof *kmax);
-	struct cold_probe probe;
-	cold_probe_init(&probe, hp, q, n_q);
-	sqlite3_bind_int64(st, 1, c->id);
-	sqlite3_bind_int64(st, 2, c->epoch);
-	int r;
-	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-		if (*n_sum == cap) {
-			cap = cap ? 2 * cap : 64;
-			*sum = xreallocarray(*sum, cap, sizeof **sum);
+	if (rc == KVS_OK && n_sc > 0)
+		rc = store_prepare(c->s,
+		                   "SELECT id, epoch, turn, pos0, pos1, n_tokens, text FROM cold_blocks "
+		                   "WHERE id = ?1",
+		                   &st, e);
+	if (rc == KVS_OK && n_sc > 0) {
+		*sum = xcalloc(n_sc, sizeof **sum);
+		for (size_t i = 0; i < n_sc; i++) {
+			sqlite3_bind_int64(st, 1, sc[i].id);
+			int r = sqlite3_step(st);
+			struct cold_cand *k = &(*sum)[*n_sum];
+			if (r == SQLITE_ROW && cold_cand_row(c, st, k)) {
+				k->hit.summary = sc[i].score;
+				k->rank_sum = (uint32_t)(*n_sum + 1);
+				if (want_text)
+					k->text = xstrdup((const char *)sqlite3_column_text(st, 6));
+				(*n_sum)++;
+			} else if (r != SQLITE_ROW && r != SQLITE_DONE) {
+				rc = store_fail(c->s, r, "reading the cold tier", e);
+				sqlite3_reset(st);
+				break;
+			}
+			sqlite3_reset(st);
 		}
-		struct cold_cand *k = &(*sum)[*n_sum];
-		if (!cold_cand_row(c, st, k) || !cold_bounds_read(c, st, 6, kmin) ||
-		    !cold_bounds_read(c, st, 7, kmax))
-			continue;
-		k->hit.summary = cold_probe_score(&probe, kmin, kmax);
-		if (want_text)
-			k->text = xstrdup((const char *)sqlite3_column_text(st, 8));
-		(*n_sum)++;
 	}
-	if (r != SQLITE_DONE)
-		rc = store_fail(c->s, r, "scoring the cold tier", e);
 	sqlite3_finalize(st);
-	free(kmin);
-	free(kmax);
-	cold_probe_free(&probe);
-	qsort(*sum, *n_sum, sizeof **sum, cold_sum_cmp);
-	for (size_t i = 0; i < *n_sum; i++)
-		(*sum)[i].rank_sum = (uint32_t)(i + 1);
+	free(sc);
 	return rc;
 }
 

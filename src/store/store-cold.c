@@ -15,7 +15,10 @@
  * keys in the cache's element type, so a recall places them at any
  * position exactly), the per-(layer, KV head, channel) key minimum and
  * maximum (the bounds a Quest-style scorer needs) and its text, indexed by
- * FTS5 through triggers (migration 002-cold.sql).
+ * FTS5 through triggers (migration 002-cold.sql). The bounds live in the
+ * summary index (cold_sums and cold_groups, store-cold-index.c, migration
+ * 003-cold-index.sql), apart from the K/V blob; the block row's own kmin
+ * and kmax columns stay empty.
  *
  * Writing: blocks queue in memory and a flush writes them in one
  * transaction between turns, then drops the oldest blocks beyond the cap,
@@ -34,7 +37,8 @@
  * is never FTS syntax, ranked by BM25. SUMMARY: every block's key bounds
  * against the turn's probe queries (store_cold_summary_score, Quest's
  * bound; both sides before RoPE, so the bound is of the position-free
- * logit, exact for what it states). BOTH: the two interleaved, FTS first
+ * logit, exact for what it states), the best k found by the index's exact
+ * top-k search (k: four times the blocks the budget holds, 16 to 64). BOTH: the two interleaved, FTS first
  * (store-cold-rank.c). A custom scorer sees every block with both scores
  * and its text. The best blocks
  * are taken while they fit the budget, each with the
@@ -77,6 +81,8 @@ struct store_cold {
 	size_t n_q, cap_q;
 	uint64_t n_pending;
 	bool stopped, warned_raw;
+	struct cold_index_w iw;             /* the index group a flush fills */
+	struct store_cold_rank_stats stats; /* what the last ranking read */
 	/* the last recall's choice, until placed */
 	struct kv_tok *sel_toks; /* (n_sel) orig_pos ascending */
 	uint8_t *sel_raw;        /* (n_sel, row) */
@@ -93,6 +99,8 @@ void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct 
 	c->cfg = *cfg;
 	if (c->cfg.block == 0)
 		c->cfg.block = 64;
+	if (c->cfg.group == 0)
+		c->cfg.group = 32;
 	c->hp = &engine_model(eng)->hp;
 	c->row = engine_kv_bytes_per_slot(eng);
 	c->kv_type = engine_kv_type(eng);
@@ -118,6 +126,7 @@ void store_cold_free(struct store_cold *c)
 		return;
 	cold_queue_clear(c);
 	free(c->q);
+	cold_index_w_free(&c->iw);
 	free(c->sel_toks);
 	free(c->sel_raw);
 	free(c);
@@ -215,6 +224,15 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
 	}
 	c->s = s;
 	c->id = id;
+	cold_index_w_reset(&c->iw);
+	/* rows older than the index (migration 003) get their groups now; a
+	 * recall scores ungrouped rows one by one, so failing here costs time */
+	if (!s->ro) {
+		struct err ie;
+		size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim;
+		if (cold_index_build(s, id, nb, c->cfg.group, &ie) != KVS_OK)
+			log_warn("cold tier: %s", ie.msg);
+	}
 	return KVS_OK;
 }
 
@@ -309,10 +327,9 @@ static float cold_elem(const struct store_cold *c, const uint8_t *row, size_t k)
 	return f;
 }
 
-/* The block's key bounds, kmin and kmax (n_layer, n_head_kv, head_dim) as
- * little-endian float32. */
-static void cold_bounds(const struct store_cold *c, const struct cold_block *b, uint8_t *kmin,
-                        uint8_t *kmax)
+/* The block's key bounds, kmin and kmax (n_layer, n_head_kv, head_dim). */
+static void cold_bounds(const struct store_cold *c, const struct cold_block *b, float *kmin,
+                        float *kmax)
 {
 	const struct hparams *hp = c->hp;
 	size_t per_head = hp->head_dim, per_layer = 2 * (size_t)hp->n_head_kv * per_head;
@@ -326,9 +343,9 @@ static void cold_bounds(const struct store_cold *c, const struct cold_block *b, 
 					lo = fminf(lo, x);
 					hi = fmaxf(hi, x);
 				}
-				size_t o = (((size_t)l * hp->n_head_kv + h) * hp->head_dim + d) * 4;
-				cold_putf(kmin + o, lo);
-				cold_putf(kmax + o, hi);
+				size_t o = ((size_t)l * hp->n_head_kv + h) * hp->head_dim + d;
+				kmin[o] = lo;
+				kmax[o] = hi;
 			}
 }
 
@@ -353,9 +370,9 @@ static char *cold_text(const struct store_cold *c, const struct cold_block *b)
 static int cold_insert(struct store_cold *c, sqlite3_stmt *st, const struct cold_block *b,
                        double now, struct err *e)
 {
-	size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim * 4;
-	uint8_t *toks = xmalloc((size_t)b->n * COLD_TOK_BYTES), *kmin = xmalloc(nb),
-	        *kmax = xmalloc(nb);
+	size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim;
+	uint8_t *toks = xmalloc((size_t)b->n * COLD_TOK_BYTES);
+	float *kmin = xmallocarray(nb, sizeof *kmin), *kmax = xmallocarray(nb, sizeof *kmax);
 	for (uint32_t i = 0; i < b->n; i++) {
 		const struct kv_tok *t = &b->toks[i];
 		uint8_t *p = toks + (size_t)i * COLD_TOK_BYTES;
@@ -378,15 +395,19 @@ static int cold_insert(struct store_cold *c, sqlite3_stmt *st, const struct cold
 	sqlite3_bind_text(st, 8, text, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_blob(st, 9, toks, (int)((size_t)b->n * COLD_TOK_BYTES), SQLITE_TRANSIENT);
 	sqlite3_bind_blob64(st, 10, b->raw, (sqlite3_uint64)b->n * c->row, SQLITE_TRANSIENT);
-	sqlite3_bind_blob(st, 11, kmin, (int)nb, SQLITE_TRANSIENT);
-	sqlite3_bind_blob(st, 12, kmax, (int)nb, SQLITE_TRANSIENT);
+	sqlite3_bind_zeroblob(st, 11, 0); /* the bounds go to the index */
+	sqlite3_bind_zeroblob(st, 12, 0);
 	int r = sqlite3_step(st);
 	sqlite3_reset(st);
+	int rc = r == SQLITE_DONE ? KVS_OK : store_fail(c->s, r, "writing a cold block", e);
+	if (rc == KVS_OK)
+		rc = cold_index_add(c->s, &c->iw, c->id, b->epoch, sqlite3_last_insert_rowid(c->s->db),
+		                    b->toks[0].orig_pos, kmin, kmax, nb, c->cfg.group, e);
 	free(text);
 	free(toks);
 	free(kmin);
 	free(kmax);
-	return r == SQLITE_DONE ? KVS_OK : store_fail(c->s, r, "writing a cold block", e);
+	return rc;
 }
 
 /* Drop the oldest blocks while the session holds more than the cap. */
@@ -474,14 +495,19 @@ int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flus
 			info->blocks++;
 			info->tokens += c->q[i].n;
 		}
+		if (rc == KVS_OK)
+			rc = cold_index_finish(s, &c->iw, e);
 		if (rc == KVS_OK && c->cfg.max_tokens > 0)
 			rc = cold_trim(c, turn, info, e);
+		if (rc == KVS_OK && info->dropped_blocks > 0)
+			rc = cold_index_prune(s, c->id, e);
 		if (rc == KVS_OK)
 			rc = store_exec(s, "COMMIT", "writing the cold tier", e);
 		if (rc != KVS_OK)
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	}
 	sqlite3_finalize(st);
+	cold_index_w_reset(&c->iw);
 	cold_queue_clear(c);
 	if (rc != KVS_OK) {
 		memset(info, 0, sizeof *info);
@@ -628,7 +654,15 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 		return KVS_OK;
 	cold_sync(c);
 	struct store *s = c->s;
-	struct cold_scope scope = { s, c->id, c->epoch, c->hp, c->cfg.block * 16 };
+	memset(&c->stats, 0, sizeof c->stats);
+	/* the summary ranking's k: four times the blocks the budget holds (each
+	 * hit brings the block after it; blocks too long or cached are skipped),
+	 * 16 to 64; the smaller it is, the more of the index the search skips */
+	uint32_t k = query->top_k;
+	if (k == 0)
+		k = KVS_MIN(KVS_MAX(4 * ((budget + c->cfg.block - 1) / c->cfg.block), 16u),
+		            (uint32_t)COLD_CANDIDATES);
+	struct cold_scope scope = { s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats, k };
 	struct cold_cand *cands = NULL;
 	size_t n_cands = 0;
 	int rc = cold_rank(&scope, query, &cands, &n_cands, e);
@@ -703,6 +737,11 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 	}
 	free(got);
 	return rc;
+}
+
+void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out)
+{
+	*out = c->stats;
 }
 
 int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *tokens,

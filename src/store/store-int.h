@@ -10,6 +10,8 @@
  *   store-export.c  a session as Markdown or JSON
  *   store-cold.c    the cold tier: evicted blocks written, chosen, placed
  *   store-cold-rank.c  how a recall ranks the cold blocks
+ *   store-cold-index.c the summary index: block bounds apart from the K/V,
+ *                   group bounds over them, the exact top-k search
  * nostore.c (built without SQLite) answers store.h alone and needs none of it.
  *
  * Every function here that can fail returns a KVS_* status and fills e
@@ -88,8 +90,10 @@ struct cold_scope {
 	struct store *s;
 	int64_t id;
 	uint32_t epoch;
-	const struct hparams *hp; /* the shapes of the bounds blobs */
-	uint32_t max_block;       /* tokens a block row may claim at most */
+	const struct hparams *hp;            /* the shapes of the bounds blobs */
+	uint32_t max_block;                  /* tokens a block row may claim at most */
+	struct store_cold_rank_stats *stats; /* what the ranking read (added to); NULL: none */
+	uint32_t top_k;                      /* the summary ranking's k (0: COLD_CANDIDATES) */
 };
 
 /* A block a recall may take, and what ranks it. */
@@ -104,5 +108,66 @@ struct cold_cand {
  * frees each text and the array); blocks no ranking scored are left out. */
 int cold_rank(const struct cold_scope *scope, const struct store_cold_query *query,
               struct cold_cand **out, size_t *n, struct err *e);
+
+/* ---- store-cold-index.c: the summary index ---- */
+
+/* A probe as the scorers use it: per (layer, KV head) the queries of its
+ * query heads and probe tokens split into their positive and negative
+ * parts, so a query's bound over a box is one pass (sum_d qp_d kmax_d +
+ * qn_d kmin_d, store_cold_summary_score's sum: the parts add exact zeros),
+ * and the channel-wise envelope of those parts over the queries. */
+struct cold_probe {
+	uint32_t n_layer, n_head_kv, head_dim, per; /* per: queries per (layer, KV head) */
+	double *qp, *qn;                            /* (n_layer, n_head_kv, per, head_dim) */
+	double *pmax, *pmin, *nmax, *nmin;          /* (n_layer, n_head_kv, head_dim) over per */
+};
+
+void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float *q, uint32_t n_q);
+void cold_probe_free(struct cold_probe *p);
+/* store_cold_summary_score of the probe over bounds kmin, kmax. */
+double cold_probe_score(const struct cold_probe *p, const float *kmin, const float *kmax);
+/* Decode column col of st, nb float32 LE, into f; false when its size is
+ * not that. */
+bool cold_floats_read(sqlite3_stmt *st, int col, size_t nb, float *f);
+
+/* A block's summary score, and what breaks its ties (pos0, lower first). */
+struct cold_scored {
+	int64_t id;
+	int32_t pos0;
+	double score;
+};
+
+/* The index group a flush is filling (kept between the blocks of one
+ * flush; reset after it, so a rolled-back flush leaves nothing behind). */
+struct cold_index_w {
+	int64_t sid, id; /* the group's row; its bounds below (nb floats each) */
+	uint32_t epoch, n;
+	size_t nb;
+	float *kmin, *kmax; /* (n_layer, n_head_kv, head_dim) */
+	bool loaded, dirty;
+};
+
+/* Index block block_id (session sid, epoch, first position pos0, bounds
+ * kmin, kmax: nb floats each): its cold_sums row, and its group's bounds
+ * widened (a new group when the last holds `group` blocks). */
+int cold_index_add(struct store *s, struct cold_index_w *w, int64_t sid, uint32_t epoch,
+                   int64_t block_id, int32_t pos0, const float *kmin, const float *kmax, size_t nb,
+                   uint32_t group, struct err *e);
+/* Write the open group back (in the flush's transaction) and forget it. */
+int cold_index_finish(struct store *s, struct cold_index_w *w, struct err *e);
+void cold_index_w_reset(struct cold_index_w *w);
+void cold_index_w_free(struct cold_index_w *w);
+/* Delete session sid's groups that no block belongs to any more. */
+int cold_index_prune(struct store *s, int64_t sid, struct err *e);
+/* Group session sid's ungrouped rows (those the migration copied), in
+ * groups of `group` consecutive blocks per epoch, in one transaction. */
+int cold_index_build(struct store *s, int64_t sid, size_t nb, uint32_t group, struct err *e);
+/* The best k blocks of scope by summary score against the probe (q, n_q),
+ * best first, exactly as cold_index_scan's first k (caller frees *out). */
+int cold_index_top(const struct cold_scope *c, const float *q, uint32_t n_q, size_t k,
+                   struct cold_scored **out, size_t *n, struct err *e);
+/* Every block of scope scored, best first (caller frees *out). */
+int cold_index_scan(const struct cold_scope *c, const float *q, uint32_t n_q,
+                    struct cold_scored **out, size_t *n, struct err *e);
 
 #endif

@@ -194,6 +194,16 @@ struct store_cold;
 struct store_cold_config {
 	uint32_t block;      /* tokens per block at most (default 64) */
 	uint64_t max_tokens; /* per session (--cold-max); 0: no cap */
+	uint32_t group;      /* blocks per summary index group (default 32) */
+};
+
+/* What the last ranking read of the summary index (store-cold-index.c). */
+struct store_cold_rank_stats {
+	uint64_t groups;        /* groups of the epoch whose bounds were scored */
+	uint64_t groups_read;   /* groups whose members were read */
+	uint64_t blocks_read;   /* blocks whose bounds were read */
+	uint64_t blocks_cut;    /* of those, dropped part-way through the layers */
+	uint64_t blocks_scored; /* scored in full */
 };
 
 /* One block a recall brought back. */
@@ -273,11 +283,13 @@ struct store_cold_query {
 	enum store_cold_rank rank;
 	store_cold_scorer_fn scorer; /* STORE_COLD_SCORES */
 	void *scorer_ud;
+	uint32_t top_k; /* SUMMARY and BOTH: the summary ranking's best k blocks (0: four
+	                 * times the blocks the budget holds, 16 to 64) */
 };
 /* Choose the blocks of this epoch that query ranks best, up to budget
- * tokens, as store_cold_recall does (which is rank FTS). SUMMARY scores
- * every block of the epoch; without a probe it falls back to FTS, and
- * BOTH and SCORES use what they have. */
+ * tokens, as store_cold_recall does (which is rank FTS). SUMMARY ranks by
+ * the summary index's exact best k (top_k); without a probe it falls back
+ * to FTS, and BOTH and SCORES (every block scored) use what they have. */
 int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *query,
                          uint32_t budget, struct store_cold_hit **hits, size_t *n_hits,
                          struct err *e);
@@ -295,6 +307,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 double store_cold_summary_score(const float *q, uint32_t n_q, uint32_t n_layer, uint32_t n_head,
                                 uint32_t n_head_kv, uint32_t head_dim, const float *kmin,
                                 const float *kmax);
+/* What the last store_cold_recall_by read of the summary index. */
+void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out);
 /* Put the chosen blocks back into the cache, in their original order
  * (kv_cache_recall); KVS_EARG when they do not fit (nothing changes). */
 int store_cold_place(struct store_cold *c, struct err *e);

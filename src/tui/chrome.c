@@ -91,6 +91,18 @@ static void st_policy(const struct tui *t, char *buf, size_t cap)
 	snprintf(buf, cap, "%s", t->policy[0] ? t->policy : "?");
 }
 
+/* The cold tier, when on: where it lives and what it brought back. */
+static void st_cold(const struct tui *t, char *buf, size_t cap)
+{
+	if (!t->cold_on) {
+		buf[0] = '\0';
+		return;
+	}
+	snprintf(buf, cap, "cold tier%s, %llu recalled%s",
+	         t->cold_temp ? ": temporary database, deleted at exit" : " on",
+	         (unsigned long long)t->cold_recalled, t->cold_stopped ? ", writes stopped" : "");
+}
+
 static void st_plugins(const struct tui *t, char *buf, size_t cap)
 {
 	size_t n, off;
@@ -126,8 +138,9 @@ static void st_plugins(const struct tui *t, char *buf, size_t cap)
 static struct tui_status_item tui_status_items[TUI_MAX_STATUS] = {
 	{ "model", st_model }, { "backend", st_backend }, { "speed", st_speed },
 	{ "context", st_ctx }, { "policy", st_policy },   { "plugins", st_plugins },
+	{ "cold", st_cold },
 };
-static size_t tui_n_status = 6;
+static size_t tui_n_status = 7;
 
 int tui_status_register(const struct tui_status_item *it)
 {
@@ -143,8 +156,8 @@ static const struct {
 	const char *name;
 	int rank;
 } tui_status_rank[] = {
-	{ "context", 6 }, { "policy", 5 }, { "speed", 4 },
-	{ "plugins", 3 }, { "model", 2 },  { "backend", 1 },
+	{ "context", 6 }, { "cold", 5 },  { "policy", 5 },  { "speed", 4 },
+	{ "plugins", 3 }, { "model", 2 }, { "backend", 1 },
 };
 
 static int status_rank(const char *name)

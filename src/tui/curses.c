@@ -816,6 +816,8 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tt->ctx.w = tt->w;
 	worker_set_store(tt->w, o->db_path, o->model_path, o->sampler);
 	snprintf(tt->t.db_path, sizeof tt->t.db_path, "%s", o->db_path ? o->db_path : "");
+	tt->t.cold_on = o->cold;
+	tt->t.cold_temp = o->cold_temp;
 	tt->in = tui_input_open();
 	tui_input_set_wait(tt->in, tui_wait_key, tt);
 	tt->bench_exit = o->bench_exit;

@@ -527,6 +527,7 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 	case WORKER_EV_SNAPSHOT: tui_apply_snapshot(t, ev); break;
 	case WORKER_EV_TRANSCRIPT: tui_replay(t, &ev->recap, ev->status, ev->msg); break;
 	case WORKER_EV_COMPARE: tui_compare_apply(t, ev); break;
+	case WORKER_EV_COLD: tui_cold_apply(t, &ev->cold); break;
 	case WORKER_EV_SAVED:
 		/* a commit that failed keeps the exchange queued for the next */
 		if (ev->status != KVS_OK)
@@ -747,6 +748,8 @@ void tui_regions(const struct tui *t, struct tui_regions *r)
 			continue;
 		if (x->evicted && !x->cached)
 			r->evicted++;
+		else if (x->t.flags & KV_FLAG_RECALLED)
+			r->recalled++;
 		else if (x->t.flags & KV_FLAG_PINNED)
 			r->pinned++;
 		else if (x->t.flags & KV_FLAG_SINK)

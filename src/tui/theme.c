@@ -13,12 +13,12 @@
 #include <string.h>
 
 static const char *const tui_role_names[R_COUNT] = {
-	"normal",       "dim",       "title",   "border",    "tab",    "tab-active", "status",
-	"status-error", "system",    "user",    "assistant", "banner", "info",       "input",
-	"cursor",       "kept",      "evicted", "sink",      "key",    "pinned",     "selected",
-	"bar-fill",     "bar-empty", "spark",   "heat0",     "heat1",  "heat2",      "heat3",
-	"heat4",        "heat5",     "heat6",   "heat7",     "surp0",  "surp1",      "surp2",
-	"surp3",        "surp4",
+	"normal",       "dim",       "title",    "border",    "tab",    "tab-active", "status",
+	"status-error", "system",    "user",     "assistant", "banner", "info",       "input",
+	"cursor",       "kept",      "evicted",  "sink",      "key",    "pinned",     "selected",
+	"bar-fill",     "bar-empty", "spark",    "heat0",     "heat1",  "heat2",      "heat3",
+	"heat4",        "heat5",     "heat6",    "heat7",     "surp0",  "surp1",      "surp2",
+	"surp3",        "surp4",     "recalled",
 };
 
 #define C(fg, bg, fg8, bg8, a) \
@@ -66,6 +66,7 @@ static const struct tui_theme tui_themes[] = {
 	          [R_SURP2] = C(222, -1, 3, -1, 0),
 	          [R_SURP3] = C(209, -1, 3, -1, TUI_A_BOLD),
 	          [R_SURP4] = C(203, -1, 1, -1, TUI_A_BOLD | TUI_A_UNDERLINE),
+	          [R_RECALLED] = C(16, 81, 0, 6, TUI_A_UNDERLINE | TUI_A_BOLD),
 	  } },
 	{ "light",
 	  {
@@ -106,6 +107,7 @@ static const struct tui_theme tui_themes[] = {
 	          [R_SURP2] = C(130, -1, 3, -1, 0),
 	          [R_SURP3] = C(166, -1, 1, -1, TUI_A_BOLD),
 	          [R_SURP4] = C(160, -1, 1, -1, TUI_A_BOLD | TUI_A_UNDERLINE),
+	          [R_RECALLED] = C(232, 117, 0, 6, TUI_A_UNDERLINE | TUI_A_BOLD),
 	  } },
 };
 #undef C

@@ -66,6 +66,7 @@ enum tui_role {
 	R_SURP2,
 	R_SURP3,
 	R_SURP4,
+	R_RECALLED, /* a token back from the cold tier */
 	R_COUNT
 };
 #define TUI_HEAT_LEVELS 8
@@ -190,6 +191,7 @@ enum tui_overview { OV_ENTROPY = 0, OV_SINK, OV_K90, OV_COUNT };
 enum tui_attn_view { ATTN_GRID = 0, ATTN_ROW };
 
 #define TUI_SPARK_N 120
+#define TUI_RECALLS 256 /* recalled blocks the details can name */
 
 /* The evictions one summary line of the chat counts: those of one exchange
  * (prefill and decode), or those between exchanges (a budget change). */
@@ -292,6 +294,18 @@ struct tui {
 	 * (owned; NULL: none yet), and a :compare sent but not begun */
 	struct compare_view *cmp;
 	bool cmp_pending;
+	/* the cold tier (WORKER_EV_COLD): the last TUI_RECALLS blocks recalled,
+	 * a ring (n_recalls counts every one), for the strip's details */
+	bool cold_on, cold_temp;
+	struct tui_recall {
+		int32_t pos0, pos1; /* original positions of the block */
+		uint32_t turn;      /* the cache's turn of its first token */
+		double summary;     /* summary score (NAN: not scored) */
+		double bm25;        /* BM25, 0: its words did not match */
+	} recalls[TUI_RECALLS];
+	uint32_t n_recalls;
+	uint64_t cold_written, cold_recalled; /* tokens */
+	bool cold_stopped;
 	/* sparse attention (sparsity.c): the last sparse step's choice (owned,
 	 * NULL: none yet), and whether the event being applied brought it */
 	const struct kv_sparse_view *spv;
@@ -336,8 +350,16 @@ void tui_piece(const struct tui *t, int32_t token, char *out, size_t cap);
 int tui_surp_level(float surprisal);
 /* Counts of the dialogue's tokens by region. */
 struct tui_regions {
-	uint32_t sink, key, recent, pinned, evicted;
+	uint32_t sink, key, recent, pinned, evicted, recalled;
 };
+/* ---- cold.c: the cold tier's view ---- */
+/* Apply a cold-tier event (the worker's WORKER_EV_COLD). */
+void tui_cold_apply(struct tui *t, const struct session_cold_event *c);
+/* The recalled block that holds position pos (the latest), or NULL. */
+const struct tui_recall *tui_cold_recall_of(const struct tui *t, int32_t pos);
+/* Why the recalled token at pos is cached, for the retention details:
+ * "recalled from turn T, summary score S, BM25 B". */
+void tui_cold_why(const struct tui *t, int32_t pos, char *why, size_t cap);
 void tui_regions(const struct tui *t, struct tui_regions *r);
 /* Ways to move the retention strip's selection (tui_select). */
 enum tui_sel {

@@ -36,6 +36,9 @@ struct tui_options {
 	 * session's own policy and budget (NULL, -1: keep those) */
 	const char *resume_policy;
 	int64_t resume_budget;
+	/* the session has a cold tier (session_set_cold), in a temporary
+	 * database deleted at exit when cold_temp (the status line says so) */
+	bool cold, cold_temp;
 };
 
 /* Whether this build has the workbench. */

@@ -380,9 +380,20 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
 	x += tui_grid_printf(g, r, x, y, R_PINNED, "pinned %u", st->n_pinned);
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	if (rg.recalled > 0 || t->cold_on) {
+		x += tui_grid_printf(g, r, x, y, R_RECALLED, "recalled %u", rg.recalled);
+		x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	}
 	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u round%s",
 	                (unsigned long long)st->n_evicted, st->n_evictions,
 	                st->n_evictions == 1 ? "" : "s");
+	if (t->cold_on && y < r.y + r.h)
+		tui_grid_printf(g, r, r.x, y++, R_RECALLED,
+		                "cold tier%s: %llu tokens written, %llu recalled in %u block%s%s",
+		                t->cold_temp ? " (temporary database)" : "",
+		                (unsigned long long)t->cold_written, (unsigned long long)t->cold_recalled,
+		                t->n_recalls, t->n_recalls == 1 ? "" : "s",
+		                t->cold_stopped ? "; writes stopped" : "");
 	{
 		/* one line where it fits, else two: never cut */
 		char b1[96], b2[96];
@@ -445,6 +456,8 @@ static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int3
 		return R_TITLE; /* the attention pane's past query (Shift-Up) */
 	if (x->evicted && !x->cached)
 		return R_EVICTED;
+	if (x->cached && (x->t.flags & KV_FLAG_RECALLED))
+		return R_RECALLED;
 	if (x->t.flags & KV_FLAG_PINNED)
 		return R_PINNED;
 	if (x->t.flags & KV_FLAG_SINK)
@@ -542,13 +555,15 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	int y = r.y + r.h - 1;
 	if (t->sel_tok >= 0 && (uint32_t)t->sel_tok < t->n_toks && t->toks[t->sel_tok].known) {
 		const struct tui_tok *tk = &t->toks[t->sel_tok];
-		char why[96], sc[24], su[24];
+		char why[112], sc[24], su[24];
 		num(sc, sizeof sc, tk->t.score);
 		num(su, sizeof su, tk->t.surprisal);
 		if (tk->evicted && !tk->cached)
 			snprintf(why, sizeof why, "evicted by %s (%s), final score %s",
 			         tk->evict_policy[0] ? tk->evict_policy : "?",
 			         kv_evict_cause_name((enum kv_evict_cause)tk->evict_cause), sc);
+		else if (tk->t.flags & KV_FLAG_RECALLED)
+			tui_cold_why(t, tk->t.orig_pos, why, sizeof why);
 		else if (tk->t.flags & KV_FLAG_PINNED)
 			snprintf(why, sizeof why, "kept: pinned by you");
 		else if (tk->t.flags & KV_FLAG_SINK)
@@ -590,6 +605,10 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
 		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
+		if (t->cold_on || t->n_recalls > 0) {
+			x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
+			x2 += tui_grid_text(g, r, x2, y, R_RECALLED, "recalled", strlen("recalled"));
+		}
 		static const char hint[] =
 		        "   Shift-Left/Right, a click or :find selects a token; Esc lets go";
 		tui_grid_text(g, r, x2, y, R_DIM, hint, strlen(hint));

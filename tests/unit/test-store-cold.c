@@ -7,8 +7,8 @@
  *   - a streaming cache (4 sinks) evicting under a 32-token budget: the
  *     blocks hold exactly the evicted tokens (consecutive positions within
  *     a block, at most the block size each), their text concatenated is
- *     the text of those tokens in order, the key bounds hold every stored
- *     key;
+ *     the text of those tokens in order, the key bounds (the summary
+ *     index's cold_sums rows) hold every stored key;
  *   - recall by a word of the first turn brings back the block that holds
  *     it, at its original positions, flagged, with the rows it left with;
  *     the same recall again finds its tokens cached and takes nothing;
@@ -237,7 +237,8 @@ static void test_write_recall(const struct tiny *t)
 		sqlite3_stmt *q;
 		sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
 		sqlite3_prepare_v2(db,
-		                   "SELECT text, kv, kmin, kmax, n_tokens FROM cold_blocks ORDER BY pos0",
+		                   "SELECT b.text, b.kv, s.kmin, s.kmax, b.n_tokens FROM cold_blocks b "
+		                   "JOIN cold_sums s ON s.id = b.id ORDER BY b.pos0",
 		                   -1, &q, NULL);
 		size_t cap = 1 << 16, n = 0;
 		char *all = xcalloc(cap, 1);
