@@ -380,6 +380,10 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
 	x += tui_grid_printf(g, r, x, y, R_PINNED, "pinned %u", st->n_pinned);
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	if (st->n_doc > 0) { /* the pinned document: a region of its own */
+		x += tui_grid_printf(g, r, x, y, R_DOC, "document %u", st->n_doc);
+		x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	}
 	tui_grid_printf(g, r, x, y++, R_EVICTED, "evicted %llu in %u round%s",
 	                (unsigned long long)st->n_evicted, st->n_evictions,
 	                st->n_evictions == 1 ? "" : "s");
@@ -436,6 +440,8 @@ static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int3
 		return R_TITLE; /* the attention pane's past query (Shift-Up) */
 	if (x->evicted && !x->cached)
 		return R_EVICTED;
+	if (x->t.flags & KV_FLAG_DOC)
+		return R_DOC;
 	if (x->t.flags & KV_FLAG_PINNED)
 		return R_PINNED;
 	if (x->t.flags & KV_FLAG_SINK)
@@ -540,6 +546,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 			snprintf(why, sizeof why, "evicted by %s (%s), final score %s",
 			         tk->evict_policy[0] ? tk->evict_policy : "?",
 			         kv_evict_cause_name((enum kv_evict_cause)tk->evict_cause), sc);
+		else if (tk->t.flags & KV_FLAG_DOC)
+			snprintf(why, sizeof why, "kept: the pinned document (:doc)");
 		else if (tk->t.flags & KV_FLAG_PINNED)
 			snprintf(why, sizeof why, "kept: pinned by you");
 		else if (tk->t.flags & KV_FLAG_SINK)
@@ -575,6 +583,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
 		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
+		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
+		x2 += tui_grid_text(g, r, x2, y, R_DOC, "doc", strlen("doc"));
 		static const char hint[] =
 		        "   Shift-Left/Right, a click or :find selects a token; Esc lets go";
 		tui_grid_text(g, r, x2, y, R_DIM, hint, strlen(hint));
