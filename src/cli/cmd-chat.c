@@ -440,6 +440,11 @@ static void chat_kv_show(struct gen *g)
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, st.n_evictions == 1 ? "" : "s", (double)st.bytes / 1048576.0,
 	        (double)st.bytes_per_layer / 1024.0, (double)st.bytes_peak / 1048576.0);
+	if (st.n_doc > 0) /* the document's tokens count in the budget like any */
+		fprintf(stderr,
+		        "document: %u tokens pinned, %.1f MiB, in the budget (%u tokens left beside it)\n",
+		        st.n_doc, (double)st.n_doc * (double)st.bytes_per_token / 1048576.0,
+		        st.budget > st.n_pinned ? st.budget - st.n_pinned : 0);
 	uint64_t chose, reused;
 	engine_sparse_steps(gen_engine(g), &chose, &reused);
 	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF)
