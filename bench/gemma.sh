@@ -58,7 +58,7 @@ for a in $archs; do
 	while read -r test lc; do
 		k=$(awk -v t="$test" '$1 == t {print $2}' "$tmp/kv.txt")
 		printf '| %s | %s | %s | %s | %s |\n' "$a" "$test" "${k:-?}" "$lc" \
-			"$(awk -v a="${k:-0}" -v b="$lc" 'BEGIN {printf "%.2f", b > 0 ? a / b : 0}')"
+			"$(awk -v a="${k:-0}" -v b="$lc" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')"
 	done <"$tmp/lc.txt"
 done
 echo

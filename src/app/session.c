@@ -279,9 +279,7 @@ int session_set_doc(struct session *s, const char *path, bool *restarted, struct
 			return rc;
 		rc = session_doc_check(path, text, len, e);
 		if (rc == KVS_OK) {
-			if (s->system[0] != '\0')
-				chat_system(&g->chat, s->system, &ps);
-			chat_message(&g->chat, "user", text, &pd);
+			chat_first_user(&g->chat, s->system, text, &ps, &pd);
 			rc = chat_tokenize(g->model->vocab, &ps, &ids, &n, &cap, e);
 		}
 		size_t before = n;
@@ -448,14 +446,20 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	int rc = KVS_OK;
 	uint32_t before = kv_cache_next_pos(g->kv);
 
-	if (s->fresh && s->system[0] != '\0')
-		chat_system(&g->chat, s->system, &ps);
-	if (s->fresh && s->doc != NULL)
-		chat_message(&g->chat, "user", s->doc, &pd);
 	{
 		/* with a length target the message asks for the length too (lenctl.c) */
 		char *asked = len_instruct_text(text, &g->turn.len);
-		chat_message(&g->chat, "user", asked, &pu);
+		if (s->fresh && s->doc != NULL) {
+			/* the document is the conversation's first user message, after
+			 * the system part (which a layout without a system role puts
+			 * at the head of that message) */
+			chat_first_user(&g->chat, s->system, s->doc, &ps, &pd);
+			chat_message(&g->chat, "user", asked, &pu);
+		} else if (s->fresh && s->system[0] != '\0') {
+			chat_first_user(&g->chat, s->system, asked, &ps, &pu);
+		} else {
+			chat_message(&g->chat, "user", asked, &pu);
+		}
 		free(asked);
 	}
 	chat_generation_prompt(&g->chat, &pa);

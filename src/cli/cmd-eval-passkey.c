@@ -102,8 +102,7 @@ static int pk_tokens(struct gen *g, const char *text, bool raw, int32_t **ids, s
 		*ids = xmallocarray(cap, sizeof **ids);
 		(*ids)[(*n)++] = vocab_bos(v);
 	}
-	chat_system(ct, NULL, &p);
-	chat_message(ct, "user", user, &p);
+	chat_first_user(ct, NULL, user, &p, &p);
 	chat_generation_prompt(ct, &p);
 	int rc = chat_tokenize(v, &p, ids, n, &cap, e);
 	chat_prompt_free(&p);
@@ -235,14 +234,8 @@ static void pk_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
                     uint32_t budget, bool raw, const struct pk_cell *cells, uint32_t n_cells)
 {
 	uint32_t n = 0, right = 0;
-	fprintf(fp, "{\"eval\":\"passkey\",\"model\":");
-	eval_json_str(fp, gen_model(g)->name);
-	fprintf(fp, ",\"policy\":");
-	eval_json_str(fp, policy);
-	fprintf(fp,
-	        ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
-	        "\"cells\":[",
-	        budget, raw ? "raw" : "chat", o->eval_seed, o->samples, o->max_tokens);
+	eval_json_head(fp, "passkey", g, policy, budget, raw, o->eval_seed);
+	fprintf(fp, ",\"samples\":%u,\"max_tokens\":%u,\"cells\":[", o->samples, o->max_tokens);
 	for (uint32_t i = 0; i < n_cells; i++) {
 		const struct pk_cell *c = &cells[i];
 		double cn = c->n ? c->n : 1;
@@ -288,28 +281,12 @@ static enum cli_exit cmd_eval_passkey_exec(struct cli_opts *o)
 	uint32_t max_len = 0;
 	for (uint32_t i = 0; i < n_len; i++)
 		max_len = KVS_MAX(max_len, lengths[i]);
-	o->gen.sampler.temp = 0; /* greedy */
-	if (!kv_policy_evicts(&o->gen.kv.policy)) {
-		/* full: room for the longest prompt and its answer */
-		if (!cli_opts_given(o, "ctx"))
-			o->gen.engine.n_ctx = max_len + max_len / 16 + 256 + o->max_tokens;
-		o->gen.kv.budget = 0;
-	} else if (o->gen.kv.budget == 0) {
-		o->gen.kv.budget = PK_DEFAULT_BUDGET;
-	}
-	rc = cli_gen_open(o, &g);
+	uint32_t budget;
+	/* the full cache gets room for the longest prompt and its answer */
+	rc = eval_open(o, max_len + max_len / 16 + 256 + o->max_tokens, PK_DEFAULT_BUDGET, &g, pol,
+	               sizeof pol, &budget);
 	if (rc != CLI_OK)
 		goto out;
-	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
-	/* a sparse mode is named after the policy: "..., sparse hip budget=256 ..." */
-	if (kv_cache_sparse(gen_kv(g))->mode != ENGINE_SPARSE_OFF) {
-		size_t pl = strlen(pol);
-		if (pl + 10 < sizeof pol) {
-			memcpy(pol + pl, ", sparse ", 10);
-			engine_sparse_format(kv_cache_sparse(gen_kv(g)), pol + pl + 9, sizeof pol - pl - 9);
-		}
-	}
-	uint32_t budget = kv_cache_budget(gen_kv(g));
 	cells = xcalloc((size_t)n_len * n_dep, sizeof *cells);
 	struct eval_progress pr;
 	eval_progress_start(&pr, "passkey", (uint64_t)n_len * n_dep * o->samples);

@@ -398,7 +398,9 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	int rc = KVS_OK;
 	if (!raw) {
 		struct chat_prompt p = { 0 };
-		chat_system(gen_chat(g, NULL), NULL, &p);
+		/* (a layout without a system role gets it as a user turn of its own) */
+		if (chat_system(gen_chat(g, NULL), NULL, &p))
+			chat_user_rest(gen_chat(g, NULL), "", &p);
 		int32_t bos = vocab_bos(gen_vocab(g));
 		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
 			rc = gen_feed(g, &bos, 1, e);
@@ -490,14 +492,8 @@ static void rc_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
                     uint32_t budget, bool raw, const struct rc_cell *cells, uint32_t n_cells,
                     const struct rc_sample *sm, uint32_t n_sm)
 {
-	fprintf(fp, "{\"eval\":\"recall\",\"model\":");
-	eval_json_str(fp, gen_model(g)->name);
-	fprintf(fp, ",\"policy\":");
-	eval_json_str(fp, policy);
-	fprintf(fp,
-	        ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"samples\":%u,\"max_tokens\":%u,"
-	        "\"cells\":[",
-	        budget, raw ? "raw" : "chat", o->eval_seed, o->samples, o->max_tokens);
+	eval_json_head(fp, "recall", g, policy, budget, raw, o->eval_seed);
+	fprintf(fp, ",\"samples\":%u,\"max_tokens\":%u,\"cells\":[", o->samples, o->max_tokens);
 	for (uint32_t i = 0; i < n_cells; i++) {
 		const struct rc_cell *c = &cells[i];
 		double n = c->n ? c->n : 1;
@@ -588,24 +584,12 @@ static enum cli_exit cmd_eval_recall_exec(struct cli_opts *o)
 	uint32_t max_turns = 0;
 	for (uint32_t i = 0; i < n_turns; i++)
 		max_turns = KVS_MAX(max_turns, turns[i]);
-	o->gen.sampler.temp = 0; /* greedy */
-	if (!kv_policy_evicts(&o->gen.kv.policy)) {
-		/* full: room for the longest conversation and its answer */
-		if (!cli_opts_given(o, "ctx"))
-			o->gen.engine.n_ctx = 256 + max_turns * 48 + o->max_tokens;
-		o->gen.kv.budget = 0;
-	} else if (o->gen.kv.budget == 0) {
-		o->gen.kv.budget = RC_DEFAULT_BUDGET;
-	}
-	rc = cli_gen_open(o, &g);
+	uint32_t budget;
+	/* the full cache gets room for the longest conversation and its answer */
+	rc = eval_open(o, 256 + max_turns * 48 + o->max_tokens, RC_DEFAULT_BUDGET, &g, pol, sizeof pol,
+	               &budget);
 	if (rc != CLI_OK)
 		goto out;
-	if (!raw && gen_chat(g, &e) == NULL) {
-		rc = cli_fail(&e);
-		goto out;
-	}
-	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
-	uint32_t budget = kv_cache_budget(gen_kv(g));
 	if (o->cold.on && rc_cold_open(&cold, g, o, pol, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;

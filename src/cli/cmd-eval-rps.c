@@ -177,12 +177,9 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
                      uint32_t seed, int dom, const struct rps_result *r)
 {
 	double n = r->rounds ? r->rounds : 1;
-	fprintf(fp, "{\"eval\":\"rps\",\"model\":");
-	eval_json_str(fp, gen_model(g)->name);
-	fprintf(fp, ",\"policy\":");
-	eval_json_str(fp, pol);
+	eval_json_head(fp, "rps", g, pol, budget, raw, seed);
 	fprintf(fp,
-	        ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u,\"dominant\":\"%s\",\"rounds\":%u,"
+	        ",\"dominant\":\"%s\",\"rounds\":%u,"
 	        "\"win\":%u,\"tie\":%u,\"lose\":%u,\"win_rate\":%.4f,\"tie_rate\":%.4f,"
 	        "\"lose_rate\":%.4f,\"model_moves\":{\"rock\":%u,\"paper\":%u,\"scissors\":%u},"
 	        "\"user_moves\":{\"rock\":%u,\"paper\":%u,\"scissors\":%u},"
@@ -190,11 +187,10 @@ static void rps_json(FILE *fp, struct gen *g, const char *pol, uint32_t budget, 
 	        "\"moves_held_end\":%u,\"moves_revealed_end\":%u,\"moves_held_mean_share\":%.4f,"
 	        "\"held_age_hist\":{\"1-5\":%u,\"6-20\":%u,\"21-50\":%u,\"51-100\":%u,\">100\":%u},"
 	        "\"tokens\":%llu,\"seconds\":%.1f,\"win_curve\":[",
-	        budget, raw ? "raw" : "chat", seed, rps_moves[dom], r->rounds, r->win, r->tie, r->lose,
-	        r->win / n, r->tie / n, r->lose / n, r->hist[0], r->hist[1], r->hist[2],
-	        r->user_hist[0], r->user_hist[1], r->user_hist[2], r->p_mean[0], r->p_mean[1],
-	        r->p_mean[2], r->held_end, r->revealed_end, r->held_mean, r->age_hist[0],
-	        r->age_hist[1], r->age_hist[2], r->age_hist[3], r->age_hist[4],
+	        rps_moves[dom], r->rounds, r->win, r->tie, r->lose, r->win / n, r->tie / n, r->lose / n,
+	        r->hist[0], r->hist[1], r->hist[2], r->user_hist[0], r->user_hist[1], r->user_hist[2],
+	        r->p_mean[0], r->p_mean[1], r->p_mean[2], r->held_end, r->revealed_end, r->held_mean,
+	        r->age_hist[0], r->age_hist[1], r->age_hist[2], r->age_hist[3], r->age_hist[4],
 	        (unsigned long long)r->tokens, r->ms / 1e3);
 	for (uint32_t i = 0; i < r->rounds; i++)
 		fprintf(fp, i ? ",%.3f" : "%.3f", (double)r->curve[i]);
@@ -233,22 +229,10 @@ static enum cli_exit cmd_eval_rps_exec(struct cli_opts *o)
 	/* SirLLM's README runs RPS with decay 0.9 */
 	if (strcmp(kv_policy_name(&o->gen.kv.policy), "sirllm") == 0 && !rps_lambda_given(o))
 		kv_policy_set(&o->gen.kv.policy, "lambda", "0.9", NULL);
-	if (!kv_policy_evicts(&o->gen.kv.policy)) {
-		if (!cli_opts_given(o, "ctx"))
-			o->gen.engine.n_ctx = 64 + o->rounds * 64;
-		o->gen.kv.budget = 0;
-	} else if (o->gen.kv.budget == 0) {
-		o->gen.kv.budget = RPS_DEFAULT_BUDGET;
-	}
-	rc = cli_gen_open(o, &g);
+	uint32_t budget;
+	rc = eval_open(o, 64 + o->rounds * 64, RPS_DEFAULT_BUDGET, &g, pol, sizeof pol, &budget);
 	if (rc != CLI_OK)
 		goto out;
-	if (!raw && gen_chat(g, &e) == NULL) {
-		rc = cli_fail(&e);
-		goto out;
-	}
-	kv_policy_format(kv_cache_policy(gen_kv(g)), pol, sizeof pol);
-	uint32_t budget = kv_cache_budget(gen_kv(g));
 	fprintf(stderr, "kvscope eval rps: %s, budget %u, %s format, dominant %s, seed %u\n", pol,
 	        budget, raw ? "raw" : "chat", rps_moves[dom], o->eval_seed);
 	moves = xcalloc(o->rounds, sizeof *moves);
@@ -262,7 +246,9 @@ static enum cli_exit cmd_eval_rps_exec(struct cli_opts *o)
 	/* the system turn (the template's default) opens the game */
 	if (!raw) {
 		struct chat_prompt p = { 0 };
-		chat_system(gen_chat(g, NULL), NULL, &p);
+		/* (a layout without a system role gets it as a user turn of its own) */
+		if (chat_system(gen_chat(g, NULL), NULL, &p))
+			chat_user_rest(gen_chat(g, NULL), "", &p);
 		int32_t bos = vocab_bos(gen_vocab(g));
 		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
 			st = gen_feed(g, &bos, 1, &e);

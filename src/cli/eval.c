@@ -4,6 +4,8 @@
  * bar on stderr, list parsing and JSON strings.
  */
 #include "cli/eval.h"
+#include "app/app.h"
+#include "kv/kv_cache.h"
 #include "model/model.h"
 
 #include <errno.h>
@@ -152,4 +154,46 @@ bool eval_find_tokens(const struct vocab *v, const int32_t *ids, size_t n, const
 	free(all);
 	free(start);
 	return *first >= 0;
+}
+
+enum cli_exit eval_open(struct cli_opts *o, uint32_t full_ctx, uint32_t default_budget,
+                        struct gen **g, char *pol, size_t cap, uint32_t *budget)
+{
+	struct err e;
+
+	o->gen.sampler.temp = 0; /* greedy */
+	if (!kv_policy_evicts(&o->gen.kv.policy)) {
+		if (!cli_opts_given(o, "ctx"))
+			o->gen.engine.n_ctx = full_ctx;
+		o->gen.kv.budget = 0;
+	} else if (o->gen.kv.budget == 0) {
+		o->gen.kv.budget = default_budget;
+	}
+	enum cli_exit rc = cli_gen_open(o, g);
+	if (rc != CLI_OK)
+		return rc;
+	if (!o->eval_raw && gen_chat(*g, &e) == NULL)
+		return cli_fail(&e);
+	const struct kv_cache *kv = gen_kv(*g);
+	kv_policy_format(kv_cache_policy(kv), pol, cap);
+	/* a sparse mode is named after the policy: "..., sparse hip budget=256 ..." */
+	size_t pl = strlen(pol);
+	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF && pl + 10 < cap) {
+		memcpy(pol + pl, ", sparse ", 10);
+		engine_sparse_format(kv_cache_sparse(kv), pol + pl + 9, cap - pl - 9);
+	}
+	*budget = kv_cache_budget(kv);
+	return CLI_OK;
+}
+
+void eval_json_head(FILE *fp, const char *eval, struct gen *g, const char *policy, uint32_t budget,
+                    bool raw, uint32_t seed)
+{
+	fprintf(fp, "{\"eval\":");
+	eval_json_str(fp, eval);
+	fprintf(fp, ",\"model\":");
+	eval_json_str(fp, gen_model(g)->name);
+	fprintf(fp, ",\"policy\":");
+	eval_json_str(fp, policy);
+	fprintf(fp, ",\"budget\":%u,\"format\":\"%s\",\"seed\":%u", budget, raw ? "raw" : "chat", seed);
 }

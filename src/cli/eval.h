@@ -47,4 +47,18 @@ bool eval_find_tokens(const struct vocab *v, const int32_t *ids, size_t n, const
 /* Write s as a JSON string. */
 void eval_json_str(FILE *fp, const char *s);
 
+struct gen;
+/* Open the greedy context of a retention eval (passkey, recall, rps): a
+ * policy that never evicts gets no budget and, unless --ctx was given, a
+ * context of full_ctx tokens; an evicting one default_budget when no
+ * --kv-budget was given; chat format needs the model's template. pol (cap
+ * bytes) gets the policy as given, a sparse mode after it, *budget the
+ * budget in force. CLI_OK or the exit status after the error. */
+enum cli_exit eval_open(struct cli_opts *o, uint32_t full_ctx, uint32_t default_budget,
+                        struct gen **g, char *pol, size_t cap, uint32_t *budget);
+/* A retention eval's JSON line up to its own fields: {"eval":eval,
+ * "model":..,"policy":..,"budget":..,"format":..,"seed":.. (no comma after). */
+void eval_json_head(FILE *fp, const char *eval, struct gen *g, const char *policy, uint32_t budget,
+                    bool raw, uint32_t seed);
+
 #endif

@@ -71,10 +71,9 @@ int cli_prompt_tokens(struct gen *g, const char *text, size_t len, bool raw, con
 		*ids = xmallocarray(cap, sizeof **ids);
 		(*ids)[(*n)++] = vocab_bos(v);
 	}
-	chat_system(ct, system, &p);
 	{
 		char *content = xstrndup(text, len);
-		chat_message(ct, "user", content, &p);
+		chat_first_user(ct, system, content, &p, &p);
 		free(content);
 	}
 	chat_generation_prompt(ct, &p);

@@ -329,8 +329,7 @@ static void cpu_round16(const struct cpu *c, float *x, uint32_t n)
 	}
 }
 
-/* Keys of the sorted visible prefix a query at position p sees. */
-static uint32_t cpu_prefix(const struct cpu *c, int32_t p)
+uint32_t cpu_prefix(const struct cpu *c, int32_t p)
 {
 	uint32_t lo = 0, hi = c->n_valid;
 	while (lo < hi) {

@@ -212,6 +212,10 @@ void cpu_share(uint32_t n, int ith, int nth, uint32_t *lo, uint32_t *hi);
 
 /* ---- in cpu-attn.c */
 
+/* Keys a query at position p sees: the length of the sorted visible
+ * prefix (c->vpos) at positions <= p. */
+uint32_t cpu_prefix(const struct cpu *c, int32_t p);
+
 /* Attention items [i0, i1) of the ubatch; an item is a token and up to
  * KERN_ATT_Q query heads sharing one KV head. */
 void cpu_attend_items(struct cpu_job *jb, uint32_t l, uint32_t i0, uint32_t i1, int ith);
@@ -262,8 +266,6 @@ void cpu_sort_visible(struct cpu *c, const struct engine_batch *b);
 uint32_t cpu_window_start(const struct cpu *c, uint32_t l, int32_t p);
 /* ---- in cpu-gemma.c */
 
-/* GeGLU into g (n): gelu(g) * u as llama.cpp's CPU path computes it. */
-void cpu_geglu(float *g, const float *u, int64_t n);
 /* Gemma's post-norm: x += norm(xb) with weight w, rows [lo, hi). */
 void cpu_post_norm(struct cpu *c, const float *w, uint32_t lo, uint32_t hi);
 /* Soft-cap rows [0, nr) of logits y in place, this thread's share. */

@@ -542,20 +542,6 @@ bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l)
 	        c->L[l].window == 0 && c->hp.attn_softcap <= 0;
 }
 
-/* Keys a query at position p sees: the sorted visible prefix <= p. */
-static uint32_t cpu_hip_prefix(const struct cpu *c, int32_t p)
-{
-	uint32_t lo = 0, hi = c->n_valid;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (c->vpos[mid] <= p)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
 /* The dense attention mass that the keys attended (sinks k < k0, window
  * k >= k1, else those of chosen block blk[(k - k0) / block]) captured for
  * nq query rows q over the m keys they see; summed over the rows. */
@@ -683,7 +669,7 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 	uint32_t vc = c->sp_vis_cap, bk = s->block;
 	uint32_t m[CPU_FA_ROWS], lim[CPU_FA_ROWS], mmax = 0, mmin = UINT32_MAX;
 	for (uint32_t t = 0; t < nt; t++) {
-		m[t] = cpu_hip_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
+		m[t] = cpu_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
 		mmax = KVS_MAX(mmax, m[t]);
 		mmin = KVS_MIN(mmin, m[t]);
 	}

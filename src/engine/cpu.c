@@ -557,12 +557,10 @@ static void cpu_gate_up(struct cpu *c, const struct cpu_layer *L, const float *x
 	cpu_mm_units(c, &g, u0, u1, x, ne, a, n, ith);
 	cpu_mm_units(c, &u, u0, u1, x, ne, a, n, ith);
 	int64_t r0 = u0 * KERN_GROUP, r1 = KVS_MIN(u1 * KERN_GROUP, (int64_t)nff);
-	for (int64_t t = 0; r1 > r0 && t < n; t++) {
-		if (c->hp.ffn_act == FFN_GELU)
-			cpu_geglu(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
-		else
-			c->ops->swiglu(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
-	}
+	void (*act)(float *, const float *, int64_t) =
+	        c->hp.ffn_act == FFN_GELU ? c->ops->geglu : c->ops->swiglu;
+	for (int64_t t = 0; r1 > r0 && t < n; t++)
+		act(c->g + t * nff + r0, c->u + t * nff + r0, r1 - r0);
 }
 
 /* Quantise rows [i0, i1) of src (row length K) into the activations. */

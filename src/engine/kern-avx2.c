@@ -29,6 +29,13 @@
 
 #include <math.h>
 
+/* How far ahead (bytes) a one-token tile asks for its weights: decode
+ * streams every weight once per token, and on Zen 3 the first touch of each
+ * block stalled the tile (perf: the block header's load held a third of
+ * its samples). 2.5 KiB is about a microsecond of one core's stream at the
+ * ~15 GB/s a core gets here; tg128 rose ~7 % (BENCHMARKS.md). */
+enum { AV2_PREFETCH = 2560 };
+
 T_AVX2 static inline float av2_hsum(__m256 v)
 {
 	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -118,6 +125,9 @@ INLINE T_AVX2 void av2_tile(const struct kern_ptype *pt, const uint8_t *gd, int6
 	const __m256i x80 = _mm256_set1_epi8((char)0x80);
 	for (int64_t b = 0; b < nb; b++) {
 		const uint8_t *pb = kern_block_at(pt, gd, b);
+		if (h == 0 && T == 1) /* the second half reads the same lines from L1 */
+			for (uint32_t o = 0; o < pt->pk_bytes; o += 64)
+				_mm_prefetch((const char *)pb + AV2_PREFETCH + o, _MM_HINT_T0);
 		__m256 dw, mo = _mm256_setzero_ps(), dw1 = _mm256_setzero_ps();
 		if (pt->ks) {
 			/* d * sc and -(dmin * m) per row, as the file's dequantiser */
@@ -509,6 +519,27 @@ T_AVX2 static void av2_swiglu(float *g, const float *u, int64_t n)
 	}
 }
 
+/* The gate to f16 (F16C rounds to nearest even, as dtype_f32_to_f16),
+ * eight 32-bit gathers at 2-byte steps of the table, the low halves packed
+ * back to f16 and widened; the two clamps blended in. */
+T_AVX2 static void av2_geglu(float *g, const float *u, int64_t n)
+{
+	const int *tab = (const int *)(const void *)kern_gelu_f16();
+	const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+	const __m256i low16 = _mm256_set1_epi32(0xFFFF);
+	for (int64_t i = 0; i < n; i += 8) {
+		__m256i mk = av2_mask(n - i);
+		__m256 x = _mm256_maskload_ps(g + i, mk);
+		__m256i h = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+		__m256i t = _mm256_and_si256(_mm256_i32gather_epi32(tab, h, 2), low16);
+		t = _mm256_permute4x64_epi64(_mm256_packus_epi32(t, t), 0x08);
+		__m256 y = _mm256_cvtph_ps(_mm256_castsi256_si128(t));
+		y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+		y = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LE_OQ), y);
+		_mm256_maskstore_ps(g + i, mk, _mm256_mul_ps(y, _mm256_maskload_ps(u + i, mk)));
+	}
+}
+
 T_AVX2 static void av2_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps)
 {
 	__m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
@@ -584,6 +615,7 @@ const struct kern_ops kern_avx2_ops = {
 	.max_f32 = kern_avx2_max_f32,
 	.exp_sum = av2_exp_sum,
 	.swiglu = av2_swiglu,
+	.geglu = av2_geglu,
 	.rmsnorm = av2_rmsnorm,
 	.rope = av2_rope,
 };

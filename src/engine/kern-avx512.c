@@ -657,6 +657,24 @@ T_AVX512 static void a512_swiglu(float *g, const float *u, int64_t n)
 	}
 }
 
+/* As av2_geglu, sixteen lanes. */
+T_AVX512 static void a512_geglu(float *g, const float *u, int64_t n)
+{
+	const void *tab = kern_gelu_f16();
+	const __m512 lo = _mm512_set1_ps(-10.0f), hi = _mm512_set1_ps(10.0f);
+	const __m512i low16 = _mm512_set1_epi32(0xFFFF);
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 mk = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+		__m512 x = _mm512_maskz_loadu_ps(mk, g + i);
+		__m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+		__m512i t = _mm512_and_si512(_mm512_i32gather_epi32(h, tab, 2), low16);
+		__m512 y = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(t));
+		y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GE_OQ), x);
+		y = _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, lo, _CMP_LE_OQ), y);
+		_mm512_mask_storeu_ps(g + i, mk, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(mk, u + i)));
+	}
+}
+
 T_AVX512 static void a512_rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps)
 {
 	__m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -731,6 +749,7 @@ const struct kern_ops kern_avx512_ops = {
 	.max_f32 = kern_avx2_max_f32,
 	.exp_sum = a512_exp_sum,
 	.swiglu = a512_swiglu,
+	.geglu = a512_geglu,
 	.rmsnorm = a512_rmsnorm,
 	.rope = a512_rope,
 };

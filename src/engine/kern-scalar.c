@@ -201,6 +201,16 @@ static void sc_swiglu(float *g, const float *u, int64_t n)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void sc_geglu(float *g, const float *u, int64_t n)
+{
+	const uint16_t *tab = kern_gelu_f16();
+	for (int64_t i = 0; i < n; i++) {
+		float x = g[i];
+		float y = x <= -10.0f ? 0.0f : x >= 10.0f ? x : dtype_f16_to_f32(tab[dtype_f32_to_f16(x)]);
+		g[i] = y * u[i];
+	}
+}
+
 void kern_scalar_rope(float *x, const float *cs, int n_rot, bool neox)
 {
 	int half = n_rot / 2;
@@ -309,6 +319,7 @@ const struct kern_ops kern_scalar_ops = {
 	.max_f32 = sc_max_f32,
 	.exp_sum = sc_exp_sum,
 	.swiglu = sc_swiglu,
+	.geglu = sc_geglu,
 	.rmsnorm = sc_rmsnorm,
 	.rope = kern_scalar_rope,
 };

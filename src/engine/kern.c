@@ -56,6 +56,8 @@
  */
 #include "engine/kern-int.h"
 
+#include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 /* One 32-block of a row, unpacked: quants and scales, as the packed layout
@@ -293,6 +295,26 @@ void kern_weight_row(const struct kern_weight *w, int64_t r, float *out)
 /* ====================================================================
  * selection
  * ==================================================================== */
+
+static uint16_t kern_gelu_tab[65536 + 1];
+static pthread_once_t kern_gelu_once = PTHREAD_ONCE_INIT;
+
+static void kern_gelu_build(void)
+{
+	for (uint32_t h = 0; h < 65536; h++) {
+		float x = dtype_f16_to_f32((uint16_t)h);
+		float y = 0.5f * x *
+		        (1.0f +
+		         tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+		kern_gelu_tab[h] = dtype_f32_to_f16(y);
+	}
+}
+
+const uint16_t *kern_gelu_f16(void)
+{
+	pthread_once(&kern_gelu_once, kern_gelu_build);
+	return kern_gelu_tab;
+}
 
 /* The levels' rows, indexed by enum kern_level. */
 static const struct kern_ops *const kern_levels[] = { &kern_scalar_ops, &kern_avx2_ops,

@@ -127,6 +127,11 @@ struct kern_ops {
 	float (*exp_sum)(float *x, int64_t n, float mx);
 	/* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]. */
 	void (*swiglu)(float *g, const float *u, int64_t n);
+	/* g[i] = gelu(g[i]) * u[i], GELU by tanh as llama.cpp's CPU path takes
+	 * it: 0 at or below -10, g itself at or above 10, else the gate rounded
+	 * to f16 and looked up in kern_gelu_f16() (so every level gives the same
+	 * bits). */
+	void (*geglu)(float *g, const float *u, int64_t n);
 	/* out[i] = x[i] * scale * w[i], scale = 1 / sqrt(mean(x^2) + eps), the
 	 * sum of squares accumulated in double (as llama.cpp does). */
 	void (*rmsnorm)(const float *x, const float *w, float *out, int64_t n, float eps);
@@ -147,6 +152,12 @@ enum kern_level kern_cpu_level(void);
 /* A level's table as it is, whatever this CPU supports: for inspecting the
  * entries (tests), never for calling them. */
 const struct kern_ops *kern_table(enum kern_level level);
+
+/* The tanh-GELU of every f16 value, as f16 (65,536 entries and one of
+ * padding, so a 32-bit gather at any entry stays inside): entry h is
+ * f16(0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2)))) with x the f16
+ * h, computed in float. Built on first use; never freed. */
+const uint16_t *kern_gelu_f16(void);
 
 /* True if weights of this type are repacked for the int8 kernels. */
 bool kern_type_packed(uint32_t type);

@@ -278,29 +278,31 @@ void chat_template_free(struct chat_template *t)
 	t->default_system = NULL;
 }
 
-void chat_system(const struct chat_template *t, const char *system, struct chat_prompt *p)
+bool chat_system(const struct chat_template *t, const char *system, struct chat_prompt *p)
 {
 	if (system == NULL)
 		system = t->default_system;
 	if (system == NULL || system[0] == '\0')
-		return;
+		return false;
 	if (!chat_layouts[t->style].has_system) {
-		/* Gemma has no system role: the convention is a user turn. */
-		chat_message(t, "user", system, p);
-		return;
+		/* Gemma and Mistral have no system role: their templates (and
+		 * llama.cpp's built-in ones) put the system text at the start of
+		 * the first user turn, a blank line after it. */
+		chat_header(t, "user", p);
+		chat_push_str(p, system, false);
+		chat_push_str(p, "\n\n", false);
+		return true;
 	}
 	chat_message(t, "system", system, p);
+	return false;
 }
 
-void chat_message(const struct chat_template *t, const char *role, const char *content,
-                  struct chat_prompt *p)
+/* A message's content and its close, after its header. */
+static void chat_body(const struct chat_template *t, bool answer, const char *content,
+                      struct chat_prompt *p)
 {
 	const struct chat_layout *l = &chat_layouts[t->style];
-	bool answer = strcmp(role, "assistant") == 0;
 
-	if (t->style == CHAT_GEMMA && answer)
-		role = l->assistant;
-	chat_header(t, role, p);
 	chat_push_str(p, content, false);
 	if (t->style == CHAT_MISTRAL && !answer) {
 		chat_push_str(p, " ", false);
@@ -309,6 +311,31 @@ void chat_message(const struct chat_template *t, const char *role, const char *c
 	}
 	chat_push_str(p, l->close, true);
 	chat_push_str(p, l->after_close, false);
+}
+
+void chat_message(const struct chat_template *t, const char *role, const char *content,
+                  struct chat_prompt *p)
+{
+	bool answer = strcmp(role, "assistant") == 0;
+
+	if (t->style == CHAT_GEMMA && answer)
+		role = chat_layouts[t->style].assistant;
+	chat_header(t, role, p);
+	chat_body(t, answer, content, p);
+}
+
+void chat_user_rest(const struct chat_template *t, const char *content, struct chat_prompt *p)
+{
+	chat_body(t, false, content, p);
+}
+
+void chat_first_user(const struct chat_template *t, const char *system, const char *content,
+                     struct chat_prompt *ps, struct chat_prompt *pu)
+{
+	if (chat_system(t, system, ps))
+		chat_user_rest(t, content, pu);
+	else
+		chat_message(t, "user", content, pu);
 }
 
 void chat_generation_prompt(const struct chat_template *t, struct chat_prompt *p)

@@ -442,11 +442,20 @@ void chat_template_free(struct chat_template *t);
 const char *const *chat_style_names(void);
 
 /* The system turn: system == NULL uses the template's default (if any),
- * "" means no system turn at all. */
-void chat_system(const struct chat_template *t, const char *system, struct chat_prompt *p);
+ * "" means no system turn at all. A layout without a system role (gemma,
+ * mistral) opens the first user turn with the text and a blank line and
+ * returns true: that turn is left open for chat_user_rest. */
+bool chat_system(const struct chat_template *t, const char *system, struct chat_prompt *p);
 /* One complete message of role ("user", "assistant", "system"). */
 void chat_message(const struct chat_template *t, const char *role, const char *content,
                   struct chat_prompt *p);
+/* The rest of a user turn chat_system left open: content and the close. */
+void chat_user_rest(const struct chat_template *t, const char *content, struct chat_prompt *p);
+/* A conversation's first user message with the system prompt (as
+ * chat_system takes it) before it: the system part into ps, the message's
+ * own part into pu (they may be the same prompt). */
+void chat_first_user(const struct chat_template *t, const char *system, const char *content,
+                     struct chat_prompt *ps, struct chat_prompt *pu);
 /* The header that asks the model to answer. */
 void chat_generation_prompt(const struct chat_template *t, struct chat_prompt *p);
 /* Close a reply that ended without its end-of-turn token (max tokens, user

@@ -62,9 +62,14 @@ check(same, "the replies chat returned are the turns' replies (the turns array g
 local other = kvscope.session{ temp = 0, max_tokens = 2 }
 local nested
 local h = kvscope.on("turn_end", function() if not nested then nested = other:chat("from a hook") end end)
-s:chat("drive the other one")
+-- the nested chat runs under the hook's 50 ms deadline, which a loaded
+-- machine can pass before a reply ends: a few turns give it its chances
+for _ = 1, 5 do
+  s:chat("drive the other one")
+  if nested then break end
+end
 kvscope.off(h)
-check(type(nested) == "string" and other:turns() == 1, "another session chats from this one's turn_end hook")
+check(type(nested) == "string" and other:turns() >= 1, "another session chats from this one's turn_end hook")
 
 -- fast hooks and policy callbacks: deferred methods refused by the tier check
 local tier = {}

@@ -66,8 +66,7 @@ static void check_render(const char *what, const struct chat_template *t, const 
 	char got_markers[512] = "";
 	size_t o = 0;
 
-	chat_system(t, system, &p);
-	chat_message(t, "user", "Hi there", &p);
+	chat_first_user(t, system, "Hi there", &p, &p);
 	if (reply != NULL)
 		chat_message(t, "assistant", reply, &p);
 	chat_generation_prompt(t, &p);
@@ -105,18 +104,17 @@ static void test_layouts(void)
 		  "<|end_header_id|>|<|eot_id|>|<|start_header_id|>|<|end_header_id|>|<|eot_id|>|"
 		  "<|start_header_id|>|<|end_header_id|>" },
 		{ "{{ '<start_of_turn>' + role + '\\n' }}", "gemma",
-		  "<start_of_turn>user\nBe brief.<end_of_turn>\n<start_of_turn>user\nHi there"
+		  /* the system text opens the first user turn (Gemma 3's first_user_prefix) */
+		  "<start_of_turn>user\nBe brief.\n\nHi there"
 		  "<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>model\n",
-		  "<start_of_turn>|<end_of_turn>|<start_of_turn>|<end_of_turn>|<start_of_turn>|"
-		  "<end_of_turn>|<start_of_turn>" },
+		  "<start_of_turn>|<end_of_turn>|<start_of_turn>|<end_of_turn>|<start_of_turn>" },
 		{ "{{'<|user|>' + '\\n' + message['content'] + '<|end|>' + '\\n' + '<|assistant|>'}}",
 		  "phi3",
 		  "<|system|>\nBe brief.<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\nHello<|end|>\n"
 		  "<|assistant|>\n",
 		  "<|system|>|<|end|>|<|user|>|<|end|>|<|assistant|>|<|end|>|<|assistant|>" },
 		{ "{{ '[INST] ' + message['content'] + ' [/INST]' }}", "mistral",
-		  "[INST] Be brief. [/INST][INST] Hi there [/INST]Hello</s>",
-		  "[INST]|[/INST]|[INST]|[/INST]|</s>" },
+		  "[INST] Be brief.\n\nHi there [/INST]Hello</s>", "[INST]|[/INST]|</s>" },
 	};
 	for (size_t c = 0; c < KVS_ARRAY_LEN(cases); c++) {
 		uint8_t *buf = NULL;

@@ -1404,7 +1404,7 @@ static int op_entries(const struct kern_ops *o, struct op_entry *e)
 		OP_ENTRY(o, f32_to_f16),      OP_ENTRY(o, att_scores),  OP_ENTRY(o, att_pv),
 		OP_ENTRY(o, att_scores_rows), OP_ENTRY(o, att_pv_rows), OP_ENTRY(o, kv_rows_f32),
 		OP_ENTRY(o, max_f32),         OP_ENTRY(o, exp_sum),     OP_ENTRY(o, swiglu),
-		OP_ENTRY(o, rmsnorm),         OP_ENTRY(o, rope),
+		OP_ENTRY(o, geglu),           OP_ENTRY(o, rmsnorm),     OP_ENTRY(o, rope),
 	};
 	memcpy(e, all, sizeof(all));
 	return (int)(sizeof(all) / sizeof(all[0]));
@@ -1609,6 +1609,77 @@ static void test_elementwise_kernels(void)
 }
 
 /*
+ * geglu at every level, bit for bit, against llama.cpp's rule computed here
+ * in float: 0 at or below -10, the gate at or above 10, else the gate
+ * rounded to f16, its tanh-GELU rounded to f16, times up. Inputs: every
+ * f16 value (infinities and NaNs among them) and 4,096 floats that are not
+ * f16 values (the rounding on the way in), at lengths with every tail. The
+ * rule itself is held within two f16 roundings of GELU in double.
+ */
+static float gelu_rule(float x)
+{
+	if (x <= -10.0f)
+		return 0.0f;
+	if (x >= 10.0f)
+		return x;
+	float h = dtype_f16_to_f32(dtype_f32_to_f16(x));
+	float y = 0.5f * h *
+	        (1.0f + tanhf(0.79788456080286535587989211986876f * h * (1.0f + 0.044715f * h * h)));
+	return dtype_f16_to_f32(dtype_f32_to_f16(y));
+}
+
+static void test_geglu(void)
+{
+	enum { NF = 65536, NR = 4096, N = NF + NR };
+	float *x = xmalloc(N * sizeof(float)), *u = xmalloc(N * sizeof(float));
+	float *y = xmalloc(N * sizeof(float));
+	for (int i = 0; i < NF; i++)
+		x[i] = dtype_f16_to_f32((uint16_t)i);
+	for (int i = NF; i < N; i++)
+		x[i] = (float)(rnd() * 12) + 0x1p-20f; /* [-12, 12), off the f16 grid */
+	for (int i = 0; i < N; i++)
+		u[i] = (float)rnd();
+	double werr = 0;
+	for (int i = 0; i < N; i++) {
+		double d = x[i];
+		if (!isfinite(d) || fabs(d) >= 10 || fabs(d) < 1e-3)
+			continue;
+		double g = 0.5 * d * (1 + tanh(sqrt(2 / M_PI) * (d + 0.044715 * d * d * d)));
+		/* f16 in, f16 out: a gradient of at most 1.13 times 2^-11 relative, twice */
+		werr = fmax(werr, fabs(gelu_rule(x[i]) - g) / (2.3 * 0x1p-11 * fabs(d) + 2 * 0x1p-24));
+	}
+	T_CHECK(werr <= 1, "the GeGLU rule is %.3g of two f16 roundings from GELU in double", werr);
+	for (int lv = KERN_SCALAR; lv <= (int)kern_cpu_level(); lv++) {
+		const struct kern_ops *ops = kern_select((enum kern_level)lv);
+		static const int64_t ns[] = { N, 1, 7, 9, 15, 17 };
+		int bad = 0;
+		for (int ni = 0; ni < 6; ni++) {
+			int64_t n = ns[ni];
+			for (int64_t off = 0; off + n <= N; off += ni == 0 ? N : 3001) {
+				memcpy(y, x + off, (size_t)n * sizeof(float));
+				if (n < N)
+					y[n] = 1234.5f;
+				ops->geglu(y, u + off, n);
+				for (int64_t i = 0; i < n; i++) {
+					float want = gelu_rule(x[off + i]) * u[off + i];
+					if (!(y[i] == want || (isnan(y[i]) && isnan(want))) && bad++ < 3)
+						T_CHECK(0, "%s geglu(%a) * %a = %a, want %a", ops->name, x[off + i],
+						        u[off + i], y[i], want);
+				}
+				if (n < N)
+					T_CHECK(y[n] == 1234.5f, "%s geglu n %lld wrote past n", ops->name,
+					        (long long)n);
+			}
+		}
+		printf("  %-11s geglu: %d of %d values off the rule\n", ops->name, bad, N);
+		T_EQ_INT(bad, 0);
+	}
+	free(x);
+	free(u);
+	free(y);
+}
+
+/*
  * engine_rope_cos_sin under per-frequency divisors and YaRN against the
  * formulas in double (n_rot 8, base 10000, position 7): pair i turns by
  * 7 * 10000^(-i/4) / f_i extrapolated, a quarter of that interpolated;
@@ -1723,6 +1794,7 @@ int main(void)
 	test_tables_complete();
 	test_tile_kernels();
 	test_elementwise_kernels();
+	test_geglu();
 	test_kernels();
 	test_row_kernels();
 	test_kv_f16_vs_f32();
