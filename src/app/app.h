@@ -770,6 +770,8 @@ int worker_fd(const struct worker *w);
 /* Deep copy of a KV event (what worker events hold); free with worker_kv_free. */
 void worker_kv_copy(struct kv_event *dst, const struct kv_event *src);
 void worker_kv_free(struct kv_event *ev);
+/* Free a sparse view that worker_kv_copy made (one the view model took). */
+void worker_sparse_free(const struct kv_sparse_view *v);
 
 /* trace.c: write one KV-cache event as a JSON line to fp (attention rows
  * only when the event carries them); v renders token text. */

@@ -99,6 +99,63 @@ static void trace_heads(FILE *fp, const char *name, const struct kv_event *ev, i
 	fputc(']', fp);
 }
 
+/* A (n_layer, n_head_kv) table of floats as [[layer 0], [layer 1], ...]. */
+static void trace_lh(FILE *fp, const char *name, const float *x, uint32_t nl, uint32_t nh)
+{
+	fprintf(fp, ",\"%s\":[", name);
+	for (uint32_t l = 0; l < nl; l++) {
+		fputs(l ? ",[" : "[", fp);
+		for (uint32_t h = 0; h < nh; h++) {
+			if (h)
+				fputc(',', fp);
+			trace_num(fp, x[(size_t)l * nh + h]);
+		}
+		fputc(']', fp);
+	}
+	fputc(']', fp);
+}
+
+/* A sparse step's figures: what it read against dense, the overlap with
+ * the step before, the last shadow's mass and tightness (per layer and KV
+ * head too), and the keys each layer attended (summed over KV heads). */
+static void trace_sparse(FILE *fp, const struct kv_event *ev)
+{
+	const struct kv_sparse_view *v = ev->sparse;
+	const struct kv_sparse_stats *s = &ev->stats.sp;
+	fprintf(fp,
+	        ",\"sparse\":{\"mode\":\"%s\",\"shadow\":%s,\"bytes_read\":%llu,\"bytes_dense\":%llu,"
+	        "\"overlap\":",
+	        v->mode == ENGINE_SPARSE_HIP ? "hip" : "quest", v->shadow ? "true" : "false",
+	        (unsigned long long)s->bytes_read, (unsigned long long)s->bytes_dense);
+	trace_num(fp, s->overlap);
+	fprintf(fp, ",\"shadow_step\":%llu,\"shadow_every\":%u,\"mass_mean\":",
+	        (unsigned long long)s->shadow_step, s->shadow_every);
+	trace_num(fp, s->mass_mean);
+	fputs(",\"mass_min\":", fp);
+	trace_num(fp, s->mass_min);
+	fputs(",\"mass_p10\":", fp);
+	trace_num(fp, s->mass_p10);
+	fputs(",\"tight\":", fp);
+	trace_num(fp, s->tight);
+	fputs(",\"attn_ms\":", fp);
+	trace_num(fp, s->attn_ms);
+	fputs(",\"select_ms\":", fp);
+	trace_num(fp, s->select_ms);
+	fputs(",\"shadow_ms\":", fp);
+	trace_num(fp, s->shadow_ms);
+	fputs(",\"attended\":[", fp);
+	for (uint32_t l = 0; l < v->n_layer; l++) {
+		uint64_t n = 0;
+		for (size_t i = 0; i < (size_t)v->n_head_kv * v->n_cached; i++)
+			n += v->sel[(size_t)l * v->n_head_kv * v->n_cached + i];
+		fprintf(fp, l ? ",%llu" : "%llu", (unsigned long long)n);
+	}
+	fputc(']', fp);
+	trace_lh(fp, "head_mass", v->mass, v->n_layer, v->n_head_kv);
+	trace_lh(fp, "head_tight", v->tight, v->n_layer, v->n_head_kv);
+	fputc('}', fp);
+}
+
 static void trace_step(FILE *fp, const struct kv_event *ev, const struct vocab *v)
 {
 	const struct kv_tok *t = ev->tok;
@@ -113,6 +170,8 @@ static void trace_step(FILE *fp, const struct kv_event *ev, const struct vocab *
 	trace_num(fp, ev->next_entropy);
 	fprintf(fp, ",\"n_layer\":%u,\"n_head\":%u,\"n_cached\":%u", ev->n_layer, ev->n_head,
 	        ev->n_cached);
+	if (ev->sparse != NULL)
+		trace_sparse(fp, ev);
 	if (ev->heads != NULL) {
 		trace_heads(fp, "head_entropy", ev, 0);
 		trace_heads(fp, "head_sink_mass", ev, 1);

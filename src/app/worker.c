@@ -99,6 +99,41 @@ static char *worker_strdup(const char *s)
 	return s != NULL ? xstrdup(s) : NULL;
 }
 
+/* A copy of n bytes at p (caller owns). */
+static void *worker_dup(const void *p, size_t n)
+{
+	void *d = xmalloc(n ? n : 1);
+	memcpy(d, p, n);
+	return d;
+}
+
+/* A deep copy of a sparse step's view (caller owns; worker_sparse_free). */
+static struct kv_sparse_view *worker_sparse_copy(const struct kv_sparse_view *src)
+{
+	struct kv_sparse_view *v = xmalloc(sizeof *v);
+	size_t lh = (size_t)src->n_layer * src->n_head_kv, nc = src->n_cached;
+	*v = *src;
+	v->sel = worker_dup(src->sel, lh * nc);
+	v->mark = worker_dup(src->mark, nc);
+	v->bound =
+	        src->bound ? worker_dup(src->bound, (size_t)src->n_layer * nc * sizeof(float)) : NULL;
+	v->mass = worker_dup(src->mass, lh * sizeof(float));
+	v->tight = worker_dup(src->tight, lh * sizeof(float));
+	return v;
+}
+
+void worker_sparse_free(const struct kv_sparse_view *v)
+{
+	if (v == NULL)
+		return;
+	free((void *)v->sel);
+	free((void *)v->mark);
+	free((void *)v->bound);
+	free((void *)v->mass);
+	free((void *)v->tight);
+	free((void *)v);
+}
+
 void worker_kv_copy(struct kv_event *dst, const struct kv_event *src)
 {
 	*dst = *src;
@@ -121,6 +156,8 @@ void worker_kv_copy(struct kv_event *dst, const struct kv_event *src)
 		memcpy(h, src->heads, n * sizeof *h);
 		dst->heads = h;
 	}
+	if (src->sparse != NULL)
+		dst->sparse = worker_sparse_copy(src->sparse);
 	if (src->evicted != NULL) {
 		struct kv_tok *t = xmallocarray(src->n_evicted ? src->n_evicted : 1, sizeof *t);
 		memcpy(t, src->evicted, src->n_evicted * sizeof *t);
@@ -140,6 +177,7 @@ void worker_kv_free(struct kv_event *ev)
 	free((void *)ev->tok);
 	free((void *)ev->attn);
 	free((void *)ev->heads);
+	worker_sparse_free(ev->sparse);
 	free((void *)ev->evicted);
 	free((void *)ev->recalled);
 	memset(ev, 0, sizeof *ev);

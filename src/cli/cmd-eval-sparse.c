@@ -24,6 +24,15 @@
  * their keys against those that reused a choice (hip between refreshes;
  * every quest step chooses).
  *
+ * Beyond the model's training window (L = n_ctx_train, 8192 for the
+ * default model) positions are capped as LM-Infinite bounds distances:
+ * after the prompt's prefill (at true positions, one cache for both
+ * modes) the keys more than L before the first decode query sit at len -
+ * L, so every decode query sees them at distance L (plus the steps since,
+ * at most --n-gen), and dense and sparse decode the same capped function.
+ * A keyless warm-up step then re-rotates the moved keys, outside the
+ * timing. The rows say "(cap)".
+ *
  * With hip and a prefill threshold the length reaches, the prompt's
  * prefill is measured too: passes alternate (sparse, dense, ... the last
  * dense, so the decode passes start from the same cache either way), each
@@ -63,6 +72,7 @@ struct sp_row {
 	uint32_t length;
 	double keys_pct;            /* sparse keys read, % of dense */
 	double mass_med, mass_p10;  /* captured dense mass */
+	double mass_med_step[2];    /* its median on steps that reused a choice, that chose (hip) */
 	double recall;              /* top-10 recall, mean over rows */
 	double agree;               /* sparse argmax == dense token, share of steps */
 	double attn_ms[2], sel_ms;  /* per step: dense, sparse; selection (sparse) */
@@ -75,6 +85,7 @@ struct sp_row {
 	double pf_ms[2], pf_cpu[2]; /* prefill, fastest pass: dense, sparse */
 	double pf_keys_pct;         /* sparse prefill's keys read, % of dense */
 	double pf_mass;             /* its captured mass (mean over sampled rows) */
+	bool capped;                /* positions capped at the training window */
 };
 
 static const char *const sp_words[] = {
@@ -123,6 +134,7 @@ struct sp_pass {
 	uint32_t chose, reused; /* sparse steps that chose their keys, that reused a choice */
 	float *mass;            /* (cap) captured-mass samples */
 	size_t n_mass, cap_mass;
+	uint8_t *by_chose; /* (cap) 1: the sample's step chose its keys (hip: a refresh) */
 	double recall_sum;
 	uint64_t n_recall;
 };
@@ -148,6 +160,7 @@ static uint32_t sp_argmax(const float *x, uint32_t n)
 static void sp_shadow(struct sp_pass *p, const struct hparams *hp, const struct engine_out *out,
                       uint32_t dense_layers, float *scratch)
 {
+	bool chose = out->sparse_chose == 1;
 	uint32_t nv = out->n_visible, grp = hp->n_head / hp->n_head_kv;
 	for (uint32_t l = dense_layers; l < hp->n_layer; l++)
 		for (uint32_t h = 0; h < hp->n_head; h++) {
@@ -159,7 +172,9 @@ static void sp_shadow(struct sp_pass *p, const struct hparams *hp, const struct 
 			if (p->n_mass == p->cap_mass) {
 				p->cap_mass = p->cap_mass ? 2 * p->cap_mass : 4096;
 				p->mass = xreallocarray(p->mass, p->cap_mass, sizeof(float));
+				p->by_chose = xreallocarray(p->by_chose, p->cap_mass, 1);
 			}
+			p->by_chose[p->n_mass] = chose;
 			p->mass[p->n_mass++] = (float)mass;
 			/* the 10 largest dense weights: the 10th largest as a threshold */
 			memcpy(scratch, w, nv * sizeof(float));
@@ -290,6 +305,18 @@ static int sp_prefills(struct engine *eng, const int32_t *ids, uint32_t len, uin
 	return KVS_OK;
 }
 
+/* LM-Infinite's distance cap over a prompt of len keys in slots 0..len-1
+ * for decode queries from position len on: the keys more than cap before
+ * len move to position len - cap (their order kept: the positions stay
+ * non-decreasing, so the first keys are still the sinks). */
+static int sp_cap(struct engine *eng, uint32_t len, uint32_t cap, struct err *e)
+{
+	int rc = KVS_OK;
+	for (uint32_t s = 0; cap > 0 && len > cap && s < len - cap && rc == KVS_OK; s++)
+		rc = engine_kv_set_pos(eng, s, (int32_t)(len - cap), e);
+	return rc;
+}
+
 /* One length: prefill, then the passes. */
 static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len, uint32_t steps,
                      uint32_t reps, uint64_t seed, struct sp_row *row, struct err *e)
@@ -312,6 +339,10 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		rc = sp_prefills(eng, ids, len, reps, sp, row, e);
 	else if (rc == KVS_OK)
 		rc = sp_prefill(eng, ids, len, 512, NULL, false, NULL, e);
+	uint32_t train = engine_model(eng)->hp.n_ctx_train;
+	row->capped = train > 0 && len > train;
+	if (rc == KVS_OK && row->capped)
+		rc = sp_cap(eng, len, train, e);
 	if (rc == KVS_OK && sp->mode == ENGINE_SPARSE_SQUEEZED) {
 		/* the prompt is the fixed context: its keys clustered once */
 		uint32_t *slots = xmallocarray(len, sizeof(uint32_t));
@@ -324,6 +355,12 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 	int32_t *gen_ids = xmallocarray(steps, sizeof(int32_t));
 	if (rc == KVS_OK)
 		gen_ids[0] = ids[len];
+	if (rc == KVS_OK && row->capped) {
+		/* the moved keys re-rotate at the next forward: not in a timed pass */
+		struct sp_pass warm;
+		memset(&warm, 0, sizeof warm);
+		rc = sp_run(eng, gen_ids, 1, len, NULL, false, false, &warm, e);
+	}
 	struct sp_pass best[2], p;
 	memset(best, 0, sizeof best);
 	for (uint32_t rep = 0; rep < reps && rc == KVS_OK; rep++)
@@ -343,6 +380,18 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		row->keys_pct = best[1].keys_dense
 		        ? 100.0 * (double)best[1].keys_read / (double)best[1].keys_dense
 		        : 100.0;
+		/* hip's staleness: the median on the steps that reused an earlier
+		 * query's choice (k = 0) and on those that chose their keys (1) */
+		float *part = xmallocarray(sh.n_mass + 1, sizeof(float));
+		for (int k = 0; k < 2; k++) {
+			size_t np = 0;
+			for (size_t i = 0; i < sh.n_mass; i++)
+				if (sh.by_chose[i] == k)
+					part[np++] = sh.mass[i];
+			qsort(part, np, sizeof(float), sp_cmp);
+			row->mass_med_step[k] = np ? part[np / 2] : NAN;
+		}
+		free(part);
 		qsort(sh.mass, sh.n_mass, sizeof(float), sp_cmp);
 		row->mass_med = sh.n_mass ? sh.mass[sh.n_mass / 2] : NAN;
 		row->mass_p10 = sh.n_mass ? sh.mass[sh.n_mass / 10] : NAN;
@@ -358,6 +407,7 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		row->reused = best[1].reused;
 	}
 	free(sh.mass);
+	free(sh.by_chose);
 	free(gen_ids);
 	free(ids);
 	engine_kv_clear(eng);
@@ -429,6 +479,15 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	       "with dense's greedy tokens), fastest of %u passes each; %s/%s, %d threads\n",
 	       spec, o->n_gen, o->reps, engine_backend_name(eng), engine_isa_name(eng),
 	       engine_n_threads(eng));
+	for (uint32_t i = 0; i < n_len; i++)
+		if (rows[i].capped) {
+			printf("(cap): beyond the training window of %u positions the keys more than %u "
+			       "before the first decode query sit at distance %u (LM-Infinite's bound), for "
+			       "dense and sparse alike; the prompt was prefilled at true positions\n",
+			       engine_model(eng)->hp.n_ctx_train, engine_model(eng)->hp.n_ctx_train,
+			       engine_model(eng)->hp.n_ctx_train);
+			break;
+		}
 	printf("| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
 	       "attn ms/step dense | sparse | attn x | select / dense attn | step ms dense | sparse "
 	       "| decode x | step CPU ms dense | sparse | decode x (CPU) | steps chose / reused |\n");
@@ -436,12 +495,12 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	       "| ---: | ---: | ---: | ---: | ---: |\n");
 	for (uint32_t i = 0; i < n_len; i++) {
 		const struct sp_row *w = &rows[i];
-		printf("| %u | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f %% | "
+		printf("| %u%s | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f %% | "
 		       "%.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %u / %u |\n",
-		       w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall, 100 * w->agree,
-		       w->attn_ms[0], w->attn_ms[1], w->attn_ms[0] / w->attn_ms[1],
-		       100 * w->sel_ms / w->attn_ms[0], w->step_ms[0], w->step_ms[1],
-		       w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
+		       w->length, w->capped ? " (cap)" : "", w->keys_pct, w->mass_med, w->mass_p10,
+		       w->recall, 100 * w->agree, w->attn_ms[0], w->attn_ms[1],
+		       w->attn_ms[0] / w->attn_ms[1], 100 * w->sel_ms / w->attn_ms[0], w->step_ms[0],
+		       w->step_ms[1], w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
 		       w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
 	}
 	bool any_sq = false;
@@ -472,9 +531,10 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	for (uint32_t i = 0; i < n_len; i++) {
 		const struct sp_row *w = &rows[i];
 		if (w->pf)
-			printf("| %u | %.1f %% | %.3f | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |\n", w->length,
-			       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_ms[0] / w->pf_ms[1],
-			       w->pf_cpu[0], w->pf_cpu[1], w->pf_cpu[0] / w->pf_cpu[1]);
+			printf("| %u%s | %.1f %% | %.3f | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |\n",
+			       w->length, w->capped ? " (cap)" : "", w->pf_keys_pct, w->pf_mass, w->pf_ms[0],
+			       w->pf_ms[1], w->pf_ms[0] / w->pf_ms[1], w->pf_cpu[0], w->pf_cpu[1],
+			       w->pf_cpu[0] / w->pf_cpu[1]);
 	}
 	if (o->json) {
 		printf("{\"eval\":\"sparse\",\"mode\":");
@@ -495,6 +555,13 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 				       "\"cpu_ms\":[%.1f,%.1f]}",
 				       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_cpu[0],
 				       w->pf_cpu[1]);
+			printf(",\"capped\":%s", w->capped ? "true" : "false");
+			/* hip: the steps that chose against those that reused (null: none) */
+			for (int k = 1; k >= 0; k--)
+				if (isnan(w->mass_med_step[k]))
+					printf(",\"mass_median_%s\":null", k ? "chose" : "reused");
+				else
+					printf(",\"mass_median_%s\":%.4f", k ? "chose" : "reused", w->mass_med_step[k]);
 			printf("}");
 		}
 		printf("]}\n");

@@ -297,6 +297,10 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out);
 /* Free the sparse state. */
 void cpu_sparse_free(struct cpu *c);
+/* Quest's reports of layer l, KV head h after its choice (thread ith's
+ * scratch): the page bounds into bo->page_ub, with the shadow the
+ * tightness into bo->tight (cpu-sparse-note.c). */
+void cpu_quest_note(struct cpu_job *jb, uint32_t l, uint32_t h, int ith);
 
 /* ---- in cpu-squeeze.c */
 

@@ -288,6 +288,7 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		}
 		c->sp_n[h] = n;
 		cpu_sparse_report(jb, l, h, mask);
+		cpu_quest_note(jb, l, h, ith);
 	}
 }
 

@@ -44,6 +44,10 @@ struct engine {
 	size_t attn_kv_cap;         /* floats */
 	uint8_t *sel;               /* (n_layer, n_head_kv, visible cap) */
 	size_t sel_cap;             /* bytes */
+	float *page_ub;             /* (n_layer, n_head_kv, n_pages) quest's bounds, want_sel */
+	size_t page_ub_cap;         /* floats */
+	float *tight;               /* (n_layer, n_head_kv) quest's tightness, want_attn */
+	size_t tight_cap;           /* floats */
 	float *q;                   /* (batch, n_layer, n_head, head_dim) want_q */
 	size_t q_cap;               /* floats */
 	float *surprisal, *entropy; /* (batch cap) */
@@ -251,6 +255,8 @@ void engine_free(struct engine *eng)
 	free(eng->attn);
 	free(eng->attn_kv);
 	free(eng->sel);
+	free(eng->page_ub);
+	free(eng->tight);
 	free(eng->q);
 	free(eng->surprisal);
 	free(eng->entropy);
@@ -374,6 +380,26 @@ static float *engine_grow(float *p, size_t *cap, size_t n)
 	return xmallocarray(*cap, sizeof(float));
 }
 
+/* Quest's reports beside the choice: the page bounds (NaN until a sparse
+ * layer writes them), and with the shadow the bounds' tightness. */
+static void engine_sparse_outs(struct engine *eng, const struct engine_batch *b,
+                               struct backend_out *bo)
+{
+	const struct hparams *hp = &eng->m->hp;
+	size_t nlh = (size_t)hp->n_layer * hp->n_head_kv;
+	bo->n_pages = (engine_n_ctx(eng) + b->sparse->page - 1) / b->sparse->page;
+	eng->page_ub = engine_grow(eng->page_ub, &eng->page_ub_cap, nlh * bo->n_pages);
+	for (size_t i = 0; i < nlh * bo->n_pages; i++)
+		eng->page_ub[i] = NAN;
+	bo->page_ub = eng->page_ub;
+	if (!b->want_attn)
+		return;
+	eng->tight = engine_grow(eng->tight, &eng->tight_cap, nlh);
+	for (size_t i = 0; i < nlh; i++)
+		eng->tight[i] = NAN;
+	bo->tight = eng->tight;
+}
+
 int engine_forward(struct engine *eng, const struct engine_batch *b, struct engine_out *out,
                    struct err *e)
 {
@@ -411,7 +437,7 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 		bo.attn = eng->attn;
 	}
 	bool sparse = b->sparse != NULL && b->sparse->mode != ENGINE_SPARSE_OFF && b->n_tokens == 1;
-	if (b->want_attn && sparse) {
+	if ((b->want_attn || b->want_sel) && sparse) {
 		size_t n = (size_t)hp->n_layer * hp->n_head_kv * KVS_MAX(cb.n_visible, 1u);
 		if (n > eng->sel_cap) {
 			free(eng->sel);
@@ -419,6 +445,8 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 			eng->sel = xmalloc(eng->sel_cap);
 		}
 		bo.sel = eng->sel;
+		if (b->sparse->mode == ENGINE_SPARSE_QUEST)
+			engine_sparse_outs(eng, b, &bo);
 	}
 	/* a prefill passes the spec on only to a hip prefill */
 	bool sparse_pf = b->sparse != NULL && b->sparse->mode == ENGINE_SPARSE_HIP && b->n_tokens > 1 &&
@@ -458,6 +486,9 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	out->surprisal = bo.surprisal;
 	out->entropy = bo.entropy;
 	out->sel = bo.sel;
+	out->page_ub = bo.page_ub;
+	out->n_pages = bo.page_ub ? bo.n_pages : 0;
+	out->tight = bo.tight;
 	out->q = bo.q;
 	out->keys_read = bo.keys_read;
 	out->keys_dense = bo.keys_dense;

@@ -148,17 +148,22 @@ struct engine_sparse {
 	uint32_t dense_layers; /* layers [0, dense_layers) attend densely */
 	uint32_t refresh;      /* hip: decode steps one choice serves */
 	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
-	uint32_t clusters;     /* squeezed: fine clusters, % of the document's keys (>= 1 each) */
-	uint32_t fanout;       /* squeezed: fine clusters per coarse one, about */
-	uint32_t quantile;     /* squeezed: fine threshold's quantile, in thousandths */
-	uint32_t coarse;       /* squeezed: coarse threshold's quantile, in thousandths */
-	uint32_t iters;        /* squeezed: k-means iterations at most */
-	uint32_t seed;         /* squeezed: k-means++'s seed */
+	/* Decode steps between the dense shadow passes a watcher's statistics
+	 * take (the KV cache's, when its capture is on: the dense weights of
+	 * the same query beside the choice); 0: every captured step. The
+	 * engine itself ignores it. */
+	uint32_t shadow;
+	uint32_t clusters; /* squeezed: fine clusters, % of the document's keys (>= 1 each) */
+	uint32_t fanout;   /* squeezed: fine clusters per coarse one, about */
+	uint32_t quantile; /* squeezed: fine threshold's quantile, in thousandths */
+	uint32_t coarse;   /* squeezed: coarse threshold's quantile, in thousandths */
+	uint32_t iters;    /* squeezed: k-means iterations at most */
+	uint32_t seed;     /* squeezed: k-means++'s seed */
 };
 
 /* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
- * prefill 2048, clusters 5, fanout 8, quantile 0.9, coarse 0.7, iters 10,
- * seed 1. */
+ * prefill 2048, shadow 16, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
+ * iters 10, seed 1. */
 void engine_sparse_default(struct engine_sparse *s);
 /* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest
  * budget=N ..."); parameters not named keep their defaults; a parameter of
@@ -262,6 +267,10 @@ struct engine_batch {
 	/* Every token's queries before RoPE (ENGINE_CAP_QUERY): a probe of
 	 * what a prompt asks, e.g. to score keys kept elsewhere. */
 	bool want_q;
+	/* A sparse one-token batch: report the choice (out.sel, and quest's
+	 * page bounds out.page_ub) without the dense shadow want_attn costs;
+	 * the attention itself stays sparse. */
+	bool want_sel;
 };
 
 struct engine_out {
@@ -304,6 +313,18 @@ struct engine_out {
 	 * the same queries (a shadow: what dense attention would have given),
 	 * so the mass a selection captured is the sum of attn over sel. */
 	const uint8_t *sel;
+	/* want_sel or want_attn with quest: (n_layer, n_head_kv, n_pages) each
+	 * page's bound (unscaled q.k units: sum over channels of max(q_d max_d,
+	 * q_d min_d), the max over the KV head's query heads), -INFINITY for a
+	 * page without candidates, NaN in the dense layers; n_pages =
+	 * ceil(n_ctx / page), page p the slots [p * page, p * page + page).
+	 * With want_attn also tight: (n_layer, n_head_kv) the mean over the
+	 * chosen pages whose bound is positive of the true max logit (q.k over
+	 * the page's keys and the query heads) / the bound: 1 is a tight bound
+	 * (NaN: none such, a dense layer). */
+	const float *page_ub;
+	uint32_t n_pages;
+	const float *tight;
 	/* want_q: (n_tokens, n_layer, n_head, head_dim) each token's queries
 	 * after their bias and norm, before RoPE. */
 	const float *q;
@@ -425,6 +446,9 @@ struct backend_out {
 	float *entropy;   /* (n_tokens) or NULL */
 	float *attn_kv;   /* (n_layer, n_head_kv, n_visible) or NULL */
 	uint8_t *sel;     /* (n_layer, n_head_kv, n_visible) or NULL (want_attn with sparse) */
+	float *page_ub;   /* (n_layer, n_head_kv, n_pages) or NULL (quest, sel given) */
+	uint32_t n_pages; /* ceil(n_ctx / page) */
+	float *tight;     /* (n_layer, n_head_kv) or NULL (quest, want_attn) */
 	float *q;         /* (n_tokens, n_layer, n_head, head_dim) or NULL (want_q) */
 	uint64_t keys_read, keys_dense; /* one-token batches; filled by the backend */
 	double attn_ms, select_ms;

@@ -66,6 +66,8 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps one choice of keys serves (chosen anew every N steps)" },
 	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP, false,
 	  "prompts seeing this many keys prefill block-sparsely (0: never)" },
+	{ "shadow", offsetof(struct engine_sparse, shadow), 16, 0, 1u << 16, SP_QUEST | SP_HIP, false,
+	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
 	{ "clusters", offsetof(struct engine_sparse, clusters), 5, 1, 100, SP_SQZ, false,
 	  "fine clusters per layer and KV head, % of the document's keys" },
 	{ "fanout", offsetof(struct engine_sparse, fanout), 8, 2, 1024, SP_SQZ, false,

@@ -90,10 +90,12 @@ struct kv_cache {
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;
 	uint64_t bytes_per_token;
-	bool warned_lambda;             /* said once that the backend lacks the Λ-mask */
-	double last_capture_ms;         /* when the last step event was captured */
-	bool capture_next;              /* capture the next forward regardless */
-	uint64_t keys_read, keys_dense; /* the last decode step's (engine_out) */
+	bool warned_lambda;              /* said once that the backend lacks the Λ-mask */
+	double last_capture_ms;          /* when the last step event was captured */
+	bool capture_next;               /* capture the next forward regardless */
+	uint64_t keys_read, keys_dense;  /* the last decode step's (engine_out) */
+	struct kv_sparse_stats sp_stats; /* kv_sparse.c's figures */
+	struct kv_sparse *sps;           /* kv_sparse.c's state, NULL until a watched sparse step */
 };
 
 struct kv_select {
@@ -242,5 +244,19 @@ static inline struct engine_batch kv_batch_after_cache(struct kv_cache *c, const
 	b.visible = c->visible;
 	return b;
 }
+
+/* ---- kv_sparse.c: what a watcher of sparse attention sees ---- */
+
+/* Set b's sparse spec for a forward of m tokens; on a watched decode step
+ * ask for the choice, and the dense rows only on a shadow step. Returns
+ * whether the step is captured (capture, or a shadow step). */
+bool kv_sparse_prepare(struct kv_cache *c, struct engine_batch *b, uint32_t m, bool capture);
+/* After the forward of m tokens (the chunk not yet in toks): the keys
+ * read, and the figures of a watched sparse decode step. */
+void kv_sparse_after(struct kv_cache *c, const struct engine_out *o, uint32_t m);
+/* The view of the last forward when it was a watched sparse decode step
+ * (lent until the next forward), else NULL. */
+const struct kv_sparse_view *kv_sparse_view_of(const struct kv_cache *c);
+void kv_sparse_free(struct kv_cache *c);
 
 #endif

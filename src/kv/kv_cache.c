@@ -296,6 +296,7 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->span_cls);
 	free(c->heads);
 	free(c->logits);
+	kv_sparse_free(c);
 	free(c);
 }
 
@@ -414,6 +415,8 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 	s->n_ctx = c->n_ctx;
 	s->keys_read = c->keys_read;
 	s->keys_dense = c->keys_dense;
+	s->sp = c->sp_stats;
+	s->sp.mode = c->cfg.sparse.mode; /* switched since the last step: say so */
 	for (uint32_t i = 0; i < c->n; i++) {
 		uint8_t f = c->toks[i].flags;
 		if (f & KV_FLAG_SINK)
@@ -852,16 +855,12 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 			c->warned_lambda = true;
 		}
 	}
-	if (c->cfg.sparse.mode != ENGINE_SPARSE_OFF)
-		b.sparse = &c->cfg.sparse;
+	capture = kv_sparse_prepare(c, &b, m, capture);
 	struct engine_out o;
 	int rc = engine_forward(c->eng, &b, &o, e);
 	if (rc != KVS_OK)
 		return rc;
-	if (m == 1) {
-		c->keys_read = o.keys_read;
-		c->keys_dense = o.keys_dense;
-	}
+	kv_sparse_after(c, &o, m);
 
 	/* the chunk's metadata */
 	uint32_t sinks = d->n_sinks(c->cfg.policy.p);

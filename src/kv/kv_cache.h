@@ -220,6 +220,54 @@ struct kv_head_summary {
 
 #define KV_SINK_PROBE 4
 
+/* Sparse attention as a watcher sees it (kv_sparse.c): filled while a
+ * sparse mode is on and the capture is (a view, a trace, a Lua hook
+ * watches); NaN and zero otherwise. "Candidates" are the keys between the
+ * sinks and the recent window, the ones a selection chooses among. */
+struct kv_sparse_stats {
+	enum engine_sparse_mode mode; /* the cache's mode now */
+	uint64_t step;                /* the decode step these describe (kv_event.step), 0 none */
+	uint64_t bytes_read;          /* K and V bytes the step's attention read */
+	uint64_t bytes_dense;         /* and dense attention would have */
+	/* Overlap of the step's chosen candidates with the previous step's,
+	 * |A and B| / |A or B| by original position, summed over the sparse
+	 * layers' (layer, KV head) sets: 1 = the same keys. NaN: no step before. */
+	float overlap;
+	/* The last dense shadow (every `shadow` decode steps): the dense
+	 * attention mass the choice captured, per (sparse layer, KV head) the
+	 * mean over its query heads, summarised as mean, min and 10th
+	 * percentile; quest's tightness (true max logit / bound, the mean over
+	 * chosen pages, NaN for hip). */
+	uint64_t shadow_step; /* the step it ran at, 0 none yet */
+	uint32_t shadow_every;
+	float mass_mean, mass_min, mass_p10;
+	float tight;
+	/* Attention time of the last plain sparse step and of the last shadow
+	 * step (the shadow's cost is their difference, never in the speed). */
+	double attn_ms, select_ms, shadow_ms;
+};
+
+/* One sparse decode step's choice, carried by its KV_EVENT_STEP (lent
+ * until the event returns). Columns are the step's visible keys in cache
+ * order (the query's own last). */
+struct kv_sparse_view {
+	enum engine_sparse_mode mode;
+	uint32_t n_layer, n_head_kv, n_cached;
+	uint32_t dense_layers; /* layers [0, dense_layers) attend every key */
+	uint32_t page;         /* quest's page or hip's block: keys a choice goes by */
+	const uint8_t *sel;    /* (n_layer, n_head_kv, n_cached) 1: attended */
+	const uint8_t *mark;   /* (n_cached) KV_SPMARK_*: why a key is always attended */
+	const float *bound;    /* (n_layer, n_cached) quest: the max over the KV heads of each key's
+	                        * page bound (NaN: dense layer, -inf: not a candidate); NULL: hip */
+	const float *mass;     /* (n_layer, n_head_kv) the last shadow's captured mass, NaN before */
+	const float *tight;    /* (n_layer, n_head_kv) the last shadow's tightness, NaN n/a */
+	bool shadow;           /* this step ran the dense shadow (the event has attention rows) */
+};
+
+/* A key's mark in kv_sparse_view.mark. KV_SPMARK_DOC is the pinned
+ * document's region (--doc), attended like the sinks. */
+enum { KV_SPMARK_NONE = 0, KV_SPMARK_SINK, KV_SPMARK_RECENT, KV_SPMARK_DOC };
+
 /* The cache's composition (regions by flag) and memory. */
 struct kv_stats {
 	uint32_t n_cached, budget, n_ctx;
@@ -238,6 +286,7 @@ struct kv_stats {
 	/* The last decode step's attention: keys read, and keys dense attention
 	 * reads, summed over layers and KV heads (equal unless sparse). */
 	uint64_t keys_read, keys_dense;
+	struct kv_sparse_stats sp;
 };
 
 enum kv_event_kind {
@@ -265,6 +314,10 @@ struct kv_event {
 	uint32_t n_cached;                   /* columns of attn: cache order */
 	const float *attn;                   /* FULL: (n_layer, n_head, n_cached), else NULL */
 	const struct kv_head_summary *heads; /* (n_layer, n_head) */
+	/* Under sparse attention, a decode step's choice (else NULL). Then a
+	 * step between dense shadows has no attention rows: attn and heads are
+	 * NULL and n_cached 0 (kv_sparse_view.n_cached counts its columns). */
+	const struct kv_sparse_view *sparse;
 	/* KV_EVENT_EVICT */
 	enum kv_evict_cause cause;
 	uint32_t n_incoming; /* the m tokens room was made for */

@@ -271,5 +271,6 @@ void kv_capture_step(struct kv_cache *c, const struct engine_out *o)
 	ev.n_cached = nv;
 	ev.attn = c->cfg.capture == KV_CAPTURE_FULL ? o->attn : NULL;
 	ev.heads = o->attn ? c->heads : NULL;
+	ev.sparse = kv_sparse_view_of(c);
 	kv_emit(c, &ev);
 }

@@ -162,6 +162,34 @@ static int api_s_policy(lua_State *L)
 	return 1;
 }
 
+/* k = v in the table on top when v is a number (NaN: left nil). */
+static void api_setfin(lua_State *L, const char *k, double v)
+{
+	if (!isnan(v))
+		api_setnum(L, k, v);
+}
+
+/* The sparsity figures (kv_sparse_stats) as a table: what the workbench's
+ * sparsity pane shows, nil where not measured yet. */
+static void api_push_sparsity(lua_State *L, const struct kv_sparse_stats *sp)
+{
+	lua_createtable(L, 0, 14);
+	api_setint(L, "step", (lua_Integer)sp->step);
+	api_setint(L, "bytes_read", (lua_Integer)sp->bytes_read);
+	api_setint(L, "bytes_dense", (lua_Integer)sp->bytes_dense);
+	api_setfin(L, "overlap", sp->overlap);
+	api_setint(L, "shadow_step", (lua_Integer)sp->shadow_step);
+	api_setint(L, "shadow_every", sp->shadow_every);
+	api_setfin(L, "mass_mean", sp->mass_mean);
+	api_setfin(L, "mass_min", sp->mass_min);
+	api_setfin(L, "mass_p10", sp->mass_p10);
+	api_setfin(L, "tight", sp->tight);
+	api_setfin(L, "attn_ms", sp->attn_ms);
+	api_setfin(L, "select_ms", sp->select_ms);
+	api_setfin(L, "shadow_ms", sp->shadow_ms);
+	lua_setfield(L, -2, "sparsity");
+}
+
 static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 {
 	struct kv_stats st;
@@ -186,6 +214,8 @@ static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 	api_setint(L, "keys_read", (lua_Integer)st.keys_read);
 	api_setint(L, "keys_dense", (lua_Integer)st.keys_dense);
 	api_setstr(L, "sparse", engine_sparse_format(kv_cache_sparse(kv), buf, sizeof buf));
+	if (st.sp.step > 0)
+		api_push_sparsity(L, &st.sp);
 	api_setstr(L, "policy", kv_policy_format(kv_cache_policy(kv), buf, sizeof buf));
 }
 
@@ -277,7 +307,9 @@ static const struct api_fn api_session_read_fns[] = {
 	{ "session:stats", API_DEFERRED, API_C, "() -> table",
 	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_recalled, n_evicted, "
 	  "n_evictions, n_fallbacks, bytes, keys_read / keys_dense (the last decode step's "
-	  "attention), sparse, policy (and base, for a Lua policy), ...",
+	  "attention), sparse, sparsity (with a sparse mode and capture on: bytes_read, "
+	  "bytes_dense, overlap, mass_mean, mass_min, mass_p10, tight, shadow_step, attn_ms, "
+	  "select_ms, shadow_ms), policy (and base, for a Lua policy), ...",
 	  api_s_stats },
 	{ "session:tokens", API_DEFERRED, API_C, "() -> tokens",
 	  "the cached tokens (read-only, valid until the session changes)", api_s_tokens },

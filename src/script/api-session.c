@@ -126,9 +126,9 @@ static const struct api_num_opt api_num_opts[] = {
 /* Read opts' session settings into c; a Lua error for a bad one. */
 static void api_session_opts(lua_State *L, int t, struct session_config *c, const char **policy)
 {
-	static const char *const words[] = { "model",   "system",        "policy",
-		                                 "capture", "token_stats",   "cold",
-		                                 "recall",  "recall_budget", "cold_block" };
+	static const char *const words[] = { "model",       "system", "policy", "capture",
+		                                 "token_stats", "cold",   "recall", "recall_budget",
+		                                 "cold_block",  "sparse" };
 	lua_pushnil(L);
 	while (lua_next(L, t) != 0) {
 		bool known = false;
@@ -142,7 +142,7 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 			             "kvscope.session: unknown option '%s' (expected model, policy, budget, "
 			             "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
 			             "repeat_penalty, capture, token_stats, cold, recall, recall_budget, "
-			             "cold_block)",
+			             "cold_block, sparse)",
 			             k ? k : luaL_typename(L, -2));
 		lua_pop(L, 1);
 	}
@@ -195,6 +195,12 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 	lua_pop(L, 1);
 	if (lua_getfield(L, t, "token_stats") != LUA_TNIL)
 		c->gen.kv.token_stats = lua_toboolean(L, -1) ? KV_TOKSTATS_ON : KV_TOKSTATS_OFF;
+	lua_pop(L, 1);
+	if (lua_getfield(L, t, "sparse") == LUA_TSTRING) {
+		struct err e;
+		if (engine_sparse_parse(lua_tostring(L, -1), &c->gen.kv.sparse, &e) != KVS_OK)
+			script_error(L, "kvscope.session: %s", e.msg);
+	}
 	lua_pop(L, 1);
 }
 
@@ -817,7 +823,8 @@ static int api_s_set_system(lua_State *L)
 static const struct api_fn api_session_fns[] = {
 	{ "session", API_DEFERRED, API_C, "([opts]) -> session",
 	  "open a session: opts model, policy, budget, ctx, system, max_tokens, temp, top_k, top_p, "
-	  "min_p, seed, threads, capture (off|summary|full), token_stats",
+	  "min_p, seed, threads, capture (off|summary|full), token_stats, sparse (a --sparse spec; "
+	  "with capture, stats().sparsity)",
 	  api_session_open },
 	{ "current", API_FAST, API_C, "() -> session | nil",
 	  "the front end's session when it runs on the main thread, borrowed; nil under kvscope "

@@ -84,27 +84,60 @@ static void attn_top_keys(const struct tui *t, const struct tui_step *s, struct 
 	}
 }
 
+/* Bins (tui_heat_bin's split of n keys) that sparse attention left out:
+ * out[b] = 1 when bin b holds a key of the step (sel 0 or 1; 2: absent)
+ * and none of them was attended (sel 1). */
+static void attn_unsel_bins(const uint8_t *sel, uint32_t n, uint32_t n_bins, uint8_t *out)
+{
+	for (uint32_t b = 0; b < n_bins; b++) {
+		uint64_t lo = (uint64_t)b * n / n_bins, hi = (uint64_t)(b + 1) * n / n_bins;
+		bool present = false, chosen = false;
+		if (hi == lo)
+			hi = lo + 1;
+		for (uint64_t k = lo; k < hi && k < n; k++) {
+			present |= sel[k] != 2;
+			chosen |= sel[k] == 1;
+		}
+		out[b] = present && !chosen;
+	}
+}
+
+/* A heat cell: a bin sparse attention left out shows a cross, coloured by
+ * the dense mass it missed (the shadow's weight), so a key not attended
+ * never looks like one that got no mass (a blank). */
+static void attn_cell(struct tui_grid *g, int x, int y, uint8_t lv, bool unsel, bool cursor)
+{
+	uint32_t cp = unsel ? (g->ascii ? 'x' : 0xd7) : tui_glyph_heat(g, lv);
+	tui_grid_put(g, x, y, cp, cursor ? R_SELECTED : unsel && lv == 0 ? R_DIM : R_HEAT0 + lv);
+}
+
 /* The shown row alone: keys in cache order, row-major, one key or bin per
- * cell, then the scale; returns the next free row. */
+ * cell, then the scale (and with sel, the step's choice (n), the mark of
+ * keys not attended); returns the next free row. */
 static int attn_row_map(struct tui_grid *g, struct tui_rect r, int y, int rows, const float *row,
-                        uint32_t n)
+                        uint32_t n, const uint8_t *sel)
 {
 	uint32_t cols = (uint32_t)r.w, bins = KVS_MIN(cols * (uint32_t)rows, n);
-	uint8_t *lv = xmalloc(bins ? bins : 1);
+	uint8_t *lv = xmalloc(bins ? bins : 1), *un = xcalloc(bins ? bins : 1, 1);
 	int x;
 
 	tui_heat_bin(row, n, bins, 1e-4f, lv);
+	if (sel != NULL)
+		attn_unsel_bins(sel, n, bins, un);
 	for (uint32_t b = 0; b < bins; b++)
-		tui_grid_put(g, r.x + (int)(b % cols), y + (int)(b / cols), tui_glyph_heat(g, lv[b]),
-		             R_HEAT0 + lv[b]);
+		attn_cell(g, r.x + (int)(b % cols), y + (int)(b / cols), lv[b], un[b], false);
 	free(lv);
+	free(un);
 	y += (int)((bins + cols - 1) / cols);
 	x = r.x +
 	        tui_grid_printf(g, r, r.x, y, R_DIM, "keys 0..%u, %.1f per cell, log scale 1e-4 ",
 	                        n - 1, (double)n / bins);
 	for (int l = 0; l < TUI_HEAT_LEVELS; l++)
 		tui_grid_put(g, x++, y, tui_glyph_heat(g, l == 0 ? 1 : l), R_HEAT0 + l);
-	tui_grid_printf(g, r, x, y, R_DIM, " 1");
+	x += tui_grid_printf(g, r, x, y, R_DIM, " 1");
+	if (sel != NULL)
+		tui_grid_printf(g, r, x, y, R_DIM, "  %s not attended (sparse)",
+		                g->ascii ? "x" : "\xc3\x97");
 	return y + 1;
 }
 
@@ -158,6 +191,8 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 	full = xcalloc(n_keys, sizeof *full);
 	row = NULL;
 	lv = xmalloc(cols);
+	uint8_t *fsel = xmalloc(n_keys), *un = xmalloc(cols), *ssel = NULL;
+	bool any_sel = false;
 	/* for clicks: the cells, the key axis, each row's step */
 	t->grid.cells = (struct tui_rect){ gx, y, (int)cols, (int)n_rows };
 	t->grid.n_keys = n_keys;
@@ -175,15 +210,23 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 		free(row);
 		row = xmallocarray(nc, sizeof *row);
 		nc = tui_attn_row_of(t, st[i], row, nc);
-		for (uint32_t k = 0; k < n_keys; k++)
+		for (uint32_t k = 0; k < n_keys; k++) {
 			full[k] = 0;
+			fsel[k] = 2;
+		}
+		free(ssel);
+		ssel = xmalloc(st[i]->n_cached + 1);
+		bool has_sel = tui_sel_row_of(t, st[i], ssel);
+		any_sel |= has_sel;
 		for (uint32_t k = 0; k < nc; k++) {
 			int32_t *hit = bsearch(&st[i]->key_pos[k], pos, n_keys, sizeof *pos, tui_cmp_i32);
 			full[hit - pos] = row[k];
+			fsel[hit - pos] = has_sel ? ssel[k] : 1;
 			if (is_shown && (uint32_t)(hit - pos) == sel_k)
 				cursor_w = row[k];
 		}
 		tui_heat_bin(full, n_keys, cols, 1e-4f, lv);
+		attn_unsel_bins(fsel, n_keys, cols, un);
 		struct tui_tok tk = { 0 };
 		tui_piece(t, st[i]->query.token, tk.text, sizeof tk.text);
 		tui_tok_label(g, &tk, lab, sizeof lab);
@@ -191,12 +234,17 @@ static int attn_grid(struct tui *t, struct tui_grid *g, struct tui_rect r, int y
 		tui_grid_printf(g, lr, r.x, y, is_shown ? R_SELECTED : R_DIM, "#%-4d '%s'",
 		                st[i]->query.orig_pos, lab);
 		for (uint32_t b = 0; b < cols; b++)
-			tui_grid_put(g, gx + (int)b, y, tui_glyph_heat(g, lv[b]),
-			             is_shown && (int)b == sel_b ? R_SELECTED : R_HEAT0 + lv[b]);
+			attn_cell(g, gx + (int)b, y, lv[b], un[b], is_shown && (int)b == sel_b);
 		y++;
 	}
+	free(fsel);
+	free(un);
+	free(ssel);
 	/* axis ticks: a key position every 12 columns, the selected one marked */
-	tui_grid_printf(g, r, r.x, y, R_DIM, "queries/keys");
+	if (any_sel) /* the sparse legend in place of the axis name */
+		tui_grid_printf(g, r, r.x, y, R_DIM, "%s=not attended", g->ascii ? "x" : "\xc3\x97");
+	else
+		tui_grid_printf(g, r, r.x, y, R_DIM, "queries/keys");
 	for (uint32_t b = 0; b < cols; b += 12) {
 		char tick[16];
 		int tw = snprintf(tick, sizeof tick, "|%d", pos[(uint64_t)b * n_keys / cols]);
@@ -299,8 +347,11 @@ void attn_pane(struct tui *t, struct tui_grid *g, struct tui_rect box)
 		}
 		if (t->attn_view == ATTN_GRID && hm_rows >= 3)
 			y = attn_grid(t, g, r, y, hm_rows + 1);
-		else if (hm_rows > 0)
-			y = attn_row_map(g, r, y, hm_rows, row, n);
+		else if (hm_rows > 0) {
+			uint8_t *sel = xmalloc(s->n_cached + 1);
+			y = attn_row_map(g, r, y, hm_rows, row, n, tui_sel_row_of(t, s, sel) ? sel : NULL);
+			free(sel);
+		}
 	} else {
 		const char *why = s->heads != NULL && t->step_back > 0
 		        ? "rows of this past step were dropped (memory budget); summaries below"

@@ -187,6 +187,8 @@ static const struct help_pair tui_keys[] = {
 	  "F1 closes)" },
 	{ "F2-F5, Alt-2..Alt-5", "chat, attention, KV memory, retention (the tab on small terminals)" },
 	{ "F12, Alt-=", "the plugins' pane (at 160x40 and more in place of attention and KV memory)" },
+	{ "Alt-s, F13",
+	  "the sparsity pane: what sparse attention (--sparse, :sparse) chose at the last step" },
 	{ "F6/F7, Alt-6/Alt-7", "attention pane: layer - / +" },
 	{ "F8/F9, Alt-8/Alt-9", "attention pane: head - / +" },
 	{ "F10, Alt-0", "one head / mean / max over heads" },
@@ -212,6 +214,12 @@ static const struct help_pair tui_glossary[] = {
 	{ "KV cache", "the keys and values of the tokens the model still sees; the budget caps it" },
 	{ "budget", "the most tokens the cache keeps; past it the policy evicts (0: every slot)" },
 	{ "policy", "the rule that decides which tokens stay (streaming, h2o, sirllm, ...)" },
+	{ "sparse attention",
+	  "a decode step attends only some cached keys (quest: the pages whose bound scores "
+	  "highest; hip: a tree search); keys touched is their share against dense" },
+	{ "shadow",
+	  "under sparse attention, a dense pass every N steps that measures the attention mass the "
+	  "choice captured and the bound's tightness (true max logit / bound); not in the speed" },
 	{ "sink",
 	  "one of the first tokens, kept always: attention piles up on them whatever they say" },
 	{ "key token", "a token a policy keeps for its score (surprisal, accumulated attention)" },

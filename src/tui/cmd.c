@@ -210,6 +210,8 @@ static int x_sparse(struct tui_ctx *c, int argc, char **argv)
 		                    "e.g. :sparse quest:budget=512");
 	if (engine_sparse_parse(argv[1], &sp, &e) != KVS_OK)
 		return tui_cmd_fail(c, ":sparse: %s", e.msg);
+	if (sp.mode != ENGINE_SPARSE_OFF)
+		tui_sparsity_register(); /* :pane sparsity, Alt-s */
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_SPARSE, .text = argv[1] });
 	return KVS_OK;
 }

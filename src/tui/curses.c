@@ -317,6 +317,14 @@ static void act_tab(struct tui *t, int arg)
 	t->tab = arg >= 0 ? arg : tui_pane_find("plugins");
 }
 
+/* The sparsity pane (registered here too: a dense session may ask). */
+static void act_sparsity(struct tui *t, int arg)
+{
+	(void)arg;
+	tui_sparsity_register();
+	t->tab = tui_pane_find("sparsity");
+}
+
 /* arg -1 / +1: the previous / next layer (wrapping). */
 static void act_layer(struct tui *t, int arg)
 {
@@ -380,6 +388,7 @@ static const struct tui_bind {
 	{ KEY_F(10), '0', act_agg, 0 },
 	{ KEY_F(11), '-', act_overview, 0 },
 	{ KEY_F(12), '=', act_tab, -1 },
+	{ KEY_F(13), 's', act_sparsity, 0 }, /* F13: Shift-F1 on xterm */
 	{ KEY_SR, 'k', act_step, 1 },
 	{ KEY_SF, 'j', act_step, -1 },
 	{ KEY_SLEFT, 'h', act_sel, SEL_PREV },
@@ -783,6 +792,8 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 	tt->t.agg = AGG_MAX; /* informative from the first frame: the max over heads */
 	/* --target-words / --length (cmd-tui.c gave it to the session) */
 	tt->t.len = gen_turn(g)->len;
+	if (kv_cache_sparse(gen_kv(g))->mode != ENGINE_SPARSE_OFF)
+		tui_sparsity_register();
 	if (o->theme != NULL && (tt->t.theme = tui_theme_find(o->theme)) == NULL) {
 		tui_free(&tt->t);
 		free(tt);

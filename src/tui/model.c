@@ -45,6 +45,7 @@ static void tui_step_free(struct tui_step *s)
 	free(s->heads);
 	free(s->key_pos);
 	free(s->key_tok);
+	free(s->sel);
 	memset(s, 0, sizeof *s);
 }
 
@@ -72,6 +73,7 @@ void tui_free(struct tui *t)
 	free(t->yank);
 	free(t->grid.pos);
 	compare_view_free(t->cmp);
+	tui_sparsity_free(t);
 	for (int i = 0; i < TUI_STEP_HISTORY; i++)
 		tui_step_free(&t->steps[i]);
 	memset(t, 0, sizeof *t);
@@ -343,6 +345,14 @@ static void tui_apply_kv(struct tui *t, struct kv_event *ev, int32_t *key_pos, i
 	t->stats = ev->stats;
 	switch (ev->kind) {
 	case KV_EVENT_STEP: {
+		if (!tui_sparsity_take(t, ev)) { /* between shadows: the choice alone */
+			if (ev->tok != NULL)
+				tui_tok_update(t, ev->tok);
+			free(key_pos);
+			free(key_tok);
+			tui_spark_push(t, (float)ev->stats.n_cached, t->busy ? (float)t->decode_tps : 0.0f);
+			break;
+		}
 		struct tui_step *s = &t->steps[t->n_steps % TUI_STEP_HISTORY];
 		tui_step_free(s);
 		s->step = ev->step;
@@ -363,6 +373,7 @@ static void tui_apply_kv(struct tui *t, struct kv_event *ev, int32_t *key_pos, i
 		ev->heads = NULL;
 		s->key_pos = key_pos;
 		s->key_tok = key_tok;
+		tui_sparsity_step(t, s);
 		t->n_steps++;
 		/* a past step on show stays on show */
 		if (t->step_back > 0 && t->step_back + 1 < TUI_STEP_HISTORY)

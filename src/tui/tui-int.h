@@ -179,6 +179,8 @@ struct tui_step {
 	float *attn;                   /* (n_layer, n_head, n_cached) or NULL */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
 	int32_t *key_pos, *key_tok;    /* (n_cached) the columns' tokens at this step, or NULL */
+	uint8_t *sel;                  /* (n_layer, n_head_kv, n_cached) sparse: 1 attended, or NULL */
+	uint32_t n_head_kv;
 };
 
 enum tui_agg { AGG_HEAD = 0, AGG_MEAN, AGG_MAX, AGG_COUNT };
@@ -291,6 +293,11 @@ struct tui {
 	 * (owned; NULL: none yet), and a :compare sent but not begun */
 	struct compare_view *cmp;
 	bool cmp_pending;
+	/* sparse attention (sparsity.c): the last sparse step's choice (owned,
+	 * NULL: none yet), and whether the event being applied brought it */
+	const struct kv_sparse_view *spv;
+	struct kv_stats spv_stats; /* the stats of spv's step (its figures) */
+	bool spv_fresh;
 };
 
 void tui_init(struct tui *t);
@@ -505,6 +512,23 @@ void tui_compare_apply(struct tui *t, struct worker_event *ev);
 /* Whether a comparison is starting, replaying or following (Esc and
  * Ctrl-C stop its work in progress: worker_compare_stop). */
 bool tui_compare_on(const struct tui *t);
+
+/* ---- sparse attention (sparsity.c) ---- */
+
+/* Register the sparsity pane (once; at the first sign of sparse attention). */
+void tui_sparsity_register(void);
+/* Take a step event's sparse view into the model (ev->sparse moves);
+ * false when the event has no attention rows (a sparse step between dense
+ * shadows): the attention history then stays as it is. */
+bool tui_sparsity_take(struct tui *t, struct kv_event *ev);
+/* The step just added to the history: a copy of the view's choice beside
+ * its rows, when the view came with them. */
+void tui_sparsity_step(struct tui *t, struct tui_step *s);
+/* Step s's choice for the attention view's layer and head (any KV head
+ * of the layer when the heads are aggregated) into out (n_cached): 1
+ * attended; false when s has none (dense). */
+bool tui_sel_row_of(const struct tui *t, const struct tui_step *s, uint8_t *out);
+void tui_sparsity_free(struct tui *t);
 
 /* ---- the input line (input.c) ---- */
 

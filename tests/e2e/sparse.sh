@@ -35,7 +35,7 @@ kd=$(echo "$last" | sed -n 's/.*"keys_dense":\([0-9]*\).*/\1/p')
 # chat: /sparse between turns, /kv shows what the last step read
 printf 'Hello there.\n/sparse quest:budget=16,recent=4\nTell me more.\n/kv\n/sparse\n/sparse qwest\n' |
 	"$bin" chat --temp 0 --max-tokens 12 >"$tmp/c" 2>"$tmp/c.err" || fail "chat: $(cat "$tmp/c.err")"
-grep -q "sparse quest budget=16 page=16 sinks=4 recent=4 dense=2: the last decode step read" \
+grep -q "sparse quest budget=16 page=16 sinks=4 recent=4 dense=2 shadow=16: the last decode step read" \
 	"$tmp/c.err" || fail "chat /kv lacks the sparse line: $(cat "$tmp/c.err")"
 grep -q "^sparse: quest budget=16" "$tmp/c.err" || fail "chat /sparse does not show the mode"
 grep -q "sparse mode 'qwest': expected off, quest\[" "$tmp/c.err" || fail "chat /sparse qwest"
@@ -47,7 +47,7 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh or prefill" \
+expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh, prefill or shadow" \
 	"$bin" generate --prompt hi --sparse hip:page=8
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
@@ -83,7 +83,7 @@ fi
 	--json >"$tmp/h" 2>"$tmp/h.err" || fail "eval sparse hip: $(cat "$tmp/h.err")"
 tail -n 1 "$tmp/h" | grep -q '"steps_chose":2,"steps_reused":6,"prefill":{' ||
 	fail "eval sparse hip: expected 2 steps chose, 6 reused, a prefill: $(tail -n 1 "$tmp/h")"
-grep -q '^eval sparse: hip budget=128 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 ' \
+grep -q '^eval sparse: hip budget=128 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 ' \
 	"$tmp/h" || fail "eval sparse hip: no heading: $(head -n 1 "$tmp/h")"
 grep -q '^| 512 | [0-9.]* % | [0-9.]* | ' "$tmp/h" || fail "eval sparse hip: no prefill row"
 if command -v python3 >/dev/null 2>&1; then
@@ -93,7 +93,27 @@ x = json.load(sys.stdin)["rows"][0]
 p = x["prefill"]
 assert 0 < p["keys_pct"] < 100 and 0 < p["mass"] <= 1.0001, p
 assert min(p["ms"] + p["cpu_ms"]) > 0 and 0 < x["keys_pct"] < 100, x
+assert 0 < x["mass_median_chose"] <= 1.0001 and 0 < x["mass_median_reused"] <= 1.0001, x
+assert x["capped"] is False, x
 ' || fail "eval sparse hip JSON: $(tail -n 1 "$tmp/h")"
+fi
+
+# beyond the training window: a tiny model trained on 256 positions, a
+# 512-key cache, positions capped; with a budget covering the cache quest is
+# dense's function exactly (every mass 1, every argmax dense's), which it
+# would not be if the cap reached one mode and not the other
+build=${KVSCOPE_BUILDDIR:?}
+if [ -x "$build/tests/util/mktiny" ] && "$build/tests/util/mktiny" "$tmp/tiny.gguf" --ctx 256; then
+	"$bin" eval sparse --model "$tmp/tiny.gguf" --lengths 512 -n 6 --reps 1 \
+		--sparse quest:budget=100000,dense=0 --json >"$tmp/cap" 2>"$tmp/cap.err" ||
+		fail "eval sparse beyond the window: $(cat "$tmp/cap.err")"
+	grep -q '^(cap): beyond the training window of 256 positions' "$tmp/cap" ||
+		fail "eval sparse: no cap note: $(head -n 3 "$tmp/cap")"
+	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
+		fail "eval sparse capped, covering budget: not dense's function: $(grep '^| 512' "$tmp/cap")"
+	tail -n 1 "$tmp/cap" | grep -q '"capped":true' || fail "eval sparse JSON lacks capped:true"
+else
+	fail "cannot make the tiny model (tests/util/mktiny)"
 fi
 
 [ "$fails" -eq 0 ] || exit 1

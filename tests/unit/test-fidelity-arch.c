@@ -52,12 +52,6 @@
 #define GAP_MIN 0.5f /* "not a near tie" for llama.cpp */
 
 /* Running totals over the logits fixtures. */
-struct tally {
-	uint64_t n_pos, n_agree;
-	uint64_t n_clear, n_clear_agree; /* positions with llama.cpp gap >= GAP_MIN */
-	double max_diff;
-};
-
 static const char *const texts[] = { "02-code", "03-chat", "04-numbers", "05-languages" };
 
 /* A model and its fixtures, with the bars of the regression guards. */
@@ -114,69 +108,33 @@ static void check_tokens(const struct model *m, const char *what, const char *te
 
 /* Run the engine over every position of one text; compare with llama.cpp. */
 static void check_text(struct engine *eng, const struct model *m, const char *dir, const char *name,
-                       struct tally *t)
+                       struct ref_tally *t)
 {
 	struct ref_pos *ref;
 	size_t n = read_logits(dir, name, &ref), len;
 	char *rel = xasprintf("engine/texts/%s.txt", name), *path = fixture(rel), *text;
-	uint32_t n_vocab = m->hp.n_vocab;
 	struct err e;
 
 	if (n == 0) {
 		T_CHECK(0, "%s: no positions", name);
 		goto out;
 	}
-	int32_t *toks = xmallocarray(n, sizeof *toks), *pos = xmallocarray(n, sizeof *pos);
-	uint32_t *slot = xmallocarray(n, sizeof *slot);
-	for (size_t i = 0; i < n; i++) {
+	int32_t *toks = xmallocarray(n, sizeof *toks);
+	for (size_t i = 0; i < n; i++)
 		toks[i] = ref[i].token;
-		pos[i] = (int32_t)i;
-		slot[i] = (uint32_t)i;
-	}
 	if (file_read_all(path, &text, &len, &e) == KVS_OK) {
 		check_tokens(m, name, text, len, toks, n);
 		free(text);
 	} else {
 		T_CHECK(0, "%s", e.msg);
 	}
-	engine_kv_clear(eng);
-	struct engine_batch b = { .n_tokens = (uint32_t)n,
-		                      .tokens = toks,
-		                      .pos = pos,
-		                      .slot = slot,
-		                      .n_visible = (uint32_t)n,
-		                      .logits = ENGINE_LOGITS_ALL };
-	struct engine_out o;
-	int rc = engine_forward(eng, &b, &o, &e);
-	T_CHECK(rc == KVS_OK, "%s: forward failed: %s", name, e.msg);
-	double text_max = 0.0;
-	uint64_t agree = 0;
-	for (size_t i = 0; rc == KVS_OK && i < n; i++) {
-		const float *row = o.logits + i * n_vocab;
-		uint32_t best = 0;
-		for (uint32_t j = 1; j < n_vocab; j++)
-			if (row[j] > row[best])
-				best = j;
-		agree += (int32_t)best == ref[i].top_id[0];
-		if (ref[i].top_logit[0] - ref[i].top_logit[1] >= GAP_MIN) {
-			t->n_clear++;
-			t->n_clear_agree += (int32_t)best == ref[i].top_id[0];
-		}
-		for (int k = 0; k < TOPK; k++) {
-			double d = fabs((double)row[ref[i].top_id[k]] - ref[i].top_logit[k]);
-			if (d > text_max)
-				text_max = d;
-		}
-	}
+	free(toks);
+	double text_max;
+	uint64_t agree;
+	T_CHECK(refdata_score(eng, ref, n, GAP_MIN, t, &text_max, &agree, &e) == KVS_OK,
+	        "%s: forward failed: %s", name, e.msg);
 	printf("  %-14s %5zu positions, top-1 agreement %5.1f %%, max |dlogit| %.4f\n", name, n,
 	       100.0 * (double)agree / (double)n, text_max);
-	t->n_pos += n;
-	t->n_agree += agree;
-	if (text_max > t->max_diff)
-		t->max_diff = text_max;
-	free(toks);
-	free(pos);
-	free(slot);
 out:
 	free(ref);
 	free(rel);
@@ -351,7 +309,7 @@ static void check_set(const struct fixture_set *fs)
 	struct model *m = NULL;
 	struct engine *eng = NULL;
 	struct engine_config cfg;
-	struct tally t = { 0, 0, 0, 0, 0.0 };
+	struct ref_tally t = { 0, 0, 0, 0, 0.0 };
 	struct err e;
 
 	free(rel);

@@ -57,7 +57,6 @@ static char *model_path(void)
 #define GAP_MIN 0.5f     /* "not a near tie" for llama.cpp */
 #define BUILD_MARGIN 1.5 /* points of top-1 agreement below llama.cpp's own AVX2 build */
 
-static uint64_t n_clear, n_clear_agree; /* positions with gap >= GAP_MIN */
 
 /* Read a logits fixture (under tests/fixtures/engine) into *out; its
  * position count, or 0 (the test failed). */
@@ -105,63 +104,22 @@ static void check_builds_file(const char *name, uint64_t *n_pos, uint64_t *n_agr
 }
 
 /* Run the engine over every position of one fixture file. */
-static void check_logits_file(struct engine *eng, const char *name, uint64_t *n_pos,
-                              uint64_t *n_agree, double *max_diff)
+static void check_logits_file(struct engine *eng, const char *name, struct ref_tally *t)
 {
 	char *rel = xasprintf("logits/%s", name);
 	struct ref_pos *ref;
 	size_t n = load_logits(rel, &ref);
 	struct err e;
-	uint32_t n_vocab = engine_model(eng)->hp.n_vocab;
+	double file_max;
+	uint64_t agree;
 
 	free(rel);
 	if (n == 0)
 		return;
-	int32_t *toks = xmallocarray(n, sizeof *toks), *pos = xmallocarray(n, sizeof *pos);
-	uint32_t *slot = xmallocarray(n, sizeof *slot);
-	for (size_t i = 0; i < n; i++) {
-		toks[i] = ref[i].token;
-		pos[i] = (int32_t)i;
-		slot[i] = (uint32_t)i;
-	}
-	engine_kv_clear(eng);
-	struct engine_batch b = { .n_tokens = (uint32_t)n,
-		                      .tokens = toks,
-		                      .pos = pos,
-		                      .slot = slot,
-		                      .n_visible = (uint32_t)n,
-		                      .logits = ENGINE_LOGITS_ALL };
-	struct engine_out out;
-	int rc = engine_forward(eng, &b, &out, &e);
-	T_CHECK(rc == KVS_OK, "%s: forward failed: %s", name, e.msg);
-	double file_max = 0.0;
-	uint64_t agree = 0;
-	for (size_t i = 0; rc == KVS_OK && i < n; i++) {
-		const float *row = out.logits + i * n_vocab;
-		uint32_t best = 0;
-		for (uint32_t j = 1; j < n_vocab; j++)
-			if (row[j] > row[best])
-				best = j;
-		agree += (int32_t)best == ref[i].top_id[0];
-		if (ref[i].top_logit[0] - ref[i].top_logit[1] >= GAP_MIN) {
-			n_clear++;
-			n_clear_agree += (int32_t)best == ref[i].top_id[0];
-		}
-		for (int k = 0; k < TOPK; k++) {
-			double d = fabs((double)row[ref[i].top_id[k]] - ref[i].top_logit[k]);
-			if (d > file_max)
-				file_max = d;
-		}
-	}
+	T_CHECK(refdata_score(eng, ref, n, GAP_MIN, t, &file_max, &agree, &e) == KVS_OK,
+	        "%s: forward failed: %s", name, e.msg);
 	printf("  %-22s %4zu positions, top-1 agreement %5.1f %%, max |dlogit| %.4f\n", name, n,
 	       100.0 * agree / (double)n, file_max);
-	*n_pos += n;
-	*n_agree += agree;
-	if (file_max > *max_diff)
-		*max_diff = file_max;
-	free(toks);
-	free(pos);
-	free(slot);
 	free(ref);
 }
 
@@ -302,8 +260,7 @@ int main(void)
 	struct engine *eng = NULL;
 	struct engine_config cfg;
 	struct err e;
-	uint64_t n_pos = 0, n_agree = 0;
-	double max_diff = 0.0;
+	struct ref_tally t = { 0, 0, 0, 0, 0.0 };
 
 	if (access(path, R_OK) != 0) {
 		const char *skip = getenv("KVSCOPE_SKIP_MODEL_TESTS");
@@ -333,18 +290,18 @@ int main(void)
 	       "%.2f %%, max |dlogit| %.4f\n",
 	       (unsigned long long)b_pos, builds, b_max);
 	for (size_t i = 0; i < KVS_ARRAY_LEN(files); i++)
-		check_logits_file(eng, files[i], &n_pos, &n_agree, &max_diff);
-	double agree = 100.0 * (double)n_agree / (double)n_pos;
+		check_logits_file(eng, files[i], &t);
+	double agree = 100.0 * (double)t.n_agree / (double)(t.n_pos ? t.n_pos : 1);
 	printf("  all: %llu positions, top-1 agreement %.2f %%, max |dlogit| %.4f\n",
-	       (unsigned long long)n_pos, agree, max_diff);
+	       (unsigned long long)t.n_pos, agree, t.max_diff);
 	T_CHECK(agree >= builds - BUILD_MARGIN,
 	        "top-1 agreement %.2f %% is more than %.1f points below llama.cpp's own AVX2 build's "
 	        "(%.2f %%)",
 	        agree, BUILD_MARGIN, builds);
-	T_CHECK(n_pos >= 2000, "only %llu positions in the fixtures", (unsigned long long)n_pos);
-	double clear = 100.0 * (double)n_clear_agree / (double)n_clear;
+	T_CHECK(t.n_pos >= 2000, "only %llu positions in the fixtures", (unsigned long long)t.n_pos);
+	double clear = 100.0 * (double)t.n_clear_agree / (double)(t.n_clear ? t.n_clear : 1);
 	printf("  positions where llama.cpp's top-2 gap >= %.1f: %llu, top-1 agreement %.2f %%\n",
-	       GAP_MIN, (unsigned long long)n_clear, clear);
+	       GAP_MIN, (unsigned long long)t.n_clear, clear);
 	T_CHECK(clear >= 99.5, "top-1 agreement %.2f %% < 99.5 %% where llama.cpp's gap >= %.1f", clear,
 	        GAP_MIN);
 	T_CHECK(agree >= 95.0, "overall top-1 agreement %.2f %% < 95 %%", agree);
@@ -352,7 +309,7 @@ int main(void)
 	 * Observed: 1.42 with keys rounded to f16 before RoPE; 2.13 with them
 	 * rounded after it (as llama.cpp's cache does); 1.49 with the query
 	 * rounded to f16 as well (as llama.cpp's f16 product does). */
-	T_CHECK(max_diff < 2.0, "max |dlogit| %.4f >= 2.0", max_diff);
+	T_CHECK(t.max_diff < 2.0, "max |dlogit| %.4f >= 2.0", t.max_diff);
 	check_greedy(eng);
 	printf("  greedy, llama.cpp's AVX2 build against its AVX-512 build: %d of 10 continuations "
 	       "identical\n",

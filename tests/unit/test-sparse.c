@@ -71,30 +71,30 @@ static void test_parse(void)
 	T_EQ_INT(s.dense_layers, 2);
 	T_EQ_INT(engine_sparse_parse("quest:budget=256,page=8,dense=0", &s, &e), KVS_OK);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
-	         "quest budget=256 page=8 sinks=4 recent=64 dense=0");
+	         "quest budget=256 page=8 sinks=4 recent=64 dense=0 shadow=16");
 	T_EQ_INT(engine_sparse_parse("quest budget=64 recent=8", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 64);
 	T_EQ_INT(s.recent, 8);
 	T_EQ_INT(engine_sparse_parse("qwest", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
-	         "dense=N], hip[:budget=N,block=N,sinks=N,recent=N,dense=N,refresh=N,prefill=N] or "
-	         "squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,quantile=Q,coarse=Q,iters=N,"
-	         "seed=N]");
+	         "dense=N,shadow=N], hip[:budget=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
+	         "prefill=N,shadow=N] or squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
+	         "quantile=Q,coarse=Q,iters=N,seed=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "budget=0: expected an integer in 1..") != NULL, "%s", e.msg);
 	T_EQ_INT(engine_sparse_parse("quest:budget=1x", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("quest:pages=4", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse: unknown parameter 'pages' for quest: expected budget, page, sinks, "
-	         "recent or dense");
+	         "recent, dense or shadow");
 	T_EQ_INT(engine_sparse_parse("quest:budget", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("off:budget=4", &s, &e), KVS_EARG);
 	/* hip: its own parameters, and only those */
 	T_EQ_INT(engine_sparse_parse("hip", &s, &e), KVS_OK);
 	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
-	         "hip budget=1024 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048");
+	         "hip budget=1024 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 shadow=16");
 	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 256);
 	T_EQ_INT(s.block, 4);
@@ -102,7 +102,7 @@ static void test_parse(void)
 	T_EQ_INT(engine_sparse_parse("hip:page=8", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse: unknown parameter 'page' for hip: expected budget, block, sinks, "
-	         "recent, dense, refresh or prefill");
+	         "recent, dense, refresh, prefill or shadow");
 	T_EQ_INT(engine_sparse_parse("quest:refresh=2", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("hip:refresh=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "refresh=0: expected an integer in 1..65536") != NULL, "%s", e.msg);

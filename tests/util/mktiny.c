@@ -38,7 +38,8 @@ int main(int argc, char **argv)
 	if (argc < 2 || argc % 2 != 0) {
 		fprintf(stderr,
 		        "usage: mktiny OUT.gguf [--arch A] [--type T] [--layers N] [--embd N] [--ff N] "
-		        "[--heads N] [--kv-heads N] [--head-dim N] [--window N] [--embd-type T]\n");
+		        "[--heads N] [--kv-heads N] [--head-dim N] [--window N] [--ctx N] [--embd-type "
+		        "T]\n");
 		return 2;
 	}
 	for (int i = 2; i + 1 < argc; i += 2)
@@ -86,6 +87,8 @@ int main(int argc, char **argv)
 			s.head_dim = (uint32_t)n;
 		} else if (strcmp(k, "--window") == 0) {
 			window = (uint32_t)n;
+		} else if (strcmp(k, "--ctx") == 0) {
+			s.n_ctx = (uint32_t)n; /* the training context (context_length) */
 		} else {
 			fprintf(stderr, "mktiny: unknown option %s\n", k);
 			return 2;

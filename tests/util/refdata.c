@@ -1,6 +1,7 @@
 /* refdata.c: the llama.cpp reference fixtures' parsers (see refdata.h). */
 #include "tests/util/refdata.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,4 +113,50 @@ size_t refdata_read_logits(const char *path, struct ref_pos **out, struct err *e
 		err_set(e, KVS_EFORMAT, "%s: no positions", path);
 	*out = ref;
 	return n;
+}
+
+int refdata_score(struct engine *eng, const struct ref_pos *ref, size_t n, float gap_min,
+                  struct ref_tally *t, double *file_max, uint64_t *file_agree, struct err *e)
+{
+	uint32_t n_vocab = engine_model(eng)->hp.n_vocab;
+	int32_t *toks = xmallocarray(n, sizeof *toks), *pos = xmallocarray(n, sizeof *pos);
+	uint32_t *slot = xmallocarray(n, sizeof *slot);
+	for (size_t i = 0; i < n; i++) {
+		toks[i] = ref[i].token;
+		pos[i] = (int32_t)i;
+		slot[i] = (uint32_t)i;
+	}
+	engine_kv_clear(eng);
+	struct engine_batch b = { .n_tokens = (uint32_t)n,
+		                      .tokens = toks,
+		                      .pos = pos,
+		                      .slot = slot,
+		                      .n_visible = (uint32_t)n,
+		                      .logits = ENGINE_LOGITS_ALL };
+	struct engine_out o;
+	int rc = engine_forward(eng, &b, &o, e);
+	*file_max = 0.0;
+	*file_agree = 0;
+	for (size_t i = 0; rc == KVS_OK && i < n; i++) {
+		const float *row = o.logits + i * n_vocab;
+		bool same = refdata_argmax(row, n_vocab) == ref[i].top_id[0];
+		*file_agree += same;
+		if (ref[i].top_logit[0] - ref[i].top_logit[1] >= gap_min) {
+			t->n_clear++;
+			t->n_clear_agree += same;
+		}
+		for (int k = 0; k < REFDATA_TOPK; k++) {
+			double d = fabs((double)row[ref[i].top_id[k]] - ref[i].top_logit[k]);
+			*file_max = d > *file_max ? d : *file_max;
+		}
+	}
+	if (rc == KVS_OK) {
+		t->n_pos += n;
+		t->n_agree += *file_agree;
+		t->max_diff = *file_max > t->max_diff ? *file_max : t->max_diff;
+	}
+	free(toks);
+	free(pos);
+	free(slot);
+	return rc;
 }
