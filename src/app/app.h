@@ -383,6 +383,12 @@ struct session_hooks {
 	void (*saved)(void *ud, int64_t id, uint32_t index, int status, const char *msg);
 	/* the cold tier wrote, recalled, stopped or was refused */
 	void (*cold)(void *ud, const struct session_cold_event *ev);
+	/* the document's keys being clustered (squeezed): done of total
+	 * (layer, KV head) pairs; done == total once */
+	void (*progress)(void *ud, uint32_t done, uint32_t total);
+	/* one line for the user: the document clustered, its clusters restored
+	 * or refused (then clustered again), an explicit --sparse overriding */
+	void (*notice)(void *ud, const char *msg);
 	void *ud;
 };
 
@@ -464,6 +470,36 @@ int session_resume(struct session *s, const struct session_store *ss,
                    struct store_resume_info *info, struct err *e);
 /* The saved session's id (0: none yet). */
 int64_t session_store_id(const struct session *s);
+
+/* ---- the pinned document (--doc, :doc) ---- */
+
+/* What the session's document is. */
+struct session_doc_info {
+	const char *path;     /* as given (lent until the next session_set_doc), or NULL */
+	uint32_t n_tokens;    /* its message's tokens, markers included */
+	uint32_t n_cached;    /* document tokens in the cache now (KV_FLAG_DOC) */
+	bool clustered;       /* squeezed's index is installed */
+	struct engine_squeeze_info sq; /* when clustered */
+};
+/*
+ * Load the text file at path as the document of every new conversation
+ * (NULL: none): fed after the system turn as a message of its own, pinned
+ * (KV_FLAG_PINNED | KV_FLAG_DOC, and the turn before it pinned too, so no
+ * retention policy evicts or moves it). A conversation already begun starts
+ * over (*restarted true). KVS_EIO for a file that cannot be read, KVS_EARG
+ * (one line naming the file) for an empty one, a binary one (a NUL byte,
+ * not UTF-8) or one whose tokens do not fit the KV budget beside a
+ * conversation; nothing changes then.
+ */
+int session_set_doc(struct session *s, const char *path, bool *restarted, struct err *e);
+/* Whether the session has a document (info may be NULL). */
+bool session_doc(const struct session *s, struct session_doc_info *info);
+/* Squeezed's index for the document in the cache, when the sparse mode is
+ * squeezed and none is installed: from the saved session's store when it
+ * holds one for this model and document, else clustered now (progress and
+ * notice hooks); then kept in the store when saving. KVS_OK with nothing to
+ * do otherwise. */
+int session_squeeze(struct session *s, struct err *e);
 /* Turn the cold tier on (c->on) or off. It writes once the session saves
  * (session_set_store or session_resume, before or after this call); until
  * then evicted blocks wait in memory. */
@@ -630,6 +666,7 @@ enum worker_cmd_kind {
 	                     * this many of its last turns in the transcript event */
 	WORKER_LEN,        /* text: a length target ("120w", "200t", "150", "off") */
 	WORKER_SPARSE,     /* text: a sparse attention spec ("quest:budget=512", "off") */
+	WORKER_DOC,        /* text: a document file to pin (session_set_doc), or "off" */
 	WORKER_COMPARE,    /* text: a policy spec to compare with (n: its budget, 0 every
 	                     * slot, < 0 the session's), or "off" (compare.c) */
 };

@@ -42,6 +42,7 @@
 #include "app/app-int.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,7 +63,12 @@ struct session {
 	struct store_rec *rec;
 	struct session_cold *cold; /* the cold tier (session-cold.c), or NULL */
 	struct mt19937 rng0;       /* the sampler's generator when this conversation began */
+	char *doc, *doc_path;      /* the pinned document's text and file, or NULL */
+	uint32_t doc_tokens;       /* its message's tokens */
+	uint64_t sq_saved;         /* squeezed's index kept in the store: its build_ms bits */
 };
+
+#define SESSION_DOC_ROOM 256 /* tokens a conversation needs beside the document */
 
 void session_config_default(struct session_config *c)
 {
@@ -175,6 +181,8 @@ void session_close(struct session *s)
 	free(s->turns);
 	free(s->reply.s);
 	free(s->system);
+	free(s->doc);
+	free(s->doc_path);
 	gen_close(s->gen);
 	free(s);
 }
@@ -237,6 +245,194 @@ struct gen *session_gen(const struct session *s)
 	return s->gen;
 }
 
+/* ------------------------------------------------------------ the document */
+
+/* Check the document file's bytes: text, UTF-8, something in it. */
+static int session_doc_check(const char *path, const char *text, size_t len, struct err *e)
+{
+	const char *nul = memchr(text, '\0', len);
+	if (len == 0 || strspn(text, " \t\r\n") == len)
+		return err_set(e, KVS_EARG, "document %s: empty; expected a text file", path);
+	if (nul != NULL)
+		return err_set(e, KVS_EARG,
+		               "document %s: binary (a NUL byte at offset %zu); expected a text file", path,
+		               (size_t)(nul - text));
+	if (!utf8_valid((const uint8_t *)text, len))
+		return err_set(e, KVS_EARG, "document %s: not UTF-8 text; expected a UTF-8 text file",
+		               path);
+	return KVS_OK;
+}
+
+int session_set_doc(struct session *s, const char *path, bool *restarted, struct err *e)
+{
+	struct gen *g = s->gen;
+	char *text = NULL;
+	size_t len = 0, n = 0, cap = 0;
+	int32_t *ids = NULL;
+	struct chat_prompt ps = { 0 }, pd = { 0 };
+	*restarted = false;
+	if (path != NULL && strcmp(path, "-") == 0)
+		return err_set(e, KVS_EARG, "document -: expected a file (standard input carries the chat)");
+	if (path != NULL) {
+		int rc = file_read_max(path, 64u << 20, &text, &len, e);
+		if (rc != KVS_OK)
+			return rc;
+		rc = session_doc_check(path, text, len, e);
+		if (rc == KVS_OK) {
+			chat_first_user(&g->chat, s->system, text, &ps, &pd);
+			rc = chat_tokenize(g->model->vocab, &ps, &ids, &n, &cap, e);
+		}
+		size_t before = n;
+		if (rc == KVS_OK)
+			rc = chat_tokenize(g->model->vocab, &pd, &ids, &n, &cap, e);
+		uint32_t budget = kv_cache_budget(g->kv);
+		if (rc == KVS_OK && n + 1 + SESSION_DOC_ROOM > budget)
+			rc = err_set(e, KVS_EARG,
+			             "document %s: %zu tokens do not fit a KV budget of %u tokens beside "
+			             "the system prompt (%zu) and a conversation (%u); expected a shorter "
+			             "document or a larger --ctx / --kv-budget",
+			             path, n - before, budget, before, SESSION_DOC_ROOM);
+		free(ids);
+		chat_prompt_free(&ps);
+		chat_prompt_free(&pd);
+		if (rc != KVS_OK) {
+			free(text);
+			return rc;
+		}
+		n -= before;
+	}
+	free(s->doc);
+	free(s->doc_path);
+	s->doc = text;
+	s->doc_path = path ? xstrdup(path) : NULL;
+	s->doc_tokens = (uint32_t)n;
+	if (!s->fresh) {
+		session_reset(s);
+		*restarted = true;
+	}
+	return KVS_OK;
+}
+
+bool session_doc(const struct session *s, struct session_doc_info *info)
+{
+	struct kv_stats st;
+	kv_cache_stats(s->gen->kv, &st);
+	if (info != NULL) {
+		memset(info, 0, sizeof *info);
+		info->path = s->doc_path;
+		info->n_tokens = s->doc_tokens;
+		info->n_cached = st.n_doc;
+		info->clustered = engine_squeeze_info(s->gen->engine, &info->sq);
+	}
+	return s->doc != NULL || st.n_doc > 0;
+}
+
+/* The clustering's progress, to the hook. */
+static void session_sq_progress(void *ud, uint32_t done, uint32_t total)
+{
+	struct session *s = ud;
+	if (s->hooks.progress != NULL)
+		s->hooks.progress(s->hooks.ud, done, total);
+}
+
+/* A line for the notice hook. */
+static void session_notice(struct session *s, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+static void session_notice(struct session *s, const char *fmt, ...)
+{
+	char buf[400];
+	va_list ap;
+	if (s->hooks.notice == NULL)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	s->hooks.notice(s->hooks.ud, buf);
+}
+
+/* The stored index's identity: its build time's bits (a new clustering
+ * differs), so that each is kept once. */
+static uint64_t session_sq_mark(const struct engine_squeeze_info *in)
+{
+	uint64_t b;
+	memcpy(&b, &in->build_ms, sizeof b);
+	return b ^ ((uint64_t)in->n_keys << 32) ^ in->n_fine;
+}
+
+/* Keep a new index in the saved session's store (a failure is said, the
+ * index stays in memory). */
+static int session_squeeze_keep(struct session *s, struct err *e)
+{
+	struct engine_squeeze_info in;
+	struct gen *g = s->gen;
+	void *blob;
+	size_t len;
+	char spec[256];
+	if (s->store.st == NULL || s->store.id == 0 || !engine_squeeze_info(g->engine, &in) ||
+	    session_sq_mark(&in) == s->sq_saved)
+		return KVS_OK;
+	int rc = engine_squeeze_save(g->engine, &blob, &len, e);
+	if (rc == KVS_OK)
+		rc = store_squeeze_put(s->store.st, s->store.id, s->store.model_sha256,
+		                       engine_sparse_format(kv_cache_sparse(g->kv), spec, sizeof spec), &in,
+		                       blob, len, e);
+	free(blob);
+	if (rc == KVS_OK)
+		s->sq_saved = session_sq_mark(&in);
+	return rc;
+}
+
+int session_squeeze(struct session *s, struct err *e)
+{
+	struct gen *g = s->gen;
+	const struct engine_sparse *sp = kv_cache_sparse(g->kv);
+	struct engine_squeeze_info in;
+	if (sp->mode != ENGINE_SPARSE_SQUEEZED || engine_squeeze_info(g->engine, &in))
+		return KVS_OK;
+	uint32_t *slots = xmallocarray(gen_n_ctx(g), sizeof(uint32_t));
+	uint32_t n = kv_cache_doc_slots(g->kv, slots);
+	int rc = KVS_OK;
+	if (n == 0) {
+		free(slots);
+		return KVS_OK; /* nothing pinned: squeezed is dense */
+	}
+	if (s->store.st != NULL && s->store.id != 0) {
+		void *blob;
+		size_t len;
+		struct err le;
+		rc = store_squeeze_get(s->store.st, s->store.id, s->store.model_sha256, &blob, &len, &le);
+		if (rc == KVS_OK)
+			rc = engine_squeeze_load(g->engine, blob, len, slots, n, &le);
+		free(blob);
+		if (rc == KVS_OK) {
+			engine_squeeze_info(g->engine, &in);
+			s->sq_saved = session_sq_mark(&in);
+			session_notice(s,
+			               "document clusters restored from the store: %u keys, %u fine and %u "
+			               "coarse clusters per layer and KV head (not clustered again)",
+			               in.n_keys, in.n_fine, in.n_coarse);
+			free(slots);
+			return KVS_OK;
+		}
+		if (rc != KVS_ENOTFOUND)
+			session_notice(s, "%s; clustering again", le.msg);
+	}
+	rc = engine_squeeze_build(g->engine, slots, n, sp, session_sq_progress, s, e);
+	free(slots);
+	if (rc != KVS_OK)
+		return rc;
+	engine_squeeze_info(g->engine, &in);
+	session_notice(s,
+	               "document clustered: %u keys into %u fine and %u coarse clusters per layer and "
+	               "KV head in %.1f s (%.1f MiB)",
+	               in.n_keys, in.n_fine, in.n_coarse, in.build_ms / 1000.0,
+	               (double)in.bytes / (1024.0 * 1024.0));
+	struct err ke;
+	if (session_squeeze_keep(s, &ke) != KVS_OK)
+		session_notice(s, "document clusters not saved: %s", ke.msg);
+	return KVS_OK;
+}
+
 /* Feed the user part of an exchange: BOS and the system turn when the
  * conversation is new, the message, the reply header. *n_fed counts them. */
 static int session_feed_user(struct session *s, const char *text, uint32_t extra, uint32_t *n_fed,
@@ -244,7 +440,7 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 {
 	struct gen *g = s->gen;
 	const struct vocab *v = g->model->vocab;
-	struct chat_prompt ps = { 0 }, pu = { 0 }, pa = { 0 };
+	struct chat_prompt ps = { 0 }, pd = { 0 }, pu = { 0 }, pa = { 0 };
 	int32_t *ids = NULL;
 	size_t n = 0, cap = 0;
 	int rc = KVS_OK;
@@ -253,16 +449,25 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	{
 		/* with a length target the message asks for the length too (lenctl.c) */
 		char *asked = len_instruct_text(text, &g->turn.len);
-		if (s->fresh && s->system[0] != '\0')
-			chat_first_user(&g->chat, s->system, asked, &ps, &pu);
-		else
+		if (s->fresh && s->doc != NULL) {
+			/* the document is the conversation's first user message, after
+			 * the system part (which a layout without a system role puts
+			 * at the head of that message) */
+			chat_first_user(&g->chat, s->system, s->doc, &ps, &pd);
 			chat_message(&g->chat, "user", asked, &pu);
+		} else if (s->fresh && s->system[0] != '\0') {
+			chat_first_user(&g->chat, s->system, asked, &ps, &pu);
+		} else {
+			chat_message(&g->chat, "user", asked, &pu);
+		}
 		free(asked);
 	}
 	chat_generation_prompt(&g->chat, &pa);
 	bool bos = s->fresh && vocab_add_bos(v) && vocab_bos(v) >= 0;
 	/* the exchange's size, for eviction between turns */
 	rc = chat_tokenize(v, &ps, &ids, &n, &cap, e);
+	if (rc == KVS_OK)
+		rc = chat_tokenize(v, &pd, &ids, &n, &cap, e);
 	if (rc == KVS_OK)
 		rc = chat_tokenize(v, &pu, &ids, &n, &cap, e);
 	if (rc == KVS_OK)
@@ -277,6 +482,8 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 		                    e);
 	if (rc == KVS_OK && recalled > 0)
 		scold_place(s->cold, &s->hooks);
+	/* a document and what comes before it are pinned: never evicted, never moved */
+	kv_cache_set_feed_flags(g->kv, pd.n > 0 ? KV_FLAG_PINNED : 0);
 	if (rc == KVS_OK && bos) {
 		int32_t b = vocab_bos(v);
 		gen_set_role(g, KV_ROLE_SYSTEM);
@@ -284,12 +491,19 @@ static int session_feed_user(struct session *s, const char *text, uint32_t extra
 	}
 	if (rc == KVS_OK && ps.n > 0)
 		rc = gen_feed_prompt(g, &ps, KV_ROLE_SYSTEM, e);
+	kv_cache_set_feed_flags(g->kv, KV_FLAG_PINNED | KV_FLAG_DOC);
+	if (rc == KVS_OK && pd.n > 0)
+		rc = gen_feed_prompt(g, &pd, KV_ROLE_USER, e);
+	kv_cache_set_feed_flags(g->kv, 0);
+	if (rc == KVS_OK && pd.n > 0)
+		rc = session_squeeze(s, e);
 	if (rc == KVS_OK)
 		rc = gen_feed_prompt(g, &pu, KV_ROLE_USER, e);
 	if (rc == KVS_OK)
 		rc = gen_feed_prompt(g, &pa, KV_ROLE_ASSISTANT, e);
 	free(ids);
 	chat_prompt_free(&ps);
+	chat_prompt_free(&pd);
 	chat_prompt_free(&pu);
 	chat_prompt_free(&pa);
 	*n_fed = (uint32_t)(kv_cache_next_pos(g->kv) - (int32_t)before);
@@ -412,7 +626,10 @@ int session_resume(struct session *s, const struct session_store *ss,
 	session_forget_turns(s);
 	s->fresh = kv_cache_n(g->kv) == 0;
 	s->restart_next = false;
-	return session_set_store(s, ss, e);
+	rc = session_set_store(s, ss, e);
+	if (rc == KVS_OK)
+		rc = session_squeeze(s, e);
+	return rc;
 }
 
 int session_recap_read(struct store *st, int64_t id, uint32_t max_turns, struct session_recap *r,
@@ -469,7 +686,7 @@ static int session_rec_open(struct session *s, struct err *e)
 {
 	struct session_store *ss = &s->store;
 	struct gen *g = s->gen;
-	char pol[256];
+	char pol[256], spb[256];
 	int rc;
 
 	if (s->rec != NULL)
@@ -484,6 +701,7 @@ static int session_rec_open(struct session *s, struct err *e)
 		.n_ctx = gen_n_ctx(g),
 		.sampler = (char *)ss->sampler,
 		.system = s->system[0] ? s->system : NULL,
+		.sparse = engine_sparse_format(kv_cache_sparse(g->kv), spb, sizeof spb),
 	};
 	rc = store_session_create(ss->st, &in, &ss->id, e);
 	if (rc == KVS_OK)
@@ -530,6 +748,9 @@ static void session_save(struct session *s, const struct session_turn *t)
 		session_queue(s, t, 0);
 		rc = store_rec_commit(s->rec, &e);
 	}
+	struct err ke;
+	if (rc == KVS_OK && session_squeeze_keep(s, &ke) != KVS_OK)
+		session_notice(s, "document clusters not saved: %s", ke.msg);
 	if (s->hooks.saved != NULL)
 		s->hooks.saved(s->hooks.ud, ss->id, s->rec ? store_rec_n_turns(s->rec) - 1 : 0, rc,
 		               rc == KVS_OK ? "" : e.msg);

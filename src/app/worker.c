@@ -587,8 +587,29 @@ static void worker_run(struct worker *w, const struct worker_cmd *c, struct work
 		if (rc == KVS_OK)
 			rc = kv_cache_set_sparse(g->kv, &sp, &e);
 		if (rc == KVS_OK)
-			snprintf(res->msg, sizeof res->msg, "sparse %s",
-			         engine_sparse_format(kv_cache_sparse(g->kv), buf, sizeof buf));
+			rc = session_squeeze(w->s, &e); /* squeezed: cluster the document now */
+		if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "sparse %s%s",
+			         engine_sparse_format(kv_cache_sparse(g->kv), buf, sizeof buf),
+			         sp.mode == ENGINE_SPARSE_SQUEEZED && !session_doc(w->s, NULL)
+			                 ? " (no document: dense until :doc FILE)"
+			                 : "");
+		break;
+	}
+	case WORKER_DOC: {
+		bool restarted;
+		struct session_doc_info di;
+		const char *path = c->text && strcmp(c->text, "off") != 0 ? c->text : NULL;
+		if (session_n_turns(w->s) > 0) /* a loaded document starts a new conversation */
+			worker_compare_end(w, "comparison off: a new conversation");
+		rc = session_set_doc(w->s, path, &restarted, &e);
+		session_doc(w->s, &di);
+		if (rc == KVS_OK && path != NULL)
+			snprintf(res->msg, sizeof res->msg,
+			         "document %s: %u tokens, pinned at the start of %s conversation", path,
+			         di.n_tokens, restarted ? "a new" : "the");
+		else if (rc == KVS_OK)
+			snprintf(res->msg, sizeof res->msg, "no document from the next conversation on");
 		break;
 	}
 	case WORKER_PIN:

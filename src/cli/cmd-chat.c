@@ -85,6 +85,27 @@ static int chat_db_temp(struct chat_db *db, struct err *e)
 	return rc;
 }
 
+/* The saved session's sparse spec (NULL: saved before it was kept, dense)
+ * unless --sparse is given; an explicit one that differs says so. */
+static int chat_resume_sparse(struct cli_opts *o, const char *saved, struct err *e)
+{
+	struct engine_sparse sp;
+	char a[256], b[256];
+	if (saved == NULL || saved[0] == '\0')
+		return KVS_OK;
+	if (engine_sparse_parse(saved, &sp, e) != KVS_OK) {
+		err_prefix(e, "the saved session's sparse spec");
+		return e->code;
+	}
+	engine_sparse_format(&sp, a, sizeof a);
+	engine_sparse_format(&o->gen.kv.sparse, b, sizeof b);
+	if (!cli_opts_given(o, "sparse"))
+		o->gen.kv.sparse = sp;
+	else if (strcmp(a, b) != 0)
+		fprintf(stderr, "kvscope: --sparse %s overrides the session's sparse %s\n", b, a);
+	return KVS_OK;
+}
+
 /* Open the database when saving was asked for; when resuming, take the
  * session's model, policy, budget, context and system prompt unless given. */
 static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
@@ -109,6 +130,8 @@ static int chat_db_open(struct chat_db *db, struct cli_opts *o, struct err *e)
 	}
 	if (!cli_opts_given(o, "policy"))
 		rc = kv_policy_parse(ss.policy, &o->gen.kv.policy, e);
+	if (rc == KVS_OK)
+		rc = chat_resume_sparse(o, ss.sparse, e);
 	if (o->gen.kv.budget == 0)
 		o->gen.kv.budget = ss.budget;
 	if (!cli_opts_given(o, "ctx"))
@@ -336,6 +359,25 @@ static void chat_on_kv(void *ud, const struct kv_event *ev)
 
 /* A cold-tier event: to the trace; a stop, refusal or failure on stderr
  * (one line; the chat goes on). */
+/* The document's clustering: a counter on stderr, rewritten in place on a
+ * terminal, every tenth on lines of their own otherwise. */
+static void chat_progress(void *ud, uint32_t done, uint32_t total)
+{
+	(void)ud;
+	if (isatty(2))
+		fprintf(stderr, "\rkvscope: clustering the document's keys: %u/%u%s", done, total,
+		        done == total ? "\n" : "");
+	else if (done == total || done % KVS_MAX(total / 10, 1u) == 0)
+		fprintf(stderr, "kvscope: clustering the document's keys: %u/%u\n", done, total);
+}
+
+/* A session's notice: one line on stderr. */
+static void chat_notice(void *ud, const char *msg)
+{
+	(void)ud;
+	fprintf(stderr, "kvscope: %s\n", msg);
+}
+
 static void chat_on_cold(void *ud, const struct session_cold_event *ev)
 {
 	const struct chat_db *db = ((const struct chat_view *)ud)->db;
@@ -398,6 +440,11 @@ static void chat_kv_show(struct gen *g)
 	        st.n_sink, st.n_key, st.n_recent, st.n_pinned, (unsigned long long)st.n_evicted,
 	        st.n_evictions, st.n_evictions == 1 ? "" : "s", (double)st.bytes / 1048576.0,
 	        (double)st.bytes_per_layer / 1024.0, (double)st.bytes_peak / 1048576.0);
+	if (st.n_doc > 0) /* the document's tokens count in the budget like any */
+		fprintf(stderr,
+		        "document: %u tokens pinned, %.1f MiB, in the budget (%u tokens left beside it)\n",
+		        st.n_doc, (double)st.n_doc * (double)st.bytes_per_token / 1048576.0,
+		        st.budget > st.n_pinned ? st.budget - st.n_pinned : 0);
 	uint64_t chose, reused;
 	engine_sparse_steps(gen_engine(g), &chose, &reused);
 	if (kv_cache_sparse(kv)->mode != ENGINE_SPARSE_OFF)
@@ -446,11 +493,44 @@ static void chat_sparse(struct chat_ctx *c, const char *spec)
 		return;
 	}
 	if (engine_sparse_parse(spec, &sp, &e) != KVS_OK ||
-	    kv_cache_set_sparse(gen_kv(g), &sp, &e) != KVS_OK) {
+	    kv_cache_set_sparse(gen_kv(g), &sp, &e) != KVS_OK || session_squeeze(c->s, &e) != KVS_OK) {
 		fprintf(stderr, "kvscope: %s\n", e.msg);
 		return;
 	}
+	if (sp.mode == ENGINE_SPARSE_SQUEEZED && !session_doc(c->s, NULL))
+		fprintf(stderr, "kvscope: squeezed has no document to cluster (:doc FILE loads one); "
+		                "attention stays dense\n");
 	chat_kv_show(g);
+}
+
+/* :doc [FILE|off]: show, load or drop the pinned document. */
+static void chat_doc(struct chat_ctx *c, const char *arg)
+{
+	struct session_doc_info di;
+	struct err e;
+	bool restarted;
+
+	if (*arg == '\0') {
+		if (!session_doc(c->s, &di))
+			fprintf(stderr, "doc: none (:doc FILE pins one at the start of a new conversation)\n");
+		else
+			fprintf(stderr, "doc: %s, %u tokens, %u cached (pinned)%s\n",
+			        di.path ? di.path : "(restored)", di.n_tokens, di.n_cached,
+			        di.clustered ? ", clustered" : "");
+		return;
+	}
+	if (session_set_doc(c->s, strcmp(arg, "off") == 0 ? NULL : arg, &restarted, &e) != KVS_OK) {
+		err_prefix(&e, "%cdoc", c->sigil);
+		(void)cli_fail(&e);
+		return;
+	}
+	session_doc(c->s, &di);
+	if (di.path == NULL)
+		fprintf(stderr, "doc: none from the next conversation on%s\n",
+		        restarted ? " (a new one started)" : "");
+	else
+		fprintf(stderr, "doc: %s, %u tokens, pinned at the start of %s conversation\n", di.path,
+		        di.n_tokens, restarted ? "a new" : "the");
 }
 
 /* :budget N: the KV budget in tokens (0: every slot). */
@@ -552,8 +632,9 @@ static const struct {
 	{ "reset", "", NULL, chat_new },
 	{ "policy", "[NAME [k=v ...]]", "show or change the KV retention policy", chat_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", chat_budget },
-	{ "sparse", "[off|quest|hip[:k=v,...]]", "show or change sparse decode attention",
+	{ "sparse", "[off|quest|hip|squeezed[:k=v,...]]", "show or change sparse decode attention",
 	  chat_sparse },
+	{ "doc", "[FILE|off]", "pin a text document at the start of a new conversation", chat_doc },
 	{ "kv", "", "the KV cache's figures", chat_kv },
 	{ "len", "[120w|200t|150|>800|off]", "length target of the next replies", chat_len },
 	{ "save", "[TITLE]", "save this conversation (its exchanges so far and the next ones)",
@@ -593,8 +674,8 @@ static bool chat_command(struct chat_ctx *c, const char *line)
 			return true;
 		}
 	fprintf(stderr,
-	        "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :kv, :len, "
-	        ":save, :think, :quit or :help\n",
+	        "kvscope: unknown command '%.*s'; expected :new, :policy, :budget, :sparse, :doc, "
+	        ":kv, :len, :save, :think, :quit or :help\n",
 	        (int)n + 1, line);
 	return true;
 }
@@ -649,7 +730,13 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 	view.s = s;
 	view.db = &db;
 	const struct session_hooks hooks = {
-		.text = chat_text, .saved = chat_saved, .kv = chat_on_kv, .cold = chat_on_cold, .ud = &view
+		.text = chat_text,
+		.saved = chat_saved,
+		.kv = chat_on_kv,
+		.cold = chat_on_cold,
+		.progress = chat_progress,
+		.notice = chat_notice,
+		.ud = &view
 	};
 	db.v = gen_vocab(session_gen(s));
 	session_set_hooks(s, &hooks);

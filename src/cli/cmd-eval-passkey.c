@@ -159,6 +159,23 @@ static long long pk_first_int(const char *s)
 	return v;
 }
 
+/* Squeezed: the prompt's cached keys but its last PK_ASK tokens (the
+ * question, always in the recent window) are the fixed context; cluster
+ * them as a pinned document's would be. */
+#define PK_ASK 32
+static int pk_squeeze(struct gen *g, size_t n, struct err *e)
+{
+	struct kv_cache *kv = gen_kv(g);
+	const struct kv_tok *t = kv_cache_toks(kv);
+	uint32_t *slots = xmallocarray(kv_cache_n(kv) + 1, sizeof(uint32_t)), m = 0;
+	for (uint32_t i = 0; i < kv_cache_n(kv); i++)
+		if ((size_t)t[i].orig_pos + PK_ASK < n)
+			slots[m++] = t[i].slot;
+	int rc = engine_squeeze_build(gen_engine(g), slots, m, kv_cache_sparse(kv), NULL, NULL, e);
+	free(slots);
+	return rc;
+}
+
 /* Run one sample; fills *right, *kept (share of needle digit tokens cached
  * after the prompt) and *n_tok. */
 static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t n_blocks,
@@ -199,6 +216,8 @@ static int pk_sample(struct gen *g, const struct cli_opts *o, bool raw, uint32_t
 			rc = gen_feed(g, ids + head, m, e);
 		scold_flush(cold->sc, cold->index++, NULL);
 	}
+	if (rc == KVS_OK && kv_cache_sparse(gen_kv(g))->mode == ENGINE_SPARSE_SQUEEZED)
+		rc = pk_squeeze(g, n, e);
 	if (rc != KVS_OK) {
 		free(ids);
 		return rc;

@@ -54,7 +54,8 @@ static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_eval_sparse = {
 	.name = "eval sparse",
-	.usage = "[--sparse quest|hip[:k=v,...]] [--lengths 2k,8k] [--n-gen N] [--reps N] [--seed S] "
+	.usage = "[--sparse quest|hip|squeezed[:k=v,...]] [--lengths 2k,8k] [--n-gen N] [--reps N] "
+	         "[--seed S] "
 	         "[--json] [options]",
 	.help = "sparse decode attention against dense: captured mass, top-10 recall, keys read, "
 	        "attention and decode speed-up",
@@ -79,6 +80,8 @@ struct sp_row {
 	double cpu_ms[2];           /* the process's CPU time per step, same passes */
 	uint32_t chose, reused;     /* sparse steps of the fastest pass */
 	bool pf;                    /* the prefill was measured (hip, prefill <= length) */
+	bool sq;                    /* squeezed: the prompt clustered as its document */
+	struct engine_squeeze_info sqi;
 	double pf_ms[2], pf_cpu[2]; /* prefill, fastest pass: dense, sparse */
 	double pf_keys_pct;         /* sparse prefill's keys read, % of dense */
 	double pf_mass;             /* its captured mass (mean over sampled rows) */
@@ -340,6 +343,15 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 	row->capped = train > 0 && len > train;
 	if (rc == KVS_OK && row->capped)
 		rc = sp_cap(eng, len, train, e);
+	if (rc == KVS_OK && sp->mode == ENGINE_SPARSE_SQUEEZED) {
+		/* the prompt is the fixed context: its keys clustered once */
+		uint32_t *slots = xmallocarray(len, sizeof(uint32_t));
+		for (uint32_t i = 0; i < len; i++)
+			slots[i] = i;
+		rc = engine_squeeze_build(eng, slots, len, sp, NULL, NULL, e);
+		free(slots);
+		row->sq = rc == KVS_OK && engine_squeeze_info(eng, &row->sqi);
+	}
 	int32_t *gen_ids = xmallocarray(steps, sizeof(int32_t));
 	if (rc == KVS_OK)
 		gen_ids[0] = ids[len];
@@ -490,6 +502,22 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 		       w->attn_ms[0] / w->attn_ms[1], 100 * w->sel_ms / w->attn_ms[0], w->step_ms[0],
 		       w->step_ms[1], w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
 		       w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
+	}
+	bool any_sq = false;
+	for (uint32_t i = 0; i < n_len; i++)
+		any_sq |= rows[i].sq;
+	if (any_sq) {
+		printf("\nsqueezed's offline step (the prompt clustered as the document):\n");
+		printf("| length | keys | fine / coarse clusters per (layer, KV head) | index MiB | "
+		       "clustering s | k-means objective per key |\n");
+		printf("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+	}
+	for (uint32_t i = 0; i < n_len; i++) {
+		const struct sp_row *w = &rows[i];
+		if (w->sq)
+			printf("| %u | %u | %u / %u | %.2f | %.2f | %.4f |\n", w->length, w->sqi.n_keys,
+			       w->sqi.n_fine, w->sqi.n_coarse, (double)w->sqi.bytes / 1048576.0,
+			       w->sqi.build_ms / 1000.0, w->sqi.objective);
 	}
 	bool any_pf = false;
 	for (uint32_t i = 0; i < n_len; i++)

@@ -195,7 +195,7 @@ static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return kv_policy_parse(arg, &o->gen.kv.policy, e);
 }
 
-/* --sparse off|quest|hip[:k=v,...] */
+/* --sparse off|quest|hip|squeezed[:k=v,...] */
 static int opt_sparse(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
 	int rc = engine_sparse_parse(arg, &o->gen.kv.sparse, e);
@@ -373,6 +373,8 @@ static const struct cli_opt cli_opt_table[] = {
 	  "chat: do not show a reply's <think>...</think> block (:think show|hide toggles it)" },
 	{ "system", 0, "TEXT", OPTG_PROMPT, opt_str, O(system), 0, 0,
 	  "system prompt (default: the template's; \"\" for none)" },
+	{ "doc", 0, "FILE", OPTG_PROMPT, opt_path, O(doc), 0, 0,
+	  "a text document pinned at the start of the conversation (chat, tui)" },
 	{ "max-tokens", 'n', "N", OPTG_GEN, opt_u32, O(max_tokens), 0, 1 << 24,
 	  "stop after N tokens (default 256)" },
 	{ "stop", 0, "TEXT", OPTG_GEN, opt_str, O(stop), 0, 0,
@@ -405,10 +407,11 @@ static const struct cli_opt cli_opt_table[] = {
 	  "help policies')" },
 	{ "kv-budget", 0, "N", OPTG_KV, opt_budget, OG(kv.budget), 8, 1 << 24,
 	  "KV cache budget in tokens (0, the default: every slot of the context)" },
-	{ "sparse", 0, "off|quest|hip[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
+	{ "sparse", 0, "off|quest|hip|squeezed[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
 	  "sparse decode attention over what the policy kept: off (default), quest "
-	  "(budget=1024,page=16,sinks=4,recent=64,dense=2) or hip (budget=1024,block=8,...,"
-	  "refresh=8; see 'kvscope help sparse')" },
+	  "(budget=1024,page=16,sinks=4,recent=64,dense=2), hip (budget=1024,block=8,...,"
+	  "refresh=8) or squeezed over the --doc document (clusters=5,quantile=0.9,...; see "
+	  "'kvscope help sparse')" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },
 	{ "trace", 0, "FILE", OPTG_TRACE, opt_path, O(trace), 0, 0,

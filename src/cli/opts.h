@@ -18,6 +18,7 @@ struct cli_opts {
 	const char *prompt;
 	const char *prompt_file;
 	const char *system;
+	const char *doc; /* --doc FILE: the pinned document (chat, tui) */
 	bool raw;
 	bool hide_think; /* chat --hide-think: thinking blocks not shown */
 	uint32_t max_tokens;

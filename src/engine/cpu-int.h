@@ -147,6 +147,28 @@ struct cpu {
 	uint32_t *hip_list;           /* (n_threads, sp_vis_cap) a prefill block's keys, by slot */
 	float *hip_q;                 /* (n_threads, fa_rows, head_dim) a prefill block's scorers */
 	double *hip_pf;               /* (n_threads, 4) prefill: keys read, dense, mass, rows */
+	/* squeezed (cpu-squeeze.c): this step's index, which document key
+	 * each slot and each sorted key is, the calibration, per-thread scratch */
+	const struct engine_squeeze *sq;      /* NULL: dense */
+	const struct engine_squeeze *sq_made; /* the index sq_doc was made for */
+	uint64_t sq_made_id;                  /* and its id */
+	uint32_t *sq_doc;                     /* (n_ctx) document key of each slot, or UINT32_MAX */
+	uint32_t *sq_kd;                      /* (sq_kd_cap) key of each sorted key, if choosable */
+	uint32_t sq_kd_cap;
+	uint8_t *sq_ok;                       /* (sq_keys_cap) 1: visible, current, choosable */
+	uint32_t sq_keys_cap;                 /* keys sq_ok holds */
+	uint32_t *sq_iota;                    /* (sq_iota_n) 0, 1, 2, ... */
+	uint32_t sq_iota_n;
+	struct squeeze_hist sq_hist[2]; /* past steps: coarse, fine */
+	struct squeeze_hist *sq_th;     /* (n_threads, 2) this step's, per thread */
+	float sq_tau[2];                /* this step's thresholds: coarse, fine */
+	bool sq_first;                  /* no past step: each head calibrates on itself */
+	float *sq_p;                    /* (n_threads, 2, sq_p_cap) estimates: coarse, fine */
+	uint32_t *sq_w;                 /* (n_threads, 2, sq_p_cap) weights; then sort scratch */
+	uint32_t *sq_fl;                /* (n_threads, sq_p_cap) fine clusters scored */
+	uint8_t *sq_keep;               /* (n_threads, sq_p_cap) fine clusters kept */
+	uint32_t sq_p_cap;
+	uint64_t sq_steps;              /* squeezed decode steps under sq_made */
 };
 
 /* What one pool_run works on. */
@@ -287,6 +309,18 @@ void cpu_sparse_free(struct cpu *c);
  * scratch): the page bounds into bo->page_ub, with the shadow the
  * tightness into bo->tight (cpu-sparse-note.c). */
 void cpu_quest_note(struct cpu_job *jb, uint32_t l, uint32_t h, int ith);
+
+/* ---- in cpu-squeeze.c */
+
+/* Squeezed's part of cpu_sparse_prepare (the sorted keys known); false:
+ * no index, the step is dense. */
+bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b);
+/* Choose layer l's keys per KV head (thread share of the KV heads). */
+void cpu_squeeze_choose(struct cpu_job *jb, uint32_t l, int ith, int nth);
+/* Free squeezed's state. */
+void cpu_squeeze_free(struct cpu *c);
+/* With want_attn, a choice's mask by sorted key into the batch's sel row. */
+void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t *mask);
 
 /* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
  * part order. */

@@ -159,6 +159,11 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 		cpu_hip_prepare(c, b->pos[0]);
 		return;
 	}
+	if (s->mode == ENGINE_SPARSE_SQUEEZED) {
+		if (!cpu_squeeze_prepare(c, b))
+			c->sparse = NULL; /* no document clustered: dense */
+		return;
+	}
 	sparse_pages_ensure(&c->sp, s->page, c->cfg.n_ctx, hp->n_layer, hp->n_head_kv, hp->head_dim,
 	                    c->kv_es);
 	uint32_t np = c->sp.n_pages;
@@ -192,8 +197,8 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
 {
 	struct cpu *c = jb->c;
-	if (c->sparse->mode == ENGINE_SPARSE_HIP)
-		return; /* no bounds: the search reads the keys */
+	if (c->sparse->mode == ENGINE_SPARSE_HIP || c->sparse->mode == ENGINE_SPARSE_SQUEEZED)
+		return; /* no bounds: the search reads the keys, squeezed its centroids */
 	struct sparse_keys k = cpu_sparse_keys(c, jb->b->slot, jb->b->n_tokens);
 	if (ith == 0)
 		sparse_pages_scan(&c->sp, &k);
@@ -213,7 +218,7 @@ bool cpu_sparse_layer(const struct cpu_job *jb, uint32_t l)
 }
 
 /* With want_attn, the mask of layer l, KV head h into the batch's sel row. */
-static void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t *mask)
+void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t *mask)
 {
 	struct cpu *c = jb->c;
 	uint32_t nv = jb->b->n_visible;
@@ -382,6 +387,7 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 static void (*const cpu_sparse_choosers[])(struct cpu_job *, uint32_t, int, int) = {
 	[ENGINE_SPARSE_QUEST] = cpu_quest_choose,
 	[ENGINE_SPARSE_HIP] = cpu_hip_choose,
+	[ENGINE_SPARSE_SQUEEZED] = cpu_squeeze_choose,
 };
 
 void cpu_sparse_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
@@ -527,6 +533,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip_list);
 	free(c->hip_q);
 	free(c->hip_pf);
+	cpu_squeeze_free(c);
 }
 
 /* ------------------------------------------------------------ hip prefill */

@@ -14,6 +14,7 @@
  */
 #include "engine/engine.h"
 #include "engine/kern.h"
+#include "engine/sparse.h"
 
 #include "gpu/gpu.h"
 
@@ -52,6 +53,8 @@ struct engine {
 	float *surprisal, *entropy; /* (batch cap) */
 	size_t tok_cap;             /* tokens */
 	uint64_t sp_steps[2];       /* sparse decode steps: reused, chosen (engine_sparse_steps) */
+	struct engine_squeeze *sq;  /* squeezed's index (squeeze.c), or NULL */
+	uint64_t sq_serial;         /* indexes installed so far (engine_squeeze.id) */
 };
 
 /* Names of the configuration enums, indexed by value. */
@@ -243,6 +246,7 @@ void engine_free(struct engine *eng)
 		return;
 	if (eng->ops && eng->state)
 		eng->ops->free(eng->state);
+	squeeze_free(eng->sq);
 	free(eng->slot_pos);
 	free(eng->all_slots);
 	free(eng->mark);
@@ -350,8 +354,9 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 		               eng->ops->name);
 	if (b->sparse != NULL && b->sparse->mode != ENGINE_SPARSE_OFF) {
 		const struct engine_sparse *sp = b->sparse;
-		if ((unsigned)sp->mode > ENGINE_SPARSE_HIP)
-			return err_set(e, KVS_EARG, "batch: sparse mode %d, expected off, quest or hip",
+		if ((unsigned)sp->mode > ENGINE_SPARSE_SQUEEZED)
+			return err_set(e, KVS_EARG,
+			               "batch: sparse mode %d, expected off, quest, hip or squeezed",
 			               (int)sp->mode);
 		if (sp->page == 0 || sp->block == 0 || sp->budget == 0 || sp->refresh == 0)
 			return err_set(e, KVS_EARG,
@@ -452,6 +457,7 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	        b->sparse->prefill > 0 && cb.n_visible >= b->sparse->prefill;
 	if (!sparse && !sparse_pf)
 		cb.sparse = NULL;
+	cb.squeeze = eng->sq;
 	if (b->n_tokens > eng->tok_cap) {
 		free(eng->saved_pos);
 		free(eng->surprisal);
@@ -576,6 +582,25 @@ void engine_kv_clear(struct engine *eng)
 {
 	for (uint32_t s = 0; s < eng->cfg.n_ctx; s++)
 		eng->slot_pos[s] = -1;
+	engine_squeeze_clear(eng); /* its keys are gone */
+}
+
+void engine_squeeze_put(struct engine *eng, struct engine_squeeze *sq)
+{
+	squeeze_free(eng->sq);
+	eng->sq = sq;
+	if (sq != NULL)
+		sq->id = ++eng->sq_serial;
+}
+
+const struct engine_squeeze *engine_squeeze_get(const struct engine *eng)
+{
+	return eng->sq;
+}
+
+void engine_squeeze_clear(struct engine *eng)
+{
+	engine_squeeze_put(eng, NULL);
 }
 
 int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint32_t kv_head,

@@ -110,11 +110,33 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
  * blocks the same search finds for it (scored by every fourth of its
  * tokens); a query block that sees no more than the budget is dense.
  *
+ * squeezed: Squeezed Attention (Hooper et al., ACL 2025) over a fixed
+ * context, the pinned document: engine_squeeze_build clusters its keys once
+ * (k-means on the L2-normalised rotated keys per (layer, KV head), `clusters`
+ * % of the document's keys as fine clusters, coarse ones over those, about
+ * `fanout` fine per coarse) and keeps them grouped by cluster. A decode step
+ * estimates each cluster's softmax weight from its centroid (exp(q.C_c) /
+ * sum over clusters of N_c exp(q.C_c), the max over the KV head's query
+ * heads), keeps the coarse clusters at or over the threshold of the
+ * `coarse` quantile and, under them, the fine clusters at or over the
+ * `quantile` one; the thresholds are calibrated as those quantiles of the
+ * past decode steps' estimates (pooled over layers, heads and keys, each
+ * key weighted once; the first step calibrates on itself). Every key that
+ * is not a document key (the conversation), the sinks and the recent
+ * window are attended; a document key whose position moved since it was
+ * clustered is attended too. Without an index (no document) it is dense.
+ *
  * Otherwise a prefill (more than one token) is dense.
  */
 struct engine;
+struct engine_squeeze; /* squeezed's index (sparse.h) */
 
-enum engine_sparse_mode { ENGINE_SPARSE_OFF = 0, ENGINE_SPARSE_QUEST, ENGINE_SPARSE_HIP };
+enum engine_sparse_mode {
+	ENGINE_SPARSE_OFF = 0,
+	ENGINE_SPARSE_QUEST,
+	ENGINE_SPARSE_HIP,
+	ENGINE_SPARSE_SQUEEZED,
+};
 
 struct engine_sparse {
 	enum engine_sparse_mode mode;
@@ -131,10 +153,17 @@ struct engine_sparse {
 	 * the same query beside the choice); 0: every captured step. The
 	 * engine itself ignores it. */
 	uint32_t shadow;
+	uint32_t clusters; /* squeezed: fine clusters, % of the document's keys (>= 1 each) */
+	uint32_t fanout;   /* squeezed: fine clusters per coarse one, about */
+	uint32_t quantile; /* squeezed: fine threshold's quantile, in thousandths */
+	uint32_t coarse;   /* squeezed: coarse threshold's quantile, in thousandths */
+	uint32_t iters;    /* squeezed: k-means iterations at most */
+	uint32_t seed;     /* squeezed: k-means++'s seed */
 };
 
 /* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
- * prefill 2048, shadow 16. */
+ * prefill 2048, shadow 16, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
+ * iters 10, seed 1. */
 void engine_sparse_default(struct engine_sparse *s);
 /* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest
  * budget=N ..."); parameters not named keep their defaults; a parameter of
@@ -153,6 +182,40 @@ uint64_t engine_sparse_bytes(const struct engine *eng, uint32_t page);
 /* Sparse decode steps since the engine was made: those that chose their
  * keys (every quest step, a hip refresh) and those that reused a choice. */
 void engine_sparse_steps(const struct engine *eng, uint64_t *chosen, uint64_t *reused);
+
+/* ---- Squeezed Attention's index (squeeze.c) ---- */
+
+/* Progress of a clustering: done of total (layer, KV head) pairs. */
+typedef void (*engine_progress_fn)(void *ud, uint32_t done, uint32_t total);
+
+/* What an index holds, for the front ends. */
+struct engine_squeeze_info {
+	uint32_t n_keys;          /* document keys clustered */
+	uint32_t n_fine, n_coarse; /* clusters per (layer, KV head) */
+	uint64_t bytes;           /* centroids, permutation and labels */
+	double build_ms;          /* the clustering's time (0: loaded) */
+	double objective;         /* mean k-means objective per key at the end */
+};
+
+/* Cluster the keys of slots (n, in cache order: the document) for
+ * squeezed decode with spec's clusters, fanout, iters and seed, replacing
+ * any index; fn (or NULL) hears the progress. Deterministic for a seed.
+ * KVS_EARG for no slots, an empty or repeated slot. */
+int engine_squeeze_build(struct engine *eng, const uint32_t *slots, uint32_t n,
+                         const struct engine_sparse *spec, engine_progress_fn fn, void *ud,
+                         struct err *e);
+/* Drop the index (squeezed decode is then dense). */
+void engine_squeeze_clear(struct engine *eng);
+/* Whether an index is installed, and what it holds (info may be NULL). */
+bool engine_squeeze_info(const struct engine *eng, struct engine_squeeze_info *info);
+/* The index as bytes for a store (caller owns *buf); KVS_ESTATE without one. */
+int engine_squeeze_save(const struct engine *eng, void **buf, size_t *len, struct err *e);
+/* Install an index saved by engine_squeeze_save over the document now at
+ * slots (n, cache order): KVS_EFORMAT (one line) when the bytes are damaged,
+ * were made for another model shape, another number of keys or other
+ * positions than the slots hold. */
+int engine_squeeze_load(struct engine *eng, const void *buf, size_t len, const uint32_t *slots,
+                        uint32_t n, struct err *e);
 
 /* ---- one forward step ---- */
 
@@ -198,6 +261,9 @@ struct engine_batch {
 	/* Sparse decode (ENGINE_CAP_SPARSE; NULL or mode off: dense). Applies
 	 * to one-token batches only. */
 	const struct engine_sparse *sparse;
+	/* Squeezed's index: set by engine_forward from engine_squeeze_build's
+	 * (callers leave it NULL). */
+	const struct engine_squeeze *squeeze;
 	/* Every token's queries before RoPE (ENGINE_CAP_QUERY): a probe of
 	 * what a prompt asks, e.g. to score keys kept elsewhere. */
 	bool want_q;

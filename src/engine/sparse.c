@@ -39,33 +39,47 @@ struct sparse_param {
 	const char *name;
 	size_t off; /* of the uint32_t field in struct engine_sparse */
 	uint32_t def, lo, hi;
-	unsigned modes; /* SP_QUEST | SP_HIP: the modes it belongs to */
+	unsigned modes; /* SP_QUEST | SP_HIP | SP_SQZ: the modes it belongs to */
+	bool milli;     /* given as a decimal 0..1, kept in thousandths ("0.9": 900) */
 	const char *help;
 };
 
 #define SP_QUEST (1u << ENGINE_SPARSE_QUEST)
 #define SP_HIP (1u << ENGINE_SPARSE_HIP)
+#define SP_SQZ (1u << ENGINE_SPARSE_SQUEEZED)
 
 /* clang-format off */
 static const struct sparse_param sparse_params[] = {
-	{ "budget", offsetof(struct engine_sparse, budget), 1024, 1, 1u << 24, SP_QUEST | SP_HIP,
+	{ "budget", offsetof(struct engine_sparse, budget), 1024, 1, 1u << 24, SP_QUEST | SP_HIP, false,
 	  "keys attended per layer and KV head, sinks and recent included" },
-	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024, SP_QUEST,
+	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024, SP_QUEST, false,
 	  "slots per page: the granularity of the key bounds" },
-	{ "block", offsetof(struct engine_sparse, block), 8, 1, 1024, SP_HIP,
+	{ "block", offsetof(struct engine_sparse, block), 8, 1, 1024, SP_HIP, false,
 	  "keys per final block of the hierarchical search (positions in a row)" },
-	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24, SP_QUEST | SP_HIP,
-	  "first keys by position, always attended" },
-	{ "recent", offsetof(struct engine_sparse, recent), 64, 0, 1u << 24, SP_QUEST | SP_HIP,
-	  "last keys by position, always attended" },
-	{ "dense", offsetof(struct engine_sparse, dense_layers), 2, 0, 1u << 16, SP_QUEST | SP_HIP,
-	  "first layers attended densely" },
-	{ "refresh", offsetof(struct engine_sparse, refresh), 8, 1, 1u << 16, SP_HIP,
+	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24, SP_QUEST | SP_HIP | SP_SQZ,
+	  false, "first keys by position, always attended" },
+	{ "recent", offsetof(struct engine_sparse, recent), 64, 0, 1u << 24, SP_QUEST | SP_HIP | SP_SQZ,
+	  false, "last keys by position, always attended" },
+	{ "dense", offsetof(struct engine_sparse, dense_layers), 2, 0, 1u << 16,
+	  SP_QUEST | SP_HIP | SP_SQZ, false, "first layers attended densely" },
+	{ "refresh", offsetof(struct engine_sparse, refresh), 8, 1, 1u << 16, SP_HIP, false,
 	  "decode steps one choice of keys serves (chosen anew every N steps)" },
-	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP,
+	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP, false,
 	  "prompts seeing this many keys prefill block-sparsely (0: never)" },
-	{ "shadow", offsetof(struct engine_sparse, shadow), 16, 0, 1u << 16, SP_QUEST | SP_HIP,
+	{ "shadow", offsetof(struct engine_sparse, shadow), 16, 0, 1u << 16, SP_QUEST | SP_HIP, false,
 	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
+	{ "clusters", offsetof(struct engine_sparse, clusters), 5, 1, 100, SP_SQZ, false,
+	  "fine clusters per layer and KV head, % of the document's keys" },
+	{ "fanout", offsetof(struct engine_sparse, fanout), 8, 2, 1024, SP_SQZ, false,
+	  "fine clusters per coarse cluster, about (the hierarchical lookup)" },
+	{ "quantile", offsetof(struct engine_sparse, quantile), 900, 0, 1000, SP_SQZ, true,
+	  "fine threshold: this quantile of past steps' estimates (0: keep all)" },
+	{ "coarse", offsetof(struct engine_sparse, coarse), 700, 0, 1000, SP_SQZ, true,
+	  "coarse threshold: this quantile of past steps' estimates (0: keep all)" },
+	{ "iters", offsetof(struct engine_sparse, iters), 10, 1, 1000, SP_SQZ, false,
+	  "k-means iterations at most (fewer when no key changes cluster)" },
+	{ "seed", offsetof(struct engine_sparse, seed), 1, 0, 1u << 31, SP_SQZ, false,
+	  "k-means++ seed (the same seed, the same clusters)" },
 };
 /* clang-format on */
 
@@ -78,6 +92,9 @@ static const struct {
 	{ "hip",
 	  "decode attends the key blocks a hierarchical top-k search finds, searched "
 	  "anew every `refresh` steps; long prompts prefill block-sparsely (HiP)" },
+	{ "squeezed",
+	  "decode attends the document's key clusters whose centroid estimate passes a "
+	  "calibrated threshold, and every other key (Squeezed Attention; needs --doc)" },
 };
 
 static uint32_t *sparse_field(struct engine_sparse *s, const struct sparse_param *p)
@@ -105,10 +122,23 @@ static const char *sparse_usage(unsigned mode, bool names_only, char *buf, size_
 			continue;
 		const char *sep = k == 0 ? "" : !names_only ? "," : k + 1 == total ? " or " : ", ";
 		n += (size_t)snprintf(buf + n, cap - n, "%s%s%s", sep, sparse_params[i].name,
-		                      names_only ? "" : "=N");
+		                      names_only ? "" : sparse_params[i].milli ? "=Q" : "=N");
 		k++;
 	}
 	return buf;
+}
+
+/* Set a decimal parameter ("0.9", "1", "0.125") in thousandths. */
+static int sparse_set_milli(struct engine_sparse *s, const struct sparse_param *p, const char *num,
+                            struct err *e)
+{
+	char *end;
+	double v = strtod(num, &end);
+	if (*end != '\0' || num[0] == '-' || !(v >= p->lo / 1000.0 && v <= p->hi / 1000.0))
+		return err_set(e, KVS_EARG, "sparse: %s=%s: expected a number in %g..%g", p->name, num,
+		               p->lo / 1000.0, p->hi / 1000.0);
+	*sparse_field(s, p) = (uint32_t)lround(v * 1000.0);
+	return KVS_OK;
 }
 
 /* Set one "key=value" of a spec for mode. */
@@ -128,6 +158,8 @@ static int sparse_set(struct engine_sparse *s, const char *kv, size_t len, struc
 			               kv, p->name, p->lo, p->hi);
 		memcpy(num, eq + 1, vlen);
 		num[vlen] = '\0';
+		if (p->milli)
+			return sparse_set_milli(s, p, num, e);
 		char *end;
 		unsigned long v = strtoul(num, &end, 10);
 		if (*end != '\0' || num[0] == '-' || v < p->lo || v > p->hi)
@@ -153,10 +185,12 @@ int engine_sparse_parse(const char *spec, struct engine_sparse *out, struct err 
 		if (strlen(sparse_modes[i].name) == nlen && memcmp(sparse_modes[i].name, spec, nlen) == 0)
 			mode = (int)i;
 	if (mode < 0) {
-		char q[128], h[128];
-		return err_set(e, KVS_EARG, "sparse mode '%.*s': expected off, quest[:%s] or hip[:%s]",
+		char q[128], h[128], z[160];
+		return err_set(e, KVS_EARG,
+		               "sparse mode '%.*s': expected off, quest[:%s], hip[:%s] or squeezed[:%s]",
 		               (int)nlen, spec, sparse_usage(ENGINE_SPARSE_QUEST, false, q, sizeof q),
-		               sparse_usage(ENGINE_SPARSE_HIP, false, h, sizeof h));
+		               sparse_usage(ENGINE_SPARSE_HIP, false, h, sizeof h),
+		               sparse_usage(ENGINE_SPARSE_SQUEEZED, false, z, sizeof z));
 	}
 	s.mode = (enum engine_sparse_mode)mode;
 	const char *p = spec + nlen;
@@ -189,8 +223,11 @@ char *engine_sparse_format(const struct engine_sparse *s, char *buf, size_t cap)
 		const struct sparse_param *p = &sparse_params[i];
 		if (!((p->modes >> mode) & 1))
 			continue;
-		n += (size_t)snprintf(buf + n, cap - n, " %s=%u", p->name,
-		                      *sparse_field((struct engine_sparse *)s, p));
+		uint32_t v = *sparse_field((struct engine_sparse *)s, p);
+		if (p->milli)
+			n += (size_t)snprintf(buf + n, cap - n, " %s=%u.%03u", p->name, v / 1000, v % 1000);
+		else
+			n += (size_t)snprintf(buf + n, cap - n, " %s=%u", p->name, v);
 	}
 	return buf;
 }
@@ -201,7 +238,10 @@ void engine_sparse_help(FILE *fp)
 		fprintf(fp, "  %-6s %s\n", sparse_modes[m].name, sparse_modes[m].help);
 		for (size_t i = 0; i < KVS_ARRAY_LEN(sparse_params); i++) {
 			const struct sparse_param *p = &sparse_params[i];
-			if ((p->modes >> m) & 1)
+			if (((p->modes >> m) & 1) && p->milli)
+				fprintf(fp, "    %-7s %u.%03u %s\n", p->name, p->def / 1000, p->def % 1000,
+				        p->help);
+			else if ((p->modes >> m) & 1)
 				fprintf(fp, "    %-7s %-5u %s\n", p->name, p->def, p->help);
 		}
 	}

@@ -130,4 +130,84 @@ struct sparse_hip {
 	bool refresh;     /* this step chooses anew */
 };
 
+/* ------------------------------------------------------------ squeezed */
+
+/*
+ * Squeezed Attention's index (squeeze.c) over the document's n_keys keys,
+ * key d the d-th document token in cache order. Per (layer, KV head) the
+ * fine clusters are numbered so that those under coarse cluster g are
+ * [cstart[g], cstart[g + 1]) and the keys of fine cluster c are perm[
+ * fstart[c], fstart[c + 1]): reading the chosen clusters reads runs of
+ * perm. Centroids for the lookup are the means of the member keys as
+ * rotated (the paper's: q.C_c is then the mean logit of the cluster).
+ */
+struct engine_squeeze {
+	uint32_t n_layer, n_head_kv, head_dim;
+	uint32_t n_keys, n_fine, n_coarse;
+	uint32_t *slot;    /* (n_keys) engine slot of each key (not saved: the cache's) */
+	int32_t *pos;      /* (n_keys) the position its key was rotated to */
+	float *fine;       /* (n_layer, n_head_kv, n_fine, head_dim) */
+	float *coarse;     /* (n_layer, n_head_kv, n_coarse, head_dim) */
+	uint32_t *perm;    /* (n_layer, n_head_kv, n_keys) keys grouped by fine cluster */
+	uint32_t *fstart;  /* (n_layer, n_head_kv, n_fine + 1) */
+	uint32_t *cstart;  /* (n_layer, n_head_kv, n_coarse + 1) */
+	uint32_t *label;   /* (n_layer, n_head_kv, n_keys) fine cluster of each key (derived) */
+	double build_ms, objective;
+	uint64_t id; /* set when installed: a backend's state made for it knows it by this */
+};
+
+/* Fine clusters for n keys at pct % (at least 1, at most n), and coarse
+ * ones over n_fine fine clusters at fanout (at least 1). */
+uint32_t squeeze_n_fine(uint32_t n, uint32_t pct);
+uint32_t squeeze_n_coarse(uint32_t n_fine, uint32_t fanout);
+/*
+ * Lloyd's k-means of n points x (n, d) into k <= n clusters, seeded
+ * k-means++ start (the first centre drawn uniformly, each next with
+ * probability proportional to the squared distance to the nearest centre
+ * so far, from a xorshift generator seeded by seed), then at most iters
+ * rounds of assignment to the nearest centre (ties: the lower index) and
+ * centres moved to their members' means (an empty cluster keeps its
+ * centre), stopping early when no label changes. label (n), cent (k, d);
+ * obj (iters + 1) or NULL: the objective (sum of squared distances to the
+ * assigned centre) after the start and after each round. Returns the
+ * rounds run. Never increases the objective (a test checks it).
+ */
+uint32_t squeeze_kmeans(const float *x, uint32_t n, uint32_t d, uint32_t k, uint32_t iters,
+                        uint64_t seed, uint32_t *label, float *cent, double *obj);
+/* L2-normalise the n rows of x (n, d) in place (a zero row stays zero). */
+void squeeze_normalise(float *x, uint32_t n, uint32_t d);
+/* Order one (layer, KV head) of sq: from the fine labels lab (n_keys) and
+ * the coarse label of each fine cluster flab (n_fine), renumber the fine
+ * clusters grouped by coarse, fill perm, fstart, cstart and label, and the
+ * lookup centroids from the keys k (n_keys, head_dim) as rotated. */
+void squeeze_order(struct engine_squeeze *sq, uint32_t l, uint32_t h, const float *k,
+                   const uint32_t *lab, const uint32_t *flab);
+/* A fresh index's arrays for these sizes (every field set but the data). */
+struct engine_squeeze *squeeze_alloc(uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim,
+                                     uint32_t n_keys, uint32_t n_fine, uint32_t n_coarse);
+void squeeze_free(struct engine_squeeze *sq);
+
+/* The threshold calibration: a histogram of log2 estimates, pooled over
+ * the steps, layers, heads and keys it is fed (each key counted once per
+ * step, an unscored one in the lowest bin). */
+#define SQUEEZE_BINS 256
+#define SQUEEZE_LOG2_MIN (-48.0)
+struct squeeze_hist {
+	double w[SQUEEZE_BINS]; /* keys per bin, bin i: log2 in [MIN + i * step, + step) */
+	double total;
+};
+/* Add n estimates p (n) with weights wt (n) (keys in each cluster). */
+void squeeze_hist_add(struct squeeze_hist *hst, const float *p, const uint32_t *wt, uint32_t n);
+/* The estimate below which quantile (thousandths) of the weight lies: the
+ * lower edge of the bin where it is reached (0 for quantile 0: keep all). */
+float squeeze_hist_quantile(const struct squeeze_hist *hst, uint32_t quantile);
+/* The same over one step's estimates only (p, wt: n; scratch (n)), exact:
+ * the smallest p whose lower-or-equal weight reaches the quantile. */
+float squeeze_quantile(const float *p, const uint32_t *wt, uint32_t n, uint32_t quantile,
+                       uint32_t *scratch);
+/* The engine's index (engine.c): install sq (the engine owns it; frees the
+ * one before), or read it (NULL: none). */
+void engine_squeeze_put(struct engine *eng, struct engine_squeeze *sq);
+const struct engine_squeeze *engine_squeeze_get(const struct engine *eng);
+
 #endif

@@ -54,6 +54,7 @@ struct kv_cache {
 	int32_t next_pos; /* original position of the next token */
 	uint32_t turn;
 	enum kv_role role;
+	uint8_t feed_flags; /* enum kv_flag: what fed tokens get (kv_cache_set_feed_flags) */
 	float *logits; /* (n_vocab) next-token logits */
 	bool have_logits;
 	bool have_lse;     /* logits_lse / logits_ent are for logits */

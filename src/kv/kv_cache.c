@@ -443,6 +443,7 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 			s->n_pinned++;
 		if (f & KV_FLAG_RECALLED)
 			s->n_recalled++;
+		s->n_doc += (f & KV_FLAG_DOC) != 0;
 	}
 	s->n_seen = c->n_seen;
 	s->n_evicted = c->n_evicted;
@@ -581,7 +582,7 @@ static int kv_evict(struct kv_cache *c, uint32_t m, enum kv_evict_cause cause, s
 		bool is_cand = ci < n_cand && c->cand[ci] == i;
 		uint8_t k = is_cand ? ckeep[ci++] : (uint8_t)(KV_KEEP | t.flags);
 		if (k & KV_KEEP) {
-			t.flags = (uint8_t)((t.flags & (KV_FLAG_PINNED | KV_FLAG_RECALLED)) |
+			t.flags = (uint8_t)((t.flags & (KV_FLAG_PINNED | KV_FLAG_RECALLED | KV_FLAG_DOC)) |
 			                    (k & (KV_FLAG_SINK | KV_FLAG_KEY)));
 			if (c->acc && w != i) {
 				memmove(c->acc + (size_t)w * c->acc_stride, c->acc + (size_t)i * c->acc_stride,
@@ -675,7 +676,7 @@ static void kv_rescore(struct kv_cache *c)
 	uint32_t sinks = d->n_sinks(c->cfg.policy.p);
 	for (uint32_t i = 0; i < c->n; i++) {
 		struct kv_tok *t = &c->toks[i];
-		t->flags = (uint8_t)((t->flags & (KV_FLAG_PINNED | KV_FLAG_RECALLED)) |
+		t->flags = (uint8_t)((t->flags & (KV_FLAG_PINNED | KV_FLAG_RECALLED | KV_FLAG_DOC)) |
 		                     (i < sinks ? KV_FLAG_SINK : 0));
 		if (d->score == KV_SCORE_NONE)
 			t->score = NAN;
@@ -745,6 +746,8 @@ int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *
 	int32_t i = kv_cache_find(c, orig_pos);
 	if (i < 0)
 		return err_set(e, KVS_ENOTFOUND, "token at position %d is not in the KV cache", orig_pos);
+	if (!pinned && (c->toks[i].flags & KV_FLAG_DOC))
+		return err_set(e, KVS_EARG, "token at position %d is part of the pinned document", orig_pos);
 	if (pinned)
 		c->toks[i].flags |= KV_FLAG_PINNED;
 	else
@@ -874,7 +877,7 @@ static int kv_feed_chunk(struct kv_cache *c, const int32_t *ids, uint32_t m, boo
 		t->slot = c->bslot[i];
 		t->turn = c->turn;
 		t->role = (uint8_t)c->role;
-		t->flags = n + i < sinks ? KV_FLAG_SINK : 0;
+		t->flags = (uint8_t)((n + i < sinks ? KV_FLAG_SINK : 0) | c->feed_flags);
 		t->surprisal = t->entropy = NAN;
 		t->score = d->score == KV_SCORE_NONE || c->has_scorer ? NAN : 0.0f;
 		if (KV_SCORE_LATE(d->score) && !c->has_scorer)

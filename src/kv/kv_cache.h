@@ -96,10 +96,13 @@ enum kv_flag {
 	KV_FLAG_SINK = 1u << 0,   /* kept as a sink / global token */
 	KV_FLAG_KEY = 1u << 1,    /* kept for its score (key token, heavy hitter) */
 	KV_FLAG_PINNED = 1u << 2, /* pinned by the user: never evicted */
+	/* the document loaded by --doc / :doc (pinned too): squeezed clusters
+	 * its keys; a region of its own in the views */
+	KV_FLAG_DOC = 1u << 3,
 	/* brought back from the cold tier (kv_cache_recall): kept through the
 	 * turn it was recalled for, evictable afterwards */
 	KV_FLAG_RECALLED = 1u << 4,
-	KV_FLAG_ALL = KV_FLAG_SINK | KV_FLAG_KEY | KV_FLAG_PINNED | KV_FLAG_RECALLED,
+	KV_FLAG_ALL = KV_FLAG_SINK | KV_FLAG_KEY | KV_FLAG_PINNED | KV_FLAG_DOC | KV_FLAG_RECALLED,
 };
 
 struct kv_tok {
@@ -284,6 +287,7 @@ struct kv_stats {
 	uint32_t n_cached, budget, n_ctx;
 	uint32_t n_sink, n_key, n_recent, n_pinned; /* n_recent: neither sink nor key */
 	uint32_t n_recalled;                        /* flagged KV_FLAG_RECALLED */
+	uint32_t n_doc;                             /* flagged KV_FLAG_DOC (counted in n_pinned) */
 	uint64_t n_seen;                            /* tokens fed since the last clear */
 	uint64_t n_evicted;                         /* tokens evicted since the last clear */
 	uint32_t n_evictions;                       /* eviction rounds since the last clear */
@@ -416,8 +420,19 @@ void kv_cache_set_role(struct kv_cache *c, enum kv_role role);
 int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err *e);
 /* Next-token logits (n_vocab) after the last feed, or NULL. */
 const float *kv_cache_logits(const struct kv_cache *c);
-/* Pin or unpin the cached token at original position orig_pos. */
+/* Pin or unpin the cached token at original position orig_pos; a
+ * document token (KV_FLAG_DOC) cannot be unpinned (KVS_EARG). */
 int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *e);
+
+/* ---- the pinned document (kv_doc.c) ---- */
+
+/* Flags (KV_FLAG_PINNED, KV_FLAG_DOC) every token fed from now on gets
+ * besides the policy's, until set to 0: how a front end pins a document
+ * (and the turn before it, so that its positions never move). */
+void kv_cache_set_feed_flags(struct kv_cache *c, uint8_t flags);
+/* The engine slots of the document tokens (KV_FLAG_DOC), cache order,
+ * into slots (n_ctx); returns how many. */
+uint32_t kv_cache_doc_slots(const struct kv_cache *c, uint32_t *slots);
 
 /* ---- the cold tier's hooks (kv_cold.c) ---- */
 

@@ -172,6 +172,23 @@ int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *m
 	return NOSTORE(e);
 }
 
+int store_squeeze_put(struct store *s, int64_t id, const char *model_sha256, const char *spec,
+                      const struct engine_squeeze_info *info, const void *blob, size_t len,
+                      struct err *e)
+{
+	(void)s, (void)id, (void)model_sha256, (void)spec, (void)info, (void)blob, (void)len;
+	return NOSTORE(e);
+}
+
+int store_squeeze_get(struct store *s, int64_t id, const char *model_sha256, void **blob,
+                      size_t *len, struct err *e)
+{
+	(void)s, (void)id, (void)model_sha256;
+	*blob = NULL;
+	*len = 0;
+	return NOSTORE(e);
+}
+
 int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char **reply,
                     struct err *e)
 {

@@ -322,8 +322,8 @@ static const char *const rec_sql[SQ_N] = {
 	[SQ_SNAP] = "INSERT OR REPLACE INTO snapshots (session_id, turn, sha256, n_tokens, bytes, "
 	            "created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[SQ_SESSION] = "UPDATE sessions SET updated = ?2, epoch = ?3, next_pos = ?4, kv_turn = ?5, "
-	               "n_seen = ?6, n_evicted = ?7, n_evictions = ?8, policy = ?9, budget = ?10 "
-	               "WHERE id = ?1",
+	               "n_seen = ?6, n_evicted = ?7, n_evictions = ?8, policy = ?9, budget = ?10, "
+	               "sparse = ?11 WHERE id = ?1",
 	[SQ_PIN] = "UPDATE tokens SET pinned = ?4, flags = ?5 WHERE session_id = ?1 AND epoch = ?2 "
 	           "AND orig_pos = ?3",
 };
@@ -496,6 +496,9 @@ static int rec_write(struct store_rec *r, sqlite3_stmt **q, const char *snap_sha
 		sqlite3_bind_text(st, 9, kv_policy_format(kv_cache_policy(r->kv), pol, sizeof pol), -1,
 		                  SQLITE_TRANSIENT);
 		sqlite3_bind_int64(st, 10, kv_cache_budget(r->kv));
+		char sp[256]; /* so is a :sparse change */
+		sqlite3_bind_text(st, 11, engine_sparse_format(kv_cache_sparse(r->kv), sp, sizeof sp), -1,
+		                  SQLITE_TRANSIENT);
 		rc = rec_step(s, st, "updating the session", e);
 	}
 	return rc;

@@ -507,6 +507,7 @@ void store_session_free(struct store_session *s)
 	free(s->policy);
 	free(s->sampler);
 	free(s->system);
+	free(s->sparse);
 	memset(s, 0, sizeof *s);
 }
 
@@ -519,8 +520,8 @@ int store_session_create(struct store *s, const struct store_session *in, int64_
 		return KVS_EARG;
 	int rc = store_prepare(s,
 	                       "INSERT INTO sessions (title, model_path, model_sha256, arch, policy, "
-	                       "budget, n_ctx, sampler, system, created, updated) VALUES "
-	                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+	                       "budget, n_ctx, sampler, system, created, updated, sparse) VALUES "
+	                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 	                       &st, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -536,6 +537,8 @@ int store_session_create(struct store *s, const struct store_session *in, int64_
 		sqlite3_bind_text(st, 9, in->system, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_double(st, 10, now);
 	sqlite3_bind_double(st, 11, now);
+	if (in->sparse && in->sparse[0])
+		sqlite3_bind_text(st, 12, in->sparse, -1, SQLITE_TRANSIENT);
 	int r = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (r != SQLITE_DONE)
@@ -556,7 +559,8 @@ int store_session_create(struct store *s, const struct store_session *in, int64_
 	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id), "                         \
 	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id AND NOT t.complete), "      \
 	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id), "                        \
-	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id AND k.epoch = s.epoch AND k.kept)"
+	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id AND k.epoch = s.epoch AND k.kept), " \
+	"s.sparse"
 
 static void session_row(sqlite3_stmt *st, struct store_session *o)
 {
@@ -577,6 +581,7 @@ static void session_row(sqlite3_stmt *st, struct store_session *o)
 	o->n_incomplete = (uint32_t)sqlite3_column_int64(st, 13);
 	o->n_tokens = (uint32_t)sqlite3_column_int64(st, 14);
 	o->n_kept = (uint32_t)sqlite3_column_int64(st, 15);
+	o->sparse = store_col_str(st, 16);
 }
 
 int store_session_get(struct store *s, int64_t id, struct store_session *out, struct err *e)

@@ -85,6 +85,7 @@ struct store_session {
 	uint32_t budget, n_ctx;
 	char *sampler;           /* "temp=0.8 top-k=40 ..." */
 	char *system;            /* system prompt or NULL */
+	char *sparse;            /* engine_sparse_format as of the last commit, or NULL (dense) */
 	double created, updated; /* seconds since the epoch */
 	uint32_t n_turns, n_incomplete, n_tokens, n_kept;
 };
@@ -172,6 +173,19 @@ struct store_resume_info {
  * positions, KV type), else recompute the tokens at their stored positions. */
 int store_resume(struct store *s, int64_t id, struct kv_cache *kv, const char *model_sha256,
                  struct store_resume_info *info, struct err *e);
+
+/* ---- Squeezed Attention's clusters (store-squeeze.c) ---- */
+
+/* Keep the clusters of session id's document (engine_squeeze_save bytes,
+ * made by model model_sha256 under spec), replacing any. */
+int store_squeeze_put(struct store *s, int64_t id, const char *model_sha256, const char *spec,
+                      const struct engine_squeeze_info *info, const void *blob, size_t len,
+                      struct err *e);
+/* Session id's clusters for model model_sha256 (caller owns *blob):
+ * KVS_ENOTFOUND when it has none, KVS_EFORMAT (one line naming both
+ * hashes) when they were made by another model. */
+int store_squeeze_get(struct store *s, int64_t id, const char *model_sha256, void **blob,
+                      size_t *len, struct err *e);
 
 /* Turn i's user text and reply (caller owns both; for replaying a transcript). */
 int store_turn_text(struct store *s, int64_t id, uint32_t i, char **user, char **reply,

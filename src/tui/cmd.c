@@ -205,13 +205,27 @@ static int x_sparse(struct tui_ctx *c, int argc, char **argv)
 	struct err e;
 	if (argc != 2)
 		return tui_cmd_fail(c,
-		                    ":sparse: expected off, quest[:budget=N,page=N,...] or "
-		                    "hip[:budget=N,block=N,refresh=N,...], e.g. :sparse quest:budget=512");
+		                    ":sparse: expected off, quest[:budget=N,page=N,...], "
+		                    "hip[:budget=N,block=N,refresh=N,...] or squeezed[:quantile=Q,...], "
+		                    "e.g. :sparse quest:budget=512");
 	if (engine_sparse_parse(argv[1], &sp, &e) != KVS_OK)
 		return tui_cmd_fail(c, ":sparse: %s", e.msg);
 	if (sp.mode != ENGINE_SPARSE_OFF)
 		tui_sparsity_register(); /* :pane sparsity, Alt-s */
 	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_SPARSE, .text = argv[1] });
+	return KVS_OK;
+}
+
+/* :doc FILE|off: pin a document at the start of a new conversation (the
+ * worker reads and checks the file; a conversation begun starts over) */
+static int x_doc(struct tui_ctx *c, int argc, char **argv)
+{
+	if (argc != 2)
+		return tui_cmd_fail(c, ":doc: expected a text file (or off), e.g. :doc notes.txt");
+	if (cmd_confirm(c, "doc", "starts a new conversation with the document"))
+		return KVS_OK;
+	cmd_send(c, &(struct worker_cmd){ .kind = WORKER_DOC, .text = argv[1] });
+	tui_status(c->t, false, "loading %s ...", argv[1]);
 	return KVS_OK;
 }
 
@@ -855,8 +869,9 @@ static const struct tui_cmd tui_cmds[] = {
 	{ "policy", "[NAME [k=v ...]]", "switch the KV retention policy (none: show it)", comp_policy,
 	  x_policy },
 	{ "budget", "N", "KV budget in tokens (0: every slot)", NULL, x_budget },
-	{ "sparse", "off|quest|hip[:k=v,...]", "sparse decode attention over what the policy kept",
-	  NULL, x_sparse },
+	{ "sparse", "off|quest|hip|squeezed[:k=v,...]",
+	  "sparse decode attention over what the policy kept", NULL, x_sparse },
+	{ "doc", "FILE|off", "pin a text document at the start of a new conversation", NULL, x_doc },
 	{ "compare", "POLICY[:k=v,...] [BUDGET]|off",
 	  "replay this conversation under a second policy in a shadow session, side by side "
 	  "(a second KV cache and decode while on; off stops it)",

@@ -13,12 +13,12 @@
 #include <string.h>
 
 static const char *const tui_role_names[R_COUNT] = {
-	"normal",       "dim",       "title",    "border",    "tab",    "tab-active", "status",
-	"status-error", "system",    "user",     "assistant", "banner", "info",       "input",
-	"cursor",       "kept",      "evicted",  "sink",      "key",    "pinned",     "selected",
-	"bar-fill",     "bar-empty", "spark",    "heat0",     "heat1",  "heat2",      "heat3",
-	"heat4",        "heat5",     "heat6",    "heat7",     "surp0",  "surp1",      "surp2",
-	"surp3",        "surp4",     "recalled",
+	"normal",       "dim",       "title",   "border",    "tab",    "tab-active", "status",
+	"status-error", "system",    "user",    "assistant", "banner", "info",       "input",
+	"cursor",       "kept",      "evicted", "sink",      "key",    "pinned",     "document",
+	"selected",     "bar-fill",  "bar-empty", "spark",   "heat0",  "heat1",      "heat2",
+	"heat3",        "heat4",     "heat5",   "heat6",     "heat7",  "surp0",      "surp1",
+	"surp2",        "surp3",     "surp4",   "recalled",
 };
 
 #define C(fg, bg, fg8, bg8, a) \
@@ -49,6 +49,7 @@ static const struct tui_theme tui_themes[] = {
 	          [R_SINK] = C(16, 141, 0, 5, TUI_A_UNDERLINE),
 	          [R_KEY] = C(16, 220, 0, 3, TUI_A_UNDERLINE | TUI_A_BOLD),
 	          [R_PINNED] = C(16, 84, 0, 2, TUI_A_UNDERLINE | TUI_A_BOLD),
+	          [R_DOC] = C(16, 110, 0, 6, TUI_A_UNDERLINE),
 	          [R_SELECTED] = C(16, 231, 0, 7, TUI_A_REVERSE),
 	          [R_BAR_FILL] = C(78, -1, 2, -1, TUI_A_BOLD),
 	          [R_BAR_EMPTY] = C(238, -1, 7, -1, TUI_A_DIM),
@@ -90,6 +91,7 @@ static const struct tui_theme tui_themes[] = {
 	          [R_SINK] = C(231, 97, 7, 5, TUI_A_UNDERLINE),
 	          [R_KEY] = C(232, 214, 0, 3, TUI_A_UNDERLINE | TUI_A_BOLD),
 	          [R_PINNED] = C(232, 114, 0, 2, TUI_A_UNDERLINE | TUI_A_BOLD),
+	          [R_DOC] = C(232, 117, 0, 6, TUI_A_UNDERLINE),
 	          [R_SELECTED] = C(231, 232, 7, 0, TUI_A_REVERSE),
 	          [R_BAR_FILL] = C(28, -1, 2, -1, TUI_A_BOLD),
 	          [R_BAR_EMPTY] = C(252, -1, 7, -1, TUI_A_DIM),

@@ -49,6 +49,7 @@ enum tui_role {
 	R_SINK,
 	R_KEY,
 	R_PINNED,
+	R_DOC,
 	R_SELECTED,
 	R_BAR_FILL,
 	R_BAR_EMPTY,

@@ -380,6 +380,10 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
 	x += tui_grid_printf(g, r, x, y, R_PINNED, "pinned %u", st->n_pinned);
 	x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	if (st->n_doc > 0) { /* the pinned document: a region of its own */
+		x += tui_grid_printf(g, r, x, y, R_DOC, "document %u", st->n_doc);
+		x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
+	}
 	if (rg.recalled > 0 || t->cold_on) {
 		x += tui_grid_printf(g, r, x, y, R_RECALLED, "recalled %u", rg.recalled);
 		x += tui_grid_text(g, r, x, y, R_NORMAL, " ", strlen(" "));
@@ -458,6 +462,8 @@ static enum tui_role tok_role(const struct tui *t, const struct tui_tok *x, int3
 		return R_EVICTED;
 	if (x->cached && (x->t.flags & KV_FLAG_RECALLED))
 		return R_RECALLED;
+	if (x->t.flags & KV_FLAG_DOC)
+		return R_DOC;
 	if (x->t.flags & KV_FLAG_PINNED)
 		return R_PINNED;
 	if (x->t.flags & KV_FLAG_SINK)
@@ -564,6 +570,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 			         kv_evict_cause_name((enum kv_evict_cause)tk->evict_cause), sc);
 		else if (tk->t.flags & KV_FLAG_RECALLED)
 			tui_cold_why(t, tk->t.orig_pos, why, sizeof why);
+		else if (tk->t.flags & KV_FLAG_DOC)
+			snprintf(why, sizeof why, "kept: the pinned document (:doc)");
 		else if (tk->t.flags & KV_FLAG_PINNED)
 			snprintf(why, sizeof why, "kept: pinned by you");
 		else if (tk->t.flags & KV_FLAG_SINK)
@@ -605,6 +613,8 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 		x2 += tui_grid_text(g, r, x2, y, R_KEY, "key", strlen("key"));
 		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 		x2 += tui_grid_text(g, r, x2, y, R_PINNED, "pinned", strlen("pinned"));
+		x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
+		x2 += tui_grid_text(g, r, x2, y, R_DOC, "doc", strlen("doc"));
 		if (t->cold_on || t->n_recalls > 0) {
 			x2 += tui_grid_text(g, r, x2, y, R_DIM, " ", strlen(" "));
 			x2 += tui_grid_text(g, r, x2, y, R_RECALLED, "recalled", strlen("recalled"));

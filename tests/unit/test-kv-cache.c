@@ -1264,12 +1264,12 @@ static void test_restore(const struct model *m, const char *policy, uint32_t n_f
 	T_EQ_INT(kv_cache_restore(b, &r, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "token 0") != NULL, "message: %s", e.msg);
 	toks[0].token = 1;
-	/* a crafted row: a role, flag bit or turn the cache never writes */
+	/* a crafted row: a role, flag bit (bit 3 is KV_FLAG_DOC now) or turn the cache never writes */
 	const struct {
 		uint8_t role, flags;
 		uint32_t turn;
 	} bad[] = {
-		{ 4, 0, 0 }, { 255, 0, 0 }, { 0, 1u << 3, 0 }, { 0, 0xff, 0 }, { 0, 0, r.turn + 1 }
+		{ 4, 0, 0 }, { 255, 0, 0 }, { 0, 1u << 5, 0 }, { 0, 0xff, 0 }, { 0, 0, r.turn + 1 }
 	};
 	for (size_t k = 0; k < KVS_ARRAY_LEN(bad); k++) {
 		struct kv_tok keep = toks[n - 1];

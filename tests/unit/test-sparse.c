@@ -78,8 +78,9 @@ static void test_parse(void)
 	T_EQ_INT(engine_sparse_parse("qwest", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
-	         "dense=N,shadow=N] or hip[:budget=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
-	         "prefill=N,shadow=N]");
+	         "dense=N,shadow=N], hip[:budget=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
+	         "prefill=N,shadow=N] or squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
+	         "quantile=Q,coarse=Q,iters=N,seed=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "budget=0: expected an integer in 1..") != NULL, "%s", e.msg);
 	T_EQ_INT(engine_sparse_parse("quest:budget=1x", &s, &e), KVS_EARG);
