@@ -475,10 +475,10 @@ int64_t session_store_id(const struct session *s);
 
 /* What the session's document is. */
 struct session_doc_info {
-	const char *path;     /* as given (lent until the next session_set_doc), or NULL */
-	uint32_t n_tokens;    /* its message's tokens, markers included */
-	uint32_t n_cached;    /* document tokens in the cache now (KV_FLAG_DOC) */
-	bool clustered;       /* squeezed's index is installed */
+	const char *path;              /* as given (lent until the next session_set_doc), or NULL */
+	uint32_t n_tokens;             /* its message's tokens, markers included */
+	uint32_t n_cached;             /* document tokens in the cache now (KV_FLAG_DOC) */
+	bool clustered;                /* squeezed's index is installed */
 	struct engine_squeeze_info sq; /* when clustered */
 };
 /*

@@ -272,7 +272,8 @@ int session_set_doc(struct session *s, const char *path, bool *restarted, struct
 	struct chat_prompt ps = { 0 }, pd = { 0 };
 	*restarted = false;
 	if (path != NULL && strcmp(path, "-") == 0)
-		return err_set(e, KVS_EARG, "document -: expected a file (standard input carries the chat)");
+		return err_set(e, KVS_EARG,
+		               "document -: expected a file (standard input carries the chat)");
 	if (path != NULL) {
 		int rc = file_read_max(path, 64u << 20, &text, &len, e);
 		if (rc != KVS_OK)

@@ -498,8 +498,9 @@ static void chat_sparse(struct chat_ctx *c, const char *spec)
 		return;
 	}
 	if (sp.mode == ENGINE_SPARSE_SQUEEZED && !session_doc(c->s, NULL))
-		fprintf(stderr, "kvscope: squeezed has no document to cluster (:doc FILE loads one); "
-		                "attention stays dense\n");
+		fprintf(stderr,
+		        "kvscope: squeezed has no document to cluster (:doc FILE loads one); "
+		        "attention stays dense\n");
 	chat_kv_show(g);
 }
 
@@ -729,15 +730,13 @@ static enum cli_exit cmd_chat_exec(struct cli_opts *o)
 		goto out;
 	view.s = s;
 	view.db = &db;
-	const struct session_hooks hooks = {
-		.text = chat_text,
-		.saved = chat_saved,
-		.kv = chat_on_kv,
-		.cold = chat_on_cold,
-		.progress = chat_progress,
-		.notice = chat_notice,
-		.ud = &view
-	};
+	const struct session_hooks hooks = { .text = chat_text,
+		                                 .saved = chat_saved,
+		                                 .kv = chat_on_kv,
+		                                 .cold = chat_on_cold,
+		                                 .progress = chat_progress,
+		                                 .notice = chat_notice,
+		                                 .ud = &view };
 	db.v = gen_vocab(session_gen(s));
 	session_set_hooks(s, &hooks);
 	if (chat_db_start(&db, o, s, &e) != KVS_OK) {

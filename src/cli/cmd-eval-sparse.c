@@ -70,17 +70,17 @@ const struct cli_cmd cmd_eval_sparse = {
 /* One length's results. */
 struct sp_row {
 	uint32_t length;
-	double keys_pct;            /* sparse keys read, % of dense */
-	double mass_med, mass_p10;  /* captured dense mass */
-	double mass_med_step[2];    /* its median on steps that reused a choice, that chose (hip) */
-	double recall;              /* top-10 recall, mean over rows */
-	double agree;               /* sparse argmax == dense token, share of steps */
-	double attn_ms[2], sel_ms;  /* per step: dense, sparse; selection (sparse) */
-	double step_ms[2];          /* per step, fastest pass: dense, sparse */
-	double cpu_ms[2];           /* the process's CPU time per step, same passes */
-	uint32_t chose, reused;     /* sparse steps of the fastest pass */
-	bool pf;                    /* the prefill was measured (hip, prefill <= length) */
-	bool sq;                    /* squeezed: the prompt clustered as its document */
+	double keys_pct;           /* sparse keys read, % of dense */
+	double mass_med, mass_p10; /* captured dense mass */
+	double mass_med_step[2];   /* its median on steps that reused a choice, that chose (hip) */
+	double recall;             /* top-10 recall, mean over rows */
+	double agree;              /* sparse argmax == dense token, share of steps */
+	double attn_ms[2], sel_ms; /* per step: dense, sparse; selection (sparse) */
+	double step_ms[2];         /* per step, fastest pass: dense, sparse */
+	double cpu_ms[2];          /* the process's CPU time per step, same passes */
+	uint32_t chose, reused;    /* sparse steps of the fastest pass */
+	bool pf;                   /* the prefill was measured (hip, prefill <= length) */
+	bool sq;                   /* squeezed: the prompt clustered as its document */
 	struct engine_squeeze_info sqi;
 	double pf_ms[2], pf_cpu[2]; /* prefill, fastest pass: dense, sparse */
 	double pf_keys_pct;         /* sparse prefill's keys read, % of dense */

@@ -69,8 +69,9 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 
 	atomic_init(&lost, false);
 	if (o->doc != NULL)
-		return cli_usage(&cmd_generate, "--doc pins a document in a conversation: it applies to "
-		                                "chat and tui; put the text in --prompt-file here");
+		return cli_usage(&cmd_generate,
+		                 "--doc pins a document in a conversation: it applies to "
+		                 "chat and tui; put the text in --prompt-file here");
 	if (cli_prompt_read(o, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;

@@ -48,7 +48,8 @@ static enum cli_exit cmd_logits_exec(struct cli_opts *o)
 	enum cli_exit rc;
 
 	if (o->doc != NULL)
-		return cli_usage(&cmd_logits, "--doc applies to chat and tui; put the text in --prompt-file");
+		return cli_usage(&cmd_logits,
+		                 "--doc applies to chat and tui; put the text in --prompt-file");
 	if (cli_prompt_read(o, &text, &len, &e) != KVS_OK) {
 		rc = cli_fail(&e);
 		goto out;

@@ -127,7 +127,8 @@ enum cli_exit cli_session_open(struct cli_opts *o, struct session **s)
 	if (rc != KVS_OK)
 		cli_ctx_error(o, &e);
 	bool restarted;
-	if (rc == KVS_OK && o->doc != NULL && (rc = session_set_doc(*s, o->doc, &restarted, &e)) != KVS_OK)
+	if (rc == KVS_OK && o->doc != NULL &&
+	    (rc = session_set_doc(*s, o->doc, &restarted, &e)) != KVS_OK)
 		err_prefix(&e, "--doc");
 	return rc == KVS_OK ? CLI_OK : cli_fail(&e);
 }

@@ -155,9 +155,9 @@ struct cpu {
 	uint32_t *sq_doc;                     /* (n_ctx) document key of each slot, or UINT32_MAX */
 	uint32_t *sq_kd;                      /* (sq_kd_cap) key of each sorted key, if choosable */
 	uint32_t sq_kd_cap;
-	uint8_t *sq_ok;                       /* (sq_keys_cap) 1: visible, current, choosable */
-	uint32_t sq_keys_cap;                 /* keys sq_ok holds */
-	uint32_t *sq_iota;                    /* (sq_iota_n) 0, 1, 2, ... */
+	uint8_t *sq_ok;       /* (sq_keys_cap) 1: visible, current, choosable */
+	uint32_t sq_keys_cap; /* keys sq_ok holds */
+	uint32_t *sq_iota;    /* (sq_iota_n) 0, 1, 2, ... */
 	uint32_t sq_iota_n;
 	struct squeeze_hist sq_hist[2]; /* past steps: coarse, fine */
 	struct squeeze_hist *sq_th;     /* (n_threads, 2) this step's, per thread */
@@ -168,7 +168,7 @@ struct cpu {
 	uint32_t *sq_fl;                /* (n_threads, sq_p_cap) fine clusters scored */
 	uint8_t *sq_keep;               /* (n_threads, sq_p_cap) fine clusters kept */
 	uint32_t sq_p_cap;
-	uint64_t sq_steps;              /* squeezed decode steps under sq_made */
+	uint64_t sq_steps; /* squeezed decode steps under sq_made */
 };
 
 /* What one pool_run works on. */

@@ -144,7 +144,7 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 	size_t lh = (size_t)l * nkv + h;
 	const uint32_t *fs = sq->fstart + lh * (nf + 1), *cs = sq->cstart + lh * (nc + 1);
 	const uint32_t *perm = sq->perm + lh * nk, *label = sq->label + lh * nk;
-	const float *q = c->q + (size_t)h * grp * hd; /* (grp, head_dim) rotated */
+	const float *q = c->q + (size_t)h * grp * hd;         /* (grp, head_dim) rotated */
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc; /* (grp, vis_cap) */
 	float *p1 = c->sq_p + (size_t)ith * 2 * cap, *p2 = p1 + cap;
 	uint32_t *w1 = c->sq_w + (size_t)ith * 2 * cap, *w2 = w1 + cap;
@@ -228,8 +228,8 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 		/* the rejected groups' keys count as estimates of 0 */
 		p2[nfl] = 0;
 		w2[nfl] = rejected;
-		float tau2 = c->sq_first ? squeeze_quantile(p2, w2, nfl + 1, s->quantile, w1)
-		                         : c->sq_tau[1];
+		float tau2 =
+		        c->sq_first ? squeeze_quantile(p2, w2, nfl + 1, s->quantile, w1) : c->sq_tau[1];
 		squeeze_hist_add(&c->sq_th[(size_t)ith * 2 + 1], p2, w2, nfl + 1);
 		for (uint32_t i = 0; i < nfl; i++)
 			keep[fl[i]] = p2[i] >= tau2;

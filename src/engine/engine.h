@@ -190,11 +190,11 @@ typedef void (*engine_progress_fn)(void *ud, uint32_t done, uint32_t total);
 
 /* What an index holds, for the front ends. */
 struct engine_squeeze_info {
-	uint32_t n_keys;          /* document keys clustered */
+	uint32_t n_keys;           /* document keys clustered */
 	uint32_t n_fine, n_coarse; /* clusters per (layer, KV head) */
-	uint64_t bytes;           /* centroids, permutation and labels */
-	double build_ms;          /* the clustering's time (0: loaded) */
-	double objective;         /* mean k-means objective per key at the end */
+	uint64_t bytes;            /* centroids, permutation and labels */
+	double build_ms;           /* the clustering's time (0: loaded) */
+	double objective;          /* mean k-means objective per key at the end */
 };
 
 /* Cluster the keys of slots (n, in cache order: the document) for

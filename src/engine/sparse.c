@@ -122,7 +122,9 @@ static const char *sparse_usage(unsigned mode, bool names_only, char *buf, size_
 			continue;
 		const char *sep = k == 0 ? "" : !names_only ? "," : k + 1 == total ? " or " : ", ";
 		n += (size_t)snprintf(buf + n, cap - n, "%s%s%s", sep, sparse_params[i].name,
-		                      names_only ? "" : sparse_params[i].milli ? "=Q" : "=N");
+		                      names_only                       ? ""
+		                              : sparse_params[i].milli ? "=Q"
+		                                                       : "=N");
 		k++;
 	}
 	return buf;

@@ -144,14 +144,14 @@ struct sparse_hip {
 struct engine_squeeze {
 	uint32_t n_layer, n_head_kv, head_dim;
 	uint32_t n_keys, n_fine, n_coarse;
-	uint32_t *slot;    /* (n_keys) engine slot of each key (not saved: the cache's) */
-	int32_t *pos;      /* (n_keys) the position its key was rotated to */
-	float *fine;       /* (n_layer, n_head_kv, n_fine, head_dim) */
-	float *coarse;     /* (n_layer, n_head_kv, n_coarse, head_dim) */
-	uint32_t *perm;    /* (n_layer, n_head_kv, n_keys) keys grouped by fine cluster */
-	uint32_t *fstart;  /* (n_layer, n_head_kv, n_fine + 1) */
-	uint32_t *cstart;  /* (n_layer, n_head_kv, n_coarse + 1) */
-	uint32_t *label;   /* (n_layer, n_head_kv, n_keys) fine cluster of each key (derived) */
+	uint32_t *slot;   /* (n_keys) engine slot of each key (not saved: the cache's) */
+	int32_t *pos;     /* (n_keys) the position its key was rotated to */
+	float *fine;      /* (n_layer, n_head_kv, n_fine, head_dim) */
+	float *coarse;    /* (n_layer, n_head_kv, n_coarse, head_dim) */
+	uint32_t *perm;   /* (n_layer, n_head_kv, n_keys) keys grouped by fine cluster */
+	uint32_t *fstart; /* (n_layer, n_head_kv, n_fine + 1) */
+	uint32_t *cstart; /* (n_layer, n_head_kv, n_coarse + 1) */
+	uint32_t *label;  /* (n_layer, n_head_kv, n_keys) fine cluster of each key (derived) */
 	double build_ms, objective;
 	uint64_t id; /* set when installed: a backend's state made for it knows it by this */
 };

@@ -295,7 +295,8 @@ void squeeze_order(struct engine_squeeze *sq, uint32_t l, uint32_t h, const floa
 			for (uint32_t j = 0; j < hd; j++)
 				acc[j] += k[(size_t)perm[i] * hd + j];
 		for (uint32_t j = 0; j < hd; j++)
-			fine[(size_t)c * hd + j] = fs[c + 1] > fs[c] ? (float)(acc[j] / (fs[c + 1] - fs[c])) : 0;
+			fine[(size_t)c * hd + j] =
+			        fs[c + 1] > fs[c] ? (float)(acc[j] / (fs[c + 1] - fs[c])) : 0;
 	}
 	for (uint32_t g = 0; g < nc; g++) {
 		uint32_t a = fs[cs[g]], b = fs[cs[g + 1]];
@@ -379,9 +380,9 @@ struct squeeze_job {
 	const struct engine_sparse *spec;
 	struct engine_squeeze *sq;
 	const uint32_t *slots;
-	double *obj;        /* (n_layer * n_head_kv) final objective of each pair */
-	atomic_uint done;   /* pairs finished */
-	atomic_int failed;  /* a key could not be read */
+	double *obj;       /* (n_layer * n_head_kv) final objective of each pair */
+	atomic_uint done;  /* pairs finished */
+	atomic_int failed; /* a key could not be read */
 	engine_progress_fn fn;
 	void *ud;
 };
@@ -416,8 +417,8 @@ static void squeeze_run(void *arg, int ith, int nth)
 	struct engine_squeeze *sq = jb->sq;
 	uint32_t n = sq->n_keys, hd = sq->head_dim, nf = sq->n_fine, nc = sq->n_coarse;
 	uint32_t pairs = sq->n_layer * sq->n_head_kv;
-	float *k = xmallocarray((size_t)n * hd, sizeof(float));  /* (n, head_dim) as rotated */
-	float *x = xmallocarray((size_t)n * hd, sizeof(float));  /* (n, head_dim) normalised */
+	float *k = xmallocarray((size_t)n * hd, sizeof(float));   /* (n, head_dim) as rotated */
+	float *x = xmallocarray((size_t)n * hd, sizeof(float));   /* (n, head_dim) normalised */
 	float *fc = xmallocarray((size_t)nf * hd, sizeof(float)); /* (n_fine, head_dim) */
 	float *cc = xmallocarray((size_t)nc * hd, sizeof(float)); /* (n_coarse, head_dim) */
 	uint32_t *lab = xmallocarray(n, sizeof(uint32_t)), *flab = xmallocarray(nf, sizeof(uint32_t));
@@ -499,9 +500,10 @@ bool engine_squeeze_info(const struct engine *eng, struct engine_squeeze_info *i
 		info->n_keys = sq->n_keys;
 		info->n_fine = sq->n_fine;
 		info->n_coarse = sq->n_coarse;
-		info->bytes = lh * ((uint64_t)(sq->n_fine + sq->n_coarse) * sq->head_dim * sizeof(float) +
-		                    (uint64_t)sq->n_keys * 2 * sizeof(uint32_t) +
-		                    (uint64_t)(sq->n_fine + sq->n_coarse + 2) * sizeof(uint32_t));
+		info->bytes = lh *
+		        ((uint64_t)(sq->n_fine + sq->n_coarse) * sq->head_dim * sizeof(float) +
+		         (uint64_t)sq->n_keys * 2 * sizeof(uint32_t) +
+		         (uint64_t)(sq->n_fine + sq->n_coarse + 2) * sizeof(uint32_t));
 		info->build_ms = sq->build_ms;
 		info->objective = sq->objective;
 	}
@@ -534,8 +536,10 @@ int engine_squeeze_save(const struct engine *eng, void **buf, size_t *len, struc
 	uint32_t hdr[7] = { SQUEEZE_VERSION, sq->n_layer, sq->n_head_kv, sq->head_dim,
 		                sq->n_keys,      sq->n_fine,  sq->n_coarse };
 	size_t total = 4 + sizeof hdr + 2 * sizeof(double) + (size_t)sq->n_keys * 4 +
-	        lh * ((size_t)(sq->n_fine + sq->n_coarse) * sq->head_dim * 4 + (size_t)sq->n_keys * 4 +
-	              (size_t)(sq->n_fine + 1) * 4 + (size_t)(sq->n_coarse + 1) * 4);
+	        lh *
+	                ((size_t)(sq->n_fine + sq->n_coarse) * sq->head_dim * 4 +
+	                 (size_t)sq->n_keys * 4 + (size_t)(sq->n_fine + 1) * 4 +
+	                 (size_t)(sq->n_coarse + 1) * 4);
 	struct squeeze_buf w = { xmalloc(total), 0 };
 	squeeze_put(&w, SQUEEZE_MAGIC, 4);
 	squeeze_put(&w, hdr, sizeof hdr);
@@ -609,8 +613,9 @@ int engine_squeeze_load(struct engine *eng, const void *buf, size_t len, const u
 		return err_set(e, KVS_EFORMAT,
 		               "stored clusters: made for %u document keys, the cache holds %u", hdr[4], n);
 	if (hdr[5] == 0 || hdr[5] > n || hdr[6] == 0 || hdr[6] > hdr[5])
-		return err_set(e, KVS_EFORMAT, "stored clusters: %u fine and %u coarse clusters for %u keys",
-		               hdr[5], hdr[6], n);
+		return err_set(e, KVS_EFORMAT,
+		               "stored clusters: %u fine and %u coarse clusters for %u keys", hdr[5],
+		               hdr[6], n);
 	struct engine_squeeze *sq = squeeze_alloc(hdr[1], hdr[2], hdr[3], n, hdr[5], hdr[6]);
 	size_t lh = (size_t)sq->n_layer * sq->n_head_kv;
 	bool ok = squeeze_get(&p, end, &sq->build_ms, sizeof(double)) &&
@@ -626,8 +631,9 @@ int engine_squeeze_load(struct engine *eng, const void *buf, size_t len, const u
 		ok = squeeze_valid(sq, i, seen);
 	free(seen);
 	for (size_t i = 0; ok && i < lh * (sq->n_fine + sq->n_coarse) * sq->head_dim; i++) {
-		float v = i < lh * sq->n_fine * sq->head_dim ? sq->fine[i]
-		                                             : sq->coarse[i - lh * sq->n_fine * sq->head_dim];
+		float v = i < lh * sq->n_fine * sq->head_dim
+		        ? sq->fine[i]
+		        : sq->coarse[i - lh * sq->n_fine * sq->head_dim];
 		ok = isfinite(v);
 	}
 	if (!ok) {

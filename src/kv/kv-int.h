@@ -55,7 +55,7 @@ struct kv_cache {
 	uint32_t turn;
 	enum kv_role role;
 	uint8_t feed_flags; /* enum kv_flag: what fed tokens get (kv_cache_set_feed_flags) */
-	float *logits; /* (n_vocab) next-token logits */
+	float *logits;      /* (n_vocab) next-token logits */
 	bool have_logits;
 	bool have_lse;     /* logits_lse / logits_ent are for logits */
 	double logits_lse; /* log-sum-exp of logits */

@@ -747,7 +747,8 @@ int kv_cache_pin(struct kv_cache *c, int32_t orig_pos, bool pinned, struct err *
 	if (i < 0)
 		return err_set(e, KVS_ENOTFOUND, "token at position %d is not in the KV cache", orig_pos);
 	if (!pinned && (c->toks[i].flags & KV_FLAG_DOC))
-		return err_set(e, KVS_EARG, "token at position %d is part of the pinned document", orig_pos);
+		return err_set(e, KVS_EARG, "token at position %d is part of the pinned document",
+		               orig_pos);
 	if (pinned)
 		c->toks[i].flags |= KV_FLAG_PINNED;
 	else

@@ -16,10 +16,11 @@ int store_squeeze_put(struct store *s, int64_t id, const char *model_sha256, con
                       struct err *e)
 {
 	sqlite3_stmt *st;
-	int rc = store_prepare(s,
-	                       "INSERT OR REPLACE INTO squeeze (session_id, model_sha256, spec, n_keys, "
-	                       "n_fine, n_coarse, created, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-	                       &st, e);
+	int rc =
+	        store_prepare(s,
+	                      "INSERT OR REPLACE INTO squeeze (session_id, model_sha256, spec, n_keys, "
+	                      "n_fine, n_coarse, created, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+	                      &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	sqlite3_bind_int64(st, 1, id);
@@ -41,7 +42,8 @@ int store_squeeze_get(struct store *s, int64_t id, const char *model_sha256, voi
 	sqlite3_stmt *st;
 	*blob = NULL;
 	*len = 0;
-	int rc = store_prepare(s, "SELECT model_sha256, blob FROM squeeze WHERE session_id = ?", &st, e);
+	int rc =
+	        store_prepare(s, "SELECT model_sha256, blob FROM squeeze WHERE session_id = ?", &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	sqlite3_bind_int64(st, 1, id);

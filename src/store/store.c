@@ -553,12 +553,12 @@ int store_session_create(struct store *s, const struct store_session *in, int64_
 	return KVS_OK;
 }
 
-#define SESSION_COLS                                                                     \
-	"s.id, s.title, s.model_path, s.model_sha256, s.arch, s.policy, s.budget, s.n_ctx, " \
-	"s.sampler, s.system, s.created, s.updated, "                                        \
-	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id), "                         \
-	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id AND NOT t.complete), "      \
-	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id), "                        \
+#define SESSION_COLS                                                                               \
+	"s.id, s.title, s.model_path, s.model_sha256, s.arch, s.policy, s.budget, s.n_ctx, "           \
+	"s.sampler, s.system, s.created, s.updated, "                                                  \
+	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id), "                                   \
+	"(SELECT count(*) FROM turns t WHERE t.session_id = s.id AND NOT t.complete), "                \
+	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id), "                                  \
 	"(SELECT count(*) FROM tokens k WHERE k.session_id = s.id AND k.epoch = s.epoch AND k.kept), " \
 	"s.sparse"
 

@@ -225,8 +225,9 @@ static const struct help_pair tui_glossary[] = {
 	{ "key token", "a token a policy keeps for its score (surprisal, accumulated attention)" },
 	{ "recent window", "the latest tokens, kept as they are" },
 	{ "pinned", "a token you keep (:pin): never evicted" },
-	{ "document", "the text :doc / --doc pins at the start of a conversation: never evicted; "
-	              "squeezed attention clusters its keys" },
+	{ "document",
+	  "the text :doc / --doc pins at the start of a conversation: never evicted; "
+	  "squeezed attention clusters its keys" },
 	{ "surprisal", "-log p of a token given what came before (nats): how unexpected it was" },
 	{ "entropy", "how spread a head's attention is over the keys (nats; ln n at most)" },
 	{ "k90", "the fewest keys that hold 90% of a head's attention: small means focused" },

@@ -13,12 +13,11 @@
 #include <string.h>
 
 static const char *const tui_role_names[R_COUNT] = {
-	"normal",       "dim",       "title",   "border",    "tab",    "tab-active", "status",
-	"status-error", "system",    "user",    "assistant", "banner", "info",       "input",
-	"cursor",       "kept",      "evicted", "sink",      "key",    "pinned",     "document",
-	"selected",     "bar-fill",  "bar-empty", "spark",   "heat0",  "heat1",      "heat2",
-	"heat3",        "heat4",     "heat5",   "heat6",     "heat7",  "surp0",      "surp1",
-	"surp2",        "surp3",     "surp4",   "recalled",
+	"normal",  "dim",   "title",     "border", "tab",      "tab-active", "status",   "status-error",
+	"system",  "user",  "assistant", "banner", "info",     "input",      "cursor",   "kept",
+	"evicted", "sink",  "key",       "pinned", "document", "selected",   "bar-fill", "bar-empty",
+	"spark",   "heat0", "heat1",     "heat2",  "heat3",    "heat4",      "heat5",    "heat6",
+	"heat7",   "surp0", "surp1",     "surp2",  "surp3",    "surp4",      "recalled",
 };
 
 #define C(fg, bg, fg8, bg8, a) \

@@ -144,8 +144,8 @@ static void test_kmeans_invariants(void)
 				if ((uint32_t)k == lab[i])
 					mine = d2;
 			}
-			T_CHECK(mine <= best + 1e-6, "point %d: %g to its centre, %g to the nearest", i,
-			        mine, best);
+			T_CHECK(mine <= best + 1e-6, "point %d: %g to its centre, %g to the nearest", i, mine,
+			        best);
 		}
 	free(x);
 }
@@ -308,8 +308,8 @@ static void test_keep_all(const struct model *m)
 	float *dense = malloc(nv * sizeof(float)), *sp = malloc(nv * sizeof(float));
 	struct engine_sparse s;
 	struct err e;
-	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0,coarse=0,dense=0,sinks=2,recent=4,clusters=20",
-	                             &s, &e),
+	T_EQ_INT(engine_sparse_parse(
+	                 "squeezed:quantile=0,coarse=0,dense=0,sinks=2,recent=4,clusters=20", &s, &e),
 	         KVS_OK);
 	for (int threads = 1; threads <= 2; threads++)
 		for (int attn = 0; attn <= 1; attn++) {
@@ -374,15 +374,16 @@ static void test_threshold(const struct model *m)
 				for (uint32_t k = 2; k < DOC; k++) {
 					if (cl[lab[k]] < 0)
 						cl[lab[k]] = (int8_t)sel[k];
-					T_CHECK(cl[lab[k]] == sel[k], "layer %u head %u: cluster %u split at key %u",
-					        l, h, lab[k], k);
+					T_CHECK(cl[lab[k]] == sel[k], "layer %u head %u: cluster %u split at key %u", l,
+					        h, lab[k], k);
 				}
 			}
 	}
 	printf("squeezed, quantile 0.8: %llu of %llu keys read (%.1f %%)\n", (unsigned long long)read,
 	       (unsigned long long)dense, 100.0 * (double)read / (double)dense);
 	T_CHECK(read < dense, "no key dropped");
-	T_CHECK(read > (uint64_t)(n - DOC) * nkv * hp->n_layer, "fewer keys than the non-document ones");
+	T_CHECK(read > (uint64_t)(n - DOC) * nkv * hp->n_layer,
+	        "fewer keys than the non-document ones");
 	engine_free(eng);
 	free(lg);
 }
@@ -421,17 +422,18 @@ static void test_save_load(const struct model *m)
 	T_EQ_INT(engine_squeeze_load(eng, blob, len, slots, DOC - 1, &e), KVS_EFORMAT);
 	T_EQ_STR(e.msg, "stored clusters: made for 120 document keys, the cache holds 119");
 	T_EQ_INT(engine_squeeze_load(eng, blob, len, slots + 1, DOC, &e), KVS_EFORMAT);
-	T_EQ_STR(e.msg, "stored clusters: document key 0 was clustered at position 0, the cache has "
-	                "it at 1");
+	T_EQ_STR(e.msg,
+	         "stored clusters: document key 0 was clustered at position 0, the cache has "
+	         "it at 1");
 	uint8_t *bad = malloc(len);
 	memcpy(bad, blob, len);
 	memcpy(bad, "KVSX", 4);
 	T_EQ_INT(engine_squeeze_load(eng, bad, len, slots, DOC, &e), KVS_EFORMAT);
 	/* a permutation with a key twice: the last perm entry copied over the one before */
 	memcpy(bad, blob, len);
-	size_t perm_end = len - ((size_t)hp->n_layer * hp->n_head_kv *
-	                         (engine_squeeze_get(eng)->n_fine + engine_squeeze_get(eng)->n_coarse +
-	                          2) * 4);
+	size_t perm_end = len -
+	        ((size_t)hp->n_layer * hp->n_head_kv *
+	         (engine_squeeze_get(eng)->n_fine + engine_squeeze_get(eng)->n_coarse + 2) * 4);
 	memcpy(bad + perm_end - 8, bad + perm_end - 4, 4);
 	T_EQ_INT(engine_squeeze_load(eng, bad, len, slots, DOC, &e), KVS_EFORMAT);
 	T_CHECK(engine_squeeze_info(eng, NULL), "a refused load dropped the installed index");
