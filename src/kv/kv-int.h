@@ -262,6 +262,9 @@ bool kv_over(const struct kv_cache *c, uint32_t m);
 uint64_t kv_bytes(const struct kv_cache *c);
 /* kv_cache_stats' bytes and per-head fields. */
 void kv_heads_stats(const struct kv_cache *c, struct kv_stats *s);
+/* Each of the first n tokens' score: the sum of its accumulator row (its
+ * votes or attention over every (layer, KV head)). */
+void kv_acc_scores(struct kv_cache *c, uint32_t n);
 /* Kept (token, layer, KV head) entries, and each token's n_heads. */
 uint64_t kv_heads_count(struct kv_cache *c);
 /* Run the policy's selection once per (layer, KV head) over the

@@ -421,41 +421,6 @@ int32_t kv_cache_find(const struct kv_cache *c, int32_t orig_pos)
 	return lo < c->n && c->toks[lo].orig_pos == orig_pos ? (int32_t)lo : -1;
 }
 
-void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
-{
-	memset(s, 0, sizeof *s);
-	s->n_cached = c->n;
-	s->budget = c->cfg.budget;
-	s->n_ctx = c->n_ctx;
-	s->keys_read = c->keys_read;
-	s->keys_dense = c->keys_dense;
-	s->sp = c->sp_stats;
-	s->sp.mode = c->cfg.sparse.mode; /* switched since the last step: say so */
-	for (uint32_t i = 0; i < c->n; i++) {
-		uint8_t f = c->toks[i].flags;
-		if (f & KV_FLAG_SINK)
-			s->n_sink++;
-		else if (f & KV_FLAG_KEY)
-			s->n_key++;
-		else
-			s->n_recent++;
-		if (f & KV_FLAG_PINNED)
-			s->n_pinned++;
-		if (f & KV_FLAG_RECALLED)
-			s->n_recalled++;
-		s->n_doc += (f & KV_FLAG_DOC) != 0;
-	}
-	s->n_seen = c->n_seen;
-	s->n_evicted = c->n_evicted;
-	s->n_evictions = c->n_evictions;
-	s->n_fallbacks = c->n_fallbacks;
-	s->bytes_per_token = c->bytes_per_token;
-	kv_heads_stats(c, s); /* bytes, and the per-head keep-sets' */
-	s->bytes_per_layer = s->bytes / (c->hp->n_layer ? c->hp->n_layer : 1);
-	s->bytes_peak = c->bytes_peak;
-	s->bytes_allocated = (uint64_t)c->n_ctx * c->bytes_per_token;
-}
-
 /* --------------------------------------------------------------- eviction */
 
 /* Call the score provider; false (with why) when it fails, overruns or

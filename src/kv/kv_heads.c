@@ -356,7 +356,12 @@ void kv_accumulate(struct kv_cache *c, const struct engine_out *o)
 				dst[(size_t)j * c->acc_stride] += s;
 			}
 		}
-	for (uint32_t j = 0; j < nv; j++) {
+	kv_acc_scores(c, nv);
+}
+
+void kv_acc_scores(struct kv_cache *c, uint32_t n)
+{
+	for (uint32_t j = 0; j < n; j++) {
 		const float *r = c->acc + (size_t)j * c->acc_stride;
 		double s = 0;
 		for (uint32_t k = 0; k < c->acc_stride; k++)

@@ -1,8 +1,8 @@
 /*
- * kv_inspect.c: looking at the KV cache without changing it: the invariant
- * check (kv_cache_check, run after every change in debug builds) and the
- * per-head attention summaries of the capture step (top-k mass, how many
- * keys hold 90 % of it).
+ * kv_inspect.c: looking at the KV cache without changing it: its statistics
+ * (kv_cache_stats), the invariant check (kv_cache_check, run after every
+ * change in debug builds) and the per-head attention summaries of the
+ * capture step (top-k mass, how many keys hold 90 % of it).
  */
 #include "kv/kv-int.h"
 
@@ -277,4 +277,39 @@ void kv_capture_step(struct kv_cache *c, const struct engine_out *o)
 	ev.heads = o->attn ? c->heads : NULL;
 	ev.sparse = kv_sparse_view_of(c);
 	kv_emit(c, &ev);
+}
+
+void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
+{
+	memset(s, 0, sizeof *s);
+	s->n_cached = c->n;
+	s->budget = c->cfg.budget;
+	s->n_ctx = c->n_ctx;
+	s->keys_read = c->keys_read;
+	s->keys_dense = c->keys_dense;
+	s->sp = c->sp_stats;
+	s->sp.mode = c->cfg.sparse.mode; /* switched since the last step: say so */
+	for (uint32_t i = 0; i < c->n; i++) {
+		uint8_t f = c->toks[i].flags;
+		if (f & KV_FLAG_SINK)
+			s->n_sink++;
+		else if (f & KV_FLAG_KEY)
+			s->n_key++;
+		else
+			s->n_recent++;
+		if (f & KV_FLAG_PINNED)
+			s->n_pinned++;
+		if (f & KV_FLAG_RECALLED)
+			s->n_recalled++;
+		s->n_doc += (f & KV_FLAG_DOC) != 0;
+	}
+	s->n_seen = c->n_seen;
+	s->n_evicted = c->n_evicted;
+	s->n_evictions = c->n_evictions;
+	s->n_fallbacks = c->n_fallbacks;
+	s->bytes_per_token = c->bytes_per_token;
+	kv_heads_stats(c, s); /* bytes, and the per-head keep-sets' */
+	s->bytes_per_layer = s->bytes / (c->hp->n_layer ? c->hp->n_layer : 1);
+	s->bytes_peak = c->bytes_peak;
+	s->bytes_allocated = (uint64_t)c->n_ctx * c->bytes_per_token;
 }

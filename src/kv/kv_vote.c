@@ -90,12 +90,6 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 				c->acc[(size_t)j * c->acc_stride + l * hp->n_head_kv + g] = pooled[j];
 		}
 	free(pooled);
-	for (uint32_t j = 0; j < n; j++) {
-		const float *r = c->acc + (size_t)j * c->acc_stride;
-		double s = 0;
-		for (uint32_t k = 0; k < c->acc_stride; k++)
-			s += r[k];
-		c->toks[j].score = (float)s;
-	}
+	kv_acc_scores(c, n);
 	return KVS_OK;
 }
