@@ -69,23 +69,6 @@ static void tiny_close(struct tiny *t)
 	free(t->buf);
 }
 
-static struct engine *mk_engine(const struct model *m, uint32_t n_ctx)
-{
-	struct engine_config c;
-	struct engine *eng;
-	struct err e;
-	engine_config_default(&c);
-	c.backend = ENGINE_BACKEND_CPU;
-	c.n_threads = 1;
-	c.n_ctx = n_ctx;
-	c.kv_type = ENGINE_KV_F32;
-	if (engine_create(&eng, m, &c, &e) != KVS_OK) {
-		fprintf(stderr, "engine: %s\n", e.msg);
-		exit(99);
-	}
-	return eng;
-}
-
 static struct kv_cache *mk_cache(struct engine *eng, const char *policy, uint32_t budget,
                                  uint32_t n_batch)
 {
@@ -311,7 +294,7 @@ static void test_compaction_exact(const struct model *m, const char *policy)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t budget = 24;
-	struct engine *eng = mk_engine(m, budget);
+	struct engine *eng = tinymodel_engine(m, budget, 1, true);
 	struct kv_cache *kv = mk_cache(eng, policy, budget, 5);
 	uint32_t per = hp->n_layer * hp->n_head_kv * hp->head_dim;
 	float *keys = calloc((size_t)MAXPOS * per, sizeof *keys);
@@ -376,7 +359,8 @@ static void test_keep_all_identical(const struct model *m, const char *policy)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t n_ctx = 64, nb = 8, lens[3] = { 19, 7, 13 };
-	struct engine *a = mk_engine(m, n_ctx), *b = mk_engine(m, n_ctx);
+	struct engine *a = tinymodel_engine(m, n_ctx, 1, true),
+	              *b = tinymodel_engine(m, n_ctx, 1, true);
 	struct kv_cache *kv = mk_cache(a, policy, n_ctx, nb);
 	int32_t ids[32], pos[32];
 	uint32_t slot[32], n = 0;
@@ -437,7 +421,9 @@ static void test_snapkv(const struct model *m)
 	T_CHECK(memcmp(y, x, sizeof y) == 0, "pool 1 is the identity");
 
 	uint32_t n_ctx = 64, n0 = 24, w = 6;
-	struct engine *ea = mk_engine(m, n_ctx), *eb = mk_engine(m, n_ctx), *er = mk_engine(m, n_ctx);
+	struct engine *ea = tinymodel_engine(m, n_ctx, 1, true),
+	              *eb = tinymodel_engine(m, n_ctx, 1, true),
+	              *er = tinymodel_engine(m, n_ctx, 1, true);
 	struct kv_cache *a = mk_cache(ea, "snapkv:window=6,kernel=3,sinks=2", 48, 8);
 	struct kv_cache *b = mk_cache(eb, "snapkv:window=6,kernel=3,sinks=2", 48, 8);
 	int32_t ids[32], win[8], next[4];
@@ -540,7 +526,7 @@ static void test_sirllm_scores(const struct model *m)
 	int32_t ids[19];
 	rnd_tokens(ids, total, nv);
 	/* reference logits: one plain forward of all 19 tokens */
-	struct engine *r = mk_engine(m, 32);
+	struct engine *r = tinymodel_engine(m, 32, 1, true);
 	int32_t pos[19];
 	uint32_t slot[19];
 	for (uint32_t i = 0; i < total; i++) {
@@ -569,7 +555,7 @@ static void test_sirllm_scores(const struct model *m)
 		ent[i] = h;
 	}
 	for (int mode = 0; mode < 2; mode++) {
-		struct engine *eng = mk_engine(m, 32);
+		struct engine *eng = tinymodel_engine(m, 32, 1, true);
 		struct kv_cache *kv = mk_cache(eng, mode ? "sirllm:mode=compat" : "sirllm", 32, 5);
 		uint32_t off = 0;
 		for (int t = 0; t < 2; t++) {
@@ -627,7 +613,7 @@ static void test_sirllm_scores(const struct model *m)
 static void test_lminfinite(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
-	struct engine *eng = mk_engine(m, 16);
+	struct engine *eng = tinymodel_engine(m, 16, 1, true);
 	struct kv_cache *kv = mk_cache(eng, "lminfinite:global=2,cap=10", 16, 4);
 	int32_t ids[40];
 	struct err e;
@@ -662,7 +648,7 @@ static void test_engine_cap(const struct model *m)
 	uint32_t n0 = 24, nb = 6, G = 2, nvis = n0 + nb, grp = hp->n_head / hp->n_head_kv;
 	int32_t cap = 8, ids[32], pos[32];
 	uint32_t slot[32], vis[32];
-	struct engine *a = mk_engine(m, 32), *b = mk_engine(m, 32);
+	struct engine *a = tinymodel_engine(m, 32, 1, true), *b = tinymodel_engine(m, 32, 1, true);
 	struct engine_out oa, ob;
 	struct err e;
 	rnd_tokens(ids, n0 + nb, hp->n_vocab);
@@ -770,7 +756,7 @@ static void test_engine_lambda(const struct model *m)
 			vis_b[nb++] = i;
 	float *la = malloc(hp->n_vocab * sizeof(float));
 	for (int variant = 0; variant < 3; variant++) {
-		struct engine *a = mk_engine(m, 32), *b = mk_engine(m, 32);
+		struct engine *a = tinymodel_engine(m, 32, 1, true), *b = tinymodel_engine(m, 32, 1, true);
 		struct engine_batch p0 = { .n_tokens = n0,
 			                       .tokens = ids,
 			                       .pos = pos,
@@ -845,7 +831,7 @@ static void test_engine_lambda(const struct model *m)
 static void test_h2o(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
-	struct engine *eng = mk_engine(m, 16);
+	struct engine *eng = tinymodel_engine(m, 16, 1, true);
 	struct kv_cache *kv = mk_cache(eng, "h2o", 16, 4);
 	struct err e;
 	uint32_t grp = hp->n_head / hp->n_head_kv;
@@ -924,7 +910,8 @@ static void test_provider(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
 	for (int kind = PROV_STREAM; kind <= PROV_NAN; kind++) {
-		struct engine *ea = mk_engine(m, 20), *eb = mk_engine(m, 20);
+		struct engine *ea = tinymodel_engine(m, 20, 1, true),
+		              *eb = tinymodel_engine(m, 20, 1, true);
 		struct kv_cache *a = mk_cache(ea, "streaming", 20, 512);
 		struct kv_cache *b = mk_cache(eb, "streaming", 20, 512);
 		struct kv_scorer sc = { "test", prov_fn, &kind, 1.0 };
@@ -966,7 +953,7 @@ static void test_provider(const struct model *m)
 static void test_pin_switch(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
-	struct engine *eng = mk_engine(m, 32);
+	struct engine *eng = tinymodel_engine(m, 32, 1, true);
 	struct kv_cache *kv = mk_cache(eng, "streaming", 32, 512);
 	int32_t ids[40];
 	struct err e;
@@ -1019,7 +1006,7 @@ static void test_pin_switch(const struct model *m)
 static void test_deadline(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
-	struct engine *eng = mk_engine(m, 64);
+	struct engine *eng = tinymodel_engine(m, 64, 1, true);
 	struct kv_cache *kv = mk_cache(eng, "streaming", 64, 512);
 	int32_t ids[20];
 	struct err e;
@@ -1079,7 +1066,7 @@ static void test_capture(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
 	for (int mode = 0; mode < 3; mode++) {
-		struct engine *eng = mk_engine(m, 32);
+		struct engine *eng = tinymodel_engine(m, 32, 1, true);
 		struct kv_cache *kv = mk_cache(eng, "streaming", 32, 8);
 		struct cap_state cs = { 0 };
 		struct err e;
@@ -1112,7 +1099,7 @@ static void test_long_dialogue(const struct model *m, const char *policy, uint32
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t budget = 48, max_m = 8;
-	struct engine *eng = mk_engine(m, budget);
+	struct engine *eng = tinymodel_engine(m, budget, 1, true);
 	struct kv_cache *kv = mk_cache(eng, policy, budget, 512);
 	struct kv_stats st;
 	struct err e;
@@ -1193,7 +1180,7 @@ static double probe_diff(struct kv_cache *a, struct kv_cache *b, const int32_t *
 static void test_restore(const struct model *m, const char *policy, uint32_t n_feed, bool recompute)
 {
 	uint32_t nv = m->hp.n_vocab;
-	struct engine *ea = mk_engine(m, 64), *eb = mk_engine(m, 64);
+	struct engine *ea = tinymodel_engine(m, 64, 1, true), *eb = tinymodel_engine(m, 64, 1, true);
 	struct kv_cache *a = mk_cache(ea, policy, 48, 8), *b = mk_cache(eb, policy, 48, 8);
 	struct err e;
 	int32_t ids[128], probe[4];
@@ -1335,7 +1322,7 @@ static void recall_events(const struct kv_event *ev, void *ud)
 static void test_cold_hook(const struct model *m)
 {
 	uint32_t nv = m->hp.n_vocab;
-	struct engine *ea = mk_engine(m, 128), *eb = mk_engine(m, 128);
+	struct engine *ea = tinymodel_engine(m, 128, 1, true), *eb = tinymodel_engine(m, 128, 1, true);
 	struct kv_cache *a = mk_cache(ea, "streaming", 32, 8), *b = mk_cache(eb, "full", 128, 8);
 	struct err e;
 	int32_t ids[100];
@@ -1406,7 +1393,7 @@ static void test_cold_hook(const struct model *m)
 static void test_cold_recall(const struct model *m)
 {
 	uint32_t nv = m->hp.n_vocab;
-	struct engine *ea = mk_engine(m, 64), *eb = mk_engine(m, 64);
+	struct engine *ea = tinymodel_engine(m, 64, 1, true), *eb = tinymodel_engine(m, 64, 1, true);
 	struct kv_cache *a = mk_cache(ea, "streaming", 48, 8), *b = mk_cache(eb, "full", 48, 8);
 	struct err e;
 	int32_t ids[80], probe[4];
@@ -1500,7 +1487,7 @@ static bool check_fails(const struct kv_cache *kv, const char *want)
  * checker name it; mend it and see the checker pass again. */
 static void test_check_corrupt(const struct model *m)
 {
-	struct engine *eng = mk_engine(m, 32);
+	struct engine *eng = tinymodel_engine(m, 32, 1, true);
 	struct kv_cache *kv = mk_cache(eng, "h2o", 24, 4);
 	struct err e;
 	int32_t ids[40];
@@ -1583,7 +1570,7 @@ static uint32_t check_random(const struct model *m, const char *spec, uint32_t s
 		                                "lminfinite:global=3",
 		                                "h2o",
 		                                "full" };
-	struct engine *eng = mk_engine(m, 40);
+	struct engine *eng = tinymodel_engine(m, 40, 1, true);
 	struct kv_cache *kv = mk_cache(eng, spec, 32, 5);
 	struct ev_count cnt = { 0 };
 	int kind = PROV_STREAM;

@@ -52,23 +52,6 @@ static void rnd_tokens(int32_t *ids, uint32_t n, uint32_t n_vocab)
 		ids[i] = 3 + (int32_t)rnd_u32(n_vocab - 3);
 }
 
-static struct engine *mk_engine(const struct model *m, uint32_t n_ctx, int threads)
-{
-	struct engine_config c;
-	struct engine *eng;
-	struct err e;
-	engine_config_default(&c);
-	c.backend = ENGINE_BACKEND_CPU;
-	c.n_threads = threads;
-	c.n_ctx = n_ctx;
-	c.kv_type = ENGINE_KV_F32;
-	if (engine_create(&eng, m, &c, &e) != KVS_OK) {
-		fprintf(stderr, "engine: %s\n", e.msg);
-		exit(99);
-	}
-	return eng;
-}
-
 static struct kv_cache *mk_cache(struct engine *eng, const char *spec, uint32_t budget,
                                  uint32_t n_batch)
 {
@@ -140,14 +123,6 @@ static float *copy_logits(const struct engine_out *o, uint32_t n_vocab)
 	return x;
 }
 
-static double max_diff(const float *a, const float *b, size_t n)
-{
-	double d = 0;
-	for (size_t i = 0; i < n; i++)
-		d = fmax(d, fabs((double)a[i] - b[i]));
-	return d;
-}
-
 /* The attention paths a batch can take, by what it asks. */
 enum path { P_SPLIT, P_ROWS, P_TILED, P_WHOLE, P_QUEST, P_HIP, P_HIP_PREFILL, P_N };
 static const char *const path_names[P_N] = { "split decode",      "per-row decode", "tiled prefill",
@@ -182,7 +157,7 @@ static void test_engine(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t n_ctx = 96, n0 = 40, nh = hp->n_layer * hp->n_head_kv;
-	struct engine *eng = mk_engine(m, n_ctx, 2);
+	struct engine *eng = tinymodel_engine(m, n_ctx, 2, true);
 	int32_t ids[64], q[16];
 	rnd_tokens(ids, n0, hp->n_vocab);
 	rnd_tokens(q, 12, hp->n_vocab);
@@ -230,7 +205,7 @@ static void test_engine(const struct model *m)
 		f.vis = vis_less;
 		f.nv = n_less - (12 - n);
 		o = run(&f, q, n0, n);
-		double d = max_diff(masked, o.logits, (size_t)o.n_rows * hp->n_vocab);
+		double d = tinymodel_max_diff(masked, o.logits, (size_t)o.n_rows * hp->n_vocab);
 		T_CHECK(d <= 1e-5, "%s: dropped everywhere vs not visible: max diff %g", path_names[p], d);
 		free(plain);
 		free(masked);
@@ -303,7 +278,7 @@ static void test_engine(const struct model *m)
 	b.attn_kv_max = true;
 	struct err e;
 	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_OK);
-	double d = max_diff(want, o.attn_kv, (size_t)nh * (n0 + 4));
+	double d = tinymodel_max_diff(want, o.attn_kv, (size_t)nh * (n0 + 4));
 	T_CHECK(d <= 1e-5, "attn_kv_max: off by %g from the one-query maxima", d);
 	free(want);
 	free(ones);
@@ -319,7 +294,8 @@ static void test_keep_all(const struct model *m, const char *spec)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t n_ctx = 64, nb = 8, lens[3] = { 19, 7, 13 }, n = 0;
-	struct engine *a = mk_engine(m, n_ctx, 1), *b = mk_engine(m, n_ctx, 1);
+	struct engine *a = tinymodel_engine(m, n_ctx, 1, true),
+	              *b = tinymodel_engine(m, n_ctx, 1, true);
 	struct kv_cache *kv = mk_cache(a, spec, n_ctx, nb);
 	struct err e;
 	bool same = true;
@@ -385,7 +361,7 @@ static void test_budget(const struct model *m, const char *spec, uint32_t turns)
 	struct kv_policy pol;
 	struct err e;
 	T_EQ_INT(kv_policy_parse(spec, &pol, &e), KVS_OK);
-	struct engine *eng = mk_engine(m, budget + kv_policy_scratch(&pol, budget), 1);
+	struct engine *eng = tinymodel_engine(m, budget + kv_policy_scratch(&pol, budget), 1, true);
 	struct kv_cache *kv = mk_cache(eng, spec, budget, 16);
 	struct watch w = { .kv = kv };
 	kv_cache_set_events(kv, watch_step, &w);
@@ -497,7 +473,8 @@ static void test_zip_scores(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t n0 = 37, n1 = 11, chunk = 16, n_ctx = 256, nh = hp->n_layer * hp->n_head_kv;
-	struct engine *a = mk_engine(m, n_ctx, 1), *b = mk_engine(m, n_ctx, 1);
+	struct engine *a = tinymodel_engine(m, n_ctx, 1, true),
+	              *b = tinymodel_engine(m, n_ctx, 1, true);
 	char spec[64];
 	snprintf(spec, sizeof spec, "kvzip:chunk=%u", chunk);
 	struct kv_cache *kv = mk_cache(a, spec, n_ctx / 2, 64);
@@ -519,7 +496,7 @@ static void test_zip_scores(const struct model *m)
 	struct fw f = { .eng = b, .vis = vis, .nv = n0, .logits = ENGINE_LOGITS_NONE };
 	(void)run(&f, ids, 0, n0);
 	ref_reread(m, b, kv, ids, n0, n0, chunk, want);
-	double d = max_diff(want, kv->acc, (size_t)n0 * nh);
+	double d = tinymodel_max_diff(want, kv->acc, (size_t)n0 * nh);
 	T_CHECK(d <= 1e-5, "KVzip scores off by %g from the one-query re-read", d);
 	/* more tokens: only they are re-read, and every entry keeps its max */
 	T_EQ_INT(kv_cache_feed(kv, ids + n0, n1, &e), KVS_OK);
@@ -529,7 +506,7 @@ static void test_zip_scores(const struct model *m)
 	f.nv = n0 + n1;
 	(void)run(&f, ids + n0, n0, n1);
 	ref_reread(m, b, kv, ids + n0, n1, n0 + n1, chunk, want);
-	d = max_diff(want, kv->acc, (size_t)(n0 + n1) * nh);
+	d = tinymodel_max_diff(want, kv->acc, (size_t)(n0 + n1) * nh);
 	T_CHECK(d <= 1e-5, "KVzip scores after the second re-read off by %g", d);
 	for (uint32_t j = 0; j < n0 + n1; j++) {
 		float mx = 0;

@@ -38,22 +38,6 @@ static void tiny_open(struct model **m, uint8_t **buf)
 	tinymodel_load(&s, m, buf);
 }
 
-static struct engine *mk_engine(const struct model *m)
-{
-	struct engine_config c;
-	struct engine *eng;
-	struct err e;
-	engine_config_default(&c);
-	c.backend = ENGINE_BACKEND_CPU;
-	c.n_threads = 2;
-	c.n_ctx = N_CTX;
-	if (engine_create(&eng, m, &c, &e) != KVS_OK) {
-		fprintf(stderr, "engine: %s\n", e.msg);
-		exit(99);
-	}
-	return eng;
-}
-
 /* Prefill n tokens into slots 0..n-1, then one decode step at n with sp,
  * want_sel and (attn) the shadow; the output in *o. */
 static void step(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
@@ -98,7 +82,7 @@ static void test_engine_report(const struct model *m)
 	T_EQ_INT(engine_sparse_parse("quest:budget=48,page=8,dense=1,sinks=4,recent=8", &s, &e),
 	         KVS_OK);
 	for (int attn = 0; attn <= 1; attn++) {
-		struct engine *eng = mk_engine(m);
+		struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 		struct engine_out o;
 		step(eng, n, &s, attn, &o);
 		T_CHECK(o.sel != NULL && o.page_ub != NULL, "attn %d: sel and bounds given", attn);
@@ -215,7 +199,7 @@ static struct kv_cache *mk_cache(struct engine *eng, const char *spec, struct se
 static void test_kv_figures(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
-	struct engine *eng = mk_engine(m);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct seen s;
 	struct err e;
 	uint32_t L = hp->n_layer, H = hp->n_head_kv, D = 1, B = 40;

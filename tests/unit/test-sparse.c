@@ -39,22 +39,6 @@ static void tiny_open(struct tiny *t)
 	tinymodel_load(&s, &t->m, &t->buf);
 }
 
-static struct engine *mk_engine(const struct model *m, int threads)
-{
-	struct engine_config c;
-	struct engine *eng;
-	struct err e;
-	engine_config_default(&c);
-	c.backend = ENGINE_BACKEND_CPU;
-	c.n_threads = threads;
-	c.n_ctx = N_CTX;
-	if (engine_create(&eng, m, &c, &e) != KVS_OK) {
-		fprintf(stderr, "engine: %s\n", e.msg);
-		exit(99);
-	}
-	return eng;
-}
-
 /* ------------------------------------------------------------ the spec */
 
 static void test_parse(void)
@@ -223,55 +207,6 @@ static void test_hip_tree(void)
 
 /* ------------------------------------------------------------ the engine */
 
-/* Prefill n tokens into slots 0..n-1 at positions 0..n-1. */
-static void prefill(struct engine *eng, uint32_t n)
-{
-	int32_t tok[N_CTX], pos[N_CTX];
-	uint32_t slot[N_CTX];
-	for (uint32_t i = 0; i < n; i++) {
-		tok[i] = (int32_t)(3 + (i * 37) % 250);
-		pos[i] = (int32_t)i;
-		slot[i] = i;
-	}
-	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
-	b.n_visible = n;
-	b.logits = ENGINE_LOGITS_NONE;
-	struct engine_out o;
-	struct err e;
-	if (engine_forward(eng, &b, &o, &e) != KVS_OK) {
-		fprintf(stderr, "prefill: %s\n", e.msg);
-		exit(99);
-	}
-}
-
-/* Decode one token at position n (slot n), seeing slots 0..n; copy the
- * logits (n_vocab) into out; the engine's output in *o. */
-static void decode(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
-                   float *out, struct engine_out *o)
-{
-	int32_t tok = 42, pos = (int32_t)n;
-	uint32_t slot = n;
-	struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
-	b.n_visible = n + 1;
-	b.logits = ENGINE_LOGITS_LAST;
-	b.want_attn = attn;
-	b.sparse = sp;
-	struct err e;
-	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
-		fprintf(stderr, "decode: %s\n", e.msg);
-		exit(99);
-	}
-	memcpy(out, o->logits, engine_model(eng)->hp.n_vocab * sizeof(float));
-}
-
-static double max_diff(const float *a, const float *b, uint32_t n)
-{
-	double d = 0;
-	for (uint32_t i = 0; i < n; i++)
-		d = fmax(d, fabs((double)a[i] - b[i]));
-	return d;
-}
-
 /* A budget covering the cache gives the dense logits: split path (no
  * weights asked) and whole-row path (weights asked), one and two threads. */
 static void test_full_budget(const struct model *m)
@@ -285,14 +220,14 @@ static void test_full_budget(const struct model *m)
 	         KVS_OK);
 	for (int threads = 1; threads <= 2; threads++)
 		for (int attn = 0; attn <= 1; attn++) {
-			struct engine *eng = mk_engine(m, threads);
+			struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
 			struct engine_out o;
-			prefill(eng, n);
-			decode(eng, n, NULL, attn, dense, &o);
+			tinymodel_prefill(eng, n);
+			tinymodel_decode(eng, n, NULL, attn, dense, &o);
 			T_EQ_INT(o.keys_read, o.keys_dense);
 			T_EQ_INT(o.keys_dense, (uint64_t)(n + 1) * hp->n_layer * hp->n_head_kv);
-			decode(eng, n, &s, attn, sp, &o); /* the same step again, sparse */
-			double d = max_diff(dense, sp, nv);
+			tinymodel_decode(eng, n, &s, attn, sp, &o); /* the same step again, sparse */
+			double d = tinymodel_max_diff(dense, sp, nv);
 			printf("full budget, %d thread(s), weights %d: max |logit diff| %.3g\n", threads, attn,
 			       d);
 			T_CHECK(d <= 1e-5, "threads %d attn %d: max diff %g", threads, attn, d);
@@ -324,22 +259,22 @@ static void test_hip_full_budget(const struct model *m)
 	         KVS_OK);
 	for (int threads = 1; threads <= 2; threads++)
 		for (int attn = 0; attn <= 1; attn++) {
-			struct engine *eng = mk_engine(m, threads);
+			struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
 			struct engine_out o;
 			double worst = 0, vs_quest = 0;
 			uint32_t chose = 0, reused = 0;
-			prefill(eng, n);
+			tinymodel_prefill(eng, n);
 			for (uint32_t i = 0; i < 7; i++) {
-				decode(eng, n + i, NULL, attn, dense, &o);
+				tinymodel_decode(eng, n + i, NULL, attn, dense, &o);
 				T_EQ_INT(o.sparse_chose, -1);
 				if (attn)
-					decode(eng, n + i, &q, attn, qu, &o);
-				decode(eng, n + i, &s, attn, sp, &o); /* the same step again, hip */
+					tinymodel_decode(eng, n + i, &q, attn, qu, &o);
+				tinymodel_decode(eng, n + i, &s, attn, sp, &o); /* the same step again, hip */
 				chose += o.sparse_chose == 1;
 				reused += o.sparse_chose == 0;
-				worst = fmax(worst, max_diff(dense, sp, nv));
+				worst = fmax(worst, tinymodel_max_diff(dense, sp, nv));
 				if (attn)
-					vs_quest = fmax(vs_quest, max_diff(qu, sp, nv));
+					vs_quest = fmax(vs_quest, tinymodel_max_diff(qu, sp, nv));
 				T_EQ_INT(o.keys_read, o.keys_dense);
 			}
 			printf("hip full budget, %d thread(s), weights %d: max |logit diff| %.3g against "
@@ -375,14 +310,14 @@ static void test_hip_cadence(const struct model *m)
 	T_EQ_INT(
 	        engine_sparse_parse("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=4", &s, &e),
 	        KVS_OK);
-	struct engine *eng = mk_engine(m, 2);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct engine_out o;
-	prefill(eng, n);
+	tinymodel_prefill(eng, n);
 	/* (n_layer, n_head_kv, n + 1) the refresh step's mask */
 	uint8_t *sel0 = malloc((size_t)nl * nkv * (n + 1));
 	int want[10] = { 1, 0, 0, 0, 1, 0, 0, 0, 1, 0 }, got[10];
 	for (uint32_t i = 0; i < 10; i++) {
-		decode(eng, n + i, &s, true, lg, &o);
+		tinymodel_decode(eng, n + i, &s, true, lg, &o);
 		got[i] = o.sparse_chose;
 		uint32_t mv = n + i + 1; /* keys seen: slots = positions 0..n+i */
 		T_CHECK(o.keys_read < o.keys_dense, "step %u: read %llu of %llu", i,
@@ -414,20 +349,20 @@ static void test_hip_cadence(const struct model *m)
 	for (uint32_t i = 0; i < 10; i++)
 		T_CHECK(got[i] == want[i], "step %u: chose %d, expected %d", i, got[i], want[i]);
 	/* a step back (a new pass over the same slots) chooses anew */
-	decode(eng, n + 2, &s, false, lg, &o);
+	tinymodel_decode(eng, n + 2, &s, false, lg, &o);
 	T_EQ_INT(o.sparse_chose, 1);
-	decode(eng, n + 3, &s, false, lg, &o);
+	tinymodel_decode(eng, n + 3, &s, false, lg, &o);
 	T_EQ_INT(o.sparse_chose, 0);
 	/* so does another spec; refresh=1 chooses on every step */
 	s.refresh = 1;
 	for (uint32_t i = 4; i < 7; i++) {
-		decode(eng, n + i, &s, false, lg, &o);
+		tinymodel_decode(eng, n + i, &s, false, lg, &o);
 		T_EQ_INT(o.sparse_chose, 1);
 	}
 	/* quest chooses on every step */
 	struct engine_sparse q;
 	T_EQ_INT(engine_sparse_parse("quest:budget=48,page=8,dense=1,recent=8", &q, &e), KVS_OK);
-	decode(eng, n + 7, &q, false, lg, &o);
+	tinymodel_decode(eng, n + 7, &q, false, lg, &o);
 	T_EQ_INT(o.sparse_chose, 1);
 	engine_free(eng);
 	free(sel0);
@@ -475,12 +410,12 @@ static void test_hip_prefill(const struct model *m)
 	struct engine_out o;
 	struct err e;
 	for (int threads = 1; threads <= 2; threads++) {
-		struct engine *eng = mk_engine(m, threads);
+		struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
 		prefill_all(eng, n, NULL, false, dense, &o);
 		T_EQ_INT(o.prefill_dense, 0);
 		T_EQ_INT(engine_sparse_parse("hip:budget=4096,dense=0,prefill=1", &s, &e), KVS_OK);
 		prefill_all(eng, n, &s, false, sp, &o);
-		double d = max_diff(dense, sp, n * nv);
+		double d = tinymodel_max_diff(dense, sp, n * nv);
 		printf("hip prefill, full budget, %d thread(s): max |logit diff| %.3g over %u rows\n",
 		       threads, d, n);
 		T_CHECK(d <= 1e-5, "full-budget prefill: max diff %g", d);
@@ -507,12 +442,12 @@ static void test_hip_prefill(const struct model *m)
 		T_CHECK(finite, "sparse prefill logits finite");
 		/* layer 0 is dense and the first rows see fewer keys than the
 		 * budget: row 0's logits are dense's */
-		T_CHECK(max_diff(dense, sp, nv) <= 1e-5, "row 0 as dense");
+		T_CHECK(tinymodel_max_diff(dense, sp, nv) <= 1e-5, "row 0 as dense");
 		/* prefill=0, and a prompt under the threshold: dense */
 		s.prefill = 0;
 		prefill_all(eng, n, &s, false, sp, &o);
 		T_EQ_INT(o.prefill_dense, 0);
-		T_CHECK(max_diff(dense, sp, n * nv) == 0, "prefill=0 is dense");
+		T_CHECK(tinymodel_max_diff(dense, sp, n * nv) == 0, "prefill=0 is dense");
 		s.prefill = n + 1;
 		prefill_all(eng, n, &s, false, sp, &o);
 		T_EQ_INT(o.prefill_dense, 0);
@@ -535,14 +470,14 @@ static void test_small_budget(const struct model *m)
 	struct err e;
 	T_EQ_INT(engine_sparse_parse("quest:budget=48,page=8,dense=1,sinks=4,recent=8", &s, &e),
 	         KVS_OK);
-	struct engine *eng = mk_engine(m, 2);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct engine_out o;
-	prefill(eng, n);
-	decode(eng, n, NULL, true, lg, &o);
+	tinymodel_prefill(eng, n);
+	tinymodel_decode(eng, n, NULL, true, lg, &o);
 	size_t na = (size_t)hp->n_layer * hp->n_head * (n + 1);
 	float *dattn = malloc(na * sizeof(float));
 	memcpy(dattn, o.attn, na * sizeof(float));
-	decode(eng, n, &s, true, lg, &o);
+	tinymodel_decode(eng, n, &s, true, lg, &o);
 	T_CHECK(o.sel != NULL, "sel given with want_attn");
 	T_CHECK(o.keys_read < o.keys_dense, "read %llu of %llu", (unsigned long long)o.keys_read,
 	        (unsigned long long)o.keys_dense);
@@ -575,8 +510,8 @@ static void test_small_budget(const struct model *m)
 	 * different orders, so a near-tie between two pages' bounds in a later
 	 * layer may flip: a loose tolerance) */
 	float *lg2 = malloc(nv * sizeof(float));
-	decode(eng, n, &s, false, lg2, &o);
-	d = max_diff(lg, lg2, nv);
+	tinymodel_decode(eng, n, &s, false, lg2, &o);
+	d = tinymodel_max_diff(lg, lg2, nv);
 	printf("small budget: split vs masked whole rows: max |logit diff| %.3g\n", d);
 	T_CHECK(d < 1e-2, "split vs masked whole rows: max diff %g", d);
 	T_CHECK(o.sel == NULL, "no sel without want_attn");
@@ -633,7 +568,7 @@ static uint32_t check_bounds(struct engine *eng, uint32_t page)
  * slots by hand, and compare the bounds with a recomputation each time. */
 static void test_bounds_invariant(const struct model *m)
 {
-	struct engine *eng = mk_engine(m, 2);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct kv_config kc;
 	struct err e;
 	kv_config_default(&kc);

@@ -224,70 +224,6 @@ static void tiny_open(struct tiny *t)
 	tinymodel_load(&s, &t->m, &t->buf);
 }
 
-static struct engine *mk_engine(const struct model *m, int threads)
-{
-	struct engine_config c;
-	struct engine *eng;
-	struct err e;
-	engine_config_default(&c);
-	c.backend = ENGINE_BACKEND_CPU;
-	c.n_threads = threads;
-	c.n_ctx = N_CTX;
-	if (engine_create(&eng, m, &c, &e) != KVS_OK) {
-		fprintf(stderr, "engine: %s\n", e.msg);
-		exit(99);
-	}
-	return eng;
-}
-
-/* Prefill n tokens into slots 0..n-1 at positions 0..n-1. */
-static void prefill(struct engine *eng, uint32_t n)
-{
-	int32_t tok[N_CTX], pos[N_CTX];
-	uint32_t slot[N_CTX];
-	for (uint32_t i = 0; i < n; i++) {
-		tok[i] = (int32_t)(3 + (i * 37) % 250);
-		pos[i] = (int32_t)i;
-		slot[i] = i;
-	}
-	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
-	b.n_visible = n;
-	b.logits = ENGINE_LOGITS_NONE;
-	struct engine_out o;
-	struct err e;
-	if (engine_forward(eng, &b, &o, &e) != KVS_OK) {
-		fprintf(stderr, "prefill: %s\n", e.msg);
-		exit(99);
-	}
-}
-
-/* Decode one token at position n (slot n), seeing slots 0..n. */
-static void decode(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
-                   float *out, struct engine_out *o)
-{
-	int32_t tok = 42, pos = (int32_t)n;
-	uint32_t slot = n;
-	struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
-	b.n_visible = n + 1;
-	b.logits = ENGINE_LOGITS_LAST;
-	b.want_attn = attn;
-	b.sparse = sp;
-	struct err e;
-	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
-		fprintf(stderr, "decode: %s\n", e.msg);
-		exit(99);
-	}
-	memcpy(out, o->logits, engine_model(eng)->hp.n_vocab * sizeof(float));
-}
-
-static double max_diff(const float *a, const float *b, uint32_t n)
-{
-	double d = 0;
-	for (uint32_t i = 0; i < n; i++)
-		d = fmax(d, fabs((double)a[i] - b[i]));
-	return d;
-}
-
 #define DOC 120 /* the document: slots 0..DOC-1 */
 
 /* Cluster slots [0, DOC) under spec s. */
@@ -313,13 +249,13 @@ static void test_keep_all(const struct model *m)
 	         KVS_OK);
 	for (int threads = 1; threads <= 2; threads++)
 		for (int attn = 0; attn <= 1; attn++) {
-			struct engine *eng = mk_engine(m, threads);
+			struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
 			struct engine_out o;
-			prefill(eng, n);
+			tinymodel_prefill(eng, n);
 			build(eng, &s);
-			decode(eng, n, NULL, attn, dense, &o);
-			decode(eng, n, &s, attn, sp, &o);
-			double d = max_diff(dense, sp, nv);
+			tinymodel_decode(eng, n, NULL, attn, dense, &o);
+			tinymodel_decode(eng, n, &s, attn, sp, &o);
+			double d = tinymodel_max_diff(dense, sp, nv);
 			printf("squeezed, every cluster, %d thread(s), weights %d: max |logit diff| %.3g\n",
 			       threads, attn, d);
 			/* the same keys, summed in cluster order: within the tolerance
@@ -345,16 +281,16 @@ static void test_threshold(const struct model *m)
 	                             "clusters=20,fanout=3",
 	                             &s, &e),
 	         KVS_OK);
-	struct engine *eng = mk_engine(m, 2);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct engine_out o;
-	prefill(eng, n);
+	tinymodel_prefill(eng, n);
 	build(eng, &s);
 	const struct engine_squeeze *sq = engine_squeeze_get(eng);
 	T_EQ_INT(sq->n_fine, 24);
 	T_EQ_INT(sq->n_coarse, 8);
 	uint64_t read = 0, dense = 0;
 	for (int step = 0; step < 4; step++) {
-		decode(eng, n + (uint32_t)step, &s, true, lg, &o);
+		tinymodel_decode(eng, n + (uint32_t)step, &s, true, lg, &o);
 		read += o.keys_read;
 		dense += o.keys_dense;
 		uint32_t m_vis = n + (uint32_t)step + 1;
@@ -399,12 +335,12 @@ static void test_save_load(const struct model *m)
 	void *blob, *blob2;
 	size_t len, len2;
 	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0.7,dense=1,clusters=10", &s, &e), KVS_OK);
-	struct engine *eng = mk_engine(m, 1);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 1, false);
 	struct engine_out o;
-	prefill(eng, n);
+	tinymodel_prefill(eng, n);
 	T_EQ_INT(engine_squeeze_save(eng, &blob, &len, &e), KVS_ESTATE);
 	build(eng, &s);
-	decode(eng, n, &s, false, a, &o); /* the first step under this index */
+	tinymodel_decode(eng, n, &s, false, a, &o); /* the first step under this index */
 	T_EQ_INT(engine_squeeze_save(eng, &blob, &len, &e), KVS_OK);
 	for (uint32_t i = 0; i <= DOC; i++)
 		slots[i] = i;
@@ -414,8 +350,9 @@ static void test_save_load(const struct model *m)
 	T_EQ_INT(engine_squeeze_save(eng, &blob2, &len2, &e), KVS_OK);
 	T_CHECK(len == len2 && memcmp(blob, blob2, len) == 0, "a loaded index saves differently");
 	free(blob2);
-	decode(eng, n, &s, false, b, &o); /* the first step under the loaded one */
-	T_CHECK(max_diff(a, b, nv) == 0, "loaded index: logits differ by %g", max_diff(a, b, nv));
+	tinymodel_decode(eng, n, &s, false, b, &o); /* the first step under the loaded one */
+	T_CHECK(tinymodel_max_diff(a, b, nv) == 0, "loaded index: logits differ by %g",
+	        tinymodel_max_diff(a, b, nv));
 	/* refusals */
 	T_EQ_INT(engine_squeeze_load(eng, blob, len - 1, slots, DOC, &e), KVS_EFORMAT);
 	T_CHECK(strstr(e.msg, "damaged") != NULL, "%s", e.msg);
@@ -453,7 +390,7 @@ static void test_pinned(const struct model *m)
 	static const char *const policies[] = { "full",       "window", "streaming", "sirllm",
 		                                    "lminfinite", "h2o",    "snapkv" };
 	for (size_t p = 0; p < sizeof policies / sizeof *policies; p++) {
-		struct engine *eng = mk_engine(m, 1);
+		struct engine *eng = tinymodel_engine(m, N_CTX, 1, false);
 		struct kv_config cfg;
 		struct kv_cache *c;
 		struct err e;

@@ -10,9 +10,11 @@
  */
 #include "tests/util/tinymodel.h"
 
+#include "engine/engine.h"
 #include "model/model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,4 +427,71 @@ void tinymodel_load(const struct tinymodel_spec *s, struct model **m, uint8_t **
 		fprintf(stderr, "tiny model: %s\n", e.msg);
 		exit(99);
 	}
+}
+
+struct engine *tinymodel_engine(const struct model *m, uint32_t n_ctx, int threads, bool kv_f32)
+{
+	struct engine_config c;
+	struct engine *eng;
+	struct err e;
+	engine_config_default(&c);
+	c.backend = ENGINE_BACKEND_CPU;
+	c.n_threads = threads;
+	c.n_ctx = n_ctx;
+	if (kv_f32)
+		c.kv_type = ENGINE_KV_F32;
+	if (engine_create(&eng, m, &c, &e) != KVS_OK) {
+		fprintf(stderr, "engine: %s\n", e.msg);
+		exit(99);
+	}
+	return eng;
+}
+
+void tinymodel_prefill(struct engine *eng, uint32_t n)
+{
+	int32_t *tok = xmallocarray(n, sizeof *tok), *pos = xmallocarray(n, sizeof *pos);
+	uint32_t *slot = xmallocarray(n, sizeof *slot);
+	for (uint32_t i = 0; i < n; i++) {
+		tok[i] = (int32_t)(3 + (i * 37) % 250);
+		pos[i] = (int32_t)i;
+		slot[i] = i;
+	}
+	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
+	b.n_visible = n;
+	b.logits = ENGINE_LOGITS_NONE;
+	struct engine_out o;
+	struct err e;
+	if (engine_forward(eng, &b, &o, &e) != KVS_OK) {
+		fprintf(stderr, "prefill: %s\n", e.msg);
+		exit(99);
+	}
+	free(tok);
+	free(pos);
+	free(slot);
+}
+
+void tinymodel_decode(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
+                      float *out, struct engine_out *o)
+{
+	int32_t tok = 42, pos = (int32_t)n;
+	uint32_t slot = n;
+	struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
+	b.n_visible = n + 1;
+	b.logits = ENGINE_LOGITS_LAST;
+	b.want_attn = attn;
+	b.sparse = sp;
+	struct err e;
+	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
+		fprintf(stderr, "decode: %s\n", e.msg);
+		exit(99);
+	}
+	memcpy(out, o->logits, engine_model(eng)->hp.n_vocab * sizeof(float));
+}
+
+double tinymodel_max_diff(const float *a, const float *b, size_t n)
+{
+	double d = 0;
+	for (size_t i = 0; i < n; i++)
+		d = fmax(d, fabs((double)a[i] - b[i]));
+	return d;
 }

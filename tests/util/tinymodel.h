@@ -81,4 +81,22 @@ void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float sca
 /* Deterministic uniform float in [-1, 1) from *state (xorshift64*). */
 float tinymodel_rand(uint64_t *state);
 
+struct engine;
+struct engine_out;
+struct engine_sparse;
+/* A CPU engine of n_ctx slots and threads threads (f32 KV cache when
+ * kv_f32, else the default f16); exits 99 with the error when it cannot be
+ * made (a test set-up failure, not a check). */
+struct engine *tinymodel_engine(const struct model *m, uint32_t n_ctx, int threads, bool kv_f32);
+/* Prefill n tokens (ids 3 + 37 i mod 250) into slots 0..n-1 at positions
+ * 0..n-1, no logits; exits 99 on an engine error. */
+void tinymodel_prefill(struct engine *eng, uint32_t n);
+/* Decode token 42 at position n (slot n) seeing slots 0..n, under sp (NULL:
+ * dense) and asking for the attention weights when attn; the logits (n_vocab)
+ * copied into out, the engine's output in *o; exits 99 on an engine error. */
+void tinymodel_decode(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
+                      float *out, struct engine_out *o);
+/* max |a[i] - b[i]| over n values, in double. */
+double tinymodel_max_diff(const float *a, const float *b, size_t n);
+
 #endif
