@@ -331,18 +331,8 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	gen_reset(g);
 	double t0 = clock_now_ms();
 	int rc = KVS_OK;
-	if (!raw) {
-		struct chat_prompt p = { 0 };
-		/* (a layout without a system role gets it as a user turn of its own) */
-		if (chat_system(gen_chat(g, NULL), NULL, &p))
-			chat_user_rest(gen_chat(g, NULL), "", &p);
-		int32_t bos = vocab_bos(gen_vocab(g));
-		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
-			rc = gen_feed(g, &bos, 1, e);
-		if (rc == KVS_OK && p.n > 0)
-			rc = gen_feed_prompt(g, &p, KV_ROLE_SYSTEM, e);
-		chat_prompt_free(&p);
-	}
+	if (!raw)
+		rc = eval_feed_system(g, e);
 	/* the fact */
 	char *stmt = xasprintf("%s %s.", k->statement, sm->value);
 	char *user = xasprintf("Please remember this: %s", stmt);

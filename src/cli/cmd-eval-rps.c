@@ -244,21 +244,9 @@ static enum cli_exit cmd_eval_rps_exec(struct cli_opts *o)
 	eval_progress_start(&pr, "rps", o->rounds);
 	double t0 = clock_now_ms();
 	/* the system turn (the template's default) opens the game */
-	if (!raw) {
-		struct chat_prompt p = { 0 };
-		/* (a layout without a system role gets it as a user turn of its own) */
-		if (chat_system(gen_chat(g, NULL), NULL, &p))
-			chat_user_rest(gen_chat(g, NULL), "", &p);
-		int32_t bos = vocab_bos(gen_vocab(g));
-		if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
-			st = gen_feed(g, &bos, 1, &e);
-		if (st == KVS_OK && p.n > 0)
-			st = gen_feed_prompt(g, &p, KV_ROLE_SYSTEM, &e);
-		chat_prompt_free(&p);
-		if (st != KVS_OK) {
-			rc = cli_fail(&e);
-			goto out;
-		}
+	if (!raw && eval_feed_system(g, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
 	}
 	int prev = -1;
 	double held_sum = 0;

@@ -251,3 +251,18 @@ void eval_cold_close(struct eval_cold *cold)
 	free(cold->dir);
 	cold->dir = NULL;
 }
+
+int eval_feed_system(struct gen *g, struct err *e)
+{
+	struct chat_prompt p = { 0 };
+	int rc = KVS_OK;
+	if (chat_system(gen_chat(g, NULL), NULL, &p))
+		chat_user_rest(gen_chat(g, NULL), "", &p);
+	int32_t bos = vocab_bos(gen_vocab(g));
+	if (vocab_add_bos(gen_vocab(g)) && bos >= 0)
+		rc = gen_feed(g, &bos, 1, e);
+	if (rc == KVS_OK && p.n > 0)
+		rc = gen_feed_prompt(g, &p, KV_ROLE_SYSTEM, e);
+	chat_prompt_free(&p);
+	return rc;
+}

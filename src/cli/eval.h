@@ -73,6 +73,10 @@ struct gen;
  * budget in force. CLI_OK or the exit status after the error. */
 enum cli_exit eval_open(struct cli_opts *o, uint32_t full_ctx, uint32_t default_budget,
                         struct gen **g, char *pol, size_t cap, uint32_t *budget);
+/* Open a chat-format conversation: BOS where the vocabulary adds one, then
+ * the template's default system turn (a layout without a system role gets
+ * it as a user turn of its own); KVS_OK or the feed's error. */
+int eval_feed_system(struct gen *g, struct err *e);
 /* A retention eval's JSON line up to its own fields: {"eval":eval,
  * "model":..,"policy":..,"budget":..,"format":..,"seed":.. (no comma after). */
 void eval_json_head(FILE *fp, const char *eval, struct gen *g, const char *policy, uint32_t budget,

@@ -134,6 +134,23 @@ static double squeeze_assign(const float *x, uint32_t n, uint32_t d, const float
 	return obj;
 }
 
+/* Each centre to the mean of its members (x (n, d), label (n)); a centre
+ * with none keeps its value. acc (k, d) and cnt (k) are scratch. */
+static void squeeze_centres(const float *x, uint32_t n, uint32_t d, const uint32_t *label,
+                            uint32_t k, double *acc, uint32_t *cnt, float *cent)
+{
+	memset(acc, 0, (size_t)k * d * sizeof(double));
+	memset(cnt, 0, k * sizeof(uint32_t));
+	for (uint32_t i = 0; i < n; i++) {
+		cnt[label[i]]++;
+		for (uint32_t j = 0; j < d; j++)
+			acc[(size_t)label[i] * d + j] += x[(size_t)i * d + j];
+	}
+	for (uint32_t c = 0; c < k; c++)
+		for (uint32_t j = 0; cnt[c] > 0 && j < d; j++)
+			cent[(size_t)c * d + j] = (float)(acc[(size_t)c * d + j] / cnt[c]);
+}
+
 uint32_t squeeze_kmeans(const float *x, uint32_t n, uint32_t d, uint32_t k, uint32_t iters,
                         uint64_t seed, uint32_t *label, float *cent, double *obj)
 {
@@ -181,17 +198,7 @@ uint32_t squeeze_kmeans(const float *x, uint32_t n, uint32_t d, uint32_t k, uint
 		obj[0] = o;
 	uint32_t it = 0;
 	while (it < iters) {
-		/* centres to their members' means */
-		memset(acc, 0, (size_t)k * d * sizeof(double));
-		memset(cnt, 0, k * sizeof(uint32_t));
-		for (uint32_t i = 0; i < n; i++) {
-			cnt[label[i]]++;
-			for (uint32_t j = 0; j < d; j++)
-				acc[(size_t)label[i] * d + j] += x[(size_t)i * d + j];
-		}
-		for (uint32_t c = 0; c < k; c++)
-			for (uint32_t j = 0; cnt[c] > 0 && j < d; j++)
-				cent[(size_t)c * d + j] = (float)(acc[(size_t)c * d + j] / cnt[c]);
+		squeeze_centres(x, n, d, label, k, acc, cnt, cent);
 		o = squeeze_assign(x, n, d, cent, k, cn, label, &changed);
 		it++;
 		if (obj != NULL)
@@ -200,18 +207,8 @@ uint32_t squeeze_kmeans(const float *x, uint32_t n, uint32_t d, uint32_t k, uint
 			break;
 	}
 	/* the centres of the final labels (what a caller checks against) */
-	if (it > 0 || iters == 0) {
-		memset(acc, 0, (size_t)k * d * sizeof(double));
-		memset(cnt, 0, k * sizeof(uint32_t));
-		for (uint32_t i = 0; i < n; i++) {
-			cnt[label[i]]++;
-			for (uint32_t j = 0; j < d; j++)
-				acc[(size_t)label[i] * d + j] += x[(size_t)i * d + j];
-		}
-		for (uint32_t c = 0; c < k; c++)
-			for (uint32_t j = 0; cnt[c] > 0 && j < d; j++)
-				cent[(size_t)c * d + j] = (float)(acc[(size_t)c * d + j] / cnt[c]);
-	}
+	if (it > 0 || iters == 0)
+		squeeze_centres(x, n, d, label, k, acc, cnt, cent);
 	free(mind);
 	free(cn);
 	free(cnt);
