@@ -1,17 +1,21 @@
 #!/bin/sh
-# gemma.sh: kvscope against llama.cpp on ~1B-shaped random-weight models of
-# the sliding-window architectures, same machine, same threads, the two
-# tools one after the other for each model.
+# archs.sh: kvscope against llama.cpp on ~1B-shaped random-weight models of
+# the newer architectures, same machine, same threads, the two tools one
+# after the other for each model.
 #
-#   LCPP_PYTHON=/path/to/python sh bench/gemma.sh [THREADS] [ARCHS] [SIZES]
+#   LCPP_PYTHON=/path/to/python sh bench/archs.sh [THREADS] [ARCHS] [SIZES]
 #
-# ARCHS defaults to "gemma3 gemma2", SIZES to "512 2048". The shape is
-# Gemma-3-1B's layers (26 layers, n_embd 1152, n_ff 6912, 4 query heads over
-# 1 KV head of 256, Q4_0 matrices, a Q8_0 embedding) with the test
-# generator's ~270-token vocabulary instead of 262,144 (so the LM head, 0.3 G
-# of Gemma-3-1B's 1 G weights, is left out of both tools' work alike); gemma3
-# gets a window of 512 (every 6th layer global), gemma2 the same shape with
-# its default pattern (every 2nd layer global) and window 4096. For each size
+# ARCHS defaults to "gemma3 gemma2 llama qwen3 phi3", SIZES to "512 2048".
+# Every model has Q4_0 matrices, a Q8_0 embedding and the test generator's
+# ~270-token vocabulary instead of the real one (so the LM head is left out
+# of both tools' work alike). Shapes: gemma3 and gemma2 Gemma-3-1B's layers
+# (26 layers, n_embd 1152, n_ff 6912, 4 query heads over 1 KV head of 256),
+# gemma3 with a window of 512 (every 6th layer global), gemma2 with its
+# default pattern (every 2nd layer global) and window 4096; llama
+# Llama-3.2-1B's (16 layers, 2048, 8192, 32 heads over 8 of 64); qwen3
+# Qwen3-0.6B's (28 layers, 1024, 3072, 16 heads over 8 of 128, Q/K norms);
+# phi3 8 of Phi-4-mini's 32 layers (3072, 8192, 24 heads over 8 of 128,
+# fused QKV and gate/up: ~0.9 G weights). For each size
 # N: pp N (one batch of N tokens) and tg32@dN (32 one-token steps after N).
 # llama.cpp runs through llama-cpp-python (bench/lcpp-time.py): the
 # llama-bench at hand predates gemma3, and one harness for both keeps them
@@ -24,14 +28,14 @@ build=${KVSCOPE_BUILD:-$top/build}
 kv=$build/kvscope
 mk=$build/tests/util/mktiny
 threads=${1:-$(nproc)}
-archs=${2:-"gemma3 gemma2"}
+archs=${2:-"gemma3 gemma2 llama qwen3 phi3"}
 sizes=${3:-"512 2048"}
 py=${LCPP_PYTHON:?set LCPP_PYTHON to a python with llama_cpp}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-[ -x "$kv" ] || { echo "gemma: $kv not built" >&2; exit 1; }
-[ -x "$mk" ] || (cd "$build" && make tests/util/mktiny >/dev/null) || { echo "gemma: cannot build mktiny" >&2; exit 1; }
+[ -x "$kv" ] || { echo "archs: $kv not built" >&2; exit 1; }
+[ -x "$mk" ] || (cd "$build" && make tests/util/mktiny >/dev/null) || { echo "archs: cannot build mktiny" >&2; exit 1; }
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $threads; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "kvscope: $("$kv" --version) ($(cd "$top" && git rev-parse --short HEAD 2>/dev/null || echo '?')); llama.cpp: llama-cpp-python $("$py" -c 'import llama_cpp; print(llama_cpp.__version__)')"
@@ -40,11 +44,17 @@ printf '| arch | test | kvscope t/s | llama.cpp t/s | ratio |\n'
 printf '| --- | --- | ---: | ---: | ---: |\n'
 for a in $archs; do
 	model=$tmp/$a.gguf
-	win=512
-	[ "$a" = gemma2 ] && win=4096
-	"$mk" "$model" --arch "$a" --type Q4_0 --embd-type Q8_0 --layers 26 --embd 1152 --ff 6912 \
-		--heads 4 --kv-heads 1 --head-dim 256 --window "$win" ||
-		{ echo "gemma: cannot write a $a model" >&2; exit 1; }
+	case $a in
+	gemma3) shape="--layers 26 --embd 1152 --ff 6912 --heads 4 --kv-heads 1 --head-dim 256 --window 512" ;;
+	gemma2) shape="--layers 26 --embd 1152 --ff 6912 --heads 4 --kv-heads 1 --head-dim 256 --window 4096" ;;
+	llama) shape="--layers 16 --embd 2048 --ff 8192 --heads 32 --kv-heads 8 --head-dim 64" ;;
+	qwen3) shape="--layers 28 --embd 1024 --ff 3072 --heads 16 --kv-heads 8 --head-dim 128" ;;
+	phi3) shape="--layers 8 --embd 3072 --ff 8192 --heads 24 --kv-heads 8 --head-dim 128" ;;
+	*) echo "archs: no shape for $a (gemma3, gemma2, llama, qwen3, phi3)" >&2; exit 1 ;;
+	esac
+	# shellcheck disable=SC2086
+	"$mk" "$model" --arch "$a" --type Q4_0 --embd-type Q8_0 $shape ||
+		{ echo "archs: cannot write a $a model" >&2; exit 1; }
 	: >"$tmp/kv.txt"
 	for n in $sizes; do
 		"$kv" bench --model "$model" -t "$threads" -p "$n" -n 0 -r 1 --json |
