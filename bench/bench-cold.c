@@ -186,8 +186,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	bool keep_dir = dir[0] != '\0';
-	if (!keep_dir && mkdtemp(strcpy(dir, "/tmp/bench-cold-XXXXXX")) == NULL)
-		return perror("mkdtemp"), 1;
+	if (!keep_dir) {
+		struct err te;
+		char *t = file_mkdtemp("bench-cold", "the cold tier's database", &te);
+		if (t == NULL)
+			return fprintf(stderr, "bench-cold: %s\n", te.msg), 1;
+		snprintf(dir, sizeof dir, "%s", t);
+		free(t);
+	}
 	struct gen_config c;
 	struct gen *g;
 	gen_config_default(&c);

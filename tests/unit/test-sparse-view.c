@@ -27,16 +27,6 @@
 #define N_CTX 256
 
 /* A llama model of 4 layers, head_dim 16, GQA 2 (as test-sparse.c's). */
-static void tiny_open(struct model **m, uint8_t **buf)
-{
-	struct tinymodel_spec s;
-	tinymodel_defaults(&s, "llama");
-	s.n_layer = 4;
-	s.n_embd = 64;
-	s.n_ff = 128;
-	s.scale = 0.5f;
-	tinymodel_load(&s, m, buf);
-}
 
 /* Prefill n tokens into slots 0..n-1, then one decode step at n with sp,
  * want_sel and (attn) the shadow; the output in *o. */
@@ -273,7 +263,7 @@ int main(void)
 {
 	struct model *m;
 	uint8_t *buf;
-	tiny_open(&m, &buf);
+	tinymodel_load_attn(&m, &buf);
 	test_engine_report(m);
 	test_kv_figures(m);
 	model_free(m);

@@ -30,13 +30,7 @@ struct tiny {
 /* A llama model of 4 layers, head_dim 16, GQA 2. */
 static void tiny_open(struct tiny *t)
 {
-	struct tinymodel_spec s;
-	tinymodel_defaults(&s, "llama");
-	s.n_layer = 4;
-	s.n_embd = 64;
-	s.n_ff = 128;
-	s.scale = 0.5f;
-	tinymodel_load(&s, &t->m, &t->buf);
+	tinymodel_load_attn(&t->m, &t->buf);
 }
 
 /* ------------------------------------------------------------ the spec */

@@ -429,6 +429,17 @@ void tinymodel_load(const struct tinymodel_spec *s, struct model **m, uint8_t **
 	}
 }
 
+void tinymodel_load_attn(struct model **m, uint8_t **buf)
+{
+	struct tinymodel_spec s;
+	tinymodel_defaults(&s, "llama");
+	s.n_layer = 4;
+	s.n_embd = 64;
+	s.n_ff = 128;
+	s.scale = 0.5f;
+	tinymodel_load(&s, m, buf);
+}
+
 struct engine *tinymodel_engine(const struct model *m, uint32_t n_ctx, int threads, bool kv_f32)
 {
 	struct engine_config c;

@@ -81,6 +81,10 @@ void tinymodel_random_blocks(uint32_t type, uint8_t *q, size_t nbytes, float sca
 /* Deterministic uniform float in [-1, 1) from *state (xorshift64*). */
 float tinymodel_rand(uint64_t *state);
 
+/* The attention tests' model: llama, 4 layers, n_embd 64 (head_dim 16,
+ * GQA 2), n_ff 128, weights scaled by 0.5. */
+void tinymodel_load_attn(struct model **m, uint8_t **buf);
+
 struct engine;
 struct engine_out;
 struct engine_sparse;
