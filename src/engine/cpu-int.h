@@ -144,6 +144,7 @@ struct cpu {
 	uint8_t *hip_blk;             /* (n_threads, sp_vis_cap) chosen blocks */
 	uint32_t *hip_keys;           /* (n_threads, sp_vis_cap) slots being scored */
 	uint32_t *hip_kn;             /* (n_threads, sp_vis_cap + 1) keys per scored block */
+	float *hip_bub;               /* (n_threads, sp_vis_cap) per block its largest page bound */
 	uint32_t *hip_list;           /* (n_threads, sp_vis_cap) a prefill block's keys, by slot */
 	float *hip_q;                 /* (n_threads, fa_rows, head_dim) a prefill block's scorers */
 	double *hip_pf;               /* (n_threads, 4) prefill: keys read, dense, mass, rows */
@@ -157,6 +158,17 @@ struct cpu {
 	uint32_t sq_kd_cap;
 	uint8_t *sq_ok;       /* (sq_keys_cap) 1: visible, current, choosable */
 	uint32_t sq_keys_cap; /* keys sq_ok holds */
+	uint32_t *sq_pslot;   /* (n_layer, n_head_kv, n_keys) slots by cluster, each cluster's
+	                       * run its inliers then its outliers */
+	uint32_t *sq_pdoc;    /* (n_layer, n_head_kv, n_keys) the document key of each */
+	uint32_t *sq_fe;      /* (n_layer, n_head_kv, n_fine) where each run's outliers start */
+	uint32_t *sq_olist;   /* (n_layer, n_head_kv, n_keys) each head's outliers' slots */
+	uint32_t *sq_nout;    /* (n_layer, n_head_kv) how many */
+	uint8_t *sq_isout;    /* (n_layer, n_head_kv, n_keys) 1: key d is an outlier */
+	uint32_t sq_out_pm;   /* the outliers share they were made for, thousandths */
+	uint32_t *sq_other;   /* (sq_kd_cap) the sorted keys no choice drops, by slot */
+	uint32_t sq_n_other;
+	bool sq_all_ok; /* every document key choosable: a kept run is copied whole */
 	uint32_t *sq_iota;    /* (sq_iota_n) 0, 1, 2, ... */
 	uint32_t sq_iota_n;
 	struct squeeze_hist sq_hist[2]; /* past steps: coarse, fine */

@@ -15,13 +15,15 @@
  * the sorted order and the thread shares of the dense split, so a choice of
  * every key gives the dense step's result bit for bit.
  *
- * HiP (engine_sparse hip) replaces the bounds by a search over the keys
- * themselves (sparse_hip_tree, its callback scoring blocks of keys with the
- * attention-score kernel), run on a refresh step only: the choice is kept
- * per (layer, KV head) and slot in c->hip and reused, with every key the
- * search did not score, until the next refresh. The page bounds are not
- * kept up to date under hip (no sync). The attention after the choice is
- * the same split as Quest's.
+ * HiP (engine_sparse hip) runs a tree search over blocks of keys
+ * consecutive by position (sparse_hip_tree) on a refresh step only: the
+ * choice is kept per (layer, KV head) and slot in c->hip and reused, with
+ * every key the search did not score, until the next refresh. Its rounds
+ * rank halves of several blocks by the largest page bound over their keys
+ * (Quest's bounds, synced on refresh steps only, scored once per refresh
+ * and head) and the last round the candidate blocks by their true max
+ * logit (the attention-score kernel over their keys). The attention after
+ * the choice is the same split as Quest's.
  *
  * Where whole score rows are needed (want_attn, per-key sums, Λ-masks, the
  * reference path) cpu_attend scores every key and masks the ones not
@@ -47,6 +49,7 @@ static struct sparse_keys cpu_sparse_keys(const struct cpu *c, const uint32_t *s
 static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse *s)
 {
 	return h->valid && h->spec.budget == s->budget && h->spec.block == s->block &&
+	        h->spec.page == s->page &&
 	        h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
 	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh;
 }
@@ -100,6 +103,7 @@ static void cpu_sparse_buffers(struct cpu *c)
 		free(c->hip_blk);
 		free(c->hip_keys);
 		free(c->hip_kn);
+		free(c->hip_bub);
 		free(c->hip_list);
 		c->sp_vis_cap = c->vis_cap;
 		c->sp_kpage = xmallocarray(c->sp_vis_cap, sizeof(uint32_t));
@@ -108,6 +112,7 @@ static void cpu_sparse_buffers(struct cpu *c)
 		c->hip_blk = xmallocarray(nt * c->sp_vis_cap, 1);
 		c->hip_keys = xmallocarray(nt * c->sp_vis_cap, sizeof(uint32_t));
 		c->hip_kn = xmallocarray(nt * (c->sp_vis_cap + 1), sizeof(uint32_t));
+		c->hip_bub = xmallocarray(nt * c->sp_vis_cap, sizeof(float));
 		c->hip_list = xmallocarray(nt * c->sp_vis_cap, sizeof(uint32_t));
 	}
 	if (c->sp_n == NULL)
@@ -119,51 +124,14 @@ static void cpu_sparse_buffers(struct cpu *c)
 	}
 }
 
-void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
+/* Size the page bounds and their buffers for the spec's page, and list
+ * the pages that hold candidates (the sorted keys between the sinks and
+ * the recent window of the decode query). */
+static void cpu_sparse_candidates(struct cpu *c)
 {
 	const struct hparams *hp = &c->hp;
-	/* the batch overwrites its slots' keys */
-	for (uint32_t i = 0; i < b->n_tokens; i++)
-		sparse_pages_forget(&c->sp, b->slot[i]);
-	c->sparse = b->sparse;
-	if (b->n_tokens != 1 && (b->sparse == NULL || b->sparse->mode != ENGINE_SPARSE_HIP))
-		c->sparse = NULL; /* only hip prefills sparsely */
-	c->sp_read = 0;
-	if (b->n_tokens != 1) {
-		if (c->sparse != NULL) {
-			cpu_sparse_buffers(c);
-			memset(c->hip_pf, 0, (size_t)pool_size(c->pool) * 4 * sizeof(double));
-		}
-		return;
-	}
-	/* keys the decode query sees: a prefix of the sorted visible set */
-	uint32_t lo = 0, hi = c->n_valid;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (c->vpos[mid] <= b->pos[0])
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	c->sp_m = lo;
-	if (c->sparse == NULL)
-		return;
 	const struct engine_sparse *s = c->sparse;
-	uint32_t nkv = hp->n_head_kv;
-	cpu_sparse_buffers(c);
-	/* sinks and the recent window (the query's own key at least) */
-	uint32_t m = c->sp_m;
-	c->sp_sinks = KVS_MIN(s->sinks, m);
-	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
-	if (s->mode == ENGINE_SPARSE_HIP) {
-		cpu_hip_prepare(c, b->pos[0]);
-		return;
-	}
-	if (s->mode == ENGINE_SPARSE_SQUEEZED) {
-		if (!cpu_squeeze_prepare(c, b))
-			c->sparse = NULL; /* no document clustered: dense */
-		return;
-	}
+	uint32_t nkv = hp->n_head_kv, m = c->sp_m;
 	sparse_pages_ensure(&c->sp, s->page, c->cfg.n_ctx, hp->n_layer, hp->n_head_kv, hp->head_dim,
 	                    c->kv_es);
 	uint32_t np = c->sp.n_pages;
@@ -194,11 +162,61 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 			c->sp_plist[c->sp_np++] = p;
 }
 
+void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
+{
+	/* the batch overwrites its slots' keys */
+	for (uint32_t i = 0; i < b->n_tokens; i++)
+		sparse_pages_forget(&c->sp, b->slot[i]);
+	c->sparse = b->sparse;
+	if (b->n_tokens != 1 && (b->sparse == NULL || b->sparse->mode != ENGINE_SPARSE_HIP))
+		c->sparse = NULL; /* only hip prefills sparsely */
+	c->sp_read = 0;
+	if (b->n_tokens != 1) {
+		if (c->sparse != NULL) {
+			cpu_sparse_buffers(c);
+			memset(c->hip_pf, 0, (size_t)pool_size(c->pool) * 4 * sizeof(double));
+		}
+		return;
+	}
+	/* keys the decode query sees: a prefix of the sorted visible set */
+	uint32_t lo = 0, hi = c->n_valid;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->vpos[mid] <= b->pos[0])
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	c->sp_m = lo;
+	if (c->sparse == NULL)
+		return;
+	const struct engine_sparse *s = c->sparse;
+	cpu_sparse_buffers(c);
+	/* sinks and the recent window (the query's own key at least) */
+	uint32_t m = c->sp_m;
+	c->sp_sinks = KVS_MIN(s->sinks, m);
+	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
+	if (s->mode == ENGINE_SPARSE_HIP) {
+		cpu_hip_prepare(c, b->pos[0]);
+		if (c->hip.refresh) /* the search ranks halves by the page bounds */
+			cpu_sparse_candidates(c);
+		return;
+	}
+	if (s->mode == ENGINE_SPARSE_SQUEEZED) {
+		if (!cpu_squeeze_prepare(c, b))
+			c->sparse = NULL; /* no document clustered: dense */
+		return;
+	}
+	cpu_sparse_candidates(c);
+}
+
 void cpu_sparse_sync(struct cpu_job *jb, int ith, int nth)
 {
 	struct cpu *c = jb->c;
-	if (c->sparse->mode == ENGINE_SPARSE_HIP || c->sparse->mode == ENGINE_SPARSE_SQUEEZED)
-		return; /* no bounds: the search reads the keys, squeezed its centroids */
+	if (c->sparse->mode == ENGINE_SPARSE_SQUEEZED || jb->b->n_tokens != 1 ||
+	    (c->sparse->mode == ENGINE_SPARSE_HIP && !c->hip.refresh))
+		return; /* no bounds read: squeezed reads its centroids, hip's prefill
+		         * and reuse steps no bounds */
 	struct sparse_keys k = cpu_sparse_keys(c, jb->b->slot, jb->b->n_tokens);
 	if (ith == 0)
 		sparse_pages_scan(&c->sp, &k);
@@ -230,14 +248,46 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 		row[c->vorder[k]] = mask[k];
 }
 
+/* Quest's bound of every page with candidates for KV head h of layer l,
+ * times scale, into its row of c->sp_ub (-inf for the other pages): the
+ * max over the KV head's query heads of a dot with the split query, the
+ * bounds read as rows of 2 x head_dim by the attention-score kernel. */
+static void cpu_page_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale)
+{
+	const struct hparams *hp = &c->hp;
+	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap, hd = hp->head_dim;
+	uint32_t grp = hp->n_head / nkv;
+	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
+	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
+		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
+	float *ubh = c->sp_ub + (size_t)h * pc;
+	for (uint32_t p = 0; p < np; p++)
+		ubh[p] = -INFINITY;
+	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
+	const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
+	int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
+	for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
+		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
+		c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd), base,
+		                        stride, c->kv_es == 2, c->sp_plist, c->sp_np, scale, sc,
+		                        c->vis_cap);
+		for (uint32_t r = 0; r < nq; r++)
+			for (uint32_t i = 0; i < c->sp_np; i++) {
+				float v = sc[(size_t)r * c->vis_cap + i];
+				float *u = &ubh[c->sp_plist[i]];
+				*u = v > *u ? v : *u;
+			}
+	}
+}
+
 /* Quest: bound every page with candidates, keep the best, list their keys. */
 static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
 	const struct engine_sparse *s = c->sparse;
-	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap, hd = hp->head_dim;
-	uint32_t grp = hp->n_head / nkv, m = c->sp_m, vc = c->sp_vis_cap;
+	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap;
+	uint32_t m = c->sp_m, vc = c->sp_vis_cap;
 	uint32_t lo, hi;
 	uint32_t always = c->sp_sinks + c->sp_recent;
 	uint32_t k_pages = s->budget > always ? (s->budget - always + s->page - 1) / s->page : 0;
@@ -245,31 +295,8 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	 * between bounding and choosing (a barrier costs a time slice on a
 	 * busy machine; three KV heads on two threads cost a third more) */
 	cpu_share(nkv, ith, nth, &lo, &hi);
-	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t h = lo; h < hi; h++) {
-		/* Quest's bound of every page with candidates: the max over the
-		 * KV head's query heads of a dot with the split query, the bounds
-		 * read as rows of 2 x head_dim by the attention-score kernel */
-		for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
-			sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
-		float *ubh = c->sp_ub + (size_t)h * pc;
-		for (uint32_t p = 0; p < np; p++)
-			ubh[p] = -INFINITY;
-		float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
-		const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
-		int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
-		for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
-			uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
-			c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd),
-			                        base, stride, c->kv_es == 2, c->sp_plist, c->sp_np, 1.0f, sc,
-			                        c->vis_cap);
-			for (uint32_t r = 0; r < nq; r++)
-				for (uint32_t i = 0; i < c->sp_np; i++) {
-					float v = sc[(size_t)r * c->vis_cap + i];
-					float *u = &ubh[c->sp_plist[i]];
-					*u = v > *u ? v : *u;
-				}
-		}
+		cpu_page_bounds(c, l, h, ith, 1.0f);
 		/* its pages, then its keys in position order */
 		uint8_t *psel = c->sp_psel + (size_t)h * pc, *mask = c->sp_mask + (size_t)h * vc;
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0;
@@ -302,24 +329,39 @@ struct cpu_hip_ctx {
 	int ith;
 	const float *q; /* (nq, head_dim) the queries that score */
 	uint32_t nq;
+	const float *bub; /* (n_blocks) each block's largest page bound; NULL: first blocks */
 };
 
-/* The search's callback: block b is the candidates [k0 + b * block, ...);
- * its score is the max over the queries (a decode step: the KV head's
- * query heads) and its keys of the scaled q.k, computed by the
- * attention-score kernel in place. */
-static void cpu_hip_score(void *ctx, const uint32_t *blocks, uint32_t n, float *score)
+/* The search's callback: block b is the candidates [k0 + b * block, ...).
+ * With page bounds (a decode refresh), a round that still has a half of
+ * several blocks ranks every half by the largest bound over its blocks;
+ * otherwise (the last round; the prefill: every round) a half scores its
+ * first block's max over the queries (a decode step: the KV head's query
+ * heads) and its keys of the scaled q.k, by the attention-score kernel. */
+static void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                          float *score)
 {
 	const struct cpu_hip_ctx *x = ctx;
 	struct cpu *c = x->c;
 	const struct hparams *hp = &c->hp;
 	uint32_t hd = hp->head_dim, vc = c->vis_cap, nrow = x->nq;
 	uint32_t bk = c->sparse->block;
+	bool ones = true;
+	for (uint32_t i = 0; i < n; i++)
+		ones = ones && size[i] == 1;
+	if (x->bub != NULL && !ones) {
+		for (uint32_t i = 0; i < n; i++) {
+			score[i] = -INFINITY;
+			for (uint32_t b = start[i]; b < start[i] + size[i]; b++)
+				score[i] = x->bub[b] > score[i] ? x->bub[b] : score[i];
+		}
+		return;
+	}
 	uint32_t *keys = c->hip_keys + (size_t)x->ith * c->sp_vis_cap;   /* (keys scored) */
 	uint32_t *kn = c->hip_kn + (size_t)x->ith * (c->sp_vis_cap + 1); /* (n) */
 	uint32_t nk = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		uint32_t a = x->k0 + blocks[i] * bk, e = KVS_MIN(a + bk, x->k1);
+		uint32_t a = x->k0 + start[i] * bk, e = KVS_MIN(a + bk, x->k1);
 		kn[i] = e - a;
 		for (uint32_t k = a; k < e; k++)
 			keys[nk++] = c->vslot[k];
@@ -362,8 +404,19 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			uint8_t *blk = c->hip_blk + (size_t)ith * vc;
 			struct sparse_tree *t = &c->hip_tree[ith];
 			uint32_t grp = c->hp.n_head / nkv;
-			struct cpu_hip_ctx x = { c,  l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim,
-				                     grp };
+			/* each block's largest page bound: a half's is the max over its blocks */
+			float *bub = c->hip_bub + (size_t)ith * vc;
+			const float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
+			cpu_page_bounds(c, l, h, ith, c->hp.attn_scale);
+			for (uint32_t b = 0; b < n_blocks; b++)
+				bub[b] = -INFINITY;
+			for (k = k0; k < k1; k++) {
+				float u = ubh[c->sp_kpage[k]];
+				float *d = &bub[(k - k0) / bk];
+				*d = u > *d ? u : *d;
+			}
+			struct cpu_hip_ctx x = { c,   l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim,
+				                     grp, bub };
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
 			sparse_hip_tree(t, n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);
@@ -530,6 +583,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip_blk);
 	free(c->hip_keys);
 	free(c->hip_kn);
+	free(c->hip_bub);
 	free(c->hip_list);
 	free(c->hip_q);
 	free(c->hip_pf);
@@ -689,7 +743,7 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 	if (sparse) {
 		float *qs = c->hip_q + (size_t)ith * c->fa_rows * hd; /* (scoring rows, head_dim) */
 		uint32_t nq = cpu_hip_scorers(c, kvh, i0, nt, qs);
-		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq };
+		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq, NULL };
 		uint64_t scored = 0;
 		sparse_tree_ensure(&c->hip_tree[ith], n_blocks);
 		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);

@@ -12,11 +12,22 @@
  * clusters under those, estimates them the same way (the rejected coarse
  * clusters' mass stays in the denominator) and keeps those at or over the
  * fine threshold. The keys it attends: the kept fine clusters' keys, in
- * the index's order (a cluster is one run of its permutation), then every
- * key that is not a choosable document key (the conversation, the sinks,
- * the recent window, a document key whose position moved since it was
- * clustered), by position. A threshold of 0 keeps every cluster, and the
- * result is then dense attention's up to the order of summation.
+ * the index's order, the head's outliers (the `outliers` share of the
+ * document's keys farthest from their centroid, chosen once per index:
+ * what a mean misjudges most, such as a fact stated once among repeated
+ * text), then every key that is not a choosable document key
+ * (the conversation, the sinks, the recent window, a document key whose
+ * position moved since it was clustered), by position. A threshold of 0
+ * keeps every cluster, and the result is then dense attention's up to the
+ * order of summation.
+ *
+ * The lookup is kept to the centroids and the chosen keys: each (layer,
+ * KV head) keeps its keys' slots in cluster order (sq_pslot, made once per
+ * index), so a kept cluster is one run copied into the list; the keys no
+ * choice drops are listed once per step (sq_other, by the prepare) and
+ * copied after; the per-key mask is made only where whole score rows are
+ * computed (weights asked, cpu_attend's features). Nothing per step walks
+ * every visible key per head.
  *
  * Calibration: each thread adds its heads' estimates to its own histogram
  * of this step (squeeze_hist); the next step's prepare pools them into the
@@ -54,6 +65,82 @@ static void cpu_squeeze_scratch(struct cpu *c, uint32_t cap)
 	c->sq_iota_n = cap;
 }
 
+/* Per (layer, KV head) of index sq: the share pm (thousandths) of the
+ * document's keys farthest from their fine cluster's lookup centroid (the
+ * squared distance as rotated: |q.k - q.C| <= |q| |k - C| bounds what the
+ * centroid misjudges) are its outliers. Each cluster's run in sq_pslot
+ * lists its inliers, then (from sq_fe) its outliers; sq_olist lists every
+ * outlier's slot. A key not rotated to its clustered position in the
+ * cache is never an outlier (it is not choosable anyway). */
+static void cpu_squeeze_outliers(struct cpu *c, const struct engine_squeeze *sq, uint32_t pm)
+{
+	uint32_t nkv = sq->n_head_kv, hd = sq->head_dim, nk = sq->n_keys, nf = sq->n_fine;
+	size_t heads = (size_t)sq->n_layer * nkv;
+	free(c->sq_pslot);
+	free(c->sq_pdoc);
+	free(c->sq_fe);
+	free(c->sq_olist);
+	free(c->sq_nout);
+	free(c->sq_isout);
+	c->sq_pslot = xmallocarray(heads * nk + 1, sizeof(uint32_t));
+	c->sq_pdoc = xmallocarray(heads * nk + 1, sizeof(uint32_t));
+	c->sq_fe = xmallocarray(heads * nf + 1, sizeof(uint32_t));
+	c->sq_olist = xmallocarray(heads * nk + 1, sizeof(uint32_t));
+	c->sq_nout = xcalloc(heads, sizeof(uint32_t));
+	c->sq_isout = xcalloc(heads * nk + 1, 1);
+	c->sq_out_pm = pm;
+	uint32_t n_out = (uint32_t)((uint64_t)nk * pm / 1000);
+	float *dist = xmallocarray(nk + 1, sizeof(float)), *scr = xmallocarray(nk + 1, sizeof(float));
+	float x[KERN_ROW_MAX];
+	for (uint32_t l = 0; l < sq->n_layer; l++)
+		for (uint32_t h = 0; h < nkv; h++) {
+			size_t lh = (size_t)l * nkv + h;
+			const uint32_t *perm = sq->perm + lh * nk, *label = sq->label + lh * nk;
+			const uint32_t *fs = sq->fstart + lh * (nf + 1);
+			const float *cent = sq->fine + lh * nf * hd;
+			uint8_t *out = c->sq_isout + lh * nk;
+			for (uint32_t d = 0; d < nk; d++) {
+				uint32_t sl = sq->slot[d];
+				dist[d] = -INFINITY;
+				if (sl >= c->cfg.n_ctx || c->kr_pos[sl] != sq->pos[d])
+					continue;
+				const uint8_t *src =
+				        c->kr[l] + ((uint64_t)sl * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+				if (c->kv_es == 2)
+					c->ops->f16_to_f32((const uint16_t *)src, x, hd);
+				else
+					memcpy(x, src, hd * sizeof(float));
+				const float *ce = cent + (size_t)label[d] * hd;
+				float dd = 0;
+				for (uint32_t i = 0; i < hd; i++)
+					dd += (x[i] - ce[i]) * (x[i] - ce[i]);
+				dist[d] = dd;
+			}
+			sparse_top(dist, nk, n_out, scr, out);
+			uint32_t *ps = c->sq_pslot + lh * nk, *pd = c->sq_pdoc + lh * nk;
+			uint32_t *ol = c->sq_olist + lh * nk, no = 0;
+			for (uint32_t f = 0; f < nf; f++) {
+				uint32_t w = fs[f];
+				for (int pass = 0; pass < 2; pass++) {
+					if (pass == 1)
+						c->sq_fe[lh * nf + f] = w;
+					for (uint32_t j = fs[f]; j < fs[f + 1]; j++) {
+						uint32_t d = perm[j];
+						if (out[d] != pass)
+							continue;
+						ps[w] = sq->slot[d];
+						pd[w++] = d;
+						if (pass == 1)
+							ol[no++] = sq->slot[d];
+					}
+				}
+			}
+			c->sq_nout[lh] = no;
+		}
+	free(dist);
+	free(scr);
+}
+
 bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b)
 {
 	const struct engine_squeeze *sq = b->squeeze;
@@ -78,7 +165,10 @@ bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b)
 		c->sq_made = sq;
 		c->sq_made_id = sq->id;
 		c->sq_steps = 0;
+		c->sq_out_pm = UINT32_MAX;
 	}
+	if (c->sq_out_pm != c->sparse->outliers)
+		cpu_squeeze_outliers(c, sq, c->sparse->outliers);
 	c->sq = sq;
 	/* the last step's estimates join the past */
 	for (size_t t = 0; t < nt; t++)
@@ -95,8 +185,10 @@ bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b)
 	c->sq_tau[1] = squeeze_hist_quantile(&c->sq_hist[1], s->quantile);
 	if (c->sq_kd_cap < c->sp_vis_cap) {
 		free(c->sq_kd);
+		free(c->sq_other);
 		c->sq_kd_cap = c->sp_vis_cap;
 		c->sq_kd = xmallocarray(c->sq_kd_cap, sizeof(uint32_t));
+		c->sq_other = xmallocarray(c->sq_kd_cap, sizeof(uint32_t));
 	}
 	if (c->sq_keys_cap < sq->n_keys) {
 		free(c->sq_ok);
@@ -106,15 +198,22 @@ bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b)
 	cpu_squeeze_scratch(c, sq->n_fine + sq->n_coarse + 2);
 	/* which sorted keys are document keys a choice may drop */
 	uint32_t m = c->sp_m, k0 = c->sp_sinks, k1 = m - c->sp_recent;
+	uint32_t n_ok = 0;
 	memset(c->sq_ok, 0, sq->n_keys);
+	c->sq_n_other = 0;
 	for (uint32_t k = 0; k < m; k++) {
 		uint32_t d = k >= k0 && k < k1 ? c->sq_doc[c->vslot[k]] : SQ_NONE;
 		if (d != SQ_NONE && sq->pos[d] != c->vpos[k])
 			d = SQ_NONE; /* moved since it was clustered: attended */
 		c->sq_kd[k] = d;
-		if (d != SQ_NONE)
+		if (d != SQ_NONE) {
 			c->sq_ok[d] = 1;
+			n_ok++;
+		} else {
+			c->sq_other[c->sq_n_other++] = c->vslot[k];
+		}
 	}
+	c->sq_all_ok = n_ok == sq->n_keys;
 	c->sq_steps++;
 	return true;
 }
@@ -132,6 +231,42 @@ static void cpu_squeeze_score(const struct cpu *c, const float *q, uint32_t grp,
 	}
 }
 
+/* One query head's estimates over n clusters: the scores sr (n), with
+ * weights w (keys per cluster; 0: empty, never counted), become exp(s -
+ * max) in place; the max also covers `base`, the max of rejected clusters
+ * whose sum of w * exp(s - base) is `rest`. *z gets the softmax
+ * denominator sum w * exp(s - max) (the rest included); returns the max. */
+static float cpu_squeeze_exp(float *sr, const uint32_t *w, uint32_t n, float base, float rest,
+                             float *z)
+{
+	float best = base;
+	for (uint32_t i = 0; i < n; i++)
+		best = w[i] > 0 && sr[i] > best ? sr[i] : best;
+	double zz = rest > 0 ? rest * exp((double)base - best) : 0;
+	for (uint32_t i = 0; i < n; i++) {
+		sr[i] = w[i] > 0 ? expf(sr[i] - best) : 0;
+		zz += w[i] * (double)sr[i];
+	}
+	*z = (float)zz;
+	return best;
+}
+
+/* Each cluster's estimated per-key weight, the max over the grp query
+ * heads of exp(s - max) / z, from e (grp, lds) as cpu_squeeze_exp left
+ * it, into p (n). */
+static void cpu_squeeze_est(const float *e, uint32_t lds, uint32_t grp, const uint32_t *w,
+                            uint32_t n, const float *z, float *p)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		float best = 0;
+		for (uint32_t r = 0; r < grp && w[i] > 0; r++) {
+			float v = e[(size_t)r * lds + i] / z[r];
+			best = v > best ? v : best;
+		}
+		p[i] = best;
+	}
+}
+
 /* Choose the keys of layer l, KV head h (thread ith's scratch). */
 static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith)
 {
@@ -143,7 +278,7 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 	uint32_t nf = sq->n_fine, nc = sq->n_coarse, nk = sq->n_keys, cap = c->sq_p_cap;
 	size_t lh = (size_t)l * nkv + h;
 	const uint32_t *fs = sq->fstart + lh * (nf + 1), *cs = sq->cstart + lh * (nc + 1);
-	const uint32_t *perm = sq->perm + lh * nk, *label = sq->label + lh * nk;
+	const uint32_t *label = sq->label + lh * nk;
 	const float *q = c->q + (size_t)h * grp * hd;         /* (grp, head_dim) rotated */
 	float *sc = c->scores + (size_t)ith * c->q_rows * vc; /* (grp, vis_cap) */
 	float *p1 = c->sq_p + (size_t)ith * 2 * cap, *p2 = p1 + cap;
@@ -152,7 +287,7 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 	uint8_t *keep = c->sq_keep + (size_t)ith * cap;
 	uint8_t *mask = c->sp_mask + (size_t)h * c->sp_vis_cap;
 	uint32_t *list = c->sp_list + (size_t)h * c->sp_vis_cap, n = 0, m = c->sp_m;
-	float m1[SQ_MAX_GRP], rsum[SQ_MAX_GRP], mx[SQ_MAX_GRP], z[SQ_MAX_GRP];
+	float m1[SQ_MAX_GRP], rsum[SQ_MAX_GRP], z[SQ_MAX_GRP];
 	uint32_t rejected = 0;
 
 	memset(keep, 0, nf);
@@ -168,25 +303,9 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 		cpu_squeeze_score(c, q, grp, sq->coarse + lh * nc * hd, c->sq_iota, nc, sc, vc);
 		for (uint32_t g = 0; g < nc; g++)
 			w1[g] = fs[cs[g + 1]] - fs[cs[g]];
-		for (uint32_t r = 0; r < grp; r++) {
-			const float *sr = sc + (size_t)r * vc;
-			float best = -INFINITY;
-			for (uint32_t g = 0; g < nc; g++)
-				best = w1[g] > 0 && sr[g] > best ? sr[g] : best;
-			double zz = 0;
-			for (uint32_t g = 0; g < nc; g++)
-				zz += w1[g] > 0 ? w1[g] * exp((double)sr[g] - best) : 0;
-			m1[r] = best;
-			z[r] = (float)zz;
-		}
-		for (uint32_t g = 0; g < nc; g++) {
-			float best = 0;
-			for (uint32_t r = 0; r < grp && w1[g] > 0; r++) {
-				float v = expf(sc[(size_t)r * vc + g] - m1[r]) / z[r];
-				best = v > best ? v : best;
-			}
-			p1[g] = best;
-		}
+		for (uint32_t r = 0; r < grp; r++)
+			m1[r] = cpu_squeeze_exp(sc + (size_t)r * vc, w1, nc, -INFINITY, 0, &z[r]);
+		cpu_squeeze_est(sc, vc, grp, w1, nc, z, p1);
 		float tau1 = c->sq_first ? squeeze_quantile(p1, w1, nc, s->coarse, w2) : c->sq_tau[0];
 		squeeze_hist_add(&c->sq_th[(size_t)ith * 2], p1, w1, nc);
 		for (uint32_t r = 0; r < grp; r++)
@@ -199,32 +318,17 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 			}
 			rejected += w1[g];
 			for (uint32_t r = 0; r < grp && w1[g] > 0; r++)
-				rsum[r] += w1[g] * expf(sc[(size_t)r * vc + g] - m1[r]);
+				rsum[r] += w1[g] * sc[(size_t)r * vc + g]; /* exp(s - m1) */
 		}
 		/* the fine level under the kept groups */
 		if (nfl > 0)
 			cpu_squeeze_score(c, q, grp, sq->fine + lh * nf * hd, fl, nfl, sc, vc);
 		for (uint32_t i = 0; i < nfl; i++)
 			w2[i] = fs[fl[i] + 1] - fs[fl[i]];
-		for (uint32_t r = 0; r < grp; r++) {
-			const float *sr = sc + (size_t)r * vc;
-			float best = rejected > 0 ? m1[r] : -INFINITY;
-			for (uint32_t i = 0; i < nfl; i++)
-				best = w2[i] > 0 && sr[i] > best ? sr[i] : best;
-			double zz = rejected > 0 ? rsum[r] * exp((double)m1[r] - best) : 0;
-			for (uint32_t i = 0; i < nfl; i++)
-				zz += w2[i] > 0 ? w2[i] * exp((double)sr[i] - best) : 0;
-			mx[r] = best;
-			z[r] = (float)zz;
-		}
-		for (uint32_t i = 0; i < nfl; i++) {
-			float best = 0;
-			for (uint32_t r = 0; r < grp && w2[i] > 0; r++) {
-				float v = expf(sc[(size_t)r * vc + i] - mx[r]) / z[r];
-				best = v > best ? v : best;
-			}
-			p2[i] = best;
-		}
+		for (uint32_t r = 0; r < grp; r++)
+			cpu_squeeze_exp(sc + (size_t)r * vc, w2, nfl, rejected > 0 ? m1[r] : -INFINITY, rsum[r],
+			                &z[r]);
+		cpu_squeeze_est(sc, vc, grp, w2, nfl, z, p2);
 		/* the rejected groups' keys count as estimates of 0 */
 		p2[nfl] = 0;
 		w2[nfl] = rejected;
@@ -234,23 +338,44 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 		for (uint32_t i = 0; i < nfl; i++)
 			keep[fl[i]] = p2[i] >= tau2;
 	}
-	/* the kept clusters' keys, one run of the permutation each */
+	/* the kept clusters' inliers, one run each, and the head's outliers
+	 * (only the choosable ones where some document key is not) */
+	const uint32_t *ps = c->sq_pslot + lh * nk, *pd = c->sq_pdoc + lh * nk;
+	const uint32_t *fe = c->sq_fe + lh * nf;
 	for (uint32_t i = 0; i < nfl; i++) {
-		if (!keep[fl[i]])
+		uint32_t f = fl[i], a = fs[f], e = fe[f];
+		if (!keep[f])
 			continue;
-		for (uint32_t j = fs[fl[i]]; j < fs[fl[i] + 1]; j++)
-			if (c->sq_ok[perm[j]])
-				list[n++] = sq->slot[perm[j]];
+		if (c->sq_all_ok) {
+			memcpy(list + n, ps + a, (e - a) * sizeof(uint32_t));
+			n += e - a;
+			continue;
+		}
+		for (uint32_t j = a; j < e; j++)
+			if (c->sq_ok[pd[j]])
+				list[n++] = ps[j];
+	}
+	if (c->sq_all_ok) {
+		memcpy(list + n, c->sq_olist + lh * nk, c->sq_nout[lh] * sizeof(uint32_t));
+		n += c->sq_nout[lh];
+	} else {
+		for (uint32_t f = 0; f < nf; f++)
+			for (uint32_t j = fe[f]; j < fs[f + 1]; j++)
+				if (c->sq_ok[pd[j]])
+					list[n++] = ps[j];
 	}
 	/* then every key a choice may not drop, by position */
-	for (uint32_t k = 0; k < m; k++) {
-		uint32_t d = c->sq_kd[k];
-		mask[k] = d == SQ_NONE || keep[label[d]];
-		if (d == SQ_NONE)
-			list[n++] = c->vslot[k];
-	}
+	memcpy(list + n, c->sq_other, c->sq_n_other * sizeof(uint32_t));
+	n += c->sq_n_other;
 	c->sp_n[h] = n;
-	cpu_sparse_report(jb, l, h, mask);
+	if (jb->whole || jb->b->want_attn) {
+		/* whole score rows read the mask; a view reads it too */
+		for (uint32_t k = 0; k < m; k++) {
+			uint32_t d = c->sq_kd[k];
+			mask[k] = d == SQ_NONE || keep[label[d]] || c->sq_isout[lh * nk + d];
+		}
+		cpu_sparse_report(jb, l, h, mask);
+	}
 }
 
 void cpu_squeeze_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
@@ -266,6 +391,13 @@ void cpu_squeeze_free(struct cpu *c)
 {
 	free(c->sq_doc);
 	free(c->sq_kd);
+	free(c->sq_other);
+	free(c->sq_pslot);
+	free(c->sq_pdoc);
+	free(c->sq_fe);
+	free(c->sq_olist);
+	free(c->sq_nout);
+	free(c->sq_isout);
 	free(c->sq_ok);
 	free(c->sq_iota);
 	free(c->sq_th);

@@ -124,7 +124,11 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
  * key weighted once; the first step calibrates on itself). Every key that
  * is not a document key (the conversation), the sinks and the recent
  * window are attended; a document key whose position moved since it was
- * clustered is attended too. Without an index (no document) it is dense.
+ * clustered is attended too; so are, per (layer, KV head), the `outliers`
+ * share of the document's keys farthest from their cluster's centroid (a
+ * centroid's estimate is a mean: a key unlike the rest of its cluster,
+ * such as a fact stated once among repeated text, is what it misjudges
+ * most). Without an index (no document) it is dense.
  *
  * Otherwise a prefill (more than one token) is dense.
  */
@@ -157,13 +161,15 @@ struct engine_sparse {
 	uint32_t fanout;   /* squeezed: fine clusters per coarse one, about */
 	uint32_t quantile; /* squeezed: fine threshold's quantile, in thousandths */
 	uint32_t coarse;   /* squeezed: coarse threshold's quantile, in thousandths */
+	uint32_t outliers; /* squeezed: thousandths of the document's keys per (layer, KV head),
+	                    * those farthest from their cluster's centroid, always attended */
 	uint32_t iters;    /* squeezed: k-means iterations at most */
 	uint32_t seed;     /* squeezed: k-means++'s seed */
 };
 
 /* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
  * prefill 2048, shadow 16, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
- * iters 10, seed 1. */
+ * outliers 0.02, iters 10, seed 1. */
 void engine_sparse_default(struct engine_sparse *s);
 /* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest
  * budget=N ..."); parameters not named keep their defaults; a parameter of

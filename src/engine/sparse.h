@@ -86,16 +86,20 @@ uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uin
 
 /* ------------------------------------------------------------ HiP */
 
-/* Score n blocks, blocks[i] the index of each, into score (n): for HiP,
- * the max over the query heads and the block's keys of q.k. */
-typedef void (*sparse_score_fn)(void *ctx, const uint32_t *blocks, uint32_t n, float *score);
+/* Score n halves, half i the blocks [start[i], start[i] + size[i]) (size
+ * >= 1), into score (n): one representative value per half that the
+ * search ranks (the decode's: the largest page bound over the half's keys,
+ * or, when every half is one block, the block's true max logit; the
+ * prefill's: its first block's max logit). */
+typedef void (*sparse_score_fn)(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                                float *score);
 
 /* The search's scratch, for up to cap blocks. */
 struct sparse_tree {
 	uint32_t cap;
 	uint32_t *start, *size; /* (cap) the kept ranges of blocks */
 	uint32_t *cs, *cn;      /* (2 * cap) their halves: first block, blocks */
-	uint32_t *blk;          /* (2 * cap) the non-empty halves' first blocks */
+	uint32_t *blk, *bn;     /* (2 * cap) the non-empty halves' first blocks, sizes */
 	float *score, *scr;     /* (2 * cap) each half's score; sparse_top's scratch */
 	float *got;             /* (2 * cap) scores of blk, from the callback */
 	uint8_t *sel;           /* (2 * cap) the halves kept */
@@ -107,8 +111,8 @@ void sparse_tree_free(struct sparse_tree *t);
  * split [0, n_blocks) into k_blocks ranges (range i starts at floor(i *
  * n_blocks / k_blocks)); then, while a range holds more than one block,
  * halve every range (the right half starts at start + floor(size / 2)),
- * score each non-empty half by its first block, and keep the k_blocks best
- * halves (ties: the earlier). Marks the k_blocks blocks left in chosen
+ * score the non-empty halves (one callback per round) and keep the
+ * k_blocks best halves (ties: the earlier). Marks the k_blocks blocks left in chosen
  * (n_blocks); all of them when n_blocks <= k_blocks. Returns the rounds
  * (callback calls) run; *scored adds the blocks scored. */
 uint32_t sparse_hip_tree(struct sparse_tree *t, uint32_t n_blocks, uint32_t k_blocks,

@@ -50,7 +50,7 @@ keys1=$(echo "$line1" | sed -n 's/.*clustered: \([0-9]*\) keys into \([0-9]*\) f
 if command -v sqlite3 >/dev/null; then
 	[ "$(sqlite3 "$db" 'SELECT count(*) FROM squeeze')" = 1 ] || fail "no squeeze row in the store"
 	sp=$(sqlite3 "$db" 'SELECT sparse FROM sessions')
-	[ "$sp" = "squeezed sinks=4 recent=64 dense=2 clusters=5 fanout=8 quantile=0.900 coarse=0.700 iters=10 seed=1" ] ||
+	[ "$sp" = "squeezed sinks=4 recent=64 dense=2 clusters=5 fanout=8 quantile=0.900 coarse=0.700 outliers=0.020 iters=10 seed=1" ] ||
 		fail "sessions.sparse: $sp"
 fi
 

@@ -47,8 +47,8 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'page' for hip: expected budget, block, sinks, recent, dense, refresh, prefill or shadow" \
-	"$bin" generate --prompt hi --sparse hip:page=8
+expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill or shadow" \
+	"$bin" generate --prompt hi --sparse hip:quantile=0.5
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
 expect_bad 2 "this model soft-caps its attention scores" "$bin" generate \
@@ -83,7 +83,7 @@ fi
 	--json >"$tmp/h" 2>"$tmp/h.err" || fail "eval sparse hip: $(cat "$tmp/h.err")"
 tail -n 1 "$tmp/h" | grep -q '"steps_chose":2,"steps_reused":6,"prefill":{' ||
 	fail "eval sparse hip: expected 2 steps chose, 6 reused, a prefill: $(tail -n 1 "$tmp/h")"
-grep -q '^eval sparse: hip budget=128 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 ' \
+grep -q '^eval sparse: hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 ' \
 	"$tmp/h" || fail "eval sparse hip: no heading: $(head -n 1 "$tmp/h")"
 grep -q '^| 512 | [0-9.]* % | [0-9.]* | ' "$tmp/h" || fail "eval sparse hip: no prefill row"
 if command -v python3 >/dev/null 2>&1; then

@@ -56,9 +56,9 @@ static void test_parse(void)
 	T_EQ_INT(engine_sparse_parse("qwest", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
-	         "dense=N,shadow=N], hip[:budget=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
+	         "dense=N,shadow=N], hip[:budget=N,page=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
 	         "prefill=N,shadow=N] or squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
-	         "quantile=Q,coarse=Q,iters=N,seed=N]");
+	         "quantile=Q,coarse=Q,outliers=Q,iters=N,seed=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "budget=0: expected an integer in 1..") != NULL, "%s", e.msg);
 	T_EQ_INT(engine_sparse_parse("quest:budget=1x", &s, &e), KVS_EARG);
@@ -72,14 +72,17 @@ static void test_parse(void)
 	T_EQ_INT(engine_sparse_parse("hip", &s, &e), KVS_OK);
 	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
-	         "hip budget=1024 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 shadow=16");
+	         "hip budget=1024 page=16 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 "
+	         "shadow=16");
 	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 256);
 	T_EQ_INT(s.block, 4);
 	T_EQ_INT(s.refresh, 1);
-	T_EQ_INT(engine_sparse_parse("hip:page=8", &s, &e), KVS_EARG);
+	T_EQ_INT(engine_sparse_parse("hip:page=8", &s, &e), KVS_OK);
+	T_EQ_INT(s.page, 8);
+	T_EQ_INT(engine_sparse_parse("hip:quantile=0.5", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
-	         "sparse: unknown parameter 'page' for hip: expected budget, block, sinks, "
+	         "sparse: unknown parameter 'quantile' for hip: expected budget, page, block, sinks, "
 	         "recent, dense, refresh, prefill or shadow");
 	T_EQ_INT(engine_sparse_parse("quest:refresh=2", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("hip:refresh=0", &s, &e), KVS_EARG);
@@ -119,28 +122,37 @@ static void test_bound_top(void)
 
 /* ------------------------------------------------------------ HiP's search */
 
-/* Block scores from a table; counts the calls and the blocks asked. */
+/* Block scores from a table; counts the calls and the blocks asked. A
+ * half scores its first block's value, or with `max` the largest over
+ * its blocks (what the decode's page bounds give: no value in the half is
+ * above it). */
 struct tab {
 	const float *score;
 	uint32_t calls, asked;
+	bool max;
 };
 
-static void tab_score(void *ctx, const uint32_t *blocks, uint32_t n, float *out)
+static void tab_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                      float *out)
 {
 	struct tab *t = ctx;
 	t->calls++;
 	t->asked += n;
-	for (uint32_t i = 0; i < n; i++)
-		out[i] = t->score[blocks[i]];
+	for (uint32_t i = 0; i < n; i++) {
+		T_CHECK(size[i] >= 1, "half %u: %u blocks", i, size[i]);
+		out[i] = t->score[start[i]];
+		for (uint32_t b = start[i]; t->max && b < start[i] + size[i]; b++)
+			out[i] = t->score[b] > out[i] ? t->score[b] : out[i];
+	}
 }
 
 /* Run the search; the chosen blocks as a string of indices ("5 13"). */
-static const char *tree_run(const float *score, uint32_t n, uint32_t k, uint32_t *rounds,
-                            uint32_t *asked)
+static const char *tree_run_by(const float *score, uint32_t n, uint32_t k, bool max,
+                               uint32_t *rounds, uint32_t *asked)
 {
 	static char out[128];
 	struct sparse_tree t = { 0 };
-	struct tab tb = { score, 0, 0 };
+	struct tab tb = { score, 0, 0, max };
 	uint8_t chosen[64];
 	uint64_t scored = 0;
 	sparse_tree_ensure(&t, n);
@@ -155,6 +167,12 @@ static const char *tree_run(const float *score, uint32_t n, uint32_t k, uint32_t
 			o += (size_t)snprintf(out + o, sizeof out - o, "%s%u", o ? " " : "", i);
 	sparse_tree_free(&t);
 	return out;
+}
+
+static const char *tree_run(const float *score, uint32_t n, uint32_t k, uint32_t *rounds,
+                            uint32_t *asked)
+{
+	return tree_run_by(score, n, k, false, rounds, asked);
 }
 
 static void test_hip_tree(void)
@@ -173,6 +191,23 @@ static void test_hip_tree(void)
 	 * 1 (0 < 2), and block 5's 9 is never seen: 12 and 13 are chosen */
 	a[4] = 0;
 	T_EQ_STR(tree_run(a, 16, 2, &rounds, &asked), "12 13");
+	/* ranked by the largest value in each half (the decode's bounds):
+	 * round 1 halves [0,4) [4,8) [8,12) [12,16) score 1, 9, 2, 8 and keep
+	 * [4,8) [12,16); round 2: [4,6) 9, [6,8) 0, [12,14) 8, [14,16) 0;
+	 * round 3: blocks 4, 5, 12, 13 (0, 9, 4, 8): the hidden 9 is found */
+	T_EQ_STR(tree_run_by(a, 16, 2, true, &rounds, &asked), "5 13");
+	T_EQ_INT(rounds, 3);
+	T_EQ_INT(asked, 12);
+	/* and with it every block above all others is found when the k best
+	 * lie in different ranges: 64 blocks, k = 4, peaks at each quarter's
+	 * last block, which first-block scores never see before the end */
+	float p[64];
+	for (uint32_t i = 0; i < 64; i++)
+		p[i] = (float)(i % 5) * 0.1f;
+	p[15] = 7, p[31] = 6, p[47] = 9, p[63] = 8;
+	T_EQ_STR(tree_run_by(p, 64, 4, true, &rounds, &asked), "15 31 47 63");
+	T_CHECK(strcmp(tree_run(p, 64, 4, &rounds, &asked), "15 31 47 63") != 0,
+	        "first-block scores found the hidden peaks too: the case tests nothing");
 	/* uneven ranges: 5 blocks, k = 2: [0,2) [2,5); halves [0,1) [1,2)
 	 * [2,3) [3,5) scored by blocks 0..3 (1, 7, 3, 2): 1 and 2 kept, each
 	 * one block: one round, block 4 (6) unseen */

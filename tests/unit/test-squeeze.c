@@ -41,7 +41,8 @@ static void test_parse(void)
 	T_EQ_INT(s.coarse, 700);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
 	         "squeezed sinks=4 recent=64 dense=2 clusters=5 fanout=8 quantile=0.900 coarse=0.700 "
-	         "iters=10 seed=1");
+	         "outliers=0.020 iters=10 seed=1");
+	T_EQ_INT(s.outliers, 20);
 	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0.95,clusters=10,coarse=0", &s, &e), KVS_OK);
 	T_EQ_INT(s.quantile, 950);
 	T_EQ_INT(s.clusters, 10);
@@ -272,7 +273,7 @@ static void test_threshold(const struct model *m)
 	struct engine_sparse s;
 	struct err e;
 	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0.8,coarse=0.3,dense=1,sinks=2,recent=4,"
-	                             "clusters=20,fanout=3",
+	                             "clusters=20,fanout=3,outliers=0",
 	                             &s, &e),
 	         KVS_OK);
 	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
@@ -314,6 +315,74 @@ static void test_threshold(const struct model *m)
 	T_CHECK(read < dense, "no key dropped");
 	T_CHECK(read > (uint64_t)(n - DOC) * nkv * hp->n_layer,
 	        "fewer keys than the non-document ones");
+	engine_free(eng);
+	free(lg);
+}
+
+/* Outliers: per (layer, KV head) the share of the document's keys
+ * farthest from their fine centroid (computed here from the keys as the
+ * engine reads them back) are attended whatever their cluster's estimate;
+ * every other document key follows its cluster. A threshold that keeps
+ * nothing (quantile 1: only the largest estimate passes) leaves them. */
+static void test_outliers(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t nv = hp->n_vocab, n = 150, nkv = hp->n_head_kv, hd = hp->head_dim;
+	float *lg = malloc(nv * sizeof(float));
+	struct engine_sparse s;
+	struct err e;
+	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0.8,coarse=0.3,dense=1,sinks=2,recent=4,"
+	                             "clusters=20,fanout=3,outliers=0.1",
+	                             &s, &e),
+	         KVS_OK);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
+	struct engine_out o;
+	tinymodel_prefill(eng, n);
+	build(eng, &s);
+	const struct engine_squeeze *sq = engine_squeeze_get(eng);
+	tinymodel_decode(eng, n, &s, true, lg, &o);
+	uint32_t m_vis = n + 1, n_out = DOC / 10, rescued = 0;
+	for (uint32_t l = 1; l < hp->n_layer; l++)
+		for (uint32_t h = 0; h < nkv; h++) {
+			size_t lh = (size_t)l * nkv + h;
+			const uint8_t *sel = o.sel + lh * m_vis;
+			const uint32_t *lab = sq->label + lh * DOC;
+			float dist[DOC], k[64];
+			uint8_t out[DOC] = { 0 };
+			for (uint32_t d = 0; d < DOC; d++) {
+				T_EQ_INT(engine_kv_read(eng, l, d, h, false, true, k, &e), KVS_OK);
+				const float *c = sq->fine + (lh * sq->n_fine + lab[d]) * hd;
+				dist[d] = 0;
+				for (uint32_t i = 0; i < hd; i++)
+					dist[d] += (k[i] - c[i]) * (k[i] - c[i]);
+			}
+			for (uint32_t j = 0; j < n_out; j++) { /* the n_out farthest */
+				uint32_t best = DOC;
+				for (uint32_t d = 0; d < DOC; d++)
+					if (!out[d] && (best == DOC || dist[d] > dist[best]))
+						best = d;
+				out[best] = 1;
+			}
+			/* an outlier is attended; the rest of a cluster goes together */
+			int8_t cl[64];
+			memset(cl, -1, sizeof cl);
+			for (uint32_t d = 2; d < DOC; d++) {
+				if (out[d]) {
+					T_CHECK(sel[d] == 1, "layer %u head %u: outlier %u not attended", l, h, d);
+					continue;
+				}
+				if (cl[lab[d]] < 0)
+					cl[lab[d]] = (int8_t)sel[d];
+				T_CHECK(cl[lab[d]] == sel[d], "layer %u head %u: cluster %u split at key %u", l,
+				        h, lab[d], d);
+			}
+			for (uint32_t d = 2; d < DOC; d++) /* attended though its cluster is not */
+				rescued += out[d] && cl[lab[d]] == 0;
+		}
+	printf("squeezed, outliers 0.1 (%u a head): %u attended whose cluster was not; %llu of %llu "
+	       "keys read\n",
+	       n_out, rescued, (unsigned long long)o.keys_read, (unsigned long long)o.keys_dense);
+	T_CHECK(rescued > 0, "no outlier outside a kept cluster: the case tests nothing");
 	engine_free(eng);
 	free(lg);
 }
@@ -442,6 +511,7 @@ int main(void)
 	tiny_open(&t);
 	test_keep_all(t.m);
 	test_threshold(t.m);
+	test_outliers(t.m);
 	test_save_load(t.m);
 	test_pinned(t.m);
 	model_free(t.m);
