@@ -10,6 +10,17 @@
 
 #include "app/app.h"
 
+/* ---- worker.c, worker-note.c: the worker's events ---- */
+
+/* A new event of this kind, every other field zero (the caller owns it
+ * until worker_push). */
+struct worker_event *worker_event_new(enum worker_event_kind kind);
+/* Queue ev for the main thread (takes it) and make the pipe readable. */
+void worker_push(struct worker *w, struct worker_event *ev);
+/* The session's clustering progress and notices, as events (hooks). */
+void worker_hook_progress(void *ud, uint32_t done, uint32_t total);
+void worker_hook_notice(void *ud, const char *msg);
+
 /* ---- lenctl.c: the controller ---- */
 
 /* Token classes the controller needs, one byte per vocabulary entry. */

@@ -477,6 +477,7 @@ int64_t session_store_id(const struct session *s);
 struct session_doc_info {
 	const char *path;              /* as given (lent until the next session_set_doc), or NULL */
 	uint32_t n_tokens;             /* its message's tokens, markers included */
+	size_t n_bytes;                /* its text's bytes (what the session holds) */
 	uint32_t n_cached;             /* document tokens in the cache now (KV_FLAG_DOC) */
 	bool clustered;                /* squeezed's index is installed */
 	struct engine_squeeze_info sq; /* when clustered */
@@ -696,6 +697,10 @@ enum worker_event_kind {
 	WORKER_EV_COLD,       /* cold: the cold tier wrote, recalled, stopped or was refused
 	                           * (the event owns cold.hits; cold.msg and cold.scorer point
 	                           * into msg and cold_scorer) */
+	WORKER_EV_PROGRESS,   /* the document's clustering: done of total (layer, KV head)
+	                           * pairs, done == total once at its end */
+	WORKER_EV_NOTICE,     /* msg: one line for the user (the document clustered, its
+	                           * clusters restored or refused, a sparse spec overridden) */
 };
 
 /* One event from the worker: deep copies of the session hooks' arguments,
@@ -734,6 +739,8 @@ struct worker_event {
 	/* COLD */
 	struct session_cold_event cold;
 	char cold_scorer[32];
+	/* PROGRESS */
+	uint32_t done, total;
 	/* RESULT */
 	enum worker_cmd_kind cmd;
 	int status;                /* KVS_OK or the failure */

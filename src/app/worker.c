@@ -76,7 +76,7 @@ struct worker {
 };
 
 /* Queue ev for the main thread and make the pipe readable. */
-static void worker_push(struct worker *w, struct worker_event *ev)
+void worker_push(struct worker *w, struct worker_event *ev)
 {
 	char b = 1;
 	ssize_t r;
@@ -201,7 +201,8 @@ void worker_event_free(struct worker_event *ev)
 	free(ev);
 }
 
-static struct worker_event *worker_event_new(enum worker_event_kind kind)
+/* A new event of this kind, every other field zero. */
+struct worker_event *worker_event_new(enum worker_event_kind kind)
 {
 	struct worker_event *ev = xcalloc(1, sizeof *ev);
 	ev->kind = kind;
@@ -796,6 +797,8 @@ int worker_start(struct worker **out, struct session *s, struct err *e)
 	                          .kv = worker_hook_kv,
 	                          .saved = worker_hook_saved,
 	                          .cold = worker_hook_cold,
+	                          .progress = worker_hook_progress,
+	                          .notice = worker_hook_notice,
 	                          .ud = w,
 	                  });
 	if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {

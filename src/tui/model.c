@@ -528,6 +528,12 @@ void tui_apply(struct tui *t, const struct worker_event *cev, double now_ms)
 	case WORKER_EV_TRANSCRIPT: tui_replay(t, &ev->recap, ev->status, ev->msg); break;
 	case WORKER_EV_COMPARE: tui_compare_apply(t, ev); break;
 	case WORKER_EV_COLD: tui_cold_apply(t, &ev->cold); break;
+	case WORKER_EV_PROGRESS: /* the notice that follows says how it ended */
+		if (ev->done < ev->total)
+			tui_status(t, false, "clustering document: %u %%",
+			           (unsigned)((uint64_t)ev->done * 100 / ev->total));
+		break;
+	case WORKER_EV_NOTICE: tui_status(t, false, "%s", ev->msg); break;
 	case WORKER_EV_SAVED:
 		/* a commit that failed keeps the exchange queued for the next */
 		if (ev->status != KVS_OK)

@@ -8,7 +8,9 @@
  * columns lettered, a dense layer '~'; an unattended key with no dense
  * weight drawn as a cross (not a blank like an attended key with none); a
  * step between shadows (no rows) updates the pane and leaves the attention
- * history alone; sparse off says so.
+ * history alone; sparse off says so. The document's clustering shows its
+ * progress in the status line ("clustering document: 40 %"), then the
+ * notice that ends it.
  */
 #include "app/app.h"
 #include "tui/tui-int.h"
@@ -213,9 +215,38 @@ static void test_pane(void)
 	tui_free(&t);
 }
 
+/* The document's clustering in the status line: its progress events
+ * (done of total (layer, KV head) pairs: 36 of 90 is 40 %), then the
+ * notice that ends it in place of the last percentage. */
+static void test_progress(void)
+{
+	struct tui t;
+	tui_init(&t);
+	struct worker_event ev = { 0 };
+	ev.kind = WORKER_EV_PROGRESS;
+	ev.done = 36;
+	ev.total = 90;
+	tui_apply(&t, &ev, 0);
+	T_CHECK(has(&t, 80, 24, "clustering document: 40 %"), "status: %s", t.status);
+	ev.done = 89;
+	tui_apply(&t, &ev, 0);
+	T_CHECK(has(&t, 80, 24, "clustering document: 98 %"), "status: %s", t.status);
+	ev.done = 90; /* the end leaves the status to the notice */
+	tui_apply(&t, &ev, 0);
+	T_CHECK(strstr(t.status, "98 %") != NULL, "status: %s", t.status);
+	struct worker_event nt = { 0 };
+	nt.kind = WORKER_EV_NOTICE;
+	snprintf(nt.msg, sizeof nt.msg, "document clustered: 809 keys into 40 fine clusters");
+	tui_apply(&t, &nt, 0);
+	T_CHECK(has(&t, 80, 24, "document clustered: 809 keys") && !t.status_err, "status: %s",
+	        t.status);
+	tui_free(&t);
+}
+
 int main(void)
 {
 	setlocale(LC_ALL, "C.UTF-8");
 	test_pane();
+	test_progress();
 	return t_done("test-tui-sparsity");
 }
