@@ -322,6 +322,7 @@ bool session_doc(const struct session *s, struct session_doc_info *info)
 		memset(info, 0, sizeof *info);
 		info->path = s->doc_path;
 		info->n_tokens = s->doc_tokens;
+		info->n_bytes = s->doc != NULL ? strlen(s->doc) : 0;
 		info->n_cached = st.n_doc;
 		info->clustered = engine_squeeze_info(s->gen->engine, &info->sq);
 	}

@@ -70,6 +70,7 @@ static enum cli_exit cmd_run_exec(struct cli_opts *o)
 	model = cli_model_path(o->gen.model_path);
 	c.gen.model_path = model;
 	c.system = o->system;
+	c.doc = o->doc;
 	c.max_tokens = o->max_tokens;
 	c.mem_cap = (size_t)o->mem_cap_mib << 20;
 	c.hook_ms = o->hook_ms;

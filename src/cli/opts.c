@@ -373,8 +373,9 @@ static const struct cli_opt cli_opt_table[] = {
 	  "chat: do not show a reply's <think>...</think> block (:think show|hide toggles it)" },
 	{ "system", 0, "TEXT", OPTG_PROMPT, opt_str, O(system), 0, 0,
 	  "system prompt (default: the template's; \"\" for none)" },
-	{ "doc", 0, "FILE", OPTG_PROMPT, opt_path, O(doc), 0, 0,
-	  "a text document pinned at the start of the conversation (chat, tui)" },
+	{ "doc", 0, "FILE", OPTG_PROMPT | OPTG_RUN, opt_path, O(doc), 0, 0,
+	  "a text document pinned at the start of the conversation (chat, tui; run: of every "
+	  "session a script opens)" },
 	{ "max-tokens", 'n', "N", OPTG_GEN, opt_u32, O(max_tokens), 0, 1 << 24,
 	  "stop after N tokens (default 256)" },
 	{ "stop", 0, "TEXT", OPTG_GEN, opt_str, O(stop), 0, 0,

@@ -33,6 +33,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define API_SEND_MAX ((size_t)1 << 20) /* bytes of kvscope.send's argument, at most */
@@ -55,7 +56,10 @@ static void api_session_account(struct api_session *as)
 {
 	if (!as->owned || as->s == NULL)
 		return;
+	struct session_doc_info di;
 	size_t now = sizeof *as + as->system_len;
+	if (session_doc(as->s, &di))
+		now += di.n_bytes + 1;
 	for (uint32_t i = 0; i < session_n_turns(as->s); i++) {
 		const struct session_turn *t = session_turn_at(as->s, i);
 		now += sizeof *t + (t->user ? strlen(t->user) + 1 : 0) +
@@ -128,7 +132,7 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 {
 	static const char *const words[] = { "model",       "system", "policy", "capture",
 		                                 "token_stats", "cold",   "recall", "recall_budget",
-		                                 "cold_block",  "sparse" };
+		                                 "cold_block",  "sparse", "doc" };
 	lua_pushnil(L);
 	while (lua_next(L, t) != 0) {
 		bool known = false;
@@ -142,7 +146,7 @@ static void api_session_opts(lua_State *L, int t, struct session_config *c, cons
 			             "kvscope.session: unknown option '%s' (expected model, policy, budget, "
 			             "ctx, system, max_tokens, temp, top_k, top_p, min_p, seed, threads, "
 			             "repeat_penalty, capture, token_stats, cold, recall, recall_budget, "
-			             "cold_block, sparse)",
+			             "cold_block, sparse, doc)",
 			             k ? k : luaL_typename(L, -2));
 		lua_pop(L, 1);
 	}
@@ -315,6 +319,29 @@ static void api_session_cold_close(struct api_session *as)
 	as->cold_dir = NULL;
 }
 
+/* Pin the document at path (NULL: none) in as, its bytes charged to the
+ * plugin first (refused when they do not fit); *restarted when a
+ * conversation had begun. A Lua error prefixed with who on failure. */
+static bool api_session_doc(lua_State *L, struct api_session *as, const char *path,
+                            const char *who)
+{
+	struct stat st;
+	struct err e;
+	bool restarted = false;
+	size_t more = 0;
+	if (path != NULL && as->owned && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+		more = (size_t)st.st_size + 1;
+	if (more > 0)
+		script_charge(L, more, who); /* raises when it does not fit */
+	int rc = session_set_doc(as->s, path, &restarted, &e);
+	if (more > 0)
+		script_uncharge(as->p, more); /* api_session_account counts it exactly */
+	api_session_account(as);
+	if (rc != KVS_OK)
+		script_error(L, "%s: %s", who, e.msg);
+	return restarted;
+}
+
 static int api_session_open(lua_State *L)
 {
 	struct script_plugin *P = script_plugin_of(L);
@@ -388,6 +415,21 @@ static int api_session_open(lua_State *L)
 		return script_error(L, "kvscope.session: %s", e.msg);
 	if (cold.on && api_session_cold(as, &c, &cold, &e) != KVS_OK)
 		return script_error(L, "kvscope.session: cold: %s", e.msg);
+	/* the document: opts.doc (false: none), else kvscope run's --doc */
+	const char *doc = rt->cfg.doc;
+	if (!lua_isnoneornil(L, 1)) {
+		int ty = lua_getfield(L, 1, "doc");
+		if (ty == LUA_TSTRING)
+			doc = lua_tostring(L, -1);
+		else if (ty == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+			doc = NULL;
+		else if (ty != LUA_TNIL)
+			return script_error(L, "kvscope.session: doc = %s (expected a file path or false)",
+			                    luaL_typename(L, -1));
+		lua_pop(L, 1); /* the string stays alive in opts; the session is the result */
+	}
+	if (doc != NULL)
+		api_session_doc(L, as, doc, "kvscope.session");
 	script_on_model_loaded(rt, session_gen(as->s));
 	rt->vocab = gen_vocab(session_gen(as->s));
 	return 1;
@@ -488,8 +530,8 @@ static int api_send(lua_State *L)
 	const char *cmd = luaL_checkstring(L, 1);
 	size_t len = 0;
 	const char *arg = luaL_optlstring(L, 2, "", &len);
-	static const char *const cmds[] = { "chat", "policy", "budget",     "reset",
-		                                "pin",  "unpin",  "max_tokens", "sparse" };
+	static const char *const cmds[] = { "chat",  "policy",     "budget", "reset", "pin",
+		                                "unpin", "max_tokens", "sparse", "doc" };
 	bool known = false;
 	struct err e;
 	for (size_t i = 0; i < KVS_ARRAY_LEN(cmds); i++)
@@ -497,7 +539,7 @@ static int api_send(lua_State *L)
 	if (!known)
 		return script_error(L,
 		                    "kvscope.send: '%s' (expected chat, policy, budget, reset, pin, "
-		                    "unpin, max_tokens or sparse)",
+		                    "unpin, max_tokens, sparse or doc)",
 		                    cmd);
 	if (len > API_SEND_MAX)
 		return script_error(L, "kvscope.send %s: %zu bytes of argument, expected at most %zu", cmd,
@@ -820,11 +862,56 @@ static int api_s_set_system(lua_State *L)
 	return 0;
 }
 
+/* session:doc([path | false]) -> info, restarted: pin a document (or
+ * none) from the next conversation on; what the session's document is. */
+static int api_s_doc(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	bool restarted = false;
+	if (!lua_isnone(L, 2)) {
+		const char *path = NULL;
+		if (lua_type(L, 2) == LUA_TSTRING)
+			path = lua_tostring(L, 2);
+		else if (lua_type(L, 2) != LUA_TBOOLEAN || lua_toboolean(L, 2))
+			return script_error(L, "session:doc: %s (expected a file path, or false for none)",
+			                    luaL_typename(L, 2));
+		api_session_idle(L, as, "doc");
+		restarted = api_session_doc(L, as, path, "session:doc");
+		script_stale(as->p->rt);
+	}
+	struct session_doc_info di;
+	bool has = session_doc(as->s, &di);
+	lua_createtable(L, 0, 8);
+	if (di.path != NULL) {
+		lua_pushstring(L, di.path);
+		lua_setfield(L, -2, "path");
+	}
+	lua_pushboolean(L, has);
+	lua_setfield(L, -2, "on");
+	lua_pushinteger(L, di.n_tokens);
+	lua_setfield(L, -2, "tokens");
+	lua_pushinteger(L, di.n_cached);
+	lua_setfield(L, -2, "cached");
+	lua_pushboolean(L, di.clustered);
+	lua_setfield(L, -2, "clustered");
+	if (di.clustered) {
+		lua_pushinteger(L, di.sq.n_keys);
+		lua_setfield(L, -2, "keys");
+		lua_pushinteger(L, di.sq.n_fine);
+		lua_setfield(L, -2, "fine");
+		lua_pushinteger(L, di.sq.n_coarse);
+		lua_setfield(L, -2, "coarse");
+	}
+	lua_pushboolean(L, restarted);
+	return 2;
+}
+
 static const struct api_fn api_session_fns[] = {
 	{ "session", API_DEFERRED, API_C, "([opts]) -> session",
 	  "open a session: opts model, policy, budget, ctx, system, max_tokens, temp, top_k, top_p, "
 	  "min_p, seed, threads, capture (off|summary|full), token_stats, sparse (a --sparse spec; "
-	  "with capture, stats().sparsity)",
+	  "with capture, stats().sparsity), doc (a document to pin; kvscope run --doc sets it, "
+	  "false: none)",
 	  api_session_open },
 	{ "current", API_FAST, API_C, "() -> session | nil",
 	  "the front end's session when it runs on the main thread, borrowed; nil under kvscope "
@@ -832,7 +919,7 @@ static const struct api_fn api_session_fns[] = {
 	  api_current },
 	{ "send", API_DEFERRED, API_C, "(cmd [, arg])",
 	  "ask the workbench to queue cmd on its own session: chat TEXT, policy SPEC, budget N, "
-	  "reset, pin POS, unpin POS, max_tokens N, sparse SPEC",
+	  "reset, pin POS, unpin POS, max_tokens N, sparse SPEC, doc FILE|off",
 	  api_send },
 	{ "session:chat", API_DEFERRED, API_C, "(text [, {max_tokens=}]) -> reply, stats",
 	  "one exchange; stats: index, stop, n_prompt, n_reply, prefill_ms, decode_ms, kept, evicted",
@@ -861,6 +948,10 @@ static const struct api_fn api_session_fns[] = {
 	  "the system prompt of the next conversation", api_s_set_system },
 	{ "session:close", API_DEFERRED, API_C, "()", "close a session the plugin opened",
 	  api_s_close },
+	{ "session:doc", API_DEFERRED, API_C, "([path | false]) -> info, restarted",
+	  "pin a text document at the start of the next conversation (false: none); info: path, "
+	  "on, tokens, cached, clustered (squeezed's index), keys, fine, coarse",
+	  api_s_doc },
 };
 
 static const struct api_type api_session_types[] = {

@@ -39,6 +39,7 @@ bool script_available(void);
 struct script_config {
 	struct gen_config gen;   /* defaults for the sessions scripts open */
 	const char *system;      /* their system prompt (NULL: the template's) */
+	const char *doc;         /* the document they pin (--doc; NULL: none) */
 	uint32_t max_tokens;     /* their reply length (default 256) */
 	size_t mem_cap;          /* bytes per plugin state (default 64 MiB) */
 	double hook_ms;          /* deadline of one hook, command or timer call (default 50) */
@@ -56,7 +57,8 @@ struct script_config {
 	void *notify_ud;
 	/* The front end's own session, when it runs on a worker thread: a
 	 * plugin's kvscope.send(cmd, arg) asks the front end to queue cmd
-	 * ("chat", "policy", "budget", "reset", "pin", "unpin", "max_tokens")
+	 * ("chat", "policy", "budget", "reset", "pin", "unpin", "max_tokens",
+	 * "sparse", "doc")
 	 * with its argument; NULL: kvscope.send says there is no front end. */
 	int (*send)(void *ud, const char *cmd, const char *arg, struct err *e);
 	void *send_ud;

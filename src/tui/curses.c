@@ -692,6 +692,7 @@ static int tui_send(void *ud, const char *cmd, const char *arg, struct err *e)
 		{ "budget", WORKER_BUDGET, true, false }, { "sparse", WORKER_SPARSE, false, true },
 		{ "reset", WORKER_RESET, false, false },  { "pin", WORKER_PIN, true, false },
 		{ "unpin", WORKER_UNPIN, true, false },   { "max_tokens", WORKER_MAX_TOKENS, true, false },
+		{ "doc", WORKER_DOC, false, true },
 	};
 	struct tui_term *tt = ud;
 

@@ -46,6 +46,10 @@ for f in "$src"/tests/lua/*.lua; do
 	plugins) extra=$plugins ;;
 	files) args=$tmp/fifo.lua ;;
 	memcap) extra="--mem-cap 16" ;;
+	doc)
+		printf 'Field notes.\nThe secret code of the vault is 4721.\nThe river is wide.\n' >"$tmp/doc.txt"
+		extra="--doc $tmp/doc.txt" args=$tmp/doc.txt
+		;;
 	esac
 	n_suite=$((n_suite + 1))
 	# shellcheck disable=SC2086
