@@ -424,6 +424,21 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 				kept[c->vslot[k]] = blk[(k - k0) / bk];
 		}
 		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
+		if (hk == NULL && !jb->whole && !jb->b->want_attn) {
+			/* the split path reads the list only: the sinks, the chosen
+			 * or unscored candidates, the window, no mask */
+			const uint32_t *vs = c->vslot;
+			memcpy(list, vs, k0 * sizeof(uint32_t));
+			n = k0;
+			for (k = k0; k < k1; k++) {
+				uint32_t sl = vs[k];
+				list[n] = sl;
+				n += (hs->seen_pos[sl] != c->vpos[k]) | kept[sl];
+			}
+			memcpy(list + n, vs + k1, (m - k1) * sizeof(uint32_t));
+			c->sp_n[h] = n + (m - k1);
+			continue;
+		}
 		for (k = 0; k < m; k++) {
 			uint32_t sl = c->vslot[k];
 			mask[k] = (k < k0 || k >= k1 || hs->seen_pos[sl] != c->vpos[k] || kept[sl]) &&
