@@ -49,8 +49,7 @@ static struct sparse_keys cpu_sparse_keys(const struct cpu *c, const uint32_t *s
 static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse *s)
 {
 	return h->valid && h->spec.budget == s->budget && h->spec.block == s->block &&
-	        h->spec.page == s->page &&
-	        h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
+	        h->spec.page == s->page && h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
 	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh;
 }
 
@@ -415,8 +414,9 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 				float *d = &bub[(k - k0) / bk];
 				*d = u > *d ? u : *d;
 			}
-			struct cpu_hip_ctx x = { c,   l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim,
-				                     grp, bub };
+			struct cpu_hip_ctx x = {
+				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub
+			};
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
 			sparse_hip_tree(t, n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);

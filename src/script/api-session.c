@@ -322,8 +322,7 @@ static void api_session_cold_close(struct api_session *as)
 /* Pin the document at path (NULL: none) in as, its bytes charged to the
  * plugin first (refused when they do not fit); *restarted when a
  * conversation had begun. A Lua error prefixed with who on failure. */
-static bool api_session_doc(lua_State *L, struct api_session *as, const char *path,
-                            const char *who)
+static bool api_session_doc(lua_State *L, struct api_session *as, const char *path, const char *who)
 {
 	struct stat st;
 	struct err e;

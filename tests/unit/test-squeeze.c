@@ -373,8 +373,8 @@ static void test_outliers(const struct model *m)
 				}
 				if (cl[lab[d]] < 0)
 					cl[lab[d]] = (int8_t)sel[d];
-				T_CHECK(cl[lab[d]] == sel[d], "layer %u head %u: cluster %u split at key %u", l,
-				        h, lab[d], d);
+				T_CHECK(cl[lab[d]] == sel[d], "layer %u head %u: cluster %u split at key %u", l, h,
+				        lab[d], d);
 			}
 			for (uint32_t d = 2; d < DOC; d++) /* attended though its cluster is not */
 				rescued += out[d] && cl[lab[d]] == 0;
