@@ -94,14 +94,18 @@ void gsp_pages_forget(struct gsp_pages *sp, uint32_t s)
 	sp->hi = KVS_MAX(sp->hi, s + 1);
 }
 
-/* Whether slot s's rotated key is current (as sparse.c's sparse_current). */
-static bool gsp_current(const int32_t *slot_pos, const int32_t *rot_pos, const uint32_t *skip,
-                        uint32_t n_skip, uint32_t s)
+/* Whether slot s's rotated key is current (as sparse.c's sparse_current);
+ * the skip list is searched only for a page that holds one of its slots
+ * (a decode step's scan then costs two compares per slot). */
+static inline bool gsp_current(const int32_t *slot_pos, const int32_t *rot_pos,
+                               const uint32_t *skip, uint32_t n_skip, uint32_t s)
 {
+	if (slot_pos[s] < 0 || rot_pos[s] != slot_pos[s])
+		return false;
 	for (uint32_t i = 0; i < n_skip; i++)
 		if (skip[i] == s)
 			return false;
-	return slot_pos[s] >= 0 && rot_pos[s] == slot_pos[s];
+	return true;
 }
 
 /* Set sum_pos[s] = v, widening the changed range. */
@@ -118,9 +122,12 @@ void gsp_pages_scan(struct gsp_pages *sp, const int32_t *slot_pos, const int32_t
                     const uint32_t *skip, uint32_t n_skip)
 {
 	sp->n_list = 0;
-	for (uint32_t p = 0; p < sp->n_pages; p++) {
+	for (uint32_t p = 0, all_skip = n_skip; p < sp->n_pages; p++) {
 		uint32_t s0 = p * sp->page, s1 = KVS_MIN(s0 + sp->page, sp->n_ctx);
 		bool changed = sp->dirty[p];
+		n_skip = 0; /* the skip list matters only on a page that holds one */
+		for (uint32_t i = 0; i < all_skip && n_skip == 0; i++)
+			n_skip = skip[i] >= s0 && skip[i] < s1 ? all_skip : 0;
 		/* a folded slot that moved or left: the page is recomputed */
 		for (uint32_t s = s0; !changed && s < s1; s++)
 			if (sp->sum_pos[s] >= 0 &&
