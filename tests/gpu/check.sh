@@ -24,7 +24,7 @@
 # Environment: KVSCOPE_MODEL (a GGUF model for parity and timings as well;
 # default: the default model when it exists), GPU_CHECK_ARGS (extra
 # gpu-check options, e.g. "--quick"), GPU_CHECK_SANITIZE=1 (also run the
-# per-type parity under compute-sanitizer), TMPDIR.
+# per-type and the sparse parity under compute-sanitizer), TMPDIR.
 set -u
 
 die() {
@@ -96,6 +96,10 @@ if [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null
 	echo "== compute-sanitizer: per-type parity"
 	compute-sanitizer --tool memcheck --error-exitcode 9 ./tests/gpu/gpu-check types \
 		--prompts 1 --gen 4 >sanitizer.log 2>&1 || { tail -n 40 sanitizer.log; echo "FAIL compute-sanitizer"; fail=1; }
+	echo "== compute-sanitizer: sparse decode parity"
+	compute-sanitizer --tool memcheck --error-exitcode 9 ./tests/gpu/gpu-check sparse-parity \
+		--quick >sanitizer-sparse.log 2>&1 ||
+		{ tail -n 40 sanitizer-sparse.log; echo "FAIL compute-sanitizer (sparse)"; fail=1; }
 fi
 
 echo "== gpu-check all"

@@ -383,7 +383,7 @@ static void sparse_bench(const struct model *m)
 	}
 }
 
-int cmd_sparse(const char *model_path)
+int cmd_sparse(const char *model_path, bool bench)
 {
 	struct engine_sparse q, h;
 	struct err e;
@@ -413,8 +413,10 @@ int cmd_sparse(const char *model_path)
 		sparse_full(ms[i].m, ms[i].tag, &q);
 		sparse_full(ms[i].m, ms[i].tag, &h);
 	}
-	printf("== sparse bench: %s, batch 1\n", mf ? "model file" : "smollm2-shape");
-	sparse_bench(mf ? mf : &rm->m);
+	if (bench) {
+		printf("== sparse bench: %s, batch 1\n", mf ? "model file" : "smollm2-shape");
+		sparse_bench(mf ? mf : &rm->m);
+	}
 	table_row("sparse (see PASS/FAIL lines): %d failures so far", g_fail);
 	rm_free(rm);
 	model_free(mf);

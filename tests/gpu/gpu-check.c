@@ -7,7 +7,8 @@
  *   gpu-check types                     one small model per weight type
  *   gpu-check bench [--model PATH]      decode / prefill rates, graphs on/off
  *   gpu-check sparse [--model PATH]     quest and hip decode against the CPU's
- *                                       choices, and their rates (gpu-check-sparse.c)
+ *                                       choices, and their rates (gpu-check-sparse.c;
+ *                                       sparse-parity: without the rates)
  *   gpu-check all [--model PATH]        all of the above, then one table
  *   common: --b cuda|cpu (the backend under test; cpu runs the harness
  *           against the CPU backend, for machines without a GPU),
@@ -1053,7 +1054,8 @@ static int parse_list(const char *s, uint32_t *out, int *n)
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: gpu-check info|parity|types|bench|sparse|all [--model PATH] [--b cuda|cpu] "
+	        "usage: gpu-check info|parity|types|bench|sparse|sparse-parity|all [--model PATH] [--b "
+	        "cuda|cpu] "
 	        "[--prompts N] [--gen N] [--depths A,B] [--prefill A,B] [--quick]\n");
 }
 
@@ -1101,8 +1103,8 @@ int main(int argc, char **argv)
 		rc = cmd_types();
 	} else if (strcmp(cmd, "bench") == 0) {
 		rc = cmd_bench(model);
-	} else if (strcmp(cmd, "sparse") == 0) {
-		rc = cmd_sparse(model);
+	} else if (strcmp(cmd, "sparse") == 0 || strcmp(cmd, "sparse-parity") == 0) {
+		rc = cmd_sparse(model, strcmp(cmd, "sparse") == 0);
 	} else if (strcmp(cmd, "all") == 0) {
 		rc = cmd_info();
 		if (rc == 0)
@@ -1112,7 +1114,7 @@ int main(int argc, char **argv)
 		if (rc == 0)
 			rc = cmd_bench(model);
 		if (rc == 0)
-			rc = cmd_sparse(model);
+			rc = cmd_sparse(model, true);
 	} else {
 		usage();
 		return 2;

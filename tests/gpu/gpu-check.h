@@ -69,7 +69,7 @@ double median(double *v, int n);
 void bench_decode(const struct model *m, uint32_t depth, bool graphs, double *wall_ms,
                   double *gpu_ms, double *sample_us);
 
-/* gpu-check-sparse.c: `gpu-check sparse`. */
-int cmd_sparse(const char *model_path);
+/* gpu-check-sparse.c: `gpu-check sparse` (bench: the timings too). */
+int cmd_sparse(const char *model_path, bool bench);
 
 #endif
