@@ -99,7 +99,11 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
  * hip: HiP's hierarchical top-k over blocks of `block` keys consecutive by
  * position (sparse.h, sparse_hip_tree): K = (budget - sinks - recent) /
  * block rounded up blocks are found by halving K even ranges round by
- * round, keeping the K best halves by their first block's max logit. The
+ * round, keeping the K best halves: on the CPU a round with halves of
+ * several blocks ranks them by the largest Quest bound over their keys
+ * (pages of `page` slots) and the last round by the blocks' max logit (the
+ * block-sparse prefill, and the CUDA backend, by each half's first block's
+ * max logit). The
  * choice is made on one step and reused for the next refresh - 1 steps;
  * keys it did not score (new ones, moved ones) are attended on the reuse
  * steps, so a reuse step never misses a key the last choice could not see.

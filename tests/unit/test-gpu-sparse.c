@@ -179,6 +179,16 @@ static void tab_score(void *ctx, const uint32_t *blocks, uint32_t n, float *scor
 	t->calls++;
 }
 
+/* The same scores through sparse_hip_tree's callback: a half by its first
+ * block, as the device ranks every round (the CPU's decode ranks halves of
+ * several blocks by page bounds instead; the tree itself is the same). */
+static void tab_score_half(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                           float *score)
+{
+	(void)size;
+	tab_score(ctx, start, n, score);
+}
+
 static void test_hip_tree(void)
 {
 	float score[600];
@@ -194,7 +204,7 @@ static void test_hip_tree(void)
 		uint32_t ra = gsp_hip_tree(nb, k, tab_score, &ta, a, scr);
 		uint64_t scored = 0;
 		sparse_tree_ensure(&t, nb);
-		uint32_t rb = sparse_hip_tree(&t, nb, k, (sparse_score_fn)tab_score, &tb, b, &scored);
+		uint32_t rb = sparse_hip_tree(&t, nb, k, tab_score_half, &tb, b, &scored);
 		T_CHECK(ra == rb && memcmp(a, b, nb) == 0, "%u blocks, k %u: rounds %u vs %u, choice %s",
 		        nb, k, ra, rb, memcmp(a, b, nb) ? "differs" : "same");
 		uint32_t n_chosen = 0;
