@@ -697,6 +697,9 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		k0 += w0;
 		k1 += w0;
 		float *part = c->dpart + (size_t)j * hp->n_head * (hd + 2); /* (n_head, hd + 2): mx, l, o */
+		/* the part's weights stay in its own columns [k0, k1) of the
+		 * thread's score rows, for cpu_split_weights */
+		float *scj = sc + k0;
 		if (k1 == k0) {
 			for (uint32_t h = 0; h < hp->n_head; h++) {
 				part[(size_t)h * (hd + 2)] = -INFINITY;
@@ -705,10 +708,10 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			continue;
 		}
 		for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
-			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp,
+			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), scj, part, tmp,
 			              false);
 		for (uint32_t h = 0; h < hp->n_head; h++) {
-			float *pr = part + (size_t)h * (hd + 2), *sr = sc + (size_t)h * vc;
+			float *pr = part + (size_t)h * (hd + 2), *sr = scj + (size_t)h * vc;
 			const uint8_t *hk = cpu_head_keep(jb, l, h / (hp->n_head / hp->n_head_kv));
 			if (hp->attn_softcap > 0)
 				cpu_softcap(c, sr, k1 - k0);
@@ -738,8 +741,51 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			}
 		}
 		for (uint32_t k = k0; k < k1; k += CPU_DEC_RUN)
-			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), sc, part, tmp,
+			cpu_split_run(c, l, q, k0, k, KVS_MIN((uint32_t)CPU_DEC_RUN, k1 - k), scj, part, tmp,
 			              true);
+	}
+}
+
+/* The attention weights of a split decode (want_attn), after the barrier
+ * that ends cpu_attend_split: each thread normalises the parts it computed,
+ * whose unnormalised weights exp(s - part max) are still in its score rows,
+ * by the merged maximum and sum, so the weights reported are those the
+ * output was made with. Keys outside every part (before a local layer's
+ * window, after the query's position) get 0 from thread 0. */
+void cpu_split_weights(struct cpu_job *jb, uint32_t l, int ith, int nth)
+{
+	struct cpu *c = jb->c;
+	const struct hparams *hp = &c->hp;
+	uint32_t hd = hp->head_dim, vc = c->vis_cap, nv = jb->b->n_visible;
+	int32_t p = jb->b->pos[jb->t0];
+	uint32_t m = cpu_prefix(c, p), k0, k1;
+	uint32_t w0 = KVS_MIN(cpu_window_start(c, l, p), m);
+	int np = pool_size(c->pool);
+	size_t per = (size_t)hp->n_head * (hd + 2);
+	const float *sc = c->scores + (size_t)ith * c->q_rows * vc;
+	float *attn = jb->bo->attn + (size_t)l * hp->n_head * nv;
+	for (uint32_t h = 0; h < hp->n_head; h++) {
+		float mx = -INFINITY, sum = 0, *ar = attn + (size_t)h * nv;
+		for (int t = 0; t < np; t++)
+			mx = fmaxf(mx, c->dpart[t * per + (size_t)h * (hd + 2)]);
+		/* the same sum, in the same order, as cpu_split_merge */
+		for (int t = 0; t < np && mx != -INFINITY; t++) {
+			const float *pt = c->dpart + t * per + (size_t)h * (hd + 2);
+			if (pt[0] != -INFINITY)
+				sum += expf(pt[0] - mx) * pt[1];
+		}
+		for (uint32_t k = 0; ith == 0 && k < nv; k++)
+			if (k < w0 || k >= m)
+				ar[c->vorder[k]] = 0.0f;
+		for (int j = ith; j < np; j += nth) {
+			cpu_share(m - w0, j, np, &k0, &k1);
+			k0 += w0;
+			k1 += w0;
+			const float *pt = c->dpart + j * per + (size_t)h * (hd + 2);
+			float w = pt[0] == -INFINITY || sum == 0 ? 0.0f : expf(pt[0] - mx) / sum;
+			for (uint32_t k = k0; k < k1; k++)
+				ar[c->vorder[k]] = sc[(size_t)h * vc + k] * w;
+		}
 	}
 }
 

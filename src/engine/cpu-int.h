@@ -322,6 +322,11 @@ void cpu_squeeze_free(struct cpu *c);
 /* With want_attn, a choice's mask by sorted key into the batch's sel row. */
 void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t *mask);
 
+/* The attention weights of a split decode into the batch's attn rows of
+ * layer l, after the barrier that ends cpu_attend_split: each thread the
+ * parts it computed, normalised by the merged maximum and sum. */
+void cpu_split_weights(struct cpu_job *jb, uint32_t l, int ith, int nth);
+
 /* Merge the parts of cpu_attend_split into out (n_head, head_dim), in
  * part order. */
 void cpu_split_merge(const struct cpu *c, float *out);

@@ -665,11 +665,15 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 
 	/* attention: the special features need whole score rows (cpu_attend,
 	 * a prefill on gathered f32 copies); otherwise a decode splits the keys
-	 * across threads and a prefill goes tile by tile (cpu_flash), all but a
-	 * last token whose weights are asked for */
+	 * across threads (reporting its weights if asked, so that watching a
+	 * decode does not change its arithmetic) and a prefill goes tile by tile
+	 * (cpu_flash), all but a last token whose weights are asked for. A
+	 * sparse layer asked for weights reports the dense ones (a shadow) from
+	 * whole rows. */
 	uint32_t grp = hp->n_head / hp->n_head_kv, per_kv = (grp + KERN_ATT_Q - 1) / KERN_ATT_Q;
 	uint32_t ilo, ihi, n_items = n * hp->n_head_kv * per_kv;
-	bool split = n == 1 && !jb->whole && !jb->b->want_attn;
+	bool weights = jb->b->want_attn && jb->last;
+	bool split = n == 1 && !jb->whole && !(weights && sparse);
 	const float *ao = c->ao; /* the products' input: shared, or this thread's own */
 	if (split) {
 		if (sparse)
@@ -677,6 +681,8 @@ static void cpu_fwd_layer(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		else
 			cpu_attend_split(jb, l, ith, nth);
 		pool_barrier(c->pool);
+		if (weights)
+			cpu_split_weights(jb, l, ith, nth);
 		if (solo) {
 			cpu_split_merge(c, xb);
 			ao = xb;

@@ -781,6 +781,18 @@ static void test_compaction(const struct tspec *sp)
 	printf("  visible subset (%s): logits max|d| %.3g, attention max|d| %.3g\n", sp->arch, md, ma);
 	T_CHECK(md <= 1e-4 * KVS_MAX(bmax, 1.0) && ma <= 1e-5, "subset: logits %.3g attention %.3g", md,
 	        ma);
+	/* asking for the weights must not change the arithmetic: the same step
+	 * without them gives the same logits, bit for bit (the workbench watches
+	 * every decode; chat does not) */
+	float *with = malloc(V * sizeof(float));
+	memcpy(with, out.logits, V * sizeof(float));
+	struct engine_batch d2b = d2;
+	d2b.want_attn = false;
+	err_clear(&e);
+	T_CHECK(engine_forward(eng, &d2b, &out, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(memcmp(with, out.logits, V * sizeof(float)) == 0,
+	        "decode logits differ with and without the attention weights asked for");
+	free(with);
 
 	/* the same set listed out of order, with an empty slot among them: the
 	 * attention comes back in the list's order, 0 for the empty slot */
