@@ -25,12 +25,12 @@
  *           per 1k tokens (the bounds are 720 KiB per 1k, the K/V rows 22
  *           MiB);
  *   stage 1 per block, over the probe layers, the sum of the best KV head's
- *           envelope term: the probe's queries of that head replaced by
- *           their channel-wise envelope (the largest and smallest positive
- *           and negative parts, as cold_probe's), over the dequantised box
- *           [c' - r', c' + r']: one pass of head_dim channels per head,
- *           not one per query. With one query it is that query's exact
- *           term up to rounding; with more, a bound on each query's;
+ *           term: with pmax and nmin the largest and the most negative of
+ *           the head's queries per channel, pmax (c + r) + nmin (c - r),
+ *           which bounds every query over a box that holds 0 (most real
+ *           boxes do), as two int16 dot products with the 4-bit codes
+ *           (cold_sk_probe_init says why). With one query it is that
+ *           query's exact term up to rounding;
  *   stage 2 the best `cands` blocks of stage 1 (score descending, first
  *           position ascending) go to the exact search over their cold_sums
  *           bounds.
@@ -50,9 +50,11 @@
  * since; the writer builds them from cold_sums when it attaches) is
  * searched exactly.
  *
- * The scoring loop dequantises 8 channels at a time and takes the envelope
- * terms with AVX2 where the CPU has it, plain C otherwise (the two differ
- * only in rounding).
+ * The scoring loop widens 16 codes at a time to int16 and sums their
+ * products with the weights in int32 (AVX2 where the CPU has it, plain C
+ * otherwise, the same integers either way). An earlier form dequantised
+ * the codes to float and took the envelope's per-channel maxima: the same
+ * top-k share on the test's keys at several times the cost.
  */
 #include "store/store-int.h"
 
@@ -126,17 +128,26 @@ void cold_sketch_make(const struct hparams *hp, const float *kmin, const float *
 
 /* ------------------------------------------------------------ the probe */
 
-/* The probe as stage 1 reads it: per (probe layer, KV head) and channel
- * the envelope of its queries' positive parts (pmax, pmin) and negative
- * parts (nmax, nmin), the parts of store-cold-index.c's cold_probe. */
+/* The probe as stage 1 reads it: per (probe layer, KV head) two weight
+ * vectors, for the centres and for the radii, in int16 with one scale
+ * each (see cold_sk_probe_init). */
 struct cold_sk_probe {
 	uint32_t n_pl, n_head_kv, head_dim;
-	float *env; /* (n_pl, n_head_kv, 4, head_dim): pmax, pmin, nmax, nmin */
+	int16_t *w; /* (n_pl, n_head_kv, 2, head_dim): centre weights, then radius weights */
+	float *wsc; /* (n_pl, n_head_kv, 2): their scales */
 	bool avx2;
 };
 
-/* The envelope of the probe q (n_q, n_layer, n_head, head_dim) on the
- * probe layers. */
+/* The weights of the probe q (n_q, n_layer, n_head, head_dim) on the probe
+ * layers. Per channel the envelope of the head's queries, the largest
+ * positive part pmax and the most negative part nmin (cold_probe's), bounds
+ * every query's product with a box that holds 0, [c - r, c + r] with
+ * c - r <= 0 <= c + r: pmax (c + r) + nmin (c - r) = (pmax + nmin) c +
+ * (pmax - nmin) r. Real keys' boxes are wide, so most hold 0, and the term
+ * becomes two dot products with the sketch's codes: the centre weights
+ * pmax + nmin, the radius weights pmax - nmin (>= 0). Where a box misses 0
+ * this is an estimate (below the envelope on the side that misses it),
+ * which is all stage 1 needs. */
 static void cold_sk_probe_init(struct cold_sk_probe *p, const struct hparams *hp, const float *q,
                                uint32_t n_q)
 {
@@ -144,88 +155,102 @@ static void cold_sk_probe_init(struct cold_sk_probe *p, const struct hparams *hp
 	p->n_pl = cold_sketch_layers(hp->n_layer, layers);
 	p->n_head_kv = hp->n_head_kv;
 	p->head_dim = hd;
-	p->avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-	p->env = xcalloc((size_t)p->n_pl * hp->n_head_kv * 4 * hd, sizeof *p->env);
+	p->avx2 = __builtin_cpu_supports("avx2");
+	size_t n_heads = (size_t)p->n_pl * hp->n_head_kv;
+	p->w = xcalloc(n_heads * 2 * hd, sizeof *p->w);
+	p->wsc = xcalloc(n_heads * 2, sizeof *p->wsc);
+	float *fw = xmallocarray(2 * (size_t)hd, sizeof *fw); /* (2, head_dim) */
 	for (uint32_t i = 0; i < p->n_pl; i++)
 		for (uint32_t g = 0; g < hp->n_head_kv; g++) {
-			float *ev = p->env + ((size_t)i * hp->n_head_kv + g) * 4 * hd;
+			float amax[2] = { 0, 0 };
 			for (uint32_t d = 0; d < hd; d++) {
-				float pmx = n_q ? -INFINITY : 0, pmn = n_q ? INFINITY : 0,
-				      nmx = n_q ? -INFINITY : 0, nmn = n_q ? INFINITY : 0;
+				float pmx = 0, nmn = 0;
 				for (uint32_t j = 0; j < n_q * grp; j++) {
 					uint32_t t = j / grp, h = g * grp + j % grp;
 					float v = q[(((size_t)t * hp->n_layer + layers[i]) * hp->n_head + h) * hd + d];
-					float pos = v > 0 ? v : 0, neg = v > 0 ? 0 : v;
-					pmx = fmaxf(pmx, pos);
-					pmn = fminf(pmn, pos);
-					nmx = fmaxf(nmx, neg);
-					nmn = fminf(nmn, neg);
+					pmx = fmaxf(pmx, v);
+					nmn = fminf(nmn, v);
 				}
-				ev[d] = pmx;
-				ev[hd + d] = pmn;
-				ev[2 * hd + d] = nmx;
-				ev[3 * hd + d] = nmn;
+				fw[d] = pmx + nmn;
+				fw[hd + d] = pmx - nmn;
+				amax[0] = fmaxf(amax[0], fabsf(fw[d]));
+				amax[1] = fmaxf(amax[1], fw[hd + d]);
+			}
+			size_t o = (size_t)i * hp->n_head_kv + g;
+			for (int k = 0; k < 2; k++) {
+				float sc = amax[k] / 32767.0f;
+				p->wsc[2 * o + k] = sc;
+				for (uint32_t d = 0; d < hd; d++) {
+					float v = isfinite(fw[k * hd + d]) && sc > 0 ? fw[k * hd + d] / sc : 0;
+					p->w[(2 * o + k) * hd + d] =
+					        (int16_t)lrintf(fmaxf(fminf(v, 32767.0f), -32767.0f));
+				}
 			}
 		}
+	free(fw);
 }
 
 static void cold_sk_probe_free(struct cold_sk_probe *p)
 {
-	free(p->env);
+	free(p->w);
+	free(p->wsc);
 }
 
-/* One head's envelope term over its sketched box (hd channels at c, the
- * scales sc, sr): sum_d max(pmax x, pmin x) + max(nmax y, nmin y), x =
- * c_d + r_d and y = c_d - r_d the box's ends. */
-static float cold_sk_head_plain(const float *ev, const uint8_t *c, float sc, float sr, uint32_t hd)
+/* One head's two dot products: the centre codes (high 4 bits, signed)
+ * with wc and the radius codes (low 4 bits) with wr, over hd channels. */
+static void cold_sk_head_plain(const uint8_t *code, const int16_t *wc, const int16_t *wr,
+                               uint32_t hd, int32_t *ic, int32_t *ir)
 {
-	float s = 0;
+	int32_t a = 0, b = 0;
 	for (uint32_t d = 0; d < hd; d++) {
-		float cd = sc * (float)((int8_t)c[d] >> 4), rd = sr * (float)(c[d] & 15u);
-		float x = cd + rd, y = cd - rd;
-		float u = ev[d] * x, v = ev[hd + d] * x, w = ev[2 * hd + d] * y, z = ev[3 * hd + d] * y;
-		s += (u > v ? u : v) + (w > z ? w : z);
+		a += (int32_t)((int8_t)code[d] >> 4) * wc[d];
+		b += (int32_t)(code[d] & 15u) * wr[d];
 	}
-	return s;
+	*ic = a;
+	*ir = b;
 }
 
-/* cold_sk_head_plain with AVX2 (hd a multiple of 8). */
-__attribute__((target("avx2,fma"))) static float cold_sk_head_avx2(const float *ev,
-                                                                   const uint8_t *c, float sc,
-                                                                   float sr, uint32_t hd)
+/* cold_sk_head_plain with AVX2 (hd a multiple of 16): 16 channels a step,
+ * the codes widened to int16, pairs summed into int32 (7 x 32767 x 64 and
+ * 15 x 32767 x 64 stay far below 2^31). */
+__attribute__((target("avx2"))) static void cold_sk_head_avx2(const uint8_t *code,
+                                                              const int16_t *wc, const int16_t *wr,
+                                                              uint32_t hd, int32_t *ic, int32_t *ir)
 {
-	__m256 acc = _mm256_setzero_ps(), vsc = _mm256_set1_ps(sc), vsr = _mm256_set1_ps(sr);
-	const __m256i lo4 = _mm256_set1_epi32(15);
-	for (uint32_t d = 0; d < hd; d += 8) {
-		__m128i b8 = _mm_loadl_epi64((const __m128i *)(c + d));
-		__m256i b = _mm256_cvtepi8_epi32(b8); /* sign-extended: c in bits 4..7 */
-		__m256 cd = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(b, 4)), vsc);
-		__m256 rd = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, lo4)), vsr);
-		__m256 x = _mm256_add_ps(cd, rd), y = _mm256_sub_ps(cd, rd);
-		__m256 pos = _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(ev + d), x),
-		                           _mm256_mul_ps(_mm256_loadu_ps(ev + hd + d), x));
-		__m256 neg = _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(ev + 2 * hd + d), y),
-		                           _mm256_mul_ps(_mm256_loadu_ps(ev + 3 * hd + d), y));
-		acc = _mm256_add_ps(acc, _mm256_add_ps(pos, neg));
+	__m256i sa = _mm256_setzero_si256(), sb = sa;
+	const __m256i lo4 = _mm256_set1_epi16(15);
+	for (uint32_t d = 0; d < hd; d += 16) {
+		__m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(code + d)));
+		__m256i c = _mm256_srai_epi16(x, 4), r = _mm256_and_si256(x, lo4);
+		sa = _mm256_add_epi32(sa,
+		                      _mm256_madd_epi16(c, _mm256_loadu_si256((const __m256i *)(wc + d))));
+		sb = _mm256_add_epi32(sb,
+		                      _mm256_madd_epi16(r, _mm256_loadu_si256((const __m256i *)(wr + d))));
 	}
-	float v[8];
-	_mm256_storeu_ps(v, acc);
-	return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+	int32_t va[8], vb[8];
+	_mm256_storeu_si256((__m256i *)va, sa);
+	_mm256_storeu_si256((__m256i *)vb, sb);
+	*ic = va[0] + va[1] + va[2] + va[3] + va[4] + va[5] + va[6] + va[7];
+	*ir = vb[0] + vb[1] + vb[2] + vb[3] + vb[4] + vb[5] + vb[6] + vb[7];
 }
 
 /* Stage 1's score of a sketch (cold_sketch_bytes of them). */
 static float cold_sk_score(const struct cold_sk_probe *p, const uint8_t *sk)
 {
 	uint32_t hd = p->head_dim;
-	bool avx2 = p->avx2 && hd % 8 == 0;
+	bool avx2 = p->avx2 && hd % 16 == 0;
 	float total = 0;
-	const float *ev = p->env;
+	const int16_t *w = p->w;
+	const float *wsc = p->wsc;
 	for (uint32_t i = 0; i < p->n_pl; i++) {
 		float best = -INFINITY;
-		for (uint32_t g = 0; g < p->n_head_kv; g++, sk += 8 + hd, ev += 4 * (size_t)hd) {
-			float sc = cold_getf(sk), sr = cold_getf(sk + 4);
-			float s = avx2 ? cold_sk_head_avx2(ev, sk + 8, sc, sr, hd)
-			               : cold_sk_head_plain(ev, sk + 8, sc, sr, hd);
+		for (uint32_t g = 0; g < p->n_head_kv; g++, sk += 8 + hd, w += 2 * (size_t)hd, wsc += 2) {
+			int32_t ic, ir;
+			if (avx2)
+				cold_sk_head_avx2(sk + 8, w, w + hd, hd, &ic, &ir);
+			else
+				cold_sk_head_plain(sk + 8, w, w + hd, hd, &ic, &ir);
+			float s = cold_getf(sk) * wsc[0] * (float)ic + cold_getf(sk + 4) * wsc[1] * (float)ir;
 			best = fmaxf(best, s);
 		}
 		total += best;
