@@ -2,6 +2,7 @@
 """bench/evals-table.py: markdown tables from bench/evals.sh's JSON lines.
 
     python3 bench/evals-table.py OUTDIR
+    python3 bench/evals-table.py --grid OUTDIR   # recall as a policy x (budget, span) grid
 
 Reads OUTDIR/rps.jsonl, OUTDIR/passkey.jsonl and OUTDIR/recall.jsonl (each line one
 `kvscope eval ... --json` result) and prints the tables of doc/EVALS.md.
@@ -134,7 +135,49 @@ def recall_table(rows):
               " | ".join(cols), "%.2f" % (held / n) if n else "–"))
 
 
+def recall_grid(rows):
+    """One row per policy, one column per (budget, span): right / n, then the
+    answers that were partial and the facts held all / in part / not at all
+    when the question had been read; the full cache on its own row. A cell
+    run twice shows its last run."""
+    cells, order, spans, budgets = {}, [], [], []
+    for r in rows:
+        name = r["policy"].split()[0]
+        kv = dict(p.split("=", 1) for p in r["policy"].split()[1:])
+        span = "–" if name == "full" else kv.get("span", "word")
+        pol = short(" ".join(p for p in r["policy"].split() if not p.startswith("span=")))
+        budget = "all" if name == "full" else r["budget"]
+        if pol not in order:
+            order.append(pol)
+        if name != "full":
+            spans = spans if span in spans else spans + [span]
+            budgets = budgets if budget in budgets else budgets + [budget]
+        tot = [c for c in r["cells"] if c["kind"] == "all"]
+        cells[(pol, budget, span)] = tot[0] if tot else None
+    budgets.sort()
+    cols = [(b, s) for b in budgets for s in spans]
+    print("| policy | " + " | ".join("%s, span %s" % (b, s) for b, s in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for pol in order:
+        out = []
+        for b, s in cols:
+            c = cells.get((pol, b, s)) or cells.get((pol, "all", "–"))
+            if c is None:
+                out.append("–")
+                continue
+            out.append("%d/%d%s, held %d/%d/%d" % (c["right"], c["n"],
+                       " (%d partial)" % c["partial"] if c["partial"] else "",
+                       c["held_all"], c["held_part"], c["held_none"]))
+            if (pol, "all", "–") in cells:
+                out = [out[0]] + ["″"] * (len(cols) - 1)
+                break
+        print("| %s | %s |" % (pol, " | ".join(out)))
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--grid":
+        recall_grid(load(os.path.join(sys.argv[2], "recall.jsonl")))
+        return
     out = sys.argv[1] if len(sys.argv) > 1 else "."
     rps = load(os.path.join(out, "rps.jsonl"))
     pk = load(os.path.join(out, "passkey.jsonl"))

@@ -14,7 +14,13 @@
 # for the bounded policies into OUTDIR/passkey-long.jsonl. "recall" runs
 # eval recall (every policy, span word and off) into OUTDIR/recall.jsonl:
 #   RC_TURNS (10,30), RC_TURNS_512 (30), RC_BUDGETS ("128 256 512"), RC_SAMPLES (2),
-#   RC_POLICIES ("sirllm h2o snapkv streaming lminfinite window"), RC_SPANS ("word off")
+#   RC_POLICIES ("sirllm h2o snapkv streaming lminfinite window"; a policy
+#   with options of its own, snapkv:heads=1, takes span as one more), RC_SPANS
+#   ("word off"), RC_FACTS (every kind; "code" runs the code fact alone),
+#   RC_FULL (1; 0 leaves out the full cache's run)
+# The issue's 100-turn grid (doc/EVALS.md) is
+#   RC_TURNS=100 RC_TURNS_512=100 RC_SAMPLES=1 RC_FACTS=code RC_POLICIES="sirllm h2o
+#   snapkv streaming lminfinite window snapkv:heads=1 h2o:heads=1 kvzip" evals.sh ... recall
 # "heads" runs the per-head and query-agnostic policies (snapkv:heads=1,
 # h2o:heads=1, kvzip) through recall (RC_TURNS as above), passkey (budget
 # PK_BUDGETS, PK_LENGTHS) and rps (RPS_ROUNDS, RPS_BUDGETS), into the same
@@ -67,15 +73,21 @@ fi
 
 if [ "$what" = recall ] || [ "$what" = all ]; then
 	samples=${RC_SAMPLES:-2}
-	run recall eval recall --policy full --turns "${RC_TURNS:-10,30}" --samples "$samples"
+	facts=${RC_FACTS:-number,name,code,day}
+	if [ "${RC_FULL:-1}" = 1 ]; then
+		run recall eval recall --policy full --turns "${RC_TURNS:-10,30}" --samples "$samples" \
+			--facts "$facts"
+	fi
 	for p in ${RC_POLICIES:-sirllm h2o snapkv streaming lminfinite window}; do
+		sep=:
+		case $p in *:*) sep=, ;; esac
 		for sp in ${RC_SPANS:-word off}; do
 			for b in ${RC_BUDGETS:-128 256 512}; do
 				# at 512 the 10-turn conversations (about 310 tokens) fit whole
 				t=${RC_TURNS:-10,30}
 				[ "$b" -ge 512 ] && t=${RC_TURNS_512:-30}
-				run recall eval recall --policy "$p:span=$sp" --kv-budget "$b" --turns "$t" \
-					--samples "$samples"
+				run recall eval recall --policy "$p${sep}span=$sp" --kv-budget "$b" --turns "$t" \
+					--samples "$samples" --facts "$facts"
 			done
 		done
 	done

@@ -26,6 +26,9 @@
  *     a scratch per use when memory is short), attention over the same split
  *     kernel with one block per query.
  *
+ * Sparse decode (quest, hip) adds a choice per layer and attention over
+ * per-KV-head lists of keys; its host side is cuda_sparse.cu.
+ *
  * The visible list and its positions are mirrored on the device; each
  * forward uploads only the range that changed since the last one (usually
  * one new slot). Slot copies run on the device as simultaneous moves
@@ -36,93 +39,12 @@
  * one in kv_copy (which cannot report) is kept and returned by the next
  * forward.
  */
-extern "C" {
-#include "engine/engine.h"
-}
-#include "gpu/cuda_kern.h"
-#include "gpu/gpu.h"
-#include "gpu/gpuplan.h"
+#include "gpu/gpu-int.h"
 
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CU_MAX_ALLOCS 64
-
-struct cu_layer {
-	const float *attn_norm, *ffn_norm; /* (n_embd) */
-	const float *bq, *bk, *bv;         /* biases or NULL */
-	ck_mat wq, wk, wv, wo, gate, up, down;
-	__half *hq, *hk, *hv, *ho, *hgate, *hup, *hdown; /* resident F16 copies or NULL */
-};
-
-struct cu {
-	const struct model *m;
-	struct hparams hp;
-	struct engine_config cfg;
-	const int32_t *slot_pos; /* (n_ctx), the engine's */
-	struct gpuplan plan;
-	struct gpu_info gi;
-	int n_sm;
-	char isa[300];
-	cudaStream_t st;
-	cudaEvent_t ev0, ev1;
-	bool use_graphs;
-	bool fuse; /* residual add + next norm in one launch */
-	struct gpugraph_cache graphs;
-	char failed[200]; /* a kv_copy error for the next forward */
-
-	void *allocs[CU_MAX_ALLOCS];
-	int n_allocs;
-	uint8_t *warena; /* every weight, norm and bias */
-	uint64_t warena_used;
-	uint8_t *harena; /* resident F16 copies */
-	uint64_t harena_used;
-
-	struct cu_layer *L; /* (n_layer) */
-	ck_mat embd, out;
-	__half *hout; /* resident F16 LM head or NULL */
-	const float *out_norm;
-
-	/* device state */
-	__half *kc, *vc;            /* (n_layer, n_ctx, n_kv * hd) */
-	float *slot_cs;             /* (n_ctx, n_rot) */
-	int32_t *cs_pos;            /* (n_ctx) position slot_cs was made for */
-	uint32_t *vis;              /* (n_ctx) visible list */
-	int32_t *vpos;              /* (n_ctx) its positions */
-	uint32_t *mv_dst, *mv_src;  /* (n_ctx) slot moves */
-	__half *kv_tmp;             /* (2, n_ctx, n_kv * hd) */
-	int32_t *step;              /* CK_STEP_INTS(ubatch) */
-	int32_t *targets;           /* (ubatch) next token per row, -1 none */
-	float *x, *xb, *q, *ao, *g; /* (ubatch, n_embd / nq / nq / n_ff) */
-	__half *xh, *aoh, *gh;      /* (ubatch, kmax / nq / n_ff) */
-	int8_t *aq;                 /* (kmax) one quantised row */
-	float *ad, *as;             /* (kmax / 32) */
-	int32_t *ai;                /* (kmax / 32) */
-	float *part;                /* (part_rows, n_head, hd + 2) */
-	float *raw;                 /* (n_layer, n_head, n_ctx) */
-	float *ml;                  /* (n_layer, n_head, 2) the raw query's max, sum */
-	float *mlq;                 /* (ubatch, n_head, 2) every query's max, sum */
-	float *akv;                 /* (n_layer, n_kv, n_ctx) attention per KV head */
-	float *logits;              /* (ubatch, n_vocab) */
-	float *sur, *ent;           /* (ubatch) */
-	__half *wscr;               /* (largest matrix) F16 scratch, when not resident */
-	unsigned *counter;          /* last-block counter of the fused kernels, 0 between */
-
-	/* host state (pinned where the device reads or writes it) */
-	int32_t *h_step;    /* (n_chunks, CK_STEP_INTS(ubatch)) pinned */
-	int32_t *h_targets; /* (n_ctx) pinned */
-	uint32_t *h_vis;    /* (n_ctx) pinned staging of the visible list */
-	int32_t *h_vpos;    /* (n_ctx) pinned */
-	uint32_t *h_mv;     /* (2, n_ctx) pinned moves */
-	float *h_logits;    /* (n_vocab) pinned */
-	uint32_t *sh_vis;   /* (n_ctx) what the device's vis holds */
-	int32_t *sh_vpos;   /* (n_ctx) what the device's vpos holds */
-	int32_t *nv_pos;    /* (n_ctx) positions of this batch's visible list */
-	int64_t *origin;    /* (n_ctx) gpuplan_kv_moves scratch, all -1 */
-};
 
 /* Process-wide measurements (gpu.h). */
 static bool cu_timing_on;
@@ -130,21 +52,6 @@ static double cu_last_ms = -1.0;
 static uint64_t cu_captures, cu_hits;
 
 /* ------------------------------------------------------------- helpers */
-
-/* KVS_EIO naming the failed call, or KVS_OK. */
-static int cu_check(cudaError_t st, const char *what, struct err *e)
-{
-	if (st == cudaSuccess)
-		return KVS_OK;
-	return err_set(e, KVS_EIO, "CUDA %s: %s", what, cudaGetErrorString(st));
-}
-
-#define CU_TRY(call, what)                     \
-	do {                                       \
-		int rc_ = cu_check((call), (what), e); \
-		if (rc_ != KVS_OK)                     \
-			return rc_;                        \
-	} while (0)
 
 /* A device buffer of n bytes (at least 1), zeroed, freed with the backend. */
 static int cu_alloc(struct cu *c, void **p, uint64_t n, struct err *e)
@@ -428,6 +335,7 @@ static int cu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 		goto fail;
 	if ((rc = cu_weights(c, e)) || (rc = cu_buffers(c, e)))
 		goto fail;
+	cu_sp_init(c);
 	if ((rc = cu_check(cudaStreamSynchronize(c->st), "weight upload", e)) ||
 	    (rc = cu_check(cudaDeviceSynchronize(), "setup", e)))
 		goto fail;
@@ -508,7 +416,9 @@ static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn,
 	uint64_t layer = (uint64_t)c->plan.n_ctx * hp->n_head_kv * hp->head_dim;
 	ck_q8out q8 = cu_q8(c);
 	ck_act a = cu_act(c, c->xb), ao = cu_act(c, c->ao), ga = cu_act(c, c->g);
+	ck_q8out none = { NULL, NULL, NULL, NULL };
 	cu_enqueue_angles(c);
+	cu_sp_enqueue_start(c);
 	if (akv)
 		cudaMemsetAsync(c->akv, 0, (size_t)hp->n_layer * hp->n_head_kv * c->plan.n_ctx * 4, c->st);
 	ck_embed(c->st, &c->embd, c->step, 1, c->x);
@@ -518,12 +428,30 @@ static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn,
 		ck_mv_qkv(c->st, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, &a, c->q, c->kc + l * layer,
 		          c->vc + l * layer, c->step);
 		ck_attn_args aa = cu_attn_args(c, l, attn, 0);
-		ck_attention(c->st, &aa, 1, splits);
-		ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits, c->ao, NULL, q8,
-		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, 0, akv ? c->mlq : NULL);
-		if (akv)
-			ck_attn_acc(c->st, &aa, 1, (c->plan.n_ctx + GPUPLAN_ATT_TILE - 1) / GPUPLAN_ATT_TILE,
-			            c->mlq, cu_akv(c, l));
+		uint32_t n_tiles = (c->plan.n_ctx + GPUPLAN_ATT_TILE - 1) / GPUPLAN_ATT_TILE;
+		ck_attn_args sa = aa;
+		sa.raw = NULL;
+		if (cu_sp_layer(c, l, &sa)) {
+			/* sparse: with attn, a dense shadow gives the raw weights and
+			 * their softmax (into a spare row of ao); then the lists */
+			if (attn) {
+				ck_attention(c->st, &aa, 1, splits);
+				ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits,
+				           c->ao + (uint64_t)nh * hp->head_dim, NULL, none,
+				           c->ml + (uint64_t)l * nh * 2, 0, NULL);
+			}
+			ck_attention(c->st, &sa, 1, c->sp.ssplits);
+			ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, c->sp.ssplits, c->ao, NULL,
+			           q8, NULL, 0, akv ? c->mlq : NULL);
+			if (akv)
+				ck_attn_acc(c->st, &sa, 1, n_tiles, c->mlq, cu_akv(c, l));
+		} else {
+			ck_attention(c->st, &aa, 1, splits);
+			ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits, c->ao, NULL, q8,
+			           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, 0, akv ? c->mlq : NULL);
+			if (akv)
+				ck_attn_acc(c->st, &aa, 1, n_tiles, c->mlq, cu_akv(c, l));
+		}
 		if (c->fuse) {
 			ck_mv_add_norm(c->st, &L->wo, &ao, c->x, L->ffn_norm, hp->rms_eps, c->xb, q8,
 			               c->counter);
@@ -561,6 +489,7 @@ static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool
 	if (c->use_graphs) {
 		uint64_t key = gpugraph_key(splits, lm ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE,
 		                            (attn ? GPUGRAPH_ATTN : 0u) | (akv ? GPUGRAPH_ATTN_KV : 0u));
+		key = cu_sp_graph_key(c, key);
 		cudaGraphExec_t exec = (cudaGraphExec_t)gpugraph_find(&c->graphs, key);
 		if (exec == NULL) {
 			cudaGraph_t graph = NULL;
@@ -774,7 +703,7 @@ static int cu_forward(void *state, const struct engine_batch *b, struct backend_
 	}
 	if (cu_timing_on)
 		CU_TRY(cudaEventRecord(c->ev0, c->st), "cudaEventRecord");
-	if ((rc = cu_upload_visible(c, b, e)))
+	if ((rc = cu_upload_visible(c, b, e)) || (rc = cu_sp_begin(c, b, out, e)))
 		return rc;
 	uint32_t u = c->plan.ubatch;
 	if (b->n_tokens == 1) {
@@ -827,10 +756,13 @@ static int cu_forward(void *state, const struct engine_batch *b, struct backend_
 		                         (size_t)c->plan.n_ctx * 4, (size_t)b->n_visible * 4,
 		                         hp->n_layer * hp->n_head_kv, cudaMemcpyDeviceToHost, c->st),
 		       "copy of attention per KV head");
+	if ((rc = cu_sp_outputs(c, b, out, e)))
+		return rc;
 	if (cu_timing_on)
 		CU_TRY(cudaEventRecord(c->ev1, c->st), "cudaEventRecord");
 	CU_TRY(cudaStreamSynchronize(c->st), "forward");
 	CU_TRY(cudaGetLastError(), "forward");
+	cu_sp_finish(c, b, out);
 	if (b->n_tokens == 1 && out->logits != NULL)
 		memcpy(out->logits, c->h_logits, (size_t)hp->n_vocab * 4);
 	if (cu_timing_on) {
@@ -850,6 +782,7 @@ static void cu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, ui
 	uint32_t ctx = c->plan.n_ctx;
 	bool overlap = false;
 	uint32_t *md = c->h_mv, *ms = c->h_mv + ctx;
+	cu_sp_copied(c, dst, src, n);
 	uint32_t nm = gpuplan_kv_moves(dst, src, n, c->origin, md, ms, &overlap);
 	if (nm == 0)
 		return;
@@ -913,6 +846,8 @@ static int cu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct er
 	size_t row = (size_t)hp->n_head_kv * hp->head_dim * sizeof(__half);
 	size_t dev_pitch = (size_t)c->plan.n_ctx * row, host_pitch = 2 * row;
 	cudaError_t st = cudaSuccess;
+	if (load)
+		cu_sp_loaded(c, slot);
 	for (int v = 0; v < 2 && st == cudaSuccess; v++) {
 		uint8_t *dev = (uint8_t *)(v ? c->vc : c->kc) + (size_t)slot * row;
 		uint8_t *host = (uint8_t *)buf + (size_t)v * row;
@@ -942,6 +877,7 @@ static void cu_free(void *state)
 	if (c == NULL)
 		return;
 	gpugraph_clear(&c->graphs, cu_graph_destroy, NULL);
+	cu_sp_free(c);
 	for (int i = 0; i < c->n_allocs; i++)
 		cudaFree(c->allocs[i]);
 	void *pinned[] = { c->h_step, c->h_targets, c->h_vis, c->h_vpos, c->h_mv, c->h_logits };
@@ -963,9 +899,11 @@ static void cu_free(void *state)
 }
 
 static const struct backend_ops cu_ops = {
-	"cuda",     cu_create,   cu_forward, cu_kv_copy,
-	cu_kv_read, cu_isa_name, cu_free,    ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP,
-	cu_kv_raw,  NULL,
+	"cuda",     cu_create,
+	cu_forward, cu_kv_copy,
+	cu_kv_read, cu_isa_name,
+	cu_free,    ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_SPARSE,
+	cu_kv_raw,  cu_sp_page_bounds,
 };
 
 /* ------------------------------------------------------------- gpu.h */

@@ -431,7 +431,8 @@ template <int G> static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_
 	int g = blockIdx.x, c = blockIdx.y, i = blockIdx.z;
 	int grp = A.n_head / A.n_kv, hd = A.hd, nout = grp * hd;
 	int32_t pos = A.step[CK_STEP_POS(i)];
-	uint32_t n_vis = (uint32_t)A.step[CK_STEP_NVIS];
+	/* dense: the visible entries; sparse: this KV head's list of them */
+	uint32_t n_vis = A.list ? (uint32_t)A.list_n[g] : (uint32_t)A.step[CK_STEP_NVIS];
 	uint32_t chunk = (n_vis + (uint32_t)splits - 1) / (uint32_t)splits;
 	uint32_t j0 = min(n_vis, (uint32_t)c * chunk), j1 = min(n_vis, j0 + chunk);
 
@@ -452,7 +453,8 @@ template <int G> static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_
 		uint32_t j = t0 + (uint32_t)tid;
 		int slot = -1;
 		float sc[G];
-		bool vis = j < j1 && ck_key_scores<G>(A, g, j, pos, cap_at, s_q, s_cap, &slot, sc);
+		uint32_t e = A.list && j < j1 ? A.list[(size_t)g * A.list_cap + j] : j;
+		bool vis = j < j1 && ck_key_scores<G>(A, g, e, pos, cap_at, s_q, s_cap, &slot, sc);
 		s_slot[tid] = vis ? slot : -1;
 #pragma unroll
 		for (int h = 0; h < G; h++) {
@@ -544,7 +546,7 @@ static __global__ void __launch_bounds__(ATT_T)
 	int g = blockIdx.x, i = blockIdx.z;
 	int grp = A.n_head / A.n_kv;
 	int32_t pos = A.step[CK_STEP_POS(i)];
-	uint32_t n_vis = (uint32_t)A.step[CK_STEP_NVIS];
+	uint32_t n_vis = A.list ? (uint32_t)A.list_n[g] : (uint32_t)A.step[CK_STEP_NVIS];
 	uint32_t j = blockIdx.y * ATT_T + threadIdx.x;
 	if (blockIdx.y * ATT_T >= n_vis)
 		return;
@@ -552,7 +554,8 @@ static __global__ void __launch_bounds__(ATT_T)
 	__syncthreads();
 	float sc[G];
 	int slot;
-	if (j >= n_vis || !ck_key_scores<G>(A, g, j, pos, cap_at, s_q, s_cap, &slot, sc))
+	uint32_t e = A.list && j < n_vis ? A.list[(size_t)g * A.list_cap + j] : j;
+	if (j >= n_vis || !ck_key_scores<G>(A, g, e, pos, cap_at, s_q, s_cap, &slot, sc))
 		return;
 	float sum = 0.0f;
 	const float *ml = mlq + ((size_t)i * A.n_head + (size_t)g * grp) * 2;
@@ -560,7 +563,7 @@ static __global__ void __launch_bounds__(ATT_T)
 	for (int h = 0; h < G; h++)
 		if (h < grp && ml[2 * h + 1] > 0.0f)
 			sum += expf(sc[h] - ml[2 * h]) * (1.0f / ml[2 * h + 1]);
-	atomicAdd(&akv[(size_t)g * A.n_ctx + j], sum);
+	atomicAdd(&akv[(size_t)g * A.n_ctx + e], sum);
 }
 
 /* A block per (query, head), a thread per dim. */

@@ -97,13 +97,19 @@ struct ck_attn_args {
 	const int32_t *step;
 	float *part; /* (n_q, n_head, splits, hd + 2): acc[hd], max, sum */
 	float *raw;  /* this layer's (n_head, n_ctx) scaled scores of query raw_q, or NULL */
+	/* sparse decode: KV head g attends only the visible entries list[g *
+	 * list_cap + i], i < list_n[g] (NULL: every visible entry); raw NULL */
+	const uint32_t *list;  /* (n_kv, list_cap) */
+	const int32_t *list_n; /* (n_kv) */
+	uint32_t list_cap;
 	int raw_q;
 	uint32_t n_ctx;
 	int n_head, n_kv, hd, n_rot, neox;
 	float scale, theta_scale, freq_scale;
 };
 
-/* Attention partials of n_q queries, keys split into `splits` ranges.
+/* Attention partials of n_q queries, keys (or each KV head's listed keys)
+ * split into `splits` ranges.
  * Global keys (the first step.n_global visible entries) more than
  * step.dist_cap before a query are scored rotated to query - dist_cap. */
 void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t splits);
@@ -127,6 +133,67 @@ void ck_attn_acc(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, ui
  * the first step.n_vis entries of each row. */
 void ck_attn_norm(cudaStream_t st, float *raw, const float *ml, uint32_t rows, uint32_t n_ctx,
                   const int32_t *step);
+
+/* ---- sparse decode (cuda_skern.cu; gpusparse.h has the rules) ----
+ *
+ * The sparse step array (device, CK_SST_INTS ints), uploaded per step:
+ * keys the query sees (m, a prefix of the sorted visible entries), the
+ * sinks and recent window among them, the units (pages or blocks) the
+ * budget buys, the candidate pages (quest) or blocks (hip), the unit size,
+ * and the pages whose bounds to recompute. */
+#define CK_SST_M 0
+#define CK_SST_SINKS 1
+#define CK_SST_RECENT 2
+#define CK_SST_K 3
+#define CK_SST_NUNITS 4
+#define CK_SST_UNIT 5
+#define CK_SST_NREB 6
+#define CK_SST_INTS 8
+
+struct ck_sp_bounds_args {
+	const __half *kc;       /* (n_layer, n_ctx, n_kv, hd) keys before RoPE */
+	__half *bounds;         /* (n_layer, n_pages, n_kv, 2, hd) min then max */
+	const int32_t *sum_pos; /* (n_ctx) position a slot is folded at, -1 not */
+	const uint32_t *reb;    /* (sst.n_rebuild) pages to recompute */
+	const int32_t *sst;
+	uint32_t n_ctx, n_pages;
+	int n_kv, hd, n_rot, neox;
+	float theta_scale, freq_scale;
+};
+
+struct ck_sp_args {
+	const float *q;        /* (n_head, hd) the decode query before RoPE */
+	const __half *kc;      /* this layer's keys (n_ctx, n_kv, hd) before RoPE */
+	const uint32_t *vis;   /* (n_vis) visible slots */
+	const int32_t *vpos;   /* (n_vis) their positions */
+	const int32_t *step;   /* the step array (the query's position) */
+	const int32_t *sst;    /* the sparse step array */
+	const uint32_t *ord;   /* (n_vis) visible entries sorted by position */
+	const uint32_t *plist; /* (sst.n_units) quest: candidate pages, ascending */
+	const __half *bounds;  /* quest: this layer's (n_pages, n_kv, 2, hd) */
+	float *ubc;            /* (n_kv, n_pages) quest: bound of candidate i */
+	uint8_t *csel;         /* (n_kv, n_pages) quest: candidate i chosen */
+	float *ubp;            /* quest: this layer's (n_kv, n_pages) bounds by page, or NULL */
+	uint8_t *psel;         /* (n_kv, n_pages) quest: page chosen */
+	uint8_t *kept;         /* hip: this layer's (n_kv, n_ctx) chosen, by slot */
+	const int32_t *seen;   /* hip: (n_ctx) position each slot was scored at, -1 */
+	uint32_t *hscr;        /* hip: (n_kv, hscr_words) the search's scratch */
+	uint64_t hscr_words;
+	uint32_t kcap;   /* hip: blocks the scratch holds */
+	uint32_t *list;  /* (n_kv, n_ctx) the entries each KV head attends */
+	int32_t *list_n; /* this layer's (n_kv) */
+	uint8_t *sel;    /* this layer's (n_kv, n_ctx) 1: entry attended, or NULL */
+	uint32_t n_ctx, n_pages;
+	int n_head, n_kv, hd, n_rot, neox;
+	float scale, theta_scale, freq_scale;
+};
+
+/* Recompute the listed pages' bounds, every layer. */
+void ck_sp_bounds(cudaStream_t st, const struct ck_sp_bounds_args *b, uint32_t n_layer);
+/* Quest for one layer: bound the candidate pages (at most max_pages), choose, list. */
+void ck_sp_quest(cudaStream_t st, const struct ck_sp_args *a, uint32_t max_pages);
+/* HiP for one layer: search (a refresh step), then list. */
+void ck_sp_hip(cudaStream_t st, const struct ck_sp_args *a, bool search);
 
 /* out (rows, cols) f16 = the dequantised weight. */
 void ck_dequant_f16(cudaStream_t st, const struct ck_mat *w, __half *out);

@@ -233,6 +233,15 @@ uint64_t gpugraph_key(uint32_t splits, int logits_mode, unsigned flags)
 	return (uint64_t)splits << 8 | (uint64_t)(logits_mode & 0xf) << 4 | (flags & 0xf);
 }
 
+uint64_t gpugraph_key_sparse(uint64_t key, unsigned mode, bool search, bool report,
+                             uint32_t ssplits, uint32_t dense_layers)
+{
+	/* gpugraph_key fills bits 0-15 (splits <= GPUPLAN_MAX_SPLITS) */
+	return key | (uint64_t)(ssplits & 0xff) << 16 | (uint64_t)(mode & 3) << 24 |
+	        (uint64_t)search << 26 | (uint64_t)report << 27 |
+	        (uint64_t)(dense_layers & 0xffff) << 28;
+}
+
 void gpugraph_init(struct gpugraph_cache *gc)
 {
 	memset(gc, 0, sizeof(*gc));

@@ -102,6 +102,11 @@ uint32_t gpuplan_attn_splits(uint32_t n_vis, uint32_t n_kv, uint32_t n_query, ui
 #define GPUGRAPH_ATTN 1u
 #define GPUGRAPH_ATTN_KV 2u
 uint64_t gpugraph_key(uint32_t splits, int logits_mode, unsigned flags);
+/* The key of a sparse step's graph: key (gpugraph_key's) with the mode
+ * (engine_sparse_mode, 1..3), whether HiP searches, whether the choice is
+ * reported, the sparse layers' splits and the dense layers (< 65536). */
+uint64_t gpugraph_key_sparse(uint64_t key, unsigned mode, bool search, bool report,
+                             uint32_t ssplits, uint32_t dense_layers);
 
 #define GPUGRAPH_SLOTS 8
 

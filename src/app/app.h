@@ -720,6 +720,9 @@ struct worker_event {
 	/* SNAPSHOT */
 	struct kv_tok *toks; /* (n_toks) */
 	uint32_t n_toks;
+	uint8_t *head_keep;            /* (n_toks, n_layer, n_head_kv) 1 = that pair keeps the token;
+	                     * NULL with one keep-set (kv_cache_head_map) */
+	uint32_t hk_layer, hk_head_kv; /* head_keep's n_layer and n_head_kv */
 	int32_t next_pos;
 	struct kv_stats stats;
 	char policy[160];   /* kv_policy_format of the active policy */

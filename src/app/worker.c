@@ -193,6 +193,7 @@ void worker_event_free(struct worker_event *ev)
 	free(ev->turn.reply);
 	worker_kv_free(&ev->kv);
 	free(ev->toks);
+	free(ev->head_keep);
 	free(ev->key_pos);
 	free(ev->key_tok);
 	session_recap_free(&ev->recap);
@@ -218,6 +219,7 @@ static void worker_snapshot(struct worker *w)
 	ev->n_toks = n;
 	ev->toks = xmallocarray(n ? n : 1, sizeof *ev->toks);
 	memcpy(ev->toks, kv_cache_toks(g->kv), n * sizeof *ev->toks);
+	ev->head_keep = kv_cache_head_map(g->kv, &ev->hk_layer, &ev->hk_head_kv);
 	ev->next_pos = kv_cache_next_pos(g->kv);
 	kv_cache_stats(g->kv, &ev->stats);
 	kv_policy_format(kv_cache_policy(g->kv), ev->policy, sizeof ev->policy);

@@ -951,7 +951,7 @@ const struct backend_ops backend_cpu = {
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
 	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE |
-	        ENGINE_CAP_SHARE | ENGINE_CAP_QUERY | ENGINE_CAP_HEAD_KEEP,
+	        ENGINE_CAP_SQUEEZED | ENGINE_CAP_SHARE | ENGINE_CAP_QUERY | ENGINE_CAP_HEAD_KEEP,
 	.kv_raw = cpu_kv_raw,
 	.page_bounds = cpu_sparse_bounds,
 };

@@ -368,6 +368,11 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 			        e, KVS_EUNSUPPORTED,
 			        "batch: backend %s has no sparse attention (sparse); use the cpu backend",
 			        eng->ops->name);
+		if (sp->mode == ENGINE_SPARSE_SQUEEZED && !engine_supports(eng, ENGINE_CAP_SQUEEZED))
+			return err_set(e, KVS_EUNSUPPORTED,
+			               "batch: backend %s runs sparse quest and hip, not squeezed; use the "
+			               "cpu backend",
+			               eng->ops->name);
 	}
 	return KVS_OK;
 }
@@ -535,7 +540,7 @@ bool engine_supports(const struct engine *eng, unsigned caps)
 	unsigned have = eng->ops->caps;
 	/* the sparse kernels take no attention soft-cap (Gemma 2): dense only */
 	if (eng->m->hp.attn_softcap > 0)
-		have &= ~(unsigned)ENGINE_CAP_SPARSE;
+		have &= ~(unsigned)(ENGINE_CAP_SPARSE | ENGINE_CAP_SQUEEZED);
 	return (have & caps) == caps;
 }
 

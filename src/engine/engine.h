@@ -351,6 +351,7 @@ enum engine_cap {
 	ENGINE_CAP_SHARE = 1u << 4,     /* engine_create_shared */
 	ENGINE_CAP_QUERY = 1u << 5,     /* want_q */
 	ENGINE_CAP_HEAD_KEEP = 1u << 6, /* head_keep, attn_kv_max */
+	ENGINE_CAP_SQUEEZED = 1u << 7,  /* sparse mode squeezed (besides quest and hip) */
 };
 
 struct engine;

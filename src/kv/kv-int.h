@@ -257,9 +257,12 @@ uint32_t kv_slot_cap(const struct kv_cache *c);
 /* Whether m incoming tokens need an eviction first: a head or the slots
  * would go over. */
 bool kv_over(const struct kv_cache *c, uint32_t m);
-/* K/V bytes the kept entries take: per (token, layer, KV head) entry with
- * per-head keep-sets, per token otherwise. */
+/* K/V bytes the engine holds for the cached tokens (the union with
+ * per-head keep-sets): bytes_per_token each. */
 uint64_t kv_bytes(const struct kv_cache *c);
+/* K/V bytes of the kept entries: per (token, layer, KV head) entry with
+ * per-head keep-sets, kv_bytes otherwise. */
+uint64_t kv_bytes_entries(const struct kv_cache *c);
 /* kv_cache_stats' bytes and per-head fields. */
 void kv_heads_stats(const struct kv_cache *c, struct kv_stats *s);
 /* Each of the first n tokens' score: the sum of its accumulator row (its

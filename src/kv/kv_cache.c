@@ -186,9 +186,23 @@ static void kv_acc_alloc(struct kv_cache *c)
 
 /* -------------------------------------------------------- create, free */
 
-/* The error of a sparse mode on a backend without one. */
-static int kv_sparse_refuse(struct engine *eng, struct err *e)
+/* Whether the backend runs sparse mode `mode` (off always). */
+static bool kv_sparse_runs(const struct engine *eng, enum engine_sparse_mode mode)
 {
+	return mode == ENGINE_SPARSE_OFF ||
+	        engine_supports(eng,
+	                        ENGINE_CAP_SPARSE |
+	                                (mode == ENGINE_SPARSE_SQUEEZED ? ENGINE_CAP_SQUEEZED : 0u));
+}
+
+/* The error of a sparse mode on a backend without it. */
+static int kv_sparse_refuse(struct engine *eng, enum engine_sparse_mode mode, struct err *e)
+{
+	if (mode == ENGINE_SPARSE_SQUEEZED && engine_supports(eng, ENGINE_CAP_SPARSE))
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "sparse attention: backend %s runs quest and hip, not squeezed (expected "
+		               "--sparse quest or hip, or --backend cpu)",
+		               engine_backend_name(eng));
 	if (engine_model(eng)->hp.attn_softcap > 0)
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "sparse attention: this model soft-caps its attention scores, which the "
@@ -201,8 +215,8 @@ static int kv_sparse_refuse(struct engine *eng, struct err *e)
 
 int kv_cache_set_sparse(struct kv_cache *c, const struct engine_sparse *s, struct err *e)
 {
-	if (s->mode != ENGINE_SPARSE_OFF && !engine_supports(c->eng, ENGINE_CAP_SPARSE))
-		return kv_sparse_refuse(c->eng, e);
+	if (!kv_sparse_runs(c->eng, s->mode))
+		return kv_sparse_refuse(c->eng, s->mode, e);
 	c->cfg.sparse = *s;
 	return KVS_OK;
 }
@@ -224,8 +238,8 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 		               cfg->budget, n_ctx);
 	if (cfg->budget != 0 && cfg->budget < 8 && kv_policy_evicts(&cfg->policy))
 		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at least 8", cfg->budget);
-	if (cfg->sparse.mode != ENGINE_SPARSE_OFF && !engine_supports(eng, ENGINE_CAP_SPARSE))
-		return kv_sparse_refuse(eng, e);
+	if (!kv_sparse_runs(eng, cfg->sparse.mode))
+		return kv_sparse_refuse(eng, cfg->sparse.mode, e);
 	int rc = kv_heads_refuse(eng, &cfg->policy, e);
 	if (rc != KVS_OK)
 		return rc;

@@ -60,11 +60,13 @@
  * Per-head keep-sets (kv_heads.c: snapkv and h2o heads=1, kvzip): each
  * (layer, KV head) keeps its own set of at most budget tokens, and the
  * engine gives a key a head dropped exactly zero weight from that head.
- * The cached tokens are then the union of the sets (at most spread x
- * budget engine slots, kv_policy_scratch), and the budget bounds bytes:
- * kv_stats.bytes counts kept (token, layer, KV head) entries, never more
- * than budget tokens' worth; kv_tok.n_heads says how many heads keep a
- * token, kv_stats.heads_load the most one head keeps.
+ * The cached tokens are then the union of the sets, at most spread x
+ * budget (kv_policy_scratch gives the engine the slots); the engine holds
+ * every head's K/V of a cached token, so kv_stats.bytes counts the union
+ * (never past the budget's bytes with spread 1, the default) and
+ * kv_stats.bytes_entries the kept (token, layer, KV head) entries;
+ * kv_tok.n_heads says how many heads keep a token, kv_stats.heads_load
+ * the most one head keeps.
  *
  * Policies are one table (kv_policy.c), each with named parameters whose
  * defaults come from the papers' released code. A score provider (a
@@ -191,7 +193,7 @@ bool kv_policy_evicts(const struct kv_policy *p);
 /* Engine slots the policy wants beyond budget: a voting policy's (snapkv)
  * scratch window, KVzip's re-read chunk and prompt, and with per-head
  * keep-sets (heads=1) room for the union of the heads' sets, (spread - 1)
- * x budget; 0 for the others. A vote or a re-read runs in free slots and
+ * x budget (none with spread 1, the default); 0 for the others. A vote or a re-read runs in free slots and
  * empties them (with fewer free slots it votes with fewer queries, re-reads
  * in smaller chunks). */
 uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget);
@@ -294,17 +296,19 @@ struct kv_stats {
 	uint32_t n_fallbacks;                       /* score-provider failures since the last clear */
 	uint64_t bytes_per_token;                   /* K and V, all layers */
 	uint64_t bytes_per_layer;                   /* cached tokens' K and V in one layer */
-	uint64_t bytes;                             /* cached tokens' K and V, all layers */
-	uint64_t bytes_peak;                        /* the most bytes held since the last clear */
-	uint64_t bytes_allocated;                   /* n_ctx slots */
+	uint64_t bytes;                             /* cached tokens' K and V, all layers: what
+	                                             * the engine holds for them */
+	uint64_t bytes_entries;   /* per-head keep-sets: the kept (token, layer, KV head)
+	                         * entries' K and V (bytes otherwise) */
+	uint64_t bytes_peak;      /* the most bytes held since the last clear */
+	uint64_t bytes_allocated; /* n_ctx slots */
 	/* The last decode step's attention: keys read, and keys dense attention
 	 * reads, summed over layers and KV heads (equal unless sparse). */
 	uint64_t keys_read, keys_dense;
 	struct kv_sparse_stats sp;
 	/* Per-head keep-sets: the most tokens one (layer, KV head) keeps (at
-	 * most the budget; n_cached with one keep-set). bytes then counts kept
-	 * (token, layer, KV head) entries, each bytes_per_token / (n_layer x
-	 * n_head_kv), and kv_tok.n_heads says how many heads keep a token. */
+	 * most the budget; n_cached with one keep-set); kv_tok.n_heads says
+	 * how many heads keep a token. */
 	uint32_t heads_load;
 	uint32_t n_head_sets; /* keep-sets: n_layer x n_head_kv per head, 0 with one */
 	/* KVzip re-reads since the last clear, and the tokens they ran */
@@ -517,6 +521,15 @@ const struct kv_tok *kv_cache_toks(const struct kv_cache *c); /* (n) cache order
 const float *kv_cache_acc(const struct kv_cache *c);
 /* Cache index of the token at original position orig_pos, or -1 (evicted / never). */
 int32_t kv_cache_find(const struct kv_cache *c, int32_t orig_pos);
+/* Which (layer, KV head) pairs keep cached token i: out, (n_layer,
+ * n_head_kv), gets 1 where the pair keeps it and 0 where that head dropped
+ * it; returns how many keep it (with one keep-set: every pair, for every
+ * cached token). i must be below kv_cache_n. */
+uint32_t kv_cache_token_heads(const struct kv_cache *c, uint32_t i, uint8_t *out);
+/* The same for every cached token: (n, n_layer, n_head_kv) in cache order
+ * (caller owns; free), or NULL with one keep-set (every pair keeps every
+ * token); n_layer and n_head_kv get the map's shape either way. */
+uint8_t *kv_cache_head_map(const struct kv_cache *c, uint32_t *n_layer, uint32_t *n_head_kv);
 const struct kv_policy *kv_cache_policy(const struct kv_cache *c);
 void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s);
 struct engine *kv_cache_engine(const struct kv_cache *c);

@@ -19,15 +19,24 @@
  *     each head to budget - m (less the pinned tokens it keeps). Tokens that
  *     arrive are kept by every head; a head never gets back a token it
  *     dropped (its selection runs over the candidates it still keeps).
- *   - Bytes count kept entries: a (token, layer, KV head) entry costs
- *     bytes_per_token / (n_layer x n_head_kv), so the bytes never exceed
- *     budget x bytes_per_token, what one keep-set of budget tokens costs.
- *     (The engine stores K/V per slot for every head: the slots it holds
- *     are the union, at most kv_slot_cap = spread x budget; a per-head
- *     paged store would hold only the entries.)
+ *   - Bytes are what the engine holds: it stores K/V per slot for every
+ *     head, so the cached tokens (the union) cost bytes_per_token each,
+ *     kv_stats.bytes, and the union is at most kv_slot_cap = spread x
+ *     budget tokens. With spread 1, the default, the held bytes never pass
+ *     budget x bytes_per_token, and the engine is given budget slots plus
+ *     the policy's fixed scratch (a vote's window, a re-read's chunk). The
+ *     kept (token, layer, KV head) entries, bytes_per_token / (n_layer x
+ *     n_head_kv) each, are kv_stats.bytes_entries: what a per-head paged
+ *     store (per (layer, KV head) rows behind a slot-to-row map) would
+ *     hold; that store is not built, so spread > 1 lets the heads keep
+ *     more different tokens at spread x the memory.
  *   - A slot is freed when no head keeps its token; when the union would
  *     pass its cap, the tokens the fewest heads keep go first, whole spans
- *     (the older first on ties).
+ *     (the older first on ties). With spread 1 the cap is what one head
+ *     may keep, so each head then keeps every token of the union it kept
+ *     before: the heads nominate, the union keeps what most of them chose,
+ *     and the sets stay one set (different sets cost spread x the memory
+ *     until a per-head store exists).
  *   - Spans apply per head: a head's selection cuts its own candidates
  *     into spans (kv_span_find over the tokens it keeps), so every head
  *     keeps or drops a word whole; the union of whole spans is whole too,
@@ -142,8 +151,13 @@ uint64_t kv_heads_count(struct kv_cache *c)
 
 uint64_t kv_bytes(const struct kv_cache *c)
 {
+	return (uint64_t)c->n * c->bytes_per_token;
+}
+
+uint64_t kv_bytes_entries(const struct kv_cache *c)
+{
 	if (!kv_heads_on(c))
-		return (uint64_t)c->n * c->bytes_per_token;
+		return kv_bytes(c);
 	uint64_t entries = 0;
 	for (uint32_t i = 0; i < c->n; i++)
 		entries += c->toks[i].n_heads;
@@ -153,10 +167,39 @@ uint64_t kv_bytes(const struct kv_cache *c)
 void kv_heads_stats(const struct kv_cache *c, struct kv_stats *s)
 {
 	s->bytes = kv_bytes(c);
+	s->bytes_entries = kv_bytes_entries(c);
 	s->heads_load = kv_heads_load(c);
 	s->n_head_sets = kv_heads_on(c) ? heads_n(c) : 0;
 	s->n_zip_reads = c->n_zip_reads;
 	s->n_zip_tokens = c->n_zip_tokens;
+}
+
+uint32_t kv_cache_token_heads(const struct kv_cache *c, uint32_t i, uint8_t *out)
+{
+	uint32_t h = heads_n(c);
+	if (!kv_heads_on(c) || i >= c->n) {
+		memset(out, i < c->n, h);
+		return i < c->n ? h : 0;
+	}
+	uint32_t s = c->toks[i].slot, k = 0;
+	for (uint32_t r = 0; r < h; r++) {
+		out[r] = c->hkeep[(size_t)r * c->n_ctx + s] != 0;
+		k += out[r];
+	}
+	return k;
+}
+
+uint8_t *kv_cache_head_map(const struct kv_cache *c, uint32_t *n_layer, uint32_t *n_head_kv)
+{
+	*n_layer = c->hp->n_layer;
+	*n_head_kv = c->hp->n_head_kv;
+	if (!kv_heads_on(c))
+		return NULL;
+	uint32_t h = heads_n(c);
+	uint8_t *m = xmallocarray(c->n ? (size_t)c->n * h : 1, 1); /* (n, n_layer, n_head_kv) */
+	for (uint32_t i = 0; i < c->n; i++)
+		kv_cache_token_heads(c, i, m + (size_t)i * h);
+	return m;
 }
 
 int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, struct err *e)
@@ -243,6 +286,15 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 	for (uint32_t i = 0; i < n; i++)
 		is_cand[s->cand[i]] = true;
 	uint32_t per_head = s->budget - s->m; /* each head keeps at most this */
+	uint32_t cap_union = kv_slot_cap(c);
+	/* spread 1: the union is cut to what one head may keep, so each head
+	 * keeps afterwards every token of the union it kept before (nothing it
+	 * gives up would save a byte) */
+	uint8_t *before = NULL; /* (n_layer, n_head_kv, n_ctx) hkeep before the selection */
+	if (cap_union <= s->budget) {
+		before = xmallocarray((size_t)h * c->n_ctx, 1);
+		memcpy(before, c->hkeep, (size_t)h * c->n_ctx);
+	}
 	int rc = KVS_OK;
 	for (uint32_t r = 0; r < h && rc == KVS_OK; r++) {
 		uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
@@ -285,10 +337,15 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 				s->keep[i] |= (uint8_t)(KV_KEEP | (keep[j] & (KV_FLAG_SINK | KV_FLAG_KEY)));
 		}
 	}
-	if (rc == KVS_OK) {
-		uint32_t cap_union = kv_slot_cap(c);
+	if (rc == KVS_OK)
 		heads_cut(c, s, kept_pinned, cap_union > s->m ? cap_union - s->m : 0);
-	}
+	for (uint32_t r = 0; rc == KVS_OK && before != NULL && r < h; r++)
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t sl = c->toks[s->cand[i]].slot;
+			if ((s->keep[i] & KV_KEEP) && before[(size_t)r * c->n_ctx + sl])
+				c->hkeep[(size_t)r * c->n_ctx + sl] = 1;
+		}
+	free(before);
 	c->heads_over = false;
 	free(sub);
 	free(map);

@@ -97,8 +97,9 @@ static const struct kv_param_def policy_lmi_params[] = {
 /* The per-head parameters' help (snapkv, h2o, kvzip). */
 #define POLICY_HEADS_HELP \
 	"1: a keep-set per (layer, KV head), scored by its own attention; 0: one for all heads"
-#define POLICY_SPREAD_HELP \
-	"per-head keep-sets: the tokens some head keeps, at most spread x budget (slots)"
+#define POLICY_SPREAD_HELP                                                                  \
+	"per-head keep-sets: the tokens some head keeps (the engine holds their K/V for every " \
+	"head) at most spread x budget; 1 keeps the held bytes within the budget's"
 
 enum { H2O_HEAVY = 0, H2O_POS, H2O_HEADS, H2O_SPREAD };
 static const struct kv_param_def policy_h2o_params[] = {
@@ -107,7 +108,7 @@ static const struct kv_param_def policy_h2o_params[] = {
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (paper real-drop code) or compact (its streaming variant)" },
 	{ "heads", 0, 0, 1, NULL, true, POLICY_HEADS_HELP " (paper code: per head)" },
-	{ "spread", 2, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 };
 
 enum { SNAP_WINDOW = 0, SNAP_KERNEL, SNAP_SINKS, SNAP_POS, SNAP_HEADS, SNAP_SPREAD };
@@ -119,7 +120,7 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (the code keeps the rotated keys) or compact" },
 	{ "heads", 0, 0, 1, NULL, true, POLICY_HEADS_HELP " (paper code: per head)" },
-	{ "spread", 2, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 };
 
 enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD };
@@ -132,7 +133,7 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	  "context tokens re-read per scratch forward (fewer when fewer slots are free)" },
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (the code keeps the rotated keys) or compact" },
-	{ "spread", 2, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */

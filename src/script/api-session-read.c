@@ -210,6 +210,8 @@ static void api_push_stats(lua_State *L, const struct kv_cache *kv)
 	api_setint(L, "n_fallbacks", st.n_fallbacks);
 	api_setint(L, "bytes", (lua_Integer)st.bytes);
 	api_setint(L, "bytes_peak", (lua_Integer)st.bytes_peak);
+	api_setint(L, "bytes_entries", (lua_Integer)st.bytes_entries);
+	api_setint(L, "bytes_allocated", (lua_Integer)st.bytes_allocated);
 	api_setint(L, "bytes_per_token", (lua_Integer)st.bytes_per_token);
 	api_setint(L, "keys_read", (lua_Integer)st.keys_read);
 	api_setint(L, "keys_dense", (lua_Integer)st.keys_dense);
@@ -252,6 +254,35 @@ static int api_s_find(lua_State *L)
 	else
 		lua_pushinteger(L, i + 1);
 	return 1;
+}
+
+/* session:heads(position): which (layer, KV head) pairs keep the token. */
+static int api_s_heads(lua_State *L)
+{
+	struct api_session *as = api_checksession(L, 1);
+	lua_Integer pos = script_int(L, 2, "heads: position", INT32_MIN, INT32_MAX);
+	struct gen *g = session_gen(as->s);
+	int32_t i = kv_cache_find(gen_kv(g), (int32_t)pos);
+	if (i < 0) {
+		lua_pushnil(L);
+		return 1;
+	}
+	const struct hparams *hp = &gen_model(g)->hp;
+	uint8_t *m = xmallocarray((size_t)hp->n_layer * hp->n_head_kv, 1); /* (n_layer, n_head_kv) */
+	uint32_t kept = kv_cache_token_heads(gen_kv(g), (uint32_t)i, m);
+	/* m[layer][head], both 1-based: true where that pair keeps the token */
+	lua_createtable(L, (int)hp->n_layer, 0);
+	for (uint32_t l = 0; l < hp->n_layer; l++) {
+		lua_createtable(L, (int)hp->n_head_kv, 0);
+		for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+			lua_pushboolean(L, m[(size_t)l * hp->n_head_kv + h]);
+			lua_rawseti(L, -2, (lua_Integer)h + 1);
+		}
+		lua_rawseti(L, -2, (lua_Integer)l + 1);
+	}
+	free(m);
+	lua_pushinteger(L, kept);
+	return 2;
 }
 
 static int api_s_turns(lua_State *L)
@@ -306,7 +337,8 @@ static const struct api_fn api_session_read_fns[] = {
 	{ "session:policy", API_FAST, API_C, "() -> string", "the policy in use", api_s_policy },
 	{ "session:stats", API_DEFERRED, API_C, "() -> table",
 	  "KV statistics: n_cached, budget, n_sink, n_key, n_recent, n_pinned, n_recalled, n_evicted, "
-	  "n_evictions, n_fallbacks, bytes, keys_read / keys_dense (the last decode step's "
+	  "n_evictions, n_fallbacks, bytes (held), bytes_entries (kept (token, layer, KV head) "
+	  "entries), bytes_allocated, keys_read / keys_dense (the last decode step's "
 	  "attention), sparse, sparsity (with a sparse mode and capture on: bytes_read, "
 	  "bytes_dense, overlap, mass_mean, mass_min, mass_p10, tight, shadow_step, attn_ms, "
 	  "select_ms, shadow_ms), policy (and base, for a Lua policy), ...",
@@ -315,6 +347,11 @@ static const struct api_fn api_session_read_fns[] = {
 	  "the cached tokens (read-only, valid until the session changes)", api_s_tokens },
 	{ "session:find", API_DEFERRED, API_C, "(position) -> index | nil",
 	  "cache index of the token at an original position, nil when evicted", api_s_find },
+	{ "session:heads", API_DEFERRED, API_C, "(position) -> map, n | nil",
+	  "which (layer, KV head) pairs keep the token at an original position: map[layer][head] "
+	  "(1-based) is true where that pair keeps it, n how many do; with one keep-set every pair "
+	  "does; nil when evicted",
+	  api_s_heads },
 	{ "session:turns", API_DEFERRED, API_C, "() -> n", "number of exchanges", api_s_turns },
 	{ "session:turn", API_DEFERRED, API_C, "(i) -> table",
 	  "exchange i: index, user, reply, stop, first_pos, n_prompt, n_reply, prefill_ms, decode_ms",

@@ -74,6 +74,7 @@ void tui_free(struct tui *t)
 	free(t->grid.pos);
 	compare_view_free(t->cmp);
 	tui_sparsity_free(t);
+	tui_heads_free(t);
 	for (int i = 0; i < TUI_STEP_HISTORY; i++)
 		tui_step_free(&t->steps[i]);
 	memset(t, 0, sizeof *t);
@@ -436,6 +437,7 @@ static void tui_apply_snapshot(struct tui *t, const struct worker_event *ev)
 		if (t->toks[i].known && !t->toks[i].cached)
 			t->toks[i].evicted = true;
 	t->stats = ev->stats;
+	tui_heads_snapshot(t, ev);
 	snprintf(t->policy, sizeof t->policy, "%s", ev->policy);
 	t->n_unsaved = ev->n_unsaved;
 	t->saving = ev->saving;

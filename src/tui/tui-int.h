@@ -237,6 +237,10 @@ struct tui {
 	enum tui_attn_view attn_view;
 	/* KV memory */
 	struct kv_stats stats;
+	/* per-head keep-sets as the last snapshot had them (heads.c) */
+	uint8_t *hk;     /* (n_hk, hk_layer, hk_head_kv) 1 = that pair keeps it */
+	int32_t *hk_pos; /* (n_hk) the tokens' original positions, ascending */
+	uint32_t n_hk, hk_layer, hk_head_kv;
 	char policy[160];
 	float spark_cache[TUI_SPARK_N]; /* cached tokens, one sample per step event */
 	float spark_tps[TUI_SPARK_N];   /* decode tokens/s */
@@ -534,6 +538,27 @@ void tui_compare_apply(struct tui *t, struct worker_event *ev);
 /* Whether a comparison is starting, replaying or following (Esc and
  * Ctrl-C stop its work in progress: worker_compare_stop). */
 bool tui_compare_on(const struct tui *t);
+
+/* ---- per-head keep-sets (heads.c) ---- */
+
+/* Copy a snapshot's per-head map (none with one keep-set). */
+void tui_heads_snapshot(struct tui *t, const struct worker_event *ev);
+/* The map row, (hk_layer, hk_head_kv), of the token at original position
+ * pos as the last snapshot had it (lent until the next snapshot), or NULL. */
+const uint8_t *tui_heads_of(const struct tui *t, int32_t pos);
+/* Name the pairs of map m, (n_layer, n_head_kv), that keep (kept) or
+ * dropped (!kept) the token, a layer's heads together ("L3 h1, L7 h0 h2"),
+ * into buf, cut with "..." at cap; returns the length. */
+size_t tui_heads_list(const uint8_t *m, uint32_t n_layer, uint32_t n_head_kv, bool kept, char *buf,
+                      size_t cap);
+/* Rows the retention view gives the map of the token at pos, out of spare
+ * (0: no map for it; 1: the header line alone; 2 short of the whole map:
+ * the header and a digit per layer). */
+int tui_heads_rows(const struct tui *t, int32_t pos, int spare);
+/* Draw that many rows of pos's map from row y of r. */
+void tui_heads_draw(const struct tui *t, struct tui_grid *g, struct tui_rect r, int y, int rows,
+                    int32_t pos);
+void tui_heads_free(struct tui *t);
 
 /* ---- sparse attention (sparsity.c) ---- */
 

@@ -417,8 +417,9 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	if (y < r.y + r.h && st->n_head_sets > 0)
 		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
 		                "per-head keep-sets: %u (layer, KV head) sets, the fullest keeps %u of "
-		                "%u; bytes count kept entries",
-		                st->n_head_sets, st->heads_load, st->budget);
+		                "%u; kept entries %.2f MiB of the %.2f held",
+		                st->n_head_sets, st->heads_load, st->budget,
+		                (double)st->bytes_entries / 1048576.0, (double)st->bytes / 1048576.0);
 	if (y < r.y + r.h && st->n_zip_reads > 0)
 		tui_grid_printf(g, r, r.x, y++, R_NORMAL, "kvzip: %llu re-read%s, %llu tokens",
 		                (unsigned long long)st->n_zip_reads, st->n_zip_reads == 1 ? "" : "s",
@@ -512,6 +513,11 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	t->n_hits = 0;
 	if (r.w < 8 || r.h < 2)
 		return;
+	/* a cached token under per-head keep-sets: its map of heads above the details */
+	int hk_rows = 0;
+	if (t->sel_tok >= 0 && (uint32_t)t->sel_tok < t->n_toks && t->toks[t->sel_tok].cached)
+		hk_rows = tui_heads_rows(t, t->sel_tok, r.h - 3);
+	strip_h -= hk_rows;
 	/* lay out every token in rows, then show the rows that hold the
 	 * selection (or the most recent ones) */
 	int *row_of = xmallocarray(t->n_toks + 1, sizeof *row_of);
@@ -557,6 +563,7 @@ static void pane_retention(struct tui *t, struct tui_grid *g, struct tui_rect bo
 	}
 	free(row_of);
 	free(col_of);
+	tui_heads_draw(t, g, r, r.y + strip_h, hk_rows, t->sel_tok);
 	/* the details line */
 	int y = r.y + r.h - 1;
 	if (t->sel_tok >= 0 && (uint32_t)t->sel_tok < t->n_toks && t->toks[t->sel_tok].known) {

@@ -13,15 +13,18 @@
 #      (logits, top-1, greedy continuations, attention probabilities, slot
 #      compaction, visible subsets, surprisal) on a SmolLM2-shaped random
 #      model, the model file when there is one, and a model per weight
-#      type; timings (decode at 128, 4k, 32k cached tokens with and without
-#      CUDA graphs, prefill of 512 and 8k) and a table last.
+#      type; sparse decode (quest and hip: the choices, page bounds and
+#      logits against the CPU's, a budget over the cache = dense, the same
+#      after slot copies); timings (decode at 128, 4k, 32k cached tokens
+#      with and without CUDA graphs, prefill of 512 and 8k, decode at 128
+#      and 32k dense against quest and hip) and a table last.
 # Every mismatch prints FAIL. Exit status: 0 all passed, 1 a check failed,
-# 2 could not build or run. About 3-6 minutes on an H100.
+# 2 could not build or run. About 4-8 minutes on an H100.
 #
 # Environment: KVSCOPE_MODEL (a GGUF model for parity and timings as well;
 # default: the default model when it exists), GPU_CHECK_ARGS (extra
 # gpu-check options, e.g. "--quick"), GPU_CHECK_SANITIZE=1 (also run the
-# per-type parity under compute-sanitizer), TMPDIR.
+# per-type and the sparse parity under compute-sanitizer), TMPDIR.
 set -u
 
 die() {
@@ -62,7 +65,8 @@ echo "== build: $src -> $build"
 "$src/configure" --with-cuda --without-tui --without-lua --without-sqlite --without-libedit \
 	>configure.log 2>&1 || { tail -n 20 configure.log; die "configure failed (log: $build/configure.log)"; }
 jobs=$(nproc 2>/dev/null || echo 4)
-make -j"$jobs" kvscope tests/gpu/gpu-check tests/unit/test-gpu-host tests/unit/test-cuda-dq \
+make -j"$jobs" kvscope tests/gpu/gpu-check tests/unit/test-gpu-host tests/unit/test-gpu-sparse \
+	tests/unit/test-cuda-dq \
 	>make.log 2>&1 || { tail -n 40 make.log; die "build failed (log: $build/make.log)"; }
 if grep -i 'warning' make.log >/dev/null; then
 	grep -i -A3 'warning' make.log | head -n 40
@@ -72,7 +76,7 @@ echo "   built in $(($(date +%s) - started)) s"
 
 fail=0
 echo "== unit tests of the GPU code"
-for t in test-gpu-host test-cuda-dq; do
+for t in test-gpu-host test-gpu-sparse test-cuda-dq; do
 	KVSCOPE_BIN=$build/kvscope KVSCOPE_SRCDIR=$src KVSCOPE_BUILDDIR=$build ./tests/unit/$t ||
 		{ echo "FAIL $t"; fail=1; }
 done
@@ -92,6 +96,10 @@ if [ "${GPU_CHECK_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null
 	echo "== compute-sanitizer: per-type parity"
 	compute-sanitizer --tool memcheck --error-exitcode 9 ./tests/gpu/gpu-check types \
 		--prompts 1 --gen 4 >sanitizer.log 2>&1 || { tail -n 40 sanitizer.log; echo "FAIL compute-sanitizer"; fail=1; }
+	echo "== compute-sanitizer: sparse decode parity"
+	compute-sanitizer --tool memcheck --error-exitcode 9 ./tests/gpu/gpu-check sparse-parity \
+		--quick >sanitizer-sparse.log 2>&1 ||
+		{ tail -n 40 sanitizer-sparse.log; echo "FAIL compute-sanitizer (sparse)"; fail=1; }
 fi
 
 echo "== gpu-check all"

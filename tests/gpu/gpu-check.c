@@ -6,6 +6,9 @@
  *   gpu-check parity [--model PATH]     SmolLM2-shaped model (and PATH)
  *   gpu-check types                     one small model per weight type
  *   gpu-check bench [--model PATH]      decode / prefill rates, graphs on/off
+ *   gpu-check sparse [--model PATH]     quest and hip decode against the CPU's
+ *                                       choices, and their rates (gpu-check-sparse.c;
+ *                                       sparse-parity: without the rates)
  *   gpu-check all [--model PATH]        all of the above, then one table
  *   common: --b cuda|cpu (the backend under test; cpu runs the harness
  *           against the CPU backend, for machines without a GPU),
@@ -33,8 +36,8 @@
  * sampling included) and CUDA events around the device work (gpu_timing).
  * Every failed check prints FAIL and the exit status is 1.
  */
-#include "engine/engine.h"
-#include "gpu/gpu.h"
+#include "tests/gpu/gpu-check.h"
+
 #include "tests/util/tinymodel.h"
 
 #include <math.h>
@@ -44,19 +47,16 @@
 
 /* ------------------------------------------------------------- results */
 
-static int g_fail;
+int g_fail;
 static char g_table[64][160];
 static int g_rows;
-static enum engine_backend g_b = ENGINE_BACKEND_CUDA;
+enum engine_backend g_b = ENGINE_BACKEND_CUDA;
 static int g_prompts = 10, g_gen = 64;
-static bool g_quick;
+bool g_quick;
 static uint32_t g_depths[8] = { 128, 4096, 32768 }, g_pre[8] = { 512, 8192 };
 static int g_n_depths = 3, g_n_pre = 2;
 
-/* Record one check: PASS/FAIL line. */
-static void check(bool ok, const char *name, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void check(bool ok, const char *name, const char *fmt, ...)
+void check(bool ok, const char *name, const char *fmt, ...)
 {
 	va_list ap;
 	printf("%s %-34s ", ok ? "PASS" : "FAIL", name);
@@ -69,9 +69,7 @@ static void check(bool ok, const char *name, const char *fmt, ...)
 		g_fail++;
 }
 
-/* Add a row to the final table. */
-static void table_row(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void table_row(const char *fmt, ...)
+void table_row(const char *fmt, ...)
 {
 	if (g_rows >= (int)KVS_ARRAY_LEN(g_table))
 		return;
@@ -94,26 +92,11 @@ static double rnd(void)
 	return (double)(g_rng >> 11) / (double)(1ull << 52) - 1.0;
 }
 
-static uint32_t rnd_u32(uint32_t n)
+uint32_t rnd_u32(uint32_t n)
 {
 	return (uint32_t)((rnd() + 1.0) * 0.5 * n) % n;
 }
 
-struct rmodel {
-	struct model m;
-	void *blobs[1024];
-	int n_blobs;
-	char name[96];
-};
-
-struct rspec {
-	const char *arch;
-	uint32_t n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab;
-	uint32_t wtype, etype; /* matrices; embedding (tied LM head) */
-	bool bias;
-	enum rope_kind rope;
-	float rope_base;
-};
 
 /* A (rows, cols) tensor of random values times scale plus bias, in type. */
 static struct tensor rm_tensor(struct rmodel *rm, const char *name, uint32_t type, int64_t cols,
@@ -168,7 +151,7 @@ static struct tensor rm_tensor(struct rmodel *rm, const char *name, uint32_t typ
 	return t;
 }
 
-static struct rmodel *rm_build(const struct rspec *sp, uint64_t seed)
+struct rmodel *rm_build(const struct rspec *sp, uint64_t seed)
 {
 	g_rng = seed;
 	struct rmodel *rm = xcalloc(1, sizeof(*rm));
@@ -223,7 +206,7 @@ static struct rmodel *rm_build(const struct rspec *sp, uint64_t seed)
 	return rm;
 }
 
-static void rm_free(struct rmodel *rm)
+void rm_free(struct rmodel *rm)
 {
 	if (rm == NULL)
 		return;
@@ -234,7 +217,7 @@ static void rm_free(struct rmodel *rm)
 }
 
 /* SmolLM2-135M's shape with the Q4_1 file's types. */
-static const struct rspec smol_spec = {
+const struct rspec smol_spec = {
 	"llama", 30, 576, 9, 3, 1536, 49152, DT_Q4_1, DT_Q8_0, false, ROPE_NORM, 100000.0f,
 };
 
@@ -242,8 +225,8 @@ static const struct rspec smol_spec = {
 
 /* An engine on backend be (reference: the CPU's plain-float path); exits on
  * failure since nothing else can run. */
-static struct engine *mk_engine(const struct model *m, enum engine_backend be, bool reference,
-                                uint32_t n_ctx)
+struct engine *mk_engine(const struct model *m, enum engine_backend be, bool reference,
+                         uint32_t n_ctx)
 {
 	struct engine_config cfg;
 	struct err e;
@@ -267,12 +250,14 @@ static struct engine *mk_engine(const struct model *m, enum engine_backend be, b
 static bool g_attn_kv;
 static uint32_t g_n_global;
 static int32_t g_dist_cap;
+const struct engine_sparse *g_sparse;
+bool g_want_sel;
 
 /* Forward n tokens at positions pos0.. into slots slot0..; visible: the
  * list, or NULL for slots 0 .. n_vis-1. Exits on failure. */
-static void fwd(struct engine *eng, const int32_t *toks, uint32_t n, int32_t pos0, uint32_t slot0,
-                const uint32_t *vis, uint32_t n_vis, enum engine_logits lm, bool attn, bool sur,
-                struct engine_out *o)
+void fwd(struct engine *eng, const int32_t *toks, uint32_t n, int32_t pos0, uint32_t slot0,
+         const uint32_t *vis, uint32_t n_vis, enum engine_logits lm, bool attn, bool sur,
+         struct engine_out *o)
 {
 	int32_t *pos = xmallocarray(n, sizeof(int32_t));
 	uint32_t *slot = xmallocarray(n, sizeof(uint32_t));
@@ -294,6 +279,8 @@ static void fwd(struct engine *eng, const int32_t *toks, uint32_t n, int32_t pos
 	b.want_attn_kv = g_attn_kv;
 	b.n_global = KVS_MIN(g_n_global, n_vis);
 	b.dist_cap = g_dist_cap;
+	b.sparse = g_sparse;
+	b.want_sel = g_want_sel;
 	struct err e;
 	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
 		fprintf(stderr, "gpu-check: forward of %u tokens on %s: %s\n", n, engine_backend_name(eng),
@@ -305,14 +292,14 @@ static void fwd(struct engine *eng, const int32_t *toks, uint32_t n, int32_t pos
 }
 
 /* A copy of n floats. */
-static float *dup_f(const float *p, size_t n)
+float *dup_f(const float *p, size_t n)
 {
 	float *q = xmallocarray(n ? n : 1, sizeof(float));
 	memcpy(q, p, n * sizeof(float));
 	return q;
 }
 
-static uint32_t argmax(const float *x, uint32_t n)
+uint32_t argmax(const float *x, uint32_t n)
 {
 	uint32_t best = 0;
 	float bv = x[0];
@@ -339,13 +326,8 @@ static double top_gap(const float *x, uint32_t n)
 	return a - b;
 }
 
-/* Differences of rows b against reference rows a. */
-struct cmp {
-	double max_abs, max_ref;
-	uint64_t rows, top1_same, ties, bad;
-};
 
-static void cmp_rows(struct cmp *c, const float *a, const float *b, uint32_t n_rows, uint32_t n)
+void cmp_rows(struct cmp *c, const float *a, const float *b, uint32_t n_rows, uint32_t n)
 {
 	for (uint32_t r = 0; r < n_rows; r++) {
 		const float *x = a + (size_t)r * n, *y = b + (size_t)r * n;
@@ -367,13 +349,12 @@ static void cmp_rows(struct cmp *c, const float *a, const float *b, uint32_t n_r
 	}
 }
 
-static double cmp_rel(const struct cmp *c)
+double cmp_rel(const struct cmp *c)
 {
 	return c->max_abs / fmax(c->max_ref, 1e-6);
 }
 
-/* Report a logits comparison against tolerance tol (relative). */
-static void cmp_check(const char *name, const struct cmp *c, double tol)
+void cmp_check(const char *name, const struct cmp *c, double tol)
 {
 	check(cmp_rel(c) <= tol && c->bad == 0, name,
 	      "max|d| %.3g (rel %.2e, tol %.1e), top-1 %llu/%llu same, %llu near ties, %llu real "
@@ -395,7 +376,7 @@ static double max_abs_diff(const float *a, const float *b, size_t n)
 }
 
 /* Random token ids. */
-static int32_t *rand_tokens(uint32_t n, uint32_t n_vocab)
+int32_t *rand_tokens(uint32_t n, uint32_t n_vocab)
 {
 	int32_t *t = xmallocarray(n, sizeof(int32_t));
 	for (uint32_t i = 0; i < n; i++)
@@ -907,15 +888,15 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n)
+double median(double *v, int n)
 {
 	qsort(v, (size_t)n, sizeof(double), cmp_double);
 	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* Decode n_steps tokens after depth cached ones: median wall and GPU ms. */
-static void bench_decode(const struct model *m, uint32_t depth, bool graphs, double *wall_ms,
-                         double *gpu_ms, double *sample_us)
+void bench_decode(const struct model *m, uint32_t depth, bool graphs, double *wall_ms,
+                  double *gpu_ms, double *sample_us)
 {
 	setenv("KVSCOPE_CUDA_GRAPHS", graphs ? "1" : "0", 1);
 	uint32_t steps = g_quick ? 32 : 128, nv = m->hp.n_vocab;
@@ -1073,7 +1054,8 @@ static int parse_list(const char *s, uint32_t *out, int *n)
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: gpu-check info|parity|types|bench|all [--model PATH] [--b cuda|cpu] "
+	        "usage: gpu-check info|parity|types|bench|sparse|sparse-parity|all [--model PATH] [--b "
+	        "cuda|cpu] "
 	        "[--prompts N] [--gen N] [--depths A,B] [--prefill A,B] [--quick]\n");
 }
 
@@ -1121,6 +1103,8 @@ int main(int argc, char **argv)
 		rc = cmd_types();
 	} else if (strcmp(cmd, "bench") == 0) {
 		rc = cmd_bench(model);
+	} else if (strcmp(cmd, "sparse") == 0 || strcmp(cmd, "sparse-parity") == 0) {
+		rc = cmd_sparse(model, strcmp(cmd, "sparse") == 0);
 	} else if (strcmp(cmd, "all") == 0) {
 		rc = cmd_info();
 		if (rc == 0)
@@ -1129,6 +1113,8 @@ int main(int argc, char **argv)
 			rc = cmd_types();
 		if (rc == 0)
 			rc = cmd_bench(model);
+		if (rc == 0)
+			rc = cmd_sparse(model, true);
 	} else {
 		usage();
 		return 2;

@@ -16,12 +16,20 @@
  *   - attn_kv_max gives per KV head the max over queries and query heads,
  *     checked against one-query runs taken here;
  *   - the cache: a per-head policy that keeps everything is bit-identical
- *     to the plain engine (to full); under long random dialogues every
- *     head keeps at most the budget (recounted here from hkeep), the bytes
- *     never pass budget x bytes_per_token, the union does pass the budget
- *     (the heads keep different tokens: the test can fail), every key a
- *     head dropped gets exactly zero weight in the captured attention, and
- *     kv_cache_check holds after every step;
+ *     to the plain engine (to full); after an eviction the next turn's
+ *     logits equal, bit for bit, a plain engine's recomputation masked by
+ *     the per-head sets kv_cache_token_heads reports; under long random
+ *     dialogues every head keeps at most the budget (recounted here from
+ *     hkeep), the bytes held are the union's tokens and never pass budget
+ *     x bytes_per_token with spread 1 (the default), the kept entries
+ *     never pass it at any spread, the engine's allocation is the budget
+ *     plus the policy's fixed scratch (and (spread - 1) x budget); with
+ *     spread 1 every head keeps the whole union (nothing it gave up would
+ *     save a byte), with spread > 1 the union does pass the budget (the
+ *     heads keep different tokens: the test can fail), every key a head
+ *     dropped gets exactly
+ *     zero weight in the captured attention, and kv_cache_check holds
+ *     after every step;
  *   - KVzip's scores equal the max attention the chunked re-read's
  *     queries give each cached token per KV head, taken here one query at
  *     a time from a plain engine (1e-5), after a first re-read of every
@@ -325,6 +333,85 @@ static void test_keep_all(const struct model *m, const char *spec)
 	engine_free(b);
 }
 
+/* After an eviction under per-head keep-sets, the next turn's logits equal
+ * a reference recomputation: a plain engine that prefilled the same first
+ * turn (no eviction, the same chunks, slots = original positions) runs
+ * the second turn seeing the tokens some head keeps, each (layer, KV head)
+ * masked by the set kv_cache_token_heads reports (the turn's own tokens
+ * kept by every head), bit for bit. */
+static void test_reference(const struct model *m, const char *spec)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t budget = 40, nb = 8, n1 = 36, n2 = 12, nh = hp->n_layer * hp->n_head_kv;
+	struct kv_policy pol;
+	struct err e;
+	T_EQ_INT(kv_policy_parse(spec, &pol, &e), KVS_OK);
+	struct engine *a = tinymodel_engine(m, budget + kv_policy_scratch(&pol, budget), 1, true),
+	              *b = tinymodel_engine(m, 64, 1, true);
+	struct kv_cache *kv = mk_cache(a, spec, budget, nb);
+	int32_t ids[48];
+	uint32_t vis[64];
+	rnd_tokens(ids, n1 + n2, hp->n_vocab);
+	for (uint32_t i = 0; i < 64; i++)
+		vis[i] = i;
+	/* H2O's forwards ask for the per-KV-head attention (its whole-row path) */
+	bool akv = strncmp(spec, "h2o", 3) == 0;
+	/* turn 1 fits: the cache and the reference prefill the same chunks */
+	T_CHECK(kv_cache_begin_turn(kv, KV_ROLE_USER, n1, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_cache_feed(kv, ids, n1, &e) == KVS_OK, "%s", e.msg);
+	for (uint32_t done = 0; done < n1;) {
+		uint32_t mm = KVS_MIN(nb, n1 - done);
+		struct fw f = {
+			.eng = b, .vis = vis, .nv = done + mm, .attn_kv = akv, .logits = ENGINE_LOGITS_LAST
+		};
+		run(&f, ids + done, done, mm);
+		done += mm;
+	}
+	/* turn 2 evicts, each head its own tokens */
+	T_CHECK(kv_cache_begin_turn(kv, KV_ROLE_USER, n2, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(kv_cache_feed(kv, ids + n1, n2, &e) == KVS_OK, "%s", e.msg);
+	uint8_t *keep = xcalloc((size_t)nh * 64, 1); /* (n_layer, n_head_kv, 64) by slot */
+	uint8_t row[64];
+	uint32_t nv = 0, n_part = 0, pos_ok = 1;
+	for (uint32_t i = 0; i < kv_cache_n(kv); i++) {
+		const struct kv_tok *t = &kv_cache_toks(kv)[i];
+		uint32_t k = kv_cache_token_heads(kv, i, row);
+		n_part += k < nh;
+		pos_ok &= t->pos == t->orig_pos;
+		for (uint32_t r = 0; r < nh; r++)
+			keep[(size_t)r * 64 + (uint32_t)t->orig_pos] = row[r];
+		if (t->orig_pos < (int32_t)n1)
+			vis[nv++] = (uint32_t)t->orig_pos;
+	}
+	T_CHECK(pos_ok, "%s: the reference needs original positions", spec);
+	/* spread 1: the union is cut, every head keeps all of it; else the heads differ */
+	bool spread1 = kv_policy_get(&pol, "spread") == 1;
+	T_CHECK(spread1 ? nv < n1 && n_part == 0 : n_part > 0,
+	        "%s: %u of %u tokens kept, %u by only some heads", spec, nv, n1, n_part);
+	struct engine_out o = { 0 };
+	for (uint32_t done = 0; done < n2;) {
+		uint32_t mm = KVS_MIN(nb, n2 - done);
+		for (uint32_t j = 0; j < mm; j++)
+			vis[nv + done + j] = n1 + done + j;
+		struct fw f = { .eng = b,
+			            .vis = vis,
+			            .nv = nv + done + mm,
+			            .keep = keep,
+			            .attn_kv = akv,
+			            .logits = ENGINE_LOGITS_LAST };
+		o = run(&f, ids + n1 + done, n1 + done, mm);
+		done += mm;
+	}
+	const float *la = kv_cache_logits(kv);
+	double d = la ? tinymodel_max_diff(la, o.logits, hp->n_vocab) : INFINITY;
+	T_CHECK(la != NULL && memcmp(la, o.logits, hp->n_vocab * sizeof(float)) == 0,
+	        "%s: logits differ from the reference with the same per-head sets (max %g)", spec, d);
+	free(keep);
+	kv_cache_free(kv);
+	engine_free(a);
+	engine_free(b);
+}
+
 struct watch {
 	struct kv_cache *kv;
 	uint32_t steps, nonzero; /* step events seen; dropped keys with weight */
@@ -353,7 +440,9 @@ static void watch_step(const struct kv_event *ev, void *ud)
 }
 
 /* Long random dialogues under a per-head policy: the heads' budgets, the
- * bytes, the union, zero weights, the checker. */
+ * bytes held (the union: within the budget's with spread 1, the default)
+ * and kept (the entries), the engine's allocation (the budget and the
+ * policy's fixed scratch), zero weights, the checker. */
 static void test_budget(const struct model *m, const char *spec, uint32_t turns)
 {
 	const struct hparams *hp = &m->hp;
@@ -361,6 +450,13 @@ static void test_budget(const struct model *m, const char *spec, uint32_t turns)
 	struct kv_policy pol;
 	struct err e;
 	T_EQ_INT(kv_policy_parse(spec, &pol, &e), KVS_OK);
+	uint32_t spread = (uint32_t)kv_policy_get(&pol, "spread");
+	/* the fixed overhead: a vote's window (32), a re-read's chunk and prompt */
+	uint32_t window = strncmp(spec, "snapkv", 6) == 0 ? 32 : 0;
+	uint32_t chunk = kv_policy_reread(&pol), fixed = window;
+	if (chunk > 0)
+		fixed += KVS_MIN(chunk, budget) + 64;
+	T_EQ_INT(kv_policy_scratch(&pol, budget), fixed + (spread - 1) * budget);
 	struct engine *eng = tinymodel_engine(m, budget + kv_policy_scratch(&pol, budget), 1, true);
 	struct kv_cache *kv = mk_cache(eng, spec, budget, 16);
 	struct watch w = { .kv = kv };
@@ -401,28 +497,59 @@ static void test_budget(const struct model *m, const char *spec, uint32_t turns)
 		}
 		for (uint32_t i = 0; i < kv->n; i++)
 			partial += kv->toks[i].n_heads < nh;
-		if (most > budget || st.bytes > (uint64_t)budget * bpt || st.heads_load != most ||
-		    st.bytes != entries * bpt / nh) {
+		/* what the views read: each token's pairs, as the masks have them */
+		uint32_t nl, nkv, api_bad = 0;
+		uint8_t *map = kv_cache_head_map(kv, &nl, &nkv), row[64];
+		for (uint32_t i = 0; i < kv->n && map != NULL; i++) {
+			uint32_t k = kv_cache_token_heads(kv, i, row);
+			api_bad += k != kv->toks[i].n_heads || memcmp(row, map + (size_t)i * nh, nh) != 0;
+			for (uint32_t r = 0; r < nh; r++)
+				api_bad += row[r] != kv->hkeep[(size_t)r * kv->n_ctx + kv->toks[i].slot];
+		}
+		if (map == NULL || nl * nkv != nh || api_bad > 0) {
+			bad++;
+			T_CHECK(false, "%s turn %u: the head map disagrees with the masks (%u)", spec, turn,
+			        api_bad);
+		}
+		free(map);
+		/* held: the union's slots, each every head's K/V; kept: the entries */
+		if (most > budget || st.bytes != (uint64_t)kv->n * bpt ||
+		    st.bytes > (uint64_t)spread * budget * bpt || st.heads_load != most ||
+		    st.bytes_entries != entries * bpt / nh || st.bytes_entries > (uint64_t)budget * bpt ||
+		    st.bytes_allocated != (uint64_t)(budget + fixed + (spread - 1) * budget) * bpt) {
 			bad++;
 			T_CHECK(false,
-			        "%s turn %u: a head keeps %u (stats %u), budget %u; %llu bytes, %llu "
-			        "entries",
-			        spec, turn, most, st.heads_load, budget, (unsigned long long)st.bytes,
-			        (unsigned long long)entries);
+			        "%s turn %u: a head keeps %u (stats %u), budget %u; %u tokens, %llu bytes "
+			        "held, %llu kept, %llu entries, %llu allocated",
+			        spec, turn, most, st.heads_load, budget, kv->n, (unsigned long long)st.bytes,
+			        (unsigned long long)st.bytes_entries, (unsigned long long)entries,
+			        (unsigned long long)st.bytes_allocated);
 		}
 		most_union = KVS_MAX(most_union, kv->n);
 	}
 	struct kv_stats st;
 	kv_cache_stats(kv, &st);
-	T_CHECK(st.bytes_peak <= (uint64_t)budget * bpt, "%s: peak %llu bytes over the budget's", spec,
-	        (unsigned long long)st.bytes_peak);
-	T_CHECK(most_union > budget,
-	        "%s: the union never passed the budget (%u): the heads kept "
-	        "the same tokens",
-	        spec, most_union);
-	T_CHECK(partial > 0, "%s: no token was kept by only some heads", spec);
-	T_CHECK(w.steps > 0 && w.dropped_seen > 0, "%s: %u steps, %u dropped keys looked at", spec,
-	        w.steps, w.dropped_seen);
+	T_CHECK(st.bytes_peak <= (uint64_t)spread * budget * bpt,
+	        "%s: peak %llu bytes held, over %u x the budget's", spec,
+	        (unsigned long long)st.bytes_peak, spread);
+	if (spread == 1)
+		T_CHECK(most_union <= budget, "%s: the union held %u tokens, over the budget %u", spec,
+		        most_union, budget);
+	else
+		T_CHECK(most_union > budget,
+		        "%s: the union never passed the budget (%u): the heads kept "
+		        "the same tokens",
+		        spec, most_union);
+	if (spread == 1) {
+		/* the union is one head's budget: every head keeps all of it */
+		T_CHECK(partial == 0 && w.dropped_seen == 0,
+		        "%s: spread 1, yet %u tokens kept by only some heads, %u dropped keys", spec,
+		        partial, w.dropped_seen);
+	} else {
+		T_CHECK(partial > 0, "%s: no token was kept by only some heads", spec);
+		T_CHECK(w.steps > 0 && w.dropped_seen > 0, "%s: %u steps, %u dropped keys looked at", spec,
+		        w.steps, w.dropped_seen);
+	}
 	T_EQ_INT(w.nonzero, 0);
 	kv_cache_free(kv);
 	engine_free(eng);
@@ -541,6 +668,8 @@ static void test_parse(void)
 	T_EQ_STR(kv_policy_format(&p, buf, sizeof buf), "h2o heavy=0.5 pos=original");
 	T_EQ_INT(kv_policy_parse("snapkv:heads=1", &p, &e), KVS_OK);
 	T_CHECK(kv_policy_per_head(&p), "snapkv:heads=1");
+	T_EQ_INT(kv_policy_scratch(&p, 100), 32); /* spread 1: the window alone */
+	T_EQ_INT(kv_policy_parse("snapkv:heads=1,spread=2", &p, &e), KVS_OK);
 	T_EQ_INT(kv_policy_scratch(&p, 100), 32 + 100);
 	T_EQ_INT(kv_policy_parse("snapkv", &p, &e), KVS_OK);
 	T_CHECK(!kv_policy_per_head(&p), "snapkv's default is one keep-set");
@@ -568,11 +697,19 @@ int main(void)
 	test_keep_all(m, "kvzip");
 	test_keep_all(m, "kvzip:heads=0,span=off");
 	test_zip_scores(m);
+	test_reference(m, "snapkv:heads=1");
+	test_reference(m, "snapkv:heads=1,spread=2");
+	test_reference(m, "h2o:heads=1,spread=2");
+	test_reference(m, "kvzip");
+	test_reference(m, "kvzip:spread=2,span=off");
 	test_budget(m, "snapkv:heads=1", 300);
 	test_budget(m, "h2o:heads=1", 300);
 	test_budget(m, "h2o:heads=1,span=off,pos=compact", 300);
 	test_budget(m, "kvzip", 300);
 	test_budget(m, "kvzip:span=number,chunk=16", 300);
+	test_budget(m, "snapkv:heads=1,spread=2", 300);
+	test_budget(m, "h2o:heads=1,spread=2", 300);
+	test_budget(m, "kvzip:spread=3", 200);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-heads");

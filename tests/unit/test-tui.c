@@ -13,7 +13,8 @@
  * table, the worker's deep copy of KV events, the attention pane's top
  * keys named by their own step, a resumed session's transcript replacing
  * the chat, the chat's scrolling over many messages, and :compare (its
- * errors, the pane side by side and stacked). Expected values
+ * errors, the pane side by side and stacked), the map of the (layer, KV
+ * head) pairs that keep a selected token. Expected values
  * are computed by hand or by a second, simpler implementation in the test.
  */
 #include "store/store.h"
@@ -484,6 +485,105 @@ static void test_per_head(void)
 	tui_apply(&t, &ev, 0);
 	T_CHECK(!dump_has(&t, 200, 50, false, "/90 heads"), "one keep-set: no heads count");
 	T_CHECK(!dump_has(&t, 200, 50, false, "per-head keep-sets"), "one keep-set: no per-head line");
+	tui_free(&t);
+}
+
+/* Which heads keep the selected token: the snapshot's map (4 layers x 3 KV
+ * heads here) drawn above the details, a row per KV head and a column per
+ * layer, and the minority named in the header; the pairs are set by hand. */
+static void test_head_map(void)
+{
+	struct tui t;
+	struct worker_event ev = { 0 };
+	struct kv_tok toks[8];
+	uint8_t map[8 * 12];
+	tui_init(&t);
+	memset(map, 1, sizeof map);
+	/* token 6: kept by L0 h0, L0 h2, L2 h1, L3 h0, L3 h1 (5 of 12) */
+	memset(map + 6 * 12, 0, 12);
+	map[6 * 12 + 0 * 3 + 0] = map[6 * 12 + 0 * 3 + 2] = map[6 * 12 + 2 * 3 + 1] = 1;
+	map[6 * 12 + 3 * 3 + 0] = map[6 * 12 + 3 * 3 + 1] = 1;
+	/* token 4: dropped by L1 h2 alone */
+	map[4 * 12 + 1 * 3 + 2] = 0;
+	for (int i = 0; i < 8; i++) {
+		toks[i] = mk_tok(i, 0, KV_ROLE_USER, 0);
+		toks[i].n_heads = 12;
+	}
+	toks[6].n_heads = 5;
+	toks[4].n_heads = 11;
+	ev.kind = WORKER_EV_SNAPSHOT;
+	ev.toks = toks;
+	ev.n_toks = 8;
+	ev.next_pos = 8;
+	ev.stats.n_cached = 8;
+	ev.stats.budget = 6;
+	ev.stats.n_ctx = 64;
+	ev.stats.n_head_sets = 12;
+	ev.head_keep = map;
+	ev.hk_layer = 4;
+	ev.hk_head_kv = 3;
+	snprintf(ev.policy, sizeof ev.policy, "kvzip");
+	tui_apply(&t, &ev, 0);
+	T_CHECK(tui_heads_of(&t, 6) != NULL && tui_heads_of(&t, 9) == NULL, "map rows by position");
+	t.sel_tok = 6;
+	T_CHECK(dump_has(&t, 200, 50, true,
+	                 "#6 kept by 5/12 (layer, KV head) pairs; kept by L0 h0 h2, L2 h1, L3 h0 h1"),
+	        "header names the pairs that keep it");
+	/* the default layout's strip is short: a digit per layer, its KV heads keeping it */
+	T_CHECK(dump_has(&t, 200, 50, true, "KV heads keeping it, layers 0-3: 2012"), "folded map");
+	{
+		/* the whole map where there are rows for it: a row per KV head */
+		struct tui_grid g = { 0 };
+		tui_grid_resize(&g, 60, 6);
+		g.ascii = true;
+		struct tui_rect r = { 0, 0, 60, 6 };
+		T_EQ_INT(tui_heads_rows(&t, 6, 6), 4);
+		T_EQ_INT(tui_heads_rows(&t, 6, 3), 2);
+		T_EQ_INT(tui_heads_rows(&t, 6, 1), 1);
+		T_EQ_INT(tui_heads_rows(&t, 9, 6), 0);
+		tui_heads_draw(&t, &g, r, 1, 4, 6);
+		char *row[4];
+		for (int i = 0; i < 4; i++)
+			row[i] = tui_grid_row(&g, 1 + i);
+		T_CHECK(strncmp(row[0], "#6 kept by 5/12 (layer, KV head) pairs; kept by L0", 50) == 0,
+		        "%s", row[0]);
+		T_EQ_STR(row[1], "kv0  #..# <- layers 0-3");
+		T_EQ_STR(row[2], "kv1  ..##");
+		T_EQ_STR(row[3], "kv2  #...");
+		for (int i = 0; i < 4; i++)
+			free(row[i]);
+		tui_grid_free(&g);
+	}
+	T_CHECK(dump_has(&t, 200, 50, true, "by 5/12 heads"), "the details keep the count");
+	t.sel_tok = 4;
+	T_CHECK(dump_has(&t, 200, 50, true,
+	                 "#4 kept by 11/12 (layer, KV head) pairs; dropped by L1 h2"),
+	        "header names the one pair that dropped it");
+	t.sel_tok = 3;
+	T_CHECK(dump_has(&t, 200, 50, true, "#3 kept by 12/12 (layer, KV head) pairs"),
+	        "a token every pair keeps");
+	/* cut: a name list longer than the buffer ends in "..." */
+	char small[12];
+	size_t n = tui_heads_list(map + 6 * 12, 4, 3, true, small, sizeof small);
+	T_EQ_STR(small, "L0 h0 h2...");
+	T_EQ_INT(n, sizeof small - 1);
+	/* a token fed after the snapshot (not in the map): no map */
+	struct worker_event tk = { 0 };
+	struct kv_tok nt = mk_tok(8, 0, KV_ROLE_ASSISTANT, 0);
+	tk.kind = WORKER_EV_TOKEN;
+	tk.token.meta = &nt;
+	tk.token.text = "x";
+	tk.token.len = 1;
+	tui_apply(&t, &tk, 0);
+	t.sel_tok = 8;
+	T_CHECK(!dump_has(&t, 200, 50, true, "(layer, KV head) pairs"), "no map for a token it lacks");
+	/* one keep-set: no map at all */
+	ev.head_keep = NULL;
+	ev.stats.n_head_sets = 0;
+	tui_apply(&t, &ev, 0);
+	t.sel_tok = 6;
+	T_CHECK(t.n_hk == 0 && !dump_has(&t, 200, 50, true, "(layer, KV head) pairs"),
+	        "one keep-set: no map");
 	tui_free(&t);
 }
 
@@ -1720,6 +1820,7 @@ int main(void)
 	test_unsaved();
 	test_help();
 	test_per_head();
+	test_head_map();
 	test_hit();
 	test_select();
 	test_mouse_yank();
