@@ -22,8 +22,15 @@
  * 8 tokens as the model computes them (kv_cache_probe, as a chat turn's
  * probe), else 8 random vectors per layer and head. A recall here is the
  * whole choice: ranking, reading the chosen blocks' rows, nothing placed.
- * It prints the median and the 90th percentile of each, what the summary
- * index read (groups and blocks), the fill's write rate, the database's
+ * Then, for --overlap N more questions (default 5), the summary ranking's
+ * best 16 by the two stages (the sketches' 64 candidates ranked exactly,
+ * store-cold-sketch.c) against the exact search of every block
+ * (STORE_COLD_EXACT): the share of the exact top 16 the two stages return,
+ * and both times (--cands N: the sketches' candidates, else the store's
+ * default 2k + 32).
+ * It prints the median and the 90th percentile of each (wall clock), the
+ * median CPU time of the recalling thread (what the load does not move), what the summary
+ * index read (sketches, candidates, blocks), the fill's write rate, the database's
  * bytes per 1k tokens (file and WAL), and the process's resident memory
  * after the fill and after the recalls (its peak too), with the load
  * average: a shared machine moves all of it.
@@ -37,6 +44,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BC_BLOCK 64
@@ -47,6 +55,7 @@
 #define BC_BUDGET 128 /* two blocks of 64 */
 #define BC_POOL 4096  /* tokens of model keys the blocks are cut from */
 #define BC_CTX 256    /* the capture's KV budget */
+#define BC_TOPK 16    /* the summary ranking's k that --overlap compares */
 
 static uint64_t bc_rng = 0x9e3779b97f4a7c15ull;
 
@@ -69,6 +78,16 @@ static int bc_cmp(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
 	return x < y ? -1 : x > y;
+}
+
+/* This thread's CPU time in ms: what a recall costs whatever the load
+ * (the wall clock counts the other sessions' share of the cores too). */
+static double bc_cpu_ms(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+		return 0;
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* Resident memory now, in MiB (/proc/self/statm), or -1. */
@@ -133,6 +152,32 @@ static size_t bc_sentence(struct gen *g, char (*words)[16], int32_t *ids, size_t
 	return n;
 }
 
+/* The probe of a question (per: floats a token's queries take), its last
+ * BC_PROBE tokens' queries into qbuf (64 tokens' room): with model keys the
+ * model's own (kv_cache_probe), else random; NULL after a message. */
+static const float *bc_probe(struct gen *g, bool model_keys, const char *text, float *qbuf,
+                             size_t per)
+{
+	if (!model_keys) {
+		for (size_t k = 0; k < BC_PROBE * per; k++)
+			qbuf[k] = bc_unit();
+		return qbuf;
+	}
+	int32_t *qi = NULL;
+	size_t nqi = 0, qcap = 0;
+	struct err e;
+	if (vocab_tokenize(gen_vocab(g), text, strlen(text), false, false, &qi, &nqi, &qcap, &e) !=
+	            KVS_OK ||
+	    nqi < BC_PROBE || nqi > 64 ||
+	    kv_cache_probe(gen_kv(g), qi, (uint32_t)nqi, qbuf, &e) != KVS_OK) {
+		fprintf(stderr, "bench-cold: probe: %s\n", nqi ? e.msg : "no tokens");
+		free(qi);
+		return NULL;
+	}
+	free(qi);
+	return qbuf + (nqi - BC_PROBE) * per;
+}
+
 /* A made-up word of 2 to 4 syllables. */
 static void bc_word(char *buf, size_t cap)
 {
@@ -149,7 +194,8 @@ int main(int argc, char **argv)
 	char dir[256] = "";
 	bool model_keys = true, have_n = false;
 	uint32_t group = 0; /* blocks per index group (0: the store's default) */
-	int n_rec = BC_RECALLS;
+	int n_rec = BC_RECALLS, n_ov = 5;
+	uint32_t cands = 0; /* the sketches' candidates (0: the store's default) */
 	struct err e;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
@@ -171,6 +217,19 @@ int main(int argc, char **argv)
 				fprintf(stderr, "bench-cold: --recalls %s: expected 1..%d\n", argv[i], BC_RECALLS);
 				return 2;
 			}
+		} else if (strcmp(argv[i], "--cands") == 0 && i + 1 < argc) {
+			long v = atol(argv[++i]);
+			if (v < 1 || v > 1000000) {
+				fprintf(stderr, "bench-cold: --cands %s: expected 1..1000000 blocks\n", argv[i]);
+				return 2;
+			}
+			cands = (uint32_t)v;
+		} else if (strcmp(argv[i], "--overlap") == 0 && i + 1 < argc) {
+			n_ov = atoi(argv[++i]);
+			if (n_ov < 0 || n_ov > BC_RECALLS) {
+				fprintf(stderr, "bench-cold: --overlap %s: expected 0..%d\n", argv[i], BC_RECALLS);
+				return 2;
+			}
 		} else if (!have_n) {
 			want = atoll(argv[i]);
 			have_n = true;
@@ -181,7 +240,7 @@ int main(int argc, char **argv)
 	if (want < BC_BLOCK || want > 100000000) {
 		fprintf(stderr,
 		        "usage: bench-cold TOKENS (%d..100000000) [dir] [--keys model|random] [--group "
-		        "N]\n",
+		        "N] [--recalls N] [--overlap N] [--cands N]\n",
 		        BC_BLOCK);
 		return 2;
 	}
@@ -327,39 +386,30 @@ int main(int argc, char **argv)
 	uint64_t disk = bc_size(db) + bc_size(wal);
 	/* the recalls */
 	size_t per = (size_t)hp->n_layer * hp->n_head * hp->head_dim;
-	float *qbuf = xmallocarray(64 * per, sizeof *qbuf), *q = qbuf;
+	float *qbuf = xmallocarray(64 * per, sizeof *qbuf);
+	const float *q = qbuf;
 	static const char *const rank_names[] = { "fts", "summary", "both" };
-	double ms[3][BC_RECALLS];
+	double ms[3][BC_RECALLS], cpu[3][BC_RECALLS];
 	size_t got[3] = { 0 };
 	struct store_cold_rank_stats rs_sum = { 0 };
 	for (int r = 0; r < n_rec; r++) {
 		char text[128];
 		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
 		         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
-		q = qbuf;
-		if (model_keys) { /* the question's own queries, its last 8 tokens */
-			int32_t *qi = NULL;
-			size_t nqi = 0, qcap = 0;
-			if (vocab_tokenize(gen_vocab(g), text, strlen(text), false, false, &qi, &nqi, &qcap,
-			                   &e) != KVS_OK ||
-			    nqi < BC_PROBE || nqi > 64 ||
-			    kv_cache_probe(gen_kv(g), qi, (uint32_t)nqi, qbuf, &e) != KVS_OK)
-				return fprintf(stderr, "bench-cold: probe: %s\n", nqi ? e.msg : "no tokens"), 1;
-			q = qbuf + (nqi - BC_PROBE) * per;
-			free(qi);
-		} else {
-			for (size_t k = 0; k < BC_PROBE * per; k++)
-				q[k] = bc_unit();
-		}
+		if ((q = bc_probe(g, model_keys, text, qbuf, per)) == NULL)
+			return 1;
 		for (int k = 0; k < 3; k++) {
-			struct store_cold_query query = { .text = text, .q = q, .n_q = BC_PROBE };
+			struct store_cold_query query = {
+				.text = text, .q = q, .n_q = BC_PROBE, .cands = cands
+			};
 			query.rank = (enum store_cold_rank)k;
 			struct store_cold_hit *hits;
 			size_t n_hits;
-			double r0 = clock_now_ms();
+			double r0 = clock_now_ms(), c0 = bc_cpu_ms();
 			if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
 				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 			ms[k][r] = clock_now_ms() - r0;
+			cpu[k][r] = bc_cpu_ms() - c0;
 			got[k] += n_hits;
 			if (k == 1) {
 				struct store_cold_rank_stats rs;
@@ -369,9 +419,43 @@ int main(int argc, char **argv)
 				rs_sum.blocks_read += rs.blocks_read;
 				rs_sum.blocks_cut += rs.blocks_cut;
 				rs_sum.blocks_scored += rs.blocks_scored;
+				rs_sum.sketched += rs.sketched;
+				rs_sum.candidates += rs.candidates;
 			}
 			free(hits);
 		}
+	}
+	/* the two stages against the exact search */
+	size_t ov_hit = 0, ov_tot = 0, top1 = 0;
+	double gap = 0; /* exact best score less the two stages' best, summed */
+	double ms_two[BC_RECALLS], ms_exact[BC_RECALLS];
+	for (int r = 0; r < n_ov; r++) {
+		char text[128];
+		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
+		         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
+		if ((q = bc_probe(g, model_keys, text, qbuf, per)) == NULL)
+			return 1;
+		int64_t ids2[BC_TOPK], idsx[BC_TOPK];
+		double sc2[BC_TOPK], scx[BC_TOPK];
+		size_t n2 = 0, nx = 0;
+		double r0 = bc_cpu_ms();
+		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, cands, ids2, sc2, &n2, &e) !=
+		    KVS_OK)
+			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+		double r1 = bc_cpu_ms();
+		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, STORE_COLD_EXACT, idsx, scx, &nx,
+		                           &e) != KVS_OK)
+			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+		ms_two[r] = r1 - r0;
+		ms_exact[r] = bc_cpu_ms() - r1;
+		for (size_t i = 0; i < nx; i++)
+			for (size_t j = 0; j < n2; j++)
+				ov_hit += idsx[i] == ids2[j];
+		ov_tot += nx;
+		/* the best block: the same, or one of the same exact score */
+		top1 += nx > 0 && n2 > 0 && (ids2[0] == idsx[0] || sc2[0] == scx[0]);
+		if (nx > 0 && n2 > 0)
+			gap += scx[0] - sc2[0];
 	}
 	double load[3] = { -1, -1, -1 };
 	if (getloadavg(load, 3) < 0)
@@ -392,17 +476,34 @@ int main(int argc, char **argv)
 	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
 	for (int k = 0; k < 3; k++) {
 		qsort(ms[k], (size_t)n_rec, sizeof ms[k][0], bc_cmp);
-		printf("  recall %-7s median %8.2f ms, p90 %8.2f ms, max %8.2f ms (%d recalls, %.1f "
-		       "blocks each)\n",
-		       rank_names[k], ms[k][n_rec / 2], ms[k][n_rec * 9 / 10], ms[k][n_rec - 1], n_rec,
-		       (double)got[k] / n_rec);
+		qsort(cpu[k], (size_t)n_rec, sizeof cpu[k][0], bc_cmp);
+		printf("  recall %-7s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median %8.2f ms "
+		       "(%d recalls, %.1f blocks each)\n",
+		       rank_names[k], ms[k][n_rec / 2], ms[k][n_rec * 9 / 10], ms[k][n_rec - 1],
+		       cpu[k][n_rec / 2], n_rec, (double)got[k] / n_rec);
 	}
-	printf("  summary index (groups of %u blocks), per recall: %.1f of %.1f groups read, %.1f "
-	       "blocks' bounds read, "
-	       "%.1f cut part-way, %.1f scored in full\n",
-	       group ? group : 32, (double)rs_sum.groups_read / n_rec, (double)rs_sum.groups / n_rec,
+	printf("  summary, per recall: %.1f sketches scored, %.1f candidates; %.1f of %.1f groups "
+	       "read, %.1f blocks' bounds read, %.1f cut part-way, %.1f scored in full\n",
+	       (double)rs_sum.sketched / n_rec, (double)rs_sum.candidates / n_rec,
+	       (double)rs_sum.groups_read / n_rec, (double)rs_sum.groups / n_rec,
 	       (double)rs_sum.blocks_read / n_rec, (double)rs_sum.blocks_cut / n_rec,
 	       (double)rs_sum.blocks_scored / n_rec);
+	int64_t sk_bytes = 0;
+	if (store_cold_sketch_bytes(st, id, &sk_bytes, &e) != KVS_OK)
+		return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+	printf("  sketches: %.1f KiB per 1k tokens (%lld bytes a block)\n",
+	       (double)sk_bytes / 1024.0 / ((double)tokens / 1000.0),
+	       (long long)(blocks ? sk_bytes / blocks : 0));
+	if (n_ov > 0) {
+		qsort(ms_two, (size_t)n_ov, sizeof ms_two[0], bc_cmp);
+		qsort(ms_exact, (size_t)n_ov, sizeof ms_exact[0], bc_cmp);
+		printf("  top %d, two stages against the exact search (%d probes): %.3f of the exact top "
+		       "%d returned; CPU median %.2f ms against %.2f ms\n",
+		       BC_TOPK, n_ov, ov_tot ? (double)ov_hit / (double)ov_tot : 0.0, BC_TOPK,
+		       ms_two[n_ov / 2], ms_exact[n_ov / 2]);
+		printf("  best block: the same in %zu of %d probes (mean score gap %.4f)\n", top1, n_ov,
+		       gap / n_ov);
+	}
 	printf("  RSS: %.1f MiB after the fill, %.1f MiB after the recalls, peak %.1f MiB\n", rss_fill,
 	       bc_rss_mib(), bc_peak_mib());
 	free(qbuf);

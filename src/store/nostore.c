@@ -281,6 +281,13 @@ int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *
 	*tokens = 0;
 	return NOSTORE(e);
 }
+int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
+                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e)
+{
+	(void)c, (void)q, (void)n_q, (void)k, (void)cands, (void)ids, (void)scores, (void)e;
+	*n = 0;
+	return KVS_OK;
+}
 void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out)
 {
 	(void)c;
@@ -292,5 +299,11 @@ int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *to
 	(void)s, (void)id;
 	*blocks = 0;
 	*tokens = *bytes = 0;
+	return NOSTORE(e);
+}
+int store_cold_sketch_bytes(struct store *s, int64_t id, int64_t *bytes, struct err *e)
+{
+	(void)s, (void)id;
+	*bytes = 0;
 	return NOSTORE(e);
 }

@@ -705,6 +705,51 @@ int cold_index_top(const struct cold_scope *c, const float *q, uint32_t n_q, siz
 	return KVS_OK;
 }
 
+int cold_index_top_of(const struct cold_scope *c, const float *q, uint32_t n_q, const int64_t *ids,
+                      size_t n_ids, size_t k, struct cold_scored **out, size_t *n, struct err *e)
+{
+	const struct hparams *hp = c->hp;
+	size_t nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim;
+	*out = NULL;
+	*n = 0;
+	if (k == 0 || n_ids == 0)
+		return KVS_OK;
+	sqlite3_stmt *st = NULL;
+	int rc = store_prepare(c->s,
+	                       "SELECT id, pos0, kmin, kmax FROM cold_sums WHERE id = ?1 AND "
+	                       "session_id = ?2 AND epoch = ?3",
+	                       &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	struct cold_probe p;
+	cold_probe_init(&p, hp, q, n_q);
+	float *kmin = xmallocarray(KVS_MAX(nb, (size_t)1), sizeof *kmin),
+	      *kmax = xmallocarray(KVS_MAX(nb, (size_t)1), sizeof *kmax);
+	double *envl = xmallocarray(KVS_MAX(hp->n_layer, 1u), sizeof *envl);
+	struct cold_heap heap = { xmallocarray(k, sizeof *heap.h), 0, k };
+	/* in the caller's order: the likely best first, so the heap's k-th
+	 * best rises early and the rest are cut part-way */
+	for (size_t i = 0; i < n_ids && rc == KVS_OK; i++) {
+		sqlite3_bind_int64(st, 1, ids[i]);
+		sqlite3_bind_int64(st, 2, c->id);
+		sqlite3_bind_int64(st, 3, c->epoch);
+		rc = cold_visit_rows(c, &p, st, &heap, kmin, kmax, envl, e);
+	}
+	sqlite3_finalize(st);
+	free(kmin);
+	free(kmax);
+	free(envl);
+	cold_probe_free(&p);
+	if (rc != KVS_OK) {
+		free(heap.h);
+		return rc;
+	}
+	qsort(heap.h, heap.n, sizeof *heap.h, cold_scored_cmp);
+	*out = heap.h;
+	*n = heap.n;
+	return KVS_OK;
+}
+
 int cold_index_scan(const struct cold_scope *c, const float *q, uint32_t n_q,
                     struct cold_scored **out, size_t *n, struct err *e)
 {

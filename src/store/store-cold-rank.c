@@ -8,9 +8,10 @@
  *            COLD_CANDIDATES blocks;
  *   SUMMARY  the blocks of the epoch scored by their per-channel key bounds
  *            against the turn's probe queries (store_cold_summary_score):
- *            the best top_k (at most COLD_CANDIDATES), found exactly by the index's
- *            search (store-cold-index.c), which skips the groups of blocks
- *            whose merged bounds cannot reach the k-th best;
+ *            the best top_k (at most COLD_CANDIDATES), in two stages: every
+ *            block's 8-bit sketch on a few layers picks candidates
+ *            (store-cold-sketch.c), the exact score ranks them (the index's
+ *            search, store-cold-index.c);
  *   BOTH     the two interleaved, FTS first: FTS's best, summary's best,
  *            FTS's second, summary's second, ... (a block in both takes
  *            its earlier place): where the words match, the best match
@@ -128,8 +129,8 @@ static int cold_rank_fts(const struct cold_scope *c, const char *text, struct co
 
 /* The summary ranking, best first, into *sum (text too when want_text):
  * with want_text (a custom scorer sees every block) every block of the
- * epoch, from a scan of the summaries; else the best COLD_CANDIDATES,
- * from the index's exact top-k search (store-cold-index.c). */
+ * epoch, from a scan of the summaries; else the best top_k, from the
+ * sketches' candidates ranked exactly (store-cold-sketch.c). */
 static int cold_rank_summary(const struct cold_scope *c, const float *q, uint32_t n_q,
                              bool want_text, struct cold_cand **sum, size_t *n_sum, struct err *e)
 {
@@ -139,7 +140,7 @@ static int cold_rank_summary(const struct cold_scope *c, const float *q, uint32_
 	*n_sum = 0;
 	int rc = want_text
 	        ? cold_index_scan(c, q, n_q, &sc, &n_sc, e)
-	        : cold_index_top(c, q, n_q, c->top_k ? c->top_k : COLD_CANDIDATES, &sc, &n_sc, e);
+	        : cold_summary_top(c, q, n_q, c->top_k ? c->top_k : COLD_CANDIDATES, &sc, &n_sc, e);
 	sqlite3_stmt *st = NULL;
 	if (rc == KVS_OK && n_sc > 0)
 		rc = store_prepare(c->s,

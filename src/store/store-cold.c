@@ -18,7 +18,9 @@
  * FTS5 through triggers (migration 002-cold.sql). The bounds live in the
  * summary index (cold_sums and cold_groups, store-cold-index.c, migration
  * 003-cold-index.sql), apart from the K/V blob; the block row's own kmin
- * and kmax columns stay empty.
+ * and kmax columns stay empty. Each block also gets its 8-bit sketch on a
+ * few layers (cold_sketch, store-cold-sketch.c, migration 005), the first
+ * stage of a summary recall.
  *
  * Writing: blocks queue in memory and a flush writes them in one
  * transaction between turns, then drops the oldest blocks beyond the cap,
@@ -232,6 +234,10 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
 		size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim;
 		if (cold_index_build(s, id, nb, c->cfg.group, &ie) != KVS_OK)
 			log_warn("cold tier: %s", ie.msg);
+		/* and their sketches (migration 005); without them an epoch is
+		 * searched exactly, so failing here too costs only time */
+		else if (cold_sketch_build(s, id, c->hp, &ie) != KVS_OK)
+			log_warn("cold tier: %s", ie.msg);
 	}
 	return KVS_OK;
 }
@@ -400,9 +406,13 @@ static int cold_insert(struct store_cold *c, sqlite3_stmt *st, const struct cold
 	int r = sqlite3_step(st);
 	sqlite3_reset(st);
 	int rc = r == SQLITE_DONE ? KVS_OK : store_fail(c->s, r, "writing a cold block", e);
+	int64_t block_id = sqlite3_last_insert_rowid(c->s->db);
 	if (rc == KVS_OK)
-		rc = cold_index_add(c->s, &c->iw, c->id, b->epoch, sqlite3_last_insert_rowid(c->s->db),
-		                    b->toks[0].orig_pos, kmin, kmax, nb, c->cfg.group, e);
+		rc = cold_index_add(c->s, &c->iw, c->id, b->epoch, block_id, b->toks[0].orig_pos, kmin,
+		                    kmax, nb, c->cfg.group, e);
+	if (rc == KVS_OK)
+		rc = cold_sketch_add(c->s, c->hp, c->id, b->epoch, block_id, b->toks[0].orig_pos, kmin,
+		                     kmax, e);
 	free(text);
 	free(toks);
 	free(kmin);
@@ -662,7 +672,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 	if (k == 0)
 		k = KVS_MIN(KVS_MAX(4 * ((budget + c->cfg.block - 1) / c->cfg.block), 16u),
 		            (uint32_t)COLD_CANDIDATES);
-	struct cold_scope scope = { s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats, k };
+	struct cold_scope scope = { s,         c->id, c->epoch,    c->hp, c->cfg.block * 16,
+		                        &c->stats, k,     query->cands };
 	struct cold_cand *cands = NULL;
 	size_t n_cands = 0;
 	int rc = cold_rank(&scope, query, &cands, &n_cands, e);
@@ -736,6 +747,27 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 		free(got[i].raw);
 	}
 	free(got);
+	return rc;
+}
+
+int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
+                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e)
+{
+	*n = 0;
+	if (c->s == NULL || q == NULL || n_q == 0 || k == 0)
+		return KVS_OK;
+	cold_sync(c);
+	memset(&c->stats, 0, sizeof c->stats);
+	struct cold_scope scope = {
+		c->s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats, k, cands
+	};
+	struct cold_scored *sc = NULL;
+	int rc = cold_summary_top(&scope, q, n_q, k, &sc, n, e);
+	for (size_t i = 0; rc == KVS_OK && i < *n; i++) {
+		ids[i] = sc[i].id;
+		scores[i] = sc[i].score;
+	}
+	free(sc);
 	return rc;
 }
 

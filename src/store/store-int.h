@@ -12,6 +12,8 @@
  *   store-cold-rank.c  how a recall ranks the cold blocks
  *   store-cold-index.c the summary index: block bounds apart from the K/V,
  *                   group bounds over them, the exact top-k search
+ *   store-cold-sketch.c the summary recall's first stage: 4-bit sketches of
+ *                   the bounds on every other layer, scored to pick candidates
  * nostore.c (built without SQLite) answers store.h alone and needs none of it.
  *
  * Every function here that can fail returns a KVS_* status and fills e
@@ -94,6 +96,7 @@ struct cold_scope {
 	uint32_t max_block;                  /* tokens a block row may claim at most */
 	struct store_cold_rank_stats *stats; /* what the ranking read (added to); NULL: none */
 	uint32_t top_k;                      /* the summary ranking's k (0: COLD_CANDIDATES) */
+	uint32_t cands; /* the sketch's candidates (0: cold_sketch_cands' default; STORE_COLD_EXACT) */
 };
 
 /* A block a recall may take, and what ranks it. */
@@ -166,8 +169,47 @@ int cold_index_build(struct store *s, int64_t sid, size_t nb, uint32_t group, st
  * best first, exactly as cold_index_scan's first k (caller frees *out). */
 int cold_index_top(const struct cold_scope *c, const float *q, uint32_t n_q, size_t k,
                    struct cold_scored **out, size_t *n, struct err *e);
+/* The best k of the blocks ids (n_ids, any order; ids of no block are
+ * skipped) by summary score, exactly, best first (caller frees *out). */
+int cold_index_top_of(const struct cold_scope *c, const float *q, uint32_t n_q, const int64_t *ids,
+                      size_t n_ids, size_t k, struct cold_scored **out, size_t *n, struct err *e);
 /* Every block of scope scored, best first (caller frees *out). */
 int cold_index_scan(const struct cold_scope *c, const float *q, uint32_t n_q,
                     struct cold_scored **out, size_t *n, struct err *e);
+
+/* ---- store-cold-sketch.c: the first stage ---- */
+
+#define COLD_SKETCH_LAYERS 16 /* probe layers a sketch keeps at most (every other layer) */
+
+/* The probe layers of a model of n_layer layers into layers
+ * (COLD_SKETCH_LAYERS at most); returns how many. */
+uint32_t cold_sketch_layers(uint32_t n_layer, uint32_t *layers);
+/* Bytes of one block's sketch for the shape hp. */
+size_t cold_sketch_bytes(const struct hparams *hp);
+/* The sketch (cold_sketch_bytes) of bounds kmin, kmax (n_layer, n_head_kv,
+ * head_dim) into sk. */
+void cold_sketch_make(const struct hparams *hp, const float *kmin, const float *kmax, uint8_t *sk);
+/* Stage 1's score of sketch sk for the probe q (n_q, n_layer, n_head,
+ * head_dim): over the probe layers, the sum of the best KV head's
+ * envelope term over the dequantised box (unscaled: a layer sum like the
+ * exact score's, not a mean). */
+double cold_sketch_estimate(const struct hparams *hp, const float *q, uint32_t n_q,
+                            const uint8_t *sk);
+/* Write block block_id's sketch of its bounds. */
+int cold_sketch_add(struct store *s, const struct hparams *hp, int64_t sid, uint32_t epoch,
+                    int64_t block_id, int32_t pos0, const float *kmin, const float *kmax,
+                    struct err *e);
+/* Sketch session sid's blocks that have none (rows older than migration
+ * 005), from their cold_sums bounds, in one transaction. */
+int cold_sketch_build(struct store *s, int64_t sid, const struct hparams *hp, struct err *e);
+/* Candidates stage 1 hands on for a top k (cands: the caller's count, 0
+ * for the default 2 k + 32). */
+size_t cold_sketch_cands(size_t k, uint32_t cands);
+/* The summary ranking's best k blocks of scope, best first, with their
+ * exact scores: stage 1 over the sketches, then cold_index_top_of over its
+ * candidates; the exact search alone (cold_index_top) when scope->cands is
+ * STORE_COLD_EXACT or a block of the epoch has no sketch. */
+int cold_summary_top(const struct cold_scope *c, const float *q, uint32_t n_q, size_t k,
+                     struct cold_scored **out, size_t *n, struct err *e);
 
 #endif

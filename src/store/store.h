@@ -218,6 +218,8 @@ struct store_cold_rank_stats {
 	uint64_t blocks_read;   /* blocks whose bounds were read */
 	uint64_t blocks_cut;    /* of those, dropped part-way through the layers */
 	uint64_t blocks_scored; /* scored in full */
+	uint64_t sketched;      /* blocks the first stage scored by their sketch */
+	uint64_t candidates;    /* of those, handed to the exact scorer */
 };
 
 /* One block a recall brought back. */
@@ -299,10 +301,14 @@ struct store_cold_query {
 	void *scorer_ud;
 	uint32_t top_k; /* SUMMARY and BOTH: the summary ranking's best k blocks (0: four
 	                 * times the blocks the budget holds, 16 to 64) */
+	uint32_t cands; /* SUMMARY and BOTH: blocks the sketches pass to the exact scorer
+	                 * (0: 2 top_k + 32; STORE_COLD_EXACT: no sketch, the exact search) */
 };
+#define STORE_COLD_EXACT UINT32_MAX
 /* Choose the blocks of this epoch that query ranks best, up to budget
  * tokens, as store_cold_recall does (which is rank FTS). SUMMARY ranks by
- * the summary index's exact best k (top_k); without a probe it falls back
+ * the best k (top_k) of the summary index's two stages (the sketches pick
+ * candidates, the exact scorer ranks them); without a probe it falls back
  * to FTS, and BOTH and SCORES (every block scored) use what they have. */
 int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *query,
                          uint32_t budget, struct store_cold_hit **hits, size_t *n_hits,
@@ -321,6 +327,13 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 double store_cold_summary_score(const float *q, uint32_t n_q, uint32_t n_layer, uint32_t n_head,
                                 uint32_t n_head_kv, uint32_t head_dim, const float *kmin,
                                 const float *kmax);
+/* The summary ranking alone: the best k blocks of this epoch for the
+ * probe q (n_q, n_layer, n_head, head_dim), their ids and exact summary
+ * scores best first into ids and scores (k each), *n of them; cands as in
+ * store_cold_query (STORE_COLD_EXACT: the exact search). For measuring the
+ * first stage against the exact one (bench-cold, the tests). */
+int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
+                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e);
 /* What the last store_cold_recall_by read of the summary index. */
 void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out);
 /* Put the chosen blocks back into the cache, in their original order
@@ -336,5 +349,8 @@ int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *
 /* Session id's cold tier: blocks, tokens and bytes of K/V. */
 int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *tokens,
                      uint64_t *bytes, struct err *e);
+/* Session id's cold tier: bytes of its blocks' sketches (the summary
+ * recall's first stage). */
+int store_cold_sketch_bytes(struct store *s, int64_t id, int64_t *bytes, struct err *e);
 
 #endif

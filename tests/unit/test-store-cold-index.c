@@ -19,7 +19,15 @@
  *   - an old database (schema 2: bounds in cold_blocks, no index) migrates
  *     to the latest schema: its blocks get summaries (ungrouped until the
  *     writer attaches, then grouped), and the search equals the brute
- *     force before and after the grouping.
+ *     force before and after the grouping;
+ *   - the two stages (cold_summary_top: the sketches pick candidates,
+ *     store-cold-sketch.c): with every block a candidate the result is
+ *     the brute force's top k; with the default candidates every returned
+ *     score is its block's exact score, best first; without sketches
+ *     (a migrated database before its writer attaches) the exact search
+ *     alone runs;
+ *   - a database of schema 4 (no sketches) migrates: the writer's attach
+ *     sketches every block, byte for byte as the writer made them.
  */
 #include "app/app.h"
 #include "engine/engine.h"
@@ -226,7 +234,7 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 		static const size_t ks[] = { 1, 3, 64 };
 		for (size_t ki = 0; ki < KVS_ARRAY_LEN(ks); ki++) {
 			struct store_cold_rank_stats stats = { 0 };
-			struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &stats, 0 };
+			struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &stats, 0, 0 };
 			struct cold_scored *top = NULL;
 			size_t n_top = 0;
 			struct err e;
@@ -245,7 +253,7 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 			free(top);
 		}
 		/* the full scan: every block, in the brute force's order */
-		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, NULL, 0 };
+		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, NULL, 0, 0 };
 		struct cold_scored *all = NULL;
 		size_t n_all = 0;
 		struct err e;
@@ -260,6 +268,56 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 	}
 	free(bf);
 	return pruned;
+}
+
+/* The two stages against the brute force for a few probes; sketched: the
+ * epoch's blocks all have sketches (else the exact search runs alone). */
+static void check_two_stage(struct fix *f, struct store *s, const char *path, int64_t id,
+                            bool sketched, const char *what)
+{
+	enum { CAP = 1024 };
+	struct cold_scored *bf = xcalloc(CAP, sizeof *bf);
+	uint32_t epoch = (uint32_t)sqlq_int(path, "SELECT coalesce(max(epoch), 0) FROM cold_sums");
+	for (int t = 0; t < 4; t++) {
+		uint32_t n_q = 1 + (uint32_t)(unit() * 4);
+		float *q = probe(f->hp, n_q);
+		size_t n_bf = brute(f, path, q, n_q, bf, CAP);
+		struct err e;
+		/* every block a candidate: the exact top 8 */
+		struct store_cold_rank_stats st = { 0 };
+		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &st, 0, (uint32_t)n_bf };
+		struct cold_scored *top = NULL;
+		size_t n_top = 0;
+		T_CHECK(cold_summary_top(&sc, q, n_q, 8, &top, &n_top, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(n_top, KVS_MIN((size_t)8, n_bf));
+		for (size_t i = 0; i < n_top; i++) {
+			T_CHECK(top[i].id == bf[i].id, "%s: place %zu is block %lld, the brute force's %lld",
+			        what, i, (long long)top[i].id, (long long)bf[i].id);
+			T_NEAR(top[i].score, bf[i].score, 1e-12 * (1 + fabs(bf[i].score)));
+		}
+		T_EQ_INT(st.sketched, sketched ? n_bf : 0);
+		T_EQ_INT(st.candidates, sketched ? n_bf : 0);
+		free(top);
+		/* the default candidates: exact scores, best first */
+		memset(&st, 0, sizeof st);
+		sc.cands = 0;
+		T_CHECK(cold_summary_top(&sc, q, n_q, 3, &top, &n_top, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(n_top, KVS_MIN((size_t)3, n_bf));
+		for (size_t i = 0; i < n_top; i++) {
+			size_t j = 0;
+			while (j < n_bf && bf[j].id != top[i].id)
+				j++;
+			T_CHECK(j < n_bf, "%s: block %lld is no block", what, (long long)top[i].id);
+			if (j < n_bf)
+				T_NEAR(top[i].score, bf[j].score, 1e-12 * (1 + fabs(bf[j].score)));
+			if (i > 0)
+				T_CHECK(top[i - 1].score >= top[i].score, "%s: not best first", what);
+		}
+		T_EQ_INT(st.candidates, sketched ? KVS_MIN((size_t)(2 * 3 + 32), n_bf) : 0);
+		free(top);
+		free(q);
+	}
+	free(bf);
 }
 
 /* Every summary sits in a group whose bounds hold its own; no group is
@@ -316,6 +374,8 @@ static void test_search(struct fix *f)
 	check_groups(f, path, "fill");
 	int pruned = check_search(f, s, path, id, "fill");
 	T_CHECK(pruned > 0, "no search skipped a group");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"), 150);
+	check_two_stage(f, s, path, id, true, "fill");
 	/* the public recall: a one-block budget takes the brute force's best */
 	{
 		enum { CAP = 256 };
@@ -359,6 +419,9 @@ static void test_trim(struct fix *f)
 	T_EQ_INT(sqlq_int(path, "SELECT min(pos0) FROM cold_blocks"), (170 - 100) * BLOCK);
 	check_groups(f, path, "trim");
 	check_search(f, s, path, id, "trim");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"),
+	         sqlq_int(path, "SELECT count(*) FROM cold_blocks"));
+	check_two_stage(f, s, path, id, true, "trim");
 	store_cold_free(cold);
 	store_close(s);
 	free(path);
@@ -381,7 +444,7 @@ static void test_migrate(struct fix *f)
 	          "cold_blocks.id), kmax = (SELECT kmax FROM cold_sums s WHERE s.id = "
 	          "cold_blocks.id); DROP TABLE cold_sums; DROP TABLE cold_groups; "
 	          "DROP TABLE squeeze; ALTER TABLE sessions DROP COLUMN sparse; "
-	          "PRAGMA user_version = 2");
+	          "DROP TABLE cold_sketch; PRAGMA user_version = 2");
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'cold_sums%'"), 0);
 	struct err e;
 	T_CHECK(store_open(&s, path, STORE_RW, &e) == KVS_OK, "%s", e.msg);
@@ -389,6 +452,8 @@ static void test_migrate(struct fix *f)
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sums WHERE grp IS NULL"), 60);
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_groups"), 0);
 	check_search(f, s, path, id, "migrated, ungrouped");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"), 0);
+	check_two_stage(f, s, path, id, false, "migrated, no sketches");
 	/* the writer attaches: the old rows are grouped */
 	struct store_cold_config cc = { .block = BLOCK, .group = GROUP };
 	store_cold_open(&cold, f->kv, f->m->vocab, &cc);
@@ -397,6 +462,8 @@ static void test_migrate(struct fix *f)
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_groups"), 60 / GROUP);
 	check_groups(f, path, "migrated");
 	check_search(f, s, path, id, "migrated, grouped");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"), 60);
+	check_two_stage(f, s, path, id, true, "migrated, sketched");
 	/* and new blocks join after them */
 	fill(f, cold, 10, 10, &pos);
 	check_groups(f, path, "migrated, then written");
@@ -404,6 +471,46 @@ static void test_migrate(struct fix *f)
 	char *ok = sqlq_text(path, "PRAGMA integrity_check");
 	T_EQ_STR(ok, "ok");
 	free(ok);
+	store_cold_free(cold);
+	store_close(s);
+	free(path);
+}
+
+/* Schema 4 (the index, no sketches) to the latest: the writer's attach
+ * sketches every block as the writer itself did. */
+static void test_migrate4(struct fix *f)
+{
+	char *path = xasprintf("%s/v4.db", tmpdir);
+	struct store_cold *cold;
+	int64_t id;
+	struct store *s = open_session(f, path, 0, &cold, &id);
+	int32_t pos = 0;
+	fill(f, cold, 40, 13, &pos);
+	store_cold_free(cold);
+	store_close(s);
+	char *made = sqlq_text(path,
+	                       "SELECT group_concat(hex(sk), '.') FROM (SELECT sk FROM "
+	                       "cold_sketch ORDER BY id)");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"), 40);
+	sqlq_exec(path, "DROP TABLE cold_sketch; PRAGMA user_version = 4");
+	struct err e;
+	T_CHECK(store_open(&s, path, STORE_RW, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(sqlq_int(path, "PRAGMA user_version"), store_schema_latest());
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"), 0);
+	check_two_stage(f, s, path, id, false, "schema 4, no sketches");
+	struct store_cold_config cc = { .block = BLOCK, .group = GROUP };
+	store_cold_open(&cold, f->kv, f->m->vocab, &cc);
+	T_CHECK(store_cold_attach(cold, s, id, "", &e) == KVS_OK, "%s", e.msg);
+	char *built = sqlq_text(path,
+	                        "SELECT group_concat(hex(sk), '.') FROM (SELECT sk FROM "
+	                        "cold_sketch ORDER BY id)");
+	T_EQ_STR(built, made);
+	check_two_stage(f, s, path, id, true, "schema 4, sketched");
+	char *ok = sqlq_text(path, "PRAGMA integrity_check");
+	T_EQ_STR(ok, "ok");
+	free(ok);
+	free(made);
+	free(built);
 	store_cold_free(cold);
 	store_close(s);
 	free(path);
@@ -422,6 +529,7 @@ int main(void)
 	test_search(&f);
 	test_trim(&f);
 	test_migrate(&f);
+	test_migrate4(&f);
 	fix_close(&f);
 	char *cmd = xasprintf("rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
