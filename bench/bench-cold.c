@@ -439,8 +439,7 @@ int main(int argc, char **argv)
 		double sc2[BC_TOPK], scx[BC_TOPK];
 		size_t n2 = 0, nx = 0;
 		double r0 = bc_cpu_ms();
-		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, cands, ids2, sc2, &n2, &e) !=
-		    KVS_OK)
+		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, cands, ids2, sc2, &n2, &e) != KVS_OK)
 			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 		double r1 = bc_cpu_ms();
 		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, STORE_COLD_EXACT, idsx, scx, &nx,

@@ -168,8 +168,8 @@ struct cpu {
 	uint32_t sq_out_pm;   /* the outliers share they were made for, thousandths */
 	uint32_t *sq_other;   /* (sq_kd_cap) the sorted keys no choice drops, by slot */
 	uint32_t sq_n_other;
-	bool sq_all_ok; /* every document key choosable: a kept run is copied whole */
-	uint32_t *sq_iota;    /* (sq_iota_n) 0, 1, 2, ... */
+	bool sq_all_ok;    /* every document key choosable: a kept run is copied whole */
+	uint32_t *sq_iota; /* (sq_iota_n) 0, 1, 2, ... */
 	uint32_t sq_iota_n;
 	struct squeeze_hist sq_hist[2]; /* past steps: coarse, fine */
 	struct squeeze_hist *sq_th;     /* (n_threads, 2) this step's, per thread */

@@ -106,9 +106,13 @@ static void test_chat(struct worker *w)
 		case WORKER_EV_TRANSCRIPT: T_CHECK(false, "an exchange sent a transcript"); break;
 		case WORKER_EV_SAVED: T_CHECK(false, "an exchange not saved sent a saved event"); break;
 		case WORKER_EV_COMPARE: T_CHECK(false, "an exchange without :compare sent one"); break;
-		case WORKER_EV_COLD: T_CHECK(false, "an exchange without a cold tier sent a cold event"); break;
+		case WORKER_EV_COLD:
+			T_CHECK(false, "an exchange without a cold tier sent a cold event");
+			break;
 		case WORKER_EV_PROGRESS: T_CHECK(false, "an exchange without a document clustered"); break;
-		case WORKER_EV_NOTICE: T_CHECK(false, "an exchange without a document: '%s'", ev->msg); break;
+		case WORKER_EV_NOTICE:
+			T_CHECK(false, "an exchange without a document: '%s'", ev->msg);
+			break;
 		}
 		worker_event_free(ev);
 	}
