@@ -534,6 +534,20 @@ static void cold_heap_push(struct cold_heap *hp, const struct cold_scored *x)
 	h[i] = *x;
 }
 
+/* A search's result: on success the heap's blocks, best first, handed to
+ * the caller (out, n); on failure the heap freed and rc passed on. */
+static int cold_heap_take(struct cold_heap *hp, int rc, struct cold_scored **out, size_t *n)
+{
+	if (rc != KVS_OK) {
+		free(hp->h);
+		return rc;
+	}
+	qsort(hp->h, hp->n, sizeof *hp->h, cold_scored_cmp);
+	*out = hp->h;
+	*n = hp->n;
+	return KVS_OK;
+}
+
 /* Whether a bound can be skipped: below the k-th best (with the margin). */
 static bool cold_heap_beats(const struct cold_heap *hp, double bound)
 {
@@ -695,14 +709,7 @@ int cold_index_top(const struct cold_scope *c, const float *q, uint32_t n_q, siz
 	free(kmax);
 	free(envl);
 	cold_probe_free(&p);
-	if (rc != KVS_OK) {
-		free(heap.h);
-		return rc;
-	}
-	qsort(heap.h, heap.n, sizeof *heap.h, cold_scored_cmp);
-	*out = heap.h;
-	*n = heap.n;
-	return KVS_OK;
+	return cold_heap_take(&heap, rc, out, n);
 }
 
 int cold_index_top_of(const struct cold_scope *c, const float *q, uint32_t n_q, const int64_t *ids,
@@ -740,14 +747,7 @@ int cold_index_top_of(const struct cold_scope *c, const float *q, uint32_t n_q, 
 	free(kmax);
 	free(envl);
 	cold_probe_free(&p);
-	if (rc != KVS_OK) {
-		free(heap.h);
-		return rc;
-	}
-	qsort(heap.h, heap.n, sizeof *heap.h, cold_scored_cmp);
-	*out = heap.h;
-	*n = heap.n;
-	return KVS_OK;
+	return cold_heap_take(&heap, rc, out, n);
 }
 
 int cold_index_scan(const struct cold_scope *c, const float *q, uint32_t n_q,
