@@ -746,6 +746,27 @@ void cpu_attend_split(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	}
 }
 
+/* Query head h's merged softmax over the parts of cpu_attend_split: the
+ * largest part maximum (returned; -INFINITY when no part saw a key) and
+ * the sum of weights relative to it (*sum), in part order, so that
+ * cpu_split_merge and cpu_split_weights normalise by the same numbers. */
+static float cpu_split_norm(const struct cpu *c, uint32_t h, float *sum)
+{
+	uint32_t hd = c->hp.head_dim;
+	int np = pool_size(c->pool);
+	size_t per = (size_t)c->hp.n_head * (hd + 2);
+	float mx = -INFINITY;
+	*sum = 0;
+	for (int t = 0; t < np; t++)
+		mx = fmaxf(mx, c->dpart[t * per + (size_t)h * (hd + 2)]);
+	for (int t = 0; t < np && mx != -INFINITY; t++) {
+		const float *p = c->dpart + t * per + (size_t)h * (hd + 2);
+		if (p[0] != -INFINITY)
+			*sum += expf(p[0] - mx) * p[1];
+	}
+	return mx;
+}
+
 /* The attention weights of a split decode (want_attn), after the barrier
  * that ends cpu_attend_split: each thread normalises the parts it computed,
  * whose unnormalised weights exp(s - part max) are still in its score rows,
@@ -765,15 +786,7 @@ void cpu_split_weights(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	const float *sc = c->scores + (size_t)ith * c->q_rows * vc;
 	float *attn = jb->bo->attn + (size_t)l * hp->n_head * nv;
 	for (uint32_t h = 0; h < hp->n_head; h++) {
-		float mx = -INFINITY, sum = 0, *ar = attn + (size_t)h * nv;
-		for (int t = 0; t < np; t++)
-			mx = fmaxf(mx, c->dpart[t * per + (size_t)h * (hd + 2)]);
-		/* the same sum, in the same order, as cpu_split_merge */
-		for (int t = 0; t < np && mx != -INFINITY; t++) {
-			const float *pt = c->dpart + t * per + (size_t)h * (hd + 2);
-			if (pt[0] != -INFINITY)
-				sum += expf(pt[0] - mx) * pt[1];
-		}
+		float sum, mx = cpu_split_norm(c, h, &sum), *ar = attn + (size_t)h * nv;
 		for (uint32_t k = 0; ith == 0 && k < nv; k++)
 			if (k < w0 || k >= m)
 				ar[c->vorder[k]] = 0.0f;
@@ -798,26 +811,20 @@ void cpu_split_merge(const struct cpu *c, float *out)
 	int nth = pool_size(c->pool);
 	size_t per = (size_t)hp->n_head * (hd + 2);
 	for (uint32_t h = 0; h < hp->n_head; h++) {
-		float mx = -INFINITY, sum = 0, *o = out + (size_t)h * hd;
-		for (int t = 0; t < nth; t++)
-			mx = fmaxf(mx, c->dpart[t * per + (size_t)h * (hd + 2)]);
+		float sum, mx = cpu_split_norm(c, h, &sum), *o = out + (size_t)h * hd;
 		memset(o, 0, hd * sizeof(float));
 		if (mx == -INFINITY)
 			continue; /* no keys at all */
 		for (int t = 0; t < nth; t++) {
 			const float *p = c->dpart + t * per + (size_t)h * (hd + 2);
-			if (p[0] == -INFINITY)
-				continue;
-			float w = expf(p[0] - mx);
-			sum += w * p[1];
-			c->ops->axpy_f32(o, p + 2, w, hd);
+			if (p[0] != -INFINITY)
+				c->ops->axpy_f32(o, p + 2, expf(p[0] - mx), hd);
 		}
 		float inv = 1.0f / sum;
 		for (uint32_t d = 0; d < hd; d++)
 			o[d] *= inv;
 	}
 }
-
 
 /* Bias, per-head norm (qwen3), cache the pre-RoPE k and the v, rotate q:
  * ubatch token i. */
