@@ -154,6 +154,8 @@ struct engine_sparse {
 	uint32_t sinks;        /* first keys by position, always attended */
 	uint32_t recent;       /* last keys by position, always attended */
 	uint32_t dense_layers; /* layers [0, dense_layers) attend densely */
+	uint32_t beam;         /* hip: a decode search keeps beam x the final blocks per round
+	                        * but the last (1: HiP's own search) */
 	uint32_t refresh;      /* hip: decode steps one choice serves */
 	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
 	/* Decode steps between the dense shadow passes a watcher's statistics
