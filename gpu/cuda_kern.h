@@ -108,11 +108,25 @@ struct ck_attn_args {
 	float scale, theta_scale, freq_scale;
 };
 
+/* The merge fused into a decode's attention (one query): the last split
+ * block of each KV head to finish (a counter per KV head, as
+ * ck_mv_add_norm's) merges its group's heads as ck_combine would, with the
+ * same arithmetic (ck_merge): ao, q8 (or .q NULL), ml, mlq (or NULL) as
+ * ck_combine's for query 0. */
+struct ck_attn_fuse {
+	float *ao;
+	struct ck_q8out q8;
+	float *ml, *mlq;
+	unsigned *counters; /* (n_kv) zero between launches */
+};
+
 /* Attention partials of n_q queries, keys (or each KV head's listed keys)
- * split into `splits` ranges.
+ * split into `splits` ranges; with f (n_q 1), merged as well: one launch
+ * instead of two.
  * Global keys (the first step.n_global visible entries) more than
  * step.dist_cap before a query are scored rotated to query - dist_cap. */
-void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t splits);
+void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t splits,
+                  const struct ck_attn_fuse *f);
 
 /* Merge the splits: ao (n_q, n_head*hd) f32, aoh the same in f16 (or NULL),
  * q8 quantises query 0 (or .q NULL); ml (n_head, 2) gets query raw_q's

@@ -316,8 +316,8 @@ static void test_hip_block_ubs(void)
 	const float ubp[3] = { 3, 1, 2 };
 	float bub[600], want[600];
 	gsp_hip_block_ubs(ubp, vis, ord, 1, 11, 4, 3, bub);
-	T_CHECK(bub[0] == 3 && bub[1] == 3 && bub[2] == 3 && bub[3] == 2, "hand block bounds %g %g %g %g",
-	        bub[0], bub[1], bub[2], bub[3]);
+	T_CHECK(bub[0] == 3 && bub[1] == 3 && bub[2] == 3 && bub[3] == 2,
+	        "hand block bounds %g %g %g %g", bub[0], bub[1], bub[2], bub[3]);
 	const uint32_t vis2[6] = { 4, 5, 6, 7, 8, 9 }; /* pages 1 1 1 1 2 2 */
 	gsp_hip_block_ubs(ubp, vis2, ord, 0, 6, 4, 4, bub);
 	T_CHECK(bub[0] == 1 && bub[1] == 2, "hand block bounds %g %g", bub[0], bub[1]);
