@@ -164,6 +164,7 @@ void ck_attn_norm(cudaStream_t st, float *raw, const float *ml, uint32_t rows, u
 #define CK_SST_NREB 6
 #define CK_SST_PAGE 7   /* slots per page of the bounds */
 #define CK_SST_NPAGES 8 /* candidate pages in plist (quest: = n_units) */
+#define CK_SST_BEAM 9   /* hip: ranges asked for per round but the last (gsp_hip_width) */
 #define CK_SST_INTS 10
 
 struct ck_sp_bounds_args {

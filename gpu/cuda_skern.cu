@@ -235,7 +235,8 @@ static __device__ float sk_hip_block(const ck_sp_args &A, int g, uint32_t blk, u
 	return best;
 }
 
-/* HiP's search for KV head blockIdx.x (gsp_hip_tree's steps): every
+/* HiP's search for KV head blockIdx.x (gsp_hip_tree's steps, its beam
+ * from the step array): every
  * block's page bound (the largest scaled Quest bound over its keys' pages,
  * from k_sp_quest_score by page), then the rounds: halves ranked by their
  * blocks' bounds while a range holds more than two blocks, by their
@@ -266,16 +267,17 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 	}
 	__syncthreads();
 	if (K > 0 && K < nb) {
-		uint32_t big = 0;
-		for (uint32_t i = threadIdx.x; i < K; i += blockDim.x) {
-			gsp_hip_range(i, nb, K, &start[i], &size[i]);
+		/* w ranges: the beam's in every round but the last, K after it */
+		uint32_t w = gsp_hip_width(nb, K, (uint32_t)A.sst[CK_SST_BEAM]), big = 0;
+		for (uint32_t i = threadIdx.x; i < w; i += blockDim.x) {
+			gsp_hip_range(i, nb, w, &start[i], &size[i]);
 			big = max(big, size[i]);
 		}
 		/* big only matters as > 1 (another round) and > 2 (ranked by bounds) */
 		int more = __syncthreads_or(big > 1), wide = __syncthreads_or(big > 2);
 		while (more) {
 			bool by_ub = gsp_hip_by_bounds(wide ? 3u : 2u);
-			for (uint32_t j = threadIdx.x; j < 2 * K; j += blockDim.x) {
+			for (uint32_t j = threadIdx.x; j < 2 * w; j += blockDim.x) {
 				gsp_hip_half(start[j / 2], size[j / 2], j % 2, &hs[j], &hn[j]);
 				if (hn[j] == 0)
 					score[j] = -INFINITY;
@@ -284,12 +286,14 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 					                 : sk_hip_block(A, g, hs[j], k0, k1, bk, s_q);
 			}
 			__syncthreads();
-			sk_top(score, 2 * K, K, sel, sh);
+			/* the last round (every half one block) keeps K, the others w */
+			uint32_t keep = wide ? w : K;
+			sk_top(score, 2 * w, keep, sel, sh);
 			/* the kept halves, in order, become the ranges */
 			uint32_t run = 0, m1 = 0, m2 = 0;
-			for (uint32_t base = 0; base < 2 * K; base += blockDim.x) {
+			for (uint32_t base = 0; base < 2 * w; base += blockDim.x) {
 				uint32_t j = base + threadIdx.x, tot;
-				bool on = j < 2 * K && sel[j];
+				bool on = j < 2 * w && sel[j];
 				uint32_t at = run + sk_scan(on, sh, &tot);
 				uint32_t s_ = on ? hs[j] : 0, n_ = on ? hn[j] : 0;
 				__syncthreads();
@@ -303,6 +307,7 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 			}
 			more = __syncthreads_or(m1);
 			wide = __syncthreads_or(m2);
+			w = keep;
 		}
 		for (uint32_t i = threadIdx.x; i < K; i += blockDim.x)
 			chosen[start[i]] = 1;

@@ -274,10 +274,9 @@ void gsp_hip_prepare(struct gsp_hip *h, uint32_t n_ctx, const struct gsp_hip_spe
 	h->hi = n_ctx;
 }
 
-size_t gsp_hip_scratch(uint32_t k_blocks)
+size_t gsp_hip_scratch(uint32_t w)
 {
-	return (8 * (size_t)k_blocks + 2) * sizeof(uint32_t) + 4 * (size_t)k_blocks * sizeof(float) +
-	        2 * (size_t)k_blocks;
+	return (8 * (size_t)w + 2) * sizeof(uint32_t) + 4 * (size_t)w * sizeof(float) + 2 * (size_t)w;
 }
 
 void gsp_hip_block_ubs(const float *ub, const uint32_t *vis, const uint32_t *ord, uint32_t k0,
@@ -288,8 +287,8 @@ void gsp_hip_block_ubs(const float *ub, const uint32_t *vis, const uint32_t *ord
 		bub[b] = gsp_hip_block_ub(ub, vis, ord, k0, k1, page, bk, b);
 }
 
-uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, const float *bub, gsp_score_fn fn,
-                      void *ctx, uint8_t *chosen, void *scratch)
+uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, uint32_t beam, const float *bub,
+                      gsp_score_fn fn, void *ctx, uint8_t *chosen, void *scratch)
 {
 	memset(chosen, 0, n_blocks);
 	if (k_blocks >= n_blocks) {
@@ -298,21 +297,21 @@ uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, const float *bub, gs
 	}
 	if (k_blocks == 0)
 		return 0;
-	uint32_t K = k_blocks;
-	uint32_t *start = scratch, *size = start + K; /* (K) the kept ranges */
-	uint32_t *hs = size + K, *hn = hs + 2 * K;    /* (2K) their halves */
-	uint32_t *blk = hn + 2 * K;                   /* (2K + 2) the non-empty halves' first blocks */
-	float *score = (float *)(blk + 2), *got = score + 2 * K; /* (2K) each */
-	uint8_t *sel = (uint8_t *)(got + 2 * K);                 /* (2K) */
+	uint32_t K = k_blocks, W = gsp_hip_width(n_blocks, K, beam), w = W;
+	uint32_t *start = scratch, *size = start + W; /* (W) the kept ranges */
+	uint32_t *hs = size + W, *hn = hs + 2 * W;    /* (2W) their halves */
+	uint32_t *blk = hn + 2 * W;                   /* (2W + 2) the non-empty halves' first blocks */
+	float *score = (float *)(blk + 2), *got = score + 2 * W; /* (2W) each */
+	uint8_t *sel = (uint8_t *)(got + 2 * W);                 /* (2W) */
 	uint32_t big = 0, rounds = 0;
-	for (uint32_t i = 0; i < K; i++) {
-		gsp_hip_range(i, n_blocks, K, &start[i], &size[i]);
+	for (uint32_t i = 0; i < w; i++) {
+		gsp_hip_range(i, n_blocks, w, &start[i], &size[i]);
 		big = KVS_MAX(big, size[i]);
 	}
 	while (big > 1) {
 		uint32_t nb = 0;
 		bool by_ub = bub != NULL && gsp_hip_by_bounds(big);
-		for (uint32_t j = 0; j < 2 * K; j++) {
+		for (uint32_t j = 0; j < 2 * w; j++) {
 			gsp_hip_half(start[j / 2], size[j / 2], j % 2, &hs[j], &hn[j]);
 			if (hn[j] > 0)
 				blk[nb++] = hs[j];
@@ -320,23 +319,26 @@ uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, const float *bub, gs
 		if (!by_ub)
 			fn(ctx, blk, nb, got);
 		rounds++;
-		for (uint32_t j = 0, g = 0; j < 2 * K; j++) {
+		for (uint32_t j = 0, g = 0; j < 2 * w; j++) {
 			if (hn[j] == 0)
 				score[j] = -INFINITY;
 			else
 				score[j] = by_ub ? gsp_hip_half_ub(bub, hs[j], hn[j]) : got[g++];
 		}
-		gsp_top(score, 2 * K, K, sel);
+		/* the last round (every half one block) keeps K, the others the beam */
+		uint32_t keep = big <= 2 ? K : w;
+		gsp_top(score, 2 * w, keep, sel);
 		big = 0;
-		for (uint32_t j = 0, i = 0; j < 2 * K; j++)
+		for (uint32_t j = 0, i = 0; j < 2 * w; j++)
 			if (sel[j]) {
 				start[i] = hs[j];
 				size[i] = hn[j];
 				big = KVS_MAX(big, hn[j]);
 				i++;
 			}
+		w = keep;
 	}
-	for (uint32_t i = 0; i < K; i++)
+	for (uint32_t i = 0; i < w; i++)
 		chosen[start[i]] = 1;
 	return rounds;
 }

@@ -94,6 +94,15 @@ GSP_HD void gsp_hip_range(uint32_t i, uint32_t n_blocks, uint32_t k, uint32_t *s
 	*size = (uint32_t)((uint64_t)(i + 1) * n_blocks / k) - *start;
 }
 
+/* The ranges a search starts from: k blocks' worth, or a wider beam (at
+ * most n_blocks / 2, so that each range holds two blocks and the last
+ * round still chooses k of them), as the CPU's sparse_hip_tree_beam. */
+GSP_HD uint32_t gsp_hip_width(uint32_t n_blocks, uint32_t k, uint32_t beam)
+{
+	uint32_t w = beam < n_blocks / 2 ? beam : n_blocks / 2;
+	return w > k ? w : k;
+}
+
 /* The halves of a range (start, size): half 0 [start, start + size/2), half 1 the rest. */
 GSP_HD void gsp_hip_half(uint32_t start, uint32_t size, uint32_t which, uint32_t *hs, uint32_t *hn)
 {
@@ -210,6 +219,7 @@ uint32_t gsp_quest_pages(const struct gsp_step *st, const uint32_t *vis, const u
 struct gsp_hip_spec {
 	uint32_t budget, block, sinks, recent, dense_layers, refresh;
 	uint32_t page; /* the bounds that rank the halves */
+	uint32_t beam; /* ranges kept per round but the last, in units of the final count */
 };
 
 struct gsp_hip {
@@ -235,21 +245,23 @@ void gsp_hip_prepare(struct gsp_hip *h, uint32_t n_ctx, const struct gsp_hip_spe
                      uint32_t n_cand);
 
 /*
- * HiP's hierarchical top-k as the device runs it, on the host: k_blocks
- * ranges (gsp_hip_range), halved each round (gsp_hip_half), the k_blocks
- * best halves kept (gsp_top over the 2 k_blocks halves, an empty one at
- * -INFINITY). A round with a range of more than two blocks
+ * HiP's hierarchical top-k as the device runs it, on the host: w =
+ * gsp_hip_width(n_blocks, k_blocks, beam) ranges (gsp_hip_range), halved
+ * each round (gsp_hip_half), the w best halves kept in every round but the
+ * last, which keeps k_blocks (gsp_top over the 2 w halves, an empty one at
+ * -INFINITY; beam <= k_blocks: HiP's own search, w = k_blocks). A round with a range of more than two blocks
  * (gsp_hip_by_bounds) ranks a half by its largest block bound bub
  * (n_blocks, gsp_hip_half_ub); the others (every round when bub is NULL)
  * by its first block, scored through fn. chosen (n_blocks); scratch:
- * gsp_hip_scratch(k_blocks) bytes. Returns the rounds. Equals
- * sparse_hip_tree with the CPU decode's callback (bub given) or with a
- * first-block callback (bub NULL: HiP's prefill).
+ * gsp_hip_scratch(w) bytes. Returns the rounds. Equals
+ * sparse_hip_tree_beam with the CPU decode's callback (bub given) or
+ * sparse_hip_tree with a first-block callback (bub NULL, beam k_blocks:
+ * HiP's prefill).
  */
 typedef void (*gsp_score_fn)(void *ctx, const uint32_t *blocks, uint32_t n, float *score);
-size_t gsp_hip_scratch(uint32_t k_blocks);
-uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, const float *bub, gsp_score_fn fn,
-                      void *ctx, uint8_t *chosen, void *scratch);
+size_t gsp_hip_scratch(uint32_t w);
+uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, uint32_t beam, const float *bub,
+                      gsp_score_fn fn, void *ctx, uint8_t *chosen, void *scratch);
 /* Every block's bound (gsp_hip_block_ub) into bub (n_blocks). */
 void gsp_hip_block_ubs(const float *ub, const uint32_t *vis, const uint32_t *ord, uint32_t k0,
                        uint32_t k1, uint32_t page, uint32_t bk, float *bub);

@@ -244,8 +244,9 @@ static void test_hip_tree(void)
 		}
 		/* the first-block rule (bub NULL) */
 		struct tab ta = { score, 0 }, tb = { score, 0 };
-		void *scr = xmalloc(gsp_hip_scratch(k) + 1);
-		uint32_t ra = gsp_hip_tree(nb, k, NULL, tab_score, &ta, a, scr);
+		uint32_t beam = 1 + (uint32_t)it % 3; /* 1: HiP's own search; 2 the CPU's default */
+		void *scr = xmalloc(gsp_hip_scratch(gsp_hip_width(nb, k, k * beam)) + 1);
+		uint32_t ra = gsp_hip_tree(nb, k, k, NULL, tab_score, &ta, a, scr);
 		uint64_t scored = 0;
 		sparse_tree_ensure(&t, nb);
 		uint32_t rb = sparse_hip_tree(&t, nb, k, tab_score_half, &tb, b, &scored);
@@ -258,11 +259,15 @@ static void test_hip_tree(void)
 		/* the decode's rule: bounds while halves span blocks, true max last */
 		struct tab tc = { score, 0 };
 		struct cpu_rank cr = { bub, score };
-		ra = gsp_hip_tree(nb, k, bub, tab_score, &tc, a, scr);
-		rb = sparse_hip_tree(&t, nb, k, cpu_rank_score, &cr, b, &scored);
+		ra = gsp_hip_tree(nb, k, k * beam, bub, tab_score, &tc, a, scr);
+		rb = sparse_hip_tree_beam(&t, nb, k, k * beam, cpu_rank_score, &cr, b, &scored);
 		T_CHECK(ra == rb && memcmp(a, b, nb) == 0,
-		        "bounds: %u blocks, k %u: rounds %u vs %u, choice %s", nb, k, ra, rb,
-		        memcmp(a, b, nb) ? "differs" : "same");
+		        "bounds: %u blocks, k %u, beam %u: rounds %u vs %u, choice %s", nb, k, beam, ra,
+		        rb, memcmp(a, b, nb) ? "differs" : "same");
+		n_chosen = 0;
+		for (uint32_t i = 0; i < nb; i++)
+			n_chosen += a[i];
+		T_EQ_INT(n_chosen, k < nb ? k : nb);
 		/* the true max is asked for once at most (the last round) */
 		T_CHECK(tc.calls <= 1, "bounds: %u blocks, k %u: %llu true-max rounds", nb, k,
 		        (unsigned long long)tc.calls);
@@ -275,7 +280,7 @@ static void test_hip_tree(void)
 	const float hs[8] = { 1, 0, 5, 9, 2, 7, 0, 0 };
 	struct tab th = { hs, 0 };
 	void *scr = xmalloc(gsp_hip_scratch(2));
-	T_EQ_INT(gsp_hip_tree(8, 2, NULL, tab_score, &th, a, scr), 2);
+	T_EQ_INT(gsp_hip_tree(8, 2, 2, NULL, tab_score, &th, a, scr), 2);
 	T_CHECK(a[3] && a[5] && a[0] + a[1] + a[2] + a[4] + a[6] + a[7] == 0, "hand HiP choice");
 	/* where the rules differ, by hand: true maxima tm, block bounds ub.
 	 * First blocks: round 1 halves 0, 2, 4, 6 score 4, 6, 5, 2: keep [2,4)
@@ -285,9 +290,9 @@ static void test_hip_tree(void)
 	 * block) by true max: blocks 0, 1, 6, 7 score 4, 1, 2, 7: keep 0 and 7 */
 	const float tm[8] = { 4, 1, 6, 0, 5, 0, 2, 7 }, ub[8] = { 1, 9, 6, 6, 5, 5, 3, 8 };
 	struct tab t1 = { tm, 0 }, t2 = { tm, 0 };
-	T_EQ_INT(gsp_hip_tree(8, 2, NULL, tab_score, &t1, a, scr), 2);
+	T_EQ_INT(gsp_hip_tree(8, 2, 2, NULL, tab_score, &t1, a, scr), 2);
 	T_CHECK(a[2] && a[4] && a[0] + a[1] + a[3] + a[5] + a[6] + a[7] == 0, "first-block choice");
-	T_EQ_INT(gsp_hip_tree(8, 2, ub, tab_score, &t2, a, scr), 2);
+	T_EQ_INT(gsp_hip_tree(8, 2, 2, ub, tab_score, &t2, a, scr), 2);
 	T_CHECK(a[0] && a[7] && a[1] + a[2] + a[3] + a[4] + a[5] + a[6] == 0, "page-bound choice");
 	T_EQ_INT(t2.calls, 1); /* the true max in the last round only */
 	struct cpu_rank cr = { ub, tm };
@@ -295,6 +300,18 @@ static void test_hip_tree(void)
 	sparse_tree_ensure(&t, 8);
 	sparse_hip_tree(&t, 8, 2, cpu_rank_score, &cr, b, &scored);
 	T_CHECK(memcmp(a, b, 8) == 0, "page-bound choice equals the CPU's");
+	/* the beam by hand: 8 blocks, k 2, beam 4 (4 ranges of 2 blocks, so
+	 * one round, the last, keeps 2 of the 8 single blocks by true max):
+	 * blocks 7 (7) and 2 (6), where beam 1 kept 0 and 7 above */
+	struct tab t3 = { tm, 0 };
+	free(scr);
+	scr = xmalloc(gsp_hip_scratch(gsp_hip_width(8, 2, 8)));
+	T_EQ_INT(gsp_hip_width(8, 2, 8), 4);
+	T_EQ_INT(gsp_hip_tree(8, 2, 8, ub, tab_score, &t3, a, scr), 1);
+	T_CHECK(a[2] && a[7] && a[0] + a[1] + a[3] + a[4] + a[5] + a[6] == 0, "beam 4 choice");
+	sparse_tree_ensure(&t, 8);
+	sparse_hip_tree_beam(&t, 8, 2, 8, cpu_rank_score, &cr, b, &scored);
+	T_CHECK(memcmp(a, b, 8) == 0, "beam 4 choice equals the CPU's");
 	sparse_tree_free(&t);
 	free(scr);
 }
