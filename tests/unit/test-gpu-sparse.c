@@ -374,7 +374,7 @@ static void test_hip_block_ubs(void)
 static void test_hip_refresh(void)
 {
 	struct gsp_hip h = { 0 };
-	struct gsp_hip_spec sp = { 64, 8, 4, 8, 2, 4, 16 };
+	struct gsp_hip_spec sp = { 64, 8, 4, 8, 2, 4, 16, 2 };
 	uint32_t slots[3] = { 10, 11, 12 };
 	int32_t pos[3] = { 10, 11, 12 };
 	/* the first step searches and notes the candidates */
