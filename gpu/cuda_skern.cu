@@ -275,7 +275,8 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 		}
 		/* big only matters as > 1 (another round) and > 2 (ranked by bounds) */
 		int more = __syncthreads_or(big > 1), wide = __syncthreads_or(big > 2);
-		while (more) {
+		/* a beam round may keep only single blocks: one more round keeps K */
+		while (more || w > K) {
 			bool by_ub = gsp_hip_by_bounds(wide ? 3u : 2u);
 			for (uint32_t j = threadIdx.x; j < 2 * w; j += blockDim.x) {
 				gsp_hip_half(start[j / 2], size[j / 2], j % 2, &hs[j], &hn[j]);

@@ -308,7 +308,9 @@ uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, uint32_t beam, const
 		gsp_hip_range(i, n_blocks, w, &start[i], &size[i]);
 		big = KVS_MAX(big, size[i]);
 	}
-	while (big > 1) {
+	/* a beam round may keep only single blocks: one more round (each
+	 * range's block scored as a half) then keeps K of them */
+	while (big > 1 || w > K) {
 		uint32_t nb = 0;
 		bool by_ub = bub != NULL && gsp_hip_by_bounds(big);
 		for (uint32_t j = 0; j < 2 * w; j++) {

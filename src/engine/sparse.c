@@ -579,7 +579,9 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 		t->size[i] = (uint32_t)((uint64_t)(i + 1) * n_blocks / w) - t->start[i];
 		big = KVS_MAX(big, t->size[i]);
 	}
-	while (big > 1) {
+	/* a beam round may keep only single blocks: one more round (each
+	 * range's block scored as a half) then keeps k_blocks of them */
+	while (big > 1 || w > k_blocks) {
 		uint32_t nb = 0;
 		for (uint32_t i = 0; i < w; i++) {
 			uint32_t half = t->size[i] / 2;

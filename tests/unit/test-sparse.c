@@ -311,6 +311,13 @@ static void test_hip_beam(void)
 	const float v6[6] = { 3, 1, 7, 2, 6, 0 };
 	T_EQ_STR(tree_run_beam(v6, v6, 6, 2, 8, &rounds), "2 4");
 	T_EQ_INT(rounds, 1);
+	/* a beam round that keeps single blocks only: 9 blocks, k = 1, beam
+	 * 3: ranges [0,3) [3,6) [6,9), halves [0,1) [1,3) [3,4) [4,6) [6,7)
+	 * [7,9) bound 9 1 8 1 7 1: blocks 0, 3 and 6 kept, every range one
+	 * block but three of them; one more round by value (2 5 3) keeps 3 */
+	const float ub9[9] = { 9, 1, 1, 8, 1, 1, 7, 1, 1 }, v9[9] = { 2, 0, 0, 5, 0, 0, 3, 0, 0 };
+	T_EQ_STR(tree_run_beam(ub9, v9, 9, 1, 3, &rounds), "3");
+	T_EQ_INT(rounds, 2);
 	/* k covering every block: all, no round */
 	T_EQ_STR(tree_run_beam(v6, v6, 6, 6, 12, &rounds), "0 1 2 3 4 5");
 	T_EQ_INT(rounds, 0);
