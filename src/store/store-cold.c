@@ -85,6 +85,7 @@ struct store_cold {
 	bool stopped, warned_raw;
 	struct cold_index_w iw;             /* the index group a flush fills */
 	struct store_cold_rank_stats stats; /* what the last ranking read */
+	struct cold_mem *mem;               /* the summary recall's memory stage */
 	/* the last recall's choice, until placed */
 	struct kv_tok *sel_toks; /* (n_sel) orig_pos ascending */
 	uint8_t *sel_raw;        /* (n_sel, row) */
@@ -109,6 +110,7 @@ void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct 
 	struct kv_stats ks;
 	kv_cache_stats(kv, &ks);
 	c->seen_mark = ks.n_seen;
+	c->mem = cold_mem_new();
 	*out = c;
 }
 
@@ -129,6 +131,7 @@ void store_cold_free(struct store_cold *c)
 	cold_queue_clear(c);
 	free(c->q);
 	cold_index_w_free(&c->iw);
+	cold_mem_free(c->mem);
 	free(c->sel_toks);
 	free(c->sel_raw);
 	free(c);
@@ -672,8 +675,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 	if (k == 0)
 		k = KVS_MIN(KVS_MAX(4 * ((budget + c->cfg.block - 1) / c->cfg.block), 16u),
 		            (uint32_t)COLD_CANDIDATES);
-	struct cold_scope scope = { s,         c->id, c->epoch,    c->hp, c->cfg.block * 16,
-		                        &c->stats, k,     query->cands };
+	struct cold_scope scope = { s,         c->id, c->epoch,     c->hp,  c->cfg.block * 16,
+		                        &c->stats, k,     query->cands, c->mem, query->mem_cands };
 	struct cold_cand *cands = NULL;
 	size_t n_cands = 0;
 	int rc = cold_rank(&scope, query, &cands, &n_cands, e);
@@ -751,16 +754,16 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 }
 
 int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
-                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e)
+                           uint32_t cands, uint32_t mem_cands, int64_t *ids, double *scores,
+                           size_t *n, struct err *e)
 {
 	*n = 0;
 	if (c->s == NULL || q == NULL || n_q == 0 || k == 0)
 		return KVS_OK;
 	cold_sync(c);
 	memset(&c->stats, 0, sizeof c->stats);
-	struct cold_scope scope = {
-		c->s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats, k, cands
-	};
+	struct cold_scope scope = { c->s,      c->id, c->epoch, c->hp,  c->cfg.block * 16,
+		                        &c->stats, k,     cands,    c->mem, mem_cands };
 	struct cold_scored *sc = NULL;
 	int rc = cold_summary_top(&scope, q, n_q, k, &sc, n, e);
 	for (size_t i = 0; rc == KVS_OK && i < *n; i++) {
@@ -774,6 +777,11 @@ int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, u
 void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out)
 {
 	*out = c->stats;
+}
+
+size_t store_cold_mem_bytes(const struct store_cold *c)
+{
+	return cold_mem_size(c->mem);
 }
 
 int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *tokens,

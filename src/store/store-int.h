@@ -97,6 +97,8 @@ struct cold_scope {
 	struct store_cold_rank_stats *stats; /* what the ranking read (added to); NULL: none */
 	uint32_t top_k;                      /* the summary ranking's k (0: COLD_CANDIDATES) */
 	uint32_t cands; /* the sketch's candidates (0: cold_sketch_cands' default; STORE_COLD_EXACT) */
+	struct cold_mem *mem; /* the memory stage (store-cold-sketch.c); NULL: none */
+	uint32_t mem_cands;   /* its candidates (0: cold_mem_cands' default; STORE_COLD_EXACT: none) */
 };
 
 /* A block a recall may take, and what ranks it. */
@@ -123,6 +125,8 @@ struct cold_probe {
 	uint32_t n_layer, n_head_kv, head_dim, per; /* per: queries per (layer, KV head) */
 	double *qp, *qn;                            /* (n_layer, n_head_kv, per, head_dim) */
 	double *pmax, *pmin, *nmax, *nmin;          /* (n_layer, n_head_kv, head_dim) over per */
+	double *qp4, *qn4; /* (n_layer, n_head_kv, per / 4, head_dim, 4): qp and qn four queries
+	                    * at a time, channel-major, for the AVX2 loop (NULL without AVX2) */
 };
 
 void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float *q, uint32_t n_q);
@@ -205,10 +209,30 @@ int cold_sketch_build(struct store *s, int64_t sid, const struct hparams *hp, st
 /* Candidates stage 1 hands on for a top k (cands: the caller's count, 0
  * for the default 2 k + 32). */
 size_t cold_sketch_cands(size_t k, uint32_t cands);
+/* Candidates the memory stage hands stage 1 when stage 1 passes on
+ * `cands` (mem_cands: the caller's count, 0 for the default 8 cands). */
+size_t cold_mem_cands(size_t cands, uint32_t mem_cands);
+#define COLD_MEM_LAYERS 3 /* probe layers of the sketch the memory stage keeps */
+/* The memory stage: the sketches of one epoch on COLD_MEM_LAYERS of their
+ * layers, held in memory and brought in step with the database at each
+ * search (store-cold-sketch.c). */
+struct cold_mem;
+struct cold_mem *cold_mem_new(void);
+void cold_mem_free(struct cold_mem *m);
+/* Bytes the memory stage holds (its arrays' capacity). */
+size_t cold_mem_size(const struct cold_mem *m);
+/* The blocks it holds now (*ids: theirs, ascending; NULL to skip). */
+size_t cold_mem_count(const struct cold_mem *m, const int64_t **ids);
+/* The memory stage's score of sketch sk for the probe q (n_q, n_layer,
+ * n_head, head_dim): cold_sketch_estimate's sum over the memory layers
+ * alone. */
+double cold_mem_estimate(const struct hparams *hp, const float *q, uint32_t n_q, const uint8_t *sk);
 /* The summary ranking's best k blocks of scope, best first, with their
  * exact scores: stage 1 over the sketches, then cold_index_top_of over its
  * candidates; the exact search alone (cold_index_top) when scope->cands is
- * STORE_COLD_EXACT or a block of the epoch has no sketch. */
+ * STORE_COLD_EXACT or a block of the epoch has no sketch. With a memory
+ * stage (scope->mem) holding more blocks than it passes on, stage 1 reads
+ * only the sketches of the memory stage's best. */
 int cold_summary_top(const struct cold_scope *c, const float *q, uint32_t n_q, size_t k,
                      struct cold_scored **out, size_t *n, struct err *e);
 
