@@ -574,14 +574,26 @@ static int cold_got_cmp(const void *a, const void *b)
 	return (x->hit.pos0 > y->hit.pos0) - (x->hit.pos0 < y->hit.pos0);
 }
 
-/* Whether any token of g is in the cache, or its positions overlap a block
- * already taken (got[0..n)). */
-static bool cold_clash(const struct store_cold *c, const struct cold_got *g,
-                       const struct cold_got *got, size_t n)
+/* Leave out of g the tokens the cache holds (a block recalled before and
+ * partly evicted again: its evicted part is what can come back, and
+ * skipping the block would lose it for good), then whether nothing is
+ * left or its positions overlap a block already taken (got[0..n)). */
+static bool cold_clash(const struct store_cold *c, struct cold_got *g, const struct cold_got *got,
+                       size_t n)
 {
-	for (uint32_t i = 0; i < g->hit.n_tokens; i++)
+	uint32_t w = 0;
+	for (uint32_t i = 0; i < g->hit.n_tokens; i++) {
 		if (kv_cache_find(c->kv, g->toks[i].orig_pos) >= 0)
-			return true;
+			continue;
+		if (w != i) {
+			g->toks[w] = g->toks[i];
+			memcpy(g->raw + (size_t)w * c->row, g->raw + (size_t)i * c->row, c->row);
+		}
+		w++;
+	}
+	g->hit.n_tokens = w;
+	if (w == 0)
+		return true;
 	for (size_t k = 0; k < n; k++)
 		if (g->hit.pos0 <= got[k].hit.pos1 && got[k].hit.pos0 <= g->hit.pos1)
 			return true;
@@ -696,9 +708,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 		for (size_t i = 0; i < n_cands && n_got < COLD_CANDIDATES && used < budget; i++) {
 			struct cold_got g = { 0 };
 			g.hit = cands[i].hit;
-			if (g.hit.n_tokens > budget - used)
-				continue;
-			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got)) {
+			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got) ||
+			    g.hit.n_tokens > budget - used) {
 				free(g.toks);
 				free(g.raw);
 				continue;
@@ -709,7 +720,7 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 			 * after a hit comes too when it fits (BM25 0: not matched) */
 			struct cold_got n2 = { 0 };
 			if (n_got < COLD_CANDIDATES && cold_next(c, nx, rd, &got[n_got - 1].hit, &n2) &&
-			    n2.hit.n_tokens <= budget - used && !cold_clash(c, &n2, got, n_got)) {
+			    !cold_clash(c, &n2, got, n_got) && n2.hit.n_tokens <= budget - used) {
 				n2.hit.summary = NAN;
 				for (size_t j = 0; j < n_cands; j++)
 					if (cands[j].hit.id == n2.hit.id) {
