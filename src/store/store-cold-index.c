@@ -60,8 +60,14 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 	p->per = n_q * grp;
 	size_t n = (size_t)hp->n_layer * hp->n_head_kv * p->per * hd,
 	       ne = (size_t)hp->n_layer * hp->n_head_kv * hd;
-	p->qp = xmallocarray(n, sizeof *p->qp);
-	p->qn = xmallocarray(n, sizeof *p->qn);
+	/* with AVX2 and whole groups of four queries the queries go straight
+	 * to the four-at-a-time layout, and qp, qn are not kept */
+	size_t n4 = p->per / 4;
+	bool v4 = n4 > 0 && p->per % 4 == 0 && __builtin_cpu_supports("avx2");
+	p->qp = v4 ? NULL : xmallocarray(n, sizeof *p->qp);
+	p->qn = v4 ? NULL : xmallocarray(n, sizeof *p->qn);
+	p->qp4 = v4 ? xmallocarray(n, sizeof *p->qp4) : NULL;
+	p->qn4 = v4 ? xmallocarray(n, sizeof *p->qn4) : NULL;
 	p->pmax = xmallocarray(ne, sizeof *p->pmax);
 	p->pmin = xmallocarray(ne, sizeof *p->pmin);
 	p->nmax = xmallocarray(ne, sizeof *p->nmax);
@@ -79,8 +85,15 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 				       eo = ((size_t)l * hp->n_head_kv + g) * hd;
 				for (uint32_t d = 0; d < hd; d++) {
 					double a = src[d] > 0 ? src[d] : 0, b = src[d] > 0 ? 0 : src[d];
-					p->qp[o + d] = a;
-					p->qn[o + d] = b;
+					if (v4) {
+						size_t o4 = ((((size_t)l * hp->n_head_kv + g) * n4 + j / 4) * hd + d) * 4 +
+						        j % 4;
+						p->qp4[o4] = a;
+						p->qn4[o4] = b;
+					} else {
+						p->qp[o + d] = a;
+						p->qn[o + d] = b;
+					}
 					p->pmax[eo + d] = fmax(p->pmax[eo + d], a);
 					p->pmin[eo + d] = fmin(p->pmin[eo + d], a);
 					p->nmax[eo + d] = fmax(p->nmax[eo + d], b);
@@ -90,22 +103,6 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 	if (p->per == 0)
 		for (size_t i = 0; i < ne; i++)
 			p->pmax[i] = p->pmin[i] = p->nmax[i] = p->nmin[i] = 0;
-	p->qp4 = p->qn4 = NULL;
-	size_t n4 = p->per / 4;
-	if (n4 > 0 && __builtin_cpu_supports("avx2")) {
-		size_t lg = (size_t)hp->n_layer * hp->n_head_kv;
-		p->qp4 = xmallocarray(lg * n4 * hd * 4, sizeof *p->qp4);
-		p->qn4 = xmallocarray(lg * n4 * hd * 4, sizeof *p->qn4);
-		for (size_t i = 0; i < lg; i++)
-			for (size_t b = 0; b < n4; b++)
-				for (uint32_t d = 0; d < hd; d++)
-					for (size_t k = 0; k < 4; k++) {
-						size_t src = (i * p->per + 4 * b + k) * hd + d,
-						       dst = ((i * n4 + b) * hd + d) * 4 + k;
-						p->qp4[dst] = p->qp[src];
-						p->qn4[dst] = p->qn[src];
-					}
-	}
 }
 
 void cold_probe_free(struct cold_probe *p)
@@ -176,14 +173,14 @@ static double cold_probe_layer(const struct cold_probe *p, uint32_t l, const flo
 	for (uint32_t g = 0; g < p->n_head_kv; g++) {
 		size_t ko = ((size_t)l * p->n_head_kv + g) * hd;
 		const float *mn = kmin + ko, *mx = kmax + ko;
+		if (p->qp4 != NULL) { /* the same sums in AVX2, every query */
+			size_t n4 = p->per / 4, o4 = ((size_t)l * p->n_head_kv + g) * n4 * hd * 4;
+			best = cold_probe_best4(p->qp4 + o4, p->qn4 + o4, n4, hd, mn, mx, best);
+			continue;
+		}
 		const double *q0 = p->qp + ((size_t)l * p->n_head_kv + g) * p->per * hd,
 		             *n0 = p->qn + ((size_t)l * p->n_head_kv + g) * p->per * hd;
 		uint32_t j = 0;
-		if (p->qp4 != NULL) { /* the same sums in AVX2 */
-			size_t n4 = p->per / 4, o4 = ((size_t)l * p->n_head_kv + g) * n4 * hd * 4;
-			best = cold_probe_best4(p->qp4 + o4, p->qn4 + o4, n4, hd, mn, mx, best);
-			j = (uint32_t)(4 * n4);
-		}
 		/* four queries at a time: four independent sums, each in the order
 		 * of the one-query loop below (the same values, bit for bit) */
 		for (; j + 4 <= p->per; j += 4) {

@@ -123,10 +123,11 @@ int cold_rank(const struct cold_scope *scope, const struct store_cold_query *que
  * and the channel-wise envelope of those parts over the queries. */
 struct cold_probe {
 	uint32_t n_layer, n_head_kv, head_dim, per; /* per: queries per (layer, KV head) */
-	double *qp, *qn;                            /* (n_layer, n_head_kv, per, head_dim) */
-	double *pmax, *pmin, *nmax, *nmin;          /* (n_layer, n_head_kv, head_dim) over per */
-	double *qp4, *qn4; /* (n_layer, n_head_kv, per / 4, head_dim, 4): qp and qn four queries
-	                    * at a time, channel-major, for the AVX2 loop (NULL without AVX2) */
+	double *qp, *qn; /* (n_layer, n_head_kv, per, head_dim); NULL when qp4 holds them */
+	double *pmax, *pmin, *nmax, *nmin; /* (n_layer, n_head_kv, head_dim) over per */
+	double *qp4, *qn4; /* (n_layer, n_head_kv, per / 4, head_dim, 4): the same four queries
+	                    * at a time, channel-major, for the AVX2 loop (NULL without AVX2 or
+	                    * when per is not a multiple of 4) */
 };
 
 void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float *q, uint32_t n_q);
