@@ -50,6 +50,17 @@
  * since; the writer builds them from cold_sums when it attaches) is
  * searched exactly.
  *
+ * The memory stage (struct cold_mem, one per store_cold): at 1M cold tokens
+ * reading every sketch is 50 MB through SQLite a recall, so the cold tier
+ * keeps each block's sketch on COLD_MEM_LAYERS of its probe layers (the
+ * middles of equal slices: 5, 15 and 25 of the default model's, 648
+ * bytes) in memory, scores those first, and stage 1 reads only the best 8
+ * x its candidates by id. It holds one epoch, in id order, and is brought
+ * in step with the database at each search (cold_mem_sync: the cap drops
+ * the lowest ids, flushes add higher ones, anything else rereads); with
+ * no more blocks than it would pass on it steps aside, so small tiers rank
+ * exactly as before.
+ *
  * The scoring loop widens 16 codes at a time to int16 and sums their
  * products with the weights in int32 (AVX2 where the CPU has it, plain C
  * otherwise, the same integers either way). An earlier form dequantised

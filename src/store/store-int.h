@@ -13,7 +13,9 @@
  *   store-cold-index.c the summary index: block bounds apart from the K/V,
  *                   group bounds over them, the exact top-k search
  *   store-cold-sketch.c the summary recall's first stage: 4-bit sketches of
- *                   the bounds on every other layer, scored to pick candidates
+ *                   the bounds on every other layer, scored to pick candidates,
+ *                   and the memory stage before it (a few layers of each
+ *                   sketch held in memory)
  * nostore.c (built without SQLite) answers store.h alone and needs none of it.
  *
  * Every function here that can fail returns a KVS_* status and fills e
