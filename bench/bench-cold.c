@@ -3,7 +3,7 @@
  * given size, on the default model's KV shape.
  *
  *   make -C build bench/bench-cold && build/bench/bench-cold TOKENS [dir] [--keys K] [--group N]
- *                                                 [--recalls N]
+ *                                                 [--recalls N] [--mem N|off] [--reuse]
  *   sh bench/cold.sh            (10k, 100k and 1M tokens, one process each)
  *
  * It fills one session's cold tier with TOKENS evicted tokens through the
@@ -27,10 +27,16 @@
  * store-cold-sketch.c) against the exact search of every block
  * (STORE_COLD_EXACT): the share of the exact top 16 the two stages return,
  * and both times (--cands N: the sketches' candidates, else the store's
- * default 2k + 32).
+ * default 2k + 32), and against reading every sketch (no memory stage):
+ * the share of that top 16 the memory stage keeps (--mem N: the memory
+ * stage's candidates, else the store's default 8 (2k + 32); off: none).
+ * With a folder and --reuse, a database an earlier run of the same TOKENS
+ * left there is used as it is (no fill; the fill's random draws are still
+ * made, so the questions are the same): a 1M fill takes half an hour.
  * It prints the median and the 90th percentile of each (wall clock), the
  * median CPU time of the recalling thread (what the load does not move), what the summary
- * index read (sketches, candidates, blocks), the fill's write rate, the database's
+ * ranking read (blocks scored in memory and the bytes the memory stage holds, sketches,
+ * candidates, blocks), the fill's write rate, the database's
  * bytes per 1k tokens (file and WAL), and the process's resident memory
  * after the fill and after the recalls (its peak too), with the load
  * average: a shared machine moves all of it.
@@ -192,10 +198,11 @@ int main(int argc, char **argv)
 {
 	long long want = 10000;
 	char dir[256] = "";
-	bool model_keys = true, have_n = false;
+	bool model_keys = true, have_n = false, reuse = false;
 	uint32_t group = 0; /* blocks per index group (0: the store's default) */
 	int n_rec = BC_RECALLS, n_ov = 5;
-	uint32_t cands = 0; /* the sketches' candidates (0: the store's default) */
+	uint32_t cands = 0;     /* the sketches' candidates (0: the store's default) */
+	uint32_t mem_cands = 0; /* the memory stage's (0: the default; STORE_COLD_EXACT: off) */
 	struct err e;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
@@ -204,6 +211,8 @@ int main(int argc, char **argv)
 				fprintf(stderr, "bench-cold: --keys %s: expected model or random\n", argv[i]);
 				return 2;
 			}
+		} else if (strcmp(argv[i], "--reuse") == 0) {
+			reuse = true;
 		} else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc) {
 			long v = atol(argv[++i]);
 			if (v < 1 || v > 4096) {
@@ -224,6 +233,14 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			cands = (uint32_t)v;
+		} else if (strcmp(argv[i], "--mem") == 0 && i + 1 < argc) {
+			long v = strcmp(argv[++i], "off") == 0 ? -1 : atol(argv[i]);
+			if (v != -1 && (v < 1 || v > 1000000)) {
+				fprintf(stderr, "bench-cold: --mem %s: expected 1..1000000 blocks or off\n",
+				        argv[i]);
+				return 2;
+			}
+			mem_cands = v == -1 ? STORE_COLD_EXACT : (uint32_t)v;
 		} else if (strcmp(argv[i], "--overlap") == 0 && i + 1 < argc) {
 			n_ov = atoi(argv[++i]);
 			if (n_ov < 0 || n_ov > BC_RECALLS) {
@@ -240,11 +257,15 @@ int main(int argc, char **argv)
 	if (want < BC_BLOCK || want > 100000000) {
 		fprintf(stderr,
 		        "usage: bench-cold TOKENS (%d..100000000) [dir] [--keys model|random] [--group "
-		        "N] [--recalls N] [--overlap N] [--cands N]\n",
+		        "N] [--recalls N] [--overlap N] [--cands N] [--mem N|off] [--reuse]\n",
 		        BC_BLOCK);
 		return 2;
 	}
 	bool keep_dir = dir[0] != '\0';
+	if (reuse && !keep_dir) {
+		fprintf(stderr, "bench-cold: --reuse: expected a folder (bench-cold TOKENS DIR --reuse)\n");
+		return 2;
+	}
 	if (!keep_dir) {
 		struct err te;
 		char *t = file_mkdtemp("bench-cold", "the cold tier's database", &te);
@@ -270,6 +291,9 @@ int main(int argc, char **argv)
 	uint64_t row = engine_kv_bytes_per_slot(eng);
 	bool f16 = engine_kv_type(eng) == ENGINE_KV_F16;
 	char *db = xasprintf("%s/cold.db", dir);
+	/* --reuse: the database a run with the same TOKENS left in dir; the fill
+	 * is skipped but its random draws are made, so the questions match */
+	reuse = reuse && access(db, F_OK) == 0;
 	struct store *st;
 	int64_t id = 0;
 	struct store_session in = { .title = (char *)"bench-cold",
@@ -281,7 +305,8 @@ int main(int argc, char **argv)
 	struct store_cold *cold;
 	struct store_cold_config cc = { .block = BC_BLOCK, .max_tokens = 0, .group = group };
 	if (store_open(&st, db, STORE_RW, &e) != KVS_OK ||
-	    store_session_create(st, &in, &id, &e) != KVS_OK) {
+	    (reuse ? store_session_find(st, "bench-cold", &id, &e)
+	           : store_session_create(st, &in, &id, &e)) != KVS_OK) {
 		fprintf(stderr, "bench-cold: %s\n", e.msg);
 		return 1;
 	}
@@ -362,11 +387,15 @@ int main(int argc, char **argv)
 		}
 		if (model_keys) { /* 64 consecutive rows: a real block's keys */
 			size_t off = (size_t)(bc_next() % (pool.n - BC_BLOCK + 1));
+			if (reuse)
+				continue;
 			memcpy(raw, pool.rows + off * row, (size_t)BC_BLOCK * row);
 		} else {
 			for (uint32_t i = 0; i < BC_BLOCK; i++)
 				memcpy(raw + (size_t)i * row, pool.rows + (size_t)(bc_next() % pool.n) * row, row);
 		}
+		if (reuse)
+			continue;
 		store_cold_evicted(cold, toks, BC_BLOCK, raw, row);
 		if ((pos + BC_BLOCK) % BC_FLUSH == 0 || pos + BC_BLOCK >= want) {
 			struct store_cold_flush_info fi;
@@ -400,7 +429,7 @@ int main(int argc, char **argv)
 			return 1;
 		for (int k = 0; k < 3; k++) {
 			struct store_cold_query query = {
-				.text = text, .q = q, .n_q = BC_PROBE, .cands = cands
+				.text = text, .q = q, .n_q = BC_PROBE, .cands = cands, .mem_cands = mem_cands
 			};
 			query.rank = (enum store_cold_rank)k;
 			struct store_cold_hit *hits;
@@ -421,6 +450,7 @@ int main(int argc, char **argv)
 				rs_sum.blocks_scored += rs.blocks_scored;
 				rs_sum.sketched += rs.sketched;
 				rs_sum.candidates += rs.candidates;
+				rs_sum.mem_scored += rs.mem_scored;
 			}
 			free(hits);
 		}
@@ -429,6 +459,7 @@ int main(int argc, char **argv)
 	size_t ov_hit = 0, ov_tot = 0, top1 = 0;
 	double gap = 0; /* exact best score less the two stages' best, summed */
 	double ms_two[BC_RECALLS], ms_exact[BC_RECALLS];
+	size_t mem_hit = 0, mem_tot = 0; /* the memory stage against reading every sketch */
 	for (int r = 0; r < n_ov; r++) {
 		char text[128];
 		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
@@ -439,14 +470,28 @@ int main(int argc, char **argv)
 		double sc2[BC_TOPK], scx[BC_TOPK];
 		size_t n2 = 0, nx = 0;
 		double r0 = bc_cpu_ms();
-		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, cands, ids2, sc2, &n2, &e) != KVS_OK)
+		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, cands, mem_cands, ids2, sc2, &n2,
+		                           &e) != KVS_OK)
 			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 		double r1 = bc_cpu_ms();
-		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, STORE_COLD_EXACT, idsx, scx, &nx,
+		if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, STORE_COLD_EXACT, 0, idsx, scx, &nx,
 		                           &e) != KVS_OK)
 			return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 		ms_two[r] = r1 - r0;
 		ms_exact[r] = bc_cpu_ms() - r1;
+		/* the sketches alone (every sketch read, no memory stage) */
+		int64_t idsm[BC_TOPK];
+		double scm[BC_TOPK];
+		size_t nm = 0;
+		if (mem_cands != STORE_COLD_EXACT) {
+			if (store_cold_summary_top(cold, q, BC_PROBE, BC_TOPK, cands, STORE_COLD_EXACT, idsm,
+			                           scm, &nm, &e) != KVS_OK)
+				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+			for (size_t i = 0; i < nm; i++)
+				for (size_t j = 0; j < n2; j++)
+					mem_hit += idsm[i] == ids2[j];
+			mem_tot += nm;
+		}
 		for (size_t i = 0; i < nx; i++)
 			for (size_t j = 0; j < n2; j++)
 				ov_hit += idsx[i] == ids2[j];
@@ -468,8 +513,11 @@ int main(int argc, char **argv)
 	if (model_keys)
 		printf("  keys: %u evicted rows of the model reading the bank's words (%.1f s)\n", pool.n,
 		       cap_s);
-	printf("  fill: %.1f s (%.0f tokens/s; flushes %.1f s)\n", fill_s, (double)tokens / fill_s,
-	       flush_ms / 1e3);
+	if (reuse)
+		printf("  fill: none (--reuse: the database %s already held)\n", db);
+	else
+		printf("  fill: %.1f s (%.0f tokens/s; flushes %.1f s)\n", fill_s, (double)tokens / fill_s,
+		       flush_ms / 1e3);
 	printf("  disk: %.2f MiB per 1k tokens (file + WAL %.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
 	       (double)disk / 1048576.0 / ((double)tokens / 1000.0), (double)disk / 1048576.0,
 	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
@@ -481,8 +529,10 @@ int main(int argc, char **argv)
 		       rank_names[k], ms[k][n_rec / 2], ms[k][n_rec * 9 / 10], ms[k][n_rec - 1],
 		       cpu[k][n_rec / 2], n_rec, (double)got[k] / n_rec);
 	}
-	printf("  summary, per recall: %.1f sketches scored, %.1f candidates; %.1f of %.1f groups "
+	printf("  summary, per recall: %.1f blocks scored in memory (%.2f MiB held), %.1f sketches "
+	       "read and scored, %.1f candidates; %.1f of %.1f groups "
 	       "read, %.1f blocks' bounds read, %.1f cut part-way, %.1f scored in full\n",
+	       (double)rs_sum.mem_scored / n_rec, (double)store_cold_mem_bytes(cold) / 1048576.0,
 	       (double)rs_sum.sketched / n_rec, (double)rs_sum.candidates / n_rec,
 	       (double)rs_sum.groups_read / n_rec, (double)rs_sum.groups / n_rec,
 	       (double)rs_sum.blocks_read / n_rec, (double)rs_sum.blocks_cut / n_rec,
@@ -502,6 +552,10 @@ int main(int argc, char **argv)
 		       ms_two[n_ov / 2], ms_exact[n_ov / 2]);
 		printf("  best block: the same in %zu of %d probes (mean score gap %.4f)\n", top1, n_ov,
 		       gap / n_ov);
+		if (mem_tot > 0)
+			printf("  the memory stage: %.3f of the top %d that reading every sketch gives are "
+			       "returned\n",
+			       (double)mem_hit / (double)mem_tot, BC_TOPK);
 	}
 	printf("  RSS: %.1f MiB after the fill, %.1f MiB after the recalls, peak %.1f MiB\n", rss_fill,
 	       bc_rss_mib(), bc_peak_mib());

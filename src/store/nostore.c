@@ -282,11 +282,18 @@ int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *
 	return NOSTORE(e);
 }
 int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
-                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e)
+                           uint32_t cands, uint32_t mem_cands, int64_t *ids, double *scores,
+                           size_t *n, struct err *e)
 {
-	(void)c, (void)q, (void)n_q, (void)k, (void)cands, (void)ids, (void)scores, (void)e;
+	(void)c, (void)q, (void)n_q, (void)k, (void)cands, (void)mem_cands, (void)ids, (void)scores,
+	        (void)e;
 	*n = 0;
 	return KVS_OK;
+}
+size_t store_cold_mem_bytes(const struct store_cold *c)
+{
+	(void)c;
+	return 0;
 }
 void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out)
 {

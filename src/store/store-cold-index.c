@@ -44,6 +44,7 @@
 
 #include "model/model.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,8 +60,14 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 	p->per = n_q * grp;
 	size_t n = (size_t)hp->n_layer * hp->n_head_kv * p->per * hd,
 	       ne = (size_t)hp->n_layer * hp->n_head_kv * hd;
-	p->qp = xmallocarray(n, sizeof *p->qp);
-	p->qn = xmallocarray(n, sizeof *p->qn);
+	/* with AVX2 and whole groups of four queries the queries go straight
+	 * to the four-at-a-time layout, and qp, qn are not kept */
+	size_t n4 = p->per / 4;
+	bool v4 = n4 > 0 && p->per % 4 == 0 && __builtin_cpu_supports("avx2");
+	p->qp = v4 ? NULL : xmallocarray(n, sizeof *p->qp);
+	p->qn = v4 ? NULL : xmallocarray(n, sizeof *p->qn);
+	p->qp4 = v4 ? xmallocarray(n, sizeof *p->qp4) : NULL;
+	p->qn4 = v4 ? xmallocarray(n, sizeof *p->qn4) : NULL;
 	p->pmax = xmallocarray(ne, sizeof *p->pmax);
 	p->pmin = xmallocarray(ne, sizeof *p->pmin);
 	p->nmax = xmallocarray(ne, sizeof *p->nmax);
@@ -78,8 +85,15 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 				       eo = ((size_t)l * hp->n_head_kv + g) * hd;
 				for (uint32_t d = 0; d < hd; d++) {
 					double a = src[d] > 0 ? src[d] : 0, b = src[d] > 0 ? 0 : src[d];
-					p->qp[o + d] = a;
-					p->qn[o + d] = b;
+					if (v4) {
+						size_t o4 = ((((size_t)l * hp->n_head_kv + g) * n4 + j / 4) * hd + d) * 4 +
+						        j % 4;
+						p->qp4[o4] = a;
+						p->qn4[o4] = b;
+					} else {
+						p->qp[o + d] = a;
+						p->qn[o + d] = b;
+					}
 					p->pmax[eo + d] = fmax(p->pmax[eo + d], a);
 					p->pmin[eo + d] = fmin(p->pmin[eo + d], a);
 					p->nmax[eo + d] = fmax(p->nmax[eo + d], b);
@@ -99,6 +113,55 @@ void cold_probe_free(struct cold_probe *p)
 	free(p->pmin);
 	free(p->nmax);
 	free(p->nmin);
+	free(p->qp4);
+	free(p->qn4);
+}
+
+/* The best of queries [0, 4 n4) of one (layer, KV head) over the box (mn,
+ * mx), four at a time in AVX2 lanes: each lane adds a[d] x + b[d] y in
+ * channel order with a multiply and an add apart (no fused multiply-add),
+ * the operations of the scalar loop below, so the sums are the same bit
+ * for bit. Two groups a step keep two chains of additions in flight. */
+__attribute__((target("avx2"))) static double cold_probe_best4(const double *a4, const double *b4,
+                                                               size_t n4, uint32_t hd,
+                                                               const float *mn, const float *mx,
+                                                               double best)
+{
+	size_t b = 0;
+	for (; b + 2 <= n4; b += 2) {
+		const double *a = a4 + b * hd * 4, *c = b4 + b * hd * 4;
+		const double *a2 = a + hd * 4, *c2 = c + hd * 4;
+		__m256d u = _mm256_setzero_pd(), v = _mm256_setzero_pd();
+		for (uint32_t d = 0; d < hd; d++) {
+			__m256d x = _mm256_set1_pd(mx[d]), y = _mm256_set1_pd(mn[d]);
+			__m256d t = _mm256_add_pd(_mm256_mul_pd(_mm256_loadu_pd(a + 4 * d), x),
+			                          _mm256_mul_pd(_mm256_loadu_pd(c + 4 * d), y));
+			__m256d w = _mm256_add_pd(_mm256_mul_pd(_mm256_loadu_pd(a2 + 4 * d), x),
+			                          _mm256_mul_pd(_mm256_loadu_pd(c2 + 4 * d), y));
+			u = _mm256_add_pd(u, t);
+			v = _mm256_add_pd(v, w);
+		}
+		double s[8];
+		_mm256_storeu_pd(s, u);
+		_mm256_storeu_pd(s + 4, v);
+		for (int k = 0; k < 8; k++)
+			best = s[k] > best ? s[k] : best;
+	}
+	for (; b < n4; b++) {
+		const double *a = a4 + b * hd * 4, *c = b4 + b * hd * 4;
+		__m256d u = _mm256_setzero_pd();
+		for (uint32_t d = 0; d < hd; d++) {
+			__m256d x = _mm256_set1_pd(mx[d]), y = _mm256_set1_pd(mn[d]);
+			u = _mm256_add_pd(u,
+			                  _mm256_add_pd(_mm256_mul_pd(_mm256_loadu_pd(a + 4 * d), x),
+			                                _mm256_mul_pd(_mm256_loadu_pd(c + 4 * d), y)));
+		}
+		double s[4];
+		_mm256_storeu_pd(s, u);
+		for (int k = 0; k < 4; k++)
+			best = s[k] > best ? s[k] : best;
+	}
+	return best;
 }
 
 /* Layer l's term of the score: the best query's bound over the box. */
@@ -110,6 +173,11 @@ static double cold_probe_layer(const struct cold_probe *p, uint32_t l, const flo
 	for (uint32_t g = 0; g < p->n_head_kv; g++) {
 		size_t ko = ((size_t)l * p->n_head_kv + g) * hd;
 		const float *mn = kmin + ko, *mx = kmax + ko;
+		if (p->qp4 != NULL) { /* the same sums in AVX2, every query */
+			size_t n4 = p->per / 4, o4 = ((size_t)l * p->n_head_kv + g) * n4 * hd * 4;
+			best = cold_probe_best4(p->qp4 + o4, p->qn4 + o4, n4, hd, mn, mx, best);
+			continue;
+		}
 		const double *q0 = p->qp + ((size_t)l * p->n_head_kv + g) * p->per * hd,
 		             *n0 = p->qn + ((size_t)l * p->n_head_kv + g) * p->per * hd;
 		uint32_t j = 0;
@@ -715,6 +783,7 @@ int cold_index_top(const struct cold_scope *c, const float *q, uint32_t n_q, siz
 int cold_index_top_of(const struct cold_scope *c, const float *q, uint32_t n_q, const int64_t *ids,
                       size_t n_ids, size_t k, struct cold_scored **out, size_t *n, struct err *e)
 {
+	enum { CHUNK = 32 }; /* blocks' bounds held at once: 32 x 46 KiB for the default model */
 	const struct hparams *hp = c->hp;
 	size_t nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim;
 	*out = NULL;
@@ -730,22 +799,46 @@ int cold_index_top_of(const struct cold_scope *c, const float *q, uint32_t n_q, 
 		return rc;
 	struct cold_probe p;
 	cold_probe_init(&p, hp, q, n_q);
-	float *kmin = xmallocarray(KVS_MAX(nb, (size_t)1), sizeof *kmin),
-	      *kmax = xmallocarray(KVS_MAX(nb, (size_t)1), sizeof *kmax);
-	double *envl = xmallocarray(KVS_MAX(hp->n_layer, 1u), sizeof *envl);
+	size_t nbx = KVS_MAX(nb, (size_t)1);
+	float *kmin = xmallocarray(CHUNK * nbx, sizeof *kmin), /* (CHUNK, nb) */
+	        *kmax = xmallocarray(CHUNK * nbx, sizeof *kmax);
+	struct cold_scored got[CHUNK];
+	double tot[CHUNK];
 	struct cold_heap heap = { xmallocarray(k, sizeof *heap.h), 0, k };
-	/* in the caller's order: the likely best first, so the heap's k-th
-	 * best rises early and the rest are cut part-way */
-	for (size_t i = 0; i < n_ids && rc == KVS_OK; i++) {
-		sqlite3_bind_int64(st, 1, ids[i]);
-		sqlite3_bind_int64(st, 2, c->id);
-		sqlite3_bind_int64(st, 3, c->epoch);
-		rc = cold_visit_rows(c, &p, st, &heap, kmin, kmax, envl, e);
+	/* a chunk of blocks' bounds read, then scored layer by layer over the
+	 * chunk, so that a layer's probe queries (24 KiB a KV head) stay in
+	 * cache while every block uses them; the per-layer terms and their sum
+	 * are those of cold_probe_score, in the same order */
+	for (size_t i0 = 0; i0 < n_ids && rc == KVS_OK; i0 += CHUNK) {
+		size_t nc = 0;
+		for (size_t i = i0; i < n_ids && i < i0 + CHUNK && rc == KVS_OK; i++) {
+			sqlite3_bind_int64(st, 1, ids[i]);
+			sqlite3_bind_int64(st, 2, c->id);
+			sqlite3_bind_int64(st, 3, c->epoch);
+			int r = sqlite3_step(st);
+			if (r == SQLITE_ROW && cold_floats_read(st, 2, nb, kmin + nc * nbx) &&
+			    cold_floats_read(st, 3, nb, kmax + nc * nbx)) {
+				got[nc].id = sqlite3_column_int64(st, 0);
+				got[nc].pos0 = (int32_t)sqlite3_column_int64(st, 1);
+				tot[nc++] = 0;
+			} else if (r != SQLITE_ROW && r != SQLITE_DONE) {
+				rc = store_fail(c->s, r, "scoring the cold tier", e);
+			}
+			sqlite3_reset(st);
+		}
+		for (uint32_t l = 0; l < hp->n_layer && rc == KVS_OK; l++)
+			for (size_t b = 0; b < nc; b++)
+				tot[b] += cold_probe_layer(&p, l, kmin + b * nbx, kmax + b * nbx);
+		for (size_t b = 0; b < nc && rc == KVS_OK; b++) {
+			got[b].score = hp->n_layer ? tot[b] / hp->n_layer / sqrt((double)hp->head_dim) : 0;
+			cold_heap_push(&heap, &got[b]);
+			if (c->stats)
+				c->stats->blocks_read++, c->stats->blocks_scored++;
+		}
 	}
 	sqlite3_finalize(st);
 	free(kmin);
 	free(kmax);
-	free(envl);
 	cold_probe_free(&p);
 	return cold_heap_take(&heap, rc, out, n);
 }

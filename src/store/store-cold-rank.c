@@ -277,13 +277,22 @@ int cold_rank(const struct cold_scope *scope, const struct store_cold_query *que
 		rc = cold_rank_all(scope, &cands, &n_cands, e);
 	bool have_sum = probe && rank != STORE_COLD_FTS;
 	if (cands != NULL) {
-		/* one list: every block, with its FTS rank and BM25 where it matched */
-		for (size_t i = 0; i < n_cands; i++)
-			for (size_t j = 0; j < n_fts; j++)
-				if (fts[j].hit.id == cands[i].hit.id) {
-					cands[i].rank_fts = fts[j].rank_fts;
-					cands[i].hit.bm25 = fts[j].hit.bm25;
-				}
+		/* one list: every block, with its FTS rank and BM25 where it
+		 * matched; a block the words match that the summary ranking did not
+		 * return (it returns its best top_k) joins with its FTS rank alone */
+		size_t n_sum = n_cands;
+		for (size_t j = 0; j < n_fts; j++) {
+			size_t i = 0;
+			while (i < n_sum && fts[j].hit.id != cands[i].hit.id)
+				i++;
+			if (i < n_sum) {
+				cands[i].rank_fts = fts[j].rank_fts;
+				cands[i].hit.bm25 = fts[j].hit.bm25;
+			} else {
+				cands = xreallocarray(cands, n_cands + 1, sizeof *cands);
+				cands[n_cands++] = fts[j];
+			}
+		}
 		free(fts);
 	} else {
 		cands = fts;

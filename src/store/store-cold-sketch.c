@@ -50,6 +50,17 @@
  * since; the writer builds them from cold_sums when it attaches) is
  * searched exactly.
  *
+ * The memory stage (struct cold_mem, one per store_cold): at 1M cold tokens
+ * reading every sketch is 50 MB through SQLite a recall, so the cold tier
+ * keeps each block's sketch on COLD_MEM_LAYERS of its probe layers (the
+ * middles of equal slices: 5, 15 and 25 of the default model's, 648
+ * bytes) in memory, scores those first, and stage 1 reads only the best 8
+ * x its candidates by id. It holds one epoch, in id order, and is brought
+ * in step with the database at each search (cold_mem_sync: the cap drops
+ * the lowest ids, flushes add higher ones, anything else rereads); with
+ * no more blocks than it would pass on it steps aside, so small tiers rank
+ * exactly as before.
+ *
  * The scoring loop widens 16 codes at a time to int16 and sums their
  * products with the weights in int32 (AVX2 where the CPU has it, plain C
  * otherwise, the same integers either way). An earlier form dequantised
@@ -149,10 +160,17 @@ struct cold_sk_probe {
  * this is an estimate (below the envelope on the side that misses it),
  * which is all stage 1 needs. */
 static void cold_sk_probe_init(struct cold_sk_probe *p, const struct hparams *hp, const float *q,
-                               uint32_t n_q)
+                               uint32_t n_q, const uint32_t *sel, uint32_t n_sel)
 {
 	uint32_t layers[COLD_SKETCH_LAYERS], hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv;
 	p->n_pl = cold_sketch_layers(hp->n_layer, layers);
+	if (sel != NULL) { /* a few of the probe layers, in the order given */
+		uint32_t all[COLD_SKETCH_LAYERS];
+		memcpy(all, layers, sizeof all);
+		for (uint32_t i = 0; i < n_sel; i++)
+			layers[i] = all[sel[i]];
+		p->n_pl = n_sel;
+	}
 	p->n_head_kv = hp->n_head_kv;
 	p->head_dim = hd;
 	p->avx2 = __builtin_cpu_supports("avx2");
@@ -264,7 +282,7 @@ double cold_sketch_estimate(const struct hparams *hp, const float *q, uint32_t n
 	if (n_q == 0)
 		return 0;
 	struct cold_sk_probe p;
-	cold_sk_probe_init(&p, hp, q, n_q);
+	cold_sk_probe_init(&p, hp, q, n_q, NULL, 0);
 	double s = cold_sk_score(&p, sk);
 	cold_sk_probe_free(&p);
 	return s;
@@ -401,6 +419,12 @@ static int cold_sk_cmp(const void *a, const void *b)
 	return cold_sk_better(x, y) ? -1 : cold_sk_better(y, x) ? 1 : 0;
 }
 
+static int cold_id_cmp(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
 /* Stage 1 over scope's epoch: the best `want` blocks by sketch into cand
  * (want of them), best first; *complete false when some block of the epoch
  * has no sketch (then cand means nothing). */
@@ -442,7 +466,7 @@ static int cold_sk_stage1(const struct cold_scope *c, const float *q, uint32_t n
 	if (rc != KVS_OK)
 		return rc;
 	struct cold_sk_probe p;
-	cold_sk_probe_init(&p, hp, q, n_q);
+	cold_sk_probe_init(&p, hp, q, n_q, NULL, 0);
 	sqlite3_bind_int64(st, 1, c->id);
 	sqlite3_bind_int64(st, 2, c->epoch);
 	sqlite3_bind_int64(st, 3, first);
@@ -467,9 +491,261 @@ static int cold_sk_stage1(const struct cold_scope *c, const float *q, uint32_t n
 	return rc;
 }
 
+
+/* ------------------------------------------------------- the memory stage */
+
+/* The sketch's probe layers that the memory stage keeps (indices into
+ * cold_sketch_layers' list, the middle of n_ml equal slices) into sel. */
+static uint32_t cold_mem_layers(uint32_t n_pl, uint32_t *sel)
+{
+	uint32_t n = KVS_MIN(n_pl, (uint32_t)COLD_MEM_LAYERS);
+	for (uint32_t i = 0; i < n; i++)
+		sel[i] = (uint32_t)(((uint64_t)2 * i + 1) * n_pl / (2 * n));
+	return n;
+}
+
+struct cold_mem {
+	int64_t sid;
+	uint32_t epoch;
+	size_t n, cap;
+	size_t rec;    /* bytes a block: n_ml x n_head_kv x (8 + head_dim) */
+	int64_t *id;   /* (n) ascending */
+	int32_t *pos0; /* (n) */
+	uint8_t *code; /* (n, rec): the block's sketch on the memory layers */
+};
+
+struct cold_mem *cold_mem_new(void)
+{
+	return xcalloc(1, sizeof(struct cold_mem));
+}
+
+void cold_mem_free(struct cold_mem *m)
+{
+	if (m == NULL)
+		return;
+	free(m->id);
+	free(m->pos0);
+	free(m->code);
+	free(m);
+}
+
+size_t cold_mem_size(const struct cold_mem *m)
+{
+	return m ? m->cap * (sizeof *m->id + sizeof *m->pos0 + m->rec) : 0;
+}
+
+size_t cold_mem_count(const struct cold_mem *m, const int64_t **ids)
+{
+	if (ids)
+		*ids = m->id;
+	return m->n;
+}
+
+/* The memory record of sketch sk (the heads of the memory layers) into o. */
+static void cold_mem_record(const struct hparams *hp, const uint8_t *sk, uint8_t *o)
+{
+	uint32_t layers[COLD_SKETCH_LAYERS], sel[COLD_MEM_LAYERS];
+	uint32_t n_ml = cold_mem_layers(cold_sketch_layers(hp->n_layer, layers), sel);
+	size_t lay = hp->n_head_kv * (8 + (size_t)hp->head_dim);
+	for (uint32_t i = 0; i < n_ml; i++)
+		memcpy(o + i * lay, sk + sel[i] * lay, lay);
+}
+
+double cold_mem_estimate(const struct hparams *hp, const float *q, uint32_t n_q, const uint8_t *sk)
+{
+	uint32_t layers[COLD_SKETCH_LAYERS], sel[COLD_MEM_LAYERS];
+	uint32_t n_ml = cold_mem_layers(cold_sketch_layers(hp->n_layer, layers), sel);
+	if (n_q == 0 || n_ml == 0)
+		return 0;
+	uint8_t *rec = xmalloc((size_t)n_ml * hp->n_head_kv * (8 + (size_t)hp->head_dim));
+	cold_mem_record(hp, sk, rec);
+	struct cold_sk_probe p;
+	cold_sk_probe_init(&p, hp, q, n_q, sel, n_ml);
+	double s = cold_sk_score(&p, rec);
+	cold_sk_probe_free(&p);
+	free(rec);
+	return s;
+}
+
+/* Append block (id, pos0) with its sketch sk (cold_sketch_bytes). */
+static void cold_mem_push(struct cold_mem *m, const struct hparams *hp, int64_t id, int32_t pos0,
+                          const uint8_t *sk)
+{
+	if (m->n == m->cap) {
+		m->cap = m->cap ? m->cap + m->cap / 2 : 256;
+		m->id = xreallocarray(m->id, m->cap, sizeof *m->id);
+		m->pos0 = xreallocarray(m->pos0, m->cap, sizeof *m->pos0);
+		m->code = xreallocarray(m->code, m->cap, m->rec);
+	}
+	cold_mem_record(hp, sk, m->code + m->n * m->rec);
+	m->id[m->n] = id;
+	m->pos0[m->n] = pos0;
+	m->n++;
+}
+
+/* Read scope's sketches with ids above `after` into m, in id order. */
+static int cold_mem_load(struct cold_mem *m, const struct cold_scope *c, int64_t after,
+                         struct err *e)
+{
+	size_t nb = cold_sketch_bytes(c->hp);
+	sqlite3_stmt *st = NULL;
+	int rc = store_prepare(c->s,
+	                       "SELECT id, pos0, sk FROM cold_sketch WHERE id > ?3 AND +session_id = "
+	                       "?1 AND +epoch = ?2 ORDER BY id",
+	                       &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	sqlite3_bind_int64(st, 1, c->id);
+	sqlite3_bind_int64(st, 2, c->epoch);
+	sqlite3_bind_int64(st, 3, after);
+	int r;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW)
+		if ((size_t)sqlite3_column_bytes(st, 2) == nb) /* else a missing sketch */
+			cold_mem_push(m, c->hp, sqlite3_column_int64(st, 0),
+			              (int32_t)sqlite3_column_int64(st, 1), sqlite3_column_blob(st, 2));
+	if (r != SQLITE_DONE)
+		rc = store_fail(c->s, r, "reading the cold tier's sketches", e);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Bring m in step with scope's epoch: the blocks the database lost (the
+ * cap drops the oldest, the lowest ids) leave, the new ones (higher ids)
+ * are read; anything else reads the epoch again. *ok: m holds exactly the
+ * epoch's blocks (false when one has no sketch). */
+static int cold_mem_sync(struct cold_mem *m, const struct cold_scope *c, bool *ok, struct err *e)
+{
+	*ok = false;
+	sqlite3_stmt *cnt = NULL;
+	int64_t n = 0, lo = 0, hi = 0;
+	int rc = store_prepare(c->s,
+	                       "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM "
+	                       "cold_sums WHERE session_id = ?1 AND epoch = ?2",
+	                       &cnt, e);
+	if (rc == KVS_OK) {
+		sqlite3_bind_int64(cnt, 1, c->id);
+		sqlite3_bind_int64(cnt, 2, c->epoch);
+		int r = sqlite3_step(cnt);
+		if (r == SQLITE_ROW) {
+			n = sqlite3_column_int64(cnt, 0);
+			lo = sqlite3_column_int64(cnt, 1);
+			hi = sqlite3_column_int64(cnt, 2);
+		} else {
+			rc = store_fail(c->s, r, "counting the cold tier", e);
+		}
+	}
+	sqlite3_finalize(cnt);
+	if (rc != KVS_OK)
+		return rc;
+	uint32_t layers[COLD_SKETCH_LAYERS], sel[COLD_MEM_LAYERS];
+	size_t rec = cold_mem_layers(cold_sketch_layers(c->hp->n_layer, layers), sel) *
+	        c->hp->n_head_kv * (8 + (size_t)c->hp->head_dim);
+	if (m->sid != c->id || m->epoch != c->epoch || m->rec != rec) {
+		m->n = 0;
+		m->sid = c->id;
+		m->epoch = c->epoch;
+		if (m->rec != rec) { /* another shape: the arrays start again */
+			m->cap = 0;
+			free(m->code);
+			m->code = NULL;
+			m->rec = rec;
+		}
+	}
+	for (int pass = 0; pass < 2; pass++) {
+		size_t k = 0; /* the oldest gone */
+		while (k < m->n && m->id[k] < lo)
+			k++;
+		if (k > 0) {
+			memmove(m->id, m->id + k, (m->n - k) * sizeof *m->id);
+			memmove(m->pos0, m->pos0 + k, (m->n - k) * sizeof *m->pos0);
+			memmove(m->code, m->code + k * m->rec, (m->n - k) * m->rec);
+			m->n -= k;
+		}
+		while (m->n > 0 && m->id[m->n - 1] > hi) /* rows gone from the top */
+			m->n--;
+		if ((size_t)n > m->cap) { /* room for the epoch at once (a read grows by whole rows) */
+			m->cap = (size_t)n;
+			m->id = xreallocarray(m->id, m->cap, sizeof *m->id);
+			m->pos0 = xreallocarray(m->pos0, m->cap, sizeof *m->pos0);
+			m->code = xreallocarray(m->code, m->cap, m->rec);
+		}
+		if (n > 0 && (rc = cold_mem_load(m, c, m->n ? m->id[m->n - 1] : lo - 1, e)) != KVS_OK)
+			return rc;
+		if ((int64_t)m->n == n) {
+			*ok = true;
+			return KVS_OK;
+		}
+		m->n = 0; /* a hole: read the epoch again, once */
+	}
+	return KVS_OK;
+}
+
+/* The memory stage: the best `want` of m's blocks by their sketch on the
+ * memory layers, as ids (ascending, for the reads that follow). */
+static size_t cold_mem_top(const struct cold_mem *m, const struct hparams *hp, const float *q,
+                           uint32_t n_q, size_t want, int64_t *ids)
+{
+	uint32_t layers[COLD_SKETCH_LAYERS], sel[COLD_MEM_LAYERS];
+	uint32_t n_ml = cold_mem_layers(cold_sketch_layers(hp->n_layer, layers), sel);
+	struct cold_sk_probe p;
+	cold_sk_probe_init(&p, hp, q, n_q, sel, n_ml);
+	struct cold_scored *h = xmallocarray(KVS_MAX(want, (size_t)1), sizeof *h);
+	size_t n_h = 0;
+	for (size_t i = 0; i < m->n; i++) {
+		struct cold_scored x = { m->id[i], m->pos0[i], cold_sk_score(&p, m->code + i * m->rec) };
+		cold_sk_keep(h, &n_h, want, &x);
+	}
+	cold_sk_probe_free(&p);
+	for (size_t i = 0; i < n_h; i++)
+		ids[i] = h[i].id;
+	free(h);
+	qsort(ids, n_h, sizeof *ids, cold_id_cmp);
+	return n_h;
+}
+
+/* Stage 1 over the blocks ids (n_ids, ascending): their full sketches
+ * read by id, the best `want` into cand, best first. */
+static int cold_sk_stage1_of(const struct cold_scope *c, const float *q, uint32_t n_q,
+                             const int64_t *ids, size_t n_ids, size_t want,
+                             struct cold_scored *cand, size_t *n_cand, struct err *e)
+{
+	size_t nb = cold_sketch_bytes(c->hp);
+	*n_cand = 0;
+	sqlite3_stmt *st = NULL;
+	int rc = store_prepare(c->s, "SELECT pos0, sk FROM cold_sketch WHERE id = ?1", &st, e);
+	if (rc != KVS_OK)
+		return rc;
+	struct cold_sk_probe p;
+	cold_sk_probe_init(&p, c->hp, q, n_q, NULL, 0);
+	for (size_t i = 0; i < n_ids && rc == KVS_OK; i++) {
+		sqlite3_bind_int64(st, 1, ids[i]);
+		int r = sqlite3_step(st);
+		if (r == SQLITE_ROW && (size_t)sqlite3_column_bytes(st, 1) == nb) {
+			struct cold_scored x = { ids[i], (int32_t)sqlite3_column_int64(st, 0),
+				                     cold_sk_score(&p, sqlite3_column_blob(st, 1)) };
+			cold_sk_keep(cand, n_cand, want, &x);
+		} else if (r != SQLITE_ROW && r != SQLITE_DONE) {
+			rc = store_fail(c->s, r, "reading the cold tier's sketches", e);
+		}
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	cold_sk_probe_free(&p);
+	if (c->stats)
+		c->stats->sketched += n_ids;
+	if (*n_cand > 0)
+		qsort(cand, *n_cand, sizeof *cand, cold_sk_cmp);
+	return rc;
+}
+
 size_t cold_sketch_cands(size_t k, uint32_t cands)
 {
 	return cands ? cands : 2 * k + 32;
+}
+
+size_t cold_mem_cands(size_t cands, uint32_t mem_cands)
+{
+	return mem_cands && mem_cands != STORE_COLD_EXACT ? mem_cands : 8 * cands;
 }
 
 int cold_summary_top(const struct cold_scope *c, const float *q, uint32_t n_q, size_t k,
@@ -485,7 +761,21 @@ int cold_summary_top(const struct cold_scope *c, const float *q, uint32_t n_q, s
 	struct cold_scored *cand = xmallocarray(want, sizeof *cand);
 	size_t n_cand = 0;
 	bool complete = false;
-	int rc = cold_sk_stage1(c, q, n_q, want, cand, &n_cand, &complete, e);
+	int rc = KVS_OK;
+	/* the memory stage first, where it holds the epoch and it has more
+	 * blocks than the memory stage passes on */
+	size_t want0 = cold_mem_cands(want, c->mem_cands);
+	if (c->mem != NULL && c->mem_cands != STORE_COLD_EXACT &&
+	    (rc = cold_mem_sync(c->mem, c, &complete, e)) == KVS_OK && complete && c->mem->n > want0) {
+		int64_t *ids0 = xmallocarray(want0, sizeof *ids0);
+		size_t n0 = cold_mem_top(c->mem, c->hp, q, n_q, want0, ids0);
+		if (c->stats)
+			c->stats->mem_scored += c->mem->n;
+		rc = cold_sk_stage1_of(c, q, n_q, ids0, n0, want, cand, &n_cand, e);
+		free(ids0);
+	} else if (rc == KVS_OK) {
+		rc = cold_sk_stage1(c, q, n_q, want, cand, &n_cand, &complete, e);
+	}
 	if (rc == KVS_OK && !complete) {
 		free(cand);
 		return cold_index_top(c, q, n_q, k, out, n, e);

@@ -85,6 +85,7 @@ struct store_cold {
 	bool stopped, warned_raw;
 	struct cold_index_w iw;             /* the index group a flush fills */
 	struct store_cold_rank_stats stats; /* what the last ranking read */
+	struct cold_mem *mem;               /* the summary recall's memory stage */
 	/* the last recall's choice, until placed */
 	struct kv_tok *sel_toks; /* (n_sel) orig_pos ascending */
 	uint8_t *sel_raw;        /* (n_sel, row) */
@@ -109,6 +110,7 @@ void store_cold_open(struct store_cold **out, struct kv_cache *kv, const struct 
 	struct kv_stats ks;
 	kv_cache_stats(kv, &ks);
 	c->seen_mark = ks.n_seen;
+	c->mem = cold_mem_new();
 	*out = c;
 }
 
@@ -129,6 +131,7 @@ void store_cold_free(struct store_cold *c)
 	cold_queue_clear(c);
 	free(c->q);
 	cold_index_w_free(&c->iw);
+	cold_mem_free(c->mem);
 	free(c->sel_toks);
 	free(c->sel_raw);
 	free(c);
@@ -571,14 +574,26 @@ static int cold_got_cmp(const void *a, const void *b)
 	return (x->hit.pos0 > y->hit.pos0) - (x->hit.pos0 < y->hit.pos0);
 }
 
-/* Whether any token of g is in the cache, or its positions overlap a block
- * already taken (got[0..n)). */
-static bool cold_clash(const struct store_cold *c, const struct cold_got *g,
-                       const struct cold_got *got, size_t n)
+/* Leave out of g the tokens the cache holds (a block recalled before and
+ * partly evicted again: its evicted part is what can come back, and
+ * skipping the block would lose it for good), then whether nothing is
+ * left or its positions overlap a block already taken (got[0..n)). */
+static bool cold_clash(const struct store_cold *c, struct cold_got *g, const struct cold_got *got,
+                       size_t n)
 {
-	for (uint32_t i = 0; i < g->hit.n_tokens; i++)
+	uint32_t w = 0;
+	for (uint32_t i = 0; i < g->hit.n_tokens; i++) {
 		if (kv_cache_find(c->kv, g->toks[i].orig_pos) >= 0)
-			return true;
+			continue;
+		if (w != i) {
+			g->toks[w] = g->toks[i];
+			memcpy(g->raw + (size_t)w * c->row, g->raw + (size_t)i * c->row, c->row);
+		}
+		w++;
+	}
+	g->hit.n_tokens = w;
+	if (w == 0)
+		return true;
 	for (size_t k = 0; k < n; k++)
 		if (g->hit.pos0 <= got[k].hit.pos1 && got[k].hit.pos0 <= g->hit.pos1)
 			return true;
@@ -672,8 +687,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 	if (k == 0)
 		k = KVS_MIN(KVS_MAX(4 * ((budget + c->cfg.block - 1) / c->cfg.block), 16u),
 		            (uint32_t)COLD_CANDIDATES);
-	struct cold_scope scope = { s,         c->id, c->epoch,    c->hp, c->cfg.block * 16,
-		                        &c->stats, k,     query->cands };
+	struct cold_scope scope = { s,         c->id, c->epoch,     c->hp,  c->cfg.block * 16,
+		                        &c->stats, k,     query->cands, c->mem, query->mem_cands };
 	struct cold_cand *cands = NULL;
 	size_t n_cands = 0;
 	int rc = cold_rank(&scope, query, &cands, &n_cands, e);
@@ -693,9 +708,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 		for (size_t i = 0; i < n_cands && n_got < COLD_CANDIDATES && used < budget; i++) {
 			struct cold_got g = { 0 };
 			g.hit = cands[i].hit;
-			if (g.hit.n_tokens > budget - used)
-				continue;
-			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got)) {
+			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got) ||
+			    g.hit.n_tokens > budget - used) {
 				free(g.toks);
 				free(g.raw);
 				continue;
@@ -706,7 +720,7 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 			 * after a hit comes too when it fits (BM25 0: not matched) */
 			struct cold_got n2 = { 0 };
 			if (n_got < COLD_CANDIDATES && cold_next(c, nx, rd, &got[n_got - 1].hit, &n2) &&
-			    n2.hit.n_tokens <= budget - used && !cold_clash(c, &n2, got, n_got)) {
+			    !cold_clash(c, &n2, got, n_got) && n2.hit.n_tokens <= budget - used) {
 				n2.hit.summary = NAN;
 				for (size_t j = 0; j < n_cands; j++)
 					if (cands[j].hit.id == n2.hit.id) {
@@ -751,16 +765,16 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 }
 
 int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
-                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e)
+                           uint32_t cands, uint32_t mem_cands, int64_t *ids, double *scores,
+                           size_t *n, struct err *e)
 {
 	*n = 0;
 	if (c->s == NULL || q == NULL || n_q == 0 || k == 0)
 		return KVS_OK;
 	cold_sync(c);
 	memset(&c->stats, 0, sizeof c->stats);
-	struct cold_scope scope = {
-		c->s, c->id, c->epoch, c->hp, c->cfg.block * 16, &c->stats, k, cands
-	};
+	struct cold_scope scope = { c->s,      c->id, c->epoch, c->hp,  c->cfg.block * 16,
+		                        &c->stats, k,     cands,    c->mem, mem_cands };
 	struct cold_scored *sc = NULL;
 	int rc = cold_summary_top(&scope, q, n_q, k, &sc, n, e);
 	for (size_t i = 0; rc == KVS_OK && i < *n; i++) {
@@ -774,6 +788,11 @@ int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, u
 void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out)
 {
 	*out = c->stats;
+}
+
+size_t store_cold_mem_bytes(const struct store_cold *c)
+{
+	return cold_mem_size(c->mem);
 }
 
 int store_recall_count(struct store *s, int64_t id, uint32_t *events, uint64_t *tokens,

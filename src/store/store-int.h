@@ -13,7 +13,9 @@
  *   store-cold-index.c the summary index: block bounds apart from the K/V,
  *                   group bounds over them, the exact top-k search
  *   store-cold-sketch.c the summary recall's first stage: 4-bit sketches of
- *                   the bounds on every other layer, scored to pick candidates
+ *                   the bounds on every other layer, scored to pick candidates,
+ *                   and the memory stage before it (a few layers of each
+ *                   sketch held in memory)
  * nostore.c (built without SQLite) answers store.h alone and needs none of it.
  *
  * Every function here that can fail returns a KVS_* status and fills e
@@ -97,6 +99,8 @@ struct cold_scope {
 	struct store_cold_rank_stats *stats; /* what the ranking read (added to); NULL: none */
 	uint32_t top_k;                      /* the summary ranking's k (0: COLD_CANDIDATES) */
 	uint32_t cands; /* the sketch's candidates (0: cold_sketch_cands' default; STORE_COLD_EXACT) */
+	struct cold_mem *mem; /* the memory stage (store-cold-sketch.c); NULL: none */
+	uint32_t mem_cands;   /* its candidates (0: cold_mem_cands' default; STORE_COLD_EXACT: none) */
 };
 
 /* A block a recall may take, and what ranks it. */
@@ -121,8 +125,11 @@ int cold_rank(const struct cold_scope *scope, const struct store_cold_query *que
  * and the channel-wise envelope of those parts over the queries. */
 struct cold_probe {
 	uint32_t n_layer, n_head_kv, head_dim, per; /* per: queries per (layer, KV head) */
-	double *qp, *qn;                            /* (n_layer, n_head_kv, per, head_dim) */
-	double *pmax, *pmin, *nmax, *nmin;          /* (n_layer, n_head_kv, head_dim) over per */
+	double *qp, *qn; /* (n_layer, n_head_kv, per, head_dim); NULL when qp4 holds them */
+	double *pmax, *pmin, *nmax, *nmin; /* (n_layer, n_head_kv, head_dim) over per */
+	double *qp4, *qn4; /* (n_layer, n_head_kv, per / 4, head_dim, 4): the same four queries
+	                    * at a time, channel-major, for the AVX2 loop (NULL without AVX2 or
+	                    * when per is not a multiple of 4) */
 };
 
 void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float *q, uint32_t n_q);
@@ -205,10 +212,30 @@ int cold_sketch_build(struct store *s, int64_t sid, const struct hparams *hp, st
 /* Candidates stage 1 hands on for a top k (cands: the caller's count, 0
  * for the default 2 k + 32). */
 size_t cold_sketch_cands(size_t k, uint32_t cands);
+/* Candidates the memory stage hands stage 1 when stage 1 passes on
+ * `cands` (mem_cands: the caller's count, 0 for the default 8 cands). */
+size_t cold_mem_cands(size_t cands, uint32_t mem_cands);
+#define COLD_MEM_LAYERS 3 /* probe layers of the sketch the memory stage keeps */
+/* The memory stage: the sketches of one epoch on COLD_MEM_LAYERS of their
+ * layers, held in memory and brought in step with the database at each
+ * search (store-cold-sketch.c). */
+struct cold_mem;
+struct cold_mem *cold_mem_new(void);
+void cold_mem_free(struct cold_mem *m);
+/* Bytes the memory stage holds (its arrays' capacity). */
+size_t cold_mem_size(const struct cold_mem *m);
+/* The blocks it holds now (*ids: theirs, ascending; NULL to skip). */
+size_t cold_mem_count(const struct cold_mem *m, const int64_t **ids);
+/* The memory stage's score of sketch sk for the probe q (n_q, n_layer,
+ * n_head, head_dim): cold_sketch_estimate's sum over the memory layers
+ * alone. */
+double cold_mem_estimate(const struct hparams *hp, const float *q, uint32_t n_q, const uint8_t *sk);
 /* The summary ranking's best k blocks of scope, best first, with their
  * exact scores: stage 1 over the sketches, then cold_index_top_of over its
  * candidates; the exact search alone (cold_index_top) when scope->cands is
- * STORE_COLD_EXACT or a block of the epoch has no sketch. */
+ * STORE_COLD_EXACT or a block of the epoch has no sketch. With a memory
+ * stage (scope->mem) holding more blocks than it passes on, stage 1 reads
+ * only the sketches of the memory stage's best. */
 int cold_summary_top(const struct cold_scope *c, const float *q, uint32_t n_q, size_t k,
                      struct cold_scored **out, size_t *n, struct err *e);
 

@@ -220,6 +220,7 @@ struct store_cold_rank_stats {
 	uint64_t blocks_scored; /* scored in full */
 	uint64_t sketched;      /* blocks the first stage scored by their sketch */
 	uint64_t candidates;    /* of those, handed to the exact scorer */
+	uint64_t mem_scored;    /* blocks the memory stage scored (before stage 1) */
 };
 
 /* One block a recall brought back. */
@@ -299,10 +300,12 @@ struct store_cold_query {
 	enum store_cold_rank rank;
 	store_cold_scorer_fn scorer; /* STORE_COLD_SCORES */
 	void *scorer_ud;
-	uint32_t top_k; /* SUMMARY and BOTH: the summary ranking's best k blocks (0: four
+	uint32_t top_k;     /* SUMMARY and BOTH: the summary ranking's best k blocks (0: four
 	                 * times the blocks the budget holds, 16 to 64) */
-	uint32_t cands; /* SUMMARY and BOTH: blocks the sketches pass to the exact scorer
+	uint32_t cands;     /* SUMMARY and BOTH: blocks the sketches pass to the exact scorer
 	                 * (0: 2 top_k + 32; STORE_COLD_EXACT: no sketch, the exact search) */
+	uint32_t mem_cands; /* blocks the memory stage passes to the sketches (0: 8 cands;
+	                     * STORE_COLD_EXACT: no memory stage, every sketch read) */
 };
 #define STORE_COLD_EXACT UINT32_MAX
 /* Choose the blocks of this epoch that query ranks best, up to budget
@@ -330,10 +333,13 @@ double store_cold_summary_score(const float *q, uint32_t n_q, uint32_t n_layer, 
 /* The summary ranking alone: the best k blocks of this epoch for the
  * probe q (n_q, n_layer, n_head, head_dim), their ids and exact summary
  * scores best first into ids and scores (k each), *n of them; cands as in
- * store_cold_query (STORE_COLD_EXACT: the exact search). For measuring the
+ * store_cold_query (STORE_COLD_EXACT: the exact search), mem_cands too. For measuring the
  * first stage against the exact one (bench-cold, the tests). */
 int store_cold_summary_top(struct store_cold *c, const float *q, uint32_t n_q, uint32_t k,
-                           uint32_t cands, int64_t *ids, double *scores, size_t *n, struct err *e);
+                           uint32_t cands, uint32_t mem_cands, int64_t *ids, double *scores,
+                           size_t *n, struct err *e);
+/* Bytes the summary recall's memory stage holds now. */
+size_t store_cold_mem_bytes(const struct store_cold *c);
 /* What the last store_cold_recall_by read of the summary index. */
 void store_cold_rank_stats(const struct store_cold *c, struct store_cold_rank_stats *out);
 /* Put the chosen blocks back into the cache, in their original order

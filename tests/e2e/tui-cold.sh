@@ -15,10 +15,24 @@
 #
 # FILLER is KVSCOPE_TUI_COLD_TURNS (default 12, what the suite's time
 # allows on two shared cores); the issue's long run is
-# KVSCOPE_TUI_COLD_TURNS=300 (about 300 exchanges: many minutes).
+# KVSCOPE_TUI_COLD_TURNS=300 (about 300 exchanges: many minutes on the
+# default model). With KVSCOPE_TUI_COLD_MODEL=tiny the model is a tiny
+# random-weight one written here (tests/util/mktiny): its replies are
+# noise, but the fact still has to come back by the question's words and
+# probe, with its marking; byte-level tokens make the fact longer, so the
+# budgets are larger (256, blocks of 32, recall 96). tui-cold-300.sh runs
+# it at 300 filler turns in make check.
 set -u
 . "${KVSCOPE_SRCDIR:?}/tests/e2e/lib.sh"
-need_model
+sizes="--kv-budget 64 --cold-block 16 --recall-budget 32"
+if [ "${KVSCOPE_TUI_COLD_MODEL:-}" = tiny ]; then
+	model=$tmp/tiny.gguf
+	"${KVSCOPE_BUILDDIR:?}/tests/util/mktiny" "$model" ||
+		{ echo "tui-cold.sh: cannot write the tiny model" >&2; exit 1; }
+	sizes="--kv-budget 256 --cold-block 32 --recall-budget 96"
+else
+	need_model
+fi
 sock=kvscope-cold-$$
 T() { tmux -L "$sock" -f /dev/null "$@"; }
 trap 'T kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -66,7 +80,7 @@ EOF
 mkdir -p "$tmp/state" "$tmp/config" "$tmp/t"
 T new-session -d -s keep "sleep 900"
 T new-session -d -s kv -x 220 -y 50 \
-	"TMPDIR='$tmp/t' XDG_STATE_HOME='$tmp/state' XDG_CONFIG_HOME='$tmp/config' TERM=xterm-256color '$bin' --temp 0 --seed 1 -n 8 --policy streaming --kv-budget 64 --cold on --cold-block 16 --recall-budget 32 --no-plugins --plugin '$tmp/drive.lua' --prompt 'My secret code word is TIGER-42. Please remember it.' 2>'$tmp/stderr'; echo exited; sleep 900"
+	"TMPDIR='$tmp/t' XDG_STATE_HOME='$tmp/state' XDG_CONFIG_HOME='$tmp/config' TERM=xterm-256color '$bin' --temp 0 --seed 1 -n 8 --model '$model' --policy streaming $sizes --cold on --no-plugins --plugin '$tmp/drive.lua' --prompt 'My secret code word is TIGER-42. Please remember it.' 2>'$tmp/stderr'; echo exited; sleep 900"
 wait_for "Retention" 60
 wait_for "cold tier: temporary database, deleted at exit"
 [ "$(find "$tmp/t" -name cold.db | wc -l)" -eq 1 ] || fail "no temporary cold.db under TMPDIR"

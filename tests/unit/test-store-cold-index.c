@@ -27,7 +27,12 @@
  *     (a migrated database before its writer attaches) the exact search
  *     alone runs;
  *   - a database of schema 4 (no sketches) migrates: the writer's attach
- *     sketches every block, byte for byte as the writer made them.
+ *     sketches every block, byte for byte as the writer made them;
+ *   - the memory stage (cold_mem, store-cold-sketch.c) follows the
+ *     database through flushes and the cap's drops (its ids are the
+ *     sketch rows', in order), reads the sketches of its candidates only,
+ *     returns exact scores best first, and with as many candidates as
+ *     blocks steps aside (the result is the sketches', bit for bit).
  */
 #include "app/app.h"
 #include "engine/engine.h"
@@ -234,7 +239,7 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 		static const size_t ks[] = { 1, 3, 64 };
 		for (size_t ki = 0; ki < KVS_ARRAY_LEN(ks); ki++) {
 			struct store_cold_rank_stats stats = { 0 };
-			struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &stats, 0, 0 };
+			struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &stats, 0, 0, NULL, 0 };
 			struct cold_scored *top = NULL;
 			size_t n_top = 0;
 			struct err e;
@@ -253,7 +258,7 @@ static int check_search(struct fix *f, struct store *s, const char *path, int64_
 			free(top);
 		}
 		/* the full scan: every block, in the brute force's order */
-		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, NULL, 0, 0 };
+		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, NULL, 0, 0, NULL, 0 };
 		struct cold_scored *all = NULL;
 		size_t n_all = 0;
 		struct err e;
@@ -285,7 +290,7 @@ static void check_two_stage(struct fix *f, struct store *s, const char *path, in
 		struct err e;
 		/* every block a candidate: the exact top 8 */
 		struct store_cold_rank_stats st = { 0 };
-		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &st, 0, (uint32_t)n_bf };
+		struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &st, 0, (uint32_t)n_bf, NULL, 0 };
 		struct cold_scored *top = NULL;
 		size_t n_top = 0;
 		T_CHECK(cold_summary_top(&sc, q, n_q, 8, &top, &n_top, &e) == KVS_OK, "%s", e.msg);
@@ -427,6 +432,96 @@ static void test_trim(struct fix *f)
 	free(path);
 }
 
+/* The memory stage (cold_mem) of session id against the database: it
+ * holds exactly the epoch's blocks with sketches, ids ascending, and a
+ * search through it returns exact scores, best first, having read the
+ * sketches of only its candidates. */
+static void check_mem(struct fix *f, struct store *s, const char *path, int64_t id,
+                      struct cold_mem *m, const char *what)
+{
+	enum { CAP = 1024 };
+	struct cold_scored *bf = xcalloc(CAP, sizeof *bf);
+	uint32_t epoch = (uint32_t)sqlq_int(path, "SELECT coalesce(max(epoch), 0) FROM cold_sums");
+	float *q = probe(f->hp, 3);
+	size_t n_bf = brute(f, path, q, 3, bf, CAP);
+	struct err e;
+	struct store_cold_rank_stats st = { 0 };
+	/* 5 candidates from the memory stage, 4 of them on to the exact score */
+	struct cold_scope sc = { s, id, epoch, f->hp, BLOCK * 16, &st, 0, 4, m, 5 };
+	struct cold_scored *top = NULL;
+	size_t n_top = 0;
+	T_CHECK(cold_summary_top(&sc, q, 3, 3, &top, &n_top, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(n_top, 3);
+	T_EQ_INT(st.mem_scored, n_bf);
+	T_EQ_INT(st.sketched, 5);
+	T_EQ_INT(st.candidates, 4);
+	for (size_t i = 0; i < n_top; i++) {
+		size_t j = 0;
+		while (j < n_bf && bf[j].id != top[i].id)
+			j++;
+		T_CHECK(j < n_bf, "%s: block %lld is no block", what, (long long)top[i].id);
+		if (j < n_bf)
+			T_NEAR(top[i].score, bf[j].score, 1e-12 * (1 + fabs(bf[j].score)));
+		if (i > 0)
+			T_CHECK(top[i - 1].score >= top[i].score, "%s: not best first", what);
+	}
+	free(top);
+	/* it holds the epoch's blocks, as the database lists them */
+	const int64_t *ids = NULL;
+	size_t n_m = cold_mem_count(m, &ids);
+	T_EQ_INT(n_m, sqlq_int(path, "SELECT count(*) FROM cold_sketch"));
+	char sql[160];
+	for (size_t i = 0; i < n_m; i++) {
+		snprintf(sql, sizeof sql, "SELECT id FROM cold_sketch ORDER BY id LIMIT 1 OFFSET %zu", i);
+		T_EQ_INT(ids[i], sqlq_int(path, sql));
+	}
+	/* as many candidates as blocks: no memory stage, the sketches' result */
+	struct cold_scored *two = NULL;
+	size_t n_two = 0;
+	memset(&st, 0, sizeof st);
+	sc.mem_cands = (uint32_t)n_bf;
+	T_CHECK(cold_summary_top(&sc, q, 3, 3, &top, &n_top, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(st.mem_scored, 0);
+	sc.mem = NULL;
+	T_CHECK(cold_summary_top(&sc, q, 3, 3, &two, &n_two, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(n_top, n_two);
+	for (size_t i = 0; i < n_top && i < n_two; i++)
+		T_CHECK(top[i].id == two[i].id && top[i].score == two[i].score,
+		        "%s: place %zu differs without the memory stage", what, i);
+	free(top);
+	free(two);
+	free(q);
+	free(bf);
+}
+
+/* The memory stage kept in step: blocks added by flushes and dropped by
+ * the cap (oldest first) between searches. */
+static void test_mem(struct fix *f)
+{
+	char *path = xasprintf("%s/mem.db", tmpdir);
+	struct store_cold *cold;
+	int64_t id;
+	struct store *s = open_session(f, path, 40 * BLOCK, &cold, &id);
+	struct cold_mem *m = cold_mem_new();
+	int32_t pos = 0;
+	fill(f, cold, 30, 7, &pos);
+	check_mem(f, s, path, id, m, "30 blocks");
+	T_EQ_INT(cold_mem_count(m, NULL), 30);
+	fill(f, cold, 6, 6, &pos); /* added */
+	check_mem(f, s, path, id, m, "36 blocks");
+	T_EQ_INT(cold_mem_count(m, NULL), 36);
+	fill(f, cold, 20, 5, &pos); /* 16 of the oldest dropped */
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), 40);
+	check_mem(f, s, path, id, m, "the cap");
+	T_EQ_INT(cold_mem_count(m, NULL), 40);
+	T_CHECK(cold_mem_size(m) >= 40 * (8 + 4 + cold_sketch_bytes(f->hp) / 2), "%zu bytes held",
+	        cold_mem_size(m));
+	cold_mem_free(m);
+	store_cold_free(cold);
+	store_close(s);
+	free(path);
+}
+
 static void test_migrate(struct fix *f)
 {
 	char *path = xasprintf("%s/old.db", tmpdir);
@@ -528,6 +623,7 @@ int main(void)
 	fix_open(&f);
 	test_search(&f);
 	test_trim(&f);
+	test_mem(&f);
 	test_migrate(&f);
 	test_migrate4(&f);
 	fix_close(&f);

@@ -674,6 +674,60 @@ static void test_rankings(const struct tiny *t)
 		free(bt);
 	}
 	free(hits);
+	/* both with a summary ranking of one block: the block the words match
+	 * still leads (it used to be dropped unless the summary also ranked it) */
+	query.top_k = 1;
+	T_CHECK(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(n_hits, 1);
+	int64_t zebra = n_hits == 1 ? hits[0].id : 0;
+	if (n_hits == 1) {
+		char *bt = text_of(t->m, r.ids, (uint32_t)hits[0].pos0, (uint32_t)hits[0].pos1 + 1);
+		T_CHECK(strstr(bt, "zebra") != NULL, "both, k 1, recalled \"%s\"", bt);
+		T_CHECK(hits[0].bm25 > 0, "bm25 %g", hits[0].bm25);
+		/* scored by the summary only where it is the summary's best */
+		T_CHECK(hits[0].id == best_id ? isfinite(hits[0].summary) : isnan(hits[0].summary),
+		        "block %lld (summary's best %lld): summary %g", (long long)hits[0].id,
+		        (long long)best_id, hits[0].summary);
+		free(bt);
+	}
+	free(hits);
+	query.top_k = 0;
+	/* placed, the block is in the cache: a recall leaves out its tokens
+	 * there, and a block with none left is not recalled; after a turn
+	 * evicts part of it again, only that part comes back */
+	T_CHECK(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	free(hits);
+	T_EQ_INT(kv_cache_begin_turn(r.kv, KV_ROLE_USER, 16, &e), KVS_OK);
+	T_EQ_INT(store_cold_place(r.cold, &e), KVS_OK);
+	T_CHECK(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	for (size_t i = 0; i < n_hits; i++)
+		T_CHECK(hits[i].id != zebra, "block %lld recalled while in the cache", (long long)zebra);
+	free(hits);
+	/* a turn of 6 tokens into the full cache evicts the 6 oldest past the
+	 * sinks: the front of the recalled block */
+	T_EQ_INT(kv_cache_begin_turn(r.kv, KV_ROLE_USER, 6, &e), KVS_OK);
+	char zsql[128];
+	snprintf(zsql, sizeof zsql, "SELECT pos0 FROM cold_blocks WHERE id = %lld", (long long)zebra);
+	int32_t zp0 = (int32_t)sqlq_int(path, zsql);
+	snprintf(zsql, sizeof zsql, "SELECT pos1 FROM cold_blocks WHERE id = %lld", (long long)zebra);
+	int32_t zp1 = (int32_t)sqlq_int(path, zsql);
+	uint32_t out = 0, in_cache = 0;
+	for (int32_t p = zp0; p <= zp1; p++)
+		kv_cache_find(r.kv, p) >= 0 ? in_cache++ : out++;
+	T_CHECK(store_cold_recall_by(r.cold, &query, 64, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	size_t zi = 0;
+	while (zi < n_hits && hits[zi].id != zebra)
+		zi++;
+	T_CHECK(out > 0 && in_cache > 0, "block %lld: %u evicted, %u cached: not a partial block",
+	        (long long)zebra, out, in_cache);
+	T_CHECK(zi < n_hits && hits[zi].n_tokens == out,
+	        "block %lld with %u of its tokens evicted again (%u cached): %s %u", (long long)zebra,
+	        out, in_cache, zi < n_hits ? "recalled" : "not recalled",
+	        zi < n_hits ? hits[zi].n_tokens : 0);
+	printf("test-store-cold: the words' block %lld, %u tokens evicted again and %u cached: %u "
+	       "recalled\n",
+	       (long long)zebra, out, in_cache, zi < n_hits ? hits[zi].n_tokens : 0);
+	free(hits);
 	/* with no word matching, both is summary's order */
 	query.text = "xyzzy";
 	T_EQ_INT(store_cold_recall_by(r.cold, &query, 16, &hits, &n_hits, &e), KVS_OK);
