@@ -138,6 +138,7 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 		return rc;
 	/* load every row first: a failure leaves the cache as it was */
 	const uint8_t *rows = raw;
+	kv_store_recall(c, n, rows);
 	for (uint32_t j = 0; j < n; j++) {
 		uint32_t slot = c->free_slots[c->n_free - 1 - j];
 		rc = engine_kv_load(c->eng, slot, toks[j].orig_pos, rows + (size_t)j * c->bytes_per_token,
@@ -179,7 +180,7 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	c->n_free -= n;
 	c->n += n;
 	c->recall_turn = c->turn;
-	for (uint32_t k = 0; c->hkeep != NULL && k < n; k++)
+	for (uint32_t k = 0; c->hkeep != NULL && !kv_store_on(c) && k < n; k++)
 		kv_heads_take(c, &c->free_slots[c->n_free + k], 1);
 	kv_heads_count(c);
 	uint64_t bytes = kv_bytes(c);
