@@ -75,6 +75,7 @@ struct kv_cache {
 	struct kv_tok *evicted;        /* (n_ctx) an eviction's victims */
 	uint32_t *sbeg, *send;         /* (n_ctx) each: an eviction's spans, by candidate */
 	uint32_t pending_room;         /* a voting policy's turn eviction, deferred to the feed */
+	bool pending_vote;             /* carry > 0: the turn's prompt votes even without one */
 	uint8_t *span_cls;             /* (n_span_cls) enum kv_span_class by token id */
 	uint32_t n_span_cls;           /* the vocabulary's tokens */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */

@@ -335,6 +335,7 @@ void kv_cache_clear(struct kv_cache *c)
 		c->free_slots[i] = c->n_ctx - 1 - i;
 	c->next_pos = 0;
 	c->pending_room = 0;
+	c->pending_vote = false;
 	c->turn = 0;
 	c->role = KV_ROLE_NONE;
 	c->have_logits = false;
@@ -634,6 +635,7 @@ int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struc
 	c->prev_self = NAN;
 	uint32_t room = KVS_MIN(m, c->cfg.budget);
 	c->pending_room = 0;
+	c->pending_vote = kv_votes(c) && kv_policy_carry(&c->cfg.policy) > 0;
 	if (kv_over(c, room) && kv_votes(c)) {
 		/* the turn's prompt votes first: its first feed evicts */
 		c->pending_room = room;
@@ -956,10 +958,12 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 		               c->n, n, c->cfg.budget);
 	/* a voting policy's deferred turn eviction: the end of this feed votes */
 	uint32_t room = c->pending_room, win = KVS_MIN(n, c->cfg.budget);
+	bool evict = room > 0 && kv_over(c, room), vote = evict || c->pending_vote;
 	c->pending_room = 0;
-	if (room > 0 && kv_over(c, room)) {
+	c->pending_vote = false; /* with carry every turn's prompt votes, evicting or not */
+	if (vote) {
 		int rc = kv_vote(c, ids + (n - win), win, e);
-		if (rc == KVS_OK)
+		if (rc == KVS_OK && evict)
 			rc = kv_evict(c, room, KV_EVICT_TURN, e);
 		if (rc != KVS_OK)
 			return rc;

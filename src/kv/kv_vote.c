@@ -27,9 +27,13 @@
  *
  * Across turns the paper's rule (carry 0) lets each vote replace the
  * last: a token scores only what the current window asks, so a fact
- * stated early loses every vote once the talk moves on. carry > 0 keeps
- * the votes: each adds to the old ones times carry (1: a running sum,
- * as H2O sums attention; < 1: a decay per vote, as SirLLM's per turn).
+ * stated early loses every vote once the talk moves on; and votes are
+ * taken only when the prompt must evict, so what was said before the
+ * cache filled is first voted on by a window long after it. carry > 0
+ * keeps the votes: every turn's prompt votes (evicting or not) and each
+ * vote adds to the old ones times carry (1: a running sum, as H2O sums
+ * attention; < 1: a decay per vote, as SirLLM's per turn). The cost: W
+ * more tokens through the model each turn.
  */
 #include "kv/kv-int.h"
 
