@@ -709,6 +709,24 @@ static void test_carry(const struct model *m)
 			free(acc2[k]);
 		}
 	}
+	/* with carry, every turn's prompt votes, evicting or not; without,
+	 * a turn that fits leaves the first turn's tokens unvoted (+inf) */
+	for (int k = 0; k < 2; k++) {
+		struct err e;
+		struct engine *eng = tinymodel_engine(m, n_ctx, 1, true);
+		struct kv_cache *kv = mk_cache(eng, k ? "snapkv:carry=1" : "snapkv", n_ctx / 2, 64);
+		T_EQ_INT(kv_cache_begin_turn(kv, KV_ROLE_USER, n0, &e), KVS_OK);
+		T_EQ_INT(kv_cache_feed(kv, ids, n0, &e), KVS_OK);
+		T_EQ_INT(kv_cache_begin_turn(kv, KV_ROLE_USER, n1, &e), KVS_OK);
+		T_EQ_INT(kv_cache_feed(kv, ids + n0, n1, &e), KVS_OK);
+		uint32_t voted = 0;
+		for (uint32_t i = 0; i < n0; i++)
+			voted += !isinf(kv->toks[i].score);
+		T_EQ_INT(kv->n_evictions, 0);
+		T_EQ_INT(voted, k ? n0 : 0);
+		kv_cache_free(kv);
+		engine_free(eng);
+	}
 }
 
 /* One line naming what is wrong: a backend without per-head keep-sets is
