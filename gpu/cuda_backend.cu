@@ -14,11 +14,12 @@
  *
  * Two paths share the kernels (cuda_kern.h):
  *   - decode (one token): mat-vec kernels with q8 or f32 activations;
- *     per layer QKV (+ cache write), split attention, the merge of the
- *     splits (+ quantise), the output product (+ residual + RMSNorm +
- *     quantise: the last block to finish normalises), gate/up (+ SwiGLU +
- *     quantise), down (+ residual + the next RMSNorm): 6 launches
- *     (KVSCOPE_CUDA_FUSE=0: separate norms, 8), the whole step captured
+ *     per layer QKV (+ cache write), split attention (+ the merge of the
+ *     splits + quantise: the last split block of each KV head merges),
+ *     the output product (+ residual + RMSNorm + quantise: the last block
+ *     to finish normalises), gate/up (+ SwiGLU + quantise), down (+
+ *     residual + the next RMSNorm): 5 launches (KVSCOPE_CUDA_FUSE=0:
+ *     separate merges and norms, 8; gpuplan_launches), the whole step captured
  *     once per shape into a CUDA graph and replayed (the token, position,
  *     slot and visible count live in device memory, the "step" array);
  *   - prefill (more tokens): steps of GPUPLAN_UBATCH tokens, products as
@@ -50,6 +51,7 @@
 static bool cu_timing_on;
 static double cu_last_ms = -1.0;
 static uint64_t cu_captures, cu_hits;
+static uint64_t cu_nodes; /* of the decode graph captured last */
 
 /* ------------------------------------------------------------- helpers */
 
@@ -251,6 +253,7 @@ static int cu_buffers(struct cu *c, struct err *e)
 		{ (void **)&c->sur, u * 4 },
 		{ (void **)&c->ent, u * 4 },
 		{ (void **)&c->counter, 4 },
+		{ (void **)&c->acounters, (uint64_t)hp->n_head_kv * 4 },
 	};
 	for (size_t i = 0; i < KVS_ARRAY_LEN(dev); i++)
 		if ((rc = cu_alloc(c, dev[i].p, dev[i].n, e)))
@@ -336,6 +339,8 @@ static int cu_create(const struct backend_ctx *ctx, void **state, struct err *e)
 	if ((rc = cu_weights(c, e)) || (rc = cu_buffers(c, e)))
 		goto fail;
 	cu_sp_init(c);
+	if ((rc = cu_cold_init(c, e)) != KVS_OK)
+		goto fail;
 	if ((rc = cu_check(cudaStreamSynchronize(c->st), "weight upload", e)) ||
 	    (rc = cu_check(cudaDeviceSynchronize(), "setup", e)))
 		goto fail;
@@ -405,10 +410,30 @@ static void cu_enqueue_angles(struct cu *c)
 	          powf(hp->rope_base, -2.0f / (float)hp->n_rot), hp->rope_freq_scale);
 }
 
+/* A decode's attention and the merge of its splits into ao (q8, ml, mlq
+ * as ck_combine's): one launch when c->fuse (the last split block of each
+ * KV head merges), two otherwise. */
+static void cu_attend(struct cu *c, const ck_attn_args *aa, uint32_t splits, float *ao, ck_q8out q8,
+                      float *ml, float *mlq)
+{
+	const struct hparams *hp = &c->hp;
+	if (c->fuse) {
+		ck_attn_fuse f = { ao, q8, ml, mlq, c->acounters };
+		ck_attention(c->st, aa, 1, splits, &f);
+		return;
+	}
+	ck_attention(c->st, aa, 1, splits, NULL);
+	ck_combine(c->st, c->part, 1, (int)hp->n_head, (int)hp->head_dim, splits, ao, NULL, q8, ml, 0,
+	           mlq);
+}
+
 /* One decode step (the graph's body): token in step, logits into
  * c->logits row 0 when lm, raw attention probabilities when attn. Each
  * layer ends with the next norm (the next layer's, or the output norm),
- * fused into the residual-adding product when c->fuse. */
+ * fused into the residual-adding product when c->fuse, and merges its
+ * attention splits inside the attention launch then. gpuplan_launches
+ * counts what this enqueues (the GPU check compares it with the captured
+ * graph's nodes). */
 static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool akv)
 {
 	const struct hparams *hp = &c->hp;
@@ -434,21 +459,15 @@ static void cu_enqueue_decode(struct cu *c, uint32_t splits, bool lm, bool attn,
 		if (cu_sp_layer(c, l, &sa)) {
 			/* sparse: with attn, a dense shadow gives the raw weights and
 			 * their softmax (into a spare row of ao); then the lists */
-			if (attn) {
-				ck_attention(c->st, &aa, 1, splits);
-				ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits,
-				           c->ao + (uint64_t)nh * hp->head_dim, NULL, none,
-				           c->ml + (uint64_t)l * nh * 2, 0, NULL);
-			}
-			ck_attention(c->st, &sa, 1, c->sp.ssplits);
-			ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, c->sp.ssplits, c->ao, NULL,
-			           q8, NULL, 0, akv ? c->mlq : NULL);
+			if (attn)
+				cu_attend(c, &aa, splits, c->ao + (uint64_t)nh * hp->head_dim, none,
+				          c->ml + (uint64_t)l * nh * 2, NULL);
+			cu_attend(c, &sa, c->sp.ssplits, c->ao, q8, NULL, akv ? c->mlq : NULL);
 			if (akv)
 				ck_attn_acc(c->st, &sa, 1, n_tiles, c->mlq, cu_akv(c, l));
 		} else {
-			ck_attention(c->st, &aa, 1, splits);
-			ck_combine(c->st, c->part, 1, (int)nh, (int)hp->head_dim, splits, c->ao, NULL, q8,
-			           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, 0, akv ? c->mlq : NULL);
+			cu_attend(c, &aa, splits, c->ao, q8, attn ? c->ml + (uint64_t)l * nh * 2 : NULL,
+			          akv ? c->mlq : NULL);
 			if (akv)
 				ck_attn_acc(c->st, &aa, 1, n_tiles, c->mlq, cu_akv(c, l));
 		}
@@ -498,6 +517,9 @@ static int cu_run_decode(struct cu *c, uint32_t splits, bool lm, bool attn, bool
 				cu_enqueue_decode(c, splits, lm, attn, akv);
 				st = cudaStreamEndCapture(c->st, &graph);
 			}
+			size_t n_nodes = 0;
+			if (st == cudaSuccess && cudaGraphGetNodes(graph, NULL, &n_nodes) == cudaSuccess)
+				cu_nodes = n_nodes;
 			if (st == cudaSuccess)
 				st = cudaGraphInstantiate(&exec, graph, 0);
 			if (graph != NULL)
@@ -565,7 +587,7 @@ static int cu_run_prefill(struct cu *c, const struct engine_batch *b, struct bac
 		ck_gemm(c->st, c->xh, nu, ne, cu_f16(c, &L->wv, L->hv), nkv, &o);
 
 		ck_attn_args aa = cu_attn_args(c, l, attn, raw_q);
-		ck_attention(c->st, &aa, nu, splits);
+		ck_attention(c->st, &aa, nu, splits, NULL);
 		ck_combine(c->st, c->part, nu, (int)nh, (int)hd, splits, c->ao, c->aoh, none,
 		           attn ? c->ml + (uint64_t)l * nh * 2 : NULL, raw_q,
 		           b->want_attn_kv ? c->mlq : NULL);
@@ -701,6 +723,7 @@ static int cu_forward(void *state, const struct engine_batch *b, struct backend_
 		c->failed[0] = '\0';
 		return KVS_EIO;
 	}
+	cu_cold_fence(c); /* the batch writes keys a gather may still read */
 	if (cu_timing_on)
 		CU_TRY(cudaEventRecord(c->ev0, c->st), "cudaEventRecord");
 	if ((rc = cu_upload_visible(c, b, e)) || (rc = cu_sp_begin(c, b, out, e)))
@@ -783,6 +806,7 @@ static void cu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, ui
 	bool overlap = false;
 	uint32_t *md = c->h_mv, *ms = c->h_mv + ctx;
 	cu_sp_copied(c, dst, src, n);
+	cu_cold_fence(c);
 	uint32_t nm = gpuplan_kv_moves(dst, src, n, c->origin, md, ms, &overlap);
 	if (nm == 0)
 		return;
@@ -846,8 +870,10 @@ static int cu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct er
 	size_t row = (size_t)hp->n_head_kv * hp->head_dim * sizeof(__half);
 	size_t dev_pitch = (size_t)c->plan.n_ctx * row, host_pitch = 2 * row;
 	cudaError_t st = cudaSuccess;
-	if (load)
+	if (load) {
 		cu_sp_loaded(c, slot);
+		cu_cold_fence(c);
+	}
 	for (int v = 0; v < 2 && st == cudaSuccess; v++) {
 		uint8_t *dev = (uint8_t *)(v ? c->vc : c->kc) + (size_t)slot * row;
 		uint8_t *host = (uint8_t *)buf + (size_t)v * row;
@@ -877,6 +903,7 @@ static void cu_free(void *state)
 	if (c == NULL)
 		return;
 	gpugraph_clear(&c->graphs, cu_graph_destroy, NULL);
+	cu_cold_free(c); /* waits for the copies still reading the cache */
 	cu_sp_free(c);
 	for (int i = 0; i < c->n_allocs; i++)
 		cudaFree(c->allocs[i]);
@@ -899,11 +926,14 @@ static void cu_free(void *state)
 }
 
 static const struct backend_ops cu_ops = {
-	"cuda",     cu_create,
-	cu_forward, cu_kv_copy,
-	cu_kv_read, cu_isa_name,
-	cu_free,    ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_SPARSE,
-	cu_kv_raw,  cu_sp_page_bounds,
+	"cuda",        cu_create,
+	cu_forward,    cu_kv_copy,
+	cu_kv_read,    cu_isa_name,
+	cu_free,       ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_SPARSE,
+	cu_kv_raw,     cu_sp_page_bounds,
+	cu_ring_alloc, cu_ring_free,
+	cu_kv_gather,  cu_kv_job,
+	cu_kv_scatter,
 };
 
 /* ------------------------------------------------------------- gpu.h */
@@ -928,4 +958,9 @@ extern "C" void gpu_graph_counts(uint64_t *captures, uint64_t *hits)
 {
 	*captures = cu_captures;
 	*hits = cu_hits;
+}
+
+extern "C" uint64_t gpu_graph_nodes(void)
+{
+	return cu_nodes;
 }

@@ -17,6 +17,7 @@ extern "C" {
 }
 
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -289,6 +290,48 @@ CK_HD float ck_theta(int32_t pos, int p, float ts, float freq_scale)
 	for (int k = 0; k < p; k++)
 		theta *= ts;
 	return freq_scale * theta;
+}
+
+/* A float another block wrote before a threadfence: read through L2 on
+ * the device (the fused attention's last block reads the other splits'
+ * partials), a plain load on the host. */
+CK_HD float ck_ldcg(const float *p)
+{
+#ifdef __CUDA_ARCH__
+	return __ldcg(p);
+#else
+	return *p;
+#endif
+}
+
+/*
+ * The merge of one (query, head)'s attention splits for output dim d: p
+ * (splits, hd + 2) holds each split's hd unnormalised outputs, then its
+ * running max and sum. Returns the softmax-weighted output (0 when no key
+ * scored), *M the merged max and *L the merged sum. The combine launch and
+ * the fused attention's last block both call it, so they agree bit for
+ * bit; tests/unit/test-cuda-dq.cu checks it against a direct softmax.
+ */
+CK_HD float ck_merge(const float *p, int splits, int hd, int d, float *M, float *L)
+{
+	size_t stride = (size_t)hd + 2;
+	float m = -INFINITY;
+	for (int c = 0; c < splits; c++)
+		m = fmaxf(m, ck_ldcg(&p[c * stride + hd]));
+	float l = 0.0f, o = 0.0f;
+	if (m != -INFINITY) {
+		for (int c = 0; c < splits; c++) {
+			float mc = ck_ldcg(&p[c * stride + hd]);
+			if (mc == -INFINITY)
+				continue;
+			float w = expf(mc - m);
+			l += ck_ldcg(&p[c * stride + hd + 1]) * w;
+			o += ck_ldcg(&p[c * stride + d]) * w;
+		}
+	}
+	*M = m;
+	*L = l;
+	return l > 0.0f ? o * (1.0f / l) : 0.0f;
 }
 
 #endif

@@ -419,7 +419,8 @@ static __device__ bool ck_key_scores(const ck_attn_args &A, int g, uint32_t j, i
  * head updates the running max and sum (online softmax). Phase C: a thread
  * per (head, dim) output accumulates p * v. G bounds the group size.
  */
-template <int G> static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int splits)
+template <int G>
+static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_args A, int splits, ck_attn_fuse F)
 {
 	const int ACC = ATT_SQ(G) / ATT_T;
 	__shared__ float s_q[ATT_SQ(G)];
@@ -532,6 +533,37 @@ template <int G> static __global__ void __launch_bounds__(ATT_T) k_attn(ck_attn_
 		part[(size_t)tid * splits * stride + hd] = s_m[tid];
 		part[(size_t)tid * splits * stride + hd + 1] = s_l[tid];
 	}
+	if (F.counters == NULL)
+		return;
+	/* fused merge: the last split of this KV head merges its heads */
+	__shared__ bool last;
+	__threadfence();
+	__syncthreads();
+	if (tid == 0)
+		last = atomicAdd(&F.counters[g], 1u) == (unsigned)splits - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	/* o runs over (head, dim) of the group: a warp holds 32 dims of one
+	 * head (hd is a multiple of 32), as k_combine's quantisation needs */
+	for (int o = tid; o < nout; o += ATT_T) {
+		int h = g * grp + o / hd, d = o % hd;
+		const float *p = A.part + (size_t)h * splits * stride;
+		float M, L, v = ck_merge(p, splits, hd, d, &M, &L);
+		F.ao[(size_t)h * hd + d] = v;
+		if (F.q8.q != NULL)
+			ck_quant_block(v, lane, F.q8, (uint32_t)(h * hd + d) / 32);
+		if (d == 0 && F.ml != NULL) {
+			F.ml[2 * h] = M;
+			F.ml[2 * h + 1] = L;
+		}
+		if (d == 0 && F.mlq != NULL) {
+			F.mlq[2 * h] = M;
+			F.mlq[2 * h + 1] = L;
+		}
+	}
+	if (tid == 0)
+		F.counters[g] = 0;
 }
 
 /* The probabilities of one query (blockIdx.z) for one tile of the visible
@@ -573,21 +605,7 @@ static __global__ void k_combine(const float *part, int n_head, int hd, int spli
 	int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x, lane = d & 31;
 	size_t stride = (size_t)hd + 2;
 	const float *p = part + ((size_t)i * n_head + h) * splits * stride;
-	float M = -INFINITY;
-	for (int c = 0; c < splits; c++)
-		M = fmaxf(M, p[c * stride + hd]);
-	float L = 0.0f, o = 0.0f;
-	if (M != -INFINITY) {
-		for (int c = 0; c < splits; c++) {
-			float mc = p[c * stride + hd];
-			if (mc == -INFINITY)
-				continue;
-			float w = expf(mc - M);
-			L += p[c * stride + hd + 1] * w;
-			o += p[c * stride + d] * w;
-		}
-	}
-	float v = L > 0.0f ? o * (1.0f / L) : 0.0f;
+	float M, L, v = ck_merge(p, splits, hd, d, &M, &L);
 	size_t at = ((size_t)i * n_head + h) * hd + d;
 	ao[at] = v;
 	if (aoh)
@@ -811,16 +829,20 @@ void ck_angles(cudaStream_t st, const uint32_t *vis, const int32_t *vpos, const 
 	                                                theta_scale, freq_scale);
 }
 
-void ck_attention(cudaStream_t st, const ck_attn_args *a, uint32_t n_q, uint32_t splits)
+void ck_attention(cudaStream_t st, const ck_attn_args *a, uint32_t n_q, uint32_t splits,
+                  const ck_attn_fuse *f)
 {
 	dim3 grid((unsigned)a->n_kv, splits, n_q);
 	int grp = a->n_head / a->n_kv;
+	ck_attn_fuse F{};
+	if (f != NULL && n_q == 1)
+		F = *f;
 	if (grp <= 4)
-		k_attn<4><<<grid, ATT_T, 0, st>>>(*a, (int)splits);
+		k_attn<4><<<grid, ATT_T, 0, st>>>(*a, (int)splits, F);
 	else if (grp <= 8)
-		k_attn<8><<<grid, ATT_T, 0, st>>>(*a, (int)splits);
+		k_attn<8><<<grid, ATT_T, 0, st>>>(*a, (int)splits, F);
 	else
-		k_attn<16><<<grid, ATT_T, 0, st>>>(*a, (int)splits);
+		k_attn<16><<<grid, ATT_T, 0, st>>>(*a, (int)splits, F);
 }
 
 void ck_combine(cudaStream_t st, const float *part, uint32_t n_q, int n_head, int hd,

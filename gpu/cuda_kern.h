@@ -108,11 +108,25 @@ struct ck_attn_args {
 	float scale, theta_scale, freq_scale;
 };
 
+/* The merge fused into a decode's attention (one query): the last split
+ * block of each KV head to finish (a counter per KV head, as
+ * ck_mv_add_norm's) merges its group's heads as ck_combine would, with the
+ * same arithmetic (ck_merge): ao, q8 (or .q NULL), ml, mlq (or NULL) as
+ * ck_combine's for query 0. */
+struct ck_attn_fuse {
+	float *ao;
+	struct ck_q8out q8;
+	float *ml, *mlq;
+	unsigned *counters; /* (n_kv) zero between launches */
+};
+
 /* Attention partials of n_q queries, keys (or each KV head's listed keys)
- * split into `splits` ranges.
+ * split into `splits` ranges; with f (n_q 1), merged as well: one launch
+ * instead of two.
  * Global keys (the first step.n_global visible entries) more than
  * step.dist_cap before a query are scored rotated to query - dist_cap. */
-void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t splits);
+void ck_attention(cudaStream_t st, const struct ck_attn_args *a, uint32_t n_q, uint32_t splits,
+                  const struct ck_attn_fuse *f);
 
 /* Merge the splits: ao (n_q, n_head*hd) f32, aoh the same in f16 (or NULL),
  * q8 quantises query 0 (or .q NULL); ml (n_head, 2) gets query raw_q's
@@ -148,7 +162,9 @@ void ck_attn_norm(cudaStream_t st, float *raw, const float *ml, uint32_t rows, u
 #define CK_SST_NUNITS 4
 #define CK_SST_UNIT 5
 #define CK_SST_NREB 6
-#define CK_SST_INTS 8
+#define CK_SST_PAGE 7   /* slots per page of the bounds */
+#define CK_SST_NPAGES 8 /* candidate pages in plist (quest: = n_units) */
+#define CK_SST_INTS 10
 
 struct ck_sp_bounds_args {
 	const __half *kc;       /* (n_layer, n_ctx, n_kv, hd) keys before RoPE */
@@ -169,9 +185,9 @@ struct ck_sp_args {
 	const int32_t *step;   /* the step array (the query's position) */
 	const int32_t *sst;    /* the sparse step array */
 	const uint32_t *ord;   /* (n_vis) visible entries sorted by position */
-	const uint32_t *plist; /* (sst.n_units) quest: candidate pages, ascending */
-	const __half *bounds;  /* quest: this layer's (n_pages, n_kv, 2, hd) */
-	float *ubc;            /* (n_kv, n_pages) quest: bound of candidate i */
+	const uint32_t *plist; /* (sst.n_pages) candidate pages, ascending */
+	const __half *bounds;  /* this layer's (n_pages, n_kv, 2, hd) */
+	float *ubc;            /* (n_kv, n_pages) quest: bound of candidate i; hip: of page p */
 	uint8_t *csel;         /* (n_kv, n_pages) quest: candidate i chosen */
 	float *ubp;            /* quest: this layer's (n_kv, n_pages) bounds by page, or NULL */
 	uint8_t *psel;         /* (n_kv, n_pages) quest: page chosen */
@@ -192,8 +208,9 @@ struct ck_sp_args {
 void ck_sp_bounds(cudaStream_t st, const struct ck_sp_bounds_args *b, uint32_t n_layer);
 /* Quest for one layer: bound the candidate pages (at most max_pages), choose, list. */
 void ck_sp_quest(cudaStream_t st, const struct ck_sp_args *a, uint32_t max_pages);
-/* HiP for one layer: search (a refresh step), then list. */
-void ck_sp_hip(cudaStream_t st, const struct ck_sp_args *a, bool search);
+/* HiP for one layer: on a refresh step (search) bound the candidate pages
+ * (at most max_pages) and search, then list. */
+void ck_sp_hip(cudaStream_t st, const struct ck_sp_args *a, bool search, uint32_t max_pages);
 
 /* out (rows, cols) f16 = the dequantised weight. */
 void ck_dequant_f16(cudaStream_t st, const struct ck_mat *w, __half *out);

@@ -14,7 +14,9 @@
  *     over its query heads of sum_d max(q_d mx_d, q_d mn_d), q rotated, no
  *     scale: engine_out.page_ub's units);
  *   - k_sp_hip_search runs HiP's tree search for one KV head (a block per
- *     head), halves scored by their first block's max scaled logit;
+ *     head): halves ranked by the largest page bound over their blocks
+ *     while a range holds several, by their block's true max scaled logit
+ *     in the last round (the CPU's rule, sparse.c);
  *   - k_sp_pick chooses (Quest: the top pages by gsp_top's rule) and lists
  *     each KV head's keys in position order: the sinks, the chosen ones,
  *     the recent window; HiP: the search's blocks and every key it did not
@@ -135,7 +137,7 @@ static __device__ void sk_rot_q(const ck_sp_args &A, int g, int32_t pos, float *
 static __global__ void k_sp_bounds(ck_sp_bounds_args B)
 {
 	uint32_t l = blockIdx.y, n_reb = (uint32_t)B.sst[CK_SST_NREB],
-	         page = (uint32_t)B.sst[CK_SST_UNIT];
+	         page = (uint32_t)B.sst[CK_SST_PAGE];
 	int hd = B.hd, np = hd / 2, half = B.n_rot / 2;
 	uint64_t row = (uint64_t)B.n_kv * hd;
 	const __half *kc = B.kc + (uint64_t)l * B.n_ctx * row;
@@ -173,14 +175,15 @@ static __global__ void k_sp_bounds(ck_sp_bounds_args B)
 
 /* ------------------------------------------------------------ Quest */
 
-/* Candidate page i (< sst.n_units) of KV head blockIdx.y: its bound. */
-static __global__ void k_sp_quest_score(ck_sp_args A)
+/* Candidate page i (< sst.n_pages) of KV head blockIdx.y: its bound, into
+ * ubc by candidate (Quest) or by page (by_page: HiP's blocks look it up). */
+static __global__ void k_sp_quest_score(ck_sp_args A, int by_page)
 {
 	extern __shared__ float s_q[]; /* (grp, hd) */
 	int g = blockIdx.y, grp = A.n_head / A.n_kv, hd = A.hd;
 	sk_rot_q(A, g, A.step[CK_STEP_POS(0)], s_q);
 	uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-	if (i >= (uint32_t)A.sst[CK_SST_NUNITS])
+	if (i >= (uint32_t)A.sst[CK_SST_NPAGES])
 		return;
 	uint32_t p = A.plist[i];
 	const __half *b = A.bounds + ((uint64_t)p * A.n_kv + g) * 2 * hd;
@@ -194,7 +197,7 @@ static __global__ void k_sp_quest_score(ck_sp_args A)
 		}
 		best = fmaxf(best, sum);
 	}
-	A.ubc[(uint64_t)g * A.n_pages + i] = best;
+	A.ubc[(uint64_t)g * A.n_pages + (by_page ? p : i)] = best;
 }
 
 /* ------------------------------------------------------------ HiP */
@@ -232,8 +235,12 @@ static __device__ float sk_hip_block(const ck_sp_args &A, int g, uint32_t blk, u
 	return best;
 }
 
-/* HiP's search for KV head blockIdx.x (gsp_hip_tree's steps): the chosen
- * blocks marked, then kept (by slot) set for every candidate. */
+/* HiP's search for KV head blockIdx.x (gsp_hip_tree's steps): every
+ * block's page bound (the largest scaled Quest bound over its keys' pages,
+ * from k_sp_quest_score by page), then the rounds: halves ranked by their
+ * blocks' bounds while a range holds more than two blocks, by their
+ * block's true max scaled logit in the last; the chosen blocks marked,
+ * then kept (by slot) set for every candidate. */
 static __global__ void k_sp_hip_search(ck_sp_args A)
 {
 	extern __shared__ float s_q[]; /* (grp, hd) */
@@ -242,14 +249,21 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 	uint32_t m = (uint32_t)A.sst[CK_SST_M], k0 = (uint32_t)A.sst[CK_SST_SINKS];
 	uint32_t k1 = m - (uint32_t)A.sst[CK_SST_RECENT], K = (uint32_t)A.sst[CK_SST_K];
 	uint32_t nb = (uint32_t)A.sst[CK_SST_NUNITS], bk = (uint32_t)A.sst[CK_SST_UNIT];
-	/* scratch of this head: start, size (K), hs, hn (2K), chosen (nb) */
+	uint32_t page = (uint32_t)A.sst[CK_SST_PAGE];
+	/* scratch of this head: start, size (K), hs, hn, score (2K), block
+	 * bounds (nb), kept halves (2K bytes), chosen (nb bytes) */
 	uint32_t *start = A.hscr + (uint64_t)g * A.hscr_words, *size = start + A.kcap;
 	uint32_t *hs = size + A.kcap, *hn = hs + 2 * A.kcap;
-	float *score = (float *)(hn + 2 * A.kcap);
-	uint8_t *sel = (uint8_t *)(score + 2 * A.kcap), *chosen = sel + 2 * A.kcap;
+	float *score = (float *)(hn + 2 * A.kcap), *bub = score + 2 * A.kcap;
+	uint8_t *sel = (uint8_t *)(bub + A.kcap), *chosen = sel + 2 * A.kcap;
+	const float *ub = A.ubc + (uint64_t)g * A.n_pages; /* (n_pages) by page, unscaled */
 	sk_rot_q(A, g, A.step[CK_STEP_POS(0)], s_q);
-	for (uint32_t b = threadIdx.x; b < nb; b += blockDim.x)
+	for (uint32_t b = threadIdx.x; b < nb; b += blockDim.x) {
 		chosen[b] = K >= nb;
+		/* the CPU scales each head's bound; the scale is positive, so the
+		 * scaled max is the max of the scaled */
+		bub[b] = gsp_hip_block_ub(ub, A.vis, A.ord, k0, k1, page, bk, b) * A.scale;
+	}
 	__syncthreads();
 	if (K > 0 && K < nb) {
 		uint32_t big = 0;
@@ -257,16 +271,22 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 			gsp_hip_range(i, nb, K, &start[i], &size[i]);
 			big = max(big, size[i]);
 		}
-		big = __syncthreads_or(big > 1);
-		while (big) {
+		/* big only matters as > 1 (another round) and > 2 (ranked by bounds) */
+		int more = __syncthreads_or(big > 1), wide = __syncthreads_or(big > 2);
+		while (more) {
+			bool by_ub = gsp_hip_by_bounds(wide ? 3u : 2u);
 			for (uint32_t j = threadIdx.x; j < 2 * K; j += blockDim.x) {
 				gsp_hip_half(start[j / 2], size[j / 2], j % 2, &hs[j], &hn[j]);
-				score[j] = hn[j] > 0 ? sk_hip_block(A, g, hs[j], k0, k1, bk, s_q) : -INFINITY;
+				if (hn[j] == 0)
+					score[j] = -INFINITY;
+				else
+					score[j] = by_ub ? gsp_hip_half_ub(bub, hs[j], hn[j])
+					                 : sk_hip_block(A, g, hs[j], k0, k1, bk, s_q);
 			}
 			__syncthreads();
 			sk_top(score, 2 * K, K, sel, sh);
 			/* the kept halves, in order, become the ranges */
-			uint32_t run = 0, more = 0;
+			uint32_t run = 0, m1 = 0, m2 = 0;
 			for (uint32_t base = 0; base < 2 * K; base += blockDim.x) {
 				uint32_t j = base + threadIdx.x, tot;
 				bool on = j < 2 * K && sel[j];
@@ -276,11 +296,13 @@ static __global__ void k_sp_hip_search(ck_sp_args A)
 				if (on) {
 					start[at] = s_;
 					size[at] = n_;
-					more |= n_ > 1;
+					m1 |= n_ > 1;
+					m2 |= n_ > 2;
 				}
 				run += tot;
 			}
-			big = __syncthreads_or(more);
+			more = __syncthreads_or(m1);
+			wide = __syncthreads_or(m2);
 		}
 		for (uint32_t i = threadIdx.x; i < K; i += blockDim.x)
 			chosen[start[i]] = 1;
@@ -359,14 +381,17 @@ void ck_sp_quest(cudaStream_t st, const ck_sp_args *a, uint32_t max_pages)
 {
 	size_t shq = (size_t)a->n_head / a->n_kv * a->hd * sizeof(float);
 	dim3 grid((max_pages + 127) / 128, (unsigned)a->n_kv);
-	k_sp_quest_score<<<grid, 128, shq, st>>>(*a);
+	k_sp_quest_score<<<grid, 128, shq, st>>>(*a, 0);
 	k_sp_pick<<<(unsigned)a->n_kv, 1024, 0, st>>>(*a, 1);
 }
 
-void ck_sp_hip(cudaStream_t st, const ck_sp_args *a, bool search)
+void ck_sp_hip(cudaStream_t st, const ck_sp_args *a, bool search, uint32_t max_pages)
 {
 	size_t shq = (size_t)a->n_head / a->n_kv * a->hd * sizeof(float);
-	if (search)
+	if (search) {
+		dim3 grid((max_pages + 127) / 128, (unsigned)a->n_kv);
+		k_sp_quest_score<<<grid, 128, shq, st>>>(*a, 1);
 		k_sp_hip_search<<<(unsigned)a->n_kv, 256, shq, st>>>(*a);
+	}
 	k_sp_pick<<<(unsigned)a->n_kv, 1024, 0, st>>>(*a, 0);
 }

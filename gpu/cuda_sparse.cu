@@ -8,8 +8,9 @@
  * Before the launches the host plans the step as the CPU does
  * (gpusparse.h): the visible entries sorted by position and the keys the
  * query sees, sinks and window, the units of the budget; Quest's page
- * tracker (which pages' bounds the device recomputes) and candidate pages;
- * HiP's refresh. It uploads only what changed since the last step (a decode
+ * tracker (which pages' bounds the device recomputes) and candidate pages,
+ * on every Quest step and on HiP's refresh steps (its search ranks halves
+ * by the bounds); HiP's refresh. It uploads only what changed since the last step (a decode
  * step: one slot's fold, one entry of the order) into buffers the captured
  * decode graph reads, so a sparse step replays a graph as a dense one does.
  *
@@ -112,10 +113,10 @@ static int sp_ensure_dev(struct cu *c, struct err *e)
 	const struct hparams *hp = &c->hp;
 	uint64_t ctx = c->plan.n_ctx, lh = (uint64_t)hp->n_layer * hp->n_head_kv;
 	/* HiP's scratch holds the search for block 1, the most blocks: start,
-	 * size (kcap), halves (2 kcap each), scores (2 kcap), kept halves and
-	 * chosen blocks (bytes) */
+	 * size (kcap), halves (2 kcap each), scores (2 kcap), block bounds
+	 * (kcap), kept halves and chosen blocks (bytes) */
 	sp->kcap = (uint32_t)ctx + 2;
-	sp->hscr_words = (35 * (uint64_t)sp->kcap + 3) / 4 + 1;
+	sp->hscr_words = (39 * (uint64_t)sp->kcap + 3) / 4 + 1;
 	int rc;
 	if ((rc = sp_dalloc(&sp->sst, CK_SST_INTS * 4, e)) ||
 	    (rc = sp_dalloc(&sp->d_ord, ctx * 4, e)) || (rc = sp_dalloc(&sp->d_sum_pos, ctx * 4, e)) ||
@@ -234,7 +235,7 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 	if (rc != KVS_OK)
 		return rc;
 	bool quest = s->mode == ENGINE_SPARSE_QUEST;
-	if (quest && (rc = sp_ensure_pages(c, s->page, e)) != KVS_OK)
+	if ((rc = sp_ensure_pages(c, s->page, e)) != KVS_OK) /* hip ranks by the bounds too */
 		return rc;
 
 	/* the keys the query sees, sorted; sinks, window and units */
@@ -250,10 +251,29 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 	h[CK_SST_RECENT] = (int32_t)sp->gs.recent;
 	h[CK_SST_K] = (int32_t)sp->gs.k_units;
 	h[CK_SST_UNIT] = (int32_t)(quest ? s->page : s->block);
+	h[CK_SST_PAGE] = (int32_t)s->page;
 	h[CK_SST_NREB] = 0;
+	h[CK_SST_NPAGES] = 0;
 	uint32_t k0 = sp->gs.sinks, k1 = m - sp->gs.recent;
 	if (quest) {
-		/* the bounds: fold what became current, list what to recompute */
+		sp->search = true;
+	} else {
+		struct gsp_hip_spec hs = { s->budget,       s->block,   s->sinks, s->recent,
+			                       s->dense_layers, s->refresh, s->page };
+		for (uint32_t k = k0; k < k1; k++) {
+			sp->cslot[k - k0] = b->visible[sp->ord[k]];
+			sp->cpos[k - k0] = c->nv_pos[sp->ord[k]];
+		}
+		gsp_hip_prepare(&sp->hip, ctx, &hs, b->pos[0], sp->cslot, sp->cpos, k1 - k0);
+		if ((rc = sp_put(c, sp->d_seen, sp->hip.seen_pos, sp->hip.lo, sp->hip.hi, &at, e)))
+			return rc;
+		h[CK_SST_NUNITS] = (int32_t)sp->gs.n_units;
+		sp->search = sp->hip.refresh;
+	}
+	if (sp->search) {
+		/* Quest, and HiP's refresh (its halves are ranked by the bounds, as
+		 * the CPU syncs them on refresh steps only): fold what became
+		 * current, list what to recompute, and the candidate pages */
 		gsp_pages_scan(&sp->pages, spos, sp->rot_pos, b->slot, b->n_tokens);
 		if ((rc = sp_put(c, sp->d_sum_pos, sp->pages.sum_pos, sp->pages.lo, sp->pages.hi, &at,
 		                 e)) ||
@@ -266,20 +286,9 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 		if ((rc = sp_put_diff(c, sp->d_plist, sp->plist, sp->sh_plist, np, &sp->n_plist_sent, &at,
 		                      e)))
 			return rc;
-		h[CK_SST_NUNITS] = (int32_t)np;
-		sp->search = true;
-	} else {
-		struct gsp_hip_spec hs = { s->budget, s->block,        s->sinks,
-			                       s->recent, s->dense_layers, s->refresh };
-		for (uint32_t k = k0; k < k1; k++) {
-			sp->cslot[k - k0] = b->visible[sp->ord[k]];
-			sp->cpos[k - k0] = c->nv_pos[sp->ord[k]];
-		}
-		gsp_hip_prepare(&sp->hip, ctx, &hs, b->pos[0], sp->cslot, sp->cpos, k1 - k0);
-		if ((rc = sp_put(c, sp->d_seen, sp->hip.seen_pos, sp->hip.lo, sp->hip.hi, &at, e)))
-			return rc;
-		h[CK_SST_NUNITS] = (int32_t)sp->gs.n_units;
-		sp->search = sp->hip.refresh;
+		h[CK_SST_NPAGES] = (int32_t)np;
+		if (quest)
+			h[CK_SST_NUNITS] = (int32_t)np;
 	}
 	CU_TRY(cudaMemcpyAsync(sp->sst, h, CK_SST_INTS * 4, cudaMemcpyHostToDevice, c->st),
 	       "upload (sparse step)");
@@ -309,8 +318,8 @@ void cu_sp_enqueue_start(struct cu *c)
 {
 	struct cu_sp *sp = &c->sp;
 	const struct hparams *hp = &c->hp;
-	if (sp->mode != ENGINE_SPARSE_QUEST)
-		return;
+	if (sp->mode == ENGINE_SPARSE_OFF || !sp->search)
+		return; /* HiP's reuse steps read no bounds */
 	ck_sp_bounds_args B;
 	memset(&B, 0, sizeof B);
 	B.kc = c->kc;
@@ -373,7 +382,7 @@ bool cu_sp_layer(struct cu *c, uint32_t l, ck_attn_args *aa)
 	if (sp->mode == ENGINE_SPARSE_QUEST)
 		ck_sp_quest(c->st, &A, (uint32_t)np);
 	else
-		ck_sp_hip(c->st, &A, sp->search);
+		ck_sp_hip(c->st, &A, sp->search, (uint32_t)np);
 	aa->list = sp->list;
 	aa->list_n = A.list_n;
 	aa->list_cap = (uint32_t)ctx;
@@ -468,12 +477,16 @@ int cu_sp_page_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t 
 	memset(sp->h_sst, 0, CK_SST_INTS * 4);
 	sp->h_sst[CK_SST_NREB] = (int32_t)sp->pages.n_list;
 	sp->h_sst[CK_SST_UNIT] = (int32_t)page_size;
+	sp->h_sst[CK_SST_PAGE] = (int32_t)page_size;
 	CU_TRY(cudaMemcpyAsync(sp->sst, sp->h_sst, CK_SST_INTS * 4, cudaMemcpyHostToDevice, c->st),
 	       "upload (sparse step)");
 	int mode = sp->mode;
+	bool search = sp->search;
 	sp->mode = ENGINE_SPARSE_QUEST;
+	sp->search = true;
 	cu_sp_enqueue_start(c);
 	sp->mode = mode;
+	sp->search = search;
 	uint32_t hd = hp->head_dim;
 	uint16_t buf[2 * 256];
 	uint64_t off = (((uint64_t)layer * sp->n_pages_cap + page) * hp->n_head_kv + kv_head) * 2 * hd;

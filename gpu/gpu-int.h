@@ -1,7 +1,8 @@
 /*
  * gpu-int.h: the CUDA backend's state, shared by its host files
  * (cuda_backend.cu: weights, buffers, the dense paths, slots;
- * cuda_sparse.cu: the sparse decode's host side). Internal to gpu/.
+ * cuda_sparse.cu: the sparse decode's host side; cuda_cold.cu: the cold
+ * tier's batched copies). Internal to gpu/.
  *
  * Sparse decode (struct cu_sp): the host keeps what the CPU backend keeps
  * for a sparse step and sends the device only what changed: rot_pos, the
@@ -75,6 +76,28 @@ struct cu_sp {
 	uint8_t *psel;     /* (n_kv, n_pages) */
 };
 
+/* The cold tier's batched copies (cuda_cold.cu). */
+#define CU_COLD_JOBS 64 /* job events kept; an older job has completed */
+
+struct cu_cold {
+	bool ok;                        /* the stream and events exist */
+	cudaStream_t cst;               /* the copy stream */
+	cudaEvent_t main;               /* on the compute stream: where a gather may start */
+	cudaEvent_t gathered;           /* on cst: the last gather read the cache */
+	cudaEvent_t up;                 /* on cst: the last slot list was uploaded */
+	cudaEvent_t loaded;             /* on the compute stream: the last load's upload ran */
+	cudaEvent_t done[CU_COLD_JOBS]; /* job j: done[j % CU_COLD_JOBS] */
+	uint64_t next_job;
+	bool gather_pending; /* the compute stream must wait for `gathered` */
+	uint8_t *h_ring;     /* (ring_bytes) the engine's ring, pinned */
+	uint8_t *d_ring;     /* (ring_bytes) its device staging, same offsets */
+	size_t ring_bytes;
+	uint32_t *h_slots, *d_slots;   /* (n_ctx) a gather's slots, pinned and device */
+	uint32_t *h_lslots, *d_lslots; /* (n_ctx) a load's slots */
+	uint8_t *h_load, *d_load;      /* (load_bytes) a load's rows, pinned and device */
+	uint64_t load_bytes;
+};
+
 #define CU_MAX_ALLOCS 64
 
 struct cu_layer {
@@ -136,6 +159,7 @@ struct cu {
 	float *sur, *ent;           /* (ubatch) */
 	__half *wscr;               /* (largest matrix) F16 scratch, when not resident */
 	unsigned *counter;          /* last-block counter of the fused kernels, 0 between */
+	unsigned *acounters;        /* (n_kv) the fused attention's last-split counters, 0 between */
 
 	/* host state (pinned where the device reads or writes it) */
 	int32_t *h_step;    /* (n_chunks, CK_STEP_INTS(ubatch)) pinned */
@@ -149,7 +173,8 @@ struct cu {
 	int32_t *nv_pos;    /* (n_ctx) positions of this batch's visible list */
 	int64_t *origin;    /* (n_ctx) gpuplan_kv_moves scratch, all -1 */
 
-	struct cu_sp sp; /* sparse decode (cuda_sparse.cu) */
+	struct cu_sp sp;     /* sparse decode (cuda_sparse.cu) */
+	struct cu_cold cold; /* batched raw copies (cuda_cold.cu) */
 };
 
 /* KVS_EIO naming the failed call, or KVS_OK. */
@@ -195,5 +220,22 @@ void cu_sp_loaded(struct cu *c, uint32_t slot);
 /* engine_kv_page_bounds. */
 int cu_sp_page_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
                       uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
+
+/* ---- cuda_cold.cu ---- */
+
+/* The copy stream, its events and slot lists (at create); cu_cold_free
+ * waits for the copies still running. */
+int cu_cold_init(struct cu *c, struct err *e);
+void cu_cold_free(struct cu *c);
+/* Before the compute stream writes the cache: wait (on the device) for
+ * the last gather to have read it. */
+void cu_cold_fence(struct cu *c);
+/* backend_ops' ring_alloc, ring_free, kv_gather, kv_job, kv_scatter. */
+void *cu_ring_alloc(void *state, size_t bytes, struct err *e);
+void cu_ring_free(void *state, void *p);
+int cu_kv_gather(void *state, const uint32_t *slots, uint32_t n, void *dst, uint64_t *job,
+                 struct err *e);
+int cu_kv_job(void *state, uint64_t job, bool wait, bool *done, struct err *e);
+int cu_kv_scatter(void *state, const uint32_t *slots, uint32_t n, const void *rows, struct err *e);
 
 #endif

@@ -43,6 +43,9 @@ void gpu_timing(bool on);
 double gpu_last_ms(void);
 /* Decode graphs captured and replayed so far in this process (0 without CUDA). */
 void gpu_graph_counts(uint64_t *captures, uint64_t *hits);
+/* Nodes (kernel launches and memsets) of the decode graph captured last
+ * (0: none yet, or no CUDA): the GPU check holds it to gpuplan_launches. */
+uint64_t gpu_graph_nodes(void);
 
 #ifdef __cplusplus
 }

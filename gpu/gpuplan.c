@@ -7,6 +7,8 @@
  */
 #include "gpu/gpuplan.h"
 
+#include "engine/engine.h"
+
 #include <string.h>
 
 /* ---------------------------------------------------------- weight types */
@@ -331,4 +333,27 @@ uint32_t gpuplan_kv_moves(const uint32_t *dst, const uint32_t *src, uint32_t n, 
 		origin[out_dst[i]] = -1;
 	*overlap = ov;
 	return k;
+}
+
+/* ------------------------------------------------------------ launches */
+
+uint32_t gpuplan_launches(const struct gpuplan_step_shape *s)
+{
+	bool sp = s->sparse == ENGINE_SPARSE_QUEST || s->sparse == ENGINE_SPARSE_HIP;
+	bool search = s->sparse == ENGINE_SPARSE_QUEST || (sp && s->search);
+	uint32_t attend = s->fuse ? 1 : 2; /* attention (+ merge) */
+	/* angles, embedding, first norm; bounds; memset; LM head; normalisation */
+	uint32_t n = 3 + (search ? 1 : 0) + s->attn_kv + s->lm + s->attn;
+	for (uint32_t l = 0; l < s->n_layer; l++) {
+		n += 1 + attend + s->attn_kv; /* q/k/v, attention, per-KV-head sums */
+		if (sp && l >= s->dense_layers) {
+			uint32_t choose = s->sparse == ENGINE_SPARSE_QUEST ? 2 : search ? 3 : 1;
+			n += choose + (s->attn ? attend : 0);
+		}
+		n += s->fuse ? 1 : 2; /* output product (+ norm) */
+		n += 1;               /* gate/up */
+		bool next = l + 1 < s->n_layer || s->lm;
+		n += s->fuse || !next ? 1 : 2; /* down (+ the next norm) */
+	}
+	return n;
 }

@@ -16,7 +16,9 @@
  *   - the cache of captured decode graphs, keyed by what changes the
  *     graph's shape;
  *   - the part of the visible-slot list that changed since the last upload;
- *   - an ordered list of KV slot copies resolved into simultaneous moves.
+ *   - an ordered list of KV slot copies resolved into simultaneous moves;
+ *   - the layout of a batch of raw rows the cold tier's copies use;
+ *   - the launches of one decode step (gpuplan_launches).
  *
  * The backend itself is gpu/cuda_backend.cu; the kernels gpu/cuda_kern.cu.
  */
@@ -147,6 +149,50 @@ void gpuplan_diff_range(const uint32_t *a, const uint32_t *b, uint32_t n, uint32
  */
 uint32_t gpuplan_kv_moves(const uint32_t *dst, const uint32_t *src, uint32_t n, int64_t *origin,
                           uint32_t *out_dst, uint32_t *out_src, bool *overlap);
+
+/* ---- launches of one decode step ---- */
+
+/* What sets a decode step's launches (the graph key's fields). */
+struct gpuplan_step_shape {
+	uint32_t n_layer;
+	bool fuse;    /* KVSCOPE_CUDA_FUSE (on by default) */
+	bool lm;      /* logits wanted */
+	bool attn;    /* want_attn: raw probabilities (a dense shadow in sparse layers) */
+	bool attn_kv; /* want_attn_kv */
+	int sparse;   /* enum engine_sparse_mode: off, quest or hip (squeezed is refused) */
+	bool search;  /* hip: a refresh step (Quest always searches) */
+	uint32_t dense_layers;
+};
+
+/* Kernel launches and memsets (graph nodes) of one decode step as
+ * cuda_backend.cu enqueues it: a RoPE-table refresh, Quest's bounds (a
+ * sparse step that searches), the per-KV-head sums' memset (attn_kv), the
+ * embedding and the first norm; per layer the q/k/v product, attention
+ * (+ its merge when fused; sparse layers add the choice: Quest's bound and
+ * pick, HiP's bound, search and pick on a refresh or its pick, and with
+ * attn a dense shadow), the per-KV-head sums (attn_kv), the output
+ * product (+ norm when fused), gate/up, down (+ the next norm when fused);
+ * then the LM head (lm) and the probabilities' normalisation (attn). */
+uint32_t gpuplan_launches(const struct gpuplan_step_shape *s);
+
+/* ---- batched raw copies (gpu/cuda_cold.cu) ---- */
+
+#ifdef __CUDACC__
+#define GPUPLAN_HD static __host__ __device__ __forceinline__
+#else
+#define GPUPLAN_HD static inline
+#endif
+
+/* Where entry j's layer l K row (v = 0) or V row (v = 1) starts in a batch
+ * of raw rows, in units of one row (row: any unit per row, e.g. bytes or
+ * 16-byte words): engine_kv_save's layout, (n, n_layer, 2, row), slot
+ * after slot. The gather and scatter kernels index with it; the host test
+ * checks it against the CPU engine's engine_kv_save_batch. */
+GPUPLAN_HD uint64_t gpuplan_raw_off(uint32_t j, uint32_t l, uint32_t v, uint32_t n_layer,
+                                    uint32_t row)
+{
+	return (((uint64_t)j * n_layer + l) * 2 + v) * row;
+}
 
 #ifdef __cplusplus
 }

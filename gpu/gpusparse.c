@@ -280,8 +280,16 @@ size_t gsp_hip_scratch(uint32_t k_blocks)
 	        2 * (size_t)k_blocks;
 }
 
-uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, gsp_score_fn fn, void *ctx,
-                      uint8_t *chosen, void *scratch)
+void gsp_hip_block_ubs(const float *ub, const uint32_t *vis, const uint32_t *ord, uint32_t k0,
+                       uint32_t k1, uint32_t page, uint32_t bk, float *bub)
+{
+	uint32_t nb = k1 > k0 ? (k1 - k0 + bk - 1) / bk : 0;
+	for (uint32_t b = 0; b < nb; b++)
+		bub[b] = gsp_hip_block_ub(ub, vis, ord, k0, k1, page, bk, b);
+}
+
+uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, const float *bub, gsp_score_fn fn,
+                      void *ctx, uint8_t *chosen, void *scratch)
 {
 	memset(chosen, 0, n_blocks);
 	if (k_blocks >= n_blocks) {
@@ -303,15 +311,21 @@ uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, gsp_score_fn fn, voi
 	}
 	while (big > 1) {
 		uint32_t nb = 0;
+		bool by_ub = bub != NULL && gsp_hip_by_bounds(big);
 		for (uint32_t j = 0; j < 2 * K; j++) {
 			gsp_hip_half(start[j / 2], size[j / 2], j % 2, &hs[j], &hn[j]);
 			if (hn[j] > 0)
 				blk[nb++] = hs[j];
 		}
-		fn(ctx, blk, nb, got);
+		if (!by_ub)
+			fn(ctx, blk, nb, got);
 		rounds++;
-		for (uint32_t j = 0, g = 0; j < 2 * K; j++)
-			score[j] = hn[j] > 0 ? got[g++] : -INFINITY;
+		for (uint32_t j = 0, g = 0; j < 2 * K; j++) {
+			if (hn[j] == 0)
+				score[j] = -INFINITY;
+			else
+				score[j] = by_ub ? gsp_hip_half_ub(bub, hs[j], hn[j]) : got[g++];
+		}
 		gsp_top(score, 2 * K, K, sel);
 		big = 0;
 		for (uint32_t j = 0, i = 0; j < 2 * K; j++)

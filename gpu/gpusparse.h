@@ -102,6 +102,40 @@ GSP_HD void gsp_hip_half(uint32_t start, uint32_t size, uint32_t which, uint32_t
 	*hn = which ? size - half : half;
 }
 
+/* HiP's rule for a round: while a range still holds more than two blocks
+ * (big: the largest range before halving), some half holds several blocks
+ * and every half is ranked by its blocks' page bounds; the last round
+ * (every half one block) ranks by the blocks' true max logits. As the
+ * CPU's cpu_hip_score, which looks for a half of several blocks. */
+GSP_HD bool gsp_hip_by_bounds(uint32_t big)
+{
+	return big > 2;
+}
+
+/* The largest of bub (n_blocks) over the half's blocks [hs, hs + hn). */
+GSP_HD float gsp_hip_half_ub(const float *bub, uint32_t hs, uint32_t hn)
+{
+	float best = -INFINITY;
+	for (uint32_t b = hs; b < hs + hn; b++)
+		best = bub[b] > best ? bub[b] : best;
+	return best;
+}
+
+/* Block b's page bound: the largest ub (by page, n_pages) over the pages
+ * of its keys, the candidates vis[ord[k]] for k in [k0 + b bk, min(k0 +
+ * (b + 1) bk, k1)) (page: the page size, slots). */
+GSP_HD float gsp_hip_block_ub(const float *ub, const uint32_t *vis, const uint32_t *ord,
+                              uint32_t k0, uint32_t k1, uint32_t page, uint32_t bk, uint32_t b)
+{
+	float best = -INFINITY;
+	uint32_t a = k0 + b * bk, e = a + bk < k1 ? a + bk : k1;
+	for (uint32_t k = a; k < e; k++) {
+		float u = ub[vis[ord[k]] / page];
+		best = u > best ? u : best;
+	}
+	return best;
+}
+
 /* ---- host: the top-k rule ---- */
 
 /*
@@ -175,6 +209,7 @@ uint32_t gsp_quest_pages(const struct gsp_step *st, const uint32_t *vis, const u
 /* The fields of engine_sparse that a kept HiP choice depends on. */
 struct gsp_hip_spec {
 	uint32_t budget, block, sinks, recent, dense_layers, refresh;
+	uint32_t page; /* the bounds that rank the halves */
 };
 
 struct gsp_hip {
@@ -201,16 +236,23 @@ void gsp_hip_prepare(struct gsp_hip *h, uint32_t n_ctx, const struct gsp_hip_spe
 
 /*
  * HiP's hierarchical top-k as the device runs it, on the host: k_blocks
- * ranges (gsp_hip_range), halved each round (gsp_hip_half), each
- * non-empty half scored by its first block through fn, the k_blocks best
- * halves kept (gsp_top over the 2 k_blocks halves, an empty one at
- * -INFINITY). chosen (n_blocks); scratch: gsp_hip_scratch(k_blocks) bytes. Returns the rounds. Equals
- * sparse_hip_tree.
+ * ranges (gsp_hip_range), halved each round (gsp_hip_half), the k_blocks
+ * best halves kept (gsp_top over the 2 k_blocks halves, an empty one at
+ * -INFINITY). A round with a range of more than two blocks
+ * (gsp_hip_by_bounds) ranks a half by its largest block bound bub
+ * (n_blocks, gsp_hip_half_ub); the others (every round when bub is NULL)
+ * by its first block, scored through fn. chosen (n_blocks); scratch:
+ * gsp_hip_scratch(k_blocks) bytes. Returns the rounds. Equals
+ * sparse_hip_tree with the CPU decode's callback (bub given) or with a
+ * first-block callback (bub NULL: HiP's prefill).
  */
 typedef void (*gsp_score_fn)(void *ctx, const uint32_t *blocks, uint32_t n, float *score);
 size_t gsp_hip_scratch(uint32_t k_blocks);
-uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, gsp_score_fn fn, void *ctx,
-                      uint8_t *chosen, void *scratch);
+uint32_t gsp_hip_tree(uint32_t n_blocks, uint32_t k_blocks, const float *bub, gsp_score_fn fn,
+                      void *ctx, uint8_t *chosen, void *scratch);
+/* Every block's bound (gsp_hip_block_ub) into bub (n_blocks). */
+void gsp_hip_block_ubs(const float *ub, const uint32_t *vis, const uint32_t *ord, uint32_t k0,
+                       uint32_t k1, uint32_t page, uint32_t bk, float *bub);
 
 #ifdef __cplusplus
 }

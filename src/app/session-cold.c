@@ -296,6 +296,7 @@ void scold_flush(struct session_cold *sc, uint32_t index, const struct session_h
 	struct err e;
 	if (sc->c == NULL || store_cold_stopped(sc->c) || !store_cold_attached(sc->c))
 		return;
+	kv_cache_cold_sync(sc->g->kv); /* evictions whose rows were still being copied */
 	if (store_cold_flush(sc->c, index, &fi, &e) != KVS_OK) {
 		store_cold_stop(sc->c);
 		struct session_cold_event ev = { .kind = SESSION_COLD_STOP, .index = index, .msg = e.msg };

@@ -13,6 +13,7 @@
  * forward that fails leaves slot_pos as it was; output buffers only grow.
  */
 #include "engine/engine.h"
+#include "engine/engine-int.h"
 #include "engine/kern.h"
 #include "engine/sparse.h"
 
@@ -57,6 +58,27 @@ struct engine {
 	uint64_t sq_serial;         /* indexes installed so far (engine_squeeze.id) */
 	uint32_t *rows;             /* (n_layer, n_head_kv, n_ctx) the per-head store's row
 	                             * map by slot (cfg.n_rows > 0), or NULL */
+	struct engine_ring *ring;   /* batched raw saves (engine-ring.c), made on first use */
+	struct engine_defer *defer; /* engine_kv_defer's copies in flight (tests), or NULL */
+};
+
+/* A test's stand-in for a copy behind the decode (engine_kv_defer): the
+ * rows are read when the copy starts (as a gather would) and land in the
+ * ring after `polls` polls that do not wait, or at a waiting one. */
+struct engine_defer_job {
+	uint8_t *rows; /* (bytes) read at start */
+	void *dst;
+	size_t bytes;
+	uint32_t polls; /* left before it lands */
+	bool fail;
+	bool landed;
+};
+
+struct engine_defer {
+	uint32_t polls;                /* for each new copy */
+	int64_t fail_job;              /* the job that fails, or -1 */
+	struct engine_defer_job *jobs; /* (n_jobs) by job id */
+	uint64_t n_jobs;
 };
 
 /* Names of the configuration enums, indexed by value. */
@@ -262,6 +284,12 @@ void engine_free(struct engine *eng)
 {
 	if (eng == NULL)
 		return;
+	engine_ring_free(eng->ring); /* its copies and pinned bytes are the backend's */
+	for (uint64_t j = 0; eng->defer != NULL && j < eng->defer->n_jobs; j++)
+		free(eng->defer->jobs[j].rows);
+	if (eng->defer != NULL)
+		free(eng->defer->jobs);
+	free(eng->defer);
 	if (eng->ops && eng->state)
 		eng->ops->free(eng->state);
 	squeeze_free(eng->sq);
@@ -741,6 +769,180 @@ int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *b
 	if (rc == KVS_OK)
 		eng->slot_pos[slot] = pos;
 	return rc;
+}
+
+/* ---- batched raw copies: the engine's io for its ring ---- */
+
+/* The ring's bytes: the backend's (pinned) or plain memory. */
+static void *engine_ring_alloc(void *ud, size_t bytes, struct err *e)
+{
+	struct engine *eng = ud;
+	if (eng->ops->ring_alloc != NULL)
+		return eng->ops->ring_alloc(eng->state, bytes, e);
+	return xmalloc(bytes);
+}
+
+static void engine_ring_dealloc(void *ud, void *p)
+{
+	struct engine *eng = ud;
+	if (eng->ops->ring_alloc != NULL)
+		eng->ops->ring_free(eng->state, p);
+	else
+		free(p);
+}
+
+/* Start a copy: the backend's gather, or kv_raw slot by slot (done now). */
+static int engine_ring_copy(void *ud, const uint32_t *slots, uint32_t n, void *dst, uint64_t *job,
+                            struct err *e)
+{
+	struct engine *eng = ud;
+	if (eng->ops->kv_gather != NULL)
+		return eng->ops->kv_gather(eng->state, slots, n, dst, job, e);
+	uint64_t row = engine_kv_bytes_per_slot(eng);
+	struct engine_defer *d = eng->defer;
+	uint8_t *to = dst;
+	if (d != NULL) { /* read now, land later */
+		d->jobs = xreallocarray(d->jobs, d->n_jobs + 1, sizeof *d->jobs);
+		struct engine_defer_job *x = &d->jobs[d->n_jobs];
+		*x = (struct engine_defer_job){ .rows = xmalloc(KVS_MAX(n * row, (uint64_t)1)),
+			                            .dst = dst };
+		x->bytes = n * row;
+		x->polls = d->polls;
+		x->fail = (int64_t)d->n_jobs == d->fail_job;
+		to = x->rows;
+		*job = d->n_jobs++;
+	} else {
+		*job = 0;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		int rc = eng->ops->kv_raw(eng->state, slots[i], to + i * row, false, e);
+		if (rc != KVS_OK)
+			return rc;
+	}
+	return KVS_OK;
+}
+
+static int engine_ring_poll(void *ud, uint64_t job, bool wait, bool *done, struct err *e)
+{
+	struct engine *eng = ud;
+	*done = true;
+	if (eng->ops->kv_job != NULL)
+		return eng->ops->kv_job(eng->state, job, wait, done, e);
+	struct engine_defer *d = eng->defer;
+	if (d == NULL || job >= d->n_jobs)
+		return KVS_OK;
+	struct engine_defer_job *x = &d->jobs[job];
+	if (!x->landed && !wait && x->polls > 0) {
+		x->polls--;
+		*done = false;
+		return KVS_OK;
+	}
+	if (!x->landed) {
+		if (!x->fail)
+			memcpy(x->dst, x->rows, x->bytes);
+		x->landed = true;
+		free(x->rows);
+		x->rows = NULL;
+	}
+	if (x->fail)
+		return err_set(e, KVS_EIO, "KV copy %llu failed (engine_kv_defer)",
+		               (unsigned long long)job);
+	return KVS_OK;
+}
+
+void engine_kv_defer(struct engine *eng, uint32_t polls, int64_t fail_job)
+{
+	if (eng->ops->kv_gather != NULL)
+		return; /* a backend's own copies */
+	if (eng->defer == NULL) {
+		eng->defer = xcalloc(1, sizeof *eng->defer);
+	}
+	eng->defer->polls = polls;
+	eng->defer->fail_job = fail_job;
+}
+
+/* A backend's first ring: room for 512 slots (11.25 MiB for the default model in f16). */
+#define ENGINE_RING_SLOTS 512
+
+bool engine_kv_ring_room(const struct engine *eng, uint32_t n)
+{
+	return eng->ring == NULL || engine_ring_room(eng->ring, n);
+}
+
+int engine_kv_save_batch(struct engine *eng, const uint32_t *slots, uint32_t n, struct err *e)
+{
+	if (eng->ops->kv_raw == NULL)
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot read raw KV slots", eng->ops->name);
+	for (uint32_t i = 0; i < n; i++)
+		if (slots[i] >= eng->cfg.n_ctx)
+			return err_set(e, KVS_EARG, "KV save batch: slot %u (entry %u): expected 0..%u",
+			               slots[i], i, eng->cfg.n_ctx - 1);
+	if (eng->ring == NULL) {
+		struct engine_ring_io io = { eng, engine_ring_alloc, engine_ring_dealloc, engine_ring_copy,
+			                         engine_ring_poll };
+		/* a backend that copies behind the decode holds several batches;
+		 * the fallback copies before it returns and holds one at a time */
+		uint64_t row = engine_kv_bytes_per_slot(eng);
+		eng->ring = engine_ring_new(&io, row,
+		                            eng->ops->kv_gather != NULL ? ENGINE_RING_SLOTS * row : 0);
+	}
+	return engine_ring_start(eng->ring, slots, n, e);
+}
+
+int engine_kv_collect(struct engine *eng, bool wait, bool *ready, const void **rows, uint32_t *n,
+                      struct err *e)
+{
+	if (eng->ring == NULL) {
+		*ready = false;
+		*rows = NULL;
+		*n = 0;
+		return err_set(e, KVS_ESTATE, "KV ring: no batch held: expected one started");
+	}
+	return engine_ring_collect(eng->ring, wait, ready, rows, n, e);
+}
+
+void engine_kv_release(struct engine *eng)
+{
+	if (eng->ring != NULL)
+		engine_ring_release(eng->ring);
+}
+
+uint32_t engine_kv_held(const struct engine *eng)
+{
+	return eng->ring != NULL ? eng->ring->count : 0;
+}
+
+int engine_kv_load_batch(struct engine *eng, const uint32_t *slots, const int32_t *pos, uint32_t n,
+                         const void *rows, struct err *e)
+{
+	if (eng->ops->kv_raw == NULL)
+		return err_set(e, KVS_EUNSUPPORTED, "backend %s cannot write raw KV slots", eng->ops->name);
+	uint32_t stamp = engine_new_stamp(eng);
+	for (uint32_t i = 0; i < n; i++) {
+		if (slots[i] >= eng->cfg.n_ctx)
+			return err_set(e, KVS_EARG, "KV load batch: slot %u (entry %u): expected 0..%u",
+			               slots[i], i, eng->cfg.n_ctx - 1);
+		if (pos[i] < 0 || pos[i] > ENGINE_POS_MAX)
+			return err_set(e, KVS_EARG,
+			               "KV load batch: slot %u position %d (entry %u): expected 0..%d",
+			               slots[i], pos[i], i, ENGINE_POS_MAX);
+		if (eng->mark[slots[i]] == stamp)
+			return err_set(e, KVS_EARG,
+			               "KV load batch: slot %u twice (entry %u): expected distinct slots",
+			               slots[i], i);
+		eng->mark[slots[i]] = stamp;
+	}
+	uint64_t row = engine_kv_bytes_per_slot(eng);
+	int rc = KVS_OK;
+	if (eng->ops->kv_scatter != NULL)
+		rc = eng->ops->kv_scatter(eng->state, slots, n, rows, e);
+	for (uint32_t i = 0; eng->ops->kv_scatter == NULL && rc == KVS_OK && i < n; i++)
+		rc = eng->ops->kv_raw(eng->state, slots[i], (uint8_t *)rows + i * row, true, e);
+	if (rc != KVS_OK)
+		return rc;
+	for (uint32_t i = 0; i < n; i++)
+		eng->slot_pos[slots[i]] = pos[i];
+	return KVS_OK;
 }
 
 enum engine_kv_type engine_kv_type(const struct engine *eng)

@@ -449,6 +449,48 @@ int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes);
  * recomputes the cache). */
 int engine_kv_save(const struct engine *eng, uint32_t slot, void *buf, struct err *e);
 int engine_kv_load(struct engine *eng, uint32_t slot, int32_t pos, const void *buf, struct err *e);
+/*
+ * Batched raw copies, for the cold tier. engine_kv_save_batch starts
+ * copying the raw rows of n slots (engine_kv_save's bytes, slot after
+ * slot) into a host ring the engine owns and may return before they
+ * landed: the CPU backend copies before it returns; the CUDA backend
+ * gathers the rows on the device on a copy stream of its own and copies
+ * them to pinned memory there, and its next write to the cache (a forward,
+ * a slot copy, a load) waits for the gather only, never for the host copy.
+ * The slots may be emptied and reused at once. Batches come back in the
+ * order they were started: engine_kv_collect looks at the oldest and lends
+ * its bytes once they landed, engine_kv_release drops it (its ring bytes
+ * are reused). A batch needs n * bytes_per_slot contiguous ring bytes:
+ * engine_kv_ring_room says whether they are free now (false only while
+ * held batches fill the ring: collect and release the oldest, waiting for
+ * it, then ask again; a batch larger than the ring grows it when nothing
+ * is held). engine_kv_load_batch is the way back: engine_kv_load of each
+ * slot, in one upload and one scatter on the CUDA backend.
+ */
+bool engine_kv_ring_room(const struct engine *eng, uint32_t n);
+/* Start saving slots (n, each 0..n_ctx-1); KVS_ESTATE without room,
+ * KVS_EUNSUPPORTED without raw slot access, KVS_EARG naming a bad slot. */
+int engine_kv_save_batch(struct engine *eng, const uint32_t *slots, uint32_t n, struct err *e);
+/* The oldest held batch: *ready once its bytes landed (wait: block until
+ * they have), then *rows (n, bytes_per_slot) lent until engine_kv_release
+ * and *n its slots. KVS_ESTATE when none is held; a failed copy's error
+ * (the batch stays held: release it). */
+int engine_kv_collect(struct engine *eng, bool wait, bool *ready, const void **rows, uint32_t *n,
+                      struct err *e);
+/* Drop the oldest held batch (waiting for its copy when it still runs). */
+void engine_kv_release(struct engine *eng);
+/* Batches held (started, not released). */
+uint32_t engine_kv_held(const struct engine *eng);
+/* engine_kv_load of slots[i] at pos[i] from rows (n, bytes_per_slot), i = 0..n-1:
+ * KVS_EARG naming a bad or repeated slot or position (nothing loaded then). */
+int engine_kv_load_batch(struct engine *eng, const uint32_t *slots, const int32_t *pos, uint32_t n,
+                         const void *rows, struct err *e);
+/* For tests: make this engine's batched saves behave as a copy behind the
+ * decode (a backend without one of its own): each copy reads its rows when
+ * it starts and lands after `polls` polls that do not wait, or at one that
+ * does; the copy numbered fail_job (0, 1, ... in start order; -1: none)
+ * fails with KVS_EIO instead. */
+void engine_kv_defer(struct engine *eng, uint32_t polls, int64_t fail_job);
 /* The bounds of one sparse page (engine_sparse), brought up to date
  * first: per channel min and max, mn and mx (head_dim), of the rotated keys
  * of layer and kv_head over the held slots of page (slots [page * page_size,
@@ -536,6 +578,21 @@ struct backend_ops {
 	/* engine_kv_page_bounds (arguments checked); NULL without ENGINE_CAP_SPARSE */
 	int (*page_bounds)(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
 	                   uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
+	/* Batched raw copies (engine_kv_save_batch); all NULL: the engine
+	 * copies slot by slot through kv_raw before it returns. ring_alloc:
+	 * the host ring's bytes (pinned), ring_free gives them back (no copy
+	 * runs then); kv_gather starts copying the rows of slots (n) into dst
+	 * inside the ring and names the copy *job; kv_job says whether it
+	 * landed (*done; wait: block until it has) or its error; kv_scatter
+	 * loads slots (n) from rows (n, bytes per slot) before the next
+	 * forward (the positions are the engine's). */
+	void *(*ring_alloc)(void *state, size_t bytes, struct err *e);
+	void (*ring_free)(void *state, void *p);
+	int (*kv_gather)(void *state, const uint32_t *slots, uint32_t n, void *dst, uint64_t *job,
+	                 struct err *e);
+	int (*kv_job)(void *state, uint64_t job, bool wait, bool *done, struct err *e);
+	int (*kv_scatter)(void *state, const uint32_t *slots, uint32_t n, const void *rows,
+	                  struct err *e);
 };
 
 extern const struct backend_ops backend_cpu;

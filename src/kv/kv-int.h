@@ -100,10 +100,11 @@ struct kv_cache {
 	/* the cold tier (kv_cold.c) */
 	kv_cold_fn cold_fn; /* the eviction listener, or NULL */
 	void *cold_ud;
-	uint8_t *cold_raw;    /* (cold_cap) an eviction's raw rows, bytes_per_token each */
-	size_t cold_cap;      /* bytes */
-	bool cold_raw_ok;     /* the rows of this eviction were all read */
-	uint32_t recall_turn; /* the turn recalled tokens are kept through (0: none) */
+	uint8_t *cold_raw;        /* (cold_cap) an eviction's victims' slots, uint32_t each */
+	size_t cold_cap;          /* bytes */
+	bool cold_raw_ok;         /* the rows of this eviction are to be read */
+	struct kv_cold_q *cold_q; /* evictions waiting for their rows' copies (kv_cold.c) */
+	uint32_t recall_turn;     /* the turn recalled tokens are kept through (0: none) */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint32_t n_evictions, n_fallbacks;
@@ -237,8 +238,11 @@ void kv_cold_begin(struct kv_cache *c, uint32_t n);
 /* Read the raw rows of the i-th evicted token from slot (before the slot is
  * emptied), when a cold listener is set. */
 void kv_cold_save(struct kv_cache *c, uint32_t i, uint32_t slot);
-/* Hand the n evicted tokens (c->evicted) and their rows to the listener. */
+/* Start saving the n evicted tokens' (c->evicted) rows and hand them to
+ * the listener once the copy landed (kv_cold.c says when). */
 void kv_cold_emit(struct kv_cache *c, uint32_t n);
+/* Before the cache is freed: hand over every queued eviction. */
+void kv_cold_end(struct kv_cache *c);
 /* In a debug build, abort with kv_cache_check's message when the cache
  * breaks an invariant (after evictions, repositioning, restores, feeds). */
 void kv_debug_check(const struct kv_cache *c);

@@ -301,6 +301,7 @@ void kv_cache_free(struct kv_cache *c)
 {
 	if (c == NULL)
 		return;
+	kv_cold_end(c);
 	free(c->toks);
 	free(c->acc);
 	free(c->acc_tok);

@@ -447,15 +447,21 @@ uint32_t kv_cache_doc_slots(const struct kv_cache *c, uint32_t *slots);
 /*
  * Evicted tokens toks, (n) cache order, with raw, (n, bytes_per_tok), their
  * K/V rows as engine_kv_save gives them (pre-RoPE keys, the cache's element
- * type), or NULL when the backend has no raw slot access. Called inside the
- * eviction, after the tokens left the cache and before any freed slot is
- * reused; the pointers are valid during the call only.
+ * type), or NULL when the backend has no raw slot access (or the copy
+ * failed). Called once the rows' batched copy landed: on the CPU inside
+ * the eviction, after the tokens left the cache; where the copy runs
+ * behind the decode (CUDA), at a later eviction, at kv_cache_cold_sync or
+ * when the listener changes; always in eviction order. The pointers are
+ * lent during the call only.
  */
 typedef void (*kv_cold_fn)(void *ud, const struct kv_tok *toks, uint32_t n, const void *raw,
                            uint64_t bytes_per_tok);
 /* Hand every eviction's tokens and rows to fn(ud, ...) (NULL: nobody, and
  * no row is read). */
 void kv_cache_set_cold(struct kv_cache *c, kv_cold_fn fn, void *ud);
+/* Wait for every eviction's rows still being copied and hand them over
+ * (a turn's end, before the store writes the turn). */
+void kv_cache_cold_sync(struct kv_cache *c);
 /*
  * Bring back n evicted tokens with their raw rows, raw (n, bytes_per_slot)
  * as the cold listener got them. Each takes its place in cache order by its

@@ -3,10 +3,23 @@
  * with their raw K/V rows to a listener (the store keeps them), and taking
  * recalled tokens back (kv_cache_recall).
  *
- * Capture: with a listener set, kv_evict reads each victim's raw rows
- * (engine_kv_save: every layer's pre-RoPE key and value, the cache's
- * element type) while its slot still holds them, and hands the batch over
- * after the gather. With no listener nothing is read or allocated.
+ * Capture: with a listener set, kv_evict notes each victim's slot
+ * (kv_cold_save) and, once the victims left the cache, kv_cold_emit starts
+ * one batched save of their raw rows (engine_kv_save_batch: every layer's
+ * pre-RoPE key and value, the cache's element type) and queues the
+ * tokens. A queued eviction is handed to the listener only once its copy
+ * landed (engine_kv_collect), and evictions are handed over in the order
+ * they happened: on the CPU the copy lands before the save returns, so the
+ * hand-off happens inside the eviction as it always did; on the CUDA
+ * backend the copy runs behind the decode and the hand-off is deferred to
+ * the next eviction (kv_cold_begin polls, without waiting), to
+ * kv_cache_cold_sync (the session calls it at a turn's end, before the
+ * store writes the turn: it waits) or to a listener change. When the
+ * engine's ring has no room for a batch, the oldest queued evictions are
+ * waited for and handed over first (ring full = wait for the oldest). A
+ * copy that fails, or a backend without raw access, hands the tokens over
+ * without rows (the listener then keeps nothing, as before). With no
+ * listener nothing is read or allocated.
  *
  * Recall: recalled tokens go back by original position, so cache order
  * (orig_pos ascending, the invariant kv-int.h states) holds, and the
@@ -29,8 +42,71 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An eviction whose rows are being copied: its tokens, in cache order. */
+struct kv_cold_batch {
+	struct kv_tok *toks; /* (n) copies */
+	uint32_t n;
+};
+
+/* The evictions waiting for their copies, oldest first (allocated while
+ * one waits; freed when none does). Each holds the engine ring's batch of
+ * the same rank: the ring and this queue are both FIFO. */
+struct kv_cold_q {
+	struct kv_cold_batch *b; /* (cap) circular */
+	uint32_t cap, first, count;
+};
+
+/* Hand the oldest queued eviction to the listener (wait: for its copy);
+ * false when its copy has not landed yet. */
+static bool kv_cold_hand(struct kv_cache *c, bool wait)
+{
+	struct kv_cold_q *q = c->cold_q;
+	struct kv_cold_batch *x = &q->b[q->first];
+	bool ready = false;
+	const void *rows = NULL;
+	uint32_t n = 0;
+	struct err e;
+	int rc = engine_kv_collect(c->eng, wait, &ready, &rows, &n, &e);
+	if (rc == KVS_OK && !ready)
+		return false;
+	if (rc != KVS_OK) /* a failed copy: the tokens go without rows */
+		log_warn("cold tier: %s", e.msg);
+	else if (NEVER(n != x->n))
+		rows = NULL;
+	if (c->cold_fn != NULL)
+		c->cold_fn(c->cold_ud, x->toks, x->n, rc == KVS_OK ? rows : NULL, c->bytes_per_token);
+	engine_kv_release(c->eng);
+	free(x->toks);
+	q->first = (q->first + 1) % q->cap;
+	if (--q->count == 0) {
+		free(q->b);
+		free(q);
+		c->cold_q = NULL;
+	}
+	return true;
+}
+
+/* Hand over every queued eviction whose copy landed, oldest first (wait:
+ * all of them, waiting for each). */
+static void kv_cold_poll(struct kv_cache *c, bool wait)
+{
+	while (c->cold_q != NULL && kv_cold_hand(c, wait))
+		;
+}
+
+void kv_cache_cold_sync(struct kv_cache *c)
+{
+	kv_cold_poll(c, true);
+}
+
+void kv_cold_end(struct kv_cache *c)
+{
+	kv_cold_poll(c, true);
+}
+
 void kv_cache_set_cold(struct kv_cache *c, kv_cold_fn fn, void *ud)
 {
+	kv_cold_poll(c, true); /* what was evicted goes to the listener it was evicted under */
 	c->cold_fn = fn;
 	c->cold_ud = ud;
 }
@@ -43,41 +119,77 @@ bool kv_protected(const struct kv_cache *c, const struct kv_tok *t)
 	return (t->flags & KV_FLAG_RECALLED) && c->recall_turn != 0 && c->recall_turn == c->turn;
 }
 
-/* Make room for n tokens' raw rows before an eviction's gather (the
- * victims the target implies; kv_cold_save grows it when there are more). */
+/* Before an eviction's gather: hand over the earlier evictions whose
+ * copies landed, and make room for n victims' slots (the victims the
+ * target implies; kv_cold_save grows it when there are more). */
 void kv_cold_begin(struct kv_cache *c, uint32_t n)
 {
+	kv_cold_poll(c, false);
 	c->cold_raw_ok = c->cold_fn != NULL;
 	if (c->cold_fn == NULL)
 		return;
-	size_t need = (size_t)n * c->bytes_per_token;
+	size_t need = (size_t)n * sizeof(uint32_t);
 	if (need > c->cold_cap) {
 		c->cold_raw = xrealloc(c->cold_raw, need);
 		c->cold_cap = need;
 	}
 }
 
-/* Read the i-th victim's rows from slot while the slot still holds them. */
+/* Note the i-th victim's slot (its rows are read after the gather, before
+ * any freed slot is written again). */
 void kv_cold_save(struct kv_cache *c, uint32_t i, uint32_t slot)
 {
 	if (!c->cold_raw_ok)
 		return;
 	/* a selection may keep fewer than its target: grow past the estimate */
-	size_t need = (size_t)(i + 1) * c->bytes_per_token;
+	size_t need = (size_t)(i + 1) * sizeof(uint32_t);
 	if (need > c->cold_cap) {
 		c->cold_cap = KVS_MAX(need, 2 * c->cold_cap);
 		c->cold_raw = xrealloc(c->cold_raw, c->cold_cap);
 	}
-	if (engine_kv_save(c->eng, slot, c->cold_raw + (size_t)i * c->bytes_per_token, NULL) != KVS_OK)
-		c->cold_raw_ok = false; /* a backend without raw access: tokens go without rows */
+	memcpy(c->cold_raw + (size_t)i * sizeof(uint32_t), &slot, sizeof slot);
 }
 
-/* Hand the n evicted tokens and their rows to the listener. */
+/* Queue the n evicted tokens (c->evicted), start the batched save of their
+ * rows, and hand over whatever landed. */
 void kv_cold_emit(struct kv_cache *c, uint32_t n)
 {
 	if (c->cold_fn == NULL || n == 0)
 		return;
-	c->cold_fn(c->cold_ud, c->evicted, n, c->cold_raw_ok ? c->cold_raw : NULL, c->bytes_per_token);
+	/* ring full: wait for the oldest and hand it over */
+	while (c->cold_q != NULL && !engine_kv_ring_room(c->eng, n))
+		(void)kv_cold_hand(c, true);
+	const uint32_t *slots = (const uint32_t *)(const void *)c->cold_raw;
+	struct err e;
+	int rc = c->cold_raw_ok ? engine_kv_save_batch(c->eng, slots, n, &e) : KVS_EUNSUPPORTED;
+	if (rc != KVS_OK) {
+		/* no rows (a backend without raw access, a failed start): after
+		 * the earlier evictions, in order */
+		if (rc != KVS_EUNSUPPORTED)
+			log_warn("cold tier: %s", e.msg);
+		kv_cold_poll(c, true);
+		c->cold_fn(c->cold_ud, c->evicted, n, NULL, c->bytes_per_token);
+		return;
+	}
+	struct kv_cold_q *q = c->cold_q;
+	if (q == NULL)
+		q = c->cold_q = xcalloc(1, sizeof *q);
+	if (q->count == q->cap) {
+		uint32_t cap = q->cap ? 2 * q->cap : 4;
+		struct kv_cold_batch *b = xmallocarray(cap, sizeof *b);
+		for (uint32_t i = 0; i < q->count; i++)
+			b[i] = q->b[(q->first + i) % q->cap];
+		free(q->b);
+		q->b = b;
+		q->cap = cap;
+		q->first = 0;
+	}
+	struct kv_cold_batch *x = &q->b[(q->first + q->count) % q->cap];
+	x->toks = xmallocarray(n, sizeof *x->toks);
+	memcpy(x->toks, c->evicted, (size_t)n * sizeof *x->toks);
+	x->n = n;
+	q->count++;
+	kv_cold_poll(c, false);
 }
 
 /* The retention score a token starts from under the active policy. */
@@ -136,19 +248,22 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	int rc = kv_recall_check(c, toks, n, raw, e);
 	if (rc != KVS_OK)
 		return rc;
-	/* load every row first: a failure leaves the cache as it was */
-	const uint8_t *rows = raw;
-	kv_store_recall(c, n, rows);
+	/* load every row first, in one batch: a failure leaves the cache as it was */
+	kv_store_recall(c, n, raw); /* the per-head store: the rows' heads, and rows for them */
+	uint32_t *slots = xmallocarray(n, sizeof *slots);
+	int32_t *pos = xmallocarray(n, sizeof *pos);
 	for (uint32_t j = 0; j < n; j++) {
-		uint32_t slot = c->free_slots[c->n_free - 1 - j];
-		rc = engine_kv_load(c->eng, slot, toks[j].orig_pos, rows + (size_t)j * c->bytes_per_token,
-		                    e);
-		if (rc != KVS_OK) {
-			for (uint32_t k = 0; k <= j; k++)
-				(void)engine_kv_set_pos(c->eng, c->free_slots[c->n_free - 1 - k], -1, NULL);
-			return rc;
-		}
+		slots[j] = c->free_slots[c->n_free - 1 - j];
+		pos[j] = toks[j].orig_pos;
 	}
+	rc = engine_kv_load_batch(c->eng, slots, pos, n, raw, e);
+	if (rc != KVS_OK)
+		for (uint32_t k = 0; k < n; k++)
+			(void)engine_kv_set_pos(c->eng, slots[k], -1, NULL);
+	free(slots);
+	free(pos);
+	if (rc != KVS_OK)
+		return rc;
 	/* merge from the back: cached tokens and recalled ones by orig_pos */
 	int64_t i = (int64_t)c->n - 1, j = (int64_t)n - 1, w = (int64_t)c->n + n - 1;
 	uint32_t nr = 0;

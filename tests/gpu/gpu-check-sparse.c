@@ -379,6 +379,8 @@ static void sparse_bench(const struct model *m)
 			       ev ? dense_g / g : dense_w / w, ev ? "GPU events" : "wall");
 			table_row("| decode, %5u %-6s | %-6s | %10.1f | %18.1f |", depths[d], runs[r].name,
 			          "on", 1000.0 / w, g > 0 ? 1000.0 / g : 0.0);
+			if (d == 1 && depths[d] == 32768 && runs[r].sp == &q)
+				goal_note("quest at 32k over dense (wall, x)", dense_w / w, 3.0, "x");
 		}
 	}
 }

@@ -995,6 +995,10 @@ static int cmd_bench(const char *model_path)
 			       g_depths[i], gr ? "on" : "off", 1000.0 / w, w, g > 0 ? 1000.0 / g : 0.0, g, s);
 			table_row("| decode, %5u cached | %-6s | %10.1f | %18.1f |", g_depths[i],
 			          gr ? "on" : "off", 1000.0 / w, g > 0 ? 1000.0 / g : 0.0);
+			if (gr && g_depths[i] == 128)
+				goal_note("decode at 128 cached tokens (wall)", 1000.0 / w, 5000, "tok/s");
+			if (gr && g_depths[i] == 32768)
+				goal_note("decode at 32k cached tokens, dense (wall)", 1000.0 / w, 1000, "tok/s");
 		}
 	}
 	for (int i = 0; i < g_n_pre; i++) {
@@ -1005,6 +1009,8 @@ static int cmd_bench(const char *model_path)
 		       g_pre[i], g_pre[i] * 1000.0 / w, w, g > 0 ? g_pre[i] * 1000.0 / g : 0.0, g);
 		table_row("| prefill %5u        | -      | %10.1f | %18.1f |", g_pre[i],
 		          g_pre[i] * 1000.0 / w, g > 0 ? g_pre[i] * 1000.0 / g : 0.0);
+		if (g_pre[i] == 512)
+			goal_note("prefill of 512 tokens (wall)", g_pre[i] * 1000.0 / w, 50000, "tok/s");
 	}
 	uint64_t cap = 0, hits = 0;
 	gpu_graph_counts(&cap, &hits);
@@ -1054,7 +1060,8 @@ static int parse_list(const char *s, uint32_t *out, int *n)
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: gpu-check info|parity|types|bench|sparse|sparse-parity|all [--model PATH] [--b "
+	        "usage: gpu-check info|parity|types|bench|sparse|sparse-parity|cold|launches|all "
+	        "[--model PATH] [--b "
 	        "cuda|cpu] "
 	        "[--prompts N] [--gen N] [--depths A,B] [--prefill A,B] [--quick]\n");
 }
@@ -1105,6 +1112,10 @@ int main(int argc, char **argv)
 		rc = cmd_bench(model);
 	} else if (strcmp(cmd, "sparse") == 0 || strcmp(cmd, "sparse-parity") == 0) {
 		rc = cmd_sparse(model, strcmp(cmd, "sparse") == 0);
+	} else if (strcmp(cmd, "cold") == 0) {
+		rc = cmd_cold(model);
+	} else if (strcmp(cmd, "launches") == 0) {
+		rc = cmd_launches(model);
 	} else if (strcmp(cmd, "all") == 0) {
 		rc = cmd_info();
 		if (rc == 0)
@@ -1113,6 +1124,10 @@ int main(int argc, char **argv)
 			rc = cmd_types();
 		if (rc == 0)
 			rc = cmd_bench(model);
+		if (rc == 0)
+			rc = cmd_launches(model);
+		if (rc == 0)
+			rc = cmd_cold(model);
 		if (rc == 0)
 			rc = cmd_sparse(model, true);
 	} else {
@@ -1135,6 +1150,7 @@ int main(int argc, char **argv)
 			if (g_table[i][0] == '|')
 				printf("%s\n", g_table[i]);
 	}
+	goals_print();
 	if (g_fail > 0)
 		printf("\n%d checks FAILED\n", g_fail);
 	return rc != 0 ? rc : g_fail > 0 ? 1 : 0;

@@ -72,4 +72,13 @@ void bench_decode(const struct model *m, uint32_t depth, bool graphs, double *wa
 /* gpu-check-sparse.c: `gpu-check sparse` (bench: the timings too). */
 int cmd_sparse(const char *model_path, bool bench);
 
+/* gpu-check-cold.c: `gpu-check cold` (batched cold-tier copies) and
+ * `gpu-check launches` (graph nodes against gpuplan_launches); the goals
+ * table: goal_note records a measurement against the issue's target,
+ * goals_print prints them last. */
+int cmd_cold(const char *model_path);
+int cmd_launches(const char *model_path);
+void goal_note(const char *name, double got, double target, const char *unit);
+void goals_print(void);
+
 #endif

@@ -218,10 +218,79 @@ static void test_rope(void)
 	}
 }
 
+/* ck_merge (the split merge the combine launch and the fused attention
+ * share) against a softmax computed directly in double over the same keys:
+ * splits of random logits and values, some empty (max -inf, sum 0), one
+ * case with no key at all (output 0, sum 0); by hand: two splits of one
+ * key each with logits 0 and log 3 give weights 1/4, 3/4. */
+static void test_merge(void)
+{
+	enum { HD = 64, MAXS = 8, MAXK = 16 };
+	float part[MAXS * (HD + 2)];
+	for (int it = 0; it < 200; it++) {
+		int splits = 1 + (int)(rng % MAXS);
+		double num[HD] = { 0 }, den = 0, mx = -INFINITY;
+		float lg[MAXS][MAXK], vv[MAXS][MAXK][HD];
+		int nk[MAXS];
+		for (int c = 0; c < splits; c++) {
+			nk[c] = it % 7 == 0 ? 0 : (int)(rng % MAXK) * (c % 3 != 1);
+			for (int k = 0; k < nk[c]; k++) {
+				lg[c][k] = 8.0f * rnd();
+				mx = fmax(mx, lg[c][k]);
+				for (int d = 0; d < HD; d++)
+					vv[c][k][d] = rnd();
+			}
+		}
+		/* each split's partials as the attention kernel leaves them */
+		for (int c = 0; c < splits; c++) {
+			float *p = part + c * (HD + 2), m = -INFINITY, l = 0;
+			for (int k = 0; k < nk[c]; k++)
+				m = fmaxf(m, lg[c][k]);
+			for (int d = 0; d < HD; d++)
+				p[d] = 0;
+			for (int k = 0; k < nk[c]; k++) {
+				float w = expf(lg[c][k] - m);
+				l += w;
+				for (int d = 0; d < HD; d++)
+					p[d] += w * vv[c][k][d];
+			}
+			p[HD] = m;
+			p[HD + 1] = l;
+			for (int k = 0; k < nk[c]; k++) {
+				double w = exp((double)lg[c][k] - mx);
+				den += w;
+				for (int d = 0; d < HD; d++)
+					num[d] += w * vv[c][k][d];
+			}
+		}
+		for (int d = 0; d < HD; d++) {
+			float M, L, v = ck_merge(part, splits, HD, d, &M, &L);
+			double want = den > 0 ? num[d] / den : 0.0;
+			T_CHECK(fabs(v - want) <= 1e-5 * (1 + fabs(want)), "merge %d dim %d: %.9g, want %.9g",
+			        it, d, (double)v, want);
+			T_CHECK(M == (float)mx || (den == 0 && M == -INFINITY), "merge %d: max %g, want %g", it,
+			        (double)M, mx);
+			T_CHECK(den > 0 ? L > 0 : L == 0, "merge %d: sum %g", it, (double)L);
+		}
+	}
+	/* by hand */
+	float p2[2 * (HD + 2)] = { 0 };
+	p2[0] = 1.0f; /* split 0: one key, logit 0, value 1 in dim 0 */
+	p2[HD] = 0.0f;
+	p2[HD + 1] = 1.0f;
+	p2[HD + 2 + 0] = 2.0f; /* split 1: logit log 3, value 2 in dim 0 */
+	p2[HD + 2 + HD] = logf(3.0f);
+	p2[HD + 2 + HD + 1] = 1.0f;
+	float M, L, v = ck_merge(p2, 2, HD, 0, &M, &L);
+	T_CHECK(fabsf(v - 1.75f) < 1e-6f && fabsf(L - 4.0f / 3.0f) < 1e-6f, "hand merge %g, sum %g",
+	        (double)v, (double)L);
+}
+
 int main(void)
 {
 	test_dequant();
 	test_q8_dot();
 	test_rope();
+	test_merge();
 	return t_done("test-cuda-dq");
 }

@@ -465,8 +465,49 @@ static void test_cli(void)
 	unlink(model);
 }
 
+/* A decode step's launches, counted by hand from cuda_backend.cu's
+ * enqueue for the default model's 30 layers. */
+static void test_launches(void)
+{
+	struct gpuplan_step_shape s = { .n_layer = 30, .fuse = true, .lm = true };
+	/* angles, embedding, norm; per layer q/k/v, attention + merge, output
+	 * + norm, gate/up, down + norm; LM head: 3 + 30 * 5 + 1 */
+	T_EQ_INT(gpuplan_launches(&s), 154);
+	/* session 8's fusion (merge in its own launch): 6 per layer */
+	s.fuse = false;
+	/* unfused: q/k/v, attention, merge, output, norm, gate/up, down, norm */
+	T_EQ_INT(gpuplan_launches(&s), 3 + 30 * 8 + 1);
+	s.lm = false; /* the last down needs no next norm */
+	T_EQ_INT(gpuplan_launches(&s), 3 + 30 * 8 - 1);
+	s.fuse = true;
+	T_EQ_INT(gpuplan_launches(&s), 3 + 30 * 5);
+	/* Quest, 2 dense layers: bounds once, bound + pick in 28 layers */
+	s.lm = true;
+	s.sparse = ENGINE_SPARSE_QUEST;
+	s.dense_layers = 2;
+	T_EQ_INT(gpuplan_launches(&s), 154 + 1 + 28 * 2);
+	/* HiP reusing: a pick per sparse layer; searching: bounds, and bound +
+	 * search + pick */
+	s.sparse = ENGINE_SPARSE_HIP;
+	T_EQ_INT(gpuplan_launches(&s), 154 + 28);
+	s.search = true;
+	T_EQ_INT(gpuplan_launches(&s), 154 + 1 + 28 * 3);
+	/* want_attn: a shadow attention in each sparse layer, the
+	 * normalisation; want_attn_kv: a memset and a pass per layer */
+	s.attn = true;
+	T_EQ_INT(gpuplan_launches(&s), 154 + 1 + 28 * 3 + 28 + 1);
+	s.attn_kv = true;
+	T_EQ_INT(gpuplan_launches(&s), 154 + 1 + 28 * 3 + 28 + 1 + 1 + 30);
+	/* squeezed never reaches the device: counted dense */
+	struct gpuplan_step_shape q = {
+		.n_layer = 30, .fuse = true, .lm = true, .sparse = ENGINE_SPARSE_SQUEEZED, .dense_layers = 2
+	};
+	T_EQ_INT(gpuplan_launches(&q), 154);
+}
+
 int main(void)
 {
+	test_launches();
 	test_weight_kinds();
 	test_check_model();
 	test_plan();

@@ -180,8 +180,7 @@ static void tab_score(void *ctx, const uint32_t *blocks, uint32_t n, float *scor
 }
 
 /* The same scores through sparse_hip_tree's callback: a half by its first
- * block, as the device ranks every round (the CPU's decode ranks halves of
- * several blocks by page bounds instead; the tree itself is the same). */
+ * block (HiP's prefill; the device's first-block rule, bub NULL). */
 static void tab_score_half(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
                            float *score)
 {
@@ -189,19 +188,64 @@ static void tab_score_half(void *ctx, const uint32_t *start, const uint32_t *siz
 	tab_score(ctx, start, n, score);
 }
 
+/* The CPU decode's ranking, as cpu_hip_score (src/engine/cpu-sparse.c)
+ * does it: while some half holds several blocks, every half by the
+ * largest of its blocks' page bounds; else (every half one block) by the
+ * block's true max logit. */
+struct cpu_rank {
+	const float *bub; /* (n_blocks) each block's largest page bound */
+	const float *tm;  /* (n_blocks) each block's true max logit */
+};
+
+static void cpu_rank_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                           float *score)
+{
+	const struct cpu_rank *x = ctx;
+	bool ones = true;
+	for (uint32_t i = 0; i < n; i++)
+		ones = ones && size[i] == 1;
+	for (uint32_t i = 0; i < n; i++) {
+		score[i] = -INFINITY;
+		if (ones) {
+			score[i] = x->tm[start[i]];
+			continue;
+		}
+		for (uint32_t b = start[i]; b < start[i] + size[i]; b++)
+			score[i] = x->bub[b] > score[i] ? x->bub[b] : score[i];
+	}
+}
+
+/* The CPU decode's block bounds, as cpu_hip_choose makes them: the
+ * candidates k in [k0, k1) of the sorted visible slots vslot, block (k -
+ * k0) / bk takes the bound of the page vslot[k] / page. */
+static void cpu_block_ubs(const float *ubh, const uint32_t *vslot, uint32_t k0, uint32_t k1,
+                          uint32_t page, uint32_t bk, float *bub)
+{
+	for (uint32_t b = 0; b < (k1 - k0 + bk - 1) / bk; b++)
+		bub[b] = -INFINITY;
+	for (uint32_t k = k0; k < k1; k++) {
+		float u = ubh[vslot[k] / page], *d = &bub[(k - k0) / bk];
+		*d = u > *d ? u : *d;
+	}
+}
+
 static void test_hip_tree(void)
 {
-	float score[600];
+	float score[600], bub[600];
 	uint8_t a[600], b[600];
 	struct sparse_tree t = { 0 };
 	for (int it = 0; it < 400; it++) {
 		uint32_t nb = 1 + rnd(500), k = rnd(nb + 4);
 		bool ties = it % 3 == 0;
-		for (uint32_t i = 0; i < nb; i++)
+		for (uint32_t i = 0; i < nb; i++) {
 			score[i] = ties ? (float)rnd(4) : (float)((int)rnd(100001) - 50000) / 13.0f;
+			/* a bound is at least the block's true max (ties: often equal) */
+			bub[i] = score[i] + (ties ? (float)rnd(3) : (float)rnd(1000) / 7.0f);
+		}
+		/* the first-block rule (bub NULL) */
 		struct tab ta = { score, 0 }, tb = { score, 0 };
 		void *scr = xmalloc(gsp_hip_scratch(k) + 1);
-		uint32_t ra = gsp_hip_tree(nb, k, tab_score, &ta, a, scr);
+		uint32_t ra = gsp_hip_tree(nb, k, NULL, tab_score, &ta, a, scr);
 		uint64_t scored = 0;
 		sparse_tree_ensure(&t, nb);
 		uint32_t rb = sparse_hip_tree(&t, nb, k, tab_score_half, &tb, b, &scored);
@@ -211,6 +255,17 @@ static void test_hip_tree(void)
 		for (uint32_t i = 0; i < nb; i++)
 			n_chosen += a[i];
 		T_EQ_INT(n_chosen, k < nb ? k : nb);
+		/* the decode's rule: bounds while halves span blocks, true max last */
+		struct tab tc = { score, 0 };
+		struct cpu_rank cr = { bub, score };
+		ra = gsp_hip_tree(nb, k, bub, tab_score, &tc, a, scr);
+		rb = sparse_hip_tree(&t, nb, k, cpu_rank_score, &cr, b, &scored);
+		T_CHECK(ra == rb && memcmp(a, b, nb) == 0,
+		        "bounds: %u blocks, k %u: rounds %u vs %u, choice %s", nb, k, ra, rb,
+		        memcmp(a, b, nb) ? "differs" : "same");
+		/* the true max is asked for once at most (the last round) */
+		T_CHECK(tc.calls <= 1, "bounds: %u blocks, k %u: %llu true-max rounds", nb, k,
+		        (unsigned long long)tc.calls);
 		free(scr);
 	}
 	sparse_tree_free(&t);
@@ -220,15 +275,89 @@ static void test_hip_tree(void)
 	const float hs[8] = { 1, 0, 5, 9, 2, 7, 0, 0 };
 	struct tab th = { hs, 0 };
 	void *scr = xmalloc(gsp_hip_scratch(2));
-	T_EQ_INT(gsp_hip_tree(8, 2, tab_score, &th, a, scr), 2);
+	T_EQ_INT(gsp_hip_tree(8, 2, NULL, tab_score, &th, a, scr), 2);
 	T_CHECK(a[3] && a[5] && a[0] + a[1] + a[2] + a[4] + a[6] + a[7] == 0, "hand HiP choice");
+	/* where the rules differ, by hand: true maxima tm, block bounds ub.
+	 * First blocks: round 1 halves 0, 2, 4, 6 score 4, 6, 5, 2: keep [2,4)
+	 * [4,6); round 2 blocks 2, 3, 4, 5 score 6, 0, 5, 0: keep 2 and 4.
+	 * Bounds: round 1 (ranges of 4 blocks) ranks [0,2) by max(1, 9) = 9,
+	 * [2,4) 6, [4,6) 5, [6,8) 8: keep [0,2) [6,8); round 2 (halves of one
+	 * block) by true max: blocks 0, 1, 6, 7 score 4, 1, 2, 7: keep 0 and 7 */
+	const float tm[8] = { 4, 1, 6, 0, 5, 0, 2, 7 }, ub[8] = { 1, 9, 6, 6, 5, 5, 3, 8 };
+	struct tab t1 = { tm, 0 }, t2 = { tm, 0 };
+	T_EQ_INT(gsp_hip_tree(8, 2, NULL, tab_score, &t1, a, scr), 2);
+	T_CHECK(a[2] && a[4] && a[0] + a[1] + a[3] + a[5] + a[6] + a[7] == 0, "first-block choice");
+	T_EQ_INT(gsp_hip_tree(8, 2, ub, tab_score, &t2, a, scr), 2);
+	T_CHECK(a[0] && a[7] && a[1] + a[2] + a[3] + a[4] + a[5] + a[6] == 0, "page-bound choice");
+	T_EQ_INT(t2.calls, 1); /* the true max in the last round only */
+	struct cpu_rank cr = { ub, tm };
+	uint64_t scored = 0;
+	sparse_tree_ensure(&t, 8);
+	sparse_hip_tree(&t, 8, 2, cpu_rank_score, &cr, b, &scored);
+	T_CHECK(memcmp(a, b, 8) == 0, "page-bound choice equals the CPU's");
+	sparse_tree_free(&t);
 	free(scr);
+}
+
+/* Block bounds from page bounds: the device's per-block lookup against the
+ * CPU's pass over the keys, on random sorted orders, pages and blocks; and
+ * one by hand. */
+static void test_hip_block_ubs(void)
+{
+	/* by hand: slots 0..11 in pages of 4 (bounds 3, 1, 2); candidates are
+	 * the sorted keys 1..10 of vis (slots 11, 0, 5, 6, 2, 9, 10, 3, 7, 4,
+	 * 8, 1 by ord = identity), blocks of 3: keys 1-3 slots 0 5 6 -> pages
+	 * 0 1 1 -> 3; keys 4-6 slots 2 9 10 -> 0 2 2 -> 3; keys 7-9 slots 3 7
+	 * 4 -> 0 1 1 -> 3; key 10 slot 8 -> page 2 -> 2 */
+	const uint32_t vis[12] = { 11, 0, 5, 6, 2, 9, 10, 3, 7, 4, 8, 1 };
+	uint32_t ord[600];
+	for (uint32_t i = 0; i < 600; i++)
+		ord[i] = i;
+	const float ubp[3] = { 3, 1, 2 };
+	float bub[600], want[600];
+	gsp_hip_block_ubs(ubp, vis, ord, 1, 11, 4, 3, bub);
+	T_CHECK(bub[0] == 3 && bub[1] == 3 && bub[2] == 3 && bub[3] == 2,
+	        "hand block bounds %g %g %g %g", bub[0], bub[1], bub[2], bub[3]);
+	const uint32_t vis2[6] = { 4, 5, 6, 7, 8, 9 }; /* pages 1 1 1 1 2 2 */
+	gsp_hip_block_ubs(ubp, vis2, ord, 0, 6, 4, 4, bub);
+	T_CHECK(bub[0] == 1 && bub[1] == 2, "hand block bounds %g %g", bub[0], bub[1]);
+	for (int it = 0; it < 200; it++) {
+		uint32_t n_ctx = 8 + rnd(500), page = 1 + rnd(32), bk = 1 + rnd(16);
+		uint32_t np = (n_ctx + page - 1) / page, n = 1 + rnd(n_ctx);
+		float ub[600];
+		uint32_t vs[600], vslot[600], perm[600];
+		for (uint32_t p = 0; p < np; p++)
+			ub[p] = (float)rnd(50) - 25.0f;
+		for (uint32_t s = 0; s < n_ctx; s++)
+			perm[s] = s;
+		for (uint32_t s = n_ctx - 1; s > 0; s--) {
+			uint32_t j = rnd(s + 1), tmp = perm[s];
+			perm[s] = perm[j];
+			perm[j] = tmp;
+		}
+		/* a visible list in random order and its order by position */
+		for (uint32_t i = 0; i < n; i++) {
+			vs[i] = perm[i];
+			ord[i] = n - 1 - i; /* sorted = the list reversed */
+		}
+		for (uint32_t k = 0; k < n; k++)
+			vslot[k] = vs[ord[k]];
+		uint32_t k0 = rnd(n), k1 = k0 + rnd(n - k0 + 1);
+		if (k1 == k0)
+			continue;
+		gsp_hip_block_ubs(ub, vs, ord, k0, k1, page, bk, bub);
+		cpu_block_ubs(ub, vslot, k0, k1, page, bk, want);
+		T_CHECK(memcmp(bub, want, (k1 - k0 + bk - 1) / bk * sizeof(float)) == 0,
+		        "block bounds: %u keys [%u, %u), page %u, block %u", n, k0, k1, page, bk);
+	}
+	for (uint32_t i = 0; i < 600; i++)
+		ord[i] = i;
 }
 
 static void test_hip_refresh(void)
 {
 	struct gsp_hip h = { 0 };
-	struct gsp_hip_spec sp = { 64, 8, 4, 8, 2, 4 };
+	struct gsp_hip_spec sp = { 64, 8, 4, 8, 2, 4, 16 };
 	uint32_t slots[3] = { 10, 11, 12 };
 	int32_t pos[3] = { 10, 11, 12 };
 	/* the first step searches and notes the candidates */
@@ -439,6 +568,7 @@ int main(void)
 	test_bound();
 	test_order_and_pages();
 	test_hip_tree();
+	test_hip_block_ubs();
 	test_hip_refresh();
 	test_pages(16);
 	test_pages(5);
