@@ -56,8 +56,8 @@ struct engine {
 	uint64_t sp_steps[2];       /* sparse decode steps: reused, chosen (engine_sparse_steps) */
 	struct engine_squeeze *sq;  /* squeezed's index (squeeze.c), or NULL */
 	uint64_t sq_serial;         /* indexes installed so far (engine_squeeze.id) */
-	uint32_t *rows;             /* (n_layer, n_head_kv, n_ctx) the per-head store's row
-	                             * map by slot (cfg.n_rows > 0), or NULL */
+	uint32_t *rows;             /* (n_layer, n_head_kv, n_ctx) the per-head store's map, or NULL */
+	uint32_t *row_mark;         /* (n_rows) engine_rows_check's scratch */
 	struct engine_ring *ring;   /* batched raw saves (engine-ring.c), made on first use */
 	struct engine_defer *defer; /* engine_kv_defer's copies in flight (tests), or NULL */
 };
@@ -179,11 +179,7 @@ static int engine_alloc(const struct model *m, const struct engine_config *c,
 		eng->slot_pos[s] = -1;
 		eng->all_slots[s] = s;
 	}
-	if (c->n_rows > 0) {
-		size_t n = (size_t)m->hp.n_layer * m->hp.n_head_kv * c->n_ctx;
-		eng->rows = xmallocarray(n, sizeof *eng->rows);
-		memset(eng->rows, 0xff, n * sizeof *eng->rows); /* ENGINE_ROW_NONE */
-	}
+	eng->rows = engine_rows_alloc(&m->hp, c->n_ctx, c->n_rows, &eng->row_mark);
 	*out = eng;
 	return KVS_OK;
 }
@@ -216,14 +212,8 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 	if (rc != KVS_OK)
 		return rc;
 
-	if (c.n_rows > 0 && !(ops->caps & ENGINE_CAP_HEAD_ROWS)) {
-		if (c.backend != ENGINE_BACKEND_AUTO)
-			return err_set(e, KVS_EUNSUPPORTED,
-			               "backend %s has no per-head store (%u rows for %u slots): expected "
-			               "the cpu backend",
-			               ops->name, c.n_rows, c.n_ctx);
-		ops = &backend_cpu; /* auto: the per-head store is the CPU's */
-	}
+	if (c.n_rows > 0 && (rc = engine_rows_backend(&c, &ops, e)) != KVS_OK)
+		return rc;
 	struct engine *eng;
 	rc = engine_alloc(m, &c, ops, &eng, e);
 	if (rc != KVS_OK)
@@ -295,6 +285,7 @@ void engine_free(struct engine *eng)
 	squeeze_free(eng->sq);
 	free(eng->slot_pos);
 	free(eng->rows);
+	free(eng->row_mark);
 	free(eng->all_slots);
 	free(eng->mark);
 	free(eng->saved_pos);
@@ -401,11 +392,6 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 		               eng->ops->name);
 	if (b->sparse != NULL && b->sparse->mode != ENGINE_SPARSE_OFF) {
 		const struct engine_sparse *sp = b->sparse;
-		if (eng->rows != NULL)
-			return err_set(e, KVS_EUNSUPPORTED,
-			               "batch: sparse attention over the per-head store (%u rows for %u "
-			               "slots) is not built: expected sparse off, or the slot store",
-			               eng->cfg.n_rows, eng->cfg.n_ctx);
 		if ((unsigned)sp->mode > ENGINE_SPARSE_SQUEEZED)
 			return err_set(e, KVS_EARG,
 			               "batch: sparse mode %d, expected off, quest, hip or squeezed",
@@ -425,40 +411,6 @@ static int engine_check_batch(struct engine *eng, const struct engine_batch *b, 
 			               "batch: backend %s runs sparse quest and hip, not squeezed; use the "
 			               "cpu backend",
 			               eng->ops->name);
-	}
-	return KVS_OK;
-}
-
-/* Whether every visible slot a head keeps has a row of that head's own,
- * distinct from the rows of the other visible slots it keeps. */
-static int engine_check_rows(struct engine *eng, const struct engine_batch *b, struct err *e)
-{
-	const struct hparams *hp = &eng->m->hp;
-	uint32_t n_ctx = eng->cfg.n_ctx, nv = b->n_visible;
-	const uint32_t *vis = b->visible ? b->visible : eng->all_slots;
-	for (uint32_t r = 0; r < hp->n_layer * hp->n_head_kv; r++) {
-		const uint32_t *map = eng->rows + (size_t)r * n_ctx;
-		const uint8_t *keep = b->head_keep ? b->head_keep + (size_t)r * n_ctx : NULL;
-		uint32_t stamp = engine_new_stamp(eng);
-		for (uint32_t j = 0; j < nv; j++) {
-			uint32_t s = vis[j], row = map[s];
-			if (keep != NULL && !keep[s])
-				continue;
-			if (row >= eng->cfg.n_rows || eng->mark[row] == stamp)
-				return err_set(e, KVS_EARG,
-				               "batch: layer %u KV head %u keeps visible slot %u in row %u: "
-				               "expected a row of its own below %u",
-				               r / hp->n_head_kv, r % hp->n_head_kv, s, row, eng->cfg.n_rows);
-			eng->mark[row] = stamp;
-		}
-		/* a batch's token is written in every head: each needs its row */
-		for (uint32_t i = 0; i < b->n_tokens; i++)
-			if (map[b->slot[i]] >= eng->cfg.n_rows)
-				return err_set(e, KVS_EARG,
-				               "batch: token %u writes slot %u, which layer %u KV head %u "
-				               "holds in no row (expected a row below %u)",
-				               i, b->slot[i], r / hp->n_head_kv, r % hp->n_head_kv,
-				               eng->cfg.n_rows);
 	}
 	return KVS_OK;
 }
@@ -501,7 +453,8 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 	memset(out, 0, sizeof(*out));
 	int rc = engine_check_batch(eng, b, e);
 	if (rc == KVS_OK && eng->rows != NULL)
-		rc = engine_check_rows(eng, b, e);
+		rc = engine_rows_check(eng->rows, eng->row_mark, &eng->m->hp, &eng->cfg, b,
+		                       b->visible ? b->visible : eng->all_slots, e);
 	if (rc != KVS_OK)
 		return rc;
 	const struct hparams *hp = &eng->m->hp;
