@@ -14,8 +14,9 @@
  * step: one slot's fold, one entry of the order) into buffers the captured
  * decode graph reads, so a sparse step replays a graph as a dense one does.
  *
- * What stays on the CPU: squeezed (refused here with one line), HiP's
- * block-sparse prefill (a CUDA prefill is dense: prefill_read stays 0), the
+ * What stays on the CPU: squeezed and hip's wider beam (beam > 1, the
+ * CPU's default since the beam landed; both refused here with one line),
+ * HiP's block-sparse prefill (a CUDA prefill is dense: prefill_read stays 0), the
  * per-head keep-sets (the backend has no ENGINE_CAP_HEAD_KEEP), the bounds'
  * tightness (tight stays NaN) and the selection's wall-clock split
  * (select_ms, attn_ms stay 0: the device runs the step as one graph).
@@ -231,6 +232,11 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "sparse squeezed: the CUDA backend runs quest and hip; squeezed runs on the "
 		               "cpu backend (--backend cpu)");
+	if (s->mode == ENGINE_SPARSE_HIP && s->beam > 1) /* the device search is beam 1's */
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "sparse hip beam=%u: the CUDA backend's search keeps HiP's own beam of 1; "
+		               "use hip:beam=1 or the cpu backend (--backend cpu)",
+		               s->beam);
 	int rc = sp_ensure_dev(c, e);
 	if (rc != KVS_OK)
 		return rc;

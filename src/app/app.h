@@ -236,6 +236,12 @@ int gen_feed_prompt(struct gen *g, const struct chat_prompt *p, enum kv_role rol
 int32_t gen_sample(struct gen *g);
 /* Forget the conversation (cache and penalty history). */
 void gen_reset(struct gen *g);
+/* Go back to the cache's snapshot s (kv_cache_snap of gen_kv(g)), taken
+ * after a prompt fed from gen_reset: its tokens and next-token logits, the
+ * penalty history empty again; the next reply then decodes as it did after
+ * that prompt. KVS_ESTATE (nothing changed) where the cache cannot go back
+ * (kv_cache_back: tokens evicted or moved since). */
+int gen_back(struct gen *g, const struct kv_snap *s, struct err *e);
 /* Tokenize a chat prompt (markers as exact tokens, text without special parsing). */
 int gen_tokenize_prompt(struct gen *g, const struct chat_prompt *p, int32_t **ids, size_t *n,
                         struct err *e);

@@ -251,6 +251,18 @@ void gen_reset(struct gen *g)
 	g->have_logits = false;
 }
 
+int gen_back(struct gen *g, const struct kv_snap *s, struct err *e)
+{
+	int rc = kv_cache_back(g->kv, s, e);
+	if (rc != KVS_OK)
+		return rc;
+	sampler_reset(g->sampler);
+	g->n_past = kv_cache_n(g->kv);
+	g->last_logits = kv_cache_logits(g->kv);
+	g->have_logits = g->last_logits != NULL;
+	return KVS_OK;
+}
+
 int gen_feed(struct gen *g, const int32_t *ids, size_t n, struct err *e)
 {
 	double t0 = clock_now_ms();

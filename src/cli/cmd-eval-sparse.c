@@ -34,8 +34,9 @@
  * timing. The rows say "(cap)".
  *
  * With hip and a prefill threshold the length reaches, the prompt's
- * prefill is measured too: passes alternate (sparse, dense, ... the last
- * dense, so the decode passes start from the same cache either way), each
+ * prefill is measured too, before any decode pass: passes alternate
+ * (sparse, dense, ... the last dense, so the decode passes of every mode
+ * start from the same dense cache either way), each
  * mode's fastest kept, wall clock and CPU time; the keys its queries read
  * against dense; and, from one more sparse pass with the shadow on, the
  * mean dense mass the block-sparse choice captured for each query block's
@@ -54,7 +55,8 @@ static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
 
 const struct cli_cmd cmd_eval_sparse = {
 	.name = "eval sparse",
-	.usage = "[--sparse quest|hip|squeezed[:k=v,...]] [--lengths 2k,8k] [--n-gen N] [--reps N] "
+	.usage = "[--sparse quest|hip|squeezed[:k=v,...] (repeatable)] [--lengths 2k,8k] [--n-gen N] "
+	         "[--reps N] "
 	         "[--seed S] "
 	         "[--json] [options]",
 	.help = "sparse decode attention against dense: captured mass, top-10 recall, keys read, "
@@ -317,9 +319,45 @@ static int sp_cap(struct engine *eng, uint32_t len, uint32_t cap, struct err *e)
 	return rc;
 }
 
-/* One length: prefill, then the passes. */
-static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len, uint32_t steps,
-                     uint32_t reps, uint64_t seed, struct sp_row *row, struct err *e)
+/* Cluster the prompt's len keys as squeezed's document, for mode sp. */
+static int sp_squeeze(struct engine *eng, uint32_t len, const struct engine_sparse *sp,
+                      struct sp_row *row, struct err *e)
+{
+	uint32_t *slots = xmallocarray(len, sizeof(uint32_t));
+	for (uint32_t i = 0; i < len; i++)
+		slots[i] = i;
+	int rc = engine_squeeze_build(eng, slots, len, sp, NULL, NULL, e);
+	free(slots);
+	row->sq = rc == KVS_OK && engine_squeeze_info(eng, &row->sqi);
+	return rc;
+}
+
+/* Whether sp is a hip mode whose prefill of len keys is block-sparse: it
+ * measures its own prefill. */
+static bool sp_own_prefill(const struct engine_sparse *sp, uint32_t len)
+{
+	return sp->mode == ENGINE_SPARSE_HIP && sp->prefill > 0 && len >= sp->prefill;
+}
+
+/* Make mode m the one squeezed's index serves (the engine holds one):
+ * cluster anew when another squeezed mode's index is installed, *sq_for
+ * names whose is (-1: none). */
+static int sp_squeeze_for(struct engine *eng, const struct engine_sparse *sp, uint32_t m,
+                          uint32_t len, struct sp_row *row, int *sq_for, struct err *e)
+{
+	if (sp[m].mode != ENGINE_SPARSE_SQUEEZED || *sq_for == (int)m)
+		return KVS_OK;
+	*sq_for = (int)m;
+	return sp_squeeze(eng, len, &sp[m], row, e);
+}
+
+/* One length: the prompt prefilled once (densely; a hip mode whose prefill
+ * is block-sparse measures its own first, ending on a dense pass), the
+ * dense decode passes once, each mode's passes over the same cache and
+ * tokens; rows (n_sp), one per mode. */
+static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_sp, uint32_t len,
+                     uint32_t steps, uint32_t reps, uint64_t seed, struct sp_row *rows,
+                     struct err *e)
 {
 	struct engine *eng = gen_engine(g);
 	const struct vocab *v = gen_vocab(g);
@@ -334,80 +372,94 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t len
 		rc = err_set(e, KVS_ESTATE, "eval sparse: the text gave %zu tokens, expected %u", n,
 		             len + 1);
 	engine_kv_clear(eng);
-	memset(row, 0, sizeof *row);
-	if (rc == KVS_OK && sp->mode == ENGINE_SPARSE_HIP && sp->prefill > 0 && len >= sp->prefill)
-		rc = sp_prefills(eng, ids, len, reps, sp, row, e);
-	else if (rc == KVS_OK)
+	memset(rows, 0, n_sp * sizeof *rows);
+	bool prefilled = false;
+	for (uint32_t m = 0; m < n_sp && rc == KVS_OK; m++)
+		if (sp_own_prefill(&sp[m], len)) {
+			rc = sp_prefills(eng, ids, len, reps, &sp[m], &rows[m], e);
+			prefilled = true;
+		}
+	if (rc == KVS_OK && !prefilled)
 		rc = sp_prefill(eng, ids, len, 512, NULL, false, NULL, e);
 	uint32_t train = engine_model(eng)->hp.n_ctx_train;
-	row->capped = train > 0 && len > train;
-	if (rc == KVS_OK && row->capped)
+	bool capped = train > 0 && len > train;
+	if (rc == KVS_OK && capped)
 		rc = sp_cap(eng, len, train, e);
-	if (rc == KVS_OK && sp->mode == ENGINE_SPARSE_SQUEEZED) {
-		/* the prompt is the fixed context: its keys clustered once */
-		uint32_t *slots = xmallocarray(len, sizeof(uint32_t));
-		for (uint32_t i = 0; i < len; i++)
-			slots[i] = i;
-		rc = engine_squeeze_build(eng, slots, len, sp, NULL, NULL, e);
-		free(slots);
-		row->sq = rc == KVS_OK && engine_squeeze_info(eng, &row->sqi);
-	}
+	/* the prompt is squeezed's fixed context: its keys clustered once (per
+	 * squeezed mode), as they sit after the cap */
+	int sq_for = -1;
+	for (uint32_t m = 0; m < n_sp && rc == KVS_OK && sq_for < 0; m++)
+		rc = sp_squeeze_for(eng, sp, m, len, &rows[m], &sq_for, e);
 	int32_t *gen_ids = xmallocarray(steps, sizeof(int32_t));
 	if (rc == KVS_OK)
 		gen_ids[0] = ids[len];
-	if (rc == KVS_OK && row->capped) {
+	if (rc == KVS_OK && capped) {
 		/* the moved keys re-rotate at the next forward: not in a timed pass */
 		struct sp_pass warm;
 		memset(&warm, 0, sizeof warm);
 		rc = sp_run(eng, gen_ids, 1, len, NULL, false, false, &warm, e);
 	}
-	struct sp_pass best[2], p;
-	memset(best, 0, sizeof best);
+	/* per rep: dense (the first pass greedy: it makes the tokens), then
+	 * each mode; best (1 + n_sp): each one's fastest pass */
+	struct sp_pass *best = xcalloc(1 + n_sp, sizeof *best), p;
 	for (uint32_t rep = 0; rep < reps && rc == KVS_OK; rep++)
-		for (int mode = 0; mode < 2 && rc == KVS_OK; mode++) {
+		for (uint32_t k = 0; k <= n_sp && rc == KVS_OK; k++) {
+			if (k > 0)
+				rc = sp_squeeze_for(eng, sp, k - 1, len, &rows[k - 1], &sq_for, e);
 			memset(&p, 0, sizeof p);
-			rc = sp_run(eng, gen_ids, steps, len, mode ? sp : NULL, mode == 0 && rep == 0, false,
-			            &p, e);
-			if (rc == KVS_OK && (rep == 0 || p.step_ms < best[mode].step_ms))
-				best[mode] = p;
+			if (rc == KVS_OK)
+				rc = sp_run(eng, gen_ids, steps, len, k ? &sp[k - 1] : NULL, k == 0 && rep == 0,
+				            false, &p, e);
+			if (rc == KVS_OK && (rep == 0 || p.step_ms < best[k].step_ms))
+				best[k] = p;
 		}
-	struct sp_pass sh;
-	memset(&sh, 0, sizeof sh);
-	if (rc == KVS_OK)
-		rc = sp_run(eng, gen_ids, steps, len, sp, false, true, &sh, e);
-	if (rc == KVS_OK) {
-		row->length = len;
-		row->keys_pct = best[1].keys_dense
-		        ? 100.0 * (double)best[1].keys_read / (double)best[1].keys_dense
-		        : 100.0;
-		/* hip's staleness: the median on the steps that reused an earlier
-		 * query's choice (k = 0) and on those that chose their keys (1) */
-		float *part = xmallocarray(sh.n_mass + 1, sizeof(float));
-		for (int k = 0; k < 2; k++) {
-			size_t np = 0;
-			for (size_t i = 0; i < sh.n_mass; i++)
-				if (sh.by_chose[i] == k)
-					part[np++] = sh.mass[i];
-			qsort(part, np, sizeof(float), sp_cmp);
-			row->mass_med_step[k] = np ? part[np / 2] : NAN;
+	float *part = xmallocarray(
+	        (size_t)steps * engine_model(eng)->hp.n_layer * engine_model(eng)->hp.n_head + 1,
+	        sizeof(float));
+	for (uint32_t m = 0; m < n_sp && rc == KVS_OK; m++) {
+		struct sp_row *row = &rows[m];
+		struct sp_pass sh;
+		memset(&sh, 0, sizeof sh);
+		rc = sp_squeeze_for(eng, sp, m, len, row, &sq_for, e);
+		if (rc == KVS_OK)
+			rc = sp_run(eng, gen_ids, steps, len, &sp[m], false, true, &sh, e);
+		if (rc == KVS_OK) {
+			const struct sp_pass *b = &best[1 + m];
+			row->length = len;
+			row->capped = capped;
+			row->keys_pct =
+			        b->keys_dense ? 100.0 * (double)b->keys_read / (double)b->keys_dense : 100.0;
+			/* hip's staleness: the median on the steps that reused an
+			 * earlier query's choice (k = 0) and on those that chose their
+			 * keys (1) */
+			for (int k = 0; k < 2; k++) {
+				size_t np = 0;
+				for (size_t i = 0; i < sh.n_mass; i++)
+					if (sh.by_chose[i] == k)
+						part[np++] = sh.mass[i];
+				qsort(part, np, sizeof(float), sp_cmp);
+				row->mass_med_step[k] = np ? part[np / 2] : NAN;
+			}
+			qsort(sh.mass, sh.n_mass, sizeof(float), sp_cmp);
+			row->mass_med = sh.n_mass ? sh.mass[sh.n_mass / 2] : NAN;
+			row->mass_p10 = sh.n_mass ? sh.mass[sh.n_mass / 10] : NAN;
+			row->recall = sh.n_recall ? sh.recall_sum / (double)sh.n_recall : NAN;
+			row->agree = steps > 1 ? (double)b->agree / (steps - 1) : NAN;
+			const struct sp_pass *pm[2] = { &best[0], b };
+			for (int k = 0; k < 2; k++) {
+				row->attn_ms[k] = pm[k]->attn_ms / steps;
+				row->step_ms[k] = pm[k]->step_ms / steps;
+				row->cpu_ms[k] = pm[k]->cpu_ms / steps;
+			}
+			row->sel_ms = b->sel_ms / steps;
+			row->chose = b->chose;
+			row->reused = b->reused;
 		}
-		free(part);
-		qsort(sh.mass, sh.n_mass, sizeof(float), sp_cmp);
-		row->mass_med = sh.n_mass ? sh.mass[sh.n_mass / 2] : NAN;
-		row->mass_p10 = sh.n_mass ? sh.mass[sh.n_mass / 10] : NAN;
-		row->recall = sh.n_recall ? sh.recall_sum / (double)sh.n_recall : NAN;
-		row->agree = steps > 1 ? (double)best[1].agree / (steps - 1) : NAN;
-		for (int mode = 0; mode < 2; mode++) {
-			row->attn_ms[mode] = best[mode].attn_ms / steps;
-			row->step_ms[mode] = best[mode].step_ms / steps;
-			row->cpu_ms[mode] = best[mode].cpu_ms / steps;
-		}
-		row->sel_ms = best[1].sel_ms / steps;
-		row->chose = best[1].chose;
-		row->reused = best[1].reused;
+		free(sh.mass);
+		free(sh.by_chose);
 	}
-	free(sh.mass);
-	free(sh.by_chose);
+	free(part);
+	free(best);
 	free(gen_ids);
 	free(ids);
 	engine_kv_clear(eng);
@@ -421,11 +473,18 @@ static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o)
 	return CLI_OK;
 }
 
+/* The table's first cell: the mode, when there are several. */
+static void sp_cell(const char *const *spec, uint32_t n_sp, uint32_t m)
+{
+	if (n_sp > 1)
+		printf("| %s ", spec[m]);
+}
+
 static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 {
 	struct err e;
 	uint32_t lens[SP_MAX_LIST], n_len;
-	struct sp_row rows[SP_MAX_LIST];
+	struct sp_row rows[SP_MAX_LIST * CLI_SPARSE_MAX];
 	struct gen *g = NULL;
 	enum cli_exit rc;
 	if (eval_parse_list("lengths", o->lengths ? o->lengths : "2k,8k", 16, 1u << 22, lens,
@@ -434,10 +493,16 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	if (o->n_gen < 2)
 		return cli_usage(&cmd_eval_sparse, "--n-gen %u: expected at least 2 decode steps",
 		                 o->n_gen);
-	struct engine_sparse sp = o->gen.kv.sparse;
-	if (!cli_opts_given(o, "sparse"))
-		engine_sparse_parse("quest", &sp, NULL);
-	if (sp.mode == ENGINE_SPARSE_OFF)
+	/* the modes, in the order given; off is the reference every row is
+	 * measured against anyway */
+	struct engine_sparse sp[CLI_SPARSE_MAX];
+	uint32_t n_sp = 0;
+	for (uint32_t i = 0; i < o->n_sparse_modes; i++)
+		if (o->sparse_modes[i].mode != ENGINE_SPARSE_OFF)
+			sp[n_sp++] = o->sparse_modes[i];
+	if (o->n_sparse_modes == 0)
+		engine_sparse_parse("quest", &sp[n_sp++], NULL);
+	if (n_sp == 0)
 		return cli_usage(&cmd_eval_sparse, "--sparse off: expected a sparse mode to measure");
 	o->gen.kv.sparse.mode = ENGINE_SPARSE_OFF; /* the engine is driven directly */
 	uint32_t max_len = 0;
@@ -461,13 +526,16 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 		rc = cli_fail(&e);
 		goto out;
 	}
-	char spec[160];
-	engine_sparse_format(&sp, spec, sizeof spec);
+	char specs[CLI_SPARSE_MAX][160];
+	const char *spec[CLI_SPARSE_MAX];
+	for (uint32_t m = 0; m < n_sp; m++)
+		spec[m] = engine_sparse_format(&sp[m], specs[m], sizeof specs[m]);
 	struct eval_progress pr;
 	eval_progress_start(&pr, "sparse", n_len);
 	for (uint32_t i = 0; i < n_len; i++) {
 		eval_progress(&pr, i, "length %u", lens[i]);
-		if (sp_length(g, &sp, lens[i], o->n_gen, o->reps, o->eval_seed, &rows[i], &e) != KVS_OK) {
+		if (sp_length(g, sp, n_sp, lens[i], o->n_gen, o->reps, o->eval_seed, &rows[i * n_sp], &e) !=
+		    KVS_OK) {
 			eval_progress_end(&pr);
 			rc = cli_fail(&e);
 			goto out;
@@ -475,11 +543,20 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	}
 	eval_progress(&pr, n_len, "done");
 	eval_progress_end(&pr);
-	printf("eval sparse: %s against dense; %u decode steps after each prompt (teacher-forced "
-	       "with dense's greedy tokens), fastest of %u passes each; %s/%s, %d threads\n",
-	       spec, o->n_gen, o->reps, engine_backend_name(eng), engine_isa_name(eng),
-	       engine_n_threads(eng));
-	for (uint32_t i = 0; i < n_len; i++)
+	uint32_t n_rows = n_len * n_sp;
+	if (n_sp == 1)
+		printf("eval sparse: %s against dense; %u decode steps after each prompt "
+		       "(teacher-forced with dense's greedy tokens), fastest of %u passes each; %s/%s, "
+		       "%d threads\n",
+		       spec[0], o->n_gen, o->reps, engine_backend_name(eng), engine_isa_name(eng),
+		       engine_n_threads(eng));
+	else
+		printf("eval sparse: %u modes against dense, one dense prefill and dense decode per "
+		       "length for all; %u decode steps after each prompt (teacher-forced with dense's "
+		       "greedy tokens), fastest of %u passes each; %s/%s, %d threads\n",
+		       n_sp, o->n_gen, o->reps, engine_backend_name(eng), engine_isa_name(eng),
+		       engine_n_threads(eng));
+	for (uint32_t i = 0; i < n_rows; i++)
 		if (rows[i].capped) {
 			printf("(cap): beyond the training window of %u positions the keys more than %u "
 			       "before the first decode query sit at distance %u (LM-Infinite's bound), for "
@@ -488,82 +565,109 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			       engine_model(eng)->hp.n_ctx_train);
 			break;
 		}
-	printf("| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
+	const char *mh = n_sp > 1 ? "| mode " : "", *md = n_sp > 1 ? "| --- " : "";
+	printf("%s| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
 	       "attn ms/step dense | sparse | attn x | select / dense attn | step ms dense | sparse "
-	       "| decode x | step CPU ms dense | sparse | decode x (CPU) | steps chose / reused |\n");
-	printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-	       "| ---: | ---: | ---: | ---: | ---: |\n");
-	for (uint32_t i = 0; i < n_len; i++) {
-		const struct sp_row *w = &rows[i];
-		printf("| %u%s | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f %% | "
-		       "%.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %u / %u |\n",
-		       w->length, w->capped ? " (cap)" : "", w->keys_pct, w->mass_med, w->mass_p10,
-		       w->recall, 100 * w->agree, w->attn_ms[0], w->attn_ms[1],
-		       w->attn_ms[0] / w->attn_ms[1], 100 * w->sel_ms / w->attn_ms[0], w->step_ms[0],
-		       w->step_ms[1], w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
-		       w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
-	}
+	       "| decode x | step CPU ms dense | sparse | decode x (CPU) | steps chose / reused |\n",
+	       mh);
+	printf("%s| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+	       "---: | ---: | ---: | ---: | ---: | ---: |\n",
+	       md);
+	for (uint32_t m = 0; m < n_sp; m++)
+		for (uint32_t i = 0; i < n_len; i++) {
+			const struct sp_row *w = &rows[i * n_sp + m];
+			sp_cell(spec, n_sp, m);
+			printf("| %u%s | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f "
+			       "%% | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %u / %u |\n",
+			       w->length, w->capped ? " (cap)" : "", w->keys_pct, w->mass_med, w->mass_p10,
+			       w->recall, 100 * w->agree, w->attn_ms[0], w->attn_ms[1],
+			       w->attn_ms[0] / w->attn_ms[1], 100 * w->sel_ms / w->attn_ms[0], w->step_ms[0],
+			       w->step_ms[1], w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
+			       w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
+		}
 	bool any_sq = false;
-	for (uint32_t i = 0; i < n_len; i++)
+	for (uint32_t i = 0; i < n_rows; i++)
 		any_sq |= rows[i].sq;
 	if (any_sq) {
 		printf("\nsqueezed's offline step (the prompt clustered as the document):\n");
-		printf("| length | keys | fine / coarse clusters per (layer, KV head) | index MiB | "
-		       "clustering s | k-means objective per key |\n");
-		printf("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+		printf("%s| length | keys | fine / coarse clusters per (layer, KV head) | index MiB | "
+		       "clustering s | k-means objective per key |\n",
+		       mh);
+		printf("%s| ---: | ---: | ---: | ---: | ---: | ---: |\n", md);
 	}
-	for (uint32_t i = 0; i < n_len; i++) {
-		const struct sp_row *w = &rows[i];
-		if (w->sq)
+	for (uint32_t m = 0; m < n_sp; m++)
+		for (uint32_t i = 0; i < n_len; i++) {
+			const struct sp_row *w = &rows[i * n_sp + m];
+			if (!w->sq)
+				continue;
+			sp_cell(spec, n_sp, m);
 			printf("| %u | %u | %u / %u | %.2f | %.2f | %.4f |\n", w->length, w->sqi.n_keys,
 			       w->sqi.n_fine, w->sqi.n_coarse, (double)w->sqi.bytes / 1048576.0,
 			       w->sqi.build_ms / 1000.0, w->sqi.objective);
-	}
+		}
 	bool any_pf = false;
-	for (uint32_t i = 0; i < n_len; i++)
+	for (uint32_t i = 0; i < n_rows; i++)
 		any_pf |= rows[i].pf;
 	if (any_pf) {
 		printf("\nprefill (hip block-sparse against dense, fastest of %u passes each):\n", o->reps);
-		printf("| length | keys read | mass (mean) | prefill ms dense | sparse | prefill x | "
-		       "CPU ms dense | sparse | prefill x (CPU) |\n");
-		printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+		printf("%s| length | keys read | mass (mean) | prefill ms dense | sparse | prefill x | "
+		       "CPU ms dense | sparse | prefill x (CPU) |\n",
+		       mh);
+		printf("%s| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", md);
 	}
-	for (uint32_t i = 0; i < n_len; i++) {
-		const struct sp_row *w = &rows[i];
-		if (w->pf)
+	for (uint32_t m = 0; m < n_sp; m++)
+		for (uint32_t i = 0; i < n_len; i++) {
+			const struct sp_row *w = &rows[i * n_sp + m];
+			if (!w->pf)
+				continue;
+			sp_cell(spec, n_sp, m);
 			printf("| %u%s | %.1f %% | %.3f | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |\n",
 			       w->length, w->capped ? " (cap)" : "", w->pf_keys_pct, w->pf_mass, w->pf_ms[0],
 			       w->pf_ms[1], w->pf_ms[0] / w->pf_ms[1], w->pf_cpu[0], w->pf_cpu[1],
 			       w->pf_cpu[0] / w->pf_cpu[1]);
-	}
-	if (o->json) {
-		printf("{\"eval\":\"sparse\",\"mode\":");
-		eval_json_str(stdout, spec);
-		printf(",\"steps\":%u,\"reps\":%u,\"threads\":%d,\"rows\":[", o->n_gen, o->reps,
-		       engine_n_threads(eng));
-		for (uint32_t i = 0; i < n_len; i++) {
-			const struct sp_row *w = &rows[i];
-			printf("%s{\"length\":%u,\"keys_pct\":%.2f,\"mass_median\":%.4f,\"mass_p10\":%.4f,"
-			       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
-			       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f],"
-			       "\"steps_chose\":%u,\"steps_reused\":%u",
-			       i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10, w->recall,
-			       w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0], w->step_ms[1],
-			       w->cpu_ms[0], w->cpu_ms[1], w->chose, w->reused);
-			if (w->pf)
-				printf(",\"prefill\":{\"keys_pct\":%.2f,\"mass\":%.4f,\"ms\":[%.1f,%.1f],"
-				       "\"cpu_ms\":[%.1f,%.1f]}",
-				       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_cpu[0],
-				       w->pf_cpu[1]);
-			printf(",\"capped\":%s", w->capped ? "true" : "false");
-			/* hip: the steps that chose against those that reused (null: none) */
-			for (int k = 1; k >= 0; k--)
-				if (isnan(w->mass_med_step[k]))
-					printf(",\"mass_median_%s\":null", k ? "chose" : "reused");
-				else
-					printf(",\"mass_median_%s\":%.4f", k ? "chose" : "reused", w->mass_med_step[k]);
-			printf("}");
 		}
+	if (o->json) {
+		/* "mode": the one spec, or the specs joined by "; "; "modes": each */
+		char joined[CLI_SPARSE_MAX * 162];
+		size_t jl = 0;
+		for (uint32_t m = 0; m < n_sp; m++)
+			jl += (size_t)snprintf(joined + jl, sizeof joined - jl, "%s%s", m ? "; " : "", spec[m]);
+		printf("{\"eval\":\"sparse\",\"mode\":");
+		eval_json_str(stdout, joined);
+		printf(",\"modes\":[");
+		for (uint32_t m = 0; m < n_sp; m++) {
+			printf("%s", m ? "," : "");
+			eval_json_str(stdout, spec[m]);
+		}
+		printf("],\"steps\":%u,\"reps\":%u,\"threads\":%d,\"rows\":[", o->n_gen, o->reps,
+		       engine_n_threads(eng));
+		for (uint32_t m = 0; m < n_sp; m++)
+			for (uint32_t i = 0; i < n_len; i++) {
+				const struct sp_row *w = &rows[i * n_sp + m];
+				printf("%s{\"length\":%u,\"keys_pct\":%.2f,\"mass_median\":%.4f,\"mass_p10\":%.4f,"
+				       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
+				       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f],"
+				       "\"steps_chose\":%u,\"steps_reused\":%u",
+				       m + i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10,
+				       w->recall, w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0],
+				       w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1], w->chose, w->reused);
+				if (w->pf)
+					printf(",\"prefill\":{\"keys_pct\":%.2f,\"mass\":%.4f,\"ms\":[%.1f,%.1f],"
+					       "\"cpu_ms\":[%.1f,%.1f]}",
+					       w->pf_keys_pct, w->pf_mass, w->pf_ms[0], w->pf_ms[1], w->pf_cpu[0],
+					       w->pf_cpu[1]);
+				printf(",\"capped\":%s", w->capped ? "true" : "false");
+				/* hip: the steps that chose against those that reused (null: none) */
+				for (int k = 1; k >= 0; k--)
+					if (isnan(w->mass_med_step[k]))
+						printf(",\"mass_median_%s\":null", k ? "chose" : "reused");
+					else
+						printf(",\"mass_median_%s\":%.4f", k ? "chose" : "reused",
+						       w->mass_med_step[k]);
+				printf(",\"mode\":");
+				eval_json_str(stdout, spec[m]);
+				printf("}");
+			}
 		printf("]}\n");
 	}
 	rc = fflush(stdout) == 0 ? CLI_OK : CLI_FAIL;

@@ -195,12 +195,18 @@ static int opt_policy(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return kv_policy_parse(arg, &o->gen.kv.policy, e);
 }
 
-/* --sparse off|quest|hip|squeezed[:k=v,...] */
+/* --sparse off|quest|hip|squeezed[:k=v,...]: the last one given is the
+ * session's; each is kept in order for the evals that run several. */
 static int opt_sparse(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
+	if (o->n_sparse_modes == CLI_SPARSE_MAX)
+		return err_set(e, KVS_EARG, "--%s %s: given more than %d times, expected at most %d modes",
+		               opt->name, arg, CLI_SPARSE_MAX, CLI_SPARSE_MAX);
 	int rc = engine_sparse_parse(arg, &o->gen.kv.sparse, e);
 	if (rc != KVS_OK)
 		err_prefix(e, "--%s", opt->name);
+	else
+		o->sparse_modes[o->n_sparse_modes++] = o->gen.kv.sparse;
 	return rc;
 }
 

@@ -12,6 +12,8 @@
 
 #include <stdio.h>
 
+/* --sparse may be repeated this many times (eval sparse, eval passkey). */
+#define CLI_SPARSE_MAX 8
 
 struct cli_opts {
 	struct gen_config gen;
@@ -46,6 +48,10 @@ struct cli_opts {
 	const char *format;      /* sessions export --format: md or json */
 	uint32_t eval_seed;
 	const char *plugins[16]; /* run --plugin FILE (repeatable) */
+	/* --sparse as given, in order (eval sparse and eval passkey run each;
+	 * everything else uses the last, gen.kv.sparse) */
+	struct engine_sparse sparse_modes[CLI_SPARSE_MAX]; /* (n_sparse_modes) */
+	uint32_t n_sparse_modes;
 	int n_plugins;
 	double timeout_s;                /* run: the script's deadline (0: none) */
 	double hook_ms;                  /* run: a hook's deadline */

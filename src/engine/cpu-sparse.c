@@ -50,7 +50,8 @@ static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse 
 {
 	return h->valid && h->spec.budget == s->budget && h->spec.block == s->block &&
 	        h->spec.page == s->page && h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
-	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh;
+	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh &&
+	        h->spec.beam == s->beam;
 }
 
 /* Decide whether this hip step (query at pos) chooses anew: the first
@@ -419,7 +420,8 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			};
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
-			sparse_hip_tree(t, n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);
+			sparse_hip_tree_beam(t, n_blocks, k_blocks, k_blocks * s->beam, cpu_hip_score, &x,
+			                     blk, &scored);
 			for (k = k0; k < k1; k++)
 				kept[c->vslot[k]] = blk[(k - k0) / bk];
 		}

@@ -159,6 +159,8 @@ struct engine_sparse {
 	uint32_t sinks;        /* first keys by position, always attended */
 	uint32_t recent;       /* last keys by position, always attended */
 	uint32_t dense_layers; /* layers [0, dense_layers) attend densely */
+	uint32_t beam;         /* hip: a decode search keeps beam x the final blocks per round
+	                        * but the last (1: HiP's own search) */
 	uint32_t refresh;      /* hip: decode steps one choice serves */
 	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
 	/* Decode steps between the dense shadow passes a watcher's statistics
@@ -177,7 +179,7 @@ struct engine_sparse {
 };
 
 /* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
- * prefill 2048, shadow 16, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
+ * prefill 2048, shadow 16, beam 2, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
  * outliers 0.02, iters 10, seed 1. */
 void engine_sparse_default(struct engine_sparse *s);
 /* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest

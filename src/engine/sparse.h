@@ -117,6 +117,13 @@ void sparse_tree_free(struct sparse_tree *t);
  * (callback calls) run; *scored adds the blocks scored. */
 uint32_t sparse_hip_tree(struct sparse_tree *t, uint32_t n_blocks, uint32_t k_blocks,
                          sparse_score_fn fn, void *ctx, uint8_t *chosen, uint64_t *scored);
+/* The same search with a wider beam: beam ranges (at most n_blocks / 2,
+ * at least k_blocks) are split and beam halves kept in every round but the
+ * last, whose halves are single blocks and which keeps k_blocks of them. A
+ * beam of k_blocks is sparse_hip_tree. */
+uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t k_blocks,
+                              uint32_t beam, sparse_score_fn fn, void *ctx, uint8_t *chosen,
+                              uint64_t *scored);
 
 /* The choice a backend keeps between HiP refreshes: per slot the position
  * it had when it was a candidate at the last refresh (a key scored then),

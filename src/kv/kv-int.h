@@ -107,6 +107,7 @@ struct kv_cache {
 	uint32_t recall_turn;     /* the turn recalled tokens are kept through (0: none) */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
+	uint64_t n_clears; /* kv_cache_clear calls since creation (kv_snap.c's witness) */
 	uint32_t n_evictions, n_fallbacks;
 	uint64_t bytes_per_token;
 	bool warned_lambda;              /* said once that the backend lacks the Λ-mask */

@@ -330,6 +330,7 @@ void kv_cache_free(struct kv_cache *c)
 void kv_cache_clear(struct kv_cache *c)
 {
 	engine_kv_clear(c->eng);
+	c->n_clears++;
 	c->n = 0;
 	c->n_free = c->n_ctx;
 	for (uint32_t i = 0; i < c->n_ctx; i++)

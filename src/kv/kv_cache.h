@@ -531,6 +531,25 @@ int kv_cache_recompute(struct kv_cache *c, struct err *e);
 /* Statistics carried by kv_restore (tokens fed, evicted, eviction rounds). */
 uint32_t kv_cache_turn(const struct kv_cache *c);
 
+/* ---- going back (kv_snap.c) ---- */
+
+/* The cache's state now, to go back to (caller owns; kv_snap_free): its
+ * tokens' metadata, accumulators, keep-sets, free slots, logits and
+ * statistics, not the engine's K/V rows nor the configuration. */
+struct kv_snap;
+struct kv_snap *kv_cache_snap(const struct kv_cache *c);
+void kv_snap_free(struct kv_snap *s);
+/*
+ * Go back to snapshot s of this cache: the tokens fed since leave their
+ * slots and the metadata becomes s's, so the next feed continues as it did
+ * after s was taken (the same slots, positions and logits). The policy,
+ * budget and sparse mode stay as set. Exact, and allowed, only while every
+ * token of s still holds its slot and position (nothing evicted, compacted
+ * or recalled since): otherwise KVS_ESTATE saying what happened, and the
+ * cache is unchanged.
+ */
+int kv_cache_back(struct kv_cache *c, const struct kv_snap *s, struct err *e);
+
 /* ---- reading ---- */
 
 uint32_t kv_cache_n(const struct kv_cache *c);

@@ -47,7 +47,7 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill or shadow" \
+expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, shadow or beam" \
 	"$bin" generate --prompt hi --sparse hip:quantile=0.5
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
@@ -59,7 +59,7 @@ expect_bad 2 "expected a sparse mode" "$bin" eval sparse --sparse off --lengths 
 "$bin" help sparse | grep -q "refresh 8 " || fail "help sparse lacks hip's refresh row"
 
 # the eval at small sizes
-"$bin" eval sparse --lengths 256,512 -n 6 --reps 1 --sparse quest:budget=128 --json \
+"$bin" eval sparse --lengths 256,512 -n 8 --reps 1 --sparse quest:budget=128 --json \
 	>"$tmp/e" 2>"$tmp/e.err" || fail "eval sparse: $(cat "$tmp/e.err")"
 grep -q '^| 512 |' "$tmp/e" || fail "eval sparse table lacks the 512 row: $(cat "$tmp/e")"
 tail -n 1 "$tmp/e" | grep -q '^{"eval":"sparse",.*"rows":\[' || fail "eval sparse: no JSON last"
@@ -79,7 +79,7 @@ fi
 
 # hip: a refresh every 4 of 8 steps, and the 512-token prompt prefilled
 # block-sparsely (prefill=256) against dense
-"$bin" eval sparse --lengths 512 -n 8 --reps 1 --sparse hip:budget=128,refresh=4,prefill=256 \
+"$bin" eval sparse --lengths 256,512 -n 8 --reps 1 --sparse hip:budget=128,refresh=4,prefill=256 \
 	--json >"$tmp/h" 2>"$tmp/h.err" || fail "eval sparse hip: $(cat "$tmp/h.err")"
 tail -n 1 "$tmp/h" | grep -q '"steps_chose":2,"steps_reused":6,"prefill":{' ||
 	fail "eval sparse hip: expected 2 steps chose, 6 reused, a prefill: $(tail -n 1 "$tmp/h")"
@@ -89,7 +89,7 @@ grep -q '^| 512 | [0-9.]* % | [0-9.]* | ' "$tmp/h" || fail "eval sparse hip: no 
 if command -v python3 >/dev/null 2>&1; then
 	tail -n 1 "$tmp/h" | python3 -c '
 import json, sys
-x = json.load(sys.stdin)["rows"][0]
+x = json.load(sys.stdin)["rows"][-1]
 p = x["prefill"]
 assert 0 < p["keys_pct"] < 100 and 0 < p["mass"] <= 1.0001, p
 assert min(p["ms"] + p["cpu_ms"]) > 0 and 0 < x["keys_pct"] < 100, x
@@ -97,6 +97,73 @@ assert 0 < x["mass_median_chose"] <= 1.0001 and 0 < x["mass_median_reused"] <= 1
 assert x["capped"] is False, x
 ' || fail "eval sparse hip JSON: $(tail -n 1 "$tmp/h")"
 fi
+
+# several modes in one run: one dense prefill and decode per length, and
+# each mode's rows what its run alone gave (the same keys, mass, recall,
+# agreement, steps; hip's own block-sparse prefill too); off adds no row
+"$bin" eval sparse --lengths 256,512 -n 8 --reps 1 --sparse off --sparse quest:budget=128 \
+	--sparse hip:budget=128,refresh=4,prefill=256 --json >"$tmp/m" 2>"$tmp/m.err" ||
+	fail "eval sparse, two modes: $(cat "$tmp/m.err")"
+grep -q '^eval sparse: 2 modes against dense, one dense prefill and dense decode per length' \
+	"$tmp/m" || fail "eval sparse, two modes: no heading: $(head -n 1 "$tmp/m")"
+grep -q '^| hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 beam=2 | 512 | ' \
+	"$tmp/m" || fail "eval sparse, two modes: no hip row with its mode: $(cat "$tmp/m")"
+if command -v python3 >/dev/null 2>&1; then
+	python3 - "$tmp/e" "$tmp/h" "$tmp/m" <<'PY' || fail "eval sparse, two modes: rows differ from the runs alone"
+import json, sys
+last = lambda f: json.loads(open(f).read().strip().split("\n")[-1])
+q, h, m = last(sys.argv[1]), last(sys.argv[2]), last(sys.argv[3])
+assert m["modes"] == [q["mode"], h["mode"]] and q["modes"] == [q["mode"]], (m["modes"], q)
+assert [(x["mode"], x["length"]) for x in m["rows"]] == \
+    [(q["mode"], 256), (q["mode"], 512), (h["mode"], 256), (h["mode"], 512)], m["rows"]
+keys = ["keys_pct", "mass_median", "mass_p10", "recall10", "argmax_agree", "steps_chose",
+        "steps_reused", "capped", "mass_median_chose", "mass_median_reused"]
+for alone, both in zip(q["rows"] + h["rows"], m["rows"]):
+    for k in keys:
+        assert alone[k] == both[k], (k, alone, both)
+    assert ("prefill" in alone) == ("prefill" in both), (alone, both)
+    if "prefill" in alone:
+        for k in ["keys_pct", "mass"]:
+            assert alone["prefill"][k] == both["prefill"][k], (k, alone, both)
+PY
+fi
+
+# eval passkey, four modes over the same prompts: the answers of each are
+# the ones its run alone gives; off, quest and hip:prefill=0 share one
+# prefill per prompt, hip:prefill=256 feeds its own
+pk="--lengths 300 --depths 10,50,90 --samples 1 --policy full --json"
+modes="off quest:budget=64,recent=16 hip:budget=64,recent=16,refresh=4,prefill=256 hip:budget=64,recent=16,refresh=4,prefill=0"
+all=""
+for md in $modes; do
+	all="$all --sparse $md"
+	# shellcheck disable=SC2086
+	KVSCOPE_LOG=info "$bin" eval passkey $pk --sparse "$md" >"$tmp/pk1" 2>"$tmp/pk1.err" ||
+		fail "eval passkey --sparse $md: $(tail -n 2 "$tmp/pk1.err")"
+	sed -n "s/.*\(passkey length .*\): [0-9]* tokens, key \([0-9]*\), \(answer '.*' ([a-z]*)\), needle kept \([0-9.]*\).*/\1 \2 \3 \4/p" \
+		"$tmp/pk1.err" >>"$tmp/pk-alone"
+done
+# shellcheck disable=SC2086
+KVSCOPE_LOG=info "$bin" eval passkey $pk $all >"$tmp/pk" 2>"$tmp/pk.err" ||
+	fail "eval passkey, four modes: $(tail -n 2 "$tmp/pk.err")"
+n_shared=$(grep -c 'prefill shared' "$tmp/pk.err")
+[ "$n_shared" -eq 6 ] || fail "eval passkey, four modes: $n_shared answers from a shared prefill, expected 6 (3 prompts x 2 modes)"
+# the same answers, mode by mode (the combined log names each mode as its
+# "sparse mode N:" line spells it, N in the order given)
+sed -n 's/^kvscope eval passkey: sparse mode [0-9]*: \(.*\) (\(its own\|the shared\).*/\1/p' \
+	"$tmp/pk.err" >"$tmp/pk-names"
+[ "$(wc -l <"$tmp/pk-names")" -eq 4 ] || fail "eval passkey, four modes: mode lines: $(cat "$tmp/pk.err")"
+while IFS= read -r spec; do
+	grep -F "sparse $spec:" "$tmp/pk.err" | sed -n "s/.*\(passkey length [0-9]* depth [0-9]* sample [0-9]*\), sparse .*: [0-9]* tokens, key \([0-9]*\), \(answer '.*' ([a-z]*)\), needle kept \([0-9.]*\).*/\1 \2 \3 \4/p" >>"$tmp/pk-both"
+done <"$tmp/pk-names"
+[ -s "$tmp/pk-alone" ] && [ "$(wc -l <"$tmp/pk-alone")" -eq 12 ] ||
+	fail "eval passkey: expected 12 answers alone: $(cat "$tmp/pk-alone")"
+cmp -s "$tmp/pk-alone" "$tmp/pk-both" ||
+	fail "eval passkey, four modes: answers differ from the runs alone: $(diff "$tmp/pk-alone" "$tmp/pk-both")"
+grep -q '^| length | off | quest budget=64 ' "$tmp/pk" || fail "eval passkey: no matrix: $(cat "$tmp/pk")"
+tail -n 1 "$tmp/pk" | grep -q '"modes":\[{"sparse":"off","n":3,' ||
+	fail "eval passkey, four modes: JSON modes: $(tail -n 1 "$tmp/pk")"
+expect_bad 2 "expected one sparse mode with a cold tier" "$bin" eval passkey --lengths 300 \
+	--sparse off --sparse quest --cold on
 
 # beyond the training window: a tiny model trained on 256 positions, a
 # 512-key cache, positions capped; with a budget covering the cache quest is

@@ -288,7 +288,7 @@ int cmd_launches(const char *model_path)
 	printf("== launches: %s\n", mf ? "model file" : "smollm2-shape");
 	struct engine_sparse q, h;
 	if (engine_sparse_parse("quest:budget=256,dense=2", &q, &e) != KVS_OK ||
-	    engine_sparse_parse("hip:budget=256,dense=2,refresh=8", &h, &e) != KVS_OK) {
+	    engine_sparse_parse("hip:budget=256,dense=2,refresh=8,beam=1", &h, &e) != KVS_OK) {
 		fprintf(stderr, "gpu-check: %s\n", e.msg);
 		return 2;
 	}

@@ -353,7 +353,7 @@ static void sparse_bench(const struct model *m)
 	struct engine_sparse q, h;
 	struct err e;
 	if (engine_sparse_parse("quest:budget=2048", &q, &e) != KVS_OK ||
-	    engine_sparse_parse("hip:budget=2048", &h, &e) != KVS_OK) {
+	    engine_sparse_parse("hip:budget=2048,beam=1", &h, &e) != KVS_OK) {
 		check(false, "sparse spec", "%s", e.msg);
 		return;
 	}
@@ -391,7 +391,7 @@ int cmd_sparse(const char *model_path, bool bench)
 	struct err e;
 	if (engine_sparse_parse("quest:budget=256,page=16,sinks=4,recent=32,dense=2", &q, &e) !=
 	            KVS_OK ||
-	    engine_sparse_parse("hip:budget=256,block=8,sinks=4,recent=32,dense=2,refresh=4", &h, &e) !=
+	    engine_sparse_parse("hip:budget=256,block=8,sinks=4,recent=32,dense=2,refresh=4,beam=1", &h, &e) !=
 	            KVS_OK) {
 		fprintf(stderr, "gpu-check: %s\n", e.msg);
 		return 2;

@@ -57,7 +57,7 @@ static void test_parse(void)
 	T_EQ_STR(e.msg,
 	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
 	         "dense=N,shadow=N], hip[:budget=N,page=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
-	         "prefill=N,shadow=N] or squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
+	         "prefill=N,shadow=N,beam=N] or squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
 	         "quantile=Q,coarse=Q,outliers=Q,iters=N,seed=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "budget=0: expected an integer in 1..") != NULL, "%s", e.msg);
@@ -73,7 +73,7 @@ static void test_parse(void)
 	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
 	         "hip budget=1024 page=16 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 "
-	         "shadow=16");
+	         "shadow=16 beam=2");
 	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 256);
 	T_EQ_INT(s.block, 4);
@@ -83,7 +83,7 @@ static void test_parse(void)
 	T_EQ_INT(engine_sparse_parse("hip:quantile=0.5", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse: unknown parameter 'quantile' for hip: expected budget, page, block, sinks, "
-	         "recent, dense, refresh, prefill or shadow");
+	         "recent, dense, refresh, prefill, shadow or beam");
 	T_EQ_INT(engine_sparse_parse("quest:refresh=2", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("hip:refresh=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "refresh=0: expected an integer in 1..65536") != NULL, "%s", e.msg);
@@ -232,6 +232,88 @@ static void test_hip_tree(void)
 	T_EQ_STR(tree_run(d, 64, 4, &rounds, &asked), "0 16 32 48");
 	T_EQ_INT(rounds, 4);
 	T_EQ_INT(asked, 32);
+}
+
+/* Loose bounds (ub) for halves of several blocks, the true value (val)
+ * when every half is one block: the decode's scoring. */
+struct tab2 {
+	const float *ub, *val;
+	uint32_t calls;
+};
+
+static void tab2_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                       float *out)
+{
+	struct tab2 *t = ctx;
+	bool ones = true;
+	t->calls++;
+	for (uint32_t i = 0; i < n; i++)
+		ones = ones && size[i] == 1;
+	for (uint32_t i = 0; i < n; i++) {
+		out[i] = -INFINITY;
+		for (uint32_t b = start[i]; b < start[i] + size[i]; b++) {
+			float v = ones ? t->val[b] : t->ub[b];
+			out[i] = v > out[i] ? v : out[i];
+		}
+	}
+}
+
+static const char *tree_run_beam(const float *ub, const float *val, uint32_t n, uint32_t k,
+                                 uint32_t beam, uint32_t *rounds)
+{
+	static char out[128];
+	struct sparse_tree t = { 0 };
+	struct tab2 tb = { ub, val, 0 };
+	uint8_t chosen[64];
+	uint64_t scored = 0;
+	sparse_tree_ensure(&t, n);
+	*rounds = sparse_hip_tree_beam(&t, n, k, beam, tab2_score, &tb, chosen, &scored);
+	T_EQ_INT(*rounds, tb.calls);
+	size_t o = 0, n_chosen = 0;
+	out[0] = '\0';
+	for (uint32_t i = 0; i < n; i++)
+		if (chosen[i]) {
+			n_chosen++;
+			o += (size_t)snprintf(out + o, sizeof out - o, "%s%u", o ? " " : "", i);
+		}
+	T_EQ_INT(n_chosen, KVS_MIN(k, n));
+	sparse_tree_free(&t);
+	return out;
+}
+
+static void test_hip_beam(void)
+{
+	uint32_t rounds;
+	/* 16 blocks, k = 2; true values 9 at block 5, 8 at 13, bounds 0.5
+	 * over each value but loose at blocks 2 and 9 (10 over a value of 1).
+	 * beam 1: ranges [0,8) [8,16); round 1's halves bound 10, 9.5, 10,
+	 * 8.5: [0,4) [8,12) kept, 5 and 13 lost; the last round picks 2 and 9
+	 * (value 1 each). beam 2: ranges [0,4) [4,8) [8,12) [12,16); halves
+	 * [0,2) .5, [2,4) 10, [4,6) 9.5, [6,8) .5, [8,10) 10, [10,12) .5,
+	 * [12,14) 8.5, [14,16) .5: four kept, [2,4) [4,6) [8,10) [12,14);
+	 * the last round scores blocks 2 3 4 5 8 9 12 13 by value (1 0 0 9 0 1
+	 * 0 8) and keeps 5 and 13 */
+	float ub[16], val[16] = { 0 };
+	val[5] = 9, val[13] = 8, val[2] = 1, val[9] = 1;
+	for (uint32_t i = 0; i < 16; i++)
+		ub[i] = val[i] + 0.5f;
+	ub[2] = ub[9] = 10;
+	T_EQ_STR(tree_run_beam(ub, val, 16, 2, 2, &rounds), "2 9");
+	T_EQ_INT(rounds, 3);
+	T_EQ_STR(tree_run_beam(ub, val, 16, 2, 4, &rounds), "5 13");
+	T_EQ_INT(rounds, 2);
+	/* a beam of k is HiP's search: the same blocks as sparse_hip_tree */
+	uint32_t asked;
+	T_EQ_STR(tree_run_beam(val, val, 16, 2, 2, &rounds),
+	         tree_run_by(val, 16, 2, true, &rounds, &asked));
+	/* a beam past n_blocks / 2 starts from pairs: 6 blocks, k = 2, beam
+	 * 8: 3 ranges of 2, one round over the 6 blocks by value */
+	const float v6[6] = { 3, 1, 7, 2, 6, 0 };
+	T_EQ_STR(tree_run_beam(v6, v6, 6, 2, 8, &rounds), "2 4");
+	T_EQ_INT(rounds, 1);
+	/* k covering every block: all, no round */
+	T_EQ_STR(tree_run_beam(v6, v6, 6, 6, 12, &rounds), "0 1 2 3 4 5");
+	T_EQ_INT(rounds, 0);
 }
 
 /* ------------------------------------------------------------ the engine */
@@ -656,6 +738,7 @@ int main(void)
 	test_parse();
 	test_bound_top();
 	test_hip_tree();
+	test_hip_beam();
 	tiny_open(&t);
 	test_full_budget(t.m);
 	test_small_budget(t.m);
