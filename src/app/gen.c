@@ -74,6 +74,8 @@ int gen_open(struct gen **out, const struct gen_config *c, struct err *e)
 	struct engine_config ec = c->engine;
 	if (ec.n_ctx == 0 && c->kv.budget > 0) /* the budget and the policy's scratch */
 		ec.n_ctx = c->kv.budget + kv_policy_scratch(&c->kv.policy, c->kv.budget);
+	if (ec.n_rows == 0 && c->kv.budget > 0) /* store=heads: rows of its own per head */
+		ec.n_rows = kv_policy_rows(&c->kv.policy, c->kv.budget);
 	rc = engine_create(&g->engine, g->model, &ec, e);
 	if (rc != KVS_OK) {
 		model_free(g->model);

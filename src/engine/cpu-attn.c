@@ -85,7 +85,11 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 		for (uint32_t l = 0; l < hp->n_layer; l++)
 			for (uint32_t h = 0; h < hp->n_head_kv; h++) {
 				const float *lcs = cpu_rope_hp(c, l) == hp ? cs : cs_swa;
-				uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+				size_t at = ((size_t)l * hp->n_head_kv + h) * c->cfg.n_ctx + s;
+				if (c->rows != NULL && b->head_keep != NULL && !b->head_keep[at])
+					continue; /* the per-head store: its row is another token's now */
+				uint64_t off =
+				        ((uint64_t)cpu_row(c, l, h, s) * c->kv_row + (uint64_t)h * hd) * c->kv_es;
 				if (c->kv_es == 2)
 					c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
 				else
@@ -162,7 +166,8 @@ void cpu_gather_kv(struct cpu *c, uint32_t l, uint32_t h0, uint32_t h1, int ith,
 	for (uint32_t k = lo; k < hi; k++) {
 		uint32_t s = c->vslot[k];
 		for (uint32_t h = h0; h < h1; h++) {
-			uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+			uint64_t off =
+			        ((uint64_t)cpu_row(c, l, h, s) * c->kv_row + (uint64_t)h * hd) * c->kv_es;
 			float *vdst = c->vf + ((size_t)h * vc + k) * hd;
 			if (c->kv_es == 2) {
 				c->ops->f16_to_f32((const uint16_t *)(c->kr[l] + off), kbuf, hd);
@@ -184,7 +189,7 @@ static void cpu_raw_key(const struct cpu *c, uint32_t l, uint32_t s, uint32_t kv
                         float *kb)
 {
 	uint32_t hd = c->hp.head_dim;
-	uint64_t off = ((uint64_t)s * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
+	uint64_t off = ((uint64_t)cpu_row(c, l, kvh, s) * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
 	if (c->kv_es == 2)
 		c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
 	else
@@ -388,7 +393,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
 	if (direct)
 		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, (int64_t)c->kv_row,
-		                        c->kv_es == 2, c->vslot, m, hp->attn_scale, sc, vc);
+		                        c->kv_es == 2, cpu_vrows(c, l, kvh), m, hp->attn_scale, sc, vc);
 	else
 		c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
 		                   hp->attn_scale, sc, vc);
@@ -468,7 +473,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 	}
 	if (direct)
 		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, c->kv_es == 2,
-		                    c->vslot, m, (int)hd, out);
+		                    cpu_vrows(c, l, kvh), m, (int)hd, out);
 	else
 		c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
 	for (uint32_t r = 0; r < nq; r++) {
@@ -498,10 +503,11 @@ static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32
 	uint32_t hd = c->hp.head_dim;
 	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
 	bool half = c->kv_es == 2;
-	c->ops->kv_rows_f32(c->kr[l] + head_off, (int64_t)c->kv_row, half, c->vslot + k0, mt, (int)hd,
-	                    true, f->kt, CPU_FA_TILE);
-	c->ops->kv_rows_f32(c->vc[l] + head_off, (int64_t)c->kv_row, half, c->vslot + k0, mt, (int)hd,
-	                    false, f->v, hd);
+	const uint32_t *rows = cpu_vrows(c, l, kvh) + k0;
+	c->ops->kv_rows_f32(c->kr[l] + head_off, (int64_t)c->kv_row, half, rows, mt, (int)hd, true,
+	                    f->kt, CPU_FA_TILE);
+	c->ops->kv_rows_f32(c->vc[l] + head_off, (int64_t)c->kv_row, half, rows, mt, (int)hd, false,
+	                    f->v, hd);
 }
 
 /*
@@ -648,12 +654,12 @@ static void cpu_split_run(const struct cpu *c, uint32_t l, const float *q, uint3
 		float *s = sc + (size_t)h0 * vc + (k - k0);
 		if (!pv) {
 			c->ops->att_scores_rows(q + (size_t)h0 * hd, (int)nq, (int)hd, c->kr[l] + head_off,
-			                        (int64_t)c->kv_row, half, c->vslot + k, rm, hp->attn_scale, s,
-			                        vc);
+			                        (int64_t)c->kv_row, half, cpu_vrows(c, l, h0 / grp) + k, rm,
+			                        hp->attn_scale, s, vc);
 			continue;
 		}
 		c->ops->att_pv_rows(s, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, half,
-		                    c->vslot + k, rm, (int)hd, tmp);
+		                    cpu_vrows(c, l, h0 / grp) + k, rm, (int)hd, tmp);
 		for (uint32_t r = 0; r < nq; r++)
 			c->ops->axpy_f32(part + (size_t)(h0 + r) * (hd + 2) + 2, tmp + (size_t)r * hd, 1.0f,
 			                 hd);
@@ -853,21 +859,15 @@ void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 	if (jb->bo->q != NULL) /* want_q: the query as it stands before RoPE */
 		memcpy(jb->bo->q + ((size_t)(jb->t0 + i) * hp->n_layer + l) * nq, q, nq * sizeof(float));
 	uint32_t s = jb->b->slot[jb->t0 + i];
-	uint8_t *kd = c->kc[l] + (uint64_t)s * c->kv_row * c->kv_es;
-	uint8_t *vd = c->vc[l] + (uint64_t)s * c->kv_row * c->kv_es;
-	if (c->kv_es == 2) {
-		c->ops->f32_to_f16(k, (uint16_t *)kd, nkv);
-		c->ops->f32_to_f16(v, (uint16_t *)vd, nkv);
-	} else {
-		memcpy(kd, k, nkv * sizeof(float));
-		memcpy(vd, v, nkv * sizeof(float));
-	}
 	const float *cs = (cpu_rope_hp(c, l) == hp ? c->tok_cs : c->tok_cs_swa) + (size_t)i * hp->n_rot;
-	uint8_t *kr = c->kr[l] + (uint64_t)s * c->kv_row * c->kv_es;
 	for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+		/* each head's entry in its row (the slot's own in the slot store) */
+		uint64_t off = ((uint64_t)cpu_row(c, l, h, s) * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+		cpu_kv_put(c, k + (size_t)h * hd, c->kc[l] + off);
+		cpu_kv_put(c, v + (size_t)h * hd, c->vc[l] + off);
 		/* k is scratch now: rotate it in place into the rotated cache */
 		cpu_rope(c, k + (size_t)h * hd, cs);
-		cpu_kv_put(c, k + (size_t)h * hd, kr + (uint64_t)h * hd * c->kv_es);
+		cpu_kv_put(c, k + (size_t)h * hd, c->kr[l] + off);
 	}
 	for (uint32_t h = 0; h < hp->n_head; h++)
 		cpu_rope(c, q + (size_t)h * hd, cs);
@@ -897,11 +897,13 @@ void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t
 	for (uint32_t i = 0; i < n; i++) {
 		if (dst[i] == src[i])
 			continue;
-		for (uint32_t l = 0; l < c->hp.n_layer; l++) {
+		for (uint32_t l = 0; l < c->hp.n_layer && c->rows == NULL; l++) {
 			memcpy(c->kc[l] + dst[i] * row, c->kc[l] + src[i] * row, row);
 			memcpy(c->vc[l] + dst[i] * row, c->vc[l] + src[i] * row, row);
 			memcpy(c->kr[l] + dst[i] * row, c->kr[l] + src[i] * row, row);
 		}
+		if (c->rows != NULL)
+			cpu_rows_copy(c, dst[i], src[i]);
 		c->kr_pos[dst[i]] = c->kr_pos[src[i]];
 		sparse_pages_forget(&c->sp, dst[i]);
 	}
@@ -913,8 +915,15 @@ void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, b
 {
 	struct cpu *c = state;
 	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
-	const uint8_t *p =
-	        base + ((uint64_t)slot * c->kv_row + (uint64_t)kv_head * c->hp.head_dim) * c->kv_es;
+	if (c->rows != NULL &&
+	    c->rows[((size_t)layer * c->hp.n_head_kv + kv_head) * c->cfg.n_ctx + slot] >= c->n_rows) {
+		memset(out, 0, c->hp.head_dim * sizeof(float)); /* the head keeps no entry */
+		return;
+	}
+	const uint8_t *p = base +
+	        ((uint64_t)cpu_row(c, layer, kv_head, slot) * c->kv_row +
+	         (uint64_t)kv_head * c->hp.head_dim) *
+	                c->kv_es;
 	if (c->kv_es == 2)
 		for (uint32_t d = 0; d < c->hp.head_dim; d++)
 			out[d] = dtype_f16_to_f32(((const uint16_t *)p)[d]);
@@ -929,7 +938,9 @@ int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e)
 	size_t row = c->kv_row * c->kv_es;
 	uint8_t *b = buf;
 	(void)e;
-	for (uint32_t l = 0; l < c->hp.n_layer; l++, b += 2 * row) {
+	if (c->rows != NULL)
+		cpu_rows_raw(c, slot, b, load);
+	for (uint32_t l = 0; l < c->hp.n_layer && c->rows == NULL; l++, b += 2 * row) {
 		uint8_t *k = c->kc[l] + (size_t)slot * row, *v = c->vc[l] + (size_t)slot * row;
 		if (load) {
 			memcpy(k, b, row);

@@ -58,6 +58,12 @@ struct cpu {
 	uint8_t **kc, **vc; /* (n_layer) -> (n_ctx, n_head_kv, head_dim) */
 	uint8_t **kr;       /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
 	int32_t *kr_pos;    /* (n_ctx) position kr holds each slot rotated to, or -1 */
+	/* the per-head store (cpu-rows.c): kc, vc and kr hold n_rows rows, and
+	 * a (layer, KV head)'s entry of slot s sits in row rows[(l, h, s)] */
+	const uint32_t *rows; /* (n_layer, n_head_kv, n_ctx) the engine's map, or NULL: row = slot */
+	uint32_t n_rows;      /* rows per (layer, KV head): n_ctx without a map */
+	uint32_t *vrow;       /* (n_layer, n_head_kv, vis_cap) each head's row of each sorted
+	                       * visible slot (vslot), or NULL without a map */
 	float *rcs;         /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
 
 	/* scratch for one ubatch */
@@ -195,6 +201,32 @@ struct cpu_job {
 	                               * the reference path */
 	int rc;
 };
+
+/* The row that holds layer l, KV head h's entry of slot s: s in the slot
+ * store; the map's row in the per-head store, or row 0 where the head
+ * keeps none (read only with weight exactly 0: a dropped key). */
+static inline uint32_t cpu_row(const struct cpu *c, uint32_t l, uint32_t h, uint32_t s)
+{
+	if (c->rows == NULL)
+		return s;
+	uint32_t r = c->rows[((size_t)l * c->hp.n_head_kv + h) * c->cfg.n_ctx + s];
+	return r < c->n_rows ? r : 0;
+}
+
+/* The rows of layer l, KV head h's entries of the sorted visible slots,
+ * (vis_cap): vslot itself in the slot store. */
+static inline const uint32_t *cpu_vrows(const struct cpu *c, uint32_t l, uint32_t h)
+{
+	return c->rows ? c->vrow + ((size_t)l * c->hp.n_head_kv + h) * c->vis_cap : c->vslot;
+}
+
+/* cpu-rows.c: fill vrow from vslot (after cpu_sort_visible) */
+void cpu_rows_build(struct cpu *c, uint32_t nv);
+/* cpu-rows.c: a slot's K/V of every layer and head through the row map */
+int cpu_rows_raw(struct cpu *c, uint32_t slot, uint8_t *buf, bool load);
+/* cpu-rows.c: copy each head's entry of slot src into its row of slot dst
+ * (every layer; a head without a row at either end is left alone) */
+void cpu_rows_copy(struct cpu *c, uint32_t dst, uint32_t src);
 
 /* The keep row (by slot) of layer l, KV head h under the batch's
  * per-head keep-sets, or NULL: that head keeps every slot. */

@@ -231,6 +231,7 @@ static void cpu_free_visible(struct cpu *c)
 	xfree_aligned(c->vorder);
 	xfree_aligned(c->vslot);
 	xfree_aligned(c->scores);
+	free(c->vrow);
 }
 
 /* Grow the per-ubatch scratch to n tokens. */
@@ -277,6 +278,8 @@ static void cpu_reserve_vis(struct cpu *c, uint32_t n)
 	c->vpos = xmalloc_aligned((size_t)n * sizeof(int32_t));
 	c->vorder = xmalloc_aligned((size_t)n * sizeof(uint32_t));
 	c->vslot = xmalloc_aligned((size_t)n * sizeof(uint32_t));
+	c->vrow = c->rows ? xmallocarray((size_t)hp->n_layer * hp->n_head_kv * n, sizeof(uint32_t))
+	                  : NULL;
 	c->scores = xmalloc_aligned((size_t)pool_size(c->pool) * c->q_rows * n * sizeof(float));
 }
 
@@ -300,6 +303,8 @@ static int cpu_create(const struct backend_ctx *ctx, void **state, struct err *e
 	model_rope_params(hp, true, ctx->cfg.n_ctx, &c->hp_swa);
 	c->cfg = ctx->cfg;
 	c->slot_pos = ctx->slot_pos;
+	c->rows = ctx->rows;
+	c->n_rows = ctx->rows ? ctx->cfg.n_rows : ctx->cfg.n_ctx;
 	c->ref = ctx->cfg.reference;
 	enum kern_level want = KERN_AVX512;
 	if (c->ref || ctx->cfg.isa == ENGINE_ISA_SCALAR)
@@ -383,17 +388,17 @@ static int cpu_create_cache(struct cpu *c, const struct backend_ctx *ctx, void *
 	for (uint32_t l = 0; l < hp->n_layer && got; l++) {
 		/* calloc: untouched slots cost no memory. The size comes from the
 		 * context the user chose, so a refusal is an error, not fatal. */
-		c->kc[l] = calloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
-		c->vc[l] = calloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
-		c->kr[l] = calloc(ctx->cfg.n_ctx, c->kv_row * c->kv_es);
+		c->kc[l] = calloc(c->n_rows, c->kv_row * c->kv_es);
+		c->vc[l] = calloc(c->n_rows, c->kv_row * c->kv_es);
+		c->kr[l] = calloc(c->n_rows, c->kv_row * c->kv_es);
 		got = c->kc[l] != NULL && c->vc[l] != NULL && c->kr[l] != NULL;
 	}
 	c->kr_pos = got ? malloc((size_t)ctx->cfg.n_ctx * sizeof(int32_t)) : NULL;
 	if (c->kr_pos == NULL) {
 		cpu_free(c);
 		return engine_nomem(e, ctx->cfg.n_ctx,
-		                    (double)ctx->cfg.n_ctx *
-		                            (3.0 * hp->n_layer * c->kv_row * c->kv_es + sizeof(int32_t)));
+		                    (double)c->n_rows * 3.0 * hp->n_layer * c->kv_row * c->kv_es +
+		                            (double)ctx->cfg.n_ctx * sizeof(int32_t));
 	}
 	for (uint32_t s = 0; s < ctx->cfg.n_ctx; s++)
 		c->kr_pos[s] = -1;
@@ -848,6 +853,8 @@ static int cpu_forward(void *state, const struct engine_batch *b, struct backend
 	if (b->want_surprisal && b->logits != ENGINE_LOGITS_ALL && c->lm == NULL)
 		c->lm = xmalloc_aligned((size_t)CPU_LM_CHUNK * c->hp.n_vocab * sizeof(float));
 	cpu_sort_visible(c, b);
+	if (c->rows != NULL)
+		cpu_rows_build(c, b->n_visible);
 	cpu_sparse_prepare(c, b);
 	/* the batch's own rotated keys are written as its layers run */
 	for (uint32_t i = 0; i < b->n_tokens; i++)
@@ -951,7 +958,8 @@ const struct backend_ops backend_cpu = {
 	.isa_name = cpu_isa_name,
 	.free = cpu_free,
 	.caps = ENGINE_CAP_ATTN_KV | ENGINE_CAP_DIST_CAP | ENGINE_CAP_LAMBDA | ENGINE_CAP_SPARSE |
-	        ENGINE_CAP_SQUEEZED | ENGINE_CAP_SHARE | ENGINE_CAP_QUERY | ENGINE_CAP_HEAD_KEEP,
+	        ENGINE_CAP_SQUEEZED | ENGINE_CAP_SHARE | ENGINE_CAP_QUERY | ENGINE_CAP_HEAD_KEEP |
+	        ENGINE_CAP_HEAD_ROWS,
 	.kv_raw = cpu_kv_raw,
 	.page_bounds = cpu_sparse_bounds,
 };

@@ -87,4 +87,29 @@ int engine_ring_collect(struct engine_ring *r, bool wait, bool *ready, const voi
 /* Drop the oldest batch (waiting for its copy if it still runs). */
 void engine_ring_release(struct engine_ring *r);
 
+/* ---- the per-head store's row map (engine-rows.c) ---- */
+
+struct backend_ops;
+struct engine_batch;
+struct engine_config;
+struct hparams;
+
+/* The row map of a per-head store of n_rows rows (every entry
+ * ENGINE_ROW_NONE) and its check's scratch *mark, (n_rows); NULL (and no
+ * scratch) for the slot store (n_rows 0). */
+uint32_t *engine_rows_alloc(const struct hparams *hp, uint32_t n_ctx, uint32_t n_rows,
+                            uint32_t **mark);
+/* A backend for the per-head store: *ops when it has one; the CPU's under
+ * the auto backend; else KVS_EUNSUPPORTED in one line. */
+int engine_rows_backend(const struct engine_config *c, const struct backend_ops **ops,
+                        struct err *e);
+/* A forward's batch b against the map (vis, its visible list): every
+ * visible slot a head keeps in a row of that head's own, distinct from
+ * the others', every written slot in a row of every head, no sparse
+ * attention; KVS_EARG / KVS_EUNSUPPORTED in one line naming what is
+ * wrong. */
+int engine_rows_check(const uint32_t *map, uint32_t *mark, const struct hparams *hp,
+                      const struct engine_config *cfg, const struct engine_batch *b,
+                      const uint32_t *vis, struct err *e);
+
 #endif

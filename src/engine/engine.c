@@ -56,6 +56,8 @@ struct engine {
 	uint64_t sp_steps[2];       /* sparse decode steps: reused, chosen (engine_sparse_steps) */
 	struct engine_squeeze *sq;  /* squeezed's index (squeeze.c), or NULL */
 	uint64_t sq_serial;         /* indexes installed so far (engine_squeeze.id) */
+	uint32_t *rows;             /* (n_layer, n_head_kv, n_ctx) the per-head store's map, or NULL */
+	uint32_t *row_mark;         /* (n_rows) engine_rows_check's scratch */
 	struct engine_ring *ring;   /* batched raw saves (engine-ring.c), made on first use */
 	struct engine_defer *defer; /* engine_kv_defer's copies in flight (tests), or NULL */
 };
@@ -177,6 +179,7 @@ static int engine_alloc(const struct model *m, const struct engine_config *c,
 		eng->slot_pos[s] = -1;
 		eng->all_slots[s] = s;
 	}
+	eng->rows = engine_rows_alloc(&m->hp, c->n_ctx, c->n_rows, &eng->row_mark);
 	*out = eng;
 	return KVS_OK;
 }
@@ -199,6 +202,8 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 		               ENGINE_N_CTX_MAX);
 	if ((unsigned)c.kv_type > ENGINE_KV_F32)
 		return err_set(e, KVS_EARG, "KV cache type %d: expected f16 or f32", (int)c.kv_type);
+	if (c.n_rows > c.n_ctx)
+		c.n_rows = c.n_ctx;
 	if ((unsigned)c.isa > ENGINE_ISA_AVX512)
 		return err_set(e, KVS_EARG, "kernel level %d: expected auto, scalar, avx2 or avx512",
 		               (int)c.isa);
@@ -207,11 +212,13 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 	if (rc != KVS_OK)
 		return rc;
 
+	if (c.n_rows > 0 && (rc = engine_rows_backend(&c, &ops, e)) != KVS_OK)
+		return rc;
 	struct engine *eng;
 	rc = engine_alloc(m, &c, ops, &eng, e);
 	if (rc != KVS_OK)
 		return rc;
-	struct backend_ctx ctx = { .m = m, .cfg = c, .slot_pos = eng->slot_pos };
+	struct backend_ctx ctx = { .m = m, .cfg = c, .slot_pos = eng->slot_pos, .rows = eng->rows };
 	rc = ops->create(&ctx, &eng->state, e);
 	if (rc != KVS_OK && c.backend == ENGINE_BACKEND_AUTO && ops != &backend_cpu) {
 		/* auto: a GPU that cannot take this model (memory, a shape, a
@@ -241,6 +248,7 @@ int engine_create_shared(struct engine **out, struct engine *base, uint32_t n_ct
 		               base->ops->name);
 	struct engine_config c = base->cfg;
 	c.n_ctx = n_ctx ? n_ctx : base->cfg.n_ctx;
+	c.n_rows = 0; /* a shadow keeps the slot store */
 	if (c.n_ctx > ENGINE_N_CTX_MAX)
 		return err_set(e, KVS_EARG, "context %u slots: expected at most %u", c.n_ctx,
 		               ENGINE_N_CTX_MAX);
@@ -276,6 +284,8 @@ void engine_free(struct engine *eng)
 		eng->ops->free(eng->state);
 	squeeze_free(eng->sq);
 	free(eng->slot_pos);
+	free(eng->rows);
+	free(eng->row_mark);
 	free(eng->all_slots);
 	free(eng->mark);
 	free(eng->saved_pos);
@@ -442,6 +452,9 @@ int engine_forward(struct engine *eng, const struct engine_batch *b, struct engi
 {
 	memset(out, 0, sizeof(*out));
 	int rc = engine_check_batch(eng, b, e);
+	if (rc == KVS_OK && eng->rows != NULL)
+		rc = engine_rows_check(eng->rows, eng->row_mark, &eng->m->hp, &eng->cfg, b,
+		                       b->visible ? b->visible : eng->all_slots, e);
 	if (rc != KVS_OK)
 		return rc;
 	const struct hparams *hp = &eng->m->hp;
@@ -668,6 +681,16 @@ int engine_nomem(struct err *e, uint32_t n_ctx, double need_bytes)
 	               "the KV cache needs %.*f %s for %u slots; the system refused "
 	               "that much memory (a smaller context fits)",
 	               gib >= 1 ? 1 : 0, gib >= 1 ? gib : gib * 1024, gib >= 1 ? "GiB" : "MiB", n_ctx);
+}
+
+uint32_t engine_kv_rows(const struct engine *eng)
+{
+	return eng->rows ? eng->cfg.n_rows : eng->cfg.n_ctx;
+}
+
+uint32_t *engine_kv_row_map(const struct engine *eng)
+{
+	return eng->rows;
 }
 
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng)

@@ -67,6 +67,11 @@ struct engine_config {
 	                            * batches may run on fewer when that is faster,
 	                            * e.g. on a busy machine) */
 	uint32_t n_ctx; /* KV cache slots; 0 = min(n_ctx_train, 4096) */
+	/* 0: a row per slot (the slot store); N > 0 (ENGINE_CAP_HEAD_ROWS):
+	 * the per-head store, min(N, n_ctx) rows per (layer, KV head), each
+	 * head keeping its entries in rows of its own as the row map
+	 * (engine_kv_row_map) says */
+	uint32_t n_rows;
 	enum engine_kv_type kv_type;
 	enum engine_isa isa; /* CPU kernels; AUTO unless testing */
 	bool reference;      /* CPU: plain scalar f32 path (tests, debugging) */
@@ -364,6 +369,7 @@ enum engine_cap {
 	ENGINE_CAP_QUERY = 1u << 5,     /* want_q */
 	ENGINE_CAP_HEAD_KEEP = 1u << 6, /* head_keep, attn_kv_max */
 	ENGINE_CAP_SQUEEZED = 1u << 7,  /* sparse mode squeezed (besides quest and hip) */
+	ENGINE_CAP_HEAD_ROWS = 1u << 8, /* engine_config.n_rows > 0 (a per-head store) */
 };
 
 struct engine;
@@ -409,6 +415,27 @@ void engine_kv_clear(struct engine *eng);
  * rotated) or value as floats into out, (head_dim). For tests and views. */
 int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint32_t kv_head,
                    bool value, bool rotated, float *out, struct err *e);
+/* ---- the per-head store (engine_config.n_rows > 0) ----
+ *
+ * Each (layer, KV head) holds its K/V in n_rows rows of its own, and a map
+ * by slot says which row holds that head's entry of the slot's token:
+ * ENGINE_ROW_NONE where the head keeps no entry (it dropped the token, or
+ * the slot is empty). A forward checks that every visible slot a head
+ * keeps (engine_batch.head_keep; NULL: every head keeps every slot) has a
+ * row of its own, distinct from the other visible slots' rows of that
+ * head; a key the head dropped is never read for its value (its weight is
+ * exactly 0). Writes of a batch's K/V, engine_kv_read, _save and _load
+ * go through the map: a save gives zeros for a head without a row, a load
+ * skips it. Sparse attention (quest, hip, squeezed) is refused over a row
+ * map: its page bounds and lists are by slot. */
+#define ENGINE_ROW_NONE UINT32_MAX
+/* K/V rows per (layer, KV head): n_ctx for the slot store. */
+uint32_t engine_kv_rows(const struct engine *eng);
+/* The slot-to-row map, (n_layer, n_head_kv, n_ctx) by slot, every entry
+ * ENGINE_ROW_NONE at creation: the caller (the kv layer) keeps it; lent
+ * until engine_free. NULL for the slot store (row = slot). */
+uint32_t *engine_kv_row_map(const struct engine *eng);
+
 /* Bytes of KV cache per slot (all layers, K and V). */
 uint64_t engine_kv_bytes_per_slot(const struct engine *eng);
 /* The error of a context of n_ctx slots whose buffers, need_bytes in all,
@@ -501,6 +528,9 @@ struct backend_ctx {
 	const struct model *m;
 	struct engine_config cfg; /* n_threads and n_ctx resolved */
 	const int32_t *slot_pos;  /* (n_ctx) */
+	/* the per-head store's row map, (n_layer, n_head_kv, n_ctx) by slot,
+	 * the engine's (cfg.n_rows > 0), or NULL: row = slot */
+	const uint32_t *rows;
 	/* engine_create_shared: a state of the same backend whose weights and
 	 * compute pool the new state borrows until its free (NULL: its own) */
 	void *share;

@@ -75,6 +75,7 @@ struct kv_cache {
 	struct kv_tok *evicted;        /* (n_ctx) an eviction's victims */
 	uint32_t *sbeg, *send;         /* (n_ctx) each: an eviction's spans, by candidate */
 	uint32_t pending_room;         /* a voting policy's turn eviction, deferred to the feed */
+	bool pending_vote;             /* carry > 0: the turn's prompt votes even without one */
 	uint8_t *span_cls;             /* (n_span_cls) enum kv_span_class by token id */
 	uint32_t n_span_cls;           /* the vocabulary's tokens */
 	struct kv_head_summary *heads; /* (n_layer, n_head) */
@@ -82,6 +83,10 @@ struct kv_cache {
 	uint8_t *hkeep;   /* (n_layer, n_head_kv, n_ctx) by slot: 1 = that head keeps the
 	                   * slot's token; NULL: one keep-set for every head */
 	bool heads_over;  /* a restore left heads over the budget: cut at the next eviction */
+	/* the per-head store (kv_store.c), while the engine has a row map */
+	uint32_t *rfree;   /* (n_layer, n_head_kv, n_rows) each head's stack of free rows */
+	uint32_t *n_rfree; /* (n_layer, n_head_kv) free rows of each head */
+	uint8_t *sheld;    /* (n_ctx) a sync's scratch: 1 = the slot is held */
 	int32_t *zip_ids; /* (n_zip_ids) KVzip's "repeat the previous context" prompt */
 	uint32_t n_zip_ids;
 	uint64_t n_zip_reads; /* KVzip re-reads since the last clear, and their tokens */
@@ -287,8 +292,39 @@ int kv_heads_check(const struct kv_cache *c, struct err *e);
  * acc (H2O: each KV head summing its query heads) and each token's score. */
 void kv_accumulate(struct kv_cache *c, const struct engine_out *o);
 /* KVS_EUNSUPPORTED (one line) when the engine cannot run policy p's
- * per-head keep-sets or its re-read. */
-int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, struct err *e);
+ * per-head keep-sets or its re-read, or p at budget its store
+ * (kv_store_refuse). */
+int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, uint32_t budget, struct err *e);
+
+/* ---- the per-head store (kv_store.c) ---- */
+
+/* Whether the engine keeps K/V in per-head rows behind a row map. */
+bool kv_store_on(const struct kv_cache *c);
+/* Bring the row map in step with hkeep and the held slots (the cached
+ * tokens and the m slots extra): free the rows of what a head dropped or
+ * the cache let go, then give a row to each held slot a head keeps. */
+void kv_store_sync(struct kv_cache *c, const uint32_t *extra, uint32_t m);
+/* Tokens a scratch forward may add: the free slots, and with the store
+ * also the free rows of the fullest head. */
+uint32_t kv_store_room(const struct kv_cache *c);
+/* Under the store with per-head sets: set slot's hkeep from its raw rows,
+ * raw (bytes_per_token) as engine_kv_save gave them: a head whose K and V
+ * are all zero bits dropped the token (a save gives a head without a row
+ * zeros). */
+void kv_store_marks(struct kv_cache *c, uint32_t slot, const uint8_t *raw);
+/* Before a recall loads the raw rows of n tokens, raw (n, bytes_per_token),
+ * into the next free slots: their keep-sets from the rows' marks, and rows
+ * for them (nothing without the store). */
+void kv_store_recall(struct kv_cache *c, uint32_t n, const uint8_t *raw);
+/* Rows in use over every (layer, KV head); 0 without the store. */
+uint64_t kv_store_entries(const struct kv_cache *c);
+/* kv_cache_check's part for the store: each head's rows accounted once. */
+int kv_store_check(const struct kv_cache *c, struct err *e);
+void kv_store_free(struct kv_cache *c);
+/* KVS_EUNSUPPORTED / KVS_EARG (one line) when policy p at budget cannot
+ * run on eng's store: store=heads on an engine made with a row per slot,
+ * or a store with fewer rows than the budget and the policy's scratch. */
+int kv_store_refuse(struct engine *eng, const struct kv_policy *p, uint32_t budget, struct err *e);
 
 /* ---- KVzip (kv_zip.c) ---- */
 
@@ -307,6 +343,9 @@ int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e);
  * none). */
 bool kv_policy_per_head(const struct kv_policy *p);
 uint32_t kv_policy_reread(const struct kv_policy *p);
+/* What a vote's or re-read's earlier scores keep at the next one (snapkv,
+ * kvzip: the carry parameter; 0: the paper's rule, and for other policies). */
+float kv_policy_carry(const struct kv_policy *p);
 
 /* ---- votes (kv_vote.c) ---- */
 
@@ -344,6 +383,7 @@ static inline struct engine_batch kv_batch_after_cache(struct kv_cache *c, const
 		kv_heads_take(c, c->bslot, m);
 		b.head_keep = c->hkeep;
 	}
+	kv_store_sync(c, c->bslot, m); /* the per-head store: rows for what each head keeps */
 	return b;
 }
 

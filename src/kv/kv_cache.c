@@ -190,9 +190,10 @@ static void kv_acc_alloc(struct kv_cache *c)
 static bool kv_sparse_runs(const struct engine *eng, enum engine_sparse_mode mode)
 {
 	return mode == ENGINE_SPARSE_OFF ||
-	        engine_supports(eng,
-	                        ENGINE_CAP_SPARSE |
-	                                (mode == ENGINE_SPARSE_SQUEEZED ? ENGINE_CAP_SQUEEZED : 0u));
+	        (engine_kv_row_map(eng) == NULL && /* not over the per-head store */
+	         engine_supports(eng,
+	                         ENGINE_CAP_SPARSE |
+	                                 (mode == ENGINE_SPARSE_SQUEEZED ? ENGINE_CAP_SQUEEZED : 0u)));
 }
 
 /* The error of a sparse mode on a backend without it. */
@@ -203,6 +204,10 @@ static int kv_sparse_refuse(struct engine *eng, enum engine_sparse_mode mode, st
 		               "sparse attention: backend %s runs quest and hip, not squeezed (expected "
 		               "--sparse quest or hip, or --backend cpu)",
 		               engine_backend_name(eng));
+	if (engine_kv_row_map(eng) != NULL)
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "sparse attention over the per-head store (store="
+		               "heads) is not built (expected --sparse off)");
 	if (engine_model(eng)->hp.attn_softcap > 0)
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "sparse attention: this model soft-caps its attention scores, which the "
@@ -240,7 +245,7 @@ int kv_cache_create(struct kv_cache **out, struct engine *eng, const struct kv_c
 		return err_set(e, KVS_EARG, "KV budget %u tokens: expected at least 8", cfg->budget);
 	if (!kv_sparse_runs(eng, cfg->sparse.mode))
 		return kv_sparse_refuse(eng, cfg->sparse.mode, e);
-	int rc = kv_heads_refuse(eng, &cfg->policy, e);
+	int rc = kv_heads_refuse(eng, &cfg->policy, cfg->budget, e);
 	if (rc != KVS_OK)
 		return rc;
 	struct kv_cache *c = xcalloc(1, sizeof *c);
@@ -318,6 +323,7 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->heads);
 	free(c->logits);
 	kv_sparse_free(c);
+	kv_store_free(c);
 	free(c);
 }
 
@@ -331,6 +337,7 @@ void kv_cache_clear(struct kv_cache *c)
 		c->free_slots[i] = c->n_ctx - 1 - i;
 	c->next_pos = 0;
 	c->pending_room = 0;
+	c->pending_vote = false;
 	c->turn = 0;
 	c->role = KV_ROLE_NONE;
 	c->have_logits = false;
@@ -630,6 +637,7 @@ int kv_cache_begin_turn(struct kv_cache *c, enum kv_role role, uint32_t m, struc
 	c->prev_self = NAN;
 	uint32_t room = KVS_MIN(m, c->cfg.budget);
 	c->pending_room = 0;
+	c->pending_vote = kv_votes(c) && kv_policy_carry(&c->cfg.policy) > 0;
 	if (kv_over(c, room) && kv_votes(c)) {
 		/* the turn's prompt votes first: its first feed evicts */
 		c->pending_room = room;
@@ -676,7 +684,7 @@ int kv_cache_set_policy(struct kv_cache *c, const struct kv_policy *p, struct er
 {
 	if (p->def == NULL)
 		return err_set(e, KVS_EARG, "KV cache: no retention policy given");
-	int rc = kv_heads_refuse(c->eng, p, e);
+	int rc = kv_heads_refuse(c->eng, p, c->cfg.budget, e);
 	if (rc == KVS_OK && !p->def->evicts && !c->has_scorer && c->n > c->cfg.budget)
 		rc = err_set(e, KVS_ESTATE,
 		             "policy %s never evicts: %u tokens are cached, over the "
@@ -713,8 +721,10 @@ int kv_cache_set_budget(struct kv_cache *c, uint32_t budget, struct err *e)
 		return err_set(e, KVS_ESTATE,
 		               "KV budget %u tokens: %u are cached and policy full never evicts", budget,
 		               c->n);
+	int rc = kv_store_refuse(c->eng, &c->cfg.policy, budget, e);
+	if (rc != KVS_OK)
+		return rc;
 	c->cfg.budget = budget;
-	int rc = KVS_OK;
 	if (kv_over(c, 0))
 		rc = kv_evict(c, 0, KV_EVICT_BUDGET, e);
 	struct kv_event ev = { .kind = KV_EVENT_POLICY };
@@ -950,10 +960,12 @@ int kv_cache_feed(struct kv_cache *c, const int32_t *ids, uint32_t n, struct err
 		               c->n, n, c->cfg.budget);
 	/* a voting policy's deferred turn eviction: the end of this feed votes */
 	uint32_t room = c->pending_room, win = KVS_MIN(n, c->cfg.budget);
+	bool evict = room > 0 && kv_over(c, room), vote = evict || c->pending_vote;
 	c->pending_room = 0;
-	if (room > 0 && kv_over(c, room)) {
+	c->pending_vote = false; /* with carry every turn's prompt votes, evicting or not */
+	if (vote) {
 		int rc = kv_vote(c, ids + (n - win), win, e);
-		if (rc == KVS_OK)
+		if (rc == KVS_OK && evict)
 			rc = kv_evict(c, room, KV_EVICT_TURN, e);
 		if (rc != KVS_OK)
 			return rc;

@@ -197,6 +197,10 @@ bool kv_policy_evicts(const struct kv_policy *p);
  * empties them (with fewer free slots it votes with fewer queries, re-reads
  * in smaller chunks). */
 uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget);
+/* K/V rows per (layer, KV head) for policy p at budget when it asks for
+ * the per-head store (store=heads: the budget and the fixed scratch, so
+ * spread costs no memory; engine_config.n_rows), or 0: the slot store. */
+uint32_t kv_policy_rows(const struct kv_policy *p, uint32_t budget);
 
 /* ---- score providers (custom policies from outside the engine) ---- */
 
@@ -301,7 +305,7 @@ struct kv_stats {
 	uint64_t bytes_entries;   /* per-head keep-sets: the kept (token, layer, KV head)
 	                         * entries' K and V (bytes otherwise) */
 	uint64_t bytes_peak;      /* the most bytes held since the last clear */
-	uint64_t bytes_allocated; /* n_ctx slots */
+	uint64_t bytes_allocated; /* n_ctx slots; the per-head store's n_rows rows */
 	/* The last decode step's attention: keys read, and keys dense attention
 	 * reads, summed over layers and KV heads (equal unless sparse). */
 	uint64_t keys_read, keys_dense;
@@ -510,10 +514,19 @@ struct kv_restore {
  * the budget; the cache is empty then.
  */
 int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err *e);
+/* After kv_cache_restore: load the installed tokens' raw rows, rows (n,
+ * bytes_per_slot) as engine_kv_save gave them, token i into its slot at
+ * its position. Under the per-head store a head whose K and V of a token
+ * are all zero bits dropped it (a save gives zeros where a head keeps no
+ * entry): the heads get their own sets back, not every token each. */
+int kv_cache_load_rows(struct kv_cache *c, const uint8_t *rows, struct err *e);
 /* Compute the K/V of the installed tokens by running them at their stored
  * positions (n_batch chunks; a new chunk wherever positions stop rising);
  * afterwards kv_cache_logits() holds the last token's next-token logits.
- * The tokens' metadata is left as restored. */
+ * The tokens' metadata is left as restored. Under the per-head store every
+ * head keeps every token then: KVS_EUNSUPPORTED when they do not fit its
+ * rows (a snapshot's raw rows, kv_cache_load_rows, say which heads keep
+ * what). */
 int kv_cache_recompute(struct kv_cache *c, struct err *e);
 /* Statistics carried by kv_restore (tokens fed, evicted, eviction rounds). */
 uint32_t kv_cache_turn(const struct kv_cache *c);

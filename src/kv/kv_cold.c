@@ -249,6 +249,7 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	if (rc != KVS_OK)
 		return rc;
 	/* load every row first, in one batch: a failure leaves the cache as it was */
+	kv_store_recall(c, n, raw); /* the per-head store: the rows' heads, and rows for them */
 	uint32_t *slots = xmallocarray(n, sizeof *slots);
 	int32_t *pos = xmallocarray(n, sizeof *pos);
 	for (uint32_t j = 0; j < n; j++) {
@@ -294,7 +295,7 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	c->n_free -= n;
 	c->n += n;
 	c->recall_turn = c->turn;
-	for (uint32_t k = 0; c->hkeep != NULL && k < n; k++)
+	for (uint32_t k = 0; c->hkeep != NULL && !kv_store_on(c) && k < n; k++)
 		kv_heads_take(c, &c->free_slots[c->n_free + k], 1);
 	kv_heads_count(c);
 	uint64_t bytes = kv_bytes(c);

@@ -26,10 +26,11 @@
  *     budget x bytes_per_token, and the engine is given budget slots plus
  *     the policy's fixed scratch (a vote's window, a re-read's chunk). The
  *     kept (token, layer, KV head) entries, bytes_per_token / (n_layer x
- *     n_head_kv) each, are kv_stats.bytes_entries: what a per-head paged
- *     store (per (layer, KV head) rows behind a slot-to-row map) would
- *     hold; that store is not built, so spread > 1 lets the heads keep
- *     more different tokens at spread x the memory.
+ *     n_head_kv) each, are kv_stats.bytes_entries: what the per-head
+ *     store (store=heads, kv_store.c: per (layer, KV head) rows behind a
+ *     slot-to-row map) holds, so there spread > 1 lets the heads keep
+ *     more different tokens at no more memory; with the slot store (the
+ *     default) at spread x the memory.
  *   - A slot is freed when no head keeps its token; when the union would
  *     pass its cap, the tokens the fewest heads keep go first, whole spans
  *     (the older first on ties). With spread 1 the cap is what one head
@@ -151,6 +152,9 @@ uint64_t kv_heads_count(struct kv_cache *c)
 
 uint64_t kv_bytes(const struct kv_cache *c)
 {
+	/* the per-head store holds each head's kept entries only */
+	if (kv_store_on(c) && kv_heads_on(c))
+		return kv_bytes_entries(c);
 	return (uint64_t)c->n * c->bytes_per_token;
 }
 
@@ -202,7 +206,7 @@ uint8_t *kv_cache_head_map(const struct kv_cache *c, uint32_t *n_layer, uint32_t
 	return m;
 }
 
-int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, struct err *e)
+int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, uint32_t budget, struct err *e)
 {
 	if (kv_policy_per_head(p) && !engine_supports(eng, ENGINE_CAP_HEAD_KEEP))
 		return err_set(e, KVS_EUNSUPPORTED,
@@ -214,7 +218,7 @@ int kv_heads_refuse(struct engine *eng, const struct kv_policy *p, struct err *e
 		               "policy %s: backend %s cannot give the per-KV-head max attention its "
 		               "re-read scores by (expected --backend cpu)",
 		               kv_policy_name(p), engine_backend_name(eng));
-	return KVS_OK;
+	return kv_store_refuse(eng, p, budget, e);
 }
 
 /* ------------------------------------------------------------- selection */

@@ -22,6 +22,8 @@ int kv_cache_check(const struct kv_cache *c, struct err *e)
 		               "cached <= budget <= slots",
 		               c->n, c->cfg.budget, n_ctx);
 	int hrc = kv_heads_check(c, e);
+	if (hrc == KVS_OK)
+		hrc = kv_store_check(c, e);
 	if (hrc != KVS_OK)
 		return hrc;
 	if (c->n_free > n_ctx || c->n + c->n_free != n_ctx)
@@ -311,5 +313,5 @@ void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s)
 	kv_heads_stats(c, s); /* bytes, and the per-head keep-sets' */
 	s->bytes_per_layer = s->bytes / (c->hp->n_layer ? c->hp->n_layer : 1);
 	s->bytes_peak = c->bytes_peak;
-	s->bytes_allocated = (uint64_t)c->n_ctx * c->bytes_per_token;
+	s->bytes_allocated = (uint64_t)engine_kv_rows(c->eng) * c->bytes_per_token;
 }

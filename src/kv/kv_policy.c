@@ -33,12 +33,19 @@
  *              "repeat the previous context" prompt (kv_zip.c; tokens not
  *              yet scored first)
  *
+ * carry > 0 (snapkv, kvzip; default 0, the papers' rule) lets the scores
+ * outlive the vote or re-read that made them: each new one adds to the
+ * old times carry (kv_vote.c, kv_zip.c), as SirLLM decays its entropies
+ * per turn, so a fact that the questions of later turns never ask about
+ * keeps what its own turns gave it instead of losing every later vote.
+ *
  * heads=1 (snapkv, h2o; kvzip's default) gives each (layer, KV head) its
  * own keep-set of at most target tokens (kv_heads.c): the selection runs
  * once per head over the candidates that head still keeps, scored by its
  * own row of acc; the cache holds the union (at most spread x budget
  * tokens) and counts bytes per kept (token, layer, KV head) entry, so the
- * bytes stay within the budget's.
+ * bytes stay within the budget's. store=heads (kv_store.c) gives each
+ * head rows of its own, so the union's spread costs no memory.
  *
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
@@ -62,6 +69,7 @@
 
 static const char *const policy_sirllm_modes[] = { "paper", "compat", NULL };
 static const char *const policy_pos_modes[] = { "original", "compact", NULL };
+static const char *const policy_stores[] = { "slots", "heads", NULL };
 
 enum { STREAM_SINKS = 0 };
 static const struct kv_param_def policy_streaming_params[] = {
@@ -97,11 +105,17 @@ static const struct kv_param_def policy_lmi_params[] = {
 /* The per-head parameters' help (snapkv, h2o, kvzip). */
 #define POLICY_HEADS_HELP \
 	"1: a keep-set per (layer, KV head), scored by its own attention; 0: one for all heads"
+#define POLICY_STORE_HELP                                                                   \
+	"per-head keep-sets: slots (the engine holds every head's K/V of each token some head " \
+	"keeps) or heads (each head its own rows: budget + scratch rows whatever spread is)"
+#define POLICY_CARRY_HELP                                                                          \
+	"what the scores of earlier votes keep at the next one: 0 the paper's rule; > 0 they add up, " \
+	"the old ones times carry first (1: never forget, as sirllm's lambda 1)"
 #define POLICY_SPREAD_HELP                                                                  \
 	"per-head keep-sets: the tokens some head keeps (the engine holds their K/V for every " \
 	"head) at most spread x budget; 1 keeps the held bytes within the budget's"
 
-enum { H2O_HEAVY = 0, H2O_POS, H2O_HEADS, H2O_SPREAD };
+enum { H2O_HEAVY = 0, H2O_POS, H2O_HEADS, H2O_SPREAD, H2O_STORE };
 static const struct kv_param_def policy_h2o_params[] = {
 	{ "heavy", 0.5f, 0, 1, NULL, false,
 	  "heavy-hitter share of the budget (rest: recent window; 0.5 = B/2 + B/2)" },
@@ -109,9 +123,19 @@ static const struct kv_param_def policy_h2o_params[] = {
 	  "positions: original (paper real-drop code) or compact (its streaming variant)" },
 	{ "heads", 0, 0, 1, NULL, true, POLICY_HEADS_HELP " (paper code: per head)" },
 	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
 };
 
-enum { SNAP_WINDOW = 0, SNAP_KERNEL, SNAP_SINKS, SNAP_POS, SNAP_HEADS, SNAP_SPREAD };
+enum {
+	SNAP_WINDOW = 0,
+	SNAP_KERNEL,
+	SNAP_SINKS,
+	SNAP_POS,
+	SNAP_HEADS,
+	SNAP_SPREAD,
+	SNAP_STORE,
+	SNAP_CARRY
+};
 static const struct kv_param_def policy_snapkv_params[] = {
 	{ "window", 32, 1, 1024, NULL, true,
 	  "observation window: the prompt's last W queries vote (code: window_size 32)" },
@@ -121,9 +145,11 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	  "positions: original (the code keeps the rotated keys) or compact" },
 	{ "heads", 0, 0, 1, NULL, true, POLICY_HEADS_HELP " (paper code: per head)" },
 	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
+	{ "carry", 0, 0, 1, NULL, false, POLICY_CARRY_HELP " (paper: each vote replaces the last)" },
 };
 
-enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD };
+enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY };
 static const struct kv_param_def policy_kvzip_params[] = {
 	{ "heads", 1, 0, 1, NULL, true,
 	  "1: a keep-set per (layer, KV head) (paper: uniform head budgets); 0: one set, "
@@ -134,6 +160,9 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	{ "pos", 0, 0, 1, policy_pos_modes, true,
 	  "positions: original (the code keeps the rotated keys) or compact" },
 	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
+	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
+	{ "carry", 0, 0, 1, NULL, false,
+	  POLICY_CARRY_HELP " (paper: an entry keeps the most any re-read gave it)" },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -605,9 +634,24 @@ uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 	return window;
 }
 
+uint32_t kv_policy_rows(const struct kv_policy *p, uint32_t budget)
+{
+	if (!kv_policy_per_head(p) || !(kv_policy_get(p, "store") >= 0.5f))
+		return 0;
+	float spread = kv_policy_get(p, "spread");
+	uint32_t extra = !isnan(spread) && spread > 1 ? (uint32_t)(spread - 1) * budget : 0;
+	return budget + kv_policy_scratch(p, budget) - extra;
+}
+
 bool kv_policy_per_head(const struct kv_policy *p)
 {
 	return p->def && p->def->per_head && p->def->per_head(p->p);
+}
+
+float kv_policy_carry(const struct kv_policy *p)
+{
+	float carry = p->def ? kv_policy_get(p, "carry") : NAN;
+	return isnan(carry) ? 0 : carry;
 }
 
 uint32_t kv_policy_reread(const struct kv_policy *p)
@@ -751,7 +795,8 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
  * session's policy) stay the same. */
 static bool policy_quiet(const struct kv_param_def *pd)
 {
-	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0;
+	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0 ||
+	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0;
 }
 
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)

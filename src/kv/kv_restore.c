@@ -91,8 +91,37 @@ int kv_cache_restore(struct kv_cache *c, const struct kv_restore *r, struct err 
 	return KVS_OK;
 }
 
+int kv_cache_load_rows(struct kv_cache *c, const uint8_t *rows, struct err *e)
+{
+	for (uint32_t i = 0; i < c->n; i++)
+		kv_store_marks(c, c->toks[i].slot, rows + (size_t)i * c->bytes_per_token);
+	if (kv_store_on(c) && c->hkeep != NULL) {
+		kv_heads_count(c);
+		c->heads_over = kv_heads_load(c) > c->cfg.budget;
+		c->bytes_peak = kv_bytes(c);
+	}
+	if (kv_store_on(c) && kv_heads_load(c) > engine_kv_rows(c->eng))
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "restore: a head keeps %u tokens, the per-head store holds %u rows",
+		               kv_heads_load(c), engine_kv_rows(c->eng));
+	kv_store_sync(c, NULL, 0);
+	int rc = KVS_OK;
+	for (uint32_t i = 0; i < c->n && rc == KVS_OK; i++)
+		rc = engine_kv_load(c->eng, c->toks[i].slot, c->toks[i].pos,
+		                    rows + (size_t)i * c->bytes_per_token, e);
+	kv_debug_check(c);
+	return rc;
+}
+
 int kv_cache_recompute(struct kv_cache *c, struct err *e)
 {
+	if (kv_store_on(c) && c->n > engine_kv_rows(c->eng))
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "recompute: %u tokens, every head keeping each, over the per-head "
+		               "store's %u rows (expected the session's snapshot, whose rows say "
+		               "which heads keep what)",
+		               c->n, engine_kv_rows(c->eng));
+	kv_store_sync(c, NULL, 0);
 	uint32_t chunk = KVS_MAX(1u, c->cfg.n_batch);
 	int32_t *ids = xmallocarray(chunk, sizeof *ids);
 	struct engine_out o;

@@ -24,6 +24,16 @@
  * the pooling
  * runs on the sum over each KV head's query heads (what the engine gives),
  * where per-query-head pooling would take the max before the sum.
+ *
+ * Across turns the paper's rule (carry 0) lets each vote replace the
+ * last: a token scores only what the current window asks, so a fact
+ * stated early loses every vote once the talk moves on; and votes are
+ * taken only when the prompt must evict, so what was said before the
+ * cache filled is first voted on by a window long after it. carry > 0
+ * keeps the votes: every turn's prompt votes (evicting or not) and each
+ * vote adds to the old ones times carry (1: a running sum, as H2O sums
+ * attention; < 1: a decay per vote, as SirLLM's per turn). The cost: W
+ * more tokens through the model each turn.
  */
 #include "kv/kv-int.h"
 
@@ -49,7 +59,7 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 	uint32_t window, kernel, n = c->n;
 	kv_def(c)->vote(c->cfg.policy.p, &window, &kernel);
 	uint32_t given = n_win;
-	n_win = KVS_MIN(KVS_MIN(n_win, window), c->n_free);
+	n_win = KVS_MIN(KVS_MIN(n_win, window), kv_store_room(c));
 	ids += given - n_win; /* the window's end */
 	if (n == 0 || n_win == 0 || NEVER(c->acc == NULL))
 		return KVS_OK;
@@ -72,6 +82,7 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 	uint32_t nv = o.n_visible, grp = hp->n_head / hp->n_head_kv;
 	float *sum = c->fscratch; /* (n) one (layer, KV head)'s votes */
 	float *pooled = xmallocarray(n, sizeof *pooled);
+	float carry = kv_policy_carry(&c->cfg.policy);
 	for (uint32_t l = 0; l < hp->n_layer; l++)
 		for (uint32_t g = 0; g < hp->n_head_kv; g++) {
 			if (o.attn_kv != NULL) {
@@ -86,8 +97,10 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 				}
 			}
 			kv_vote_pool(sum, n, kernel, pooled);
-			for (uint32_t j = 0; j < n; j++)
-				c->acc[(size_t)j * c->acc_stride + l * hp->n_head_kv + g] = pooled[j];
+			for (uint32_t j = 0; j < n; j++) {
+				float *d = &c->acc[(size_t)j * c->acc_stride + l * hp->n_head_kv + g];
+				*d = carry > 0 ? carry * *d + pooled[j] : pooled[j];
+			}
 		}
 	free(pooled);
 	kv_acc_scores(c, n);

@@ -33,6 +33,13 @@
  * (once per turn: the last turn's prompt and reply) and at any other
  * eviction that finds more than half of what it keeps not yet scored (a
  * long prompt: every other prefill chunk; a long reply).
+ *
+ * Over many turns the max rule scores every token by its own re-read
+ * (where the copy it reproduces attends to it), so old and new tokens
+ * tie and the older lose. carry > 0 sums instead: each re-read adds the
+ * most attention its chunks gave every cached entry to the old score
+ * times carry, so what later re-reads still attend to (the context a
+ * reproduction of the dialogue leans on) gains over what they ignore.
  */
 #include "kv/kv-int.h"
 
@@ -87,11 +94,15 @@ int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e)
 	if (nu == 0 || 2 * nu <= target || NEVER(c->acc == NULL))
 		return KVS_OK;
 	uint32_t chunk = kv_policy_reread(&c->cfg.policy);
-	if (c->n_free <= np)
+	uint32_t room = kv_store_room(c); /* free slots (and the per-head store's rows) */
+	if (room <= np)
 		return KVS_OK; /* no room to re-read: the last scores stand */
-	chunk = KVS_MIN(chunk, c->n_free - np);
+	chunk = KVS_MIN(chunk, room - np);
 	bool compact = kv_def(c)->pos_mode(c->cfg.policy.p) == KV_POS_COMPACT;
+	float carry = kv_policy_carry(&c->cfg.policy);
 	int32_t *ids = xmallocarray(np + chunk, sizeof *ids); /* (n_prompt + chunk) */
+	/* with carry, this re-read's own max first, (n, n_layer, n_head_kv) */
+	float *fresh = carry > 0 ? xcalloc((size_t)n * c->acc_stride, sizeof *fresh) : NULL;
 	if (np > 0)
 		memcpy(ids, c->zip_ids, np * sizeof *ids);
 	int rc = KVS_OK;
@@ -115,15 +126,21 @@ int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e)
 		if (rc != KVS_OK)
 			break;
 		c->n_zip_tokens += m;
-		/* every cached entry keeps the most attention any re-read gave it */
+		/* every cached entry keeps the most attention any re-read gave it
+		 * (with carry: the most this re-read's chunks gave it) */
+		float *dst = fresh ? fresh : c->acc;
 		for (uint32_t r = 0; r < c->acc_stride; r++) {
 			const float *a = o.attn_kv + (size_t)r * o.n_visible; /* cache columns first */
 			for (uint32_t j = 0; j < n; j++) {
-				float *d = &c->acc[(size_t)j * c->acc_stride + r];
+				float *d = &dst[(size_t)j * c->acc_stride + r];
 				*d = a[j] > *d ? a[j] : *d;
 			}
 		}
 	}
+	/* carry: the re-reads add up, the old scores times carry */
+	for (size_t k = 0; rc == KVS_OK && fresh != NULL && k < (size_t)n * c->acc_stride; k++)
+		c->acc[k] = carry * c->acc[k] + fresh[k];
+	free(fresh);
 	if (rc == KVS_OK) {
 		/* a token's own score: the max over its heads (one keep-set, views) */
 		for (uint32_t j = 0; j < n; j++) {

@@ -321,8 +321,8 @@ static int snap_load(struct store *s, const char *sha, const char *model_sha,
 	p += h.n_vocab * 4ull;
 	r->acc = h.acc_stride ? (const float *)p : NULL;
 	rc = kv_cache_restore(kv, r, &e);
-	for (uint32_t i = 0; i < n && rc == KVS_OK; i++)
-		rc = engine_kv_load(eng, i, toks[i].pos, rows + (size_t)i * h.bytes_per_slot, &e);
+	if (rc == KVS_OK)
+		rc = kv_cache_load_rows(kv, rows, &e);
 	if (rc != KVS_OK)
 		snprintf(why, why_cap, "%.150s", e.msg);
 out:

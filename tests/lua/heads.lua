@@ -9,7 +9,10 @@
 --   - against the engine: in the last captured step, every query head of a
 --     (layer, KV head) that the map says dropped a token gave it exactly
 --     zero weight (the map is what the attention was masked by);
---   - an evicted position gives nil; a non-number is refused.
+--   - an evicted position gives nil; a non-number is refused;
+--   - kvzip:spread=2,store=heads (the per-head store) answers as the slot
+--     store does, with the same maps, the bytes held within the budget's
+--     and fewer allocated.
 local kvscope = require "kvscope"
 local fails = 0
 local function check(cond, what)
@@ -136,6 +139,38 @@ check(kept_ok, "a pair that keeps a token gave it some weight")
 
 check(#evicted > 0 and s:heads(evicted[1]) == nil, "an evicted position gives nil")
 check(not pcall(s.heads, s, "seven"), "a non-number position is refused")
+
+-- the per-head store: the same chat, the same replies and maps, the
+-- budget's bytes held and allocated for the budget and the scratch only
+local sh = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:spread=2,store=heads",
+                            budget = budget, ctx = 1024 }
+local same_reply = true
+local s3 = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:spread=2", budget = budget,
+                            ctx = 1024 }
+for _, text in ipairs(turns) do
+  if sh:chat(text) ~= s3:chat(text) then same_reply = false end
+end
+local same_map = #sh:tokens() == #s3:tokens()
+for i = 1, #sh:tokens() do
+  local p = sh:tokens()[i].position
+  local a, na = sh:heads(p)
+  local b, nb = s3:heads(p)
+  if b == nil or na ~= nb then same_map = false end
+  for l = 1, info.n_layer do
+    for kvh = 1, info.n_head_kv do
+      if b ~= nil and a[l][kvh] ~= b[l][kvh] then same_map = false end
+    end
+  end
+end
+local st, bpt = sh:stats(), sh:stats().bytes_per_token
+check(same_reply and same_map, "store=heads: the replies and every token's pairs as the slot store's")
+check(st.bytes == st.bytes_entries and st.bytes <= budget * bpt and
+      st.bytes_allocated == (budget + math.min(512, budget) + 64) * bpt,
+      "store=heads: " .. #sh:tokens() .. " tokens held in " .. st.bytes .. " bytes (budget " ..
+      budget * bpt .. "), " .. st.bytes_allocated .. " allocated: the budget, a chunk and " ..
+      "the prompt")
+sh:close()
+s3:close()
 s:close()
 
 if fails > 0 then error(fails .. " check(s) failed") end

@@ -30,6 +30,9 @@
  *     dropped gets exactly
  *     zero weight in the captured attention, and kv_cache_check holds
  *     after every step;
+ *   - carry > 0 (snapkv, kvzip): a second vote or re-read adds its own
+ *     scores (taken from caches with carry 0 and 1) to the first's times
+ *     carry;
  *   - KVzip's scores equal the max attention the chunked re-read's
  *     queries give each cached token per KV head, taken here one query at
  *     a time from a plain engine (1e-5), after a first re-read of every
@@ -651,6 +654,81 @@ static void test_zip_scores(const struct model *m)
 	engine_free(b);
 }
 
+/* carry: the second vote's (snapkv) or re-read's (kvzip) scores are the
+ * first's times carry plus the second's own, the latter taken from
+ * independent caches fed alike: snapkv with carry 0 keeps the second vote
+ * alone; kvzip with carry 1 holds the sum, so the second re-read is the
+ * difference, and carry 0 keeps the max of both (1e-5, entry by entry). */
+static void test_carry(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t n0 = 30, n1 = 9, n_ctx = 256, nh = hp->n_layer * hp->n_head_kv;
+	static const char *const specs[2][3] = {
+		{ "snapkv:heads=1", "snapkv:heads=1,carry=1", "snapkv:heads=1,carry=0.5" },
+		{ "kvzip:chunk=16", "kvzip:chunk=16,carry=1", "kvzip:chunk=16,carry=0.5" },
+	};
+	int32_t ids[64];
+	uint64_t keep_rng = rng; /* the other tests' dialogues stay as they were */
+	rnd_tokens(ids, n0 + n1 + 8, hp->n_vocab);
+	rng = keep_rng;
+	size_t na = (size_t)(n0 + n1) * nh;
+	for (int z = 0; z < 2; z++) {
+		float *acc1[3], *acc2[3]; /* (n0 + n1, n_layer, n_head_kv) after each pass */
+		struct err e;
+		for (int k = 0; k < 3; k++) {
+			struct engine *eng = tinymodel_engine(m, n_ctx, 1, true);
+			struct kv_cache *kv = mk_cache(eng, specs[z][k], n_ctx / 2, 64);
+			acc1[k] = xcalloc(na, sizeof(float));
+			acc2[k] = xcalloc(na, sizeof(float));
+			for (int pass = 0; pass < 2; pass++) {
+				uint32_t n = pass ? n0 + n1 : n0;
+				T_EQ_INT(kv_cache_feed(kv, ids + (pass ? n0 : 0), pass ? n1 : n0, &e), KVS_OK);
+				int rc = z == 0 ? kv_vote(kv, ids + n0 + n1, 8, &e) : kv_zip_score(kv, 0, &e);
+				T_CHECK(rc == KVS_OK, "%s: %s", specs[z][k], e.msg);
+				memcpy(pass ? acc2[k] : acc1[k], kv->acc, (size_t)n * nh * sizeof(float));
+			}
+			kv_cache_free(kv);
+			engine_free(eng);
+		}
+		double d1 = 0, d2 = 0, d3 = 0, some = 0;
+		for (size_t i = 0; i < na; i++) {
+			/* the second pass's own scores */
+			float own = z == 0 ? acc2[0][i] : acc2[1][i] - acc1[1][i];
+			d1 = fmax(d1, fabs(acc2[1][i] - (acc1[1][i] + own)));
+			d2 = fmax(d2, fabs(acc2[2][i] - (0.5f * acc1[2][i] + own)));
+			if (z == 1)
+				d3 = fmax(d3, fabs(acc2[0][i] - fmaxf(acc1[0][i], own)));
+			some += fabs(acc1[2][i]) * (i < (size_t)n0 * nh);
+		}
+		T_CHECK(some > 0, "%s: the first pass scored nothing", specs[z][2]);
+		T_CHECK(d1 <= 1e-5 && d2 <= 1e-5 && d3 <= 1e-5,
+		        "%s: carry 1 off by %g, carry 0.5 by %g, the max rule by %g", specs[z][0], d1, d2,
+		        d3);
+		for (int k = 0; k < 3; k++) {
+			free(acc1[k]);
+			free(acc2[k]);
+		}
+	}
+	/* with carry, every turn's prompt votes, evicting or not; without,
+	 * a turn that fits leaves the first turn's tokens unvoted (+inf) */
+	for (int k = 0; k < 2; k++) {
+		struct err e;
+		struct engine *eng = tinymodel_engine(m, n_ctx, 1, true);
+		struct kv_cache *kv = mk_cache(eng, k ? "snapkv:carry=1" : "snapkv", n_ctx / 2, 64);
+		T_EQ_INT(kv_cache_begin_turn(kv, KV_ROLE_USER, n0, &e), KVS_OK);
+		T_EQ_INT(kv_cache_feed(kv, ids, n0, &e), KVS_OK);
+		T_EQ_INT(kv_cache_begin_turn(kv, KV_ROLE_USER, n1, &e), KVS_OK);
+		T_EQ_INT(kv_cache_feed(kv, ids + n0, n1, &e), KVS_OK);
+		uint32_t voted = 0;
+		for (uint32_t i = 0; i < n0; i++)
+			voted += !isinf(kv->toks[i].score);
+		T_EQ_INT(kv->n_evictions, 0);
+		T_EQ_INT(voted, k ? n0 : 0);
+		kv_cache_free(kv);
+		engine_free(eng);
+	}
+}
+
 /* One line naming what is wrong: a backend without per-head keep-sets is
  * not at hand here, so check the parameters and the help. */
 static void test_parse(void)
@@ -697,6 +775,7 @@ int main(void)
 	test_keep_all(m, "kvzip");
 	test_keep_all(m, "kvzip:heads=0,span=off");
 	test_zip_scores(m);
+	test_carry(m);
 	test_reference(m, "snapkv:heads=1");
 	test_reference(m, "snapkv:heads=1,spread=2");
 	test_reference(m, "h2o:heads=1,spread=2");
