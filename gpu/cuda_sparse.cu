@@ -259,9 +259,8 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 	if (quest) {
 		sp->search = true;
 	} else {
-		struct gsp_hip_spec hs = { s->budget,  s->block,       s->sinks,
-			                       s->recent,  s->dense_layers, s->refresh,
-			                       s->page,    s->beam };
+		struct gsp_hip_spec hs = { s->budget,       s->block,   s->sinks, s->recent,
+			                       s->dense_layers, s->refresh, s->page,  s->beam };
 		for (uint32_t k = k0; k < k1; k++) {
 			sp->cslot[k - k0] = b->visible[sp->ord[k]];
 			sp->cpos[k - k0] = c->nv_pos[sp->ord[k]];

@@ -420,8 +420,8 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			};
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
-			sparse_hip_tree_beam(t, n_blocks, k_blocks, k_blocks * s->beam, cpu_hip_score, &x,
-			                     blk, &scored);
+			sparse_hip_tree_beam(t, n_blocks, k_blocks, k_blocks * s->beam, cpu_hip_score, &x, blk,
+			                     &scored);
 			for (k = k0; k < k1; k++)
 				kept[c->vslot[k]] = blk[(k - k0) / bk];
 		}

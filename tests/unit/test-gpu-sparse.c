@@ -262,8 +262,8 @@ static void test_hip_tree(void)
 		ra = gsp_hip_tree(nb, k, k * beam, bub, tab_score, &tc, a, scr);
 		rb = sparse_hip_tree_beam(&t, nb, k, k * beam, cpu_rank_score, &cr, b, &scored);
 		T_CHECK(ra == rb && memcmp(a, b, nb) == 0,
-		        "bounds: %u blocks, k %u, beam %u: rounds %u vs %u, choice %s", nb, k, beam, ra,
-		        rb, memcmp(a, b, nb) ? "differs" : "same");
+		        "bounds: %u blocks, k %u, beam %u: rounds %u vs %u, choice %s", nb, k, beam, ra, rb,
+		        memcmp(a, b, nb) ? "differs" : "same");
 		n_chosen = 0;
 		for (uint32_t i = 0; i < nb; i++)
 			n_chosen += a[i];
