@@ -425,6 +425,33 @@ static int cold_id_cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* The scope's epoch in cold_sums: its blocks' count and lowest and highest
+ * ids (0 when it has none). */
+static int cold_epoch_ids(const struct cold_scope *c, int64_t *n, int64_t *lo, int64_t *hi,
+                          struct err *e)
+{
+	sqlite3_stmt *cnt = NULL;
+	*n = *lo = *hi = 0;
+	int rc = store_prepare(c->s,
+	                       "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM "
+	                       "cold_sums WHERE session_id = ?1 AND epoch = ?2",
+	                       &cnt, e);
+	if (rc != KVS_OK)
+		return rc;
+	sqlite3_bind_int64(cnt, 1, c->id);
+	sqlite3_bind_int64(cnt, 2, c->epoch);
+	int r = sqlite3_step(cnt);
+	if (r == SQLITE_ROW) {
+		*n = sqlite3_column_int64(cnt, 0);
+		*lo = sqlite3_column_int64(cnt, 1);
+		*hi = sqlite3_column_int64(cnt, 2);
+	} else {
+		rc = store_fail(c->s, r, "counting the cold tier", e);
+	}
+	sqlite3_finalize(cnt);
+	return rc;
+}
+
 /* Stage 1 over scope's epoch: the best `want` blocks by sketch into cand
  * (want of them), best first; *complete false when some block of the epoch
  * has no sketch (then cand means nothing). */
@@ -435,24 +462,9 @@ static int cold_sk_stage1(const struct cold_scope *c, const float *q, uint32_t n
 	size_t nb = cold_sketch_bytes(hp);
 	*n_cand = 0;
 	*complete = false;
-	sqlite3_stmt *cnt = NULL, *st = NULL;
-	int64_t n_blocks = 0, first = 0, n_sk = 0;
-	int rc = store_prepare(c->s,
-	                       "SELECT count(*), coalesce(min(id), 0) FROM cold_sums WHERE "
-	                       "session_id = ?1 AND epoch = ?2",
-	                       &cnt, e);
-	if (rc == KVS_OK) {
-		sqlite3_bind_int64(cnt, 1, c->id);
-		sqlite3_bind_int64(cnt, 2, c->epoch);
-		int r = sqlite3_step(cnt);
-		if (r == SQLITE_ROW) {
-			n_blocks = sqlite3_column_int64(cnt, 0);
-			first = sqlite3_column_int64(cnt, 1);
-		} else {
-			rc = store_fail(c->s, r, "counting the cold tier", e);
-		}
-	}
-	sqlite3_finalize(cnt);
+	sqlite3_stmt *st = NULL;
+	int64_t n_blocks = 0, first = 0, last = 0, n_sk = 0;
+	int rc = cold_epoch_ids(c, &n_blocks, &first, &last, e);
 	if (rc != KVS_OK || n_blocks == 0) {
 		*complete = rc == KVS_OK;
 		return rc;
@@ -616,25 +628,8 @@ static int cold_mem_load(struct cold_mem *m, const struct cold_scope *c, int64_t
 static int cold_mem_sync(struct cold_mem *m, const struct cold_scope *c, bool *ok, struct err *e)
 {
 	*ok = false;
-	sqlite3_stmt *cnt = NULL;
 	int64_t n = 0, lo = 0, hi = 0;
-	int rc = store_prepare(c->s,
-	                       "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM "
-	                       "cold_sums WHERE session_id = ?1 AND epoch = ?2",
-	                       &cnt, e);
-	if (rc == KVS_OK) {
-		sqlite3_bind_int64(cnt, 1, c->id);
-		sqlite3_bind_int64(cnt, 2, c->epoch);
-		int r = sqlite3_step(cnt);
-		if (r == SQLITE_ROW) {
-			n = sqlite3_column_int64(cnt, 0);
-			lo = sqlite3_column_int64(cnt, 1);
-			hi = sqlite3_column_int64(cnt, 2);
-		} else {
-			rc = store_fail(c->s, r, "counting the cold tier", e);
-		}
-	}
-	sqlite3_finalize(cnt);
+	int rc = cold_epoch_ids(c, &n, &lo, &hi, e);
 	if (rc != KVS_OK)
 		return rc;
 	uint32_t layers[COLD_SKETCH_LAYERS], sel[COLD_MEM_LAYERS];
