@@ -100,8 +100,8 @@ struct kv_cache {
 	/* the cold tier (kv_cold.c) */
 	kv_cold_fn cold_fn; /* the eviction listener, or NULL */
 	void *cold_ud;
-	uint8_t *cold_raw;        /* (cold_cap) an eviction's victims' slots, uint32_t each */
-	size_t cold_cap;          /* bytes */
+	uint32_t *cold_slots;     /* (cold_cap) an eviction's victims' slots */
+	uint32_t cold_cap;
 	bool cold_raw_ok;         /* the rows of this eviction are to be read */
 	struct kv_cold_q *cold_q; /* evictions waiting for their rows' copies (kv_cold.c) */
 	uint32_t recall_turn;     /* the turn recalled tokens are kept through (0: none) */

@@ -314,7 +314,7 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->keep);
 	free(c->fscratch);
 	free(c->evicted);
-	free(c->cold_raw);
+	free(c->cold_slots);
 	free(c->sbeg);
 	free(c->send);
 	free(c->span_cls);

@@ -128,10 +128,9 @@ void kv_cold_begin(struct kv_cache *c, uint32_t n)
 	c->cold_raw_ok = c->cold_fn != NULL;
 	if (c->cold_fn == NULL)
 		return;
-	size_t need = (size_t)n * sizeof(uint32_t);
-	if (need > c->cold_cap) {
-		c->cold_raw = xrealloc(c->cold_raw, need);
-		c->cold_cap = need;
+	if (n > c->cold_cap) {
+		c->cold_slots = xreallocarray(c->cold_slots, n, sizeof *c->cold_slots);
+		c->cold_cap = n;
 	}
 }
 
@@ -142,12 +141,11 @@ void kv_cold_save(struct kv_cache *c, uint32_t i, uint32_t slot)
 	if (!c->cold_raw_ok)
 		return;
 	/* a selection may keep fewer than its target: grow past the estimate */
-	size_t need = (size_t)(i + 1) * sizeof(uint32_t);
-	if (need > c->cold_cap) {
-		c->cold_cap = KVS_MAX(need, 2 * c->cold_cap);
-		c->cold_raw = xrealloc(c->cold_raw, c->cold_cap);
+	if (i >= c->cold_cap) {
+		c->cold_cap = KVS_MAX(i + 1, 2 * c->cold_cap);
+		c->cold_slots = xreallocarray(c->cold_slots, c->cold_cap, sizeof *c->cold_slots);
 	}
-	memcpy(c->cold_raw + (size_t)i * sizeof(uint32_t), &slot, sizeof slot);
+	c->cold_slots[i] = slot;
 }
 
 /* Queue the n evicted tokens (c->evicted), start the batched save of their
@@ -159,9 +157,8 @@ void kv_cold_emit(struct kv_cache *c, uint32_t n)
 	/* ring full: wait for the oldest and hand it over */
 	while (c->cold_q != NULL && !engine_kv_ring_room(c->eng, n))
 		(void)kv_cold_hand(c, true);
-	const uint32_t *slots = (const uint32_t *)(const void *)c->cold_raw;
 	struct err e;
-	int rc = c->cold_raw_ok ? engine_kv_save_batch(c->eng, slots, n, &e) : KVS_EUNSUPPORTED;
+	int rc = c->cold_raw_ok ? engine_kv_save_batch(c->eng, c->cold_slots, n, &e) : KVS_EUNSUPPORTED;
 	if (rc != KVS_OK) {
 		/* no rows (a backend without raw access, a failed start): after
 		 * the earlier evictions, in order */

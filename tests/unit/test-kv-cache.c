@@ -1369,11 +1369,11 @@ static void test_cold_hook(const struct model *m)
 	/* no listener: no rows read, no buffer */
 	kv_cache_set_cold(a, NULL, NULL);
 	kv_cache_clear(a);
-	free(a->cold_raw);
-	a->cold_raw = NULL;
+	free(a->cold_slots);
+	a->cold_slots = NULL;
 	a->cold_cap = 0;
 	T_CHECK(kv_cache_feed(a, ids, 100, &e) == KVS_OK, "%s", e.msg);
-	T_CHECK(a->cold_raw == NULL && a->n_evictions > 0, "rows read without a listener");
+	T_CHECK(a->cold_slots == NULL && a->n_evictions > 0, "rows read without a listener");
 	free(ref);
 	free(l->raw);
 	free(l);
