@@ -47,7 +47,7 @@ void len_vocab_free(struct len_vocab *lv);
  * turnctl_token. gen_reply does this; tests do it with scripted logits. */
 struct turnctl {
 	struct gen_turn_opts o;
-	atomic_bool *cancel; /* stop (user) when set; consumed (gen_reply passes g->cancel) */
+	atomic_int *cancel; /* stop (user) when ASKED; consumed (gen_reply passes g->cancel) */
 	const struct len_vocab *lv;
 	uint32_t max_tokens, n_tokens;
 	struct wordcount wc;
@@ -108,9 +108,9 @@ struct gen {
 	uint64_t n_prefilled, n_decoded;
 	gen_token_fn on_token; /* reply-token observer, or NULL */
 	void *on_token_ud;
-	/* Set from any thread to stop the reply in progress (GEN_STOP_USER);
-	 * gen_reply clears it when it returns. NULL: no cancellation. */
-	atomic_bool *cancel;
+	/* Asked from any thread to stop the reply in progress (GEN_STOP_USER;
+	 * enum gen_cancel); gen_reply seals it when it returns. NULL: none. */
+	atomic_int *cancel;
 	struct gen_turn_opts turn;   /* length target, controller knobs, stop strings (gen_set_*) */
 	struct gen_reply_info reply; /* what the last gen_reply produced */
 	float *biased;               /* (n_vocab) scratch for the controller's logits */

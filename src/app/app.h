@@ -136,7 +136,9 @@ void gen_turn_opts_default(struct gen_turn_opts *o);
 
 /* What the last reply produced. */
 struct gen_reply_info {
-	int stop; /* enum gen_stop */
+	int stop;   /* enum gen_stop */
+	bool ended; /* an end-of-turn token closed it (gen_stop_ended of its own
+	             * reason, before a late cancel made the reason user) */
 	uint32_t n_tokens, n_words;
 	double surprisal_sum; /* -ln p(token) under the model's own (unbiased) logits */
 	int32_t *ids;         /* (n_tokens) the sampled tokens */
@@ -272,10 +274,19 @@ void gen_set_turn(struct gen *g, const struct gen_turn_opts *o);
 /* Set just the length target (NULL: none). */
 void gen_set_length_target(struct gen *g, const struct len_target *t);
 
-/* Let gen_reply stop (reason user) once *flag is set, from any thread;
- * gen_reply clears it when it returns. NULL: no cancellation. A session
- * sets its own (session_cancel); a front end without one sets this. */
-void gen_set_cancel(struct gen *g, atomic_bool *flag);
+/* A reply's cancel flag (an atomic_int any thread may ask through):
+ * NONE, ASKED (stop at the next token, reason user) or SEALED (the reply
+ * ended: a cancel reaches nothing until the next gen_reply re-arms it).
+ * gen_reply seals it as it returns, so whoever was told a cancel reached
+ * the reply sees that reply stop with "user": a cancel that came after its
+ * last token was checked, while it was finishing, still counts. */
+enum gen_cancel { GEN_CANCEL_NONE, GEN_CANCEL_ASKED, GEN_CANCEL_SEALED };
+/* Ask the reply behind flag to stop; false when it had ended (sealed). */
+bool gen_cancel_ask(atomic_int *flag);
+/* Let gen_reply stop (reason user) once *flag is ASKED (gen_cancel_ask),
+ * from any thread. NULL: no cancellation. A session sets its own
+ * (session_cancel); a front end without one sets this. */
+void gen_set_cancel(struct gen *g, atomic_int *flag);
 
 /* Called with each piece of complete UTF-8 text as it is produced. */
 typedef void (*gen_text_fn)(const char *text, size_t len, void *ud);
@@ -440,10 +451,17 @@ int session_feed_text(struct session *s, const char *text, enum kv_role role, st
 /* Close a reply fed by hand: what follows the end-of-turn token when it was
  * fed (eot_fed), else the closing marker and what follows it. */
 int session_end_reply(struct session *s, bool eot_fed, struct err *e);
-/* Stop the reply in progress (any thread; the turn ends with stop "user"). */
-void session_cancel(struct session *s);
-/* Withdraw a cancel that has not stopped a reply yet (any thread). */
+/* Stop the reply in progress (any thread; the turn ends with stop "user"),
+ * or, before its reply started, the exchange's reply before its first
+ * token. False when the last reply had ended and no new one began: the
+ * cancel reaches nothing (gen_cancel_ask). */
+bool session_cancel(struct session *s);
+/* Withdraw a cancel that has not stopped a reply yet, and re-arm (any
+ * thread: the next exchange starts not cancelled). */
 void session_cancel_clear(struct session *s);
+/* Make the next exchange's reply stop before its first token (a cancel
+ * queued before the exchange began). */
+void session_cancel_next(struct session *s);
 /* Forget the conversation: empty cache, no turns. */
 void session_reset(struct session *s);
 /* Replace the system prompt (takes effect in the next new conversation);
@@ -771,7 +789,9 @@ uint64_t worker_send(struct worker *w, const struct worker_cmd *c);
 void worker_set_store(struct worker *w, const char *db_path, const char *model_path,
                       const char *sampler);
 /* Stop the exchange in progress, or the next queued one (any thread);
- * false when there is none (a cancel never reaches a later exchange).
+ * false when there is none, or the running one's reply has ended (a
+ * cancel never reaches a later exchange; true means its reply stops with
+ * "user", gen_cancel_ask).
  * While a comparison replays or follows an exchange, that is stopped
  * instead (and the comparison with it). */
 bool worker_cancel(struct worker *w);

@@ -360,7 +360,16 @@ void gen_set_length_target(struct gen *g, const struct len_target *t)
 	}
 }
 
-void gen_set_cancel(struct gen *g, atomic_bool *flag)
+bool gen_cancel_ask(atomic_int *flag)
+{
+	int st = atomic_load(flag);
+	while (st != GEN_CANCEL_SEALED)
+		if (atomic_compare_exchange_weak(flag, &st, GEN_CANCEL_ASKED))
+			return true;
+	return false;
+}
+
+void gen_set_cancel(struct gen *g, atomic_int *flag)
 {
 	g->cancel = flag;
 }
@@ -416,6 +425,7 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 	g->reply.n_tokens = g->reply.n_words = 0;
 	g->reply.surprisal_sum = 0;
 	g->reply.stop = GEN_STOP_MAX_TOKENS;
+	g->reply.ended = false;
 	if (!g->have_logits)
 		return err_set(e, KVS_ESTATE, "nothing to continue: feed a prompt first");
 	if (g->turn.len.unit != LEN_NONE && g->lv.cls == NULL) {
@@ -426,6 +436,10 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 	detok_init(&d, g->model->vocab, false);
 	kv_cache_set_role(g->kv, KV_ROLE_ASSISTANT);
 	tc.cancel = g->cancel;
+	if (g->cancel != NULL) {
+		int sealed = GEN_CANCEL_SEALED; /* a new reply: cancels reach it again */
+		atomic_compare_exchange_strong(g->cancel, &sealed, GEN_CANCEL_NONE);
+	}
 	while ((why = turnctl_precheck(&tc)) < 0) {
 		const float *lg = g->last_logits;
 		if (turnctl_active(&tc)) {
@@ -474,8 +488,13 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 		if (n > 0 && fn != NULL)
 			fn(buf, n, ud);
 	}
-	if (g->cancel != NULL)
-		atomic_store(g->cancel, false);
+	g->reply.ended = why >= 0 && gen_stop_ended((enum gen_stop)why);
+	/* seal: a cancel asked after the last token's check was told it
+	 * reached this reply, so the reply reports it (its text is whole);
+	 * a full cache's stop stays, as the session restarts on it */
+	if (g->cancel != NULL && atomic_exchange(g->cancel, GEN_CANCEL_SEALED) == GEN_CANCEL_ASKED &&
+	    rc == KVS_OK && why != GEN_STOP_CONTEXT)
+		why = GEN_STOP_USER;
 	if (why >= 0)
 		*stop = (enum gen_stop)why;
 	g->reply.stop = (int)*stop;

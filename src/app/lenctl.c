@@ -413,7 +413,8 @@ static void turnctl_aim(const struct turnctl *t, uint32_t *aim, uint32_t *ceil)
 
 int turnctl_precheck(struct turnctl *t)
 {
-	if (t->cancel != NULL && atomic_exchange(t->cancel, false))
+	int asked = GEN_CANCEL_ASKED;
+	if (t->cancel != NULL && atomic_compare_exchange_strong(t->cancel, &asked, GEN_CANCEL_NONE))
 		return GEN_STOP_USER;
 	if (t->n_tokens >= t->max_tokens)
 		return GEN_STOP_MAX_TOKENS;

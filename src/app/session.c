@@ -34,10 +34,11 @@
  * for the turn and its recalled blocks together.
  *
  * Everything runs on the caller's thread, hooks included. Only
- * session_cancel may be called from elsewhere: it sets the flag gen_reply
- * polls between tokens (a cancel that arrives between exchanges stops the
- * next reply before its first token, so a front end cancels only while an
- * exchange runs).
+ * session_cancel may be called from elsewhere: it asks through the flag
+ * gen_reply polls between tokens, and says whether it reached a reply: one
+ * that arrives after a reply ended reaches nothing (gen_reply seals the
+ * flag), one during an exchange's prefill stops its reply before the first
+ * token, and session_cancel_next stops the next exchange's.
  */
 #include "app/app-int.h"
 
@@ -55,7 +56,7 @@ struct session {
 	struct session_hooks hooks;
 	bool fresh;        /* no exchange in the cache yet */
 	bool restart_next; /* the cache is full: start the next exchange over */
-	atomic_bool cancel;
+	atomic_int cancel; /* enum gen_cancel */
 	struct session_turn *turns; /* (n_turns) */
 	uint32_t n_turns, cap_turns;
 	struct gen_text reply;      /* the reply being streamed */
@@ -115,7 +116,7 @@ int session_open(struct session **out, const struct session_config *c, struct er
 	s->fresh = true;
 	s->restart_next = false;
 	session_set_system(s, c->system);
-	atomic_init(&s->cancel, false);
+	atomic_init(&s->cancel, GEN_CANCEL_NONE);
 	s->gen->cancel = &s->cancel;
 	s->gen->on_token = session_on_token;
 	s->gen->on_token_ud = s;
@@ -133,7 +134,7 @@ static struct session *session_over(struct gen *g, uint32_t max_tokens, const ch
 	s->max_tokens = max_tokens ? max_tokens : 512;
 	s->fresh = true;
 	session_set_system(s, system);
-	atomic_init(&s->cancel, false);
+	atomic_init(&s->cancel, GEN_CANCEL_NONE);
 	g->cancel = &s->cancel;
 	g->on_token = session_on_token;
 	g->on_token_ud = s;
@@ -195,14 +196,19 @@ void session_set_hooks(struct session *s, const struct session_hooks *h)
 		memset(&s->hooks, 0, sizeof s->hooks);
 }
 
-void session_cancel(struct session *s)
+bool session_cancel(struct session *s)
 {
-	atomic_store(&s->cancel, true);
+	return gen_cancel_ask(&s->cancel);
 }
 
 void session_cancel_clear(struct session *s)
 {
-	atomic_store(&s->cancel, false);
+	atomic_store(&s->cancel, GEN_CANCEL_NONE);
+}
+
+void session_cancel_next(struct session *s)
+{
+	atomic_store(&s->cancel, GEN_CANCEL_ASKED);
 }
 
 void session_reset(struct session *s)
@@ -540,7 +546,7 @@ static int session_reply(struct session *s, struct session_turn *t, struct err *
 	}
 	/* an end-of-turn token was fed already; otherwise close the turn */
 	t->n_words = g->reply.n_words;
-	if (gen_stop_ended(t->stop))
+	if (g->reply.ended)
 		chat_reply_end(&g->chat, &p);
 	else
 		chat_close(&g->chat, &p);
@@ -801,6 +807,7 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	struct session_turn t = { 0 };
 	struct timespec now;
 	double pre0 = g->prefill_ms + g->decode_ms, dec0;
+	int sealed = GEN_CANCEL_SEALED;
 	int rc;
 
 	if (text == NULL || text[0] == '\0')
@@ -814,6 +821,8 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	t.len = g->turn.len;
 	if (s->n_turns == 0)
 		sampler_rng_get(g->sampler, &s->rng0); /* where a replay of it starts */
+	/* the last reply sealed the cancel flag: cancels reach this exchange */
+	atomic_compare_exchange_strong(&s->cancel, &sealed, GEN_CANCEL_NONE);
 	if (s->hooks.turn_start != NULL)
 		s->hooks.turn_start(s->hooks.ud, t.index, text);
 

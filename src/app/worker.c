@@ -750,7 +750,7 @@ static void *worker_main(void *arg)
 			/* a cancel that came after the previous exchange had ended
 			 * must not stop this one; one meant for this one must */
 			if (node->cancelled)
-				session_cancel(w->s);
+				session_cancel_next(w->s);
 			else
 				session_cancel_clear(w->s);
 		}
@@ -924,8 +924,8 @@ bool worker_cancel(struct worker *w)
 	if (w->cmp_busy) {
 		hit = worker_compare_stop_locked(w);
 	} else if (w->chatting) {
-		session_cancel(w->s);
-		hit = true;
+		/* false once its reply ended (saving the turn): too late */
+		hit = session_cancel(w->s);
 	} else {
 		/* not started yet: the first queued exchange starts cancelled */
 		for (struct worker_cmd_node *n = w->cmd_head; n != NULL; n = n->next)

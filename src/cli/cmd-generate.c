@@ -47,7 +47,7 @@ static void generate_write(const char *text, size_t len, void *ud)
 {
 	fwrite(text, 1, len, stdout);
 	if (!cli_stdout_flush())
-		atomic_store((atomic_bool *)ud, true);
+		gen_cancel_ask(ud);
 }
 
 static enum cli_exit cmd_generate_exec(struct cli_opts *o)
@@ -64,10 +64,10 @@ static enum cli_exit cmd_generate_exec(struct cli_opts *o)
 	struct gen_timing tm;
 	struct len_target lt;
 	char pol[256], lbuf[96];
-	atomic_bool lost; /* stdout failed: stop generating */
+	atomic_int lost; /* stdout failed: stop generating (enum gen_cancel) */
 	enum cli_exit rc;
 
-	atomic_init(&lost, false);
+	atomic_init(&lost, GEN_CANCEL_NONE);
 	if (o->doc != NULL)
 		return cli_usage(&cmd_generate,
 		                 "--doc pins a document in a conversation: it applies to "

@@ -161,22 +161,26 @@ static void test_exchange(void)
 	T_EQ_INT(t->n_prompt, n_want);
 	free(want);
 
+	/* a cancel after the reply ended reaches nothing (sealed) */
+	T_CHECK(!session_cancel(s), "a cancel between exchanges reached an ended reply");
+	T_CHECK(session_chat(s, "go on", &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(session_turn_at(s, 2)->stop != GEN_STOP_USER, "a late cancel stopped the next reply");
 	/* cancellation before the reply: stop "user", no tokens, session goes on */
-	session_cancel(s);
+	session_cancel_next(s);
 	T_CHECK(session_chat(s, "stop now", &e) == KVS_OK, "%s", e.msg);
-	t = session_turn_at(s, 2);
+	t = session_turn_at(s, 3);
 	if (t == NULL)
 		return;
 	T_CHECK(t->stop == GEN_STOP_USER, "stop %s, expected user", gen_stop_name(t->stop));
 	T_EQ_INT(t->n_reply, 0);
 	T_CHECK(session_chat(s, "again", &e) == KVS_OK, "%s", e.msg);
-	T_CHECK(session_turn_at(s, 3)->stop != GEN_STOP_USER, "cancel flag was not cleared");
+	T_CHECK(session_turn_at(s, 4)->stop != GEN_STOP_USER, "cancel flag was not cleared");
 
 	/* bad input leaves no turn */
 	T_EQ_INT(session_chat(s, "", &e), KVS_EARG);
 	T_EQ_INT(session_chat(s, "bad \xff byte", &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "UTF-8") != NULL, "message: %s", e.msg);
-	T_EQ_INT(session_n_turns(s), 4);
+	T_EQ_INT(session_n_turns(s), 5);
 
 	/* reset: an empty cache and no history */
 	session_reset(s);
