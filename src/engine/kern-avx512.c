@@ -450,9 +450,10 @@ T_AVX512 static void a512_att_scores(const float *q, int nq, int hd, const float
 	}
 }
 
-/* out rows r < NQ, columns [d0, d0 + 16 C) of p v. */
+/* out rows r < NQ, columns [d0, d0 + 16 C) of p v, the last 16 masked by
+ * last (a head size that is not a multiple of 16 ends part-way). */
 INLINE T_AVX512 void a512_pv_nq(const float *p, const int NQ, int64_t lds, const float *v,
-                                int64_t m, int hd, int d0, const int C, float *out)
+                                int64_t m, int hd, int d0, const int C, __mmask16 last, float *out)
 {
 	__m512 acc[4][4];
 #pragma GCC unroll 4
@@ -464,7 +465,7 @@ INLINE T_AVX512 void a512_pv_nq(const float *p, const int NQ, int64_t lds, const
 		__m512 vv[4];
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
-			vv[c] = _mm512_loadu_ps(v + k * hd + d0 + 16 * c);
+			vv[c] = _mm512_maskz_loadu_ps(c == C - 1 ? last : 0xffff, v + k * hd + d0 + 16 * c);
 #pragma GCC unroll 4
 		for (int r = 0; r < NQ; r++) {
 			__m512 pk = _mm512_set1_ps(p[r * lds + k]);
@@ -477,7 +478,8 @@ INLINE T_AVX512 void a512_pv_nq(const float *p, const int NQ, int64_t lds, const
 	for (int r = 0; r < NQ; r++)
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
-			_mm512_storeu_ps(out + r * hd + d0 + 16 * c, acc[r][c]);
+			_mm512_mask_storeu_ps(out + r * hd + d0 + 16 * c, c == C - 1 ? last : 0xffff,
+			                      acc[r][c]);
 }
 
 T_AVX512 static void a512_att_pv(const float *p, int nq, int64_t lds, const float *v, int64_t m,
@@ -486,19 +488,21 @@ T_AVX512 static void a512_att_pv(const float *p, int nq, int64_t lds, const floa
 	for (int r0 = 0; r0 < nq; r0 += 4) {
 		int nr = KVS_MIN(4, nq - r0);
 		for (int d0 = 0; d0 < hd; d0 += 64) {
-			int c = KVS_MIN(4, (hd - d0) / 16);
+			int c = KVS_MIN(4, (hd - d0 + 15) / 16);
+			int tail = KVS_MIN(16, hd - d0 - 16 * (c - 1)); /* 1..16 */
+			__mmask16 last = (__mmask16)((1u << tail) - 1);
 			const float *pr = p + r0 * lds;
 			float *o = out + r0 * hd;
-#define A512_PV(NR)                                      \
-	do {                                                 \
-		if (c == 4)                                      \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 4, o); \
-		else if (c == 3)                                 \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 3, o); \
-		else if (c == 2)                                 \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 2, o); \
-		else                                             \
-			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 1, o); \
+#define A512_PV(NR)                                            \
+	do {                                                       \
+		if (c == 4)                                            \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 4, last, o); \
+		else if (c == 3)                                       \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 3, last, o); \
+		else if (c == 2)                                       \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 2, last, o); \
+		else                                                   \
+			a512_pv_nq(pr, NR, lds, v, m, hd, d0, 1, last, o); \
 	} while (0)
 			switch (nr) {
 			case 1: A512_PV(1); break;
