@@ -22,6 +22,11 @@
  * 8 tokens as the model computes them (kv_cache_probe, as a chat turn's
  * probe), else 8 random vectors per layer and head. A recall here is the
  * whole choice: ranking, reading the chosen blocks' rows, nothing placed.
+ * The recalls run twice with the same questions: "warm", the page cache as
+ * the run left it, and "cold", every file of the folder dropped from the
+ * page cache before each recall (posix_fadvise DONTNEED, no root needed),
+ * each with the bytes it made the kernel read from the disk
+ * (/proc/self/io read_bytes; SQLite's own page cache is kept).
  * Then, for --overlap N more questions (default 5), the summary ranking's
  * best 16 by the two stages (the sketches' 64 candidates ranked exactly,
  * store-cold-sketch.c) against the exact search of every block
@@ -44,6 +49,8 @@
 #include "app/app.h"
 #include "store/store.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +126,44 @@ static uint64_t bc_size(const char *path)
 {
 	struct stat sb;
 	return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+/* Bytes this process has made the kernel fetch from storage so far
+ * (/proc/self/io read_bytes: page-cache hits do not count), or 0. */
+static uint64_t bc_read_bytes(void)
+{
+	char line[128];
+	unsigned long long v = 0;
+	FILE *fp = fopen("/proc/self/io", "r");
+	if (fp == NULL)
+		return 0;
+	while (fgets(line, sizeof line, fp) != NULL)
+		if (sscanf(line, "read_bytes: %llu", &v) == 1)
+			break;
+	fclose(fp);
+	return (uint64_t)v;
+}
+
+/* Drops the page cache's copy of every regular file in dir (the database,
+ * its WAL and any file beside them): the next reads come from the disk. */
+static void bc_drop_cache(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		char *p = xasprintf("%s/%s", dir, de->d_name);
+		int fd = open(p, O_RDONLY);
+		if (fd >= 0) {
+			struct stat sb;
+			if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
+				(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+			close(fd);
+		}
+		free(p);
+	}
+	closedir(d);
 }
 
 /* Evicted rows kept for the fill (the capture's cold listener). */
@@ -418,9 +463,14 @@ int main(int argc, char **argv)
 	float *qbuf = xmallocarray(64 * per, sizeof *qbuf);
 	const float *q = qbuf;
 	static const char *const rank_names[] = { "fts", "summary", "both" };
-	double ms[3][BC_RECALLS], cpu[3][BC_RECALLS];
+	/* pass 0: the page cache as the run left it; pass 1: the folder's files
+	 * dropped from it before each recall (the same questions) */
+	double ms[2][3][BC_RECALLS], cpu[2][3][BC_RECALLS], rd[2][3][BC_RECALLS];
 	size_t got[3] = { 0 };
 	struct store_cold_rank_stats rs_sum = { 0 };
+	uint64_t rng_recalls = bc_rng;
+	for (int pass = 0; pass < 2; pass++) {
+	bc_rng = rng_recalls;
 	for (int r = 0; r < n_rec; r++) {
 		char text[128];
 		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
@@ -434,11 +484,19 @@ int main(int argc, char **argv)
 			query.rank = (enum store_cold_rank)k;
 			struct store_cold_hit *hits;
 			size_t n_hits;
+			if (pass == 1)
+				bc_drop_cache(dir);
+			uint64_t b0 = bc_read_bytes();
 			double r0 = clock_now_ms(), c0 = bc_cpu_ms();
 			if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
 				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
-			ms[k][r] = clock_now_ms() - r0;
-			cpu[k][r] = bc_cpu_ms() - c0;
+			ms[pass][k][r] = clock_now_ms() - r0;
+			cpu[pass][k][r] = bc_cpu_ms() - c0;
+			rd[pass][k][r] = (double)(bc_read_bytes() - b0) / 1024.0;
+			if (pass == 1) {
+				free(hits);
+				continue;
+			}
 			got[k] += n_hits;
 			if (k == 1) {
 				struct store_cold_rank_stats rs;
@@ -454,6 +512,7 @@ int main(int argc, char **argv)
 			}
 			free(hits);
 		}
+	}
 	}
 	/* the two stages against the exact search */
 	size_t ov_hit = 0, ov_tot = 0, top1 = 0;
@@ -521,14 +580,19 @@ int main(int argc, char **argv)
 	printf("  disk: %.2f MiB per 1k tokens (file + WAL %.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
 	       (double)disk / 1048576.0 / ((double)tokens / 1000.0), (double)disk / 1048576.0,
 	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
-	for (int k = 0; k < 3; k++) {
-		qsort(ms[k], (size_t)n_rec, sizeof ms[k][0], bc_cmp);
-		qsort(cpu[k], (size_t)n_rec, sizeof cpu[k][0], bc_cmp);
-		printf("  recall %-7s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median %8.2f ms "
-		       "(%d recalls, %.1f blocks each)\n",
-		       rank_names[k], ms[k][n_rec / 2], ms[k][n_rec * 9 / 10], ms[k][n_rec - 1],
-		       cpu[k][n_rec / 2], n_rec, (double)got[k] / n_rec);
-	}
+	for (int pass = 0; pass < 2; pass++)
+		for (int k = 0; k < 3; k++) {
+			qsort(ms[pass][k], (size_t)n_rec, sizeof ms[pass][k][0], bc_cmp);
+			qsort(cpu[pass][k], (size_t)n_rec, sizeof cpu[pass][k][0], bc_cmp);
+			qsort(rd[pass][k], (size_t)n_rec, sizeof rd[pass][k][0], bc_cmp);
+			printf("  recall %-7s %s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median "
+			       "%8.2f, p90 %8.2f ms; disk read median %7.0f KiB, p90 %7.0f (%d recalls, "
+			       "%.1f blocks each)\n",
+			       rank_names[k], pass ? "cold" : "warm", ms[pass][k][n_rec / 2],
+			       ms[pass][k][n_rec * 9 / 10], ms[pass][k][n_rec - 1], cpu[pass][k][n_rec / 2],
+			       cpu[pass][k][n_rec * 9 / 10], rd[pass][k][n_rec / 2],
+			       rd[pass][k][n_rec * 9 / 10], n_rec, (double)got[k] / n_rec);
+		}
 	printf("  summary, per recall: %.1f blocks scored in memory (%.2f MiB held), %.1f sketches "
 	       "read and scored, %.1f candidates; %.1f of %.1f groups "
 	       "read, %.1f blocks' bounds read, %.1f cut part-way, %.1f scored in full\n",
