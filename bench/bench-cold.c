@@ -22,9 +22,11 @@
  * 8 tokens as the model computes them (kv_cache_probe, as a chat turn's
  * probe), else 8 random vectors per layer and head. A recall here is the
  * whole choice: ranking, reading the chosen blocks' rows, nothing placed.
- * The recalls run twice with the same questions: "warm", the page cache as
- * the run left it, and "cold", every file of the folder dropped from the
- * page cache before each recall (posix_fadvise DONTNEED, no root needed),
+ * The recalls run three times with the same questions: "warm", the page
+ * cache as the run left it; "cold", every file of the folder dropped from
+ * the page cache before each recall (posix_fadvise DONTNEED, no root
+ * needed); "kvcold", only the cold K/V file (PATH-cold, store-cold-kv.c)
+ * dropped, the database cached (as its quick_check at open leaves it);
  * each with the bytes it made the kernel read from the disk
  * (/proc/self/io read_bytes; SQLite's own page cache is kept).
  * Then, for --overlap N more questions (default 5), the summary ranking's
@@ -145,14 +147,17 @@ static uint64_t bc_read_bytes(void)
 }
 
 /* Drops the page cache's copy of every regular file in dir (the database,
- * its WAL and any file beside them): the next reads come from the disk. */
-static void bc_drop_cache(const char *dir)
+ * its WAL and any file beside them; with kv_only, only the cold K/V file
+ * PATH-cold and its WAL): the next reads come from the disk. */
+static void bc_drop_cache(const char *dir, bool kv_only)
 {
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	if (d == NULL)
 		return;
 	while ((de = readdir(d)) != NULL) {
+		if (kv_only && strstr(de->d_name, "-cold") == NULL)
+			continue;
 		char *p = xasprintf("%s/%s", dir, de->d_name);
 		int fd = open(p, O_RDONLY);
 		if (fd >= 0) {
@@ -456,63 +461,68 @@ int main(int argc, char **argv)
 	uint64_t tokens, kv_bytes;
 	if (store_cold_count(st, id, &blocks, &tokens, &kv_bytes, &e) != KVS_OK)
 		return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
-	char *wal = xasprintf("%s-wal", db);
-	uint64_t disk = bc_size(db) + bc_size(wal);
+	char *wal = xasprintf("%s-wal", db), *kvf = xasprintf("%s-cold", db),
+	     *kvwal = xasprintf("%s-cold-wal", db);
+	uint64_t disk_db = bc_size(db) + bc_size(wal), disk_kv = bc_size(kvf) + bc_size(kvwal);
+	uint64_t disk = disk_db + disk_kv;
+	free(kvf);
+	free(kvwal);
 	/* the recalls */
 	size_t per = (size_t)hp->n_layer * hp->n_head * hp->head_dim;
 	float *qbuf = xmallocarray(64 * per, sizeof *qbuf);
 	const float *q = qbuf;
 	static const char *const rank_names[] = { "fts", "summary", "both" };
 	/* pass 0: the page cache as the run left it; pass 1: the folder's files
-	 * dropped from it before each recall (the same questions) */
-	double ms[2][3][BC_RECALLS], cpu[2][3][BC_RECALLS], rd[2][3][BC_RECALLS];
+	 * dropped from it before each recall; pass 2: the K/V file alone
+	 * dropped, the database cached (the same questions each pass) */
+	double ms[3][3][BC_RECALLS], cpu[3][3][BC_RECALLS], rd[3][3][BC_RECALLS];
 	size_t got[3] = { 0 };
 	struct store_cold_rank_stats rs_sum = { 0 };
 	uint64_t rng_recalls = bc_rng;
-	for (int pass = 0; pass < 2; pass++) {
-	bc_rng = rng_recalls;
-	for (int r = 0; r < n_rec; r++) {
-		char text[128];
-		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
-		         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
-		if ((q = bc_probe(g, model_keys, text, qbuf, per)) == NULL)
-			return 1;
-		for (int k = 0; k < 3; k++) {
-			struct store_cold_query query = {
-				.text = text, .q = q, .n_q = BC_PROBE, .cands = cands, .mem_cands = mem_cands
-			};
-			query.rank = (enum store_cold_rank)k;
-			struct store_cold_hit *hits;
-			size_t n_hits;
-			if (pass == 1)
-				bc_drop_cache(dir);
-			uint64_t b0 = bc_read_bytes();
-			double r0 = clock_now_ms(), c0 = bc_cpu_ms();
-			if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
-				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
-			ms[pass][k][r] = clock_now_ms() - r0;
-			cpu[pass][k][r] = bc_cpu_ms() - c0;
-			rd[pass][k][r] = (double)(bc_read_bytes() - b0) / 1024.0;
-			if (pass == 1) {
+	for (int pass = 0; pass < 3; pass++) {
+		bc_rng = rng_recalls;
+		for (int r = 0; r < n_rec; r++) {
+			char text[128];
+			snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
+			         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
+			if ((q = bc_probe(g, model_keys, text, qbuf, per)) == NULL)
+				return 1;
+			for (int k = 0; k < 3; k++) {
+				struct store_cold_query query = {
+					.text = text, .q = q, .n_q = BC_PROBE, .cands = cands, .mem_cands = mem_cands
+				};
+				query.rank = (enum store_cold_rank)k;
+				struct store_cold_hit *hits;
+				size_t n_hits;
+				if (pass > 0)
+					bc_drop_cache(dir, pass == 2);
+				uint64_t b0 = bc_read_bytes();
+				double r0 = clock_now_ms(), c0 = bc_cpu_ms();
+				if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
+					return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+				ms[pass][k][r] = clock_now_ms() - r0;
+				cpu[pass][k][r] = bc_cpu_ms() - c0;
+				rd[pass][k][r] = (double)(bc_read_bytes() - b0) / 1024.0;
+				if (pass > 0) {
+					free(hits);
+					continue;
+				}
+				got[k] += n_hits;
+				if (k == 1) {
+					struct store_cold_rank_stats rs;
+					store_cold_rank_stats(cold, &rs);
+					rs_sum.groups += rs.groups;
+					rs_sum.groups_read += rs.groups_read;
+					rs_sum.blocks_read += rs.blocks_read;
+					rs_sum.blocks_cut += rs.blocks_cut;
+					rs_sum.blocks_scored += rs.blocks_scored;
+					rs_sum.sketched += rs.sketched;
+					rs_sum.candidates += rs.candidates;
+					rs_sum.mem_scored += rs.mem_scored;
+				}
 				free(hits);
-				continue;
 			}
-			got[k] += n_hits;
-			if (k == 1) {
-				struct store_cold_rank_stats rs;
-				store_cold_rank_stats(cold, &rs);
-				rs_sum.groups += rs.groups;
-				rs_sum.groups_read += rs.groups_read;
-				rs_sum.blocks_read += rs.blocks_read;
-				rs_sum.blocks_cut += rs.blocks_cut;
-				rs_sum.blocks_scored += rs.blocks_scored;
-				rs_sum.sketched += rs.sketched;
-				rs_sum.candidates += rs.candidates;
-				rs_sum.mem_scored += rs.mem_scored;
-			}
-			free(hits);
 		}
-	}
 	}
 	/* the two stages against the exact search */
 	size_t ov_hit = 0, ov_tot = 0, top1 = 0;
@@ -577,18 +587,21 @@ int main(int argc, char **argv)
 	else
 		printf("  fill: %.1f s (%.0f tokens/s; flushes %.1f s)\n", fill_s, (double)tokens / fill_s,
 		       flush_ms / 1e3);
-	printf("  disk: %.2f MiB per 1k tokens (file + WAL %.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
+	printf("  disk: %.2f MiB per 1k tokens (files + WALs %.1f MiB: database %.1f MiB, K/V file "
+	       "%.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
 	       (double)disk / 1048576.0 / ((double)tokens / 1000.0), (double)disk / 1048576.0,
+	       (double)disk_db / 1048576.0, (double)disk_kv / 1048576.0,
 	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
-	for (int pass = 0; pass < 2; pass++)
+	static const char *const pass_names[] = { "warm", "cold", "kvcold" };
+	for (int pass = 0; pass < 3; pass++)
 		for (int k = 0; k < 3; k++) {
 			qsort(ms[pass][k], (size_t)n_rec, sizeof ms[pass][k][0], bc_cmp);
 			qsort(cpu[pass][k], (size_t)n_rec, sizeof cpu[pass][k][0], bc_cmp);
 			qsort(rd[pass][k], (size_t)n_rec, sizeof rd[pass][k][0], bc_cmp);
-			printf("  recall %-7s %s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median "
+			printf("  recall %-7s %-6s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median "
 			       "%8.2f, p90 %8.2f ms; disk read median %7.0f KiB, p90 %7.0f (%d recalls, "
 			       "%.1f blocks each)\n",
-			       rank_names[k], pass ? "cold" : "warm", ms[pass][k][n_rec / 2],
+			       rank_names[k], pass_names[pass], ms[pass][k][n_rec / 2],
 			       ms[pass][k][n_rec * 9 / 10], ms[pass][k][n_rec - 1], cpu[pass][k][n_rec / 2],
 			       cpu[pass][k][n_rec * 9 / 10], rd[pass][k][n_rec / 2],
 			       rd[pass][k][n_rec * 9 / 10], n_rec, (double)got[k] / n_rec);

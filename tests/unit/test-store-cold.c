@@ -221,7 +221,7 @@ static void test_write_recall(const struct tiny *t)
 	                  "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
 	         0);
 	T_EQ_INT(sqlq_int(path,
-	                  "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
+	                  "SELECT count(*) FROM cold_blocks_kv WHERE length(kv) IS NOT n_tokens * "
 	                  "(SELECT bytes_per_token FROM cold_meta)"),
 	         0);
 	/* blocks never split a run more than the size asks: every block but the
@@ -235,9 +235,9 @@ static void test_write_recall(const struct tiny *t)
 	{
 		sqlite3 *db;
 		sqlite3_stmt *q;
-		sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+		sqlq_open(path, 0, &db);
 		sqlite3_prepare_v2(db,
-		                   "SELECT b.text, b.kv, s.kmin, s.kmax, b.n_tokens FROM cold_blocks b "
+		                   "SELECT b.text, b.kv, s.kmin, s.kmax, b.n_tokens FROM cold_blocks_kv b "
 		                   "JOIN cold_sums s ON s.id = b.id ORDER BY b.pos0",
 		                   -1, &q, NULL);
 		size_t cap = 1 << 16, n = 0;
@@ -555,8 +555,8 @@ static size_t all_scores(const char *path, const struct hparams *hp, size_t row_
 	size_t n = 0, nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim;
 	size_t per_layer = 2 * (size_t)hp->n_head_kv * hp->head_dim;
 	float *mn = xcalloc(nb, sizeof *mn), *mx = xcalloc(nb, sizeof *mx);
-	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-	sqlite3_prepare_v2(db, "SELECT id, kv, n_tokens FROM cold_blocks", -1, &st, NULL);
+	sqlq_open(path, 0, &db);
+	sqlite3_prepare_v2(db, "SELECT id, kv, n_tokens FROM cold_blocks_kv", -1, &st, NULL);
 	while (sqlite3_step(st) == SQLITE_ROW && n < cap) {
 		const float *kv = sqlite3_column_blob(st, 1);
 		int nt = sqlite3_column_int(st, 2);
