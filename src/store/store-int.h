@@ -10,6 +10,7 @@
  *   store-export.c  a session as Markdown or JSON
  *   store-cold.c    the cold tier: evicted blocks written, chosen, placed
  *   store-cold-rank.c  how a recall ranks the cold blocks
+ *   store-cold-kv.c    the cold blocks' K/V rows, in a file of their own
  *   store-cold-index.c the summary index: block bounds apart from the K/V,
  *                   group bounds over them, the exact top-k search
  *   store-cold-sketch.c the summary recall's first stage: 4-bit sketches of
