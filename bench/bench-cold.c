@@ -521,7 +521,7 @@ int main(int argc, char **argv)
 				if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
 					return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
 				ms[pass][k][r] = clock_now_ms() - r0;
-			own[pass][k][r] = ms[pass][k][r] - (bc_runq_ms() - q0);
+				own[pass][k][r] = ms[pass][k][r] - (bc_runq_ms() - q0);
 				cpu[pass][k][r] = bc_cpu_ms() - c0;
 				rd[pass][k][r] = (double)(bc_read_bytes() - b0) / 1024.0;
 				if (pass > 0) {
