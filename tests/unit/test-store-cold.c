@@ -762,6 +762,44 @@ static void test_rankings(const struct tiny *t)
 	}
 	T_EQ_INT(n_hits, 1);
 	free(hits);
+	/* the block evicted again in part, recalled and placed: each of its
+	 * evicted tokens holds the rows its position had in the block
+	 * as stored (the block's rows read whole, row p - pos0 for position p),
+	 * not the rows of the block's first tokens */
+	{
+		bool was_out[64] = { false };
+		for (int32_t p = zp0; p <= zp1 && p - zp0 < 64; p++)
+			was_out[p - zp0] = kv_cache_find(r.kv, p) < 0;
+		/* a budget of just those tokens: the block alone is taken */
+		query.text = "zebra";
+		query.q = ql;
+		query.rank = STORE_COLD_BOTH;
+		query.scorer = NULL;
+		T_CHECK(store_cold_recall_by(r.cold, &query, out, &hits, &n_hits, &e) == KVS_OK, "%s",
+		        e.msg);
+		T_CHECK(n_hits == 1 && hits[0].id == zebra, "%zu blocks recalled", n_hits);
+		free(hits);
+		T_EQ_INT(kv_cache_begin_turn(r.kv, KV_ROLE_USER, out, &e), KVS_OK); /* room */
+		T_CHECK(store_cold_place(r.cold, &e) == KVS_OK, "%s", e.msg);
+		uint8_t *all = NULL, *got = xmalloc(engine_kv_bytes_per_slot(r.eng));
+		uint64_t bytes = 0, row = engine_kv_bytes_per_slot(r.eng);
+		T_CHECK(cold_kv_read(s, zebra, &all, &bytes), "block %lld: no K/V rows", (long long)zebra);
+		uint32_t same = 0, placed = 0;
+		for (int32_t p = zp0; all != NULL && p <= zp1 && p - zp0 < 64; p++) {
+			int32_t i = kv_cache_find(r.kv, p);
+			if (!was_out[p - zp0] || i < 0)
+				continue;
+			placed++;
+			if (engine_kv_save(r.eng, kv_cache_toks(r.kv)[i].slot, got, &e) == KVS_OK)
+				same += memcmp(got, all + (size_t)(p - zp0) * row, row) == 0;
+		}
+		T_CHECK(placed == out && same == out,
+		        "block %lld: %u of %u evicted tokens placed, %u "
+		        "with their own rows",
+		        (long long)zebra, placed, out, same);
+		free(all);
+		free(got);
+	}
 	free(q);
 	free(q2);
 	free(pids);
