@@ -22,6 +22,16 @@
  * 8 tokens as the model computes them (kv_cache_probe, as a chat turn's
  * probe), else 8 random vectors per layer and head. A recall here is the
  * whole choice: ranking, reading the chosen blocks' rows, nothing placed.
+ * The recalls run three times with the same questions: "warm", the page
+ * cache as the run left it; "cold", every file of the folder dropped from
+ * the page cache before each recall (posix_fadvise DONTNEED, no root
+ * needed); "kvcold", only the cold K/V file (PATH-cold, store-cold-kv.c)
+ * dropped, the database cached (as its quick_check at open leaves it);
+ * each with the bytes it made the kernel read from the disk
+ * (/proc/self/io read_bytes; SQLite's own page cache is kept) and its wall
+ * clock less the time the thread waited for a CPU (/proc/thread-self/
+ * schedstat): on a shared machine, what the recall would take on a quiet
+ * one (its CPU, its disk waits), which the plain wall clock is not.
  * Then, for --overlap N more questions (default 5), the summary ranking's
  * best 16 by the two stages (the sketches' 64 candidates ranked exactly,
  * store-cold-sketch.c) against the exact search of every block
@@ -44,6 +54,8 @@
 #include "app/app.h"
 #include "store/store.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +108,20 @@ static double bc_cpu_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* How long this thread has waited for a CPU, in ms (the run queue, the
+ * second field of /proc/thread-self/schedstat), or 0: the part of a wall
+ * clock that the other processes' load adds. */
+static double bc_runq_ms(void)
+{
+	unsigned long long run = 0, wait = 0;
+	FILE *fp = fopen("/proc/thread-self/schedstat", "r");
+	if (fp == NULL)
+		return 0;
+	int ok = fscanf(fp, "%llu %llu", &run, &wait) == 2;
+	fclose(fp);
+	return ok ? (double)wait / 1e6 : 0;
+}
+
 /* Resident memory now, in MiB (/proc/self/statm), or -1. */
 static double bc_rss_mib(void)
 {
@@ -119,6 +145,47 @@ static uint64_t bc_size(const char *path)
 {
 	struct stat sb;
 	return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+/* Bytes this process has made the kernel fetch from storage so far
+ * (/proc/self/io read_bytes: page-cache hits do not count), or 0. */
+static uint64_t bc_read_bytes(void)
+{
+	char line[128];
+	unsigned long long v = 0;
+	FILE *fp = fopen("/proc/self/io", "r");
+	if (fp == NULL)
+		return 0;
+	while (fgets(line, sizeof line, fp) != NULL)
+		if (sscanf(line, "read_bytes: %llu", &v) == 1)
+			break;
+	fclose(fp);
+	return (uint64_t)v;
+}
+
+/* Drops the page cache's copy of every regular file in dir (the database,
+ * its WAL and any file beside them; with kv_only, only the cold K/V file
+ * PATH-cold and its WAL): the next reads come from the disk. */
+static void bc_drop_cache(const char *dir, bool kv_only)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (kv_only && strstr(de->d_name, "-cold") == NULL)
+			continue;
+		char *p = xasprintf("%s/%s", dir, de->d_name);
+		int fd = open(p, O_RDONLY);
+		if (fd >= 0) {
+			struct stat sb;
+			if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
+				(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+			close(fd);
+		}
+		free(p);
+	}
+	closedir(d);
 }
 
 /* Evicted rows kept for the fill (the capture's cold listener). */
@@ -304,6 +371,7 @@ int main(int argc, char **argv)
 		                        .sampler = (char *)"temp=0" };
 	struct store_cold *cold;
 	struct store_cold_config cc = { .block = BC_BLOCK, .max_tokens = 0, .group = group };
+	double open0 = clock_now_ms();
 	if (store_open(&st, db, STORE_RW, &e) != KVS_OK ||
 	    (reuse ? store_session_find(st, "bench-cold", &id, &e)
 	           : store_session_create(st, &in, &id, &e)) != KVS_OK) {
@@ -315,6 +383,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench-cold: %s\n", e.msg);
 		return 1;
 	}
+	double open_s = (clock_now_ms() - open0) / 1e3;
 	/* the word bank, each word's tokens (with its leading space) */
 	char(*words)[16] = xcalloc(BC_WORDS, sizeof *words);
 	int32_t *wtok = xcalloc((size_t)BC_WORDS * 8, sizeof *wtok);
@@ -411,48 +480,69 @@ int main(int argc, char **argv)
 	uint64_t tokens, kv_bytes;
 	if (store_cold_count(st, id, &blocks, &tokens, &kv_bytes, &e) != KVS_OK)
 		return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
-	char *wal = xasprintf("%s-wal", db);
-	uint64_t disk = bc_size(db) + bc_size(wal);
+	char *wal = xasprintf("%s-wal", db), *kvf = xasprintf("%s-cold", db),
+	     *kvwal = xasprintf("%s-cold-wal", db);
+	uint64_t disk_db = bc_size(db) + bc_size(wal), disk_kv = bc_size(kvf) + bc_size(kvwal);
+	uint64_t disk = disk_db + disk_kv;
+	free(kvf);
+	free(kvwal);
 	/* the recalls */
 	size_t per = (size_t)hp->n_layer * hp->n_head * hp->head_dim;
 	float *qbuf = xmallocarray(64 * per, sizeof *qbuf);
 	const float *q = qbuf;
 	static const char *const rank_names[] = { "fts", "summary", "both" };
-	double ms[3][BC_RECALLS], cpu[3][BC_RECALLS];
+	/* pass 0: the page cache as the run left it; pass 1: the folder's files
+	 * dropped from it before each recall; pass 2: the K/V file alone
+	 * dropped, the database cached (the same questions each pass) */
+	double ms[3][3][BC_RECALLS], cpu[3][3][BC_RECALLS], rd[3][3][BC_RECALLS];
+	double own[3][3][BC_RECALLS]; /* wall clock less the run-queue wait */
 	size_t got[3] = { 0 };
 	struct store_cold_rank_stats rs_sum = { 0 };
-	for (int r = 0; r < n_rec; r++) {
-		char text[128];
-		snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
-		         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
-		if ((q = bc_probe(g, model_keys, text, qbuf, per)) == NULL)
-			return 1;
-		for (int k = 0; k < 3; k++) {
-			struct store_cold_query query = {
-				.text = text, .q = q, .n_q = BC_PROBE, .cands = cands, .mem_cands = mem_cands
-			};
-			query.rank = (enum store_cold_rank)k;
-			struct store_cold_hit *hits;
-			size_t n_hits;
-			double r0 = clock_now_ms(), c0 = bc_cpu_ms();
-			if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
-				return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
-			ms[k][r] = clock_now_ms() - r0;
-			cpu[k][r] = bc_cpu_ms() - c0;
-			got[k] += n_hits;
-			if (k == 1) {
-				struct store_cold_rank_stats rs;
-				store_cold_rank_stats(cold, &rs);
-				rs_sum.groups += rs.groups;
-				rs_sum.groups_read += rs.groups_read;
-				rs_sum.blocks_read += rs.blocks_read;
-				rs_sum.blocks_cut += rs.blocks_cut;
-				rs_sum.blocks_scored += rs.blocks_scored;
-				rs_sum.sketched += rs.sketched;
-				rs_sum.candidates += rs.candidates;
-				rs_sum.mem_scored += rs.mem_scored;
+	uint64_t rng_recalls = bc_rng;
+	for (int pass = 0; pass < 3; pass++) {
+		bc_rng = rng_recalls;
+		for (int r = 0; r < n_rec; r++) {
+			char text[128];
+			snprintf(text, sizeof text, "what about %s and %s or %s?", words[bc_next() % BC_WORDS],
+			         words[bc_next() % BC_WORDS], words[bc_next() % BC_WORDS]);
+			if ((q = bc_probe(g, model_keys, text, qbuf, per)) == NULL)
+				return 1;
+			for (int k = 0; k < 3; k++) {
+				struct store_cold_query query = {
+					.text = text, .q = q, .n_q = BC_PROBE, .cands = cands, .mem_cands = mem_cands
+				};
+				query.rank = (enum store_cold_rank)k;
+				struct store_cold_hit *hits;
+				size_t n_hits;
+				if (pass > 0)
+					bc_drop_cache(dir, pass == 2);
+				uint64_t b0 = bc_read_bytes();
+				double r0 = clock_now_ms(), c0 = bc_cpu_ms(), q0 = bc_runq_ms();
+				if (store_cold_recall_by(cold, &query, BC_BUDGET, &hits, &n_hits, &e) != KVS_OK)
+					return fprintf(stderr, "bench-cold: %s\n", e.msg), 1;
+				ms[pass][k][r] = clock_now_ms() - r0;
+				own[pass][k][r] = ms[pass][k][r] - (bc_runq_ms() - q0);
+				cpu[pass][k][r] = bc_cpu_ms() - c0;
+				rd[pass][k][r] = (double)(bc_read_bytes() - b0) / 1024.0;
+				if (pass > 0) {
+					free(hits);
+					continue;
+				}
+				got[k] += n_hits;
+				if (k == 1) {
+					struct store_cold_rank_stats rs;
+					store_cold_rank_stats(cold, &rs);
+					rs_sum.groups += rs.groups;
+					rs_sum.groups_read += rs.groups_read;
+					rs_sum.blocks_read += rs.blocks_read;
+					rs_sum.blocks_cut += rs.blocks_cut;
+					rs_sum.blocks_scored += rs.blocks_scored;
+					rs_sum.sketched += rs.sketched;
+					rs_sum.candidates += rs.candidates;
+					rs_sum.mem_scored += rs.mem_scored;
+				}
+				free(hits);
 			}
-			free(hits);
 		}
 	}
 	/* the two stages against the exact search */
@@ -514,21 +604,33 @@ int main(int argc, char **argv)
 		printf("  keys: %u evicted rows of the model reading the bank's words (%.1f s)\n", pool.n,
 		       cap_s);
 	if (reuse)
-		printf("  fill: none (--reuse: the database %s already held)\n", db);
+		printf("  fill: none (--reuse: the database %s already held); open and attach %.1f s "
+		       "(quick_check, the K/V file's repair)\n",
+		       db, open_s);
 	else
 		printf("  fill: %.1f s (%.0f tokens/s; flushes %.1f s)\n", fill_s, (double)tokens / fill_s,
 		       flush_ms / 1e3);
-	printf("  disk: %.2f MiB per 1k tokens (file + WAL %.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
+	printf("  disk: %.2f MiB per 1k tokens (files + WALs %.1f MiB: database %.1f MiB, K/V file "
+	       "%.1f MiB; K/V rows alone %.2f MiB per 1k)\n",
 	       (double)disk / 1048576.0 / ((double)tokens / 1000.0), (double)disk / 1048576.0,
+	       (double)disk_db / 1048576.0, (double)disk_kv / 1048576.0,
 	       (double)kv_bytes / 1048576.0 / ((double)tokens / 1000.0));
-	for (int k = 0; k < 3; k++) {
-		qsort(ms[k], (size_t)n_rec, sizeof ms[k][0], bc_cmp);
-		qsort(cpu[k], (size_t)n_rec, sizeof cpu[k][0], bc_cmp);
-		printf("  recall %-7s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median %8.2f ms "
-		       "(%d recalls, %.1f blocks each)\n",
-		       rank_names[k], ms[k][n_rec / 2], ms[k][n_rec * 9 / 10], ms[k][n_rec - 1],
-		       cpu[k][n_rec / 2], n_rec, (double)got[k] / n_rec);
-	}
+	static const char *const pass_names[] = { "warm", "cold", "kvcold" };
+	for (int pass = 0; pass < 3; pass++)
+		for (int k = 0; k < 3; k++) {
+			qsort(ms[pass][k], (size_t)n_rec, sizeof ms[pass][k][0], bc_cmp);
+			qsort(cpu[pass][k], (size_t)n_rec, sizeof cpu[pass][k][0], bc_cmp);
+			qsort(rd[pass][k], (size_t)n_rec, sizeof rd[pass][k][0], bc_cmp);
+			qsort(own[pass][k], (size_t)n_rec, sizeof own[pass][k][0], bc_cmp);
+			printf("  recall %-7s %-6s median %8.2f ms, p90 %8.2f ms, max %8.2f ms; CPU median "
+			       "%8.2f, p90 %8.2f ms; less the run-queue wait median %8.2f, p90 %8.2f ms; "
+			       "disk read median %7.0f KiB, p90 %7.0f (%d recalls, %.1f blocks each)\n",
+			       rank_names[k], pass_names[pass], ms[pass][k][n_rec / 2],
+			       ms[pass][k][n_rec * 9 / 10], ms[pass][k][n_rec - 1], cpu[pass][k][n_rec / 2],
+			       cpu[pass][k][n_rec * 9 / 10], own[pass][k][n_rec / 2],
+			       own[pass][k][n_rec * 9 / 10], rd[pass][k][n_rec / 2],
+			       rd[pass][k][n_rec * 9 / 10], n_rec, (double)got[k] / n_rec);
+		}
 	printf("  summary, per recall: %.1f blocks scored in memory (%.2f MiB held), %.1f sketches "
 	       "read and scored, %.1f candidates; %.1f of %.1f groups "
 	       "read, %.1f blocks' bounds read, %.1f cut part-way, %.1f scored in full\n",

@@ -250,8 +250,10 @@ static void chat_db_close(struct chat_db *db)
 	store_close(db->st);
 	if (db->tmpdir != NULL) {
 		/* the temporary database with its WAL, index and snapshot folder */
-		static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
-			                                 "cold.db-journal" };
+		static const char *const parts[] = { "cold.db",          "cold.db-wal",
+			                                 "cold.db-shm",      "cold.db-journal",
+			                                 "cold.db-cold",     "cold.db-cold-wal",
+			                                 "cold.db-cold-shm", "cold.db-cold-journal" };
 		for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
 			char *f = xasprintf("%s/%s", db->tmpdir, parts[i]);
 			(void)unlink(f);

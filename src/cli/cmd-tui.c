@@ -56,8 +56,10 @@ static enum cli_exit cmd_tui_defaults(struct cli_opts *o)
  * snapshot files a save wrote beside them (nothing else lives there). */
 static void cmd_tui_cold_rm(const char *dir)
 {
-	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
-		                                 "cold.db-journal" };
+	static const char *const parts[] = { "cold.db",          "cold.db-wal",
+		                                 "cold.db-shm",      "cold.db-journal",
+		                                 "cold.db-cold",     "cold.db-cold-wal",
+		                                 "cold.db-cold-shm", "cold.db-cold-journal" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
 		char *f = xasprintf("%s/%s", dir, parts[i]);
 		(void)unlink(f);

@@ -236,8 +236,10 @@ void eval_cold_close(struct eval_cold *cold)
 	cold->st = NULL;
 	if (cold->dir == NULL)
 		return;
-	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
-		                                 "cold.db-journal" };
+	static const char *const parts[] = { "cold.db",          "cold.db-wal",
+		                                 "cold.db-shm",      "cold.db-journal",
+		                                 "cold.db-cold",     "cold.db-cold-wal",
+		                                 "cold.db-cold-shm", "cold.db-cold-journal" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
 		char *p = xasprintf("%s/%s", cold->dir, parts[i]);
 		unlink(p);

@@ -304,8 +304,10 @@ static void api_session_cold_close(struct api_session *as)
 	as->cold_st = NULL;
 	if (as->cold_dir == NULL)
 		return;
-	static const char *const parts[] = { "cold.db", "cold.db-wal", "cold.db-shm",
-		                                 "cold.db-journal" };
+	static const char *const parts[] = { "cold.db",          "cold.db-wal",
+		                                 "cold.db-shm",      "cold.db-journal",
+		                                 "cold.db-cold",     "cold.db-cold-wal",
+		                                 "cold.db-cold-shm", "cold.db-cold-journal" };
 	for (size_t i = 0; i < KVS_ARRAY_LEN(parts); i++) {
 		char *p = xasprintf("%s/%s", as->cold_dir, parts[i]);
 		unlink(p);

@@ -227,6 +227,22 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
 		if ((int32_t)ks.n_seen < next_pos || kv_cache_next_pos(c->kv) < next_pos)
 			c->epoch++;
 	}
+	/* the K/V file: created by a writer, read if there by a reader; a
+	 * writer brings it in step with the database (a crash between their
+	 * commits) */
+	struct err ke;
+	rc = cold_kv_attach(s, !s->ro, &ke);
+	if (rc != KVS_OK && !(s->ro && rc == KVS_ENOTFOUND)) {
+		*e = ke;
+		return rc;
+	}
+	uint32_t lost = 0;
+	if (!s->ro && cold_kv_repair(s, id, &lost, e) != KVS_OK)
+		return e->code;
+	if (lost > 0)
+		log_warn("cold tier: %u cold blocks of session %lld had no K/V rows in %s-cold (a "
+		         "crash between the two files' commits); dropped",
+		         lost, (long long)id, s->path);
 	c->s = s;
 	c->id = id;
 	cold_index_w_reset(&c->iw);
@@ -375,9 +391,10 @@ static char *cold_text(const struct store_cold *c, const struct cold_block *b)
 	return out;
 }
 
-/* Insert block b with the prepared statement st. */
-static int cold_insert(struct store_cold *c, sqlite3_stmt *st, const struct cold_block *b,
-                       double now, struct err *e)
+/* Insert block b with the prepared statements st (its row) and kst (its
+ * K/V rows in the cold file). */
+static int cold_insert(struct store_cold *c, sqlite3_stmt *st, sqlite3_stmt *kst,
+                       const struct cold_block *b, double now, struct err *e)
 {
 	size_t nb = (size_t)c->hp->n_layer * c->hp->n_head_kv * c->hp->head_dim;
 	uint8_t *toks = xmalloc((size_t)b->n * COLD_TOK_BYTES);
@@ -403,13 +420,21 @@ static int cold_insert(struct store_cold *c, sqlite3_stmt *st, const struct cold
 	sqlite3_bind_double(st, 7, now);
 	sqlite3_bind_text(st, 8, text, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_blob(st, 9, toks, (int)((size_t)b->n * COLD_TOK_BYTES), SQLITE_TRANSIENT);
-	sqlite3_bind_blob64(st, 10, b->raw, (sqlite3_uint64)b->n * c->row, SQLITE_TRANSIENT);
 	sqlite3_bind_zeroblob(st, 11, 0); /* the bounds go to the index */
 	sqlite3_bind_zeroblob(st, 12, 0);
 	int r = sqlite3_step(st);
 	sqlite3_reset(st);
 	int rc = r == SQLITE_DONE ? KVS_OK : store_fail(c->s, r, "writing a cold block", e);
 	int64_t block_id = sqlite3_last_insert_rowid(c->s->db);
+	if (rc == KVS_OK) {
+		sqlite3_bind_int64(kst, 1, block_id);
+		sqlite3_bind_int64(kst, 2, c->id);
+		sqlite3_bind_blob64(kst, 3, b->raw, (sqlite3_uint64)b->n * c->row, SQLITE_STATIC);
+		r = sqlite3_step(kst);
+		sqlite3_reset(kst);
+		if (r != SQLITE_DONE)
+			rc = store_fail(c->s, r, "writing a cold block's K/V rows", e);
+	}
 	if (rc == KVS_OK)
 		rc = cold_index_add(c->s, &c->iw, c->id, b->epoch, block_id, b->toks[0].orig_pos, kmin,
 		                    kmax, nb, c->cfg.group, e);
@@ -463,6 +488,9 @@ static int cold_trim(struct store_cold *c, uint32_t turn, struct store_cold_flus
 		sqlite3_reset(old);
 		snprintf(sql, sizeof sql, "DELETE FROM cold_blocks WHERE id = %lld", (long long)id);
 		rc = store_exec(s, sql, "dropping a cold block", e);
+		snprintf(sql, sizeof sql, "DELETE FROM cold.cold_kv WHERE id = %lld", (long long)id);
+		if (rc == KVS_OK && s->cold_kv)
+			rc = store_exec(s, sql, "dropping a cold block's K/V rows", e);
 		if (rc != KVS_OK)
 			break;
 		sqlite3_bind_int64(ev, 1, c->id);
@@ -496,15 +524,21 @@ int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flus
 	int rc =
 	        store_prepare(s,
 	                      "INSERT INTO cold_blocks (session_id, epoch, turn, pos0, pos1, n_tokens, "
-	                      "created, text, toks, kv, kmin, kmax) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-	                      "?7, ?8, ?9, ?10, ?11, ?12)",
+	                      "created, text, toks, kv, kmin, kmax, kv_at) VALUES (?1, ?2, ?3, ?4, "
+	                      "?5, ?6, ?7, ?8, ?9, x'', ?11, ?12, 1)",
 	                      &st, e);
+	sqlite3_stmt *kst = NULL;
+	if (rc == KVS_OK && !s->cold_kv)
+		rc = err_set(e, KVS_EIO, "%s: the cold K/V file is not open", s->path);
+	if (rc == KVS_OK)
+		rc = store_prepare(s, "INSERT INTO cold.cold_kv (id, session_id, kv) VALUES (?1, ?2, ?3)",
+		                   &kst, e);
 	if (rc == KVS_OK)
 		rc = store_exec(s, "BEGIN IMMEDIATE", "writing the cold tier", e);
 	if (rc == KVS_OK) {
 		double now = store_now();
 		for (size_t i = 0; i < c->n_q && rc == KVS_OK; i++) {
-			rc = cold_insert(c, st, &c->q[i], now, e);
+			rc = cold_insert(c, st, kst, &c->q[i], now, e);
 			info->blocks++;
 			info->tokens += c->q[i].n;
 		}
@@ -520,6 +554,7 @@ int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flus
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	}
 	sqlite3_finalize(st);
+	sqlite3_finalize(kst);
 	cold_index_w_reset(&c->iw);
 	cold_queue_clear(c);
 	if (rc != KVS_OK) {
@@ -535,20 +570,22 @@ int store_cold_flush(struct store_cold *c, uint32_t turn, struct store_cold_flus
 struct cold_got {
 	struct store_cold_hit hit;
 	struct kv_tok *toks; /* (n_tokens) */
-	uint8_t *raw;        /* (n_tokens, row) */
+	uint8_t *raw;        /* (n_tokens, row); NULL until cold_load */
+	uint32_t n_all;      /* the block's tokens before cold_clash left any out */
 };
 
-/* Read block id's tokens and rows into g (false: a row that does not hold
- * what its shape says, skipped). */
+/* Read block id's tokens into g (false: a row that does not hold what its
+ * shape says, skipped). Its K/V rows are read only once it is taken
+ * (cold_load): a block the cache holds costs no K/V read. */
 static bool cold_read(struct store_cold *c, sqlite3_stmt *rd, struct cold_got *g)
 {
 	sqlite3_bind_int64(rd, 1, g->hit.id);
 	bool ok = sqlite3_step(rd) == SQLITE_ROW;
 	uint32_t n = g->hit.n_tokens;
+	g->n_all = n;
 	if (ok)
 		ok = n > 0 && n <= c->cfg.block * 16 &&
-		        sqlite3_column_bytes(rd, 0) == (int)(n * COLD_TOK_BYTES) &&
-		        (uint64_t)sqlite3_column_bytes(rd, 1) == (uint64_t)n * c->row;
+		        sqlite3_column_bytes(rd, 0) == (int)(n * COLD_TOK_BYTES);
 	if (ok) {
 		const uint8_t *p = sqlite3_column_blob(rd, 0);
 		g->toks = xcalloc(n, sizeof *g->toks);
@@ -560,11 +597,30 @@ static bool cold_read(struct store_cold *c, sqlite3_stmt *rd, struct cold_got *g
 			t->role = (uint8_t)KVS_MIN(cold_get32(p + 12), 255u);
 			t->surprisal = cold_getf(p + 16);
 			t->entropy = cold_getf(p + 20);
+			ok = ok && t->orig_pos == g->hit.pos0 + (int32_t)i;
 		}
-		g->raw = xmalloc((size_t)n * c->row);
-		memcpy(g->raw, sqlite3_column_blob(rd, 1), (size_t)n * c->row);
 	}
 	sqlite3_reset(rd);
+	return ok;
+}
+
+/* Read the K/V rows of g's tokens left by cold_clash (the block's tokens
+ * are consecutive positions from pos0, so token orig_pos is row orig_pos -
+ * pos0): false when the rows are missing or not n_all rows. */
+static bool cold_load(struct store_cold *c, struct cold_got *g)
+{
+	uint8_t *all;
+	uint64_t bytes;
+	if (!cold_kv_read(c->s, g->hit.id, &all, &bytes))
+		return false;
+	bool ok = bytes == (uint64_t)g->n_all * c->row;
+	if (ok) {
+		g->raw = xmalloc((size_t)g->hit.n_tokens * c->row);
+		for (uint32_t w = 0; w < g->hit.n_tokens; w++)
+			memcpy(g->raw + (size_t)w * c->row,
+			       all + (size_t)(g->toks[w].orig_pos - g->hit.pos0) * c->row, c->row);
+	}
+	free(all);
 	return ok;
 }
 
@@ -585,11 +641,7 @@ static bool cold_clash(const struct store_cold *c, struct cold_got *g, const str
 	for (uint32_t i = 0; i < g->hit.n_tokens; i++) {
 		if (kv_cache_find(c->kv, g->toks[i].orig_pos) >= 0)
 			continue;
-		if (w != i) {
-			g->toks[w] = g->toks[i];
-			memcpy(g->raw + (size_t)w * c->row, g->raw + (size_t)i * c->row, c->row);
-		}
-		w++;
+		g->toks[w++] = g->toks[i];
 	}
 	g->hit.n_tokens = w;
 	if (w == 0)
@@ -694,7 +746,7 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 	int rc = cold_rank(&scope, query, &cands, &n_cands, e);
 	sqlite3_stmt *rd = NULL, *nx = NULL;
 	if (rc == KVS_OK && n_cands > 0)
-		rc = store_prepare(s, "SELECT toks, kv FROM cold_blocks WHERE id = ?1", &rd, e);
+		rc = store_prepare(s, "SELECT toks FROM cold_blocks WHERE id = ?1", &rd, e);
 	if (rc == KVS_OK && n_cands > 0)
 		rc = store_prepare(s,
 		                   "SELECT id, turn, pos0, pos1, n_tokens FROM cold_blocks WHERE "
@@ -709,7 +761,7 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 			struct cold_got g = { 0 };
 			g.hit = cands[i].hit;
 			if (!cold_read(c, rd, &g) || cold_clash(c, &g, got, n_got) ||
-			    g.hit.n_tokens > budget - used) {
+			    g.hit.n_tokens > budget - used || !cold_load(c, &g)) {
 				free(g.toks);
 				free(g.raw);
 				continue;
@@ -720,7 +772,8 @@ int store_cold_recall_by(struct store_cold *c, const struct store_cold_query *qu
 			 * after a hit comes too when it fits (BM25 0: not matched) */
 			struct cold_got n2 = { 0 };
 			if (n_got < COLD_CANDIDATES && cold_next(c, nx, rd, &got[n_got - 1].hit, &n2) &&
-			    !cold_clash(c, &n2, got, n_got) && n2.hit.n_tokens <= budget - used) {
+			    !cold_clash(c, &n2, got, n_got) && n2.hit.n_tokens <= budget - used &&
+			    cold_load(c, &n2)) {
 				n2.hit.summary = NAN;
 				for (size_t j = 0; j < n_cands; j++)
 					if (cands[j].hit.id == n2.hit.id) {
@@ -819,16 +872,14 @@ int store_cold_count(struct store *s, int64_t id, uint32_t *blocks, uint64_t *to
 	sqlite3_stmt *st;
 	*blocks = 0;
 	*tokens = *bytes = 0;
-	int rc =
-	        store_session_row(s,
-	                          "SELECT count(*), coalesce(sum(n_tokens), 0), "
-	                          "coalesce(sum(length(kv)), 0) FROM cold_blocks WHERE session_id = ?1",
-	                          id, &st, e);
+	int rc = store_session_row(s,
+	                           "SELECT count(*), coalesce(sum(n_tokens), 0) FROM cold_blocks WHERE "
+	                           "session_id = ?1",
+	                           id, &st, e);
 	if (rc != KVS_OK)
 		return rc;
 	*blocks = (uint32_t)sqlite3_column_int64(st, 0);
 	*tokens = (uint64_t)sqlite3_column_int64(st, 1);
-	*bytes = (uint64_t)sqlite3_column_int64(st, 2);
 	sqlite3_finalize(st);
-	return KVS_OK;
+	return cold_kv_bytes(s, id, bytes, e);
 }

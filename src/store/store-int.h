@@ -10,6 +10,7 @@
  *   store-export.c  a session as Markdown or JSON
  *   store-cold.c    the cold tier: evicted blocks written, chosen, placed
  *   store-cold-rank.c  how a recall ranks the cold blocks
+ *   store-cold-kv.c    the cold blocks' K/V rows, in a file of their own
  *   store-cold-index.c the summary index: block bounds apart from the K/V,
  *                   group bounds over them, the exact top-k search
  *   store-cold-sketch.c the summary recall's first stage: 4-bit sketches of
@@ -29,12 +30,16 @@
 #include <sqlite3.h>
 #include <string.h>
 
+#define STORE_APP_ID 0x6b767363   /* "kvsc" in PRAGMA application_id */
+#define COLD_KV_APP_ID 0x6b76736b /* "kvsk": the cold K/V file's (store-cold-kv.c) */
+
 struct store {
 	sqlite3 *db;
 	char *path;
 	char *snapdir; /* PATH-kv */
 	int version;   /* PRAGMA user_version of the open database */
 	bool ro;       /* opened STORE_RO */
+	bool cold_kv;  /* the cold K/V file (PATH-cold) is attached as `cold` */
 };
 
 /* ---- store.c: the machinery ---- */
@@ -57,6 +62,30 @@ char *store_col_str(sqlite3_stmt *st, int i);
  * left to finalize. */
 int store_session_row(struct store *s, const char *sql, int64_t id, sqlite3_stmt **out,
                       struct err *e);
+
+/* Refuse a path whose non-empty file is not a SQLite database or is shorter
+ * than its header says (*exists: a non-empty file is there). */
+int store_check_header(const char *path, bool *exists, struct err *e);
+/* The SQLite URI of path (allocated), query appended ("" or "?..."). */
+char *store_uri(const char *path, const char *query);
+
+/* ---- store-cold-kv.c: the cold blocks' K/V file ---- */
+
+/* Attach PATH-cold as `cold` (once): create it when create is set (a
+ * writer), else KVS_ENOTFOUND when it is not there. Another program's
+ * file, a symbolic link or a damaged header is refused with one line and
+ * left as it is. */
+int cold_kv_attach(struct store *s, bool create, struct err *e);
+/* Bring session sid's rows of the two files in step after a crash between
+ * their commits: K/V rows of no block are deleted; blocks whose K/V row
+ * was never committed are deleted (they cannot be recalled); *lost: how
+ * many. A writer's attach runs it. */
+int cold_kv_repair(struct store *s, int64_t sid, uint32_t *lost, struct err *e);
+/* The K/V rows of block id into buf (bytes of them): from the cold file
+ * when kv_at is 1, else from cold_blocks.kv; false when missing. */
+bool cold_kv_read(struct store *s, int64_t id, uint8_t **buf, uint64_t *bytes);
+/* Bytes of session sid's K/V rows in both places. */
+int cold_kv_bytes(struct store *s, int64_t sid, uint64_t *bytes, struct err *e);
 
 /* ---- store-snap.c: snapshot files ---- */
 

@@ -35,7 +35,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STORE_APP_ID 0x6b767363 /* "kvsc" in PRAGMA application_id */
 #define STORE_BUSY_MS 5000      /* how long a writer waits for another's lock */
 
 struct store_migration {
@@ -234,7 +233,7 @@ static bool store_wal_nonempty(const char *path)
  * while the WAL still holds every committed page. SQLite reads those pages
  * from the WAL and finishes the checkpoint itself, so such a file is
  * handed to it, whose own checks judge it. */
-static int store_check_header(const char *path, bool *exists, struct err *e)
+int store_check_header(const char *path, bool *exists, struct err *e)
 {
 	bool short_file = false;
 	int rc = store_check_header_once(path, exists, &short_file, e);
@@ -353,8 +352,8 @@ static bool store_wal_has_data(const char *path)
 /* The SQLite URI of path: bytes other than unreserved ones and '/'
  * percent-encoded and a relative path led by "./", so that no name (":memory:",
  * "file:x?mode=memory", one with '?' or '#') means anything to SQLite but
- * that file; query is "" or "?immutable=1". */
-static char *store_uri(const char *path, const char *query)
+ * that file; query is "" or a query string ("?immutable=1", "?mode=ro"). */
+char *store_uri(const char *path, const char *query)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	size_t n = strlen(path);
@@ -702,7 +701,13 @@ int store_session_delete(struct store *s, int64_t id, struct err *e)
 		shas[n++] = store_col_str(st, 0);
 	}
 	sqlite3_finalize(st);
-	rc = store_prepare(s, "DELETE FROM sessions WHERE id = ?", &st, e);
+	/* its cold blocks' K/V rows go in the same transaction (a crash between
+	 * the two files' commits leaves rows that the next writer deletes) */
+	struct err ke;
+	bool kv = cold_kv_attach(s, false, &ke) == KVS_OK;
+	rc = store_exec(s, "BEGIN IMMEDIATE", "deleting a session", e);
+	if (rc == KVS_OK)
+		rc = store_prepare(s, "DELETE FROM sessions WHERE id = ?", &st, e);
 	if (rc == KVS_OK) {
 		sqlite3_bind_int64(st, 1, id);
 		int r = sqlite3_step(st);
@@ -712,6 +717,16 @@ int store_session_delete(struct store *s, int64_t id, struct err *e)
 			rc = err_set(e, KVS_ENOTFOUND, "%s: no session with id %lld", s->path, (long long)id);
 		sqlite3_finalize(st);
 	}
+	if (rc == KVS_OK && kv) {
+		char sql[96];
+		snprintf(sql, sizeof sql, "DELETE FROM cold.cold_kv WHERE session_id = %lld",
+		         (long long)id);
+		rc = store_exec(s, sql, "deleting a session's cold K/V rows", e);
+	}
+	if (rc == KVS_OK)
+		rc = store_exec(s, "COMMIT", "deleting a session", e);
+	else
+		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	for (size_t i = 0; i < n; i++) {
 		if (rc == KVS_OK)
 			store_snap_unlink_unused(s, shas[i]);
@@ -724,6 +739,8 @@ int store_session_delete(struct store *s, int64_t id, struct err *e)
 int store_check(struct store *s, struct err *e)
 {
 	sqlite3_stmt *st;
+	struct err ke;
+	(void)cold_kv_attach(s, false, &ke); /* checked too when it is there */
 	int rc = store_prepare(s, "PRAGMA integrity_check", &st, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -740,7 +757,10 @@ int store_check(struct store *s, struct err *e)
 
 int store_vacuum(struct store *s, struct err *e)
 {
+	struct err ke;
 	int rc = store_exec(s, "VACUUM", "vacuuming", e);
+	if (rc == KVS_OK && cold_kv_attach(s, false, &ke) == KVS_OK)
+		rc = store_exec(s, "VACUUM cold", "vacuuming the cold K/V file", e);
 	return rc == KVS_OK ? store_snap_sweep(s, e) : rc;
 }
 

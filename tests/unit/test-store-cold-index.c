@@ -172,8 +172,8 @@ static size_t brute(struct fix *f, const char *path, const float *q, uint32_t n_
 	float *mn = xcalloc(f->nb, sizeof *mn), *mx = xcalloc(f->nb, sizeof *mx);
 	sqlite3 *db;
 	sqlite3_stmt *st;
-	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-	sqlite3_prepare_v2(db, "SELECT id, pos0, kv, n_tokens FROM cold_blocks", -1, &st, NULL);
+	sqlq_open(path, 0, &db);
+	sqlite3_prepare_v2(db, "SELECT id, pos0, kv, n_tokens FROM cold_blocks_kv", -1, &st, NULL);
 	while (sqlite3_step(st) == SQLITE_ROW && n < cap) {
 		const float *kv = sqlite3_column_blob(st, 2);
 		int nt = sqlite3_column_int(st, 3);
@@ -533,7 +533,9 @@ static void test_migrate(struct fix *f)
 	store_cold_free(cold);
 	store_close(s);
 	/* back to schema 2: the bounds in the block rows, no index (and none of
-	 * what later migrations add: 004's squeeze table and sparse column) */
+	 * what later migrations add: 004's squeeze table and sparse column,
+	 * 005's sketches, 006's K/V file) */
+	sqlq_cold_kv_back(path, 5);
 	sqlq_exec(path,
 	          "UPDATE cold_blocks SET kmin = (SELECT kmin FROM cold_sums s WHERE s.id = "
 	          "cold_blocks.id), kmax = (SELECT kmax FROM cold_sums s WHERE s.id = "
@@ -587,6 +589,7 @@ static void test_migrate4(struct fix *f)
 	                       "SELECT group_concat(hex(sk), '.') FROM (SELECT sk FROM "
 	                       "cold_sketch ORDER BY id)");
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_sketch"), 40);
+	sqlq_cold_kv_back(path, 5);
 	sqlq_exec(path, "DROP TABLE cold_sketch; PRAGMA user_version = 4");
 	struct err e;
 	T_CHECK(store_open(&s, path, STORE_RW, &e) == KVS_OK, "%s", e.msg);

@@ -221,7 +221,7 @@ static void test_write_recall(const struct tiny *t)
 	                  "OR n_tokens > 16 OR length(toks) <> 24 * n_tokens"),
 	         0);
 	T_EQ_INT(sqlq_int(path,
-	                  "SELECT count(*) FROM cold_blocks WHERE length(kv) <> n_tokens * "
+	                  "SELECT count(*) FROM cold_blocks_kv WHERE length(kv) IS NOT n_tokens * "
 	                  "(SELECT bytes_per_token FROM cold_meta)"),
 	         0);
 	/* blocks never split a run more than the size asks: every block but the
@@ -235,9 +235,9 @@ static void test_write_recall(const struct tiny *t)
 	{
 		sqlite3 *db;
 		sqlite3_stmt *q;
-		sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+		sqlq_open(path, 0, &db);
 		sqlite3_prepare_v2(db,
-		                   "SELECT b.text, b.kv, s.kmin, s.kmax, b.n_tokens FROM cold_blocks b "
+		                   "SELECT b.text, b.kv, s.kmin, s.kmax, b.n_tokens FROM cold_blocks_kv b "
 		                   "JOIN cold_sums s ON s.id = b.id ORDER BY b.pos0",
 		                   -1, &q, NULL);
 		size_t cap = 1 << 16, n = 0;
@@ -555,8 +555,8 @@ static size_t all_scores(const char *path, const struct hparams *hp, size_t row_
 	size_t n = 0, nb = (size_t)hp->n_layer * hp->n_head_kv * hp->head_dim;
 	size_t per_layer = 2 * (size_t)hp->n_head_kv * hp->head_dim;
 	float *mn = xcalloc(nb, sizeof *mn), *mx = xcalloc(nb, sizeof *mx);
-	sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-	sqlite3_prepare_v2(db, "SELECT id, kv, n_tokens FROM cold_blocks", -1, &st, NULL);
+	sqlq_open(path, 0, &db);
+	sqlite3_prepare_v2(db, "SELECT id, kv, n_tokens FROM cold_blocks_kv", -1, &st, NULL);
 	while (sqlite3_step(st) == SQLITE_ROW && n < cap) {
 		const float *kv = sqlite3_column_blob(st, 1);
 		int nt = sqlite3_column_int(st, 2);
@@ -580,6 +580,45 @@ static size_t all_scores(const char *path, const struct hparams *hp, size_t row_
 	free(mn);
 	free(mx);
 	return n;
+}
+
+/* Recall query's best block (it must be block id, positions p0..p1, with
+ * some of its tokens evicted) with a budget of just its evicted tokens,
+ * place it, and check that each placed token holds its own row of the
+ * block's stored rows (cold_kv_read: row p - p0). */
+static void place_check(struct run *r, struct store *s, struct store_cold_query *query, int64_t id,
+                        int32_t p0, int32_t p1, const char *what)
+{
+	bool was_out[64] = { false };
+	uint32_t out = 0;
+	struct err e;
+	for (int32_t p = p0; p <= p1 && p - p0 < 64; p++)
+		out += was_out[p - p0] = kv_cache_find(r->kv, p) < 0;
+	struct store_cold_hit *hits;
+	size_t n_hits;
+	T_CHECK(store_cold_recall_by(r->cold, query, out, &hits, &n_hits, &e) == KVS_OK, "%s", e.msg);
+	T_CHECK(n_hits == 1 && hits[0].id == id && hits[0].n_tokens == out, "%s: %zu blocks recalled",
+	        what, n_hits);
+	free(hits);
+	T_EQ_INT(kv_cache_begin_turn(r->kv, KV_ROLE_USER, out, &e), KVS_OK); /* room */
+	T_CHECK(store_cold_place(r->cold, &e) == KVS_OK, "%s: %s", what, e.msg);
+	uint64_t bytes = 0, row = engine_kv_bytes_per_slot(r->eng);
+	uint8_t *all = NULL, *got = xmalloc(row);
+	T_CHECK(cold_kv_read(s, id, &all, &bytes), "%s: block %lld: no K/V rows", what, (long long)id);
+	uint32_t same = 0, placed = 0;
+	for (int32_t p = p0; all != NULL && p <= p1 && p - p0 < 64; p++) {
+		int32_t i = kv_cache_find(r->kv, p);
+		if (!was_out[p - p0] || i < 0)
+			continue;
+		placed++;
+		if (engine_kv_save(r->eng, kv_cache_toks(r->kv)[i].slot, got, &e) == KVS_OK)
+			same += memcmp(got, all + (size_t)(p - p0) * row, row) == 0;
+	}
+	T_CHECK(placed == out && same == out,
+	        "%s: block %lld: %u of %u evicted tokens placed, %u with their own rows", what,
+	        (long long)id, placed, out, same);
+	free(all);
+	free(got);
 }
 
 static void test_rankings(const struct tiny *t)
@@ -762,6 +801,26 @@ static void test_rankings(const struct tiny *t)
 	}
 	T_EQ_INT(n_hits, 1);
 	free(hits);
+	/* the block evicted again in part, recalled and placed: each of its
+	 * evicted tokens holds the rows its position had in the block as
+	 * stored (row p - pos0 of the block's rows for position p); first with
+	 * its front evicted (streaming's order), then with a hole in its
+	 * middle (its first two tokens pinned, the next three evicted) */
+	query.text = "zebra";
+	query.q = ql;
+	query.rank = STORE_COLD_BOTH;
+	query.scorer = NULL;
+	place_check(&r, s, &query, zebra, zp0, zp1, "front");
+	T_EQ_INT(kv_cache_pin(r.kv, zp0, true, &e), KVS_OK);
+	T_EQ_INT(kv_cache_pin(r.kv, zp0 + 1, true, &e), KVS_OK);
+	/* a turn that needs the cache's free room and three slots more */
+	T_EQ_INT(kv_cache_begin_turn(r.kv, KV_ROLE_USER, kv_cache_budget(r.kv) - kv_cache_n(r.kv) + 3,
+	                             &e),
+	         KVS_OK);
+	T_CHECK(kv_cache_find(r.kv, zp0 + 1) >= 0 && kv_cache_find(r.kv, zp0 + 2) < 0 &&
+	                kv_cache_find(r.kv, zp0 + 4) < 0 && kv_cache_find(r.kv, zp1) >= 0,
+	        "block %lld: no hole in its middle", (long long)zebra);
+	place_check(&r, s, &query, zebra, zp0, zp1, "middle");
 	free(q);
 	free(q2);
 	free(pids);
