@@ -70,6 +70,7 @@
 static const char *const policy_sirllm_modes[] = { "paper", "compat", NULL };
 static const char *const policy_pos_modes[] = { "original", "compact", NULL };
 static const char *const policy_stores[] = { "slots", "heads", NULL };
+static const char *const policy_zip_rereads[] = { "new", "all", NULL };
 
 enum { STREAM_SINKS = 0 };
 static const struct kv_param_def policy_streaming_params[] = {
@@ -149,7 +150,7 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "carry", 0, 0, 1, NULL, false, POLICY_CARRY_HELP " (paper: each vote replaces the last)" },
 };
 
-enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY };
+enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY, ZIP_REREAD };
 static const struct kv_param_def policy_kvzip_params[] = {
 	{ "heads", 1, 0, 1, NULL, true,
 	  "1: a keep-set per (layer, KV head) (paper: uniform head budgets); 0: one set, "
@@ -163,6 +164,10 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
 	{ "carry", 0, 0, 1, NULL, false,
 	  POLICY_CARRY_HELP " (paper: an entry keeps the most any re-read gave it)" },
+	{ "reread", 0, 0, 1, policy_zip_rereads, true,
+	  "what a re-read reads: the tokens fed since the last one (new: each token once, its "
+	  "score from its own turn's re-read) or every cached token against the whole cache, "
+	  "scores replaced (all: the paper's rule, a prefill of the cache per turn)" },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -796,7 +801,8 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 static bool policy_quiet(const struct kv_param_def *pd)
 {
 	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0 ||
-	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0;
+	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0 ||
+	        strcmp(pd->name, "reread") == 0;
 }
 
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)

@@ -47,52 +47,123 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The re-read's request, as the paper's prompt asks it. */
+/* The re-read's request, as the paper's prompt asks it; a later chunk of a
+ * whole re-read asks for the part that starts with the previous chunk's
+ * last ZIP_HINT tokens (the authors' code: prev_postfix_size 8). */
 static const char zip_request[] = "Repeat the previous context exactly.";
+static const char zip_request_more[] =
+        "Repeat the part of the previous context exactly, starting with";
+#define ZIP_HINT 8
+
+/* The request text as a user turn with the generation prompt after it in
+ * the model's chat template (or as plain text, then end), into *ids (n);
+ * the template's tail (end of turn, generation prompt) is its last *n_tail
+ * tokens. KVS_OK, or a status with nothing allocated. */
+static int zip_tokenize(const struct model *m, const char *text, const char *end, int32_t **ids,
+                        size_t *n, uint32_t *n_tail)
+{
+	struct chat_template t;
+	struct err e;
+	size_t cap = 0, n_empty = 0, cap_empty = 0;
+	int32_t *empty = NULL;
+	*ids = NULL;
+	*n = 0;
+	*n_tail = 0;
+	int rc = chat_template_init(&t, m->chat_template, NULL, m->vocab, &e);
+	if (rc == KVS_OK) {
+		/* the same turn with nothing in it: what the two share at the end is
+		 * the template's tail */
+		for (int k = 0; k < 2 && rc == KVS_OK; k++) {
+			struct chat_prompt p = { 0 };
+			chat_message(&t, "user", k ? "" : text, &p);
+			chat_generation_prompt(&t, &p);
+			rc = k ? chat_tokenize(m->vocab, &p, &empty, &n_empty, &cap_empty, &e)
+			       : chat_tokenize(m->vocab, &p, ids, n, &cap, &e);
+			chat_prompt_free(&p);
+		}
+		chat_template_free(&t);
+		uint32_t k = 0;
+		while (rc == KVS_OK && k + 1 < *n && k < n_empty &&
+		       (*ids)[*n - 1 - k] == empty[n_empty - 1 - k])
+			k++;
+		*n_tail = k;
+		free(empty);
+	}
+	if (rc != KVS_OK) {
+		/* a model without a chat layout: the request as plain text */
+		free(*ids);
+		*ids = NULL;
+		*n = cap = 0;
+		*n_tail = 0;
+		char buf[96];
+		int len = snprintf(buf, sizeof buf, "\n\n%s%s", text, end);
+		rc = vocab_tokenize(m->vocab, buf, (size_t)len, false, false, ids, n, &cap, &e);
+	}
+	if (rc == KVS_OK && *n == 0)
+		rc = KVS_EARG;
+	if (rc != KVS_OK) {
+		free(*ids);
+		*ids = NULL;
+		*n = 0;
+	}
+	return rc;
+}
 
 void kv_zip_prompt(struct kv_cache *c)
 {
 	free(c->zip_ids);
-	c->zip_ids = NULL;
-	c->n_zip_ids = 0;
+	free(c->zip_more);
+	c->zip_ids = c->zip_more = NULL;
+	c->n_zip_ids = c->n_zip_more = c->zip_cut = 0;
 	const struct model *m = engine_model(c->eng);
-	struct chat_template t;
-	struct err e;
-	int32_t *ids = NULL;
-	size_t n = 0, cap = 0;
-	int rc = chat_template_init(&t, m->chat_template, NULL, m->vocab, &e);
-	if (rc == KVS_OK) {
-		struct chat_prompt p = { 0 };
-		chat_message(&t, "user", zip_request, &p);
-		chat_generation_prompt(&t, &p);
-		rc = chat_tokenize(m->vocab, &p, &ids, &n, &cap, &e);
-		chat_prompt_free(&p);
-		chat_template_free(&t);
+	int32_t *ids;
+	size_t n;
+	uint32_t tail;
+	if (zip_tokenize(m, zip_request, "\n", &ids, &n, &tail) == KVS_OK) {
+		c->zip_ids = ids;
+		c->n_zip_ids = (uint32_t)n;
+	} /* else the re-read runs the context alone */
+	if (zip_tokenize(m, zip_request_more, "", &ids, &n, &tail) == KVS_OK) {
+		c->zip_more = ids;
+		c->n_zip_more = (uint32_t)n;
+		c->zip_cut = (uint32_t)n - tail;
 	}
-	if (rc != KVS_OK) {
-		/* a model without a chat layout: the request as plain text */
-		n = 0;
-		char text[64];
-		int len = snprintf(text, sizeof text, "\n\n%s\n", zip_request);
-		rc = vocab_tokenize(m->vocab, text, (size_t)len, false, false, &ids, &n, &cap, &e);
+}
+
+/* The prompt before the chunk at un[j0] of a re-read into ids, its length:
+ * the request, or for a later chunk of a whole re-read the request for the
+ * part starting with the previous chunk's last tokens. */
+static uint32_t zip_chunk_prompt(const struct kv_cache *c, bool all, const uint32_t *un,
+                                 uint32_t j0, int32_t *ids)
+{
+	if (!all || j0 == 0 || c->n_zip_more == 0) {
+		if (c->n_zip_ids > 0)
+			memcpy(ids, c->zip_ids, c->n_zip_ids * sizeof *ids);
+		return c->n_zip_ids;
 	}
-	if (rc != KVS_OK || n == 0) {
-		free(ids);
-		return; /* the re-read then runs the context alone */
-	}
-	c->zip_ids = ids;
-	c->n_zip_ids = (uint32_t)n;
+	uint32_t h = KVS_MIN(j0, (uint32_t)ZIP_HINT), o = c->zip_cut;
+	memcpy(ids, c->zip_more, o * sizeof *ids);
+	for (uint32_t i = 0; i < h; i++)
+		ids[o++] = c->toks[un[j0 - h + i]].token;
+	memcpy(ids + o, c->zip_more + c->zip_cut, (c->n_zip_more - c->zip_cut) * sizeof *ids);
+	return o + c->n_zip_more - c->zip_cut;
 }
 
 int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e)
 {
-	uint32_t n = c->n, np = c->n_zip_ids, nu = 0;
-	uint32_t *un = c->order; /* (nu) cache indices of the tokens not yet scored */
+	uint32_t n = c->n, nu = 0;
+	bool all = kv_policy_get(&c->cfg.policy, "reread") >= 0.5f;
+	uint32_t *un = c->order; /* (nu) cache indices of the tokens to re-read */
 	for (uint32_t i = 0; i < n; i++)
 		if (isinf(c->toks[i].score) && c->toks[i].score > 0)
 			un[nu++] = i;
 	if (nu == 0 || 2 * nu <= target || NEVER(c->acc == NULL))
 		return KVS_OK;
+	if (all) /* every cached token, in cache order */
+		for (nu = 0; nu < n; nu++)
+			un[nu] = nu;
+	/* the longest prompt a chunk may get */
+	uint32_t np = KVS_MAX(c->n_zip_ids, all && c->n_zip_more ? c->n_zip_more + ZIP_HINT : 0);
 	uint32_t chunk = kv_policy_reread(&c->cfg.policy);
 	uint32_t room = kv_store_room(c); /* free slots (and the per-head store's rows) */
 	if (room <= np)
@@ -101,15 +172,15 @@ int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e)
 	bool compact = kv_def(c)->pos_mode(c->cfg.policy.p) == KV_POS_COMPACT;
 	float carry = kv_policy_carry(&c->cfg.policy);
 	int32_t *ids = xmallocarray(np + chunk, sizeof *ids); /* (n_prompt + chunk) */
-	/* with carry, this re-read's own max first, (n, n_layer, n_head_kv) */
-	float *fresh = carry > 0 ? xcalloc((size_t)n * c->acc_stride, sizeof *fresh) : NULL;
-	if (np > 0)
-		memcpy(ids, c->zip_ids, np * sizeof *ids);
+	/* this re-read's own max first where it does not simply raise the old
+	 * scores, (n, n_layer, n_head_kv) */
+	float *fresh = carry > 0 || all ? xcalloc((size_t)n * c->acc_stride, sizeof *fresh) : NULL;
 	int rc = KVS_OK;
 	for (uint32_t j0 = 0; j0 < nu && rc == KVS_OK; j0 += chunk) {
-		uint32_t mc = KVS_MIN(chunk, nu - j0), m = np + mc;
+		uint32_t mp = zip_chunk_prompt(c, all, un, j0, ids);
+		uint32_t mc = KVS_MIN(chunk, nu - j0), m = mp + mc;
 		for (uint32_t i = 0; i < mc; i++)
-			ids[np + i] = c->toks[un[j0 + i]].token;
+			ids[mp + i] = c->toks[un[j0 + i]].token;
 		for (uint32_t i = 0; i < m; i++) {
 			c->bslot[i] = c->free_slots[c->n_free - 1 - i];
 			c->bpos[i] = (compact ? (int32_t)n : c->next_pos) + (int32_t)i;
@@ -126,8 +197,7 @@ int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e)
 		if (rc != KVS_OK)
 			break;
 		c->n_zip_tokens += m;
-		/* every cached entry keeps the most attention any re-read gave it
-		 * (with carry: the most this re-read's chunks gave it) */
+		/* every cached entry keeps the most attention any chunk gave it */
 		float *dst = fresh ? fresh : c->acc;
 		for (uint32_t r = 0; r < c->acc_stride; r++) {
 			const float *a = o.attn_kv + (size_t)r * o.n_visible; /* cache columns first */
@@ -137,7 +207,8 @@ int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e)
 			}
 		}
 	}
-	/* carry: the re-reads add up, the old scores times carry */
+	/* carry: the re-reads add up, the old scores times carry; a whole
+	 * re-read with carry 0 replaces them */
 	for (size_t k = 0; rc == KVS_OK && fresh != NULL && k < (size_t)n * c->acc_stride; k++)
 		c->acc[k] = carry * c->acc[k] + fresh[k];
 	free(fresh);
