@@ -31,7 +31,8 @@
  *   kvzip      keep the first S, then per (layer, KV head) the top by the
  *              max attention a re-read of the context received after a
  *              "repeat the previous context" prompt (kv_zip.c; tokens not
- *              yet scored first)
+ *              yet scored first); reread=all re-reads the whole cache each
+ *              turn (the paper's rule), new only what came since
  *
  * carry > 0 (snapkv, kvzip; default 0, the papers' rule) lets the scores
  * outlive the vote or re-read that made them: each new one adds to the
@@ -575,7 +576,8 @@ static const struct kv_policy_def policy_table[] = {
 	  policy_snapkv_heads, NULL },
 	{ "kvzip",
 	  "KVzip: query-agnostic; per (layer, KV head) the tokens a re-read of the context "
-	  "attends most (each token re-read once: about twice the prefill)",
+	  "attends most (reread=new: each token once, about twice the prefill; all: the whole "
+	  "cache each turn)",
 	  P(policy_kvzip_params), true, KV_SCORE_ZIP, -1, -1, policy_pos_kvzip, policy_kvzip_sinks,
 	  policy_no_cap, policy_no_lambda, policy_kvzip_select, policy_no_vote, policy_kvzip_heads,
 	  policy_kvzip_reread },
@@ -619,8 +621,13 @@ bool kv_policy_evicts(const struct kv_policy *p)
 	return p->def && p->def->evicts;
 }
 
-/* Tokens of KVzip's re-read prompt the scratch leaves room for. */
+/* Tokens of KVzip's re-read prompt the scratch leaves room for: the
+ * request (20 tokens on the default model); with reread=all also the later
+ * chunks' request for the part starting with the previous chunk's last 8
+ * tokens (28 on the default model, 79 on a vocabulary that spells the
+ * request in bytes, as the tests' tiny model does). */
 #define POLICY_ZIP_PROMPT 64
+#define POLICY_ZIP_PROMPT_ALL 96
 
 uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 {
@@ -630,7 +637,8 @@ uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 	p->def->vote(p->p, &window, &kernel);
 	uint32_t chunk = kv_policy_reread(p);
 	if (chunk > 0)
-		window += KVS_MIN(chunk, KVS_MAX(budget, 16u)) + POLICY_ZIP_PROMPT;
+		window += KVS_MIN(chunk, KVS_MAX(budget, 16u)) +
+		          (kv_policy_get(p, "reread") >= 0.5f ? POLICY_ZIP_PROMPT_ALL : POLICY_ZIP_PROMPT);
 	if (kv_policy_per_head(p)) {
 		float spread = kv_policy_get(p, "spread");
 		if (!isnan(spread) && spread > 1)

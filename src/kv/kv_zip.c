@@ -12,34 +12,51 @@
  * group) gives it. The entries with the lowest scores go, per (layer, KV
  * head) with uniform head budgets (kv_heads.c).
  *
- * Here the budget is never exceeded, so the context is re-read as it
- * comes, not once in full: a re-read reads the cached tokens not yet
- * scored (those that came since the last one; they score +inf, kept first,
- * until then), in chunks as the paper's code does for long contexts: each
- * chunk is the prompt and the next `chunk` of those tokens (fewer when
- * fewer slots are free), a scratch forward in free engine slots right
- * after the cache (positions as a feed would give them), attending to the
- * whole cache and itself; the engine reports the per-KV-head max over the
- * chunk's queries (engine_batch.attn_kv_max). Every cached entry keeps the
- * most attention any re-read gave it (the paper scores every entry against
- * every chunk of the context at once; here against the chunks read while
- * it was cached, its own among them). The slots are then emptied: the
- * cache is exactly as before. A head scores only what it keeps (the
- * re-read sees the cache as each head has it).
+ * Here the budget is never exceeded, so a re-read runs at evictions: at
+ * the one that begins a turn, and at any other that finds more than half
+ * of what it keeps not yet scored (a long prompt: every other prefill
+ * chunk; a long reply); tokens fed since the last re-read score +inf (kept
+ * first) until the next. Two rules for what it reads (`reread`):
  *
- * Cost: each token is re-read once, with ceil(u / chunk) prompts for u new
- * tokens: about one more prefill of everything fed, so a turn costs about
- * twice its prefill. A re-read runs at the eviction that begins a turn
- * (once per turn: the last turn's prompt and reply) and at any other
- * eviction that finds more than half of what it keeps not yet scored (a
- * long prompt: every other prefill chunk; a long reply).
+ *   all  the paper's: every cached token, in cache order, and the scores
+ *        it gives replace the old ones, so every entry is scored against
+ *        the same cache in the same pass, whatever its history. Chunks as
+ *        the authors' code makes them: the first after "Repeat the
+ *        previous context exactly.", each later one after "Repeat the part
+ *        of the previous context exactly, starting with" and the previous
+ *        chunk's last 8 tokens (inside the user turn); each chunk is read
+ *        on its own (it sees the cache and itself, not the earlier chunks'
+ *        re-reads). Cost: a prefill of the cache per turn.
+ *   new  ours, cheaper: only the tokens not yet scored, every entry
+ *        keeping the most attention any re-read gave it. Each token is
+ *        re-read once, so a turn costs about twice its prefill; but a
+ *        token's score then comes from a re-read of its own turn placed
+ *        right after the prompt (as if its turn were the start of the
+ *        context), against the cache as it was then.
  *
- * Over many turns the max rule scores every token by its own re-read
- * (where the copy it reproduces attends to it), so old and new tokens
- * tie and the older lose. carry > 0 sums instead: each re-read adds the
- * most attention its chunks gave every cached entry to the old score
- * times carry, so what later re-reads still attend to (the context a
- * reproduction of the dialogue leans on) gains over what they ignore.
+ * Each chunk is a scratch forward in free engine slots right after the
+ * cache (positions as a feed would give them), `chunk` context tokens
+ * (fewer when fewer slots are free) after its prompt; the engine reports
+ * the per-KV-head max over the chunk's queries and query heads
+ * (engine_batch.attn_kv_max) for every cached entry, and an entry keeps
+ * the max over chunks. The slots are then emptied: the cache is exactly as
+ * before. A head scores only what it keeps (the re-read sees the cache as
+ * each head has it).
+ *
+ * Against the authors' code: there a chunk scores only its own part of the
+ * context, with the softmax taken over the system prompt, that part and
+ * the chunk's re-read; here every entry takes the max over every chunk,
+ * the softmax over the whole cache. The two agree when the cache fits one
+ * chunk (the authors' chunk is 2,000 tokens; ours 512 by default, since
+ * the scratch slots are held for the whole session). Their default head
+ * budgets are non-uniform (one threshold over every layer and head); ours
+ * are uniform, their `pair-uniform` option (kv_heads.c).
+ *
+ * Over many turns the incremental max rule scores every token by its own
+ * re-read, so old and new tokens tie and the older lose. carry > 0 sums
+ * instead: each re-read adds the most attention its chunks gave every
+ * cached entry to the old score times carry, so what later re-reads still
+ * attend to gains over what they ignore.
  */
 #include "kv/kv-int.h"
 

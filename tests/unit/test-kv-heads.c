@@ -454,11 +454,12 @@ static void test_budget(const struct model *m, const char *spec, uint32_t turns)
 	struct err e;
 	T_EQ_INT(kv_policy_parse(spec, &pol, &e), KVS_OK);
 	uint32_t spread = (uint32_t)kv_policy_get(&pol, "spread");
-	/* the fixed overhead: a vote's window (32), a re-read's chunk and prompt */
+	/* the fixed overhead: a vote's window (32), a re-read's chunk and prompt
+	 * (64 tokens; 96 for a whole re-read's later chunks) */
 	uint32_t window = strncmp(spec, "snapkv", 6) == 0 ? 32 : 0;
 	uint32_t chunk = kv_policy_reread(&pol), fixed = window;
 	if (chunk > 0)
-		fixed += KVS_MIN(chunk, budget) + 64;
+		fixed += KVS_MIN(chunk, budget) + (strstr(spec, "reread=all") ? 96 : 64);
 	T_EQ_INT(kv_policy_scratch(&pol, budget), fixed + (spread - 1) * budget);
 	struct engine *eng = tinymodel_engine(m, budget + kv_policy_scratch(&pol, budget), 1, true);
 	struct kv_cache *kv = mk_cache(eng, spec, budget, 16);
@@ -789,6 +790,11 @@ int main(void)
 	test_budget(m, "snapkv:heads=1,spread=2", 300);
 	test_budget(m, "h2o:heads=1,spread=2", 300);
 	test_budget(m, "kvzip:spread=3", 200);
+	/* last: the random dialogues above stay as they were */
+	test_keep_all(m, "kvzip:reread=all");
+	test_reference(m, "kvzip:reread=all");
+	test_budget(m, "kvzip:reread=all", 300);
+	test_budget(m, "kvzip:reread=all,chunk=16,spread=2", 200);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-heads");

@@ -367,6 +367,7 @@ int main(void)
 	test_same(m, "snapkv:heads=1", 100, false);
 	test_resume(m, "kvzip:store=heads,spread=2", 40);
 	test_resume(m, "h2o:heads=1,store=heads,spread=2", 40);
+	test_same(m, "kvzip:reread=all,chunk=16,spread=2", 100, true);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-store");
