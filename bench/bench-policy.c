@@ -31,10 +31,11 @@
 #define TURN_TOKENS 64
 #define MAX_TURNS 64
 
-static const char *const policies[] = { "window",         "streaming",        "lminfinite",
-	                                    "sirllm",         "h2o",              "h2o:heads=1",
-	                                    "snapkv",         "snapkv:heads=1",   "kvzip",
-	                                    "kvzip:heads=0",  "kvzip:reread=all", "full" };
+static const char *const policies[] = {
+	"window", "streaming",     "lminfinite",       "sirllm",
+	"h2o",    "h2o:heads=1",   "snapkv",           "snapkv:heads=1",
+	"kvzip",  "kvzip:heads=0", "kvzip:reread=all", "full"
+};
 #define N_POLICIES (sizeof policies / sizeof policies[0])
 
 static double cpu_ms(void)

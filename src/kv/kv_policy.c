@@ -638,7 +638,7 @@ uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 	uint32_t chunk = kv_policy_reread(p);
 	if (chunk > 0)
 		window += KVS_MIN(chunk, KVS_MAX(budget, 16u)) +
-		          (kv_policy_get(p, "reread") >= 0.5f ? POLICY_ZIP_PROMPT_ALL : POLICY_ZIP_PROMPT);
+		        (kv_policy_get(p, "reread") >= 0.5f ? POLICY_ZIP_PROMPT_ALL : POLICY_ZIP_PROMPT);
 	if (kv_policy_per_head(p)) {
 		float spread = kv_policy_get(p, "spread");
 		if (!isnan(spread) && spread > 1)

@@ -117,8 +117,8 @@ static void test_uniform(void)
 	rnd_tokens(ids, n0 + n1, hp->n_vocab);
 	for (int all = 0; all < 2; all++) {
 		struct engine *eng = tinymodel_engine(m, 256, 1, true);
-		struct kv_cache *kv = mk_cache(eng, all ? "kvzip:chunk=16,reread=all" : "kvzip:chunk=16",
-		                               128);
+		struct kv_cache *kv =
+		        mk_cache(eng, all ? "kvzip:chunk=16,reread=all" : "kvzip:chunk=16", 128);
 		struct err e;
 		feed(kv, ids, n0);
 		T_EQ_INT(kv_zip_score(kv, 0, &e), KVS_OK);
@@ -228,8 +228,9 @@ static void test_reference(const struct model *m)
 	 * end of the user turn and the generation prompt after the cut */
 	char text[512];
 	detok(m, kv->zip_more, kv->n_zip_more, text, sizeof text);
-	T_CHECK(strstr(text, "Repeat the part of the previous context exactly, starting with<|im_end|>") !=
-	                NULL &&
+	T_CHECK(strstr(text,
+	               "Repeat the part of the previous context exactly, starting with<|im_end|>") !=
+	                        NULL &&
 	                strstr(text, "<|im_start|>user\n") != NULL &&
 	                strstr(text, "<|im_start|>assistant\n") != NULL,
 	        "later chunks' prompt: %s", text);
@@ -311,7 +312,8 @@ static void test_parse(void)
 	struct err e;
 	char buf[256];
 	T_EQ_INT(kv_policy_parse("kvzip:reread=all", &p, &e), KVS_OK);
-	T_EQ_STR(kv_policy_format(&p, buf, sizeof buf), "kvzip sinks=4 chunk=512 pos=original reread=all");
+	T_EQ_STR(kv_policy_format(&p, buf, sizeof buf),
+	         "kvzip sinks=4 chunk=512 pos=original reread=all");
 	T_EQ_INT(kv_policy_parse("kvzip:reread=some", &p, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "reread") && strstr(e.msg, "some") && strstr(e.msg, "all"), "%s", e.msg);
 	T_EQ_INT(kv_policy_parse("snapkv:reread=all", &p, &e), KVS_EARG);
