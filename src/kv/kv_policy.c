@@ -28,11 +28,13 @@
  *              and KV heads (one keep-set for all heads); heads=1 keeps
  *              the top of each (layer, KV head)'s own votes, as the
  *              paper's code selects per head
- *   kvzip      keep the first S, then per (layer, KV head) the top by the
- *              max attention a re-read of the context received after a
- *              "repeat the previous context" prompt (kv_zip.c; tokens not
- *              yet scored first); reread=all re-reads the whole cache each
- *              turn (the paper's rule), new only what came since
+ *   kvzip      keep the first S, then the top by the max attention a
+ *              re-read of the context received after a "repeat the
+ *              previous context" prompt (kv_zip.c; tokens not yet scored
+ *              first), a token scored by its max over (layer, KV head);
+ *              heads=1 keeps per (layer, KV head) the top of its own;
+ *              reread=all re-reads the whole cache each turn (the paper's
+ *              rule), new only what came since
  *
  * carry > 0 (snapkv, kvzip; default 0, the papers' rule) lets the scores
  * outlive the vote or re-read that made them: each new one adds to the
@@ -40,7 +42,7 @@
  * per turn, so a fact that the questions of later turns never ask about
  * keeps what its own turns gave it instead of losing every later vote.
  *
- * heads=1 (snapkv, h2o; kvzip's default) gives each (layer, KV head) its
+ * heads=1 (snapkv, h2o, kvzip) gives each (layer, KV head) its
  * own keep-set of at most target tokens (kv_heads.c): the selection runs
  * once per head over the candidates that head still keeps, scored by its
  * own row of acc; the cache holds the union (at most spread x budget
@@ -153,9 +155,11 @@ static const struct kv_param_def policy_snapkv_params[] = {
 
 enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY, ZIP_REREAD };
 static const struct kv_param_def policy_kvzip_params[] = {
-	{ "heads", 1, 0, 1, NULL, true,
-	  "1: a keep-set per (layer, KV head) (paper: uniform head budgets); 0: one set, "
-	  "scored by the max over heads" },
+	{ "heads", 0, 0, 1, NULL, true,
+	  "0: one set, each token scored by its max over (layer, KV head) (the one-set form of the "
+	  "paper's default: one threshold over every layer and head); 1: a keep-set per (layer, "
+	  "KV head), uniform budgets (the paper's pair-uniform; at spread 1 the union keeps what "
+	  "most heads nominate)" },
 	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept" },
 	{ "chunk", 512, 16, 1 << 16, NULL, true,
 	  "context tokens re-read per scratch forward (fewer when fewer slots are free)" },
@@ -575,9 +579,8 @@ static const struct kv_policy_def policy_table[] = {
 	  policy_no_cap, policy_no_lambda, policy_snapkv_select, policy_snapkv_vote,
 	  policy_snapkv_heads, NULL },
 	{ "kvzip",
-	  "KVzip: query-agnostic; per (layer, KV head) the tokens a re-read of the context "
-	  "attends most (reread=new: each token once, about twice the prefill; all: the whole "
-	  "cache each turn)",
+	  "KVzip: query-agnostic; the tokens a re-read of the context attends most "
+	  "(reread=new: each token once, about twice the prefill; all: the whole cache each turn)",
 	  P(policy_kvzip_params), true, KV_SCORE_ZIP, -1, -1, policy_pos_kvzip, policy_kvzip_sinks,
 	  policy_no_cap, policy_no_lambda, policy_kvzip_select, policy_no_vote, policy_kvzip_heads,
 	  policy_kvzip_reread },
