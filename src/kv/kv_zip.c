@@ -9,8 +9,11 @@
  * context" prompt followed by the context itself (teacher-forced), and
  * scores each cached (token, layer, KV head) entry by the maximum
  * attention any of those queries (and any query head of the KV head's
- * group) gives it. The entries with the lowest scores go, per (layer, KV
- * head) with uniform head budgets (kv_heads.c).
+ * group) gives it. The tokens whose best entry (the max over layers and
+ * KV heads) scores lowest go (heads=0, the default: one keep-set, the
+ * one-set form of the authors' default, one threshold over every (token,
+ * layer, head) entry); heads=1 keeps per (layer, KV head) the top of its
+ * own, uniform head budgets (kv_heads.c).
  *
  * Here the budget is never exceeded, so a re-read runs at evictions: at
  * the one that begins a turn, and at any other that finds more than half
@@ -49,8 +52,11 @@
  * the softmax over the whole cache. The two agree when the cache fits one
  * chunk (the authors' chunk is 2,000 tokens; ours 512 by default, since
  * the scratch slots are held for the whole session). Their default head
- * budgets are non-uniform (one threshold over every layer and head); ours
- * are uniform, their `pair-uniform` option (kv_heads.c).
+ * budgets are non-uniform (one threshold over every layer and head): with
+ * one token set that is heads=0; heads=1 with store=heads and spread > 1
+ * is their `pair-uniform` option. heads=1 at spread 1 cuts the union by
+ * how many heads nominated a token, which drops what only the copying
+ * heads read (doc/EVALS.md, session 10).
  *
  * Over many turns the incremental max rule scores every token by its own
  * re-read, so old and new tokens tie and the older lose. carry > 0 sums
