@@ -802,6 +802,13 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 			return rc;
 		s += len;
 	}
+	/* spread and store shape per-head keep-sets: nothing to shape in one set */
+	if (def->per_head && !def->per_head(p.p) &&
+	    (kv_policy_get(&p, "spread") > 1 || kv_policy_get(&p, "store") >= 0.5f))
+		return err_set(e, KVS_EARG,
+		               "policy %s: spread and store=heads shape per-(layer, KV head) keep-sets; "
+		               "expected heads=1 with them",
+		               def->name);
 	*out = p;
 	return KVS_OK;
 }

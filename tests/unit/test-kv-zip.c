@@ -20,7 +20,9 @@
  *     a cache fed in three parts with a re-read after each ends with the
  *     scores of one fed at once and re-read once (1e-5), where the
  *     incremental rule's differ (the test can fail);
- *   - the option parses, prints, and a bad value is named in one line.
+ *   - the option parses, prints, and a bad value is named in one line;
+ *     kvzip keeps one set by default, and spread or store=heads without
+ *     heads=1 are refused in one line.
  */
 #include "kv/kv-int.h"
 #include "model/model.h"
@@ -318,6 +320,15 @@ static void test_parse(void)
 	T_CHECK(strstr(e.msg, "reread") && strstr(e.msg, "some") && strstr(e.msg, "all"), "%s", e.msg);
 	T_EQ_INT(kv_policy_parse("snapkv:reread=all", &p, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "reread"), "%s", e.msg);
+	/* one set by default: spread and store=heads want heads=1 */
+	T_EQ_INT(kv_policy_parse("kvzip", &p, &e), KVS_OK);
+	T_CHECK(!kv_policy_per_head(&p), "kvzip keeps one set by default");
+	T_EQ_INT(kv_policy_parse("kvzip:store=heads", &p, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "store=heads") && strstr(e.msg, "heads=1"), "%s", e.msg);
+	T_EQ_INT(kv_policy_parse("snapkv:spread=2", &p, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "spread") && strstr(e.msg, "heads=1"), "%s", e.msg);
+	T_EQ_INT(kv_policy_parse("kvzip:heads=1,store=heads,spread=2", &p, &e), KVS_OK);
+	T_CHECK(kv_policy_per_head(&p), "kvzip:heads=1 keeps per-head sets");
 }
 
 int main(void)
