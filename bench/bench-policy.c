@@ -34,7 +34,7 @@
 static const char *const policies[] = {
 	"window", "streaming",     "lminfinite",       "sirllm",
 	"h2o",    "h2o:heads=1",   "snapkv",           "snapkv:heads=1",
-	"kvzip",  "kvzip:heads=0", "kvzip:reread=all", "full"
+	"kvzip",  "kvzip:heads=1", "kvzip:reread=all", "full"
 };
 #define N_POLICIES (sizeof policies / sizeof policies[0])
 
