@@ -14,7 +14,8 @@
  * minus window's, and that per 1k cached tokens; it includes what the
  * policy makes the forward pass do (token statistics for sirllm,
  * attention sums for h2o, the vote's extra forward for snapkv, the
- * re-read of the cache for kvzip, and with heads=1 the per-head
+ * re-read of the turn, or with reread=all of the whole cache, for kvzip,
+ * and with heads=1 the per-head
  * selections and masks). "full"
  * feeds the same turns into a budget that never evicts, for reference (its
  * cache grows by the turns and its prefill is not chunked to a quarter of
@@ -30,9 +31,11 @@
 #define TURN_TOKENS 64
 #define MAX_TURNS 64
 
-static const char *const policies[] = { "window", "streaming",     "lminfinite", "sirllm",
-	                                    "h2o",    "h2o:heads=1",   "snapkv",     "snapkv:heads=1",
-	                                    "kvzip",  "kvzip:heads=0", "full" };
+static const char *const policies[] = {
+	"window", "streaming",     "lminfinite",       "sirllm",
+	"h2o",    "h2o:heads=1",   "snapkv",           "snapkv:heads=1",
+	"kvzip",  "kvzip:heads=1", "kvzip:reread=all", "full"
+};
 #define N_POLICIES (sizeof policies / sizeof policies[0])
 
 static double cpu_ms(void)

@@ -9,7 +9,8 @@
 # Sizes come from the environment (defaults = the runs in doc/EVALS.md):
 #   RPS_ROUNDS (300), RPS_BUDGETS ("256 512"), RPS_DOMINANT ("rock paper scissors")
 #   PK_LENGTHS (2k,4k,8k,16k), PK_FULL_LENGTHS (2k,4k,8k), PK_DEPTHS (10,30,50,70,90),
-#   PK_SAMPLES (2), PK_BUDGETS ("1024 2048"), SEED (1)
+#   PK_SAMPLES (2), PK_BUDGETS ("1024 2048"), SEED (1), EV_OPTS (options every run gets
+#   as well, e.g. "-t 1")
 # "passkey-long" runs 32k prompts (depths 10,50,90, one sample, budget 1024)
 # for the bounded policies into OUTDIR/passkey-long.jsonl. "recall" runs
 # eval recall (every policy, span word and off) into OUTDIR/recall.jsonl:
@@ -37,7 +38,8 @@ run() {
 	name=$1
 	shift
 	echo "== kvscope $*" >&2
-	"$bin" "$@" --seed "$seed" --json >"$out/run.txt" 2>"$out/run.err" || {
+	# shellcheck disable=SC2086 # EV_OPTS is a list of options
+	"$bin" "$@" ${EV_OPTS:-} --seed "$seed" --json >"$out/run.txt" 2>"$out/run.err" || {
 		echo "failed: kvscope $*" >&2
 		cat "$out/run.err" >&2
 		return 1

@@ -89,6 +89,10 @@ struct kv_cache {
 	uint8_t *sheld;    /* (n_ctx) a sync's scratch: 1 = the slot is held */
 	int32_t *zip_ids; /* (n_zip_ids) KVzip's "repeat the previous context" prompt */
 	uint32_t n_zip_ids;
+	/* (n_zip_more) the prompt of a later chunk of a whole re-read, "repeat the
+	 * part ... starting with", the previous chunk's last tokens go at zip_cut */
+	int32_t *zip_more;
+	uint32_t n_zip_more, zip_cut;
 	uint64_t n_zip_reads; /* KVzip re-reads since the last clear, and their tokens */
 	uint64_t n_zip_tokens;
 	/* events and providers */
@@ -331,10 +335,11 @@ int kv_store_refuse(struct engine *eng, const struct kv_policy *p, uint32_t budg
 /* Build the re-read's prompt from the model's chat template (or plain
  * text); once per cache. */
 void kv_zip_prompt(struct kv_cache *c);
-/* KVzip's re-read of the cached tokens not yet scored, when there are more
- * than target / 2 of them (target 0: any): the prompt and those tokens in
- * chunks after the cache, in free slots emptied afterwards; each acc entry
- * becomes the max of itself and the attention the re-read gave it, each
+/* KVzip's re-read, when more than target / 2 cached tokens are not yet
+ * scored (target 0: any): the prompt and those tokens (reread=new) or
+ * every cached token (reread=all) in chunks after the cache, in free slots
+ * emptied afterwards; each acc entry becomes the max of itself and the
+ * attention the re-read gave it (reread=all: the re-read's alone), each
  * toks[i].score the max over its heads. Too few free slots: the last scores
  * stand. */
 int kv_zip_score(struct kv_cache *c, uint32_t target, struct err *e);

@@ -320,6 +320,7 @@ void kv_cache_free(struct kv_cache *c)
 	free(c->span_cls);
 	free(c->hkeep);
 	free(c->zip_ids);
+	free(c->zip_more);
 	free(c->heads);
 	free(c->logits);
 	kv_sparse_free(c);

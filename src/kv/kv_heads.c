@@ -6,7 +6,7 @@
  * from far back while its neighbour only looks at the last words, and one
  * keep-set for both makes them share a budget neither wants. So the cache
  * may keep a keep-set per (layer, KV head) (snapkv and h2o with heads=1,
- * kvzip by default). The design:
+ * kvzip with heads=1). The design:
  *
  *   - The token set stays shared: the cached tokens (toks, the slots) are
  *     the union of what the heads keep. hkeep, (n_layer, n_head_kv, n_ctx)

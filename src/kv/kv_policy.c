@@ -28,10 +28,13 @@
  *              and KV heads (one keep-set for all heads); heads=1 keeps
  *              the top of each (layer, KV head)'s own votes, as the
  *              paper's code selects per head
- *   kvzip      keep the first S, then per (layer, KV head) the top by the
- *              max attention a re-read of the context received after a
- *              "repeat the previous context" prompt (kv_zip.c; tokens not
- *              yet scored first)
+ *   kvzip      keep the first S, then the top by the max attention a
+ *              re-read of the context received after a "repeat the
+ *              previous context" prompt (kv_zip.c; tokens not yet scored
+ *              first), a token scored by its max over (layer, KV head);
+ *              heads=1 keeps per (layer, KV head) the top of its own;
+ *              reread=all re-reads the whole cache each turn (the paper's
+ *              rule), new only what came since
  *
  * carry > 0 (snapkv, kvzip; default 0, the papers' rule) lets the scores
  * outlive the vote or re-read that made them: each new one adds to the
@@ -39,7 +42,7 @@
  * per turn, so a fact that the questions of later turns never ask about
  * keeps what its own turns gave it instead of losing every later vote.
  *
- * heads=1 (snapkv, h2o; kvzip's default) gives each (layer, KV head) its
+ * heads=1 (snapkv, h2o, kvzip) gives each (layer, KV head) its
  * own keep-set of at most target tokens (kv_heads.c): the selection runs
  * once per head over the candidates that head still keeps, scored by its
  * own row of acc; the cache holds the union (at most spread x budget
@@ -70,6 +73,7 @@
 static const char *const policy_sirllm_modes[] = { "paper", "compat", NULL };
 static const char *const policy_pos_modes[] = { "original", "compact", NULL };
 static const char *const policy_stores[] = { "slots", "heads", NULL };
+static const char *const policy_zip_rereads[] = { "new", "all", NULL };
 
 enum { STREAM_SINKS = 0 };
 static const struct kv_param_def policy_streaming_params[] = {
@@ -149,11 +153,13 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "carry", 0, 0, 1, NULL, false, POLICY_CARRY_HELP " (paper: each vote replaces the last)" },
 };
 
-enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY };
+enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY, ZIP_REREAD };
 static const struct kv_param_def policy_kvzip_params[] = {
-	{ "heads", 1, 0, 1, NULL, true,
-	  "1: a keep-set per (layer, KV head) (paper: uniform head budgets); 0: one set, "
-	  "scored by the max over heads" },
+	{ "heads", 0, 0, 1, NULL, true,
+	  "0: one set, each token scored by its max over (layer, KV head) (the one-set form of the "
+	  "paper's default: one threshold over every layer and head); 1: a keep-set per (layer, "
+	  "KV head), uniform budgets (the paper's pair-uniform; at spread 1 the union keeps what "
+	  "most heads nominate)" },
 	{ "sinks", 4, 0, 1 << 20, NULL, true, "start tokens always kept" },
 	{ "chunk", 512, 16, 1 << 16, NULL, true,
 	  "context tokens re-read per scratch forward (fewer when fewer slots are free)" },
@@ -163,6 +169,10 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
 	{ "carry", 0, 0, 1, NULL, false,
 	  POLICY_CARRY_HELP " (paper: an entry keeps the most any re-read gave it)" },
+	{ "reread", 0, 0, 1, policy_zip_rereads, true,
+	  "what a re-read reads: the tokens fed since the last one (new: each token once, its "
+	  "score from its own turn's re-read) or every cached token against the whole cache, "
+	  "scores replaced (all: the paper's rule, a prefill of the cache per turn)" },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -569,8 +579,8 @@ static const struct kv_policy_def policy_table[] = {
 	  policy_no_cap, policy_no_lambda, policy_snapkv_select, policy_snapkv_vote,
 	  policy_snapkv_heads, NULL },
 	{ "kvzip",
-	  "KVzip: query-agnostic; per (layer, KV head) the tokens a re-read of the context "
-	  "attends most (each token re-read once: about twice the prefill)",
+	  "KVzip: query-agnostic; the tokens a re-read of the context attends most "
+	  "(reread=new: each token once, about twice the prefill; all: the whole cache each turn)",
 	  P(policy_kvzip_params), true, KV_SCORE_ZIP, -1, -1, policy_pos_kvzip, policy_kvzip_sinks,
 	  policy_no_cap, policy_no_lambda, policy_kvzip_select, policy_no_vote, policy_kvzip_heads,
 	  policy_kvzip_reread },
@@ -614,8 +624,13 @@ bool kv_policy_evicts(const struct kv_policy *p)
 	return p->def && p->def->evicts;
 }
 
-/* Tokens of KVzip's re-read prompt the scratch leaves room for. */
+/* Tokens of KVzip's re-read prompt the scratch leaves room for: the
+ * request (20 tokens on the default model); with reread=all also the later
+ * chunks' request for the part starting with the previous chunk's last 8
+ * tokens (28 on the default model, 79 on a vocabulary that spells the
+ * request in bytes, as the tests' tiny model does). */
 #define POLICY_ZIP_PROMPT 64
+#define POLICY_ZIP_PROMPT_ALL 96
 
 uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 {
@@ -625,7 +640,8 @@ uint32_t kv_policy_scratch(const struct kv_policy *p, uint32_t budget)
 	p->def->vote(p->p, &window, &kernel);
 	uint32_t chunk = kv_policy_reread(p);
 	if (chunk > 0)
-		window += KVS_MIN(chunk, KVS_MAX(budget, 16u)) + POLICY_ZIP_PROMPT;
+		window += KVS_MIN(chunk, KVS_MAX(budget, 16u)) +
+		        (kv_policy_get(p, "reread") >= 0.5f ? POLICY_ZIP_PROMPT_ALL : POLICY_ZIP_PROMPT);
 	if (kv_policy_per_head(p)) {
 		float spread = kv_policy_get(p, "spread");
 		if (!isnan(spread) && spread > 1)
@@ -786,6 +802,13 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 			return rc;
 		s += len;
 	}
+	/* spread and store shape per-head keep-sets: nothing to shape in one set */
+	if (def->per_head && !def->per_head(p.p) &&
+	    (kv_policy_get(&p, "spread") > 1 || kv_policy_get(&p, "store") >= 0.5f))
+		return err_set(e, KVS_EARG,
+		               "policy %s: spread and store=heads shape per-(layer, KV head) keep-sets; "
+		               "expected heads=1 with them",
+		               def->name);
 	*out = p;
 	return KVS_OK;
 }
@@ -796,7 +819,8 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 static bool policy_quiet(const struct kv_param_def *pd)
 {
 	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0 ||
-	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0;
+	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0 ||
+	        strcmp(pd->name, "reread") == 0;
 }
 
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)

@@ -43,7 +43,7 @@ s1:close()
 
 -- per-head keep-sets, spread 1: the union within the budget, one set
 local budget = 40
-local s0 = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip", budget = budget, ctx = 1024 }
+local s0 = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:heads=1", budget = budget, ctx = 1024 }
 for _, text in ipairs(turns) do s0:chat(text) end
 local agree, n0 = true, #s0:tokens()
 for i = 1, n0 do
@@ -56,7 +56,7 @@ check(s0:stats().n_evicted > 0 and n0 <= budget and agree and
 s0:close()
 
 -- per-head keep-sets that differ: kvzip:spread=2, the last step captured
-local s = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:spread=2", budget = budget,
+local s = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:heads=1,spread=2", budget = budget,
                            ctx = 1024, capture = "full" }
 local grp = info.n_head // info.n_head_kv
 local last -- the last step: positions of its columns and weights[l][h][i]
@@ -142,10 +142,10 @@ check(not pcall(s.heads, s, "seven"), "a non-number position is refused")
 
 -- the per-head store: the same chat, the same replies and maps, the
 -- budget's bytes held and allocated for the budget and the scratch only
-local sh = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:spread=2,store=heads",
+local sh = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:heads=1,spread=2,store=heads",
                             budget = budget, ctx = 1024 }
 local same_reply = true
-local s3 = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:spread=2", budget = budget,
+local s3 = kvscope.session{ temp = 0, max_tokens = 6, policy = "kvzip:heads=1,spread=2", budget = budget,
                             ctx = 1024 }
 for _, text in ipairs(turns) do
   if sh:chat(text) ~= s3:chat(text) then same_reply = false end

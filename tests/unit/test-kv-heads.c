@@ -454,11 +454,12 @@ static void test_budget(const struct model *m, const char *spec, uint32_t turns)
 	struct err e;
 	T_EQ_INT(kv_policy_parse(spec, &pol, &e), KVS_OK);
 	uint32_t spread = (uint32_t)kv_policy_get(&pol, "spread");
-	/* the fixed overhead: a vote's window (32), a re-read's chunk and prompt */
+	/* the fixed overhead: a vote's window (32), a re-read's chunk and prompt
+	 * (64 tokens; 96 for a whole re-read's later chunks) */
 	uint32_t window = strncmp(spec, "snapkv", 6) == 0 ? 32 : 0;
 	uint32_t chunk = kv_policy_reread(&pol), fixed = window;
 	if (chunk > 0)
-		fixed += KVS_MIN(chunk, budget) + 64;
+		fixed += KVS_MIN(chunk, budget) + (strstr(spec, "reread=all") ? 96 : 64);
 	T_EQ_INT(kv_policy_scratch(&pol, budget), fixed + (spread - 1) * budget);
 	struct engine *eng = tinymodel_engine(m, budget + kv_policy_scratch(&pol, budget), 1, true);
 	struct kv_cache *kv = mk_cache(eng, spec, budget, 16);
@@ -737,7 +738,10 @@ static void test_parse(void)
 	struct err e;
 	char buf[256];
 	T_EQ_INT(kv_policy_parse("kvzip", &p, &e), KVS_OK);
-	T_CHECK(kv_policy_per_head(&p), "kvzip keeps per-head sets by default");
+	T_CHECK(!kv_policy_per_head(&p), "kvzip keeps one set by default (the max over heads)");
+	T_EQ_INT(kv_policy_parse("kvzip:heads=1", &p, &e), KVS_OK);
+	T_CHECK(kv_policy_per_head(&p), "kvzip:heads=1 keeps per-head sets");
+	T_EQ_INT(kv_policy_parse("kvzip", &p, &e), KVS_OK);
 	T_EQ_INT(kv_policy_reread(&p), 512);
 	T_EQ_STR(kv_policy_format(&p, buf, sizeof buf), "kvzip sinks=4 chunk=512 pos=original");
 	T_EQ_INT(kv_policy_parse("h2o:heads=1,spread=3", &p, &e), KVS_OK);
@@ -772,23 +776,28 @@ int main(void)
 	test_engine(m);
 	test_keep_all(m, "snapkv:heads=1");
 	test_keep_all(m, "h2o:heads=1");
-	test_keep_all(m, "kvzip");
+	test_keep_all(m, "kvzip:heads=1");
 	test_keep_all(m, "kvzip:heads=0,span=off");
 	test_zip_scores(m);
 	test_carry(m);
 	test_reference(m, "snapkv:heads=1");
 	test_reference(m, "snapkv:heads=1,spread=2");
 	test_reference(m, "h2o:heads=1,spread=2");
-	test_reference(m, "kvzip");
-	test_reference(m, "kvzip:spread=2,span=off");
+	test_reference(m, "kvzip:heads=1");
+	test_reference(m, "kvzip:heads=1,spread=2,span=off");
 	test_budget(m, "snapkv:heads=1", 300);
 	test_budget(m, "h2o:heads=1", 300);
 	test_budget(m, "h2o:heads=1,span=off,pos=compact", 300);
-	test_budget(m, "kvzip", 300);
-	test_budget(m, "kvzip:span=number,chunk=16", 300);
+	test_budget(m, "kvzip:heads=1", 300);
+	test_budget(m, "kvzip:heads=1,span=number,chunk=16", 300);
 	test_budget(m, "snapkv:heads=1,spread=2", 300);
 	test_budget(m, "h2o:heads=1,spread=2", 300);
-	test_budget(m, "kvzip:spread=3", 200);
+	test_budget(m, "kvzip:heads=1,spread=3", 200);
+	/* last: the random dialogues above stay as they were */
+	test_keep_all(m, "kvzip:heads=1,reread=all");
+	test_reference(m, "kvzip:heads=1,reread=all");
+	test_budget(m, "kvzip:heads=1,reread=all", 300);
+	test_budget(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 200);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-heads");

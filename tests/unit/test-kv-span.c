@@ -294,7 +294,7 @@ static void test_tiger(void)
 	/* per head (heads=1): each of the 4 rows of acc its own scores, "ER"
 	 * the lowest in the odd rows only; every head keeps the span whole, and
 	 * with span=off some head splits it (so the check can fail) */
-	static const char *const per_head[] = { "snapkv:heads=1", "h2o:heads=1", "kvzip" };
+	static const char *const per_head[] = { "snapkv:heads=1", "h2o:heads=1", "kvzip:heads=1" };
 	for (uint32_t i = 0; i < n * 4; i++)
 		x.acc[i] = x.toks[i / 4].token == TK_ER && (i % 4) % 2 ? 0.01f
 		                                                       : 1 + (float)rnd_u32(100) / 10.0f;

@@ -298,7 +298,7 @@ static void test_refuse(const struct model *m)
 	struct kv_cache *kv;
 	struct err e;
 	kv_config_default(&c);
-	T_EQ_INT(kv_policy_parse("kvzip:store=heads,spread=2", &c.policy, &e), KVS_OK);
+	T_EQ_INT(kv_policy_parse("kvzip:heads=1,store=heads,spread=2", &c.policy, &e), KVS_OK);
 	c.budget = 40;
 	/* an engine with a row per slot */
 	struct engine *slots = mk_engine(m, 300, 0, true);
@@ -358,15 +358,16 @@ int main(void)
 	s.scale = 0.5f;
 	tinymodel_load(&s, &m, &buf);
 	test_refuse(m);
-	test_keep_all(m, "kvzip:store=heads,spread=2");
+	test_keep_all(m, "kvzip:heads=1,store=heads,spread=2");
 	test_keep_all(m, "snapkv:heads=1,store=heads,spread=3");
 	test_same(m, "snapkv:heads=1,spread=2", 150, true);
 	test_same(m, "h2o:heads=1,spread=2", 150, false);
-	test_same(m, "kvzip:spread=2", 150, true);
-	test_same(m, "kvzip:spread=3,span=off", 100, false);
+	test_same(m, "kvzip:heads=1,spread=2", 150, true);
+	test_same(m, "kvzip:heads=1,spread=3,span=off", 100, false);
 	test_same(m, "snapkv:heads=1", 100, false);
-	test_resume(m, "kvzip:store=heads,spread=2", 40);
+	test_resume(m, "kvzip:heads=1,store=heads,spread=2", 40);
 	test_resume(m, "h2o:heads=1,store=heads,spread=2", 40);
+	test_same(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 100, true);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-store");
