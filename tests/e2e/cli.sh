@@ -60,14 +60,18 @@ nl=$("$bin" tokenize --file "$tmp/p.txt" | wc -w)
 head -n 1 "$tmp/l" | grep -Eq '^\{"pos":0,"token":[0-9]+,"top":\[\[[0-9]+,-?[0-9.]+\],\[[0-9]+,-?[0-9.]+\],\[[0-9]+,-?[0-9.]+\]\]\}$' ||
 	fail "logits line format: $(head -n 1 "$tmp/l")"
 
-# perplexity: llama.cpp c392e50 gives 4.6586 on the first 4 chunks of 512
-# (tests/fixtures/engine/perplexity.txt); we must be within 0.5 %.
-"$bin" perplexity --file "$src/tests/fixtures/text/genesis-1-11.txt" --ctx 512 --chunks 4 >"$tmp/ppl" 2>"$tmp/ppl.err" ||
+# perplexity: llama.cpp c392e50 gives 6.9022 on the 17 chunks of 512 of the
+# whole text (tests/fixtures/engine/perplexity.txt); we must be within 0.5 %.
+# Not the first 4 chunks (4.6586): over 1,020 scored tokens the 8-bit
+# activation rounding moves perplexity by more than that between faithful
+# builds (kvscope's AVX2 and AVX-512 levels: -0.15 % and -0.53 %); over the
+# 4,335 of the whole text, -0.05 % and -0.34 %, llama.cpp's AVX2 build -0.29 %.
+"$bin" perplexity --file "$src/tests/fixtures/text/genesis-1-11.txt" --ctx 512 --chunks 17 >"$tmp/ppl" 2>"$tmp/ppl.err" ||
 	fail "perplexity: $(cat "$tmp/ppl.err")"
 ppl=$(sed -n 's/^ppl //p' "$tmp/ppl")
-awk -v p="${ppl:-0}" 'BEGIN { r = 4.6586; d = (p - r) / r; if (d < 0) d = -d; exit !(d <= 0.005) }' ||
-	fail "perplexity $ppl is not within 0.5 % of llama.cpp's 4.6586"
-echo "perplexity: ours $ppl, llama.cpp 4.6586"
+awk -v p="${ppl:-0}" 'BEGIN { r = 6.9022; d = (p - r) / r; if (d < 0) d = -d; exit !(d <= 0.005) }' ||
+	fail "perplexity $ppl is not within 0.5 % of llama.cpp's 6.9022"
+echo "perplexity: ours $ppl, llama.cpp 6.9022"
 
 # chat from a pipe: one reply line per input line, no prompt echo
 printf 'Hi!\nWhat is two plus two?\n' | "$bin" chat --temp 0 -n 24 >"$tmp/c" 2>"$tmp/c.err" || fail "chat: $(cat "$tmp/c.err")"
