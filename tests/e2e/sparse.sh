@@ -179,7 +179,7 @@ if [ -x "$build/tests/util/mktiny" ] && "$build/tests/util/mktiny" "$tmp/tiny.gg
 		fail "eval sparse beyond the window: $(cat "$tmp/cap.err")"
 	grep -q '^(cap): beyond the training window of 256 positions' "$tmp/cap" ||
 		fail "eval sparse: no cap note: $(head -n 3 "$tmp/cap")"
-	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
+	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
 		fail "eval sparse capped, covering budget: not dense's function: $(grep '^| 512' "$tmp/cap")"
 	tail -n 1 "$tmp/cap" | grep -q '"capped":true' || fail "eval sparse JSON lacks capped:true"
 else
