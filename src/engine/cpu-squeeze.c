@@ -25,9 +25,13 @@
  * KV head) keeps its keys' slots in cluster order (sq_pslot, made once per
  * index), so a kept cluster is one run copied into the list; the keys no
  * choice drops are listed once per step (sq_other, by the prepare) and
- * copied after; the per-key mask is made only where whole score rows are
- * computed (weights asked, cpu_attend's features). Nothing per step walks
- * every visible key per head.
+ * copied after. The document keys among those (the sinks, a recent window
+ * over the document's end: never more than a few) are taken out of the
+ * copied runs by where they sit (sq_ipos), not by a check of every key
+ * (up to SQ_EXC_MAX of them; more, as after a compaction, take the check).
+ * The per-key mask is made only where whole score rows are computed
+ * (weights asked, cpu_attend's features). Nothing per step walks every
+ * visible key per head.
  *
  * Calibration: each thread adds its heads' estimates to its own histogram
  * of this step (squeeze_hist); the next step's prepare pools them into the
