@@ -14,7 +14,10 @@
  * dense weights of the same query (a shadow; its cost is not in the
  * timed passes). From it: the dense attention mass the selection captured
  * per (step, sparse layer, query head), its median and 10th percentile,
- * and the recall of each row's 10 largest dense weights. Also: the keys
+ * the oracle's mass (the same number of keys per (layer, KV head), those
+ * with the largest dense weight over its query heads: what any selection
+ * of that size could capture; engine_sparse_oracle), and the recall of
+ * each row's 10 largest dense weights. Also: the keys
  * read against dense (all layers, the dense ones included), attention time
  * per step and its speed-up, the selection's share of dense attention
  * time, the decode step time and its speed-up (wall clock, and the
@@ -59,8 +62,8 @@ const struct cli_cmd cmd_eval_sparse = {
 	         "[--reps N] "
 	         "[--seed S] "
 	         "[--json] [options]",
-	.help = "sparse decode attention against dense: captured mass, top-10 recall, keys read, "
-	        "attention and decode speed-up",
+	.help = "sparse decode attention against dense: captured and oracle mass, top-10 recall, keys "
+	        "read, attention and decode speed-up",
 	.exec = cmd_eval_sparse_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_SPARSE,
 	.defaults = cmd_eval_sparse_defaults,
