@@ -14,7 +14,10 @@
  * dense weights of the same query (a shadow; its cost is not in the
  * timed passes). From it: the dense attention mass the selection captured
  * per (step, sparse layer, query head), its median and 10th percentile,
- * and the recall of each row's 10 largest dense weights. Also: the keys
+ * the oracle's mass (the same number of keys per (layer, KV head), those
+ * with the largest dense weight over its query heads: what any selection
+ * of that size could capture; engine_sparse_oracle), and the recall of
+ * each row's 10 largest dense weights. Also: the keys
  * read against dense (all layers, the dense ones included), attention time
  * per step and its speed-up, the selection's share of dense attention
  * time, the decode step time and its speed-up (wall clock, and the
@@ -59,8 +62,8 @@ const struct cli_cmd cmd_eval_sparse = {
 	         "[--reps N] "
 	         "[--seed S] "
 	         "[--json] [options]",
-	.help = "sparse decode attention against dense: captured mass, top-10 recall, keys read, "
-	        "attention and decode speed-up",
+	.help = "sparse decode attention against dense: captured and oracle mass, top-10 recall, keys "
+	        "read, attention and decode speed-up",
 	.exec = cmd_eval_sparse_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_SPARSE,
 	.defaults = cmd_eval_sparse_defaults,
@@ -74,6 +77,7 @@ struct sp_row {
 	uint32_t length;
 	double keys_pct;           /* sparse keys read, % of dense */
 	double mass_med, mass_p10; /* captured dense mass */
+	double oracle_med, oracle_p10; /* what the best choice of as many keys captures */
 	double mass_med_step[2];   /* its median on steps that reused a choice, that chose (hip) */
 	double recall;             /* top-10 recall, mean over rows */
 	double agree;              /* sparse argmax == dense token, share of steps */
@@ -135,6 +139,7 @@ struct sp_pass {
 	uint32_t agree;
 	uint32_t chose, reused; /* sparse steps that chose their keys, that reused a choice */
 	float *mass;            /* (cap) captured-mass samples */
+	float *oracle;          /* (cap) the same samples' oracle mass (engine_sparse_oracle) */
 	size_t n_mass, cap_mass;
 	uint8_t *by_chose; /* (cap) 1: the sample's step chose its keys (hip: a refresh) */
 	double recall_sum;
@@ -158,25 +163,38 @@ static uint32_t sp_argmax(const float *x, uint32_t n)
 	return best;
 }
 
-/* The shadow's statistics of one step: per sparse layer and query head. */
+/* The shadow's statistics of one step: per sparse layer and query head.
+ * The oracle of each (layer, KV head) takes as many keys as its choice
+ * did (sinks and window included), the ones with the largest summed dense
+ * weight over its query heads. scratch: 3 x n_visible floats. */
 static void sp_shadow(struct sp_pass *p, const struct hparams *hp, const struct engine_out *out,
                       uint32_t dense_layers, float *scratch)
 {
 	bool chose = out->sparse_chose == 1;
 	uint32_t nv = out->n_visible, grp = hp->n_head / hp->n_head_kv;
+	float omass[64], *osum = scratch + nv, *oscr = scratch + 2 * (size_t)nv;
+	uint8_t *osel = (uint8_t *)(scratch + 3 * (size_t)nv); /* (nv) */
 	for (uint32_t l = dense_layers; l < hp->n_layer; l++)
 		for (uint32_t h = 0; h < hp->n_head; h++) {
 			const float *w = out->attn + ((size_t)l * hp->n_head + h) * nv;
 			const uint8_t *sel = out->sel + ((size_t)l * hp->n_head_kv + h / grp) * nv;
+			if (h % grp == 0 && grp <= KVS_ARRAY_LEN(omass)) {
+				uint32_t k = 0;
+				for (uint32_t j = 0; j < nv; j++)
+					k += sel[j] != 0;
+				engine_sparse_oracle(w, grp, nv, k, oscr, osum, osel, omass);
+			}
 			double mass = 0;
 			for (uint32_t j = 0; j < nv; j++)
 				mass += sel[j] ? w[j] : 0;
 			if (p->n_mass == p->cap_mass) {
 				p->cap_mass = p->cap_mass ? 2 * p->cap_mass : 4096;
 				p->mass = xreallocarray(p->mass, p->cap_mass, sizeof(float));
+				p->oracle = xreallocarray(p->oracle, p->cap_mass, sizeof(float));
 				p->by_chose = xreallocarray(p->by_chose, p->cap_mass, 1);
 			}
 			p->by_chose[p->n_mass] = chose;
+			p->oracle[p->n_mass] = grp <= KVS_ARRAY_LEN(omass) ? omass[h % grp] : NAN;
 			p->mass[p->n_mass++] = (float)mass;
 			/* the 10 largest dense weights: the 10th largest as a threshold */
 			memcpy(scratch, w, nv * sizeof(float));
@@ -198,7 +216,8 @@ static int sp_run(struct engine *eng, int32_t *ids, uint32_t n, uint32_t at,
                   struct err *e)
 {
 	const struct hparams *hp = &engine_model(eng)->hp;
-	float *scratch = attn ? xmallocarray(at + n + 1, sizeof(float)) : NULL;
+	/* sp_shadow's: 3 rows of floats and one of bytes */
+	float *scratch = attn ? xmallocarray(4 * ((size_t)at + n + 1), sizeof(float)) : NULL;
 	int32_t tok = ids[0];
 	int rc = KVS_OK;
 	for (uint32_t i = 0; i < n && rc == KVS_OK; i++) {
@@ -443,6 +462,9 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_s
 			qsort(sh.mass, sh.n_mass, sizeof(float), sp_cmp);
 			row->mass_med = sh.n_mass ? sh.mass[sh.n_mass / 2] : NAN;
 			row->mass_p10 = sh.n_mass ? sh.mass[sh.n_mass / 10] : NAN;
+			qsort(sh.oracle, sh.n_mass, sizeof(float), sp_cmp);
+			row->oracle_med = sh.n_mass ? sh.oracle[sh.n_mass / 2] : NAN;
+			row->oracle_p10 = sh.n_mass ? sh.oracle[sh.n_mass / 10] : NAN;
 			row->recall = sh.n_recall ? sh.recall_sum / (double)sh.n_recall : NAN;
 			row->agree = steps > 1 ? (double)b->agree / (steps - 1) : NAN;
 			const struct sp_pass *pm[2] = { &best[0], b };
@@ -456,6 +478,7 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_s
 			row->reused = b->reused;
 		}
 		free(sh.mass);
+		free(sh.oracle);
 		free(sh.by_chose);
 	}
 	free(part);
@@ -566,24 +589,25 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			break;
 		}
 	const char *mh = n_sp > 1 ? "| mode " : "", *md = n_sp > 1 ? "| --- " : "";
-	printf("%s| length | keys read | mass median | mass p10 | top-10 recall | argmax = dense | "
+	printf("%s| length | keys read | mass median | mass p10 | oracle median | oracle p10 | "
+	       "top-10 recall | argmax = dense | "
 	       "attn ms/step dense | sparse | attn x | select / dense attn | step ms dense | sparse "
 	       "| decode x | step CPU ms dense | sparse | decode x (CPU) | steps chose / reused |\n",
 	       mh);
 	printf("%s| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-	       "---: | ---: | ---: | ---: | ---: | ---: |\n",
+	       "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
 	       md);
 	for (uint32_t m = 0; m < n_sp; m++)
 		for (uint32_t i = 0; i < n_len; i++) {
 			const struct sp_row *w = &rows[i * n_sp + m];
 			sp_cell(spec, n_sp, m);
-			printf("| %u%s | %.1f %% | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | %.2f | %.1f "
-			       "%% | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %u / %u |\n",
+			printf("| %u%s | %.1f %% | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f %% | %.2f | %.2f | "
+			       "%.2f | %.1f %% | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %u / %u |\n",
 			       w->length, w->capped ? " (cap)" : "", w->keys_pct, w->mass_med, w->mass_p10,
-			       w->recall, 100 * w->agree, w->attn_ms[0], w->attn_ms[1],
-			       w->attn_ms[0] / w->attn_ms[1], 100 * w->sel_ms / w->attn_ms[0], w->step_ms[0],
-			       w->step_ms[1], w->step_ms[0] / w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1],
-			       w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
+			       w->oracle_med, w->oracle_p10, w->recall, 100 * w->agree, w->attn_ms[0],
+			       w->attn_ms[1], w->attn_ms[0] / w->attn_ms[1], 100 * w->sel_ms / w->attn_ms[0],
+			       w->step_ms[0], w->step_ms[1], w->step_ms[0] / w->step_ms[1], w->cpu_ms[0],
+			       w->cpu_ms[1], w->cpu_ms[0] / w->cpu_ms[1], w->chose, w->reused);
 		}
 	bool any_sq = false;
 	for (uint32_t i = 0; i < n_rows; i++)
@@ -645,12 +669,14 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			for (uint32_t i = 0; i < n_len; i++) {
 				const struct sp_row *w = &rows[i * n_sp + m];
 				printf("%s{\"length\":%u,\"keys_pct\":%.2f,\"mass_median\":%.4f,\"mass_p10\":%.4f,"
-				       "\"recall10\":%.4f,\"argmax_agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
+				       "\"oracle_median\":%.4f,\"oracle_p10\":%.4f,\"recall10\":%.4f,\"argmax_"
+				       "agree\":%.4f,\"attn_ms\":[%.3f,%.3f],"
 				       "\"select_ms\":%.3f,\"step_ms\":[%.3f,%.3f],\"cpu_ms\":[%.3f,%.3f],"
 				       "\"steps_chose\":%u,\"steps_reused\":%u",
 				       m + i ? "," : "", w->length, w->keys_pct, w->mass_med, w->mass_p10,
-				       w->recall, w->agree, w->attn_ms[0], w->attn_ms[1], w->sel_ms, w->step_ms[0],
-				       w->step_ms[1], w->cpu_ms[0], w->cpu_ms[1], w->chose, w->reused);
+				       w->oracle_med, w->oracle_p10, w->recall, w->agree, w->attn_ms[0],
+				       w->attn_ms[1], w->sel_ms, w->step_ms[0], w->step_ms[1], w->cpu_ms[0],
+				       w->cpu_ms[1], w->chose, w->reused);
 				if (w->pf)
 					printf(",\"prefill\":{\"keys_pct\":%.2f,\"mass\":%.4f,\"ms\":[%.1f,%.1f],"
 					       "\"cpu_ms\":[%.1f,%.1f]}",

@@ -171,10 +171,17 @@ struct cpu {
 	uint32_t *sq_olist;   /* (n_layer, n_head_kv, n_keys) each head's outliers' slots */
 	uint32_t *sq_nout;    /* (n_layer, n_head_kv) how many */
 	uint8_t *sq_isout;    /* (n_layer, n_head_kv, n_keys) 1: key d is an outlier */
+	uint32_t *sq_ipos;    /* (n_layer, n_head_kv, n_keys) where key d sits: its index in
+	                       * sq_pslot (an inlier) or in sq_olist (an outlier) */
+	uint32_t *sq_exc;     /* (sq_keys_cap) this step's document keys no choice may drop */
+	uint32_t sq_n_exc;    /* how many (the fast list path takes up to SQ_EXC_MAX) */
+	uint32_t *sq_rm;      /* (n_threads, SQ_EXC_MAX) list positions to take out */
+	uint32_t *sq_off;     /* (n_threads, sq_p_cap) each kept fine cluster's list offset */
 	uint32_t sq_out_pm;   /* the outliers share they were made for, thousandths */
 	uint32_t *sq_other;   /* (sq_kd_cap) the sorted keys no choice drops, by slot */
 	uint32_t sq_n_other;
 	bool sq_all_ok;    /* every document key choosable: a kept run is copied whole */
+	bool sq_fast;      /* or at most SQ_EXC_MAX not: copied whole, those taken out */
 	uint32_t *sq_iota; /* (sq_iota_n) 0, 1, 2, ... */
 	uint32_t sq_iota_n;
 	struct squeeze_hist sq_hist[2]; /* past steps: coarse, fine */

@@ -25,9 +25,13 @@
  * KV head) keeps its keys' slots in cluster order (sq_pslot, made once per
  * index), so a kept cluster is one run copied into the list; the keys no
  * choice drops are listed once per step (sq_other, by the prepare) and
- * copied after; the per-key mask is made only where whole score rows are
- * computed (weights asked, cpu_attend's features). Nothing per step walks
- * every visible key per head.
+ * copied after. The document keys among those (the sinks, a recent window
+ * over the document's end: never more than a few) are taken out of the
+ * copied runs by where they sit (sq_ipos), not by a check of every key
+ * (up to SQ_EXC_MAX of them; more, as after a compaction, take the check).
+ * The per-key mask is made only where whole score rows are computed
+ * (weights asked, cpu_attend's features). Nothing per step walks every
+ * visible key per head.
  *
  * Calibration: each thread adds its heads' estimates to its own histogram
  * of this step (squeeze_hist); the next step's prepare pools them into the
@@ -42,6 +46,7 @@
 
 #define SQ_NONE UINT32_MAX
 #define SQ_MAX_GRP 64 /* query heads per KV head the estimates handle */
+#define SQ_EXC_MAX 256 /* unchoosable document keys the fast list path takes out */
 
 /* Per-thread scratch of this many clusters. */
 static void cpu_squeeze_scratch(struct cpu *c, uint32_t cap)
@@ -54,7 +59,9 @@ static void cpu_squeeze_scratch(struct cpu *c, uint32_t cap)
 	free(c->sq_fl);
 	free(c->sq_keep);
 	free(c->sq_iota);
+	free(c->sq_off);
 	c->sq_p_cap = cap;
+	c->sq_off = xmallocarray(nt * cap, sizeof(uint32_t));
 	c->sq_p = xmallocarray(nt * 2 * cap, sizeof(float));
 	c->sq_w = xmallocarray(nt * 2 * cap, sizeof(uint32_t));
 	c->sq_fl = xmallocarray(nt * cap, sizeof(uint32_t));
@@ -82,6 +89,8 @@ static void cpu_squeeze_outliers(struct cpu *c, const struct engine_squeeze *sq,
 	free(c->sq_olist);
 	free(c->sq_nout);
 	free(c->sq_isout);
+	free(c->sq_ipos);
+	c->sq_ipos = xmallocarray(heads * nk + 1, sizeof(uint32_t));
 	c->sq_pslot = xmallocarray(heads * nk + 1, sizeof(uint32_t));
 	c->sq_pdoc = xmallocarray(heads * nk + 1, sizeof(uint32_t));
 	c->sq_fe = xmallocarray(heads * nf + 1, sizeof(uint32_t));
@@ -118,7 +127,7 @@ static void cpu_squeeze_outliers(struct cpu *c, const struct engine_squeeze *sq,
 			}
 			sparse_top(dist, nk, n_out, scr, out);
 			uint32_t *ps = c->sq_pslot + lh * nk, *pd = c->sq_pdoc + lh * nk;
-			uint32_t *ol = c->sq_olist + lh * nk, no = 0;
+			uint32_t *ol = c->sq_olist + lh * nk, no = 0, *ip = c->sq_ipos + lh * nk;
 			for (uint32_t f = 0; f < nf; f++) {
 				uint32_t w = fs[f];
 				for (int pass = 0; pass < 2; pass++) {
@@ -128,6 +137,7 @@ static void cpu_squeeze_outliers(struct cpu *c, const struct engine_squeeze *sq,
 						uint32_t d = perm[j];
 						if (out[d] != pass)
 							continue;
+						ip[d] = pass == 1 ? no : w;
 						ps[w] = sq->slot[d];
 						pd[w++] = d;
 						if (pass == 1)
@@ -192,9 +202,13 @@ bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b)
 	}
 	if (c->sq_keys_cap < sq->n_keys) {
 		free(c->sq_ok);
+		free(c->sq_exc);
 		c->sq_keys_cap = sq->n_keys;
 		c->sq_ok = xmallocarray(sq->n_keys, 1);
+		c->sq_exc = xmallocarray(sq->n_keys, sizeof(uint32_t));
 	}
+	if (c->sq_rm == NULL)
+		c->sq_rm = xmallocarray(nt * SQ_EXC_MAX, sizeof(uint32_t));
 	cpu_squeeze_scratch(c, sq->n_fine + sq->n_coarse + 2);
 	/* which sorted keys are document keys a choice may drop */
 	uint32_t m = c->sp_m, k0 = c->sp_sinks, k1 = m - c->sp_recent;
@@ -214,6 +228,14 @@ bool cpu_squeeze_prepare(struct cpu *c, const struct engine_batch *b)
 		}
 	}
 	c->sq_all_ok = n_ok == sq->n_keys;
+	/* the few document keys no choice may drop (the sinks, a window over
+	 * the document's end): kept runs are still copied whole, then these
+	 * taken out of the list, instead of a check per key */
+	c->sq_n_exc = 0;
+	c->sq_fast = c->sq_all_ok || sq->n_keys - n_ok <= SQ_EXC_MAX;
+	for (uint32_t d = 0; !c->sq_all_ok && c->sq_fast && d < sq->n_keys; d++)
+		if (!c->sq_ok[d])
+			c->sq_exc[c->sq_n_exc++] = d;
 	c->sq_steps++;
 	return true;
 }
@@ -342,11 +364,13 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 	 * (only the choosable ones where some document key is not) */
 	const uint32_t *ps = c->sq_pslot + lh * nk, *pd = c->sq_pdoc + lh * nk;
 	const uint32_t *fe = c->sq_fe + lh * nf;
+	uint32_t *off = c->sq_off + (size_t)ith * cap;
 	for (uint32_t i = 0; i < nfl; i++) {
 		uint32_t f = fl[i], a = fs[f], e = fe[f];
 		if (!keep[f])
 			continue;
-		if (c->sq_all_ok) {
+		if (c->sq_fast) {
+			off[f] = n;
 			memcpy(list + n, ps + a, (e - a) * sizeof(uint32_t));
 			n += e - a;
 			continue;
@@ -355,9 +379,29 @@ static void cpu_squeeze_head(struct cpu_job *jb, uint32_t l, uint32_t h, int ith
 			if (c->sq_ok[pd[j]])
 				list[n++] = ps[j];
 	}
-	if (c->sq_all_ok) {
+	if (c->sq_fast) {
+		uint32_t o0 = n, nr = 0, *rm = c->sq_rm + (size_t)ith * SQ_EXC_MAX;
+		const uint32_t *ip = c->sq_ipos + lh * nk;
 		memcpy(list + n, c->sq_olist + lh * nk, c->sq_nout[lh] * sizeof(uint32_t));
 		n += c->sq_nout[lh];
+		/* where the unchoosable keys landed (each at most once) */
+		for (uint32_t x = 0; x < c->sq_n_exc; x++) {
+			uint32_t d = c->sq_exc[x], f = label[d];
+			if (c->sq_isout[lh * nk + d])
+				rm[nr++] = o0 + ip[d];
+			else if (keep[f])
+				rm[nr++] = off[f] + ip[d] - fs[f];
+		}
+		/* taken out from the highest position down, each by the list's
+		 * last key: the order of the list is not the attention's concern */
+		for (uint32_t i = 1; i < nr; i++)
+			for (uint32_t j = i; j > 0 && rm[j - 1] < rm[j]; j--) {
+				uint32_t t = rm[j];
+				rm[j] = rm[j - 1];
+				rm[j - 1] = t;
+			}
+		for (uint32_t i = 0; i < nr; i++)
+			list[rm[i]] = list[--n];
 	} else {
 		for (uint32_t f = 0; f < nf; f++)
 			for (uint32_t j = fe[f]; j < fs[f + 1]; j++)
@@ -398,6 +442,10 @@ void cpu_squeeze_free(struct cpu *c)
 	free(c->sq_olist);
 	free(c->sq_nout);
 	free(c->sq_isout);
+	free(c->sq_ipos);
+	free(c->sq_exc);
+	free(c->sq_rm);
+	free(c->sq_off);
 	free(c->sq_ok);
 	free(c->sq_iota);
 	free(c->sq_th);

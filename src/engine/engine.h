@@ -200,6 +200,15 @@ uint64_t engine_sparse_bytes(const struct engine *eng, uint32_t page);
  * keys (every quest step, a hip refresh) and those that reused a choice. */
 void engine_sparse_steps(const struct engine *eng, uint64_t *chosen, uint64_t *reused);
 
+/* The oracle of a selection of k keys for one KV head: the k keys with the
+ * largest summed dense weight over its grp query heads (w: (grp, n) rows
+ * of softmax weights; ties: the lower index), marked in sel (n), and each
+ * query head's dense mass on them into mass (grp). No choice of k keys
+ * shared by the group captures more mean mass. sum: (n) the summed
+ * weights; scratch (n). */
+void engine_sparse_oracle(const float *w, uint32_t grp, uint32_t n, uint32_t k, float *scratch,
+                          float *sum, uint8_t *sel, float *mass);
+
 /* ---- Squeezed Attention's index (squeeze.c) ---- */
 
 /* Progress of a clustering: done of total (layer, KV head) pairs. */

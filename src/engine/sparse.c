@@ -516,6 +516,24 @@ uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uin
 	return got;
 }
 
+void engine_sparse_oracle(const float *w, uint32_t grp, uint32_t n, uint32_t k, float *scratch,
+                          float *sum, uint8_t *sel, float *mass)
+{
+	for (uint32_t j = 0; j < n; j++) {
+		double v = 0;
+		for (uint32_t r = 0; r < grp; r++)
+			v += w[(size_t)r * n + j];
+		sum[j] = (float)v;
+	}
+	sparse_top(sum, n, k, scratch, sel);
+	for (uint32_t r = 0; r < grp; r++) {
+		double m = 0;
+		for (uint32_t j = 0; j < n; j++)
+			m += sel[j] ? w[(size_t)r * n + j] : 0;
+		mass[r] = (float)m;
+	}
+}
+
 /* ------------------------------------------------------------ HiP's search */
 
 void sparse_tree_free(struct sparse_tree *t)

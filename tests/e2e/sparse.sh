@@ -71,6 +71,9 @@ assert [x["length"] for x in r] == [256, 512], r
 for x in r:
     assert 0 < x["keys_pct"] < 100, x
     assert 0 < x["mass_p10"] <= x["mass_median"] <= 1.0001, x
+    # the best choice of as many keys: at least what quest captured
+    assert 0 < x["oracle_p10"] <= x["oracle_median"] <= 1.0001, x
+    assert x["oracle_median"] >= x["mass_median"] - 1e-4, x
     assert 0 <= x["recall10"] <= 1 and 0 <= x["argmax_agree"] <= 1, x
     assert x["select_ms"] >= 0 and min(x["attn_ms"] + x["step_ms"]) > 0, x
 assert r[1]["keys_pct"] < r[0]["keys_pct"], r
@@ -116,7 +119,7 @@ q, h, m = last(sys.argv[1]), last(sys.argv[2]), last(sys.argv[3])
 assert m["modes"] == [q["mode"], h["mode"]] and q["modes"] == [q["mode"]], (m["modes"], q)
 assert [(x["mode"], x["length"]) for x in m["rows"]] == \
     [(q["mode"], 256), (q["mode"], 512), (h["mode"], 256), (h["mode"], 512)], m["rows"]
-keys = ["keys_pct", "mass_median", "mass_p10", "recall10", "argmax_agree", "steps_chose",
+keys = ["keys_pct", "mass_median", "mass_p10", "oracle_median", "oracle_p10", "recall10", "argmax_agree", "steps_chose",
         "steps_reused", "capped", "mass_median_chose", "mass_median_reused"]
 for alone, both in zip(q["rows"] + h["rows"], m["rows"]):
     for k in keys:
@@ -176,7 +179,7 @@ if [ -x "$build/tests/util/mktiny" ] && "$build/tests/util/mktiny" "$tmp/tiny.gg
 		fail "eval sparse beyond the window: $(cat "$tmp/cap.err")"
 	grep -q '^(cap): beyond the training window of 256 positions' "$tmp/cap" ||
 		fail "eval sparse: no cap note: $(head -n 3 "$tmp/cap")"
-	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
+	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
 		fail "eval sparse capped, covering budget: not dense's function: $(grep '^| 512' "$tmp/cap")"
 	tail -n 1 "$tmp/cap" | grep -q '"capped":true' || fail "eval sparse JSON lacks capped:true"
 else

@@ -120,6 +120,54 @@ static void test_bound_top(void)
 	T_EQ_INT(sparse_top(ub, 7, 0, scr, sel), 0);
 }
 
+/* The oracle's mass: by hand, and the best of every subset by brute force. */
+static void test_oracle(void)
+{
+	/* sums 0.5 0.7 0.3 0.3 0.2: k 2 takes keys 1 and 0, k 3 adds key 2 (the
+	 * tie with key 3 goes to the lower index) */
+	const float w[10] = { 0.5f, 0.1f, 0.2f, 0.1f, 0.1f, 0.0f, 0.6f, 0.1f, 0.2f, 0.1f };
+	float scr[5], sum[5], mass[2];
+	uint8_t sel[5];
+	engine_sparse_oracle(w, 2, 5, 2, scr, sum, sel, mass);
+	T_CHECK(sel[0] && sel[1] && !sel[2] && !sel[3] && !sel[4], "k 2: %d%d%d%d%d", sel[0], sel[1],
+	        sel[2], sel[3], sel[4]);
+	T_NEAR(mass[0], 0.6, 1e-6);
+	T_NEAR(mass[1], 0.6, 1e-6);
+	engine_sparse_oracle(w, 2, 5, 3, scr, sum, sel, mass);
+	T_CHECK(sel[0] && sel[1] && sel[2] && !sel[3] && !sel[4], "k 3: %d%d%d%d%d", sel[0], sel[1],
+	        sel[2], sel[3], sel[4]);
+	T_NEAR(mass[0], 0.8, 1e-6);
+	T_NEAR(mass[1], 0.7, 1e-6);
+	engine_sparse_oracle(w, 2, 5, 9, scr, sum, sel, mass); /* more than n: every key */
+	T_NEAR(mass[0], 1.0, 1e-6);
+	T_NEAR(mass[1], 1.0, 1e-6);
+
+	/* random rows of 3 heads over 9 keys: no subset of k keys has a larger
+	 * mean mass than the oracle's (every subset tried) */
+	uint32_t rng = 12345;
+	for (int trial = 0; trial < 50; trial++) {
+		float r[27], rs[9], rscr[9], rm[3];
+		uint8_t rsel[9];
+		for (int i = 0; i < 27; i++) {
+			rng = rng * 1664525u + 1013904223u;
+			r[i] = (float)(rng >> 8) / 16777216.0f;
+		}
+		uint32_t k = 1 + (uint32_t)trial % 8;
+		engine_sparse_oracle(r, 3, 9, k, rscr, rs, rsel, rm);
+		double got = (rm[0] + rm[1] + rm[2]) / 3, best = 0;
+		for (uint32_t set = 0; set < 512; set++) {
+			if ((uint32_t)__builtin_popcount(set) != k)
+				continue;
+			double v = 0;
+			for (uint32_t j = 0; j < 9; j++)
+				if (set >> j & 1)
+					v += (r[j] + r[9 + j] + r[18 + j]) / 3;
+			best = v > best ? v : best;
+		}
+		T_NEAR(got, best, 1e-5);
+	}
+}
+
 /* ------------------------------------------------------------ HiP's search */
 
 /* Block scores from a table; counts the calls and the blocks asked. A
@@ -744,6 +792,7 @@ int main(void)
 	struct tiny t;
 	test_parse();
 	test_bound_top();
+	test_oracle();
 	test_hip_tree();
 	test_hip_beam();
 	tiny_open(&t);
