@@ -236,7 +236,7 @@ struct run {
 
 /* Drive a turnctl with greedy choice over the (biased) scripted logits. */
 static void drive(const struct gen_turn_opts *o, const struct len_vocab *lv, uint32_t max_tokens,
-                  script_fn fn, atomic_bool *cancel_at, uint32_t cancel_step, struct run *r)
+                  script_fn fn, atomic_int *cancel_at, uint32_t cancel_step, struct run *r)
 {
 	struct turnctl t;
 	float lg[T_NV];
@@ -248,7 +248,7 @@ static void drive(const struct gen_turn_opts *o, const struct len_vocab *lv, uin
 	t.cancel = cancel_at;
 	for (uint32_t step = 0;; step++) {
 		if (cancel_at != NULL && step == cancel_step)
-			atomic_store(cancel_at, true);
+			T_CHECK(gen_cancel_ask(cancel_at), "an unsealed flag takes the cancel");
 		int why = turnctl_precheck(&t);
 		if (why >= 0) {
 			r->stop = why;
@@ -414,12 +414,12 @@ static void test_controller(void)
 	T_EQ_INT(r.tokens, 2);
 
 	/* user: the cancel flag, checked before each token */
-	atomic_bool cancel;
-	atomic_init(&cancel, false);
+	atomic_int cancel;
+	atomic_init(&cancel, GEN_CANCEL_NONE);
 	drive(&o, &lv, 100, script_rambling, &cancel, 3, &r);
 	T_EQ_INT(r.stop, GEN_STOP_USER);
 	T_EQ_INT(r.tokens, 3);
-	T_CHECK(!atomic_load(&cancel), "the flag is consumed");
+	T_CHECK(atomic_load(&cancel) == GEN_CANCEL_NONE, "the flag is consumed");
 
 	/* stop-string: never shown, and held back while it may begin */
 	const char *stops[] = { "word." };
