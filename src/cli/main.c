@@ -90,12 +90,15 @@ static int main_stdout_errno;
 
 bool cli_stdout_flush(void)
 {
-	if (fflush(stdout) != 0) {
+	/* a write that failed inside printf (a full buffer flushed on its
+	 * own) leaves ferror set and nothing to flush: its errno is still the
+	 * last one when this runs right after the output */
+	if (fflush(stdout) != 0 || ferror(stdout)) {
 		if (main_stdout_errno == 0)
 			main_stdout_errno = errno;
 		return false;
 	}
-	return !ferror(stdout);
+	return true;
 }
 
 /* Keep descriptors 0, 1 and 2 taken: a closed one gets /dev/null opened
@@ -187,10 +190,12 @@ static enum cli_exit main_run(const struct cli_cmd *cmd, int argc, char **argv)
 	rc = cmd->defaults != NULL ? cmd->defaults(&o) : CLI_OK;
 	if (rc == CLI_OK)
 		rc = cli_opts_parse(cmd, argc, argv, &o);
-	if (rc == CLI_OK && o.help)
+	if (rc == CLI_OK && o.help) {
 		main_cmd_help(cmd, stdout);
-	else if (rc == CLI_OK && (rc = main_check_args(cmd, &o)) == CLI_OK)
+		cli_stdout_flush(); /* a failure's reason, for main_close_std */
+	} else if (rc == CLI_OK && (rc = main_check_args(cmd, &o)) == CLI_OK) {
 		rc = cmd->exec(&o);
+	}
 	cli_opts_free(&o);
 	return rc;
 }
@@ -261,18 +266,15 @@ static int main_dispatch(int argc, char **argv)
 		if (argc > 2 && strcmp(argv[2], "policies") == 0) {
 			printf("KV retention policies (--policy NAME[:k=v,...]; defaults shown):\n");
 			kv_policy_help(stdout);
-			return CLI_OK;
-		}
-		if (argc > 2 && strcmp(argv[2], "sparse") == 0) {
+		} else if (argc > 2 && strcmp(argv[2], "sparse") == 0) {
 			printf("Sparse decode attention (--sparse MODE[:k=v,...]; defaults shown):\n");
 			engine_sparse_help(stdout);
-			return CLI_OK;
-		}
-		if (argc > 2 && (cmd = main_find(argc - 1, argv + 1, &words)) != NULL) {
+		} else if (argc > 2 && (cmd = main_find(argc - 1, argv + 1, &words)) != NULL) {
 			main_cmd_help(cmd, stdout);
-			return CLI_OK;
+		} else {
+			main_help(stdout);
 		}
-		main_help(stdout);
+		cli_stdout_flush(); /* a failure's reason, for main_close_std */
 		return CLI_OK;
 	}
 	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
