@@ -283,6 +283,9 @@ void gen_set_length_target(struct gen *g, const struct len_target *t);
 enum gen_cancel { GEN_CANCEL_NONE, GEN_CANCEL_ASKED, GEN_CANCEL_SEALED };
 /* Ask the reply behind flag to stop; false when it had ended (sealed). */
 bool gen_cancel_ask(atomic_int *flag);
+/* A new exchange or reply: a sealed flag takes cancels again (one already
+ * asked stays asked). */
+void gen_cancel_open(atomic_int *flag);
 /* Let gen_reply stop (reason user) once *flag is ASKED (gen_cancel_ask),
  * from any thread. NULL: no cancellation. A session sets its own
  * (session_cancel); a front end without one sets this. */

@@ -369,6 +369,12 @@ bool gen_cancel_ask(atomic_int *flag)
 	return false;
 }
 
+void gen_cancel_open(atomic_int *flag)
+{
+	int sealed = GEN_CANCEL_SEALED;
+	atomic_compare_exchange_strong(flag, &sealed, GEN_CANCEL_NONE);
+}
+
 void gen_set_cancel(struct gen *g, atomic_int *flag)
 {
 	g->cancel = flag;
@@ -436,10 +442,8 @@ int gen_reply(struct gen *g, uint32_t max_tokens, gen_text_fn fn, void *ud, enum
 	detok_init(&d, g->model->vocab, false);
 	kv_cache_set_role(g->kv, KV_ROLE_ASSISTANT);
 	tc.cancel = g->cancel;
-	if (g->cancel != NULL) {
-		int sealed = GEN_CANCEL_SEALED; /* a new reply: cancels reach it again */
-		atomic_compare_exchange_strong(g->cancel, &sealed, GEN_CANCEL_NONE);
-	}
+	if (g->cancel != NULL)
+		gen_cancel_open(g->cancel);
 	while ((why = turnctl_precheck(&tc)) < 0) {
 		const float *lg = g->last_logits;
 		if (turnctl_active(&tc)) {

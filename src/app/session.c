@@ -807,7 +807,6 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	struct session_turn t = { 0 };
 	struct timespec now;
 	double pre0 = g->prefill_ms + g->decode_ms, dec0;
-	int sealed = GEN_CANCEL_SEALED;
 	int rc;
 
 	if (text == NULL || text[0] == '\0')
@@ -821,8 +820,8 @@ int session_chat(struct session *s, const char *text, struct err *e)
 	t.len = g->turn.len;
 	if (s->n_turns == 0)
 		sampler_rng_get(g->sampler, &s->rng0); /* where a replay of it starts */
-	/* the last reply sealed the cancel flag: cancels reach this exchange */
-	atomic_compare_exchange_strong(&s->cancel, &sealed, GEN_CANCEL_NONE);
+	/* cancels reach this exchange's prefill too */
+	gen_cancel_open(&s->cancel);
 	if (s->hooks.turn_start != NULL)
 		s->hooks.turn_start(s->hooks.ud, t.index, text);
 
