@@ -101,6 +101,13 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+/* Keep the log lines instead of writing them (any thread may log), for a
+ * program that owns the screen; log_capture_next hands out the next line not
+ * yet handed out (caller frees; NULL: none) and its level (may be NULL);
+ * log_capture_stop writes every kept line to stderr and ends the capture. */
+void log_capture_start(void);
+char *log_capture_next(enum log_level *level);
+void log_capture_stop(void);
 
 /* ---- time (clock.c) ---- */
 

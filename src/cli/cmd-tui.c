@@ -99,6 +99,7 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	char sampler[256], policy[256];
 	struct err e;
 	enum cli_exit rc;
+	int run;
 
 	if (o->prompt_file != NULL || o->raw) {
 		rc = cli_usage(&cmd_tui, "the workbench takes no --prompt-file or --raw");
@@ -177,6 +178,9 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	o->gen.kv.capture_interval_ms = 33;
 	if (o->gen.kv.token_stats == KV_TOKSTATS_AUTO)
 		o->gen.kv.token_stats = KV_TOKSTATS_ON;
+	/* from here until the screen is given back, log lines are shown in the
+	 * workbench (and written to stderr after it), not over its panes */
+	log_capture_start();
 	rc = cli_session_open(o, &s);
 	if (rc != CLI_OK)
 		goto out;
@@ -191,8 +195,11 @@ static enum cli_exit cmd_tui_exec(struct cli_opts *o)
 	         sp->top_k, (double)sp->top_p, (double)sp->min_p, (double)sp->repeat_penalty,
 	         sampler_seed(gen_sampler(session_gen(s))));
 	to.sampler = sampler;
-	rc = tui_run(s, &to, &e) == KVS_OK ? CLI_OK : cli_fail(&e);
+	run = tui_run(s, &to, &e);
+	log_capture_stop(); /* the kept lines before the run's own error */
+	rc = run == KVS_OK ? CLI_OK : cli_fail(&e);
 out:
+	log_capture_stop();
 	session_close(s);
 	if (cold_dir != NULL)
 		cmd_tui_cold_rm(cold_dir);

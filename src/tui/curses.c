@@ -572,6 +572,25 @@ static void tui_events(struct tui_term *tt)
 	}
 }
 
+/* The log lines said since the last look (the caller captures them while
+ * the screen is up, cmd-tui.c): each one in the chat and on the status
+ * line, in the error colour unless it is only information. */
+static void tui_log_lines(struct tui_term *tt)
+{
+	static const char *const names[] = { "", "error", "warning", "note", "debug" };
+	enum log_level level;
+	char *line;
+
+	while ((line = log_capture_next(&level)) != NULL) {
+		char *msg = xasprintf("%s: %s", names[level], line);
+		tui_msg_note(&tt->t, msg);
+		tui_status(&tt->t, level <= LOG_WARN, "%s", msg);
+		tt->dirty = true;
+		free(msg);
+		free(line);
+	}
+}
+
 /* The interval between frames: TUI_FRAME_MS, longer when frames cost more
  * than TUI_DRAW_SHARE of it. */
 static double tui_frame_interval(const struct tui_term *tt)
@@ -638,6 +657,7 @@ static void tui_loop(struct tui_term *tt)
 			tt->dirty = true;
 		}
 		pthread_mutex_unlock(&tt->note_mu);
+		tui_log_lines(tt);
 		while ((r = get_wch(&wk)) != ERR) {
 			char *line;
 			bool fkey = r == KEY_CODE_YES;
@@ -880,6 +900,7 @@ int tui_run(struct session *s, const struct tui_options *o, struct err *e)
 		worker_send(tt->w, &(struct worker_cmd){ .kind = WORKER_CHAT, .text = o->prompt });
 		tt->t.busy = true;
 	}
+	tui_log_lines(tt); /* what opening the session said */
 	tui_frame(tt);
 	tui_loop(tt);
 

@@ -248,6 +248,22 @@ static struct tui_msg *tui_msg_insert(struct tui *t, uint32_t i, enum tui_msg_ki
 	return &t->msgs[i];
 }
 
+/* A line about the session (a log line, say) while the chat goes on:
+ * before the reply being streamed, so that the reply stays the last thing
+ * in the pane, else after the last message. */
+struct tui_msg *tui_msg_note(struct tui *t, const char *text)
+{
+	struct tui_msg *reply = tui_reply(t), *m;
+
+	if (reply == NULL)
+		return tui_msg_add(t, MSG_INFO, text);
+	m = tui_msg_insert(t, (uint32_t)(reply - t->msgs), MSG_INFO);
+	tui_span_add(m, text, strlen(text), NAN);
+	if (t->evsum.msg >= (int32_t)(m - t->msgs))
+		t->evsum.msg++; /* the eviction summary moved down with the reply */
+	return m;
+}
+
 /* "s" unless n is 1. */
 static const char *tui_plural(uint32_t n)
 {

@@ -327,6 +327,9 @@ void tui_status(struct tui *t, bool err, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 /* Add a message (copies text); returns it. */
 struct tui_msg *tui_msg_add(struct tui *t, enum tui_msg_kind kind, const char *text);
+/* An MSG_INFO line said while the chat goes on: before the reply being
+ * streamed (which stays last), else at the end. */
+struct tui_msg *tui_msg_note(struct tui *t, const char *text);
 /* Replace the chat with a resumed session's transcript (status: whether
  * its texts could be read, msg why not), then the separator line. */
 void tui_replay(struct tui *t, const struct session_recap *r, int status, const char *msg);

@@ -11,7 +11,8 @@
 # retention strip, whose details say "recalled from turn T, summary score
 # S, BM25 B" with T the fact's turn (or the one before, when the block
 # began there) and B > 0 (its words matched). At exit the temporary
-# database is gone.
+# database is gone. Last, a warning said while the screen is up shows in
+# the chat, nothing is written over the panes, and stderr has it after exit.
 #
 # FILLER is KVSCOPE_TUI_COLD_TURNS (default 12, what the suite's time
 # allows on two shared cores); the issue's long run is
@@ -122,5 +123,20 @@ echo "tui-cold.sh: $filler filler turns; $(printf '%s\n' "$line" | sed 's/.*\(re
 cmd ":quit"
 wait_for "^exited" 60
 [ -z "$(ls -A "$tmp/t")" ] || fail "the temporary cold tier is still there: $(ls -A "$tmp/t")"
+
+# A warning said while the screen is up (here opening the session: the
+# default recall budget, an eighth of 256, is under a block of 64) is shown
+# in the chat instead of being written over the panes, where the first
+# frame would erase it, and is in stderr once the screen is given back.
+T kill-session -t kv
+T new-session -d -s kv -x 220 -y 50 \
+	"TMPDIR='$tmp/t' XDG_STATE_HOME='$tmp/state' XDG_CONFIG_HOME='$tmp/config' TERM=xterm-256color '$bin' --model '$model' --policy streaming --kv-budget 256 --cold-block 64 --cold on --no-plugins 2>'$tmp/stderr2'; echo exited; sleep 900"
+wait_for "Retention" 60
+wait_for "warning: cold tier: the recall budget \\(32 tokens"
+[ ! -s "$tmp/stderr2" ] || fail "written to stderr while the screen was up: $(head -c 300 "$tmp/stderr2")"
+cmd ":quit"
+wait_for "^exited" 60
+[ "$(grep -c "^kvscope: warning: cold tier: the recall budget (32 tokens" "$tmp/stderr2")" -eq 1 ] ||
+	fail "the warning is not in stderr once after exit: $(head -c 300 "$tmp/stderr2")"
 
 [ "$fails" -eq 0 ] || exit 1
