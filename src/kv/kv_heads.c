@@ -99,16 +99,31 @@ void kv_heads_take(struct kv_cache *c, const uint32_t *slots, uint32_t m)
 	}
 }
 
+/* The tokens head r keeps. */
+static uint32_t heads_kept(const struct kv_cache *c, uint32_t r)
+{
+	const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < c->n; i++)
+		k += row[c->toks[i].slot];
+	return k;
+}
+
 uint32_t kv_heads_load(const struct kv_cache *c)
 {
 	if (!kv_heads_on(c))
 		return c->n;
-	uint32_t h = heads_n(c), most = 0;
-	for (uint32_t r = 0; r < h; r++) {
-		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
-		uint32_t k = 0;
-		for (uint32_t i = 0; i < c->n; i++)
-			k += row[c->toks[i].slot];
+	uint32_t h = heads_n(c), nh = c->hp->n_head_kv, most = 0;
+	bool adaptive = kv_policy_floor(&c->cfg.policy) >= 0;
+	/* adaptive budgets: a layer's heads share its budget, so what counts is
+	 * the layer's mean head, rounded up */
+	for (uint32_t r = 0; r < h; r += adaptive ? nh : 1) {
+		uint32_t k = heads_kept(c, r);
+		if (adaptive) {
+			for (uint32_t g = 1; g < nh; g++)
+				k += heads_kept(c, r + g);
+			k = (k + nh - 1) / nh;
+		}
 		most = KVS_MAX(most, k);
 	}
 	return most;
@@ -289,8 +304,23 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 	bool *is_cand = xcalloc(c->n ? c->n : 1, sizeof *is_cand);
 	for (uint32_t i = 0; i < n; i++)
 		is_cand[s->cand[i]] = true;
-	uint32_t per_head = s->budget - s->m; /* each head keeps at most this */
+	uint32_t per_head = s->budget - s->m; /* each head keeps at most this (uniform) */
 	uint32_t cap_union = kv_slot_cap(c);
+	uint32_t *target = xmallocarray(h, sizeof *target); /* (n_layer, n_head_kv) */
+	for (uint32_t r = 0; r < h; r++) {
+		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
+		uint32_t pinned = 0;
+		for (uint32_t i = 0; i < c->n; i++)
+			pinned += !is_cand[i] && row[c->toks[i].slot];
+		target[r] = per_head > pinned ? per_head - pinned : 0;
+	}
+	float floor_share = kv_policy_floor(&c->cfg.policy);
+	if (floor_share >= 0) {
+		uint32_t *unif = xmallocarray(h, sizeof *unif);
+		memcpy(unif, target, h * sizeof *unif);
+		kv_alloc_targets(c, s, floor_share, unif, target);
+		free(unif);
+	}
 	/* spread 1: the union is cut to what one head may keep, so each head
 	 * keeps afterwards every token of the union it kept before (nothing it
 	 * gives up would save a byte) */
@@ -302,25 +332,22 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 	int rc = KVS_OK;
 	for (uint32_t r = 0; r < h && rc == KVS_OK; r++) {
 		uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
-		uint32_t pinned = 0, ns = 0;
-		for (uint32_t i = 0; i < c->n; i++)
-			pinned += !is_cand[i] && row[c->toks[i].slot];
+		uint32_t ns = 0;
 		for (uint32_t i = 0; i < n; i++)
 			if (row[c->toks[s->cand[i]].slot]) {
 				map[ns] = i;
 				sub[ns++] = s->cand[i];
 			}
-		uint32_t target = per_head > pinned ? per_head - pinned : 0;
 		struct kv_select hs = *s;
 		hs.cand = sub;
 		hs.n = ns;
-		hs.target = target;
+		hs.target = target[r];
 		hs.keep = keep;
 		hs.head1 = r + 1;
 		hs.sbeg = sb;
 		hs.send = se;
 		memset(keep, 0, cap);
-		if (ns > target) {
+		if (ns > target[r]) {
 			kv_span_find(c->span_cls, c->n_span_cls, c->toks, sub, ns,
 			             (enum kv_span_mode)c->cfg.policy.common[KV_COMMON_SPAN], sb, se);
 			kv_def(c)->select(&hs);
@@ -350,6 +377,7 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 				c->hkeep[(size_t)r * c->n_ctx + sl] = 1;
 		}
 	free(before);
+	free(target);
 	c->heads_over = false;
 	free(sub);
 	free(map);
@@ -370,16 +398,26 @@ int kv_heads_check(const struct kv_cache *c, struct err *e)
 		               "KV cache check: %u tokens cached with per-head keep-sets, over the %u "
 		               "slots the policy may hold",
 		               c->n, cap);
-	for (uint32_t r = 0; r < h; r++) {
-		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
-		uint32_t k = 0;
-		for (uint32_t i = 0; i < c->n; i++)
-			k += row[c->toks[i].slot];
+	uint32_t nh = c->hp->n_head_kv;
+	bool adaptive = kv_policy_floor(&c->cfg.policy) >= 0;
+	for (uint32_t r = 0; r < h && !adaptive; r++) {
+		uint32_t k = heads_kept(c, r);
 		if (k > c->cfg.budget && !c->heads_over)
 			return err_set(e, KVS_ESTATE,
 			               "KV cache check: layer %u KV head %u keeps %u tokens, over the "
 			               "budget of %u",
-			               r / c->hp->n_head_kv, r % c->hp->n_head_kv, k, c->cfg.budget);
+			               r / nh, r % nh, k, c->cfg.budget);
+	}
+	/* adaptive budgets: a layer's heads together within the layer's share */
+	for (uint32_t l = 0; l < c->hp->n_layer && adaptive; l++) {
+		uint64_t k = 0;
+		for (uint32_t g = 0; g < nh; g++)
+			k += heads_kept(c, l * nh + g);
+		if (k > (uint64_t)c->cfg.budget * nh && !c->heads_over)
+			return err_set(e, KVS_ESTATE,
+			               "KV cache check: layer %u's KV heads keep %llu entries, over the "
+			               "budget of %u x %u heads",
+			               l, (unsigned long long)k, c->cfg.budget, nh);
 	}
 	for (uint32_t i = 0; i < c->n; i++) {
 		uint32_t k = 0;

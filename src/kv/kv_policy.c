@@ -74,6 +74,7 @@ static const char *const policy_sirllm_modes[] = { "paper", "compat", NULL };
 static const char *const policy_pos_modes[] = { "original", "compact", NULL };
 static const char *const policy_stores[] = { "slots", "heads", NULL };
 static const char *const policy_zip_rereads[] = { "new", "all", NULL };
+static const char *const policy_allocs[] = { "uniform", "adaptive", NULL };
 
 enum { STREAM_SINKS = 0 };
 static const struct kv_param_def policy_streaming_params[] = {
@@ -115,6 +116,12 @@ static const struct kv_param_def policy_lmi_params[] = {
 #define POLICY_CARRY_HELP                                                                          \
 	"what the scores of earlier votes keep at the next one: 0 the paper's rule; > 0 they add up, " \
 	"the old ones times carry first (1: never forget, as sirllm's lambda 1)"
+#define POLICY_ALLOC_HELP                                                                       \
+	"per-head keep-sets: every (layer, KV head) keeps the same number (uniform) or a layer's "  \
+	"heads share its budget by their scores (adaptive: Ada-KV's rule, the layer's top entries " \
+	"over all its heads; use with store=heads and spread > 1)"
+#define POLICY_FLOOR_HELP \
+	"alloc=adaptive: the share of the uniform budget every head keeps first (Ada-KV: 0.2)"
 #define POLICY_SPREAD_HELP                                                                  \
 	"per-head keep-sets: the tokens some head keeps (the engine holds their K/V for every " \
 	"head) at most spread x budget; 1 keeps the held bytes within the budget's"
@@ -138,7 +145,9 @@ enum {
 	SNAP_HEADS,
 	SNAP_SPREAD,
 	SNAP_STORE,
-	SNAP_CARRY
+	SNAP_CARRY,
+	SNAP_ALLOC,
+	SNAP_FLOOR
 };
 static const struct kv_param_def policy_snapkv_params[] = {
 	{ "window", 32, 1, 1024, NULL, true,
@@ -151,9 +160,22 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
 	{ "carry", 0, 0, 1, NULL, false, POLICY_CARRY_HELP " (paper: each vote replaces the last)" },
+	{ "alloc", 0, 0, 1, policy_allocs, true, POLICY_ALLOC_HELP },
+	{ "floor", 0.2f, 0, 1, NULL, false, POLICY_FLOOR_HELP },
 };
 
-enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY, ZIP_REREAD };
+enum {
+	ZIP_HEADS = 0,
+	ZIP_SINKS,
+	ZIP_CHUNK,
+	ZIP_POS,
+	ZIP_SPREAD,
+	ZIP_STORE,
+	ZIP_CARRY,
+	ZIP_REREAD,
+	ZIP_ALLOC,
+	ZIP_FLOOR
+};
 static const struct kv_param_def policy_kvzip_params[] = {
 	{ "heads", 0, 0, 1, NULL, true,
 	  "0: one set, each token scored by its max over (layer, KV head) (the one-set form of the "
@@ -173,6 +195,8 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	  "what a re-read reads: the tokens fed since the last one (new: each token once, its "
 	  "score from its own turn's re-read) or every cached token against the whole cache, "
 	  "scores replaced (all: the paper's rule, a prefill of the cache per turn)" },
+	{ "alloc", 0, 0, 1, policy_allocs, true, POLICY_ALLOC_HELP " (paper: one threshold over every layer)" },
+	{ "floor", 0.2f, 0, 1, NULL, false, POLICY_FLOOR_HELP },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -664,6 +688,13 @@ bool kv_policy_per_head(const struct kv_policy *p)
 	return p->def && p->def->per_head && p->def->per_head(p->p);
 }
 
+float kv_policy_floor(const struct kv_policy *p)
+{
+	if (!kv_policy_per_head(p) || !(kv_policy_get(p, "alloc") >= 0.5f))
+		return -1;
+	return kv_policy_get(p, "floor");
+}
+
 float kv_policy_carry(const struct kv_policy *p)
 {
 	float carry = p->def ? kv_policy_get(p, "carry") : NAN;
@@ -802,12 +833,13 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 			return rc;
 		s += len;
 	}
-	/* spread and store shape per-head keep-sets: nothing to shape in one set */
+	/* spread, store and alloc shape per-head keep-sets: nothing to shape in one set */
 	if (def->per_head && !def->per_head(p.p) &&
-	    (kv_policy_get(&p, "spread") > 1 || kv_policy_get(&p, "store") >= 0.5f))
+	    (kv_policy_get(&p, "spread") > 1 || kv_policy_get(&p, "store") >= 0.5f ||
+	     kv_policy_get(&p, "alloc") >= 0.5f))
 		return err_set(e, KVS_EARG,
-		               "policy %s: spread and store=heads shape per-(layer, KV head) keep-sets; "
-		               "expected heads=1 with them",
+		               "policy %s: spread, store=heads and alloc=adaptive shape per-(layer, KV "
+		               "head) keep-sets; expected heads=1 with them",
 		               def->name);
 	*out = p;
 	return KVS_OK;
@@ -820,7 +852,8 @@ static bool policy_quiet(const struct kv_param_def *pd)
 {
 	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0 ||
 	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0 ||
-	        strcmp(pd->name, "reread") == 0;
+	        strcmp(pd->name, "reread") == 0 || strcmp(pd->name, "alloc") == 0 ||
+	        strcmp(pd->name, "floor") == 0;
 }
 
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)

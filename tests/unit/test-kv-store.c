@@ -332,13 +332,22 @@ static void test_refuse(const struct model *m)
 	struct engine_out o;
 	uint32_t *map = engine_kv_row_map(eng), n_ctx = engine_n_ctx(eng);
 	uint32_t nh = m->hp.n_layer * m->hp.n_head_kv;
+	uint32_t nkv = m->hp.n_head_kv;
 	for (uint32_t r = 0; r < nh; r++)
-		map[(size_t)r * n_ctx] = 0;   /* slot 0 in row 0 of every head */
+		map[(size_t)r * n_ctx] = r % nkv; /* slot 0 in cell (row 0, its own column) */
+	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_OK);
 	map[n_ctx + 0] = ENGINE_ROW_NONE; /* but layer 0, KV head 1 */
 	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_EARG);
-	T_CHECK(strstr(e.msg, "layer 0 KV head 1") && strstr(e.msg, "row of its own"), "%s", e.msg);
+	T_CHECK(strstr(e.msg, "layer 0 KV head 1") && strstr(e.msg, "cell of its own"), "%s", e.msg);
+	/* a layer's heads share its cells: any free one will do, ... */
+	map[n_ctx + 0] = 7 * nkv;
+	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_OK);
+	/* ... but never one another head of the layer holds */
 	map[n_ctx + 0] = 0;
-	map[2 * n_ctx + 0] = 0 + 5000; /* layer 1, KV head 0: past the rows */
+	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "layer 0 KV head 1") && strstr(e.msg, "cell 0"), "%s", e.msg);
+	map[n_ctx + 0] = 1;
+	map[nkv * n_ctx + 0] = 0 + 5000; /* layer 1, KV head 0: past the cells */
 	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "layer 1 KV head 0") && strstr(e.msg, "5000"), "%s", e.msg);
 	for (uint32_t r = 0; r < nh; r++)
