@@ -88,7 +88,8 @@ part_word=$(tail -n 1 "$tmp/rc-word" | grep -o '"held":"part"\|"verdict":"partia
 tail -n 1 "$tmp/rc-word" | grep -q '"verdict":"right"' || fail "span=word never recalled TIGER-42"
 # per-head keep-sets and KVzip: every head keeps or drops the value whole, so
 # the union never holds part of it; passkey runs them at a tiny size
-for p in kvzip kvzip:reread=all kvzip:heads=1 snapkv:heads=1 h2o:heads=1; do
+for p in kvzip kvzip:reread=all kvzip:heads=1 snapkv:heads=1 h2o:heads=1 \
+	snapkv:heads=1,alloc=adaptive,spread=3,store=heads kvzip:heads=1,alloc=adaptive,spread=3,store=heads; do
 	"$bin" eval recall --policy "$p" --kv-budget 64 --facts code --value TIGER-42 \
 		--turns 1,2,4 --samples 1 --json >"$tmp/rh" 2>"$tmp/rh.err" ||
 		fail "eval recall $p: $(tail -n 2 "$tmp/rh.err")"

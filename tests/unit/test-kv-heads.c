@@ -798,6 +798,11 @@ int main(void)
 	test_reference(m, "kvzip:heads=1,reread=all");
 	test_budget(m, "kvzip:heads=1,reread=all", 300);
 	test_budget(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 200);
+	/* adaptive head budgets (test-kv-alloc.c checks their bytes) */
+	test_keep_all(m, "snapkv:heads=1,alloc=adaptive,spread=2");
+	test_keep_all(m, "kvzip:heads=1,alloc=adaptive,spread=3");
+	test_reference(m, "snapkv:heads=1,alloc=adaptive,spread=3,span=off");
+	test_reference(m, "kvzip:heads=1,alloc=adaptive,spread=2,span=off");
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-heads");

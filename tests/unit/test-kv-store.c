@@ -22,6 +22,9 @@
  *     kv_cache_load_rows into a fresh store): the heads' sets come back as
  *     they were (from the zero rows of the heads that dropped a token), and
  *     the next turns give bit for bit the logits the original cache gives;
+ *   - the same with adaptive head budgets (alloc=adaptive), where a head
+ *     holds more entries than its layer's rows, in cells another head of
+ *     the layer left;
  *   - one line for what cannot run: store=heads on an engine made with a
  *     row per slot, a budget over the store's rows, sparse attention over
  *     the store, a bad row map handed to the engine.
@@ -319,7 +322,7 @@ static void test_refuse(const struct model *m)
 	sp.mode = ENGINE_SPARSE_QUEST;
 	T_EQ_INT(kv_cache_set_sparse(kv, &sp, &e), KVS_EUNSUPPORTED);
 	T_CHECK(strstr(e.msg, "per-head store"), "%s", e.msg);
-	/* the engine refuses a visible slot a head keeps without a row */
+	/* the engine refuses a visible slot a head keeps without a cell */
 	int32_t tok = 5, pos = 0;
 	uint32_t slot = 0;
 	struct engine_batch b = { 0 };
@@ -377,6 +380,11 @@ int main(void)
 	test_resume(m, "kvzip:heads=1,store=heads,spread=2", 40);
 	test_resume(m, "h2o:heads=1,store=heads,spread=2", 40);
 	test_same(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 100, true);
+	/* adaptive head budgets: a head may hold more entries than the rows */
+	test_keep_all(m, "snapkv:heads=1,alloc=adaptive,store=heads,spread=2");
+	test_same(m, "snapkv:heads=1,alloc=adaptive,spread=3", 150, true);
+	test_same(m, "kvzip:heads=1,alloc=adaptive,spread=2,span=off", 100, false);
+	test_resume(m, "kvzip:heads=1,alloc=adaptive,store=heads,spread=3", 40);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-store");
