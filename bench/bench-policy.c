@@ -3,6 +3,7 @@
  * tokens.
  *
  *   make bench/bench-policy && bench/bench-policy [MODEL] [TURNS] [BUDGETS...]
+ *   BENCH_POLICIES="kvzip snapkv:heads=1" bench/bench-policy ...  (window and those only)
  *
  * For each budget (default 1024 and 4096 tokens) and each evicting policy
  * (spans on, the default), the cache is filled to the budget with text
@@ -32,11 +33,38 @@
 #define MAX_TURNS 64
 
 static const char *const policies[] = {
-	"window", "streaming",     "lminfinite",       "sirllm",
-	"h2o",    "h2o:heads=1",   "snapkv",           "snapkv:heads=1",
-	"kvzip",  "kvzip:heads=1", "kvzip:reread=all", "full"
+	"window",
+	"streaming",
+	"lminfinite",
+	"sirllm",
+	"h2o",
+	"h2o:heads=1",
+	"snapkv",
+	"snapkv:heads=1",
+	"snapkv:heads=1,spread=3,store=heads",
+	"snapkv:heads=1,alloc=adaptive,spread=3,store=heads",
+	"kvzip",
+	"kvzip:heads=1",
+	"kvzip:heads=1,spread=3,store=heads",
+	"kvzip:heads=1,alloc=adaptive,spread=3,store=heads",
+	"kvzip:reread=all",
+	"full"
 };
 #define N_POLICIES (sizeof policies / sizeof policies[0])
+
+/* Whether policy p is to run: every one, or with BENCH_POLICIES set (names
+ * separated by spaces) window and the ones it names. */
+static bool wanted(size_t p)
+{
+	const char *only = getenv("BENCH_POLICIES");
+	size_t len = strlen(policies[p]);
+	if (p == 0 || only == NULL || *only == '\0')
+		return true;
+	for (const char *s = only; (s = strstr(s, policies[p])) != NULL; s += len)
+		if ((s == only || s[-1] == ' ') && (s[len] == ' ' || s[len] == '\0'))
+			return true;
+	return false;
+}
 
 static double cpu_ms(void)
 {
@@ -154,6 +182,8 @@ int main(int argc, char **argv)
 	for (uint32_t b = 0; b < n_budgets; b++) {
 		double base = 0;
 		for (size_t p = 0; p < N_POLICIES; p++) {
+			if (!wanted(p))
+				continue;
 			double ms = run(model, policies[p], budgets[b], turns);
 			if (p == 0)
 				base = ms;

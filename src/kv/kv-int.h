@@ -262,7 +262,8 @@ bool kv_heads_on(const struct kv_cache *c);
 void kv_heads_reset(struct kv_cache *c);
 /* Mark the m slots kept by every head (tokens that arrive, a scratch). */
 void kv_heads_take(struct kv_cache *c, const uint32_t *slots, uint32_t m);
-/* The most cached tokens one head keeps (c->n with one keep-set). */
+/* The most cached tokens one head keeps (c->n with one keep-set; with
+ * alloc=adaptive the fullest layer's mean head, rounded up). */
 uint32_t kv_heads_load(const struct kv_cache *c);
 /* The tokens the cache may hold (the union): the budget with one keep-set;
  * with per-head ones, the engine's slots less the policy's scratch (at

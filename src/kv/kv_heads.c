@@ -19,6 +19,11 @@
  *     each head to budget - m (less the pinned tokens it keeps). Tokens that
  *     arrive are kept by every head; a head never gets back a token it
  *     dropped (its selection runs over the candidates it still keeps).
+ *     With alloc=adaptive (kv_alloc.c) the budget bounds each layer
+ *     instead: its heads keep at most budget x n_head_kv entries together,
+ *     shared by their scores, so one head may keep more than the budget;
+ *     the load that decides an eviction (kv_heads_load) is then the
+ *     fullest layer's mean head.
  *   - Bytes are what the engine holds: it stores K/V per slot for every
  *     head, so the cached tokens (the union) cost bytes_per_token each,
  *     kv_stats.bytes, and the union is at most kv_slot_cap = spread x
@@ -187,7 +192,12 @@ void kv_heads_stats(const struct kv_cache *c, struct kv_stats *s)
 {
 	s->bytes = kv_bytes(c);
 	s->bytes_entries = kv_bytes_entries(c);
-	s->heads_load = kv_heads_load(c);
+	/* the fullest head itself (with adaptive budgets it may pass the
+	 * budget; kv_heads_load is then a layer's mean) */
+	uint32_t most = 0;
+	for (uint32_t r = 0; kv_heads_on(c) && r < heads_n(c); r++)
+		most = KVS_MAX(most, heads_kept(c, r));
+	s->heads_load = kv_heads_on(c) ? most : c->n;
 	s->n_head_sets = kv_heads_on(c) ? heads_n(c) : 0;
 	s->n_zip_reads = c->n_zip_reads;
 	s->n_zip_tokens = c->n_zip_tokens;

@@ -48,7 +48,10 @@
  * own row of acc; the cache holds the union (at most spread x budget
  * tokens) and counts bytes per kept (token, layer, KV head) entry, so the
  * bytes stay within the budget's. store=heads (kv_store.c) gives each
- * head rows of its own, so the union's spread costs no memory.
+ * head cells of its own, so the union's spread costs no memory.
+ * alloc=adaptive (snapkv, kvzip; kv_alloc.c) replaces the uniform target
+ * with Ada-KV's: a layer's heads share the sum of their targets by one
+ * ranking of their scores, each first keeping floor x its own (0.2).
  *
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
@@ -112,7 +115,8 @@ static const struct kv_param_def policy_lmi_params[] = {
 	"1: a keep-set per (layer, KV head), scored by its own attention; 0: one for all heads"
 #define POLICY_STORE_HELP                                                                   \
 	"per-head keep-sets: slots (the engine holds every head's K/V of each token some head " \
-	"keeps) or heads (each head its own rows: budget + scratch rows whatever spread is)"
+	"keeps) or heads (each head only its own entries, in budget + scratch rows per layer " \
+	"that the layer's heads share, whatever spread is)"
 #define POLICY_CARRY_HELP                                                                          \
 	"what the scores of earlier votes keep at the next one: 0 the paper's rule; > 0 they add up, " \
 	"the old ones times carry first (1: never forget, as sirllm's lambda 1)"

@@ -18,7 +18,8 @@
  *     (kv_cache_check, which also checks every head's selection for a
  *     split span at each eviction), and the heads do keep different
  *     numbers: some head keeps more than the budget (uniform budgets never
- *     let one), so a layer's shared cells are what holds it.
+ *     let one), so a layer's shared cells are what holds it; the stats'
+ *     fullest head (the KV view's line) is the fullest recounted.
  *
  * test-kv-store.c runs the same policies under the slot store and the
  * per-head store in lockstep (the same logits and sets, bit for bit) and
@@ -202,6 +203,7 @@ static void test_dialogue(const struct model *m, const char *spec, uint32_t turn
 		}
 		/* recount from the masks: each layer's entries, each head's */
 		uint64_t worst = 0;
+		uint32_t fullest = 0;
 		for (uint32_t l = 0; l < hp->n_layer; l++) {
 			uint64_t layer = 0;
 			for (uint32_t g = 0; g < nkv; g++) {
@@ -209,13 +211,20 @@ static void test_dialogue(const struct model *m, const char *spec, uint32_t turn
 				uint32_t k = 0;
 				for (uint32_t i = 0; i < kv->n; i++)
 					k += row[kv->toks[i].slot];
-				most = KVS_MAX(most, k);
+				fullest = KVS_MAX(fullest, k);
 				layer += k;
 			}
 			worst = KVS_MAX(worst, layer);
 		}
+		most = KVS_MAX(most, fullest);
 		struct kv_stats st;
 		kv_cache_stats(kv, &st);
+		/* the KV view's "the fullest keeps": the fullest head itself */
+		if (st.heads_load != fullest) {
+			bad++;
+			T_CHECK(false, "%s turn %u: stats say the fullest head keeps %u, the masks %u", spec,
+			        t, st.heads_load, fullest);
+		}
 		uint64_t cap = (uint64_t)budget * st.bytes_per_token;
 		if (worst > (uint64_t)budget * nkv || st.bytes_entries > cap || (store && st.bytes > cap)) {
 			bad++;
