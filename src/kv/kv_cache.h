@@ -124,7 +124,7 @@ struct kv_tok {
 
 /* ---- retention policies (kv_policy.c) ---- */
 
-#define KV_POLICY_MAX_PARAMS 10
+#define KV_POLICY_MAX_PARAMS 12
 
 /* How positions are assigned to kept and new tokens. */
 enum kv_pos_mode {

@@ -78,6 +78,7 @@ static const char *const policy_pos_modes[] = { "original", "compact", NULL };
 static const char *const policy_stores[] = { "slots", "heads", NULL };
 static const char *const policy_zip_rereads[] = { "new", "all", NULL };
 static const char *const policy_allocs[] = { "uniform", "adaptive", NULL };
+static const char *const policy_ranks[] = { "sum", "max", NULL };
 
 enum { STREAM_SINKS = 0 };
 static const struct kv_param_def policy_streaming_params[] = {
@@ -151,7 +152,8 @@ enum {
 	SNAP_STORE,
 	SNAP_CARRY,
 	SNAP_ALLOC,
-	SNAP_FLOOR
+	SNAP_FLOOR,
+	SNAP_RANK
 };
 static const struct kv_param_def policy_snapkv_params[] = {
 	{ "window", 32, 1, 1024, NULL, true,
@@ -166,6 +168,10 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "carry", 0, 0, 1, NULL, false, POLICY_CARRY_HELP " (paper: each vote replaces the last)" },
 	{ "alloc", 0, 0, 1, policy_allocs, true, POLICY_ALLOC_HELP },
 	{ "floor", 0.2f, 0, 1, NULL, false, POLICY_FLOOR_HELP },
+	{ "rank", 0, 0, 1, policy_ranks, true,
+	  "one set (heads=0): a token's score, its votes summed over (layer, KV head) (sum: the "
+	  "paper's) or the most votes any one (layer, KV head) gives it (max: a token one head "
+	  "reads stays, as kvzip's one set ranks)" },
 };
 
 enum {
@@ -857,7 +863,7 @@ static bool policy_quiet(const struct kv_param_def *pd)
 	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0 ||
 	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0 ||
 	        strcmp(pd->name, "reread") == 0 || strcmp(pd->name, "alloc") == 0 ||
-	        strcmp(pd->name, "floor") == 0;
+	        strcmp(pd->name, "floor") == 0 || strcmp(pd->name, "rank") == 0;
 }
 
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)
