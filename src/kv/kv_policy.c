@@ -851,6 +851,11 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 		               "policy %s: spread, store=heads and alloc=adaptive shape per-(layer, KV "
 		               "head) keep-sets; expected heads=1 with them",
 		               def->name);
+	/* rank shapes one set's scores: per-head sets rank by their own rows */
+	if (def->per_head && def->per_head(p.p) && kv_policy_get(&p, "rank") >= 0.5f)
+		return err_set(e, KVS_EARG,
+		               "policy %s: rank=max ranks one keep-set; expected heads=0 with it",
+		               def->name);
 	*out = p;
 	return KVS_OK;
 }

@@ -127,6 +127,8 @@ static void test_hand(void)
 	T_EQ_INT(kv_policy_parse("snapkv:alloc=adaptive", &p, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "alloc=adaptive") && strstr(e.msg, "heads=1"), "%s", e.msg);
 	T_EQ_INT(kv_policy_parse("kvzip:heads=1,alloc=sometimes", &p, &e), KVS_EARG);
+	T_EQ_INT(kv_policy_parse("snapkv:heads=1,rank=max", &p, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "rank=max") && strstr(e.msg, "heads=0"), "%s", e.msg);
 	T_EQ_INT(kv_policy_parse("kvzip:heads=1", &p, &e), KVS_OK);
 	T_CHECK(kv_policy_floor(&p) < 0, "uniform by default");
 }
