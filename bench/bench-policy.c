@@ -41,6 +41,7 @@ static const char *const policies[] = {
 	"h2o:heads=1",
 	"snapkv",
 	"snapkv:heads=1",
+	"snapkv:rank=max,carry=1,pos=compact",
 	"snapkv:heads=1,spread=3,store=heads",
 	"snapkv:heads=1,alloc=adaptive,spread=3,store=heads",
 	"kvzip",
