@@ -140,8 +140,9 @@ static double run(const char *model, const char *policy, uint32_t budget, uint32
 	}
 	struct kv_stats st;
 	kv_cache_stats(gen_kv(g), &st);
-	/* per-head keep-sets: each head keeps at most the budget, the union more */
-	uint32_t kept = st.n_head_sets ? st.heads_load : st.n_cached;
+	/* per-head keep-sets: the kept entries within the budget's (a head may
+	 * keep more with alloc=adaptive, the union more at spread > 1) */
+	uint32_t kept = st.n_head_sets ? (uint32_t)(st.bytes_entries / st.bytes_per_token) : st.n_cached;
 	if (!full && (kept > budget || st.bytes > (uint64_t)budget * st.bytes_per_token)) {
 		err_set(&e, KVS_ESTATE, "%s kept %u tokens over its budget of %u", policy, kept, budget);
 		goto fail;
