@@ -302,21 +302,14 @@ static void heads_cut(struct kv_cache *c, struct kv_select *s, uint32_t kept_pin
 	free(r);
 }
 
-int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinned, struct err *e)
+/* Each head's target, (n_layer * n_head_kv), allocated: per_head less the
+ * pinned tokens it keeps, or with alloc=adaptive a share of its layer's
+ * sum of those by the heads' scores (kv_alloc.c). */
+static uint32_t *heads_targets(struct kv_cache *c, const struct kv_select *s, const bool *is_cand,
+                               uint32_t per_head)
 {
-	uint32_t h = heads_n(c), n = s->n;
-	size_t cap = n ? n : 1;
-	uint32_t *sub = xmallocarray(cap, sizeof *sub);  /* (n) a head's candidates */
-	uint32_t *map = xmallocarray(cap, sizeof *map);  /* (n) their index in s */
-	uint32_t *sb = xmallocarray(cap, sizeof *sb);    /* (n) their spans */
-	uint32_t *se = xmallocarray(cap, sizeof *se);    /* (n) */
-	uint8_t *keep = xmallocarray(cap, sizeof *keep); /* (n) a head's choices */
-	bool *is_cand = xcalloc(c->n ? c->n : 1, sizeof *is_cand);
-	for (uint32_t i = 0; i < n; i++)
-		is_cand[s->cand[i]] = true;
-	uint32_t per_head = s->budget - s->m; /* each head keeps at most this (uniform) */
-	uint32_t cap_union = kv_slot_cap(c);
-	uint32_t *target = xmallocarray(h, sizeof *target); /* (n_layer, n_head_kv) */
+	uint32_t h = heads_n(c);
+	uint32_t *target = xmallocarray(h, sizeof *target);
 	for (uint32_t r = 0; r < h; r++) {
 		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
 		uint32_t pinned = 0;
@@ -331,6 +324,24 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 		kv_alloc_targets(c, s, floor_share, unif, target);
 		free(unif);
 	}
+	return target;
+}
+
+int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinned, struct err *e)
+{
+	uint32_t h = heads_n(c), n = s->n;
+	size_t cap = n ? n : 1;
+	uint32_t *sub = xmallocarray(cap, sizeof *sub);  /* (n) a head's candidates */
+	uint32_t *map = xmallocarray(cap, sizeof *map);  /* (n) their index in s */
+	uint32_t *sb = xmallocarray(cap, sizeof *sb);    /* (n) their spans */
+	uint32_t *se = xmallocarray(cap, sizeof *se);    /* (n) */
+	uint8_t *keep = xmallocarray(cap, sizeof *keep); /* (n) a head's choices */
+	bool *is_cand = xcalloc(c->n ? c->n : 1, sizeof *is_cand);
+	for (uint32_t i = 0; i < n; i++)
+		is_cand[s->cand[i]] = true;
+	uint32_t per_head = s->budget - s->m; /* each head keeps at most this (uniform) */
+	uint32_t cap_union = kv_slot_cap(c);
+	uint32_t *target = heads_targets(c, s, is_cand, per_head); /* (n_layer, n_head_kv) */
 	/* spread 1: the union is cut to what one head may keep, so each head
 	 * keeps afterwards every token of the union it kept before (nothing it
 	 * gives up would save a byte) */
