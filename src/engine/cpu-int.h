@@ -65,7 +65,7 @@ struct cpu {
 	uint32_t n_rows;      /* rows per layer: n_ctx without a map */
 	uint32_t *vrow;       /* (n_layer, n_head_kv, vis_cap) each head's cell of each sorted
 	                       * visible slot (vslot), or NULL without a map */
-	float *rcs;         /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
+	float *rcs;           /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
 
 	/* scratch for one ubatch */
 	uint32_t cap;        /* tokens */

@@ -97,7 +97,7 @@ void kv_alloc_targets(const struct kv_cache *c, const struct kv_select *s, float
 	if (!isnan(sk) && sk > 0)
 		sinks = (uint32_t)sk;
 	size_t cap = (size_t)nh * (s->n ? s->n : 1);
-	struct alloc_entry *ent = xmallocarray(cap, sizeof *ent);  /* (n_head_kv, n) by head */
+	struct alloc_entry *ent = xmallocarray(cap, sizeof *ent);   /* (n_head_kv, n) by head */
 	struct alloc_entry *rest = xmallocarray(cap, sizeof *rest); /* entries past the floors */
 	uint32_t *cnt = xmallocarray(nh, sizeof *cnt);              /* (n_head_kv) entries */
 	for (uint32_t l = 0; l < c->hp->n_layer; l++) {

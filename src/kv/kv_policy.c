@@ -205,7 +205,8 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	  "what a re-read reads: the tokens fed since the last one (new: each token once, its "
 	  "score from its own turn's re-read) or every cached token against the whole cache, "
 	  "scores replaced (all: the paper's rule, a prefill of the cache per turn)" },
-	{ "alloc", 0, 0, 1, policy_allocs, true, POLICY_ALLOC_HELP " (paper: one threshold over every layer)" },
+	{ "alloc", 0, 0, 1, policy_allocs, true,
+	  POLICY_ALLOC_HELP " (paper: one threshold over every layer)" },
 	{ "floor", 0.2f, 0, 1, NULL, false, POLICY_FLOOR_HELP },
 };
 

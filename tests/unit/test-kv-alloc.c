@@ -224,8 +224,8 @@ static void test_dialogue(const struct model *m, const char *spec, uint32_t turn
 		/* the KV view's "the fullest keeps": the fullest head itself */
 		if (st.heads_load != fullest) {
 			bad++;
-			T_CHECK(false, "%s turn %u: stats say the fullest head keeps %u, the masks %u", spec,
-			        t, st.heads_load, fullest);
+			T_CHECK(false, "%s turn %u: stats say the fullest head keeps %u, the masks %u", spec, t,
+			        st.heads_load, fullest);
 		}
 		uint64_t cap = (uint64_t)budget * st.bytes_per_token;
 		if (worst > (uint64_t)budget * nkv || st.bytes_entries > cap || (store && st.bytes > cap)) {
