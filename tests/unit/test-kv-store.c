@@ -23,8 +23,8 @@
  *     they were (from the zero rows of the heads that dropped a token), and
  *     the next turns give bit for bit the logits the original cache gives;
  *   - the same with adaptive head budgets (alloc=adaptive), where a head
- *     holds more entries than its layer's rows, in cells another head of
- *     the layer left;
+ *     holds more entries than the budget, in cells of its layer's shared
+ *     pool (any head takes any free cell of its layer);
  *   - one line for what cannot run: store=heads on an engine made with a
  *     row per slot, a budget over the store's rows, sparse attention over
  *     the store, a bad row map handed to the engine.
@@ -380,7 +380,7 @@ int main(void)
 	test_resume(m, "kvzip:heads=1,store=heads,spread=2", 40);
 	test_resume(m, "h2o:heads=1,store=heads,spread=2", 40);
 	test_same(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 100, true);
-	/* adaptive head budgets: a head may hold more entries than the rows */
+	/* adaptive head budgets: a head may hold more entries than the budget */
 	test_keep_all(m, "snapkv:heads=1,alloc=adaptive,store=heads,spread=2");
 	test_same(m, "snapkv:heads=1,alloc=adaptive,spread=3", 150, true);
 	test_same(m, "kvzip:heads=1,alloc=adaptive,spread=2,span=off", 100, false);
