@@ -18,8 +18,10 @@
  *     (kv_cache_check, which also checks every head's selection for a
  *     split span at each eviction), and the heads do keep different
  *     numbers: some head keeps more than the budget (uniform budgets never
- *     let one), so a layer's shared cells are what holds it; the stats'
- *     fullest head (the KV view's line) is the fullest recounted.
+ *     let one), so a layer's shared cells are what holds it, and with a
+ *     small scratch a head holds more entries than the store's rows per
+ *     layer; the stats' fullest head (the KV view's line) is the fullest
+ *     recounted.
  *
  * test-kv-store.c runs the same policies under the slot store and the
  * per-head store in lockstep (the same logits and sets, bit for bit) and
@@ -175,8 +177,10 @@ static struct kv_cache *mk_cache(const struct model *m, const char *spec, uint32
 }
 
 /* Random turns: a prompt of 4..23 tokens and a reply of 1..6 fed one at a
- * time; the checks above at every turn. */
-static void test_dialogue(const struct model *m, const char *spec, uint32_t turns)
+ * time; the checks above at every turn. Returns the most entries one head
+ * held over the per-head store's rows per layer (0 when never, or on the
+ * slot store). */
+static uint32_t test_dialogue(const struct model *m, const char *spec, uint32_t turns)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t budget = 40, nkv = hp->n_head_kv, most = 0, bad = 0;
@@ -239,8 +243,10 @@ static void test_dialogue(const struct model *m, const char *spec, uint32_t turn
 	}
 	T_CHECK(most > budget, "%s: no head ever kept more than the budget %u (most %u)", spec, budget,
 	        most);
+	uint32_t rows = store ? engine_kv_rows(eng) : 0;
 	kv_cache_free(kv);
 	engine_free(eng);
+	return store && most > rows ? most - rows : 0;
 }
 
 int main(void)
@@ -259,6 +265,11 @@ int main(void)
 	test_dialogue(m, "kvzip:heads=1,alloc=adaptive,spread=3,store=heads", 200);
 	test_dialogue(m, "kvzip:heads=1,alloc=adaptive,floor=0,spread=2,store=heads,span=off", 200);
 	test_dialogue(m, "kvzip:heads=1,alloc=adaptive,reread=all,chunk=16,spread=2,store=heads", 150);
+	/* a small scratch (8 rows): a head holds more entries than the rows of
+	 * a layer, in cells its layer's other head left */
+	T_CHECK(test_dialogue(m, "snapkv:heads=1,alloc=adaptive,window=8,spread=3,store=heads", 200) >
+	                0,
+	        "no head ever held more entries than the per-head store's rows");
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-alloc");

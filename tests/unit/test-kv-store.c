@@ -385,6 +385,8 @@ int main(void)
 	test_same(m, "snapkv:heads=1,alloc=adaptive,spread=3", 150, true);
 	test_same(m, "kvzip:heads=1,alloc=adaptive,spread=2,span=off", 100, false);
 	test_resume(m, "kvzip:heads=1,alloc=adaptive,store=heads,spread=3", 40);
+	/* a small scratch: heads hold more entries than the rows (test-kv-alloc.c) */
+	test_same(m, "snapkv:heads=1,alloc=adaptive,window=8,spread=3", 150, true);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-store");
