@@ -3,6 +3,7 @@
  * tokens.
  *
  *   make bench/bench-policy && bench/bench-policy [MODEL] [TURNS] [BUDGETS...]
+ *   BENCH_POLICIES="kvzip snapkv:heads=1" bench/bench-policy ...  (window and those only)
  *
  * For each budget (default 1024 and 4096 tokens) and each evicting policy
  * (spans on, the default), the cache is filled to the budget with text
@@ -32,11 +33,39 @@
 #define MAX_TURNS 64
 
 static const char *const policies[] = {
-	"window", "streaming",     "lminfinite",       "sirllm",
-	"h2o",    "h2o:heads=1",   "snapkv",           "snapkv:heads=1",
-	"kvzip",  "kvzip:heads=1", "kvzip:reread=all", "full"
+	"window",
+	"streaming",
+	"lminfinite",
+	"sirllm",
+	"h2o",
+	"h2o:heads=1",
+	"snapkv",
+	"snapkv:heads=1",
+	"snapkv:rank=max,carry=1,pos=compact",
+	"snapkv:heads=1,spread=3,store=heads",
+	"snapkv:heads=1,alloc=adaptive,spread=3,store=heads",
+	"kvzip",
+	"kvzip:heads=1",
+	"kvzip:heads=1,spread=3,store=heads",
+	"kvzip:heads=1,alloc=adaptive,spread=3,store=heads",
+	"kvzip:reread=all",
+	"full"
 };
 #define N_POLICIES (sizeof policies / sizeof policies[0])
+
+/* Whether policy p is to run: every one, or with BENCH_POLICIES set (names
+ * separated by spaces) window and the ones it names. */
+static bool wanted(size_t p)
+{
+	const char *only = getenv("BENCH_POLICIES");
+	size_t len = strlen(policies[p]);
+	if (p == 0 || only == NULL || *only == '\0')
+		return true;
+	for (const char *s = only; (s = strstr(s, policies[p])) != NULL; s += len)
+		if ((s == only || s[-1] == ' ') && (s[len] == ' ' || s[len] == '\0'))
+			return true;
+	return false;
+}
 
 static double cpu_ms(void)
 {
@@ -111,8 +140,9 @@ static double run(const char *model, const char *policy, uint32_t budget, uint32
 	}
 	struct kv_stats st;
 	kv_cache_stats(gen_kv(g), &st);
-	/* per-head keep-sets: each head keeps at most the budget, the union more */
-	uint32_t kept = st.n_head_sets ? st.heads_load : st.n_cached;
+	/* per-head keep-sets: the kept entries within the budget's (a head may
+	 * keep more with alloc=adaptive, the union more at spread > 1) */
+	uint32_t kept = st.n_head_sets ? (uint32_t)(st.bytes_entries / st.bytes_per_token) : st.n_cached;
 	if (!full && (kept > budget || st.bytes > (uint64_t)budget * st.bytes_per_token)) {
 		err_set(&e, KVS_ESTATE, "%s kept %u tokens over its budget of %u", policy, kept, budget);
 		goto fail;
@@ -154,6 +184,8 @@ int main(int argc, char **argv)
 	for (uint32_t b = 0; b < n_budgets; b++) {
 		double base = 0;
 		for (size_t p = 0; p < N_POLICIES; p++) {
+			if (!wanted(p))
+				continue;
 			double ms = run(model, policies[p], budgets[b], turns);
 			if (p == 0)
 				base = ms;

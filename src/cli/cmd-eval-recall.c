@@ -31,7 +31,10 @@
  * chat would (session-cold.c: the scorer --recall, the budget
  * --recall-budget); each conversation is an epoch of its own, so a sample
  * recalls only from its own dialogue. "held" is then counted after the
- * question's recall: a fact brought back is held.
+ * question's recall: a fact brought back is held. With per-head keep-sets
+ * a token is held when some (layer, KV head) keeps it; each answer's
+ * "heads" (--json) says how many do: the mean share of the pairs keeping
+ * each of the fact's tokens (1 with one keep-set and the fact held).
  *
  * The table goes to stdout (one row per turn count and kind, and per turn
  * count over all kinds); with --json one JSON object, with every sample's
@@ -168,6 +171,10 @@ struct rc_sample {
 	char *answer;
 	enum rc_verdict verdict;
 	enum rc_held held;
+	/* the fact's tokens at the question: the mean share of (layer, KV
+	 * head) pairs keeping each (0 for one not held; with one keep-set the
+	 * share held) */
+	double heads;
 };
 
 /* Token ids of one message of role ("user", "assistant") with content;
@@ -323,6 +330,25 @@ static bool rc_partial(struct gen *g, const char *value, const char *word, struc
 }
 
 /* One conversation: its fact, turns fillers, the question and the reply. */
+/* The mean share of (layer, KV head) pairs that keep each token at
+ * original positions [first, last] (0 for a token not cached). */
+static double rc_heads_share(const struct kv_cache *kv, int32_t first, int32_t last)
+{
+	uint32_t nl, nkv;
+	uint8_t *map = kv_cache_head_map(kv, &nl, &nkv); /* (n_cached, n_layer, n_head_kv) or NULL */
+	size_t h = (size_t)nl * nkv;
+	double share = 0;
+	for (int32_t p = first; p <= last; p++) {
+		int32_t i = kv_cache_find(kv, p);
+		uint32_t k = 0;
+		for (size_t r = 0; i >= 0 && map != NULL && r < h; r++)
+			k += map[(size_t)i * h + r];
+		share += i < 0 ? 0 : map == NULL ? 1 : (double)k / (double)h;
+	}
+	free(map);
+	return last >= first ? share / (double)(last - first + 1) : 0;
+}
+
 static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, struct rc_sample *sm,
                          struct eval_rng *r, struct rc_cell *c, struct eval_cold *cold,
                          struct err *e)
@@ -366,6 +392,7 @@ static int rc_sample_run(struct gen *g, const struct cli_opts *o, bool raw, stru
 	uint32_t held = 0;
 	for (int32_t p = first; p <= last; p++)
 		held += kv_cache_find(gen_kv(g), p) >= 0;
+	sm->heads = rc_heads_share(gen_kv(g), first, last);
 	sm->held = held == (uint32_t)(last - first + 1) ? RC_HELD_ALL
 	        : held > 0                              ? RC_HELD_PART
 	                                                : RC_HELD_NONE;
@@ -438,8 +465,8 @@ static void rc_json(FILE *fp, const struct cli_opts *o, struct gen *g, const cha
 		eval_json_str(fp, sm[i].value);
 		fprintf(fp, ",\"answer\":");
 		eval_json_str(fp, sm[i].answer ? sm[i].answer : "");
-		fprintf(fp, ",\"verdict\":\"%s\",\"held\":\"%s\"}", rc_verdict_names[sm[i].verdict],
-		        rc_held_names[sm[i].held]);
+		fprintf(fp, ",\"verdict\":\"%s\",\"held\":\"%s\",\"heads\":%.3f}",
+		        rc_verdict_names[sm[i].verdict], rc_held_names[sm[i].held], sm[i].heads);
 	}
 	fprintf(fp, "]}\n");
 }

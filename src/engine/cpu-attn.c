@@ -88,8 +88,7 @@ void cpu_refresh_keys(struct cpu *c, const struct engine_batch *b, int ith, int 
 				size_t at = ((size_t)l * hp->n_head_kv + h) * c->cfg.n_ctx + s;
 				if (c->rows != NULL && b->head_keep != NULL && !b->head_keep[at])
 					continue; /* the per-head store: its row is another token's now */
-				uint64_t off =
-				        ((uint64_t)cpu_row(c, l, h, s) * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+				uint64_t off = cpu_cell_off(c, l, h, s);
 				if (c->kv_es == 2)
 					c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
 				else
@@ -166,8 +165,7 @@ void cpu_gather_kv(struct cpu *c, uint32_t l, uint32_t h0, uint32_t h1, int ith,
 	for (uint32_t k = lo; k < hi; k++) {
 		uint32_t s = c->vslot[k];
 		for (uint32_t h = h0; h < h1; h++) {
-			uint64_t off =
-			        ((uint64_t)cpu_row(c, l, h, s) * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+			uint64_t off = cpu_cell_off(c, l, h, s);
 			float *vdst = c->vf + ((size_t)h * vc + k) * hd;
 			if (c->kv_es == 2) {
 				c->ops->f16_to_f32((const uint16_t *)(c->kr[l] + off), kbuf, hd);
@@ -189,7 +187,7 @@ static void cpu_raw_key(const struct cpu *c, uint32_t l, uint32_t s, uint32_t kv
                         float *kb)
 {
 	uint32_t hd = c->hp.head_dim;
-	uint64_t off = ((uint64_t)cpu_row(c, l, kvh, s) * c->kv_row + (uint64_t)kvh * hd) * c->kv_es;
+	uint64_t off = cpu_cell_off(c, l, kvh, s);
 	if (c->kv_es == 2)
 		c->ops->f16_to_f32((const uint16_t *)(c->kc[l] + off), kb, hd);
 	else
@@ -390,9 +388,9 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		cpu_round16(c, qr, nq * hd);
 		q = qr;
 	}
-	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+	uint64_t head_off = cpu_vbase(c, kvh);
 	if (direct)
-		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, (int64_t)c->kv_row,
+		c->ops->att_scores_rows(q, (int)nq, (int)hd, c->kr[l] + head_off, cpu_vstride(c),
 		                        c->kv_es == 2, cpu_vrows(c, l, kvh), m, hp->attn_scale, sc, vc);
 	else
 		c->ops->att_scores(q, (int)nq, (int)hd, c->krot + (size_t)kvh * hd * vc, vc, m,
@@ -472,7 +470,7 @@ static void cpu_attend(struct cpu_job *jb, uint32_t l, uint32_t i, uint32_t h0, 
 		}
 	}
 	if (direct)
-		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, c->kv_es == 2,
+		c->ops->att_pv_rows(sc, (int)nq, vc, c->vc[l] + head_off, cpu_vstride(c), c->kv_es == 2,
 		                    cpu_vrows(c, l, kvh), m, (int)hd, out);
 	else
 		c->ops->att_pv(sc, (int)nq, vc, c->vf + (size_t)kvh * vc * hd, m, (int)hd, out);
@@ -501,12 +499,12 @@ static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32
                            struct cpu_fa *f)
 {
 	uint32_t hd = c->hp.head_dim;
-	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
+	uint64_t head_off = cpu_vbase(c, kvh);
 	bool half = c->kv_es == 2;
 	const uint32_t *rows = cpu_vrows(c, l, kvh) + k0;
-	c->ops->kv_rows_f32(c->kr[l] + head_off, (int64_t)c->kv_row, half, rows, mt, (int)hd, true,
+	c->ops->kv_rows_f32(c->kr[l] + head_off, cpu_vstride(c), half, rows, mt, (int)hd, true,
 	                    f->kt, CPU_FA_TILE);
-	c->ops->kv_rows_f32(c->vc[l] + head_off, (int64_t)c->kv_row, half, rows, mt, (int)hd, false,
+	c->ops->kv_rows_f32(c->vc[l] + head_off, cpu_vstride(c), half, rows, mt, (int)hd, false,
 	                    f->v, hd);
 }
 
@@ -650,15 +648,15 @@ static void cpu_split_run(const struct cpu *c, uint32_t l, const float *q, uint3
 	for (uint32_t h0 = 0; h0 < hp->n_head; h0 += nq) {
 		/* query heads [h0, h0 + nq) share KV head h0 / grp */
 		nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - h0 % grp);
-		uint64_t head_off = (uint64_t)(h0 / grp) * hd * c->kv_es;
+		uint64_t head_off = cpu_vbase(c, h0 / grp);
 		float *s = sc + (size_t)h0 * vc + (k - k0);
 		if (!pv) {
 			c->ops->att_scores_rows(q + (size_t)h0 * hd, (int)nq, (int)hd, c->kr[l] + head_off,
-			                        (int64_t)c->kv_row, half, cpu_vrows(c, l, h0 / grp) + k, rm,
+			                        cpu_vstride(c), half, cpu_vrows(c, l, h0 / grp) + k, rm,
 			                        hp->attn_scale, s, vc);
 			continue;
 		}
-		c->ops->att_pv_rows(s, (int)nq, vc, c->vc[l] + head_off, (int64_t)c->kv_row, half,
+		c->ops->att_pv_rows(s, (int)nq, vc, c->vc[l] + head_off, cpu_vstride(c), half,
 		                    cpu_vrows(c, l, h0 / grp) + k, rm, (int)hd, tmp);
 		for (uint32_t r = 0; r < nq; r++)
 			c->ops->axpy_f32(part + (size_t)(h0 + r) * (hd + 2) + 2, tmp + (size_t)r * hd, 1.0f,
@@ -862,7 +860,7 @@ void cpu_qkv_finish(struct cpu_job *jb, uint32_t l, uint32_t i)
 	const float *cs = (cpu_rope_hp(c, l) == hp ? c->tok_cs : c->tok_cs_swa) + (size_t)i * hp->n_rot;
 	for (uint32_t h = 0; h < hp->n_head_kv; h++) {
 		/* each head's entry in its row (the slot's own in the slot store) */
-		uint64_t off = ((uint64_t)cpu_row(c, l, h, s) * c->kv_row + (uint64_t)h * hd) * c->kv_es;
+		uint64_t off = cpu_cell_off(c, l, h, s);
 		cpu_kv_put(c, k + (size_t)h * hd, c->kc[l] + off);
 		cpu_kv_put(c, v + (size_t)h * hd, c->vc[l] + off);
 		/* k is scratch now: rotate it in place into the rotated cache */
@@ -916,14 +914,12 @@ void cpu_kv_read(void *state, uint32_t layer, uint32_t slot, uint32_t kv_head, b
 	struct cpu *c = state;
 	const uint8_t *base = value ? c->vc[layer] : c->kc[layer];
 	if (c->rows != NULL &&
-	    c->rows[((size_t)layer * c->hp.n_head_kv + kv_head) * c->cfg.n_ctx + slot] >= c->n_rows) {
+	    c->rows[((size_t)layer * c->hp.n_head_kv + kv_head) * c->cfg.n_ctx + slot] >=
+	            c->n_rows * c->hp.n_head_kv) {
 		memset(out, 0, c->hp.head_dim * sizeof(float)); /* the head keeps no entry */
 		return;
 	}
-	const uint8_t *p = base +
-	        ((uint64_t)cpu_row(c, layer, kv_head, slot) * c->kv_row +
-	         (uint64_t)kv_head * c->hp.head_dim) *
-	                c->kv_es;
+	const uint8_t *p = base + cpu_cell_off(c, layer, kv_head, slot);
 	if (c->kv_es == 2)
 		for (uint32_t d = 0; d < c->hp.head_dim; d++)
 			out[d] = dtype_f16_to_f32(((const uint16_t *)p)[d]);

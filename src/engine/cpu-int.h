@@ -59,12 +59,13 @@ struct cpu {
 	uint8_t **kr;       /* (n_layer) -> (n_ctx, n_head_kv, head_dim) rotated keys */
 	int32_t *kr_pos;    /* (n_ctx) position kr holds each slot rotated to, or -1 */
 	/* the per-head store (cpu-rows.c): kc, vc and kr hold n_rows rows, and
-	 * a (layer, KV head)'s entry of slot s sits in row rows[(l, h, s)] */
+	 * a (layer, KV head)'s entry of slot s sits in cell rows[(l, h, s)] of
+	 * the layer (row x n_head_kv + column: the layer's heads share them) */
 	const uint32_t *rows; /* (n_layer, n_head_kv, n_ctx) the engine's map, or NULL: row = slot */
-	uint32_t n_rows;      /* rows per (layer, KV head): n_ctx without a map */
-	uint32_t *vrow;       /* (n_layer, n_head_kv, vis_cap) each head's row of each sorted
+	uint32_t n_rows;      /* rows per layer: n_ctx without a map */
+	uint32_t *vrow;       /* (n_layer, n_head_kv, vis_cap) each head's cell of each sorted
 	                       * visible slot (vslot), or NULL without a map */
-	float *rcs;         /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
+	float *rcs;           /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
 
 	/* scratch for one ubatch */
 	uint32_t cap;        /* tokens */
@@ -209,22 +210,45 @@ struct cpu_job {
 	int rc;
 };
 
-/* The row that holds layer l, KV head h's entry of slot s: s in the slot
- * store; the map's row in the per-head store, or row 0 where the head
- * keeps none (read only with weight exactly 0: a dropped key). */
-static inline uint32_t cpu_row(const struct cpu *c, uint32_t l, uint32_t h, uint32_t s)
+/* The cell, one head_dim vector of layer l's (n_rows, n_head_kv,
+ * head_dim) arrays, that holds KV head h's entry of slot s: s x n_head_kv +
+ * h in the slot store; the map's cell in the per-head store, or cell 0
+ * where the head keeps none (read only with weight exactly 0: a dropped
+ * key). */
+static inline uint32_t cpu_cell(const struct cpu *c, uint32_t l, uint32_t h, uint32_t s)
 {
 	if (c->rows == NULL)
-		return s;
+		return s * c->hp.n_head_kv + h;
 	uint32_t r = c->rows[((size_t)l * c->hp.n_head_kv + h) * c->cfg.n_ctx + s];
-	return r < c->n_rows ? r : 0;
+	return r < c->n_rows * c->hp.n_head_kv ? r : 0;
 }
 
-/* The rows of layer l, KV head h's entries of the sorted visible slots,
- * (vis_cap): vslot itself in the slot store. */
+/* Byte offset of that entry in kc[l], vc[l] or kr[l]. */
+static inline uint64_t cpu_cell_off(const struct cpu *c, uint32_t l, uint32_t h, uint32_t s)
+{
+	return (uint64_t)cpu_cell(c, l, h, s) * c->hp.head_dim * c->kv_es;
+}
+
+/* The list of layer l, KV head h's entries of the sorted visible slots,
+ * (vis_cap), for the row kernels, which read entry k at base +
+ * list[k] x cpu_vstride elements: vslot itself in the slot store (base at
+ * the head's column, stride a row), the cells in the per-head store (base
+ * at the layer's start, stride a cell). */
 static inline const uint32_t *cpu_vrows(const struct cpu *c, uint32_t l, uint32_t h)
 {
 	return c->rows ? c->vrow + ((size_t)l * c->hp.n_head_kv + h) * c->vis_cap : c->vslot;
+}
+
+/* Elements between consecutive list entries of cpu_vrows. */
+static inline int64_t cpu_vstride(const struct cpu *c)
+{
+	return c->rows ? (int64_t)c->hp.head_dim : (int64_t)c->kv_row;
+}
+
+/* Byte offset of KV head h's base for the row kernels. */
+static inline uint64_t cpu_vbase(const struct cpu *c, uint32_t h)
+{
+	return c->rows ? 0 : (uint64_t)h * c->hp.head_dim * c->kv_es;
 }
 
 /* cpu-rows.c: fill vrow from vslot (after cpu_sort_visible) */

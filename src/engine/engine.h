@@ -68,9 +68,9 @@ struct engine_config {
 	                            * e.g. on a busy machine) */
 	uint32_t n_ctx; /* KV cache slots; 0 = min(n_ctx_train, 4096) */
 	/* 0: a row per slot (the slot store); N > 0 (ENGINE_CAP_HEAD_ROWS):
-	 * the per-head store, min(N, n_ctx) rows per (layer, KV head), each
-	 * head keeping its entries in rows of its own as the row map
-	 * (engine_kv_row_map) says */
+	 * the per-head store, min(N, n_ctx) rows per layer, whose n_head_kv
+	 * cells each its KV heads share, each head keeping its entries in
+	 * cells of its own as the map (engine_kv_row_map) says */
 	uint32_t n_rows;
 	enum engine_kv_type kv_type;
 	enum engine_isa isa; /* CPU kernels; AUTO unless testing */
@@ -426,21 +426,23 @@ int engine_kv_read(const struct engine *eng, uint32_t layer, uint32_t slot, uint
                    bool value, bool rotated, float *out, struct err *e);
 /* ---- the per-head store (engine_config.n_rows > 0) ----
  *
- * Each (layer, KV head) holds its K/V in n_rows rows of its own, and a map
- * by slot says which row holds that head's entry of the slot's token:
- * ENGINE_ROW_NONE where the head keeps no entry (it dropped the token, or
- * the slot is empty). A forward checks that every visible slot a head
- * keeps (engine_batch.head_keep; NULL: every head keeps every slot) has a
- * row of its own, distinct from the other visible slots' rows of that
- * head; a key the head dropped is never read for its value (its weight is
- * exactly 0). Writes of a batch's K/V, engine_kv_read, _save and _load
+ * Each layer holds its K/V in n_rows rows of n_head_kv cells (a cell: one
+ * head's head_dim vector, row x n_head_kv + column), which its KV heads
+ * share: a head may hold more entries than n_rows where another holds
+ * fewer. A map by (layer, KV head, slot) says which cell of the layer holds
+ * that head's entry of the slot's token: ENGINE_ROW_NONE where the head
+ * keeps no entry (it dropped the token, or the slot is empty). A forward
+ * checks that every visible slot a head keeps (engine_batch.head_keep;
+ * NULL: every head keeps every slot) has a cell of its own, distinct from
+ * every other visible entry's cell in the layer; a key the head dropped is
+ * never read for its value (its weight is exactly 0). Writes of a batch's K/V, engine_kv_read, _save and _load
  * go through the map: a save gives zeros for a head without a row, a load
  * skips it. Sparse attention (quest, hip, squeezed) is refused over a row
  * map: its page bounds and lists are by slot. */
 #define ENGINE_ROW_NONE UINT32_MAX
 /* K/V rows per (layer, KV head): n_ctx for the slot store. */
 uint32_t engine_kv_rows(const struct engine *eng);
-/* The slot-to-row map, (n_layer, n_head_kv, n_ctx) by slot, every entry
+/* The slot-to-cell map, (n_layer, n_head_kv, n_ctx) by slot, every entry
  * ENGINE_ROW_NONE at creation: the caller (the kv layer) keeps it; lent
  * until engine_free. NULL for the slot store (row = slot). */
 uint32_t *engine_kv_row_map(const struct engine *eng);

@@ -84,8 +84,8 @@ struct kv_cache {
 	                   * slot's token; NULL: one keep-set for every head */
 	bool heads_over;  /* a restore left heads over the budget: cut at the next eviction */
 	/* the per-head store (kv_store.c), while the engine has a row map */
-	uint32_t *rfree;   /* (n_layer, n_head_kv, n_rows) each head's stack of free rows */
-	uint32_t *n_rfree; /* (n_layer, n_head_kv) free rows of each head */
+	uint32_t *rfree;   /* (n_layer, n_rows x n_head_kv) each layer's stack of free cells */
+	uint32_t *n_rfree; /* (n_layer) free cells of each layer */
 	uint8_t *sheld;    /* (n_ctx) a sync's scratch: 1 = the slot is held */
 	int32_t *zip_ids; /* (n_zip_ids) KVzip's "repeat the previous context" prompt */
 	uint32_t n_zip_ids;
@@ -262,7 +262,8 @@ bool kv_heads_on(const struct kv_cache *c);
 void kv_heads_reset(struct kv_cache *c);
 /* Mark the m slots kept by every head (tokens that arrive, a scratch). */
 void kv_heads_take(struct kv_cache *c, const uint32_t *slots, uint32_t m);
-/* The most cached tokens one head keeps (c->n with one keep-set). */
+/* The most cached tokens one head keeps (c->n with one keep-set; with
+ * alloc=adaptive the fullest layer's mean head, rounded up). */
 uint32_t kv_heads_load(const struct kv_cache *c);
 /* The tokens the cache may hold (the union): the budget with one keep-set;
  * with per-head ones, the engine's slots less the policy's scratch (at
@@ -290,6 +291,12 @@ uint64_t kv_heads_count(struct kv_cache *c);
  * fewest heads keep, whole spans); KVS_ESTATE naming a head whose
  * selection split a span. */
 int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinned, struct err *e);
+/* alloc=adaptive (kv_alloc.c): fill target, (n_layer * n_head_kv), the
+ * candidates of s each head may keep, a layer's heads sharing the sum of
+ * their uniform targets unif by one ranking of their scores, each first
+ * keeping floor_share x its own. */
+void kv_alloc_targets(const struct kv_cache *c, const struct kv_select *s, float floor_share,
+                      const uint32_t *unif, uint32_t *target);
 /* kv_cache_check's part for per-head keep-sets. */
 int kv_heads_check(const struct kv_cache *c, struct err *e);
 /* Add the attention a forward's queries gave the cached and new tokens to
@@ -351,6 +358,9 @@ uint32_t kv_policy_reread(const struct kv_policy *p);
 /* What a vote's or re-read's earlier scores keep at the next one (snapkv,
  * kvzip: the carry parameter; 0: the paper's rule, and for other policies). */
 float kv_policy_carry(const struct kv_policy *p);
+/* alloc=adaptive's floor, the share of the uniform per-head budget each
+ * head keeps first (kv_alloc.c); -1 with uniform head budgets or one set. */
+float kv_policy_floor(const struct kv_policy *p);
 
 /* ---- votes (kv_vote.c) ---- */
 

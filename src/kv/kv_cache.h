@@ -124,7 +124,7 @@ struct kv_tok {
 
 /* ---- retention policies (kv_policy.c) ---- */
 
-#define KV_POLICY_MAX_PARAMS 8
+#define KV_POLICY_MAX_PARAMS 12
 
 /* How positions are assigned to kept and new tokens. */
 enum kv_pos_mode {
@@ -311,8 +311,10 @@ struct kv_stats {
 	uint64_t keys_read, keys_dense;
 	struct kv_sparse_stats sp;
 	/* Per-head keep-sets: the most tokens one (layer, KV head) keeps (at
-	 * most the budget; n_cached with one keep-set); kv_tok.n_heads says
-	 * how many heads keep a token. */
+	 * most the budget with uniform head budgets, possibly more with
+	 * alloc=adaptive, where a layer's heads share budget x n_head_kv;
+	 * n_cached with one keep-set); kv_tok.n_heads says how many heads keep
+	 * a token. */
 	uint32_t heads_load;
 	uint32_t n_head_sets; /* keep-sets: n_layer x n_head_kv per head, 0 with one */
 	/* KVzip re-reads since the last clear, and the tokens they ran */

@@ -19,6 +19,11 @@
  *     each head to budget - m (less the pinned tokens it keeps). Tokens that
  *     arrive are kept by every head; a head never gets back a token it
  *     dropped (its selection runs over the candidates it still keeps).
+ *     With alloc=adaptive (kv_alloc.c) the budget bounds each layer
+ *     instead: its heads keep at most budget x n_head_kv entries together,
+ *     shared by their scores, so one head may keep more than the budget;
+ *     the load that decides an eviction (kv_heads_load) is then the
+ *     fullest layer's mean head.
  *   - Bytes are what the engine holds: it stores K/V per slot for every
  *     head, so the cached tokens (the union) cost bytes_per_token each,
  *     kv_stats.bytes, and the union is at most kv_slot_cap = spread x
@@ -99,16 +104,31 @@ void kv_heads_take(struct kv_cache *c, const uint32_t *slots, uint32_t m)
 	}
 }
 
+/* The tokens head r keeps. */
+static uint32_t heads_kept(const struct kv_cache *c, uint32_t r)
+{
+	const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < c->n; i++)
+		k += row[c->toks[i].slot];
+	return k;
+}
+
 uint32_t kv_heads_load(const struct kv_cache *c)
 {
 	if (!kv_heads_on(c))
 		return c->n;
-	uint32_t h = heads_n(c), most = 0;
-	for (uint32_t r = 0; r < h; r++) {
-		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
-		uint32_t k = 0;
-		for (uint32_t i = 0; i < c->n; i++)
-			k += row[c->toks[i].slot];
+	uint32_t h = heads_n(c), nh = c->hp->n_head_kv, most = 0;
+	bool adaptive = kv_policy_floor(&c->cfg.policy) >= 0;
+	/* adaptive budgets: a layer's heads share its budget, so what counts is
+	 * the layer's mean head, rounded up */
+	for (uint32_t r = 0; r < h; r += adaptive ? nh : 1) {
+		uint32_t k = heads_kept(c, r);
+		if (adaptive) {
+			for (uint32_t g = 1; g < nh; g++)
+				k += heads_kept(c, r + g);
+			k = (k + nh - 1) / nh;
+		}
 		most = KVS_MAX(most, k);
 	}
 	return most;
@@ -172,7 +192,12 @@ void kv_heads_stats(const struct kv_cache *c, struct kv_stats *s)
 {
 	s->bytes = kv_bytes(c);
 	s->bytes_entries = kv_bytes_entries(c);
-	s->heads_load = kv_heads_load(c);
+	/* the fullest head itself (with adaptive budgets it may pass the
+	 * budget; kv_heads_load is then a layer's mean) */
+	uint32_t most = 0;
+	for (uint32_t r = 0; kv_heads_on(c) && r < heads_n(c); r++)
+		most = KVS_MAX(most, heads_kept(c, r));
+	s->heads_load = kv_heads_on(c) ? most : c->n;
 	s->n_head_sets = kv_heads_on(c) ? heads_n(c) : 0;
 	s->n_zip_reads = c->n_zip_reads;
 	s->n_zip_tokens = c->n_zip_tokens;
@@ -277,6 +302,31 @@ static void heads_cut(struct kv_cache *c, struct kv_select *s, uint32_t kept_pin
 	free(r);
 }
 
+/* Each head's target, (n_layer * n_head_kv), allocated: per_head less the
+ * pinned tokens it keeps, or with alloc=adaptive a share of its layer's
+ * sum of those by the heads' scores (kv_alloc.c). */
+static uint32_t *heads_targets(struct kv_cache *c, const struct kv_select *s, const bool *is_cand,
+                               uint32_t per_head)
+{
+	uint32_t h = heads_n(c);
+	uint32_t *target = xmallocarray(h, sizeof *target);
+	for (uint32_t r = 0; r < h; r++) {
+		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
+		uint32_t pinned = 0;
+		for (uint32_t i = 0; i < c->n; i++)
+			pinned += !is_cand[i] && row[c->toks[i].slot];
+		target[r] = per_head > pinned ? per_head - pinned : 0;
+	}
+	float floor_share = kv_policy_floor(&c->cfg.policy);
+	if (floor_share >= 0) {
+		uint32_t *unif = xmallocarray(h, sizeof *unif);
+		memcpy(unif, target, h * sizeof *unif);
+		kv_alloc_targets(c, s, floor_share, unif, target);
+		free(unif);
+	}
+	return target;
+}
+
 int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinned, struct err *e)
 {
 	uint32_t h = heads_n(c), n = s->n;
@@ -289,8 +339,9 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 	bool *is_cand = xcalloc(c->n ? c->n : 1, sizeof *is_cand);
 	for (uint32_t i = 0; i < n; i++)
 		is_cand[s->cand[i]] = true;
-	uint32_t per_head = s->budget - s->m; /* each head keeps at most this */
+	uint32_t per_head = s->budget - s->m; /* each head keeps at most this (uniform) */
 	uint32_t cap_union = kv_slot_cap(c);
+	uint32_t *target = heads_targets(c, s, is_cand, per_head); /* (n_layer, n_head_kv) */
 	/* spread 1: the union is cut to what one head may keep, so each head
 	 * keeps afterwards every token of the union it kept before (nothing it
 	 * gives up would save a byte) */
@@ -302,25 +353,22 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 	int rc = KVS_OK;
 	for (uint32_t r = 0; r < h && rc == KVS_OK; r++) {
 		uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
-		uint32_t pinned = 0, ns = 0;
-		for (uint32_t i = 0; i < c->n; i++)
-			pinned += !is_cand[i] && row[c->toks[i].slot];
+		uint32_t ns = 0;
 		for (uint32_t i = 0; i < n; i++)
 			if (row[c->toks[s->cand[i]].slot]) {
 				map[ns] = i;
 				sub[ns++] = s->cand[i];
 			}
-		uint32_t target = per_head > pinned ? per_head - pinned : 0;
 		struct kv_select hs = *s;
 		hs.cand = sub;
 		hs.n = ns;
-		hs.target = target;
+		hs.target = target[r];
 		hs.keep = keep;
 		hs.head1 = r + 1;
 		hs.sbeg = sb;
 		hs.send = se;
 		memset(keep, 0, cap);
-		if (ns > target) {
+		if (ns > target[r]) {
 			kv_span_find(c->span_cls, c->n_span_cls, c->toks, sub, ns,
 			             (enum kv_span_mode)c->cfg.policy.common[KV_COMMON_SPAN], sb, se);
 			kv_def(c)->select(&hs);
@@ -350,6 +398,7 @@ int kv_heads_select(struct kv_cache *c, struct kv_select *s, uint32_t kept_pinne
 				c->hkeep[(size_t)r * c->n_ctx + sl] = 1;
 		}
 	free(before);
+	free(target);
 	c->heads_over = false;
 	free(sub);
 	free(map);
@@ -370,16 +419,26 @@ int kv_heads_check(const struct kv_cache *c, struct err *e)
 		               "KV cache check: %u tokens cached with per-head keep-sets, over the %u "
 		               "slots the policy may hold",
 		               c->n, cap);
-	for (uint32_t r = 0; r < h; r++) {
-		const uint8_t *row = c->hkeep + (size_t)r * c->n_ctx;
-		uint32_t k = 0;
-		for (uint32_t i = 0; i < c->n; i++)
-			k += row[c->toks[i].slot];
+	uint32_t nh = c->hp->n_head_kv;
+	bool adaptive = kv_policy_floor(&c->cfg.policy) >= 0;
+	for (uint32_t r = 0; r < h && !adaptive; r++) {
+		uint32_t k = heads_kept(c, r);
 		if (k > c->cfg.budget && !c->heads_over)
 			return err_set(e, KVS_ESTATE,
 			               "KV cache check: layer %u KV head %u keeps %u tokens, over the "
 			               "budget of %u",
-			               r / c->hp->n_head_kv, r % c->hp->n_head_kv, k, c->cfg.budget);
+			               r / nh, r % nh, k, c->cfg.budget);
+	}
+	/* adaptive budgets: a layer's heads together within the layer's share */
+	for (uint32_t l = 0; l < c->hp->n_layer && adaptive; l++) {
+		uint64_t k = 0;
+		for (uint32_t g = 0; g < nh; g++)
+			k += heads_kept(c, l * nh + g);
+		if (k > (uint64_t)c->cfg.budget * nh && !c->heads_over)
+			return err_set(e, KVS_ESTATE,
+			               "KV cache check: layer %u's KV heads keep %llu entries, over the "
+			               "budget of %u x %u heads",
+			               l, (unsigned long long)k, c->cfg.budget, nh);
 	}
 	for (uint32_t i = 0; i < c->n; i++) {
 		uint32_t k = 0;

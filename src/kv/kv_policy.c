@@ -48,7 +48,10 @@
  * own row of acc; the cache holds the union (at most spread x budget
  * tokens) and counts bytes per kept (token, layer, KV head) entry, so the
  * bytes stay within the budget's. store=heads (kv_store.c) gives each
- * head rows of its own, so the union's spread costs no memory.
+ * head cells of its own, so the union's spread costs no memory.
+ * alloc=adaptive (snapkv, kvzip; kv_alloc.c) replaces the uniform target
+ * with Ada-KV's: a layer's heads share the sum of their targets by one
+ * ranking of their scores, each first keeping floor x its own (0.2).
  *
  * where B is the budget, m the incoming tokens and target = B - m (less the
  * pinned tokens).
@@ -74,6 +77,8 @@ static const char *const policy_sirllm_modes[] = { "paper", "compat", NULL };
 static const char *const policy_pos_modes[] = { "original", "compact", NULL };
 static const char *const policy_stores[] = { "slots", "heads", NULL };
 static const char *const policy_zip_rereads[] = { "new", "all", NULL };
+static const char *const policy_allocs[] = { "uniform", "adaptive", NULL };
+static const char *const policy_ranks[] = { "sum", "max", NULL };
 
 enum { STREAM_SINKS = 0 };
 static const struct kv_param_def policy_streaming_params[] = {
@@ -111,10 +116,17 @@ static const struct kv_param_def policy_lmi_params[] = {
 	"1: a keep-set per (layer, KV head), scored by its own attention; 0: one for all heads"
 #define POLICY_STORE_HELP                                                                   \
 	"per-head keep-sets: slots (the engine holds every head's K/V of each token some head " \
-	"keeps) or heads (each head its own rows: budget + scratch rows whatever spread is)"
+	"keeps) or heads (each head only its own entries, in budget + scratch rows per layer " \
+	"that the layer's heads share, whatever spread is)"
 #define POLICY_CARRY_HELP                                                                          \
 	"what the scores of earlier votes keep at the next one: 0 the paper's rule; > 0 they add up, " \
 	"the old ones times carry first (1: never forget, as sirllm's lambda 1)"
+#define POLICY_ALLOC_HELP                                                                       \
+	"per-head keep-sets: every (layer, KV head) keeps the same number (uniform) or a layer's "  \
+	"heads share its budget by their scores (adaptive: Ada-KV's rule, the layer's top entries " \
+	"over all its heads; use with store=heads and spread > 1)"
+#define POLICY_FLOOR_HELP \
+	"alloc=adaptive: the share of the uniform budget every head keeps first (Ada-KV: 0.2)"
 #define POLICY_SPREAD_HELP                                                                  \
 	"per-head keep-sets: the tokens some head keeps (the engine holds their K/V for every " \
 	"head) at most spread x budget; 1 keeps the held bytes within the budget's"
@@ -138,7 +150,10 @@ enum {
 	SNAP_HEADS,
 	SNAP_SPREAD,
 	SNAP_STORE,
-	SNAP_CARRY
+	SNAP_CARRY,
+	SNAP_ALLOC,
+	SNAP_FLOOR,
+	SNAP_RANK
 };
 static const struct kv_param_def policy_snapkv_params[] = {
 	{ "window", 32, 1, 1024, NULL, true,
@@ -151,9 +166,26 @@ static const struct kv_param_def policy_snapkv_params[] = {
 	{ "spread", 1, 1, 64, NULL, true, POLICY_SPREAD_HELP },
 	{ "store", 0, 0, 1, policy_stores, true, POLICY_STORE_HELP },
 	{ "carry", 0, 0, 1, NULL, false, POLICY_CARRY_HELP " (paper: each vote replaces the last)" },
+	{ "alloc", 0, 0, 1, policy_allocs, true, POLICY_ALLOC_HELP },
+	{ "floor", 0.2f, 0, 1, NULL, false, POLICY_FLOOR_HELP },
+	{ "rank", 0, 0, 1, policy_ranks, true,
+	  "one set (heads=0): a token's score, its votes summed over (layer, KV head) (sum: the "
+	  "paper's) or the most votes any one (layer, KV head) gives it (max: a token one head "
+	  "reads stays, as kvzip's one set ranks)" },
 };
 
-enum { ZIP_HEADS = 0, ZIP_SINKS, ZIP_CHUNK, ZIP_POS, ZIP_SPREAD, ZIP_STORE, ZIP_CARRY, ZIP_REREAD };
+enum {
+	ZIP_HEADS = 0,
+	ZIP_SINKS,
+	ZIP_CHUNK,
+	ZIP_POS,
+	ZIP_SPREAD,
+	ZIP_STORE,
+	ZIP_CARRY,
+	ZIP_REREAD,
+	ZIP_ALLOC,
+	ZIP_FLOOR
+};
 static const struct kv_param_def policy_kvzip_params[] = {
 	{ "heads", 0, 0, 1, NULL, true,
 	  "0: one set, each token scored by its max over (layer, KV head) (the one-set form of the "
@@ -173,6 +205,9 @@ static const struct kv_param_def policy_kvzip_params[] = {
 	  "what a re-read reads: the tokens fed since the last one (new: each token once, its "
 	  "score from its own turn's re-read) or every cached token against the whole cache, "
 	  "scores replaced (all: the paper's rule, a prefill of the cache per turn)" },
+	{ "alloc", 0, 0, 1, policy_allocs, true,
+	  POLICY_ALLOC_HELP " (paper: one threshold over every layer)" },
+	{ "floor", 0.2f, 0, 1, NULL, false, POLICY_FLOOR_HELP },
 };
 
 /* Options every policy takes, stored in kv_policy.common (kv_cache.h). */
@@ -664,6 +699,13 @@ bool kv_policy_per_head(const struct kv_policy *p)
 	return p->def && p->def->per_head && p->def->per_head(p->p);
 }
 
+float kv_policy_floor(const struct kv_policy *p)
+{
+	if (!kv_policy_per_head(p) || !(kv_policy_get(p, "alloc") >= 0.5f))
+		return -1;
+	return kv_policy_get(p, "floor");
+}
+
 float kv_policy_carry(const struct kv_policy *p)
 {
 	float carry = p->def ? kv_policy_get(p, "carry") : NAN;
@@ -802,12 +844,18 @@ int kv_policy_parse(const char *spec, struct kv_policy *out, struct err *e)
 			return rc;
 		s += len;
 	}
-	/* spread and store shape per-head keep-sets: nothing to shape in one set */
+	/* spread, store and alloc shape per-head keep-sets: nothing to shape in one set */
 	if (def->per_head && !def->per_head(p.p) &&
-	    (kv_policy_get(&p, "spread") > 1 || kv_policy_get(&p, "store") >= 0.5f))
+	    (kv_policy_get(&p, "spread") > 1 || kv_policy_get(&p, "store") >= 0.5f ||
+	     kv_policy_get(&p, "alloc") >= 0.5f))
 		return err_set(e, KVS_EARG,
-		               "policy %s: spread and store=heads shape per-(layer, KV head) keep-sets; "
-		               "expected heads=1 with them",
+		               "policy %s: spread, store=heads and alloc=adaptive shape per-(layer, KV "
+		               "head) keep-sets; expected heads=1 with them",
+		               def->name);
+	/* rank shapes one set's scores: per-head sets rank by their own rows */
+	if (def->per_head && def->per_head(p.p) && kv_policy_get(&p, "rank") >= 0.5f)
+		return err_set(e, KVS_EARG,
+		               "policy %s: rank=max ranks one keep-set; expected heads=0 with it",
 		               def->name);
 	*out = p;
 	return KVS_OK;
@@ -820,7 +868,8 @@ static bool policy_quiet(const struct kv_param_def *pd)
 {
 	return strcmp(pd->name, "heads") == 0 || strcmp(pd->name, "spread") == 0 ||
 	        strcmp(pd->name, "carry") == 0 || strcmp(pd->name, "store") == 0 ||
-	        strcmp(pd->name, "reread") == 0;
+	        strcmp(pd->name, "reread") == 0 || strcmp(pd->name, "alloc") == 0 ||
+	        strcmp(pd->name, "floor") == 0 || strcmp(pd->name, "rank") == 0;
 }
 
 char *kv_policy_format(const struct kv_policy *p, char *buf, size_t cap)

@@ -1,36 +1,40 @@
 /*
- * kv_store.c: the per-head store's rows (store=heads): which row of each
- * (layer, KV head) holds that head's entry of each cached token.
+ * kv_store.c: the per-head store's cells (store=heads): which cell of its
+ * layer holds each (layer, KV head)'s entry of each cached token.
  *
  * With the slot store a token some head keeps costs every head's bytes,
  * so per-head keep-sets that differ (spread 2) cost up to spread x the
  * budget's memory. In the per-head store the engine holds n_rows rows per
- * (layer, KV head), the budget plus the policy's fixed scratch (a vote's
- * window, a re-read's chunk and prompt), and a map by (layer, KV head,
- * slot) that this file keeps (the engine's, engine_kv_row_map): a head
- * takes a row for each token that arrives (every head keeps it) and gives
- * it back when it drops the token or the token leaves the cache. Each head
- * keeps at most budget tokens (kv_heads.c), so the bytes held never pass
- * budget x bytes_per_token and the bytes allocated are n_rows x
- * bytes_per_token, whatever spread lets the union hold.
+ * layer, the budget plus the policy's fixed scratch (a vote's window, a
+ * re-read's chunk and prompt), each row n_head_kv cells (a cell: one
+ * head's K/V vector), and a map by (layer, KV head, slot) that this file
+ * keeps (the engine's, engine_kv_row_map). A layer's KV heads share its
+ * n_rows x n_head_kv cells from one free stack: a head takes a cell for
+ * each token that arrives (every head keeps it) and gives it back when it
+ * drops the token or the token leaves the cache. Sharing is what lets the
+ * heads hold different numbers of entries (alloc=adaptive): a layer's
+ * heads together keep at most budget x n_head_kv entries (kv_heads.c,
+ * kv_alloc.c; with uniform budgets each head at most budget), so the bytes
+ * held never pass budget x bytes_per_token and the bytes allocated are
+ * n_rows x bytes_per_token, whatever spread lets the union hold.
  *
- * The rows follow hkeep lazily: kv_store_sync, before every forward (the
+ * The cells follow hkeep lazily: kv_store_sync, before every forward (the
  * batches all come from kv_batch_after_cache, and kv_cache_recompute), and
  * before raw rows are loaded (kv_cache_load_rows, a recall), frees every
- * row whose slot is no longer held or whose head dropped it, then gives a
- * row to every held slot a head keeps and has none. Between an eviction
- * and the next sync the dropped entries keep their rows (so the cold tier
- * can still save them). A row that changes hands is written whole by its
+ * cell whose slot is no longer held or whose head dropped it, then gives a
+ * cell to every held slot a head keeps and has none. Between an eviction
+ * and the next sync the dropped entries keep their cells (so the cold tier
+ * can still save them). A cell that changes hands is written whole by its
  * new token before any query reads it.
  *
  * Raw rows (engine_kv_save: snapshots, the cold tier) hold zeros for a
- * head without a row; kv_store_marks reads those zeros back as "this head
+ * head without a cell; kv_store_marks reads those zeros back as "this head
  * dropped the token", so a snapshot restored or a token recalled keeps the
  * heads' own sets instead of giving every head every token (a real key
  * and value are never all zero bits in practice).
  *
- * Invariants (kv_store_check): per head, the rows in use and the free ones
- * are each row exactly once; no two held slots share a row.
+ * Invariants (kv_store_check): per layer, the cells in use and the free
+ * ones are each cell exactly once; no two held entries share a cell.
  */
 #include "kv/kv-int.h"
 
@@ -38,31 +42,31 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Rows of hkeep and of the map: n_layer * n_head_kv. */
-static uint32_t store_heads(const struct kv_cache *c)
-{
-	return c->hp->n_layer * c->hp->n_head_kv;
-}
-
 bool kv_store_on(const struct kv_cache *c)
 {
 	return engine_kv_row_map(c->eng) != NULL;
 }
 
-/* Allocate the free-row stacks on first use: every row free, as the
+/* Cells of one layer's pool: n_rows x n_head_kv. */
+static uint32_t store_cells(const struct kv_cache *c)
+{
+	return engine_kv_rows(c->eng) * c->hp->n_head_kv;
+}
+
+/* Allocate the free-cell stacks on first use: every cell free, as the
  * engine's map starts with every entry ENGINE_ROW_NONE. */
 static void store_init(struct kv_cache *c)
 {
 	if (c->rfree != NULL)
 		return;
-	uint32_t nh = store_heads(c), nr = engine_kv_rows(c->eng);
-	c->rfree = xmallocarray((size_t)nh * nr, sizeof *c->rfree);
-	c->n_rfree = xmallocarray(nh, sizeof *c->n_rfree);
+	uint32_t nl = c->hp->n_layer, nc = store_cells(c);
+	c->rfree = xmallocarray((size_t)nl * nc, sizeof *c->rfree);
+	c->n_rfree = xmallocarray(nl, sizeof *c->n_rfree);
 	c->sheld = xmallocarray(c->n_ctx, 1);
-	for (uint32_t r = 0; r < nh; r++) {
-		for (uint32_t i = 0; i < nr; i++)
-			c->rfree[(size_t)r * nr + i] = nr - 1 - i; /* row 0 on top */
-		c->n_rfree[r] = nr;
+	for (uint32_t l = 0; l < nl; l++) {
+		for (uint32_t i = 0; i < nc; i++)
+			c->rfree[(size_t)l * nc + i] = nc - 1 - i; /* cell 0 on top */
+		c->n_rfree[l] = nc;
 	}
 }
 
@@ -78,26 +82,34 @@ void kv_store_sync(struct kv_cache *c, const uint32_t *extra, uint32_t m)
 	if (!kv_store_on(c))
 		return;
 	store_init(c);
-	uint32_t *map = engine_kv_row_map(c->eng), nh = store_heads(c), nr = engine_kv_rows(c->eng);
+	uint32_t *map = engine_kv_row_map(c->eng), nh = c->hp->n_head_kv, nc = store_cells(c);
 	memset(c->sheld, 0, c->n_ctx);
 	for (uint32_t i = 0; i < c->n; i++)
 		c->sheld[c->toks[i].slot] = 1;
 	for (uint32_t i = 0; i < m; i++)
 		c->sheld[extra[i]] = 1;
-	for (uint32_t r = 0; r < nh; r++) {
-		uint32_t *mr = map + (size_t)r * c->n_ctx, *fr = c->rfree + (size_t)r * nr;
-		const uint8_t *keep = c->hkeep ? c->hkeep + (size_t)r * c->n_ctx : NULL;
-		/* first give back what is no longer this head's, then hand out */
-		for (uint32_t s = 0; s < c->n_ctx; s++)
-			if (mr[s] != ENGINE_ROW_NONE && (!c->sheld[s] || (keep != NULL && !keep[s]))) {
-				fr[c->n_rfree[r]++] = mr[s];
-				mr[s] = ENGINE_ROW_NONE;
-			}
-		for (uint32_t s = 0; s < c->n_ctx; s++)
-			if (c->sheld[s] && mr[s] == ENGINE_ROW_NONE && (keep == NULL || keep[s]) &&
-			    c->n_rfree[r] > 0)
-				mr[s] = fr[--c->n_rfree[r]];
-		/* none left: the entry stays without a row, and the engine
+	for (uint32_t l = 0; l < c->hp->n_layer; l++) {
+		uint32_t *fr = c->rfree + (size_t)l * nc, *nf = &c->n_rfree[l];
+		/* first every head of the layer gives back what is no longer its
+		 * own, then the cells are handed out */
+		for (uint32_t g = 0; g < nh; g++) {
+			uint32_t r = l * nh + g, *mr = map + (size_t)r * c->n_ctx;
+			const uint8_t *keep = c->hkeep ? c->hkeep + (size_t)r * c->n_ctx : NULL;
+			for (uint32_t s = 0; s < c->n_ctx; s++)
+				if (mr[s] != ENGINE_ROW_NONE && (!c->sheld[s] || (keep != NULL && !keep[s]))) {
+					fr[(*nf)++] = mr[s];
+					mr[s] = ENGINE_ROW_NONE;
+				}
+		}
+		for (uint32_t g = 0; g < nh; g++) {
+			uint32_t r = l * nh + g, *mr = map + (size_t)r * c->n_ctx;
+			const uint8_t *keep = c->hkeep ? c->hkeep + (size_t)r * c->n_ctx : NULL;
+			for (uint32_t s = 0; s < c->n_ctx; s++)
+				if (c->sheld[s] && mr[s] == ENGINE_ROW_NONE && (keep == NULL || keep[s]) &&
+				    *nf > 0)
+					mr[s] = fr[--(*nf)];
+		}
+		/* none left: the entry stays without a cell, and the engine
 		 * refuses the forward naming it (kv_store_room keeps this away) */
 	}
 }
@@ -135,10 +147,10 @@ uint64_t kv_store_entries(const struct kv_cache *c)
 {
 	if (!kv_store_on(c) || c->rfree == NULL)
 		return 0;
-	uint32_t nh = store_heads(c), nr = engine_kv_rows(c->eng);
+	uint32_t nc = store_cells(c);
 	uint64_t used = 0;
-	for (uint32_t r = 0; r < nh; r++)
-		used += nr - c->n_rfree[r];
+	for (uint32_t l = 0; l < c->hp->n_layer; l++)
+		used += nc - c->n_rfree[l];
 	return used;
 }
 
@@ -147,32 +159,34 @@ int kv_store_check(const struct kv_cache *c, struct err *e)
 	if (!kv_store_on(c) || c->rfree == NULL)
 		return KVS_OK;
 	const uint32_t *map = engine_kv_row_map(c->eng);
-	uint32_t nh = store_heads(c), nr = engine_kv_rows(c->eng);
-	uint32_t *seen = xmallocarray(nr, sizeof *seen); /* (n_rows) times each row is accounted for */
+	uint32_t nh = c->hp->n_head_kv, nc = store_cells(c);
+	uint32_t *seen = xmallocarray(nc, sizeof *seen); /* (n_cells) times each cell is accounted for */
 	int rc = KVS_OK;
-	for (uint32_t r = 0; r < nh && rc == KVS_OK; r++) {
-		memset(seen, 0, nr * sizeof *seen);
-		const uint32_t *mr = map + (size_t)r * c->n_ctx, *fr = c->rfree + (size_t)r * nr;
+	for (uint32_t l = 0; l < c->hp->n_layer && rc == KVS_OK; l++) {
+		memset(seen, 0, nc * sizeof *seen);
+		const uint32_t *fr = c->rfree + (size_t)l * nc;
 		uint32_t bad = UINT32_MAX;
-		for (uint32_t i = 0; i < c->n_rfree[r]; i++)
-			if (fr[i] < nr)
+		for (uint32_t i = 0; i < c->n_rfree[l]; i++)
+			if (fr[i] < nc)
 				seen[fr[i]]++;
 			else
 				bad = fr[i];
-		for (uint32_t s = 0; s < c->n_ctx; s++)
-			if (mr[s] != ENGINE_ROW_NONE && mr[s] < nr)
-				seen[mr[s]]++;
-			else if (mr[s] != ENGINE_ROW_NONE)
-				bad = mr[s];
-		for (uint32_t i = 0; i < nr && bad == UINT32_MAX; i++)
+		for (uint32_t g = 0; g < nh; g++) {
+			const uint32_t *mr = map + ((size_t)l * nh + g) * c->n_ctx;
+			for (uint32_t s = 0; s < c->n_ctx; s++)
+				if (mr[s] != ENGINE_ROW_NONE && mr[s] < nc)
+					seen[mr[s]]++;
+				else if (mr[s] != ENGINE_ROW_NONE)
+					bad = mr[s];
+		}
+		for (uint32_t i = 0; i < nc && bad == UINT32_MAX; i++)
 			if (seen[i] != 1)
 				bad = i;
 		if (bad != UINT32_MAX)
 			rc = err_set(e, KVS_ESTATE,
-			             "KV cache check: layer %u KV head %u's row %u is in use or free %u "
-			             "times: expected each of its %u rows exactly once",
-			             r / c->hp->n_head_kv, r % c->hp->n_head_kv, bad, bad < nr ? seen[bad] : 0,
-			             nr);
+			             "KV cache check: layer %u's cell %u is in use or free %u times: "
+			             "expected each of its %u cells exactly once",
+			             l, bad, bad < nc ? seen[bad] : 0, nc);
 	}
 	free(seen);
 	return rc;

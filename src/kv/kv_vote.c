@@ -34,6 +34,14 @@
  * vote adds to the old ones times carry (1: a running sum, as H2O sums
  * attention; < 1: a decay per vote, as SirLLM's per turn). The cost: W
  * more tokens through the model each turn.
+ *
+ * rank=max (one set) scores a token by the most votes any one (layer, KV
+ * head) gave it instead of their sum: the sum over 90 heads is decided by
+ * what every head attends to (the template's tokens, punctuation), so a
+ * fact that only the few heads that read it vote for loses to them; with
+ * the max it stays if one head wants it. It is the one-set form of
+ * per-head selection with one threshold over every head (KVzip's one set
+ * ranks the same way, kvzip:heads=0).
  */
 #include "kv/kv-int.h"
 
@@ -50,6 +58,19 @@ void kv_vote_pool(const float *x, uint32_t n, uint32_t kernel, float *out)
 		for (uint32_t k = a; k < b; k++)
 			m = x[k] > m ? x[k] : m;
 		out[j] = m;
+	}
+}
+
+/* rank=max: each of the first n tokens scores the most votes one (layer,
+ * KV head) gave it, instead of their sum. */
+static void vote_scores_max(struct kv_cache *c, uint32_t n)
+{
+	for (uint32_t j = 0; j < n; j++) {
+		const float *r = c->acc + (size_t)j * c->acc_stride;
+		float best = -INFINITY;
+		for (uint32_t k = 0; k < c->acc_stride; k++)
+			best = r[k] > best ? r[k] : best;
+		c->toks[j].score = best;
 	}
 }
 
@@ -104,5 +125,7 @@ int kv_vote(struct kv_cache *c, const int32_t *ids, uint32_t n_win, struct err *
 		}
 	free(pooled);
 	kv_acc_scores(c, n);
+	if (kv_policy_get(&c->cfg.policy, "rank") >= 0.5f)
+		vote_scores_max(c, n);
 	return KVS_OK;
 }

@@ -416,8 +416,8 @@ static void pane_memory(struct tui *t, struct tui_grid *g, struct tui_rect box)
 	}
 	if (y < r.y + r.h && st->n_head_sets > 0)
 		tui_grid_printf(g, r, r.x, y++, R_NORMAL,
-		                "per-head keep-sets: %u (layer, KV head) sets, the fullest keeps %u of "
-		                "%u; kept entries %.2f MiB of the %.2f held",
+		                "per-head keep-sets: %u (layer, KV head) sets, the fullest keeps %u "
+		                "(budget %u); kept entries %.2f MiB of the %.2f held",
 		                st->n_head_sets, st->heads_load, st->budget,
 		                (double)st->bytes_entries / 1048576.0, (double)st->bytes / 1048576.0);
 	if (y < r.y + r.h && st->n_zip_reads > 0)

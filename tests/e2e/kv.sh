@@ -86,14 +86,26 @@ part_off=$(tail -n 1 "$tmp/rc-off" | grep -o '"held":"part"' | wc -l)
 part_word=$(tail -n 1 "$tmp/rc-word" | grep -o '"held":"part"\|"verdict":"partial"' | wc -l)
 [ "$part_word" -eq 0 ] || fail "span=word held or answered part of TIGER-42: $(tail -n 1 "$tmp/rc-word")"
 tail -n 1 "$tmp/rc-word" | grep -q '"verdict":"right"' || fail "span=word never recalled TIGER-42"
+# one keep-set: a fact held whole is kept by every (layer, KV head)
+tail -n 1 "$tmp/rc-word" | grep -q '"held":"all","heads":1.000' ||
+	fail "one keep-set holding TIGER-42 whole, yet not every head keeps it: $(tail -n 1 "$tmp/rc-word")"
 # per-head keep-sets and KVzip: every head keeps or drops the value whole, so
 # the union never holds part of it; passkey runs them at a tiny size
-for p in kvzip kvzip:reread=all kvzip:heads=1 snapkv:heads=1 h2o:heads=1; do
+for p in kvzip kvzip:reread=all kvzip:heads=1 snapkv:heads=1 h2o:heads=1 \
+	snapkv:heads=1,alloc=adaptive,spread=3,store=heads kvzip:heads=1,alloc=adaptive,spread=3,store=heads; do
 	"$bin" eval recall --policy "$p" --kv-budget 64 --facts code --value TIGER-42 \
 		--turns 1,2,4 --samples 1 --json >"$tmp/rh" 2>"$tmp/rh.err" ||
 		fail "eval recall $p: $(tail -n 2 "$tmp/rh.err")"
 	part=$(tail -n 1 "$tmp/rh" | grep -o '"held":"part"\|"verdict":"partial"' | wc -l)
 	[ "$part" -eq 0 ] || fail "$p held or answered part of TIGER-42: $(tail -n 1 "$tmp/rh")"
+	# a share of the heads: above 0 where held, at most 1
+	for h in $(tail -n 1 "$tmp/rh" | grep -o '"held":"[a-z]*","heads":[0-9.]*'); do
+		case $h in
+		*'"none","heads":0.000' | *'"all","heads":1.000' | *'"all","heads":0.'[0-9][0-9][1-9] | \
+			*'"all","heads":0.'[0-9][1-9][0-9] | *'"all","heads":0.'[1-9][0-9][0-9]) ;;
+		*) fail "$p: the share of heads keeping TIGER-42 does not fit what is held: $h" ;;
+		esac
+	done
 done
 "$bin" eval passkey --lengths 300 --depths 50 --policy kvzip --kv-budget 128 --json \
 	>"$tmp/pz" 2>"$tmp/pz.err" || fail "eval passkey kvzip: $(tail -n 2 "$tmp/pz.err")"

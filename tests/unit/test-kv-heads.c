@@ -30,6 +30,8 @@
  *     dropped gets exactly
  *     zero weight in the captured attention, and kv_cache_check holds
  *     after every step;
+ *   - snapkv:rank=max: the same votes, each token scored by the max of its
+ *     row instead of the sum, and ranked otherwise;
  *   - carry > 0 (snapkv, kvzip): a second vote or re-read adds its own
  *     scores (taken from caches with carry 0 and 1) to the first's times
  *     carry;
@@ -730,6 +732,51 @@ static void test_carry(const struct model *m)
 	}
 }
 
+/* snapkv:rank=max scores a token by the most votes one (layer, KV head)
+ * gave it: the same votes as rank=sum (bit for bit), each score the max of
+ * its row (the sum's the sum), and the two rank the tokens differently. */
+static void test_rank(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t n0 = 30, n_ctx = 128, nh = hp->n_layer * hp->n_head_kv;
+	int32_t ids[40];
+	uint64_t keep_rng = rng;
+	rnd_tokens(ids, n0 + 8, hp->n_vocab);
+	rng = keep_rng;
+	struct kv_cache *kv[2];
+	struct engine *eng[2];
+	struct err e;
+	for (int k = 0; k < 2; k++) {
+		eng[k] = tinymodel_engine(m, n_ctx, 1, true);
+		kv[k] = mk_cache(eng[k], k ? "snapkv:rank=max" : "snapkv", n_ctx / 2, 64);
+		T_EQ_INT(kv_cache_feed(kv[k], ids, n0, &e), KVS_OK);
+		T_EQ_INT(kv_vote(kv[k], ids + n0, 8, &e), KVS_OK);
+	}
+	T_CHECK(memcmp(kv[0]->acc, kv[1]->acc, (size_t)n0 * nh * sizeof(float)) == 0,
+	        "rank=max changed the votes");
+	double dsum = 0, dmax = 0;
+	uint32_t order_differs = 0;
+	for (uint32_t i = 0; i < n0; i++) {
+		const float *r = kv[1]->acc + (size_t)i * nh;
+		double sum = 0, best = -INFINITY;
+		for (uint32_t j = 0; j < nh; j++) {
+			sum += r[j];
+			best = fmax(best, r[j]);
+		}
+		dsum = fmax(dsum, fabs(kv[0]->toks[i].score - sum));
+		dmax = fmax(dmax, fabs(kv[1]->toks[i].score - best));
+		for (uint32_t j = 0; j < i; j++)
+			order_differs += (kv[0]->toks[i].score > kv[0]->toks[j].score) !=
+			        (kv[1]->toks[i].score > kv[1]->toks[j].score);
+	}
+	T_CHECK(dsum <= 1e-4 && dmax == 0, "rank=sum off by %g, rank=max by %g", dsum, dmax);
+	T_CHECK(order_differs > 0, "rank=max ranks the %u tokens as rank=sum does", n0);
+	for (int k = 0; k < 2; k++) {
+		kv_cache_free(kv[k]);
+		engine_free(eng[k]);
+	}
+}
+
 /* One line naming what is wrong: a backend without per-head keep-sets is
  * not at hand here, so check the parameters and the help. */
 static void test_parse(void)
@@ -798,6 +845,12 @@ int main(void)
 	test_reference(m, "kvzip:heads=1,reread=all");
 	test_budget(m, "kvzip:heads=1,reread=all", 300);
 	test_budget(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 200);
+	/* adaptive head budgets (test-kv-alloc.c checks their bytes) */
+	test_keep_all(m, "snapkv:heads=1,alloc=adaptive,spread=2");
+	test_keep_all(m, "kvzip:heads=1,alloc=adaptive,spread=3");
+	test_reference(m, "snapkv:heads=1,alloc=adaptive,spread=3,span=off");
+	test_reference(m, "kvzip:heads=1,alloc=adaptive,spread=2,span=off");
+	test_rank(m);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-heads");

@@ -22,6 +22,9 @@
  *     kv_cache_load_rows into a fresh store): the heads' sets come back as
  *     they were (from the zero rows of the heads that dropped a token), and
  *     the next turns give bit for bit the logits the original cache gives;
+ *   - the same with adaptive head budgets (alloc=adaptive), where a head
+ *     holds more entries than the budget, in cells of its layer's shared
+ *     pool (any head takes any free cell of its layer);
  *   - one line for what cannot run: store=heads on an engine made with a
  *     row per slot, a budget over the store's rows, sparse attention over
  *     the store, a bad row map handed to the engine.
@@ -319,7 +322,7 @@ static void test_refuse(const struct model *m)
 	sp.mode = ENGINE_SPARSE_QUEST;
 	T_EQ_INT(kv_cache_set_sparse(kv, &sp, &e), KVS_EUNSUPPORTED);
 	T_CHECK(strstr(e.msg, "per-head store"), "%s", e.msg);
-	/* the engine refuses a visible slot a head keeps without a row */
+	/* the engine refuses a visible slot a head keeps without a cell */
 	int32_t tok = 5, pos = 0;
 	uint32_t slot = 0;
 	struct engine_batch b = { 0 };
@@ -332,13 +335,22 @@ static void test_refuse(const struct model *m)
 	struct engine_out o;
 	uint32_t *map = engine_kv_row_map(eng), n_ctx = engine_n_ctx(eng);
 	uint32_t nh = m->hp.n_layer * m->hp.n_head_kv;
+	uint32_t nkv = m->hp.n_head_kv;
 	for (uint32_t r = 0; r < nh; r++)
-		map[(size_t)r * n_ctx] = 0;   /* slot 0 in row 0 of every head */
+		map[(size_t)r * n_ctx] = r % nkv; /* slot 0 in cell (row 0, its own column) */
+	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_OK);
 	map[n_ctx + 0] = ENGINE_ROW_NONE; /* but layer 0, KV head 1 */
 	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_EARG);
-	T_CHECK(strstr(e.msg, "layer 0 KV head 1") && strstr(e.msg, "row of its own"), "%s", e.msg);
+	T_CHECK(strstr(e.msg, "layer 0 KV head 1") && strstr(e.msg, "cell of its own"), "%s", e.msg);
+	/* a layer's heads share its cells: any free one will do, ... */
+	map[n_ctx + 0] = 7 * nkv;
+	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_OK);
+	/* ... but never one another head of the layer holds */
 	map[n_ctx + 0] = 0;
-	map[2 * n_ctx + 0] = 0 + 5000; /* layer 1, KV head 0: past the rows */
+	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_EARG);
+	T_CHECK(strstr(e.msg, "layer 0 KV head 1") && strstr(e.msg, "cell 0"), "%s", e.msg);
+	map[n_ctx + 0] = 1;
+	map[nkv * n_ctx + 0] = 0 + 5000; /* layer 1, KV head 0: past the cells */
 	T_EQ_INT(engine_forward(eng, &b, &o, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "layer 1 KV head 0") && strstr(e.msg, "5000"), "%s", e.msg);
 	for (uint32_t r = 0; r < nh; r++)
@@ -368,6 +380,13 @@ int main(void)
 	test_resume(m, "kvzip:heads=1,store=heads,spread=2", 40);
 	test_resume(m, "h2o:heads=1,store=heads,spread=2", 40);
 	test_same(m, "kvzip:heads=1,reread=all,chunk=16,spread=2", 100, true);
+	/* adaptive head budgets: a head may hold more entries than the budget */
+	test_keep_all(m, "snapkv:heads=1,alloc=adaptive,store=heads,spread=2");
+	test_same(m, "snapkv:heads=1,alloc=adaptive,spread=3", 150, true);
+	test_same(m, "kvzip:heads=1,alloc=adaptive,spread=2,span=off", 100, false);
+	test_resume(m, "kvzip:heads=1,alloc=adaptive,store=heads,spread=3", 40);
+	/* a small scratch: heads hold more entries than the rows (test-kv-alloc.c) */
+	test_same(m, "snapkv:heads=1,alloc=adaptive,window=8,spread=3", 150, true);
 	model_free(m);
 	free(buf);
 	return t_done("test-kv-store");

@@ -474,7 +474,7 @@ static void test_per_head(void)
 	tui_apply(&t, &ev, 0);
 	T_CHECK(dump_has(&t, 200, 50, false,
 	                 "per-head keep-sets: 90 (layer, KV head) sets, the fullest "
-	                 "keeps 10 of 10"),
+	                 "keeps 10 (budget 10)"),
 	        "KV view: per-head line");
 	T_CHECK(dump_has(&t, 200, 50, false, "kvzip: 2 re-reads, 57 tokens"), "KV view: re-reads");
 	t.sel_tok = 6;
