@@ -51,7 +51,37 @@ static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse 
 	return h->valid && h->spec.budget == s->budget && h->spec.block == s->block &&
 	        h->spec.page == s->page && h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
 	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh &&
-	        h->spec.beam == s->beam;
+	        h->spec.beam == s->beam && h->spec.rerank == s->rerank;
+}
+
+/* The candidate blocks a refresh keeps for the steps until the next to
+ * re-rank: rerank thousandths of the k_blocks it chooses, at least those. */
+static uint32_t cpu_hip_n_cand(const struct engine_sparse *s, uint32_t k_blocks)
+{
+	uint64_t n = ((uint64_t)s->rerank * k_blocks + 999) / 1000;
+	return (uint32_t)KVS_MAX(n, (uint64_t)k_blocks);
+}
+
+/* Size the candidates' arrays for spec s (rerank on): the most keys a
+ * (layer, KV head)'s candidate blocks hold at this budget. */
+static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse *s)
+{
+	uint32_t k_max = (s->budget + s->block - 1) / s->block;
+	uint64_t cap = (uint64_t)cpu_hip_n_cand(s, k_max) * s->block;
+	if (h->cand_slot != NULL && h->cand_cap == cap)
+		return;
+	free(h->cand_slot);
+	free(h->cand_first);
+	free(h->cand_page);
+	size_t lh = (size_t)h->n_layer * h->n_head_kv;
+	h->cand_cap = (uint32_t)cap;
+	h->cand_slot = xmallocarray(lh * cap, sizeof(uint32_t));
+	h->cand_first = xmallocarray(lh * (cap + 1), sizeof(uint32_t));
+	h->cand_page = xmallocarray(lh * cap, sizeof(uint32_t));
+	if (h->cand_nb == NULL) {
+		h->cand_nb = xcalloc(lh, sizeof(uint32_t));
+		h->cand_np = xcalloc(lh, sizeof(uint32_t));
+	}
 }
 
 /* Decide whether this hip step (query at pos) chooses anew: the first
@@ -85,6 +115,8 @@ static void cpu_hip_prepare(struct cpu *c, int32_t pos)
 	h->age = 0;
 	h->valid = true;
 	h->spec = *s;
+	if (s->rerank > 0)
+		cpu_hip_cand_alloc(h, s);
 	for (uint32_t i = 0; i < h->n_ctx; i++)
 		h->seen_pos[i] = -1;
 	for (uint32_t k = k0; k < k1; k++)
@@ -101,6 +133,7 @@ static void cpu_sparse_buffers(struct cpu *c)
 		free(c->sp_mask);
 		free(c->sp_kpage);
 		free(c->hip_blk);
+		free(c->hip_cblk);
 		free(c->hip_keys);
 		free(c->hip_kn);
 		free(c->hip_bub);
@@ -110,6 +143,7 @@ static void cpu_sparse_buffers(struct cpu *c)
 		c->sp_list = xmallocarray((size_t)nkv * c->sp_vis_cap, sizeof(uint32_t));
 		c->sp_mask = xmallocarray((size_t)nkv * c->sp_vis_cap, 1);
 		c->hip_blk = xmallocarray(nt * c->sp_vis_cap, 1);
+		c->hip_cblk = xmallocarray(nt * c->sp_vis_cap, 1);
 		c->hip_keys = xmallocarray(nt * c->sp_vis_cap, sizeof(uint32_t));
 		c->hip_kn = xmallocarray(nt * (c->sp_vis_cap + 1), sizeof(uint32_t));
 		c->hip_bub = xmallocarray(nt * c->sp_vis_cap, sizeof(float));
@@ -248,36 +282,45 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 		row[c->vorder[k]] = mask[k];
 }
 
-/* Quest's bound of every page with candidates for KV head h of layer l,
- * times scale, into its row of c->sp_ub (-inf for the other pages): the
- * max over the KV head's query heads of a dot with the split query, the
- * bounds read as rows of 2 x head_dim by the attention-score kernel. */
-static void cpu_page_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale)
+/* Quest's bound, times scale, of the np pages plist for KV head h of
+ * layer l into their entries of c->sp_ub's row h (the others untouched):
+ * the max over the KV head's query heads of a dot with the split query,
+ * the bounds read as rows of 2 x head_dim by the attention-score kernel. */
+static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
+                            const uint32_t *plist, uint32_t np)
 {
 	const struct hparams *hp = &c->hp;
-	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap, hd = hp->head_dim;
-	uint32_t grp = hp->n_head / nkv;
+	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
 	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
 		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
-	float *ubh = c->sp_ub + (size_t)h * pc;
-	for (uint32_t p = 0; p < np; p++)
-		ubh[p] = -INFINITY;
+	float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
 	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
 	const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
 	int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
+	for (uint32_t i = 0; i < np; i++)
+		ubh[plist[i]] = -INFINITY;
 	for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
 		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
 		c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd), base,
-		                        stride, c->kv_es == 2, c->sp_plist, c->sp_np, scale, sc,
-		                        c->vis_cap);
+		                        stride, c->kv_es == 2, plist, np, scale, sc, c->vis_cap);
 		for (uint32_t r = 0; r < nq; r++)
-			for (uint32_t i = 0; i < c->sp_np; i++) {
+			for (uint32_t i = 0; i < np; i++) {
 				float v = sc[(size_t)r * c->vis_cap + i];
-				float *u = &ubh[c->sp_plist[i]];
+				float *u = &ubh[plist[i]];
 				*u = v > *u ? v : *u;
 			}
 	}
+}
+
+/* Quest's bound of every page with candidates for KV head h of layer l,
+ * times scale, into its row of c->sp_ub (-inf for the other pages). */
+static void cpu_page_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale)
+{
+	float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
+	for (uint32_t p = 0; p < c->sp.n_pages; p++)
+		ubh[p] = -INFINITY;
+	cpu_bound_pages(c, l, h, ith, scale, c->sp_plist, c->sp_np);
 }
 
 /* Quest: bound every page with candidates, keep the best, list their keys. */
@@ -383,8 +426,70 @@ static void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size
 	}
 }
 
+/* With rerank, keep for layer l, KV head h the candidate blocks the steps
+ * until the next refresh re-rank: the best blocks of the search's last
+ * round (t, which chose blk), their keys' slots block by block and the
+ * distinct pages those lie in. None when the search ran no round. */
+static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int ith,
+                                    struct sparse_tree *t, const uint8_t *blk, uint32_t n_blocks,
+                                    uint32_t k_blocks)
+{
+	struct sparse_hip *hs = &c->hip;
+	const struct engine_sparse *s = c->sparse;
+	uint32_t bk = s->block, cap = hs->cand_cap, k0 = c->sp_sinks, k1 = c->sp_m - c->sp_recent;
+	size_t lh = (size_t)l * c->hp.n_head_kv + h;
+	uint8_t *cand = c->hip_cblk + (size_t)ith * c->sp_vis_cap; /* (n_blocks) */
+	uint32_t n_cand = KVS_MIN(cpu_hip_n_cand(s, k_blocks), cap / bk);
+	hs->cand_nb[lh] = 0;
+	if (t->n_last == 0)
+		return; /* every block chosen (or none): nothing to re-rank */
+	sparse_hip_candidates(t, blk, n_blocks, n_cand, cand);
+	uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
+	uint32_t *pages = hs->cand_page + lh * cap, n = 0, nb = 0, np = 0;
+	uint8_t *seen = c->sp_psel + (size_t)h * c->sp_pages_cap; /* quest's; by page */
+	memset(seen, 0, c->sp.n_pages);
+	for (uint32_t i = 0; i < n_blocks; i++) {
+		if (!cand[i])
+			continue;
+		first[nb++] = n;
+		for (uint32_t k = k0 + i * bk; k < KVS_MIN(k0 + (i + 1) * bk, k1); k++) {
+			uint32_t sl = c->vslot[k], p = sl / s->page;
+			slot[n++] = sl;
+			if (!seen[p])
+				pages[np++] = p;
+			seen[p] = 1;
+		}
+	}
+	first[nb] = n;
+	hs->cand_nb[lh] = nb;
+	hs->cand_np[lh] = np;
+}
+
+/* A step between refreshes with rerank: bound layer l, KV head h's
+ * candidate pages with this step's query, and mark in kept (by slot) the
+ * keys of the k_blocks candidate blocks that rank best, the other
+ * candidates' keys unmarked. */
+static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint32_t k_blocks,
+                           uint8_t *kept)
+{
+	struct sparse_hip *hs = &c->hip;
+	size_t lh = (size_t)l * c->hp.n_head_kv + h;
+	uint32_t cap = hs->cand_cap, nb = hs->cand_nb[lh];
+	const uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
+	struct sparse_tree *t = &c->hip_tree[ith];
+	cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh]);
+	sparse_tree_ensure(t, nb);
+	sparse_hip_rerank(slot, first, nb, c->sp_ub + (size_t)h * c->sp_pages_cap, c->sparse->page,
+	                  k_blocks, t->score, t->scr, t->sel);
+	for (uint32_t i = 0; i < nb; i++)
+		for (uint32_t j = first[i]; j < first[i + 1]; j++)
+			kept[slot[j]] = t->sel[i];
+}
+
 /* HiP: on a refresh step search each KV head's blocks and keep the
- * choice; on a reuse step attend what was chosen and what was not scored. */
+ * choice; on a reuse step attend what was chosen (with rerank: what this
+ * step's re-rank of the refresh's candidates chose) and what was not
+ * scored. */
 static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
@@ -424,6 +529,10 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			                     &scored);
 			for (k = k0; k < k1; k++)
 				kept[c->vslot[k]] = blk[(k - k0) / bk];
+			if (s->rerank > 0)
+				cpu_hip_keep_candidates(c, l, h, ith, t, blk, n_blocks, k_blocks);
+		} else if (s->rerank > 0 && hs->cand_nb[(size_t)l * nkv + h] > 0) {
+			cpu_hip_rerank(c, l, h, ith, k_blocks, kept);
 		}
 		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		if (hk == NULL && !jb->whole && !jb->b->want_attn) {
@@ -594,10 +703,16 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_n);
 	free(c->hip.chosen);
 	free(c->hip.seen_pos);
+	free(c->hip.cand_slot);
+	free(c->hip.cand_first);
+	free(c->hip.cand_page);
+	free(c->hip.cand_nb);
+	free(c->hip.cand_np);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)
 		sparse_tree_free(&c->hip_tree[t]);
 	free(c->hip_tree);
 	free(c->hip_blk);
+	free(c->hip_cblk);
 	free(c->hip_keys);
 	free(c->hip_kn);
 	free(c->hip_bub);

@@ -162,6 +162,8 @@ struct engine_sparse {
 	uint32_t beam;         /* hip: a decode search keeps beam x the final blocks per round
 	                        * but the last (1: HiP's own search) */
 	uint32_t refresh;      /* hip: decode steps one choice serves */
+	uint32_t rerank;       /* hip: thousandths of the final blocks a step between refreshes
+	                        * re-ranks (the refresh's best; 0: off) */
 	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
 	/* Decode steps between the dense shadow passes a watcher's statistics
 	 * take (the KV cache's, when its capture is on: the dense weights of

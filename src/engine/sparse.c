@@ -79,6 +79,9 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
 	{ "beam", offsetof(struct engine_sparse, beam), 2, 1, 64, SP_HIP, false,
 	  "halves each round keeps before the last, in multiples of the final blocks (1: HiP's)" },
+	{ "rerank", offsetof(struct engine_sparse, rerank), 0, 0, 8000, SP_HIP, true,
+	  "steps between refreshes re-rank this many x the final blocks, the refresh's best, by "
+	  "the step's page bounds (0: reuse the refresh's choice; CPU only)" },
 	{ "clusters", offsetof(struct engine_sparse, clusters), 5, 1, 100, SP_SQZ, false,
 	  "fine clusters per layer and KV head, % of the document's keys" },
 	{ "fanout", offsetof(struct engine_sparse, fanout), 8, 2, 1024, SP_SQZ, false,
@@ -581,6 +584,7 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
                               uint64_t *scored)
 {
 	memset(chosen, 0, n_blocks);
+	t->n_last = 0;
 	if (k_blocks >= n_blocks) {
 		memset(chosen, 1, n_blocks);
 		return 0;
@@ -591,7 +595,7 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 	 * beam starts with at most n_blocks / 2 ranges, so that each holds two
 	 * blocks and the last round still chooses k_blocks of them */
 	uint32_t w = KVS_MAX(k_blocks, KVS_MIN(beam, n_blocks / 2));
-	uint32_t big = 0, rounds = 0;
+	uint32_t big = 0, rounds = 0, last_w = 0;
 	for (uint32_t i = 0; i < w; i++) {
 		t->start[i] = (uint32_t)((uint64_t)i * n_blocks / w);
 		t->size[i] = (uint32_t)((uint64_t)(i + 1) * n_blocks / w) - t->start[i];
@@ -615,6 +619,7 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 			}
 		fn(ctx, t->blk, t->bn, nb, t->got);
 		*scored += nb;
+		last_w = w;
 		rounds++;
 		for (uint32_t j = 0, g = 0; j < 2 * w; j++)
 			t->score[j] = t->cn[j] > 0 ? t->got[g++] : -INFINITY;
@@ -635,5 +640,39 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 	}
 	for (uint32_t i = 0; i < w; i++)
 		chosen[t->start[i]] = 1;
+	t->n_last = rounds > 0 ? 2 * last_w : 0;
 	return rounds;
+}
+
+uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uint32_t n_blocks,
+                               uint32_t n_cand, uint8_t *cand)
+{
+	uint32_t got = 0;
+	if (t->n_last == 0) {
+		for (uint32_t b = 0; b < n_blocks; b++)
+			got += cand[b] = chosen[b];
+		return got;
+	}
+	memset(cand, 0, n_blocks);
+	sparse_top(t->score, t->n_last, n_cand, t->scr, t->sel);
+	for (uint32_t j = 0; j < t->n_last; j++)
+		if (t->sel[j]) {
+			cand[t->cs[j]] = 1;
+			got++;
+		}
+	return got;
+}
+
+uint32_t sparse_hip_rerank(const uint32_t *slot, const uint32_t *first, uint32_t n,
+                           const float *ub, uint32_t page, uint32_t k, float *score,
+                           float *scratch, uint8_t *sel)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		score[i] = -INFINITY;
+		for (uint32_t j = first[i]; j < first[i + 1]; j++) {
+			float u = ub[slot[j] / page];
+			score[i] = u > score[i] ? u : score[i];
+		}
+	}
+	return sparse_top(score, n, k, scratch, sel);
 }
