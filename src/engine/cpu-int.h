@@ -149,6 +149,7 @@ struct cpu {
 	struct sparse_tree *hip_tree; /* (n_threads) */
 	uint8_t *hip_blk;             /* (n_threads, sp_vis_cap) chosen blocks */
 	uint8_t *hip_cblk;            /* (n_threads, sp_vis_cap) rerank: candidate blocks */
+	uint32_t *hip_pidx; /* (n_threads, sp_pages_cap) rerank: a page's index in a list + 1 */
 	uint32_t *hip_keys;           /* (n_threads, sp_vis_cap) slots being scored */
 	uint32_t *hip_kn;             /* (n_threads, sp_vis_cap + 1) keys per scored block */
 	float *hip_bub;               /* (n_threads, sp_vis_cap) per block its largest page bound */

@@ -73,11 +73,15 @@ static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse 
 	free(h->cand_slot);
 	free(h->cand_first);
 	free(h->cand_page);
+	free(h->cand_bp);
+	free(h->cand_bpf);
 	size_t lh = (size_t)h->n_layer * h->n_head_kv;
 	h->cand_cap = (uint32_t)cap;
 	h->cand_slot = xmallocarray(lh * cap, sizeof(uint32_t));
 	h->cand_first = xmallocarray(lh * (cap + 1), sizeof(uint32_t));
 	h->cand_page = xmallocarray(lh * cap, sizeof(uint32_t));
+	h->cand_bp = xmallocarray(lh * cap, sizeof(uint32_t));
+	h->cand_bpf = xmallocarray(lh * (cap + 1), sizeof(uint32_t));
 	if (h->cand_nb == NULL) {
 		h->cand_nb = xcalloc(lh, sizeof(uint32_t));
 		h->cand_np = xcalloc(lh, sizeof(uint32_t));
@@ -175,12 +179,14 @@ static void cpu_sparse_candidates(struct cpu *c)
 		free(c->sp_ub);
 		free(c->sp_psel);
 		free(c->sp_scr);
+		free(c->hip_pidx);
 		c->sp_pages_cap = np;
 		c->sp_cand = xmallocarray(np, sizeof(uint32_t));
 		c->sp_plist = xmallocarray(np, sizeof(uint32_t));
 		c->sp_ub = xmallocarray((size_t)nkv * np, sizeof(float));
 		c->sp_psel = xmallocarray((size_t)nkv * np, 1);
 		c->sp_scr = xmallocarray((size_t)pool_size(c->pool) * np, sizeof(float));
+		c->hip_pidx = xmallocarray((size_t)pool_size(c->pool) * np, sizeof(uint32_t));
 		if (c->sp_qs == NULL)
 			c->sp_qs = xmallocarray((size_t)pool_size(c->pool) * hp->n_head * 2 * hp->head_dim,
 			                        sizeof(float));
@@ -283,23 +289,22 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 }
 
 /* Quest's bound, times scale, of the np pages plist for KV head h of
- * layer l into their entries of c->sp_ub's row h (the others untouched):
- * the max over the KV head's query heads of a dot with the split query,
- * the bounds read as rows of 2 x head_dim by the attention-score kernel. */
+ * layer l into out (np): the max over the KV head's query heads of a dot
+ * with the split query, the bounds read as rows of 2 x head_dim by the
+ * attention-score kernel. */
 static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
-                            const uint32_t *plist, uint32_t np)
+                            const uint32_t *plist, uint32_t np, float *out)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
 	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
 		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
-	float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
 	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
 	const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
 	int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
 	for (uint32_t i = 0; i < np; i++)
-		ubh[plist[i]] = -INFINITY;
+		out[i] = -INFINITY;
 	for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
 		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
 		c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd), base,
@@ -307,8 +312,7 @@ static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, floa
 		for (uint32_t r = 0; r < nq; r++)
 			for (uint32_t i = 0; i < np; i++) {
 				float v = sc[(size_t)r * c->vis_cap + i];
-				float *u = &ubh[plist[i]];
-				*u = v > *u ? v : *u;
+				out[i] = v > out[i] ? v : out[i];
 			}
 	}
 }
@@ -318,9 +322,12 @@ static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, floa
 static void cpu_page_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale)
 {
 	float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
+	float *got = c->sp_scr + (size_t)ith * c->sp_pages_cap; /* (sp_np) */
+	cpu_bound_pages(c, l, h, ith, scale, c->sp_plist, c->sp_np, got);
 	for (uint32_t p = 0; p < c->sp.n_pages; p++)
 		ubh[p] = -INFINITY;
-	cpu_bound_pages(c, l, h, ith, scale, c->sp_plist, c->sp_np);
+	for (uint32_t i = 0; i < c->sp_np; i++)
+		ubh[c->sp_plist[i]] = got[i];
 }
 
 /* Quest: bound every page with candidates, keep the best, list their keys. */
@@ -428,8 +435,10 @@ static void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size
 
 /* With rerank, keep for layer l, KV head h the candidate blocks the steps
  * until the next refresh re-rank: the best blocks of the search's last
- * round (t, which chose blk), their keys' slots block by block and the
- * distinct pages those lie in. None when the search ran no round. */
+ * round (t, which chose blk), their keys' slots block by block, the
+ * distinct pages those lie in, and per block the pages it lies in (as
+ * indices into that list, so that a re-rank looks no slot up). None when
+ * the search ran no round. */
 static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int ith,
                                     struct sparse_tree *t, const uint8_t *blk, uint32_t n_blocks,
                                     uint32_t k_blocks)
@@ -445,22 +454,34 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 		return; /* every block chosen (or none): nothing to re-rank */
 	sparse_hip_candidates(t, blk, n_blocks, n_cand, cand);
 	uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
-	uint32_t *pages = hs->cand_page + lh * cap, n = 0, nb = 0, np = 0;
-	uint8_t *seen = c->sp_psel + (size_t)h * c->sp_pages_cap; /* quest's; by page */
-	memset(seen, 0, c->sp.n_pages);
+	uint32_t *pages = hs->cand_page + lh * cap, *bp = hs->cand_bp + lh * cap;
+	uint32_t *bpf = hs->cand_bpf + lh * (cap + 1);
+	/* per page of the cache its index in pages + 1 (0: not listed yet) */
+	uint32_t *idx = c->hip_pidx + (size_t)ith * c->sp_pages_cap;
+	uint32_t n = 0, nb = 0, np = 0, nbp = 0;
+	memset(idx, 0, c->sp.n_pages * sizeof(uint32_t));
 	for (uint32_t i = 0; i < n_blocks; i++) {
 		if (!cand[i])
 			continue;
-		first[nb++] = n;
+		first[nb] = n;
+		bpf[nb++] = nbp;
 		for (uint32_t k = k0 + i * bk; k < KVS_MIN(k0 + (i + 1) * bk, k1); k++) {
 			uint32_t sl = c->vslot[k], p = sl / s->page;
 			slot[n++] = sl;
-			if (!seen[p])
+			if (idx[p] == 0) {
 				pages[np++] = p;
-			seen[p] = 1;
+				idx[p] = np;
+			}
+			/* a block's keys run in position order, so its pages mostly repeat */
+			bool have = false;
+			for (uint32_t j = bpf[nb - 1]; j < nbp && !have; j++)
+				have = bp[j] == idx[p] - 1;
+			if (!have)
+				bp[nbp++] = idx[p] - 1;
 		}
 	}
 	first[nb] = n;
+	bpf[nb] = nbp;
 	hs->cand_nb[lh] = nb;
 	hs->cand_np[lh] = np;
 }
@@ -476,11 +497,12 @@ static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint3
 	size_t lh = (size_t)l * c->hp.n_head_kv + h;
 	uint32_t cap = hs->cand_cap, nb = hs->cand_nb[lh];
 	const uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
+	float *ub = c->sp_scr + (size_t)ith * c->sp_pages_cap; /* (cand_np) */
 	struct sparse_tree *t = &c->hip_tree[ith];
-	cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh]);
+	cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
 	sparse_tree_ensure(t, nb);
-	sparse_hip_rerank(slot, first, nb, c->sp_ub + (size_t)h * c->sp_pages_cap, c->sparse->page,
-	                  k_blocks, t->score, t->scr, t->sel);
+	sparse_hip_rerank(hs->cand_bp + lh * cap, hs->cand_bpf + lh * (cap + 1), nb, ub, k_blocks,
+	                  t->score, t->scr, t->sel);
 	for (uint32_t i = 0; i < nb; i++)
 		for (uint32_t j = first[i]; j < first[i + 1]; j++)
 			kept[slot[j]] = t->sel[i];
@@ -696,6 +718,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_ub);
 	free(c->sp_psel);
 	free(c->sp_scr);
+	free(c->hip_pidx);
 	free(c->sp_qs);
 	free(c->sp_list);
 	free(c->sp_mask);
@@ -706,6 +729,8 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip.cand_slot);
 	free(c->hip.cand_first);
 	free(c->hip.cand_page);
+	free(c->hip.cand_bp);
+	free(c->hip.cand_bpf);
 	free(c->hip.cand_nb);
 	free(c->hip.cand_np);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)

@@ -663,16 +663,13 @@ uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uin
 	return got;
 }
 
-uint32_t sparse_hip_rerank(const uint32_t *slot, const uint32_t *first, uint32_t n,
-                           const float *ub, uint32_t page, uint32_t k, float *score,
-                           float *scratch, uint8_t *sel)
+uint32_t sparse_hip_rerank(const uint32_t *pg, const uint32_t *first, uint32_t n, const float *ub,
+                           uint32_t k, float *score, float *scratch, uint8_t *sel)
 {
 	for (uint32_t i = 0; i < n; i++) {
 		score[i] = -INFINITY;
-		for (uint32_t j = first[i]; j < first[i + 1]; j++) {
-			float u = ub[slot[j] / page];
-			score[i] = u > score[i] ? u : score[i];
-		}
+		for (uint32_t j = first[i]; j < first[i + 1]; j++)
+			score[i] = ub[pg[j]] > score[i] ? ub[pg[j]] : score[i];
 	}
 	return sparse_top(score, n, k, scratch, sel);
 }

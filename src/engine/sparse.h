@@ -136,13 +136,12 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uint32_t n_blocks,
                                uint32_t n_cand, uint8_t *cand);
 /* HiP's re-rank on a step between refreshes: n candidate blocks, block i
- * the keys slot[first[i], first[i + 1]), each scored by the largest bound
- * ub[slot / page] over its keys (ub: by page, the step's query); marks in
- * sel (n) the k best (sparse_top: ties the earlier block). score and
- * scratch (n). Returns the blocks marked. */
-uint32_t sparse_hip_rerank(const uint32_t *slot, const uint32_t *first, uint32_t n,
-                           const float *ub, uint32_t page, uint32_t k, float *score,
-                           float *scratch, uint8_t *sel);
+ * lying in the pages pg[first[i], first[i + 1]) (indices into ub, the
+ * bounds of the step's query), each scored by the largest bound of its
+ * pages; marks in sel (n) the k best (sparse_top: ties the earlier block).
+ * score and scratch (n). Returns the blocks marked. */
+uint32_t sparse_hip_rerank(const uint32_t *pg, const uint32_t *first, uint32_t n, const float *ub,
+                           uint32_t k, float *score, float *scratch, uint8_t *sel);
 
 /* The choice a backend keeps between HiP refreshes: per slot the position
  * it had when it was a candidate at the last refresh (a key scored then),
@@ -167,6 +166,9 @@ struct sparse_hip {
 	uint32_t *cand_nb;    /* (n_layer, n_head_kv) candidate blocks */
 	uint32_t *cand_page;  /* (n_layer, n_head_kv, cand_cap) the distinct pages of their keys */
 	uint32_t *cand_np;    /* (n_layer, n_head_kv) how many */
+	uint32_t *cand_bp;    /* (n_layer, n_head_kv, cand_cap) per block the indices into
+	                       * cand_page of its keys' pages, block by block */
+	uint32_t *cand_bpf;   /* (n_layer, n_head_kv, cand_cap + 1) block i: [bpf[i], bpf[i+1]) */
 };
 
 /* ------------------------------------------------------------ squeezed */

@@ -105,29 +105,33 @@ static void test_candidates(void)
 
 static void test_rerank_pure(void)
 {
-	/* pages of 4 slots; block 0 = slots 0, 1 (page 0), block 1 = slots
-	 * 4, 9 (pages 1, 2), block 2 = slot 12 (page 3) */
-	const uint32_t slot[5] = { 0, 1, 4, 9, 12 }, first[4] = { 0, 2, 4, 5 };
+	/* three candidate blocks over four pages (bounds ub): block 0 in page
+	 * 0, block 1 in pages 1 and 2, block 2 in page 3 */
+	const uint32_t pg[4] = { 0, 1, 2, 3 }, first[4] = { 0, 1, 3, 4 };
 	float score[3], scr[3];
 	uint8_t sel[3];
 	/* bounds 1, 5, 2, 3: blocks score 1, max(5, 2) = 5, 3 */
 	const float ub[4] = { 1, 5, 2, 3 };
-	T_EQ_INT(sparse_hip_rerank(slot, first, 3, ub, 4, 1, score, scr, sel), 1);
+	T_EQ_INT(sparse_hip_rerank(pg, first, 3, ub, 1, score, scr, sel), 1);
 	T_EQ_STR(marked(sel, 3), "1");
 	T_CHECK(score[0] == 1 && score[1] == 5 && score[2] == 3, "scores %g %g %g", score[0],
 	        score[1], score[2]);
-	T_EQ_INT(sparse_hip_rerank(slot, first, 3, ub, 4, 2, score, scr, sel), 2);
+	T_EQ_INT(sparse_hip_rerank(pg, first, 3, ub, 2, score, scr, sel), 2);
 	T_EQ_STR(marked(sel, 3), "1 2");
-	/* the block's best key decides: page 2 (block 1's second key) at 6 */
+	/* the block's best page decides: page 2 (block 1's second) at 6 */
 	const float ub2[4] = { 4, 0, 6, 5 };
-	T_EQ_INT(sparse_hip_rerank(slot, first, 3, ub2, 4, 1, score, scr, sel), 1);
+	T_EQ_INT(sparse_hip_rerank(pg, first, 3, ub2, 1, score, scr, sel), 1);
 	T_EQ_STR(marked(sel, 3), "1");
 	/* ties: the earlier block */
 	const float ub3[4] = { 3, 0, 3, 3 };
-	sparse_hip_rerank(slot, first, 3, ub3, 4, 2, score, scr, sel);
+	sparse_hip_rerank(pg, first, 3, ub3, 2, score, scr, sel);
+	T_EQ_STR(marked(sel, 3), "0 1");
+	/* two blocks sharing a page score alike: blocks 0 and 1 in page 1 */
+	const uint32_t pg2[3] = { 1, 1, 0 }, first2[4] = { 0, 1, 2, 3 };
+	sparse_hip_rerank(pg2, first2, 3, ub, 2, score, scr, sel);
 	T_EQ_STR(marked(sel, 3), "0 1");
 	/* k covering the candidates: all of them */
-	T_EQ_INT(sparse_hip_rerank(slot, first, 3, ub, 4, 5, score, scr, sel), 3);
+	T_EQ_INT(sparse_hip_rerank(pg, first, 3, ub, 5, score, scr, sel), 3);
 	T_EQ_STR(marked(sel, 3), "0 1 2");
 }
 
