@@ -350,6 +350,25 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b);
 /* backend_ops.page_bounds */
 int cpu_sparse_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
                       uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
+/* What a HiP search needs to score blocks of one (layer, KV head). */
+struct cpu_hip_ctx {
+	struct cpu *c;
+	uint32_t l, h;
+	uint32_t k0, k1; /* the candidates: sorted visible keys [k0, k1) */
+	int ith;
+	const float *q; /* (nq, head_dim) the queries that score */
+	uint32_t nq;
+	const float *bub; /* (n_blocks) each block's largest page bound; NULL: first blocks */
+};
+
+/* HiP's scoring callback (sparse_score_fn) over a struct cpu_hip_ctx:
+ * a half of several blocks by its largest page bound (bub), else its
+ * first block's max q.k over the queries. */
+void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                   float *score);
+
+/* ---- in cpu-hip-prefill.c */
+
 /* Whether layer l of this forward prefills block-sparsely (hip). */
 bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l);
 /* HiP's block-sparse prefill: one work item of cpu_flash_items. */

@@ -112,6 +112,11 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
  * choice is made on one step and reused for the next refresh - 1 steps;
  * keys it did not score (new ones, moved ones) are attended on the reuse
  * steps, so a reuse step never misses a key the last choice could not see.
+ * With rerank > 0 (thousandths) the refresh also keeps its last round's
+ * best rerank x K blocks as candidates (at least its K chosen), and each
+ * step between ranks them anew by the largest page bound over their keys
+ * with its own query and attends the K best (the CPU backend; the CUDA
+ * backend refuses rerank > 0).
  * hip also prefills block-sparsely (HiP's prefill, O(T log T)) a batch of
  * more than one token that sees at least `prefill` keys: each block of
  * the tiled prefill's queries (32 tokens with GQA 3) and KV head attends

@@ -35,6 +35,14 @@
  * halves in every round but the last (sparse_hip_tree_beam; `beam`,
  * default 2, lifted the 8k mass from 0.944 to 0.955 at the same keys
  * read), which still keeps K blocks.
+ *
+ * A choice serves `refresh` steps, but a head that copies from far back
+ * (the passkey's digits, one a step) turns to keys the refresh's query
+ * did not look at. `rerank` keeps the refresh's last round's best blocks
+ * (rerank x K, by their true max logit then; the K chosen among them) and
+ * on every step between ranks them again by their page bounds under the
+ * step's own query, keeping the K best (sparse_hip_candidates,
+ * sparse_hip_rerank): one bound per candidate page, no search.
  */
 #include "engine/sparse.h"
 
