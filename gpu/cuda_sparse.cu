@@ -231,6 +231,11 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "sparse squeezed: the CUDA backend runs quest and hip; squeezed runs on the "
 		               "cpu backend (--backend cpu)");
+	if (s->mode == ENGINE_SPARSE_HIP && s->rerank > 0) /* the host mirror has no re-rank */
+		return err_set(e, KVS_EUNSUPPORTED,
+		               "sparse hip rerank=%u.%03u: the CUDA backend reuses a refresh's choice "
+		               "unchanged; use rerank=0, or the cpu backend (--backend cpu)",
+		               s->rerank / 1000, s->rerank % 1000);
 	int rc = sp_ensure_dev(c, e);
 	if (rc != KVS_OK)
 		return rc;
