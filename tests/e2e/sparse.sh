@@ -47,7 +47,7 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, shadow or beam" \
+expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, shadow, beam or rerank" \
 	"$bin" generate --prompt hi --sparse hip:quantile=0.5
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
