@@ -64,7 +64,7 @@ struct cpu {
 	uint32_t n_rows;      /* rows per (layer, KV head): n_ctx without a map */
 	uint32_t *vrow;       /* (n_layer, n_head_kv, vis_cap) each head's row of each sorted
 	                       * visible slot (vslot), or NULL without a map */
-	float *rcs;         /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
+	float *rcs;           /* (n_threads, 2, n_rot) angles for re-rotation: global, local */
 
 	/* scratch for one ubatch */
 	uint32_t cap;        /* tokens */
@@ -149,7 +149,7 @@ struct cpu {
 	struct sparse_tree *hip_tree; /* (n_threads) */
 	uint8_t *hip_blk;             /* (n_threads, sp_vis_cap) chosen blocks */
 	uint8_t *hip_cblk;            /* (n_threads, sp_vis_cap) rerank: candidate blocks */
-	uint32_t *hip_pidx; /* (n_threads, sp_pages_cap) rerank: a page's index in a list + 1 */
+	uint32_t *hip_pidx;           /* (n_threads, sp_pages_cap) rerank: page's list index + 1 */
 	uint32_t *hip_keys;           /* (n_threads, sp_vis_cap) slots being scored */
 	uint32_t *hip_kn;             /* (n_threads, sp_vis_cap + 1) keys per scored block */
 	float *hip_bub;               /* (n_threads, sp_vis_cap) per block its largest page bound */

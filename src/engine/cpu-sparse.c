@@ -58,8 +58,10 @@ static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse 
 	        h->spec.beam == s->beam && h->spec.rerank == s->rerank;
 }
 
-/* The candidate blocks a refresh keeps for the steps until the next to
- * re-rank: rerank thousandths of the k_blocks it chooses, at least those. */
+/* The best blocks of a search's last round a refresh keeps as candidates
+ * for the steps until the next to re-rank: rerank thousandths of the
+ * k_blocks it chooses, at least those (the block after each chosen one
+ * is a candidate besides). */
 static uint32_t cpu_hip_n_cand(const struct engine_sparse *s, uint32_t k_blocks)
 {
 	uint64_t n = ((uint64_t)s->rerank * k_blocks + 999) / 1000;
@@ -71,7 +73,8 @@ static uint32_t cpu_hip_n_cand(const struct engine_sparse *s, uint32_t k_blocks)
 static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse *s)
 {
 	uint32_t k_max = (s->budget + s->block - 1) / s->block;
-	uint64_t cap = (uint64_t)cpu_hip_n_cand(s, k_max) * s->block;
+	/* the best, and a next block for each chosen one */
+	uint64_t cap = ((uint64_t)cpu_hip_n_cand(s, k_max) + k_max) * s->block;
 	if (h->cand_slot != NULL && h->cand_cap == cap)
 		return;
 	free(h->cand_slot);
@@ -381,8 +384,7 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
  * otherwise (the last round; the prefill: every round) a half scores its
  * first block's max over the queries (a decode step: the KV head's query
  * heads) and its keys of the scaled q.k, by the attention-score kernel. */
-void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
-                   float *score)
+void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n, float *score)
 {
 	const struct cpu_hip_ctx *x = ctx;
 	struct cpu *c = x->c;
@@ -427,8 +429,8 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
 }
 
 /* With rerank, keep for layer l, KV head h the candidate blocks the steps
- * until the next refresh re-rank: the best blocks of the search's last
- * round (t, which chose blk), their keys' slots block by block, the
+ * until the next refresh re-rank (sparse_hip_candidates over the search
+ * t, which chose blk), their keys' slots block by block, the
  * distinct pages those lie in, and per block the pages it lies in (as
  * indices into that list, so that a re-rank looks no slot up). None when
  * the search ran no round. */
@@ -441,7 +443,7 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 	uint32_t bk = s->block, cap = hs->cand_cap, k0 = c->sp_sinks, k1 = c->sp_m - c->sp_recent;
 	size_t lh = (size_t)l * c->hp.n_head_kv + h;
 	uint8_t *cand = c->hip_cblk + (size_t)ith * c->sp_vis_cap; /* (n_blocks) */
-	uint32_t n_cand = KVS_MIN(cpu_hip_n_cand(s, k_blocks), cap / bk);
+	uint32_t n_cand = KVS_MIN(cpu_hip_n_cand(s, k_blocks), cap / bk - k_blocks);
 	hs->cand_nb[lh] = 0;
 	if (t->n_last == 0)
 		return; /* every block chosen (or none): nothing to re-rank */

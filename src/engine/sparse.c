@@ -38,10 +38,12 @@
  *
  * A choice serves `refresh` steps, but a head that copies from far back
  * (the passkey's digits, one a step) turns to keys the refresh's query
- * did not look at. `rerank` keeps the refresh's last round's best blocks
- * (rerank x K, by their true max logit then; the K chosen among them) and
- * on every step between ranks them again by their page bounds under the
- * step's own query, keeping the K best (sparse_hip_candidates,
+ * did not look at: its next key, one position on, leaves the chosen block
+ * for the one after within `block` steps. `rerank` keeps as candidates
+ * the refresh's last round's best blocks (rerank x K, by their true max
+ * logit then; the K chosen among them) and the block after each chosen
+ * one, and on every step between ranks them again by their page bounds
+ * under the step's own query, keeping the K best (sparse_hip_candidates,
  * sparse_hip_rerank): one bound per candidate page, no search.
  */
 #include "engine/sparse.h"
@@ -655,19 +657,18 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uint32_t n_blocks,
                                uint32_t n_cand, uint8_t *cand)
 {
-	uint32_t got = 0;
-	if (t->n_last == 0) {
-		for (uint32_t b = 0; b < n_blocks; b++)
-			got += cand[b] = chosen[b];
-		return got;
+	memcpy(cand, chosen, n_blocks);
+	if (t->n_last > 0) {
+		sparse_top(t->score, t->n_last, n_cand, t->scr, t->sel);
+		for (uint32_t j = 0; j < t->n_last; j++)
+			cand[t->cs[j]] |= t->sel[j];
+		/* a head that copies moves one key a step: the block after */
+		for (uint32_t b = 0; b + 1 < n_blocks; b++)
+			cand[b + 1] |= chosen[b];
 	}
-	memset(cand, 0, n_blocks);
-	sparse_top(t->score, t->n_last, n_cand, t->scr, t->sel);
-	for (uint32_t j = 0; j < t->n_last; j++)
-		if (t->sel[j]) {
-			cand[t->cs[j]] = 1;
-			got++;
-		}
+	uint32_t got = 0;
+	for (uint32_t b = 0; b < n_blocks; b++)
+		got += cand[b];
 	return got;
 }
 

@@ -128,11 +128,12 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
                               uint64_t *scored);
 
 /* Mark in cand (n_blocks) the blocks a re-rank chooses among until the
- * next refresh: the n_cand best halves of the last search's last round by
- * their score (sparse_top's order, so that they include its k_blocks
- * chosen ones when n_cand >= k_blocks; every half is one block there);
- * when no round ran (every block chosen, or none), the chosen ones.
- * Overwrites t's last-round selection. Returns the blocks marked. */
+ * next refresh: the chosen ones, the n_cand best halves of the last
+ * search's last round by their score (sparse_top's order; every half is
+ * one block there) and the block after each chosen one (where a head that
+ * copies a run of keys, one a step, goes next); when no round ran (every
+ * block chosen, or none), the chosen ones only. Overwrites t's last-round
+ * selection. Returns the blocks marked (at most n_cand + 2 k_blocks). */
 uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uint32_t n_blocks,
                                uint32_t n_cand, uint8_t *cand);
 /* HiP's re-rank on a step between refreshes: n candidate blocks, block i

@@ -57,7 +57,8 @@ static void test_parse(void)
 	T_EQ_STR(e.msg,
 	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
 	         "dense=N,shadow=N], hip[:budget=N,page=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
-	         "prefill=N,shadow=N,beam=N,rerank=Q] or squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
+	         "prefill=N,shadow=N,beam=N,rerank=Q] or "
+	         "squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
 	         "quantile=Q,coarse=Q,outliers=Q,iters=N,seed=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "budget=0: expected an integer in 1..") != NULL, "%s", e.msg);
@@ -479,9 +480,9 @@ static void test_hip_cadence(const struct model *m)
 	float *lg = malloc(nv * sizeof(float));
 	struct engine_sparse s;
 	struct err e;
-	T_EQ_INT(
-	        engine_sparse_parse("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=4", &s, &e),
-	        KVS_OK);
+	T_EQ_INT(engine_sparse_parse(
+	                 "hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=4,rerank=0", &s, &e),
+	         KVS_OK);
 	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct engine_out o;
 	tinymodel_prefill(eng, n);
