@@ -82,6 +82,7 @@ static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse 
 	free(h->cand_page);
 	free(h->cand_bp);
 	free(h->cand_bpf);
+	free(h->cand_on);
 	size_t lh = (size_t)h->n_layer * h->n_head_kv;
 	h->cand_cap = (uint32_t)cap;
 	h->cand_slot = xmallocarray(lh * cap, sizeof(uint32_t));
@@ -89,6 +90,7 @@ static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse 
 	h->cand_page = xmallocarray(lh * cap, sizeof(uint32_t));
 	h->cand_bp = xmallocarray(lh * cap, sizeof(uint32_t));
 	h->cand_bpf = xmallocarray(lh * (cap + 1), sizeof(uint32_t));
+	h->cand_on = xmallocarray(lh * cap, 1);
 	if (h->cand_nb == NULL) {
 		h->cand_nb = xcalloc(lh, sizeof(uint32_t));
 		h->cand_np = xcalloc(lh, sizeof(uint32_t));
@@ -451,6 +453,7 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 	uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
 	uint32_t *pages = hs->cand_page + lh * cap, *bp = hs->cand_bp + lh * cap;
 	uint32_t *bpf = hs->cand_bpf + lh * (cap + 1);
+	uint8_t *on = hs->cand_on + lh * cap;
 	/* per page of the cache its index in pages + 1 (0: not listed yet) */
 	uint32_t *idx = c->hip_pidx + (size_t)ith * c->sp_pages_cap;
 	uint32_t n = 0, nb = 0, np = 0, nbp = 0;
@@ -459,6 +462,7 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 		if (!cand[i])
 			continue;
 		first[nb] = n;
+		on[nb] = blk[i];
 		bpf[nb++] = nbp;
 		for (uint32_t k = k0 + i * bk; k < KVS_MIN(k0 + (i + 1) * bk, k1); k++) {
 			uint32_t sl = c->vslot[k], p = sl / s->page;
@@ -498,9 +502,14 @@ static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint3
 	sparse_tree_ensure(t, nb);
 	sparse_hip_rerank(hs->cand_bp + lh * cap, hs->cand_bpf + lh * (cap + 1), nb, ub, k_blocks,
 	                  t->score, t->scr, t->sel);
-	for (uint32_t i = 0; i < nb; i++)
+	uint8_t *on = hs->cand_on + lh * cap;
+	for (uint32_t i = 0; i < nb; i++) {
+		if (t->sel[i] == on[i])
+			continue; /* most blocks keep their mark: rewrite the others only */
+		on[i] = t->sel[i];
 		for (uint32_t j = first[i]; j < first[i + 1]; j++)
 			kept[slot[j]] = t->sel[i];
+	}
 }
 
 /* HiP: on a refresh step search each KV head's blocks and keep the
@@ -726,6 +735,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip.cand_page);
 	free(c->hip.cand_bp);
 	free(c->hip.cand_bpf);
+	free(c->hip.cand_on);
 	free(c->hip.cand_nb);
 	free(c->hip.cand_np);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)

@@ -170,6 +170,7 @@ struct sparse_hip {
 	uint32_t *cand_bp;    /* (n_layer, n_head_kv, cand_cap) per block the indices into
 	                       * cand_page of its keys' pages, block by block */
 	uint32_t *cand_bpf;   /* (n_layer, n_head_kv, cand_cap + 1) block i: [bpf[i], bpf[i+1]) */
+	uint8_t *cand_on;     /* (n_layer, n_head_kv, cand_cap) 1: block i's keys are marked kept */
 };
 
 /* ------------------------------------------------------------ squeezed */
