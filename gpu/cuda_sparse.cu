@@ -231,11 +231,6 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 		return err_set(e, KVS_EUNSUPPORTED,
 		               "sparse squeezed: the CUDA backend runs quest and hip; squeezed runs on the "
 		               "cpu backend (--backend cpu)");
-	if (s->mode == ENGINE_SPARSE_HIP && s->rerank > 0) /* the host mirror has no re-rank */
-		return err_set(e, KVS_EUNSUPPORTED,
-		               "sparse hip rerank=%u.%03u: the CUDA backend reuses a refresh's choice "
-		               "unchanged; use rerank=0, or the cpu backend (--backend cpu)",
-		               s->rerank / 1000, s->rerank % 1000);
 	int rc = sp_ensure_dev(c, e);
 	if (rc != KVS_OK)
 		return rc;
@@ -264,6 +259,10 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 	if (quest) {
 		sp->search = true;
 	} else {
+		/* rerank (the CPU's re-rank of the refresh's candidates on the steps
+		 * between, default 1) is not mirrored here: the device's HiP reuses
+		 * the refresh's choice unchanged, as rerank=0 does on the CPU; the
+		 * help and kvscope.1 say so */
 		struct gsp_hip_spec hs = { s->budget,       s->block,   s->sinks, s->recent,
 			                       s->dense_layers, s->refresh, s->page,  s->beam };
 		for (uint32_t k = k0; k < k1; k++) {

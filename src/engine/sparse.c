@@ -89,9 +89,9 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
 	{ "beam", offsetof(struct engine_sparse, beam), 2, 1, 64, SP_HIP, false,
 	  "halves each round keeps before the last, in multiples of the final blocks (1: HiP's)" },
-	{ "rerank", offsetof(struct engine_sparse, rerank), 0, 0, 8000, SP_HIP, true,
+	{ "rerank", offsetof(struct engine_sparse, rerank), 1000, 0, 8000, SP_HIP, true,
 	  "steps between refreshes re-choose among the refresh's best N x final blocks and the block "
-	  "after each chosen one, by their page bounds (0: reuse the choice; CPU only)" },
+	  "after each chosen one, by their page bounds (0: reuse the choice; CUDA: 0)" },
 	{ "clusters", offsetof(struct engine_sparse, clusters), 5, 1, 100, SP_SQZ, false,
 	  "fine clusters per layer and KV head, % of the document's keys" },
 	{ "fanout", offsetof(struct engine_sparse, fanout), 8, 2, 1024, SP_SQZ, false,

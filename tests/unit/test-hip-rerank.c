@@ -160,7 +160,8 @@ static void test_rerank_refresh_steps(const struct model *m)
 {
 	const struct hparams *hp = &m->hp;
 	uint32_t nv = hp->n_vocab, n = 200, nl = hp->n_layer, nkv = hp->n_head_kv;
-	struct engine_sparse off = spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1");
+	struct engine_sparse off =
+	        spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,rerank=0");
 	struct engine_sparse two = spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,"
 	                                "rerank=2");
 	T_EQ_INT(off.rerank, 0);

@@ -74,7 +74,7 @@ static void test_parse(void)
 	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
 	         "hip budget=1024 page=16 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 "
-	         "shadow=16 beam=2 rerank=0.000");
+	         "shadow=16 beam=2 rerank=1.000");
 	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 256);
 	T_EQ_INT(s.block, 4);
