@@ -259,6 +259,10 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 	if (quest) {
 		sp->search = true;
 	} else {
+		/* rerank (the CPU's re-rank of the refresh's candidates on the steps
+		 * between, default 1) is not mirrored here: the device's HiP reuses
+		 * the refresh's choice unchanged, as rerank=0 does on the CPU; the
+		 * help and kvscope.1 say so */
 		struct gsp_hip_spec hs = { s->budget,       s->block,   s->sinks, s->recent,
 			                       s->dense_layers, s->refresh, s->page,  s->beam };
 		for (uint32_t k = k0; k < k1; k++) {

@@ -149,6 +149,8 @@ struct cpu {
 	struct sparse_hip hip;
 	struct sparse_tree *hip_tree; /* (n_threads) */
 	uint8_t *hip_blk;             /* (n_threads, sp_vis_cap) chosen blocks */
+	uint8_t *hip_cblk;            /* (n_threads, sp_vis_cap) rerank: candidate blocks */
+	uint32_t *hip_pidx;           /* (n_threads, sp_pages_cap) rerank: page's list index + 1 */
 	uint32_t *hip_keys;           /* (n_threads, sp_vis_cap) slots being scored */
 	uint32_t *hip_kn;             /* (n_threads, sp_vis_cap + 1) keys per scored block */
 	float *hip_bub;               /* (n_threads, sp_vis_cap) per block its largest page bound */
@@ -372,6 +374,25 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b);
 /* backend_ops.page_bounds */
 int cpu_sparse_bounds(void *state, uint32_t page_size, uint32_t layer, uint32_t kv_head,
                       uint32_t page, float *mn, float *mx, uint32_t *n_keys, struct err *e);
+/* What a HiP search needs to score blocks of one (layer, KV head). */
+struct cpu_hip_ctx {
+	struct cpu *c;
+	uint32_t l, h;
+	uint32_t k0, k1; /* the candidates: sorted visible keys [k0, k1) */
+	int ith;
+	const float *q; /* (nq, head_dim) the queries that score */
+	uint32_t nq;
+	const float *bub; /* (n_blocks) each block's largest page bound; NULL: first blocks */
+};
+
+/* HiP's scoring callback (sparse_score_fn) over a struct cpu_hip_ctx:
+ * a half of several blocks by its largest page bound (bub), else its
+ * first block's max q.k over the queries. */
+void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                   float *score);
+
+/* ---- in cpu-hip-prefill.c */
+
 /* Whether layer l of this forward prefills block-sparsely (hip). */
 bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l);
 /* HiP's block-sparse prefill: one work item of cpu_flash_items. */

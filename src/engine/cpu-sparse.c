@@ -23,7 +23,11 @@
  * (Quest's bounds, synced on refresh steps only, scored once per refresh
  * and head) and the last round the candidate blocks by their true max
  * logit (the attention-score kernel over their keys). The attention after
- * the choice is the same split as Quest's.
+ * the choice is the same split as Quest's. With rerank the refresh also
+ * keeps, per (layer, KV head), its last round's best blocks as candidates
+ * (their keys' slots and pages, in c->hip), and a step between bounds
+ * only those pages with its query and re-marks the K best blocks' keys in
+ * the kept choice; the list is then built as on any reuse step.
  *
  * Where whole score rows are needed (want_attn, per-key sums, Λ-masks, the
  * reference path) cpu_attend scores every key and masks the ones not
@@ -51,7 +55,46 @@ static bool cpu_hip_same(const struct sparse_hip *h, const struct engine_sparse 
 	return h->valid && h->spec.budget == s->budget && h->spec.block == s->block &&
 	        h->spec.page == s->page && h->spec.sinks == s->sinks && h->spec.recent == s->recent &&
 	        h->spec.dense_layers == s->dense_layers && h->spec.refresh == s->refresh &&
-	        h->spec.beam == s->beam;
+	        h->spec.beam == s->beam && h->spec.rerank == s->rerank;
+}
+
+/* The best blocks of a search's last round a refresh keeps as candidates
+ * for the steps until the next to re-rank: rerank thousandths of the
+ * k_blocks it chooses, at least those (the block after each chosen one
+ * is a candidate besides). */
+static uint32_t cpu_hip_n_cand(const struct engine_sparse *s, uint32_t k_blocks)
+{
+	uint64_t n = ((uint64_t)s->rerank * k_blocks + 999) / 1000;
+	return (uint32_t)KVS_MAX(n, (uint64_t)k_blocks);
+}
+
+/* Size the candidates' arrays for spec s (rerank on): the most keys a
+ * (layer, KV head)'s candidate blocks hold at this budget. */
+static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse *s)
+{
+	uint32_t k_max = (s->budget + s->block - 1) / s->block;
+	/* the best, and a next block for each chosen one */
+	uint64_t cap = ((uint64_t)cpu_hip_n_cand(s, k_max) + k_max) * s->block;
+	if (h->cand_slot != NULL && h->cand_cap == cap)
+		return;
+	free(h->cand_slot);
+	free(h->cand_first);
+	free(h->cand_page);
+	free(h->cand_bp);
+	free(h->cand_bpf);
+	free(h->cand_on);
+	size_t lh = (size_t)h->n_layer * h->n_head_kv;
+	h->cand_cap = (uint32_t)cap;
+	h->cand_slot = xmallocarray(lh * cap, sizeof(uint32_t));
+	h->cand_first = xmallocarray(lh * (cap + 1), sizeof(uint32_t));
+	h->cand_page = xmallocarray(lh * cap, sizeof(uint32_t));
+	h->cand_bp = xmallocarray(lh * cap, sizeof(uint32_t));
+	h->cand_bpf = xmallocarray(lh * (cap + 1), sizeof(uint32_t));
+	h->cand_on = xmallocarray(lh * cap, 1);
+	if (h->cand_nb == NULL) {
+		h->cand_nb = xcalloc(lh, sizeof(uint32_t));
+		h->cand_np = xcalloc(lh, sizeof(uint32_t));
+	}
 }
 
 /* Decide whether this hip step (query at pos) chooses anew: the first
@@ -85,6 +128,8 @@ static void cpu_hip_prepare(struct cpu *c, int32_t pos)
 	h->age = 0;
 	h->valid = true;
 	h->spec = *s;
+	if (s->rerank > 0)
+		cpu_hip_cand_alloc(h, s);
 	for (uint32_t i = 0; i < h->n_ctx; i++)
 		h->seen_pos[i] = -1;
 	for (uint32_t k = k0; k < k1; k++)
@@ -101,6 +146,7 @@ static void cpu_sparse_buffers(struct cpu *c)
 		free(c->sp_mask);
 		free(c->sp_kpage);
 		free(c->hip_blk);
+		free(c->hip_cblk);
 		free(c->hip_keys);
 		free(c->hip_kn);
 		free(c->hip_bub);
@@ -110,6 +156,7 @@ static void cpu_sparse_buffers(struct cpu *c)
 		c->sp_list = xmallocarray((size_t)nkv * c->sp_vis_cap, sizeof(uint32_t));
 		c->sp_mask = xmallocarray((size_t)nkv * c->sp_vis_cap, 1);
 		c->hip_blk = xmallocarray(nt * c->sp_vis_cap, 1);
+		c->hip_cblk = xmallocarray(nt * c->sp_vis_cap, 1);
 		c->hip_keys = xmallocarray(nt * c->sp_vis_cap, sizeof(uint32_t));
 		c->hip_kn = xmallocarray(nt * (c->sp_vis_cap + 1), sizeof(uint32_t));
 		c->hip_bub = xmallocarray(nt * c->sp_vis_cap, sizeof(float));
@@ -141,12 +188,14 @@ static void cpu_sparse_candidates(struct cpu *c)
 		free(c->sp_ub);
 		free(c->sp_psel);
 		free(c->sp_scr);
+		free(c->hip_pidx);
 		c->sp_pages_cap = np;
 		c->sp_cand = xmallocarray(np, sizeof(uint32_t));
 		c->sp_plist = xmallocarray(np, sizeof(uint32_t));
 		c->sp_ub = xmallocarray((size_t)nkv * np, sizeof(float));
 		c->sp_psel = xmallocarray((size_t)nkv * np, 1);
 		c->sp_scr = xmallocarray((size_t)pool_size(c->pool) * np, sizeof(float));
+		c->hip_pidx = xmallocarray((size_t)pool_size(c->pool) * np, sizeof(uint32_t));
 		if (c->sp_qs == NULL)
 			c->sp_qs = xmallocarray((size_t)pool_size(c->pool) * hp->n_head * 2 * hp->head_dim,
 			                        sizeof(float));
@@ -248,36 +297,46 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 		row[c->vorder[k]] = mask[k];
 }
 
-/* Quest's bound of every page with candidates for KV head h of layer l,
- * times scale, into its row of c->sp_ub (-inf for the other pages): the
- * max over the KV head's query heads of a dot with the split query, the
- * bounds read as rows of 2 x head_dim by the attention-score kernel. */
-static void cpu_page_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale)
+/* Quest's bound, times scale, of the np pages plist for KV head h of
+ * layer l into out (np): the max over the KV head's query heads of a dot
+ * with the split query, the bounds read as rows of 2 x head_dim by the
+ * attention-score kernel. */
+static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
+                            const uint32_t *plist, uint32_t np, float *out)
 {
 	const struct hparams *hp = &c->hp;
-	uint32_t nkv = hp->n_head_kv, np = c->sp.n_pages, pc = c->sp_pages_cap, hd = hp->head_dim;
-	uint32_t grp = hp->n_head / nkv;
+	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
 	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
 		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
-	float *ubh = c->sp_ub + (size_t)h * pc;
-	for (uint32_t p = 0; p < np; p++)
-		ubh[p] = -INFINITY;
 	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
 	const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
 	int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
+	for (uint32_t i = 0; i < np; i++)
+		out[i] = -INFINITY;
 	for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
 		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
 		c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd), base,
-		                        stride, c->kv_es == 2, c->sp_plist, c->sp_np, scale, sc,
-		                        c->vis_cap);
+		                        stride, c->kv_es == 2, plist, np, scale, sc, c->vis_cap);
 		for (uint32_t r = 0; r < nq; r++)
-			for (uint32_t i = 0; i < c->sp_np; i++) {
+			for (uint32_t i = 0; i < np; i++) {
 				float v = sc[(size_t)r * c->vis_cap + i];
-				float *u = &ubh[c->sp_plist[i]];
-				*u = v > *u ? v : *u;
+				out[i] = v > out[i] ? v : out[i];
 			}
 	}
+}
+
+/* Quest's bound of every page with candidates for KV head h of layer l,
+ * times scale, into its row of c->sp_ub (-inf for the other pages). */
+static void cpu_page_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale)
+{
+	float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
+	float *got = c->sp_scr + (size_t)ith * c->sp_pages_cap; /* (sp_np) */
+	cpu_bound_pages(c, l, h, ith, scale, c->sp_plist, c->sp_np, got);
+	for (uint32_t p = 0; p < c->sp.n_pages; p++)
+		ubh[p] = -INFINITY;
+	for (uint32_t i = 0; i < c->sp_np; i++)
+		ubh[c->sp_plist[i]] = got[i];
 }
 
 /* Quest: bound every page with candidates, keep the best, list their keys. */
@@ -321,25 +380,13 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 	}
 }
 
-/* What a HiP search needs to score blocks of one (layer, KV head). */
-struct cpu_hip_ctx {
-	struct cpu *c;
-	uint32_t l, h;
-	uint32_t k0, k1; /* the candidates: sorted visible keys [k0, k1) */
-	int ith;
-	const float *q; /* (nq, head_dim) the queries that score */
-	uint32_t nq;
-	const float *bub; /* (n_blocks) each block's largest page bound; NULL: first blocks */
-};
-
 /* The search's callback: block b is the candidates [k0 + b * block, ...).
  * With page bounds (a decode refresh), a round that still has a half of
  * several blocks ranks every half by the largest bound over its blocks;
  * otherwise (the last round; the prefill: every round) a half scores its
  * first block's max over the queries (a decode step: the KV head's query
  * heads) and its keys of the scaled q.k, by the attention-score kernel. */
-static void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
-                          float *score)
+void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n, float *score)
 {
 	const struct cpu_hip_ctx *x = ctx;
 	struct cpu *c = x->c;
@@ -383,8 +430,92 @@ static void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size
 	}
 }
 
+/* With rerank, keep for layer l, KV head h the candidate blocks the steps
+ * until the next refresh re-rank (sparse_hip_candidates over the search
+ * t, which chose blk), their keys' slots block by block, the
+ * distinct pages those lie in, and per block the pages it lies in (as
+ * indices into that list, so that a re-rank looks no slot up). None when
+ * the search ran no round. */
+static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int ith,
+                                    struct sparse_tree *t, const uint8_t *blk, uint32_t n_blocks,
+                                    uint32_t k_blocks)
+{
+	struct sparse_hip *hs = &c->hip;
+	const struct engine_sparse *s = c->sparse;
+	uint32_t bk = s->block, cap = hs->cand_cap, k0 = c->sp_sinks, k1 = c->sp_m - c->sp_recent;
+	size_t lh = (size_t)l * c->hp.n_head_kv + h;
+	uint8_t *cand = c->hip_cblk + (size_t)ith * c->sp_vis_cap; /* (n_blocks) */
+	uint32_t n_cand = KVS_MIN(cpu_hip_n_cand(s, k_blocks), cap / bk - k_blocks);
+	hs->cand_nb[lh] = 0;
+	if (t->n_last == 0)
+		return; /* every block chosen (or none): nothing to re-rank */
+	sparse_hip_candidates(t, blk, n_blocks, n_cand, cand);
+	uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
+	uint32_t *pages = hs->cand_page + lh * cap, *bp = hs->cand_bp + lh * cap;
+	uint32_t *bpf = hs->cand_bpf + lh * (cap + 1);
+	uint8_t *on = hs->cand_on + lh * cap;
+	/* per page of the cache its index in pages + 1 (0: not listed yet) */
+	uint32_t *idx = c->hip_pidx + (size_t)ith * c->sp_pages_cap;
+	uint32_t n = 0, nb = 0, np = 0, nbp = 0;
+	memset(idx, 0, c->sp.n_pages * sizeof(uint32_t));
+	for (uint32_t i = 0; i < n_blocks; i++) {
+		if (!cand[i])
+			continue;
+		first[nb] = n;
+		on[nb] = blk[i];
+		bpf[nb++] = nbp;
+		for (uint32_t k = k0 + i * bk; k < KVS_MIN(k0 + (i + 1) * bk, k1); k++) {
+			uint32_t sl = c->vslot[k], p = sl / s->page;
+			slot[n++] = sl;
+			if (idx[p] == 0) {
+				pages[np++] = p;
+				idx[p] = np;
+			}
+			/* a block's keys run in position order, so its pages mostly repeat */
+			bool have = false;
+			for (uint32_t j = bpf[nb - 1]; j < nbp && !have; j++)
+				have = bp[j] == idx[p] - 1;
+			if (!have)
+				bp[nbp++] = idx[p] - 1;
+		}
+	}
+	first[nb] = n;
+	bpf[nb] = nbp;
+	hs->cand_nb[lh] = nb;
+	hs->cand_np[lh] = np;
+}
+
+/* A step between refreshes with rerank: bound layer l, KV head h's
+ * candidate pages with this step's query, and mark in kept (by slot) the
+ * keys of the k_blocks candidate blocks that rank best, the other
+ * candidates' keys unmarked. */
+static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint32_t k_blocks,
+                           uint8_t *kept)
+{
+	struct sparse_hip *hs = &c->hip;
+	size_t lh = (size_t)l * c->hp.n_head_kv + h;
+	uint32_t cap = hs->cand_cap, nb = hs->cand_nb[lh];
+	const uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
+	float *ub = c->sp_scr + (size_t)ith * c->sp_pages_cap; /* (cand_np) */
+	struct sparse_tree *t = &c->hip_tree[ith];
+	cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
+	sparse_tree_ensure(t, nb);
+	sparse_hip_rerank(hs->cand_bp + lh * cap, hs->cand_bpf + lh * (cap + 1), nb, ub, k_blocks,
+	                  t->score, t->scr, t->sel);
+	uint8_t *on = hs->cand_on + lh * cap;
+	for (uint32_t i = 0; i < nb; i++) {
+		if (t->sel[i] == on[i])
+			continue; /* most blocks keep their mark: rewrite the others only */
+		on[i] = t->sel[i];
+		for (uint32_t j = first[i]; j < first[i + 1]; j++)
+			kept[slot[j]] = t->sel[i];
+	}
+}
+
 /* HiP: on a refresh step search each KV head's blocks and keep the
- * choice; on a reuse step attend what was chosen and what was not scored. */
+ * choice; on a reuse step attend what was chosen (with rerank: what this
+ * step's re-rank of the refresh's candidates chose) and what was not
+ * scored. */
 static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
@@ -424,6 +555,10 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			                     &scored);
 			for (k = k0; k < k1; k++)
 				kept[c->vslot[k]] = blk[(k - k0) / bk];
+			if (s->rerank > 0)
+				cpu_hip_keep_candidates(c, l, h, ith, t, blk, n_blocks, k_blocks);
+		} else if (s->rerank > 0 && hs->cand_nb[(size_t)l * nkv + h] > 0) {
+			cpu_hip_rerank(c, l, h, ith, k_blocks, kept);
 		}
 		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		if (hk == NULL && !jb->whole && !jb->b->want_attn) {
@@ -587,6 +722,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_ub);
 	free(c->sp_psel);
 	free(c->sp_scr);
+	free(c->hip_pidx);
 	free(c->sp_qs);
 	free(c->sp_list);
 	free(c->sp_mask);
@@ -594,10 +730,19 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->sp_n);
 	free(c->hip.chosen);
 	free(c->hip.seen_pos);
+	free(c->hip.cand_slot);
+	free(c->hip.cand_first);
+	free(c->hip.cand_page);
+	free(c->hip.cand_bp);
+	free(c->hip.cand_bpf);
+	free(c->hip.cand_on);
+	free(c->hip.cand_nb);
+	free(c->hip.cand_np);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)
 		sparse_tree_free(&c->hip_tree[t]);
 	free(c->hip_tree);
 	free(c->hip_blk);
+	free(c->hip_cblk);
 	free(c->hip_keys);
 	free(c->hip_kn);
 	free(c->hip_bub);
@@ -605,218 +750,4 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip_q);
 	free(c->hip_pf);
 	cpu_squeeze_free(c);
-}
-
-/* ------------------------------------------------------------ hip prefill */
-
-bool cpu_sparse_prefill(const struct cpu_job *jb, uint32_t l)
-{
-	const struct cpu *c = jb->c;
-	/* local layers are short already; soft-capped scores (Gemma 2) take
-	 * cpu_flash's path, which caps them */
-	return c->sparse != NULL && jb->b->n_tokens > 1 && l >= c->sparse->dense_layers &&
-	        c->L[l].window == 0 && c->hp.attn_softcap <= 0;
-}
-
-/* The dense attention mass that the keys attended (sinks k < k0, window
- * k >= k1, else those of chosen block blk[(k - k0) / block]) captured for
- * nq query rows q over the m keys they see; summed over the rows. */
-static double cpu_hip_mass(struct cpu *c, uint32_t l, uint32_t kvh, const float *q, uint32_t nq,
-                           uint32_t m, uint32_t k0, uint32_t k1, const uint8_t *blk, int ith)
-{
-	const struct hparams *hp = &c->hp;
-	uint32_t hd = hp->head_dim, vc = c->vis_cap, bk = c->sparse->block;
-	float *sc = c->scores + (size_t)ith * c->q_rows * vc; /* (KERN_ATT_Q, vis_cap) */
-	double total = 0;
-	for (uint32_t r0 = 0; r0 < nq; r0 += KERN_ATT_Q) {
-		uint32_t n = KVS_MIN((uint32_t)KERN_ATT_Q, nq - r0);
-		c->ops->att_scores_rows(q + (size_t)r0 * hd, (int)n, (int)hd,
-		                        c->kr[l] + (uint64_t)kvh * hd * c->kv_es, (int64_t)c->kv_row,
-		                        c->kv_es == 2, c->vslot, m, hp->attn_scale, sc, vc);
-		for (uint32_t r = 0; r < n; r++) {
-			const float *sr = sc + (size_t)r * vc;
-			float mx = c->ops->max_f32(sr, m);
-			double all = 0, got = 0;
-			for (uint32_t k = 0; k < m; k++) {
-				double w = exp((double)sr[k] - mx);
-				all += w;
-				got += k < k0 || k >= k1 || blk[(k - k0) / bk] ? w : 0;
-			}
-			total += got / all;
-		}
-	}
-	return total;
-}
-
-/* Gather into qs (rows, head_dim) the queries of KV head kvh of every
- * fourth token of [i0, i0 + nt), from the last; returns the rows. */
-static uint32_t cpu_hip_scorers(const struct cpu *c, uint32_t kvh, uint32_t i0, uint32_t nt,
-                                float *qs)
-{
-	const struct hparams *hp = &c->hp;
-	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, nq = 0;
-	for (uint32_t t = nt; t-- > 0;) {
-		if ((nt - 1 - t) % 4 != 0)
-			continue;
-		memcpy(qs + (size_t)nq * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
-		       (size_t)grp * hd * sizeof(float));
-		nq += grp;
-	}
-	return nq;
-}
-
-/* The online softmax of cpu_flash over the keys at slots[0, n) (sorted
- * by position) for the block's rows (token-major, then head) in f, token
- * t taking the first lim[t] keys; the outputs into c->ao. */
-static void cpu_hip_attend(struct cpu *c, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
-                           const uint32_t *slots, uint32_t n, const uint32_t *lim, struct cpu_fa *f)
-{
-	const struct hparams *hp = &c->hp;
-	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, rows = nt * grp;
-	uint64_t head_off = (uint64_t)kvh * hd * c->kv_es;
-	bool half = c->kv_es == 2;
-	memset(f->o, 0, (size_t)rows * hd * sizeof(float));
-	for (uint32_t r = 0; r < rows; r++) {
-		f->mx[r] = -INFINITY;
-		f->l[r] = 0;
-	}
-	for (uint32_t t0 = 0; t0 < n; t0 += CPU_FA_TILE) {
-		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, n - t0);
-		c->ops->kv_rows_f32(c->kr[l] + head_off, (int64_t)c->kv_row, half, slots + t0, mt, (int)hd,
-		                    true, f->kt, CPU_FA_TILE);
-		c->ops->kv_rows_f32(c->vc[l] + head_off, (int64_t)c->kv_row, half, slots + t0, mt, (int)hd,
-		                    false, f->v, hd);
-		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
-			c->ops->att_scores(f->q + (size_t)r0 * hd,
-			                   (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0), (int)hd, f->kt,
-			                   CPU_FA_TILE, mt, hp->attn_scale, f->s + (size_t)r0 * CPU_FA_TILE,
-			                   CPU_FA_TILE);
-		for (uint32_t r = 0; r < rows; r++) {
-			float *sr = f->s + (size_t)r * CPU_FA_TILE;
-			uint32_t lm = lim[r / grp] > t0 ? KVS_MIN(mt, lim[r / grp] - t0) : 0;
-			f->alpha[r] = 1;
-			if (lm > 0) {
-				float tmax = c->ops->max_f32(sr, lm);
-				float nmx = tmax > f->mx[r] ? tmax : f->mx[r];
-				f->alpha[r] = expf(f->mx[r] - nmx); /* 0 on the first tile: -inf */
-				f->l[r] = f->l[r] * f->alpha[r] + c->ops->exp_sum(sr, lm, nmx);
-				f->mx[r] = nmx;
-			}
-			memset(sr + lm, 0, (mt - lm) * sizeof(float));
-		}
-		for (uint32_t r0 = 0; r0 < rows; r0 += KERN_ATT_Q)
-			c->ops->att_pv(f->s + (size_t)r0 * CPU_FA_TILE,
-			               (int)KVS_MIN((uint32_t)KERN_ATT_Q, rows - r0), CPU_FA_TILE, f->v, mt,
-			               (int)hd, f->pv + (size_t)r0 * hd);
-		for (uint32_t r = 0; r < rows; r++)
-			if (f->alpha[r] != 0)
-				c->ops->axpy_f32(f->pv + (size_t)r * hd, f->o + (size_t)r * hd, f->alpha[r], hd);
-		float *tmp = f->o;
-		f->o = f->pv;
-		f->pv = tmp;
-	}
-	for (uint32_t r = 0; r < rows; r++) {
-		uint32_t t = r / grp, h = kvh * grp + r % grp;
-		float *out = c->ao + ((size_t)(i0 + t) * hp->n_head + h) * hd;
-		float inv = f->l[r] > 0 ? 1.0f / f->l[r] : 0.0f; /* 0: the query sees nothing */
-		for (uint32_t d = 0; d < hd; d++)
-			out[d] = f->o[(size_t)r * hd + d] * inv;
-	}
-}
-
-/*
- * HiP's block-sparse prefill of ubatch tokens [i0, i0 + nt) with the
- * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
- * m_t); the block attends the sinks, the window from `recent` keys before
- * its first token's prefix to its last's (its own keys included), and the
- * blocks the search chose among the keys between, scored by every fourth
- * of its tokens from the last (all the KV head's query heads: HiP's code
- * scores with every second query; on two cores the search then costs as
- * much as the attention it saves). The keys past a token's own prefix are
- * the list's last and are cut by its limit. With want_attn the last
- * token's dense mass captured is added to the thread's sums (a shadow).
- */
-void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
-{
-	struct cpu *c = jb->c;
-	const struct hparams *hp = &c->hp;
-	const struct engine_sparse *s = c->sparse;
-	uint32_t hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv, rows = nt * grp;
-	uint32_t vc = c->sp_vis_cap, bk = s->block;
-	uint32_t m[CPU_FA_ROWS], lim[CPU_FA_ROWS], mmax = 0, mmin = UINT32_MAX;
-	for (uint32_t t = 0; t < nt; t++) {
-		m[t] = cpu_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
-		mmax = KVS_MAX(mmax, m[t]);
-		mmin = KVS_MIN(mmin, m[t]);
-	}
-	uint32_t k0 = KVS_MIN(s->sinks, mmin);
-	uint32_t k1 = mmin > k0 + s->recent ? mmin - s->recent : k0;
-	uint32_t always = k0 + (mmax - k1);
-	uint32_t k_blocks = s->budget > always ? (s->budget - always + bk - 1) / bk : 0;
-	uint32_t n_blocks = (k1 - k0 + bk - 1) / bk;
-	uint8_t *blk = c->hip_blk + (size_t)ith * vc;               /* (n_blocks) */
-	uint32_t *slots = c->hip_list + (size_t)ith * vc, n = 0, k; /* (keys attended) */
-	bool sparse = n_blocks > k_blocks;
-	if (sparse) {
-		float *qs = c->hip_q + (size_t)ith * c->fa_rows * hd; /* (scoring rows, head_dim) */
-		uint32_t nq = cpu_hip_scorers(c, kvh, i0, nt, qs);
-		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq, NULL };
-		uint64_t scored = 0;
-		sparse_tree_ensure(&c->hip_tree[ith], n_blocks);
-		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);
-	} else {
-		memset(blk, 1, n_blocks);
-	}
-	/* the keys its head dropped (per-head keep-sets) are left out */
-	const uint8_t *hk = cpu_head_keep(jb, l, kvh);
-	for (k = 0; k < k0; k++)
-		if (hk == NULL || hk[c->vslot[k]])
-			slots[n++] = c->vslot[k];
-	for (; k < k1; k++)
-		if (blk[(k - k0) / bk] && (hk == NULL || hk[c->vslot[k]]))
-			slots[n++] = c->vslot[k];
-	uint32_t n_mid = n;
-	for (; k < mmax; k++)
-		if (hk == NULL || hk[c->vslot[k]])
-			slots[n++] = c->vslot[k];
-	double *acc = c->hip_pf + (size_t)ith * 4; /* keys read, dense, mass, rows */
-	for (uint32_t t = 0; t < nt; t++) {
-		/* token t's own keys: the list up to its prefix m[t] */
-		lim[t] = n_mid;
-		for (k = k1; k < m[t]; k++)
-			lim[t] += hk == NULL || hk[c->vslot[k]];
-		acc[0] += (double)lim[t] * grp;
-		acc[1] += (double)m[t] * grp;
-	}
-	if (sparse && jb->bo->attn != NULL) {
-		const float *ql = c->q + ((size_t)(i0 + nt - 1) * hp->n_head + kvh * grp) * hd;
-		acc[2] += cpu_hip_mass(c, l, kvh, ql, grp, m[nt - 1], k0, k1, blk, ith);
-		acc[3] += grp;
-	}
-	struct cpu_fa f;
-	cpu_flash_carve(c, ith, &f);
-	for (uint32_t t = 0; t < nt; t++)
-		memcpy(f.q + (size_t)t * grp * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
-		       (size_t)grp * hd * sizeof(float));
-	for (uint32_t r = 0; c->kv_es == 2 && r < rows; r++) {
-		/* as cpu_attend: an f16 cache multiplies f16 by f16 */
-		uint16_t h16[KERN_ROW_MAX];
-		c->ops->f32_to_f16(f.q + (size_t)r * hd, h16, hd);
-		c->ops->f16_to_f32(h16, f.q + (size_t)r * hd, hd);
-	}
-	cpu_hip_attend(c, l, kvh, i0, nt, slots, n, lim, &f);
-}
-
-void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out)
-{
-	if (c->sparse == NULL || b->n_tokens == 1)
-		return;
-	double sum[4] = { 0 };
-	for (int t = 0; t < pool_size(c->pool); t++)
-		for (int i = 0; i < 4; i++)
-			sum[i] += c->hip_pf[(size_t)t * 4 + i];
-	out->prefill_read = (uint64_t)sum[0];
-	out->prefill_dense = (uint64_t)sum[1];
-	out->prefill_mass = sum[2];
-	out->prefill_rows = (uint64_t)sum[3];
 }

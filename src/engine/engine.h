@@ -112,6 +112,13 @@ int engine_isa_parse(const char *s, enum engine_isa *out, struct err *e);
  * choice is made on one step and reused for the next refresh - 1 steps;
  * keys it did not score (new ones, moved ones) are attended on the reuse
  * steps, so a reuse step never misses a key the last choice could not see.
+ * With rerank > 0 (thousandths) the refresh also keeps its last round's
+ * best rerank x K blocks as candidates (at least its K chosen), and each
+ * step between ranks them anew by the largest page bound over their keys
+ * with its own query and attends the K best; the block after each chosen
+ * one is a candidate too (a head copying a run of keys moves one a step).
+ * Default 1 (the chosen blocks and the next ones). The CUDA backend runs
+ * rerank as 0 (its HiP reuses the refresh's choice unchanged).
  * hip also prefills block-sparsely (HiP's prefill, O(T log T)) a batch of
  * more than one token that sees at least `prefill` keys: each block of
  * the tiled prefill's queries (32 tokens with GQA 3) and KV head attends
@@ -162,6 +169,8 @@ struct engine_sparse {
 	uint32_t beam;         /* hip: a decode search keeps beam x the final blocks per round
 	                        * but the last (1: HiP's own search) */
 	uint32_t refresh;      /* hip: decode steps one choice serves */
+	uint32_t rerank;       /* hip: thousandths of the final blocks a step between refreshes
+	                        * re-ranks (the refresh's best; 0: off) */
 	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
 	/* Decode steps between the dense shadow passes a watcher's statistics
 	 * take (the KV cache's, when its capture is on: the dense weights of
@@ -179,7 +188,7 @@ struct engine_sparse {
 };
 
 /* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
- * prefill 2048, shadow 16, beam 2, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
+ * prefill 2048, shadow 16, beam 2, rerank 1, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
  * outliers 0.02, iters 10, seed 1. */
 void engine_sparse_default(struct engine_sparse *s);
 /* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest

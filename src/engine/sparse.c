@@ -35,6 +35,16 @@
  * halves in every round but the last (sparse_hip_tree_beam; `beam`,
  * default 2, lifted the 8k mass from 0.944 to 0.955 at the same keys
  * read), which still keeps K blocks.
+ *
+ * A choice serves `refresh` steps, but a head that copies from far back
+ * (the passkey's digits, one a step) turns to keys the refresh's query
+ * did not look at: its next key, one position on, leaves the chosen block
+ * for the one after within `block` steps. `rerank` keeps as candidates
+ * the refresh's last round's best blocks (rerank x K, by their true max
+ * logit then; the K chosen among them) and the block after each chosen
+ * one, and on every step between ranks them again by their page bounds
+ * under the step's own query, keeping the K best (sparse_hip_candidates,
+ * sparse_hip_rerank): one bound per candidate page, no search.
  */
 #include "engine/sparse.h"
 
@@ -79,6 +89,9 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
 	{ "beam", offsetof(struct engine_sparse, beam), 2, 1, 64, SP_HIP, false,
 	  "halves each round keeps before the last, in multiples of the final blocks (1: HiP's)" },
+	{ "rerank", offsetof(struct engine_sparse, rerank), 1000, 0, 8000, SP_HIP, true,
+	  "steps between refreshes re-choose among the refresh's best N x final blocks and the block "
+	  "after each chosen one, by their page bounds (0: reuse the choice; CUDA: 0)" },
 	{ "clusters", offsetof(struct engine_sparse, clusters), 5, 1, 100, SP_SQZ, false,
 	  "fine clusters per layer and KV head, % of the document's keys" },
 	{ "fanout", offsetof(struct engine_sparse, fanout), 8, 2, 1024, SP_SQZ, false,
@@ -581,6 +594,7 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
                               uint64_t *scored)
 {
 	memset(chosen, 0, n_blocks);
+	t->n_last = 0;
 	if (k_blocks >= n_blocks) {
 		memset(chosen, 1, n_blocks);
 		return 0;
@@ -591,7 +605,7 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 	 * beam starts with at most n_blocks / 2 ranges, so that each holds two
 	 * blocks and the last round still chooses k_blocks of them */
 	uint32_t w = KVS_MAX(k_blocks, KVS_MIN(beam, n_blocks / 2));
-	uint32_t big = 0, rounds = 0;
+	uint32_t big = 0, rounds = 0, last_w = 0;
 	for (uint32_t i = 0; i < w; i++) {
 		t->start[i] = (uint32_t)((uint64_t)i * n_blocks / w);
 		t->size[i] = (uint32_t)((uint64_t)(i + 1) * n_blocks / w) - t->start[i];
@@ -615,6 +629,7 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 			}
 		fn(ctx, t->blk, t->bn, nb, t->got);
 		*scored += nb;
+		last_w = w;
 		rounds++;
 		for (uint32_t j = 0, g = 0; j < 2 * w; j++)
 			t->score[j] = t->cn[j] > 0 ? t->got[g++] : -INFINITY;
@@ -635,5 +650,35 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
 	}
 	for (uint32_t i = 0; i < w; i++)
 		chosen[t->start[i]] = 1;
+	t->n_last = rounds > 0 ? 2 * last_w : 0;
 	return rounds;
+}
+
+uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uint32_t n_blocks,
+                               uint32_t n_cand, uint8_t *cand)
+{
+	memcpy(cand, chosen, n_blocks);
+	if (t->n_last > 0) {
+		sparse_top(t->score, t->n_last, n_cand, t->scr, t->sel);
+		for (uint32_t j = 0; j < t->n_last; j++)
+			cand[t->cs[j]] |= t->sel[j];
+		/* a head that copies moves one key a step: the block after */
+		for (uint32_t b = 0; b + 1 < n_blocks; b++)
+			cand[b + 1] |= chosen[b];
+	}
+	uint32_t got = 0;
+	for (uint32_t b = 0; b < n_blocks; b++)
+		got += cand[b];
+	return got;
+}
+
+uint32_t sparse_hip_rerank(const uint32_t *pg, const uint32_t *first, uint32_t n, const float *ub,
+                           uint32_t k, float *score, float *scratch, uint8_t *sel)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		score[i] = -INFINITY;
+		for (uint32_t j = first[i]; j < first[i + 1]; j++)
+			score[i] = ub[pg[j]] > score[i] ? ub[pg[j]] : score[i];
+	}
+	return sparse_top(score, n, k, scratch, sel);
 }

@@ -103,6 +103,8 @@ struct sparse_tree {
 	float *score, *scr;     /* (2 * cap) each half's score; sparse_top's scratch */
 	float *got;             /* (2 * cap) scores of blk, from the callback */
 	uint8_t *sel;           /* (2 * cap) the halves kept */
+	uint32_t n_last;        /* halves the last search's last round scored, in cs, cn and
+	                         * score (-inf: empty); 0: no round ran */
 };
 
 void sparse_tree_ensure(struct sparse_tree *t, uint32_t cap);
@@ -125,6 +127,23 @@ uint32_t sparse_hip_tree_beam(struct sparse_tree *t, uint32_t n_blocks, uint32_t
                               uint32_t beam, sparse_score_fn fn, void *ctx, uint8_t *chosen,
                               uint64_t *scored);
 
+/* Mark in cand (n_blocks) the blocks a re-rank chooses among until the
+ * next refresh: the chosen ones, the n_cand best halves of the last
+ * search's last round by their score (sparse_top's order; every half is
+ * one block there) and the block after each chosen one (where a head that
+ * copies a run of keys, one a step, goes next); when no round ran (every
+ * block chosen, or none), the chosen ones only. Overwrites t's last-round
+ * selection. Returns the blocks marked (at most n_cand + 2 k_blocks). */
+uint32_t sparse_hip_candidates(struct sparse_tree *t, const uint8_t *chosen, uint32_t n_blocks,
+                               uint32_t n_cand, uint8_t *cand);
+/* HiP's re-rank on a step between refreshes: n candidate blocks, block i
+ * lying in the pages pg[first[i], first[i + 1]) (indices into ub, the
+ * bounds of the step's query), each scored by the largest bound of its
+ * pages; marks in sel (n) the k best (sparse_top: ties the earlier block).
+ * score and scratch (n). Returns the blocks marked. */
+uint32_t sparse_hip_rerank(const uint32_t *pg, const uint32_t *first, uint32_t n, const float *ub,
+                           uint32_t k, float *score, float *scratch, uint8_t *sel);
+
 /* The choice a backend keeps between HiP refreshes: per slot the position
  * it had when it was a candidate at the last refresh (a key scored then),
  * per (layer, KV head) whether the search chose it. On a reuse step a
@@ -139,6 +158,19 @@ struct sparse_hip {
 	uint32_t age;     /* decode steps since the last refresh */
 	int32_t last_pos; /* the last step's query position */
 	bool refresh;     /* this step chooses anew */
+	/* With rerank: per (layer, KV head) the candidate blocks the last
+	 * refresh kept, which each step between re-ranks (cand_nb 0: none,
+	 * the refresh's choice stands) */
+	uint32_t cand_cap;    /* keys a (layer, KV head)'s candidates hold at most */
+	uint32_t *cand_slot;  /* (n_layer, n_head_kv, cand_cap) their keys' slots, block by block */
+	uint32_t *cand_first; /* (n_layer, n_head_kv, cand_cap + 1) block i: [first[i], first[i+1]) */
+	uint32_t *cand_nb;    /* (n_layer, n_head_kv) candidate blocks */
+	uint32_t *cand_page;  /* (n_layer, n_head_kv, cand_cap) the distinct pages of their keys */
+	uint32_t *cand_np;    /* (n_layer, n_head_kv) how many */
+	uint32_t *cand_bp;    /* (n_layer, n_head_kv, cand_cap) per block the indices into
+	                       * cand_page of its keys' pages, block by block */
+	uint32_t *cand_bpf;   /* (n_layer, n_head_kv, cand_cap + 1) block i: [bpf[i], bpf[i+1]) */
+	uint8_t *cand_on;     /* (n_layer, n_head_kv, cand_cap) 1: block i's keys are marked kept */
 };
 
 /* ------------------------------------------------------------ squeezed */

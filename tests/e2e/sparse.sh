@@ -47,7 +47,7 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, shadow or beam" \
+expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, shadow, beam or rerank" \
 	"$bin" generate --prompt hi --sparse hip:quantile=0.5
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
@@ -109,7 +109,7 @@ fi
 	fail "eval sparse, two modes: $(cat "$tmp/m.err")"
 grep -q '^eval sparse: 2 modes against dense, one dense prefill and dense decode per length' \
 	"$tmp/m" || fail "eval sparse, two modes: no heading: $(head -n 1 "$tmp/m")"
-grep -q '^| hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 beam=2 | 512 | ' \
+grep -q '^| hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 beam=2 rerank=1.000 | 512 | ' \
 	"$tmp/m" || fail "eval sparse, two modes: no hip row with its mode: $(cat "$tmp/m")"
 if command -v python3 >/dev/null 2>&1; then
 	python3 - "$tmp/e" "$tmp/h" "$tmp/m" <<'PY' || fail "eval sparse, two modes: rows differ from the runs alone"

@@ -391,8 +391,10 @@ int cmd_sparse(const char *model_path, bool bench)
 	struct err e;
 	if (engine_sparse_parse("quest:budget=256,page=16,sinks=4,recent=32,dense=2", &q, &e) !=
 	            KVS_OK ||
-	    engine_sparse_parse("hip:budget=256,block=8,sinks=4,recent=32,dense=2,refresh=4", &h, &e) !=
-	            KVS_OK) {
+	    /* rerank=0: the device's HiP has no re-rank (it reuses a refresh's
+	     * choice unchanged), so the CPU it is compared with must not either */
+	    engine_sparse_parse("hip:budget=256,block=8,sinks=4,recent=32,dense=2,refresh=4,rerank=0",
+	                        &h, &e) != KVS_OK) {
 		fprintf(stderr, "gpu-check: %s\n", e.msg);
 		return 2;
 	}
