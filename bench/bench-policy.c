@@ -49,7 +49,7 @@ static const char *const policies[] = {
 	"kvzip:heads=1,spread=3,store=heads",
 	"kvzip:heads=1,alloc=adaptive,spread=3,store=heads",
 	"kvzip:reread=all",
-	"full"
+	"full",
 };
 #define N_POLICIES (sizeof policies / sizeof policies[0])
 
@@ -142,7 +142,8 @@ static double run(const char *model, const char *policy, uint32_t budget, uint32
 	kv_cache_stats(gen_kv(g), &st);
 	/* per-head keep-sets: the kept entries within the budget's (a head may
 	 * keep more with alloc=adaptive, the union more at spread > 1) */
-	uint32_t kept = st.n_head_sets ? (uint32_t)(st.bytes_entries / st.bytes_per_token) : st.n_cached;
+	uint32_t kept =
+	        st.n_head_sets ? (uint32_t)(st.bytes_entries / st.bytes_per_token) : st.n_cached;
 	if (!full && (kept > budget || st.bytes > (uint64_t)budget * st.bytes_per_token)) {
 		err_set(&e, KVS_ESTATE, "%s kept %u tokens over its budget of %u", policy, kept, budget);
 		goto fail;

@@ -109,7 +109,8 @@ void log_capture_stop(void)
 		free(log_cap.lines[i]);
 	}
 	if (log_cap.dropped > 0)
-		fprintf(stderr, "kvscope: warning: %zu more log lines were not kept (the first %d are above)\n",
+		fprintf(stderr,
+		        "kvscope: warning: %zu more log lines were not kept (the first %d are above)\n",
 		        log_cap.dropped, LOG_CAPTURE_MAX);
 	log_cap.n = log_cap.shown = log_cap.dropped = 0;
 	log_cap.on = false;

@@ -502,10 +502,10 @@ static void cpu_flash_tile(const struct cpu *c, uint32_t l, uint32_t kvh, uint32
 	uint64_t head_off = cpu_vbase(c, kvh);
 	bool half = c->kv_es == 2;
 	const uint32_t *rows = cpu_vrows(c, l, kvh) + k0;
-	c->ops->kv_rows_f32(c->kr[l] + head_off, cpu_vstride(c), half, rows, mt, (int)hd, true,
-	                    f->kt, CPU_FA_TILE);
-	c->ops->kv_rows_f32(c->vc[l] + head_off, cpu_vstride(c), half, rows, mt, (int)hd, false,
-	                    f->v, hd);
+	c->ops->kv_rows_f32(c->kr[l] + head_off, cpu_vstride(c), half, rows, mt, (int)hd, true, f->kt,
+	                    CPU_FA_TILE);
+	c->ops->kv_rows_f32(c->vc[l] + head_off, cpu_vstride(c), half, rows, mt, (int)hd, false, f->v,
+	                    hd);
 }
 
 /*

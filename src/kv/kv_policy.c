@@ -116,7 +116,7 @@ static const struct kv_param_def policy_lmi_params[] = {
 	"1: a keep-set per (layer, KV head), scored by its own attention; 0: one for all heads"
 #define POLICY_STORE_HELP                                                                   \
 	"per-head keep-sets: slots (the engine holds every head's K/V of each token some head " \
-	"keeps) or heads (each head only its own entries, in budget + scratch rows per layer " \
+	"keeps) or heads (each head only its own entries, in budget + scratch rows per layer "  \
 	"that the layer's heads share, whatever spread is)"
 #define POLICY_CARRY_HELP                                                                          \
 	"what the scores of earlier votes keep at the next one: 0 the paper's rule; > 0 they add up, " \

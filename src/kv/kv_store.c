@@ -105,8 +105,7 @@ void kv_store_sync(struct kv_cache *c, const uint32_t *extra, uint32_t m)
 			uint32_t r = l * nh + g, *mr = map + (size_t)r * c->n_ctx;
 			const uint8_t *keep = c->hkeep ? c->hkeep + (size_t)r * c->n_ctx : NULL;
 			for (uint32_t s = 0; s < c->n_ctx; s++)
-				if (c->sheld[s] && mr[s] == ENGINE_ROW_NONE && (keep == NULL || keep[s]) &&
-				    *nf > 0)
+				if (c->sheld[s] && mr[s] == ENGINE_ROW_NONE && (keep == NULL || keep[s]) && *nf > 0)
 					mr[s] = fr[--(*nf)];
 		}
 		/* none left: the entry stays without a cell, and the engine
@@ -160,7 +159,8 @@ int kv_store_check(const struct kv_cache *c, struct err *e)
 		return KVS_OK;
 	const uint32_t *map = engine_kv_row_map(c->eng);
 	uint32_t nh = c->hp->n_head_kv, nc = store_cells(c);
-	uint32_t *seen = xmallocarray(nc, sizeof *seen); /* (n_cells) times each cell is accounted for */
+	uint32_t *seen =
+	        xmallocarray(nc, sizeof *seen); /* (n_cells) times each cell is accounted for */
 	int rc = KVS_OK;
 	for (uint32_t l = 0; l < c->hp->n_layer && rc == KVS_OK; l++) {
 		memset(seen, 0, nc * sizeof *seen);
