@@ -165,8 +165,9 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 void cold_probe_free(struct cold_probe *p);
 /* store_cold_summary_score of the probe over bounds kmin, kmax. */
 double cold_probe_score(const struct cold_probe *p, const float *kmin, const float *kmax);
-/* Decode column col of st, nb float32 LE, into f; false when its size is
- * not that. */
+/* Decode column col of st, nb bounds as F16 or float32 LE (told apart by
+ * the size: F16 when every value was one exactly), into f; false when its
+ * size is neither. */
 bool cold_floats_read(sqlite3_stmt *st, int col, size_t nb, float *f);
 
 /* A block's summary score, and what breaks its ties (pos0, lower first). */
