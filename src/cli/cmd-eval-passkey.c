@@ -18,10 +18,12 @@
  * temporary database (deleted at exit), and the prompt is fed as two turns
  * of the cache: the haystack, whose evictions are written to the cold tier,
  * then, from the question on, a turn that recalls first as a chat turn
- * does (session-cold.c: the scorer --recall, the budget --recall-budget;
- * the turn's words are the question's, its probe the prompt's last
- * tokens). The tokens and their positions are the same either way; each
- * sample is an epoch of its own in the cold tier.
+ * does (session-cold.c: the scorer --recall, the budget --recall-budget,
+ * where the blocks sit --recall-place; the turn's words are the
+ * question's, its probe the prompt's last tokens). The tokens are the
+ * same either way, and so are their positions but where --recall-place
+ * near moves the recalled blocks; each sample is an epoch of its own in
+ * the cold tier.
  *
  * --sparse may be repeated (off, quest, hip, squeezed, each with its
  * parameters): every prompt is then answered under each mode in turn, and
@@ -54,7 +56,8 @@ const struct cli_cmd cmd_eval_passkey = {
 	.name = "eval passkey",
 	.usage = "[--policy P] [--kv-budget N] [--lengths 2k,4k,...] [--depths 10,30,...] "
 	         "[--samples N] [--format chat|raw] [--max-tokens N (default 10)] [--seed S] "
-	         "[--sparse MODE (repeatable)] [--json] [--cold on [--recall R] [--recall-budget N]] "
+	         "[--sparse MODE (repeatable)] [--json] [--cold on [--recall R] [--recall-budget N] "
+	         "[--recall-place order|near]] "
 	         "[options]",
 	.help = "passkey retrieval (LM-Infinite's protocol) under a KV retention policy and budget",
 	.exec = cmd_eval_passkey_exec,
