@@ -81,6 +81,14 @@ int cold_kv_attach(struct store *s, bool create, struct err *e);
  * was never committed are deleted (they cannot be recalled); *lost: how
  * many. A writer's attach runs it. */
 int cold_kv_repair(struct store *s, int64_t sid, uint32_t *lost, struct err *e);
+/* Move session sid's blocks written before migration 006 (their rows in
+ * cold_blocks.kv, kv_at 0) to the K/V file, COLD_KV_MOVE blocks a step,
+ * each step two commits: the copy into the file, then the blocks marked
+ * kv_at 1 with their kv emptied (a crash between them leaves a copy that
+ * the next move makes again; nothing is lost either way). The database
+ * keeps the freed pages (a VACUUM returns them); *moved: the blocks. A
+ * writer's attach runs it after cold_kv_repair. */
+int cold_kv_move(struct store *s, int64_t sid, uint32_t *moved, struct err *e);
 /* The K/V rows of block id into buf (bytes of them): from the cold file
  * when kv_at is 1, else from cold_blocks.kv; false when missing. */
 bool cold_kv_read(struct store *s, int64_t id, uint8_t **buf, uint64_t *bytes);
