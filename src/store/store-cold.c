@@ -250,8 +250,8 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
 	if (!s->ro && cold_kv_move(s, id, &moved, &me) != KVS_OK)
 		log_warn("cold tier: %s", me.msg);
 	if (moved > 0)
-		log_info("cold tier: %u cold blocks of session %lld moved their K/V rows to %s-cold",
-		         moved, (long long)id, s->path);
+		log_info("cold tier: %u cold blocks of session %lld moved their K/V rows to %s-cold", moved,
+		         (long long)id, s->path);
 	c->s = s;
 	c->id = id;
 	cold_index_w_reset(&c->iw);

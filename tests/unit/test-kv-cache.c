@@ -1528,10 +1528,12 @@ static void test_cold_recall_near(const struct model *m)
 			const struct kv_tok *t = &kv_cache_toks(a)[i];
 			bool rec = (t->flags & KV_FLAG_RECALLED) != 0;
 			int32_t want = !near || t->orig_pos >= 40 ? (int32_t)i
-			               : rec                     ? (int32_t)(n_older + kr++)
-			                                         : (int32_t)ko++;
-			T_CHECK(t->pos == want, "near %d, after an eviction: token at original %d at %d, "
-			        "expected %d", near, t->orig_pos, t->pos, want);
+			        : rec                             ? (int32_t)(n_older + kr++)
+			                                          : (int32_t)ko++;
+			T_CHECK(t->pos == want,
+			        "near %d, after an eviction: token at original %d at %d, "
+			        "expected %d",
+			        near, t->orig_pos, t->pos, want);
 		}
 		/* the next turn: ordinary tokens again, at their index */
 		T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 8, &e), KVS_OK);

@@ -344,7 +344,7 @@ static bool blob_bounds(sqlite3_stmt *st, int col, size_t nb, float *out)
 			continue;
 		}
 		uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
-		             (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
+		        (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
 		memcpy(&out[i], &u, 4);
 	}
 	return true;

@@ -254,9 +254,10 @@ static void test_migrate5(struct fix *f)
 	 * attach finishes the move, each row once */
 	store_cold_free(cold);
 	store_close(s);
-	sqlq_exec(path, "UPDATE cold_blocks SET kv = (SELECT k.kv FROM cold.cold_kv k WHERE k.id = "
-	                "cold_blocks.id), kv_at = 0 WHERE id IN (SELECT id FROM cold_blocks ORDER "
-	                "BY id LIMIT 3)");
+	sqlq_exec(path,
+	          "UPDATE cold_blocks SET kv = (SELECT k.kv FROM cold.cold_kv k WHERE k.id = "
+	          "cold_blocks.id), kv_at = 0 WHERE id IN (SELECT id FROM cold_blocks ORDER "
+	          "BY id LIMIT 3)");
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks WHERE kv_at = 0"), 3);
 	T_CHECK(open_session(f, path, 0, &s, &cold, &id, &e) == KVS_OK, "%s", e.msg);
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks WHERE kv_at = 1 AND length(kv) = 0"),
