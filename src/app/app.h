@@ -364,6 +364,7 @@ struct session_cold_config {
 	uint32_t max_tokens; /* per session (--cold-max; 0: no cap) */
 	enum session_recall recall;
 	uint32_t recall_budget; /* tokens per turn (0: an eighth of the KV budget) */
+	bool recall_near;       /* recalled blocks placed right before their turn (compact policies) */
 	/* A custom scorer (a Lua recall hook): with recall not off, it ranks
 	 * the blocks instead (summary scores computed for it where a probe can
 	 * run); borrowed until the cold tier is set again or the session ends. */

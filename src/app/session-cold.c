@@ -106,6 +106,7 @@ void scold_open(struct session_cold **out, struct gen *g, const struct session_c
 	store_cold_open(&sc->c, g->kv, g->model->vocab, &cc);
 	if (sc->c != NULL)
 		kv_cache_set_cold(g->kv, store_cold_evicted, sc->c);
+	kv_cache_set_recall_near(g->kv, c->recall_near);
 	/* a block larger than the recall budget never comes back: say so once */
 	uint32_t budget = kv_cache_budget(g->kv);
 	uint32_t want = c->recall_budget ? c->recall_budget : budget / 8;
@@ -122,6 +123,7 @@ void scold_free(struct session_cold *sc)
 	if (sc == NULL)
 		return;
 	kv_cache_set_cold(sc->g->kv, NULL, NULL);
+	kv_cache_set_recall_near(sc->g->kv, false);
 	store_cold_free(sc->c);
 	free(sc->text);
 	free(sc->probe);

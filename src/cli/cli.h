@@ -51,7 +51,7 @@ enum opt_group {
 	OPTG_HELP = 1u << 22,    /* -h, --help: the command's usage (model info) */
 	OPTG_RECALL = 1u << 23,  /* --turns, --facts, --value (eval recall) */
 	OPTG_SPARSE = 1u << 24,  /* --lengths, --n-gen, --reps (eval sparse) */
-	OPTG_COLD = 1u << 25,    /* --cold, --cold-max, --cold-block, --recall, --recall-budget */
+	OPTG_COLD = 1u << 25,    /* --cold, --cold-max, --cold-block, --recall, --recall-* */
 };
 
 struct cli_opts; /* opts.h */

@@ -18,10 +18,12 @@
  * temporary database (deleted at exit), and the prompt is fed as two turns
  * of the cache: the haystack, whose evictions are written to the cold tier,
  * then, from the question on, a turn that recalls first as a chat turn
- * does (session-cold.c: the scorer --recall, the budget --recall-budget;
- * the turn's words are the question's, its probe the prompt's last
- * tokens). The tokens and their positions are the same either way; each
- * sample is an epoch of its own in the cold tier.
+ * does (session-cold.c: the scorer --recall, the budget --recall-budget,
+ * where the blocks sit --recall-place; the turn's words are the
+ * question's, its probe the prompt's last tokens). The tokens are the
+ * same either way, and so are their positions but where --recall-place
+ * near moves the recalled blocks; each sample is an epoch of its own in
+ * the cold tier.
  *
  * --sparse may be repeated (off, quest, hip, squeezed, each with its
  * parameters): every prompt is then answered under each mode in turn, and
@@ -54,7 +56,8 @@ const struct cli_cmd cmd_eval_passkey = {
 	.name = "eval passkey",
 	.usage = "[--policy P] [--kv-budget N] [--lengths 2k,4k,...] [--depths 10,30,...] "
 	         "[--samples N] [--format chat|raw] [--max-tokens N (default 10)] [--seed S] "
-	         "[--sparse MODE (repeatable)] [--json] [--cold on [--recall R] [--recall-budget N]] "
+	         "[--sparse MODE (repeatable)] [--json] [--cold on [--recall R] [--recall-budget N] "
+	         "[--recall-place order|near]] "
 	         "[options]",
 	.help = "passkey retrieval (LM-Infinite's protocol) under a KV retention policy and budget",
 	.exec = cmd_eval_passkey_exec,
@@ -190,6 +193,69 @@ static int pk_squeeze(struct gen *g, size_t n, struct err *e)
 	return rc;
 }
 
+/* The text of ids [a, b] (pieces joined, newlines shown as \\n). */
+static char *pk_span_text(const struct vocab *v, const int32_t *ids, int32_t a, int32_t b)
+{
+	size_t cap = 64, len = 0;
+	char *s = xmalloc(cap);
+	for (int32_t i = a; i <= b; i++) {
+		char piece[64];
+		size_t pl = KVS_MIN(vocab_piece(v, ids[i], false, piece, sizeof piece), sizeof piece);
+		if (len + 2 * pl + 1 > cap) {
+			cap = 2 * (len + 2 * pl + 1);
+			s = xrealloc(s, cap);
+		}
+		for (size_t j = 0; j < pl; j++) {
+			if (piece[j] == '\n') {
+				s[len++] = '\\';
+				s[len++] = 'n';
+			} else
+				s[len++] = piece[j];
+		}
+	}
+	s[len] = '\0';
+	return s;
+}
+
+/* At debug level: the cache as the question left it, one line per run of
+ * consecutive original positions (where it sits, whether it was recalled,
+ * its text; long runs by their ends), so a wrong answer can be read
+ * against what the model saw. */
+static void pk_log_cache(struct gen *g, const int32_t *ids, size_t n)
+{
+	if (log_get_level() < LOG_DEBUG)
+		return;
+	struct kv_cache *kv = gen_kv(g);
+	const struct kv_tok *t = kv_cache_toks(kv);
+	uint32_t nc = kv_cache_n(kv);
+	for (uint32_t i = 0; i < nc;) {
+		uint32_t j = i + 1;
+		bool rec = t[i].flags & KV_FLAG_RECALLED;
+		while (j < nc && t[j].orig_pos == t[j - 1].orig_pos + 1 &&
+		       (bool)(t[j].flags & KV_FLAG_RECALLED) == rec)
+			j++;
+		int32_t a = t[i].orig_pos, b = t[j - 1].orig_pos;
+		if ((size_t)b >= n) { /* never: the cache holds the prompt only */
+			i = j;
+			continue;
+		}
+		char *text;
+		if (rec || b - a < 160)
+			text = pk_span_text(gen_vocab(g), ids, a, b);
+		else {
+			char *x = pk_span_text(gen_vocab(g), ids, a, a + 40);
+			char *y = pk_span_text(gen_vocab(g), ids, b - 40, b);
+			text = xasprintf("%s ... %s", x, y);
+			free(x);
+			free(y);
+		}
+		log_debug("passkey cache: %u tokens at original %d..%d, cache positions %d..%d%s: '%s'",
+		          j - i, a, b, t[i].pos, t[j - 1].pos, rec ? ", recalled" : "", text);
+		free(text);
+		i = j;
+	}
+}
+
 /* Feed the prompt ids (n) from an empty cache; with a cold tier the
  * question starts a turn of its own. */
 static int pk_fill(struct gen *g, const int32_t *ids, size_t n, struct eval_cold *cold,
@@ -219,6 +285,8 @@ static int pk_fill(struct gen *g, const int32_t *ids, size_t n, struct eval_cold
 			rc = gen_feed(g, ids + head, m, e);
 		scold_flush(cold->sc, cold->index++, NULL);
 	}
+	if (rc == KVS_OK)
+		pk_log_cache(g, ids, n);
 	return rc;
 }
 

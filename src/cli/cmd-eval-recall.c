@@ -57,7 +57,8 @@ const struct cli_cmd cmd_eval_recall = {
 	.name = "eval recall",
 	.usage = "[--policy P] [--kv-budget N] [--turns 10,30,...] [--facts number,name,code,day] "
 	         "[--value TEXT] [--samples N] [--format chat|raw] [--max-tokens N (default 12)] "
-	         "[--seed S] [--json] [--cold on [--recall R] [--recall-budget N]] [options]",
+	         "[--seed S] [--json] [--cold on [--recall R] [--recall-budget N] "
+	         "[--recall-place order|near]] [options]",
 	.help = "multi-turn fact recall: a fact, N unrelated turns, the question, under a KV policy",
 	.exec = cmd_eval_recall_exec,
 	.options = OPTG_MODEL | OPTG_ENGINE | OPTG_KV | OPTG_EVAL | OPTG_RECALL | OPTG_GEN | OPTG_COLD,

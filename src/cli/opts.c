@@ -252,6 +252,16 @@ static int opt_recall(struct cli_opts *o, const char *arg, const struct cli_opt 
 	return KVS_OK;
 }
 
+/* --recall-place order|near. */
+static int opt_recall_place(struct cli_opts *o, const char *arg, const struct cli_opt *opt,
+                            struct err *e)
+{
+	if (strcmp(arg, "order") != 0 && strcmp(arg, "near") != 0)
+		return err_set(e, KVS_EARG, "--%s: '%s', expected order or near", opt->name, arg);
+	o->cold.recall_near = strcmp(arg, "near") == 0;
+	return KVS_OK;
+}
+
 /* --plugin FILE, repeatable. */
 static int opt_plugin(struct cli_opts *o, const char *arg, const struct cli_opt *opt, struct err *e)
 {
@@ -496,6 +506,10 @@ static const struct cli_opt cli_opt_table[] = {
 	  "(its queries against the blocks' key bounds), fts (its words, BM25) or off" },
 	{ "recall-budget", 0, "N", OPTG_COLD, opt_u32, O(cold.recall_budget), 1, 1 << 24,
 	  "tokens recalled per turn at most (default: an eighth of the KV budget)" },
+	{ "recall-place", 0, "order|near", OPTG_COLD, opt_recall_place, 0, 0, 0,
+	  "where recalled blocks sit under a compact-position policy for their turn: order (default: "
+	  "at their place in the text's order, after older cached tokens) or near (right before the "
+	  "turn, after every other cached token)" },
 	{ "format", 0, "md|json", OPTG_EXPORT, opt_str, O(format), 0, 0,
 	  "export format: Markdown (default) or JSON" },
 	{ "theme", 0, "dark|light", OPTG_TUI, opt_str, O(theme), 0, 0, "colour theme (default dark)" },

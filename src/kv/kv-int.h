@@ -109,6 +109,8 @@ struct kv_cache {
 	bool cold_raw_ok;         /* the rows of this eviction are to be read */
 	struct kv_cold_q *cold_q; /* evictions waiting for their rows' copies (kv_cold.c) */
 	uint32_t recall_turn;     /* the turn recalled tokens are kept through (0: none) */
+	int32_t recall_pos0;      /* next_pos when they came back: the turn's tokens start there */
+	bool recall_near;         /* COMPACT: recalled tokens sit right before the turn (kv_cold.c) */
 	/* statistics since the last clear */
 	uint64_t n_seen, n_evicted, step, bytes_peak;
 	uint64_t n_clears; /* kv_cache_clear calls since creation (kv_snap.c's witness) */
@@ -237,6 +239,18 @@ double kv_row_lse(const float *row, uint32_t nv, float *ent);
 void kv_capture_step(struct kv_cache *c, const struct engine_out *o);
 /* Whether eviction must keep t now: pinned, or recalled for this turn. */
 bool kv_protected(const struct kv_cache *c, const struct kv_tok *t);
+/* The COMPACT positions of the cached tokens, one token at a time in cache
+ * order (kv_cold.c): the cache index, or, while recalled tokens are kept
+ * for this turn and placement is near, the older tokens first, then the
+ * recalled ones, then the turn's own. */
+struct kv_pos_walk {
+	bool near;
+	uint32_t n_older; /* tokens before the turn that were not recalled */
+	uint32_t older, recalled;
+};
+void kv_pos_walk_init(const struct kv_cache *c, struct kv_pos_walk *w);
+/* The position of the i-th cached token (called for i = 0, 1, ... in order). */
+int32_t kv_pos_walk_next(const struct kv_cache *c, struct kv_pos_walk *w, uint32_t i);
 /* Before an eviction frees slots: make room for n tokens' raw rows (when a
  * cold listener is set). */
 void kv_cold_begin(struct kv_cache *c, uint32_t n);

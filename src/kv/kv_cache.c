@@ -161,9 +161,11 @@ void kv_emit(struct kv_cache *c, struct kv_event *ev)
 static int kv_reposition(struct kv_cache *c, struct err *e)
 {
 	enum kv_pos_mode mode = kv_pos_mode(c);
+	struct kv_pos_walk w;
+	kv_pos_walk_init(c, &w);
 	for (uint32_t i = 0; i < c->n; i++) {
 		struct kv_tok *t = &c->toks[i];
-		int32_t p = mode == KV_POS_COMPACT ? (int32_t)i : t->orig_pos;
+		int32_t p = mode == KV_POS_COMPACT ? kv_pos_walk_next(c, &w, i) : t->orig_pos;
 		if (p != t->pos) {
 			int rc = engine_kv_set_pos(c->eng, t->slot, p, e);
 			if (rc != KVS_OK)
@@ -352,6 +354,7 @@ void kv_cache_clear(struct kv_cache *c)
 	c->n_evictions = c->n_fallbacks = 0;
 	c->n_zip_reads = c->n_zip_tokens = 0;
 	c->recall_turn = 0;
+	c->recall_pos0 = 0;
 	kv_heads_reset(c);
 }
 

@@ -481,6 +481,19 @@ void kv_cache_cold_sync(struct kv_cache *c);
 int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, const void *raw,
                     struct err *e);
 /*
+ * Where recalled tokens sit under a COMPACT policy while they are kept for
+ * their turn: near false (the default), at their cache index, between the
+ * older tokens around their original place (the text reads in its original
+ * order, a recalled block right after the sinks when nothing older is
+ * cached); near true, right before the turn's own tokens, after every
+ * other cached token (positions n_older .., as a retrieved passage placed
+ * next to the question), their own order kept. Cache order (original
+ * positions) is the same either way; only positions move. From the next
+ * turn on they are ordinary tokens again (the next compaction puts them
+ * back at their index). ORIGINAL and CAPPED policies ignore it.
+ */
+void kv_cache_set_recall_near(struct kv_cache *c, bool near);
+/*
  * Run ids (n) as the next feed would place them (the same positions, dense
  * attention over every cached token and themselves) in free slots, and
  * fill q, (n, n_layer, n_head, head_dim), with their queries before RoPE;

@@ -119,6 +119,35 @@ bool kv_protected(const struct kv_cache *c, const struct kv_tok *t)
 	return (t->flags & KV_FLAG_RECALLED) && c->recall_turn != 0 && c->recall_turn == c->turn;
 }
 
+void kv_cache_set_recall_near(struct kv_cache *c, bool near)
+{
+	c->recall_near = near;
+}
+
+/* Whether t came before the recall turn's own tokens and was recalled. */
+static bool kv_pos_recalled(const struct kv_cache *c, const struct kv_tok *t)
+{
+	return (t->flags & KV_FLAG_RECALLED) && t->orig_pos < c->recall_pos0;
+}
+
+void kv_pos_walk_init(const struct kv_cache *c, struct kv_pos_walk *w)
+{
+	memset(w, 0, sizeof *w);
+	w->near = c->recall_near && c->recall_turn != 0 && c->recall_turn == c->turn;
+	for (uint32_t i = 0; w->near && i < c->n && c->toks[i].orig_pos < c->recall_pos0; i++)
+		w->n_older += !kv_pos_recalled(c, &c->toks[i]);
+}
+
+int32_t kv_pos_walk_next(const struct kv_cache *c, struct kv_pos_walk *w, uint32_t i)
+{
+	const struct kv_tok *t = &c->toks[i];
+	if (!w->near || t->orig_pos >= c->recall_pos0)
+		return (int32_t)i; /* every earlier token is placed below: the index is free */
+	if (kv_pos_recalled(c, t))
+		return (int32_t)(w->n_older + w->recalled++);
+	return (int32_t)w->older++;
+}
+
 /* Before an eviction's gather: hand over the earlier evictions whose
  * copies landed, and make room for n victims' slots (the victims the
  * target implies; kv_cold_save grows it when there are more). */
@@ -292,17 +321,21 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 	c->n_free -= n;
 	c->n += n;
 	c->recall_turn = c->turn;
+	c->recall_pos0 = c->next_pos;
 	for (uint32_t k = 0; c->hkeep != NULL && !kv_store_on(c) && k < n; k++)
 		kv_heads_take(c, &c->free_slots[c->n_free + k], 1);
 	kv_heads_count(c);
 	uint64_t bytes = kv_bytes(c);
 	if (bytes > c->bytes_peak)
 		c->bytes_peak = bytes;
-	/* positions as the policy's mode says (COMPACT moves the later tokens up) */
+	/* positions as the policy's mode says (COMPACT moves the later tokens
+	 * up; near: the recalled ones after every other) */
 	bool compact = kv_def(c)->pos_mode(c->cfg.policy.p) == KV_POS_COMPACT;
+	struct kv_pos_walk pw;
+	kv_pos_walk_init(c, &pw);
 	for (uint32_t k = 0; k < c->n; k++) {
 		struct kv_tok *t = &c->toks[k];
-		int32_t p = compact ? (int32_t)k : t->orig_pos;
+		int32_t p = compact ? kv_pos_walk_next(c, &pw, k) : t->orig_pos;
 		if (p != t->pos) {
 			rc = engine_kv_set_pos(c->eng, t->slot, p, e);
 			if (rc != KVS_OK)

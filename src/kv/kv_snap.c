@@ -140,6 +140,7 @@ int kv_cache_back(struct kv_cache *c, const struct kv_snap *s, struct err *e)
 	c->n_zip_reads = o->n_zip_reads;
 	c->n_zip_tokens = o->n_zip_tokens;
 	c->recall_turn = o->recall_turn;
+	c->recall_pos0 = o->recall_pos0;
 	c->n_seen = o->n_seen;
 	c->n_evicted = o->n_evicted;
 	c->step = o->step;

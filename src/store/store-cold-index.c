@@ -8,7 +8,10 @@
  * that reading them no longer walks a 1.4 MiB blob's overflow pages.
  * cold_groups holds, per run of up to `group` consecutive blocks of one
  * epoch, bounds that hold every member's (channel-wise min of the kmin,
- * max of the kmax).
+ * max of the kmax). A bounds blob is F16 when every value in it is an F16
+ * value exactly, float32 otherwise (cold_floats_bind): an f16 cache's
+ * bounds are its own key elements, so they take half the pages, with the
+ * same values.
  *
  * The score (store_cold_summary_score) is, per layer, the best over KV
  * heads and probe queries of sum_d max(q_d kmin_d, q_d kmax_d), summed over
@@ -257,9 +260,15 @@ static bool cold_le(void)
 
 bool cold_floats_read(sqlite3_stmt *st, int col, size_t nb, float *f)
 {
-	if ((size_t)sqlite3_column_bytes(st, col) != nb * 4)
-		return false;
+	size_t bytes = (size_t)sqlite3_column_bytes(st, col);
 	const uint8_t *p = sqlite3_column_blob(st, col);
+	if (bytes == nb * 2 && nb > 0) { /* F16: every value one exactly (cold_floats_bind) */
+		for (size_t i = 0; i < nb; i++)
+			f[i] = dtype_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+		return true;
+	}
+	if (bytes != nb * 4)
+		return false;
 	if (cold_le()) {
 		memcpy(f, p, nb * 4);
 		return true;
@@ -269,9 +278,36 @@ bool cold_floats_read(sqlite3_stmt *st, int col, size_t nb, float *f)
 	return true;
 }
 
-/* Bind f (nb floats) to column col of st as a little-endian blob. */
+/* Whether every one of f's nb values is an F16 value exactly (bit for bit
+ * back, so a zero keeps its sign and a NaN is never one). */
+static bool cold_f16_exact(const float *f, size_t nb)
+{
+	for (size_t i = 0; i < nb; i++) {
+		float back = dtype_f16_to_f32(dtype_f32_to_f16(f[i]));
+		if (memcmp(&back, &f[i], sizeof back) != 0)
+			return false;
+	}
+	return true;
+}
+
+/* Bind bounds f (nb floats) to column col of st as a little-endian blob:
+ * F16 when every value is one exactly, float32 otherwise; the reader tells
+ * them apart by their size. An f16 cache's bounds are its own key elements,
+ * so they always go as F16: half the pages a recall reads for them, the
+ * same values and so the same scores bit for bit (an f32 cache's bounds
+ * stay float32: rounding them, even outward, would move its scores). */
 static void cold_floats_bind(sqlite3_stmt *st, int col, const float *f, size_t nb)
 {
+	if (nb > 0 && cold_f16_exact(f, nb)) {
+		uint8_t *h = xmalloc(nb * 2);
+		for (size_t i = 0; i < nb; i++) {
+			uint16_t v = dtype_f32_to_f16(f[i]);
+			h[2 * i] = (uint8_t)v, h[2 * i + 1] = (uint8_t)(v >> 8);
+		}
+		sqlite3_bind_blob64(st, col, h, nb * 2, SQLITE_TRANSIENT);
+		free(h);
+		return;
+	}
 	if (cold_le()) {
 		sqlite3_bind_blob64(st, col, f, nb * 4, SQLITE_TRANSIENT);
 		return;

@@ -11,8 +11,10 @@
  * database attached as `cold` (table cold_kv: the block's id, its session,
  * the rows), and the database keeps the rest: a recall reads the
  * database's compact pages (which stay cached) and, from PATH-cold, only
- * the rows of the blocks it brings back. Blocks written before keep their
- * rows in cold_blocks.kv (kv_at 0) and are read from there.
+ * the rows of the blocks it brings back. Blocks written before kept their
+ * rows in cold_blocks.kv (kv_at 0); a writer's attach moves them into the
+ * file (cold_kv_move: copy, then mark, so a crash between loses nothing),
+ * and until then they are read from there.
  *
  * Invariants: a block with kv_at 1 has one cold_kv row of its id, written
  * in the transaction that writes the block and deleted in the one that
@@ -163,6 +165,76 @@ int cold_kv_repair(struct store *s, int64_t sid, uint32_t *lost, struct err *e)
 	}
 	*lost = (uint32_t)n;
 	return KVS_OK;
+}
+
+/* Session sid's oldest blocks still holding their rows in cold_blocks.kv,
+ * up to COLD_KV_MOVE of them: the highest id among them in *hi, 0 if none. */
+#define COLD_KV_MOVE 32 /* blocks per move: 45 MiB of the default model's rows */
+static int cold_kv_next_batch(struct store *s, int64_t sid, int64_t *hi, struct err *e)
+{
+	char sql[256];
+	snprintf(sql, sizeof sql,
+	         "SELECT coalesce(max(id), 0) FROM (SELECT id FROM main.cold_blocks WHERE "
+	         "session_id = %lld AND kv_at = 0 ORDER BY id LIMIT %d)",
+	         (long long)sid, COLD_KV_MOVE);
+	return store_int(s, sql, hi, e);
+}
+
+int cold_kv_move(struct store *s, int64_t sid, uint32_t *moved, struct err *e)
+{
+	*moved = 0;
+	if (!s->cold_kv || s->ro)
+		return KVS_OK;
+	char sql[512];
+	for (;;) {
+		int64_t hi = 0, n = 0;
+		int rc = cold_kv_next_batch(s, sid, &hi, e);
+		if (rc != KVS_OK || hi == 0)
+			return rc;
+		/* first the copy, committed in the K/V file; OR REPLACE: a copy a
+		 * crash left before its block was marked is made again */
+		snprintf(sql, sizeof sql,
+		         "BEGIN IMMEDIATE; INSERT OR REPLACE INTO cold.cold_kv (id, session_id, kv) "
+		         "SELECT id, session_id, kv FROM main.cold_blocks WHERE session_id = %lld AND "
+		         "kv_at = 0 AND id <= %lld; COMMIT",
+		         (long long)sid, (long long)hi);
+		rc = store_exec(s, sql, "copying old cold blocks' K/V rows to the K/V file", e);
+		/* then the blocks point there and let their copy in the database go */
+		if (rc == KVS_OK) {
+			snprintf(sql, sizeof sql,
+			         "SELECT count(*) FROM main.cold_blocks WHERE session_id = %lld AND kv_at = 0 "
+			         "AND id <= %lld",
+			         (long long)sid, (long long)hi);
+			rc = store_int(s, sql, &n, e);
+		}
+		if (rc == KVS_OK) {
+			snprintf(sql, sizeof sql,
+			         "BEGIN IMMEDIATE; UPDATE main.cold_blocks SET kv = x'', kv_at = 1 WHERE "
+			         "session_id = %lld AND kv_at = 0 AND id <= %lld AND id IN (SELECT id FROM "
+			         "cold.cold_kv WHERE session_id = %lld); COMMIT",
+			         (long long)sid, (long long)hi, (long long)sid);
+			rc = store_exec(s, sql, "moving old cold blocks' K/V rows to the K/V file", e);
+		}
+		if (rc != KVS_OK) {
+			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+			return rc;
+		}
+		/* every block of the step moved, or the next step would be this one */
+		int64_t left = 0;
+		snprintf(sql, sizeof sql,
+		         "SELECT count(*) FROM main.cold_blocks WHERE session_id = %lld AND kv_at = 0 AND "
+		         "id <= %lld",
+		         (long long)sid, (long long)hi);
+		rc = store_int(s, sql, &left, e);
+		if (rc == KVS_OK && left > 0)
+			rc = err_set(e, KVS_ESTATE,
+			             "%s: %lld of session %lld's old cold blocks up to id %lld did not reach "
+			             "the K/V file: expected each copied; they stay where they are",
+			             s->path, (long long)left, (long long)sid, (long long)hi);
+		if (rc != KVS_OK)
+			return rc;
+		*moved += (uint32_t)(n - left);
+	}
 }
 
 bool cold_kv_read(struct store *s, int64_t id, uint8_t **buf, uint64_t *bytes)

@@ -243,6 +243,15 @@ int store_cold_attach(struct store_cold *c, struct store *s, int64_t id, const c
 		log_warn("cold tier: %u cold blocks of session %lld had no K/V rows in %s-cold (a "
 		         "crash between the two files' commits); dropped",
 		         lost, (long long)id, s->path);
+	/* blocks older than the K/V file move into it; where that fails they
+	 * stay readable where they are, so failing costs only the layout */
+	uint32_t moved = 0;
+	struct err me;
+	if (!s->ro && cold_kv_move(s, id, &moved, &me) != KVS_OK)
+		log_warn("cold tier: %s", me.msg);
+	if (moved > 0)
+		log_info("cold tier: %u cold blocks of session %lld moved their K/V rows to %s-cold", moved,
+		         (long long)id, s->path);
 	c->s = s;
 	c->id = id;
 	cold_index_w_reset(&c->iw);

@@ -81,6 +81,14 @@ int cold_kv_attach(struct store *s, bool create, struct err *e);
  * was never committed are deleted (they cannot be recalled); *lost: how
  * many. A writer's attach runs it. */
 int cold_kv_repair(struct store *s, int64_t sid, uint32_t *lost, struct err *e);
+/* Move session sid's blocks written before migration 006 (their rows in
+ * cold_blocks.kv, kv_at 0) to the K/V file, COLD_KV_MOVE blocks a step,
+ * each step two commits: the copy into the file, then the blocks marked
+ * kv_at 1 with their kv emptied (a crash between them leaves a copy that
+ * the next move makes again; nothing is lost either way). The database
+ * keeps the freed pages (a VACUUM returns them); *moved: the blocks. A
+ * writer's attach runs it after cold_kv_repair. */
+int cold_kv_move(struct store *s, int64_t sid, uint32_t *moved, struct err *e);
 /* The K/V rows of block id into buf (bytes of them): from the cold file
  * when kv_at is 1, else from cold_blocks.kv; false when missing. */
 bool cold_kv_read(struct store *s, int64_t id, uint8_t **buf, uint64_t *bytes);
@@ -165,8 +173,9 @@ void cold_probe_init(struct cold_probe *p, const struct hparams *hp, const float
 void cold_probe_free(struct cold_probe *p);
 /* store_cold_summary_score of the probe over bounds kmin, kmax. */
 double cold_probe_score(const struct cold_probe *p, const float *kmin, const float *kmax);
-/* Decode column col of st, nb float32 LE, into f; false when its size is
- * not that. */
+/* Decode column col of st, nb bounds as F16 or float32 LE (told apart by
+ * the size: F16 when every value was one exactly), into f; false when its
+ * size is neither. */
 bool cold_floats_read(sqlite3_stmt *st, int col, size_t nb, float *f);
 
 /* A block's summary score, and what breaks its ties (pos0, lower first). */

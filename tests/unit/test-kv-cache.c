@@ -1470,6 +1470,83 @@ static void test_cold_recall(const struct model *m)
 	engine_free(eb);
 }
 
+/* Recall placed near (kv_cache_set_recall_near): a streaming cache (4
+ * sinks, budget 48) holds tokens 0..3 and 16..39 when tokens 4..11 come
+ * back; they keep their cache order (original positions) but take the
+ * positions right after the older tokens (0..3 at 0..3, 16..39 at 4..27,
+ * 4..11 at 28..35), the turn's tokens follow at 36.., an eviction within
+ * the turn keeps that layout, and the next turn's eviction puts every
+ * token back at its cache index. Near off, the same recall places them at
+ * their index (4..11 at 4..11). */
+static void test_cold_recall_near(const struct model *m)
+{
+	uint32_t nv = m->hp.n_vocab;
+	struct engine *ea = tinymodel_engine(m, 64, 1, true);
+	struct err e;
+	int32_t ids[80];
+	rnd_tokens(ids, 80, nv);
+	for (int near = 0; near <= 1; near++) {
+		struct kv_cache *a = mk_cache(ea, "streaming", 48, 8);
+		struct cold_log *l = xcalloc(1, sizeof *l);
+		l->row = engine_kv_bytes_per_slot(ea);
+		l->raw = xmalloc(256 * l->row);
+		kv_cache_set_cold(a, cold_listen, l);
+		kv_cache_set_recall_near(a, near);
+		T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 40, &e), KVS_OK);
+		T_CHECK(kv_cache_feed(a, ids, 40, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 20, &e), KVS_OK);
+		T_EQ_INT(kv_cache_n(a), 28);
+		T_EQ_INT(l->n, 12);
+		T_EQ_INT(l->toks[0].orig_pos, 4);
+		T_CHECK(kv_cache_recall(a, l->toks, 8, l->raw, &e) == KVS_OK, "%s", e.msg);
+		T_CHECK(kv_cache_feed(a, ids + 40, 12, &e) == KVS_OK, "%s", e.msg);
+		T_EQ_INT(kv_cache_n(a), 48);
+		for (uint32_t i = 0; i < 48; i++) {
+			const struct kv_tok *t = &kv_cache_toks(a)[i];
+			int32_t o = t->orig_pos, want = (int32_t)i;
+			if (near && o >= 4 && o < 12)
+				want = 28 + (o - 4);
+			else if (near && o >= 16 && o < 40)
+				want = 4 + (o - 16);
+			T_CHECK(t->pos == want && engine_kv_pos(ea, t->slot) == want,
+			        "near %d: token at original %d (index %u) at position %d (engine %d), "
+			        "expected %d",
+			        near, o, i, t->pos, engine_kv_pos(ea, t->slot), want);
+		}
+		T_EQ_INT(kv_cache_check(a, &e), KVS_OK);
+		/* an eviction within the turn: the older tokens close up, the
+		 * recalled ones stay right after them, the turn's after those */
+		T_CHECK(kv_cache_feed(a, ids + 52, 4, &e) == KVS_OK, "%s", e.msg);
+		uint32_t n_older = 0, n_rec = 0;
+		for (uint32_t i = 0; i < kv_cache_n(a); i++) {
+			const struct kv_tok *t = &kv_cache_toks(a)[i];
+			n_older += t->orig_pos < 40 && !(t->flags & KV_FLAG_RECALLED);
+			n_rec += (t->flags & KV_FLAG_RECALLED) != 0;
+		}
+		T_EQ_INT(n_rec, 8);
+		for (uint32_t i = 0, ko = 0, kr = 0; i < kv_cache_n(a); i++) {
+			const struct kv_tok *t = &kv_cache_toks(a)[i];
+			bool rec = (t->flags & KV_FLAG_RECALLED) != 0;
+			int32_t want = !near || t->orig_pos >= 40 ? (int32_t)i
+			        : rec                             ? (int32_t)(n_older + kr++)
+			                                          : (int32_t)ko++;
+			T_CHECK(t->pos == want,
+			        "near %d, after an eviction: token at original %d at %d, "
+			        "expected %d",
+			        near, t->orig_pos, t->pos, want);
+		}
+		/* the next turn: ordinary tokens again, at their index */
+		T_EQ_INT(kv_cache_begin_turn(a, KV_ROLE_USER, 8, &e), KVS_OK);
+		for (uint32_t i = 0; i < kv_cache_n(a); i++)
+			T_EQ_INT(kv_cache_toks(a)[i].pos, (int32_t)i);
+		T_EQ_INT(kv_cache_check(a, &e), KVS_OK);
+		free(l->raw);
+		free(l);
+		kv_cache_free(a);
+	}
+	engine_free(ea);
+}
+
 /* ------------------------------------------------ the invariant checker */
 
 /* Whether kv_cache_check fails with a message containing want. */
@@ -1684,6 +1761,7 @@ int main(void)
 	test_restore(t.m, "full", 30, true);
 	test_cold_hook(t.m);
 	test_cold_recall(t.m);
+	test_cold_recall_near(t.m);
 	test_check_corrupt(t.m);
 	test_check_random(t.m);
 	for (size_t i = 0; i < kv_policy_count(); i++)

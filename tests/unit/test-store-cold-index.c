@@ -28,6 +28,9 @@
  *     alone runs;
  *   - a database of schema 4 (no sketches) migrates: the writer's attach
  *     sketches every block, byte for byte as the writer made them;
+ *   - bounds that are F16 values exactly (an f16 cache's) are stored as
+ *     F16, the others as float32, in one table; the search and the two
+ *     stages over such a mixed table equal the brute force;
  *   - the memory stage (cold_mem, store-cold-sketch.c) follows the
  *     database through flushes and the cap's drops (its ids are the
  *     sketch rows', in order), reads the sketches of its candidates only,
@@ -131,6 +134,8 @@ static struct store *open_session(struct fix *f, const char *path, uint64_t max,
 
 /* Evict n_blocks synthetic blocks from position *pos on, flushing after
  * every `flush` blocks: keys of block b scaled by a drift in [0.05, 2]. */
+static bool f16_keys; /* fill's keys are F16 values exactly (as an f16 cache's are) */
+
 static void fill(struct fix *f, struct store_cold *cold, uint32_t n_blocks, uint32_t flush,
                  int32_t *pos)
 {
@@ -148,8 +153,8 @@ static void fill(struct fix *f, struct store_cold *cold, uint32_t n_blocks, uint
 			toks[i].role = KV_ROLE_USER;
 			for (size_t k = 0; k < f->row_floats; k++) {
 				double x = 2 * unit() - 1;
-				raw[i * f->row_floats + k] =
-				        (float)(k % per_layer < per_layer / 2 ? drift * x : x); /* K, then V */
+				float v = (float)(k % per_layer < per_layer / 2 ? drift * x : x); /* K, then V */
+				raw[i * f->row_floats + k] = f16_keys ? dtype_f16_to_f32(dtype_f32_to_f16(v)) : v;
 			}
 		}
 		store_cold_evicted(cold, toks, BLOCK, raw, f->row_floats * sizeof(float));
@@ -325,6 +330,26 @@ static void check_two_stage(struct fix *f, struct store *s, const char *path, in
 	free(bf);
 }
 
+/* Decode a bounds blob by hand (little-endian F16 or float32, told apart
+ * by its size), independently of the store's reader; false: another size. */
+static bool blob_bounds(sqlite3_stmt *st, int col, size_t nb, float *out)
+{
+	const uint8_t *p = sqlite3_column_blob(st, col);
+	size_t bytes = (size_t)sqlite3_column_bytes(st, col);
+	if (bytes != 2 * nb && bytes != 4 * nb)
+		return false;
+	for (size_t i = 0; i < nb; i++) {
+		if (bytes == 2 * nb) {
+			out[i] = dtype_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+			continue;
+		}
+		uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
+		        (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
+		memcpy(&out[i], &u, 4);
+	}
+	return true;
+}
+
 /* Every summary sits in a group whose bounds hold its own; no group is
  * empty; every block has its summary. */
 static void check_groups(struct fix *f, const char *path, const char *what)
@@ -351,14 +376,18 @@ static void check_groups(struct fix *f, const char *path, const char *what)
 	                   "ON g.id = s.grp",
 	                   -1, &st, NULL);
 	size_t outside = 0, rows = 0;
+	float *b = xmallocarray(4 * f->nb, sizeof *b);
+	float *smn = b, *smx = b + f->nb, *gmn = b + 2 * f->nb, *gmx = b + 3 * f->nb;
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		const float *smn = sqlite3_column_blob(st, 0), *smx = sqlite3_column_blob(st, 1),
-		            *gmn = sqlite3_column_blob(st, 2), *gmx = sqlite3_column_blob(st, 3);
-		T_EQ_INT(sqlite3_column_bytes(st, 2), (int)(f->nb * 4));
+		T_CHECK(blob_bounds(st, 0, f->nb, smn) && blob_bounds(st, 1, f->nb, smx) &&
+		                blob_bounds(st, 2, f->nb, gmn) && blob_bounds(st, 3, f->nb, gmx),
+		        "%s: a bounds blob of %d bytes, expected %zu (F16) or %zu (float32)", what,
+		        sqlite3_column_bytes(st, 2), 2 * f->nb, 4 * f->nb);
 		for (size_t i = 0; i < f->nb; i++)
 			outside += smn[i] < gmn[i] || smx[i] > gmx[i] || smn[i] > smx[i];
 		rows++;
 	}
+	free(b);
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	T_CHECK(rows > 0, "%s: no grouped summaries", what);
@@ -407,6 +436,46 @@ static void test_search(struct fix *f)
 		free(hits);
 		free(q);
 	}
+	store_cold_free(cold);
+	store_close(s);
+	free(path);
+}
+
+/* Bounds that are F16 values exactly (an f16 cache's) are stored as F16,
+ * half the bytes, and rank exactly as the brute force over the K rows;
+ * bounds that are not stay float32, in the same tables: 60 blocks of
+ * float32 keys, then 90 of F16 keys (a group straddles the change). */
+static void test_f16(struct fix *f)
+{
+	char *path = xasprintf("%s/f16.db", tmpdir);
+	struct store_cold *cold;
+	int64_t id;
+	struct store *s = open_session(f, path, 0, &cold, &id);
+	int32_t pos = 0;
+	fill(f, cold, 58, 7, &pos);
+	f16_keys = true;
+	fill(f, cold, 92, 7, &pos);
+	f16_keys = false;
+	long long nb = (long long)f->nb;
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks"), 150);
+	char *q = xasprintf("SELECT count(*) FROM cold_sums WHERE length(kmin) = %lld AND "
+	                    "length(kmax) = %lld AND pos0 >= %d",
+	                    2 * nb, 2 * nb, 58 * BLOCK);
+	T_EQ_INT(sqlq_int(path, q), 92);
+	free(q);
+	q = xasprintf("SELECT count(*) FROM cold_sums WHERE length(kmin) = %lld AND "
+	              "length(kmax) = %lld AND pos0 < %d",
+	              4 * nb, 4 * nb, 58 * BLOCK);
+	T_EQ_INT(sqlq_int(path, q), 58);
+	free(q);
+	/* groups: F16 where every member is, float32 where one is not (the
+	 * group of blocks 56-59 holds both): the groups from block 60 on */
+	q = xasprintf("SELECT count(*) FROM cold_groups WHERE length(kmin) = %lld", 2 * nb);
+	T_EQ_INT(sqlq_int(path, q), (150 - 60 + GROUP - 1) / GROUP);
+	free(q);
+	check_groups(f, path, "f16");
+	check_search(f, s, path, id, "f16");
+	check_two_stage(f, s, path, id, true, "f16");
 	store_cold_free(cold);
 	store_close(s);
 	free(path);
@@ -626,6 +695,7 @@ int main(void)
 	fix_open(&f);
 	test_search(&f);
 	test_trim(&f);
+	test_f16(&f);
 	test_mem(&f);
 	test_migrate(&f);
 	test_migrate4(&f);

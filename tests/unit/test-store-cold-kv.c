@@ -5,9 +5,11 @@
  *   - layout: written blocks keep nothing in cold_blocks.kv; PATH-cold holds
  *     one row per block, byte for byte the rows the test evicted; the cap's
  *     drops take the rows with them; the store counts their bytes;
- *   - schema 5 (K/V in the block rows, no file) migrates: every old block
- *     reads back its own rows from where it was, the summary ranking is the
- *     same ids with the same scores bit for bit, new blocks go to the file;
+ *   - schema 5 (K/V in the block rows, no file) migrates: the writer's
+ *     attach moves every old block's rows to the file (a move cut by a
+ *     crash between its two commits is finished by the next attach), every
+ *     block reads back its own rows, the summary ranking is the same ids
+ *     with the same scores bit for bit, new blocks go to the file;
  *   - refusals: another program's PATH-cold, a file that is not SQLite and
  *     a symbolic link get one line each and are left byte for byte;
  *   - repair after a crash between the two files' commits: a block whose
@@ -235,15 +237,33 @@ static void test_migrate5(struct fix *f)
 	         0);
 	T_CHECK(access(kvp, F_OK) != 0, "%s still there", kvp);
 	T_EQ_INT(sqlq_int(path, "PRAGMA user_version"), 5);
-	/* opened by this kvscope: migrated, nothing moved */
+	/* opened by this kvscope: migrated (the rows stay where they are),
+	 * then the writer's attach moves every old block's rows to the file */
 	T_CHECK(open_session(f, path, 0, &s, &cold, &id, &e) == KVS_OK, "%s", e.msg);
 	T_EQ_INT(sqlq_int(path, "PRAGMA user_version"), store_schema_latest());
-	T_EQ_INT(sqlq_int(path,
-	                  "SELECT count(*) FROM cold_blocks WHERE kv_at = 0 AND length(kv) = "
-	                  "n_tokens * (SELECT bytes_per_token FROM cold_meta)"),
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks WHERE kv_at = 1 AND length(kv) = 0"),
 	         24);
-	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold.cold_kv"), 0);
-	check_rows(f, s, path, "migrated");
+	T_EQ_INT(sqlq_int(path,
+	                  "SELECT count(*) FROM cold.cold_kv k JOIN cold_blocks b ON b.id = k.id AND "
+	                  "b.session_id = k.session_id WHERE length(k.kv) = b.n_tokens * (SELECT "
+	                  "bytes_per_token FROM cold_meta)"),
+	         24);
+	check_rows(f, s, path, "migrated and moved");
+	/* a crash after a move's copy, before its blocks were marked: three
+	 * blocks back at kv_at 0 with their rows in both places; the next
+	 * attach finishes the move, each row once */
+	store_cold_free(cold);
+	store_close(s);
+	sqlq_exec(path,
+	          "UPDATE cold_blocks SET kv = (SELECT k.kv FROM cold.cold_kv k WHERE k.id = "
+	          "cold_blocks.id), kv_at = 0 WHERE id IN (SELECT id FROM cold_blocks ORDER "
+	          "BY id LIMIT 3)");
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks WHERE kv_at = 0"), 3);
+	T_CHECK(open_session(f, path, 0, &s, &cold, &id, &e) == KVS_OK, "%s", e.msg);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks WHERE kv_at = 1 AND length(kv) = 0"),
+	         24);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold.cold_kv"), 24);
+	check_rows(f, s, path, "a move cut by a crash, finished");
 	T_CHECK(store_cold_summary_top(cold, q, 2, 8, 0, 0, ids1, sc1, &n1, &e) == KVS_OK, "%s", e.msg);
 	T_EQ_INT(n1, n0);
 	for (size_t i = 0; i < n0 && i < n1; i++)
@@ -252,8 +272,8 @@ static void test_migrate5(struct fix *f)
 		        sc0[i], (long long)ids1[i], sc1[i]);
 	fill(f, cold, 6, &pos);
 	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold_blocks WHERE kv_at = 1 AND length(kv) = 0"),
-	         6);
-	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold.cold_kv"), 6);
+	         30);
+	T_EQ_INT(sqlq_int(path, "SELECT count(*) FROM cold.cold_kv"), 30);
 	check_rows(f, s, path, "migrated, then written");
 	uint32_t blocks;
 	uint64_t toks, bytes;
