@@ -241,7 +241,10 @@ int cu_sp_begin(struct cu *c, const struct engine_batch *b, const struct backend
 	/* the keys the query sees, sorted; sinks, window and units */
 	uint32_t nv = b->n_visible, ctx = c->plan.n_ctx;
 	uint32_t m = gsp_order(c->nv_pos, nv, b->pos[0], sp->ord);
-	gsp_step_make(&sp->gs, m, s->sinks, s->recent, s->budget, quest ? s->page : s->block, !quest);
+	/* global keys beyond the cap are attended as sinks (gsp_capped_globals) */
+	uint32_t sinks = gsp_capped_globals(c->nv_pos, sp->ord, m, b->pos[0], b->n_global, b->dist_cap);
+	sinks = KVS_MAX(sinks, s->sinks);
+	gsp_step_make(&sp->gs, m, sinks, s->recent, s->budget, quest ? s->page : s->block, !quest);
 	uint64_t at = 0;
 	if ((rc = sp_put_diff(c, sp->d_ord, sp->ord, sp->sh_ord, nv, &sp->n_ord_sent, &at, e)))
 		return rc;

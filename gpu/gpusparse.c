@@ -204,6 +204,15 @@ uint32_t gsp_order(const int32_t *vpos, uint32_t n_vis, int32_t qpos, uint32_t *
 	return m;
 }
 
+uint32_t gsp_capped_globals(const int32_t *vpos, const uint32_t *ord, uint32_t m, int32_t qpos,
+                            uint32_t n_global, int32_t dist_cap)
+{
+	uint32_t g = 0;
+	while (dist_cap > 0 && g < m && ord[g] < n_global && (int64_t)qpos - vpos[ord[g]] > dist_cap)
+		g++;
+	return g;
+}
+
 void gsp_step_make(struct gsp_step *st, uint32_t m, uint32_t sinks, uint32_t recent,
                    uint32_t budget, uint32_t unit, bool hip)
 {

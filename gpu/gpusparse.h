@@ -192,6 +192,14 @@ void gsp_pages_scan(struct gsp_pages *sp, const int32_t *slot_pos, const int32_t
  * (the keys the decode query sees: a prefix of ord). */
 uint32_t gsp_order(const int32_t *vpos, uint32_t n_vis, int32_t qpos, uint32_t *ord);
 
+/* Under LM-Infinite's cap, the leading ord entries (of m) that the
+ * attention scores rotated to qpos - dist_cap: global (visible index below
+ * n_global) and at a position below qpos - dist_cap. The bounds rank keys
+ * rotated at their own positions, so the step attends these as sinks (the
+ * CPU's cpu_capped_globals). 0 when dist_cap is 0. */
+uint32_t gsp_capped_globals(const int32_t *vpos, const uint32_t *ord, uint32_t m, int32_t qpos,
+                            uint32_t n_global, int32_t dist_cap);
+
 /* What a decode step's kernels read besides the lists (the CPU's sp_m,
  * sp_sinks, sp_recent and the units of the budget). */
 struct gsp_step {

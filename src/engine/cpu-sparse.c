@@ -211,6 +211,24 @@ static void cpu_sparse_candidates(struct cpu *c)
 			c->sp_plist[c->sp_np++] = p;
 }
 
+/* Under LM-Infinite's cap (dist_cap, n_global), the leading sorted keys
+ * that cpu_lambda scores rotated to p - dist_cap: global and farther than
+ * dist_cap from the decode query. The bounds and HiP's scores see every
+ * key as rotated at its own position, so they would rank these at the
+ * wrong relative rotation; they are attended as sinks instead (at most
+ * n_global keys, read whatever the selection says). The kv cache's global
+ * keys are its leading sinks, at the smallest positions, so the capped ones
+ * lead the sorted order; a global key after a non-global one stays a
+ * candidate. 0 without a cap. */
+static uint32_t cpu_capped_globals(const struct cpu *c, const struct engine_batch *b)
+{
+	uint32_t g = 0;
+	while (b->dist_cap > 0 && g < c->sp_m && c->vorder[g] < b->n_global &&
+	       (int64_t)b->pos[0] - c->vpos[g] > b->dist_cap)
+		g++;
+	return g;
+}
+
 void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 {
 	/* the batch overwrites its slots' keys */
@@ -243,7 +261,7 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	cpu_sparse_buffers(c);
 	/* sinks and the recent window (the query's own key at least) */
 	uint32_t m = c->sp_m;
-	c->sp_sinks = KVS_MIN(s->sinks, m);
+	c->sp_sinks = KVS_MIN(KVS_MAX(s->sinks, cpu_capped_globals(c, b)), m);
 	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
 	if (s->mode == ENGINE_SPARSE_HIP) {
 		cpu_hip_prepare(c, b->pos[0]);

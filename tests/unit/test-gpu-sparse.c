@@ -135,6 +135,16 @@ static void test_order_and_pages(void)
 	T_EQ_INT(gsp_order(sorted, 4, 100, ord), 4);
 	T_EQ_INT(gsp_order(sorted, 4, -1, ord), 0);
 
+	/* the capped global keys lead the order (sorted: entries 2, 4, 0, 3 at
+	 * 2, 2, 5, 9): a query at 9 with a cap of 3 caps positions below 6,
+	 * one at 7 those below 4; entry 4 not global (n_global 3) ends the
+	 * run; no cap, none */
+	T_EQ_INT(gsp_order(vpos, 5, 9, ord), 4);
+	T_EQ_INT(gsp_capped_globals(vpos, ord, 4, 9, 5, 3), 3);
+	T_EQ_INT(gsp_capped_globals(vpos, ord, 4, 7, 5, 3), 2);
+	T_EQ_INT(gsp_capped_globals(vpos, ord, 4, 9, 3, 3), 1);
+	T_EQ_INT(gsp_capped_globals(vpos, ord, 4, 9, 5, 0), 0);
+
 	/* 40 keys, sinks 4, recent 8: candidates sorted keys [4, 32) */
 	struct gsp_step st;
 	gsp_step_make(&st, 40, 4, 8, 64, 16, false);

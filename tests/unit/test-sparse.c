@@ -694,6 +694,109 @@ static void test_small_budget(const struct model *m)
 	free(dattn);
 }
 
+/* A decode step at position n over slots 0..n, as tinymodel_decode, under
+ * LM-Infinite's cap: the first n_global keys are global, dist_cap the cap
+ * (0: off). */
+static void decode_capped(struct engine *eng, uint32_t n, const struct engine_sparse *sp,
+                          uint32_t n_global, int32_t dist_cap, float *out, struct engine_out *o)
+{
+	int32_t tok = 42, pos = (int32_t)n;
+	uint32_t slot = n;
+	struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
+	b.n_visible = n + 1;
+	b.logits = ENGINE_LOGITS_LAST;
+	b.want_attn = true;
+	b.sparse = sp;
+	b.n_global = n_global;
+	b.dist_cap = dist_cap;
+	struct err e;
+	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
+		fprintf(stderr, "decode: %s\n", e.msg);
+		exit(99);
+	}
+	memcpy(out, o->logits, engine_model(eng)->hp.n_vocab * sizeof(float));
+}
+
+/* The (sparse layer, KV head) rows of o.sel (n + 1 keys) that leave out
+ * one of the first g keys. */
+static uint32_t rows_missing(const struct engine_out *o, const struct hparams *hp, uint32_t dense,
+                             uint32_t n, uint32_t g)
+{
+	uint32_t miss = 0;
+	for (uint32_t l = dense; l < hp->n_layer; l++)
+		for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+			const uint8_t *row = o->sel + ((size_t)l * hp->n_head_kv + h) * (n + 1);
+			bool all = true;
+			for (uint32_t k = 0; k < g; k++)
+				all = all && row[k];
+			miss += !all;
+		}
+	return miss;
+}
+
+/* Under a distance cap the selection scores keys rotated at their own
+ * positions, but the attention scores a global key farther than dist_cap
+ * rotated to p - dist_cap: such keys are attended as sinks. With a small
+ * budget every sparse row holds all of them (the rule before, sinks=2,
+ * left some out: the check fails on it); with a budget covering the cache
+ * the logits are dense's under the same cap; with the cap off (n_global
+ * given, dist_cap 0) the step is bit for bit the one without n_global. */
+static void test_capped_globals(const struct model *m)
+{
+	const struct hparams *hp = &m->hp;
+	uint32_t nv = hp->n_vocab, n = 150, g = 6;
+	int32_t cap = 40;
+	float *dense = malloc(nv * sizeof(float)), *lg = malloc(nv * sizeof(float));
+	float *lg0 = malloc(nv * sizeof(float));
+	const char *specs[] = {
+		"quest:budget=24,page=8,dense=1,sinks=2,recent=4",
+		"hip:budget=24,block=4,page=8,dense=1,sinks=2,recent=4,prefill=0,refresh=1",
+	};
+	struct err e;
+	for (size_t i = 0; i < KVS_ARRAY_LEN(specs); i++) {
+		struct engine_sparse s;
+		T_EQ_INT(engine_sparse_parse(specs[i], &s, &e), KVS_OK);
+		struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
+		struct engine_out o;
+		tinymodel_prefill(eng, n);
+		decode_capped(eng, n, &s, g, cap, lg, &o);
+		uint32_t miss = rows_missing(&o, hp, 1, n, g);
+		printf("capped globals, %s: %u rows leave one out\n", specs[i], miss);
+		T_EQ_INT(miss, 0);
+		/* the cap off: as without n_global, bit for bit, choice and logits */
+		size_t ns = (size_t)hp->n_layer * hp->n_head_kv * (n + 1);
+		uint8_t *sel0 = malloc(ns);
+		decode_capped(eng, n, &s, 0, 0, lg0, &o);
+		memcpy(sel0, o.sel, ns);
+		decode_capped(eng, n, &s, g, 0, lg, &o);
+		T_CHECK(memcmp(lg, lg0, nv * sizeof(float)) == 0, "%s: no cap, logits bit for bit",
+		        specs[i]);
+		T_CHECK(memcmp(o.sel, sel0, ns) == 0, "%s: no cap, the same choice", specs[i]);
+		free(sel0);
+		engine_free(eng);
+	}
+	/* a budget covering the cache: dense's capped logits */
+	struct engine_sparse s;
+	T_EQ_INT(engine_sparse_parse("quest:budget=4096,page=8,dense=0,sinks=2,recent=4", &s, &e),
+	         KVS_OK);
+	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
+	struct engine_out o;
+	tinymodel_prefill(eng, n);
+	decode_capped(eng, n, NULL, g, cap, dense, &o);
+	decode_capped(eng, n, NULL, g, 0, lg0, &o);
+	double moved = tinymodel_max_diff(dense, lg0, nv);
+	decode_capped(eng, n, &s, g, cap, lg, &o);
+	double d = tinymodel_max_diff(dense, lg, nv);
+	printf("capped globals, full budget: max |logit diff| %.3g (the cap moves them %.3g)\n", d,
+	       moved);
+	T_CHECK(moved > 1e-3, "the cap changes the logits: %g", moved);
+	T_CHECK(d <= 1e-5, "full budget under the cap: max diff %g", d);
+	engine_free(eng);
+	free(dense);
+	free(lg);
+	free(lg0);
+}
+
 /* Compare every page's bounds with the keys of its held slots, read back
  * rotated and rounded to the cache's f16; returns the pages checked. */
 static uint32_t check_bounds(struct engine *eng, uint32_t page)
@@ -809,6 +912,7 @@ int main(void)
 	test_hip_cadence(t.m);
 	test_hip_prefill(t.m);
 	test_bounds_invariant(t.m);
+	test_capped_globals(t.m);
 	model_free(t.m);
 	free(t.buf);
 	return t_done("test-sparse");
