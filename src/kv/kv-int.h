@@ -249,6 +249,9 @@ struct kv_pos_walk {
 	uint32_t older, recalled;
 };
 void kv_pos_walk_init(const struct kv_cache *c, struct kv_pos_walk *w);
+/* Re-assign the positions of the cached tokens as the policy says (COMPACT:
+ * the walk above; the others: original positions); kv_cache.c. */
+int kv_reposition(struct kv_cache *c, struct err *e);
 /* The position of the i-th cached token (called for i = 0, 1, ... in order). */
 int32_t kv_pos_walk_next(const struct kv_cache *c, struct kv_pos_walk *w, uint32_t i);
 /* Before an eviction frees slots: make room for n tokens' raw rows (when a

@@ -157,8 +157,7 @@ void kv_emit(struct kv_cache *c, struct kv_event *ev)
 	c->ev_fn(ev, c->ev_ud);
 }
 
-/* Re-assign the positions of the cached tokens as the policy says. */
-static int kv_reposition(struct kv_cache *c, struct err *e)
+int kv_reposition(struct kv_cache *c, struct err *e)
 {
 	enum kv_pos_mode mode = kv_pos_mode(c);
 	struct kv_pos_walk w;

@@ -330,21 +330,12 @@ int kv_cache_recall(struct kv_cache *c, const struct kv_tok *toks, uint32_t n, c
 		c->bytes_peak = bytes;
 	/* positions as the policy's mode says (COMPACT moves the later tokens
 	 * up; near: the recalled ones after every other) */
-	bool compact = kv_def(c)->pos_mode(c->cfg.policy.p) == KV_POS_COMPACT;
-	struct kv_pos_walk pw;
-	kv_pos_walk_init(c, &pw);
-	for (uint32_t k = 0; k < c->n; k++) {
-		struct kv_tok *t = &c->toks[k];
-		int32_t p = compact ? kv_pos_walk_next(c, &pw, k) : t->orig_pos;
-		if (p != t->pos) {
-			rc = engine_kv_set_pos(c->eng, t->slot, p, e);
-			if (rc != KVS_OK)
-				return rc;
-			t->pos = p;
-		}
-		if (nr < n && t->orig_pos == toks[nr].orig_pos)
-			c->evicted[nr++] = *t; /* the event's copy, at its new position */
-	}
+	rc = kv_reposition(c, e);
+	if (rc != KVS_OK)
+		return rc;
+	for (uint32_t k = 0; k < c->n && nr < n; k++)
+		if (c->toks[k].orig_pos == toks[nr].orig_pos)
+			c->evicted[nr++] = c->toks[k]; /* the event's copy, at its new position */
 	kv_debug_check(c);
 	struct kv_event ev = { .kind = KV_EVENT_RECALL };
 	ev.n_recalled = nr;
