@@ -180,6 +180,18 @@ static int cold_kv_next_batch(struct store *s, int64_t sid, int64_t *hi, struct 
 	return store_int(s, sql, hi, e);
 }
 
+/* How many of session sid's blocks up to id hi still hold their rows in
+ * cold_blocks.kv, into *n. */
+static int cold_kv_unmoved(struct store *s, int64_t sid, int64_t hi, int64_t *n, struct err *e)
+{
+	char sql[256];
+	snprintf(sql, sizeof sql,
+	         "SELECT count(*) FROM main.cold_blocks WHERE session_id = %lld AND kv_at = 0 AND "
+	         "id <= %lld",
+	         (long long)sid, (long long)hi);
+	return store_int(s, sql, n, e);
+}
+
 int cold_kv_move(struct store *s, int64_t sid, uint32_t *moved, struct err *e)
 {
 	*moved = 0;
@@ -200,13 +212,8 @@ int cold_kv_move(struct store *s, int64_t sid, uint32_t *moved, struct err *e)
 		         (long long)sid, (long long)hi);
 		rc = store_exec(s, sql, "copying old cold blocks' K/V rows to the K/V file", e);
 		/* then the blocks point there and let their copy in the database go */
-		if (rc == KVS_OK) {
-			snprintf(sql, sizeof sql,
-			         "SELECT count(*) FROM main.cold_blocks WHERE session_id = %lld AND kv_at = 0 "
-			         "AND id <= %lld",
-			         (long long)sid, (long long)hi);
-			rc = store_int(s, sql, &n, e);
-		}
+		if (rc == KVS_OK)
+			rc = cold_kv_unmoved(s, sid, hi, &n, e);
 		if (rc == KVS_OK) {
 			snprintf(sql, sizeof sql,
 			         "BEGIN IMMEDIATE; UPDATE main.cold_blocks SET kv = x'', kv_at = 1 WHERE "
@@ -221,11 +228,7 @@ int cold_kv_move(struct store *s, int64_t sid, uint32_t *moved, struct err *e)
 		}
 		/* every block of the step moved, or the next step would be this one */
 		int64_t left = 0;
-		snprintf(sql, sizeof sql,
-		         "SELECT count(*) FROM main.cold_blocks WHERE session_id = %lld AND kv_at = 0 AND "
-		         "id <= %lld",
-		         (long long)sid, (long long)hi);
-		rc = store_int(s, sql, &left, e);
+		rc = cold_kv_unmoved(s, sid, hi, &left, e);
 		if (rc == KVS_OK && left > 0)
 			rc = err_set(e, KVS_ESTATE,
 			             "%s: %lld of session %lld's old cold blocks up to id %lld did not reach "
