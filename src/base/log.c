@@ -44,6 +44,17 @@ enum log_level log_get_level(void)
 	return log_level;
 }
 
+const char *log_level_name(enum log_level level)
+{
+	return (unsigned)level < KVS_ARRAY_LEN(log_names) ? log_names[level] : "log";
+}
+
+/* Write one line to stderr as "kvscope: LEVEL: LINE". */
+static void log_print(enum log_level level, const char *line)
+{
+	fprintf(stderr, "kvscope: %s: %s\n", log_level_name(level), line);
+}
+
 /* Keep the line (the capture's lock held). */
 static void log_keep(enum log_level level, const char *line)
 {
@@ -75,7 +86,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	if (log_cap.on)
 		log_keep(level, line);
 	else
-		fprintf(stderr, "kvscope: %s: %s\n", log_names[level], line);
+		log_print(level, line);
 	pthread_mutex_unlock(&log_cap.mu);
 }
 
@@ -105,7 +116,7 @@ void log_capture_stop(void)
 {
 	pthread_mutex_lock(&log_cap.mu);
 	for (size_t i = 0; i < log_cap.n; i++) {
-		fprintf(stderr, "kvscope: %s: %s\n", log_names[log_cap.levels[i]], log_cap.lines[i]);
+		log_print(log_cap.levels[i], log_cap.lines[i]);
 		free(log_cap.lines[i]);
 	}
 	if (log_cap.dropped > 0)

@@ -577,12 +577,11 @@ static void tui_events(struct tui_term *tt)
  * line, in the error colour unless it is only information. */
 static void tui_log_lines(struct tui_term *tt)
 {
-	static const char *const names[] = { "", "error", "warning", "note", "debug" };
 	enum log_level level;
 	char *line;
 
 	while ((line = log_capture_next(&level)) != NULL) {
-		char *msg = xasprintf("%s: %s", names[level], line);
+		char *msg = xasprintf("%s: %s", log_level_name(level), line);
 		tui_msg_note(&tt->t, msg);
 		tui_status(&tt->t, level <= LOG_WARN, "%s", msg);
 		tt->dirty = true;
