@@ -94,6 +94,7 @@ static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse 
 	if (h->cand_nb == NULL) {
 		h->cand_nb = xcalloc(lh, sizeof(uint32_t));
 		h->cand_np = xcalloc(lh, sizeof(uint32_t));
+		h->cand_groups = xcalloc(lh, 1);
 	}
 }
 
@@ -203,8 +204,9 @@ static void cpu_sparse_candidates(struct cpu *c)
 	memset(c->sp_cand, 0, np * sizeof(uint32_t));
 	for (uint32_t k = 0; k < m; k++)
 		c->sp_kpage[k] = c->vslot[k] / s->page;
+	/* a region's keys are chosen by their groups, not their pages */
 	for (uint32_t k = c->sp_sinks; k < m - c->sp_recent; k++)
-		c->sp_cand[c->sp_kpage[k]]++;
+		c->sp_cand[c->sp_kpage[k]] += k < c->grp_r0 || k >= c->grp_r1;
 	c->sp_np = 0;
 	for (uint32_t p = 0; p < np; p++)
 		if (c->sp_cand[p] > 0)
@@ -233,7 +235,7 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 {
 	/* the batch overwrites its slots' keys */
 	for (uint32_t i = 0; i < b->n_tokens; i++)
-		sparse_pages_forget(&c->sp, b->slot[i]);
+		cpu_sparse_forget(c, b->slot[i]);
 	c->sparse = b->sparse;
 	if (b->n_tokens != 1 && (b->sparse == NULL || b->sparse->mode != ENGINE_SPARSE_HIP))
 		c->sparse = NULL; /* only hip prefills sparsely */
@@ -263,10 +265,13 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	uint32_t m = c->sp_m;
 	c->sp_sinks = KVS_MIN(KVS_MAX(s->sinks, cpu_capped_globals(c, b)), m);
 	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
+	c->grp_r0 = c->grp_r1 = 0;
 	if (s->mode == ENGINE_SPARSE_HIP) {
 		cpu_hip_prepare(c, b->pos[0]);
-		if (c->hip.refresh) /* the search ranks halves by the page bounds */
+		if (c->hip.refresh) { /* the search ranks halves by the page bounds */
+			cpu_group_region(c);
 			cpu_sparse_candidates(c);
+		}
 		return;
 	}
 	if (s->mode == ENGINE_SPARSE_SQUEEZED) {
@@ -274,6 +279,7 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 			c->sparse = NULL; /* no document clustered: dense */
 		return;
 	}
+	cpu_group_region(c);
 	cpu_sparse_candidates(c);
 }
 
@@ -315,12 +321,8 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 		row[c->vorder[k]] = mask[k];
 }
 
-/* Quest's bound, times scale, of the np pages plist for KV head h of
- * layer l into out (np): the max over the KV head's query heads of a dot
- * with the split query, the bounds read as rows of 2 x head_dim by the
- * attention-score kernel. */
-static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
-                            const uint32_t *plist, uint32_t np, float *out)
+void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, const uint8_t *base,
+                    int64_t stride, const uint32_t *list, uint32_t n, float *out)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
@@ -328,20 +330,28 @@ static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, floa
 	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
 		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
 	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
-	const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
-	int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
-	for (uint32_t i = 0; i < np; i++)
+	for (uint32_t i = 0; i < n; i++)
 		out[i] = -INFINITY;
-	for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
+	for (uint32_t r0 = 0; r0 < grp && n > 0; r0 += KERN_ATT_Q) {
 		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
 		c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd), base,
-		                        stride, c->kv_es == 2, plist, np, scale, sc, c->vis_cap);
+		                        stride, c->kv_es == 2, list, n, scale, sc, c->vis_cap);
 		for (uint32_t r = 0; r < nq; r++)
-			for (uint32_t i = 0; i < np; i++) {
+			for (uint32_t i = 0; i < n; i++) {
 				float v = sc[(size_t)r * c->vis_cap + i];
 				out[i] = v > out[i] ? v : out[i];
 			}
 	}
+}
+
+/* Quest's bound, times scale, of the np pages plist for KV head h of
+ * layer l into out (np): the bounds read as rows of 2 x head_dim, a page
+ * apart. */
+static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
+                            const uint32_t *plist, uint32_t np, float *out)
+{
+	int64_t stride = (int64_t)c->hp.n_head_kv * 2 * c->hp.head_dim; /* one page to the next */
+	cpu_bound_rows(c, h, ith, scale, sparse_pages_at(&c->sp, l, 0, h), stride, plist, np, out);
 }
 
 /* Quest's bound of every page with candidates for KV head h of layer l,
@@ -377,14 +387,19 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		/* its pages, then its keys in position order */
 		uint8_t *psel = c->sp_psel + (size_t)h * pc, *mask = c->sp_mask + (size_t)h * vc;
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0;
-		sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc, psel);
-		/* the sinks, the chosen pages' keys, the recent window */
+		/* the sinks, the chosen pages' (and groups') keys, the recent window */
 		uint32_t k = 0, k1 = m - c->sp_recent;
-		for (; k < c->sp_sinks; k++)
+		if (cpu_group_on(c)) {
+			cpu_group_quest(jb, l, h, ith, k_pages, mask);
+		} else {
+			sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc,
+			           psel);
+			for (k = c->sp_sinks; k < k1; k++)
+				mask[k] = psel[c->sp_kpage[k]];
+		}
+		for (k = 0; k < c->sp_sinks; k++)
 			mask[k] = 1;
-		for (; k < k1; k++)
-			mask[k] = psel[c->sp_kpage[k]];
-		for (; k < m; k++)
+		for (k = k1; k < m; k++)
 			mask[k] = 1;
 		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		for (k = 0; k < m; k++) {
@@ -429,7 +444,7 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
 		uint32_t a = x->k0 + start[i] * bk, e = KVS_MIN(a + bk, x->k1);
 		kn[i] = e - a;
 		for (uint32_t k = a; k < e; k++)
-			keys[nk++] = c->vslot[k];
+			keys[nk++] = x->ord != NULL ? x->ord[k - x->k0] : c->vslot[k];
 		score[i] = -INFINITY;
 	}
 	float *sc = c->scores + (size_t)x->ith * c->q_rows * vc; /* (KERN_ATT_Q, vis_cap) */
@@ -456,7 +471,7 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
  * the search ran no round. */
 static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int ith,
                                     struct sparse_tree *t, const uint8_t *blk, uint32_t n_blocks,
-                                    uint32_t k_blocks)
+                                    uint32_t k_blocks, const uint32_t *ord, const uint32_t *unit)
 {
 	struct sparse_hip *hs = &c->hip;
 	const struct engine_sparse *s = c->sparse;
@@ -472,10 +487,12 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 	uint32_t *pages = hs->cand_page + lh * cap, *bp = hs->cand_bp + lh * cap;
 	uint32_t *bpf = hs->cand_bpf + lh * (cap + 1);
 	uint8_t *on = hs->cand_on + lh * cap;
-	/* per page of the cache its index in pages + 1 (0: not listed yet) */
-	uint32_t *idx = c->hip_pidx + (size_t)ith * c->sp_pages_cap;
+	/* per page of the cache (and, with a region, per group after them) its
+	 * index in pages + 1 (0: not listed yet) */
+	uint32_t *idx = ord == NULL ? c->hip_pidx + (size_t)ith * c->sp_pages_cap
+	                            : c->grp_pidx + (size_t)ith * c->grp_u_cap;
 	uint32_t n = 0, nb = 0, np = 0, nbp = 0;
-	memset(idx, 0, c->sp.n_pages * sizeof(uint32_t));
+	memset(idx, 0, (c->sp.n_pages + (ord == NULL ? 0 : c->grp.n_groups)) * sizeof(uint32_t));
 	for (uint32_t i = 0; i < n_blocks; i++) {
 		if (!cand[i])
 			continue;
@@ -483,7 +500,8 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 		on[nb] = blk[i];
 		bpf[nb++] = nbp;
 		for (uint32_t k = k0 + i * bk; k < KVS_MIN(k0 + (i + 1) * bk, k1); k++) {
-			uint32_t sl = c->vslot[k], p = sl / s->page;
+			uint32_t sl = ord == NULL ? c->vslot[k] : ord[k - k0];
+			uint32_t p = ord == NULL ? sl / s->page : unit[k - k0];
 			slot[n++] = sl;
 			if (idx[p] == 0) {
 				pages[np++] = p;
@@ -501,6 +519,7 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 	bpf[nb] = nbp;
 	hs->cand_nb[lh] = nb;
 	hs->cand_np[lh] = np;
+	hs->cand_groups[lh] = ord != NULL;
 }
 
 /* A step between refreshes with rerank: bound layer l, KV head h's
@@ -516,7 +535,10 @@ static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint3
 	const uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
 	float *ub = c->sp_scr + (size_t)ith * c->sp_pages_cap; /* (cand_np) */
 	struct sparse_tree *t = &c->hip_tree[ith];
-	cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
+	if (hs->cand_groups[lh])
+		cpu_group_bound_units(c, l, h, ith, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
+	else
+		cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
 	sparse_tree_ensure(t, nb);
 	sparse_hip_rerank(hs->cand_bp + lh * cap, hs->cand_bpf + lh * (cap + 1), nb, ub, k_blocks,
 	                  t->score, t->scr, t->sel);
@@ -557,24 +579,32 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			float *bub = c->hip_bub + (size_t)ith * vc;
 			const float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
 			cpu_page_bounds(c, l, h, ith, c->hp.attn_scale);
-			for (uint32_t b = 0; b < n_blocks; b++)
-				bub[b] = -INFINITY;
-			for (k = k0; k < k1; k++) {
-				float u = ubh[c->sp_kpage[k]];
-				float *d = &bub[(k - k0) / bk];
-				*d = u > *d ? u : *d;
+			/* with a region its blocks follow the content groups */
+			uint32_t *ord = NULL, *unit = NULL;
+			if (cpu_group_on(c)) {
+				ord = c->grp_ord + (size_t)ith * c->grp_ord_cap;
+				unit = c->grp_unit + (size_t)ith * c->grp_ord_cap;
+				cpu_group_hip_order(c, l, h, ith, ubh, c->hp.attn_scale, ord, unit, bub);
+			} else {
+				for (uint32_t b = 0; b < n_blocks; b++)
+					bub[b] = -INFINITY;
+				for (k = k0; k < k1; k++) {
+					float u = ubh[c->sp_kpage[k]];
+					float *d = &bub[(k - k0) / bk];
+					*d = u > *d ? u : *d;
+				}
 			}
 			struct cpu_hip_ctx x = {
-				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub
+				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub, ord
 			};
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
 			sparse_hip_tree_beam(t, n_blocks, k_blocks, k_blocks * s->beam, cpu_hip_score, &x, blk,
 			                     &scored);
 			for (k = k0; k < k1; k++)
-				kept[c->vslot[k]] = blk[(k - k0) / bk];
+				kept[ord == NULL ? c->vslot[k] : ord[k - k0]] = blk[(k - k0) / bk];
 			if (s->rerank > 0)
-				cpu_hip_keep_candidates(c, l, h, ith, t, blk, n_blocks, k_blocks);
+				cpu_hip_keep_candidates(c, l, h, ith, t, blk, n_blocks, k_blocks, ord, unit);
 		} else if (s->rerank > 0 && hs->cand_nb[(size_t)l * nkv + h] > 0) {
 			cpu_hip_rerank(c, l, h, ith, k_blocks, kept);
 		}
@@ -756,6 +786,7 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip.cand_on);
 	free(c->hip.cand_nb);
 	free(c->hip.cand_np);
+	free(c->hip.cand_groups);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)
 		sparse_tree_free(&c->hip_tree[t]);
 	free(c->hip_tree);
@@ -768,4 +799,5 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip_q);
 	free(c->hip_pf);
 	cpu_squeeze_free(c);
+	cpu_group_free(c);
 }
