@@ -40,7 +40,9 @@ static void cpu_group_scratch(struct cpu *c)
 {
 	size_t nt = (size_t)pool_size(c->pool);
 	uint32_t n = c->grp.n_keys, hd = c->hp.head_dim;
-	uint32_t units = c->sp.n_pages + c->grp.n_groups;
+	/* the pages as sparse_pages_ensure makes them for this page size (the
+	 * region is found before they are) */
+	uint32_t units = (c->cfg.n_ctx + c->grp.page - 1) / c->grp.page + c->grp.n_groups;
 	if (c->grp_x_cap < n) {
 		free(c->grp_x);
 		free(c->grp_xs);
