@@ -60,7 +60,7 @@ static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
 const struct cli_cmd cmd_eval_sparse = {
 	.name = "eval sparse",
 	.usage = "[--sparse quest|hip|squeezed[:k=v,...] (repeatable)] [--lengths 2k,8k] [--n-gen N] "
-	         "[--reps N] "
+	         "[--reps N] [--cap N] "
 	         "[--seed S] "
 	         "[--json] [options]",
 	.help = "sparse decode attention against dense: captured and oracle mass, top-10 recall, keys "
