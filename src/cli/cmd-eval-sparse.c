@@ -48,6 +48,7 @@
  */
 #include "cli/eval.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,6 +353,53 @@ static int sp_squeeze(struct engine *eng, uint32_t len, const struct engine_spar
 	return rc;
 }
 
+/* --prompt-cache: the folder (NULL: none) and the model file's SHA-256. */
+struct sp_cache {
+	const char *dir;
+	char sha[65];
+};
+
+/* Make the cache's folder and hash the model that fills it (the path
+ * as given, $KVSCOPE_MODEL or the default, as cli_gen_open resolves it). */
+static int sp_cache_open(struct sp_cache *pc, const char *model_opt, struct err *e)
+{
+	if (file_mkdirs(pc->dir, 0755) != 0)
+		return err_set(e, KVS_EIO, "--prompt-cache %s: cannot make the folder: %s", pc->dir,
+		               strerror(errno));
+	char *path = cli_model_path(model_opt);
+	int rc = file_sha256(path, pc->sha, e);
+	free(path);
+	return rc;
+}
+
+/* The prompt's dense prefill, from the prompt cache when it holds this
+ * prompt, and into it when not (a failed write costs only the next run's
+ * prefill, so it is a warning). A loaded slot's rotated key is made again
+ * from its stored pre-RoPE key, which rounds differently from the
+ * prefill's own rotation, so a fresh prefill that was written is loaded
+ * back too: every run with --prompt-cache decodes over the same cache. */
+static int sp_prefill_cached(struct engine *eng, const int32_t *ids, uint32_t len, uint64_t seed,
+                             const struct sp_cache *pc, struct err *e)
+{
+	if (pc->dir == NULL)
+		return sp_prefill(eng, ids, len, 512, NULL, false, NULL, e);
+	char *path = eval_kvfile_path(pc->dir, len, seed);
+	bool hit = false;
+	int rc = eval_kvfile_load(eng, path, pc->sha, ids, len, &hit, e);
+	if (rc == KVS_OK && hit)
+		log_info("eval sparse: length %u: the prompt's K/V loaded from %s", len, path);
+	if (rc == KVS_OK && !hit) {
+		rc = sp_prefill(eng, ids, len, 512, NULL, false, NULL, e);
+		struct err we;
+		if (rc == KVS_OK && eval_kvfile_save(eng, path, pc->sha, ids, len, &we) != KVS_OK)
+			log_warn("%s (the run goes on without it)", we.msg);
+		else if (rc == KVS_OK)
+			rc = eval_kvfile_load(eng, path, pc->sha, ids, len, &hit, e);
+	}
+	free(path);
+	return rc;
+}
+
 /* Whether sp is a hip mode whose prefill of len keys is block-sparse: it
  * measures its own prefill. */
 static bool sp_own_prefill(const struct engine_sparse *sp, uint32_t len)
@@ -377,7 +425,7 @@ static int sp_squeeze_for(struct engine *eng, const struct engine_sparse *sp, ui
  * tokens; rows (n_sp), one per mode. */
 static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_sp, uint32_t len,
                      uint32_t steps, uint32_t reps, uint64_t seed, uint32_t train,
-                     struct sp_row *rows, struct err *e)
+                     const struct sp_cache *pc, struct sp_row *rows, struct err *e)
 {
 	struct engine *eng = gen_engine(g);
 	const struct vocab *v = gen_vocab(g);
@@ -400,7 +448,7 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_s
 			prefilled = true;
 		}
 	if (rc == KVS_OK && !prefilled)
-		rc = sp_prefill(eng, ids, len, 512, NULL, false, NULL, e);
+		rc = sp_prefill_cached(eng, ids, len, seed, pc, e);
 	bool capped = train > 0 && len > train;
 	if (rc == KVS_OK && capped)
 		rc = sp_cap(eng, len, train, e);
@@ -549,6 +597,11 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 		rc = cli_fail(&e);
 		goto out;
 	}
+	struct sp_cache pc = { .dir = o->prompt_cache };
+	if (pc.dir != NULL && sp_cache_open(&pc, o->gen.model_path, &e) != KVS_OK) {
+		rc = cli_fail(&e);
+		goto out;
+	}
 	char specs[CLI_SPARSE_MAX][160];
 	const char *spec[CLI_SPARSE_MAX];
 	for (uint32_t m = 0; m < n_sp; m++)
@@ -559,7 +612,7 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	eval_progress_start(&pr, "sparse", n_len);
 	for (uint32_t i = 0; i < n_len; i++) {
 		eval_progress(&pr, i, "length %u", lens[i]);
-		if (sp_length(g, sp, n_sp, lens[i], o->n_gen, o->reps, o->eval_seed, train,
+		if (sp_length(g, sp, n_sp, lens[i], o->n_gen, o->reps, o->eval_seed, train, &pc,
 		              &rows[i * n_sp], &e) != KVS_OK) {
 			eval_progress_end(&pr);
 			rc = cli_fail(&e);

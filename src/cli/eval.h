@@ -82,4 +82,18 @@ int eval_feed_system(struct gen *g, struct err *e);
 void eval_json_head(FILE *fp, const char *eval, struct gen *g, const char *policy, uint32_t budget,
                     bool raw, uint32_t seed);
 
+/* The prompt cache of eval sparse (eval-kvfile.c): a prefilled prompt's
+ * raw K/V kept in a file of dir named by length and seed (caller owns
+ * the path). Load fills slots 0..len-1 at positions 0..len-1 and sets
+ * *hit only when the file was made by the model whose hex SHA-256 is sha,
+ * with this KV type and these len token ids (any other file, a damaged
+ * one included, is a miss, never an error); KVS_EIO when an existing file
+ * cannot be read. Save writes slots 0..len-1 (through a temporary file
+ * renamed into place). */
+char *eval_kvfile_path(const char *dir, uint32_t len, uint64_t seed);
+int eval_kvfile_load(struct engine *eng, const char *path, const char *sha, const int32_t *ids,
+                     uint32_t len, bool *hit, struct err *e);
+int eval_kvfile_save(const struct engine *eng, const char *path, const char *sha,
+                     const int32_t *ids, uint32_t len, struct err *e);
+
 #endif

@@ -444,6 +444,9 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "cap", 0, "N", OPTG_SPARSE, opt_u32, O(pos_cap), 1, 1 << 24,
 	  "eval sparse: keys more than N before the first decode query move to one position, "
 	  "LM-Infinite's bound (default: the model's training context)" },
+	{ "prompt-cache", 0, "DIR", OPTG_SPARSE, opt_path, O(prompt_cache), 0, 0,
+	  "eval sparse: keep each length's densely prefilled prompt in DIR and load it on a later "
+	  "run with the same model, KV type and prompt instead of prefilling again" },
 	{ "depths", 0, "LIST", OPTG_PASSKEY, opt_str, O(depths), 0, 0,
 	  "passkey needle depths in percent (default 10,30,50,70,90)" },
 	{ "samples", 0, "N", OPTG_PASSKEY | OPTG_TLG | OPTG_RECALL, opt_u32, O(samples), 1, 100000,
