@@ -157,13 +157,13 @@ struct cpu {
 	float *grp_ub;        /* (n_threads, grp_u_cap) bounds: pages, then groups */
 	float *grp_scr;       /* (n_threads, grp_u_cap) sparse_top's scratch */
 	uint8_t *grp_sel;     /* (n_threads, grp_u_cap) the units chosen */
-	uint32_t *grp_ord;    /* (n_threads, sp_vis_cap) hip: candidates' slots, the region's
-	                       * by group */
-	uint32_t *grp_unit;   /* (n_threads, sp_vis_cap) hip: the unit of each (page, or
-	                       * n_pages + group) */
+	uint32_t *grp_ord;    /* (n_threads, grp_ord_cap) quest: the shortlist's slots; hip: the
+	                       * candidates outside the region */
+	uint32_t *grp_unit;   /* (n_threads, grp_ord_cap) quest: the shortlist's sorted indices */
 	uint32_t grp_ord_cap;
-	uint32_t *grp_pidx;   /* (n_threads, grp_u_cap) hip: a unit's index + 1 in a candidate
-	                       * list; a re-rank's page ids */
+	float *grp_lg;        /* (n_threads, grp_ord_cap) quest: the shortlist's exact logits */
+	float *grp_lscr;      /* (n_threads, grp_ord_cap) their sparse_top scratch */
+	uint8_t *grp_keep;    /* (n_threads, grp_ord_cap) the keys kept of them */
 	uint32_t *grp_iota;   /* (grp_u_cap) 0, 1, 2, ...: every group's row */
 	/* hip (cpu-sparse.c): the choice kept between refreshes, and per
 	 * thread the search's scratch */
@@ -404,8 +404,8 @@ struct cpu_hip_ctx {
 	const float *q; /* (nq, head_dim) the queries that score */
 	uint32_t nq;
 	const float *bub; /* (n_blocks) each block's largest page bound; NULL: first blocks */
-	const uint32_t *ord; /* (k1 - k0) the candidates' slots in the search's order (a region's
-	                      * by content group); NULL: vslot[k0, k1) */
+	const uint32_t *ord; /* (k1 - k0) the candidates' slots in the search's order (with a
+	                      * region, those outside it); NULL: vslot[k0, k1) */
 };
 
 /* HiP's scoring callback (sparse_score_fn) over a struct cpu_hip_ctx:
@@ -432,21 +432,20 @@ static inline bool cpu_group_on(const struct cpu *c)
 	return c->grp_r1 > c->grp_r0;
 }
 /* Quest with a region, layer l, KV head h (its page bounds in sp_ub):
- * rank pages and groups together, keep k_units, mark the chosen
- * candidates in mask (sorted indices [sp_sinks, sp_m - sp_recent)) and
- * the chosen pages in sp_psel. */
+ * the k_units pages and the k_units groups with the highest bounds make
+ * a shortlist, and of its keys the k_units x page with the largest exact
+ * logits are marked in mask (sorted indices [sp_sinks, sp_m - sp_recent));
+ * the shortlisted pages in sp_psel. */
 void cpu_group_quest(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t k_units,
                      uint8_t *mask);
-/* HiP with a region: the candidates' slots in the search's order (the
- * region's by group) into ord (k1 - k0), each one's unit into unit (its
- * page, or n_pages + its group), and each block's largest unit bound into
- * bub (pages' from ubh, groups' computed here times scale). */
-void cpu_group_hip_order(struct cpu *c, uint32_t l, uint32_t h, int ith, const float *ubh,
-                         float scale, uint32_t *ord, uint32_t *unit, float *bub);
-/* Quest's bound (unscaled) of the n units (pages, or n_pages + group) of
- * layer l, KV head h into out (n): a re-rank's candidates. */
-void cpu_group_bound_units(struct cpu *c, uint32_t l, uint32_t h, int ith, const uint32_t *units,
-                           uint32_t n, float *out);
+/* A HiP refresh with a region, layer l, KV head h (its page bounds,
+ * scaled, in sp_ub): HiP's search over the candidates outside the region
+ * chooses k_blocks blocks, the region's groups with the highest bounds
+ * make a shortlist of as many keys, and of both the k_blocks x block keys
+ * with the largest exact logits are marked in kept (by slot; every other
+ * candidate unmarked). */
+void cpu_group_hip(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t k_blocks,
+                   uint8_t *kept);
 void cpu_group_free(struct cpu *c);
 /* Slot s's key is about to change: its page's bounds and a region's
  * groupings holding it are remade. */

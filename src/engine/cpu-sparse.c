@@ -94,7 +94,6 @@ static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse 
 	if (h->cand_nb == NULL) {
 		h->cand_nb = xcalloc(lh, sizeof(uint32_t));
 		h->cand_np = xcalloc(lh, sizeof(uint32_t));
-		h->cand_groups = xcalloc(lh, 1);
 	}
 }
 
@@ -471,7 +470,7 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
  * the search ran no round. */
 static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int ith,
                                     struct sparse_tree *t, const uint8_t *blk, uint32_t n_blocks,
-                                    uint32_t k_blocks, const uint32_t *ord, const uint32_t *unit)
+                                    uint32_t k_blocks)
 {
 	struct sparse_hip *hs = &c->hip;
 	const struct engine_sparse *s = c->sparse;
@@ -487,12 +486,10 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 	uint32_t *pages = hs->cand_page + lh * cap, *bp = hs->cand_bp + lh * cap;
 	uint32_t *bpf = hs->cand_bpf + lh * (cap + 1);
 	uint8_t *on = hs->cand_on + lh * cap;
-	/* per page of the cache (and, with a region, per group after them) its
-	 * index in pages + 1 (0: not listed yet) */
-	uint32_t *idx = ord == NULL ? c->hip_pidx + (size_t)ith * c->sp_pages_cap
-	                            : c->grp_pidx + (size_t)ith * c->grp_u_cap;
+	/* per page of the cache its index in pages + 1 (0: not listed yet) */
+	uint32_t *idx = c->hip_pidx + (size_t)ith * c->sp_pages_cap;
 	uint32_t n = 0, nb = 0, np = 0, nbp = 0;
-	memset(idx, 0, (c->sp.n_pages + (ord == NULL ? 0 : c->grp.n_groups)) * sizeof(uint32_t));
+	memset(idx, 0, c->sp.n_pages * sizeof(uint32_t));
 	for (uint32_t i = 0; i < n_blocks; i++) {
 		if (!cand[i])
 			continue;
@@ -500,8 +497,7 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 		on[nb] = blk[i];
 		bpf[nb++] = nbp;
 		for (uint32_t k = k0 + i * bk; k < KVS_MIN(k0 + (i + 1) * bk, k1); k++) {
-			uint32_t sl = ord == NULL ? c->vslot[k] : ord[k - k0];
-			uint32_t p = ord == NULL ? sl / s->page : unit[k - k0];
+			uint32_t sl = c->vslot[k], p = sl / s->page;
 			slot[n++] = sl;
 			if (idx[p] == 0) {
 				pages[np++] = p;
@@ -519,7 +515,6 @@ static void cpu_hip_keep_candidates(struct cpu *c, uint32_t l, uint32_t h, int i
 	bpf[nb] = nbp;
 	hs->cand_nb[lh] = nb;
 	hs->cand_np[lh] = np;
-	hs->cand_groups[lh] = ord != NULL;
 }
 
 /* A step between refreshes with rerank: bound layer l, KV head h's
@@ -535,10 +530,7 @@ static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint3
 	const uint32_t *slot = hs->cand_slot + lh * cap, *first = hs->cand_first + lh * (cap + 1);
 	float *ub = c->sp_scr + (size_t)ith * c->sp_pages_cap; /* (cand_np) */
 	struct sparse_tree *t = &c->hip_tree[ith];
-	if (hs->cand_groups[lh])
-		cpu_group_bound_units(c, l, h, ith, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
-	else
-		cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
+	cpu_bound_pages(c, l, h, ith, 1.0f, hs->cand_page + lh * cap, hs->cand_np[lh], ub);
 	sparse_tree_ensure(t, nb);
 	sparse_hip_rerank(hs->cand_bp + lh * cap, hs->cand_bpf + lh * (cap + 1), nb, ub, k_blocks,
 	                  t->score, t->scr, t->sel);
@@ -571,7 +563,13 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		uint8_t *mask = c->sp_mask + (size_t)h * vc;
 		uint8_t *kept = hs->chosen + ((size_t)l * nkv + h) * hs->n_ctx; /* (n_ctx) by slot */
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0, k;
-		if (hs->refresh) {
+		if (hs->refresh && cpu_group_on(c)) {
+			/* a region: the search over the other keys, its groups beside */
+			cpu_page_bounds(c, l, h, ith, c->hp.attn_scale);
+			cpu_group_hip(jb, l, h, ith, k_blocks, kept);
+			if (s->rerank > 0)
+				hs->cand_nb[(size_t)l * nkv + h] = 0; /* the steps between reuse it */
+		} else if (hs->refresh) {
 			uint8_t *blk = c->hip_blk + (size_t)ith * vc;
 			struct sparse_tree *t = &c->hip_tree[ith];
 			uint32_t grp = c->hp.n_head / nkv;
@@ -579,32 +577,24 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 			float *bub = c->hip_bub + (size_t)ith * vc;
 			const float *ubh = c->sp_ub + (size_t)h * c->sp_pages_cap;
 			cpu_page_bounds(c, l, h, ith, c->hp.attn_scale);
-			/* with a region its blocks follow the content groups */
-			uint32_t *ord = NULL, *unit = NULL;
-			if (cpu_group_on(c)) {
-				ord = c->grp_ord + (size_t)ith * c->grp_ord_cap;
-				unit = c->grp_unit + (size_t)ith * c->grp_ord_cap;
-				cpu_group_hip_order(c, l, h, ith, ubh, c->hp.attn_scale, ord, unit, bub);
-			} else {
-				for (uint32_t b = 0; b < n_blocks; b++)
-					bub[b] = -INFINITY;
-				for (k = k0; k < k1; k++) {
-					float u = ubh[c->sp_kpage[k]];
-					float *d = &bub[(k - k0) / bk];
-					*d = u > *d ? u : *d;
-				}
+			for (uint32_t b = 0; b < n_blocks; b++)
+				bub[b] = -INFINITY;
+			for (k = k0; k < k1; k++) {
+				float u = ubh[c->sp_kpage[k]];
+				float *d = &bub[(k - k0) / bk];
+				*d = u > *d ? u : *d;
 			}
 			struct cpu_hip_ctx x = {
-				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub, ord
+				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub, NULL
 			};
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
 			sparse_hip_tree_beam(t, n_blocks, k_blocks, k_blocks * s->beam, cpu_hip_score, &x, blk,
 			                     &scored);
 			for (k = k0; k < k1; k++)
-				kept[ord == NULL ? c->vslot[k] : ord[k - k0]] = blk[(k - k0) / bk];
+				kept[c->vslot[k]] = blk[(k - k0) / bk];
 			if (s->rerank > 0)
-				cpu_hip_keep_candidates(c, l, h, ith, t, blk, n_blocks, k_blocks, ord, unit);
+				cpu_hip_keep_candidates(c, l, h, ith, t, blk, n_blocks, k_blocks);
 		} else if (s->rerank > 0 && hs->cand_nb[(size_t)l * nkv + h] > 0) {
 			cpu_hip_rerank(c, l, h, ith, k_blocks, kept);
 		}
@@ -786,7 +776,6 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip.cand_on);
 	free(c->hip.cand_nb);
 	free(c->hip.cand_np);
-	free(c->hip.cand_groups);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)
 		sparse_tree_free(&c->hip_tree[t]);
 	free(c->hip_tree);

@@ -222,11 +222,8 @@ struct sparse_hip {
 	uint32_t *cand_slot;  /* (n_layer, n_head_kv, cand_cap) their keys' slots, block by block */
 	uint32_t *cand_first; /* (n_layer, n_head_kv, cand_cap + 1) block i: [first[i], first[i+1]) */
 	uint32_t *cand_nb;    /* (n_layer, n_head_kv) candidate blocks */
-	uint32_t *cand_page;  /* (n_layer, n_head_kv, cand_cap) the distinct pages of their keys
-	                       * (or units: cand_groups) */
+	uint32_t *cand_page;  /* (n_layer, n_head_kv, cand_cap) the distinct pages of their keys */
 	uint32_t *cand_np;    /* (n_layer, n_head_kv) how many */
-	uint8_t *cand_groups; /* (n_layer, n_head_kv) 1: cand_page holds units, n_pages + group
-	                       * for a region's content group (cpu-sparse-group.c) */
 	uint32_t *cand_bp;    /* (n_layer, n_head_kv, cand_cap) per block the indices into
 	                       * cand_page of its keys' pages, block by block */
 	uint32_t *cand_bpf;   /* (n_layer, n_head_kv, cand_cap + 1) block i: [bpf[i], bpf[i+1]) */
