@@ -417,8 +417,8 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
 /* Quest's bound, times scale, for KV head h's query heads over n rows of
  * bounds (2, head_dim each) at base + list[i] x stride elements, into out
  * (n): the max over the heads of a dot with the split query. */
-void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, const uint8_t *base,
-                    int64_t stride, const uint32_t *list, uint32_t n, float *out);
+void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, float reach,
+                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n, float *out);
 
 /* ---- in cpu-sparse-group.c */
 
@@ -432,18 +432,19 @@ static inline bool cpu_group_on(const struct cpu *c)
 	return c->grp_r1 > c->grp_r0;
 }
 /* Quest with a region, layer l, KV head h (its page bounds in sp_ub):
- * the k_units pages and the k_units groups with the highest bounds make
- * a shortlist, and of its keys the k_units x page with the largest exact
- * logits are marked in mask (sorted indices [sp_sinks, sp_m - sp_recent));
- * the shortlisted pages in sp_psel. */
+ * the pages with the highest bounds (CPU_GROUP_OUTSIDE x k_units) and the
+ * k_units groups with the highest centre logits make a shortlist, and of
+ * its keys the k_units x page with the largest exact logits are marked in
+ * mask (sorted indices [sp_sinks, sp_m - sp_recent)); the shortlisted
+ * pages in sp_psel. */
 void cpu_group_quest(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t k_units,
                      uint8_t *mask);
 /* A HiP refresh with a region, layer l, KV head h (its page bounds,
  * scaled, in sp_ub): HiP's search over the candidates outside the region
- * chooses k_blocks blocks, the region's groups with the highest bounds
- * make a shortlist of as many keys, and of both the k_blocks x block keys
- * with the largest exact logits are marked in kept (by slot; every other
- * candidate unmarked). */
+ * chooses CPU_GROUP_OUTSIDE x k_blocks blocks, the region's groups with
+ * the highest centre logits k_blocks x block keys' worth, and of both the
+ * k_blocks x block keys with the largest exact logits are marked in kept
+ * (by slot; every other candidate unmarked). */
 void cpu_group_hip(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t k_blocks,
                    uint8_t *kept);
 void cpu_group_free(struct cpu *c);

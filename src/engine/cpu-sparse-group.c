@@ -14,23 +14,26 @@
  * is grouped, when stale, by the thread that chooses for it, after the
  * step's keys were re-rotated.
  *
- * A group's box over alike keys is tighter than a page's over sixteen
- * unrelated ones, so one ranking of both by their bounds favours the
- * looser kind: ranked together (the first version), Quest chose almost no
- * group and lost a tenth of the mass at 8k with --cap 2048 (0.829 against
- * the pages' 0.930: the bounds were loose by 36 logits (unscaled) on
- * groups and 49 on pages, where the keys' logits differ by a few). Each
- * kind is therefore ranked among its own: Quest shortlists the k best
- * pages and the k best groups (k = its units of `page` keys) and keeps,
- * of their keys, the k x page with the largest exact logit (the max over
- * the KV head's query heads; the shortlist is 2 k x page keys scored,
- * about twice a budget's scores). HiP runs its search over the keys
- * outside the region (its blocks by position, as without one) and puts
- * the region's best groups, as many keys' worth, beside its choice; of
- * both, the budget's worth of keys with the largest exact logit is kept,
- * and the steps until the next refresh reuse it (no re-rank: its
- * candidates are positional blocks). A budget covering the cache keeps
- * every key either way, in the dense order.
+ * Ranking groups and pages together by Quest's bound does not work: the
+ * bounds are loose by tens of logits (unscaled; 36 on groups, 49 on pages
+ * at 8k with --cap 2048) where the keys' logits differ by a few, so the
+ * looser kind wins the budget whatever it holds (the first version chose
+ * almost no group: mass 0.829 against the pages' 0.930 there). Each kind
+ * is therefore ranked among its own and exact logits decide between them.
+ * The groups are ranked by their box's centre, q.(min + max) / 2, not its
+ * bound: over alike keys the centre is near each key's logit, and the
+ * bound's slack (sum_d |q_d| (max_d - min_d) / 2) only reorders them (at
+ * 32k the best 124 groups by bound held 0.69 of the region's mass, by
+ * centre 0.89, by their exact best key 0.95). The keys outside the region
+ * are shortlisted as the mode does without a region, CPU_GROUP_OUTSIDE
+ * budgets' worth: Quest's best pages by bound; HiP's search (its blocks by
+ * position, its last round by exact logit). The region adds a budget's
+ * worth of groups. Of the shortlist the budget's worth of keys with the
+ * largest exact logit (the max over the KV head's query heads) is kept:
+ * 3 budgets of keys scored, each step for Quest, on refresh steps for
+ * HiP, whose steps between reuse the choice (no re-rank: its candidates
+ * are positional blocks). A budget covering the cache keeps every key,
+ * in the dense order.
  */
 #include "engine/cpu-int.h"
 
@@ -40,6 +43,10 @@
 
 /* A region smaller than this many pages stays with the positional pages. */
 #define CPU_GROUP_MIN_PAGES 4
+/* The keys outside the region a shortlist takes, in budgets (measured at
+ * 32k: 1 left a third of their mass behind, 2 reached the oracle's 0.96
+ * with hip; see doc/EVALS.md, session 12). */
+#define CPU_GROUP_OUTSIDE 2
 /* The grouping's stack of ranges: 4 + 4 log2(n) entries for n < 2^31. */
 #define CPU_GROUP_STACK 128
 
@@ -129,12 +136,12 @@ static void cpu_group_ready(struct cpu *c, uint32_t l, uint32_t h, int ith)
 	                    c->grp_stack + (size_t)ith * CPU_GROUP_STACK);
 }
 
-/* The bound, times scale, of the groups list (n) of layer l, KV head h
- * into out (n). */
-static void cpu_group_bounds(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
+/* The centre logit (q.(min + max) / 2, the max over KV head h's query
+ * heads), times scale, of the groups list (n) of layer l into out (n). */
+static void cpu_group_centres(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
                              const uint32_t *list, uint32_t n, float *out)
 {
-	cpu_bound_rows(c, h, ith, scale, sparse_groups_at(&c->grp, l, h, 0),
+	cpu_bound_rows(c, h, ith, scale, 0.0f, sparse_groups_at(&c->grp, l, h, 0),
 	               (int64_t)2 * c->hp.head_dim, list, n, out);
 }
 
@@ -171,11 +178,10 @@ void cpu_group_quest(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32
 	uint8_t *sel = c->grp_sel + tu;
 	cpu_group_ready(c, l, h, ith);
 	memcpy(ub, c->sp_ub + (size_t)h * pc, np * sizeof(float));
-	cpu_group_bounds(c, l, h, ith, 1.0f, c->grp_iota, ng, ub + np);
-	/* the shortlist: the k_units best pages and the k_units best groups,
-	 * each kind ranked among its own (a group's box over alike keys is
-	 * tighter than a page's, so one ranking would favour the looser kind) */
-	sparse_top(ub, np, k_units, c->grp_scr + tu, sel);
+	cpu_group_centres(c, l, h, ith, 1.0f, c->grp_iota, ng, ub + np);
+	/* the shortlist: the best pages by bound, the best groups by centre,
+	 * each kind ranked among its own */
+	sparse_top(ub, np, k_units * CPU_GROUP_OUTSIDE, c->grp_scr + tu, sel);
 	sparse_top(ub + np, ng, k_units, c->grp_scr + tu, sel + np);
 	memcpy(c->sp_psel + (size_t)h * pc, sel, np); /* the pages' part, for the note */
 	const uint8_t *gsel = sel + np;
@@ -226,10 +232,11 @@ void cpu_group_hip(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t
 	struct sparse_tree *t = &c->hip_tree[ith];
 	uint64_t scored = 0;
 	sparse_tree_ensure(t, nb);
-	sparse_hip_tree_beam(t, nb, k_blocks, k_blocks * s->beam, cpu_hip_score, &x, blk, &scored);
-	/* the region's shortlist: as many keys' worth of groups, best bound first */
+	uint32_t ko = k_blocks * CPU_GROUP_OUTSIDE;
+	sparse_hip_tree_beam(t, nb, ko, ko * s->beam, cpu_hip_score, &x, blk, &scored);
+	/* the region's shortlist: as many keys' worth of groups, best centre first */
 	cpu_group_ready(c, l, h, ith);
-	cpu_group_bounds(c, l, h, ith, 1.0f, c->grp_iota, ng, c->grp_ub + tu);
+	cpu_group_centres(c, l, h, ith, 1.0f, c->grp_iota, ng, c->grp_ub + tu);
 	uint8_t *gsel = c->grp_sel + tu;
 	sparse_top(c->grp_ub + tu, ng, (k_blocks * bk + page - 1) / page, c->grp_scr + tu, gsel);
 	/* both sets' keys scored exactly: the best k_blocks x block are kept */

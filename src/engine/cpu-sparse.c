@@ -320,14 +320,17 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 		row[c->vorder[k]] = mask[k];
 }
 
-void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, const uint8_t *base,
-                    int64_t stride, const uint32_t *list, uint32_t n, float *out)
+void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, float reach,
+                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n, float *out)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
 	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
-		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
+		if (reach == 1.0f)
+			sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
+		else
+			sparse_split_q_reach(c->q + (size_t)r * hd, hd, reach, qs + (size_t)r * 2 * hd);
 	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
 	for (uint32_t i = 0; i < n; i++)
 		out[i] = -INFINITY;
@@ -350,7 +353,8 @@ static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, floa
                             const uint32_t *plist, uint32_t np, float *out)
 {
 	int64_t stride = (int64_t)c->hp.n_head_kv * 2 * c->hp.head_dim; /* one page to the next */
-	cpu_bound_rows(c, h, ith, scale, sparse_pages_at(&c->sp, l, 0, h), stride, plist, np, out);
+	cpu_bound_rows(c, h, ith, scale, 1.0f, sparse_pages_at(&c->sp, l, 0, h), stride, plist, np,
+	               out);
 }
 
 /* Quest's bound of every page with candidates for KV head h of layer l,

@@ -192,8 +192,8 @@ void sparse_group_order(const float *x, uint32_t n, uint32_t d, uint32_t page, u
 		uint32_t sz = stack[--top], a = stack[--top];
 		if (sz <= page)
 			continue;
-		uint32_t c = sparse_group_widest(x, perm + a, sz, d);
 		uint32_t left = page * (((sz + page - 1) / page) / 2);
+		uint32_t c = sparse_group_widest(x, perm + a, sz, d);
 		for (uint32_t i = 0; i < sz; i++)
 			scratch[i] = x[(size_t)perm[a + i] * d + c];
 		sparse_group_select(scratch, perm + a, sz, left);

@@ -474,6 +474,15 @@ void sparse_split_q(const float *q, uint32_t head_dim, float *qs)
 	}
 }
 
+void sparse_split_q_reach(const float *q, uint32_t head_dim, float reach, float *qs)
+{
+	for (uint32_t d = 0; d < head_dim; d++) {
+		float a = q[d] < 0 ? -q[d] : q[d];
+		qs[d] = 0.5f * (q[d] - reach * a);
+		qs[head_dim + d] = 0.5f * (q[d] + reach * a);
+	}
+}
+
 /* The k-th largest (1 <= k <= n) of x[0, n), reordering x: quickselect
  * with a three-way partition, so repeated values cost nothing extra. */
 static float sparse_kth(float *x, uint32_t n, uint32_t k)

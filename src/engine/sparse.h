@@ -79,6 +79,11 @@ float sparse_bound(const float *q, uint32_t nq, uint32_t head_dim, const float *
  * head_dim) is the dot of qs and mnmx (one vector kernel, f16 bounds read
  * in place). */
 void sparse_split_q(const float *q, uint32_t head_dim, float *qs);
+/* The same for an estimate between the box's centre and Quest's bound:
+ * the dot of qs and mnmx is q.mid + reach x sum_d |q_d| (max_d - min_d) / 2
+ * (mid the box's centre): reach 1 is Quest's bound (sparse_split_q), 0 the
+ * centre's logit. */
+void sparse_split_q_reach(const float *q, uint32_t head_dim, float reach, float *qs);
 /* Mark in sel (n) the k entries of ub (n) with the highest values (ties:
  * the lower index); entries -INFINITY are never chosen. scratch (n).
  * Returns how many were marked. */

@@ -56,6 +56,26 @@ static void test_order_hand(void)
 		T_CHECK(perm[i] < 4, "the first group of 4 holds key %u, expected keys 0..3", perm[i]);
 }
 
+/* The split query with a reach: 1 is Quest's split, 0 the box's centre.
+ * q = (2, -1), box [1, 3] x [-2, 4]: bound max(2, 6) + max(2, -4) = 8,
+ * centre 2 x 2 + (-1) x 1 = 3, reach 0.5: 3 + 0.5 x (2 x 1 + 1 x 3) = 5.5. */
+static void test_reach(void)
+{
+	const float q[2] = { 2, -1 }, mnmx[4] = { 1, -2, 3, 4 };
+	float qs[4], qq[4];
+	const float reach[3] = { 1.0f, 0.0f, 0.5f }, want[3] = { 8.0f, 3.0f, 5.5f };
+	for (int i = 0; i < 3; i++) {
+		sparse_split_q_reach(q, 2, reach[i], qs);
+		float dot = qs[0] * mnmx[0] + qs[1] * mnmx[1] + qs[2] * mnmx[2] + qs[3] * mnmx[3];
+		T_CHECK(dot == want[i], "reach %g: %g, expected %g", reach[i], dot, want[i]);
+	}
+	sparse_split_q(q, 2, qq);
+	sparse_split_q_reach(q, 2, 1.0f, qs);
+	T_CHECK(memcmp(qs, qq, sizeof qs) == 0, "reach 1 differs from Quest's split");
+	T_CHECK(sparse_bound(q, 1, 2, mnmx) == 8.0f, "sparse_bound %g, expected 8",
+	        sparse_bound(q, 1, 2, mnmx));
+}
+
 /* Keys of one layer and KV head as a sparse_keys view: f32, slot i row i. */
 struct keyset {
 	float *x;
@@ -402,6 +422,7 @@ int main(void)
 	struct model *m;
 	uint8_t *buf;
 	test_order_hand();
+	test_reach();
 	test_groups_random();
 	test_scattered();
 	tinymodel_load_attn(&m, &buf);
