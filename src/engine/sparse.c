@@ -73,8 +73,9 @@ static const struct sparse_param sparse_params[] = {
 	  "keys attended per layer and KV head, sinks and recent included" },
 	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024, SP_QUEST | SP_HIP, false,
 	  "slots per page: the granularity of the key bounds (hip: that rank its halves); a run of "
-	  "4 pages or more of keys at one position (LM-Infinite's cap) is bounded in groups of as "
-	  "many keys alike in content instead (CUDA: by position)" },
+	  "4 pages or more of keys at one position (LM-Infinite's cap) is cut into groups of as "
+	  "many keys alike in content instead, and exact scores choose among the shortlisted keys "
+	  "(CUDA: by position)" },
 	{ "block", offsetof(struct engine_sparse, block), 8, 1, 1024, SP_HIP, false,
 	  "keys per final block of the hierarchical search (positions in a row)" },
 	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24, SP_QUEST | SP_HIP | SP_SQZ,
