@@ -432,8 +432,8 @@ static inline bool cpu_group_on(const struct cpu *c)
 	return c->grp_r1 > c->grp_r0;
 }
 /* Quest with a region, layer l, KV head h (its page bounds in sp_ub):
- * the pages with the highest bounds (CPU_GROUP_OUTSIDE x k_units) and the
- * k_units groups with the highest centre logits make a shortlist, and of
+ * the pages (CPU_GROUP_OUTSIDE x k_units) and the k_units groups with the
+ * highest centre logits make a shortlist, and of
  * its keys the k_units x page with the largest exact logits are marked in
  * mask (sorted indices [sp_sinks, sp_m - sp_recent)); the shortlisted
  * pages in sp_psel. */
