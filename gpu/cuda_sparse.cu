@@ -17,8 +17,12 @@
  * What stays on the CPU: squeezed (refused here with one line), HiP's
  * block-sparse prefill (a CUDA prefill is dense: prefill_read stays 0), the
  * per-head keep-sets (the backend has no ENGINE_CAP_HEAD_KEEP), the bounds'
- * tightness (tight stays NaN) and the selection's wall-clock split
- * (select_ms, attn_ms stay 0: the device runs the step as one graph).
+ * tightness (tight stays NaN), the selection's wall-clock split
+ * (select_ms, attn_ms stay 0: the device runs the step as one graph), and
+ * the content groups over a run of keys at one position
+ * (cpu-sparse-group.c: Quest and HiP choose such a region by groups of
+ * alike keys on the CPU; here it stays in positional pages and blocks, as
+ * before, and the help and kvscope.1 say "CUDA: by position").
  */
 #include "gpu/gpu-int.h"
 

@@ -28,7 +28,8 @@
  * every quest step chooses).
  *
  * Beyond the model's training window (L = n_ctx_train, 8192 for the
- * default model) positions are capped as LM-Infinite bounds distances:
+ * default model; --cap L sets another, so a shorter prompt has a capped
+ * region too) positions are capped as LM-Infinite bounds distances:
  * after the prompt's prefill (at true positions, one cache for both
  * modes) the keys more than L before the first decode query sit at len -
  * L, so every decode query sees them at distance L (plus the steps since,
@@ -60,7 +61,7 @@ static enum cli_exit cmd_eval_sparse_defaults(struct cli_opts *o);
 const struct cli_cmd cmd_eval_sparse = {
 	.name = "eval sparse",
 	.usage = "[--sparse quest|hip|squeezed[:k=v,...] (repeatable)] [--lengths 2k,8k] [--n-gen N] "
-	         "[--reps N] "
+	         "[--reps N] [--cap N] "
 	         "[--seed S] "
 	         "[--json] [options]",
 	.help = "sparse decode attention against dense: captured and oracle mass, top-10 recall, keys "
@@ -423,8 +424,8 @@ static int sp_squeeze_for(struct engine *eng, const struct engine_sparse *sp, ui
  * dense decode passes once, each mode's passes over the same cache and
  * tokens; rows (n_sp), one per mode. */
 static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_sp, uint32_t len,
-                     uint32_t steps, uint32_t reps, uint64_t seed, const struct sp_cache *pc,
-                     struct sp_row *rows, struct err *e)
+                     uint32_t steps, uint32_t reps, uint64_t seed, uint32_t train,
+                     const struct sp_cache *pc, struct sp_row *rows, struct err *e)
 {
 	struct engine *eng = gen_engine(g);
 	const struct vocab *v = gen_vocab(g);
@@ -448,7 +449,6 @@ static int sp_length(struct gen *g, const struct engine_sparse *sp, uint32_t n_s
 		}
 	if (rc == KVS_OK && !prefilled)
 		rc = sp_prefill_cached(eng, ids, len, seed, pc, e);
-	uint32_t train = engine_model(eng)->hp.n_ctx_train;
 	bool capped = train > 0 && len > train;
 	if (rc == KVS_OK && capped)
 		rc = sp_cap(eng, len, train, e);
@@ -606,11 +606,13 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 	const char *spec[CLI_SPARSE_MAX];
 	for (uint32_t m = 0; m < n_sp; m++)
 		spec[m] = engine_sparse_format(&sp[m], specs[m], sizeof specs[m]);
+	/* --cap: where the distances are capped (default the training window) */
+	uint32_t train = cli_opts_given(o, "cap") ? o->pos_cap : engine_model(eng)->hp.n_ctx_train;
 	struct eval_progress pr;
 	eval_progress_start(&pr, "sparse", n_len);
 	for (uint32_t i = 0; i < n_len; i++) {
 		eval_progress(&pr, i, "length %u", lens[i]);
-		if (sp_length(g, sp, n_sp, lens[i], o->n_gen, o->reps, o->eval_seed, &pc,
+		if (sp_length(g, sp, n_sp, lens[i], o->n_gen, o->reps, o->eval_seed, train, &pc,
 		              &rows[i * n_sp], &e) != KVS_OK) {
 			eval_progress_end(&pr);
 			rc = cli_fail(&e);
@@ -637,8 +639,7 @@ static enum cli_exit cmd_eval_sparse_exec(struct cli_opts *o)
 			printf("(cap): beyond the training window of %u positions the keys more than %u "
 			       "before the first decode query sit at distance %u (LM-Infinite's bound), for "
 			       "dense and sparse alike; the prompt was prefilled at true positions\n",
-			       engine_model(eng)->hp.n_ctx_train, engine_model(eng)->hp.n_ctx_train,
-			       engine_model(eng)->hp.n_ctx_train);
+			       engine_model(eng)->hp.n_ctx_train, train, train);
 			break;
 		}
 	const char *mh = n_sp > 1 ? "| mode " : "", *md = n_sp > 1 ? "| --- " : "";

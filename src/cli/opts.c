@@ -441,6 +441,9 @@ static const struct cli_opt cli_opt_table[] = {
 	  "uses 33)" },
 	{ "lengths", 0, "LIST", OPTG_PASSKEY | OPTG_SPARSE, opt_str, O(lengths), 0, 0,
 	  "passkey prompt lengths in tokens, e.g. 2k,4k,8k (default 2k,4k,8k,16k,32k)" },
+	{ "cap", 0, "N", OPTG_SPARSE, opt_u32, O(pos_cap), 1, 1 << 24,
+	  "eval sparse: keys more than N before the first decode query move to one position, "
+	  "LM-Infinite's bound (default: the model's training context)" },
 	{ "prompt-cache", 0, "DIR", OPTG_SPARSE, opt_path, O(prompt_cache), 0, 0,
 	  "eval sparse: keep each length's densely prefilled prompt in DIR and load it on a later "
 	  "run with the same model, KV type and prompt instead of prefilling again" },

@@ -37,6 +37,8 @@ struct cli_opts {
 	bool trace_attn;         /* and the attention rows */
 	uint32_t trace_every_ms; /* at most one step event per this many ms (0: every step) */
 	const char *lengths;     /* eval passkey: "2k,4k,..." */
+	uint32_t pos_cap;        /* eval sparse --cap: keys farther back share one position (given
+	                          * or not: cli_opts_given; default the training context) */
 	const char *prompt_cache; /* eval sparse: the prefilled prompts' folder (NULL: none) */
 	const char *depths;      /* eval passkey: "10,30,50,70,90" (percent) */
 	uint32_t samples;        /* eval passkey: per (length, depth) */

@@ -903,7 +903,7 @@ void cpu_kv_copy(void *state, const uint32_t *dst, const uint32_t *src, uint32_t
 		if (c->rows != NULL)
 			cpu_rows_copy(c, dst[i], src[i]);
 		c->kr_pos[dst[i]] = c->kr_pos[src[i]];
-		sparse_pages_forget(&c->sp, dst[i]);
+		cpu_sparse_forget(c, dst[i]);
 	}
 }
 
@@ -948,7 +948,7 @@ int cpu_kv_raw(void *state, uint32_t slot, void *buf, bool load, struct err *e)
 	}
 	if (load) {
 		c->kr_pos[slot] = -1; /* its rotated keys are remade from these */
-		sparse_pages_forget(&c->sp, slot);
+		cpu_sparse_forget(c, slot);
 	}
 	return KVS_OK;
 }

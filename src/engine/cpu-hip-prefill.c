@@ -163,7 +163,7 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 	if (sparse) {
 		float *qs = c->hip_q + (size_t)ith * c->fa_rows * hd; /* (scoring rows, head_dim) */
 		uint32_t nq = cpu_hip_scorers(c, kvh, i0, nt, qs);
-		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq, NULL };
+		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq, NULL, NULL };
 		uint64_t scored = 0;
 		sparse_tree_ensure(&c->hip_tree[ith], n_blocks);
 		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);

@@ -144,6 +144,27 @@ struct cpu {
 	uint32_t *sp_n;                     /* (n_head_kv) chosen keys */
 	uint64_t sp_read;                   /* keys read this forward, all layers and KV heads */
 	double sp_t0;                       /* thread 0: when this layer's attention began */
+	/* content groups (cpu-sparse-group.c): this step's region, the sorted
+	 * candidates [grp_r0, grp_r1) at one position (grp_r1 == grp_r0: none),
+	 * its groupings, and per-thread scratch for grouping and ranking */
+	struct sparse_groups grp;
+	uint32_t grp_r0, grp_r1;
+	uint32_t grp_x_cap;   /* region keys grp_x, grp_xs hold per thread */
+	float *grp_x;         /* (n_threads, grp_x_cap, head_dim) a head's region keys */
+	float *grp_xs;        /* (n_threads, grp_x_cap) the split's values */
+	uint32_t *grp_stack;  /* (n_threads, 128) the split's ranges */
+	uint32_t grp_u_cap;   /* units (pages + groups) the arrays below hold per thread */
+	float *grp_ub;        /* (n_threads, grp_u_cap) bounds: pages, then groups */
+	float *grp_scr;       /* (n_threads, grp_u_cap) sparse_top's scratch */
+	uint8_t *grp_sel;     /* (n_threads, grp_u_cap) the units chosen */
+	uint32_t *grp_ord;    /* (n_threads, grp_ord_cap) quest: the shortlist's slots; hip: the
+	                       * candidates outside the region */
+	uint32_t *grp_unit;   /* (n_threads, grp_ord_cap) quest: the shortlist's sorted indices */
+	uint32_t grp_ord_cap;
+	float *grp_lg;        /* (n_threads, grp_ord_cap) quest: the shortlist's exact logits */
+	float *grp_lscr;      /* (n_threads, grp_ord_cap) their sparse_top scratch */
+	uint8_t *grp_keep;    /* (n_threads, grp_ord_cap) the keys kept of them */
+	uint32_t *grp_iota;   /* (grp_u_cap) 0, 1, 2, ...: every group's row */
 	/* hip (cpu-sparse.c): the choice kept between refreshes, and per
 	 * thread the search's scratch */
 	struct sparse_hip hip;
@@ -383,6 +404,8 @@ struct cpu_hip_ctx {
 	const float *q; /* (nq, head_dim) the queries that score */
 	uint32_t nq;
 	const float *bub; /* (n_blocks) each block's largest page bound; NULL: first blocks */
+	const uint32_t *ord; /* (k1 - k0) the candidates' slots in the search's order (with a
+	                      * region, those outside it); NULL: vslot[k0, k1) */
 };
 
 /* HiP's scoring callback (sparse_score_fn) over a struct cpu_hip_ctx:
@@ -390,6 +413,48 @@ struct cpu_hip_ctx {
  * first block's max q.k over the queries. */
 void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
                    float *score);
+
+/* Quest's bound, times scale, for KV head h's query heads over n rows of
+ * bounds (2, head_dim each) at base + list[i] x stride elements, into out
+ * (n): the max over the heads of a dot with the split query. */
+void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, float reach,
+                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n, float *out);
+
+/* ---- in cpu-sparse-group.c */
+
+/* Find this decode step's region (the longest run of candidates at one
+ * position, if long enough) into grp_r0, grp_r1 and make it the groups'
+ * (every grouping stale when it changed). Needs sp_m, sp_sinks, sp_recent. */
+void cpu_group_region(struct cpu *c);
+/* Whether this step has a region. */
+static inline bool cpu_group_on(const struct cpu *c)
+{
+	return c->grp_r1 > c->grp_r0;
+}
+/* Quest with a region, layer l, KV head h (its page bounds in sp_ub):
+ * the pages (CPU_GROUP_OUTSIDE x k_units) and the k_units groups with the
+ * highest centre logits make a shortlist, and of
+ * its keys the k_units x page with the largest exact logits are marked in
+ * mask (sorted indices [sp_sinks, sp_m - sp_recent)); the shortlisted
+ * pages in sp_psel. */
+void cpu_group_quest(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t k_units,
+                     uint8_t *mask);
+/* A HiP refresh with a region, layer l, KV head h (its page bounds,
+ * scaled, in sp_ub): HiP's search over the candidates outside the region
+ * chooses CPU_GROUP_OUTSIDE x k_blocks blocks, the region's groups with
+ * the highest centre logits k_blocks x block keys' worth, and of both the
+ * k_blocks x block keys with the largest exact logits are marked in kept
+ * (by slot; every other candidate unmarked). */
+void cpu_group_hip(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t k_blocks,
+                   uint8_t *kept);
+void cpu_group_free(struct cpu *c);
+/* Slot s's key is about to change: its page's bounds and a region's
+ * groupings holding it are remade. */
+static inline void cpu_sparse_forget(struct cpu *c, uint32_t s)
+{
+	sparse_pages_forget(&c->sp, s);
+	sparse_groups_forget(&c->grp, s);
+}
 
 /* ---- in cpu-hip-prefill.c */
 

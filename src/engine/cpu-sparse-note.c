@@ -8,6 +8,8 @@
  * the attention itself: it is measured only when the dense shadow is on
  * (want_attn), on the same scratch the choice used, so it costs a shadow
  * step one more pass over the chosen keys and a plain step nothing.
+ * A region's keys, chosen by content group (cpu-sparse-group.c), are left
+ * out of the tightness, which is the pages'.
  * Invariant (up to float rounding): a page's true max logit never exceeds
  * its bound, so a tightness is at most 1.
  */
@@ -34,7 +36,7 @@ void cpu_quest_note(struct cpu_job *jb, uint32_t l, uint32_t h, int ith)
 	uint32_t *keys = c->hip_keys + (size_t)ith * c->sp_vis_cap; /* (n) slots */
 	uint32_t n = 0;
 	for (uint32_t k = c->sp_sinks; k < c->sp_m - c->sp_recent; k++)
-		if (psel[c->sp_kpage[k]])
+		if ((k < c->grp_r0 || k >= c->grp_r1) && psel[c->sp_kpage[k]]) /* a region's: by group */
 			keys[n++] = c->vslot[k];
 	float *pmax = c->sp_scr + (size_t)ith * pc; /* (np) each page's true max logit */
 	for (uint32_t p = 0; p < np; p++)

@@ -203,8 +203,9 @@ static void cpu_sparse_candidates(struct cpu *c)
 	memset(c->sp_cand, 0, np * sizeof(uint32_t));
 	for (uint32_t k = 0; k < m; k++)
 		c->sp_kpage[k] = c->vslot[k] / s->page;
+	/* a region's keys are chosen by their groups, not their pages */
 	for (uint32_t k = c->sp_sinks; k < m - c->sp_recent; k++)
-		c->sp_cand[c->sp_kpage[k]]++;
+		c->sp_cand[c->sp_kpage[k]] += k < c->grp_r0 || k >= c->grp_r1;
 	c->sp_np = 0;
 	for (uint32_t p = 0; p < np; p++)
 		if (c->sp_cand[p] > 0)
@@ -233,7 +234,7 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 {
 	/* the batch overwrites its slots' keys */
 	for (uint32_t i = 0; i < b->n_tokens; i++)
-		sparse_pages_forget(&c->sp, b->slot[i]);
+		cpu_sparse_forget(c, b->slot[i]);
 	c->sparse = b->sparse;
 	if (b->n_tokens != 1 && (b->sparse == NULL || b->sparse->mode != ENGINE_SPARSE_HIP))
 		c->sparse = NULL; /* only hip prefills sparsely */
@@ -263,10 +264,13 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 	uint32_t m = c->sp_m;
 	c->sp_sinks = KVS_MIN(KVS_MAX(s->sinks, cpu_capped_globals(c, b)), m);
 	c->sp_recent = KVS_MIN(KVS_MAX(s->recent, 1u), m - c->sp_sinks);
+	c->grp_r0 = c->grp_r1 = 0;
 	if (s->mode == ENGINE_SPARSE_HIP) {
 		cpu_hip_prepare(c, b->pos[0]);
-		if (c->hip.refresh) /* the search ranks halves by the page bounds */
+		if (c->hip.refresh) { /* the search ranks halves by the page bounds */
+			cpu_group_region(c);
 			cpu_sparse_candidates(c);
+		}
 		return;
 	}
 	if (s->mode == ENGINE_SPARSE_SQUEEZED) {
@@ -274,6 +278,7 @@ void cpu_sparse_prepare(struct cpu *c, const struct engine_batch *b)
 			c->sparse = NULL; /* no document clustered: dense */
 		return;
 	}
+	cpu_group_region(c);
 	cpu_sparse_candidates(c);
 }
 
@@ -315,33 +320,41 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 		row[c->vorder[k]] = mask[k];
 }
 
-/* Quest's bound, times scale, of the np pages plist for KV head h of
- * layer l into out (np): the max over the KV head's query heads of a dot
- * with the split query, the bounds read as rows of 2 x head_dim by the
- * attention-score kernel. */
-static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
-                            const uint32_t *plist, uint32_t np, float *out)
+void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, float reach,
+                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n, float *out)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
 	float *qs = c->sp_qs + (size_t)ith * hp->n_head * 2 * hd;
 	for (uint32_t r = h * grp; r < (h + 1) * grp; r++)
-		sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
+		if (reach == 1.0f)
+			sparse_split_q(c->q + (size_t)r * hd, hd, qs + (size_t)r * 2 * hd);
+		else
+			sparse_split_q_reach(c->q + (size_t)r * hd, hd, reach, qs + (size_t)r * 2 * hd);
 	float *sc = c->scores + (size_t)ith * c->q_rows * c->vis_cap; /* (grp, vis_cap) */
-	const uint8_t *base = sparse_pages_at(&c->sp, l, 0, h);
-	int64_t stride = (int64_t)nkv * 2 * hd; /* elements from one page to the next */
-	for (uint32_t i = 0; i < np; i++)
+	for (uint32_t i = 0; i < n; i++)
 		out[i] = -INFINITY;
-	for (uint32_t r0 = 0; r0 < grp; r0 += KERN_ATT_Q) {
+	for (uint32_t r0 = 0; r0 < grp && n > 0; r0 += KERN_ATT_Q) {
 		uint32_t nq = KVS_MIN((uint32_t)KERN_ATT_Q, grp - r0);
 		c->ops->att_scores_rows(qs + (size_t)(h * grp + r0) * 2 * hd, (int)nq, (int)(2 * hd), base,
-		                        stride, c->kv_es == 2, plist, np, scale, sc, c->vis_cap);
+		                        stride, c->kv_es == 2, list, n, scale, sc, c->vis_cap);
 		for (uint32_t r = 0; r < nq; r++)
-			for (uint32_t i = 0; i < np; i++) {
+			for (uint32_t i = 0; i < n; i++) {
 				float v = sc[(size_t)r * c->vis_cap + i];
 				out[i] = v > out[i] ? v : out[i];
 			}
 	}
+}
+
+/* Quest's bound, times scale, of the np pages plist for KV head h of
+ * layer l into out (np): the bounds read as rows of 2 x head_dim, a page
+ * apart. */
+static void cpu_bound_pages(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
+                            const uint32_t *plist, uint32_t np, float *out)
+{
+	int64_t stride = (int64_t)c->hp.n_head_kv * 2 * c->hp.head_dim; /* one page to the next */
+	cpu_bound_rows(c, h, ith, scale, 1.0f, sparse_pages_at(&c->sp, l, 0, h), stride, plist, np,
+	               out);
 }
 
 /* Quest's bound of every page with candidates for KV head h of layer l,
@@ -377,14 +390,19 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		/* its pages, then its keys in position order */
 		uint8_t *psel = c->sp_psel + (size_t)h * pc, *mask = c->sp_mask + (size_t)h * vc;
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0;
-		sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc, psel);
-		/* the sinks, the chosen pages' keys, the recent window */
+		/* the sinks, the chosen pages' (and groups') keys, the recent window */
 		uint32_t k = 0, k1 = m - c->sp_recent;
-		for (; k < c->sp_sinks; k++)
+		if (cpu_group_on(c)) {
+			cpu_group_quest(jb, l, h, ith, k_pages, mask);
+		} else {
+			sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc,
+			           psel);
+			for (k = c->sp_sinks; k < k1; k++)
+				mask[k] = psel[c->sp_kpage[k]];
+		}
+		for (k = 0; k < c->sp_sinks; k++)
 			mask[k] = 1;
-		for (; k < k1; k++)
-			mask[k] = psel[c->sp_kpage[k]];
-		for (; k < m; k++)
+		for (k = k1; k < m; k++)
 			mask[k] = 1;
 		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		for (k = 0; k < m; k++) {
@@ -429,7 +447,7 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
 		uint32_t a = x->k0 + start[i] * bk, e = KVS_MIN(a + bk, x->k1);
 		kn[i] = e - a;
 		for (uint32_t k = a; k < e; k++)
-			keys[nk++] = c->vslot[k];
+			keys[nk++] = x->ord != NULL ? x->ord[k - x->k0] : c->vslot[k];
 		score[i] = -INFINITY;
 	}
 	float *sc = c->scores + (size_t)x->ith * c->q_rows * vc; /* (KERN_ATT_Q, vis_cap) */
@@ -549,7 +567,13 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		uint8_t *mask = c->sp_mask + (size_t)h * vc;
 		uint8_t *kept = hs->chosen + ((size_t)l * nkv + h) * hs->n_ctx; /* (n_ctx) by slot */
 		uint32_t *list = c->sp_list + (size_t)h * vc, n = 0, k;
-		if (hs->refresh) {
+		if (hs->refresh && cpu_group_on(c)) {
+			/* a region: the search over the other keys, its groups beside */
+			cpu_page_bounds(c, l, h, ith, c->hp.attn_scale);
+			cpu_group_hip(jb, l, h, ith, k_blocks, kept);
+			if (s->rerank > 0)
+				hs->cand_nb[(size_t)l * nkv + h] = 0; /* the steps between reuse it */
+		} else if (hs->refresh) {
 			uint8_t *blk = c->hip_blk + (size_t)ith * vc;
 			struct sparse_tree *t = &c->hip_tree[ith];
 			uint32_t grp = c->hp.n_head / nkv;
@@ -565,7 +589,7 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 				*d = u > *d ? u : *d;
 			}
 			struct cpu_hip_ctx x = {
-				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub
+				c, l, h, k0, k1, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp, bub, NULL
 			};
 			uint64_t scored = 0;
 			sparse_tree_ensure(t, n_blocks);
@@ -768,4 +792,5 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip_q);
 	free(c->hip_pf);
 	cpu_squeeze_free(c);
+	cpu_group_free(c);
 }

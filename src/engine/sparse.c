@@ -72,7 +72,10 @@ static const struct sparse_param sparse_params[] = {
 	{ "budget", offsetof(struct engine_sparse, budget), 1024, 1, 1u << 24, SP_QUEST | SP_HIP, false,
 	  "keys attended per layer and KV head, sinks and recent included" },
 	{ "page", offsetof(struct engine_sparse, page), 16, 1, 1024, SP_QUEST | SP_HIP, false,
-	  "slots per page: the granularity of the key bounds (hip: that rank its halves)" },
+	  "slots per page: the granularity of the key bounds (hip: that rank its halves); a run of "
+	  "4 pages or more of keys at one position (LM-Infinite's cap) is cut into groups of as "
+	  "many keys alike in content instead, and exact scores choose among the shortlisted keys "
+	  "(CUDA: by position)" },
 	{ "block", offsetof(struct engine_sparse, block), 8, 1, 1024, SP_HIP, false,
 	  "keys per final block of the hierarchical search (positions in a row)" },
 	{ "sinks", offsetof(struct engine_sparse, sinks), 4, 0, 1u << 24, SP_QUEST | SP_HIP | SP_SQZ,
@@ -469,6 +472,15 @@ void sparse_split_q(const float *q, uint32_t head_dim, float *qs)
 	for (uint32_t d = 0; d < head_dim; d++) {
 		qs[d] = q[d] < 0 ? q[d] : 0;
 		qs[head_dim + d] = q[d] > 0 ? q[d] : 0;
+	}
+}
+
+void sparse_split_q_reach(const float *q, uint32_t head_dim, float reach, float *qs)
+{
+	for (uint32_t d = 0; d < head_dim; d++) {
+		float a = q[d] < 0 ? -q[d] : q[d];
+		qs[d] = 0.5f * (q[d] - reach * a);
+		qs[head_dim + d] = 0.5f * (q[d] + reach * a);
 	}
 }
 

@@ -79,10 +79,72 @@ float sparse_bound(const float *q, uint32_t nq, uint32_t head_dim, const float *
  * head_dim) is the dot of qs and mnmx (one vector kernel, f16 bounds read
  * in place). */
 void sparse_split_q(const float *q, uint32_t head_dim, float *qs);
+/* The same for an estimate between the box's centre and Quest's bound:
+ * the dot of qs and mnmx is q.mid + reach x sum_d |q_d| (max_d - min_d) / 2
+ * (mid the box's centre): reach 1 is Quest's bound (sparse_split_q), 0 the
+ * centre's logit. */
+void sparse_split_q_reach(const float *q, uint32_t head_dim, float reach, float *qs);
 /* Mark in sel (n) the k entries of ub (n) with the highest values (ties:
  * the lower index); entries -INFINITY are never chosen. scratch (n).
  * Returns how many were marked. */
 uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uint8_t *sel);
+
+/* ------------------------------------------------------------ content groups */
+
+/*
+ * Content groups over a region (sparse-group.c): a run of candidate keys
+ * that share one position (LM-Infinite's cap), grouped per (layer, KV
+ * head) by content into groups of `page` keys with Quest's min/max bounds
+ * each. Region index i is the i-th key of the run in sorted order (slot
+ * slot[i]); group j of (l, h) holds the indices perm[j * page, ...) and
+ * index i lies in group gid[i]. The grouping of (l, h) is current when
+ * its stale flag is 0; sparse_groups_match makes every (l, h) stale when
+ * the region changed (another run, another position, a key rewritten).
+ */
+struct sparse_groups {
+	uint32_t page, n_ctx, n_layer, n_head_kv, head_dim;
+	size_t es;          /* bytes per element, as the cache's */
+	uint32_t n_keys;    /* keys in the region (0: none) */
+	int32_t pos;        /* their one position */
+	uint32_t n_groups;  /* ceil(n_keys / page) */
+	uint32_t cap;       /* region keys the arrays hold */
+	uint32_t groups_cap; /* groups the bounds hold */
+	uint32_t *slot;     /* (cap) the region's slots, in sorted order */
+	int32_t *gpos;      /* (n_ctx) the position a slot was taken into the region at, -1:
+	                     * none (or its key was rewritten since) */
+	uint32_t *perm;     /* (n_layer, n_head_kv, cap) region indices, group by group */
+	uint32_t *gid;      /* (n_layer, n_head_kv, cap) group of each region index */
+	uint8_t *b;         /* (n_layer, n_head_kv, groups_cap, 2, head_dim) min then max */
+	uint8_t *stale;     /* (n_layer, n_head_kv) 1: group anew before use */
+	uint64_t builds;    /* (layer, KV head) groupings made so far */
+};
+
+/* (Re)allocate g for this page size and cache (every grouping dropped). */
+void sparse_groups_ensure(struct sparse_groups *g, uint32_t page, uint32_t n_ctx, uint32_t n_layer,
+                          uint32_t n_head_kv, uint32_t head_dim, size_t es);
+void sparse_groups_free(struct sparse_groups *g);
+/* Slot s's key is about to change: a region holding it is regrouped. */
+void sparse_groups_forget(struct sparse_groups *g, uint32_t s);
+/* Make the region the n keys slots (n), all at pos: true when it already
+ * was (its groupings stand); otherwise every (layer, KV head) goes stale. */
+bool sparse_groups_match(struct sparse_groups *g, const uint32_t *slots, uint32_t n, int32_t pos);
+/* Order n rows of x (n, d) into groups of page: perm (n) the rows, group
+ * j being perm[j * page, ...), each side of every split a multiple of page
+ * (the last group holds the rest), splits at the median of the channel of
+ * widest spread. scratch (n) floats, stack (4 + 4 log2(n)) entries. */
+void sparse_group_order(const float *x, uint32_t n, uint32_t d, uint32_t page, uint32_t *perm,
+                        float *scratch, uint32_t *stack);
+/* Group layer l, KV head h of the region from its rotated keys: perm, gid
+ * and the bounds; x (n_keys, head_dim) and scratch (n_keys) floats, stack
+ * as sparse_group_order's. */
+void sparse_groups_build(struct sparse_groups *g, const struct sparse_keys *k, uint32_t l,
+                         uint32_t h, float *x, float *scratch, uint32_t *stack);
+/* Group j's bounds of layer l, KV head h: min then max, (2, head_dim). */
+static inline const uint8_t *sparse_groups_at(const struct sparse_groups *g, uint32_t l, uint32_t h,
+                                              uint32_t j)
+{
+	return g->b + ((((size_t)l * g->n_head_kv + h) * g->groups_cap + j) * 2 * g->head_dim) * g->es;
+}
 
 /* ------------------------------------------------------------ HiP */
 

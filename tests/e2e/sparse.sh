@@ -182,6 +182,21 @@ if [ -x "$build/tests/util/mktiny" ] && "$build/tests/util/mktiny" "$tmp/tiny.gg
 	grep -q '^| 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 100 % |' "$tmp/cap" ||
 		fail "eval sparse capped, covering budget: not dense's function: $(grep '^| 512' "$tmp/cap")"
 	tail -n 1 "$tmp/cap" | grep -q '"capped":true' || fail "eval sparse JSON lacks capped:true"
+	# --cap 64: 444 of the 512 keys' candidates share one position, and quest
+	# and hip choose among them by content groups (cpu-sparse-group.c); with
+	# a budget covering the cache both are still dense's function exactly,
+	# and a small budget reads fewer keys than dense
+	"$bin" eval sparse --model "$tmp/tiny.gguf" --lengths 512 --cap 64 -n 6 --reps 1 \
+		--sparse quest:budget=100000,dense=0 --sparse hip:budget=100000,dense=0,prefill=0 \
+		--sparse quest:budget=96,page=8,dense=0 >"$tmp/cap64" 2>"$tmp/cap64.err" ||
+		fail "eval sparse --cap 64: $(cat "$tmp/cap64.err")"
+	grep -q '^(cap): beyond the training window of 256 positions the keys more than 64 ' \
+		"$tmp/cap64" || fail "eval sparse --cap 64: no cap note: $(head -n 3 "$tmp/cap64")"
+	n=$(grep -c '^| [a-z][^|]*budget=100000[^|]* | 512 (cap) | 100.0 % | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 100 % |' \
+		"$tmp/cap64")
+	[ "$n" -eq 2 ] || fail "eval sparse --cap 64, covering budget: not dense's function: $(grep '512 (cap)' "$tmp/cap64")"
+	grep '^| quest budget=96 ' "$tmp/cap64" | grep -q '| 512 (cap) | [0-9][0-9]\.[0-9] % |' ||
+		fail "eval sparse --cap 64, budget 96: not under 100 % of the keys: $(grep '512 (cap)' "$tmp/cap64")"
 else
 	fail "cannot make the tiny model (tests/util/mktiny)"
 fi
