@@ -127,19 +127,42 @@ static void cpu_hip_attend(struct cpu *c, uint32_t l, uint32_t kvh, uint32_t i0,
 	}
 }
 
+/* How many of ubatch tokens [i0, i0 + nt) come before the batch's dense
+ * tail: its last `tail` tokens when its logits are wanted (the prompt's
+ * end, whose queries the next token is predicted from); nt without one. */
+static uint32_t cpu_hip_before_tail(const struct cpu_job *jb, uint32_t i0, uint32_t nt)
+{
+	const struct engine_batch *b = jb->b;
+	uint32_t tail = jb->c->sparse->tail;
+	if (tail == 0 || b->logits == ENGINE_LOGITS_NONE)
+		return nt;
+	uint32_t from = b->n_tokens > tail ? b->n_tokens - tail : 0; /* batch index */
+	uint32_t at = jb->t0 + i0;
+	return at >= from ? 0 : KVS_MIN(nt, from - at);
+}
+
+/* The dense tail's tokens [i0, i0 + nt): cpu_flash over every key they
+ * see, counted as read in full. */
+static void cpu_hip_tail(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                         int ith)
+{
+	struct cpu *c = jb->c;
+	uint32_t grp = c->hp.n_head / c->hp.n_head_kv;
+	double *acc = c->hip_pf + (size_t)ith * 4; /* keys read, dense, mass, rows */
+	for (uint32_t t = 0; t < nt; t++) {
+		uint32_t m = cpu_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
+		acc[0] += (double)m * grp;
+		acc[1] += (double)m * grp;
+	}
+	cpu_flash(jb, l, kvh, i0, nt, ith);
+}
+
 /*
- * HiP's block-sparse prefill of ubatch tokens [i0, i0 + nt) with the
- * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
- * m_t); the block attends the sinks, the window from `recent` keys before
- * its first token's prefix to its last's (its own keys included), and the
- * blocks the search chose among the keys between, scored by every fourth
- * of its tokens from the last (all the KV head's query heads: HiP's code
- * scores with every second query; on two cores the search then costs as
- * much as the attention it saves). The keys past a token's own prefix are
- * the list's last and are cut by its limit. With want_attn the last
- * token's dense mass captured is added to the thread's sums (a shadow).
+ * One query block's HiP attention, tokens [i0, i0 + nt) (cpu_hip_flash
+ * says what it attends).
  */
-void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
+static void cpu_hip_block(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                          int ith)
 {
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
@@ -208,6 +231,29 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 		c->ops->f16_to_f32(h16, f.q + (size_t)r * hd, hd);
 	}
 	cpu_hip_attend(c, l, kvh, i0, nt, slots, n, lim, &f);
+}
+
+/*
+ * HiP's block-sparse prefill of ubatch tokens [i0, i0 + nt) with the
+ * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
+ * m_t); the block attends the sinks, the window from `recent` keys before
+ * its first token's prefix to its last's (its own keys included), and the
+ * blocks the search chose among the keys between, scored by every fourth
+ * of its tokens from the last (all the KV head's query heads: HiP's code
+ * scores with every second query; on two cores the search then costs as
+ * much as the attention it saves). The keys past a token's own prefix are
+ * the list's last and are cut by its limit. With want_attn the last
+ * token's dense mass captured is added to the thread's sums (a shadow).
+ * The batch's dense tail (`tail`: its last tokens, when it ends a prompt)
+ * attends every key instead.
+ */
+void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
+{
+	uint32_t ns = cpu_hip_before_tail(jb, i0, nt);
+	if (ns < nt)
+		cpu_hip_tail(jb, l, kvh, i0 + ns, nt - ns, ith);
+	if (ns > 0)
+		cpu_hip_block(jb, l, kvh, i0, ns, ith);
 }
 
 void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out)
