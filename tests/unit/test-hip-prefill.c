@@ -12,13 +12,16 @@
  * - the tail adds to the keys read exactly what its queries see beyond
  *   their sparse lists, never to the dense count.
  * Each check fails on a tail that is ignored, shifted by one token or
- * applied to every batch.
+ * applied to every batch. And the search's tiled scorer chooses as the
+ * per-key one it replaced (the captured mass to 6 digits), and fails when
+ * it scores fewer rows or keys shifted by one.
  */
 #include "engine/engine.h"
 #include "model/model.h"
 #include "tests/unit/test.h"
 #include "tests/util/tinymodel.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,6 +156,47 @@ static void test_tail_boundary(const struct model *m, int threads)
 	free(nq0);
 }
 
+/* The search's choice with a small budget: the prefill's captured mass
+ * (each query block's last row, in the sparse layers) and keys read are
+ * those of the per-key scorer the tiled one replaced (commit 78a6b16, the
+ * same model and prompt: 0.492301, 79404 keys); a scorer that reads the
+ * wrong keys or rows chooses other blocks and captures less (scoring one
+ * row: 0.428; keys one on: 0.472). */
+static void test_search_choice(const struct model *m, int threads)
+{
+	uint32_t n = 200;
+	struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
+	struct engine_sparse s;
+	struct engine_out o;
+	struct err e;
+	T_EQ_INT(engine_sparse_parse("hip:budget=48,block=8,sinks=4,recent=8,dense=1,prefill=64",
+	                             &s, &e),
+	         KVS_OK);
+	int32_t tok[N_CTX], pos[N_CTX];
+	uint32_t slot[N_CTX];
+	for (uint32_t i = 0; i < n; i++) {
+		tok[i] = (int32_t)(3 + (i * 37) % 250);
+		pos[i] = (int32_t)i;
+		slot[i] = i;
+	}
+	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
+	b.n_visible = n;
+	b.logits = ENGINE_LOGITS_NONE;
+	b.sparse = &s;
+	b.want_attn = true;
+	engine_kv_clear(eng);
+	if (engine_forward(eng, &b, &o, &e) != KVS_OK) {
+		fprintf(stderr, "prefill: %s\n", e.msg);
+		exit(99);
+	}
+	double mass = o.prefill_rows ? o.prefill_mass : 0;
+	printf("search, budget 48, %d thread(s): read %llu keys, mass %.6f over %llu rows\n", threads,
+	       (unsigned long long)o.prefill_read, mass, (unsigned long long)o.prefill_rows);
+	T_EQ_INT(o.prefill_read, 79404);
+	T_CHECK(fabs(mass - 0.492301) < 5e-6, "mass %.6f, the per-key scorer's 0.492301", mass);
+	engine_free(eng);
+}
+
 int main(void)
 {
 	struct model *m;
@@ -161,6 +205,7 @@ int main(void)
 	for (int threads = 1; threads <= 2; threads++) {
 		test_tail_whole(m, threads);
 		test_tail_boundary(m, threads);
+		test_search_choice(m, threads);
 	}
 	model_free(m);
 	free(buf);
