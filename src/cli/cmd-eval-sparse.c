@@ -281,7 +281,9 @@ static int sp_prefill(struct engine *eng, const int32_t *ids, uint32_t n, uint32
 		}
 		struct engine_batch b = { .n_tokens = m, .tokens = ids + i0, .pos = pos, .slot = slot };
 		b.n_visible = i0 + m;
-		b.logits = ENGINE_LOGITS_NONE;
+		/* the last chunk ends the prompt: its logits are wanted (a hip
+		 * prefill's dense tail is the prompt's last queries) */
+		b.logits = i0 + m == n ? ENGINE_LOGITS_LAST : ENGINE_LOGITS_NONE;
 		b.sparse = sp;
 		b.want_attn = attn;
 		struct engine_out out;

@@ -68,6 +68,64 @@ static uint32_t cpu_hip_scorers(const struct cpu *c, uint32_t kvh, uint32_t i0, 
 	return nq;
 }
 
+/* A prefill search's scoring (sparse_score_fn): the search's keys, and the
+ * tile scratch of the block's attention, which runs after it. */
+struct cpu_hip_pf {
+	struct cpu_hip_ctx x;
+	struct cpu_fa *f;
+};
+
+/*
+ * HiP's first-block representative for a prefill block: each half scores
+ * the max q.k of its first `block` keys over the scoring rows. The keys of
+ * every half are gathered once into transposed tiles of CPU_FA_TILE, as
+ * cpu_flash reads them, and scored by att_scores KERN_ATT_Q rows at a time:
+ * the per-key kernel (att_scores_rows, which the decode's single query
+ * suits) converts each key once per 4 rows and ends every dot product with
+ * a horizontal sum, which made the search cost more than the attention it
+ * chose for at 32k. The scores are the same dot products, summed in
+ * another order.
+ */
+static void cpu_hip_pf_score(void *ctx, const uint32_t *start, const uint32_t *size, uint32_t n,
+                             float *score)
+{
+	const struct cpu_hip_pf *pf = ctx;
+	const struct cpu_hip_ctx *x = &pf->x;
+	struct cpu *c = x->c;
+	uint32_t hd = c->hp.head_dim, bk = c->sparse->block;
+	uint32_t *keys = c->hip_keys + (size_t)x->ith * c->sp_vis_cap;  /* (keys scored) slots */
+	uint32_t *own = c->hip_kn + (size_t)x->ith * (c->sp_vis_cap + 1); /* (keys scored) half */
+	uint32_t nk = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t a = x->k0 + start[i] * bk, e = KVS_MIN(a + bk, x->k1);
+		for (uint32_t k = a; k < e; k++) {
+			keys[nk] = c->vslot[k];
+			own[nk++] = i;
+		}
+		score[i] = -INFINITY;
+	}
+	(void)size; /* a half is scored by its first block, whatever its size */
+	struct cpu_fa *f = pf->f;
+	uint64_t head_off = (uint64_t)x->h * hd * c->kv_es;
+	for (uint32_t t0 = 0; t0 < nk; t0 += CPU_FA_TILE) {
+		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, nk - t0);
+		c->ops->kv_rows_f32(c->kr[x->l] + head_off, (int64_t)c->kv_row, c->kv_es == 2,
+		                    keys + t0, mt, (int)hd, true, f->kt, CPU_FA_TILE);
+		for (uint32_t r0 = 0; r0 < x->nq; r0 += KERN_ATT_Q)
+			c->ops->att_scores(x->q + (size_t)r0 * hd,
+			                   (int)KVS_MIN((uint32_t)KERN_ATT_Q, x->nq - r0), (int)hd, f->kt,
+			                   CPU_FA_TILE, mt, c->hp.attn_scale,
+			                   f->s + (size_t)r0 * CPU_FA_TILE, CPU_FA_TILE);
+		for (uint32_t r = 0; r < x->nq; r++) {
+			const float *sr = f->s + (size_t)r * CPU_FA_TILE;
+			for (uint32_t j = 0; j < mt; j++) {
+				float *d = &score[own[t0 + j]];
+				*d = sr[j] > *d ? sr[j] : *d;
+			}
+		}
+	}
+}
+
 /* The online softmax of cpu_flash over the keys at slots[0, n) (sorted
  * by position) for the block's rows (token-major, then head) in f, token
  * t taking the first lim[t] keys; the outputs into c->ao. */
@@ -127,19 +185,42 @@ static void cpu_hip_attend(struct cpu *c, uint32_t l, uint32_t kvh, uint32_t i0,
 	}
 }
 
+/* How many of ubatch tokens [i0, i0 + nt) come before the batch's dense
+ * tail: its last `tail` tokens when its logits are wanted (the prompt's
+ * end, whose queries the next token is predicted from); nt without one. */
+static uint32_t cpu_hip_before_tail(const struct cpu_job *jb, uint32_t i0, uint32_t nt)
+{
+	const struct engine_batch *b = jb->b;
+	uint32_t tail = jb->c->sparse->tail;
+	if (tail == 0 || b->logits == ENGINE_LOGITS_NONE)
+		return nt;
+	uint32_t from = b->n_tokens > tail ? b->n_tokens - tail : 0; /* batch index */
+	uint32_t at = jb->t0 + i0;
+	return at >= from ? 0 : KVS_MIN(nt, from - at);
+}
+
+/* The dense tail's tokens [i0, i0 + nt): cpu_flash over every key they
+ * see, counted as read in full. */
+static void cpu_hip_tail(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                         int ith)
+{
+	struct cpu *c = jb->c;
+	uint32_t grp = c->hp.n_head / c->hp.n_head_kv;
+	double *acc = c->hip_pf + (size_t)ith * 4; /* keys read, dense, mass, rows */
+	for (uint32_t t = 0; t < nt; t++) {
+		uint32_t m = cpu_prefix(c, jb->b->pos[jb->t0 + i0 + t]);
+		acc[0] += (double)m * grp;
+		acc[1] += (double)m * grp;
+	}
+	cpu_flash(jb, l, kvh, i0, nt, ith);
+}
+
 /*
- * HiP's block-sparse prefill of ubatch tokens [i0, i0 + nt) with the
- * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
- * m_t); the block attends the sinks, the window from `recent` keys before
- * its first token's prefix to its last's (its own keys included), and the
- * blocks the search chose among the keys between, scored by every fourth
- * of its tokens from the last (all the KV head's query heads: HiP's code
- * scores with every second query; on two cores the search then costs as
- * much as the attention it saves). The keys past a token's own prefix are
- * the list's last and are cut by its limit. With want_attn the last
- * token's dense mass captured is added to the thread's sums (a shadow).
+ * One query block's HiP attention, tokens [i0, i0 + nt) (cpu_hip_flash
+ * says what it attends).
  */
-void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
+static void cpu_hip_block(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt,
+                          int ith)
 {
 	struct cpu *c = jb->c;
 	const struct hparams *hp = &c->hp;
@@ -160,13 +241,16 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 	uint8_t *blk = c->hip_blk + (size_t)ith * vc;               /* (n_blocks) */
 	uint32_t *slots = c->hip_list + (size_t)ith * vc, n = 0, k; /* (keys attended) */
 	bool sparse = n_blocks > k_blocks;
+	struct cpu_fa f;
+	cpu_flash_carve(c, ith, &f);
 	if (sparse) {
 		float *qs = c->hip_q + (size_t)ith * c->fa_rows * hd; /* (scoring rows, head_dim) */
 		uint32_t nq = cpu_hip_scorers(c, kvh, i0, nt, qs);
-		struct cpu_hip_ctx x = { c, l, kvh, k0, k1, ith, qs, nq, NULL, NULL };
+		struct cpu_hip_pf pf = { { c, l, kvh, k0, k1, ith, qs, nq, NULL, NULL }, &f };
 		uint64_t scored = 0;
 		sparse_tree_ensure(&c->hip_tree[ith], n_blocks);
-		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_score, &x, blk, &scored);
+		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_pf_score, &pf, blk,
+		                &scored);
 	} else {
 		memset(blk, 1, n_blocks);
 	}
@@ -196,8 +280,6 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 		acc[2] += cpu_hip_mass(c, l, kvh, ql, grp, m[nt - 1], k0, k1, blk, ith);
 		acc[3] += grp;
 	}
-	struct cpu_fa f;
-	cpu_flash_carve(c, ith, &f);
 	for (uint32_t t = 0; t < nt; t++)
 		memcpy(f.q + (size_t)t * grp * hd, c->q + ((size_t)(i0 + t) * hp->n_head + kvh * grp) * hd,
 		       (size_t)grp * hd * sizeof(float));
@@ -208,6 +290,29 @@ void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, ui
 		c->ops->f16_to_f32(h16, f.q + (size_t)r * hd, hd);
 	}
 	cpu_hip_attend(c, l, kvh, i0, nt, slots, n, lim, &f);
+}
+
+/*
+ * HiP's block-sparse prefill of ubatch tokens [i0, i0 + nt) with the
+ * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
+ * m_t); the block attends the sinks, the window from `recent` keys before
+ * its first token's prefix to its last's (its own keys included), and the
+ * blocks the search chose among the keys between, scored by every fourth
+ * of its tokens from the last (all the KV head's query heads: HiP's code
+ * scores with every second query; on two cores the search then costs as
+ * much as the attention it saves). The keys past a token's own prefix are
+ * the list's last and are cut by its limit. With want_attn the last
+ * token's dense mass captured is added to the thread's sums (a shadow).
+ * The batch's dense tail (`tail`: its last tokens, when it ends a prompt)
+ * attends every key instead.
+ */
+void cpu_hip_flash(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t i0, uint32_t nt, int ith)
+{
+	uint32_t ns = cpu_hip_before_tail(jb, i0, nt);
+	if (ns < nt)
+		cpu_hip_tail(jb, l, kvh, i0 + ns, nt - ns, ith);
+	if (ns > 0)
+		cpu_hip_block(jb, l, kvh, i0, ns, ith);
 }
 
 void cpu_sparse_finish(struct cpu *c, const struct engine_batch *b, struct backend_out *out)

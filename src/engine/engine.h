@@ -172,6 +172,8 @@ struct engine_sparse {
 	uint32_t rerank;       /* hip: thousandths of the final blocks a step between refreshes
 	                        * re-ranks (the refresh's best; 0: off) */
 	uint32_t prefill;      /* hip: batches seeing this many keys prefill sparsely (0: never) */
+	uint32_t tail;         /* hip: a sparse prefill batch whose logits are wanted attends its
+	                        * last `tail` queries densely (the prompt's end) */
 	/* Decode steps between the dense shadow passes a watcher's statistics
 	 * take (the KV cache's, when its capture is on: the dense weights of
 	 * the same query beside the choice); 0: every captured step. The

@@ -88,6 +88,8 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps one choice of keys serves (chosen anew every N steps)" },
 	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP, false,
 	  "prompts seeing this many keys prefill block-sparsely (0: never)" },
+	{ "tail", offsetof(struct engine_sparse, tail), 0, 0, 1u << 24, SP_HIP, false,
+	  "a block-sparse prefill attends the prompt's last N queries densely (0: none)" },
 	{ "shadow", offsetof(struct engine_sparse, shadow), 16, 0, 1u << 16, SP_QUEST | SP_HIP, false,
 	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },
 	{ "beam", offsetof(struct engine_sparse, beam), 2, 1, 64, SP_HIP, false,

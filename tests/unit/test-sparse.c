@@ -57,7 +57,7 @@ static void test_parse(void)
 	T_EQ_STR(e.msg,
 	         "sparse mode 'qwest': expected off, quest[:budget=N,page=N,sinks=N,recent=N,"
 	         "dense=N,shadow=N], hip[:budget=N,page=N,block=N,sinks=N,recent=N,dense=N,refresh=N,"
-	         "prefill=N,shadow=N,beam=N,rerank=Q] or "
+	         "prefill=N,tail=N,shadow=N,beam=N,rerank=Q] or "
 	         "squeezed[:sinks=N,recent=N,dense=N,clusters=N,fanout=N,"
 	         "quantile=Q,coarse=Q,outliers=Q,iters=N,seed=N]");
 	T_EQ_INT(engine_sparse_parse("quest:budget=0", &s, &e), KVS_EARG);
@@ -74,7 +74,7 @@ static void test_parse(void)
 	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
 	         "hip budget=1024 page=16 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 "
-	         "shadow=16 beam=2 rerank=1.000");
+	         "tail=0 shadow=16 beam=2 rerank=1.000");
 	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 256);
 	T_EQ_INT(s.block, 4);
@@ -84,7 +84,7 @@ static void test_parse(void)
 	T_EQ_INT(engine_sparse_parse("hip:quantile=0.5", &s, &e), KVS_EARG);
 	T_EQ_STR(e.msg,
 	         "sparse: unknown parameter 'quantile' for hip: expected budget, page, block, sinks, "
-	         "recent, dense, refresh, prefill, shadow, beam or rerank");
+	         "recent, dense, refresh, prefill, tail, shadow, beam or rerank");
 	T_EQ_INT(engine_sparse_parse("quest:refresh=2", &s, &e), KVS_EARG);
 	T_EQ_INT(engine_sparse_parse("hip:refresh=0", &s, &e), KVS_EARG);
 	T_CHECK(strstr(e.msg, "refresh=0: expected an integer in 1..65536") != NULL, "%s", e.msg);
