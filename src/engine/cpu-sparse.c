@@ -97,6 +97,24 @@ static void cpu_hip_cand_alloc(struct sparse_hip *h, const struct engine_sparse 
 	}
 }
 
+/* Size the refresh's lists for spec s: a choice holds at most the
+ * budget's keys (groups), or its blocks' (budget - sinks - window rounded
+ * up to a block); a larger one is not listed, and its steps scan. */
+static void cpu_hip_ref_alloc(struct sparse_hip *h, const struct engine_sparse *s)
+{
+	uint32_t cap = KVS_MIN(h->n_ctx, s->budget + s->block);
+	size_t lh = (size_t)h->n_layer * h->n_head_kv;
+	if (h->ref_vslot == NULL) {
+		h->ref_vslot = xmallocarray(h->n_ctx, sizeof(uint32_t));
+		h->ref_n = xmallocarray(lh, sizeof(uint32_t));
+	}
+	if (h->ref_list == NULL || h->ref_cap != cap) {
+		free(h->ref_list);
+		h->ref_cap = cap;
+		h->ref_list = xmallocarray(lh * cap, sizeof(uint32_t));
+	}
+}
+
 /* Decide whether this hip step (query at pos) chooses anew: the first
  * step, a changed spec, every refresh-th step, a step back in position
  * (a new pass over the same slots), or more unscored candidates than a
@@ -115,25 +133,39 @@ static void cpu_hip_prepare(struct cpu *c, int32_t pos)
 		for (uint32_t i = 0; i < h->n_ctx; i++)
 			h->seen_pos[i] = -1;
 	}
-	uint32_t k0 = c->sp_sinks, k1 = c->sp_m - c->sp_recent, unseen = 0;
-	for (uint32_t k = k0; k < k1; k++)
+	uint32_t k0 = c->sp_sinks, k1 = c->sp_m - c->sp_recent, unseen = 0, moved = 0;
+	/* the refresh's candidates counted apart: one of them unscored now
+	 * (moved, rewritten) means they are not in place */
+	uint32_t kr = h->valid ? KVS_MIN(h->ref_k1, k1) : k0, k = k0;
+	for (; k < kr; k++)
+		moved += h->seen_pos[c->vslot[k]] != c->vpos[k];
+	for (unseen = moved; k < k1; k++)
 		unseen += h->seen_pos[c->vslot[k]] != c->vpos[k];
 	h->refresh = !cpu_hip_same(h, s) || h->age + 1 >= s->refresh || pos <= h->last_pos ||
 	        unseen > KVS_MAX(s->budget / 4, s->refresh);
 	h->last_pos = pos;
 	if (!h->refresh) {
 		h->age++;
+		h->in_place = moved == 0 && k0 == h->ref_k0 && k1 >= h->ref_k1 &&
+		        memcmp(c->vslot, h->ref_vslot, (size_t)h->ref_k1 * sizeof(uint32_t)) == 0;
 		return;
 	}
 	h->age = 0;
 	h->valid = true;
 	h->spec = *s;
+	h->in_place = false;
 	if (s->rerank > 0)
 		cpu_hip_cand_alloc(h, s);
+	cpu_hip_ref_alloc(h, s);
 	for (uint32_t i = 0; i < h->n_ctx; i++)
 		h->seen_pos[i] = -1;
-	for (uint32_t k = k0; k < k1; k++)
+	for (k = k0; k < k1; k++)
 		h->seen_pos[c->vslot[k]] = c->vpos[k];
+	memcpy(h->ref_vslot, c->vslot, (size_t)k1 * sizeof(uint32_t));
+	h->ref_k0 = k0;
+	h->ref_k1 = k1;
+	for (size_t i = 0; i < (size_t)h->n_layer * h->n_head_kv; i++)
+		h->ref_n[i] = UINT32_MAX; /* until the refresh lists its choice */
 }
 
 /* Size the per-visible-slot and per-thread buffers of a sparse forward. */
@@ -552,6 +584,40 @@ static void cpu_hip_rerank(struct cpu *c, uint32_t l, uint32_t h, int ith, uint3
  * choice; on a reuse step attend what was chosen (with rerank: what this
  * step's re-rank of the refresh's candidates chose) and what was not
  * scored. */
+/* The split path's list of KV head h, layer l (it reads no mask): the
+ * sinks, the chosen or unscored candidates, the window; its length. A
+ * refresh lists its choice for the steps between; such a step, its
+ * candidates in place and its choice not re-ranked since, copies that
+ * list instead of scanning every candidate (O(budget), not O(cache)). */
+static uint32_t cpu_hip_list(struct cpu *c, uint32_t l, uint32_t h, const uint8_t *kept,
+                             uint32_t *list)
+{
+	struct sparse_hip *hs = &c->hip;
+	const uint32_t *vs = c->vslot;
+	uint32_t m = c->sp_m, k0 = c->sp_sinks, k1 = m - c->sp_recent, n = k0;
+	size_t lh = (size_t)l * hs->n_head_kv + h;
+	uint32_t *ref = hs->ref_list + lh * hs->ref_cap;
+	bool reranked = c->sparse->rerank > 0 && hs->cand_nb[lh] > 0;
+	memcpy(list, vs, k0 * sizeof(uint32_t));
+	if (!hs->refresh && hs->in_place && hs->ref_n[lh] != UINT32_MAX && !reranked) {
+		memcpy(list + n, ref, hs->ref_n[lh] * sizeof(uint32_t));
+		n += hs->ref_n[lh];
+		memcpy(list + n, vs + hs->ref_k1, (m - hs->ref_k1) * sizeof(uint32_t));
+		return n + (m - hs->ref_k1);
+	}
+	for (uint32_t k = k0; k < k1; k++) {
+		uint32_t sl = vs[k];
+		list[n] = sl;
+		n += (hs->seen_pos[sl] != c->vpos[k]) | kept[sl];
+	}
+	if (hs->refresh && n - k0 <= hs->ref_cap) {
+		memcpy(ref, list + k0, (n - k0) * sizeof(uint32_t));
+		hs->ref_n[lh] = n - k0;
+	}
+	memcpy(list + n, vs + k1, (m - k1) * sizeof(uint32_t));
+	return n + (m - k1);
+}
+
 static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 {
 	struct cpu *c = jb->c;
@@ -604,18 +670,7 @@ static void cpu_hip_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		}
 		const uint8_t *hk = cpu_head_keep(jb, l, h); /* what the head dropped stays out */
 		if (hk == NULL && !jb->whole && !jb->b->want_attn) {
-			/* the split path reads the list only: the sinks, the chosen
-			 * or unscored candidates, the window, no mask */
-			const uint32_t *vs = c->vslot;
-			memcpy(list, vs, k0 * sizeof(uint32_t));
-			n = k0;
-			for (k = k0; k < k1; k++) {
-				uint32_t sl = vs[k];
-				list[n] = sl;
-				n += (hs->seen_pos[sl] != c->vpos[k]) | kept[sl];
-			}
-			memcpy(list + n, vs + k1, (m - k1) * sizeof(uint32_t));
-			c->sp_n[h] = n + (m - k1);
+			c->sp_n[h] = cpu_hip_list(c, l, h, kept, list);
 			continue;
 		}
 		for (k = 0; k < m; k++) {
@@ -780,6 +835,9 @@ void cpu_sparse_free(struct cpu *c)
 	free(c->hip.cand_on);
 	free(c->hip.cand_nb);
 	free(c->hip.cand_np);
+	free(c->hip.ref_vslot);
+	free(c->hip.ref_list);
+	free(c->hip.ref_n);
 	for (int t = 0; c->hip_tree != NULL && t < pool_size(c->pool); t++)
 		sparse_tree_free(&c->hip_tree[t]);
 	free(c->hip_tree);

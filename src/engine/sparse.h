@@ -233,6 +233,18 @@ struct sparse_hip {
 	                       * cand_page of its keys' pages, block by block */
 	uint32_t *cand_bpf;   /* (n_layer, n_head_kv, cand_cap + 1) block i: [bpf[i], bpf[i+1]) */
 	uint8_t *cand_on;     /* (n_layer, n_head_kv, cand_cap) 1: block i's keys are marked kept */
+	/* The reuse list in O(budget): the refresh's visible slots up to its
+	 * last candidate, and per (layer, KV head) the chosen keys' slots in
+	 * visible order. A step between whose visible slots begin with the
+	 * same ones, every candidate unmoved (in_place), attends the sinks,
+	 * those chosen keys and every key from ref_k1 on (never scored, or the
+	 * window), the keys the full scan would list, without scanning. */
+	uint32_t *ref_vslot; /* (n_ctx) vslot[0, ref_k1) at the refresh */
+	uint32_t ref_k0, ref_k1;
+	uint32_t ref_cap;    /* chosen keys a (layer, KV head) may keep listed */
+	uint32_t *ref_list;  /* (n_layer, n_head_kv, ref_cap) */
+	uint32_t *ref_n;     /* (n_layer, n_head_kv) how many; UINT32_MAX: not listed */
+	bool in_place;       /* this step between: the refresh's candidates are where they were */
 };
 
 /* ------------------------------------------------------------ squeezed */
