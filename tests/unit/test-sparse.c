@@ -542,6 +542,48 @@ static void test_hip_cadence(const struct model *m)
 	free(lg);
 }
 
+/* HiP's steps between refreshes copy the refresh's list when its
+ * candidates are in place (cpu_hip_list): two engines with the same
+ * history, one decoding each step between through the list (no weights
+ * asked), the other through the mask (want_attn: every candidate
+ * scanned), must read the same keys; after a candidate key moves (its
+ * slot and the visible order unchanged) the moved key is unscored and
+ * read on both. A list that drops or keeps the wrong keys reads another
+ * count. */
+static void test_hip_in_place(const struct model *m)
+{
+	uint32_t nv = m->hp.n_vocab, n = 200;
+	float *lg = malloc(nv * sizeof(float));
+	struct engine_sparse s;
+	struct err e;
+	T_EQ_INT(engine_sparse_parse(
+	                 "hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=8,rerank=0", &s, &e),
+	         KVS_OK);
+	struct engine *a = tinymodel_engine(m, N_CTX, 1, false);
+	struct engine *b = tinymodel_engine(m, N_CTX, 1, false);
+	struct engine_out oa, ob;
+	tinymodel_prefill(a, n);
+	tinymodel_prefill(b, n);
+	uint32_t reused = 0;
+	for (uint32_t i = 0; i < 6; i++) {
+		if (i == 3) {
+			/* a candidate the refresh scored moves back one position */
+			T_EQ_INT(engine_kv_set_pos(a, 100, 99, &e), KVS_OK);
+			T_EQ_INT(engine_kv_set_pos(b, 100, 99, &e), KVS_OK);
+		}
+		tinymodel_decode(a, n + i, &s, false, lg, &oa);
+		tinymodel_decode(b, n + i, &s, i > 0, lg, &ob);
+		T_EQ_INT(oa.sparse_chose, ob.sparse_chose);
+		T_CHECK(oa.keys_read == ob.keys_read, "step %u: the list read %llu keys, the mask %llu",
+		        i, (unsigned long long)oa.keys_read, (unsigned long long)ob.keys_read);
+		reused += oa.sparse_chose == 0;
+	}
+	T_CHECK(reused == 5, "%u of 5 steps reused the refresh's choice", reused);
+	engine_free(a);
+	engine_free(b);
+	free(lg);
+}
+
 /* Prefill n tokens in one batch with sp (NULL: dense), every row's logits
  * into out (n, n_vocab); the engine's output in *o. */
 static void prefill_all(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
@@ -910,6 +952,7 @@ int main(void)
 	test_small_budget(t.m);
 	test_hip_full_budget(t.m);
 	test_hip_cadence(t.m);
+	test_hip_in_place(t.m);
 	test_hip_prefill(t.m);
 	test_bounds_invariant(t.m);
 	test_capped_globals(t.m);
