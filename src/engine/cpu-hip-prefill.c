@@ -2,9 +2,18 @@
  * cpu-hip-prefill.c: HiP's block-sparse prefill on the CPU (engine_sparse
  * hip, prefill=N): each block of the tiled prefill's queries and KV head
  * attends the sinks, its window and the key blocks HiP's search finds for
- * it (cpu_hip_score ranks them, as the decode's last round does), by an
- * online softmax over the listed keys; and the statistics a prefill
- * reports (keys read, dense keys, the mass its last rows captured).
+ * it, by an online softmax over the listed keys; and the statistics a
+ * prefill reports (keys read, dense keys, the mass its last rows captured).
+ *
+ * The search ranks a half by its first block's max q.k over every fourth
+ * query of the block (the prompt's page bounds are not current while it is
+ * written), through tiles of keys as cpu_flash reads them, and keeps the
+ * decode's `beam` x K halves a round, K in the last. The prompt's last
+ * `tail` queries (a batch whose logits are wanted) attend every key: the
+ * question the reply answers must see what dense attention sees. Session
+ * 12 measured both on the 8k passkey (doc/EVALS.md): without the tail the
+ * prefill lost every needle dense found, the tail brought back the two at
+ * depth 10 % and the beam one of the two at depth 50 %.
  */
 #include "engine/cpu-int.h"
 
@@ -249,8 +258,8 @@ static void cpu_hip_block(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t
 		struct cpu_hip_pf pf = { { c, l, kvh, k0, k1, ith, qs, nq, NULL, NULL }, &f };
 		uint64_t scored = 0;
 		sparse_tree_ensure(&c->hip_tree[ith], n_blocks);
-		sparse_hip_tree(&c->hip_tree[ith], n_blocks, k_blocks, cpu_hip_pf_score, &pf, blk,
-		                &scored);
+		sparse_hip_tree_beam(&c->hip_tree[ith], n_blocks, k_blocks, k_blocks * s->beam,
+		                     cpu_hip_pf_score, &pf, blk, &scored);
 	} else {
 		memset(blk, 1, n_blocks);
 	}
@@ -297,7 +306,8 @@ static void cpu_hip_block(struct cpu_job *jb, uint32_t l, uint32_t kvh, uint32_t
  * query heads of KV head kvh, layer l. Token t sees the sorted keys [0,
  * m_t); the block attends the sinks, the window from `recent` keys before
  * its first token's prefix to its last's (its own keys included), and the
- * blocks the search chose among the keys between, scored by every fourth
+ * blocks the search chose among the keys between (beam x K halves a round,
+ * as the decode's search keeps), scored by every fourth
  * of its tokens from the last (all the KV head's query heads: HiP's code
  * scores with every second query; on two cores the search then costs as
  * much as the attention it saves). The keys past a token's own prefix are

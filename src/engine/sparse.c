@@ -29,7 +29,8 @@
  * upper bound of every logit in it: a half is never dropped for where its
  * best key sits) and the last round, when every half is one block, by the
  * blocks' true max logits; the prefill keeps the first block (its bounds
- * are not current while the prompt is written). A bound is loose where a
+ * are not current while the prompt is written), and attends the prompt's
+ * last `tail` queries densely (cpu-hip-prefill.c). A bound is loose where a
  * key reaches far along a few channels, and a round that keeps only K of
  * 2K halves drops a range for good: the decode's search keeps beam x K
  * halves in every round but the last (sparse_hip_tree_beam; `beam`,
@@ -88,7 +89,7 @@ static const struct sparse_param sparse_params[] = {
 	  "decode steps one choice of keys serves (chosen anew every N steps)" },
 	{ "prefill", offsetof(struct engine_sparse, prefill), 2048, 0, 1u << 24, SP_HIP, false,
 	  "prompts seeing this many keys prefill block-sparsely (0: never)" },
-	{ "tail", offsetof(struct engine_sparse, tail), 0, 0, 1u << 24, SP_HIP, false,
+	{ "tail", offsetof(struct engine_sparse, tail), 64, 0, 1u << 24, SP_HIP, false,
 	  "a block-sparse prefill attends the prompt's last N queries densely (0: none)" },
 	{ "shadow", offsetof(struct engine_sparse, shadow), 16, 0, 1u << 16, SP_QUEST | SP_HIP, false,
 	  "decode steps between dense shadow passes while a view watches (0: every captured step)" },

@@ -74,7 +74,7 @@ static void test_parse(void)
 	T_EQ_INT(s.mode, ENGINE_SPARSE_HIP);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
 	         "hip budget=1024 page=16 block=8 sinks=4 recent=64 dense=2 refresh=8 prefill=2048 "
-	         "tail=0 shadow=16 beam=2 rerank=1.000");
+	         "tail=64 shadow=16 beam=2 rerank=1.000");
 	T_EQ_INT(engine_sparse_parse("hip:budget=256,block=4,refresh=1", &s, &e), KVS_OK);
 	T_EQ_INT(s.budget, 256);
 	T_EQ_INT(s.block, 4);
@@ -636,8 +636,9 @@ static void test_hip_prefill(const struct model *m)
 		T_CHECK(d <= 1e-5, "full-budget prefill: max diff %g", d);
 		T_EQ_INT(o.prefill_read, o.prefill_dense);
 		T_EQ_INT(o.prefill_dense, (uint64_t)hp->n_layer * hp->n_head * (n * (n + 1) / 2));
-		/* a small budget from layer 1 on */
-		T_EQ_INT(engine_sparse_parse("hip:budget=48,block=8,sinks=4,recent=8,dense=1,prefill=64",
+		/* a small budget from layer 1 on (no dense tail: test-hip-prefill's) */
+		T_EQ_INT(engine_sparse_parse("hip:budget=48,block=8,sinks=4,recent=8,dense=1,prefill=64,"
+		                             "tail=0",
 		                             &s, &e),
 		         KVS_OK);
 		prefill_all(eng, n, &s, true, sp, &o);
