@@ -427,7 +427,7 @@ static const struct cli_opt cli_opt_table[] = {
 	{ "sparse", 0, "off|quest|hip|squeezed[:k=v,...]", OPTG_KV, opt_sparse, 0, 0, 0,
 	  "sparse decode attention over what the policy kept: off (default), quest "
 	  "(budget=1024,page=16,sinks=4,recent=64,dense=2), hip (budget=1024,block=8,...,"
-	  "refresh=8) or squeezed over the --doc document (clusters=5,quantile=0.9,...; see "
+	  "refresh=8) or squeezed over the --doc document (clusters=10,quantile=0.9,...; see "
 	  "'kvscope help sparse')" },
 	{ "token-stats", 0, "auto|on|off", OPTG_KV, opt_token_stats, 0, 0, 0,
 	  "per-token surprisal and entropy (default auto: when the policy or a trace needs them)" },

@@ -190,8 +190,8 @@ struct engine_sparse {
 };
 
 /* off; budget 1024, page 16, block 8, sinks 4, recent 64, dense 2, refresh 8,
- * prefill 2048, tail 64, shadow 16, beam 2, rerank 1, clusters 5, fanout 8, quantile 0.9, coarse 0.7,
- * outliers 0.02, iters 10, seed 1. */
+ * prefill 2048, tail 64, shadow 16, beam 2, rerank 1, clusters 10, fanout 8, quantile 0.9,
+ * coarse 0.7, outliers 0.02, iters 10, seed 1. */
 void engine_sparse_default(struct engine_sparse *s);
 /* Parse "off", "quest", "hip" or "MODE:budget=N,page=N,..." (also "quest
  * budget=N ..."); parameters not named keep their defaults; a parameter of

@@ -98,7 +98,7 @@ static const struct sparse_param sparse_params[] = {
 	{ "rerank", offsetof(struct engine_sparse, rerank), 1000, 0, 8000, SP_HIP, true,
 	  "steps between refreshes re-choose among the refresh's best N x final blocks and the block "
 	  "after each chosen one, by their page bounds (0: reuse the choice; CUDA: 0)" },
-	{ "clusters", offsetof(struct engine_sparse, clusters), 5, 1, 100, SP_SQZ, false,
+	{ "clusters", offsetof(struct engine_sparse, clusters), 10, 1, 100, SP_SQZ, false,
 	  "fine clusters per layer and KV head, % of the document's keys" },
 	{ "fanout", offsetof(struct engine_sparse, fanout), 8, 2, 1024, SP_SQZ, false,
 	  "fine clusters per coarse cluster, about (the hierarchical lookup)" },

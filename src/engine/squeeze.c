@@ -9,7 +9,7 @@
  * The clustering follows the paper: k-means on the L2-normalised keys as
  * rotated to their positions (cosine clustering; k-means++ start, seeded,
  * so a seed gives the same clusters), the number of fine clusters a share
- * of the document's keys (5 % by default), and a coarse level made by
+ * of the document's keys (10 % by default), and a coarse level made by
  * clustering the fine centres (normalised too), about `fanout` fine per
  * coarse. The centroid a lookup compares with is the mean of the member
  * keys un-normalised, as the paper's is: q.C_c is then the cluster's mean

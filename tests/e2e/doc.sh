@@ -50,7 +50,7 @@ keys1=$(echo "$line1" | sed -n 's/.*clustered: \([0-9]*\) keys into \([0-9]*\) f
 if command -v sqlite3 >/dev/null; then
 	[ "$(sqlite3 "$db" 'SELECT count(*) FROM squeeze')" = 1 ] || fail "no squeeze row in the store"
 	sp=$(sqlite3 "$db" 'SELECT sparse FROM sessions')
-	[ "$sp" = "squeezed sinks=4 recent=64 dense=2 clusters=5 fanout=8 quantile=0.900 coarse=0.700 outliers=0.020 iters=10 seed=1" ] ||
+	[ "$sp" = "squeezed sinks=4 recent=64 dense=2 clusters=10 fanout=8 quantile=0.900 coarse=0.700 outliers=0.020 iters=10 seed=1" ] ||
 		fail "sessions.sparse: $sp"
 fi
 
@@ -63,7 +63,7 @@ line2=$(grep "document clusters restored from the store" "$tmp/c2.err")
 [ -n "$line2" ] || fail "resume did not restore the clusters: $(cat "$tmp/c2.err")"
 keys2=$(echo "$line2" | sed -n 's/.*store: \([0-9]*\) keys, \([0-9]*\) fine and \([0-9]*\) coarse.*/\1 \2 \3/p')
 [ "$keys1" = "$keys2" ] || fail "counts differ: clustered '$keys1', restored '$keys2'"
-grep -q "^sparse: squeezed sinks=4 recent=64 dense=2 clusters=5" "$tmp/c2.err" ||
+grep -q "^sparse: squeezed sinks=4 recent=64 dense=2 clusters=10" "$tmp/c2.err" ||
 	fail "resume did not restore --sparse: $(cat "$tmp/c2.err")"
 
 # an explicit --sparse overrides the saved one, and says so

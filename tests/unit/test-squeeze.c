@@ -36,16 +36,16 @@ static void test_parse(void)
 	char buf[256];
 	T_EQ_INT(engine_sparse_parse("squeezed", &s, &e), KVS_OK);
 	T_EQ_INT(s.mode, ENGINE_SPARSE_SQUEEZED);
-	T_EQ_INT(s.clusters, 5);
+	T_EQ_INT(s.clusters, 10);
 	T_EQ_INT(s.quantile, 900);
 	T_EQ_INT(s.coarse, 700);
 	T_EQ_STR(engine_sparse_format(&s, buf, sizeof buf),
-	         "squeezed sinks=4 recent=64 dense=2 clusters=5 fanout=8 quantile=0.900 coarse=0.700 "
+	         "squeezed sinks=4 recent=64 dense=2 clusters=10 fanout=8 quantile=0.900 coarse=0.700 "
 	         "outliers=0.020 iters=10 seed=1");
 	T_EQ_INT(s.outliers, 20);
-	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0.95,clusters=10,coarse=0", &s, &e), KVS_OK);
+	T_EQ_INT(engine_sparse_parse("squeezed:quantile=0.95,clusters=20,coarse=0", &s, &e), KVS_OK);
 	T_EQ_INT(s.quantile, 950);
-	T_EQ_INT(s.clusters, 10);
+	T_EQ_INT(s.clusters, 20);
 	T_EQ_INT(s.coarse, 0);
 	/* the format parses back to the same spec */
 	struct engine_sparse s2;
