@@ -102,7 +102,7 @@ static void cpu_hip_pf_score(void *ctx, const uint32_t *start, const uint32_t *s
 	const struct cpu_hip_ctx *x = &pf->x;
 	struct cpu *c = x->c;
 	uint32_t hd = c->hp.head_dim, bk = c->sparse->block;
-	uint32_t *keys = c->hip_keys + (size_t)x->ith * c->sp_vis_cap;  /* (keys scored) slots */
+	uint32_t *keys = c->hip_keys + (size_t)x->ith * c->sp_vis_cap;    /* (keys scored) slots */
 	uint32_t *own = c->hip_kn + (size_t)x->ith * (c->sp_vis_cap + 1); /* (keys scored) half */
 	uint32_t nk = 0;
 	for (uint32_t i = 0; i < n; i++) {
@@ -118,13 +118,13 @@ static void cpu_hip_pf_score(void *ctx, const uint32_t *start, const uint32_t *s
 	uint64_t head_off = (uint64_t)x->h * hd * c->kv_es;
 	for (uint32_t t0 = 0; t0 < nk; t0 += CPU_FA_TILE) {
 		uint32_t mt = KVS_MIN((uint32_t)CPU_FA_TILE, nk - t0);
-		c->ops->kv_rows_f32(c->kr[x->l] + head_off, (int64_t)c->kv_row, c->kv_es == 2,
-		                    keys + t0, mt, (int)hd, true, f->kt, CPU_FA_TILE);
+		c->ops->kv_rows_f32(c->kr[x->l] + head_off, (int64_t)c->kv_row, c->kv_es == 2, keys + t0,
+		                    mt, (int)hd, true, f->kt, CPU_FA_TILE);
 		for (uint32_t r0 = 0; r0 < x->nq; r0 += KERN_ATT_Q)
 			c->ops->att_scores(x->q + (size_t)r0 * hd,
 			                   (int)KVS_MIN((uint32_t)KERN_ATT_Q, x->nq - r0), (int)hd, f->kt,
-			                   CPU_FA_TILE, mt, c->hp.attn_scale,
-			                   f->s + (size_t)r0 * CPU_FA_TILE, CPU_FA_TILE);
+			                   CPU_FA_TILE, mt, c->hp.attn_scale, f->s + (size_t)r0 * CPU_FA_TILE,
+			                   CPU_FA_TILE);
 		for (uint32_t r = 0; r < x->nq; r++) {
 			const float *sr = f->s + (size_t)r * CPU_FA_TILE;
 			for (uint32_t j = 0; j < mt; j++) {

@@ -47,7 +47,7 @@ expect_bad 2 "--sparse: sparse mode 'qwest': expected off, quest" \
 	"$bin" generate --prompt hi --sparse qwest
 expect_bad 2 "budget=0: expected an integer in 1.." "$bin" generate --prompt hi --sparse quest:budget=0
 expect_bad 2 "unknown parameter 'pages'" "$bin" generate --prompt hi --sparse quest:pages=4
-expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, shadow, beam or rerank" \
+expect_bad 2 "unknown parameter 'quantile' for hip: expected budget, page, block, sinks, recent, dense, refresh, prefill, tail, shadow, beam or rerank" \
 	"$bin" generate --prompt hi --sparse hip:quantile=0.5
 expect_bad 2 "off takes no parameters" "$bin" generate --prompt hi --sparse off:budget=4
 # a model that soft-caps its attention scores (Gemma 2) is dense only
@@ -86,7 +86,7 @@ fi
 	--json >"$tmp/h" 2>"$tmp/h.err" || fail "eval sparse hip: $(cat "$tmp/h.err")"
 tail -n 1 "$tmp/h" | grep -q '"steps_chose":2,"steps_reused":6,"prefill":{' ||
 	fail "eval sparse hip: expected 2 steps chose, 6 reused, a prefill: $(tail -n 1 "$tmp/h")"
-grep -q '^eval sparse: hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 ' \
+grep -q '^eval sparse: hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 tail=64 shadow=16 ' \
 	"$tmp/h" || fail "eval sparse hip: no heading: $(head -n 1 "$tmp/h")"
 grep -q '^| 512 | [0-9.]* % | [0-9.]* | ' "$tmp/h" || fail "eval sparse hip: no prefill row"
 if command -v python3 >/dev/null 2>&1; then
@@ -109,7 +109,7 @@ fi
 	fail "eval sparse, two modes: $(cat "$tmp/m.err")"
 grep -q '^eval sparse: 2 modes against dense, one dense prefill and dense decode per length' \
 	"$tmp/m" || fail "eval sparse, two modes: no heading: $(head -n 1 "$tmp/m")"
-grep -q '^| hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 shadow=16 beam=2 rerank=1.000 | 512 | ' \
+grep -q '^| hip budget=128 page=16 block=8 sinks=4 recent=64 dense=2 refresh=4 prefill=256 tail=64 shadow=16 beam=2 rerank=1.000 | 512 | ' \
 	"$tmp/m" || fail "eval sparse, two modes: no hip row with its mode: $(cat "$tmp/m")"
 if command -v python3 >/dev/null 2>&1; then
 	python3 - "$tmp/e" "$tmp/h" "$tmp/m" <<'PY' || fail "eval sparse, two modes: rows differ from the runs alone"

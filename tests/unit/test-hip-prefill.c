@@ -73,7 +73,8 @@ static void test_tail_whole(const struct model *m, int threads)
 	const struct hparams *hp = &m->hp;
 	uint32_t n = 200, nv = hp->n_vocab;
 	size_t nq = (size_t)n * hp->n_layer * hp->n_head * hp->head_dim;
-	float *dl = malloc((size_t)n * nv * sizeof(float)), *sl = malloc((size_t)n * nv * sizeof(float));
+	float *dl = malloc((size_t)n * nv * sizeof(float)),
+	      *sl = malloc((size_t)n * nv * sizeof(float));
 	float *dq = malloc(nq * sizeof(float)), *sq = malloc(nq * sizeof(float));
 	struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
 	struct engine_sparse s;
@@ -105,7 +106,8 @@ static void test_tail_boundary(const struct model *m, int threads)
 	const struct hparams *hp = &m->hp;
 	uint32_t n = 200, tail = 40, nv = hp->n_vocab;
 	size_t nq = (size_t)n * hp->n_layer * hp->n_head * hp->head_dim;
-	float *dl = malloc((size_t)n * nv * sizeof(float)), *sl = malloc((size_t)n * nv * sizeof(float));
+	float *dl = malloc((size_t)n * nv * sizeof(float)),
+	      *sl = malloc((size_t)n * nv * sizeof(float));
 	float *dq = malloc(nq * sizeof(float)), *sq = malloc(nq * sizeof(float));
 	float *nq0 = malloc(nq * sizeof(float));
 	struct engine *eng = tinymodel_engine(m, N_CTX, threads, false);
@@ -143,8 +145,9 @@ static void test_tail_boundary(const struct model *m, int threads)
 		tail_keys += (uint64_t)(t + 1) * hp->n_head * (hp->n_layer - 1);
 	T_CHECK(o.prefill_read > read0 && o.prefill_read <= read0 + tail_keys &&
 	                o.prefill_read < o.prefill_dense,
-	        "read %llu: between %llu and %llu + the tail's %llu", (unsigned long long)o.prefill_read,
-	        (unsigned long long)read0, (unsigned long long)read0, (unsigned long long)tail_keys);
+	        "read %llu: between %llu and %llu + the tail's %llu",
+	        (unsigned long long)o.prefill_read, (unsigned long long)read0,
+	        (unsigned long long)read0, (unsigned long long)tail_keys);
 	/* a batch that wants no logits is not a prompt's end: no tail */
 	prefill(eng, n, &s, ENGINE_LOGITS_NONE, NULL, sq, &on);
 	T_EQ_INT(on.prefill_read, read0);
