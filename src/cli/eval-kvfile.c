@@ -66,7 +66,7 @@ static bool kvfile_matches(FILE *fp, const struct kvfile_head *want, const int32
 		return false;
 	int32_t *have = xmallocarray(want->len, sizeof(int32_t));
 	bool same = fread(have, sizeof(int32_t), want->len, fp) == want->len &&
-	            memcmp(have, ids, (size_t)want->len * sizeof(int32_t)) == 0;
+	        memcmp(have, ids, (size_t)want->len * sizeof(int32_t)) == 0;
 	free(have);
 	return same;
 }
@@ -77,9 +77,9 @@ int eval_kvfile_load(struct engine *eng, const char *path, const char *sha, cons
 	*hit = false;
 	FILE *fp = fopen(path, "rb");
 	if (fp == NULL)
-		return errno == ENOENT ? KVS_OK
-		                       : err_set(e, KVS_EIO, "--prompt-cache: cannot read %s: %s", path,
-		                                 strerror(errno));
+		return errno == ENOENT
+		        ? KVS_OK
+		        : err_set(e, KVS_EIO, "--prompt-cache: cannot read %s: %s", path, strerror(errno));
 	struct kvfile_head want;
 	kvfile_head_make(&want, eng, sha, len);
 	int rc = KVS_OK;

@@ -149,22 +149,22 @@ struct cpu {
 	 * its groupings, and per-thread scratch for grouping and ranking */
 	struct sparse_groups grp;
 	uint32_t grp_r0, grp_r1;
-	uint32_t grp_x_cap;   /* region keys grp_x, grp_xs hold per thread */
-	float *grp_x;         /* (n_threads, grp_x_cap, head_dim) a head's region keys */
-	float *grp_xs;        /* (n_threads, grp_x_cap) the split's values */
-	uint32_t *grp_stack;  /* (n_threads, 128) the split's ranges */
-	uint32_t grp_u_cap;   /* units (pages + groups) the arrays below hold per thread */
-	float *grp_ub;        /* (n_threads, grp_u_cap) bounds: pages, then groups */
-	float *grp_scr;       /* (n_threads, grp_u_cap) sparse_top's scratch */
-	uint8_t *grp_sel;     /* (n_threads, grp_u_cap) the units chosen */
-	uint32_t *grp_ord;    /* (n_threads, grp_ord_cap) quest: the shortlist's slots; hip: the
+	uint32_t grp_x_cap;  /* region keys grp_x, grp_xs hold per thread */
+	float *grp_x;        /* (n_threads, grp_x_cap, head_dim) a head's region keys */
+	float *grp_xs;       /* (n_threads, grp_x_cap) the split's values */
+	uint32_t *grp_stack; /* (n_threads, 128) the split's ranges */
+	uint32_t grp_u_cap;  /* units (pages + groups) the arrays below hold per thread */
+	float *grp_ub;       /* (n_threads, grp_u_cap) bounds: pages, then groups */
+	float *grp_scr;      /* (n_threads, grp_u_cap) sparse_top's scratch */
+	uint8_t *grp_sel;    /* (n_threads, grp_u_cap) the units chosen */
+	uint32_t *grp_ord;   /* (n_threads, grp_ord_cap) quest: the shortlist's slots; hip: the
 	                       * candidates outside the region */
-	uint32_t *grp_unit;   /* (n_threads, grp_ord_cap) quest: the shortlist's sorted indices */
+	uint32_t *grp_unit;  /* (n_threads, grp_ord_cap) quest: the shortlist's sorted indices */
 	uint32_t grp_ord_cap;
-	float *grp_lg;        /* (n_threads, grp_ord_cap) quest: the shortlist's exact logits */
-	float *grp_lscr;      /* (n_threads, grp_ord_cap) their sparse_top scratch */
-	uint8_t *grp_keep;    /* (n_threads, grp_ord_cap) the keys kept of them */
-	uint32_t *grp_iota;   /* (grp_u_cap) 0, 1, 2, ...: every group's row */
+	float *grp_lg;      /* (n_threads, grp_ord_cap) quest: the shortlist's exact logits */
+	float *grp_lscr;    /* (n_threads, grp_ord_cap) their sparse_top scratch */
+	uint8_t *grp_keep;  /* (n_threads, grp_ord_cap) the keys kept of them */
+	uint32_t *grp_iota; /* (grp_u_cap) 0, 1, 2, ...: every group's row */
 	/* hip (cpu-sparse.c): the choice kept between refreshes, and per
 	 * thread the search's scratch */
 	struct sparse_hip hip;
@@ -418,7 +418,8 @@ void cpu_hip_score(void *ctx, const uint32_t *start, const uint32_t *size, uint3
  * bounds (2, head_dim each) at base + list[i] x stride elements, into out
  * (n): the max over the heads of a dot with the split query. */
 void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, float reach,
-                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n, float *out);
+                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n,
+                    float *out);
 
 /* ---- in cpu-sparse-group.c */
 

@@ -140,7 +140,7 @@ static void cpu_group_ready(struct cpu *c, uint32_t l, uint32_t h, int ith)
 /* The centre logit (q.(min + max) / 2, the max over KV head h's query
  * heads), times scale, of the groups list (n) of layer l into out (n). */
 static void cpu_group_centres(struct cpu *c, uint32_t l, uint32_t h, int ith, float scale,
-                             const uint32_t *list, uint32_t n, float *out)
+                              const uint32_t *list, uint32_t n, float *out)
 {
 	cpu_bound_rows(c, h, ith, scale, 0.0f, sparse_groups_at(&c->grp, l, h, 0),
 	               (int64_t)2 * c->hp.head_dim, list, n, out);
@@ -237,8 +237,8 @@ void cpu_group_hip(struct cpu_job *jb, uint32_t l, uint32_t h, int ith, uint32_t
 		bub[b] = -INFINITY;
 	for (uint32_t i = 0; i < na; i++)
 		bub[i / bk] = ubh[ord[i] / page] > bub[i / bk] ? ubh[ord[i] / page] : bub[i / bk];
-	struct cpu_hip_ctx x = { c, l, h, 0, na, ith, c->q + (size_t)h * grp * c->hp.head_dim, grp,
-		                 bub, ord };
+	struct cpu_hip_ctx x = { c,   l,   h,  0, na, ith, c->q + (size_t)h * grp * c->hp.head_dim,
+		                     grp, bub, ord };
 	uint8_t *blk = c->hip_blk + (size_t)ith * vc;
 	struct sparse_tree *t = &c->hip_tree[ith];
 	uint64_t scored = 0;

@@ -353,7 +353,8 @@ void cpu_sparse_report(struct cpu_job *jb, uint32_t l, uint32_t h, const uint8_t
 }
 
 void cpu_bound_rows(struct cpu *c, uint32_t h, int ith, float scale, float reach,
-                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n, float *out)
+                    const uint8_t *base, int64_t stride, const uint32_t *list, uint32_t n,
+                    float *out)
 {
 	const struct hparams *hp = &c->hp;
 	uint32_t nkv = hp->n_head_kv, hd = hp->head_dim, grp = hp->n_head / nkv;
@@ -427,8 +428,7 @@ static void cpu_quest_choose(struct cpu_job *jb, uint32_t l, int ith, int nth)
 		if (cpu_group_on(c)) {
 			cpu_group_quest(jb, l, h, ith, k_pages, mask);
 		} else {
-			sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc,
-			           psel);
+			sparse_top(c->sp_ub + (size_t)h * pc, np, k_pages, c->sp_scr + (size_t)ith * pc, psel);
 			for (k = c->sp_sinks; k < k1; k++)
 				mask[k] = psel[c->sp_kpage[k]];
 		}

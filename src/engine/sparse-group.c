@@ -210,7 +210,8 @@ void sparse_groups_build(struct sparse_groups *g, const struct sparse_keys *k, u
 	uint32_t n = g->n_keys, hd = g->head_dim, page = g->page;
 	size_t lh = (size_t)l * g->n_head_kv + h;
 	for (uint32_t i = 0; i < n; i++) {
-		const uint8_t *src = k->kr[l] + ((uint64_t)g->slot[i] * k->kv_row + (uint64_t)h * hd) * g->es;
+		const uint8_t *src =
+		        k->kr[l] + ((uint64_t)g->slot[i] * k->kv_row + (uint64_t)h * hd) * g->es;
 		if (g->es == 2)
 			k->ops->f16_to_f32((const uint16_t *)src, x + (size_t)i * hd, hd);
 		else

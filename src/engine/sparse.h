@@ -103,20 +103,20 @@ uint32_t sparse_top(const float *ub, uint32_t n, uint32_t k, float *scratch, uin
  */
 struct sparse_groups {
 	uint32_t page, n_ctx, n_layer, n_head_kv, head_dim;
-	size_t es;          /* bytes per element, as the cache's */
-	uint32_t n_keys;    /* keys in the region (0: none) */
-	int32_t pos;        /* their one position */
-	uint32_t n_groups;  /* ceil(n_keys / page) */
-	uint32_t cap;       /* region keys the arrays hold */
+	size_t es;           /* bytes per element, as the cache's */
+	uint32_t n_keys;     /* keys in the region (0: none) */
+	int32_t pos;         /* their one position */
+	uint32_t n_groups;   /* ceil(n_keys / page) */
+	uint32_t cap;        /* region keys the arrays hold */
 	uint32_t groups_cap; /* groups the bounds hold */
-	uint32_t *slot;     /* (cap) the region's slots, in sorted order */
-	int32_t *gpos;      /* (n_ctx) the position a slot was taken into the region at, -1:
+	uint32_t *slot;      /* (cap) the region's slots, in sorted order */
+	int32_t *gpos;       /* (n_ctx) the position a slot was taken into the region at, -1:
 	                     * none (or its key was rewritten since) */
-	uint32_t *perm;     /* (n_layer, n_head_kv, cap) region indices, group by group */
-	uint32_t *gid;      /* (n_layer, n_head_kv, cap) group of each region index */
-	uint8_t *b;         /* (n_layer, n_head_kv, groups_cap, 2, head_dim) min then max */
-	uint8_t *stale;     /* (n_layer, n_head_kv) 1: group anew before use */
-	uint64_t builds;    /* (layer, KV head) groupings made so far */
+	uint32_t *perm;      /* (n_layer, n_head_kv, cap) region indices, group by group */
+	uint32_t *gid;       /* (n_layer, n_head_kv, cap) group of each region index */
+	uint8_t *b;          /* (n_layer, n_head_kv, groups_cap, 2, head_dim) min then max */
+	uint8_t *stale;      /* (n_layer, n_head_kv) 1: group anew before use */
+	uint64_t builds;     /* (layer, KV head) groupings made so far */
 };
 
 /* (Re)allocate g for this page size and cache (every grouping dropped). */
@@ -241,10 +241,10 @@ struct sparse_hip {
 	 * window), the keys the full scan would list, without scanning. */
 	uint32_t *ref_vslot; /* (n_ctx) vslot[0, ref_k1) at the refresh */
 	uint32_t ref_k0, ref_k1;
-	uint32_t ref_cap;    /* chosen keys a (layer, KV head) may keep listed */
-	uint32_t *ref_list;  /* (n_layer, n_head_kv, ref_cap) */
-	uint32_t *ref_n;     /* (n_layer, n_head_kv) how many; UINT32_MAX: not listed */
-	bool in_place;       /* this step between: the refresh's candidates are where they were */
+	uint32_t ref_cap;   /* chosen keys a (layer, KV head) may keep listed */
+	uint32_t *ref_list; /* (n_layer, n_head_kv, ref_cap) */
+	uint32_t *ref_n;    /* (n_layer, n_head_kv) how many; UINT32_MAX: not listed */
+	bool in_place;      /* this step between: the refresh's candidates are where they were */
 };
 
 /* ------------------------------------------------------------ squeezed */

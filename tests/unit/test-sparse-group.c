@@ -118,8 +118,9 @@ static void check_groups(const struct sparse_groups *g, const float *x, uint32_t
 				mn = v < mn ? v : mn;
 				mx = v > mx ? v : mx;
 			}
-			T_CHECK(b[d] == mn && b[hd + d] == mx, "group %u channel %u: bounds %g..%g, members %g..%g",
-			        j, d, b[d], b[hd + d], mn, mx);
+			T_CHECK(b[d] == mn && b[hd + d] == mx,
+			        "group %u channel %u: bounds %g..%g, members %g..%g", j, d, b[d], b[hd + d], mn,
+			        mx);
 		}
 	}
 	free(seen);
@@ -304,8 +305,8 @@ static void test_full_budget(const struct model *m)
 {
 	uint32_t nv = m->hp.n_vocab, n = 200;
 	const char *specs[] = { "quest:budget=4096,page=8,dense=0,sinks=4,recent=8",
-		                "hip:budget=4096,page=8,block=4,dense=0,sinks=4,recent=8,refresh=2,"
-		                "prefill=0" };
+		                    "hip:budget=4096,page=8,block=4,dense=0,sinks=4,recent=8,refresh=2,"
+		                    "prefill=0" };
 	float *dense = malloc(nv * sizeof(float)), *sp = malloc(nv * sizeof(float));
 	for (int i = 0; i < 2; i++) {
 		struct engine_sparse s = spec(specs[i]);
@@ -340,7 +341,7 @@ static void test_small_budget(const struct model *m)
 	const struct hparams *hp = &m->hp;
 	uint32_t nv = hp->n_vocab, n = 200, nkv = hp->n_head_kv, nl = hp->n_layer, page = 8;
 	const char *specs[] = { "quest:budget=48,page=8,dense=0,sinks=4,recent=8",
-		                "hip:budget=48,page=8,block=4,dense=0,sinks=4,recent=8,prefill=0" };
+		                    "hip:budget=48,page=8,block=4,dense=0,sinks=4,recent=8,prefill=0" };
 	float *lg = malloc(nv * sizeof(float));
 	for (int i = 0; i < 2; i++) {
 		struct engine_sparse s = spec(specs[i]);
@@ -381,7 +382,7 @@ static void test_regroup(const struct model *m)
 {
 	uint32_t nv = m->hp.n_vocab, n = 200;
 	const char *specs[] = { "quest:budget=48,page=8,dense=0,sinks=4,recent=8",
-		                "hip:budget=48,page=8,block=4,dense=0,sinks=4,recent=8,prefill=0" };
+		                    "hip:budget=48,page=8,block=4,dense=0,sinks=4,recent=8,prefill=0" };
 	uint32_t dst[6] = { 10, 11, 12, 13, 14, 15 }, src[6] = { 150, 151, 152, 153, 154, 155 };
 	float *a = malloc(nv * sizeof(float)), *b = malloc(nv * sizeof(float));
 	float *before = malloc(nv * sizeof(float));

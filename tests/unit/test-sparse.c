@@ -574,8 +574,8 @@ static void test_hip_in_place(const struct model *m)
 		tinymodel_decode(a, n + i, &s, false, lg, &oa);
 		tinymodel_decode(b, n + i, &s, i > 0, lg, &ob);
 		T_EQ_INT(oa.sparse_chose, ob.sparse_chose);
-		T_CHECK(oa.keys_read == ob.keys_read, "step %u: the list read %llu keys, the mask %llu",
-		        i, (unsigned long long)oa.keys_read, (unsigned long long)ob.keys_read);
+		T_CHECK(oa.keys_read == ob.keys_read, "step %u: the list read %llu keys, the mask %llu", i,
+		        (unsigned long long)oa.keys_read, (unsigned long long)ob.keys_read);
 		reused += oa.sparse_chose == 0;
 	}
 	T_CHECK(reused == 5, "%u of 5 steps reused the refresh's choice", reused);
