@@ -142,17 +142,6 @@ static void test_rerank_pure(void)
 
 /* ------------------------------------------------------------ the engine */
 
-static struct engine_sparse spec(const char *text)
-{
-	struct engine_sparse s;
-	struct err e;
-	if (engine_sparse_parse(text, &s, &e) != KVS_OK) {
-		fprintf(stderr, "%s: %s\n", text, e.msg);
-		exit(99);
-	}
-	return s;
-}
-
 /* With a refresh on every step the re-rank never runs: keeping the
  * candidates leaves the choice alone, so rerank=2 gives rerank=0's logits
  * (split path; with weights, the whole-row path and the masks) bit for bit. */
@@ -161,8 +150,8 @@ static void test_rerank_refresh_steps(const struct model *m)
 	const struct hparams *hp = &m->hp;
 	uint32_t nv = hp->n_vocab, n = 200, nl = hp->n_layer, nkv = hp->n_head_kv;
 	struct engine_sparse off =
-	        spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,rerank=0");
-	struct engine_sparse two = spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,"
+	        tinymodel_spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,rerank=0");
+	struct engine_sparse two = tinymodel_spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,"
 	                                "rerank=2");
 	T_EQ_INT(off.rerank, 0);
 	T_EQ_INT(two.rerank, 2000);
@@ -205,7 +194,7 @@ static void test_rerank_full_budget(const struct model *m)
 {
 	uint32_t nv = m->hp.n_vocab, n = 120;
 	struct engine_sparse s =
-	        spec("hip:budget=4096,block=4,dense=0,sinks=2,recent=4,refresh=3,rerank=2");
+	        tinymodel_spec("hip:budget=4096,block=4,dense=0,sinks=2,recent=4,refresh=3,rerank=2");
 	float *dense = malloc(nv * sizeof(float)), *sp = malloc(nv * sizeof(float));
 	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct engine_out o;
@@ -236,7 +225,7 @@ static void test_rerank_small(const struct model *m)
 	const struct hparams *hp = &m->hp;
 	uint32_t nv = hp->n_vocab, n = 200, nkv = hp->n_head_kv, nl = hp->n_layer;
 	struct engine_sparse s =
-	        spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=4,rerank=2");
+	        tinymodel_spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=4,rerank=2");
 	float *lg = malloc(nv * sizeof(float));
 	uint8_t *uni = calloc((size_t)nl * nkv, n + 1); /* (n_layer, n_head_kv, n + 1) */
 	uint8_t *sel0 = calloc((size_t)nl * nkv, n + 1);

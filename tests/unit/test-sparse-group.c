@@ -276,17 +276,6 @@ static void test_scattered(void)
 
 /* ------------------------------------------------------------ the engine */
 
-static struct engine_sparse spec(const char *text)
-{
-	struct engine_sparse s;
-	struct err e;
-	if (engine_sparse_parse(text, &s, &e) != KVS_OK) {
-		fprintf(stderr, "%s: %s\n", text, e.msg);
-		exit(99);
-	}
-	return s;
-}
-
 /* The capped region: slots [0, n - cap) at position n - cap, as eval
  * sparse's --cap puts them. */
 static void cap_region(struct engine *eng, uint32_t n, uint32_t cap)
@@ -309,7 +298,7 @@ static void test_full_budget(const struct model *m)
 		                    "prefill=0" };
 	float *dense = malloc(nv * sizeof(float)), *sp = malloc(nv * sizeof(float));
 	for (int i = 0; i < 2; i++) {
-		struct engine_sparse s = spec(specs[i]);
+		struct engine_sparse s = tinymodel_spec(specs[i]);
 		struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 		struct engine_out o;
 		double worst = 0;
@@ -344,7 +333,7 @@ static void test_small_budget(const struct model *m)
 		                    "hip:budget=48,page=8,block=4,dense=0,sinks=4,recent=8,prefill=0" };
 	float *lg = malloc(nv * sizeof(float));
 	for (int i = 0; i < 2; i++) {
-		struct engine_sparse s = spec(specs[i]);
+		struct engine_sparse s = tinymodel_spec(specs[i]);
 		struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 		struct engine_out o;
 		tinymodel_prefill(eng, n);
@@ -389,7 +378,7 @@ static void test_regroup(const struct model *m)
 	struct err e;
 	for (int i = 0; i < 2; i++)
 		for (int moved = 0; moved <= 1; moved++) {
-			struct engine_sparse s = spec(specs[i]);
+			struct engine_sparse s = tinymodel_spec(specs[i]);
 			struct engine *fresh = tinymodel_engine(m, N_CTX, 2, false);
 			struct engine *old = tinymodel_engine(m, N_CTX, 2, false);
 			struct engine_out o;

@@ -591,11 +591,7 @@ static void prefill_all(struct engine *eng, uint32_t n, const struct engine_spar
 {
 	int32_t tok[N_CTX], pos[N_CTX];
 	uint32_t slot[N_CTX];
-	for (uint32_t i = 0; i < n; i++) {
-		tok[i] = (int32_t)(3 + (i * 37) % 250);
-		pos[i] = (int32_t)i;
-		slot[i] = i;
-	}
+	tinymodel_prompt(tok, pos, slot, n);
 	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
 	b.n_visible = n;
 	b.logits = ENGINE_LOGITS_ALL;

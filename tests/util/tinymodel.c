@@ -458,15 +458,31 @@ struct engine *tinymodel_engine(const struct model *m, uint32_t n_ctx, int threa
 	return eng;
 }
 
-void tinymodel_prefill(struct engine *eng, uint32_t n)
+struct engine_sparse tinymodel_spec(const char *text)
 {
-	int32_t *tok = xmallocarray(n, sizeof *tok), *pos = xmallocarray(n, sizeof *pos);
-	uint32_t *slot = xmallocarray(n, sizeof *slot);
+	struct engine_sparse s;
+	struct err e;
+	if (engine_sparse_parse(text, &s, &e) != KVS_OK) {
+		fprintf(stderr, "%s: %s\n", text, e.msg);
+		exit(99);
+	}
+	return s;
+}
+
+void tinymodel_prompt(int32_t *tok, int32_t *pos, uint32_t *slot, uint32_t n)
+{
 	for (uint32_t i = 0; i < n; i++) {
 		tok[i] = (int32_t)(3 + (i * 37) % 250);
 		pos[i] = (int32_t)i;
 		slot[i] = i;
 	}
+}
+
+void tinymodel_prefill(struct engine *eng, uint32_t n)
+{
+	int32_t *tok = xmallocarray(n, sizeof *tok), *pos = xmallocarray(n, sizeof *pos);
+	uint32_t *slot = xmallocarray(n, sizeof *slot);
+	tinymodel_prompt(tok, pos, slot, n);
 	struct engine_batch b = { .n_tokens = n, .tokens = tok, .pos = pos, .slot = slot };
 	b.n_visible = n;
 	b.logits = ENGINE_LOGITS_NONE;

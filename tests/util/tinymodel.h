@@ -92,8 +92,12 @@ struct engine_sparse;
  * kv_f32, else the default f16); exits 99 with the error when it cannot be
  * made (a test set-up failure, not a check). */
 struct engine *tinymodel_engine(const struct model *m, uint32_t n_ctx, int threads, bool kv_f32);
-/* Prefill n tokens (ids 3 + 37 i mod 250) into slots 0..n-1 at positions
- * 0..n-1, no logits; exits 99 on an engine error. */
+/* A sparse mode from its spec; exits 99 naming a bad one. */
+struct engine_sparse tinymodel_spec(const char *text);
+/* The tests' prompt of n tokens: ids 3 + 37 i mod 250 into tok, slots
+ * 0..n-1 into slot, positions 0..n-1 into pos. */
+void tinymodel_prompt(int32_t *tok, int32_t *pos, uint32_t *slot, uint32_t n);
+/* Prefill that prompt, no logits; exits 99 on an engine error. */
 void tinymodel_prefill(struct engine *eng, uint32_t n);
 /* Decode token 42 at position n (slot n) seeing slots 0..n, under sp (NULL:
  * dense) and asking for the attention weights when attn; the logits (n_vocab)
