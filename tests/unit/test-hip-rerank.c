@@ -151,8 +151,9 @@ static void test_rerank_refresh_steps(const struct model *m)
 	uint32_t nv = hp->n_vocab, n = 200, nl = hp->n_layer, nkv = hp->n_head_kv;
 	struct engine_sparse off =
 	        tinymodel_spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,rerank=0");
-	struct engine_sparse two = tinymodel_spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,"
-	                                "rerank=2");
+	struct engine_sparse two =
+	        tinymodel_spec("hip:budget=48,block=8,dense=1,sinks=4,recent=8,refresh=1,"
+	                       "rerank=2");
 	T_EQ_INT(off.rerank, 0);
 	T_EQ_INT(two.rerank, 2000);
 	float *a = malloc(nv * sizeof(float)), *b = malloc(nv * sizeof(float));
