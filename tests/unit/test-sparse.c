@@ -733,29 +733,6 @@ static void test_small_budget(const struct model *m)
 	free(dattn);
 }
 
-/* A decode step at position n over slots 0..n, as tinymodel_decode, under
- * LM-Infinite's cap: the first n_global keys are global, dist_cap the cap
- * (0: off). */
-static void decode_capped(struct engine *eng, uint32_t n, const struct engine_sparse *sp,
-                          uint32_t n_global, int32_t dist_cap, float *out, struct engine_out *o)
-{
-	int32_t tok = 42, pos = (int32_t)n;
-	uint32_t slot = n;
-	struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
-	b.n_visible = n + 1;
-	b.logits = ENGINE_LOGITS_LAST;
-	b.want_attn = true;
-	b.sparse = sp;
-	b.n_global = n_global;
-	b.dist_cap = dist_cap;
-	struct err e;
-	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
-		fprintf(stderr, "decode: %s\n", e.msg);
-		exit(99);
-	}
-	memcpy(out, o->logits, engine_model(eng)->hp.n_vocab * sizeof(float));
-}
-
 /* The (sparse layer, KV head) rows of o.sel (n + 1 keys) that leave out
  * one of the first g keys. */
 static uint32_t rows_missing(const struct engine_out *o, const struct hparams *hp, uint32_t dense,
@@ -798,16 +775,16 @@ static void test_capped_globals(const struct model *m)
 		struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 		struct engine_out o;
 		tinymodel_prefill(eng, n);
-		decode_capped(eng, n, &s, g, cap, lg, &o);
+		tinymodel_decode_capped(eng, n, &s, true, g, cap, lg, &o);
 		uint32_t miss = rows_missing(&o, hp, 1, n, g);
 		printf("capped globals, %s: %u rows leave one out\n", specs[i], miss);
 		T_EQ_INT(miss, 0);
 		/* the cap off: as without n_global, bit for bit, choice and logits */
 		size_t ns = (size_t)hp->n_layer * hp->n_head_kv * (n + 1);
 		uint8_t *sel0 = malloc(ns);
-		decode_capped(eng, n, &s, 0, 0, lg0, &o);
+		tinymodel_decode_capped(eng, n, &s, true, 0, 0, lg0, &o);
 		memcpy(sel0, o.sel, ns);
-		decode_capped(eng, n, &s, g, 0, lg, &o);
+		tinymodel_decode_capped(eng, n, &s, true, g, 0, lg, &o);
 		T_CHECK(memcmp(lg, lg0, nv * sizeof(float)) == 0, "%s: no cap, logits bit for bit",
 		        specs[i]);
 		T_CHECK(memcmp(o.sel, sel0, ns) == 0, "%s: no cap, the same choice", specs[i]);
@@ -821,10 +798,10 @@ static void test_capped_globals(const struct model *m)
 	struct engine *eng = tinymodel_engine(m, N_CTX, 2, false);
 	struct engine_out o;
 	tinymodel_prefill(eng, n);
-	decode_capped(eng, n, NULL, g, cap, dense, &o);
-	decode_capped(eng, n, NULL, g, 0, lg0, &o);
+	tinymodel_decode_capped(eng, n, NULL, true, g, cap, dense, &o);
+	tinymodel_decode_capped(eng, n, NULL, true, g, 0, lg0, &o);
 	double moved = tinymodel_max_diff(dense, lg0, nv);
-	decode_capped(eng, n, &s, g, cap, lg, &o);
+	tinymodel_decode_capped(eng, n, &s, true, g, cap, lg, &o);
 	double d = tinymodel_max_diff(dense, lg, nv);
 	printf("capped globals, full budget: max |logit diff| %.3g (the cap moves them %.3g)\n", d,
 	       moved);

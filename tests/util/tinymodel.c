@@ -500,6 +500,13 @@ void tinymodel_prefill(struct engine *eng, uint32_t n)
 void tinymodel_decode(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
                       float *out, struct engine_out *o)
 {
+	tinymodel_decode_capped(eng, n, sp, attn, 0, 0, out, o);
+}
+
+void tinymodel_decode_capped(struct engine *eng, uint32_t n, const struct engine_sparse *sp,
+                             bool attn, uint32_t n_global, int32_t dist_cap, float *out,
+                             struct engine_out *o)
+{
 	int32_t tok = 42, pos = (int32_t)n;
 	uint32_t slot = n;
 	struct engine_batch b = { .n_tokens = 1, .tokens = &tok, .pos = &pos, .slot = &slot };
@@ -507,6 +514,8 @@ void tinymodel_decode(struct engine *eng, uint32_t n, const struct engine_sparse
 	b.logits = ENGINE_LOGITS_LAST;
 	b.want_attn = attn;
 	b.sparse = sp;
+	b.n_global = n_global;
+	b.dist_cap = dist_cap;
 	struct err e;
 	if (engine_forward(eng, &b, o, &e) != KVS_OK) {
 		fprintf(stderr, "decode: %s\n", e.msg);

@@ -104,6 +104,11 @@ void tinymodel_prefill(struct engine *eng, uint32_t n);
  * copied into out, the engine's output in *o; exits 99 on an engine error. */
 void tinymodel_decode(struct engine *eng, uint32_t n, const struct engine_sparse *sp, bool attn,
                       float *out, struct engine_out *o);
+/* The same under LM-Infinite's cap: the first n_global keys are global,
+ * dist_cap the cap (0: off). */
+void tinymodel_decode_capped(struct engine *eng, uint32_t n, const struct engine_sparse *sp,
+                             bool attn, uint32_t n_global, int32_t dist_cap, float *out,
+                             struct engine_out *o);
 /* max |a[i] - b[i]| over n values, in double. */
 double tinymodel_max_diff(const float *a, const float *b, size_t n);
 
